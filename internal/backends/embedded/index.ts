@@ -1,0 +1,552 @@
+/**
+ * The embedded backend: one LMDB environment (one database file plus its lock file) holding the
+ * message log, the messages, membership, inboxes, receipts, presence and device tokens.
+ *
+ * Durability: the environment is opened with overlappingSync off, so a write's promise resolves only
+ * after LMDB committed *and* fsynced the transaction. lmdb-js gathers every write issued while the
+ * previous commit is in flight into the next transaction: that is group commit (one fsync per batch,
+ * not per message), done on LMDB's writer thread so the event loop never blocks on the disk.
+ *
+ * Ordering: this process is the only writer, so seq and inbox cursors are assigned from in-memory
+ * counters (loaded lazily from the database) synchronously, before the write is queued; LMDB commits
+ * queued transactions in order, so a crash can only cut off a suffix, never leave a gap. A failed
+ * commit is fatal (`onFatal`): after it the counters could be ahead of the disk.
+ */
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+import { type Database, open, type RootDatabase } from "lmdb";
+import { assert, errors } from "../../lib/errors.js";
+import type {
+  AppendResult,
+  Backends,
+  BatchHandler,
+  Closeable,
+  ConversationRecord,
+  DeviceRecord,
+  DeviceStore,
+  HistoryPage,
+  HistoryQuery,
+  InboxEntry,
+  InboxStore,
+  MembershipStore,
+  MessageDraft,
+  MessageLog,
+  MessageStore,
+  PresenceStore,
+  ReceiptKindName,
+  ReceiptStore,
+  RoutingEvents,
+  SessionEvent,
+  StoredMessage,
+} from "../types.js";
+
+type Key = string | number | Array<string | number>;
+const SEQ_MAX = Number.MAX_SAFE_INTEGER;
+const CONSUME_BATCH_MAX = 512;
+
+export interface EmbeddedOptions {
+  dataDir: string;
+  /** Called once when a commit fails; the owner should stop the process. */
+  onFatal?: (err: unknown) => void;
+}
+
+/** Serialises async critical sections per key (check-then-write on one conversation, one receipt...). */
+class KeyedMutex {
+  private readonly tails = new Map<string, Promise<unknown>>();
+  run<T>(key: string, fn: () => Promise<T>): Promise<T> {
+    const prev = this.tails.get(key) ?? Promise.resolve();
+    const next = prev.then(fn, fn);
+    const tail = next.catch(() => undefined);
+    this.tails.set(key, tail);
+    void tail.then(() => {
+      if (this.tails.get(key) === tail) this.tails.delete(key);
+    });
+    return next;
+  }
+}
+
+export class EmbeddedBackends implements Backends {
+  readonly name = "embedded" as const;
+  readonly log: MessageLog;
+  readonly messages: MessageStore;
+  readonly membership: MembershipStore;
+  readonly inbox: InboxStore;
+  readonly receipts: ReceiptStore;
+  readonly routing: RoutingEvents;
+  readonly presence: PresenceStore;
+  readonly devices: DeviceStore;
+
+  private readonly root: RootDatabase;
+  private closed = false;
+  private fatal: unknown;
+  private readonly onFatal: (err: unknown) => void;
+
+  constructor(options: EmbeddedOptions) {
+    mkdirSync(options.dataDir, { recursive: true });
+    this.onFatal = options.onFatal ?? (() => undefined);
+    this.root = open({
+      path: join(options.dataDir, "switchboard.mdb"),
+      noSubdir: true,
+      overlappingSync: false, // a write resolves after fsync: acks mean durable
+      maxDbs: 16,
+      mapSize: 2 * 1024 ** 3,
+    });
+    const db = <V>(name: string) => this.root.openDB<V, Key>({ name });
+    const guard = <T>(p: Promise<T>) => this.guard(p);
+    this.log = new EmbeddedLog(db("messages"), db("dedupe"), db("log"), db("offsets"), guard, () => this.closed);
+    this.messages = new EmbeddedMessageStore(db("messages"), guard);
+    this.membership = new EmbeddedMembership(db("conversations"), db("members"), db("user_conversations"), guard);
+    this.inbox = new EmbeddedInbox(db("inbox"), db("inbox_index"), guard);
+    this.receipts = new EmbeddedReceipts(db("receipts"), guard);
+    this.routing = new InMemoryRouting();
+    this.presence = new EmbeddedPresence(db("presence"), guard);
+    this.devices = new EmbeddedDevices(db("devices"), guard);
+  }
+
+  /** Every write goes through here: the first failed commit poisons the backend. */
+  private async guard<T>(write: Promise<T>): Promise<T> {
+    if (this.fatal !== undefined) throw errors.unavailable("STORAGE_FAILED", "storage failed earlier", this.fatal);
+    try {
+      return await write;
+    } catch (err) {
+      if (this.fatal === undefined) {
+        this.fatal = err;
+        this.onFatal(err);
+      }
+      throw errors.unavailable("STORAGE_FAILED", "storage write failed", err);
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.log.close();
+    await this.routing.close();
+    await this.root.close();
+  }
+}
+
+type Guard = <T>(p: Promise<T>) => Promise<T>;
+
+/** Log entries point at (conversation, seq); the messages table holds the rows. */
+class EmbeddedLog implements MessageLog {
+  private readonly lastSeq = new Map<string, number>();
+  private readonly pending = new Map<string, Promise<AppendResult>>();
+  private head: number;
+  private readonly wakers = new Set<() => void>();
+  private readonly consumers = new Set<Closeable>();
+
+  constructor(
+    private readonly messages: Database<StoredMessage, Key>,
+    private readonly dedupe: Database<number, Key>,
+    private readonly entries: Database<[string, number], Key>,
+    private readonly offsets: Database<number, Key>,
+    private readonly guard: Guard,
+    private readonly isClosed: () => boolean,
+  ) {
+    let head = 0;
+    for (const key of entries.getKeys({ reverse: true, limit: 1 })) head = key as number;
+    this.head = head;
+  }
+
+  private seqOf(conversationId: string): number {
+    let seq = this.lastSeq.get(conversationId);
+    if (seq === undefined) {
+      seq = 0;
+      for (const key of this.messages.getKeys({ start: [conversationId, SEQ_MAX], end: [conversationId, 0], reverse: true, limit: 1 })) {
+        seq = (key as [string, number])[1];
+      }
+      this.lastSeq.set(conversationId, seq);
+    }
+    return seq;
+  }
+
+  append(draft: MessageDraft): Promise<AppendResult> {
+    const dedupeKey: Key = [draft.conversationId, draft.sender, draft.clientMsgId];
+    const pendingKey = JSON.stringify(dedupeKey);
+    const inFlight = this.pending.get(pendingKey);
+    if (inFlight) return inFlight.then((r) => ({ message: r.message, duplicate: true }));
+    const existingSeq = this.dedupe.get(dedupeKey);
+    if (existingSeq !== undefined) {
+      const original = this.messages.get([draft.conversationId, existingSeq]);
+      assert(original, `dedupe entry without message ${draft.conversationId}/${existingSeq}`);
+      return Promise.resolve({ message: original, duplicate: true });
+    }
+    const seq = this.seqOf(draft.conversationId) + 1;
+    this.lastSeq.set(draft.conversationId, seq);
+    const position = ++this.head;
+    const message: StoredMessage = { ...draft, seq };
+    const write = this.guard(
+      this.messages.batch(() => {
+        this.messages.put([draft.conversationId, seq], message);
+        this.dedupe.put(dedupeKey, seq);
+        this.entries.put(position, [draft.conversationId, seq]);
+      }),
+    ).then((): AppendResult => {
+      this.pending.delete(pendingKey);
+      for (const wake of this.wakers) wake();
+      return { message, duplicate: false };
+    });
+    this.pending.set(pendingKey, write);
+    return write;
+  }
+
+  async consume(group: string, handler: BatchHandler): Promise<Closeable> {
+    let stopped = false;
+    let wake: (() => void) | undefined;
+    const waker = () => wake?.();
+    this.wakers.add(waker);
+    const loop = (async () => {
+      let offset = this.offsets.get(group) ?? 0;
+      while (!stopped && !this.isClosed()) {
+        const batch: StoredMessage[] = [];
+        let last = offset;
+        for (const { key, value } of this.entries.getRange({ start: offset + 1, limit: CONSUME_BATCH_MAX })) {
+          const message = this.messages.get(value);
+          assert(message, `log entry ${String(key)} points at a missing message`);
+          batch.push(message);
+          last = key as number;
+        }
+        if (batch.length === 0) {
+          // Appends wake us after their commit; re-check first so a wake-up between read and wait is not lost.
+          await new Promise<void>((resolve) => {
+            wake = resolve;
+            if (stopped || this.entries.doesExist(offset + 1)) resolve();
+          });
+          wake = undefined;
+          continue;
+        }
+        await handler(batch);
+        offset = last;
+        await this.guard(this.offsets.put(group, offset));
+      }
+    })();
+    const consumer: Closeable = {
+      close: async () => {
+        stopped = true;
+        wake?.();
+        this.wakers.delete(waker);
+        this.consumers.delete(consumer);
+        await loop;
+      },
+    };
+    this.consumers.add(consumer);
+    loop.catch(() => this.consumers.delete(consumer));
+    return consumer;
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([...this.consumers].map((c) => c.close()));
+    await Promise.allSettled([...this.pending.values()]);
+  }
+}
+
+class EmbeddedMessageStore implements MessageStore {
+  constructor(
+    private readonly messages: Database<StoredMessage, Key>,
+    private readonly guard: Guard,
+  ) {}
+
+  async write(messages: StoredMessage[]): Promise<void> {
+    await this.guard(
+      this.messages.batch(() => {
+        for (const m of messages) {
+          const existing = this.messages.get([m.conversationId, m.seq]);
+          if (existing) assert(existing.messageId === m.messageId, `seq ${m.conversationId}/${m.seq} reassigned`);
+          else this.messages.put([m.conversationId, m.seq], m);
+        }
+      }),
+    );
+  }
+
+  async history(conversationId: string, query: HistoryQuery): Promise<HistoryPage> {
+    const after = query.afterSeq ?? 0;
+    const before = query.beforeSeq && query.beforeSeq > 0 ? query.beforeSeq : SEQ_MAX;
+    const messages: StoredMessage[] = [];
+    if (query.afterSeq) {
+      for (const { value } of this.messages.getRange({ start: [conversationId, after + 1], end: [conversationId, before], limit: query.limit + 1 })) {
+        messages.push(value);
+      }
+      const hasMore = messages.length > query.limit;
+      return { messages: messages.slice(0, query.limit), hasMore };
+    }
+    for (const { value } of this.messages.getRange({ start: [conversationId, before - 1], end: [conversationId, after], reverse: true, limit: query.limit + 1 })) {
+      messages.push(value);
+    }
+    const hasMore = messages.length > query.limit;
+    return { messages: messages.slice(0, query.limit).reverse(), hasMore };
+  }
+
+  async lastSeq(conversationId: string): Promise<number> {
+    for (const key of this.messages.getKeys({ start: [conversationId, SEQ_MAX], end: [conversationId, 0], reverse: true, limit: 1 })) {
+      return (key as [string, number])[1];
+    }
+    return 0;
+  }
+
+  async close(): Promise<void> {}
+}
+
+class EmbeddedMembership implements MembershipStore {
+  private readonly mutex = new KeyedMutex();
+
+  constructor(
+    private readonly conversations: Database<ConversationRecord, Key>,
+    private readonly membersDb: Database<number, Key>,
+    private readonly byUser: Database<number, Key>,
+    private readonly guard: Guard,
+  ) {}
+
+  createConversation(record: Omit<ConversationRecord, "memberCount">, members: string[]) {
+    return this.mutex.run(record.id, async () => {
+      const existing = this.conversations.get(record.id);
+      if (existing) return { record: existing, created: false };
+      const unique = [...new Set(members)];
+      const stored: ConversationRecord = { ...record, memberCount: unique.length };
+      await this.guard(
+        this.conversations.batch(() => {
+          this.conversations.put(record.id, stored);
+          for (const user of unique) {
+            this.membersDb.put([record.id, user], record.createdAtMs);
+            this.byUser.put([user, record.id], record.createdAtMs);
+          }
+        }),
+      );
+      return { record: stored, created: true };
+    });
+  }
+
+  async getConversation(id: string) {
+    return this.conversations.get(id);
+  }
+
+  addMembers(id: string, users: string[], membersMax: number) {
+    return this.mutex.run(id, async () => {
+      const record = this.conversations.get(id);
+      if (!record) throw errors.notFound("CONVERSATION_NOT_FOUND", `conversation ${id} does not exist`);
+      const fresh = [...new Set(users)].filter((u) => !this.membersDb.doesExist([id, u]));
+      if (record.memberCount + fresh.length > membersMax) {
+        throw errors.exhausted("GROUP_FULL", `group ${id} would have ${record.memberCount + fresh.length} members; the limit is ${membersMax}`);
+      }
+      if (fresh.length === 0) return record;
+      const updated = { ...record, memberCount: record.memberCount + fresh.length };
+      const now = Date.now();
+      await this.guard(
+        this.conversations.batch(() => {
+          this.conversations.put(id, updated);
+          for (const user of fresh) {
+            this.membersDb.put([id, user], now);
+            this.byUser.put([user, id], record.createdAtMs);
+          }
+        }),
+      );
+      return updated;
+    });
+  }
+
+  removeMember(id: string, user: string) {
+    return this.mutex.run(id, async () => {
+      const record = this.conversations.get(id);
+      if (!record) throw errors.notFound("CONVERSATION_NOT_FOUND", `conversation ${id} does not exist`);
+      if (!this.membersDb.doesExist([id, user])) throw errors.notFound("NOT_MEMBER", `${user} is not a member of ${id}`);
+      const updated = { ...record, memberCount: record.memberCount - 1 };
+      await this.guard(
+        this.conversations.batch(() => {
+          this.conversations.put(id, updated);
+          this.membersDb.remove([id, user]);
+          this.byUser.remove([user, id]);
+        }),
+      );
+      return updated;
+    });
+  }
+
+  async isMember(id: string, user: string) {
+    return this.membersDb.doesExist([id, user]);
+  }
+
+  async members(id: string) {
+    const out: string[] = [];
+    for (const key of this.membersDb.getKeys({ start: [id, ""], end: [id, "\uffff"] })) out.push((key as [string, string])[1]);
+    return out;
+  }
+
+  async conversationsOf(user: string, limit: number) {
+    const out: ConversationRecord[] = [];
+    for (const key of this.byUser.getKeys({ start: [user, ""], end: [user, "\uffff"] })) {
+      const record = this.conversations.get((key as [string, string])[1]);
+      if (record) out.push(record);
+    }
+    out.sort((a, b) => b.createdAtMs - a.createdAtMs || (a.id < b.id ? -1 : 1));
+    return out.slice(0, limit);
+  }
+
+  async close(): Promise<void> {}
+}
+
+class EmbeddedInbox implements InboxStore {
+  private readonly heads = new Map<string, number>();
+  private readonly pending = new Map<string, InboxEntry>();
+
+  constructor(
+    private readonly entries: Database<Omit<InboxEntry, "userId" | "cursor">, Key>,
+    private readonly index: Database<number, Key>,
+    private readonly guard: Guard,
+  ) {}
+
+  private headOf(userId: string): number {
+    let head = this.heads.get(userId);
+    if (head === undefined) {
+      head = 0;
+      for (const key of this.entries.getKeys({ start: [userId, SEQ_MAX], end: [userId, 0], reverse: true, limit: 1 })) {
+        head = (key as [string, number])[1];
+      }
+      this.heads.set(userId, head);
+    }
+    return head;
+  }
+
+  async append(entries: Array<Omit<InboxEntry, "cursor">>): Promise<InboxEntry[]> {
+    const out: InboxEntry[] = [];
+    const fresh: InboxEntry[] = [];
+    for (const e of entries) {
+      const idKey = `${e.userId}\u0000${e.conversationId}\u0000${e.seq}`;
+      const inFlight = this.pending.get(idKey);
+      const existing = inFlight?.cursor ?? this.index.get([e.userId, e.conversationId, e.seq]);
+      if (existing !== undefined) {
+        out.push({ ...e, cursor: existing });
+        continue;
+      }
+      const cursor = this.headOf(e.userId) + 1;
+      this.heads.set(e.userId, cursor);
+      const entry = { ...e, cursor };
+      this.pending.set(idKey, entry);
+      fresh.push(entry);
+      out.push(entry);
+    }
+    if (fresh.length > 0) {
+      try {
+        await this.guard(
+          this.entries.batch(() => {
+            for (const e of fresh) {
+              this.entries.put([e.userId, e.cursor], { conversationId: e.conversationId, seq: e.seq, messageId: e.messageId });
+              this.index.put([e.userId, e.conversationId, e.seq], e.cursor);
+            }
+          }),
+        );
+      } finally {
+        for (const e of fresh) this.pending.delete(`${e.userId}\u0000${e.conversationId}\u0000${e.seq}`);
+      }
+    }
+    return out;
+  }
+
+  async read(userId: string, after: number, limit: number): Promise<InboxEntry[]> {
+    const out: InboxEntry[] = [];
+    for (const { key, value } of this.entries.getRange({ start: [userId, after + 1], end: [userId, SEQ_MAX], limit })) {
+      out.push({ userId, cursor: (key as [string, number])[1], ...value });
+    }
+    return out;
+  }
+
+  async head(userId: string): Promise<number> {
+    // Only committed entries count: the in-memory head may be ahead while a batch is in flight.
+    for (const key of this.entries.getKeys({ start: [userId, SEQ_MAX], end: [userId, 0], reverse: true, limit: 1 })) {
+      return (key as [string, number])[1];
+    }
+    return 0;
+  }
+
+  async close(): Promise<void> {}
+}
+
+class EmbeddedReceipts implements ReceiptStore {
+  private readonly mutex = new KeyedMutex();
+  constructor(
+    private readonly db: Database<number, Key>,
+    private readonly guard: Guard,
+  ) {}
+
+  raise(conversationId: string, userId: string, kind: ReceiptKindName, seq: number) {
+    const key: Key = [conversationId, userId, kind];
+    return this.mutex.run(JSON.stringify(key), async () => {
+      if ((this.db.get(key) ?? 0) >= seq) return false;
+      await this.guard(this.db.put(key, seq));
+      return true;
+    });
+  }
+
+  async get(conversationId: string, userId: string, kind: ReceiptKindName) {
+    return this.db.get([conversationId, userId, kind]) ?? 0;
+  }
+
+  async close(): Promise<void> {}
+}
+
+/**
+ * Sessions live and die with this process in embedded mode, so the routing table needs no disk:
+ * a restart starts with no sessions, which is the truth.
+ */
+export class InMemoryRouting implements RoutingEvents {
+  private readonly sessions = new Map<string, SessionEvent>();
+  private readonly handlers = new Set<(e: SessionEvent) => void>();
+
+  async publish(event: SessionEvent): Promise<void> {
+    if (event.kind === "up") this.sessions.set(event.sessionId, event);
+    else if (event.kind === "down") this.sessions.delete(event.sessionId);
+    else {
+      for (const [id, s] of this.sessions) {
+        if (s.gatewayId === event.gatewayId && s.gatewayEpoch <= event.gatewayEpoch) this.sessions.delete(id);
+      }
+    }
+    for (const h of this.handlers) h(event);
+  }
+
+  async subscribe(handler: (e: SessionEvent) => void): Promise<Closeable> {
+    for (const s of this.sessions.values()) handler(s);
+    this.handlers.add(handler);
+    return { close: async () => void this.handlers.delete(handler) };
+  }
+
+  async close(): Promise<void> {
+    this.handlers.clear();
+  }
+}
+
+class EmbeddedPresence implements PresenceStore {
+  constructor(
+    private readonly db: Database<number, Key>,
+    private readonly guard: Guard,
+  ) {}
+  async setLastActive(userId: string, atMs: number) {
+    await this.guard(this.db.put(userId, atMs));
+  }
+  async lastActive(userIds: string[]) {
+    const out = new Map<string, number>();
+    for (const u of userIds) {
+      const v = this.db.get(u);
+      if (v !== undefined) out.set(u, v);
+    }
+    return out;
+  }
+  async close(): Promise<void> {}
+}
+
+class EmbeddedDevices implements DeviceStore {
+  constructor(
+    private readonly db: Database<DeviceRecord, Key>,
+    private readonly guard: Guard,
+  ) {}
+  async put(device: DeviceRecord) {
+    await this.guard(this.db.put([device.userId, device.deviceId], device));
+  }
+  async remove(userId: string, deviceId: string) {
+    await this.guard(this.db.remove([userId, deviceId]));
+  }
+  async list(userId: string) {
+    const out: DeviceRecord[] = [];
+    for (const { value } of this.db.getRange({ start: [userId, ""], end: [userId, "\uffff"] })) out.push(value);
+    return out;
+  }
+  async close(): Promise<void> {}
+}

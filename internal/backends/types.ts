@@ -1,0 +1,175 @@
+/**
+ * The storage and messaging interfaces every service is written against. Two implementations:
+ * `embedded` (one process, one LMDB file, in-process log) and `distributed` (Kafka + Cassandra).
+ * One contract test suite (test/contract) runs against both; shapes follow DESIGN.md sections 4 and 6:
+ * a keyed, partitioned log with consumer groups, and a store queried by partition and clustering range.
+ */
+
+/** A message as stored: immutable once appended. */
+export interface StoredMessage {
+  conversationId: string;
+  /** Gap-free position in the conversation, from 1. */
+  seq: number;
+  /** Snowflake id, decimal string. */
+  messageId: string;
+  sender: string;
+  clientMsgId: string;
+  body: string;
+  createdAtMs: number;
+}
+
+/** What a sender hands to the log; `seq` is assigned by the conversation's owner. */
+export type MessageDraft = Omit<StoredMessage, "seq">;
+
+export interface AppendResult {
+  message: StoredMessage;
+  /** True when (conversationId, sender, clientMsgId) was appended before; `message` is the original. */
+  duplicate: boolean;
+}
+
+/** Hands out ordered batches to one consumer; resolves when the batch's effects are durable. */
+export type BatchHandler = (messages: StoredMessage[]) => Promise<void>;
+
+export interface Closeable {
+  close(): Promise<void>;
+}
+
+/**
+ * The message log (Kafka topic switchboard.messages keyed by conversation / the embedded log).
+ * `append` resolves only once the message is durable and carries its seq: an ack means durable.
+ */
+export interface MessageLog extends Closeable {
+  append(draft: MessageDraft): Promise<AppendResult>;
+  /**
+   * Consumes as member of `group`: batches arrive in per-conversation seq order, at least once;
+   * the group's position advances only after `handler` resolved, so effects must be idempotent.
+   */
+  consume(group: string, handler: BatchHandler): Promise<Closeable>;
+}
+
+export interface HistoryQuery {
+  /** Only seq < beforeSeq (0: no upper bound). */
+  beforeSeq?: number;
+  /** Only seq > afterSeq (0: no lower bound). */
+  afterSeq?: number;
+  limit: number;
+}
+
+export interface HistoryPage {
+  /** Oldest first. */
+  messages: StoredMessage[];
+  hasMore: boolean;
+}
+
+/** Durable message storage by (conversation, bucket) partition and seq clustering. */
+export interface MessageStore extends Closeable {
+  /** Idempotent upsert of immutable rows (re-writing the same message is harmless). */
+  write(messages: StoredMessage[]): Promise<void>;
+  /** With only beforeSeq: the newest `limit` below it; with afterSeq: the oldest `limit` above it. */
+  history(conversationId: string, query: HistoryQuery): Promise<HistoryPage>;
+  lastSeq(conversationId: string): Promise<number>;
+}
+
+export type ConversationKindName = "direct" | "group";
+
+export interface ConversationRecord {
+  id: string;
+  kind: ConversationKindName;
+  name: string;
+  owner: string;
+  open: boolean;
+  createdAtMs: number;
+  memberCount: number;
+}
+
+/** Conversations and their members (tables conversations, members_by_conversation, conversations_by_user). */
+export interface MembershipStore extends Closeable {
+  /** Creates the conversation with its members unless it exists; returns the stored record either way. */
+  createConversation(
+    record: Omit<ConversationRecord, "memberCount">,
+    members: string[],
+  ): Promise<{ record: ConversationRecord; created: boolean }>;
+  getConversation(id: string): Promise<ConversationRecord | undefined>;
+  /** Adds members, refusing (GROUP_FULL) to exceed `membersMax`; already-present users are ignored. */
+  addMembers(id: string, users: string[], membersMax: number): Promise<ConversationRecord>;
+  removeMember(id: string, user: string): Promise<ConversationRecord>;
+  isMember(id: string, user: string): Promise<boolean>;
+  members(id: string): Promise<string[]>;
+  conversationsOf(user: string, limit: number): Promise<ConversationRecord[]>;
+}
+
+/** One entry of a user's inbox: the user's personal, ordered stream of messages addressed to them. */
+export interface InboxEntry {
+  userId: string;
+  /** Per-user position, gap-free from 1; a device's sync cursor points here. */
+  cursor: number;
+  conversationId: string;
+  seq: number;
+  messageId: string;
+}
+
+export interface InboxStore extends Closeable {
+  /**
+   * Appends entries, assigning cursors in order. Idempotent per (user, conversation, seq): an entry
+   * appended before keeps its cursor and is returned again.
+   */
+  append(entries: Array<Omit<InboxEntry, "cursor">>): Promise<InboxEntry[]>;
+  /** Entries with cursor > after, oldest first, at most `limit`. */
+  read(userId: string, after: number, limit: number): Promise<InboxEntry[]>;
+  head(userId: string): Promise<number>;
+}
+
+export type ReceiptKindName = "delivered" | "read";
+
+export interface ReceiptStore extends Closeable {
+  /** Raises the watermark; returns false if it was already at or above `seq`. */
+  raise(conversationId: string, userId: string, kind: ReceiptKindName, seq: number): Promise<boolean>;
+  get(conversationId: string, userId: string, kind: ReceiptKindName): Promise<number>;
+}
+
+/** A device connection's whereabouts (the compacted routing topic). */
+export interface SessionEvent {
+  kind: "up" | "down" | "gateway-gone";
+  userId: string;
+  sessionId: string;
+  gatewayId: string;
+  gatewayEpoch: number;
+}
+
+export interface RoutingEvents extends Closeable {
+  publish(event: SessionEvent): Promise<void>;
+  /** Replays the current table (as "up" events), then follows changes. */
+  subscribe(handler: (event: SessionEvent) => void): Promise<Closeable>;
+}
+
+export interface PresenceStore extends Closeable {
+  setLastActive(userId: string, atMs: number): Promise<void>;
+  lastActive(userIds: string[]): Promise<Map<string, number>>;
+}
+
+export interface DeviceRecord {
+  userId: string;
+  deviceId: string;
+  provider: "webpush" | "apns" | "fcm" | "webhook";
+  token: string;
+  registeredAtMs: number;
+}
+
+export interface DeviceStore extends Closeable {
+  put(device: DeviceRecord): Promise<void>;
+  remove(userId: string, deviceId: string): Promise<void>;
+  list(userId: string): Promise<DeviceRecord[]>;
+}
+
+/** Everything a platform needs, from one backend. */
+export interface Backends extends Closeable {
+  readonly name: "embedded" | "distributed";
+  log: MessageLog;
+  messages: MessageStore;
+  membership: MembershipStore;
+  inbox: InboxStore;
+  receipts: ReceiptStore;
+  routing: RoutingEvents;
+  presence: PresenceStore;
+  devices: DeviceStore;
+}

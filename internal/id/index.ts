@@ -1,0 +1,2 @@
+export { ALLOCATE_COUNT_MAX, createIdService } from "./service.js";
+export { ClockMovedBackwardsError, decodeSnowflake, EPOCH_MS, Snowflake, WORKER_MAX } from "./snowflake.js";

@@ -1,0 +1,92 @@
+/**
+ * Snowflake ids: 41 bits of milliseconds since EPOCH_MS, 10 bits of worker id, 12 bits of sequence.
+ * Ids from one generator strictly increase. When the clock goes backwards the generator keeps
+ * minting from its own last timestamp while the gap is small (the sequence space of one
+ * millisecond, then it borrows the next millisecond), and fails loudly when the gap exceeds
+ * `maxBackwardsMs`: it never hands out an id lower than one it already gave.
+ */
+import { assert } from "../lib/errors.js";
+
+export const EPOCH_MS = 1_704_067_200_000; // 2024-01-01T00:00:00Z
+export const WORKER_BITS = 10n;
+export const SEQUENCE_BITS = 12n;
+export const WORKER_MAX = (1 << Number(WORKER_BITS)) - 1;
+const SEQUENCE_MASK = (1 << Number(SEQUENCE_BITS)) - 1;
+
+export class ClockMovedBackwardsError extends Error {
+  override readonly name = "ClockMovedBackwardsError";
+}
+
+export interface SnowflakeOptions {
+  workerId: number;
+  /** Source of milliseconds since the Unix epoch (injectable for tests). */
+  now?: () => number;
+  /** Largest backwards clock jump absorbed by running ahead of the wall clock. */
+  maxBackwardsMs?: number;
+}
+
+export class Snowflake {
+  readonly workerId: number;
+  private readonly now: () => number;
+  private readonly maxBackwardsMs: number;
+  private lastMs = -1;
+  private sequence = 0;
+  private lastId = -1n;
+
+  constructor(options: SnowflakeOptions) {
+    if (!Number.isInteger(options.workerId) || options.workerId < 0 || options.workerId > WORKER_MAX) {
+      throw new RangeError(`worker id must be an integer in [0, ${WORKER_MAX}], got ${options.workerId}`);
+    }
+    this.workerId = options.workerId;
+    this.now = options.now ?? Date.now;
+    this.maxBackwardsMs = options.maxBackwardsMs ?? 5_000;
+  }
+
+  /** The next id as a bigint. */
+  nextBigInt(): bigint {
+    let ms = this.now();
+    if (ms < this.lastMs) {
+      if (this.lastMs - ms > this.maxBackwardsMs) {
+        throw new ClockMovedBackwardsError(
+          `clock moved backwards by ${this.lastMs - ms} ms (limit ${this.maxBackwardsMs} ms); refusing to mint ids`,
+        );
+      }
+      ms = this.lastMs; // run on our own clock until the wall clock catches up
+    }
+    if (ms === this.lastMs) {
+      this.sequence = (this.sequence + 1) & SEQUENCE_MASK;
+      if (this.sequence === 0) ms = this.lastMs + 1; // sequence exhausted: borrow the next millisecond
+    } else {
+      this.sequence = 0;
+    }
+    this.lastMs = ms;
+    const elapsed = BigInt(ms - EPOCH_MS);
+    assert(elapsed >= 0n && elapsed < 1n << 41n, "snowflake timestamp out of range");
+    const id = (elapsed << (WORKER_BITS + SEQUENCE_BITS)) | (BigInt(this.workerId) << SEQUENCE_BITS) | BigInt(this.sequence);
+    assert(id > this.lastId, "snowflake ids must strictly increase");
+    this.lastId = id;
+    return id;
+  }
+
+  /** The next id as a decimal string (the form used on the wire). */
+  next(): string {
+    return this.nextBigInt().toString();
+  }
+
+  /** `count` strictly increasing ids. */
+  batch(count: number): string[] {
+    const out = new Array<string>(count);
+    for (let i = 0; i < count; i++) out[i] = this.next();
+    return out;
+  }
+}
+
+/** Splits an id into its parts (for tests and debugging). */
+export function decodeSnowflake(id: string | bigint): { ms: number; workerId: number; sequence: number } {
+  const v = BigInt(id);
+  return {
+    ms: Number(v >> (WORKER_BITS + SEQUENCE_BITS)) + EPOCH_MS,
+    workerId: Number((v >> SEQUENCE_BITS) & BigInt(WORKER_MAX)),
+    sequence: Number(v & BigInt(SEQUENCE_MASK)),
+  };
+}

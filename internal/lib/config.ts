@@ -1,0 +1,170 @@
+/**
+ * One typed configuration tree (Centrifugo's configtypes idea): every setting is declared once with
+ * its default and documentation; environment variable names and the configuration reference in the
+ * README are derived from the same tree (`switchboard config docs`).
+ */
+
+interface Setting<T> {
+  readonly default: T;
+  readonly doc: string;
+  readonly parse: (raw: string) => T;
+}
+
+const int = (def: number, doc: string, min = 0, max = Number.MAX_SAFE_INTEGER): Setting<number> => ({
+  default: def,
+  doc,
+  parse: (raw) => {
+    const n = Number(raw);
+    if (!Number.isInteger(n) || n < min || n > max) throw new Error(`expected an integer in [${min}, ${max}]`);
+    return n;
+  },
+});
+const str = (def: string, doc: string): Setting<string> => ({ default: def, doc, parse: (raw) => raw });
+const bool = (def: boolean, doc: string): Setting<boolean> => ({
+  default: def,
+  doc,
+  parse: (raw) => {
+    if (/^(1|true|yes|on)$/i.test(raw)) return true;
+    if (/^(0|false|no|off)$/i.test(raw)) return false;
+    throw new Error("expected true or false");
+  },
+});
+const list = (def: string[], doc: string): Setting<string[]> => ({
+  default: def,
+  doc,
+  parse: (raw) =>
+    raw
+      .split(",")
+      .map((s) => s.trim())
+      .filter((s) => s.length > 0),
+});
+const oneOf = <T extends string>(values: readonly T[], def: T, doc: string): Setting<T> => ({
+  default: def,
+  doc: `${doc} One of: ${values.join(", ")}.`,
+  parse: (raw) => {
+    if (!(values as readonly string[]).includes(raw)) throw new Error(`expected one of ${values.join(", ")}`);
+    return raw as T;
+  },
+});
+
+export const schema = {
+  http: {
+    host: str("127.0.0.1", "Address the HTTP/WebSocket server listens on."),
+    port: int(8080, "Port of the HTTP/WebSocket server (/ws, /healthz, /readyz, /metrics, /v1/connect).", 0, 65535),
+    publicUrl: str("", "WebSocket URL handed out by /v1/connect; derived from the request's Host when empty."),
+    headersTimeoutMs: int(10_000, "Time a client may take to send the upgrade request headers (slowloris bound)."),
+  },
+  grpc: {
+    port: int(0, "Port of the gRPC server exposing all services (0: gRPC disabled in all-in-one mode).", 0, 65535),
+  },
+  dataDir: str(".data", "Directory of the embedded database and the dev JWT secret."),
+  backend: oneOf(["embedded", "distributed"] as const, "embedded", "Storage backend."),
+  auth: {
+    jwksUrl: str("", "JWKS URL to verify client JWTs (RS256/ES256/EdDSA); when empty, the HS256 dev secret is used."),
+    issuer: str("", "Required `iss` claim (empty: not checked)."),
+    audience: str("", "Required `aud` claim (empty: not checked)."),
+    authTimeoutMs: int(5_000, "A connection that has not authenticated within this time is closed (3502)."),
+    allowedOrigins: list([], "Allowed Origin headers (exact match). Empty: any Origin. Requests without Origin (native apps) are allowed."),
+  },
+  gateway: {
+    frameBytesMax: int(512 * 1024, "Largest WebSocket frame accepted; larger frames close the connection with 1009.", 1024),
+    bodyCharsMax: int(100_000, "Longest message body in characters.", 1),
+    sendsPerSecond: int(50, "Sustained sends per second per connection (token bucket rate).", 1),
+    sendBurst: int(100, "Send burst per connection (token bucket size).", 1),
+    userSendsPerSecond: int(200, "Sustained sends per second per user across all their connections.", 1),
+    framesPerSecond: int(500, "Sustained frames of any kind per second per connection; past twice the burst the connection is closed (3013).", 1),
+    badFramesMax: int(10, "Malformed frames tolerated on one connection before it is closed (3501).", 1),
+    sendQueueBytesMax: int(4 * 1024 * 1024, "Bytes buffered for a slow client before it is closed (3008); it recovers by sync.", 1024),
+    connectionsMax: int(19_000, "Most open WebSocket connections per gateway process.", 1),
+    pingIntervalMs: int(25_000, "WebSocket ping interval; a connection silent for two intervals is closed.", 1000),
+    drainWindowMs: int(10_000, "Window over which draining spreads client reconnects.", 0),
+  },
+  groups: {
+    membersMax: int(500, "Most members a group may have.", 2),
+    nameCharsMax: int(200, "Longest group name in characters.", 1),
+  },
+  presence: {
+    heartbeatIntervalMs: int(5_000, "How often clients heartbeat.", 100),
+    offlineAfterMs: int(30_000, "A user is shown offline this long after their last device stopped heartbeating.", 100),
+  },
+  sync: {
+    pageSizeMax: int(1_000, "Most messages per sync or history page.", 1),
+  },
+  id: {
+    workerId: int(0, "Snowflake worker id (0-1023); in Kubernetes, the StatefulSet ordinal.", 0, 1023),
+    batchSize: int(256, "Ids the gateway fetches from the id service per call.", 1, 10_000),
+  },
+  push: {
+    webhookUrl: str("", "Generic webhook that receives a POST for every notification of an offline user (empty: off)."),
+  },
+  kafka: {
+    brokers: list(["127.0.0.1:9092"], "Kafka bootstrap servers (distributed backend)."),
+    partitions: int(12, "Partitions of switchboard.messages.", 1),
+    replicationFactor: int(1, "Replication factor of the topics (3 in production).", 1),
+  },
+  cassandra: {
+    contactPoints: list(["127.0.0.1:9042"], "Cassandra contact points (distributed backend)."),
+    datacenter: str("datacenter1", "Local datacenter name."),
+    keyspace: str("switchboard", "Keyspace."),
+  },
+  metrics: {
+    enabled: bool(true, "Serve Prometheus metrics on /metrics."),
+  },
+} as const;
+
+type Shape<S> = S extends Setting<infer T> ? T : { -readonly [K in keyof S]: Shape<S[K]> };
+export type Config = Shape<typeof schema>;
+
+function isSetting(node: unknown): node is Setting<unknown> {
+  return typeof node === "object" && node !== null && "parse" in node && "doc" in node;
+}
+
+/** SWITCHBOARD_GATEWAY_FRAME_BYTES_MAX for ["gateway", "frameBytesMax"]. */
+export function envName(path: readonly string[]): string {
+  return `SWITCHBOARD_${path.map((p) => p.replace(/([a-z0-9])([A-Z])/g, "$1_$2").toUpperCase()).join("_")}`;
+}
+
+function walk(node: unknown, path: string[], visit: (path: string[], s: Setting<unknown>) => void): void {
+  if (isSetting(node)) return visit(path, node);
+  for (const [k, v] of Object.entries(node as Record<string, unknown>)) walk(v, [...path, k], visit);
+}
+
+/** Overrides are dotted paths ("http.port") with raw string values, e.g. from CLI flags. */
+export function loadConfig(
+  env: NodeJS.ProcessEnv = process.env,
+  overrides: Record<string, string> = {},
+): Config {
+  const out: Record<string, unknown> = {};
+  walk(schema, [], (path, setting) => {
+    const dotted = path.join(".");
+    const raw = overrides[dotted] ?? env[envName(path)];
+    let value: unknown = setting.default;
+    if (raw !== undefined) {
+      try {
+        value = setting.parse(raw);
+      } catch (err) {
+        const source = overrides[dotted] !== undefined ? `--${dotted}` : envName(path);
+        throw new Error(`invalid configuration ${source}=${JSON.stringify(raw)}: ${(err as Error).message}`);
+      }
+    }
+    let target = out;
+    for (const p of path.slice(0, -1)) target = (target[p] ??= {}) as Record<string, unknown>;
+    target[path[path.length - 1]!] = Array.isArray(value) ? [...value] : value;
+  });
+  for (const key of Object.keys(overrides)) {
+    let node: unknown = schema;
+    for (const p of key.split(".")) node = (node as Record<string, unknown>)?.[p];
+    if (!isSetting(node)) throw new Error(`unknown configuration key ${key}`);
+  }
+  return out as Config;
+}
+
+/** The configuration reference as a Markdown table (used for the README). */
+export function configDocs(): string {
+  const rows = ["| setting | environment | default | meaning |", "|---|---|---|---|"];
+  walk(schema, [], (path, s) => {
+    const def = Array.isArray(s.default) ? s.default.join(",") : String(s.default);
+    rows.push(`| \`${path.join(".")}\` | \`${envName(path)}\` | \`${def}\` | ${s.doc} |`);
+  });
+  return rows.join("\n");
+}

@@ -1,0 +1,52 @@
+import { Code } from "../../gen/switchboard/common/v1/common_pb.js";
+
+export { Code };
+
+/**
+ * The one error type of Switchboard. `code` mirrors gRPC status codes, `reason` is a stable
+ * machine-readable string clients may switch on (documented in docs/protocol.md), `message` is for
+ * humans. `cause` is kept for logs and never sent to clients.
+ */
+export class SwitchboardError extends Error {
+  override readonly name = "SwitchboardError";
+  readonly code: Code;
+  readonly reason: string;
+  /** For RESOURCE_EXHAUSTED / UNAVAILABLE: the earliest sensible retry, in milliseconds. */
+  readonly retryAfterMs: number;
+
+  constructor(code: Code, reason: string, message: string, options?: { cause?: unknown; retryAfterMs?: number }) {
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
+    this.code = code;
+    this.reason = reason;
+    this.retryAfterMs = options?.retryAfterMs ?? 0;
+  }
+
+  /** Normalises anything thrown into a SwitchboardError; unknown errors become INTERNAL. */
+  static from(err: unknown): SwitchboardError {
+    if (err instanceof SwitchboardError) return err;
+    return new SwitchboardError(Code.INTERNAL, "INTERNAL", "internal error", { cause: err });
+  }
+}
+
+/** Shorthands for the errors the services raise most. */
+export const errors = {
+  invalid: (reason: string, message: string) => new SwitchboardError(Code.INVALID_ARGUMENT, reason, message),
+  notFound: (reason: string, message: string) => new SwitchboardError(Code.NOT_FOUND, reason, message),
+  denied: (reason: string, message: string) => new SwitchboardError(Code.PERMISSION_DENIED, reason, message),
+  exhausted: (reason: string, message: string, retryAfterMs = 0) =>
+    new SwitchboardError(Code.RESOURCE_EXHAUSTED, reason, message, { retryAfterMs }),
+  unauthenticated: (reason: string, message: string) =>
+    new SwitchboardError(Code.UNAUTHENTICATED, reason, message),
+  unavailable: (reason: string, message: string, cause?: unknown) =>
+    new SwitchboardError(Code.UNAVAILABLE, reason, message, { cause, retryAfterMs: 1000 }),
+  precondition: (reason: string, message: string) =>
+    new SwitchboardError(Code.FAILED_PRECONDITION, reason, message),
+};
+
+/**
+ * Invariant check (TigerBeetle style): a failed assertion is a programmer error, never bad input.
+ * It throws so tests crash loudly; production counts it (see metrics) and the caller's owner decides.
+ */
+export function assert(condition: unknown, message: string): asserts condition {
+  if (!condition) throw new Error(`invariant violated: ${message}`);
+}

@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# Starts a real single-node Apache Cassandra 5.0 on 127.0.0.1 for tests, installing
+# it on first use, and prints on stdout exactly:
+#   CASSANDRA_CONTACT_POINTS=127.0.0.1:<port>
+#   CASSANDRA_DATACENTER=datacenter1
+# Everything else goes to stderr. If our node already runs, it is reused.
+#
+# Environment:
+#   CASSANDRA_PORT            CQL (native transport) port (default 19042)
+#   CASSANDRA_STORAGE_PORT    inter-node port (default 17000; bound even for one node)
+#   CASSANDRA_JMX_PORT        JMX port on 127.0.0.1, for nodetool (default 17199)
+#   CASSANDRA_HEAP            -Xms/-Xmx (default 768m)
+#   CASSANDRA_KEEP_DATA=1     keep the keyspaces/data of the last run on a cold start
+#                             (default: every cold start begins with an empty node)
+#   CASSANDRA_START_TIMEOUT   seconds to wait for readiness (default 180)
+#   SWITCHBOARD_CACHE         cache root (default ~/.cache/switchboard)
+#   JAVA_HOME                 which Java to use (Cassandra 5.0 runs on 11 or 17 only)
+# State: $SWITCHBOARD_CACHE/run/cassandra/{server.log,server.pid,data/}. Stop: down.sh.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+SB_NAME=cassandra
+# shellcheck source=SCRIPTDIR/../lib.sh
+. "$here/../lib.sh"
+sb_init
+
+CASSANDRA_VERSION=5.0.9
+port="${CASSANDRA_PORT:-19042}"
+storage_port="${CASSANDRA_STORAGE_PORT:-17000}"
+jmx_port="${CASSANDRA_JMX_PORT:-17199}"
+heap="${CASSANDRA_HEAP:-768m}"
+lib="$SB_CACHE/cassandra-$CASSANDRA_VERSION/lib"
+data="$SB_RUN/data"
+
+print_env() {
+  echo "CASSANDRA_CONTACT_POINTS=127.0.0.1:$port"
+  echo "CASSANDRA_DATACENTER=datacenter1"
+}
+
+sb_lock
+
+# Reuse a running node; restart one that no longer answers (e.g. a start that was
+# interrupted half way).
+if pid="$(sb_pid)"; then
+  running_port="$(cat "$SB_RUN/port" 2>/dev/null || echo '?')"
+  if [ "$running_port" != "$port" ]; then
+    sb_die "a node already runs on port $running_port (pid $pid) but CASSANDRA_PORT=$port was asked; run test/infra/down.sh cassandra first"
+  fi
+  if sb_port_open "$port"; then
+    sb_log "reusing running node (pid $pid)"
+    print_env
+    exit 0
+  fi
+  sb_log "pid $pid is ours but port $port does not answer; restarting it"
+  sb_stop_server 10
+fi
+
+# Cassandra 5.0 supports Java 11 and 17 only (it calls setSecurityManager, and its
+# own launcher refuses anything else).
+sb_require_java 11 17
+sb_fetch_jars "$here/pom.xml" "$lib" "-Dcassandra.version=$CASSANDRA_VERSION"
+sb_require_free_port "$port" "CQL, CASSANDRA_PORT"
+sb_require_free_port "$storage_port" "Cassandra storage, CASSANDRA_STORAGE_PORT"
+sb_require_free_port "$jmx_port" "Cassandra JMX, CASSANDRA_JMX_PORT"
+
+if [ "${CASSANDRA_KEEP_DATA:-0}" != 1 ]; then rm -rf "$data"; fi
+mkdir -p "$data"
+sed -e "s|@PORT@|$port|g" -e "s|@STORAGE_PORT@|$storage_port|g" -e "s|@DATA_DIR@|$data|g" \
+  "$here/cassandra.yaml" >"$SB_RUN/cassandra.yaml"
+cp "$here/logback.xml" "$SB_RUN/logback.xml"
+echo "$port" >"$SB_RUN/port"
+
+jamm="$(find "$lib" -maxdepth 1 -name 'jamm-*.jar' | head -n 1)"
+[ -n "$jamm" ] || sb_die "no jamm-*.jar in $lib (Cassandra needs it as -javaagent); delete $lib to refetch"
+
+# Java 17 module flags, as in Cassandra 5.0's conf/jvm17-server.options: without
+# them the JVM dies at startup with InaccessibleObjectException.
+jpms=(
+  --add-exports java.base/jdk.internal.misc=ALL-UNNAMED
+  --add-exports java.management.rmi/com.sun.jmx.remote.internal.rmi=ALL-UNNAMED
+  --add-exports java.rmi/sun.rmi.registry=ALL-UNNAMED
+  --add-exports java.rmi/sun.rmi.server=ALL-UNNAMED
+  --add-exports java.sql/java.sql=ALL-UNNAMED
+  --add-exports java.base/java.lang.ref=ALL-UNNAMED
+  --add-exports jdk.unsupported/sun.misc=ALL-UNNAMED
+  --add-exports java.management/com.sun.jmx.remote.security=ALL-UNNAMED
+  --add-opens java.base/java.lang.module=ALL-UNNAMED
+  --add-opens java.base/jdk.internal.loader=ALL-UNNAMED
+  --add-opens java.base/jdk.internal.ref=ALL-UNNAMED
+  --add-opens java.base/jdk.internal.reflect=ALL-UNNAMED
+  --add-opens java.base/jdk.internal.math=ALL-UNNAMED
+  --add-opens java.base/jdk.internal.module=ALL-UNNAMED
+  --add-opens java.base/jdk.internal.util.jar=ALL-UNNAMED
+  --add-opens jdk.management/com.sun.management.internal=ALL-UNNAMED
+  --add-opens java.base/sun.nio.ch=ALL-UNNAMED
+  --add-opens java.base/java.io=ALL-UNNAMED
+  --add-opens java.base/java.lang.reflect=ALL-UNNAMED
+  --add-opens java.base/java.lang=ALL-UNNAMED
+  --add-opens java.base/java.util=ALL-UNNAMED
+  --add-opens java.base/java.nio=ALL-UNNAMED
+)
+
+# Cassandra mlockall()s the whole JVM at startup so the heap is never swapped.
+# For a test node that only costs: ~3 s of page faults and an RSS of the full heap.
+# It skips the lock (logging a warning) when mlockall fails, so make it fail: a small
+# memlock limit, and for root also no CAP_IPC_LOCK (which overrides the limit).
+ulimit -l 64
+no_mlock=()
+if [ "$(id -u)" = 0 ] && command -v setpriv >/dev/null 2>&1; then
+  no_mlock=(setpriv --bounding-set -ipc_lock --inh-caps -ipc_lock)
+fi
+# Extra JVM flags for experiments/debugging, word-split on purpose.
+read -r -a extra_opts <<<"${CASSANDRA_JVM_OPTS:-}"
+
+sb_log "starting Cassandra $CASSANDRA_VERSION on 127.0.0.1:$port (storage $storage_port, jmx $jmx_port)"
+sb_start "${no_mlock[@]}" "$SB_JAVA" "$SB_MARKER" \
+  "-Xms$heap" "-Xmx$heap" -Xss256k -XX:+UseG1GC -XX:+ParallelRefProcEnabled \
+  -XX:+HeapDumpOnOutOfMemoryError -XX:HeapDumpPath="$SB_RUN" -XX:+PerfDisableSharedMem \
+  "-javaagent:$jamm" -Djdk.attach.allowAttachSelf=true -Dio.netty.tryReflectionSetAccessible=true \
+  -Djava.net.preferIPv4Stack=true -Djna.nosys=true "${jpms[@]}" \
+  -Dcassandra-foreground=yes \
+  -Dcassandra.config="file://$SB_RUN/cassandra.yaml" \
+  -Dcassandra.storagedir="$data" -Dcassandra.logdir="$SB_RUN" \
+  -Dlogback.configurationFile="$SB_RUN/logback.xml" \
+  -Dcassandra.jmx.local.port="$jmx_port" \
+  -Dcassandra.skip_wait_for_gossip_to_settle=0 -Dcassandra.initial_token=0 \
+  "${extra_opts[@]}" -cp "$lib/*" org.apache.cassandra.service.CassandraDaemon
+
+# The CQL line is logged as the native transport starts; the port check confirms
+# the bind. Clients can connect and run CQL from then on.
+sb_wait_ready "$port" 'Starting listening for CQL clients' "${CASSANDRA_START_TIMEOUT:-180}"
+print_env

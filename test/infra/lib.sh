@@ -1,0 +1,197 @@
+# shellcheck shell=bash
+# Shared helpers for test/infra/<server>/up.sh and down.sh. Sourced, never run.
+#
+# The model: a server's jars live in a version-keyed cache
+# ($SB_CACHE/<name>-<version>/lib, fetched once with Maven), and its state lives in
+# $SB_CACHE/run/<name>/ (config, data, server.pid, server.log). The JVM runs
+# detached in its own session so it outlives the script (and the test runner's
+# process group), and is found again through the pid file.
+#
+# The caller sets SB_NAME (e.g. "kafka") before sourcing, and calls sb_init.
+
+SB_CACHE="${SWITCHBOARD_CACHE:-$HOME/.cache/switchboard}"
+
+sb_log() { printf '[%s] %s\n' "$SB_NAME" "$*" >&2; }
+sb_die() {
+  printf '[%s] ERROR: %s\n' "$SB_NAME" "$*" >&2
+  exit 1
+}
+
+# Sets the paths every script uses and makes the state directory.
+sb_init() {
+  SB_RUN="$SB_CACHE/run/$SB_NAME"
+  SB_PID_FILE="$SB_RUN/server.pid"
+  SB_LOG_FILE="$SB_RUN/server.log"
+  # Passed to the JVM as -Dswitchboard.infra=...: lets us tell our own server from
+  # an unrelated process that happens to have been given the same pid later.
+  SB_MARKER="-Dswitchboard.infra=$SB_RUN"
+  mkdir -p "$SB_RUN"
+}
+
+# Holds an exclusive lock for the rest of the calling script, so two test workers
+# calling up.sh at once do not both download or both start a server.
+# fd 9 must not leak into the server (sb_start closes it), or the lock would be
+# held for the server's whole life.
+sb_lock() {
+  exec 9>"$SB_RUN/lock"
+  if ! flock -w 900 9; then sb_die "timed out waiting for $SB_RUN/lock (another up.sh stuck?)"; fi
+}
+
+# --- prerequisites -------------------------------------------------------------
+
+# Picks the java binary (JAVA_HOME first, like the upstream scripts) and checks that
+# its major version is one of the allowed ones, e.g. sb_require_java 11 17.
+sb_require_java() {
+  if [ -n "${JAVA_HOME:-}" ] && [ -x "$JAVA_HOME/bin/java" ]; then
+    SB_JAVA="$JAVA_HOME/bin/java"
+  elif command -v java >/dev/null 2>&1; then
+    SB_JAVA="$(command -v java)"
+  else
+    sb_die "java not found (neither \$JAVA_HOME/bin/java nor java on PATH). Install a JDK 17, e.g. apt-get install openjdk-17-jdk-headless"
+  fi
+  local line major
+  line="$("$SB_JAVA" -version 2>&1 | head -n 1)"
+  # 'openjdk version "17.0.15" ...' -> 17; 'java version "1.8.0_..."' -> 1
+  major="$(printf '%s' "$line" | sed -E 's/^[^"]*"([0-9]+).*/\1/')"
+  local ok
+  for ok in "$@"; do [ "$major" = "$ok" ] && return 0; done
+  sb_die "$SB_JAVA is Java $major ($line); $SB_NAME needs Java $(printf '%s ' "$@")(set JAVA_HOME to one)"
+}
+
+# Fetches a pom's runtime dependencies into $2 (a lib dir) once. Extra args go to mvn
+# (e.g. -Dkafka.version=3.9.1). Maven runs in a scratch copy of the pom so nothing
+# (target/, logs) lands in the repo, and the lib dir appears whole or not at all.
+# A hash of the pom is kept next to the jars: editing the pom refetches.
+sb_fetch_jars() {
+  local pom="$1" lib="$2"
+  shift 2
+  local want
+  want="$(cat "$pom" <(printf '%s\n' "$@") | sha256sum | cut -d' ' -f1)"
+  if [ -f "$lib/.complete" ] && [ "$(cat "$lib/.complete")" = "$want" ]; then return 0; fi
+  command -v mvn >/dev/null 2>&1 ||
+    sb_die "mvn (Apache Maven) not found on PATH; it is needed once to fetch the $SB_NAME jars into $lib. Install it, e.g. apt-get install maven"
+  sb_log "fetching $SB_NAME jars from Maven Central into $lib (first run only)..."
+  mkdir -p "$(dirname "$lib")"
+  local work
+  work="$(mktemp -d "$(dirname "$lib")/.fetch.XXXXXX")"
+  cp "$pom" "$work/pom.xml"
+  if ! (cd "$work" && mvn -B -q dependency:copy-dependencies -DincludeScope=runtime \
+    -DoutputDirectory="$work/lib" "$@") >"$work/mvn.log" 2>&1; then
+    tail -n 40 "$work/mvn.log" >&2
+    rm -rf "$work"
+    sb_die "downloading the $SB_NAME jars with Maven failed (Maven Central unreachable, or a version missing?); mvn output above"
+  fi
+  printf '%s\n' "$want" >"$work/lib/.complete"
+  rm -rf "$lib"
+  mv "$work/lib" "$lib"
+  rm -rf "$work"
+  sb_log "fetched $(find "$lib" -name '*.jar' | wc -l) jars ($(du -sh "$lib" | cut -f1))"
+}
+
+# --- process and port checks ---------------------------------------------------
+
+# Prints the server's pid if the pid file names a live process that is our server.
+sb_pid() {
+  local pid
+  pid="$(cat "$SB_PID_FILE" 2>/dev/null)" || return 1
+  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+  # A zombie or a recycled pid has no (or another) command line.
+  tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | grep -qxF -- "$SB_MARKER" || return 1
+  printf '%s\n' "$pid"
+}
+
+# True when something accepts TCP connections on 127.0.0.1:$1.
+# bash's /dev/tcp avoids depending on nc; timeout guards against a full backlog.
+sb_port_open() {
+  timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null
+}
+
+# Dies if a port we are about to bind is already taken (by something that is not us).
+sb_require_free_port() {
+  local port="$1" what="$2"
+  if sb_port_open "$port"; then
+    sb_die "port $port ($what) on 127.0.0.1 is already in use by another process:
+$(ss -ltnp "sport = :$port" 2>/dev/null | tail -n +2)
+stop it, or choose other ports through the environment (see test/infra/$SB_NAME/up.sh)"
+  fi
+}
+
+# --- start, wait, stop -----------------------------------------------------------
+
+# Starts "$@" (a java command line that includes $SB_MARKER) detached: own session
+# (setsid) so signals to the caller's process group do not reach it, stdin from
+# /dev/null, output appended to the log, the lock fd closed. The previous log is
+# kept as server.log.1 so a restart after kill -9 can still show why.
+sb_start() {
+  if [ -s "$SB_LOG_FILE" ]; then mv -f "$SB_LOG_FILE" "$SB_LOG_FILE.1"; fi
+  : >"$SB_LOG_FILE"
+  rm -f "$SB_PID_FILE"
+  # The inner shell writes its own pid, then execs java, so the pid file holds the
+  # JVM's pid however setsid decides to fork.
+  # shellcheck disable=SC2016 # $$ and $@ are for the inner shell
+  setsid bash -c 'echo $$ >"$0"; exec "$@"' "$SB_PID_FILE" "$@" \
+    </dev/null >>"$SB_LOG_FILE" 2>&1 9>&- &
+  disown $! 2>/dev/null || true
+}
+
+# Prints the last $1 lines of the server log to stderr (for failure messages).
+sb_tail_log() {
+  printf -- '----- last %s lines of %s -----\n' "$1" "$SB_LOG_FILE" >&2
+  tail -n "$1" "$SB_LOG_FILE" >&2 2>/dev/null || true
+  printf -- '-----\n' >&2
+}
+
+# Waits until the server accepts connections on $1 AND its log matches the extended
+# regexp $2 (an open port alone can mean "socket bound, not yet serving").
+# Gives up after $3 seconds, or as soon as the process dies, and then stops what is
+# left, prints the log tail and exits non-zero.
+sb_wait_ready() {
+  local port="$1" pattern="$2" timeout_s="$3"
+  local deadline=$((SECONDS + timeout_s)) started=$SECONDS
+  # The pid file is written by the detached shell a moment after sb_start returns.
+  while [ ! -s "$SB_PID_FILE" ] && [ $SECONDS -lt $((started + 5)) ]; do sleep 0.05; done
+  while :; do
+    if ! sb_pid >/dev/null; then
+      sb_tail_log 60
+      sb_die "the $SB_NAME server exited during startup (log: $SB_LOG_FILE)"
+    fi
+    if grep -Eq -- "$pattern" "$SB_LOG_FILE" && sb_port_open "$port"; then
+      sb_log "ready on 127.0.0.1:$port after $((SECONDS - started))s (pid $(sb_pid), log $SB_LOG_FILE)"
+      return 0
+    fi
+    if [ $SECONDS -ge "$deadline" ]; then
+      sb_tail_log 60
+      sb_stop_server 10
+      sb_die "the $SB_NAME server was not ready on 127.0.0.1:$port within ${timeout_s}s (log: $SB_LOG_FILE); stopped it"
+    fi
+    sleep 0.2
+  done
+}
+
+# Stops our server if it runs: SIGTERM (clean shutdown), wait up to $1 seconds
+# (default 30), then SIGKILL. A SIGSTOPped server is continued first, or it
+# would never act on the SIGTERM.
+sb_stop_server() {
+  local grace="${1:-30}" pid i
+  if ! pid="$(sb_pid)"; then
+    rm -f "$SB_PID_FILE"
+    return 0
+  fi
+  sb_log "stopping pid $pid"
+  kill -CONT "$pid" 2>/dev/null || true
+  kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < grace * 10; i++)); do
+    sb_pid >/dev/null || break
+    sleep 0.1
+  done
+  if sb_pid >/dev/null; then
+    sb_log "pid $pid still alive after ${grace}s; sending SIGKILL"
+    kill -KILL "$pid" 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do
+      sb_pid >/dev/null || break
+      sleep 0.1
+    done
+  fi
+  if sb_pid >/dev/null; then sb_die "could not stop pid $pid"; fi
+  rm -f "$SB_PID_FILE"
+}
