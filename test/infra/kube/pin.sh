@@ -16,6 +16,8 @@ export GOTOOLCHAIN=local GOFLAGS=-mod=mod
 
 rm -f go.mod go.sum
 go mod init switchboard.local/test/infra/kube
+# Any Go 1.26.x may build this (go mod init would write the local patch version).
+go mod edit -go=1.26.0
 upstream=$(go mod download -json "k8s.io/kubernetes@v$k8s" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",\{0,1\}$/\1/p')
 # Staging modules: required at v0.0.0 upstream; published as v0.<minor>.<patch>.
 for m in $(awk '$1 ~ /^k8s\.io\// && $2 == "v0.0.0" {print $1}' "$upstream"); do
