@@ -96,7 +96,7 @@ sb_pid() {
   pid="$(cat "$SB_PID_FILE" 2>/dev/null)" || return 1
   [[ "$pid" =~ ^[0-9]+$ ]] || return 1
   # A zombie or a recycled pid has no (or another) command line.
-  tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | grep -qxF -- "$SB_MARKER" || return 1
+  tr '\0' '\n' 2>/dev/null <"/proc/$pid/cmdline" | grep -qxF -- "$SB_MARKER" || return 1
   printf '%s\n' "$pid"
 }
 
