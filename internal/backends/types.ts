@@ -68,6 +68,8 @@ export interface MessageStore extends Closeable {
   /** With only beforeSeq: the newest `limit` below it; with afterSeq: the oldest `limit` above it. */
   history(conversationId: string, query: HistoryQuery): Promise<HistoryPage>;
   lastSeq(conversationId: string): Promise<number>;
+  /** The messages at these positions, in the given order; missing ones are left out. */
+  getMany(keys: Array<{ conversationId: string; seq: number }>): Promise<StoredMessage[]>;
 }
 
 export type ConversationKindName = "direct" | "group";

@@ -1,4 +1,4 @@
-import { IdService } from "../../gen/switchboard/id/v1/id_pb.js";
+import type { IdService } from "../../gen/switchboard/id/v1/id_pb.js";
 import { errors } from "../lib/errors.js";
 import type { ServiceImpl } from "../lib/rpc.js";
 import { Snowflake } from "./snowflake.js";
@@ -11,7 +11,10 @@ export function createIdService(workerId: number, now?: () => number): ServiceIm
   return {
     async allocateIds(req) {
       if (req.count < 1 || req.count > ALLOCATE_COUNT_MAX) {
-        throw errors.invalid("COUNT_OUT_OF_RANGE", `count must be in [1, ${ALLOCATE_COUNT_MAX}], got ${req.count}`);
+        throw errors.invalid(
+          "COUNT_OUT_OF_RANGE",
+          `count must be in [1, ${ALLOCATE_COUNT_MAX}], got ${req.count}`,
+        );
       }
       return { ids: generator.batch(req.count), workerId };
     },

@@ -62,7 +62,10 @@ export class Snowflake {
     this.lastMs = ms;
     const elapsed = BigInt(ms - EPOCH_MS);
     assert(elapsed >= 0n && elapsed < 1n << 41n, "snowflake timestamp out of range");
-    const id = (elapsed << (WORKER_BITS + SEQUENCE_BITS)) | (BigInt(this.workerId) << SEQUENCE_BITS) | BigInt(this.sequence);
+    const id =
+      (elapsed << (WORKER_BITS + SEQUENCE_BITS)) |
+      (BigInt(this.workerId) << SEQUENCE_BITS) |
+      BigInt(this.sequence);
     assert(id > this.lastId, "snowflake ids must strictly increase");
     this.lastId = id;
     return id;

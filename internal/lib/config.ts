@@ -15,7 +15,8 @@ const int = (def: number, doc: string, min = 0, max = Number.MAX_SAFE_INTEGER): 
   doc,
   parse: (raw) => {
     const n = Number(raw);
-    if (!Number.isInteger(n) || n < min || n > max) throw new Error(`expected an integer in [${min}, ${max}]`);
+    if (!Number.isInteger(n) || n < min || n > max)
+      throw new Error(`expected an integer in [${min}, ${max}]`);
     return n;
   },
 });
@@ -50,33 +51,71 @@ const oneOf = <T extends string>(values: readonly T[], def: T, doc: string): Set
 export const schema = {
   http: {
     host: str("127.0.0.1", "Address the HTTP/WebSocket server listens on."),
-    port: int(8080, "Port of the HTTP/WebSocket server (/ws, /healthz, /readyz, /metrics, /v1/connect).", 0, 65535),
-    publicUrl: str("", "WebSocket URL handed out by /v1/connect; derived from the request's Host when empty."),
-    headersTimeoutMs: int(10_000, "Time a client may take to send the upgrade request headers (slowloris bound)."),
+    port: int(
+      8080,
+      "Port of the HTTP/WebSocket server (/ws, /healthz, /readyz, /metrics, /v1/connect).",
+      0,
+      65535,
+    ),
+    publicUrl: str(
+      "",
+      "WebSocket URL handed out by /v1/connect; derived from the request's Host when empty.",
+    ),
+    headersTimeoutMs: int(
+      10_000,
+      "Time a client may take to send the upgrade request headers (slowloris bound).",
+    ),
   },
   grpc: {
-    port: int(0, "Port of the gRPC server exposing all services (0: gRPC disabled in all-in-one mode).", 0, 65535),
+    port: int(
+      0,
+      "Port of the gRPC server exposing all services (0: gRPC disabled in all-in-one mode).",
+      0,
+      65535,
+    ),
   },
   dataDir: str(".data", "Directory of the embedded database and the dev JWT secret."),
   backend: oneOf(["embedded", "distributed"] as const, "embedded", "Storage backend."),
   auth: {
-    jwksUrl: str("", "JWKS URL to verify client JWTs (RS256/ES256/EdDSA); when empty, the HS256 dev secret is used."),
+    jwksUrl: str(
+      "",
+      "JWKS URL to verify client JWTs (RS256/ES256/EdDSA); when empty, the HS256 dev secret is used.",
+    ),
     issuer: str("", "Required `iss` claim (empty: not checked)."),
     audience: str("", "Required `aud` claim (empty: not checked)."),
     authTimeoutMs: int(5_000, "A connection that has not authenticated within this time is closed (3502)."),
-    allowedOrigins: list([], "Allowed Origin headers (exact match). Empty: any Origin. Requests without Origin (native apps) are allowed."),
+    allowedOrigins: list(
+      [],
+      "Allowed Origin headers (exact match). Empty: any Origin. Requests without Origin (native apps) are allowed.",
+    ),
   },
   gateway: {
-    frameBytesMax: int(512 * 1024, "Largest WebSocket frame accepted; larger frames close the connection with 1009.", 1024),
+    frameBytesMax: int(
+      512 * 1024,
+      "Largest WebSocket frame accepted; larger frames close the connection with 1009.",
+      1024,
+    ),
     bodyCharsMax: int(100_000, "Longest message body in characters.", 1),
     sendsPerSecond: int(50, "Sustained sends per second per connection (token bucket rate).", 1),
     sendBurst: int(100, "Send burst per connection (token bucket size).", 1),
     userSendsPerSecond: int(200, "Sustained sends per second per user across all their connections.", 1),
-    framesPerSecond: int(500, "Sustained frames of any kind per second per connection; past twice the burst the connection is closed (3013).", 1),
+    framesPerSecond: int(
+      500,
+      "Sustained frames of any kind per second per connection; past twice the burst the connection is closed (3013).",
+      1,
+    ),
     badFramesMax: int(10, "Malformed frames tolerated on one connection before it is closed (3501).", 1),
-    sendQueueBytesMax: int(4 * 1024 * 1024, "Bytes buffered for a slow client before it is closed (3008); it recovers by sync.", 1024),
+    sendQueueBytesMax: int(
+      4 * 1024 * 1024,
+      "Bytes buffered for a slow client before it is closed (3008); it recovers by sync.",
+      1024,
+    ),
     connectionsMax: int(19_000, "Most open WebSocket connections per gateway process.", 1),
-    pingIntervalMs: int(25_000, "WebSocket ping interval; a connection silent for two intervals is closed.", 1000),
+    pingIntervalMs: int(
+      25_000,
+      "WebSocket ping interval; a connection silent for two intervals is closed.",
+      1000,
+    ),
     drainWindowMs: int(10_000, "Window over which draining spreads client reconnects.", 0),
   },
   groups: {
@@ -85,7 +124,11 @@ export const schema = {
   },
   presence: {
     heartbeatIntervalMs: int(5_000, "How often clients heartbeat.", 100),
-    offlineAfterMs: int(30_000, "A user is shown offline this long after their last device stopped heartbeating.", 100),
+    offlineAfterMs: int(
+      30_000,
+      "A user is shown offline this long after their last device stopped heartbeating.",
+      100,
+    ),
   },
   sync: {
     pageSizeMax: int(1_000, "Most messages per sync or history page.", 1),
@@ -95,7 +138,10 @@ export const schema = {
     batchSize: int(256, "Ids the gateway fetches from the id service per call.", 1, 10_000),
   },
   push: {
-    webhookUrl: str("", "Generic webhook that receives a POST for every notification of an offline user (empty: off)."),
+    webhookUrl: str(
+      "",
+      "Generic webhook that receives a POST for every notification of an offline user (empty: off).",
+    ),
   },
   kafka: {
     brokers: list(["127.0.0.1:9092"], "Kafka bootstrap servers (distributed backend)."),
@@ -148,7 +194,10 @@ export function loadConfig(
       }
     }
     let target = out;
-    for (const p of path.slice(0, -1)) target = (target[p] ??= {}) as Record<string, unknown>;
+    for (const p of path.slice(0, -1)) {
+      target[p] ??= {};
+      target = target[p] as Record<string, unknown>;
+    }
     target[path[path.length - 1]!] = Array.isArray(value) ? [...value] : value;
   });
   for (const key of Object.keys(overrides)) {

@@ -14,7 +14,12 @@ export class SwitchboardError extends Error {
   /** For RESOURCE_EXHAUSTED / UNAVAILABLE: the earliest sensible retry, in milliseconds. */
   readonly retryAfterMs: number;
 
-  constructor(code: Code, reason: string, message: string, options?: { cause?: unknown; retryAfterMs?: number }) {
+  constructor(
+    code: Code,
+    reason: string,
+    message: string,
+    options?: { cause?: unknown; retryAfterMs?: number },
+  ) {
     super(message, options?.cause === undefined ? undefined : { cause: options.cause });
     this.code = code;
     this.reason = reason;

@@ -34,7 +34,11 @@ export interface CallOptions {
 }
 
 type Unary<I extends DescMessage, O extends DescMessage> = { methodKind: "unary"; input: I; output: O };
-type Bidi<I extends DescMessage, O extends DescMessage> = { methodKind: "bidi_streaming"; input: I; output: O };
+type Bidi<I extends DescMessage, O extends DescMessage> = {
+  methodKind: "bidi_streaming";
+  input: I;
+  output: O;
+};
 
 /** What a service implementation provides, method by method. */
 export type ServiceImpl<S extends DescService> = {
@@ -50,7 +54,10 @@ export type ServiceClient<S extends DescService> = {
   [K in keyof S["method"]]: S["method"][K] extends Unary<infer I, infer O>
     ? (request: MessageInitShape<I>, options?: CallOptions) => Promise<MessageShape<O>>
     : S["method"][K] extends Bidi<infer I, infer O>
-      ? (requests: AsyncIterable<MessageInitShape<I>>, options?: CallOptions) => AsyncIterable<MessageShape<O>>
+      ? (
+          requests: AsyncIterable<MessageInitShape<I>>,
+          options?: CallOptions,
+        ) => AsyncIterable<MessageShape<O>>
       : never;
 };
 
@@ -68,7 +75,8 @@ async function* mapAsync<A, B>(source: AsyncIterable<A>, fn: (a: A) => B): Async
 type AnyFn = (...args: unknown[]) => unknown;
 function methodOf(impl: object, method: DescMethod): AnyFn {
   const fn = (impl as Record<string, unknown>)[method.localName];
-  if (typeof fn !== "function") throw new Error(`service implementation lacks ${method.parent.typeName}.${method.name}`);
+  if (typeof fn !== "function")
+    throw new Error(`service implementation lacks ${method.parent.typeName}.${method.name}`);
   return fn.bind(impl) as AnyFn;
 }
 
@@ -88,7 +96,9 @@ export function inProcessClient<S extends DescService>(service: S, impl: Service
       client[method.localName] = (reqs: AsyncIterable<MessageInitShape<DescMessage>>, opts?: CallOptions) => {
         const signal = opts?.signal ?? new AbortController().signal;
         const input = mapAsync(reqs, (r) => create(method.input, r));
-        const output = fn(input, { signal, peer: "in-process" }) as AsyncIterable<MessageInitShape<DescMessage>>;
+        const output = fn(input, { signal, peer: "in-process" }) as AsyncIterable<
+          MessageInitShape<DescMessage>
+        >;
         return mapAsync(output, (o) => create(method.output, o));
       };
     }
@@ -139,13 +149,20 @@ function contextOf(call: grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerDup
 }
 
 /** Registers a protobuf-es service implementation on a grpc-js server. */
-export function addService<S extends DescService>(server: grpc.Server, service: S, impl: ServiceImpl<S>): void {
+export function addService<S extends DescService>(
+  server: grpc.Server,
+  service: S,
+  impl: ServiceImpl<S>,
+): void {
   const handlers: grpc.UntypedServiceImplementation = {};
   for (const method of service.methods) {
     if (!isSupported(method)) continue;
     const fn = methodOf(impl, method);
     if (method.methodKind === "unary") {
-      handlers[method.localName] = ((call: grpc.ServerUnaryCall<unknown, unknown>, cb: grpc.sendUnaryData<unknown>) => {
+      handlers[method.localName] = ((
+        call: grpc.ServerUnaryCall<unknown, unknown>,
+        cb: grpc.sendUnaryData<unknown>,
+      ) => {
         Promise.resolve()
           .then(() => fn(call.request, contextOf(call)) as Promise<MessageInitShape<DescMessage>>)
           .then(
@@ -188,8 +205,12 @@ export function grpcClient<S extends DescService>(
       client[method.localName] = (req: MessageInitShape<DescMessage>, opts?: CallOptions) =>
         new Promise((resolve, reject) => {
           const deadline = Date.now() + (opts?.timeoutMs ?? DEFAULT_UNARY_TIMEOUT_MS);
-          const c = call(create(method.input, req), new grpc.Metadata(), { deadline }, (err: unknown, res: unknown) =>
-            err ? reject(fromStatus(err as grpc.ServiceError)) : resolve(res),
+          const c = call(
+            create(method.input, req),
+            new grpc.Metadata(),
+            { deadline },
+            (err: unknown, res: unknown) =>
+              err ? reject(fromStatus(err as grpc.ServiceError)) : resolve(res),
           ) as grpc.ClientUnaryCall;
           opts?.signal?.addEventListener("abort", () => c.cancel(), { once: true });
         });

@@ -48,6 +48,8 @@ export interface EmbeddedOptions {
   dataDir: string;
   /** Called once when a commit fails; the owner should stop the process. */
   onFatal?: (err: unknown) => void;
+  /** Called when a consumer's handler fails; the batch is retried. */
+  onConsumerError?: (group: string, err: unknown) => void;
 }
 
 /** Serialises async critical sections per key (check-then-write on one conversation, one receipt...). */
@@ -93,9 +95,22 @@ export class EmbeddedBackends implements Backends {
     });
     const db = <V>(name: string) => this.root.openDB<V, Key>({ name });
     const guard = <T>(p: Promise<T>) => this.guard(p);
-    this.log = new EmbeddedLog(db("messages"), db("dedupe"), db("log"), db("offsets"), guard, () => this.closed);
+    this.log = new EmbeddedLog(
+      db("messages"),
+      db("dedupe"),
+      db("log"),
+      db("offsets"),
+      guard,
+      () => this.closed,
+      (group, err) => (options.onConsumerError ?? (() => undefined))(group, err),
+    );
     this.messages = new EmbeddedMessageStore(db("messages"), guard);
-    this.membership = new EmbeddedMembership(db("conversations"), db("members"), db("user_conversations"), guard);
+    this.membership = new EmbeddedMembership(
+      db("conversations"),
+      db("members"),
+      db("user_conversations"),
+      guard,
+    );
     this.inbox = new EmbeddedInbox(db("inbox"), db("inbox_index"), guard);
     this.receipts = new EmbeddedReceipts(db("receipts"), guard);
     this.routing = new InMemoryRouting();
@@ -105,7 +120,8 @@ export class EmbeddedBackends implements Backends {
 
   /** Every write goes through here: the first failed commit poisons the backend. */
   private async guard<T>(write: Promise<T>): Promise<T> {
-    if (this.fatal !== undefined) throw errors.unavailable("STORAGE_FAILED", "storage failed earlier", this.fatal);
+    if (this.fatal !== undefined)
+      throw errors.unavailable("STORAGE_FAILED", "storage failed earlier", this.fatal);
     try {
       return await write;
     } catch (err) {
@@ -143,6 +159,7 @@ class EmbeddedLog implements MessageLog {
     private readonly offsets: Database<number, Key>,
     private readonly guard: Guard,
     private readonly isClosed: () => boolean,
+    private readonly onHandlerError: (group: string, err: unknown) => void,
   ) {
     let head = 0;
     for (const key of entries.getKeys({ reverse: true, limit: 1 })) head = key as number;
@@ -153,7 +170,12 @@ class EmbeddedLog implements MessageLog {
     let seq = this.lastSeq.get(conversationId);
     if (seq === undefined) {
       seq = 0;
-      for (const key of this.messages.getKeys({ start: [conversationId, SEQ_MAX], end: [conversationId, 0], reverse: true, limit: 1 })) {
+      for (const key of this.messages.getKeys({
+        start: [conversationId, SEQ_MAX],
+        end: [conversationId, 0],
+        reverse: true,
+        limit: 1,
+      })) {
         seq = (key as [string, number])[1];
       }
       this.lastSeq.set(conversationId, seq);
@@ -216,7 +238,14 @@ class EmbeddedLog implements MessageLog {
           wake = undefined;
           continue;
         }
-        await handler(batch);
+        try {
+          await handler(batch);
+        } catch (err) {
+          // At-least-once: keep the offset and retry the same batch after a pause.
+          this.onHandlerError(group, err);
+          await new Promise((r) => setTimeout(r, 500));
+          continue;
+        }
         offset = last;
         await this.guard(this.offsets.put(group, offset));
       }
@@ -252,7 +281,8 @@ class EmbeddedMessageStore implements MessageStore {
       this.messages.batch(() => {
         for (const m of messages) {
           const existing = this.messages.get([m.conversationId, m.seq]);
-          if (existing) assert(existing.messageId === m.messageId, `seq ${m.conversationId}/${m.seq} reassigned`);
+          if (existing)
+            assert(existing.messageId === m.messageId, `seq ${m.conversationId}/${m.seq} reassigned`);
           else this.messages.put([m.conversationId, m.seq], m);
         }
       }),
@@ -264,13 +294,22 @@ class EmbeddedMessageStore implements MessageStore {
     const before = query.beforeSeq && query.beforeSeq > 0 ? query.beforeSeq : SEQ_MAX;
     const messages: StoredMessage[] = [];
     if (query.afterSeq) {
-      for (const { value } of this.messages.getRange({ start: [conversationId, after + 1], end: [conversationId, before], limit: query.limit + 1 })) {
+      for (const { value } of this.messages.getRange({
+        start: [conversationId, after + 1],
+        end: [conversationId, before],
+        limit: query.limit + 1,
+      })) {
         messages.push(value);
       }
       const hasMore = messages.length > query.limit;
       return { messages: messages.slice(0, query.limit), hasMore };
     }
-    for (const { value } of this.messages.getRange({ start: [conversationId, before - 1], end: [conversationId, after], reverse: true, limit: query.limit + 1 })) {
+    for (const { value } of this.messages.getRange({
+      start: [conversationId, before - 1],
+      end: [conversationId, after],
+      reverse: true,
+      limit: query.limit + 1,
+    })) {
       messages.push(value);
     }
     const hasMore = messages.length > query.limit;
@@ -278,10 +317,24 @@ class EmbeddedMessageStore implements MessageStore {
   }
 
   async lastSeq(conversationId: string): Promise<number> {
-    for (const key of this.messages.getKeys({ start: [conversationId, SEQ_MAX], end: [conversationId, 0], reverse: true, limit: 1 })) {
+    for (const key of this.messages.getKeys({
+      start: [conversationId, SEQ_MAX],
+      end: [conversationId, 0],
+      reverse: true,
+      limit: 1,
+    })) {
       return (key as [string, number])[1];
     }
     return 0;
+  }
+
+  async getMany(keys: Array<{ conversationId: string; seq: number }>): Promise<StoredMessage[]> {
+    const out: StoredMessage[] = [];
+    for (const k of keys) {
+      const m = this.messages.get([k.conversationId, k.seq]);
+      if (m) out.push(m);
+    }
+    return out;
   }
 
   async close(): Promise<void> {}
@@ -326,7 +379,10 @@ class EmbeddedMembership implements MembershipStore {
       if (!record) throw errors.notFound("CONVERSATION_NOT_FOUND", `conversation ${id} does not exist`);
       const fresh = [...new Set(users)].filter((u) => !this.membersDb.doesExist([id, u]));
       if (record.memberCount + fresh.length > membersMax) {
-        throw errors.exhausted("GROUP_FULL", `group ${id} would have ${record.memberCount + fresh.length} members; the limit is ${membersMax}`);
+        throw errors.exhausted(
+          "GROUP_FULL",
+          `group ${id} would have ${record.memberCount + fresh.length} members; the limit is ${membersMax}`,
+        );
       }
       if (fresh.length === 0) return record;
       const updated = { ...record, memberCount: record.memberCount + fresh.length };
@@ -348,7 +404,8 @@ class EmbeddedMembership implements MembershipStore {
     return this.mutex.run(id, async () => {
       const record = this.conversations.get(id);
       if (!record) throw errors.notFound("CONVERSATION_NOT_FOUND", `conversation ${id} does not exist`);
-      if (!this.membersDb.doesExist([id, user])) throw errors.notFound("NOT_MEMBER", `${user} is not a member of ${id}`);
+      if (!this.membersDb.doesExist([id, user]))
+        throw errors.notFound("NOT_MEMBER", `${user} is not a member of ${id}`);
       const updated = { ...record, memberCount: record.memberCount - 1 };
       await this.guard(
         this.conversations.batch(() => {
@@ -367,7 +424,8 @@ class EmbeddedMembership implements MembershipStore {
 
   async members(id: string) {
     const out: string[] = [];
-    for (const key of this.membersDb.getKeys({ start: [id, ""], end: [id, "\uffff"] })) out.push((key as [string, string])[1]);
+    for (const key of this.membersDb.getKeys({ start: [id, ""], end: [id, "\uffff"] }))
+      out.push((key as [string, string])[1]);
     return out;
   }
 
@@ -398,7 +456,12 @@ class EmbeddedInbox implements InboxStore {
     let head = this.heads.get(userId);
     if (head === undefined) {
       head = 0;
-      for (const key of this.entries.getKeys({ start: [userId, SEQ_MAX], end: [userId, 0], reverse: true, limit: 1 })) {
+      for (const key of this.entries.getKeys({
+        start: [userId, SEQ_MAX],
+        end: [userId, 0],
+        reverse: true,
+        limit: 1,
+      })) {
         head = (key as [string, number])[1];
       }
       this.heads.set(userId, head);
@@ -429,7 +492,11 @@ class EmbeddedInbox implements InboxStore {
         await this.guard(
           this.entries.batch(() => {
             for (const e of fresh) {
-              this.entries.put([e.userId, e.cursor], { conversationId: e.conversationId, seq: e.seq, messageId: e.messageId });
+              this.entries.put([e.userId, e.cursor], {
+                conversationId: e.conversationId,
+                seq: e.seq,
+                messageId: e.messageId,
+              });
               this.index.put([e.userId, e.conversationId, e.seq], e.cursor);
             }
           }),
@@ -443,7 +510,11 @@ class EmbeddedInbox implements InboxStore {
 
   async read(userId: string, after: number, limit: number): Promise<InboxEntry[]> {
     const out: InboxEntry[] = [];
-    for (const { key, value } of this.entries.getRange({ start: [userId, after + 1], end: [userId, SEQ_MAX], limit })) {
+    for (const { key, value } of this.entries.getRange({
+      start: [userId, after + 1],
+      end: [userId, SEQ_MAX],
+      limit,
+    })) {
       out.push({ userId, cursor: (key as [string, number])[1], ...value });
     }
     return out;
@@ -451,7 +522,12 @@ class EmbeddedInbox implements InboxStore {
 
   async head(userId: string): Promise<number> {
     // Only committed entries count: the in-memory head may be ahead while a batch is in flight.
-    for (const key of this.entries.getKeys({ start: [userId, SEQ_MAX], end: [userId, 0], reverse: true, limit: 1 })) {
+    for (const key of this.entries.getKeys({
+      start: [userId, SEQ_MAX],
+      end: [userId, 0],
+      reverse: true,
+      limit: 1,
+    })) {
       return (key as [string, number])[1];
     }
     return 0;
@@ -545,7 +621,8 @@ class EmbeddedDevices implements DeviceStore {
   }
   async list(userId: string) {
     const out: DeviceRecord[] = [];
-    for (const { value } of this.db.getRange({ start: [userId, ""], end: [userId, "\uffff"] })) out.push(value);
+    for (const { value } of this.db.getRange({ start: [userId, ""], end: [userId, "\uffff"] }))
+      out.push(value);
     return out;
   }
   async close(): Promise<void> {}

@@ -10,7 +10,7 @@ import type { Message as Message$1 } from "@bufbuild/protobuf";
  * Describes the file switchboard/common/v1/common.proto.
  */
 export const file_switchboard_common_v1_common: GenFile = /*@__PURE__*/
-  fileDesc("CiJzd2l0Y2hib2FyZC9jb21tb24vdjEvY29tbW9uLnByb3RvEhVzd2l0Y2hib2FyZC5jb21tb24udjEimwEKB01lc3NhZ2USFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg8KA3NlcRgCIAEoBEICMAISFgoKbWVzc2FnZV9pZBgDIAEoBEICMAESDgoGc2VuZGVyGAQgASgJEhUKDWNsaWVudF9tc2dfaWQYBSABKAkSDAoEYm9keRgGIAEoCRIZCg1jcmVhdGVkX2F0X21zGAcgASgDQgIwAiLDAQoMQ29udmVyc2F0aW9uEgoKAmlkGAEgASgJEjUKBGtpbmQYAiABKA4yJy5zd2l0Y2hib2FyZC5jb21tb24udjEuQ29udmVyc2F0aW9uS2luZBIMCgRuYW1lGAMgASgJEg0KBW93bmVyGAQgASgJEhQKDG1lbWJlcl9jb3VudBgFIAEoDRIMCgRvcGVuGAYgASgIEhQKCGxhc3Rfc2VxGAcgASgEQgIwAhIZCg1jcmVhdGVkX2F0X21zGAggASgDQgIwAiJQCg5QcmVzZW5jZVN0YXR1cxIPCgd1c2VyX2lkGAEgASgJEg4KBm9ubGluZRgCIAEoCBIdChFsYXN0X2FjdGl2ZV9hdF9tcxgDIAEoA0ICMAIqcAoQQ29udmVyc2F0aW9uS2luZBIhCh1DT05WRVJTQVRJT05fS0lORF9VTlNQRUNJRklFRBAAEhwKGENPTlZFUlNBVElPTl9LSU5EX0RJUkVDVBABEhsKF0NPTlZFUlNBVElPTl9LSU5EX0dST1VQEAIqXgoLUmVjZWlwdEtpbmQSHAoYUkVDRUlQVF9LSU5EX1VOU1BFQ0lGSUVEEAASGgoWUkVDRUlQVF9LSU5EX0RFTElWRVJFRBABEhUKEVJFQ0VJUFRfS0lORF9SRUFEEAIq6gIKBENvZGUSFAoQQ09ERV9VTlNQRUNJRklFRBAAEhIKDkNPREVfQ0FOQ0VMTEVEEAESEAoMQ09ERV9VTktOT1dOEAISGQoVQ09ERV9JTlZBTElEX0FSR1VNRU5UEAMSGgoWQ09ERV9ERUFETElORV9FWENFRURFRBAEEhIKDkNPREVfTk9UX0ZPVU5EEAUSFwoTQ09ERV9BTFJFQURZX0VYSVNUUxAGEhoKFkNPREVfUEVSTUlTU0lPTl9ERU5JRUQQBxIbChdDT0RFX1JFU09VUkNFX0VYSEFVU1RFRBAIEhwKGENPREVfRkFJTEVEX1BSRUNPTkRJVElPThAJEhAKDENPREVfQUJPUlRFRBAKEhYKEkNPREVfVU5JTVBMRU1FTlRFRBAMEhEKDUNPREVfSU5URVJOQUwQDRIUChBDT0RFX1VOQVZBSUxBQkxFEA4SGAoUQ09ERV9VTkFVVEhFTlRJQ0FURUQQEGIGcHJvdG8z");
+  fileDesc("CiJzd2l0Y2hib2FyZC9jb21tb24vdjEvY29tbW9uLnByb3RvEhVzd2l0Y2hib2FyZC5jb21tb24udjEikwEKB01lc3NhZ2USFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEgsKA3NlcRgCIAEoBBIWCgptZXNzYWdlX2lkGAMgASgEQgIwARIOCgZzZW5kZXIYBCABKAkSFQoNY2xpZW50X21zZ19pZBgFIAEoCRIMCgRib2R5GAYgASgJEhUKDWNyZWF0ZWRfYXRfbXMYByABKAMiuwEKDENvbnZlcnNhdGlvbhIKCgJpZBgBIAEoCRI1CgRraW5kGAIgASgOMicuc3dpdGNoYm9hcmQuY29tbW9uLnYxLkNvbnZlcnNhdGlvbktpbmQSDAoEbmFtZRgDIAEoCRINCgVvd25lchgEIAEoCRIUCgxtZW1iZXJfY291bnQYBSABKA0SDAoEb3BlbhgGIAEoCBIQCghsYXN0X3NlcRgHIAEoBBIVCg1jcmVhdGVkX2F0X21zGAggASgDIkwKDlByZXNlbmNlU3RhdHVzEg8KB3VzZXJfaWQYASABKAkSDgoGb25saW5lGAIgASgIEhkKEWxhc3RfYWN0aXZlX2F0X21zGAMgASgDKnAKEENvbnZlcnNhdGlvbktpbmQSIQodQ09OVkVSU0FUSU9OX0tJTkRfVU5TUEVDSUZJRUQQABIcChhDT05WRVJTQVRJT05fS0lORF9ESVJFQ1QQARIbChdDT05WRVJTQVRJT05fS0lORF9HUk9VUBACKl4KC1JlY2VpcHRLaW5kEhwKGFJFQ0VJUFRfS0lORF9VTlNQRUNJRklFRBAAEhoKFlJFQ0VJUFRfS0lORF9ERUxJVkVSRUQQARIVChFSRUNFSVBUX0tJTkRfUkVBRBACKuoCCgRDb2RlEhQKEENPREVfVU5TUEVDSUZJRUQQABISCg5DT0RFX0NBTkNFTExFRBABEhAKDENPREVfVU5LTk9XThACEhkKFUNPREVfSU5WQUxJRF9BUkdVTUVOVBADEhoKFkNPREVfREVBRExJTkVfRVhDRUVERUQQBBISCg5DT0RFX05PVF9GT1VORBAFEhcKE0NPREVfQUxSRUFEWV9FWElTVFMQBhIaChZDT0RFX1BFUk1JU1NJT05fREVOSUVEEAcSGwoXQ09ERV9SRVNPVVJDRV9FWEhBVVNURUQQCBIcChhDT0RFX0ZBSUxFRF9QUkVDT05ESVRJT04QCRIQCgxDT0RFX0FCT1JURUQQChIWChJDT0RFX1VOSU1QTEVNRU5URUQQDBIRCg1DT0RFX0lOVEVSTkFMEA0SFAoQQ09ERV9VTkFWQUlMQUJMRRAOEhgKFENPREVfVU5BVVRIRU5USUNBVEVEEBBiBnByb3RvMw");
 
 /**
  * A chat message as stored and delivered. Messages are immutable once acknowledged.
@@ -28,7 +28,7 @@ export type Message = Message$1<"switchboard.common.v1.Message"> & {
   /**
    * Position in the conversation: gap-free, starts at 1, assigned once by the conversation's owner.
    *
-   * @generated from field: uint64 seq = 2 [jstype = JS_NUMBER];
+   * @generated from field: uint64 seq = 2;
    */
   seq: bigint;
 
@@ -63,7 +63,7 @@ export type Message = Message$1<"switchboard.common.v1.Message"> & {
   /**
    * Server time of acceptance, Unix milliseconds.
    *
-   * @generated from field: int64 created_at_ms = 7 [jstype = JS_NUMBER];
+   * @generated from field: int64 created_at_ms = 7;
    */
   createdAtMs: bigint;
 };
@@ -126,14 +126,14 @@ export type Conversation = Message$1<"switchboard.common.v1.Conversation"> & {
   /**
    * Highest seq stored in the conversation (0 when empty).
    *
-   * @generated from field: uint64 last_seq = 7 [jstype = JS_NUMBER];
+   * @generated from field: uint64 last_seq = 7;
    */
   lastSeq: bigint;
 
   /**
    * Creation time, Unix milliseconds.
    *
-   * @generated from field: int64 created_at_ms = 8 [jstype = JS_NUMBER];
+   * @generated from field: int64 created_at_ms = 8;
    */
   createdAtMs: bigint;
 };
@@ -168,7 +168,7 @@ export type PresenceStatus = Message$1<"switchboard.common.v1.PresenceStatus"> &
   /**
    * Last heartbeat or activity, Unix milliseconds (0 if never seen).
    *
-   * @generated from field: int64 last_active_at_ms = 3 [jstype = JS_NUMBER];
+   * @generated from field: int64 last_active_at_ms = 3;
    */
   lastActiveAtMs: bigint;
 };

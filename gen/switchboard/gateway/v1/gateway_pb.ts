@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file switchboard/gateway/v1/gateway.proto.
  */
 export const file_switchboard_gateway_v1_gateway: GenFile = /*@__PURE__*/
-  fileDesc("CiRzd2l0Y2hib2FyZC9nYXRld2F5L3YxL2dhdGV3YXkucHJvdG8SFnN3aXRjaGJvYXJkLmdhdGV3YXkudjEiagoORGVsaXZlclJlcXVlc3QSEAoIdXNlcl9pZHMYASADKAkSEwoHY3Vyc29ycxgCIAMoBEICMAISMQoFZnJhbWUYAyABKAsyIi5zd2l0Y2hib2FyZC5jbGllbnQudjEuU2VydmVyRnJhbWUiJAoPRGVsaXZlclJlc3BvbnNlEhEKCWRlbGl2ZXJlZBgBIAEoDSIhCgxEcmFpblJlcXVlc3QSEQoJd2luZG93X21zGAEgASgNIiQKDURyYWluUmVzcG9uc2USEwoLY29ubmVjdGlvbnMYASABKA0iDgoMU3RhdHNSZXF1ZXN0ImwKDVN0YXRzUmVzcG9uc2USEgoKZ2F0ZXdheV9pZBgBIAEoCRITCgtjb25uZWN0aW9ucxgCIAEoDRINCgV1c2VycxgDIAEoDRIQCghkcmFpbmluZxgEIAEoCBIRCgVlcG9jaBgFIAEoBEICMAIynAIKDkdhdGV3YXlTZXJ2aWNlEl4KB0RlbGl2ZXISJi5zd2l0Y2hib2FyZC5nYXRld2F5LnYxLkRlbGl2ZXJSZXF1ZXN0Gicuc3dpdGNoYm9hcmQuZ2F0ZXdheS52MS5EZWxpdmVyUmVzcG9uc2UoATABElQKBURyYWluEiQuc3dpdGNoYm9hcmQuZ2F0ZXdheS52MS5EcmFpblJlcXVlc3QaJS5zd2l0Y2hib2FyZC5nYXRld2F5LnYxLkRyYWluUmVzcG9uc2USVAoFU3RhdHMSJC5zd2l0Y2hib2FyZC5nYXRld2F5LnYxLlN0YXRzUmVxdWVzdBolLnN3aXRjaGJvYXJkLmdhdGV3YXkudjEuU3RhdHNSZXNwb25zZWIGcHJvdG8z", [file_switchboard_client_v1_client]);
+  fileDesc("CiRzd2l0Y2hib2FyZC9nYXRld2F5L3YxL2dhdGV3YXkucHJvdG8SFnN3aXRjaGJvYXJkLmdhdGV3YXkudjEilwEKDkRlbGl2ZXJSZXF1ZXN0EhAKCHVzZXJfaWRzGAEgAygJEg8KB2N1cnNvcnMYAiADKAQSMQoFZnJhbWUYAyABKAsyIi5zd2l0Y2hib2FyZC5jbGllbnQudjEuU2VydmVyRnJhbWUSEwoLc2Vzc2lvbl9pZHMYBCADKAkSGgoSZXhjbHVkZV9zZXNzaW9uX2lkGAUgASgJIiQKD0RlbGl2ZXJSZXNwb25zZRIRCglkZWxpdmVyZWQYASABKA0iIQoMRHJhaW5SZXF1ZXN0EhEKCXdpbmRvd19tcxgBIAEoDSIkCg1EcmFpblJlc3BvbnNlEhMKC2Nvbm5lY3Rpb25zGAEgASgNIg4KDFN0YXRzUmVxdWVzdCJoCg1TdGF0c1Jlc3BvbnNlEhIKCmdhdGV3YXlfaWQYASABKAkSEwoLY29ubmVjdGlvbnMYAiABKA0SDQoFdXNlcnMYAyABKA0SEAoIZHJhaW5pbmcYBCABKAgSDQoFZXBvY2gYBSABKAQynAIKDkdhdGV3YXlTZXJ2aWNlEl4KB0RlbGl2ZXISJi5zd2l0Y2hib2FyZC5nYXRld2F5LnYxLkRlbGl2ZXJSZXF1ZXN0Gicuc3dpdGNoYm9hcmQuZ2F0ZXdheS52MS5EZWxpdmVyUmVzcG9uc2UoATABElQKBURyYWluEiQuc3dpdGNoYm9hcmQuZ2F0ZXdheS52MS5EcmFpblJlcXVlc3QaJS5zd2l0Y2hib2FyZC5nYXRld2F5LnYxLkRyYWluUmVzcG9uc2USVAoFU3RhdHMSJC5zd2l0Y2hib2FyZC5nYXRld2F5LnYxLlN0YXRzUmVxdWVzdBolLnN3aXRjaGJvYXJkLmdhdGV3YXkudjEuU3RhdHNSZXNwb25zZWIGcHJvdG8z", [file_switchboard_client_v1_client]);
 
 /**
  * One event for some of this gateway's users.
@@ -30,7 +30,7 @@ export type DeliverRequest = Message<"switchboard.gateway.v1.DeliverRequest"> & 
   /**
    * Per-user inbox cursor of a message event, parallel to user_ids (empty for ephemeral events).
    *
-   * @generated from field: repeated uint64 cursors = 2 [jstype = JS_NUMBER];
+   * @generated from field: repeated uint64 cursors = 2;
    */
   cursors: bigint[];
 
@@ -40,6 +40,20 @@ export type DeliverRequest = Message<"switchboard.gateway.v1.DeliverRequest"> & 
    * @generated from field: switchboard.client.v1.ServerFrame frame = 3;
    */
   frame?: ServerFrame | undefined;
+
+  /**
+   * Sessions that receive the frame (in addition to user_ids).
+   *
+   * @generated from field: repeated string session_ids = 4;
+   */
+  sessionIds: string[];
+
+  /**
+   * A session that must not receive the frame.
+   *
+   * @generated from field: string exclude_session_id = 5;
+   */
+  excludeSessionId: string;
 };
 
 /**
@@ -164,7 +178,7 @@ export type StatsResponse = Message<"switchboard.gateway.v1.StatsResponse"> & {
   /**
    * Gateway epoch: increases every time a gateway with this id starts.
    *
-   * @generated from field: uint64 epoch = 5 [jstype = JS_NUMBER];
+   * @generated from field: uint64 epoch = 5;
    */
   epoch: bigint;
 };

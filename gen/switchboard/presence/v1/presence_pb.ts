@@ -12,7 +12,99 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file switchboard/presence/v1/presence.proto.
  */
 export const file_switchboard_presence_v1_presence: GenFile = /*@__PURE__*/
-  fileDesc("CiZzd2l0Y2hib2FyZC9wcmVzZW5jZS92MS9wcmVzZW5jZS5wcm90bxIXc3dpdGNoYm9hcmQucHJlc2VuY2UudjEiNwoQSGVhcnRiZWF0UmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkiSgoRSGVhcnRiZWF0UmVzcG9uc2USNQoGc3RhdHVzGAEgASgLMiUuc3dpdGNoYm9hcmQuY29tbW9uLnYxLlByZXNlbmNlU3RhdHVzIjgKEUVuZFNlc3Npb25SZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEgoKc2Vzc2lvbl9pZBgCIAEoCSIUChJFbmRTZXNzaW9uUmVzcG9uc2UiJgoSR2V0UHJlc2VuY2VSZXF1ZXN0EhAKCHVzZXJfaWRzGAEgAygJIk4KE0dldFByZXNlbmNlUmVzcG9uc2USNwoIc3RhdHVzZXMYASADKAsyJS5zd2l0Y2hib2FyZC5jb21tb24udjEuUHJlc2VuY2VTdGF0dXMyxgIKD1ByZXNlbmNlU2VydmljZRJiCglIZWFydGJlYXQSKS5zd2l0Y2hib2FyZC5wcmVzZW5jZS52MS5IZWFydGJlYXRSZXF1ZXN0Giouc3dpdGNoYm9hcmQucHJlc2VuY2UudjEuSGVhcnRiZWF0UmVzcG9uc2USZQoKRW5kU2Vzc2lvbhIqLnN3aXRjaGJvYXJkLnByZXNlbmNlLnYxLkVuZFNlc3Npb25SZXF1ZXN0Gisuc3dpdGNoYm9hcmQucHJlc2VuY2UudjEuRW5kU2Vzc2lvblJlc3BvbnNlEmgKC0dldFByZXNlbmNlEisuc3dpdGNoYm9hcmQucHJlc2VuY2UudjEuR2V0UHJlc2VuY2VSZXF1ZXN0Giwuc3dpdGNoYm9hcmQucHJlc2VuY2UudjEuR2V0UHJlc2VuY2VSZXNwb25zZWIGcHJvdG8z", [file_switchboard_common_v1_common]);
+  fileDesc("CiZzd2l0Y2hib2FyZC9wcmVzZW5jZS92MS9wcmVzZW5jZS5wcm90bxIXc3dpdGNoYm9hcmQucHJlc2VuY2UudjEiOAoQU3Vic2NyaWJlUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEhAKCHVzZXJfaWRzGAIgAygJIkwKEVN1YnNjcmliZVJlc3BvbnNlEjcKCHN0YXR1c2VzGAEgAygLMiUuc3dpdGNoYm9hcmQuY29tbW9uLnYxLlByZXNlbmNlU3RhdHVzIjoKElVuc3Vic2NyaWJlUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEhAKCHVzZXJfaWRzGAIgAygJIhUKE1Vuc3Vic2NyaWJlUmVzcG9uc2UiNwoQSGVhcnRiZWF0UmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkiSgoRSGVhcnRiZWF0UmVzcG9uc2USNQoGc3RhdHVzGAEgASgLMiUuc3dpdGNoYm9hcmQuY29tbW9uLnYxLlByZXNlbmNlU3RhdHVzIjgKEUVuZFNlc3Npb25SZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEgoKc2Vzc2lvbl9pZBgCIAEoCSIUChJFbmRTZXNzaW9uUmVzcG9uc2UiJgoSR2V0UHJlc2VuY2VSZXF1ZXN0EhAKCHVzZXJfaWRzGAEgAygJIk4KE0dldFByZXNlbmNlUmVzcG9uc2USNwoIc3RhdHVzZXMYASADKAsyJS5zd2l0Y2hib2FyZC5jb21tb24udjEuUHJlc2VuY2VTdGF0dXMylAQKD1ByZXNlbmNlU2VydmljZRJiCglIZWFydGJlYXQSKS5zd2l0Y2hib2FyZC5wcmVzZW5jZS52MS5IZWFydGJlYXRSZXF1ZXN0Giouc3dpdGNoYm9hcmQucHJlc2VuY2UudjEuSGVhcnRiZWF0UmVzcG9uc2USZQoKRW5kU2Vzc2lvbhIqLnN3aXRjaGJvYXJkLnByZXNlbmNlLnYxLkVuZFNlc3Npb25SZXF1ZXN0Gisuc3dpdGNoYm9hcmQucHJlc2VuY2UudjEuRW5kU2Vzc2lvblJlc3BvbnNlEmgKC0dldFByZXNlbmNlEisuc3dpdGNoYm9hcmQucHJlc2VuY2UudjEuR2V0UHJlc2VuY2VSZXF1ZXN0Giwuc3dpdGNoYm9hcmQucHJlc2VuY2UudjEuR2V0UHJlc2VuY2VSZXNwb25zZRJiCglTdWJzY3JpYmUSKS5zd2l0Y2hib2FyZC5wcmVzZW5jZS52MS5TdWJzY3JpYmVSZXF1ZXN0Giouc3dpdGNoYm9hcmQucHJlc2VuY2UudjEuU3Vic2NyaWJlUmVzcG9uc2USaAoLVW5zdWJzY3JpYmUSKy5zd2l0Y2hib2FyZC5wcmVzZW5jZS52MS5VbnN1YnNjcmliZVJlcXVlc3QaLC5zd2l0Y2hib2FyZC5wcmVzZW5jZS52MS5VbnN1YnNjcmliZVJlc3BvbnNlYgZwcm90bzM", [file_switchboard_common_v1_common]);
+
+/**
+ * Watch users.
+ *
+ * @generated from message switchboard.presence.v1.SubscribeRequest
+ */
+export type SubscribeRequest = Message<"switchboard.presence.v1.SubscribeRequest"> & {
+  /**
+   * Watching session; changes are relayed to it until it ends or unsubscribes.
+   *
+   * @generated from field: string session_id = 1;
+   */
+  sessionId: string;
+
+  /**
+   * Users to watch, at most 1,000 per session.
+   *
+   * @generated from field: repeated string user_ids = 2;
+   */
+  userIds: string[];
+};
+
+/**
+ * Describes the message switchboard.presence.v1.SubscribeRequest.
+ * Use `create(SubscribeRequestSchema)` to create a new message.
+ */
+export const SubscribeRequestSchema: GenMessage<SubscribeRequest> = /*@__PURE__*/
+  messageDesc(file_switchboard_presence_v1_presence, 0);
+
+/**
+ * Watching; the current statuses.
+ *
+ * @generated from message switchboard.presence.v1.SubscribeResponse
+ */
+export type SubscribeResponse = Message<"switchboard.presence.v1.SubscribeResponse"> & {
+  /**
+   * One per watched user.
+   *
+   * @generated from field: repeated switchboard.common.v1.PresenceStatus statuses = 1;
+   */
+  statuses: PresenceStatus[];
+};
+
+/**
+ * Describes the message switchboard.presence.v1.SubscribeResponse.
+ * Use `create(SubscribeResponseSchema)` to create a new message.
+ */
+export const SubscribeResponseSchema: GenMessage<SubscribeResponse> = /*@__PURE__*/
+  messageDesc(file_switchboard_presence_v1_presence, 1);
+
+/**
+ * Stop watching users.
+ *
+ * @generated from message switchboard.presence.v1.UnsubscribeRequest
+ */
+export type UnsubscribeRequest = Message<"switchboard.presence.v1.UnsubscribeRequest"> & {
+  /**
+   * Watching session.
+   *
+   * @generated from field: string session_id = 1;
+   */
+  sessionId: string;
+
+  /**
+   * Users to stop watching.
+   *
+   * @generated from field: repeated string user_ids = 2;
+   */
+  userIds: string[];
+};
+
+/**
+ * Describes the message switchboard.presence.v1.UnsubscribeRequest.
+ * Use `create(UnsubscribeRequestSchema)` to create a new message.
+ */
+export const UnsubscribeRequestSchema: GenMessage<UnsubscribeRequest> = /*@__PURE__*/
+  messageDesc(file_switchboard_presence_v1_presence, 2);
+
+/**
+ * Stopped.
+ *
+ * @generated from message switchboard.presence.v1.UnsubscribeResponse
+ */
+export type UnsubscribeResponse = Message<"switchboard.presence.v1.UnsubscribeResponse"> & {
+};
+
+/**
+ * Describes the message switchboard.presence.v1.UnsubscribeResponse.
+ * Use `create(UnsubscribeResponseSchema)` to create a new message.
+ */
+export const UnsubscribeResponseSchema: GenMessage<UnsubscribeResponse> = /*@__PURE__*/
+  messageDesc(file_switchboard_presence_v1_presence, 3);
 
 /**
  * A device is alive.
@@ -40,7 +132,7 @@ export type HeartbeatRequest = Message<"switchboard.presence.v1.HeartbeatRequest
  * Use `create(HeartbeatRequestSchema)` to create a new message.
  */
 export const HeartbeatRequestSchema: GenMessage<HeartbeatRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_presence_v1_presence, 0);
+  messageDesc(file_switchboard_presence_v1_presence, 4);
 
 /**
  * Heartbeat recorded.
@@ -61,7 +153,7 @@ export type HeartbeatResponse = Message<"switchboard.presence.v1.HeartbeatRespon
  * Use `create(HeartbeatResponseSchema)` to create a new message.
  */
 export const HeartbeatResponseSchema: GenMessage<HeartbeatResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_presence_v1_presence, 1);
+  messageDesc(file_switchboard_presence_v1_presence, 5);
 
 /**
  * A device is gone.
@@ -89,7 +181,7 @@ export type EndSessionRequest = Message<"switchboard.presence.v1.EndSessionReque
  * Use `create(EndSessionRequestSchema)` to create a new message.
  */
 export const EndSessionRequestSchema: GenMessage<EndSessionRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_presence_v1_presence, 2);
+  messageDesc(file_switchboard_presence_v1_presence, 6);
 
 /**
  * Session ended.
@@ -104,7 +196,7 @@ export type EndSessionResponse = Message<"switchboard.presence.v1.EndSessionResp
  * Use `create(EndSessionResponseSchema)` to create a new message.
  */
 export const EndSessionResponseSchema: GenMessage<EndSessionResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_presence_v1_presence, 3);
+  messageDesc(file_switchboard_presence_v1_presence, 7);
 
 /**
  * Query status.
@@ -125,7 +217,7 @@ export type GetPresenceRequest = Message<"switchboard.presence.v1.GetPresenceReq
  * Use `create(GetPresenceRequestSchema)` to create a new message.
  */
 export const GetPresenceRequestSchema: GenMessage<GetPresenceRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_presence_v1_presence, 4);
+  messageDesc(file_switchboard_presence_v1_presence, 8);
 
 /**
  * Statuses.
@@ -146,7 +238,7 @@ export type GetPresenceResponse = Message<"switchboard.presence.v1.GetPresenceRe
  * Use `create(GetPresenceResponseSchema)` to create a new message.
  */
 export const GetPresenceResponseSchema: GenMessage<GetPresenceResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_presence_v1_presence, 5);
+  messageDesc(file_switchboard_presence_v1_presence, 9);
 
 /**
  * Turns heartbeats into online/offline status with a grace period.
@@ -183,6 +275,26 @@ export const PresenceService: GenService<{
     methodKind: "unary";
     input: typeof GetPresenceRequestSchema;
     output: typeof GetPresenceResponseSchema;
+  },
+  /**
+   * Watch users' status from one session (authorisation is the caller's job).
+   *
+   * @generated from rpc switchboard.presence.v1.PresenceService.Subscribe
+   */
+  subscribe: {
+    methodKind: "unary";
+    input: typeof SubscribeRequestSchema;
+    output: typeof SubscribeResponseSchema;
+  },
+  /**
+   * Stop watching.
+   *
+   * @generated from rpc switchboard.presence.v1.PresenceService.Unsubscribe
+   */
+  unsubscribe: {
+    methodKind: "unary";
+    input: typeof UnsubscribeRequestSchema;
+    output: typeof UnsubscribeResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_switchboard_presence_v1_presence, 0);

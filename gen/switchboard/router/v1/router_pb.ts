@@ -4,6 +4,8 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { ServerFrame } from "../../client/v1/client_pb.js";
+import { file_switchboard_client_v1_client } from "../../client/v1/client_pb.js";
 import type { Conversation, Message as Message$1 } from "../../common/v1/common_pb.js";
 import { file_switchboard_common_v1_common } from "../../common/v1/common_pb.js";
 import type { Message } from "@bufbuild/protobuf";
@@ -12,7 +14,70 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file switchboard/router/v1/router.proto.
  */
 export const file_switchboard_router_v1_router: GenFile = /*@__PURE__*/
-  fileDesc("CiJzd2l0Y2hib2FyZC9yb3V0ZXIvdjEvcm91dGVyLnByb3RvEhVzd2l0Y2hib2FyZC5yb3V0ZXIudjEicwoSU2VuZE1lc3NhZ2VSZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIPCgd0b191c2VyGAIgASgJEg4KBnNlbmRlchgDIAEoCRIVCg1jbGllbnRfbXNnX2lkGAQgASgJEgwKBGJvZHkYBSABKAkiWQoTU2VuZE1lc3NhZ2VSZXNwb25zZRIvCgdtZXNzYWdlGAEgASgLMh4uc3dpdGNoYm9hcmQuY29tbW9uLnYxLk1lc3NhZ2USEQoJZHVwbGljYXRlGAIgASgIIlAKEkNyZWF0ZUdyb3VwUmVxdWVzdBINCgVvd25lchgBIAEoCRIMCgRuYW1lGAIgASgJEg8KB21lbWJlcnMYAyADKAkSDAoEb3BlbhgEIAEoCCJQChNDcmVhdGVHcm91cFJlc3BvbnNlEjkKDGNvbnZlcnNhdGlvbhgBIAEoCzIjLnN3aXRjaGJvYXJkLmNvbW1vbi52MS5Db252ZXJzYXRpb24iPQoRQWRkTWVtYmVyc1JlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg8KB21lbWJlcnMYAiADKAkiTwoSQWRkTWVtYmVyc1Jlc3BvbnNlEjkKDGNvbnZlcnNhdGlvbhgBIAEoCzIjLnN3aXRjaGJvYXJkLmNvbW1vbi52MS5Db252ZXJzYXRpb24iPwoTUmVtb3ZlTWVtYmVyUmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCSJRChRSZW1vdmVNZW1iZXJSZXNwb25zZRI5Cgxjb252ZXJzYXRpb24YASABKAsyIy5zd2l0Y2hib2FyZC5jb21tb24udjEuQ29udmVyc2F0aW9uIi0KEkxpc3RNZW1iZXJzUmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkiJgoTTGlzdE1lbWJlcnNSZXNwb25zZRIPCgdtZW1iZXJzGAEgAygJIlMKEUdldEhpc3RvcnlSZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIWCgpiZWZvcmVfc2VxGAIgASgEQgIwAhINCgVsaW1pdBgDIAEoDSJYChJHZXRIaXN0b3J5UmVzcG9uc2USMAoIbWVzc2FnZXMYASADKAsyHi5zd2l0Y2hib2FyZC5jb21tb24udjEuTWVzc2FnZRIQCghoYXNfbW9yZRgCIAEoCCIkChFMb29rdXBVc2VyUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJIkYKEkxvb2t1cFVzZXJSZXNwb25zZRIwCghzZXNzaW9ucxgBIAMoCzIeLnN3aXRjaGJvYXJkLnJvdXRlci52MS5TZXNzaW9uIl0KB1Nlc3Npb24SDwoHdXNlcl9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJEhIKCmdhdGV3YXlfaWQYAyABKAkSGQoNZ2F0ZXdheV9lcG9jaBgEIAEoBEICMAIy0wUKDVJvdXRlclNlcnZpY2USZAoLU2VuZE1lc3NhZ2USKS5zd2l0Y2hib2FyZC5yb3V0ZXIudjEuU2VuZE1lc3NhZ2VSZXF1ZXN0Giouc3dpdGNoYm9hcmQucm91dGVyLnYxLlNlbmRNZXNzYWdlUmVzcG9uc2USZAoLQ3JlYXRlR3JvdXASKS5zd2l0Y2hib2FyZC5yb3V0ZXIudjEuQ3JlYXRlR3JvdXBSZXF1ZXN0Giouc3dpdGNoYm9hcmQucm91dGVyLnYxLkNyZWF0ZUdyb3VwUmVzcG9uc2USYQoKQWRkTWVtYmVycxIoLnN3aXRjaGJvYXJkLnJvdXRlci52MS5BZGRNZW1iZXJzUmVxdWVzdBopLnN3aXRjaGJvYXJkLnJvdXRlci52MS5BZGRNZW1iZXJzUmVzcG9uc2USZwoMUmVtb3ZlTWVtYmVyEiouc3dpdGNoYm9hcmQucm91dGVyLnYxLlJlbW92ZU1lbWJlclJlcXVlc3QaKy5zd2l0Y2hib2FyZC5yb3V0ZXIudjEuUmVtb3ZlTWVtYmVyUmVzcG9uc2USZAoLTGlzdE1lbWJlcnMSKS5zd2l0Y2hib2FyZC5yb3V0ZXIudjEuTGlzdE1lbWJlcnNSZXF1ZXN0Giouc3dpdGNoYm9hcmQucm91dGVyLnYxLkxpc3RNZW1iZXJzUmVzcG9uc2USYQoKR2V0SGlzdG9yeRIoLnN3aXRjaGJvYXJkLnJvdXRlci52MS5HZXRIaXN0b3J5UmVxdWVzdBopLnN3aXRjaGJvYXJkLnJvdXRlci52MS5HZXRIaXN0b3J5UmVzcG9uc2USYQoKTG9va3VwVXNlchIoLnN3aXRjaGJvYXJkLnJvdXRlci52MS5Mb29rdXBVc2VyUmVxdWVzdBopLnN3aXRjaGJvYXJkLnJvdXRlci52MS5Mb29rdXBVc2VyUmVzcG9uc2ViBnByb3RvMw", [file_switchboard_common_v1_common]);
+  fileDesc("CiJzd2l0Y2hib2FyZC9yb3V0ZXIvdjEvcm91dGVyLnByb3RvEhVzd2l0Y2hib2FyZC5yb3V0ZXIudjEihAEKDFJlbGF5UmVxdWVzdBIQCgh1c2VyX2lkcxgBIAMoCRITCgtzZXNzaW9uX2lkcxgCIAMoCRIaChJleGNsdWRlX3Nlc3Npb25faWQYAyABKAkSMQoFZnJhbWUYBCABKAsyIi5zd2l0Y2hib2FyZC5jbGllbnQudjEuU2VydmVyRnJhbWUiIQoNUmVsYXlSZXNwb25zZRIQCghzZXNzaW9ucxgBIAEoDSJzChJTZW5kTWVzc2FnZVJlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg8KB3RvX3VzZXIYAiABKAkSDgoGc2VuZGVyGAMgASgJEhUKDWNsaWVudF9tc2dfaWQYBCABKAkSDAoEYm9keRgFIAEoCSJZChNTZW5kTWVzc2FnZVJlc3BvbnNlEi8KB21lc3NhZ2UYASABKAsyHi5zd2l0Y2hib2FyZC5jb21tb24udjEuTWVzc2FnZRIRCglkdXBsaWNhdGUYAiABKAgiUAoSQ3JlYXRlR3JvdXBSZXF1ZXN0Eg0KBW93bmVyGAEgASgJEgwKBG5hbWUYAiABKAkSDwoHbWVtYmVycxgDIAMoCRIMCgRvcGVuGAQgASgIIlAKE0NyZWF0ZUdyb3VwUmVzcG9uc2USOQoMY29udmVyc2F0aW9uGAEgASgLMiMuc3dpdGNoYm9hcmQuY29tbW9uLnYxLkNvbnZlcnNhdGlvbiI9ChFBZGRNZW1iZXJzUmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDwoHbWVtYmVycxgCIAMoCSJPChJBZGRNZW1iZXJzUmVzcG9uc2USOQoMY29udmVyc2F0aW9uGAEgASgLMiMuc3dpdGNoYm9hcmQuY29tbW9uLnYxLkNvbnZlcnNhdGlvbiI/ChNSZW1vdmVNZW1iZXJSZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJIlEKFFJlbW92ZU1lbWJlclJlc3BvbnNlEjkKDGNvbnZlcnNhdGlvbhgBIAEoCzIjLnN3aXRjaGJvYXJkLmNvbW1vbi52MS5Db252ZXJzYXRpb24iLQoSTGlzdE1lbWJlcnNSZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCSImChNMaXN0TWVtYmVyc1Jlc3BvbnNlEg8KB21lbWJlcnMYASADKAkiTwoRR2V0SGlzdG9yeVJlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhIKCmJlZm9yZV9zZXEYAiABKAQSDQoFbGltaXQYAyABKA0iWAoSR2V0SGlzdG9yeVJlc3BvbnNlEjAKCG1lc3NhZ2VzGAEgAygLMh4uc3dpdGNoYm9hcmQuY29tbW9uLnYxLk1lc3NhZ2USEAoIaGFzX21vcmUYAiABKAgiJAoRTG9va3VwVXNlclJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCSJGChJMb29rdXBVc2VyUmVzcG9uc2USMAoIc2Vzc2lvbnMYASADKAsyHi5zd2l0Y2hib2FyZC5yb3V0ZXIudjEuU2Vzc2lvbiJZCgdTZXNzaW9uEg8KB3VzZXJfaWQYASABKAkSEgoKc2Vzc2lvbl9pZBgCIAEoCRISCgpnYXRld2F5X2lkGAMgASgJEhUKDWdhdGV3YXlfZXBvY2gYBCABKAQypwYKDVJvdXRlclNlcnZpY2USZAoLU2VuZE1lc3NhZ2USKS5zd2l0Y2hib2FyZC5yb3V0ZXIudjEuU2VuZE1lc3NhZ2VSZXF1ZXN0Giouc3dpdGNoYm9hcmQucm91dGVyLnYxLlNlbmRNZXNzYWdlUmVzcG9uc2USZAoLQ3JlYXRlR3JvdXASKS5zd2l0Y2hib2FyZC5yb3V0ZXIudjEuQ3JlYXRlR3JvdXBSZXF1ZXN0Giouc3dpdGNoYm9hcmQucm91dGVyLnYxLkNyZWF0ZUdyb3VwUmVzcG9uc2USYQoKQWRkTWVtYmVycxIoLnN3aXRjaGJvYXJkLnJvdXRlci52MS5BZGRNZW1iZXJzUmVxdWVzdBopLnN3aXRjaGJvYXJkLnJvdXRlci52MS5BZGRNZW1iZXJzUmVzcG9uc2USZwoMUmVtb3ZlTWVtYmVyEiouc3dpdGNoYm9hcmQucm91dGVyLnYxLlJlbW92ZU1lbWJlclJlcXVlc3QaKy5zd2l0Y2hib2FyZC5yb3V0ZXIudjEuUmVtb3ZlTWVtYmVyUmVzcG9uc2USZAoLTGlzdE1lbWJlcnMSKS5zd2l0Y2hib2FyZC5yb3V0ZXIudjEuTGlzdE1lbWJlcnNSZXF1ZXN0Giouc3dpdGNoYm9hcmQucm91dGVyLnYxLkxpc3RNZW1iZXJzUmVzcG9uc2USYQoKR2V0SGlzdG9yeRIoLnN3aXRjaGJvYXJkLnJvdXRlci52MS5HZXRIaXN0b3J5UmVxdWVzdBopLnN3aXRjaGJvYXJkLnJvdXRlci52MS5HZXRIaXN0b3J5UmVzcG9uc2USYQoKTG9va3VwVXNlchIoLnN3aXRjaGJvYXJkLnJvdXRlci52MS5Mb29rdXBVc2VyUmVxdWVzdBopLnN3aXRjaGJvYXJkLnJvdXRlci52MS5Mb29rdXBVc2VyUmVzcG9uc2USUgoFUmVsYXkSIy5zd2l0Y2hib2FyZC5yb3V0ZXIudjEuUmVsYXlSZXF1ZXN0GiQuc3dpdGNoYm9hcmQucm91dGVyLnYxLlJlbGF5UmVzcG9uc2ViBnByb3RvMw", [file_switchboard_client_v1_client, file_switchboard_common_v1_common]);
+
+/**
+ * An ephemeral event to relay; never stored, dropped first under pressure.
+ *
+ * @generated from message switchboard.router.v1.RelayRequest
+ */
+export type RelayRequest = Message<"switchboard.router.v1.RelayRequest"> & {
+  /**
+   * Deliver to every device of these users.
+   *
+   * @generated from field: repeated string user_ids = 1;
+   */
+  userIds: string[];
+
+  /**
+   * Deliver to these sessions only.
+   *
+   * @generated from field: repeated string session_ids = 2;
+   */
+  sessionIds: string[];
+
+  /**
+   * Session that caused the event and should not receive it (e.g. the typist's own connection).
+   *
+   * @generated from field: string exclude_session_id = 3;
+   */
+  excludeSessionId: string;
+
+  /**
+   * The event.
+   *
+   * @generated from field: switchboard.client.v1.ServerFrame frame = 4;
+   */
+  frame?: ServerFrame | undefined;
+};
+
+/**
+ * Describes the message switchboard.router.v1.RelayRequest.
+ * Use `create(RelayRequestSchema)` to create a new message.
+ */
+export const RelayRequestSchema: GenMessage<RelayRequest> = /*@__PURE__*/
+  messageDesc(file_switchboard_router_v1_router, 0);
+
+/**
+ * Relayed.
+ *
+ * @generated from message switchboard.router.v1.RelayResponse
+ */
+export type RelayResponse = Message<"switchboard.router.v1.RelayResponse"> & {
+  /**
+   * Sessions the event was handed to.
+   *
+   * @generated from field: uint32 sessions = 1;
+   */
+  sessions: number;
+};
+
+/**
+ * Describes the message switchboard.router.v1.RelayResponse.
+ * Use `create(RelayResponseSchema)` to create a new message.
+ */
+export const RelayResponseSchema: GenMessage<RelayResponse> = /*@__PURE__*/
+  messageDesc(file_switchboard_router_v1_router, 1);
 
 /**
  * Send a message.
@@ -61,7 +126,7 @@ export type SendMessageRequest = Message<"switchboard.router.v1.SendMessageReque
  * Use `create(SendMessageRequestSchema)` to create a new message.
  */
 export const SendMessageRequestSchema: GenMessage<SendMessageRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_router_v1_router, 0);
+  messageDesc(file_switchboard_router_v1_router, 2);
 
 /**
  * The stored message.
@@ -89,7 +154,7 @@ export type SendMessageResponse = Message<"switchboard.router.v1.SendMessageResp
  * Use `create(SendMessageResponseSchema)` to create a new message.
  */
 export const SendMessageResponseSchema: GenMessage<SendMessageResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_router_v1_router, 1);
+  messageDesc(file_switchboard_router_v1_router, 3);
 
 /**
  * Create a group.
@@ -131,7 +196,7 @@ export type CreateGroupRequest = Message<"switchboard.router.v1.CreateGroupReque
  * Use `create(CreateGroupRequestSchema)` to create a new message.
  */
 export const CreateGroupRequestSchema: GenMessage<CreateGroupRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_router_v1_router, 2);
+  messageDesc(file_switchboard_router_v1_router, 4);
 
 /**
  * The new group.
@@ -152,7 +217,7 @@ export type CreateGroupResponse = Message<"switchboard.router.v1.CreateGroupResp
  * Use `create(CreateGroupResponseSchema)` to create a new message.
  */
 export const CreateGroupResponseSchema: GenMessage<CreateGroupResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_router_v1_router, 3);
+  messageDesc(file_switchboard_router_v1_router, 5);
 
 /**
  * Add members.
@@ -180,7 +245,7 @@ export type AddMembersRequest = Message<"switchboard.router.v1.AddMembersRequest
  * Use `create(AddMembersRequestSchema)` to create a new message.
  */
 export const AddMembersRequestSchema: GenMessage<AddMembersRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_router_v1_router, 4);
+  messageDesc(file_switchboard_router_v1_router, 6);
 
 /**
  * Members added.
@@ -201,7 +266,7 @@ export type AddMembersResponse = Message<"switchboard.router.v1.AddMembersRespon
  * Use `create(AddMembersResponseSchema)` to create a new message.
  */
 export const AddMembersResponseSchema: GenMessage<AddMembersResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_router_v1_router, 5);
+  messageDesc(file_switchboard_router_v1_router, 7);
 
 /**
  * Remove a member.
@@ -229,7 +294,7 @@ export type RemoveMemberRequest = Message<"switchboard.router.v1.RemoveMemberReq
  * Use `create(RemoveMemberRequestSchema)` to create a new message.
  */
 export const RemoveMemberRequestSchema: GenMessage<RemoveMemberRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_router_v1_router, 6);
+  messageDesc(file_switchboard_router_v1_router, 8);
 
 /**
  * Member removed.
@@ -250,7 +315,7 @@ export type RemoveMemberResponse = Message<"switchboard.router.v1.RemoveMemberRe
  * Use `create(RemoveMemberResponseSchema)` to create a new message.
  */
 export const RemoveMemberResponseSchema: GenMessage<RemoveMemberResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_router_v1_router, 7);
+  messageDesc(file_switchboard_router_v1_router, 9);
 
 /**
  * List members.
@@ -271,7 +336,7 @@ export type ListMembersRequest = Message<"switchboard.router.v1.ListMembersReque
  * Use `create(ListMembersRequestSchema)` to create a new message.
  */
 export const ListMembersRequestSchema: GenMessage<ListMembersRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_router_v1_router, 8);
+  messageDesc(file_switchboard_router_v1_router, 10);
 
 /**
  * Members.
@@ -292,7 +357,7 @@ export type ListMembersResponse = Message<"switchboard.router.v1.ListMembersResp
  * Use `create(ListMembersResponseSchema)` to create a new message.
  */
 export const ListMembersResponseSchema: GenMessage<ListMembersResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_router_v1_router, 9);
+  messageDesc(file_switchboard_router_v1_router, 11);
 
 /**
  * Read history.
@@ -310,7 +375,7 @@ export type GetHistoryRequest = Message<"switchboard.router.v1.GetHistoryRequest
   /**
    * Only seq below this (0: newest).
    *
-   * @generated from field: uint64 before_seq = 2 [jstype = JS_NUMBER];
+   * @generated from field: uint64 before_seq = 2;
    */
   beforeSeq: bigint;
 
@@ -327,7 +392,7 @@ export type GetHistoryRequest = Message<"switchboard.router.v1.GetHistoryRequest
  * Use `create(GetHistoryRequestSchema)` to create a new message.
  */
 export const GetHistoryRequestSchema: GenMessage<GetHistoryRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_router_v1_router, 10);
+  messageDesc(file_switchboard_router_v1_router, 12);
 
 /**
  * A page of history.
@@ -355,7 +420,7 @@ export type GetHistoryResponse = Message<"switchboard.router.v1.GetHistoryRespon
  * Use `create(GetHistoryResponseSchema)` to create a new message.
  */
 export const GetHistoryResponseSchema: GenMessage<GetHistoryResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_router_v1_router, 11);
+  messageDesc(file_switchboard_router_v1_router, 13);
 
 /**
  * Look up a user.
@@ -376,7 +441,7 @@ export type LookupUserRequest = Message<"switchboard.router.v1.LookupUserRequest
  * Use `create(LookupUserRequestSchema)` to create a new message.
  */
 export const LookupUserRequestSchema: GenMessage<LookupUserRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_router_v1_router, 12);
+  messageDesc(file_switchboard_router_v1_router, 14);
 
 /**
  * Where the user's devices are connected.
@@ -397,7 +462,7 @@ export type LookupUserResponse = Message<"switchboard.router.v1.LookupUserRespon
  * Use `create(LookupUserResponseSchema)` to create a new message.
  */
 export const LookupUserResponseSchema: GenMessage<LookupUserResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_router_v1_router, 13);
+  messageDesc(file_switchboard_router_v1_router, 15);
 
 /**
  * One device connection.
@@ -429,7 +494,7 @@ export type Session = Message<"switchboard.router.v1.Session"> & {
   /**
    * Epoch of that gateway.
    *
-   * @generated from field: uint64 gateway_epoch = 4 [jstype = JS_NUMBER];
+   * @generated from field: uint64 gateway_epoch = 4;
    */
   gatewayEpoch: bigint;
 };
@@ -439,7 +504,7 @@ export type Session = Message<"switchboard.router.v1.Session"> & {
  * Use `create(SessionSchema)` to create a new message.
  */
 export const SessionSchema: GenMessage<Session> = /*@__PURE__*/
-  messageDesc(file_switchboard_router_v1_router, 14);
+  messageDesc(file_switchboard_router_v1_router, 16);
 
 /**
  * Messaging and conversation API for backend services, and the user-to-gateway routing table.
@@ -516,6 +581,16 @@ export const RouterService: GenService<{
     methodKind: "unary";
     input: typeof LookupUserRequestSchema;
     output: typeof LookupUserResponseSchema;
+  },
+  /**
+   * Push an ephemeral event (typing, presence, receipt) to users' or sessions' connected devices.
+   *
+   * @generated from rpc switchboard.router.v1.RouterService.Relay
+   */
+  relay: {
+    methodKind: "unary";
+    input: typeof RelayRequestSchema;
+    output: typeof RelayResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_switchboard_router_v1_router, 0);

@@ -1,0 +1,42 @@
+#!/usr/bin/env node
+/** The `switchboard` command: a thin dispatcher; each command lives in internal/cli. */
+import { runConfig, runStart, runToken } from "../internal/cli/server-commands.js";
+
+const USAGE = `usage: switchboard <command> [options]
+  start [--port N] [--data-dir DIR] [--grpc-port N]   run the whole platform in one process
+  token --user ID [--data-dir DIR] [--ttl 1h]        print a dev JWT
+  send --token JWT (--to USER | --group ID) TEXT     send a message, print the ack
+  listen --token JWT [--since CURSOR] [--count N]    sync, then print live messages
+  group create --token JWT --name NAME [--member U]  create a group
+  config docs                                         print the configuration reference`;
+
+async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  switch (command) {
+    case "start":
+      return runStart(rest);
+    case "token":
+      return runToken(rest);
+    case "config":
+      return runConfig(rest);
+    case "send":
+    case "listen":
+    case "group": {
+      const { runClientCommand } = await import("../internal/cli/client-commands.js");
+      return runClientCommand(command, rest);
+    }
+    default:
+      process.stderr.write(`${USAGE}\n`);
+      return command === undefined || command === "help" || command === "--help" ? 0 : 2;
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err: unknown) => {
+    process.stderr.write(`${JSON.stringify({ error: err instanceof Error ? err.message : String(err) })}\n`);
+    process.exitCode = 1;
+  },
+);

@@ -1,0 +1,78 @@
+/**
+ * The server-side CLI commands: `start` (the all-in-one platform), `token` (a dev JWT), and
+ * `config docs` (the configuration reference). Output is one JSON object per line.
+ */
+import { parseArgs } from "node:util";
+import { signDevToken } from "../lib/auth.js";
+import { configDocs, loadConfig } from "../lib/config.js";
+import { createLogger } from "../lib/log.js";
+import { startPlatform } from "../platform/index.js";
+
+const TTL_UNITS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86400 };
+
+export function parseTtl(text: string): number {
+  const match = /^(\d+)([smhd])?$/.exec(text);
+  if (!match) throw new Error(`invalid --ttl ${JSON.stringify(text)}: use e.g. 90s, 30m, 1h, 7d`);
+  return Number(match[1]) * TTL_UNITS[match[2] ?? "s"]!;
+}
+
+export async function runStart(argv: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      port: { type: "string" },
+      host: { type: "string" },
+      "data-dir": { type: "string" },
+      "grpc-port": { type: "string" },
+      backend: { type: "string" },
+    },
+    strict: true,
+  });
+  const overrides: Record<string, string> = {};
+  if (values.port !== undefined) overrides["http.port"] = values.port;
+  if (values.host !== undefined) overrides["http.host"] = values.host;
+  if (values["data-dir"] !== undefined) overrides.dataDir = values["data-dir"];
+  if (values["grpc-port"] !== undefined) overrides["grpc.port"] = values["grpc-port"];
+  if (values.backend !== undefined) overrides.backend = values.backend;
+  const config = loadConfig(process.env, overrides);
+  const log = createLogger({ service: "switchboard" });
+  const platform = await startPlatform(config, log);
+  process.stdout.write(
+    `${JSON.stringify({ status: "started", url: `ws://${config.http.host}:${platform.port}/ws`, port: platform.port, grpc_port: platform.grpcPort, data_dir: config.dataDir })}\n`,
+  );
+  await new Promise<void>((resolve) => {
+    const stop = (signal: string) => {
+      log.info("stopping", { signal });
+      platform.close().then(resolve, (err: unknown) => {
+        log.error("shutdown failed", { err });
+        resolve();
+      });
+    };
+    process.once("SIGINT", () => stop("SIGINT"));
+    process.once("SIGTERM", () => stop("SIGTERM"));
+  });
+  return process.exitCode === undefined ? 0 : Number(process.exitCode);
+}
+
+export async function runToken(argv: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      user: { type: "string" },
+      "data-dir": { type: "string" },
+      ttl: { type: "string", default: "1h" },
+    },
+    strict: true,
+  });
+  if (!values.user) throw new Error("--user is required");
+  const dataDir = values["data-dir"] ?? loadConfig().dataDir;
+  const token = await signDevToken(dataDir, values.user, parseTtl(values.ttl));
+  process.stdout.write(`${JSON.stringify({ token, user: values.user })}\n`);
+  return 0;
+}
+
+export function runConfig(argv: string[]): number {
+  if (argv[0] !== "docs") throw new Error("usage: switchboard config docs");
+  process.stdout.write(`${configDocs()}\n`);
+  return 0;
+}

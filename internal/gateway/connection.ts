@@ -1,0 +1,425 @@
+/**
+ * One client WebSocket: authentication, frame validation, limits, request dispatch, and the
+ * sync→live seam.
+ *
+ * The seam: a connection receives live message events only after it completed a sync (a page with
+ * has_more=false). While syncing, live message events are dropped and the highest dropped cursor is
+ * remembered; since the router writes inbox entries before it delivers, every dropped event is in the
+ * inbox, and a "last" page is only declared last when no dropped event lies beyond it. After the
+ * seam, an event at or below the delivered cursor is a duplicate and skipped, and a jump past
+ * delivered+1 (an event lost between router and gateway) is filled from the inbox before going on.
+ */
+import type { ClientFrame, MessageEvent } from "../../gen/switchboard/client/v1/client_pb.js";
+import type { Message } from "../../gen/switchboard/common/v1/common_pb.js";
+import { Code, ReceiptKind } from "../../gen/switchboard/common/v1/common_pb.js";
+import type { Identity } from "../lib/auth.js";
+import { errors, SwitchboardError } from "../lib/errors.js";
+import { toWireConversation, toWireMessage } from "../router/index.js";
+import { CloseCode } from "./close-codes.js";
+import { decodeClientFrame, type Encoding, encodeServerFrame, type ServerFrameInit } from "./codec.js";
+import type { GatewayContext } from "./context.js";
+import { TokenBucket } from "./rate-limit.js";
+
+type Request = NonNullable<ClientFrame["kind"]>;
+type Socket = import("ws").WebSocket;
+
+export const PRESENCE_TARGETS_PER_REQUEST_MAX = 100;
+
+export class Connection {
+  readonly sessionId: string;
+  identity: Identity | undefined;
+  encoding: Encoding;
+  private readonly frames: TokenBucket;
+  private readonly sends: TokenBucket;
+  private badFrames = 0;
+  private closed = false;
+  private authTimer: NodeJS.Timeout | undefined;
+  private expiryTimer: NodeJS.Timeout | undefined;
+  private lastHeartbeatMs = 0;
+  // Seam state (see the file comment).
+  private live = false;
+  private deliveredCursor = 0;
+  private droppedCursorMax = 0;
+  private catchingUp = false;
+
+  constructor(
+    private readonly ctx: GatewayContext,
+    private readonly socket: Socket,
+    sessionId: string,
+    encoding: Encoding,
+  ) {
+    this.sessionId = sessionId;
+    this.encoding = encoding;
+    const g = ctx.config.gateway;
+    this.frames = new TokenBucket(g.framesPerSecond, g.framesPerSecond * 2);
+    this.sends = new TokenBucket(g.sendsPerSecond, g.sendBurst);
+    socket.on("message", (data, isBinary) => this.onMessage(data as Buffer, isBinary));
+    socket.on("close", () => this.onClosed());
+    socket.on("error", (err) => ctx.log.debug("gateway: socket error", { sessionId, err }));
+  }
+
+  get userId(): string {
+    return this.identity?.userId ?? "";
+  }
+
+  /** Starts the authentication deadline for connections that did not authenticate on upgrade. */
+  awaitAuth(): void {
+    this.authTimer = setTimeout(
+      () => this.close(CloseCode.AUTH_TIMEOUT, "authentication timeout"),
+      this.ctx.config.auth.authTimeoutMs,
+    );
+  }
+
+  async authenticate(identity: Identity, replyTo: number): Promise<void> {
+    clearTimeout(this.authTimer);
+    this.identity = identity;
+    if (Number.isFinite(identity.expiresAtMs)) {
+      const ms = Math.max(0, identity.expiresAtMs - Date.now());
+      this.expiryTimer = setTimeout(
+        () => this.close(CloseCode.TOKEN_EXPIRED, "token expired"),
+        Math.min(ms, 2 ** 31 - 1),
+      );
+    }
+    await this.ctx.register(this);
+    if (this.closed) return;
+    this.touchPresence(true);
+    const head = await this.ctx.backends.inbox.head(identity.userId);
+    const g = this.ctx.config.gateway;
+    this.reply(replyTo, {
+      case: "welcome",
+      value: {
+        userId: identity.userId,
+        sessionId: this.sessionId,
+        heartbeatIntervalMs: this.ctx.config.presence.heartbeatIntervalMs,
+        limits: {
+          bodyCharsMax: g.bodyCharsMax,
+          frameBytesMax: g.frameBytesMax,
+          sendsPerSecond: g.sendsPerSecond,
+          groupMembersMax: this.ctx.config.groups.membersMax,
+        },
+        serverTimeMs: BigInt(Date.now()),
+        headCursor: BigInt(head),
+      },
+    });
+  }
+
+  private onMessage(data: Buffer, isBinary: boolean): void {
+    if (this.closed) return;
+    this.encoding = isBinary ? "binary" : "json";
+    if (this.frames.take() > 0) {
+      if (this.frames.flooded()) return this.close(CloseCode.TOO_MANY_REQUESTS, "too many frames");
+      this.ctx.metrics.errorsTotal.inc({ reason: "RATE_LIMITED" });
+      return; // over the frame rate: dropped silently until it becomes a flood
+    }
+    let frame: ClientFrame;
+    try {
+      frame = decodeClientFrame(data, isBinary);
+    } catch (err) {
+      return this.rejectBadFrame(0, SwitchboardError.from(err));
+    }
+    const kind = frame.kind;
+    if (kind.case === undefined)
+      return this.rejectBadFrame(frame.id, errors.invalid("UNKNOWN_FRAME", "frame has no known request"));
+    this.ctx.metrics.framesTotal.inc({ kind: kind.case });
+    if (!this.identity && kind.case !== "auth") {
+      return this.fail(
+        frame.id,
+        errors.unauthenticated("AUTH_REQUIRED", "authenticate first (auth frame or Authorization header)"),
+      );
+    }
+    this.dispatch(frame.id, kind).catch((err: unknown) => this.fail(frame.id, SwitchboardError.from(err)));
+  }
+
+  private rejectBadFrame(id: number, err: SwitchboardError): void {
+    this.fail(id, err);
+    if (++this.badFrames >= this.ctx.config.gateway.badFramesMax)
+      this.close(CloseCode.BAD_REQUEST, "too many malformed frames");
+  }
+
+  private async dispatch(id: number, req: Request): Promise<void> {
+    const user = this.userId;
+    const c = this.ctx;
+    switch (req.case) {
+      case "auth": {
+        if (this.identity)
+          throw errors.precondition("ALREADY_AUTHENTICATED", "connection is already authenticated");
+        let identity: Identity;
+        try {
+          identity = await c.verify(req.value.token);
+        } catch (err) {
+          this.fail(id, SwitchboardError.from(err));
+          return this.close(CloseCode.INVALID_TOKEN, "invalid token");
+        }
+        return this.authenticate(identity, id);
+      }
+      case "send": {
+        const wait = this.sends.take() || c.takeUserSend(user);
+        if (wait > 0) {
+          if (this.sends.flooded()) this.close(CloseCode.TOO_MANY_REQUESTS, "send flood");
+          throw errors.exhausted("RATE_LIMITED", "too many messages; slow down", wait);
+        }
+        const started = performance.now();
+        const target = req.value.target;
+        const { message, duplicate } = await c.conversations.send({
+          sender: user,
+          ...(target.case === "toUser" ? { toUser: target.value } : { conversationId: target.value ?? "" }),
+          clientMsgId: req.value.clientMsgId,
+          body: req.value.body,
+        });
+        if (!duplicate) {
+          c.metrics.messagesTotal.inc();
+          c.metrics.appendSeconds.observe((performance.now() - started) / 1000);
+        }
+        return this.reply(id, {
+          case: "ack",
+          value: {
+            conversationId: message.conversationId,
+            messageId: message.messageId,
+            seq: BigInt(message.seq),
+            clientMsgId: message.clientMsgId,
+            createdAtMs: BigInt(message.createdAtMs),
+            duplicate,
+          },
+        });
+      }
+      case "sync":
+        return this.sync(id, Number(req.value.cursor), req.value.limit);
+      case "history": {
+        const { conversationId, beforeSeq, afterSeq, limit } = req.value;
+        await this.requireMember(conversationId);
+        const page = await c.backends.messages.history(conversationId, {
+          beforeSeq: Number(beforeSeq),
+          afterSeq: Number(afterSeq),
+          limit: this.pageLimit(limit),
+        });
+        return this.reply(id, {
+          case: "history",
+          value: { conversationId, messages: page.messages.map(toWireMessage), hasMore: page.hasMore },
+        });
+      }
+      case "createGroup": {
+        const { name, members, open } = req.value;
+        const record = await c.conversations.createGroup(user, name, members, open);
+        return this.reply(id, { case: "conversation", value: { conversation: toWireConversation(record) } });
+      }
+      case "addMembers": {
+        const record = await c.conversations.addMembers(user, req.value.conversationId, req.value.members);
+        return this.reply(id, { case: "conversation", value: { conversation: toWireConversation(record) } });
+      }
+      case "joinGroup": {
+        const record = await c.conversations.join(user, req.value.conversationId);
+        return this.reply(id, { case: "conversation", value: { conversation: toWireConversation(record) } });
+      }
+      case "leaveGroup": {
+        await c.conversations.leave(user, req.value.conversationId);
+        return this.reply(id, { case: "ok", value: {} });
+      }
+      case "listConversations": {
+        const records = await c.backends.membership.conversationsOf(user, this.pageLimit(req.value.limit));
+        const conversations = await Promise.all(
+          records.map(async (r) => toWireConversation(r, await c.backends.messages.lastSeq(r.id))),
+        );
+        return this.reply(id, { case: "conversations", value: { conversations } });
+      }
+      case "listMembers": {
+        const members = await c.conversations.members(user, req.value.conversationId);
+        return this.reply(id, {
+          case: "members",
+          value: { conversationId: req.value.conversationId, members: members.sort() },
+        });
+      }
+      case "typing": {
+        const { conversationId, typing } = req.value;
+        const members = await c.conversations.members(user, conversationId);
+        await c.router.relay({
+          userIds: members,
+          excludeSessionId: this.sessionId,
+          frame: { kind: { case: "typing", value: { conversationId, userId: user, typing } } },
+        });
+        return this.reply(id, { case: "ok", value: {} });
+      }
+      case "heartbeat":
+        this.touchPresence(false);
+        return this.reply(id, { case: "heartbeat", value: { serverTimeMs: BigInt(Date.now()) } });
+      case "subscribePresence": {
+        const targets = [...new Set(req.value.userIds)];
+        if (targets.length === 0 || targets.length > PRESENCE_TARGETS_PER_REQUEST_MAX) {
+          throw errors.invalid(
+            "INVALID_PRESENCE_TARGETS",
+            `subscribe to 1-${PRESENCE_TARGETS_PER_REQUEST_MAX} users per request`,
+          );
+        }
+        for (const t of targets) {
+          if (t !== user && !(await c.sharesConversation(user, t))) {
+            throw errors.denied("NOT_A_CONTACT", `you share no conversation with ${t}`);
+          }
+        }
+        const res = await c.presence.subscribe({ sessionId: this.sessionId, userIds: targets });
+        return this.reply(id, { case: "presenceSnapshot", value: { statuses: res.statuses } });
+      }
+      case "unsubscribePresence":
+        await c.presence.unsubscribe({ sessionId: this.sessionId, userIds: req.value.userIds });
+        return this.reply(id, { case: "ok", value: {} });
+      case "receipt": {
+        const { conversationId, seq, kind } = req.value;
+        if (kind !== ReceiptKind.DELIVERED && kind !== ReceiptKind.READ)
+          throw errors.invalid("INVALID_RECEIPT_KIND", "kind must be DELIVERED or READ");
+        const members = await c.conversations.members(user, conversationId);
+        const last = await c.backends.messages.lastSeq(conversationId);
+        if (seq < 1n || Number(seq) > last)
+          throw errors.invalid("SEQ_OUT_OF_RANGE", `seq must be in [1, ${last}]`);
+        const kindName = kind === ReceiptKind.READ ? "read" : "delivered";
+        if (await c.backends.receipts.raise(conversationId, user, kindName, Number(seq))) {
+          await c.router.relay({
+            userIds: members,
+            excludeSessionId: this.sessionId,
+            frame: { kind: { case: "receipt", value: { conversationId, userId: user, seq, kind } } },
+          });
+        }
+        return this.reply(id, { case: "ok", value: {} });
+      }
+      default:
+        throw errors.invalid("UNKNOWN_FRAME", "unknown request");
+    }
+  }
+
+  private pageLimit(requested: number): number {
+    const max = this.ctx.config.sync.pageSizeMax;
+    return requested > 0 ? Math.min(requested, max) : Math.min(100, max);
+  }
+
+  private async requireMember(conversationId: string): Promise<void> {
+    if (!(await this.ctx.backends.membership.isMember(conversationId, this.userId))) {
+      throw errors.denied("NOT_MEMBER", `not a member of ${conversationId} (or it does not exist)`);
+    }
+  }
+
+  /** Reads one inbox page after `after` and resolves its messages. */
+  private async inboxPage(
+    after: number,
+    limit: number,
+  ): Promise<{ events: Array<{ message: Message; cursor: bigint }>; more: boolean }> {
+    const entries = await this.ctx.backends.inbox.read(this.userId, after, limit + 1);
+    const page = entries.slice(0, limit);
+    const messages = await this.ctx.backends.messages.getMany(page);
+    const byKey = new Map(messages.map((m) => [`${m.conversationId}\u0000${m.seq}`, m]));
+    const events = page.flatMap((e) => {
+      const m = byKey.get(`${e.conversationId}\u0000${e.seq}`);
+      return m ? [{ message: toWireMessage(m) as Message, cursor: BigInt(e.cursor) }] : [];
+    });
+    return { events, more: entries.length > limit };
+  }
+
+  private async sync(id: number, cursor: number, limit: number): Promise<void> {
+    const head = await this.ctx.backends.inbox.head(this.userId);
+    if (cursor < 0 || cursor > head) throw errors.invalid("INVALID_CURSOR", `cursor must be in [0, ${head}]`);
+    this.live = false;
+    const { events, more } = await this.inboxPage(cursor, this.pageLimit(limit));
+    const last = events.length > 0 ? Number(events[events.length - 1]!.cursor) : cursor;
+    // Not last while an event dropped during the sync lies beyond this page (see file comment).
+    const hasMore = more || this.droppedCursorMax > last;
+    if (!hasMore) {
+      this.live = true;
+      this.deliveredCursor = last;
+      this.droppedCursorMax = 0;
+    }
+    this.reply(id, { case: "sync", value: { messages: events, cursor: BigInt(last), hasMore } });
+  }
+
+  /** A live message event for this connection's user (called by the gateway's Deliver loop). */
+  deliverMessage(event: { message: Message; cursor: bigint }, encoded: () => string | Uint8Array): void {
+    const cursor = Number(event.cursor);
+    if (!this.live) {
+      if (cursor > this.droppedCursorMax) this.droppedCursorMax = cursor;
+      return;
+    }
+    if (cursor <= this.deliveredCursor) return;
+    if (cursor > this.deliveredCursor + 1) {
+      this.droppedCursorMax = Math.max(this.droppedCursorMax, cursor);
+      void this.catchUp();
+      return;
+    }
+    this.deliveredCursor = cursor;
+    this.sendRaw(encoded());
+  }
+
+  /** Fills a gap in the live stream from the inbox, then resumes live delivery. */
+  private async catchUp(): Promise<void> {
+    if (this.catchingUp) return;
+    this.catchingUp = true;
+    this.live = false;
+    try {
+      for (;;) {
+        if (this.closed) return;
+        const { events, more } = await this.inboxPage(this.deliveredCursor, this.ctx.config.sync.pageSizeMax);
+        for (const e of events) {
+          this.sendRaw(
+            encodeServerFrame(
+              { kind: { case: "message", value: e as unknown as MessageEvent } },
+              this.encoding,
+            ),
+          );
+          this.deliveredCursor = Number(e.cursor);
+        }
+        if (!more && this.droppedCursorMax <= this.deliveredCursor) break;
+        if (events.length === 0 && !more) break;
+      }
+      this.live = true;
+      this.droppedCursorMax = 0;
+    } catch (err) {
+      this.ctx.log.warn("gateway: catch-up failed; closing so the client resyncs", {
+        sessionId: this.sessionId,
+        err,
+      });
+      this.close(CloseCode.INTERNAL_ERROR, "catch-up failed");
+    } finally {
+      this.catchingUp = false;
+    }
+  }
+
+  private touchPresence(force: boolean): void {
+    const now = Date.now();
+    if (!force && now - this.lastHeartbeatMs < this.ctx.config.presence.heartbeatIntervalMs / 2) return;
+    this.lastHeartbeatMs = now;
+    this.ctx.presence
+      .heartbeat({ userId: this.userId, sessionId: this.sessionId })
+      .catch((err: unknown) => this.ctx.log.warn("gateway: presence heartbeat failed", { err }));
+  }
+
+  reply(replyTo: number, kind: NonNullable<ServerFrameInit["kind"]>): void {
+    this.sendRaw(encodeServerFrame({ replyTo, kind }, this.encoding));
+  }
+
+  fail(replyTo: number, err: SwitchboardError): void {
+    if (err.code === Code.INTERNAL)
+      this.ctx.log.error("gateway: request failed", { sessionId: this.sessionId, err });
+    this.ctx.metrics.errorsTotal.inc({ reason: err.reason });
+    this.reply(replyTo, {
+      case: "error",
+      value: { code: err.code, reason: err.reason, message: err.message, retryAfterMs: err.retryAfterMs },
+    });
+  }
+
+  sendRaw(data: string | Uint8Array): void {
+    if (this.closed) return;
+    if (this.socket.bufferedAmount > this.ctx.config.gateway.sendQueueBytesMax) {
+      return this.close(CloseCode.SLOW_CONSUMER, "send queue overflow; reconnect and sync");
+    }
+    this.socket.send(data);
+  }
+
+  close(code: number, reason: string): void {
+    if (this.closed) return;
+    this.ctx.metrics.closesTotal.inc({ code: String(code) });
+    this.socket.close(code, reason);
+    this.onClosed();
+  }
+
+  private onClosed(): void {
+    if (this.closed) return;
+    this.closed = true;
+    clearTimeout(this.authTimer);
+    clearTimeout(this.expiryTimer);
+    if (this.identity) this.ctx.unregister(this);
+  }
+}

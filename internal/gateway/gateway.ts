@@ -1,0 +1,313 @@
+/**
+ * The gateway: terminates client WebSockets (authenticating on upgrade or in a first frame),
+ * keeps the registry of its connections, publishes session up/down routing events, and exposes the
+ * GatewayService: Deliver (the router's long-lived stream), Drain and Stats.
+ */
+import { randomBytes } from "node:crypto";
+import type { IncomingMessage } from "node:http";
+import type { Duplex } from "node:stream";
+import { WebSocketServer } from "ws";
+import type { MessageEvent } from "../../gen/switchboard/client/v1/client_pb.js";
+import type { GatewayService } from "../../gen/switchboard/gateway/v1/gateway_pb.js";
+import type { PresenceService } from "../../gen/switchboard/presence/v1/presence_pb.js";
+import type { RouterService } from "../../gen/switchboard/router/v1/router_pb.js";
+import type { Backends } from "../backends/types.js";
+import type { Identity, TokenVerifier } from "../lib/auth.js";
+import type { Config } from "../lib/config.js";
+import { SwitchboardError } from "../lib/errors.js";
+import type { Logger } from "../lib/log.js";
+import type { Metrics } from "../lib/metrics.js";
+import type { ServiceClient, ServiceImpl } from "../lib/rpc.js";
+import { type Conversations, directConversationId } from "../router/index.js";
+import { CloseCode } from "./close-codes.js";
+import { type Encoding, encodeServerFrame, SUBPROTOCOL_BINARY, SUBPROTOCOL_JSON } from "./codec.js";
+import { Connection } from "./connection.js";
+import type { GatewayContext } from "./context.js";
+import { TokenBucket } from "./rate-limit.js";
+
+const CREDIT_EVERY_EVENTS = 256;
+const SHARED_CONVERSATIONS_SCAN_MAX = 1_000;
+
+export interface GatewayOptions {
+  config: Config;
+  log: Logger;
+  metrics: Metrics;
+  backends: Backends;
+  conversations: Conversations;
+  router: ServiceClient<typeof RouterService>;
+  presence: ServiceClient<typeof PresenceService>;
+  verify: TokenVerifier;
+  gatewayId: string;
+  gatewayEpoch: number;
+}
+
+export class Gateway {
+  readonly id: string;
+  readonly epoch: number;
+  private readonly wss: WebSocketServer;
+  private readonly byUser = new Map<string, Set<Connection>>();
+  private readonly bySession = new Map<string, Connection>();
+  private readonly userSends = new Map<string, TokenBucket>();
+  private readonly all = new Set<Connection>();
+  private readonly ctx: GatewayContext;
+  private draining = false;
+  private pingTimer: NodeJS.Timeout;
+  private readonly alive = new WeakSet<object>();
+
+  constructor(private readonly options: GatewayOptions) {
+    this.id = options.gatewayId;
+    this.epoch = options.gatewayEpoch;
+    const { config } = options;
+    this.wss = new WebSocketServer({
+      noServer: true,
+      maxPayload: config.gateway.frameBytesMax,
+      perMessageDeflate: false, // compression oracles and zlib memory: off (docs/protocol.md)
+      handleProtocols: (protocols) =>
+        protocols.has(SUBPROTOCOL_BINARY)
+          ? SUBPROTOCOL_BINARY
+          : protocols.has(SUBPROTOCOL_JSON)
+            ? SUBPROTOCOL_JSON
+            : false,
+    });
+    this.ctx = {
+      config,
+      log: options.log,
+      metrics: options.metrics,
+      backends: options.backends,
+      conversations: options.conversations,
+      router: options.router,
+      presence: options.presence,
+      verify: options.verify,
+      takeUserSend: (userId) => this.takeUserSend(userId),
+      sharesConversation: (a, b) => this.sharesConversation(a, b),
+      register: (conn) => this.register(conn),
+      unregister: (conn) => this.unregister(conn),
+    };
+    this.pingTimer = setInterval(() => this.ping(), config.gateway.pingIntervalMs);
+    this.pingTimer.unref();
+  }
+
+  get connections(): number {
+    return this.all.size;
+  }
+
+  get users(): number {
+    return this.byUser.size;
+  }
+
+  /** Handles an HTTP upgrade on the WebSocket path. */
+  async handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+    const { config, metrics } = this.options;
+    const refuse = (status: number, text: string, result: string) => {
+      metrics.connectsTotal.inc({ result });
+      socket.end(`HTTP/1.1 ${status} ${text}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
+    };
+    const origin = req.headers.origin;
+    if (
+      origin !== undefined &&
+      config.auth.allowedOrigins.length > 0 &&
+      !config.auth.allowedOrigins.includes(origin)
+    ) {
+      return refuse(403, "Forbidden", "origin");
+    }
+    if (this.draining) return refuse(503, "Service Unavailable", "draining");
+    if (this.all.size >= config.gateway.connectionsMax) return refuse(503, "Service Unavailable", "full");
+    let identity: Identity | undefined;
+    const authz = req.headers.authorization;
+    if (authz !== undefined) {
+      const match = /^Bearer (.+)$/i.exec(authz);
+      try {
+        if (!match?.[1]) throw new Error("malformed Authorization header");
+        identity = await this.options.verify(match[1]);
+      } catch {
+        return refuse(401, "Unauthorized", "unauthorized");
+      }
+    }
+    if (socket.destroyed) return;
+    this.wss.handleUpgrade(req, socket, head, (ws) => {
+      metrics.connectsTotal.inc({ result: "accepted" });
+      const encoding: Encoding = ws.protocol === SUBPROTOCOL_BINARY ? "binary" : "json";
+      const conn = new Connection(this.ctx, ws, randomBytes(12).toString("base64url"), encoding);
+      this.all.add(conn);
+      this.alive.add(ws);
+      ws.on("pong", () => this.alive.add(ws));
+      ws.on("close", () => this.all.delete(conn));
+      if (identity) {
+        conn.authenticate(identity, 0).catch((err: unknown) => {
+          this.options.log.error("gateway: registration failed", { err });
+          conn.close(CloseCode.INTERNAL_ERROR, "registration failed");
+        });
+      } else {
+        conn.awaitAuth();
+      }
+    });
+  }
+
+  private ping(): void {
+    for (const ws of this.wss.clients) {
+      if (!this.alive.has(ws)) {
+        ws.terminate();
+        continue;
+      }
+      this.alive.delete(ws);
+      ws.ping();
+    }
+  }
+
+  private takeUserSend(userId: string): number {
+    let bucket = this.userSends.get(userId);
+    if (!bucket) {
+      const g = this.options.config.gateway;
+      bucket = new TokenBucket(g.userSendsPerSecond, g.userSendsPerSecond * 2);
+      this.userSends.set(userId, bucket);
+    }
+    return bucket.take();
+  }
+
+  private async sharesConversation(a: string, b: string): Promise<boolean> {
+    const { membership } = this.options.backends;
+    if (await membership.isMember(directConversationId(a, b), b)) return true;
+    for (const c of await membership.conversationsOf(a, SHARED_CONVERSATIONS_SCAN_MAX)) {
+      if (await membership.isMember(c.id, b)) return true;
+    }
+    return false;
+  }
+
+  private async register(conn: Connection): Promise<void> {
+    let set = this.byUser.get(conn.userId);
+    if (!set) {
+      set = new Set();
+      this.byUser.set(conn.userId, set);
+    }
+    set.add(conn);
+    this.bySession.set(conn.sessionId, conn);
+    this.options.metrics.connections.set(this.bySession.size);
+    await this.options.backends.routing.publish({
+      kind: "up",
+      userId: conn.userId,
+      sessionId: conn.sessionId,
+      gatewayId: this.id,
+      gatewayEpoch: this.epoch,
+    });
+  }
+
+  private unregister(conn: Connection): void {
+    const set = this.byUser.get(conn.userId);
+    set?.delete(conn);
+    if (set?.size === 0) {
+      this.byUser.delete(conn.userId);
+      this.userSends.delete(conn.userId);
+    }
+    if (!this.bySession.delete(conn.sessionId)) return;
+    this.options.metrics.connections.set(this.bySession.size);
+    const { userId, sessionId } = conn;
+    const log = this.options.log;
+    this.options.backends.routing
+      .publish({ kind: "down", userId, sessionId, gatewayId: this.id, gatewayEpoch: this.epoch })
+      .catch((err: unknown) => log.warn("gateway: session-down event failed", { err }));
+    this.options.presence
+      .endSession({ userId, sessionId })
+      .catch((err: unknown) => log.warn("gateway: endSession failed", { err }));
+  }
+
+  /** The GatewayService implementation (Deliver, Drain, Stats). */
+  service(): ServiceImpl<typeof GatewayService> {
+    const gateway = this;
+    return {
+      async *deliver(requests) {
+        let handled = 0;
+        for await (const req of requests) {
+          gateway.dispatch(req.userIds, req.cursors, req.sessionIds, req.excludeSessionId, req.frame);
+          if (++handled % CREDIT_EVERY_EVENTS === 0) yield { delivered: CREDIT_EVERY_EVENTS };
+        }
+      },
+      async drain(req) {
+        return { connections: gateway.drain(req.windowMs || gateway.options.config.gateway.drainWindowMs) };
+      },
+      async stats() {
+        return {
+          gatewayId: gateway.id,
+          connections: gateway.connections,
+          users: gateway.users,
+          draining: gateway.draining,
+          epoch: BigInt(gateway.epoch),
+        };
+      },
+    };
+  }
+
+  private dispatch(
+    userIds: string[],
+    cursors: bigint[],
+    sessionIds: string[],
+    exclude: string,
+    frame: import("../../gen/switchboard/client/v1/client_pb.js").ServerFrame | undefined,
+  ): void {
+    if (!frame) return;
+    if (frame.kind.case === "message") {
+      const event = frame.kind.value as MessageEvent;
+      const message = event.message;
+      if (!message) return;
+      for (let i = 0; i < userIds.length; i++) {
+        const conns = this.byUser.get(userIds[i]!);
+        if (!conns) continue;
+        const value = { message, cursor: cursors[i] ?? 0n };
+        const cache: Partial<Record<Encoding, string | Uint8Array>> = {};
+        for (const conn of conns) {
+          if (conn.sessionId === exclude) continue;
+          const enc = conn.encoding;
+          conn.deliverMessage(
+            value,
+            () => (cache[enc] ??= encodeServerFrame({ kind: { case: "message", value } }, enc)),
+          );
+        }
+      }
+      return;
+    }
+    const cache: Partial<Record<Encoding, string | Uint8Array>> = {};
+    const send = (conn: Connection) => {
+      if (conn.sessionId === exclude) return;
+      let data = cache[conn.encoding];
+      if (data === undefined) {
+        data = encodeServerFrame(frame, conn.encoding);
+        cache[conn.encoding] = data;
+      }
+      conn.sendRaw(data);
+    };
+    for (const u of userIds) for (const conn of this.byUser.get(u) ?? []) send(conn);
+    for (const s of sessionIds) {
+      const conn = this.bySession.get(s);
+      if (conn) send(conn);
+    }
+  }
+
+  /** Tells every client to reconnect elsewhere, closing them spread over `windowMs`; refuses new ones. */
+  drain(windowMs: number): number {
+    this.draining = true;
+    const conns = [...this.all];
+    for (const conn of conns) {
+      conn.reply(0, {
+        case: "reconnect",
+        value: { reason: "draining", delayMsMin: 0, delayMsMax: windowMs },
+      });
+      const t = setTimeout(
+        () => conn.close(CloseCode.SHUTDOWN, "draining"),
+        Math.floor(Math.random() * windowMs),
+      );
+      t.unref();
+    }
+    return conns.length;
+  }
+
+  async close(): Promise<void> {
+    clearInterval(this.pingTimer);
+    this.draining = true;
+    for (const conn of [...this.all]) conn.close(CloseCode.GOING_AWAY, "server shutting down");
+    this.wss.close();
+  }
+
+  /** For tests and logs: normalises errors thrown by upgrade handling. */
+  static describe(err: unknown): string {
+    return SwitchboardError.from(err).message;
+  }
+}

@@ -1,0 +1,41 @@
+/**
+ * Token bucket: `ratePerSecond` sustained, `burst` at once. `take` reports how long to wait when
+ * empty; `deficit` lets the caller tell a client slightly over the limit (answer RATE_LIMITED) from
+ * a flood (close the connection).
+ */
+export class TokenBucket {
+  private tokens: number;
+  private updatedMs: number;
+
+  constructor(
+    private readonly ratePerSecond: number,
+    private readonly burst: number,
+    private readonly now: () => number = Date.now,
+  ) {
+    this.tokens = burst;
+    this.updatedMs = now();
+  }
+
+  private refill(): void {
+    const now = this.now();
+    this.tokens = Math.min(this.burst, this.tokens + ((now - this.updatedMs) * this.ratePerSecond) / 1000);
+    this.updatedMs = now;
+  }
+
+  /** Takes one token; returns 0 on success, else the milliseconds until one is available. */
+  take(): number {
+    this.refill();
+    if (this.tokens >= 1) {
+      this.tokens -= 1;
+      return 0;
+    }
+    // Keep counting refusals as debt (down to -burst) so a flood is recognisable.
+    this.tokens = Math.max(this.tokens - 1, -this.burst);
+    return Math.ceil(((1 - this.tokens) * 1000) / this.ratePerSecond);
+  }
+
+  /** True when refusals have piled up to a full burst of debt: the client ignores RATE_LIMITED. */
+  flooded(): boolean {
+    return this.tokens <= -this.burst;
+  }
+}

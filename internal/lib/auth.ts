@@ -1,0 +1,97 @@
+/**
+ * Client authentication: JWTs signed with HS256 by the dev secret kept in the data dir, or by a key
+ * from a JWKS URL (keys cached per issuer and `kid` by jose's remote key set). The subject (`sub`) is
+ * the user id: identities belong to the app, as in Centrifugo.
+ */
+import { randomBytes } from "node:crypto";
+import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { createRemoteJWKSet, type JWTPayload, jwtVerify, SignJWT } from "jose";
+import { errors } from "./errors.js";
+
+export const DEV_SECRET_FILE = "dev-jwt-secret";
+export const USER_ID_CHARS_MAX = 128;
+const USER_ID_PATTERN = /^[A-Za-z0-9._@:+-]{1,128}$/;
+
+/** Reads the data dir's HS256 dev secret, creating it (mode 0600) on first use. */
+export function devSecret(dataDir: string): Uint8Array {
+  const path = join(dataDir, DEV_SECRET_FILE);
+  if (!existsSync(path)) {
+    mkdirSync(dataDir, { recursive: true });
+    writeFileSync(path, randomBytes(32).toString("hex"), { flag: "wx", mode: 0o600 });
+    chmodSync(path, 0o600);
+  }
+  return new TextEncoder().encode(readFileSync(path, "utf8").trim());
+}
+
+export function isValidUserId(id: string): boolean {
+  return USER_ID_PATTERN.test(id);
+}
+
+/** Signs a dev token for `userId` valid for `ttlSeconds`. */
+export async function signDevToken(dataDir: string, userId: string, ttlSeconds: number): Promise<string> {
+  if (!isValidUserId(userId))
+    throw new Error(`invalid user id ${JSON.stringify(userId)}: use 1-128 of A-Z a-z 0-9 . _ @ : + -`);
+  return new SignJWT({})
+    .setProtectedHeader({ alg: "HS256", typ: "JWT" })
+    .setSubject(userId)
+    .setIssuedAt()
+    .setExpirationTime(Math.floor(Date.now() / 1000) + ttlSeconds)
+    .sign(devSecret(dataDir));
+}
+
+export interface Identity {
+  userId: string;
+  /** Token expiry, Unix milliseconds (Infinity when the token has no exp). */
+  expiresAtMs: number;
+}
+
+export interface VerifierOptions {
+  dataDir: string;
+  jwksUrl: string;
+  issuer: string;
+  audience: string;
+}
+
+export type TokenVerifier = (token: string) => Promise<Identity>;
+
+/** Builds the verifier once; it pins the algorithms so `alg: none` and HS/RS confusion fail. */
+export function createVerifier(options: VerifierOptions): TokenVerifier {
+  const checks = {
+    ...(options.issuer ? { issuer: options.issuer } : {}),
+    ...(options.audience ? { audience: options.audience } : {}),
+  };
+  const verify: (token: string) => Promise<JWTPayload> = options.jwksUrl
+    ? (() => {
+        const keys = createRemoteJWKSet(new URL(options.jwksUrl), {
+          cacheMaxAge: 10 * 60_000,
+          cooldownDuration: 30_000,
+        });
+        return async (token) =>
+          (await jwtVerify(token, keys, { ...checks, algorithms: ["RS256", "ES256", "EdDSA", "PS256"] }))
+            .payload;
+      })()
+    : (() => {
+        const secret = devSecret(options.dataDir);
+        return async (token) =>
+          (await jwtVerify(token, secret, { ...checks, algorithms: ["HS256"] })).payload;
+      })();
+  return async (token) => {
+    let payload: JWTPayload;
+    try {
+      payload = await verify(token);
+    } catch (err) {
+      const code = (err as { code?: string }).code ?? "ERR_JWT_INVALID";
+      const reason = code === "ERR_JWT_EXPIRED" ? "TOKEN_EXPIRED" : "INVALID_TOKEN";
+      throw Object.assign(errors.unauthenticated(reason, `token rejected (${code})`), { cause: err });
+    }
+    const sub = payload.sub;
+    if (typeof sub !== "string" || !isValidUserId(sub)) {
+      throw errors.unauthenticated("INVALID_TOKEN", "token has no valid `sub` (user id)");
+    }
+    return {
+      userId: sub,
+      expiresAtMs: payload.exp === undefined ? Number.POSITIVE_INFINITY : payload.exp * 1000,
+    };
+  };
+}

@@ -1,0 +1,208 @@
+/**
+ * Presence: heartbeats become online/offline with a grace period, so a tunnel or a page reload does
+ * not flap the dot. A user is online while any session heartbeats; a session that stopped (ended or
+ * silent for `offlineAfterMs`) is dropped, and the user is shown offline only after `offlineAfterMs`
+ * without any session. Changes go only to sessions that subscribed to that user (the gateway checks
+ * they share a conversation). Presence is ephemeral: only last_active_at is stored.
+ */
+import type { PresenceStatus } from "../../gen/switchboard/common/v1/common_pb.js";
+import type { PresenceService } from "../../gen/switchboard/presence/v1/presence_pb.js";
+import type { RouterService } from "../../gen/switchboard/router/v1/router_pb.js";
+import type { PresenceStore } from "../backends/types.js";
+import { errors } from "../lib/errors.js";
+import type { Logger } from "../lib/log.js";
+import type { ServiceClient, ServiceImpl } from "../lib/rpc.js";
+
+export const WATCHES_PER_SESSION_MAX = 1_000;
+const PERSIST_INTERVAL_MS = 5_000;
+
+export interface PresenceOptions {
+  offlineAfterMs: number;
+  store: PresenceStore;
+  router: () => ServiceClient<typeof RouterService>;
+  log: Logger;
+  now?: () => number;
+}
+
+interface UserState {
+  sessions: Map<string, number>; // session id → last heartbeat ms
+  online: boolean;
+  lastActiveMs: number;
+  persistedMs: number;
+  offlineTimer?: NodeJS.Timeout;
+}
+
+export class Presence {
+  private readonly users = new Map<string, UserState>();
+  private readonly watchers = new Map<string, Set<string>>(); // watched user → sessions
+  private readonly watching = new Map<string, Set<string>>(); // session → watched users
+  private readonly sweeper: NodeJS.Timeout;
+  private readonly now: () => number;
+
+  constructor(private readonly options: PresenceOptions) {
+    this.now = options.now ?? Date.now;
+    // Sessions whose gateway vanished without EndSession stop heartbeating; sweep them.
+    this.sweeper = setInterval(() => this.sweep(), Math.max(100, Math.floor(options.offlineAfterMs / 2)));
+    this.sweeper.unref();
+  }
+
+  private state(userId: string): UserState {
+    let s = this.users.get(userId);
+    if (!s) {
+      s = { sessions: new Map(), online: false, lastActiveMs: 0, persistedMs: 0 };
+      this.users.set(userId, s);
+    }
+    return s;
+  }
+
+  status(userId: string, stored?: number): PresenceStatus {
+    const s = this.users.get(userId);
+    return {
+      $typeName: "switchboard.common.v1.PresenceStatus",
+      userId,
+      online: s?.online ?? false,
+      lastActiveAtMs: BigInt(s?.lastActiveMs || stored || 0),
+    };
+  }
+
+  heartbeat(userId: string, sessionId: string): PresenceStatus {
+    const s = this.state(userId);
+    const now = this.now();
+    s.sessions.set(sessionId, now);
+    s.lastActiveMs = now;
+    if (s.offlineTimer) {
+      clearTimeout(s.offlineTimer);
+      delete s.offlineTimer;
+    }
+    if (!s.online) {
+      s.online = true;
+      this.publish(userId);
+    }
+    if (now - s.persistedMs >= PERSIST_INTERVAL_MS) {
+      s.persistedMs = now;
+      this.persist(userId, now);
+    }
+    return this.status(userId);
+  }
+
+  endSession(userId: string, sessionId: string): void {
+    this.unwatchAll(sessionId);
+    const s = this.users.get(userId);
+    if (!s?.sessions.delete(sessionId)) return;
+    if (s.sessions.size === 0) this.scheduleOffline(userId, s);
+  }
+
+  private scheduleOffline(userId: string, s: UserState): void {
+    if (s.offlineTimer || !s.online) return;
+    const lastSeen = s.lastActiveMs;
+    const wait = Math.max(0, lastSeen + this.options.offlineAfterMs - this.now());
+    s.offlineTimer = setTimeout(() => {
+      delete s.offlineTimer;
+      if (s.sessions.size > 0 || !s.online) return;
+      s.online = false;
+      this.persist(userId, s.lastActiveMs);
+      this.publish(userId);
+      if (!this.watchers.has(userId)) this.users.delete(userId);
+    }, wait);
+    s.offlineTimer.unref();
+  }
+
+  private sweep(): void {
+    const cutoff = this.now() - this.options.offlineAfterMs;
+    for (const [userId, s] of this.users) {
+      for (const [sessionId, at] of s.sessions) if (at < cutoff) s.sessions.delete(sessionId);
+      if (s.sessions.size === 0) this.scheduleOffline(userId, s);
+    }
+  }
+
+  private persist(userId: string, atMs: number): void {
+    this.options.store.setLastActive(userId, atMs).catch((err: unknown) => {
+      this.options.log.warn("presence: could not store last_active_at", { userId, err });
+    });
+  }
+
+  private publish(userId: string): void {
+    const sessions = this.watchers.get(userId);
+    if (!sessions || sessions.size === 0) return;
+    const status = this.status(userId);
+    this.options
+      .router()
+      .relay({ sessionIds: [...sessions], frame: { kind: { case: "presence", value: { status } } } })
+      .catch((err: unknown) => this.options.log.warn("presence: relay failed", { userId, err }));
+  }
+
+  async subscribe(sessionId: string, userIds: string[]): Promise<PresenceStatus[]> {
+    let mine = this.watching.get(sessionId);
+    if (!mine) {
+      mine = new Set();
+      this.watching.set(sessionId, mine);
+    }
+    const unique = [...new Set(userIds)];
+    if (mine.size + unique.filter((u) => !mine.has(u)).length > WATCHES_PER_SESSION_MAX) {
+      throw errors.exhausted(
+        "TOO_MANY_WATCHES",
+        `a session may watch at most ${WATCHES_PER_SESSION_MAX} users`,
+      );
+    }
+    for (const u of unique) {
+      mine.add(u);
+      let set = this.watchers.get(u);
+      if (!set) {
+        set = new Set();
+        this.watchers.set(u, set);
+      }
+      set.add(sessionId);
+    }
+    const stored = await this.options.store.lastActive(unique.filter((u) => !this.users.has(u)));
+    return unique.map((u) => this.status(u, stored.get(u)));
+  }
+
+  unsubscribe(sessionId: string, userIds: string[]): void {
+    const mine = this.watching.get(sessionId);
+    if (!mine) return;
+    for (const u of userIds) {
+      mine.delete(u);
+      const set = this.watchers.get(u);
+      set?.delete(sessionId);
+      if (set?.size === 0) this.watchers.delete(u);
+    }
+    if (mine.size === 0) this.watching.delete(sessionId);
+  }
+
+  private unwatchAll(sessionId: string): void {
+    const mine = this.watching.get(sessionId);
+    if (mine) this.unsubscribe(sessionId, [...mine]);
+  }
+
+  close(): void {
+    clearInterval(this.sweeper);
+    for (const s of this.users.values()) if (s.offlineTimer) clearTimeout(s.offlineTimer);
+  }
+}
+
+export function presenceServiceImpl(
+  presence: Presence,
+  store: PresenceStore,
+): ServiceImpl<typeof PresenceService> {
+  return {
+    async heartbeat(req) {
+      return { status: presence.heartbeat(req.userId, req.sessionId) };
+    },
+    async endSession(req) {
+      presence.endSession(req.userId, req.sessionId);
+      return {};
+    },
+    async getPresence(req) {
+      if (req.userIds.length > 1_000) throw errors.invalid("TOO_MANY_USERS", "at most 1,000 users per call");
+      const stored = await store.lastActive(req.userIds);
+      return { statuses: req.userIds.map((u) => presence.status(u, stored.get(u))) };
+    },
+    async subscribe(req) {
+      return { statuses: await presence.subscribe(req.sessionId, req.userIds) };
+    },
+    async unsubscribe(req) {
+      presence.unsubscribe(req.sessionId, req.userIds);
+      return {};
+    },
+  };
+}

@@ -1,0 +1,1 @@
+export { DEVICES_PER_USER_MAX, type Notification, Push, pushServiceImpl } from "./service.js";

@@ -1,0 +1,260 @@
+/**
+ * The router: consumes the message log, writes each recipient's inbox entry (durable, idempotent),
+ * then hands the message to every gateway that holds a device of a recipient over one long-lived
+ * Deliver stream per gateway (no unary RPC per message), and asks push to notify recipients with
+ * no device online. It keeps the whole user→gateway table in memory, fed by routing events.
+ *
+ * Order: batches arrive in per-conversation order and are routed one after another, and each
+ * gateway stream is FIFO, so a user sees a conversation in seq order. Inbox entries are written
+ * before delivery, so a message a slow or reconnecting device misses is always found by sync.
+ */
+
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import type { ServerFrame } from "../../gen/switchboard/client/v1/client_pb.js";
+import type {
+  DeliverRequest,
+  DeliverRequestSchema,
+  GatewayService,
+} from "../../gen/switchboard/gateway/v1/gateway_pb.js";
+import type { Backends, Closeable, SessionEvent, StoredMessage } from "../backends/types.js";
+import { AsyncQueue } from "../lib/async-queue.js";
+import type { Logger } from "../lib/log.js";
+import type { Metrics } from "../lib/metrics.js";
+import type { ServiceClient } from "../lib/rpc.js";
+import type { Push } from "../push/service.js";
+
+export const CONSUMER_GROUP = "router";
+/** Events queued per gateway stream before the router starts dropping (clients recover by sync). */
+export const GATEWAY_QUEUE_EVENTS_MAX = 100_000;
+
+type DeliverInit = MessageInitShape<typeof DeliverRequestSchema>;
+
+interface SessionRoute {
+  userId: string;
+  gatewayId: string;
+  gatewayEpoch: number;
+}
+
+interface GatewayLink {
+  queue: AsyncQueue<DeliverInit>;
+  done: Promise<void>;
+}
+
+export interface RouterOptions {
+  backends: Backends;
+  push: Push;
+  log: Logger;
+  metrics: Metrics;
+}
+
+export function toWireMessage(m: StoredMessage) {
+  return {
+    conversationId: m.conversationId,
+    seq: BigInt(m.seq),
+    messageId: m.messageId,
+    sender: m.sender,
+    clientMsgId: m.clientMsgId,
+    body: m.body,
+    createdAtMs: BigInt(m.createdAtMs),
+  };
+}
+
+export class Router {
+  private readonly sessions = new Map<string, SessionRoute>();
+  private readonly byUser = new Map<string, Set<string>>();
+  private readonly gateways = new Map<string, GatewayLink>();
+  private readonly closers: Closeable[] = [];
+
+  constructor(private readonly options: RouterOptions) {}
+
+  async start(): Promise<void> {
+    this.closers.push(await this.options.backends.routing.subscribe((e) => this.onSessionEvent(e)));
+    this.closers.push(await this.options.backends.log.consume(CONSUMER_GROUP, (batch) => this.route(batch)));
+  }
+
+  /** Opens the long-lived delivery stream to a gateway. */
+  attachGateway(gatewayId: string, client: ServiceClient<typeof GatewayService>): void {
+    const queue = new AsyncQueue<DeliverInit>(GATEWAY_QUEUE_EVENTS_MAX);
+    const done = (async () => {
+      for await (const _ of client.deliver(queue)) {
+        // Responses are flow-control credit; the bounded queue is the back-pressure here.
+      }
+    })().catch((err: unknown) => this.options.log.warn("router: gateway stream ended", { gatewayId, err }));
+    this.gateways.set(gatewayId, { queue, done });
+  }
+
+  async detachGateway(gatewayId: string): Promise<void> {
+    const link = this.gateways.get(gatewayId);
+    if (!link) return;
+    this.gateways.delete(gatewayId);
+    link.queue.end();
+    await link.done;
+  }
+
+  private onSessionEvent(e: SessionEvent): void {
+    if (e.kind === "up") {
+      this.sessions.set(e.sessionId, {
+        userId: e.userId,
+        gatewayId: e.gatewayId,
+        gatewayEpoch: e.gatewayEpoch,
+      });
+      let set = this.byUser.get(e.userId);
+      if (!set) {
+        set = new Set();
+        this.byUser.set(e.userId, set);
+      }
+      set.add(e.sessionId);
+    } else if (e.kind === "down") {
+      this.dropSession(e.sessionId);
+    } else {
+      for (const [id, s] of this.sessions) {
+        if (s.gatewayId === e.gatewayId && s.gatewayEpoch <= e.gatewayEpoch) this.dropSession(id);
+      }
+    }
+  }
+
+  private dropSession(sessionId: string): void {
+    const s = this.sessions.get(sessionId);
+    if (!s) return;
+    this.sessions.delete(sessionId);
+    const set = this.byUser.get(s.userId);
+    set?.delete(sessionId);
+    if (set?.size === 0) this.byUser.delete(s.userId);
+  }
+
+  /** Sessions of a user: [sessionId, gatewayId, epoch]. */
+  lookup(userId: string): Array<{ sessionId: string; gatewayId: string; gatewayEpoch: number }> {
+    const out = [];
+    for (const id of this.byUser.get(userId) ?? []) {
+      const s = this.sessions.get(id);
+      if (s) out.push({ sessionId: id, gatewayId: s.gatewayId, gatewayEpoch: s.gatewayEpoch });
+    }
+    return out;
+  }
+
+  private async route(batch: StoredMessage[]): Promise<void> {
+    const started = performance.now();
+    const { membership, inbox } = this.options.backends;
+    const membersOf = new Map<string, string[]>();
+    for (const m of batch) {
+      if (!membersOf.has(m.conversationId))
+        membersOf.set(m.conversationId, await membership.members(m.conversationId));
+    }
+    const entries = batch.flatMap((m) =>
+      (membersOf.get(m.conversationId) ?? []).map((userId) => ({
+        userId,
+        conversationId: m.conversationId,
+        seq: m.seq,
+        messageId: m.messageId,
+      })),
+    );
+    const stored = await inbox.append(entries);
+    let i = 0;
+    for (const m of batch) {
+      const members = membersOf.get(m.conversationId) ?? [];
+      const perGateway = new Map<string, { userIds: string[]; cursors: bigint[] }>();
+      for (const userId of members) {
+        const cursor = stored[i++]!.cursor;
+        const sessions = this.byUser.get(userId);
+        if (!sessions || sessions.size === 0) {
+          if (userId !== m.sender) this.notifyOffline(userId, m);
+          continue;
+        }
+        const gateways = new Set<string>();
+        for (const sid of sessions) {
+          const g = this.sessions.get(sid)?.gatewayId;
+          if (g) gateways.add(g);
+        }
+        for (const g of gateways) {
+          let target = perGateway.get(g);
+          if (!target) {
+            target = { userIds: [], cursors: [] };
+            perGateway.set(g, target);
+          }
+          target.userIds.push(userId);
+          target.cursors.push(BigInt(cursor));
+        }
+      }
+      const frame: MessageInitShape<typeof DeliverRequestSchema>["frame"] = {
+        kind: { case: "message", value: { message: toWireMessage(m) } },
+      };
+      for (const [gatewayId, t] of perGateway) {
+        this.enqueue(gatewayId, { userIds: t.userIds, cursors: t.cursors, frame });
+        this.options.metrics.deliveriesTotal.inc(t.userIds.length);
+      }
+    }
+    this.options.metrics.routerBatchSeconds.observe((performance.now() - started) / 1000);
+  }
+
+  private notifyOffline(userId: string, m: StoredMessage): void {
+    this.options.push
+      .notify({ userId, conversationId: m.conversationId, title: m.sender, body: m.body.slice(0, 120) })
+      .catch((err: unknown) => this.options.log.warn("router: push failed", { userId, err }));
+  }
+
+  private enqueue(gatewayId: string, req: DeliverInit): boolean {
+    const link = this.gateways.get(gatewayId);
+    if (!link) return false;
+    if (!link.queue.push(req)) {
+      this.options.log.warn("router: gateway queue full, dropping event (clients recover by sync)", {
+        gatewayId,
+      });
+      return false;
+    }
+    return true;
+  }
+
+  /** Relays an ephemeral frame to users' and/or specific sessions' devices. Returns sessions reached. */
+  relay(
+    userIds: string[],
+    sessionIds: string[],
+    excludeSessionId: string,
+    frame: ServerFrame | MessageInitShape<typeof DeliverRequestSchema>["frame"],
+  ): number {
+    const perGateway = new Map<string, { userIds: string[]; sessionIds: string[] }>();
+    let reached = 0;
+    const add = (gatewayId: string, kind: "userIds" | "sessionIds", id: string) => {
+      let t = perGateway.get(gatewayId);
+      if (!t) {
+        t = { userIds: [], sessionIds: [] };
+        perGateway.set(gatewayId, t);
+      }
+      t[kind].push(id);
+    };
+    for (const userId of new Set(userIds)) {
+      const gateways = new Set<string>();
+      for (const sid of this.byUser.get(userId) ?? []) {
+        if (sid === excludeSessionId) continue;
+        const g = this.sessions.get(sid)?.gatewayId;
+        if (g) {
+          gateways.add(g);
+          reached++;
+        }
+      }
+      for (const g of gateways) add(g, "userIds", userId);
+    }
+    for (const sid of new Set(sessionIds)) {
+      const g = this.sessions.get(sid)?.gatewayId;
+      if (g && sid !== excludeSessionId) {
+        add(g, "sessionIds", sid);
+        reached++;
+      }
+    }
+    for (const [gatewayId, t] of perGateway) {
+      this.enqueue(gatewayId, {
+        userIds: t.userIds,
+        sessionIds: t.sessionIds,
+        excludeSessionId,
+        frame: frame as DeliverInit["frame"],
+      });
+    }
+    return reached;
+  }
+
+  async close(): Promise<void> {
+    for (const c of this.closers.splice(0)) await c.close();
+    await Promise.all([...this.gateways.keys()].map((g) => this.detachGateway(g)));
+  }
+}
+
+export type { DeliverRequest };

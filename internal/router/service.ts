@@ -1,0 +1,82 @@
+import { ConversationKind } from "../../gen/switchboard/common/v1/common_pb.js";
+import type { RouterService } from "../../gen/switchboard/router/v1/router_pb.js";
+import type { ConversationRecord, MessageStore } from "../backends/types.js";
+import { errors } from "../lib/errors.js";
+import type { ServiceImpl } from "../lib/rpc.js";
+import { type Conversations, SYSTEM_SENDER } from "./conversations.js";
+import { type Router, toWireMessage } from "./router.js";
+
+export function toWireConversation(c: ConversationRecord, lastSeq = 0) {
+  return {
+    id: c.id,
+    kind: c.kind === "group" ? ConversationKind.GROUP : ConversationKind.DIRECT,
+    name: c.name,
+    owner: c.owner,
+    memberCount: c.memberCount,
+    open: c.open,
+    lastSeq: BigInt(lastSeq),
+    createdAtMs: BigInt(c.createdAtMs),
+  };
+}
+
+/** The router's gRPC API for trusted backend services (no per-user authorisation). */
+export function routerServiceImpl(
+  router: Router,
+  conversations: Conversations,
+  messages: MessageStore,
+  pageSizeMax: number,
+): ServiceImpl<typeof RouterService> {
+  return {
+    async sendMessage(req) {
+      const { message, duplicate } = await conversations.send({
+        sender: req.sender || SYSTEM_SENDER,
+        ...(req.toUser ? { toUser: req.toUser } : { conversationId: req.conversationId }),
+        clientMsgId: req.clientMsgId,
+        body: req.body,
+      });
+      return { message: toWireMessage(message), duplicate };
+    },
+    async createGroup(req) {
+      if (!req.owner) throw errors.invalid("INVALID_OWNER", "owner is required");
+      return {
+        conversation: toWireConversation(
+          await conversations.createGroup(req.owner, req.name, req.members, req.open),
+        ),
+      };
+    },
+    async addMembers(req) {
+      return {
+        conversation: toWireConversation(
+          await conversations.addMembers(undefined, req.conversationId, req.members),
+        ),
+      };
+    },
+    async removeMember(req) {
+      return { conversation: toWireConversation(await conversations.leave(req.userId, req.conversationId)) };
+    },
+    async listMembers(req) {
+      return { members: await conversations.members(undefined, req.conversationId) };
+    },
+    async getHistory(req) {
+      const page = await messages.history(req.conversationId, {
+        beforeSeq: Number(req.beforeSeq),
+        limit: Math.min(req.limit || 50, pageSizeMax),
+      });
+      return { messages: page.messages.map(toWireMessage), hasMore: page.hasMore };
+    },
+    async lookupUser(req) {
+      return {
+        sessions: router.lookup(req.userId).map((s) => ({
+          userId: req.userId,
+          sessionId: s.sessionId,
+          gatewayId: s.gatewayId,
+          gatewayEpoch: BigInt(s.gatewayEpoch),
+        })),
+      };
+    },
+    async relay(req) {
+      if (!req.frame) throw errors.invalid("MISSING_FRAME", "frame is required");
+      return { sessions: router.relay(req.userIds, req.sessionIds, req.excludeSessionId, req.frame) };
+    },
+  };
+}
