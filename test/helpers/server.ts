@@ -1,0 +1,125 @@
+/**
+ * Starts the real `switchboard start` process (from dist/, built by `npm test`) on a free port
+ * with its own data dir, and can kill -9 and restart it on the same data dir.
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { signDevToken } from "../../internal/lib/auth.js";
+
+export const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
+export const cliPath = join(repoRoot, "dist/cmd/switchboard.js");
+
+export interface ServerProcess {
+  port: number;
+  url: string;
+  httpUrl: string;
+  dataDir: string;
+  child: ChildProcess;
+  stderr: () => string;
+  /** kill -9, as a crash would. */
+  kill(): Promise<void>;
+  /** Graceful stop (SIGTERM). */
+  stop(): Promise<void>;
+  /** Starts a new process on the same data dir and port. */
+  restart(): Promise<ServerProcess>;
+  /** Stops and removes the data dir. */
+  dispose(): Promise<void>;
+}
+
+export interface StartOptions {
+  dataDir?: string;
+  port?: number;
+  env?: Record<string, string>;
+  args?: string[];
+}
+
+export async function startServer(options: StartOptions = {}): Promise<ServerProcess> {
+  const dataDir = options.dataDir ?? mkdtempSync(join(tmpdir(), "switchboard-test-"));
+  const child = spawn(
+    process.execPath,
+    [cliPath, "start", "--port", String(options.port ?? 0), "--data-dir", dataDir, ...(options.args ?? [])],
+    {
+      env: { ...process.env, SWITCHBOARD_LOG_LEVEL: "warn", ...options.env },
+      stdio: ["ignore", "pipe", "pipe"],
+    },
+  );
+  let err = "";
+  child.stderr!.on("data", (d: Buffer) => {
+    err = (err + d.toString()).slice(-20_000);
+  });
+  const port = await new Promise<number>((resolvePort, reject) => {
+    let out = "";
+    const onData = (d: Buffer) => {
+      out += d.toString();
+      const line = out.split("\n").find((l) => l.includes('"started"'));
+      if (line) {
+        child.stdout!.off("data", onData);
+        resolvePort((JSON.parse(line) as { port: number }).port);
+      }
+    };
+    child.stdout!.on("data", onData);
+    child.once("exit", (code) => reject(new Error(`server exited with ${code} before starting:\n${err}`)));
+    setTimeout(() => reject(new Error(`server did not start within 20 s:\n${err}`)), 20_000).unref();
+  });
+  const exited = new Promise<void>((r) => child.once("exit", () => r()));
+  const server: ServerProcess = {
+    port,
+    url: `ws://127.0.0.1:${port}/ws`,
+    httpUrl: `http://127.0.0.1:${port}`,
+    dataDir,
+    child,
+    stderr: () => err,
+    async kill() {
+      if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+      await exited;
+    },
+    async stop() {
+      if (child.exitCode === null && child.signalCode === null) child.kill("SIGTERM");
+      await exited;
+    },
+    restart: () => startServer({ ...options, dataDir, port }),
+    async dispose() {
+      await server.stop();
+      rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+  return server;
+}
+
+/** Runs the CLI to completion and returns its stdout lines parsed as JSON. */
+export async function runCli(
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<{ code: number; lines: unknown[]; stderr: string }> {
+  const child = spawn(process.execPath, [cliPath, ...args], {
+    env: { ...process.env, ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let out = "";
+  let err = "";
+  child.stdout.on("data", (d: Buffer) => {
+    out += d.toString();
+  });
+  child.stderr.on("data", (d: Buffer) => {
+    err += d.toString();
+  });
+  const code = await new Promise<number>((r) => child.once("exit", (c) => r(c ?? 1)));
+  const lines = out
+    .split("\n")
+    .filter((l) => l.trim().length > 0)
+    .map((l) => JSON.parse(l) as unknown);
+  return { code, lines, stderr: err };
+}
+
+/** Mints a dev token with the server's own secret (in-process: tests need thousands). */
+export async function devToken(dataDir: string, user: string, ttlSeconds = 3600): Promise<string> {
+  return signDevToken(dataDir, user, ttlSeconds);
+}
+
+export function tempDir(prefix = "switchboard-"): { path: string; remove(): void } {
+  const path = mkdtempSync(join(tmpdir(), prefix));
+  return { path, remove: () => rmSync(path, { recursive: true, force: true }) };
+}

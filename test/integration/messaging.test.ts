@@ -1,0 +1,331 @@
+/**
+ * End-to-end over the real server process and raw WebSocket frames: 1:1, groups, multi-device,
+ * the sync→live seam, history, receipts and typing, in both encodings.
+ */
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { Code, ReceiptKind } from "../../gen/switchboard/common/v1/common_pb.js";
+import { expectCase, RawClient } from "../helpers/raw-client.js";
+import { devToken, type ServerProcess, startServer } from "../helpers/server.js";
+
+let server: ServerProcess;
+let n = 0;
+/** A fresh user id per call so tests never see each other's traffic. */
+const user = (name: string) => `${name}-${++n}`;
+
+async function connect(name: string, encoding: "json" | "binary" = "json", sync = true): Promise<RawClient> {
+  const client = await RawClient.connect(server.url, {
+    token: await devToken(server.dataDir, name),
+    encoding,
+  });
+  if (sync) await client.syncAll();
+  return client;
+}
+
+async function send(
+  client: RawClient,
+  target: { toUser: string } | { conversationId: string },
+  body: string,
+  clientMsgId = `c-${++n}`,
+) {
+  const value =
+    "toUser" in target
+      ? { target: { case: "toUser" as const, value: target.toUser } }
+      : { target: { case: "conversationId" as const, value: target.conversationId } };
+  return client.request({ case: "send", value: { ...value, clientMsgId, body } });
+}
+
+const messageEvent = (body: string) => (f: { kind: { case?: string; value?: unknown } }) =>
+  f.kind.case === "message" && (f.kind.value as { message?: { body: string } }).message?.body === body;
+
+beforeAll(async () => {
+  server = await startServer();
+});
+afterAll(async () => {
+  await server.dispose();
+});
+
+describe("1:1 messaging", () => {
+  for (const encoding of ["json", "binary"] as const) {
+    it(`acks after the durable write and delivers to the recipient (${encoding})`, async () => {
+      const [a, b] = [user("alice"), user("bob")];
+      const alice = await connect(a, encoding);
+      const bob = await connect(b, encoding);
+      const ack = expectCase(await send(alice, { toUser: b }, "hello"), "ack");
+      expect(ack.seq).toBe(1n);
+      expect(ack.conversationId).toBe(`dm:${[a, b].sort().join("~")}`);
+      expect(BigInt(ack.messageId)).toBeGreaterThan(0n);
+      const event = expectCase(await bob.nextEvent(messageEvent("hello")), "message");
+      expect(event.message?.sender).toBe(a);
+      expect(event.message?.messageId).toBe(ack.messageId);
+      expect(event.message?.seq).toBe(1n);
+      const second = expectCase(await send(alice, { conversationId: ack.conversationId }, "again"), "ack");
+      expect(second.seq).toBe(2n);
+      alice.close();
+      bob.close();
+    });
+  }
+
+  it("dedupes a resend with the same client_msg_id durably", async () => {
+    const [a, b] = [user("alice"), user("bob")];
+    const alice = await connect(a);
+    const first = expectCase(await send(alice, { toUser: b }, "once", "same-id"), "ack");
+    const again = expectCase(await send(alice, { toUser: b }, "once", "same-id"), "ack");
+    expect(again.duplicate).toBe(true);
+    expect(again.messageId).toBe(first.messageId);
+    expect(again.seq).toBe(first.seq);
+    const bob = await connect(b, "json", false);
+    const synced = await bob.syncAll();
+    expect(synced.messages.map((m) => m.body)).toEqual(["once"]);
+    alice.close();
+    bob.close();
+  });
+
+  it("keeps per-conversation order for a burst of sends", async () => {
+    const [a, b] = [user("alice"), user("bob")];
+    const alice = await connect(a);
+    const bob = await connect(b);
+    const acks = await Promise.all(Array.from({ length: 40 }, (_, i) => send(alice, { toUser: b }, `m${i}`)));
+    const seqs = acks.map((f) => expectCase(f, "ack").seq);
+    expect(new Set(seqs).size).toBe(40);
+    await bob.nextEvent(messageEvent("m39"));
+    const received = [...bob.received]
+      .filter((f) => f.kind.case === "message")
+      .map((f) => expectCase(f, "message").message!.seq);
+    expect(received).toEqual([...received].sort((x, y) => Number(x - y)));
+    alice.close();
+    bob.close();
+  });
+});
+
+describe("groups", () => {
+  it("creates a group of 100 and fans a message out to every member", async () => {
+    const owner = user("owner");
+    const members = Array.from({ length: 99 }, () => user("m"));
+    const ownerConn = await connect(owner);
+    const conns = await Promise.all(members.map((m) => connect(m)));
+    const group = expectCase(
+      await ownerConn.request({ case: "createGroup", value: { name: "hundred", members } }),
+      "conversation",
+    ).conversation!;
+    expect(group.memberCount).toBe(100);
+    const ack = expectCase(await send(ownerConn, { conversationId: group.id }, "to all"), "ack");
+    const events = await Promise.all(conns.map((c) => c.nextEvent(messageEvent("to all"))));
+    for (const e of events) expect(expectCase(e, "message").message?.messageId).toBe(ack.messageId);
+    const listed = expectCase(
+      await conns[0]!.request({ case: "listMembers", value: { conversationId: group.id } }),
+      "members",
+    );
+    expect(listed.members).toEqual([owner, ...members].sort());
+    for (const c of [ownerConn, ...conns]) c.close();
+  });
+
+  it("supports add, join (open groups only), leave, and listing my conversations", async () => {
+    const [a, b, c] = [user("a"), user("b"), user("c")];
+    const ca = await connect(a);
+    const cb = await connect(b);
+    const cc = await connect(c);
+    const closed = expectCase(
+      await ca.request({ case: "createGroup", value: { name: "closed" } }),
+      "conversation",
+    ).conversation!;
+    const open = expectCase(
+      await ca.request({ case: "createGroup", value: { name: "open", open: true } }),
+      "conversation",
+    ).conversation!;
+    const denied = expectCase(
+      await cb.request({ case: "joinGroup", value: { conversationId: closed.id } }),
+      "error",
+    );
+    expect(denied.reason).toBe("GROUP_CLOSED");
+    expect(
+      expectCase(await cb.request({ case: "joinGroup", value: { conversationId: open.id } }), "conversation")
+        .conversation?.memberCount,
+    ).toBe(2);
+    const notMember = expectCase(
+      await cc.request({ case: "addMembers", value: { conversationId: closed.id, members: [c] } }),
+      "error",
+    );
+    expect(notMember.reason).toBe("NOT_MEMBER");
+    expect(
+      expectCase(
+        await ca.request({ case: "addMembers", value: { conversationId: closed.id, members: [c] } }),
+        "conversation",
+      ).conversation?.memberCount,
+    ).toBe(2);
+    const mine = expectCase(await ca.request({ case: "listConversations", value: {} }), "conversations");
+    expect(mine.conversations.map((x) => x.id).sort()).toEqual([closed.id, open.id].sort());
+    expectCase(await cc.request({ case: "leaveGroup", value: { conversationId: closed.id } }), "ok");
+    const afterLeave = expectCase(await send(cc, { conversationId: closed.id }, "still here?"), "error");
+    expect(afterLeave.reason).toBe("NOT_MEMBER");
+    expect(afterLeave.code).toBe(Code.PERMISSION_DENIED);
+    for (const x of [ca, cb, cc]) x.close();
+  });
+});
+
+describe("multi-device and sync", () => {
+  it("delivers to every device of the recipient and to the sender's other devices", async () => {
+    const [a, b] = [user("alice"), user("bob")];
+    const aliceSending = await connect(a);
+    const alicePhone = await connect(a, "binary");
+    const bobLaptop = await connect(b);
+    const bobPhone = await connect(b, "binary");
+    await send(aliceSending, { toUser: b }, "everywhere");
+    for (const device of [alicePhone, bobLaptop, bobPhone])
+      await device.nextEvent(messageEvent("everywhere"));
+    for (const c of [aliceSending, alicePhone, bobLaptop, bobPhone]) c.close();
+  });
+
+  it("resumes from a cursor with no gap and no duplicate at the seam between sync and live", async () => {
+    const [a, b] = [user("alice"), user("bob")];
+    const alice = await connect(a);
+    // Bob's first device reads 5 messages and remembers its cursor.
+    const bob1 = await connect(b);
+    for (let i = 0; i < 5; i++) await send(alice, { toUser: b }, `early-${i}`);
+    await bob1.nextEvent(messageEvent("early-4"));
+    const cursor = expectCase(
+      bob1.received.filter((f) => f.kind.case === "message").at(-1)!,
+      "message",
+    ).cursor;
+    bob1.close();
+    // While Bob is away 30 more arrive; a writer keeps sending while he syncs in small pages.
+    for (let i = 0; i < 30; i++) await send(alice, { toUser: b }, `missed-${i}`);
+    const bob2 = await connect(b, "json", false);
+    const writer = (async () => {
+      for (let i = 0; i < 30; i++) await send(alice, { toUser: b }, `live-${i}`);
+    })();
+    const seen: string[] = [];
+    let c = cursor;
+    for (;;) {
+      const page = expectCase(await bob2.request({ case: "sync", value: { cursor: c, limit: 7 } }), "sync");
+      seen.push(...page.messages.map((m) => m.message!.body));
+      c = page.cursor;
+      if (!page.hasMore) break;
+    }
+    await writer;
+    await bob2.nextEvent(messageEvent("live-29"));
+    const live = bob2.received
+      .filter((f) => f.kind.case === "message")
+      .map((f) => expectCase(f, "message").message!.body);
+    const all = [...seen, ...live];
+    const expected = [
+      ...Array.from({ length: 30 }, (_, i) => `missed-${i}`),
+      ...Array.from({ length: 30 }, (_, i) => `live-${i}`),
+    ];
+    expect(all).toEqual(expected);
+    alice.close();
+    bob2.close();
+  });
+
+  it("rejects a cursor beyond the inbox head", async () => {
+    const bob = await connect(user("bob"), "json", false);
+    const err = expectCase(await bob.request({ case: "sync", value: { cursor: 99_999n } }), "error");
+    expect(err.reason).toBe("INVALID_CURSOR");
+    bob.close();
+  });
+
+  it("pages history backwards and forwards", async () => {
+    const [a, b] = [user("alice"), user("bob")];
+    const alice = await connect(a);
+    let conversationId = "";
+    for (let i = 1; i <= 25; i++)
+      conversationId = expectCase(await send(alice, { toUser: b }, `h${i}`), "ack").conversationId;
+    const newest = expectCase(
+      await alice.request({ case: "history", value: { conversationId, limit: 10 } }),
+      "history",
+    );
+    expect(newest.messages.map((m) => m.body)).toEqual(Array.from({ length: 10 }, (_, i) => `h${16 + i}`));
+    expect(newest.hasMore).toBe(true);
+    const older = expectCase(
+      await alice.request({ case: "history", value: { conversationId, beforeSeq: 16n, limit: 10 } }),
+      "history",
+    );
+    expect(older.messages.map((m) => Number(m.seq))).toEqual(Array.from({ length: 10 }, (_, i) => 6 + i));
+    const oldest = expectCase(
+      await alice.request({ case: "history", value: { conversationId, beforeSeq: 6n, limit: 10 } }),
+      "history",
+    );
+    expect(oldest.messages.map((m) => Number(m.seq))).toEqual([1, 2, 3, 4, 5]);
+    expect(oldest.hasMore).toBe(false);
+    const forward = expectCase(
+      await alice.request({ case: "history", value: { conversationId, afterSeq: 20n, limit: 10 } }),
+      "history",
+    );
+    expect(forward.messages.map((m) => Number(m.seq))).toEqual([21, 22, 23, 24, 25]);
+    const stranger = await connect(user("eve"));
+    expect(
+      expectCase(await stranger.request({ case: "history", value: { conversationId } }), "error").reason,
+    ).toBe("NOT_MEMBER");
+    alice.close();
+    stranger.close();
+  });
+});
+
+describe("receipts and typing", () => {
+  it("relays read receipts to the other members and only when the watermark moves", async () => {
+    const [a, b] = [user("alice"), user("bob")];
+    const alice = await connect(a);
+    const bob = await connect(b);
+    const ack = expectCase(await send(alice, { toUser: b }, "read me"), "ack");
+    await bob.nextEvent(messageEvent("read me"));
+    expectCase(
+      await bob.request({
+        case: "receipt",
+        value: { conversationId: ack.conversationId, seq: ack.seq, kind: ReceiptKind.READ },
+      }),
+      "ok",
+    );
+    const receipt = expectCase(await alice.nextEvent((f) => f.kind.case === "receipt"), "receipt");
+    expect(receipt).toMatchObject({
+      conversationId: ack.conversationId,
+      userId: b,
+      seq: ack.seq,
+      kind: ReceiptKind.READ,
+    });
+    // Same watermark again: accepted, not relayed.
+    expectCase(
+      await bob.request({
+        case: "receipt",
+        value: { conversationId: ack.conversationId, seq: ack.seq, kind: ReceiptKind.READ },
+      }),
+      "ok",
+    );
+    const out = expectCase(
+      await bob.request({
+        case: "receipt",
+        value: { conversationId: ack.conversationId, seq: 99n, kind: ReceiptKind.READ },
+      }),
+      "error",
+    );
+    expect(out.reason).toBe("SEQ_OUT_OF_RANGE");
+    await send(alice, { toUser: b }, "marker");
+    await bob.nextEvent(messageEvent("marker"));
+    expect(alice.received.filter((f) => f.kind.case === "receipt")).toHaveLength(1);
+    alice.close();
+    bob.close();
+  });
+
+  it("relays typing to the other members but not to the typist's own connection", async () => {
+    const [a, b] = [user("alice"), user("bob")];
+    const alice = await connect(a);
+    const bob = await connect(b);
+    const ack = expectCase(await send(alice, { toUser: b }, "hi"), "ack");
+    expectCase(
+      await alice.request({ case: "typing", value: { conversationId: ack.conversationId, typing: true } }),
+      "ok",
+    );
+    const typing = expectCase(await bob.nextEvent((f) => f.kind.case === "typing"), "typing");
+    expect(typing).toMatchObject({ conversationId: ack.conversationId, userId: a, typing: true });
+    expect(alice.received.some((f) => f.kind.case === "typing")).toBe(false);
+    const stranger = await connect(user("eve"));
+    expect(
+      expectCase(
+        await stranger.request({
+          case: "typing",
+          value: { conversationId: ack.conversationId, typing: true },
+        }),
+        "error",
+      ).reason,
+    ).toBe("NOT_MEMBER");
+    for (const c of [alice, bob, stranger]) c.close();
+  });
+});
