@@ -133,9 +133,7 @@ export class RawClient {
   }
 
   /** Syncs from `cursor` until has_more is false; returns all synced message events. */
-  async syncAll(
-    cursor = 0n,
-  ): Promise<{
+  async syncAll(cursor = 0n): Promise<{
     messages: Array<{ body: string; seq: bigint; messageId: string; conversationId: string; cursor: bigint }>;
     cursor: bigint;
   }> {

@@ -116,6 +116,33 @@ stop it, or choose other ports through the environment (see test/infra/$SB_NAME/
   fi
 }
 
+# Decides whether a running server can be reused for port $1 ($2 names the env var
+# that picks the port, for the error message). Returns 0 when it can: the caller
+# prints its KEY=value lines and exits. Returns 1 when there is nothing to reuse,
+# after stopping a server of ours that no longer answers (e.g. its start was
+# interrupted half way), so the caller goes on with a cold start.
+sb_reusable() {
+  local port="$1" port_var="$2" pid running_port
+  pid="$(sb_pid)" || return 1
+  running_port="$(cat "$SB_RUN/port" 2>/dev/null || echo '?')"
+  if [ "$running_port" != "$port" ]; then
+    sb_die "$SB_NAME already runs on port $running_port (pid $pid) but $port_var=$port was asked; run test/infra/down.sh $SB_NAME first"
+  fi
+  # A test that paused the server (SIGSTOP) and died before resuming it would leave
+  # it frozen: the kernel still accepts connections, so it would look healthy.
+  if [[ "$(ps -o stat= -p "$pid" 2>/dev/null)" == T* ]]; then
+    sb_log "pid $pid was stopped (SIGSTOP); resuming it"
+    kill -CONT "$pid"
+  fi
+  if sb_port_open "$port"; then
+    sb_log "reusing running server (pid $pid, log $SB_LOG_FILE)"
+    return 0
+  fi
+  sb_log "pid $pid is ours but port $port does not answer; restarting it"
+  sb_stop_server 10
+  return 1
+}
+
 # --- start, wait, stop -----------------------------------------------------------
 
 # Starts "$@" (a java command line that includes $SB_MARKER) detached: own session

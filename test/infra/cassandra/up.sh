@@ -38,20 +38,10 @@ print_env() {
 
 sb_lock
 
-# Reuse a running node; restart one that no longer answers (e.g. a start that was
-# interrupted half way).
-if pid="$(sb_pid)"; then
-  running_port="$(cat "$SB_RUN/port" 2>/dev/null || echo '?')"
-  if [ "$running_port" != "$port" ]; then
-    sb_die "a node already runs on port $running_port (pid $pid) but CASSANDRA_PORT=$port was asked; run test/infra/down.sh cassandra first"
-  fi
-  if sb_port_open "$port"; then
-    sb_log "reusing running node (pid $pid)"
-    print_env
-    exit 0
-  fi
-  sb_log "pid $pid is ours but port $port does not answer; restarting it"
-  sb_stop_server 10
+# Reuse a running node.
+if sb_reusable "$port" CASSANDRA_PORT; then
+  print_env
+  exit 0
 fi
 
 # Cassandra 5.0 supports Java 11 and 17 only (it calls setSecurityManager, and its
@@ -123,6 +113,7 @@ sb_start "${no_mlock[@]}" "$SB_JAVA" "$SB_MARKER" \
   -Dlogback.configurationFile="$SB_RUN/logback.xml" \
   -Dcassandra.jmx.local.port="$jmx_port" \
   -Dcassandra.skip_wait_for_gossip_to_settle=0 -Dcassandra.initial_token=0 \
+  -Dcassandra.skip_sync=true -Dcassandra.memtable.row_overhead_size=180 \
   "${extra_opts[@]}" -cp "$lib/*" org.apache.cassandra.service.CassandraDaemon
 
 # The CQL line is logged as the native transport starts; the port check confirms

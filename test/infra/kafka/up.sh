@@ -28,20 +28,10 @@ data="$SB_RUN/data"
 
 sb_lock
 
-# Reuse a running broker; restart one that no longer answers (e.g. a start that
-# was interrupted half way).
-if pid="$(sb_pid)"; then
-  running_port="$(cat "$SB_RUN/port" 2>/dev/null || echo '?')"
-  if [ "$running_port" != "$port" ]; then
-    sb_die "a broker already runs on port $running_port (pid $pid) but KAFKA_PORT=$port was asked; run test/infra/down.sh kafka first"
-  fi
-  if sb_port_open "$port"; then
-    sb_log "reusing running broker (pid $pid)"
-    echo "KAFKA_BROKERS=127.0.0.1:$port"
-    exit 0
-  fi
-  sb_log "pid $pid is ours but port $port does not answer; restarting it"
-  sb_stop_server 10
+# Reuse a running broker.
+if sb_reusable "$port" KAFKA_PORT; then
+  echo "KAFKA_BROKERS=127.0.0.1:$port"
+  exit 0
 fi
 
 sb_require_java 11 17 21

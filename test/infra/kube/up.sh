@@ -1,0 +1,221 @@
+#!/usr/bin/env bash
+# Starts a real Kubernetes control plane on 127.0.0.1, without Docker or kubelets:
+# etcd, kube-apiserver, kube-controller-manager, kube-scheduler, and kwok faking one
+# Node ("kwok-node-0") so that Pods get scheduled and report Running.
+# Prints exactly two lines on stdout:
+#   KUBECONFIG=/abs/path/admin.kubeconfig   (client cert in group system:masters)
+#   KUBECTL=/abs/path/kubectl
+# Everything else goes to stderr. Reuses a plane that is already running; a partly
+# running one is stopped and started afresh (new etcd data, new certificates).
+# Pid files, logs, certificates and etcd data live in $SWITCHBOARD_CACHE/run/kube/.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+for tool in openssl curl base64; do
+  command -v "$tool" >/dev/null || die "$tool is not installed (needed to start the control plane)"
+done
+
+# One up.sh at a time (parallel test workers): the others wait, then reuse the plane.
+# The lock lives outside run_dir, which a cold start wipes. fd 9 is closed for the
+# started processes, or they would hold the lock for their whole life.
+mkdir -p "$(dirname "$run_dir")"
+exec 9>"$run_dir.lock"
+flock -w 1200 9 || die "timed out waiting for $run_dir.lock (another up.sh stuck?)"
+
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
+NODE=kwok-node-0
+pki="$run_dir/pki"
+kubeconfig="$run_dir/admin.kubeconfig"
+kubectl="$bin_dir/kubectl"
+
+alive() { # alive NAME: its pid file names a live process running our binary
+  local pid
+  pid=$(cat "$run_dir/$1.pid" 2>/dev/null) || return 1
+  # (" (deleted)" is appended when the binary was rebuilt while running)
+  [[ "$(readlink "/proc/$pid/exe" 2>/dev/null)" == "$bin_dir/$1"* ]]
+}
+kc() { "$kubectl" --kubeconfig="$kubeconfig" "$@"; }
+print_env() { echo "KUBECONFIG=$kubeconfig"; echo "KUBECTL=$kubectl"; }
+
+# --- reuse -----------------------------------------------------------------------
+running=0
+for c in "${COMPONENTS[@]}"; do alive "$c" && running=$((running + 1)); done
+if [ "$running" -eq "${#COMPONENTS[@]}" ] && kc get --raw /readyz >/dev/null 2>&1; then
+  log "control plane already running; reusing it"
+  print_env
+  exit 0
+fi
+if [ "$running" -gt 0 ] || ls "$run_dir"/*.pid >/dev/null 2>&1; then
+  log "control plane only partly running; restarting it"
+  "$kube_dir/down.sh"
+fi
+
+# --- binaries --------------------------------------------------------------------
+"$kube_dir/build.sh" >&2
+
+# --- failure reporting -----------------------------------------------------------
+fail() { # fail COMPONENT MESSAGE: show its log tail, stop everything, exit 1
+  echo "kube: ERROR: $1: $2" >&2
+  if [ -f "$run_dir/$1.log" ]; then
+    echo "----- last 30 lines of $run_dir/$1.log -----" >&2
+    tail -n 30 "$run_dir/$1.log" >&2
+    echo "-----" >&2
+  fi
+  "$kube_dir/down.sh" >&2 || true
+  exit 1
+}
+# wait_for COMPONENT SECONDS CMD...: retry CMD until it succeeds; fail if the
+# component dies or time runs out.
+wait_for() {
+  local c=$1 secs=$2 i; shift 2
+  for ((i = 0; i < secs * 5; i++)); do
+    "$@" >/dev/null 2>&1 && return 0
+    alive "$c" || fail "$c" "exited during startup"
+    sleep 0.2
+  done
+  fail "$c" "not ready after ${secs}s (waiting for: $*)"
+}
+start() { # start NAME ARGS...: run bin/NAME in the background, detached, logging to run/NAME.log
+  local name=$1; shift
+  # setsid: own session, so Ctrl-C or a test runner killing its process group does not
+  # reach it. Closed stdio: it never holds the caller's stdout open (a caller reading our
+  # KEY=value lines would otherwise hang). The inner shell writes its own pid and then
+  # execs the binary, so the pid file is right whether or not setsid forks.
+  # shellcheck disable=SC2016 # $$ and $@ belong to the inner shell
+  setsid bash -c 'echo $$ >"$0"; exec "$@"' "$run_dir/$name.pid" "$bin_dir/$name" "$@" \
+    </dev/null >"$run_dir/$name.log" 2>&1 9>&- &
+  local i
+  for ((i = 0; i < 50; i++)); do alive "$name" && return 0; sleep 0.1; done
+  fail "$name" "did not start"
+}
+free_port() { # a random local port nobody listens on (tiny race window; fine for tests)
+  local p
+  while :; do
+    p=$((20000 + RANDOM % 30000))
+    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
+  done
+}
+
+# --- fresh state -----------------------------------------------------------------
+rm -rf "$run_dir"
+mkdir -p "$pki"
+etcd_port=$(free_port) etcd_peer_port=$(free_port) api_port=$(free_port)
+kcm_port=$(free_port) sched_port=$(free_port)
+
+# --- certificates (a throwaway CA, like envtest's TinyCA) ------------------------
+log "generating certificates"
+(
+  cd "$pki"
+  ec() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
+  sign() { # sign NAME SUBJECT EXTENSIONS: NAME.key + NAME.crt signed by the CA
+    ec "$1.key"
+    openssl req -new -key "$1.key" -subj "$2" -out "$1.csr" 2>/dev/null
+    printf '%s\n' "$3" >"$1.ext"
+    openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial \
+      -days 365 -extfile "$1.ext" -out "$1.crt" 2>/dev/null
+    rm -f "$1.csr" "$1.ext"
+  }
+  ec ca.key
+  openssl req -x509 -new -key ca.key -subj "/CN=switchboard-test-ca" -days 365 \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+    -out ca.crt 2>/dev/null
+  # Serving cert: 127.0.0.1/localhost for us, the in-cluster names for pods' clients.
+  sign apiserver "/CN=kube-apiserver" "$(printf '%s\n' \
+    "keyUsage=critical,digitalSignature,keyEncipherment" "extendedKeyUsage=serverAuth" \
+    "subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local")"
+  # Admin client: the group system:masters bypasses RBAC (what envtest does too).
+  sign admin "/O=system:masters/CN=switchboard-admin" \
+    "$(printf '%s\n' "keyUsage=critical,digitalSignature,keyEncipherment" "extendedKeyUsage=clientAuth")"
+  # Key pair that signs ServiceAccount tokens (apiserver) and legacy token secrets (KCM).
+  openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out sa.key 2>/dev/null
+  openssl pkey -in sa.key -pubout -out sa.pub
+) || fail certificates "openssl failed"
+
+b64() { base64 -w0 <"$1"; }
+cat >"$kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: switchboard
+  cluster:
+    server: https://127.0.0.1:$api_port
+    certificate-authority-data: $(b64 "$pki/ca.crt")
+users:
+- name: switchboard-admin
+  user:
+    client-certificate-data: $(b64 "$pki/admin.crt")
+    client-key-data: $(b64 "$pki/admin.key")
+contexts:
+- name: switchboard
+  context: {cluster: switchboard, user: switchboard-admin}
+current-context: switchboard
+EOF
+chmod 600 "$kubeconfig"
+
+# --- etcd ------------------------------------------------------------------------
+# --unsafe-no-fsync: the data is thrown away anyway, and fsync dominates latency.
+log "starting etcd on 127.0.0.1:$etcd_port"
+start etcd --name=default --data-dir="$run_dir/etcd-data" \
+  --listen-client-urls="http://127.0.0.1:$etcd_port" --advertise-client-urls="http://127.0.0.1:$etcd_port" \
+  --listen-peer-urls="http://127.0.0.1:$etcd_peer_port" \
+  --initial-advertise-peer-urls="http://127.0.0.1:$etcd_peer_port" \
+  --initial-cluster="default=http://127.0.0.1:$etcd_peer_port" \
+  --unsafe-no-fsync --log-level=warn
+wait_for etcd 30 curl -fsS "http://127.0.0.1:$etcd_port/health"
+
+# --- kube-apiserver --------------------------------------------------------------
+# Default admission plugins stay on: ServiceAccount (served by KCM's controllers below)
+# and PodSecurity, so namespaces labelled pod-security.kubernetes.io/enforce=... are enforced.
+log "starting kube-apiserver on https://127.0.0.1:$api_port"
+start kube-apiserver --etcd-servers="http://127.0.0.1:$etcd_port" \
+  --bind-address=127.0.0.1 --secure-port="$api_port" \
+  --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" \
+  --client-ca-file="$pki/ca.crt" --authorization-mode=RBAC \
+  --service-cluster-ip-range=10.96.0.0/12 --allow-privileged=true \
+  --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+  --service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
+  --profiling=false
+wait_for kube-apiserver 60 kc get --raw /readyz
+
+# --- kube-controller-manager -----------------------------------------------------
+# All default controllers: garbage collector, deployment/replicaset, namespace deletion,
+# serviceaccount (creates "default" SAs, needed by ServiceAccount admission),
+# serviceaccount-token, root CA publisher, jobs, statefulsets, node lifecycle, ...
+log "starting kube-controller-manager"
+start kube-controller-manager --kubeconfig="$kubeconfig" \
+  --authentication-kubeconfig="$kubeconfig" --authorization-kubeconfig="$kubeconfig" \
+  --bind-address=127.0.0.1 --secure-port="$kcm_port" --leader-elect=false \
+  --service-account-private-key-file="$pki/sa.key" --root-ca-file="$pki/ca.crt" \
+  --cluster-signing-cert-file="$pki/ca.crt" --cluster-signing-key-file="$pki/ca.key" \
+  --service-cluster-ip-range=10.96.0.0/12 --profiling=false
+wait_for kube-controller-manager 60 curl -fsSk "https://127.0.0.1:$kcm_port/healthz"
+
+# --- kube-scheduler --------------------------------------------------------------
+log "starting kube-scheduler"
+start kube-scheduler --kubeconfig="$kubeconfig" \
+  --authentication-kubeconfig="$kubeconfig" --authorization-kubeconfig="$kubeconfig" \
+  --bind-address=127.0.0.1 --secure-port="$sched_port" --leader-elect=false --profiling=false
+wait_for kube-scheduler 60 curl -fsSk "https://127.0.0.1:$sched_port/healthz"
+
+# --- kwok + one fake Node --------------------------------------------------------
+# kwok only manages Nodes with our annotation; its stages (kwok-stages.yaml) make the node
+# Ready and its pods Running. Pod IPs come from --cidr, apart from the service range.
+log "starting kwok"
+start kwok --kubeconfig="$kubeconfig" --config="$kube_dir/kwok-stages.yaml" \
+  --manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
+  --node-ip=127.0.0.1 --cidr=10.244.0.0/16
+kc apply -f - >/dev/null <<EOF || fail kube-apiserver "could not create Node $NODE"
+apiVersion: v1
+kind: Node
+metadata:
+  name: $NODE
+  annotations: {kwok.x-k8s.io/node: fake, node.alpha.kubernetes.io/ttl: "0"}
+  labels: {kubernetes.io/hostname: $NODE, kubernetes.io/os: linux, kubernetes.io/arch: amd64, type: kwok}
+EOF
+wait_for kwok 60 kc wait --for=condition=Ready "node/$NODE" --timeout=1s
+# The ServiceAccount controller must have created default/default, or pods in the
+# default namespace are rejected by ServiceAccount admission.
+wait_for kube-controller-manager 30 kc get serviceaccount default -n default
+
+log "control plane ready ($K8S_VERSION; logs in $run_dir)"
+print_env
