@@ -1,0 +1,253 @@
+/**
+ * Bad input gets a clear error and harms nothing else: oversized bodies and frames, malformed
+ * frames, floods, bad tokens, disallowed origins and non-members, while a bystander conversation
+ * keeps flowing on the same server.
+ */
+import { SignJWT } from "jose";
+import WebSocket from "ws";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { expectCase, RawClient } from "../helpers/raw-client.js";
+import { devToken, type ServerProcess, startServer } from "../helpers/server.js";
+
+let server: ServerProcess;
+let n = 0;
+const user = (name: string) => `${name}-${++n}`;
+const ALLOWED_ORIGIN = "https://chat.example.com";
+
+async function connect(name: string): Promise<RawClient> {
+  const c = await RawClient.connect(server.url, { token: await devToken(server.dataDir, name) });
+  await c.syncAll();
+  return c;
+}
+
+function upgradeStatus(headers: Record<string, string>): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(server.url, { headers });
+    ws.on("unexpected-response", (_req, res) => resolve(res.statusCode ?? 0));
+    ws.on("open", () => {
+      ws.close();
+      resolve(101);
+    });
+    ws.on("error", reject);
+  });
+}
+
+/** A conversation that must keep working while others misbehave. */
+let bystander: { a: RawClient; b: RawClient; bName: string; sent: number };
+
+beforeAll(async () => {
+  server = await startServer({
+    env: {
+      SWITCHBOARD_GATEWAY_SENDS_PER_SECOND: "5",
+      SWITCHBOARD_GATEWAY_SEND_BURST: "5",
+      SWITCHBOARD_GATEWAY_BAD_FRAMES_MAX: "3",
+      SWITCHBOARD_AUTH_AUTH_TIMEOUT_MS: "500",
+      SWITCHBOARD_AUTH_ALLOWED_ORIGINS: ALLOWED_ORIGIN,
+    },
+  });
+  const bName = user("bystander-b");
+  bystander = { a: await connect(user("bystander-a")), b: await connect(bName), bName, sent: 0 };
+});
+
+afterAll(async () => {
+  // Every bystander message sent during the abuse arrived, in order.
+  const { a, b, bName } = bystander;
+  const ack = expectCase(
+    await a.request({
+      case: "send",
+      value: { target: { case: "toUser", value: bName }, clientMsgId: "final", body: "final" },
+    }),
+    "ack",
+  );
+  await b.nextEvent((f) => f.kind.case === "message" && f.kind.value.message?.body === "final");
+  const seqs = b.received
+    .filter((f) => f.kind.case === "message")
+    .map((f) => expectCase(f, "message").message!.seq);
+  expect(seqs).toEqual(Array.from({ length: Number(ack.seq) }, (_, i) => BigInt(i + 1)));
+  a.close();
+  b.close();
+  await server.dispose();
+});
+
+async function bystanderSend(): Promise<void> {
+  const { a, bName } = bystander;
+  const i = ++bystander.sent;
+  expectCase(
+    await a.request({
+      case: "send",
+      value: { target: { case: "toUser", value: bName }, clientMsgId: `b${i}`, body: `b${i}` },
+    }),
+    "ack",
+  );
+}
+
+describe("message and frame limits", () => {
+  it("rejects a body over 100,000 characters with BODY_TOO_LARGE and keeps the connection", async () => {
+    const c = await connect(user("big"));
+    const tooBig = "x".repeat(100_001);
+    const err = expectCase(
+      await c.request({
+        case: "send",
+        value: { target: { case: "toUser", value: "someone" }, clientMsgId: "big", body: tooBig },
+      }),
+      "error",
+    );
+    expect(err.reason).toBe("BODY_TOO_LARGE");
+    // Exactly the limit is fine; astral characters count once.
+    const ok = expectCase(
+      await c.request({
+        case: "send",
+        value: {
+          target: { case: "toUser", value: "someone" },
+          clientMsgId: "max",
+          body: "😀".repeat(100_000),
+        },
+      }),
+      "ack",
+    );
+    expect(ok.seq).toBe(1n);
+    await bystanderSend();
+    c.close();
+  });
+
+  it("closes a connection that sends a frame over the configured size with 1009", async () => {
+    const c = await connect(user("huge"));
+    c.ws.send(Buffer.alloc(600 * 1024, 0x61));
+    expect(await c.closed).toBe(1009);
+    await bystanderSend();
+  });
+
+  it("answers malformed frames with MALFORMED_FRAME and closes after too many (3501)", async () => {
+    const c = await connect(user("garbage"));
+    c.ws.send("{not json");
+    expect(expectCase(await c.nextEvent((f) => f.kind.case === "error"), "error").reason).toBe(
+      "MALFORMED_FRAME",
+    );
+    c.ws.send(JSON.stringify({ id: 9, send: { unknownField: 1 } }));
+    expect(expectCase(await c.nextEvent((f) => f.kind.case === "error"), "error").reason).toBe(
+      "MALFORMED_FRAME",
+    );
+    c.ws.send(Buffer.from([0xff, 0xff, 0xff, 0xff, 0x0f]), { binary: true });
+    expect(await c.closed).toBe(3501);
+    await bystanderSend();
+  });
+
+  it("rate-limits sends per connection with retry_after, then closes a flood with 3013", async () => {
+    const c = await connect(user("fast"));
+    const replies = await Promise.all(
+      Array.from({ length: 8 }, (_, i) =>
+        c.request({
+          case: "send",
+          value: { target: { case: "toUser", value: "sink" }, clientMsgId: `r${i}`, body: "x" },
+        }),
+      ),
+    );
+    const limited = replies.filter((f) => f.kind.case === "error");
+    expect(replies.filter((f) => f.kind.case === "ack")).toHaveLength(5);
+    expect(limited).toHaveLength(3);
+    const err = expectCase(limited[0]!, "error");
+    expect(err.reason).toBe("RATE_LIMITED");
+    expect(err.retryAfterMs).toBeGreaterThan(0);
+    for (let i = 0; i < 20; i++) {
+      c.sendFrame({
+        id: 100 + i,
+        kind: {
+          case: "send",
+          value: { target: { case: "toUser", value: "sink" }, clientMsgId: `f${i}`, body: "x" },
+        },
+      });
+    }
+    expect(await c.closed).toBe(3013);
+    await bystanderSend();
+  });
+
+  it("refuses sending to a conversation one is not a member of", async () => {
+    const c = await connect(user("eve"));
+    const dm = `dm:${[bystander.bName, "someone-else"].sort().join("~")}`;
+    for (const conversationId of [dm, "g:123456"]) {
+      const err = expectCase(
+        await c.request({
+          case: "send",
+          value: { target: { case: "conversationId", value: conversationId }, clientMsgId: "x", body: "x" },
+        }),
+        "error",
+      );
+      expect(err.reason).toBe("NOT_MEMBER");
+    }
+    const bad = expectCase(
+      await c.request({
+        case: "send",
+        value: {
+          target: { case: "conversationId", value: "not a conversation" },
+          clientMsgId: "x",
+          body: "x",
+        },
+      }),
+      "error",
+    );
+    expect(bad.reason).toBe("INVALID_CONVERSATION_ID");
+    c.close();
+  });
+});
+
+describe("authentication", () => {
+  it("answers 401 before the handshake to bad tokens on the upgrade", async () => {
+    const wrongKey = await new SignJWT({})
+      .setProtectedHeader({ alg: "HS256" })
+      .setSubject("mallory")
+      .setExpirationTime("1h")
+      .sign(new TextEncoder().encode("not-the-secret-not-the-secret-00"));
+    const unsigned = `${Buffer.from(JSON.stringify({ alg: "none", typ: "JWT" })).toString("base64url")}.${Buffer.from(JSON.stringify({ sub: "mallory", exp: 4_000_000_000 })).toString("base64url")}.`;
+    const expired = await devToken(server.dataDir, "late", -60);
+    for (const token of [wrongKey, unsigned, expired, "garbage"]) {
+      expect(await upgradeStatus({ authorization: `Bearer ${token}` })).toBe(401);
+    }
+    expect(await upgradeStatus({ authorization: `Bearer ${await devToken(server.dataDir, "fine")}` })).toBe(
+      101,
+    );
+  });
+
+  it("rejects disallowed Origins (including homoglyphs) with 403 and accepts the allowed one", async () => {
+    const token = await devToken(server.dataDir, "web");
+    expect(
+      await upgradeStatus({ origin: "https://evil.example.com", authorization: `Bearer ${token}` }),
+    ).toBe(403);
+    // A Cyrillic-"а" homoglyph arrives punycoded; near-misses are not the allowed origin either.
+    for (const origin of [
+      "https://xn--cht-6kc.example.com",
+      `${ALLOWED_ORIGIN}.evil.com`,
+      `${ALLOWED_ORIGIN}/`,
+      "null",
+    ]) {
+      expect(await upgradeStatus({ origin, authorization: `Bearer ${token}` })).toBe(403);
+    }
+    expect(await upgradeStatus({ origin: ALLOWED_ORIGIN, authorization: `Bearer ${token}` })).toBe(101);
+  });
+
+  it("requires auth before anything else and closes unauthenticated connections after the deadline (3502)", async () => {
+    const c = await RawClient.connect(server.url);
+    const err = expectCase(await c.request({ case: "heartbeat", value: {} }), "error");
+    expect(err.reason).toBe("AUTH_REQUIRED");
+    expect(await c.closed).toBe(3502);
+  });
+
+  it("authenticates with a first auth frame, and closes with 3500 on an invalid one", async () => {
+    const good = await RawClient.connect(server.url);
+    const welcome = expectCase(
+      await good.request({ case: "auth", value: { token: await devToken(server.dataDir, "framed") } }),
+      "welcome",
+    );
+    expect(welcome.userId).toBe("framed");
+    good.close();
+    const bad = await RawClient.connect(server.url);
+    expect(expectCase(await bad.request({ case: "auth", value: { token: "nope" } }), "error").reason).toBe(
+      "INVALID_TOKEN",
+    );
+    expect(await bad.closed).toBe(3500);
+  });
+
+  it("closes the connection when the token expires mid-session (3005)", async () => {
+    const c = await RawClient.connect(server.url, { token: await devToken(server.dataDir, "shortlived", 2) });
+    expect(await c.closed).toBe(3005);
+  });
+});
