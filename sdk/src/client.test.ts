@@ -1,0 +1,485 @@
+import { afterEach, describe, expect, test } from "vitest";
+import { WebSocket as WsWebSocket } from "ws";
+import { Code } from "../../gen/switchboard/common/v1/common_pb.js";
+import { FakeServer } from "../test/fake-server.js";
+import {
+  type DisconnectInfo,
+  type IncomingMessage,
+  type SendAck,
+  SwitchboardClient,
+  SwitchboardClientError,
+  type SwitchboardClientOptions,
+  type SyncedInfo,
+} from "./index.js";
+
+// Small, deterministic-enough backoff so reconnect tests take milliseconds.
+const FAST = { baseMs: 5, maxMs: 20 };
+
+let server: FakeServer | undefined;
+const clients: SwitchboardClient[] = [];
+
+afterEach(async () => {
+  await Promise.all(clients.splice(0).map((c) => c.close()));
+  await server?.close();
+  server = undefined;
+});
+
+async function startServer(options: Parameters<typeof FakeServer.start>[0] = {}): Promise<FakeServer> {
+  server = await FakeServer.start(options);
+  return server;
+}
+
+function newClient(srv: FakeServer, options: Partial<SwitchboardClientOptions> = {}) {
+  const client = new SwitchboardClient({ url: srv.url, token: "token-alice", reconnect: FAST, ...options });
+  clients.push(client);
+  const messages: IncomingMessage[] = [];
+  const disconnects: DisconnectInfo[] = [];
+  const synced: SyncedInfo[] = [];
+  const errors: SwitchboardClientError[] = [];
+  let connected = 0;
+  client.on("message", (m) => messages.push(m));
+  client.on("disconnected", (d) => disconnects.push(d));
+  client.on("synced", (s) => synced.push(s));
+  client.on("error", (e) => errors.push(e));
+  client.on("connected", () => connected++);
+  return {
+    client,
+    messages,
+    disconnects,
+    synced,
+    errors,
+    connected: () => connected,
+  };
+}
+
+function settledOnce<T>(p: Promise<T>) {
+  const state = { value: undefined as T | undefined, error: undefined as unknown, settled: false };
+  p.then(
+    (v) => {
+      state.value = v;
+      state.settled = true;
+    },
+    (e: unknown) => {
+      state.error = e;
+      state.settled = true;
+    },
+  );
+  return state;
+}
+
+describe.each(["json", "binary"] as const)("with %s encoding", (encoding) => {
+  test("reconnects after the server drops the socket, then syncs again", async () => {
+    const srv = await startServer();
+    const t = newClient(srv, { encoding });
+    const welcome = await t.client.connect();
+    expect(welcome.userId).toBe("alice");
+    await srv.waitFor(() => t.synced.length === 1, "first sync");
+
+    srv.conns[0]!.ws.terminate();
+    await srv.waitFor(() => t.synced.length === 2, "sync after reconnect");
+
+    expect(srv.conns).toHaveLength(2);
+    expect(t.connected()).toBe(2);
+    expect(t.disconnects).toHaveLength(1);
+    expect(t.disconnects[0]).toMatchObject({ code: 1006, willReconnect: true });
+    expect(t.disconnects[0]!.reconnectInMs).toBeGreaterThanOrEqual(0);
+    expect(t.disconnects[0]!.reconnectInMs).toBeLessThanOrEqual(FAST.maxMs);
+    // Both connections used the requested encoding for every frame.
+    expect(srv.frames.every((f) => f.binary === (encoding === "binary"))).toBe(true);
+    expect(srv.framesOf("sync").map((f) => f.conn.index)).toEqual([0, 1]);
+  });
+
+  test("re-sends an unacknowledged send with the same clientMsgId after reconnect and resolves it once", async () => {
+    const srv = await startServer();
+    // First attempt: store durably, then drop the connection before the ack (a lost ack).
+    srv.hook = (conn, frame, s) => {
+      if (frame.kind.case !== "send" || s.framesOf("send").length > 1) return undefined;
+      s.store("alice", "dm:alice~bob", frame.kind.value.clientMsgId, frame.kind.value.body, ["alice", "bob"]);
+      conn.ws.terminate();
+      return true;
+    };
+    const t = newClient(srv, { encoding });
+    await t.client.connect();
+    const acks: SendAck[] = [];
+    const p = t.client.send({ toUser: "bob" }, "hello bob");
+    p.then((a) => acks.push(a));
+    const ack = await p;
+
+    const sends = srv.framesOf("send");
+    expect(sends).toHaveLength(2);
+    expect(sends[0]!.conn.index).toBe(0);
+    expect(sends[1]!.conn.index).toBe(1);
+    expect(sends[1]!.value.clientMsgId).toBe(sends[0]!.value.clientMsgId);
+    expect(sends[0]!.value.clientMsgId).toMatch(/^[0-9a-f-]{36}$/);
+    expect(ack).toMatchObject({
+      conversationId: "dm:alice~bob",
+      seq: 1,
+      duplicate: true,
+      clientMsgId: sends[0]!.value.clientMsgId,
+    });
+    expect(srv.inbox.get("bob")).toHaveLength(1); // stored once
+    expect(t.client.pendingSends).toBe(0);
+
+    // The own message comes back through sync exactly once, whatever happened on the wire.
+    await srv.waitFor(() => t.synced.length >= 2, "sync after reconnect");
+    await new Promise((r) => setTimeout(r, 30));
+    expect(acks).toHaveLength(1);
+    expect(t.messages.map((m) => m.message.clientMsgId)).toEqual([sends[0]!.value.clientMsgId]);
+  });
+
+  test("the app sees a message once even when the server delivers it twice", async () => {
+    const srv = await startServer();
+    srv.addMessage("dm:alice~bob", "bob", "m1", ["alice", "bob"]);
+    // Right after the welcome, before answering the sync, push m1 live: it repeats inside the sync.
+    srv.hook = (conn, frame, s) => {
+      if (frame.kind.case === "sync" && s.framesOf("sync").length === 1) {
+        s.push(conn, { kind: { case: "message", value: s.inbox.get("alice")![0]! } });
+      }
+      return undefined;
+    };
+    const t = newClient(srv, { encoding });
+    await t.client.connect();
+    await srv.waitFor(() => t.synced.length === 1, "sync");
+
+    srv.addMessage("dm:alice~bob", "bob", "m2", ["alice", "bob"]);
+    const m2 = srv.inbox.get("alice")![1]!;
+    srv.push(srv.conns[0]!, { kind: { case: "message", value: m2 } }); // second copy of m2
+    srv.addMessage("dm:alice~bob", "bob", "m3", ["alice", "bob"]);
+    await srv.waitFor(() => t.messages.length >= 3, "three messages");
+    await new Promise((r) => setTimeout(r, 30));
+
+    expect(t.messages.map((m) => m.message.body)).toEqual(["m1", "m2", "m3"]);
+    expect(t.messages.map((m) => m.source)).toEqual(["sync", "live", "live"]);
+    expect(t.client.cursor).toBe(3);
+  });
+
+  test("resumes from the stored cursor and pages the sync while hasMore", async () => {
+    const srv = await startServer({ syncPageSize: 2 });
+    for (let i = 1; i <= 6; i++) srv.addMessage("g:1", "bob", `m${i}`, ["alice", "bob"]);
+    const t = newClient(srv, { encoding, cursor: 1 });
+    await t.client.connect();
+    await srv.waitFor(() => t.synced.length === 1, "sync");
+
+    // Pages of two from cursor 1: (1,3] (3,5] (5,6].
+    expect(srv.framesOf("sync").map((f) => Number(f.value.cursor))).toEqual([1, 3, 5]);
+    expect(t.messages.map((m) => [m.message.body, m.cursor, m.source])).toEqual([
+      ["m2", 2, "sync"],
+      ["m3", 3, "sync"],
+      ["m4", 4, "sync"],
+      ["m5", 5, "sync"],
+      ["m6", 6, "sync"],
+    ]);
+    expect(t.synced[0]).toEqual({ cursor: 6, delivered: 5 });
+    expect(t.client.cursor).toBe(6);
+
+    // A live message, then an outage during which another one arrives: resume from cursor 7.
+    srv.addMessage("g:1", "bob", "m7", ["alice", "bob"]);
+    await srv.waitFor(() => t.messages.length === 6, "live m7");
+    expect(t.client.cursor).toBe(7);
+    srv.conns[0]!.ws.terminate();
+    await srv.waitFor(() => srv.conns[0]!.closed, "server saw the close");
+    srv.addMessage("g:1", "bob", "m8", ["alice", "bob"]);
+    await srv.waitFor(() => t.synced.length === 2, "second sync");
+
+    expect(srv.framesOf("sync").map((f) => [f.conn.index, Number(f.value.cursor)])).toEqual([
+      [0, 1],
+      [0, 3],
+      [0, 5],
+      [1, 7],
+    ]);
+    expect(t.messages.map((m) => m.message.body)).toEqual(["m2", "m3", "m4", "m5", "m6", "m7", "m8"]);
+    expect(t.client.cursor).toBe(8);
+  });
+
+  test("a request answered with an error rejects with a typed SwitchboardClientError", async () => {
+    const srv = await startServer();
+    srv.hook = (conn, frame, s) => {
+      if (frame.kind.case !== "createGroup") return undefined;
+      s.error(conn, frame, Code.RESOURCE_EXHAUSTED, "GROUP_FULL");
+      return true;
+    };
+    const t = newClient(srv, { encoding });
+    await t.client.connect();
+    const err = await t.client.createGroup({ name: "big", members: ["bob"] }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(SwitchboardClientError);
+    expect(err).toMatchObject({ code: Code.RESOURCE_EXHAUSTED, reason: "GROUP_FULL" });
+
+    // A non-retryable send error rejects the send (and it is not re-sent).
+    const sendErr = await t.client.send({ conversationId: "g:404" }, "hi").catch((e: unknown) => e);
+    expect(sendErr).toBeInstanceOf(SwitchboardClientError);
+    expect(sendErr).toMatchObject({ code: Code.PERMISSION_DENIED, reason: "NOT_MEMBER" });
+    expect(srv.framesOf("send")).toHaveLength(1);
+    expect(t.client.pendingSends).toBe(0);
+  });
+});
+
+test("backoff grows exponentially (full jitter ceiling) while the server keeps dropping, and resets after a sync", async () => {
+  const srv = await startServer();
+  const stamps: number[] = [];
+  srv.onConnect = (conn) => {
+    stamps.push(Date.now());
+    if (conn.index >= 4) return undefined;
+    conn.ws.terminate(); // accept the upgrade, then drop before the welcome
+    return true;
+  };
+  // random() = 1 makes every delay the full ceiling: base * 2^attempt.
+  const t = newClient(srv, { reconnect: { baseMs: 20, maxMs: 1_000 }, random: () => 1 });
+  await t.client.connect();
+  await srv.waitFor(() => t.synced.length === 1, "a sync after four drops");
+
+  expect(t.disconnects.map((d) => d.reconnectInMs)).toEqual([20, 40, 80, 160]);
+  const gaps = stamps.slice(1).map((s, i) => s - stamps[i]!);
+  [20, 40, 80, 160].forEach((delay, i) => {
+    expect(gaps[i]).toBeGreaterThanOrEqual(delay - 2);
+  });
+  // A successful sync resets the backoff.
+  srv.conns[4]!.ws.terminate();
+  await srv.waitFor(() => t.disconnects.length === 5, "fifth disconnect");
+  expect(t.disconnects[4]!.reconnectInMs).toBe(20);
+});
+
+test("close code 3500 (invalid token) is terminal: no reconnect, connect() and pending sends reject", async () => {
+  const srv = await startServer();
+  const t = newClient(srv, { token: "bad", auth: "frame", WebSocket: WsWebSocket });
+  const pendingSend = settledOnce(t.client.send({ toUser: "bob" }, "queued before connect"));
+  const err = await t.client.connect().catch((e: unknown) => e);
+  expect(err).toBeInstanceOf(SwitchboardClientError);
+  expect(err).toMatchObject({ reason: "INVALID_TOKEN", code: Code.UNAUTHENTICATED, closeCode: 3500 });
+  expect(srv.framesOf("auth").map((f) => f.value.token)).toEqual(["bad"]);
+
+  await new Promise((r) => setTimeout(r, 150)); // many times the 20 ms maximum backoff
+  expect(srv.conns).toHaveLength(1);
+  expect(t.client.state).toBe("closed");
+  expect(t.disconnects).toEqual([{ code: 3500, reason: "invalid token", willReconnect: false }]);
+  expect(pendingSend.settled).toBe(true);
+  expect(pendingSend.error).toMatchObject({ reason: "INVALID_TOKEN" });
+  expect(srv.framesOf("send")).toHaveLength(0);
+});
+
+test("HTTP 401 on the upgrade with a fixed token is terminal", async () => {
+  const srv = await startServer();
+  const t = newClient(srv, { token: "nope" }); // Node 20 without global WebSocket: ws + header auth
+  const err = await t.client.connect().catch((e: unknown) => e);
+  expect(err).toMatchObject({ reason: "INVALID_TOKEN", code: Code.UNAUTHENTICATED });
+  await new Promise((r) => setTimeout(r, 100));
+  expect(srv.headerTokens).toEqual(["nope"]);
+  expect(t.client.state).toBe("closed");
+});
+
+test("the token function is called again on every connect; 3005 reconnects with the fresh token", async () => {
+  const srv = await startServer({ authenticate: (tok) => (tok.startsWith("jwt-") ? "alice" : undefined) });
+  let calls = 0;
+  const t = newClient(srv, {
+    token: async () => {
+      calls++;
+      await new Promise((r) => setTimeout(r, 1));
+      return `jwt-${calls}`;
+    },
+  });
+  await t.client.connect();
+  await srv.waitFor(() => t.synced.length === 1, "first sync");
+  srv.conns[0]!.ws.close(3005, "token expired");
+  await srv.waitFor(() => t.synced.length === 2, "second sync");
+  srv.conns[1]!.ws.terminate();
+  await srv.waitFor(() => t.synced.length === 3, "third sync");
+
+  expect(calls).toBe(3);
+  expect(srv.conns.map((c) => c.token)).toEqual(["jwt-1", "jwt-2", "jwt-3"]);
+  expect(t.disconnects.map((d) => [d.code, d.willReconnect])).toEqual([
+    [3005, true],
+    [1006, true],
+  ]);
+});
+
+test("a token function may recover from one 401 (stale token), but two in a row are terminal", async () => {
+  const srv = await startServer({ authenticate: (tok) => (tok === "good" ? "alice" : undefined) });
+  const tokens = ["stale", "good"];
+  const t = newClient(srv, { token: () => tokens.shift() ?? "bad" });
+  await t.client.connect();
+  expect(srv.headerTokens).toEqual(["stale", "good"]);
+
+  const t2 = newClient(srv, { token: () => "bad" });
+  const err = await t2.client.connect().catch((e: unknown) => e);
+  expect(err).toMatchObject({ reason: "INVALID_TOKEN" });
+  expect(srv.headerTokens).toEqual(["stale", "good", "bad", "bad"]);
+});
+
+test("3005 with a fixed string token is terminal (it cannot be renewed)", async () => {
+  const srv = await startServer();
+  const t = newClient(srv);
+  await t.client.connect();
+  srv.conns[0]!.ws.close(3005, "token expired");
+  await srv.waitFor(() => t.disconnects.length === 1, "disconnect");
+  expect(t.disconnects[0]).toMatchObject({ code: 3005, willReconnect: false });
+  expect(t.errors.at(-1)).toMatchObject({ reason: "TOKEN_EXPIRED" });
+});
+
+test("a body over the limit is rejected locally without sending anything", async () => {
+  const srv = await startServer({ bodyCharsMax: 10 });
+  const t = newClient(srv);
+  await t.client.connect();
+  const err = await t.client.send({ toUser: "bob" }, "x".repeat(11)).catch((e: unknown) => e);
+  expect(err).toBeInstanceOf(SwitchboardClientError);
+  expect(err).toMatchObject({ reason: "BODY_TOO_LARGE", code: Code.INVALID_ARGUMENT });
+  // Counted in code points like the server: ten emoji (20 UTF-16 units) fit.
+  await expect(t.client.send({ toUser: "bob" }, "😀".repeat(10))).resolves.toMatchObject({ seq: 1 });
+  await expect(t.client.send({ toUser: "bob" }, "")).rejects.toMatchObject({ reason: "EMPTY_BODY" });
+  await expect(t.client.send({ toUser: "bob" }, "x", { clientMsgId: "has space" })).rejects.toMatchObject({
+    reason: "INVALID_CLIENT_MSG_ID",
+  });
+  // Before any welcome the default limit is 100,000 characters.
+  const fresh = newClient(srv);
+  await expect(fresh.client.send({ toUser: "bob" }, "x".repeat(100_001))).rejects.toMatchObject({
+    reason: "BODY_TOO_LARGE",
+  });
+  expect(srv.framesOf("send")).toHaveLength(1);
+});
+
+test("a retryable send error (rate limited) is retried with the same clientMsgId", async () => {
+  const srv = await startServer();
+  srv.hook = (conn, frame, s) => {
+    if (frame.kind.case !== "send" || s.framesOf("send").length > 2) return undefined;
+    s.error(conn, frame, Code.RESOURCE_EXHAUSTED, "RATE_LIMITED", 15);
+    return true;
+  };
+  const t = newClient(srv);
+  await t.client.connect();
+  const ack = await t.client.send({ toUser: "bob" }, "hi", { clientMsgId: "my-key-1" });
+  expect(ack).toMatchObject({ clientMsgId: "my-key-1", duplicate: false });
+  const sends = srv.framesOf("send");
+  expect(sends.map((s) => s.value.clientMsgId)).toEqual(["my-key-1", "my-key-1", "my-key-1"]);
+  expect(srv.conns).toHaveLength(1);
+});
+
+test("sends queue while disconnected, go out in order, and the queue is bounded", async () => {
+  const srv = await startServer();
+  const t = newClient(srv, { maxPendingSends: 3 });
+  const a = t.client.send({ toUser: "bob" }, "1");
+  const b = t.client.send({ toUser: "bob" }, "2");
+  const again = t.client.send({ toUser: "bob" }, "2 again", { clientMsgId: "k3" });
+  const same = t.client.send({ toUser: "bob" }, "2 again", { clientMsgId: "k3" });
+  await expect(t.client.send({ toUser: "bob" }, "4")).rejects.toMatchObject({ reason: "SEND_QUEUE_FULL" });
+  expect(same).toBe(again); // same key while pending: one send, one promise
+  await t.client.connect();
+  const acks = await Promise.all([a, b, again]);
+  expect(acks.map((x) => x.seq)).toEqual([1, 2, 3]);
+  expect(srv.framesOf("send").map((f) => f.value.body)).toEqual(["1", "2", "2 again"]);
+});
+
+test("close() rejects pending work and stops reconnecting", async () => {
+  const srv = await startServer();
+  srv.hook = (_conn, frame) => frame.kind.case === "send" || frame.kind.case === "listMembers" || undefined;
+  const t = newClient(srv);
+  await t.client.connect();
+  const s = settledOnce(t.client.send({ toUser: "bob" }, "never acked"));
+  const r = settledOnce(t.client.listMembers("g:1"));
+  await srv.waitFor(() => srv.framesOf("listMembers").length === 1, "request on the wire");
+  await t.client.close();
+  await new Promise((res) => setTimeout(res, 10));
+  expect(s.error).toMatchObject({ reason: "CLOSED" });
+  expect(r.error).toMatchObject({ reason: "CLOSED" });
+  await new Promise((res) => setTimeout(res, 80));
+  expect(srv.conns).toHaveLength(1);
+  expect(srv.conns[0]!.closeCode).toBe(1000);
+  expect(t.disconnects).toEqual([{ code: 1000, reason: "client closed", willReconnect: false }]);
+  await expect(t.client.history({ conversationId: "g:1" })).rejects.toMatchObject({
+    reason: "NOT_CONNECTED",
+  });
+});
+
+test("a request without an answer times out; a non-idempotent request in flight fails with CONNECTION_LOST", async () => {
+  const srv = await startServer();
+  srv.hook = (conn, frame, s) => {
+    if (frame.kind.case === "listMembers") return true; // never answered
+    if (frame.kind.case === "createGroup" && s.conns.length === 1) {
+      conn.ws.terminate();
+      return true;
+    }
+    return undefined;
+  };
+  const t = newClient(srv, { requestTimeoutMs: 60 });
+  await t.client.connect();
+  await expect(t.client.listMembers("g:1")).rejects.toMatchObject({
+    reason: "TIMEOUT",
+    code: Code.DEADLINE_EXCEEDED,
+  });
+  await expect(t.client.createGroup({ name: "x" })).rejects.toMatchObject({ reason: "CONNECTION_LOST" });
+  await srv.waitFor(() => t.synced.length === 2, "reconnected");
+  expect(srv.framesOf("createGroup")).toHaveLength(1); // not re-sent on its own
+});
+
+test("heartbeats at the welcome's interval; a connection whose heartbeats go unanswered is replaced", async () => {
+  const srv = await startServer({ heartbeatIntervalMs: 20 });
+  let answer = true;
+  srv.hook = (_conn, frame) => (frame.kind.case === "heartbeat" && !answer) || undefined;
+  const t = newClient(srv, { requestTimeoutMs: 100 });
+  await t.client.connect();
+  await srv.waitFor(() => srv.framesOf("heartbeat").length >= 3, "three heartbeats");
+  expect(t.disconnects).toHaveLength(0);
+  answer = false;
+  await srv.waitFor(() => t.disconnects.length === 1, "heartbeat timeout");
+  answer = true;
+  expect(t.disconnects[0]).toMatchObject({ code: 1006, reason: "heartbeat timeout", willReconnect: true });
+  await srv.waitFor(() => t.connected() === 2, "reconnected");
+});
+
+test("a server `reconnect` (drain) event moves the client within the announced window", async () => {
+  const srv = await startServer();
+  const t = newClient(srv);
+  await t.client.connect();
+  await srv.waitFor(() => t.synced.length === 1, "sync");
+  const at = Date.now();
+  srv.push(srv.conns[0]!, {
+    kind: { case: "reconnect", value: { reason: "draining", delayMsMin: 40, delayMsMax: 60 } },
+  });
+  await srv.waitFor(() => t.connected() === 2, "second connection");
+  expect(Date.now() - at).toBeGreaterThanOrEqual(38);
+  expect(srv.conns[0]!.closeCode).toBe(1000);
+  expect(t.disconnects[0]).toMatchObject({ code: 1000, willReconnect: true, reconnectInMs: 0 });
+});
+
+test("close 1009 drops the oversized send (never re-sent) and re-sends the others", async () => {
+  const srv = await startServer();
+  srv.hook = (conn, frame, s) => {
+    if (frame.kind.case === "send" && frame.kind.value.body.length > 1000 && s.conns.length === 1) {
+      conn.ws.close(1009, "frame too big");
+      return true;
+    }
+    if (frame.kind.case === "send" && s.conns.length === 1) return true; // hold small ones unacked
+    return undefined;
+  };
+  const t = newClient(srv);
+  await t.client.connect();
+  const small = t.client.send({ toUser: "bob" }, "small", { clientMsgId: "small" });
+  const big = t.client.send({ toUser: "bob" }, "x".repeat(5000), { clientMsgId: "big" });
+  await expect(big).rejects.toMatchObject({ reason: "FRAME_TOO_LARGE" });
+  await expect(small).resolves.toMatchObject({ clientMsgId: "small" });
+  expect(srv.framesOf("send").map((f) => [f.conn.index, f.value.clientMsgId])).toEqual([
+    [0, "small"],
+    [0, "big"],
+    [1, "small"],
+  ]);
+});
+
+test("presence subscriptions are renewed after a reconnect", async () => {
+  const srv = await startServer();
+  const t = newClient(srv);
+  const presence: string[] = [];
+  t.client.on("presence", (p) => presence.push(p.userId));
+  await t.client.connect();
+  const snapshot = await t.client.subscribePresence(["bob", "carol"]);
+  expect(snapshot.map((s) => s.userId)).toEqual(["bob", "carol"]);
+  srv.conns[0]!.ws.terminate();
+  await srv.waitFor(() => presence.length === 2, "renewed snapshot as events");
+  expect(srv.framesOf("subscribePresence").map((f) => [f.conn.index, f.value.userIds])).toEqual([
+    [0, ["bob", "carol"]],
+    [1, ["bob", "carol"]],
+  ]);
+});
+
+test("binary welcome after header auth is understood by a json client (server may pick either)", async () => {
+  const srv = await startServer({ welcomeEncoding: "binary" });
+  const t = newClient(srv, { encoding: "json" });
+  await expect(t.client.connect()).resolves.toMatchObject({ userId: "alice", sessionId: "s0" });
+  await srv.waitFor(() => t.synced.length === 1, "sync");
+});

@@ -1,0 +1,1264 @@
+/**
+ * SwitchboardClient: one logical connection to a Switchboard gateway that survives reconnects.
+ *
+ * Guarantees, as seen by the app:
+ * - Every message of the user's inbox is emitted once ("message"): after each (re)connect the client
+ *   syncs from its cursor until has_more=false, and a bounded LRU of message ids drops repeats
+ *   (the server may repeat, inside a sync, messages it delivered live before the sync).
+ * - Every send() resolves once with the server's ack: an unacknowledged send is re-sent with the
+ *   SAME clientMsgId after a reconnect, and the server's idempotency turns a resend of something it
+ *   already stored into the original ack (duplicate=true), so nothing is stored twice.
+ */
+import { create, type MessageInitShape } from "@bufbuild/protobuf";
+import {
+  ClientFrameSchema,
+  type MessageEvent as PbMessageEvent,
+  type ServerFrame,
+  type Error as WireError,
+} from "../../gen/switchboard/client/v1/client_pb.js";
+import { ReceiptKind } from "../../gen/switchboard/common/v1/common_pb.js";
+import { type BackoffOptions, backoffDelay, DEFAULT_BACKOFF, longBackoffDelay } from "./backoff.js";
+import { classifyCloseCode } from "./close-codes.js";
+import { TypedEmitter } from "./emitter.js";
+import { Code, LocalReason, SwitchboardClientError } from "./errors.js";
+import { CLIENT_MSG_ID_PATTERN, exceedsChars, randomId } from "./ids.js";
+import { LruSet } from "./lru.js";
+import {
+  type AuthMode,
+  decodeFrame,
+  type Encoding,
+  encodedSize,
+  encodeFrame,
+  OPEN,
+  openSocket,
+  type ResolvedWebSocket,
+  resolveWebSocket,
+  type SocketLike,
+  upgradeStatus,
+  type WebSocketConstructor,
+} from "./transport.js";
+import {
+  type ChatMessage,
+  type Conversation,
+  type DisconnectInfo,
+  type HistoryPage,
+  type IncomingMessage,
+  type MemberList,
+  type PresenceStatus,
+  type ReceiptInfo,
+  type SendAck,
+  type SyncedInfo,
+  type TypingInfo,
+  toChatMessage,
+  toConversation,
+  toHistoryPage,
+  toPresence,
+  toReceipt,
+  toSendAck,
+  toTyping,
+  toWelcome,
+  type WelcomeInfo,
+} from "./types.js";
+
+/** A token, or a function returning one; the function is called again before every connection. */
+export type TokenSource = string | (() => string | Promise<string>);
+
+export interface SwitchboardClientOptions {
+  /** Gateway URL, e.g. ws://localhost:8080/ws. Never put the token in it. */
+  url: string;
+  token: TokenSource;
+  /**
+   * Wire encoding. Default "json": frames are readable in browser devtools and proxies' logs.
+   * "binary" (protobuf) is smaller and cheaper to parse; use it for high message rates.
+   */
+  encoding?: Encoding;
+  /** Inbox position this device already processed (persist `client.cursor`); default 0 = everything. */
+  cursor?: number;
+  /** Reconnect backoff (full jitter): default base 250 ms, max 10 s. */
+  reconnect?: Partial<BackoffOptions>;
+  /** WebSocket implementation; default the global one, else the `ws` package (Node). */
+  WebSocket?: WebSocketConstructor;
+  /**
+   * "header": Authorization header on the upgrade (the `ws` package only; a bad token fails with HTTP
+   * 401 before the handshake). "frame": an auth frame after opening (browsers). Default: "header" when
+   * the SDK loaded `ws` itself, else "frame".
+   */
+  auth?: AuthMode;
+  /** Timeout of requests, of the welcome after opening, and of heartbeat answers; default 10 s. */
+  requestTimeoutMs?: number;
+  /** Overall deadline of a send across reconnects; default 0 = none (keep trying until acked). */
+  sendTimeoutMs?: number;
+  /** Most unacknowledged sends kept (queued or in flight); default 1,000. */
+  maxPendingSends?: number;
+  /** Most sends in flight on a connection at once (the rest wait their turn); default 64. */
+  maxInflightSends?: number;
+  /** How many message ids the receive-side dedupe remembers; default 10,000. */
+  dedupeCapacity?: number;
+  /** Page size asked for when syncing; default 0 = the server's default. */
+  syncLimit?: number;
+  /**
+   * Sync the inbox on every (re)connect; default true. Turn off for send-only clients (e.g. a CLI
+   * `send`) that never look at incoming messages.
+   */
+  autoSync?: boolean;
+  /** Random source for jitter (tests). */
+  random?: () => number;
+}
+
+export type ClientState = "idle" | "connecting" | "open" | "closed";
+
+/** Events of SwitchboardClient, each with one payload. */
+export interface SwitchboardClientEvents {
+  /** A new message (never a duplicate), in inbox order. */
+  message: IncomingMessage;
+  typing: TypingInfo;
+  presence: PresenceStatus;
+  receipt: ReceiptInfo;
+  /** The server's welcome on each (re)connect. */
+  connected: WelcomeInfo;
+  /** The connection ended; `willReconnect` false means the client stays down. */
+  disconnected: DisconnectInfo;
+  /** A sync after (re)connect finished; live messages follow. */
+  synced: SyncedInfo;
+  /** Something went wrong that is not the rejection of a call (terminal close, failed sync, …). */
+  error: SwitchboardClientError;
+}
+
+export type SendTarget = { conversationId: string } | { toUser: string };
+
+export interface SendOptions {
+  /** Idempotency key (1-64 printable ASCII); default a random UUID. Reuse it to retry safely. */
+  clientMsgId?: string;
+  /** Overall deadline for this send, ms (0 = none); default the client's sendTimeoutMs. */
+  timeoutMs?: number;
+}
+
+export interface HistoryQuery {
+  conversationId: string;
+  /** Messages with seq below this (0/undefined: from the newest). */
+  beforeSeq?: number;
+  /** Messages with seq above this. */
+  afterSeq?: number;
+  limit?: number;
+}
+
+export interface CreateGroupInput {
+  name: string;
+  /** Initial members besides the creator. */
+  members?: string[];
+  /** Whether anyone may join without being added. */
+  open?: boolean;
+}
+
+type Timer = ReturnType<typeof setTimeout>;
+type FrameKind = NonNullable<MessageInitShape<typeof ClientFrameSchema>["kind"]>;
+type ReplyCase = NonNullable<ServerFrame["kind"]["case"]>;
+type ReplyOf<C extends ReplyCase> = Extract<ServerFrame["kind"], { case: C }>["value"];
+type SendWireTarget = { case: "conversationId"; value: string } | { case: "toUser"; value: string };
+
+/** Default body limit until a welcome tells us the server's. */
+const BODY_CHARS_MAX_DEFAULT = 100_000;
+
+/** Per-connection state; a new object per socket, so stale callbacks can be recognised and ignored. */
+interface Conn {
+  socket: SocketLike;
+  welcome: WelcomeInfo | undefined;
+  /** Between welcome and the last sync page: live messages wait in `buffered`. */
+  syncing: boolean;
+  buffered: PbMessageEvent[];
+  /** Upgrade refused with this HTTP status (ws reports it in the error event). */
+  httpStatus: number | undefined;
+  /** Server asked us to reconnect (drain) at this time. */
+  drainAt: number | undefined;
+  welcomeTimer: Timer | undefined;
+  drainTimer: Timer | undefined;
+  heartbeat: ReturnType<typeof setInterval> | undefined;
+  done: boolean;
+  closeWaiters: Array<() => void>;
+}
+
+interface PendingRequest {
+  conn: Conn;
+  /** Encoded size: on close 1009 the largest in-flight frame is the likely culprit. */
+  size: number;
+  timer: Timer | undefined;
+  onReply(frame: ServerFrame): void;
+  /** The connection ended first; `err` overrides the default CONNECTION_LOST/FRAME_TOO_LARGE. */
+  onConnectionLost(frameTooBig: boolean, err?: SwitchboardClientError): void;
+}
+
+interface PendingSend {
+  clientMsgId: string;
+  target: SendWireTarget;
+  body: string;
+  promise: Promise<SendAck>;
+  resolve(ack: SendAck): void;
+  reject(err: SwitchboardClientError): void;
+  /** The request id it is in flight under, if any. */
+  requestId: number | undefined;
+  retryTimer: Timer | undefined;
+  deadline: Timer | undefined;
+  /** Server-side retryable errors in a row (drives the retry backoff). */
+  failures: number;
+  settled: boolean;
+}
+
+interface Waiter {
+  resolve(conn: Conn): void;
+  reject(err: SwitchboardClientError): void;
+  timer: Timer | undefined;
+}
+
+const noop = (): void => {};
+
+function localError(code: Code, reason: string, message: string, cause?: unknown): SwitchboardClientError {
+  return new SwitchboardClientError(code, reason, message, cause === undefined ? undefined : { cause });
+}
+
+function fromWireError(e: WireError): SwitchboardClientError {
+  const reason = e.reason || Code[e.code] || "UNKNOWN";
+  return new SwitchboardClientError(e.code, reason, e.message || reason, { retryAfterMs: e.retryAfterMs });
+}
+
+const LOCAL_REASONS: ReadonlySet<string> = new Set(Object.values(LocalReason));
+const isLocalReason = (reason: string): boolean => LOCAL_REASONS.has(reason);
+
+/** Server errors after which re-sending the same clientMsgId later can succeed. */
+function isRetryableSendError(err: SwitchboardClientError): boolean {
+  switch (err.code) {
+    case Code.UNAVAILABLE:
+    case Code.ABORTED:
+    case Code.DEADLINE_EXCEEDED:
+      return true;
+    case Code.RESOURCE_EXHAUSTED:
+      // Rate limits carry a retry hint; limits without one (GROUP_FULL) will not go away by waiting.
+      return err.retryAfterMs > 0 || err.reason === "RATE_LIMITED";
+    default:
+      return false;
+  }
+}
+
+export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
+  private readonly url: string;
+  private readonly token: TokenSource;
+  private readonly encoding: Encoding;
+  private readonly backoff: BackoffOptions;
+  private readonly random: () => number;
+  private readonly requestTimeoutMs: number;
+  private readonly sendTimeoutMs: number;
+  private readonly maxPendingSends: number;
+  private readonly maxInflightSends: number;
+  private readonly syncLimit: number;
+  private readonly autoSync: boolean;
+  private readonly explicitWebSocket: WebSocketConstructor | undefined;
+  private readonly explicitAuth: AuthMode | undefined;
+
+  private _state: ClientState = "idle";
+  private _cursor: number;
+  private _welcome: WelcomeInfo | undefined;
+  private conn: Conn | undefined;
+  private resolved: ResolvedWebSocket | undefined;
+  /** Bumped by close(): an openConnection() that awaited across it must not proceed. */
+  private epoch = 0;
+  private attempt = 0;
+  private unauthorizedStreak = 0;
+  private reconnectTimer: Timer | undefined;
+  private nextRequestId = 0;
+  private readonly requests = new Map<number, PendingRequest>();
+  /** Unacknowledged sends by clientMsgId; Map order = send order, kept on resends. */
+  private readonly sends = new Map<string, PendingSend>();
+  private inflightSends = 0;
+  private readonly openWaiters = new Set<Waiter>();
+  private readonly seen: LruSet<string>;
+  private readonly presenceWatch = new Set<string>();
+  private connectPromise: Promise<WelcomeInfo> | undefined;
+  private connectSettle:
+    | { resolve(w: WelcomeInfo): void; reject(e: SwitchboardClientError): void }
+    | undefined;
+
+  constructor(options: SwitchboardClientOptions) {
+    super();
+    this.url = options.url;
+    this.token = options.token;
+    this.encoding = options.encoding ?? "json";
+    this.backoff = { ...DEFAULT_BACKOFF, ...options.reconnect };
+    this.random = options.random ?? Math.random;
+    this.requestTimeoutMs = options.requestTimeoutMs ?? 10_000;
+    this.sendTimeoutMs = options.sendTimeoutMs ?? 0;
+    this.maxPendingSends = options.maxPendingSends ?? 1_000;
+    this.maxInflightSends = Math.max(1, options.maxInflightSends ?? 64);
+    this.syncLimit = options.syncLimit ?? 0;
+    this.autoSync = options.autoSync ?? true;
+    this.explicitWebSocket = options.WebSocket;
+    this.explicitAuth = options.auth;
+    this._cursor = options.cursor ?? 0;
+    if (!Number.isSafeInteger(this._cursor) || this._cursor < 0)
+      throw new RangeError("cursor must be a non-negative integer");
+    this.seen = new LruSet(options.dedupeCapacity ?? 10_000);
+  }
+
+  /** The highest inbox position processed; persist it and pass it back as `cursor` next time. */
+  get cursor(): number {
+    return this._cursor;
+  }
+
+  get state(): ClientState {
+    return this._state;
+  }
+
+  /** The latest welcome (user id, limits, …), once connected. */
+  get welcome(): WelcomeInfo | undefined {
+    return this._welcome;
+  }
+
+  /** Sends queued or in flight, not yet acknowledged. */
+  get pendingSends(): number {
+    return this.sends.size;
+  }
+
+  // ---------------------------------------------------------------- lifecycle
+
+  /**
+   * Starts the connection (and keeps it up from then on). Resolves with the welcome of the first
+   * successful connection; rejects on a terminal failure, on close(), or after `timeoutMs` (the
+   * client keeps trying in the background in that case; call close() to stop it).
+   */
+  connect(options: { timeoutMs?: number } = {}): Promise<WelcomeInfo> {
+    if (this._state === "open" && this._welcome) return Promise.resolve(this._welcome);
+    if (!this.connectPromise) {
+      this.connectPromise = new Promise<WelcomeInfo>((resolve, reject) => {
+        this.connectSettle = { resolve, reject };
+      });
+      this.connectPromise.catch(noop); // rejections are delivered to callers; never unhandled here
+    }
+    if (this._state === "idle" || this._state === "closed") {
+      this._state = "connecting";
+      void this.openConnection();
+    }
+    const promise = this.connectPromise;
+    const timeoutMs = options.timeoutMs;
+    if (timeoutMs === undefined || timeoutMs <= 0) return promise;
+    return new Promise<WelcomeInfo>((resolve, reject) => {
+      const timer = setTimeout(
+        () =>
+          reject(
+            localError(Code.DEADLINE_EXCEEDED, LocalReason.TIMEOUT, `not connected within ${timeoutMs} ms`),
+          ),
+        timeoutMs,
+      );
+      promise.then(
+        (w) => {
+          clearTimeout(timer);
+          resolve(w);
+        },
+        (e: unknown) => {
+          clearTimeout(timer);
+          reject(e);
+        },
+      );
+    });
+  }
+
+  /**
+   * Closes for good (until connect() is called again): no reconnect; pending sends and requests
+   * are rejected with reason CLOSED. Resolves once the socket has closed (at most ~1 s).
+   */
+  close(): Promise<void> {
+    const wasActive = this._state === "connecting" || this._state === "open";
+    this._state = "closed";
+    this.epoch++;
+    this.clearReconnectTimer();
+    const err = localError(Code.CANCELLED, LocalReason.CLOSED, "client closed");
+    const conn = this.conn;
+    this.conn = undefined;
+    let closed: Promise<void> = Promise.resolve();
+    if (conn) {
+      closed = new Promise<void>((resolve) => {
+        conn.closeWaiters.push(resolve);
+        // Do not wait forever for a closing handshake from an unresponsive server.
+        const fallback = setTimeout(() => {
+          conn.socket.terminate?.();
+          resolve();
+        }, 1_000);
+        conn.closeWaiters.push(() => clearTimeout(fallback));
+      });
+      this.finishConn(conn, 1000, "client closed", false);
+      try {
+        conn.socket.close(1000, "client closed");
+      } catch {
+        conn.socket.terminate?.();
+      }
+    }
+    this.failEverything(err);
+    if (wasActive) this.emit("disconnected", { code: 1000, reason: "client closed", willReconnect: false });
+    return closed;
+  }
+
+  // ---------------------------------------------------------------- messaging
+
+  /**
+   * Sends `body` to a conversation or a user and resolves with the server's ack, exactly once.
+   * Unacknowledged sends survive reconnects and are re-sent with the same clientMsgId (which the
+   * server dedupes), until acked or a non-retryable error. May be called before connect(): the send
+   * waits in the queue.
+   */
+  send(target: SendTarget, body: string, options: SendOptions = {}): Promise<SendAck> {
+    if (this._state === "closed") {
+      return Promise.reject(
+        localError(Code.FAILED_PRECONDITION, LocalReason.NOT_CONNECTED, "client is closed"),
+      );
+    }
+    const clientMsgId = options.clientMsgId ?? randomId();
+    const wireTarget: SendWireTarget =
+      "conversationId" in target
+        ? { case: "conversationId", value: target.conversationId }
+        : { case: "toUser", value: target.toUser };
+    const invalid = this.validateSend(clientMsgId, body);
+    if (invalid) return Promise.reject(invalid);
+    const existing = this.sends.get(clientMsgId);
+    if (existing) return existing.promise; // same key = same message: one ack for both callers
+    if (this.sends.size >= this.maxPendingSends) {
+      return Promise.reject(
+        localError(
+          Code.RESOURCE_EXHAUSTED,
+          LocalReason.SEND_QUEUE_FULL,
+          `${this.sends.size} sends are already pending`,
+        ),
+      );
+    }
+    let resolve!: (ack: SendAck) => void;
+    let reject!: (err: SwitchboardClientError) => void;
+    const promise = new Promise<SendAck>((res, rej) => {
+      resolve = res;
+      reject = rej;
+    });
+    const entry: PendingSend = {
+      clientMsgId,
+      target: wireTarget,
+      body,
+      promise,
+      resolve,
+      reject,
+      requestId: undefined,
+      retryTimer: undefined,
+      deadline: undefined,
+      failures: 0,
+      settled: false,
+    };
+    const timeoutMs = options.timeoutMs ?? this.sendTimeoutMs;
+    if (timeoutMs > 0) {
+      entry.deadline = setTimeout(() => {
+        this.settleSend(
+          entry,
+          localError(
+            Code.DEADLINE_EXCEEDED,
+            LocalReason.TIMEOUT,
+            `send not acknowledged within ${timeoutMs} ms (it may still be stored; retry with the same clientMsgId)`,
+          ),
+        );
+      }, timeoutMs);
+    }
+    this.sends.set(clientMsgId, entry);
+    this.pumpSends();
+    return promise;
+  }
+
+  /** Pages through one conversation's history. */
+  async history(query: HistoryQuery): Promise<HistoryPage> {
+    const res = await this.request(
+      {
+        case: "history",
+        value: {
+          conversationId: query.conversationId,
+          beforeSeq: BigInt(query.beforeSeq ?? 0),
+          afterSeq: BigInt(query.afterSeq ?? 0),
+          limit: query.limit ?? 0,
+        },
+      },
+      "history",
+    );
+    return toHistoryPage(res);
+  }
+
+  async createGroup(input: CreateGroupInput): Promise<Conversation> {
+    const res = await this.request(
+      {
+        case: "createGroup",
+        value: { name: input.name, members: input.members ?? [], open: input.open ?? false },
+      },
+      "conversation",
+    );
+    return this.conversationOf(res.conversation);
+  }
+
+  async addMembers(conversationId: string, members: string[]): Promise<Conversation> {
+    const res = await this.request(
+      { case: "addMembers", value: { conversationId, members } },
+      "conversation",
+    );
+    return this.conversationOf(res.conversation);
+  }
+
+  async joinGroup(conversationId: string): Promise<Conversation> {
+    const res = await this.request({ case: "joinGroup", value: { conversationId } }, "conversation");
+    return this.conversationOf(res.conversation);
+  }
+
+  async leaveGroup(conversationId: string): Promise<void> {
+    await this.request({ case: "leaveGroup", value: { conversationId } }, "ok");
+  }
+
+  async listConversations(options: { limit?: number } = {}): Promise<Conversation[]> {
+    const res = await this.request(
+      { case: "listConversations", value: { limit: options.limit ?? 0 } },
+      "conversations",
+    );
+    return res.conversations.map(toConversation);
+  }
+
+  async listMembers(conversationId: string): Promise<MemberList> {
+    const res = await this.request({ case: "listMembers", value: { conversationId } }, "members");
+    return { conversationId: res.conversationId, members: res.members };
+  }
+
+  /**
+   * Typing indicator. Ephemeral and fire-and-forget: dropped when not connected, no promise; an
+   * error reply (e.g. NOT_MEMBER) is reported through the "error" event.
+   */
+  typing(conversationId: string, typing = true): void {
+    const conn = this.conn;
+    if (!conn?.welcome) return;
+    this.requestOn(
+      conn,
+      { case: "typing", value: { conversationId, typing } },
+      "ok",
+      this.requestTimeoutMs,
+    ).catch((err: unknown) => {
+      // Only the server's verdicts are interesting; a lost typing indicator is not.
+      if (err instanceof SwitchboardClientError && !isLocalReason(err.reason)) this.emitError(err);
+    });
+  }
+
+  /** Moves my read watermark in a conversation up to `seq`. */
+  async markRead(conversationId: string, seq: number): Promise<void> {
+    await this.request(
+      { case: "receipt", value: { conversationId, seq: BigInt(seq), kind: ReceiptKind.READ } },
+      "ok",
+    );
+  }
+
+  /** Moves my delivered watermark in a conversation up to `seq`. */
+  async markDelivered(conversationId: string, seq: number): Promise<void> {
+    await this.request(
+      { case: "receipt", value: { conversationId, seq: BigInt(seq), kind: ReceiptKind.DELIVERED } },
+      "ok",
+    );
+  }
+
+  /**
+   * Watches users' presence; resolves with their current status. The subscription is remembered and
+   * renewed after every reconnect (the server's is per connection); the renewed snapshot is emitted
+   * as "presence" events, so the app catches up on changes it missed while disconnected.
+   */
+  async subscribePresence(userIds: string[]): Promise<PresenceStatus[]> {
+    const res = await this.request({ case: "subscribePresence", value: { userIds } }, "presenceSnapshot");
+    for (const id of userIds) this.presenceWatch.add(id);
+    return res.statuses.map(toPresence);
+  }
+
+  async unsubscribePresence(userIds: string[]): Promise<void> {
+    for (const id of userIds) this.presenceWatch.delete(id);
+    await this.request({ case: "unsubscribePresence", value: { userIds } }, "ok");
+  }
+
+  // ---------------------------------------------------------------- connection management
+
+  private async openConnection(): Promise<void> {
+    const epoch = this.epoch;
+    let token: string;
+    try {
+      this.resolved ??= await resolveWebSocket(this.explicitWebSocket);
+      token = typeof this.token === "string" ? this.token : await this.token();
+    } catch (cause) {
+      if (epoch !== this.epoch) return;
+      this.emitError(
+        localError(
+          Code.UNAVAILABLE,
+          LocalReason.TOKEN_UNAVAILABLE,
+          `cannot connect: ${String(cause)}`,
+          cause,
+        ),
+      );
+      this.scheduleReconnect(1006, "token or WebSocket unavailable", this.nextBackoff(false));
+      return;
+    }
+    if (epoch !== this.epoch) return; // close() was called while we awaited
+    let socket: SocketLike;
+    try {
+      socket = openSocket(this.resolved.ctor, this.url, token, this.explicitAuth ?? this.resolved.auth);
+    } catch (cause) {
+      // A malformed URL will not fix itself.
+      this.terminal(
+        localError(Code.INVALID_ARGUMENT, "INVALID_URL", `cannot open ${this.url}: ${String(cause)}`, cause),
+        1006,
+        "invalid url",
+      );
+      return;
+    }
+    const frameAuth = (this.explicitAuth ?? this.resolved.auth) === "frame";
+    const conn: Conn = {
+      socket,
+      welcome: undefined,
+      syncing: false,
+      buffered: [],
+      httpStatus: undefined,
+      drainAt: undefined,
+      welcomeTimer: undefined,
+      drainTimer: undefined,
+      heartbeat: undefined,
+      done: false,
+      closeWaiters: [],
+    };
+    this.conn = conn;
+    // Covers a TCP connect that hangs, an upgrade that never completes and a server that never welcomes.
+    conn.welcomeTimer = setTimeout(() => this.abandon(conn, "no welcome in time"), this.requestTimeoutMs);
+    socket.onopen = () => {
+      if (this.conn !== conn || !frameAuth) return;
+      this.write(conn, { case: "auth", value: { token } });
+    };
+    socket.onmessage = (event) => this.onData(conn, event.data);
+    // A no-op handler stays installed for the socket's whole life: `ws` throws on an unhandled "error".
+    socket.onerror = (event) => {
+      conn.httpStatus ??= upgradeStatus(event);
+    };
+    socket.onclose = (event) => this.onSocketClose(conn, event.code, event.reason);
+  }
+
+  private onSocketClose(conn: Conn, code: number, reason: string): void {
+    const waiters = conn.closeWaiters.splice(0);
+    for (const w of waiters) w();
+    if (conn.done || this.conn !== conn) return;
+    this.conn = undefined;
+    const info = classifyCloseCode(code);
+    this.finishConn(conn, code, reason, info.dropFrame);
+    if (this._state === "closed") return;
+
+    const status = conn.httpStatus;
+    if (status === 401 || status === 403) {
+      // A token function may just have handed us a stale token: one fresh try, then give up.
+      if (typeof this.token === "function" && this.unauthorizedStreak === 0) {
+        this.unauthorizedStreak++;
+        this.scheduleReconnect(code, `upgrade refused with HTTP ${status}`, this.nextBackoff(false));
+      } else {
+        this.terminal(
+          localError(Code.UNAUTHENTICATED, "INVALID_TOKEN", `the server refused the token (HTTP ${status})`),
+          code,
+          reason || `HTTP ${status}`,
+        );
+      }
+      return;
+    }
+    if (!info.reconnect) {
+      const codeOf = info.name === "BAD_REQUEST" ? Code.INVALID_ARGUMENT : Code.UNAUTHENTICATED;
+      this.terminal(
+        new SwitchboardClientError(
+          codeOf,
+          info.name,
+          `connection closed by the server: ${code} ${reason}`.trim(),
+          {
+            closeCode: code,
+          },
+        ),
+        code,
+        reason,
+      );
+      return;
+    }
+    if (info.freshToken && typeof this.token === "string") {
+      this.terminal(
+        new SwitchboardClientError(
+          Code.UNAUTHENTICATED,
+          info.name,
+          "token expired and no token function to renew it",
+          {
+            closeCode: code,
+          },
+        ),
+        code,
+        reason,
+      );
+      return;
+    }
+    const delay =
+      conn.drainAt !== undefined
+        ? Math.max(0, conn.drainAt - Date.now())
+        : this.nextBackoff(info.backoff === "long");
+    this.scheduleReconnect(code, reason, delay);
+  }
+
+  /**
+   * Ends a connection's bookkeeping: timers stop, sends in flight go back to the queue (they will be
+   * re-sent, same clientMsgId, on the next connection), other in-flight requests fail with
+   * CONNECTION_LOST (they are not idempotent in general, so the app decides). With `frameTooBig`
+   * (close 1009) the largest in-flight frame is taken to be the culprit and is never re-sent.
+   */
+  private finishConn(conn: Conn, _code: number, _reason: string, frameTooBig: boolean): void {
+    if (conn.done) return;
+    conn.done = true;
+    clearTimeout(conn.welcomeTimer);
+    clearTimeout(conn.drainTimer);
+    clearInterval(conn.heartbeat);
+    let culprit: number | undefined;
+    if (frameTooBig) {
+      let largest = -1;
+      for (const [id, req] of this.requests) {
+        if (req.conn === conn && req.size > largest) {
+          largest = req.size;
+          culprit = id;
+        }
+      }
+    }
+    for (const [id, req] of [...this.requests]) {
+      if (req.conn !== conn) continue;
+      this.requests.delete(id);
+      clearTimeout(req.timer);
+      req.onConnectionLost(id === culprit);
+    }
+  }
+
+  /** Gives up on a connection we consider dead (no welcome, no heartbeat answer, failed sync). */
+  private abandon(conn: Conn, reason: string): void {
+    if (this.conn !== conn || conn.done) return;
+    const socket = conn.socket;
+    socket.onmessage = null;
+    socket.onopen = null;
+    try {
+      if (socket.terminate) socket.terminate();
+      else socket.close(4000, reason);
+    } catch {
+      // already closing
+    }
+    this.onSocketClose(conn, 1006, reason);
+  }
+
+  private scheduleReconnect(code: number, reason: string, delay: number): void {
+    this._state = "connecting";
+    this.emit("disconnected", { code, reason, willReconnect: true, reconnectInMs: delay });
+    this.clearReconnectTimer();
+    const epoch = this.epoch;
+    this.reconnectTimer = setTimeout(() => {
+      this.reconnectTimer = undefined;
+      if (epoch === this.epoch && this._state === "connecting") void this.openConnection();
+    }, delay);
+  }
+
+  private nextBackoff(long: boolean): number {
+    const attempt = this.attempt++;
+    return long
+      ? longBackoffDelay(attempt, this.backoff, this.random)
+      : backoffDelay(attempt, this.backoff, this.random);
+  }
+
+  private clearReconnectTimer(): void {
+    if (this.reconnectTimer !== undefined) clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = undefined;
+  }
+
+  private terminal(err: SwitchboardClientError, code: number, reason: string): void {
+    this._state = "closed";
+    this.epoch++;
+    this.clearReconnectTimer();
+    const conn = this.conn;
+    this.conn = undefined;
+    if (conn) {
+      this.finishConn(conn, code, reason, false);
+      try {
+        conn.socket.close(1000);
+      } catch {
+        conn.socket.terminate?.();
+      }
+    }
+    this.failEverything(err);
+    this.emit("disconnected", { code, reason, willReconnect: false });
+    this.emitError(err);
+  }
+
+  /** Rejects every waiting promise: sends, requests waiting for a connection, connect(). */
+  private failEverything(err: SwitchboardClientError): void {
+    for (const entry of [...this.sends.values()]) this.settleSend(entry, err);
+    for (const w of [...this.openWaiters]) {
+      clearTimeout(w.timer);
+      w.reject(err);
+    }
+    this.openWaiters.clear();
+    for (const [id, req] of [...this.requests]) {
+      this.requests.delete(id);
+      clearTimeout(req.timer);
+      req.onConnectionLost(false, err);
+    }
+    this.connectSettle?.reject(err);
+    this.connectSettle = undefined;
+    this.connectPromise = undefined;
+  }
+
+  // ---------------------------------------------------------------- inbound frames
+
+  private onData(conn: Conn, data: unknown): void {
+    if (this.conn !== conn) return;
+    let frame: ServerFrame;
+    try {
+      frame = decodeFrame(data);
+    } catch (cause) {
+      this.emitError(
+        localError(Code.INTERNAL, LocalReason.UNEXPECTED_REPLY, `undecodable frame: ${String(cause)}`, cause),
+      );
+      return;
+    }
+    const kind = frame.kind;
+    switch (kind.case) {
+      case "welcome":
+        this.onWelcome(conn, toWelcome(kind.value));
+        return;
+      case "message":
+        if (frame.replyTo === 0) {
+          if (conn.syncing) conn.buffered.push(kind.value);
+          else this.deliver(kind.value, "live");
+          return;
+        }
+        break;
+      case "typing":
+        this.emit("typing", toTyping(kind.value));
+        return;
+      case "presence":
+        if (kind.value.status) this.emit("presence", toPresence(kind.value.status));
+        return;
+      case "receipt":
+        this.emit("receipt", toReceipt(kind.value));
+        return;
+      case "reconnect":
+        this.onDrain(conn, kind.value.delayMsMin, kind.value.delayMsMax, kind.value.reason);
+        return;
+      case undefined:
+        return; // a kind this SDK does not know (newer server): ignore
+      default:
+        break;
+    }
+    const req = this.requests.get(frame.replyTo);
+    if (req) {
+      this.requests.delete(frame.replyTo);
+      clearTimeout(req.timer);
+      req.onReply(frame);
+      return;
+    }
+    if (kind.case === "ack") {
+      // The reply to an attempt we stopped waiting for (timed out and re-sent): match by key.
+      const entry = this.sends.get(kind.value.clientMsgId);
+      if (entry) this.settleSend(entry, toSendAck(kind.value));
+      return;
+    }
+    if (kind.case === "error" && frame.replyTo === 0) this.emitError(fromWireError(kind.value));
+    // Anything else is a late reply to a request that already timed out: nobody is waiting.
+  }
+
+  private onWelcome(conn: Conn, welcome: WelcomeInfo): void {
+    if (conn.welcome) return;
+    clearTimeout(conn.welcomeTimer);
+    conn.welcome = welcome;
+    this._welcome = welcome;
+    this._state = "open";
+    this.unauthorizedStreak = 0;
+    if (welcome.heartbeatIntervalMs > 0) {
+      conn.heartbeat = setInterval(() => this.heartbeat(conn), welcome.heartbeatIntervalMs);
+    }
+    this.connectSettle?.resolve(welcome);
+    this.connectSettle = undefined;
+    this.connectPromise = undefined;
+    for (const w of [...this.openWaiters]) {
+      clearTimeout(w.timer);
+      w.resolve(conn);
+    }
+    this.openWaiters.clear();
+    this.emit("connected", welcome);
+    if (this.conn !== conn) return; // a listener closed us
+    this.pumpSends();
+    this.renewPresence(conn);
+    if (this.autoSync) void this.sync(conn);
+    else this.attempt = 0;
+  }
+
+  /**
+   * Catch-up after (re)connect: pages from the cursor until has_more=false. The server holds live
+   * messages back meanwhile; any that arrive anyway are buffered and delivered after the last page
+   * (dedupe drops the ones the sync already returned), so order and the no-gap seam are kept.
+   */
+  private async sync(conn: Conn): Promise<void> {
+    conn.syncing = true;
+    let delivered = 0;
+    try {
+      for (;;) {
+        const from = this._cursor;
+        const page = await this.requestOn(
+          conn,
+          { case: "sync", value: { cursor: BigInt(from), limit: this.syncLimit } },
+          "sync",
+          this.requestTimeoutMs,
+        );
+        if (this.conn !== conn) return;
+        for (const event of page.messages) {
+          if (this.conn !== conn) return; // a listener closed the client mid-page
+          if (this.deliver(event, "sync")) delivered++;
+        }
+        this.advanceCursor(Number(page.cursor));
+        if (!page.hasMore) break;
+        if (this._cursor <= from) throw new Error(`sync made no progress at cursor ${from}`);
+      }
+    } catch (cause) {
+      if (this.conn !== conn) return; // the connection went away; the next one resyncs
+      this.emitError(
+        cause instanceof SwitchboardClientError
+          ? cause
+          : localError(Code.INTERNAL, LocalReason.UNEXPECTED_REPLY, `sync failed: ${String(cause)}`, cause),
+      );
+      this.abandon(conn, "sync failed");
+      return;
+    }
+    conn.syncing = false;
+    for (const event of conn.buffered.splice(0)) {
+      if (this.conn !== conn) return;
+      this.deliver(event, "live");
+    }
+    this.attempt = 0; // a full round trip worked: the next outage starts again from the short backoff
+    this.emit("synced", { cursor: this._cursor, delivered });
+  }
+
+  /** Emits a message unless already seen, then records its cursor as processed. */
+  private deliver(event: PbMessageEvent, source: "sync" | "live"): boolean {
+    const cursor = Number(event.cursor);
+    const m = event.message;
+    let emitted = false;
+    // An empty id would make every later id-less message a "duplicate"; never dedupe on it.
+    if (m && (m.messageId === "" || this.seen.add(m.messageId))) {
+      const message: ChatMessage = toChatMessage(m);
+      this.emit("message", { message, cursor, source });
+      emitted = true;
+    }
+    this.advanceCursor(cursor);
+    return emitted;
+  }
+
+  private advanceCursor(cursor: number): void {
+    if (cursor > this._cursor) this._cursor = cursor;
+  }
+
+  private heartbeat(conn: Conn): void {
+    this.requestOn(conn, { case: "heartbeat", value: {} }, "heartbeat", this.requestTimeoutMs).catch(
+      (err: unknown) => {
+        // No answer in time: the connection is dead even if TCP has not noticed yet.
+        if (err instanceof SwitchboardClientError && err.reason === LocalReason.TIMEOUT)
+          this.abandon(conn, "heartbeat timeout");
+      },
+    );
+  }
+
+  /** The server is draining: move at a random moment in its window, so its clients do not stampede. */
+  private onDrain(conn: Conn, minMs: number, maxMs: number, reason: string): void {
+    const lo = Math.min(minMs, maxMs);
+    const delay = Math.floor(lo + this.random() * (Math.max(minMs, maxMs) - lo));
+    conn.drainAt = Date.now() + delay;
+    clearTimeout(conn.drainTimer);
+    conn.drainTimer = setTimeout(() => {
+      if (this.conn !== conn || conn.done) return;
+      conn.drainAt = Date.now();
+      const socket = conn.socket;
+      socket.onmessage = null;
+      try {
+        socket.close(1000, "reconnecting");
+      } catch {
+        socket.terminate?.();
+      }
+      this.onSocketClose(conn, 1000, `server asked to reconnect (${reason || "draining"})`);
+    }, delay);
+  }
+
+  private renewPresence(conn: Conn): void {
+    if (this.presenceWatch.size === 0) return;
+    this.requestOn(
+      conn,
+      { case: "subscribePresence", value: { userIds: [...this.presenceWatch] } },
+      "presenceSnapshot",
+      this.requestTimeoutMs,
+    ).then(
+      (snapshot) => {
+        for (const s of snapshot.statuses) this.emit("presence", toPresence(s));
+      },
+      (err: unknown) => {
+        if (err instanceof SwitchboardClientError && err.reason !== LocalReason.CONNECTION_LOST)
+          this.emitError(err);
+      },
+    );
+  }
+
+  // ---------------------------------------------------------------- outbound
+
+  private validateSend(clientMsgId: string, body: string): SwitchboardClientError | undefined {
+    if (!CLIENT_MSG_ID_PATTERN.test(clientMsgId)) {
+      return localError(
+        Code.INVALID_ARGUMENT,
+        LocalReason.INVALID_CLIENT_MSG_ID,
+        "clientMsgId must be 1-64 printable ASCII characters",
+      );
+    }
+    if (body.length === 0)
+      return localError(Code.INVALID_ARGUMENT, LocalReason.EMPTY_BODY, "body must not be empty");
+    const max = this._welcome?.limits.bodyCharsMax || BODY_CHARS_MAX_DEFAULT;
+    if (exceedsChars(body, max)) {
+      return localError(Code.INVALID_ARGUMENT, LocalReason.BODY_TOO_LARGE, `body exceeds ${max} characters`);
+    }
+    return undefined;
+  }
+
+  /** Puts queued sends on the wire, oldest first, keeping at most maxInflightSends outstanding. */
+  private pumpSends(): void {
+    const conn = this.conn;
+    if (!conn?.welcome || conn.done) return;
+    for (const entry of this.sends.values()) {
+      if (this.inflightSends >= this.maxInflightSends) return;
+      if (entry.requestId !== undefined || entry.retryTimer !== undefined) continue;
+      this.transmitSend(conn, entry);
+    }
+  }
+
+  private transmitSend(conn: Conn, entry: PendingSend): void {
+    const kind: FrameKind = {
+      case: "send",
+      value: { target: entry.target, clientMsgId: entry.clientMsgId, body: entry.body },
+    };
+    const sent = this.write(conn, kind);
+    if (sent instanceof SwitchboardClientError) {
+      this.settleSend(entry, sent);
+      return;
+    }
+    const { id, size } = sent;
+    entry.requestId = id;
+    this.inflightSends++;
+    const inFlight = (): boolean => {
+      if (entry.requestId !== id) return false;
+      entry.requestId = undefined;
+      this.inflightSends--;
+      return !entry.settled;
+    };
+    this.requests.set(id, {
+      conn,
+      size,
+      timer: setTimeout(() => {
+        this.requests.delete(id);
+        // Re-sending the same clientMsgId is safe; the server answers with the original ack.
+        if (inFlight()) this.pumpSends();
+      }, this.requestTimeoutMs),
+      onReply: (frame) => {
+        if (!inFlight()) return;
+        const kind = frame.kind;
+        if (kind.case === "ack") {
+          this.settleSend(entry, toSendAck(kind.value));
+        } else if (kind.case === "error") {
+          const err = fromWireError(kind.value);
+          if (isRetryableSendError(err)) {
+            const delay = Math.max(
+              err.retryAfterMs,
+              backoffDelay(entry.failures++, this.backoff, this.random),
+            );
+            entry.retryTimer = setTimeout(() => {
+              entry.retryTimer = undefined;
+              this.pumpSends();
+            }, delay);
+          } else {
+            this.settleSend(entry, err);
+          }
+        } else {
+          this.settleSend(
+            entry,
+            localError(Code.INTERNAL, LocalReason.UNEXPECTED_REPLY, `unexpected reply ${kind.case} to send`),
+          );
+        }
+        this.pumpSends();
+      },
+      onConnectionLost: (frameTooBig, err) => {
+        if (!inFlight()) return;
+        if (err) {
+          this.settleSend(entry, err);
+          return;
+        }
+        if (frameTooBig) {
+          this.settleSend(
+            entry,
+            localError(
+              Code.INVALID_ARGUMENT,
+              LocalReason.FRAME_TOO_LARGE,
+              "the server closed the connection because this frame was too large (1009)",
+            ),
+          );
+        }
+        // Otherwise it stays queued and goes out again after the next welcome.
+      },
+    });
+  }
+
+  private settleSend(entry: PendingSend, outcome: SendAck | SwitchboardClientError): void {
+    if (entry.settled) return;
+    entry.settled = true;
+    if (this.sends.get(entry.clientMsgId) === entry) this.sends.delete(entry.clientMsgId);
+    if (entry.requestId !== undefined) {
+      entry.requestId = undefined;
+      this.inflightSends--;
+    }
+    clearTimeout(entry.retryTimer);
+    clearTimeout(entry.deadline);
+    if (outcome instanceof SwitchboardClientError) entry.reject(outcome);
+    else entry.resolve(outcome);
+  }
+
+  /** A request that waits (up to its timeout) for a connection, then for its reply. */
+  private async request<C extends ReplyCase>(
+    kind: FrameKind,
+    expect: C,
+    timeoutMs = this.requestTimeoutMs,
+  ): Promise<ReplyOf<C>> {
+    const deadline = Date.now() + timeoutMs;
+    const conn = await this.whenOpen(timeoutMs);
+    return this.requestOn(conn, kind, expect, Math.max(1, deadline - Date.now()));
+  }
+
+  private whenOpen(timeoutMs: number): Promise<Conn> {
+    const conn = this.conn;
+    if (conn?.welcome && !conn.done) return Promise.resolve(conn);
+    if (this._state === "idle" || this._state === "closed") {
+      return Promise.reject(
+        localError(
+          Code.FAILED_PRECONDITION,
+          LocalReason.NOT_CONNECTED,
+          "not connected: call connect() first",
+        ),
+      );
+    }
+    return new Promise<Conn>((resolve, reject) => {
+      const waiter: Waiter = { resolve, reject, timer: undefined };
+      waiter.timer = setTimeout(() => {
+        this.openWaiters.delete(waiter);
+        reject(
+          localError(Code.DEADLINE_EXCEEDED, LocalReason.TIMEOUT, `not connected within ${timeoutMs} ms`),
+        );
+      }, timeoutMs);
+      this.openWaiters.add(waiter);
+    });
+  }
+
+  /** Sends one request on `conn` and waits for the reply of kind `expect` (or an error). */
+  private requestOn<C extends ReplyCase>(
+    conn: Conn,
+    kind: FrameKind,
+    expect: C,
+    timeoutMs: number,
+  ): Promise<ReplyOf<C>> {
+    return new Promise<ReplyOf<C>>((resolve, reject) => {
+      if (conn.done || this.conn !== conn) {
+        reject(localError(Code.UNAVAILABLE, LocalReason.CONNECTION_LOST, "the connection is gone"));
+        return;
+      }
+      const sent = this.write(conn, kind);
+      if (sent instanceof SwitchboardClientError) {
+        reject(sent);
+        return;
+      }
+      const { id, size } = sent;
+      this.requests.set(id, {
+        conn,
+        size,
+        timer: setTimeout(() => {
+          this.requests.delete(id);
+          reject(
+            localError(
+              Code.DEADLINE_EXCEEDED,
+              LocalReason.TIMEOUT,
+              `no reply to ${String(kind.case)} within ${timeoutMs} ms`,
+            ),
+          );
+        }, timeoutMs),
+        onReply: (frame) => {
+          const k = frame.kind;
+          if (k.case === "error") reject(fromWireError(k.value));
+          else if (k.case === expect) (resolve as (value: unknown) => void)(k.value);
+          else
+            reject(
+              localError(
+                Code.INTERNAL,
+                LocalReason.UNEXPECTED_REPLY,
+                `expected ${expect}, got ${String(k.case)}`,
+              ),
+            );
+        },
+        onConnectionLost: (frameTooBig, err) => {
+          reject(
+            err ??
+              (this._state === "closed"
+                ? localError(Code.CANCELLED, LocalReason.CLOSED, "client closed")
+                : frameTooBig
+                  ? localError(
+                      Code.INVALID_ARGUMENT,
+                      LocalReason.FRAME_TOO_LARGE,
+                      "the server closed the connection because this frame was too large (1009)",
+                    )
+                  : localError(
+                      Code.UNAVAILABLE,
+                      LocalReason.CONNECTION_LOST,
+                      "connection lost before the reply; the request may or may not have run",
+                    )),
+          );
+        },
+      });
+    });
+  }
+
+  /** Encodes and writes one frame with a fresh request id, refusing frames above the server's limit. */
+  private write(conn: Conn, kind: FrameKind): { id: number; size: number } | SwitchboardClientError {
+    this.nextRequestId = (this.nextRequestId % 0xffff_ffff) + 1; // uint32, never 0 (0 = "no reply wanted")
+    const id = this.nextRequestId;
+    const data = encodeFrame(create(ClientFrameSchema, { id, kind }), this.encoding);
+    const size = encodedSize(data);
+    const max = conn.welcome?.limits.frameBytesMax ?? 0;
+    if (max > 0 && size > max) {
+      return localError(
+        Code.INVALID_ARGUMENT,
+        LocalReason.FRAME_TOO_LARGE,
+        `frame of ${size} bytes exceeds the server's ${max}`,
+      );
+    }
+    if (conn.socket.readyState === OPEN) {
+      try {
+        conn.socket.send(data);
+      } catch {
+        // The socket is closing; its close event re-queues or fails this request.
+      }
+    }
+    return { id, size };
+  }
+
+  private conversationOf(c: Parameters<typeof toConversation>[0] | undefined): Conversation {
+    if (!c) throw localError(Code.INTERNAL, LocalReason.UNEXPECTED_REPLY, "reply has no conversation");
+    return toConversation(c);
+  }
+
+  private emitError(err: SwitchboardClientError): void {
+    this.emit("error", err);
+  }
+
+  protected override listenerFailed(err: unknown, event: keyof SwitchboardClientEvents): void {
+    if (event === "error" || this.listenerCount("error") === 0) {
+      super.listenerFailed(err, event);
+      return;
+    }
+    this.emit(
+      "error",
+      localError(Code.UNKNOWN, "LISTENER_FAILED", `a "${String(event)}" listener threw: ${String(err)}`, err),
+    );
+  }
+}

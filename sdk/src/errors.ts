@@ -1,0 +1,57 @@
+import { Code } from "../../gen/switchboard/common/v1/common_pb.js";
+
+export { Code };
+
+/**
+ * Every failure the SDK reports: a server `error` reply, a local validation failure, a timeout, or a
+ * terminal close. `code` is the numeric gRPC-style Code enum the server uses, `reason` a stable
+ * machine-readable string (the server's own reasons such as NOT_MEMBER pass through unchanged; the
+ * SDK's local ones are listed in `LocalReason`), so apps switch on `reason`, never on `message`.
+ */
+export class SwitchboardClientError extends Error {
+  override readonly name = "SwitchboardClientError";
+  readonly code: Code;
+  readonly reason: string;
+  /** From the server for RESOURCE_EXHAUSTED / UNAVAILABLE: wait at least this long before retrying. */
+  readonly retryAfterMs: number;
+  /** The WebSocket close code when the error comes from a terminal close. */
+  readonly closeCode: number | undefined;
+
+  constructor(
+    code: Code,
+    reason: string,
+    message: string,
+    options?: { retryAfterMs?: number; closeCode?: number; cause?: unknown },
+  ) {
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
+    this.code = code;
+    this.reason = reason;
+    this.retryAfterMs = options?.retryAfterMs ?? 0;
+    this.closeCode = options?.closeCode;
+  }
+}
+
+/** Reasons the SDK produces itself (server reasons are passed through as received). */
+export const LocalReason = {
+  /** Body longer than the server's limit (counted in Unicode code points, as the server does). */
+  BODY_TOO_LARGE: "BODY_TOO_LARGE",
+  EMPTY_BODY: "EMPTY_BODY",
+  INVALID_CLIENT_MSG_ID: "INVALID_CLIENT_MSG_ID",
+  /** The encoded frame exceeds the server's frame limit (or the server closed with 1009 because of it). */
+  FRAME_TOO_LARGE: "FRAME_TOO_LARGE",
+  /** Too many unacknowledged sends queued. */
+  SEND_QUEUE_FULL: "SEND_QUEUE_FULL",
+  /** No reply (or no connection) within the timeout. */
+  TIMEOUT: "TIMEOUT",
+  /** The connection dropped while a non-idempotent request was in flight; it may or may not have run. */
+  CONNECTION_LOST: "CONNECTION_LOST",
+  /** The client is not started (call connect()) or was closed. */
+  NOT_CONNECTED: "NOT_CONNECTED",
+  /** close() was called while the request was pending. */
+  CLOSED: "CLOSED",
+  /** The token function threw. */
+  TOKEN_UNAVAILABLE: "TOKEN_UNAVAILABLE",
+  /** The server replied with something the SDK did not expect for this request. */
+  UNEXPECTED_REPLY: "UNEXPECTED_REPLY",
+} as const;
+export type LocalReason = (typeof LocalReason)[keyof typeof LocalReason];

@@ -1,0 +1,47 @@
+/**
+ * @switchboard/sdk: the TypeScript client for Switchboard's WebSocket gateway (browsers and Node).
+ *
+ *   const client = new SwitchboardClient({ url: "ws://localhost:8080/ws", token: getToken });
+ *   client.on("message", ({ message, cursor }) => { show(message); save(cursor); });
+ *   await client.connect();
+ *   await client.send({ toUser: "bob" }, "hi");
+ */
+export { type BackoffOptions, backoffDelay, DEFAULT_BACKOFF } from "./backoff.js";
+export {
+  type ClientState,
+  type CreateGroupInput,
+  type HistoryQuery,
+  type SendOptions,
+  type SendTarget,
+  SwitchboardClient,
+  type SwitchboardClientEvents,
+  type SwitchboardClientOptions,
+  type TokenSource,
+} from "./client.js";
+export {
+  CLOSE_CODES,
+  CloseCode,
+  type CloseCodeInfo,
+  classifyCloseCode,
+  type KnownCloseCode,
+} from "./close-codes.js";
+export { type Listener, TypedEmitter } from "./emitter.js";
+export { Code, LocalReason, SwitchboardClientError } from "./errors.js";
+export type { AuthMode, Encoding, WebSocketConstructor } from "./transport.js";
+export type {
+  ChatMessage,
+  Conversation,
+  ConversationKindName,
+  DisconnectInfo,
+  HistoryPage,
+  IncomingMessage,
+  Limits,
+  MemberList,
+  PresenceStatus,
+  ReceiptInfo,
+  ReceiptKindName,
+  SendAck,
+  SyncedInfo,
+  TypingInfo,
+  WelcomeInfo,
+} from "./types.js";

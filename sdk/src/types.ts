@@ -1,0 +1,236 @@
+/**
+ * The SDK's public data types. They are plain objects with `number` for seqs, cursors and
+ * timestamps (the wire's uint64/int64 are bigint in protobuf-es; converting once here keeps apps
+ * free of bigint). Seqs and cursors are counters and timestamps are milliseconds, so they stay far
+ * below 2^53; message ids are Snowflakes and therefore stay decimal strings.
+ */
+import type {
+  HistoryResult as PbHistoryResult,
+  Limits as PbLimits,
+  MessageEvent as PbMessageEvent,
+  ReceiptEvent as PbReceiptEvent,
+  SendAck as PbSendAck,
+  TypingEvent as PbTypingEvent,
+  Welcome as PbWelcome,
+} from "../../gen/switchboard/client/v1/client_pb.js";
+import {
+  ConversationKind,
+  type Conversation as PbConversation,
+  type Message as PbMessage,
+  type PresenceStatus as PbPresenceStatus,
+  ReceiptKind,
+} from "../../gen/switchboard/common/v1/common_pb.js";
+
+/** A chat message, immutable once acknowledged. */
+export interface ChatMessage {
+  conversationId: string;
+  /** Position in the conversation (gap-free, from 1). */
+  seq: number;
+  /** Globally unique Snowflake id, decimal string. */
+  messageId: string;
+  /** Sender user id ("system" for backend messages). */
+  sender: string;
+  /** The sender's idempotency key. */
+  clientMsgId: string;
+  body: string;
+  /** Server acceptance time, Unix ms. */
+  createdAtMs: number;
+}
+
+/** Payload of the "message" event. */
+export interface IncomingMessage {
+  message: ChatMessage;
+  /** This device's inbox position of the message; persist `client.cursor` (or this) once handled. */
+  cursor: number;
+  /** "sync" while catching up after (re)connect, "live" afterwards. */
+  source: "sync" | "live";
+}
+
+export interface SendAck {
+  conversationId: string;
+  messageId: string;
+  seq: number;
+  clientMsgId: string;
+  createdAtMs: number;
+  /** True when the server had already stored this clientMsgId (e.g. a resend after a lost ack). */
+  duplicate: boolean;
+}
+
+export interface Limits {
+  bodyCharsMax: number;
+  frameBytesMax: number;
+  sendsPerSecond: number;
+  groupMembersMax: number;
+}
+
+/** Payload of the "connected" event (the server's welcome). */
+export interface WelcomeInfo {
+  userId: string;
+  sessionId: string;
+  heartbeatIntervalMs: number;
+  limits: Limits;
+  serverTimeMs: number;
+  /** The newest inbox position; the client syncs when its cursor is below it. */
+  headCursor: number;
+}
+
+export type ConversationKindName = "direct" | "group" | "unspecified";
+
+export interface Conversation {
+  id: string;
+  kind: ConversationKindName;
+  /** Group name; empty for direct conversations. */
+  name: string;
+  /** Group creator; empty for direct conversations. */
+  owner: string;
+  memberCount: number;
+  open: boolean;
+  lastSeq: number;
+  createdAtMs: number;
+}
+
+export interface HistoryPage {
+  conversationId: string;
+  /** Oldest first. */
+  messages: ChatMessage[];
+  /** Older (or, with afterSeq, newer) messages remain. */
+  hasMore: boolean;
+}
+
+export interface MemberList {
+  conversationId: string;
+  /** Sorted user ids. */
+  members: string[];
+}
+
+export interface PresenceStatus {
+  userId: string;
+  online: boolean;
+  /** Last heartbeat or activity, Unix ms (0 if never seen). */
+  lastActiveAtMs: number;
+}
+
+export interface TypingInfo {
+  conversationId: string;
+  userId: string;
+  typing: boolean;
+}
+
+export type ReceiptKindName = "delivered" | "read" | "unspecified";
+
+export interface ReceiptInfo {
+  conversationId: string;
+  userId: string;
+  seq: number;
+  kind: ReceiptKindName;
+}
+
+export interface DisconnectInfo {
+  code: number;
+  reason: string;
+  /** False when the close is terminal (or close() was called): the client stays down. */
+  willReconnect: boolean;
+  /** When reconnecting: the delay before the next attempt, ms. */
+  reconnectInMs?: number;
+}
+
+export interface SyncedInfo {
+  /** The cursor after the sync. */
+  cursor: number;
+  /** Messages emitted by this sync (after dedupe). */
+  delivered: number;
+}
+
+// ---- converters (wire → public) ----
+
+const num = (v: bigint | number): number => Number(v);
+
+export function toChatMessage(m: PbMessage): ChatMessage {
+  return {
+    conversationId: m.conversationId,
+    seq: num(m.seq),
+    messageId: m.messageId,
+    sender: m.sender,
+    clientMsgId: m.clientMsgId,
+    body: m.body,
+    createdAtMs: num(m.createdAtMs),
+  };
+}
+
+export function toSendAck(a: PbSendAck): SendAck {
+  return {
+    conversationId: a.conversationId,
+    messageId: a.messageId,
+    seq: num(a.seq),
+    clientMsgId: a.clientMsgId,
+    createdAtMs: num(a.createdAtMs),
+    duplicate: a.duplicate,
+  };
+}
+
+function toLimits(l: PbLimits | undefined): Limits {
+  return {
+    bodyCharsMax: l?.bodyCharsMax ?? 0,
+    frameBytesMax: l?.frameBytesMax ?? 0,
+    sendsPerSecond: l?.sendsPerSecond ?? 0,
+    groupMembersMax: l?.groupMembersMax ?? 0,
+  };
+}
+
+export function toWelcome(w: PbWelcome): WelcomeInfo {
+  return {
+    userId: w.userId,
+    sessionId: w.sessionId,
+    heartbeatIntervalMs: w.heartbeatIntervalMs,
+    limits: toLimits(w.limits),
+    serverTimeMs: num(w.serverTimeMs),
+    headCursor: num(w.headCursor),
+  };
+}
+
+export function toConversation(c: PbConversation): Conversation {
+  return {
+    id: c.id,
+    kind:
+      c.kind === ConversationKind.DIRECT
+        ? "direct"
+        : c.kind === ConversationKind.GROUP
+          ? "group"
+          : "unspecified",
+    name: c.name,
+    owner: c.owner,
+    memberCount: c.memberCount,
+    open: c.open,
+    lastSeq: num(c.lastSeq),
+    createdAtMs: num(c.createdAtMs),
+  };
+}
+
+export function toHistoryPage(h: PbHistoryResult): HistoryPage {
+  return { conversationId: h.conversationId, messages: h.messages.map(toChatMessage), hasMore: h.hasMore };
+}
+
+export function toPresence(p: PbPresenceStatus): PresenceStatus {
+  return { userId: p.userId, online: p.online, lastActiveAtMs: num(p.lastActiveAtMs) };
+}
+
+export function toTyping(t: PbTypingEvent): TypingInfo {
+  return { conversationId: t.conversationId, userId: t.userId, typing: t.typing };
+}
+
+export function receiptKindName(k: ReceiptKind): ReceiptKindName {
+  return k === ReceiptKind.DELIVERED ? "delivered" : k === ReceiptKind.READ ? "read" : "unspecified";
+}
+
+export function toReceipt(r: PbReceiptEvent): ReceiptInfo {
+  return {
+    conversationId: r.conversationId,
+    userId: r.userId,
+    seq: num(r.seq),
+    kind: receiptKindName(r.kind),
+  };
+}
+
+export function messageEventCursor(e: PbMessageEvent): number {
+  return num(e.cursor);
+}
