@@ -1,0 +1,121 @@
+/** Presence: online on connect, offline only after the grace period, fanned out to subscribers only. */
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { expectCase, RawClient } from "../helpers/raw-client.js";
+import { devToken, type ServerProcess, startServer } from "../helpers/server.js";
+
+const GRACE_MS = 1_500;
+let server: ServerProcess;
+let n = 0;
+const user = (name: string) => `${name}-${++n}`;
+
+async function connect(name: string): Promise<RawClient> {
+  return RawClient.connect(server.url, { token: await devToken(server.dataDir, name) });
+}
+
+async function contacts(): Promise<{ a: string; b: string; watcher: RawClient }> {
+  const [a, b] = [user("a"), user("b")];
+  const watcher = await connect(a);
+  expectCase(
+    await watcher.request({
+      case: "send",
+      value: { target: { case: "toUser", value: b }, clientMsgId: "hi", body: "hi" },
+    }),
+    "ack",
+  );
+  return { a, b, watcher };
+}
+
+const presenceOf = (userId: string, online: boolean) => (f: { kind: { case?: string; value?: unknown } }) =>
+  f.kind.case === "presence" &&
+  (f.kind.value as { status?: { userId: string; online: boolean } }).status?.userId === userId &&
+  (f.kind.value as { status?: { online: boolean } }).status?.online === online;
+
+beforeAll(async () => {
+  server = await startServer({
+    env: {
+      SWITCHBOARD_PRESENCE_OFFLINE_AFTER_MS: String(GRACE_MS),
+      SWITCHBOARD_PRESENCE_HEARTBEAT_INTERVAL_MS: "500",
+    },
+  });
+});
+afterAll(async () => {
+  await server.dispose();
+});
+
+describe("presence", () => {
+  it("goes online at once and offline only after the grace period", async () => {
+    const { b, watcher } = await contacts();
+    const snapshot = expectCase(
+      await watcher.request({ case: "subscribePresence", value: { userIds: [b] } }),
+      "presenceSnapshot",
+    );
+    expect(snapshot.statuses).toMatchObject([{ userId: b, online: false }]);
+    const device = await connect(b);
+    await watcher.nextEvent(presenceOf(b, true));
+    expectCase(await device.request({ case: "heartbeat", value: {} }), "heartbeat");
+    const lastHeartbeat = Date.now();
+    device.close();
+    await device.closed;
+    const closedAt = Date.now();
+    const offline = watcher.nextEvent(presenceOf(b, false), GRACE_MS + 3_000);
+    const offlineAt = await offline.then(() => Date.now());
+    expect(offlineAt - lastHeartbeat).toBeGreaterThanOrEqual(GRACE_MS - 50);
+    expect(offlineAt - closedAt).toBeLessThan(GRACE_MS + 1_500);
+    watcher.close();
+  });
+
+  it("does not flap when a device reconnects within the grace period", async () => {
+    const { b, watcher } = await contacts();
+    const first = await connect(b);
+    expectCase(
+      await watcher.request({ case: "subscribePresence", value: { userIds: [b] } }),
+      "presenceSnapshot",
+    );
+    first.close();
+    await first.closed;
+    const second = await connect(b);
+    // The new device heartbeats as clients do; the old session's disappearance must not show.
+    const beat = setInterval(() => second.sendFrame({ kind: { case: "heartbeat", value: {} } }), 400);
+    await new Promise((r) => setTimeout(r, GRACE_MS + 500));
+    clearInterval(beat);
+    expect(watcher.received.filter(presenceOf(b, false))).toHaveLength(0);
+    second.close();
+    await watcher.nextEvent(presenceOf(b, false), GRACE_MS + 3_000);
+    watcher.close();
+  });
+
+  it("shows a user offline when their device stops heartbeating without closing", async () => {
+    const { b, watcher } = await contacts();
+    expectCase(
+      await watcher.request({ case: "subscribePresence", value: { userIds: [b] } }),
+      "presenceSnapshot",
+    );
+    const silent = await connect(b);
+    await watcher.nextEvent(presenceOf(b, true));
+    const since = Date.now();
+    await watcher.nextEvent(presenceOf(b, false), GRACE_MS * 3);
+    expect(Date.now() - since).toBeGreaterThanOrEqual(GRACE_MS - 100);
+    silent.close();
+    watcher.close();
+  });
+
+  it("refuses to watch a stranger and sends changes only to subscribers", async () => {
+    const { b, watcher } = await contacts();
+    const stranger = await connect(user("stranger"));
+    const err = expectCase(
+      await stranger.request({ case: "subscribePresence", value: { userIds: [b] } }),
+      "error",
+    );
+    expect(err.reason).toBe("NOT_A_CONTACT");
+    expectCase(
+      await watcher.request({ case: "subscribePresence", value: { userIds: [b] } }),
+      "presenceSnapshot",
+    );
+    const device = await connect(b);
+    await watcher.nextEvent(presenceOf(b, true));
+    expect(stranger.received.some((f) => f.kind.case === "presence")).toBe(false);
+    device.close();
+    stranger.close();
+    watcher.close();
+  });
+});
