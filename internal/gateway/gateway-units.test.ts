@@ -1,0 +1,74 @@
+import { create, toBinary, toJsonString } from "@bufbuild/protobuf";
+import { describe, expect, it } from "vitest";
+import { ClientFrameSchema } from "../../gen/switchboard/client/v1/client_pb.js";
+import { decodeClientFrame, encodeServerFrame } from "./codec.js";
+import { TokenBucket } from "./rate-limit.js";
+
+describe("TokenBucket", () => {
+  it("allows the burst, then the sustained rate, and reports the wait", () => {
+    let now = 0;
+    const bucket = new TokenBucket(10, 3, () => now);
+    expect([bucket.take(), bucket.take(), bucket.take()]).toEqual([0, 0, 0]);
+    const wait = bucket.take();
+    expect(wait).toBeGreaterThan(0);
+    expect(wait).toBeLessThanOrEqual(200);
+    now += 200; // refills 2 tokens at 10/s, minus the refused one's debt
+    expect(bucket.take()).toBe(0);
+  });
+
+  it("recognises a flood only after a full burst of refusals", () => {
+    const bucket = new TokenBucket(1, 4, () => 0);
+    for (let i = 0; i < 4; i++) bucket.take();
+    for (let i = 0; i < 3; i++) {
+      bucket.take();
+      expect(bucket.flooded()).toBe(false);
+    }
+    for (let i = 0; i < 2; i++) bucket.take();
+    expect(bucket.flooded()).toBe(true);
+  });
+});
+
+describe("codec", () => {
+  const frame = create(ClientFrameSchema, {
+    id: 7,
+    kind: {
+      case: "send",
+      value: { target: { case: "toUser", value: "bob" }, clientMsgId: "c1", body: "hi" },
+    },
+  });
+
+  it("decodes the same frame from proto3 JSON and from binary", () => {
+    const fromJson = decodeClientFrame(Buffer.from(toJsonString(ClientFrameSchema, frame)), false);
+    const fromBin = decodeClientFrame(Buffer.from(toBinary(ClientFrameSchema, frame)), true);
+    expect(fromJson).toEqual(frame);
+    expect(fromBin).toEqual(frame);
+  });
+
+  it("accepts snake_case JSON field names as proto3 JSON requires", () => {
+    const f = decodeClientFrame(
+      Buffer.from('{"id":1,"send":{"to_user":"bob","client_msg_id":"x","body":"b"}}'),
+      false,
+    );
+    expect(f.kind.case).toBe("send");
+  });
+
+  it.each([
+    ["not JSON", Buffer.from("{"), false],
+    ["an unknown field", Buffer.from('{"id":1,"bogus":true}'), false],
+    ["a wrong type", Buffer.from('{"id":"one"}'), false],
+    ["a truncated varint", Buffer.from([0x08, 0xff, 0xff]), true],
+    ["a deeply nested array", Buffer.from("[".repeat(10_000)), false],
+  ])("rejects %s with MALFORMED_FRAME", (_name, data, binary) => {
+    expect(() => decodeClientFrame(data, binary)).toThrow(
+      expect.objectContaining({ reason: "MALFORMED_FRAME" }),
+    );
+  });
+
+  it("encodes replies as JSON text or binary", () => {
+    const json = encodeServerFrame({ replyTo: 7, kind: { case: "ok", value: {} } }, "json");
+    expect(JSON.parse(json as string)).toEqual({ replyTo: 7, ok: {} });
+    expect(encodeServerFrame({ replyTo: 7, kind: { case: "ok", value: {} } }, "binary")).toBeInstanceOf(
+      Uint8Array,
+    );
+  });
+});
