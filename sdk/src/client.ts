@@ -168,6 +168,8 @@ interface Conn {
   buffered: PbMessageEvent[];
   /** Upgrade refused with this HTTP status (ws reports it in the error event). */
   httpStatus: number | undefined;
+  /** Last transport error (e.g. "connect ECONNREFUSED"), to explain a close without a reason. */
+  lastError: string | undefined;
   /** Server asked us to reconnect (drain) at this time. */
   drainAt: number | undefined;
   welcomeTimer: Timer | undefined;
@@ -261,6 +263,7 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
   /** Bumped by close(): an openConnection() that awaited across it must not proceed. */
   private epoch = 0;
   private attempt = 0;
+  private lastDisconnect: DisconnectInfo | undefined;
   private unauthorizedStreak = 0;
   private reconnectTimer: Timer | undefined;
   private nextRequestId = 0;
@@ -339,13 +342,7 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
     const timeoutMs = options.timeoutMs;
     if (timeoutMs === undefined || timeoutMs <= 0) return promise;
     return new Promise<WelcomeInfo>((resolve, reject) => {
-      const timer = setTimeout(
-        () =>
-          reject(
-            localError(Code.DEADLINE_EXCEEDED, LocalReason.TIMEOUT, `not connected within ${timeoutMs} ms`),
-          ),
-        timeoutMs,
-      );
+      const timer = setTimeout(() => reject(this.notConnectedError(timeoutMs)), timeoutMs);
       promise.then(
         (w) => {
           clearTimeout(timer);
@@ -612,6 +609,7 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
       syncing: false,
       buffered: [],
       httpStatus: undefined,
+      lastError: undefined,
       drainAt: undefined,
       welcomeTimer: undefined,
       drainTimer: undefined,
@@ -630,14 +628,16 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
     // A no-op handler stays installed for the socket's whole life: `ws` throws on an unhandled "error".
     socket.onerror = (event) => {
       conn.httpStatus ??= upgradeStatus(event);
+      conn.lastError = event.message ?? (event.error instanceof Error ? event.error.message : undefined);
     };
     socket.onclose = (event) => this.onSocketClose(conn, event.code, event.reason);
   }
 
-  private onSocketClose(conn: Conn, code: number, reason: string): void {
+  private onSocketClose(conn: Conn, code: number, closeReason: string): void {
     const waiters = conn.closeWaiters.splice(0);
     for (const w of waiters) w();
     if (conn.done || this.conn !== conn) return;
+    const reason = closeReason || conn.lastError || "";
     this.conn = undefined;
     const info = classifyCloseCode(code);
     this.finishConn(conn, code, reason, info.dropFrame);
@@ -743,6 +743,7 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
 
   private scheduleReconnect(code: number, reason: string, delay: number): void {
     this._state = "connecting";
+    this.lastDisconnect = { code, reason, willReconnect: true };
     this.emit("disconnected", { code, reason, willReconnect: true, reconnectInMs: delay });
     this.clearReconnectTimer();
     const epoch = this.epoch;
@@ -1144,9 +1145,7 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
       const waiter: Waiter = { resolve, reject, timer: undefined };
       waiter.timer = setTimeout(() => {
         this.openWaiters.delete(waiter);
-        reject(
-          localError(Code.DEADLINE_EXCEEDED, LocalReason.TIMEOUT, `not connected within ${timeoutMs} ms`),
-        );
+        reject(this.notConnectedError(timeoutMs));
       }, timeoutMs);
       this.openWaiters.add(waiter);
     });
@@ -1245,6 +1244,16 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
   private conversationOf(c: Parameters<typeof toConversation>[0] | undefined): Conversation {
     if (!c) throw localError(Code.INTERNAL, LocalReason.UNEXPECTED_REPLY, "reply has no conversation");
     return toConversation(c);
+  }
+
+  private notConnectedError(timeoutMs: number): SwitchboardClientError {
+    const last = this.lastDisconnect;
+    const why = last ? ` (last close: ${last.code}${last.reason ? ` ${last.reason}` : ""})` : "";
+    return localError(
+      Code.DEADLINE_EXCEEDED,
+      LocalReason.TIMEOUT,
+      `not connected within ${timeoutMs} ms${why}`,
+    );
   }
 
   private emitError(err: SwitchboardClientError): void {
