@@ -85,7 +85,7 @@ export async function startPlatform(config: Config, log: Logger = createLogger()
 
   let grpcServer: grpc.Server | undefined;
   let grpcPort = 0;
-  if (config.grpc.port > 0) {
+  if (config.grpc.port >= 0) {
     grpcServer = new grpc.Server({ "grpc.max_receive_message_length": 4 * 1024 * 1024 });
     addService(
       grpcServer,

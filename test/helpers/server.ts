@@ -14,6 +14,8 @@ export const cliPath = join(repoRoot, "dist/cmd/switchboard.js");
 
 export interface ServerProcess {
   port: number;
+  /** The port of the gRPC server (when started with --grpc-port). */
+  grpcPort: number;
   url: string;
   httpUrl: string;
   dataDir: string;
@@ -50,23 +52,25 @@ export async function startServer(options: StartOptions = {}): Promise<ServerPro
   child.stderr!.on("data", (d: Buffer) => {
     err = (err + d.toString()).slice(-20_000);
   });
-  const port = await new Promise<number>((resolvePort, reject) => {
+  const started = await new Promise<{ port: number; grpc_port: number }>((resolvePort, reject) => {
     let out = "";
     const onData = (d: Buffer) => {
       out += d.toString();
       const line = out.split("\n").find((l) => l.includes('"started"'));
       if (line) {
         child.stdout!.off("data", onData);
-        resolvePort((JSON.parse(line) as { port: number }).port);
+        resolvePort(JSON.parse(line) as { port: number; grpc_port: number });
       }
     };
     child.stdout!.on("data", onData);
     child.once("exit", (code) => reject(new Error(`server exited with ${code} before starting:\n${err}`)));
     setTimeout(() => reject(new Error(`server did not start within 20 s:\n${err}`)), 20_000).unref();
   });
+  const { port, grpc_port: grpcPort } = started;
   const exited = new Promise<void>((r) => child.once("exit", () => r()));
   const server: ServerProcess = {
     port,
+    grpcPort,
     url: `ws://127.0.0.1:${port}/ws`,
     httpUrl: `http://127.0.0.1:${port}`,
     dataDir,

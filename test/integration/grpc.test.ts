@@ -1,0 +1,114 @@
+/**
+ * Backend services reach the platform over gRPC through the generic adapter: system messages,
+ * groups, history, presence, push tokens, ids, and the gateway's Stats and Drain.
+ */
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { GatewayService } from "../../gen/switchboard/gateway/v1/gateway_pb.js";
+import { IdService } from "../../gen/switchboard/id/v1/id_pb.js";
+import { PresenceService } from "../../gen/switchboard/presence/v1/presence_pb.js";
+import { Provider, PushService } from "../../gen/switchboard/push/v1/push_pb.js";
+import { RouterService } from "../../gen/switchboard/router/v1/router_pb.js";
+import { Code } from "../../internal/lib/errors.js";
+import { grpcClient } from "../../internal/lib/rpc.js";
+import { expectCase, RawClient } from "../helpers/raw-client.js";
+import { devToken, type ServerProcess, startServer } from "../helpers/server.js";
+
+let server: ServerProcess;
+
+beforeAll(async () => {
+  server = await startServer({ args: ["--grpc-port", "0"] });
+});
+afterAll(async () => {
+  await server.dispose();
+});
+
+const grpcAddress = () => `127.0.0.1:${server.grpcPort}`;
+
+describe("gRPC APIs", () => {
+  it("lets a backend create a group and post a system message that members receive", async () => {
+    const router = grpcClient(RouterService, grpcAddress());
+    const member = await RawClient.connect(server.url, {
+      token: await devToken(server.dataDir, "grpc-member"),
+    });
+    await member.syncAll();
+    const { conversation } = await router.createGroup({
+      owner: "grpc-owner",
+      name: "ops",
+      members: ["grpc-member"],
+    });
+    expect(conversation?.memberCount).toBe(2);
+    const sent = await router.sendMessage({
+      conversationId: conversation!.id,
+      clientMsgId: "sys-1",
+      body: "maintenance at 5",
+    });
+    expect(sent.message?.sender).toBe("system");
+    expect(sent.message?.seq).toBe(1n);
+    const event = expectCase(await member.nextEvent((f) => f.kind.case === "message"), "message");
+    expect(event.message?.body).toBe("maintenance at 5");
+    const again = await router.sendMessage({
+      conversationId: conversation!.id,
+      clientMsgId: "sys-1",
+      body: "maintenance at 5",
+    });
+    expect(again.duplicate).toBe(true);
+    const history = await router.getHistory({ conversationId: conversation!.id, limit: 10 });
+    expect(history.messages.map((m) => m.body)).toEqual(["maintenance at 5"]);
+    expect((await router.listMembers({ conversationId: conversation!.id })).members).toEqual([
+      "grpc-member",
+      "grpc-owner",
+    ]);
+    const lookup = await router.lookupUser({ userId: "grpc-member" });
+    expect(lookup.sessions).toHaveLength(1);
+    await expect(
+      router.sendMessage({ conversationId: "g:1", clientMsgId: "x", body: "x" }),
+    ).rejects.toMatchObject({
+      code: Code.NOT_FOUND,
+      reason: "CONVERSATION_NOT_FOUND",
+    });
+    member.close();
+    router.close();
+  });
+
+  it("mints ids in batches and serves presence and push tokens", async () => {
+    const ids = grpcClient(IdService, grpcAddress());
+    const batch = await ids.allocateIds({ count: 500 });
+    expect(new Set(batch.ids).size).toBe(500);
+    const presence = grpcClient(PresenceService, grpcAddress());
+    const status = await presence.getPresence({ userIds: ["nobody"] });
+    expect(status.statuses[0]).toMatchObject({ userId: "nobody", online: false });
+    const push = grpcClient(PushService, grpcAddress());
+    await push.registerDevice({
+      device: { userId: "u1", deviceId: "phone", provider: Provider.FCM, token: "tok" },
+    });
+    expect((await push.listDevices({ userId: "u1" })).devices.map((d) => d.deviceId)).toEqual(["phone"]);
+    await expect(push.registerDevice({ device: { userId: "u1", deviceId: "x" } })).rejects.toMatchObject({
+      code: Code.INVALID_ARGUMENT,
+    });
+    for (const c of [ids, presence, push]) c.close();
+  });
+
+  it("reports connection counts and drains clients with a reconnect frame and close 3001", async () => {
+    const gateway = grpcClient(GatewayService, grpcAddress());
+    const clients = await Promise.all(
+      ["d1", "d2", "d3"].map(async (u) =>
+        RawClient.connect(server.url, { token: await devToken(server.dataDir, u) }),
+      ),
+    );
+    const stats = await gateway.stats({});
+    expect(stats.connections).toBeGreaterThanOrEqual(3);
+    expect(stats.draining).toBe(false);
+    const drained = await gateway.drain({ windowMs: 300 });
+    expect(drained.connections).toBeGreaterThanOrEqual(3);
+    for (const c of clients) {
+      const reconnect = expectCase(await c.nextEvent((f) => f.kind.case === "reconnect"), "reconnect");
+      expect(reconnect.delayMsMax).toBe(300);
+      expect(await c.closed).toBe(3001);
+    }
+    expect((await gateway.stats({})).draining).toBe(true);
+    await expect(
+      RawClient.connect(server.url, { token: await devToken(server.dataDir, "late") }),
+    ).rejects.toThrow(/503/);
+    gateway.close();
+  });
+});
