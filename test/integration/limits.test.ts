@@ -251,3 +251,29 @@ describe("authentication", () => {
     expect(await c.closed).toBe(3005);
   });
 });
+
+describe("group size limit", () => {
+  it("refuses to grow a group past the configured member limit with GROUP_FULL", async () => {
+    const small = await startServer({ env: { SWITCHBOARD_GROUPS_MEMBERS_MAX: "3" } });
+    try {
+      const owner = await RawClient.connect(small.url, { token: await devToken(small.dataDir, "owner") });
+      const tooMany = expectCase(
+        await owner.request({ case: "createGroup", value: { name: "big", members: ["a", "b", "c"] } }),
+        "error",
+      );
+      expect(tooMany.reason).toBe("GROUP_FULL");
+      const group = expectCase(
+        await owner.request({ case: "createGroup", value: { name: "ok", members: ["a", "b"] } }),
+        "conversation",
+      ).conversation!;
+      const full = expectCase(
+        await owner.request({ case: "addMembers", value: { conversationId: group.id, members: ["d"] } }),
+        "error",
+      );
+      expect(full.reason).toBe("GROUP_FULL");
+      owner.close();
+    } finally {
+      await small.dispose();
+    }
+  });
+});

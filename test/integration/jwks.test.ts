@@ -1,0 +1,81 @@
+/**
+ * JWKS authentication: tokens signed by a key from the configured JWKS URL are accepted; HS/RS
+ * confusion, unknown kids, wrong issuer/audience and expired tokens are not.
+ */
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import { exportJWK, generateKeyPair, SignJWT } from "jose";
+import WebSocket from "ws";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { type ServerProcess, startServer } from "../helpers/server.js";
+
+let jwks: Server;
+let server: ServerProcess;
+let sign: (
+  claims: { sub?: string; iss?: string; aud?: string; exp?: string },
+  kid?: string,
+) => Promise<string>;
+let publicJwk: Record<string, unknown>;
+
+function upgradeStatus(token: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(server.url, { headers: { authorization: `Bearer ${token}` } });
+    ws.on("unexpected-response", (_req, res) => resolve(res.statusCode ?? 0));
+    ws.on("open", () => {
+      ws.close();
+      resolve(101);
+    });
+    ws.on("error", reject);
+  });
+}
+
+beforeAll(async () => {
+  const { publicKey, privateKey } = await generateKeyPair("RS256");
+  publicJwk = { ...(await exportJWK(publicKey)), kid: "key-1", alg: "RS256", use: "sig" };
+  sign = (claims, kid = "key-1") =>
+    new SignJWT({})
+      .setProtectedHeader({ alg: "RS256", kid })
+      .setSubject(claims.sub ?? "jwks-user")
+      .setIssuer(claims.iss ?? "https://issuer.test")
+      .setAudience(claims.aud ?? "switchboard")
+      .setExpirationTime(claims.exp ?? "1h")
+      .sign(privateKey);
+  jwks = createServer((_req, res) =>
+    res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify({ keys: [publicJwk] })),
+  );
+  await new Promise<void>((r) => jwks.listen(0, "127.0.0.1", () => r()));
+  server = await startServer({
+    env: {
+      SWITCHBOARD_AUTH_JWKS_URL: `http://127.0.0.1:${(jwks.address() as AddressInfo).port}/jwks.json`,
+      SWITCHBOARD_AUTH_ISSUER: "https://issuer.test",
+      SWITCHBOARD_AUTH_AUDIENCE: "switchboard",
+    },
+  });
+});
+
+afterAll(async () => {
+  await server.dispose();
+  await new Promise<void>((r) => jwks.close(() => r()));
+});
+
+describe("JWKS authentication", () => {
+  it("accepts a token signed by a JWKS key", async () => {
+    expect(await upgradeStatus(await sign({}))).toBe(101);
+  });
+
+  it("rejects unknown kids, wrong issuer or audience, expired tokens and HS256 confusion", async () => {
+    expect(await upgradeStatus(await sign({}, "other-kid"))).toBe(401);
+    expect(await upgradeStatus(await sign({ iss: "https://evil.test" }))).toBe(401);
+    expect(await upgradeStatus(await sign({ aud: "someone-else" }))).toBe(401);
+    expect(await upgradeStatus(await sign({ exp: "-1m" }))).toBe(401);
+    // HS256 signed with the public key's modulus as the "secret": the classic confusion attack.
+    const confused = await new SignJWT({})
+      .setProtectedHeader({ alg: "HS256", kid: "key-1" })
+      .setSubject("mallory")
+      .setIssuer("https://issuer.test")
+      .setAudience("switchboard")
+      .setExpirationTime("1h")
+      .sign(new TextEncoder().encode(String(publicJwk.n)));
+    expect(await upgradeStatus(confused)).toBe(401);
+  });
+});
