@@ -100,6 +100,28 @@ sb_pid() {
   printf '%s\n' "$pid"
 }
 
+# True while process $1 is exiting but still holds its sockets and files. After
+# kill -9 the JVM's main thread turns zombie (empty /proc/PID/cmdline, so sb_pid no
+# longer sees it) while its other threads are still being torn down, and the ports
+# and Kafka's data-dir lock are released only when the last thread is gone
+# (~0.5 s for Cassandra). Starting again in that window fails with "address in use".
+sb_dying() {
+  grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null || return 1
+  [ "$(find "/proc/$1/task" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)" -gt 1 ]
+}
+
+# Waits (up to 10 s) until the process named by the pid file, if it is exiting,
+# has fully released its resources.
+sb_wait_exited() {
+  local pid i
+  pid="$(cat "$SB_PID_FILE" 2>/dev/null)" || return 0
+  [[ "$pid" =~ ^[0-9]+$ ]] || return 0
+  for ((i = 0; i < 100; i++)); do
+    sb_dying "$pid" || return 0
+    sleep 0.1
+  done
+}
+
 # True when something accepts TCP connections on 127.0.0.1:$1.
 # bash's /dev/tcp avoids depending on nc; timeout guards against a full backlog.
 sb_port_open() {
@@ -123,7 +145,10 @@ stop it, or choose other ports through the environment (see test/infra/$SB_NAME/
 # interrupted half way), so the caller goes on with a cold start.
 sb_reusable() {
   local port="$1" port_var="$2" pid running_port
-  pid="$(sb_pid)" || return 1
+  if ! pid="$(sb_pid)"; then
+    sb_wait_exited # one killed just before (restartServer) may still hold its ports
+    return 1
+  fi
   running_port="$(cat "$SB_RUN/port" 2>/dev/null || echo '?')"
   if [ "$running_port" != "$port" ]; then
     sb_die "$SB_NAME already runs on port $running_port (pid $pid) but $port_var=$port was asked; run test/infra/down.sh $SB_NAME first"
@@ -220,5 +245,6 @@ sb_stop_server() {
     done
   fi
   if sb_pid >/dev/null; then sb_die "could not stop pid $pid"; fi
+  sb_wait_exited
   rm -f "$SB_PID_FILE"
 }

@@ -14,7 +14,7 @@
 //   await restartServer("cassandra");          // kill -9, then start again on the same data
 
 import { spawn } from "node:child_process";
-import { open, readFile } from "node:fs/promises";
+import { open, readdir, readFile } from "node:fs/promises";
 import { homedir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -98,6 +98,15 @@ function lastLines(text: string, lines: number): string {
   return text.trimEnd().split("\n").slice(-lines).join("\n");
 }
 
+// Error messages stay readable: some log lines (Cassandra's Netty banner) run to
+// kilobytes.
+function clip(text: string, width = 400): string {
+  return text
+    .split("\n")
+    .map((l) => (l.length > width ? `${l.slice(0, width)}…` : l))
+    .join("\n");
+}
+
 // One in-flight start per server in this process: parallel callers share it
 // (across processes, up.sh's lock does the same job).
 const starting = new Map<ServerName, Promise<ServerEnv>>();
@@ -127,8 +136,8 @@ async function startServer(name: ServerName, options: EnsureOptions): Promise<Se
     : `exited with code ${r.code}`;
   throw new Error(
     `test/infra/up.sh ${name} ${why}\n` +
-      `--- up.sh stderr (last 40 lines) ---\n${lastLines(r.stderr, 40)}\n` +
-      `--- ${serverLogPath(name)} (last 40 lines) ---\n${await serverLogTail(name, 40)}`,
+      `--- up.sh stderr (last 40 lines) ---\n${clip(lastLines(r.stderr, 40))}\n` +
+      `--- ${serverLogPath(name)} (last 30 lines) ---\n${clip(await serverLogTail(name, 30))}`,
   );
 }
 
@@ -168,12 +177,28 @@ async function signalServer(name: ServerName, signal: NodeJS.Signals): Promise<n
   return pid;
 }
 
-/** kill -9: a crash with no clean shutdown. Resolves once the process is gone. */
+// After SIGKILL the JVM's main thread turns zombie at once, but its other threads
+// take a moment longer to die, and only then are its ports and file locks released.
+// So "gone" means: no such process, or a zombie with no other thread left.
+async function processGone(pid: number): Promise<boolean> {
+  try {
+    const threads = await readdir(`/proc/${pid}/task`);
+    if (threads.length > 1) return false;
+    return /^State:\s*Z/m.test(await readFile(`/proc/${pid}/status`, "utf8"));
+  } catch {
+    return true; // no such process (or it vanished while we looked)
+  }
+}
+
+/**
+ * kill -9: a crash with no clean shutdown. Resolves once the process has released
+ * its ports, so a restart can bind them again.
+ */
 export async function killServer(name: ServerName): Promise<void> {
-  await signalServer(name, "SIGKILL");
+  const pid = await signalServer(name, "SIGKILL");
   const deadline = Date.now() + 10_000;
-  while ((await serverPid(name)) !== undefined) {
-    if (Date.now() > deadline) throw new Error(`${name} survived SIGKILL for 10 s`);
+  while (!(await processGone(pid))) {
+    if (Date.now() > deadline) throw new Error(`${name} (pid ${pid}) survived SIGKILL for 10 s`);
     await new Promise((r) => setTimeout(r, 50));
   }
 }
