@@ -387,32 +387,45 @@ test("close() rejects pending work and stops reconnecting", async () => {
   });
 });
 
-test("a request without an answer times out; a non-idempotent request in flight fails with CONNECTION_LOST", async () => {
+test("a request without an answer times out with reason TIMEOUT", async () => {
   const srv = await startServer();
-  srv.hook = (conn, frame, s) => {
-    if (frame.kind.case === "listMembers") return true; // never answered
-    if (frame.kind.case === "createGroup" && s.conns.length === 1) {
-      conn.ws.terminate();
-      return true;
-    }
-    return undefined;
-  };
-  const t = newClient(srv, { requestTimeoutMs: 60 });
+  srv.hook = (_conn, frame) => frame.kind.case === "listMembers" || undefined; // never answered
+  const t = newClient(srv, { requestTimeoutMs: 300 });
   await t.client.connect();
+  const started = Date.now();
   await expect(t.client.listMembers("g:1")).rejects.toMatchObject({
     reason: "TIMEOUT",
     code: Code.DEADLINE_EXCEEDED,
   });
-  await expect(t.client.createGroup({ name: "x" })).rejects.toMatchObject({ reason: "CONNECTION_LOST" });
-  await srv.waitFor(() => t.synced.length === 2, "reconnected");
-  expect(srv.framesOf("createGroup")).toHaveLength(1); // not re-sent on its own
+  expect(Date.now() - started).toBeGreaterThanOrEqual(295);
+});
+
+test("a non-idempotent request in flight when the connection drops fails with CONNECTION_LOST, not re-sent", async () => {
+  const srv = await startServer();
+  let dropped = false;
+  srv.hook = (conn, frame) => {
+    if (frame.kind.case !== "createGroup" || dropped) return undefined;
+    dropped = true;
+    conn.ws.terminate();
+    return true;
+  };
+  const t = newClient(srv);
+  await t.client.connect();
+  await expect(t.client.createGroup({ name: "x" })).rejects.toMatchObject({
+    reason: "CONNECTION_LOST",
+    code: Code.UNAVAILABLE,
+  });
+  await srv.waitFor(() => t.connected() === 2, "reconnected");
+  expect(srv.framesOf("createGroup")).toHaveLength(1);
+  // The next call works on the new connection.
+  await expect(t.client.createGroup({ name: "y" })).resolves.toMatchObject({ name: "y", kind: "group" });
 });
 
 test("heartbeats at the welcome's interval; a connection whose heartbeats go unanswered is replaced", async () => {
   const srv = await startServer({ heartbeatIntervalMs: 20 });
   let answer = true;
   srv.hook = (_conn, frame) => (frame.kind.case === "heartbeat" && !answer) || undefined;
-  const t = newClient(srv, { requestTimeoutMs: 100 });
+  const t = newClient(srv, { requestTimeoutMs: 400 });
   await t.client.connect();
   await srv.waitFor(() => srv.framesOf("heartbeat").length >= 3, "three heartbeats");
   expect(t.disconnects).toHaveLength(0);
@@ -482,4 +495,23 @@ test("binary welcome after header auth is understood by a json client (server ma
   const t = newClient(srv, { encoding: "json" });
   await expect(t.client.connect()).resolves.toMatchObject({ userId: "alice", sessionId: "s0" });
   await srv.waitFor(() => t.synced.length === 1, "sync");
+});
+
+test("auth frame mode (browser-style) authenticates with a first auth frame, never the URL", async () => {
+  const srv = await startServer();
+  const t = newClient(srv, { auth: "frame", WebSocket: WsWebSocket, encoding: "binary" });
+  await t.client.connect();
+  expect(srv.headerTokens).toEqual([]);
+  const [auth] = srv.framesOf("auth");
+  expect(auth).toMatchObject({ value: { token: "token-alice" }, binary: true });
+  expect(auth!.id).toBeGreaterThan(0);
+  expect(srv.frames[0]!.frame.kind.case).toBe("auth");
+  expect(srv.url).not.toContain("token");
+});
+
+test("a URL the WebSocket cannot open is a terminal error", async () => {
+  const t = new SwitchboardClient({ url: "not a url", token: "x", WebSocket: WsWebSocket });
+  clients.push(t);
+  await expect(t.connect()).rejects.toMatchObject({ reason: "OPEN_FAILED", code: Code.INVALID_ARGUMENT });
+  expect(t.state).toBe("closed");
 });

@@ -594,11 +594,11 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
     try {
       socket = openSocket(this.resolved.ctor, this.url, token, this.explicitAuth ?? this.resolved.auth);
     } catch (cause) {
-      // A malformed URL will not fix itself.
+      // A malformed URL (or a WebSocket that rejects our arguments) will not fix itself.
       this.terminal(
-        localError(Code.INVALID_ARGUMENT, "INVALID_URL", `cannot open ${this.url}: ${String(cause)}`, cause),
+        localError(Code.INVALID_ARGUMENT, "OPEN_FAILED", `cannot open ${this.url}: ${String(cause)}`, cause),
         1006,
-        "invalid url",
+        "cannot open socket",
       );
       return;
     }
