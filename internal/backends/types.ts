@@ -175,3 +175,31 @@ export interface Backends extends Closeable {
   presence: PresenceStore;
   devices: DeviceStore;
 }
+
+/** A message already given a seq, found by its dedupe key. */
+export interface SequencedRef {
+  seq: number;
+  messageId: string;
+}
+
+/**
+ * The fenced per-conversation seq counter of the distributed backend (ADR 0002). Each `assign` is one
+ * atomic conditional write: it applies only if the stored head still equals `expectedHead` and none of
+ * the entries' dedupe keys exists; so a paused (zombie) sequencer can never reuse a seq or give a
+ * message a second one.
+ */
+export interface SequencerStore extends Closeable {
+  /** Last assigned seq of the conversation (0 when none). */
+  head(conversationId: string): Promise<number>;
+  /** Messages already sequenced under these dedupe keys (`${sender}\u0000${clientMsgId}`). */
+  lookup(conversationId: string, dedupeKeys: string[]): Promise<Map<string, SequencedRef>>;
+  /**
+   * Sets head = expectedHead + entries.length and records every entry's dedupe row, if and only if the
+   * head is still `expectedHead` and no dedupe row exists. `entries[i].seq` must be expectedHead + i + 1.
+   */
+  assign(
+    conversationId: string,
+    expectedHead: number,
+    entries: Array<{ dedupeKey: string; seq: number; messageId: string }>,
+  ): Promise<boolean>;
+}
