@@ -50,6 +50,8 @@ echo "$port" >"$SB_RUN/port"
 cp_arg="$lib/*"
 log4j="-Dlog4j.configuration=file:$SB_RUN/log4j.properties"
 
+sb_cds_opts "$(dirname "$lib")"
+
 # Format the KRaft storage once per data dir (kept data is already formatted).
 # The cluster id is a random 16-byte UUID in unpadded base64url, like
 # `StorageTool random-uuid` prints (one JVM start less); Kafka never lets one start
@@ -59,7 +61,10 @@ if [ ! -f "$data/meta.properties" ]; then
   while [[ "$cluster_id" == -* ]]; do
     cluster_id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | cut -c 1-22)"
   done
-  if ! "$SB_JAVA" -Xmx256m "$log4j" -cp "$cp_arg" kafka.tools.StorageTool format \
+  # A short run: C1 only, and the broker's class archive if there is one yet.
+  format_opts=(-Xmx256m -XX:TieredStopAtLevel=1)
+  if [ -s "$SB_CDS_ARCHIVE" ]; then format_opts+=(-Xlog:cds=off "-XX:SharedArchiveFile=$SB_CDS_ARCHIVE"); fi
+  if ! "$SB_JAVA" "${format_opts[@]}" "$log4j" -cp "$cp_arg" kafka.tools.StorageTool format \
     -t "$cluster_id" -c "$SB_RUN/server.properties" --ignore-formatted >"$SB_RUN/format.log" 2>&1; then
     tail -n 30 "$SB_RUN/format.log" >&2
     sb_die "formatting the KRaft storage in $data failed (output above, full: $SB_RUN/format.log)"
@@ -70,7 +75,7 @@ sb_log "starting Kafka $KAFKA_VERSION on 127.0.0.1:$port (controller $controller
 # Small fixed heap; G1 with the pause target upstream's kafka-server-start.sh uses.
 sb_start "$SB_JAVA" "$SB_MARKER" \
   -Xms256m -Xmx512m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 \
-  -XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true \
+  -XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true "${SB_CDS_OPTS[@]}" \
   "$log4j" -Dkafka.logs.dir="$SB_RUN" \
   -cp "$cp_arg" kafka.Kafka "$SB_RUN/server.properties"
 
