@@ -490,7 +490,19 @@ test("presence subscriptions are renewed after a reconnect", async () => {
   ]);
 });
 
-test("binary welcome after header auth is understood by a json client (server may pick either)", async () => {
+test("the encoding is negotiated as a subprotocol, so the welcome after header auth comes in kind", async () => {
+  const srv = await startServer();
+  const bin = newClient(srv, { encoding: "binary" });
+  await bin.client.connect();
+  const json = newClient(srv, { encoding: "json" });
+  await json.client.connect();
+  expect(srv.conns.map((c) => [c.ws.protocol, c.welcomeBinary])).toEqual([
+    ["switchboard.v1.proto", true],
+    ["switchboard.v1.json", false],
+  ]);
+});
+
+test("a welcome in the other encoding is still understood (server that ignores the subprotocol)", async () => {
   const srv = await startServer({ welcomeEncoding: "binary" });
   const t = newClient(srv, { encoding: "json" });
   await expect(t.client.connect()).resolves.toMatchObject({ userId: "alice", sessionId: "s0" });

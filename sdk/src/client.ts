@@ -592,7 +592,13 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
     if (epoch !== this.epoch) return; // close() was called while we awaited
     let socket: SocketLike;
     try {
-      socket = openSocket(this.resolved.ctor, this.url, token, this.explicitAuth ?? this.resolved.auth);
+      socket = openSocket(
+        this.resolved.ctor,
+        this.url,
+        token,
+        this.explicitAuth ?? this.resolved.auth,
+        this.encoding,
+      );
     } catch (cause) {
       // A malformed URL (or a WebSocket that rejects our arguments) will not fix itself.
       this.terminal(

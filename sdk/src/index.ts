@@ -27,7 +27,7 @@ export {
 } from "./close-codes.js";
 export { type Listener, TypedEmitter } from "./emitter.js";
 export { Code, LocalReason, SwitchboardClientError } from "./errors.js";
-export type { AuthMode, Encoding, WebSocketConstructor } from "./transport.js";
+export { type AuthMode, type Encoding, SUBPROTOCOLS, type WebSocketConstructor } from "./transport.js";
 export type {
   ChatMessage,
   Conversation,

@@ -62,16 +62,27 @@ export async function resolveWebSocket(
   return { ctor, auth: "header" };
 }
 
+/**
+ * WebSocket subprotocols naming the encoding. Offering one lets the gateway pick the encoding at the
+ * upgrade, so even the welcome (sent before the client's first frame when the token came in the
+ * header) arrives in the client's encoding.
+ */
+export const SUBPROTOCOLS = { json: "switchboard.v1.json", binary: "switchboard.v1.proto" } as const;
+
 /** Opens a socket; with "header" auth the token goes in the upgrade's Authorization header (ws only). */
 export function openSocket(
   ctor: WebSocketConstructor,
   url: string,
   token: string,
   auth: AuthMode,
+  encoding: Encoding,
 ): SocketLike {
-  const Ctor = ctor as unknown as new (url: string, options?: unknown) => SocketLike;
+  const Ctor = ctor as unknown as new (url: string, protocols: string[], options?: unknown) => SocketLike;
+  const protocols = [SUBPROTOCOLS[encoding]];
   const socket =
-    auth === "header" ? new Ctor(url, { headers: { Authorization: `Bearer ${token}` } }) : new Ctor(url);
+    auth === "header"
+      ? new Ctor(url, protocols, { headers: { Authorization: `Bearer ${token}` } })
+      : new Ctor(url, protocols);
   socket.binaryType = "arraybuffer";
   return socket;
 }

@@ -43,6 +43,8 @@ export interface FakeConn {
   live: boolean;
   closed: boolean;
   closeCode: number | undefined;
+  /** Whether the welcome went out as a binary frame. */
+  welcomeBinary: boolean | undefined;
 }
 
 export interface ReceivedFrame {
@@ -62,7 +64,10 @@ export interface FakeServerOptions {
   syncPageSize?: number;
   bodyCharsMax?: number;
   frameBytesMax?: number;
-  /** Encoding of the welcome after header auth (before the client has sent anything). */
+  /**
+   * Force the encoding of the welcome after header auth, ignoring the negotiated subprotocol (a
+   * server that does not negotiate). Default: the subprotocol's encoding, JSON without one.
+   */
   welcomeEncoding?: "json" | "binary";
 }
 
@@ -79,8 +84,9 @@ export class FakeServer {
   private nextMessageId = 1_000_000n;
   private readonly seqs = new Map<string, bigint>();
   private readonly wss: WebSocketServer;
-  private readonly opts: Required<Omit<FakeServerOptions, "authenticate">> & {
+  private readonly opts: Required<Omit<FakeServerOptions, "authenticate" | "welcomeEncoding">> & {
     authenticate: (token: string) => string | undefined;
+    welcomeEncoding: "json" | "binary" | undefined;
   };
 
   private constructor(wss: WebSocketServer, options: FakeServerOptions) {
@@ -91,7 +97,7 @@ export class FakeServer {
       syncPageSize: options.syncPageSize ?? 100,
       bodyCharsMax: options.bodyCharsMax ?? 100_000,
       frameBytesMax: options.frameBytesMax ?? 0,
-      welcomeEncoding: options.welcomeEncoding ?? "json",
+      welcomeEncoding: options.welcomeEncoding,
     };
     wss.on("connection", (ws, req) => this.onConnection(ws, req));
   }
@@ -214,10 +220,14 @@ export class FakeServer {
       ws,
       token: undefined,
       userId: undefined,
-      binary: this.opts.welcomeEncoding === "binary",
+      binary:
+        this.opts.welcomeEncoding !== undefined
+          ? this.opts.welcomeEncoding === "binary"
+          : ws.protocol === "switchboard.v1.proto",
       live: false,
       closed: false,
       closeCode: undefined,
+      welcomeBinary: undefined,
     };
     this.conns.push(conn);
     ws.on("close", (code) => {
@@ -235,6 +245,7 @@ export class FakeServer {
   }
 
   private welcome(conn: FakeConn): void {
+    conn.welcomeBinary = conn.binary;
     const box = this.inbox.get(conn.userId ?? "") ?? [];
     this.push(conn, {
       kind: {
