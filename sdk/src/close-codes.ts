@@ -46,9 +46,9 @@ export const CLOSE_CODES = {
   /** Abnormal closure: TCP reset, refused connection, failed handshake. */
   1006: reconnect("ABNORMAL"),
   /** A frame we sent was too big: reconnect but never resend that frame. */
-  1009: reconnect("FRAME_TOO_BIG", { dropFrame: true }),
+  1009: reconnect("MESSAGE_TOO_BIG", { dropFrame: true }),
   /** Server error. */
-  1011: reconnect("SERVER_ERROR"),
+  1011: reconnect("INTERNAL_ERROR"),
   /** Shutdown/draining: reconnect (the server usually announced it with a `reconnect` event). */
   3001: reconnect("SHUTDOWN"),
   /** Token expired: reconnect with a fresh token from the token function. */
@@ -73,8 +73,8 @@ export const CloseCode = {
   GOING_AWAY: 1001,
   NO_STATUS: 1005,
   ABNORMAL: 1006,
-  FRAME_TOO_BIG: 1009,
-  SERVER_ERROR: 1011,
+  MESSAGE_TOO_BIG: 1009,
+  INTERNAL_ERROR: 1011,
   SHUTDOWN: 3001,
   TOKEN_EXPIRED: 3005,
   SLOW_CONSUMER: 3008,
