@@ -36,6 +36,12 @@ export class Connection {
   private authTimer: NodeJS.Timeout | undefined;
   private expiryTimer: NodeJS.Timeout | undefined;
   private lastHeartbeatMs = 0;
+  private authenticating = false;
+  /** Sends of one connection are appended in the order they arrived (see `send`). */
+  private sendOrder: Promise<void> = Promise.resolve();
+  /** Syncs of one connection run one at a time; a new one cancels a running catch-up. */
+  private syncOrder: Promise<void> = Promise.resolve();
+  private syncEpoch = 0;
   // Seam state (see the file comment).
   private live = false;
   private deliveredCursor = 0;
@@ -127,7 +133,10 @@ export class Connection {
         errors.unauthenticated("AUTH_REQUIRED", "authenticate first (auth frame or Authorization header)"),
       );
     }
-    this.dispatch(frame.id, kind).catch((err: unknown) => this.fail(frame.id, SwitchboardError.from(err)));
+    const encoding: Encoding = isBinary ? "binary" : "json";
+    this.dispatch(frame.id, kind, encoding).catch((err: unknown) =>
+      this.fail(frame.id, SwitchboardError.from(err), encoding),
+    );
   }
 
   private rejectBadFrame(id: number, err: SwitchboardError): void {
@@ -136,19 +145,27 @@ export class Connection {
       this.close(CloseCode.BAD_REQUEST, "too many malformed frames");
   }
 
-  private async dispatch(id: number, req: Request): Promise<void> {
+  private async dispatch(id: number, req: Request, encoding: Encoding): Promise<void> {
     const user = this.userId;
     const c = this.ctx;
+    // Replies use the encoding of their request (pushed events use the connection's latest).
+    const reply = (kind: NonNullable<ServerFrameInit["kind"]>) => this.reply(id, kind, encoding);
     switch (req.case) {
       case "auth": {
-        if (this.identity)
+        if (this.identity || this.authenticating) {
           throw errors.precondition("ALREADY_AUTHENTICATED", "connection is already authenticated");
+        }
+        this.authenticating = true;
         let identity: Identity;
         try {
           identity = await c.verify(req.value.token);
         } catch (err) {
-          this.fail(id, SwitchboardError.from(err));
-          return this.close(CloseCode.INVALID_TOKEN, "invalid token");
+          const e = SwitchboardError.from(err);
+          this.fail(id, e, encoding);
+          // An expired token is worth a reconnect with a fresh one; anything else is terminal.
+          return e.reason === "TOKEN_EXPIRED"
+            ? this.close(CloseCode.TOKEN_EXPIRED, "token expired")
+            : this.close(CloseCode.INVALID_TOKEN, "invalid token");
         }
         return this.authenticate(identity, id);
       }
@@ -160,17 +177,26 @@ export class Connection {
         }
         const started = performance.now();
         const target = req.value.target;
-        const { message, duplicate } = await c.conversations.send({
-          sender: user,
-          ...(target.case === "toUser" ? { toUser: target.value } : { conversationId: target.value ?? "" }),
-          clientMsgId: req.value.clientMsgId,
-          body: req.value.body,
-        });
+        // Pipelined sends keep their order: each issues its append only after the previous one
+        // issued its own, while the durable waits overlap (group commit).
+        const issued = this.sendOrder.then(() =>
+          c.conversations.issue({
+            sender: user,
+            ...(target.case === "toUser" ? { toUser: target.value } : { conversationId: target.value ?? "" }),
+            clientMsgId: req.value.clientMsgId,
+            body: req.value.body,
+          }),
+        );
+        this.sendOrder = issued.then(
+          () => undefined,
+          () => undefined,
+        );
+        const { message, duplicate } = await (await issued).appended;
         if (!duplicate) {
           c.metrics.messagesTotal.inc();
           c.metrics.appendSeconds.observe((performance.now() - started) / 1000);
         }
-        return this.reply(id, {
+        return reply({
           case: "ack",
           value: {
             conversationId: message.conversationId,
@@ -183,7 +209,7 @@ export class Connection {
         });
       }
       case "sync":
-        return this.sync(id, Number(req.value.cursor), req.value.limit);
+        return this.sync(Number(req.value.cursor), req.value.limit, reply);
       case "history": {
         const { conversationId, beforeSeq, afterSeq, limit } = req.value;
         await this.requireMember(conversationId);
@@ -192,38 +218,48 @@ export class Connection {
           afterSeq: Number(afterSeq),
           limit: this.pageLimit(limit),
         });
-        return this.reply(id, {
+        // Bound the reply in bytes too: keep the end nearest the cursor the client paged from.
+        const kept = keepWithinBytes(
+          page.messages,
+          c.config.sync.pageBytesMax,
+          afterSeq > 0n ? "oldest" : "newest",
+        );
+        return reply({
           case: "history",
-          value: { conversationId, messages: page.messages.map(toWireMessage), hasMore: page.hasMore },
+          value: {
+            conversationId,
+            messages: kept.map(toWireMessage),
+            hasMore: page.hasMore || kept.length < page.messages.length,
+          },
         });
       }
       case "createGroup": {
         const { name, members, open } = req.value;
         const record = await c.conversations.createGroup(user, name, members, open);
-        return this.reply(id, { case: "conversation", value: { conversation: toWireConversation(record) } });
+        return reply({ case: "conversation", value: { conversation: toWireConversation(record) } });
       }
       case "addMembers": {
         const record = await c.conversations.addMembers(user, req.value.conversationId, req.value.members);
-        return this.reply(id, { case: "conversation", value: { conversation: toWireConversation(record) } });
+        return reply({ case: "conversation", value: { conversation: toWireConversation(record) } });
       }
       case "joinGroup": {
         const record = await c.conversations.join(user, req.value.conversationId);
-        return this.reply(id, { case: "conversation", value: { conversation: toWireConversation(record) } });
+        return reply({ case: "conversation", value: { conversation: toWireConversation(record) } });
       }
       case "leaveGroup": {
         await c.conversations.leave(user, req.value.conversationId);
-        return this.reply(id, { case: "ok", value: {} });
+        return reply({ case: "ok", value: {} });
       }
       case "listConversations": {
         const records = await c.backends.membership.conversationsOf(user, this.pageLimit(req.value.limit));
         const conversations = await Promise.all(
           records.map(async (r) => toWireConversation(r, await c.backends.messages.lastSeq(r.id))),
         );
-        return this.reply(id, { case: "conversations", value: { conversations } });
+        return reply({ case: "conversations", value: { conversations } });
       }
       case "listMembers": {
         const members = await c.conversations.members(user, req.value.conversationId);
-        return this.reply(id, {
+        return reply({
           case: "members",
           value: { conversationId: req.value.conversationId, members: members.sort() },
         });
@@ -236,11 +272,11 @@ export class Connection {
           excludeSessionId: this.sessionId,
           frame: { kind: { case: "typing", value: { conversationId, userId: user, typing } } },
         });
-        return this.reply(id, { case: "ok", value: {} });
+        return reply({ case: "ok", value: {} });
       }
       case "heartbeat":
         this.touchPresence(false);
-        return this.reply(id, { case: "heartbeat", value: { serverTimeMs: BigInt(Date.now()) } });
+        return reply({ case: "heartbeat", value: { serverTimeMs: BigInt(Date.now()) } });
       case "subscribePresence": {
         const targets = [...new Set(req.value.userIds)];
         if (targets.length === 0 || targets.length > PRESENCE_TARGETS_PER_REQUEST_MAX) {
@@ -255,11 +291,11 @@ export class Connection {
           }
         }
         const res = await c.presence.subscribe({ sessionId: this.sessionId, userIds: targets });
-        return this.reply(id, { case: "presenceSnapshot", value: { statuses: res.statuses } });
+        return reply({ case: "presenceSnapshot", value: { statuses: res.statuses } });
       }
       case "unsubscribePresence":
         await c.presence.unsubscribe({ sessionId: this.sessionId, userIds: req.value.userIds });
-        return this.reply(id, { case: "ok", value: {} });
+        return reply({ case: "ok", value: {} });
       case "receipt": {
         const { conversationId, seq, kind } = req.value;
         if (kind !== ReceiptKind.DELIVERED && kind !== ReceiptKind.READ)
@@ -276,7 +312,7 @@ export class Connection {
             frame: { kind: { case: "receipt", value: { conversationId, userId: user, seq, kind } } },
           });
         }
-        return this.reply(id, { case: "ok", value: {} });
+        return reply({ case: "ok", value: {} });
       }
       default:
         throw errors.invalid("UNKNOWN_FRAME", "unknown request");
@@ -303,14 +339,39 @@ export class Connection {
     const page = entries.slice(0, limit);
     const messages = await this.ctx.backends.messages.getMany(page);
     const byKey = new Map(messages.map((m) => [`${m.conversationId}\u0000${m.seq}`, m]));
-    const events = page.flatMap((e) => {
+    const events: Array<{ message: Message; cursor: bigint }> = [];
+    let bytes = 0;
+    for (const e of page) {
       const m = byKey.get(`${e.conversationId}\u0000${e.seq}`);
-      return m ? [{ message: toWireMessage(m) as Message, cursor: BigInt(e.cursor) }] : [];
-    });
+      if (!m) continue;
+      bytes += m.body.length * 3; // UTF-16 units → at most 3 UTF-8 bytes each
+      if (events.length > 0 && bytes > this.ctx.config.sync.pageBytesMax) {
+        return { events, more: true };
+      }
+      events.push({ message: toWireMessage(m) as Message, cursor: BigInt(e.cursor) });
+    }
     return { events, more: entries.length > limit };
   }
 
-  private async sync(id: number, cursor: number, limit: number): Promise<void> {
+  private sync(
+    cursor: number,
+    limit: number,
+    reply: (kind: NonNullable<ServerFrameInit["kind"]>) => void,
+  ): Promise<void> {
+    this.syncEpoch++;
+    const run = this.syncOrder.then(() => this.syncPage(cursor, limit, reply));
+    this.syncOrder = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    return run;
+  }
+
+  private async syncPage(
+    cursor: number,
+    limit: number,
+    reply: (kind: NonNullable<ServerFrameInit["kind"]>) => void,
+  ): Promise<void> {
     const head = await this.ctx.backends.inbox.head(this.userId);
     if (cursor < 0 || cursor > head) throw errors.invalid("INVALID_CURSOR", `cursor must be in [0, ${head}]`);
     this.live = false;
@@ -323,7 +384,7 @@ export class Connection {
       this.deliveredCursor = last;
       this.droppedCursorMax = 0;
     }
-    this.reply(id, { case: "sync", value: { messages: events, cursor: BigInt(last), hasMore } });
+    reply({ case: "sync", value: { messages: events, cursor: BigInt(last), hasMore } });
   }
 
   /** A live message event for this connection's user (called by the gateway's Deliver loop). */
@@ -348,9 +409,11 @@ export class Connection {
     if (this.catchingUp) return;
     this.catchingUp = true;
     this.live = false;
+    const epoch = this.syncEpoch;
     try {
       for (;;) {
-        if (this.closed) return;
+        // A client sync took over the seam; it decides when the connection is live again.
+        if (this.closed || epoch !== this.syncEpoch) return;
         const { events, more } = await this.inboxPage(this.deliveredCursor, this.ctx.config.sync.pageSizeMax);
         for (const e of events) {
           this.sendRaw(
@@ -386,18 +449,26 @@ export class Connection {
       .catch((err: unknown) => this.ctx.log.warn("gateway: presence heartbeat failed", { err }));
   }
 
-  reply(replyTo: number, kind: NonNullable<ServerFrameInit["kind"]>): void {
-    this.sendRaw(encodeServerFrame({ replyTo, kind }, this.encoding));
+  reply(
+    replyTo: number,
+    kind: NonNullable<ServerFrameInit["kind"]>,
+    encoding: Encoding = this.encoding,
+  ): void {
+    this.sendRaw(encodeServerFrame({ replyTo, kind }, encoding));
   }
 
-  fail(replyTo: number, err: SwitchboardError): void {
+  fail(replyTo: number, err: SwitchboardError, encoding: Encoding = this.encoding): void {
     if (err.code === Code.INTERNAL)
       this.ctx.log.error("gateway: request failed", { sessionId: this.sessionId, err });
     this.ctx.metrics.errorsTotal.inc({ reason: err.reason });
-    this.reply(replyTo, {
-      case: "error",
-      value: { code: err.code, reason: err.reason, message: err.message, retryAfterMs: err.retryAfterMs },
-    });
+    this.reply(
+      replyTo,
+      {
+        case: "error",
+        value: { code: err.code, reason: err.reason, message: err.message, retryAfterMs: err.retryAfterMs },
+      },
+      encoding,
+    );
   }
 
   sendRaw(data: string | Uint8Array): void {
@@ -422,4 +493,21 @@ export class Connection {
     clearTimeout(this.expiryTimer);
     if (this.identity) this.ctx.unregister(this);
   }
+}
+
+/** The longest run of messages (from the given end) whose bodies fit in `bytesMax`; never empty. */
+export function keepWithinBytes<M extends { body: string }>(
+  messages: M[],
+  bytesMax: number,
+  keep: "oldest" | "newest",
+): M[] {
+  const ordered = keep === "oldest" ? messages : [...messages].reverse();
+  let bytes = 0;
+  let count = 0;
+  for (const m of ordered) {
+    bytes += m.body.length * 3;
+    if (count > 0 && bytes > bytesMax) break;
+    count++;
+  }
+  return keep === "oldest" ? messages.slice(0, count) : messages.slice(messages.length - count);
 }

@@ -110,6 +110,13 @@ export class Gateway {
     ) {
       return refuse(403, "Forbidden", "origin");
     }
+    const offered = req.headers["sec-websocket-protocol"];
+    if (offered !== undefined) {
+      const protocols = offered.split(",").map((p) => p.trim());
+      if (!protocols.includes(SUBPROTOCOL_JSON) && !protocols.includes(SUBPROTOCOL_BINARY)) {
+        return refuse(400, "Bad Request", "subprotocol");
+      }
+    }
     if (this.draining) return refuse(503, "Service Unavailable", "draining");
     if (this.all.size >= config.gateway.connectionsMax) return refuse(503, "Service Unavailable", "full");
     let identity: Identity | undefined;

@@ -24,8 +24,11 @@ export function devSecret(dataDir: string): Uint8Array {
   return new TextEncoder().encode(readFileSync(path, "utf8").trim());
 }
 
+/** User ids the platform uses itself; no token may claim them. */
+const RESERVED_USER_IDS = new Set(["system"]);
+
 export function isValidUserId(id: string): boolean {
-  return USER_ID_PATTERN.test(id);
+  return USER_ID_PATTERN.test(id) && !RESERVED_USER_IDS.has(id);
 }
 
 /** Signs a dev token for `userId` valid for `ttlSeconds`. */

@@ -79,7 +79,7 @@ export const schema = {
   auth: {
     jwksUrl: str(
       "",
-      "JWKS URL to verify client JWTs (RS256/ES256/EdDSA); when empty, the HS256 dev secret is used.",
+      "JWKS URL to verify client JWTs (RS256/PS256/ES256/EdDSA); when empty, the HS256 dev secret is used.",
     ),
     issuer: str("", "Required `iss` claim (empty: not checked)."),
     audience: str("", "Required `aud` claim (empty: not checked)."),
@@ -91,8 +91,8 @@ export const schema = {
   },
   gateway: {
     frameBytesMax: int(
-      512 * 1024,
-      "Largest WebSocket frame accepted; larger frames close the connection with 1009.",
+      1024 * 1024,
+      "Largest WebSocket frame accepted (a 100,000-character body fits even JSON-escaped); larger frames close with 1009.",
       1024,
     ),
     bodyCharsMax: int(100_000, "Longest message body in characters.", 1),
@@ -113,7 +113,7 @@ export const schema = {
     connectionsMax: int(19_000, "Most open WebSocket connections per gateway process.", 1),
     pingIntervalMs: int(
       25_000,
-      "WebSocket ping interval; a connection silent for two intervals is closed.",
+      "WebSocket ping interval; a connection that has not answered the previous ping by the next one is closed.",
       1000,
     ),
     drainWindowMs: int(10_000, "Window over which draining spreads client reconnects.", 0),
@@ -132,6 +132,11 @@ export const schema = {
   },
   sync: {
     pageSizeMax: int(1_000, "Most messages per sync or history page.", 1),
+    pageBytesMax: int(
+      1024 * 1024,
+      "Most message-body bytes per sync or history page (at least one message is always returned).",
+      1024,
+    ),
   },
   id: {
     workerId: int(0, "Snowflake worker id (0-1023); in Kubernetes, the StatefulSet ordinal.", 0, 1023),

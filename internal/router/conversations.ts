@@ -22,7 +22,8 @@ export function directConversationId(a: string, b: string): string {
 export function directMembers(id: string): [string, string] | undefined {
   if (!id.startsWith("dm:")) return undefined;
   const parts = id.slice(3).split(DIRECT_SEPARATOR);
-  if (parts.length !== 2 || !parts.every(isValidUserId)) return undefined;
+  // Only the canonical (sorted) form names the conversation; "dm:bob~alice" is not an alias.
+  if (parts.length !== 2 || !parts.every(isValidUserId) || parts[0]! > parts[1]!) return undefined;
   return [parts[0]!, parts[1]!];
 }
 
@@ -101,6 +102,14 @@ export class Conversations {
 
   /** Validates, authorises and durably appends a message. Resolves once durable. */
   async send(input: SendInput): Promise<AppendResult> {
+    return (await this.issue(input)).appended;
+  }
+
+  /**
+   * Validates and authorises, then issues the append and returns without waiting for durability.
+   * Callers that chain `issue` calls keep their order (the log takes its position when append is called).
+   */
+  async issue(input: SendInput): Promise<{ appended: Promise<AppendResult> }> {
     if (!CLIENT_MSG_ID_PATTERN.test(input.clientMsgId)) {
       throw errors.invalid(
         "INVALID_CLIENT_MSG_ID",
@@ -113,7 +122,7 @@ export class Conversations {
     }
     const conversationId = await this.resolveTarget(input);
     const messageId = await this.ids.next();
-    return this.log.append({
+    const appended = this.log.append({
       conversationId,
       messageId,
       sender: input.sender,
@@ -121,6 +130,7 @@ export class Conversations {
       body: input.body,
       createdAtMs: Date.now(),
     });
+    return { appended };
   }
 
   private async resolveTarget(input: SendInput): Promise<string> {

@@ -112,7 +112,7 @@ describe("message and frame limits", () => {
 
   it("closes a connection that sends a frame over the configured size with 1009", async () => {
     const c = await connect(user("huge"));
-    c.ws.send(Buffer.alloc(600 * 1024, 0x61));
+    c.ws.send(Buffer.alloc(1024 * 1024 + 1, 0x61));
     expect(await c.closed).toBe(1009);
     await bystanderSend();
   });
@@ -244,6 +244,16 @@ describe("authentication", () => {
       "INVALID_TOKEN",
     );
     expect(await bad.closed).toBe(3500);
+  });
+
+  it("closes with the reconnect-class 3005 when an auth frame carries an expired token", async () => {
+    const c = await RawClient.connect(server.url);
+    const err = expectCase(
+      await c.request({ case: "auth", value: { token: await devToken(server.dataDir, "stale", -10) } }),
+      "error",
+    );
+    expect(err.reason).toBe("TOKEN_EXPIRED");
+    expect(await c.closed).toBe(3005);
   });
 
   it("closes the connection when the token expires mid-session (3005)", async () => {

@@ -97,6 +97,20 @@ describe("1:1 messaging", () => {
   });
 });
 
+describe("pipelining", () => {
+  it("appends pipelined sends in the order they were sent", async () => {
+    const [a, b] = [user("alice"), user("bob")];
+    const alice = await connect(a, "binary");
+    const first = expectCase(await send(alice, { toUser: b }, "first"), "ack");
+    const replies = await Promise.all(
+      Array.from({ length: 60 }, (_, i) => send(alice, { conversationId: first.conversationId }, `p${i}`)),
+    );
+    const seqs = replies.map((f) => Number(expectCase(f, "ack").seq));
+    expect(seqs).toEqual(Array.from({ length: 60 }, (_, i) => i + 2));
+    alice.close();
+  });
+});
+
 describe("groups", () => {
   it("creates a group of 100 and fans a message out to every member", async () => {
     const owner = user("owner");

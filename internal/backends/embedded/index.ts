@@ -405,7 +405,7 @@ class EmbeddedMembership implements MembershipStore {
       const record = this.conversations.get(id);
       if (!record) throw errors.notFound("CONVERSATION_NOT_FOUND", `conversation ${id} does not exist`);
       if (!this.membersDb.doesExist([id, user]))
-        throw errors.notFound("NOT_MEMBER", `${user} is not a member of ${id}`);
+        throw errors.denied("NOT_MEMBER", `${user} is not a member of ${id}`);
       const updated = { ...record, memberCount: record.memberCount - 1 };
       await this.guard(
         this.conversations.batch(() => {
