@@ -103,7 +103,7 @@ read -r -a extra_opts <<<"${CASSANDRA_JVM_OPTS:-}"
 
 # Archiving classes while a -javaagent (jamm) is loaded needs these diagnostic
 # flags; jamm only measures object sizes and changes no class, so it is safe.
-sb_cds_opts "$(dirname "$lib")" -XX:+UnlockDiagnosticVMOptions -XX:+AllowArchivingWithJavaAgent
+sb_cds_opts "$lib" -XX:+UnlockDiagnosticVMOptions -XX:+AllowArchivingWithJavaAgent
 sb_log "starting Cassandra $CASSANDRA_VERSION on 127.0.0.1:$port (storage $storage_port, jmx $jmx_port)"
 sb_start "${no_mlock[@]}" "$SB_JAVA" "$SB_MARKER" \
   "-Xms$heap" "-Xmx$heap" -Xss256k -XX:+UseG1GC -XX:+ParallelRefProcEnabled \

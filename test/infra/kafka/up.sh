@@ -50,7 +50,7 @@ echo "$port" >"$SB_RUN/port"
 cp_arg="$lib/*"
 log4j="-Dlog4j.configuration=file:$SB_RUN/log4j.properties"
 
-sb_cds_opts "$(dirname "$lib")"
+sb_cds_opts "$lib"
 
 # Format the KRaft storage once per data dir (kept data is already formatted).
 # The cluster id is a random 16-byte UUID in unpadded base64url, like
