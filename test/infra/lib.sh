@@ -85,8 +85,7 @@ sb_fetch_jars() {
     sb_die "downloading the $SB_NAME jars with Maven failed (Maven Central unreachable, or a version missing?); mvn output above"
   fi
   printf '%s\n' "$want" >"$work/lib/.complete"
-  rm -rf "$lib" "$(dirname "$lib")"/*.jsa # class-data archives of the old jars
-
+  rm -rf "$lib" "$(dirname "$lib")"/*.jsa* # with the class-data archives of the old jars
   mv "$work/lib" "$lib"
   rm -rf "$work"
   sb_log "fetched $(find "$lib" -name '*.jar' | wc -l) jars ($(du -sh "$lib" | cut -f1))"

@@ -13,6 +13,8 @@
 #   CASSANDRA_KEEP_DATA=1     keep the keyspaces/data of the last run on a cold start
 #                             (default: every cold start begins with an empty node)
 #   CASSANDRA_START_TIMEOUT   seconds to wait for readiness (default 180)
+#   CASSANDRA_JVM_OPTS        extra JVM flags, e.g. -XX:TieredStopAtLevel=1 (C1 only:
+#                             ~30% less CPU to start, slower once warm)
 #   SWITCHBOARD_CACHE         cache root (default ~/.cache/switchboard)
 #   JAVA_HOME                 which Java to use (Cassandra 5.0 runs on 11 or 17 only)
 # State: $SWITCHBOARD_CACHE/run/cassandra/{server.log,server.pid,data/}. Stop: down.sh.
@@ -104,6 +106,13 @@ read -r -a extra_opts <<<"${CASSANDRA_JVM_OPTS:-}"
 # Archiving classes while a -javaagent (jamm) is loaded needs these diagnostic
 # flags; jamm only measures object sizes and changes no class, so it is safe.
 sb_cds_opts "$lib" -XX:+UnlockDiagnosticVMOptions -XX:+AllowArchivingWithJavaAgent
+# Flags beyond upstream's jvm17-server.options, all for a fast, light test node:
+#   skip_wait_for_gossip_to_settle=0  a single node has no one to gossip with (~5 s)
+#   initial_token=0                   with num_tokens: 1, no token allocation
+#   skip_sync=true                    no fsync at all (see commitlog_sync in the yaml)
+#   memtable.row_overhead_size=180    the value it would otherwise measure at every
+#                                     start by filling a test memtable (~0.5 s)
+#   PerfDisableSharedMem              no /tmp/hsperfdata file
 sb_log "starting Cassandra $CASSANDRA_VERSION on 127.0.0.1:$port (storage $storage_port, jmx $jmx_port)"
 sb_start "${no_mlock[@]}" "$SB_JAVA" "$SB_MARKER" \
   "-Xms$heap" "-Xmx$heap" -Xss256k -XX:+UseG1GC -XX:+ParallelRefProcEnabled \

@@ -10,6 +10,7 @@
 #   KAFKA_KEEP_DATA=1     keep the topics/data of the last run on a cold start
 #                         (default: every cold start begins with an empty broker)
 #   KAFKA_START_TIMEOUT   seconds to wait for readiness (default 90)
+#   KAFKA_JVM_OPTS        extra JVM flags for the broker
 #   SWITCHBOARD_CACHE     cache root (default ~/.cache/switchboard)
 #   JAVA_HOME             which Java to use (default: java on PATH)
 # State: $SWITCHBOARD_CACHE/run/kafka/{server.log,server.pid,data/}. Stop: down.sh.
@@ -71,12 +72,15 @@ if [ ! -f "$data/meta.properties" ]; then
   fi
 fi
 
+# Extra JVM flags for experiments/debugging, word-split on purpose.
+read -r -a extra_opts <<<"${KAFKA_JVM_OPTS:-}"
+
 sb_log "starting Kafka $KAFKA_VERSION on 127.0.0.1:$port (controller $controller_port)"
 # Small fixed heap; G1 with the pause target upstream's kafka-server-start.sh uses.
 sb_start "$SB_JAVA" "$SB_MARKER" \
   -Xms256m -Xmx512m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 \
   -XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true "${SB_CDS_OPTS[@]}" \
-  "$log4j" -Dkafka.logs.dir="$SB_RUN" \
+  "$log4j" -Dkafka.logs.dir="$SB_RUN" "${extra_opts[@]}" \
   -cp "$cp_arg" kafka.Kafka "$SB_RUN/server.properties"
 
 # "Kafka Server started" is logged once the broker has registered with the
