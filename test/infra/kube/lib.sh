@@ -12,5 +12,5 @@ bin_dir="$cache_root/kube-$K8S_VERSION/bin"   # built binaries, keyed by Kuberne
 run_dir="$cache_root/run/kube"                # pid files, logs, certs, etcd data of the running plane
 BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok)
 
-log() { echo "kube: $*" >&2; }
+log() { echo "kube: [${SECONDS}s] $*" >&2; }
 die() { echo "kube: ERROR: $*" >&2; exit 1; }
