@@ -89,9 +89,12 @@ start() { # start NAME ARGS...: run bin/NAME in the background, detached, loggin
   fail "$name" "did not start"
 }
 free_port() { # a random local port nobody listens on (tiny race window; fine for tests)
+  # Stay below the kernel's ephemeral range (usually 32768-60999): a port taken from it
+  # can be grabbed by any outgoing connection (our own components' included) before
+  # the component binds it.
   local p
   while :; do
-    p=$((20000 + RANDOM % 30000))
+    p=$((10000 + RANDOM % 22000))
     (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
   done
 }
@@ -107,18 +110,23 @@ log "generating certificates"
 (
   cd "$pki"
   ec() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
-  sign() { # sign NAME SUBJECT EXTENSIONS: NAME.key + NAME.crt signed by the CA
+  sign() { # sign NAME SUBJECT EXTENSIONS [CA]: NAME.key + NAME.crt signed by CA (default ca)
     ec "$1.key"
     openssl req -new -key "$1.key" -subj "$2" -out "$1.csr" 2>/dev/null
     printf '%s\n' "$3" >"$1.ext"
-    openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial \
+    openssl x509 -req -in "$1.csr" -CA "${4:-ca}.crt" -CAkey "${4:-ca}.key" -CAcreateserial \
       -days 365 -extfile "$1.ext" -out "$1.crt" 2>/dev/null
     rm -f "$1.csr" "$1.ext"
   }
-  ec ca.key
-  openssl req -x509 -new -key ca.key -subj "/CN=switchboard-test-ca" -days 365 \
-    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
-    -out ca.crt 2>/dev/null
+  new_ca() { # new_ca NAME CN: self-signed NAME.key + NAME.crt
+    ec "$1.key"
+    openssl req -x509 -new -key "$1.key" -subj "/CN=$2" -days 365 \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+      -out "$1.crt" 2>/dev/null
+  }
+  new_ca ca switchboard-test-ca
+  # Separate CA for the aggregation layer's front proxy, as kubeadm does.
+  new_ca front-proxy-ca switchboard-test-front-proxy-ca
   # Serving cert: 127.0.0.1/localhost for us, the in-cluster names for pods' clients.
   sign apiserver "/CN=kube-apiserver" "$(printf '%s\n' \
     "keyUsage=critical,digitalSignature,keyEncipherment" "extendedKeyUsage=serverAuth" \
@@ -126,6 +134,9 @@ log "generating certificates"
   # Admin client: the group system:masters bypasses RBAC (what envtest does too).
   sign admin "/O=system:masters/CN=switchboard-admin" \
     "$(printf '%s\n' "keyUsage=critical,digitalSignature,keyEncipherment" "extendedKeyUsage=clientAuth")"
+  # The apiserver proxies to aggregated API servers (e.g. metrics-server) with this.
+  sign front-proxy-client "/CN=front-proxy-client" \
+    "$(printf '%s\n' "keyUsage=critical,digitalSignature,keyEncipherment" "extendedKeyUsage=clientAuth")" front-proxy-ca
   # Key pair that signs ServiceAccount tokens (apiserver) and legacy token secrets (KCM).
   openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out sa.key 2>/dev/null
   openssl pkey -in sa.key -pubout -out sa.pub
@@ -164,6 +175,9 @@ start etcd --name=default --data-dir="$run_dir/etcd-data" \
 wait_for etcd 30 curl -fsS "http://127.0.0.1:$etcd_port/health"
 
 # --- kube-apiserver --------------------------------------------------------------
+# The requestheader/proxy-client flags set up the aggregation layer. They also publish
+# the front-proxy CA in kube-system/extension-apiserver-authentication, which KCM and
+# the scheduler read (and log errors about every few seconds when it is missing).
 # Default admission plugins stay on: ServiceAccount (served by KCM's controllers below)
 # and PodSecurity, so namespaces labelled pod-security.kubernetes.io/enforce=... are enforced.
 log "starting kube-apiserver on https://127.0.0.1:$api_port"
@@ -174,6 +188,10 @@ start kube-apiserver --etcd-servers="http://127.0.0.1:$etcd_port" \
   --service-cluster-ip-range=10.96.0.0/12 --allow-privileged=true \
   --service-account-issuer=https://kubernetes.default.svc.cluster.local \
   --service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
+  --requestheader-client-ca-file="$pki/front-proxy-ca.crt" --requestheader-allowed-names=front-proxy-client \
+  --requestheader-username-headers=X-Remote-User --requestheader-group-headers=X-Remote-Group \
+  --requestheader-extra-headers-prefix=X-Remote-Extra- \
+  --proxy-client-cert-file="$pki/front-proxy-client.crt" --proxy-client-key-file="$pki/front-proxy-client.key" \
   --profiling=false
 wait_for kube-apiserver 60 kc get --raw /readyz
 
@@ -217,5 +235,5 @@ wait_for kwok 60 kc wait --for=condition=Ready "node/$NODE" --timeout=1s
 # default namespace are rejected by ServiceAccount admission.
 wait_for kube-controller-manager 30 kc get serviceaccount default -n default
 
-log "control plane ready ($K8S_VERSION; logs in $run_dir)"
+log "control plane ready in ${SECONDS}s ($K8S_VERSION; logs in $run_dir)"
 print_env
