@@ -30,18 +30,6 @@ describeBackendContract(
     };
   },
   {
-    knownFailures: [
-      // Bug: EmbeddedInbox.append (internal/backends/embedded/index.ts, lines 477-481) returns the
-      // cursor of an entry another append still has in flight without waiting for that commit, so
-      // it resolves before the entry is durable or readable (head() and read() do not show it yet).
-      // EmbeddedLog.append waits for its in-flight original (line 190); the inbox should too.
-      "inbox-duplicate-of-in-flight-entry-resolves-before-commit",
-      // Bug: EmbeddedDevices.list (same file, line 624) scans [userId, ""] .. [userId, "\uffff"];
-      // UTF-8 keys of device ids starting at U+10000 or above sort after the end bound, so such a
-      // device is stored but never listed: never notified, never shown, and not counted against
-      // DEVICES_PER_USER_MAX in internal/push/service.ts. (members() and conversationsOf() use the
-      // same bound, lines 427 and 434, but the ids they see are ASCII by validation.)
-      "devices-list-omits-non-bmp-device-ids",
-    ],
+    knownFailures: [],
   },
 );

@@ -42,6 +42,8 @@ import type {
 
 type Key = string | number | Array<string | number>;
 const SEQ_MAX = Number.MAX_SAFE_INTEGER;
+/** Sorts after every string second element (keys are UTF-8; U+10FFFF is the largest code point). */
+const KEY_END = "\u{10FFFF}\u{10FFFF}";
 const CONSUME_BATCH_MAX = 512;
 
 export interface EmbeddedOptions {
@@ -424,14 +426,14 @@ class EmbeddedMembership implements MembershipStore {
 
   async members(id: string) {
     const out: string[] = [];
-    for (const key of this.membersDb.getKeys({ start: [id, ""], end: [id, "\uffff"] }))
+    for (const key of this.membersDb.getKeys({ start: [id, ""], end: [id, KEY_END] }))
       out.push((key as [string, string])[1]);
     return out;
   }
 
   async conversationsOf(user: string, limit: number) {
     const out: ConversationRecord[] = [];
-    for (const key of this.byUser.getKeys({ start: [user, ""], end: [user, "\uffff"] })) {
+    for (const key of this.byUser.getKeys({ start: [user, ""], end: [user, KEY_END] })) {
       const record = this.conversations.get((key as [string, string])[1]);
       if (record) out.push(record);
     }
@@ -444,7 +446,7 @@ class EmbeddedMembership implements MembershipStore {
 
 class EmbeddedInbox implements InboxStore {
   private readonly heads = new Map<string, number>();
-  private readonly pending = new Map<string, InboxEntry>();
+  private readonly pending = new Map<string, { cursor: number; written: Promise<unknown> }>();
 
   constructor(
     private readonly entries: Database<Omit<InboxEntry, "userId" | "cursor">, Key>,
@@ -472,10 +474,23 @@ class EmbeddedInbox implements InboxStore {
   async append(entries: Array<Omit<InboxEntry, "cursor">>): Promise<InboxEntry[]> {
     const out: InboxEntry[] = [];
     const fresh: InboxEntry[] = [];
+    const waitFor = new Set<Promise<unknown>>();
+    const inThisCall = new Map<string, number>();
     for (const e of entries) {
       const idKey = `${e.userId}\u0000${e.conversationId}\u0000${e.seq}`;
+      const repeated = inThisCall.get(idKey);
+      if (repeated !== undefined) {
+        out.push({ ...e, cursor: repeated });
+        continue;
+      }
       const inFlight = this.pending.get(idKey);
-      const existing = inFlight?.cursor ?? this.index.get([e.userId, e.conversationId, e.seq]);
+      if (inFlight) {
+        // Another append is writing this entry: resolve only once it is durable too.
+        waitFor.add(inFlight.written);
+        out.push({ ...e, cursor: inFlight.cursor });
+        continue;
+      }
+      const existing = this.index.get([e.userId, e.conversationId, e.seq]);
       if (existing !== undefined) {
         out.push({ ...e, cursor: existing });
         continue;
@@ -483,28 +498,32 @@ class EmbeddedInbox implements InboxStore {
       const cursor = this.headOf(e.userId) + 1;
       this.heads.set(e.userId, cursor);
       const entry = { ...e, cursor };
-      this.pending.set(idKey, entry);
+      inThisCall.set(idKey, cursor);
       fresh.push(entry);
       out.push(entry);
     }
     if (fresh.length > 0) {
-      try {
-        await this.guard(
-          this.entries.batch(() => {
-            for (const e of fresh) {
-              this.entries.put([e.userId, e.cursor], {
-                conversationId: e.conversationId,
-                seq: e.seq,
-                messageId: e.messageId,
-              });
-              this.index.put([e.userId, e.conversationId, e.seq], e.cursor);
-            }
-          }),
-        );
-      } finally {
-        for (const e of fresh) this.pending.delete(`${e.userId}\u0000${e.conversationId}\u0000${e.seq}`);
-      }
+      const written = this.guard(
+        this.entries.batch(() => {
+          for (const e of fresh) {
+            this.entries.put([e.userId, e.cursor], {
+              conversationId: e.conversationId,
+              seq: e.seq,
+              messageId: e.messageId,
+            });
+            this.index.put([e.userId, e.conversationId, e.seq], e.cursor);
+          }
+        }),
+      );
+      const keys = fresh.map((e) => `${e.userId}\u0000${e.conversationId}\u0000${e.seq}`);
+      fresh.forEach((e, i) => this.pending.set(keys[i]!, { cursor: e.cursor, written }));
+      waitFor.add(written);
+      void written.then(
+        () => keys.forEach((k) => this.pending.delete(k)),
+        () => keys.forEach((k) => this.pending.delete(k)),
+      );
     }
+    await Promise.all(waitFor);
     return out;
   }
 
@@ -621,7 +640,7 @@ class EmbeddedDevices implements DeviceStore {
   }
   async list(userId: string) {
     const out: DeviceRecord[] = [];
-    for (const { value } of this.db.getRange({ start: [userId, ""], end: [userId, "\uffff"] }))
+    for (const { value } of this.db.getRange({ start: [userId, ""], end: [userId, KEY_END] }))
       out.push(value);
     return out;
   }
