@@ -34,7 +34,12 @@ export async function runStart(argv: string[]): Promise<number> {
   if (values["data-dir"] !== undefined) overrides.dataDir = values["data-dir"];
   if (values["grpc-port"] !== undefined) overrides["grpc.port"] = values["grpc-port"];
   if (values.backend !== undefined) overrides.backend = values.backend;
-  const config = loadConfig(process.env, overrides);
+  // The KEY=value lines printed by test/infra/up.sh work as they are.
+  const env = { ...process.env };
+  env.SWITCHBOARD_KAFKA_BROKERS ??= process.env.KAFKA_BROKERS;
+  env.SWITCHBOARD_CASSANDRA_CONTACT_POINTS ??= process.env.CASSANDRA_CONTACT_POINTS;
+  env.SWITCHBOARD_CASSANDRA_DATACENTER ??= process.env.CASSANDRA_DATACENTER;
+  const config = loadConfig(env, overrides);
   const log = createLogger({ service: "switchboard" });
   const platform = await startPlatform(config, log);
   process.stdout.write(

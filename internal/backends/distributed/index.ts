@@ -1,0 +1,128 @@
+/**
+ * The distributed backend: Kafka for the message log, the sequencer and routing events; Cassandra
+ * for everything stored. See ADR 0002 for how seq is assigned and fenced.
+ */
+import { Kafka, logLevel } from "kafkajs";
+import type { Logger } from "../../lib/log.js";
+import { type CassandraOptions, openCassandraStores } from "../cassandra/index.js";
+import { BatchProducer } from "../kafka/batch-producer.js";
+import { KafkaMessageLog } from "../kafka/log.js";
+import { KafkaRouting } from "../kafka/routing.js";
+import { type PendingAppends, SEQUENCER_GROUP, Sequencer } from "../kafka/sequencer.js";
+import { ensureTopics, topicNames } from "../kafka/topics.js";
+import type { Backends, MessageLog } from "../types.js";
+
+export interface DistributedOptions {
+  brokers: string[];
+  clientId: string;
+  topicPrefix: string;
+  partitions: number;
+  replicationFactor: number;
+  retentionHours: number;
+  appendTimeoutMs: number;
+  /** Prefix of every consumer group id (tests isolate runs with it). */
+  groupPrefix?: string;
+  cassandra: CassandraOptions;
+  log: Logger;
+  /** Run a sequencer in this process (default true). */
+  sequencer?: boolean;
+}
+
+export interface DistributedBackends extends Backends {
+  readonly name: "distributed";
+  readonly kafka: Kafka;
+}
+
+const levels: Record<number, "error" | "warn" | "info" | "debug"> = {
+  [logLevel.ERROR]: "error",
+  [logLevel.WARN]: "warn",
+  [logLevel.INFO]: "info",
+  [logLevel.DEBUG]: "debug",
+};
+
+export async function openDistributedBackends(o: DistributedOptions): Promise<DistributedBackends> {
+  const log = o.log.child({ backend: "distributed" });
+  const stores = await openCassandraStores(o.cassandra);
+  const kafka = new Kafka({
+    clientId: o.clientId,
+    brokers: o.brokers,
+    logLevel: logLevel.WARN,
+    logCreator: () => (entry) => {
+      const { message, ...rest } = entry.log;
+      log[levels[entry.level] ?? "info"](`kafka: ${message}`, { namespace: entry.namespace, ...rest });
+    },
+    retry: { retries: 8, initialRetryTime: 200, maxRetryTime: 5_000 },
+  });
+  const admin = kafka.admin();
+  const producer = kafka.producer({
+    idempotent: true,
+    maxInFlightRequests: 1,
+    allowAutoTopicCreation: false,
+  });
+  const closers: Array<() => Promise<void>> = [() => stores.close()];
+  try {
+    await admin.connect();
+    closers.unshift(() => admin.disconnect());
+    await ensureTopics(admin, {
+      prefix: o.topicPrefix,
+      partitions: o.partitions,
+      replicationFactor: o.replicationFactor,
+      retentionHours: o.retentionHours,
+    });
+    await producer.connect();
+    closers.unshift(() => producer.disconnect());
+    const names = topicNames(o.topicPrefix);
+    const groupPrefix = o.groupPrefix ?? o.topicPrefix;
+    const batchProducer = new BatchProducer(producer);
+    const pending: PendingAppends = new Map();
+    const messageLog: MessageLog = new KafkaMessageLog({
+      kafka,
+      producer: batchProducer,
+      draftsTopic: names.messages,
+      sequencedTopic: names.sequenced,
+      groupPrefix,
+      pending,
+      appendTimeoutMs: o.appendTimeoutMs,
+      log,
+    });
+    closers.unshift(() => messageLog.close());
+    if (o.sequencer !== false) {
+      const sequencer = new Sequencer({
+        kafka,
+        groupId: `${groupPrefix}${SEQUENCER_GROUP}`,
+        draftsTopic: names.messages,
+        sequencedTopic: names.sequenced,
+        producer: batchProducer,
+        store: stores.sequencer,
+        messages: stores.messages,
+        pending,
+        log,
+      });
+      await sequencer.start();
+      closers.unshift(() => sequencer.close());
+    }
+    const routing = new KafkaRouting(kafka, admin, batchProducer, names.routing, groupPrefix, log);
+    closers.unshift(() => routing.close());
+    let closing: Promise<void> | undefined;
+    return {
+      name: "distributed",
+      kafka,
+      log: messageLog,
+      messages: stores.messages,
+      membership: stores.membership,
+      inbox: stores.inbox,
+      receipts: stores.receipts,
+      routing,
+      presence: stores.presence,
+      devices: stores.devices,
+      close: () =>
+        (closing ??= (async () => {
+          for (const close of closers)
+            await close().catch((err: unknown) => log.warn("close failed", { err }));
+        })()),
+    };
+  } catch (err) {
+    for (const close of closers) await close().catch(() => undefined);
+    throw err;
+  }
+}

@@ -1,0 +1,114 @@
+/**
+ * The distributed message log. `append` produces the draft to the drafts topic (keyed by
+ * conversation, acks=all) and resolves when the sequencer reports its seq back (ADR 0002): the ack
+ * then means "durable in Kafka and in Cassandra, with its seq". `consume` reads the sequenced topic
+ * as a consumer group and commits a batch only after its handler resolved.
+ */
+import type { Consumer, Kafka } from "kafkajs";
+import { errors } from "../../lib/errors.js";
+import type { Logger } from "../../lib/log.js";
+import type { AppendResult, BatchHandler, Closeable, MessageDraft, MessageLog } from "../types.js";
+import type { BatchProducer } from "./batch-producer.js";
+import { decodeMessage, encodeMessage } from "./codec.js";
+import type { PendingAppends } from "./sequencer.js";
+
+export interface KafkaLogOptions {
+  kafka: Kafka;
+  producer: BatchProducer;
+  draftsTopic: string;
+  sequencedTopic: string;
+  /** Consumer group ids are `${groupPrefix}${group}`. */
+  groupPrefix: string;
+  pending: PendingAppends;
+  appendTimeoutMs: number;
+  log: Logger;
+}
+
+export class KafkaMessageLog implements MessageLog {
+  private readonly consumers = new Set<Consumer>();
+
+  constructor(private readonly o: KafkaLogOptions) {}
+
+  async append(draft: MessageDraft): Promise<AppendResult> {
+    const sequenced = new Promise<AppendResult>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.o.pending.delete(draft.messageId);
+        reject(
+          errors.unavailable(
+            "SEQUENCE_TIMEOUT",
+            `message not sequenced within ${this.o.appendTimeoutMs} ms; retry with the same client_msg_id`,
+          ),
+        );
+      }, this.o.appendTimeoutMs);
+      this.o.pending.set(draft.messageId, (result) => {
+        clearTimeout(timer);
+        resolve(result);
+      });
+    });
+    try {
+      await this.o.producer.send(this.o.draftsTopic, {
+        key: draft.conversationId,
+        value: encodeMessage(draft),
+      });
+    } catch (err) {
+      this.o.pending.delete(draft.messageId);
+      sequenced.catch(() => undefined);
+      throw errors.unavailable(
+        "LOG_UNAVAILABLE",
+        "the message log did not acknowledge the message; retry",
+        err,
+      );
+    }
+    return sequenced;
+  }
+
+  async consume(group: string, handler: BatchHandler): Promise<Closeable> {
+    const consumer = this.o.kafka.consumer({
+      groupId: `${this.o.groupPrefix}${group}`,
+      sessionTimeout: 10_000,
+      heartbeatInterval: 1_000,
+      maxWaitTimeInMs: 20,
+      allowAutoTopicCreation: false,
+    });
+    this.consumers.add(consumer);
+    await consumer.connect();
+    await consumer.subscribe({ topic: this.o.sequencedTopic, fromBeginning: true });
+    await consumer.run({
+      autoCommit: false,
+      eachBatchAutoResolve: false,
+      eachBatch: async ({ batch, resolveOffset, commitOffsetsIfNecessary, heartbeat, isStale }) => {
+        if (batch.messages.length === 0) return;
+        const messages = batch.messages.map((m) => decodeMessage(m.value!));
+        // At-least-once: on failure kafkajs re-fetches from the last committed offset.
+        await handler(messages);
+        if (isStale()) return;
+        const last = batch.messages.at(-1)!.offset;
+        resolveOffset(last);
+        await commitOffsetsIfNecessary({
+          topics: [
+            {
+              topic: batch.topic,
+              partitions: [{ partition: batch.partition, offset: String(Number(last) + 1) }],
+            },
+          ],
+        });
+        await heartbeat();
+      },
+    });
+    return {
+      close: async () => {
+        this.consumers.delete(consumer);
+        await consumer.disconnect();
+      },
+    };
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([...this.consumers].map((c) => c.disconnect()));
+    this.consumers.clear();
+    for (const [id, done] of this.o.pending) {
+      this.o.pending.delete(id);
+      void done;
+    }
+  }
+}

@@ -1,0 +1,81 @@
+/**
+ * Session routing events on a compacted topic: the latest record per session (and per
+ * "gateway gone" key) is the table. Every subscriber reads the whole topic from the beginning with
+ * a group of its own, and `subscribe` resolves once it has caught up with what was there.
+ */
+import { randomUUID } from "node:crypto";
+import type { Admin, Consumer, Kafka } from "kafkajs";
+import type { Logger } from "../../lib/log.js";
+import type { Closeable, RoutingEvents, SessionEvent } from "../types.js";
+import type { BatchProducer } from "./batch-producer.js";
+import { decodeSessionEvent, encodeSessionEvent } from "./codec.js";
+
+export class KafkaRouting implements RoutingEvents {
+  private readonly consumers = new Set<Consumer>();
+
+  constructor(
+    private readonly kafka: Kafka,
+    private readonly admin: Admin,
+    private readonly producer: BatchProducer,
+    private readonly topic: string,
+    private readonly groupPrefix: string,
+    private readonly log: Logger,
+  ) {}
+
+  async publish(event: SessionEvent): Promise<void> {
+    const key = event.kind === "gateway-gone" ? `gone:${event.gatewayId}` : event.sessionId;
+    await this.producer.send(this.topic, { key, value: encodeSessionEvent(event) });
+  }
+
+  async subscribe(handler: (e: SessionEvent) => void): Promise<Closeable> {
+    const groupId = `${this.groupPrefix}routing-${randomUUID()}`;
+    const consumer = this.kafka.consumer({
+      groupId,
+      sessionTimeout: 10_000,
+      heartbeatInterval: 1_000,
+      maxWaitTimeInMs: 50,
+    });
+    this.consumers.add(consumer);
+    const highs = new Map(
+      (await this.admin.fetchTopicOffsets(this.topic)).map((p) => [p.partition, Number(p.high)]),
+    );
+    const remaining = new Set([...highs].filter(([, high]) => high > 0).map(([p]) => p));
+    let caughtUp!: () => void;
+    const ready = new Promise<void>((r) => {
+      caughtUp = r;
+    });
+    if (remaining.size === 0) caughtUp();
+    await consumer.connect();
+    await consumer.subscribe({ topic: this.topic, fromBeginning: true });
+    await consumer.run({
+      eachMessage: async ({ partition, message }) => {
+        if (message.value) {
+          try {
+            handler(decodeSessionEvent(message.value));
+          } catch (err) {
+            this.log.warn("routing: bad event skipped", { err, partition, offset: message.offset });
+          }
+        }
+        if (
+          Number(message.offset) + 1 >= (highs.get(partition) ?? 0) &&
+          remaining.delete(partition) &&
+          remaining.size === 0
+        )
+          caughtUp();
+      },
+    });
+    await ready;
+    return {
+      close: async () => {
+        this.consumers.delete(consumer);
+        await consumer.disconnect();
+        await this.admin.deleteGroups([groupId]).catch(() => undefined);
+      },
+    };
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([...this.consumers].map((c) => c.disconnect()));
+    this.consumers.clear();
+  }
+}

@@ -1,0 +1,46 @@
+/**
+ * The backend contract against Kafka + Cassandra (real servers from test/infra). One keyspace per
+ * run (migrations are slow schema changes), topics and consumer groups per test (namespace prefix).
+ */
+
+import { openDistributedBackends } from "../../internal/backends/distributed/index.js";
+import { createLogger } from "../../internal/lib/log.js";
+import { ensureServer } from "../infra/servers.js";
+import { describeBackendContract } from "./backends.contract.js";
+
+const keyspace = `contract_${Date.now().toString(36)}`;
+let servers: Promise<{ brokers: string[]; contactPoints: string[]; datacenter: string }> | undefined;
+
+function infra() {
+  servers ??= (async () => {
+    const kafka = await ensureServer("kafka");
+    const cassandra = await ensureServer("cassandra");
+    return {
+      brokers: kafka.KAFKA_BROKERS!.split(","),
+      contactPoints: cassandra.CASSANDRA_CONTACT_POINTS!.split(","),
+      datacenter: cassandra.CASSANDRA_DATACENTER ?? "datacenter1",
+    };
+  })();
+  return servers;
+}
+
+describeBackendContract(
+  "distributed",
+  async ({ namespace }) => {
+    const s = await infra();
+    const open = () =>
+      openDistributedBackends({
+        brokers: s.brokers,
+        clientId: `contract-${namespace}`,
+        topicPrefix: `${namespace}.`,
+        partitions: 3,
+        replicationFactor: 1,
+        retentionHours: 1,
+        appendTimeoutMs: 20_000,
+        cassandra: { contactPoints: s.contactPoints, localDataCenter: s.datacenter, keyspace },
+        log: createLogger({ test: "contract" }),
+      });
+    return { backends: await open(), reopen: open };
+  },
+  { eventuallyMs: 30_000 },
+);
