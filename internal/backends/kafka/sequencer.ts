@@ -163,16 +163,14 @@ export class Sequencer implements Closeable {
         }),
       ),
     );
-    await this.resolveSenders(conversationId, drafts, refs, originals);
+    await this.resolveSenders(conversationId, drafts, refs);
   }
 
   private async resolveSenders(
     conversationId: string,
     drafts: StoredMessage[],
     refs: Map<string, SequencedRef>,
-    originals: StoredMessage[],
   ): Promise<void> {
-    const fresh = new Set(assignedIds(originals));
     const dupRefs = drafts
       .filter((d) => this.o.pending.has(d.messageId) && refs.get(dedupeKeyOf(d))!.messageId !== d.messageId)
       .map((d) => refs.get(dedupeKeyOf(d))!);
@@ -186,7 +184,7 @@ export class Sequencer implements Closeable {
       this.o.pending.delete(d.messageId);
       const ref = refs.get(dedupeKeyOf(d))!;
       if (ref.messageId === d.messageId) {
-        done({ message: { ...d, seq: ref.seq }, duplicate: !fresh.has(d.messageId) && false });
+        done({ message: { ...d, seq: ref.seq }, duplicate: false });
       } else {
         const original = stored.find((m) => m.seq === ref.seq);
         done({ message: original ?? { ...d, seq: ref.seq, messageId: ref.messageId }, duplicate: true });
@@ -197,8 +195,4 @@ export class Sequencer implements Closeable {
   async close(): Promise<void> {
     await this.consumer?.disconnect();
   }
-}
-
-function assignedIds(messages: StoredMessage[]): string[] {
-  return messages.map((m) => m.messageId);
 }
