@@ -1,13 +1,39 @@
 import { defineConfig } from "vitest/config";
 
+/** End-to-end tests that run unchanged on both backends (the server process is the only difference). */
+const backendAgnostic = [
+  "test/integration/messaging.test.ts",
+  "test/integration/limits.test.ts",
+  "test/integration/presence.test.ts",
+  "test/integration/crash.test.ts",
+  "test/integration/sdk.test.ts",
+  "test/integration/grpc.test.ts",
+];
+
 export default defineConfig({
   test: {
-    include: ["**/*.test.ts"],
-    exclude: ["**/node_modules/**", "dist/**", "test/infra/kube/**"],
     testTimeout: 30_000,
-    hookTimeout: 180_000,
+    hookTimeout: 300_000,
     // Integration tests start real processes; two workers match the two cores.
     maxWorkers: 2,
-    reporters: ["default"],
+    projects: [
+      {
+        extends: true,
+        test: {
+          name: "embedded",
+          include: ["**/*.test.ts"],
+          exclude: ["**/node_modules/**", "dist/**", "test/infra/kube/**", "sdk/dist/**"],
+        },
+      },
+      {
+        extends: true,
+        test: {
+          name: "distributed",
+          include: backendAgnostic,
+          env: { SWITCHBOARD_TEST_BACKEND: "distributed" },
+          testTimeout: 60_000,
+        },
+      },
+    ],
   },
 });

@@ -64,7 +64,7 @@ export async function startServer(options: StartOptions = {}): Promise<ServerPro
     };
     child.stdout!.on("data", onData);
     child.once("exit", (code) => reject(new Error(`server exited with ${code} before starting:\n${err}`)));
-    setTimeout(() => reject(new Error(`server did not start within 20 s:\n${err}`)), 20_000).unref();
+    setTimeout(() => reject(new Error(`server did not start within 120 s:\n${err}`)), 120_000).unref();
   });
   const { port, grpc_port: grpcPort } = started;
   const exited = new Promise<void>((r) => child.once("exit", () => r()));
