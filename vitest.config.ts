@@ -22,14 +22,21 @@ export default defineConfig({
         test: {
           name: "embedded",
           include: ["**/*.test.ts"],
-          exclude: ["**/node_modules/**", "dist/**", "test/infra/kube/**", "sdk/dist/**"],
+          // Needs Kafka and Cassandra whatever the backend: runs in the distributed project only.
+          exclude: [
+            "**/node_modules/**",
+            "dist/**",
+            "test/infra/kube/**",
+            "sdk/dist/**",
+            "test/integration/distributed-storage.test.ts",
+          ],
         },
       },
       {
         extends: true,
         test: {
           name: "distributed",
-          include: backendAgnostic,
+          include: [...backendAgnostic, "test/integration/distributed-storage.test.ts"],
           env: { SWITCHBOARD_TEST_BACKEND: "distributed" },
           testTimeout: 60_000,
         },

@@ -1,0 +1,87 @@
+/**
+ * With `--backend distributed`, an acknowledged message is in Kafka's `switchboard.messages` topic
+ * and in Cassandra's `switchboard.messages_by_conversation` table (default names), with its seq.
+ */
+import cassandra from "cassandra-driver";
+import { Kafka, logLevel } from "kafkajs";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { decodeMessage } from "../../internal/backends/kafka/codec.js";
+import { expectCase, RawClient } from "../helpers/raw-client.js";
+import { devToken, type ServerProcess, startServer } from "../helpers/server.js";
+import { ensureServer } from "../infra/servers.js";
+
+let server: ServerProcess;
+let infra: Record<string, string>;
+
+beforeAll(async () => {
+  infra = { ...(await ensureServer("kafka")), ...(await ensureServer("cassandra")) };
+  // Default topic prefix and keyspace: exactly what an operator would see.
+  server = await startServer({
+    args: ["--backend", "distributed"],
+    env: { ...infra, SWITCHBOARD_KAFKA_PARTITIONS: "3" },
+  });
+});
+afterAll(async () => {
+  await server?.dispose();
+});
+
+describe("distributed storage", () => {
+  it("puts an acked message in switchboard.messages and in messages_by_conversation", async () => {
+    const alice = await RawClient.connect(server.url, {
+      token: await devToken(server.dataDir, "store-alice"),
+    });
+    const clientMsgId = `store-${Date.now()}`;
+    const ack = expectCase(
+      await alice.request({
+        case: "send",
+        value: { target: { case: "toUser", value: "store-bob" }, clientMsgId, body: "where am I?" },
+      }),
+      "ack",
+    );
+    alice.close();
+
+    const client = new cassandra.Client({
+      contactPoints: infra.CASSANDRA_CONTACT_POINTS!.split(","),
+      localDataCenter: infra.CASSANDRA_DATACENTER ?? "datacenter1",
+    });
+    try {
+      const rows = await client.execute(
+        "SELECT seq, message_id, sender, body, client_msg_id FROM switchboard.messages_by_conversation WHERE conversation_id = ? AND bucket = ? AND seq = ?",
+        [
+          ack.conversationId,
+          Math.floor((Number(ack.seq) - 1) / 1000),
+          cassandra.types.Long.fromString(String(ack.seq)),
+        ],
+        { prepare: true },
+      );
+      expect(rows.rows).toHaveLength(1);
+      expect(rows.rows[0]!.get("body")).toBe("where am I?");
+      expect(rows.rows[0]!.get("client_msg_id")).toBe(clientMsgId);
+    } finally {
+      await client.shutdown();
+    }
+
+    const kafka = new Kafka({
+      clientId: "storage-test",
+      brokers: infra.KAFKA_BROKERS!.split(","),
+      logLevel: logLevel.NOTHING,
+    });
+    const consumer = kafka.consumer({ groupId: `storage-test-${Date.now()}` });
+    await consumer.connect();
+    await consumer.subscribe({ topic: "switchboard.messages", fromBeginning: true });
+    const found = await new Promise<ReturnType<typeof decodeMessage>>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error("message not found in switchboard.messages")), 30_000);
+      void consumer.run({
+        eachMessage: async ({ message }) => {
+          const m = decodeMessage(message.value!);
+          if (m.messageId === ack.messageId) {
+            clearTimeout(timer);
+            resolve(m);
+          }
+        },
+      });
+    });
+    await consumer.disconnect();
+    expect(found).toMatchObject({ conversationId: ack.conversationId, clientMsgId, body: "where am I?" });
+  }, 90_000);
+});
