@@ -1,0 +1,298 @@
+/**
+ * The Cassandra schema of the distributed backend (DESIGN.md section 4), as versioned migrations.
+ *
+ * `migrate` creates the keyspace if needed, then applies every migration not yet recorded in
+ * `schema_migrations` (version, name, checksum, applied_at), in order. Every statement uses IF NOT EXISTS,
+ * so a migration that was cut off half-way (the process died after some tables) is simply applied again;
+ * a version is recorded only after all its statements succeeded. A recorded migration whose statements
+ * changed since (checksum mismatch) is refused: migrations are append-only, a change is a new version.
+ * Run it from one process at a time (the operator's schema Job): concurrent CREATE TABLE of the same table
+ * on different coordinators can disagree on the table id.
+ *
+ * The data model follows part B1 of the reliability research: last-write-wins is only trusted with
+ * immutable values (messages, bucket markers, inbox rows: re-writes carry the same values). Every value
+ * that changes (the seq head, an inbox head, a member count, membership itself, receipt watermarks) is
+ * changed with a lightweight transaction, and each such LWT touches one partition only, because that is
+ * all Paxos in Cassandra makes atomic. The two counters that must be gap-free (conversation seq, user
+ * inbox cursor) therefore live as a static column in the same partition as the rows they guard.
+ */
+import { createHash } from "node:crypto";
+import type { Client } from "cassandra-driver";
+import cassandra from "cassandra-driver";
+import { errors } from "../../lib/errors.js";
+import { checkKeyspaceName, storageError } from "./session.js";
+
+/** Messages per `messages_by_conversation` partition: bucket = floor((seq - 1) / SEQ_BUCKET_SIZE). */
+export const SEQ_BUCKET_SIZE = 1000;
+/** Entries per `inbox_by_user` partition: bucket = floor((cursor - 1) / INBOX_BUCKET_SIZE). */
+export const INBOX_BUCKET_SIZE = 1000;
+
+export const seqBucket = (seq: number): number => Math.floor((seq - 1) / SEQ_BUCKET_SIZE);
+export const inboxBucket = (cursor: number): number => Math.floor((cursor - 1) / INBOX_BUCKET_SIZE);
+
+/**
+ * Keyspace replication. Tests and single-node setups use `{ class: "SimpleStrategy", replication_factor: 1 }`.
+ * Production uses NetworkTopologyStrategy with three replicas per datacenter, e.g.
+ * `{ class: "NetworkTopologyStrategy", datacenters: { "dc1": 3 } }`, so that LOCAL_QUORUM (2 of 3) and
+ * LOCAL_SERIAL survive one replica down. The keyspace is only created, never altered: changing the
+ * replication of a live keyspace is an ALTER KEYSPACE followed by a full repair, done by an operator.
+ */
+export type Replication =
+  | { class: "SimpleStrategy"; replication_factor: number }
+  | { class: "NetworkTopologyStrategy"; datacenters: Record<string, number> };
+
+export interface Migration {
+  version: number;
+  name: string;
+  statements: string[];
+}
+
+/** The migrations, in version order; `ks` is the keyspace name (validated: /^[a-z][a-z0-9_]*$/). */
+export function migrations(ks: string): Migration[] {
+  return [
+    {
+      version: 1,
+      name: "messages and the per-conversation sequencer",
+      statements: [
+        // One partition per 1,000 seqs of a conversation; rows are immutable (an upsert of a stored
+        // message rewrites the same values), so last-write-wins never loses anything here.
+        `CREATE TABLE IF NOT EXISTS ${ks}.messages_by_conversation (
+          conversation_id text,
+          bucket bigint,
+          seq bigint,
+          message_id text,
+          sender text,
+          body text,
+          created_at timestamp,
+          client_msg_id text,
+          PRIMARY KEY ((conversation_id, bucket), seq)
+        ) WITH CLUSTERING ORDER BY (seq DESC)`,
+        // Which buckets of a conversation hold (or are about to hold) messages: written before the
+        // messages, immutable (existence only). Lets history and lastSeq find the newest bucket at or
+        // below a bound without probing empty partitions.
+        `CREATE TABLE IF NOT EXISTS ${ks}.buckets_by_conversation (
+          conversation_id text,
+          bucket bigint,
+          PRIMARY KEY (conversation_id, bucket)
+        ) WITH CLUSTERING ORDER BY (bucket DESC)`,
+        // The fenced seq counter (ADR 0002): static last_seq and the dedupe rows share a partition, so
+        // "UPDATE ... IF last_seq = n" plus "INSERT ... IF NOT EXISTS" per message is one atomic batch.
+        `CREATE TABLE IF NOT EXISTS ${ks}.conversation_sequencer (
+          conversation_id text,
+          last_seq bigint static,
+          dedupe_key text,
+          seq bigint,
+          message_id text,
+          PRIMARY KEY (conversation_id, dedupe_key)
+        )`,
+      ],
+    },
+    {
+      version: 2,
+      name: "conversations and membership",
+      statements: [
+        // The conversation row is the static part of its members partition. The member limit must hold
+        // under concurrent adds: a CAS on a member_count kept in a separate conversations table cannot
+        // also check which users are already members (two adds of the same user would both count it,
+        // and a crash between the CAS and the member rows would leave the count off). With the count
+        // static in the members partition, one conditional batch does "member_count = n + k IF
+        // member_count = n" and "INSERT member IF NOT EXISTS" per new user, atomically (one partition).
+        // So there is no separate `conversations` table: this partition is the conversation.
+        `CREATE TABLE IF NOT EXISTS ${ks}.members_by_conversation (
+          conversation_id text,
+          kind text static,
+          name text static,
+          owner text static,
+          open boolean static,
+          created_at timestamp static,
+          member_count int static,
+          user_id text,
+          joined_at timestamp,
+          PRIMARY KEY (conversation_id, user_id)
+        )`,
+        // A user's conversations, newest first. A derived index written after the membership LWT: a
+        // row may be missing for a moment (repaired by the next add/create of the user) or stale (its
+        // member row is gone); readers check the member row, which is authoritative.
+        `CREATE TABLE IF NOT EXISTS ${ks}.conversations_by_user (
+          user_id text,
+          created_at timestamp,
+          conversation_id text,
+          PRIMARY KEY (user_id, created_at, conversation_id)
+        ) WITH CLUSTERING ORDER BY (created_at DESC, conversation_id ASC)`,
+      ],
+    },
+    {
+      version: 3,
+      name: "per-user inbox",
+      statements: [
+        // Gap-free cursor assignment with the same fence as the sequencer: static head plus one row
+        // per (conversation, seq) holding its cursor, which also makes append idempotent.
+        `CREATE TABLE IF NOT EXISTS ${ks}.inbox_heads (
+          user_id text,
+          head bigint static,
+          conversation_id text,
+          seq bigint,
+          cursor bigint,
+          message_id text,
+          PRIMARY KEY (user_id, conversation_id, seq)
+        )`,
+        // The stream a device syncs from, by cursor; rows are immutable once their cursor is assigned.
+        `CREATE TABLE IF NOT EXISTS ${ks}.inbox_by_user (
+          user_id text,
+          bucket bigint,
+          cursor bigint,
+          conversation_id text,
+          seq bigint,
+          message_id text,
+          PRIMARY KEY ((user_id, bucket), cursor)
+        ) WITH CLUSTERING ORDER BY (cursor ASC)`,
+      ],
+    },
+    {
+      version: 4,
+      name: "receipts, presence and devices",
+      statements: [
+        // Watermarks only rise, by LWT ("IF seq < ?"); one partition per (conversation, user) keeps
+        // Paxos rounds of different readers of a big group from contending.
+        `CREATE TABLE IF NOT EXISTS ${ks}.receipts (
+          conversation_id text,
+          user_id text,
+          kind text,
+          seq bigint,
+          PRIMARY KEY ((conversation_id, user_id), kind)
+        )`,
+        // Written USING TIMESTAMP = last_active_at, so last-write-wins keeps the latest activity
+        // whatever order the writes arrive in.
+        `CREATE TABLE IF NOT EXISTS ${ks}.presence (
+          user_id text PRIMARY KEY,
+          last_active_at timestamp
+        )`,
+        // Push tokens: a re-registration replaces the device's row (last registration wins).
+        `CREATE TABLE IF NOT EXISTS ${ks}.devices_by_user (
+          user_id text,
+          device_id text,
+          provider text,
+          push_token text,
+          registered_at timestamp,
+          PRIMARY KEY (user_id, device_id)
+        )`,
+      ],
+    },
+  ];
+}
+
+function checksum(m: Migration): string {
+  const normalised = m.statements.map((s) => s.replace(/\s+/g, " ").trim()).join(";\n");
+  return createHash("sha256").update(normalised).digest("hex").slice(0, 16);
+}
+
+function replicationCql(r: Replication): string {
+  const count = (n: number, what: string) => {
+    if (!Number.isInteger(n) || n < 1 || n > 16)
+      throw errors.invalid("INVALID_REPLICATION", `${what} must be an integer from 1 to 16, not ${n}`);
+    return String(n);
+  };
+  if (r.class === "SimpleStrategy") {
+    return `{'class': 'SimpleStrategy', 'replication_factor': ${count(r.replication_factor, "replication_factor")}}`;
+  }
+  const dcs = Object.entries(r.datacenters);
+  if (dcs.length === 0)
+    throw errors.invalid("INVALID_REPLICATION", "NetworkTopologyStrategy needs a datacenter");
+  const parts = dcs.map(([dc, n]) => {
+    if (!/^[A-Za-z0-9_.-]+$/.test(dc))
+      throw errors.invalid("INVALID_REPLICATION", `datacenter name ${JSON.stringify(dc)} is not allowed`);
+    return `'${dc}': ${count(n, `replicas in ${dc}`)}`;
+  });
+  return `{'class': 'NetworkTopologyStrategy', ${parts.join(", ")}}`;
+}
+
+export interface MigrateOptions {
+  keyspace: string;
+  replication: Replication;
+}
+
+export interface MigrateResult {
+  /** Versions applied by this call, in order. */
+  applied: number[];
+  /** The newest version now recorded. */
+  version: number;
+}
+
+/** Creates the keyspace if needed and applies the pending migrations; safe to run again. */
+export async function migrate(client: Client, options: MigrateOptions): Promise<MigrateResult> {
+  const ks = options.keyspace;
+  checkKeyspaceName(ks);
+  // The driver waits (up to maxSchemaAgreementWaitSeconds) for the nodes to agree after each change.
+  const ddl = async (what: string, query: string) => {
+    try {
+      await client.execute(query, [], { prepare: false });
+    } catch (err) {
+      throw storageError(`schema: ${what}`, err);
+    }
+  };
+  const dml = { prepare: true, consistency: cassandra.types.consistencies.localQuorum, isIdempotent: true };
+
+  await ddl(
+    `create keyspace ${ks}`,
+    `CREATE KEYSPACE IF NOT EXISTS ${ks} WITH replication = ${replicationCql(options.replication)}`,
+  );
+  await ddl(
+    `${ks}.schema_migrations`,
+    `CREATE TABLE IF NOT EXISTS ${ks}.schema_migrations (
+      version int PRIMARY KEY,
+      name text,
+      checksum text,
+      applied_at timestamp
+    )`,
+  );
+
+  const recorded = new Map<number, string>();
+  try {
+    const rows = await client.execute(`SELECT version, checksum FROM ${ks}.schema_migrations`, [], dml);
+    for (const row of rows.rows) recorded.set(row.get("version") as number, row.get("checksum") as string);
+  } catch (err) {
+    throw storageError(`schema: read ${ks}.schema_migrations`, err);
+  }
+
+  const applied: number[] = [];
+  let version = 0;
+  for (const m of migrations(ks)) {
+    const sum = checksum(m);
+    const seen = recorded.get(m.version);
+    if (seen !== undefined && seen !== sum) {
+      throw errors.precondition(
+        "SCHEMA_MISMATCH",
+        `schema migration ${m.version} (${m.name}) was applied with checksum ${seen} but is now ${sum}: ` +
+          "applied migrations must not change; add a new version instead",
+      );
+    }
+    if (seen === undefined) {
+      for (const statement of m.statements) {
+        const table = /\bEXISTS\s+(\S+)/.exec(statement)?.[1] ?? "statement";
+        await ddl(`migration ${m.version}: ${table}`, statement);
+      }
+      try {
+        await client.execute(
+          `INSERT INTO ${ks}.schema_migrations (version, name, checksum, applied_at) VALUES (?, ?, ?, ?)`,
+          [m.version, m.name, sum, new Date()],
+          dml,
+        );
+      } catch (err) {
+        throw storageError(`schema: record migration ${m.version}`, err);
+      }
+      applied.push(m.version);
+    }
+    version = m.version;
+  }
+
+  if (applied.length > 0) {
+    // Untyped in the driver's declarations, documented in its API: a one-time check of the live nodes.
+    const metadata = client.metadata as unknown as { checkSchemaAgreement(): Promise<boolean> };
+    if (!(await metadata.checkSchemaAgreement()))
+      throw errors.unavailable(
+        "STORAGE_UNAVAILABLE",
+        `schema: nodes do not agree on ${ks}'s schema yet; retry`,
+      );
+  }
+  return { applied, version };
+}

@@ -1,0 +1,288 @@
+/**
+ * The thin layer every Cassandra store goes through: one `cassandra-driver` Client, fully qualified
+ * table names, prepared statements, the configured consistency levels, an `isIdempotent` flag on every
+ * call, and one error mapping (driver errors become SwitchboardErrors that name the statement).
+ */
+
+import type { Client, QueryOptions, types } from "cassandra-driver";
+import cassandra from "cassandra-driver";
+import { Code, errors, SwitchboardError } from "../../lib/errors.js";
+
+export type ConsistencyName = "ONE" | "LOCAL_ONE" | "QUORUM" | "LOCAL_QUORUM" | "EACH_QUORUM" | "ALL";
+export type SerialConsistencyName = "SERIAL" | "LOCAL_SERIAL";
+
+const { consistencies, responseErrorCodes } = cassandra.types;
+
+const CONSISTENCY: Record<ConsistencyName, number> = {
+  ONE: consistencies.one,
+  LOCAL_ONE: consistencies.localOne,
+  QUORUM: consistencies.quorum,
+  LOCAL_QUORUM: consistencies.localQuorum,
+  EACH_QUORUM: consistencies.eachQuorum,
+  ALL: consistencies.all,
+};
+const SERIAL_CONSISTENCY: Record<SerialConsistencyName, number> = {
+  SERIAL: consistencies.serial,
+  LOCAL_SERIAL: consistencies.localSerial,
+};
+
+export interface ConsistencyOptions {
+  /** Reads and writes (including the commit phase of LWTs). Default LOCAL_QUORUM. */
+  level?: ConsistencyName;
+  /** The Paxos phase of lightweight transactions. Default LOCAL_SERIAL. */
+  serial?: SerialConsistencyName;
+}
+
+export type Row = types.Row;
+export type Params = readonly unknown[];
+export interface Statement {
+  query: string;
+  params: Params;
+}
+
+/** What a call needs beyond the statement: whether the driver may retry or speculatively re-run it. */
+export interface CallOptions {
+  idempotent: boolean;
+  fetchSize?: number;
+  pageState?: string;
+}
+
+/** Server errors after which the node or replica set is (perhaps briefly) not serving: retry later. */
+const UNAVAILABLE_CODES = new Set<number>([
+  responseErrorCodes.serverError,
+  responseErrorCodes.unavailableException,
+  responseErrorCodes.overloaded,
+  responseErrorCodes.isBootstrapping,
+  responseErrorCodes.truncateError,
+  responseErrorCodes.writeTimeout,
+  responseErrorCodes.readTimeout,
+  responseErrorCodes.readFailure,
+  responseErrorCodes.writeFailure,
+  0x1700, // CAS_WRITE_UNKNOWN (protocol v5)
+]);
+
+function driverMessage(err: unknown): string {
+  if (err instanceof Error) return err.message;
+  return String(err);
+}
+
+/**
+ * Maps anything a driver call threw to a SwitchboardError naming `what` (table and operation):
+ * UNAVAILABLE / STORAGE_UNAVAILABLE when the node, a replica or the connection is not serving (the
+ * caller may retry), INTERNAL / STORAGE_ERROR for anything else (a bad statement, a schema mismatch).
+ */
+export function storageError(what: string, err: unknown): SwitchboardError {
+  if (err instanceof SwitchboardError) return err;
+  const e = cassandra.errors;
+  const message = `${what}: ${driverMessage(err)}`;
+  if (
+    err instanceof e.NoHostAvailableError ||
+    err instanceof e.OperationTimedOutError ||
+    err instanceof e.BusyConnectionError ||
+    (err instanceof e.ResponseError && UNAVAILABLE_CODES.has(err.code))
+  ) {
+    return errors.unavailable("STORAGE_UNAVAILABLE", message, err);
+  }
+  return new SwitchboardError(Code.INTERNAL, "STORAGE_ERROR", message, { cause: err });
+}
+
+/** True for errors after which a conditional write may or may not have been applied. */
+export function isUnavailable(err: unknown): boolean {
+  return err instanceof SwitchboardError && err.reason === "STORAGE_UNAVAILABLE";
+}
+
+const KEYSPACE_NAME = /^[a-z][a-z0-9_]{0,47}$/;
+
+export function checkKeyspaceName(keyspace: string): void {
+  if (!KEYSPACE_NAME.test(keyspace))
+    throw errors.invalid(
+      "INVALID_KEYSPACE",
+      `keyspace ${JSON.stringify(keyspace)} must match ${KEYSPACE_NAME}`,
+    );
+}
+
+export class Session {
+  private readonly consistency: number;
+  private readonly serialConsistency: number;
+  private closed = false;
+
+  constructor(
+    readonly client: Client,
+    readonly keyspace: string,
+    consistency: ConsistencyOptions = {},
+  ) {
+    checkKeyspaceName(keyspace);
+    this.consistency = CONSISTENCY[consistency.level ?? "LOCAL_QUORUM"];
+    this.serialConsistency = SERIAL_CONSISTENCY[consistency.serial ?? "LOCAL_SERIAL"];
+  }
+
+  /** `keyspace.name`: statements never depend on a session's current keyspace. */
+  table(name: string): string {
+    return `${this.keyspace}.${name}`;
+  }
+
+  private options(call: CallOptions): QueryOptions {
+    const options: QueryOptions = {
+      prepare: true,
+      consistency: this.consistency,
+      serialConsistency: this.serialConsistency,
+      isIdempotent: call.idempotent,
+    };
+    if (call.fetchSize !== undefined) options.fetchSize = call.fetchSize;
+    if (call.pageState !== undefined) options.pageState = call.pageState;
+    return options;
+  }
+
+  private checkOpen(what: string): void {
+    if (this.closed)
+      throw errors.unavailable("STORAGE_UNAVAILABLE", `${what}: the Cassandra store is closed`);
+  }
+
+  async execute(what: string, query: string, params: Params, call: CallOptions): Promise<types.ResultSet> {
+    this.checkOpen(what);
+    try {
+      return await this.client.execute(query, params as unknown[], this.options(call));
+    } catch (err) {
+      throw storageError(what, err);
+    }
+  }
+
+  /** Every row of a query, following the driver's paging (fetchSize rows per round trip). */
+  async all(what: string, query: string, params: Params, fetchSize = 1000): Promise<Row[]> {
+    const rows: Row[] = [];
+    let pageState: string | undefined;
+    for (;;) {
+      const call: CallOptions = { idempotent: true, fetchSize };
+      if (pageState !== undefined) call.pageState = pageState;
+      const result = await this.execute(what, query, params, call);
+      rows.push(...result.rows);
+      pageState = result.pageState ?? undefined;
+      if (!pageState) return rows;
+    }
+  }
+
+  /**
+   * A batch: `logged: false` (unlogged) for rows of one partition, which Cassandra applies atomically
+   * and in isolation on each replica anyway; a batch with conditions is one Paxos round on its partition.
+   */
+  async batch(
+    what: string,
+    statements: readonly Statement[],
+    call: CallOptions & { logged: boolean },
+  ): Promise<types.ResultSet> {
+    this.checkOpen(what);
+    const options = this.options(call);
+    options.logged = call.logged;
+    try {
+      return await this.client.batch(
+        statements.map((s) => ({ query: s.query, params: s.params as unknown[] })),
+        options,
+      );
+    } catch (err) {
+      throw storageError(what, err);
+    }
+  }
+
+  /** Marks the session closed; the owner shuts the client down. */
+  markClosed(): void {
+    this.closed = true;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Row decoding: bigint columns arrive as Long, timestamps as Date. (Parameters may be plain numbers:
+// with prepared statements the driver knows the column types and encodes a number as a bigint.)
+
+export function toNumber(value: unknown, what: string): number {
+  if (typeof value === "number") return value;
+  if (typeof value === "bigint") return Number(value);
+  if (value instanceof cassandra.types.Long) return value.toNumber();
+  if (value instanceof Date) return value.getTime();
+  throw new Error(`invariant violated: ${what} is ${String(value)}, not a number`);
+}
+
+export function optionalNumber(value: unknown, what: string): number | undefined {
+  return value === null || value === undefined ? undefined : toNumber(value, what);
+}
+
+export function toText(value: unknown, what: string): string {
+  if (typeof value === "string") return value;
+  throw new Error(`invariant violated: ${what} is ${String(value)}, not text`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bounded concurrency.
+
+/** A counting semaphore: at most `max` calls of `run` in flight; the rest wait in FIFO order. */
+export class Limiter {
+  private active = 0;
+  private readonly waiting: Array<() => void> = [];
+
+  constructor(readonly max: number) {}
+
+  async run<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.active >= this.max) await new Promise<void>((resolve) => this.waiting.push(resolve));
+    else this.active++;
+    try {
+      return await fn();
+    } finally {
+      const next = this.waiting.shift();
+      if (next) next();
+      else this.active--;
+    }
+  }
+
+  /** fn over every item through this limiter; results in item order; rejects with the first error. */
+  map<T, R>(items: readonly T[], fn: (item: T, index: number) => Promise<R>): Promise<R[]> {
+    return Promise.all(items.map((item, index) => this.run(() => fn(item, index))));
+  }
+}
+
+/** Groups items by key, keeping first-seen key order and item order within a group. */
+export function groupBy<T>(items: Iterable<T>, key: (item: T) => string): Map<string, T[]> {
+  const groups = new Map<string, T[]>();
+  for (const item of items) {
+    const k = key(item);
+    const group = groups.get(k);
+    if (group) group.push(item);
+    else groups.set(k, [item]);
+  }
+  return groups;
+}
+
+export function chunks<T>(items: readonly T[], size: number): T[][] {
+  const out: T[][] = [];
+  for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size));
+  return out;
+}
+
+/** Serialises async critical sections per key within this process (CAS loops on one partition). */
+export class KeyedMutex {
+  private readonly tails = new Map<string, Promise<unknown>>();
+
+  run<T>(key: string, fn: () => Promise<T>): Promise<T> {
+    const prev = this.tails.get(key) ?? Promise.resolve();
+    const next = prev.then(fn, fn);
+    const tail = next.catch(() => undefined);
+    this.tails.set(key, tail);
+    void tail.then(() => {
+      if (this.tails.get(key) === tail) this.tails.delete(key);
+    });
+    return next;
+  }
+}
+
+/** Jittered pause between attempts of a CAS loop that lost a race (contention management, not sync). */
+export function backoff(attempt: number): Promise<void> {
+  const ms = Math.min(200, 2 ** Math.min(attempt, 7)) * (0.5 + Math.random());
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** What a CAS loop throws when it kept losing races: retryable, like any unavailability. */
+export function contended(what: string, attempts: number, last: unknown): SwitchboardError {
+  return errors.unavailable(
+    "STORAGE_UNAVAILABLE",
+    `${what}: conditional write still conflicting after ${attempts} attempts`,
+    last,
+  );
+}
