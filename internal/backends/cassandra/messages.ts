@@ -1,0 +1,251 @@
+/**
+ * MessageStore over `messages_by_conversation` (partition (conversation_id, bucket), clustering seq DESC)
+ * and `buckets_by_conversation` (which buckets exist).
+ *
+ * write(): the batch writer. Rows are grouped by partition and sent as unlogged single-partition batches
+ * (one mutation each, applied atomically per replica and exempt from the multi-partition batch size
+ * limit), cut at BATCH_ROWS_MAX rows / BATCH_BYTES_MAX bytes so a mutation stays far below the commit
+ * log's limit; at most `inFlightMax` requests are outstanding per store. Every row is immutable and
+ * every statement idempotent, so the driver may retry it and a caller may re-write a batch after a crash.
+ * A bucket's marker is written (and awaited) before its first rows, so a reader that finds the marker
+ * may see an empty bucket for a moment, but never rows without a marker.
+ *
+ * Rows are upserts without a read: the sequencer's fence (SequencerStore) guarantees a (conversation,
+ * seq) is never given to two messages, so a re-write always carries the same values.
+ */
+import type { HistoryPage, HistoryQuery, MessageStore, StoredMessage } from "../types.js";
+import { SEQ_BUCKET_SIZE, seqBucket } from "./schema.js";
+import {
+  chunks,
+  groupBy,
+  Limiter,
+  type Row,
+  type Session,
+  type Statement,
+  toNumber,
+  toText,
+} from "./session.js";
+
+const BATCH_ROWS_MAX = 50;
+const BATCH_BYTES_MAX = 256 * 1024;
+/** How many bucket markers this process remembers as written (then it forgets them all and re-writes). */
+const KNOWN_BUCKETS_MAX = 100_000;
+const GET_MANY_IN_MAX = 100;
+const NO_UPPER_BOUND = Number.MAX_SAFE_INTEGER;
+
+export interface MessageStoreOptions {
+  /** Outstanding requests per store (write batches, getMany reads). Default 64. */
+  inFlightMax?: number;
+}
+
+export class CassandraMessageStore implements MessageStore {
+  private readonly limiter: Limiter;
+  private readonly knownBuckets = new Set<string>();
+  private readonly q: ReturnType<typeof statements>;
+
+  constructor(
+    private readonly s: Session,
+    options: MessageStoreOptions = {},
+  ) {
+    this.limiter = new Limiter(options.inFlightMax ?? 64);
+    this.q = statements(s);
+  }
+
+  async write(messages: StoredMessage[]): Promise<void> {
+    if (messages.length === 0) return;
+    const byPartition = groupBy(messages, (m) => `${m.conversationId}\u0000${seqBucket(m.seq)}`);
+
+    const markers = [...byPartition.keys()].filter((k) => !this.knownBuckets.has(k));
+    await this.limiter.map(markers, async (key) => {
+      const m = byPartition.get(key)![0]!;
+      await this.s.execute(
+        "buckets_by_conversation: insert marker",
+        this.q.insertBucket,
+        [m.conversationId, seqBucket(m.seq)],
+        { idempotent: true },
+      );
+    });
+
+    const batches: StoredMessage[][] = [];
+    for (const rows of byPartition.values()) {
+      let batch: StoredMessage[] = [];
+      let bytes = 0;
+      for (const m of rows) {
+        const size = Buffer.byteLength(m.body) + 256;
+        if (batch.length > 0 && (batch.length >= BATCH_ROWS_MAX || bytes + size > BATCH_BYTES_MAX)) {
+          batches.push(batch);
+          batch = [];
+          bytes = 0;
+        }
+        batch.push(m);
+        bytes += size;
+      }
+      batches.push(batch);
+    }
+    await this.limiter.map(batches, async (batch) => {
+      const rows: Statement[] = batch.map((m) => ({
+        query: this.q.insertMessage,
+        params: [
+          m.conversationId,
+          seqBucket(m.seq),
+          m.seq,
+          m.messageId,
+          m.sender,
+          m.body,
+          new Date(m.createdAtMs),
+          m.clientMsgId,
+        ],
+      }));
+      const what = "messages_by_conversation: write";
+      if (rows.length === 1)
+        await this.s.execute(what, rows[0]!.query, rows[0]!.params, { idempotent: true });
+      else await this.s.batch(what, rows, { idempotent: true, logged: false });
+    });
+
+    if (this.knownBuckets.size + markers.length > KNOWN_BUCKETS_MAX) this.knownBuckets.clear();
+    for (const key of markers) this.knownBuckets.add(key);
+  }
+
+  /** The newest bucket at or below `bucket` that has a marker, or undefined. */
+  private async newestBucket(conversationId: string, atMost: number): Promise<number | undefined> {
+    if (atMost < 0) return undefined;
+    const result = await this.s.execute(
+      "buckets_by_conversation: newest bucket",
+      this.q.newestBucket,
+      [conversationId, atMost],
+      { idempotent: true },
+    );
+    const row = result.first();
+    return row ? toNumber(row.get("bucket"), "bucket") : undefined;
+  }
+
+  async history(conversationId: string, query: HistoryQuery): Promise<HistoryPage> {
+    const limit = Math.max(0, Math.floor(query.limit));
+    const after = query.afterSeq && query.afterSeq > 0 ? query.afterSeq : 0;
+    const before = query.beforeSeq && query.beforeSeq > 0 ? query.beforeSeq : NO_UPPER_BOUND;
+    const want = limit + 1; // one more than asked tells whether there is more
+    const out: StoredMessage[] = [];
+    if (before - after <= 1) return { messages: [], hasMore: false };
+
+    const top = await this.newestBucket(conversationId, seqBucket(before - 1));
+    if (top === undefined) return { messages: [], hasMore: false };
+    const bottom = seqBucket(after + 1);
+
+    if (after > 0) {
+      // Oldest first above afterSeq: walk the buckets upwards.
+      for (let b = bottom; b <= top && out.length < want; b++) {
+        const rows = await this.readBucket("forward", conversationId, b, after, before, want - out.length);
+        for (const row of rows) out.push(decode(conversationId, row));
+      }
+      return { messages: out.slice(0, limit), hasMore: out.length > limit };
+    }
+    // Newest first below beforeSeq: walk the buckets downwards, then return the page oldest first.
+    for (let b = top; b >= bottom && out.length < want; b--) {
+      const rows = await this.readBucket("backward", conversationId, b, after, before, want - out.length);
+      for (const row of rows) out.push(decode(conversationId, row));
+    }
+    return { messages: out.slice(0, limit).reverse(), hasMore: out.length > limit };
+  }
+
+  private async readBucket(
+    direction: "forward" | "backward",
+    conversationId: string,
+    bucket: number,
+    after: number,
+    before: number,
+    limit: number,
+  ): Promise<Row[]> {
+    const result = await this.s.execute(
+      `messages_by_conversation: history ${direction}`,
+      direction === "forward" ? this.q.pageForward : this.q.pageBackward,
+      [conversationId, bucket, after, before, Math.min(limit, SEQ_BUCKET_SIZE)],
+      { idempotent: true, fetchSize: SEQ_BUCKET_SIZE + 1 },
+    );
+    return result.rows;
+  }
+
+  async lastSeq(conversationId: string): Promise<number> {
+    const top = await this.newestBucket(conversationId, seqBucket(NO_UPPER_BOUND));
+    if (top === undefined) return 0;
+    // The newest marker's bucket may still be empty (markers are written first): look below it.
+    for (let b = top; b >= 0; b--) {
+      const result = await this.s.execute(
+        "messages_by_conversation: last seq",
+        this.q.lastSeq,
+        [conversationId, b],
+        { idempotent: true },
+      );
+      const row = result.first();
+      if (row) return toNumber(row.get("seq"), "seq");
+    }
+    return 0;
+  }
+
+  async getMany(keys: Array<{ conversationId: string; seq: number }>): Promise<StoredMessage[]> {
+    if (keys.length === 0) return [];
+    const key = (conversationId: string, seq: number) => `${conversationId}\u0000${seq}`;
+    const byPartition = groupBy(keys, (k) => `${k.conversationId}\u0000${seqBucket(k.seq)}`);
+    const reads: Array<{ conversationId: string; bucket: number; seqs: number[] }> = [];
+    for (const group of byPartition.values()) {
+      const { conversationId, seq } = group[0]!;
+      const seqs = [...new Set(group.map((k) => k.seq))];
+      for (const part of chunks(seqs, GET_MANY_IN_MAX))
+        reads.push({ conversationId, bucket: seqBucket(seq), seqs: part });
+    }
+    const found = new Map<string, StoredMessage>();
+    await this.limiter.map(reads, async (r) => {
+      const result = await this.s.execute(
+        "messages_by_conversation: get many",
+        this.q.getMany,
+        [r.conversationId, r.bucket, r.seqs],
+        { idempotent: true, fetchSize: GET_MANY_IN_MAX + 1 },
+      );
+      for (const row of result.rows) {
+        const m = decode(r.conversationId, row);
+        found.set(key(m.conversationId, m.seq), m);
+      }
+    });
+    const out: StoredMessage[] = [];
+    for (const k of keys) {
+      const m = found.get(key(k.conversationId, k.seq));
+      if (m) out.push(m);
+    }
+    return out;
+  }
+
+  async close(): Promise<void> {}
+}
+
+const COLUMNS = "seq, message_id, sender, body, created_at, client_msg_id";
+
+function statements(s: Session) {
+  const messages = s.table("messages_by_conversation");
+  const buckets = s.table("buckets_by_conversation");
+  return {
+    insertBucket: `INSERT INTO ${buckets} (conversation_id, bucket) VALUES (?, ?)`,
+    newestBucket: `SELECT bucket FROM ${buckets} WHERE conversation_id = ? AND bucket <= ? LIMIT 1`,
+    insertMessage:
+      `INSERT INTO ${messages} (conversation_id, bucket, seq, message_id, sender, body, created_at, ` +
+      "client_msg_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    pageForward:
+      `SELECT ${COLUMNS} FROM ${messages} WHERE conversation_id = ? AND bucket = ? ` +
+      "AND seq > ? AND seq < ? ORDER BY seq ASC LIMIT ?",
+    pageBackward:
+      `SELECT ${COLUMNS} FROM ${messages} WHERE conversation_id = ? AND bucket = ? ` +
+      "AND seq > ? AND seq < ? ORDER BY seq DESC LIMIT ?",
+    lastSeq: `SELECT seq FROM ${messages} WHERE conversation_id = ? AND bucket = ? LIMIT 1`,
+    getMany: `SELECT ${COLUMNS} FROM ${messages} WHERE conversation_id = ? AND bucket = ? AND seq IN ?`,
+  };
+}
+
+function decode(conversationId: string, row: Row): StoredMessage {
+  return {
+    conversationId,
+    seq: toNumber(row.get("seq"), "messages_by_conversation.seq"),
+    messageId: toText(row.get("message_id"), "messages_by_conversation.message_id"),
+    sender: toText(row.get("sender"), "messages_by_conversation.sender"),
+    clientMsgId: toText(row.get("client_msg_id"), "messages_by_conversation.client_msg_id"),
+    body: toText(row.get("body"), "messages_by_conversation.body"),
+    createdAtMs: toNumber(row.get("created_at"), "messages_by_conversation.created_at"),
+  };
+}
