@@ -1,0 +1,318 @@
+/**
+ * InboxStore over `inbox_heads` (partition user_id; static head; clustering (conversation_id, seq) ->
+ * cursor, message_id) and `inbox_by_user` (partition (user_id, bucket); clustering cursor).
+ *
+ * Cursor assignment is fenced exactly like the sequencer (ADR 0002): per user, one conditional batch on
+ * the user's `inbox_heads` partition sets head = h + k IF head = h and inserts one row per new
+ * (conversation, seq) IF NOT EXISTS. If another appender moved the head or recorded one of the entries
+ * first, nothing is applied and the round is retried with a fresh read (bounded; then UNAVAILABLE).
+ * Only after the batch applied are the `inbox_by_user` rows written (older bucket first, one unlogged
+ * single-partition batch per bucket). Those rows are immutable, so every append re-writes the rows of
+ * the entries it returns, including ones recorded earlier: a retry after a crash between the two steps
+ * repairs the stream, and an append never resolves before its entries are readable.
+ *
+ * Within one process, concurrent appends for the same user are queued and merged into one round (one
+ * Paxos round for many entries instead of a retry storm); across processes the CAS decides.
+ *
+ * read() returns a gap-free run of cursors only: if an entry's row is not written yet (its appender is
+ * between the two steps) the page stops before it, so a device's cursor never skips an entry.
+ */
+import type { InboxEntry, InboxStore } from "../types.js";
+import { INBOX_BUCKET_SIZE, inboxBucket } from "./schema.js";
+import {
+  backoff,
+  chunks,
+  contended,
+  groupBy,
+  isUnavailable,
+  Limiter,
+  optionalNumber,
+  type Session,
+  type Statement,
+  toNumber,
+  toText,
+} from "./session.js";
+
+type Draft = Omit<InboxEntry, "cursor">;
+
+/** Entries one conditional batch records at most (a round with more takes several, in order). */
+const CAS_ENTRIES_MAX = 250;
+/** Entries of queued appends merged into one round at most (a single larger append is not split). */
+const ROUND_ENTRIES_MAX = 1000;
+const CAS_ATTEMPTS_MAX = 32;
+const IN_MAX = 100;
+
+const entryKey = (conversationId: string, seq: number) => `${conversationId}\u0000${seq}`;
+
+interface Request {
+  entries: Draft[];
+  resolve: (cursors: Map<string, number>) => void;
+  reject: (err: unknown) => void;
+}
+
+export interface InboxStoreOptions {
+  /** Users whose rounds run at the same time, per store. Default 32. */
+  concurrentUsersMax?: number;
+}
+
+export class CassandraInboxStore implements InboxStore {
+  private readonly q: ReturnType<typeof statements>;
+  private readonly lanes = new Map<string, Request[]>();
+  private readonly limiter: Limiter;
+  /** Conditional batches that did not apply (lost a race) or whose outcome was unknown (timeout). */
+  readonly stats = { casApplied: 0, casConflicts: 0, casUnknown: 0 };
+
+  constructor(
+    private readonly s: Session,
+    options: InboxStoreOptions = {},
+  ) {
+    this.q = statements(s);
+    this.limiter = new Limiter(options.concurrentUsersMax ?? 32);
+  }
+
+  async append(entries: Draft[]): Promise<InboxEntry[]> {
+    if (entries.length === 0) return [];
+    const byUser = groupBy(entries, (e) => e.userId);
+    const cursors = new Map<string, Map<string, number>>();
+    await Promise.all(
+      [...byUser].map(async ([user, own]) => {
+        cursors.set(user, await this.submit(user, own));
+      }),
+    );
+    return entries.map((e) => {
+      const cursor = cursors.get(e.userId)?.get(entryKey(e.conversationId, e.seq));
+      if (cursor === undefined)
+        throw new Error(`invariant violated: no cursor for ${e.userId}/${e.conversationId}/${e.seq}`);
+      return { ...e, cursor };
+    });
+  }
+
+  /** Queues a user's entries; the user's lane merges everything queued into its next round. */
+  private submit(user: string, entries: Draft[]): Promise<Map<string, number>> {
+    return new Promise((resolve, reject) => {
+      const queue = this.lanes.get(user);
+      if (queue) {
+        queue.push({ entries, resolve, reject });
+        return;
+      }
+      this.lanes.set(user, [{ entries, resolve, reject }]);
+      void this.drain(user);
+    });
+  }
+
+  private async drain(user: string): Promise<void> {
+    // Let the rest of the current tick queue its appends first: they join this round.
+    await Promise.resolve();
+    const queue = this.lanes.get(user)!;
+    while (queue.length > 0) {
+      const taken: Request[] = [];
+      let count = 0;
+      while (
+        queue.length > 0 &&
+        (taken.length === 0 || count + queue[0]!.entries.length <= ROUND_ENTRIES_MAX)
+      ) {
+        const request = queue.shift()!;
+        taken.push(request);
+        count += request.entries.length;
+      }
+      try {
+        const cursors = await this.limiter.run(() =>
+          this.round(
+            user,
+            taken.flatMap((r) => r.entries),
+          ),
+        );
+        for (const r of taken) r.resolve(cursors);
+      } catch (err) {
+        for (const r of taken) r.reject(err);
+      }
+    }
+    this.lanes.delete(user);
+  }
+
+  /** Records the entries (in order, duplicates once) and writes their stream rows; key -> cursor. */
+  private async round(user: string, entries: Draft[]): Promise<Map<string, number>> {
+    const distinct = new Map<string, Draft>();
+    for (const e of entries) {
+      const key = entryKey(e.conversationId, e.seq);
+      if (!distinct.has(key)) distinct.set(key, e);
+    }
+    const cursors = new Map<string, number>();
+    for (const chunk of chunks([...distinct.values()], CAS_ENTRIES_MAX)) {
+      const recorded = await this.record(user, chunk);
+      await this.writeStream(user, recorded);
+      for (const r of recorded) cursors.set(entryKey(r.conversationId, r.seq), r.cursor);
+    }
+    return cursors;
+  }
+
+  /** The CAS loop: gives the chunk's new entries the next cursors; returns every entry with its cursor. */
+  private async record(user: string, chunk: Draft[]): Promise<InboxEntry[]> {
+    let lastError: unknown;
+    for (let attempt = 1; attempt <= CAS_ATTEMPTS_MAX; attempt++) {
+      const [head, existing] = await Promise.all([this.readHead(user), this.lookup(user, chunk)]);
+      const out: InboxEntry[] = [];
+      const fresh: InboxEntry[] = [];
+      let next = head;
+      for (const e of chunk) {
+        const found = existing.get(entryKey(e.conversationId, e.seq));
+        if (found) {
+          out.push({ ...e, cursor: found.cursor, messageId: found.messageId });
+          continue;
+        }
+        const entry = { ...e, cursor: ++next };
+        fresh.push(entry);
+        out.push(entry);
+      }
+      if (fresh.length === 0) return out;
+      const fence =
+        head === 0
+          ? { query: this.q.casHeadFromNothing, params: [next, user] }
+          : { query: this.q.casHead, params: [next, user, head] };
+      try {
+        const result = await this.s.batch(
+          "inbox_heads: assign cursors (conditional batch)",
+          [
+            fence,
+            ...fresh.map((e) => ({
+              query: this.q.insertIndex,
+              params: [user, e.conversationId, e.seq, e.cursor, e.messageId],
+            })),
+          ],
+          { idempotent: false, logged: true },
+        );
+        if (result.wasApplied()) {
+          this.stats.casApplied++;
+          return out;
+        }
+        this.stats.casConflicts++;
+      } catch (err) {
+        // Outcome unknown: the next attempt's lookup finds the entries if the batch applied after all.
+        if (!isUnavailable(err)) throw err;
+        this.stats.casUnknown++;
+        lastError = err;
+      }
+      await backoff(attempt);
+    }
+    throw contended(`inbox_heads: assign cursors for ${user}`, CAS_ATTEMPTS_MAX, lastError);
+  }
+
+  private async readHead(user: string): Promise<number> {
+    const result = await this.s.execute("inbox_heads: read head", this.q.head, [user], { idempotent: true });
+    return optionalNumber(result.first()?.get("head"), "inbox_heads.head") ?? 0;
+  }
+
+  private async lookup(
+    user: string,
+    chunk: Draft[],
+  ): Promise<Map<string, { cursor: number; messageId: string }>> {
+    const found = new Map<string, { cursor: number; messageId: string }>();
+    const reads: Array<{ conversationId: string; seqs: number[] }> = [];
+    for (const [conversationId, group] of groupBy(chunk, (e) => e.conversationId)) {
+      for (const seqs of chunks(
+        group.map((e) => e.seq),
+        IN_MAX,
+      ))
+        reads.push({ conversationId, seqs });
+    }
+    await Promise.all(
+      reads.map(async ({ conversationId, seqs }) => {
+        const result = await this.s.execute(
+          "inbox_heads: look up entries",
+          this.q.lookup,
+          [user, conversationId, seqs],
+          { idempotent: true, fetchSize: IN_MAX + 1 },
+        );
+        for (const row of result.rows) {
+          found.set(entryKey(conversationId, toNumber(row.get("seq"), "inbox_heads.seq")), {
+            cursor: toNumber(row.get("cursor"), "inbox_heads.cursor"),
+            messageId: toText(row.get("message_id"), "inbox_heads.message_id"),
+          });
+        }
+      }),
+    );
+    return found;
+  }
+
+  /** Writes the stream rows, older bucket first; each bucket's rows are one single-partition batch. */
+  private async writeStream(user: string, entries: InboxEntry[]): Promise<void> {
+    const byBucket = [...groupBy(entries, (e) => String(inboxBucket(e.cursor))).values()].sort(
+      (a, b) => a[0]!.cursor - b[0]!.cursor,
+    );
+    for (const rows of byBucket) {
+      const statements: Statement[] = rows.map((e) => ({
+        query: this.q.insertStream,
+        params: [user, inboxBucket(e.cursor), e.cursor, e.conversationId, e.seq, e.messageId],
+      }));
+      const what = "inbox_by_user: write entries";
+      if (statements.length === 1)
+        await this.s.execute(what, statements[0]!.query, statements[0]!.params, { idempotent: true });
+      else await this.s.batch(what, statements, { idempotent: true, logged: false });
+    }
+  }
+
+  async read(userId: string, after: number, limit: number): Promise<InboxEntry[]> {
+    const out: InboxEntry[] = [];
+    if (limit <= 0) return out;
+    let from = Math.max(0, Math.floor(after));
+    for (let bucket = inboxBucket(from + 1); out.length < limit; bucket++) {
+      const result = await this.s.execute(
+        "inbox_by_user: read",
+        this.q.read,
+        [userId, bucket, from, Math.min(limit - out.length, INBOX_BUCKET_SIZE)],
+        { idempotent: true, fetchSize: INBOX_BUCKET_SIZE + 1 },
+      );
+      for (const row of result.rows) {
+        const cursor = toNumber(row.get("cursor"), "inbox_by_user.cursor");
+        if (cursor !== from + 1) return out; // not written yet: stop before the hole
+        out.push({
+          userId,
+          cursor,
+          conversationId: toText(row.get("conversation_id"), "inbox_by_user.conversation_id"),
+          seq: toNumber(row.get("seq"), "inbox_by_user.seq"),
+          messageId: toText(row.get("message_id"), "inbox_by_user.message_id"),
+        });
+        from = cursor;
+      }
+      // The bucket ended early: that is the end of the stream.
+      if (from !== (bucket + 1) * INBOX_BUCKET_SIZE) return out;
+    }
+    return out;
+  }
+
+  async head(userId: string): Promise<number> {
+    // The last readable cursor: the assigned head, unless its row is still being written.
+    const assigned = await this.readHead(userId);
+    for (let bucket = inboxBucket(assigned); bucket >= 0; bucket--) {
+      const result = await this.s.execute("inbox_by_user: last cursor", this.q.last, [userId, bucket], {
+        idempotent: true,
+      });
+      const row = result.first();
+      if (row) return toNumber(row.get("cursor"), "inbox_by_user.cursor");
+    }
+    return 0;
+  }
+
+  async close(): Promise<void> {}
+}
+
+function statements(s: Session) {
+  const heads = s.table("inbox_heads");
+  const stream = s.table("inbox_by_user");
+  return {
+    head: `SELECT head FROM ${heads} WHERE user_id = ? LIMIT 1`,
+    lookup: `SELECT seq, cursor, message_id FROM ${heads} WHERE user_id = ? AND conversation_id = ? AND seq IN ?`,
+    casHead: `UPDATE ${heads} SET head = ? WHERE user_id = ? IF head = ?`,
+    casHeadFromNothing: `UPDATE ${heads} SET head = ? WHERE user_id = ? IF head = null`,
+    insertIndex:
+      `INSERT INTO ${heads} (user_id, conversation_id, seq, cursor, message_id) ` +
+      "VALUES (?, ?, ?, ?, ?) IF NOT EXISTS",
+    insertStream:
+      `INSERT INTO ${stream} (user_id, bucket, cursor, conversation_id, seq, message_id) ` +
+      "VALUES (?, ?, ?, ?, ?, ?)",
+    read:
+      `SELECT cursor, conversation_id, seq, message_id FROM ${stream} ` +
+      "WHERE user_id = ? AND bucket = ? AND cursor > ? LIMIT ?",
+    last: `SELECT cursor FROM ${stream} WHERE user_id = ? AND bucket = ? ORDER BY cursor DESC LIMIT 1`,
+  };
+}

@@ -1,0 +1,361 @@
+/**
+ * MembershipStore over `members_by_conversation` (the conversation row as static columns, one clustering
+ * row per member) and `conversations_by_user` (a derived index).
+ *
+ * Every change to a conversation partition is one conditional batch on that partition (schema.ts, v2):
+ * - create: INSERT the conversation row IF NOT EXISTS + INSERT each member IF NOT EXISTS;
+ * - add:    UPDATE member_count = n + k IF member_count = n + INSERT each new member IF NOT EXISTS;
+ * - remove: UPDATE member_count = n - 1 IF member_count = n + DELETE the member IF EXISTS.
+ * So the member limit holds under concurrent adds from any number of processes: of two adds that read the
+ * same count only one applies, the other re-reads and re-checks the limit; and the count always equals
+ * the number of member rows. Within a process a per-conversation mutex keeps our own calls from racing
+ * each other (Paxos contention costs round trips and timeouts); across processes the CAS decides.
+ *
+ * `conversations_by_user` rows are written after the batch applied. If a process dies in between, a row
+ * is missing until the next create/add naming that user re-writes it (both re-write the index for every
+ * user they report as a member), and a removed member's row may linger: conversationsOf() checks each
+ * listed conversation's member row, which is authoritative, and drops stale index rows.
+ */
+import { errors } from "../../lib/errors.js";
+import type { ConversationKindName, ConversationRecord, MembershipStore } from "../types.js";
+import {
+  backoff,
+  chunks,
+  contended,
+  isUnavailable,
+  KeyedMutex,
+  Limiter,
+  optionalNumber,
+  type Row,
+  type Session,
+  toNumber,
+  toText,
+} from "./session.js";
+
+const CAS_ATTEMPTS_MAX = 24;
+const IN_MAX = 100;
+
+export class CassandraMembershipStore implements MembershipStore {
+  private readonly q: ReturnType<typeof statements>;
+  private readonly mutex = new KeyedMutex();
+  private readonly limiter = new Limiter(32);
+  /** Conditional batches of addMembers/removeMember that lost a race or timed out (then retried). */
+  readonly stats = { casConflicts: 0, casUnknown: 0 };
+
+  constructor(private readonly s: Session) {
+    this.q = statements(s);
+  }
+
+  createConversation(
+    record: Omit<ConversationRecord, "memberCount">,
+    members: string[],
+  ): Promise<{ record: ConversationRecord; created: boolean }> {
+    return this.mutex.run(record.id, async () => {
+      const unique = [...new Set(members)];
+      const stored: ConversationRecord = { ...record, memberCount: unique.length };
+      const createdAt = new Date(record.createdAtMs);
+      let lastError: unknown;
+      for (let attempt = 1; attempt <= CAS_ATTEMPTS_MAX; attempt++) {
+        // A timed-out attempt may have applied: whoever reads the row afterwards cannot tell whether it
+        // was us, so an earlier attempt of ours that timed out counts as "maybe created" below.
+        const existing = await this.readConversation(record.id);
+        if (existing) {
+          const created = lastError !== undefined && sameConversation(existing, stored);
+          await this.indexPresent(existing, unique);
+          return { record: existing, created };
+        }
+        try {
+          const result = await this.s.batch(
+            "members_by_conversation: create conversation (conditional batch)",
+            [
+              {
+                query: this.q.insertConversation,
+                params: [
+                  record.id,
+                  record.kind,
+                  record.name,
+                  record.owner,
+                  record.open,
+                  createdAt,
+                  unique.length,
+                ],
+              },
+              ...unique.map((user) => ({ query: this.q.insertMember, params: [record.id, user, createdAt] })),
+            ],
+            { idempotent: false, logged: true },
+          );
+          if (result.wasApplied()) {
+            await this.index(record.id, record.createdAtMs, unique);
+            return { record: stored, created: true };
+          }
+        } catch (err) {
+          if (!isUnavailable(err)) throw err;
+          lastError = err;
+          await backoff(attempt);
+        }
+      }
+      throw contended("members_by_conversation: create conversation", CAS_ATTEMPTS_MAX, lastError);
+    });
+  }
+
+  async getConversation(id: string): Promise<ConversationRecord | undefined> {
+    return this.readConversation(id);
+  }
+
+  addMembers(id: string, users: string[], membersMax: number): Promise<ConversationRecord> {
+    return this.mutex.run(id, async () => {
+      const unique = [...new Set(users)];
+      let lastError: unknown;
+      for (let attempt = 1; attempt <= CAS_ATTEMPTS_MAX; attempt++) {
+        const record = await this.readConversation(id);
+        if (!record) throw errors.notFound("CONVERSATION_NOT_FOUND", `conversation ${id} does not exist`);
+        const present = await this.presentAmong(id, unique);
+        const fresh = unique.filter((u) => !present.has(u));
+        if (record.memberCount + fresh.length > membersMax) {
+          throw errors.exhausted(
+            "GROUP_FULL",
+            `group ${id} would have ${record.memberCount + fresh.length} members; the limit is ${membersMax}`,
+          );
+        }
+        if (fresh.length === 0) {
+          await this.index(id, record.createdAtMs, unique);
+          return record;
+        }
+        const now = new Date();
+        try {
+          const result = await this.s.batch(
+            "members_by_conversation: add members (conditional batch)",
+            [
+              {
+                query: this.q.casCount,
+                params: [record.memberCount + fresh.length, id, record.memberCount],
+              },
+              ...fresh.map((user) => ({ query: this.q.insertMember, params: [id, user, now] })),
+            ],
+            { idempotent: false, logged: true },
+          );
+          if (result.wasApplied()) {
+            await this.index(id, record.createdAtMs, unique);
+            return { ...record, memberCount: record.memberCount + fresh.length };
+          }
+          this.stats.casConflicts++;
+        } catch (err) {
+          // Outcome unknown: the next attempt's fresh read shows whether the users are members now.
+          if (!isUnavailable(err)) throw err;
+          this.stats.casUnknown++;
+          lastError = err;
+        }
+        await backoff(attempt);
+      }
+      throw contended("members_by_conversation: add members", CAS_ATTEMPTS_MAX, lastError);
+    });
+  }
+
+  removeMember(id: string, user: string): Promise<ConversationRecord> {
+    return this.mutex.run(id, async () => {
+      let lastError: unknown;
+      let removedByUs = false;
+      for (let attempt = 1; attempt <= CAS_ATTEMPTS_MAX; attempt++) {
+        const record = await this.readConversation(id);
+        if (!record) throw errors.notFound("CONVERSATION_NOT_FOUND", `conversation ${id} does not exist`);
+        if (!(await this.isMember(id, user))) {
+          // A timed-out attempt of ours may have removed the member after all.
+          if (removedByUs) {
+            await this.unindex(id, record.createdAtMs, user);
+            return record;
+          }
+          throw errors.notFound("NOT_MEMBER", `${user} is not a member of ${id}`);
+        }
+        try {
+          const result = await this.s.batch(
+            "members_by_conversation: remove member (conditional batch)",
+            [
+              { query: this.q.casCount, params: [record.memberCount - 1, id, record.memberCount] },
+              { query: this.q.deleteMember, params: [id, user] },
+            ],
+            { idempotent: false, logged: true },
+          );
+          if (result.wasApplied()) {
+            await this.unindex(id, record.createdAtMs, user);
+            return { ...record, memberCount: record.memberCount - 1 };
+          }
+          this.stats.casConflicts++;
+        } catch (err) {
+          if (!isUnavailable(err)) throw err;
+          this.stats.casUnknown++;
+          lastError = err;
+          removedByUs = true;
+        }
+        await backoff(attempt);
+      }
+      throw contended("members_by_conversation: remove member", CAS_ATTEMPTS_MAX, lastError);
+    });
+  }
+
+  async isMember(id: string, user: string): Promise<boolean> {
+    const result = await this.s.execute("members_by_conversation: is member", this.q.member, [id, user], {
+      idempotent: true,
+    });
+    return result.rowLength > 0;
+  }
+
+  async members(id: string): Promise<string[]> {
+    const rows = await this.s.all("members_by_conversation: list members", this.q.members, [id]);
+    const out: string[] = [];
+    for (const row of rows) {
+      const user = row.get("user_id");
+      if (typeof user === "string") out.push(user); // a static-only row (no members) has a null user
+    }
+    return out;
+  }
+
+  async conversationsOf(user: string, limit: number): Promise<ConversationRecord[]> {
+    const out: ConversationRecord[] = [];
+    if (limit <= 0) return out;
+    const pageSize = Math.min(Math.max(limit, 10), 500);
+    let pageState: string | undefined;
+    do {
+      const call: { idempotent: boolean; fetchSize: number; pageState?: string } = {
+        idempotent: true,
+        fetchSize: pageSize,
+      };
+      if (pageState !== undefined) call.pageState = pageState;
+      const page = await this.s.execute("conversations_by_user: list", this.q.conversationsOf, [user], call);
+      const listed = page.rows.map((r) => ({
+        id: toText(r.get("conversation_id"), "conversations_by_user.conversation_id"),
+        createdAtMs: toNumber(r.get("created_at"), "conversations_by_user.created_at"),
+      }));
+      const checked = await this.limiter.map(listed, async (entry) => {
+        const result = await this.s.execute(
+          "members_by_conversation: conversation of member",
+          this.q.conversationOfMember,
+          [entry.id, user],
+          { idempotent: true },
+        );
+        const row = result.first();
+        if (row) return decodeConversation(entry.id, row);
+        // Stale index row (the member was removed, or the remove's index delete is still to come).
+        return undefined;
+      });
+      for (const record of checked) {
+        if (record && out.length < limit) out.push(record);
+      }
+      pageState = page.pageState ?? undefined;
+    } while (pageState && out.length < limit);
+    return out;
+  }
+
+  async close(): Promise<void> {}
+
+  private async readConversation(id: string): Promise<ConversationRecord | undefined> {
+    const result = await this.s.execute(
+      "members_by_conversation: read conversation",
+      this.q.conversation,
+      [id],
+      {
+        idempotent: true,
+      },
+    );
+    const row = result.first();
+    if (!row || row.get("kind") === null || row.get("kind") === undefined) return undefined;
+    return decodeConversation(id, row);
+  }
+
+  private async presentAmong(id: string, users: string[]): Promise<Set<string>> {
+    const present = new Set<string>();
+    for (const part of chunks(users, IN_MAX)) {
+      const result = await this.s.execute(
+        "members_by_conversation: which are members",
+        this.q.membersIn,
+        [id, part],
+        {
+          idempotent: true,
+          fetchSize: IN_MAX + 1,
+        },
+      );
+      for (const row of result.rows)
+        present.add(toText(row.get("user_id"), "members_by_conversation.user_id"));
+    }
+    return present;
+  }
+
+  /** Re-writes the index rows of those of `users` that are members (repairs an interrupted write). */
+  private async indexPresent(record: ConversationRecord, users: string[]): Promise<void> {
+    const present = await this.presentAmong(record.id, users);
+    await this.index(
+      record.id,
+      record.createdAtMs,
+      users.filter((u) => present.has(u)),
+    );
+  }
+
+  private async index(id: string, createdAtMs: number, users: string[]): Promise<void> {
+    const createdAt = new Date(createdAtMs);
+    await this.limiter.map(users, (user) =>
+      this.s.execute("conversations_by_user: insert", this.q.indexInsert, [user, createdAt, id], {
+        idempotent: true,
+      }),
+    );
+  }
+
+  private async unindex(id: string, createdAtMs: number, user: string): Promise<void> {
+    await this.s.execute(
+      "conversations_by_user: delete",
+      this.q.indexDelete,
+      [user, new Date(createdAtMs), id],
+      {
+        idempotent: true,
+      },
+    );
+  }
+}
+
+function sameConversation(a: ConversationRecord, b: ConversationRecord): boolean {
+  return (
+    a.kind === b.kind &&
+    a.name === b.name &&
+    a.owner === b.owner &&
+    a.open === b.open &&
+    a.createdAtMs === b.createdAtMs
+  );
+}
+
+const CONVERSATION_COLUMNS = "kind, name, owner, open, created_at, member_count";
+
+function decodeConversation(id: string, row: Row): ConversationRecord {
+  const kind = toText(row.get("kind"), "members_by_conversation.kind");
+  if (kind !== "direct" && kind !== "group")
+    throw new Error(`invariant violated: conversation ${id} has kind ${kind}`);
+  return {
+    id,
+    kind: kind satisfies ConversationKindName,
+    name: toText(row.get("name"), "members_by_conversation.name"),
+    owner: toText(row.get("owner"), "members_by_conversation.owner"),
+    open: row.get("open") === true,
+    createdAtMs: toNumber(row.get("created_at"), "members_by_conversation.created_at"),
+    memberCount: optionalNumber(row.get("member_count"), "members_by_conversation.member_count") ?? 0,
+  };
+}
+
+function statements(s: Session) {
+  const members = s.table("members_by_conversation");
+  const byUser = s.table("conversations_by_user");
+  return {
+    conversation: `SELECT ${CONVERSATION_COLUMNS} FROM ${members} WHERE conversation_id = ? LIMIT 1`,
+    conversationOfMember:
+      `SELECT ${CONVERSATION_COLUMNS}, user_id FROM ${members} ` +
+      "WHERE conversation_id = ? AND user_id = ?",
+    member: `SELECT user_id FROM ${members} WHERE conversation_id = ? AND user_id = ?`,
+    members: `SELECT user_id FROM ${members} WHERE conversation_id = ?`,
+    membersIn: `SELECT user_id FROM ${members} WHERE conversation_id = ? AND user_id IN ?`,
+    insertConversation:
+      `INSERT INTO ${members} (conversation_id, kind, name, owner, open, created_at, member_count) ` +
+      "VALUES (?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS",
+    insertMember: `INSERT INTO ${members} (conversation_id, user_id, joined_at) VALUES (?, ?, ?) IF NOT EXISTS`,
+    casCount: `UPDATE ${members} SET member_count = ? WHERE conversation_id = ? IF member_count = ?`,
+    deleteMember: `DELETE FROM ${members} WHERE conversation_id = ? AND user_id = ? IF EXISTS`,
+    conversationsOf: `SELECT created_at, conversation_id FROM ${byUser} WHERE user_id = ?`,
+    indexInsert: `INSERT INTO ${byUser} (user_id, created_at, conversation_id) VALUES (?, ?, ?)`,
+    indexDelete: `DELETE FROM ${byUser} WHERE user_id = ? AND created_at = ? AND conversation_id = ?`,
+  };
+}
