@@ -1,0 +1,819 @@
+/**
+ * The Cassandra stores against a real node (test/infra: `bash test/infra/up.sh cassandra`). Never skips:
+ * if Cassandra cannot be started, every test fails with up.sh's reason.
+ *
+ * One keyspace per run of this file (switchboard_test_<random>), dropped at the end. Races between
+ * "processes" use two independently opened store sets (two driver clients), so the conditional writes,
+ * not in-process queues or mutexes, decide them.
+ */
+import { randomBytes } from "node:crypto";
+import cassandra from "cassandra-driver";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ensureServer } from "../../../test/infra/servers.js";
+import { Code, SwitchboardError } from "../../lib/errors.js";
+import type { ConversationRecord, InboxEntry, StoredMessage } from "../types.js";
+import {
+  type CassandraOptions,
+  type CassandraStores,
+  migrate,
+  openCassandraStores,
+  SEQ_BUCKET_SIZE,
+} from "./index.js";
+import { storageError } from "./session.js";
+
+const run = randomBytes(4).toString("hex");
+const keyspace = `switchboard_test_${run}`;
+const replication = { class: "SimpleStrategy", replication_factor: 1 } as const;
+const LONG = 300_000;
+
+let options: CassandraOptions;
+/** Two store sets on two clients: two "processes". */
+let a: CassandraStores;
+let b: CassandraStores;
+const figures: string[] = [];
+
+beforeAll(async () => {
+  const env = await ensureServer("cassandra");
+  const contactPoints = env.CASSANDRA_CONTACT_POINTS;
+  const localDataCenter = env.CASSANDRA_DATACENTER;
+  if (!contactPoints || !localDataCenter)
+    throw new Error(`test/infra/up.sh cassandra printed no connection settings: ${JSON.stringify(env)}`);
+  options = { contactPoints: contactPoints.split(","), localDataCenter, keyspace, replication };
+  a = await openCassandraStores(options);
+  b = await openCassandraStores(options);
+}, 900_000);
+
+afterAll(async () => {
+  if (figures.length > 0) console.log(`cassandra stores, measured:\n  ${figures.join("\n  ")}`);
+  await b?.close();
+  await a?.close();
+  if (options) await dropKeyspaces([keyspace]);
+}, 120_000);
+
+/** Drops keyspaces through a client of its own (works even when opening the stores failed). */
+async function dropKeyspaces(names: string[]): Promise<void> {
+  const client = new cassandra.Client({
+    contactPoints: options.contactPoints,
+    localDataCenter: options.localDataCenter,
+    socketOptions: { readTimeout: 60_000 },
+  });
+  try {
+    for (const name of names) await client.execute(`DROP KEYSPACE IF EXISTS ${name}`);
+  } finally {
+    await client.shutdown();
+  }
+}
+
+let ids = 0;
+const id = (name: string) => `${name}_${run}_${++ids}`;
+const range = (from: number, to: number) => Array.from({ length: to - from + 1 }, (_, i) => from + i);
+
+/** A deterministic permutation, so a failure reproduces. */
+function shuffled<T>(items: readonly T[], seed: number): T[] {
+  const out = [...items];
+  let state = seed;
+  for (let i = out.length - 1; i > 0; i--) {
+    state = (state * 1103515245 + 12345) % 2147483648;
+    const j = state % (i + 1);
+    [out[i], out[j]] = [out[j]!, out[i]!];
+  }
+  return out;
+}
+
+async function rejection(promise: Promise<unknown>): Promise<unknown> {
+  try {
+    await promise;
+  } catch (err) {
+    return err;
+  }
+  throw new Error("expected a rejection, the promise resolved");
+}
+
+const perSecond = (count: number, ms: number) => Math.round((count * 1000) / Math.max(ms, 1));
+
+// ---------------------------------------------------------------------------------------------
+describe("schema migrations", () => {
+  it(
+    "are idempotent: a second run applies nothing; schema_migrations records each version once",
+    async () => {
+      const ks = `switchboard_test_${run}_m`;
+      try {
+        const first = await migrate(a.client, { keyspace: ks, replication });
+        expect(first.applied).toEqual([1, 2, 3, 4]);
+        const second = await migrate(a.client, { keyspace: ks, replication });
+        expect(second).toEqual({ applied: [], version: 4 });
+
+        const rows = (
+          await a.client.execute(`SELECT version, name, checksum, applied_at FROM ${ks}.schema_migrations`)
+        ).rows;
+        expect(rows.map((r) => r.get("version") as number).sort()).toEqual([1, 2, 3, 4]);
+        for (const r of rows) {
+          expect(r.get("name")).toEqual(expect.any(String));
+          expect(r.get("checksum")).toMatch(/^[0-9a-f]{16}$/);
+          expect(r.get("applied_at")).toBeInstanceOf(Date);
+        }
+        const tables = (
+          await a.client.execute(
+            "SELECT table_name FROM system_schema.tables WHERE keyspace_name = ?",
+            [ks],
+            {
+              prepare: true,
+            },
+          )
+        ).rows.map((r) => r.get("table_name") as string);
+        expect(tables.sort()).toEqual(
+          [
+            "buckets_by_conversation",
+            "conversation_sequencer",
+            "conversations_by_user",
+            "devices_by_user",
+            "inbox_by_user",
+            "inbox_heads",
+            "members_by_conversation",
+            "messages_by_conversation",
+            "presence",
+            "receipts",
+            "schema_migrations",
+          ].sort(),
+        );
+
+        // An applied migration whose statements changed is refused, not re-applied.
+        await a.client.execute(`UPDATE ${ks}.schema_migrations SET checksum = 'edited' WHERE version = 2`);
+        expect(await rejection(migrate(a.client, { keyspace: ks, replication }))).toMatchObject({
+          reason: "SCHEMA_MISMATCH",
+        });
+      } finally {
+        await dropKeyspaces([ks]);
+      }
+    },
+    LONG,
+  );
+
+  it(
+    "opening the same keyspace again migrates nothing and sees the data",
+    async () => {
+      const conversationId = id("reopen");
+      await a.sequencer.assign(conversationId, 0, [{ dedupeKey: "k", seq: 1, messageId: "1" }]);
+      const again = await openCassandraStores(options);
+      try {
+        expect(await again.sequencer.head(conversationId)).toBe(1);
+      } finally {
+        await again.close();
+      }
+    },
+    LONG,
+  );
+});
+
+// ---------------------------------------------------------------------------------------------
+describe("message store", () => {
+  const TOTAL = 2_100;
+  const stored = (conversationId: string, seq: number): StoredMessage => ({
+    conversationId,
+    seq,
+    messageId: String(10_000_000_000n + BigInt(seq)),
+    sender: seq % 2 === 0 ? "alice" : "bob",
+    clientMsgId: `c${seq}`,
+    body: `message ${seq} ${"é".repeat(seq % 7)}`,
+    createdAtMs: 1_700_000_000_000 + seq,
+  });
+  const expected = (conversationId: string, from: number, to: number) =>
+    range(from, to).map((seq) => stored(conversationId, seq));
+  const seqs = (messages: readonly StoredMessage[]) => messages.map((m) => m.seq);
+
+  let conversationId: string;
+  let neighbour: string;
+  beforeAll(async () => {
+    conversationId = id("history");
+    neighbour = `${conversationId}0`;
+    const all = shuffled(range(1, TOTAL), 3).map((seq) => stored(conversationId, seq));
+    const started = performance.now();
+    for (let i = 0; i < all.length; i += 700) await a.messages.write(all.slice(i, i + 700));
+    figures.push(`history fixture: ${TOTAL} rows written in ${Math.round(performance.now() - started)} ms`);
+    await a.messages.write(range(1, 3).map((seq) => stored(neighbour, seq)));
+  }, LONG);
+
+  it(
+    "pages at the bucket boundaries 1000/1001 and 2000/2001 and at both ends",
+    async () => {
+      expect(SEQ_BUCKET_SIZE).toBe(1000);
+      // [query, first seq, last seq (first - 1 when empty), hasMore]
+      const cases: Array<
+        [{ beforeSeq?: number; afterSeq?: number; limit: number }, number, number, boolean]
+      > = [
+        [{ beforeSeq: 1001, limit: 1 }, 1000, 1000, true],
+        [{ beforeSeq: 1002, limit: 2 }, 1000, 1001, true],
+        [{ beforeSeq: 1002, limit: 1 }, 1001, 1001, true],
+        [{ beforeSeq: 2001, limit: 1000 }, 1001, 2000, true],
+        [{ beforeSeq: 2002, limit: 1001 }, 1001, 2001, true],
+        [{ beforeSeq: 2001, limit: 2000 }, 1, 2000, false],
+        [{ beforeSeq: 2002, limit: 2000 }, 2, 2001, true],
+        [{ beforeSeq: 1011, limit: 20 }, 991, 1010, true],
+        [{ beforeSeq: 2011, limit: 20 }, 1991, 2010, true],
+        [{ afterSeq: 999, limit: 2 }, 1000, 1001, true],
+        [{ afterSeq: 1000, limit: 1 }, 1001, 1001, true],
+        [{ afterSeq: 1000, limit: 1000 }, 1001, 2000, true],
+        [{ afterSeq: 1999, limit: 2 }, 2000, 2001, true],
+        [{ afterSeq: 2000, limit: 1 }, 2001, 2001, true],
+        [{ afterSeq: 1990, limit: 20 }, 1991, 2010, true],
+        [{ afterSeq: 100, limit: 2000 }, 101, 2100, false],
+        [{ afterSeq: 99, limit: 2000 }, 100, 2099, true],
+        [{ beforeSeq: 11, limit: 10 }, 1, 10, false],
+        [{ beforeSeq: 2, limit: 1 }, 1, 1, false],
+        [{ beforeSeq: 1, limit: 5 }, 1, 0, false],
+        [{ afterSeq: 2090, limit: 10 }, 2091, 2100, false],
+        [{ afterSeq: 2089, limit: 10 }, 2090, 2099, true],
+        [{ afterSeq: 2100, limit: 5 }, 2101, 2100, false],
+        [{ afterSeq: 5000, limit: 5 }, 5001, 5000, false],
+        [{ beforeSeq: 5000, limit: 3 }, 2098, 2100, true],
+        [{ beforeSeq: 1e12, limit: 3 }, 2098, 2100, true],
+        [{ limit: 5 }, 2096, 2100, true],
+        [{ beforeSeq: 0, afterSeq: 0, limit: 5 }, 2096, 2100, true],
+        [{ limit: 3000 }, 1, 2100, false],
+        [{ limit: 0 }, 1, 0, true],
+        [{ afterSeq: 990, beforeSeq: 2010, limit: 5000 }, 991, 2009, false],
+        [{ afterSeq: 990, beforeSeq: 2010, limit: 20 }, 991, 1010, true],
+        [{ afterSeq: 990, beforeSeq: 1011, limit: 20 }, 991, 1010, false],
+        [{ afterSeq: 1000, beforeSeq: 1001, limit: 5 }, 1001, 1000, false],
+      ];
+      for (const [query, from, to, hasMore] of cases) {
+        const page = await a.messages.history(conversationId, query);
+        expect({ query, seqs: seqs(page.messages), hasMore: page.hasMore }).toEqual({
+          query,
+          seqs: range(from, to),
+          hasMore,
+        });
+        expect(page.messages).toEqual(expected(conversationId, from, to));
+      }
+    },
+    LONG,
+  );
+
+  it(
+    "pages newest first via beforeSeq and oldest first via afterSeq through all buckets",
+    async () => {
+      for (const limit of [100, 333]) {
+        const backward: StoredMessage[][] = [];
+        for (let beforeSeq = 0; ; ) {
+          const page = await a.messages.history(conversationId, { beforeSeq, limit });
+          backward.push(page.messages);
+          const top = beforeSeq === 0 ? TOTAL : beforeSeq - 1;
+          expect(seqs(page.messages)).toEqual(range(Math.max(1, top - limit + 1), top));
+          expect(page.hasMore).toBe(top > limit);
+          if (!page.hasMore) break;
+          beforeSeq = page.messages[0]!.seq;
+        }
+        expect(backward.reverse().flat()).toEqual(expected(conversationId, 1, TOTAL));
+
+        const forward: StoredMessage[][] = [];
+        for (let afterSeq = 7; ; ) {
+          const page = await a.messages.history(conversationId, { afterSeq, limit });
+          forward.push(page.messages);
+          expect(page.hasMore).toBe(afterSeq + limit < TOTAL);
+          if (!page.hasMore) break;
+          afterSeq = page.messages.at(-1)!.seq;
+        }
+        expect(forward.flat()).toEqual(expected(conversationId, 8, TOTAL));
+      }
+    },
+    LONG,
+  );
+
+  it(
+    "lastSeq, getMany and conversations kept apart",
+    async () => {
+      expect(await a.messages.lastSeq(conversationId)).toBe(TOTAL);
+      expect(await a.messages.lastSeq(neighbour)).toBe(3);
+      expect(await a.messages.lastSeq(id("nothing"))).toBe(0);
+      expect(await a.messages.history(neighbour, { limit: 10 })).toEqual({
+        messages: expected(neighbour, 1, 3),
+        hasMore: false,
+      });
+      expect(await a.messages.history(id("nothing"), { afterSeq: 3, limit: 10 })).toEqual({
+        messages: [],
+        hasMore: false,
+      });
+      const keys = [
+        { conversationId, seq: 2001 },
+        { conversationId, seq: 1000 },
+        { conversationId: neighbour, seq: 2 },
+        { conversationId, seq: 2101 },
+        { conversationId, seq: 1001 },
+        { conversationId: id("nothing"), seq: 1 },
+        { conversationId, seq: 1 },
+        { conversationId: neighbour, seq: 4 },
+      ];
+      const present = [keys[0]!, keys[1]!, keys[2]!, keys[4]!, keys[6]!];
+      expect(await a.messages.getMany(keys)).toEqual(present.map((k) => stored(k.conversationId, k.seq)));
+      expect(await a.messages.getMany([])).toEqual([]);
+    },
+    LONG,
+  );
+
+  it(
+    "write is an idempotent upsert: re-writing stored rows is harmless, new rows land",
+    async () => {
+      const c = id("rewrite");
+      await a.messages.write(expected(c, 1, 1005));
+      const mixed = [...expected(c, 995, 1005), ...expected(c, 1006, 1010), ...expected(c, 1, 3)];
+      await a.messages.write(mixed);
+      await b.messages.write(mixed); // another writer, same rows
+      expect(await a.messages.lastSeq(c)).toBe(1010);
+      expect(await a.messages.history(c, { limit: 2000 })).toEqual({
+        messages: expected(c, 1, 1010),
+        hasMore: false,
+      });
+    },
+    LONG,
+  );
+
+  it(
+    "write throughput (batch writer: per-partition unlogged batches, 64 in flight)",
+    async () => {
+      const conversations = range(1, 20).map((i) => id(`tput${i}`));
+      const rows = conversations.flatMap((c) => expected(c, 1, 1_000));
+      const started = performance.now();
+      for (let i = 0; i < rows.length; i += 2_000) await a.messages.write(rows.slice(i, i + 2_000));
+      const ms = performance.now() - started;
+      figures.push(
+        `MessageStore.write: ${rows.length} rows (20 conversations, calls of 2,000) in ${Math.round(ms)} ms = ` +
+          `${perSecond(rows.length, ms)} rows/s`,
+      );
+      for (const c of [conversations[0]!, conversations[19]!])
+        expect(await a.messages.lastSeq(c)).toBe(1_000);
+    },
+    LONG,
+  );
+});
+
+// ---------------------------------------------------------------------------------------------
+describe("sequencer store", () => {
+  const entry = (key: string, seq: number) => ({ dedupeKey: key, seq, messageId: `m-${key}` });
+
+  it(
+    "assign applies only with the right expected head; a stale head fails",
+    async () => {
+      const c = id("seq");
+      expect(await a.sequencer.head(c)).toBe(0);
+      expect(await a.sequencer.assign(c, 0, [entry("a\u0000x", 1), entry("b\u0000y", 2)])).toBe(true);
+      expect(await a.sequencer.head(c)).toBe(2);
+      // Wrong heads: behind (stale) and ahead.
+      expect(await b.sequencer.assign(c, 0, [entry("c", 1)])).toBe(false);
+      expect(await b.sequencer.assign(c, 1, [entry("c", 2)])).toBe(false);
+      expect(await b.sequencer.assign(c, 3, [entry("c", 4)])).toBe(false);
+      expect(await a.sequencer.head(c)).toBe(2);
+      expect(await a.sequencer.lookup(c, ["c"])).toEqual(new Map());
+
+      expect(await b.sequencer.assign(c, 2, [entry("c", 3)])).toBe(true);
+      // The zombie still believing head = 2 is fenced off.
+      expect(await a.sequencer.assign(c, 2, [entry("d", 3)])).toBe(false);
+      expect(await a.sequencer.head(c)).toBe(3);
+      expect(await a.sequencer.lookup(c, ["a\u0000x", "c", "d", "b\u0000y"])).toEqual(
+        new Map([
+          ["a\u0000x", { seq: 1, messageId: "m-a\u0000x" }],
+          ["b\u0000y", { seq: 2, messageId: "m-b\u0000y" }],
+          ["c", { seq: 3, messageId: "m-c" }],
+        ]),
+      );
+    },
+    LONG,
+  );
+
+  it(
+    "a duplicate dedupe key fails the whole batch: no head move, no other row",
+    async () => {
+      const c = id("seq");
+      expect(await a.sequencer.assign(c, 0, [entry("k1", 1)])).toBe(true);
+      expect(await a.sequencer.assign(c, 1, [entry("k2", 2), entry("k1", 3), entry("k3", 4)])).toBe(false);
+      expect(await a.sequencer.head(c)).toBe(1);
+      expect([...(await a.sequencer.lookup(c, ["k1", "k2", "k3"])).keys()]).toEqual(["k1"]);
+      // Seqs must follow the head; a key twice in one batch is a programming error.
+      await expect(a.sequencer.assign(c, 1, [entry("k2", 3)])).rejects.toThrow(/seq 3, expected 2/);
+      await expect(a.sequencer.assign(c, 1, [entry("k2", 2), entry("k2", 3)])).rejects.toThrow(/twice/);
+      expect(await a.sequencer.assign(c, 1, [entry("k2", 2), entry("k3", 3)])).toBe(true);
+      expect(await a.sequencer.head(c)).toBe(3);
+    },
+    LONG,
+  );
+
+  it(
+    "racing sequencers on two clients: seqs 1..n, each assigned exactly once",
+    async () => {
+      const c = id("race");
+      const n = 40;
+      let attempts = 0;
+      let unknown = 0;
+      const sequencers = [a.sequencer, b.sequencer];
+      const started = performance.now();
+      const results = await Promise.all(
+        range(1, n).map(async (i) => {
+          const store = sequencers[i % 2]!;
+          const key = `sender${i % 3}\u0000msg${i}`;
+          for (;;) {
+            attempts++;
+            const head = await store.head(c);
+            try {
+              if (await store.assign(c, head, [{ dedupeKey: key, seq: head + 1, messageId: `id${i}` }]))
+                return { key, seq: head + 1 };
+            } catch (err) {
+              // Outcome unknown (a timeout under contention): the dedupe row tells.
+              expect(err).toMatchObject({ code: Code.UNAVAILABLE, reason: "STORAGE_UNAVAILABLE" });
+              unknown++;
+            }
+            const known = (await store.lookup(c, [key])).get(key);
+            if (known) return { key, seq: known.seq };
+          }
+        }),
+      );
+      const ms = performance.now() - started;
+      figures.push(
+        `SequencerStore race: ${n} messages, 2 clients, ${attempts} attempts (${unknown} timed out) in ` +
+          `${Math.round(ms)} ms`,
+      );
+      expect(results.map((r) => r.seq).sort((x, y) => x - y)).toEqual(range(1, n));
+      expect(await a.sequencer.head(c)).toBe(n);
+      const stored = await b.sequencer.lookup(
+        c,
+        results.map((r) => r.key),
+      );
+      expect(stored.size).toBe(n);
+      for (const r of results) expect(stored.get(r.key)?.seq).toBe(r.seq);
+    },
+    LONG,
+  );
+
+  it(
+    "assign throughput (LWT/s): one conversation sequentially, and 16 conversations in parallel",
+    async () => {
+      const sequential = async (c: string, count: number, batch: number) => {
+        for (let head = 0; head < count; head += batch) {
+          const entries = range(head + 1, head + batch).map((seq) => entry(`k${seq}`, seq));
+          expect(await a.sequencer.assign(c, head, entries)).toBe(true);
+        }
+      };
+      let started = performance.now();
+      await sequential(id("lwt"), 200, 1);
+      let ms = performance.now() - started;
+      figures.push(
+        `SequencerStore.assign, 1 conversation, 1 entry each: 200 LWT in ${Math.round(ms)} ms = ${perSecond(200, ms)} LWT/s`,
+      );
+
+      started = performance.now();
+      await Promise.all(range(1, 16).map(() => sequential(id("lwt"), 50, 1)));
+      ms = performance.now() - started;
+      figures.push(
+        `SequencerStore.assign, 16 conversations in parallel: 800 LWT in ${Math.round(ms)} ms = ${perSecond(800, ms)} LWT/s`,
+      );
+
+      started = performance.now();
+      await sequential(id("lwt"), 2_000, 100);
+      ms = performance.now() - started;
+      figures.push(
+        `SequencerStore.assign, batches of 100 entries: 20 LWT in ${Math.round(ms)} ms = ${perSecond(20, ms)} LWT/s ` +
+          `(${perSecond(2_000, ms)} seqs/s)`,
+      );
+    },
+    LONG,
+  );
+});
+
+// ---------------------------------------------------------------------------------------------
+describe("inbox store", () => {
+  const entry = (userId: string, conversationId: string, seq: number): Omit<InboxEntry, "cursor"> => ({
+    userId,
+    conversationId,
+    seq,
+    messageId: `${conversationId}/${seq}`,
+  });
+
+  it(
+    "assigns per-user cursors in order, idempotently per (user, conversation, seq)",
+    async () => {
+      const [u, v, c1, c2] = [id("u"), id("v"), id("c1"), id("c2")];
+      const first = await a.inbox.append([
+        entry(u, c1, 1),
+        entry(v, c1, 1),
+        entry(u, c1, 2),
+        entry(u, c2, 1),
+      ]);
+      expect(first.map((e) => [e.userId, e.cursor])).toEqual([
+        [u, 1],
+        [v, 1],
+        [u, 2],
+        [u, 3],
+      ]);
+      const again = await b.inbox.append([
+        entry(u, c1, 2),
+        entry(u, c2, 2),
+        entry(u, c1, 1),
+        entry(u, c2, 2),
+      ]);
+      expect(again).toEqual([
+        { ...entry(u, c1, 2), cursor: 2 },
+        { ...entry(u, c2, 2), cursor: 4 },
+        { ...entry(u, c1, 1), cursor: 1 },
+        { ...entry(u, c2, 2), cursor: 4 },
+      ]);
+      expect(await a.inbox.head(u)).toBe(4);
+      expect(await a.inbox.head(v)).toBe(1);
+      expect(await a.inbox.head(id("nobody"))).toBe(0);
+      expect(await a.inbox.read(u, 0, 100)).toEqual(
+        [entry(u, c1, 1), entry(u, c1, 2), entry(u, c2, 1), entry(u, c2, 2)].map((e, i) => ({
+          ...e,
+          cursor: i + 1,
+        })),
+      );
+      expect((await a.inbox.read(u, 2, 1)).map((e) => e.cursor)).toEqual([3]);
+      expect(await a.inbox.read(u, 4, 10)).toEqual([]);
+    },
+    LONG,
+  );
+
+  it(
+    "reads across the inbox bucket boundary",
+    async () => {
+      const [u, c] = [id("u"), id("c")];
+      await a.inbox.append(range(1, 1_050).map((seq) => entry(u, c, seq)));
+      expect(await a.inbox.head(u)).toBe(1_050);
+      expect((await a.inbox.read(u, 995, 10)).map((e) => e.cursor)).toEqual(range(996, 1_005));
+      expect((await a.inbox.read(u, 1_000, 3)).map((e) => e.cursor)).toEqual([1_001, 1_002, 1_003]);
+      const all: InboxEntry[] = [];
+      for (let after = 0; ; ) {
+        const page = await a.inbox.read(u, after, 300);
+        if (page.length === 0) break;
+        all.push(...page);
+        after = page.at(-1)!.cursor;
+      }
+      expect(all).toEqual(range(1, 1_050).map((seq) => ({ ...entry(u, c, seq), cursor: seq })));
+    },
+    LONG,
+  );
+
+  it(
+    "two appenders racing for one user: gap-free cursors, each entry exactly one",
+    async () => {
+      const [u, c1, c2] = [id("u"), id("c1"), id("c2")];
+      const distinct = range(1, 60).map((i) => entry(u, i % 2 ? c1 : c2, i));
+      // Both appenders get every entry (in different orders, single-entry calls, all at once).
+      const calls = [
+        ...shuffled(distinct, 7).map((e) => () => a.inbox.append([e])),
+        ...shuffled(distinct, 11).map((e) => () => b.inbox.append([e])),
+      ];
+      const started = performance.now();
+      const results = (await Promise.all(shuffled(calls, 5).map((call) => call()))).flat();
+      const ms = performance.now() - started;
+      figures.push(`InboxStore race: 2 appenders x 60 entries for one user in ${Math.round(ms)} ms`);
+
+      const cursorOf = new Map<string, number>();
+      for (const r of results) {
+        const key = `${r.conversationId}/${r.seq}`;
+        const known = cursorOf.get(key);
+        if (known !== undefined) expect(r.cursor, key).toBe(known);
+        cursorOf.set(key, r.cursor);
+      }
+      expect([...cursorOf.values()].sort((x, y) => x - y)).toEqual(range(1, 60));
+      expect(await a.inbox.head(u)).toBe(60);
+      const read = await b.inbox.read(u, 0, 1_000);
+      expect(read.map((e) => e.cursor)).toEqual(range(1, 60));
+      for (const e of read) expect(e.cursor).toBe(cursorOf.get(`${e.conversationId}/${e.seq}`));
+    },
+    LONG,
+  );
+
+  it(
+    "two appenders interleaving many rounds for one user: gap-free, per-appender order kept",
+    async () => {
+      const [u, c1, c2] = [id("u"), id("c1"), id("c2")];
+      // Each appender sends its own conversation in 30 sequential calls of 2 entries, re-sending the
+      // previous call's second entry each time (an at-least-once consumer's re-delivery).
+      const appender = async (store: CassandraStores, c: string) => {
+        const out: InboxEntry[] = [];
+        for (let i = 1; i <= 60; i += 2) {
+          const batch = i === 1 ? [] : [entry(u, c, i - 1)];
+          batch.push(entry(u, c, i), entry(u, c, i + 1));
+          out.push(...(await store.inbox.append(batch)).slice(i === 1 ? 0 : 1));
+        }
+        return out;
+      };
+      const conflictsBefore = a.inbox.stats.casConflicts + b.inbox.stats.casConflicts;
+      const started = performance.now();
+      const [fromA, fromB] = await Promise.all([appender(a, c1), appender(b, c2)]);
+      const ms = performance.now() - started;
+      const conflicts = a.inbox.stats.casConflicts + b.inbox.stats.casConflicts - conflictsBefore;
+      figures.push(
+        `InboxStore interleaved: 2 appenders x 30 calls for one user in ${Math.round(ms)} ms ` +
+          `(${conflicts} lost CAS rounds retried)`,
+      );
+      for (const list of [fromA, fromB]) {
+        expect(list.map((e) => e.seq)).toEqual(range(1, 60));
+        const cursors = list.map((e) => e.cursor);
+        expect(cursors).toEqual([...cursors].sort((x, y) => x - y)); // in the order appended
+      }
+      expect([...fromA, ...fromB].map((e) => e.cursor).sort((x, y) => x - y)).toEqual(range(1, 120));
+      const read = await a.inbox.read(u, 0, 1_000);
+      expect(read).toEqual([...fromA, ...fromB].sort((x, y) => x.cursor - y.cursor));
+      expect(await b.inbox.head(u)).toBe(120);
+    },
+    LONG,
+  );
+});
+
+// ---------------------------------------------------------------------------------------------
+describe("membership store", () => {
+  const record = (
+    cid: string,
+    owner: string,
+    createdAtMs = 1000,
+  ): Omit<ConversationRecord, "memberCount"> => ({
+    id: cid,
+    kind: "group",
+    name: `name of ${cid}`,
+    owner,
+    open: true,
+    createdAtMs,
+  });
+
+  it(
+    "the member limit holds under 20 concurrent adds from two clients",
+    async () => {
+      const g = id("g");
+      const owner = id("owner");
+      await a.membership.createConversation(record(g, owner), [owner]);
+      const users = range(1, 20).map((i) => id(`u${i}`));
+      const conflictsBefore = a.membership.stats.casConflicts + b.membership.stats.casConflicts;
+      const started = performance.now();
+      const settled = await Promise.allSettled(
+        users.map((u, i) => (i % 2 ? a : b).membership.addMembers(g, [u], 10)),
+      );
+      const conflicts = a.membership.stats.casConflicts + b.membership.stats.casConflicts - conflictsBefore;
+      figures.push(
+        `MembershipStore: 20 concurrent adds (limit 10) from 2 clients in ` +
+          `${Math.round(performance.now() - started)} ms (${conflicts} lost CAS rounds retried)`,
+      );
+      const refused = settled.filter((s) => s.status === "rejected");
+      expect(settled.length - refused.length).toBe(9);
+      for (const r of refused)
+        expect(r.reason).toMatchObject({ code: Code.RESOURCE_EXHAUSTED, reason: "GROUP_FULL" });
+      expect((await a.membership.getConversation(g))?.memberCount).toBe(10);
+      expect(await b.membership.members(g)).toHaveLength(10);
+    },
+    LONG,
+  );
+
+  it(
+    "concurrent adds of the same users from two clients count each user once",
+    async () => {
+      const g = id("g");
+      await a.membership.createConversation(record(g, id("o")), []);
+      const users = range(1, 6).map((i) => id(`u${i}`));
+      await Promise.all(
+        range(1, 8).map((i) => (i % 2 ? a : b).membership.addMembers(g, shuffled(users, i), 100)),
+      );
+      expect((await a.membership.getConversation(g))?.memberCount).toBe(6);
+      expect((await a.membership.members(g)).sort()).toEqual([...users].sort());
+    },
+    LONG,
+  );
+
+  it(
+    "create is idempotent; remove, isMember and conversationsOf agree",
+    async () => {
+      const [g, g2, me, other] = [id("g"), id("g"), id("me"), id("other")];
+      const first = await a.membership.createConversation(record(g, me, 2000), [me, other, me]);
+      expect(first).toEqual({ created: true, record: { ...record(g, me, 2000), memberCount: 2 } });
+      const results = await Promise.all(
+        [a, b, a, b].map((s) => s.membership.createConversation(record(g, other, 5000), [other])),
+      );
+      for (const r of results) expect(r).toEqual({ created: false, record: first.record });
+
+      await b.membership.createConversation({ ...record(g2, other, 3000), kind: "direct" }, [me, other]);
+      expect((await a.membership.conversationsOf(me, 10)).map((c) => c.id)).toEqual([g2, g]);
+      expect(await a.membership.conversationsOf(me, 1)).toEqual([
+        { ...record(g2, other, 3000), kind: "direct", memberCount: 2 },
+      ]);
+
+      const after = await a.membership.removeMember(g, other);
+      expect(after.memberCount).toBe(1);
+      expect(await a.membership.isMember(g, other)).toBe(false);
+      expect(await b.membership.members(g)).toEqual([me]);
+      expect((await a.membership.conversationsOf(other, 10)).map((c) => c.id)).toEqual([g2]);
+      expect(await rejection(a.membership.removeMember(g, other))).toMatchObject({ reason: "NOT_MEMBER" });
+      expect(await rejection(a.membership.addMembers(id("none"), [me], 5))).toMatchObject({
+        reason: "CONVERSATION_NOT_FOUND",
+      });
+      expect((await a.membership.addMembers(g, [other], 10)).memberCount).toBe(2);
+      expect((await a.membership.conversationsOf(other, 10)).map((c) => c.id)).toEqual([g2, g]);
+    },
+    LONG,
+  );
+});
+
+// ---------------------------------------------------------------------------------------------
+describe("receipts, presence and devices", () => {
+  it(
+    "receipts: a watermark only rises; of equal concurrent raises exactly one wins",
+    async () => {
+      const [c, u] = [id("c"), id("u")];
+      expect(await a.receipts.get(c, u, "read")).toBe(0);
+      const same = await Promise.all(
+        range(1, 10).map((i) => (i % 2 ? a : b).receipts.raise(c, u, "read", 7)),
+      );
+      expect(same.filter(Boolean)).toHaveLength(1);
+      expect(await a.receipts.raise(c, u, "read", 3)).toBe(false);
+      expect(await a.receipts.raise(c, u, "read", 8)).toBe(true);
+      await Promise.all(
+        shuffled(range(1, 30), 3).map((seq) => (seq % 2 ? a : b).receipts.raise(c, u, "delivered", seq)),
+      );
+      expect(await a.receipts.get(c, u, "delivered")).toBe(30);
+      expect(await a.receipts.get(c, u, "read")).toBe(8);
+    },
+    LONG,
+  );
+
+  it(
+    "presence keeps the latest activity whatever order the writes arrive in",
+    async () => {
+      const [x, y] = [id("x"), id("y")];
+      await a.presence.setLastActive(x, 3_000);
+      await b.presence.setLastActive(x, 1_000); // late arrival of an older activity
+      await a.presence.setLastActive(y, 2_000);
+      expect(await a.presence.lastActive([x, y, id("nobody")])).toEqual(
+        new Map([
+          [x, 3_000],
+          [y, 2_000],
+        ]),
+      );
+      expect(await a.presence.lastActive([])).toEqual(new Map());
+    },
+    LONG,
+  );
+
+  it(
+    "devices: put replaces by (user, device), remove deletes, any device id",
+    async () => {
+      const u = id("u");
+      const device = (deviceId: string, token = `t-${deviceId}`) => ({
+        userId: u,
+        deviceId,
+        provider: "webpush" as const,
+        token,
+        registeredAtMs: 1_000,
+      });
+      await a.devices.put(device("laptop"));
+      await a.devices.put(device("\u{1F4F1} phone"));
+      await a.devices.put({ ...device("\u{1F4F1} phone", "new"), provider: "apns" });
+      await a.devices.remove(u, "never");
+      const byId = (list: Array<{ deviceId: string }>) =>
+        [...list].sort((p, q) => (p.deviceId < q.deviceId ? -1 : 1));
+      expect(byId(await b.devices.list(u))).toEqual(
+        byId([device("laptop"), { ...device("\u{1F4F1} phone", "new"), provider: "apns" }]),
+      );
+      await a.devices.remove(u, "laptop");
+      expect((await a.devices.list(u)).map((d) => d.deviceId)).toEqual(["\u{1F4F1} phone"]);
+    },
+    LONG,
+  );
+});
+
+// ---------------------------------------------------------------------------------------------
+describe("errors", () => {
+  it(
+    "an unreachable node is UNAVAILABLE / STORAGE_UNAVAILABLE and says what failed",
+    async () => {
+      const err = await rejection(
+        openCassandraStores({ ...options, contactPoints: ["127.0.0.1:1"], keyspace: `${keyspace}_x` }),
+      );
+      expect(err).toBeInstanceOf(SwitchboardError);
+      expect(err).toMatchObject({ code: Code.UNAVAILABLE, reason: "STORAGE_UNAVAILABLE" });
+      expect((err as Error).message).toMatch(/^connect to 127\.0\.0\.1:1/);
+    },
+    LONG,
+  );
+
+  it(
+    "driver errors map by kind; a closed store is UNAVAILABLE",
+    async () => {
+      const { ResponseError, OperationTimedOutError } = cassandra.errors;
+      const codes = cassandra.types.responseErrorCodes;
+      expect(storageError("t: op", new ResponseError(codes.writeTimeout, "timed out"))).toMatchObject({
+        code: Code.UNAVAILABLE,
+        reason: "STORAGE_UNAVAILABLE",
+        message: "t: op: timed out",
+      });
+      expect(storageError("t: op", new OperationTimedOutError("no answer"))).toMatchObject({
+        code: Code.UNAVAILABLE,
+      });
+      expect(storageError("t: op", new ResponseError(codes.invalid, "bad"))).toMatchObject({
+        code: Code.INTERNAL,
+        reason: "STORAGE_ERROR",
+      });
+      const closed = await openCassandraStores(options);
+      await closed.close();
+      expect(await rejection(closed.messages.lastSeq(id("c")))).toMatchObject({
+        code: Code.UNAVAILABLE,
+        reason: "STORAGE_UNAVAILABLE",
+      });
+    },
+    LONG,
+  );
+});

@@ -1,0 +1,110 @@
+/**
+ * The Cassandra half of the distributed backend: opens one driver Client, applies the schema migrations
+ * and hands out the stores (DESIGN.md sections 4 and 6). The stores share the client and have no state
+ * of their own worth closing: `close()` on the returned object shuts the client down; the stores'
+ * own close() does nothing, so closing one of them does not break the others.
+ *
+ * Consistency: LOCAL_QUORUM for reads and writes and LOCAL_SERIAL for the Paxos phase of lightweight
+ * transactions, unless configured otherwise. Every failure reaches callers as a SwitchboardError naming
+ * the table and operation: UNAVAILABLE with reason STORAGE_UNAVAILABLE when the node (or enough replicas)
+ * is down, overloaded or timed out, so callers can retry; INTERNAL / STORAGE_ERROR otherwise.
+ */
+
+import type { Client } from "cassandra-driver";
+import cassandra from "cassandra-driver";
+import type { Closeable } from "../types.js";
+import { CassandraDeviceStore } from "./devices.js";
+import { CassandraInboxStore } from "./inbox.js";
+import { CassandraMembershipStore } from "./membership.js";
+import { CassandraMessageStore } from "./messages.js";
+import { CassandraPresenceStore } from "./presence.js";
+import { CassandraReceiptStore } from "./receipts.js";
+import { migrate, type Replication } from "./schema.js";
+import { CassandraSequencerStore } from "./sequencer.js";
+import { type ConsistencyOptions, checkKeyspaceName, Session, storageError } from "./session.js";
+
+export { INBOX_BUCKET_SIZE, migrate, type Replication, SEQ_BUCKET_SIZE } from "./schema.js";
+export type { ConsistencyName, ConsistencyOptions, SerialConsistencyName } from "./session.js";
+export {
+  CassandraDeviceStore,
+  CassandraInboxStore,
+  CassandraMembershipStore,
+  CassandraMessageStore,
+  CassandraPresenceStore,
+  CassandraReceiptStore,
+  CassandraSequencerStore,
+};
+
+export interface CassandraOptions {
+  /** "host" or "host:port" (default port 9042). */
+  contactPoints: string[];
+  /** The datacenter whose nodes coordinate requests (and whose replicas LOCAL_* levels count). */
+  localDataCenter: string;
+  keyspace: string;
+  /** Used only when the keyspace is created. Default SimpleStrategy, one replica: tests and dev only. */
+  replication?: Replication;
+  consistency?: ConsistencyOptions;
+  /** Outstanding requests of MessageStore.write / getMany per store. Default 64. */
+  inFlightMax?: number;
+  /** Client-side timeout per request, ms. Default 30,000 (the server's own timeouts are shorter). */
+  requestTimeoutMs?: number;
+}
+
+export interface CassandraStores extends Closeable {
+  readonly keyspace: string;
+  readonly client: Client;
+  readonly messages: CassandraMessageStore;
+  readonly membership: CassandraMembershipStore;
+  readonly inbox: CassandraInboxStore;
+  readonly receipts: CassandraReceiptStore;
+  readonly presence: CassandraPresenceStore;
+  readonly devices: CassandraDeviceStore;
+  readonly sequencer: CassandraSequencerStore;
+}
+
+export async function openCassandraStores(options: CassandraOptions): Promise<CassandraStores> {
+  checkKeyspaceName(options.keyspace);
+  const client = new cassandra.Client({
+    contactPoints: options.contactPoints,
+    localDataCenter: options.localDataCenter,
+    socketOptions: { connectTimeout: 10_000, readTimeout: options.requestTimeoutMs ?? 30_000 },
+    protocolOptions: { maxSchemaAgreementWaitSeconds: 30 },
+  });
+  try {
+    await client.connect();
+  } catch (err) {
+    await client.shutdown().catch(() => undefined);
+    throw storageError(`connect to ${options.contactPoints.join(",")} (dc ${options.localDataCenter})`, err);
+  }
+  try {
+    await migrate(client, {
+      keyspace: options.keyspace,
+      replication: options.replication ?? { class: "SimpleStrategy", replication_factor: 1 },
+    });
+  } catch (err) {
+    await client.shutdown().catch(() => undefined);
+    throw err;
+  }
+
+  const session = new Session(client, options.keyspace, options.consistency);
+  const inFlight = options.inFlightMax === undefined ? {} : { inFlightMax: options.inFlightMax };
+  let closing: Promise<void> | undefined;
+  return {
+    keyspace: options.keyspace,
+    client,
+    messages: new CassandraMessageStore(session, inFlight),
+    membership: new CassandraMembershipStore(session),
+    inbox: new CassandraInboxStore(session),
+    receipts: new CassandraReceiptStore(session),
+    presence: new CassandraPresenceStore(session),
+    devices: new CassandraDeviceStore(session),
+    sequencer: new CassandraSequencerStore(session),
+    close() {
+      closing ??= (async () => {
+        session.markClosed();
+        await client.shutdown();
+      })();
+      return closing;
+    },
+  };
+}
