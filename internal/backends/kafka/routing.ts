@@ -40,10 +40,24 @@ export class KafkaRouting implements RoutingEvents {
       (await this.admin.fetchTopicOffsets(this.topic)).map((p) => [p.partition, Number(p.high)]),
     );
     const remaining = new Set([...highs].filter(([, high]) => high > 0).map(([p]) => p));
+    // Until caught up, fold the history into the table; then hand out the table as "up" events and
+    // follow live changes (the contract: a replay is the current table, not its history).
+    const table = new Map<string, SessionEvent>();
+    let live = false;
     let caughtUp!: () => void;
     const ready = new Promise<void>((r) => {
-      caughtUp = r;
+      caughtUp = () => {
+        if (live) return;
+        live = true;
+        for (const e of table.values()) handler(e);
+        table.clear();
+        r();
+      };
     });
+    const deliver = (e: SessionEvent) => {
+      if (live) handler(e);
+      else applyToTable(table, e);
+    };
     if (remaining.size === 0) caughtUp();
     await consumer.connect();
     await consumer.subscribe({ topic: this.topic, fromBeginning: true });
@@ -51,7 +65,7 @@ export class KafkaRouting implements RoutingEvents {
       eachMessage: async ({ partition, message }) => {
         if (message.value) {
           try {
-            handler(decodeSessionEvent(message.value));
+            deliver(decodeSessionEvent(message.value));
           } catch (err) {
             this.log.warn("routing: bad event skipped", { err, partition, offset: message.offset });
           }
@@ -77,5 +91,14 @@ export class KafkaRouting implements RoutingEvents {
   async close(): Promise<void> {
     await Promise.all([...this.consumers].map((c) => c.disconnect()));
     this.consumers.clear();
+  }
+}
+
+function applyToTable(table: Map<string, SessionEvent>, e: SessionEvent): void {
+  if (e.kind === "up") table.set(e.sessionId, e);
+  else if (e.kind === "down") table.delete(e.sessionId);
+  else {
+    for (const [id, s] of table)
+      if (s.gatewayId === e.gatewayId && s.gatewayEpoch <= e.gatewayEpoch) table.delete(id);
   }
 }

@@ -48,8 +48,12 @@ export function desiredTopics(s: TopicSettings): ITopicConfig[] {
       ],
     },
     {
+      // One partition: "gateway gone" must be ordered after the sessions it removes, and compaction
+      // needs the session id as the key, so partitioning by gateway is not available. Session churn
+      // is far below what one partition carries.
       topic: names.routing,
-      ...common,
+      numPartitions: 1,
+      replicationFactor: s.replicationFactor,
       configEntries: [
         { name: "cleanup.policy", value: "compact" },
         { name: "min.insync.replicas", value: minIsr },
