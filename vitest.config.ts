@@ -41,6 +41,18 @@ export default defineConfig({
           testTimeout: 60_000,
         },
       },
+      {
+        // Kill, pause and restart the shared Kafka/Cassandra servers: run alone, after the others
+        // (npm test runs this project in a second pass), one file at a time.
+        extends: true,
+        test: {
+          name: "faults",
+          include: ["test/faults/**/*.test.ts"],
+          env: { SWITCHBOARD_TEST_BACKEND: "distributed" },
+          testTimeout: 300_000,
+          fileParallelism: false,
+        },
+      },
     ],
   },
 });
