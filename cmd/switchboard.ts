@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /** The `switchboard` command: a thin dispatcher; each command lives in internal/cli. */
-import { runConfig, runStart, runToken } from "../internal/cli/server-commands.js";
+import { runConfig, runSequencer, runStart, runToken } from "../internal/cli/server-commands.js";
 
 const USAGE = `usage: switchboard <command> [options]
   start [--port N] [--data-dir DIR] [--grpc-port N]   run the whole platform in one process
@@ -8,6 +8,7 @@ const USAGE = `usage: switchboard <command> [options]
   send --token JWT (--to USER | --group ID) TEXT     send a message, print the ack
   listen --token JWT [--since CURSOR] [--count N]    sync, then print live messages
   group create --token JWT --name NAME [--member U]  create a group
+  sequencer                                           run only the sequencer (distributed backend)
   config docs                                         print the configuration reference`;
 
 async function main(argv: string[]): Promise<number> {
@@ -17,6 +18,8 @@ async function main(argv: string[]): Promise<number> {
       return runStart(rest);
     case "token":
       return runToken(rest);
+    case "sequencer":
+      return runSequencer(rest);
     case "config":
       return runConfig(rest);
     case "send":

@@ -3,6 +3,7 @@
  * `config docs` (the configuration reference). Output is one JSON object per line.
  */
 import { parseArgs } from "node:util";
+import { openDistributedBackends } from "../backends/distributed/index.js";
 import { signDevToken } from "../lib/auth.js";
 import { configDocs, loadConfig } from "../lib/config.js";
 import { createLogger } from "../lib/log.js";
@@ -57,6 +58,43 @@ export async function runStart(argv: string[]): Promise<number> {
     process.once("SIGTERM", () => stop("SIGTERM"));
   });
   return process.exitCode === undefined ? 0 : Number(process.exitCode);
+}
+
+/**
+ * `switchboard sequencer`: only the sequencer of the distributed backend (ADR 0002), as deployed
+ * beside the routers; several may run, the consumer group shares the partitions among them.
+ */
+export async function runSequencer(argv: string[]): Promise<number> {
+  parseArgs({ args: argv, options: {}, strict: true });
+  const env = { ...process.env };
+  env.SWITCHBOARD_KAFKA_BROKERS ??= process.env.KAFKA_BROKERS;
+  env.SWITCHBOARD_CASSANDRA_CONTACT_POINTS ??= process.env.CASSANDRA_CONTACT_POINTS;
+  env.SWITCHBOARD_CASSANDRA_DATACENTER ??= process.env.CASSANDRA_DATACENTER;
+  const config = loadConfig(env);
+  const log = createLogger({ service: "sequencer", pid: process.pid });
+  const backends = await openDistributedBackends({
+    brokers: config.kafka.brokers,
+    clientId: `sequencer-${process.pid}`,
+    topicPrefix: config.kafka.topicPrefix,
+    partitions: config.kafka.partitions,
+    replicationFactor: config.kafka.replicationFactor,
+    retentionHours: config.kafka.retentionHours,
+    appendTimeoutMs: config.kafka.appendTimeoutMs,
+    cassandra: {
+      contactPoints: config.cassandra.contactPoints,
+      localDataCenter: config.cassandra.datacenter,
+      keyspace: config.cassandra.keyspace,
+      replication: { class: "SimpleStrategy", replication_factor: config.cassandra.replicationFactor },
+    },
+    log,
+  });
+  process.stdout.write(`${JSON.stringify({ status: "started", service: "sequencer", pid: process.pid })}\n`);
+  await new Promise<void>((resolve) => {
+    const stop = () => void backends.close().then(resolve, resolve);
+    process.once("SIGINT", stop);
+    process.once("SIGTERM", stop);
+  });
+  return 0;
 }
 
 export async function runToken(argv: string[]): Promise<number> {

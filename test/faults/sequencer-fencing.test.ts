@@ -1,0 +1,220 @@
+/**
+ * F6, the zombie sequencer (ADR 0002): the sequencer owning the conversations is frozen with SIGSTOP
+ * past its Kafka session timeout while drafts keep coming, a second sequencer takes over, then the
+ * first is resumed with its stale state. Afterwards no (conversation, seq) was assigned twice, no
+ * message got two seqs, every stored row matches its assignment, and every re-emitted sequenced
+ * record agrees with the assignment.
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import cassandra from "cassandra-driver";
+import { Kafka, logLevel } from "kafkajs";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { openDistributedBackends } from "../../internal/backends/distributed/index.js";
+import { decodeMessage, encodeMessage } from "../../internal/backends/kafka/codec.js";
+import { topicNames } from "../../internal/backends/kafka/topics.js";
+import { createLogger } from "../../internal/lib/log.js";
+import { cliPath } from "../helpers/server.js";
+import { ensureServer } from "../infra/servers.js";
+
+const id = `${Date.now().toString(36)}${randomBytes(2).toString("hex")}`;
+const prefix = `fence-${id}.`;
+const keyspace = `fence_${id}`;
+const SESSION_TIMEOUT_MS = 10_000;
+let infra: Record<string, string>;
+const children: ChildProcess[] = [];
+const logs = new Map<string, string>();
+
+function startSequencer(name: string): Promise<ChildProcess> {
+  const child = spawn(process.execPath, [cliPath, "sequencer"], {
+    env: {
+      ...process.env,
+      ...infra,
+      SWITCHBOARD_KAFKA_TOPIC_PREFIX: prefix,
+      SWITCHBOARD_KAFKA_PARTITIONS: "2",
+      SWITCHBOARD_CASSANDRA_KEYSPACE: keyspace,
+      SWITCHBOARD_LOG_LEVEL: "error",
+    },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  children.push(child);
+  // Keep the tail of its log for failure messages (rebalance errors are expected noise here).
+  child.stderr!.on("data", (d: Buffer) => {
+    logs.set(name, ((logs.get(name) ?? "") + d.toString()).slice(-4_000));
+  });
+  return new Promise((resolve, reject) => {
+    child.stdout!.on("data", (d: Buffer) => {
+      if (d.toString().includes('"started"')) resolve(child);
+    });
+    child.once("exit", (code) =>
+      reject(new Error(`sequencer ${name} exited with ${code}:\n${logs.get(name) ?? ""}`)),
+    );
+  });
+}
+
+beforeAll(async () => {
+  infra = { ...(await ensureServer("kafka")), ...(await ensureServer("cassandra")) };
+  // Create the topics and the schema once, without a sequencer of our own.
+  const setup = await openDistributedBackends({
+    brokers: infra.KAFKA_BROKERS!.split(","),
+    clientId: "fence-setup",
+    topicPrefix: prefix,
+    partitions: 2,
+    replicationFactor: 1,
+    retentionHours: 1,
+    appendTimeoutMs: 10_000,
+    cassandra: {
+      contactPoints: infra.CASSANDRA_CONTACT_POINTS!.split(","),
+      localDataCenter: "datacenter1",
+      keyspace,
+    },
+    log: createLogger({ test: "fence" }),
+    sequencer: false,
+  });
+  await setup.close();
+});
+
+afterAll(() => {
+  for (const c of children) {
+    if (c.exitCode === null) {
+      c.kill("SIGCONT");
+      c.kill("SIGKILL");
+    }
+  }
+});
+
+describe("zombie sequencer", () => {
+  it("never assigns a (conversation, seq) twice nor a message two seqs", async () => {
+    const kafka = new Kafka({
+      clientId: "fence-test",
+      brokers: infra.KAFKA_BROKERS!.split(","),
+      logLevel: logLevel.NOTHING,
+    });
+    const producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
+    await producer.connect();
+    const names = topicNames(prefix);
+    const conversations = ["g:1", "g:2", "g:3", "g:4"];
+    const sent: Array<{ conversationId: string; clientMsgId: string; messageId: string }> = [];
+    let n = 0;
+    const produce = async () => {
+      const conversationId = conversations[n % conversations.length]!;
+      const i = n++;
+      // Every 7th draft repeats an earlier send of its conversation: a client resend (new message id).
+      const resendOf =
+        i % 7 === 6 ? sent.filter((s) => s.conversationId === conversationId).at(-1) : undefined;
+      const clientMsgId = resendOf?.clientMsgId ?? `c${i}`;
+      const draft = {
+        conversationId,
+        messageId: String(1_000_000 + i),
+        sender: "fencer",
+        clientMsgId,
+        body: `m${i}`,
+        createdAtMs: Date.now(),
+      };
+      sent.push({ conversationId, clientMsgId, messageId: draft.messageId });
+      await producer.send({
+        topic: names.messages,
+        acks: -1,
+        messages: [{ key: conversationId, value: encodeMessage(draft) }],
+      });
+    };
+
+    const a = await startSequencer("A");
+    let producing = true;
+    const load = (async () => {
+      while (producing) {
+        await produce();
+        await new Promise((r) => setTimeout(r, 15));
+      }
+    })();
+    await new Promise((r) => setTimeout(r, 3_000));
+    a.kill("SIGSTOP"); // A freezes mid-stream, holding partitions and possibly a batch in flight
+    const b = await startSequencer("B");
+    await new Promise((r) => setTimeout(r, SESSION_TIMEOUT_MS + 8_000)); // B takes over and works
+    a.kill("SIGCONT"); // the zombie wakes up with a stale head cache
+    await new Promise((r) => setTimeout(r, 8_000));
+    producing = false;
+    await load;
+    await producer.disconnect();
+
+    // Wait until every distinct send is sequenced.
+    const client = new cassandra.Client({
+      contactPoints: infra.CASSANDRA_CONTACT_POINTS!.split(","),
+      localDataCenter: "datacenter1",
+      keyspace,
+    });
+    const distinct = new Set(sent.map((s) => `${s.conversationId}/${s.clientMsgId}`));
+    const deadline = Date.now() + 120_000;
+    let assignments: Array<{ conversationId: string; dedupeKey: string; seq: number; messageId: string }> =
+      [];
+    for (;;) {
+      const rows = await client.execute(
+        "SELECT conversation_id, dedupe_key, seq, message_id FROM conversation_sequencer",
+      );
+      assignments = rows.rows
+        .filter((r) => r.get("dedupe_key") !== null)
+        .map((r) => ({
+          conversationId: r.get("conversation_id") as string,
+          dedupeKey: r.get("dedupe_key") as string,
+          seq: Number(r.get("seq")),
+          messageId: r.get("message_id") as string,
+        }));
+      if (assignments.length >= distinct.size || Date.now() > deadline) break;
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    expect(assignments.length).toBe(distinct.size);
+
+    for (const conversationId of conversations) {
+      const mine = assignments.filter((x) => x.conversationId === conversationId);
+      const seqs = mine.map((x) => x.seq).sort((p, q) => p - q);
+      // Gap-free and never twice.
+      expect(seqs).toEqual(Array.from({ length: mine.length }, (_, i) => i + 1));
+      // Each stored row is the message its assignment names.
+      const rows = await client.execute(
+        "SELECT seq, message_id FROM messages_by_conversation WHERE conversation_id = ? AND bucket = 0",
+        [conversationId],
+        {
+          prepare: true,
+        },
+      );
+      const stored = new Map(rows.rows.map((r) => [Number(r.get("seq")), r.get("message_id") as string]));
+      for (const x of mine) expect(stored.get(x.seq)).toBe(x.messageId);
+    }
+    // A message id is assigned at most once.
+    const ids = assignments.map((x) => x.messageId);
+    expect(new Set(ids).size).toBe(ids.length);
+    await client.shutdown();
+
+    // Every sequenced record (re-emissions included) agrees with the assignment.
+    const bySeq = new Map(assignments.map((x) => [`${x.conversationId}/${x.seq}`, x.messageId]));
+    const consumer = kafka.consumer({ groupId: `fence-check-${id}` });
+    await consumer.connect();
+    await consumer.subscribe({ topic: names.sequenced, fromBeginning: true });
+    const seen = new Set<string>();
+    let conflicts = 0;
+    let records = 0;
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, 60_000);
+      void consumer.run({
+        eachMessage: async ({ message }) => {
+          const m = decodeMessage(message.value!);
+          records++;
+          const key = `${m.conversationId}/${m.seq}`;
+          if (bySeq.get(key) !== m.messageId) conflicts++;
+          seen.add(key);
+          if (seen.size === bySeq.size) {
+            clearTimeout(timer);
+            resolve();
+          }
+        },
+      });
+    });
+    await consumer.disconnect();
+    console.log(
+      `zombie test: ${sent.length} drafts, ${distinct.size} distinct, ${records} sequenced records (re-emissions ${records - seen.size})`,
+    );
+    expect(conflicts).toBe(0);
+    expect(seen.size).toBe(bySeq.size);
+    for (const c of [a, b]) c.kill("SIGTERM");
+  });
+});
