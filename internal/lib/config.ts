@@ -152,15 +152,27 @@ export const schema = {
     brokers: list(["127.0.0.1:9092"], "Kafka bootstrap servers (distributed backend)."),
     topicPrefix: str("switchboard.", "Prefix of the topic names (messages, sequenced, routing)."),
     partitions: int(12, "Partitions of the message topics.", 1),
-    replicationFactor: int(1, "Replication factor of the topics (3 in production, with min.insync.replicas 2).", 1),
+    replicationFactor: int(
+      1,
+      "Replication factor of the topics (3 in production, with min.insync.replicas 2).",
+      1,
+    ),
     retentionHours: int(168, "Retention of the message topics, in hours.", 1),
-    appendTimeoutMs: int(10_000, "A send not sequenced within this time fails with UNAVAILABLE (the client retries with the same client_msg_id).", 100),
+    appendTimeoutMs: int(
+      10_000,
+      "A send not sequenced within this time fails with UNAVAILABLE (the client retries with the same client_msg_id).",
+      100,
+    ),
   },
   cassandra: {
     contactPoints: list(["127.0.0.1:9042"], "Cassandra contact points (distributed backend)."),
     datacenter: str("datacenter1", "Local datacenter name."),
     keyspace: str("switchboard", "Keyspace."),
-    replicationFactor: int(1, "SimpleStrategy replication factor of the keyspace when the platform creates it (production: create it with NetworkTopologyStrategy).", 1),
+    replicationFactor: int(
+      1,
+      "SimpleStrategy replication factor of the keyspace when the platform creates it (production: create it with NetworkTopologyStrategy).",
+      1,
+    ),
   },
   metrics: {
     enabled: bool(true, "Serve Prometheus metrics on /metrics."),

@@ -516,12 +516,12 @@ class EmbeddedInbox implements InboxStore {
         }),
       );
       const keys = fresh.map((e) => `${e.userId}\u0000${e.conversationId}\u0000${e.seq}`);
-      fresh.forEach((e, i) => this.pending.set(keys[i]!, { cursor: e.cursor, written }));
+      for (const [i, e] of fresh.entries()) this.pending.set(keys[i]!, { cursor: e.cursor, written });
       waitFor.add(written);
-      void written.then(
-        () => keys.forEach((k) => this.pending.delete(k)),
-        () => keys.forEach((k) => this.pending.delete(k)),
-      );
+      const forget = () => {
+        for (const k of keys) this.pending.delete(k);
+      };
+      void written.then(forget, forget);
     }
     await Promise.all(waitFor);
     return out;
