@@ -7,6 +7,7 @@
 # pinned versions are skipped (a <name>.version stamp records what each was built from).
 # Cold build on 2 cores takes a while (see README numbers); run it with `nice`.
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "$0")/lib.sh"
 
 mkdir -p "$bin_dir"

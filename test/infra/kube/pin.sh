@@ -20,10 +20,12 @@ go mod init switchboard.local/test/infra/kube
 go mod edit -go=1.26.0
 upstream=$(go mod download -json "k8s.io/kubernetes@v$k8s" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",\{0,1\}$/\1/p')
 # Staging modules: required at v0.0.0 upstream; published as v0.<minor>.<patch>.
+# shellcheck disable=SC2013 # module paths have no spaces
 for m in $(awk '$1 ~ /^k8s\.io\// && $2 == "v0.0.0" {print $1}' "$upstream"); do
   go mod edit -replace="$m=$m@v0.${k8s#1.}"
 done
 # Upstream's godebug lines change runtime behaviour of the binaries; keep them.
+# shellcheck disable=SC2013
 for d in $(awk '$1 == "godebug" && $2 != "(" {print $2}' "$upstream"); do go mod edit -godebug="$d"; done
 
 go get -tool \
