@@ -7,7 +7,7 @@ import { openDistributedBackends } from "../backends/distributed/index.js";
 import { signDevToken } from "../lib/auth.js";
 import { configDocs, loadConfig } from "../lib/config.js";
 import { createLogger } from "../lib/log.js";
-import { startPlatform } from "../platform/index.js";
+import { distributedOptions, startPlatform } from "../platform/index.js";
 
 const TTL_UNITS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86400 };
 
@@ -15,6 +15,15 @@ export function parseTtl(text: string): number {
   const match = /^(\d+)([smhd])?$/.exec(text);
   if (!match) throw new Error(`invalid --ttl ${JSON.stringify(text)}: use e.g. 90s, 30m, 1h, 7d`);
   return Number(match[1]) * TTL_UNITS[match[2] ?? "s"]!;
+}
+
+/** The environment, where the KEY=value lines printed by test/infra/up.sh also work as they are. */
+function platformEnv(): NodeJS.ProcessEnv {
+  const env = { ...process.env };
+  env.SWITCHBOARD_KAFKA_BROKERS ??= process.env.KAFKA_BROKERS;
+  env.SWITCHBOARD_CASSANDRA_CONTACT_POINTS ??= process.env.CASSANDRA_CONTACT_POINTS;
+  env.SWITCHBOARD_CASSANDRA_DATACENTER ??= process.env.CASSANDRA_DATACENTER;
+  return env;
 }
 
 export async function runStart(argv: string[]): Promise<number> {
@@ -35,12 +44,7 @@ export async function runStart(argv: string[]): Promise<number> {
   if (values["data-dir"] !== undefined) overrides.dataDir = values["data-dir"];
   if (values["grpc-port"] !== undefined) overrides["grpc.port"] = values["grpc-port"];
   if (values.backend !== undefined) overrides.backend = values.backend;
-  // The KEY=value lines printed by test/infra/up.sh work as they are.
-  const env = { ...process.env };
-  env.SWITCHBOARD_KAFKA_BROKERS ??= process.env.KAFKA_BROKERS;
-  env.SWITCHBOARD_CASSANDRA_CONTACT_POINTS ??= process.env.CASSANDRA_CONTACT_POINTS;
-  env.SWITCHBOARD_CASSANDRA_DATACENTER ??= process.env.CASSANDRA_DATACENTER;
-  const config = loadConfig(env, overrides);
+  const config = loadConfig(platformEnv(), overrides);
   const log = createLogger({ service: "switchboard" });
   const platform = await startPlatform(config, log);
   process.stdout.write(
@@ -66,28 +70,9 @@ export async function runStart(argv: string[]): Promise<number> {
  */
 export async function runSequencer(argv: string[]): Promise<number> {
   parseArgs({ args: argv, options: {}, strict: true });
-  const env = { ...process.env };
-  env.SWITCHBOARD_KAFKA_BROKERS ??= process.env.KAFKA_BROKERS;
-  env.SWITCHBOARD_CASSANDRA_CONTACT_POINTS ??= process.env.CASSANDRA_CONTACT_POINTS;
-  env.SWITCHBOARD_CASSANDRA_DATACENTER ??= process.env.CASSANDRA_DATACENTER;
-  const config = loadConfig(env);
+  const config = loadConfig(platformEnv());
   const log = createLogger({ service: "sequencer", pid: process.pid });
-  const backends = await openDistributedBackends({
-    brokers: config.kafka.brokers,
-    clientId: `sequencer-${process.pid}`,
-    topicPrefix: config.kafka.topicPrefix,
-    partitions: config.kafka.partitions,
-    replicationFactor: config.kafka.replicationFactor,
-    retentionHours: config.kafka.retentionHours,
-    appendTimeoutMs: config.kafka.appendTimeoutMs,
-    cassandra: {
-      contactPoints: config.cassandra.contactPoints,
-      localDataCenter: config.cassandra.datacenter,
-      keyspace: config.cassandra.keyspace,
-      replication: { class: "SimpleStrategy", replication_factor: config.cassandra.replicationFactor },
-    },
-    log,
-  });
+  const backends = await openDistributedBackends(distributedOptions(config, log));
   process.stdout.write(`${JSON.stringify({ status: "started", service: "sequencer", pid: process.pid })}\n`);
   await new Promise<void>((resolve) => {
     const stop = () => void backends.close().then(resolve, resolve);

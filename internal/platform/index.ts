@@ -1,1 +1,1 @@
-export { type RunningPlatform, startPlatform } from "./platform.js";
+export { distributedOptions, type RunningPlatform, startPlatform } from "./platform.js";

@@ -13,7 +13,7 @@ import { IdService } from "../../gen/switchboard/id/v1/id_pb.js";
 import { PresenceService } from "../../gen/switchboard/presence/v1/presence_pb.js";
 import { PushService } from "../../gen/switchboard/push/v1/push_pb.js";
 import { RouterService } from "../../gen/switchboard/router/v1/router_pb.js";
-import { openDistributedBackends } from "../backends/distributed/index.js";
+import { type DistributedOptions, openDistributedBackends } from "../backends/distributed/index.js";
 import { EmbeddedBackends } from "../backends/embedded/index.js";
 import type { Backends } from "../backends/types.js";
 import { Gateway } from "../gateway/index.js";
@@ -155,29 +155,33 @@ export async function startPlatform(config: Config, log: Logger = createLogger()
 }
 
 async function openBackends(config: Config, log: Logger, onFatal: (err: unknown) => void): Promise<Backends> {
-  if (config.backend === "distributed") {
-    return openDistributedBackends({
-      brokers: config.kafka.brokers,
-      clientId: `switchboard-${hostname()}-${process.pid}`,
-      topicPrefix: config.kafka.topicPrefix,
-      partitions: config.kafka.partitions,
-      replicationFactor: config.kafka.replicationFactor,
-      retentionHours: config.kafka.retentionHours,
-      appendTimeoutMs: config.kafka.appendTimeoutMs,
-      cassandra: {
-        contactPoints: config.cassandra.contactPoints,
-        localDataCenter: config.cassandra.datacenter,
-        keyspace: config.cassandra.keyspace,
-        replication: { class: "SimpleStrategy", replication_factor: config.cassandra.replicationFactor },
-      },
-      log,
-    });
-  }
+  if (config.backend === "distributed") return openDistributedBackends(distributedOptions(config, log));
   return new EmbeddedBackends({
     dataDir: config.dataDir,
     onFatal,
     onConsumerError: (group, err) => log.error("consumer failed; retrying the batch", { group, err }),
   });
+}
+
+/** The distributed backend's options from the configuration tree. */
+export function distributedOptions(config: Config, log: Logger, sequencer = true): DistributedOptions {
+  return {
+    brokers: config.kafka.brokers,
+    clientId: `switchboard-${hostname()}-${process.pid}`,
+    topicPrefix: config.kafka.topicPrefix,
+    partitions: config.kafka.partitions,
+    replicationFactor: config.kafka.replicationFactor,
+    retentionHours: config.kafka.retentionHours,
+    appendTimeoutMs: config.kafka.appendTimeoutMs,
+    cassandra: {
+      contactPoints: config.cassandra.contactPoints,
+      localDataCenter: config.cassandra.datacenter,
+      keyspace: config.cassandra.keyspace,
+      replication: { class: "SimpleStrategy", replication_factor: config.cassandra.replicationFactor },
+    },
+    log,
+    sequencer,
+  };
 }
 
 function listen(server: Server, port: number, host: string): Promise<number> {

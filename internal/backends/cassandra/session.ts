@@ -256,21 +256,7 @@ export function chunks<T>(items: readonly T[], size: number): T[][] {
   return out;
 }
 
-/** Serialises async critical sections per key within this process (CAS loops on one partition). */
-export class KeyedMutex {
-  private readonly tails = new Map<string, Promise<unknown>>();
-
-  run<T>(key: string, fn: () => Promise<T>): Promise<T> {
-    const prev = this.tails.get(key) ?? Promise.resolve();
-    const next = prev.then(fn, fn);
-    const tail = next.catch(() => undefined);
-    this.tails.set(key, tail);
-    void tail.then(() => {
-      if (this.tails.get(key) === tail) this.tails.delete(key);
-    });
-    return next;
-  }
-}
+export { KeyedMutex } from "../../lib/keyed-mutex.js";
 
 /** Jittered pause between attempts of a CAS loop that lost a race (contention management, not sync). */
 export function backoff(attempt: number): Promise<void> {

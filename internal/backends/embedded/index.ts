@@ -16,6 +16,7 @@ import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { type Database, open, type RootDatabase } from "lmdb";
 import { assert, errors } from "../../lib/errors.js";
+import { KeyedMutex } from "../../lib/keyed-mutex.js";
 import type {
   AppendResult,
   Backends,
@@ -52,21 +53,6 @@ export interface EmbeddedOptions {
   onFatal?: (err: unknown) => void;
   /** Called when a consumer's handler fails; the batch is retried. */
   onConsumerError?: (group: string, err: unknown) => void;
-}
-
-/** Serialises async critical sections per key (check-then-write on one conversation, one receipt...). */
-class KeyedMutex {
-  private readonly tails = new Map<string, Promise<unknown>>();
-  run<T>(key: string, fn: () => Promise<T>): Promise<T> {
-    const prev = this.tails.get(key) ?? Promise.resolve();
-    const next = prev.then(fn, fn);
-    const tail = next.catch(() => undefined);
-    this.tails.set(key, tail);
-    void tail.then(() => {
-      if (this.tails.get(key) === tail) this.tails.delete(key);
-    });
-    return next;
-  }
 }
 
 export class EmbeddedBackends implements Backends {
