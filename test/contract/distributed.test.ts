@@ -3,7 +3,9 @@
  * run (migrations are slow schema changes), topics and consumer groups per test (namespace prefix).
  */
 
+import { Kafka, logLevel } from "kafkajs";
 import { openDistributedBackends } from "../../internal/backends/distributed/index.js";
+import { topicNames } from "../../internal/backends/kafka/topics.js";
 import { createLogger } from "../../internal/lib/log.js";
 import { ensureServer } from "../infra/servers.js";
 import { describeBackendContract } from "./backends.contract.js";
@@ -40,7 +42,25 @@ describeBackendContract(
         cassandra: { contactPoints: s.contactPoints, localDataCenter: s.datacenter, keyspace },
         log: createLogger({ test: "contract" }),
       });
-    return { backends: await open(), reopen: open };
+    return {
+      backends: await open(),
+      reopen: open,
+      // Delete this test's topics: a broker restart later in the run recovers every partition it has.
+      dispose: async () => {
+        const admin = new Kafka({
+          clientId: `contract-${namespace}-cleanup`,
+          brokers: s.brokers,
+          logLevel: logLevel.NOTHING,
+        }).admin();
+        await admin.connect();
+        try {
+          const names = Object.values(topicNames(`${namespace}.`));
+          await admin.deleteTopics({ topics: names });
+        } finally {
+          await admin.disconnect();
+        }
+      },
+    };
   },
   { eventuallyMs: 30_000 },
 );
