@@ -168,6 +168,16 @@ export const schema = {
     contactPoints: list(["127.0.0.1:9042"], "Cassandra contact points (distributed backend)."),
     datacenter: str("datacenter1", "Local datacenter name."),
     keyspace: str("switchboard", "Keyspace."),
+    consistency: oneOf(
+      ["LOCAL_QUORUM", "QUORUM", "LOCAL_ONE", "ONE", "EACH_QUORUM", "ALL"] as const,
+      "LOCAL_QUORUM",
+      "Consistency of reads and writes.",
+    ),
+    serialConsistency: oneOf(
+      ["LOCAL_SERIAL", "SERIAL"] as const,
+      "LOCAL_SERIAL",
+      "Consistency of the Paxos phase of lightweight transactions (the seq fence).",
+    ),
     replicationFactor: int(
       1,
       "SimpleStrategy replication factor of the keyspace when the platform creates it (production: create it with NetworkTopologyStrategy).",

@@ -178,6 +178,7 @@ export function distributedOptions(config: Config, log: Logger, sequencer = true
       localDataCenter: config.cassandra.datacenter,
       keyspace: config.cassandra.keyspace,
       replication: { class: "SimpleStrategy", replication_factor: config.cassandra.replicationFactor },
+      consistency: { level: config.cassandra.consistency, serial: config.cassandra.serialConsistency },
     },
     log,
     sequencer,

@@ -161,6 +161,41 @@ describe("message and frame limits", () => {
     await bystanderSend();
   });
 
+  it("limits sends per user across all of the user's connections", async () => {
+    const limited = await startServer({
+      env: {
+        SWITCHBOARD_GATEWAY_SENDS_PER_SECOND: "10",
+        SWITCHBOARD_GATEWAY_SEND_BURST: "10",
+        SWITCHBOARD_GATEWAY_USER_SENDS_PER_SECOND: "2", // user burst: 4
+      },
+    });
+    try {
+      const token = await devToken(limited.dataDir, "multi");
+      const [phone, laptop] = await Promise.all([
+        RawClient.connect(limited.url, { token }),
+        RawClient.connect(limited.url, { token }),
+      ]);
+      const sendFrom = (c: RawClient, i: number) =>
+        c.request({
+          case: "send",
+          value: { target: { case: "toUser", value: "sink" }, clientMsgId: `u${i}`, body: "x" },
+        });
+      // Each connection stays under its own limit (3 of 10); together they exceed the user's 4.
+      const replies = await Promise.all(
+        [0, 1, 2].flatMap((i) => [sendFrom(phone, i), sendFrom(laptop, 10 + i)]),
+      );
+      expect(replies.filter((f) => f.kind.case === "ack")).toHaveLength(4);
+      const refused = replies
+        .filter((f) => f.kind.case === "error")
+        .map((f) => expectCase(f, "error").reason);
+      expect(refused).toEqual(["RATE_LIMITED", "RATE_LIMITED"]);
+      phone.close();
+      laptop.close();
+    } finally {
+      await limited.dispose();
+    }
+  });
+
   it("refuses sending to a conversation one is not a member of", async () => {
     const c = await connect(user("eve"));
     const dm = `dm:${[bystander.bName, "someone-else"].sort().join("~")}`;
