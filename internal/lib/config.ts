@@ -83,6 +83,10 @@ export const schema = {
     ),
     issuer: str("", "Required `iss` claim (empty: not checked)."),
     audience: str("", "Required `aud` claim (empty: not checked)."),
+    devTokens: bool(
+      true,
+      "Serve GET /v1/dev/token?user=ID (dev-secret tokens for the demo page at /). Honoured only without a JWKS URL and on a loopback address.",
+    ),
     authTimeoutMs: int(5_000, "A connection that has not authenticated within this time is closed (3502)."),
     allowedOrigins: list(
       [],

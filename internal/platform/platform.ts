@@ -4,9 +4,11 @@
  * server (/ws, /healthz, /readyz, /metrics, /v1/connect) and optionally one gRPC server.
  */
 
+import { readFileSync } from "node:fs";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { hostname } from "node:os";
+import { fileURLToPath } from "node:url";
 import * as grpc from "@grpc/grpc-js";
 import { GatewayService } from "../../gen/switchboard/gateway/v1/gateway_pb.js";
 import { IdService } from "../../gen/switchboard/id/v1/id_pb.js";
@@ -18,7 +20,7 @@ import { EmbeddedBackends } from "../backends/embedded/index.js";
 import type { Backends } from "../backends/types.js";
 import { Gateway } from "../gateway/index.js";
 import { createIdService } from "../id/index.js";
-import { createVerifier } from "../lib/auth.js";
+import { createVerifier, isValidUserId, signDevToken } from "../lib/auth.js";
 import type { Config } from "../lib/config.js";
 import { createLogger, type Logger } from "../lib/log.js";
 import { createMetrics, type Metrics } from "../lib/metrics.js";
@@ -107,8 +109,9 @@ export async function startPlatform(config: Config, log: Logger = createLogger()
   }
 
   let ready = true;
+  const demoPage = readDemoPage(log);
   const http = createServer((req, res) =>
-    handleHttp(req, res, { config, metrics, gateway, isReady: () => ready }),
+    handleHttp(req, res, { config, metrics, gateway, demoPage, isReady: () => ready }),
   );
   http.headersTimeout = config.http.headersTimeoutMs;
   http.requestTimeout = config.http.headersTimeoutMs * 3;
@@ -185,6 +188,23 @@ export function distributedOptions(config: Config, log: Logger, sequencer = true
   };
 }
 
+/** The demo chat page (web/index.html), served at / so `npm start` gives a working chat at once. */
+function readDemoPage(log: Logger): string | undefined {
+  const path = fileURLToPath(new URL("../../../web/index.html", import.meta.url));
+  try {
+    return readFileSync(path, "utf8");
+  } catch (err) {
+    log.debug("no demo page", { path, err });
+    return undefined;
+  }
+}
+
+function devTokensAllowed(config: Config): boolean {
+  const loopback =
+    config.http.host === "localhost" || config.http.host === "::1" || config.http.host.startsWith("127.");
+  return config.auth.devTokens && config.auth.jwksUrl === "" && loopback;
+}
+
 function listen(server: Server, port: number, host: string): Promise<number> {
   return new Promise((resolve, reject) => {
     server.once("error", reject);
@@ -197,6 +217,7 @@ function listen(server: Server, port: number, host: string): Promise<number> {
 
 interface HttpDeps {
   config: Config;
+  demoPage: string | undefined;
   metrics: Metrics;
   gateway: Gateway;
   isReady: () => boolean;
@@ -220,6 +241,29 @@ function handleHttp(req: IncomingMessage, res: ServerResponse, deps: HttpDeps): 
         () => json(500, { error: "metrics failed" }),
       );
       return;
+    case "/":
+      if (!deps.demoPage) return json(404, { error: "no demo page in this build" });
+      res
+        .writeHead(200, {
+          "content-type": "text/html; charset=utf-8",
+          "content-security-policy":
+            "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self' ws: wss:",
+        })
+        .end(deps.demoPage);
+      return;
+    case "/v1/dev/token": {
+      if (!devTokensAllowed(deps.config))
+        return json(404, {
+          error: "dev tokens are off (JWKS configured, non-loopback address, or auth.devTokens=false)",
+        });
+      const user = new URL(req.url ?? "/", "http://x").searchParams.get("user") ?? "";
+      if (!isValidUserId(user)) return json(400, { error: "user must be 1-128 of A-Z a-z 0-9 . _ @ : + -" });
+      signDevToken(deps.config.dataDir, user, 3600).then(
+        (token) => json(200, { token, user }),
+        () => json(500, { error: "could not sign" }),
+      );
+      return;
+    }
     case "/v1/connect": {
       const url =
         deps.config.http.publicUrl ||

@@ -24,6 +24,26 @@ afterAll(async () => {
 
 const grpcAddress = () => `127.0.0.1:${server.grpcPort}`;
 
+describe("HTTP endpoints", () => {
+  it("serves health, readiness, metrics, connect, the demo page and loopback dev tokens", async () => {
+    expect((await fetch(`${server.httpUrl}/healthz`)).status).toBe(200);
+    expect((await fetch(`${server.httpUrl}/readyz`)).status).toBe(200);
+    const metrics = await (await fetch(`${server.httpUrl}/metrics`)).text();
+    expect(metrics).toContain("switchboard_gateway_connections");
+    expect(metrics).toContain("switchboard_messages_appended_total");
+    const connect = (await (await fetch(`${server.httpUrl}/v1/connect`)).json()) as { url: string };
+    expect(connect.url).toBe(`ws://127.0.0.1:${server.port}/ws`);
+    expect(await (await fetch(`${server.httpUrl}/`)).text()).toContain("<title>Switchboard demo</title>");
+    const { token } = (await (await fetch(`${server.httpUrl}/v1/dev/token?user=demo-user`)).json()) as {
+      token: string;
+    };
+    const client = await RawClient.connect(server.url, { token });
+    client.close();
+    expect((await fetch(`${server.httpUrl}/v1/dev/token?user=system`)).status).toBe(400);
+    expect((await fetch(`${server.httpUrl}/nope`)).status).toBe(404);
+  });
+});
+
 describe("gRPC APIs", () => {
   it("lets a backend create a group and post a system message that members receive", async () => {
     const router = grpcClient(RouterService, grpcAddress());

@@ -63,6 +63,10 @@ describe("JWKS authentication", () => {
     expect(await upgradeStatus(await sign({}))).toBe(101);
   });
 
+  it("does not hand out dev tokens when a JWKS URL is configured", async () => {
+    expect((await fetch(`${server.httpUrl}/v1/dev/token?user=alice`)).status).toBe(404);
+  });
+
   it("rejects unknown kids, wrong issuer or audience, expired tokens and HS256 confusion", async () => {
     expect(await upgradeStatus(await sign({}, "other-kid"))).toBe(401);
     expect(await upgradeStatus(await sign({ iss: "https://evil.test" }))).toBe(401);

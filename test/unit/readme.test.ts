@@ -7,8 +7,6 @@ describe("README", () => {
   it("carries the configuration reference generated from the config tree", () => {
     const readme = readFileSync(`${repoRoot}/README.md`, "utf8");
     const table = /<!-- config:begin -->\n([\s\S]*?)\n<!-- config:end -->/.exec(readme)?.[1];
-    expect(table, "run `node dist/cmd/switchboard.js config docs` and paste it between the markers").toBe(
-      configDocs(),
-    );
+    expect(table, "run `npm run docs` to regenerate it").toBe(configDocs());
   });
 });
