@@ -29,6 +29,7 @@ export default defineConfig({
             "test/infra/kube/**",
             "sdk/dist/**",
             "test/integration/distributed-storage.test.ts",
+            "test/contract/distributed.test.ts",
           ],
         },
       },
@@ -36,7 +37,11 @@ export default defineConfig({
         extends: true,
         test: {
           name: "distributed",
-          include: [...backendAgnostic, "test/integration/distributed-storage.test.ts"],
+          include: [
+            ...backendAgnostic,
+            "test/integration/distributed-storage.test.ts",
+            "test/contract/distributed.test.ts",
+          ],
           env: { SWITCHBOARD_TEST_BACKEND: "distributed" },
           testTimeout: 60_000,
         },
