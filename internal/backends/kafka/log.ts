@@ -30,6 +30,7 @@ export class KafkaMessageLog implements MessageLog {
   constructor(private readonly o: KafkaLogOptions) {}
 
   async append(draft: MessageDraft): Promise<AppendResult> {
+    // Register before producing: the sequencer may answer before the produce call returns.
     const sequenced = new Promise<AppendResult>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.o.pending.delete(draft.messageId);
@@ -45,6 +46,9 @@ export class KafkaMessageLog implements MessageLog {
         resolve(result);
       });
     });
+    // The deadline may pass while kafkajs still retries the produce (broker away): the rejection is
+    // then delivered by the await below or, if the produce failed first, deliberately dropped.
+    sequenced.catch(() => undefined);
     try {
       await this.o.producer.send(this.o.draftsTopic, {
         key: draft.conversationId,
@@ -52,7 +56,6 @@ export class KafkaMessageLog implements MessageLog {
       });
     } catch (err) {
       this.o.pending.delete(draft.messageId);
-      sequenced.catch(() => undefined);
       throw errors.unavailable(
         "LOG_UNAVAILABLE",
         "the message log did not acknowledge the message; retry",
