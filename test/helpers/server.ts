@@ -38,7 +38,35 @@ export interface StartOptions {
   args?: string[];
 }
 
+/** Which backend the server runs on: `SWITCHBOARD_TEST_BACKEND=distributed` runs the same tests on Kafka + Cassandra. */
+export const testBackend =
+  process.env.SWITCHBOARD_TEST_BACKEND === "distributed" ? "distributed" : "embedded";
+let serverCount = 0;
+
+/** Environment for a distributed server: real Kafka and Cassandra, and topics/keyspace of its own. */
+async function distributedEnv(): Promise<Record<string, string>> {
+  const { ensureServer } = await import("../infra/servers.js");
+  const kafka = await ensureServer("kafka");
+  const cassandra = await ensureServer("cassandra");
+  const id = `${Date.now().toString(36)}${process.pid.toString(36)}${++serverCount}`;
+  return {
+    ...kafka,
+    ...cassandra,
+    SWITCHBOARD_KAFKA_TOPIC_PREFIX: `e2e-${id}.`,
+    SWITCHBOARD_KAFKA_PARTITIONS: "3",
+    SWITCHBOARD_CASSANDRA_KEYSPACE: `e2e_${id}`,
+  };
+}
+
 export async function startServer(options: StartOptions = {}): Promise<ServerProcess> {
+  if (testBackend === "distributed" && !options.args?.includes("--backend")) {
+    const env = await distributedEnv();
+    options = {
+      ...options,
+      args: [...(options.args ?? []), "--backend", "distributed"],
+      env: { ...env, ...options.env },
+    };
+  }
   const dataDir = options.dataDir ?? mkdtempSync(join(tmpdir(), "switchboard-test-"));
   const child = spawn(
     process.execPath,
