@@ -36,6 +36,7 @@ export class RawClient {
   closeReason = "";
   private nextId = 1;
   private readonly waiters = new Map<number, (f: ServerFrame) => void>();
+  private readonly failers = new Map<number, (err: Error) => void>();
   private readonly eventWaiters: Array<{
     pred: (f: ServerFrame) => boolean;
     resolve: (f: ServerFrame) => void;
@@ -50,6 +51,11 @@ export class RawClient {
       ws.on("close", (code, reason) => {
         this.closeCode = code;
         this.closeReason = reason.toString();
+        // Replies can no longer come: fail every request still waiting.
+        for (const fail of this.failers.values())
+          fail(new Error(`connection closed (${code}) before the reply`));
+        this.failers.clear();
+        this.waiters.clear();
         resolve(code);
       });
     });
@@ -96,7 +102,11 @@ export class RawClient {
   request(kind: Kind, timeoutMs = 10_000): Promise<ServerFrame> {
     const id = this.nextId++;
     const reply = new Promise<ServerFrame>((resolve, reject) => {
-      this.waiters.set(id, resolve);
+      this.waiters.set(id, (f) => {
+        this.failers.delete(id);
+        resolve(f);
+      });
+      this.failers.set(id, reject);
       setTimeout(
         () => reject(new Error(`no reply to ${kind.case} within ${timeoutMs} ms`)),
         timeoutMs,
