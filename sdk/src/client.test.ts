@@ -351,6 +351,31 @@ test("a retryable send error (rate limited) is retried with the same clientMsgId
   expect(srv.conns).toHaveLength(1);
 });
 
+test("a retryable error pauses every queued send, not just the failed one", async () => {
+  const srv = await startServer();
+  let refusedAt = 0;
+  const laterSendsAt: number[] = [];
+  srv.hook = (conn, frame, s) => {
+    if (frame.kind.case !== "send") return undefined;
+    if (refusedAt !== 0) {
+      laterSendsAt.push(Date.now());
+      return undefined;
+    }
+    refusedAt = Date.now();
+    s.error(conn, frame, Code.UNAVAILABLE, "STORAGE_UNAVAILABLE", 300);
+    return true;
+  };
+  const t = newClient(srv, { maxInflightSends: 1 });
+  await t.client.connect();
+  const acks = await Promise.all(
+    Array.from({ length: 5 }, (_, i) => t.client.send({ toUser: "bob" }, `m${i}`)),
+  );
+  expect(acks).toHaveLength(5);
+  // With one send in flight, the refusal came before the others went out: all of them waited.
+  expect(laterSendsAt).toHaveLength(5);
+  for (const at of laterSendsAt) expect(at - refusedAt).toBeGreaterThanOrEqual(290);
+});
+
 test("sends queue while disconnected, go out in order, and the queue is bounded", async () => {
   const srv = await startServer();
   const t = newClient(srv, { maxPendingSends: 3 });

@@ -271,6 +271,12 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
   /** Unacknowledged sends by clientMsgId; Map order = send order, kept on resends. */
   private readonly sends = new Map<string, PendingSend>();
   private inflightSends = 0;
+  /**
+   * When a send fails with a retryable error (RATE_LIMITED, UNAVAILABLE) every send waits, not just
+   * that one: otherwise the whole in-flight window retries at once and the server sees a flood.
+   */
+  private sendsPausedUntil = 0;
+  private sendPauseTimer: ReturnType<typeof setTimeout> | undefined;
   private readonly openWaiters = new Set<Waiter>();
   private readonly seen: LruSet<string>;
   private readonly presenceWatch = new Set<string>();
@@ -365,6 +371,8 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
     this._state = "closed";
     this.epoch++;
     this.clearReconnectTimer();
+    clearTimeout(this.sendPauseTimer);
+    this.sendPauseTimer = undefined;
     const err = localError(Code.CANCELLED, LocalReason.CLOSED, "client closed");
     const conn = this.conn;
     this.conn = undefined;
@@ -1028,6 +1036,14 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
   private pumpSends(): void {
     const conn = this.conn;
     if (!conn?.welcome || conn.done) return;
+    const pausedMs = this.sendsPausedUntil - Date.now();
+    if (pausedMs > 0) {
+      this.sendPauseTimer ??= setTimeout(() => {
+        this.sendPauseTimer = undefined;
+        this.pumpSends();
+      }, pausedMs);
+      return;
+    }
     for (const entry of this.sends.values()) {
       if (this.inflightSends >= this.maxInflightSends) return;
       if (entry.requestId !== undefined || entry.retryTimer !== undefined) continue;
@@ -1074,6 +1090,7 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
               err.retryAfterMs,
               backoffDelay(entry.failures++, this.backoff, this.random),
             );
+            this.sendsPausedUntil = Math.max(this.sendsPausedUntil, Date.now() + delay);
             entry.retryTimer = setTimeout(() => {
               entry.retryTimer = undefined;
               this.pumpSends();
