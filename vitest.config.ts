@@ -28,6 +28,7 @@ export default defineConfig({
             "dist/**",
             "test/infra/kube/**",
             "sdk/dist/**",
+            "test/faults/**",
             "test/integration/distributed-storage.test.ts",
             "test/contract/distributed.test.ts",
           ],
