@@ -36,9 +36,7 @@ export class KafkaRouting implements RoutingEvents {
       maxWaitTimeInMs: 50,
     });
     this.consumers.add(consumer);
-    const highs = new Map(
-      (await this.admin.fetchTopicOffsets(this.topic)).map((p) => [p.partition, Number(p.high)]),
-    );
+    const highs = new Map((await this.topicOffsets()).map((p) => [p.partition, Number(p.high)]));
     const remaining = new Set([...highs].filter(([, high]) => high > 0).map(([p]) => p));
     // Until caught up, fold the history into the table; then hand out the table as "up" events and
     // follow live changes (the contract: a replay is the current table, not its history).
@@ -86,6 +84,19 @@ export class KafkaRouting implements RoutingEvents {
         await this.admin.deleteGroups([groupId]).catch(() => undefined);
       },
     };
+  }
+
+  /** High watermarks; retried while a just-created topic's leader is still being elected. */
+  private async topicOffsets(): Promise<Array<{ partition: number; high: string }>> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.admin.fetchTopicOffsets(this.topic);
+      } catch (err) {
+        const retriable = (err as { retriable?: boolean }).retriable === true;
+        if (!retriable || attempt >= 20) throw err;
+        await new Promise((r) => setTimeout(r, 100 * Math.min(attempt, 10)));
+      }
+    }
   }
 
   async close(): Promise<void> {
