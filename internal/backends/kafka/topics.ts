@@ -66,6 +66,45 @@ export function desiredTopics(s: TopicSettings): ITopicConfig[] {
 export async function ensureTopics(admin: Admin, s: TopicSettings): Promise<void> {
   const existing = new Set(await admin.listTopics());
   const missing = desiredTopics(s).filter((t) => !existing.has(t.topic));
-  if (missing.length === 0) return;
-  await admin.createTopics({ topics: missing, waitForLeaders: true });
+  if (missing.length > 0) {
+    try {
+      await admin.createTopics({ topics: missing, waitForLeaders: false });
+    } catch (err) {
+      // Another process may have created them meanwhile, or the controller is still settling:
+      // either way the leader wait below decides.
+      const e = err as { type?: string; retriable?: boolean; errors?: Array<{ type?: string }> };
+      const exists =
+        e.type === "TOPIC_ALREADY_EXISTS" ||
+        (e.errors?.length && e.errors.every((x) => x.type === "TOPIC_ALREADY_EXISTS"));
+      if (!exists && e.retriable !== true) throw err;
+    }
+  }
+  await waitForLeaders(
+    admin,
+    desiredTopics(s).map((t) => t.topic),
+  );
+}
+
+/**
+ * A just-created topic may still answer "does not host this topic-partition" for a while after
+ * createTopics returned: wait until every partition has a leader the metadata agrees on.
+ */
+async function waitForLeaders(admin: Admin, topics: string[], timeoutMs = 60_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      const { topics: meta } = await admin.fetchTopicMetadata({ topics });
+      if (
+        meta.length === topics.length &&
+        meta.every((t) => t.partitions.length > 0 && t.partitions.every((p) => p.leader >= 0))
+      ) {
+        return;
+      }
+    } catch (err) {
+      if ((err as { retriable?: boolean }).retriable !== true || Date.now() > deadline) throw err;
+    }
+    if (Date.now() > deadline)
+      throw new Error(`topics ${topics.join(", ")} have no leaders after ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, Math.min(100 * attempt, 1_000)));
+  }
 }
