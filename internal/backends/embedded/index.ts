@@ -235,7 +235,9 @@ class EmbeddedLog implements MessageLog {
           continue;
         }
         offset = last;
-        await this.guard(this.offsets.put(group, offset));
+        // The offset write joins the next group commit instead of holding up the next batch: LMDB
+        // commits in order, and a crash before it lands only means re-handling this batch (idempotent).
+        this.guard(this.offsets.put(group, offset)).catch(() => undefined);
       }
     })();
     const consumer: Closeable = {
