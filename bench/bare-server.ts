@@ -10,6 +10,7 @@
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { type WebSocket, WebSocketServer } from "ws";
+import { varintSize, writeVarint } from "./wire.js";
 
 const portArg = process.argv.indexOf("--port");
 const port = portArg >= 0 ? Number(process.argv[portArg + 1]) : 0;
@@ -28,23 +29,6 @@ function readVarint(buf: Buffer): number {
     mul *= 128;
   }
 }
-function varintSize(n: number): number {
-  let s = 1;
-  while (n >= 0x80) {
-    n = Math.floor(n / 128);
-    s++;
-  }
-  return s;
-}
-function writeVarint(buf: Buffer, p: number, n: number): number {
-  while (n >= 0x80) {
-    buf[p++] = (n & 0x7f) | 0x80;
-    n = Math.floor(n / 128);
-  }
-  buf[p++] = n;
-  return p;
-}
-
 function onFrame(ws: WebSocket, data: Buffer): void {
   pos = 0;
   let id = 0;
