@@ -217,11 +217,12 @@ start kube-scheduler --kubeconfig="$kubeconfig" \
 
 # --- kwok + one fake Node --------------------------------------------------------
 # kwok only manages Nodes with our annotation; its stages (kwok-stages.yaml) make the node
-# Ready and its pods Running. Pod IPs come from --cidr, apart from the service range.
+# Ready and its pods Running. Pod IPs come from --cidr: loopback addresses, so a test can serve a
+# fake Pod's ports (e.g. a gateway's gRPC Stats) on its IP, apart from the service range.
 log "starting kwok"
 start kwok --kubeconfig="$kubeconfig" --config="$kube_dir/kwok-stages.yaml" \
   --manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
-  --node-ip=127.0.0.1 --cidr=10.244.0.0/16
+  --node-ip=127.0.0.1 --cidr=127.244.0.0/16
 kc apply -f - >/dev/null <<EOF || fail kube-apiserver "could not create Node $NODE"
 apiVersion: v1
 kind: Node
