@@ -94,6 +94,10 @@ export const schema = {
     ),
   },
   gateway: {
+    id: str(
+      "",
+      "This gateway's id in the routing table (in Kubernetes: the Pod name, which the operator names in gateway-gone records). Empty: hostname-pid.",
+    ),
     frameBytesMax: int(
       1024 * 1024,
       "Largest WebSocket frame accepted (a 100,000-character body fits even JSON-escaped); larger frames close with 1009.",

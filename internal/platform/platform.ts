@@ -79,7 +79,7 @@ export async function startPlatform(config: Config, log: Logger = createLogger()
     router: routerClient,
     presence: presenceClient,
     verify: createVerifier({ dataDir: config.dataDir, ...config.auth }),
-    gatewayId: `${hostname()}-${process.pid}`,
+    gatewayId: config.gateway.id || `${hostname()}-${process.pid}`,
     gatewayEpoch: Date.now(),
   });
   const gatewayImpl = gateway.service();

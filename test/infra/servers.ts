@@ -19,7 +19,8 @@ import { homedir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
-export type ServerName = "kafka" | "cassandra";
+/** kube: the control plane (KUBECONFIG, KUBECTL); helm: only installs the binary (HELM). */
+export type ServerName = "kafka" | "cassandra" | "kube" | "helm";
 
 /** The KEY=value lines up.sh printed, e.g. { KAFKA_BROKERS: "127.0.0.1:19092" }. */
 export type ServerEnv = Record<string, string>;
@@ -125,7 +126,8 @@ export function ensureServer(name: ServerName, options: EnsureOptions = {}): Pro
 }
 
 async function startServer(name: ServerName, options: EnsureOptions): Promise<ServerEnv> {
-  const timeoutMs = options.timeoutMs ?? 15 * 60_000;
+  // A cold kube build compiles Kubernetes from source (12-32 min on 2 cores).
+  const timeoutMs = options.timeoutMs ?? (name === "kube" ? 45 : 15) * 60_000;
   const env: NodeJS.ProcessEnv = {};
   if (options.keepData) env[`${name.toUpperCase()}_KEEP_DATA`] = "1";
   const r = await runScript("up.sh", name, env, timeoutMs);

@@ -1,6 +1,7 @@
 /** Records carry common.v1.Message in protobuf (drafts have seq 0). */
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { MessageSchema } from "../../../gen/switchboard/common/v1/common_pb.js";
+import { SessionRecordKind, SessionRecordSchema } from "../../../gen/switchboard/router/v1/router_pb.js";
 import type { MessageDraft, SessionEvent, StoredMessage } from "../types.js";
 
 export function encodeMessage(m: MessageDraft | StoredMessage): Buffer {
@@ -33,10 +34,45 @@ export function decodeMessage(data: Buffer): StoredMessage {
   };
 }
 
+const KIND_TO_PROTO: Record<SessionEvent["kind"], SessionRecordKind> = {
+  up: SessionRecordKind.UP,
+  down: SessionRecordKind.DOWN,
+  "gateway-gone": SessionRecordKind.GATEWAY_GONE,
+};
+
+/** Routing records are router.v1.SessionRecord in protobuf: the operator writes gateway-gone ones too. */
 export function encodeSessionEvent(e: SessionEvent): Buffer {
-  return Buffer.from(JSON.stringify(e));
+  return Buffer.from(
+    toBinary(
+      SessionRecordSchema,
+      create(SessionRecordSchema, {
+        kind: KIND_TO_PROTO[e.kind],
+        userId: e.userId,
+        sessionId: e.sessionId,
+        gatewayId: e.gatewayId,
+        gatewayEpoch: BigInt(e.gatewayEpoch),
+      }),
+    ),
+  );
 }
 
+/** Throws on a record that is not a SessionRecord or has no known kind (the caller skips it). */
 export function decodeSessionEvent(data: Buffer): SessionEvent {
-  return JSON.parse(data.toString("utf8")) as SessionEvent;
+  const r = fromBinary(SessionRecordSchema, data);
+  const kind =
+    r.kind === SessionRecordKind.UP
+      ? "up"
+      : r.kind === SessionRecordKind.DOWN
+        ? "down"
+        : r.kind === SessionRecordKind.GATEWAY_GONE
+          ? "gateway-gone"
+          : undefined;
+  if (kind === undefined) throw new Error(`routing record of unknown kind ${r.kind}`);
+  return {
+    kind,
+    userId: r.userId,
+    sessionId: r.sessionId,
+    gatewayId: r.gatewayId,
+    gatewayEpoch: Number(r.gatewayEpoch),
+  };
 }

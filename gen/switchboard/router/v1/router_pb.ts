@@ -2,8 +2,8 @@
 // @generated from file switchboard/router/v1/router.proto (package switchboard.router.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { ServerFrame } from "../../client/v1/client_pb.js";
 import { file_switchboard_client_v1_client } from "../../client/v1/client_pb.js";
 import type { Conversation, Message as Message$1 } from "../../common/v1/common_pb.js";
@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file switchboard/router/v1/router.proto.
  */
 export const file_switchboard_router_v1_router: GenFile = /*@__PURE__*/
-  fileDesc("CiJzd2l0Y2hib2FyZC9yb3V0ZXIvdjEvcm91dGVyLnByb3RvEhVzd2l0Y2hib2FyZC5yb3V0ZXIudjEihAEKDFJlbGF5UmVxdWVzdBIQCgh1c2VyX2lkcxgBIAMoCRITCgtzZXNzaW9uX2lkcxgCIAMoCRIaChJleGNsdWRlX3Nlc3Npb25faWQYAyABKAkSMQoFZnJhbWUYBCABKAsyIi5zd2l0Y2hib2FyZC5jbGllbnQudjEuU2VydmVyRnJhbWUiIQoNUmVsYXlSZXNwb25zZRIQCghzZXNzaW9ucxgBIAEoDSJzChJTZW5kTWVzc2FnZVJlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg8KB3RvX3VzZXIYAiABKAkSDgoGc2VuZGVyGAMgASgJEhUKDWNsaWVudF9tc2dfaWQYBCABKAkSDAoEYm9keRgFIAEoCSJZChNTZW5kTWVzc2FnZVJlc3BvbnNlEi8KB21lc3NhZ2UYASABKAsyHi5zd2l0Y2hib2FyZC5jb21tb24udjEuTWVzc2FnZRIRCglkdXBsaWNhdGUYAiABKAgiUAoSQ3JlYXRlR3JvdXBSZXF1ZXN0Eg0KBW93bmVyGAEgASgJEgwKBG5hbWUYAiABKAkSDwoHbWVtYmVycxgDIAMoCRIMCgRvcGVuGAQgASgIIlAKE0NyZWF0ZUdyb3VwUmVzcG9uc2USOQoMY29udmVyc2F0aW9uGAEgASgLMiMuc3dpdGNoYm9hcmQuY29tbW9uLnYxLkNvbnZlcnNhdGlvbiI9ChFBZGRNZW1iZXJzUmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDwoHbWVtYmVycxgCIAMoCSJPChJBZGRNZW1iZXJzUmVzcG9uc2USOQoMY29udmVyc2F0aW9uGAEgASgLMiMuc3dpdGNoYm9hcmQuY29tbW9uLnYxLkNvbnZlcnNhdGlvbiI/ChNSZW1vdmVNZW1iZXJSZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJIlEKFFJlbW92ZU1lbWJlclJlc3BvbnNlEjkKDGNvbnZlcnNhdGlvbhgBIAEoCzIjLnN3aXRjaGJvYXJkLmNvbW1vbi52MS5Db252ZXJzYXRpb24iLQoSTGlzdE1lbWJlcnNSZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCSImChNMaXN0TWVtYmVyc1Jlc3BvbnNlEg8KB21lbWJlcnMYASADKAkiTwoRR2V0SGlzdG9yeVJlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhIKCmJlZm9yZV9zZXEYAiABKAQSDQoFbGltaXQYAyABKA0iWAoSR2V0SGlzdG9yeVJlc3BvbnNlEjAKCG1lc3NhZ2VzGAEgAygLMh4uc3dpdGNoYm9hcmQuY29tbW9uLnYxLk1lc3NhZ2USEAoIaGFzX21vcmUYAiABKAgiJAoRTG9va3VwVXNlclJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCSJGChJMb29rdXBVc2VyUmVzcG9uc2USMAoIc2Vzc2lvbnMYASADKAsyHi5zd2l0Y2hib2FyZC5yb3V0ZXIudjEuU2Vzc2lvbiJZCgdTZXNzaW9uEg8KB3VzZXJfaWQYASABKAkSEgoKc2Vzc2lvbl9pZBgCIAEoCRISCgpnYXRld2F5X2lkGAMgASgJEhUKDWdhdGV3YXlfZXBvY2gYBCABKAQypwYKDVJvdXRlclNlcnZpY2USZAoLU2VuZE1lc3NhZ2USKS5zd2l0Y2hib2FyZC5yb3V0ZXIudjEuU2VuZE1lc3NhZ2VSZXF1ZXN0Giouc3dpdGNoYm9hcmQucm91dGVyLnYxLlNlbmRNZXNzYWdlUmVzcG9uc2USZAoLQ3JlYXRlR3JvdXASKS5zd2l0Y2hib2FyZC5yb3V0ZXIudjEuQ3JlYXRlR3JvdXBSZXF1ZXN0Giouc3dpdGNoYm9hcmQucm91dGVyLnYxLkNyZWF0ZUdyb3VwUmVzcG9uc2USYQoKQWRkTWVtYmVycxIoLnN3aXRjaGJvYXJkLnJvdXRlci52MS5BZGRNZW1iZXJzUmVxdWVzdBopLnN3aXRjaGJvYXJkLnJvdXRlci52MS5BZGRNZW1iZXJzUmVzcG9uc2USZwoMUmVtb3ZlTWVtYmVyEiouc3dpdGNoYm9hcmQucm91dGVyLnYxLlJlbW92ZU1lbWJlclJlcXVlc3QaKy5zd2l0Y2hib2FyZC5yb3V0ZXIudjEuUmVtb3ZlTWVtYmVyUmVzcG9uc2USZAoLTGlzdE1lbWJlcnMSKS5zd2l0Y2hib2FyZC5yb3V0ZXIudjEuTGlzdE1lbWJlcnNSZXF1ZXN0Giouc3dpdGNoYm9hcmQucm91dGVyLnYxLkxpc3RNZW1iZXJzUmVzcG9uc2USYQoKR2V0SGlzdG9yeRIoLnN3aXRjaGJvYXJkLnJvdXRlci52MS5HZXRIaXN0b3J5UmVxdWVzdBopLnN3aXRjaGJvYXJkLnJvdXRlci52MS5HZXRIaXN0b3J5UmVzcG9uc2USYQoKTG9va3VwVXNlchIoLnN3aXRjaGJvYXJkLnJvdXRlci52MS5Mb29rdXBVc2VyUmVxdWVzdBopLnN3aXRjaGJvYXJkLnJvdXRlci52MS5Mb29rdXBVc2VyUmVzcG9uc2USUgoFUmVsYXkSIy5zd2l0Y2hib2FyZC5yb3V0ZXIudjEuUmVsYXlSZXF1ZXN0GiQuc3dpdGNoYm9hcmQucm91dGVyLnYxLlJlbGF5UmVzcG9uc2ViBnByb3RvMw", [file_switchboard_client_v1_client, file_switchboard_common_v1_common]);
+  fileDesc("CiJzd2l0Y2hib2FyZC9yb3V0ZXIvdjEvcm91dGVyLnByb3RvEhVzd2l0Y2hib2FyZC5yb3V0ZXIudjEihAEKDFJlbGF5UmVxdWVzdBIQCgh1c2VyX2lkcxgBIAMoCRITCgtzZXNzaW9uX2lkcxgCIAMoCRIaChJleGNsdWRlX3Nlc3Npb25faWQYAyABKAkSMQoFZnJhbWUYBCABKAsyIi5zd2l0Y2hib2FyZC5jbGllbnQudjEuU2VydmVyRnJhbWUiIQoNUmVsYXlSZXNwb25zZRIQCghzZXNzaW9ucxgBIAEoDSJzChJTZW5kTWVzc2FnZVJlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg8KB3RvX3VzZXIYAiABKAkSDgoGc2VuZGVyGAMgASgJEhUKDWNsaWVudF9tc2dfaWQYBCABKAkSDAoEYm9keRgFIAEoCSJZChNTZW5kTWVzc2FnZVJlc3BvbnNlEi8KB21lc3NhZ2UYASABKAsyHi5zd2l0Y2hib2FyZC5jb21tb24udjEuTWVzc2FnZRIRCglkdXBsaWNhdGUYAiABKAgiUAoSQ3JlYXRlR3JvdXBSZXF1ZXN0Eg0KBW93bmVyGAEgASgJEgwKBG5hbWUYAiABKAkSDwoHbWVtYmVycxgDIAMoCRIMCgRvcGVuGAQgASgIIlAKE0NyZWF0ZUdyb3VwUmVzcG9uc2USOQoMY29udmVyc2F0aW9uGAEgASgLMiMuc3dpdGNoYm9hcmQuY29tbW9uLnYxLkNvbnZlcnNhdGlvbiI9ChFBZGRNZW1iZXJzUmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDwoHbWVtYmVycxgCIAMoCSJPChJBZGRNZW1iZXJzUmVzcG9uc2USOQoMY29udmVyc2F0aW9uGAEgASgLMiMuc3dpdGNoYm9hcmQuY29tbW9uLnYxLkNvbnZlcnNhdGlvbiI/ChNSZW1vdmVNZW1iZXJSZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJIlEKFFJlbW92ZU1lbWJlclJlc3BvbnNlEjkKDGNvbnZlcnNhdGlvbhgBIAEoCzIjLnN3aXRjaGJvYXJkLmNvbW1vbi52MS5Db252ZXJzYXRpb24iLQoSTGlzdE1lbWJlcnNSZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCSImChNMaXN0TWVtYmVyc1Jlc3BvbnNlEg8KB21lbWJlcnMYASADKAkiTwoRR2V0SGlzdG9yeVJlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhIKCmJlZm9yZV9zZXEYAiABKAQSDQoFbGltaXQYAyABKA0iWAoSR2V0SGlzdG9yeVJlc3BvbnNlEjAKCG1lc3NhZ2VzGAEgAygLMh4uc3dpdGNoYm9hcmQuY29tbW9uLnYxLk1lc3NhZ2USEAoIaGFzX21vcmUYAiABKAgiJAoRTG9va3VwVXNlclJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCSJGChJMb29rdXBVc2VyUmVzcG9uc2USMAoIc2Vzc2lvbnMYASADKAsyHi5zd2l0Y2hib2FyZC5yb3V0ZXIudjEuU2Vzc2lvbiJZCgdTZXNzaW9uEg8KB3VzZXJfaWQYASABKAkSEgoKc2Vzc2lvbl9pZBgCIAEoCRISCgpnYXRld2F5X2lkGAMgASgJEhUKDWdhdGV3YXlfZXBvY2gYBCABKAQilwEKDVNlc3Npb25SZWNvcmQSNgoEa2luZBgBIAEoDjIoLnN3aXRjaGJvYXJkLnJvdXRlci52MS5TZXNzaW9uUmVjb3JkS2luZBIPCgd1c2VyX2lkGAIgASgJEhIKCnNlc3Npb25faWQYAyABKAkSEgoKZ2F0ZXdheV9pZBgEIAEoCRIVCg1nYXRld2F5X2Vwb2NoGAUgASgEKpgBChFTZXNzaW9uUmVjb3JkS2luZBIjCh9TRVNTSU9OX1JFQ09SRF9LSU5EX1VOU1BFQ0lGSUVEEAASGgoWU0VTU0lPTl9SRUNPUkRfS0lORF9VUBABEhwKGFNFU1NJT05fUkVDT1JEX0tJTkRfRE9XThACEiQKIFNFU1NJT05fUkVDT1JEX0tJTkRfR0FURVdBWV9HT05FEAMypwYKDVJvdXRlclNlcnZpY2USZAoLU2VuZE1lc3NhZ2USKS5zd2l0Y2hib2FyZC5yb3V0ZXIudjEuU2VuZE1lc3NhZ2VSZXF1ZXN0Giouc3dpdGNoYm9hcmQucm91dGVyLnYxLlNlbmRNZXNzYWdlUmVzcG9uc2USZAoLQ3JlYXRlR3JvdXASKS5zd2l0Y2hib2FyZC5yb3V0ZXIudjEuQ3JlYXRlR3JvdXBSZXF1ZXN0Giouc3dpdGNoYm9hcmQucm91dGVyLnYxLkNyZWF0ZUdyb3VwUmVzcG9uc2USYQoKQWRkTWVtYmVycxIoLnN3aXRjaGJvYXJkLnJvdXRlci52MS5BZGRNZW1iZXJzUmVxdWVzdBopLnN3aXRjaGJvYXJkLnJvdXRlci52MS5BZGRNZW1iZXJzUmVzcG9uc2USZwoMUmVtb3ZlTWVtYmVyEiouc3dpdGNoYm9hcmQucm91dGVyLnYxLlJlbW92ZU1lbWJlclJlcXVlc3QaKy5zd2l0Y2hib2FyZC5yb3V0ZXIudjEuUmVtb3ZlTWVtYmVyUmVzcG9uc2USZAoLTGlzdE1lbWJlcnMSKS5zd2l0Y2hib2FyZC5yb3V0ZXIudjEuTGlzdE1lbWJlcnNSZXF1ZXN0Giouc3dpdGNoYm9hcmQucm91dGVyLnYxLkxpc3RNZW1iZXJzUmVzcG9uc2USYQoKR2V0SGlzdG9yeRIoLnN3aXRjaGJvYXJkLnJvdXRlci52MS5HZXRIaXN0b3J5UmVxdWVzdBopLnN3aXRjaGJvYXJkLnJvdXRlci52MS5HZXRIaXN0b3J5UmVzcG9uc2USYQoKTG9va3VwVXNlchIoLnN3aXRjaGJvYXJkLnJvdXRlci52MS5Mb29rdXBVc2VyUmVxdWVzdBopLnN3aXRjaGJvYXJkLnJvdXRlci52MS5Mb29rdXBVc2VyUmVzcG9uc2USUgoFUmVsYXkSIy5zd2l0Y2hib2FyZC5yb3V0ZXIudjEuUmVsYXlSZXF1ZXN0GiQuc3dpdGNoYm9hcmQucm91dGVyLnYxLlJlbGF5UmVzcG9uc2ViBnByb3RvMw", [file_switchboard_client_v1_client, file_switchboard_common_v1_common]);
 
 /**
  * An ephemeral event to relay; never stored, dropped first under pressure.
@@ -505,6 +505,99 @@ export type Session = Message<"switchboard.router.v1.Session"> & {
  */
 export const SessionSchema: GenMessage<Session> = /*@__PURE__*/
   messageDesc(file_switchboard_router_v1_router, 16);
+
+/**
+ * The value of one record on the compacted routing topic `<topic prefix>routing` (one partition).
+ * Key: the session id for SESSION_RECORD_KIND_UP/DOWN, `gone:<gateway_id>` for
+ * SESSION_RECORD_KIND_GATEWAY_GONE. Gateways write up/down; the operator writes gateway-gone when a
+ * gateway Pod goes away, so routers drop all its sessions at once.
+ *
+ * @generated from message switchboard.router.v1.SessionRecord
+ */
+export type SessionRecord = Message<"switchboard.router.v1.SessionRecord"> & {
+  /**
+   * What happened.
+   *
+   * @generated from field: switchboard.router.v1.SessionRecordKind kind = 1;
+   */
+  kind: SessionRecordKind;
+
+  /**
+   * User id (empty for gateway-gone).
+   *
+   * @generated from field: string user_id = 2;
+   */
+  userId: string;
+
+  /**
+   * Connection id (empty for gateway-gone).
+   *
+   * @generated from field: string session_id = 3;
+   */
+  sessionId: string;
+
+  /**
+   * The gateway holding the session, or the gateway that is gone.
+   *
+   * @generated from field: string gateway_id = 4;
+   */
+  gatewayId: string;
+
+  /**
+   * Epoch of that gateway; gateway-gone removes sessions of this epoch and older.
+   *
+   * @generated from field: uint64 gateway_epoch = 5;
+   */
+  gatewayEpoch: bigint;
+};
+
+/**
+ * Describes the message switchboard.router.v1.SessionRecord.
+ * Use `create(SessionRecordSchema)` to create a new message.
+ */
+export const SessionRecordSchema: GenMessage<SessionRecord> = /*@__PURE__*/
+  messageDesc(file_switchboard_router_v1_router, 17);
+
+/**
+ * Kind of a routing record.
+ *
+ * @generated from enum switchboard.router.v1.SessionRecordKind
+ */
+export enum SessionRecordKind {
+  /**
+   * Not set: records of this kind are skipped.
+   *
+   * @generated from enum value: SESSION_RECORD_KIND_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * A device connected.
+   *
+   * @generated from enum value: SESSION_RECORD_KIND_UP = 1;
+   */
+  UP = 1,
+
+  /**
+   * A device disconnected.
+   *
+   * @generated from enum value: SESSION_RECORD_KIND_DOWN = 2;
+   */
+  DOWN = 2,
+
+  /**
+   * Every session of the gateway (up to the epoch) is gone.
+   *
+   * @generated from enum value: SESSION_RECORD_KIND_GATEWAY_GONE = 3;
+   */
+  GATEWAY_GONE = 3,
+}
+
+/**
+ * Describes the enum switchboard.router.v1.SessionRecordKind.
+ */
+export const SessionRecordKindSchema: GenEnum<SessionRecordKind> = /*@__PURE__*/
+  enumDesc(file_switchboard_router_v1_router, 0);
 
 /**
  * Messaging and conversation API for backend services, and the user-to-gateway routing table.
