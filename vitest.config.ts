@@ -27,6 +27,8 @@ export default defineConfig({
             "**/node_modules/**",
             "dist/**",
             "test/infra/kube/**",
+            "test/kube/**",
+            "operator/**",
             "sdk/dist/**",
             "test/faults/**",
             "test/integration/distributed-storage.test.ts",
@@ -45,6 +47,16 @@ export default defineConfig({
           ],
           env: { SWITCHBOARD_TEST_BACKEND: "distributed" },
           testTimeout: 60_000,
+        },
+      },
+      {
+        // The operator (its unit tests too) and what runs against a real kube-apiserver
+        // (test/infra/up.sh kube helm): the CRD, the chart, the controller.
+        extends: true,
+        test: {
+          name: "kube",
+          include: ["test/kube/**/*.test.ts", "operator/**/*.test.ts"],
+          testTimeout: 120_000,
         },
       },
       {
