@@ -1,0 +1,147 @@
+/**
+ * The ChatCluster API (switchboard.dev/v1alpha1) as the operator reads it. The CRD's OpenAPI schema
+ * (k8s/crd/chatclusters.switchboard.dev.yaml) is the source of truth for validation and defaults: the
+ * API server fills the defaults in, so by the time the operator sees a spec every defaulted field is
+ * set. These types mirror that schema; `test/kube/crd.test.ts` checks the two agree.
+ */
+import type { V1Condition, V1ObjectMeta } from "@kubernetes/client-node";
+
+export const GROUP = "switchboard.dev";
+export const VERSION = "v1alpha1";
+export const API_VERSION = `${GROUP}/${VERSION}`;
+export const KIND = "ChatCluster";
+export const PLURAL = "chatclusters";
+
+/** The components the operator deploys, in the order they start. */
+export const COMPONENTS = ["id", "router", "presence", "push", "gateway"] as const;
+export type ComponentName = (typeof COMPONENTS)[number];
+
+export interface SecretKeyRef {
+  name: string;
+  key?: string;
+}
+
+export interface LocalObjectRef {
+  name: string;
+}
+
+export interface ResourceRequirements {
+  requests?: Record<string, string>;
+  limits?: Record<string, string>;
+}
+
+export interface Scheduling {
+  nodeSelector?: Record<string, string>;
+  tolerations?: unknown[];
+  affinity?: unknown;
+  topologySpreadConstraints?: unknown[];
+  priorityClassName?: string;
+}
+
+export interface ComponentSpec {
+  replicas: number;
+  resources?: ResourceRequirements;
+  scheduling?: Scheduling;
+}
+
+export interface GatewayAutoscaling {
+  enabled: boolean;
+  minReplicas: number;
+  maxReplicas: number;
+  targetConnectionsPerPod: number;
+  stabilizationWindowSeconds: number;
+  drainTimeoutSeconds: number;
+}
+
+export interface GatewaySpec extends ComponentSpec {
+  autoscaling: GatewayAutoscaling;
+  service: { type: "ClusterIP" | "NodePort" | "LoadBalancer"; annotations?: Record<string, string> };
+}
+
+export interface PresenceSpec extends ComponentSpec {
+  heartbeatIntervalSeconds: number;
+  offlineAfterSeconds: number;
+}
+
+export interface PushSpec extends ComponentSpec {
+  webhook?: { url: string; secretRef?: SecretKeyRef };
+  fcm?: { secretRef: SecretKeyRef };
+  apns?: { secretRef: SecretKeyRef };
+  webpush?: { secretRef: SecretKeyRef };
+}
+
+export interface KafkaSpec {
+  bootstrapServers: string[];
+  topicPrefix: string;
+  tls?: { enabled: boolean; secretRef?: LocalObjectRef };
+  sasl?: { mechanism: "plain" | "scram-sha-256" | "scram-sha-512"; secretRef: LocalObjectRef };
+  topics: { partitions: number; replicationFactor: number; retentionHours: number };
+}
+
+export interface CassandraSpec {
+  contactPoints: string[];
+  datacenter: string;
+  keyspace: string;
+  replication: { class: "SimpleStrategy" | "NetworkTopologyStrategy"; factor: number };
+  consistency: "LOCAL_QUORUM" | "QUORUM" | "LOCAL_ONE" | "ONE" | "EACH_QUORUM" | "ALL";
+  credentialsSecretRef?: LocalObjectRef;
+}
+
+export interface AuthSpec {
+  jwksUrl?: string;
+  secretRef?: SecretKeyRef;
+  issuer?: string;
+  audience?: string;
+}
+
+export interface ObservabilitySpec {
+  metrics: { enabled: boolean };
+  otlp?: { endpoint: string };
+}
+
+export interface ChatClusterSpec {
+  image: string;
+  version: string;
+  imagePullPolicy: "Always" | "IfNotPresent" | "Never";
+  imagePullSecrets?: LocalObjectRef[];
+  gateway: GatewaySpec;
+  router: ComponentSpec;
+  presence: PresenceSpec;
+  push: PushSpec;
+  id: ComponentSpec;
+  kafka: KafkaSpec;
+  cassandra: CassandraSpec;
+  auth: AuthSpec;
+  observability: ObservabilitySpec;
+}
+
+export interface ComponentStatus {
+  replicas: number;
+  readyReplicas: number;
+}
+
+export interface GatewayStatus {
+  pod: string;
+  connections: number;
+  draining: boolean;
+}
+
+export interface ChatClusterStatus {
+  observedGeneration?: number;
+  conditions?: V1Condition[];
+  components?: Partial<Record<ComponentName, ComponentStatus>>;
+  gateways?: GatewayStatus[];
+  connections?: number;
+  /** Replicas the autoscaler wants for the gateway (between min and max). */
+  gatewayDesiredReplicas?: number;
+  /** Whether the Kafka topics and the Cassandra schema were provisioned for this generation. */
+  provisionedGeneration?: number;
+}
+
+export interface ChatCluster {
+  apiVersion: typeof API_VERSION;
+  kind: typeof KIND;
+  metadata: V1ObjectMeta;
+  spec: ChatClusterSpec;
+  status?: ChatClusterStatus;
+}

@@ -1,0 +1,58 @@
+import { describe, expect, it } from "vitest";
+import { computeConditions, type Observation } from "./conditions.js";
+
+const ready = { desired: 2, readyReplicas: 2, updatedReplicas: 2, observed: true };
+const base: Observation = {
+  generation: 3,
+  provisioned: true,
+  components: { gateway: ready, router: ready },
+  drainingGateways: 0,
+};
+const byType = (cs: ReturnType<typeof computeConditions>) => Object.fromEntries(cs.map((c) => [c.type, c]));
+
+describe("computeConditions", () => {
+  it("is Ready, not Progressing, not Degraded when every component is ready, at the generation", () => {
+    const c = byType(computeConditions(undefined, base, new Date("2026-01-01T00:00:00.500Z")));
+    expect(c.Ready).toMatchObject({ status: "True", reason: "AllComponentsReady", observedGeneration: 3 });
+    expect(c.Progressing).toMatchObject({ status: "False", reason: "Stable" });
+    expect(c.Degraded).toMatchObject({ status: "False" });
+    expect(c.Ready?.lastTransitionTime).toEqual(new Date("2026-01-01T00:00:00Z"));
+  });
+
+  it("reports a rollout with the lagging components", () => {
+    const o = { ...base, components: { ...base.components, router: { ...ready, readyReplicas: 1 } } };
+    const c = byType(computeConditions(undefined, o, new Date()));
+    expect(c.Ready).toMatchObject({
+      status: "False",
+      reason: "ComponentsNotReady",
+      message: "router 1/2 ready",
+    });
+    expect(c.Progressing).toMatchObject({ status: "True", reason: "RollingOut" });
+  });
+
+  it("is Degraded and not Ready when provisioning failed before it ever succeeded", () => {
+    const o = { ...base, provisioned: false, provisionError: "broker down", components: {} };
+    const c = byType(computeConditions(undefined, o, new Date()));
+    expect(c.Ready).toMatchObject({ status: "False", reason: "ProvisioningFailed" });
+    expect(c.Degraded).toMatchObject({
+      status: "True",
+      reason: "ProvisioningFailed",
+      message: "broker down",
+    });
+  });
+
+  it("keeps lastTransitionTime while the status does not change, and moves it when it flips", () => {
+    const t1 = new Date("2026-01-01T00:00:00Z");
+    const first = computeConditions(undefined, base, t1);
+    const same = byType(
+      computeConditions(first, { ...base, generation: 4 }, new Date("2026-01-01T01:00:00Z")),
+    );
+    expect(same.Ready?.lastTransitionTime).toEqual(t1);
+    expect(same.Ready?.observedGeneration).toBe(4);
+    const flipped = byType(
+      computeConditions(first, { ...base, drainingGateways: 1 }, new Date("2026-01-01T02:00:00Z")),
+    );
+    expect(flipped.Progressing).toMatchObject({ status: "True", reason: "DrainingGateways" });
+    expect(flipped.Progressing?.lastTransitionTime).toEqual(new Date("2026-01-01T02:00:00Z"));
+  });
+});

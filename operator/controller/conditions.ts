@@ -1,0 +1,93 @@
+/**
+ * Status conditions (Ready, Progressing, Degraded) from what the reconciler observed, as a pure
+ * function. Each condition carries the generation it describes; lastTransitionTime moves only when
+ * the status flips, as the Kubernetes API conventions ask.
+ */
+import type { V1Condition } from "@kubernetes/client-node";
+import type { ComponentName } from "../api/v1alpha1.js";
+
+export interface ComponentObservation {
+  desired: number;
+  readyReplicas: number;
+  updatedReplicas: number;
+  /** The workload controller has seen the latest spec (its observedGeneration). */
+  observed: boolean;
+}
+
+export interface Observation {
+  generation: number;
+  provisioned: boolean;
+  /** Why the last provisioning of the Kafka topics and Cassandra schema failed. */
+  provisionError?: string;
+  /** Why applying the owned objects failed. */
+  applyError?: string;
+  components: Partial<Record<ComponentName, ComponentObservation>>;
+  drainingGateways: number;
+}
+
+type Status = "True" | "False" | "Unknown";
+
+export function computeConditions(
+  previous: V1Condition[] | undefined,
+  o: Observation,
+  now: Date,
+): V1Condition[] {
+  const lagging = Object.entries(o.components)
+    .filter(([, c]) => c && (c.readyReplicas < c.desired || c.updatedReplicas < c.desired || !c.observed))
+    .map(([name, c]) => `${name} ${c?.readyReplicas ?? 0}/${c?.desired ?? 0} ready`);
+  const error = o.provisionError ?? o.applyError;
+
+  let ready: [Status, string, string];
+  if (o.provisionError && !o.provisioned)
+    ready = [
+      "False",
+      "ProvisioningFailed",
+      `Kafka topics or Cassandra schema not ready: ${o.provisionError}`,
+    ];
+  else if (!o.provisioned)
+    ready = ["False", "Provisioning", "creating the Kafka topics and the Cassandra schema"];
+  else if (lagging.length > 0) ready = ["False", "ComponentsNotReady", lagging.join(", ")];
+  else ready = ["True", "AllComponentsReady", "every component has all its replicas ready"];
+
+  let progressing: [Status, string, string];
+  if (!o.provisioned)
+    progressing = ["True", "Provisioning", "creating the Kafka topics and the Cassandra schema"];
+  else if (o.drainingGateways > 0)
+    progressing = ["True", "DrainingGateways", `${o.drainingGateways} gateway(s) draining before scale-down`];
+  else if (lagging.length > 0) progressing = ["True", "RollingOut", lagging.join(", ")];
+  else progressing = ["False", "Stable", "the cluster matches its spec"];
+
+  const degraded: [Status, string, string] = error
+    ? ["True", o.provisionError ? "ProvisioningFailed" : "ApplyFailed", error]
+    : ["False", "AsExpected", "no errors"];
+
+  return [
+    condition(previous, "Ready", ready, o.generation, now),
+    condition(previous, "Progressing", progressing, o.generation, now),
+    condition(previous, "Degraded", degraded, o.generation, now),
+  ];
+}
+
+function condition(
+  previous: V1Condition[] | undefined,
+  type: string,
+  [status, reason, message]: [Status, string, string],
+  generation: number,
+  now: Date,
+): V1Condition {
+  const before = previous?.find((c) => c.type === type);
+  // Whole seconds: metav1.Time has no fraction, and the time only moves when the status flips.
+  const lastTransitionTime =
+    before && before.status === status
+      ? new Date(before.lastTransitionTime)
+      : new Date(Math.floor(now.getTime() / 1000) * 1000);
+  return {
+    type,
+    status,
+    reason,
+    // The API server caps messages at 32 KiB.
+    message: message.slice(0, 1024),
+    observedGeneration: generation,
+    lastTransitionTime,
+  };
+}

@@ -1,0 +1,57 @@
+/**
+ * The ConfigMap every Switchboard container reads as its environment. The variable names come from
+ * the services' one typed configuration tree (internal/lib/config.ts, envName), so a renamed setting
+ * breaks the operator's build instead of silently dropping a value.
+ */
+import { createHash } from "node:crypto";
+import type { V1ConfigMap } from "@kubernetes/client-node";
+import { envName } from "../../internal/lib/config.js";
+import type { ChatCluster } from "../api/v1alpha1.js";
+import { configMapName, GRPC_PORT, HTTP_PORT, ownedMeta } from "./names.js";
+
+/** SWITCHBOARD_* values for a cluster (secrets stay out: they are mounted from their Secrets). */
+export function clusterEnv(cluster: ChatCluster): Record<string, string> {
+  const s = cluster.spec;
+  const env: Record<string, string> = {};
+  const set = (path: string, value: string | number | boolean | undefined) => {
+    if (value !== undefined && value !== "") env[envName(path.split("."))] = String(value);
+  };
+  set("backend", "distributed");
+  set("http.host", "0.0.0.0");
+  set("http.port", HTTP_PORT);
+  set("grpc.port", GRPC_PORT);
+  set("auth.jwksUrl", s.auth.jwksUrl);
+  set("auth.issuer", s.auth.issuer);
+  set("auth.audience", s.auth.audience);
+  set("auth.devTokens", false);
+  set("presence.heartbeatIntervalMs", s.presence.heartbeatIntervalSeconds * 1000);
+  set("presence.offlineAfterMs", s.presence.offlineAfterSeconds * 1000);
+  set("push.webhookUrl", s.push.webhook?.url);
+  set("kafka.brokers", s.kafka.bootstrapServers.join(","));
+  set("kafka.topicPrefix", s.kafka.topicPrefix);
+  set("kafka.partitions", s.kafka.topics.partitions);
+  set("kafka.replicationFactor", s.kafka.topics.replicationFactor);
+  set("kafka.retentionHours", s.kafka.topics.retentionHours);
+  set("cassandra.contactPoints", s.cassandra.contactPoints.join(","));
+  set("cassandra.datacenter", s.cassandra.datacenter);
+  set("cassandra.keyspace", s.cassandra.keyspace);
+  set("cassandra.consistency", s.cassandra.consistency);
+  set("metrics.enabled", s.observability.metrics.enabled);
+  if (s.observability.otlp) env.OTEL_EXPORTER_OTLP_ENDPOINT = s.observability.otlp.endpoint;
+  return env;
+}
+
+export function desiredConfigMap(cluster: ChatCluster): V1ConfigMap {
+  return {
+    apiVersion: "v1",
+    kind: "ConfigMap",
+    metadata: ownedMeta(cluster, configMapName(cluster)),
+    data: clusterEnv(cluster),
+  };
+}
+
+/** A short hash of the data, put on pod templates so that a configuration change rolls the Pods. */
+export function configHash(data: Record<string, string>): string {
+  const canonical = JSON.stringify(Object.entries(data).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
+  return createHash("sha256").update(canonical).digest("hex").slice(0, 16);
+}

@@ -1,0 +1,87 @@
+/**
+ * Writes "gateway X epoch E is gone" records (router.v1.SessionRecord, kind GATEWAY_GONE) to a
+ * cluster's routing topic, so every router drops the gateway's sessions at once (DESIGN.md section 5).
+ * One idempotent producer per distinct Kafka (bootstrap servers and credentials), kept while in use.
+ */
+import { create, toBinary } from "@bufbuild/protobuf";
+import { Kafka, type KafkaConfig, logLevel, type Producer } from "kafkajs";
+import { SessionRecordKind, SessionRecordSchema } from "../../gen/switchboard/router/v1/router_pb.js";
+import type { Logger } from "../../internal/lib/log.js";
+
+export interface KafkaTarget {
+  brokers: string[];
+  topicPrefix: string;
+  ssl?: KafkaConfig["ssl"];
+  sasl?: KafkaConfig["sasl"];
+}
+
+/** The routing topic's name: `<prefix>routing` (router.v1.SessionRecord documents it). */
+export const routingTopic = (prefix: string) => `${prefix}routing`;
+
+export function goneRecord(gatewayId: string, epoch: number): { key: string; value: Buffer } {
+  const value = toBinary(
+    SessionRecordSchema,
+    create(SessionRecordSchema, {
+      kind: SessionRecordKind.GATEWAY_GONE,
+      gatewayId,
+      gatewayEpoch: BigInt(epoch),
+    }),
+  );
+  return { key: `gone:${gatewayId}`, value: Buffer.from(value) };
+}
+
+export class GoneRecordPublisher {
+  private readonly producers = new Map<string, Promise<Producer>>();
+
+  constructor(
+    private readonly clientId: string,
+    private readonly log: Logger,
+  ) {}
+
+  async publish(target: KafkaTarget, gatewayId: string, epoch: number): Promise<void> {
+    const producer = await this.producer(target);
+    await producer.send({
+      topic: routingTopic(target.topicPrefix),
+      acks: -1,
+      messages: [goneRecord(gatewayId, epoch)],
+    });
+    this.log.info("gateway gone record written", {
+      gatewayId,
+      epoch,
+      topic: routingTopic(target.topicPrefix),
+    });
+  }
+
+  private producer(target: KafkaTarget): Promise<Producer> {
+    const key = JSON.stringify([target.brokers, target.sasl ?? null, target.ssl ?? null]);
+    let p = this.producers.get(key);
+    if (!p) {
+      const kafka = new Kafka({
+        clientId: this.clientId,
+        brokers: target.brokers,
+        logLevel: logLevel.ERROR,
+        logCreator: () => (entry) => this.log.warn(`kafka: ${entry.log.message}`),
+        retry: { retries: 3, initialRetryTime: 200, maxRetryTime: 2_000 },
+        connectionTimeout: 5_000,
+        ...(target.ssl === undefined ? {} : { ssl: target.ssl }),
+        ...(target.sasl === undefined ? {} : { sasl: target.sasl }),
+      });
+      const producer = kafka.producer({
+        idempotent: true,
+        maxInFlightRequests: 1,
+        allowAutoTopicCreation: false,
+      });
+      p = producer.connect().then(() => producer);
+      // A failed connect is not cached: the next publish (a retried reconcile) tries again.
+      p.catch(() => this.producers.delete(key));
+      this.producers.set(key, p);
+    }
+    return p;
+  }
+
+  async close(): Promise<void> {
+    const all = [...this.producers.values()];
+    this.producers.clear();
+    await Promise.all(all.map((p) => p.then((producer) => producer.disconnect()).catch(() => undefined)));
+  }
+}

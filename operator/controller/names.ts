@@ -1,0 +1,67 @@
+/** Names and labels of the objects the operator owns for one ChatCluster. */
+import { API_VERSION, type ChatCluster, type ComponentName, KIND } from "../api/v1alpha1.js";
+
+export const FINALIZER = "switchboard.dev/cleanup";
+export const MANAGED_BY = "switchboard-operator";
+/** Pod annotations the operator writes on gateways it drains. */
+export const DRAIN_STARTED_ANNOTATION = "switchboard.dev/drain-started-at";
+export const DELETION_COST_ANNOTATION = "controller.kubernetes.io/pod-deletion-cost";
+/** Pod template annotation: a changed configuration rolls the Pods. */
+export const CONFIG_HASH_ANNOTATION = "switchboard.dev/config-hash";
+
+/** Ports every Switchboard container serves. */
+export const HTTP_PORT = 8080;
+export const GRPC_PORT = 9090;
+
+export function componentName(cluster: ChatCluster, component: ComponentName): string {
+  return `${cluster.metadata.name}-${component}`;
+}
+
+export const configMapName = (cluster: ChatCluster) => `${cluster.metadata.name}-config`;
+export const serviceAccountName = (cluster: ChatCluster) => `${cluster.metadata.name}-switchboard`;
+
+/** Labels on every owned object; the selector labels are the subset that never changes. */
+export function labels(cluster: ChatCluster, component?: ComponentName): Record<string, string> {
+  return {
+    ...selectorLabels(cluster, component),
+    "app.kubernetes.io/managed-by": MANAGED_BY,
+    "app.kubernetes.io/version": cluster.spec.version,
+  };
+}
+
+export function selectorLabels(cluster: ChatCluster, component?: ComponentName): Record<string, string> {
+  const base: Record<string, string> = {
+    "app.kubernetes.io/name": "switchboard",
+    "app.kubernetes.io/instance": cluster.metadata.name ?? "",
+  };
+  if (component) base["app.kubernetes.io/component"] = component;
+  return base;
+}
+
+/** `a=b,c=d` for list calls. */
+export function selectorString(selector: Record<string, string>): string {
+  return Object.entries(selector)
+    .map(([k, v]) => `${k}=${v}`)
+    .join(",");
+}
+
+export function ownerReference(cluster: ChatCluster) {
+  return {
+    apiVersion: API_VERSION,
+    kind: KIND,
+    name: cluster.metadata.name ?? "",
+    uid: cluster.metadata.uid ?? "",
+    controller: true,
+    blockOwnerDeletion: true,
+  };
+}
+
+/** metadata for an owned object. */
+export function ownedMeta(cluster: ChatCluster, name: string, component?: ComponentName) {
+  return {
+    name,
+    namespace: cluster.metadata.namespace ?? "default",
+    labels: labels(cluster, component),
+    ownerReferences: [ownerReference(cluster)],
+  };
+}
