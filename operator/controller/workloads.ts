@@ -150,7 +150,7 @@ export function desiredDeployment(
         component,
         spec,
         configHash,
-        // Gateways get time to drain their connections (Drain on SIGTERM) before the kill.
+        // Time for a gateway to close its connections and the kubelet to stop it after a drain.
         gateway ? cluster.spec.gateway.autoscaling.drainTimeoutSeconds + 30 : undefined,
       ),
     },
