@@ -35,6 +35,10 @@ export {
   CassandraSequencerStore,
 };
 
+/** Reconnection to a node that went down: 200 ms, 400 ms, 800 ms, 1.6 s, then every 2 s (±15 % jitter). */
+const RECONNECT_BASE_DELAY_MS = 200;
+const RECONNECT_MAX_DELAY_MS = 2_000;
+
 export interface CassandraOptions {
   /** "host" or "host:port" (default port 9042). */
   contactPoints: string[];
@@ -69,6 +73,24 @@ export async function openCassandraStores(options: CassandraOptions): Promise<Ca
     localDataCenter: options.localDataCenter,
     socketOptions: { connectTimeout: 10_000, readTimeout: options.requestTimeoutMs ?? 30_000 },
     protocolOptions: { maxSchemaAgreementWaitSeconds: 30 },
+    policies: {
+      // The driver's default doubles the delay between reconnection attempts from 1 s up to 10 min
+      // (1, 2, 4, 8, 16 s...), so a node that is back after ~10-20 s (a restart, a rolling upgrade)
+      // waits up to ~15 s more for the next attempt, and with one node (or all replicas down) every
+      // request fails with NoHostAvailable meanwhile. Capped at 2 s, a node is used again within ~2 s
+      // of coming back; an attempt against a down node costs one refused connect, so 0.5 attempts/s
+      // per node and client is harmless.
+      reconnection: new cassandra.policies.reconnection.ExponentialReconnectionPolicy(
+        RECONNECT_BASE_DELAY_MS,
+        RECONNECT_MAX_DELAY_MS,
+        false,
+      ),
+    },
+    // Pooling stays at the driver's defaults, which suit this client: one connection per local node (up
+    // to 2,048 requests in flight on it, far above the stores' own bounds), and a heartbeat (an OPTIONS
+    // request) on a connection idle for 30 s, which keeps idle connections from being dropped by
+    // middleboxes. A killed node is noticed at once (the socket closes); a hung one by the request
+    // timeout above.
   });
   try {
     await client.connect();
