@@ -9,6 +9,7 @@ const USAGE = `usage: switchboard <command> [options]
   listen --token JWT [--since CURSOR] [--count N]    sync, then print live messages
   group create --token JWT --name NAME [--member U]  create a group
   sequencer                                           run only the sequencer (distributed backend)
+  operator [--http-port N] [--lease-namespace NS]     run the ChatCluster operator (current KUBECONFIG)
   config docs                                         print the configuration reference`;
 
 async function main(argv: string[]): Promise<number> {
@@ -22,6 +23,10 @@ async function main(argv: string[]): Promise<number> {
       return runSequencer(rest);
     case "config":
       return runConfig(rest);
+    case "operator": {
+      const { runOperator } = await import("../operator/main.js");
+      return runOperator(rest);
+    }
     case "send":
     case "listen":
     case "group": {

@@ -35,9 +35,15 @@ export async function runStart(argv: string[]): Promise<number> {
       "data-dir": { type: "string" },
       "grpc-port": { type: "string" },
       backend: { type: "string" },
+      role: { type: "string", default: "all" },
     },
     strict: true,
   });
+  // The operator deploys one role per Deployment; until the services run apart, only "all" exists.
+  if (values.role !== "all")
+    throw new Error(
+      `--role ${values.role}: this build runs every service in one process; use --role all (split roles are not implemented yet)`,
+    );
   const overrides: Record<string, string> = {};
   if (values.port !== undefined) overrides["http.port"] = values.port;
   if (values.host !== undefined) overrides["http.host"] = values.host;

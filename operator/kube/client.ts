@@ -117,6 +117,11 @@ export class KubeClient {
     return (await this.request("POST", resourcePath(collection), obj)) as T;
   }
 
+  /** PUT: replaces the object; its metadata.resourceVersion makes it conditional (409 when stale). */
+  async replace<T extends KubernetesObject>(obj: T): Promise<T> {
+    return (await this.request("PUT", resourcePath(refOf(obj)), obj)) as T;
+  }
+
   /** Deletes with background propagation; a missing object is not an error. */
   async delete(ref: ObjectRef): Promise<void> {
     try {

@@ -8,7 +8,7 @@
  * settings and returns what it did, and knows nothing of the services.
  */
 import cassandra from "cassandra-driver";
-import { Kafka, type KafkaConfig, logLevel, type SASLOptions } from "kafkajs";
+import { Kafka, type KafkaConfig, logLevel } from "kafkajs";
 import type { Logger } from "../../lib/log.js";
 import { migrate, type Replication } from "../cassandra/schema.js";
 import { checkKeyspaceName, storageError } from "../cassandra/session.js";
@@ -22,7 +22,7 @@ export interface ProvisionOptions {
     replicationFactor: number;
     retentionHours: number;
     ssl?: KafkaConfig["ssl"];
-    sasl?: SASLOptions;
+    sasl?: KafkaConfig["sasl"];
   };
   cassandra: {
     contactPoints: string[];

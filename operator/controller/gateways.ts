@@ -1,0 +1,236 @@
+/**
+ * The gateway part of a reconcile: read every gateway Pod's live counts, keep the routing table true
+ * (a gateway-gone record for every gateway Pod that went away or restarted), and choose the gateway
+ * replica count: the spec's, or the autoscaler's, which drains before it scales down:
+ *
+ *   1. pick the emptiest gateways, call Drain on them (clients reconnect elsewhere with jitter), and
+ *      mark them with `controller.kubernetes.io/pod-deletion-cost` (so the ReplicaSet removes exactly
+ *      those Pods) and `switchboard.dev/drain-started-at` (so a restarted operator resumes the wait);
+ *   2. wait until their connections have moved or the drain timeout has passed;
+ *   3. lower the Deployment's replicas.
+ * Everything it needs to resume lives in the cluster (Pod annotations, the Deployment, the ChatCluster
+ * status), except the recommendation history of the stabilisation window, which restarts empty.
+ */
+import type { V1Deployment, V1Pod } from "@kubernetes/client-node";
+import type { Logger } from "../../internal/lib/log.js";
+import type { ChatCluster, GatewayStatus } from "../api/v1alpha1.js";
+import type { KubeClient } from "../kube/client.js";
+import {
+  chooseGatewaysToDrain,
+  decideGatewayReplicas,
+  type GatewaySample,
+  type Recommendation,
+} from "./autoscaler.js";
+import type { EventRecorder } from "./events.js";
+import type { GatewayClients } from "./gateway-client.js";
+import type { GoneRecordPublisher, KafkaTarget } from "./gone-records.js";
+import {
+  DELETION_COST_ANNOTATION,
+  DRAIN_STARTED_ANNOTATION,
+  GRPC_PORT,
+  selectorLabels,
+  selectorString,
+} from "./names.js";
+
+/** Cost put on drained gateways: below the default 0 of every other Pod, so they go first. */
+export const DRAINED_POD_DELETION_COST = "-1000";
+
+export interface GatewayDeps {
+  kube: KubeClient;
+  gateways: GatewayClients;
+  gone: GoneRecordPublisher;
+  events: EventRecorder;
+  log: Logger;
+  now: () => number;
+  /** How often live counts are polled while autoscaling (and during a drain: a fifth of it). */
+  pollIntervalMs: number;
+}
+
+/** Per-cluster memory between reconciles. */
+export interface GatewayMemory {
+  history: Recommendation[];
+  /** Last epoch seen per gateway Pod (from Stats). */
+  epochs: Map<string, number>;
+}
+
+export interface GatewayStep {
+  replicas: number;
+  gateways: GatewayStatus[];
+  connections: number;
+  draining: number;
+  /** Gateway-gone records that could not be written (retried on the next reconcile). */
+  errors: string[];
+  requeueAfterMs?: number;
+}
+
+export async function reconcileGateways(
+  deps: GatewayDeps,
+  cluster: ChatCluster,
+  deployment: V1Deployment | undefined,
+  kafka: KafkaTarget,
+  memory: GatewayMemory,
+): Promise<GatewayStep> {
+  const ns = cluster.metadata.namespace ?? "default";
+  const spec = cluster.spec.gateway;
+  const pods = (
+    await deps.kube.list<V1Pod>(
+      { apiVersion: "v1", kind: "Pod", namespace: ns },
+      selectorString(selectorLabels(cluster, "gateway")),
+    )
+  ).items;
+  const errors: string[] = [];
+
+  // --- live counts --------------------------------------------------------------------------
+  const alive = pods.filter(
+    (p) => !p.metadata?.deletionTimestamp && p.status?.phase === "Running" && p.status.podIP,
+  );
+  const samples: GatewaySample[] = await Promise.all(
+    alive.map(async (pod) => {
+      const name = pod.metadata?.name ?? "";
+      const draining = pod.metadata?.annotations?.[DRAIN_STARTED_ANNOTATION] !== undefined;
+      try {
+        const stats = await deps.gateways.stats(`${pod.status?.podIP}:${GRPC_PORT}`);
+        const known = memory.epochs.get(name);
+        // Same Pod, new process: the sessions of the previous one are gone.
+        if (known !== undefined && stats.epoch > known) await publishGone(name, known);
+        memory.epochs.set(name, stats.epoch);
+        return { pod: name, connections: stats.connections, draining: draining || stats.draining };
+      } catch (err) {
+        deps.log.debug("gateway stats unavailable", { pod: name, err });
+        return { pod: name, connections: undefined, draining };
+      }
+    }),
+  );
+  deps.gateways.retain(new Set(alive.map((p) => `${p.status?.podIP}:${GRPC_PORT}`)));
+
+  // --- routing table upkeep -----------------------------------------------------------------
+  async function publishGone(pod: string, epoch: number): Promise<boolean> {
+    try {
+      await deps.gone.publish(kafka, pod, epoch);
+      deps.events.record(
+        cluster,
+        "Normal",
+        "GatewayGone",
+        "PublishGatewayGone",
+        `gateway ${pod} epoch ${epoch} is gone`,
+      );
+      return true;
+    } catch (err) {
+      errors.push(
+        `gateway-gone record for ${pod} not written: ${err instanceof Error ? err.message : String(err)}`,
+      );
+      return false;
+    }
+  }
+  const present = new Set(pods.filter((p) => !isFinished(p)).map((p) => p.metadata?.name ?? ""));
+  const unpublished: GatewayStatus[] = [];
+  for (const previous of cluster.status?.gateways ?? []) {
+    if (present.has(previous.pod)) continue;
+    // Epochs are start times in ms: the deletion time bounds every epoch the Pod ever had.
+    const epoch = Math.max(memory.epochs.get(previous.pod) ?? 0, deps.now());
+    if (await publishGone(previous.pod, epoch)) memory.epochs.delete(previous.pod);
+    else unpublished.push({ pod: previous.pod, connections: 0, draining: true });
+  }
+
+  const gateways: GatewayStatus[] = [
+    ...samples.map((s) => ({ pod: s.pod, connections: s.connections ?? 0, draining: s.draining })),
+    // Pods not Running yet (or terminating) are still tracked, so their disappearance is noticed.
+    ...pods
+      .filter((p) => !isFinished(p) && !alive.includes(p))
+      .map((p) => ({
+        pod: p.metadata?.name ?? "",
+        connections: 0,
+        draining: p.metadata?.deletionTimestamp !== undefined,
+      })),
+    ...unpublished,
+  ].sort((a, b) => (a.pod < b.pod ? -1 : a.pod > b.pod ? 1 : 0));
+  const connections = samples.reduce((sum, s) => sum + (s.connections ?? 0), 0);
+  const base = { gateways, connections, errors };
+
+  // --- replicas -----------------------------------------------------------------------------
+  if (!spec.autoscaling.enabled) return { ...base, replicas: spec.replicas, draining: 0 };
+  const auto = spec.autoscaling;
+  const current = deployment?.spec?.replicas ?? auto.minReplicas;
+  const poll = deps.pollIntervalMs;
+  const drainingPods = alive.filter((p) => p.metadata?.annotations?.[DRAIN_STARTED_ANNOTATION] !== undefined);
+
+  if (drainingPods.length > 0) {
+    // Replicas already lowered, the ReplicaSet has not removed the drained Pods yet: wait for it.
+    if (current < alive.length)
+      return { ...base, replicas: current, draining: drainingPods.length, requeueAfterMs: poll / 5 };
+    const now = deps.now();
+    const done = drainingPods.every((p) => {
+      const sample = samples.find((s) => s.pod === p.metadata?.name);
+      const started = Date.parse(p.metadata?.annotations?.[DRAIN_STARTED_ANNOTATION] ?? "");
+      return sample?.connections === 0 || !(now - started < auto.drainTimeoutSeconds * 1000);
+    });
+    if (!done) return { ...base, replicas: current, draining: drainingPods.length, requeueAfterMs: poll / 5 };
+    const replicas = Math.max(auto.minReplicas, current - drainingPods.length);
+    deps.events.record(
+      cluster,
+      "Normal",
+      "ScaledDown",
+      "ScaleGateways",
+      `gateways ${current} → ${replicas} after draining ${drainingPods.map((p) => p.metadata?.name).join(", ")}`,
+    );
+    return { ...base, replicas, draining: drainingPods.length, requeueAfterMs: poll };
+  }
+
+  const decision = decideGatewayReplicas({
+    spec: auto,
+    current,
+    gateways: samples,
+    history: memory.history,
+    nowMs: deps.now(),
+  });
+  memory.history = decision.history;
+  if (decision.target > current) {
+    deps.events.record(
+      cluster,
+      "Normal",
+      "ScaledUp",
+      "ScaleGateways",
+      `gateways ${current} → ${decision.target}: ${decision.reason}`,
+    );
+    return { ...base, replicas: decision.target, draining: 0, requeueAfterMs: poll };
+  }
+  if (decision.target < current) {
+    const victims = chooseGatewaysToDrain(samples, current - decision.target);
+    if (victims.length === 0) return { ...base, replicas: current, draining: 0, requeueAfterMs: poll };
+    const windowMs = Math.min(10_000, (auto.drainTimeoutSeconds * 1000) / 2);
+    const startedAt = new Date(deps.now()).toISOString();
+    for (const name of victims) {
+      const pod = alive.find((p) => p.metadata?.name === name);
+      // Mark first: if Drain fails the mark still makes this Pod the one removed.
+      await deps.kube.mergePatch(
+        { apiVersion: "v1", kind: "Pod", namespace: ns, name },
+        {
+          metadata: {
+            annotations: {
+              [DELETION_COST_ANNOTATION]: DRAINED_POD_DELETION_COST,
+              [DRAIN_STARTED_ANNOTATION]: startedAt,
+            },
+          },
+        },
+      );
+      try {
+        await deps.gateways.drain(`${pod?.status?.podIP}:${GRPC_PORT}`, windowMs);
+      } catch (err) {
+        deps.log.warn("drain call failed; the pod is removed after the drain timeout", { pod: name, err });
+      }
+    }
+    deps.events.record(
+      cluster,
+      "Normal",
+      "DrainingGateways",
+      "ScaleGateways",
+      `draining ${victims.join(", ")} before gateways ${current} → ${current - victims.length}: ${decision.reason}`,
+    );
+    return { ...base, replicas: current, draining: victims.length, requeueAfterMs: poll / 5 };
+  }
+  return { ...base, replicas: current, draining: 0, requeueAfterMs: poll };
+}
+
+function isFinished(pod: V1Pod): boolean {
+  return pod.status?.phase === "Succeeded" || pod.status?.phase === "Failed";
+}

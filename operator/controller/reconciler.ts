@@ -1,0 +1,265 @@
+/**
+ * The ChatCluster reconciler: level-based and idempotent. Each call reads the ChatCluster and what it
+ * owns and moves the cluster one step toward the spec:
+ *
+ *   deletion?  → write gateway-gone records for its gateways, drop the finalizer (owner references
+ *                let the garbage collector remove everything else; Kafka and Cassandra data stay).
+ *   finalizer  → added first, so a deletion always runs the cleanup.
+ *   provision  → the Kafka topics and Cassandra schema, once per generation (idempotent).
+ *   gateways   → live counts, gateway-gone records, autoscaling with drain (gateways.ts).
+ *   apply      → every desired object by server-side apply (one field manager), then prune owned
+ *                objects that are no longer desired.
+ *   status     → components, gateways, conditions with observedGeneration, by server-side apply to
+ *                the status subresource.
+ * A failure of one step is reported in the Degraded condition and the key is retried with backoff.
+ */
+import type { KubernetesObject, V1Deployment, V1StatefulSet } from "@kubernetes/client-node";
+import type { ProvisionResult } from "../../internal/backends/distributed/provision.js";
+import type { Logger } from "../../internal/lib/log.js";
+import {
+  API_VERSION,
+  type ChatCluster,
+  type ChatClusterStatus,
+  COMPONENTS,
+  type ComponentName,
+  KIND,
+} from "../api/v1alpha1.js";
+import { type KubeClient, refOf } from "../kube/client.js";
+import type { ReconcileResult } from "../runtime/workqueue.js";
+import { type ComponentObservation, computeConditions } from "./conditions.js";
+import { desiredObjects, OWNED_KINDS } from "./desired.js";
+import type { EventRecorder } from "./events.js";
+import type { GatewayClients } from "./gateway-client.js";
+import { type GatewayMemory, type GatewayStep, reconcileGateways } from "./gateways.js";
+import type { GoneRecordPublisher, KafkaTarget } from "./gone-records.js";
+import { componentName, FINALIZER, MANAGED_BY, selectorString } from "./names.js";
+import { type CassandraTarget, cassandraTarget, kafkaTarget } from "./storage.js";
+
+export interface ReconcilerDeps {
+  kube: KubeClient;
+  gateways: GatewayClients;
+  gone: GoneRecordPublisher;
+  events: EventRecorder;
+  provision: (
+    kafka: KafkaTarget,
+    cassandra: CassandraTarget,
+    cluster: ChatCluster,
+  ) => Promise<ProvisionResult>;
+  log: Logger;
+  now?: () => number;
+  /** Live gateway counts are polled this often while autoscaling (default 10 s). */
+  pollIntervalMs?: number;
+}
+
+/** Requeue while anything is still converging, so status catches up without waiting for an event. */
+const CONVERGING_REQUEUE_MS = 5_000;
+
+export class ChatClusterReconciler {
+  private readonly memory = new Map<string, GatewayMemory>();
+  private readonly now: () => number;
+
+  constructor(private readonly deps: ReconcilerDeps) {
+    this.now = deps.now ?? Date.now;
+  }
+
+  /** `key` is "namespace/name". */
+  async reconcile(key: string): Promise<ReconcileResult> {
+    const [namespace, name] = splitKey(key);
+    const { kube } = this.deps;
+    const cluster = await kube.find<ChatCluster>({ apiVersion: API_VERSION, kind: KIND, namespace, name });
+    if (!cluster) {
+      this.memory.delete(key);
+      return;
+    }
+    if (cluster.metadata.deletionTimestamp) return this.finalize(key, cluster);
+    if (!cluster.metadata.finalizers?.includes(FINALIZER)) await this.addFinalizer(cluster);
+
+    const log = this.deps.log.child({ chatcluster: key, generation: cluster.metadata.generation });
+    const generation = cluster.metadata.generation ?? 0;
+    const kafka = await kafkaTarget(kube, cluster);
+    const status: ChatClusterStatus = { ...cluster.status };
+
+    // --- provision -----------------------------------------------------------------------
+    let provisionError: string | undefined;
+    if (status.provisionedGeneration !== generation) {
+      try {
+        const result = await this.deps.provision(kafka, await cassandraTarget(kube, cluster), cluster);
+        status.provisionedGeneration = generation;
+        this.deps.events.record(
+          cluster,
+          "Normal",
+          "Provisioned",
+          "Provision",
+          `Kafka topics ${result.topics.join(", ")}; Cassandra schema version ${result.schemaVersion}` +
+            (result.migrationsApplied.length ? ` (applied ${result.migrationsApplied.join(", ")})` : ""),
+        );
+      } catch (err) {
+        provisionError = message(err);
+        this.deps.events.record(cluster, "Warning", "ProvisioningFailed", "Provision", provisionError);
+        log.warn("provisioning failed", { err });
+      }
+    }
+    const provisioned = status.provisionedGeneration !== undefined;
+
+    // --- gateways, apply, prune -----------------------------------------------------------
+    let applyError: string | undefined;
+    let step: GatewayStep | undefined;
+    const workloads = new Map<string, KubernetesObject>();
+    // Until the storage exists the services could only crash-loop: deploy them after it.
+    if (provisioned) {
+      try {
+        const gatewayDeployment = await kube.find<V1Deployment>({
+          apiVersion: "apps/v1",
+          kind: "Deployment",
+          namespace,
+          name: componentName(cluster, "gateway"),
+        });
+        step = await reconcileGateways(
+          { ...this.deps, now: this.now, pollIntervalMs: this.deps.pollIntervalMs ?? 10_000 },
+          cluster,
+          gatewayDeployment,
+          kafka,
+          this.memoryOf(key),
+        );
+        const desired = desiredObjects(cluster, step.replicas);
+        for (const obj of desired) {
+          const applied = await kube.apply(obj);
+          if (obj.kind === "Deployment" || obj.kind === "StatefulSet")
+            workloads.set(obj.metadata?.name ?? "", applied);
+        }
+        await this.prune(cluster, desired);
+        if (step.errors.length) applyError = step.errors.join("; ");
+      } catch (err) {
+        applyError = message(err);
+        this.deps.events.record(cluster, "Warning", "ApplyFailed", "Apply", applyError);
+        log.warn("apply failed", { err });
+      }
+    }
+
+    // --- status ------------------------------------------------------------------------------
+    const components: Partial<Record<ComponentName, ComponentObservation>> = {};
+    if (provisioned && !applyError)
+      for (const component of COMPONENTS) {
+        const w = workloads.get(componentName(cluster, component)) as
+          | V1Deployment
+          | V1StatefulSet
+          | undefined;
+        components[component] = {
+          desired: w?.spec?.replicas ?? 0,
+          readyReplicas: w?.status?.readyReplicas ?? 0,
+          updatedReplicas: w?.status?.updatedReplicas ?? 0,
+          observed: (w?.status?.observedGeneration ?? 0) >= (w?.metadata?.generation ?? 0),
+        };
+      }
+    const newStatus: ChatClusterStatus = {
+      observedGeneration: generation,
+      conditions: computeConditions(
+        cluster.status?.conditions,
+        {
+          generation,
+          provisioned,
+          ...(provisionError === undefined ? {} : { provisionError }),
+          ...(applyError === undefined ? {} : { applyError }),
+          components,
+          drainingGateways: step?.draining ?? 0,
+        },
+        new Date(this.now()),
+      ),
+      ...(status.provisionedGeneration === undefined
+        ? {}
+        : { provisionedGeneration: status.provisionedGeneration }),
+    };
+    if (Object.keys(components).length > 0)
+      newStatus.components = Object.fromEntries(
+        Object.entries(components).map(([c, o]) => [
+          c,
+          { replicas: o.desired, readyReplicas: o.readyReplicas },
+        ]),
+      );
+    else if (cluster.status?.components) newStatus.components = cluster.status.components;
+    // Without a fresh gateway step, keep the list: it is how a gateway's disappearance is noticed.
+    newStatus.gateways = step?.gateways ?? cluster.status?.gateways ?? [];
+    newStatus.connections = step?.connections ?? cluster.status?.connections ?? 0;
+    if (cluster.spec.gateway.autoscaling.enabled && step) newStatus.gatewayDesiredReplicas = step.replicas;
+    await kube.apply(
+      { apiVersion: API_VERSION, kind: KIND, metadata: { name, namespace }, status: newStatus },
+      "status",
+    );
+
+    if (provisionError || applyError) throw new Error(provisionError ?? applyError);
+    const converging = newStatus.conditions?.some((c) => c.type === "Ready" && c.status !== "True");
+    const requeue = Math.min(step?.requeueAfterMs ?? Infinity, converging ? CONVERGING_REQUEUE_MS : Infinity);
+    return Number.isFinite(requeue) ? { requeueAfterMs: requeue } : undefined;
+  }
+
+  private memoryOf(key: string): GatewayMemory {
+    let m = this.memory.get(key);
+    if (!m) {
+      m = { history: [], epochs: new Map() };
+      this.memory.set(key, m);
+    }
+    return m;
+  }
+
+  private async addFinalizer(cluster: ChatCluster): Promise<void> {
+    const ref = refOf(cluster);
+    const test = { op: "test", path: "/metadata/resourceVersion", value: cluster.metadata.resourceVersion };
+    const add = cluster.metadata.finalizers
+      ? { op: "add", path: "/metadata/finalizers/-", value: FINALIZER }
+      : { op: "add", path: "/metadata/finalizers", value: [FINALIZER] };
+    const updated = await this.deps.kube.jsonPatch<ChatCluster>(ref, [test, add]);
+    cluster.metadata = updated.metadata;
+  }
+
+  private async finalize(key: string, cluster: ChatCluster): Promise<ReconcileResult> {
+    const index = cluster.metadata.finalizers?.indexOf(FINALIZER) ?? -1;
+    if (index < 0) return;
+    const kafka = await kafkaTarget(this.deps.kube, cluster);
+    const memory = this.memoryOf(key);
+    for (const g of cluster.status?.gateways ?? []) {
+      const epoch = Math.max(memory.epochs.get(g.pod) ?? 0, this.now());
+      await this.deps.gone.publish(kafka, g.pod, epoch);
+    }
+    await this.deps.kube.jsonPatch(refOf(cluster), [
+      { op: "test", path: `/metadata/finalizers/${index}`, value: FINALIZER },
+      { op: "remove", path: `/metadata/finalizers/${index}` },
+    ]);
+    this.memory.delete(key);
+    this.deps.log.info("chatcluster deleted; owned objects go with it", { chatcluster: key });
+    return;
+  }
+
+  /** Deletes owned objects of this cluster that the desired set no longer has. */
+  private async prune(cluster: ChatCluster, desired: KubernetesObject[]): Promise<void> {
+    const keep = new Set(desired.map((o) => `${o.kind}/${o.metadata?.name}`));
+    const selector = selectorString({
+      "app.kubernetes.io/instance": cluster.metadata.name ?? "",
+      "app.kubernetes.io/managed-by": MANAGED_BY,
+    });
+    for (const kind of OWNED_KINDS) {
+      const { items } = await this.deps.kube.list<KubernetesObject>(
+        { ...kind, namespace: cluster.metadata.namespace },
+        selector,
+      );
+      for (const obj of items) {
+        const owned = obj.metadata?.ownerReferences?.some((r) => r.uid === cluster.metadata.uid);
+        if (owned && !keep.has(`${kind.kind}/${obj.metadata?.name}`))
+          await this.deps.kube.delete({
+            ...kind,
+            namespace: cluster.metadata.namespace,
+            name: obj.metadata?.name ?? "",
+          });
+      }
+    }
+  }
+}
+
+function splitKey(key: string): [string, string] {
+  const i = key.indexOf("/");
+  if (i < 0) throw new Error(`bad key ${JSON.stringify(key)}: want namespace/name`);
+  return [key.slice(0, i), key.slice(i + 1)];
+}
+
+function message(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}

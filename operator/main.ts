@@ -1,0 +1,239 @@
+/**
+ * `switchboard operator`: the ChatCluster operator, against the current KUBECONFIG (development and
+ * tests, like a controller's `make run`) or in-cluster (the chart runs the same entrypoint).
+ *
+ * Wiring: informers on ChatClusters and on what the operator owns (Deployments, StatefulSets, gateway
+ * Pods) only enqueue ChatCluster keys; a keyed, rate-limited work queue feeds the reconciler; nothing
+ * reconciles unless this replica holds the Lease. HTTP on --http-port serves /healthz, /readyz (the
+ * caches are synced, or this replica is a standby) and /metrics.
+ */
+import { createServer, type Server } from "node:http";
+import { hostname } from "node:os";
+import { parseArgs } from "node:util";
+import { KubeConfig, type KubernetesObject } from "@kubernetes/client-node";
+import { Registry } from "prom-client";
+import { provisionDistributed } from "../internal/backends/distributed/provision.js";
+import { createLogger, type Logger } from "../internal/lib/log.js";
+import { API_VERSION, type ChatCluster, KIND } from "./api/v1alpha1.js";
+import { EventRecorder } from "./controller/events.js";
+import { createGatewayClients } from "./controller/gateway-client.js";
+import { GoneRecordPublisher } from "./controller/gone-records.js";
+import { MANAGED_BY } from "./controller/names.js";
+import { ChatClusterReconciler } from "./controller/reconciler.js";
+import { KubeClient, type ListResult, resourcePath } from "./kube/client.js";
+import { createOperatorRuntimeMetrics, Informer, LeaderElector, WorkQueue } from "./runtime/index.js";
+
+export interface OperatorOptions {
+  kubeConfig: KubeConfig;
+  /** Namespace of the leader-election Lease. */
+  leaseNamespace: string;
+  leaseName: string;
+  identity: string;
+  httpPort: number;
+  httpHost: string;
+  workers: number;
+  pollIntervalMs: number;
+  log: Logger;
+}
+
+export interface RunningOperator {
+  readonly port: number;
+  stop(): Promise<void>;
+  /** Rejects when the operator fails (e.g. it lost the Lease). */
+  readonly done: Promise<void>;
+}
+
+const OWNED_SELECTOR = `app.kubernetes.io/managed-by=${MANAGED_BY}`;
+
+export async function startOperator(o: OperatorOptions): Promise<RunningOperator> {
+  const log = o.log;
+  const registry = new Registry();
+  const metrics = createOperatorRuntimeMetrics(registry);
+  const kube = new KubeClient(o.kubeConfig);
+  const queue = new WorkQueue({ name: "chatcluster", metrics });
+  const gateways = createGatewayClients();
+  const gone = new GoneRecordPublisher(`switchboard-operator-${o.identity}`, log);
+  const reconciler = new ChatClusterReconciler({
+    kube,
+    gateways,
+    gone,
+    events: new EventRecorder(kube, o.identity, log),
+    provision: (kafka, cassandra, cluster) =>
+      provisionDistributed({
+        kafka: {
+          brokers: kafka.brokers,
+          topicPrefix: kafka.topicPrefix,
+          ...(kafka.ssl === undefined ? {} : { ssl: kafka.ssl }),
+          ...(kafka.sasl === undefined ? {} : { sasl: kafka.sasl }),
+          partitions: cluster.spec.kafka.topics.partitions,
+          replicationFactor: cluster.spec.kafka.topics.replicationFactor,
+          retentionHours: cluster.spec.kafka.topics.retentionHours,
+        },
+        cassandra,
+        clientId: `switchboard-operator-${o.identity}`,
+        log,
+      }),
+    log,
+    pollIntervalMs: o.pollIntervalMs,
+  });
+
+  const informer = <T extends KubernetesObject>(
+    name: string,
+    ref: { apiVersion: string; kind: string },
+    labelSelector?: string,
+  ) =>
+    new Informer<T>({
+      kubeConfig: o.kubeConfig,
+      name,
+      path: resourcePath(ref),
+      list: () => kube.list<T>(ref, labelSelector) as Promise<ListResult<T>>,
+      ...(labelSelector ? { labelSelector } : {}),
+      log: log.child({ informer: name }),
+      metrics,
+    });
+  const clusters = informer<ChatCluster>("chatclusters", { apiVersion: API_VERSION, kind: KIND });
+  const owned = [
+    informer<KubernetesObject>("deployments", { apiVersion: "apps/v1", kind: "Deployment" }, OWNED_SELECTOR),
+    informer<KubernetesObject>(
+      "statefulsets",
+      { apiVersion: "apps/v1", kind: "StatefulSet" },
+      OWNED_SELECTOR,
+    ),
+    informer<KubernetesObject>(
+      "gateway-pods",
+      { apiVersion: "v1", kind: "Pod" },
+      `${OWNED_SELECTOR},app.kubernetes.io/component=gateway`,
+    ),
+  ];
+  clusters.on((_event, obj) => queue.add(keyOf(obj)));
+  for (const inf of owned)
+    inf.on((_event, obj) => {
+      const instance = obj.metadata?.labels?.["app.kubernetes.io/instance"];
+      if (instance) queue.add(`${obj.metadata?.namespace}/${instance}`);
+    });
+
+  let synced = false;
+  const stopController = new AbortController();
+  const elector = new LeaderElector({
+    kubeConfig: o.kubeConfig,
+    namespace: o.leaseNamespace,
+    name: o.leaseName,
+    identity: o.identity,
+    log,
+    metrics,
+  });
+
+  const server = createServer((req, res) => {
+    const path = (req.url ?? "/").split("?")[0];
+    if (path === "/healthz") return void res.writeHead(200).end("ok\n");
+    if (path === "/readyz") {
+      // A standby is ready (it serves metrics and waits); the leader once its caches are synced.
+      const ready = !elector.isLeader || synced;
+      return void res.writeHead(ready ? 200 : 503).end(ready ? "ok\n" : "caches not synced\n");
+    }
+    if (path === "/metrics")
+      return void registry.metrics().then(
+        (text) => res.writeHead(200, { "Content-Type": registry.contentType }).end(text),
+        (err: unknown) => res.writeHead(500).end(String(err)),
+      );
+    res.writeHead(404).end();
+  });
+  const port = await listen(server, o.httpPort, o.httpHost);
+  log.info("operator started", { identity: o.identity, port, lease: `${o.leaseNamespace}/${o.leaseName}` });
+
+  const done = elector.run(async (signal) => {
+    log.info("leading: starting informers and workers");
+    await Promise.all([clusters.start(), ...owned.map((i) => i.start())]);
+    synced = true;
+    const workers = queue.run(o.workers, (key) => reconciler.reconcile(key), log);
+    await new Promise<void>((resolve) => signal.addEventListener("abort", () => resolve(), { once: true }));
+    await Promise.all([clusters.stop(), ...owned.map((i) => i.stop())]);
+    await queue.shutDown();
+    await workers;
+  }, stopController.signal);
+  // The caller owns `done`; a lost Lease surfaces there. Nothing else awaits it here.
+  done.catch(() => undefined);
+
+  let stopping: Promise<void> | undefined;
+  return {
+    port,
+    done,
+    stop: () =>
+      (stopping ??= (async () => {
+        stopController.abort();
+        await done.catch((err: unknown) => log.warn("operator stopped with an error", { err }));
+        await Promise.all([clusters.stop(), ...owned.map((i) => i.stop())]);
+        await queue.shutDown();
+        gateways.close();
+        await gone.close();
+        await new Promise<void>((resolve) => server.close(() => resolve()));
+      })()),
+  };
+}
+
+function keyOf(obj: KubernetesObject): string {
+  return `${obj.metadata?.namespace ?? "default"}/${obj.metadata?.name}`;
+}
+
+function listen(server: Server, port: number, host: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(port, host, () => {
+      const address = server.address();
+      resolve(typeof address === "object" && address ? address.port : port);
+    });
+  });
+}
+
+/** `switchboard operator [--http-port N] [--lease-namespace NS] [--workers N]` */
+export async function runOperator(argv: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      "http-port": { type: "string", default: "8081" },
+      "http-host": { type: "string", default: "0.0.0.0" },
+      "lease-namespace": { type: "string" },
+      "lease-name": { type: "string", default: "switchboard-operator" },
+      workers: { type: "string", default: "2" },
+      "poll-interval": { type: "string", default: "10s" },
+    },
+    strict: true,
+  });
+  const kubeConfig = new KubeConfig();
+  kubeConfig.loadFromDefault();
+  const identity = process.env.POD_NAME ?? `${hostname()}-${process.pid}`;
+  const log = createLogger({ service: "operator", identity });
+  const operator = await startOperator({
+    kubeConfig,
+    leaseNamespace: values["lease-namespace"] ?? process.env.POD_NAMESPACE ?? "default",
+    leaseName: values["lease-name"],
+    identity,
+    httpPort: Number(values["http-port"]),
+    httpHost: values["http-host"],
+    workers: Number(values.workers),
+    pollIntervalMs: parseSeconds(values["poll-interval"]),
+    log,
+  });
+  process.stdout.write(
+    `${JSON.stringify({ status: "started", service: "operator", identity, port: operator.port })}\n`,
+  );
+  return new Promise<number>((resolve) => {
+    const stop = (signal: string) => {
+      log.info("stopping", { signal });
+      operator.stop().then(() => resolve(0));
+    };
+    process.once("SIGINT", () => stop("SIGINT"));
+    process.once("SIGTERM", () => stop("SIGTERM"));
+    // Lost the Lease: exit so the Deployment restarts us as a standby (never two leaders acting).
+    operator.done.catch((err: unknown) => {
+      log.error("operator failed", { err });
+      operator.stop().then(() => resolve(1));
+    });
+  });
+}
+
+function parseSeconds(text: string): number {
+  const m = /^(\d+(?:\.\d+)?)(ms|s)?$/.exec(text);
+  if (!m) throw new Error(`invalid duration ${JSON.stringify(text)}: use e.g. 10s or 500ms`);
+  return m[2] === "ms" ? Number(m[1]) : Number(m[1]) * 1000;
+}

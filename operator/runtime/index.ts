@@ -1,0 +1,4 @@
+export { Informer, type InformerEvent, type InformerOptions, type WatchFactory } from "./informer.js";
+export { type LeaderElectionOptions, LeaderElector } from "./leader-election.js";
+export { createOperatorRuntimeMetrics, type OperatorRuntimeMetrics } from "./metrics.js";
+export { type ReconcileResult, WorkQueue, type WorkQueueOptions } from "./workqueue.js";
