@@ -21,7 +21,7 @@ export interface WorkQueueOptions {
   metrics?: OperatorRuntimeMetrics;
 }
 
-export type ReconcileResult = void | { requeueAfterMs: number };
+export type ReconcileResult = undefined | { requeueAfterMs: number };
 
 export class WorkQueue {
   private readonly queue: string[] = [];

@@ -1,0 +1,579 @@
+/**
+ * The operator (`switchboard operator`, a real process) against a real kube-apiserver with
+ * kube-controller-manager, kube-scheduler and kwok (Pods run on a fake Node), and against real Kafka
+ * and Cassandra (provisioning and gateway-gone records). Each scenario asserts the state in the API
+ * server, Kafka or Cassandra; none trusts the operator's own account.
+ */
+import { type ChildProcess, execFile, spawn } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { once } from "node:events";
+import { join } from "node:path";
+import { fromBinary } from "@bufbuild/protobuf";
+import { KubeConfig, type V1ConfigMap, type V1Deployment, type V1Pod } from "@kubernetes/client-node";
+import cassandra from "cassandra-driver";
+import { Kafka, logLevel } from "kafkajs";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { SessionRecordKind, SessionRecordSchema } from "../../gen/switchboard/router/v1/router_pb.js";
+import type { ChatCluster } from "../../operator/api/v1alpha1.js";
+import { KubeClient } from "../../operator/kube/client.js";
+import { ensureServer } from "../infra/servers.js";
+import { GatewayFarm } from "./fake-gateways.js";
+
+const root = join(import.meta.dirname, "..", "..");
+const CRD = join(root, "k8s", "crd", "chatclusters.switchboard.dev.yaml");
+const suffix = randomBytes(3).toString("hex");
+const NS = `sb-op-${suffix}`;
+
+let env: Record<string, string>;
+let kube: KubeClient;
+let kafkaBrokers: string[];
+let cassandraPoints: string[];
+
+async function kubectl(args: string[], input?: string): Promise<string> {
+  const child = execFile(env.KUBECTL!, [`--kubeconfig=${env.KUBECONFIG}`, ...args], { encoding: "utf8" });
+  if (input !== undefined) child.stdin?.end(input);
+  let out = "";
+  let err = "";
+  child.stdout?.on("data", (d: string) => (out += d));
+  child.stderr?.on("data", (d: string) => (err += d));
+  const [code] = (await once(child, "close")) as [number];
+  if (code !== 0) throw new Error(`kubectl ${args.join(" ")}: ${err || out}`);
+  return out;
+}
+
+async function waitFor<T>(
+  what: string,
+  fn: () => Promise<T | undefined | false>,
+  timeoutMs = 60_000,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  for (;;) {
+    try {
+      const v = await fn();
+      if (v !== undefined && v !== false) return v;
+    } catch (err) {
+      last = err;
+    }
+    if (Date.now() > deadline)
+      throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ""}`);
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
+/** One `switchboard operator` process; its log is kept for failures. */
+class OperatorProcess {
+  child: ChildProcess | undefined;
+  log = "";
+
+  async start(): Promise<void> {
+    const child = spawn(
+      process.execPath,
+      [
+        join(root, "dist", "cmd", "switchboard.js"),
+        "operator",
+        "--http-port",
+        "0",
+        "--http-host",
+        "127.0.0.1",
+        "--lease-namespace",
+        NS,
+        "--lease-name",
+        `switchboard-operator-${suffix}`,
+        "--poll-interval",
+        "1s",
+      ],
+      { env: { ...process.env, KUBECONFIG: env.KUBECONFIG }, stdio: ["ignore", "pipe", "pipe"] },
+    );
+    this.child = child;
+    child.stderr?.setEncoding("utf8").on("data", (d: string) => {
+      this.log = (this.log + d).slice(-200_000);
+    });
+    let out = "";
+    child.stdout?.setEncoding("utf8").on("data", (d: string) => (out += d));
+    await waitFor("operator start", async () => out.includes('"status":"started"') || undefined, 30_000);
+  }
+
+  async kill(signal: NodeJS.Signals = "SIGKILL"): Promise<void> {
+    const child = this.child;
+    if (!child || child.exitCode !== null || child.signalCode !== null) return;
+    const exited = once(child, "exit");
+    child.kill(signal);
+    await exited;
+  }
+
+  tail(lines = 40): string {
+    return this.log.trimEnd().split("\n").slice(-lines).join("\n");
+  }
+}
+
+const operator = new OperatorProcess();
+
+function clusterManifest(name: string, overrides: Record<string, unknown> = {}): ChatCluster {
+  return {
+    apiVersion: "switchboard.dev/v1alpha1",
+    kind: "ChatCluster",
+    metadata: { name, namespace: NS },
+    spec: {
+      version: "0.1.0",
+      gateway: { replicas: 2 },
+      router: { replicas: 2 },
+      presence: { replicas: 1 },
+      push: { replicas: 1 },
+      id: { replicas: 2 },
+      kafka: {
+        bootstrapServers: kafkaBrokers,
+        topicPrefix: `op-${suffix}-${name}.`,
+        topics: { partitions: 2, replicationFactor: 1, retentionHours: 1 },
+      },
+      cassandra: {
+        contactPoints: cassandraPoints,
+        keyspace: `op_${suffix}_${name.replaceAll("-", "_")}`,
+        replication: { class: "SimpleStrategy", factor: 1 },
+      },
+      auth: { jwksUrl: "https://auth.example.com/.well-known/jwks.json" },
+      ...overrides,
+    },
+  } as unknown as ChatCluster;
+}
+
+const getCluster = (name: string) =>
+  kube.get<ChatCluster>({ apiVersion: "switchboard.dev/v1alpha1", kind: "ChatCluster", namespace: NS, name });
+
+function condition(c: ChatCluster, type: string) {
+  return c.status?.conditions?.find((x) => x.type === type);
+}
+
+async function waitReady(name: string, timeoutMs = 90_000): Promise<ChatCluster> {
+  return waitFor(
+    `${name} Ready at its generation`,
+    async () => {
+      const c = await getCluster(name);
+      const ready = condition(c, "Ready");
+      return ready?.status === "True" &&
+        ready.observedGeneration === c.metadata.generation &&
+        c.status?.observedGeneration === c.metadata.generation
+        ? c
+        : undefined;
+    },
+    timeoutMs,
+  );
+}
+
+async function ownedObjects(name: string): Promise<Array<{ kind: string; name: string; owners: unknown[] }>> {
+  const out = await kubectl([
+    "get",
+    "serviceaccounts,configmaps,services,deployments,statefulsets,poddisruptionbudgets,networkpolicies",
+    "-n",
+    NS,
+    "-l",
+    `app.kubernetes.io/instance=${name},app.kubernetes.io/managed-by=switchboard-operator`,
+    "-o",
+    "json",
+  ]);
+  return (
+    JSON.parse(out) as {
+      items: Array<{ kind: string; metadata: { name: string; ownerReferences?: unknown[] } }>;
+    }
+  ).items.map((o) => ({ kind: o.kind, name: o.metadata.name, owners: o.metadata.ownerReferences ?? [] }));
+}
+
+beforeAll(async () => {
+  env = {
+    ...(await ensureServer("kube")),
+    ...(await ensureServer("kafka")),
+    ...(await ensureServer("cassandra")),
+  };
+  kafkaBrokers = env.KAFKA_BROKERS!.split(",");
+  cassandraPoints = env.CASSANDRA_CONTACT_POINTS!.split(",");
+  const kc = new KubeConfig();
+  kc.loadFromFile(env.KUBECONFIG!);
+  kube = new KubeClient(kc);
+  await kubectl(["apply", "--server-side", "--force-conflicts", "-f", CRD]);
+  await kubectl(["wait", "--for=condition=Established", "--timeout=60s", "crd/chatclusters.switchboard.dev"]);
+  await kubectl(["create", "namespace", NS]);
+  await kubectl(["label", "namespace", NS, "pod-security.kubernetes.io/enforce=restricted"]);
+  await waitFor("default ServiceAccount", () => kubectl(["get", "serviceaccount", "default", "-n", NS]));
+  await operator.start();
+});
+
+afterAll(async () => {
+  await operator.kill("SIGTERM");
+  // Finalizers need the operator; remove the namespace's clusters' finalizers so deletion completes.
+  const names = await kubectl(["get", "chatclusters", "-n", NS, "-o", "name"]).catch(() => "");
+  for (const n of names.split("\n").filter(Boolean))
+    await kubectl(["patch", n, "-n", NS, "--type=merge", "-p", '{"metadata":{"finalizers":null}}']).catch(
+      () => "",
+    );
+  await kubectl(["delete", "namespace", NS, "--wait=false"]).catch(() => "");
+});
+
+function onFailure(fn: () => Promise<void>): () => Promise<void> {
+  return async () => {
+    try {
+      await fn();
+    } catch (err) {
+      console.error(`--- operator log (tail) ---\n${operator.tail()}`);
+      throw err;
+    }
+  };
+}
+
+describe("operator against a real API server", () => {
+  it(
+    "provisions storage, creates every object with owner references and restricted Pods, and reports Ready",
+    onFailure(async () => {
+      const created = await kube.create(clusterManifest("alpha"));
+      const cluster = await waitReady("alpha");
+      const uid = created.metadata?.uid;
+
+      // Storage: the topics and the keyspace exist.
+      const kafka = new Kafka({ brokers: kafkaBrokers, logLevel: logLevel.NOTHING });
+      const admin = kafka.admin();
+      await admin.connect();
+      const topics = await admin.listTopics();
+      await admin.disconnect();
+      const prefix = `op-${suffix}-alpha.`;
+      expect(topics).toEqual(
+        expect.arrayContaining([`${prefix}messages`, `${prefix}sequenced`, `${prefix}routing`]),
+      );
+      const cql = new cassandra.Client({ contactPoints: cassandraPoints, localDataCenter: "datacenter1" });
+      const tables = await cql.execute(
+        "SELECT table_name FROM system_schema.tables WHERE keyspace_name = ?",
+        [`op_${suffix}_alpha`],
+      );
+      await cql.shutdown();
+      expect(tables.rows.map((r) => r.get("table_name"))).toEqual(
+        expect.arrayContaining(["messages_by_conversation", "schema_migrations"]),
+      );
+
+      // Every object, each controlled by the ChatCluster.
+      const objects = await ownedObjects("alpha");
+      const kinds = objects.map((o) => `${o.kind}/${o.name}`).sort();
+      expect(kinds).toEqual(
+        [
+          "ConfigMap/alpha-config",
+          "Deployment/alpha-gateway",
+          "Deployment/alpha-presence",
+          "Deployment/alpha-push",
+          "Deployment/alpha-router",
+          "NetworkPolicy/alpha-gateway",
+          "NetworkPolicy/alpha-id",
+          "NetworkPolicy/alpha-presence",
+          "NetworkPolicy/alpha-push",
+          "NetworkPolicy/alpha-router",
+          // Components with two or more replicas get a budget; presence and push (1) do not.
+          "PodDisruptionBudget/alpha-gateway",
+          "PodDisruptionBudget/alpha-id",
+          "PodDisruptionBudget/alpha-router",
+          "Service/alpha-gateway",
+          "Service/alpha-id",
+          "Service/alpha-presence",
+          "Service/alpha-push",
+          "Service/alpha-router",
+          "ServiceAccount/alpha-switchboard",
+          "StatefulSet/alpha-id",
+        ].sort(),
+      );
+      for (const o of objects)
+        expect(o.owners, `${o.kind}/${o.name}`).toEqual([
+          expect.objectContaining({
+            kind: "ChatCluster",
+            name: "alpha",
+            uid,
+            controller: true,
+            blockOwnerDeletion: true,
+          }),
+        ]);
+
+      // Pods were admitted in a namespace enforcing the restricted Pod Security Standard, and run.
+      const pods = (
+        await kube.list<V1Pod>(
+          { apiVersion: "v1", kind: "Pod", namespace: NS },
+          "app.kubernetes.io/instance=alpha",
+        )
+      ).items;
+      expect(pods.filter((p) => p.status?.phase === "Running")).toHaveLength(2 + 2 + 1 + 1 + 2);
+      for (const pod of pods) {
+        const c = pod.spec?.containers[0];
+        expect(pod.spec?.securityContext).toMatchObject({
+          runAsNonRoot: true,
+          seccompProfile: { type: "RuntimeDefault" },
+        });
+        expect(c?.securityContext).toMatchObject({
+          allowPrivilegeEscalation: false,
+          readOnlyRootFilesystem: true,
+          capabilities: { drop: ["ALL"] },
+        });
+      }
+
+      // Status: conditions at the observed generation, components counted.
+      expect(cluster.status?.observedGeneration).toBe(cluster.metadata.generation);
+      expect(condition(cluster, "Progressing")?.status).toBe("False");
+      expect(condition(cluster, "Degraded")?.status).toBe("False");
+      expect(cluster.status?.components?.router).toEqual({ replicas: 2, readyReplicas: 2 });
+      expect(cluster.status?.components?.id).toEqual({ replicas: 2, readyReplicas: 2 });
+      expect(cluster.metadata.finalizers).toContain("switchboard.dev/cleanup");
+
+      // What it did is on record as Events.
+      const events = await kubectl(["get", "events.events.k8s.io", "-n", NS, "-o", "json"]);
+      expect(events).toContain('"reason": "Provisioned"');
+    }),
+  );
+
+  it(
+    "applies a spec change: replicas, configuration, and a Pod roll on a changed config",
+    onFailure(async () => {
+      const before = await kube.get<V1Deployment>({
+        apiVersion: "apps/v1",
+        kind: "Deployment",
+        namespace: NS,
+        name: "alpha-router",
+      });
+      const hashBefore = before.spec?.template.metadata?.annotations?.["switchboard.dev/config-hash"];
+      await kubectl([
+        "patch",
+        "chatcluster",
+        "alpha",
+        "-n",
+        NS,
+        "--type=merge",
+        "-p",
+        JSON.stringify({ spec: { router: { replicas: 3 }, presence: { offlineAfterSeconds: 45 } } }),
+      ]);
+      const cluster = await waitReady("alpha");
+      expect(cluster.metadata.generation).toBe(2);
+      const router = await kube.get<V1Deployment>({
+        apiVersion: "apps/v1",
+        kind: "Deployment",
+        namespace: NS,
+        name: "alpha-router",
+      });
+      expect(router.spec?.replicas).toBe(3);
+      expect(router.status?.readyReplicas).toBe(3);
+      const config = await kube.get<V1ConfigMap>({
+        apiVersion: "v1",
+        kind: "ConfigMap",
+        namespace: NS,
+        name: "alpha-config",
+      });
+      expect(config.data?.SWITCHBOARD_PRESENCE_OFFLINE_AFTER_MS).toBe("45000");
+      expect(router.spec?.template.metadata?.annotations?.["switchboard.dev/config-hash"]).not.toBe(
+        hashBefore,
+      );
+      expect(cluster.status?.components?.router).toEqual({ replicas: 3, readyReplicas: 3 });
+    }),
+  );
+
+  it(
+    "converges after being killed mid-reconcile, and repairs drift",
+    onFailure(async () => {
+      await kube.create(clusterManifest("beta"));
+      // Kill -9 as soon as the first owned object appears: the reconcile is under way.
+      await waitFor(
+        "first object of beta",
+        async () => (await ownedObjects("beta")).length > 0 || undefined,
+        60_000,
+      );
+      await operator.kill("SIGKILL");
+      const partial = (await ownedObjects("beta")).length;
+      // Drift while nobody watches: an owned object removed, another changed by hand.
+      await kubectl(["delete", "configmap", "beta-config", "-n", NS, "--ignore-not-found"]);
+      await kubectl(["scale", "deployment", "alpha-push", "-n", NS, "--replicas=4"]).catch(() => "");
+      await operator.start();
+      await waitReady("beta");
+      const objects = await ownedObjects("beta");
+      expect(objects.length).toBeGreaterThanOrEqual(partial);
+      expect(objects.map((o) => `${o.kind}/${o.name}`)).toContain("ConfigMap/beta-config");
+      // 1 ServiceAccount, 1 ConfigMap, 5 workloads, 5 Services, 5 NetworkPolicies, 3 budgets.
+      expect(objects).toHaveLength(20);
+      const push = await waitFor("alpha-push back at 1 replica", async () => {
+        const d = await kube.get<V1Deployment>({
+          apiVersion: "apps/v1",
+          kind: "Deployment",
+          namespace: NS,
+          name: "alpha-push",
+        });
+        return d.spec?.replicas === 1 ? d : undefined;
+      });
+      expect(push.spec?.replicas).toBe(1);
+    }),
+  );
+
+  it(
+    "scales gateways on live connections, drains the emptiest before scaling down, and marks them for deletion",
+    onFailure(async () => {
+      const farm = new GatewayFarm(
+        kube,
+        NS,
+        "app.kubernetes.io/instance=gamma,app.kubernetes.io/component=gateway",
+      );
+      farm.start();
+      try {
+        await kube.create(
+          clusterManifest("gamma", {
+            gateway: {
+              autoscaling: {
+                enabled: true,
+                minReplicas: 1,
+                maxReplicas: 4,
+                targetConnectionsPerPod: 100,
+                stabilizationWindowSeconds: 3,
+                drainTimeoutSeconds: 30,
+              },
+            },
+          }),
+        );
+        await waitReady("gamma");
+        await waitFor("one fake gateway", async () => farm.pods().length === 1 || undefined);
+        // 350 connections on one gateway: 4 are needed (ceil(350 / 100)).
+        farm.setAll(350);
+        farm.initialConnections = 0;
+        await waitFor("gateway Deployment at 4", async () => {
+          const d = await kube.get<V1Deployment>({
+            apiVersion: "apps/v1",
+            kind: "Deployment",
+            namespace: NS,
+            name: "gamma-gateway",
+          });
+          return d.spec?.replicas === 4 || undefined;
+        });
+        await waitFor("4 fake gateways", async () => farm.pods().length === 4 || undefined);
+        const up = await waitFor("status shows 4 gateways and 350 connections", async () => {
+          const c = await getCluster("gamma");
+          return c.status?.gateways?.length === 4 && c.status.connections === 350 ? c : undefined;
+        });
+        expect(up.status?.gatewayDesiredReplicas).toBe(4);
+
+        // Load falls to 120 on one gateway and 5 on each other: 2 are needed; the two emptiest
+        // that are not the busy one are drained.
+        const [busy, ...rest] = farm.pods() as [string, ...string[]];
+        farm.setConnections(busy, 120);
+        for (const p of rest) farm.setConnections(p, 5);
+        const marked = await waitFor("two drained gateways marked with a deletion cost", async () => {
+          const pods = (
+            await kube.list<V1Pod>(
+              { apiVersion: "v1", kind: "Pod", namespace: NS },
+              "app.kubernetes.io/instance=gamma,app.kubernetes.io/component=gateway",
+            )
+          ).items.filter(
+            (p) => p.metadata?.annotations?.["controller.kubernetes.io/pod-deletion-cost"] === "-1000",
+          );
+          return pods.length === 2 ? pods.map((p) => p.metadata?.name ?? "").sort() : undefined;
+        });
+        expect(marked).not.toContain(busy);
+        expect([...farm.drained].sort()).toEqual(marked);
+        await waitFor("gateway Deployment at 2", async () => {
+          const d = await kube.get<V1Deployment>({
+            apiVersion: "apps/v1",
+            kind: "Deployment",
+            namespace: NS,
+            name: "gamma-gateway",
+          });
+          return d.spec?.replicas === 2 || undefined;
+        });
+        // The ReplicaSet removed exactly the drained Pods.
+        const remaining = await waitFor("2 gateway Pods left", async () => {
+          const pods = (
+            await kube.list<V1Pod>(
+              { apiVersion: "v1", kind: "Pod", namespace: NS },
+              "app.kubernetes.io/instance=gamma,app.kubernetes.io/component=gateway",
+            )
+          ).items.filter((p) => !p.metadata?.deletionTimestamp);
+          return pods.length === 2 ? pods.map((p) => p.metadata?.name ?? "") : undefined;
+        });
+        expect(remaining).toContain(busy);
+        for (const m of marked) expect(remaining).not.toContain(m);
+        expect(farm.drained).toHaveLength(2);
+      } finally {
+        await farm.stop();
+      }
+    }),
+  );
+
+  it(
+    "writes a gateway-gone record when a gateway Pod goes away",
+    onFailure(async () => {
+      const pods = (
+        await kube.list<V1Pod>(
+          { apiVersion: "v1", kind: "Pod", namespace: NS },
+          "app.kubernetes.io/instance=alpha,app.kubernetes.io/component=gateway",
+        )
+      ).items;
+      const victim = pods[0]?.metadata?.name ?? "";
+      expect(victim).not.toBe("");
+      // The operator must have recorded the Pod before it can notice it is gone.
+      await waitFor(
+        "victim in status",
+        async () => (await getCluster("alpha")).status?.gateways?.some((g) => g.pod === victim) || undefined,
+      );
+      const kafka = new Kafka({ brokers: kafkaBrokers, logLevel: logLevel.NOTHING });
+      const consumer = kafka.consumer({ groupId: `test-gone-${suffix}` });
+      const records: Array<{ key: string; kind: number; gatewayId: string; epoch: bigint }> = [];
+      await consumer.connect();
+      await consumer.subscribe({ topic: `op-${suffix}-alpha.routing`, fromBeginning: true });
+      await consumer.run({
+        eachMessage: async ({ message }) => {
+          if (!message.value) return;
+          const r = fromBinary(SessionRecordSchema, message.value);
+          records.push({
+            key: message.key?.toString() ?? "",
+            kind: r.kind,
+            gatewayId: r.gatewayId,
+            epoch: r.gatewayEpoch,
+          });
+        },
+      });
+      try {
+        const deletedAt = Date.now();
+        await kubectl(["delete", "pod", victim, "-n", NS, "--wait=false"]);
+        const record = await waitFor("gone record", async () => records.find((r) => r.gatewayId === victim));
+        expect(record).toMatchObject({ key: `gone:${victim}`, kind: SessionRecordKind.GATEWAY_GONE });
+        expect(Number(record.epoch)).toBeGreaterThanOrEqual(deletedAt - 1000);
+        // No gateway that still runs is declared gone (earlier records come from the config roll).
+        const running = (
+          await kube.list<V1Pod>(
+            { apiVersion: "v1", kind: "Pod", namespace: NS },
+            "app.kubernetes.io/instance=alpha,app.kubernetes.io/component=gateway",
+          )
+        ).items.map((p) => p.metadata?.name ?? "");
+        expect(running).not.toContain(victim);
+        const goneIds = new Set(
+          records.filter((r) => r.kind === SessionRecordKind.GATEWAY_GONE).map((r) => r.gatewayId),
+        );
+        for (const pod of running) expect(goneIds.has(pod), pod).toBe(false);
+      } finally {
+        await consumer.disconnect();
+      }
+    }),
+  );
+
+  it(
+    "deletes everything it owns when the ChatCluster is deleted",
+    onFailure(async () => {
+      await kubectl(["delete", "chatcluster", "beta", "-n", NS, "--wait=true", "--timeout=60s"]);
+      await waitFor(
+        "beta's objects collected",
+        async () => (await ownedObjects("beta")).length === 0 || undefined,
+        60_000,
+      );
+      const pods = await kube.list<V1Pod>(
+        { apiVersion: "v1", kind: "Pod", namespace: NS },
+        "app.kubernetes.io/instance=beta",
+      );
+      await waitFor(
+        "beta's pods gone",
+        async () =>
+          (
+            await kube.list<V1Pod>(
+              { apiVersion: "v1", kind: "Pod", namespace: NS },
+              "app.kubernetes.io/instance=beta",
+            )
+          ).items.length === 0 || undefined,
+      );
+      expect(pods).toBeDefined();
+      // The other clusters are untouched.
+      expect((await ownedObjects("alpha")).length).toBeGreaterThan(0);
+    }),
+  );
+});
