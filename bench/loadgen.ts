@@ -52,15 +52,22 @@ export interface StepOptions {
   measureMs: number;
   /**
    * After the schedule ends, wait for outstanding deliveries and acks while they keep arriving:
-   * give up after this long without progress (or 30 s in all). What is missing then is "lost".
+   * give up after this long without progress (or `drainMaxMs` in all). What is missing then is "lost".
    */
   drainTimeoutMs: number;
+  /** The longest drain in all (default 30 s; a backlogged distributed step may need minutes). */
+  drainMaxMs?: number;
   /** Stop the schedule early once this many seconds of messages are outstanding (overload). */
   backlogSecondsMax: number;
   /** Optional resource probe of the server (CPU seconds) sampled over the measured window. */
   serverCpuSeconds?: () => number;
   /** Optional probe of the whole machine's busy CPU seconds, to expose foreign load. */
   machineBusySeconds?: () => number;
+  /**
+   * Optional probe of other processes that belong to the system under test (the Kafka and Cassandra
+   * JVMs of the distributed backend): CPU seconds by name. Counted apart, not as foreign load.
+   */
+  infraCpuSeconds?: () => Record<string, number>;
 }
 
 export interface StepResult {
@@ -77,6 +84,12 @@ export interface StepResult {
   error_reasons: Record<string, number>;
   stale: number;
   aborted: boolean;
+  /** Messages sent but not yet delivered when the schedule ended (a backlog, if many). */
+  backlog_at_end: number;
+  /** How long the drain after the schedule took (the backlog's tail). */
+  drain_seconds: number;
+  /** Deliveries of the step's messages per second, from its first scheduled send to its last delivery. */
+  delivered_per_second: number;
   latency: LatencySummary;
   ack_latency: LatencySummary;
   /** How late the generator sent (actual − scheduled): the generator's own share of the latency. */
@@ -85,7 +98,11 @@ export interface StepResult {
   generator_loop_delay_p99_ms: number;
   server_cpu_cores: number | null;
   server_cpu_us_per_msg: number | null;
-  /** CPU used by other processes on this machine during the window (neither server nor generator). */
+  /** CPU of the system's other processes (Kafka, Cassandra) during the window, cores by name. */
+  infra_cpu_cores?: Record<string, number>;
+  /** Server plus infra CPU per message sent in the window (the whole system's cost of a message). */
+  system_cpu_us_per_msg?: number | null;
+  /** CPU used by other processes on this machine during the window (neither server, infra nor generator). */
   other_cpu_cores: number | null;
   generator_bound: boolean;
 }
@@ -105,6 +122,7 @@ export class PairLoad {
   private lag: Histogram = newHistogram();
   private delivered = 0;
   private deliveredAll = 0;
+  private lastDeliveryAt = 0;
   private acked = 0;
   private ackedAll = 0;
   private dups = 0;
@@ -177,6 +195,7 @@ export class PairLoad {
     }
     this.state[i] = s | DELIVERED;
     this.deliveredAll++;
+    this.lastDeliveryAt = now;
     if (s & MEASURED) {
       this.delivered++;
       recordMs(this.lat, now - this.sched[i]!);
@@ -223,6 +242,7 @@ export class PairLoad {
     this.ackLat = newHistogram();
     this.lag = newHistogram();
     this.delivered = this.deliveredAll = this.acked = this.ackedAll = 0;
+    this.lastDeliveryAt = 0;
     this.dups = this.errors = this.stale = 0;
     this.errorReasons = {};
     const loop = monitorEventLoopDelay({ resolution: 1 });
@@ -241,6 +261,7 @@ export class PairLoad {
     let cpuStart = process.cpuUsage();
     let serverCpuStart = 0;
     let machineStart = 0;
+    let infraStart: Record<string, number> = {};
     let measuredSent = 0;
     const t0 = performance.now() + 2;
     await new Promise<void>((resolve) => {
@@ -255,6 +276,7 @@ export class PairLoad {
             loop.enable();
             serverCpuStart = o.serverCpuSeconds?.() ?? 0;
             machineStart = o.machineBusySeconds?.() ?? 0;
+            infraStart = o.infraCpuSeconds?.() ?? {};
           }
           const g = gBase + k;
           const i = g & MASK;
@@ -279,12 +301,14 @@ export class PairLoad {
       const timer = setInterval(tick, 1);
     });
     const cpu = process.cpuUsage(cpuStart);
+    const backlogAtEnd = k - this.deliveredAll;
     loop.disable();
     const serverCpuEnd = o.serverCpuSeconds?.() ?? 0;
     const machineEnd = o.machineBusySeconds?.() ?? 0;
+    const infraEnd = o.infraCpuSeconds?.() ?? {};
     const windowS = measureStart > 0 ? (measureEnd - measureStart) / 1000 : 0;
 
-    const drainEnd = performance.now() + Math.max(30_000, o.drainTimeoutMs);
+    const drainEnd = performance.now() + Math.max(o.drainMaxMs ?? 30_000, o.drainTimeoutMs);
     let lastProgress = performance.now();
     let seen = this.deliveredAll + this.ackedAll;
     while ((this.deliveredAll < k || this.ackedAll < k) && performance.now() < drainEnd) {
@@ -295,12 +319,21 @@ export class PairLoad {
         lastProgress = now;
       } else if (now - lastProgress > o.drainTimeoutMs) break;
     }
+    const drainSeconds = (performance.now() - measureEnd) / 1000;
     const genCores = windowS > 0 ? (cpu.user + cpu.system) / 1e6 / windowS : 0;
     const serverCores = o.serverCpuSeconds && windowS > 0 ? (serverCpuEnd - serverCpuStart) / windowS : null;
     const sendLag = summarize(this.lag);
+    const infraCores: Record<string, number> = {};
+    let infraSeconds = 0;
+    if (o.infraCpuSeconds && windowS > 0)
+      for (const [name, end] of Object.entries(infraEnd)) {
+        const used = end - (infraStart[name] ?? end);
+        infraSeconds += used;
+        infraCores[name] = Math.round((used / windowS) * 100) / 100;
+      }
     const otherCores =
       o.machineBusySeconds && serverCores !== null && windowS > 0
-        ? Math.max(0, (machineEnd - machineStart) / windowS - serverCores - genCores)
+        ? Math.max(0, (machineEnd - machineStart - infraSeconds) / windowS - serverCores - genCores)
         : null;
     const loopP99 = windowS > 0 ? loop.percentile(99) / 1e6 : 0;
     return {
@@ -316,6 +349,10 @@ export class PairLoad {
       error_reasons: this.errorReasons,
       stale: this.stale,
       aborted,
+      backlog_at_end: backlogAtEnd,
+      drain_seconds: Math.round(drainSeconds * 100) / 100,
+      delivered_per_second:
+        this.lastDeliveryAt > t0 ? Math.round(this.deliveredAll / ((this.lastDeliveryAt - t0) / 1000)) : 0,
       latency: summarize(this.lat),
       ack_latency: summarize(this.ackLat),
       send_lag: sendLag,
@@ -326,6 +363,15 @@ export class PairLoad {
         serverCores === null || measuredSent === 0
           ? null
           : Math.round(((serverCpuEnd - serverCpuStart) * 1e6) / measuredSent),
+      ...(o.infraCpuSeconds
+        ? {
+            infra_cpu_cores: infraCores,
+            system_cpu_us_per_msg:
+              serverCores === null || measuredSent === 0
+                ? null
+                : Math.round(((serverCpuEnd - serverCpuStart + infraSeconds) * 1e6) / measuredSent),
+          }
+        : {}),
       other_cpu_cores: otherCores === null ? null : Math.round(otherCores * 100) / 100,
       // The generator could not hold the schedule because it ran out of CPU (its lag under foreign
       // load is reported, and counted in the latency, but does not make the step generator-bound).

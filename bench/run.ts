@@ -1,5 +1,6 @@
 /**
- * `npm run bench`: the embedded platform's headline figures on this machine.
+ * `npm run bench`: the platform's headline figures on this machine, on the embedded backend (default)
+ * or, with `--backend distributed`, on real Kafka + Cassandra (test/infra, started or reused).
  *
  *   1. 1:1 send→deliver latency (and ack latency) at fixed open-loop rates, from the scheduled send
  *      time (no coordinated omission), HDR histograms; pairs of sender/receiver connections.
@@ -8,8 +9,11 @@
  *   3. RSS per idle authenticated connection (G1) on a fresh server.
  *   +  a bare-ws baseline (same wire shapes, no platform) at the headline rates: the day's floor.
  *
- * The server runs on core 0 and this generator on core 1 (taskset) when available. Each server gets
- * a fresh temporary data dir and is killed at the end, on error and on SIGINT.
+ * The server runs on core 0 and this generator on core 1 (taskset) when available (embedded only: in
+ * distributed mode the Kafka and Cassandra JVMs share the same cores, so nothing is pinned unless
+ * asked). Each server gets a fresh temporary data dir and is killed at the end, on error and on
+ * SIGINT. The distributed mode also gets a fresh topic prefix and keyspace, dropped at the end, and
+ * measures the Cassandra batch writer on its own (bench/writer.ts).
  * Options: --help. Every option can also be given as BENCH_<NAME> (e.g. BENCH_QUICK=1).
  */
 import { execFileSync } from "node:child_process";
@@ -19,6 +23,7 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { mintTokens } from "./client.js";
 import { type IdleResult, runIdle } from "./idle.js";
+import { dropRunState, ensureInfra, InfraCpu, type InfraEnv, type RunNames, runNames } from "./infra.js";
 import { PairLoad, type StepResult } from "./loadgen.js";
 import { hasPerf, PerfRecording } from "./perf.js";
 import { formatProfile, type ProfileSummary, summarizeProfile } from "./profile.js";
@@ -31,12 +36,17 @@ import {
   ServerProcess,
 } from "./server.js";
 import { type Encoding, selfCheck } from "./wire.js";
+import { runWriter, type WriterResult } from "./writer.js";
 
 const OPTIONS = {
+  backend: {
+    type: "string",
+    doc: "embedded (default) or distributed: real Kafka + Cassandra from test/infra/up.sh (started or reused, left running), a fresh topic prefix and keyspace per run (dropped at the end unless --keep-data), plus the Cassandra writer phase (baseline and idle are embedded-only)",
+  },
   quick: { type: "boolean", doc: "short run (~1 min): 3 s steps, 2,000 idle connections" },
   rates: {
     type: "string",
-    doc: "ladder rates, msgs/s (default 500,1000,2500,5000,7500,10000,15000,20000,25000,30000,40000,50000); 1000 and 5000 are measured even after the ladder stops",
+    doc: "ladder rates, msgs/s (default 500,1000,2500,5000,7500,10000,15000,20000,25000,30000,40000,50000; distributed 25,50,100,250,500,1000,2500,5000,7500,10000); 1000 and 5000 are measured even after the ladder stops",
   },
   "step-seconds": { type: "string", doc: "measured seconds per step (default 10; quick 3)" },
   "warmup-seconds": {
@@ -45,11 +55,19 @@ const OPTIONS = {
   },
   "initial-warmup-seconds": {
     type: "string",
-    doc: "warm-up at 1,000/s before the ladder (default 5; quick 2)",
+    doc: "warm-up before the ladder (default 5; distributed 10; quick 2)",
+  },
+  "initial-warmup-rate": {
+    type: "string",
+    doc: "rate of the warm-up before the ladder, msgs/s (default 1000; distributed 50, below its knee)",
   },
   "drain-seconds": {
     type: "string",
-    doc: "after a step, stop waiting for stragglers after this long without progress (default 3; 30 s in all); missing = lost",
+    doc: "after a step, stop waiting for stragglers after this long without progress (default 3); missing = lost",
+  },
+  "drain-max-seconds": {
+    type: "string",
+    doc: "after a step, stop waiting for stragglers after this long in all (default 30; distributed 180, so a backlog is measured out, not counted as lost)",
   },
   pairs: { type: "string", doc: "sender→receiver connection pairs (default 100)" },
   "body-bytes": { type: "string", doc: "message body size (default 100)" },
@@ -60,9 +78,44 @@ const OPTIONS = {
     doc: "idle authenticated connections for the RSS test (default 10000; quick 2000; max ~19000)",
   },
   "baseline-rates": { type: "string", doc: "bare-ws baseline rates (default 1000,5000)" },
-  skip: { type: "string", doc: "comma list of phases to skip: ladder, baseline, idle" },
-  "server-cpus": { type: "string", doc: "taskset CPU list for the server (default 0)" },
-  "generator-cpus": { type: "string", doc: "taskset CPU list for this generator (default 1)" },
+  skip: {
+    type: "string",
+    doc: "comma list of phases to skip: ladder, writer (distributed), baseline, idle (embedded)",
+  },
+  "kafka-partitions": {
+    type: "string",
+    doc: "distributed: partitions of the run's message topics (default 12, the server's default)",
+  },
+  "writer-rows-per-call": {
+    type: "string",
+    doc: "distributed writer phase: rows per write() call, one measured shape each (default 1,10,50)",
+  },
+  "writer-seconds": { type: "string", doc: "writer phase: measured seconds per shape (default 10; quick 3)" },
+  "writer-conversations": { type: "string", doc: "writer phase: conversations written (default 1000)" },
+  "writer-callers": {
+    type: "string",
+    doc: "writer phase: concurrent write() callers (default 256, above the in-flight bound)",
+  },
+  "writer-fence-entries": {
+    type: "string",
+    doc: "writer phase: entries per sequencer fence call (CassandraSequencerStore.assign), one shape each (default 1,10; 0 = none)",
+  },
+  "writer-fence-callers": {
+    type: "string",
+    doc: "writer phase: concurrent fence callers, each on conversations of its own (default 64)",
+  },
+  "writer-in-flight": {
+    type: "string",
+    doc: "writer phase: the store's in-flight request bound (default 64, as in the server)",
+  },
+  "server-cpus": {
+    type: "string",
+    doc: "taskset CPU list for the server (default 0; distributed: unpinned unless given)",
+  },
+  "generator-cpus": {
+    type: "string",
+    doc: "taskset CPU list for this generator (default 1; distributed: unpinned unless given)",
+  },
   "no-pin": { type: "boolean", doc: "do not use taskset" },
   "cpu-prof": {
     type: "boolean",
@@ -160,22 +213,30 @@ interface Verdict {
 }
 
 /**
- * Waits (up to maxWaitMs) until processes other than the server and this generator use less than
- * `threshold` cores over a 1 s window; returns the last foreign load seen. Other work on a 2-core
- * box shows up directly in p99, so every step records it (other_cpu_cores) either way.
+ * Waits (up to maxWaitMs) until processes other than the server, its Kafka/Cassandra (`infra`) and
+ * this generator use less than `threshold` cores over a 1 s window; returns the last foreign load
+ * seen. Other work on a 2-core box shows up directly in p99, so every step records it
+ * (other_cpu_cores) either way.
  */
-async function waitQuiet(server: ServerProcess, threshold: number, maxWaitMs: number): Promise<number> {
+async function waitQuiet(
+  server: ServerProcess,
+  threshold: number,
+  maxWaitMs: number,
+  infra?: InfraCpu,
+): Promise<number> {
   const deadline = performance.now() + maxWaitMs;
   let announced = false;
   for (;;) {
     const m0 = machineBusySeconds();
     const s0 = server.cpuSeconds();
+    const i0 = infra?.total() ?? 0;
     const g0 = process.cpuUsage();
     const t0 = performance.now();
     await sleep(1000);
     const dt = (performance.now() - t0) / 1000;
     const g = process.cpuUsage(g0);
-    const foreign = (machineBusySeconds() - m0 - (server.cpuSeconds() - s0) - (g.user + g.system) / 1e6) / dt;
+    const own = server.cpuSeconds() - s0 + (infra?.total() ?? 0) - i0 + (g.user + g.system) / 1e6;
+    const foreign = (machineBusySeconds() - m0 - own) / dt;
     if (foreign < threshold || performance.now() >= deadline) {
       if (announced || foreign >= threshold)
         log(
@@ -197,6 +258,12 @@ function verdict(r: StepResult, extraClosed: number): Verdict {
   if (r.errors > 0) problems.push(`${r.errors} errors`);
   if (r.duplicates > 0) problems.push(`${r.duplicates} dup`);
   if (r.aborted) problems.push("backlog abort");
+  // More than a second of messages still undelivered when the schedule ended: the step was not held,
+  // whatever its percentiles (they then depend on the step's length).
+  else if (r.backlog_at_end > r.rate)
+    problems.push(
+      `backlog ${(r.backlog_at_end / r.rate).toFixed(1)} s, ${r.delivered_per_second}/s delivered`,
+    );
   if (extraClosed > 0) problems.push(`${extraClosed} closed`);
   if (r.generator_bound) problems.push("GENERATOR-BOUND");
   const clean = problems.length === 0;
@@ -273,6 +340,10 @@ function table(title: string, rows: Array<{ r: StepResult; v?: Verdict }>): stri
     "other",
     "verdict",
   ];
+  // Distributed: the Kafka and Cassandra JVMs' cores and the whole system's CPU per message.
+  const infraNames = [...new Set(rows.flatMap(({ r }) => Object.keys(r.infra_cpu_cores ?? {})))];
+  if (infraNames.length > 0)
+    head.splice(head.indexOf("gen core"), 0, ...infraNames.map((n) => `${n} core`), "sys µs/msg");
   const body = rows.map(({ r, v }) => [
     String(r.rate),
     String(r.offered_rate),
@@ -288,6 +359,14 @@ function table(title: string, rows: Array<{ r: StepResult; v?: Verdict }>): stri
     f(r.send_lag.p99_ms),
     f(r.server_cpu_cores),
     r.server_cpu_us_per_msg === null ? "-" : String(r.server_cpu_us_per_msg),
+    ...(infraNames.length > 0
+      ? [
+          ...infraNames.map((n) => f(r.infra_cpu_cores?.[n])),
+          r.system_cpu_us_per_msg === null || r.system_cpu_us_per_msg === undefined
+            ? "-"
+            : String(r.system_cpu_us_per_msg),
+        ]
+      : []),
     f(r.generator_cpu_cores),
     f(r.other_cpu_cores),
     v?.why ?? "",
@@ -309,7 +388,9 @@ async function runLadder(
     stepMs: number;
     warmupMs: number;
     initialWarmupMs: number;
+    initialWarmupRate: number;
     drainMs: number;
+    drainMaxMs: number;
     nodeArgs: string[];
     keepData: boolean;
     dataRoot: string;
@@ -322,6 +403,8 @@ async function runLadder(
     perfRate?: number;
     quietThreshold: number;
     quietWaitMs: number;
+    /** Distributed backend: `start` arguments, environment, and the JVMs whose CPU the steps account for. */
+    distributed?: { args: string[]; env: Record<string, string>; infra: InfraCpu };
   },
 ): Promise<{
   steps: Array<{ r: StepResult; v: Verdict }>;
@@ -329,10 +412,12 @@ async function runLadder(
   rssKb: number;
   perf?: PerfRecording;
 }> {
+  const dist = kind === "switchboard" ? o.distributed : undefined;
   const server = await ServerProcess.start({
     kind,
     cpus: o.serverCpus,
-    env: SERVER_ENV,
+    env: { ...SERVER_ENV, ...dist?.env },
+    ...(dist ? { args: dist.args, startTimeoutMs: 180_000 } : {}),
     nodeArgs: o.nodeArgs,
     keepData: o.keepData,
     nice: o.nice,
@@ -354,13 +439,14 @@ async function runLadder(
   let perf: PerfRecording | undefined;
   try {
     await load.connect();
-    log(`  ${o.pairs} pairs connected; warm-up ${o.initialWarmupMs / 1000} s at 1000/s`);
+    log(`  ${o.pairs} pairs connected; warm-up ${o.initialWarmupMs / 1000} s at ${o.initialWarmupRate}/s`);
     const cpuProbe = () => server.cpuSeconds();
     const warm = await load.runStep({
-      rate: 1000,
+      rate: o.initialWarmupRate,
       warmupMs: 0,
       measureMs: o.initialWarmupMs,
       drainTimeoutMs: o.drainMs,
+      drainMaxMs: o.drainMaxMs,
       backlogSecondsMax: 10,
     });
     log(`  warm-up: ${warm.delivered}/${warm.sent} delivered, p99 ${f(warm.latency.p99_ms)} ms`);
@@ -372,7 +458,7 @@ async function runLadder(
       // the attempt that saw the least foreign load is kept, whatever its latency.
       for (let attempt = 1; attempt <= 1 + o.retries; attempt++) {
         const closedBefore = load.closedUnexpectedly;
-        await waitQuiet(server, o.quietThreshold, o.quietWaitMs);
+        await waitQuiet(server, o.quietThreshold, o.quietWaitMs, dist?.infra);
         if (rate === o.perfRate && !perf) {
           perf = new PerfRecording(server.pid, join(o.dataRoot, `switchboard-bench-perf-${server.pid}.data`));
           perf.start(o.warmupMs, Math.max(1, Math.floor(o.stepMs / 1000)));
@@ -383,10 +469,12 @@ async function runLadder(
           warmupMs: o.warmupMs,
           measureMs: o.stepMs,
           drainTimeoutMs: o.drainMs,
+          drainMaxMs: o.drainMaxMs,
           // Past the ladder's failure a headline rate runs its whole schedule (bounded at 15 s of backlog).
           backlogSecondsMax: stopped ? 15 : 3,
           serverCpuSeconds: cpuProbe,
           machineBusySeconds,
+          ...(dist ? { infraCpuSeconds: () => dist.infra.seconds() } : {}),
         });
         if (m0) r.server_stages = stageDelta(m0, await stageMetrics(server));
         const v = verdict(r, load.closedUnexpectedly - closedBefore);
@@ -394,8 +482,13 @@ async function runLadder(
         if (stopped) v.why += " (after ladder stop)";
         if (!step || (r.other_cpu_cores ?? 0) < (step.r.other_cpu_cores ?? 0)) step = { r, v };
         const st = r.server_stages;
+        const jvm = r.infra_cpu_cores
+          ? `, ${Object.entries(r.infra_cpu_cores)
+              .map(([n, c]) => `${n} ${f(c)}`)
+              .join(", ")}`
+          : "";
         log(
-          `  ${String(rate).padStart(6)}/s:${st ? ` [server: append ${f(st.append_mean_ms)} ms, router batch ${f(st.router_batch_mean_ms)} ms × ${st.router_batches} (${f(st.messages_per_router_batch, 1)} msgs)]` : ""} sent ${r.offered_rate}/s, p50 ${f(r.latency.p50_ms)} p99 ${f(r.latency.p99_ms)} p99.9 ${f(r.latency.p999_ms)} max ${f(r.latency.max_ms)} ms; ack p99 ${f(r.ack_latency.p99_ms)}; server ${f(r.server_cpu_cores)} cores, gen ${f(r.generator_cpu_cores)}, other ${f(r.other_cpu_cores)} → ${v.why}`,
+          `  ${String(rate).padStart(6)}/s:${st ? ` [server: append ${f(st.append_mean_ms)} ms, router batch ${f(st.router_batch_mean_ms)} ms × ${st.router_batches} (${f(st.messages_per_router_batch, 1)} msgs)]` : ""} sent ${r.offered_rate}/s, p50 ${f(r.latency.p50_ms)} p99 ${f(r.latency.p99_ms)} p99.9 ${f(r.latency.p999_ms)} max ${f(r.latency.max_ms)} ms; ack p99 ${f(r.ack_latency.p99_ms)}; server ${f(r.server_cpu_cores)} cores${jvm}, gen ${f(r.generator_cpu_cores)}, other ${f(r.other_cpu_cores)} → ${v.why}`,
         );
         if (!server.running) throw new Error(`server exited: ${server.tail()}`);
         if (v.ok10 || stopped || !v.why.includes("CONTENDED")) break;
@@ -447,6 +540,86 @@ function maxRate(steps: Array<{ r: StepResult; v: Verdict }>, key: "ok10" | "ok5
   };
 }
 
+function writerTable(w: WriterResult): string {
+  const head = [
+    "rows/call",
+    "rows/s",
+    "calls/s",
+    "call p50",
+    "call p99",
+    "call max",
+    "cass core",
+    "cass µs/row",
+    "client core",
+    "other",
+    "errors",
+    "read-back",
+  ];
+  const body = w.shapes.map((s) => [
+    String(s.rows_per_call),
+    String(s.rows_per_second),
+    String(s.calls_per_second),
+    f(s.call_latency.p50_ms),
+    f(s.call_latency.p99_ms),
+    f(s.call_latency.max_ms),
+    f(s.cassandra_cpu_cores),
+    s.cassandra_cpu_us_per_row === null ? "-" : String(s.cassandra_cpu_us_per_row),
+    f(s.client_cpu_cores),
+    f(s.other_cpu_cores),
+    String(s.errors),
+    s.verified ? "ok" : "MISMATCH",
+  ]);
+  const widths = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i]!.length)));
+  const line = (cells: string[]) => cells.map((c, i) => c.padStart(widths[i]!)).join("  ");
+  const s0 = w.shapes[0];
+  return [
+    `Cassandra batch writer (CassandraMessageStore.write, ${s0?.conversations ?? "?"} conversations, ${s0?.callers ?? "?"} callers, ${s0?.in_flight_max ?? "?"} requests in flight), ${s0?.measured_seconds ?? "?"} s per shape:`,
+    line(head),
+    line(widths.map((x) => "-".repeat(x))),
+    ...body.map(line),
+    `  writer rows/s: ${w.best ? `${w.best.rows_per_second} (${w.best.rows_per_call} rows per call)` : "none (every shape failed)"}`,
+    ...(w.fence.length > 0 ? ["", fenceTable(w)] : []),
+  ].join("\n");
+}
+
+function fenceTable(w: WriterResult): string {
+  const head = [
+    "entries/assign",
+    "assigns/s",
+    "seqs/s",
+    "p50",
+    "p99",
+    "max",
+    "cass core",
+    "cass µs/assign",
+    "client core",
+    "other",
+    "errors",
+  ];
+  const body = w.fence.map((s) => [
+    String(s.entries_per_assign),
+    String(s.assigns_per_second),
+    String(s.entries_per_second),
+    f(s.assign_latency.p50_ms),
+    f(s.assign_latency.p99_ms),
+    f(s.assign_latency.max_ms),
+    f(s.cassandra_cpu_cores),
+    s.cassandra_cpu_us_per_assign === null ? "-" : String(s.cassandra_cpu_us_per_assign),
+    f(s.client_cpu_cores),
+    f(s.other_cpu_cores),
+    String(s.errors + s.not_applied),
+  ]);
+  const widths = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i]!.length)));
+  const line = (cells: string[]) => cells.map((c, i) => c.padStart(widths[i]!)).join("  ");
+  const s0 = w.fence[0];
+  return [
+    `Sequencer fence (CassandraSequencerStore.assign: one Paxos round per call, ${s0?.callers ?? "?"} callers over ${s0?.conversations ?? "?"} conversations), ms:`,
+    line(head),
+    line(widths.map((x) => "-".repeat(x))),
+    ...body.map(line),
+  ].join("\n");
+}
+
 async function main(): Promise<void> {
   const opts = readOptions();
   if (opts.help) {
@@ -457,18 +630,27 @@ async function main(): Promise<void> {
   }
   selfCheck();
   const quick = opts.quick ?? false;
+  const backend = opts.backend ?? "embedded";
+  if (backend !== "embedded" && backend !== "distributed")
+    throw new Error("--backend must be embedded or distributed");
+  const distributed = backend === "distributed";
   const skip = new Set(
     (opts.skip ?? "")
       .split(",")
       .map((s) => s.trim())
       .filter(Boolean),
   );
+  // The bare-ws baseline and the idle-connection test do not depend on the storage backend: the
+  // embedded mode measures them.
+  if (distributed) for (const phase of ["baseline", "idle"]) skip.add(phase);
   const encoding = (opts.encoding ?? "binary") as Encoding;
   if (encoding !== "binary" && encoding !== "json") throw new Error("--encoding must be binary or json");
   const pin = !opts["no-pin"] && hasTaskset() && cpus().length >= 2;
-  const serverCpus = pin ? (opts["server-cpus"] ?? "0") : undefined;
-  const genCpus = opts["generator-cpus"] ?? "1";
-  const pinned = pin ? pinSelf(genCpus) : false;
+  // Distributed: Kafka and Cassandra run on the same cores, so by default nothing is pinned (the
+  // server's Kafka/Cassandra clients and the JVMs' threads are better left to the scheduler).
+  const serverCpus = pin ? (opts["server-cpus"] ?? (distributed ? undefined : "0")) : undefined;
+  const genCpus = opts["generator-cpus"] ?? (distributed ? undefined : "1");
+  const pinned = pin && genCpus !== undefined ? pinSelf(genCpus) : false;
   const common = {
     serverCpus,
     pairs: num(opts.pairs, 100),
@@ -477,8 +659,10 @@ async function main(): Promise<void> {
     sendersLive: opts["senders-live"] ?? false,
     stepMs: num(opts["step-seconds"], quick ? 3 : 10) * 1000,
     warmupMs: num(opts["warmup-seconds"], quick ? 1 : 2) * 1000,
-    initialWarmupMs: num(opts["initial-warmup-seconds"], quick ? 2 : 5) * 1000,
+    initialWarmupMs: num(opts["initial-warmup-seconds"], quick ? 2 : distributed ? 10 : 5) * 1000,
+    initialWarmupRate: num(opts["initial-warmup-rate"], distributed ? 50 : 1000),
     drainMs: num(opts["drain-seconds"], 3) * 1000,
+    drainMaxMs: num(opts["drain-max-seconds"], distributed ? 180 : 30) * 1000,
     keepData: opts["keep-data"] ?? false,
     dataRoot: opts["data-root"] ?? tmpdir(),
     nice: num(opts.nice, 0),
@@ -491,17 +675,73 @@ async function main(): Promise<void> {
   if (common.realtime && !realtimeSelf()) throw new Error("--realtime: chrt failed (needs CAP_SYS_NICE)");
   const rates = list(
     opts.rates,
-    [500, 1000, 2500, 5000, 7500, 10_000, 15_000, 20_000, 25_000, 30_000, 40_000, 50_000],
+    distributed
+      ? [25, 50, 100, 250, 500, 1000, 2500, 5000, 7500, 10_000]
+      : [500, 1000, 2500, 5000, 7500, 10_000, 15_000, 20_000, 25_000, 30_000, 40_000, 50_000],
   );
   const baselineRates = list(opts["baseline-rates"], [1000, 5000]);
   const idleConns = num(opts["idle-conns"], quick ? 2000 : 10_000);
+  // Distributed: real Kafka and Cassandra (shared with the tests: reused if running, never stopped),
+  // and a topic prefix, consumer groups and keyspace of this run's own.
+  let dist:
+    | {
+        infraEnv: InfraEnv;
+        infra: InfraCpu;
+        names: RunNames;
+        partitions: number;
+        args: string[];
+        env: Record<string, string>;
+      }
+    | undefined;
+  if (distributed) {
+    log("distributed: starting or reusing Kafka and Cassandra (test/infra/up.sh kafka cassandra)");
+    const infraEnv = await ensureInfra(log);
+    const infra = new InfraCpu();
+    const names = runNames();
+    const partitions = num(opts["kafka-partitions"], 12);
+    dist = {
+      infraEnv,
+      infra,
+      names,
+      partitions,
+      args: ["--backend", "distributed"],
+      env: {
+        ...infraEnv,
+        SWITCHBOARD_KAFKA_TOPIC_PREFIX: names.topicPrefix,
+        SWITCHBOARD_KAFKA_PARTITIONS: String(partitions),
+        SWITCHBOARD_CASSANDRA_KEYSPACE: names.keyspace,
+      },
+    };
+    const d = dist;
+    runCleanup = async () => {
+      if (common.keepData) {
+        log(`kept keyspace ${d.names.keyspace} and topics ${d.names.topicPrefix}* (--keep-data)`);
+        return;
+      }
+      const problems = await dropRunState(d.infraEnv, d.names);
+      if (problems.length > 0) log(`cleanup: ${problems.join("; ")}`);
+      else log(`dropped keyspace ${d.names.keyspace}, topics and consumer groups ${d.names.topicPrefix}*`);
+    };
+  }
   const env = {
     node: process.version,
+    backend,
+    ...(dist
+      ? {
+          kafka_brokers: dist.infraEnv.KAFKA_BROKERS,
+          cassandra_contact_points: dist.infraEnv.CASSANDRA_CONTACT_POINTS,
+          topic_prefix: dist.names.topicPrefix,
+          keyspace: dist.names.keyspace,
+          kafka_partitions: dist.partitions,
+          jvm_pids: dist.infra.pids,
+          jvm_rss_kb_at_start: dist.infra.rssKb(),
+        }
+      : {}),
     cpu: cpus()[0]?.model ?? "?",
     cores: cpus().length,
     loadavg_at_start: loadavg().map((x) => Math.round(x * 100) / 100),
     server_cpus: serverCpus ?? "unpinned",
-    generator_cpus: pinned ? genCpus : "unpinned",
+    generator_cpus: pinned && genCpus !== undefined ? genCpus : "unpinned",
     data_root: common.dataRoot,
     data_fs: (() => {
       try {
@@ -524,11 +764,11 @@ async function main(): Promise<void> {
   };
   log(`switchboard bench: ${JSON.stringify(env)}`);
 
-  const summary: Record<string, unknown> = { bench: "switchboard-embedded", env };
+  const summary: Record<string, unknown> = { bench: `switchboard-${backend}`, env };
   const report: string[] = [];
   const trailer: string[] = [];
 
-  // 1 + 2: the latency ladder on the embedded platform.
+  // 1 + 2: the latency ladder on the platform (embedded, or distributed on Kafka + Cassandra).
   let profile: ProfileSummary | undefined;
   if (!skip.has("ladder")) {
     const profDir = opts["cpu-prof"]
@@ -550,6 +790,7 @@ async function main(): Promise<void> {
       stopOnFail: !opts["no-stop"],
       alwaysRates: [1000, 5000],
       ...(perfRate !== undefined ? { perfRate } : {}),
+      ...(dist ? { distributed: { args: dist.args, env: dist.env, infra: dist.infra } } : {}),
     });
     const perfReport = perf?.report();
     const code = await server.stop();
@@ -573,6 +814,8 @@ async function main(): Promise<void> {
         ack_latency: r.ack_latency,
         lost: r.lost,
         server_cpu_cores: r.server_cpu_cores,
+        ...(r.infra_cpu_cores ? { infra_cpu_cores: r.infra_cpu_cores } : {}),
+        verdict: steps.find((s) => s.r === r)?.v.why ?? "",
       };
     const m10 = maxRate(steps, "ok10");
     const m50 = maxRate(steps, "ok50");
@@ -584,12 +827,39 @@ async function main(): Promise<void> {
     summary.server_rss_after_ladder_kb = rssKb;
     report.push(
       table(
-        "Switchboard embedded, 1:1 send→deliver latency in ms from the scheduled send (open loop):",
+        `Switchboard ${backend}, 1:1 send→deliver latency in ms from the scheduled send (open loop):`,
         steps,
       ),
       maxLine(10, m10, steps[0]?.r.rate),
       maxLine(50, m50, steps[0]?.r.rate),
     );
+  }
+
+  // Distributed: the Cassandra batch writer on its own (no server running), on the run's keyspace.
+  let writer: WriterResult | undefined;
+  if (dist && !skip.has("writer")) {
+    const rowsPerCall = list(opts["writer-rows-per-call"], [1, 10, 50]);
+    log(`writer phase: CassandraMessageStore.write, ${rowsPerCall.join("/")} rows per call`);
+    writer = await runWriter({
+      env: dist.infraEnv,
+      keyspace: dist.names.keyspace,
+      rowsPerCall,
+      conversations: num(opts["writer-conversations"], 1000),
+      callers: num(opts["writer-callers"], 256),
+      inFlightMax: num(opts["writer-in-flight"], 64),
+      entriesPerAssign: list(opts["writer-fence-entries"], [1, 10]),
+      fenceCallers: num(opts["writer-fence-callers"], 64),
+      quietThreshold: common.quietThreshold,
+      quietWaitMs: Math.max(common.quietWaitMs, 30_000),
+      warmupMs: (quick ? 1 : 2) * 1000,
+      measureMs: num(opts["writer-seconds"], quick ? 3 : 10) * 1000,
+      bodyBytes: common.bodyBytes,
+      infra: dist.infra,
+      log,
+    });
+    summary.writer = writer;
+    summary.writer_rows_per_second = writer.best?.rows_per_second ?? null;
+    report.push(writerTable(writer));
   }
 
   // Baseline: bare ws with the same wire shapes, same generator, same pinning.
@@ -677,10 +947,17 @@ async function main(): Promise<void> {
   process.stdout.write(`\n${json}\n`);
 }
 
+/** Drops the distributed run's keyspace and topics (set once they exist); runs on success and failure. */
+let runCleanup: (() => Promise<void>) | undefined;
+
 main().then(
-  () => process.exit(0),
-  (err: unknown) => {
+  async () => {
+    await runCleanup?.();
+    process.exit(0);
+  },
+  async (err: unknown) => {
     log(`bench failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
+    await runCleanup?.().catch((e: unknown) => log(`cleanup failed: ${String(e)}`));
     process.exit(1);
   },
 );

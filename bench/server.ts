@@ -120,6 +120,10 @@ export interface StartOptions {
   realtime?: boolean;
   env?: Record<string, string>;
   nodeArgs?: string[];
+  /** Extra arguments of `switchboard start` (e.g. --backend distributed). */
+  args?: string[];
+  /** How long the server may take to print its start line (default 30 s). */
+  startTimeoutMs?: number;
   keepData?: boolean;
   /** Parent of the temporary data dir (default: the OS temp dir). */
   dataRoot?: string;
@@ -158,7 +162,8 @@ export class ServerProcess {
     const script = opts.kind === "switchboard" ? SWITCHBOARD_BIN : BARE_SERVER_BIN;
     if (!existsSync(script)) throw new Error(`${script} is missing: build first (npx tsc -p tsconfig.json)`);
     const nodeArgv = [...(opts.nodeArgs ?? []), script];
-    if (opts.kind === "switchboard") nodeArgv.push("start", "--port", "0", "--data-dir", dataDir);
+    if (opts.kind === "switchboard")
+      nodeArgv.push("start", "--port", "0", "--data-dir", dataDir, ...(opts.args ?? []));
     else nodeArgv.push("--port", "0");
     let argv = [process.execPath, ...nodeArgv];
     if (opts.cpus !== undefined && hasTaskset()) argv = ["taskset", "-c", opts.cpus, ...argv];
@@ -184,7 +189,12 @@ export class ServerProcess {
     });
     const lines = createInterface({ input: child.stdout! });
     const started = await new Promise<{ port: number }>((res, rej) => {
-      const timer = setTimeout(() => rej(new Error(`${opts.kind} server did not start within 30 s`)), 30_000);
+      const startMs = opts.startTimeoutMs ?? 30_000;
+      const timer = setTimeout(
+        () =>
+          rej(new Error(`${opts.kind} server did not start within ${startMs / 1000} s: ${server.tail()}`)),
+        startMs,
+      );
       lines.once("line", (line) => {
         clearTimeout(timer);
         try {
