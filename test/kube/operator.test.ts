@@ -4,9 +4,11 @@
  * and Cassandra (provisioning and gateway-gone records). Each scenario asserts the state in the API
  * server, Kafka or Cassandra; none trusts the operator's own account.
  */
-import { type ChildProcess, execFile, spawn } from "node:child_process";
+import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { once } from "node:events";
+import { writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fromBinary } from "@bufbuild/protobuf";
 import { KubeConfig, type V1ConfigMap, type V1Deployment, type V1Pod } from "@kubernetes/client-node";
@@ -18,48 +20,22 @@ import type { ChatCluster } from "../../operator/api/v1alpha1.js";
 import { KubeClient } from "../../operator/kube/client.js";
 import { ensureServer } from "../infra/servers.js";
 import { GatewayFarm } from "./fake-gateways.js";
+import { CHART_DIR, helm, kubectl as kubectlWith, kubeTools, root, type Tools, waitFor } from "./helpers.js";
 
-const root = join(import.meta.dirname, "..", "..");
-const CRD = join(root, "k8s", "crd", "chatclusters.switchboard.dev.yaml");
 const suffix = randomBytes(3).toString("hex");
 const NS = `sb-op-${suffix}`;
+/** Where the chart installs the operator's ServiceAccount, RBAC and Lease. */
+const SYSTEM_NS = `sb-op-sys-${suffix}`;
+const RELEASE = `sbop-${suffix}`;
 
-let env: Record<string, string>;
+let tools: Tools;
+/** A kubeconfig that authenticates as the chart's ServiceAccount: the operator runs with its RBAC. */
+let operatorKubeconfig: string;
 let kube: KubeClient;
 let kafkaBrokers: string[];
 let cassandraPoints: string[];
 
-async function kubectl(args: string[], input?: string): Promise<string> {
-  const child = execFile(env.KUBECTL!, [`--kubeconfig=${env.KUBECONFIG}`, ...args], { encoding: "utf8" });
-  if (input !== undefined) child.stdin?.end(input);
-  let out = "";
-  let err = "";
-  child.stdout?.on("data", (d: string) => (out += d));
-  child.stderr?.on("data", (d: string) => (err += d));
-  const [code] = (await once(child, "close")) as [number];
-  if (code !== 0) throw new Error(`kubectl ${args.join(" ")}: ${err || out}`);
-  return out;
-}
-
-async function waitFor<T>(
-  what: string,
-  fn: () => Promise<T | undefined | false>,
-  timeoutMs = 60_000,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await fn();
-      if (v !== undefined && v !== false) return v;
-    } catch (err) {
-      last = err;
-    }
-    if (Date.now() > deadline)
-      throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ""}`);
-    await new Promise((r) => setTimeout(r, 250));
-  }
-}
+const kubectl = (args: string[], input?: string) => kubectlWith(tools, args, input);
 
 /** One `switchboard operator` process; its log is kept for failures. */
 class OperatorProcess {
@@ -77,13 +53,13 @@ class OperatorProcess {
         "--http-host",
         "127.0.0.1",
         "--lease-namespace",
-        NS,
+        SYSTEM_NS,
         "--lease-name",
         `switchboard-operator-${suffix}`,
         "--poll-interval",
         "1s",
       ],
-      { env: { ...process.env, KUBECONFIG: env.KUBECONFIG }, stdio: ["ignore", "pipe", "pipe"] },
+      { env: { ...process.env, KUBECONFIG: operatorKubeconfig }, stdio: ["ignore", "pipe", "pipe"] },
     );
     this.child = child;
     child.stderr?.setEncoding("utf8").on("data", (d: string) => {
@@ -178,19 +154,61 @@ async function ownedObjects(name: string): Promise<Array<{ kind: string; name: s
   ).items.map((o) => ({ kind: o.kind, name: o.metadata.name, owners: o.metadata.ownerReferences ?? [] }));
 }
 
-beforeAll(async () => {
-  env = {
-    ...(await ensureServer("kube")),
-    ...(await ensureServer("kafka")),
-    ...(await ensureServer("cassandra")),
+/** A kubeconfig for the ServiceAccount, with a token from the TokenRequest API. */
+async function serviceAccountKubeconfig(namespace: string, serviceAccount: string): Promise<string> {
+  const token = (await kubectl(["create", "token", serviceAccount, "-n", namespace, "--duration=2h"])).trim();
+  const admin = new KubeConfig();
+  admin.loadFromFile(tools.KUBECONFIG);
+  const cluster = admin.getCurrentCluster();
+  if (!cluster) throw new Error("admin kubeconfig has no cluster");
+  const config = {
+    apiVersion: "v1",
+    kind: "Config",
+    clusters: [
+      {
+        name: "test",
+        cluster: {
+          server: cluster.server,
+          "certificate-authority-data": cluster.caData,
+          "certificate-authority": cluster.caFile,
+        },
+      },
+    ],
+    users: [{ name: serviceAccount, user: { token } }],
+    contexts: [{ name: "operator", context: { cluster: "test", user: serviceAccount } }],
+    "current-context": "operator",
   };
-  kafkaBrokers = env.KAFKA_BROKERS!.split(",");
-  cassandraPoints = env.CASSANDRA_CONTACT_POINTS!.split(",");
+  const path = join(tmpdir(), `switchboard-operator-${suffix}.kubeconfig`);
+  writeFileSync(path, JSON.stringify(config), { mode: 0o600 });
+  return path;
+}
+
+beforeAll(async () => {
+  tools = await kubeTools();
+  const storage = { ...(await ensureServer("kafka")), ...(await ensureServer("cassandra")) };
+  kafkaBrokers = (storage.KAFKA_BROKERS as string).split(",");
+  cassandraPoints = (storage.CASSANDRA_CONTACT_POINTS as string).split(",");
   const kc = new KubeConfig();
-  kc.loadFromFile(env.KUBECONFIG!);
+  kc.loadFromFile(tools.KUBECONFIG);
   kube = new KubeClient(kc);
-  await kubectl(["apply", "--server-side", "--force-conflicts", "-f", CRD]);
+  // The chart installs the CRD, the operator's ServiceAccount, least-privilege RBAC and its
+  // Deployment (a kwok Pod: it does not run). The operator under test runs here, as that account.
+  const installed = await helm(tools, [
+    "install",
+    RELEASE,
+    CHART_DIR,
+    "--namespace",
+    SYSTEM_NS,
+    "--create-namespace",
+    "--set",
+    "replicaCount=1",
+    "--wait",
+    "--timeout",
+    "120s",
+  ]);
+  if (installed.code !== 0) throw new Error(`helm install failed: ${installed.stderr}`);
   await kubectl(["wait", "--for=condition=Established", "--timeout=60s", "crd/chatclusters.switchboard.dev"]);
+  operatorKubeconfig = await serviceAccountKubeconfig(SYSTEM_NS, `${RELEASE}-switchboard-operator`);
   await kubectl(["create", "namespace", NS]);
   await kubectl(["label", "namespace", NS, "pod-security.kubernetes.io/enforce=restricted"]);
   await waitFor("default ServiceAccount", () => kubectl(["get", "serviceaccount", "default", "-n", NS]));
@@ -206,6 +224,8 @@ afterAll(async () => {
       () => "",
     );
   await kubectl(["delete", "namespace", NS, "--wait=false"]).catch(() => "");
+  await helm(tools, ["uninstall", RELEASE, "--namespace", SYSTEM_NS]).catch(() => undefined);
+  await kubectl(["delete", "namespace", SYSTEM_NS, "--wait=false"]).catch(() => "");
 });
 
 function onFailure(fn: () => Promise<void>): () => Promise<void> {
