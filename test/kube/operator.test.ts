@@ -41,6 +41,7 @@ const kubectl = (args: string[], input?: string) => kubectlWith(tools, args, inp
 class OperatorProcess {
   child: ChildProcess | undefined;
   log = "";
+  port = 0;
 
   async start(): Promise<void> {
     const child = spawn(
@@ -67,7 +68,12 @@ class OperatorProcess {
     });
     let out = "";
     child.stdout?.setEncoding("utf8").on("data", (d: string) => (out += d));
-    await waitFor("operator start", async () => out.includes('"status":"started"') || undefined, 30_000);
+    const line = await waitFor(
+      "operator start",
+      async () => out.split("\n").find((l) => l.includes('"status":"started"')),
+      30_000,
+    );
+    this.port = (JSON.parse(line) as { port: number }).port;
   }
 
   async kill(signal: NodeJS.Signals = "SIGKILL"): Promise<void> {
@@ -334,6 +340,18 @@ describe("operator against a real API server", () => {
       expect(cluster.status?.components?.router).toEqual({ replicas: 2, readyReplicas: 2 });
       expect(cluster.status?.components?.id).toEqual({ replicas: 2, readyReplicas: 2 });
       expect(cluster.metadata.finalizers).toContain("switchboard.dev/cleanup");
+
+      // Its metrics: reconciles timed, queue depth, watch silence, leadership.
+      const metrics = await (await fetch(`http://127.0.0.1:${operator.port}/metrics`)).text();
+      expect(metrics).toMatch(
+        /^switchboard_operator_reconcile_duration_seconds_count\{controller="chatcluster",result="success"\} [1-9]/m,
+      );
+      expect(metrics).toMatch(/^switchboard_operator_workqueue_depth\{queue="chatcluster"\} \d+/m);
+      expect(metrics).toMatch(
+        /^switchboard_operator_watch_seconds_since_last_event\{informer="chatclusters"\} /m,
+      );
+      expect(metrics).toMatch(/^switchboard_operator_leader 1$/m);
+      expect((await fetch(`http://127.0.0.1:${operator.port}/readyz`)).status).toBe(200);
 
       // What it did is on record as Events.
       const events = await kubectl(["get", "events.events.k8s.io", "-n", NS, "-o", "json"]);
