@@ -500,6 +500,8 @@ describe("operator against a real API server", () => {
           return pods.length === 2 ? pods.map((p) => p.metadata?.name ?? "").sort() : undefined;
         });
         expect(marked).not.toContain(busy);
+        // Each marked gateway is told to drain (the mark comes first, so wait for both calls).
+        await waitFor("Drain called on both", async () => farm.drained.length >= 2 || undefined, 10_000);
         expect([...farm.drained].sort()).toEqual(marked);
         await waitFor("gateway Deployment at 2", async () => {
           const d = await kube.get<V1Deployment>({
