@@ -26,6 +26,8 @@ import type { Push } from "../push/service.js";
 export const CONSUMER_GROUP = "router";
 /** Events queued per gateway stream before the router starts dropping (clients recover by sync). */
 export const GATEWAY_QUEUE_EVENTS_MAX = 100_000;
+/** Member-list reads in flight per routed batch. */
+const MEMBER_READS_CONCURRENT = 32;
 
 type DeliverInit = MessageInitShape<typeof DeliverRequestSchema>;
 
@@ -135,10 +137,14 @@ export class Router {
   private async route(batch: StoredMessage[]): Promise<void> {
     const started = performance.now();
     const { membership, inbox } = this.options.backends;
+    // Member lists of the batch's conversations, read concurrently (one read each): with a remote
+    // store, reading them one after another was most of a batch's time.
+    const conversations = [...new Set(batch.map((m) => m.conversationId))];
     const membersOf = new Map<string, string[]>();
-    for (const m of batch) {
-      if (!membersOf.has(m.conversationId))
-        membersOf.set(m.conversationId, await membership.members(m.conversationId));
+    for (let i = 0; i < conversations.length; i += MEMBER_READS_CONCURRENT) {
+      const slice = conversations.slice(i, i + MEMBER_READS_CONCURRENT);
+      const lists = await Promise.all(slice.map((c) => membership.members(c)));
+      slice.forEach((c, j) => membersOf.set(c, lists[j] ?? []));
     }
     const entries = batch.flatMap((m) =>
       (membersOf.get(m.conversationId) ?? []).map((userId) => ({

@@ -24,6 +24,9 @@ export interface KafkaLogOptions {
   log: Logger;
 }
 
+/** Partitions whose batches a consumer handles at the same time. */
+const PARTITIONS_CONSUMED_CONCURRENTLY = 4;
+
 export class KafkaMessageLog implements MessageLog {
   private readonly consumers = new Set<Consumer>();
 
@@ -79,6 +82,9 @@ export class KafkaMessageLog implements MessageLog {
     await consumer.run({
       autoCommit: false,
       eachBatchAutoResolve: false,
+      // Batches of different partitions are handled concurrently; one partition's batches (and so
+      // one conversation's messages) still run one after another, in order.
+      partitionsConsumedConcurrently: PARTITIONS_CONSUMED_CONCURRENTLY,
       eachBatch: async ({ batch, resolveOffset, commitOffsetsIfNecessary, heartbeat, isStale }) => {
         if (batch.messages.length === 0) return;
         const messages = batch.messages.map((m) => decodeMessage(m.value!));
