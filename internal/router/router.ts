@@ -144,7 +144,7 @@ export class Router {
     for (let i = 0; i < conversations.length; i += MEMBER_READS_CONCURRENT) {
       const slice = conversations.slice(i, i + MEMBER_READS_CONCURRENT);
       const lists = await Promise.all(slice.map((c) => membership.members(c)));
-      slice.forEach((c, j) => membersOf.set(c, lists[j] ?? []));
+      for (const [j, c] of slice.entries()) membersOf.set(c, lists[j] ?? []);
     }
     const entries = batch.flatMap((m) =>
       (membersOf.get(m.conversationId) ?? []).map((userId) => ({
