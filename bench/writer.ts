@@ -154,8 +154,7 @@ async function runShape(
   let turn = 0;
   let idSeq = 0;
   const hist = newHistogram();
-  let measuring = false;
-  let stopping = false;
+  const w: Window = { measuring: false, stopping: false };
   let rows = 0;
   let calls = 0;
   let errors = 0;
@@ -163,7 +162,7 @@ async function runShape(
   const now = Date.now();
 
   const caller = async () => {
-    while (!stopping) {
+    while (!w.stopping) {
       const c = turn++ % o.conversations;
       const first = next[c]! + 1;
       next[c] = next[c]! + rowsPerCall;
@@ -185,7 +184,7 @@ async function runShape(
         await stores.messages.write(batch);
         acked[c] = acked[c]! + rowsPerCall;
         // Throughput: rows whose write completed within the window, whenever it was issued.
-        if (measuring) {
+        if (w.measuring) {
           recordMs(hist, performance.now() - t);
           rows += rowsPerCall;
           calls++;
@@ -194,32 +193,17 @@ async function runShape(
         errors++;
         errorSample ??= err instanceof Error ? err.message : String(err);
         dirty[c] = true; // a failed call leaves a hole: the read-back skips this conversation
-        if (errors > 100) stopping = true;
+        if (errors > 100) w.stopping = true;
       }
     }
   };
 
-  const running = Array.from({ length: o.callers }, caller);
-  await new Promise((r) => setTimeout(r, o.warmupMs));
-  const cpu0 = process.cpuUsage();
-  const infra0 = o.infra.seconds();
-  const machine0 = machineBusySeconds();
-  const t0 = performance.now();
-  measuring = true;
-  await new Promise((r) => setTimeout(r, o.measureMs));
-  measuring = false;
-  const t1 = performance.now();
-  const cpu = process.cpuUsage(cpu0);
-  const infra1 = o.infra.seconds();
-  const machine1 = machineBusySeconds();
-  stopping = true;
-  await Promise.all(running);
-
-  const secs = (t1 - t0) / 1000;
-  const client = (cpu.user + cpu.system) / 1e6 / secs;
-  const cass = (infra1.cassandra! - infra0.cassandra!) / secs;
-  const kafka = (infra1.kafka! - infra0.kafka!) / secs;
-  const other = Math.max(0, (machine1 - machine0) / secs - client - cass - kafka);
+  const { secs, client, cassandraSeconds, kafka, other } = await measureWindow(
+    o,
+    w,
+    Array.from({ length: o.callers }, caller),
+  );
+  const cass = cassandraSeconds / secs;
 
   // Read back a sample: the newest stored seq of a conversation is what was acknowledged for it.
   let verified = true;
@@ -249,8 +233,7 @@ async function runShape(
     kafka_cpu_cores: r2(kafka),
     client_cpu_cores: r2(client),
     other_cpu_cores: r2(other),
-    cassandra_cpu_us_per_row:
-      rows > 0 ? Math.round(((infra1.cassandra! - infra0.cassandra!) * 1e6) / rows) : null,
+    cassandra_cpu_us_per_row: rows > 0 ? Math.round((cassandraSeconds * 1e6) / rows) : null,
     verified,
   };
 }
@@ -282,18 +265,17 @@ async function runFence(
   const perCaller = Math.max(1, Math.floor(o.conversations / callers));
   const conversations = perCaller * callers;
   const hist = newHistogram();
-  let measuring = false;
-  let stopping = false;
+  const w: Window = { measuring: false, stopping: false };
   let assigns = 0;
   let notApplied = 0;
   let errors = 0;
   let errorSample: string | null = null;
   let idSeq = 0;
 
-  const caller = async (w: number) => {
-    const convs = Array.from({ length: perCaller }, (_, i) => `bench-fence-${entries}-${w}-${i}`);
+  const caller = async (index: number) => {
+    const convs = Array.from({ length: perCaller }, (_, i) => `bench-fence-${entries}-${index}-${i}`);
     const heads = new Array<number>(perCaller).fill(0);
-    for (let turn = 0; !stopping; turn++) {
+    for (let turn = 0; !w.stopping; turn++) {
       const i = turn % perCaller;
       const head = heads[i]!;
       const batch = Array.from({ length: entries }, (_, k) => {
@@ -312,7 +294,7 @@ async function runFence(
           notApplied++;
           heads[i] = await stores.sequencer.head(convs[i]!);
         }
-        if (measuring && applied) {
+        if (w.measuring && applied) {
           recordMs(hist, performance.now() - t);
           assigns++;
         }
@@ -320,32 +302,21 @@ async function runFence(
         errors++;
         errorSample ??= err instanceof Error ? err.message : String(err);
         heads[i] = await stores.sequencer.head(convs[i]!).catch(() => head);
-        if (errors > 100) stopping = true;
+        if (errors > 100) w.stopping = true;
       }
     }
   };
 
-  const running = Array.from({ length: callers }, (_, w) => caller(w));
-  await new Promise((r) => setTimeout(r, o.warmupMs));
-  const cpu0 = process.cpuUsage();
-  const infra0 = o.infra.seconds();
-  const machine0 = machineBusySeconds();
-  const t0 = performance.now();
-  measuring = true;
-  await new Promise((r) => setTimeout(r, o.measureMs));
-  measuring = false;
-  const t1 = performance.now();
-  const cpu = process.cpuUsage(cpu0);
-  const infra1 = o.infra.seconds();
-  const machine1 = machineBusySeconds();
-  stopping = true;
-  await Promise.all(running);
-
-  const secs = (t1 - t0) / 1000;
-  const client = (cpu.user + cpu.system) / 1e6 / secs;
-  const cassSeconds = infra1.cassandra! - infra0.cassandra!;
-  const kafka = (infra1.kafka! - infra0.kafka!) / secs;
-  const other = Math.max(0, (machine1 - machine0) / secs - client - cassSeconds / secs - kafka);
+  const {
+    secs,
+    client,
+    cassandraSeconds: cassSeconds,
+    other,
+  } = await measureWindow(
+    o,
+    w,
+    Array.from({ length: callers }, (_, i) => caller(i)),
+  );
   return {
     entries_per_assign: entries,
     conversations,
@@ -363,4 +334,41 @@ async function runFence(
     other_cpu_cores: r2(other),
     cassandra_cpu_us_per_assign: assigns > 0 ? Math.round((cassSeconds * 1e6) / assigns) : null,
   };
+}
+
+/** Flags shared with a phase's callers: record while `measuring`, return once `stopping`. */
+interface Window {
+  measuring: boolean;
+  stopping: boolean;
+}
+
+/**
+ * Lets the callers warm up, measures for `measureMs` (this process's, the JVMs' and the machine's
+ * CPU), then stops the callers and waits for them.
+ */
+async function measureWindow(
+  o: Pick<WriterOptions, "warmupMs" | "measureMs" | "infra">,
+  w: Window,
+  running: Array<Promise<void>>,
+): Promise<{ secs: number; client: number; cassandraSeconds: number; kafka: number; other: number }> {
+  await new Promise((r) => setTimeout(r, o.warmupMs));
+  const cpu0 = process.cpuUsage();
+  const infra0 = o.infra.seconds();
+  const machine0 = machineBusySeconds();
+  const t0 = performance.now();
+  w.measuring = true;
+  await new Promise((r) => setTimeout(r, o.measureMs));
+  w.measuring = false;
+  const t1 = performance.now();
+  const cpu = process.cpuUsage(cpu0);
+  const infra1 = o.infra.seconds();
+  const machine1 = machineBusySeconds();
+  w.stopping = true;
+  await Promise.all(running);
+  const secs = (t1 - t0) / 1000;
+  const client = (cpu.user + cpu.system) / 1e6 / secs;
+  const cassandraSeconds = (infra1.cassandra ?? 0) - (infra0.cassandra ?? 0);
+  const kafka = ((infra1.kafka ?? 0) - (infra0.kafka ?? 0)) / secs;
+  const other = Math.max(0, (machine1 - machine0) / secs - client - cassandraSeconds / secs - kafka);
+  return { secs, client, cassandraSeconds, kafka, other };
 }
