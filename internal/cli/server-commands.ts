@@ -57,17 +57,37 @@ export async function runStart(argv: string[]): Promise<number> {
     `${JSON.stringify({ status: "started", url: `ws://${config.http.host}:${platform.port}/ws`, port: platform.port, grpc_port: platform.grpcPort, data_dir: config.dataDir })}\n`,
   );
   await new Promise<void>((resolve) => {
-    const stop = (signal: string) => {
-      log.info("stopping", { signal });
-      platform.close().then(resolve, (err: unknown) => {
+    let stopping = false;
+    const stop = async (signal: string, drainMs: number) => {
+      if (stopping) return;
+      stopping = true;
+      log.info("stopping", { signal, drainMs });
+      try {
+        if (drainMs > 0) await drainBeforeStop(platform.gateway, drainMs);
+        await platform.close();
+      } catch (err) {
         log.error("shutdown failed", { err });
-        resolve();
-      });
+      }
+      resolve();
     };
-    process.once("SIGINT", () => stop("SIGINT"));
-    process.once("SIGTERM", () => stop("SIGTERM"));
+    process.once("SIGINT", () => void stop("SIGINT", 0));
+    process.once("SIGTERM", () => void stop("SIGTERM", config.gateway.shutdownDrainMs));
   });
   return process.exitCode === undefined ? 0 : Number(process.exitCode);
+}
+
+/**
+ * Graceful stop of a gateway (Kubernetes sends SIGTERM before removing a Pod): refuse new connections,
+ * tell every client to reconnect elsewhere with jitter over `windowMs`, and return once they are gone
+ * or the window (plus a second for close handshakes) has passed.
+ */
+async function drainBeforeStop(
+  gateway: { drain(windowMs: number): number; readonly connections: number },
+  windowMs: number,
+) {
+  if (gateway.drain(windowMs) === 0) return;
+  const deadline = Date.now() + windowMs + 1_000;
+  while (gateway.connections > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
 }
 
 /**

@@ -125,6 +125,11 @@ export const schema = {
       1000,
     ),
     drainWindowMs: int(10_000, "Window over which draining spreads client reconnects.", 0),
+    shutdownDrainMs: int(
+      0,
+      "On SIGTERM, first tell clients to reconnect elsewhere, spread over this window, then stop (the operator sets it for rolling updates); 0: close connections at once (1001). SIGINT always stops at once.",
+      0,
+    ),
   },
   groups: {
     membersMax: int(500, "Most members a group may have.", 2),

@@ -24,6 +24,9 @@ export function clusterEnv(cluster: ChatCluster): Record<string, string> {
   set("auth.issuer", s.auth.issuer);
   set("auth.audience", s.auth.audience);
   set("auth.devTokens", false);
+  // A gateway Pod being replaced (rolling update, node drain) moves its clients before it stops,
+  // spread like a scale-down drain; its terminationGracePeriodSeconds leaves room for it.
+  set("gateway.shutdownDrainMs", Math.min(10_000, (s.gateway.autoscaling.drainTimeoutSeconds * 1000) / 2));
   set("presence.heartbeatIntervalMs", s.presence.heartbeatIntervalSeconds * 1000);
   set("presence.offlineAfterMs", s.presence.offlineAfterSeconds * 1000);
   set("push.webhookUrl", s.push.webhook?.url);

@@ -132,6 +132,8 @@ describe("desiredObjects", () => {
     expect(config.push.webhookUrl).toBe("https://push.example.com/hook");
     expect(config.http).toMatchObject({ host: "0.0.0.0", port: 8080 });
     expect(config.grpc.port).toBe(9090);
+    // Gateways replaced by a rolling update drain like a scale-down: min(10 s, drain timeout / 2).
+    expect(config.gateway.shutdownDrainMs).toBe(10_000);
   });
 
   it("rolls the Pods when the configuration changes, and only then", () => {
