@@ -32,6 +32,7 @@ export default defineConfig({
             "sdk/dist/**",
             "test/faults/**",
             "test/integration/distributed-storage.test.ts",
+            "test/integration/multiprocess.test.ts",
             "test/contract/distributed.test.ts",
           ],
         },
@@ -43,6 +44,7 @@ export default defineConfig({
           include: [
             ...backendAgnostic,
             "test/integration/distributed-storage.test.ts",
+            "test/integration/multiprocess.test.ts",
             "test/contract/distributed.test.ts",
           ],
           env: { SWITCHBOARD_TEST_BACKEND: "distributed" },

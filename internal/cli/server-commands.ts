@@ -98,7 +98,7 @@ export async function runSequencer(argv: string[]): Promise<number> {
   parseArgs({ args: argv, options: {}, strict: true });
   const config = loadConfig(platformEnv());
   const log = createLogger({ service: "sequencer", pid: process.pid });
-  const backends = await openDistributedBackends(distributedOptions(config, log));
+  const backends = await openDistributedBackends(distributedOptions(config, log, true));
   process.stdout.write(`${JSON.stringify({ status: "started", service: "sequencer", pid: process.pid })}\n`);
   await new Promise<void>((resolve) => {
     const stop = () => void backends.close().then(resolve, resolve);

@@ -171,6 +171,10 @@ export const schema = {
       1,
     ),
     retentionHours: int(168, "Retention of the message topics, in hours.", 1),
+    sequencer: bool(
+      true,
+      "Run a sequencer in this process (ADR 0002). Off: the drafts are sequenced by other processes (`switchboard sequencer` or other platforms), which answer over the replies topic.",
+    ),
     appendTimeoutMs: int(
       10_000,
       "A send not sequenced within this time fails with UNAVAILABLE (the client retries with the same client_msg_id).",

@@ -167,7 +167,11 @@ async function openBackends(config: Config, log: Logger, onFatal: (err: unknown)
 }
 
 /** The distributed backend's options from the configuration tree. */
-export function distributedOptions(config: Config, log: Logger, sequencer = true): DistributedOptions {
+export function distributedOptions(
+  config: Config,
+  log: Logger,
+  sequencer = config.kafka.sequencer,
+): DistributedOptions {
   return {
     brokers: config.kafka.brokers,
     clientId: `switchboard-${hostname()}-${process.pid}`,

@@ -10,7 +10,7 @@ import { KafkaMessageLog } from "../kafka/log.js";
 import { KafkaRouting } from "../kafka/routing.js";
 import { type PendingAppends, SEQUENCER_GROUP, Sequencer } from "../kafka/sequencer.js";
 import { ensureTopics, topicNames } from "../kafka/topics.js";
-import type { Backends, MessageLog } from "../types.js";
+import type { Backends } from "../types.js";
 
 export interface DistributedOptions {
   brokers: string[];
@@ -75,23 +75,26 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
     const groupPrefix = o.groupPrefix ?? o.topicPrefix;
     const batchProducer = new BatchProducer(producer);
     const pending: PendingAppends = new Map();
-    const messageLog: MessageLog = new KafkaMessageLog({
+    const messageLog = new KafkaMessageLog({
       kafka,
       producer: batchProducer,
       draftsTopic: names.messages,
       sequencedTopic: names.sequenced,
+      repliesTopic: names.replies,
       groupPrefix,
       pending,
       appendTimeoutMs: o.appendTimeoutMs,
       log,
     });
     closers.unshift(() => messageLog.close());
+    await messageLog.listenForReplies(admin);
     if (o.sequencer !== false) {
       const sequencer = new Sequencer({
         kafka,
         groupId: `${groupPrefix}${SEQUENCER_GROUP}`,
         draftsTopic: names.messages,
         sequencedTopic: names.sequenced,
+        repliesTopic: names.replies,
         producer: batchProducer,
         store: stores.sequencer,
         messages: stores.messages,

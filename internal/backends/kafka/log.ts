@@ -1,22 +1,26 @@
 /**
  * The distributed message log. `append` produces the draft to the drafts topic (keyed by
  * conversation, acks=all) and resolves when the sequencer reports its seq back (ADR 0002): the ack
- * then means "durable in Kafka and in Cassandra, with its seq". `consume` reads the sequenced topic
- * as a consumer group and commits a batch only after its handler resolved.
+ * then means "durable in Kafka and in Cassandra, with its seq". The sequencer that owns the draft's
+ * partition may run in this process (it resolves the sender directly) or in another one (it answers
+ * on the replies topic, which `listenForReplies` follows). `consume` reads the sequenced topic as a
+ * consumer group and commits a batch only after its handler resolved.
  */
-import type { Consumer, Kafka } from "kafkajs";
+import { randomUUID } from "node:crypto";
+import type { Admin, Consumer, Kafka } from "kafkajs";
 import { errors } from "../../lib/errors.js";
 import type { Logger } from "../../lib/log.js";
 import type { AppendResult, BatchHandler, Closeable, MessageDraft, MessageLog } from "../types.js";
 import type { BatchProducer } from "./batch-producer.js";
 import { decodeMessage, encodeMessage } from "./codec.js";
-import type { PendingAppends } from "./sequencer.js";
+import { type PendingAppends, REPLY_DRAFT_HEADER, REPLY_DUPLICATE_HEADER } from "./sequencer.js";
 
 export interface KafkaLogOptions {
   kafka: Kafka;
   producer: BatchProducer;
   draftsTopic: string;
   sequencedTopic: string;
+  repliesTopic: string;
   /** Consumer group ids are `${groupPrefix}${group}`. */
   groupPrefix: string;
   pending: PendingAppends;
@@ -29,6 +33,7 @@ const PARTITIONS_CONSUMED_CONCURRENTLY = 4;
 
 export class KafkaMessageLog implements MessageLog {
   private readonly consumers = new Set<Consumer>();
+  private readonly replyGroups: Array<{ admin: Admin; groupId: string }> = [];
 
   constructor(private readonly o: KafkaLogOptions) {}
 
@@ -66,6 +71,43 @@ export class KafkaMessageLog implements MessageLog {
       );
     }
     return sequenced;
+  }
+
+  /**
+   * Follows the replies topic from its end with a consumer group of this process's own, resolving the
+   * senders waiting here. Resolves once the consumer has joined; a reply that still slipped past
+   * (produced while it started) costs its sender a timeout and a resend, which the dedupe answers.
+   */
+  async listenForReplies(admin: Admin): Promise<void> {
+    const groupId = `${this.o.groupPrefix}replies-${randomUUID()}`;
+    const consumer = this.o.kafka.consumer({
+      groupId,
+      sessionTimeout: 10_000,
+      heartbeatInterval: 1_000,
+      maxWaitTimeInMs: 100,
+      allowAutoTopicCreation: false,
+    });
+    this.consumers.add(consumer);
+    this.replyGroups.push({ admin, groupId });
+    const joined = new Promise<void>((resolve) => consumer.on(consumer.events.GROUP_JOIN, () => resolve()));
+    await consumer.connect();
+    await consumer.subscribe({ topic: this.o.repliesTopic, fromBeginning: false });
+    await consumer.run({
+      // Nothing to resume from: a restarted process has no senders waiting. No committed offsets
+      // also means a crashed process leaves no group behind once its session times out.
+      autoCommit: false,
+      eachMessage: async ({ message }) => {
+        const draftId = message.headers?.[REPLY_DRAFT_HEADER]?.toString();
+        const done = draftId === undefined ? undefined : this.o.pending.get(draftId);
+        if (!done || !message.value || draftId === undefined) return;
+        this.o.pending.delete(draftId);
+        done({
+          message: decodeMessage(message.value),
+          duplicate: message.headers?.[REPLY_DUPLICATE_HEADER]?.toString() === "1",
+        });
+      },
+    });
+    await joined;
   }
 
   async consume(group: string, handler: BatchHandler): Promise<Closeable> {
@@ -115,6 +157,9 @@ export class KafkaMessageLog implements MessageLog {
   async close(): Promise<void> {
     await Promise.all([...this.consumers].map((c) => c.disconnect()));
     this.consumers.clear();
+    // The replies groups are this process's alone: leave nothing behind on the broker.
+    for (const { admin, groupId } of this.replyGroups.splice(0))
+      await admin.deleteGroups([groupId]).catch(() => undefined);
     for (const [id, done] of this.o.pending) {
       this.o.pending.delete(id);
       void done;

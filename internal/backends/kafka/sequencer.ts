@@ -24,6 +24,9 @@ import type { BatchProducer } from "./batch-producer.js";
 import { decodeMessage, encodeMessage } from "./codec.js";
 
 export const SEQUENCER_GROUP = "sequencer";
+/** Headers of a reply record: the draft it answers, and whether that draft was a duplicate. */
+export const REPLY_DRAFT_HEADER = "draft";
+export const REPLY_DUPLICATE_HEADER = "duplicate";
 const ASSIGN_ATTEMPTS_MAX = 3;
 
 export const dedupeKeyOf = (m: { sender: string; clientMsgId: string }) =>
@@ -37,6 +40,8 @@ export interface SequencerOptions {
   groupId: string;
   draftsTopic: string;
   sequencedTopic: string;
+  /** Where answers go for senders that wait in another process (the draft's id is not in `pending`). */
+  repliesTopic: string;
   producer: BatchProducer;
   store: SequencerStore;
   messages: MessageStore;
@@ -166,30 +171,51 @@ export class Sequencer implements Closeable {
     await this.resolveSenders(conversationId, drafts, refs);
   }
 
+  /**
+   * Answers every draft's sender: a sender waiting in this process directly, one in another process
+   * (or one that gave up) through the replies topic, where its process's log finds it by draft id.
+   */
   private async resolveSenders(
     conversationId: string,
     drafts: StoredMessage[],
     refs: Map<string, SequencedRef>,
   ): Promise<void> {
     const dupRefs = drafts
-      .filter((d) => this.o.pending.has(d.messageId) && refs.get(dedupeKeyOf(d))!.messageId !== d.messageId)
+      .filter((d) => refs.get(dedupeKeyOf(d))!.messageId !== d.messageId)
       .map((d) => refs.get(dedupeKeyOf(d))!);
     const stored =
       dupRefs.length > 0
         ? await this.o.messages.getMany(dupRefs.map((r) => ({ conversationId, seq: r.seq })))
         : [];
+    const remote: Array<{ draftId: string; result: AppendResult }> = [];
     for (const d of drafts) {
-      const done = this.o.pending.get(d.messageId);
-      if (!done) continue;
-      this.o.pending.delete(d.messageId);
       const ref = refs.get(dedupeKeyOf(d))!;
-      if (ref.messageId === d.messageId) {
-        done({ message: { ...d, seq: ref.seq }, duplicate: false });
-      } else {
-        const original = stored.find((m) => m.seq === ref.seq);
-        done({ message: original ?? { ...d, seq: ref.seq, messageId: ref.messageId }, duplicate: true });
-      }
+      const result: AppendResult =
+        ref.messageId === d.messageId
+          ? { message: { ...d, seq: ref.seq }, duplicate: false }
+          : {
+              message: stored.find((m) => m.seq === ref.seq) ?? {
+                ...d,
+                seq: ref.seq,
+                messageId: ref.messageId,
+              },
+              duplicate: true,
+            };
+      const done = this.o.pending.get(d.messageId);
+      if (done) {
+        this.o.pending.delete(d.messageId);
+        done(result);
+      } else remote.push({ draftId: d.messageId, result });
     }
+    await Promise.all(
+      remote.map(({ draftId, result }) =>
+        this.o.producer.send(this.o.repliesTopic, {
+          key: conversationId,
+          value: encodeMessage(result.message),
+          headers: { [REPLY_DRAFT_HEADER]: draftId, [REPLY_DUPLICATE_HEADER]: result.duplicate ? "1" : "0" },
+        }),
+      ),
+    );
   }
 
   async close(): Promise<void> {

@@ -1,7 +1,8 @@
 /**
  * Topic names and their idempotent creation. `messages` carries drafts (the durable intake, keyed by
  * conversation), `sequenced` the messages with their seq (what the router consumes), `routing` the
- * session up/down table (compacted: the latest record per session is the table).
+ * session up/down table (compacted: the latest record per session is the table), `replies` the
+ * sequencer's answers to senders in other processes (short-lived: only a waiting sender reads them).
  */
 import type { Admin, ITopicConfig } from "kafkajs";
 
@@ -16,10 +17,16 @@ export interface TopicNames {
   messages: string;
   sequenced: string;
   routing: string;
+  replies: string;
 }
 
 export function topicNames(prefix: string): TopicNames {
-  return { messages: `${prefix}messages`, sequenced: `${prefix}sequenced`, routing: `${prefix}routing` };
+  return {
+    messages: `${prefix}messages`,
+    sequenced: `${prefix}sequenced`,
+    routing: `${prefix}routing`,
+    replies: `${prefix}replies`,
+  };
 }
 
 export function desiredTopics(s: TopicSettings): ITopicConfig[] {
@@ -45,6 +52,15 @@ export function desiredTopics(s: TopicSettings): ITopicConfig[] {
         { name: "retention.ms", value: retention },
         { name: "min.insync.replicas", value: minIsr },
         { name: "unclean.leader.election.enable", value: "false" },
+      ],
+    },
+    {
+      // A reply matters only while its sender waits (kafka.appendTimeoutMs): an hour is plenty.
+      topic: names.replies,
+      ...common,
+      configEntries: [
+        { name: "retention.ms", value: String(3_600_000) },
+        { name: "min.insync.replicas", value: minIsr },
       ],
     },
     {
