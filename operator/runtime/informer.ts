@@ -1,34 +1,49 @@
 /**
  * A list+watch cache with a watchdog. client-node's own informer can stop or stall silently (a watch
- * that ends without an error, a connection that stays open and delivers nothing), so this one:
- *   - restarts the watch from the last resourceVersion whenever it ends, and relists on 410 Gone;
- *   - restarts the watch when nothing (bookmarks included) arrived for `silenceTimeoutMs`;
- *   - relists every `relistPeriodMs` and diffs the list against the cache, emitting the adds,
- *     updates and deletes a broken watch missed — which is what makes a missed event harmless.
- * Handlers see each change once per cache transition; they should only enqueue keys.
+ * that ends without an error, a connection that stays open and delivers nothing), so this one owns
+ * one loop that holds at most one watch at a time and:
+ *   - reopens the watch from the last resourceVersion when it ends (with backoff when it fails), and
+ *     relists first on 410 Gone (the resourceVersion is too old to resume from);
+ *   - restarts the watch, relisting first, when nothing (bookmarks included) arrived for
+ *     `silenceTimeoutMs`. Healthy watches are opened with a server-side timeout shorter than that, so
+ *     a quiet resource ends its watch cleanly before the watchdog fires (the API server sends
+ *     bookmarks only about once a minute, and not at all while the resourceVersion stands still);
+ *   - relists every `relistPeriodMs` and diffs the list against the cache, emitting the adds, updates
+ *     and deletes a broken watch missed — which is what makes a missed event harmless.
+ * The watch is closed while listing, so a list never races the events of a watch.
+ * Handlers see each cache transition once; they should only enqueue keys.
  */
 import { type KubeConfig, type KubernetesObject, Watch } from "@kubernetes/client-node";
 import type { Logger } from "../../internal/lib/log.js";
-import type { OperatorRuntimeMetrics } from "./metrics.js";
+import { forgetWatch, type OperatorRuntimeMetrics, recordWatchEvent } from "./metrics.js";
 
 export interface InformerOptions<T extends KubernetesObject> {
   kubeConfig: KubeConfig;
+  /** Names the informer in metrics (label informer) and logs. */
   name: string;
   /** Collection path, e.g. /apis/apps/v1/deployments or /api/v1/namespaces/ns/pods. */
   path: string;
+  /** Lists the collection (same selector as the watch); its resourceVersion is where the watch starts. */
   list: () => Promise<{ items: T[]; metadata?: { resourceVersion?: string } }>;
   labelSelector?: string;
+  /** Full relist (and cache diff) period. Default 5 min. */
   relistPeriodMs?: number;
+  /** Restart the watch (relisting first) when no event, bookmarks included, arrived for this long. Default 60 s. */
   silenceTimeoutMs?: number;
   log: Logger;
   metrics?: OperatorRuntimeMetrics;
-  /** For tests: opens the watch (default: client-node's Watch). Returns a function that aborts it. */
+  /** For tests: opens a watch instead of client-node's Watch (e.g. one that never delivers). */
   watchFactory?: WatchFactory;
 }
 
+/**
+ * Opens a watch on `path` with `query` (watch=true is implied). Events go to onEvent (type ADDED,
+ * MODIFIED, DELETED, BOOKMARK or ERROR, and the object); onDone is called once when the watch ends,
+ * with an error or null. Resolves with a function that closes the watch.
+ */
 export type WatchFactory = (
   path: string,
-  query: Record<string, string | boolean>,
+  query: Record<string, string | number | boolean>,
   onEvent: (type: string, obj: unknown) => void,
   onDone: (err: unknown) => void,
 ) => Promise<() => void>;
@@ -36,24 +51,70 @@ export type WatchFactory = (
 export type InformerEvent = "add" | "update" | "delete";
 type Handler<T> = (event: InformerEvent, obj: T, old?: T) => void;
 
-const key = (o: KubernetesObject) => `${o.metadata?.namespace ?? ""}/${o.metadata?.name ?? ""}`;
+/** Why one watch ended. timeout: closed by the server when asked to (routine); stopped: stop(). */
+interface WatchEnd {
+  reason: "timeout" | "periodic" | "stopped" | "silent" | "ended" | "gone" | "error";
+  /** Whether the watch delivered anything (bookmarks and errors included). */
+  heard: boolean;
+  err?: unknown;
+}
+
+type RelistReason = "start" | "periodic" | "silent" | "gone";
+
+const MAX_BACKOFF_MS = 30_000;
+
+const keyOf = (o: KubernetesObject) => `${o.metadata?.namespace ?? ""}/${o.metadata?.name ?? ""}`;
+
+/** 200 ms doubling to 30 s, ±20% so informers that failed together do not retry together. */
+const backoffMs = (failures: number) =>
+  Math.min(MAX_BACKOFF_MS, 200 * 2 ** Math.min(Math.max(failures - 1, 0), 20)) * (0.8 + Math.random() * 0.4);
+
+/** HTTP status of a watch failure: client-node's Error.statusCode, or a Status object's code. */
+function statusOf(err: unknown): number | undefined {
+  if (typeof err !== "object" || err === null) return undefined;
+  const e = err as { statusCode?: unknown; code?: unknown };
+  if (typeof e.statusCode === "number") return e.statusCode;
+  return typeof e.code === "number" ? e.code : undefined;
+}
+
+/** Resolves after `ms`, or at once when `signal` aborts; leaves no listener or timer behind. */
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise<void>((resolve) => {
+    if (signal.aborted) return resolve();
+    const done = () => {
+      clearTimeout(timer);
+      signal.removeEventListener("abort", done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal.addEventListener("abort", done, { once: true });
+  });
+}
 
 export class Informer<T extends KubernetesObject> {
   private readonly cache = new Map<string, T>();
   private readonly handlers: Array<Handler<T>> = [];
-  private resourceVersion = "";
-  private abortWatch: (() => void) | undefined;
-  private watchGeneration = 0;
-  private lastEventAt = Date.now();
-  private timers: NodeJS.Timeout[] = [];
-  private retryTimer: NodeJS.Timeout | undefined;
-  private retryDelayMs = 0;
-  private stopped = false;
-  private isSynced = false;
-  private relisting: Promise<void> | undefined;
   private readonly watchFactory: WatchFactory;
+  private readonly relistPeriodMs: number;
+  private readonly silenceTimeoutMs: number;
+  /** Server-side timeout of each watch: shorter than the silence timeout (see the file comment). */
+  private readonly watchTimeoutSeconds: number;
+  private readonly log: Logger;
+  private resourceVersion = "";
+  /** When the last list started (monotonic clock): the periodic relist counts from there. */
+  private lastListAt = 0;
+  private isSynced = false;
+  /** Present from start() until stop() completes. */
+  private run: { stop: AbortController; starting: Promise<void>; loop?: Promise<void> } | undefined;
+  private stopping: Promise<void> | undefined;
 
   constructor(private readonly o: InformerOptions<T>) {
+    this.relistPeriodMs = o.relistPeriodMs ?? 5 * 60_000;
+    this.silenceTimeoutMs = o.silenceTimeoutMs ?? 60_000;
+    if (!(this.relistPeriodMs > 0 && this.silenceTimeoutMs > 0))
+      throw new Error(`informer ${o.name}: relistPeriodMs and silenceTimeoutMs must be positive`);
+    this.watchTimeoutSeconds = Math.max(1, Math.min(300, Math.floor((this.silenceTimeoutMs * 0.8) / 1000)));
+    this.log = o.log.child({ informer: o.name });
     this.watchFactory =
       o.watchFactory ??
       (async (path, query, onEvent, onDone) => {
@@ -62,14 +123,17 @@ export class Informer<T extends KubernetesObject> {
       });
   }
 
+  /** Handlers run synchronously on each cache change; one that throws is logged and skipped. */
   on(handler: Handler<T>): void {
     this.handlers.push(handler);
   }
 
+  /** True once the first list has filled the cache. */
   get synced(): boolean {
     return this.isSynced;
   }
 
+  /** The cached objects (shared with the cache: do not modify them). */
   list(): T[] {
     return [...this.cache.values()];
   }
@@ -78,157 +142,247 @@ export class Informer<T extends KubernetesObject> {
     return this.cache.get(`${namespace ?? ""}/${name}`);
   }
 
-  async start(): Promise<void> {
-    this.stopped = false;
-    await this.relist();
-    this.isSynced = true;
-    this.startWatch();
-    const period = this.o.relistPeriodMs ?? 5 * 60_000;
-    const silence = this.o.silenceTimeoutMs ?? 60_000;
-    this.timers.push(
-      setInterval(
-        () => void this.relist().catch((err: unknown) => this.o.log.warn("relist failed", { err })),
-        period,
-      ),
-      setInterval(
-        () => {
-          if (Date.now() - this.lastEventAt > silence) this.restartWatch("silent");
-        },
-        Math.max(100, Math.min(silence / 4, 5_000)),
-      ),
-    );
+  /**
+   * Resolves after the first list (the cache is synced), retrying it with backoff until it succeeds;
+   * rejects only if stop() is called first. Then keeps watching in the background until stop().
+   */
+  start(): Promise<void> {
+    if (this.run) return Promise.reject(new Error(`informer ${this.o.name}: already started`));
+    const stop = new AbortController();
+    const starting = this.sync(stop.signal).then(() => {
+      // The loop never rejects: every failure inside it is retried.
+      if (this.run && !stop.signal.aborted) this.run.loop = this.watchLoop(stop.signal);
+    });
+    this.run = { stop, starting };
+    return starting;
   }
 
-  async stop(): Promise<void> {
-    this.stopped = true;
-    for (const t of this.timers) clearInterval(t);
-    this.timers = [];
-    if (this.retryTimer) clearTimeout(this.retryTimer);
-    this.abortWatch?.();
-    this.abortWatch = undefined;
-    await this.relisting?.catch(() => undefined);
-  }
-
-  /** Lists everything and reconciles the cache with it (one relist at a time). */
-  private relist(): Promise<void> {
-    this.relisting ??= (async () => {
-      try {
-        this.o.metrics?.relistsTotal.inc({ informer: this.o.name });
-        const { items, metadata } = await this.o.list();
-        if (this.stopped) return;
-        const seen = new Set<string>();
-        for (const obj of items) {
-          seen.add(key(obj));
-          this.upsert(obj);
-        }
-        for (const [k, old] of this.cache)
-          if (!seen.has(k)) {
-            this.cache.delete(k);
-            this.emit("delete", old);
-          }
-        this.resourceVersion = metadata?.resourceVersion ?? this.resourceVersion;
-        this.touch();
-      } finally {
-        this.relisting = undefined;
-      }
+  /** Closes the watch, clears the timers and waits for the loop to end. Idempotent. */
+  stop(): Promise<void> {
+    const run = this.run;
+    if (!run) return Promise.resolve();
+    this.stopping ??= (async () => {
+      run.stop.abort();
+      await run.starting.catch(() => undefined);
+      await run.loop;
+      if (this.o.metrics) forgetWatch(this.o.metrics, this.o.name);
+      this.run = undefined;
+      this.stopping = undefined;
     })();
-    return this.relisting;
+    return this.stopping;
   }
 
-  private startWatch(): void {
-    if (this.stopped) return;
-    const generation = ++this.watchGeneration;
-    const query: Record<string, string | boolean> = {
-      allowWatchBookmarks: true,
-      resourceVersion: this.resourceVersion,
-    };
-    if (this.o.labelSelector) query.labelSelector = this.o.labelSelector;
-    const current = () => generation === this.watchGeneration && !this.stopped;
-    this.watchFactory(
-      this.o.path,
-      query,
-      (type, raw) => {
-        if (!current()) return;
-        this.touch();
-        this.retryDelayMs = 0;
-        const obj = raw as T;
-        const rv = obj.metadata?.resourceVersion;
-        if (type === "BOOKMARK") {
-          if (rv) this.resourceVersion = rv;
-          return;
+  private async sync(signal: AbortSignal): Promise<void> {
+    for (let failures = 1; ; failures++) {
+      try {
+        await this.relist("start", signal);
+        break;
+      } catch (err) {
+        if (signal.aborted) break;
+        const delayMs = Math.round(backoffMs(failures));
+        this.log.warn("list failed; retrying", { path: this.o.path, failures, delayMs, err });
+        await sleep(delayMs, signal);
+      }
+    }
+    if (signal.aborted) throw new Error(`informer ${this.o.name}: stopped before the cache synced`);
+    this.isSynced = true;
+    this.heard();
+  }
+
+  /** Watches until `signal` aborts, relisting and backing off as the ends of the watches ask. */
+  private async watchLoop(signal: AbortSignal): Promise<void> {
+    let failures = 0;
+    let relist: RelistReason | undefined;
+    while (!signal.aborted) {
+      if (relist) {
+        try {
+          await this.relist(relist, signal);
+          relist = undefined;
+        } catch (err) {
+          if (signal.aborted) return;
+          failures++;
+          const delayMs = Math.round(backoffMs(failures));
+          this.log.warn("relist failed; retrying", { reason: relist, failures, delayMs, err });
+          await sleep(delayMs, signal);
+          continue;
         }
+      }
+      const end = await this.watchOnce(signal);
+      if (signal.aborted || end.reason === "stopped") return;
+      if (end.reason === "timeout") {
+        failures = 0;
+        continue;
+      }
+      if (end.reason === "periodic") {
+        relist = "periodic";
+        continue;
+      }
+      this.o.metrics?.watchRestartsTotal.inc({ informer: this.o.name, reason: end.reason });
+      if (end.reason === "silent") {
+        // The silence itself was the wait: restart at once, from a fresh list.
+        this.log.warn("watch silent; restarting it and relisting", {
+          silenceTimeoutMs: this.silenceTimeoutMs,
+        });
+        relist = "silent";
+        continue;
+      }
+      if (end.reason === "gone") relist = "gone";
+      // A watch that worked for a while starts the backoff over; one that failed at once grows it.
+      failures = end.heard ? 1 : failures + 1;
+      const delayMs = Math.round(backoffMs(failures));
+      const fields = { reason: end.reason, delayMs, resourceVersion: this.resourceVersion };
+      if (end.reason === "gone") this.log.info("watch expired (410 Gone); relisting", fields);
+      else if (end.reason === "ended") this.log.info("watch ended early; reopening", fields);
+      else this.log.warn("watch failed; reopening", { ...fields, err: end.err });
+      await sleep(delayMs, signal);
+    }
+  }
+
+  /** Opens one watch and resolves when it ends, for whatever reason; never rejects. */
+  private watchOnce(signal: AbortSignal): Promise<WatchEnd> {
+    return new Promise<WatchEnd>((resolve) => {
+      const openedAt = performance.now();
+      let lastAt = openedAt;
+      let heard = false;
+      let settled = false;
+      let close: (() => void) | undefined;
+
+      const finish = (end: WatchEnd) => {
+        if (settled) return;
+        settled = true;
+        clearInterval(tick);
+        signal.removeEventListener("abort", onAbort);
+        close?.();
+        close = undefined;
+        resolve(end);
+      };
+      const onAbort = () => finish({ reason: "stopped", heard });
+
+      const onEvent = (type: string, raw: unknown) => {
+        if (settled) return;
+        lastAt = performance.now();
+        heard = true;
+        this.heard();
         if (type === "ERROR") {
-          const code = (raw as { code?: number }).code;
-          // 410 Gone: the resourceVersion is too old; only a relist can continue.
-          this.restartWatch(code === 410 ? "gone" : "error", true);
-          return;
+          const s = (raw ?? {}) as { code?: number; reason?: string; message?: string };
+          const err = new Error(
+            `informer ${this.o.name}: watch ${this.o.path} error ${s.code ?? "?"} ${s.reason ?? ""}: ${s.message ?? ""}`,
+          );
+          return finish({ reason: s.code === 410 ? "gone" : "error", heard, err });
         }
+        const obj = raw as T;
+        const rv = obj?.metadata?.resourceVersion;
         if (rv) this.resourceVersion = rv;
-        if (type === "DELETED") {
-          if (this.cache.delete(key(obj))) this.emit("delete", obj);
-        } else this.upsert(obj);
-      },
-      (err) => {
-        if (!current()) return;
-        const gone = (err as { statusCode?: number; code?: number } | null)?.statusCode === 410;
-        this.restartWatch(err ? (gone ? "gone" : "error") : "ended", gone);
-      },
-    ).then(
-      (abort) => {
-        if (current()) this.abortWatch = abort;
-        else abort();
-      },
-      (err: unknown) => {
-        if (current()) {
-          this.o.log.warn("watch failed to start", { informer: this.o.name, err });
-          this.restartWatch("error", true);
+        if (type === "ADDED" || type === "MODIFIED") this.upsert(obj);
+        else if (type === "DELETED") this.remove(obj);
+        // BOOKMARK: only the resourceVersion, taken above.
+      };
+      const onDone = (err: unknown) => {
+        if (settled) return;
+        if (err) {
+          const wrapped = new Error(`informer ${this.o.name}: watch ${this.o.path} failed`, { cause: err });
+          return finish({ reason: statusOf(err) === 410 ? "gone" : "error", heard, err: wrapped });
         }
-      },
-    );
+        // Closed when we asked the server to: the server is alive and answering.
+        if (performance.now() - openedAt >= this.watchTimeoutSeconds * 1000 - 1_000) {
+          this.heard();
+          return finish({ reason: "timeout", heard });
+        }
+        finish({ reason: "ended", heard });
+      };
+
+      const tick = setInterval(
+        () => {
+          const now = performance.now();
+          if (now - lastAt >= this.silenceTimeoutMs) finish({ reason: "silent", heard });
+          else if (now - this.lastListAt >= this.relistPeriodMs) finish({ reason: "periodic", heard });
+        },
+        Math.min(5_000, Math.max(10, Math.min(this.silenceTimeoutMs, this.relistPeriodMs) / 4)),
+      );
+      signal.addEventListener("abort", onAbort, { once: true });
+      if (signal.aborted) return onAbort();
+
+      const query: Record<string, string | number | boolean> = {
+        allowWatchBookmarks: true,
+        timeoutSeconds: this.watchTimeoutSeconds,
+      };
+      if (this.resourceVersion) query.resourceVersion = this.resourceVersion;
+      if (this.o.labelSelector) query.labelSelector = this.o.labelSelector;
+      let opening: Promise<() => void>;
+      try {
+        opening = this.watchFactory(this.o.path, query, onEvent, onDone);
+      } catch (err) {
+        return finish({ reason: "error", heard, err });
+      }
+      // A watch that opens after we gave up on it (silence, stop) is closed as soon as it exists.
+      opening.then(
+        (closeWatch) => {
+          if (settled) closeWatch();
+          else close = closeWatch;
+        },
+        (err: unknown) =>
+          finish({
+            reason: "error",
+            heard,
+            err: new Error(`informer ${this.o.name}: could not open a watch on ${this.o.path}`, {
+              cause: err,
+            }),
+          }),
+      );
+    });
   }
 
-  /** Ends the current watch and starts another after a short backoff (relisting first if asked). */
-  private restartWatch(reason: string, relist = false): void {
-    if (this.stopped) return;
-    this.o.metrics?.watchRestartsTotal.inc({ informer: this.o.name, reason });
-    this.watchGeneration++;
-    this.abortWatch?.();
-    this.abortWatch = undefined;
-    this.touch();
-    this.retryDelayMs = Math.min(30_000, this.retryDelayMs ? this.retryDelayMs * 2 : 200);
-    if (this.retryTimer) clearTimeout(this.retryTimer);
-    this.retryTimer = setTimeout(() => {
-      const next = relist || reason === "silent" ? this.relist() : Promise.resolve();
-      next.then(
-        () => this.startWatch(),
-        (err: unknown) => {
-          this.o.log.warn("relist failed; retrying", { informer: this.o.name, err });
-          this.restartWatch("error", true);
-        },
-      );
-    }, this.retryDelayMs);
+  /** Lists everything and makes the cache equal to it, emitting the differences. */
+  private async relist(reason: RelistReason, signal: AbortSignal): Promise<void> {
+    this.o.metrics?.relistsTotal.inc({ informer: this.o.name, reason });
+    const startedAt = performance.now();
+    let listed: Awaited<ReturnType<InformerOptions<T>["list"]>>;
+    try {
+      listed = await this.o.list();
+    } catch (err) {
+      throw new Error(`informer ${this.o.name}: list of ${this.o.path} failed`, { cause: err });
+    }
+    // Stopped meanwhile: emit nothing after stop().
+    if (signal.aborted) return;
+    const seen = new Set<string>();
+    for (const obj of listed.items) {
+      seen.add(keyOf(obj));
+      this.upsert(obj);
+    }
+    for (const [key, old] of this.cache)
+      if (!seen.has(key)) {
+        this.cache.delete(key);
+        this.emit("delete", old);
+      }
+    // Without one (a custom list), the watch starts at "now" and replays the current state as adds.
+    this.resourceVersion = listed.metadata?.resourceVersion ?? "";
+    this.lastListAt = startedAt;
   }
 
   private upsert(obj: T): void {
-    const k = key(obj);
-    const old = this.cache.get(k);
+    const key = keyOf(obj);
+    const old = this.cache.get(key);
     if (old && old.metadata?.resourceVersion === obj.metadata?.resourceVersion) return;
-    this.cache.set(k, obj);
+    this.cache.set(key, obj);
     this.emit(old ? "update" : "add", obj, old);
   }
 
+  private remove(obj: T): void {
+    if (this.cache.delete(keyOf(obj))) this.emit("delete", obj);
+  }
+
   private emit(event: InformerEvent, obj: T, old?: T): void {
-    for (const h of this.handlers) {
+    for (const handler of this.handlers) {
       try {
-        h(event, obj, old);
+        handler(event, obj, old);
       } catch (err) {
-        this.o.log.error("informer handler threw", { informer: this.o.name, event, err });
+        this.log.error("informer handler threw", { event, key: keyOf(obj), err });
       }
     }
   }
 
-  private touch(): void {
-    this.lastEventAt = Date.now();
-    this.o.metrics?.lastEventAt.set(this.o.name, this.lastEventAt);
+  /** The informer heard from the API server: feeds the seconds-since-last-event gauge. */
+  private heard(): void {
+    if (this.o.metrics) recordWatchEvent(this.o.metrics, this.o.name, Date.now());
   }
 }

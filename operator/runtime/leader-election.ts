@@ -1,11 +1,14 @@
 /**
  * Leader election on a coordination.k8s.io/v1 Lease, as client-go does it, so two operator replicas
- * never both act: a candidate takes the Lease when it is absent, released, or has not been renewed
- * for its duration — judged on this process's clock from when the record last changed, never from
- * the holder's timestamps (clocks differ). Writes are conditional on resourceVersion, so of two
- * candidates exactly one wins. The leader renews every retry period; if no renewal succeeds within the
- * renew deadline it stops leading (the signal aborts) and `run` rejects: the process should exit and
- * come back as a candidate, since work it started may still be running.
+ * never both act:
+ * - a candidate takes the Lease when it is absent, released (no holder), ours, or expired — expiry is
+ *   judged on this process's monotonic clock from when it first saw the current record, never from the
+ *   holder's timestamps (clocks differ between machines);
+ * - every write is conditional on resourceVersion, so of two candidates exactly one wins (409 = lost);
+ * - the leader renews every retry period; if no renewal succeeds within the renew deadline, or it sees
+ *   another holder, it stops leading (the signal aborts) and `run` rejects. The caller should exit and
+ *   come back as a candidate: work it started may still be running. renewDeadline < leaseDuration is
+ *   what makes this safe: the leader gives up before any candidate can consider the Lease expired.
  */
 import type { KubeConfig } from "@kubernetes/client-node";
 import type { Logger } from "../../internal/lib/log.js";
@@ -16,13 +19,17 @@ export interface LeaderElectionOptions {
   kubeConfig: KubeConfig;
   namespace: string;
   name: string;
+  /** Unique per process (e.g. pod name + random suffix): two processes with one identity both lead. */
   identity: string;
+  /** How long a candidate waits on an unchanged record before taking it over. Default 15. */
   leaseDurationSeconds?: number;
+  /** How long the leader keeps leading without a successful renewal. Default 10. */
   renewDeadlineSeconds?: number;
+  /** Interval between attempts (campaign and renewal). Default 2. */
   retryPeriodSeconds?: number;
   log: Logger;
   metrics?: OperatorRuntimeMetrics;
-  /** For tests: the API client (e.g. one whose writes fail). */
+  /** For tests: the API client to use (e.g. one whose requests can be made to fail). */
   client?: KubeClient;
 }
 
@@ -32,7 +39,7 @@ interface Lease {
   kind: "Lease";
   metadata: { name: string; namespace: string; resourceVersion?: string };
   spec: {
-    holderIdentity?: string;
+    holderIdentity?: string | null;
     leaseDurationSeconds?: number;
     acquireTime?: string;
     renewTime?: string;
@@ -40,92 +47,162 @@ interface Lease {
   };
 }
 
+/** held: this process holds the Lease now; other: someone else validly does; failed: unknown (retry). */
+type Attempt = { outcome: "held" } | { outcome: "other"; holder: string } | { outcome: "failed" };
+
 /** MicroTime: RFC 3339 with microseconds. */
 const microTime = (ms: number) => new Date(ms).toISOString().replace(/\.(\d{3})Z$/, ".$1000Z");
-const sleep = (ms: number, signal: AbortSignal) =>
-  new Promise<void>((resolve) => {
+
+/** Resolves after `ms`, or at once when `signal` aborts; leaves no listener or timer behind. */
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise<void>((resolve) => {
     if (signal.aborted) return resolve();
-    const t = setTimeout(resolve, ms);
-    signal.addEventListener(
-      "abort",
-      () => {
-        clearTimeout(t);
-        resolve();
-      },
-      { once: true },
-    );
+    const done = () => {
+      clearTimeout(timer);
+      signal.removeEventListener("abort", done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal.addEventListener("abort", done, { once: true });
   });
+}
 
 export class LeaderElector {
   private leading = false;
+  private running = false;
   private readonly client: KubeClient;
   private readonly leaseMs: number;
   private readonly renewDeadlineMs: number;
   private readonly retryMs: number;
-  /** The last record seen and when (local clock) it was first seen: how expiry is judged. */
-  private observed: { key: string; atMs: number } | undefined;
+  /** The last record seen (its resourceVersion) and when, on the local monotonic clock, it was first seen. */
+  private observed: { version: string; atMs: number } | undefined;
 
   constructor(private readonly o: LeaderElectionOptions) {
     this.client = o.client ?? new KubeClient(o.kubeConfig);
     this.leaseMs = (o.leaseDurationSeconds ?? 15) * 1000;
     this.renewDeadlineMs = (o.renewDeadlineSeconds ?? 10) * 1000;
     this.retryMs = (o.retryPeriodSeconds ?? 2) * 1000;
-    if (!(this.leaseMs > this.renewDeadlineMs && this.renewDeadlineMs > this.retryMs))
-      throw new Error("leader election: need leaseDuration > renewDeadline > retryPeriod");
+    if (!(this.leaseMs > this.renewDeadlineMs && this.renewDeadlineMs > this.retryMs && this.retryMs > 0))
+      throw new Error(
+        `leader election ${o.namespace}/${o.name}: need leaseDuration > renewDeadline > retryPeriod > 0, got ` +
+          `${this.leaseMs} ms, ${this.renewDeadlineMs} ms, ${this.retryMs} ms`,
+      );
+    // The Lease API takes whole seconds.
+    if (!Number.isInteger(this.leaseMs / 1000))
+      throw new Error(`leader election ${o.namespace}/${o.name}: leaseDurationSeconds must be an integer`);
   }
 
   get isLeader(): boolean {
     return this.leading;
   }
 
+  /**
+   * Campaigns until it holds the Lease, then calls lead(signal) and keeps renewing. Resolves when `stop`
+   * aborts (after `lead` has returned, renewing meanwhile) or `lead` returns on its own, and releases
+   * the Lease so a successor takes over at once. Rejects when leadership is lost (renewal deadline
+   * missed, or another holder seen), without waiting for `lead`, whose signal has aborted; and with
+   * `lead`'s error if it throws (after releasing).
+   */
   async run(lead: (signal: AbortSignal) => Promise<void>, stop: AbortSignal): Promise<void> {
-    const log = this.o.log.child({ lease: `${this.o.namespace}/${this.o.name}`, identity: this.o.identity });
-    // --- campaign ---
-    while (!stop.aborted) {
-      if (await this.tryAcquireOrRenew(log)) break;
-      await sleep(this.retryMs, stop);
+    if (this.running) throw new Error(`leader election ${this.o.namespace}/${this.o.name}: already running`);
+    this.running = true;
+    try {
+      await this.runOnce(lead, stop);
+    } finally {
+      this.running = false;
     }
-    if (stop.aborted) return;
+  }
+
+  private async runOnce(lead: (signal: AbortSignal) => Promise<void>, stop: AbortSignal): Promise<void> {
+    const log = this.o.log.child({ lease: `${this.o.namespace}/${this.o.name}`, identity: this.o.identity });
+
+    // --- campaign ---------------------------------------------------------------------------
+    let acquiredAt: number | undefined;
+    while (!stop.aborted) {
+      const attemptAt = performance.now();
+      if ((await this.tryAcquireOrRenew(log)).outcome === "held") {
+        acquiredAt = attemptAt;
+        break;
+      }
+      // Jitter keeps candidates that started together from asking in lockstep.
+      await sleep(this.retryMs * (1 + Math.random() * 0.2), stop);
+    }
+    if (acquiredAt === undefined) return;
+    if (stop.aborted) return this.release(log);
     this.setLeading(true);
     log.info("became leader");
 
-    // --- lead and renew ---
+    // --- lead and renew ---------------------------------------------------------------------
     const leadership = new AbortController();
+    const ended = new AbortController(); // ends the renew loop
     const onStop = () => leadership.abort();
     stop.addEventListener("abort", onStop, { once: true });
-    const work = lead(leadership.signal);
-    // A `lead` that fails ends leadership too (its error is reported by run()).
-    let workError: unknown;
-    work.catch((err: unknown) => {
-      workError = err;
-      leadership.abort();
+
+    let lostError: Error | undefined;
+    let signalLost: () => void = () => {};
+    const lost = new Promise<void>((resolve) => {
+      signalLost = resolve;
     });
-    let lastRenew = Date.now();
-    let lost = false;
-    while (!leadership.signal.aborted) {
-      await sleep(this.retryMs, leadership.signal);
-      if (leadership.signal.aborted) break;
-      if (await this.tryAcquireOrRenew(log)) lastRenew = Date.now();
-      else if (Date.now() - lastRenew > this.renewDeadlineMs) {
-        lost = true;
-        break;
-      }
-    }
-    this.setLeading(false);
-    leadership.abort();
-    stop.removeEventListener("abort", onStop);
-    await work.catch(() => undefined);
-    if (lost) {
-      log.error("leadership lost: no renewal within the renew deadline");
-      throw new Error(
-        `lost the Lease ${this.o.namespace}/${this.o.name}: not renewed within ${this.renewDeadlineMs} ms`,
+    const lose = (why: string) => {
+      if (lostError || ended.signal.aborted) return;
+      lostError = new Error(`leader election ${this.o.namespace}/${this.o.name}: leadership lost: ${why}`);
+      leadership.abort();
+      ended.abort();
+      signalLost();
+    };
+    let deadline: NodeJS.Timeout | undefined;
+    const armDeadline = (renewedAt: number) => {
+      clearTimeout(deadline);
+      deadline = setTimeout(
+        () => lose(`no renewal succeeded within the renew deadline (${this.renewDeadlineMs} ms)`),
+        Math.max(0, renewedAt + this.renewDeadlineMs - performance.now()),
       );
+    };
+    armDeadline(acquiredAt);
+
+    let workFailed = false;
+    let workError: unknown;
+    // `async` wrapper: a `lead` that throws synchronously is a failed lead, not a crashed run.
+    const work = (async () => lead(leadership.signal))().then(
+      () => undefined,
+      (err: unknown) => {
+        workFailed = true;
+        workError = err;
+      },
+    );
+
+    const renewing = (async () => {
+      while (!ended.signal.aborted) {
+        await sleep(this.retryMs, ended.signal);
+        if (ended.signal.aborted) return;
+        // Counted from when the request was sent: the renewTime written is no later than that.
+        const attemptAt = performance.now();
+        const attempt = await this.tryAcquireOrRenew(log);
+        if (ended.signal.aborted) return;
+        if (attempt.outcome === "held") armDeadline(attemptAt);
+        else if (attempt.outcome === "other") lose(`the Lease is now held by ${attempt.holder}`);
+      }
+    })();
+
+    const outcome = await Promise.race([
+      work.then(() => "returned" as const),
+      lost.then(() => "lost" as const),
+    ]);
+    stop.removeEventListener("abort", onStop);
+    if (outcome === "returned") {
+      // Let an in-flight renewal finish so it cannot overwrite the release below.
+      ended.abort();
+      await renewing;
     }
-    if (workError !== undefined) {
-      await this.release(log);
-      throw workError;
+    clearTimeout(deadline);
+    this.setLeading(false);
+    if (lostError) {
+      log.error("leadership lost; stop working now", { err: lostError });
+      throw lostError;
     }
+    if (workFailed) log.error("lead failed; releasing the Lease", { err: workError });
     await this.release(log);
+    if (workFailed) throw workError;
   }
 
   private setLeading(on: boolean): void {
@@ -142,8 +219,8 @@ export class LeaderElector {
     };
   }
 
-  /** One attempt; true when this process holds the Lease afterwards. */
-  private async tryAcquireOrRenew(log: Logger): Promise<boolean> {
+  /** One attempt to take or keep the Lease. Never rejects. */
+  private async tryAcquireOrRenew(log: Logger): Promise<Attempt> {
     const now = Date.now();
     const spec = {
       holderIdentity: this.o.identity,
@@ -159,15 +236,17 @@ export class LeaderElector {
           metadata: { name: this.o.name, namespace: this.o.namespace },
           spec: { ...spec, acquireTime: microTime(now), leaseTransitions: 0 },
         });
-        return true;
+        return { outcome: "held" };
       }
       const s = lease.spec;
-      const key = `${s.holderIdentity}|${s.renewTime}|${lease.metadata.resourceVersion}`;
-      if (this.observed?.key !== key) this.observed = { key, atMs: now };
+      const version = lease.metadata.resourceVersion ?? "";
+      const seenAt = performance.now();
+      if (this.observed?.version !== version) this.observed = { version, atMs: seenAt };
       const holder = s.holderIdentity ?? "";
       const ours = holder === this.o.identity;
       const durationMs = (s.leaseDurationSeconds ?? this.leaseMs / 1000) * 1000;
-      if (!ours && holder !== "" && this.observed.atMs + durationMs > now) return false;
+      if (!ours && holder !== "" && this.observed.atMs + durationMs > seenAt)
+        return { outcome: "other", holder };
       await this.client.replace<Lease>({
         ...lease,
         spec: {
@@ -178,25 +257,28 @@ export class LeaderElector {
         },
       });
       if (!ours) log.info("took over the Lease", { previous: holder || "(released)" });
-      return true;
+      return { outcome: "held" };
     } catch (err) {
+      // 409: another candidate wrote first (it won this round); 404: deleted under us. Both: retry.
       if (!isConflict(err) && !isNotFound(err)) log.warn("lease request failed", { err });
-      return false;
+      return { outcome: "failed" };
     }
   }
 
-  /** Gives the Lease up so a successor need not wait for it to expire. */
+  /** Gives the Lease up so a successor need not wait for it to expire. Never rejects. */
   private async release(log: Logger): Promise<void> {
     try {
       const lease = await this.client.find<Lease>(this.ref());
       if (!lease || lease.spec.holderIdentity !== this.o.identity) return;
+      const now = microTime(Date.now());
       await this.client.replace<Lease>({
         ...lease,
         spec: {
           ...lease.spec,
-          holderIdentity: "",
+          holderIdentity: null,
           leaseDurationSeconds: 1,
-          renewTime: microTime(Date.now()),
+          acquireTime: now,
+          renewTime: now,
         },
       });
       log.info("released the Lease");

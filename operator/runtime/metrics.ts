@@ -1,36 +1,51 @@
-/** Metrics of the operator's runtime: work queue, reconciles, watches, leadership. */
+/**
+ * Metrics of the operator's runtime: work queue, reconciles, watches, leadership. One registry per
+ * operator instance (tests run several in a process), names switchboard_operator_<what>_<unit|total>.
+ */
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
 
 export interface OperatorRuntimeMetrics {
   registry: Registry;
+  /** Keys waiting (not delayed, not being processed), label queue. */
   queueDepth: Gauge;
+  /** Calls of add() that queued a key, label queue. */
   queueAddsTotal: Counter;
+  /** Keys requeued with backoff after a failed reconcile, label queue. */
   queueRetriesTotal: Counter;
+  /** Labels controller (the queue's name) and result (success, error). */
   reconcileDurationSeconds: Histogram;
+  /** Label controller. */
   reconcileErrorsTotal: Counter;
+  /** Label informer; computed on collect() from the time of each informer's last watch event. */
   watchSecondsSinceLastEvent: Gauge;
+  /** Labels informer and reason (ended, error, gone, silent). */
   watchRestartsTotal: Counter;
+  /** Labels informer and reason (start, periodic, silent, gone). */
   relistsTotal: Counter;
+  /** 1 while this replica holds the leader Lease. */
   leader: Gauge;
-  /** Informers report the time of their last event here; the gauge is computed on collect. */
-  lastEventAt: Map<string, number>;
 }
+
+/**
+ * When each informer last heard from its watch, per metrics object. Kept beside the interface, not in
+ * it, so the interface stays what callers construct and read; informers write it via recordWatchEvent.
+ */
+const lastEventAt = new WeakMap<OperatorRuntimeMetrics, Map<string, number>>();
 
 export function createOperatorRuntimeMetrics(registry = new Registry()): OperatorRuntimeMetrics {
   const registers = [registry];
-  const lastEventAt = new Map<string, number>();
-  return {
+  const seen = new Map<string, number>();
+  const metrics: OperatorRuntimeMetrics = {
     registry,
-    lastEventAt,
     queueDepth: new Gauge({
       name: "switchboard_operator_workqueue_depth",
-      help: "Keys waiting in the work queue.",
+      help: "Keys waiting in the work queue (not delayed, not being processed).",
       labelNames: ["queue"],
       registers,
     }),
     queueAddsTotal: new Counter({
       name: "switchboard_operator_workqueue_adds_total",
-      help: "Keys added to the work queue.",
+      help: "Keys added to the work queue (duplicates of a waiting key not counted).",
       labelNames: ["queue"],
       registers,
     }),
@@ -42,9 +57,9 @@ export function createOperatorRuntimeMetrics(registry = new Registry()): Operato
     }),
     reconcileDurationSeconds: new Histogram({
       name: "switchboard_operator_reconcile_duration_seconds",
-      help: "Time of one reconcile, by controller and result.",
+      help: "Time of one reconcile, by controller and result (success, error).",
       labelNames: ["controller", "result"],
-      buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      buckets: [0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
       registers,
     }),
     reconcileErrorsTotal: new Counter({
@@ -58,21 +73,22 @@ export function createOperatorRuntimeMetrics(registry = new Registry()): Operato
       help: "Seconds since the informer's watch last delivered an event (bookmarks included).",
       labelNames: ["informer"],
       registers,
+      // Computed at scrape time: a stalled watch is exactly the case where nothing would update it.
       collect() {
         const now = Date.now();
-        for (const [informer, at] of lastEventAt) this.set({ informer }, (now - at) / 1000);
+        for (const [informer, at] of seen) this.set({ informer }, Math.max(0, (now - at) / 1000));
       },
     }),
     watchRestartsTotal: new Counter({
       name: "switchboard_operator_watch_restarts_total",
-      help: "Watches restarted (ended, failed, or silent past the timeout).",
+      help: "Watches restarted, by reason: ended (closed by the server), error, gone (410), silent (watchdog).",
       labelNames: ["informer", "reason"],
       registers,
     }),
     relistsTotal: new Counter({
       name: "switchboard_operator_relists_total",
-      help: "Full lists of an informer (start, period, after a watch failure).",
-      labelNames: ["informer"],
+      help: "Full lists of an informer, by reason: start, periodic, silent, gone.",
+      labelNames: ["informer", "reason"],
       registers,
     }),
     leader: new Gauge({
@@ -81,4 +97,20 @@ export function createOperatorRuntimeMetrics(registry = new Registry()): Operato
       registers,
     }),
   };
+  lastEventAt.set(metrics, seen);
+  return metrics;
+}
+
+/** Records that `informer` heard from its watch at `atMs` (epoch ms). */
+export function recordWatchEvent(metrics: OperatorRuntimeMetrics, informer: string, atMs: number): void {
+  const seen = lastEventAt.get(metrics);
+  if (seen) seen.set(informer, atMs);
+  // Metrics built by hand (not by createOperatorRuntimeMetrics) get a plain, scrape-time-stale value.
+  else metrics.watchSecondsSinceLastEvent.set({ informer }, 0);
+}
+
+/** Drops a stopped informer's series, so a deliberately stopped watch does not look stalled. */
+export function forgetWatch(metrics: OperatorRuntimeMetrics, informer: string): void {
+  lastEventAt.get(metrics)?.delete(informer);
+  metrics.watchSecondsSinceLastEvent.remove({ informer });
 }
