@@ -1,12 +1,20 @@
-# One image for every Switchboard process: the services (`start`), the operator (`operator`) and the
-# CLI. Build: docker build -t ghcr.io/switchboard-chat/switchboard:0.1.0 .
-# Runs as the distroless `nonroot` user (65532) with a read-only root filesystem (only /tmp writable),
-# as the operator's restricted Pod Security settings require.
+# One image for every Switchboard process: the services (`start`, the default), the operator
+# (`operator`, as charts/switchboard-operator runs it) and the CLI.
+#
+#   docker build -t ghcr.io/switchboard-chat/switchboard:0.1.0 .
+#
+# Not built by the test suite (no Docker there); keep it simple. The runtime stage is distroless:
+# no shell, no package manager, user nonroot (65532), and only /tmp needs to be writable, so the Pods
+# run with the restricted Pod Security profile and a read-only root filesystem.
 
+# --- build: compile the TypeScript, then drop the dev dependencies -------------------------------
 FROM node:20-bookworm-slim AS build
 WORKDIR /src
 COPY package.json package-lock.json ./
-# Locked versions; native modules (lmdb) build against this Node.
+# `npm ci` semantics (versions from the lockfile, nothing saved), but as `npm install`: the lockfile
+# lacks some of biome's optional per-platform packages, so `npm ci` refuses it as out of sync.
+# Scripts are skipped because `prepare` runs tsc before the sources are here; lmdb's install script
+# (it picks the prebuilt binary for this platform and Node) is run explicitly.
 RUN npm install --no-save --no-audit --no-fund --ignore-scripts && npm rebuild lmdb
 COPY tsconfig.json ./
 COPY cmd ./cmd
@@ -17,14 +25,19 @@ COPY sdk/src ./sdk/src
 COPY bench ./bench
 RUN npx tsc -p tsconfig.json && npm prune --omit=dev
 
+# --- runtime: Node 20 on Debian 12 (the same glibc as bookworm, for lmdb's native module) --------
 FROM gcr.io/distroless/nodejs20-debian12:nonroot
 WORKDIR /app
 ENV NODE_ENV=production
 COPY --from=build /src/package.json ./
 COPY --from=build /src/node_modules ./node_modules
 COPY --from=build /src/dist ./dist
+# The demo page served at / (internal/platform reads ../../../web/index.html from dist/).
 COPY web ./web
+# Numeric, so the kubelet can check runAsNonRoot without a runAsUser.
 USER 65532:65532
-EXPOSE 8080 9090
+# 8080: HTTP/WebSocket, /healthz, /readyz, /metrics (the operator: 8081); 9090: gRPC.
+EXPOSE 8080 8081 9090
+# Distroless has `node` at /nodejs/bin/node and not on PATH: `node dist/cmd/switchboard.js`.
 ENTRYPOINT ["/nodejs/bin/node", "dist/cmd/switchboard.js"]
 CMD ["start"]

@@ -1,12 +1,59 @@
-/** The Helm chart: lint, values schema, and its rendered manifests validated by the real API server. */
+/**
+ * The Helm chart charts/switchboard-operator: lint, values schema, least-privilege RBAC, and its
+ * rendered manifests validated by the real API server (server dry run: the Kubernetes schemas,
+ * admission and Pod Security in a namespace that enforces the restricted profile). Nothing is
+ * installed; the namespace is this file's own.
+ */
 import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { CHART_DIR, CRD_FILE, helm, kubectl, kubeTools, type Tools } from "./helpers.js";
+import { CHART_DIR, CRD_FILE, helm, kubectl, kubeTools, run, type Tools } from "./helpers.js";
 
 const NS = `sb-chart-${randomBytes(3).toString("hex")}`;
+const RELEASE = "sb";
+const FULLNAME = "sb-switchboard-operator";
 let tools: Tools;
+
+interface K8sObject {
+  apiVersion: string;
+  kind: string;
+  metadata: { name: string; namespace?: string; labels?: Record<string, string> };
+  [key: string]: unknown;
+}
+
+interface PolicyRule {
+  apiGroups: string[];
+  resources: string[];
+  verbs: string[];
+}
+
+/** kubectl against the test plane, returning the exit code and output (the caller asserts). */
+const kubectlRun = (args: string[], input: string) =>
+  run(tools.KUBECTL, [`--kubeconfig=${tools.KUBECONFIG}`, ...args], { input });
+
+/** `helm template` of the chart into NS; throws with helm's message if it fails. */
+async function render(...args: string[]): Promise<string> {
+  const r = await helm(tools, ["template", RELEASE, CHART_DIR, "--namespace", NS, ...args]);
+  if (r.code !== 0) throw new Error(`helm template failed: ${r.stderr}`);
+  return r.stdout;
+}
+
+/** Parses rendered YAML into objects (kubectl does the YAML; nothing is sent to the server). */
+async function objects(yaml: string): Promise<K8sObject[]> {
+  const docs = yaml.split(/^---$/m).filter((d) => /^kind:/m.test(d));
+  return Promise.all(
+    docs.map(async (doc) =>
+      JSON.parse(await kubectl(tools, ["create", "--dry-run=client", "-o", "json", "-f", "-"], doc)),
+    ),
+  );
+}
+
+function only(objs: K8sObject[], kind: string): K8sObject {
+  const found = objs.filter((o) => o.kind === kind);
+  expect(found.map((o) => o.kind)).toEqual([kind]);
+  return found[0]!;
+}
 
 beforeAll(async () => {
   tools = await kubeTools();
@@ -29,21 +76,27 @@ describe("charts/switchboard-operator", () => {
     const r = await helm(tools, ["lint", "--strict", CHART_DIR]);
     expect(r.stderr + r.stdout).toContain("1 chart(s) linted, 0 chart(s) failed");
     expect(r.code).toBe(0);
+    const chart = readFileSync(join(CHART_DIR, "Chart.yaml"), "utf8");
+    expect(chart).toMatch(/^apiVersion: v2$/m);
+    expect(chart).toMatch(/^appVersion: "0\.1\.0"$/m);
+    expect(chart).toMatch(/^kubeVersion: ">=1\.30/m);
   });
 
-  it("rejects values its schema does not allow, naming the value", async () => {
+  it("rejects values its schema does not allow, saying which and why", async () => {
     const bad = await helm(tools, ["template", "t", CHART_DIR, "--set", "replicaCount=two"]);
     expect(bad.code).not.toBe(0);
-    expect(bad.stderr).toMatch(/replicaCount/);
+    expect(bad.stderr).toContain("at '/replicaCount': got string, want integer");
     const unknown = await helm(tools, ["template", "t", CHART_DIR, "--set", "replicas=2"]);
     expect(unknown.code).not.toBe(0);
-    expect(unknown.stderr).toMatch(/additional properties 'replicas' not allowed|replicas/);
+    expect(unknown.stderr).toContain("additional properties 'replicas' not allowed");
+    const policy = await helm(tools, ["template", "t", CHART_DIR, "--set", "image.pullPolicy=Sometimes"]);
+    expect(policy.code).not.toBe(0);
+    expect(policy.stderr).toContain("/image/pullPolicy");
   });
 
   it("renders manifests the API server accepts, with no Pod Security warning in a restricted namespace", async () => {
-    const rendered = await helm(tools, ["template", "sb", CHART_DIR, "--namespace", NS, "--include-crds"]);
-    expect(rendered.code).toBe(0);
-    const kinds = [...rendered.stdout.matchAll(/^kind: (\w+)$/gm)].map((m) => m[1]).sort();
+    const rendered = await render("--include-crds");
+    const kinds = (await objects(rendered)).map((o) => o.kind).sort();
     expect(kinds).toEqual([
       "ClusterRole",
       "ClusterRoleBinding",
@@ -55,13 +108,121 @@ describe("charts/switchboard-operator", () => {
       "Service",
       "ServiceAccount",
     ]);
-    const r = await kubectlRaw(
+    const r = await kubectlRun(
       ["apply", "--dry-run=server", "--server-side", "--force-conflicts", "-n", NS, "-f", "-"],
-      rendered.stdout,
+      rendered,
     );
-    expect(r.stderr).toBe("");
+    expect(r.stderr).toBe(""); // no warning: the namespace warns on anything short of restricted
     expect(r.code).toBe(0);
-    expect(r.stdout).toContain("deployment.apps/sb-switchboard-operator serverside-applied (server dry run)");
+    expect(r.stdout).toContain(`deployment.apps/${FULLNAME} serverside-applied (server dry run)`);
+    expect(r.stdout).toContain(`customresourcedefinition.apiextensions.k8s.io/chatclusters.switchboard.dev`);
+
+    // Other values render valid objects too: one replica (no PodDisruptionBudget), scheduling, no
+    // metrics Service, a named ServiceAccount with annotations.
+    const custom = await render(
+      "--set",
+      "replicaCount=1",
+      "--set",
+      "metrics.service.enabled=false",
+      "--set",
+      "serviceAccount.name=sb-operator",
+      "--set",
+      "serviceAccount.annotations.example\\.com/role=operator",
+      "--set",
+      "nodeSelector.pool=system",
+      "--set",
+      "tolerations[0].key=system,tolerations[0].operator=Exists,tolerations[0].effect=NoSchedule",
+      "--set",
+      "priorityClassName=system-cluster-critical",
+      "--set",
+      "imagePullSecrets[0].name=pull",
+      "--set",
+      "image.tag=0.1.1",
+    );
+    const customObjs = await objects(custom);
+    expect(customObjs.map((o) => o.kind).sort()).toEqual([
+      "ClusterRole",
+      "ClusterRoleBinding",
+      "Deployment",
+      "Role",
+      "RoleBinding",
+      "ServiceAccount",
+    ]);
+    const pod = podSpec(only(customObjs, "Deployment"));
+    expect(pod.serviceAccountName).toBe("sb-operator");
+    expect(pod.nodeSelector).toEqual({ pool: "system" });
+    expect(pod.containers[0]!.image).toBe("ghcr.io/switchboard-chat/switchboard:0.1.1");
+    const r2 = await kubectlRun(["apply", "--dry-run=server", "-n", NS, "-f", "-"], custom);
+    expect(r2.stderr).toBe("");
+    expect(r2.code).toBe(0);
+  });
+
+  it("runs the operator as a restricted Pod: the namespace's enforcing admission accepts its Pod spec", async () => {
+    const deployment = only(await objects(await render()), "Deployment");
+    const spec = podSpec(deployment);
+    const c = spec.containers[0]!;
+    expect(deployment.spec).toMatchObject({ replicas: 2 });
+    expect(c.args).toEqual([
+      "operator",
+      "--http-port",
+      "8081",
+      "--workers",
+      "2",
+      "--poll-interval",
+      "10s",
+      "--lease-name",
+      FULLNAME,
+    ]);
+    expect(c.env).toEqual([
+      { name: "POD_NAME", valueFrom: { fieldRef: { fieldPath: "metadata.name" } } },
+      { name: "POD_NAMESPACE", valueFrom: { fieldRef: { fieldPath: "metadata.namespace" } } },
+      { name: "SWITCHBOARD_LOG_LEVEL", value: "info" },
+    ]);
+    expect(c.ports).toEqual([{ name: "http", containerPort: 8081, protocol: "TCP" }]);
+    expect(c.livenessProbe).toMatchObject({ httpGet: { path: "/healthz", port: "http" } });
+    expect(c.readinessProbe).toMatchObject({ httpGet: { path: "/readyz", port: "http" } });
+    expect(c.resources).toMatchObject({
+      requests: { cpu: "50m", memory: "96Mi" },
+      limits: { memory: "256Mi" },
+    });
+    expect(spec.automountServiceAccountToken).toBe(true);
+    expect(spec.securityContext).toMatchObject({
+      runAsNonRoot: true,
+      runAsUser: 65532,
+      seccompProfile: { type: "RuntimeDefault" },
+    });
+    expect(c.securityContext).toEqual({
+      runAsNonRoot: true,
+      allowPrivilegeEscalation: false,
+      readOnlyRootFilesystem: true,
+      capabilities: { drop: ["ALL"] },
+      seccompProfile: { type: "RuntimeDefault" },
+    });
+
+    // PodSecurity only warns about a Deployment's template; it enforces on Pods. So create the
+    // template as a Pod (dry run) in the enforcing namespace, next to the chart's ServiceAccount
+    // (created for real: ServiceAccount admission looks it up)...
+    await kubectl(tools, ["apply", "-f", "-"], await render("--show-only", "templates/serviceaccount.yaml"));
+    const pod = (template: { spec: PodSpec }, name: string) =>
+      JSON.stringify({
+        apiVersion: "v1",
+        kind: "Pod",
+        metadata: { name, namespace: NS },
+        spec: template.spec,
+      });
+    const podTemplate = (deployment.spec as { template: { spec: PodSpec } }).template;
+    const ok = await kubectlRun(["create", "--dry-run=server", "-f", "-"], pod(podTemplate, "operator"));
+    expect(ok.stderr).toBe("");
+    expect(ok.code).toBe(0);
+    // ...and check that the namespace does enforce: the same Pod without its securityContexts is refused.
+    const { securityContext: _pod, ...loose } = podTemplate.spec;
+    const looseContainers = loose.containers.map(({ securityContext: _c, ...rest }) => rest);
+    const refused = await kubectlRun(
+      ["create", "--dry-run=server", "-f", "-"],
+      pod({ spec: { ...loose, containers: looseContainers } }, "loose"),
+    );
+    expect(refused.code).not.toBe(0);
+    expect(refused.stderr).toContain('violates PodSecurity "restricted:latest"');
   });
 
   it("ships the CRD of k8s/crd unchanged", () => {
@@ -70,24 +231,73 @@ describe("charts/switchboard-operator", () => {
     );
   });
 
-  it("grants no wildcard and no write on Secrets", async () => {
-    const rendered = await helm(tools, [
-      "template",
-      "sb",
-      CHART_DIR,
-      "--namespace",
-      NS,
-      "--show-only",
-      "templates/rbac.yaml",
-    ]);
-    expect(rendered.code).toBe(0);
-    expect(rendered.stdout).not.toContain('"*"');
-    const secrets = /resources: \["secrets"\]\n\s+verbs: (\[.*\])/.exec(rendered.stdout);
-    expect(secrets?.[1]).toBe('["get"]');
+  it("grants least privilege: exactly these rules, no wildcard, Secrets read-only", async () => {
+    const objs = await objects(await render("--show-only", "templates/rbac.yaml"));
+    const clusterRole = only(objs, "ClusterRole") as K8sObject & { rules: PolicyRule[] };
+    const all = ["get", "list", "watch", "create", "update", "patch", "delete"];
+    const grants = (rules: PolicyRule[]) =>
+      rules
+        .flatMap((r) =>
+          r.apiGroups.flatMap((g) => r.resources.map((res) => `${g || "core"}/${res}: ${r.verbs.join(",")}`)),
+        )
+        .sort();
+    expect(grants(clusterRole.rules)).toEqual(
+      [
+        "switchboard.dev/chatclusters: get,list,watch,patch,update",
+        "switchboard.dev/chatclusters/status: update,patch",
+        "switchboard.dev/chatclusters/finalizers: update,patch",
+        `apps/deployments: ${all}`,
+        `apps/statefulsets: ${all}`,
+        `core/services: ${all}`,
+        `core/configmaps: ${all}`,
+        `core/serviceaccounts: ${all}`,
+        `policy/poddisruptionbudgets: ${all}`,
+        `networking.k8s.io/networkpolicies: ${all}`,
+        "core/pods: get,list,watch,patch",
+        "core/secrets: get",
+        "events.k8s.io/events: create,patch",
+      ].sort(),
+    );
+    for (const rule of clusterRole.rules) {
+      expect([...rule.apiGroups, ...rule.resources, ...rule.verbs]).not.toContain("*");
+    }
+    // Leader election: Leases in the release namespace only, bound to the operator's ServiceAccount.
+    const role = only(objs, "Role") as K8sObject & { rules: PolicyRule[] };
+    expect(role.metadata.namespace).toBe(NS);
+    expect(grants(role.rules)).toEqual(["coordination.k8s.io/leases: get,create,update"]);
+    for (const kind of ["ClusterRoleBinding", "RoleBinding"]) {
+      const binding = only(objs, kind) as K8sObject & { subjects: unknown[]; roleRef: { name: string } };
+      expect(binding.subjects).toEqual([{ kind: "ServiceAccount", name: FULLNAME, namespace: NS }]);
+    }
+    // The rendered RBAC is valid for the API server.
+    const r = await kubectlRun(
+      ["apply", "--dry-run=server", "-f", "-"],
+      await render("--show-only", "templates/rbac.yaml"),
+    );
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
   });
 });
 
-async function kubectlRaw(args: string[], input: string) {
-  const { run } = await import("./helpers.js");
-  return run(tools.KUBECTL, [`--kubeconfig=${tools.KUBECONFIG}`, ...args], { input });
+interface Container {
+  image: string;
+  args: string[];
+  env: unknown[];
+  ports: unknown[];
+  livenessProbe: unknown;
+  readinessProbe: unknown;
+  resources: unknown;
+  securityContext?: unknown;
+}
+
+interface PodSpec {
+  serviceAccountName: string;
+  automountServiceAccountToken: boolean;
+  securityContext?: unknown;
+  nodeSelector?: Record<string, string>;
+  containers: Container[];
+}
+
+function podSpec(deployment: K8sObject): PodSpec {
+  return (deployment.spec as { template: { spec: PodSpec } }).template.spec;
 }
