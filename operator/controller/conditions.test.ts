@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { computeConditions, type Observation } from "./conditions.js";
 
-const ready = { desired: 2, readyReplicas: 2, updatedReplicas: 2, observed: true };
+const ready = { desired: 2, replicas: 2, readyReplicas: 2, updatedReplicas: 2, observed: true };
 const base: Observation = {
   generation: 3,
   provisioned: true,
@@ -27,6 +27,19 @@ describe("computeConditions", () => {
       reason: "ComponentsNotReady",
       message: "router 1/2 ready",
     });
+    expect(c.Progressing).toMatchObject({ status: "True", reason: "RollingOut" });
+  });
+
+  it("is not Ready while a rollout still has an old Pod (surge), even with every new Pod ready", () => {
+    const surge = { desired: 3, replicas: 4, readyReplicas: 4, updatedReplicas: 3, observed: true };
+    const c = byType(
+      computeConditions(
+        undefined,
+        { ...base, components: { ...base.components, router: surge } },
+        new Date(),
+      ),
+    );
+    expect(c.Ready).toMatchObject({ status: "False", reason: "ComponentsNotReady" });
     expect(c.Progressing).toMatchObject({ status: "True", reason: "RollingOut" });
   });
 

@@ -8,6 +8,8 @@ import type { ComponentName } from "../api/v1alpha1.js";
 
 export interface ComponentObservation {
   desired: number;
+  /** Pods the workload has now, old ones of a rollout included. */
+  replicas: number;
   readyReplicas: number;
   updatedReplicas: number;
   /** The workload controller has seen the latest spec (its observedGeneration). */
@@ -33,7 +35,15 @@ export function computeConditions(
   now: Date,
 ): V1Condition[] {
   const lagging = Object.entries(o.components)
-    .filter(([, c]) => c && (c.readyReplicas < c.desired || c.updatedReplicas < c.desired || !c.observed))
+    // Settled: the latest spec seen, every Pod updated and ready, and no old Pod left (a surge).
+    .filter(
+      ([, c]) =>
+        c &&
+        (c.readyReplicas < c.desired ||
+          c.updatedReplicas < c.desired ||
+          c.replicas > c.desired ||
+          !c.observed),
+    )
     .map(([name, c]) => `${name} ${c?.readyReplicas ?? 0}/${c?.desired ?? 0} ready`);
   const error = o.provisionError ?? o.applyError;
 

@@ -146,6 +146,7 @@ export class ChatClusterReconciler {
           | undefined;
         components[component] = {
           desired: w?.spec?.replicas ?? 0,
+          replicas: w?.status?.replicas ?? 0,
           readyReplicas: w?.status?.readyReplicas ?? 0,
           updatedReplicas: w?.status?.updatedReplicas ?? 0,
           observed: (w?.status?.observedGeneration ?? 0) >= (w?.metadata?.generation ?? 0),
