@@ -16,6 +16,7 @@
 import { type KubeConfig, type KubernetesObject, Watch } from "@kubernetes/client-node";
 import type { Logger } from "../../internal/lib/log.js";
 import { forgetWatch, type OperatorRuntimeMetrics, recordWatchEvent } from "./metrics.js";
+import { sleep } from "./sleep.js";
 
 export interface InformerOptions<T extends KubernetesObject> {
   kubeConfig: KubeConfig;
@@ -75,20 +76,6 @@ function statusOf(err: unknown): number | undefined {
   const e = err as { statusCode?: unknown; code?: unknown };
   if (typeof e.statusCode === "number") return e.statusCode;
   return typeof e.code === "number" ? e.code : undefined;
-}
-
-/** Resolves after `ms`, or at once when `signal` aborts; leaves no listener or timer behind. */
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise<void>((resolve) => {
-    if (signal.aborted) return resolve();
-    const done = () => {
-      clearTimeout(timer);
-      signal.removeEventListener("abort", done);
-      resolve();
-    };
-    const timer = setTimeout(done, ms);
-    signal.addEventListener("abort", done, { once: true });
-  });
 }
 
 export class Informer<T extends KubernetesObject> {

@@ -14,6 +14,7 @@ import type { KubeConfig } from "@kubernetes/client-node";
 import type { Logger } from "../../internal/lib/log.js";
 import { isConflict, isNotFound, KubeClient } from "../kube/client.js";
 import type { OperatorRuntimeMetrics } from "./metrics.js";
+import { sleep } from "./sleep.js";
 
 export interface LeaderElectionOptions {
   kubeConfig: KubeConfig;
@@ -52,20 +53,6 @@ type Attempt = { outcome: "held" } | { outcome: "other"; holder: string } | { ou
 
 /** MicroTime: RFC 3339 with microseconds. */
 const microTime = (ms: number) => new Date(ms).toISOString().replace(/\.(\d{3})Z$/, ".$1000Z");
-
-/** Resolves after `ms`, or at once when `signal` aborts; leaves no listener or timer behind. */
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise<void>((resolve) => {
-    if (signal.aborted) return resolve();
-    const done = () => {
-      clearTimeout(timer);
-      signal.removeEventListener("abort", done);
-      resolve();
-    };
-    const timer = setTimeout(done, ms);
-    signal.addEventListener("abort", done, { once: true });
-  });
-}
 
 export class LeaderElector {
   private leading = false;
