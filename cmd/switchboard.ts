@@ -1,14 +1,23 @@
 #!/usr/bin/env node
 /** The `switchboard` command: a thin dispatcher; each command lives in internal/cli. */
-import { runConfig, runSequencer, runStart, runToken } from "../internal/cli/server-commands.js";
+import {
+  runConfig,
+  runProvision,
+  runSequencer,
+  runStart,
+  runToken,
+} from "../internal/cli/server-commands.js";
 
 const USAGE = `usage: switchboard <command> [options]
-  start [--port N] [--data-dir DIR] [--grpc-port N]   run the whole platform in one process
+  start [--role R] [--port N] [--data-dir DIR] [--grpc-port N]
+                                                      run one role (gateway, router, presence, push, id,
+                                                      sequencer) or all of them in one process (default)
+  provision                                           create the Kafka topics and Cassandra schema
   token --user ID [--data-dir DIR] [--ttl 1h]        print a dev JWT
   send --token JWT (--to USER | --group ID) TEXT     send a message, print the ack
   listen --token JWT [--since CURSOR] [--count N]    sync, then print live messages
   group create --token JWT --name NAME [--member U]  create a group
-  sequencer                                           run only the sequencer (distributed backend)
+  sequencer                                           the same as start --role sequencer
   operator [--http-port N] [--lease-namespace NS]     run the ChatCluster operator (current KUBECONFIG)
   config docs                                         print the configuration reference`;
 
@@ -21,6 +30,8 @@ async function main(argv: string[]): Promise<number> {
       return runToken(rest);
     case "sequencer":
       return runSequencer(rest);
+    case "provision":
+      return runProvision(rest);
     case "config":
       return runConfig(rest);
     case "operator": {

@@ -136,6 +136,8 @@ export interface SessionEvent {
   sessionId: string;
   gatewayId: string;
   gatewayEpoch: number;
+  /** host:port routers dial for the gateway's Deliver stream (up events of gateways in other processes). */
+  gatewayAddress?: string;
 }
 
 export interface RoutingEvents extends Closeable {

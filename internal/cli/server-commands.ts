@@ -1,13 +1,15 @@
 /**
- * The server-side CLI commands: `start` (the all-in-one platform), `token` (a dev JWT), and
- * `config docs` (the configuration reference). Output is one JSON object per line.
+ * The server-side CLI commands: `start` (one role, or all of them in one process), `provision`
+ * (topics and schema), `token` (a dev JWT), and `config docs` (the configuration reference).
+ * Output is one JSON object per line.
  */
 import { parseArgs } from "node:util";
-import { openDistributedBackends } from "../backends/distributed/index.js";
+import { provisionDistributed } from "../backends/distributed/provision.js";
 import { signDevToken } from "../lib/auth.js";
 import { configDocs, loadConfig } from "../lib/config.js";
 import { createLogger } from "../lib/log.js";
-import { distributedOptions, startPlatform } from "../platform/index.js";
+import { distributedOptions } from "../process/backends.js";
+import { ROLES, type RoleName, startRole } from "../roles/index.js";
 
 const TTL_UNITS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86400 };
 
@@ -39,22 +41,26 @@ export async function runStart(argv: string[]): Promise<number> {
     },
     strict: true,
   });
-  // The operator deploys one role per Deployment; until the services run apart, only "all" exists.
-  if (values.role !== "all")
+  const role = values.role as RoleName;
+  if (!ROLES.includes(role))
     throw new Error(
-      `--role ${values.role}: this build runs every service in one process; use --role all (split roles are not implemented yet)`,
+      `--role ${values.role}: expected one of ${ROLES.join(", ")} (all: every service in one process)`,
     );
   const overrides: Record<string, string> = {};
   if (values.port !== undefined) overrides["http.port"] = values.port;
   if (values.host !== undefined) overrides["http.host"] = values.host;
   if (values["data-dir"] !== undefined) overrides.dataDir = values["data-dir"];
-  if (values["grpc-port"] !== undefined) overrides["grpc.port"] = values["grpc-port"];
+  if (values["grpc-port"] !== undefined) {
+    overrides["grpc.port"] = values["grpc-port"];
+    overrides["grpc.enabled"] = "true";
+  }
   if (values.backend !== undefined) overrides.backend = values.backend;
   const config = loadConfig(platformEnv(), overrides);
-  const log = createLogger({ service: "switchboard" });
-  const platform = await startPlatform(config, log);
+  const log = createLogger({ service: "switchboard", role });
+  const running = await startRole(role, config, log);
+  const url = running.gateway ? `ws://${config.http.host}:${running.httpPort}/ws` : undefined;
   process.stdout.write(
-    `${JSON.stringify({ status: "started", url: `ws://${config.http.host}:${platform.port}/ws`, port: platform.port, grpc_port: platform.grpcPort, data_dir: config.dataDir })}\n`,
+    `${JSON.stringify({ status: "started", role, ...(url ? { url } : {}), port: running.httpPort, grpc_port: running.grpcPort, data_dir: config.dataDir, pid: process.pid })}\n`,
   );
   await new Promise<void>((resolve) => {
     let stopping = false;
@@ -63,8 +69,8 @@ export async function runStart(argv: string[]): Promise<number> {
       stopping = true;
       log.info("stopping", { signal, drainMs });
       try {
-        if (drainMs > 0) await drainBeforeStop(platform.gateway, drainMs);
-        await platform.close();
+        if (drainMs > 0 && running.gateway) await drainBeforeStop(running.gateway, drainMs);
+        await running.close();
       } catch (err) {
         log.error("shutdown failed", { err });
       }
@@ -90,21 +96,41 @@ async function drainBeforeStop(
   while (gateway.connections > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
 }
 
+/** `switchboard sequencer`: the same as `start --role sequencer` (kept for scripts that use it). */
+export function runSequencer(argv: string[]): Promise<number> {
+  return runStart(["--role", "sequencer", ...argv]);
+}
+
 /**
- * `switchboard sequencer`: only the sequencer of the distributed backend (ADR 0002), as deployed
- * beside the routers; several may run, the consumer group shares the partitions among them.
+ * `switchboard provision`: creates the Kafka topics and the Cassandra keyspace and schema (idempotent),
+ * what the operator does for a ChatCluster; split roles only verify that they exist.
  */
-export async function runSequencer(argv: string[]): Promise<number> {
+export async function runProvision(argv: string[]): Promise<number> {
   parseArgs({ args: argv, options: {}, strict: true });
   const config = loadConfig(platformEnv());
-  const log = createLogger({ service: "sequencer", pid: process.pid });
-  const backends = await openDistributedBackends(distributedOptions(config, log, true));
-  process.stdout.write(`${JSON.stringify({ status: "started", service: "sequencer", pid: process.pid })}\n`);
-  await new Promise<void>((resolve) => {
-    const stop = () => void backends.close().then(resolve, resolve);
-    process.once("SIGINT", stop);
-    process.once("SIGTERM", stop);
+  const log = createLogger({ service: "provision" });
+  const o = distributedOptions(config, log, { sequencer: false, appends: false, provision: true });
+  const result = await provisionDistributed({
+    kafka: {
+      brokers: o.brokers,
+      topicPrefix: o.topicPrefix,
+      partitions: o.partitions,
+      replicationFactor: o.replicationFactor,
+      retentionHours: o.retentionHours,
+      ...(o.ssl === undefined ? {} : { ssl: o.ssl }),
+      ...(o.sasl === undefined ? {} : { sasl: o.sasl }),
+    },
+    cassandra: {
+      contactPoints: o.cassandra.contactPoints,
+      localDataCenter: o.cassandra.localDataCenter,
+      keyspace: o.cassandra.keyspace,
+      replication: o.cassandra.replication ?? { class: "SimpleStrategy", replication_factor: 1 },
+      ...(o.cassandra.credentials ? { credentials: o.cassandra.credentials } : {}),
+    },
+    clientId: o.clientId,
+    log,
   });
+  process.stdout.write(`${JSON.stringify({ status: "provisioned", ...result })}\n`);
   return 0;
 }
 

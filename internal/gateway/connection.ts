@@ -404,6 +404,11 @@ export class Connection {
     this.sendRaw(encoded());
   }
 
+  /** Looks for inbox entries past the last delivered one (events a failed router stream lost). */
+  recheckInbox(): void {
+    if (this.live && !this.closed) void this.catchUp();
+  }
+
   /** Fills a gap in the live stream from the inbox, then resumes live delivery. */
   private async catchUp(): Promise<void> {
     if (this.catchingUp) return;

@@ -12,6 +12,13 @@ import type { GatewayService } from "../../gen/switchboard/gateway/v1/gateway_pb
 import type { PresenceService } from "../../gen/switchboard/presence/v1/presence_pb.js";
 import type { RouterService } from "../../gen/switchboard/router/v1/router_pb.js";
 import type { Backends } from "../backends/types.js";
+
+/** The stores a gateway reads and writes directly (ADR 0005: sync, history and membership reads stay local). */
+export type GatewayStores = Pick<
+  Backends,
+  "log" | "messages" | "membership" | "inbox" | "receipts" | "routing"
+>;
+
 import type { Identity, TokenVerifier } from "../lib/auth.js";
 import type { Config } from "../lib/config.js";
 import { SwitchboardError } from "../lib/errors.js";
@@ -26,19 +33,22 @@ import type { GatewayContext } from "./context.js";
 import { TokenBucket } from "./rate-limit.js";
 
 const CREDIT_EVERY_EVENTS = 256;
+const RECHECK_SPREAD_MS = 1_000;
 const SHARED_CONVERSATIONS_SCAN_MAX = 1_000;
 
 export interface GatewayOptions {
   config: Config;
   log: Logger;
   metrics: Metrics;
-  backends: Backends;
+  backends: GatewayStores;
   conversations: Conversations;
   router: ServiceClient<typeof RouterService>;
   presence: ServiceClient<typeof PresenceService>;
   verify: TokenVerifier;
   gatewayId: string;
   gatewayEpoch: number;
+  /** host:port routers in other processes dial for this gateway's Deliver stream ("" in-process only). */
+  advertiseAddress: string;
 }
 
 export class Gateway {
@@ -85,6 +95,20 @@ export class Gateway {
     };
     this.pingTimer = setInterval(() => this.ping(), config.gateway.pingIntervalMs);
     this.pingTimer.unref();
+  }
+
+  /**
+   * Tells the routers that sessions of this gateway's earlier epochs are gone (a restart in place
+   * under the same id: their processes died with the old one), before it accepts connections.
+   */
+  async announce(): Promise<void> {
+    await this.options.backends.routing.publish({
+      kind: "gateway-gone",
+      userId: "",
+      sessionId: "",
+      gatewayId: this.id,
+      gatewayEpoch: this.epoch - 1,
+    });
   }
 
   get connections(): number {
@@ -195,6 +219,7 @@ export class Gateway {
       sessionId: conn.sessionId,
       gatewayId: this.id,
       gatewayEpoch: this.epoch,
+      ...(this.options.advertiseAddress ? { gatewayAddress: this.options.advertiseAddress } : {}),
     });
   }
 
@@ -221,11 +246,17 @@ export class Gateway {
   service(): ServiceImpl<typeof GatewayService> {
     const gateway = this;
     return {
-      async *deliver(requests) {
+      async *deliver(requests, ctx) {
         let handled = 0;
-        for await (const req of requests) {
-          gateway.dispatch(req.userIds, req.cursors, req.sessionIds, req.excludeSessionId, req.frame);
-          if (++handled % CREDIT_EVERY_EVENTS === 0) yield { delivered: CREDIT_EVERY_EVENTS };
+        try {
+          for await (const req of requests) {
+            gateway.dispatch(req.userIds, req.cursors, req.sessionIds, req.excludeSessionId, req.frame);
+            if (++handled % CREDIT_EVERY_EVENTS === 0) yield { delivered: CREDIT_EVERY_EVENTS };
+          }
+        } finally {
+          // A router that died (or was cut off) may have held events for our connections: each one
+          // looks at its inbox once, so nothing waits for the next message to reveal the gap.
+          if (ctx.signal.aborted) gateway.recheckInboxes();
         }
       },
       async drain(req) {
@@ -285,6 +316,14 @@ export class Gateway {
     for (const s of sessionIds) {
       const conn = this.bySession.get(s);
       if (conn) send(conn);
+    }
+  }
+
+  /** Every live connection re-reads its inbox past what it delivered, spread over a second. */
+  recheckInboxes(): void {
+    for (const conn of this.bySession.values()) {
+      const t = setTimeout(() => conn.recheckInbox(), Math.floor(Math.random() * RECHECK_SPREAD_MS));
+      t.unref();
     }
   }
 

@@ -69,9 +69,37 @@ export const schema = {
   grpc: {
     port: int(
       0,
-      "Port of the gRPC server exposing all services (0: gRPC disabled in all-in-one mode).",
+      "Port of the gRPC server of this process's services (0: a free port, printed at start).",
       0,
       65535,
+    ),
+    enabled: bool(
+      false,
+      "Role all: also serve every service over gRPC (`--grpc-port` turns it on). The split roles always serve gRPC.",
+    ),
+  },
+  cluster: {
+    idTarget: str(
+      "",
+      "gRPC target of the id service, for gateways of split roles: `dns:///name:port` (a headless Service; calls spread over every address) or `ipv4:host:port,host:port`. Empty: in this process (role all).",
+    ),
+    routerTarget: str(
+      "",
+      "gRPC target of the routers (Relay of typing, receipts and presence), for gateways and presence of split roles; same forms as cluster.idTarget. Empty: in this process.",
+    ),
+    pushTarget: str(
+      "",
+      "gRPC target of the push service, for routers of split roles; same forms as cluster.idTarget. Empty: in this process.",
+    ),
+    presenceTargets: list(
+      [],
+      "gRPC target of each presence shard, in shard order (a user's presence lives on shard hash(user) mod count), for gateways of split roles. Empty: in this process.",
+    ),
+    presenceShard: int(
+      0,
+      "This presence process's shard number (in Kubernetes, the StatefulSet ordinal); logged and exported, so a misrouted heartbeat is visible.",
+      0,
+      1023,
     ),
   },
   dataDir: str(".data", "Directory of the embedded database and the dev JWT secret."),
@@ -97,6 +125,10 @@ export const schema = {
     id: str(
       "",
       "This gateway's id in the routing table (in Kubernetes: the Pod name, which the operator names in gateway-gone records). Empty: hostname-pid.",
+    ),
+    advertiseAddress: str(
+      "",
+      "host:port of this gateway's gRPC server that routers dial for its Deliver stream; it travels in the routing records (in Kubernetes: the Pod IP). Empty: http.host and the gRPC port.",
     ),
     frameBytesMax: int(
       1024 * 1024,
@@ -129,6 +161,13 @@ export const schema = {
       0,
       "On SIGTERM, first tell clients to reconnect elsewhere, spread over this window, then stop (the operator sets it for rolling updates); 0: close connections at once (1001). SIGINT always stops at once.",
       0,
+    ),
+  },
+  router: {
+    streamQueueBytesMax: int(
+      16 * 1024 * 1024,
+      "Bytes a router queues on one gateway's Deliver stream when that gateway reads slower than the router routes; past it, that gateway's events are dropped (counted; clients recover them from their inbox) and the other gateways are unaffected.",
+      64 * 1024,
     ),
   },
   groups: {
@@ -173,13 +212,24 @@ export const schema = {
     retentionHours: int(168, "Retention of the message topics, in hours.", 1),
     sequencer: bool(
       true,
-      "Run a sequencer in this process (ADR 0002). Off: the drafts are sequenced by other processes (`switchboard sequencer` or other platforms), which answer over the replies topic.",
+      "Role all: also run a sequencer in this process (ADR 0002). Off: the drafts are sequenced by other processes (role sequencer or other platforms), which answer over the replies topic. Split roles ignore it: only role sequencer sequences.",
     ),
     appendTimeoutMs: int(
       10_000,
       "A send not sequenced within this time fails with UNAVAILABLE (the client retries with the same client_msg_id).",
       100,
     ),
+    tls: bool(false, "Connect to the Kafka brokers over TLS."),
+    tlsCaFile: str("", "PEM file of the CAs that sign the brokers' certificates (empty: the system's)."),
+    tlsCertFile: str("", "PEM client certificate for mutual TLS (empty: none)."),
+    tlsKeyFile: str("", "PEM private key of tlsCertFile."),
+    saslMechanism: oneOf(
+      ["none", "plain", "scram-sha-256", "scram-sha-512"] as const,
+      "none",
+      "SASL mechanism for Kafka.",
+    ),
+    saslUsername: str("", "SASL user name (in Kubernetes: from the ChatCluster's Secret)."),
+    saslPassword: str("", "SASL password (in Kubernetes: from the ChatCluster's Secret)."),
   },
   cassandra: {
     contactPoints: list(["127.0.0.1:9042"], "Cassandra contact points (distributed backend)."),
@@ -195,6 +245,13 @@ export const schema = {
       "LOCAL_SERIAL",
       "Consistency of the Paxos phase of lightweight transactions (the seq fence).",
     ),
+    username: str(
+      "",
+      "Cassandra user name (empty: no authentication; in Kubernetes: from the ChatCluster's Secret).",
+    ),
+    password: str("", "Cassandra password."),
+    tls: bool(false, "Connect to Cassandra over TLS."),
+    tlsCaFile: str("", "PEM file of the CAs that sign the nodes' certificates (empty: the system's)."),
     replicationFactor: int(
       1,
       "SimpleStrategy replication factor of the keyspace when the platform creates it (production: create it with NetworkTopologyStrategy).",

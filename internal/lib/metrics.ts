@@ -61,6 +61,27 @@ export function createMetrics() {
       buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
       registers: r,
     }),
+    gatewayStreams: new Gauge({
+      name: "switchboard_router_gateway_streams",
+      help: "Deliver streams this router holds open to gateways.",
+      registers: r,
+    }),
+    gatewayStreamQueueBytes: new Gauge({
+      name: "switchboard_router_gateway_stream_queue_bytes",
+      help: "Bytes queued on this router's Deliver streams, not yet taken by gRPC (all gateways).",
+      registers: r,
+    }),
+    deliveriesDroppedTotal: new Counter({
+      name: "switchboard_router_deliveries_dropped_total",
+      help: "Deliver events not handed to a gateway, by reason (queue_full: the stream's byte bound; unreachable: the gateway's stream is down). Message events stay in the inbox: clients recover them by gap catch-up or sync.",
+      labelNames: ["reason"],
+      registers: r,
+    }),
+    gatewayStreamFailuresTotal: new Counter({
+      name: "switchboard_router_gateway_stream_failures_total",
+      help: "Deliver streams to gateways that ended with an error (gateway gone, restarting or unreachable).",
+      registers: r,
+    }),
     pushNotifications: new Counter({
       name: "switchboard_push_notifications_total",
       help: "Push notifications by result.",

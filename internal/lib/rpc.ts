@@ -186,16 +186,50 @@ export function addService<S extends DescService>(
   server.addService(definitionOf(service), handlers);
 }
 
-/** A client for a service behind gRPC at `address` (host:port), plaintext unless credentials are given. */
+/**
+ * Service config of clients to a role with several replicas: round robin over every address the
+ * target resolves to (a headless Service's Pod IPs, or an `ipv4:a,b` list), so calls spread over
+ * all replicas instead of sticking to one HTTP/2 connection, and unary calls that fail with
+ * UNAVAILABLE (the replica went away) are retried on another replica before the caller sees it.
+ */
+const SPREAD_SERVICE_CONFIG = JSON.stringify({
+  loadBalancingConfig: [{ round_robin: {} }],
+  methodConfig: [
+    {
+      name: [{}],
+      retryPolicy: {
+        maxAttempts: 4,
+        initialBackoff: "0.05s",
+        maxBackoff: "1s",
+        backoffMultiplier: 2,
+        retryableStatusCodes: ["UNAVAILABLE"],
+      },
+    },
+  ],
+});
+
+export interface GrpcClientOptions {
+  credentials?: grpc.ChannelCredentials;
+  /** Spread calls over every address of the target and retry UNAVAILABLE elsewhere (see above). */
+  spread?: boolean;
+}
+
+/**
+ * A client for a service behind gRPC at `target`: `host:port`, `dns:///name:port` or
+ * `ipv4:host:port,host:port`; plaintext unless credentials are given.
+ */
 export function grpcClient<S extends DescService>(
   service: S,
-  address: string,
-  credentials: grpc.ChannelCredentials = grpc.credentials.createInsecure(),
+  target: string,
+  options: GrpcClientOptions = {},
 ): ServiceClient<S> & { close(): void } {
   const Ctor = grpc.makeGenericClientConstructor(definitionOf(service), service.name);
-  const raw = new Ctor(address, credentials, {
+  const raw = new Ctor(target, options.credentials ?? grpc.credentials.createInsecure(), {
     "grpc.max_receive_message_length": 4 * 1024 * 1024,
     "grpc.keepalive_time_ms": 30_000,
+    ...(options.spread
+      ? { "grpc.service_config": SPREAD_SERVICE_CONFIG, "grpc.dns_min_time_between_resolutions_ms": 5_000 }
+      : {}),
   }) as unknown as Record<string, AnyFn> & grpc.Client;
   const client: Record<string, unknown> = { close: () => raw.close() };
   for (const method of service.methods) {

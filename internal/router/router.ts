@@ -11,25 +11,25 @@
 
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { ServerFrame } from "../../gen/switchboard/client/v1/client_pb.js";
+import type { DeliverRequest, DeliverRequestSchema } from "../../gen/switchboard/gateway/v1/gateway_pb.js";
+import type { PushService } from "../../gen/switchboard/push/v1/push_pb.js";
 import type {
-  DeliverRequest,
-  DeliverRequestSchema,
-  GatewayService,
-} from "../../gen/switchboard/gateway/v1/gateway_pb.js";
-import type { Backends, Closeable, SessionEvent, StoredMessage } from "../backends/types.js";
-import { AsyncQueue } from "../lib/async-queue.js";
+  Closeable,
+  InboxStore,
+  MembershipStore,
+  MessageLog,
+  RoutingEvents,
+  SessionEvent,
+  StoredMessage,
+} from "../backends/types.js";
 import type { Logger } from "../lib/log.js";
 import type { Metrics } from "../lib/metrics.js";
 import type { ServiceClient } from "../lib/rpc.js";
-import type { Push } from "../push/service.js";
+import { type DeliverInit, type GatewayClient, GatewayLink } from "./gateway-link.js";
 
 export const CONSUMER_GROUP = "router";
-/** Events queued per gateway stream before the router starts dropping (clients recover by sync). */
-export const GATEWAY_QUEUE_EVENTS_MAX = 100_000;
 /** Member-list reads in flight per routed batch. */
 const MEMBER_READS_CONCURRENT = 32;
-
-type DeliverInit = MessageInitShape<typeof DeliverRequestSchema>;
 
 interface SessionRoute {
   userId: string;
@@ -37,15 +37,23 @@ interface SessionRoute {
   gatewayEpoch: number;
 }
 
-interface GatewayLink {
-  queue: AsyncQueue<DeliverInit>;
-  done: Promise<void>;
+/** Where a gateway of another process is reached (from its sessions' up records). */
+interface GatewayAddress {
+  address: string;
+  epoch: number;
 }
 
 export interface RouterOptions {
-  backends: Backends;
-  push: Push;
-  log: Logger;
+  log: MessageLog;
+  membership: MembershipStore;
+  inbox: InboxStore;
+  routing: RoutingEvents;
+  push: ServiceClient<typeof PushService>;
+  /** A Deliver client for a gateway in another process, by its advertised host:port. */
+  dialGateway: (address: string) => GatewayClient;
+  /** Bytes queued per gateway stream before its events are dropped (clients recover by sync). */
+  streamQueueBytesMax: number;
+  logger: Logger;
   metrics: Metrics;
 }
 
@@ -64,36 +72,62 @@ export function toWireMessage(m: StoredMessage) {
 export class Router {
   private readonly sessions = new Map<string, SessionRoute>();
   private readonly byUser = new Map<string, Set<string>>();
-  private readonly gateways = new Map<string, GatewayLink>();
+  /** Open (or openable) Deliver streams, by gateway id. */
+  private readonly links = new Map<string, GatewayLink>();
+  /** Gateways in this process: their links are never closed by routing events. */
+  private readonly local = new Set<string>();
+  private readonly addresses = new Map<string, GatewayAddress>();
   private readonly closers: Closeable[] = [];
 
   constructor(private readonly options: RouterOptions) {}
 
   async start(): Promise<void> {
-    this.closers.push(await this.options.backends.routing.subscribe((e) => this.onSessionEvent(e)));
-    this.closers.push(await this.options.backends.log.consume(CONSUMER_GROUP, (batch) => this.route(batch)));
+    this.closers.push(await this.options.routing.subscribe((e) => this.onSessionEvent(e)));
+    this.closers.push(await this.options.log.consume(CONSUMER_GROUP, (batch) => this.route(batch)));
   }
 
-  /** Opens the long-lived delivery stream to a gateway. */
-  attachGateway(gatewayId: string, client: ServiceClient<typeof GatewayService>): void {
-    const queue = new AsyncQueue<DeliverInit>(GATEWAY_QUEUE_EVENTS_MAX);
-    const done = (async () => {
-      for await (const _ of client.deliver(queue)) {
-        // Responses are flow-control credit; the bounded queue is the back-pressure here.
-      }
-    })().catch((err: unknown) => this.options.log.warn("router: gateway stream ended", { gatewayId, err }));
-    this.gateways.set(gatewayId, { queue, done });
+  /** A gateway in this process, reached through an in-process client. */
+  attachGateway(gatewayId: string, client: GatewayClient): void {
+    this.local.add(gatewayId);
+    this.links.set(
+      gatewayId,
+      this.link(gatewayId, () => client),
+    );
   }
 
-  async detachGateway(gatewayId: string): Promise<void> {
-    const link = this.gateways.get(gatewayId);
-    if (!link) return;
-    this.gateways.delete(gatewayId);
-    link.queue.end();
-    await link.done;
+  private link(gatewayId: string, dial: () => GatewayClient): GatewayLink {
+    const { logger: log, metrics, streamQueueBytesMax: queueBytesMax } = this.options;
+    return new GatewayLink({ gatewayId, dial, queueBytesMax, log, metrics });
+  }
+
+  /** The link to a gateway, opened on first use from the address its sessions advertised. */
+  private linkTo(gatewayId: string): GatewayLink | undefined {
+    const existing = this.links.get(gatewayId);
+    if (existing) return existing;
+    const where = this.addresses.get(gatewayId);
+    if (!where) return undefined;
+    const link = this.link(gatewayId, () => this.options.dialGateway(where.address));
+    this.links.set(gatewayId, link);
+    return link;
+  }
+
+  /** Closes the stream to a gateway of another process (gone, or back under a new address). */
+  private forgetGateway(gatewayId: string): void {
+    this.addresses.delete(gatewayId);
+    const link = this.links.get(gatewayId);
+    if (!link || this.local.has(gatewayId)) return;
+    this.links.delete(gatewayId);
+    void link.close();
   }
 
   private onSessionEvent(e: SessionEvent): void {
+    if (e.kind !== "gateway-gone" && e.gatewayAddress && !this.local.has(e.gatewayId)) {
+      const known = this.addresses.get(e.gatewayId);
+      if (!known || (known.address !== e.gatewayAddress && e.gatewayEpoch >= known.epoch)) {
+        if (known) this.forgetGateway(e.gatewayId);
+        this.addresses.set(e.gatewayId, { address: e.gatewayAddress, epoch: e.gatewayEpoch });
+      }
+    }
     if (e.kind === "up") {
       this.sessions.set(e.sessionId, {
         userId: e.userId,
@@ -112,6 +146,8 @@ export class Router {
       for (const [id, s] of this.sessions) {
         if (s.gatewayId === e.gatewayId && s.gatewayEpoch <= e.gatewayEpoch) this.dropSession(id);
       }
+      const known = this.addresses.get(e.gatewayId);
+      if (known && known.epoch <= e.gatewayEpoch) this.forgetGateway(e.gatewayId);
     }
   }
 
@@ -136,7 +172,7 @@ export class Router {
 
   private async route(batch: StoredMessage[]): Promise<void> {
     const started = performance.now();
-    const { membership, inbox } = this.options.backends;
+    const { membership, inbox } = this.options;
     // Member lists of the batch's conversations, read concurrently (one read each): with a remote
     // store, reading them one after another was most of a batch's time.
     const conversations = [...new Set(batch.map((m) => m.conversationId))];
@@ -195,19 +231,16 @@ export class Router {
   private notifyOffline(userId: string, m: StoredMessage): void {
     this.options.push
       .notify({ userId, conversationId: m.conversationId, title: m.sender, body: m.body.slice(0, 120) })
-      .catch((err: unknown) => this.options.log.warn("router: push failed", { userId, err }));
+      .catch((err: unknown) => this.options.logger.warn("router: push failed", { userId, err }));
   }
 
   private enqueue(gatewayId: string, req: DeliverInit): boolean {
-    const link = this.gateways.get(gatewayId);
-    if (!link) return false;
-    if (!link.queue.push(req)) {
-      this.options.log.warn("router: gateway queue full, dropping event (clients recover by sync)", {
-        gatewayId,
-      });
+    const link = this.linkTo(gatewayId);
+    if (!link) {
+      this.options.metrics.deliveriesDroppedTotal.inc({ reason: "unreachable" });
       return false;
     }
-    return true;
+    return link.push(req);
   }
 
   /** Relays an ephemeral frame to users' and/or specific sessions' devices. Returns sessions reached. */
@@ -259,7 +292,9 @@ export class Router {
 
   async close(): Promise<void> {
     for (const c of this.closers.splice(0)) await c.close();
-    await Promise.all([...this.gateways.keys()].map((g) => this.detachGateway(g)));
+    const links = [...this.links.values()];
+    this.links.clear();
+    await Promise.all(links.map((l) => l.close()));
   }
 }
 

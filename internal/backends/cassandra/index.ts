@@ -19,7 +19,7 @@ import { CassandraMembershipStore } from "./membership.js";
 import { CassandraMessageStore } from "./messages.js";
 import { CassandraPresenceStore } from "./presence.js";
 import { CassandraReceiptStore } from "./receipts.js";
-import { migrate, type Replication } from "./schema.js";
+import { migrate, type Replication, verifySchema } from "./schema.js";
 import { CassandraSequencerStore } from "./sequencer.js";
 import { type ConsistencyOptions, checkKeyspaceName, Session, storageError } from "./session.js";
 
@@ -52,6 +52,15 @@ export interface CassandraOptions {
   inFlightMax?: number;
   /** Client-side timeout per request, ms. Default 30,000 (the server's own timeouts are shorter). */
   requestTimeoutMs?: number;
+  /** PasswordAuthenticator credentials. */
+  credentials?: { username: string; password: string };
+  /** TLS to the nodes (node:tls options; `{}` for the system's CAs). */
+  ssl?: import("node:tls").ConnectionOptions;
+  /**
+   * Create the keyspace and apply pending migrations (default). Off: only check that the schema is
+   * at this build's version and fail with NOT_PROVISIONED otherwise (the operator provisions).
+   */
+  provision?: boolean;
 }
 
 export interface CassandraStores extends Closeable {
@@ -71,6 +80,8 @@ export async function openCassandraStores(options: CassandraOptions): Promise<Ca
   const client = new cassandra.Client({
     contactPoints: options.contactPoints,
     localDataCenter: options.localDataCenter,
+    ...(options.credentials ? { credentials: options.credentials } : {}),
+    ...(options.ssl ? { sslOptions: options.ssl } : {}),
     socketOptions: { connectTimeout: 10_000, readTimeout: options.requestTimeoutMs ?? 30_000 },
     protocolOptions: { maxSchemaAgreementWaitSeconds: 30 },
     policies: {
@@ -99,10 +110,12 @@ export async function openCassandraStores(options: CassandraOptions): Promise<Ca
     throw storageError(`connect to ${options.contactPoints.join(",")} (dc ${options.localDataCenter})`, err);
   }
   try {
-    await migrate(client, {
-      keyspace: options.keyspace,
-      replication: options.replication ?? { class: "SimpleStrategy", replication_factor: 1 },
-    });
+    if (options.provision === false) await verifySchema(client, options.keyspace);
+    else
+      await migrate(client, {
+        keyspace: options.keyspace,
+        replication: options.replication ?? { class: "SimpleStrategy", replication_factor: 1 },
+      });
   } catch (err) {
     await client.shutdown().catch(() => undefined);
     throw err;

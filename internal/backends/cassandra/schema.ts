@@ -296,3 +296,45 @@ export async function migrate(client: Client, options: MigrateOptions): Promise<
   }
   return { applied, version };
 }
+
+/**
+ * Checks, without changing anything, that every migration of this build is applied (with its
+ * checksum): processes that do not provision (split roles; the operator provisions) refuse to run
+ * against a keyspace that is missing, older or diverged, with a message that says what to do.
+ */
+export async function verifySchema(client: Client, ks: string): Promise<number> {
+  checkKeyspaceName(ks);
+  let rows: Array<{ get(name: string): unknown }>;
+  try {
+    const result = await client.execute(`SELECT version, checksum FROM ${ks}.schema_migrations`, [], {
+      prepare: false,
+      consistency: cassandra.types.consistencies.localQuorum,
+    });
+    rows = result.rows;
+  } catch (err) {
+    const text = String((err as Error).message ?? err);
+    if (/unconfigured table|does not exist|Keyspace .* not exist/i.test(text))
+      throw errors.precondition(
+        "NOT_PROVISIONED",
+        `keyspace ${ks} has no schema: provision it first (the operator does; or run \`switchboard provision\`)`,
+      );
+    throw storageError(`schema: read ${ks}.schema_migrations`, err);
+  }
+  const recorded = new Map(rows.map((r) => [r.get("version") as number, r.get("checksum") as string]));
+  let version = 0;
+  for (const m of migrations(ks)) {
+    const seen = recorded.get(m.version);
+    if (seen === undefined)
+      throw errors.precondition(
+        "NOT_PROVISIONED",
+        `keyspace ${ks} lacks migration ${m.version} (${m.name}): provision it first (the operator does; or run \`switchboard provision\`)`,
+      );
+    if (seen !== checksum(m))
+      throw errors.precondition(
+        "SCHEMA_MISMATCH",
+        `schema migration ${m.version} (${m.name}) in ${ks} differs from this build's`,
+      );
+    version = m.version;
+  }
+  return version;
+}

@@ -2,14 +2,14 @@
  * The distributed backend: Kafka for the message log, the sequencer and routing events; Cassandra
  * for everything stored. See ADR 0002 for how seq is assigned and fenced.
  */
-import { Kafka, logLevel } from "kafkajs";
+import { Kafka, type KafkaConfig, logLevel } from "kafkajs";
 import type { Logger } from "../../lib/log.js";
 import { type CassandraOptions, openCassandraStores } from "../cassandra/index.js";
 import { BatchProducer } from "../kafka/batch-producer.js";
 import { KafkaMessageLog } from "../kafka/log.js";
 import { KafkaRouting } from "../kafka/routing.js";
 import { type PendingAppends, SEQUENCER_GROUP, Sequencer } from "../kafka/sequencer.js";
-import { ensureTopics, topicNames } from "../kafka/topics.js";
+import { ensureTopics, topicNames, verifyTopics } from "../kafka/topics.js";
 import type { Backends } from "../types.js";
 
 export interface DistributedOptions {
@@ -26,11 +26,22 @@ export interface DistributedOptions {
   log: Logger;
   /** Run a sequencer in this process (default true). */
   sequencer?: boolean;
+  /**
+   * This process appends messages (default true): it follows the replies topic so that sends
+   * sequenced by a sequencer in another process are acknowledged here.
+   */
+  appends?: boolean;
+  /** Create missing topics and apply schema migrations (default true); off: only verify them. */
+  provision?: boolean;
+  ssl?: KafkaConfig["ssl"];
+  sasl?: KafkaConfig["sasl"];
 }
 
 export interface DistributedBackends extends Backends {
   readonly name: "distributed";
   readonly kafka: Kafka;
+  /** Why storage is unreachable right now (for /readyz), or undefined when Kafka and Cassandra are. */
+  unreachable(): string | undefined;
 }
 
 const levels: Record<number, "error" | "warn" | "info" | "debug"> = {
@@ -42,10 +53,12 @@ const levels: Record<number, "error" | "warn" | "info" | "debug"> = {
 
 export async function openDistributedBackends(o: DistributedOptions): Promise<DistributedBackends> {
   const log = o.log.child({ backend: "distributed" });
-  const stores = await openCassandraStores(o.cassandra);
+  const stores = await openCassandraStores({ ...o.cassandra, provision: o.provision !== false });
   const kafka = new Kafka({
     clientId: o.clientId,
     brokers: o.brokers,
+    ...(o.ssl === undefined ? {} : { ssl: o.ssl }),
+    ...(o.sasl === undefined ? {} : { sasl: o.sasl }),
     logLevel: logLevel.WARN,
     logCreator: () => (entry) => {
       const { message, ...rest } = entry.log;
@@ -63,13 +76,23 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
   try {
     await admin.connect();
     closers.unshift(() => admin.disconnect());
-    await ensureTopics(admin, {
-      prefix: o.topicPrefix,
-      partitions: o.partitions,
-      replicationFactor: o.replicationFactor,
-      retentionHours: o.retentionHours,
+    if (o.provision === false) await verifyTopics(admin, o.topicPrefix);
+    else
+      await ensureTopics(admin, {
+        prefix: o.topicPrefix,
+        partitions: o.partitions,
+        replicationFactor: o.replicationFactor,
+        retentionHours: o.retentionHours,
+      });
+    let producerConnected = false;
+    producer.on(producer.events.CONNECT, () => {
+      producerConnected = true;
+    });
+    producer.on(producer.events.DISCONNECT, () => {
+      producerConnected = false;
     });
     await producer.connect();
+    producerConnected = true;
     closers.unshift(() => producer.disconnect());
     const names = topicNames(o.topicPrefix);
     const groupPrefix = o.groupPrefix ?? o.topicPrefix;
@@ -87,7 +110,7 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
       log,
     });
     closers.unshift(() => messageLog.close());
-    await messageLog.listenForReplies(admin);
+    if (o.appends !== false) await messageLog.listenForReplies(admin);
     if (o.sequencer !== false) {
       const sequencer = new Sequencer({
         kafka,
@@ -118,6 +141,12 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
       routing,
       presence: stores.presence,
       devices: stores.devices,
+      unreachable: () => {
+        if (stores.client.getState().getConnectedHosts().length === 0)
+          return `Cassandra: no connected node among ${o.cassandra.contactPoints.join(",")}`;
+        if (!producerConnected) return `Kafka: producer disconnected from ${o.brokers.join(",")}`;
+        return undefined;
+      },
       close: () =>
         (closing ??= (async () => {
           for (const close of closers)

@@ -51,6 +51,7 @@ export function encodeSessionEvent(e: SessionEvent): Buffer {
         sessionId: e.sessionId,
         gatewayId: e.gatewayId,
         gatewayEpoch: BigInt(e.gatewayEpoch),
+        gatewayAddress: e.gatewayAddress ?? "",
       }),
     ),
   );
@@ -74,5 +75,6 @@ export function decodeSessionEvent(data: Buffer): SessionEvent {
     sessionId: r.sessionId,
     gatewayId: r.gatewayId,
     gatewayEpoch: Number(r.gatewayEpoch),
+    ...(r.gatewayAddress ? { gatewayAddress: r.gatewayAddress } : {}),
   };
 }

@@ -4,7 +4,9 @@
  * session up/down table (compacted: the latest record per session is the table), `replies` the
  * sequencer's answers to senders in other processes (short-lived: only a waiting sender reads them).
  */
+
 import type { Admin, ITopicConfig } from "kafkajs";
+import { errors } from "../../lib/errors.js";
 
 export interface TopicSettings {
   prefix: string;
@@ -99,6 +101,22 @@ export async function ensureTopics(admin: Admin, s: TopicSettings): Promise<void
     admin,
     desiredTopics(s).map((t) => t.topic),
   );
+}
+
+/**
+ * Checks, without creating anything, that the topics exist and have leaders: processes that do not
+ * provision (split roles; the operator provisions) fail with a message that says what to do.
+ */
+export async function verifyTopics(admin: Admin, prefix: string): Promise<void> {
+  const wanted = Object.values(topicNames(prefix));
+  const existing = new Set(await admin.listTopics());
+  const missing = wanted.filter((t) => !existing.has(t));
+  if (missing.length > 0)
+    throw errors.precondition(
+      "NOT_PROVISIONED",
+      `Kafka topics ${missing.join(", ")} do not exist: provision them first (the operator does; or run \`switchboard provision\`)`,
+    );
+  await waitForLeaders(admin, wanted);
 }
 
 /**

@@ -1,1 +1,0 @@
-export { distributedOptions, type RunningPlatform, startPlatform } from "./platform.js";

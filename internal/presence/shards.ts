@@ -1,0 +1,94 @@
+/**
+ * Presence state (who is online, who watches whom) lives in memory, so it is sharded by user: user U's
+ * heartbeats, status and watchers live on shard hash(U) mod N. This client gives the gateway the same
+ * PresenceService interface over N shards: per-user calls go to the user's shard, per-session calls
+ * (EndSession) go to every shard (a session's watches are spread over them), and lists are split by
+ * shard and merged back in the caller's order.
+ */
+
+import { create } from "@bufbuild/protobuf";
+import type { PresenceStatus } from "../../gen/switchboard/common/v1/common_pb.js";
+import {
+  EndSessionResponseSchema,
+  GetPresenceResponseSchema,
+  type PresenceService,
+  SubscribeResponseSchema,
+  UnsubscribeResponseSchema,
+} from "../../gen/switchboard/presence/v1/presence_pb.js";
+import type { ServiceClient } from "../lib/rpc.js";
+
+type PresenceClient = ServiceClient<typeof PresenceService>;
+
+/** FNV-1a over the UTF-16 code units: stable across processes and versions, cheap, well spread. */
+export function presenceShardOf(userId: string, shards: number): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < userId.length; i++) {
+    h ^= userId.charCodeAt(i);
+    h = Math.imul(h, 0x01000193);
+  }
+  return (h >>> 0) % shards;
+}
+
+export function shardedPresenceClient(shards: PresenceClient[]): PresenceClient {
+  if (shards.length === 0) throw new Error("shardedPresenceClient: no shards");
+  if (shards.length === 1) return shards[0]!;
+  const shardOf = (userId: string) => shards[presenceShardOf(userId, shards.length)]!;
+  const split = (userIds: string[]) => {
+    const parts = new Map<PresenceClient, string[]>();
+    for (const u of userIds) {
+      const shard = shardOf(u);
+      const list = parts.get(shard);
+      if (list) list.push(u);
+      else parts.set(shard, [u]);
+    }
+    return parts;
+  };
+  /** Statuses from several shards, in the order of `userIds` (each user once). */
+  const merge = (userIds: string[], lists: PresenceStatus[][]) => {
+    const byUser = new Map(lists.flat().map((s) => [s.userId, s]));
+    const out: PresenceStatus[] = [];
+    for (const u of new Set(userIds)) {
+      const s = byUser.get(u);
+      if (s) out.push(s);
+    }
+    return out;
+  };
+  return {
+    heartbeat: (req, options) => shardOf(req.userId ?? "").heartbeat(req, options),
+    async endSession(req, options) {
+      await Promise.all(shards.map((s) => s.endSession(req, options)));
+      return create(EndSessionResponseSchema);
+    },
+    async getPresence(req, options) {
+      const userIds = req.userIds ?? [];
+      const parts = [...split(userIds)];
+      const results = await Promise.all(parts.map(([s, ids]) => s.getPresence({ userIds: ids }, options)));
+      return create(GetPresenceResponseSchema, {
+        statuses: merge(
+          userIds,
+          results.map((r) => r.statuses),
+        ),
+      });
+    },
+    async subscribe(req, options) {
+      const userIds = req.userIds ?? [];
+      const sessionId = req.sessionId ?? "";
+      const parts = [...split(userIds)];
+      const results = await Promise.all(
+        parts.map(([s, ids]) => s.subscribe({ sessionId, userIds: ids }, options)),
+      );
+      return create(SubscribeResponseSchema, {
+        statuses: merge(
+          userIds,
+          results.map((r) => r.statuses),
+        ),
+      });
+    },
+    async unsubscribe(req, options) {
+      const sessionId = req.sessionId ?? "";
+      const parts = [...split(req.userIds ?? [])];
+      await Promise.all(parts.map(([s, ids]) => s.unsubscribe({ sessionId, userIds: ids }, options)));
+      return create(UnsubscribeResponseSchema);
+    },
+  };
+}

@@ -1,0 +1,103 @@
+/**
+ * The configuration tree mapped onto the storage backends: which backend, its endpoints and the
+ * credentials (Kafka TLS/SASL, Cassandra user and TLS) that in Kubernetes come from the ChatCluster's
+ * Secrets. Each role says which parts it uses, so a process opens only what it needs.
+ */
+import { readFileSync } from "node:fs";
+import { hostname } from "node:os";
+import type { ConnectionOptions } from "node:tls";
+import type { KafkaConfig } from "kafkajs";
+import {
+  type DistributedBackends,
+  type DistributedOptions,
+  openDistributedBackends,
+} from "../backends/distributed/index.js";
+import { EmbeddedBackends } from "../backends/embedded/index.js";
+import type { Backends } from "../backends/types.js";
+import type { Config } from "../lib/config.js";
+import type { Logger } from "../lib/log.js";
+
+/** What a process does with the distributed backend. */
+export interface BackendUse {
+  /** Run a sequencer in this process. */
+  sequencer: boolean;
+  /** Append messages (follow the replies topic for acks sequenced elsewhere). */
+  appends: boolean;
+  /** Create topics and migrate the schema (all-in-one); otherwise verify that they exist. */
+  provision: boolean;
+}
+
+function readPem(path: string, setting: string): string {
+  try {
+    return readFileSync(path, "utf8");
+  } catch (err) {
+    throw new Error(`${setting}: cannot read ${path}: ${(err as Error).message}`);
+  }
+}
+
+function tlsOptions(ca: string, cert: string, key: string, prefix: string): ConnectionOptions {
+  return {
+    ...(ca ? { ca: [readPem(ca, `${prefix}.tlsCaFile`)] } : {}),
+    ...(cert ? { cert: readPem(cert, `${prefix}.tlsCertFile`) } : {}),
+    ...(key ? { key: readPem(key, `${prefix}.tlsKeyFile`) } : {}),
+  };
+}
+
+function kafkaSasl(k: Config["kafka"]): KafkaConfig["sasl"] | undefined {
+  if (k.saslMechanism === "none") return undefined;
+  if (!k.saslUsername) throw new Error(`kafka.saslMechanism ${k.saslMechanism} needs kafka.saslUsername`);
+  const creds = { username: k.saslUsername, password: k.saslPassword };
+  return k.saslMechanism === "plain"
+    ? { mechanism: "plain", ...creds }
+    : k.saslMechanism === "scram-sha-256"
+      ? { mechanism: "scram-sha-256", ...creds }
+      : { mechanism: "scram-sha-512", ...creds };
+}
+
+/** The distributed backend's options from the configuration tree. */
+export function distributedOptions(config: Config, log: Logger, use: BackendUse): DistributedOptions {
+  const k = config.kafka;
+  const c = config.cassandra;
+  const sasl = kafkaSasl(k);
+  return {
+    brokers: k.brokers,
+    clientId: `switchboard-${hostname()}-${process.pid}`,
+    topicPrefix: k.topicPrefix,
+    partitions: k.partitions,
+    replicationFactor: k.replicationFactor,
+    retentionHours: k.retentionHours,
+    appendTimeoutMs: k.appendTimeoutMs,
+    ...(k.tls ? { ssl: tlsOptions(k.tlsCaFile, k.tlsCertFile, k.tlsKeyFile, "kafka") } : {}),
+    ...(sasl ? { sasl } : {}),
+    cassandra: {
+      contactPoints: c.contactPoints,
+      localDataCenter: c.datacenter,
+      keyspace: c.keyspace,
+      replication: { class: "SimpleStrategy", replication_factor: c.replicationFactor },
+      consistency: { level: c.consistency, serial: c.serialConsistency },
+      ...(c.username ? { credentials: { username: c.username, password: c.password } } : {}),
+      ...(c.tls ? { ssl: tlsOptions(c.tlsCaFile, "", "", "cassandra") } : {}),
+    },
+    log,
+    ...use,
+  };
+}
+
+export function openDistributed(config: Config, log: Logger, use: BackendUse): Promise<DistributedBackends> {
+  return openDistributedBackends(distributedOptions(config, log, use));
+}
+
+/** The configured backend: embedded (one LMDB file; role all only) or distributed. */
+export async function openBackends(
+  config: Config,
+  log: Logger,
+  use: BackendUse,
+  onFatal: (err: unknown) => void,
+): Promise<Backends> {
+  if (config.backend === "distributed") return openDistributed(config, log, use);
+  return new EmbeddedBackends({
+    dataDir: config.dataDir,
+    onFatal,
+    onConsumerError: (group, err) => log.error("consumer failed; retrying the batch", { group, err }),
+  });
+}

@@ -1,0 +1,144 @@
+/**
+ * Every process's HTTP server: /healthz (the process runs), /readyz (it can do its job: its
+ * dependencies are reachable), /metrics (Prometheus). A gateway adds the WebSocket upgrade on /ws,
+ * /v1/connect, the demo page at / and, on loopback in dev mode, /v1/dev/token.
+ */
+import { readFileSync } from "node:fs";
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import type { AddressInfo } from "node:net";
+import { fileURLToPath } from "node:url";
+import type { Gateway } from "../gateway/index.js";
+import { isValidUserId, signDevToken } from "../lib/auth.js";
+import type { Config } from "../lib/config.js";
+import type { Logger } from "../lib/log.js";
+import type { Metrics } from "../lib/metrics.js";
+
+export interface HttpOptions {
+  config: Config;
+  log: Logger;
+  metrics: Metrics;
+  /** Readiness: why this process is not ready, or undefined when it is. */
+  notReady: () => string | undefined;
+  /** The gateway of this process, once it exists (gateway and all roles). */
+  gateway: () => Gateway | undefined;
+}
+
+export interface RunningHttp {
+  port: number;
+  close(): Promise<void>;
+}
+
+export async function serveHttp(o: HttpOptions): Promise<RunningHttp> {
+  const demoPage = readDemoPage(o.log);
+  const http = createServer((req, res) => handleHttp(req, res, o, demoPage));
+  http.headersTimeout = o.config.http.headersTimeoutMs;
+  http.requestTimeout = o.config.http.headersTimeoutMs * 3;
+  http.on("upgrade", (req, socket, head) => {
+    const gateway = o.gateway();
+    const path = (req.url ?? "").split("?")[0];
+    if (!gateway || path !== "/ws") {
+      socket.end("HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+      return;
+    }
+    socket.on("error", () => socket.destroy());
+    gateway.handleUpgrade(req, socket, head).catch((err: unknown) => {
+      o.log.error("gateway: upgrade failed", { err });
+      socket.destroy();
+    });
+  });
+  const port = await listen(http, o.config.http.port, o.config.http.host);
+  return {
+    port,
+    close: async () => {
+      await new Promise<void>((r) => http.close(() => r()));
+      http.closeAllConnections();
+    },
+  };
+}
+
+export function listen(server: Server, port: number, host: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(port, host, () => {
+      server.off("error", reject);
+      resolve((server.address() as AddressInfo).port);
+    });
+  });
+}
+
+/** The demo chat page (web/index.html), served at / so `npm start` gives a working chat at once. */
+function readDemoPage(log: Logger): string | undefined {
+  const path = fileURLToPath(new URL("../../../web/index.html", import.meta.url));
+  try {
+    return readFileSync(path, "utf8");
+  } catch (err) {
+    log.debug("no demo page", { path, err });
+    return undefined;
+  }
+}
+
+function devTokensAllowed(config: Config): boolean {
+  const loopback =
+    config.http.host === "localhost" || config.http.host === "::1" || config.http.host.startsWith("127.");
+  return config.auth.devTokens && config.auth.jwksUrl === "" && loopback;
+}
+
+function handleHttp(req: IncomingMessage, res: ServerResponse, o: HttpOptions, demoPage?: string): void {
+  const path = (req.url ?? "/").split("?")[0];
+  const json = (status: number, body: unknown) => {
+    res.writeHead(status, { "content-type": "application/json" }).end(JSON.stringify(body));
+  };
+  if (req.method !== "GET") return json(405, { error: "method not allowed" });
+  switch (path) {
+    case "/healthz":
+      return json(200, { status: "ok" });
+    case "/readyz": {
+      const why = o.notReady();
+      return why === undefined
+        ? json(200, { status: "ready" })
+        : json(503, { status: "not ready", reason: why });
+    }
+    case "/metrics":
+      if (!o.config.metrics.enabled) return json(404, { error: "metrics disabled" });
+      o.metrics.registry.metrics().then(
+        (text) => res.writeHead(200, { "content-type": o.metrics.registry.contentType }).end(text),
+        () => json(500, { error: "metrics failed" }),
+      );
+      return;
+  }
+  const gateway = o.gateway();
+  if (!gateway) return json(404, { error: "not found" });
+  switch (path) {
+    case "/":
+      if (!demoPage) return json(404, { error: "no demo page in this build" });
+      res
+        .writeHead(200, {
+          "content-type": "text/html; charset=utf-8",
+          "content-security-policy":
+            "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self' ws: wss:",
+        })
+        .end(demoPage);
+      return;
+    case "/v1/dev/token": {
+      if (!devTokensAllowed(o.config))
+        return json(404, {
+          error: "dev tokens are off (JWKS configured, non-loopback address, or auth.devTokens=false)",
+        });
+      const user = new URL(req.url ?? "/", "http://x").searchParams.get("user") ?? "";
+      if (!isValidUserId(user)) return json(400, { error: "user must be 1-128 of A-Z a-z 0-9 . _ @ : + -" });
+      signDevToken(o.config.dataDir, user, 3600).then(
+        (token) => json(200, { token, user }),
+        () => json(500, { error: "could not sign" }),
+      );
+      return;
+    }
+    case "/v1/connect": {
+      const url =
+        o.config.http.publicUrl ||
+        `ws://${req.headers.host ?? `${o.config.http.host}:${o.config.http.port}`}/ws`;
+      return json(200, { url, gateway_id: gateway.id, connections: gateway.connections });
+    }
+    default:
+      return json(404, { error: "not found" });
+  }
+}

@@ -1,0 +1,40 @@
+/** Clients of the services a role calls in other processes, from the `cluster.*` targets. */
+import type { DescService } from "@bufbuild/protobuf";
+import { GatewayService } from "../../gen/switchboard/gateway/v1/gateway_pb.js";
+import { PresenceService } from "../../gen/switchboard/presence/v1/presence_pb.js";
+import type { Config } from "../lib/config.js";
+import { grpcClient, type ServiceClient } from "../lib/rpc.js";
+import { shardedPresenceClient } from "../presence/shards.js";
+import type { GatewayClient } from "../router/gateway-link.js";
+
+export type PeerClient<S extends DescService> = ServiceClient<S> & { close(): void };
+
+/** A client spreading calls over every replica behind `target` (see lib/rpc.ts grpcClient). */
+export function peerClient<S extends DescService>(
+  service: S,
+  target: string,
+  setting: string,
+): PeerClient<S> {
+  if (!target)
+    throw new Error(
+      `${setting} is required by this role: the gRPC target of the ${service.name} (e.g. dns:///name:port or ipv4:host:port,host:port)`,
+    );
+  return grpcClient(service, target, { spread: true });
+}
+
+/** One client per presence shard, behind one PresenceService interface (presence/shards.ts). */
+export function presencePeers(config: Config): PeerClient<typeof PresenceService> {
+  const targets = config.cluster.presenceTargets;
+  if (targets.length === 0)
+    throw new Error("cluster.presenceTargets is required by this role: one gRPC target per presence shard");
+  const shards = targets.map((t) => grpcClient(PresenceService, t, { spread: true }));
+  const close = () => {
+    for (const shard of shards) shard.close();
+  };
+  return { ...shardedPresenceClient(shards), close };
+}
+
+/** How routers reach a gateway of another process: one plain channel to its advertised address. */
+export function dialGateway(address: string): GatewayClient {
+  return grpcClient(GatewayService, address);
+}

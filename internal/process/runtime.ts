@@ -1,0 +1,151 @@
+/**
+ * What every Switchboard process has, whatever its role: metrics, the HTTP server with health,
+ * readiness and metrics (up first, so a process that waits for its storage is alive but not ready),
+ * a gRPC server, resources closed in reverse order of opening, and one fatal path.
+ */
+import type * as grpc from "@grpc/grpc-js";
+import type { Gateway } from "../gateway/index.js";
+import type { Config } from "../lib/config.js";
+import type { Logger } from "../lib/log.js";
+import { createMetrics, type Metrics } from "../lib/metrics.js";
+import { serveGrpc } from "./grpc.js";
+import { serveHttp } from "./http.js";
+
+export const ROLES = ["all", "gateway", "router", "presence", "push", "id", "sequencer"] as const;
+export type RoleName = (typeof ROLES)[number];
+
+export interface RoleContext {
+  readonly config: Config;
+  readonly log: Logger;
+  readonly metrics: Metrics;
+  /** This process's gRPC server (undefined for role sequencer, and for role all unless grpc.enabled). */
+  readonly grpc: grpc.Server | undefined;
+  readonly grpcPort: number;
+  /** Closes `resource` when the process stops (in reverse order of registration); returns it. */
+  own<T extends { close(): unknown }>(resource: T): T;
+  /** A readiness condition: returns why the process is not ready, or undefined. */
+  readiness(check: () => string | undefined): void;
+  /** Retries `open` with capped backoff until it succeeds (logging each failure; /readyz says why). */
+  retry<T>(what: string, open: () => Promise<T>): Promise<T>;
+  /** Stops the process with exit code 70: used when acknowledging would no longer mean durable. */
+  fatal(err: unknown): void;
+}
+
+/** What a role's composition root returns. */
+export interface RoleParts {
+  gateway?: Gateway;
+}
+
+export type RoleStarter = (ctx: RoleContext) => Promise<RoleParts>;
+
+export interface RunningProcess {
+  role: RoleName;
+  httpPort: number;
+  grpcPort: number;
+  gateway: Gateway | undefined;
+  metrics: Metrics;
+  close(): Promise<void>;
+}
+
+const RETRY_DELAY_MIN_MS = 200;
+const RETRY_DELAY_MAX_MS = 5_000;
+
+export async function runProcess(
+  role: RoleName,
+  config: Config,
+  log: Logger,
+  start: RoleStarter,
+): Promise<RunningProcess> {
+  const metrics = createMetrics();
+  const owned: Array<{ close(): unknown }> = [];
+  const checks: Array<() => string | undefined> = [];
+  let phase: "starting" | "ready" | "stopping" = "starting";
+  let waitingFor: string | undefined;
+  let parts: RoleParts = {};
+  let closing: Promise<void> | undefined;
+
+  const http = await serveHttp({
+    config,
+    log,
+    metrics,
+    gateway: () => parts.gateway,
+    notReady: () => {
+      if (phase === "stopping") return "stopping";
+      if (phase === "starting") return waitingFor ?? "starting";
+      for (const check of checks) {
+        const why = check();
+        if (why !== undefined) return why;
+      }
+      return undefined;
+    },
+  });
+  const servesGrpc = role !== "sequencer" && (role !== "all" || config.grpc.enabled);
+  const grpcServer = servesGrpc ? await serveGrpc(config.http.host, config.grpc.port) : undefined;
+
+  const close = () =>
+    (closing ??= (async () => {
+      phase = "stopping";
+      // Clients first (they reconnect elsewhere), then the servers (no new calls), then what the role
+      // opened, newest first (the router before the storage it writes to).
+      await parts.gateway?.close();
+      for (const resource of [grpcServer, http, ...owned.splice(0).reverse()]) {
+        if (!resource) continue;
+        try {
+          await resource.close();
+        } catch (err) {
+          log.warn("close failed", { err });
+        }
+      }
+    })());
+
+  const ctx: RoleContext = {
+    config,
+    log,
+    metrics,
+    grpc: grpcServer?.server,
+    grpcPort: grpcServer?.port ?? 0,
+    own: (resource) => {
+      owned.push(resource);
+      return resource;
+    },
+    readiness: (check) => checks.push(check),
+    retry: async (what, open) => {
+      for (let attempt = 1; ; attempt++) {
+        try {
+          const value = await open();
+          waitingFor = undefined;
+          return value;
+        } catch (err) {
+          if (phase === "stopping") throw err;
+          const delay = Math.min(RETRY_DELAY_MAX_MS, RETRY_DELAY_MIN_MS * 2 ** Math.min(attempt - 1, 5));
+          waitingFor = `${what}: ${(err as Error).message ?? String(err)}`;
+          log.warn(`${what} failed; retrying`, { attempt, retryInMs: delay, err });
+          await new Promise((r) => setTimeout(r, delay));
+        }
+      }
+    },
+    fatal: (err) => {
+      log.error("storage failed; shutting down so that nothing is acknowledged that is not durable", { err });
+      process.exitCode = 70;
+      void close();
+    },
+  };
+
+  try {
+    parts = await start(ctx);
+  } catch (err) {
+    await close();
+    throw err;
+  }
+  phase = "ready";
+  return {
+    role,
+    httpPort: http.port,
+    grpcPort: ctx.grpcPort,
+    get gateway() {
+      return parts.gateway;
+    },
+    metrics,
+    close,
+  };
+}

@@ -1,0 +1,100 @@
+/**
+ * Role all (the default, `npm start`): every service in one process, wired through the same service
+ * clients the split roles use across processes, here with the in-process transport; on the embedded
+ * backend (one LMDB file) or the distributed one. With grpc.port set, the same service instances are
+ * served over gRPC too (one id generator: a second one would need a worker id of its own).
+ */
+import { GatewayService } from "../../gen/switchboard/gateway/v1/gateway_pb.js";
+import { IdService } from "../../gen/switchboard/id/v1/id_pb.js";
+import { PresenceService } from "../../gen/switchboard/presence/v1/presence_pb.js";
+import { PushService } from "../../gen/switchboard/push/v1/push_pb.js";
+import { RouterService } from "../../gen/switchboard/router/v1/router_pb.js";
+import { Gateway } from "../gateway/index.js";
+import { createIdService } from "../id/index.js";
+import { createVerifier } from "../lib/auth.js";
+import { addService, inProcessClient, type ServiceClient } from "../lib/rpc.js";
+import { Presence, presenceServiceImpl } from "../presence/index.js";
+import { openBackends } from "../process/backends.js";
+import { dialGateway } from "../process/peers.js";
+import type { RoleStarter } from "../process/runtime.js";
+import { Push, pushServiceImpl } from "../push/index.js";
+import { Router, routerServiceImpl } from "../router/index.js";
+import { advertiseAddress, conversations, gatewayId } from "./shared.js";
+
+export const startAll: RoleStarter = async (ctx) => {
+  const { config, log, metrics } = ctx;
+  const backends = ctx.own(
+    await openBackends(
+      config,
+      log,
+      { sequencer: config.kafka.sequencer, appends: true, provision: true },
+      (err) => ctx.fatal(err),
+    ),
+  );
+  if ("unreachable" in backends) ctx.readiness(() => (backends.unreachable as () => string | undefined)());
+
+  const idImpl = createIdService(config.id.workerId);
+  const ids = inProcessClient(IdService, idImpl);
+  const push = ctx.own(
+    new Push({ devices: backends.devices, webhookUrl: config.push.webhookUrl, log, metrics }),
+  );
+  const pushImpl = pushServiceImpl(push, backends.devices);
+  let routerClient: ServiceClient<typeof RouterService> | undefined;
+  const presence = ctx.own(
+    new Presence({
+      offlineAfterMs: config.presence.offlineAfterMs,
+      store: backends.presence,
+      router: () => routerClient!,
+      log,
+    }),
+  );
+  const presenceImpl = presenceServiceImpl(presence, backends.presence);
+  const router = new Router({
+    log: backends.log,
+    membership: backends.membership,
+    inbox: backends.inbox,
+    routing: backends.routing,
+    push: inProcessClient(PushService, pushImpl),
+    // Gateways of other all-in-one processes (distributed backend, gRPC on) are dialled like a split cluster's.
+    dialGateway,
+    streamQueueBytesMax: config.router.streamQueueBytesMax,
+    logger: log,
+    metrics,
+  });
+  const convs = conversations(config, backends, ids);
+  const routerImpl = routerServiceImpl(router, convs, backends.messages, config.sync.pageSizeMax);
+  routerClient = inProcessClient(RouterService, routerImpl);
+
+  const gateway = new Gateway({
+    config,
+    log,
+    metrics,
+    backends,
+    conversations: convs,
+    router: routerClient,
+    presence: inProcessClient(PresenceService, presenceImpl),
+    verify: createVerifier({ dataDir: config.dataDir, ...config.auth }),
+    gatewayId: gatewayId(config),
+    gatewayEpoch: Date.now(),
+    advertiseAddress: ctx.grpc ? advertiseAddress(config, ctx.grpcPort) : "",
+  });
+  const gatewayImpl = gateway.service();
+  router.attachGateway(gateway.id, inProcessClient(GatewayService, gatewayImpl));
+  await gateway.announce();
+  await router.start();
+  ctx.own(router);
+
+  if (ctx.grpc) {
+    addService(ctx.grpc, IdService, idImpl);
+    addService(ctx.grpc, RouterService, routerImpl);
+    addService(ctx.grpc, PresenceService, presenceImpl);
+    addService(ctx.grpc, PushService, pushImpl);
+    addService(ctx.grpc, GatewayService, gatewayImpl);
+  }
+  log.info("switchboard started", {
+    dataDir: config.dataDir,
+    backend: backends.name,
+    grpcPort: ctx.grpcPort,
+  });
+  return { gateway };
+};

@@ -1,0 +1,48 @@
+/**
+ * Role gateway: client WebSockets. Reads sync, history and membership from the stores directly and
+ * appends sends to the log itself (ADR 0005); gets ids from the id service, relays typing and
+ * receipts through the routers, reports heartbeats to the presence shards, and serves
+ * GatewayService (Deliver from routers, Drain and Stats for the operator).
+ */
+import { GatewayService } from "../../gen/switchboard/gateway/v1/gateway_pb.js";
+import { IdService } from "../../gen/switchboard/id/v1/id_pb.js";
+import { RouterService } from "../../gen/switchboard/router/v1/router_pb.js";
+import { Gateway } from "../gateway/index.js";
+import { createVerifier } from "../lib/auth.js";
+import { addService } from "../lib/rpc.js";
+import { openDistributed } from "../process/backends.js";
+import { peerClient, presencePeers } from "../process/peers.js";
+import type { RoleStarter } from "../process/runtime.js";
+import { advertiseAddress, conversations, gatewayId, requireDistributed } from "./shared.js";
+
+export const startGateway: RoleStarter = async (ctx) => {
+  const { config, log, metrics } = ctx;
+  requireDistributed(config, "gateway");
+  const address = advertiseAddress(config, ctx.grpcPort);
+  const ids = ctx.own(peerClient(IdService, config.cluster.idTarget, "cluster.idTarget"));
+  const router = ctx.own(peerClient(RouterService, config.cluster.routerTarget, "cluster.routerTarget"));
+  const presence = ctx.own(presencePeers(config));
+  const backends = ctx.own(
+    await ctx.retry("open storage", () =>
+      openDistributed(config, log, { sequencer: false, appends: true, provision: false }),
+    ),
+  );
+  ctx.readiness(() => backends.unreachable());
+  const gateway = new Gateway({
+    config,
+    log,
+    metrics,
+    backends,
+    conversations: conversations(config, backends, ids),
+    router,
+    presence,
+    verify: createVerifier({ dataDir: config.dataDir, ...config.auth }),
+    gatewayId: gatewayId(config),
+    gatewayEpoch: Date.now(),
+    advertiseAddress: address,
+  });
+  await gateway.announce();
+  addService(ctx.grpc!, GatewayService, gateway.service());
+  log.info("gateway started", { gatewayId: gateway.id, advertiseAddress: address });
+  return { gateway };
+};

@@ -1,0 +1,34 @@
+/**
+ * Role presence: one shard of the presence state (users with hash(user) mod shards = this shard's
+ * number; presence/shards.ts). Changes reach subscribers through any router's Relay.
+ */
+import { PresenceService } from "../../gen/switchboard/presence/v1/presence_pb.js";
+import { RouterService } from "../../gen/switchboard/router/v1/router_pb.js";
+import { addService } from "../lib/rpc.js";
+import { Presence, presenceServiceImpl } from "../presence/index.js";
+import { openDistributed } from "../process/backends.js";
+import { peerClient } from "../process/peers.js";
+import type { RoleStarter } from "../process/runtime.js";
+import { requireDistributed } from "./shared.js";
+
+export const startPresence: RoleStarter = async (ctx) => {
+  const { config, log } = ctx;
+  requireDistributed(config, "presence");
+  const router = ctx.own(peerClient(RouterService, config.cluster.routerTarget, "cluster.routerTarget"));
+  const backends = ctx.own(
+    await ctx.retry("open storage", () =>
+      openDistributed(config, log, { sequencer: false, appends: false, provision: false }),
+    ),
+  );
+  ctx.readiness(() => backends.unreachable());
+  const presence = ctx.own(
+    new Presence({
+      offlineAfterMs: config.presence.offlineAfterMs,
+      store: backends.presence,
+      router: () => router,
+      log: log.child({ shard: config.cluster.presenceShard }),
+    }),
+  );
+  addService(ctx.grpc!, PresenceService, presenceServiceImpl(presence, backends.presence));
+  return {};
+};

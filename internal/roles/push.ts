@@ -1,0 +1,23 @@
+/** Role push: the device registry and notifications of users with no device online. */
+import { PushService } from "../../gen/switchboard/push/v1/push_pb.js";
+import { addService } from "../lib/rpc.js";
+import { openDistributed } from "../process/backends.js";
+import type { RoleStarter } from "../process/runtime.js";
+import { Push, pushServiceImpl } from "../push/index.js";
+import { requireDistributed } from "./shared.js";
+
+export const startPush: RoleStarter = async (ctx) => {
+  const { config, log, metrics } = ctx;
+  requireDistributed(config, "push");
+  const backends = ctx.own(
+    await ctx.retry("open storage", () =>
+      openDistributed(config, log, { sequencer: false, appends: false, provision: false }),
+    ),
+  );
+  ctx.readiness(() => backends.unreachable());
+  const push = ctx.own(
+    new Push({ devices: backends.devices, webhookUrl: config.push.webhookUrl, log, metrics }),
+  );
+  addService(ctx.grpc!, PushService, pushServiceImpl(push, backends.devices));
+  return {};
+};

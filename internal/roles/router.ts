@@ -1,0 +1,48 @@
+/**
+ * Role router: consumes its share of the sequenced topic's partitions, writes inbox entries, and
+ * fans out over one Deliver stream per gateway, dialled on demand at the address the gateway's
+ * session records carry. Serves RouterService (Relay from gateways and presence; the backend API).
+ */
+import { IdService } from "../../gen/switchboard/id/v1/id_pb.js";
+import { PushService } from "../../gen/switchboard/push/v1/push_pb.js";
+import { RouterService } from "../../gen/switchboard/router/v1/router_pb.js";
+import { addService } from "../lib/rpc.js";
+import { openDistributed } from "../process/backends.js";
+import { dialGateway, peerClient } from "../process/peers.js";
+import type { RoleStarter } from "../process/runtime.js";
+import { Router, routerServiceImpl } from "../router/index.js";
+import { conversations, requireDistributed } from "./shared.js";
+
+export const startRouter: RoleStarter = async (ctx) => {
+  const { config, log, metrics } = ctx;
+  requireDistributed(config, "router");
+  const ids = ctx.own(peerClient(IdService, config.cluster.idTarget, "cluster.idTarget"));
+  const push = ctx.own(peerClient(PushService, config.cluster.pushTarget, "cluster.pushTarget"));
+  const backends = ctx.own(
+    await ctx.retry("open storage", () =>
+      openDistributed(config, log, { sequencer: false, appends: true, provision: false }),
+    ),
+  );
+  ctx.readiness(() => backends.unreachable());
+  const router = new Router({
+    log: backends.log,
+    membership: backends.membership,
+    inbox: backends.inbox,
+    routing: backends.routing,
+    push,
+    dialGateway,
+    streamQueueBytesMax: config.router.streamQueueBytesMax,
+    logger: log,
+    metrics,
+  });
+  await router.start();
+  ctx.own(router);
+  const impl = routerServiceImpl(
+    router,
+    conversations(config, backends, ids),
+    backends.messages,
+    config.sync.pageSizeMax,
+  );
+  addService(ctx.grpc!, RouterService, impl);
+  return {};
+};

@@ -1,0 +1,19 @@
+/**
+ * Role sequencer: consumes the drafts topic, assigns each conversation's seqs under the fence of
+ * ADR 0002, stores the messages and publishes them sequenced (and answers senders on the replies
+ * topic). No gRPC service: only /healthz, /readyz and /metrics.
+ */
+import { openDistributed } from "../process/backends.js";
+import type { RoleStarter } from "../process/runtime.js";
+import { requireDistributed } from "./shared.js";
+
+export const startSequencer: RoleStarter = async (ctx) => {
+  requireDistributed(ctx.config, "sequencer");
+  const backends = ctx.own(
+    await ctx.retry("open storage", () =>
+      openDistributed(ctx.config, ctx.log, { sequencer: true, appends: false, provision: false }),
+    ),
+  );
+  ctx.readiness(() => backends.unreachable());
+  return {};
+};

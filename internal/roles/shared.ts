@@ -1,0 +1,43 @@
+/** Pieces more than one role builds the same way. */
+import { hostname } from "node:os";
+import type { IdService } from "../../gen/switchboard/id/v1/id_pb.js";
+import type { MembershipStore, MessageLog } from "../backends/types.js";
+import type { Config } from "../lib/config.js";
+import type { ServiceClient } from "../lib/rpc.js";
+import { Conversations, IdPool } from "../router/index.js";
+
+export function conversations(
+  config: Config,
+  stores: { membership: MembershipStore; log: MessageLog },
+  ids: ServiceClient<typeof IdService>,
+): Conversations {
+  return new Conversations(stores.membership, stores.log, new IdPool(ids, config.id.batchSize), {
+    bodyCharsMax: config.gateway.bodyCharsMax,
+    membersMax: config.groups.membersMax,
+    nameCharsMax: config.groups.nameCharsMax,
+  });
+}
+
+export function gatewayId(config: Config): string {
+  return config.gateway.id || `${hostname()}-${process.pid}`;
+}
+
+const WILDCARD_HOSTS = new Set(["0.0.0.0", "::", "[::]", ""]);
+
+/** Where routers in other processes reach this gateway's gRPC server. */
+export function advertiseAddress(config: Config, grpcPort: number): string {
+  if (config.gateway.advertiseAddress) return config.gateway.advertiseAddress;
+  if (WILDCARD_HOSTS.has(config.http.host))
+    throw new Error(
+      `gateway.advertiseAddress is required when http.host is ${JSON.stringify(config.http.host)}: routers must know an address that reaches this gateway (in Kubernetes: the Pod IP)`,
+    );
+  return `${config.http.host}:${grpcPort}`;
+}
+
+/** The role needs the distributed backend (only role all runs on the embedded one). */
+export function requireDistributed(config: Config, role: string): void {
+  if (config.backend !== "distributed")
+    throw new Error(
+      `--role ${role} needs backend distributed (Kafka + Cassandra): the embedded backend lives in one process; use --role all`,
+    );
+}

@@ -1,0 +1,153 @@
+/**
+ * One router's Deliver stream to one gateway: a FIFO bounded in bytes (not items: one group message
+ * to 100 users weighs more than a typing event), opened on demand and re-opened with capped backoff
+ * after it fails. A link never blocks its caller: when the gateway is slow past the bound, or its
+ * stream is down, events are dropped and counted. Nothing acknowledged is lost by a drop: message
+ * events are in the recipients' durable inboxes, and the gateway fills the gap from there (cursor gap
+ * catch-up, and a re-check of every connection when a Deliver stream ends abnormally), or the client
+ * does by sync when it reconnects.
+ */
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import type { DeliverRequestSchema, GatewayService } from "../../gen/switchboard/gateway/v1/gateway_pb.js";
+import type { Logger } from "../lib/log.js";
+import type { Metrics } from "../lib/metrics.js";
+import type { ServiceClient } from "../lib/rpc.js";
+
+export type DeliverInit = MessageInitShape<typeof DeliverRequestSchema>;
+
+/** A Deliver client plus what releases it (a gRPC channel; nothing for an in-process client). */
+export type GatewayClient = ServiceClient<typeof GatewayService> & { close?(): void };
+
+export interface GatewayLinkOptions {
+  gatewayId: string;
+  /** Opens a client to the gateway; called again for every re-dial. */
+  dial: () => GatewayClient;
+  queueBytesMax: number;
+  log: Logger;
+  metrics: Metrics;
+}
+
+const REDIAL_DELAY_MIN_MS = 100;
+const REDIAL_DELAY_MAX_MS = 5_000;
+
+/** Approximate wire size of a Deliver request: what the byte bound counts. */
+export function deliverBytes(req: DeliverInit): number {
+  let bytes = 64;
+  for (const u of req.userIds ?? []) bytes += u.length + 10;
+  for (const s of req.sessionIds ?? []) bytes += s.length + 2;
+  const kind = req.frame?.kind;
+  if (kind?.case === "message") {
+    const m = kind.value.message;
+    bytes += (m?.body?.length ?? 0) + (m?.conversationId?.length ?? 0) + (m?.clientMsgId?.length ?? 0) + 64;
+  } else bytes += 128;
+  return bytes;
+}
+
+export class GatewayLink {
+  private readonly queue: Array<{ req: DeliverInit; bytes: number }> = [];
+  private head = 0;
+  private queuedBytes = 0;
+  private wake: (() => void) | undefined;
+  /** The stream is down until this time (after a failure); events meanwhile are dropped. */
+  private downUntil = 0;
+  private failures = 0;
+  private closed = false;
+  private running: Promise<void> | undefined;
+
+  constructor(private readonly o: GatewayLinkOptions) {}
+
+  get gatewayId(): string {
+    return this.o.gatewayId;
+  }
+
+  /** Queues an event for the gateway; false (and counted) when it was dropped. */
+  push(req: DeliverInit): boolean {
+    if (this.closed) return false;
+    if (Date.now() < this.downUntil) return this.drop("unreachable");
+    const bytes = deliverBytes(req);
+    if (this.queuedBytes + bytes > this.o.queueBytesMax) return this.drop("queue_full");
+    this.queue.push({ req, bytes });
+    this.queuedBytes += bytes;
+    this.o.metrics.gatewayStreamQueueBytes.inc(bytes);
+    this.running ??= this.run();
+    this.wake?.();
+    return true;
+  }
+
+  private drop(reason: "unreachable" | "queue_full"): false {
+    this.o.metrics.deliveriesDroppedTotal.inc({ reason });
+    return false;
+  }
+
+  /** Opens the stream and feeds it until it fails or the link closes. */
+  private async run(): Promise<void> {
+    const client = this.o.dial();
+    this.o.metrics.gatewayStreams.inc();
+    let failed = false;
+    try {
+      for await (const _ of client.deliver(this.drain())) {
+        // Responses are flow-control credit; a gateway that stops reading fills the byte bound.
+        this.failures = 0;
+      }
+    } catch (err) {
+      failed = true;
+      if (!this.closed) {
+        this.o.metrics.gatewayStreamFailuresTotal.inc();
+        this.failures++;
+        const delay = Math.min(REDIAL_DELAY_MAX_MS, REDIAL_DELAY_MIN_MS * 2 ** (this.failures - 1));
+        this.downUntil = Date.now() + delay;
+        this.o.log.warn("router: deliver stream to gateway failed; dropping its events until re-dial", {
+          gatewayId: this.o.gatewayId,
+          retryInMs: delay,
+          err,
+        });
+      }
+    } finally {
+      this.o.metrics.gatewayStreams.dec();
+      client.close?.();
+      this.clear();
+      this.running = undefined;
+    }
+    if (!failed && !this.closed)
+      this.o.log.info("router: gateway ended its deliver stream", { gatewayId: this.o.gatewayId });
+  }
+
+  /** The stream's request side: the queue, until the link closes. */
+  private async *drain(): AsyncIterable<DeliverInit> {
+    for (;;) {
+      if (this.head < this.queue.length) {
+        const item = this.queue[this.head]!;
+        this.queue[this.head++] = undefined as never;
+        if (this.head > 1024 && this.head * 2 > this.queue.length) {
+          this.queue.splice(0, this.head);
+          this.head = 0;
+        }
+        this.queuedBytes -= item.bytes;
+        this.o.metrics.gatewayStreamQueueBytes.dec(item.bytes);
+        yield item.req;
+        continue;
+      }
+      if (this.closed) return;
+      await new Promise<void>((resolve) => {
+        this.wake = resolve;
+      });
+      this.wake = undefined;
+    }
+  }
+
+  private clear(): void {
+    const dropped = this.queue.length - this.head;
+    if (dropped > 0) this.o.metrics.deliveriesDroppedTotal.inc({ reason: "unreachable" }, dropped);
+    this.o.metrics.gatewayStreamQueueBytes.dec(this.queuedBytes);
+    this.queue.length = 0;
+    this.head = 0;
+    this.queuedBytes = 0;
+  }
+
+  /** Ends the stream after what is queued has been handed to gRPC (or dropped if it fails). */
+  async close(): Promise<void> {
+    this.closed = true;
+    this.wake?.();
+    await this.running;
+  }
+}

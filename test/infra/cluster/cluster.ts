@@ -1,0 +1,313 @@
+/**
+ * A multi-process Switchboard on loopback, without Kubernetes: every role its own
+ * `switchboard start --role X` process on the real Kafka and Cassandra of test/infra, wired through
+ * the same `cluster.*` gRPC targets the operator sets in a cluster. Used by `test/infra/up.sh cluster`
+ * (detached processes that outlive the script, stopped by down.sh), by tests (which kill, stop and
+ * restart single processes, like nats.js's test harness does with servers) and by the bench.
+ *
+ * State lives in `<runDir>/state.json` (ports, pids, topic prefix, keyspace); each process logs to
+ * `<runDir>/<name>.log`. A process is recognised as ours by its command line naming the run dir.
+ */
+import { spawn, spawnSync } from "node:child_process";
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, writeFileSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { signDevToken } from "../../../internal/lib/auth.js";
+
+export type ClusterRole = "gateway" | "router" | "presence" | "push" | "id" | "sequencer";
+
+export interface ClusterLayout {
+  gateway: number;
+  router: number;
+  presence: number;
+  push: number;
+  id: number;
+  sequencer: number;
+}
+
+/** What the issue asks of `up.sh cluster`: 2 gateways, 2 routers, and one of every other role. */
+export const DEFAULT_LAYOUT: ClusterLayout = {
+  gateway: 2,
+  router: 2,
+  presence: 1,
+  push: 1,
+  id: 1,
+  sequencer: 1,
+};
+
+export interface ClusterProcess {
+  /** e.g. "gateway-1" */
+  name: string;
+  role: ClusterRole;
+  index: number;
+  httpPort: number;
+  grpcPort: number;
+  pid: number;
+}
+
+export interface ClusterState {
+  runDir: string;
+  kafkaBrokers: string;
+  cassandraContactPoints: string;
+  cassandraDatacenter: string;
+  topicPrefix: string;
+  keyspace: string;
+  /** Data dir whose dev secret every gateway accepts (`switchboard token --data-dir`). */
+  tokenDataDir: string;
+  processes: ClusterProcess[];
+}
+
+export interface ClusterOptions {
+  runDir: string;
+  kafkaBrokers: string;
+  cassandraContactPoints: string;
+  cassandraDatacenter?: string;
+  /** First port; process k uses basePort + 2k (HTTP) and basePort + 2k + 1 (gRPC). */
+  basePort: number;
+  layout?: ClusterLayout;
+  /** Extra SWITCHBOARD_* settings for every process. */
+  env?: Record<string, string>;
+  readyTimeoutMs?: number;
+}
+
+const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), "../../../..");
+const cliPath = join(repoRoot, "dist/cmd/switchboard.js");
+/** Start order: what others call first, the gateways (which clients reach) last. */
+const ROLE_ORDER: ClusterRole[] = ["id", "push", "presence", "sequencer", "router", "gateway"];
+
+const targets = (ps: ClusterProcess[], role: ClusterRole) =>
+  ps.filter((p) => p.role === role).map((p) => `127.0.0.1:${p.grpcPort}`);
+
+/** The environment of one process: the shared settings, its ports, and its identity in its role. */
+function processEnv(
+  state: ClusterState,
+  p: ClusterProcess,
+  extra: Record<string, string>,
+): NodeJS.ProcessEnv {
+  const ps = state.processes;
+  return {
+    PATH: process.env.PATH,
+    HOME: process.env.HOME,
+    SWITCHBOARD_LOG_LEVEL: process.env.SWITCHBOARD_LOG_LEVEL ?? "info",
+    SWITCHBOARD_BACKEND: "distributed",
+    SWITCHBOARD_KAFKA_BROKERS: state.kafkaBrokers,
+    SWITCHBOARD_KAFKA_TOPIC_PREFIX: state.topicPrefix,
+    SWITCHBOARD_CASSANDRA_CONTACT_POINTS: state.cassandraContactPoints,
+    SWITCHBOARD_CASSANDRA_DATACENTER: state.cassandraDatacenter,
+    SWITCHBOARD_CASSANDRA_KEYSPACE: state.keyspace,
+    SWITCHBOARD_HTTP_HOST: "127.0.0.1",
+    SWITCHBOARD_HTTP_PORT: String(p.httpPort),
+    SWITCHBOARD_GRPC_PORT: String(p.grpcPort),
+    // ipv4:a,b lists every replica, like a headless Service's DNS answer does in Kubernetes.
+    SWITCHBOARD_CLUSTER_ID_TARGET: `ipv4:${targets(ps, "id").join(",")}`,
+    SWITCHBOARD_CLUSTER_ROUTER_TARGET: `ipv4:${targets(ps, "router").join(",")}`,
+    SWITCHBOARD_CLUSTER_PUSH_TARGET: `ipv4:${targets(ps, "push").join(",")}`,
+    SWITCHBOARD_CLUSTER_PRESENCE_TARGETS: targets(ps, "presence").join(","),
+    ...(p.role === "gateway" ? { SWITCHBOARD_GATEWAY_ID: p.name } : {}),
+    ...(p.role === "id" ? { SWITCHBOARD_ID_WORKER_ID: String(p.index) } : {}),
+    ...(p.role === "presence" ? { SWITCHBOARD_CLUSTER_PRESENCE_SHARD: String(p.index) } : {}),
+    ...extra,
+  };
+}
+
+export class LocalCluster {
+  private constructor(
+    readonly state: ClusterState,
+    private readonly extraEnv: Record<string, string>,
+  ) {}
+
+  /** Provisions topics and schema under a fresh prefix and keyspace, starts every process, waits until all are ready. */
+  static async start(o: ClusterOptions): Promise<LocalCluster> {
+    mkdirSync(o.runDir, { recursive: true });
+    const layout = o.layout ?? DEFAULT_LAYOUT;
+    const stamp = `${Date.now().toString(36)}${process.pid.toString(36)}`;
+    const processes: ClusterProcess[] = [];
+    for (const role of ROLE_ORDER) {
+      for (let index = 0; index < layout[role]; index++) {
+        const k = processes.length;
+        processes.push({
+          name: `${role}-${index}`,
+          role,
+          index,
+          httpPort: o.basePort + 2 * k,
+          grpcPort: o.basePort + 2 * k + 1,
+          pid: 0,
+        });
+      }
+    }
+    const state: ClusterState = {
+      runDir: o.runDir,
+      kafkaBrokers: o.kafkaBrokers,
+      cassandraContactPoints: o.cassandraContactPoints,
+      cassandraDatacenter: o.cassandraDatacenter ?? "datacenter1",
+      topicPrefix: `sbc${stamp}.`,
+      keyspace: `sbc_${stamp}`,
+      tokenDataDir: join(o.runDir, "token"),
+      processes,
+    };
+    // One dev secret for all gateways, made before any of them could race to create its own.
+    await signDevToken(state.tokenDataDir, "cluster-probe", 60);
+    const cluster = new LocalCluster(state, o.env ?? {});
+    cluster.provision();
+    for (const p of processes) cluster.spawn(p);
+    cluster.save();
+    try {
+      await Promise.all(processes.map((p) => cluster.waitReady(p.name, o.readyTimeoutMs ?? 120_000)));
+    } catch (err) {
+      await cluster.stop();
+      throw err;
+    }
+    return cluster;
+  }
+
+  /** The cluster a previous `up` left running (state.json), or undefined if none of it runs. */
+  static attach(runDir: string): LocalCluster | undefined {
+    const path = join(runDir, "state.json");
+    if (!existsSync(path)) return undefined;
+    const state = JSON.parse(readFileSync(path, "utf8")) as ClusterState;
+    const cluster = new LocalCluster(state, {});
+    return state.processes.some((p) => cluster.alive(p.name)) ? cluster : undefined;
+  }
+
+  get gatewayUrls(): string[] {
+    return this.state.processes
+      .filter((p) => p.role === "gateway")
+      .map((p) => `ws://127.0.0.1:${p.httpPort}/ws`);
+  }
+
+  /** The KEY=value lines `up.sh cluster` prints. */
+  envLines(): string[] {
+    const s = this.state;
+    const http = s.processes.filter((p) => p.role === "gateway").map((p) => `http://127.0.0.1:${p.httpPort}`);
+    return [
+      `GATEWAY_URLS=${this.gatewayUrls.join(",")}`,
+      `GATEWAY_HTTP_URLS=${http.join(",")}`,
+      `TOKEN_DATA_DIR=${s.tokenDataDir}`,
+      `CLUSTER_STATE=${join(s.runDir, "state.json")}`,
+      `CLUSTER_TOPIC_PREFIX=${s.topicPrefix}`,
+      `CLUSTER_KEYSPACE=${s.keyspace}`,
+      `KAFKA_BROKERS=${s.kafkaBrokers}`,
+      `CASSANDRA_CONTACT_POINTS=${s.cassandraContactPoints}`,
+    ];
+  }
+
+  process(name: string): ClusterProcess {
+    const p = this.state.processes.find((x) => x.name === name);
+    if (!p)
+      throw new Error(
+        `no cluster process ${name} (have ${this.state.processes.map((x) => x.name).join(", ")})`,
+      );
+    return p;
+  }
+
+  logPath(name: string): string {
+    return join(this.state.runDir, `${name}.log`);
+  }
+
+  private provision(): void {
+    const p = { ...this.state.processes[0]!, name: "provision" };
+    const result = spawnSync(process.execPath, [cliPath, "provision"], {
+      env: processEnv(this.state, p, this.extraEnv),
+      encoding: "utf8",
+      timeout: 120_000,
+    });
+    if (result.status !== 0)
+      throw new Error(`switchboard provision failed (${result.status}): ${result.stderr.slice(-4_000)}`);
+  }
+
+  /** Starts (or starts again, on the same ports) one process, detached, logging to <name>.log. */
+  spawn(p: ClusterProcess): void {
+    const log = openSync(this.logPath(p.name), "a");
+    try {
+      const child = spawn(
+        process.execPath,
+        [cliPath, "start", "--role", p.role, "--data-dir", this.state.tokenDataDir],
+        {
+          env: processEnv(this.state, p, this.extraEnv),
+          detached: true,
+          stdio: ["ignore", log, log],
+          cwd: this.state.runDir,
+        },
+      );
+      child.unref();
+      p.pid = child.pid ?? 0;
+    } finally {
+      closeSync(log);
+    }
+  }
+
+  /** Restarts a process that was killed or stopped, on the same ports, and waits until it is ready. */
+  async restart(name: string, timeoutMs = 60_000): Promise<void> {
+    const p = this.process(name);
+    if (this.alive(name)) throw new Error(`${name} (pid ${p.pid}) still runs`);
+    this.spawn(p);
+    this.save();
+    await this.waitReady(name, timeoutMs);
+  }
+
+  /** True while the process runs (and is ours: its command line names this cluster's data dir). */
+  alive(name: string): boolean {
+    const { pid } = this.process(name);
+    if (!pid) return false;
+    try {
+      const status = readFileSync(`/proc/${pid}/status`, "utf8");
+      if (/^State:\s*Z/m.test(status)) return false;
+      return readFileSync(`/proc/${pid}/cmdline`, "utf8").includes(this.state.tokenDataDir);
+    } catch {
+      return false;
+    }
+  }
+
+  /** Sends `signal` and waits (up to `timeoutMs`) for the process to be gone. */
+  async kill(name: string, signal: NodeJS.Signals = "SIGKILL", timeoutMs = 15_000): Promise<void> {
+    const p = this.process(name);
+    if (!this.alive(name)) return;
+    process.kill(p.pid, signal);
+    const deadline = Date.now() + timeoutMs;
+    while (this.alive(name)) {
+      if (Date.now() > deadline) {
+        process.kill(p.pid, "SIGKILL");
+        if (signal === "SIGKILL") throw new Error(`${name} (pid ${p.pid}) survived SIGKILL`);
+      }
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+
+  async waitReady(name: string, timeoutMs: number): Promise<void> {
+    const p = this.process(name);
+    const deadline = Date.now() + timeoutMs;
+    let last = "";
+    while (Date.now() < deadline) {
+      if (!this.alive(name)) throw new Error(`${name} exited during startup:\n${this.tail(name)}`);
+      try {
+        const res = await fetch(`http://127.0.0.1:${p.httpPort}/readyz`, {
+          signal: AbortSignal.timeout(2_000),
+        });
+        if (res.ok) return;
+        last = await res.text();
+      } catch (err) {
+        last = String(err);
+      }
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    throw new Error(`${name} not ready within ${timeoutMs} ms (last /readyz: ${last}):\n${this.tail(name)}`);
+  }
+
+  tail(name: string, lines = 40): string {
+    try {
+      return readFileSync(this.logPath(name), "utf8").split("\n").slice(-lines).join("\n");
+    } catch {
+      return "(no log)";
+    }
+  }
+
+  /** Stops every process (SIGTERM, then SIGKILL after 15 s), gateways first. */
+  async stop(): Promise<void> {
+    const order = [...this.state.processes].reverse();
+    await Promise.all(order.map((p) => this.kill(p.name, "SIGTERM")));
+  }
+
+  private save(): void {
+    writeFileSync(join(this.state.runDir, "state.json"), `${JSON.stringify(this.state, null, 2)}\n`);
+  }
+}
