@@ -62,6 +62,17 @@ export default defineConfig({
         },
       },
       {
+        // The platform as separate role processes (test/infra/cluster) on the shared Kafka and
+        // Cassandra: eight server processes of its own, so it runs alone, after the parallel projects.
+        extends: true,
+        test: {
+          name: "cluster",
+          include: ["test/cluster/**/*.test.ts"],
+          testTimeout: 240_000,
+          fileParallelism: false,
+        },
+      },
+      {
         // Kill, pause and restart the shared Kafka/Cassandra servers: run alone, after the others
         // (npm test runs this project in a second pass), one file at a time.
         extends: true,

@@ -63,9 +63,16 @@ import {
 /** A token, or a function returning one; the function is called again before every connection. */
 export type TokenSource = string | (() => string | Promise<string>);
 
+/**
+ * A gateway URL, or a function returning one; the function is called again before every connection,
+ * so a client can move to another gateway when its own goes away (e.g. by asking the platform's
+ * /v1/connect, or by rotating over a list).
+ */
+export type UrlSource = string | (() => string | Promise<string>);
+
 export interface SwitchboardClientOptions {
-  /** Gateway URL, e.g. ws://localhost:8080/ws. Never put the token in it. */
-  url: string;
+  /** Gateway URL, e.g. ws://localhost:8080/ws, or a function giving one per connection. Never put the token in it. */
+  url: UrlSource;
   token: TokenSource;
   /**
    * Wire encoding. Default "json": frames are readable in browser devtools and proxies' logs.
@@ -241,7 +248,9 @@ function isRetryableSendError(err: SwitchboardClientError): boolean {
 }
 
 export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
-  private readonly url: string;
+  private readonly url: UrlSource;
+  /** The URL of the current (or last) connection attempt. */
+  private currentUrl = "";
   private readonly token: TokenSource;
   private readonly encoding: Encoding;
   private readonly backoff: BackoffOptions;
@@ -584,6 +593,7 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
     try {
       this.resolved ??= await resolveWebSocket(this.explicitWebSocket);
       token = typeof this.token === "string" ? this.token : await this.token();
+      this.currentUrl = typeof this.url === "string" ? this.url : await this.url();
     } catch (cause) {
       if (epoch !== this.epoch) return;
       this.emitError(
@@ -602,7 +612,7 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
     try {
       socket = openSocket(
         this.resolved.ctor,
-        this.url,
+        this.currentUrl,
         token,
         this.explicitAuth ?? this.resolved.auth,
         this.encoding,
@@ -610,7 +620,12 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
     } catch (cause) {
       // A malformed URL (or a WebSocket that rejects our arguments) will not fix itself.
       this.terminal(
-        localError(Code.INVALID_ARGUMENT, "OPEN_FAILED", `cannot open ${this.url}: ${String(cause)}`, cause),
+        localError(
+          Code.INVALID_ARGUMENT,
+          "OPEN_FAILED",
+          `cannot open ${this.currentUrl}: ${String(cause)}`,
+          cause,
+        ),
         1006,
         "cannot open socket",
       );

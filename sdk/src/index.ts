@@ -17,6 +17,7 @@ export {
   type SwitchboardClientEvents,
   type SwitchboardClientOptions,
   type TokenSource,
+  type UrlSource,
 } from "./client.js";
 export {
   CLOSE_CODES,

@@ -70,7 +70,17 @@ export interface ClusterOptions {
   readyTimeoutMs?: number;
 }
 
-const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), "../../../..");
+/** The repository root: from the source (test/infra/cluster) or the build (dist/test/infra/cluster). */
+function findRepoRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  while (!existsSync(join(dir, "package.json")) || dir.endsWith("/dist")) {
+    const up = resolve(dir, "..");
+    if (up === dir) throw new Error("cluster harness: no package.json above this file");
+    dir = up;
+  }
+  return dir;
+}
+const repoRoot = findRepoRoot();
 const cliPath = join(repoRoot, "dist/cmd/switchboard.js");
 /** Start order: what others call first, the gateways (which clients reach) last. */
 const ROLE_ORDER: ClusterRole[] = ["id", "push", "presence", "sequencer", "router", "gateway"];
