@@ -1,5 +1,5 @@
 /**
- * The operator never imports service internals (DESIGN.md; ADR 0004): from outside operator/ it may
+ * The operator never imports service internals (docs/design.md §5; ADR 0004): from outside operator/ it may
  * use the contracts (gen/), the shared library (internal/lib/) and the one provisioning entry point
  * of the backends. Everything else it learns over gRPC, Kafka or the Kubernetes API.
  */

@@ -1,7 +1,7 @@
 /**
  * The storage and messaging interfaces every service is written against. Two implementations:
  * `embedded` (one process, one LMDB file, in-process log) and `distributed` (Kafka + Cassandra).
- * One contract test suite (test/contract) runs against both; shapes follow DESIGN.md sections 4 and 6:
+ * One contract test suite (test/contract) runs against both; shapes follow docs/design.md §4 and §6:
  * a keyed, partitioned log with consumer groups, and a store queried by partition and clustering range.
  */
 

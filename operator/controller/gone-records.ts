@@ -1,6 +1,6 @@
 /**
  * Writes "gateway X epoch E is gone" records (router.v1.SessionRecord, kind GATEWAY_GONE) to a
- * cluster's routing topic, so every router drops the gateway's sessions at once (DESIGN.md section 5).
+ * cluster's routing topic, so every router drops the gateway's sessions at once (docs/design.md §5).
  * One idempotent producer per distinct Kafka (bootstrap servers and credentials), kept while in use.
  */
 import { create, toBinary } from "@bufbuild/protobuf";

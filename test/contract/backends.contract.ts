@@ -1,5 +1,5 @@
 /**
- * The backend contract (DESIGN.md sections 3, 4 and 6): one suite every implementation of
+ * The backend contract (docs/design.md §3, §4 and §6): one suite every implementation of
  * `Backends` (internal/backends/types.ts) must pass, embedded (LMDB) and distributed (Kafka +
  * Cassandra) alike. A backend's test file calls `describeBackendContract(name, open)`.
  *

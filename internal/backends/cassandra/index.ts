@@ -1,6 +1,6 @@
 /**
  * The Cassandra half of the distributed backend: opens one driver Client, applies the schema migrations
- * and hands out the stores (DESIGN.md sections 4 and 6). The stores share the client and have no state
+ * and hands out the stores (docs/design.md §4 and §6). The stores share the client and have no state
  * of their own worth closing: `close()` on the returned object shuts the client down; the stores'
  * own close() does nothing, so closing one of them does not break the others.
  *

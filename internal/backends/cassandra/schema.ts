@@ -1,5 +1,5 @@
 /**
- * The Cassandra schema of the distributed backend (DESIGN.md section 4), as versioned migrations.
+ * The Cassandra schema of the distributed backend (docs/design.md §4), as versioned migrations.
  *
  * `migrate` creates the keyspace if needed, then applies every migration not yet recorded in
  * `schema_migrations` (version, name, checksum, applied_at), in order. Every statement uses IF NOT EXISTS,
