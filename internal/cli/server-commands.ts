@@ -96,9 +96,12 @@ async function drainBeforeStop(
   while (gateway.connections > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
 }
 
-/** `switchboard sequencer`: the same as `start --role sequencer` (kept for scripts that use it). */
+/**
+ * `switchboard sequencer`: `start --role sequencer` on the distributed backend, its HTTP endpoints on a
+ * free port unless `--port` says otherwise (kept for scripts that start a sequencer beside a platform).
+ */
 export function runSequencer(argv: string[]): Promise<number> {
-  return runStart(["--role", "sequencer", ...argv]);
+  return runStart(["--role", "sequencer", "--backend", "distributed", "--port", "0", ...argv]);
 }
 
 /**

@@ -250,13 +250,14 @@ export class Gateway {
         let handled = 0;
         try {
           for await (const req of requests) {
-            gateway.dispatch(req.userIds, req.cursors, req.sessionIds, req.excludeSessionId, req.frame);
+            if (req.recheckInboxes) gateway.recheckInboxes(req.userIds);
+            else gateway.dispatch(req.userIds, req.cursors, req.sessionIds, req.excludeSessionId, req.frame);
             if (++handled % CREDIT_EVERY_EVENTS === 0) yield { delivered: CREDIT_EVERY_EVENTS };
           }
         } finally {
           // A router that died (or was cut off) may have held events for our connections: each one
           // looks at its inbox once, so nothing waits for the next message to reveal the gap.
-          if (ctx.signal.aborted) gateway.recheckInboxes();
+          if (ctx.signal.aborted) gateway.recheckInboxes([]);
         }
       },
       async drain(req) {
@@ -319,9 +320,16 @@ export class Gateway {
     }
   }
 
-  /** Every live connection re-reads its inbox past what it delivered, spread over a second. */
-  recheckInboxes(): void {
-    for (const conn of this.bySession.values()) {
+  /**
+   * The live connections of `userIds` (all when empty) re-read their inboxes past what they delivered,
+   * spread over a second so that a gateway of many connections does not read them all at once.
+   */
+  recheckInboxes(userIds: readonly string[]): void {
+    const conns =
+      userIds.length === 0
+        ? this.bySession.values()
+        : userIds.flatMap((u) => [...(this.byUser.get(u) ?? [])]);
+    for (const conn of conns) {
       const t = setTimeout(() => conn.recheckInbox(), Math.floor(Math.random() * RECHECK_SPREAD_MS));
       t.unref();
     }

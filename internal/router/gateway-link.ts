@@ -3,9 +3,11 @@
  * to 100 users weighs more than a typing event), opened on demand and re-opened with capped backoff
  * after it fails. A link never blocks its caller: when the gateway is slow past the bound, or its
  * stream is down, events are dropped and counted. Nothing acknowledged is lost by a drop: message
- * events are in the recipients' durable inboxes, and the gateway fills the gap from there (cursor gap
- * catch-up, and a re-check of every connection when a Deliver stream ends abnormally), or the client
- * does by sync when it reconnects.
+ * events are in the recipients' durable inboxes: the link remembers whose message events it dropped
+ * and, once the stream has room again (or is open again), tells the gateway to re-check those users'
+ * inboxes (`recheck_inboxes`), so even a dropped tail arrives without waiting for the next message;
+ * the gateway also re-checks every connection when a Deliver stream ends abnormally, and a client
+ * resyncs from its cursor when it reconnects.
  */
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { DeliverRequestSchema, GatewayService } from "../../gen/switchboard/gateway/v1/gateway_pb.js";
@@ -28,6 +30,8 @@ export interface GatewayLinkOptions {
 }
 
 const REDIAL_DELAY_MIN_MS = 100;
+/** Users remembered for a targeted re-check; past this, the re-check covers all the gateway's users. */
+const DROPPED_USERS_MAX = 10_000;
 const REDIAL_DELAY_MAX_MS = 5_000;
 
 /** Approximate wire size of a Deliver request: what the byte bound counts. */
@@ -53,6 +57,8 @@ export class GatewayLink {
   private failures = 0;
   private closed = false;
   private running: Promise<void> | undefined;
+  /** Users whose message events were dropped since the last re-check ("all": too many to list). */
+  private dropped: Set<string> | "all" | undefined;
 
   constructor(private readonly o: GatewayLinkOptions) {}
 
@@ -63,20 +69,41 @@ export class GatewayLink {
   /** Queues an event for the gateway; false (and counted) when it was dropped. */
   push(req: DeliverInit): boolean {
     if (this.closed) return false;
-    if (Date.now() < this.downUntil) return this.drop("unreachable");
+    if (Date.now() < this.downUntil) return this.drop("unreachable", req);
     const bytes = deliverBytes(req);
-    if (this.queuedBytes + bytes > this.o.queueBytesMax) return this.drop("queue_full");
+    if (this.queuedBytes + bytes > this.o.queueBytesMax) return this.drop("queue_full", req);
+    if (this.dropped && this.queuedBytes < this.o.queueBytesMax / 2) this.enqueueRecheck();
+    this.enqueue(req, bytes);
+    return true;
+  }
+
+  /** Asks the gateway to re-read the inboxes of the users whose events were dropped. */
+  private enqueueRecheck(): void {
+    const users = this.dropped === "all" ? [] : [...(this.dropped ?? [])];
+    this.dropped = undefined;
+    const req: DeliverInit = { userIds: users, recheckInboxes: true };
+    this.enqueue(req, deliverBytes(req));
+  }
+
+  private enqueue(req: DeliverInit, bytes: number): void {
     this.queue.push({ req, bytes });
     this.queuedBytes += bytes;
     this.o.metrics.gatewayStreamQueueBytes.inc(bytes);
     this.running ??= this.run();
     this.wake?.();
-    return true;
   }
 
-  private drop(reason: "unreachable" | "queue_full"): false {
+  private drop(reason: "unreachable" | "queue_full", req: DeliverInit): false {
     this.o.metrics.deliveriesDroppedTotal.inc({ reason });
+    if (req.frame?.kind?.case === "message" || req.recheckInboxes) this.remember(req.userIds ?? []);
     return false;
+  }
+
+  private remember(userIds: readonly string[]): void {
+    if (this.dropped === "all") return;
+    this.dropped ??= new Set();
+    for (const u of userIds) this.dropped.add(u);
+    if (this.dropped.size > DROPPED_USERS_MAX || userIds.length === 0) this.dropped = "all";
   }
 
   /** Opens the stream and feeds it until it fails or the link closes. */
@@ -127,6 +154,12 @@ export class GatewayLink {
         yield item.req;
         continue;
       }
+      // Drained: the users whose events were dropped meanwhile re-read their inboxes now, not at
+      // their next message (which may never come).
+      if (this.dropped) {
+        this.enqueueRecheck();
+        continue;
+      }
       if (this.closed) return;
       await new Promise<void>((resolve) => {
         this.wake = resolve;
@@ -138,6 +171,10 @@ export class GatewayLink {
   private clear(): void {
     const dropped = this.queue.length - this.head;
     if (dropped > 0) this.o.metrics.deliveriesDroppedTotal.inc({ reason: "unreachable" }, dropped);
+    for (let i = this.head; i < this.queue.length; i++) {
+      const { req } = this.queue[i]!;
+      if (req.frame?.kind?.case === "message" || req.recheckInboxes) this.remember(req.userIds ?? []);
+    }
     this.o.metrics.gatewayStreamQueueBytes.dec(this.queuedBytes);
     this.queue.length = 0;
     this.head = 0;

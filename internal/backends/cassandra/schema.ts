@@ -9,7 +9,7 @@
  * Run it from one process at a time (the operator's schema Job): concurrent CREATE TABLE of the same table
  * on different coordinators can disagree on the table id.
  *
- * The data model follows part B1 of the reliability research: last-write-wins is only trusted with
+ * The data model trusts Cassandra's last-write-wins only with
  * immutable values (messages, bucket markers, inbox rows: re-writes carry the same values). Every value
  * that changes (the seq head, an inbox head, a member count, membership itself, receipt watermarks) is
  * changed with a lightweight transaction, and each such LWT touches one partition only, because that is

@@ -1,0 +1,138 @@
+import { describe, expect, it } from "vitest";
+import { createLogger } from "../lib/log.js";
+import { createMetrics } from "../lib/metrics.js";
+import { type DeliverInit, deliverBytes, type GatewayClient, GatewayLink } from "./gateway-link.js";
+
+const log = createLogger({ level: "error" });
+
+/** A gateway that takes requests only when `release()` is called (or always, when `open`). */
+function fakeGateway(options: { open?: boolean; failAfter?: number } = {}) {
+  const received: DeliverInit[] = [];
+  let releases = 0;
+  let wake: (() => void) | undefined;
+  let dials = 0;
+  const client: GatewayClient = {
+    async *deliver(requests) {
+      dials++;
+      let n = 0;
+      for await (const req of requests) {
+        while (!options.open && releases === 0) await new Promise<void>((r) => (wake = r));
+        if (!options.open) releases--;
+        received.push(req as DeliverInit);
+        if (options.failAfter !== undefined && ++n >= options.failAfter) throw new Error("gateway went away");
+      }
+      yield* [];
+    },
+    drain: async () => ({}) as never,
+    stats: async () => ({}) as never,
+  };
+  return {
+    client,
+    received,
+    dials: () => dials,
+    release(n: number) {
+      releases += n;
+      wake?.();
+    },
+  };
+}
+
+const message = (user: string, body: string): DeliverInit => ({
+  userIds: [user],
+  cursors: [1n],
+  frame: { kind: { case: "message", value: { message: { body, conversationId: "dm:a~b" } } } },
+});
+
+const until = async (pred: () => boolean) => {
+  for (let i = 0; i < 200 && !pred(); i++) await new Promise((r) => setTimeout(r, 5));
+  expect(pred()).toBe(true);
+};
+
+describe("GatewayLink", () => {
+  it("bounds its queue in bytes, drops past it without blocking, and re-checks the dropped users once drained", async () => {
+    const metrics = createMetrics();
+    const slow = fakeGateway();
+    const one = deliverBytes(message("u0", "x".repeat(1000)));
+    const link = new GatewayLink({
+      gatewayId: "g1",
+      dial: () => slow.client,
+      queueBytesMax: one * 5,
+      log,
+      metrics,
+    });
+    const accepted = Array.from({ length: 20 }, (_, i) => link.push(message(`u${i}`, "x".repeat(1000))));
+    // The gateway reads nothing: the stream holds one request in flight, the queue up to the bound.
+    expect(accepted.filter(Boolean).length).toBeGreaterThanOrEqual(5);
+    expect(accepted.filter(Boolean).length).toBeLessThanOrEqual(7);
+    const dropped = accepted.map((ok, i) => (ok ? undefined : `u${i}`)).filter((u) => u !== undefined);
+    const counted = (await metrics.deliveriesDroppedTotal.get()).values.find(
+      (v) => v.labels.reason === "queue_full",
+    );
+    expect(counted?.value).toBe(dropped.length);
+
+    slow.release(1_000);
+    await until(() => slow.received.some((r) => r.recheckInboxes));
+    const recheck = slow.received.find((r) => r.recheckInboxes)!;
+    expect(new Set(recheck.userIds)).toEqual(new Set(dropped));
+    // Everything accepted arrived, in order, before the re-check.
+    const bodies = slow.received.filter((r) => !r.recheckInboxes).map((r) => r.userIds?.[0]);
+    expect(bodies).toEqual(
+      accepted.map((ok, i) => (ok ? `u${i}` : undefined)).filter((u) => u !== undefined),
+    );
+    await link.close();
+  });
+
+  it("a slow gateway does not hold up another gateway's link", async () => {
+    const metrics = createMetrics();
+    const slow = fakeGateway();
+    const fast = fakeGateway({ open: true });
+    const a = new GatewayLink({
+      gatewayId: "slow",
+      dial: () => slow.client,
+      queueBytesMax: 65_536,
+      log,
+      metrics,
+    });
+    const b = new GatewayLink({
+      gatewayId: "fast",
+      dial: () => fast.client,
+      queueBytesMax: 65_536,
+      log,
+      metrics,
+    });
+    let slowAccepted = 0;
+    for (let i = 0; i < 100; i++) {
+      if (a.push(message(`s${i}`, "y".repeat(2_000)))) slowAccepted++;
+      expect(b.push(message(`f${i}`, "y"))).toBe(true);
+    }
+    expect(slowAccepted).toBeLessThan(100);
+    await until(() => fast.received.length === 100);
+    expect(slow.received.length).toBe(0);
+    slow.release(1_000);
+    await a.close();
+    await b.close();
+  });
+
+  it("after a failed stream drops events until the re-dial, then re-checks those users first", async () => {
+    const metrics = createMetrics();
+    const flaky = fakeGateway({ open: true, failAfter: 1 });
+    const link = new GatewayLink({
+      gatewayId: "g",
+      dial: () => flaky.client,
+      queueBytesMax: 1 << 20,
+      log,
+      metrics,
+    });
+    expect(link.push(message("first", "a"))).toBe(true);
+    await until(() => flaky.dials() === 1 && flaky.received.length === 1);
+    await new Promise((r) => setTimeout(r, 20)); // the stream failed: the link is down for ~100 ms
+    expect(link.push(message("while-down", "b"))).toBe(false);
+    await new Promise((r) => setTimeout(r, 150));
+    expect(link.push(message("after", "c"))).toBe(true);
+    await until(() => flaky.dials() === 2 && flaky.received.length >= 2);
+    expect(flaky.received[1]).toMatchObject({ recheckInboxes: true, userIds: ["while-down"] });
+    const failures = await metrics.gatewayStreamFailuresTotal.get();
+    expect(failures.values[0]?.value).toBeGreaterThanOrEqual(1);
+    await link.close();
+  });
+});
