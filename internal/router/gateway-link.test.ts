@@ -44,7 +44,7 @@ const message = (user: string, body: string): DeliverInit => ({
 });
 
 const until = async (pred: () => boolean) => {
-  for (let i = 0; i < 200 && !pred(); i++) await new Promise((r) => setTimeout(r, 5));
+  for (let i = 0; i < 2_000 && !pred(); i++) await new Promise((r) => setTimeout(r, 5));
   expect(pred()).toBe(true);
 };
 

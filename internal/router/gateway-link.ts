@@ -25,6 +25,8 @@ export interface GatewayLinkOptions {
   /** Opens a client to the gateway; called again for every re-dial. */
   dial: () => GatewayClient;
   queueBytesMax: number;
+  /** First delay before a failed stream is dialled again (doubling up to 5 s); default 100 ms. */
+  redialDelayMinMs?: number;
   log: Logger;
   metrics: Metrics;
 }
@@ -121,7 +123,8 @@ export class GatewayLink {
       if (!this.closed) {
         this.o.metrics.gatewayStreamFailuresTotal.inc();
         this.failures++;
-        const delay = Math.min(REDIAL_DELAY_MAX_MS, REDIAL_DELAY_MIN_MS * 2 ** (this.failures - 1));
+        const first = this.o.redialDelayMinMs ?? REDIAL_DELAY_MIN_MS;
+        const delay = Math.min(REDIAL_DELAY_MAX_MS, first * 2 ** (this.failures - 1));
         this.downUntil = Date.now() + delay;
         this.o.log.warn("router: deliver stream to gateway failed; dropping its events until re-dial", {
           gatewayId: this.o.gatewayId,
