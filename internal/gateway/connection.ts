@@ -12,13 +12,42 @@
 import type { ClientFrame, MessageEvent } from "../../gen/switchboard/client/v1/client_pb.js";
 import type { Message } from "../../gen/switchboard/common/v1/common_pb.js";
 import { Code, ReceiptKind } from "../../gen/switchboard/common/v1/common_pb.js";
+import type { PresenceService } from "../../gen/switchboard/presence/v1/presence_pb.js";
+import type { RouterService } from "../../gen/switchboard/router/v1/router_pb.js";
+import type { Backends } from "../backends/types.js";
+import { type Conversations, toWireConversation, toWireMessage } from "../conversations/index.js";
 import type { Identity } from "../lib/auth.js";
+import type { Config } from "../lib/config.js";
 import { errors, SwitchboardError } from "../lib/errors.js";
-import { toWireConversation, toWireMessage } from "../router/index.js";
+import type { Logger } from "../lib/log.js";
+import type { Metrics } from "../lib/metrics.js";
+import type { ServiceClient } from "../lib/rpc.js";
 import { CloseCode } from "./close-codes.js";
 import { decodeClientFrame, type Encoding, encodeServerFrame, type ServerFrameInit } from "./codec.js";
-import type { GatewayContext } from "./context.js";
 import { TokenBucket } from "./rate-limit.js";
+
+/** The stores a gateway reads and writes directly (ADR 0005: sync, history and membership reads stay local). */
+export type GatewayStores = Pick<
+  Backends,
+  "log" | "messages" | "membership" | "inbox" | "receipts" | "routing"
+>;
+
+/** What a connection needs from its gateway: services, storage, limits and the registry. */
+export interface GatewayContext {
+  config: Config;
+  log: Logger;
+  metrics: Metrics;
+  backends: GatewayStores;
+  conversations: Conversations;
+  router: ServiceClient<typeof RouterService>;
+  presence: ServiceClient<typeof PresenceService>;
+  verify(token: string): Promise<Identity>;
+  /** Per-user send limit across all the user's connections; 0 or ms to wait. */
+  takeUserSend(userId: string): number;
+  sharesConversation(a: string, b: string): Promise<boolean>;
+  register(conn: Connection): Promise<void>;
+  unregister(conn: Connection): void;
+}
 
 type Request = NonNullable<ClientFrame["kind"]>;
 type Socket = import("ws").WebSocket;

@@ -11,25 +11,16 @@ import type { MessageEvent } from "../../gen/switchboard/client/v1/client_pb.js"
 import type { GatewayService } from "../../gen/switchboard/gateway/v1/gateway_pb.js";
 import type { PresenceService } from "../../gen/switchboard/presence/v1/presence_pb.js";
 import type { RouterService } from "../../gen/switchboard/router/v1/router_pb.js";
-import type { Backends } from "../backends/types.js";
 
-/** The stores a gateway reads and writes directly (ADR 0005: sync, history and membership reads stay local). */
-export type GatewayStores = Pick<
-  Backends,
-  "log" | "messages" | "membership" | "inbox" | "receipts" | "routing"
->;
-
+import { type Conversations, directConversationId } from "../conversations/index.js";
 import type { Identity, TokenVerifier } from "../lib/auth.js";
 import type { Config } from "../lib/config.js";
-import { SwitchboardError } from "../lib/errors.js";
 import type { Logger } from "../lib/log.js";
 import type { Metrics } from "../lib/metrics.js";
 import type { ServiceClient, ServiceImpl } from "../lib/rpc.js";
-import { type Conversations, directConversationId } from "../router/index.js";
 import { CloseCode } from "./close-codes.js";
 import { type Encoding, encodeServerFrame, SUBPROTOCOL_BINARY, SUBPROTOCOL_JSON } from "./codec.js";
-import { Connection } from "./connection.js";
-import type { GatewayContext } from "./context.js";
+import { Connection, type GatewayContext, type GatewayStores } from "./connection.js";
 import { TokenBucket } from "./rate-limit.js";
 
 const CREDIT_EVERY_EVENTS = 256;
@@ -358,10 +349,5 @@ export class Gateway {
     this.draining = true;
     for (const conn of [...this.all]) conn.close(CloseCode.GOING_AWAY, "server shutting down");
     this.wss.close();
-  }
-
-  /** For tests and logs: normalises errors thrown by upgrade handling. */
-  static describe(err: unknown): string {
-    return SwitchboardError.from(err).message;
   }
 }

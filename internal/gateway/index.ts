@@ -1,4 +1,5 @@
 export { CloseCode, RECONNECT_CODES } from "./close-codes.js";
 export { decodeClientFrame, encodeServerFrame, SUBPROTOCOL_BINARY, SUBPROTOCOL_JSON } from "./codec.js";
-export { Gateway, type GatewayOptions, type GatewayStores } from "./gateway.js";
+export type { GatewayStores } from "./connection.js";
+export { Gateway, type GatewayOptions } from "./gateway.js";
 export { TokenBucket } from "./rate-limit.js";

@@ -2,9 +2,9 @@
 import { hostname } from "node:os";
 import type { IdService } from "../../gen/switchboard/id/v1/id_pb.js";
 import type { MembershipStore, MessageLog } from "../backends/types.js";
+import { Conversations, IdPool } from "../conversations/index.js";
 import type { Config } from "../lib/config.js";
 import type { ServiceClient } from "../lib/rpc.js";
-import { Conversations, IdPool } from "../router/index.js";
 
 export function conversations(
   config: Config,

@@ -22,6 +22,7 @@ import type {
   SessionEvent,
   StoredMessage,
 } from "../backends/types.js";
+import { toWireMessage } from "../conversations/index.js";
 import type { Logger } from "../lib/log.js";
 import type { Metrics } from "../lib/metrics.js";
 import type { ServiceClient } from "../lib/rpc.js";
@@ -55,18 +56,6 @@ export interface RouterOptions {
   streamQueueBytesMax: number;
   logger: Logger;
   metrics: Metrics;
-}
-
-export function toWireMessage(m: StoredMessage) {
-  return {
-    conversationId: m.conversationId,
-    seq: BigInt(m.seq),
-    messageId: m.messageId,
-    sender: m.sender,
-    clientMsgId: m.clientMsgId,
-    body: m.body,
-    createdAtMs: BigInt(m.createdAtMs),
-  };
 }
 
 export class Router {

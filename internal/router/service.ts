@@ -1,23 +1,14 @@
-import { ConversationKind } from "../../gen/switchboard/common/v1/common_pb.js";
 import type { RouterService } from "../../gen/switchboard/router/v1/router_pb.js";
-import type { ConversationRecord, MessageStore } from "../backends/types.js";
+import type { MessageStore } from "../backends/types.js";
+import {
+  type Conversations,
+  SYSTEM_SENDER,
+  toWireConversation,
+  toWireMessage,
+} from "../conversations/index.js";
 import { errors } from "../lib/errors.js";
 import type { ServiceImpl } from "../lib/rpc.js";
-import { type Conversations, SYSTEM_SENDER } from "./conversations.js";
-import { type Router, toWireMessage } from "./router.js";
-
-export function toWireConversation(c: ConversationRecord, lastSeq = 0) {
-  return {
-    id: c.id,
-    kind: c.kind === "group" ? ConversationKind.GROUP : ConversationKind.DIRECT,
-    name: c.name,
-    owner: c.owner,
-    memberCount: c.memberCount,
-    open: c.open,
-    lastSeq: BigInt(lastSeq),
-    createdAtMs: BigInt(c.createdAtMs),
-  };
-}
+import type { Router } from "./router.js";
 
 /** The router's gRPC API for trusted backend services (no per-user authorisation). */
 export function routerServiceImpl(

@@ -20,7 +20,7 @@
 import { randomBytes } from "node:crypto";
 import { describe, expect, it, onTestFailed } from "vitest";
 import WebSocket from "ws";
-import { directConversationId } from "../../internal/router/conversations.js";
+import { directConversationId } from "../../internal/conversations/conversations.js";
 import {
   type IncomingMessage,
   type SendAck,

@@ -2,11 +2,10 @@
  * Conversation rules shared by the gateway (client requests) and the router's gRPC API (backends):
  * who may send where, direct-conversation ids, group lifecycle, and the durable append of a send.
  */
-import type { IdService } from "../../gen/switchboard/id/v1/id_pb.js";
 import type { AppendResult, ConversationRecord, MembershipStore, MessageLog } from "../backends/types.js";
 import { isValidUserId } from "../lib/auth.js";
 import { errors } from "../lib/errors.js";
-import type { ServiceClient } from "../lib/rpc.js";
+import type { IdPool } from "./id-pool.js";
 
 export const SYSTEM_SENDER = "system";
 export const CLIENT_MSG_ID_CHARS_MAX = 64;
@@ -41,41 +40,6 @@ export function exceedsChars(text: string, max: number): boolean {
     if (++count > max) return true;
   }
   return false;
-}
-
-/** Keeps a local stock of Snowflake ids, refilled in batches: no RPC per message. */
-export class IdPool {
-  private stock: string[] = [];
-  private refill: Promise<void> | undefined;
-
-  constructor(
-    private readonly ids: ServiceClient<typeof IdService>,
-    private readonly batchSize: number,
-  ) {}
-
-  async next(): Promise<string> {
-    for (;;) {
-      const id = this.stock.pop();
-      if (id !== undefined) {
-        if (this.stock.length < this.batchSize / 4 && !this.refill) void this.fill().catch(() => undefined);
-        return id;
-      }
-      await this.fill();
-    }
-  }
-
-  private fill(): Promise<void> {
-    this.refill ??= this.ids
-      .allocateIds({ count: this.batchSize })
-      .then((res) => {
-        // Keep ascending order when popping: newest batch goes underneath the remaining stock.
-        this.stock = [...res.ids.slice().reverse(), ...this.stock];
-      })
-      .finally(() => {
-        this.refill = undefined;
-      });
-    return this.refill;
-  }
 }
 
 export interface ConversationLimits {

@@ -1,0 +1,37 @@
+import type { IdService } from "../../gen/switchboard/id/v1/id_pb.js";
+import type { ServiceClient } from "../lib/rpc.js";
+
+/** Keeps a local stock of Snowflake ids, refilled in batches: no RPC per message. */
+export class IdPool {
+  private stock: string[] = [];
+  private refill: Promise<void> | undefined;
+
+  constructor(
+    private readonly ids: ServiceClient<typeof IdService>,
+    private readonly batchSize: number,
+  ) {}
+
+  async next(): Promise<string> {
+    for (;;) {
+      const id = this.stock.pop();
+      if (id !== undefined) {
+        if (this.stock.length < this.batchSize / 4 && !this.refill) void this.fill().catch(() => undefined);
+        return id;
+      }
+      await this.fill();
+    }
+  }
+
+  private fill(): Promise<void> {
+    this.refill ??= this.ids
+      .allocateIds({ count: this.batchSize })
+      .then((res) => {
+        // Keep ascending order when popping: newest batch goes underneath the remaining stock.
+        this.stock = [...res.ids.slice().reverse(), ...this.stock];
+      })
+      .finally(() => {
+        this.refill = undefined;
+      });
+    return this.refill;
+  }
+}

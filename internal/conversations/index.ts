@@ -1,0 +1,11 @@
+export {
+  CLIENT_MSG_ID_CHARS_MAX,
+  Conversations,
+  directConversationId,
+  directMembers,
+  exceedsChars,
+  isValidConversationId,
+  SYSTEM_SENDER,
+} from "./conversations.js";
+export { IdPool } from "./id-pool.js";
+export { toWireConversation, toWireMessage } from "./wire.js";
