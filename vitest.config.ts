@@ -31,6 +31,8 @@ export default defineConfig({
             "operator/**",
             "sdk/dist/**",
             "test/faults/**",
+            "test/e2e/**/*.e2e.test.ts",
+            "test/cluster/**",
             "test/integration/distributed-storage.test.ts",
             "test/integration/multiprocess.test.ts",
             "test/contract/distributed.test.ts",
@@ -69,6 +71,17 @@ export default defineConfig({
           name: "cluster",
           include: ["test/cluster/**/*.test.ts"],
           testTimeout: 240_000,
+          fileParallelism: false,
+        },
+      },
+      {
+        // Switchboard under the operator on the test Kubernetes, its Pods run by the node agent
+        // (ADR 0006): the heaviest test, alone, after the others.
+        extends: true,
+        test: {
+          name: "e2e",
+          include: ["test/e2e/**/*.e2e.test.ts"],
+          testTimeout: 1_200_000,
           fileParallelism: false,
         },
       },

@@ -1,0 +1,107 @@
+/**
+ * The operator as the tests run it: a real `switchboard operator` process outside the cluster,
+ * authenticated as the chart's ServiceAccount (so it has exactly the chart's RBAC), with its log kept
+ * for failure messages.
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { once } from "node:events";
+import { writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { KubeConfig } from "@kubernetes/client-node";
+import { kubectl, root, type Tools, waitFor } from "./helpers.js";
+
+export interface OperatorOptions {
+  kubeconfig: string;
+  leaseNamespace: string;
+  leaseName: string;
+  pollInterval?: string;
+}
+
+export class OperatorProcess {
+  child: ChildProcess | undefined;
+  log = "";
+  port = 0;
+
+  constructor(private readonly o: OperatorOptions) {}
+
+  async start(): Promise<void> {
+    const child = spawn(
+      process.execPath,
+      [
+        join(root, "dist", "cmd", "switchboard.js"),
+        "operator",
+        "--http-port",
+        "0",
+        "--http-host",
+        "127.0.0.1",
+        "--lease-namespace",
+        this.o.leaseNamespace,
+        "--lease-name",
+        this.o.leaseName,
+        "--poll-interval",
+        this.o.pollInterval ?? "1s",
+      ],
+      { env: { ...process.env, KUBECONFIG: this.o.kubeconfig }, stdio: ["ignore", "pipe", "pipe"] },
+    );
+    this.child = child;
+    child.stderr?.setEncoding("utf8").on("data", (d: string) => {
+      this.log = (this.log + d).slice(-200_000);
+    });
+    let out = "";
+    child.stdout?.setEncoding("utf8").on("data", (d: string) => (out += d));
+    const line = await waitFor(
+      "operator start",
+      async () => out.split("\n").find((l) => l.includes('"status":"started"')),
+      30_000,
+    );
+    this.port = (JSON.parse(line) as { port: number }).port;
+  }
+
+  async kill(signal: NodeJS.Signals = "SIGKILL"): Promise<void> {
+    const child = this.child;
+    if (!child || child.exitCode !== null || child.signalCode !== null) return;
+    const exited = once(child, "exit");
+    child.kill(signal);
+    await exited;
+  }
+
+  tail(lines = 40): string {
+    return this.log.trimEnd().split("\n").slice(-lines).join("\n");
+  }
+}
+
+/** A kubeconfig for a ServiceAccount, with a token from the TokenRequest API. */
+export async function serviceAccountKubeconfig(
+  tools: Tools,
+  namespace: string,
+  serviceAccount: string,
+): Promise<string> {
+  const token = (
+    await kubectl(tools, ["create", "token", serviceAccount, "-n", namespace, "--duration=2h"])
+  ).trim();
+  const admin = new KubeConfig();
+  admin.loadFromFile(tools.KUBECONFIG);
+  const cluster = admin.getCurrentCluster();
+  if (!cluster) throw new Error("admin kubeconfig has no cluster");
+  const config = {
+    apiVersion: "v1",
+    kind: "Config",
+    clusters: [
+      {
+        name: "test",
+        cluster: {
+          server: cluster.server,
+          "certificate-authority-data": cluster.caData,
+          "certificate-authority": cluster.caFile,
+        },
+      },
+    ],
+    users: [{ name: serviceAccount, user: { token } }],
+    contexts: [{ name: "operator", context: { cluster: "test", user: serviceAccount } }],
+    "current-context": "operator",
+  };
+  const path = join(tmpdir(), `switchboard-${namespace}-${serviceAccount}.kubeconfig`);
+  writeFileSync(path, JSON.stringify(config), { mode: 0o600 });
+  return path;
+}
