@@ -119,6 +119,13 @@ export class InfraCpu {
   }
 }
 
+/** The real Kafka and Cassandra of test/infra (shared with the tests: reused if running, never stopped). */
+export interface SharedInfra {
+  env: InfraEnv;
+  /** Their JVMs' CPU, part of the system under test. */
+  cpu: InfraCpu;
+}
+
 /** A run's own topic prefix and keyspace (and consumer-group prefix, which the server derives from the topic prefix). */
 export interface RunNames {
   id: string;

@@ -35,8 +35,12 @@ const DELIVERED = 2;
 const ACKED = 4;
 
 export interface PairLoadOptions {
-  /** ws://host:port/ws; the user is appended as ?u= for servers that take no token (bare). */
-  url: string;
+  /**
+   * ws://host:port/ws of each pair's sender and of its receiver (the same server, or two gateways of
+   * a cluster); the user is appended as ?u= for servers that take no token (bare).
+   */
+  senderUrl: string;
+  receiverUrl: string;
   pairs: number;
   encoding: Encoding;
   bodyBytes: number;
@@ -59,8 +63,11 @@ export interface StepOptions {
   drainMaxMs?: number;
   /** Stop the schedule early once this many seconds of messages are outstanding (overload). */
   backlogSecondsMax: number;
-  /** Optional resource probe of the server (CPU seconds) sampled over the measured window. */
-  serverCpuSeconds?: () => number;
+  /**
+   * Optional resource probe of the server's processes (CPU seconds by process name) sampled over
+   * the measured window; their sum is the server's CPU.
+   */
+  serverCpuSeconds?: () => Record<string, number>;
   /** Optional probe of the whole machine's busy CPU seconds, to expose foreign load. */
   machineBusySeconds?: () => number;
   /**
@@ -98,6 +105,8 @@ export interface StepResult {
   generator_loop_delay_p99_ms: number;
   server_cpu_cores: number | null;
   server_cpu_us_per_msg: number | null;
+  /** A server of several processes (a cluster): each one's cores, by name (their sum is server_cpu_cores). */
+  server_cpu_cores_by_process?: Record<string, number>;
   /** CPU of the system's other processes (Kafka, Cassandra) during the window, cores by name. */
   infra_cpu_cores?: Record<string, number>;
   /** Server plus infra CPU per message sent in the window (the whole system's cost of a message). */
@@ -139,14 +148,14 @@ export class PairLoad {
     const senderIds = Array.from({ length: pairs }, (_, i) => `s${i}`);
     const receiverIds = Array.from({ length: pairs }, (_, i) => `r${i}`);
     const [st, rt] = await Promise.all([this.opts.tokens(senderIds), this.opts.tokens(receiverIds)]);
-    const urlFor = (u: string) => (this.opts.appendUserToUrl ? `${this.opts.url}?u=${u}` : this.opts.url);
+    const urlFor = (url: string, u: string) => (this.opts.appendUserToUrl ? `${url}?u=${u}` : url);
     this.receivers = await pool(receiverIds, 50, async (u, i) => {
-      const ws = await openClient({ url: urlFor(u), token: rt[i]!, encoding });
+      const ws = await openClient({ url: urlFor(this.opts.receiverUrl, u), token: rt[i]!, encoding });
       await syncToLive(ws, encoding);
       return ws;
     });
     this.senders = await pool(senderIds, 50, async (u, i) => {
-      const ws = await openClient({ url: urlFor(u), token: st[i]!, encoding });
+      const ws = await openClient({ url: urlFor(this.opts.senderUrl, u), token: st[i]!, encoding });
       if (this.opts.sendersLive) await syncToLive(ws, encoding);
       return ws;
     });
@@ -259,7 +268,7 @@ export class PairLoad {
     let measureStart = 0;
     let measureEnd = 0;
     let cpuStart = process.cpuUsage();
-    let serverCpuStart = 0;
+    let serverCpuStart: Record<string, number> = {};
     let machineStart = 0;
     let infraStart: Record<string, number> = {};
     let measuredSent = 0;
@@ -274,7 +283,7 @@ export class PairLoad {
             measureStart = now;
             cpuStart = process.cpuUsage();
             loop.enable();
-            serverCpuStart = o.serverCpuSeconds?.() ?? 0;
+            serverCpuStart = o.serverCpuSeconds?.() ?? {};
             machineStart = o.machineBusySeconds?.() ?? 0;
             infraStart = o.infraCpuSeconds?.() ?? {};
           }
@@ -303,7 +312,7 @@ export class PairLoad {
     const cpu = process.cpuUsage(cpuStart);
     const backlogAtEnd = k - this.deliveredAll;
     loop.disable();
-    const serverCpuEnd = o.serverCpuSeconds?.() ?? 0;
+    const serverCpuEnd = o.serverCpuSeconds?.() ?? {};
     const machineEnd = o.machineBusySeconds?.() ?? 0;
     const infraEnd = o.infraCpuSeconds?.() ?? {};
     const windowS = measureStart > 0 ? (measureEnd - measureStart) / 1000 : 0;
@@ -321,7 +330,14 @@ export class PairLoad {
     }
     const drainSeconds = (performance.now() - measureEnd) / 1000;
     const genCores = windowS > 0 ? (cpu.user + cpu.system) / 1e6 / windowS : 0;
-    const serverCores = o.serverCpuSeconds && windowS > 0 ? (serverCpuEnd - serverCpuStart) / windowS : null;
+    const serverCoresBy: Record<string, number> = {};
+    let serverSeconds = 0;
+    for (const [name, end] of Object.entries(serverCpuEnd)) {
+      const used = end - (serverCpuStart[name] ?? end);
+      serverSeconds += used;
+      if (windowS > 0) serverCoresBy[name] = Math.round((used / windowS) * 100) / 100;
+    }
+    const serverCores = o.serverCpuSeconds && windowS > 0 ? serverSeconds / windowS : null;
     const sendLag = summarize(this.lag);
     const infraCores: Record<string, number> = {};
     let infraSeconds = 0;
@@ -360,16 +376,15 @@ export class PairLoad {
       generator_loop_delay_p99_ms: Math.round(loopP99 * 100) / 100,
       server_cpu_cores: serverCores === null ? null : Math.round(serverCores * 100) / 100,
       server_cpu_us_per_msg:
-        serverCores === null || measuredSent === 0
-          ? null
-          : Math.round(((serverCpuEnd - serverCpuStart) * 1e6) / measuredSent),
+        serverCores === null || measuredSent === 0 ? null : Math.round((serverSeconds * 1e6) / measuredSent),
+      ...(Object.keys(serverCoresBy).length > 1 ? { server_cpu_cores_by_process: serverCoresBy } : {}),
       ...(o.infraCpuSeconds
         ? {
             infra_cpu_cores: infraCores,
             system_cpu_us_per_msg:
               serverCores === null || measuredSent === 0
                 ? null
-                : Math.round(((serverCpuEnd - serverCpuStart + infraSeconds) * 1e6) / measuredSent),
+                : Math.round(((serverSeconds + infraSeconds) * 1e6) / measuredSent),
           }
         : {}),
       other_cpu_cores: otherCores === null ? null : Math.round(otherCores * 100) / 100,

@@ -25,10 +25,18 @@ const here = dirname(fileURLToPath(import.meta.url)); // dist/bench
 export const SWITCHBOARD_BIN = resolve(here, "../cmd/switchboard.js");
 export const BARE_SERVER_BIN = resolve(here, "bare-server.js");
 
-const live = new Set<ServerProcess>();
+/** Something of the system under test that must not outlive the benchmark. */
+export interface Killable {
+  /** Synchronous: it runs in the process's exit handler. */
+  killNow(): void;
+}
+
+const live = new Set<Killable>();
 let cleanupInstalled = false;
 
-function installCleanup(): void {
+/** Kills `k` when the benchmark exits, fails or is interrupted (until `forget(k)`). */
+export function killOnExit(k: Killable): void {
+  live.add(k);
   if (cleanupInstalled) return;
   cleanupInstalled = true;
   process.on("exit", () => {
@@ -41,6 +49,10 @@ function installCleanup(): void {
       process.exit(130);
     });
   }
+}
+
+export function forget(k: Killable): void {
+  live.delete(k);
 }
 
 let tasksetOk: boolean | undefined;
@@ -129,7 +141,7 @@ export interface StartOptions {
   dataRoot?: string;
 }
 
-export class ServerProcess {
+export class ServerProcess implements Killable {
   port = 0;
   /** The inspector's WebSocket URL when started with --inspect. */
   inspectorUrl: string | undefined;
@@ -146,7 +158,7 @@ export class ServerProcess {
     this.exited = new Promise((res) =>
       child.once("exit", (code, signal) => {
         this.exitCode = code ?? (signal ? 128 : null);
-        live.delete(this);
+        forget(this);
         res(this.exitCode);
       }),
     );
@@ -157,7 +169,6 @@ export class ServerProcess {
   }
 
   static async start(opts: StartOptions): Promise<ServerProcess> {
-    installCleanup();
     const dataDir = mkdtempSync(join(opts.dataRoot ?? tmpdir(), `switchboard-bench-${opts.kind}-`));
     const script = opts.kind === "switchboard" ? SWITCHBOARD_BIN : BARE_SERVER_BIN;
     if (!existsSync(script)) throw new Error(`${script} is missing: build first (npx tsc -p tsconfig.json)`);
@@ -175,7 +186,7 @@ export class ServerProcess {
       stdio: ["ignore", "pipe", "pipe"],
     });
     const server = new ServerProcess(child, dataDir, opts.kind, opts.keepData ?? false);
-    live.add(server);
+    killOnExit(server);
     const log = createWriteStream(join(dataDir, "server.stderr.log"));
     child.stderr!.on("data", (chunk: Buffer) => {
       log.write(chunk);

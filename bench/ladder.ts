@@ -1,0 +1,245 @@
+/**
+ * The step ladder against a running system under test: connect the pairs, warm up, then each rate
+ * in turn (a step that failed under foreign load is retried), judging every step (verdict) and
+ * stopping at the first failure unless told otherwise. Which system it is (one process or a
+ * cluster, and on which backend) is the SystemUnderTest's business.
+ */
+import { join } from "node:path";
+import { PairLoad, type StepResult } from "./loadgen.js";
+import type { LadderSettings } from "./options.js";
+import { PerfRecording } from "./perf.js";
+import { f, roleOf } from "./report.js";
+import { machineBusySeconds } from "./server.js";
+import { type SystemUnderTest, totalCpuSeconds } from "./sut.js";
+
+export interface Verdict {
+  ok10: boolean;
+  ok50: boolean;
+  why: string;
+}
+
+/** The server's own view of a step (warm-up included), from its /metrics. */
+export interface ServerStages {
+  /** Mean time from a valid send to its durable append (the part of the ack spent in storage). */
+  append_mean_ms: number | null;
+  /** Router batches (one inbox commit each), their mean duration and mean size. */
+  router_batches: number;
+  router_batch_mean_ms: number | null;
+  messages_per_router_batch: number | null;
+}
+
+export type LadderResult = StepResult & {
+  server_stages?: ServerStages;
+  /** A cluster: each role's cores (the sum over its processes). */
+  server_cpu_cores_by_role?: Record<string, number>;
+};
+
+export interface LadderStep {
+  r: LadderResult;
+  v: Verdict;
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * Waits (up to maxWaitMs) until processes other than the system under test (its servers and its
+ * Kafka/Cassandra) and this generator use less than `threshold` cores over a 1 s window; returns the
+ * last foreign load seen. Other work on a 2-core box shows up directly in p99, so every step records
+ * it (other_cpu_cores) either way.
+ */
+async function waitQuiet(
+  sut: SystemUnderTest,
+  threshold: number,
+  maxWaitMs: number,
+  log: (s: string) => void,
+): Promise<number> {
+  const deadline = performance.now() + maxWaitMs;
+  let announced = false;
+  for (;;) {
+    const m0 = machineBusySeconds();
+    const s0 = totalCpuSeconds(sut);
+    const g0 = process.cpuUsage();
+    const t0 = performance.now();
+    await sleep(1000);
+    const dt = (performance.now() - t0) / 1000;
+    const g = process.cpuUsage(g0);
+    const own = totalCpuSeconds(sut) - s0 + (g.user + g.system) / 1e6;
+    const foreign = (machineBusySeconds() - m0 - own) / dt;
+    if (foreign < threshold || performance.now() >= deadline) {
+      if (announced || foreign >= threshold)
+        log(
+          `    foreign load ${foreign.toFixed(2)} cores${foreign >= threshold ? " (gave up waiting)" : ""}`,
+        );
+      return foreign;
+    }
+    if (!announced)
+      log(`    waiting for foreign load (${foreign.toFixed(2)} cores) to drop below ${threshold}`);
+    announced = true;
+  }
+}
+
+const CONTENDED_CORES = 0.25;
+
+function verdict(r: StepResult, extraClosed: number): Verdict {
+  const problems: string[] = [];
+  if (r.lost > 0) problems.push(`${r.lost} lost`);
+  if (r.errors > 0) problems.push(`${r.errors} errors`);
+  if (r.duplicates > 0) problems.push(`${r.duplicates} dup`);
+  if (r.aborted) problems.push("backlog abort");
+  // More than a second of messages still undelivered when the schedule ended: the step was not held,
+  // whatever its percentiles (they then depend on the step's length).
+  else if (r.backlog_at_end > r.rate)
+    problems.push(
+      `backlog ${(r.backlog_at_end / r.rate).toFixed(1)} s, ${r.delivered_per_second}/s delivered`,
+    );
+  if (extraClosed > 0) problems.push(`${extraClosed} closed`);
+  if (r.generator_bound) problems.push("GENERATOR-BOUND");
+  const clean = problems.length === 0;
+  const p99 = r.latency.p99_ms;
+  const ok10 = clean && p99 <= 10;
+  const ok50 = clean && p99 <= 50;
+  const contended = (r.other_cpu_cores ?? 0) > CONTENDED_CORES ? " CONTENDED" : "";
+  if (!clean) return { ok10, ok50, why: problems.join(", ") + contended };
+  return { ok10, ok50, why: (ok10 ? "p99≤10" : ok50 ? "p99≤50" : "p99>50") + contended };
+}
+
+const STAGE_METRICS = [
+  "switchboard_message_append_seconds_sum",
+  "switchboard_message_append_seconds_count",
+  "switchboard_router_batch_seconds_sum",
+  "switchboard_router_batch_seconds_count",
+];
+
+function stageDelta(
+  a: Record<string, number> | undefined,
+  b: Record<string, number> | undefined,
+): ServerStages {
+  const d = (k: string) => (b?.[k] ?? 0) - (a?.[k] ?? 0);
+  const r2 = (x: number) => Math.round(x * 100) / 100;
+  const appends = d("switchboard_message_append_seconds_count");
+  const batches = d("switchboard_router_batch_seconds_count");
+  return {
+    append_mean_ms: appends > 0 ? r2((1000 * d("switchboard_message_append_seconds_sum")) / appends) : null,
+    router_batches: batches,
+    router_batch_mean_ms:
+      batches > 0 ? r2((1000 * d("switchboard_router_batch_seconds_sum")) / batches) : null,
+    messages_per_router_batch: batches > 0 ? r2(appends / batches) : null,
+  };
+}
+
+function byRole(byProcess: Record<string, number>): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const [name, cores] of Object.entries(byProcess))
+    out[roleOf(name)] = Math.round(((out[roleOf(name)] ?? 0) + cores) * 100) / 100;
+  return out;
+}
+
+export interface LadderOptions extends LadderSettings {
+  stopOnFail: boolean;
+  /** Rates measured even after the ladder stopped (the headline rates). */
+  alwaysRates?: number[];
+  /** `perf record` the server (single process) during the step at this rate, into `perfDir`. */
+  perfRate?: number;
+  perfDir: string;
+  log: (s: string) => void;
+}
+
+export async function runLadder(
+  sut: SystemUnderTest,
+  rates: number[],
+  o: LadderOptions,
+): Promise<{ steps: LadderStep[]; rssKb: Record<string, number>; perf?: PerfRecording }> {
+  const log = o.log;
+  log(sut.description);
+  const load = new PairLoad({
+    senderUrl: sut.senderUrl,
+    receiverUrl: sut.receiverUrl,
+    pairs: o.pairs,
+    encoding: o.encoding,
+    bodyBytes: o.bodyBytes,
+    sendersLive: o.sendersLive,
+    appendUserToUrl: sut.userInUrl,
+    tokens: (users) => sut.tokens(users),
+  });
+  const steps: LadderStep[] = [];
+  let perf: PerfRecording | undefined;
+  try {
+    await load.connect();
+    log(`  ${o.pairs} pairs connected; warm-up ${o.initialWarmupMs / 1000} s at ${o.initialWarmupRate}/s`);
+    const warm = await load.runStep({
+      rate: o.initialWarmupRate,
+      warmupMs: 0,
+      measureMs: o.initialWarmupMs,
+      drainTimeoutMs: o.drainMs,
+      drainMaxMs: o.drainMaxMs,
+      backlogSecondsMax: 10,
+    });
+    log(`  warm-up: ${warm.delivered}/${warm.sent} delivered, p99 ${f(warm.latency.p99_ms)} ms`);
+    let stopped = false;
+    for (const rate of rates) {
+      if (stopped && !o.alwaysRates?.includes(rate)) continue;
+      let step: LadderStep | undefined;
+      // A step that failed while other processes used the CPU is retried (up to `o.retries` times);
+      // the attempt that saw the least foreign load is kept, whatever its latency.
+      for (let attempt = 1; attempt <= 1 + o.retries; attempt++) {
+        const closedBefore = load.closedUnexpectedly;
+        await waitQuiet(sut, o.quietThreshold, o.quietWaitMs, log);
+        if (rate === o.perfRate && !perf && sut.perfPid !== undefined) {
+          perf = new PerfRecording(
+            sut.perfPid,
+            join(o.perfDir, `switchboard-bench-perf-${sut.perfPid}.data`),
+          );
+          perf.start(o.warmupMs, Math.max(1, Math.floor(o.stepMs / 1000)));
+        }
+        const m0 = await sut.metrics(STAGE_METRICS);
+        const r: LadderResult = await load.runStep({
+          rate,
+          warmupMs: o.warmupMs,
+          measureMs: o.stepMs,
+          drainTimeoutMs: o.drainMs,
+          drainMaxMs: o.drainMaxMs,
+          // Past the ladder's failure a headline rate runs its whole schedule (bounded at 15 s of backlog).
+          backlogSecondsMax: stopped ? 15 : 3,
+          serverCpuSeconds: () => sut.serverCpuSeconds(),
+          machineBusySeconds,
+          ...(sut.infra ? { infraCpuSeconds: () => sut.infra!.seconds() } : {}),
+        });
+        if (m0) r.server_stages = stageDelta(m0, await sut.metrics(STAGE_METRICS));
+        if (r.server_cpu_cores_by_process) r.server_cpu_cores_by_role = byRole(r.server_cpu_cores_by_process);
+        const v = verdict(r, load.closedUnexpectedly - closedBefore);
+        if (attempt > 1) v.why += ` (attempt ${attempt})`;
+        if (stopped) v.why += " (after ladder stop)";
+        if (!step || (r.other_cpu_cores ?? 0) < (step.r.other_cpu_cores ?? 0)) step = { r, v };
+        log(`  ${String(rate).padStart(6)}/s:${progress(r)} → ${v.why}`);
+        sut.checkRunning();
+        if (v.ok10 || stopped || !v.why.includes("CONTENDED")) break;
+      }
+      if (step!.v.why.includes("attempt")) log(`    kept: ${step!.v.why}`);
+      steps.push(step!);
+      if (o.stopOnFail && !step!.v.ok50) stopped = true;
+    }
+    await perf?.finish();
+    return { steps, rssKb: sut.rssKb(), ...(perf ? { perf } : {}) };
+  } finally {
+    await load.close();
+  }
+}
+
+/** A step's progress line (after the rate). */
+function progress(r: LadderResult): string {
+  const st = r.server_stages;
+  const stages = st
+    ? ` [server: append ${f(st.append_mean_ms)} ms, router batch ${f(st.router_batch_mean_ms)} ms × ${st.router_batches} (${f(st.messages_per_router_batch, 1)} msgs)]`
+    : "";
+  const roles = r.server_cpu_cores_by_role
+    ? ` (${Object.entries(r.server_cpu_cores_by_role)
+        .map(([n, c]) => `${n} ${f(c)}`)
+        .join(", ")})`
+    : "";
+  const jvm = r.infra_cpu_cores
+    ? `, ${Object.entries(r.infra_cpu_cores)
+        .map(([n, c]) => `${n} ${f(c)}`)
+        .join(", ")}`
+    : "";
+  return `${stages} sent ${r.offered_rate}/s, p50 ${f(r.latency.p50_ms)} p99 ${f(r.latency.p99_ms)} p99.9 ${f(r.latency.p999_ms)} max ${f(r.latency.max_ms)} ms; ack p99 ${f(r.ack_latency.p99_ms)}; server ${f(r.server_cpu_cores)} cores${roles}${jvm}, gen ${f(r.generator_cpu_cores)}, other ${f(r.other_cpu_cores)}`;
+}

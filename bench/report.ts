@@ -1,0 +1,233 @@
+/**
+ * The benchmark's human-readable report: the ladder's table (and, for a cluster, server CPU by
+ * role), the highest rates held, and the writer's tables.
+ */
+import type { IdleResult } from "./idle.js";
+import type { LadderStep, Verdict } from "./ladder.js";
+import type { StepResult } from "./loadgen.js";
+import type { LogDigest } from "./sut.js";
+import type { WriterResult } from "./writer.js";
+
+export const f = (x: number | null | undefined, d = 2) =>
+  x === null || x === undefined || Number.isNaN(x) ? "-" : x.toFixed(d);
+
+/** The role of a cluster process named `<role>-<index>`. */
+export const roleOf = (processName: string) => processName.replace(/-\d+$/, "");
+
+/** Right-aligned columns under a title. */
+function columns(title: string, head: string[], body: string[][]): string {
+  const widths = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i]!.length)));
+  const line = (cells: string[]) => cells.map((c, i) => c.padStart(widths[i]!)).join("  ");
+  return [title, line(head), line(widths.map((w) => "-".repeat(w))), ...body.map(line)].join("\n");
+}
+
+export function table(title: string, rows: Array<{ r: StepResult; v?: Verdict }>): string {
+  const head = [
+    "rate/s",
+    "sent/s",
+    "msgs",
+    "lost",
+    "p50",
+    "p90",
+    "p99",
+    "p99.9",
+    "max",
+    "ack p50",
+    "ack p99",
+    "lag p99",
+    "srv core",
+    "srv µs/msg",
+    "gen core",
+    "other",
+    "verdict",
+  ];
+  // On Kafka + Cassandra (distributed, cluster): the JVMs' cores and the whole system's CPU per message.
+  const infraNames = [...new Set(rows.flatMap(({ r }) => Object.keys(r.infra_cpu_cores ?? {})))];
+  if (infraNames.length > 0)
+    head.splice(head.indexOf("gen core"), 0, ...infraNames.map((n) => `${n} core`), "sys µs/msg");
+  const body = rows.map(({ r, v }) => [
+    String(r.rate),
+    String(r.offered_rate),
+    String(r.sent),
+    String(r.lost),
+    f(r.latency.p50_ms),
+    f(r.latency.p90_ms),
+    f(r.latency.p99_ms),
+    f(r.latency.p999_ms),
+    f(r.latency.max_ms),
+    f(r.ack_latency.p50_ms),
+    f(r.ack_latency.p99_ms),
+    f(r.send_lag.p99_ms),
+    f(r.server_cpu_cores),
+    r.server_cpu_us_per_msg === null ? "-" : String(r.server_cpu_us_per_msg),
+    ...(infraNames.length > 0
+      ? [
+          ...infraNames.map((n) => f(r.infra_cpu_cores?.[n])),
+          r.system_cpu_us_per_msg === null || r.system_cpu_us_per_msg === undefined
+            ? "-"
+            : String(r.system_cpu_us_per_msg),
+        ]
+      : []),
+    f(r.generator_cpu_cores),
+    f(r.other_cpu_cores),
+    v?.why ?? "",
+  ]);
+  return columns(title, head, body);
+}
+
+/**
+ * A cluster's server CPU by role (summed over the role's processes) at each rate: cores, and µs per
+ * message sent in the window.
+ */
+export function roleTable(title: string, rows: LadderStep[]): string {
+  const roles = [...new Set(rows.flatMap(({ r }) => Object.keys(r.server_cpu_cores_by_role ?? {})))];
+  const head = ["rate/s", ...roles.map((n) => `${n} core (µs/msg)`), "total core (µs/msg)"];
+  const cell = (r: StepResult, cores: number | undefined) =>
+    cores === undefined
+      ? "-"
+      : `${f(cores)} (${r.offered_rate > 0 ? Math.round((cores * 1e6) / r.offered_rate) : "-"})`;
+  const body = rows.map(({ r }) => [
+    String(r.rate),
+    ...roles.map((n) => cell(r, r.server_cpu_cores_by_role?.[n])),
+    cell(r, r.server_cpu_cores ?? undefined),
+  ]);
+  return columns(title, head, body);
+}
+
+/** The warnings and errors each cluster process logged, busiest first (empty when none). */
+export function logLines(logs: Record<string, LogDigest>): string[] {
+  const out: string[] = [];
+  for (const [name, d] of Object.entries(logs)) {
+    if (d.warn + d.error + d.other === 0) continue;
+    out.push(`  ${name}: ${d.error} errors, ${d.warn} warnings, ${d.other} other lines`);
+    for (const [msg, n] of Object.entries(d.top))
+      out.push(
+        `    ${n.count} × ${msg.slice(0, 200)} (${n.first.slice(11, 23)}${n.count > 1 ? ` .. ${n.last.slice(11, 23)}` : ""})`,
+      );
+  }
+  return out;
+}
+
+export function idleReport(idle: IdleResult): string {
+  return [
+    `Idle authenticated connections (server RSS from /proc/PID/status VmRSS):`,
+    `  ${idle.connections} open (${idle.failed} failed) in ${idle.connect_seconds} s = ${idle.connects_per_second} connects/s`,
+    `  RSS ${(idle.rss_before_kb / 1024).toFixed(1)} MB → ${(idle.rss_after_kb / 1024).toFixed(1)} MB as found: ${idle.rss_per_conn_kb} KB per connection, ${idle.rss_per_10k_conns_mb} MB per 10,000 connections`,
+    idle.rss_gc_before_kb !== null && idle.rss_gc_after_kb !== null
+      ? `  RSS after a forced full GC ${(idle.rss_gc_before_kb / 1024).toFixed(1)} MB → ${(idle.rss_gc_after_kb / 1024).toFixed(1)} MB: ${idle.rss_gc_per_conn_kb} KB per connection, ${idle.rss_gc_per_10k_conns_mb} MB per 10,000 connections`
+      : "  (no forced-GC reading: inspector unavailable)",
+    `  V8 heap used (after GC) ${f(idle.heap_before_mb, 1)} → ${f(idle.heap_after_mb, 1)} MB: ${f(idle.heap_per_conn_kb)} KB per connection; idle server CPU ${idle.server_cpu_idle_cores} cores; RSS after closing all ${(idle.rss_after_close_kb / 1024).toFixed(1)} MB`,
+  ].join("\n");
+}
+
+export function maxLine(limitMs: number, m: ReturnType<typeof maxRate>, lowest: number | undefined): string {
+  const held = m.max_rate === null ? `none (below ${lowest ?? "?"}/s)` : `${m.max_rate}/s`;
+  const fail = m.first_failure
+    ? `first failure at ${m.first_failure.rate}/s: p99 ${f(m.first_failure.p99_ms)} ms; ${m.first_failure.why}`
+    : "no failure in the ladder";
+  return `  highest rate held with p99 ≤ ${limitMs} ms: ${held} (${fail}; bounded by ${m.bounded_by})`;
+}
+
+export function maxRate(steps: Array<{ r: StepResult; v: Verdict }>, key: "ok10" | "ok50") {
+  let best: number | null = null;
+  let firstFail: { rate: number; p99_ms: number; why: string } | null = null;
+  for (const { r, v } of steps) {
+    if (v[key]) {
+      best = r.rate;
+      continue;
+    }
+    firstFail = { rate: r.rate, p99_ms: r.latency.p99_ms, why: v.why };
+    break;
+  }
+  const generatorBound = firstFail?.why.includes("GENERATOR-BOUND") ?? false;
+  const contended = firstFail?.why.includes("CONTENDED") ?? false;
+  return {
+    max_rate: best,
+    first_failure: firstFail,
+    bounded_by:
+      firstFail === null
+        ? "ladder-end"
+        : generatorBound
+          ? "generator"
+          : contended
+            ? "server, under foreign load (upper bound)"
+            : "server",
+    contended,
+  };
+}
+
+export function writerTable(w: WriterResult): string {
+  const head = [
+    "rows/call",
+    "rows/s",
+    "calls/s",
+    "call p50",
+    "call p99",
+    "call max",
+    "cass core",
+    "cass µs/row",
+    "client core",
+    "other",
+    "errors",
+    "read-back",
+  ];
+  const body = w.shapes.map((s) => [
+    String(s.rows_per_call),
+    String(s.rows_per_second),
+    String(s.calls_per_second),
+    f(s.call_latency.p50_ms),
+    f(s.call_latency.p99_ms),
+    f(s.call_latency.max_ms),
+    f(s.cassandra_cpu_cores),
+    s.cassandra_cpu_us_per_row === null ? "-" : String(s.cassandra_cpu_us_per_row),
+    f(s.client_cpu_cores),
+    f(s.other_cpu_cores),
+    String(s.errors),
+    s.verified ? "ok" : "MISMATCH",
+  ]);
+  const s0 = w.shapes[0];
+  return [
+    columns(
+      `Cassandra batch writer (CassandraMessageStore.write, ${s0?.conversations ?? "?"} conversations, ${s0?.callers ?? "?"} callers, ${s0?.in_flight_max ?? "?"} requests in flight), ${s0?.measured_seconds ?? "?"} s per shape:`,
+      head,
+      body,
+    ),
+    `  writer rows/s: ${w.best ? `${w.best.rows_per_second} (${w.best.rows_per_call} rows per call)` : "none (every shape failed)"}`,
+    ...(w.fence.length > 0 ? ["", fenceTable(w)] : []),
+  ].join("\n");
+}
+
+function fenceTable(w: WriterResult): string {
+  const head = [
+    "entries/assign",
+    "assigns/s",
+    "seqs/s",
+    "p50",
+    "p99",
+    "max",
+    "cass core",
+    "cass µs/assign",
+    "client core",
+    "other",
+    "errors",
+  ];
+  const body = w.fence.map((s) => [
+    String(s.entries_per_assign),
+    String(s.assigns_per_second),
+    String(s.entries_per_second),
+    f(s.assign_latency.p50_ms),
+    f(s.assign_latency.p99_ms),
+    f(s.assign_latency.max_ms),
+    f(s.cassandra_cpu_cores),
+    s.cassandra_cpu_us_per_assign === null ? "-" : String(s.cassandra_cpu_us_per_assign),
+    f(s.client_cpu_cores),
+    f(s.other_cpu_cores),
+    String(s.errors + s.not_applied),
+  ]);
+  const s0 = w.fence[0];
+  return columns(
+    `Sequencer fence (CassandraSequencerStore.assign: one Paxos round per call, ${s0?.callers ?? "?"} callers over ${s0?.conversations ?? "?"} conversations), ms:`,
+    head,
+    body,
+  );
+}
