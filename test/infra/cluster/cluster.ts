@@ -311,10 +311,14 @@ export class LocalCluster {
     }
   }
 
-  /** Stops every process (SIGTERM, then SIGKILL after 15 s), gateways first. */
+  /**
+   * Stops every process (SIGTERM, then SIGKILL after 15 s): the gateways first, so their clients'
+   * session ends still reach presence and the routers, then the rest together.
+   */
   async stop(): Promise<void> {
-    const order = [...this.state.processes].reverse();
-    await Promise.all(order.map((p) => this.kill(p.name, "SIGTERM")));
+    const ps = this.state.processes;
+    await Promise.all(ps.filter((p) => p.role === "gateway").map((p) => this.kill(p.name, "SIGTERM")));
+    await Promise.all(ps.filter((p) => p.role !== "gateway").map((p) => this.kill(p.name, "SIGTERM")));
   }
 
   private save(): void {
