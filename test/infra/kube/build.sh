@@ -3,7 +3,8 @@
 #   ${SWITCHBOARD_CACHE:-~/.cache/switchboard}/kube-<k8s version>/bin
 # kube-apiserver, kube-controller-manager, kube-scheduler, kubectl and etcd come from
 # this wrapper module (go.mod pins k8s.io/kubernetes, its staging modules and etcd);
-# kwok comes from `go install` at a pinned version. Binaries already built for the
+# coredns from the second wrapper module in coredns/ (our main package, only the plugins
+# we use); kwok comes from `go install` at a pinned version. Binaries already built for the
 # pinned versions are skipped (a <name>.version stamp records what each was built from).
 # Cold build on 2 cores takes a while (see README numbers); run it with `nice`.
 set -euo pipefail
@@ -17,6 +18,7 @@ want() {
   case "$1" in
     etcd) echo "$ETCD_VERSION" ;;
     kwok) echo "$KWOK_VERSION" ;;
+    coredns) echo "$COREDNS_VERSION" ;;
     *) echo "$K8S_VERSION" ;;
   esac
 }
@@ -59,6 +61,11 @@ fi
 if [[ " ${missing[*]} " == *" etcd "* ]]; then
   # The etcd main package is the module root; without -o the binary would be "v3".
   go build -mod=readonly -trimpath -ldflags "-s -w" -o "$tmp/etcd" go.etcd.io/etcd/server/v3
+fi
+if [[ " ${missing[*]} " == *" coredns "* ]]; then
+  # Its own module: CoreDNS requires newer k8s.io/client-go, grpc, ... than Kubernetes
+  # v1.36 does, and sharing go.mod would change what the Kubernetes binaries build from.
+  (cd "$kube_dir/coredns" && go build -mod=readonly -trimpath -ldflags "-s -w" -o "$tmp/coredns" .)
 fi
 if [[ " ${missing[*]} " == *" kwok "* ]]; then
   # kwok's go.mod has no replace lines, so a plain go install at a pinned version works.

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Stops the control plane started by up.sh and leaves nothing running. Only processes
 # named in our pid files, and only while they still run our binaries, are signalled.
-# Clients and kube-apiserver get SIGTERM at once, then etcd; SIGKILL after 10 s. Logs and certificates stay in run/kube/ for debugging; up.sh
-# wipes them on its next cold start.
+# Clients and kube-apiserver get SIGTERM at once, then etcd; SIGKILL after 10 s. Logs and
+# certificates stay in run/kube/ for debugging; up.sh wipes them on its next cold start.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "$0")/lib.sh"
@@ -38,5 +38,5 @@ stop() {
 }
 
 # etcd last: kube-apiserver's graceful shutdown hangs when etcd is already gone.
-stop kwok kube-scheduler kube-controller-manager kube-apiserver
+stop coredns kwok kube-scheduler kube-controller-manager kube-apiserver
 stop etcd

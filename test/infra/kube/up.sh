@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Starts a real Kubernetes control plane on 127.0.0.1, without Docker or kubelets:
-# etcd, kube-apiserver, kube-controller-manager, kube-scheduler, and kwok faking one
-# Node ("kwok-node-0") so that Pods get scheduled and report Running.
-# Prints exactly two lines on stdout:
+# etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok faking one
+# Node ("kwok-node-0") so that Pods get scheduled and report Running, and CoreDNS
+# serving the cluster's DNS (cluster.local) on 127.243.0.10:53.
+# Needs root: port 53, and the local route for Pod IPs (lib.sh, POD_CIDR).
+# Prints exactly three lines on stdout:
 #   KUBECONFIG=/abs/path/admin.kubeconfig   (client cert in group system:masters)
 #   KUBECTL=/abs/path/kubectl
+#   CLUSTER_DNS=127.243.0.10                (the nameserver for Pods' /etc/resolv.conf)
 # Everything else goes to stderr. Reuses a plane that is already running; a partly
 # running one is stopped and started afresh (new etcd data, new certificates).
 # Pid files, logs, certificates and etcd data live in $SWITCHBOARD_CACHE/run/kube/.
@@ -12,9 +15,10 @@ set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "$0")/lib.sh"
 
-for tool in openssl curl base64; do
+for tool in openssl curl base64 ip; do
   command -v "$tool" >/dev/null || die "$tool is not installed (needed to start the control plane)"
 done
+[ "$(id -u)" -eq 0 ] || die "must run as root (CoreDNS binds $DNS_IP:53; Pod IPs need a local route)"
 
 # One up.sh at a time (parallel test workers): the others wait, then reuse the plane.
 # The lock lives outside run_dir, which a cold start wipes. fd 9 is closed for the
@@ -23,7 +27,7 @@ mkdir -p "$(dirname "$run_dir")"
 exec 9>"$run_dir.lock"
 flock -w 1200 9 || die "timed out waiting for $run_dir.lock (another up.sh stuck?)"
 
-COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok coredns)
 NODE=kwok-node-0
 pki="$run_dir/pki"
 kubeconfig="$run_dir/admin.kubeconfig"
@@ -35,13 +39,21 @@ alive() { # alive NAME: its pid file names a live process running our binary
   running_binary "$1" "$pid"
 }
 kc() { "$kubectl" --kubeconfig="$kubeconfig" "$@"; }
-print_env() { echo "KUBECONFIG=$kubeconfig"; echo "KUBECTL=$kubectl"; }
+print_env() { echo "KUBECONFIG=$kubeconfig"; echo "KUBECTL=$kubectl"; echo "CLUSTER_DNS=$DNS_IP"; }
+# Makes every address of POD_CIDR local, as 127.0.0.0/8 is (the same kind of route in
+# the kernel's local table), so a test can bind a fake Pod's IP. Idempotent.
+pod_route() {
+  [ -n "$(ip route show table local type local "$POD_CIDR" 2>/dev/null)" ] ||
+    ip route add local "$POD_CIDR" dev lo table local ||
+    die "could not add the route for Pod IPs: ip route add local $POD_CIDR dev lo table local"
+}
 
 # --- reuse -----------------------------------------------------------------------
 running=0
 for c in "${COMPONENTS[@]}"; do alive "$c" && running=$((running + 1)); done
 if [ "$running" -eq "${#COMPONENTS[@]}" ] && kc get --raw /readyz >/dev/null 2>&1; then
   log "control plane already running; reusing it"
+  pod_route
   print_env
   exit 0
 fi
@@ -80,7 +92,8 @@ start() { # start NAME ARGS...: run bin/NAME in the background, detached, loggin
   # setsid: own session, so Ctrl-C or a test runner killing its process group does not
   # reach it. Closed stdio: it never holds the caller's stdout open (a caller reading our
   # KEY=value lines would otherwise hang). The inner shell writes its own pid and then
-  # execs the binary, so the pid file is right whether or not setsid forks.
+  # execs the binary, so the pid file is right whether or not setsid forks. fd 8 (the
+  # host-wide lock, see "fresh state") stays open on purpose.
   # shellcheck disable=SC2016 # $$ and $@ belong to the inner shell
   setsid bash -c 'echo $$ >"$0"; exec "$@"' "$run_dir/$name.pid" "$bin_dir/$name" "$@" \
     </dev/null >"$run_dir/$name.log" 2>&1 9>&- &
@@ -104,6 +117,16 @@ rm -rf "$run_dir"
 mkdir -p "$pki"
 etcd_port=$(free_port) etcd_peer_port=$(free_port) api_port=$(free_port)
 kcm_port=$(free_port) sched_port=$(free_port)
+# DNS_IP and POD_CIDR are the host's, not this cache's: one plane per host. CoreDNS binds
+# with SO_REUSEPORT, so a second one on DNS_IP (a plane from another SWITCHBOARD_CACHE)
+# would not fail but silently answer half of the queries. Every component started below
+# inherits fd 8 and so holds this host-wide lock while it runs; a second plane refuses.
+exec 8>"$dns_lock"
+flock -n 8 || die "another control plane runs on this host (it holds $dns_lock); stop it first"
+if (exec 3<>"/dev/tcp/$DNS_IP/53") 2>/dev/null; then
+  die "something else already serves $DNS_IP:53"
+fi
+pod_route
 
 # --- certificates (a throwaway CA, like envtest's TinyCA) ------------------------
 log "generating certificates"
@@ -217,12 +240,13 @@ start kube-scheduler --kubeconfig="$kubeconfig" \
 
 # --- kwok + one fake Node --------------------------------------------------------
 # kwok only manages Nodes with our annotation; its stages (kwok-stages.yaml) make the node
-# Ready and its pods Running. Pod IPs come from --cidr: loopback addresses, so a test can serve a
-# fake Pod's ports (e.g. a gateway's gRPC Stats) on its IP, apart from the service range.
+# Ready and its pods Running. Pod IPs come from --cidr: POD_CIDR, local addresses (pod_route)
+# that EndpointSlices accept, so a test can serve a fake Pod's ports (e.g. a gateway's gRPC
+# Stats) on its IP and DNS names of Services lead to them.
 log "starting kwok"
 start kwok --kubeconfig="$kubeconfig" --config="$kube_dir/kwok-stages.yaml" \
   --manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
-  --node-ip=127.0.0.1 --cidr=127.244.0.0/16
+  --node-ip=127.0.0.1 --cidr="$POD_CIDR"
 kc apply -f - >/dev/null <<EOF || fail kube-apiserver "could not create Node $NODE"
 apiVersion: v1
 kind: Node
@@ -231,12 +255,44 @@ metadata:
   annotations: {kwok.x-k8s.io/node: fake, node.alpha.kubernetes.io/ttl: "0"}
   labels: {kubernetes.io/hostname: $NODE, kubernetes.io/os: linux, kubernetes.io/arch: amd64, type: kwok}
 EOF
+# --- CoreDNS -----------------------------------------------------------------------
+# The cluster DNS for processes run as Pods (their /etc/resolv.conf names DNS_IP), read from
+# this apiserver: a Service's ClusterIP, a headless Service's ready endpoints, StatefulSet
+# Pods (<pod>.<service>.<ns>.svc.cluster.local); other names go to this host's resolvers.
+# cluster.local is not cached: the kubernetes plugin answers from its informers' memory
+# anyway, so a deleted Pod leaves DNS as soon as its EndpointSlice changes; TTL 1 keeps
+# clients from caching it long either. Only failures and NXDOMAIN/NODATA are logged.
+cat >"$run_dir/Corefile" <<EOF
+.:53 {
+    bind $DNS_IP
+    ready $DNS_IP:8181
+    errors
+    log . {
+        class denial error
+    }
+    kubernetes cluster.local in-addr.arpa ip6.arpa {
+        kubeconfig $kubeconfig switchboard
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+        ttl 1
+    }
+    forward . /etc/resolv.conf
+    cache 5 {
+        disable success cluster.local
+        disable denial cluster.local
+    }
+}
+EOF
+log "starting coredns on $DNS_IP:53"
+start coredns -conf "$run_dir/Corefile"
 wait_for kube-controller-manager 60 curl -fsSk "https://127.0.0.1:$kcm_port/healthz"
 wait_for kube-scheduler 60 curl -fsSk "https://127.0.0.1:$sched_port/healthz"
 wait_for kwok 60 kc wait --for=condition=Ready "node/$NODE" --timeout=1s
 # The ServiceAccount controller must have created default/default, or pods in the
 # default namespace are rejected by ServiceAccount admission.
 wait_for kube-controller-manager 30 kc get serviceaccount default -n default
+# Ready once its informers (Services, EndpointSlices, Namespaces) have synced.
+wait_for coredns 60 curl -fsS "http://$DNS_IP:8181/ready"
 
 log "control plane ready in ${SECONDS}s ($K8S_VERSION; logs in $run_dir)"
 print_env
