@@ -13,7 +13,7 @@ export const KIND = "ChatCluster";
 export const PLURAL = "chatclusters";
 
 /** The components the operator deploys, in the order they start. */
-export const COMPONENTS = ["id", "router", "presence", "push", "gateway"] as const;
+export const COMPONENTS = ["id", "router", "presence", "push", "sequencer", "gateway"] as const;
 export type ComponentName = (typeof COMPONENTS)[number];
 
 export interface SecretKeyRef {
@@ -109,6 +109,8 @@ export interface ChatClusterSpec {
   presence: PresenceSpec;
   push: PushSpec;
   id: ComponentSpec;
+  /** The sequencers (ADR 0002): they assign each conversation's seq from the Kafka log. */
+  sequencer: ComponentSpec;
   kafka: KafkaSpec;
   cassandra: CassandraSpec;
   auth: AuthSpec;

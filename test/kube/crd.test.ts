@@ -178,7 +178,9 @@ describe("ChatCluster CRD", () => {
       s.presence.replicas,
       s.push.replicas,
       s.id.replicas,
-    ]).toEqual([2, 2, 2, 1, 1]);
+      s.sequencer.replicas,
+    ]).toEqual([2, 2, 2, 1, 1, 2]);
+    expect(s.sequencer).toEqual({ replicas: 2 });
     expect(s.gateway.autoscaling).toEqual({
       enabled: false,
       minReplicas: 2,
@@ -278,6 +280,7 @@ describe("ChatCluster CRD", () => {
         webpush: { secretRef: { name: "vapid", key: "keys" } },
       },
       id: component(5, "id"),
+      sequencer: component(3, "sequencer"),
       kafka: {
         bootstrapServers: ["k0:9093", "k1:9093"],
         topicPrefix: "prod.",
@@ -368,6 +371,9 @@ describe("ChatCluster CRD", () => {
     expect(await createError(minimal("bad-ids", { id: { replicas: 1025 } }))).toMatch(
       /spec\.id\.replicas: Invalid value: 1025.*less than or equal to 1024/,
     );
+    expect(await createError(minimal("bad-sequencers", { sequencer: { replicas: -1 } }))).toMatch(
+      /spec\.sequencer\.replicas: Invalid value: -1.*greater than or equal to 0/,
+    );
     expect(
       await createError(
         minimal("bad-presence", { presence: { heartbeatIntervalSeconds: 30, offlineAfterSeconds: 10 } }),
@@ -419,7 +425,11 @@ describe("ChatCluster CRD", () => {
         connections: 1234,
         gatewayDesiredReplicas: 2,
         provisionedGeneration: 2,
-        components: { gateway: { replicas: 2, readyReplicas: 2 }, id: { replicas: 1, readyReplicas: 1 } },
+        components: {
+          gateway: { replicas: 2, readyReplicas: 2 },
+          id: { replicas: 1, readyReplicas: 1 },
+          sequencer: { replicas: 2, readyReplicas: 1 },
+        },
         gateways: [
           { pod: "columns-gateway-a", connections: 1000, draining: false },
           { pod: "columns-gateway-b", connections: 234, draining: true },
