@@ -7,9 +7,12 @@ import { createHash } from "node:crypto";
 import type { V1ConfigMap } from "@kubernetes/client-node";
 import { envName } from "../../internal/lib/config.js";
 import type { ChatCluster } from "../api/v1alpha1.js";
-import { configMapName, GRPC_PORT, HTTP_PORT, ownedMeta } from "./names.js";
+import { configMapName, GRPC_PORT, grpcTarget, HTTP_PORT, ownedMeta, presenceShardTargets } from "./names.js";
 
-/** SWITCHBOARD_* values for a cluster (secrets stay out: they are mounted from their Secrets). */
+/**
+ * SWITCHBOARD_* values for a cluster. Secrets stay out: credentials reach the containers as env
+ * references to their Secrets and files mounted from them (workloads.ts).
+ */
 export function clusterEnv(cluster: ChatCluster): Record<string, string> {
   const s = cluster.spec;
   const env: Record<string, string> = {};
@@ -20,6 +23,15 @@ export function clusterEnv(cluster: ChatCluster): Record<string, string> {
   set("http.host", "0.0.0.0");
   set("http.port", HTTP_PORT);
   set("grpc.port", GRPC_PORT);
+  // Where each role finds the others: headless Services, so every Pod's address is resolved.
+  set("cluster.idTarget", grpcTarget(cluster, "id"));
+  set("cluster.routerTarget", grpcTarget(cluster, "router"));
+  set("cluster.pushTarget", grpcTarget(cluster, "push"));
+  // One target per presence shard, in shard order. The list is part of every Pod's configuration, so
+  // changing presence replicas changes the config hash and rolls every Pod: gateways must agree on
+  // the shard count (a user's shard is hash(user) mod count), and their clients reconnect and
+  // resubscribe to the new shards. That is intended.
+  set("cluster.presenceTargets", presenceShardTargets(cluster).join(","));
   set("auth.jwksUrl", s.auth.jwksUrl);
   set("auth.issuer", s.auth.issuer);
   set("auth.audience", s.auth.audience);
@@ -35,6 +47,9 @@ export function clusterEnv(cluster: ChatCluster): Record<string, string> {
   set("kafka.partitions", s.kafka.topics.partitions);
   set("kafka.replicationFactor", s.kafka.topics.replicationFactor);
   set("kafka.retentionHours", s.kafka.topics.retentionHours);
+  set("kafka.tls", s.kafka.tls?.enabled ?? false);
+  // The mechanism only: the user name and password come from the SASL Secret (workloads.ts).
+  set("kafka.saslMechanism", s.kafka.sasl?.mechanism ?? "none");
   set("cassandra.contactPoints", s.cassandra.contactPoints.join(","));
   set("cassandra.datacenter", s.cassandra.datacenter);
   set("cassandra.keyspace", s.cassandra.keyspace);

@@ -1,8 +1,17 @@
-import type { V1ConfigMap, V1Deployment, V1PodTemplateSpec, V1StatefulSet } from "@kubernetes/client-node";
+import type {
+  KubernetesObject,
+  V1ConfigMap,
+  V1Container,
+  V1Deployment,
+  V1PodSpec,
+  V1PodTemplateSpec,
+  V1Service,
+  V1StatefulSet,
+} from "@kubernetes/client-node";
 import { describe, expect, it } from "vitest";
-import { loadConfig } from "../../internal/lib/config.js";
-import type { ChatCluster, ChatClusterSpec } from "../api/v1alpha1.js";
-import { desiredObjects } from "./desired.js";
+import { type Config, loadConfig } from "../../internal/lib/config.js";
+import { type ChatCluster, type ChatClusterSpec, COMPONENTS, type ComponentName } from "../api/v1alpha1.js";
+import { type DesiredInputs, desiredObjects } from "./desired.js";
 
 const component = { replicas: 2 };
 const spec: ChatClusterSpec = {
@@ -22,12 +31,15 @@ const spec: ChatClusterSpec = {
     service: { type: "LoadBalancer", annotations: { "example.com/lb": "internal" } },
   },
   router: component,
-  presence: { replicas: 1, heartbeatIntervalSeconds: 5, offlineAfterSeconds: 30 },
+  presence: { replicas: 3, heartbeatIntervalSeconds: 5, offlineAfterSeconds: 30 },
   push: { replicas: 1, webhook: { url: "https://push.example.com/hook" } },
   id: { replicas: 3 },
+  sequencer: component,
   kafka: {
     bootstrapServers: ["kafka-0.kafka:9092", "kafka-1.kafka:9092"],
     topicPrefix: "chat.",
+    tls: { enabled: true, secretRef: { name: "kafka-tls" } },
+    sasl: { mechanism: "scram-sha-512", secretRef: { name: "kafka-user" } },
     topics: { partitions: 24, replicationFactor: 3, retentionHours: 72 },
   },
   cassandra: {
@@ -36,6 +48,7 @@ const spec: ChatClusterSpec = {
     keyspace: "chat",
     replication: { class: "NetworkTopologyStrategy", factor: 3 },
     consistency: "LOCAL_QUORUM",
+    credentialsSecretRef: { name: "cassandra-user" },
   },
   auth: { jwksUrl: "https://auth.example.com/jwks.json", issuer: "https://auth.example.com" },
   observability: { metrics: { enabled: true } },
@@ -46,12 +59,82 @@ const cluster: ChatCluster = {
   metadata: { name: "chat", namespace: "prod", uid: "uid-1", generation: 1 },
   spec,
 };
+/** The same cluster without Kafka TLS, SASL or Cassandra credentials. */
+const { tls: _tls, sasl: _sasl, ...plainKafka } = spec.kafka;
+const { credentialsSecretRef: _credentials, ...plainCassandra } = spec.cassandra;
+const plain: ChatCluster = { ...cluster, spec: { ...spec, kafka: plainKafka, cassandra: plainCassandra } };
 
-const find = <T>(objects: ReturnType<typeof desiredObjects>, kind: string, name: string) =>
+const inputs: DesiredInputs = { gatewayReplicas: 5, kafkaTlsKeys: ["ca.crt", "tls.crt", "tls.key"] };
+
+/** A NetworkPolicy as JSON (client-node's model calls `from` `_from`). */
+interface Selector {
+  matchLabels?: Record<string, string>;
+}
+interface NetworkPolicyJson {
+  spec?: {
+    podSelector?: Selector;
+    policyTypes?: string[];
+    ingress?: Array<{
+      from?: Array<{ podSelector?: Selector; namespaceSelector?: Selector }>;
+      ports?: unknown[];
+    }>;
+  };
+}
+
+const find = <T>(objects: KubernetesObject[], kind: string, name: string) =>
   objects.find((o) => o.kind === kind && o.metadata?.name === name) as T | undefined;
 
+const STATEFUL: readonly ComponentName[] = ["id", "presence"];
+const STORAGE: readonly ComponentName[] = ["gateway", "router", "presence", "push", "sequencer"];
+
+function podSpec(objects: KubernetesObject[], c: ComponentName): V1PodSpec {
+  const kind = STATEFUL.includes(c) ? "StatefulSet" : "Deployment";
+  const w = find<V1Deployment | V1StatefulSet>(objects, kind, `chat-${c}`);
+  if (!w?.spec?.template.spec) throw new Error(`no ${kind} chat-${c}`);
+  return w.spec.template.spec;
+}
+const containerOf = (objects: KubernetesObject[], c: ComponentName): V1Container =>
+  podSpec(objects, c).containers[0]!;
+
+const POD = { name: "chat-presence-1", namespace: "prod", ip: "10.244.0.7", index: "1" };
+const SECRETS: Record<string, Record<string, string>> = {
+  "kafka-user": { username: "kafka-alice", password: "kafka-pw" },
+  "cassandra-user": { username: "cass-bob", password: "cass-pw" },
+};
+
+/**
+ * The environment a container starts with, as the kubelet builds it: the ConfigMap (envFrom), then
+ * `env` in order, with downward API fields of POD, the Secrets above, and $(VAR) expanded from the
+ * variables declared before.
+ */
+function containerEnv(objects: KubernetesObject[], c: ComponentName): Record<string, string> {
+  const cm = find<V1ConfigMap>(objects, "ConfigMap", "chat-config");
+  const container = containerOf(objects, c);
+  expect(container.envFrom).toEqual([{ configMapRef: { name: "chat-config" } }]);
+  const env: Record<string, string> = { ...cm?.data };
+  const fields: Record<string, string> = {
+    "metadata.name": POD.name,
+    "metadata.namespace": POD.namespace,
+    "status.podIP": POD.ip,
+    "metadata.labels['apps.kubernetes.io/pod-index']": POD.index,
+  };
+  for (const e of container.env ?? []) {
+    let value: string | undefined;
+    if (e.value !== undefined)
+      value = e.value.replace(/\$\(([A-Za-z_][A-Za-z0-9_]*)\)/g, (m, v) => env[v] ?? m);
+    else if (e.valueFrom?.fieldRef) value = fields[e.valueFrom.fieldRef.fieldPath];
+    else if (e.valueFrom?.secretKeyRef)
+      value = SECRETS[e.valueFrom.secretKeyRef.name ?? ""]?.[e.valueFrom.secretKeyRef.key];
+    if (value === undefined) throw new Error(`${c}: cannot resolve env ${JSON.stringify(e)}`);
+    env[e.name] = value;
+  }
+  return env;
+}
+const configOf = (objects: KubernetesObject[], c: ComponentName): Config =>
+  loadConfig(containerEnv(objects, c));
+
 describe("desiredObjects", () => {
-  const objects = desiredObjects(cluster, 5);
+  const objects = desiredObjects(cluster, inputs);
 
   it("owns everything through one controller reference, in the cluster's namespace", () => {
     expect(objects.length).toBeGreaterThan(10);
@@ -71,10 +154,52 @@ describe("desiredObjects", () => {
     }
   });
 
+  it("runs id and presence as StatefulSets and the others as Deployments, one per component", () => {
+    const workloads = objects
+      .filter((o) => o.kind === "Deployment" || o.kind === "StatefulSet")
+      .map((o) => `${o.kind}/${o.metadata?.name}`)
+      .sort();
+    expect(workloads).toEqual([
+      "Deployment/chat-gateway",
+      "Deployment/chat-push",
+      "Deployment/chat-router",
+      "Deployment/chat-sequencer",
+      "StatefulSet/chat-id",
+      "StatefulSet/chat-presence",
+    ]);
+    for (const c of COMPONENTS) expect(containerOf(objects, c).args).toEqual(["start", "--role", c]);
+    const presence = find<V1StatefulSet>(objects, "StatefulSet", "chat-presence");
+    expect(presence?.spec).toMatchObject({
+      replicas: 3,
+      serviceName: "chat-presence",
+      podManagementPolicy: "Parallel",
+      selector: {
+        matchLabels: {
+          "app.kubernetes.io/name": "switchboard",
+          "app.kubernetes.io/instance": "chat",
+          "app.kubernetes.io/component": "presence",
+        },
+      },
+    });
+    expect(find<V1StatefulSet>(objects, "StatefulSet", "chat-id")?.spec?.serviceName).toBe("chat-id");
+  });
+
   it("gives the gateway the autoscaler's replicas and the others their spec's", () => {
     expect(find<V1Deployment>(objects, "Deployment", "chat-gateway")?.spec?.replicas).toBe(5);
     expect(find<V1Deployment>(objects, "Deployment", "chat-router")?.spec?.replicas).toBe(2);
     expect(find<V1StatefulSet>(objects, "StatefulSet", "chat-id")?.spec?.replicas).toBe(3);
+    expect(find<V1Deployment>(objects, "Deployment", "chat-push")?.spec?.replicas).toBe(1);
+  });
+
+  it("rolls sequencers one at a time like routers, gateways new-before-old", () => {
+    const strategy = (name: string) => find<V1Deployment>(objects, "Deployment", name)?.spec?.strategy;
+    expect(strategy("chat-sequencer")).toEqual({
+      type: "RollingUpdate",
+      rollingUpdate: { maxSurge: 1, maxUnavailable: 1 },
+    });
+    expect(strategy("chat-sequencer")).toEqual(strategy("chat-router"));
+    expect(strategy("chat-gateway")?.rollingUpdate).toEqual({ maxSurge: 1, maxUnavailable: 0 });
+    expect(find<V1Deployment>(objects, "Deployment", "chat-sequencer")?.spec?.replicas).toBe(2);
   });
 
   it("adds a disruption budget only where there are two replicas or more", () => {
@@ -82,14 +207,16 @@ describe("desiredObjects", () => {
       .filter((o) => o.kind === "PodDisruptionBudget")
       .map((o) => o.metadata?.name)
       .sort();
-    expect(pdbs).toEqual(["chat-gateway", "chat-id", "chat-router"]);
+    expect(pdbs).toEqual(["chat-gateway", "chat-id", "chat-presence", "chat-router", "chat-sequencer"]);
+    const one = desiredObjects({ ...cluster, spec: { ...spec, sequencer: { replicas: 1 } } }, inputs);
+    expect(find(one, "PodDisruptionBudget", "chat-sequencer")).toBeUndefined();
   });
 
   it("runs every Pod under the restricted Pod Security Standard", () => {
     const templates = objects
       .filter((o) => o.kind === "Deployment" || o.kind === "StatefulSet")
       .map((o) => (o as V1Deployment).spec?.template as V1PodTemplateSpec);
-    expect(templates).toHaveLength(5);
+    expect(templates).toHaveLength(6);
     for (const t of templates) {
       expect(t.spec?.securityContext).toMatchObject({
         runAsNonRoot: true,
@@ -117,6 +244,8 @@ describe("desiredObjects", () => {
       partitions: 24,
       replicationFactor: 3,
       retentionHours: 72,
+      tls: true,
+      saslMechanism: "scram-sha-512",
     });
     expect(config.cassandra).toMatchObject({
       contactPoints: ["cassandra:9042"],
@@ -134,36 +263,249 @@ describe("desiredObjects", () => {
     expect(config.grpc.port).toBe(9090);
     // Gateways replaced by a rolling update drain like a scale-down: min(10 s, drain timeout / 2).
     expect(config.gateway.shutdownDrainMs).toBe(10_000);
+    // Without TLS or SASL in the spec, the ConfigMap says so.
+    const none = loadConfig(
+      find<V1ConfigMap>(desiredObjects(plain, inputs), "ConfigMap", "chat-config")?.data,
+    );
+    expect(none.kafka).toMatchObject({ tls: false, saslMechanism: "none" });
+  });
+
+  it("names every component's headless Service, and each presence shard's Pod, as gRPC targets", () => {
+    const config = loadConfig(find<V1ConfigMap>(objects, "ConfigMap", "chat-config")?.data);
+    expect(config.cluster).toEqual({
+      idTarget: "dns:///chat-id.prod.svc.cluster.local:9090",
+      routerTarget: "dns:///chat-router.prod.svc.cluster.local:9090",
+      pushTarget: "dns:///chat-push.prod.svc.cluster.local:9090",
+      // Shard order is ordinal order.
+      presenceTargets: [
+        "dns:///chat-presence-0.chat-presence.prod.svc.cluster.local:9090",
+        "dns:///chat-presence-1.chat-presence.prod.svc.cluster.local:9090",
+        "dns:///chat-presence-2.chat-presence.prod.svc.cluster.local:9090",
+      ],
+      presenceShard: 0,
+    });
+  });
+
+  it("keeps every credential out of the ConfigMap", () => {
+    const data = find<V1ConfigMap>(objects, "ConfigMap", "chat-config")?.data ?? {};
+    for (const key of Object.keys(data)) expect(key).not.toMatch(/USERNAME|PASSWORD|TLS_.*FILE/);
+    const values = Object.values(data).join("\n");
+    for (const secret of Object.values(SECRETS).flatMap((s) => Object.values(s)))
+      expect(values).not.toContain(secret);
   });
 
   it("rolls the Pods when the configuration changes, and only then", () => {
-    const hash = (objs: ReturnType<typeof desiredObjects>) =>
-      find<V1Deployment>(objs, "Deployment", "chat-router")?.spec?.template.metadata?.annotations?.[
-        "switchboard.dev/config-hash"
-      ];
-    const same = desiredObjects(cluster, 2);
+    const hash = (objs: KubernetesObject[], c: ComponentName = "router") =>
+      (STATEFUL.includes(c)
+        ? find<V1StatefulSet>(objs, "StatefulSet", `chat-${c}`)
+        : find<V1Deployment>(objs, "Deployment", `chat-${c}`)
+      )?.spec?.template.metadata?.annotations?.["switchboard.dev/config-hash"];
+    const same = desiredObjects(cluster, { ...inputs, gatewayReplicas: 2 });
     const changed = desiredObjects(
       { ...cluster, spec: { ...spec, presence: { ...spec.presence, offlineAfterSeconds: 60 } } },
-      5,
+      inputs,
     );
     expect(hash(same)).toBe(hash(objects));
     expect(hash(changed)).not.toBe(hash(objects));
+    // Presence replicas are the shard list of every Pod: changing them rolls everything.
+    const resharded = desiredObjects(
+      { ...cluster, spec: { ...spec, presence: { ...spec.presence, replicas: 4 } } },
+      inputs,
+    );
+    for (const c of COMPONENTS) {
+      expect(hash(objects, c)).toBe(hash(objects));
+      expect(hash(resharded, c)).not.toBe(hash(objects, c));
+    }
   });
 
-  it("gives gateways their Pod name as routing id and id Pods their ordinal as worker id", () => {
-    const gw = find<V1Deployment>(objects, "Deployment", "chat-gateway")?.spec?.template.spec?.containers[0];
-    expect(gw?.env).toContainEqual({
+  it("gives gateways their Pod name as routing id, their Pod IP as advertised address, and a drain grace", () => {
+    const gw = containerOf(objects, "gateway");
+    expect(gw.env).toContainEqual({
       name: "SWITCHBOARD_GATEWAY_ID",
       valueFrom: { fieldRef: { fieldPath: "metadata.name" } },
     });
-    expect(
-      find<V1Deployment>(objects, "Deployment", "chat-gateway")?.spec?.template.spec
-        ?.terminationGracePeriodSeconds,
-    ).toBe(150);
-    const id = find<V1StatefulSet>(objects, "StatefulSet", "chat-id")?.spec?.template.spec?.containers[0];
-    expect(id?.env).toContainEqual({
+    // Dependent env expansion: POD_IP is declared before the variable that refers to it.
+    const names = (gw.env ?? []).map((e) => e.name);
+    expect(gw.env).toContainEqual({ name: "POD_IP", valueFrom: { fieldRef: { fieldPath: "status.podIP" } } });
+    expect(gw.env).toContainEqual({ name: "SWITCHBOARD_GATEWAY_ADVERTISE_ADDRESS", value: "$(POD_IP):9090" });
+    expect(names.indexOf("POD_IP")).toBeLessThan(names.indexOf("SWITCHBOARD_GATEWAY_ADVERTISE_ADDRESS"));
+    const config = configOf(objects, "gateway");
+    expect(config.gateway).toMatchObject({ id: POD.name, advertiseAddress: "10.244.0.7:9090" });
+    expect(podSpec(objects, "gateway").terminationGracePeriodSeconds).toBe(150);
+    for (const c of COMPONENTS)
+      if (c !== "gateway") expect(configOf(objects, c).gateway.advertiseAddress, c).toBe("");
+  });
+
+  it("gives id Pods their ordinal as worker id and presence Pods theirs as shard", () => {
+    const ordinal = { fieldRef: { fieldPath: "metadata.labels['apps.kubernetes.io/pod-index']" } };
+    expect(containerOf(objects, "id").env).toContainEqual({
       name: "SWITCHBOARD_ID_WORKER_ID",
-      valueFrom: { fieldRef: { fieldPath: "metadata.labels['apps.kubernetes.io/pod-index']" } },
+      valueFrom: ordinal,
     });
+    expect(containerOf(objects, "presence").env).toContainEqual({
+      name: "SWITCHBOARD_CLUSTER_PRESENCE_SHARD",
+      valueFrom: ordinal,
+    });
+    expect(configOf(objects, "id").id.workerId).toBe(1);
+    expect(configOf(objects, "presence").cluster.presenceShard).toBe(1);
+    for (const c of COMPONENTS) {
+      const env = (containerOf(objects, c).env ?? []).map((e) => e.name);
+      expect(env.includes("SWITCHBOARD_ID_WORKER_ID"), c).toBe(c === "id");
+      expect(env.includes("SWITCHBOARD_CLUSTER_PRESENCE_SHARD"), c).toBe(c === "presence");
+    }
+  });
+
+  it("hands storage credentials to the components that use storage, from their Secrets", () => {
+    for (const c of STORAGE) {
+      const container = containerOf(objects, c);
+      for (const [name, secret, key] of [
+        ["SWITCHBOARD_KAFKA_SASL_USERNAME", "kafka-user", "username"],
+        ["SWITCHBOARD_KAFKA_SASL_PASSWORD", "kafka-user", "password"],
+        ["SWITCHBOARD_CASSANDRA_USERNAME", "cassandra-user", "username"],
+        ["SWITCHBOARD_CASSANDRA_PASSWORD", "cassandra-user", "password"],
+      ] as const)
+        expect(container.env, `${c} ${name}`).toContainEqual({
+          name,
+          valueFrom: { secretKeyRef: { name: secret, key } },
+        });
+      // The Kafka TLS Secret, mounted read-only, named by the file settings.
+      expect(container.volumeMounts).toContainEqual({
+        name: "kafka-tls",
+        mountPath: "/etc/switchboard/kafka-tls",
+        readOnly: true,
+      });
+      expect(podSpec(objects, c).volumes).toContainEqual({
+        name: "kafka-tls",
+        secret: { secretName: "kafka-tls" },
+      });
+      const config = configOf(objects, c);
+      expect(config.kafka, c).toMatchObject({
+        tls: true,
+        tlsCaFile: "/etc/switchboard/kafka-tls/ca.crt",
+        tlsCertFile: "/etc/switchboard/kafka-tls/tls.crt",
+        tlsKeyFile: "/etc/switchboard/kafka-tls/tls.key",
+        saslMechanism: "scram-sha-512",
+        saslUsername: "kafka-alice",
+        saslPassword: "kafka-pw",
+      });
+      expect(config.cassandra, c).toMatchObject({ username: "cass-bob", password: "cass-pw" });
+    }
+  });
+
+  it("sets only the Kafka TLS files the Secret has", () => {
+    const caOnly = desiredObjects(cluster, { ...inputs, kafkaTlsKeys: ["ca.crt"] });
+    for (const c of STORAGE) {
+      const config = configOf(caOnly, c);
+      expect(config.kafka).toMatchObject({
+        tlsCaFile: "/etc/switchboard/kafka-tls/ca.crt",
+        tlsCertFile: "",
+        tlsKeyFile: "",
+      });
+    }
+    // TLS on without a Secret: the system's CAs, no mount.
+    const systemCas = desiredObjects(
+      { ...cluster, spec: { ...spec, kafka: { ...spec.kafka, tls: { enabled: true } } } },
+      { gatewayReplicas: 2 },
+    );
+    for (const c of STORAGE) {
+      expect(configOf(systemCas, c).kafka).toMatchObject({ tls: true, tlsCaFile: "", tlsCertFile: "" });
+      expect(podSpec(systemCas, c).volumes?.map((v) => v.name)).toEqual(["tmp"]);
+    }
+  });
+
+  it("gives id no storage environment, mounts or Secrets", () => {
+    const id = containerOf(objects, "id");
+    expect(id.env?.filter((e) => e.valueFrom?.secretKeyRef)).toEqual([]);
+    expect((id.env ?? []).map((e) => e.name).filter((n) => /KAFKA|CASSANDRA/.test(n))).toEqual([]);
+    expect(id.volumeMounts).toEqual([{ name: "tmp", mountPath: "/tmp" }]);
+    expect(podSpec(objects, "id").volumes?.map((v) => v.name)).toEqual(["tmp"]);
+    const config = configOf(objects, "id");
+    expect(config.kafka).toMatchObject({ saslUsername: "", saslPassword: "", tlsCaFile: "" });
+    expect(config.cassandra).toMatchObject({ username: "", password: "" });
+  });
+
+  it("adds no credentials where the spec has none", () => {
+    const objs = desiredObjects(plain, { gatewayReplicas: 2 });
+    for (const c of COMPONENTS) {
+      const container = containerOf(objs, c);
+      expect(
+        container.env?.filter((e) => e.valueFrom?.secretKeyRef),
+        c,
+      ).toEqual([]);
+      expect(container.volumeMounts, c).toEqual([{ name: "tmp", mountPath: "/tmp" }]);
+      expect(configOf(objs, c).kafka, c).toMatchObject({ tls: false, saslMechanism: "none", tlsCaFile: "" });
+    }
+  });
+
+  it("makes every Service but the gateway's headless, and gives the sequencer none (it serves no gRPC)", () => {
+    const services = objects.filter((o) => o.kind === "Service") as V1Service[];
+    expect(services.map((s) => s.metadata?.name).sort()).toEqual([
+      "chat-gateway",
+      "chat-id",
+      "chat-presence",
+      "chat-push",
+      "chat-router",
+    ]);
+    for (const c of ["id", "presence", "push", "router"] as const) {
+      const svc = find<V1Service>(objects, "Service", `chat-${c}`);
+      expect(svc?.spec, c).toEqual({
+        clusterIP: "None",
+        selector: {
+          "app.kubernetes.io/name": "switchboard",
+          "app.kubernetes.io/instance": "chat",
+          "app.kubernetes.io/component": c,
+        },
+        ports: [
+          { name: "http", port: 8080, targetPort: "http", protocol: "TCP" },
+          { name: "grpc", port: 9090, targetPort: "grpc", protocol: "TCP" },
+        ],
+      });
+    }
+    const gateway = find<V1Service>(objects, "Service", "chat-gateway");
+    expect(gateway?.metadata?.annotations).toEqual({ "example.com/lb": "internal" });
+    expect(gateway?.spec).toMatchObject({ type: "LoadBalancer" });
+    expect(gateway?.spec?.clusterIP).toBeUndefined();
+    expect(gateway?.spec?.ports?.map((p) => [p.name, p.port])).toEqual([
+      ["http", 80],
+      ["grpc", 9090],
+    ]);
+    expect(containerOf(objects, "sequencer").ports).toEqual([
+      { name: "http", containerPort: 8080, protocol: "TCP" },
+    ]);
+    for (const c of COMPONENTS)
+      if (c !== "sequencer")
+        expect(containerOf(objects, c).ports?.map((p) => p.name)).toEqual(["http", "grpc"]);
+  });
+
+  it("lets gRPC in only from the components that call it (and the operator, on gateways)", () => {
+    const from = (c: ComponentName) => {
+      const np = find<NetworkPolicyJson>(objects, "NetworkPolicy", `chat-${c}`);
+      expect(np?.spec?.podSelector?.matchLabels?.["app.kubernetes.io/component"]).toBe(c);
+      expect(np?.spec?.policyTypes).toEqual(["Ingress"]);
+      const [http, grpc, ...rest] = np?.spec?.ingress ?? [];
+      // HTTP (WebSocket, probes, /metrics) from anywhere.
+      expect(http).toEqual({ ports: [{ port: 8080, protocol: "TCP" }] });
+      expect(rest).toEqual([]);
+      if (!grpc) return [];
+      expect(grpc.ports).toEqual([{ port: 9090, protocol: "TCP" }]);
+      return (grpc.from ?? []).map((p) => {
+        if (p.namespaceSelector) {
+          expect(p.namespaceSelector).toEqual({});
+          return `operator:${p.podSelector?.matchLabels?.["app.kubernetes.io/name"]}`;
+        }
+        expect(p.podSelector?.matchLabels).toMatchObject({
+          "app.kubernetes.io/name": "switchboard",
+          "app.kubernetes.io/instance": "chat",
+        });
+        return p.podSelector?.matchLabels?.["app.kubernetes.io/component"];
+      });
+    };
+    expect(from("gateway")).toEqual(["router", "operator:switchboard-operator"]);
+    // Routers take ids for the server API's sends (ADR 0005).
+    expect(from("id")).toEqual(["gateway", "router"]);
+    expect(from("presence")).toEqual(["gateway"]);
+    expect(from("router")).toEqual(["gateway", "presence"]);
+    expect(from("push")).toEqual(["router"]);
+    expect(from("sequencer")).toEqual([]);
   });
 });

@@ -1,7 +1,8 @@
 /**
- * Everything a ChatCluster should own, as a pure function of its spec and the gateway replica count
- * the autoscaler chose. The reconciler applies these objects and deletes owned objects that are no
- * longer desired (a PodDisruptionBudget when a component drops to one replica).
+ * Everything a ChatCluster should own, as a pure function of its spec, the gateway replica count the
+ * autoscaler chose and the keys of the Kafka TLS Secret. The reconciler applies these objects and
+ * deletes owned objects that are no longer desired (a PodDisruptionBudget when a component drops to
+ * one replica; the presence Deployment of operators before presence was a StatefulSet).
  */
 import type { KubernetesObject } from "@kubernetes/client-node";
 import { type ChatCluster, COMPONENTS } from "../api/v1alpha1.js";
@@ -12,7 +13,15 @@ import {
   desiredService,
   desiredServiceAccount,
 } from "./network.js";
-import { desiredDeployment, desiredStatefulSet } from "./workloads.js";
+import { desiredDeployment, desiredStatefulSet, isStateful } from "./workloads.js";
+
+/** What the desired objects depend on besides the spec, read from the cluster by the reconciler. */
+export interface DesiredInputs {
+  /** The gateway replicas the autoscaler chose (the spec's without autoscaling). */
+  gatewayReplicas: number;
+  /** The keys of the Kafka TLS Secret among ca.crt, tls.crt, tls.key (storage.ts kafkaTlsKeys). */
+  kafkaTlsKeys?: readonly string[];
+}
 
 /** Kinds the operator owns, for listing and pruning: apiVersion and kind. */
 export const OWNED_KINDS = [
@@ -25,19 +34,23 @@ export const OWNED_KINDS = [
   { apiVersion: "networking.k8s.io/v1", kind: "NetworkPolicy" },
 ] as const;
 
-export function desiredObjects(cluster: ChatCluster, gatewayReplicas: number): KubernetesObject[] {
+export function desiredObjects(cluster: ChatCluster, inputs: DesiredInputs): KubernetesObject[] {
   const config = desiredConfigMap(cluster);
-  const hash = configHash({ ...(config.data ?? {}), authSecret: cluster.spec.auth.secretRef?.name ?? "" });
+  const workload = {
+    configHash: configHash({ ...(config.data ?? {}), authSecret: cluster.spec.auth.secretRef?.name ?? "" }),
+    kafkaTlsKeys: inputs.kafkaTlsKeys ?? [],
+  };
   const objects: KubernetesObject[] = [desiredServiceAccount(cluster), config];
   for (const component of COMPONENTS) {
-    const replicas = component === "gateway" ? gatewayReplicas : cluster.spec[component].replicas;
+    const replicas = component === "gateway" ? inputs.gatewayReplicas : cluster.spec[component].replicas;
     objects.push(
-      component === "id"
-        ? desiredStatefulSet(cluster, hash)
-        : desiredDeployment(cluster, component, replicas, hash),
-      desiredService(cluster, component),
-      desiredNetworkPolicy(cluster, component),
+      isStateful(component)
+        ? desiredStatefulSet(cluster, component, workload)
+        : desiredDeployment(cluster, component, replicas, workload),
     );
+    const service = desiredService(cluster, component);
+    if (service) objects.push(service);
+    objects.push(desiredNetworkPolicy(cluster, component));
     const pdb = desiredPodDisruptionBudget(cluster, component, replicas);
     if (pdb) objects.push(pdb);
   }

@@ -17,6 +17,38 @@ export function componentName(cluster: ChatCluster, component: ComponentName): s
   return `${cluster.metadata.name}-${component}`;
 }
 
+/** The sequencer serves no gRPC (it reads and writes Kafka and Cassandra); every other component does. */
+export const servesGrpc = (component: ComponentName): boolean => component !== "sequencer";
+
+/** Every component but id (Snowflake ids need no storage) reads or writes Kafka and Cassandra. */
+export const usesStorage = (component: ComponentName): boolean => component !== "id";
+
+/** The cluster's DNS domain (the Kubernetes default), in the Service names the services dial. */
+export const CLUSTER_DOMAIN = "cluster.local";
+
+/** `<cluster>-<component>.<namespace>.svc.cluster.local`: the component's (headless) Service. */
+export function serviceHost(cluster: ChatCluster, component: ComponentName): string {
+  return `${componentName(cluster, component)}.${cluster.metadata.namespace ?? "default"}.svc.${CLUSTER_DOMAIN}`;
+}
+
+/**
+ * The gRPC target of a component: its headless Service through grpc-js's DNS resolver, which
+ * resolves every ready Pod's IP and spreads calls over them (round robin).
+ */
+export function grpcTarget(cluster: ChatCluster, component: ComponentName): string {
+  return `dns:///${serviceHost(cluster, component)}:${GRPC_PORT}`;
+}
+
+/** The gRPC target of each presence shard, in shard order: the stable DNS name of StatefulSet Pod i. */
+export function presenceShardTargets(cluster: ChatCluster): string[] {
+  const pod = componentName(cluster, "presence");
+  const host = serviceHost(cluster, "presence");
+  return Array.from(
+    { length: cluster.spec.presence.replicas },
+    (_, i) => `dns:///${pod}-${i}.${host}:${GRPC_PORT}`,
+  );
+}
+
 export const configMapName = (cluster: ChatCluster) => `${cluster.metadata.name}-config`;
 export const serviceAccountName = (cluster: ChatCluster) => `${cluster.metadata.name}-switchboard`;
 

@@ -12,6 +12,7 @@ import {
   HTTP_PORT,
   ownedMeta,
   selectorLabels,
+  servesGrpc,
   serviceAccountName,
 } from "./names.js";
 
@@ -25,7 +26,15 @@ export function desiredServiceAccount(cluster: ChatCluster): V1ServiceAccount {
   };
 }
 
-export function desiredService(cluster: ChatCluster, component: ComponentName): V1Service {
+/**
+ * The Service of a component that serves gRPC (the sequencer serves none, and nothing dials it: no
+ * Service). Every Service but the gateway's client-facing one is headless (clusterIP None): its DNS
+ * name resolves to every ready Pod, so grpc-js (`dns:///` targets) spreads calls over all of them
+ * instead of pinning one connection to one Pod behind a virtual IP; the StatefulSets' Pods (id,
+ * presence) get their stable names from it.
+ */
+export function desiredService(cluster: ChatCluster, component: ComponentName): V1Service | undefined {
+  if (!servesGrpc(component)) return undefined;
   const meta = ownedMeta(cluster, componentName(cluster, component), component);
   const ports = [
     { name: "http", port: HTTP_PORT, targetPort: "http", protocol: "TCP" },
@@ -49,12 +58,7 @@ export function desiredService(cluster: ChatCluster, component: ComponentName): 
     apiVersion: "v1",
     kind: "Service",
     metadata: meta,
-    spec: {
-      // The id service is headless: its StatefulSet Pods get stable DNS names.
-      ...(component === "id" ? { clusterIP: "None" } : { type: "ClusterIP" }),
-      selector: selectorLabels(cluster, component),
-      ports,
-    },
+    spec: { clusterIP: "None", selector: selectorLabels(cluster, component), ports },
   };
 }
 
@@ -73,18 +77,36 @@ export function desiredPodDisruptionBudget(
   };
 }
 
+/** Who calls whom over gRPC: the components whose Pods may reach each component's gRPC port. */
+export const GRPC_CALLERS: Readonly<Record<ComponentName, readonly ComponentName[]>> = {
+  // Routers open each gateway's Deliver stream (the operator's Stats and Drain are added below).
+  gateway: ["router"],
+  // Gateways allocate ids (and routers, for the sends of the server API), send heartbeats to
+  // presence and relay typing and receipts to routers; presence relays presence events to routers;
+  // routers notify offline members through push (ADR 0005).
+  id: ["gateway", "router"],
+  presence: ["gateway"],
+  router: ["gateway", "presence"],
+  push: ["router"],
+  sequencer: [],
+};
+
 /**
- * Ingress: gateways take WebSocket/HTTP from anywhere and gRPC from the cluster's own Pods and the
- * operator (Stats, Drain); every other component takes gRPC only from the cluster's own Pods, and
- * HTTP (probes, /metrics) from anywhere.
+ * Ingress, least privilege: HTTP (WebSocket on the gateways; probes and /metrics everywhere) from
+ * anywhere; gRPC only from the components that call it (GRPC_CALLERS), and on the gateways from the
+ * operator too (Stats, Drain). The sequencer serves no gRPC: HTTP only.
  */
 export function desiredNetworkPolicy(cluster: ChatCluster, component: ComponentName): V1NetworkPolicy {
-  const peers: Array<Record<string, unknown>> = [{ podSelector: { matchLabels: selectorLabels(cluster) } }];
+  const peers: Array<Record<string, unknown>> = GRPC_CALLERS[component].map((caller) => ({
+    podSelector: { matchLabels: selectorLabels(cluster, caller) },
+  }));
   if (component === "gateway")
     peers.push({
       namespaceSelector: {},
       podSelector: { matchLabels: { "app.kubernetes.io/name": "switchboard-operator" } },
     });
+  const ingress: Array<Record<string, unknown>> = [{ ports: [{ port: HTTP_PORT, protocol: "TCP" }] }];
+  if (peers.length > 0) ingress.push({ from: peers, ports: [{ port: GRPC_PORT, protocol: "TCP" }] });
   return {
     apiVersion: "networking.k8s.io/v1",
     kind: "NetworkPolicy",
@@ -92,10 +114,7 @@ export function desiredNetworkPolicy(cluster: ChatCluster, component: ComponentN
     spec: {
       podSelector: { matchLabels: selectorLabels(cluster, component) },
       policyTypes: ["Ingress"],
-      ingress: [
-        { ports: [{ port: HTTP_PORT, protocol: "TCP" }] },
-        { from: peers, ports: [{ port: GRPC_PORT, protocol: "TCP" }] },
-      ],
+      ingress,
     },
   } as V1NetworkPolicy;
 }

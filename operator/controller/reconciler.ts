@@ -13,7 +13,7 @@
  *                the status subresource.
  * A failure of one step is reported in the Degraded condition and the key is retried with backoff.
  */
-import type { KubernetesObject, V1Deployment, V1StatefulSet } from "@kubernetes/client-node";
+import type { KubernetesObject, V1Deployment, V1Service, V1StatefulSet } from "@kubernetes/client-node";
 import type { ProvisionResult } from "../../internal/backends/distributed/provision.js";
 import type { Logger } from "../../internal/lib/log.js";
 import {
@@ -24,7 +24,7 @@ import {
   type ComponentName,
   KIND,
 } from "../api/v1alpha1.js";
-import { type KubeClient, refOf } from "../kube/client.js";
+import { KubeApiError, type KubeClient, refOf } from "../kube/client.js";
 import type { ReconcileResult } from "../runtime/workqueue.js";
 import { type ComponentObservation, computeConditions } from "./conditions.js";
 import { desiredObjects, OWNED_KINDS } from "./desired.js";
@@ -33,7 +33,7 @@ import type { GatewayClients } from "./gateway-client.js";
 import { type GatewayMemory, type GatewayStep, reconcileGateways } from "./gateways.js";
 import type { GoneRecordPublisher, KafkaTarget } from "./gone-records.js";
 import { componentName, FINALIZER, MANAGED_BY, selectorString } from "./names.js";
-import { type CassandraTarget, cassandraTarget, kafkaTarget } from "./storage.js";
+import { type CassandraTarget, cassandraTarget, kafkaTarget, kafkaTlsKeys } from "./storage.js";
 
 export interface ReconcilerDeps {
   kube: KubeClient;
@@ -121,9 +121,12 @@ export class ChatClusterReconciler {
           kafka,
           this.memoryOf(key),
         );
-        const desired = desiredObjects(cluster, step.replicas);
+        const desired = desiredObjects(cluster, {
+          gatewayReplicas: step.replicas,
+          kafkaTlsKeys: kafkaTlsKeys(kafka),
+        });
         for (const obj of desired) {
-          const applied = await kube.apply(obj);
+          const applied = await this.applyOwned(obj);
           if (obj.kind === "Deployment" || obj.kind === "StatefulSet")
             workloads.set(obj.metadata?.name ?? "", applied);
         }
@@ -228,6 +231,29 @@ export class ChatClusterReconciler {
     this.memory.delete(key);
     this.deps.log.info("chatcluster deleted; owned objects go with it", { chatcluster: key });
     return;
+  }
+
+  /**
+   * Applies an owned object. A Service whose clusterIP must change (the Services other than the
+   * gateway's became headless; the API server refuses to change a clusterIP once set) is deleted and
+   * created again: its name resolves to nothing for that moment, and then to every Pod.
+   */
+  private async applyOwned(obj: KubernetesObject): Promise<KubernetesObject> {
+    try {
+      return await this.deps.kube.apply(obj);
+    } catch (err) {
+      const wanted = (obj as V1Service).spec?.clusterIP;
+      if (!(obj.kind === "Service" && wanted && err instanceof KubeApiError && err.status === 422)) throw err;
+      const current = await this.deps.kube.find<V1Service>(refOf(obj));
+      if (!current || current.spec?.clusterIP === wanted) throw err;
+      this.deps.log.info("recreating a Service to change its clusterIP", {
+        service: obj.metadata?.name,
+        from: current.spec?.clusterIP,
+        to: wanted,
+      });
+      await this.deps.kube.delete(refOf(obj));
+      return this.deps.kube.apply(obj);
+    }
   }
 
   /** Deletes owned objects of this cluster that the desired set no longer has. */

@@ -18,6 +18,28 @@ export interface CassandraTarget {
   credentials?: { username: string; password: string };
 }
 
+/**
+ * The keys of a Kafka TLS Secret (`spec.kafka.tls.secretRef`, the kubernetes.io/tls layout plus the
+ * CA) and the file settings of the services that name them once the Secret is mounted.
+ */
+export const KAFKA_TLS_FILES = [
+  { key: "ca.crt", setting: "tlsCaFile" },
+  { key: "tls.crt", setting: "tlsCertFile" },
+  { key: "tls.key", setting: "tlsKeyFile" },
+] as const;
+
+/** The KAFKA_TLS_FILES keys the cluster's Kafka TLS Secret has, as kafkaTarget read them. */
+export function kafkaTlsKeys(target: KafkaTarget): string[] {
+  const ssl = target.ssl;
+  if (typeof ssl !== "object" || ssl === null) return [];
+  const present = {
+    "ca.crt": ssl.ca !== undefined,
+    "tls.crt": ssl.cert !== undefined,
+    "tls.key": ssl.key !== undefined,
+  };
+  return KAFKA_TLS_FILES.filter((f) => present[f.key]).map((f) => f.key);
+}
+
 async function secretData(
   kube: KubeClient,
   namespace: string,
@@ -42,10 +64,11 @@ export async function kafkaTarget(kube: KubeClient, cluster: ChatCluster): Promi
   if (k.tls?.enabled) {
     if (k.tls.secretRef) {
       const d = await secretData(kube, ns, k.tls.secretRef.name);
+      const [ca, cert, key] = KAFKA_TLS_FILES.map((f) => d[f.key]);
       target.ssl = {
-        ...(d["ca.crt"] ? { ca: [d["ca.crt"]] } : {}),
-        ...(d["tls.crt"] ? { cert: d["tls.crt"] } : {}),
-        ...(d["tls.key"] ? { key: d["tls.key"] } : {}),
+        ...(ca ? { ca: [ca] } : {}),
+        ...(cert ? { cert } : {}),
+        ...(key ? { key } : {}),
       };
     } else target.ssl = true;
   }

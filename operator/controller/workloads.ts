@@ -1,16 +1,18 @@
 /**
- * The Deployments (gateway, router, presence, push) and the StatefulSet (id: its Snowflake worker id
- * is the Pod's ordinal) of a ChatCluster. Every Pod meets the `restricted` Pod Security Standard:
- * non-root, read-only root filesystem, no privilege escalation, all capabilities dropped, seccomp
- * RuntimeDefault; only /tmp is writable.
+ * The Deployments (gateway, router, push, sequencer) and StatefulSets (id: its Snowflake worker id is
+ * the Pod's ordinal; presence: its shard number is) of a ChatCluster. Every Pod meets the `restricted`
+ * Pod Security Standard: non-root, read-only root filesystem, no privilege escalation, all
+ * capabilities dropped, seccomp RuntimeDefault; only /tmp is writable.
  */
 import type {
   V1Container,
   V1Deployment,
+  V1EnvVar,
   V1PodSpec,
   V1PodTemplateSpec,
   V1StatefulSet,
   V1Volume,
+  V1VolumeMount,
 } from "@kubernetes/client-node";
 import { envName } from "../../internal/lib/config.js";
 import type { ChatCluster, ComponentName, ComponentSpec } from "../api/v1alpha1.js";
@@ -23,12 +25,33 @@ import {
   labels,
   ownedMeta,
   selectorLabels,
+  servesGrpc,
   serviceAccountName,
+  usesStorage,
 } from "./names.js";
+import { KAFKA_TLS_FILES } from "./storage.js";
 
 /** Where the HS256 secret of `spec.auth.secretRef` is mounted (the services read it from their data dir). */
 const AUTH_DIR = "/etc/switchboard/auth";
 const AUTH_SECRET_FILE = "dev-jwt-secret";
+/** Where the Kafka TLS Secret (`spec.kafka.tls.secretRef`) is mounted. */
+export const KAFKA_TLS_DIR = "/etc/switchboard/kafka-tls";
+
+/** The components that run as StatefulSets: their Pods' ordinals are their identities. */
+export const STATEFUL_COMPONENTS = ["id", "presence"] as const;
+export type StatefulComponent = (typeof STATEFUL_COMPONENTS)[number];
+export type DeploymentComponent = Exclude<ComponentName, StatefulComponent>;
+
+export const isStateful = (component: ComponentName): component is StatefulComponent =>
+  (STATEFUL_COMPONENTS as readonly string[]).includes(component);
+
+/** What the Pods depend on besides the spec. */
+export interface WorkloadInputs {
+  /** Pod template annotation: a changed ConfigMap rolls the Pods. */
+  configHash: string;
+  /** The keys of the Kafka TLS Secret among KAFKA_TLS_FILES (the operator reads the Secret). */
+  kafkaTlsKeys: readonly string[];
+}
 
 export const RESTRICTED_CONTAINER_SECURITY = {
   runAsNonRoot: true,
@@ -46,21 +69,78 @@ export const RESTRICTED_POD_SECURITY = {
   seccompProfile: { type: "RuntimeDefault" },
 } as const;
 
-function container(cluster: ChatCluster, component: ComponentName, spec: ComponentSpec): V1Container {
-  const env: V1Container["env"] = [
-    { name: "POD_NAME", valueFrom: { fieldRef: { fieldPath: "metadata.name" } } },
-    { name: "POD_NAMESPACE", valueFrom: { fieldRef: { fieldPath: "metadata.namespace" } } },
+const fieldEnv = (name: string, fieldPath: string): V1EnvVar => ({
+  name,
+  valueFrom: { fieldRef: { fieldPath } },
+});
+const secretEnv = (path: string[], secret: string, key: string): V1EnvVar => ({
+  name: envName(path),
+  valueFrom: { secretKeyRef: { name: secret, key } },
+});
+/** The StatefulSet ordinal of the Pod (the pod-index label, Kubernetes >= 1.28). */
+const ORDINAL_FIELD = "metadata.labels['apps.kubernetes.io/pod-index']";
+
+/**
+ * Kafka and Cassandra credentials of a component that uses them: user names and passwords as
+ * references to their Secrets (never in the ConfigMap), and the Kafka TLS files of the keys the
+ * Secret has, mounted from it.
+ */
+function storageEnv(cluster: ChatCluster, inputs: WorkloadInputs): V1EnvVar[] {
+  const { kafka, cassandra } = cluster.spec;
+  const env: V1EnvVar[] = [];
+  if (kafka.tls?.enabled && kafka.tls.secretRef)
+    for (const f of KAFKA_TLS_FILES)
+      if (inputs.kafkaTlsKeys.includes(f.key))
+        env.push({ name: envName(["kafka", f.setting]), value: `${KAFKA_TLS_DIR}/${f.key}` });
+  if (kafka.sasl) {
+    const secret = kafka.sasl.secretRef.name;
+    env.push(
+      secretEnv(["kafka", "saslUsername"], secret, "username"),
+      secretEnv(["kafka", "saslPassword"], secret, "password"),
+    );
+  }
+  if (cassandra.credentialsSecretRef) {
+    const secret = cassandra.credentialsSecretRef.name;
+    env.push(
+      secretEnv(["cassandra", "username"], secret, "username"),
+      secretEnv(["cassandra", "password"], secret, "password"),
+    );
+  }
+  return env;
+}
+
+const mountsKafkaTls = (cluster: ChatCluster, component: ComponentName): boolean =>
+  usesStorage(component) && !!cluster.spec.kafka.tls?.enabled && !!cluster.spec.kafka.tls.secretRef;
+
+function container(
+  cluster: ChatCluster,
+  component: ComponentName,
+  spec: ComponentSpec,
+  inputs: WorkloadInputs,
+): V1Container {
+  // POD_IP comes before the variables that expand it: $(VAR) only sees variables declared earlier.
+  const env: V1EnvVar[] = [
+    fieldEnv("POD_NAME", "metadata.name"),
+    fieldEnv("POD_NAMESPACE", "metadata.namespace"),
+    fieldEnv("POD_IP", "status.podIP"),
   ];
-  // The routing table names a gateway by its Pod, so the operator's gateway-gone record matches it.
   if (component === "gateway")
-    env.push({ name: envName(["gateway", "id"]), valueFrom: { fieldRef: { fieldPath: "metadata.name" } } });
-  // Snowflake worker ids must be unique: the StatefulSet ordinal is (the pod-index label, k8s >= 1.28).
-  if (component === "id")
-    env.push({
-      name: envName(["id", "workerId"]),
-      valueFrom: { fieldRef: { fieldPath: "metadata.labels['apps.kubernetes.io/pod-index']" } },
-    });
+    env.push(
+      // The routing table names a gateway by its Pod, so the operator's gateway-gone record matches it.
+      fieldEnv(envName(["gateway", "id"]), "metadata.name"),
+      // Routers dial this Pod itself for its Deliver stream (not a Service: each gateway is distinct).
+      { name: envName(["gateway", "advertiseAddress"]), value: `$(POD_IP):${GRPC_PORT}` },
+    );
+  // Snowflake worker ids must be unique: the StatefulSet ordinal is.
+  if (component === "id") env.push(fieldEnv(envName(["id", "workerId"]), ORDINAL_FIELD));
+  // Presence shard i is Pod i: the gateways' shard list names the Pods by ordinal.
+  if (component === "presence") env.push(fieldEnv(envName(["cluster", "presenceShard"]), ORDINAL_FIELD));
+  if (usesStorage(component)) env.push(...storageEnv(cluster, inputs));
   if (cluster.spec.auth.secretRef) env.push({ name: envName(["dataDir"]), value: AUTH_DIR });
+  const mounts: V1VolumeMount[] = [{ name: "tmp", mountPath: "/tmp" }];
+  if (cluster.spec.auth.secretRef) mounts.push({ name: "auth", mountPath: AUTH_DIR, readOnly: true });
+  if (mountsKafkaTls(cluster, component))
+    mounts.push({ name: "kafka-tls", mountPath: KAFKA_TLS_DIR, readOnly: true });
   return {
     name: component,
     image: `${cluster.spec.image}:${cluster.spec.version}`,
@@ -70,16 +150,13 @@ function container(cluster: ChatCluster, component: ComponentName, spec: Compone
     env,
     ports: [
       { name: "http", containerPort: HTTP_PORT, protocol: "TCP" },
-      { name: "grpc", containerPort: GRPC_PORT, protocol: "TCP" },
+      ...(servesGrpc(component) ? [{ name: "grpc", containerPort: GRPC_PORT, protocol: "TCP" }] : []),
     ],
     readinessProbe: { httpGet: { path: "/readyz", port: "http" }, periodSeconds: 5, failureThreshold: 2 },
     livenessProbe: { httpGet: { path: "/healthz", port: "http" }, periodSeconds: 10, failureThreshold: 3 },
     ...(spec.resources ? { resources: spec.resources } : {}),
     securityContext: { ...RESTRICTED_CONTAINER_SECURITY, capabilities: { drop: ["ALL"] } },
-    volumeMounts: [
-      { name: "tmp", mountPath: "/tmp" },
-      ...(cluster.spec.auth.secretRef ? [{ name: "auth", mountPath: AUTH_DIR, readOnly: true }] : []),
-    ],
+    volumeMounts: mounts,
   };
 }
 
@@ -87,7 +164,7 @@ function podTemplate(
   cluster: ChatCluster,
   component: ComponentName,
   spec: ComponentSpec,
-  configHash: string,
+  inputs: WorkloadInputs,
   terminationGracePeriodSeconds?: number,
 ): V1PodTemplateSpec {
   const volumes: V1Volume[] = [{ name: "tmp", emptyDir: { sizeLimit: "256Mi" } }];
@@ -97,14 +174,22 @@ function podTemplate(
       name: "auth",
       secret: { secretName: ref.name, items: [{ key: ref.key ?? "secret", path: AUTH_SECRET_FILE }] },
     });
+  // The whole Secret, not items: an item whose key the Secret lost would keep the Pod from starting.
+  // Mounted without subPath, the files follow the Secret when it is rotated.
+  const kafkaTls = cluster.spec.kafka.tls?.secretRef;
+  if (kafkaTls && mountsKafkaTls(cluster, component))
+    volumes.push({ name: "kafka-tls", secret: { secretName: kafkaTls.name } });
   const sched = spec.scheduling ?? {};
   return {
-    metadata: { labels: labels(cluster, component), annotations: { [CONFIG_HASH_ANNOTATION]: configHash } },
+    metadata: {
+      labels: labels(cluster, component),
+      annotations: { [CONFIG_HASH_ANNOTATION]: inputs.configHash },
+    },
     spec: {
       serviceAccountName: serviceAccountName(cluster),
       automountServiceAccountToken: false,
       securityContext: { ...RESTRICTED_POD_SECURITY, seccompProfile: { type: "RuntimeDefault" } },
-      containers: [container(cluster, component, spec)],
+      containers: [container(cluster, component, spec, inputs)],
       volumes,
       ...(cluster.spec.imagePullSecrets ? { imagePullSecrets: cluster.spec.imagePullSecrets } : {}),
       ...(sched.nodeSelector ? { nodeSelector: sched.nodeSelector } : {}),
@@ -125,14 +210,12 @@ function podTemplate(
   };
 }
 
-export type DeploymentComponent = Exclude<ComponentName, "id">;
-
 /** `replicas` is the gateway autoscaler's choice for the gateway, the spec's for the others. */
 export function desiredDeployment(
   cluster: ChatCluster,
   component: DeploymentComponent,
   replicas: number,
-  configHash: string,
+  inputs: WorkloadInputs,
 ): V1Deployment {
   const spec = cluster.spec[component];
   const gateway = component === "gateway";
@@ -149,7 +232,7 @@ export function desiredDeployment(
         cluster,
         component,
         spec,
-        configHash,
+        inputs,
         // Time for a gateway to close its connections and the kubelet to stop it after a drain.
         gateway ? cluster.spec.gateway.autoscaling.drainTimeoutSeconds + 30 : undefined,
       ),
@@ -157,18 +240,24 @@ export function desiredDeployment(
   };
 }
 
-export function desiredStatefulSet(cluster: ChatCluster, configHash: string): V1StatefulSet {
+/** The StatefulSet of id or presence; its Pods get stable names through the headless Service. */
+export function desiredStatefulSet(
+  cluster: ChatCluster,
+  component: StatefulComponent,
+  inputs: WorkloadInputs,
+): V1StatefulSet {
   return {
     apiVersion: "apps/v1",
     kind: "StatefulSet",
-    metadata: ownedMeta(cluster, componentName(cluster, "id"), "id"),
+    metadata: ownedMeta(cluster, componentName(cluster, component), component),
     spec: {
-      replicas: cluster.spec.id.replicas,
-      serviceName: componentName(cluster, "id"),
-      // Worker ids only need to be unique, not ordered: start and stop the Pods in parallel.
+      replicas: cluster.spec[component].replicas,
+      serviceName: componentName(cluster, component),
+      // Ordinals only need to exist, not to start in order (an id's worker id, a presence shard):
+      // start and stop the Pods in parallel. Updates still replace one Pod at a time.
       podManagementPolicy: "Parallel",
-      selector: { matchLabels: selectorLabels(cluster, "id") },
-      template: podTemplate(cluster, "id", cluster.spec.id, configHash),
+      selector: { matchLabels: selectorLabels(cluster, component) },
+      template: podTemplate(cluster, component, cluster.spec[component], inputs),
     },
   };
 }

@@ -11,7 +11,13 @@ import { writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fromBinary } from "@bufbuild/protobuf";
-import { KubeConfig, type V1ConfigMap, type V1Deployment, type V1Pod } from "@kubernetes/client-node";
+import {
+  KubeConfig,
+  type V1ConfigMap,
+  type V1Deployment,
+  type V1Pod,
+  type V1Service,
+} from "@kubernetes/client-node";
 import cassandra from "cassandra-driver";
 import { Kafka, logLevel } from "kafkajs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -280,18 +286,21 @@ describe("operator against a real API server", () => {
         [
           "ConfigMap/alpha-config",
           "Deployment/alpha-gateway",
-          "Deployment/alpha-presence",
           "Deployment/alpha-push",
           "Deployment/alpha-router",
+          "Deployment/alpha-sequencer",
           "NetworkPolicy/alpha-gateway",
           "NetworkPolicy/alpha-id",
           "NetworkPolicy/alpha-presence",
           "NetworkPolicy/alpha-push",
           "NetworkPolicy/alpha-router",
+          "NetworkPolicy/alpha-sequencer",
           // Components with two or more replicas get a budget; presence and push (1) do not.
           "PodDisruptionBudget/alpha-gateway",
           "PodDisruptionBudget/alpha-id",
           "PodDisruptionBudget/alpha-router",
+          "PodDisruptionBudget/alpha-sequencer",
+          // The sequencer serves no gRPC and has no Service.
           "Service/alpha-gateway",
           "Service/alpha-id",
           "Service/alpha-presence",
@@ -299,6 +308,7 @@ describe("operator against a real API server", () => {
           "Service/alpha-router",
           "ServiceAccount/alpha-switchboard",
           "StatefulSet/alpha-id",
+          "StatefulSet/alpha-presence",
         ].sort(),
       );
       for (const o of objects)
@@ -319,7 +329,8 @@ describe("operator against a real API server", () => {
           "app.kubernetes.io/instance=alpha",
         )
       ).items;
-      expect(pods.filter((p) => p.status?.phase === "Running")).toHaveLength(2 + 2 + 1 + 1 + 2);
+      // gateway 2, router 2, presence 1, push 1, id 2, sequencer 2 (its default).
+      expect(pods.filter((p) => p.status?.phase === "Running")).toHaveLength(2 + 2 + 1 + 1 + 2 + 2);
       for (const pod of pods) {
         const c = pod.spec?.containers[0];
         expect(pod.spec?.securityContext).toMatchObject({
@@ -333,12 +344,56 @@ describe("operator against a real API server", () => {
         });
       }
 
+      // StatefulSet Pods carry their ordinal, which id and presence read as worker id and shard.
+      const byComponent = (c: string) =>
+        pods
+          .filter((p) => p.metadata?.labels?.["app.kubernetes.io/component"] === c)
+          .map((p) => [p.metadata?.name, p.metadata?.labels?.["apps.kubernetes.io/pod-index"]])
+          .sort();
+      expect(byComponent("presence")).toEqual([["alpha-presence-0", "0"]]);
+      expect(byComponent("id")).toEqual([
+        ["alpha-id-0", "0"],
+        ["alpha-id-1", "1"],
+      ]);
+      const gatewayEnv = pods.find((p) => p.metadata?.labels?.["app.kubernetes.io/component"] === "gateway")
+        ?.spec?.containers[0]?.env;
+      expect(gatewayEnv).toContainEqual({
+        name: "SWITCHBOARD_GATEWAY_ADVERTISE_ADDRESS",
+        value: "$(POD_IP):9090",
+      });
+
+      // Every Service but the gateway's is headless: gRPC clients resolve every Pod.
+      const services = (
+        await kube.list<V1Service>(
+          { apiVersion: "v1", kind: "Service", namespace: NS },
+          "app.kubernetes.io/instance=alpha",
+        )
+      ).items;
+      expect(services.map((svc) => [svc.metadata?.name, svc.spec?.clusterIP === "None"]).sort()).toEqual([
+        ["alpha-gateway", false],
+        ["alpha-id", true],
+        ["alpha-presence", true],
+        ["alpha-push", true],
+        ["alpha-router", true],
+      ]);
+      const config = await kube.get<V1ConfigMap>({
+        apiVersion: "v1",
+        kind: "ConfigMap",
+        namespace: NS,
+        name: "alpha-config",
+      });
+      expect(config.data?.SWITCHBOARD_CLUSTER_PRESENCE_TARGETS).toBe(
+        `dns:///alpha-presence-0.alpha-presence.${NS}.svc.cluster.local:9090`,
+      );
+
       // Status: conditions at the observed generation, components counted.
       expect(cluster.status?.observedGeneration).toBe(cluster.metadata.generation);
       expect(condition(cluster, "Progressing")?.status).toBe("False");
       expect(condition(cluster, "Degraded")?.status).toBe("False");
       expect(cluster.status?.components?.router).toEqual({ replicas: 2, readyReplicas: 2 });
       expect(cluster.status?.components?.id).toEqual({ replicas: 2, readyReplicas: 2 });
+      expect(cluster.status?.components?.sequencer).toEqual({ replicas: 2, readyReplicas: 2 });
+      expect(cluster.status?.components?.presence).toEqual({ replicas: 1, readyReplicas: 1 });
       expect(cluster.metadata.finalizers).toContain("switchboard.dev/cleanup");
 
       // Its metrics: reconciles timed, queue depth, watch silence, leadership.
@@ -404,9 +459,9 @@ describe("operator against a real API server", () => {
   );
 
   it(
-    "converges after being killed mid-reconcile, and repairs drift",
+    "converges after being killed mid-reconcile, repairs drift, and replaces an older operator's objects",
     onFailure(async () => {
-      await kube.create(clusterManifest("beta"));
+      const created = await kube.create(clusterManifest("beta"));
       // Kill -9 as soon as the first owned object appears: the reconcile is under way.
       await waitFor(
         "first object of beta",
@@ -418,13 +473,77 @@ describe("operator against a real API server", () => {
       // Drift while nobody watches: an owned object removed, another changed by hand.
       await kubectl(["delete", "configmap", "beta-config", "-n", NS, "--ignore-not-found"]);
       await kubectl(["scale", "deployment", "alpha-push", "-n", NS, "--replicas=4"]).catch(() => "");
+      // What an operator from before the split roles left: presence as a Deployment, and a router
+      // Service with a cluster IP (which the API server never lets change into a headless one).
+      const old = (component: string) => {
+        const selector = {
+          "app.kubernetes.io/name": "switchboard",
+          "app.kubernetes.io/instance": "beta",
+          "app.kubernetes.io/component": component,
+        };
+        const metadata = {
+          name: `beta-${component}`,
+          namespace: NS,
+          labels: { ...selector, "app.kubernetes.io/managed-by": "switchboard-operator" },
+          ownerReferences: [
+            {
+              apiVersion: "switchboard.dev/v1alpha1",
+              kind: "ChatCluster",
+              name: "beta",
+              uid: created.metadata?.uid ?? "",
+              controller: true,
+              blockOwnerDeletion: true,
+            },
+          ],
+        };
+        return { selector, metadata };
+      };
+      await kubectl(["delete", "service", "beta-router", "-n", NS, "--ignore-not-found"]);
+      const router = old("router");
+      const oldService = await kube.create<V1Service>({
+        apiVersion: "v1",
+        kind: "Service",
+        metadata: router.metadata,
+        spec: {
+          type: "ClusterIP",
+          selector: router.selector,
+          ports: [{ name: "grpc", port: 9090, targetPort: "grpc", protocol: "TCP" }],
+        },
+      });
+      expect(oldService.spec?.clusterIP).toMatch(/^\d+\.\d+\.\d+\.\d+$/);
+      const presence = old("presence");
+      await kube.create<V1Deployment>({
+        apiVersion: "apps/v1",
+        kind: "Deployment",
+        metadata: presence.metadata,
+        spec: {
+          replicas: 0,
+          selector: { matchLabels: presence.selector },
+          template: {
+            metadata: { labels: presence.selector },
+            spec: { containers: [{ name: "presence", image: "ghcr.io/switchboard-chat/switchboard:0.0.9" }] },
+          },
+        },
+      });
       await operator.start();
       await waitReady("beta");
       const objects = await ownedObjects("beta");
       expect(objects.length).toBeGreaterThanOrEqual(partial);
       expect(objects.map((o) => `${o.kind}/${o.name}`)).toContain("ConfigMap/beta-config");
-      // 1 ServiceAccount, 1 ConfigMap, 5 workloads, 5 Services, 5 NetworkPolicies, 3 budgets.
-      expect(objects).toHaveLength(20);
+      // 1 ServiceAccount, 1 ConfigMap, 6 workloads, 5 Services, 6 NetworkPolicies, 4 budgets: the old
+      // presence Deployment is gone (pruned), the StatefulSet stands in its place.
+      expect(objects).toHaveLength(23);
+      expect(objects.map((o) => `${o.kind}/${o.name}`)).not.toContain("Deployment/beta-presence");
+      expect(objects.map((o) => `${o.kind}/${o.name}`)).toContain("StatefulSet/beta-presence");
+      // The router Service was created again, headless.
+      const routerService = await kube.get<V1Service>({
+        apiVersion: "v1",
+        kind: "Service",
+        namespace: NS,
+        name: "beta-router",
+      });
+      expect(routerService.spec?.clusterIP).toBe("None");
+      expect(routerService.metadata?.uid).not.toBe(oldService.metadata?.uid);
       const push = await waitFor("alpha-push back at 1 replica", async () => {
         const d = await kube.get<V1Deployment>({
           apiVersion: "apps/v1",
