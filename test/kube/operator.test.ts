@@ -4,12 +4,7 @@
  * and Cassandra (provisioning and gateway-gone records). Each scenario asserts the state in the API
  * server, Kafka or Cassandra; none trusts the operator's own account.
  */
-import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { once } from "node:events";
-import { writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { fromBinary } from "@bufbuild/protobuf";
 import {
   KubeConfig,
@@ -26,7 +21,8 @@ import type { ChatCluster } from "../../operator/api/v1alpha1.js";
 import { KubeClient } from "../../operator/kube/client.js";
 import { ensureServer } from "../infra/servers.js";
 import { GatewayFarm } from "./fake-gateways.js";
-import { CHART_DIR, helm, kubectl as kubectlWith, kubeTools, root, type Tools, waitFor } from "./helpers.js";
+import { CHART_DIR, helm, kubectl as kubectlWith, kubeTools, type Tools, waitFor } from "./helpers.js";
+import { OperatorProcess, serviceAccountKubeconfig } from "./operator-process.js";
 
 const suffix = randomBytes(3).toString("hex");
 const NS = `sb-op-${suffix}`;
@@ -36,66 +32,13 @@ const RELEASE = `sbop-${suffix}`;
 
 let tools: Tools;
 /** A kubeconfig that authenticates as the chart's ServiceAccount: the operator runs with its RBAC. */
-let operatorKubeconfig: string;
 let kube: KubeClient;
 let kafkaBrokers: string[];
 let cassandraPoints: string[];
 
 const kubectl = (args: string[], input?: string) => kubectlWith(tools, args, input);
 
-/** One `switchboard operator` process; its log is kept for failures. */
-class OperatorProcess {
-  child: ChildProcess | undefined;
-  log = "";
-  port = 0;
-
-  async start(): Promise<void> {
-    const child = spawn(
-      process.execPath,
-      [
-        join(root, "dist", "cmd", "switchboard.js"),
-        "operator",
-        "--http-port",
-        "0",
-        "--http-host",
-        "127.0.0.1",
-        "--lease-namespace",
-        SYSTEM_NS,
-        "--lease-name",
-        `switchboard-operator-${suffix}`,
-        "--poll-interval",
-        "1s",
-      ],
-      { env: { ...process.env, KUBECONFIG: operatorKubeconfig }, stdio: ["ignore", "pipe", "pipe"] },
-    );
-    this.child = child;
-    child.stderr?.setEncoding("utf8").on("data", (d: string) => {
-      this.log = (this.log + d).slice(-200_000);
-    });
-    let out = "";
-    child.stdout?.setEncoding("utf8").on("data", (d: string) => (out += d));
-    const line = await waitFor(
-      "operator start",
-      async () => out.split("\n").find((l) => l.includes('"status":"started"')),
-      30_000,
-    );
-    this.port = (JSON.parse(line) as { port: number }).port;
-  }
-
-  async kill(signal: NodeJS.Signals = "SIGKILL"): Promise<void> {
-    const child = this.child;
-    if (!child || child.exitCode !== null || child.signalCode !== null) return;
-    const exited = once(child, "exit");
-    child.kill(signal);
-    await exited;
-  }
-
-  tail(lines = 40): string {
-    return this.log.trimEnd().split("\n").slice(-lines).join("\n");
-  }
-}
-
-const operator = new OperatorProcess();
+let operator: OperatorProcess;
 
 function clusterManifest(name: string, overrides: Record<string, unknown> = {}): ChatCluster {
   return {
@@ -166,35 +109,6 @@ async function ownedObjects(name: string): Promise<Array<{ kind: string; name: s
   ).items.map((o) => ({ kind: o.kind, name: o.metadata.name, owners: o.metadata.ownerReferences ?? [] }));
 }
 
-/** A kubeconfig for the ServiceAccount, with a token from the TokenRequest API. */
-async function serviceAccountKubeconfig(namespace: string, serviceAccount: string): Promise<string> {
-  const token = (await kubectl(["create", "token", serviceAccount, "-n", namespace, "--duration=2h"])).trim();
-  const admin = new KubeConfig();
-  admin.loadFromFile(tools.KUBECONFIG);
-  const cluster = admin.getCurrentCluster();
-  if (!cluster) throw new Error("admin kubeconfig has no cluster");
-  const config = {
-    apiVersion: "v1",
-    kind: "Config",
-    clusters: [
-      {
-        name: "test",
-        cluster: {
-          server: cluster.server,
-          "certificate-authority-data": cluster.caData,
-          "certificate-authority": cluster.caFile,
-        },
-      },
-    ],
-    users: [{ name: serviceAccount, user: { token } }],
-    contexts: [{ name: "operator", context: { cluster: "test", user: serviceAccount } }],
-    "current-context": "operator",
-  };
-  const path = join(tmpdir(), `switchboard-operator-${suffix}.kubeconfig`);
-  writeFileSync(path, JSON.stringify(config), { mode: 0o600 });
-  return path;
-}
-
 beforeAll(async () => {
   tools = await kubeTools();
   const storage = { ...(await ensureServer("kafka")), ...(await ensureServer("cassandra")) };
@@ -220,7 +134,11 @@ beforeAll(async () => {
   ]);
   if (installed.code !== 0) throw new Error(`helm install failed: ${installed.stderr}`);
   await kubectl(["wait", "--for=condition=Established", "--timeout=60s", "crd/chatclusters.switchboard.dev"]);
-  operatorKubeconfig = await serviceAccountKubeconfig(SYSTEM_NS, `${RELEASE}-switchboard-operator`);
+  operator = new OperatorProcess({
+    kubeconfig: await serviceAccountKubeconfig(tools, SYSTEM_NS, `${RELEASE}-switchboard-operator`),
+    leaseNamespace: SYSTEM_NS,
+    leaseName: `switchboard-operator-${suffix}`,
+  });
   await kubectl(["create", "namespace", NS]);
   await kubectl(["label", "namespace", NS, "pod-security.kubernetes.io/enforce=restricted"]);
   await waitFor("default ServiceAccount", () => kubectl(["get", "serviceaccount", "default", "-n", NS]));
