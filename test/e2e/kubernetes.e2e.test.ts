@@ -67,7 +67,8 @@ async function startAgent(dns: string): Promise<void> {
       "--node",
       NODE,
       "--pod-cidr",
-      "127.245.0.0/16",
+      // Not loopback: the apiserver refuses loopback IPs in EndpointSlices (the agent routes the range to lo).
+      `198.19.${240 + (process.pid % 10)}.0/24`,
       "--dns",
       dns,
       "--state-dir",

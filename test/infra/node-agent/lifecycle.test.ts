@@ -181,9 +181,15 @@ describe("container start", () => {
     expect(script.split("\n")).toEqual([
       "set -e",
       "printf %s 'web-1' > /proc/sys/kernel/hostname",
-      "mount --bind '/state/v/secret' '/etc/secret'",
+      "mount -t tmpfs -o size=64k,mode=0700 node-agent-stage '/run/switchboard-node-agent-stage'",
+      "if [ -d '/state/v/secret' ]; then mkdir '/run/switchboard-node-agent-stage/0'; else : > '/run/switchboard-node-agent-stage/0'; fi",
+      "mount --bind '/state/v/secret' '/run/switchboard-node-agent-stage/0'",
+      "if [ -d '/state/etc/resolv.conf' ]; then mkdir '/run/switchboard-node-agent-stage/1'; else : > '/run/switchboard-node-agent-stage/1'; fi",
+      "mount --bind '/state/etc/resolv.conf' '/run/switchboard-node-agent-stage/1'",
+      "mount --bind '/run/switchboard-node-agent-stage/0' '/etc/secret'",
       "mount -o remount,bind,ro '/etc/secret'",
-      "mount --bind '/state/etc/resolv.conf' '/etc/resolv.conf'",
+      "mount --bind '/run/switchboard-node-agent-stage/1' '/etc/resolv.conf'",
+      "umount -R -l '/run/switchboard-node-agent-stage'",
       'exec "$@"',
     ]);
   });

@@ -74,14 +74,31 @@ export function shellQuote(s: string): string {
 }
 
 /**
- * The shell run inside the new mount and UTS namespaces before exec. Mount points that do not exist
- * are created on the host before (see ensureMountPoints): a real image would have them.
+ * Where a container's volume sources are staged inside its mount namespace: a tmpfs at a path no
+ * Pod mounts over, created on the host (empty) by ensureMountPoints.
+ */
+export const MOUNT_STAGE = "/run/switchboard-node-agent-stage";
+
+/**
+ * The shell run inside the new mount and UTS namespaces before exec. Every source is first bound
+ * into a private staging tmpfs and only then onto its target: a target can hide a later source
+ * otherwise (an emptyDir mounted on /tmp hides volume sources kept under /tmp). Mount points that do
+ * not exist are created on the host before (see ensureMountPoints): a real image would have them.
  */
 export function namespaceScript(hostname: string, mounts: readonly Mount[]): string {
   const lines = ["set -e", `printf %s ${shellQuote(hostname)} > /proc/sys/kernel/hostname`];
-  for (const m of mounts) {
-    lines.push(`mount --bind ${shellQuote(m.source)} ${shellQuote(m.target)}`);
-    if (m.readOnly) lines.push(`mount -o remount,bind,ro ${shellQuote(m.target)}`);
+  if (mounts.length > 0) {
+    const stage = (i: number) => shellQuote(`${MOUNT_STAGE}/${i}`);
+    lines.push(`mount -t tmpfs -o size=64k,mode=0700 node-agent-stage ${shellQuote(MOUNT_STAGE)}`);
+    mounts.forEach((m, i) => {
+      lines.push(`if [ -d ${shellQuote(m.source)} ]; then mkdir ${stage(i)}; else : > ${stage(i)}; fi`);
+      lines.push(`mount --bind ${shellQuote(m.source)} ${stage(i)}`);
+    });
+    mounts.forEach((m, i) => {
+      lines.push(`mount --bind ${stage(i)} ${shellQuote(m.target)}`);
+      if (m.readOnly) lines.push(`mount -o remount,bind,ro ${shellQuote(m.target)}`);
+    });
+    lines.push(`umount -R -l ${shellQuote(MOUNT_STAGE)}`);
   }
   lines.push('exec "$@"');
   return lines.join("\n");
@@ -93,6 +110,7 @@ export function namespaceScript(hostname: string, mounts: readonly Mount[]): str
  * image would already have the path: documented in README.
  */
 function ensureMountPoints(mounts: readonly Mount[]): void {
+  if (mounts.length > 0) mkdirSync(MOUNT_STAGE, { recursive: true });
   for (const m of mounts) {
     if (existsSync(m.target)) continue;
     let isDir = true;
