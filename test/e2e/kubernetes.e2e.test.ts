@@ -157,11 +157,23 @@ const isReady = (p: V1Pod) =>
   p.status.conditions?.some((c) => c.type === "Ready" && c.status === "True") === true;
 
 async function readyGateways(): Promise<string[]> {
-  return (await pods("gateway"))
+  const { items } = await kube.list<V1Pod>(
+    { apiVersion: "v1", kind: "Pod", namespace: NS },
+    `app.kubernetes.io/instance=${CLUSTER},app.kubernetes.io/component=gateway`,
+  );
+  return items
     .filter(isReady)
     .map((p) => p.status?.podIP ?? "")
     .filter(Boolean)
     .sort();
+}
+
+/** The ready gateways as clients see them: one API read shared by every device connecting at once. */
+let gatewayView: { at: number; ips: Promise<string[]> } | undefined;
+function currentGateways(): Promise<string[]> {
+  if (!gatewayView || Date.now() - gatewayView.at > 1_000)
+    gatewayView = { at: Date.now(), ips: readyGateways() };
+  return gatewayView.ips;
 }
 
 async function getCluster(): Promise<ChatCluster> {
@@ -210,10 +222,10 @@ function device(userId: string, index: number, preferred: number): Device {
     gateways: [],
     client: new SwitchboardClient({
       url: async () => {
-        const ips = await readyGateways();
+        const ips = await currentGateways();
         if (ips.length === 0) throw new Error("no ready gateway");
         const ip = ips[next++ % ips.length]!;
-        const res = await fetch(`http://${ip}:8080/v1/connect`, { signal: AbortSignal.timeout(3_000) });
+        const res = await fetch(`http://${ip}:8080/v1/connect`, { signal: AbortSignal.timeout(10_000) });
         const { url } = (await res.json()) as { url: string };
         d.gateways.push(ip);
         return url;
@@ -222,6 +234,7 @@ function device(userId: string, index: number, preferred: number): Device {
       reconnect: { baseMs: 100, maxMs: 2_000 },
     }),
   };
+  clients.push(d.client);
   d.client.on("message", (m: IncomingMessage) => {
     d.shown.push(m.message);
     const sentAt = sentAtByBody.get(m.message.body);
@@ -231,6 +244,8 @@ function device(userId: string, index: number, preferred: number): Device {
 }
 
 const sentAtByBody = new Map<string, number>();
+/** Every client the test opened (closed in afterAll whatever happened). */
+const clients: SwitchboardClient[] = [];
 const latencies: number[] = [];
 const percentile = (xs: number[], p: number) => {
   const s = [...xs].sort((a, b) => a - b);
@@ -288,7 +303,15 @@ beforeAll(async () => {
 }, 600_000);
 
 afterAll(async () => {
+  await Promise.all(clients.map((c) => c.close()));
   await operator?.kill("SIGTERM");
+  // The agent before the namespace: it stops its processes in seconds, whereas deleting the
+  // namespace first would wait out every Pod's grace period (50 s for gateways).
+  if (agent && agent.exitCode === null) {
+    const exited = once(agent, "exit");
+    agent.kill("SIGTERM");
+    await exited;
+  }
   const names = await kubectl(["get", "chatclusters", "-n", NS, "-o", "name"]).catch(() => "");
   for (const n of names.split("\n").filter(Boolean))
     await kubectl(["patch", n, "-n", NS, "--type=merge", "-p", '{"metadata":{"finalizers":null}}']).catch(
@@ -297,14 +320,9 @@ afterAll(async () => {
   await kubectl(["delete", "namespace", NS, "--wait=false"]).catch(() => "");
   await helm(tools, ["uninstall", RELEASE, "--namespace", SYSTEM_NS]).catch(() => undefined);
   await kubectl(["delete", "namespace", SYSTEM_NS, "--wait=false"]).catch(() => "");
-  if (agent && agent.exitCode === null) {
-    const exited = once(agent, "exit");
-    agent.kill("SIGTERM");
-    await exited;
-  }
   rmSync(stateDir, { recursive: true, force: true });
   rmSync(tokenDir, { recursive: true, force: true });
-}, 120_000);
+}, 300_000);
 
 function onFailure(fn: () => Promise<void>): () => Promise<void> {
   return async () => {
