@@ -6,13 +6,13 @@
  */
 import { execFileSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { createServer } from "node:net";
 import { cpus } from "node:os";
 import { join } from "node:path";
 import {
   type ClusterLayout,
   type ClusterState,
   DEFAULT_LAYOUT,
+  freePortRange,
   LocalCluster,
 } from "../test/infra/cluster/cluster.js";
 import { mintTokens } from "./client.js";
@@ -20,23 +20,6 @@ import { datacenter, type InfraCpu, type RunNames, type SharedInfra } from "./in
 import type { ServerSettings } from "./options.js";
 import { forget, hasTaskset, type Killable, killOnExit, procCpuSeconds, procStatusKb } from "./server.js";
 import { type LogDigest, SERVER_ENV, type StopReport, type SystemUnderTest } from "./sut.js";
-
-/** A base port with the next `count` ports free on 127.0.0.1 (the cluster takes fixed ports). */
-export async function freePortRange(count: number): Promise<number> {
-  const free = (port: number) =>
-    new Promise<boolean>((resolve) => {
-      const s = createServer();
-      s.once("error", () => resolve(false));
-      s.listen(port, "127.0.0.1", () => s.close(() => resolve(true)));
-    });
-  for (let attempt = 0; attempt < 50; attempt++) {
-    const base = 20_000 + Math.floor(Math.random() * 20_000);
-    let ok = true;
-    for (let p = base; p < base + count && ok; p++) ok = await free(p);
-    if (ok) return base;
-  }
-  throw new Error(`no ${count} free consecutive ports on 127.0.0.1`);
-}
 
 /** The run's topic prefix and keyspace as the cluster named them (`sbc<id>.`, `sbc_<id>`). */
 function clusterNames(state: Pick<ClusterState, "topicPrefix" | "keyspace">): RunNames {

@@ -6,7 +6,6 @@
  * clients of the killed gateway resume on the other one. Prints the recovery times.
  */
 import { mkdtempSync, rmSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -18,28 +17,11 @@ import {
   SwitchboardClient,
   type TypingInfo,
 } from "../../sdk/src/index.js";
-import { LocalCluster } from "../infra/cluster/cluster.js";
+import { freePortRange, LocalCluster } from "../infra/cluster/cluster.js";
 import { ensureServer } from "../infra/servers.js";
 
 let cluster: LocalCluster;
 let runDir: string;
-
-/** A base port with the next 16 ports free on 127.0.0.1. */
-async function freePortRange(count: number): Promise<number> {
-  const free = (port: number) =>
-    new Promise<boolean>((resolve) => {
-      const s = createServer();
-      s.once("error", () => resolve(false));
-      s.listen(port, "127.0.0.1", () => s.close(() => resolve(true)));
-    });
-  for (let attempt = 0; attempt < 50; attempt++) {
-    const base = 20_000 + Math.floor(Math.random() * 20_000);
-    let ok = true;
-    for (let p = base; p < base + count && ok; p++) ok = await free(p);
-    if (ok) return base;
-  }
-  throw new Error("no free port range");
-}
 
 beforeAll(async () => {
   const kafka = await ensureServer("kafka");

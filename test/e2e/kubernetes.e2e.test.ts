@@ -21,22 +21,19 @@ import type { ChatCluster } from "../../operator/api/v1alpha1.js";
 import { KubeClient } from "../../operator/kube/client.js";
 import { type IncomingMessage, SwitchboardClient } from "../../sdk/src/index.js";
 import { ensureServer } from "../infra/servers.js";
+import { kubectl as kubectlWith, kubeTools, root, type Tools, waitFor } from "../kube/helpers.js";
 import {
-  CHART_DIR,
-  helm,
-  kubectl as kubectlWith,
-  kubeTools,
-  root,
-  type Tools,
-  waitFor,
-} from "../kube/helpers.js";
-import { OperatorProcess, serviceAccountKubeconfig } from "../kube/operator-process.js";
+  installChartOperator,
+  type OperatorProcess,
+  removeChartAndClusters,
+} from "../kube/operator-process.js";
 import { checkHistory, type DeviceRecord, type SentRecord, type StoredRecord } from "./checker.js";
 
 const suffix = randomBytes(3).toString("hex");
 const NS = `sb-e2e-${suffix}`;
 const SYSTEM_NS = `sb-e2e-sys-${suffix}`;
 const RELEASE = `sbe2e-${suffix}`;
+const CHART = { release: RELEASE, systemNamespace: SYSTEM_NS };
 const NODE = `sb-e2e-node-${suffix}`;
 const CLUSTER = "chat";
 const USERS = 100; // × 2 devices = 200 clients
@@ -269,25 +266,7 @@ beforeAll(async () => {
   if (!dns) throw new Error("test/infra/up.sh kube printed no CLUSTER_DNS (the plane's CoreDNS)");
   await startAgent(dns);
 
-  const installed = await helm(tools, [
-    "install",
-    RELEASE,
-    CHART_DIR,
-    "--namespace",
-    SYSTEM_NS,
-    "--create-namespace",
-    "--set",
-    "replicaCount=1",
-    "--wait",
-    "--timeout",
-    "120s",
-  ]);
-  if (installed.code !== 0) throw new Error(`helm install failed: ${installed.stderr}`);
-  operator = new OperatorProcess({
-    kubeconfig: await serviceAccountKubeconfig(tools, SYSTEM_NS, `${RELEASE}-switchboard-operator`),
-    leaseNamespace: SYSTEM_NS,
-    leaseName: `switchboard-operator-${suffix}`,
-  });
+  operator = await installChartOperator(tools, CHART);
   await operator.start();
 
   await kubectl(["create", "namespace", NS]);
@@ -312,14 +291,7 @@ afterAll(async () => {
     agent.kill("SIGTERM");
     await exited;
   }
-  const names = await kubectl(["get", "chatclusters", "-n", NS, "-o", "name"]).catch(() => "");
-  for (const n of names.split("\n").filter(Boolean))
-    await kubectl(["patch", n, "-n", NS, "--type=merge", "-p", '{"metadata":{"finalizers":null}}']).catch(
-      () => "",
-    );
-  await kubectl(["delete", "namespace", NS, "--wait=false"]).catch(() => "");
-  await helm(tools, ["uninstall", RELEASE, "--namespace", SYSTEM_NS]).catch(() => undefined);
-  await kubectl(["delete", "namespace", SYSTEM_NS, "--wait=false"]).catch(() => "");
+  await removeChartAndClusters(tools, CHART, NS);
   rmSync(stateDir, { recursive: true, force: true });
   rmSync(tokenDir, { recursive: true, force: true });
 }, 300_000);

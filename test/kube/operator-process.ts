@@ -9,7 +9,7 @@ import { writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { KubeConfig } from "@kubernetes/client-node";
-import { kubectl, root, type Tools, waitFor } from "./helpers.js";
+import { CHART_DIR, helm, kubectl, root, type Tools, waitFor } from "./helpers.js";
 
 export interface OperatorOptions {
   kubeconfig: string;
@@ -104,4 +104,67 @@ export async function serviceAccountKubeconfig(
   const path = join(tmpdir(), `switchboard-${namespace}-${serviceAccount}.kubeconfig`);
   writeFileSync(path, JSON.stringify(config), { mode: 0o600 });
   return path;
+}
+
+export interface ChartRelease {
+  release: string;
+  /** Where the chart installs the operator's ServiceAccount, RBAC and Lease. */
+  systemNamespace: string;
+}
+
+/**
+ * `helm install`s the chart (its operator Deployment lands on kwok's fake node and does not run)
+ * and returns an operator process that runs here as the chart's ServiceAccount, not yet started.
+ */
+export async function installChartOperator(tools: Tools, chart: ChartRelease): Promise<OperatorProcess> {
+  const installed = await helm(tools, [
+    "install",
+    chart.release,
+    CHART_DIR,
+    "--namespace",
+    chart.systemNamespace,
+    "--create-namespace",
+    "--set",
+    "replicaCount=1",
+    "--wait",
+    "--timeout",
+    "120s",
+  ]);
+  if (installed.code !== 0) throw new Error(`helm install failed: ${installed.stderr}`);
+  return new OperatorProcess({
+    kubeconfig: await serviceAccountKubeconfig(
+      tools,
+      chart.systemNamespace,
+      `${chart.release}-switchboard-operator`,
+    ),
+    leaseNamespace: chart.systemNamespace,
+    leaseName: `switchboard-operator-${chart.release}`,
+  });
+}
+
+/**
+ * Removes a test's namespace of ChatClusters (their finalizers need the stopped operator, so they
+ * are dropped) and the chart release, without waiting for the namespaces to go.
+ */
+export async function removeChartAndClusters(
+  tools: Tools,
+  chart: ChartRelease,
+  namespace: string,
+): Promise<void> {
+  const names = await kubectl(tools, ["get", "chatclusters", "-n", namespace, "-o", "name"]).catch(() => "");
+  for (const n of names.split("\n").filter(Boolean))
+    await kubectl(tools, [
+      "patch",
+      n,
+      "-n",
+      namespace,
+      "--type=merge",
+      "-p",
+      '{"metadata":{"finalizers":null}}',
+    ]).catch(() => "");
+  await kubectl(tools, ["delete", "namespace", namespace, "--wait=false"]).catch(() => "");
+  await helm(tools, ["uninstall", chart.release, "--namespace", chart.systemNamespace]).catch(
+    () => undefined,
+  );
+  await kubectl(tools, ["delete", "namespace", chart.systemNamespace, "--wait=false"]).catch(() => "");
 }

@@ -21,14 +21,15 @@ import type { ChatCluster } from "../../operator/api/v1alpha1.js";
 import { KubeClient } from "../../operator/kube/client.js";
 import { ensureServer } from "../infra/servers.js";
 import { GatewayFarm } from "./fake-gateways.js";
-import { CHART_DIR, helm, kubectl as kubectlWith, kubeTools, type Tools, waitFor } from "./helpers.js";
-import { OperatorProcess, serviceAccountKubeconfig } from "./operator-process.js";
+import { kubectl as kubectlWith, kubeTools, type Tools, waitFor } from "./helpers.js";
+import { installChartOperator, type OperatorProcess, removeChartAndClusters } from "./operator-process.js";
 
 const suffix = randomBytes(3).toString("hex");
 const NS = `sb-op-${suffix}`;
 /** Where the chart installs the operator's ServiceAccount, RBAC and Lease. */
 const SYSTEM_NS = `sb-op-sys-${suffix}`;
 const RELEASE = `sbop-${suffix}`;
+const CHART = { release: RELEASE, systemNamespace: SYSTEM_NS };
 
 let tools: Tools;
 /** A kubeconfig that authenticates as the chart's ServiceAccount: the operator runs with its RBAC. */
@@ -119,26 +120,7 @@ beforeAll(async () => {
   kube = new KubeClient(kc);
   // The chart installs the CRD, the operator's ServiceAccount, least-privilege RBAC and its
   // Deployment (a kwok Pod: it does not run). The operator under test runs here, as that account.
-  const installed = await helm(tools, [
-    "install",
-    RELEASE,
-    CHART_DIR,
-    "--namespace",
-    SYSTEM_NS,
-    "--create-namespace",
-    "--set",
-    "replicaCount=1",
-    "--wait",
-    "--timeout",
-    "120s",
-  ]);
-  if (installed.code !== 0) throw new Error(`helm install failed: ${installed.stderr}`);
-  await kubectl(["wait", "--for=condition=Established", "--timeout=60s", "crd/chatclusters.switchboard.dev"]);
-  operator = new OperatorProcess({
-    kubeconfig: await serviceAccountKubeconfig(tools, SYSTEM_NS, `${RELEASE}-switchboard-operator`),
-    leaseNamespace: SYSTEM_NS,
-    leaseName: `switchboard-operator-${suffix}`,
-  });
+  operator = await installChartOperator(tools, CHART);
   await kubectl(["create", "namespace", NS]);
   await kubectl(["label", "namespace", NS, "pod-security.kubernetes.io/enforce=restricted"]);
   await waitFor("default ServiceAccount", () => kubectl(["get", "serviceaccount", "default", "-n", NS]));
@@ -147,15 +129,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await operator.kill("SIGTERM");
-  // Finalizers need the operator; remove the namespace's clusters' finalizers so deletion completes.
-  const names = await kubectl(["get", "chatclusters", "-n", NS, "-o", "name"]).catch(() => "");
-  for (const n of names.split("\n").filter(Boolean))
-    await kubectl(["patch", n, "-n", NS, "--type=merge", "-p", '{"metadata":{"finalizers":null}}']).catch(
-      () => "",
-    );
-  await kubectl(["delete", "namespace", NS, "--wait=false"]).catch(() => "");
-  await helm(tools, ["uninstall", RELEASE, "--namespace", SYSTEM_NS]).catch(() => undefined);
-  await kubectl(["delete", "namespace", SYSTEM_NS, "--wait=false"]).catch(() => "");
+  await removeChartAndClusters(tools, CHART, NS);
 });
 
 function onFailure(fn: () => Promise<void>): () => Promise<void> {

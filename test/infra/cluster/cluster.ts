@@ -10,6 +10,7 @@
  */
 import { spawn, spawnSync } from "node:child_process";
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { signDevToken } from "../../../internal/lib/auth.js";
@@ -118,6 +119,23 @@ function processEnv(
     ...(p.role === "presence" ? { SWITCHBOARD_CLUSTER_PRESENCE_SHARD: String(p.index) } : {}),
     ...extra,
   };
+}
+
+/** A base port with the next `count` ports free on 127.0.0.1 (the cluster takes fixed ports). */
+export async function freePortRange(count: number): Promise<number> {
+  const free = (port: number) =>
+    new Promise<boolean>((resolve) => {
+      const s = createServer();
+      s.once("error", () => resolve(false));
+      s.listen(port, "127.0.0.1", () => s.close(() => resolve(true)));
+    });
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const base = 20_000 + Math.floor(Math.random() * 20_000);
+    let ok = true;
+    for (let p = base; p < base + count && ok; p++) ok = await free(p);
+    if (ok) return base;
+  }
+  throw new Error(`no ${count} free consecutive ports on 127.0.0.1`);
 }
 
 export class LocalCluster {
