@@ -13,6 +13,7 @@ import type { ClientFrame, MessageEvent } from "../../gen/switchboard/client/v1/
 import type { Message } from "../../gen/switchboard/common/v1/common_pb.js";
 import { Code, ReceiptKind } from "../../gen/switchboard/common/v1/common_pb.js";
 import type { PresenceService } from "../../gen/switchboard/presence/v1/presence_pb.js";
+import type { PushService } from "../../gen/switchboard/push/v1/push_pb.js";
 import type { RouterService } from "../../gen/switchboard/router/v1/router_pb.js";
 import type { Backends } from "../backends/types.js";
 import { type Conversations, toWireConversation, toWireMessage } from "../conversations/index.js";
@@ -41,6 +42,7 @@ export interface GatewayContext {
   conversations: Conversations;
   router: ServiceClient<typeof RouterService>;
   presence: ServiceClient<typeof PresenceService>;
+  push: ServiceClient<typeof PushService>;
   verify(token: string): Promise<Identity>;
   /** Per-user send limit across all the user's connections; 0 or ms to wait. */
   takeUserSend(userId: string): number;
@@ -322,6 +324,16 @@ export class Connection {
         const res = await c.presence.subscribe({ sessionId: this.sessionId, userIds: targets });
         return reply({ case: "presenceSnapshot", value: { statuses: res.statuses } });
       }
+      case "registerDevice": {
+        const { deviceId, provider, token } = req.value;
+        await c.push.registerDevice({
+          device: { userId: user, deviceId, provider, token, registeredAtMs: BigInt(Date.now()) },
+        });
+        return reply({ case: "ok", value: {} });
+      }
+      case "unregisterDevice":
+        await c.push.unregisterDevice({ userId: user, deviceId: req.value.deviceId });
+        return reply({ case: "ok", value: {} });
       case "unsubscribePresence":
         await c.presence.unsubscribe({ sessionId: this.sessionId, userIds: req.value.userIds });
         return reply({ case: "ok", value: {} });

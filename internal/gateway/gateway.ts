@@ -10,6 +10,7 @@ import { WebSocketServer } from "ws";
 import type { MessageEvent } from "../../gen/switchboard/client/v1/client_pb.js";
 import type { GatewayService } from "../../gen/switchboard/gateway/v1/gateway_pb.js";
 import type { PresenceService } from "../../gen/switchboard/presence/v1/presence_pb.js";
+import type { PushService } from "../../gen/switchboard/push/v1/push_pb.js";
 import type { RouterService } from "../../gen/switchboard/router/v1/router_pb.js";
 
 import { type Conversations, directConversationId } from "../conversations/index.js";
@@ -35,6 +36,7 @@ export interface GatewayOptions {
   conversations: Conversations;
   router: ServiceClient<typeof RouterService>;
   presence: ServiceClient<typeof PresenceService>;
+  push: ServiceClient<typeof PushService>;
   verify: TokenVerifier;
   gatewayId: string;
   gatewayEpoch: number;
@@ -78,6 +80,7 @@ export class Gateway {
       conversations: options.conversations,
       router: options.router,
       presence: options.presence,
+      push: options.push,
       verify: options.verify,
       takeUserSend: (userId) => this.takeUserSend(userId),
       sharesConversation: (a, b) => this.sharesConversation(a, b),

@@ -89,7 +89,7 @@ export const schema = {
     ),
     pushTarget: str(
       "",
-      "gRPC target of the push service, for routers of split roles; same forms as cluster.idTarget. Empty: in this process.",
+      "gRPC target of the push service, for routers (notifications) and gateways (device registration) of split roles; same forms as cluster.idTarget. Empty: in this process.",
     ),
     presenceTargets: list(
       [],

@@ -14,6 +14,7 @@ import type { ServiceImpl } from "../lib/rpc.js";
 
 export const DEVICES_PER_USER_MAX = 20;
 const TOKEN_CHARS_MAX = 4_096;
+const DEVICE_ID_CHARS_MAX = 128;
 const RETRIES_MAX = 3;
 
 const providerNames: Record<number, DeviceRecord["provider"]> = {
@@ -122,8 +123,11 @@ export function pushServiceImpl(push: Push, devices: DeviceStore): ServiceImpl<t
     async registerDevice(req) {
       const d = req.device;
       const provider = d ? providerNames[d.provider] : undefined;
-      if (!d?.userId || !d.deviceId || !provider) {
-        throw errors.invalid("INVALID_DEVICE", "device needs user_id, device_id and a provider");
+      if (!d?.userId || !d.deviceId || d.deviceId.length > DEVICE_ID_CHARS_MAX || !provider) {
+        throw errors.invalid(
+          "INVALID_DEVICE",
+          `device needs user_id, a device_id of 1-${DEVICE_ID_CHARS_MAX} characters and a provider`,
+        );
       }
       if (d.token.length === 0 || d.token.length > TOKEN_CHARS_MAX) {
         throw errors.invalid("INVALID_TOKEN_LENGTH", `token must have 1-${TOKEN_CHARS_MAX} characters`);

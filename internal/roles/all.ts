@@ -73,6 +73,7 @@ export const startAll: RoleStarter = async (ctx) => {
     conversations: convs,
     router: routerClient,
     presence: inProcessClient(PresenceService, presenceImpl),
+    push: inProcessClient(PushService, pushImpl),
     verify: createVerifier({ dataDir: config.dataDir, ...config.auth }),
     gatewayId: gatewayId(config),
     gatewayEpoch: Date.now(),

@@ -1,11 +1,13 @@
 /**
  * Role gateway: client WebSockets. Reads sync, history and membership from the stores directly and
  * appends sends to the log itself (ADR 0005); gets ids from the id service, relays typing and
- * receipts through the routers, reports heartbeats to the presence shards, and serves
+ * receipts through the routers, reports heartbeats to the presence shards, registers push tokens
+ * with push, and serves
  * GatewayService (Deliver from routers, Drain and Stats for the operator).
  */
 import { GatewayService } from "../../gen/switchboard/gateway/v1/gateway_pb.js";
 import { IdService } from "../../gen/switchboard/id/v1/id_pb.js";
+import { PushService } from "../../gen/switchboard/push/v1/push_pb.js";
 import { RouterService } from "../../gen/switchboard/router/v1/router_pb.js";
 import { Gateway } from "../gateway/index.js";
 import { createVerifier } from "../lib/auth.js";
@@ -22,6 +24,7 @@ export const startGateway: RoleStarter = async (ctx) => {
   const ids = ctx.own(peerClient(IdService, config.cluster.idTarget, "cluster.idTarget"));
   const router = ctx.own(peerClient(RouterService, config.cluster.routerTarget, "cluster.routerTarget"));
   const presence = ctx.own(presencePeers(config));
+  const push = ctx.own(peerClient(PushService, config.cluster.pushTarget, "cluster.pushTarget"));
   const backends = ctx.own(
     await ctx.retry("open storage", () =>
       openDistributed(config, log, { sequencer: false, appends: true, provision: false }),
@@ -36,6 +39,7 @@ export const startGateway: RoleStarter = async (ctx) => {
     conversations: conversations(config, backends, ids),
     router,
     presence,
+    push,
     verify: createVerifier({ dataDir: config.dataDir, ...config.auth }),
     gatewayId: gatewayId(config),
     gatewayEpoch: Date.now(),

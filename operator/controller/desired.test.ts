@@ -505,7 +505,7 @@ describe("desiredObjects", () => {
     expect(from("id")).toEqual(["gateway", "router"]);
     expect(from("presence")).toEqual(["gateway"]);
     expect(from("router")).toEqual(["gateway", "presence"]);
-    expect(from("push")).toEqual(["router"]);
+    expect(from("push")).toEqual(["gateway", "router"]);
     expect(from("sequencer")).toEqual([]);
   });
 });

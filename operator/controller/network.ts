@@ -83,11 +83,12 @@ export const GRPC_CALLERS: Readonly<Record<ComponentName, readonly ComponentName
   gateway: ["router"],
   // Gateways allocate ids (and routers, for the sends of the server API), send heartbeats to
   // presence and relay typing and receipts to routers; presence relays presence events to routers;
-  // routers notify offline members through push (ADR 0005).
+  // routers notify offline members through push, and gateways register devices' push tokens
+  // with it (ADR 0005).
   id: ["gateway", "router"],
   presence: ["gateway"],
   router: ["gateway", "presence"],
-  push: ["router"],
+  push: ["gateway", "router"],
   sequencer: [],
 };
 

@@ -17,6 +17,7 @@ import {
   type Error as WireError,
 } from "../../gen/switchboard/client/v1/client_pb.js";
 import { ReceiptKind } from "../../gen/switchboard/common/v1/common_pb.js";
+import { Provider } from "../../gen/switchboard/push/v1/push_pb.js";
 import { type BackoffOptions, backoffDelay, DEFAULT_BACKOFF, longBackoffDelay } from "./backoff.js";
 import { classifyCloseCode } from "./close-codes.js";
 import { TypedEmitter } from "./emitter.js";
@@ -59,6 +60,15 @@ import {
   toWelcome,
   type WelcomeInfo,
 } from "./types.js";
+
+/** The push services a device token can belong to. */
+export type PushProviderName = "webpush" | "apns" | "fcm" | "webhook";
+const PUSH_PROVIDERS: Record<PushProviderName, Provider> = {
+  webpush: Provider.WEBPUSH,
+  apns: Provider.APNS,
+  fcm: Provider.FCM,
+  webhook: Provider.WEBHOOK,
+};
 
 /** A token, or a function returning one; the function is called again before every connection. */
 export type TokenSource = string | (() => string | Promise<string>);
@@ -583,6 +593,29 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
   async unsubscribePresence(userIds: string[]): Promise<void> {
     for (const id of userIds) this.presenceWatch.delete(id);
     await this.request({ case: "unsubscribePresence", value: { userIds } }, "ok");
+  }
+
+  /**
+   * Registers this device's push token (or replaces its earlier one), so the user is notified while
+   * no device of theirs is connected. `deviceId` is the app's stable id of this device.
+   */
+  async registerDevice(device: {
+    deviceId: string;
+    provider: PushProviderName;
+    token: string;
+  }): Promise<void> {
+    await this.request(
+      {
+        case: "registerDevice",
+        value: { deviceId: device.deviceId, provider: PUSH_PROVIDERS[device.provider], token: device.token },
+      },
+      "ok",
+    );
+  }
+
+  /** Removes one of my devices' push tokens (e.g. at sign-out). */
+  async unregisterDevice(deviceId: string): Promise<void> {
+    await this.request({ case: "unregisterDevice", value: { deviceId } }, "ok");
   }
 
   // ---------------------------------------------------------------- connection management

@@ -11,6 +11,7 @@ export {
   type ClientState,
   type CreateGroupInput,
   type HistoryQuery,
+  type PushProviderName,
   type SendOptions,
   type SendTarget,
   SwitchboardClient,

@@ -9,7 +9,9 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { Provider, PushService } from "../../gen/switchboard/push/v1/push_pb.js";
 import { signDevToken } from "../../internal/lib/auth.js";
+import { grpcClient } from "../../internal/lib/rpc.js";
 import {
   type IncomingMessage,
   type PresenceStatus,
@@ -138,6 +140,14 @@ describe("a multi-process cluster", () => {
     );
     const statuses = await carol.c.subscribePresence(["x-alice"]);
     expect(statuses).toMatchObject([{ userId: "x-alice", online: true }]);
+    // A push token registered through a gateway lands in the push process.
+    await bobPhone.c.registerDevice({ deviceId: "bob-phone", provider: "fcm", token: "fcm-token-1" });
+    const push = grpcClient(PushService, `127.0.0.1:${cluster.process("push-0").grpcPort}`);
+    const devices = (await push.listDevices({ userId: "x-bob" })).devices;
+    expect(devices.map((d) => [d.deviceId, d.provider, d.token])).toEqual([
+      ["bob-phone", Provider.FCM, "fcm-token-1"],
+    ]);
+    push.close();
 
     process.stdout.write(
       `cluster: 30 pipelined 1:1 messages sent on gateway-0, all on gateway-1 in ${crossMs.toFixed(0)} ms\n`,

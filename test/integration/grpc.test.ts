@@ -108,6 +108,42 @@ describe("gRPC APIs", () => {
     for (const c of [ids, presence, push]) c.close();
   });
 
+  it("registers and removes the signed-in user's push tokens over the WebSocket", async () => {
+    const client = await RawClient.connect(server.url, {
+      token: await devToken(server.dataDir, "dev-owner"),
+    });
+    const push = grpcClient(PushService, grpcAddress());
+    const ok = await client.request({
+      case: "registerDevice",
+      value: {
+        deviceId: "laptop",
+        provider: Provider.WEBPUSH,
+        token: '{"endpoint":"https://push.example/x"}',
+      },
+    });
+    expect(ok.kind.case).toBe("ok");
+    const listed = (await push.listDevices({ userId: "dev-owner" })).devices;
+    expect(listed.map((d) => [d.deviceId, d.provider, d.token])).toEqual([
+      ["laptop", Provider.WEBPUSH, '{"endpoint":"https://push.example/x"}'],
+    ]);
+    const bad = await client.request({
+      case: "registerDevice",
+      value: { deviceId: "x".repeat(129), provider: Provider.FCM, token: "t" },
+    });
+    expect(expectCase(bad, "error")).toMatchObject({ reason: "INVALID_DEVICE" });
+    const noToken = await client.request({
+      case: "registerDevice",
+      value: { deviceId: "phone", provider: Provider.FCM, token: "" },
+    });
+    expect(expectCase(noToken, "error")).toMatchObject({ reason: "INVALID_TOKEN_LENGTH" });
+    expect(
+      (await client.request({ case: "unregisterDevice", value: { deviceId: "laptop" } })).kind.case,
+    ).toBe("ok");
+    expect((await push.listDevices({ userId: "dev-owner" })).devices).toEqual([]);
+    push.close();
+    client.close();
+  });
+
   it("reports connection counts and drains clients with a reconnect frame and close 3001", async () => {
     const gateway = grpcClient(GatewayService, grpcAddress());
     const clients = await Promise.all(
