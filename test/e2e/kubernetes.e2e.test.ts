@@ -11,7 +11,15 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { once } from "node:events";
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { KubeConfig, loadAllYaml, type V1Pod } from "@kubernetes/client-node";
@@ -296,6 +304,23 @@ afterAll(async () => {
   rmSync(tokenDir, { recursive: true, force: true });
 }, 300_000);
 
+/** The last lines of every container's log the agent kept (what a failed Pod printed). */
+function containerLogTails(): string {
+  const out: string[] = [];
+  const podsDir = join(stateDir, "pods");
+  for (const pod of existsSync(podsDir) ? readdirSync(podsDir) : []) {
+    for (const file of readdirSync(join(podsDir, pod)).filter((f) => f.endsWith(".log"))) {
+      const tail = readFileSync(join(podsDir, pod, file), "utf8")
+        .trimEnd()
+        .split("\n")
+        .slice(-4)
+        .join("\n");
+      out.push(`--- ${pod}/${file} ---\n${tail.slice(-1_500)}`);
+    }
+  }
+  return out.slice(0, 12).join("\n");
+}
+
 function onFailure(fn: () => Promise<void>): () => Promise<void> {
   return async () => {
     try {
@@ -303,6 +328,7 @@ function onFailure(fn: () => Promise<void>): () => Promise<void> {
     } catch (err) {
       console.error(`--- operator log (tail) ---\n${operator.tail(30)}`);
       console.error(`--- node agent log (tail) ---\n${agentLog.trimEnd().split("\n").slice(-30).join("\n")}`);
+      console.error(containerLogTails());
       throw err;
     }
   };

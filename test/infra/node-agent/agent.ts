@@ -202,6 +202,9 @@ export class NodeAgent {
         stateDir: this.o.stateDir,
         images: this.o.images,
         shimPath: SHIM_PATH,
+        // The "image" is this repository: its files must stay visible under any volume mounted over
+        // one of its ancestors (an emptyDir on /tmp when the checkout is under /tmp).
+        imageRoots: [repoRoot()],
         logBytesMax: this.o.logBytesMax ?? 20 * 1024 * 1024,
         nodeAllocatable: this.resources,
         ips: this.ips,

@@ -235,3 +235,21 @@ describe("listen shim", () => {
     expect(rewriteListenArgs(args, ip)).toEqual(want);
   });
 });
+
+describe("namespace script with the image under a covered path", () => {
+  it("binds a kept path back when a volume covers one of its ancestors, and leaves others alone", () => {
+    const script = namespaceScript(
+      "p",
+      [{ source: "/state/empty", target: "/tmp", readOnly: false }],
+      ["/tmp/checkout", "/work/repo"],
+    );
+    const lines = script.split("\n");
+    expect(lines).toContain("mount --bind '/tmp/checkout' '/run/switchboard-node-agent-stage/1'");
+    expect(lines).toContain("mkdir -p '/tmp/checkout'");
+    expect(lines).toContain("mount --bind '/run/switchboard-node-agent-stage/1' '/tmp/checkout'");
+    expect(
+      lines.indexOf("mount --bind '/run/switchboard-node-agent-stage/1' '/tmp/checkout'"),
+    ).toBeGreaterThan(lines.indexOf("mount --bind '/run/switchboard-node-agent-stage/0' '/tmp'"));
+    expect(script).not.toContain("/work/repo");
+  });
+});

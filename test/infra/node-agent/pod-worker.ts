@@ -62,6 +62,8 @@ export interface PodWorkerDeps {
   images: readonly ImageMapping[];
   /** Absolute path of listen-shim.mjs. */
   shimPath: string;
+  /** Directories the mapped images' commands run from, kept visible inside every container. */
+  imageRoots: readonly string[];
   logBytesMax: number;
   nodeAllocatable: Record<string, string>;
   ips: IpPool;
@@ -343,6 +345,7 @@ export class PodWorker {
         cwd: c.workingDir || join(this.dirs.root, "containers", c.name),
         hostname,
         mounts,
+        keepVisible: this.deps.imageRoots,
         logPath: join(podLogDir(this.deps.stateDir, pod), `${c.name}.log`),
         pidPath: join(this.deps.stateDir, "pids", `${this.uid}_${c.name}.pid`),
         logBytesMax: this.deps.logBytesMax,

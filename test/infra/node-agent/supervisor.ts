@@ -50,6 +50,8 @@ export interface ProcessSpec {
   cwd: string;
   hostname: string;
   mounts: Mount[];
+  /** Host paths that stay visible at the same path even when a mount covers an ancestor (the image). */
+  keepVisible: readonly string[];
   logPath: string;
   /** Holds the pid while the process runs (removed when it exits). */
   pidPath: string;
@@ -85,8 +87,19 @@ export const MOUNT_STAGE = "/run/switchboard-node-agent-stage";
  * otherwise (an emptyDir mounted on /tmp hides volume sources kept under /tmp). Mount points that do
  * not exist are created on the host before (see ensureMountPoints): a real image would have them.
  */
-export function namespaceScript(hostname: string, mounts: readonly Mount[]): string {
+export function namespaceScript(
+  hostname: string,
+  volumeMounts: readonly Mount[],
+  keepVisible: readonly string[] = [],
+): string {
   const lines = ["set -e", `printf %s ${shellQuote(hostname)} > /proc/sys/kernel/hostname`];
+  // A kept path that a volume covers (itself or an ancestor) is bound back onto its own path last.
+  const covered = (path: string) =>
+    volumeMounts.some((m) => path === m.target || path.startsWith(`${m.target.replace(/\/$/, "")}/`));
+  const restore = keepVisible
+    .filter(covered)
+    .map((path) => ({ source: path, target: path, readOnly: false, restore: true }));
+  const mounts = [...volumeMounts.map((m) => ({ ...m, restore: false })), ...restore];
   if (mounts.length > 0) {
     const stage = (i: number) => shellQuote(`${MOUNT_STAGE}/${i}`);
     lines.push(`mount -t tmpfs -o size=64k,mode=0700 node-agent-stage ${shellQuote(MOUNT_STAGE)}`);
@@ -95,6 +108,8 @@ export function namespaceScript(hostname: string, mounts: readonly Mount[]): str
       lines.push(`mount --bind ${shellQuote(m.source)} ${stage(i)}`);
     });
     mounts.forEach((m, i) => {
+      // The covering volume has no such path: make the mount point inside it.
+      if (m.restore) lines.push(`mkdir -p ${shellQuote(m.target)}`);
       lines.push(`mount --bind ${stage(i)} ${shellQuote(m.target)}`);
       if (m.readOnly) lines.push(`mount -o remount,bind,ro ${shellQuote(m.target)}`);
     });
@@ -166,7 +181,7 @@ export class ContainerProcess {
         "--",
         "/bin/sh",
         "-c",
-        namespaceScript(spec.hostname, spec.mounts),
+        namespaceScript(spec.hostname, spec.mounts, spec.keepVisible),
         "sh",
         ...spec.argv,
       ],
