@@ -33,8 +33,8 @@ export type GatewayStores = Pick<
   "log" | "messages" | "membership" | "inbox" | "receipts" | "routing"
 >;
 
-/** What a connection needs from its gateway: services, storage, limits and the registry. */
-export interface GatewayContext {
+/** The services, stores and limits a gateway and each of its connections work with. */
+export interface GatewayServices {
   config: Config;
   log: Logger;
   metrics: Metrics;
@@ -44,6 +44,10 @@ export interface GatewayContext {
   presence: ServiceClient<typeof PresenceService>;
   push: ServiceClient<typeof PushService>;
   verify(token: string): Promise<Identity>;
+}
+
+/** What a connection needs from its gateway: its services, plus the registry and shared limits. */
+export interface GatewayContext extends GatewayServices {
   /** Per-user send limit across all the user's connections; 0 or ms to wait. */
   takeUserSend(userId: string): number;
   sharesConversation(a: string, b: string): Promise<boolean>;

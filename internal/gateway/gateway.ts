@@ -9,35 +9,19 @@ import type { Duplex } from "node:stream";
 import { WebSocketServer } from "ws";
 import type { MessageEvent } from "../../gen/switchboard/client/v1/client_pb.js";
 import type { GatewayService } from "../../gen/switchboard/gateway/v1/gateway_pb.js";
-import type { PresenceService } from "../../gen/switchboard/presence/v1/presence_pb.js";
-import type { PushService } from "../../gen/switchboard/push/v1/push_pb.js";
-import type { RouterService } from "../../gen/switchboard/router/v1/router_pb.js";
-
-import { type Conversations, directConversationId } from "../conversations/index.js";
-import type { Identity, TokenVerifier } from "../lib/auth.js";
-import type { Config } from "../lib/config.js";
-import type { Logger } from "../lib/log.js";
-import type { Metrics } from "../lib/metrics.js";
-import type { ServiceClient, ServiceImpl } from "../lib/rpc.js";
+import { directConversationId } from "../conversations/index.js";
+import type { Identity } from "../lib/auth.js";
+import type { ServiceImpl } from "../lib/rpc.js";
 import { CloseCode } from "./close-codes.js";
 import { type Encoding, encodeServerFrame, SUBPROTOCOL_BINARY, SUBPROTOCOL_JSON } from "./codec.js";
-import { Connection, type GatewayContext, type GatewayStores } from "./connection.js";
+import { Connection, type GatewayContext, type GatewayServices } from "./connection.js";
 import { TokenBucket } from "./rate-limit.js";
 
 const CREDIT_EVERY_EVENTS = 256;
 const RECHECK_SPREAD_MS = 1_000;
 const SHARED_CONVERSATIONS_SCAN_MAX = 1_000;
 
-export interface GatewayOptions {
-  config: Config;
-  log: Logger;
-  metrics: Metrics;
-  backends: GatewayStores;
-  conversations: Conversations;
-  router: ServiceClient<typeof RouterService>;
-  presence: ServiceClient<typeof PresenceService>;
-  push: ServiceClient<typeof PushService>;
-  verify: TokenVerifier;
+export interface GatewayOptions extends GatewayServices {
   gatewayId: string;
   gatewayEpoch: number;
   /** host:port routers in other processes dial for this gateway's Deliver stream ("" in-process only). */
