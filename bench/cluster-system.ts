@@ -18,7 +18,15 @@ import {
 import { mintTokens } from "./client.js";
 import { datacenter, type InfraCpu, type RunNames, type SharedInfra } from "./infra.js";
 import type { ServerSettings } from "./options.js";
-import { forget, hasTaskset, type Killable, killOnExit, procCpuSeconds, procStatusKb } from "./server.js";
+import {
+  forget,
+  hasTaskset,
+  type Killable,
+  killOnExit,
+  procCpuSeconds,
+  procStatusKb,
+  sumMetrics,
+} from "./server.js";
 import { type LogDigest, SERVER_ENV, type StopReport, type SystemUnderTest } from "./sut.js";
 
 /** The run's topic prefix and keyspace as the cluster named them (`sbc<id>.`, `sbc_<id>`). */
@@ -222,19 +230,11 @@ export class ClusterSystem implements SystemUnderTest {
 
 /** Sums every sample of each requested metric name on one /metrics page ({} when unreachable). */
 async function scrape(url: string, names: string[]): Promise<Record<string, number>> {
-  const out: Record<string, number> = {};
   let text: string;
   try {
     text = await (await fetch(url, { signal: AbortSignal.timeout(5_000) })).text();
   } catch {
-    return out;
+    return {};
   }
-  for (const line of text.split("\n")) {
-    if (line.startsWith("#")) continue;
-    const sp = line.lastIndexOf(" ");
-    const brace = line.indexOf("{");
-    const name = brace >= 0 && brace < sp ? line.slice(0, brace) : line.slice(0, sp);
-    if (names.includes(name)) out[name] = (out[name] ?? 0) + Number(line.slice(sp + 1));
-  }
-  return out;
+  return sumMetrics(text, names);
 }

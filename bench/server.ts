@@ -240,16 +240,7 @@ export class ServerProcess implements Killable {
   /** Scrapes /metrics and returns the sum of every sample of each requested metric name. */
   async metrics(names: string[]): Promise<Record<string, number>> {
     const res = await fetch(`http://127.0.0.1:${this.port}/metrics`);
-    const text = await res.text();
-    const out: Record<string, number> = {};
-    for (const line of text.split("\n")) {
-      if (line.startsWith("#")) continue;
-      const sp = line.lastIndexOf(" ");
-      const brace = line.indexOf("{");
-      const name = brace >= 0 && brace < sp ? line.slice(0, brace) : line.slice(0, sp);
-      if (names.includes(name)) out[name] = (out[name] ?? 0) + Number(line.slice(sp + 1));
-    }
-    return out;
+    return sumMetrics(await res.text(), names);
   }
 
   /**
@@ -325,4 +316,17 @@ export function fsyncProbe(dir: string, n = 100): { p50_ms: number; p99_ms: numb
   xs.sort((a, b) => a - b);
   const at = (q: number) => Math.round(xs[Math.min(xs.length - 1, Math.floor(q * xs.length))]! * 100) / 100;
   return { p50_ms: at(0.5), p99_ms: at(0.99), max_ms: at(1) };
+}
+
+/** The sum of every sample of each requested metric name in a Prometheus text page. */
+export function sumMetrics(text: string, names: readonly string[]): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const line of text.split("\n")) {
+    if (line.startsWith("#")) continue;
+    const sp = line.lastIndexOf(" ");
+    const brace = line.indexOf("{");
+    const name = brace >= 0 && brace < sp ? line.slice(0, brace) : line.slice(0, sp);
+    if (names.includes(name)) out[name] = (out[name] ?? 0) + Number(line.slice(sp + 1));
+  }
+  return out;
 }
