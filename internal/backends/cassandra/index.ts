@@ -21,10 +21,21 @@ import { CassandraPresenceStore } from "./presence.js";
 import { CassandraReceiptStore } from "./receipts.js";
 import { migrate, type Replication, verifySchema } from "./schema.js";
 import { CassandraSequencerStore } from "./sequencer.js";
-import { type ConsistencyOptions, checkKeyspaceName, Session, storageError } from "./session.js";
+import {
+  type ConsistencyOptions,
+  checkKeyspaceName,
+  type RequestCounts,
+  Session,
+  storageError,
+} from "./session.js";
 
 export { INBOX_BUCKET_SIZE, migrate, type Replication, SEQ_BUCKET_SIZE } from "./schema.js";
-export type { ConsistencyName, ConsistencyOptions, SerialConsistencyName } from "./session.js";
+export type {
+  ConsistencyName,
+  ConsistencyOptions,
+  RequestCounts,
+  SerialConsistencyName,
+} from "./session.js";
 export {
   CassandraDeviceStore,
   CassandraInboxStore,
@@ -73,6 +84,8 @@ export interface CassandraStores extends Closeable {
   readonly presence: CassandraPresenceStore;
   readonly devices: CassandraDeviceStore;
   readonly sequencer: CassandraSequencerStore;
+  /** Requests sent so far, by kind (one live object). */
+  readonly requests: RequestCounts;
 }
 
 export async function openCassandraStores(options: CassandraOptions): Promise<CassandraStores> {
@@ -134,6 +147,7 @@ export async function openCassandraStores(options: CassandraOptions): Promise<Ca
     presence: new CassandraPresenceStore(session),
     devices: new CassandraDeviceStore(session),
     sequencer: new CassandraSequencerStore(session),
+    requests: session.requests,
     close() {
       closing ??= (async () => {
         session.markClosed();

@@ -45,7 +45,25 @@ export interface CallOptions {
   idempotent: boolean;
   fetchSize?: number;
   pageState?: string;
+  /**
+   * The write timestamp (microseconds) of every cell the request writes, instead of the client's
+   * clock: an owner fenced by epoch writes with its epoch, so a former owner's late writes lose
+   * last-write-wins to its successor's whatever order they arrive in (ADR 0002).
+   */
+  writeTimestamp?: bigint;
 }
+
+/** Requests this session sent, by kind: what the benchmarks divide by messages. */
+export interface RequestCounts {
+  reads: number;
+  writes: number;
+  /** Batches (logged or not) without conditions: one request each, however many statements. */
+  batches: number;
+  /** Requests with a condition (IF ...): each is a Paxos round. */
+  lwts: number;
+}
+
+const CONDITIONAL = /\bIF\s+(NOT\s+EXISTS|EXISTS|[a-z_]+\s*(=|<|>|!=))/i;
 
 /** Server errors after which the node or replica set is (perhaps briefly) not serving: retry later. */
 const UNAVAILABLE_CODES = new Set<number>([
@@ -105,6 +123,8 @@ export class Session {
   private readonly consistency: number;
   private readonly serialConsistency: number;
   private closed = false;
+  /** Requests sent, by kind (counted when sent, whether they succeed or not). */
+  readonly requests: RequestCounts = { reads: 0, writes: 0, batches: 0, lwts: 0 };
 
   constructor(
     readonly client: Client,
@@ -130,6 +150,8 @@ export class Session {
     };
     if (call.fetchSize !== undefined) options.fetchSize = call.fetchSize;
     if (call.pageState !== undefined) options.pageState = call.pageState;
+    if (call.writeTimestamp !== undefined)
+      options.timestamp = cassandra.types.Long.fromString(call.writeTimestamp.toString());
     return options;
   }
 
@@ -140,6 +162,9 @@ export class Session {
 
   async execute(what: string, query: string, params: Params, call: CallOptions): Promise<types.ResultSet> {
     this.checkOpen(what);
+    if (CONDITIONAL.test(query)) this.requests.lwts++;
+    else if (/^\s*SELECT\b/i.test(query)) this.requests.reads++;
+    else this.requests.writes++;
     try {
       return await this.client.execute(query, params as unknown[], this.options(call));
     } catch (err) {
@@ -173,6 +198,8 @@ export class Session {
     this.checkOpen(what);
     const options = this.options(call);
     options.logged = call.logged;
+    if (statements.some((s) => CONDITIONAL.test(s.query))) this.requests.lwts++;
+    else this.requests.batches++;
     try {
       return await this.client.batch(
         statements.map((s) => ({ query: s.query, params: s.params as unknown[] })),

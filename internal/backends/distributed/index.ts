@@ -4,7 +4,7 @@
  */
 import { Kafka, type KafkaConfig, logLevel } from "kafkajs";
 import type { Logger } from "../../lib/log.js";
-import { type CassandraOptions, openCassandraStores } from "../cassandra/index.js";
+import { type CassandraOptions, openCassandraStores, type RequestCounts } from "../cassandra/index.js";
 import { BatchProducer } from "../kafka/batch-producer.js";
 import { KafkaMessageLog } from "../kafka/log.js";
 import { KafkaRouting } from "../kafka/routing.js";
@@ -42,6 +42,11 @@ export interface DistributedBackends extends Backends {
   readonly kafka: Kafka;
   /** Why storage is unreachable right now (for /readyz), or undefined when Kafka and Cassandra are. */
   unreachable(): string | undefined;
+  /** Requests this process sent to Cassandra and Kafka so far (live counters, for metrics). */
+  readonly requests: {
+    cassandra: RequestCounts;
+    kafka: { produceRequests: () => number; producedRecords: () => number };
+  };
 }
 
 const levels: Record<number, "error" | "warn" | "info" | "debug"> = {
@@ -141,6 +146,13 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
       routing,
       presence: stores.presence,
       devices: stores.devices,
+      requests: {
+        cassandra: stores.requests,
+        kafka: {
+          produceRequests: () => batchProducer.stats.requests,
+          producedRecords: () => batchProducer.stats.records,
+        },
+      },
       unreachable: () => {
         if (stores.client.getState().getConnectedHosts().length === 0)
           return `Cassandra: no connected node among ${o.cassandra.contactPoints.join(",")}`;
