@@ -12,9 +12,10 @@
  * Cassandra at the configured consistency) within the measured window; a sample of conversations is
  * read back afterwards (lastSeq) to check that the rows are there.
  *
- * For comparison it also drives the sequencer's fence, `CassandraSequencerStore.assign` (one Paxos
- * round per call: the head CAS plus one dedupe row per entry), the same way: `entriesPerAssign` new
- * seqs of one conversation per call, each conversation owned by one caller (no CAS conflicts).
+ * For comparison it also drives the sequencer's per-conversation state, `CassandraSequencerStore.record`
+ * (one plain single-partition write per call: the head plus one dedupe row per entry, ADR 0002), the
+ * same way: `entriesPerAssign` new seqs of one conversation per call, each conversation owned by one
+ * caller.
  * Before each shape it waits (bounded) until the machine is quiet, so a previous phase's flushes and
  * compactions are not counted against the writer.
  */
@@ -288,20 +289,20 @@ async function runFence(
       });
       const t = performance.now();
       try {
-        const applied = await stores.sequencer.assign(convs[i]!, head, batch);
-        if (applied) heads[i] = head + entries;
-        else {
-          notApplied++;
-          heads[i] = await stores.sequencer.head(convs[i]!);
-        }
-        if (w.measuring && applied) {
+        // One owner per conversation (no fence to lose): the head and dedupe rows as one plain write.
+        await stores.sequencer.record(
+          [{ conversationId: convs[i]!, head: head + entries, assigned: batch }],
+          BigInt(Date.now()) * 1000n,
+          3600,
+        );
+        heads[i] = head + entries;
+        if (w.measuring) {
           recordMs(hist, performance.now() - t);
           assigns++;
         }
       } catch (err) {
         errors++;
         errorSample ??= err instanceof Error ? err.message : String(err);
-        heads[i] = await stores.sequencer.head(convs[i]!).catch(() => head);
         if (errors > 100) w.stopping = true;
       }
     }

@@ -27,8 +27,17 @@ export interface AppendResult {
   duplicate: boolean;
 }
 
+/**
+ * A sequenced message as a consumer gets it. `recipients`, when the log knows them, are the
+ * conversation's members at the message's position in the log (membership changes are ordered with
+ * the messages); without them the consumer reads the members itself.
+ */
+export interface LoggedMessage extends StoredMessage {
+  recipients?: readonly string[];
+}
+
 /** Hands out ordered batches to one consumer; resolves when the batch's effects are durable. */
-export type BatchHandler = (messages: StoredMessage[]) => Promise<void>;
+export type BatchHandler = (messages: LoggedMessage[]) => Promise<void>;
 
 export interface Closeable {
   close(): Promise<void>;
@@ -63,8 +72,13 @@ export interface HistoryPage {
 
 /** Durable message storage by (conversation, bucket) partition and seq clustering. */
 export interface MessageStore extends Closeable {
-  /** Idempotent upsert of immutable rows (re-writing the same message is harmless). */
-  write(messages: StoredMessage[]): Promise<void>;
+  /**
+   * Idempotent upsert of immutable rows (re-writing the same message is harmless). `fence`: the
+   * writer's ownership epoch; a row written under a higher fence wins over one written under a lower
+   * one, whatever the order (the distributed sequencer's zombie fence; the embedded store has one
+   * writer and ignores it).
+   */
+  write(messages: StoredMessage[], options?: { fence?: bigint }): Promise<void>;
   /** With only beforeSeq: the newest `limit` below it; with afterSeq: the oldest `limit` above it. */
   history(conversationId: string, query: HistoryQuery): Promise<HistoryPage>;
   lastSeq(conversationId: string): Promise<number>;
@@ -184,24 +198,39 @@ export interface SequencedRef {
   messageId: string;
 }
 
+/** One conversation's share of a sequenced batch: the new head and the new dedupe rows. */
+export interface SequencerRecord {
+  conversationId: string;
+  /** The conversation's last assigned seq after this batch. */
+  head: number;
+  /** Dedupe rows of the messages this batch assigned (`${sender}\u0000${clientMsgId}` -> ref). */
+  assigned: Array<{ dedupeKey: string; seq: number; messageId: string }>;
+}
+
 /**
- * The fenced per-conversation seq counter of the distributed backend (ADR 0002). Each `assign` is one
- * atomic conditional write: it applies only if the stored head still equals `expectedHead` and none of
- * the entries' dedupe keys exists; so a paused (zombie) sequencer can never reuse a seq or give a
- * message a second one.
+ * The per-conversation seq state of the distributed backend (ADR 0002): the last assigned seq and
+ * the dedupe rows, written without conditions by the single owner of the conversation's partition.
+ * Every write carries the owner's epoch as its write timestamp, so whatever a former owner writes
+ * late loses to its successor's; the fence itself is the partition's epoch (OwnershipStore).
  */
 export interface SequencerStore extends Closeable {
-  /** Last assigned seq of the conversation (0 when none). */
-  head(conversationId: string): Promise<number>;
-  /** Messages already sequenced under these dedupe keys (`${sender}\u0000${clientMsgId}`). */
-  lookup(conversationId: string, dedupeKeys: string[]): Promise<Map<string, SequencedRef>>;
+  /** Last assigned seq per conversation (0 when none); one request for many conversations. */
+  heads(conversationIds: string[]): Promise<Map<string, number>>;
+  /** Dedupe rows found for these keys, by conversation then key; one request per few conversations. */
+  lookup(keys: Map<string, string[]>): Promise<Map<string, Map<string, SequencedRef>>>;
   /**
-   * Sets head = expectedHead + entries.length and records every entry's dedupe row, if and only if the
-   * head is still `expectedHead` and no dedupe row exists. `entries[i].seq` must be expectedHead + i + 1.
+   * Writes the heads and dedupe rows at write timestamp `epoch`; dedupe rows expire after
+   * `dedupeWindowSeconds` (a resend after that is a new message).
    */
-  assign(
-    conversationId: string,
-    expectedHead: number,
-    entries: Array<{ dedupeKey: string; seq: number; messageId: string }>,
-  ): Promise<boolean>;
+  record(records: SequencerRecord[], epoch: bigint, dedupeWindowSeconds: number): Promise<void>;
+}
+
+/**
+ * Who owns a partition of a stream (the sequencer's drafts partitions): one conditional write per
+ * claim, never per message. A claim gets an epoch above every earlier one; an owner checks with
+ * `current` (a plain read) that its epoch is still the newest before it acknowledges anything.
+ */
+export interface OwnershipStore extends Closeable {
+  claim(stream: string, partition: number, owner: string): Promise<bigint>;
+  current(stream: string, partition: number): Promise<bigint | undefined>;
 }

@@ -99,14 +99,14 @@ describe("schema migrations", () => {
       const ks = `switchboard_test_${run}_m`;
       try {
         const first = await migrate(a.client, { keyspace: ks, replication });
-        expect(first.applied).toEqual([1, 2, 3, 4]);
+        expect(first.applied).toEqual([1, 2, 3, 4, 5]);
         const second = await migrate(a.client, { keyspace: ks, replication });
-        expect(second).toEqual({ applied: [], version: 4 });
+        expect(second).toEqual({ applied: [], version: 5 });
 
         const rows = (
           await a.client.execute(`SELECT version, name, checksum, applied_at FROM ${ks}.schema_migrations`)
         ).rows;
-        expect(rows.map((r) => r.get("version") as number).sort()).toEqual([1, 2, 3, 4]);
+        expect(rows.map((r) => r.get("version") as number).sort()).toEqual([1, 2, 3, 4, 5]);
         for (const r of rows) {
           expect(r.get("name")).toEqual(expect.any(String));
           expect(r.get("checksum")).toMatch(/^[0-9a-f]{16}$/);
@@ -153,10 +153,14 @@ describe("schema migrations", () => {
     "opening the same keyspace again migrates nothing and sees the data",
     async () => {
       const conversationId = id("reopen");
-      await a.sequencer.assign(conversationId, 0, [{ dedupeKey: "k", seq: 1, messageId: "1" }]);
+      await a.sequencer.record(
+        [{ conversationId, head: 1, assigned: [{ dedupeKey: "k", seq: 1, messageId: "1" }] }],
+        epochAt(1),
+        3600,
+      );
       const again = await openCassandraStores(options);
       try {
-        expect(await again.sequencer.head(conversationId)).toBe(1);
+        expect(await again.sequencer.heads([conversationId])).toEqual(new Map([[conversationId, 1]]));
       } finally {
         await again.close();
       }
@@ -347,135 +351,167 @@ describe("message store", () => {
 });
 
 // ---------------------------------------------------------------------------------------------
-describe("sequencer store", () => {
-  const entry = (key: string, seq: number) => ({ dedupeKey: key, seq, messageId: `m-${key}` });
+describe("sequencer store and partition ownership", () => {
+  const entry = (key: string, seq: number, epoch = "") => ({
+    dedupeKey: key,
+    seq,
+    messageId: `m-${key}${epoch}`,
+  });
+  const message = (conversationId: string, seq: number, messageId: string): StoredMessage => ({
+    conversationId,
+    seq,
+    messageId,
+    sender: "s",
+    clientMsgId: messageId,
+    body: `body ${messageId}`,
+    createdAtMs: 1_790_000_000_000,
+  });
 
   it(
-    "assign applies only with the right expected head; a stale head fails",
+    "record writes heads and dedupe rows of many conversations; heads and lookup read them back in few requests",
     async () => {
-      const c = id("seq");
-      expect(await a.sequencer.head(c)).toBe(0);
-      expect(await a.sequencer.assign(c, 0, [entry("a\u0000x", 1), entry("b\u0000y", 2)])).toBe(true);
-      expect(await a.sequencer.head(c)).toBe(2);
-      // Wrong heads: behind (stale) and ahead.
-      expect(await b.sequencer.assign(c, 0, [entry("c", 1)])).toBe(false);
-      expect(await b.sequencer.assign(c, 1, [entry("c", 2)])).toBe(false);
-      expect(await b.sequencer.assign(c, 3, [entry("c", 4)])).toBe(false);
-      expect(await a.sequencer.head(c)).toBe(2);
-      expect(await a.sequencer.lookup(c, ["c"])).toEqual(new Map());
-
-      expect(await b.sequencer.assign(c, 2, [entry("c", 3)])).toBe(true);
-      // The zombie still believing head = 2 is fenced off.
-      expect(await a.sequencer.assign(c, 2, [entry("d", 3)])).toBe(false);
-      expect(await a.sequencer.head(c)).toBe(3);
-      expect(await a.sequencer.lookup(c, ["a\u0000x", "c", "d", "b\u0000y"])).toEqual(
-        new Map([
-          ["a\u0000x", { seq: 1, messageId: "m-a\u0000x" }],
-          ["b\u0000y", { seq: 2, messageId: "m-b\u0000y" }],
-          ["c", { seq: 3, messageId: "m-c" }],
-        ]),
+      const cs = range(1, 40).map(() => id("seq"));
+      const before = { ...a.requests };
+      await a.sequencer.record(
+        cs.map((c, i) => ({ conversationId: c, head: i + 1, assigned: [entry(`u\u0000k${i}`, i + 1)] })),
+        epochAt(1),
+        3600,
       );
-    },
-    LONG,
-  );
-
-  it(
-    "a duplicate dedupe key fails the whole batch: no head move, no other row",
-    async () => {
-      const c = id("seq");
-      expect(await a.sequencer.assign(c, 0, [entry("k1", 1)])).toBe(true);
-      expect(await a.sequencer.assign(c, 1, [entry("k2", 2), entry("k1", 3), entry("k3", 4)])).toBe(false);
-      expect(await a.sequencer.head(c)).toBe(1);
-      expect([...(await a.sequencer.lookup(c, ["k1", "k2", "k3"])).keys()]).toEqual(["k1"]);
-      // Seqs must follow the head; a key twice in one batch is a programming error.
-      await expect(a.sequencer.assign(c, 1, [entry("k2", 3)])).rejects.toThrow(/seq 3, expected 2/);
-      await expect(a.sequencer.assign(c, 1, [entry("k2", 2), entry("k2", 3)])).rejects.toThrow(/twice/);
-      expect(await a.sequencer.assign(c, 1, [entry("k2", 2), entry("k3", 3)])).toBe(true);
-      expect(await a.sequencer.head(c)).toBe(3);
-    },
-    LONG,
-  );
-
-  it(
-    "racing sequencers on two clients: seqs 1..n, each assigned exactly once",
-    async () => {
-      const c = id("race");
-      const n = 40;
-      let attempts = 0;
-      let unknown = 0;
-      const sequencers = [a.sequencer, b.sequencer];
-      const started = performance.now();
-      const results = await Promise.all(
-        range(1, n).map(async (i) => {
-          const store = sequencers[i % 2]!;
-          const key = `sender${i % 3}\u0000msg${i}`;
-          for (;;) {
-            attempts++;
-            const head = await store.head(c);
-            try {
-              if (await store.assign(c, head, [{ dedupeKey: key, seq: head + 1, messageId: `id${i}` }]))
-                return { key, seq: head + 1 };
-            } catch (err) {
-              // Outcome unknown (a timeout under contention): the dedupe row tells.
-              expect(err).toMatchObject({ code: Code.UNAVAILABLE, reason: "STORAGE_UNAVAILABLE" });
-              unknown++;
-            }
-            const known = (await store.lookup(c, [key])).get(key);
-            if (known) return { key, seq: known.seq };
-          }
-        }),
+      const heads = await a.sequencer.heads([...cs, id("none")]);
+      expect(cs.map((c) => heads.get(c))).toEqual(range(1, 40));
+      expect([...heads.values()].at(-1)).toBe(0);
+      // Every conversation asks for its own key and the key of its neighbour: only own rows return.
+      const found = await a.sequencer.lookup(
+        new Map(cs.map((c, i) => [c, [`u\u0000k${i}`, `u\u0000k${(i + 1) % cs.length}`]])),
       );
-      const ms = performance.now() - started;
-      figures.push(
-        `SequencerStore race: ${n} messages, 2 clients, ${attempts} attempts (${unknown} timed out) in ` +
-          `${Math.round(ms)} ms`,
-      );
-      expect(results.map((r) => r.seq).sort((x, y) => x - y)).toEqual(range(1, n));
-      expect(await a.sequencer.head(c)).toBe(n);
-      const stored = await b.sequencer.lookup(
-        c,
-        results.map((r) => r.key),
-      );
-      expect(stored.size).toBe(n);
-      for (const r of results) expect(stored.get(r.key)?.seq).toBe(r.seq);
-    },
-    LONG,
-  );
-
-  it(
-    "assign throughput (LWT/s): one conversation sequentially, and 16 conversations in parallel",
-    async () => {
-      const sequential = async (c: string, count: number, batch: number) => {
-        for (let head = 0; head < count; head += batch) {
-          const entries = range(head + 1, head + batch).map((seq) => entry(`k${seq}`, seq));
-          expect(await a.sequencer.assign(c, head, entries)).toBe(true);
-        }
+      expect(cs.map((c, i) => found.get(c)?.get(`u\u0000k${i}`)?.seq)).toEqual(range(1, 40));
+      expect(cs.every((c) => found.get(c)?.size === 1)).toBe(true);
+      const spent = {
+        writes: a.requests.writes + a.requests.batches - before.writes - before.batches,
+        reads: a.requests.reads - before.reads,
+        lwts: a.requests.lwts - before.lwts,
       };
-      let started = performance.now();
-      await sequential(id("lwt"), 200, 1);
-      let ms = performance.now() - started;
       figures.push(
-        `SequencerStore.assign, 1 conversation, 1 entry each: 200 LWT in ${Math.round(ms)} ms = ${perSecond(200, ms)} LWT/s`,
+        `SequencerStore: 40 conversations recorded, read and looked up with ${JSON.stringify(spent)} requests`,
+      );
+      expect(spent.lwts).toBe(0);
+      expect(spent.writes).toBe(1);
+      expect(spent.reads).toBeLessThanOrEqual(4);
+    },
+    LONG,
+  );
+
+  it(
+    "a fenced-out owner's late writes lose to its successor's, whatever the order; readers stop at the head",
+    async () => {
+      const c = id("zombie");
+      const older = epochAt(1);
+      const newer = epochAt(2);
+      // The successor (newer epoch) sequences 1..3 first; the zombie's stale batch (1..5) lands after.
+      await a.sequencer.record(
+        [
+          {
+            conversationId: c,
+            head: 3,
+            assigned: [entry("k1", 1, "new"), entry("k2", 2, "new"), entry("k3", 3, "new")],
+          },
+        ],
+        newer,
+        3600,
+      );
+      await a.messages.write(
+        range(1, 3).map((seq) => message(c, seq, `new${seq}`)),
+        { fence: newer },
+      );
+      await b.sequencer.record(
+        [{ conversationId: c, head: 5, assigned: range(1, 5).map((seq) => entry(`k${seq}`, seq, "old")) }],
+        older,
+        3600,
+      );
+      await b.messages.write(
+        range(1, 5).map((seq) => message(c, seq, `old${seq}`)),
+        { fence: older },
       );
 
-      started = performance.now();
-      await Promise.all(range(1, 16).map(() => sequential(id("lwt"), 50, 1)));
-      ms = performance.now() - started;
-      figures.push(
-        `SequencerStore.assign, 16 conversations in parallel: 800 LWT in ${Math.round(ms)} ms = ${perSecond(800, ms)} LWT/s`,
-      );
+      expect(await a.sequencer.heads([c])).toEqual(new Map([[c, 3]]));
+      const refs = (await a.sequencer.lookup(new Map([[c, range(1, 5).map((seq) => `k${seq}`)]]))).get(c)!;
+      expect(range(1, 3).map((seq) => refs.get(`k${seq}`)?.messageId)).toEqual([
+        "m-k1new",
+        "m-k2new",
+        "m-k3new",
+      ]);
+      // The zombie's rows at 4 and 5 exist but lie above the head: no reader shows them.
+      expect(
+        (await a.messages.getMany(range(1, 5).map((seq) => ({ conversationId: c, seq })))).map(
+          (m) => m.messageId,
+        ),
+      ).toEqual(["new1", "new2", "new3", "old4", "old5"]);
+      expect(await a.messages.lastSeq(c)).toBe(3);
+      expect((await a.messages.history(c, { limit: 10 })).messages.map((m) => m.messageId)).toEqual([
+        "new1",
+        "new2",
+        "new3",
+      ]);
+      expect(
+        (await a.messages.history(c, { afterSeq: 2, limit: 10 })).messages.map((m) => m.messageId),
+      ).toEqual(["new3"]);
 
-      started = performance.now();
-      await sequential(id("lwt"), 2_000, 100);
-      ms = performance.now() - started;
-      figures.push(
-        `SequencerStore.assign, batches of 100 entries: 20 LWT in ${Math.round(ms)} ms = ${perSecond(20, ms)} LWT/s ` +
-          `(${perSecond(2_000, ms)} seqs/s)`,
+      // The successor goes on at 4 and 5: its rows replace the leftovers.
+      await a.sequencer.record(
+        [{ conversationId: c, head: 5, assigned: [entry("k6", 4, "new"), entry("k7", 5, "new")] }],
+        newer,
+        3600,
       );
+      await a.messages.write([message(c, 4, "new4"), message(c, 5, "new5")], { fence: newer });
+      expect((await a.messages.history(c, { limit: 10 })).messages.map((m) => m.messageId)).toEqual(
+        range(1, 5).map((seq) => `new${seq}`),
+      );
+    },
+    LONG,
+  );
+
+  it(
+    "dedupe rows expire after the dedupe window; the head stays",
+    async () => {
+      const c = id("ttl");
+      await a.sequencer.record([{ conversationId: c, head: 1, assigned: [entry("k", 1)] }], epochAt(1), 1);
+      expect((await a.sequencer.lookup(new Map([[c, ["k"]]]))).get(c)?.get("k")).toEqual({
+        seq: 1,
+        messageId: "m-k",
+      });
+      await new Promise((r) => setTimeout(r, 2_500));
+      expect((await a.sequencer.lookup(new Map([[c, ["k"]]]))).get(c)).toBeUndefined();
+      expect(await a.sequencer.heads([c])).toEqual(new Map([[c, 1]]));
+    },
+    LONG,
+  );
+
+  it(
+    "claims give every claimant a higher epoch; current names the newest; racing claims never share one",
+    async () => {
+      const stream = id("stream");
+      expect(await a.ownership.current(stream, 0)).toBeUndefined();
+      const first = await a.ownership.claim(stream, 0, "a");
+      const second = await b.ownership.claim(stream, 0, "b");
+      expect(second > first).toBe(true);
+      expect(await a.ownership.current(stream, 0)).toBe(second);
+      expect(await a.ownership.current(stream, 1)).toBeUndefined();
+      const racing = await Promise.all(
+        range(1, 6).map((i) => (i % 2 ? a : b).ownership.claim(stream, 0, `r${i}`)),
+      );
+      expect(new Set(racing).size).toBe(6);
+      expect(racing.every((e) => e > second)).toBe(true);
+      const newest = racing.reduce((x, y) => (y > x ? y : x));
+      expect(await b.ownership.current(stream, 0)).toBe(newest);
     },
     LONG,
   );
 });
+
+/** A write timestamp `n` seconds after a fixed point, as an owner's epoch (µs). */
+function epochAt(n: number): bigint {
+  return (1_790_000_000_000n + BigInt(n) * 1000n) * 1000n;
+}
 
 // ---------------------------------------------------------------------------------------------
 describe("inbox store", () => {

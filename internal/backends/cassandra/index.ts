@@ -17,6 +17,7 @@ import { CassandraDeviceStore } from "./devices.js";
 import { CassandraInboxStore } from "./inbox.js";
 import { CassandraMembershipStore } from "./membership.js";
 import { CassandraMessageStore } from "./messages.js";
+import { CassandraOwnershipStore } from "./ownership.js";
 import { CassandraPresenceStore } from "./presence.js";
 import { CassandraReceiptStore } from "./receipts.js";
 import { migrate, type Replication, verifySchema } from "./schema.js";
@@ -41,6 +42,7 @@ export {
   CassandraInboxStore,
   CassandraMembershipStore,
   CassandraMessageStore,
+  CassandraOwnershipStore,
   CassandraPresenceStore,
   CassandraReceiptStore,
   CassandraSequencerStore,
@@ -84,6 +86,7 @@ export interface CassandraStores extends Closeable {
   readonly presence: CassandraPresenceStore;
   readonly devices: CassandraDeviceStore;
   readonly sequencer: CassandraSequencerStore;
+  readonly ownership: CassandraOwnershipStore;
   /** Requests sent so far, by kind (one live object). */
   readonly requests: RequestCounts;
 }
@@ -147,6 +150,7 @@ export async function openCassandraStores(options: CassandraOptions): Promise<Ca
     presence: new CassandraPresenceStore(session),
     devices: new CassandraDeviceStore(session),
     sequencer: new CassandraSequencerStore(session),
+    ownership: new CassandraOwnershipStore(session),
     requests: session.requests,
     close() {
       closing ??= (async () => {

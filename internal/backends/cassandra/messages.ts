@@ -10,8 +10,10 @@
  * A bucket's marker is written (and awaited) before its first rows, so a reader that finds the marker
  * may see an empty bucket for a moment, but never rows without a marker.
  *
- * Rows are upserts without a read: the sequencer's fence (SequencerStore) guarantees a (conversation,
- * seq) is never given to two messages, so a re-write always carries the same values.
+ * Rows are upserts without a read. The sequencer writes them with its ownership epoch as write
+ * timestamp (`fence`): a (conversation, seq) that a fenced-out former owner wrote late, with another
+ * message, loses to its successor's row; history and lastSeq stop at the conversation's assigned head
+ * (kept by the sequencer), so such a row above the head is never shown either (ADR 0002).
  */
 import type { HistoryPage, HistoryQuery, MessageStore, StoredMessage } from "../types.js";
 import { SEQ_BUCKET_SIZE, seqBucket } from "./schema.js";
@@ -51,59 +53,69 @@ export class CassandraMessageStore implements MessageStore {
     this.q = statements(s);
   }
 
-  async write(messages: StoredMessage[]): Promise<void> {
+  async write(messages: StoredMessage[], options: { fence?: bigint } = {}): Promise<void> {
     if (messages.length === 0) return;
-    const byPartition = groupBy(messages, (m) => `${m.conversationId}\u0000${seqBucket(m.seq)}`);
-
-    const markers = [...byPartition.keys()].filter((k) => !this.knownBuckets.has(k));
-    await this.limiter.map(markers, async (key) => {
-      const m = byPartition.get(key)![0]!;
-      await this.s.execute(
-        "buckets_by_conversation: insert marker",
-        this.q.insertBucket,
-        [m.conversationId, seqBucket(m.seq)],
-        { idempotent: true },
-      );
-    });
-
-    const batches: StoredMessage[][] = [];
-    for (const rows of byPartition.values()) {
-      let batch: StoredMessage[] = [];
-      let bytes = 0;
-      for (const m of rows) {
-        const size = Buffer.byteLength(m.body) + 256;
-        if (batch.length > 0 && (batch.length >= BATCH_ROWS_MAX || bytes + size > BATCH_BYTES_MAX)) {
-          batches.push(batch);
-          batch = [];
-          bytes = 0;
+    const call = options.fence === undefined ? {} : { writeTimestamp: options.fence };
+    // Per conversation, older buckets first (their markers first of all), so that a reader walking
+    // up the buckets never finds a row above one that is still missing; conversations in parallel.
+    const byConversation = groupBy(messages, (m) => m.conversationId);
+    const written: string[] = [];
+    await Promise.all(
+      [...byConversation.values()].map(async (rows) => {
+        const byBucket = [...groupBy(rows, (m) => String(seqBucket(m.seq))).values()].sort(
+          (a, b) => a[0]!.seq - b[0]!.seq,
+        );
+        for (const bucketRows of byBucket) {
+          const first = bucketRows[0]!;
+          const key = `${first.conversationId}\u0000${seqBucket(first.seq)}`;
+          if (!this.knownBuckets.has(key)) {
+            await this.limiter.run(() =>
+              this.s.execute(
+                "buckets_by_conversation: insert marker",
+                this.q.insertBucket,
+                [first.conversationId, seqBucket(first.seq)],
+                { idempotent: true },
+              ),
+            );
+            written.push(key);
+          }
+          await this.limiter.map(cut(bucketRows), async (batch) => {
+            const rows: Statement[] = batch.map((m) => ({
+              query: this.q.insertMessage,
+              params: [
+                m.conversationId,
+                seqBucket(m.seq),
+                m.seq,
+                m.messageId,
+                m.sender,
+                m.body,
+                new Date(m.createdAtMs),
+                m.clientMsgId,
+              ],
+            }));
+            const what = "messages_by_conversation: write";
+            if (rows.length === 1)
+              await this.s.execute(what, rows[0]!.query, rows[0]!.params, { idempotent: true, ...call });
+            else await this.s.batch(what, rows, { idempotent: true, logged: false, ...call });
+          });
         }
-        batch.push(m);
-        bytes += size;
-      }
-      batches.push(batch);
-    }
-    await this.limiter.map(batches, async (batch) => {
-      const rows: Statement[] = batch.map((m) => ({
-        query: this.q.insertMessage,
-        params: [
-          m.conversationId,
-          seqBucket(m.seq),
-          m.seq,
-          m.messageId,
-          m.sender,
-          m.body,
-          new Date(m.createdAtMs),
-          m.clientMsgId,
-        ],
-      }));
-      const what = "messages_by_conversation: write";
-      if (rows.length === 1)
-        await this.s.execute(what, rows[0]!.query, rows[0]!.params, { idempotent: true });
-      else await this.s.batch(what, rows, { idempotent: true, logged: false });
-    });
+      }),
+    );
+    if (this.knownBuckets.size + written.length > KNOWN_BUCKETS_MAX) this.knownBuckets.clear();
+    for (const key of written) this.knownBuckets.add(key);
+  }
 
-    if (this.knownBuckets.size + markers.length > KNOWN_BUCKETS_MAX) this.knownBuckets.clear();
-    for (const key of markers) this.knownBuckets.add(key);
+  /**
+   * The conversation's assigned head, when a sequencer keeps one (undefined for rows written
+   * without). Rows above it are a fenced-out former owner's late writes that its successor has not
+   * overwritten yet: readers never show them.
+   */
+  private async assignedHead(conversationId: string): Promise<number | undefined> {
+    const result = await this.s.execute("conversation_sequencer: read head", this.q.head, [conversationId], {
+      idempotent: true,
+    });
+    const value = result.first()?.get("last_seq");
+    return value === null || value === undefined ? undefined : toNumber(value, "last_seq");
   }
 
   /** The newest bucket at or below `bucket` that has a marker, or undefined. */
@@ -122,7 +134,9 @@ export class CassandraMessageStore implements MessageStore {
   async history(conversationId: string, query: HistoryQuery): Promise<HistoryPage> {
     const limit = Math.max(0, Math.floor(query.limit));
     const after = query.afterSeq && query.afterSeq > 0 ? query.afterSeq : 0;
-    const before = query.beforeSeq && query.beforeSeq > 0 ? query.beforeSeq : NO_UPPER_BOUND;
+    const head = await this.assignedHead(conversationId);
+    const asked = query.beforeSeq && query.beforeSeq > 0 ? query.beforeSeq : NO_UPPER_BOUND;
+    const before = head === undefined ? asked : Math.min(asked, head + 1);
     const want = limit + 1; // one more than asked tells whether there is more
     const out: StoredMessage[] = [];
     if (before - after <= 1) return { messages: [], hasMore: false };
@@ -165,6 +179,8 @@ export class CassandraMessageStore implements MessageStore {
   }
 
   async lastSeq(conversationId: string): Promise<number> {
+    const head = await this.assignedHead(conversationId);
+    if (head !== undefined) return head;
     const top = await this.newestBucket(conversationId, seqBucket(NO_UPPER_BOUND));
     if (top === undefined) return 0;
     // The newest marker's bucket may still be empty (markers are written first): look below it.
@@ -216,12 +232,33 @@ export class CassandraMessageStore implements MessageStore {
   async close(): Promise<void> {}
 }
 
+/** Rows of one partition cut into batches of at most BATCH_ROWS_MAX rows / BATCH_BYTES_MAX bytes. */
+function cut(rows: StoredMessage[]): StoredMessage[][] {
+  const batches: StoredMessage[][] = [];
+  let batch: StoredMessage[] = [];
+  let bytes = 0;
+  for (const m of rows) {
+    const size = Buffer.byteLength(m.body) + 256;
+    if (batch.length > 0 && (batch.length >= BATCH_ROWS_MAX || bytes + size > BATCH_BYTES_MAX)) {
+      batches.push(batch);
+      batch = [];
+      bytes = 0;
+    }
+    batch.push(m);
+    bytes += size;
+  }
+  if (batch.length > 0) batches.push(batch);
+  return batches;
+}
+
 const COLUMNS = "seq, message_id, sender, body, created_at, client_msg_id";
 
 function statements(s: Session) {
   const messages = s.table("messages_by_conversation");
   const buckets = s.table("buckets_by_conversation");
+  const sequencer = s.table("conversation_sequencer");
   return {
+    head: `SELECT last_seq FROM ${sequencer} WHERE conversation_id = ? LIMIT 1`,
     insertBucket: `INSERT INTO ${buckets} (conversation_id, bucket) VALUES (?, ?)`,
     newestBucket: `SELECT bucket FROM ${buckets} WHERE conversation_id = ? AND bucket <= ? LIMIT 1`,
     insertMessage:

@@ -9,12 +9,13 @@
  * Run it from one process at a time (the operator's schema Job): concurrent CREATE TABLE of the same table
  * on different coordinators can disagree on the table id.
  *
- * The data model trusts Cassandra's last-write-wins only with
- * immutable values (messages, bucket markers, inbox rows: re-writes carry the same values). Every value
- * that changes (the seq head, an inbox head, a member count, membership itself, receipt watermarks) is
- * changed with a lightweight transaction, and each such LWT touches one partition only, because that is
- * all Paxos in Cassandra makes atomic. The two counters that must be gap-free (conversation seq, user
- * inbox cursor) therefore live as a static column in the same partition as the rows they guard.
+ * The data model trusts Cassandra's last-write-wins with immutable values (messages, bucket markers,
+ * inbox rows: re-writes carry the same values) and with values written by one fenced owner: the
+ * conversation seq head and its dedupe rows are written plainly by the owner of the conversation's
+ * drafts partition, with its ownership epoch as write timestamp, so a former owner's late writes always
+ * lose (ADR 0002). Other values that change (an inbox head, a member count, membership itself,
+ * receipt watermarks) are changed with a lightweight transaction, each on one partition only, because
+ * that is all Paxos in Cassandra makes atomic.
  */
 import { createHash } from "node:crypto";
 import type { Client } from "cassandra-driver";
@@ -175,6 +176,23 @@ export function migrations(ks: string): Migration[] {
           push_token text,
           registered_at timestamp,
           PRIMARY KEY (user_id, device_id)
+        )`,
+      ],
+    },
+    {
+      version: 5,
+      name: "partition ownership epochs",
+      statements: [
+        // Who owns a partition of a stream (the sequencer's drafts partitions) and under which epoch
+        // (ADR 0002): one Paxos round per claim, plain reads to check. Epochs are microsecond-scale
+        // (max(previous + 1, now)), so they also serve as the write timestamps of the owner's rows.
+        `CREATE TABLE IF NOT EXISTS ${ks}.partition_owners (
+          stream text,
+          partition int,
+          epoch bigint,
+          owner text,
+          claimed_at timestamp,
+          PRIMARY KEY ((stream, partition))
         )`,
       ],
     },

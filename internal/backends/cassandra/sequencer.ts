@@ -1,90 +1,132 @@
 /**
  * SequencerStore over `conversation_sequencer` (partition conversation_id; static last_seq; clustering
- * dedupe_key -> seq, message_id): the fenced per-conversation seq counter of ADR 0002.
+ * dedupe_key -> seq, message_id): the per-conversation seq state of ADR 0002.
  *
- * assign() is one conditional batch on one partition of one table, so Paxos applies it atomically:
- *   UPDATE ... SET last_seq = n + k WHERE conversation_id = ? IF last_seq = n      (n = 0: IF last_seq = null)
- *   INSERT ... (conversation_id, dedupe_key, seq, message_id) VALUES (...) IF NOT EXISTS   (one per entry)
- * It applies only if every condition holds: a stale head or any existing dedupe key fails the whole batch.
- * A conditional batch is exempt from the batch size limits (one mutation), but a Paxos round carries all
- * of it: keep batches to a polled batch of one conversation (hundreds of entries, not tens of thousands).
+ * Nothing here is conditional. The owner of a drafts partition (fenced by OwnershipStore) is the only
+ * writer of its conversations' rows, and it writes them with its epoch as the write timestamp, so a
+ * former owner's late writes lose last-write-wins to its successor's, cell by cell, whatever order
+ * they arrive in. A conversation's head and its batch's dedupe rows are one partition, hence one
+ * mutation, applied atomically per replica: a reader sees both or neither.
  *
- * When the driver reports a timeout the outcome is unknown (the Paxos round may still complete): assign
- * throws UNAVAILABLE and the caller re-reads head() and lookup()s its keys; an applied batch shows up as
- * its dedupe rows, so nothing is assigned twice.
+ * Batching: heads and lookups read many conversations per request (IN on the partition key; the
+ * lookup's IN on the clustering key too, so a request asks conversations x keys and the rows that
+ * do not exist cost the node a bloom-filter check each; the product is kept small). `record` sends
+ * the rows of many conversations as unlogged batches: one request, one mutation per partition.
+ *
+ * Retention: dedupe rows carry a TTL (the dedupe window): a resend after it is a new message. The
+ * head is one static cell per conversation and does not grow.
  */
-import { assert } from "../../lib/errors.js";
-import type { SequencedRef, SequencerStore } from "../types.js";
-import { chunks, optionalNumber, type Session, toNumber, toText } from "./session.js";
+import type { SequencedRef, SequencerRecord, SequencerStore } from "../types.js";
+import { chunks, Limiter, type Session, type Statement, toLong, toNumber, toText } from "./session.js";
 
-const LOOKUP_IN_MAX = 100;
+/** Conversations x keys one lookup request asks for at most. */
+const LOOKUP_PRODUCT_MAX = 512;
+const HEADS_IN_MAX = 100;
+/** Statements per unlogged batch of `record`. */
+const RECORD_STATEMENTS_MAX = 200;
+const IN_FLIGHT_MAX = 16;
 
 export class CassandraSequencerStore implements SequencerStore {
   private readonly q: ReturnType<typeof statements>;
+  private readonly limiter = new Limiter(IN_FLIGHT_MAX);
 
   constructor(private readonly s: Session) {
     this.q = statements(s);
   }
 
-  async head(conversationId: string): Promise<number> {
-    const result = await this.s.execute("conversation_sequencer: read head", this.q.head, [conversationId], {
-      idempotent: true,
+  async heads(conversationIds: string[]): Promise<Map<string, number>> {
+    const ids = [...new Set(conversationIds)];
+    const out = new Map<string, number>(ids.map((id) => [id, 0]));
+    await this.limiter.map(chunks(ids, HEADS_IN_MAX), async (part) => {
+      const result = await this.s.execute("conversation_sequencer: read heads", this.q.heads, [part], {
+        idempotent: true,
+        fetchSize: HEADS_IN_MAX + 1,
+      });
+      for (const row of result.rows) {
+        const head = row.get("last_seq");
+        if (head !== null && head !== undefined)
+          out.set(
+            toText(row.get("conversation_id"), "conversation_sequencer.conversation_id"),
+            toNumber(head, "conversation_sequencer.last_seq"),
+          );
+      }
     });
-    return optionalNumber(result.first()?.get("last_seq"), "conversation_sequencer.last_seq") ?? 0;
-  }
-
-  async lookup(conversationId: string, dedupeKeys: string[]): Promise<Map<string, SequencedRef>> {
-    const out = new Map<string, SequencedRef>();
-    const keys = [...new Set(dedupeKeys)];
-    await Promise.all(
-      chunks(keys, LOOKUP_IN_MAX).map(async (part) => {
-        const result = await this.s.execute(
-          "conversation_sequencer: lookup dedupe keys",
-          this.q.lookup,
-          [conversationId, part],
-          { idempotent: true, fetchSize: LOOKUP_IN_MAX + 1 },
-        );
-        for (const row of result.rows) {
-          out.set(toText(row.get("dedupe_key"), "conversation_sequencer.dedupe_key"), {
-            seq: toNumber(row.get("seq"), "conversation_sequencer.seq"),
-            messageId: toText(row.get("message_id"), "conversation_sequencer.message_id"),
-          });
-        }
-      }),
-    );
     return out;
   }
 
-  async assign(
-    conversationId: string,
-    expectedHead: number,
-    entries: Array<{ dedupeKey: string; seq: number; messageId: string }>,
-  ): Promise<boolean> {
-    assert(Number.isSafeInteger(expectedHead) && expectedHead >= 0, `expected head ${expectedHead}`);
-    const keys = new Set<string>();
-    entries.forEach((e, i) => {
-      assert(e.seq === expectedHead + i + 1, `entry ${i} has seq ${e.seq}, expected ${expectedHead + i + 1}`);
-      assert(!keys.has(e.dedupeKey), `dedupe key ${JSON.stringify(e.dedupeKey)} appears twice`);
-      keys.add(e.dedupeKey);
+  async lookup(keys: Map<string, string[]>): Promise<Map<string, Map<string, SequencedRef>>> {
+    const out = new Map<string, Map<string, SequencedRef>>();
+    const requests: Array<{ conversations: string[]; keys: string[] }> = [];
+    // Conversations with their distinct keys, packed so that conversations x keys stays small.
+    let current: { conversations: string[]; keys: Set<string> } | undefined;
+    for (const [conversationId, list] of keys) {
+      const own = [...new Set(list)];
+      for (const part of chunks(own, LOOKUP_PRODUCT_MAX)) {
+        if (current) {
+          const union = new Set([...current.keys, ...part]);
+          if ((current.conversations.length + 1) * union.size <= LOOKUP_PRODUCT_MAX) {
+            current.conversations.push(conversationId);
+            current.keys = union;
+            continue;
+          }
+          requests.push({ conversations: current.conversations, keys: [...current.keys] });
+        }
+        current = { conversations: [conversationId], keys: new Set(part) };
+      }
+    }
+    if (current) requests.push({ conversations: current.conversations, keys: [...current.keys] });
+    await this.limiter.map(requests, async (r) => {
+      const result = await this.s.execute(
+        "conversation_sequencer: look up dedupe keys",
+        this.q.lookup,
+        [r.conversations, r.keys],
+        { idempotent: true, fetchSize: LOOKUP_PRODUCT_MAX + 1 },
+      );
+      for (const row of result.rows) {
+        const conversationId = toText(row.get("conversation_id"), "conversation_sequencer.conversation_id");
+        const key = toText(row.get("dedupe_key"), "conversation_sequencer.dedupe_key");
+        // The cartesian product may match a key of another conversation: keep only asked pairs.
+        if (!keys.get(conversationId)?.includes(key)) continue;
+        let refs = out.get(conversationId);
+        if (!refs) {
+          refs = new Map();
+          out.set(conversationId, refs);
+        }
+        refs.set(key, {
+          seq: toNumber(row.get("seq"), "conversation_sequencer.seq"),
+          messageId: toText(row.get("message_id"), "conversation_sequencer.message_id"),
+        });
+      }
     });
-    const newHead = expectedHead + entries.length;
-    const fence =
-      expectedHead === 0
-        ? { query: this.q.casHeadFromNothing, params: [newHead, conversationId] }
-        : { query: this.q.casHead, params: [newHead, conversationId, expectedHead] };
-    const result = await this.s.batch(
-      "conversation_sequencer: assign (conditional batch)",
-      [
-        fence,
-        ...entries.map((e) => ({
+    return out;
+  }
+
+  async record(records: SequencerRecord[], epoch: bigint, dedupeWindowSeconds: number): Promise<void> {
+    const ttl = Math.max(1, Math.floor(dedupeWindowSeconds));
+    // A conversation's statements stay in one batch (one mutation): cut only between conversations.
+    const batches: Statement[][] = [];
+    let batch: Statement[] = [];
+    for (const r of records) {
+      const own: Statement[] = [
+        { query: this.q.setHead, params: [toLong(BigInt(r.head)), r.conversationId] },
+        ...r.assigned.map((e) => ({
           query: this.q.insertDedupe,
-          params: [conversationId, e.dedupeKey, e.seq, e.messageId],
+          params: [r.conversationId, e.dedupeKey, toLong(BigInt(e.seq)), e.messageId, ttl],
         })),
-      ],
-      // Not idempotent: if a retry ran after the first attempt applied, it would report "not applied".
-      { idempotent: false, logged: true },
-    );
-    return result.wasApplied();
+      ];
+      if (batch.length > 0 && batch.length + own.length > RECORD_STATEMENTS_MAX) {
+        batches.push(batch);
+        batch = [];
+      }
+      batch.push(...own);
+    }
+    if (batch.length > 0) batches.push(batch);
+    await this.limiter.map(batches, async (b) => {
+      const what = "conversation_sequencer: record heads and dedupe rows";
+      const call = { idempotent: true, writeTimestamp: epoch };
+      if (b.length === 1) await this.s.execute(what, b[0]!.query, b[0]!.params, call);
+      else await this.s.batch(what, b, { ...call, logged: false });
+    });
   }
 
   async close(): Promise<void> {}
@@ -93,10 +135,11 @@ export class CassandraSequencerStore implements SequencerStore {
 function statements(s: Session) {
   const t = s.table("conversation_sequencer");
   return {
-    head: `SELECT last_seq FROM ${t} WHERE conversation_id = ? LIMIT 1`,
-    lookup: `SELECT dedupe_key, seq, message_id FROM ${t} WHERE conversation_id = ? AND dedupe_key IN ?`,
-    casHead: `UPDATE ${t} SET last_seq = ? WHERE conversation_id = ? IF last_seq = ?`,
-    casHeadFromNothing: `UPDATE ${t} SET last_seq = ? WHERE conversation_id = ? IF last_seq = null`,
-    insertDedupe: `INSERT INTO ${t} (conversation_id, dedupe_key, seq, message_id) VALUES (?, ?, ?, ?) IF NOT EXISTS`,
+    heads: `SELECT conversation_id, last_seq FROM ${t} WHERE conversation_id IN ? PER PARTITION LIMIT 1`,
+    lookup:
+      `SELECT conversation_id, dedupe_key, seq, message_id FROM ${t} ` +
+      "WHERE conversation_id IN ? AND dedupe_key IN ?",
+    setHead: `UPDATE ${t} SET last_seq = ? WHERE conversation_id = ?`,
+    insertDedupe: `INSERT INTO ${t} (conversation_id, dedupe_key, seq, message_id) VALUES (?, ?, ?, ?) USING TTL ?`,
   };
 }

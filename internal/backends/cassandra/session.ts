@@ -150,8 +150,7 @@ export class Session {
     };
     if (call.fetchSize !== undefined) options.fetchSize = call.fetchSize;
     if (call.pageState !== undefined) options.pageState = call.pageState;
-    if (call.writeTimestamp !== undefined)
-      options.timestamp = cassandra.types.Long.fromString(call.writeTimestamp.toString());
+    if (call.writeTimestamp !== undefined) options.timestamp = toLong(call.writeTimestamp);
     return options;
   }
 
@@ -226,6 +225,11 @@ export function toNumber(value: unknown, what: string): number {
   if (value instanceof cassandra.types.Long) return value.toNumber();
   if (value instanceof Date) return value.getTime();
   throw new Error(`invariant violated: ${what} is ${String(value)}, not a number`);
+}
+
+/** A bigint as the driver's Long (bigint columns, write timestamps). */
+export function toLong(value: bigint): types.Long {
+  return cassandra.types.Long.fromString(value.toString());
 }
 
 export function optionalNumber(value: unknown, what: string): number | undefined {

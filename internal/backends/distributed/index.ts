@@ -1,6 +1,7 @@
 /**
  * The distributed backend: Kafka for the message log, the sequencer and routing events; Cassandra
- * for everything stored. See ADR 0002 for how seq is assigned and fenced.
+ * for everything stored. See ADR 0002 for how seq is assigned and fenced, and why membership changes
+ * are announced in the message log.
  */
 import { Kafka, type KafkaConfig, logLevel } from "kafkajs";
 import type { Logger } from "../../lib/log.js";
@@ -11,6 +12,9 @@ import { KafkaRouting } from "../kafka/routing.js";
 import { type PendingAppends, SEQUENCER_GROUP, Sequencer } from "../kafka/sequencer.js";
 import { ensureTopics, topicNames, verifyTopics } from "../kafka/topics.js";
 import type { Backends } from "../types.js";
+import { AnnouncingMembershipStore } from "./membership.js";
+
+const DEDUPE_WINDOW_SECONDS_DEFAULT = 168 * 3600;
 
 export interface DistributedOptions {
   brokers: string[];
@@ -31,6 +35,8 @@ export interface DistributedOptions {
    * sequenced by a sequencer in another process are acknowledged here.
    */
   appends?: boolean;
+  /** Dedupe rows expire after this long: a resend after it is a new message. Default 168 h. */
+  dedupeWindowSeconds?: number;
   /** Create missing topics and apply schema migrations (default true); off: only verify them. */
   provision?: boolean;
   ssl?: KafkaConfig["ssl"];
@@ -125,7 +131,10 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
         repliesTopic: names.replies,
         producer: batchProducer,
         store: stores.sequencer,
+        ownership: stores.ownership,
         messages: stores.messages,
+        membership: stores.membership,
+        dedupeWindowSeconds: o.dedupeWindowSeconds ?? DEDUPE_WINDOW_SECONDS_DEFAULT,
         pending,
         log,
       });
@@ -140,7 +149,9 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
       kafka,
       log: messageLog,
       messages: stores.messages,
-      membership: stores.membership,
+      membership: new AnnouncingMembershipStore(stores.membership, (id) =>
+        messageLog.announceMembershipChange(id),
+      ),
       inbox: stores.inbox,
       receipts: stores.receipts,
       routing,

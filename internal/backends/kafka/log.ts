@@ -10,10 +10,24 @@ import { randomUUID } from "node:crypto";
 import type { Admin, Consumer, Kafka } from "kafkajs";
 import { errors } from "../../lib/errors.js";
 import type { Logger } from "../../lib/log.js";
-import type { AppendResult, BatchHandler, Closeable, MessageDraft, MessageLog } from "../types.js";
+import type {
+  AppendResult,
+  BatchHandler,
+  Closeable,
+  LoggedMessage,
+  MessageDraft,
+  MessageLog,
+} from "../types.js";
 import type { BatchProducer } from "./batch-producer.js";
 import { decodeMessage, encodeMessage } from "./codec.js";
-import { type PendingAppends, REPLY_DRAFT_HEADER, REPLY_DUPLICATE_HEADER } from "./sequencer.js";
+import {
+  MEMBERSHIP_KIND,
+  type PendingAppends,
+  RECIPIENTS_HEADER,
+  RECORD_KIND_HEADER,
+  REPLY_DRAFT_HEADER,
+  REPLY_DUPLICATE_HEADER,
+} from "./sequencer.js";
 
 export interface KafkaLogOptions {
   kafka: Kafka;
@@ -74,6 +88,27 @@ export class KafkaMessageLog implements MessageLog {
   }
 
   /**
+   * Announces that a conversation's members changed: a record in the drafts topic, keyed by the
+   * conversation, so the sequencer that owns it reads the change in order with the messages and
+   * addresses every later message to the new member list. Resolves when Kafka has it (acks=all).
+   */
+  async announceMembershipChange(conversationId: string): Promise<void> {
+    try {
+      await this.o.producer.send(this.o.draftsTopic, {
+        key: conversationId,
+        value: Buffer.alloc(0),
+        headers: { [RECORD_KIND_HEADER]: MEMBERSHIP_KIND },
+      });
+    } catch (err) {
+      throw errors.unavailable(
+        "LOG_UNAVAILABLE",
+        `the message log did not take the membership change of ${conversationId}; retry`,
+        err,
+      );
+    }
+  }
+
+  /**
    * Follows the replies topic from its end with a consumer group of this process's own, resolving the
    * senders waiting here. Resolves once the consumer has joined; a reply that still slipped past
    * (produced while it started) costs its sender a timeout and a resend, which the dedupe answers.
@@ -129,7 +164,15 @@ export class KafkaMessageLog implements MessageLog {
       partitionsConsumedConcurrently: PARTITIONS_CONSUMED_CONCURRENTLY,
       eachBatch: async ({ batch, resolveOffset, commitOffsetsIfNecessary, heartbeat, isStale }) => {
         if (batch.messages.length === 0) return;
-        const messages = batch.messages.map((m) => decodeMessage(m.value!));
+        const messages = batch.messages.map((m): LoggedMessage => {
+          const message: LoggedMessage = decodeMessage(m.value!);
+          const recipients = m.headers?.[RECIPIENTS_HEADER];
+          if (recipients !== undefined) {
+            const text = recipients.toString();
+            message.recipients = text === "" ? [] : text.split("\n");
+          }
+          return message;
+        });
         // At-least-once: on failure kafkajs re-fetches from the last committed offset.
         await handler(messages);
         if (isStale()) return;

@@ -1,36 +1,68 @@
 /**
- * The sequencer (ADR 0002): the member of the `sequencer` consumer group that owns a partition of
- * the draft topic assigns the seq of that partition's conversations, in partition order.
+ * The sequencer (ADR 0002): the member of the `sequencer` consumer group that owns a partition of the
+ * drafts topic assigns the seq of that partition's conversations, in partition order.
  *
- * Per polled batch and conversation it does one fenced write (SequencerStore.assign: head CAS plus
- * dedupe rows, atomic), then stores the rows, then emits the sequenced records, then resolves the
- * local senders, and only then commits the batch's offsets. A crash anywhere before the commit
- * makes the next owner reprocess the drafts: their dedupe rows give them the same seq back, so every
- * step is idempotent. A paused owner that wakes after a rebalance fails its CAS (its head is stale)
- * and finds the messages it had not yet sequenced already taken by its successor.
+ * Fence per ownership, not per message. When it gets a partition (each group generation), the owner
+ * claims the partition's epoch with one conditional write (OwnershipStore.claim). From then on it
+ * assigns seqs from memory and writes plain rows whose write timestamp is its epoch, so a paused former
+ * owner's late writes always lose to its successor's. Per polled batch:
+ *
+ *   1. member lists from the cache (membership announcements in the same partition keep it true);
+ *   2. the heads of conversations not cached yet (one read for many), the dedupe rows of the batch's
+ *      keys (one read for several conversations), and the stored rows of the refs found (rare: resends
+ *      and re-processing after a crash);
+ *   3. new seqs from memory; the heads and dedupe rows (one unlogged batch), then the message rows;
+ *   4. the check: the partition's epoch is still ours (one plain read). If a successor claimed in the
+ *      meantime, nothing of this batch is acknowledged, emitted or committed;
+ *   5. the sequenced records (with their recipients), the answers to the senders, the offsets.
+ *
+ * Every step is idempotent: a crash anywhere before the commit makes the next owner re-process the
+ * drafts; it finds their dedupe rows (or, if they did not land, assigns the same seqs, because it
+ * processes the same drafts in the same order from the same head) and re-emits them.
  */
-import type { Consumer, EachBatchPayload, Kafka } from "kafkajs";
+import { hostname } from "node:os";
+import type { Consumer, EachBatchPayload, Kafka, KafkaMessage } from "kafkajs";
 import { errors } from "../../lib/errors.js";
 import type { Logger } from "../../lib/log.js";
 import type {
   AppendResult,
   Closeable,
+  MembershipStore,
   MessageStore,
+  OwnershipStore,
   SequencedRef,
+  SequencerRecord,
   SequencerStore,
   StoredMessage,
 } from "../types.js";
 import type { BatchProducer } from "./batch-producer.js";
 import { decodeMessage, encodeMessage } from "./codec.js";
+import { MemberCache } from "./member-cache.js";
 
 export const SEQUENCER_GROUP = "sequencer";
 /** Headers of a reply record: the draft it answers, and whether that draft was a duplicate. */
 export const REPLY_DRAFT_HEADER = "draft";
 export const REPLY_DUPLICATE_HEADER = "duplicate";
-const ASSIGN_ATTEMPTS_MAX = 3;
+/** Header of a drafts record that is not a draft: `membership` announces a membership change. */
+export const RECORD_KIND_HEADER = "kind";
+export const MEMBERSHIP_KIND = "membership";
+/** Header of a sequenced record: the conversation's members at the message's position, "\n"-joined. */
+export const RECIPIENTS_HEADER = "recipients";
+/** The stream name of the drafts partitions in OwnershipStore. */
+export const DRAFTS_STREAM = "drafts";
+
+/** Conversations whose head / member list one partition's owner keeps in memory at most. */
+const HEADS_PER_PARTITION_MAX = 50_000;
+const MEMBER_LISTS_PER_PARTITION_MAX = 20_000;
+/** A cached member list is read again after this long (a backstop; announcements keep it true). */
+const MEMBER_LIST_TTL_MS = 5 * 60_000;
+const MEMBER_READS_CONCURRENT = 32;
 
 export const dedupeKeyOf = (m: { sender: string; clientMsgId: string }) =>
   `${m.sender}\u0000${m.clientMsgId}`;
+
+export const isMembershipRecord = (m: Pick<KafkaMessage, "headers">) =>
+  m.headers?.[RECORD_KIND_HEADER]?.toString() === MEMBERSHIP_KIND;
 
 /** Local senders waiting for their draft to be sequenced, by message id. */
 export type PendingAppends = Map<string, (result: AppendResult) => void>;
@@ -44,16 +76,53 @@ export interface SequencerOptions {
   repliesTopic: string;
   producer: BatchProducer;
   store: SequencerStore;
+  ownership: OwnershipStore;
   messages: MessageStore;
+  membership: Pick<MembershipStore, "members">;
   pending: PendingAppends;
+  /** Dedupe rows expire after this long: a resend after it is a new message. */
+  dedupeWindowSeconds: number;
   log: Logger;
-  /** Test hook: called after the fenced write of a conversation, before its records are emitted. */
-  afterAssign?: (conversationId: string, seqs: number[]) => Promise<void>;
+  /** Test hook: called after the seqs of a batch are assigned in memory, before anything is written. */
+  beforeWrite?: (partition: number) => Promise<void>;
+}
+
+/** What this process knows about one partition it owns, valid for one claim (one epoch). */
+class PartitionState {
+  readonly heads = new Map<string, number>();
+  readonly members = new MemberCache({
+    entriesMax: MEMBER_LISTS_PER_PARTITION_MAX,
+    ttlMs: MEMBER_LIST_TTL_MS,
+  });
+  constructor(readonly epoch: bigint) {}
+
+  setHead(conversationId: string, head: number): void {
+    this.heads.delete(conversationId);
+    this.heads.set(conversationId, head);
+    if (this.heads.size > HEADS_PER_PARTITION_MAX)
+      this.heads.delete(this.heads.keys().next().value as string);
+  }
+}
+
+type DraftRecord = { kind: "draft"; draft: StoredMessage } | { kind: "membership"; conversationId: string };
+
+/** The outcome of sequencing a batch: rows to write and emit, and each draft's answer. */
+interface Sequenced {
+  records: SequencerRecord[];
+  /** Every conversation's head after the batch (to cache once the writes succeeded). */
+  heads: Map<string, number>;
+  /** Messages to (re-)write and (re-)emit: new ones and re-found originals, in seq order per conversation. */
+  originals: StoredMessage[];
+  results: Array<{ draftId: string; result: AppendResult }>;
 }
 
 export class Sequencer implements Closeable {
   private consumer: Consumer | undefined;
-  private readonly heads = new Map<string, number>();
+  /** The partitions claimed in the current group generation (a rejected promise: fenced). */
+  private partitions = new Map<number, Promise<PartitionState>>();
+  private readonly owner = `${hostname()}/${process.pid}`;
+  /** Claims made and batches fenced (a successor claimed while this process worked). */
+  readonly stats = { claims: 0, fenced: 0 };
 
   constructor(private readonly o: SequencerOptions) {}
 
@@ -66,8 +135,11 @@ export class Sequencer implements Closeable {
       allowAutoTopicCreation: false,
     });
     this.consumer = consumer;
-    // A new assignment may follow another owner's writes: forget every cached head.
-    consumer.on(consumer.events.GROUP_JOIN, () => this.heads.clear());
+    // A new generation: every partition is claimed again before use, with empty caches (another owner
+    // may have written in between).
+    consumer.on(consumer.events.GROUP_JOIN, () => {
+      this.partitions = new Map();
+    });
     await consumer.connect();
     await consumer.subscribe({ topic: this.o.draftsTopic, fromBeginning: true });
     await consumer.run({
@@ -78,6 +150,21 @@ export class Sequencer implements Closeable {
     });
   }
 
+  private claim(partition: number): Promise<PartitionState> {
+    const known = this.partitions.get(partition);
+    if (known) return known;
+    const claimed = this.o.ownership.claim(DRAFTS_STREAM, partition, this.owner).then((epoch) => {
+      this.stats.claims++;
+      this.o.log.info("sequencer: claimed partition", { partition, epoch: epoch.toString() });
+      return new PartitionState(epoch);
+    });
+    claimed.catch(() => {
+      if (this.partitions.get(partition) === claimed) this.partitions.delete(partition);
+    });
+    this.partitions.set(partition, claimed);
+    return claimed;
+  }
+
   private async onBatch({
     batch,
     resolveOffset,
@@ -86,131 +173,206 @@ export class Sequencer implements Closeable {
     isStale,
   }: EachBatchPayload): Promise<void> {
     if (batch.messages.length === 0) return;
-    const drafts = batch.messages.map((m) => decodeMessage(m.value!));
-    const byConversation = new Map<string, StoredMessage[]>();
-    for (const d of drafts) {
-      let list = byConversation.get(d.conversationId);
-      if (!list) {
-        list = [];
-        byConversation.set(d.conversationId, list);
-      }
-      list.push(d);
-    }
-    await Promise.all(
-      [...byConversation].map(([conversationId, list]) => this.sequenceConversation(conversationId, list)),
+    const state = await this.claim(batch.partition);
+    const records: DraftRecord[] = batch.messages.map((m) =>
+      isMembershipRecord(m)
+        ? { kind: "membership", conversationId: m.key!.toString() }
+        : { kind: "draft", draft: decodeMessage(m.value!) },
     );
+    const recipients = await this.recipients(state, records);
+    const drafts = records.flatMap((r) => (r.kind === "draft" ? [r.draft] : []));
+    let done: Sequenced;
+    try {
+      done = await this.sequence(state, drafts);
+      await this.o.beforeWrite?.(batch.partition);
+      await this.o.store.record(done.records, state.epoch, this.o.dedupeWindowSeconds);
+      await this.o.messages.write(done.originals, { fence: state.epoch });
+    } catch (err) {
+      // The outcome of the writes is unknown: read the heads again next time.
+      for (const d of drafts) state.heads.delete(d.conversationId);
+      throw err;
+    }
+    for (const [c, head] of done.heads) state.setHead(c, head);
+
+    const current = await this.o.ownership.current(DRAFTS_STREAM, batch.partition);
+    if (current !== state.epoch) {
+      this.stats.fenced++;
+      const fenced = errors.unavailable(
+        "SEQUENCER_FENCED",
+        `drafts partition ${batch.partition} was claimed by another sequencer (epoch ${current} > ${state.epoch}); ` +
+          "nothing of this batch is acknowledged",
+      );
+      const rejected = Promise.reject(fenced);
+      rejected.catch(() => undefined);
+      this.partitions.set(batch.partition, rejected); // until the next group generation
+      throw fenced;
+    }
+
+    await Promise.all(
+      done.originals.map((m) =>
+        this.o.producer.send(this.o.sequencedTopic, {
+          key: m.conversationId,
+          value: encodeMessage(m),
+          headers: {
+            seq: String(m.seq),
+            [RECIPIENTS_HEADER]: (recipients.get(m.conversationId)?.get(m.messageId) ?? []).join("\n"),
+          },
+        }),
+      ),
+    );
+    await this.answer(done.results);
     if (isStale()) return; // the partition moved on during the batch; the new owner redoes it
-    resolveOffset(batch.messages.at(-1)!.offset);
+    const last = batch.messages.at(-1)!.offset;
+    resolveOffset(last);
     await commitOffsetsIfNecessary({
       topics: [
         {
           topic: batch.topic,
-          partitions: [
-            { partition: batch.partition, offset: String(Number(batch.messages.at(-1)!.offset) + 1) },
-          ],
+          partitions: [{ partition: batch.partition, offset: String(Number(last) + 1) }],
         },
       ],
     });
     await heartbeat();
   }
 
-  private async sequenceConversation(conversationId: string, drafts: StoredMessage[]): Promise<void> {
-    const { store } = this.o;
-    let refs = new Map<string, SequencedRef>();
-    let assignedNow: StoredMessage[] = [];
-    for (let attempt = 1; ; attempt++) {
-      const head = this.heads.get(conversationId) ?? (await store.head(conversationId));
-      refs = await store.lookup(conversationId, [...new Set(drafts.map(dedupeKeyOf))]);
-      assignedNow = [];
-      let next = head;
-      for (const d of drafts) {
-        const key = dedupeKeyOf(d);
-        if (refs.has(key)) continue;
-        const seq = ++next;
-        refs.set(key, { seq, messageId: d.messageId });
-        assignedNow.push({ ...d, seq });
+  /**
+   * Each draft's recipients: the member list as of its position in the partition. A membership
+   * announcement drops the cached list, so drafts after it get a list read after the change.
+   */
+  private async recipients(
+    state: PartitionState,
+    records: DraftRecord[],
+  ): Promise<Map<string, Map<string, readonly string[]>>> {
+    const out = new Map<string, Map<string, readonly string[]>>();
+    const put = (conversationId: string, messageId: string, members: readonly string[]) => {
+      let byId = out.get(conversationId);
+      if (!byId) {
+        byId = new Map();
+        out.set(conversationId, byId);
       }
-      if (assignedNow.length === 0) break;
-      const applied = await store.assign(
-        conversationId,
-        head,
-        assignedNow.map((m) => ({ dedupeKey: dedupeKeyOf(m), seq: m.seq, messageId: m.messageId })),
-      );
-      if (applied) {
-        this.heads.set(conversationId, next);
-        break;
+      byId.set(messageId, members);
+    };
+    const changed = new Set<string>();
+    const waiting: StoredMessage[] = [];
+    for (const r of records) {
+      if (r.kind === "membership") {
+        state.members.forget(r.conversationId);
+        changed.add(r.conversationId);
+        continue;
       }
-      this.heads.delete(conversationId); // fenced or stale: re-read and try again
-      if (attempt >= ASSIGN_ATTEMPTS_MAX) {
-        throw errors.unavailable(
-          "SEQUENCER_CONFLICT",
-          `could not sequence ${conversationId} after ${attempt} attempts (another owner?)`,
-        );
-      }
+      const cached = changed.has(r.draft.conversationId)
+        ? undefined
+        : state.members.get(r.draft.conversationId);
+      if (cached) put(r.draft.conversationId, r.draft.messageId, cached);
+      else waiting.push(r.draft);
     }
-    await this.o.afterAssign?.(
-      conversationId,
-      assignedNow.map((m) => m.seq),
-    );
-    // The originals of this batch (first sender of each key), with their seq.
-    const originals: StoredMessage[] = [];
-    for (const d of drafts) {
-      const ref = refs.get(dedupeKeyOf(d))!;
-      if (ref.messageId === d.messageId) originals.push({ ...d, seq: ref.seq });
-    }
-    await this.o.messages.write(originals);
-    await Promise.all(
-      originals.map((m) =>
-        this.o.producer.send(this.o.sequencedTopic, {
-          key: m.conversationId,
-          value: encodeMessage(m),
-          headers: { seq: String(m.seq) },
+    const toRead = [...new Set(waiting.map((d) => d.conversationId))];
+    const read = new Map<string, readonly string[]>();
+    for (let i = 0; i < toRead.length; i += MEMBER_READS_CONCURRENT) {
+      await Promise.all(
+        toRead.slice(i, i + MEMBER_READS_CONCURRENT).map(async (conversationId) => {
+          const startedAtMs = Date.now();
+          const members = await this.o.membership.members(conversationId);
+          read.set(conversationId, members);
+          state.members.set(conversationId, members, startedAtMs);
         }),
+      );
+    }
+    for (const d of waiting) put(d.conversationId, d.messageId, read.get(d.conversationId) ?? []);
+    return out;
+  }
+
+  /** Assigns seqs in memory (nothing is written here). */
+  private async sequence(state: PartitionState, drafts: StoredMessage[]): Promise<Sequenced> {
+    const byConversation = new Map<string, StoredMessage[]>();
+    for (const d of drafts) {
+      const list = byConversation.get(d.conversationId);
+      if (list) list.push(d);
+      else byConversation.set(d.conversationId, [d]);
+    }
+    const conversations = [...byConversation.keys()];
+    const unknown = conversations.filter((c) => !state.heads.has(c));
+    const [loaded, found] = await Promise.all([
+      unknown.length > 0 ? this.o.store.heads(unknown) : new Map<string, number>(),
+      this.o.store.lookup(
+        new Map(conversations.map((c) => [c, [...new Set(byConversation.get(c)!.map(dedupeKeyOf))]])),
       ),
+    ]);
+    const headOf = (c: string) => state.heads.get(c) ?? loaded.get(c) ?? 0;
+
+    // The stored rows behind the refs found, to tell a true assignment from a fenced-out owner's
+    // leftover (a ref above the head, or one whose row holds another message).
+    const keyOf = (c: string, seq: number) => `${c}\u0000${seq}`;
+    const probes: Array<{ conversationId: string; seq: number }> = [];
+    for (const [c, refs] of found)
+      for (const ref of refs.values())
+        if (ref.seq <= headOf(c)) probes.push({ conversationId: c, seq: ref.seq });
+    const rows = new Map(
+      (probes.length > 0 ? await this.o.messages.getMany(probes) : []).map((m) => [
+        keyOf(m.conversationId, m.seq),
+        m,
+      ]),
     );
-    await this.resolveSenders(conversationId, drafts, refs);
+
+    const out: Sequenced = { records: [], heads: new Map(), originals: [], results: [] };
+    for (const [c, list] of byConversation) {
+      const head = headOf(c);
+      let next = head;
+      const assigned: SequencerRecord["assigned"] = [];
+      const originals: StoredMessage[] = [];
+      /** Per dedupe key: the original message (stored, or first seen in this batch). */
+      const byKey = new Map<string, StoredMessage>();
+      for (const d of list) {
+        const key = dedupeKeyOf(d);
+        let original = byKey.get(key);
+        if (!original) {
+          const ref: SequencedRef | undefined = found.get(c)?.get(key);
+          const row = ref ? rows.get(keyOf(c, ref.seq)) : undefined;
+          if (ref && ref.seq <= head && row?.messageId === ref.messageId) {
+            original = row; // sequenced before (a resend, or re-processing after a crash)
+            if (row.messageId === d.messageId) originals.push({ ...d, seq: ref.seq });
+          } else if (ref && ref.seq <= head && !row && ref.messageId === d.messageId) {
+            original = { ...d, seq: ref.seq }; // its row never landed: write it now
+            originals.push(original);
+          } else {
+            original = { ...d, seq: ++next };
+            assigned.push({ dedupeKey: key, seq: original.seq, messageId: d.messageId });
+            originals.push(original);
+          }
+          byKey.set(key, original);
+        }
+        out.results.push({
+          draftId: d.messageId,
+          result:
+            original.messageId === d.messageId
+              ? { message: { ...d, seq: original.seq }, duplicate: false }
+              : { message: original, duplicate: true },
+        });
+      }
+      if (assigned.length > 0) out.records.push({ conversationId: c, head: next, assigned });
+      out.heads.set(c, next);
+      out.originals.push(...originals.sort((a, b) => a.seq - b.seq));
+    }
+    return out;
   }
 
   /**
    * Answers every draft's sender: a sender waiting in this process directly, one in another process
    * (or one that gave up) through the replies topic, where its process's log finds it by draft id.
    */
-  private async resolveSenders(
-    conversationId: string,
-    drafts: StoredMessage[],
-    refs: Map<string, SequencedRef>,
-  ): Promise<void> {
-    const dupRefs = drafts
-      .filter((d) => refs.get(dedupeKeyOf(d))!.messageId !== d.messageId)
-      .map((d) => refs.get(dedupeKeyOf(d))!);
-    const stored =
-      dupRefs.length > 0
-        ? await this.o.messages.getMany(dupRefs.map((r) => ({ conversationId, seq: r.seq })))
-        : [];
-    const remote: Array<{ draftId: string; result: AppendResult }> = [];
-    for (const d of drafts) {
-      const ref = refs.get(dedupeKeyOf(d))!;
-      const result: AppendResult =
-        ref.messageId === d.messageId
-          ? { message: { ...d, seq: ref.seq }, duplicate: false }
-          : {
-              message: stored.find((m) => m.seq === ref.seq) ?? {
-                ...d,
-                seq: ref.seq,
-                messageId: ref.messageId,
-              },
-              duplicate: true,
-            };
-      const done = this.o.pending.get(d.messageId);
+  private async answer(results: Sequenced["results"]): Promise<void> {
+    const remote: Sequenced["results"] = [];
+    for (const r of results) {
+      const done = this.o.pending.get(r.draftId);
       if (done) {
-        this.o.pending.delete(d.messageId);
-        done(result);
-      } else remote.push({ draftId: d.messageId, result });
+        this.o.pending.delete(r.draftId);
+        done(r.result);
+      } else remote.push(r);
     }
     await Promise.all(
       remote.map(({ draftId, result }) =>
         this.o.producer.send(this.o.repliesTopic, {
-          key: conversationId,
+          key: result.message.conversationId,
           value: encodeMessage(result.message),
           headers: { [REPLY_DRAFT_HEADER]: draftId, [REPLY_DUPLICATE_HEADER]: result.duplicate ? "1" : "0" },
         }),

@@ -1,0 +1,85 @@
+/**
+ * OwnershipStore over `partition_owners` (partition (stream, partition); epoch, owner, claimed_at): the
+ * fence of ADR 0002. A claim is the only conditional write: read the epoch, then
+ * `UPDATE ... SET epoch = e' IF epoch = e` (or `INSERT ... IF NOT EXISTS` for the first claim), with
+ * e' = max(e + 1, now in µs) so that epochs keep rising across claims and can be used as write
+ * timestamps. A lost race (another claimant) or an unknown outcome (timeout) re-reads and tries again.
+ *
+ * `current` is a plain LOCAL_QUORUM read: a claim's Paxos commit is written at that level too, so
+ * a check that starts after a claim completed sees it. An owner checks after its writes and before it
+ * acknowledges them: if a successor claimed in between, the successor's reads of the owner's rows
+ * happened after them, or the owner sees the successor's epoch and acknowledges nothing.
+ */
+import { hostname } from "node:os";
+import type { OwnershipStore } from "../types.js";
+import { backoff, contended, isUnavailable, type Session, toLong } from "./session.js";
+
+const CLAIM_ATTEMPTS_MAX = 16;
+
+export class CassandraOwnershipStore implements OwnershipStore {
+  private readonly q: ReturnType<typeof statements>;
+  /** Claims made (each one Paxos round, plus retries). */
+  readonly stats = { claims: 0, conflicts: 0 };
+
+  constructor(private readonly s: Session) {
+    this.q = statements(s);
+  }
+
+  async current(stream: string, partition: number): Promise<bigint | undefined> {
+    const result = await this.s.execute("partition_owners: read epoch", this.q.read, [stream, partition], {
+      idempotent: true,
+    });
+    const value = result.first()?.get("epoch");
+    return value === null || value === undefined ? undefined : BigInt(String(value));
+  }
+
+  async claim(stream: string, partition: number, owner = defaultOwner()): Promise<bigint> {
+    let lastError: unknown;
+    for (let attempt = 1; attempt <= CLAIM_ATTEMPTS_MAX; attempt++) {
+      try {
+        const seen = await this.current(stream, partition);
+        const now = BigInt(Date.now()) * 1000n;
+        const next = seen === undefined || now > seen ? now : seen + 1n;
+        const result =
+          seen === undefined
+            ? await this.s.execute(
+                "partition_owners: first claim (LWT)",
+                this.q.insert,
+                [stream, partition, toLong(next), owner, new Date()],
+                { idempotent: false },
+              )
+            : await this.s.execute(
+                "partition_owners: claim (LWT)",
+                this.q.update,
+                [toLong(next), owner, new Date(), stream, partition, toLong(seen)],
+                { idempotent: false },
+              );
+        this.stats.claims++;
+        if (result.wasApplied()) return next;
+        this.stats.conflicts++;
+      } catch (err) {
+        if (!isUnavailable(err)) throw err;
+        lastError = err; // outcome unknown: the next read shows whether it applied (then we re-claim)
+      }
+      await backoff(attempt);
+    }
+    throw contended(`partition_owners: claim ${stream}/${partition}`, CLAIM_ATTEMPTS_MAX, lastError);
+  }
+
+  async close(): Promise<void> {}
+}
+
+function defaultOwner(): string {
+  return `${hostname()}/${process.pid}`;
+}
+
+function statements(s: Session) {
+  const t = s.table("partition_owners");
+  return {
+    read: `SELECT epoch FROM ${t} WHERE stream = ? AND partition = ?`,
+    insert: `INSERT INTO ${t} (stream, partition, epoch, owner, claimed_at) VALUES (?, ?, ?, ?, ?) IF NOT EXISTS`,
+    update:
+      `UPDATE ${t} SET epoch = ?, owner = ?, claimed_at = ? WHERE stream = ? AND partition = ? ` +
+      "IF epoch = ?",
+  };
+}

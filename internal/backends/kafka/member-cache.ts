@@ -1,0 +1,61 @@
+/**
+ * The sequencer's cache of member lists, so that a message costs no membership read.
+ *
+ * It is kept true by the log itself: every membership change is announced as a record in the drafts
+ * topic, keyed by conversation, after the change is stored and before the change is acknowledged
+ * (`KafkaMessageLog.announceMembershipChange`). The owner of the conversation's partition reads it in
+ * order with the messages, so a message sent after a leave was acknowledged is addressed without the
+ * member who left. The cache is cleared whenever the owner's partitions change (another owner may
+ * have read announcements meanwhile), and an entry older than `ttlMs` is read again, which bounds the
+ * damage of an announcement that was never made (a process that died between the change and it).
+ * Bounded: the least recently used conversation goes first.
+ */
+export interface MemberCacheOptions {
+  entriesMax: number;
+  ttlMs: number;
+  now?: () => number;
+}
+
+export class MemberCache {
+  private readonly entries = new Map<string, { members: readonly string[]; loadedAtMs: number }>();
+  private readonly now: () => number;
+
+  constructor(private readonly o: MemberCacheOptions) {
+    this.now = o.now ?? Date.now;
+  }
+
+  get(conversationId: string): readonly string[] | undefined {
+    const entry = this.entries.get(conversationId);
+    if (!entry) return undefined;
+    if (this.now() - entry.loadedAtMs > this.o.ttlMs) {
+      this.entries.delete(conversationId);
+      return undefined;
+    }
+    // Map order is insertion order: re-inserting marks it most recently used.
+    this.entries.delete(conversationId);
+    this.entries.set(conversationId, entry);
+    return entry.members;
+  }
+
+  /** `loadedAtMs`: when the read started (a change announced after it must not be masked). */
+  set(conversationId: string, members: readonly string[], loadedAtMs: number): void {
+    this.entries.delete(conversationId);
+    this.entries.set(conversationId, { members, loadedAtMs });
+    while (this.entries.size > this.o.entriesMax) {
+      const oldest = this.entries.keys().next().value as string;
+      this.entries.delete(oldest);
+    }
+  }
+
+  forget(conversationId: string): void {
+    this.entries.delete(conversationId);
+  }
+
+  clear(): void {
+    this.entries.clear();
+  }
+
+  get size(): number {
+    return this.entries.size;
+  }
+}
