@@ -16,6 +16,7 @@ import type { PushService } from "../../gen/switchboard/push/v1/push_pb.js";
 import type {
   Closeable,
   InboxStore,
+  LoggedMessage,
   MembershipStore,
   MessageLog,
   RoutingEvents,
@@ -159,20 +160,21 @@ export class Router {
     return out;
   }
 
-  private async route(batch: StoredMessage[]): Promise<void> {
+  private async route(batch: LoggedMessage[]): Promise<void> {
     const started = performance.now();
     const { membership, inbox } = this.options;
-    // Member lists of the batch's conversations, read concurrently (one read each): with a remote
-    // store, reading them one after another was most of a batch's time.
-    const conversations = [...new Set(batch.map((m) => m.conversationId))];
-    const membersOf = new Map<string, string[]>();
+    // Recipients come with the message when the log knows them (the distributed sequencer addresses
+    // each message); otherwise the member lists of the batch's conversations are read concurrently.
+    const conversations = [...new Set(batch.filter((m) => !m.recipients).map((m) => m.conversationId))];
+    const membersOf = new Map<string, readonly string[]>();
     for (let i = 0; i < conversations.length; i += MEMBER_READS_CONCURRENT) {
       const slice = conversations.slice(i, i + MEMBER_READS_CONCURRENT);
       const lists = await Promise.all(slice.map((c) => membership.members(c)));
       for (const [j, c] of slice.entries()) membersOf.set(c, lists[j] ?? []);
     }
+    const recipientsOf = (m: LoggedMessage) => m.recipients ?? membersOf.get(m.conversationId) ?? [];
     const entries = batch.flatMap((m) =>
-      (membersOf.get(m.conversationId) ?? []).map((userId) => ({
+      recipientsOf(m).map((userId) => ({
         userId,
         conversationId: m.conversationId,
         seq: m.seq,
@@ -182,7 +184,7 @@ export class Router {
     const stored = await inbox.append(entries);
     let i = 0;
     for (const m of batch) {
-      const members = membersOf.get(m.conversationId) ?? [];
+      const members = recipientsOf(m);
       const perGateway = new Map<string, { userIds: string[]; cursors: bigint[] }>();
       for (const userId of members) {
         const cursor = stored[i++]!.cursor;
