@@ -140,7 +140,10 @@ class Collector {
   constructor(private readonly ns: string) {}
 
   readonly handler: BatchHandler = async (batch) => {
-    const mine = batch.filter((m) => m.conversationId.startsWith(this.ns));
+    // The log's messages as stored; `recipients` (a distributed-log extra) are checked elsewhere.
+    const mine = batch
+      .filter((m) => m.conversationId.startsWith(this.ns))
+      .map(({ recipients: _, ...m }): StoredMessage => m);
     if (mine.length === 0) return;
     this.check(mine);
     const threw = this.failWhen(mine);

@@ -174,6 +174,44 @@ describe("groups", () => {
     expect(afterLeave.code).toBe(Code.PERMISSION_DENIED);
     for (const x of [ca, cb, cc]) x.close();
   });
+
+  it("a membership change holds for the very next message: none for who left, all for who was added", async () => {
+    const [a, b, c, d] = [user("a"), user("b"), user("c"), user("d")];
+    const [ca, cb, cc, cd] = [await connect(a), await connect(b), await connect(c), await connect(d)];
+    const group = expectCase(
+      await ca.request({ case: "createGroup", value: { name: "churn", members: [b, c] } }),
+      "conversation",
+    ).conversation!;
+    // Everyone receives one message first, so that whoever addresses messages knows the member list.
+    expectCase(await send(ca, { conversationId: group.id }, "warm"), "ack");
+    for (const x of [cb, cc]) await x.nextEvent(messageEvent("warm"));
+
+    for (let round = 0; round < 3; round++) {
+      expectCase(await cc.request({ case: "leaveGroup", value: { conversationId: group.id } }), "ok");
+      expectCase(await send(ca, { conversationId: group.id }, `after-leave-${round}`), "ack");
+      expectCase(
+        await ca.request({ case: "addMembers", value: { conversationId: group.id, members: [d] } }),
+        "conversation",
+      );
+      expectCase(await send(ca, { conversationId: group.id }, `after-add-${round}`), "ack");
+      await cd.nextEvent(messageEvent(`after-add-${round}`));
+      await cb.nextEvent(messageEvent(`after-add-${round}`));
+      expectCase(await cd.request({ case: "leaveGroup", value: { conversationId: group.id } }), "ok");
+      expectCase(
+        await ca.request({ case: "addMembers", value: { conversationId: group.id, members: [c] } }),
+        "conversation",
+      );
+    }
+    // b got everything; c never got what was sent while it was out, d never what came before it joined.
+    const bodies = async (x: RawClient) => (await x.syncAll()).messages.map((m) => m.body);
+    expect(await bodies(cb)).toEqual(
+      ["warm", 0, 1, 2].flatMap((r) => (r === "warm" ? ["warm"] : [`after-leave-${r}`, `after-add-${r}`])),
+    );
+    expect(await bodies(cc)).toEqual(["warm"]);
+    expect(await bodies(cd)).toEqual([0, 1, 2].map((r) => `after-add-${r}`));
+    expect(cc.received.some(messageEvent("after-leave-0"))).toBe(false);
+    for (const x of [ca, cb, cc, cd]) x.close();
+  });
 });
 
 describe("multi-device and sync", () => {
