@@ -5,7 +5,15 @@
  */
 import { DEFAULT_LAYOUT } from "../test/infra/cluster/cluster.js";
 import { ClusterSystem } from "./cluster-system.js";
-import { dropRunState, ensureInfra, InfraCpu, type RunNames, runNames, type SharedInfra } from "./infra.js";
+import {
+  dropRunState,
+  ensureInfra,
+  InfraCpu,
+  infraPorts,
+  type RunNames,
+  runNames,
+  type SharedInfra,
+} from "./infra.js";
 import type { BackendName, Settings } from "./options.js";
 import { ProcessSystem, type SystemUnderTest } from "./sut.js";
 
@@ -29,7 +37,14 @@ export async function openBackend(s: Settings, log: (s: string) => void): Promis
   if (s.backend === "embedded") return embedded(s);
   log(`${s.backend}: starting or reusing Kafka and Cassandra (test/infra/up.sh kafka cassandra)`);
   const env = await ensureInfra(log);
-  const infra: SharedInfra = { env, cpu: new InfraCpu() };
+  const cpu = new InfraCpu(infraPorts(env));
+  for (const n of ["kafka", "cassandra"] as const)
+    log(
+      cpu.pids[n] === undefined
+        ? `  ${n} JVM not found (by port or pid file): its CPU is n/a`
+        : `  ${n} JVM pid ${cpu.pids[n]} (by ${cpu.found[n]})`,
+    );
+  const infra: SharedInfra = { env, cpu };
   return s.backend === "distributed" ? distributed(s, infra) : cluster(s, infra);
 }
 
@@ -68,6 +83,7 @@ function infraFacts(s: Settings, infra: SharedInfra, names?: RunNames): Record<s
     ...(names ? { topic_prefix: names.topicPrefix, keyspace: names.keyspace } : {}),
     kafka_partitions: s.kafkaPartitions,
     jvm_pids: infra.cpu.pids,
+    jvm_found_by: infra.cpu.found,
     jvm_rss_kb_at_start: infra.cpu.rssKb(),
   };
 }

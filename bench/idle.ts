@@ -1,6 +1,6 @@
 /**
- * Idle-connection memory (DESIGN G1): opens N authenticated WebSockets that then stay silent
- * (ws answers the server's pings), and reads the server's VmRSS and V8 heap before and after.
+ * Idle-connection memory (docs/design.md §7, G1): opens N authenticated WebSockets that then stay
+ * silent (ws answers the server's pings), and reads the server's VmRSS and V8 heap before and after.
  * The generator holds the other ends, so N stays below this process's 20,000 open-file cap;
  * source addresses rotate over 127.0.0.x so no single address runs short of ephemeral ports.
  */

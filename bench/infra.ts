@@ -7,8 +7,8 @@
  * The JVMs' CPU time is read from /proc like the Switchboard server's, so each step can account for it
  * (it is part of the system under test here, not foreign load).
  */
-import { spawn } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { execFileSync, spawn } from "node:child_process";
+import { readdirSync, readFileSync, readlinkSync } from "node:fs";
 import { homedir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -69,7 +69,7 @@ const cacheDir = () => process.env.SWITCHBOARD_CACHE ?? join(homedir(), ".cache"
  * The pid of our running server (as test/infra/servers.ts serverPid): the pid file's process only if
  * its command line carries `-Dswitchboard.infra=<run dir>`, so a recycled pid is never counted.
  */
-export function infraPid(name: InfraName): number | undefined {
+export function infraPidFromFile(name: InfraName): number | undefined {
   const runDir = join(cacheDir(), "run", name);
   try {
     const pid = Number.parseInt(readFileSync(join(runDir, "server.pid"), "utf8").trim(), 10);
@@ -81,25 +81,126 @@ export function infraPid(name: InfraName): number | undefined {
   }
 }
 
-/** CPU seconds of the Kafka and Cassandra JVMs (all threads), read from /proc/PID/stat. */
-export class InfraCpu {
-  readonly pids: Record<InfraName, number>;
-
-  constructor() {
-    const pids: Partial<Record<InfraName, number>> = {};
-    for (const n of INFRA) {
-      const pid = infraPid(n);
-      if (pid === undefined)
-        throw new Error(`${n} is not running (no live pid under ${cacheDir()}/run/${n})`);
-      pids[n] = pid;
+/** Inodes of the TCP sockets listening on `port` (any address, IPv4 and IPv6), from /proc/net/tcp{,6}. */
+function listeningInodes(port: number): Set<string> {
+  const inodes = new Set<string>();
+  const hexPort = port.toString(16).toUpperCase().padStart(4, "0");
+  for (const file of ["/proc/net/tcp", "/proc/net/tcp6"]) {
+    let text: string;
+    try {
+      text = readFileSync(file, "utf8");
+    } catch {
+      continue;
     }
-    this.pids = pids as Record<InfraName, number>;
+    for (const line of text.split("\n").slice(1)) {
+      const f = line.trim().split(/\s+/);
+      // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+      if (f.length < 10 || f[3] !== "0A") continue; // 0A: LISTEN
+      if (f[1]!.slice(f[1]!.lastIndexOf(":") + 1) === hexPort && f[9] !== "0") inodes.add(f[9]!);
+    }
+  }
+  return inodes;
+}
+
+/**
+ * The pid of the process listening on TCP `port`: the socket's inode from /proc/net/tcp{,6}, then the
+ * process holding `socket:[inode]` among /proc/<pid>/fd; else `ss -ltnp`. Undefined when neither
+ * finds it (not running, or another user's process that /proc does not show us).
+ */
+export function pidListeningOn(port: number): number | undefined {
+  const inodes = listeningInodes(port);
+  if (inodes.size > 0) {
+    const targets = new Set([...inodes].map((i) => `socket:[${i}]`));
+    for (const entry of readdirSync("/proc")) {
+      if (!/^\d+$/.test(entry)) continue;
+      let fds: string[];
+      try {
+        fds = readdirSync(`/proc/${entry}/fd`);
+      } catch {
+        continue;
+      }
+      for (const fd of fds) {
+        try {
+          if (targets.has(readlinkSync(`/proc/${entry}/fd/${fd}`))) return Number(entry);
+        } catch {
+          // closed meanwhile
+        }
+      }
+    }
+  }
+  try {
+    const out = execFileSync("ss", ["-Hltnp", `sport = :${port}`], {
+      stdio: ["ignore", "pipe", "ignore"],
+      timeout: 5_000,
+    }).toString();
+    const m = /pid=(\d+)/.exec(out);
+    if (m) return Number(m[1]);
+  } catch {
+    // no ss, or not permitted
+  }
+  return undefined;
+}
+
+/** The port of the first `host:port` of a comma list (the default when it names none). */
+export function firstPort(list: string | undefined, fallback: number): number {
+  const first = (list ?? "").split(",")[0]?.trim() ?? "";
+  const m = /:(\d+)$/.exec(first);
+  return m ? Number(m[1]) : fallback;
+}
+
+/** The ports the JVMs listen on for clients: from up.sh's KAFKA_BROKERS and CASSANDRA_CONTACT_POINTS. */
+export function infraPorts(env: InfraEnv): Record<InfraName, number> {
+  return {
+    kafka: firstPort(env.KAFKA_BROKERS, 9092),
+    cassandra: firstPort(env.CASSANDRA_CONTACT_POINTS, 9042),
+  };
+}
+
+/**
+ * CPU seconds of the Kafka and Cassandra JVMs (all threads), read from /proc/PID/stat. Each JVM is
+ * found by the port it listens on (the broker port, the CQL port), else by test/infra's pid file; one
+ * not found is left out of every reading (its figures say "n/a").
+ */
+export class InfraCpu {
+  /** The JVMs found, by name (a missing name: not found). */
+  readonly pids: Partial<Record<InfraName, number>>;
+  /** How each was found ("port 19042", "pid file"), or "not found". */
+  readonly found: Record<InfraName, string>;
+
+  constructor(ports: Record<InfraName, number>) {
+    const pids: Partial<Record<InfraName, number>> = {};
+    const found = {} as Record<InfraName, string>;
+    for (const n of INFRA) {
+      let pid = pidListeningOn(ports[n]);
+      found[n] = `port ${ports[n]}`;
+      if (pid === undefined) {
+        pid = infraPidFromFile(n);
+        found[n] = pid === undefined ? "not found" : "pid file";
+      }
+      if (pid !== undefined) pids[n] = pid;
+    }
+    this.pids = pids;
+    this.found = found;
   }
 
-  /** { kafka: s, cassandra: s }; throws if a JVM went away (restarted by someone else: the step is void). */
+  /** The names of the JVMs found. */
+  get names(): InfraName[] {
+    return INFRA.filter((n) => this.pids[n] !== undefined);
+  }
+
+  /**
+   * { kafka: s, cassandra: s } of the JVMs found; a JVM that went away (restarted by someone else)
+   * is left out, so the step's figure for it is "n/a" rather than a wrong delta.
+   */
   seconds(): Record<string, number> {
     const out: Record<string, number> = {};
-    for (const n of INFRA) out[n] = procCpuSeconds(this.pids[n]);
+    for (const n of this.names) {
+      try {
+        out[n] = procCpuSeconds(this.pids[n]!);
+      } catch {
+        // gone
+      }
+    }
     return out;
   }
 
@@ -111,9 +212,13 @@ export class InfraCpu {
 
   rssKb(): Record<string, number> {
     const out: Record<string, number> = {};
-    for (const n of INFRA) {
-      const m = /^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${this.pids[n]}/status`, "utf8"));
-      out[n] = m ? Number(m[1]) : Number.NaN;
+    for (const n of this.names) {
+      try {
+        const m = /^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${this.pids[n]}/status`, "utf8"));
+        out[n] = m ? Number(m[1]) : Number.NaN;
+      } catch {
+        out[n] = Number.NaN;
+      }
     }
     return out;
   }

@@ -28,8 +28,33 @@ export interface ServerStages {
   messages_per_router_batch: number | null;
 }
 
+/** "n/a": not measured (a JVM that was not found, or a backend without it). */
+export type NA = "n/a";
+
+/**
+ * Where a step's time goes, per message. Requests are the step's deltas of the processes' /metrics
+ * counters (the whole step: warm-up, measured window and drain) over the messages sent in the step;
+ * CPU is over the measured window, per message sent in it (as server_cpu_us_per_msg).
+ */
+export interface StepCosts {
+  /** Messages sent in the step, warm-up included: what the request counts are divided by. */
+  messages: number;
+  /** Cassandra client requests per message, by kind (null: the backend has no Cassandra). */
+  cassandra: { reads: number; writes: number; batches: number; lwts: number; total: number } | null;
+  /** Kafka produce requests and produced records per message (null: the backend has no Kafka). */
+  kafka: { produce_requests: number; produced_records: number } | null;
+  /** CPU µs per message: each Switchboard process, the Kafka and Cassandra JVMs, and all of them. */
+  cpu_us: {
+    by_process: Record<string, number>;
+    kafka: number | NA;
+    cassandra: number | NA;
+    total: number | null;
+  };
+}
+
 export type LadderResult = StepResult & {
   server_stages?: ServerStages;
+  per_msg?: StepCosts;
   /** A cluster: each role's cores (the sum over its processes). */
   server_cpu_cores_by_role?: Record<string, number>;
 };
@@ -109,6 +134,59 @@ const STAGE_METRICS = [
   "switchboard_router_batch_seconds_sum",
   "switchboard_router_batch_seconds_count",
 ];
+
+const CASSANDRA_KINDS = { reads: "read", writes: "write", batches: "batch", lwts: "lwt" } as const;
+const cassandraSeries = (kind: string) => `switchboard_cassandra_requests_total{kind="${kind}"}`;
+const KAFKA_PRODUCE_REQUESTS = "switchboard_kafka_produce_requests_total";
+const KAFKA_PRODUCED_RECORDS = "switchboard_kafka_produced_records_total";
+/** Everything a step scrapes from the system's /metrics, before and after. */
+const STEP_METRICS = [
+  ...STAGE_METRICS,
+  ...Object.values(CASSANDRA_KINDS).map(cassandraSeries),
+  KAFKA_PRODUCE_REQUESTS,
+  KAFKA_PRODUCED_RECORDS,
+];
+
+const r2 = (x: number) => Math.round(x * 100) / 100;
+
+function stepCosts(
+  r: StepResult,
+  onInfra: boolean,
+  a: Record<string, number> | undefined,
+  b: Record<string, number> | undefined,
+): StepCosts {
+  const n = r.step_sent;
+  // A series missing on either side (no /metrics, or a server without the counter): not measured.
+  const perMsg = (k: string): number | null =>
+    a?.[k] === undefined || b?.[k] === undefined || n === 0 ? null : r2((b[k]! - a[k]!) / n);
+  let cassandra: StepCosts["cassandra"] = null;
+  const kinds = Object.entries(CASSANDRA_KINDS).map(([field, kind]) => [
+    field,
+    perMsg(cassandraSeries(kind)),
+  ]);
+  if (onInfra && kinds.every(([, v]) => v !== null)) {
+    const c = Object.fromEntries(kinds) as { reads: number; writes: number; batches: number; lwts: number };
+    cassandra = { ...c, total: r2(c.reads + c.writes + c.batches + c.lwts) };
+  }
+  const produces = perMsg(KAFKA_PRODUCE_REQUESTS);
+  const records = perMsg(KAFKA_PRODUCED_RECORDS);
+  const kafka =
+    onInfra && produces !== null && records !== null
+      ? { produce_requests: produces, produced_records: records }
+      : null;
+  const jvm = (name: string): number | NA => r.infra_cpu_us_per_msg?.[name] ?? "n/a";
+  return {
+    messages: n,
+    cassandra,
+    kafka,
+    cpu_us: {
+      by_process: r.server_cpu_us_per_msg_by_process ?? {},
+      kafka: jvm("kafka"),
+      cassandra: jvm("cassandra"),
+      total: r.system_cpu_us_per_msg ?? r.server_cpu_us_per_msg,
+    },
+  };
+}
 
 function stageDelta(
   a: Record<string, number> | undefined,
@@ -191,7 +269,7 @@ export async function runLadder(
           );
           perf.start(o.warmupMs, Math.max(1, Math.floor(o.stepMs / 1000)));
         }
-        const m0 = await sut.metrics(STAGE_METRICS);
+        const m0 = await sut.metrics(STEP_METRICS);
         const r: LadderResult = await load.runStep({
           rate,
           warmupMs: o.warmupMs,
@@ -204,7 +282,9 @@ export async function runLadder(
           machineBusySeconds,
           ...(sut.infra ? { infraCpuSeconds: () => sut.infra!.seconds() } : {}),
         });
-        if (m0) r.server_stages = stageDelta(m0, await sut.metrics(STAGE_METRICS));
+        const m1 = m0 && (await sut.metrics(STEP_METRICS));
+        if (m0) r.server_stages = stageDelta(m0, m1);
+        r.per_msg = stepCosts(r, sut.infra !== undefined, m0, m1);
         if (r.server_cpu_cores_by_process) r.server_cpu_cores_by_role = byRole(r.server_cpu_cores_by_process);
         const v = verdict(r, load.closedUnexpectedly - closedBefore);
         if (attempt > 1) v.why += ` (attempt ${attempt})`;
@@ -241,5 +321,9 @@ function progress(r: LadderResult): string {
         .map(([n, c]) => `${n} ${f(c)}`)
         .join(", ")}`
     : "";
-  return `${stages} sent ${r.offered_rate}/s, p50 ${f(r.latency.p50_ms)} p99 ${f(r.latency.p99_ms)} p99.9 ${f(r.latency.p999_ms)} max ${f(r.latency.max_ms)} ms; ack p99 ${f(r.ack_latency.p99_ms)}; server ${f(r.server_cpu_cores)} cores${roles}${jvm}, gen ${f(r.generator_cpu_cores)}, other ${f(r.other_cpu_cores)}`;
+  const c = r.per_msg;
+  const costs = c?.cassandra
+    ? ` [per msg: cassandra ${f(c.cassandra.total)} (r ${f(c.cassandra.reads)} w ${f(c.cassandra.writes)} b ${f(c.cassandra.batches)} lwt ${f(c.cassandra.lwts)}), kafka ${f(c.kafka?.produce_requests)} produces ${f(c.kafka?.produced_records)} records; ${c.cpu_us.total ?? "-"} µs CPU]`
+    : "";
+  return `${stages}${costs} sent ${r.offered_rate}/s, p50 ${f(r.latency.p50_ms)} p99 ${f(r.latency.p99_ms)} p99.9 ${f(r.latency.p999_ms)} max ${f(r.latency.max_ms)} ms; ack p99 ${f(r.ack_latency.p99_ms)}; server ${f(r.server_cpu_cores)} cores${roles}${jvm}, gen ${f(r.generator_cpu_cores)}, other ${f(r.other_cpu_cores)}`;
 }

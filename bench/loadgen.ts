@@ -82,7 +82,10 @@ export interface StepResult {
   /** Messages per second actually sent during the measured window. */
   offered_rate: number;
   measured_seconds: number;
+  /** Messages sent in the measured window. */
   sent: number;
+  /** Messages sent in the whole step, its warm-up included (what the step's request counts cover). */
+  step_sent: number;
   delivered: number;
   acked: number;
   lost: number;
@@ -107,8 +110,12 @@ export interface StepResult {
   server_cpu_us_per_msg: number | null;
   /** A server of several processes (a cluster): each one's cores, by name (their sum is server_cpu_cores). */
   server_cpu_cores_by_process?: Record<string, number>;
+  /** Each server process's CPU µs per message sent in the window, by name ("server" when there is one). */
+  server_cpu_us_per_msg_by_process?: Record<string, number>;
   /** CPU of the system's other processes (Kafka, Cassandra) during the window, cores by name. */
   infra_cpu_cores?: Record<string, number>;
+  /** The same per message sent in the window, µs by name. */
+  infra_cpu_us_per_msg?: Record<string, number>;
   /** Server plus infra CPU per message sent in the window (the whole system's cost of a message). */
   system_cpu_us_per_msg?: number | null;
   /** CPU used by other processes on this machine during the window (neither server, infra nor generator). */
@@ -331,21 +338,27 @@ export class PairLoad {
     const drainSeconds = (performance.now() - measureEnd) / 1000;
     const genCores = windowS > 0 ? (cpu.user + cpu.system) / 1e6 / windowS : 0;
     const serverCoresBy: Record<string, number> = {};
+    const serverUsBy: Record<string, number> = {};
     let serverSeconds = 0;
     for (const [name, end] of Object.entries(serverCpuEnd)) {
       const used = end - (serverCpuStart[name] ?? end);
       serverSeconds += used;
       if (windowS > 0) serverCoresBy[name] = Math.round((used / windowS) * 100) / 100;
+      if (measuredSent > 0) serverUsBy[name] = Math.round((used * 1e6) / measuredSent);
     }
     const serverCores = o.serverCpuSeconds && windowS > 0 ? serverSeconds / windowS : null;
     const sendLag = summarize(this.lag);
     const infraCores: Record<string, number> = {};
+    const infraUs: Record<string, number> = {};
     let infraSeconds = 0;
     if (o.infraCpuSeconds && windowS > 0)
       for (const [name, end] of Object.entries(infraEnd)) {
-        const used = end - (infraStart[name] ?? end);
+        const start = infraStart[name];
+        if (start === undefined) continue; // not read at the window's start: unknown, not zero
+        const used = end - start;
         infraSeconds += used;
         infraCores[name] = Math.round((used / windowS) * 100) / 100;
+        if (measuredSent > 0) infraUs[name] = Math.round((used * 1e6) / measuredSent);
       }
     const otherCores =
       o.machineBusySeconds && serverCores !== null && windowS > 0
@@ -357,6 +370,7 @@ export class PairLoad {
       offered_rate: windowS > 0 ? Math.round(measuredSent / windowS) : 0,
       measured_seconds: Math.round(windowS * 100) / 100,
       sent: measuredSent,
+      step_sent: k,
       delivered: this.delivered,
       acked: this.acked,
       lost: measuredSent - this.delivered,
@@ -378,9 +392,11 @@ export class PairLoad {
       server_cpu_us_per_msg:
         serverCores === null || measuredSent === 0 ? null : Math.round((serverSeconds * 1e6) / measuredSent),
       ...(Object.keys(serverCoresBy).length > 1 ? { server_cpu_cores_by_process: serverCoresBy } : {}),
+      ...(Object.keys(serverUsBy).length > 0 ? { server_cpu_us_per_msg_by_process: serverUsBy } : {}),
       ...(o.infraCpuSeconds
         ? {
             infra_cpu_cores: infraCores,
+            infra_cpu_us_per_msg: infraUs,
             system_cpu_us_per_msg:
               serverCores === null || measuredSent === 0
                 ? null

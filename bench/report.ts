@@ -94,6 +94,51 @@ export function roleTable(title: string, rows: LadderStep[]): string {
   return columns(title, head, body);
 }
 
+/**
+ * Where the time goes, per message and step: Cassandra requests by kind and Kafka produces (the step's
+ * /metrics deltas over the messages sent in it, warm-up included), and CPU µs of each Switchboard
+ * process, of the Kafka and Cassandra JVMs ("n/a": not found) and of all of them (measured window).
+ */
+export function costTable(title: string, rows: LadderStep[]): string {
+  const processes = [...new Set(rows.flatMap(({ r }) => Object.keys(r.per_msg?.cpu_us.by_process ?? {})))];
+  const onInfra = rows.some(({ r }) => r.infra_cpu_cores !== undefined);
+  const head = [
+    "rate/s",
+    "msgs",
+    ...(onInfra
+      ? ["cass read", "cass write", "cass batch", "cass lwt", "cass total", "kafka produces", "kafka records"]
+      : []),
+    ...processes.map((p) => `${p} µs`),
+    ...(onInfra ? ["kafka JVM µs", "cassandra JVM µs"] : []),
+    "total µs",
+  ];
+  const us = (x: number | "n/a" | null | undefined) =>
+    x === null || x === undefined ? "-" : typeof x === "string" ? x : String(x);
+  const body = rows.map(({ r }) => {
+    const c = r.per_msg;
+    const cass = c?.cassandra;
+    return [
+      String(r.rate),
+      c ? String(c.messages) : "-",
+      ...(onInfra
+        ? [
+            f(cass?.reads),
+            f(cass?.writes),
+            f(cass?.batches),
+            f(cass?.lwts),
+            f(cass?.total),
+            f(c?.kafka?.produce_requests),
+            f(c?.kafka?.produced_records),
+          ]
+        : []),
+      ...processes.map((p) => us(c?.cpu_us.by_process[p])),
+      ...(onInfra ? [us(c?.cpu_us.kafka), us(c?.cpu_us.cassandra)] : []),
+      us(c?.cpu_us.total),
+    ];
+  });
+  return columns(title, head, body);
+}
+
 /** The warnings and errors each cluster process logged, busiest first (empty when none). */
 export function logLines(logs: Record<string, LogDigest>): string[] {
   const out: string[] = [];

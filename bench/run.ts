@@ -5,8 +5,9 @@
  *
  *   1. 1:1 send→deliver latency (and ack latency) at fixed open-loop rates, from the scheduled send
  *      time (no coordinated omission), HDR histograms; pairs of sender/receiver connections.
- *   2. The step ladder: the highest rate held with p99 ≤ 10 ms (G4) and with p99 ≤ 50 ms (G5),
- *      stopping at the first failure or when the generator cannot keep the schedule.
+ *   2. The step ladder: the highest rate held with p99 ≤ 10 ms (G4 of docs/design.md §7) and with
+ *      p99 ≤ 50 ms (G5), stopping at the first failure or when the generator cannot keep the
+ *      schedule; per step, where the time goes (requests and CPU per message, by process).
  *   3. RSS per idle authenticated connection (G1) on a fresh server.
  *   +  a bare-ws baseline (same wire shapes, no platform) at the headline rates: the day's floor.
  *
@@ -31,7 +32,17 @@ import { type LadderStep, runLadder } from "./ladder.js";
 import { helpText, list, num, type Opts, readOptions, resolveSettings, type Settings } from "./options.js";
 import { hasPerf } from "./perf.js";
 import { formatProfile, type ProfileSummary, summarizeProfile } from "./profile.js";
-import { f, idleReport, logLines, maxLine, maxRate, roleTable, table, writerTable } from "./report.js";
+import {
+  costTable,
+  f,
+  idleReport,
+  logLines,
+  maxLine,
+  maxRate,
+  roleTable,
+  table,
+  writerTable,
+} from "./report.js";
 import { fsyncProbe, pinSelf, realtimeSelf, ServerProcess } from "./server.js";
 import { ProcessSystem, SERVER_ENV, type StopReport } from "./sut.js";
 import { selfCheck } from "./wire.js";
@@ -137,6 +148,7 @@ async function ladderPhase(s: Settings, opts: Opts, backend: Backend, out: Outpu
       server_cpu_cores: r.server_cpu_cores,
       ...(r.server_cpu_cores_by_role ? { server_cpu_cores_by_role: r.server_cpu_cores_by_role } : {}),
       ...(r.infra_cpu_cores ? { infra_cpu_cores: r.infra_cpu_cores } : {}),
+      ...(r.per_msg ? { per_msg: r.per_msg } : {}),
       verdict: steps.find((x) => x.r === r)?.v.why ?? "",
     };
   const m10 = maxRate(steps, "ok10");
@@ -160,6 +172,12 @@ async function ladderPhase(s: Settings, opts: Opts, backend: Backend, out: Outpu
   );
   if (steps.some((x) => x.r.server_cpu_cores_by_role))
     out.report.push(roleTable("Server CPU by role (cores, and µs per message sent):", steps));
+  out.report.push(
+    costTable(
+      "Where the time goes, per message: Cassandra requests by kind and Kafka produce requests/records (the step's /metrics deltas over its messages, warm-up included); CPU µs of each process and JVM (measured window):",
+      steps,
+    ),
+  );
   if (stopped.logs) {
     sum.cluster_logs = stopped.logs;
     const lines = logLines(stopped.logs);

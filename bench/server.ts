@@ -318,15 +318,26 @@ export function fsyncProbe(dir: string, n = 100): { p50_ms: number; p99_ms: numb
   return { p50_ms: at(0.5), p99_ms: at(0.99), max_ms: at(1) };
 }
 
-/** The sum of every sample of each requested metric name in a Prometheus text page. */
+/**
+ * The sum of every sample of each requested metric in a Prometheus text page. A request is a metric
+ * name (every sample of it, whatever its labels) or one series, `name{label="value"}`, spelt as the
+ * page spells its labels (prom-client: in the order they were declared).
+ */
 export function sumMetrics(text: string, names: readonly string[]): Record<string, number> {
   const out: Record<string, number> = {};
+  const wanted = new Set(names);
   for (const line of text.split("\n")) {
-    if (line.startsWith("#")) continue;
+    if (line.startsWith("#") || !line.trim()) continue;
     const sp = line.lastIndexOf(" ");
     const brace = line.indexOf("{");
-    const name = brace >= 0 && brace < sp ? line.slice(0, brace) : line.slice(0, sp);
-    if (names.includes(name)) out[name] = (out[name] ?? 0) + Number(line.slice(sp + 1));
+    const labelled = brace >= 0 && brace < sp;
+    const name = labelled ? line.slice(0, brace) : line.slice(0, sp);
+    const value = Number(line.slice(sp + 1));
+    if (wanted.has(name)) out[name] = (out[name] ?? 0) + value;
+    if (labelled) {
+      const series = line.slice(0, line.lastIndexOf("}", sp) + 1);
+      if (wanted.has(series)) out[series] = (out[series] ?? 0) + value;
+    }
   }
   return out;
 }

@@ -4,12 +4,84 @@
  */
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
 
+/**
+ * Live request counters of a storage client (the distributed backend's `requests`): read when
+ * /metrics is scraped. Structural, so this module does not depend on the backends.
+ */
+export interface StorageRequestSource {
+  cassandra: {
+    readonly reads: number;
+    readonly writes: number;
+    readonly batches: number;
+    readonly lwts: number;
+  };
+  kafka: { produceRequests(): number; producedRecords(): number };
+}
+
+const CASSANDRA_KINDS = [
+  ["read", "reads"],
+  ["write", "writes"],
+  ["batch", "batches"],
+  ["lwt", "lwts"],
+] as const;
+
+/**
+ * Counters whose values live in storage clients: each scrape sums every attached source and adds
+ * what they counted since the last scrape, so the series only ever go up (a source that closes
+ * keeps its last counts), as a Prometheus counter must.
+ */
+function storageRequestCounters(r: Registry[]) {
+  const sources: StorageRequestSource[] = [];
+  const seen = { read: 0, write: 0, batch: 0, lwt: 0, produceRequests: 0, producedRecords: 0 };
+  const advance = (key: keyof typeof seen, now: number): number => {
+    const delta = Math.max(0, now - seen[key]);
+    seen[key] = Math.max(seen[key], now);
+    return delta;
+  };
+  const sum = (of: (s: StorageRequestSource) => number) => sources.reduce((a, s) => a + of(s), 0);
+  new Counter({
+    name: "switchboard_cassandra_requests_total",
+    help: "Requests this process sent to Cassandra, by kind: read (SELECT), write (one statement), batch (an unconditional batch: one request however many statements), lwt (a conditional statement or batch: one Paxos round).",
+    labelNames: ["kind"],
+    registers: r,
+    collect() {
+      for (const [kind, field] of CASSANDRA_KINDS) {
+        const now = sum((s) => s.cassandra[field]);
+        this.inc({ kind }, advance(kind, now));
+      }
+    },
+  });
+  new Counter({
+    name: "switchboard_kafka_produce_requests_total",
+    help: "Produce requests this process sent to Kafka (one per batch the producer flushed).",
+    registers: r,
+    collect() {
+      const now = sum((s) => s.kafka.produceRequests());
+      this.inc(advance("produceRequests", now));
+    },
+  });
+  new Counter({
+    name: "switchboard_kafka_produced_records_total",
+    help: "Records this process produced to Kafka (all topics).",
+    registers: r,
+    collect() {
+      const now = sum((s) => s.kafka.producedRecords());
+      this.inc(advance("producedRecords", now));
+    },
+  });
+  return (source: StorageRequestSource): void => {
+    sources.push(source);
+  };
+}
+
 export function createMetrics() {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry, prefix: "switchboard_process_" });
   const r = [registry];
   return {
     registry,
+    /** Exports a storage client's request counters (switchboard_cassandra_*, switchboard_kafka_*). */
+    countStorageRequests: storageRequestCounters(r),
     connections: new Gauge({
       name: "switchboard_gateway_connections",
       help: "Open authenticated WebSocket connections.",

@@ -16,6 +16,7 @@ import { EmbeddedBackends } from "../backends/embedded/index.js";
 import type { Backends } from "../backends/types.js";
 import type { Config } from "../lib/config.js";
 import type { Logger } from "../lib/log.js";
+import type { Metrics } from "../lib/metrics.js";
 
 /** What a process does with the distributed backend. */
 export interface BackendUse {
@@ -83,18 +84,30 @@ export function distributedOptions(config: Config, log: Logger, use: BackendUse)
   };
 }
 
-export function openDistributed(config: Config, log: Logger, use: BackendUse): Promise<DistributedBackends> {
-  return openDistributedBackends(distributedOptions(config, log, use));
+/**
+ * Opens the distributed backend and exports its request counters on `metrics`
+ * (switchboard_cassandra_requests_total, switchboard_kafka_produce*_total).
+ */
+export async function openDistributed(
+  config: Config,
+  log: Logger,
+  metrics: Metrics,
+  use: BackendUse,
+): Promise<DistributedBackends> {
+  const backends = await openDistributedBackends(distributedOptions(config, log, use));
+  metrics.countStorageRequests(backends.requests);
+  return backends;
 }
 
 /** The configured backend: embedded (one LMDB file; role all only) or distributed. */
 export async function openBackends(
   config: Config,
   log: Logger,
+  metrics: Metrics,
   use: BackendUse,
   onFatal: (err: unknown) => void,
 ): Promise<Backends> {
-  if (config.backend === "distributed") return openDistributed(config, log, use);
+  if (config.backend === "distributed") return openDistributed(config, log, metrics, use);
   return new EmbeddedBackends({
     dataDir: config.dataDir,
     onFatal,

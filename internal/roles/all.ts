@@ -27,6 +27,7 @@ export const startAll: RoleStarter = async (ctx) => {
     await openBackends(
       config,
       log,
+      metrics,
       { sequencer: config.kafka.sequencer, appends: true, provision: true },
       (err) => ctx.fatal(err),
     ),

@@ -11,7 +11,11 @@ export const startSequencer: RoleStarter = async (ctx) => {
   requireDistributed(ctx.config, "sequencer");
   const backends = ctx.own(
     await ctx.retry("open storage", () =>
-      openDistributed(ctx.config, ctx.log, { sequencer: true, appends: false, provision: false }),
+      openDistributed(ctx.config, ctx.log, ctx.metrics, {
+        sequencer: true,
+        appends: false,
+        provision: false,
+      }),
     ),
   );
   ctx.readiness(() => backends.unreachable());

@@ -1,0 +1,94 @@
+/**
+ * What the benchmark's per-message costs are built from: the storage request counters every process
+ * exports, the scrape that sums them by series, and finding a server's pid by its listening port.
+ */
+import { createServer } from "node:net";
+import { describe, expect, it } from "vitest";
+import { createMetrics, type StorageRequestSource } from "../internal/lib/metrics.js";
+import { firstPort, pidListeningOn } from "./infra.js";
+import { sumMetrics } from "./server.js";
+
+const SERIES = [
+  'switchboard_cassandra_requests_total{kind="read"}',
+  'switchboard_cassandra_requests_total{kind="write"}',
+  'switchboard_cassandra_requests_total{kind="batch"}',
+  'switchboard_cassandra_requests_total{kind="lwt"}',
+  "switchboard_cassandra_requests_total",
+  "switchboard_kafka_produce_requests_total",
+  "switchboard_kafka_produced_records_total",
+];
+
+function source(): StorageRequestSource & { produces: number; records: number } {
+  const s = {
+    cassandra: { reads: 0, writes: 0, batches: 0, lwts: 0 },
+    produces: 0,
+    records: 0,
+    kafka: {
+      produceRequests: () => s.produces,
+      producedRecords: () => s.records,
+    },
+  };
+  return s;
+}
+
+describe("storage request counters on /metrics", () => {
+  it("export every attached client's live counts as counters, by kind", async () => {
+    const metrics = createMetrics();
+    const page = async () => sumMetrics(await metrics.registry.metrics(), SERIES);
+    // Before any backend is attached (embedded): zeros.
+    expect(await page()).toMatchObject({
+      switchboard_kafka_produce_requests_total: 0,
+      switchboard_kafka_produced_records_total: 0,
+    });
+    const a = source();
+    const b = source();
+    metrics.countStorageRequests(a);
+    metrics.countStorageRequests(b);
+    a.cassandra.reads = 3;
+    a.cassandra.lwts = 2;
+    b.cassandra.writes = 5;
+    b.cassandra.batches = 1;
+    a.produces = 4;
+    a.records = 10;
+    b.records = 1;
+    expect(await page()).toEqual({
+      'switchboard_cassandra_requests_total{kind="read"}': 3,
+      'switchboard_cassandra_requests_total{kind="write"}': 5,
+      'switchboard_cassandra_requests_total{kind="batch"}': 1,
+      'switchboard_cassandra_requests_total{kind="lwt"}': 2,
+      switchboard_cassandra_requests_total: 11,
+      switchboard_kafka_produce_requests_total: 4,
+      switchboard_kafka_produced_records_total: 11,
+    });
+    a.cassandra.reads = 7;
+    b.produces = 2;
+    const text = await metrics.registry.metrics();
+    expect(text).toContain("# TYPE switchboard_cassandra_requests_total counter");
+    expect(text).toContain('switchboard_cassandra_requests_total{kind="read"} 7');
+    expect(text).toMatch(/^switchboard_kafka_produce_requests_total 6$/m);
+    // Scraping again without new requests changes nothing.
+    const again = sumMetrics(text, SERIES);
+    expect(await page()).toEqual(again);
+    expect(again.switchboard_cassandra_requests_total).toBe(15);
+  });
+});
+
+describe("finding a server by its port", () => {
+  it("finds this process listening on a port, and nothing on a closed one", async () => {
+    const server = createServer();
+    await new Promise<void>((res) => server.listen(0, "127.0.0.1", res));
+    const port = (server.address() as { port: number }).port;
+    try {
+      expect(pidListeningOn(port)).toBe(process.pid);
+    } finally {
+      await new Promise((res) => server.close(res));
+    }
+    expect(pidListeningOn(port)).toBeUndefined();
+  });
+
+  it("reads the port of the first address of a list", () => {
+    expect(firstPort("127.0.0.1:19042,127.0.0.2:19042", 9042)).toBe(19042);
+    expect(firstPort("cassandra", 9042)).toBe(9042);
+    expect(firstPort(undefined, 9092)).toBe(9092);
+  });
+});
