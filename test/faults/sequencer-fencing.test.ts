@@ -1,18 +1,24 @@
 /**
- * F6, the zombie sequencer (ADR 0002): the sequencer owning the conversations is frozen with SIGSTOP
- * past its Kafka session timeout while drafts keep coming, a second sequencer takes over, then the
- * first is resumed with its stale state. Afterwards no (conversation, seq) was assigned twice, no
- * message got two seqs, every stored row matches its assignment, and every re-emitted sequenced
- * record agrees with the assignment.
+ * F6, the zombie sequencer (ADR 0002). First, processes: the sequencer owning the conversations is
+ * frozen with SIGSTOP past its Kafka session timeout while drafts keep coming, a second sequencer takes
+ * over, then the first is resumed with its stale state. Afterwards no (conversation, seq) was assigned
+ * twice, no message got two seqs, every stored row matches its assignment, and every re-emitted
+ * sequenced record agrees with the assignment. Second, deterministically in one process: a sequencer
+ * is held between assigning a batch and writing it until its successor has claimed the partitions and
+ * moved on; its late writes (a stale head among them) must not win, and it must acknowledge nothing.
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import cassandra from "cassandra-driver";
-import { Kafka, logLevel } from "kafkajs";
+import { Kafka, logLevel, type Producer } from "kafkajs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { openCassandraStores } from "../../internal/backends/cassandra/index.js";
 import { openDistributedBackends } from "../../internal/backends/distributed/index.js";
+import { BatchProducer } from "../../internal/backends/kafka/batch-producer.js";
 import { decodeMessage, encodeMessage } from "../../internal/backends/kafka/codec.js";
+import { SEQUENCER_GROUP, Sequencer } from "../../internal/backends/kafka/sequencer.js";
 import { topicNames } from "../../internal/backends/kafka/topics.js";
+import type { OwnershipStore } from "../../internal/backends/types.js";
 import { createLogger } from "../../internal/lib/log.js";
 import { cliPath } from "../helpers/server.js";
 import { ensureServer } from "../infra/servers.js";
@@ -216,5 +222,212 @@ describe("zombie sequencer", () => {
     expect(conflicts).toBe(0);
     expect(seen.size).toBe(bySeq.size);
     for (const c of [a, b]) c.kill("SIGTERM");
+  });
+});
+
+describe("zombie sequencer writing after its successor claimed", () => {
+  it("its late rows and head lose to the successor's; it acknowledges and emits nothing", async () => {
+    const zprefix = `${prefix}z.`;
+    const setup = await openDistributedBackends({
+      brokers: infra.KAFKA_BROKERS!.split(","),
+      clientId: "fence-setup-z",
+      topicPrefix: zprefix,
+      partitions: 2,
+      replicationFactor: 1,
+      retentionHours: 1,
+      appendTimeoutMs: 10_000,
+      cassandra: {
+        contactPoints: infra.CASSANDRA_CONTACT_POINTS!.split(","),
+        localDataCenter: "datacenter1",
+        keyspace,
+      },
+      log: createLogger({ test: "fence-z" }),
+      sequencer: false,
+    });
+    await setup.close();
+    const names = topicNames(zprefix);
+    const stores = await openCassandraStores({
+      contactPoints: infra.CASSANDRA_CONTACT_POINTS!.split(","),
+      localDataCenter: "datacenter1",
+      keyspace,
+    });
+    const kafka = new Kafka({
+      clientId: "fence-z",
+      brokers: infra.KAFKA_BROKERS!.split(","),
+      logLevel: logLevel.NOTHING,
+    });
+    const producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
+    await producer.connect();
+    const conversations = ["z:1", "z:2", "z:3", "z:4"];
+    let n = 0;
+    const produce = async (perConversation: number) => {
+      for (let k = 0; k < perConversation; k++)
+        for (const conversationId of conversations) {
+          const i = n++;
+          await producer.send({
+            topic: names.messages,
+            acks: -1,
+            messages: [
+              {
+                key: conversationId,
+                value: encodeMessage({
+                  conversationId,
+                  messageId: String(5_000_000 + i),
+                  sender: "z",
+                  clientMsgId: `z${i}`,
+                  body: `z${i}`,
+                  createdAtMs: Date.now(),
+                }),
+              },
+            ],
+          });
+        }
+    };
+    const headsAre = async (want: number, timeoutMs = 60_000) => {
+      const deadline = Date.now() + timeoutMs;
+      for (;;) {
+        const heads = await stores.sequencer.heads(conversations);
+        if ([...heads.values()].every((h) => h === want)) return;
+        if (Date.now() > deadline) throw new Error(`heads ${JSON.stringify([...heads])}, want ${want}`);
+        await new Promise((r) => setTimeout(r, 200));
+      }
+    };
+    const claims = new Map<string, bigint[]>();
+    const recording = (who: string): OwnershipStore => ({
+      claim: async (stream, partition, owner) => {
+        const epoch = await stores.ownership.claim(stream, partition, owner);
+        claims.set(who, [...(claims.get(who) ?? []), epoch]);
+        return epoch;
+      },
+      current: (stream, partition) => stores.ownership.current(stream, partition),
+      close: async () => {},
+    });
+    let hold = false;
+    let held = 0;
+    let release!: () => void;
+    const released = new Promise<void>((r) => {
+      release = r;
+    });
+    const producers = new Map<string, Producer>();
+    const sequencerProducer = (who: string): Producer => {
+      const p = kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
+      producers.set(who, p);
+      return p;
+    };
+    const sequencer = (who: string, beforeWrite?: () => Promise<void>) =>
+      new Sequencer({
+        kafka,
+        groupId: `${zprefix}${SEQUENCER_GROUP}`,
+        draftsTopic: names.messages,
+        sequencedTopic: names.sequenced,
+        repliesTopic: names.replies,
+        producer: new BatchProducer(sequencerProducer(who)),
+        store: stores.sequencer,
+        ownership: recording(who),
+        messages: stores.messages,
+        membership: { members: async () => [] },
+        pending: new Map(),
+        dedupeWindowSeconds: 3600,
+        log: createLogger({ test: `fence-z-${who}` }),
+        ...(beforeWrite ? { beforeWrite } : {}),
+      });
+    const connectedSequencer = async (s: Sequencer, who: string) => {
+      await producers.get(who)!.connect();
+      await s.start();
+      return s;
+    };
+    const a = sequencer("A", async () => {
+      if (!hold) return;
+      held++;
+      await released;
+    });
+    await connectedSequencer(a, "A");
+    await produce(5);
+    await headsAre(5);
+
+    // A assigns the next drafts (seqs 6..10) and is held before writing them: no heartbeats either.
+    hold = true;
+    await produce(5);
+    const deadline = Date.now() + 30_000;
+    while (held === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    expect(held).toBeGreaterThan(0);
+
+    // B takes over once A's session times out, sequences 6..10 itself and then 11..15.
+    const b = sequencer("B");
+    await connectedSequencer(b, "B");
+    await headsAre(10, SESSION_TIMEOUT_MS + 40_000);
+    await produce(5);
+    await headsAre(15);
+    const successorEpochs = claims.get("B") ?? [];
+    expect(successorEpochs.length).toBeGreaterThan(0);
+    const zombieEpoch = claims.get("A")![0]!;
+    expect(successorEpochs.every((e) => e > zombieEpoch)).toBe(true);
+
+    // A wakes and writes its stale batch (head 10, seqs 6..10) under its old epoch.
+    release();
+    const fencedBy = Date.now() + 30_000;
+    while (a.stats.fenced === 0 && Date.now() < fencedBy) await new Promise((r) => setTimeout(r, 100));
+    expect(a.stats.fenced).toBeGreaterThan(0);
+    await new Promise((r) => setTimeout(r, 2_000));
+
+    // The heads did not go back to A's 10, and every row is the one the newest owner wrote.
+    expect(await stores.sequencer.heads(conversations)).toEqual(new Map(conversations.map((c) => [c, 15])));
+    const cql = new cassandra.Client({
+      contactPoints: infra.CASSANDRA_CONTACT_POINTS!.split(","),
+      localDataCenter: "datacenter1",
+      keyspace,
+    });
+    for (const c of conversations) {
+      const history = await stores.messages.history(c, { limit: 100 });
+      expect(history.messages.map((m) => m.seq)).toEqual(Array.from({ length: 15 }, (_, i) => i + 1));
+      const ids = history.messages.map((m) => Number(m.messageId) - 5_000_000);
+      // Drafts were produced round-robin over the conversations: conversation k got k, k+4, k+8...
+      expect(ids).toEqual(ids.slice().sort((x, y) => x - y));
+      expect(new Set(ids).size).toBe(15);
+      const rows = await cql.execute(
+        "SELECT seq, WRITETIME(message_id) AS written FROM messages_by_conversation WHERE conversation_id = ? AND bucket = 0",
+        [c],
+        { prepare: true },
+      );
+      for (const row of rows.rows) {
+        const written = BigInt(String(row.get("written")));
+        if (Number(row.get("seq")) > 5) expect(written > zombieEpoch).toBe(true);
+      }
+      const head = await cql.execute(
+        "SELECT WRITETIME(last_seq) AS written FROM conversation_sequencer WHERE conversation_id = ? LIMIT 1",
+        [c],
+        { prepare: true },
+      );
+      expect(BigInt(String(head.first().get("written"))) > zombieEpoch).toBe(true);
+    }
+    await cql.shutdown();
+
+    // The sequenced stream never carries two messages at one (conversation, seq).
+    const consumer = kafka.consumer({ groupId: `fence-z-check-${id}` });
+    await consumer.connect();
+    await consumer.subscribe({ topic: names.sequenced, fromBeginning: true });
+    const bySeq = new Map<string, string>();
+    let conflicts = 0;
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, 30_000);
+      void consumer.run({
+        eachMessage: async ({ message }) => {
+          const m = decodeMessage(message.value!);
+          const key = `${m.conversationId}/${m.seq}`;
+          if (bySeq.has(key) && bySeq.get(key) !== m.messageId) conflicts++;
+          bySeq.set(key, m.messageId);
+          if (bySeq.size === conversations.length * 15) {
+            clearTimeout(timer);
+            resolve();
+          }
+        },
+      });
+    });
+    await consumer.disconnect();
+    expect(conflicts).toBe(0);
+    expect(bySeq.size).toBe(conversations.length * 15);
+    await Promise.all([a.close(), b.close(), producer.disconnect()]);
+    await Promise.all([...producers.values()].map((p) => p.disconnect()));
+    await stores.close();
   });
 });
