@@ -214,6 +214,11 @@ export const schema = {
       true,
       "Role all: also run a sequencer in this process (ADR 0002). Off: the drafts are sequenced by other processes (role sequencer or other platforms), which answer over the replies topic. Split roles ignore it: only role sequencer sequences.",
     ),
+    dedupeWindowHours: int(
+      168,
+      "A resend with the same client_msg_id within this window returns the original; after it, it is a new message (dedupe rows expire).",
+      1,
+    ),
     appendTimeoutMs: int(
       10_000,
       "A send not sequenced within this time fails with UNAVAILABLE (the client retries with the same client_msg_id).",
