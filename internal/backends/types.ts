@@ -47,6 +47,12 @@ export interface Closeable {
  * The message log (Kafka topic switchboard.messages keyed by conversation / the embedded log).
  * `append` resolves only once the message is durable and carries its seq: an ack means durable.
  */
+/** A message as the router delivers it: the recipients' inbox cursors are assigned and durable. */
+export interface InboxDelivery {
+  message: StoredMessage;
+  recipients: Array<{ userId: string; cursor: number }>;
+}
+
 export interface MessageLog extends Closeable {
   append(draft: MessageDraft): Promise<AppendResult>;
   /**
@@ -54,6 +60,12 @@ export interface MessageLog extends Closeable {
    * the group's position advances only after `handler` resolved, so effects must be idempotent.
    */
   consume(group: string, handler: BatchHandler): Promise<Closeable>;
+  /**
+   * The log's own fan-out, where it has one (distributed: the owner of a user's inbox partition assigns
+   * its cursors, ADR 0002): batches of messages whose recipients' inbox entries are durable, at least
+   * once. Without it the router consumes the log and appends to the inboxes itself.
+   */
+  deliveries?(handler: (batch: InboxDelivery[]) => Promise<void>): Promise<Closeable>;
 }
 
 export interface HistoryQuery {

@@ -16,27 +16,21 @@ import {
   UnsubscribeResponseSchema,
 } from "../../gen/switchboard/presence/v1/presence_pb.js";
 import type { ServiceClient } from "../lib/rpc.js";
+import { shardOf } from "../lib/shard.js";
 
 type PresenceClient = ServiceClient<typeof PresenceService>;
 
-/** FNV-1a over the UTF-16 code units: stable across processes and versions, cheap, well spread. */
-export function presenceShardOf(userId: string, shards: number): number {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < userId.length; i++) {
-    h ^= userId.charCodeAt(i);
-    h = Math.imul(h, 0x01000193);
-  }
-  return (h >>> 0) % shards;
-}
+/** The presence shard of a user (the same placement as every other per-user shard). */
+export const presenceShardOf = shardOf;
 
 export function shardedPresenceClient(shards: PresenceClient[]): PresenceClient {
   if (shards.length === 0) throw new Error("shardedPresenceClient: no shards");
   if (shards.length === 1) return shards[0]!;
-  const shardOf = (userId: string) => shards[presenceShardOf(userId, shards.length)]!;
+  const shardFor = (userId: string) => shards[shardOf(userId, shards.length)]!;
   const split = (userIds: string[]) => {
     const parts = new Map<PresenceClient, string[]>();
     for (const u of userIds) {
-      const shard = shardOf(u);
+      const shard = shardFor(u);
       const list = parts.get(shard);
       if (list) list.push(u);
       else parts.set(shard, [u]);
@@ -54,7 +48,7 @@ export function shardedPresenceClient(shards: PresenceClient[]): PresenceClient 
     return out;
   };
   return {
-    heartbeat: (req, options) => shardOf(req.userId ?? "").heartbeat(req, options),
+    heartbeat: (req, options) => shardFor(req.userId ?? "").heartbeat(req, options),
     async endSession(req, options) {
       await Promise.all(shards.map((s) => s.endSession(req, options)));
       return create(EndSessionResponseSchema);

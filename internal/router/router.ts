@@ -6,7 +6,9 @@
  *
  * Order: batches arrive in per-conversation order and are routed one after another, and each
  * gateway stream is FIFO, so a user sees a conversation in seq order. Inbox entries are written
- * before delivery, so a message a slow or reconnecting device misses is always found by sync.
+ * before delivery, so a message a slow or reconnecting device misses is always found by sync. With
+ * the distributed log the inbox entries are written by the owner of the user's inbox partition
+ * (ADR 0002), and the router gets the messages with their cursors (log.deliveries).
  */
 
 import type { MessageInitShape } from "@bufbuild/protobuf";
@@ -15,6 +17,7 @@ import type { DeliverRequest, DeliverRequestSchema } from "../../gen/switchboard
 import type { PushService } from "../../gen/switchboard/push/v1/push_pb.js";
 import type {
   Closeable,
+  InboxDelivery,
   InboxStore,
   LoggedMessage,
   MembershipStore,
@@ -73,7 +76,17 @@ export class Router {
 
   async start(): Promise<void> {
     this.closers.push(await this.options.routing.subscribe((e) => this.onSessionEvent(e)));
-    this.closers.push(await this.options.log.consume(CONSUMER_GROUP, (batch) => this.route(batch)));
+    const { log } = this.options;
+    this.closers.push(
+      log.deliveries
+        ? // The log assigns the inbox cursors itself (distributed: per inbox partition owner).
+          await log.deliveries(async (batch) => {
+            const started = performance.now();
+            this.deliver(batch);
+            this.options.metrics.routerBatchSeconds.observe((performance.now() - started) / 1000);
+          })
+        : await log.consume(CONSUMER_GROUP, (batch) => this.route(batch)),
+    );
   }
 
   /** A gateway in this process, reached through an in-process client. */
@@ -160,6 +173,7 @@ export class Router {
     return out;
   }
 
+  /** The log's messages: the router writes each recipient's inbox entry, then delivers. */
   private async route(batch: LoggedMessage[]): Promise<void> {
     const started = performance.now();
     const { membership, inbox } = this.options;
@@ -183,11 +197,24 @@ export class Router {
     );
     const stored = await inbox.append(entries);
     let i = 0;
-    for (const m of batch) {
-      const members = recipientsOf(m);
+    const deliveries = batch.map(
+      (m): InboxDelivery => ({
+        message: m,
+        recipients: recipientsOf(m).map((userId) => ({ userId, cursor: stored[i++]!.cursor })),
+      }),
+    );
+    this.deliver(deliveries);
+    this.options.metrics.routerBatchSeconds.observe((performance.now() - started) / 1000);
+  }
+
+  /**
+   * Hands each message to every gateway holding a device of a recipient, with the recipient's cursor,
+   * and asks push to notify recipients with no device online (never the sender).
+   */
+  private deliver(batch: InboxDelivery[]): void {
+    for (const { message: m, recipients } of batch) {
       const perGateway = new Map<string, { userIds: string[]; cursors: bigint[] }>();
-      for (const userId of members) {
-        const cursor = stored[i++]!.cursor;
+      for (const { userId, cursor } of recipients) {
         const sessions = this.byUser.get(userId);
         if (!sessions || sessions.size === 0) {
           if (userId !== m.sender) this.notifyOffline(userId, m);
@@ -216,7 +243,6 @@ export class Router {
         this.options.metrics.deliveriesTotal.inc(t.userIds.length);
       }
     }
-    this.options.metrics.routerBatchSeconds.observe((performance.now() - started) / 1000);
   }
 
   private notifyOffline(userId: string, m: StoredMessage): void {

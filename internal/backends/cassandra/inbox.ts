@@ -14,8 +14,12 @@
  * Within one process, concurrent appends for the same user are queued and merged into one round (one
  * Paxos round for many entries instead of a retry storm); across processes the CAS decides.
  *
- * read() returns a gap-free run of cursors only: if an entry's row is not written yet (its appender is
- * between the two steps) the page stops before it, so a device's cursor never skips an entry.
+ * read() returns a gap-free run of cursors only, and none above the user's head: if an entry's row is
+ * not written yet (its appender is between the two steps) the page stops before it, so a device's
+ * cursor never skips an entry.
+ *
+ * The distributed platform writes inboxes through the owner path below instead (ADR 0002: no Paxos
+ * round per user per batch); `append` stays for callers outside the message path and is the contract.
  */
 import type { InboxEntry, InboxStore } from "../types.js";
 import { INBOX_BUCKET_SIZE, inboxBucket } from "./schema.js";
@@ -41,6 +45,8 @@ const CAS_ENTRIES_MAX = 250;
 const ROUND_ENTRIES_MAX = 1000;
 const CAS_ATTEMPTS_MAX = 32;
 const IN_MAX = 100;
+/** Statements per unlogged batch of the owner path. */
+const OWNED_BATCH_STATEMENTS_MAX = 200;
 
 const entryKey = (conversationId: string, seq: number) => `${conversationId}\u0000${seq}`;
 
@@ -59,6 +65,7 @@ export class CassandraInboxStore implements InboxStore {
   private readonly q: ReturnType<typeof statements>;
   private readonly lanes = new Map<string, Request[]>();
   private readonly limiter: Limiter;
+  private readonly ownerLimiter = new Limiter(16);
   /** Conditional batches that did not apply (lost a race) or whose outcome was unknown (timeout). */
   readonly stats = { casApplied: 0, casConflicts: 0, casUnknown: 0 };
 
@@ -251,11 +258,112 @@ export class CassandraInboxStore implements InboxStore {
     }
   }
 
+  // -------------------------------------------------------------------------------------------
+  // The owner path (ADR 0002): the owner of a user's inbox partition assigns the cursors in memory and
+  // writes plainly, with its epoch as the write timestamp. The stream rows first, then the user's
+  // head, the Kafka offset of the last record applied, and one index row per entry (which expires
+  // after `ttlSeconds`; it answers re-deliveries of a message, which are rare and recent).
+
+  /** Head and last applied record offset per user (0 and -1 when none); one request per 100 users. */
+  async ownedHeads(users: string[]): Promise<Map<string, { head: number; appliedOffset: number }>> {
+    const ids = [...new Set(users)];
+    const out = new Map(ids.map((u) => [u, { head: 0, appliedOffset: -1 }]));
+    await this.ownerLimiter.map(chunks(ids, IN_MAX), async (part) => {
+      const result = await this.s.execute("inbox_heads: read owned heads", this.q.ownedHeads, [part], {
+        idempotent: true,
+        fetchSize: IN_MAX + 1,
+      });
+      for (const row of result.rows)
+        out.set(toText(row.get("user_id"), "inbox_heads.user_id"), {
+          head: optionalNumber(row.get("head"), "inbox_heads.head") ?? 0,
+          appliedOffset: optionalNumber(row.get("applied_offset"), "inbox_heads.applied_offset") ?? -1,
+        });
+    });
+    return out;
+  }
+
+  /** Which of these (user, conversation, seq) already have a cursor (keys `${user}\0${conv}\0${seq}`). */
+  async recorded(keys: Array<Omit<InboxEntry, "cursor" | "messageId">>): Promise<Set<string>> {
+    const found = new Set<string>();
+    const reads = [...groupBy(keys, (k) => `${k.userId}\u0000${k.conversationId}`).values()].flatMap(
+      (group) =>
+        chunks([...new Set(group.map((k) => k.seq))], IN_MAX).map((seqs) => ({
+          userId: group[0]!.userId,
+          conversationId: group[0]!.conversationId,
+          seqs,
+        })),
+    );
+    await this.ownerLimiter.map(reads, async (r) => {
+      const result = await this.s.execute(
+        "inbox_heads: look up entries",
+        this.q.lookup,
+        [r.userId, r.conversationId, r.seqs],
+        {
+          idempotent: true,
+          fetchSize: IN_MAX + 1,
+        },
+      );
+      for (const row of result.rows)
+        found.add(`${r.userId}\u0000${r.conversationId}\u0000${toNumber(row.get("seq"), "inbox_heads.seq")}`);
+    });
+    return found;
+  }
+
+  async writeOwned(
+    entries: InboxEntry[],
+    heads: Map<string, { head: number; appliedOffset: number }>,
+    epoch: bigint,
+    ttlSeconds: number,
+  ): Promise<void> {
+    const call = { idempotent: true, logged: false, writeTimestamp: epoch };
+    const ttl = Math.max(1, Math.floor(ttlSeconds));
+    const rows = [...groupBy(entries, (e) => `${e.userId}\u0000${inboxBucket(e.cursor)}`).values()].map(
+      (group) =>
+        group.map((e) => ({
+          query: this.q.insertStream,
+          params: [e.userId, inboxBucket(e.cursor), e.cursor, e.conversationId, e.seq, e.messageId],
+        })),
+    );
+    await this.writePartitions("inbox_by_user: write owned entries", rows, call);
+    const byUser = groupBy(entries, (e) => e.userId);
+    const state = [...heads].map(([user, h]) => [
+      { query: this.q.setOwnedHead, params: [h.head, h.appliedOffset, user] },
+      ...(byUser.get(user) ?? []).map((e) => ({
+        query: this.q.insertOwnedIndex,
+        params: [user, e.conversationId, e.seq, e.cursor, e.messageId, ttl],
+      })),
+    ]);
+    await this.writePartitions("inbox_heads: write owned heads", state, call);
+  }
+
+  /** Statements grouped by partition, sent as unlogged batches that never split a partition. */
+  private async writePartitions(
+    what: string,
+    partitions: Statement[][],
+    call: { idempotent: boolean; logged: boolean; writeTimestamp: bigint },
+  ): Promise<void> {
+    const batches: Statement[][] = [];
+    let batch: Statement[] = [];
+    for (const statements of partitions) {
+      if (batch.length > 0 && batch.length + statements.length > OWNED_BATCH_STATEMENTS_MAX) {
+        batches.push(batch);
+        batch = [];
+      }
+      batch.push(...statements);
+    }
+    if (batch.length > 0) batches.push(batch);
+    await this.ownerLimiter.map(batches, (b) =>
+      b.length === 1 ? this.s.execute(what, b[0]!.query, b[0]!.params, call) : this.s.batch(what, b, call),
+    );
+  }
+
   async read(userId: string, after: number, limit: number): Promise<InboxEntry[]> {
     const out: InboxEntry[] = [];
     if (limit <= 0) return out;
     let from = Math.max(0, Math.floor(after));
-    for (let bucket = inboxBucket(from + 1); out.length < limit; bucket++) {
+    // Nothing above the head: a fenced-out former owner's late rows there are not (yet) the inbox.
+    const head = await this.readHead(userId);
+    for (let bucket = inboxBucket(from + 1); out.length < limit && from < head; bucket++) {
       const result = await this.s.execute(
         "inbox_by_user: read",
         this.q.read,
@@ -264,7 +372,7 @@ export class CassandraInboxStore implements InboxStore {
       );
       for (const row of result.rows) {
         const cursor = toNumber(row.get("cursor"), "inbox_by_user.cursor");
-        if (cursor !== from + 1) return out; // not written yet: stop before the hole
+        if (cursor !== from + 1 || cursor > head) return out; // not written yet: stop before the hole
         out.push({
           userId,
           cursor,
@@ -314,5 +422,8 @@ function statements(s: Session) {
       `SELECT cursor, conversation_id, seq, message_id FROM ${stream} ` +
       "WHERE user_id = ? AND bucket = ? AND cursor > ? LIMIT ?",
     last: `SELECT cursor FROM ${stream} WHERE user_id = ? AND bucket = ? ORDER BY cursor DESC LIMIT 1`,
+    ownedHeads: `SELECT user_id, head, applied_offset FROM ${heads} WHERE user_id IN ? PER PARTITION LIMIT 1`,
+    setOwnedHead: `UPDATE ${heads} SET head = ?, applied_offset = ? WHERE user_id = ?`,
+    insertOwnedIndex: `INSERT INTO ${heads} (user_id, conversation_id, seq, cursor, message_id) VALUES (?, ?, ?, ?, ?) USING TTL ?`,
   };
 }

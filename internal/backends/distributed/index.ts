@@ -3,7 +3,7 @@
  * for everything stored. See ADR 0002 for how seq is assigned and fenced, and why membership changes
  * are announced in the message log.
  */
-import { Kafka, type KafkaConfig, logLevel } from "kafkajs";
+import { type Admin, Kafka, type KafkaConfig, logLevel } from "kafkajs";
 import type { Logger } from "../../lib/log.js";
 import { type CassandraOptions, openCassandraStores, type RequestCounts } from "../cassandra/index.js";
 import { BatchProducer } from "../kafka/batch-producer.js";
@@ -62,6 +62,13 @@ const levels: Record<number, "error" | "warn" | "info" | "debug"> = {
   [logLevel.DEBUG]: "debug",
 };
 
+async function partitionCount(admin: Admin, topic: string): Promise<number> {
+  const { topics } = await admin.fetchTopicMetadata({ topics: [topic] });
+  const count = topics[0]?.partitions.length ?? 0;
+  if (count === 0) throw new Error(`invariant violated: topic ${topic} has no partitions`);
+  return count;
+}
+
 export async function openDistributedBackends(o: DistributedOptions): Promise<DistributedBackends> {
   const log = o.log.child({ backend: "distributed" });
   const stores = await openCassandraStores({ ...o.cassandra, provision: o.provision !== false });
@@ -109,7 +116,15 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
     const groupPrefix = o.groupPrefix ?? o.topicPrefix;
     const batchProducer = new BatchProducer(producer);
     const pending: PendingAppends = new Map();
+    const dedupeWindowSeconds = o.dedupeWindowSeconds ?? DEDUPE_WINDOW_SECONDS_DEFAULT;
+    const inboxPartitions = await partitionCount(admin, names.inbox);
     const messageLog = new KafkaMessageLog({
+      inbox: {
+        inboxTopic: names.inbox,
+        store: stores.inbox,
+        ownership: stores.ownership,
+        indexTtlSeconds: dedupeWindowSeconds,
+      },
       kafka,
       producer: batchProducer,
       draftsTopic: names.messages,
@@ -134,7 +149,8 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
         ownership: stores.ownership,
         messages: stores.messages,
         membership: stores.membership,
-        dedupeWindowSeconds: o.dedupeWindowSeconds ?? DEDUPE_WINDOW_SECONDS_DEFAULT,
+        dedupeWindowSeconds,
+        inbox: { topic: names.inbox, partitions: inboxPartitions },
         pending,
         log,
       });

@@ -14,12 +14,14 @@ import type {
   AppendResult,
   BatchHandler,
   Closeable,
+  InboxDelivery,
   LoggedMessage,
   MessageDraft,
   MessageLog,
 } from "../types.js";
 import type { BatchProducer } from "./batch-producer.js";
 import { decodeMessage, encodeMessage } from "./codec.js";
+import { INBOX_GROUP, InboxOwner, type InboxOwnerOptions } from "./inbox-owner.js";
 import {
   MEMBERSHIP_KIND,
   type PendingAppends,
@@ -30,6 +32,8 @@ import {
 } from "./sequencer.js";
 
 export interface KafkaLogOptions {
+  /** The per-user fan-out (deliveries()): the inbox topic and what its owners need. */
+  inbox?: Omit<InboxOwnerOptions, "kafka" | "handler" | "log" | "groupId">;
   kafka: Kafka;
   producer: BatchProducer;
   draftsTopic: string;
@@ -47,6 +51,7 @@ const PARTITIONS_CONSUMED_CONCURRENTLY = 4;
 
 export class KafkaMessageLog implements MessageLog {
   private readonly consumers = new Set<Consumer>();
+  private readonly owners = new Set<InboxOwner>();
   private readonly replyGroups: Array<{ admin: Admin; groupId: string }> = [];
 
   constructor(private readonly o: KafkaLogOptions) {}
@@ -145,6 +150,30 @@ export class KafkaMessageLog implements MessageLog {
     await joined;
   }
 
+  /**
+   * The router's input (ADR 0002): this process joins the inbox group, owns some inbox partitions and
+   * assigns their users' cursors; `handler` gets the messages with their recipients' cursors.
+   */
+  async deliveries(handler: (batch: InboxDelivery[]) => Promise<void>): Promise<Closeable> {
+    const inbox = this.o.inbox;
+    if (!inbox) throw new Error("invariant violated: deliveries() without an inbox topic");
+    const owner = new InboxOwner({
+      ...inbox,
+      kafka: this.o.kafka,
+      groupId: `${this.o.groupPrefix}${INBOX_GROUP}`,
+      handler,
+      log: this.o.log,
+    });
+    await owner.start();
+    this.owners.add(owner);
+    return {
+      close: async () => {
+        this.owners.delete(owner);
+        await owner.close();
+      },
+    };
+  }
+
   async consume(group: string, handler: BatchHandler): Promise<Closeable> {
     const consumer = this.o.kafka.consumer({
       groupId: `${this.o.groupPrefix}${group}`,
@@ -198,6 +227,8 @@ export class KafkaMessageLog implements MessageLog {
   }
 
   async close(): Promise<void> {
+    await Promise.all([...this.owners].map((o) => o.close()));
+    this.owners.clear();
     await Promise.all([...this.consumers].map((c) => c.disconnect()));
     this.consumers.clear();
     // The replies groups are this process's alone: leave nothing behind on the broker.

@@ -24,6 +24,7 @@ import { hostname } from "node:os";
 import type { Consumer, EachBatchPayload, Kafka, KafkaMessage } from "kafkajs";
 import { errors } from "../../lib/errors.js";
 import type { Logger } from "../../lib/log.js";
+import { shardOf } from "../../lib/shard.js";
 import type {
   AppendResult,
   Closeable,
@@ -37,6 +38,7 @@ import type {
 } from "../types.js";
 import type { BatchProducer } from "./batch-producer.js";
 import { decodeMessage, encodeMessage } from "./codec.js";
+import { INBOX_RECIPIENTS_HEADER, REDELIVERY_HEADER } from "./inbox-owner.js";
 import { MemberCache } from "./member-cache.js";
 
 export const SEQUENCER_GROUP = "sequencer";
@@ -83,6 +85,8 @@ export interface SequencerOptions {
   /** Dedupe rows expire after this long: a resend after it is a new message. */
   dedupeWindowSeconds: number;
   log: Logger;
+  /** The per-user fan-out: one record per (message, partition) with the recipients placed there. */
+  inbox?: { topic: string; partitions: number };
   /** Test hook: called after the seqs of a batch are assigned in memory, before anything is written. */
   beforeWrite?: (partition: number) => Promise<void>;
 }
@@ -113,6 +117,8 @@ interface Sequenced {
   heads: Map<string, number>;
   /** Messages to (re-)write and (re-)emit: new ones and re-found originals, in seq order per conversation. */
   originals: StoredMessage[];
+  /** Ids of the re-found originals: sequenced before, so perhaps emitted before. */
+  redelivered: Set<string>;
   results: Array<{ draftId: string; result: AppendResult }>;
 }
 
@@ -209,15 +215,12 @@ export class Sequencer implements Closeable {
     }
 
     await Promise.all(
-      done.originals.map((m) =>
-        this.o.producer.send(this.o.sequencedTopic, {
-          key: m.conversationId,
-          value: encodeMessage(m),
-          headers: {
-            seq: String(m.seq),
-            [RECIPIENTS_HEADER]: (recipients.get(m.conversationId)?.get(m.messageId) ?? []).join("\n"),
-          },
-        }),
+      done.originals.flatMap((m) =>
+        this.emit(
+          m,
+          recipients.get(m.conversationId)?.get(m.messageId) ?? [],
+          done.redelivered.has(m.messageId),
+        ),
       ),
     );
     await this.answer(done.results);
@@ -233,6 +236,42 @@ export class Sequencer implements Closeable {
       ],
     });
     await heartbeat();
+  }
+
+  /**
+   * A sequenced message's records: one in the sequenced topic (keyed by conversation, for consumers of
+   * the log), and with an inbox topic one per inbox partition of its recipients.
+   */
+  private emit(m: StoredMessage, recipients: readonly string[], redelivery: boolean): Array<Promise<void>> {
+    const value = encodeMessage(m);
+    const sends = [
+      this.o.producer.send(this.o.sequencedTopic, {
+        key: m.conversationId,
+        value,
+        headers: { seq: String(m.seq), [RECIPIENTS_HEADER]: recipients.join("\n") },
+      }),
+    ];
+    const inbox = this.o.inbox;
+    if (!inbox) return sends;
+    const byPartition = new Map<number, string[]>();
+    for (const user of recipients) {
+      const partition = shardOf(user, inbox.partitions);
+      const list = byPartition.get(partition);
+      if (list) list.push(user);
+      else byPartition.set(partition, [user]);
+    }
+    for (const [partition, users] of byPartition)
+      sends.push(
+        this.o.producer.send(inbox.topic, {
+          partition,
+          value,
+          headers: {
+            [INBOX_RECIPIENTS_HEADER]: users.join("\n"),
+            ...(redelivery ? { [REDELIVERY_HEADER]: "1" } : {}),
+          },
+        }),
+      );
+    return sends;
   }
 
   /**
@@ -314,7 +353,13 @@ export class Sequencer implements Closeable {
       ]),
     );
 
-    const out: Sequenced = { records: [], heads: new Map(), originals: [], results: [] };
+    const out: Sequenced = {
+      records: [],
+      heads: new Map(),
+      originals: [],
+      redelivered: new Set(),
+      results: [],
+    };
     for (const [c, list] of byConversation) {
       const head = headOf(c);
       let next = head;
@@ -330,10 +375,14 @@ export class Sequencer implements Closeable {
           const row = ref ? rows.get(keyOf(c, ref.seq)) : undefined;
           if (ref && ref.seq <= head && row?.messageId === ref.messageId) {
             original = row; // sequenced before (a resend, or re-processing after a crash)
-            if (row.messageId === d.messageId) originals.push({ ...d, seq: ref.seq });
+            if (row.messageId === d.messageId) {
+              originals.push({ ...d, seq: ref.seq });
+              out.redelivered.add(d.messageId);
+            }
           } else if (ref && ref.seq <= head && !row && ref.messageId === d.messageId) {
             original = { ...d, seq: ref.seq }; // its row never landed: write it now
             originals.push(original);
+            out.redelivered.add(d.messageId);
           } else {
             original = { ...d, seq: ++next };
             assigned.push({ dedupeKey: key, seq: original.seq, messageId: d.messageId });

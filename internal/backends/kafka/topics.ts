@@ -2,7 +2,8 @@
  * Topic names and their idempotent creation. `messages` carries drafts (the durable intake, keyed by
  * conversation), `sequenced` the messages with their seq (what the router consumes), `routing` the
  * session up/down table (compacted: the latest record per session is the table), `replies` the
- * sequencer's answers to senders in other processes (short-lived: only a waiting sender reads them).
+ * sequencer's answers to senders in other processes (short-lived: only a waiting sender reads them),
+ * `inbox` the messages per recipient partition, whose owners assign the users' inbox cursors.
  */
 
 import type { Admin, ITopicConfig } from "kafkajs";
@@ -20,6 +21,7 @@ export interface TopicNames {
   sequenced: string;
   routing: string;
   replies: string;
+  inbox: string;
 }
 
 export function topicNames(prefix: string): TopicNames {
@@ -28,6 +30,7 @@ export function topicNames(prefix: string): TopicNames {
     sequenced: `${prefix}sequenced`,
     routing: `${prefix}routing`,
     replies: `${prefix}replies`,
+    inbox: `${prefix}inbox`,
   };
 }
 
@@ -49,6 +52,17 @@ export function desiredTopics(s: TopicSettings): ITopicConfig[] {
     },
     {
       topic: names.sequenced,
+      ...common,
+      configEntries: [
+        { name: "retention.ms", value: retention },
+        { name: "min.insync.replicas", value: minIsr },
+        { name: "unclean.leader.election.enable", value: "false" },
+      ],
+    },
+    {
+      // The per-user fan-out (ADR 0002): one record per (message, inbox partition) for the recipients
+      // placed there (shardOf(user)); the owner of a partition assigns its users' inbox cursors.
+      topic: names.inbox,
       ...common,
       configEntries: [
         { name: "retention.ms", value: retention },

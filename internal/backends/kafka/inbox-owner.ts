@@ -1,0 +1,217 @@
+/**
+ * The inbox owner (ADR 0002): the member of the `inbox` consumer group that owns a partition of the
+ * inbox topic assigns the inbox cursors of the users placed there (shardOf(user)), in partition order,
+ * and hands the messages with their cursors to the router for delivery.
+ *
+ * The same fence as the sequencer's: one claim per partition per group generation (OwnershipStore),
+ * cursors from memory, plain writes with the owner's epoch as write timestamp (the stream rows, then
+ * the users' heads with the offset of the last record applied), then a check that the epoch is still
+ * ours, and only then delivery and the offset commit.
+ *
+ * Exactly once per (user, message): a record at or below a user's applied offset was applied before
+ * (by a predecessor, or by this owner before a failed attempt) and is skipped for that user; a record
+ * the sequencer marked as a re-delivery (it re-emits what it re-processes after a crash) is checked
+ * against the user's index rows. Whatever a fenced-out owner writes late loses to its successor's.
+ */
+import { hostname } from "node:os";
+import type { Consumer, EachBatchPayload, Kafka } from "kafkajs";
+import { errors } from "../../lib/errors.js";
+import type { Logger } from "../../lib/log.js";
+import type { Closeable, InboxDelivery, InboxEntry, OwnershipStore } from "../types.js";
+import { decodeMessage } from "./codec.js";
+
+export const INBOX_GROUP = "inbox";
+export const INBOX_STREAM = "inbox";
+/** Header of an inbox record: the recipients placed in its partition, "\n"-joined. */
+export const INBOX_RECIPIENTS_HEADER = "recipients";
+/** Header of an inbox record the sequencer emitted again ("1"): its entries may exist already. */
+export const REDELIVERY_HEADER = "redelivery";
+
+/** Users whose head one partition's owner keeps in memory at most. */
+const USERS_PER_PARTITION_MAX = 50_000;
+
+interface UserHead {
+  head: number;
+  appliedOffset: number;
+}
+
+/** What the inbox owner needs from the store (CassandraInboxStore's owner path). */
+export interface OwnedInboxStore {
+  ownedHeads(users: string[]): Promise<Map<string, UserHead>>;
+  recorded(keys: Array<Omit<InboxEntry, "cursor" | "messageId">>): Promise<Set<string>>;
+  writeOwned(
+    entries: InboxEntry[],
+    heads: Map<string, UserHead>,
+    epoch: bigint,
+    ttlSeconds: number,
+  ): Promise<void>;
+}
+
+export interface InboxOwnerOptions {
+  kafka: Kafka;
+  groupId: string;
+  inboxTopic: string;
+  store: OwnedInboxStore;
+  ownership: OwnershipStore;
+  /** Index rows (for re-deliveries) expire after this long. */
+  indexTtlSeconds: number;
+  handler: (batch: InboxDelivery[]) => Promise<void>;
+  log: Logger;
+  /** Test hook: called after cursors are assigned in memory, before anything is written. */
+  beforeWrite?: (partition: number) => Promise<void>;
+}
+
+class PartitionState {
+  readonly users = new Map<string, UserHead>();
+  constructor(readonly epoch: bigint) {}
+
+  set(userId: string, head: UserHead): void {
+    this.users.delete(userId);
+    this.users.set(userId, head);
+    if (this.users.size > USERS_PER_PARTITION_MAX)
+      this.users.delete(this.users.keys().next().value as string);
+  }
+}
+
+export class InboxOwner implements Closeable {
+  private consumer: Consumer | undefined;
+  private partitions = new Map<number, Promise<PartitionState>>();
+  private readonly owner = `${hostname()}/${process.pid}`;
+  readonly stats = { claims: 0, fenced: 0 };
+
+  constructor(private readonly o: InboxOwnerOptions) {}
+
+  async start(): Promise<void> {
+    const consumer = this.o.kafka.consumer({
+      groupId: this.o.groupId,
+      sessionTimeout: 10_000,
+      heartbeatInterval: 1_000,
+      maxWaitTimeInMs: 20,
+      allowAutoTopicCreation: false,
+    });
+    this.consumer = consumer;
+    consumer.on(consumer.events.GROUP_JOIN, () => {
+      this.partitions = new Map();
+    });
+    await consumer.connect();
+    await consumer.subscribe({ topic: this.o.inboxTopic, fromBeginning: true });
+    await consumer.run({
+      autoCommit: false,
+      eachBatchAutoResolve: false,
+      // One partition's batches run one after another (cursor order); partitions in parallel.
+      partitionsConsumedConcurrently: 4,
+      eachBatch: (payload) => this.onBatch(payload),
+    });
+  }
+
+  private claim(partition: number): Promise<PartitionState> {
+    const known = this.partitions.get(partition);
+    if (known) return known;
+    const claimed = this.o.ownership.claim(INBOX_STREAM, partition, this.owner).then((epoch) => {
+      this.stats.claims++;
+      this.o.log.info("inbox: claimed partition", { partition, epoch: epoch.toString() });
+      return new PartitionState(epoch);
+    });
+    claimed.catch(() => {
+      if (this.partitions.get(partition) === claimed) this.partitions.delete(partition);
+    });
+    this.partitions.set(partition, claimed);
+    return claimed;
+  }
+
+  private async onBatch({
+    batch,
+    resolveOffset,
+    heartbeat,
+    commitOffsetsIfNecessary,
+    isStale,
+  }: EachBatchPayload): Promise<void> {
+    if (batch.messages.length === 0) return;
+    const state = await this.claim(batch.partition);
+    const records = batch.messages.map((m) => {
+      const users = m.headers?.[INBOX_RECIPIENTS_HEADER]?.toString() ?? "";
+      return {
+        offset: Number(m.offset),
+        message: decodeMessage(m.value!),
+        users: users === "" ? [] : users.split("\n"),
+        redelivery: m.headers?.[REDELIVERY_HEADER]?.toString() === "1",
+      };
+    });
+
+    const users = [...new Set(records.flatMap((r) => r.users))];
+    const unknown = users.filter((u) => !state.users.has(u));
+    const loaded = unknown.length > 0 ? await this.o.store.ownedHeads(unknown) : new Map<string, UserHead>();
+    const maybeRecorded = records.flatMap((r) =>
+      r.redelivery
+        ? r.users.map((userId) => ({ userId, conversationId: r.message.conversationId, seq: r.message.seq }))
+        : [],
+    );
+    const recorded =
+      maybeRecorded.length > 0 ? await this.o.store.recorded(maybeRecorded) : new Set<string>();
+
+    const heads = new Map<string, UserHead>();
+    for (const u of users) heads.set(u, { ...(state.users.get(u) ?? loaded.get(u)!) });
+    const entries: InboxEntry[] = [];
+    const deliveries: InboxDelivery[] = [];
+    for (const r of records) {
+      const recipients: InboxDelivery["recipients"] = [];
+      for (const userId of r.users) {
+        const h = heads.get(userId)!;
+        if (r.offset <= h.appliedOffset) continue; // applied before
+        h.appliedOffset = r.offset;
+        if (recorded.has(`${userId}\u0000${r.message.conversationId}\u0000${r.message.seq}`)) continue;
+        h.head++;
+        entries.push({
+          userId,
+          cursor: h.head,
+          conversationId: r.message.conversationId,
+          seq: r.message.seq,
+          messageId: r.message.messageId,
+        });
+        recipients.push({ userId, cursor: h.head });
+      }
+      if (recipients.length > 0) deliveries.push({ message: r.message, recipients });
+    }
+
+    try {
+      await this.o.beforeWrite?.(batch.partition);
+      await this.o.store.writeOwned(entries, heads, state.epoch, this.o.indexTtlSeconds);
+    } catch (err) {
+      for (const u of users) state.users.delete(u); // the outcome is unknown: read them again
+      throw err;
+    }
+    for (const [u, h] of heads) state.set(u, h);
+
+    const current = await this.o.ownership.current(INBOX_STREAM, batch.partition);
+    if (current !== state.epoch) {
+      this.stats.fenced++;
+      const fenced = errors.unavailable(
+        "INBOX_FENCED",
+        `inbox partition ${batch.partition} was claimed by another owner (epoch ${current} > ${state.epoch}); ` +
+          "nothing of this batch is delivered",
+      );
+      const rejected = Promise.reject(fenced);
+      rejected.catch(() => undefined);
+      this.partitions.set(batch.partition, rejected);
+      throw fenced;
+    }
+
+    if (deliveries.length > 0) await this.o.handler(deliveries);
+    if (isStale()) return;
+    const last = batch.messages.at(-1)!.offset;
+    resolveOffset(last);
+    await commitOffsetsIfNecessary({
+      topics: [
+        {
+          topic: batch.topic,
+          partitions: [{ partition: batch.partition, offset: String(Number(last) + 1) }],
+        },
+      ],
+    });
+    await heartbeat();
+  }
+
+  async close(): Promise<void> {
+    await this.consumer?.disconnect();
+  }
+}
