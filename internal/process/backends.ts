@@ -68,6 +68,7 @@ export function distributedOptions(config: Config, log: Logger, use: BackendUse)
     replicationFactor: k.replicationFactor,
     retentionHours: k.retentionHours,
     appendTimeoutMs: k.appendTimeoutMs,
+    dedupeWindowSeconds: k.dedupeWindowHours * 3600,
     ...(k.tls ? { ssl: tlsOptions(k.tlsCaFile, k.tlsCertFile, k.tlsKeyFile, "kafka") } : {}),
     ...(sasl ? { sasl } : {}),
     cassandra: {
