@@ -99,14 +99,14 @@ describe("schema migrations", () => {
       const ks = `switchboard_test_${run}_m`;
       try {
         const first = await migrate(a.client, { keyspace: ks, replication });
-        expect(first.applied).toEqual([1, 2, 3, 4, 5]);
+        expect(first.applied).toEqual([1, 2, 3, 4, 5, 6]);
         const second = await migrate(a.client, { keyspace: ks, replication });
-        expect(second).toEqual({ applied: [], version: 5 });
+        expect(second).toEqual({ applied: [], version: 6 });
 
         const rows = (
           await a.client.execute(`SELECT version, name, checksum, applied_at FROM ${ks}.schema_migrations`)
         ).rows;
-        expect(rows.map((r) => r.get("version") as number).sort()).toEqual([1, 2, 3, 4, 5]);
+        expect(rows.map((r) => r.get("version") as number).sort()).toEqual([1, 2, 3, 4, 5, 6]);
         for (const r of rows) {
           expect(r.get("name")).toEqual(expect.any(String));
           expect(r.get("checksum")).toMatch(/^[0-9a-f]{16}$/);
@@ -131,6 +131,7 @@ describe("schema migrations", () => {
             "inbox_heads",
             "members_by_conversation",
             "messages_by_conversation",
+            "partition_owners",
             "presence",
             "receipts",
             "schema_migrations",
@@ -521,6 +522,76 @@ describe("inbox store", () => {
     seq,
     messageId: `${conversationId}/${seq}`,
   });
+
+  it(
+    "owner path: rows then heads at the owner's epoch; a fenced-out owner's late writes lose; reads stop at the head",
+    async () => {
+      const [u, v, c] = [id("u"), id("v"), id("c")];
+      const owned = (userId: string, cursor: number, seq: number, tag: string): InboxEntry => ({
+        userId,
+        cursor,
+        conversationId: c,
+        seq,
+        messageId: `${tag}${seq}`,
+      });
+      expect(await a.inbox.ownedHeads([u, v])).toEqual(
+        new Map([
+          [u, { head: 0, appliedOffset: -1 }],
+          [v, { head: 0, appliedOffset: -1 }],
+        ]),
+      );
+      const before = { ...a.requests };
+      // The successor writes cursors 1..3 for u (and 1 for v) first; the zombie's stale batch lands after.
+      await a.inbox.writeOwned(
+        [...range(1, 3).map((n) => owned(u, n, n, "new")), owned(v, 1, 1, "new")],
+        new Map([
+          [u, { head: 3, appliedOffset: 10 }],
+          [v, { head: 1, appliedOffset: 10 }],
+        ]),
+        epochAt(2),
+        3600,
+      );
+      expect(a.requests.lwts - before.lwts).toBe(0);
+      expect(a.requests.batches + a.requests.writes - before.batches - before.writes).toBe(2);
+      await b.inbox.writeOwned(
+        range(1, 5).map((n) => owned(u, n, n + 10, "old")),
+        new Map([[u, { head: 5, appliedOffset: 8 }]]),
+        epochAt(1),
+        3600,
+      );
+      expect((await a.inbox.ownedHeads([u])).get(u)).toEqual({ head: 3, appliedOffset: 10 });
+      expect(await a.inbox.head(u)).toBe(3);
+      expect((await a.inbox.read(u, 0, 100)).map((e) => e.messageId)).toEqual(["new1", "new2", "new3"]);
+      expect((await a.inbox.read(v, 0, 100)).map((e) => e.messageId)).toEqual(["new1"]);
+      // Re-deliveries are answered by the index rows.
+      const recorded = await a.inbox.recorded([
+        { userId: u, conversationId: c, seq: 2 },
+        { userId: u, conversationId: c, seq: 4 },
+        { userId: v, conversationId: c, seq: 1 },
+      ]);
+      expect([...recorded].sort()).toEqual([`${u}\u0000${c}\u00002`, `${v}\u0000${c}\u00001`].sort());
+    },
+    LONG,
+  );
+
+  it(
+    "owner path: index rows expire after their TTL; heads and stream rows stay",
+    async () => {
+      const [u, c] = [id("u"), id("c")];
+      await a.inbox.writeOwned(
+        [{ userId: u, cursor: 1, conversationId: c, seq: 1, messageId: "m1" }],
+        new Map([[u, { head: 1, appliedOffset: 0 }]]),
+        epochAt(1),
+        1,
+      );
+      expect((await a.inbox.recorded([{ userId: u, conversationId: c, seq: 1 }])).size).toBe(1);
+      await new Promise((r) => setTimeout(r, 2_500));
+      expect((await a.inbox.recorded([{ userId: u, conversationId: c, seq: 1 }])).size).toBe(0);
+      expect((await a.inbox.read(u, 0, 10)).map((e) => e.messageId)).toEqual(["m1"]);
+      expect(await a.inbox.head(u)).toBe(1);
+    },
+    LONG,
+  );
 
   it(
     "assigns per-user cursors in order, idempotently per (user, conversation, seq)",

@@ -389,12 +389,18 @@ export class CassandraInboxStore implements InboxStore {
   }
 
   async head(userId: string): Promise<number> {
-    // The last readable cursor: the assigned head, unless its row is still being written.
+    // The last readable cursor: the assigned head, unless its row is still being written (never a
+    // row above the head: a fenced-out former owner's late write).
     const assigned = await this.readHead(userId);
     for (let bucket = inboxBucket(assigned); bucket >= 0; bucket--) {
-      const result = await this.s.execute("inbox_by_user: last cursor", this.q.last, [userId, bucket], {
-        idempotent: true,
-      });
+      const result = await this.s.execute(
+        "inbox_by_user: last cursor",
+        this.q.last,
+        [userId, bucket, assigned],
+        {
+          idempotent: true,
+        },
+      );
       const row = result.first();
       if (row) return toNumber(row.get("cursor"), "inbox_by_user.cursor");
     }
@@ -421,7 +427,7 @@ function statements(s: Session) {
     read:
       `SELECT cursor, conversation_id, seq, message_id FROM ${stream} ` +
       "WHERE user_id = ? AND bucket = ? AND cursor > ? LIMIT ?",
-    last: `SELECT cursor FROM ${stream} WHERE user_id = ? AND bucket = ? ORDER BY cursor DESC LIMIT 1`,
+    last: `SELECT cursor FROM ${stream} WHERE user_id = ? AND bucket = ? AND cursor <= ? ORDER BY cursor DESC LIMIT 1`,
     ownedHeads: `SELECT user_id, head, applied_offset FROM ${heads} WHERE user_id IN ? PER PARTITION LIMIT 1`,
     setOwnedHead: `UPDATE ${heads} SET head = ?, applied_offset = ? WHERE user_id = ?`,
     insertOwnedIndex: `INSERT INTO ${heads} (user_id, conversation_id, seq, cursor, message_id) VALUES (?, ?, ?, ?, ?) USING TTL ?`,
