@@ -1,0 +1,226 @@
+/**
+ * The zombie inbox owner (ADR 0002): an owner of inbox partitions is held between assigning cursors and
+ * writing them until its successor has claimed the partitions and moved on. Its late writes (a stale
+ * head among them) must not win, it must deliver nothing, and every user's inbox must hold each
+ * message exactly once, in order. A record the sequencer marks as a re-delivery adds nothing.
+ */
+import { randomBytes } from "node:crypto";
+import cassandra from "cassandra-driver";
+import { Kafka, logLevel } from "kafkajs";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { type CassandraStores, openCassandraStores } from "../../internal/backends/cassandra/index.js";
+import { openDistributedBackends } from "../../internal/backends/distributed/index.js";
+import { encodeMessage } from "../../internal/backends/kafka/codec.js";
+import {
+  INBOX_GROUP,
+  INBOX_RECIPIENTS_HEADER,
+  InboxOwner,
+  REDELIVERY_HEADER,
+} from "../../internal/backends/kafka/inbox-owner.js";
+import { topicNames } from "../../internal/backends/kafka/topics.js";
+import type { InboxDelivery, OwnershipStore } from "../../internal/backends/types.js";
+import { createLogger } from "../../internal/lib/log.js";
+import { shardOf } from "../../internal/lib/shard.js";
+import { ensureServer } from "../infra/servers.js";
+
+const id = `${Date.now().toString(36)}${randomBytes(2).toString("hex")}`;
+const prefix = `ifence-${id}.`;
+const keyspace = `ifence_${id}`;
+const PARTITIONS = 2;
+const SESSION_TIMEOUT_MS = 10_000;
+let infra: Record<string, string>;
+let stores: CassandraStores;
+
+beforeAll(async () => {
+  infra = { ...(await ensureServer("kafka")), ...(await ensureServer("cassandra")) };
+  const setup = await openDistributedBackends({
+    brokers: infra.KAFKA_BROKERS!.split(","),
+    clientId: "ifence-setup",
+    topicPrefix: prefix,
+    partitions: PARTITIONS,
+    replicationFactor: 1,
+    retentionHours: 1,
+    appendTimeoutMs: 10_000,
+    cassandra: {
+      contactPoints: infra.CASSANDRA_CONTACT_POINTS!.split(","),
+      localDataCenter: "datacenter1",
+      keyspace,
+    },
+    log: createLogger({ test: "ifence" }),
+    sequencer: false,
+  });
+  await setup.close();
+  stores = await openCassandraStores({
+    contactPoints: infra.CASSANDRA_CONTACT_POINTS!.split(","),
+    localDataCenter: "datacenter1",
+    keyspace,
+  });
+});
+
+afterAll(async () => {
+  await stores?.close();
+});
+
+describe("zombie inbox owner writing after its successor claimed", () => {
+  it("its late rows and heads lose, it delivers nothing, every inbox holds each message once", async () => {
+    const names = topicNames(prefix);
+    const kafka = new Kafka({
+      clientId: "ifence",
+      brokers: infra.KAFKA_BROKERS!.split(","),
+      logLevel: logLevel.NOTHING,
+    });
+    const producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
+    await producer.connect();
+    const users = ["ann", "ben", "cat", "dan", "eve", "fay"].map((u) => `${u}-${id}`);
+    const conversationId = `g:${id}`;
+    let seq = 0;
+    const produce = async (count: number, redeliverSeq?: number) => {
+      for (let k = 0; k < count; k++) {
+        const s = redeliverSeq ?? ++seq;
+        const value = encodeMessage({
+          conversationId,
+          seq: s,
+          messageId: String(7_000_000 + s),
+          sender: users[0]!,
+          clientMsgId: `m${s}`,
+          body: `m${s}`,
+          createdAtMs: Date.now(),
+        });
+        for (let partition = 0; partition < PARTITIONS; partition++) {
+          const here = users.filter((u) => shardOf(u, PARTITIONS) === partition);
+          if (here.length === 0) continue;
+          await producer.send({
+            topic: names.inbox,
+            acks: -1,
+            messages: [
+              {
+                partition,
+                value,
+                headers: {
+                  [INBOX_RECIPIENTS_HEADER]: here.join("\n"),
+                  ...(redeliverSeq === undefined ? {} : { [REDELIVERY_HEADER]: "1" }),
+                },
+              },
+            ],
+          });
+        }
+      }
+    };
+    expect(new Set(users.map((u) => shardOf(u, PARTITIONS))).size).toBe(PARTITIONS);
+    const headsAre = async (want: number, timeoutMs = 60_000) => {
+      const deadline = Date.now() + timeoutMs;
+      for (;;) {
+        const heads = await stores.inbox.ownedHeads(users);
+        if ([...heads.values()].every((h) => h.head === want)) return;
+        if (Date.now() > deadline) throw new Error(`heads ${JSON.stringify([...heads])}, want ${want}`);
+        await new Promise((r) => setTimeout(r, 200));
+      }
+    };
+    const claims = new Map<string, bigint[]>();
+    const recording = (who: string): OwnershipStore => ({
+      claim: async (stream, partition, owner) => {
+        const epoch = await stores.ownership.claim(stream, partition, owner);
+        claims.set(who, [...(claims.get(who) ?? []), epoch]);
+        return epoch;
+      },
+      current: (stream, partition) => stores.ownership.current(stream, partition),
+      close: async () => {},
+    });
+    const delivered = new Map<string, InboxDelivery[]>([
+      ["A", []],
+      ["B", []],
+    ]);
+    let hold = false;
+    let held = 0;
+    let release!: () => void;
+    const released = new Promise<void>((r) => {
+      release = r;
+    });
+    const owner = (who: string, beforeWrite?: () => Promise<void>) =>
+      new InboxOwner({
+        kafka,
+        groupId: `${prefix}${INBOX_GROUP}`,
+        inboxTopic: names.inbox,
+        store: stores.inbox,
+        ownership: recording(who),
+        indexTtlSeconds: 3600,
+        handler: async (batch) => {
+          delivered.get(who)!.push(...batch);
+        },
+        log: createLogger({ test: `ifence-${who}` }),
+        ...(beforeWrite ? { beforeWrite } : {}),
+      });
+    const a = owner("A", async () => {
+      if (!hold) return;
+      held++;
+      await released;
+    });
+    await a.start();
+    await produce(5);
+    await headsAre(5);
+
+    hold = true;
+    await produce(5);
+    const deadline = Date.now() + 30_000;
+    while (held === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    expect(held).toBeGreaterThan(0);
+    const deliveredByABeforeRelease = delivered.get("A")!.length;
+
+    const b = owner("B");
+    await b.start();
+    await headsAre(10, SESSION_TIMEOUT_MS + 40_000);
+    await produce(5);
+    await headsAre(15);
+    // A re-delivery of seq 3 (the sequencer re-processed it) adds no entry.
+    await produce(1, 3);
+    await new Promise((r) => setTimeout(r, 2_000));
+    const zombieEpoch = claims.get("A")![0]!;
+    expect((claims.get("B") ?? []).length).toBeGreaterThan(0);
+    expect(claims.get("B")!.every((e) => e > zombieEpoch)).toBe(true);
+
+    release();
+    const fencedBy = Date.now() + 30_000;
+    while (a.stats.fenced === 0 && Date.now() < fencedBy) await new Promise((r) => setTimeout(r, 100));
+    expect(a.stats.fenced).toBeGreaterThan(0);
+    await new Promise((r) => setTimeout(r, 2_000));
+    // A delivered nothing after it was held; what it wrote late did not win.
+    expect(
+      delivered
+        .get("A")!
+        .slice(deliveredByABeforeRelease)
+        .filter((d) => d.message.seq > 5),
+    ).toEqual([]);
+    await headsAre(15, 5_000);
+    const cql = new cassandra.Client({
+      contactPoints: infra.CASSANDRA_CONTACT_POINTS!.split(","),
+      localDataCenter: "datacenter1",
+      keyspace,
+    });
+    for (const u of users) {
+      const inbox = await stores.inbox.read(u, 0, 100);
+      expect(inbox.map((e) => e.seq)).toEqual(Array.from({ length: 15 }, (_, i) => i + 1));
+      expect(inbox.map((e) => e.cursor)).toEqual(Array.from({ length: 15 }, (_, i) => i + 1));
+      expect(await stores.inbox.head(u)).toBe(15);
+      const head = await cql.execute(
+        "SELECT WRITETIME(head) AS written FROM inbox_heads WHERE user_id = ? LIMIT 1",
+        [u],
+        {
+          prepare: true,
+        },
+      );
+      expect(BigInt(String(head.first().get("written"))) > zombieEpoch).toBe(true);
+      // What was delivered agrees with the inbox: each (user, seq) once, at its cursor.
+      const mine = [...delivered.values()]
+        .flat()
+        .flatMap((d) => d.recipients.filter((r) => r.userId === u).map((r) => [d.message.seq, r.cursor]));
+      const bySeq = new Map<number, number>();
+      for (const [s, cursor] of mine) {
+        expect(bySeq.get(s!) ?? cursor).toBe(cursor);
+        bySeq.set(s!, cursor!);
+      }
+      for (const [s, cursor] of bySeq) expect(inbox[cursor - 1]!.seq).toBe(s);
+    }
+    await cql.shutdown();
+    await Promise.all([a.close(), b.close(), producer.disconnect()]);
+  });
+});
