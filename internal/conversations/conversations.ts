@@ -56,7 +56,12 @@ export interface SendInput {
   body: string;
 }
 
+/** Direct conversations a process remembers as existing (see directId). */
+const KNOWN_DIRECT_MAX = 200_000;
+
 export class Conversations {
+  private readonly knownDirect = new Set<string>();
+
   constructor(
     private readonly membership: MembershipStore,
     private readonly log: MessageLog,
@@ -103,7 +108,7 @@ export class Conversations {
         throw errors.invalid("INVALID_USER_ID", "to_user is not a valid user id");
       if (input.sender === SYSTEM_SENDER)
         throw errors.invalid("INVALID_SENDER", "system messages need a conversation_id");
-      return (await this.ensureDirect(input.sender, input.toUser)).id;
+      return this.directId(input.sender, input.toUser);
     }
     const id = input.conversationId ?? "";
     if (!isValidConversationId(id))
@@ -113,10 +118,24 @@ export class Conversations {
         throw errors.notFound("CONVERSATION_NOT_FOUND", `no conversation ${id}`);
       return id;
     }
-    if (await this.membership.isMember(id, input.sender)) return id;
     const pair = directMembers(id);
-    if (pair?.includes(input.sender)) return (await this.ensureDirect(pair[0], pair[1])).id;
+    if (pair?.includes(input.sender)) return this.directId(pair[0], pair[1]);
+    if (await this.membership.isMember(id, input.sender)) return id;
     throw errors.denied("NOT_MEMBER", `${input.sender} is not a member of ${id} (or it does not exist)`);
+  }
+
+  /**
+   * The id of the direct conversation of a and b, created if needed. A direct conversation's members
+   * never change, so once it is known to exist this process remembers it and a 1:1 send costs no
+   * storage read (bounded: the memory is dropped when full and refilled on use).
+   */
+  private async directId(a: string, b: string): Promise<string> {
+    const id = directConversationId(a, b);
+    if (this.knownDirect.has(id)) return id;
+    await this.ensureDirect(a, b);
+    if (this.knownDirect.size >= KNOWN_DIRECT_MAX) this.knownDirect.clear();
+    this.knownDirect.add(id);
+    return id;
   }
 
   async ensureDirect(a: string, b: string): Promise<ConversationRecord> {

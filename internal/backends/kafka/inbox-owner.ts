@@ -19,6 +19,7 @@ import { errors } from "../../lib/errors.js";
 import type { Logger } from "../../lib/log.js";
 import type { Closeable, InboxDelivery, InboxEntry, OwnershipStore } from "../types.js";
 import { decodeMessage } from "./codec.js";
+import { PARTITIONS_CONSUMED_CONCURRENTLY } from "./consumers.js";
 
 export const INBOX_GROUP = "inbox";
 export const INBOX_STREAM = "inbox";
@@ -98,8 +99,7 @@ export class InboxOwner implements Closeable {
     await consumer.run({
       autoCommit: false,
       eachBatchAutoResolve: false,
-      // One partition's batches run one after another (cursor order); partitions in parallel.
-      partitionsConsumedConcurrently: 4,
+      partitionsConsumedConcurrently: PARTITIONS_CONSUMED_CONCURRENTLY,
       eachBatch: (payload) => this.onBatch(payload),
     });
   }

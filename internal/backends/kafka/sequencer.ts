@@ -38,6 +38,7 @@ import type {
 } from "../types.js";
 import type { BatchProducer } from "./batch-producer.js";
 import { decodeMessage, encodeMessage } from "./codec.js";
+import { PARTITIONS_CONSUMED_CONCURRENTLY } from "./consumers.js";
 import { INBOX_RECIPIENTS_HEADER, REDELIVERY_HEADER } from "./inbox-owner.js";
 import { MemberCache } from "./member-cache.js";
 
@@ -151,7 +152,7 @@ export class Sequencer implements Closeable {
     await consumer.run({
       autoCommit: false,
       eachBatchAutoResolve: false,
-      partitionsConsumedConcurrently: 4,
+      partitionsConsumedConcurrently: PARTITIONS_CONSUMED_CONCURRENTLY,
       eachBatch: (payload) => this.onBatch(payload),
     });
   }
@@ -191,8 +192,12 @@ export class Sequencer implements Closeable {
     try {
       done = await this.sequence(state, drafts);
       await this.o.beforeWrite?.(batch.partition);
-      await this.o.store.record(done.records, state.epoch, this.o.dedupeWindowSeconds);
-      await this.o.messages.write(done.originals, { fence: state.epoch });
+      // Both at once: a successor reads the head from the record, never from the rows, so a row that
+      // landed without its record is re-assigned the same seq (same drafts, same order) and re-written.
+      await Promise.all([
+        this.o.store.record(done.records, state.epoch, this.o.dedupeWindowSeconds),
+        this.o.messages.write(done.originals, { fence: state.epoch }),
+      ]);
     } catch (err) {
       // The outcome of the writes is unknown: read the heads again next time.
       for (const d of drafts) state.heads.delete(d.conversationId);
