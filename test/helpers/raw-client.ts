@@ -166,6 +166,20 @@ export class RawClient {
     }
   }
 
+  /**
+   * syncAll from 0, again until it holds at least `count` messages or `timeoutMs` passed: an ack means
+   * durable in the log; the inbox entries follow it (on the distributed backend, a moment later).
+   */
+  async syncAtLeast(count: number, timeoutMs = 30_000): ReturnType<RawClient["syncAll"]> {
+    const deadline = Date.now() + timeoutMs;
+    let synced = await this.syncAll();
+    while (synced.messages.length < count && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 200));
+      synced = await this.syncAll();
+    }
+    return synced;
+  }
+
   close(): void {
     this.ws.close();
   }

@@ -90,8 +90,9 @@ describe("acks across processes", () => {
       );
       expect(again).toMatchObject({ duplicate: true, seq: 8n, messageId: acks[7]?.messageId });
 
-      // And the messages are there for the recipient, once each, in order.
-      const { messages } = await bob.syncAll();
+      // And the messages reach the recipient's inbox (after the ack: the inbox owner follows the
+      // log), once each, in order.
+      const { messages } = await bob.syncAtLeast(30);
       expect(messages.map((m) => m.body)).toEqual(Array.from({ length: 30 }, (_, i) => `hello ${i}`));
     } catch (err) {
       console.error(
