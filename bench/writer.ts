@@ -268,7 +268,7 @@ async function runFence(
   const hist = newHistogram();
   const w: Window = { measuring: false, stopping: false };
   let assigns = 0;
-  let notApplied = 0;
+  const notApplied = 0;
   let errors = 0;
   let errorSample: string | null = null;
   let idSeq = 0;

@@ -202,7 +202,10 @@ export const schema = {
   },
   kafka: {
     brokers: list(["127.0.0.1:9092"], "Kafka bootstrap servers (distributed backend)."),
-    topicPrefix: str("switchboard.", "Prefix of the topic names (messages, sequenced, inbox, replies, routing)."),
+    topicPrefix: str(
+      "switchboard.",
+      "Prefix of the topic names (messages, sequenced, inbox, replies, routing).",
+    ),
     partitions: int(12, "Partitions of the message topics.", 1),
     replicationFactor: int(
       1,
