@@ -33,7 +33,6 @@ import {
   optionalNumber,
   type Session,
   type Statement,
-  toLong,
   toNumber,
   toText,
 } from "./session.js";
@@ -46,6 +45,8 @@ const CAS_ENTRIES_MAX = 250;
 const ROUND_ENTRIES_MAX = 1000;
 const CAS_ATTEMPTS_MAX = 32;
 const IN_MAX = 100;
+/** Statements per unlogged batch of the owner path. */
+const OWNED_BATCH_STATEMENTS_MAX = 200;
 
 const entryKey = (conversationId: string, seq: number) => `${conversationId}\u0000${seq}`;
 
@@ -314,32 +315,45 @@ export class CassandraInboxStore implements InboxStore {
     epoch: bigint,
     ttlSeconds: number,
   ): Promise<void> {
-    const at = toLong(epoch);
+    const call = { idempotent: true, logged: false, writeTimestamp: epoch };
     const ttl = Math.max(1, Math.floor(ttlSeconds));
-    // One unit per partition, coalesced with the other partitions written in this turn.
-    const rows = [...groupBy(entries, (e) => `${e.userId}\u0000${inboxBucket(e.cursor)}`).values()];
-    await Promise.all(
-      rows.map((group) =>
-        this.s.coalescedWrite(
-          "inbox_by_user: write owned entries",
-          group.map((e) => ({
-            query: this.q.insertStreamAt,
-            params: [e.userId, inboxBucket(e.cursor), e.cursor, e.conversationId, e.seq, e.messageId, at],
-          })),
-        ),
-      ),
+    const rows = [...groupBy(entries, (e) => `${e.userId}\u0000${inboxBucket(e.cursor)}`).values()].map(
+      (group) =>
+        group.map((e) => ({
+          query: this.q.insertStream,
+          params: [e.userId, inboxBucket(e.cursor), e.cursor, e.conversationId, e.seq, e.messageId],
+        })),
     );
+    await this.writePartitions("inbox_by_user: write owned entries", rows, call);
     const byUser = groupBy(entries, (e) => e.userId);
-    await Promise.all(
-      [...heads].map(([user, h]) =>
-        this.s.coalescedWrite("inbox_heads: write owned heads", [
-          { query: this.q.setOwnedHead, params: [user, h.head, h.appliedOffset, at] },
-          ...(byUser.get(user) ?? []).map((e) => ({
-            query: this.q.insertOwnedIndex,
-            params: [user, e.conversationId, e.seq, e.cursor, e.messageId, ttl, at],
-          })),
-        ]),
-      ),
+    const state = [...heads].map(([user, h]) => [
+      { query: this.q.setOwnedHead, params: [h.head, h.appliedOffset, user] },
+      ...(byUser.get(user) ?? []).map((e) => ({
+        query: this.q.insertOwnedIndex,
+        params: [user, e.conversationId, e.seq, e.cursor, e.messageId, ttl],
+      })),
+    ]);
+    await this.writePartitions("inbox_heads: write owned heads", state, call);
+  }
+
+  /** Statements grouped by partition, sent as unlogged batches that never split a partition. */
+  private async writePartitions(
+    what: string,
+    partitions: Statement[][],
+    call: { idempotent: boolean; logged: boolean; writeTimestamp: bigint },
+  ): Promise<void> {
+    const batches: Statement[][] = [];
+    let batch: Statement[] = [];
+    for (const statements of partitions) {
+      if (batch.length > 0 && batch.length + statements.length > OWNED_BATCH_STATEMENTS_MAX) {
+        batches.push(batch);
+        batch = [];
+      }
+      batch.push(...statements);
+    }
+    if (batch.length > 0) batches.push(batch);
+    await this.ownerLimiter.map(batches, (b) =>
+      b.length === 1 ? this.s.execute(what, b[0]!.query, b[0]!.params, call) : this.s.batch(what, b, call),
     );
   }
 
@@ -415,12 +429,7 @@ function statements(s: Session) {
       "WHERE user_id = ? AND bucket = ? AND cursor > ? LIMIT ?",
     last: `SELECT cursor FROM ${stream} WHERE user_id = ? AND bucket = ? AND cursor <= ? ORDER BY cursor DESC LIMIT 1`,
     ownedHeads: `SELECT user_id, head, applied_offset FROM ${heads} WHERE user_id IN ? PER PARTITION LIMIT 1`,
-    setOwnedHead: `INSERT INTO ${heads} (user_id, head, applied_offset) VALUES (?, ?, ?) USING TIMESTAMP ?`,
-    insertOwnedIndex:
-      `INSERT INTO ${heads} (user_id, conversation_id, seq, cursor, message_id) VALUES (?, ?, ?, ?, ?) ` +
-      "USING TTL ? AND TIMESTAMP ?",
-    insertStreamAt:
-      `INSERT INTO ${stream} (user_id, bucket, cursor, conversation_id, seq, message_id) ` +
-      "VALUES (?, ?, ?, ?, ?, ?) USING TIMESTAMP ?",
+    setOwnedHead: `UPDATE ${heads} SET head = ?, applied_offset = ? WHERE user_id = ?`,
+    insertOwnedIndex: `INSERT INTO ${heads} (user_id, conversation_id, seq, cursor, message_id) VALUES (?, ?, ?, ?, ?) USING TTL ?`,
   };
 }

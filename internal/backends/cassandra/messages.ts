@@ -24,7 +24,6 @@ import {
   type Row,
   type Session,
   type Statement,
-  toLong,
   toNumber,
   toText,
 } from "./session.js";
@@ -56,6 +55,7 @@ export class CassandraMessageStore implements MessageStore {
 
   async write(messages: StoredMessage[], options: { fence?: bigint } = {}): Promise<void> {
     if (messages.length === 0) return;
+    const call = options.fence === undefined ? {} : { writeTimestamp: options.fence };
     // Per conversation, older buckets first (their markers first of all), so that a reader walking
     // up the buckets never finds a row above one that is still missing; conversations in parallel.
     const byConversation = groupBy(messages, (m) => m.conversationId);
@@ -79,36 +79,24 @@ export class CassandraMessageStore implements MessageStore {
             );
             written.push(key);
           }
-          const row = (m: StoredMessage) => [
-            m.conversationId,
-            seqBucket(m.seq),
-            m.seq,
-            m.messageId,
-            m.sender,
-            m.body,
-            new Date(m.createdAtMs),
-            m.clientMsgId,
-          ];
-          if (options.fence !== undefined) {
-            // A fenced owner's rows: one unit per partition, coalesced with the other writes of this
-            // turn, each row at the owner's epoch.
-            const at = toLong(options.fence);
-            await Promise.all(
-              cut(bucketRows).map((batch) =>
-                this.s.coalescedWrite(
-                  "messages_by_conversation: write",
-                  batch.map((m) => ({ query: this.q.insertMessageAt, params: [...row(m), at] })),
-                ),
-              ),
-            );
-            continue;
-          }
           await this.limiter.map(cut(bucketRows), async (batch) => {
-            const rows: Statement[] = batch.map((m) => ({ query: this.q.insertMessage, params: row(m) }));
+            const rows: Statement[] = batch.map((m) => ({
+              query: this.q.insertMessage,
+              params: [
+                m.conversationId,
+                seqBucket(m.seq),
+                m.seq,
+                m.messageId,
+                m.sender,
+                m.body,
+                new Date(m.createdAtMs),
+                m.clientMsgId,
+              ],
+            }));
             const what = "messages_by_conversation: write";
             if (rows.length === 1)
-              await this.s.execute(what, rows[0]!.query, rows[0]!.params, { idempotent: true });
-            else await this.s.batch(what, rows, { idempotent: true, logged: false });
+              await this.s.execute(what, rows[0]!.query, rows[0]!.params, { idempotent: true, ...call });
+            else await this.s.batch(what, rows, { idempotent: true, logged: false, ...call });
           });
         }
       }),
@@ -276,9 +264,6 @@ function statements(s: Session) {
     insertMessage:
       `INSERT INTO ${messages} (conversation_id, bucket, seq, message_id, sender, body, created_at, ` +
       "client_msg_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-    insertMessageAt:
-      `INSERT INTO ${messages} (conversation_id, bucket, seq, message_id, sender, body, created_at, ` +
-      "client_msg_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?",
     pageForward:
       `SELECT ${COLUMNS} FROM ${messages} WHERE conversation_id = ? AND bucket = ? ` +
       "AND seq > ? AND seq < ? ORDER BY seq ASC LIMIT ?",

@@ -18,10 +18,6 @@ const CLAIM_ATTEMPTS_MAX = 16;
 
 export class CassandraOwnershipStore implements OwnershipStore {
   private readonly q: ReturnType<typeof statements>;
-  private readonly checks = new Map<
-    string,
-    Array<{ partition: number; resolve: (epoch: bigint | undefined) => void; reject: (err: unknown) => void }>
-  >();
   /** Claims made (each one Paxos round, plus retries). */
   readonly stats = { claims: 0, conflicts: 0 };
 
@@ -29,45 +25,7 @@ export class CassandraOwnershipStore implements OwnershipStore {
     this.q = statements(s);
   }
 
-  /**
-   * The partition's epoch. Checks asked in the same turn of the event loop (the batches of one fetch,
-   * which run in step) are answered by one read per stream.
-   */
-  current(stream: string, partition: number): Promise<bigint | undefined> {
-    return new Promise((resolve, reject) => {
-      let waiting = this.checks.get(stream);
-      if (!waiting) {
-        waiting = [];
-        this.checks.set(stream, waiting);
-        setImmediate(() => void this.flushChecks(stream));
-      }
-      waiting.push({ partition, resolve, reject });
-    });
-  }
-
-  private async flushChecks(stream: string): Promise<void> {
-    const waiting = this.checks.get(stream) ?? [];
-    this.checks.delete(stream);
-    try {
-      const result = await this.s.execute(
-        "partition_owners: read epochs",
-        this.q.readMany,
-        [stream, [...new Set(waiting.map((w) => w.partition))]],
-        { idempotent: true },
-      );
-      const epochs = new Map<number, bigint>();
-      for (const row of result.rows) {
-        const value = row.get("epoch");
-        if (value !== null && value !== undefined)
-          epochs.set(Number(row.get("partition")), BigInt(String(value)));
-      }
-      for (const w of waiting) w.resolve(epochs.get(w.partition));
-    } catch (err) {
-      for (const w of waiting) w.reject(err);
-    }
-  }
-
-  private async read(stream: string, partition: number): Promise<bigint | undefined> {
+  async current(stream: string, partition: number): Promise<bigint | undefined> {
     const result = await this.s.execute("partition_owners: read epoch", this.q.read, [stream, partition], {
       idempotent: true,
     });
@@ -79,7 +37,7 @@ export class CassandraOwnershipStore implements OwnershipStore {
     let lastError: unknown;
     for (let attempt = 1; attempt <= CLAIM_ATTEMPTS_MAX; attempt++) {
       try {
-        const seen = await this.read(stream, partition);
+        const seen = await this.current(stream, partition);
         const now = BigInt(Date.now()) * 1000n;
         const next = seen === undefined || now > seen ? now : seen + 1n;
         const result =
@@ -119,7 +77,6 @@ function statements(s: Session) {
   const t = s.table("partition_owners");
   return {
     read: `SELECT epoch FROM ${t} WHERE stream = ? AND partition = ?`,
-    readMany: `SELECT partition, epoch FROM ${t} WHERE stream = ? AND partition IN ?`,
     insert: `INSERT INTO ${t} (stream, partition, epoch, owner, claimed_at) VALUES (?, ?, ?, ?, ?) IF NOT EXISTS`,
     update:
       `UPDATE ${t} SET epoch = ?, owner = ?, claimed_at = ? WHERE stream = ? AND partition = ? ` +

@@ -11,18 +11,19 @@
  * Batching: heads and lookups read many conversations per request (IN on the partition key; the
  * lookup's IN on the clustering key too, so a request asks conversations x keys and the rows that
  * do not exist cost the node a bloom-filter check each; the product is kept small). `record` sends
- * the rows of many conversations as unlogged batches (Session.coalescedWrite, shared with the other
- * partitions written in the same turn): one request, one mutation per partition.
+ * the rows of many conversations as unlogged batches: one request, one mutation per partition.
  *
  * Retention: dedupe rows carry a TTL (the dedupe window): a resend after it is a new message. The
  * head is one static cell per conversation and does not grow.
  */
 import type { SequencedRef, SequencerRecord, SequencerStore } from "../types.js";
-import { chunks, Limiter, type Session, toLong, toNumber, toText } from "./session.js";
+import { chunks, Limiter, type Session, type Statement, toLong, toNumber, toText } from "./session.js";
 
 /** Conversations x keys one lookup request asks for at most. */
 const LOOKUP_PRODUCT_MAX = 512;
 const HEADS_IN_MAX = 100;
+/** Statements per unlogged batch of `record`. */
+const RECORD_STATEMENTS_MAX = 200;
 const IN_FLIGHT_MAX = 16;
 
 export class CassandraSequencerStore implements SequencerStore {
@@ -102,20 +103,30 @@ export class CassandraSequencerStore implements SequencerStore {
 
   async record(records: SequencerRecord[], epoch: bigint, dedupeWindowSeconds: number): Promise<void> {
     const ttl = Math.max(1, Math.floor(dedupeWindowSeconds));
-    const at = toLong(epoch);
-    // One unit per conversation (one partition, one mutation), coalesced with whatever else is written
-    // in this turn (the other partitions' batches of the same fetch) into few requests.
-    await Promise.all(
-      records.map((r) =>
-        this.s.coalescedWrite("conversation_sequencer: record heads and dedupe rows", [
-          { query: this.q.setHead, params: [r.conversationId, toLong(BigInt(r.head)), at] },
-          ...r.assigned.map((e) => ({
-            query: this.q.insertDedupe,
-            params: [r.conversationId, e.dedupeKey, toLong(BigInt(e.seq)), e.messageId, ttl, at],
-          })),
-        ]),
-      ),
-    );
+    // A conversation's statements stay in one batch (one mutation): cut only between conversations.
+    const batches: Statement[][] = [];
+    let batch: Statement[] = [];
+    for (const r of records) {
+      const own: Statement[] = [
+        { query: this.q.setHead, params: [toLong(BigInt(r.head)), r.conversationId] },
+        ...r.assigned.map((e) => ({
+          query: this.q.insertDedupe,
+          params: [r.conversationId, e.dedupeKey, toLong(BigInt(e.seq)), e.messageId, ttl],
+        })),
+      ];
+      if (batch.length > 0 && batch.length + own.length > RECORD_STATEMENTS_MAX) {
+        batches.push(batch);
+        batch = [];
+      }
+      batch.push(...own);
+    }
+    if (batch.length > 0) batches.push(batch);
+    await this.limiter.map(batches, async (b) => {
+      const what = "conversation_sequencer: record heads and dedupe rows";
+      const call = { idempotent: true, writeTimestamp: epoch };
+      if (b.length === 1) await this.s.execute(what, b[0]!.query, b[0]!.params, call);
+      else await this.s.batch(what, b, { ...call, logged: false });
+    });
   }
 
   async close(): Promise<void> {}
@@ -128,10 +139,7 @@ function statements(s: Session) {
     lookup:
       `SELECT conversation_id, dedupe_key, seq, message_id FROM ${t} ` +
       "WHERE conversation_id IN ? AND dedupe_key IN ?",
-    // An INSERT of the partition key and the static column only: bind markers in written order.
-    setHead: `INSERT INTO ${t} (conversation_id, last_seq) VALUES (?, ?) USING TIMESTAMP ?`,
-    insertDedupe:
-      `INSERT INTO ${t} (conversation_id, dedupe_key, seq, message_id) VALUES (?, ?, ?, ?) ` +
-      "USING TTL ? AND TIMESTAMP ?",
+    setHead: `UPDATE ${t} SET last_seq = ? WHERE conversation_id = ?`,
+    insertDedupe: `INSERT INTO ${t} (conversation_id, dedupe_key, seq, message_id) VALUES (?, ?, ?, ?) USING TTL ?`,
   };
 }

@@ -63,9 +63,6 @@ export interface RequestCounts {
   lwts: number;
 }
 
-/** Statements per unlogged batch of coalescedWrite. */
-const COALESCED_STATEMENTS_MAX = 250;
-
 const CONDITIONAL = /\bIF\s+(NOT\s+EXISTS|EXISTS|[a-z_]+\s*(=|<|>|!=))/i;
 
 /** Server errors after which the node or replica set is (perhaps briefly) not serving: retry later. */
@@ -126,12 +123,6 @@ export class Session {
   private readonly consistency: number;
   private readonly serialConsistency: number;
   private closed = false;
-  private readonly coalescing: Array<{
-    what: string;
-    unit: readonly Statement[];
-    resolve: () => void;
-    reject: (err: unknown) => void;
-  }> = [];
   /** Requests sent, by kind (counted when sent, whether they succeed or not). */
   readonly requests: RequestCounts = { reads: 0, writes: 0, batches: 0, lwts: 0 };
 
@@ -216,53 +207,6 @@ export class Session {
     } catch (err) {
       throw storageError(what, err);
     }
-  }
-
-  /**
-   * Unconditional, idempotent writes of many callers as few requests: every unit submitted in the same
-   * turn of the event loop joins one flush, sent as unlogged batches of at most
-   * COALESCED_STATEMENTS_MAX statements; a unit (one partition's statements, say) is never split
-   * across batches. Statements carry their own write timestamps (`USING TIMESTAMP ?`) where they
-   * need them, since a batch has one default. Resolves when the unit's batch is acknowledged; a failed
-   * batch fails every unit in it (their callers retry, the writes being idempotent).
-   */
-  coalescedWrite(what: string, unit: readonly Statement[]): Promise<void> {
-    if (unit.length === 0) return Promise.resolve();
-    return new Promise((resolve, reject) => {
-      this.coalescing.push({ what, unit, resolve, reject });
-      if (this.coalescing.length === 1) setImmediate(() => void this.flushCoalesced());
-    });
-  }
-
-  private async flushCoalesced(): Promise<void> {
-    const units = this.coalescing.splice(0);
-    const batches: Array<typeof units> = [];
-    let batch: typeof units = [];
-    let size = 0;
-    for (const u of units) {
-      if (batch.length > 0 && size + u.unit.length > COALESCED_STATEMENTS_MAX) {
-        batches.push(batch);
-        batch = [];
-        size = 0;
-      }
-      batch.push(u);
-      size += u.unit.length;
-    }
-    if (batch.length > 0) batches.push(batch);
-    await Promise.all(
-      batches.map(async (b) => {
-        const statements = b.flatMap((u) => u.unit);
-        const what = [...new Set(b.map((u) => u.what))].join(" + ");
-        try {
-          if (statements.length === 1)
-            await this.execute(what, statements[0]!.query, statements[0]!.params, { idempotent: true });
-          else await this.batch(what, statements, { idempotent: true, logged: false });
-          for (const u of b) u.resolve();
-        } catch (err) {
-          for (const u of b) u.reject(err);
-        }
-      }),
-    );
   }
 
   /** Marks the session closed; the owner shuts the client down. */
