@@ -502,7 +502,7 @@ describe("sequencer store and partition ownership", () => {
       );
       expect(new Set(racing).size).toBe(6);
       expect(racing.every((e) => e > second)).toBe(true);
-      const newest = racing.reduce((x, y) => (y > x ? y : x));
+      const newest = [...racing].sort((x, y) => (x < y ? -1 : x > y ? 1 : 0)).at(-1);
       expect(await b.ownership.current(stream, 0)).toBe(newest);
     },
     LONG,
