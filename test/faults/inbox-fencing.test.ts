@@ -106,6 +106,31 @@ describe("zombie inbox owner writing after its successor claimed", () => {
         }
       }
     };
+    /** A new message and, in the same produce request, its re-delivery: one fetch batch. */
+    const produceWithRedelivery = async (s: number) => {
+      seq = Math.max(seq, s);
+      const value = encodeMessage({
+        conversationId,
+        seq: s,
+        messageId: String(7_000_000 + s),
+        sender: users[0]!,
+        clientMsgId: `m${s}`,
+        body: `m${s}`,
+        createdAtMs: Date.now(),
+      });
+      for (let partition = 0; partition < PARTITIONS; partition++) {
+        const here = users.filter((u) => shardOf(u, PARTITIONS) === partition);
+        const headers = { [INBOX_RECIPIENTS_HEADER]: here.join("\n") };
+        await producer.send({
+          topic: names.inbox,
+          acks: -1,
+          messages: [
+            { partition, value, headers },
+            { partition, value, headers: { ...headers, [REDELIVERY_HEADER]: "1" } },
+          ],
+        });
+      }
+    };
     expect(new Set(users.map((u) => shardOf(u, PARTITIONS))).size).toBe(PARTITIONS);
     const headsAre = async (want: number, timeoutMs = 60_000) => {
       const deadline = Date.now() + timeoutMs;
@@ -171,8 +196,10 @@ describe("zombie inbox owner writing after its successor claimed", () => {
     await headsAre(10, SESSION_TIMEOUT_MS + 40_000);
     await produce(5);
     await headsAre(15);
-    // A re-delivery of seq 3 (the sequencer re-processed it) adds no entry.
+    // A re-delivery of seq 3 (the sequencer re-processed it) adds no entry, and neither does one that
+    // follows its original in the same batch (before the original's index row exists).
     await produce(1, 3);
+    await produceWithRedelivery(16);
     await new Promise((r) => setTimeout(r, 2_000));
     const zombieEpoch = claims.get("A")![0]!;
     expect((claims.get("B") ?? []).length).toBeGreaterThan(0);
@@ -190,7 +217,7 @@ describe("zombie inbox owner writing after its successor claimed", () => {
         .slice(deliveredByABeforeRelease)
         .filter((d) => d.message.seq > 5),
     ).toEqual([]);
-    await headsAre(15, 5_000);
+    await headsAre(16, 5_000);
     const cql = new cassandra.Client({
       contactPoints: infra.CASSANDRA_CONTACT_POINTS!.split(","),
       localDataCenter: "datacenter1",
@@ -198,9 +225,9 @@ describe("zombie inbox owner writing after its successor claimed", () => {
     });
     for (const u of users) {
       const inbox = await stores.inbox.read(u, 0, 100);
-      expect(inbox.map((e) => e.seq)).toEqual(Array.from({ length: 15 }, (_, i) => i + 1));
-      expect(inbox.map((e) => e.cursor)).toEqual(Array.from({ length: 15 }, (_, i) => i + 1));
-      expect(await stores.inbox.head(u)).toBe(15);
+      expect(inbox.map((e) => e.seq)).toEqual(Array.from({ length: 16 }, (_, i) => i + 1));
+      expect(inbox.map((e) => e.cursor)).toEqual(Array.from({ length: 16 }, (_, i) => i + 1));
+      expect(await stores.inbox.head(u)).toBe(16);
       const head = await cql.execute(
         "SELECT WRITETIME(head) AS written FROM inbox_heads WHERE user_id = ? LIMIT 1",
         [u],

@@ -153,13 +153,18 @@ export class InboxOwner implements Closeable {
     for (const u of users) heads.set(u, { ...(state.users.get(u) ?? loaded.get(u)!) });
     const entries: InboxEntry[] = [];
     const deliveries: InboxDelivery[] = [];
+    // What this batch assigns: a re-delivery may follow its original in the same batch, before the
+    // original's index row exists for `recorded` to find.
+    const assigned = new Set<string>();
     for (const r of records) {
       const recipients: InboxDelivery["recipients"] = [];
       for (const userId of r.users) {
         const h = heads.get(userId)!;
         if (r.offset <= h.appliedOffset) continue; // applied before
         h.appliedOffset = r.offset;
-        if (recorded.has(`${userId}\u0000${r.message.conversationId}\u0000${r.message.seq}`)) continue;
+        const key = `${userId}\u0000${r.message.conversationId}\u0000${r.message.seq}`;
+        if (recorded.has(key) || assigned.has(key)) continue;
+        assigned.add(key);
         h.head++;
         entries.push({
           userId,
