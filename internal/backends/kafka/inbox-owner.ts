@@ -13,13 +13,12 @@
  * the sequencer marked as a re-delivery (it re-emits what it re-processes after a crash) is checked
  * against the user's index rows. Whatever a fenced-out owner writes late loses to its successor's.
  */
-import { hostname } from "node:os";
 import type { Consumer, EachBatchPayload, Kafka } from "kafkajs";
-import { errors } from "../../lib/errors.js";
 import type { Logger } from "../../lib/log.js";
 import type { Closeable, InboxDelivery, InboxEntry, OwnershipStore } from "../types.js";
 import { decodeMessage } from "./codec.js";
-import { PARTITIONS_CONSUMED_CONCURRENTLY } from "./consumers.js";
+import { commitBatch, PARTITIONS_CONSUMED_CONCURRENTLY } from "./consumers.js";
+import { OwnedPartitions } from "./owned-partitions.js";
 
 export const INBOX_GROUP = "inbox";
 export const INBOX_STREAM = "inbox";
@@ -76,11 +75,23 @@ class PartitionState {
 
 export class InboxOwner implements Closeable {
   private consumer: Consumer | undefined;
-  private partitions = new Map<number, Promise<PartitionState>>();
-  private readonly owner = `${hostname()}/${process.pid}`;
-  readonly stats = { claims: 0, fenced: 0 };
+  private readonly partitions: OwnedPartitions<PartitionState>;
 
-  constructor(private readonly o: InboxOwnerOptions) {}
+  constructor(private readonly o: InboxOwnerOptions) {
+    this.partitions = new OwnedPartitions({
+      stream: INBOX_STREAM,
+      ownership: o.ownership,
+      log: o.log,
+      fencedReason: "INBOX_FENCED",
+      fencedConsequence: "nothing of this batch is delivered",
+      fresh: (epoch) => new PartitionState(epoch),
+    });
+  }
+
+  /** Claims made and batches fenced (a successor claimed while this process worked). */
+  get stats(): { claims: number; fenced: number } {
+    return this.partitions.stats;
+  }
 
   async start(): Promise<void> {
     const consumer = this.o.kafka.consumer({
@@ -91,9 +102,7 @@ export class InboxOwner implements Closeable {
       allowAutoTopicCreation: false,
     });
     this.consumer = consumer;
-    consumer.on(consumer.events.GROUP_JOIN, () => {
-      this.partitions = new Map();
-    });
+    consumer.on(consumer.events.GROUP_JOIN, () => this.partitions.reset());
     await consumer.connect();
     await consumer.subscribe({ topic: this.o.inboxTopic, fromBeginning: true });
     await consumer.run({
@@ -104,30 +113,10 @@ export class InboxOwner implements Closeable {
     });
   }
 
-  private claim(partition: number): Promise<PartitionState> {
-    const known = this.partitions.get(partition);
-    if (known) return known;
-    const claimed = this.o.ownership.claim(INBOX_STREAM, partition, this.owner).then((epoch) => {
-      this.stats.claims++;
-      this.o.log.info("inbox: claimed partition", { partition, epoch: epoch.toString() });
-      return new PartitionState(epoch);
-    });
-    claimed.catch(() => {
-      if (this.partitions.get(partition) === claimed) this.partitions.delete(partition);
-    });
-    this.partitions.set(partition, claimed);
-    return claimed;
-  }
-
-  private async onBatch({
-    batch,
-    resolveOffset,
-    heartbeat,
-    commitOffsetsIfNecessary,
-    isStale,
-  }: EachBatchPayload): Promise<void> {
+  private async onBatch(payload: EachBatchPayload): Promise<void> {
+    const { batch } = payload;
     if (batch.messages.length === 0) return;
-    const state = await this.claim(batch.partition);
+    const state = await this.partitions.claim(batch.partition);
     const records = batch.messages.map((m) => {
       const users = m.headers?.[INBOX_RECIPIENTS_HEADER]?.toString() ?? "";
       return {
@@ -187,33 +176,10 @@ export class InboxOwner implements Closeable {
     }
     for (const [u, h] of heads) state.set(u, h);
 
-    const current = await this.o.ownership.current(INBOX_STREAM, batch.partition);
-    if (current !== state.epoch) {
-      this.stats.fenced++;
-      const fenced = errors.unavailable(
-        "INBOX_FENCED",
-        `inbox partition ${batch.partition} was claimed by another owner (epoch ${current} > ${state.epoch}); ` +
-          "nothing of this batch is delivered",
-      );
-      const rejected = Promise.reject(fenced);
-      rejected.catch(() => undefined);
-      this.partitions.set(batch.partition, rejected);
-      throw fenced;
-    }
+    await this.partitions.check(batch.partition, state);
 
     if (deliveries.length > 0) await this.o.handler(deliveries);
-    if (isStale()) return;
-    const last = batch.messages.at(-1)!.offset;
-    resolveOffset(last);
-    await commitOffsetsIfNecessary({
-      topics: [
-        {
-          topic: batch.topic,
-          partitions: [{ partition: batch.partition, offset: String(Number(last) + 1) }],
-        },
-      ],
-    });
-    await heartbeat();
+    await commitBatch(payload);
   }
 
   async close(): Promise<void> {

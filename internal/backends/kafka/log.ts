@@ -21,6 +21,7 @@ import type {
 } from "../types.js";
 import type { BatchProducer } from "./batch-producer.js";
 import { decodeMessage, encodeMessage } from "./codec.js";
+import { commitBatch } from "./consumers.js";
 import { INBOX_GROUP, InboxOwner, type InboxOwnerOptions } from "./inbox-owner.js";
 import {
   MEMBERSHIP_KIND,
@@ -191,7 +192,8 @@ export class KafkaMessageLog implements MessageLog {
       // Batches of different partitions are handled concurrently; one partition's batches (and so
       // one conversation's messages) still run one after another, in order.
       partitionsConsumedConcurrently: PARTITIONS_CONSUMED_CONCURRENTLY,
-      eachBatch: async ({ batch, resolveOffset, commitOffsetsIfNecessary, heartbeat, isStale }) => {
+      eachBatch: async (payload) => {
+        const { batch } = payload;
         if (batch.messages.length === 0) return;
         const messages = batch.messages.map((m): LoggedMessage => {
           const message: LoggedMessage = decodeMessage(m.value!);
@@ -204,18 +206,7 @@ export class KafkaMessageLog implements MessageLog {
         });
         // At-least-once: on failure kafkajs re-fetches from the last committed offset.
         await handler(messages);
-        if (isStale()) return;
-        const last = batch.messages.at(-1)!.offset;
-        resolveOffset(last);
-        await commitOffsetsIfNecessary({
-          topics: [
-            {
-              topic: batch.topic,
-              partitions: [{ partition: batch.partition, offset: String(Number(last) + 1) }],
-            },
-          ],
-        });
-        await heartbeat();
+        await commitBatch(payload);
       },
     });
     return {

@@ -20,9 +20,7 @@
  * drafts; it finds their dedupe rows (or, if they did not land, assigns the same seqs, because it
  * processes the same drafts in the same order from the same head) and re-emits them.
  */
-import { hostname } from "node:os";
 import type { Consumer, EachBatchPayload, Kafka, KafkaMessage } from "kafkajs";
-import { errors } from "../../lib/errors.js";
 import type { Logger } from "../../lib/log.js";
 import { shardOf } from "../../lib/shard.js";
 import type {
@@ -38,9 +36,10 @@ import type {
 } from "../types.js";
 import type { BatchProducer } from "./batch-producer.js";
 import { decodeMessage, encodeMessage } from "./codec.js";
-import { PARTITIONS_CONSUMED_CONCURRENTLY } from "./consumers.js";
+import { commitBatch, PARTITIONS_CONSUMED_CONCURRENTLY } from "./consumers.js";
 import { INBOX_RECIPIENTS_HEADER, REDELIVERY_HEADER } from "./inbox-owner.js";
 import { MemberCache } from "./member-cache.js";
+import { OwnedPartitions } from "./owned-partitions.js";
 
 export const SEQUENCER_GROUP = "sequencer";
 /** Headers of a reply record: the draft it answers, and whether that draft was a duplicate. */
@@ -125,13 +124,23 @@ interface Sequenced {
 
 export class Sequencer implements Closeable {
   private consumer: Consumer | undefined;
-  /** The partitions claimed in the current group generation (a rejected promise: fenced). */
-  private partitions = new Map<number, Promise<PartitionState>>();
-  private readonly owner = `${hostname()}/${process.pid}`;
-  /** Claims made and batches fenced (a successor claimed while this process worked). */
-  readonly stats = { claims: 0, fenced: 0 };
+  private readonly partitions: OwnedPartitions<PartitionState>;
 
-  constructor(private readonly o: SequencerOptions) {}
+  constructor(private readonly o: SequencerOptions) {
+    this.partitions = new OwnedPartitions({
+      stream: DRAFTS_STREAM,
+      ownership: o.ownership,
+      log: o.log,
+      fencedReason: "SEQUENCER_FENCED",
+      fencedConsequence: "nothing of this batch is acknowledged",
+      fresh: (epoch) => new PartitionState(epoch),
+    });
+  }
+
+  /** Claims made and batches fenced (a successor claimed while this process worked). */
+  get stats(): { claims: number; fenced: number } {
+    return this.partitions.stats;
+  }
 
   async start(): Promise<void> {
     const consumer = this.o.kafka.consumer({
@@ -144,9 +153,7 @@ export class Sequencer implements Closeable {
     this.consumer = consumer;
     // A new generation: every partition is claimed again before use, with empty caches (another owner
     // may have written in between).
-    consumer.on(consumer.events.GROUP_JOIN, () => {
-      this.partitions = new Map();
-    });
+    consumer.on(consumer.events.GROUP_JOIN, () => this.partitions.reset());
     await consumer.connect();
     await consumer.subscribe({ topic: this.o.draftsTopic, fromBeginning: true });
     await consumer.run({
@@ -157,30 +164,10 @@ export class Sequencer implements Closeable {
     });
   }
 
-  private claim(partition: number): Promise<PartitionState> {
-    const known = this.partitions.get(partition);
-    if (known) return known;
-    const claimed = this.o.ownership.claim(DRAFTS_STREAM, partition, this.owner).then((epoch) => {
-      this.stats.claims++;
-      this.o.log.info("sequencer: claimed partition", { partition, epoch: epoch.toString() });
-      return new PartitionState(epoch);
-    });
-    claimed.catch(() => {
-      if (this.partitions.get(partition) === claimed) this.partitions.delete(partition);
-    });
-    this.partitions.set(partition, claimed);
-    return claimed;
-  }
-
-  private async onBatch({
-    batch,
-    resolveOffset,
-    heartbeat,
-    commitOffsetsIfNecessary,
-    isStale,
-  }: EachBatchPayload): Promise<void> {
+  private async onBatch(payload: EachBatchPayload): Promise<void> {
+    const { batch } = payload;
     if (batch.messages.length === 0) return;
-    const state = await this.claim(batch.partition);
+    const state = await this.partitions.claim(batch.partition);
     const records: DraftRecord[] = batch.messages.map((m) =>
       isMembershipRecord(m)
         ? { kind: "membership", conversationId: m.key!.toString() }
@@ -205,19 +192,7 @@ export class Sequencer implements Closeable {
     }
     for (const [c, head] of done.heads) state.setHead(c, head);
 
-    const current = await this.o.ownership.current(DRAFTS_STREAM, batch.partition);
-    if (current !== state.epoch) {
-      this.stats.fenced++;
-      const fenced = errors.unavailable(
-        "SEQUENCER_FENCED",
-        `drafts partition ${batch.partition} was claimed by another sequencer (epoch ${current} > ${state.epoch}); ` +
-          "nothing of this batch is acknowledged",
-      );
-      const rejected = Promise.reject(fenced);
-      rejected.catch(() => undefined);
-      this.partitions.set(batch.partition, rejected); // until the next group generation
-      throw fenced;
-    }
+    await this.partitions.check(batch.partition, state);
 
     await Promise.all(
       done.originals.flatMap((m) =>
@@ -229,18 +204,7 @@ export class Sequencer implements Closeable {
       ),
     );
     await this.answer(done.results);
-    if (isStale()) return; // the partition moved on during the batch; the new owner redoes it
-    const last = batch.messages.at(-1)!.offset;
-    resolveOffset(last);
-    await commitOffsetsIfNecessary({
-      topics: [
-        {
-          topic: batch.topic,
-          partitions: [{ partition: batch.partition, offset: String(Number(last) + 1) }],
-        },
-      ],
-    });
-    await heartbeat();
+    await commitBatch(payload);
   }
 
   /**
