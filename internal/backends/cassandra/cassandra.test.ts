@@ -25,6 +25,8 @@ const run = randomBytes(4).toString("hex");
 const keyspace = `switchboard_test_${run}`;
 const replication = { class: "SimpleStrategy", replication_factor: 1 } as const;
 const LONG = 300_000;
+/** Short enough to wait out in a test, long enough to survive a stalled CI machine before the first read. */
+const TTL_SECONDS = 4;
 
 let options: CassandraOptions;
 /** Two store sets on two clients: two "processes". */
@@ -475,12 +477,16 @@ describe("sequencer store and partition ownership", () => {
     "dedupe rows expire after the dedupe window; the head stays",
     async () => {
       const c = id("ttl");
-      await a.sequencer.record([{ conversationId: c, head: 1, assigned: [entry("k", 1)] }], epochAt(1), 1);
+      await a.sequencer.record(
+        [{ conversationId: c, head: 1, assigned: [entry("k", 1)] }],
+        epochAt(1),
+        TTL_SECONDS,
+      );
       expect((await a.sequencer.lookup(new Map([[c, ["k"]]]))).get(c)?.get("k")).toEqual({
         seq: 1,
         messageId: "m-k",
       });
-      await new Promise((r) => setTimeout(r, 2_500));
+      await new Promise((r) => setTimeout(r, (TTL_SECONDS + 1) * 1000));
       expect((await a.sequencer.lookup(new Map([[c, ["k"]]]))).get(c)).toBeUndefined();
       expect(await a.sequencer.heads([c])).toEqual(new Map([[c, 1]]));
     },
@@ -582,10 +588,10 @@ describe("inbox store", () => {
         [{ userId: u, cursor: 1, conversationId: c, seq: 1, messageId: "m1" }],
         new Map([[u, { head: 1, appliedOffset: 0 }]]),
         epochAt(1),
-        1,
+        TTL_SECONDS,
       );
       expect((await a.inbox.recorded([{ userId: u, conversationId: c, seq: 1 }])).size).toBe(1);
-      await new Promise((r) => setTimeout(r, 2_500));
+      await new Promise((r) => setTimeout(r, (TTL_SECONDS + 1) * 1000));
       expect((await a.inbox.recorded([{ userId: u, conversationId: c, seq: 1 }])).size).toBe(0);
       expect((await a.inbox.read(u, 0, 10)).map((e) => e.messageId)).toEqual(["m1"]);
       expect(await a.inbox.head(u)).toBe(1);
