@@ -54,7 +54,15 @@ export const OPTIONS = {
   "baseline-rates": { type: "string", doc: "bare-ws baseline rates (default 1000,5000)" },
   skip: {
     type: "string",
-    doc: "comma list of phases to skip: ladder, writer (distributed), baseline, idle (embedded)",
+    doc: "comma list of phases to skip: ladder, writer (distributed), baseline, idle (embedded), restart (single process)",
+  },
+  "restart-devices": {
+    type: "string",
+    doc: "restart phase: connected SDK devices while the server is killed and restarted (default 100)",
+  },
+  "restart-rounds": {
+    type: "string",
+    doc: "restart phase: kill -9 and restart this many times (default 3; quick 1)",
   },
   "kafka-partitions": {
     type: "string",
@@ -240,7 +248,8 @@ export function resolveSettings(opts: Opts): Settings {
   // embedded mode measures them. The writer phase drives Cassandra directly, without a server: the
   // distributed mode measures it.
   if (onInfra) for (const phase of ["baseline", "idle"]) skip.add(phase);
-  if (backend === "cluster") skip.add("writer");
+  // The cluster's processes are restarted by its own tests (test/cluster), not measured here.
+  if (backend === "cluster") for (const phase of ["writer", "restart"]) skip.add(phase);
   const encoding = (opts.encoding ?? "binary") as Encoding;
   if (encoding !== "binary" && encoding !== "json") throw new Error("--encoding must be binary or json");
   const pin = !opts["no-pin"] && hasTaskset() && cpus().length >= 2;

@@ -2,9 +2,11 @@
  * The benchmark's human-readable report: the ladder's table (and, for a cluster, server CPU by
  * role), the highest rates held, and the writer's tables.
  */
+
 import type { IdleResult } from "./idle.js";
 import type { LadderStep, Verdict } from "./ladder.js";
 import type { StepResult } from "./loadgen.js";
+import type { RestartResult, RestartRound } from "./restart.js";
 import type { LogDigest } from "./sut.js";
 import type { WriterResult } from "./writer.js";
 
@@ -274,5 +276,35 @@ function fenceTable(w: WriterResult): string {
     `Sequencer fence (CassandraSequencerStore.assign: one Paxos round per call, ${s0?.callers ?? "?"} callers over ${s0?.conversations ?? "?"} conversations), ms:`,
     head,
     body,
+  );
+}
+
+export function restartTable(r: RestartResult): string {
+  const head = [
+    "round",
+    "started",
+    "ready",
+    "first ack",
+    "reconnected p50",
+    "reconnected max",
+    "live p50",
+    "live p99",
+    "live max",
+  ];
+  const row = (name: string, x: RestartRound) => [
+    name,
+    String(x.started_ms),
+    String(x.ready_ms),
+    String(x.first_ack_ms),
+    String(x.reconnected_p50_ms),
+    String(x.reconnected_max_ms),
+    String(x.live_p50_ms),
+    String(x.live_p99_ms),
+    String(x.live_max_ms),
+  ];
+  return columns(
+    `Recovery after kill -9 (ms from the restarted process's spawn; ${r.devices} SDK devices with the default reconnect backoff):`,
+    head,
+    [...r.rounds.map((x, i) => row(String(i + 1), x)), row("worst", r.worst)],
   );
 }

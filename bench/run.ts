@@ -39,10 +39,12 @@ import {
   logLines,
   maxLine,
   maxRate,
+  restartTable,
   roleTable,
   table,
   writerTable,
 } from "./report.js";
+import { type RestartResult, runRestart } from "./restart.js";
 import { fsyncProbe, pinSelf, realtimeSelf, ServerProcess } from "./server.js";
 import { ProcessSystem, SERVER_ENV, type StopReport } from "./sut.js";
 import { selfCheck } from "./wire.js";
@@ -217,6 +219,22 @@ async function writerPhase(s: Settings, opts: Opts, backend: Backend, out: Outpu
   out.report.push(writerTable(writer));
 }
 
+/** Recovery: kill -9 and restart a single-process server with devices connected (restart.ts). */
+async function restartPhase(s: Settings, opts: Opts, backend: Backend, out: Output): Promise<void> {
+  const devices = num(opts["restart-devices"], 100);
+  const rounds = num(opts["restart-rounds"], s.quick ? 1 : 3);
+  log(`restart phase: ${devices} devices, ${rounds} kill -9 and restart`);
+  const sut = await backend.start([]);
+  let result: RestartResult;
+  try {
+    result = await runRestart(sut, { devices, rounds, log });
+  } finally {
+    await sut.stop();
+  }
+  out.summary.restart = result;
+  out.report.push(restartTable(result));
+}
+
 /** Baseline: bare ws with the same wire shapes, same generator, same pinning. */
 async function baselinePhase(s: Settings, out: Output): Promise<void> {
   if (s.ladder.encoding !== "binary") {
@@ -313,6 +331,7 @@ async function main(): Promise<void> {
   const out: Output = { summary: { bench: `switchboard-${s.backend}`, env }, report: [], trailer: [] };
   if (!s.skip.has("ladder")) await ladderPhase(s, opts, backend, out);
   if (!s.skip.has("writer")) await writerPhase(s, opts, backend, out);
+  if (!s.skip.has("restart")) await restartPhase(s, opts, backend, out);
   if (!s.skip.has("baseline") && s.baselineRates.length > 0) await baselinePhase(s, out);
   if (!s.skip.has("idle")) await idlePhase(s, out);
 

@@ -139,6 +139,10 @@ export interface StartOptions {
   keepData?: boolean;
   /** Parent of the temporary data dir (default: the OS temp dir). */
   dataRoot?: string;
+  /** Start on this data dir (a restart) instead of a fresh one. */
+  dataDir?: string;
+  /** Listen on this port (a restart) instead of a free one. */
+  port?: number;
 }
 
 export class ServerProcess implements Killable {
@@ -169,12 +173,13 @@ export class ServerProcess implements Killable {
   }
 
   static async start(opts: StartOptions): Promise<ServerProcess> {
-    const dataDir = mkdtempSync(join(opts.dataRoot ?? tmpdir(), `switchboard-bench-${opts.kind}-`));
+    const dataDir =
+      opts.dataDir ?? mkdtempSync(join(opts.dataRoot ?? tmpdir(), `switchboard-bench-${opts.kind}-`));
     const script = opts.kind === "switchboard" ? SWITCHBOARD_BIN : BARE_SERVER_BIN;
     if (!existsSync(script)) throw new Error(`${script} is missing: build first (npx tsc -p tsconfig.json)`);
     const nodeArgv = [...(opts.nodeArgs ?? []), script];
     if (opts.kind === "switchboard")
-      nodeArgv.push("start", "--port", "0", "--data-dir", dataDir, ...(opts.args ?? []));
+      nodeArgv.push("start", "--port", String(opts.port ?? 0), "--data-dir", dataDir, ...(opts.args ?? []));
     else nodeArgv.push("--port", "0");
     let argv = [process.execPath, ...nodeArgv];
     if (opts.cpus !== undefined && hasTaskset()) argv = ["taskset", "-c", opts.cpus, ...argv];
@@ -187,7 +192,7 @@ export class ServerProcess implements Killable {
     });
     const server = new ServerProcess(child, dataDir, opts.kind, opts.keepData ?? false);
     killOnExit(server);
-    const log = createWriteStream(join(dataDir, "server.stderr.log"));
+    const log = createWriteStream(join(dataDir, "server.stderr.log"), { flags: "a" });
     child.stderr!.on("data", (chunk: Buffer) => {
       log.write(chunk);
       const lines = chunk.toString("utf8").split("\n").filter(Boolean);
@@ -288,6 +293,12 @@ export class ServerProcess implements Killable {
     }
     if (!this.keepData) rmSync(this.dataDir, { recursive: true, force: true });
     return this.exitCode ?? null;
+  }
+
+  /** kill -9, keeping the data dir (for a restart on it). */
+  async crash(): Promise<void> {
+    if (this.running) this.child.kill("SIGKILL");
+    await this.exited;
   }
 
   killNow(): void {

@@ -12,7 +12,7 @@
 import { mintTokens } from "./client.js";
 import type { InfraCpu } from "./infra.js";
 import type { ServerSettings } from "./options.js";
-import { ServerProcess } from "./server.js";
+import { ServerProcess, type StartOptions } from "./server.js";
 
 /** Limits raised so the gateway's per-connection and per-user rate limits never shape the load. */
 export const SERVER_ENV: Record<string, string> = {
@@ -69,6 +69,22 @@ export interface SystemUnderTest {
   stop(): Promise<StopReport>;
   /** What the summary records about the running system (cluster: processes, ports, names). */
   describe(): Record<string, unknown>;
+  /**
+   * Single-process systems: kill -9 the server, start it again at once on the same data dir and port,
+   * and return when it answers /readyz, with the times of each stage.
+   */
+  crashAndRestart?(): Promise<RestartTimes>;
+}
+
+/** Milliseconds since the epoch of each stage of a crash and restart. */
+export interface RestartTimes {
+  killedAt: number;
+  /** The new process was spawned. */
+  spawnedAt: number;
+  /** It printed its start line (storage open, consumer groups joined, listening). */
+  startedAt: number;
+  /** /readyz answered 200. */
+  readyAt: number;
 }
 
 /** Sums, over the system's processes, of the CPU seconds serverCpuSeconds() reports. */
@@ -86,9 +102,11 @@ export class ProcessSystem implements SystemUnderTest {
   readonly description: string;
 
   private constructor(
-    readonly server: ServerProcess,
+    private serverProcess: ServerProcess,
     readonly infra: InfraCpu | undefined,
+    private readonly startOptions: StartOptions,
   ) {
+    const server = serverProcess;
     this.senderUrl = this.receiverUrl = `ws://127.0.0.1:${server.port}/ws`;
     this.userInUrl = server.kind === "bare";
     this.description = `${server.kind} server pid ${server.pid} on port ${server.port} (data ${server.dataDir})`;
@@ -99,7 +117,7 @@ export class ProcessSystem implements SystemUnderTest {
     s: ServerSettings,
     o: { env?: Record<string, string>; args?: string[]; nodeArgs?: string[]; infra?: InfraCpu },
   ): Promise<ProcessSystem> {
-    const server = await ServerProcess.start({
+    const options: StartOptions = {
       kind,
       cpus: s.serverCpus,
       env: { ...SERVER_ENV, ...o.env },
@@ -109,8 +127,37 @@ export class ProcessSystem implements SystemUnderTest {
       nice: s.nice,
       realtime: s.realtime,
       dataRoot: s.dataRoot,
+    };
+    return new ProcessSystem(await ServerProcess.start(options), o.infra, options);
+  }
+
+  get server(): ServerProcess {
+    return this.serverProcess;
+  }
+
+  async crashAndRestart(): Promise<RestartTimes> {
+    const old = this.serverProcess;
+    const killedAt = Date.now();
+    await old.crash();
+    const spawnedAt = Date.now();
+    this.serverProcess = await ServerProcess.start({
+      ...this.startOptions,
+      dataDir: old.dataDir,
+      port: old.port,
     });
-    return new ProcessSystem(server, o.infra);
+    const startedAt = Date.now();
+    const readyz = `http://127.0.0.1:${old.port}/readyz`;
+    for (;;) {
+      const status = await fetch(readyz).then(
+        (r) => r.status,
+        () => 0,
+      );
+      if (status === 200) break;
+      if (Date.now() - spawnedAt > 120_000)
+        throw new Error(`restarted server not ready within 120 s: ${readyz}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    return { killedAt, spawnedAt, startedAt, readyAt: Date.now() };
   }
 
   get perfPid(): number {

@@ -112,7 +112,12 @@ export async function runProvision(argv: string[]): Promise<number> {
   parseArgs({ args: argv, options: {}, strict: true });
   const config = loadConfig(platformEnv());
   const log = createLogger({ service: "provision" });
-  const o = distributedOptions(config, log, { sequencer: false, appends: false, provision: true });
+  const o = distributedOptions(config, log, {
+    sequencer: false,
+    appends: false,
+    provision: true,
+    role: "provision",
+  });
   const result = await provisionDistributed({
     kafka: {
       brokers: o.brokers,

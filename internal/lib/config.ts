@@ -222,6 +222,10 @@ export const schema = {
       "A resend with the same client_msg_id within this window returns the original; after it, it is a new message (dedupe rows expire).",
       1,
     ),
+    memberFile: str(
+      "",
+      "File where the process keeps its consumer-group member ids, so that a restart after a crash rejoins its groups at once instead of waiting out the dead member's 10 s session. Empty: kafka-members-<role>.json in dataDir. Put it where a restarted container finds it (an emptyDir).",
+    ),
     appendTimeoutMs: int(
       10_000,
       "A send not sequenced within this time fails with UNAVAILABLE (the client retries with the same client_msg_id).",

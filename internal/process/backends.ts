@@ -5,6 +5,7 @@
  */
 import { readFileSync } from "node:fs";
 import { hostname } from "node:os";
+import { join } from "node:path";
 import type { ConnectionOptions } from "node:tls";
 import type { KafkaConfig } from "kafkajs";
 import {
@@ -26,6 +27,8 @@ export interface BackendUse {
   appends: boolean;
   /** Create topics and migrate the schema (all-in-one); otherwise verify that they exist. */
   provision: boolean;
+  /** The process's role: names its consumer-group member file (kafka.memberFile). */
+  role: string;
 }
 
 function readPem(path: string, setting: string): string {
@@ -69,6 +72,7 @@ export function distributedOptions(config: Config, log: Logger, use: BackendUse)
     retentionHours: k.retentionHours,
     appendTimeoutMs: k.appendTimeoutMs,
     dedupeWindowSeconds: k.dedupeWindowHours * 3600,
+    memberFile: k.memberFile || join(config.dataDir, `kafka-members-${use.role}.json`),
     ...(k.tls ? { ssl: tlsOptions(k.tlsCaFile, k.tlsCertFile, k.tlsKeyFile, "kafka") } : {}),
     ...(sasl ? { sasl } : {}),
     cassandra: {
@@ -81,7 +85,9 @@ export function distributedOptions(config: Config, log: Logger, use: BackendUse)
       ...(c.tls ? { ssl: tlsOptions(c.tlsCaFile, "", "", "cassandra") } : {}),
     },
     log,
-    ...use,
+    sequencer: use.sequencer,
+    appends: use.appends,
+    provision: use.provision,
   };
 }
 

@@ -28,7 +28,7 @@ export const startAll: RoleStarter = async (ctx) => {
       config,
       log,
       metrics,
-      { sequencer: config.kafka.sequencer, appends: true, provision: true },
+      { sequencer: config.kafka.sequencer, appends: true, provision: true, role: "all" },
       (err) => ctx.fatal(err),
     ),
   );

@@ -27,7 +27,12 @@ export const startGateway: RoleStarter = async (ctx) => {
   const push = ctx.own(peerClient(PushService, config.cluster.pushTarget, "cluster.pushTarget"));
   const backends = ctx.own(
     await ctx.retry("open storage", () =>
-      openDistributed(config, log, ctx.metrics, { sequencer: false, appends: true, provision: false }),
+      openDistributed(config, log, ctx.metrics, {
+        sequencer: false,
+        appends: true,
+        provision: false,
+        role: "gateway",
+      }),
     ),
   );
   ctx.readiness(() => backends.unreachable());

@@ -17,7 +17,12 @@ export const startPresence: RoleStarter = async (ctx) => {
   const router = ctx.own(peerClient(RouterService, config.cluster.routerTarget, "cluster.routerTarget"));
   const backends = ctx.own(
     await ctx.retry("open storage", () =>
-      openDistributed(config, log, ctx.metrics, { sequencer: false, appends: false, provision: false }),
+      openDistributed(config, log, ctx.metrics, {
+        sequencer: false,
+        appends: false,
+        provision: false,
+        role: "presence",
+      }),
     ),
   );
   ctx.readiness(() => backends.unreachable());

@@ -11,7 +11,12 @@ export const startPush: RoleStarter = async (ctx) => {
   requireDistributed(config, "push");
   const backends = ctx.own(
     await ctx.retry("open storage", () =>
-      openDistributed(config, log, ctx.metrics, { sequencer: false, appends: false, provision: false }),
+      openDistributed(config, log, ctx.metrics, {
+        sequencer: false,
+        appends: false,
+        provision: false,
+        role: "push",
+      }),
     ),
   );
   ctx.readiness(() => backends.unreachable());

@@ -20,7 +20,12 @@ export const startRouter: RoleStarter = async (ctx) => {
   const push = ctx.own(peerClient(PushService, config.cluster.pushTarget, "cluster.pushTarget"));
   const backends = ctx.own(
     await ctx.retry("open storage", () =>
-      openDistributed(config, log, ctx.metrics, { sequencer: false, appends: true, provision: false }),
+      openDistributed(config, log, ctx.metrics, {
+        sequencer: false,
+        appends: true,
+        provision: false,
+        role: "router",
+      }),
     ),
   );
   ctx.readiness(() => backends.unreachable());

@@ -15,6 +15,7 @@ export const startSequencer: RoleStarter = async (ctx) => {
         sequencer: true,
         appends: false,
         provision: false,
+        role: "sequencer",
       }),
     ),
   );

@@ -48,6 +48,9 @@ export function clusterEnv(cluster: ChatCluster): Record<string, string> {
   set("kafka.replicationFactor", s.kafka.topics.replicationFactor);
   set("kafka.retentionHours", s.kafka.topics.retentionHours);
   set("kafka.tls", s.kafka.tls?.enabled ?? false);
+  // /tmp is an emptyDir: it outlives a crashed container, so the restarted one rejoins its consumer
+  // groups as the member it was instead of waiting out the dead member's session.
+  set("kafka.memberFile", "/tmp/kafka-members.json");
   // The mechanism only: the user name and password come from the SASL Secret (workloads.ts).
   set("kafka.saslMechanism", s.kafka.sasl?.mechanism ?? "none");
   set("cassandra.contactPoints", s.cassandra.contactPoints.join(","));

@@ -2,6 +2,8 @@
  * With `--backend distributed`, an acknowledged message is in Kafka's `switchboard.messages` topic
  * and in Cassandra's `switchboard.messages_by_conversation` table (default names), with its seq.
  */
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import cassandra from "cassandra-driver";
 import { Kafka, logLevel } from "kafkajs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -83,5 +85,37 @@ describe("distributed storage", () => {
     });
     await consumer.disconnect();
     expect(found).toMatchObject({ conversationId: ack.conversationId, clientMsgId, body: "where am I?" });
+  }, 90_000);
+
+  it("after kill -9, rejoins the sequencer and inbox groups as the members it was, and sequences again", async () => {
+    const memberFile = join(server.dataDir, "kafka-members-all.json");
+    const read = () =>
+      JSON.parse(readFileSync(memberFile, "utf8")) as { pid: number; members: Record<string, string> };
+    const before = read();
+    expect(before.pid).toBe(server.child.pid);
+    expect(Object.keys(before.members).sort()).toEqual(["switchboard.inbox", "switchboard.sequencer"]);
+
+    await server.kill();
+    server = await server.restart();
+    const alice = await RawClient.connect(server.url, {
+      token: await devToken(server.dataDir, "store-alice"),
+    });
+    expectCase(
+      await alice.request({
+        case: "send",
+        value: {
+          target: { case: "toUser", value: "store-bob" },
+          clientMsgId: `again-${Date.now()}`,
+          body: "back",
+        },
+      }),
+      "ack",
+    );
+    alice.close();
+    // The coordinator took the old ids: the restarted process did not join as a new member (which
+    // would have held every rebalance until the dead member's session expired).
+    const after = read();
+    expect(after.pid).toBe(server.child.pid);
+    expect(after.members).toEqual(before.members);
   }, 90_000);
 });

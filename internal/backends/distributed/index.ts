@@ -8,6 +8,7 @@ import type { Logger } from "../../lib/log.js";
 import { type CassandraOptions, openCassandraStores, type RequestCounts } from "../cassandra/index.js";
 import { BatchProducer } from "../kafka/batch-producer.js";
 import { KafkaMessageLog } from "../kafka/log.js";
+import { GroupMembers } from "../kafka/member-resume.js";
 import { KafkaRouting } from "../kafka/routing.js";
 import { type PendingAppends, SEQUENCER_GROUP, Sequencer } from "../kafka/sequencer.js";
 import { ensureTopics, topicNames, verifyTopics } from "../kafka/topics.js";
@@ -37,6 +38,11 @@ export interface DistributedOptions {
   appends?: boolean;
   /** Dedupe rows expire after this long: a resend after it is a new message. Default 168 h. */
   dedupeWindowSeconds?: number;
+  /**
+   * File that keeps this process's consumer-group member ids, so that a restart after a crash rejoins
+   * its groups at once instead of waiting out the dead member's session (member-resume.ts). Unset: off.
+   */
+  memberFile?: string;
   /** Create missing topics and apply schema migrations (default true); off: only verify them. */
   provision?: boolean;
   ssl?: KafkaConfig["ssl"];
@@ -118,12 +124,14 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
     const pending: PendingAppends = new Map();
     const dedupeWindowSeconds = o.dedupeWindowSeconds ?? DEDUPE_WINDOW_SECONDS_DEFAULT;
     const inboxPartitions = await partitionCount(admin, names.inbox);
+    const groupMembers = o.memberFile === undefined ? undefined : GroupMembers.open(o.memberFile, log);
     const messageLog = new KafkaMessageLog({
       inbox: {
         inboxTopic: names.inbox,
         store: stores.inbox,
         ownership: stores.ownership,
         indexTtlSeconds: dedupeWindowSeconds,
+        ...(groupMembers ? { groupMembers } : {}),
       },
       kafka,
       producer: batchProducer,
@@ -151,6 +159,7 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
         membership: stores.membership,
         dedupeWindowSeconds,
         inbox: { topic: names.inbox, partitions: inboxPartitions },
+        ...(groupMembers ? { groupMembers } : {}),
         pending,
         log,
       });

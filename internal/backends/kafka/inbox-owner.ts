@@ -18,6 +18,7 @@ import type { Logger } from "../../lib/log.js";
 import type { Closeable, InboxDelivery, InboxEntry, OwnershipStore } from "../types.js";
 import { decodeMessage } from "./codec.js";
 import { commitBatch, PARTITIONS_CONSUMED_CONCURRENTLY } from "./consumers.js";
+import type { GroupMembers } from "./member-resume.js";
 import { OwnedPartitions } from "./owned-partitions.js";
 
 export const INBOX_GROUP = "inbox";
@@ -50,6 +51,8 @@ export interface OwnedInboxStore {
 export interface InboxOwnerOptions {
   kafka: Kafka;
   groupId: string;
+  /** Keeps the group's member id for a restart after a crash (member-resume.ts). */
+  groupMembers?: GroupMembers;
   inboxTopic: string;
   store: OwnedInboxStore;
   ownership: OwnershipStore;
@@ -102,6 +105,7 @@ export class InboxOwner implements Closeable {
       allowAutoTopicCreation: false,
     });
     this.consumer = consumer;
+    this.o.groupMembers?.track(consumer, this.o.groupId);
     consumer.on(consumer.events.GROUP_JOIN, () => this.partitions.reset());
     await consumer.connect();
     await consumer.subscribe({ topic: this.o.inboxTopic, fromBeginning: true });
@@ -184,5 +188,6 @@ export class InboxOwner implements Closeable {
 
   async close(): Promise<void> {
     await this.consumer?.disconnect();
+    this.o.groupMembers?.forget(this.o.groupId);
   }
 }

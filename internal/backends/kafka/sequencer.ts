@@ -39,6 +39,7 @@ import { decodeMessage, encodeMessage } from "./codec.js";
 import { commitBatch, PARTITIONS_CONSUMED_CONCURRENTLY } from "./consumers.js";
 import { INBOX_RECIPIENTS_HEADER, REDELIVERY_HEADER } from "./inbox-owner.js";
 import { MemberCache } from "./member-cache.js";
+import type { GroupMembers } from "./member-resume.js";
 import { OwnedPartitions } from "./owned-partitions.js";
 
 export const SEQUENCER_GROUP = "sequencer";
@@ -72,6 +73,8 @@ export type PendingAppends = Map<string, (result: AppendResult) => void>;
 export interface SequencerOptions {
   kafka: Kafka;
   groupId: string;
+  /** Keeps the group's member id for a restart after a crash (member-resume.ts). */
+  groupMembers?: GroupMembers;
   draftsTopic: string;
   sequencedTopic: string;
   /** Where answers go for senders that wait in another process (the draft's id is not in `pending`). */
@@ -151,6 +154,7 @@ export class Sequencer implements Closeable {
       allowAutoTopicCreation: false,
     });
     this.consumer = consumer;
+    this.o.groupMembers?.track(consumer, this.o.groupId);
     // A new generation: every partition is claimed again before use, with empty caches (another owner
     // may have written in between).
     consumer.on(consumer.events.GROUP_JOIN, () => this.partitions.reset());
@@ -400,5 +404,6 @@ export class Sequencer implements Closeable {
 
   async close(): Promise<void> {
     await this.consumer?.disconnect();
+    this.o.groupMembers?.forget(this.o.groupId);
   }
 }
