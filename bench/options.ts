@@ -54,7 +54,12 @@ export const OPTIONS = {
   "baseline-rates": { type: "string", doc: "bare-ws baseline rates (default 1000,5000)" },
   skip: {
     type: "string",
-    doc: "comma list of phases to skip: ladder, writer (distributed), baseline, idle (embedded), restart (single process)",
+    doc: "comma list of phases to skip: ladder, writer (distributed), baseline, idle (embedded), restart (single process), fanout",
+  },
+  "group-members": { type: "string", doc: "fan-out phase: members of the group, all online (default 100)" },
+  "group-rates": {
+    type: "string",
+    doc: "fan-out phase: messages per second into the group, one step each (default 10,50,100,200)",
   },
   "restart-devices": {
     type: "string",

@@ -3,6 +3,7 @@
  * role), the highest rates held, and the writer's tables.
  */
 
+import type { FanoutStep } from "./fanout.js";
 import type { IdleResult } from "./idle.js";
 import type { LadderStep, Verdict } from "./ladder.js";
 import type { StepResult } from "./loadgen.js";
@@ -306,5 +307,37 @@ export function restartTable(r: RestartResult): string {
     `Recovery after kill -9 (ms from the restarted process's spawn; ${r.devices} SDK devices with the default reconnect backoff):`,
     head,
     [...r.rounds.map((x, i) => row(String(i + 1), x)), row("worst", r.worst)],
+  );
+}
+
+export function fanoutTable(steps: FanoutStep[]): string {
+  const head = [
+    "msgs/s",
+    "deliveries/s",
+    "last p50",
+    "last p99",
+    "last max",
+    "first p50",
+    "lost",
+    "dup",
+    "server µs/delivery",
+    "infra µs/delivery",
+  ];
+  const body = steps.map((x) => [
+    String(x.rate),
+    String(x.deliveries_per_second),
+    f(x.last_member_p50_ms),
+    f(x.last_member_p99_ms),
+    f(x.last_member_max_ms),
+    f(x.first_member_p50_ms),
+    String(x.lost),
+    String(x.duplicates),
+    String(x.server_cpu_us_per_delivery),
+    x.infra_cpu_us_per_delivery === null ? "-" : String(x.infra_cpu_us_per_delivery),
+  ]);
+  return columns(
+    `Group fan-out, ${steps[0]?.members ?? "?"} online members, ms from the scheduled send to the last (first) member:`,
+    head,
+    body,
   );
 }

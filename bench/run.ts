@@ -27,6 +27,7 @@ import { mkdirSync, readdirSync, writeFileSync } from "node:fs";
 import { cpus, loadavg, setPriority, tmpdir } from "node:os";
 import { join } from "node:path";
 import { type Backend, openBackend } from "./backend.js";
+import { type FanoutStep, runFanout } from "./fanout.js";
 import { type IdleResult, runIdle } from "./idle.js";
 import { type LadderStep, runLadder } from "./ladder.js";
 import { helpText, list, num, type Opts, readOptions, resolveSettings, type Settings } from "./options.js";
@@ -35,6 +36,7 @@ import { formatProfile, type ProfileSummary, summarizeProfile } from "./profile.
 import {
   costTable,
   f,
+  fanoutTable,
   idleReport,
   logLines,
   maxLine,
@@ -219,6 +221,30 @@ async function writerPhase(s: Settings, opts: Opts, backend: Backend, out: Outpu
   out.report.push(writerTable(writer));
 }
 
+/** Group fan-out: one sender into a group of N online members (fanout.ts). */
+async function fanoutPhase(s: Settings, opts: Opts, backend: Backend, out: Output): Promise<void> {
+  const members = num(opts["group-members"], 100);
+  const rates = list(opts["group-rates"], [10, 50, 100, 200]);
+  log(`fan-out phase: a group of ${members} online members at ${rates.join(", ")} msgs/s`);
+  const sut = await backend.start([]);
+  let steps: FanoutStep[];
+  try {
+    steps = await runFanout(sut, {
+      members,
+      rates,
+      warmupMs: s.ladder.warmupMs,
+      measureMs: s.ladder.stepMs,
+      bodyBytes: s.ladder.bodyBytes,
+      drainMs: 30_000,
+      log,
+    });
+  } finally {
+    await sut.stop();
+  }
+  out.summary.fanout = steps;
+  out.report.push(fanoutTable(steps));
+}
+
 /** Recovery: kill -9 and restart a single-process server with devices connected (restart.ts). */
 async function restartPhase(s: Settings, opts: Opts, backend: Backend, out: Output): Promise<void> {
   const devices = num(opts["restart-devices"], 100);
@@ -331,6 +357,7 @@ async function main(): Promise<void> {
   const out: Output = { summary: { bench: `switchboard-${s.backend}`, env }, report: [], trailer: [] };
   if (!s.skip.has("ladder")) await ladderPhase(s, opts, backend, out);
   if (!s.skip.has("writer")) await writerPhase(s, opts, backend, out);
+  if (!s.skip.has("fanout")) await fanoutPhase(s, opts, backend, out);
   if (!s.skip.has("restart")) await restartPhase(s, opts, backend, out);
   if (!s.skip.has("baseline") && s.baselineRates.length > 0) await baselinePhase(s, out);
   if (!s.skip.has("idle")) await idlePhase(s, out);
