@@ -30,7 +30,7 @@ export interface IdleResult {
   server_cpu_idle_cores: number;
 }
 
-const HEAP = "switchboard_process_nodejs_heap_size_used_bytes";
+const HEAP = "nodejs_heap_size_used_bytes";
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 async function heapMb(server: ServerProcess): Promise<number | null> {

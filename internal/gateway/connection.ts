@@ -447,6 +447,7 @@ export class Connection {
     }
     this.deliveredCursor = cursor;
     this.sendRaw(encoded());
+    this.ctx.metrics.deliverySeconds.observe((Date.now() - Number(event.message.createdAtMs)) / 1000);
   }
 
   /** Looks for inbox entries past the last delivered one (events a failed router stream lost). */

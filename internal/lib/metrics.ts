@@ -15,8 +15,31 @@ export interface StorageRequestSource {
     readonly batches: number;
     readonly lwts: number;
   };
-  kafka: { produceRequests(): number; producedRecords(): number };
+  /** Calls `timer` when each Cassandra request completes. */
+  timeCassandra(
+    timer: (kind: "read" | "write" | "batch" | "lwt", seconds: number, failed: boolean) => void,
+  ): void;
+  kafka: {
+    produceRequests(): number;
+    producedRecords(): number;
+    /** Records behind the end of each partition this process consumes in a shared group. */
+    consumerLag(): Iterable<{ group: string; partition: number; records: number }>;
+  };
 }
+
+/** Seconds, for request and delivery latencies: 0.5 ms to 10 s. */
+const LATENCY_BUCKETS = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+
+/**
+ * prom-client's gauges named `nodejs_active_{handles,requests,resources}_total` break the naming
+ * rule (`_total` is for counters; promtool refuses them) and repeat the sum of the by-type gauges
+ * `nodejs_active_*`, which stay.
+ */
+const MISNAMED_DEFAULT_GAUGES = [
+  "nodejs_active_handles_total",
+  "nodejs_active_requests_total",
+  "nodejs_active_resources_total",
+];
 
 const CASSANDRA_KINDS = [
   ["read", "reads"],
@@ -69,14 +92,39 @@ function storageRequestCounters(r: Registry[]) {
       this.inc(advance("producedRecords", now));
     },
   });
+  new Gauge({
+    name: "switchboard_kafka_consumer_lag_records",
+    help: "Records between the last offset this process committed and the end of the partition, per consumer group (sequencer, inbox) and partition it owns; growing lag means the owner falls behind.",
+    labelNames: ["group", "partition"],
+    registers: r,
+    collect() {
+      this.reset();
+      for (const source of sources)
+        for (const { group, partition, records } of source.kafka.consumerLag())
+          this.set({ group, partition: String(partition) }, records);
+    },
+  });
+  const cassandraSeconds = new Histogram({
+    name: "switchboard_cassandra_request_duration_seconds",
+    help: "Time from sending a Cassandra request to its answer, by kind (read, write, batch, lwt) and outcome (ok, error).",
+    labelNames: ["kind", "outcome"],
+    buckets: LATENCY_BUCKETS,
+    registers: r,
+  });
   return (source: StorageRequestSource): void => {
     sources.push(source);
+    source.timeCassandra((kind, seconds, failed) =>
+      cassandraSeconds.observe({ kind, outcome: failed ? "error" : "ok" }, seconds),
+    );
   };
 }
 
 export function createMetrics() {
   const registry = new Registry();
-  collectDefaultMetrics({ register: registry, prefix: "switchboard_process_" });
+  // The standard names (process_cpu_seconds_total, nodejs_heap_size_used_bytes, ...), which
+  // dashboards and alerts for any Node.js service already know.
+  collectDefaultMetrics({ register: registry });
+  for (const name of MISNAMED_DEFAULT_GAUGES) registry.removeSingleMetric(name);
   const r = [registry];
   return {
     registry,
@@ -118,8 +166,14 @@ export function createMetrics() {
     }),
     appendSeconds: new Histogram({
       name: "switchboard_message_append_seconds",
-      help: "Time from a valid send to its durable append.",
-      buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
+      help: "Server-side send→ack: time from a valid send frame to its ack (the message durable and sequenced).",
+      buckets: LATENCY_BUCKETS,
+      registers: r,
+    }),
+    deliverySeconds: new Histogram({
+      name: "switchboard_message_delivery_seconds",
+      help: "Server-side send→deliver: time from a message's acceptance (the clock of the gateway that accepted it) to its frame being written to a live recipient's connection on this gateway, per connection (catch-up and sync reads are not counted).",
+      buckets: LATENCY_BUCKETS,
       registers: r,
     }),
     deliveriesTotal: new Counter({
@@ -130,7 +184,7 @@ export function createMetrics() {
     routerBatchSeconds: new Histogram({
       name: "switchboard_router_batch_seconds",
       help: "Time to route one consumed batch (inbox write and fan-out).",
-      buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
+      buckets: LATENCY_BUCKETS,
       registers: r,
     }),
     gatewayStreams: new Gauge({
@@ -169,3 +223,34 @@ export function createMetrics() {
 }
 
 export type Metrics = ReturnType<typeof createMetrics>;
+
+/** prom-client's default process and Node.js metrics, documented by their project, not row by row. */
+const DEFAULT_METRIC = /^(process|nodejs)_/;
+
+/**
+ * The metrics reference in the README: a Markdown table of every metric in `registries` (type, labels,
+ * help), prom-client's defaults summed up in one row. `npm run docs` writes it; a test keeps it true.
+ */
+export function metricsDocs(registries: Registry[]): string {
+  const rows = ["| Metric | Type | Labels | Meaning |", "|---|---|---|---|"];
+  let defaults = false;
+  for (const registry of registries)
+    for (const m of registry.getMetricsAsArray() as unknown as Array<{
+      name: string;
+      help: string;
+      type: string;
+      labelNames: string[];
+    }>) {
+      if (DEFAULT_METRIC.test(m.name)) {
+        defaults = true;
+        continue;
+      }
+      const labels = m.labelNames.map((l) => `\`${l}\``).join(", ");
+      rows.push(`| \`${m.name}\` | ${m.type} | ${labels} | ${m.help.replaceAll("|", "\\|")} |`);
+    }
+  if (defaults)
+    rows.push(
+      "| `process_*`, `nodejs_*` | | | The standard process and Node.js metrics of prom-client (CPU, memory, open files, event-loop lag, GC, heap), under their usual names. |",
+    );
+  return rows.join("\n");
+}

@@ -1,6 +1,8 @@
 import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
 import { configDocs } from "../../internal/lib/config.js";
+import { createMetrics, metricsDocs } from "../../internal/lib/metrics.js";
+import { createOperatorRuntimeMetrics } from "../../operator/runtime/metrics.js";
 import { repoRoot } from "../helpers/server.js";
 
 describe("README", () => {
@@ -8,5 +10,14 @@ describe("README", () => {
     const readme = readFileSync(`${repoRoot}/README.md`, "utf8");
     const table = /<!-- config:begin -->\n([\s\S]*?)\n<!-- config:end -->/.exec(readme)?.[1];
     expect(table, "run `npm run docs` to regenerate it").toBe(configDocs());
+  });
+
+  it("lists every metric of the platform and the operator", () => {
+    const readme = readFileSync(`${repoRoot}/README.md`, "utf8");
+    const table = /<!-- metrics:begin -->\n([\s\S]*?)\n<!-- metrics:end -->/.exec(readme)?.[1];
+    expect(table, "run `npm run docs` to regenerate it").toBe(
+      metricsDocs([createMetrics().registry, createOperatorRuntimeMetrics().registry]),
+    );
+    expect(table).toContain("`switchboard_message_delivery_seconds` | histogram");
   });
 });

@@ -26,6 +26,7 @@ import {
   type ConsistencyOptions,
   checkKeyspaceName,
   type RequestCounts,
+  type RequestTimer,
   Session,
   storageError,
 } from "./session.js";
@@ -35,6 +36,8 @@ export type {
   ConsistencyName,
   ConsistencyOptions,
   RequestCounts,
+  RequestKind,
+  RequestTimer,
   SerialConsistencyName,
 } from "./session.js";
 export {
@@ -89,6 +92,8 @@ export interface CassandraStores extends Closeable {
   readonly ownership: CassandraOwnershipStore;
   /** Requests sent so far, by kind (one live object). */
   readonly requests: RequestCounts;
+  /** Calls `timer` when each request completes (metrics). */
+  timeRequests(timer: RequestTimer): void;
 }
 
 export async function openCassandraStores(options: CassandraOptions): Promise<CassandraStores> {
@@ -152,6 +157,7 @@ export async function openCassandraStores(options: CassandraOptions): Promise<Ca
     sequencer: new CassandraSequencerStore(session),
     ownership: new CassandraOwnershipStore(session),
     requests: session.requests,
+    timeRequests: (timer) => session.timeRequests(timer),
     close() {
       closing ??= (async () => {
         session.markClosed();

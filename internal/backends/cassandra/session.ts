@@ -63,6 +63,10 @@ export interface RequestCounts {
   lwts: number;
 }
 
+export type RequestKind = "read" | "write" | "batch" | "lwt";
+/** Told of every request when it completes: its kind, its time in seconds, and whether it failed. */
+export type RequestTimer = (kind: RequestKind, seconds: number, failed: boolean) => void;
+
 const CONDITIONAL = /\bIF\s+(NOT\s+EXISTS|EXISTS|[a-z_]+\s*(=|<|>|!=))/i;
 
 /** Server errors after which the node or replica set is (perhaps briefly) not serving: retry later. */
@@ -125,6 +129,7 @@ export class Session {
   private closed = false;
   /** Requests sent, by kind (counted when sent, whether they succeed or not). */
   readonly requests: RequestCounts = { reads: 0, writes: 0, batches: 0, lwts: 0 };
+  private readonly timers: RequestTimer[] = [];
 
   constructor(
     readonly client: Client,
@@ -159,16 +164,49 @@ export class Session {
       throw errors.unavailable("STORAGE_UNAVAILABLE", `${what}: the Cassandra store is closed`);
   }
 
-  async execute(what: string, query: string, params: Params, call: CallOptions): Promise<types.ResultSet> {
-    this.checkOpen(what);
-    if (CONDITIONAL.test(query)) this.requests.lwts++;
-    else if (/^\s*SELECT\b/i.test(query)) this.requests.reads++;
-    else this.requests.writes++;
+  /** Calls `timer` when each request completes (metrics). */
+  timeRequests(timer: RequestTimer): void {
+    this.timers.push(timer);
+  }
+
+  private async timed<T>(kind: RequestKind, what: string, send: () => Promise<T>): Promise<T> {
+    if (this.timers.length === 0) {
+      try {
+        return await send();
+      } catch (err) {
+        throw storageError(what, err);
+      }
+    }
+    const started = performance.now();
+    let failed = true;
     try {
-      return await this.client.execute(query, params as unknown[], this.options(call));
+      const result = await send();
+      failed = false;
+      return result;
     } catch (err) {
       throw storageError(what, err);
+    } finally {
+      const seconds = (performance.now() - started) / 1000;
+      for (const timer of this.timers) timer(kind, seconds, failed);
     }
+  }
+
+  async execute(what: string, query: string, params: Params, call: CallOptions): Promise<types.ResultSet> {
+    this.checkOpen(what);
+    const kind: RequestKind = CONDITIONAL.test(query)
+      ? "lwt"
+      : /^\s*SELECT\b/i.test(query)
+        ? "read"
+        : "write";
+    this.count(kind);
+    return this.timed(kind, what, () => this.client.execute(query, params as unknown[], this.options(call)));
+  }
+
+  private count(kind: RequestKind): void {
+    if (kind === "lwt") this.requests.lwts++;
+    else if (kind === "read") this.requests.reads++;
+    else if (kind === "write") this.requests.writes++;
+    else this.requests.batches++;
   }
 
   /** Every row of a query, following the driver's paging (fetchSize rows per round trip). */
@@ -197,16 +235,14 @@ export class Session {
     this.checkOpen(what);
     const options = this.options(call);
     options.logged = call.logged;
-    if (statements.some((s) => CONDITIONAL.test(s.query))) this.requests.lwts++;
-    else this.requests.batches++;
-    try {
-      return await this.client.batch(
+    const kind: RequestKind = statements.some((s) => CONDITIONAL.test(s.query)) ? "lwt" : "batch";
+    this.count(kind);
+    return this.timed(kind, what, () =>
+      this.client.batch(
         statements.map((s) => ({ query: s.query, params: s.params as unknown[] })),
         options,
-      );
-    } catch (err) {
-      throw storageError(what, err);
-    }
+      ),
+    );
   }
 
   /** Marks the session closed; the owner shuts the client down. */

@@ -5,7 +5,12 @@
  */
 import { type Admin, Kafka, type KafkaConfig, logLevel } from "kafkajs";
 import type { Logger } from "../../lib/log.js";
-import { type CassandraOptions, openCassandraStores, type RequestCounts } from "../cassandra/index.js";
+import {
+  type CassandraOptions,
+  openCassandraStores,
+  type RequestCounts,
+  type RequestTimer,
+} from "../cassandra/index.js";
 import { BatchProducer } from "../kafka/batch-producer.js";
 import { KafkaMessageLog } from "../kafka/log.js";
 import { GroupMembers } from "../kafka/member-resume.js";
@@ -57,7 +62,12 @@ export interface DistributedBackends extends Backends {
   /** Requests this process sent to Cassandra and Kafka so far (live counters, for metrics). */
   readonly requests: {
     cassandra: RequestCounts;
-    kafka: { produceRequests: () => number; producedRecords: () => number };
+    timeCassandra(timer: RequestTimer): void;
+    kafka: {
+      produceRequests: () => number;
+      producedRecords: () => number;
+      consumerLag(): Iterable<{ group: string; partition: number; records: number }>;
+    };
   };
 }
 
@@ -145,8 +155,9 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
     });
     closers.unshift(() => messageLog.close());
     if (o.appends !== false) await messageLog.listenForReplies(admin);
+    let sequencer: Sequencer | undefined;
     if (o.sequencer !== false) {
-      const sequencer = new Sequencer({
+      sequencer = new Sequencer({
         kafka,
         groupId: `${groupPrefix}${SEQUENCER_GROUP}`,
         draftsTopic: names.messages,
@@ -164,7 +175,8 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
         log,
       });
       await sequencer.start();
-      closers.unshift(() => sequencer.close());
+      const started = sequencer;
+      closers.unshift(() => started.close());
     }
     const routing = new KafkaRouting(kafka, admin, batchProducer, names.routing, groupPrefix, log);
     closers.unshift(() => routing.close());
@@ -184,9 +196,14 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
       devices: stores.devices,
       requests: {
         cassandra: stores.requests,
+        timeCassandra: (timer) => stores.timeRequests(timer),
         kafka: {
           produceRequests: () => batchProducer.stats.requests,
           producedRecords: () => batchProducer.stats.records,
+          *consumerLag() {
+            if (sequencer) yield* sequencer.lag.entries();
+            yield* messageLog.consumerLag();
+          },
         },
       },
       unreachable: () => {

@@ -15,15 +15,13 @@ export const PARTITIONS_CONSUMED_CONCURRENTLY = 64;
  * Commits a batch whose effects are durable: its last offset is resolved and committed, then the
  * member heartbeats. A batch whose partition moved on meanwhile (stale) is left to the new owner.
  */
-export async function commitBatch({
-  batch,
-  resolveOffset,
-  commitOffsetsIfNecessary,
-  heartbeat,
-  isStale,
-}: EachBatchPayload): Promise<void> {
+export async function commitBatch(
+  { batch, resolveOffset, commitOffsetsIfNecessary, heartbeat, isStale }: EachBatchPayload,
+  lag?: ConsumerLag,
+): Promise<void> {
   if (isStale()) return;
   const last = batch.messages.at(-1)!.offset;
+  lag?.set(batch.partition, Number(batch.highWatermark) - (Number(last) + 1));
   resolveOffset(last);
   await commitOffsetsIfNecessary({
     topics: [
@@ -34,4 +32,27 @@ export async function commitBatch({
     ],
   });
   await heartbeat();
+}
+
+/**
+ * How far behind the end of each of its partitions a consumer is, as of its last committed batch
+ * (the switchboard_kafka_consumer_lag_records gauge). Cleared on every new group generation: a
+ * partition this process no longer owns must not report a lag that nobody updates.
+ */
+export class ConsumerLag {
+  private readonly byPartition = new Map<number, number>();
+
+  constructor(readonly group: string) {}
+
+  set(partition: number, records: number): void {
+    this.byPartition.set(partition, Math.max(0, records));
+  }
+
+  clear(): void {
+    this.byPartition.clear();
+  }
+
+  *entries(): Iterable<{ group: string; partition: number; records: number }> {
+    for (const [partition, records] of this.byPartition) yield { group: this.group, partition, records };
+  }
 }

@@ -17,7 +17,7 @@ import type { Consumer, EachBatchPayload, Kafka } from "kafkajs";
 import type { Logger } from "../../lib/log.js";
 import type { Closeable, InboxDelivery, InboxEntry, OwnershipStore } from "../types.js";
 import { decodeMessage } from "./codec.js";
-import { commitBatch, PARTITIONS_CONSUMED_CONCURRENTLY } from "./consumers.js";
+import { ConsumerLag, commitBatch, PARTITIONS_CONSUMED_CONCURRENTLY } from "./consumers.js";
 import type { GroupMembers } from "./member-resume.js";
 import { OwnedPartitions } from "./owned-partitions.js";
 
@@ -81,6 +81,7 @@ export class InboxOwner implements Closeable {
   private readonly partitions: OwnedPartitions<PartitionState>;
 
   constructor(private readonly o: InboxOwnerOptions) {
+    this.lag = new ConsumerLag(o.groupId);
     this.partitions = new OwnedPartitions({
       stream: INBOX_STREAM,
       ownership: o.ownership,
@@ -90,6 +91,9 @@ export class InboxOwner implements Closeable {
       fresh: (epoch) => new PartitionState(epoch),
     });
   }
+
+  /** Records behind the end of each owned partition, as of its last committed batch. */
+  readonly lag: ConsumerLag;
 
   /** Claims made and batches fenced (a successor claimed while this process worked). */
   get stats(): { claims: number; fenced: number } {
@@ -106,7 +110,10 @@ export class InboxOwner implements Closeable {
     });
     this.consumer = consumer;
     this.o.groupMembers?.track(consumer, this.o.groupId);
-    consumer.on(consumer.events.GROUP_JOIN, () => this.partitions.reset());
+    consumer.on(consumer.events.GROUP_JOIN, () => {
+      this.partitions.reset();
+      this.lag.clear();
+    });
     await consumer.connect();
     await consumer.subscribe({ topic: this.o.inboxTopic, fromBeginning: true });
     await consumer.run({
@@ -183,7 +190,7 @@ export class InboxOwner implements Closeable {
     await this.partitions.check(batch.partition, state);
 
     if (deliveries.length > 0) await this.o.handler(deliveries);
-    await commitBatch(payload);
+    await commitBatch(payload, this.lag);
   }
 
   async close(): Promise<void> {

@@ -175,6 +175,11 @@ export class KafkaMessageLog implements MessageLog {
     };
   }
 
+  /** The lag of this process's inbox owners (deliveries()), per owned partition. */
+  *consumerLag(): Iterable<{ group: string; partition: number; records: number }> {
+    for (const owner of this.owners) yield* owner.lag.entries();
+  }
+
   async consume(group: string, handler: BatchHandler): Promise<Closeable> {
     const consumer = this.o.kafka.consumer({
       groupId: `${this.o.groupPrefix}${group}`,

@@ -36,7 +36,7 @@ import type {
 } from "../types.js";
 import type { BatchProducer } from "./batch-producer.js";
 import { decodeMessage, encodeMessage } from "./codec.js";
-import { commitBatch, PARTITIONS_CONSUMED_CONCURRENTLY } from "./consumers.js";
+import { ConsumerLag, commitBatch, PARTITIONS_CONSUMED_CONCURRENTLY } from "./consumers.js";
 import { INBOX_RECIPIENTS_HEADER, REDELIVERY_HEADER } from "./inbox-owner.js";
 import { MemberCache } from "./member-cache.js";
 import type { GroupMembers } from "./member-resume.js";
@@ -130,6 +130,7 @@ export class Sequencer implements Closeable {
   private readonly partitions: OwnedPartitions<PartitionState>;
 
   constructor(private readonly o: SequencerOptions) {
+    this.lag = new ConsumerLag(o.groupId);
     this.partitions = new OwnedPartitions({
       stream: DRAFTS_STREAM,
       ownership: o.ownership,
@@ -139,6 +140,9 @@ export class Sequencer implements Closeable {
       fresh: (epoch) => new PartitionState(epoch),
     });
   }
+
+  /** Records behind the end of each owned partition, as of its last committed batch. */
+  readonly lag: ConsumerLag;
 
   /** Claims made and batches fenced (a successor claimed while this process worked). */
   get stats(): { claims: number; fenced: number } {
@@ -157,7 +161,10 @@ export class Sequencer implements Closeable {
     this.o.groupMembers?.track(consumer, this.o.groupId);
     // A new generation: every partition is claimed again before use, with empty caches (another owner
     // may have written in between).
-    consumer.on(consumer.events.GROUP_JOIN, () => this.partitions.reset());
+    consumer.on(consumer.events.GROUP_JOIN, () => {
+      this.partitions.reset();
+      this.lag.clear();
+    });
     await consumer.connect();
     await consumer.subscribe({ topic: this.o.draftsTopic, fromBeginning: true });
     await consumer.run({
@@ -208,7 +215,7 @@ export class Sequencer implements Closeable {
       ),
     );
     await this.answer(done.results);
-    await commitBatch(payload);
+    await commitBatch(payload, this.lag);
   }
 
   /**

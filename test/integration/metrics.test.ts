@@ -1,0 +1,81 @@
+/**
+ * /metrics of a running platform (either backend) after real traffic: promtool, Prometheus's own
+ * linter (from Debian's prometheus package, installed by test/infra/up.sh promtool), finds nothing to
+ * object to, and the message path's histograms and the storage metrics carry samples.
+ */
+import { execFile } from "node:child_process";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { expectCase, RawClient } from "../helpers/raw-client.js";
+import { devToken, type ServerProcess, startServer, testBackend } from "../helpers/server.js";
+import { ensureServer } from "../infra/servers.js";
+
+let server: ServerProcess;
+let promtool: string;
+
+beforeAll(async () => {
+  const env = await ensureServer("promtool");
+  promtool = env.PROMTOOL!;
+  server = await startServer();
+});
+afterAll(async () => {
+  await server?.dispose();
+});
+
+function promtoolCheck(text: string): Promise<{ code: number; output: string }> {
+  return new Promise((resolve, reject) => {
+    const child = execFile(promtool, ["check", "metrics"], (err, stdout, stderr) => {
+      if (err && typeof err.code !== "number") return reject(err);
+      resolve({ code: typeof err?.code === "number" ? err.code : 0, output: `${stdout}${stderr}`.trim() });
+    });
+    child.stdin!.end(text);
+  });
+}
+
+/** The value of the first sample whose line starts with `series` (name and labels). */
+function sample(text: string, series: string): number | undefined {
+  const line = text.split("\n").find((l) => l.startsWith(`${series} `));
+  return line === undefined ? undefined : Number(line.slice(series.length + 1));
+}
+
+describe("/metrics", () => {
+  it("passes promtool check metrics and measures send→ack and send→deliver after a message", async () => {
+    const alice = await RawClient.connect(server.url, {
+      token: await devToken(server.dataDir, "metrics-alice"),
+    });
+    const bob = await RawClient.connect(server.url, { token: await devToken(server.dataDir, "metrics-bob") });
+    await bob.syncAll();
+    const delivered = bob.nextEvent((f) => f.kind.case === "message");
+    expectCase(
+      await alice.request({
+        case: "send",
+        value: { target: { case: "toUser", value: "metrics-bob" }, clientMsgId: "m1", body: "measured" },
+      }),
+      "ack",
+    );
+    await delivered;
+    alice.close();
+    bob.close();
+
+    const text = await (await fetch(`${server.httpUrl}/metrics`)).text();
+    const check = await promtoolCheck(text);
+    expect(check.output).toBe("");
+    expect(check.code).toBe(0);
+
+    expect(sample(text, "switchboard_message_append_seconds_count")).toBeGreaterThanOrEqual(1);
+    expect(sample(text, "switchboard_message_delivery_seconds_count")).toBeGreaterThanOrEqual(1);
+    // The standard names of the process metrics, not a prefixed copy.
+    expect(sample(text, "process_cpu_seconds_total")).toBeGreaterThan(0);
+    expect(text).not.toContain("switchboard_process_");
+    if (testBackend === "distributed") {
+      expect(
+        sample(text, 'switchboard_cassandra_request_duration_seconds_count{kind="read",outcome="ok"}'),
+      ).toBeGreaterThan(0);
+      expect(text).toMatch(
+        /^switchboard_kafka_consumer_lag_records\{group="[^"]+sequencer",partition="\d+"\} \d+$/m,
+      );
+      expect(text).toMatch(
+        /^switchboard_kafka_consumer_lag_records\{group="[^"]+inbox",partition="\d+"\} \d+$/m,
+      );
+    }
+  });
+});
