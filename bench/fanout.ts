@@ -51,7 +51,10 @@ class Arrivals {
 
   record(k: number, member: number, now: number): void {
     let byMember = this.at.get(k);
-    if (!byMember) this.at.set(k, (byMember = new Map()));
+    if (!byMember) {
+      byMember = new Map();
+      this.at.set(k, byMember);
+    }
     const times = byMember.get(member);
     if (times) times.push(now);
     else byMember.set(member, [now]);
