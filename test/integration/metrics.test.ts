@@ -1,6 +1,6 @@
 /**
  * /metrics of a running platform (either backend) after real traffic: promtool, Prometheus's own
- * linter (from Debian's prometheus package, installed by test/infra/up.sh promtool), finds nothing to
+ * linter (from Debian's prometheus package, installed by test/infra/up.sh prometheus), finds nothing to
  * object to, and the message path's histograms and the storage metrics carry samples.
  */
 import { execFile } from "node:child_process";
@@ -13,7 +13,7 @@ let server: ServerProcess;
 let promtool: string;
 
 beforeAll(async () => {
-  const env = await ensureServer("promtool");
+  const env = await ensureServer("prometheus");
   promtool = env.PROMTOOL!;
   server = await startServer();
 });
