@@ -37,6 +37,7 @@ export default defineConfig({
             "test/integration/distributed-storage.test.ts",
             "test/integration/multiprocess.test.ts",
             "test/contract/distributed.test.ts",
+            "test/monitoring/**",
           ],
         },
       },
@@ -49,6 +50,8 @@ export default defineConfig({
             "test/integration/distributed-storage.test.ts",
             "test/integration/multiprocess.test.ts",
             "test/contract/distributed.test.ts",
+            // Needs Kafka and Cassandra for its dashboard check; runs once, here.
+            "test/monitoring/monitoring.test.ts",
           ],
           env: { SWITCHBOARD_TEST_BACKEND: "distributed" },
           testTimeout: 60_000,

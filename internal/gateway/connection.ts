@@ -149,7 +149,11 @@ export class Connection {
     this.encoding = isBinary ? "binary" : "json";
     if (this.frames.take() > 0) {
       if (this.frames.flooded()) return this.close(CloseCode.TOO_MANY_REQUESTS, "too many frames");
-      this.ctx.metrics.errorsTotal.inc({ reason: "RATE_LIMITED" });
+      this.ctx.metrics.errorsTotal.inc({
+        reason: "RATE_LIMITED",
+        code: "RESOURCE_EXHAUSTED",
+        request: "none",
+      });
       return; // over the frame rate: dropped silently until it becomes a flood
     }
     let frame: ClientFrame;
@@ -170,7 +174,7 @@ export class Connection {
     }
     const encoding: Encoding = isBinary ? "binary" : "json";
     this.dispatch(frame.id, kind, encoding).catch((err: unknown) =>
-      this.fail(frame.id, SwitchboardError.from(err), encoding),
+      this.fail(frame.id, SwitchboardError.from(err), encoding, kind.case),
     );
   }
 
@@ -196,7 +200,7 @@ export class Connection {
           identity = await c.verify(req.value.token);
         } catch (err) {
           const e = SwitchboardError.from(err);
-          this.fail(id, e, encoding);
+          this.fail(id, e, encoding, "auth");
           // An expired token is worth a reconnect with a fresh one; anything else is terminal.
           return e.reason === "TOKEN_EXPIRED"
             ? this.close(CloseCode.TOKEN_EXPIRED, "token expired")
@@ -508,10 +512,15 @@ export class Connection {
     this.sendRaw(encodeServerFrame({ replyTo, kind }, encoding));
   }
 
-  fail(replyTo: number, err: SwitchboardError, encoding: Encoding = this.encoding): void {
+  /** Answers request `replyTo` with `err`; `request` is its kind (the frame's oneof case), for metrics. */
+  fail(replyTo: number, err: SwitchboardError, encoding: Encoding = this.encoding, request = "none"): void {
     if (err.code === Code.INTERNAL)
       this.ctx.log.error("gateway: request failed", { sessionId: this.sessionId, err });
-    this.ctx.metrics.errorsTotal.inc({ reason: err.reason });
+    this.ctx.metrics.errorsTotal.inc({
+      reason: err.reason,
+      code: Code[err.code] ?? String(err.code),
+      request,
+    });
     this.reply(
       replyTo,
       {

@@ -56,6 +56,7 @@ export class Gateway {
             ? SUBPROTOCOL_JSON
             : false,
     });
+    options.metrics.connectionsMax.set(config.gateway.connectionsMax);
     this.ctx = {
       config,
       log: options.log,

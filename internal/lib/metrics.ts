@@ -121,6 +121,7 @@ function storageRequestCounters(r: Registry[]) {
 
 export function createMetrics() {
   const registry = new Registry();
+  let ready: () => boolean = () => false;
   // The standard names (process_cpu_seconds_total, nodejs_heap_size_used_bytes, ...), which
   // dashboards and alerts for any Node.js service already know.
   collectDefaultMetrics({ register: registry });
@@ -128,11 +129,28 @@ export function createMetrics() {
   const r = [registry];
   return {
     registry,
+    /** Sets what switchboard_ready reports: the same answer as /readyz. */
+    setReadiness(check: () => boolean): void {
+      ready = check;
+    },
+    ready: new Gauge({
+      name: "switchboard_ready",
+      help: "1 while this process is ready (/readyz answers 200: storage reachable, started, not stopping), else 0.",
+      registers: r,
+      collect() {
+        this.set(ready() ? 1 : 0);
+      },
+    }),
     /** Exports a storage client's request counters (switchboard_cassandra_*, switchboard_kafka_*). */
     countStorageRequests: storageRequestCounters(r),
     connections: new Gauge({
       name: "switchboard_gateway_connections",
       help: "Open authenticated WebSocket connections.",
+      registers: r,
+    }),
+    connectionsMax: new Gauge({
+      name: "switchboard_gateway_connections_max",
+      help: "The most connections this gateway accepts (gateway.connectionsMax); past it new ones get 503.",
       registers: r,
     }),
     connectsTotal: new Counter({
@@ -149,8 +167,8 @@ export function createMetrics() {
     }),
     errorsTotal: new Counter({
       name: "switchboard_gateway_errors_total",
-      help: "Error replies by reason.",
-      labelNames: ["reason"],
+      help: "Error replies by reason, code (gRPC-style: INTERNAL, UNAVAILABLE and DEADLINE_EXCEEDED are the platform's failures, the others the client's) and request (the frame's kind, e.g. send; none when the frame was not a request).",
+      labelNames: ["reason", "code", "request"],
       registers: r,
     }),
     closesTotal: new Counter({

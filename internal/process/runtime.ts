@@ -64,20 +64,22 @@ export async function runProcess(
   let parts: RoleParts = {};
   let closing: Promise<void> | undefined;
 
+  const notReady = (): string | undefined => {
+    if (phase === "stopping") return "stopping";
+    if (phase === "starting") return waitingFor ?? "starting";
+    for (const check of checks) {
+      const why = check();
+      if (why !== undefined) return why;
+    }
+    return undefined;
+  };
+  metrics.setReadiness(() => notReady() === undefined);
   const http = await serveHttp({
     config,
     log,
     metrics,
     gateway: () => parts.gateway,
-    notReady: () => {
-      if (phase === "stopping") return "stopping";
-      if (phase === "starting") return waitingFor ?? "starting";
-      for (const check of checks) {
-        const why = check();
-        if (why !== undefined) return why;
-      }
-      return undefined;
-    },
+    notReady,
   });
   const servesGrpc = role !== "sequencer" && (role !== "all" || config.grpc.enabled);
   const grpcServer = servesGrpc ? await serveGrpc(config.http.host, config.grpc.port) : undefined;

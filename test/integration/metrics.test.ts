@@ -66,6 +66,8 @@ describe("/metrics", () => {
     // The standard names of the process metrics, not a prefixed copy.
     expect(sample(text, "process_cpu_seconds_total")).toBeGreaterThan(0);
     expect(text).not.toContain("switchboard_process_");
+    expect(sample(text, "switchboard_ready")).toBe(1);
+    expect(sample(text, "switchboard_gateway_connections_max")).toBeGreaterThan(0);
     if (testBackend === "distributed") {
       expect(
         sample(text, 'switchboard_cassandra_request_duration_seconds_count{kind="read",outcome="ok"}'),
