@@ -94,8 +94,24 @@ export interface AuthSpec {
   audience?: string;
 }
 
+/** A Prometheus Operator PodMonitor (monitoring.coreos.com/v1) for every Pod of the cluster. */
+export interface PodMonitorSpec {
+  enabled: boolean;
+  /** Extra labels on the PodMonitor, e.g. the one a Prometheus' podMonitorSelector matches. */
+  labels?: Record<string, string>;
+  /** Scrape interval, e.g. 30s (the Prometheus' own when unset). */
+  interval?: string;
+}
+
 export interface ObservabilitySpec {
-  metrics: { enabled: boolean };
+  metrics: {
+    enabled: boolean;
+    /**
+     * Defaulted ({enabled: false}) by the CRD; absent only when the operator runs against a CRD
+     * older than itself (Helm does not upgrade CRDs), which is read as disabled.
+     */
+    podMonitor?: PodMonitorSpec;
+  };
   otlp?: { endpoint: string };
 }
 

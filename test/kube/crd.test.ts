@@ -203,7 +203,7 @@ describe("ChatCluster CRD", () => {
       consistency: "LOCAL_QUORUM",
       replication: { class: "NetworkTopologyStrategy", factor: 3 },
     });
-    expect(s.observability).toEqual({ metrics: { enabled: true } });
+    expect(s.observability).toEqual({ metrics: { enabled: true, podMonitor: { enabled: false } } });
     // A partly given object keeps its values and gets the rest.
     const partial = await dryRunCreate(
       minimal("partial", {
@@ -303,7 +303,13 @@ describe("ChatCluster CRD", () => {
         issuer: "https://iss",
         audience: "aud",
       },
-      observability: { metrics: { enabled: false }, otlp: { endpoint: "http://otel:4317" } },
+      observability: {
+        metrics: {
+          enabled: true,
+          podMonitor: { enabled: true, labels: { release: "kube-prometheus-stack" }, interval: "1m30s" },
+        },
+        otlp: { endpoint: "http://otel:4317" },
+      },
     };
     const { issuer, audience } = full.auth;
     for (const [name, auth] of [
@@ -395,6 +401,26 @@ describe("ChatCluster CRD", () => {
         }),
       ),
     ).toMatch(/spec\.kafka\.sasl\.mechanism: Unsupported value: "md5"/);
+    // A PodMonitor scrapes /metrics: it cannot be asked for with metrics off.
+    expect(
+      await createError(
+        minimal("bad-monitor", {
+          observability: { metrics: { enabled: false, podMonitor: { enabled: true } } },
+        }),
+      ),
+    ).toContain("metrics.podMonitor needs metrics.enabled");
+    expect(
+      await createError(
+        minimal("bad-interval", {
+          observability: { metrics: { podMonitor: { enabled: true, interval: "30 seconds" } } },
+        }),
+      ),
+    ).toMatch(/spec\.observability\.metrics\.podMonitor\.interval: Invalid value: "30 seconds"/);
+    // Metrics off with the PodMonitor off (the default) is fine.
+    expect(
+      (await dryRunCreate(minimal("no-metrics", { observability: { metrics: { enabled: false } } }))).spec
+        .observability,
+    ).toEqual({ metrics: { enabled: false, podMonitor: { enabled: false } } });
     // The last id: the snowflake worker ids are 0..1023.
     expect((await dryRunCreate(minimal("max-ids", { id: { replicas: 1024 } }))).spec.id.replicas).toBe(1024);
   });
