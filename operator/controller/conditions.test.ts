@@ -68,4 +68,28 @@ describe("computeConditions", () => {
     expect(flipped.Progressing).toMatchObject({ status: "True", reason: "DrainingGateways" });
     expect(flipped.Progressing?.lastTransitionTime).toEqual(new Date("2026-01-01T02:00:00Z"));
   });
+
+  it("adds a PodMonitor condition only when the spec asks for a PodMonitor, apart from Ready", () => {
+    expect(computeConditions(undefined, base, new Date()).map((c) => c.type)).toEqual([
+      "Ready",
+      "Progressing",
+      "Degraded",
+    ]);
+    const missing = byType(
+      computeConditions(undefined, { ...base, podMonitor: "CRDNotInstalled" }, new Date()),
+    );
+    expect(missing.PodMonitor).toMatchObject({
+      status: "False",
+      reason: "CRDNotInstalled",
+      observedGeneration: 3,
+    });
+    expect(missing.PodMonitor?.message).toContain("monitoring.coreos.com/v1 PodMonitor");
+    // Monitoring is not the chat: the cluster stays Ready and not Degraded without it.
+    expect(missing.Ready).toMatchObject({ status: "True" });
+    expect(missing.Degraded).toMatchObject({ status: "False" });
+    const created = byType(computeConditions(undefined, { ...base, podMonitor: "Created" }, new Date()));
+    expect(created.PodMonitor).toMatchObject({ status: "True", reason: "Created" });
+    const pending = byType(computeConditions(undefined, { ...base, podMonitor: "Pending" }, new Date()));
+    expect(pending.PodMonitor).toMatchObject({ status: "Unknown", reason: "Pending" });
+  });
 });

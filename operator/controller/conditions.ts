@@ -1,6 +1,6 @@
 /**
- * Status conditions (Ready, Progressing, Degraded) from what the reconciler observed, as a pure
- * function. Each condition carries the generation it describes; lastTransitionTime moves only when
+ * Status conditions (Ready, Progressing, Degraded, and PodMonitor when the spec asks for one) from
+ * what the reconciler observed, as a pure function. Each condition carries the generation it describes; lastTransitionTime moves only when
  * the status flips, as the Kubernetes API conventions ask.
  */
 import type { V1Condition } from "@kubernetes/client-node";
@@ -25,6 +25,12 @@ export interface Observation {
   applyError?: string;
   components: Partial<Record<ComponentName, ComponentObservation>>;
   drainingGateways: number;
+  /**
+   * The PodMonitor the spec asks for: applied, not creatable because the API server serves no
+   * PodMonitor kind (no Prometheus Operator CRDs), or not applied yet (storage not provisioned, or the
+   * apply failed). Undefined when the spec asks for none: no PodMonitor condition.
+   */
+  podMonitor?: "Created" | "CRDNotInstalled" | "Pending";
 }
 
 type Status = "True" | "False" | "Unknown";
@@ -71,11 +77,25 @@ export function computeConditions(
     ? ["True", o.provisionError ? "ProvisioningFailed" : "ApplyFailed", error]
     : ["False", "AsExpected", "no errors"];
 
-  return [
+  const conditions = [
     condition(previous, "Ready", ready, o.generation, now),
     condition(previous, "Progressing", progressing, o.generation, now),
     condition(previous, "Degraded", degraded, o.generation, now),
   ];
+  // Not part of Ready: monitoring is the Prometheus Operator's business, the chat works without it.
+  if (o.podMonitor) {
+    const podMonitor: Record<typeof o.podMonitor, [Status, string, string]> = {
+      Created: ["True", "Created", "the PodMonitor scrapes /metrics of every Pod"],
+      CRDNotInstalled: [
+        "False",
+        "CRDNotInstalled",
+        "the cluster serves no monitoring.coreos.com/v1 PodMonitor: install the Prometheus Operator's CRDs; no PodMonitor was created",
+      ],
+      Pending: ["Unknown", "Pending", "applied with the other objects, which are not applied yet"],
+    };
+    conditions.push(condition(previous, "PodMonitor", podMonitor[o.podMonitor], o.generation, now));
+  }
+  return conditions;
 }
 
 function condition(

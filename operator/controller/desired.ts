@@ -2,11 +2,13 @@
  * Everything a ChatCluster should own, as a pure function of its spec, the gateway replica count the
  * autoscaler chose and the keys of the Kafka TLS Secret. The reconciler applies these objects and
  * deletes owned objects that are no longer desired (a PodDisruptionBudget when a component drops to
- * one replica; the presence Deployment of operators before presence was a StatefulSet).
+ * one replica; the presence Deployment of operators before presence was a StatefulSet; the PodMonitor
+ * when the spec stops asking for it).
  */
 import type { KubernetesObject } from "@kubernetes/client-node";
 import { type ChatCluster, COMPONENTS } from "../api/v1alpha1.js";
 import { configHash, desiredConfigMap } from "./config.js";
+import { desiredPodMonitor, wantsPodMonitor } from "./monitoring.js";
 import {
   desiredNetworkPolicy,
   desiredPodDisruptionBudget,
@@ -21,9 +23,14 @@ export interface DesiredInputs {
   gatewayReplicas: number;
   /** The keys of the Kafka TLS Secret among ca.crt, tls.crt, tls.key (storage.ts kafkaTlsKeys). */
   kafkaTlsKeys?: readonly string[];
+  /** The API server serves monitoring.coreos.com/v1 PodMonitors (the Prometheus Operator's CRDs). */
+  podMonitorServed?: boolean;
 }
 
-/** Kinds the operator owns, for listing and pruning: apiVersion and kind. */
+/**
+ * Kinds the operator owns, for listing and pruning: apiVersion and kind. Besides these, the PodMonitor
+ * (monitoring.ts), listed and pruned only where the API server serves it.
+ */
 export const OWNED_KINDS = [
   { apiVersion: "v1", kind: "ServiceAccount" },
   { apiVersion: "v1", kind: "ConfigMap" },
@@ -54,5 +61,6 @@ export function desiredObjects(cluster: ChatCluster, inputs: DesiredInputs): Kub
     const pdb = desiredPodDisruptionBudget(cluster, component, replicas);
     if (pdb) objects.push(pdb);
   }
+  if (inputs.podMonitorServed && wantsPodMonitor(cluster)) objects.push(desiredPodMonitor(cluster));
   return objects;
 }

@@ -8,7 +8,8 @@
  *   provision  → the Kafka topics and Cassandra schema, once per generation (idempotent).
  *   gateways   → live counts, gateway-gone records, autoscaling with drain (gateways.ts).
  *   apply      → every desired object by server-side apply (one field manager), then prune owned
- *                objects that are no longer desired.
+ *                objects that are no longer desired. The PodMonitor the spec may ask for is
+ *                desired only where the API server serves the kind (discovery, every reconcile).
  *   status     → components, gateways, conditions with observedGeneration, by server-side apply to
  *                the status subresource.
  * A failure of one step is reported in the Degraded condition and the key is retried with backoff.
@@ -26,12 +27,19 @@ import {
 } from "../api/v1alpha1.js";
 import { KubeApiError, type KubeClient, refOf } from "../kube/client.js";
 import type { ReconcileResult } from "../runtime/workqueue.js";
-import { type ComponentObservation, computeConditions } from "./conditions.js";
+import { type ComponentObservation, computeConditions, type Observation } from "./conditions.js";
 import { desiredObjects, OWNED_KINDS } from "./desired.js";
 import type { EventRecorder } from "./events.js";
 import type { GatewayClients } from "./gateway-client.js";
 import { type GatewayMemory, type GatewayStep, reconcileGateways } from "./gateways.js";
 import type { GoneRecordPublisher, KafkaTarget } from "./gone-records.js";
+import {
+  POD_MONITOR_GROUP_VERSION,
+  POD_MONITOR_KIND,
+  POD_MONITOR_PLURAL,
+  podMonitorName,
+  wantsPodMonitor,
+} from "./monitoring.js";
 import { componentName, FINALIZER, MANAGED_BY, selectorString } from "./names.js";
 import { type CassandraTarget, cassandraTarget, kafkaTarget, kafkaTlsKeys } from "./storage.js";
 
@@ -53,6 +61,11 @@ export interface ReconcilerDeps {
 
 /** Requeue while anything is still converging, so status catches up without waiting for an event. */
 const CONVERGING_REQUEUE_MS = 5_000;
+/**
+ * A cluster that asks for a PodMonitor where the API server serves none is looked at again this often:
+ * nothing watches CRDs, and the Prometheus Operator is often installed after the platform.
+ */
+const POD_MONITOR_RECHECK_MS = 60_000;
 
 export class ChatClusterReconciler {
   private readonly memory = new Map<string, GatewayMemory>();
@@ -105,6 +118,7 @@ export class ChatClusterReconciler {
     let applyError: string | undefined;
     let step: GatewayStep | undefined;
     const workloads = new Map<string, KubernetesObject>();
+    let podMonitor: Observation["podMonitor"] = wantsPodMonitor(cluster) ? "Pending" : undefined;
     // Until the storage exists the services could only crash-loop: deploy them after it.
     if (provisioned) {
       try {
@@ -121,16 +135,29 @@ export class ChatClusterReconciler {
           kafka,
           this.memoryOf(key),
         );
+        // Asked every time: the Prometheus Operator's CRDs may come and go while the operator runs.
+        const podMonitorServed = await kube.serves(POD_MONITOR_GROUP_VERSION, POD_MONITOR_PLURAL);
         const desired = desiredObjects(cluster, {
           gatewayReplicas: step.replicas,
           kafkaTlsKeys: kafkaTlsKeys(kafka),
+          podMonitorServed,
         });
         for (const obj of desired) {
           const applied = await this.applyOwned(obj);
           if (obj.kind === "Deployment" || obj.kind === "StatefulSet")
             workloads.set(obj.metadata?.name ?? "", applied);
         }
-        await this.prune(cluster, desired);
+        await this.prune(cluster, desired, podMonitorServed);
+        if (podMonitor && !podMonitorServed) {
+          podMonitor = "CRDNotInstalled";
+          this.deps.events.record(
+            cluster,
+            "Warning",
+            "PodMonitorUnavailable",
+            "Apply",
+            `spec.observability.metrics.podMonitor is enabled, but the cluster serves no ${POD_MONITOR_GROUP_VERSION} PodMonitor (install the Prometheus Operator's CRDs): ${podMonitorName(cluster)} not created`,
+          );
+        } else if (podMonitor) podMonitor = "Created";
         if (step.errors.length) applyError = step.errors.join("; ");
       } catch (err) {
         applyError = message(err);
@@ -166,6 +193,7 @@ export class ChatClusterReconciler {
           ...(applyError === undefined ? {} : { applyError }),
           components,
           drainingGateways: step?.draining ?? 0,
+          ...(podMonitor === undefined ? {} : { podMonitor }),
         },
         new Date(this.now()),
       ),
@@ -192,7 +220,11 @@ export class ChatClusterReconciler {
 
     if (provisionError || applyError) throw new Error(provisionError ?? applyError);
     const converging = newStatus.conditions?.some((c) => c.type === "Ready" && c.status !== "True");
-    const requeue = Math.min(step?.requeueAfterMs ?? Infinity, converging ? CONVERGING_REQUEUE_MS : Infinity);
+    const requeue = Math.min(
+      step?.requeueAfterMs ?? Infinity,
+      converging ? CONVERGING_REQUEUE_MS : Infinity,
+      podMonitor === "CRDNotInstalled" ? POD_MONITOR_RECHECK_MS : Infinity,
+    );
     return Number.isFinite(requeue) ? { requeueAfterMs: requeue } : undefined;
   }
 
@@ -256,14 +288,21 @@ export class ChatClusterReconciler {
     }
   }
 
-  /** Deletes owned objects of this cluster that the desired set no longer has. */
-  private async prune(cluster: ChatCluster, desired: KubernetesObject[]): Promise<void> {
+  /**
+   * Deletes owned objects of this cluster that the desired set no longer has; PodMonitors only when
+   * the API server serves them (where it does not, none can exist).
+   */
+  private async prune(
+    cluster: ChatCluster,
+    desired: KubernetesObject[],
+    podMonitorServed: boolean,
+  ): Promise<void> {
     const keep = new Set(desired.map((o) => `${o.kind}/${o.metadata?.name}`));
     const selector = selectorString({
       "app.kubernetes.io/instance": cluster.metadata.name ?? "",
       "app.kubernetes.io/managed-by": MANAGED_BY,
     });
-    for (const kind of OWNED_KINDS) {
+    for (const kind of podMonitorServed ? [...OWNED_KINDS, POD_MONITOR_KIND] : OWNED_KINDS) {
       const { items } = await this.deps.kube.list<KubernetesObject>(
         { ...kind, namespace: cluster.metadata.namespace },
         selector,

@@ -52,6 +52,7 @@ const RESOURCES: Record<string, string> = {
   Namespace: "namespaces",
   Pod: "pods",
   PodDisruptionBudget: "poddisruptionbudgets",
+  PodMonitor: "podmonitors",
   Secret: "secrets",
   Service: "services",
   ServiceAccount: "serviceaccounts",
@@ -102,6 +103,22 @@ export class KubeClient {
     const ref = refOf(obj);
     const path = `${resourcePath(ref)}${subresource ? `/${subresource}` : ""}?fieldManager=${FIELD_MANAGER}&force=true`;
     return (await this.request("PATCH", path, obj, "application/apply-patch+yaml")) as T;
+  }
+
+  /**
+   * Whether the API server serves resource `plural` in `apiVersion` (a CRD's kind exists only once
+   * the CRD is installed and established). API discovery is readable by every authenticated user
+   * (the system:discovery role): no RBAC rule is needed.
+   */
+  async serves(apiVersion: string, plural: string): Promise<boolean> {
+    const path = apiVersion.includes("/") ? `/apis/${apiVersion}` : `/api/${apiVersion}`;
+    try {
+      const list = (await this.request("GET", path)) as { resources?: Array<{ name: string }> };
+      return list.resources?.some((r) => r.name === plural) ?? false;
+    } catch (err) {
+      if (isNotFound(err)) return false;
+      throw err;
+    }
   }
 
   async jsonPatch<T>(ref: ObjectRef, ops: unknown[]): Promise<T> {

@@ -256,6 +256,9 @@ describe("charts/switchboard-operator", () => {
         "core/pods: get,list,watch,patch",
         "core/secrets: get",
         "events.k8s.io/events: create,patch",
+        // The PodMonitor a ChatCluster may ask for: applied (patch, create when new), pruned (list,
+        // delete); discovery of the kind needs no rule.
+        "monitoring.coreos.com/podmonitors: list,create,patch,delete",
       ].sort(),
     );
     for (const rule of clusterRole.rules) {

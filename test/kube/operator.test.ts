@@ -18,6 +18,7 @@ import { Kafka, logLevel } from "kafkajs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { SessionRecordKind, SessionRecordSchema } from "../../gen/switchboard/router/v1/router_pb.js";
 import type { ChatCluster } from "../../operator/api/v1alpha1.js";
+import type { PodMonitor } from "../../operator/controller/monitoring.js";
 import { KubeClient } from "../../operator/kube/client.js";
 import { ensureServer } from "../infra/servers.js";
 import { GatewayFarm } from "./fake-gateways.js";
@@ -71,6 +72,42 @@ function clusterManifest(name: string, overrides: Record<string, unknown> = {}):
 
 const getCluster = (name: string) =>
   kube.get<ChatCluster>({ apiVersion: "switchboard.dev/v1alpha1", kind: "ChatCluster", namespace: NS, name });
+
+/** A minimal PodMonitor CRD (the Prometheus Operator's kind, with an unvalidated spec). */
+const POD_MONITOR_CRD_NAME = "podmonitors.monitoring.coreos.com";
+const POD_MONITOR_CRD = {
+  apiVersion: "apiextensions.k8s.io/v1",
+  kind: "CustomResourceDefinition",
+  metadata: { name: POD_MONITOR_CRD_NAME },
+  spec: {
+    group: "monitoring.coreos.com",
+    scope: "Namespaced",
+    names: { kind: "PodMonitor", listKind: "PodMonitorList", plural: "podmonitors", singular: "podmonitor" },
+    versions: [
+      {
+        name: "v1",
+        served: true,
+        storage: true,
+        schema: {
+          openAPIV3Schema: {
+            type: "object",
+            properties: { spec: { type: "object", "x-kubernetes-preserve-unknown-fields": true } },
+          },
+        },
+      },
+    ],
+  },
+};
+
+/** The PodMonitors of a ChatCluster, or undefined when the API server serves no PodMonitor kind. */
+async function podMonitorNames(name: string): Promise<string[] | undefined> {
+  if (!(await kube.serves("monitoring.coreos.com/v1", "podmonitors"))) return undefined;
+  const { items } = await kube.list<PodMonitor>(
+    { apiVersion: "monitoring.coreos.com/v1", kind: "PodMonitor", namespace: NS },
+    `app.kubernetes.io/instance=${name}`,
+  );
+  return items.map((p) => p.metadata?.name ?? "");
+}
 
 function condition(c: ChatCluster, type: string) {
   return c.status?.conditions?.find((x) => x.type === type);
@@ -597,6 +634,169 @@ describe("operator against a real API server", () => {
         await consumer.disconnect();
       }
     }),
+  );
+
+  it(
+    "creates a PodMonitor only when asked and served, relabelled by role and chatcluster, and removes it when the toggle goes off",
+    onFailure(async () => {
+      const served = async () =>
+        (await kube.serves("monitoring.coreos.com/v1", "podmonitors")) ? true : undefined;
+      // The Prometheus Operator's CRD is absent (a run that failed half-way may have left it).
+      await kubectl(["delete", "crd", POD_MONITOR_CRD_NAME, "--ignore-not-found", "--wait=true"]);
+      await waitFor("no PodMonitor kind served", async () => !(await served()) || undefined);
+      try {
+        // Asked for without the CRD: the reconcile succeeds, and the condition and an Event say why
+        // there is no PodMonitor.
+        await kube.create(
+          clusterManifest("delta", {
+            gateway: { replicas: 1 },
+            router: { replicas: 1 },
+            id: { replicas: 1 },
+            sequencer: { replicas: 1 },
+            observability: {
+              metrics: {
+                enabled: true,
+                podMonitor: { enabled: true, interval: "15s", labels: { release: "kube-prometheus-stack" } },
+              },
+            },
+          }),
+        );
+        const without = await waitReady("delta");
+        expect(condition(without, "Degraded")).toMatchObject({ status: "False" });
+        expect(condition(without, "PodMonitor")).toMatchObject({
+          status: "False",
+          reason: "CRDNotInstalled",
+          observedGeneration: without.metadata.generation,
+        });
+        const events = await waitFor("a PodMonitorUnavailable Event", async () => {
+          const out = await kubectl(["get", "events.events.k8s.io", "-n", NS, "-o", "json"]);
+          const items = (
+            JSON.parse(out) as { items: Array<{ reason: string; note: string; regarding: { name: string } }> }
+          ).items.filter((e) => e.regarding.name === "delta" && e.reason === "PodMonitorUnavailable");
+          return items.length > 0 ? items : undefined;
+        });
+        expect(events[0]?.note).toContain("monitoring.coreos.com/v1 PodMonitor");
+        expect(await podMonitorNames("delta")).toBeUndefined(); // the kind does not even exist
+
+        // The CRD arrives (a Prometheus Operator installed after the platform): the operator looks
+        // again within a minute, untouched, and creates the PodMonitor.
+        await kubectl(["apply", "--server-side", "-f", "-"], JSON.stringify(POD_MONITOR_CRD));
+        await kubectl([
+          "wait",
+          "--for=condition=Established",
+          "--timeout=60s",
+          `crd/${POD_MONITOR_CRD_NAME}`,
+        ]);
+        const pm = await waitFor(
+          "the PodMonitor delta-switchboard",
+          () =>
+            kube.find<PodMonitor>({
+              apiVersion: "monitoring.coreos.com/v1",
+              kind: "PodMonitor",
+              namespace: NS,
+              name: "delta-switchboard",
+            }),
+          100_000,
+        );
+        const cluster = await getCluster("delta");
+        expect(pm.metadata?.ownerReferences).toEqual([
+          expect.objectContaining({
+            apiVersion: "switchboard.dev/v1alpha1",
+            kind: "ChatCluster",
+            name: "delta",
+            uid: cluster.metadata.uid,
+            controller: true,
+            blockOwnerDeletion: true,
+          }),
+        ]);
+        expect(pm.metadata?.labels).toMatchObject({
+          release: "kube-prometheus-stack",
+          "app.kubernetes.io/instance": "delta",
+          "app.kubernetes.io/managed-by": "switchboard-operator",
+        });
+        expect(pm.metadata?.managedFields?.map((f) => [f.manager, f.operation])).toEqual([
+          ["switchboard-operator", "Apply"],
+        ]);
+        // Every Pod of delta, whatever its role, and no Pod of another ChatCluster.
+        expect(pm.spec.selector).toEqual({
+          matchLabels: { "app.kubernetes.io/name": "switchboard", "app.kubernetes.io/instance": "delta" },
+        });
+        const selector = Object.entries(pm.spec.selector.matchLabels)
+          .map(([k, v]) => `${k}=${v}`)
+          .join(",");
+        const selected = (await kube.list<V1Pod>({ apiVersion: "v1", kind: "Pod", namespace: NS }, selector))
+          .items;
+        expect(
+          [...new Set(selected.map((p) => p.metadata?.labels?.["app.kubernetes.io/component"]))].sort(),
+        ).toEqual(["gateway", "id", "presence", "push", "router", "sequencer"]);
+        for (const p of selected) {
+          expect(p.metadata?.labels?.["app.kubernetes.io/instance"]).toBe("delta");
+          // The endpoint's port is a named port of every selected container.
+          expect(p.spec?.containers[0]?.ports?.map((port) => port.name)).toContain("http");
+        }
+        expect(pm.spec.podMetricsEndpoints).toEqual([
+          {
+            port: "http",
+            path: "/metrics",
+            interval: "15s",
+            relabelings: [
+              {
+                sourceLabels: ["__meta_kubernetes_pod_label_app_kubernetes_io_component"],
+                targetLabel: "role",
+                action: "replace",
+              },
+              {
+                sourceLabels: ["__meta_kubernetes_pod_label_app_kubernetes_io_instance"],
+                targetLabel: "chatcluster",
+                action: "replace",
+              },
+            ],
+          },
+        ]);
+        const withPm = await waitFor("PodMonitor condition True", async () => {
+          const c = await getCluster("delta");
+          return condition(c, "PodMonitor")?.status === "True" ? c : undefined;
+        });
+        expect(condition(withPm, "PodMonitor")?.reason).toBe("Created");
+
+        // The toggle goes off: the PodMonitor is pruned and the condition goes with it.
+        await kubectl([
+          "patch",
+          "chatcluster",
+          "delta",
+          "-n",
+          NS,
+          "--type=merge",
+          "-p",
+          JSON.stringify({ spec: { observability: { metrics: { podMonitor: { enabled: false } } } } }),
+        ]);
+        await waitFor("delta's PodMonitor pruned", async () =>
+          (await podMonitorNames("delta"))?.length === 0 ? true : undefined,
+        );
+        const off = await waitReady("delta");
+        expect(condition(off, "PodMonitor")).toBeUndefined();
+        expect(condition(off, "Degraded")?.status).toBe("False");
+      } finally {
+        await kubectl(["delete", "crd", POD_MONITOR_CRD_NAME, "--ignore-not-found", "--wait=false"]);
+      }
+      // And the reconcile keeps succeeding once the kind is gone again.
+      await waitFor("no PodMonitor kind served", async () => !(await served()) || undefined);
+      await kubectl([
+        "patch",
+        "chatcluster",
+        "delta",
+        "-n",
+        NS,
+        "--type=merge",
+        "-p",
+        JSON.stringify({ spec: { push: { replicas: 2 } } }),
+      ]);
+      const after = await waitReady("delta");
+      expect(after.status?.components?.push).toEqual({ replicas: 2, readyReplicas: 2 });
+      expect(condition(after, "Degraded")?.status).toBe("False");
+      await kubectl(["delete", "chatcluster", "delta", "-n", NS, "--wait=true", "--timeout=60s"]);
+    }),
+    240_000,
   );
 
   it(
