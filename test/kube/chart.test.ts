@@ -5,8 +5,10 @@
  * installed; the namespace is this file's own.
  */
 import { randomBytes } from "node:crypto";
-import { readFileSync } from "node:fs";
+import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { loadAllYaml, loadYaml } from "@kubernetes/client-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { CHART_DIR, CRD_FILE, helm, kubectl, kubeTools, run, type Tools } from "./helpers.js";
 
@@ -37,6 +39,14 @@ async function render(...args: string[]): Promise<string> {
   const r = await helm(tools, ["template", RELEASE, CHART_DIR, "--namespace", NS, ...args]);
   if (r.code !== 0) throw new Error(`helm template failed: ${r.stderr}`);
   return r.stdout;
+}
+
+/**
+ * Parses rendered YAML without kubectl, which knows no kind whose CRD the plane lacks (the Prometheus
+ * Operator's).
+ */
+function parsed(yaml: string): K8sObject[] {
+  return (loadAllYaml(yaml) as Array<K8sObject | null>).filter((o): o is K8sObject => !!o);
 }
 
 /** Parses rendered YAML into objects (kubectl does the YAML; nothing is sent to the server). */
@@ -304,3 +314,273 @@ interface PodSpec {
 function podSpec(deployment: K8sObject): PodSpec {
   return (deployment.spec as { template: { spec: PodSpec } }).template.spec;
 }
+
+describe("charts/switchboard-operator monitoring objects (only when asked)", () => {
+  const FILES = join(CHART_DIR, "files");
+  const MONITORING_FLAGS = [
+    ["metrics.serviceMonitor.enabled", "ServiceMonitor"],
+    ["monitoring.prometheusRule.enabled", "PrometheusRule"],
+    ["monitoring.grafanaDashboard.enabled", "ConfigMap"],
+  ] as const;
+  const dataOf = (o: K8sObject) => o.data as Record<string, string>;
+  const specOf = <T>(o: K8sObject) => o.spec as T;
+
+  it("renders none of the ServiceMonitor, PrometheusRule and dashboard ConfigMap by default, and each alone when its toggle is on", async () => {
+    const base = parsed(await render()).map((o) => o.kind);
+    for (const kind of ["ServiceMonitor", "PrometheusRule", "ConfigMap"]) expect(base).not.toContain(kind);
+    for (const [flag, kind] of MONITORING_FLAGS) {
+      const kinds = parsed(await render("--set", `${flag}=true`)).map((o) => o.kind);
+      expect(kinds.sort(), flag).toEqual([...base, kind].sort());
+    }
+    // The chart passes lint with everything on, too.
+    const lint = await helm(tools, [
+      "lint",
+      "--strict",
+      CHART_DIR,
+      ...MONITORING_FLAGS.flatMap(([flag]) => ["--set", `${flag}=true`]),
+    ]);
+    expect(lint.stderr + lint.stdout).toContain("1 chart(s) linted, 0 chart(s) failed");
+    expect(lint.code).toBe(0);
+  });
+
+  it("points the ServiceMonitor at the operator's metrics Service, with the labels and interval given", async () => {
+    const objs = parsed(
+      await render(
+        "--set",
+        "metrics.serviceMonitor.enabled=true",
+        "--set",
+        "metrics.serviceMonitor.labels.release=kube-prometheus-stack",
+        "--set",
+        "metrics.serviceMonitor.interval=30s",
+        "--set",
+        "metrics.serviceMonitor.scrapeTimeout=10s",
+      ),
+    );
+    const sm = only(objs, "ServiceMonitor");
+    expect(sm.apiVersion).toBe("monitoring.coreos.com/v1");
+    expect(sm.metadata.namespace).toBe(NS);
+    expect(sm.metadata.labels).toMatchObject({
+      release: "kube-prometheus-stack",
+      "app.kubernetes.io/name": "switchboard-operator",
+      "app.kubernetes.io/instance": RELEASE,
+    });
+    const spec = specOf<{
+      selector: { matchLabels: Record<string, string> };
+      namespaceSelector: unknown;
+      endpoints: unknown[];
+    }>(sm);
+    expect(spec.namespaceSelector).toEqual({ matchNames: [NS] });
+    expect(spec.endpoints).toEqual([
+      { port: "http", path: "/metrics", interval: "30s", scrapeTimeout: "10s" },
+    ]);
+    // Its selector matches the metrics Service, and no other Service of the chart; the port is the
+    // Service's, by name.
+    const services = objs.filter(
+      (o) =>
+        o.kind === "Service" &&
+        Object.entries(spec.selector.matchLabels).every(([k, v]) => o.metadata.labels?.[k] === v),
+    );
+    expect(services.map((o) => o.metadata.name)).toEqual([`${FULLNAME}-metrics`]);
+    expect(specOf<{ ports: Array<{ name: string }> }>(services[0]!).ports.map((p) => p.name)).toEqual([
+      "http",
+    ]);
+
+    // Without an interval, the Prometheus' own applies; without the Service there is nothing to scrape.
+    const plain = only(
+      parsed(await render("--set", "metrics.serviceMonitor.enabled=true")),
+      "ServiceMonitor",
+    );
+    expect(specOf<{ endpoints: unknown[] }>(plain).endpoints).toEqual([{ port: "http", path: "/metrics" }]);
+    const noService = await helm(tools, [
+      "template",
+      RELEASE,
+      CHART_DIR,
+      "--set",
+      "metrics.serviceMonitor.enabled=true",
+      "--set",
+      "metrics.service.enabled=false",
+    ]);
+    expect(noService.code).not.toBe(0);
+    expect(noService.stderr).toContain("metrics.serviceMonitor.enabled needs metrics.service.enabled");
+  });
+
+  it("puts the groups of files/alerts.yaml into the PrometheusRule, with the labels given", async () => {
+    const rule = only(
+      parsed(
+        await render(
+          "--set",
+          "monitoring.prometheusRule.enabled=true",
+          "--set",
+          "monitoring.prometheusRule.labels.release=kube-prometheus-stack",
+        ),
+      ),
+      "PrometheusRule",
+    );
+    expect(rule.apiVersion).toBe("monitoring.coreos.com/v1");
+    expect(rule.metadata.namespace).toBe(NS);
+    expect(rule.metadata.labels).toMatchObject({
+      release: "kube-prometheus-stack",
+      "app.kubernetes.io/instance": RELEASE,
+    });
+    const alerts = loadYaml<{ groups: unknown[] }>(readFileSync(join(FILES, "alerts.yaml"), "utf8"));
+    expect(Array.isArray(alerts.groups)).toBe(true);
+    expect(specOf<{ groups: unknown[] }>(rule)).toEqual({ groups: alerts.groups });
+  });
+
+  it("ships files/dashboard.json verbatim in a ConfigMap labelled for Grafana's sidecar, which the API server keeps as it is", async () => {
+    const json = readFileSync(join(FILES, "dashboard.json"), "utf8");
+    const rendered = await render(
+      "--set",
+      "monitoring.grafanaDashboard.enabled=true",
+      "--show-only",
+      "templates/grafana-dashboard.yaml",
+    );
+    const cm = only(parsed(rendered), "ConfigMap");
+    expect(cm.metadata.name).toBe(`${FULLNAME}-dashboard`);
+    expect(cm.metadata.namespace).toBe(NS);
+    expect(cm.metadata.labels).toMatchObject({
+      grafana_dashboard: "1",
+      "app.kubernetes.io/instance": RELEASE,
+    });
+    expect(dataOf(cm)).toEqual({ "switchboard.json": json });
+    expect(JSON.parse(dataOf(cm)["switchboard.json"]!)).toBeTypeOf("object");
+    // The API server accepts it and stores the same bytes (server dry run).
+    const stored = JSON.parse(
+      await kubectl(tools, ["create", "--dry-run=server", "-o", "json", "-f", "-"], rendered),
+    ) as K8sObject;
+    expect(dataOf(stored)["switchboard.json"]).toBe(json);
+
+    // The sidecar's label, its value, a folder annotation and the namespace are the installer's.
+    const custom = only(
+      parsed(
+        await render(
+          "--set",
+          "monitoring.grafanaDashboard.enabled=true",
+          "--set",
+          "monitoring.grafanaDashboard.label=example.com/dashboard",
+          "--set-string",
+          "monitoring.grafanaDashboard.labelValue=switchboard",
+          "--set",
+          "monitoring.grafanaDashboard.annotations.grafana_folder=Chat",
+          "--set",
+          "monitoring.grafanaDashboard.namespace=grafana",
+        ),
+      ),
+      "ConfigMap",
+    );
+    expect(custom.metadata.namespace).toBe("grafana");
+    expect(custom.metadata.labels?.["example.com/dashboard"]).toBe("switchboard");
+    expect(custom.metadata.labels).not.toHaveProperty("grafana_dashboard");
+    expect((custom.metadata as { annotations?: unknown }).annotations).toEqual({ grafana_folder: "Chat" });
+  });
+
+  it("renders any valid alerts and dashboard files unchanged, and refuses an alerts file that is not a rules file", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "sb-chart-files-"));
+    try {
+      const chart = join(dir, "switchboard-operator");
+      cpSync(CHART_DIR, chart, { recursive: true });
+      // Comments, a document marker, Prometheus templates, multi-line and folded strings, numbers,
+      // quoted label values, non-ASCII text.
+      const alerts = [
+        "# a rules file as promtool reads it",
+        "---",
+        "groups:",
+        "  - name: awkward",
+        "    interval: 30s",
+        "    limit: 10",
+        "    rules:",
+        "      - alert: Templated",
+        "        expr: |",
+        '          sum by (pod) (rate(x_total{code=~"5..|UNAVAILABLE"}[5m]))',
+        "            > 0.5",
+        "        for: 5m",
+        "        labels:",
+        '          severity: "critical"',
+        "          team: '1'",
+        "        annotations:",
+        '          summary: "{{ $labels.pod }} at {{ $value | humanizePercentage }} → ünïcödé"',
+        "          description: >-",
+        "            folded",
+        "            text: with a colon",
+        "      - record: job:x:rate5m",
+        "        expr: sum(rate(x_total[5m]))",
+        "",
+      ].join("\n");
+      // HTML-ish characters, Grafana templates, escapes, non-ASCII, CRLF line ends and no final newline.
+      const dashboard =
+        '{\r\n\t"title": "Switch<board> & \\"co\\" \\\\ \\u00e9 → 😀",\r\n\t"panels": [{"legendFormat": "{{pod}} $datasource"}]\r\n}';
+      writeFileSync(join(chart, "files", "alerts.yaml"), alerts);
+      writeFileSync(join(chart, "files", "dashboard.json"), dashboard);
+      const r = await helm(tools, [
+        "template",
+        RELEASE,
+        chart,
+        "--namespace",
+        NS,
+        "--set",
+        "monitoring.prometheusRule.enabled=true",
+        "--set",
+        "monitoring.grafanaDashboard.enabled=true",
+      ]);
+      expect(r.stderr).toBe("");
+      const objs = parsed(r.stdout);
+      const groups = specOf<{ groups: unknown[] }>(only(objs, "PrometheusRule")).groups;
+      expect(groups).toEqual(loadYaml<{ groups: unknown[] }>(alerts).groups);
+      expect(groups).toEqual([
+        expect.objectContaining({
+          name: "awkward",
+          limit: 10,
+          rules: [
+            expect.objectContaining({
+              expr: 'sum by (pod) (rate(x_total{code=~"5..|UNAVAILABLE"}[5m]))\n  > 0.5\n',
+              labels: { severity: "critical", team: "1" },
+              annotations: {
+                summary: "{{ $labels.pod }} at {{ $value | humanizePercentage }} → ünïcödé",
+                description: "folded text: with a colon",
+              },
+            }),
+            { record: "job:x:rate5m", expr: "sum(rate(x_total[5m]))" },
+          ],
+        }),
+      ]);
+      const data = dataOf(only(objs, "ConfigMap"))["switchboard.json"]!;
+      expect(data).toBe(dashboard);
+      expect(JSON.parse(data).title).toBe('Switch<board> & "co" \\ é → 😀');
+
+      for (const [content, message] of [
+        ["groups: [\n", "files/alerts.yaml is not valid YAML"],
+        ["rules: []\n", "files/alerts.yaml must be a Prometheus rules file"],
+      ] as const) {
+        writeFileSync(join(chart, "files", "alerts.yaml"), content);
+        const bad = await helm(tools, [
+          "template",
+          RELEASE,
+          chart,
+          "--set",
+          "monitoring.prometheusRule.enabled=true",
+        ]);
+        expect(bad.code, content).not.toBe(0);
+        expect(bad.stderr).toContain(message);
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("rejects monitoring values its schema does not know, and durations Prometheus would not", async () => {
+    const cases = [
+      [
+        ["--set", "monitoring.serviceMonitor.enabled=true"],
+        "additional properties 'serviceMonitor' not allowed",
+      ],
+      [["--set", "metrics.serviceMonitor.interval=30 seconds"], "/metrics/serviceMonitor/interval"],
+      [["--set", "monitoring.prometheusRule.enabled=yes please"], "/monitoring/prometheusRule/enabled"],
+      [["--set", "monitoring.grafanaDashboard.label=not a label"], "/monitoring/grafanaDashboard/label"],
+    ] as const;
+    for (const [args, message] of cases) {
+      const r = await helm(tools, ["template", "t", CHART_DIR, ...args]);
+      expect(r.code, args.join(" ")).not.toBe(0);
+      expect(r.stderr).toContain(message);
+    }
+  });
+});
