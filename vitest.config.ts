@@ -9,6 +9,7 @@ const backendAgnostic = [
   "test/integration/sdk.test.ts",
   "test/integration/grpc.test.ts",
   "test/integration/metrics.test.ts",
+  "test/integration/tracing.test.ts",
 ];
 
 export default defineConfig({

@@ -4,6 +4,7 @@
  * One contract test suite (test/contract) runs against both; shapes follow docs/design.md §4 and §6:
  * a keyed, partitioned log with consumer groups, and a store queried by partition and clustering range.
  */
+import type { TraceCarrier } from "../lib/tracing.js";
 
 /** A message as stored: immutable once appended. */
 export interface StoredMessage {
@@ -34,6 +35,8 @@ export interface AppendResult {
  */
 export interface LoggedMessage extends StoredMessage {
   recipients?: readonly string[];
+  /** The message's trace context, when it was sent in a recorded trace (tracing.ts). */
+  trace?: TraceCarrier;
 }
 
 /** Hands out ordered batches to one consumer; resolves when the batch's effects are durable. */
@@ -51,6 +54,8 @@ export interface Closeable {
 export interface InboxDelivery {
   message: StoredMessage;
   recipients: Array<{ userId: string; cursor: number }>;
+  /** The message's trace context, when it was sent in a recorded trace (tracing.ts). */
+  trace?: TraceCarrier;
 }
 
 export interface MessageLog extends Closeable {

@@ -9,7 +9,12 @@
  * seam, an event at or below the delivered cursor is a duplicate and skipped, and a jump past
  * delivered+1 (an event lost between router and gateway) is filled from the inbox before going on.
  */
-import type { ClientFrame, MessageEvent } from "../../gen/switchboard/client/v1/client_pb.js";
+import type {
+  ClientFrame,
+  History as HistoryValue,
+  MessageEvent,
+  Send as SendValue,
+} from "../../gen/switchboard/client/v1/client_pb.js";
 import type { Message } from "../../gen/switchboard/common/v1/common_pb.js";
 import { Code, ReceiptKind } from "../../gen/switchboard/common/v1/common_pb.js";
 import type { PresenceService } from "../../gen/switchboard/presence/v1/presence_pb.js";
@@ -23,6 +28,7 @@ import { errors, SwitchboardError } from "../lib/errors.js";
 import type { Logger } from "../lib/log.js";
 import type { Metrics } from "../lib/metrics.js";
 import type { ServiceClient } from "../lib/rpc.js";
+import { inSpan, type Span, SpanKind, tracing } from "../lib/tracing.js";
 import { CloseCode } from "./close-codes.js";
 import { decodeClientFrame, type Encoding, encodeServerFrame, type ServerFrameInit } from "./codec.js";
 import { TokenBucket } from "./rate-limit.js";
@@ -214,63 +220,34 @@ export class Connection {
           if (this.sends.flooded()) this.close(CloseCode.TOO_MANY_REQUESTS, "send flood");
           throw errors.exhausted("RATE_LIMITED", "too many messages; slow down", wait);
         }
-        const started = performance.now();
-        const target = req.value.target;
-        // Pipelined sends keep their order: each issues its append only after the previous one
-        // issued its own, while the durable waits overlap (group commit).
-        const issued = this.sendOrder.then(() =>
-          c.conversations.issue({
-            sender: user,
-            ...(target.case === "toUser" ? { toUser: target.value } : { conversationId: target.value ?? "" }),
-            clientMsgId: req.value.clientMsgId,
-            body: req.value.body,
-          }),
-        );
-        this.sendOrder = issued.then(
-          () => undefined,
-          () => undefined,
-        );
-        const { message, duplicate } = await (await issued).appended;
-        if (!duplicate) {
-          c.metrics.messagesTotal.inc();
-          c.metrics.appendSeconds.observe((performance.now() - started) / 1000);
-        }
-        return reply({
-          case: "ack",
-          value: {
-            conversationId: message.conversationId,
-            messageId: message.messageId,
-            seq: BigInt(message.seq),
-            clientMsgId: message.clientMsgId,
-            createdAtMs: BigInt(message.createdAtMs),
-            duplicate,
+        if (!tracing.on) return this.send(req.value, reply);
+        const traceparent = req.value.traceparent;
+        return inSpan(
+          "send",
+          {
+            kind: SpanKind.SERVER,
+            ...(traceparent ? { parent: { traceparent } } : {}),
+            attributes: { "switchboard.session.id": this.sessionId },
           },
-        });
+          (span) => this.send(req.value, reply, span),
+        );
       }
-      case "sync":
-        return this.sync(Number(req.value.cursor), req.value.limit, reply);
+      case "sync": {
+        const read = () => this.sync(Number(req.value.cursor), req.value.limit, reply);
+        return tracing.on ? inSpan("sync", { kind: SpanKind.SERVER }, read) : read();
+      }
       case "history": {
-        const { conversationId, beforeSeq, afterSeq, limit } = req.value;
-        await this.requireMember(conversationId);
-        const page = await c.backends.messages.history(conversationId, {
-          beforeSeq: Number(beforeSeq),
-          afterSeq: Number(afterSeq),
-          limit: this.pageLimit(limit),
-        });
-        // Bound the reply in bytes too: keep the end nearest the cursor the client paged from.
-        const kept = keepWithinBytes(
-          page.messages,
-          c.config.sync.pageBytesMax,
-          afterSeq > 0n ? "oldest" : "newest",
-        );
-        return reply({
-          case: "history",
-          value: {
-            conversationId,
-            messages: kept.map(toWireMessage),
-            hasMore: page.hasMore || kept.length < page.messages.length,
-          },
-        });
+        const read = () => this.history(req.value, reply);
+        return tracing.on
+          ? inSpan(
+              "history",
+              {
+                kind: SpanKind.SERVER,
+                attributes: { "switchboard.conversation.id": req.value.conversationId },
+              },
+              read,
+            )
+          : read();
       }
       case "createGroup": {
         const { name, members, open } = req.value;
@@ -502,6 +479,84 @@ export class Connection {
     this.ctx.presence
       .heartbeat({ userId: this.userId, sessionId: this.sessionId })
       .catch((err: unknown) => this.ctx.log.warn("gateway: presence heartbeat failed", { err }));
+  }
+
+  /** A page of a conversation's history (members only), bounded in messages and bytes. */
+  private async history(
+    value: HistoryValue,
+    reply: (kind: NonNullable<ServerFrameInit["kind"]>) => void,
+  ): Promise<void> {
+    const c = this.ctx;
+    const { conversationId, beforeSeq, afterSeq, limit } = value;
+    await this.requireMember(conversationId);
+    const page = await c.backends.messages.history(conversationId, {
+      beforeSeq: Number(beforeSeq),
+      afterSeq: Number(afterSeq),
+      limit: this.pageLimit(limit),
+    });
+    // Bound the reply in bytes too: keep the end nearest the cursor the client paged from.
+    const kept = keepWithinBytes(
+      page.messages,
+      c.config.sync.pageBytesMax,
+      afterSeq > 0n ? "oldest" : "newest",
+    );
+    reply({
+      case: "history",
+      value: {
+        conversationId,
+        messages: kept.map(toWireMessage),
+        hasMore: page.hasMore || kept.length < page.messages.length,
+      },
+    });
+  }
+
+  /** Appends a message (in the order of this connection's sends) and acks it once it is durable. */
+  private async send(
+    value: SendValue,
+    reply: (kind: NonNullable<ServerFrameInit["kind"]>) => void,
+    span?: Span,
+  ): Promise<void> {
+    const c = this.ctx;
+    const started = performance.now();
+    const target = value.target;
+    // Pipelined sends keep their order: each issues its append only after the previous one
+    // issued its own, while the durable waits overlap (group commit).
+    const issued = this.sendOrder.then(() =>
+      c.conversations.issue({
+        sender: this.userId,
+        ...(target.case === "toUser" ? { toUser: target.value } : { conversationId: target.value ?? "" }),
+        clientMsgId: value.clientMsgId,
+        body: value.body,
+      }),
+    );
+    this.sendOrder = issued.then(
+      () => undefined,
+      () => undefined,
+    );
+    const { message, duplicate } = await (await issued).appended;
+    if (!duplicate) {
+      c.metrics.messagesTotal.inc();
+      c.metrics.appendSeconds.observe((performance.now() - started) / 1000);
+    }
+    span?.setAttributes({
+      "switchboard.conversation.id": message.conversationId,
+      "switchboard.message.id": message.messageId,
+      "switchboard.seq": message.seq,
+      "switchboard.duplicate": duplicate,
+    });
+    const traceId = span?.isRecording() ? span.spanContext().traceId : "";
+    reply({
+      case: "ack",
+      value: {
+        conversationId: message.conversationId,
+        messageId: message.messageId,
+        seq: BigInt(message.seq),
+        clientMsgId: message.clientMsgId,
+        createdAtMs: BigInt(message.createdAtMs),
+        duplicate,
+        traceId,
+      },
+    });
   }
 
   reply(

@@ -8,10 +8,11 @@ import type { IncomingMessage } from "node:http";
 import type { Duplex } from "node:stream";
 import { WebSocketServer } from "ws";
 import type { MessageEvent } from "../../gen/switchboard/client/v1/client_pb.js";
-import type { GatewayService } from "../../gen/switchboard/gateway/v1/gateway_pb.js";
+import type { DeliverRequest, GatewayService } from "../../gen/switchboard/gateway/v1/gateway_pb.js";
 import { directConversationId } from "../conversations/index.js";
 import type { Identity } from "../lib/auth.js";
 import type { ServiceImpl } from "../lib/rpc.js";
+import { SpanKind, startSpan, tracing } from "../lib/tracing.js";
 import { CloseCode } from "./close-codes.js";
 import { type Encoding, encodeServerFrame, SUBPROTOCOL_BINARY, SUBPROTOCOL_JSON } from "./codec.js";
 import { Connection, type GatewayContext, type GatewayServices } from "./connection.js";
@@ -230,6 +231,7 @@ export class Gateway {
         try {
           for await (const req of requests) {
             if (req.recheckInboxes) gateway.recheckInboxes(req.userIds);
+            else if (tracing.on && req.traceparent) gateway.dispatchTraced(req);
             else gateway.dispatch(req.userIds, req.cursors, req.sessionIds, req.excludeSessionId, req.frame);
             if (++handled % CREDIT_EVERY_EVENTS === 0) yield { delivered: CREDIT_EVERY_EVENTS };
           }
@@ -254,18 +256,28 @@ export class Gateway {
     };
   }
 
+  /** dispatch() in a `deliver` span of the message's trace (the router's `route` span's child). */
+  private dispatchTraced(req: DeliverRequest): void {
+    const span = startSpan("deliver", { traceparent: req.traceparent }, { kind: SpanKind.CONSUMER });
+    const written = this.dispatch(req.userIds, req.cursors, req.sessionIds, req.excludeSessionId, req.frame);
+    span.setAttributes({ "switchboard.gateway.id": this.id, "switchboard.connections": written });
+    span.end();
+  }
+
+  /** Writes the frame to the connections it is for; returns how many. */
   private dispatch(
     userIds: string[],
     cursors: bigint[],
     sessionIds: string[],
     exclude: string,
     frame: import("../../gen/switchboard/client/v1/client_pb.js").ServerFrame | undefined,
-  ): void {
-    if (!frame) return;
+  ): number {
+    if (!frame) return 0;
+    let written = 0;
     if (frame.kind.case === "message") {
       const event = frame.kind.value as MessageEvent;
       const message = event.message;
-      if (!message) return;
+      if (!message) return 0;
       for (let i = 0; i < userIds.length; i++) {
         const conns = this.byUser.get(userIds[i]!);
         if (!conns) continue;
@@ -273,6 +285,7 @@ export class Gateway {
         const cache: Partial<Record<Encoding, string | Uint8Array>> = {};
         for (const conn of conns) {
           if (conn.sessionId === exclude) continue;
+          written++;
           const enc = conn.encoding;
           conn.deliverMessage(
             value,
@@ -280,11 +293,12 @@ export class Gateway {
           );
         }
       }
-      return;
+      return written;
     }
     const cache: Partial<Record<Encoding, string | Uint8Array>> = {};
     const send = (conn: Connection) => {
       if (conn.sessionId === exclude) return;
+      written++;
       let data = cache[conn.encoding];
       if (data === undefined) {
         data = encodeServerFrame(frame, conn.encoding);
@@ -297,6 +311,7 @@ export class Gateway {
       const conn = this.bySession.get(s);
       if (conn) send(conn);
     }
+    return written;
   }
 
   /**

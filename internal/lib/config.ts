@@ -39,6 +39,15 @@ const list = (def: string[], doc: string): Setting<string[]> => ({
       .map((s) => s.trim())
       .filter((s) => s.length > 0),
 });
+const ratio = (def: number, doc: string): Setting<number> => ({
+  default: def,
+  doc,
+  parse: (raw) => {
+    const n = Number(raw);
+    if (!(n >= 0 && n <= 1)) throw new Error("expected a number in [0, 1]");
+    return n;
+  },
+});
 const oneOf = <T extends string>(values: readonly T[], def: T, doc: string): Setting<T> => ({
   default: def,
   doc: `${doc} One of: ${values.join(", ")}.`,
@@ -272,6 +281,16 @@ export const schema = {
   },
   metrics: {
     enabled: bool(true, "Serve Prometheus metrics on /metrics."),
+  },
+  tracing: {
+    enabled: bool(
+      false,
+      "Export OpenTelemetry traces of the message path over OTLP. Where to and how come from the standard variables: OTEL_EXPORTER_OTLP_ENDPOINT (default http://localhost:4318), OTEL_EXPORTER_OTLP_PROTOCOL (http/protobuf, http/json or grpc), OTEL_SERVICE_NAME (default switchboard), OTEL_RESOURCE_ATTRIBUTES. Off: no span is made.",
+    ),
+    sampleRatio: ratio(
+      1,
+      "Share of new traces recorded (parent-based: a send whose client's traceparent is sampled is always recorded, one that is not never). 0.01 to 0.1 is usual in production.",
+    ),
   },
 } as const;
 

@@ -2,6 +2,8 @@
  * Structured logging: one JSON object per line on stderr (stdout belongs to CLI output).
  * Never log tokens or message bodies.
  */
+import { activeTraceFields, tracing } from "./tracing.js";
+
 export type Level = "debug" | "info" | "warn" | "error";
 const order: Record<Level, number> = { debug: 10, info: 20, warn: 30, error: 40 };
 
@@ -31,6 +33,7 @@ export function createLogger(base: Record<string, unknown> = {}): Logger {
   const write = (level: Level, msg: string, fields?: Record<string, unknown>) => {
     if (order[level] < order[minLevel]) return;
     const record: Record<string, unknown> = { time: new Date().toISOString(), level, msg, ...base };
+    if (tracing.on) Object.assign(record, activeTraceFields());
     if (fields) for (const [k, v] of Object.entries(fields)) record[k] = k === "err" ? serialiseError(v) : v;
     process.stderr.write(`${JSON.stringify(record)}\n`);
   };

@@ -8,6 +8,7 @@ import type { Gateway } from "../gateway/index.js";
 import type { Config } from "../lib/config.js";
 import type { Logger } from "../lib/log.js";
 import { createMetrics, type Metrics } from "../lib/metrics.js";
+import { startTracing } from "../lib/tracing.js";
 import { serveGrpc } from "./grpc.js";
 import { serveHttp } from "./http.js";
 
@@ -57,6 +58,7 @@ export async function runProcess(
   start: RoleStarter,
 ): Promise<RunningProcess> {
   const metrics = createMetrics();
+  const tracer = await startTracing(config, role, log);
   const owned: Array<{ close(): unknown }> = [];
   const checks: Array<() => string | undefined> = [];
   let phase: "starting" | "ready" | "stopping" = "starting";
@@ -90,7 +92,8 @@ export async function runProcess(
       // Clients first (they reconnect elsewhere), then the servers (no new calls), then what the role
       // opened, newest first (the router before the storage it writes to).
       await parts.gateway?.close();
-      for (const resource of [grpcServer, http, ...owned.splice(0).reverse()]) {
+      // Tracing last: it flushes the spans of everything closed before it.
+      for (const resource of [grpcServer, http, ...owned.splice(0).reverse(), tracer]) {
         if (!resource) continue;
         try {
           await resource.close();

@@ -30,6 +30,7 @@ import { toWireMessage } from "../conversations/index.js";
 import type { Logger } from "../lib/log.js";
 import type { Metrics } from "../lib/metrics.js";
 import type { ServiceClient } from "../lib/rpc.js";
+import { carrierOf, startSpan, tracing } from "../lib/tracing.js";
 import { type DeliverInit, type GatewayClient, GatewayLink } from "./gateway-link.js";
 
 export const CONSUMER_GROUP = "router";
@@ -60,6 +61,15 @@ export interface RouterOptions {
   streamQueueBytesMax: number;
   logger: Logger;
   metrics: Metrics;
+}
+
+/** Attributes of a message's `route` span. */
+function routeAttributes(m: StoredMessage) {
+  return {
+    "switchboard.conversation.id": m.conversationId,
+    "switchboard.message.id": m.messageId,
+    "switchboard.seq": m.seq,
+  };
 }
 
 export class Router {
@@ -201,6 +211,7 @@ export class Router {
       (m): InboxDelivery => ({
         message: m,
         recipients: recipientsOf(m).map((userId) => ({ userId, cursor: stored[i++]!.cursor })),
+        ...(m.trace ? { trace: m.trace } : {}),
       }),
     );
     this.deliver(deliveries);
@@ -212,7 +223,11 @@ export class Router {
    * and asks push to notify recipients with no device online (never the sender).
    */
   private deliver(batch: InboxDelivery[]): void {
-    for (const { message: m, recipients } of batch) {
+    for (const { message: m, recipients, trace } of batch) {
+      // The fan-out of a traced message is a span of its trace; each gateway's delivery its child.
+      const span =
+        tracing.on && trace ? startSpan("route", trace, { attributes: routeAttributes(m) }) : undefined;
+      const traceparent = (span && carrierOf(span)?.traceparent) ?? "";
       const perGateway = new Map<string, { userIds: string[]; cursors: bigint[] }>();
       for (const { userId, cursor } of recipients) {
         const sessions = this.byUser.get(userId);
@@ -239,9 +254,14 @@ export class Router {
         kind: { case: "message", value: { message: toWireMessage(m) } },
       };
       for (const [gatewayId, t] of perGateway) {
-        this.enqueue(gatewayId, { userIds: t.userIds, cursors: t.cursors, frame });
+        this.enqueue(gatewayId, { userIds: t.userIds, cursors: t.cursors, frame, traceparent });
         this.options.metrics.deliveriesTotal.inc(t.userIds.length);
       }
+      span?.setAttributes({
+        "switchboard.recipients": recipients.length,
+        "switchboard.gateways": perGateway.size,
+      });
+      span?.end();
     }
   }
 

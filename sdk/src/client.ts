@@ -148,6 +148,11 @@ export interface SendOptions {
   clientMsgId?: string;
   /** Overall deadline for this send, ms (0 = none); default the client's sendTimeoutMs. */
   timeoutMs?: number;
+  /**
+   * W3C trace context (a `traceparent` value) the server's spans for this message join; the ack's
+   * `traceId` names the trace the server recorded it in (docs/protocol.md, "Tracing").
+   */
+  traceparent?: string;
 }
 
 export interface HistoryQuery {
@@ -210,6 +215,7 @@ interface PendingSend {
   clientMsgId: string;
   target: SendWireTarget;
   body: string;
+  traceparent: string;
   promise: Promise<SendAck>;
   resolve(ack: SendAck): void;
   reject(err: SwitchboardClientError): void;
@@ -460,6 +466,7 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
       clientMsgId,
       target: wireTarget,
       body,
+      traceparent: options.traceparent ?? "",
       promise,
       resolve,
       reject,
@@ -1102,7 +1109,12 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
   private transmitSend(conn: Conn, entry: PendingSend): void {
     const kind: FrameKind = {
       case: "send",
-      value: { target: entry.target, clientMsgId: entry.clientMsgId, body: entry.body },
+      value: {
+        target: entry.target,
+        clientMsgId: entry.clientMsgId,
+        body: entry.body,
+        traceparent: entry.traceparent,
+      },
     };
     const sent = this.write(conn, kind);
     if (sent instanceof SwitchboardClientError) {

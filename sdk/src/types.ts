@@ -54,6 +54,8 @@ export interface SendAck {
   createdAtMs: number;
   /** True when the server had already stored this clientMsgId (e.g. a resend after a lost ack). */
   duplicate: boolean;
+  /** The trace the server recorded this send in (32 hex digits), or "" (tracing off, not sampled). */
+  traceId: string;
 }
 
 export interface Limits {
@@ -165,6 +167,7 @@ export function toSendAck(a: PbSendAck): SendAck {
     clientMsgId: a.clientMsgId,
     createdAtMs: num(a.createdAtMs),
     duplicate: a.duplicate,
+    traceId: a.traceId,
   };
 }
 

@@ -7,6 +7,7 @@
 import type { Client, QueryOptions, types } from "cassandra-driver";
 import cassandra from "cassandra-driver";
 import { Code, errors, SwitchboardError } from "../../lib/errors.js";
+import { context, inSpan, SpanKind, trace, tracing } from "../../lib/tracing.js";
 
 export type ConsistencyName = "ONE" | "LOCAL_ONE" | "QUORUM" | "LOCAL_QUORUM" | "EACH_QUORUM" | "ALL";
 export type SerialConsistencyName = "SERIAL" | "LOCAL_SERIAL";
@@ -170,6 +171,24 @@ export class Session {
   }
 
   private async timed<T>(kind: RequestKind, what: string, send: () => Promise<T>): Promise<T> {
+    // A request made for a traced batch or request is a span of it (none for background work).
+    if (tracing.on && trace.getSpan(context.active()))
+      return inSpan(
+        what,
+        {
+          kind: SpanKind.CLIENT,
+          attributes: {
+            "db.system.name": "cassandra",
+            "db.namespace": this.keyspace,
+            "db.operation.name": kind,
+          },
+        },
+        () => this.measured(kind, what, send),
+      );
+    return this.measured(kind, what, send);
+  }
+
+  private async measured<T>(kind: RequestKind, what: string, send: () => Promise<T>): Promise<T> {
     if (this.timers.length === 0) {
       try {
         return await send();

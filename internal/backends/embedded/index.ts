@@ -17,6 +17,7 @@ import { join } from "node:path";
 import { type Database, open, type RootDatabase } from "lmdb";
 import { assert, errors } from "../../lib/errors.js";
 import { KeyedMutex } from "../../lib/keyed-mutex.js";
+import { activeCarrier, type TraceCarrier, tracing } from "../../lib/tracing.js";
 import type {
   AppendResult,
   Backends,
@@ -29,6 +30,7 @@ import type {
   HistoryQuery,
   InboxEntry,
   InboxStore,
+  LoggedMessage,
   MembershipStore,
   MessageDraft,
   MessageLog,
@@ -46,6 +48,8 @@ const SEQ_MAX = Number.MAX_SAFE_INTEGER;
 /** Sorts after every string second element (keys are UTF-8; U+10FFFF is the largest code point). */
 const KEY_END = "\u{10FFFF}\u{10FFFF}";
 const CONSUME_BATCH_MAX = 512;
+/** Trace contexts kept for the router at most (embedded log, tracing on). */
+const TRACES_KEPT_MAX = 10_000;
 
 export interface EmbeddedOptions {
   dataDir: string;
@@ -136,6 +140,8 @@ type Guard = <T>(p: Promise<T>) => Promise<T>;
 class EmbeddedLog implements MessageLog {
   private readonly lastSeq = new Map<string, number>();
   private readonly pending = new Map<string, Promise<AppendResult>>();
+  /** Trace contexts of appended messages, by message id, until the router reads them (keepTrace). */
+  private readonly traces = new Map<string, TraceCarrier>();
   private head: number;
   private readonly wakers = new Set<() => void>();
   private readonly consumers = new Set<Closeable>();
@@ -182,6 +188,7 @@ class EmbeddedLog implements MessageLog {
       assert(original, `dedupe entry without message ${draft.conversationId}/${existingSeq}`);
       return Promise.resolve({ message: original, duplicate: true });
     }
+    if (tracing.on) this.keepTrace(draft.messageId);
     const seq = this.seqOf(draft.conversationId) + 1;
     this.lastSeq.set(draft.conversationId, seq);
     const position = ++this.head;
@@ -201,6 +208,17 @@ class EmbeddedLog implements MessageLog {
     return write;
   }
 
+  /**
+   * Keeps the sender's trace context for the router (in memory only, bounded: a trace is worth
+   * nothing after a restart, and a message the router never reads must not pin its entry).
+   */
+  private keepTrace(messageId: string): void {
+    const carrier = activeCarrier();
+    if (!carrier) return;
+    this.traces.set(messageId, carrier);
+    if (this.traces.size > TRACES_KEPT_MAX) this.traces.delete(this.traces.keys().next().value as string);
+  }
+
   async consume(group: string, handler: BatchHandler): Promise<Closeable> {
     let stopped = false;
     let wake: (() => void) | undefined;
@@ -209,12 +227,13 @@ class EmbeddedLog implements MessageLog {
     const loop = (async () => {
       let offset = this.offsets.get(group) ?? 0;
       while (!stopped && !this.isClosed()) {
-        const batch: StoredMessage[] = [];
+        const batch: LoggedMessage[] = [];
         let last = offset;
         for (const { key, value } of this.entries.getRange({ start: offset + 1, limit: CONSUME_BATCH_MAX })) {
           const message = this.messages.get(value);
           assert(message, `log entry ${String(key)} points at a missing message`);
-          batch.push(message);
+          const trace = this.traces.get(message.messageId);
+          batch.push(trace ? { ...message, trace } : message);
           last = key as number;
         }
         if (batch.length === 0) {

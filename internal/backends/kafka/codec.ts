@@ -1,7 +1,9 @@
 /** Records carry common.v1.Message in protobuf (drafts have seq 0). */
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import type { IHeaders } from "kafkajs";
 import { MessageSchema } from "../../../gen/switchboard/common/v1/common_pb.js";
 import { SessionRecordKind, SessionRecordSchema } from "../../../gen/switchboard/router/v1/router_pb.js";
+import type { TraceCarrier } from "../../lib/tracing.js";
 import type { MessageDraft, SessionEvent, StoredMessage } from "../types.js";
 
 export function encodeMessage(m: MessageDraft | StoredMessage): Buffer {
@@ -77,4 +79,12 @@ export function decodeSessionEvent(data: Buffer): SessionEvent {
     gatewayEpoch: Number(r.gatewayEpoch),
     ...(r.gatewayAddress ? { gatewayAddress: r.gatewayAddress } : {}),
   };
+}
+
+/** The W3C trace context a record carries in its `traceparent` and `tracestate` headers, if any. */
+export function traceOf(headers: IHeaders | undefined): TraceCarrier | undefined {
+  const traceparent = headers?.traceparent?.toString();
+  if (!traceparent) return undefined;
+  const tracestate = headers?.tracestate?.toString();
+  return tracestate ? { traceparent, tracestate } : { traceparent };
 }

@@ -2,6 +2,7 @@
  * What the partition-owning consumers (sequencer, inbox owner) and the log's consumers share: how they
  * read their partitions, and how a handled batch is committed.
  */
+import type { Attributes } from "@opentelemetry/api";
 import type { EachBatchPayload } from "kafkajs";
 
 /**
@@ -55,4 +56,16 @@ export class ConsumerLag {
   *entries(): Iterable<{ group: string; partition: number; records: number }> {
     for (const [partition, records] of this.byPartition) yield { group: this.group, partition, records };
   }
+}
+
+/** OpenTelemetry messaging attributes of a consumed batch's span. */
+export function batchAttributes({ batch }: EachBatchPayload, group: string): Attributes {
+  return {
+    "messaging.system": "kafka",
+    "messaging.operation.type": "process",
+    "messaging.destination.name": batch.topic,
+    "messaging.destination.partition.id": String(batch.partition),
+    "messaging.consumer.group.name": group,
+    "messaging.batch.message_count": batch.messages.length,
+  };
 }

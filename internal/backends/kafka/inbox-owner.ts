@@ -15,9 +15,10 @@
  */
 import type { Consumer, EachBatchPayload, Kafka } from "kafkajs";
 import type { Logger } from "../../lib/log.js";
+import { inSpan, linksTo, MessageSpans, SpanKind, type TraceCarrier, tracing } from "../../lib/tracing.js";
 import type { Closeable, InboxDelivery, InboxEntry, OwnershipStore } from "../types.js";
-import { decodeMessage } from "./codec.js";
-import { ConsumerLag, commitBatch, PARTITIONS_CONSUMED_CONCURRENTLY } from "./consumers.js";
+import { decodeMessage, traceOf } from "./codec.js";
+import { batchAttributes, ConsumerLag, commitBatch, PARTITIONS_CONSUMED_CONCURRENTLY } from "./consumers.js";
 import type { GroupMembers } from "./member-resume.js";
 import { OwnedPartitions } from "./owned-partitions.js";
 
@@ -127,12 +128,49 @@ export class InboxOwner implements Closeable {
   private async onBatch(payload: EachBatchPayload): Promise<void> {
     const { batch } = payload;
     if (batch.messages.length === 0) return;
+    if (!tracing.on) return this.applyBatch(payload);
+    // As in the sequencer: the batch's span links to each message's trace, and each message gets an
+    // `inbox` span in its own trace, which the router's fan-out continues.
+    const traces = batch.messages.map((m) => traceOf(m.headers));
+    const spans = new MessageSpans<number>("inbox");
+    return inSpan(
+      `process ${batch.topic}`,
+      {
+        kind: SpanKind.CONSUMER,
+        links: linksTo(traces),
+        attributes: batchAttributes(payload, this.o.groupId),
+      },
+      async () => {
+        try {
+          await this.applyBatch(payload, spans, traces);
+          spans.end();
+        } catch (err) {
+          spans.end(err);
+          throw err;
+        }
+      },
+    );
+  }
+
+  private async applyBatch(
+    payload: EachBatchPayload,
+    spans?: MessageSpans<number>,
+    traces?: Array<TraceCarrier | undefined>,
+  ): Promise<void> {
+    const { batch } = payload;
     const state = await this.partitions.claim(batch.partition);
-    const records = batch.messages.map((m) => {
+    const records = batch.messages.map((m, i) => {
       const users = m.headers?.[INBOX_RECIPIENTS_HEADER]?.toString() ?? "";
+      const message = decodeMessage(m.value!);
+      const offset = Number(m.offset);
+      spans?.start(offset, traces?.[i], {
+        "switchboard.conversation.id": message.conversationId,
+        "switchboard.message.id": message.messageId,
+        "switchboard.seq": message.seq,
+      });
       return {
-        offset: Number(m.offset),
-        message: decodeMessage(m.value!),
+        offset,
+        message,
         users: users === "" ? [] : users.split("\n"),
         redelivery: m.headers?.[REDELIVERY_HEADER]?.toString() === "1",
       };
@@ -175,7 +213,12 @@ export class InboxOwner implements Closeable {
         });
         recipients.push({ userId, cursor: h.head });
       }
-      if (recipients.length > 0) deliveries.push({ message: r.message, recipients });
+      if (recipients.length > 0) {
+        const trace = spans?.carrier(r.offset);
+        deliveries.push(
+          trace ? { message: r.message, recipients, trace } : { message: r.message, recipients },
+        );
+      }
     }
 
     try {

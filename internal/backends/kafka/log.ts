@@ -10,6 +10,7 @@ import { randomUUID } from "node:crypto";
 import type { Admin, Consumer, Kafka } from "kafkajs";
 import { errors } from "../../lib/errors.js";
 import type { Logger } from "../../lib/log.js";
+import { activeCarrier, tracing } from "../../lib/tracing.js";
 import type {
   AppendResult,
   BatchHandler,
@@ -20,7 +21,7 @@ import type {
   MessageLog,
 } from "../types.js";
 import type { BatchProducer } from "./batch-producer.js";
-import { decodeMessage, encodeMessage } from "./codec.js";
+import { decodeMessage, encodeMessage, traceOf } from "./codec.js";
 import { commitBatch } from "./consumers.js";
 import { INBOX_GROUP, InboxOwner, type InboxOwnerOptions } from "./inbox-owner.js";
 import {
@@ -78,9 +79,11 @@ export class KafkaMessageLog implements MessageLog {
     // then delivered by the await below or, if the produce failed first, deliberately dropped.
     sequenced.catch(() => undefined);
     try {
+      const trace = tracing.on ? activeCarrier() : undefined;
       await this.o.producer.send(this.o.draftsTopic, {
         key: draft.conversationId,
         value: encodeMessage(draft),
+        ...(trace ? { headers: trace } : {}),
       });
     } catch (err) {
       this.o.pending.delete(draft.messageId);
@@ -207,6 +210,8 @@ export class KafkaMessageLog implements MessageLog {
             const text = recipients.toString();
             message.recipients = text === "" ? [] : text.split("\n");
           }
+          const trace = traceOf(m.headers);
+          if (trace) message.trace = trace;
           return message;
         });
         // At-least-once: on failure kafkajs re-fetches from the last committed offset.

@@ -23,6 +23,7 @@
 import type { Consumer, EachBatchPayload, Kafka, KafkaMessage } from "kafkajs";
 import type { Logger } from "../../lib/log.js";
 import { shardOf } from "../../lib/shard.js";
+import { inSpan, linksTo, MessageSpans, SpanKind, type TraceCarrier, tracing } from "../../lib/tracing.js";
 import type {
   AppendResult,
   Closeable,
@@ -35,8 +36,8 @@ import type {
   StoredMessage,
 } from "../types.js";
 import type { BatchProducer } from "./batch-producer.js";
-import { decodeMessage, encodeMessage } from "./codec.js";
-import { ConsumerLag, commitBatch, PARTITIONS_CONSUMED_CONCURRENTLY } from "./consumers.js";
+import { decodeMessage, encodeMessage, traceOf } from "./codec.js";
+import { batchAttributes, ConsumerLag, commitBatch, PARTITIONS_CONSUMED_CONCURRENTLY } from "./consumers.js";
 import { INBOX_RECIPIENTS_HEADER, REDELIVERY_HEADER } from "./inbox-owner.js";
 import { MemberCache } from "./member-cache.js";
 import type { GroupMembers } from "./member-resume.js";
@@ -178,12 +179,46 @@ export class Sequencer implements Closeable {
   private async onBatch(payload: EachBatchPayload): Promise<void> {
     const { batch } = payload;
     if (batch.messages.length === 0) return;
-    const state = await this.partitions.claim(batch.partition);
-    const records: DraftRecord[] = batch.messages.map((m) =>
-      isMembershipRecord(m)
-        ? { kind: "membership", conversationId: m.key!.toString() }
-        : { kind: "draft", draft: decodeMessage(m.value!) },
+    if (!tracing.on) return this.sequenceBatch(payload);
+    // One span for the batch, linked to every message's trace; one `sequence` span per message in
+    // its own trace, whose context the emitted records carry on.
+    const traces = batch.messages.map((m) => traceOf(m.headers));
+    const spans = new MessageSpans<string>("sequence");
+    return inSpan(
+      `process ${batch.topic}`,
+      {
+        kind: SpanKind.CONSUMER,
+        links: linksTo(traces),
+        attributes: batchAttributes(payload, this.o.groupId),
+      },
+      async () => {
+        try {
+          await this.sequenceBatch(payload, spans, traces);
+          spans.end();
+        } catch (err) {
+          spans.end(err);
+          throw err;
+        }
+      },
     );
+  }
+
+  private async sequenceBatch(
+    payload: EachBatchPayload,
+    spans?: MessageSpans<string>,
+    traces?: Array<TraceCarrier | undefined>,
+  ): Promise<void> {
+    const { batch } = payload;
+    const state = await this.partitions.claim(batch.partition);
+    const records: DraftRecord[] = batch.messages.map((m, i) => {
+      if (isMembershipRecord(m)) return { kind: "membership", conversationId: m.key!.toString() };
+      const draft = decodeMessage(m.value!);
+      spans?.start(draft.messageId, traces?.[i], {
+        "switchboard.conversation.id": draft.conversationId,
+        "switchboard.message.id": draft.messageId,
+      });
+      return { kind: "draft", draft };
+    });
     const recipients = await this.recipients(state, records);
     const drafts = records.flatMap((r) => (r.kind === "draft" ? [r.draft] : []));
     let done: Sequenced;
@@ -211,6 +246,7 @@ export class Sequencer implements Closeable {
           m,
           recipients.get(m.conversationId)?.get(m.messageId) ?? [],
           done.redelivered.has(m.messageId),
+          spans?.carrier(m.messageId),
         ),
       ),
     );
@@ -222,13 +258,18 @@ export class Sequencer implements Closeable {
    * A sequenced message's records: one in the sequenced topic (keyed by conversation, for consumers of
    * the log), and with an inbox topic one per inbox partition of its recipients.
    */
-  private emit(m: StoredMessage, recipients: readonly string[], redelivery: boolean): Array<Promise<void>> {
+  private emit(
+    m: StoredMessage,
+    recipients: readonly string[],
+    redelivery: boolean,
+    trace: TraceCarrier | undefined,
+  ): Array<Promise<void>> {
     const value = encodeMessage(m);
     const sends = [
       this.o.producer.send(this.o.sequencedTopic, {
         key: m.conversationId,
         value,
-        headers: { seq: String(m.seq), [RECIPIENTS_HEADER]: recipients.join("\n") },
+        headers: { seq: String(m.seq), [RECIPIENTS_HEADER]: recipients.join("\n"), ...trace },
       }),
     ];
     const inbox = this.o.inbox;
@@ -248,6 +289,7 @@ export class Sequencer implements Closeable {
           headers: {
             [INBOX_RECIPIENTS_HEADER]: users.join("\n"),
             ...(redelivery ? { [REDELIVERY_HEADER]: "1" } : {}),
+            ...trace,
           },
         }),
       );

@@ -1,0 +1,176 @@
+/**
+ * OpenTelemetry traces of the message path (tracing.enabled). One trace follows a message from the
+ * client's send through the gateway, the log, the sequencer, the inbox owner and the router to every
+ * gateway that delivers it; the W3C trace context travels in Kafka record headers and in the router's
+ * Deliver requests. Where one batch serves many messages, the batch's span links to each message's.
+ *
+ * Off (the default), the SDK is never loaded and `tracing.on` is false: hot paths check it before
+ * making anything, so tracing off costs one branch.
+ */
+import {
+  type Attributes,
+  type Context,
+  context,
+  type Link,
+  propagation,
+  ROOT_CONTEXT,
+  type Span,
+  SpanKind,
+  SpanStatusCode,
+  trace,
+} from "@opentelemetry/api";
+import type { Config } from "./config.js";
+import type { Logger } from "./log.js";
+
+/** W3C trace context as carried between processes: `traceparent` (and `tracestate`, if any). */
+export type TraceCarrier = Record<string, string>;
+
+/** Whether spans are made (tracing.enabled and the SDK started). */
+export const tracing = { on: false };
+
+const tracer = trace.getTracer("switchboard");
+
+/**
+ * Starts the OpenTelemetry SDK when tracing.enabled: OTLP export as the OTEL_EXPORTER_OTLP_*
+ * variables say, parent-based sampling at tracing.sampleRatio. Returns what flushes and stops it.
+ */
+export async function startTracing(
+  config: Config,
+  role: string,
+  log: Logger,
+): Promise<{ close(): Promise<void> } | undefined> {
+  if (!config.tracing.enabled) return undefined;
+  const [{ NodeSDK }, { ParentBasedSampler, TraceIdRatioBasedSampler }, { resourceFromAttributes }] =
+    await Promise.all([
+      import("@opentelemetry/sdk-node"),
+      import("@opentelemetry/sdk-trace-base"),
+      import("@opentelemetry/resources"),
+    ]);
+  const sdk = new NodeSDK({
+    serviceName: process.env.OTEL_SERVICE_NAME ?? "switchboard",
+    resource: resourceFromAttributes({ "switchboard.role": role }),
+    sampler: new ParentBasedSampler({ root: new TraceIdRatioBasedSampler(config.tracing.sampleRatio) }),
+    // Spans are made by hand on the message path; automatic instrumentation of every library call
+    // (HTTP, gRPC, the drivers) would cost more than it tells.
+    instrumentations: [],
+  });
+  sdk.start();
+  tracing.on = true;
+  log.info("tracing on", {
+    endpoint: process.env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT ?? process.env.OTEL_EXPORTER_OTLP_ENDPOINT,
+    sampleRatio: config.tracing.sampleRatio,
+  });
+  return {
+    close: async () => {
+      tracing.on = false;
+      await sdk.shutdown();
+    },
+  };
+}
+
+/** The context a carrier describes (ROOT_CONTEXT when it carries none). */
+export function extractTrace(carrier: TraceCarrier | undefined): Context {
+  if (!carrier) return ROOT_CONTEXT;
+  return propagation.extract(ROOT_CONTEXT, carrier);
+}
+
+/** The carrier of `span` (undefined when it is not recorded: nothing to join). */
+export function carrierOf(span: Span): TraceCarrier | undefined {
+  if (!span.isRecording()) return undefined;
+  const carrier: TraceCarrier = {};
+  propagation.inject(trace.setSpan(ROOT_CONTEXT, span), carrier);
+  return carrier;
+}
+
+/** The carrier of the active span, if any. */
+export function activeCarrier(): TraceCarrier | undefined {
+  const span = trace.getSpan(context.active());
+  return span ? carrierOf(span) : undefined;
+}
+
+/** A span under `parent` (a context or a carrier); the caller ends it. */
+export function startSpan(
+  name: string,
+  parent: Context | TraceCarrier | undefined,
+  options: { kind?: SpanKind; attributes?: Attributes; links?: Link[] } = {},
+): Span {
+  const ctx = parent === undefined || isContext(parent) ? (parent ?? context.active()) : extractTrace(parent);
+  return tracer.startSpan(name, options, ctx);
+}
+
+function isContext(x: Context | TraceCarrier): x is Context {
+  return typeof (x as Context).getValue === "function";
+}
+
+/** Links to the spans of `carriers` (one batch span serving many messages). */
+export function linksTo(carriers: Iterable<TraceCarrier | undefined>): Link[] {
+  const links: Link[] = [];
+  for (const c of carriers) {
+    if (!c) continue;
+    const spanContext = trace.getSpanContext(extractTrace(c));
+    if (spanContext) links.push({ context: spanContext });
+  }
+  return links;
+}
+
+/** Runs `fn` in a span that ends with it, recording a thrown error. */
+export async function inSpan<T>(
+  name: string,
+  options: { kind?: SpanKind; attributes?: Attributes; links?: Link[]; parent?: Context | TraceCarrier },
+  fn: (span: Span) => Promise<T>,
+): Promise<T> {
+  const span = startSpan(name, options.parent, options);
+  try {
+    return await context.with(trace.setSpan(context.active(), span), () => fn(span));
+  } catch (err) {
+    span.recordException(err as Error);
+    span.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error).message });
+    throw err;
+  } finally {
+    span.end();
+  }
+}
+
+/**
+ * One span per message of a batch, each a child of its message's own trace (messages sent untraced
+ * get none), ended together with the batch's outcome. Their carriers go on with the messages.
+ */
+export class MessageSpans<K> {
+  private readonly spans = new Map<K, Span>();
+
+  constructor(private readonly name: string) {}
+
+  start(key: K, carrier: TraceCarrier | undefined, attributes?: Attributes): void {
+    if (!carrier) return;
+    this.spans.set(key, startSpan(this.name, carrier, attributes ? { attributes } : {}));
+  }
+
+  get(key: K): Span | undefined {
+    return this.spans.get(key);
+  }
+
+  carrier(key: K): TraceCarrier | undefined {
+    const span = this.spans.get(key);
+    return span ? carrierOf(span) : undefined;
+  }
+
+  /** Ends every span, as failed when `err` is given. */
+  end(err?: unknown): void {
+    for (const span of this.spans.values()) {
+      if (err !== undefined) {
+        span.recordException(err as Error);
+        span.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error).message });
+      }
+      span.end();
+    }
+    this.spans.clear();
+  }
+}
+
+/** trace_id and span_id of the active span, for log lines. */
+export function activeTraceFields(): { trace_id: string; span_id: string } | undefined {
+  const sc = trace.getSpanContext(context.active());
+  return sc && trace.isSpanContextValid(sc) ? { trace_id: sc.traceId, span_id: sc.spanId } : undefined;
+}
+
+export { context, type Span, SpanKind, SpanStatusCode, trace };

@@ -1,0 +1,145 @@
+/**
+ * With tracing on, one send makes one connected trace that joins the client's own trace and reaches
+ * every gateway delivery, on either backend (distributed: across the Kafka hops, with the batch spans
+ * linked to it). The spans are received by an OTLP/HTTP (JSON) receiver in this test, as a collector
+ * would receive them.
+ */
+import { randomBytes } from "node:crypto";
+import { createServer, type Server } from "node:http";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { expectCase, RawClient } from "../helpers/raw-client.js";
+import { devToken, type ServerProcess, startServer, testBackend } from "../helpers/server.js";
+
+interface OtlpSpan {
+  traceId: string;
+  spanId: string;
+  parentSpanId?: string;
+  name: string;
+  links?: Array<{ traceId: string; spanId: string }>;
+  attributes?: Array<{ key: string; value: { intValue?: string | number; stringValue?: string } }>;
+}
+
+const spans: OtlpSpan[] = [];
+let receiver: Server;
+let server: ServerProcess;
+
+beforeAll(async () => {
+  receiver = createServer((req, res) => {
+    let body = "";
+    req.on("data", (d: Buffer) => {
+      body += d.toString();
+    });
+    req.on("end", () => {
+      if (req.url === "/v1/traces") {
+        const request = JSON.parse(body) as {
+          resourceSpans?: Array<{ scopeSpans?: Array<{ spans?: OtlpSpan[] }> }>;
+        };
+        for (const rs of request.resourceSpans ?? [])
+          for (const ss of rs.scopeSpans ?? []) spans.push(...(ss.spans ?? []));
+      }
+      res.writeHead(200, { "content-type": "application/json" }).end("{}");
+    });
+  });
+  await new Promise<void>((r) => receiver.listen(0, "127.0.0.1", r));
+  const { port } = receiver.address() as { port: number };
+  server = await startServer({
+    env: {
+      SWITCHBOARD_TRACING_ENABLED: "true",
+      OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${port}`,
+      OTEL_EXPORTER_OTLP_PROTOCOL: "http/json",
+      OTEL_BSP_SCHEDULE_DELAY: "100",
+    },
+  });
+});
+afterAll(async () => {
+  await server?.dispose();
+  receiver?.close();
+});
+
+const attr = (s: OtlpSpan, key: string) => {
+  const v = s.attributes?.find((a) => a.key === key)?.value;
+  return v?.intValue !== undefined ? Number(v.intValue) : v?.stringValue;
+};
+
+describe("tracing", () => {
+  it("follows a send from the client's trace through the platform to every delivery", async () => {
+    const alice = await RawClient.connect(server.url, {
+      token: await devToken(server.dataDir, "trace-alice"),
+    });
+    const bobToken = await devToken(server.dataDir, "trace-bob");
+    const bobPhone = await RawClient.connect(server.url, { token: bobToken });
+    const bobLaptop = await RawClient.connect(server.url, { token: bobToken });
+    await bobPhone.syncAll();
+    await bobLaptop.syncAll();
+    const traceId = randomBytes(16).toString("hex");
+    const clientSpanId = randomBytes(8).toString("hex");
+    const arrived = Promise.all(
+      [bobPhone, bobLaptop].map((c) => c.nextEvent((f) => f.kind.case === "message")),
+    );
+    const ack = expectCase(
+      await alice.request({
+        case: "send",
+        value: {
+          target: { case: "toUser", value: "trace-bob" },
+          clientMsgId: "traced",
+          body: "follow me",
+          traceparent: `00-${traceId}-${clientSpanId}-01`,
+        },
+      }),
+      "ack",
+    );
+    await arrived;
+    // The ack names the client's trace: the server's spans joined it.
+    expect(ack.traceId).toBe(traceId);
+
+    // Until the export brought the delivery's span.
+    const deadline = Date.now() + 20_000;
+    const ours = () => spans.filter((s) => s.traceId === traceId);
+    while (!ours().some((s) => s.name === "deliver" && Number(attr(s, "switchboard.connections")) >= 2)) {
+      if (Date.now() > deadline)
+        throw new Error(
+          `no deliver span; got ${ours()
+            .map((s) => s.name)
+            .join(", ")}`,
+        );
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const trace = ours();
+    const names = trace.map((s) => s.name);
+    expect(names).toContain("send");
+    expect(names).toContain("route");
+    if (testBackend === "distributed") {
+      expect(names).toContain("sequence");
+      expect(names).toContain("inbox");
+    }
+    // One connected tree under the client's span: every span's parent is in the trace.
+    const ids = new Set([clientSpanId, ...trace.map((s) => s.spanId)]);
+    for (const s of trace) expect(ids, `${s.name}'s parent ${s.parentSpanId}`).toContain(s.parentSpanId);
+    const send = trace.find((s) => s.name === "send")!;
+    expect(send.parentSpanId).toBe(clientSpanId);
+    expect(attr(send, "switchboard.message.id")).toBe(ack.messageId);
+    // The deliver span descends from the send span (route, and on Kafka sequence and inbox, between).
+    const byId = new Map(trace.map((s) => [s.spanId, s]));
+    let s: OtlpSpan | undefined = trace.find((x) => x.name === "deliver");
+    const chain: string[] = [];
+    while (s) {
+      chain.push(s.name);
+      s = s.parentSpanId ? byId.get(s.parentSpanId) : undefined;
+    }
+    expect(chain).toEqual(
+      testBackend === "distributed"
+        ? ["deliver", "route", "inbox", "sequence", "send"]
+        : ["deliver", "route", "send"],
+    );
+    if (testBackend === "distributed") {
+      // The Kafka batches that carried it are spans of their own, linked to the message's.
+      const linked = spans.filter(
+        (b) => b.name.startsWith("process ") && b.links?.some((l) => ids.has(l.spanId)),
+      );
+      expect(linked.length).toBeGreaterThanOrEqual(2);
+    }
+    alice.close();
+    bobPhone.close();
+    bobLaptop.close();
+  });
+});
