@@ -13,7 +13,9 @@ import { parseArgs } from "node:util";
 import { KubeConfig, type KubernetesObject } from "@kubernetes/client-node";
 import { Registry } from "prom-client";
 import { provisionDistributed } from "../internal/backends/distributed/provision.js";
+import { loadConfig } from "../internal/lib/config.js";
 import { createLogger, type Logger } from "../internal/lib/log.js";
+import { inSpan, ROOT_CONTEXT, startTracing, tracing } from "../internal/lib/tracing.js";
 import { API_VERSION, type ChatCluster, KIND } from "./api/v1alpha1.js";
 import { EventRecorder } from "./controller/events.js";
 import { createGatewayClients } from "./controller/gateway-client.js";
@@ -59,20 +61,22 @@ export async function startOperator(o: OperatorOptions): Promise<RunningOperator
     gone,
     events: new EventRecorder(kube, o.identity, log),
     provision: (kafka, cassandra, cluster) =>
-      provisionDistributed({
-        kafka: {
-          brokers: kafka.brokers,
-          topicPrefix: kafka.topicPrefix,
-          ...(kafka.ssl === undefined ? {} : { ssl: kafka.ssl }),
-          ...(kafka.sasl === undefined ? {} : { sasl: kafka.sasl }),
-          partitions: cluster.spec.kafka.topics.partitions,
-          replicationFactor: cluster.spec.kafka.topics.replicationFactor,
-          retentionHours: cluster.spec.kafka.topics.retentionHours,
-        },
-        cassandra,
-        clientId: `switchboard-operator-${o.identity}`,
-        log,
-      }),
+      inSpan("provision storage", { attributes: { "switchboard.topic_prefix": kafka.topicPrefix } }, () =>
+        provisionDistributed({
+          kafka: {
+            brokers: kafka.brokers,
+            topicPrefix: kafka.topicPrefix,
+            ...(kafka.ssl === undefined ? {} : { ssl: kafka.ssl }),
+            ...(kafka.sasl === undefined ? {} : { sasl: kafka.sasl }),
+            partitions: cluster.spec.kafka.topics.partitions,
+            replicationFactor: cluster.spec.kafka.topics.replicationFactor,
+            retentionHours: cluster.spec.kafka.topics.retentionHours,
+          },
+          cassandra,
+          clientId: `switchboard-operator-${o.identity}`,
+          log,
+        }),
+      ),
     log,
     pollIntervalMs: o.pollIntervalMs,
   });
@@ -145,7 +149,7 @@ export async function startOperator(o: OperatorOptions): Promise<RunningOperator
     log.info("leading: starting informers and workers");
     await Promise.all([clusters.start(), ...owned.map((i) => i.start())]);
     synced = true;
-    const workers = queue.run(o.workers, (key) => reconciler.reconcile(key), log);
+    const workers = queue.run(o.workers, (key) => reconcileTraced(reconciler, key), log);
     await new Promise<void>((resolve) => signal.addEventListener("abort", () => resolve(), { once: true }));
     await Promise.all([clusters.stop(), ...owned.map((i) => i.stop())]);
     await queue.shutDown();
@@ -203,6 +207,8 @@ export async function runOperator(argv: string[]): Promise<number> {
   kubeConfig.loadFromDefault();
   const identity = process.env.POD_NAME ?? `${hostname()}-${process.pid}`;
   const log = createLogger({ service: "operator", identity });
+  // The same switches as the platform's processes: SWITCHBOARD_TRACING_ENABLED and the OTEL_* variables.
+  const tracer = await startTracing(loadConfig(), "operator", log);
   const operator = await startOperator({
     kubeConfig,
     leaseNamespace: values["lease-namespace"] ?? process.env.POD_NAMESPACE ?? "default",
@@ -220,7 +226,10 @@ export async function runOperator(argv: string[]): Promise<number> {
   return new Promise<number>((resolve) => {
     const stop = (signal: string) => {
       log.info("stopping", { signal });
-      operator.stop().then(() => resolve(0));
+      operator
+        .stop()
+        .then(() => tracer?.close())
+        .then(() => resolve(0));
     };
     process.once("SIGINT", () => stop("SIGINT"));
     process.once("SIGTERM", () => stop("SIGTERM"));
@@ -230,6 +239,23 @@ export async function runOperator(argv: string[]): Promise<number> {
       operator.stop().then(() => resolve(1));
     });
   });
+}
+
+/** One trace per reconcile (tracing on): its Kubernetes, Kafka and Cassandra calls are its children. */
+function reconcileTraced(
+  reconciler: ChatClusterReconciler,
+  key: string,
+): ReturnType<ChatClusterReconciler["reconcile"]> {
+  if (!tracing.on) return reconciler.reconcile(key);
+  const [namespace, name] = key.split("/");
+  return inSpan(
+    "reconcile ChatCluster",
+    {
+      parent: ROOT_CONTEXT,
+      attributes: { "k8s.namespace.name": namespace ?? "", "switchboard.chatcluster": name ?? "" },
+    },
+    () => reconciler.reconcile(key),
+  );
 }
 
 function parseSeconds(text: string): number {

@@ -35,7 +35,7 @@ const tracer = trace.getTracer("switchboard");
  * variables say, parent-based sampling at tracing.sampleRatio. Returns what flushes and stops it.
  */
 export async function startTracing(
-  config: Config,
+  config: Pick<Config, "tracing">,
   role: string,
   log: Logger,
 ): Promise<{ close(): Promise<void> } | undefined> {
@@ -173,4 +173,4 @@ export function activeTraceFields(): { trace_id: string; span_id: string } | und
   return sc && trace.isSpanContextValid(sc) ? { trace_id: sc.traceId, span_id: sc.spanId } : undefined;
 }
 
-export { context, type Span, SpanKind, SpanStatusCode, trace };
+export { context, ROOT_CONTEXT, type Span, SpanKind, SpanStatusCode, trace };

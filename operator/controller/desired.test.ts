@@ -268,6 +268,21 @@ describe("desiredObjects", () => {
       find<V1ConfigMap>(desiredObjects(plain, inputs), "ConfigMap", "chat-config")?.data,
     );
     expect(none.kafka).toMatchObject({ tls: false, saslMechanism: "none" });
+    // No OTLP endpoint in the spec: the services make no span.
+    expect(config.tracing.enabled).toBe(false);
+  });
+
+  it("turns tracing on, with the OTLP endpoint, when the spec names one", () => {
+    const traced: ChatCluster = {
+      ...cluster,
+      spec: {
+        ...spec,
+        observability: { ...spec.observability, otlp: { endpoint: "http://otel-collector:4318" } },
+      },
+    };
+    const data = find<V1ConfigMap>(desiredObjects(traced, inputs), "ConfigMap", "chat-config")?.data ?? {};
+    expect(data.OTEL_EXPORTER_OTLP_ENDPOINT).toBe("http://otel-collector:4318");
+    expect(loadConfig(data).tracing.enabled).toBe(true);
   });
 
   it("names every component's headless Service, and each presence shard's Pod, as gRPC targets", () => {

@@ -8,6 +8,7 @@
  */
 import { request as httpsRequest, type RequestOptions } from "node:https";
 import type { KubeConfig, KubernetesObject } from "@kubernetes/client-node";
+import { context, inSpan, SpanKind, trace, tracing } from "../../internal/lib/tracing.js";
 
 /** The one field manager for every server-side apply: the operator owns what it applies, nothing else. */
 export const FIELD_MANAGER = "switchboard-operator";
@@ -154,6 +155,20 @@ export class KubeClient {
     body?: unknown,
     contentType = "application/json",
   ): Promise<unknown> {
+    // Within a traced reconcile, every API call is a client span of it.
+    if (tracing.on && trace.getSpan(context.active()))
+      return inSpan(
+        method,
+        {
+          kind: SpanKind.CLIENT,
+          attributes: { "http.request.method": method, "url.path": path.split("?")[0] ?? path },
+        },
+        () => this.send(method, path, body, contentType),
+      );
+    return this.send(method, path, body, contentType);
+  }
+
+  private async send(method: string, path: string, body: unknown, contentType: string): Promise<unknown> {
     const cluster = this.kubeConfig.getCurrentCluster();
     if (!cluster) throw new Error("kube client: the kubeconfig has no current cluster");
     const url = new URL(path, cluster.server);

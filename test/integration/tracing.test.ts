@@ -5,61 +5,22 @@
  * would receive them.
  */
 import { randomBytes } from "node:crypto";
-import { createServer, type Server } from "node:http";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { spanAttribute as attr, OtlpReceiver, type OtlpSpan } from "../helpers/otlp-receiver.js";
 import { expectCase, RawClient } from "../helpers/raw-client.js";
 import { devToken, type ServerProcess, startServer, testBackend } from "../helpers/server.js";
 
-interface OtlpSpan {
-  traceId: string;
-  spanId: string;
-  parentSpanId?: string;
-  name: string;
-  links?: Array<{ traceId: string; spanId: string }>;
-  attributes?: Array<{ key: string; value: { intValue?: string | number; stringValue?: string } }>;
-}
-
-const spans: OtlpSpan[] = [];
-let receiver: Server;
+let receiver: OtlpReceiver;
 let server: ServerProcess;
 
 beforeAll(async () => {
-  receiver = createServer((req, res) => {
-    let body = "";
-    req.on("data", (d: Buffer) => {
-      body += d.toString();
-    });
-    req.on("end", () => {
-      if (req.url === "/v1/traces") {
-        const request = JSON.parse(body) as {
-          resourceSpans?: Array<{ scopeSpans?: Array<{ spans?: OtlpSpan[] }> }>;
-        };
-        for (const rs of request.resourceSpans ?? [])
-          for (const ss of rs.scopeSpans ?? []) spans.push(...(ss.spans ?? []));
-      }
-      res.writeHead(200, { "content-type": "application/json" }).end("{}");
-    });
-  });
-  await new Promise<void>((r) => receiver.listen(0, "127.0.0.1", r));
-  const { port } = receiver.address() as { port: number };
-  server = await startServer({
-    env: {
-      SWITCHBOARD_TRACING_ENABLED: "true",
-      OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${port}`,
-      OTEL_EXPORTER_OTLP_PROTOCOL: "http/json",
-      OTEL_BSP_SCHEDULE_DELAY: "100",
-    },
-  });
+  receiver = await OtlpReceiver.start();
+  server = await startServer({ env: receiver.env });
 });
 afterAll(async () => {
   await server?.dispose();
   receiver?.close();
 });
-
-const attr = (s: OtlpSpan, key: string) => {
-  const v = s.attributes?.find((a) => a.key === key)?.value;
-  return v?.intValue !== undefined ? Number(v.intValue) : v?.stringValue;
-};
 
 describe("tracing", () => {
   it("follows a send from the client's trace through the platform to every delivery", async () => {
@@ -94,7 +55,7 @@ describe("tracing", () => {
 
     // Until the export brought the delivery's span.
     const deadline = Date.now() + 20_000;
-    const ours = () => spans.filter((s) => s.traceId === traceId);
+    const ours = () => receiver.spans.filter((s) => s.traceId === traceId);
     while (!ours().some((s) => s.name === "deliver" && Number(attr(s, "switchboard.connections")) >= 2)) {
       if (Date.now() > deadline)
         throw new Error(
@@ -133,7 +94,7 @@ describe("tracing", () => {
     );
     if (testBackend === "distributed") {
       // The Kafka batches that carried it are spans of their own, linked to the message's.
-      const linked = spans.filter(
+      const linked = receiver.spans.filter(
         (b) => b.name.startsWith("process ") && b.links?.some((l) => ids.has(l.spanId)),
       );
       expect(linked.length).toBeGreaterThanOrEqual(2);

@@ -16,6 +16,8 @@ export interface OperatorOptions {
   leaseNamespace: string;
   leaseName: string;
   pollInterval?: string;
+  /** Extra environment (e.g. tracing's). */
+  env?: Record<string, string>;
 }
 
 export class OperatorProcess {
@@ -42,7 +44,10 @@ export class OperatorProcess {
         "--poll-interval",
         this.o.pollInterval ?? "1s",
       ],
-      { env: { ...process.env, KUBECONFIG: this.o.kubeconfig }, stdio: ["ignore", "pipe", "pipe"] },
+      {
+        env: { ...process.env, ...this.o.env, KUBECONFIG: this.o.kubeconfig },
+        stdio: ["ignore", "pipe", "pipe"],
+      },
     );
     this.child = child;
     child.stderr?.setEncoding("utf8").on("data", (d: string) => {
@@ -116,7 +121,11 @@ export interface ChartRelease {
  * `helm install`s the chart (its operator Deployment lands on kwok's fake node and does not run)
  * and returns an operator process that runs here as the chart's ServiceAccount, not yet started.
  */
-export async function installChartOperator(tools: Tools, chart: ChartRelease): Promise<OperatorProcess> {
+export async function installChartOperator(
+  tools: Tools,
+  chart: ChartRelease,
+  env?: Record<string, string>,
+): Promise<OperatorProcess> {
   const installed = await helm(tools, [
     "install",
     chart.release,
@@ -139,6 +148,7 @@ export async function installChartOperator(tools: Tools, chart: ChartRelease): P
     ),
     leaseNamespace: chart.systemNamespace,
     leaseName: `switchboard-operator-${chart.release}`,
+    ...(env ? { env } : {}),
   });
 }
 

@@ -20,6 +20,7 @@ import { SessionRecordKind, SessionRecordSchema } from "../../gen/switchboard/ro
 import type { ChatCluster } from "../../operator/api/v1alpha1.js";
 import type { PodMonitor } from "../../operator/controller/monitoring.js";
 import { KubeClient } from "../../operator/kube/client.js";
+import { OtlpReceiver, spanAttribute } from "../helpers/otlp-receiver.js";
 import { ensureServer } from "../infra/servers.js";
 import { GatewayFarm } from "./fake-gateways.js";
 import { kubectl as kubectlWith, kubeTools, type Tools, waitFor } from "./helpers.js";
@@ -41,6 +42,7 @@ let cassandraPoints: string[];
 const kubectl = (args: string[], input?: string) => kubectlWith(tools, args, input);
 
 let operator: OperatorProcess;
+let receiver: OtlpReceiver;
 
 function clusterManifest(name: string, overrides: Record<string, unknown> = {}): ChatCluster {
   return {
@@ -157,7 +159,9 @@ beforeAll(async () => {
   kube = new KubeClient(kc);
   // The chart installs the CRD, the operator's ServiceAccount, least-privilege RBAC and its
   // Deployment (a kwok Pod: it does not run). The operator under test runs here, as that account.
-  operator = await installChartOperator(tools, CHART);
+  // Tracing on: every reconcile below is also a trace, received here.
+  receiver = await OtlpReceiver.start();
+  operator = await installChartOperator(tools, CHART, receiver.env);
   await kubectl(["create", "namespace", NS]);
   await kubectl(["label", "namespace", NS, "pod-security.kubernetes.io/enforce=restricted"]);
   await waitFor("default ServiceAccount", () => kubectl(["get", "serviceaccount", "default", "-n", NS]));
@@ -166,6 +170,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await operator.kill("SIGTERM");
+  receiver?.close();
   await removeChartAndClusters(tools, CHART, NS);
 });
 
@@ -340,6 +345,46 @@ describe("operator against a real API server", () => {
       // What it did is on record as Events.
       const events = await kubectl(["get", "events.events.k8s.io", "-n", NS, "-o", "json"]);
       expect(events).toContain('"reason": "Provisioned"');
+    }),
+  );
+
+  it(
+    "makes one trace per reconcile, with its API calls and the storage provisioning as children",
+    onFailure(async () => {
+      // alpha was reconciled above; its first reconcile provisioned its storage.
+      const roots = await waitFor(
+        "reconcile spans of alpha",
+        async () => {
+          const found = receiver.spans.filter(
+            (s) =>
+              s.name === "reconcile ChatCluster" && spanAttribute(s, "switchboard.chatcluster") === "alpha",
+          );
+          return found.some((r) =>
+            receiver.spans.some((s) => s.traceId === r.traceId && s.name === "provision storage"),
+          )
+            ? found
+            : undefined;
+        },
+        30_000,
+      );
+      for (const root of roots) {
+        // A trace of its own: no parent, and every other span of the trace descends from it.
+        expect(root.parentSpanId ?? "").toBe("");
+        expect(spanAttribute(root, "k8s.namespace.name")).toBe(NS);
+        const trace = receiver.spans.filter((s) => s.traceId === root.traceId);
+        const ids = new Set(trace.map((s) => s.spanId));
+        for (const s of trace) if (s !== root) expect(ids, `${s.name}'s parent`).toContain(s.parentSpanId);
+      }
+      const provisioning = roots.find((r) =>
+        receiver.spans.some((s) => s.traceId === r.traceId && s.name === "provision storage"),
+      )!;
+      const children = receiver.spans.filter((s) => s.traceId === provisioning.traceId);
+      // Kubernetes API calls as client spans (server-side apply is a PATCH); Kafka's and Cassandra's.
+      expect(
+        children.some((s) => s.name === "PATCH" && String(spanAttribute(s, "url.path")).includes(NS)),
+      ).toBe(true);
+      expect(children.some((s) => spanAttribute(s, "db.system.name") === "cassandra")).toBe(true);
+      expect(children.some((s) => spanAttribute(s, "messaging.system") === "kafka")).toBe(true);
     }),
   );
 

@@ -10,6 +10,7 @@
 import cassandra from "cassandra-driver";
 import { Kafka, type KafkaConfig, logLevel } from "kafkajs";
 import type { Logger } from "../../lib/log.js";
+import { inSpan, SpanKind } from "../../lib/tracing.js";
 import { migrate, type Replication } from "../cassandra/schema.js";
 import { checkKeyspaceName, storageError } from "../cassandra/session.js";
 import { ensureTopics, topicNames } from "../kafka/topics.js";
@@ -42,7 +43,25 @@ export interface ProvisionResult {
 }
 
 export async function provisionDistributed(o: ProvisionOptions): Promise<ProvisionResult> {
-  const [topics, schema] = await Promise.all([provisionTopics(o), provisionSchema(o)]);
+  // Client spans of whoever provisions (a traced reconcile of the operator).
+  const [topics, schema] = await Promise.all([
+    inSpan(
+      "create Kafka topics",
+      {
+        kind: SpanKind.CLIENT,
+        attributes: { "messaging.system": "kafka", "switchboard.topic_prefix": o.kafka.topicPrefix },
+      },
+      () => provisionTopics(o),
+    ),
+    inSpan(
+      "migrate Cassandra schema",
+      {
+        kind: SpanKind.CLIENT,
+        attributes: { "db.system.name": "cassandra", "db.namespace": o.cassandra.keyspace },
+      },
+      () => provisionSchema(o),
+    ),
+  ]);
   return { topics, schemaVersion: schema.version, migrationsApplied: schema.applied };
 }
 
