@@ -17,6 +17,7 @@ import {
 } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
 import { Code, SwitchboardError } from "./errors.js";
+import { activeCarrier, context, inSpan, SpanKind, trace, tracing } from "./tracing.js";
 
 /** Per-call context handed to service implementations. */
 export interface CallContext {
@@ -148,6 +149,11 @@ function contextOf(call: grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerDup
   return { signal: ctl.signal, peer: call.getPeer() };
 }
 
+/** OpenTelemetry RPC attributes of a call's span. */
+function rpcAttributes(service: DescService, method: DescMethod) {
+  return { "rpc.system": "grpc", "rpc.service": service.typeName, "rpc.method": method.name };
+}
+
 /** Registers a protobuf-es service implementation on a grpc-js server. */
 export function addService<S extends DescService>(
   server: grpc.Server,
@@ -163,8 +169,23 @@ export function addService<S extends DescService>(
         call: grpc.ServerUnaryCall<unknown, unknown>,
         cb: grpc.sendUnaryData<unknown>,
       ) => {
+        const run = () => fn(call.request, contextOf(call)) as Promise<MessageInitShape<DescMessage>>;
+        // A call made in a trace (its traceparent in the metadata) is a server span of that trace.
+        const traceparent = tracing.on ? call.metadata.get("traceparent")[0] : undefined;
         Promise.resolve()
-          .then(() => fn(call.request, contextOf(call)) as Promise<MessageInitShape<DescMessage>>)
+          .then(() =>
+            typeof traceparent === "string"
+              ? inSpan(
+                  `${service.typeName}/${method.name}`,
+                  {
+                    kind: SpanKind.SERVER,
+                    parent: { traceparent },
+                    attributes: rpcAttributes(service, method),
+                  },
+                  run,
+                )
+              : run(),
+          )
           .then(
             (res) => cb(null, create(method.output, res)),
             (err: unknown) => cb(toStatus(err)),
@@ -236,18 +257,31 @@ export function grpcClient<S extends DescService>(
     if (!isSupported(method)) continue;
     const call = raw[method.localName]!.bind(raw);
     if (method.methodKind === "unary") {
-      client[method.localName] = (req: MessageInitShape<DescMessage>, opts?: CallOptions) =>
+      const unary = (
+        req: MessageInitShape<DescMessage>,
+        opts: CallOptions | undefined,
+        metadata: grpc.Metadata,
+      ) =>
         new Promise((resolve, reject) => {
           const deadline = Date.now() + (opts?.timeoutMs ?? DEFAULT_UNARY_TIMEOUT_MS);
-          const c = call(
-            create(method.input, req),
-            new grpc.Metadata(),
-            { deadline },
-            (err: unknown, res: unknown) =>
-              err ? reject(fromStatus(err as grpc.ServiceError)) : resolve(res),
+          const c = call(create(method.input, req), metadata, { deadline }, (err: unknown, res: unknown) =>
+            err ? reject(fromStatus(err as grpc.ServiceError)) : resolve(res),
           ) as grpc.ClientUnaryCall;
           opts?.signal?.addEventListener("abort", () => c.cancel(), { once: true });
         });
+      client[method.localName] = (req: MessageInitShape<DescMessage>, opts?: CallOptions) => {
+        // Within a trace, the call is a client span whose context travels in the metadata.
+        if (!tracing.on || !trace.getSpan(context.active())) return unary(req, opts, new grpc.Metadata());
+        return inSpan(
+          `${service.typeName}/${method.name}`,
+          { kind: SpanKind.CLIENT, attributes: rpcAttributes(service, method) },
+          () => {
+            const metadata = new grpc.Metadata();
+            for (const [k, v] of Object.entries(activeCarrier() ?? {})) metadata.set(k, v);
+            return unary(req, opts, metadata);
+          },
+        );
+      };
     } else {
       client[method.localName] = (reqs: AsyncIterable<MessageInitShape<DescMessage>>, opts?: CallOptions) => {
         const options: grpc.CallOptions = opts?.timeoutMs ? { deadline: Date.now() + opts.timeoutMs } : {};

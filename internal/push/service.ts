@@ -11,6 +11,7 @@ import { errors } from "../lib/errors.js";
 import type { Logger } from "../lib/log.js";
 import type { Metrics } from "../lib/metrics.js";
 import type { ServiceImpl } from "../lib/rpc.js";
+import { activeCarrier, context, inSpan, SpanKind, trace, tracing } from "../lib/tracing.js";
 
 export const DEVICES_PER_USER_MAX = 20;
 const TOKEN_CHARS_MAX = 4_096;
@@ -73,7 +74,18 @@ export class Push {
     return targets.length;
   }
 
-  private async deliver(n: Notification, device: DeviceRecord | null): Promise<void> {
+  private deliver(n: Notification, device: DeviceRecord | null): Promise<void> {
+    // A notification for a traced message is a client span of its trace (the router's fan-out).
+    if (!tracing.on || !trace.getSpan(context.active())) return this.send(n, device);
+    const provider = device?.provider ?? "webhook";
+    return inSpan(
+      `push ${provider}`,
+      { kind: SpanKind.CLIENT, attributes: { "switchboard.push.provider": provider } },
+      () => this.send(n, device),
+    );
+  }
+
+  private async send(n: Notification, device: DeviceRecord | null): Promise<void> {
     const provider = device?.provider ?? "webhook";
     if (provider !== "webhook") {
       this.options.metrics.pushNotifications.inc({ result: "unsupported" });
@@ -85,7 +97,8 @@ export class Push {
       try {
         const res = await this.fetchImpl(url, {
           method: "POST",
-          headers: { "content-type": "application/json" },
+          // W3C trace context, so the receiving service can join the message's trace.
+          headers: { "content-type": "application/json", ...(tracing.on ? activeCarrier() : undefined) },
           body: JSON.stringify({
             user_id: n.userId,
             conversation_id: n.conversationId,

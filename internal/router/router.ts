@@ -30,7 +30,7 @@ import { toWireMessage } from "../conversations/index.js";
 import type { Logger } from "../lib/log.js";
 import type { Metrics } from "../lib/metrics.js";
 import type { ServiceClient } from "../lib/rpc.js";
-import { carrierOf, startSpan, tracing } from "../lib/tracing.js";
+import { carrierOf, context, startSpan, trace, tracing } from "../lib/tracing.js";
 import { type DeliverInit, type GatewayClient, GatewayLink } from "./gateway-link.js";
 
 export const CONSUMER_GROUP = "router";
@@ -223,16 +223,20 @@ export class Router {
    * and asks push to notify recipients with no device online (never the sender).
    */
   private deliver(batch: InboxDelivery[]): void {
-    for (const { message: m, recipients, trace } of batch) {
+    for (const { message: m, recipients, trace: carrier } of batch) {
       // The fan-out of a traced message is a span of its trace; each gateway's delivery its child.
       const span =
-        tracing.on && trace ? startSpan("route", trace, { attributes: routeAttributes(m) }) : undefined;
+        tracing.on && carrier ? startSpan("route", carrier, { attributes: routeAttributes(m) }) : undefined;
       const traceparent = (span && carrierOf(span)?.traceparent) ?? "";
       const perGateway = new Map<string, { userIds: string[]; cursors: bigint[] }>();
       for (const { userId, cursor } of recipients) {
         const sessions = this.byUser.get(userId);
         if (!sessions || sessions.size === 0) {
-          if (userId !== m.sender) this.notifyOffline(userId, m);
+          if (userId !== m.sender) {
+            if (span)
+              context.with(trace.setSpan(context.active(), span), () => this.notifyOffline(userId, m));
+            else this.notifyOffline(userId, m);
+          }
           continue;
         }
         const gateways = new Set<string>();

@@ -5,6 +5,7 @@
  * gateway killed with -9 cost no acknowledged message, no duplicate and no reordering, and the
  * clients of the killed gateway resume on the other one. Prints the recovery times.
  */
+import { randomBytes } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -19,17 +20,22 @@ import {
   SwitchboardClient,
   type TypingInfo,
 } from "../../sdk/src/index.js";
+import { OtlpReceiver, type OtlpSpan, resourceAttribute } from "../helpers/otlp-receiver.js";
 import { freePortRange, LocalCluster } from "../infra/cluster/cluster.js";
 import { ensureServer } from "../infra/servers.js";
 
 let cluster: LocalCluster;
 let runDir: string;
+/** Every process of the cluster exports its spans here. */
+let receiver: OtlpReceiver;
 
 beforeAll(async () => {
   const kafka = await ensureServer("kafka");
   const cassandra = await ensureServer("cassandra");
   runDir = mkdtempSync(join(tmpdir(), "switchboard-cluster-"));
+  receiver = await OtlpReceiver.start();
   cluster = await LocalCluster.start({
+    env: receiver.env,
     runDir,
     kafkaBrokers: kafka.KAFKA_BROKERS!,
     cassandraContactPoints: cassandra.CASSANDRA_CONTACT_POINTS!,
@@ -40,6 +46,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await cluster?.stop();
+  receiver?.close();
   rmSync(runDir, { recursive: true, force: true });
 });
 
@@ -154,6 +161,50 @@ describe("a multi-process cluster", () => {
     );
     for (const d of [alice, bobPhone, bobLaptop, carol]) await d.c.close();
   }, 120_000);
+
+  it("follows a traced message across the gateway, sequencer, router and the other gateway's processes", async () => {
+    const alice = await device("t-alice", 0);
+    const bob = await device("t-bob", 1);
+    const traceId = randomBytes(16).toString("hex");
+    const clientSpanId = randomBytes(8).toString("hex");
+    const ack = await alice.c.send({ toUser: "t-bob" }, "traced", {
+      traceparent: `00-${traceId}-${clientSpanId}-01`,
+    });
+    expect(ack.traceId).toBe(traceId);
+    await until("bob gets it on the other gateway", () => bob.received.length >= 1);
+    const ours = () => receiver.spans.filter((s) => s.traceId === traceId);
+    // Two deliveries: bob's on gateway 1, and alice's own copy (her other devices) on gateway 0.
+    await until("its delivery spans arrive", () => ours().filter((s) => s.name === "deliver").length >= 2);
+    const byId = new Map(ours().map((s) => [s.spanId, s]));
+    const chain: Array<[string, string | undefined]> = [];
+    let s: OtlpSpan | undefined = ours().find((x) => x.name === "deliver");
+    while (s) {
+      chain.push([s.name, resourceAttribute(s, "switchboard.role")]);
+      s = s.parentSpanId ? byId.get(s.parentSpanId) : undefined;
+    }
+    // One trace, made by four processes of three roles, back to the client's span.
+    expect(chain).toEqual([
+      ["deliver", "gateway"],
+      ["route", "router"],
+      ["inbox", "router"],
+      ["sequence", "sequencer"],
+      ["send", "gateway"],
+    ]);
+    const send = ours().find((x) => x.name === "send")!;
+    expect(send.parentSpanId).toBe(clientSpanId);
+    // Sent through one gateway process, delivered by both.
+    const pids = (name: string) =>
+      new Set(
+        ours()
+          .filter((x) => x.name === name)
+          .map((x) => resourceAttribute(x, "process.pid")),
+      );
+    const [sender] = pids("send");
+    expect(sender).toBeDefined();
+    expect(pids("deliver")).toContain(sender);
+    expect([...pids("deliver")].filter((p) => p !== sender && p !== undefined)).toHaveLength(1);
+    for (const d of [alice, bob]) await d.c.close();
+  }, 60_000);
 
   it("loses, repeats and reorders nothing when a router and then a gateway are killed with -9", async () => {
     const alice = await device("k-alice", 0);

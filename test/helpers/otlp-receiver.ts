@@ -13,6 +13,8 @@ export interface OtlpSpan {
   kind?: number;
   links?: Array<{ traceId: string; spanId: string }>;
   attributes?: Array<{ key: string; value: { intValue?: string | number; stringValue?: string } }>;
+  /** The attributes of the resource (process) that made the span (added by the receiver). */
+  resource?: OtlpSpan["attributes"];
 }
 
 export class OtlpReceiver {
@@ -33,10 +35,15 @@ export class OtlpReceiver {
       req.on("end", () => {
         if (req.url === "/v1/traces") {
           const request = JSON.parse(body) as {
-            resourceSpans?: Array<{ scopeSpans?: Array<{ spans?: OtlpSpan[] }> }>;
+            resourceSpans?: Array<{
+              resource?: { attributes?: OtlpSpan["attributes"] };
+              scopeSpans?: Array<{ spans?: OtlpSpan[] }>;
+            }>;
           };
           for (const rs of request.resourceSpans ?? [])
-            for (const ss of rs.scopeSpans ?? []) spans.push(...(ss.spans ?? []));
+            for (const ss of rs.scopeSpans ?? [])
+              for (const span of ss.spans ?? [])
+                spans.push({ ...span, resource: rs.resource?.attributes ?? [] });
         }
         res.writeHead(200, { "content-type": "application/json" }).end("{}");
       });
@@ -64,4 +71,10 @@ export class OtlpReceiver {
 export function spanAttribute(s: OtlpSpan, key: string): string | number | undefined {
   const v = s.attributes?.find((a) => a.key === key)?.value;
   return v?.intValue !== undefined ? Number(v.intValue) : v?.stringValue;
+}
+
+/** A resource attribute of the process that made the span. */
+export function resourceAttribute(s: OtlpSpan, key: string): string | undefined {
+  const v = s.resource?.find((a) => a.key === key)?.value;
+  return v?.stringValue ?? (v?.intValue === undefined ? undefined : String(v.intValue));
 }
