@@ -138,6 +138,7 @@ export class ClusterSystem implements SystemUnderTest {
         layout,
         env: {
           ...SERVER_ENV,
+          ...s.env,
           SWITCHBOARD_LOG_LEVEL: "warn",
           SWITCHBOARD_KAFKA_PARTITIONS: String(o.partitions),
         },

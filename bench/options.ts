@@ -129,6 +129,10 @@ export const OPTIONS = {
     type: "string",
     doc: "parent dir of the servers' temp data dirs (cluster: its run dir) (default: OS temp dir; /dev/shm takes fsync out of the picture)",
   },
+  tracing: {
+    type: "string",
+    doc: "run the servers with OpenTelemetry tracing on at this sample ratio (e.g. 1 or 0.01), exporting OTLP to a sink in this process that discards the spans (default: tracing off)",
+  },
   "server-node-args": {
     type: "string",
     doc: "extra node flags for the ladder's server, space-separated (e.g. --perf-basic-prof) (single-process backends)",
@@ -217,6 +221,8 @@ export interface ServerSettings {
   realtime: boolean;
   keepData: boolean;
   dataRoot: string;
+  /** Environment added to every server process (e.g. tracing's, set by run.ts). */
+  env: Record<string, string>;
 }
 
 export interface Settings {
@@ -298,6 +304,7 @@ export function resolveSettings(opts: Opts): Settings {
       realtime: opts.realtime ?? false,
       keepData: opts["keep-data"] ?? false,
       dataRoot: opts["data-root"] ?? tmpdir(),
+      env: {},
     },
   };
 }

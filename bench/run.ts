@@ -49,6 +49,7 @@ import {
 import { type RestartResult, runRestart } from "./restart.js";
 import { fsyncProbe, pinSelf, realtimeSelf, ServerProcess } from "./server.js";
 import { ProcessSystem, SERVER_ENV, type StopReport } from "./sut.js";
+import { startTraceSink } from "./trace-sink.js";
 import { selfCheck } from "./wire.js";
 import { runWriter } from "./writer.js";
 
@@ -349,6 +350,8 @@ async function main(): Promise<void> {
   if (s.server.realtime && !realtimeSelf()) throw new Error("--realtime: chrt failed (needs CAP_SYS_NICE)");
   // Distributed and cluster: real Kafka and Cassandra (shared with the tests: reused if running,
   // never stopped), and a topic prefix, consumer groups and keyspace of this run's own.
+  const sink = opts.tracing === undefined ? undefined : await startTraceSink(Number(opts.tracing));
+  if (sink) Object.assign(s.server.env, sink.env);
   const backend = await openBackend(s, log);
   runCleanup = () => backend.cleanup(log);
   const env = environment(s, backend, pinned);
@@ -362,6 +365,13 @@ async function main(): Promise<void> {
   if (!s.skip.has("baseline") && s.baselineRates.length > 0) await baselinePhase(s, out);
   if (!s.skip.has("idle")) await idlePhase(s, out);
 
+  if (sink) {
+    out.summary.tracing = { sample_ratio: Number(opts.tracing), ...sink.stats() };
+    out.report.push(
+      `Tracing on at sample ratio ${opts.tracing}: ${sink.stats().exports} OTLP exports, ${sink.stats().bytes} bytes received.`,
+    );
+    sink.close();
+  }
   process.stdout.write(`\n${out.report.join("\n\n")}\n`);
   if (out.trailer.length > 0) process.stdout.write(`\n${out.trailer.join("\n\n")}\n`);
   const json = JSON.stringify(out.summary);

@@ -120,7 +120,7 @@ export class ProcessSystem implements SystemUnderTest {
     const options: StartOptions = {
       kind,
       cpus: s.serverCpus,
-      env: { ...SERVER_ENV, ...o.env },
+      env: { ...SERVER_ENV, ...s.env, ...o.env },
       ...(o.args ? { args: o.args, startTimeoutMs: 180_000 } : {}),
       nodeArgs: o.nodeArgs ?? [],
       keepData: s.keepData,
