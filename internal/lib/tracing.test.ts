@@ -1,0 +1,101 @@
+import { context, propagation, SpanStatusCode, trace } from "@opentelemetry/api";
+import { AsyncLocalStorageContextManager } from "@opentelemetry/context-async-hooks";
+import { W3CTraceContextPropagator } from "@opentelemetry/core";
+import {
+  BasicTracerProvider,
+  InMemorySpanExporter,
+  SimpleSpanProcessor,
+} from "@opentelemetry/sdk-trace-base";
+import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from "vitest";
+import { createLogger } from "./log.js";
+import { carrierOf, extractTrace, inSpan, linksTo, MessageSpans, startSpan, tracing } from "./tracing.js";
+
+const exporter = new InMemorySpanExporter();
+
+beforeAll(() => {
+  // What startTracing's NodeSDK sets up, without an exporter to a network: spans land in memory.
+  context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
+  propagation.setGlobalPropagator(new W3CTraceContextPropagator());
+  trace.setGlobalTracerProvider(
+    new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] }),
+  );
+  tracing.on = true;
+});
+afterAll(() => {
+  tracing.on = false;
+});
+beforeEach(() => exporter.reset());
+
+describe("tracing helpers", () => {
+  it("carry a span's context to another span through a W3C carrier", () => {
+    const parent = startSpan("send", undefined);
+    const carrier = carrierOf(parent)!;
+    expect(carrier.traceparent).toMatch(/^00-[0-9a-f]{32}-[0-9a-f]{16}-01$/);
+    const child = startSpan("route", carrier);
+    child.end();
+    parent.end();
+    const [route, send] = exporter.getFinishedSpans();
+    expect(route!.spanContext().traceId).toBe(send!.spanContext().traceId);
+    expect(route!.parentSpanContext?.spanId).toBe(send!.spanContext().spanId);
+    // A carrier without a valid traceparent is no parent: a new trace starts.
+    const orphan = startSpan("send", extractTrace({ traceparent: "not-a-traceparent" }));
+    orphan.end();
+    expect(orphan.spanContext().traceId).not.toBe(send!.spanContext().traceId);
+  });
+
+  it("give each message of a batch a span in its own trace, and the batch's span links to them", async () => {
+    const a = startSpan("send", undefined);
+    const b = startSpan("send", undefined);
+    const traces = [carrierOf(a), undefined, carrierOf(b)];
+    const spans = new MessageSpans<number>("sequence");
+    await inSpan("process drafts", { links: linksTo(traces) }, async () => {
+      traces.forEach((t, i) => {
+        spans.start(i, t);
+      });
+      expect(spans.carrier(1)).toBeUndefined(); // sent untraced: nothing to continue
+      spans.end(new Error("fenced"));
+    });
+    a.end();
+    b.end();
+    const finished = exporter.getFinishedSpans();
+    const sequence = finished.filter((s) => s.name === "sequence");
+    expect(sequence.map((s) => s.spanContext().traceId).sort()).toEqual(
+      [a.spanContext().traceId, b.spanContext().traceId].sort(),
+    );
+    expect(sequence.every((s) => s.status.code === SpanStatusCode.ERROR)).toBe(true);
+    const batch = finished.find((s) => s.name === "process drafts")!;
+    expect(batch.links.map((l) => l.context.spanId).sort()).toEqual(
+      [a.spanContext().spanId, b.spanContext().spanId].sort(),
+    );
+  });
+
+  it("mark a span failed when its work throws, and end it", async () => {
+    await expect(inSpan("history", {}, async () => Promise.reject(new Error("boom")))).rejects.toThrow(
+      "boom",
+    );
+    const [span] = exporter.getFinishedSpans();
+    expect(span!.status).toMatchObject({ code: SpanStatusCode.ERROR, message: "boom" });
+  });
+
+  it("put the active span's trace_id and span_id on log lines, and nothing outside a span", async () => {
+    const lines: string[] = [];
+    const write = vi.spyOn(process.stderr, "write").mockImplementation((chunk: string | Uint8Array) => {
+      lines.push(String(chunk));
+      return true;
+    });
+    try {
+      const log = createLogger({ service: "test" });
+      let ids: { traceId: string; spanId: string } | undefined;
+      await inSpan("send", {}, async (span) => {
+        ids = span.spanContext();
+        log.warn("inside");
+      });
+      log.warn("outside");
+      const [inside, outside] = lines.map((l) => JSON.parse(l) as Record<string, unknown>);
+      expect(inside).toMatchObject({ msg: "inside", trace_id: ids!.traceId, span_id: ids!.spanId });
+      expect(outside!.trace_id).toBeUndefined();
+    } finally {
+      write.mockRestore();
+    }
+  });
+});
