@@ -18,14 +18,27 @@ const SERIES = [
   "switchboard_kafka_produced_records_total",
 ];
 
-function source(): StorageRequestSource & { produces: number; records: number } {
+type Timer = Parameters<StorageRequestSource["timeCassandra"]>[0];
+
+function source(): StorageRequestSource & {
+  produces: number;
+  records: number;
+  lag: Array<{ group: string; partition: number; records: number }>;
+  timers: Timer[];
+} {
   const s = {
     cassandra: { reads: 0, writes: 0, batches: 0, lwts: 0 },
     produces: 0,
     records: 0,
+    lag: [] as Array<{ group: string; partition: number; records: number }>,
+    timers: [] as Timer[],
+    timeCassandra: (timer: Timer) => {
+      s.timers.push(timer);
+    },
     kafka: {
       produceRequests: () => s.produces,
       producedRecords: () => s.records,
+      consumerLag: () => s.lag,
     },
   };
   return s;
@@ -70,6 +83,41 @@ describe("storage request counters on /metrics", () => {
     const again = sumMetrics(text, SERIES);
     expect(await page()).toEqual(again);
     expect(again.switchboard_cassandra_requests_total).toBe(15);
+  });
+});
+
+describe("Kafka lag and Cassandra latency on /metrics", () => {
+  it("report each owned partition's lag as it stands, and time each request by kind and outcome", async () => {
+    const metrics = createMetrics();
+    const a = source();
+    metrics.countStorageRequests(a);
+    a.lag = [
+      { group: "p.sequencer", partition: 0, records: 12 },
+      { group: "p.inbox", partition: 3, records: 0 },
+    ];
+    let text = await metrics.registry.metrics();
+    expect(text).toMatch(/^switchboard_kafka_consumer_lag_records\{group="p.sequencer",partition="0"\} 12$/m);
+    expect(text).toMatch(/^switchboard_kafka_consumer_lag_records\{group="p.inbox",partition="3"\} 0$/m);
+    // A partition no longer owned (a new generation) is no longer reported.
+    a.lag = [{ group: "p.inbox", partition: 3, records: 5 }];
+    text = await metrics.registry.metrics();
+    expect(text).not.toContain('group="p.sequencer"');
+    expect(text).toMatch(/^switchboard_kafka_consumer_lag_records\{group="p.inbox",partition="3"\} 5$/m);
+
+    for (const timer of a.timers) {
+      timer("read", 0.003, false);
+      timer("read", 0.2, true);
+    }
+    text = await metrics.registry.metrics();
+    expect(text).toMatch(
+      /^switchboard_cassandra_request_duration_seconds_count\{kind="read",outcome="ok"\} 1$/m,
+    );
+    expect(text).toMatch(
+      /^switchboard_cassandra_request_duration_seconds_bucket\{le="0.005",kind="read",outcome="ok"\} 1$/m,
+    );
+    expect(text).toMatch(
+      /^switchboard_cassandra_request_duration_seconds_count\{kind="read",outcome="error"\} 1$/m,
+    );
   });
 });
 
