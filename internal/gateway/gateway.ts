@@ -14,7 +14,13 @@ import type { Identity } from "../lib/auth.js";
 import type { ServiceImpl } from "../lib/rpc.js";
 import { SpanKind, startSpan, tracing } from "../lib/tracing.js";
 import { CloseCode } from "./close-codes.js";
-import { type Encoding, encodeServerFrame, SUBPROTOCOL_BINARY, SUBPROTOCOL_JSON } from "./codec.js";
+import {
+  type Encoding,
+  encodeServerFrame,
+  MessageEventFrames,
+  SUBPROTOCOL_BINARY,
+  SUBPROTOCOL_JSON,
+} from "./codec.js";
 import { Connection, type GatewayContext, type GatewayServices } from "./connection.js";
 import { TokenBucket } from "./rate-limit.js";
 
@@ -278,6 +284,8 @@ export class Gateway {
       const event = frame.kind.value as MessageEvent;
       const message = event.message;
       if (!message) return 0;
+      // One encoding of the message for all recipients; each frame differs only by its cursor.
+      const frames = new MessageEventFrames(message);
       for (let i = 0; i < userIds.length; i++) {
         const conns = this.byUser.get(userIds[i]!);
         if (!conns) continue;
@@ -287,10 +295,7 @@ export class Gateway {
           if (conn.sessionId === exclude) continue;
           written++;
           const enc = conn.encoding;
-          conn.deliverMessage(
-            value,
-            () => (cache[enc] ??= encodeServerFrame({ kind: { case: "message", value } }, enc)),
-          );
+          conn.deliverMessage(value, () => (cache[enc] ??= frames.frame(value.cursor, enc)));
         }
       }
       return written;
