@@ -4,7 +4,6 @@
  * Output is one JSON object per line.
  */
 import { parseArgs } from "node:util";
-import { provisionDistributed } from "../backends/distributed/provision.js";
 import { signDevToken } from "../lib/auth.js";
 import { configDocs, loadConfig } from "../lib/config.js";
 import { createLogger } from "../lib/log.js";
@@ -118,6 +117,7 @@ export async function runProvision(argv: string[]): Promise<number> {
     provision: true,
     role: "provision",
   });
+  const { provisionDistributed } = await import("../backends/distributed/provision.js");
   const result = await provisionDistributed({
     kafka: {
       brokers: o.brokers,

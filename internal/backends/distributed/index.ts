@@ -87,7 +87,14 @@ async function partitionCount(admin: Admin, topic: string): Promise<number> {
 
 export async function openDistributedBackends(o: DistributedOptions): Promise<DistributedBackends> {
   const log = o.log.child({ backend: "distributed" });
+  // Where a (re)start's time goes, logged once open: an SRE's first question after a slow restart.
+  const started = performance.now();
+  const timings: Record<string, number> = {};
+  const mark = (step: string) => {
+    timings[`${step}Ms`] = Math.round(performance.now() - started);
+  };
   const stores = await openCassandraStores({ ...o.cassandra, provision: o.provision !== false });
+  mark("cassandra");
   const kafka = new Kafka({
     clientId: o.clientId,
     brokers: o.brokers,
@@ -127,6 +134,7 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
     });
     await producer.connect();
     producerConnected = true;
+    mark("kafka");
     closers.unshift(() => producer.disconnect());
     const names = topicNames(o.topicPrefix);
     const groupPrefix = o.groupPrefix ?? o.topicPrefix;
@@ -155,6 +163,7 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
     });
     closers.unshift(() => messageLog.close());
     if (o.appends !== false) await messageLog.listenForReplies(admin);
+    mark("replies");
     let sequencer: Sequencer | undefined;
     if (o.sequencer !== false) {
       sequencer = new Sequencer({
@@ -175,11 +184,13 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
         log,
       });
       await sequencer.start();
+      mark("sequencer");
       const started = sequencer;
       closers.unshift(() => started.close());
     }
     const routing = new KafkaRouting(kafka, admin, batchProducer, names.routing, groupPrefix, log);
     closers.unshift(() => routing.close());
+    log.info("distributed backend open (ms since the start of the open, per step)", timings);
     let closing: Promise<void> | undefined;
     return {
       name: "distributed",
