@@ -173,15 +173,25 @@ describe("a multi-process cluster", () => {
     expect(ack.traceId).toBe(traceId);
     await until("bob gets it on the other gateway", () => bob.received.length >= 1);
     const ours = () => receiver.spans.filter((s) => s.traceId === traceId);
+    /** From a delivery span up through its ancestors, as far as they have arrived. */
+    const chainFrom = (deliver: OtlpSpan) => {
+      const byId = new Map(ours().map((x) => [x.spanId, x]));
+      const chain: Array<[string, string | undefined]> = [];
+      let s: OtlpSpan | undefined = deliver;
+      while (s) {
+        chain.push([s.name, resourceAttribute(s, "switchboard.role")]);
+        s = s.parentSpanId ? byId.get(s.parentSpanId) : undefined;
+      }
+      return chain;
+    };
+    // Each process exports on its own schedule, and a parent span ends (and is sent) after its
+    // children: wait until both deliveries and every ancestor have arrived.
     // Two deliveries: bob's on gateway 1, and alice's own copy (her other devices) on gateway 0.
-    await until("its delivery spans arrive", () => ours().filter((s) => s.name === "deliver").length >= 2);
-    const byId = new Map(ours().map((s) => [s.spanId, s]));
-    const chain: Array<[string, string | undefined]> = [];
-    let s: OtlpSpan | undefined = ours().find((x) => x.name === "deliver");
-    while (s) {
-      chain.push([s.name, resourceAttribute(s, "switchboard.role")]);
-      s = s.parentSpanId ? byId.get(s.parentSpanId) : undefined;
-    }
+    await until("the whole trace arrives", () => {
+      const delivers = ours().filter((x) => x.name === "deliver");
+      return delivers.length >= 2 && delivers.every((d) => chainFrom(d).at(-1)?.[0] === "send");
+    });
+    const chain = chainFrom(ours().find((x) => x.name === "deliver")!);
     // One trace, made by four processes of three roles, back to the client's span.
     expect(chain).toEqual([
       ["deliver", "gateway"],

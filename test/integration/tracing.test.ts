@@ -53,13 +53,19 @@ describe("tracing", () => {
     // The ack names the client's trace: the server's spans joined it.
     expect(ack.traceId).toBe(traceId);
 
-    // Until the export brought the delivery's span.
+    // Until the export brought the delivery's span and all its ancestors (a parent span ends, and is
+    // exported, after its children).
     const deadline = Date.now() + 20_000;
     const ours = () => receiver.spans.filter((s) => s.traceId === traceId);
-    while (!ours().some((s) => s.name === "deliver" && Number(attr(s, "switchboard.connections")) >= 2)) {
+    const expected =
+      testBackend === "distributed" ? ["send", "sequence", "inbox", "route"] : ["send", "route"];
+    const complete = () =>
+      ours().some((s) => s.name === "deliver" && Number(attr(s, "switchboard.connections")) >= 2) &&
+      expected.every((name) => ours().some((s) => s.name === name));
+    while (!complete()) {
       if (Date.now() > deadline)
         throw new Error(
-          `no deliver span; got ${ours()
+          `trace incomplete; got ${ours()
             .map((s) => s.name)
             .join(", ")}`,
         );
