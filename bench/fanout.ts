@@ -10,6 +10,7 @@
  */
 import { type IncomingMessage, SwitchboardClient } from "../sdk/src/index.js";
 import { pool } from "./client.js";
+import { nearestRank } from "./hist.js";
 import { type SystemUnderTest, totalCpuSeconds } from "./sut.js";
 
 export interface FanoutOptions {
@@ -39,10 +40,6 @@ export interface FanoutStep {
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const percentile = (sorted: number[], p: number) =>
-  sorted.length === 0
-    ? Number.NaN
-    : sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!;
 
 /** Arrivals of each message (by its number in the run) at each member. */
 class Arrivals {
@@ -159,10 +156,10 @@ export async function runFanout(sut: SystemUnderTest, o: FanoutOptions): Promise
         members: o.members,
         messages,
         deliveries_per_second: Math.round(deliveries / (o.measureMs / 1000)),
-        last_member_p50_ms: Math.round(percentile(last, 50) * 10) / 10,
-        last_member_p99_ms: Math.round(percentile(last, 99) * 10) / 10,
+        last_member_p50_ms: Math.round(nearestRank(last, 50) * 10) / 10,
+        last_member_p99_ms: Math.round(nearestRank(last, 99) * 10) / 10,
         last_member_max_ms: Math.round((last.at(-1) ?? Number.NaN) * 10) / 10,
-        first_member_p50_ms: Math.round(percentile(firstArrival, 50) * 10) / 10,
+        first_member_p50_ms: Math.round(nearestRank(firstArrival, 50) * 10) / 10,
         lost,
         duplicates,
         server_cpu_us_per_delivery: deliveries > 0 ? Math.round((cpu * 1e6) / deliveries) : 0,

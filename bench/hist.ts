@@ -52,3 +52,9 @@ export function summarize(h: Histogram): LatencySummary {
     max_ms: r3(h.maxValue),
   };
 }
+
+/** The p-th percentile (nearest rank) of ascending `sorted`; NaN when it is empty. */
+export function nearestRank(sorted: readonly number[], p: number): number {
+  if (sorted.length === 0) return Number.NaN;
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!;
+}

@@ -16,6 +16,7 @@
  */
 import { type IncomingMessage, SwitchboardClient } from "../sdk/src/index.js";
 import { pool } from "./client.js";
+import { nearestRank } from "./hist.js";
 import type { SystemUnderTest } from "./sut.js";
 
 export interface RestartOptions {
@@ -41,10 +42,6 @@ export interface RestartResult {
   rounds: RestartRound[];
   worst: RestartRound;
 }
-
-/** The p-th percentile (nearest rank) of ascending `sorted`. */
-const percentile = (sorted: number[], p: number) =>
-  sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!;
 
 function waitFor(what: string, ok: () => boolean, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
@@ -132,10 +129,10 @@ export async function runRestart(sut: SystemUnderTest, o: RestartOptions): Promi
         started_ms: t.startedAt - t.spawnedAt,
         ready_ms: t.readyAt - t.spawnedAt,
         first_ack_ms: firstAckAt - t.spawnedAt,
-        reconnected_p50_ms: percentile(back, 50),
+        reconnected_p50_ms: nearestRank(back, 50),
         reconnected_max_ms: back.at(-1)!,
-        live_p50_ms: percentile(live, 50),
-        live_p99_ms: percentile(live, 99),
+        live_p50_ms: nearestRank(live, 50),
+        live_p99_ms: nearestRank(live, 99),
         live_max_ms: live.at(-1)!,
       };
       o.log(`  restart ${r + 1}/${o.rounds}: ${JSON.stringify(round)}`);

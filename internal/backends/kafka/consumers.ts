@@ -4,6 +4,8 @@
  */
 import type { Attributes } from "@opentelemetry/api";
 import type { EachBatchPayload } from "kafkajs";
+import { inSpan, linksTo, MessageSpans, SpanKind, type TraceCarrier, tracing } from "../../lib/tracing.js";
+import { traceOf } from "./codec.js";
 
 /**
  * Every partition of a fetch at once: kafkajs fetches from a broker again only when every batch of its
@@ -58,8 +60,39 @@ export class ConsumerLag {
   }
 }
 
+/**
+ * Runs `handle` on a non-empty batch of a partition owner (sequencer, inbox owner). With tracing on,
+ * in one CONSUMER span for the batch, linked to every message's trace; `handle` gets the records'
+ * traces and starts a `messageSpan` span per message in its own trace, all ended with the batch.
+ */
+export async function handleBatch<K>(
+  payload: EachBatchPayload,
+  group: string,
+  messageSpan: string,
+  handle: (spans?: MessageSpans<K>, traces?: Array<TraceCarrier | undefined>) => Promise<void>,
+): Promise<void> {
+  const { batch } = payload;
+  if (batch.messages.length === 0) return;
+  if (!tracing.on) return handle();
+  const traces = batch.messages.map((m) => traceOf(m.headers));
+  const spans = new MessageSpans<K>(messageSpan);
+  return inSpan(
+    `process ${batch.topic}`,
+    { kind: SpanKind.CONSUMER, links: linksTo(traces), attributes: batchAttributes(payload, group) },
+    async () => {
+      try {
+        await handle(spans, traces);
+        spans.end();
+      } catch (err) {
+        spans.end(err);
+        throw err;
+      }
+    },
+  );
+}
+
 /** OpenTelemetry messaging attributes of a consumed batch's span. */
-export function batchAttributes({ batch }: EachBatchPayload, group: string): Attributes {
+function batchAttributes({ batch }: EachBatchPayload, group: string): Attributes {
   return {
     "messaging.system": "kafka",
     "messaging.operation.type": "process",

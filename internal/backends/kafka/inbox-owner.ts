@@ -15,10 +15,10 @@
  */
 import type { Consumer, EachBatchPayload, Kafka } from "kafkajs";
 import type { Logger } from "../../lib/log.js";
-import { inSpan, linksTo, MessageSpans, SpanKind, type TraceCarrier, tracing } from "../../lib/tracing.js";
+import type { MessageSpans, TraceCarrier } from "../../lib/tracing.js";
 import type { Closeable, InboxDelivery, InboxEntry, OwnershipStore } from "../types.js";
-import { decodeMessage, traceOf } from "./codec.js";
-import { batchAttributes, ConsumerLag, commitBatch, PARTITIONS_CONSUMED_CONCURRENTLY } from "./consumers.js";
+import { decodeMessage } from "./codec.js";
+import { ConsumerLag, commitBatch, handleBatch, PARTITIONS_CONSUMED_CONCURRENTLY } from "./consumers.js";
 import type { GroupMembers } from "./member-resume.js";
 import { OwnedPartitions } from "./owned-partitions.js";
 
@@ -125,30 +125,10 @@ export class InboxOwner implements Closeable {
     });
   }
 
-  private async onBatch(payload: EachBatchPayload): Promise<void> {
-    const { batch } = payload;
-    if (batch.messages.length === 0) return;
-    if (!tracing.on) return this.applyBatch(payload);
-    // As in the sequencer: the batch's span links to each message's trace, and each message gets an
-    // `inbox` span in its own trace, which the router's fan-out continues.
-    const traces = batch.messages.map((m) => traceOf(m.headers));
-    const spans = new MessageSpans<number>("inbox");
-    return inSpan(
-      `process ${batch.topic}`,
-      {
-        kind: SpanKind.CONSUMER,
-        links: linksTo(traces),
-        attributes: batchAttributes(payload, this.o.groupId),
-      },
-      async () => {
-        try {
-          await this.applyBatch(payload, spans, traces);
-          spans.end();
-        } catch (err) {
-          spans.end(err);
-          throw err;
-        }
-      },
+  private onBatch(payload: EachBatchPayload): Promise<void> {
+    // Each message's `inbox` span carries its trace on (consumers.ts, handleBatch).
+    return handleBatch<number>(payload, this.o.groupId, "inbox", (spans, traces) =>
+      this.applyBatch(payload, spans, traces),
     );
   }
 

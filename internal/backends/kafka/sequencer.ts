@@ -23,7 +23,7 @@
 import type { Consumer, EachBatchPayload, Kafka, KafkaMessage } from "kafkajs";
 import type { Logger } from "../../lib/log.js";
 import { shardOf } from "../../lib/shard.js";
-import { inSpan, linksTo, MessageSpans, SpanKind, type TraceCarrier, tracing } from "../../lib/tracing.js";
+import type { MessageSpans, TraceCarrier } from "../../lib/tracing.js";
 import type {
   AppendResult,
   Closeable,
@@ -36,8 +36,8 @@ import type {
   StoredMessage,
 } from "../types.js";
 import type { BatchProducer } from "./batch-producer.js";
-import { decodeMessage, encodeMessage, traceOf } from "./codec.js";
-import { batchAttributes, ConsumerLag, commitBatch, PARTITIONS_CONSUMED_CONCURRENTLY } from "./consumers.js";
+import { decodeMessage, encodeMessage } from "./codec.js";
+import { ConsumerLag, commitBatch, handleBatch, PARTITIONS_CONSUMED_CONCURRENTLY } from "./consumers.js";
 import { INBOX_RECIPIENTS_HEADER, REDELIVERY_HEADER } from "./inbox-owner.js";
 import { MemberCache } from "./member-cache.js";
 import type { GroupMembers } from "./member-resume.js";
@@ -176,30 +176,10 @@ export class Sequencer implements Closeable {
     });
   }
 
-  private async onBatch(payload: EachBatchPayload): Promise<void> {
-    const { batch } = payload;
-    if (batch.messages.length === 0) return;
-    if (!tracing.on) return this.sequenceBatch(payload);
-    // One span for the batch, linked to every message's trace; one `sequence` span per message in
-    // its own trace, whose context the emitted records carry on.
-    const traces = batch.messages.map((m) => traceOf(m.headers));
-    const spans = new MessageSpans<string>("sequence");
-    return inSpan(
-      `process ${batch.topic}`,
-      {
-        kind: SpanKind.CONSUMER,
-        links: linksTo(traces),
-        attributes: batchAttributes(payload, this.o.groupId),
-      },
-      async () => {
-        try {
-          await this.sequenceBatch(payload, spans, traces);
-          spans.end();
-        } catch (err) {
-          spans.end(err);
-          throw err;
-        }
-      },
+  private onBatch(payload: EachBatchPayload): Promise<void> {
+    // Each message's `sequence` span carries its trace on (consumers.ts, handleBatch).
+    return handleBatch<string>(payload, this.o.groupId, "sequence", (spans, traces) =>
+      this.sequenceBatch(payload, spans, traces),
     );
   }
 
