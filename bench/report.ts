@@ -9,6 +9,7 @@ import type { LadderStep, Verdict } from "./ladder.js";
 import type { StepResult } from "./loadgen.js";
 import type { RestartResult, RestartRound } from "./restart.js";
 import type { LogDigest } from "./sut.js";
+import type { StageFigures } from "./trace-sink.js";
 import type { WriterResult } from "./writer.js";
 
 export const f = (x: number | null | undefined, d = 2) =>
@@ -337,6 +338,23 @@ export function fanoutTable(steps: FanoutStep[]): string {
   ]);
   return columns(
     `Group fan-out, ${steps[0]?.members ?? "?"} online members, ms from the scheduled send to the last (first) member:`,
+    head,
+    body,
+  );
+}
+
+export function stageTable(stages: StageFigures[]): string {
+  const head = ["span", "spans", "start p50", "start p99", "took p50", "took p99"];
+  const body = stages.map((s) => [
+    s.name,
+    String(s.spans),
+    f(s.start_p50_ms),
+    f(s.start_p99_ms),
+    f(s.duration_p50_ms),
+    f(s.duration_p99_ms),
+  ]);
+  return columns(
+    "Where a traced message's time goes: per span name, ms from its trace's root span (the gateway's send) to the span's start, and the span's duration (every phase's traced messages together):",
     head,
     body,
   );

@@ -43,6 +43,7 @@ import {
   maxRate,
   restartTable,
   roleTable,
+  stageTable,
   table,
   writerTable,
 } from "./report.js";
@@ -366,10 +367,12 @@ async function main(): Promise<void> {
   if (!s.skip.has("idle")) await idlePhase(s, out);
 
   if (sink) {
-    out.summary.tracing = { sample_ratio: Number(opts.tracing), ...sink.stats() };
+    const stages = sink.stages();
+    out.summary.tracing = { sample_ratio: Number(opts.tracing), ...sink.stats(), stages };
     out.report.push(
       `Tracing on at sample ratio ${opts.tracing}: ${sink.stats().exports} OTLP exports, ${sink.stats().bytes} bytes received.`,
     );
+    if (stages.length > 0) out.report.push(stageTable(stages));
     sink.close();
   }
   process.stdout.write(`\n${out.report.join("\n\n")}\n`);
