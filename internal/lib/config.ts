@@ -231,6 +231,10 @@ export const schema = {
       "A resend with the same client_msg_id within this window returns the original; after it, it is a new message (dedupe rows expire).",
       1,
     ),
+    publishSequenced: bool(
+      false,
+      "Also publish every sequenced message, with its seq and recipients, to <prefix>sequenced (keyed by conversation) for consumers outside the platform. The platform itself reads the inbox topic; off saves one Kafka record per message.",
+    ),
     memberFile: str(
       "",
       "File where the process keeps its consumer-group member ids, so that a restart after a crash rejoins its groups at once instead of waiting out the dead member's 10 s session. Empty: kafka-members-<role>.json in dataDir. Put it where a restarted container finds it (an emptyDir).",

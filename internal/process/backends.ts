@@ -69,6 +69,7 @@ export function distributedOptions(config: Config, log: Logger, use: BackendUse)
     retentionHours: k.retentionHours,
     appendTimeoutMs: k.appendTimeoutMs,
     dedupeWindowSeconds: k.dedupeWindowHours * 3600,
+    publishSequenced: k.publishSequenced,
     memberFile: k.memberFile || join(config.dataDir, `kafka-members-${use.role}.json`),
     ...(k.tls ? { ssl: tlsOptions(k.tlsCaFile, k.tlsCertFile, k.tlsKeyFile, "kafka") } : {}),
     ...(sasl ? { sasl } : {}),

@@ -1,5 +1,5 @@
 /**
- * Role router: consumes its share of the sequenced topic's partitions, writes inbox entries, and
+ * Role router: owns its share of the inbox topic's partitions, writes inbox entries, and
  * fans out over one Deliver stream per gateway, dialled on demand at the address the gateway's
  * session records carry. Serves RouterService (Relay from gateways and presence; the backend API).
  */

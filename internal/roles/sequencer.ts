@@ -1,7 +1,7 @@
 /**
  * Role sequencer: consumes the drafts topic, assigns each conversation's seqs under the fence of
- * ADR 0002, stores the messages and publishes them sequenced (and answers senders on the replies
- * topic). No gRPC service: only /healthz, /readyz and /metrics.
+ * ADR 0002, stores the messages and publishes them to their recipients' inbox partitions (and
+ * answers senders on the replies topic). No gRPC service: only /healthz, /readyz and /metrics.
  */
 import { openDistributed } from "../process/backends.js";
 import type { RoleStarter } from "../process/runtime.js";

@@ -38,6 +38,9 @@ function startSequencer(name: string): Promise<ChildProcess> {
       ...infra,
       SWITCHBOARD_KAFKA_TOPIC_PREFIX: prefix,
       SWITCHBOARD_KAFKA_PARTITIONS: "2",
+      // The check below reads what the sequencers published (these drafts address no members, so
+      // they make no inbox records).
+      SWITCHBOARD_KAFKA_PUBLISH_SEQUENCED: "true",
       SWITCHBOARD_CASSANDRA_KEYSPACE: keyspace,
       SWITCHBOARD_LOG_LEVEL: "error",
     },

@@ -43,6 +43,8 @@ export interface DistributedOptions {
   appends?: boolean;
   /** Dedupe rows expire after this long: a resend after it is a new message. Default 168 h. */
   dedupeWindowSeconds?: number;
+  /** Also publish every sequenced message to the sequenced topic (kafka.publishSequenced). */
+  publishSequenced?: boolean;
   /**
    * File that keeps this process's consumer-group member ids, so that a restart after a crash rejoins
    * its groups at once instead of waiting out the dead member's session (member-resume.ts). Unset: off.
@@ -170,7 +172,7 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
         kafka,
         groupId: `${groupPrefix}${SEQUENCER_GROUP}`,
         draftsTopic: names.messages,
-        sequencedTopic: names.sequenced,
+        ...(o.publishSequenced ? { sequencedTopic: names.sequenced } : {}),
         repliesTopic: names.replies,
         producer: batchProducer,
         store: stores.sequencer,

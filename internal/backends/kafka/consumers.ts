@@ -15,8 +15,17 @@ import { traceOf } from "./codec.js";
 export const PARTITIONS_CONSUMED_CONCURRENTLY = 64;
 
 /**
- * Commits a batch whose effects are durable: its last offset is resolved and committed, then the
- * member heartbeats. A batch whose partition moved on meanwhile (stale) is left to the new owner.
+ * How the consumers commit: kafkajs commits the offsets of resolved batches at most this often (and
+ * on every rebalance and error), not once per batch. A committed offset only bounds what a successor
+ * re-reads after a crash: every consumer's effects are idempotent (dedupe rows, applied inbox offsets),
+ * so a commit is not on any message's path and need not cost a broker write per batch.
+ */
+export const CONSUMER_COMMIT = { autoCommit: true, autoCommitInterval: 1_000 } as const;
+
+/**
+ * Marks a batch whose effects are durable as done: its last offset is resolved (committed with the
+ * next periodic commit, CONSUMER_COMMIT), then the member heartbeats. A batch whose partition moved
+ * on meanwhile (stale) is left to the new owner.
  */
 export async function commitBatch(
   { batch, resolveOffset, commitOffsetsIfNecessary, heartbeat, isStale }: EachBatchPayload,
@@ -26,14 +35,7 @@ export async function commitBatch(
   const last = batch.messages.at(-1)!.offset;
   lag?.set(batch.partition, Number(batch.highWatermark) - (Number(last) + 1));
   resolveOffset(last);
-  await commitOffsetsIfNecessary({
-    topics: [
-      {
-        topic: batch.topic,
-        partitions: [{ partition: batch.partition, offset: String(Number(last) + 1) }],
-      },
-    ],
-  });
+  await commitOffsetsIfNecessary();
   await heartbeat();
 }
 

@@ -18,7 +18,13 @@ import type { Logger } from "../../lib/log.js";
 import type { MessageSpans, TraceCarrier } from "../../lib/tracing.js";
 import type { Closeable, InboxDelivery, InboxEntry, OwnershipStore } from "../types.js";
 import { decodeMessage } from "./codec.js";
-import { ConsumerLag, commitBatch, handleBatch, PARTITIONS_CONSUMED_CONCURRENTLY } from "./consumers.js";
+import {
+  CONSUMER_COMMIT,
+  ConsumerLag,
+  commitBatch,
+  handleBatch,
+  PARTITIONS_CONSUMED_CONCURRENTLY,
+} from "./consumers.js";
 import type { GroupMembers } from "./member-resume.js";
 import { OwnedPartitions } from "./owned-partitions.js";
 
@@ -106,7 +112,7 @@ export class InboxOwner implements Closeable {
       groupId: this.o.groupId,
       sessionTimeout: 10_000,
       heartbeatInterval: 1_000,
-      maxWaitTimeInMs: 20,
+      maxWaitTimeInMs: 200,
       allowAutoTopicCreation: false,
     });
     this.consumer = consumer;
@@ -118,7 +124,7 @@ export class InboxOwner implements Closeable {
     await consumer.connect();
     await consumer.subscribe({ topic: this.o.inboxTopic, fromBeginning: true });
     await consumer.run({
-      autoCommit: false,
+      ...CONSUMER_COMMIT,
       eachBatchAutoResolve: false,
       partitionsConsumedConcurrently: PARTITIONS_CONSUMED_CONCURRENTLY,
       eachBatch: (payload) => this.onBatch(payload),

@@ -22,7 +22,7 @@ import type {
 } from "../types.js";
 import type { BatchProducer } from "./batch-producer.js";
 import { decodeMessage, encodeMessage, traceOf } from "./codec.js";
-import { commitBatch } from "./consumers.js";
+import { CONSUMER_COMMIT, commitBatch } from "./consumers.js";
 import { INBOX_GROUP, InboxOwner, type InboxOwnerOptions } from "./inbox-owner.js";
 import {
   MEMBERSHIP_KIND,
@@ -195,7 +195,7 @@ export class KafkaMessageLog implements MessageLog {
     await consumer.connect();
     await consumer.subscribe({ topic: this.o.sequencedTopic, fromBeginning: true });
     await consumer.run({
-      autoCommit: false,
+      ...CONSUMER_COMMIT,
       eachBatchAutoResolve: false,
       // Batches of different partitions are handled concurrently; one partition's batches (and so
       // one conversation's messages) still run one after another, in order.

@@ -14,7 +14,8 @@
  *   3. new seqs from memory; the heads and dedupe rows (one unlogged batch), then the message rows;
  *   4. the check: the partition's epoch is still ours (one plain read). If a successor claimed in the
  *      meantime, nothing of this batch is acknowledged, emitted or committed;
- *   5. the sequenced records (with their recipients), the answers to the senders, the offsets.
+ *   5. the inbox records (one per inbox partition of the recipients), the answers to the senders, the
+ *      offsets.
  *
  * Every step is idempotent: a crash anywhere before the commit makes the next owner re-process the
  * drafts; it finds their dedupe rows (or, if they did not land, assigns the same seqs, because it
@@ -37,7 +38,13 @@ import type {
 } from "../types.js";
 import type { BatchProducer } from "./batch-producer.js";
 import { decodeMessage, encodeMessage } from "./codec.js";
-import { ConsumerLag, commitBatch, handleBatch, PARTITIONS_CONSUMED_CONCURRENTLY } from "./consumers.js";
+import {
+  CONSUMER_COMMIT,
+  ConsumerLag,
+  commitBatch,
+  handleBatch,
+  PARTITIONS_CONSUMED_CONCURRENTLY,
+} from "./consumers.js";
 import { INBOX_RECIPIENTS_HEADER, REDELIVERY_HEADER } from "./inbox-owner.js";
 import { MemberCache } from "./member-cache.js";
 import type { GroupMembers } from "./member-resume.js";
@@ -77,7 +84,11 @@ export interface SequencerOptions {
   /** Keeps the group's member id for a restart after a crash (member-resume.ts). */
   groupMembers?: GroupMembers;
   draftsTopic: string;
-  sequencedTopic: string;
+  /**
+   * Also publish every sequenced message here (keyed by conversation, with its recipients), for
+   * consumers outside the platform; the platform itself reads the inbox topic. Unset: not published.
+   */
+  sequencedTopic?: string;
   /** Where answers go for senders that wait in another process (the draft's id is not in `pending`). */
   repliesTopic: string;
   producer: BatchProducer;
@@ -155,7 +166,7 @@ export class Sequencer implements Closeable {
       groupId: this.o.groupId,
       sessionTimeout: 10_000,
       heartbeatInterval: 1_000,
-      maxWaitTimeInMs: 20,
+      maxWaitTimeInMs: 200,
       allowAutoTopicCreation: false,
     });
     this.consumer = consumer;
@@ -169,7 +180,7 @@ export class Sequencer implements Closeable {
     await consumer.connect();
     await consumer.subscribe({ topic: this.o.draftsTopic, fromBeginning: true });
     await consumer.run({
-      autoCommit: false,
+      ...CONSUMER_COMMIT,
       eachBatchAutoResolve: false,
       partitionsConsumedConcurrently: PARTITIONS_CONSUMED_CONCURRENTLY,
       eachBatch: (payload) => this.onBatch(payload),
@@ -235,8 +246,8 @@ export class Sequencer implements Closeable {
   }
 
   /**
-   * A sequenced message's records: one in the sequenced topic (keyed by conversation, for consumers of
-   * the log), and with an inbox topic one per inbox partition of its recipients.
+   * A sequenced message's records: with an inbox topic one per inbox partition of its recipients, and
+   * if asked one in the sequenced topic (keyed by conversation, for consumers outside the platform).
    */
   private emit(
     m: StoredMessage,
@@ -245,13 +256,15 @@ export class Sequencer implements Closeable {
     trace: TraceCarrier | undefined,
   ): Array<Promise<void>> {
     const value = encodeMessage(m);
-    const sends = [
-      this.o.producer.send(this.o.sequencedTopic, {
-        key: m.conversationId,
-        value,
-        headers: { seq: String(m.seq), [RECIPIENTS_HEADER]: recipients.join("\n"), ...trace },
-      }),
-    ];
+    const sends: Array<Promise<void>> = [];
+    if (this.o.sequencedTopic !== undefined)
+      sends.push(
+        this.o.producer.send(this.o.sequencedTopic, {
+          key: m.conversationId,
+          value,
+          headers: { seq: String(m.seq), [RECIPIENTS_HEADER]: recipients.join("\n"), ...trace },
+        }),
+      );
     const inbox = this.o.inbox;
     if (!inbox) return sends;
     const byPartition = new Map<number, string[]>();

@@ -1,6 +1,7 @@
 /**
  * Topic names and their idempotent creation. `messages` carries drafts (the durable intake, keyed by
- * conversation), `sequenced` the messages with their seq (what the router consumes), `routing` the
+ * conversation), `sequenced` the messages with their seq (published only with kafka.publishSequenced, for consumers
+ * outside the platform), `routing` the
  * session up/down table (compacted: the latest record per session is the table), `replies` the
  * sequencer's answers to senders in other processes (short-lived: only a waiting sender reads them),
  * `inbox` the messages per recipient partition, whose owners assign the users' inbox cursors.
