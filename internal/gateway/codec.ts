@@ -6,11 +6,13 @@
 import {
   create,
   fromBinary,
-  fromJsonString,
+  fromJson,
+  type JsonValue,
   type MessageInitShape,
   toBinary,
   toJsonString,
 } from "@bufbuild/protobuf";
+import { BinaryReader, WireType } from "@bufbuild/protobuf/wire";
 import {
   type ClientFrame,
   ClientFrameSchema,
@@ -18,7 +20,7 @@ import {
   ServerFrameSchema,
 } from "../../gen/switchboard/client/v1/client_pb.js";
 import { type Message, MessageSchema } from "../../gen/switchboard/common/v1/common_pb.js";
-import { errors } from "../lib/errors.js";
+import { errors, SwitchboardError } from "../lib/errors.js";
 
 export type Encoding = "json" | "binary";
 export const SUBPROTOCOL_JSON = "switchboard.v1.json";
@@ -26,17 +28,113 @@ export const SUBPROTOCOL_BINARY = "switchboard.v1.proto";
 
 export type ServerFrameInit = MessageInitShape<typeof ServerFrameSchema>;
 
+/**
+ * Decodes one client frame. Throws MALFORMED_FRAME for anything that is not a ClientFrame, and
+ * INVALID_UNICODE for a frame that is one except that a string holds text no UTF-8 can carry: a lone
+ * UTF-16 surrogate escaped in JSON ("\ud800"), or invalid UTF-8 in a binary frame. That frame's id
+ * is readable (see peekRequest), so it is answered like any refused request.
+ */
 export function decodeClientFrame(data: Buffer, isBinary: boolean): ClientFrame {
   try {
-    return isBinary
-      ? fromBinary(ClientFrameSchema, data)
-      : fromJsonString(ClientFrameSchema, data.toString("utf8"), { ignoreUnknownFields: false });
+    return isBinary ? fromBinary(ClientFrameSchema, data) : decodeJson(data.toString("utf8"));
   } catch (err) {
+    if (err instanceof SwitchboardError) throw err;
+    if (isBinary && isInvalidUtf8(err)) throw invalidUnicode();
     const detail = err instanceof Error ? err.message.slice(0, 200) : "unparseable";
     throw Object.assign(errors.invalid("MALFORMED_FRAME", `frame is not a valid ClientFrame: ${detail}`), {
       cause: err,
     });
   }
+}
+
+function decodeJson(text: string): ClientFrame {
+  const json = JSON.parse(text) as JsonValue;
+  try {
+    return fromJson(ClientFrameSchema, json, { ignoreUnknownFields: false });
+  } catch (err) {
+    // protobuf-es refuses strings that are not well-formed UTF-16 ("invalid UTF8"); say so precisely.
+    if (holdsLoneSurrogate(json)) throw invalidUnicode();
+    throw err;
+  }
+}
+
+function invalidUnicode(): SwitchboardError {
+  return errors.invalid(
+    "INVALID_UNICODE",
+    "a string in the frame is not valid Unicode (a lone UTF-16 surrogate, or invalid UTF-8)",
+  );
+}
+
+/** Node's TextDecoder({fatal: true}), which protobuf-es uses for proto3 strings, throws this. */
+function isInvalidUtf8(err: unknown): boolean {
+  return (
+    err instanceof TypeError && (err as NodeJS.ErrnoException).code === "ERR_ENCODING_INVALID_ENCODED_DATA"
+  );
+}
+
+/** In a `u` regex a surrogate pair is one code point, so \p{Cs} matches only lone surrogates. */
+const LONE_SURROGATE = /\p{Cs}/u;
+
+/** Whether any key or string in the parsed JSON holds a lone surrogate (iterative: depth is the client's). */
+function holdsLoneSurrogate(root: JsonValue): boolean {
+  const stack: JsonValue[] = [root];
+  for (let v = stack.pop(); v !== undefined; v = stack.pop()) {
+    if (typeof v === "string") {
+      if (LONE_SURROGATE.test(v)) return true;
+    } else if (Array.isArray(v)) {
+      stack.push(...v);
+    } else if (v !== null && typeof v === "object") {
+      for (const [k, child] of Object.entries(v)) {
+        if (LONE_SURROGATE.test(k)) return true;
+        stack.push(child);
+      }
+    }
+  }
+  return false;
+}
+
+/** The request kinds (the ClientFrame oneof `kind`) by field number and by JSON key. */
+const KIND_FIELDS = ClientFrameSchema.fields.filter((f) => f.oneof?.name === "kind");
+const KIND_BY_NUMBER = new Map(KIND_FIELDS.map((f) => [f.number, f.localName]));
+const KIND_BY_KEY = new Map(
+  KIND_FIELDS.flatMap((f) => [[f.jsonName, f.localName] as const, [f.name, f.localName] as const]),
+);
+
+/**
+ * The id and request kind of a frame decodeClientFrame refused with INVALID_UNICODE, read without
+ * decoding its strings; id 0 and kind "none" where they cannot be read.
+ */
+export function peekRequest(data: Buffer, isBinary: boolean): { id: number; request: string } {
+  try {
+    return isBinary ? peekBinary(data) : peekJson(data.toString("utf8"));
+  } catch {
+    return { id: 0, request: "none" };
+  }
+}
+
+function peekJson(text: string): { id: number; request: string } {
+  const json = JSON.parse(text) as JsonValue;
+  if (json === null || typeof json !== "object" || Array.isArray(json)) return { id: 0, request: "none" };
+  // The id as proto3 JSON reads it (a number or a decimal string in uint32 range).
+  const id = json.id === undefined ? 0 : fromJson(ClientFrameSchema, { id: json.id }).id;
+  const key = Object.keys(json).find((k) => KIND_BY_KEY.has(k));
+  return { id, request: key === undefined ? "none" : KIND_BY_KEY.get(key)! };
+}
+
+function peekBinary(data: Buffer): { id: number; request: string } {
+  const reader = new BinaryReader(data);
+  let id = 0;
+  let request = "none";
+  while (reader.pos < reader.len) {
+    const [fieldNo, wireType] = reader.tag();
+    if (fieldNo === 1 && wireType === WireType.Varint) {
+      id = reader.uint32();
+      continue;
+    }
+    request = KIND_BY_NUMBER.get(fieldNo) ?? request;
+    reader.skip(wireType, fieldNo);
+  }
+  return { id, request };
 }
 
 export function encodeServerFrame(

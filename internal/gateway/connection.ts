@@ -30,7 +30,13 @@ import type { Metrics } from "../lib/metrics.js";
 import type { ServiceClient } from "../lib/rpc.js";
 import { inSpan, type Span, SpanKind, tracing } from "../lib/tracing.js";
 import { CloseCode } from "./close-codes.js";
-import { decodeClientFrame, type Encoding, encodeServerFrame, type ServerFrameInit } from "./codec.js";
+import {
+  decodeClientFrame,
+  type Encoding,
+  encodeServerFrame,
+  peekRequest,
+  type ServerFrameInit,
+} from "./codec.js";
 import { TokenBucket } from "./rate-limit.js";
 
 /** The stores a gateway reads and writes directly (ADR 0005: sync, history and membership reads stay local). */
@@ -166,7 +172,12 @@ export class Connection {
     try {
       frame = decodeClientFrame(data, isBinary);
     } catch (err) {
-      return this.rejectBadFrame(0, SwitchboardError.from(err));
+      const e = SwitchboardError.from(err);
+      if (e.reason !== "INVALID_UNICODE") return this.rejectBadFrame(0, e);
+      // A request like any other but for its text (e.g. a body cut inside a surrogate pair): it is
+      // answered under its own id, and it is not a malformed frame (no step towards 3501).
+      const { id, request } = peekRequest(data, isBinary);
+      return this.fail(id, e, isBinary ? "binary" : "json", request);
     }
     const kind = frame.kind;
     if (kind.case === undefined)

@@ -1,7 +1,8 @@
 import { create, toBinary, toJsonString } from "@bufbuild/protobuf";
 import { describe, expect, it } from "vitest";
 import { ClientFrameSchema } from "../../gen/switchboard/client/v1/client_pb.js";
-import { decodeClientFrame, encodeServerFrame } from "./codec.js";
+import { Code } from "../lib/errors.js";
+import { decodeClientFrame, encodeServerFrame, peekRequest } from "./codec.js";
 import { TokenBucket } from "./rate-limit.js";
 
 describe("TokenBucket", () => {
@@ -62,6 +63,38 @@ describe("codec", () => {
     expect(() => decodeClientFrame(data, binary)).toThrow(
       expect.objectContaining({ reason: "MALFORMED_FRAME" }),
     );
+  });
+
+  it("refuses text that is not Unicode with INVALID_UNICODE, still knowing the request's id", () => {
+    for (const body of ["\\ud800", "a\\udc00b", "\\ude00\\ud83d", "x\\ud83d"]) {
+      const json = Buffer.from(`{"id":41,"send":{"toUser":"bob","clientMsgId":"c","body":"${body}"}}`);
+      expect(() => decodeClientFrame(json, false), body).toThrow(
+        expect.objectContaining({ reason: "INVALID_UNICODE", code: Code.INVALID_ARGUMENT }),
+      );
+      expect(peekRequest(json, false)).toEqual({ id: 41, request: "send" });
+    }
+    const inName = Buffer.from('{"id":"42","createGroup":{"name":"\\udbff"}}');
+    expect(() => decodeClientFrame(inName, false)).toThrow(
+      expect.objectContaining({ reason: "INVALID_UNICODE" }),
+    );
+    expect(peekRequest(inName, false)).toEqual({ id: 42, request: "createGroup" });
+    // Invalid UTF-8 in a binary frame is the same defect: "AB" of the body overwritten by 0xff 0xfe.
+    const binary = Buffer.from(toBinary(ClientFrameSchema, create(ClientFrameSchema, { ...frame, id: 43 })));
+    const at = binary.indexOf("hi");
+    binary[at] = 0xff;
+    binary[at + 1] = 0xfe;
+    expect(() => decodeClientFrame(binary, true)).toThrow(
+      expect.objectContaining({ reason: "INVALID_UNICODE" }),
+    );
+    expect(peekRequest(binary, true)).toEqual({ id: 43, request: "send" });
+  });
+
+  it("decodes an escaped surrogate pair as the one character it is", () => {
+    const f = decodeClientFrame(
+      Buffer.from('{"id":1,"send":{"toUser":"bob","clientMsgId":"c","body":"\\ud83d\\ude00"}}'),
+      false,
+    );
+    expect(f.kind.case === "send" && f.kind.value.body).toBe("😀");
   });
 
   it("encodes replies as JSON text or binary", () => {

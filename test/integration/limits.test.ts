@@ -3,9 +3,12 @@
  * frames, floods, bad tokens, disallowed origins and non-members, while a bystander conversation
  * keeps flowing on the same server.
  */
+import { create, toBinary } from "@bufbuild/protobuf";
 import { SignJWT } from "jose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import WebSocket from "ws";
+import { ClientFrameSchema } from "../../gen/switchboard/client/v1/client_pb.js";
+import { Code } from "../../internal/lib/errors.js";
 import { expectCase, RawClient } from "../helpers/raw-client.js";
 import { devToken, type ServerProcess, startServer } from "../helpers/server.js";
 
@@ -114,6 +117,46 @@ describe("message and frame limits", () => {
     const c = await connect(user("huge"));
     c.ws.send(Buffer.alloc(1024 * 1024 + 1, 0x61));
     expect(await c.closed).toBe(1009);
+    await bystanderSend();
+  });
+
+  it("answers a request whose text is not Unicode with INVALID_UNICODE under its id, and keeps the connection", async () => {
+    const c = await connect(user("surrogate"));
+    // More of them than badFramesMax (3): they are refused requests, not malformed frames.
+    const lone = ["\\ud800", "a\\udc00", "\\ude00\\ud83d", "x\\ud83d"];
+    for (const [i, body] of lone.entries()) {
+      c.ws.send(`{"id":${900 + i},"send":{"toUser":"someone","clientMsgId":"s${i}","body":"${body}"}}`);
+      const err = expectCase(await c.nextEvent((f) => f.replyTo === 900 + i), "error");
+      expect(err.reason, body).toBe("INVALID_UNICODE");
+      expect(err.code).toBe(Code.INVALID_ARGUMENT);
+    }
+    // The binary encoding's equivalent: invalid UTF-8 in a string ("AB" overwritten by 0xff 0xfe).
+    const binary = Buffer.from(
+      toBinary(
+        ClientFrameSchema,
+        create(ClientFrameSchema, {
+          id: 950,
+          kind: {
+            case: "send",
+            value: { target: { case: "toUser", value: "someone" }, clientMsgId: "bin", body: "AB" },
+          },
+        }),
+      ),
+    );
+    const at = binary.indexOf("AB");
+    binary[at] = 0xff;
+    binary[at + 1] = 0xfe;
+    c.ws.send(binary, { binary: true });
+    expect(expectCase(await c.nextEvent((f) => f.replyTo === 950), "error").reason).toBe("INVALID_UNICODE");
+    // Nothing of them was stored, the connection works, and an escaped pair is its one character.
+    c.ws.send('{"id":960,"send":{"toUser":"someone","clientMsgId":"pair","body":"\\ud83d\\ude00"}}');
+    expect(expectCase(await c.nextEvent((f) => f.replyTo === 960), "ack").seq).toBe(1n);
+    const event = await c.nextEvent((f) => f.kind.case === "message");
+    expect(expectCase(event, "message").message!.body).toBe("😀");
+    expect(c.closeCode).toBeUndefined();
+    // Raw bytes that are not UTF-8 in a text frame break the WebSocket protocol itself: 1007.
+    c.ws.send(Buffer.from('{"id":970,"heartbeat":{}}\xff', "latin1"), { binary: false });
+    expect(await c.closed).toBe(1007);
     await bystanderSend();
   });
 
