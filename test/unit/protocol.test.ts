@@ -1,0 +1,68 @@
+/**
+ * docs/protocol.md is the contract independent clients are written from: where it and the server
+ * disagree, the server is not what its clients expect. These checks keep the tables exact.
+ */
+import { readdirSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { CloseCode } from "../../internal/gateway/close-codes.js";
+import { repoRoot } from "../helpers/server.js";
+
+const protocol = readFileSync(join(repoRoot, "docs/protocol.md"), "utf8");
+
+/** The rows of the Markdown table that follows `heading`, as arrays of trimmed cells. */
+function tableAfter(heading: string): string[][] {
+  const section = protocol.slice(protocol.indexOf(heading));
+  const lines = section.split("\n");
+  const start = lines.findIndex((l) => l.startsWith("|"));
+  const rows: string[][] = [];
+  for (const line of lines.slice(start + 2)) {
+    if (!line.startsWith("|")) break;
+    rows.push(
+      line
+        .split("|")
+        .slice(1, -1)
+        .map((c) => c.trim()),
+    );
+  }
+  return rows;
+}
+
+describe("docs/protocol.md", () => {
+  it("lists every close code the gateway sends, under its name (§7)", () => {
+    const rows = tableAfter("## 7. Close codes");
+    // 1006 is never sent (the peer sees it), 1007 comes from the WebSocket layer itself.
+    const documented = Object.fromEntries(
+      rows.filter(([code]) => code !== "1006" && code !== "1007").map(([code, name]) => [name, Number(code)]),
+    );
+    const { NORMAL: _never, ...sent } = CloseCode; // "The server never sends 1000 itself."
+    expect(documented).toEqual(sent);
+  });
+
+  it("says which close follows each failed auth frame, as the gateway does (§1.3, §6, §7)", () => {
+    const errors = Object.fromEntries(tableAfter("## 6. Errors").map((r) => [r[0], r[2]]));
+    expect(errors["`INVALID_TOKEN`"]).toContain(`Close ${CloseCode.INVALID_TOKEN} follows`);
+    expect(errors["`TOKEN_EXPIRED`"]).toContain(`Close ${CloseCode.TOKEN_EXPIRED} follows`);
+    // Anywhere TOKEN_EXPIRED and 3500 meet, 3005 is what the sentence gives the expired token.
+    for (const line of protocol.split("\n").filter((l) => l.includes("TOKEN_EXPIRED") && l.includes("3500")))
+      expect(line).toContain(String(CloseCode.TOKEN_EXPIRED));
+    const closes = Object.fromEntries(tableAfter("## 7. Close codes").map((r) => [r[0], r[2]]));
+    expect(closes["3005"]).toContain("TOKEN_EXPIRED");
+    expect(closes["3500"]).not.toMatch(/including expired/);
+  });
+
+  it("documents every error reason the gateway and the conversation rules raise (§6)", () => {
+    const reasons = new Set(tableAfter("## 6. Errors").map((r) => r[0]!.replaceAll("`", "")));
+    const raised = new Set<string>();
+    for (const dir of ["internal/gateway", "internal/conversations"]) {
+      for (const file of readdirSync(join(repoRoot, dir)).filter(
+        (f) => f.endsWith(".ts") && !f.endsWith(".test.ts"),
+      )) {
+        const source = readFileSync(join(repoRoot, dir, file), "utf8");
+        for (const m of source.matchAll(/errors\.\w+\(\s*"([A-Z_]+)"/g)) raised.add(m[1]!);
+      }
+    }
+    expect(raised).toContain("INVALID_UNICODE");
+    expect([...raised].filter((r) => !reasons.has(r))).toEqual([]);
+  });
+});
