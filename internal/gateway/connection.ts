@@ -71,6 +71,12 @@ type Request = NonNullable<ClientFrame["kind"]>;
 type Socket = import("ws").WebSocket;
 
 export const PRESENCE_TARGETS_PER_REQUEST_MAX = 100;
+/**
+ * How long a flooded connection waits for the replies of the requests it had accepted before it
+ * closes (3013): longer than a send's own bound (kafka.appendTimeoutMs and the call deadline across
+ * processes, 10 s each), so every accepted send is answered with its ack or its error.
+ */
+const FLOOD_REPLIES_WAIT_MS = 15_000;
 
 export class Connection {
   readonly sessionId: string;
@@ -80,6 +86,10 @@ export class Connection {
   private readonly sends: TokenBucket;
   private badFrames = 0;
   private closed = false;
+  /** Flooded: no more frames are read; the accepted requests are answered, then it closes. */
+  private stopping = false;
+  /** Requests being handled (each settles once its reply is written). */
+  private readonly inFlight = new Set<Promise<void>>();
   private authTimer: NodeJS.Timeout | undefined;
   private expiryTimer: NodeJS.Timeout | undefined;
   private lastHeartbeatMs = 0;
@@ -157,10 +167,11 @@ export class Connection {
   }
 
   private onMessage(data: Buffer, isBinary: boolean): void {
-    if (this.closed) return;
+    if (this.closed || this.stopping) return;
     this.encoding = isBinary ? "binary" : "json";
     if (this.frames.take() > 0) {
-      if (this.frames.flooded()) return this.close(CloseCode.TOO_MANY_REQUESTS, "too many frames");
+      if (this.frames.flooded())
+        return this.closeAfterReplies(CloseCode.TOO_MANY_REQUESTS, "too many frames");
       this.ctx.metrics.errorsTotal.inc({
         reason: "RATE_LIMITED",
         code: "RESOURCE_EXHAUSTED",
@@ -190,9 +201,28 @@ export class Connection {
       );
     }
     const encoding: Encoding = isBinary ? "binary" : "json";
-    this.dispatch(frame.id, kind, encoding).catch((err: unknown) =>
+    const handled = this.dispatch(frame.id, kind, encoding).catch((err: unknown) =>
       this.fail(frame.id, SwitchboardError.from(err), encoding, kind.case),
     );
+    this.inFlight.add(handled);
+    void handled.finally(() => this.inFlight.delete(handled));
+  }
+
+  /**
+   * Closes a flooding connection without losing what it was promised: frames are no longer read, the
+   * requests already accepted get their replies (the acks of sends already appended among them), and
+   * then, or after FLOOD_REPLIES_WAIT_MS at most, the connection closes with `code`.
+   */
+  private closeAfterReplies(code: number, reason: string): void {
+    if (this.stopping || this.closed) return;
+    this.stopping = true;
+    // The request being dispatched now is registered once this call returns: look a turn later.
+    setImmediate(() => {
+      const waited = new Promise<void>((r) => setTimeout(r, FLOOD_REPLIES_WAIT_MS).unref());
+      void Promise.race([Promise.allSettled([...this.inFlight]), waited]).then(() =>
+        this.close(code, reason),
+      );
+    });
   }
 
   private rejectBadFrame(id: number, err: SwitchboardError): void {
@@ -228,7 +258,7 @@ export class Connection {
       case "send": {
         const wait = this.sends.take() || c.takeUserSend(user);
         if (wait > 0) {
-          if (this.sends.flooded()) this.close(CloseCode.TOO_MANY_REQUESTS, "send flood");
+          if (this.sends.flooded()) this.closeAfterReplies(CloseCode.TOO_MANY_REQUESTS, "send flood");
           throw errors.exhausted("RATE_LIMITED", "too many messages; slow down", wait);
         }
         if (!tracing.on) return this.send(req.value, reply);

@@ -204,6 +204,37 @@ describe("message and frame limits", () => {
     await bystanderSend();
   });
 
+  it("acks every send it stored before it closes a send flood with 3013", async () => {
+    const c = await connect(user("flood"));
+    const sink = user("flood-sink");
+    // All at once: the first sendBurst (5) are accepted, the next ones refused until the refusals
+    // make a flood (the 10th), and the server closes while the accepted ones are being stored.
+    for (let i = 0; i < 25; i++) {
+      c.sendFrame({
+        id: 500 + i,
+        kind: {
+          case: "send",
+          value: { target: { case: "toUser", value: sink }, clientMsgId: `f${i}`, body: `f${i}` },
+        },
+      });
+    }
+    expect(await c.closed).toBe(3013);
+    const acked = c.received
+      .filter((f) => f.kind.case === "ack")
+      .map((f) => expectCase(f, "ack").clientMsgId)
+      .sort();
+    expect(acked).toEqual(expect.arrayContaining(["f0", "f1", "f2", "f3", "f4"]));
+    // Each frame got at most one reply, and those after the flood none.
+    const replies = c.received.filter((f) => f.replyTo !== 0).map((f) => f.replyTo);
+    expect(new Set(replies).size).toBe(replies.length);
+    expect(replies).not.toContain(524);
+    // What was stored is exactly what was acked.
+    const reader = await RawClient.connect(server.url, { token: await devToken(server.dataDir, sink) });
+    const stored = (await reader.syncAtLeast(acked.length)).messages.map((m) => m.body).sort();
+    expect(stored).toEqual(acked);
+    reader.close();
+  });
+
   it("limits sends per user across all of the user's connections", async () => {
     const limited = await startServer({
       env: {
