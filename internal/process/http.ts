@@ -30,9 +30,17 @@ export interface RunningHttp {
 
 export async function serveHttp(o: HttpOptions): Promise<RunningHttp> {
   const demoPage = readDemoPage(o.log);
-  const http = createServer((req, res) => handleHttp(req, res, o, demoPage));
-  http.headersTimeout = o.config.http.headersTimeoutMs;
-  http.requestTimeout = o.config.http.headersTimeoutMs * 3;
+  const { headersTimeoutMs } = o.config.http;
+  const http = createServer(
+    {
+      headersTimeout: headersTimeoutMs,
+      requestTimeout: headersTimeoutMs * 3,
+      // Node enforces both timeouts only when it sweeps its connections, every 30 s by default: a
+      // half-sent upgrade would live up to 30 s past the bound. Sweep often enough to keep it.
+      connectionsCheckingInterval: connectionsCheckingIntervalMs(headersTimeoutMs),
+    },
+    (req, res) => handleHttp(req, res, o, demoPage),
+  );
   http.on("upgrade", (req, socket, head) => {
     const gateway = o.gateway();
     const path = (req.url ?? "").split("?")[0];
@@ -54,6 +62,11 @@ export async function serveHttp(o: HttpOptions): Promise<RunningHttp> {
       http.closeAllConnections();
     },
   };
+}
+
+/** How often Node looks for connections past headersTimeout: at most a second late, or a tenth of it. */
+export function connectionsCheckingIntervalMs(headersTimeoutMs: number): number {
+  return Math.max(50, Math.min(1_000, Math.floor(headersTimeoutMs / 10)));
 }
 
 export function listen(server: Server, port: number, host: string): Promise<number> {

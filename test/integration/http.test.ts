@@ -1,0 +1,60 @@
+/**
+ * The HTTP server in front of the gateway: a client that never finishes its request headers
+ * (slowloris; here a half-sent WebSocket upgrade) is cut at http.headersTimeoutMs.
+ */
+import { connect } from "node:net";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { RawClient } from "../helpers/raw-client.js";
+import { type ServerProcess, startServer } from "../helpers/server.js";
+
+const HEADERS_TIMEOUT_MS = 2_000;
+let server: ServerProcess;
+
+beforeAll(async () => {
+  server = await startServer({ env: { SWITCHBOARD_HTTP_HEADERS_TIMEOUT_MS: String(HEADERS_TIMEOUT_MS) } });
+});
+afterAll(async () => {
+  await server.dispose();
+});
+
+/**
+ * Opens a raw TCP connection, drips an upgrade request's header lines without ever ending them, and
+ * resolves with how long the server let it live and what it answered.
+ */
+async function halfSentUpgrade(port: number): Promise<{ ms: number; answer: string }> {
+  const socket = connect(port, "127.0.0.1");
+  await new Promise<void>((r) => socket.once("connect", () => r()));
+  const started = Date.now();
+  socket.write(
+    "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+      "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+  );
+  // One more header line every 250 ms, never the blank line that ends them.
+  let n = 0;
+  const drip = setInterval(() => socket.write(`X-Slow-${++n}: ${n}\r\n`), 250);
+  let answer = "";
+  socket.on("data", (d: Buffer) => {
+    answer += d.toString();
+  });
+  socket.on("error", () => {});
+  // Far past the bound: without the fix Node's 30 s sweep cuts it only here.
+  const gaveUp = setTimeout(() => socket.destroy(), 10_000);
+  await new Promise<void>((r) => socket.once("close", () => r()));
+  clearInterval(drip);
+  clearTimeout(gaveUp);
+  return { ms: Date.now() - started, answer };
+}
+
+describe("unfinished requests", () => {
+  it("cuts a half-sent upgrade at http.headersTimeoutMs, within a second after it", async () => {
+    const cuts = await Promise.all([0, 1, 2].map(() => halfSentUpgrade(server.port)));
+    for (const { ms, answer } of cuts) {
+      expect(answer).toMatch(/^HTTP\/1\.1 408 /);
+      expect(ms).toBeGreaterThanOrEqual(HEADERS_TIMEOUT_MS - 100);
+      expect(ms).toBeLessThanOrEqual(HEADERS_TIMEOUT_MS + 1_000);
+    }
+    // The server took no harm: a WebSocket still connects.
+    const c = await RawClient.connect(server.url);
+    c.close();
+  });
+});
