@@ -63,6 +63,7 @@ export interface MessageLog extends Closeable {
   /**
    * Consumes as member of `group`: batches arrive in per-conversation seq order, at least once;
    * the group's position advances only after `handler` resolved, so effects must be idempotent.
+   * Distributed: only when the sequenced topic is published (kafka.publishSequenced).
    */
   consume(group: string, handler: BatchHandler): Promise<Closeable>;
   /**

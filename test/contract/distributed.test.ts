@@ -39,6 +39,8 @@ describeBackendContract(
         replicationFactor: 1,
         retentionHours: 1,
         appendTimeoutMs: 20_000,
+        // The contract's consumers read the sequenced log, which Kafka has only when it is published.
+        publishSequenced: true,
         cassandra: { contactPoints: s.contactPoints, localDataCenter: s.datacenter, keyspace },
         log: createLogger({ test: "contract" }),
       });

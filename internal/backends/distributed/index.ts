@@ -156,7 +156,7 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
       kafka,
       producer: batchProducer,
       draftsTopic: names.messages,
-      sequencedTopic: names.sequenced,
+      sequencedTopic: o.publishSequenced ? names.sequenced : undefined,
       repliesTopic: names.replies,
       groupPrefix,
       pending,

@@ -3,7 +3,8 @@
  * read their partitions, and how a handled batch is committed.
  */
 import type { Attributes } from "@opentelemetry/api";
-import type { EachBatchPayload } from "kafkajs";
+import type { Consumer, EachBatchPayload, TopicPartitionOffset } from "kafkajs";
+import type { Logger } from "../../lib/log.js";
 import { inSpan, linksTo, MessageSpans, SpanKind, type TraceCarrier, tracing } from "../../lib/tracing.js";
 import { traceOf } from "./codec.js";
 
@@ -14,29 +15,96 @@ import { traceOf } from "./codec.js";
  */
 export const PARTITIONS_CONSUMED_CONCURRENTLY = 64;
 
-/**
- * How the consumers commit: kafkajs commits the offsets of resolved batches at most this often (and
- * on every rebalance and error), not once per batch. A committed offset only bounds what a successor
- * re-reads after a crash: every consumer's effects are idempotent (dedupe rows, applied inbox offsets),
- * so a commit is not on any message's path and need not cost a broker write per batch.
- */
-export const CONSUMER_COMMIT = { autoCommit: true, autoCommitInterval: 1_000 } as const;
+/** How often the partition owners commit what they resolved (PeriodicCommits). */
+export const COMMIT_INTERVAL_MS = 1_000;
 
 /**
- * Marks a batch whose effects are durable as done: its last offset is resolved (committed with the
- * next periodic commit, CONSUMER_COMMIT), then the member heartbeats. A batch whose partition moved
- * on meanwhile (stale) is left to the new owner.
+ * Marks a batch whose effects are durable as done: its last offset is resolved and committed (at
+ * once, or with the owner's next periodic commit when `commits` is given), then the member
+ * heartbeats. A batch whose partition moved on meanwhile (stale) is left to the new owner.
  */
 export async function commitBatch(
   { batch, resolveOffset, commitOffsetsIfNecessary, heartbeat, isStale }: EachBatchPayload,
   lag?: ConsumerLag,
+  commits?: PeriodicCommits,
 ): Promise<void> {
   if (isStale()) return;
   const last = batch.messages.at(-1)!.offset;
-  lag?.set(batch.partition, Number(batch.highWatermark) - (Number(last) + 1));
+  const next = String(Number(last) + 1);
+  lag?.set(batch.partition, Number(batch.highWatermark) - Number(next));
   resolveOffset(last);
-  await commitOffsetsIfNecessary();
+  if (commits) commits.resolved(batch.topic, batch.partition, next);
+  else
+    await commitOffsetsIfNecessary({
+      topics: [{ topic: batch.topic, partitions: [{ partition: batch.partition, offset: next }] }],
+    });
   await heartbeat();
+}
+
+/**
+ * The partition owners' (sequencer, inbox owner) offset commits: what they resolved, once a second
+ * and on close, instead of a commit per batch. A commit is a broker write that kafkajs would have the
+ * owner wait for before it fetches the partition again (with autoCommit on, too: it commits after
+ * every batch whatever the interval). Yet a committed offset only bounds what a successor re-reads
+ * after a crash, and the owners' effects are idempotent (dedupe rows; the applied inbox offset), so it
+ * need not be on any batch's path. A failed commit is retried with the next one; a new group
+ * generation drops what the old one resolved (its new owner re-reads from the last commit).
+ */
+export class PeriodicCommits {
+  private readonly pending = new Map<string, TopicPartitionOffset>();
+  private timer: NodeJS.Timeout | undefined;
+  private committing: Promise<void> | undefined;
+
+  constructor(
+    private readonly consumer: Pick<Consumer, "commitOffsets">,
+    private readonly log: Logger,
+    private readonly intervalMs = COMMIT_INTERVAL_MS,
+  ) {}
+
+  start(): void {
+    this.timer = setInterval(() => void this.flush(), this.intervalMs);
+    this.timer.unref();
+  }
+
+  resolved(topic: string, partition: number, offset: string): void {
+    this.pending.set(`${topic}\u0000${partition}`, { topic, partition, offset });
+  }
+
+  /** A new group generation: what the previous one resolved is its successors' to re-read. */
+  reset(): void {
+    this.pending.clear();
+  }
+
+  /** Commits what is resolved (one request); resolves when that commit is done, failed or not. */
+  flush(): Promise<void> {
+    if (this.committing) return this.committing;
+    const offsets = [...this.pending.values()];
+    this.pending.clear();
+    if (offsets.length === 0) return Promise.resolve();
+    this.committing = this.consumer
+      .commitOffsets(offsets)
+      .catch((err: unknown) => {
+        // Usually a rebalance under way; retried with the next commit unless superseded or reset.
+        for (const o of offsets) {
+          const key = `${o.topic}\u0000${o.partition}`;
+          if (!this.pending.has(key)) this.pending.set(key, o);
+        }
+        this.log.debug("kafka: offset commit failed; retried with the next one", {
+          error: err instanceof Error ? err.message : String(err),
+        });
+      })
+      .finally(() => {
+        this.committing = undefined;
+      });
+    return this.committing;
+  }
+
+  /** Stops the timer and commits what is resolved (call before the consumer disconnects). */
+  async close(): Promise<void> {
+    clearInterval(this.timer);
+    await this.committing;
+    await this.flush();
+  }
 }
 
 /**

@@ -19,11 +19,11 @@ import type { MessageSpans, TraceCarrier } from "../../lib/tracing.js";
 import type { Closeable, InboxDelivery, InboxEntry, OwnershipStore } from "../types.js";
 import { decodeMessage } from "./codec.js";
 import {
-  CONSUMER_COMMIT,
   ConsumerLag,
   commitBatch,
   handleBatch,
   PARTITIONS_CONSUMED_CONCURRENTLY,
+  PeriodicCommits,
 } from "./consumers.js";
 import type { GroupMembers } from "./member-resume.js";
 import { OwnedPartitions } from "./owned-partitions.js";
@@ -85,6 +85,7 @@ class PartitionState {
 
 export class InboxOwner implements Closeable {
   private consumer: Consumer | undefined;
+  private commits: PeriodicCommits | undefined;
   private readonly partitions: OwnedPartitions<PartitionState>;
 
   constructor(private readonly o: InboxOwnerOptions) {
@@ -116,19 +117,22 @@ export class InboxOwner implements Closeable {
       allowAutoTopicCreation: false,
     });
     this.consumer = consumer;
+    this.commits = new PeriodicCommits(consumer, this.o.log);
     this.o.groupMembers?.track(consumer, this.o.groupId);
     consumer.on(consumer.events.GROUP_JOIN, () => {
       this.partitions.reset();
       this.lag.clear();
+      this.commits?.reset();
     });
     await consumer.connect();
     await consumer.subscribe({ topic: this.o.inboxTopic, fromBeginning: true });
     await consumer.run({
-      ...CONSUMER_COMMIT,
+      autoCommit: false,
       eachBatchAutoResolve: false,
       partitionsConsumedConcurrently: PARTITIONS_CONSUMED_CONCURRENTLY,
       eachBatch: (payload) => this.onBatch(payload),
     });
+    this.commits.start();
   }
 
   private onBatch(payload: EachBatchPayload): Promise<void> {
@@ -219,10 +223,12 @@ export class InboxOwner implements Closeable {
     await this.partitions.check(batch.partition, state);
 
     if (deliveries.length > 0) await this.o.handler(deliveries);
-    await commitBatch(payload, this.lag);
+    await commitBatch(payload, this.lag, this.commits);
   }
 
   async close(): Promise<void> {
+    // What is resolved now is committed; a batch still in flight is its successor's to re-read.
+    await this.commits?.close();
     await this.consumer?.disconnect();
     this.o.groupMembers?.forget(this.o.groupId);
   }

@@ -22,7 +22,7 @@ import type {
 } from "../types.js";
 import type { BatchProducer } from "./batch-producer.js";
 import { decodeMessage, encodeMessage, traceOf } from "./codec.js";
-import { CONSUMER_COMMIT, commitBatch } from "./consumers.js";
+import { commitBatch } from "./consumers.js";
 import { INBOX_GROUP, InboxOwner, type InboxOwnerOptions } from "./inbox-owner.js";
 import {
   MEMBERSHIP_KIND,
@@ -39,7 +39,8 @@ export interface KafkaLogOptions {
   kafka: Kafka;
   producer: BatchProducer;
   draftsTopic: string;
-  sequencedTopic: string;
+  /** The sequenced topic, when the sequencers publish it (kafka.publishSequenced): what consume() reads. */
+  sequencedTopic: string | undefined;
   repliesTopic: string;
   /** Consumer group ids are `${groupPrefix}${group}`. */
   groupPrefix: string;
@@ -184,6 +185,12 @@ export class KafkaMessageLog implements MessageLog {
   }
 
   async consume(group: string, handler: BatchHandler): Promise<Closeable> {
+    const topic = this.o.sequencedTopic;
+    if (topic === undefined)
+      throw errors.precondition(
+        "SEQUENCED_NOT_PUBLISHED",
+        "the sequenced log is not published (set kafka.publishSequenced): nothing would ever arrive",
+      );
     const consumer = this.o.kafka.consumer({
       groupId: `${this.o.groupPrefix}${group}`,
       sessionTimeout: 10_000,
@@ -193,9 +200,9 @@ export class KafkaMessageLog implements MessageLog {
     });
     this.consumers.add(consumer);
     await consumer.connect();
-    await consumer.subscribe({ topic: this.o.sequencedTopic, fromBeginning: true });
+    await consumer.subscribe({ topic, fromBeginning: true });
     await consumer.run({
-      ...CONSUMER_COMMIT,
+      autoCommit: false,
       eachBatchAutoResolve: false,
       // Batches of different partitions are handled concurrently; one partition's batches (and so
       // one conversation's messages) still run one after another, in order.

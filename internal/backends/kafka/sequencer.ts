@@ -39,11 +39,11 @@ import type {
 import type { BatchProducer } from "./batch-producer.js";
 import { decodeMessage, encodeMessage } from "./codec.js";
 import {
-  CONSUMER_COMMIT,
   ConsumerLag,
   commitBatch,
   handleBatch,
   PARTITIONS_CONSUMED_CONCURRENTLY,
+  PeriodicCommits,
 } from "./consumers.js";
 import { INBOX_RECIPIENTS_HEADER, REDELIVERY_HEADER } from "./inbox-owner.js";
 import { MemberCache } from "./member-cache.js";
@@ -139,6 +139,7 @@ interface Sequenced {
 
 export class Sequencer implements Closeable {
   private consumer: Consumer | undefined;
+  private commits: PeriodicCommits | undefined;
   private readonly partitions: OwnedPartitions<PartitionState>;
 
   constructor(private readonly o: SequencerOptions) {
@@ -170,21 +171,24 @@ export class Sequencer implements Closeable {
       allowAutoTopicCreation: false,
     });
     this.consumer = consumer;
+    this.commits = new PeriodicCommits(consumer, this.o.log);
     this.o.groupMembers?.track(consumer, this.o.groupId);
     // A new generation: every partition is claimed again before use, with empty caches (another owner
     // may have written in between).
     consumer.on(consumer.events.GROUP_JOIN, () => {
       this.partitions.reset();
       this.lag.clear();
+      this.commits?.reset();
     });
     await consumer.connect();
     await consumer.subscribe({ topic: this.o.draftsTopic, fromBeginning: true });
     await consumer.run({
-      ...CONSUMER_COMMIT,
+      autoCommit: false,
       eachBatchAutoResolve: false,
       partitionsConsumedConcurrently: PARTITIONS_CONSUMED_CONCURRENTLY,
       eachBatch: (payload) => this.onBatch(payload),
     });
+    this.commits.start();
   }
 
   private onBatch(payload: EachBatchPayload): Promise<void> {
@@ -242,7 +246,7 @@ export class Sequencer implements Closeable {
       ),
     );
     await this.answer(done.results);
-    await commitBatch(payload, this.lag);
+    await commitBatch(payload, this.lag, this.commits);
   }
 
   /**
@@ -445,6 +449,8 @@ export class Sequencer implements Closeable {
   }
 
   async close(): Promise<void> {
+    // What is resolved now is committed; a batch still in flight is its successor's to re-read.
+    await this.commits?.close();
     await this.consumer?.disconnect();
     this.o.groupMembers?.forget(this.o.groupId);
   }
