@@ -1,0 +1,91 @@
+import { describe, expect, it } from "vitest";
+import { GatewayService } from "../../gen/switchboard/gateway/v1/gateway_pb.js";
+import { IdService } from "../../gen/switchboard/id/v1/id_pb.js";
+import { PresenceService } from "../../gen/switchboard/presence/v1/presence_pb.js";
+import { PushService } from "../../gen/switchboard/push/v1/push_pb.js";
+import { RouterService } from "../../gen/switchboard/router/v1/router_pb.js";
+import { Code, SwitchboardError } from "../lib/errors.js";
+import { KeyFile, newKey } from "./key-file.js";
+import { authorize, METHOD_RULES, type Policy, type Principal } from "./policy.js";
+
+const SERVICES = [GatewayService, IdService, PresenceService, PushService, RouterService];
+const noClients: Policy = { clients: new Map() };
+
+function outcome(policy: Policy, principal: Principal | undefined, path: string): string {
+  try {
+    authorize(policy, principal, path);
+    return "allowed";
+  } catch (err) {
+    if (!(err instanceof SwitchboardError)) throw err;
+    return `${Code[err.code]} ${err.reason}`;
+  }
+}
+
+describe("gRPC authorization", () => {
+  it("has a rule for every method of every service, and no rule for a method that does not exist", () => {
+    const paths = SERVICES.flatMap((s) => s.methods.map((m) => `/${s.typeName}/${m.name}`));
+    expect([...METHOD_RULES.keys()].sort()).toEqual(paths.sort());
+  });
+
+  it("allows each internal method to the roles that call it and denies it to every other identity", () => {
+    const everyone: Principal[] = [
+      "role:gateway",
+      "role:router",
+      "role:presence",
+      "role:push",
+      "role:id",
+      "role:sequencer",
+      "operator",
+      "client:billing",
+    ];
+    const allAllowed: Policy = {
+      clients: new Map([["billing", { permissions: new Set(["publish", "manageGroups"] as const) }]]),
+    };
+    const deliver = "/switchboard.gateway.v1.GatewayService/Deliver";
+    const drain = "/switchboard.gateway.v1.GatewayService/Drain";
+    expect(everyone.filter((p) => outcome(allAllowed, p, deliver) === "allowed")).toEqual(["role:router"]);
+    expect(everyone.filter((p) => outcome(allAllowed, p, drain) === "allowed")).toEqual(["operator"]);
+    expect(outcome(allAllowed, "client:billing", deliver)).toBe("PERMISSION_DENIED METHOD_NOT_ALLOWED");
+    expect(outcome(allAllowed, "role:gateway", "/switchboard.push.v1.PushService/Notify")).toBe(
+      "PERMISSION_DENIED METHOD_NOT_ALLOWED",
+    );
+  });
+
+  it("opens backend methods to a client only with the permission, and to nobody unauthenticated", () => {
+    const send = "/switchboard.router.v1.RouterService/SendMessage";
+    const history = "/switchboard.router.v1.RouterService/GetHistory";
+    const policy: Policy = {
+      clients: new Map([["billing", { permissions: new Set(["publish"] as const) }]]),
+    };
+    expect(outcome(policy, "client:billing", send)).toBe("allowed");
+    expect(outcome(policy, "client:billing", history)).toBe("PERMISSION_DENIED METHOD_NOT_ALLOWED");
+    expect(outcome(policy, "client:unknown", send)).toBe("PERMISSION_DENIED METHOD_NOT_ALLOWED");
+    expect(outcome(noClients, "client:billing", send)).toBe("PERMISSION_DENIED METHOD_NOT_ALLOWED");
+    expect(outcome(policy, undefined, send)).toBe("UNAUTHENTICATED UNAUTHENTICATED");
+    expect(outcome(policy, "client:billing", "/switchboard.router.v1.RouterService/Nope")).toBe(
+      "PERMISSION_DENIED METHOD_NOT_ALLOWED",
+    );
+  });
+});
+
+describe("static key file", () => {
+  it("maps a key to the principal of its line, and nothing else to anything", () => {
+    const a = newKey("role:router");
+    const b = newKey("client:billing");
+    const file = KeyFile.parse(`# keys\n${a.line}\n\n${b.line}  # billing's\n`);
+    expect(file.size).toBe(2);
+    expect(file.verify(a.key)).toBe("role:router");
+    expect(file.verify(b.key)).toBe("client:billing");
+    expect(file.verify(`${a.key}x`)).toBeUndefined();
+    expect(file.verify("")).toBeUndefined();
+    expect(a.line).not.toContain(a.key);
+  });
+
+  it("refuses a malformed line or an unknown principal, naming the line", () => {
+    expect(() => KeyFile.parse("role:router sha256:abc")).toThrow(/:1: expected/);
+    const { line } = newKey("operator");
+    expect(() => KeyFile.parse(`${line}\nrole:mayor ${line.split(" ")[1]}`)).toThrow(
+      /:2: "role:mayor" is not a principal/,
+    );
+  });
+});

@@ -1,0 +1,110 @@
+/**
+ * Who may call which gRPC method (ADR 0007). Internal methods are allowed to exactly the identities
+ * whose code calls them: the table changes only with that code, so it is code, and a method missing
+ * from it is denied to everyone. Methods of the backend API are allowed to configured clients by
+ * permission. The check runs before the handler, so a denied call does no work.
+ */
+import { errors, type SwitchboardError } from "../lib/errors.js";
+
+/** The roles a platform process runs (ADR 0005). */
+export const ROLE_NAMES = ["gateway", "router", "presence", "push", "id", "sequencer"] as const;
+export type RoleName = (typeof ROLE_NAMES)[number];
+
+/** One caller: a platform role, the operator, or a backend client named in configuration. */
+export type Principal = `role:${RoleName}` | "operator" | `client:${string}`;
+
+/** What a backend client may be granted. */
+export const PERMISSIONS = [
+  "publish",
+  "sendToUsers",
+  "broadcast",
+  "manageGroups",
+  "readHistory",
+  "presence",
+  "sessions",
+  "devices",
+  "events",
+] as const;
+export type Permission = (typeof PERMISSIONS)[number];
+
+/** A backend client's grant, as configured (ChatCluster spec.api.clients, or the policy file). */
+export interface ClientGrant {
+  readonly permissions: ReadonlySet<Permission>;
+}
+
+export interface Policy {
+  /** By client name (the `<name>` of `client:<name>`). */
+  readonly clients: ReadonlyMap<string, ClientGrant>;
+}
+
+interface MethodRule {
+  /** Platform identities that call it. */
+  readonly callers: readonly Principal[];
+  /** The permission that opens it to a backend client, if clients may call it at all. */
+  readonly permission?: Permission;
+}
+
+const rule = (callers: Principal[], permission?: Permission): MethodRule =>
+  permission === undefined ? { callers } : { callers, permission };
+
+/** Every method of every service, by its gRPC path. */
+export const METHOD_RULES: ReadonlyMap<string, MethodRule> = new Map([
+  ["/switchboard.gateway.v1.GatewayService/Deliver", rule(["role:router"])],
+  ["/switchboard.gateway.v1.GatewayService/Drain", rule(["operator"])],
+  ["/switchboard.gateway.v1.GatewayService/Stats", rule(["operator"])],
+  ["/switchboard.id.v1.IdService/AllocateIds", rule(["role:gateway", "role:router"])],
+  ["/switchboard.presence.v1.PresenceService/Heartbeat", rule(["role:gateway"])],
+  ["/switchboard.presence.v1.PresenceService/EndSession", rule(["role:gateway"])],
+  ["/switchboard.presence.v1.PresenceService/Subscribe", rule(["role:gateway"])],
+  ["/switchboard.presence.v1.PresenceService/Unsubscribe", rule(["role:gateway"])],
+  ["/switchboard.presence.v1.PresenceService/GetPresence", rule(["role:gateway", "role:router"], "presence")],
+  ["/switchboard.push.v1.PushService/RegisterDevice", rule(["role:gateway"], "devices")],
+  ["/switchboard.push.v1.PushService/UnregisterDevice", rule(["role:gateway"], "devices")],
+  ["/switchboard.push.v1.PushService/ListDevices", rule(["role:gateway"], "devices")],
+  ["/switchboard.push.v1.PushService/Notify", rule(["role:router"])],
+  ["/switchboard.router.v1.RouterService/Relay", rule(["role:gateway", "role:presence"])],
+  ["/switchboard.router.v1.RouterService/SendMessage", rule([], "publish")],
+  ["/switchboard.router.v1.RouterService/CreateGroup", rule([], "manageGroups")],
+  ["/switchboard.router.v1.RouterService/AddMembers", rule([], "manageGroups")],
+  ["/switchboard.router.v1.RouterService/RemoveMember", rule([], "manageGroups")],
+  ["/switchboard.router.v1.RouterService/ListMembers", rule([], "manageGroups")],
+  ["/switchboard.router.v1.RouterService/GetHistory", rule([], "readHistory")],
+  ["/switchboard.router.v1.RouterService/LookupUser", rule([], "sessions")],
+]);
+
+/** Whether `text` names a principal (what configuration and credentials may map to). */
+export function isPrincipal(text: string): text is Principal {
+  if (text === "operator") return true;
+  if (text.startsWith("role:")) return (ROLE_NAMES as readonly string[]).includes(text.slice(5));
+  return /^client:[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/.test(text);
+}
+
+/**
+ * Throws UNAUTHENTICATED without a principal and PERMISSION_DENIED (METHOD_NOT_ALLOWED) when the
+ * principal may not call `path`; returns when it may.
+ */
+export function authorize(policy: Policy, principal: Principal | undefined, path: string): void {
+  const denial = denialOf(policy, principal, path);
+  if (denial) throw denial;
+}
+
+function denialOf(
+  policy: Policy,
+  principal: Principal | undefined,
+  path: string,
+): SwitchboardError | undefined {
+  if (principal === undefined)
+    return errors.unauthenticated("UNAUTHENTICATED", `${path} needs credentials (ADR 0007)`);
+  const r = METHOD_RULES.get(path);
+  if (r?.callers.includes(principal)) return undefined;
+  if (r?.permission !== undefined && principal.startsWith("client:")) {
+    const grant = policy.clients.get(principal.slice("client:".length));
+    if (grant?.permissions.has(r.permission)) return undefined;
+  }
+  return errors.denied(
+    "METHOD_NOT_ALLOWED",
+    r?.permission !== undefined && principal.startsWith("client:")
+      ? `${principal} may not call ${path}: it needs the ${r.permission} permission`
+      : `${principal} may not call ${path}`,
+  );
+}
