@@ -19,8 +19,11 @@ import { homedir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
-/** kube: the control plane (KUBECONFIG, KUBECTL); helm and prometheus: only install binaries (HELM; PROMETHEUS, PROMTOOL). */
-export type ServerName = "kafka" | "cassandra" | "kube" | "helm" | "prometheus";
+/**
+ * kube: the control plane (KUBECONFIG, KUBECTL); helm, prometheus and grpcurl: only install binaries
+ * (HELM; PROMETHEUS, PROMTOOL; GRPCURL).
+ */
+export type ServerName = "kafka" | "cassandra" | "kube" | "helm" | "prometheus" | "grpcurl";
 
 /** The KEY=value lines up.sh printed, e.g. { KAFKA_BROKERS: "127.0.0.1:19092" }. */
 export type ServerEnv = Record<string, string>;
