@@ -2,6 +2,9 @@ import { Code } from "../../gen/switchboard/common/v1/common_pb.js";
 
 export { Code };
 
+/** The ErrorInfo domain of Switchboard's reasons (docs/protocol.md §6) on the gRPC APIs. */
+export const ERROR_DOMAIN = "switchboard.dev";
+
 /**
  * The one error type of Switchboard. `code` mirrors gRPC status codes, `reason` is a stable
  * machine-readable string clients may switch on (documented in docs/protocol.md), `message` is for
@@ -13,17 +16,23 @@ export class SwitchboardError extends Error {
   readonly reason: string;
   /** For RESOURCE_EXHAUSTED / UNAVAILABLE: the earliest sensible retry, in milliseconds. */
   readonly retryAfterMs: number;
+  /**
+   * Context of this occurrence for programs (e.g. `{ conversationId }`): sent to gRPC callers in the
+   * error's google.rpc.ErrorInfo metadata, never to WebSocket clients. Keys are lowerCamelCase.
+   */
+  readonly metadata: Readonly<Record<string, string>>;
 
   constructor(
     code: Code,
     reason: string,
     message: string,
-    options?: { cause?: unknown; retryAfterMs?: number },
+    options?: { cause?: unknown; retryAfterMs?: number; metadata?: Record<string, string> },
   ) {
     super(message, options?.cause === undefined ? undefined : { cause: options.cause });
     this.code = code;
     this.reason = reason;
     this.retryAfterMs = options?.retryAfterMs ?? 0;
+    this.metadata = options?.metadata ?? {};
   }
 
   /** Normalises anything thrown into a SwitchboardError; unknown errors become INTERNAL. */

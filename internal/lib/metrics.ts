@@ -237,8 +237,75 @@ export function createMetrics() {
       help: "Assertions that failed in production; alert on any.",
       registers: r,
     }),
+    grpc: grpcMetrics(r),
   };
 }
+
+/** gRPC's method labels, in the grpc-ecosystem order (grpc_type: unary, server_stream, bidi_stream). */
+const GRPC_LABELS = ["grpc_type", "grpc_service", "grpc_method"] as const;
+
+/**
+ * Per-method gRPC metrics under the names of the grpc-ecosystem Prometheus interceptors
+ * (go-grpc-middleware's providers/prometheus, java-grpc-prometheus, py-grpc-prometheus), so that the
+ * dashboards and alerts written for those work unchanged. grpc_code is the status name as those
+ * spell it (OK, Canceled, InvalidArgument, DeadlineExceeded, ...).
+ */
+function grpcMetrics(r: Registry[]) {
+  return {
+    serverStarted: new Counter({
+      name: "grpc_server_started_total",
+      help: "gRPC calls this process's gRPC server started, by method.",
+      labelNames: GRPC_LABELS,
+      registers: r,
+    }),
+    serverHandled: new Counter({
+      name: "grpc_server_handled_total",
+      help: "gRPC calls this process's gRPC server completed, by method and status code (grpc_code: OK, Canceled, DeadlineExceeded, ...).",
+      labelNames: [...GRPC_LABELS, "grpc_code"],
+      registers: r,
+    }),
+    serverHandlingSeconds: new Histogram({
+      name: "grpc_server_handling_seconds",
+      help: "Time from a gRPC call's start to its status on this process's server, by method (for streams: the stream's lifetime).",
+      labelNames: GRPC_LABELS,
+      buckets: LATENCY_BUCKETS,
+      registers: r,
+    }),
+    serverMsgReceived: new Counter({
+      name: "grpc_server_msg_received_total",
+      help: "Messages this process's gRPC server received, by method (one per unary call; each message of a stream).",
+      labelNames: GRPC_LABELS,
+      registers: r,
+    }),
+    serverMsgSent: new Counter({
+      name: "grpc_server_msg_sent_total",
+      help: "Messages this process's gRPC server sent, by method (one per successful unary call; each message of a stream).",
+      labelNames: GRPC_LABELS,
+      registers: r,
+    }),
+    clientStarted: new Counter({
+      name: "grpc_client_started_total",
+      help: "gRPC calls this process started to other processes, by method.",
+      labelNames: GRPC_LABELS,
+      registers: r,
+    }),
+    clientHandled: new Counter({
+      name: "grpc_client_handled_total",
+      help: "gRPC calls this process made to other processes that completed, by method and status code.",
+      labelNames: [...GRPC_LABELS, "grpc_code"],
+      registers: r,
+    }),
+    clientHandlingSeconds: new Histogram({
+      name: "grpc_client_handling_seconds",
+      help: "Time from a gRPC call's start to its status as this process's client saw it, by method (for streams: the stream's lifetime).",
+      labelNames: GRPC_LABELS,
+      buckets: LATENCY_BUCKETS,
+      registers: r,
+    }),
+  };
+}
+
+export type GrpcMetrics = ReturnType<typeof grpcMetrics>;
 
 export type Metrics = ReturnType<typeof createMetrics>;
 

@@ -3,8 +3,15 @@
  * service has hand-written per-method boilerplate. The same `ServiceClient<S>` type is produced
  * by `grpcClient` (across processes) and `inProcessClient` (all-in-one mode), which is how the
  * single-process platform is wired through the very interfaces the cluster uses.
+ *
+ * The gRPC conventions live here too, so every service gets them: deadlines (a handler's signal
+ * aborts at the caller's deadline, and unary calls made on its behalf carry what is left of it),
+ * rich error details (google.rpc.Status with an ErrorInfo in `grpc-status-details-bin`, decoded back
+ * into the SwitchboardError that was thrown), per-method Prometheus metrics, and the list of the
+ * services a server serves (for reflection and health).
  */
-import { once } from "node:events";
+import { AsyncLocalStorage } from "node:async_hooks";
+import { type EventEmitter, once } from "node:events";
 import {
   create,
   type DescMessage,
@@ -17,24 +24,40 @@ import {
 } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
 import { Code, SwitchboardError } from "./errors.js";
+import type { GrpcMetrics } from "./metrics.js";
+import { type MethodMeter, methodMeter } from "./rpc-metrics.js";
+import { decodeStatusDetails, encodeStatusDetails, STATUS_DETAILS_KEY } from "./status-details.js";
 import { activeCarrier, context, inSpan, SpanKind, trace, tracing } from "./tracing.js";
 
 /** Per-call context handed to service implementations. */
 export interface CallContext {
-  /** Aborted when the caller cancels or the deadline passes. */
+  /**
+   * Aborted when the caller cancels (reason: a CANCELLED SwitchboardError) or its deadline passes
+   * (DEADLINE_EXCEEDED); a handler that waits should stop then, nobody reads its answer any more.
+   */
   readonly signal: AbortSignal;
   /** Remote address for gRPC calls, "in-process" otherwise. */
   readonly peer: string;
+  /** The caller's deadline in milliseconds since the epoch; undefined when it set none. */
+  readonly deadline?: number | undefined;
 }
 
 /** Per-call options for clients. */
 export interface CallOptions {
-  /** Milliseconds until the call fails with DEADLINE_EXCEEDED (default 10 s for unary calls). */
+  /**
+   * Milliseconds until the call fails with DEADLINE_EXCEEDED (default 10 s for unary calls, none for
+   * streams). A unary call made while handling a gRPC call never outlives that call's deadline.
+   */
   timeoutMs?: number;
   signal?: AbortSignal;
 }
 
 type Unary<I extends DescMessage, O extends DescMessage> = { methodKind: "unary"; input: I; output: O };
+type ServerStreaming<I extends DescMessage, O extends DescMessage> = {
+  methodKind: "server_streaming";
+  input: I;
+  output: O;
+};
 type Bidi<I extends DescMessage, O extends DescMessage> = {
   methodKind: "bidi_streaming";
   input: I;
@@ -45,28 +68,41 @@ type Bidi<I extends DescMessage, O extends DescMessage> = {
 export type ServiceImpl<S extends DescService> = {
   [K in keyof S["method"]]: S["method"][K] extends Unary<infer I, infer O>
     ? (request: MessageShape<I>, ctx: CallContext) => Promise<MessageInitShape<O>>
-    : S["method"][K] extends Bidi<infer I, infer O>
-      ? (requests: AsyncIterable<MessageShape<I>>, ctx: CallContext) => AsyncIterable<MessageInitShape<O>>
-      : never;
+    : S["method"][K] extends ServerStreaming<infer I, infer O>
+      ? (request: MessageShape<I>, ctx: CallContext) => AsyncIterable<MessageInitShape<O>>
+      : S["method"][K] extends Bidi<infer I, infer O>
+        ? (requests: AsyncIterable<MessageShape<I>>, ctx: CallContext) => AsyncIterable<MessageInitShape<O>>
+        : never;
 };
 
 /** What callers of a service see, whether it runs in this process or behind gRPC. */
 export type ServiceClient<S extends DescService> = {
   [K in keyof S["method"]]: S["method"][K] extends Unary<infer I, infer O>
     ? (request: MessageInitShape<I>, options?: CallOptions) => Promise<MessageShape<O>>
-    : S["method"][K] extends Bidi<infer I, infer O>
-      ? (
-          requests: AsyncIterable<MessageInitShape<I>>,
-          options?: CallOptions,
-        ) => AsyncIterable<MessageShape<O>>
-      : never;
+    : S["method"][K] extends ServerStreaming<infer I, infer O>
+      ? (request: MessageInitShape<I>, options?: CallOptions) => AsyncIterable<MessageShape<O>>
+      : S["method"][K] extends Bidi<infer I, infer O>
+        ? (
+            requests: AsyncIterable<MessageInitShape<I>>,
+            options?: CallOptions,
+          ) => AsyncIterable<MessageShape<O>>
+        : never;
 };
 
 const DEFAULT_UNARY_TIMEOUT_MS = 10_000;
-const REASON_METADATA_KEY = "switchboard-reason";
+/**
+ * The reason trailer of releases before the ErrorInfo details: still sent, so that a process of the
+ * previous release keeps the reason during a rolling update, and still read, for the same reason.
+ */
+const LEGACY_REASON_KEY = "switchboard-reason";
+/**
+ * A cancel that arrives this close to the deadline is the caller's own deadline timer (the caller's
+ * clock runs a transit time ahead of ours), so it counts as DEADLINE_EXCEEDED, not CANCELLED.
+ */
+const DEADLINE_SLACK_MS = 20;
 
 function isSupported(method: DescMethod): boolean {
-  return method.methodKind === "unary" || method.methodKind === "bidi_streaming";
+  return method.methodKind !== "client_streaming";
 }
 
 async function* mapAsync<A, B>(source: AsyncIterable<A>, fn: (a: A) => B): AsyncIterable<B> {
@@ -81,25 +117,53 @@ function methodOf(impl: object, method: DescMethod): AnyFn {
   return fn.bind(impl) as AnyFn;
 }
 
+// ---- deadline propagation ----------------------------------------------------------------------
+
+/** The deadline of the gRPC call being handled, for the unary calls made on its behalf. */
+const callScope = new AsyncLocalStorage<{ readonly deadline: number | undefined }>();
+
+/** The deadline (ms since the epoch) of the gRPC call this code runs on behalf of, if any. */
+export function currentDeadline(): number | undefined {
+  return callScope.getStore()?.deadline;
+}
+
+/**
+ * Runs `fn` outside any call's deadline: for work shared by many callers that one caller merely
+ * started (a batch refill), which must not fail because that one caller was in a hurry.
+ */
+export function detached<T>(fn: () => T): T {
+  return callScope.exit(fn);
+}
+
+const deadlineExceeded = () =>
+  new SwitchboardError(Code.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED", "the caller's deadline passed");
+const cancelled = () => new SwitchboardError(Code.CANCELLED, "CANCELLED", "call cancelled");
+
+// ---- in-process transport ----------------------------------------------------------------------
+
 /** Calls an implementation directly, with the same message normalisation gRPC would apply. */
 export function inProcessClient<S extends DescService>(service: S, impl: ServiceImpl<S>): ServiceClient<S> {
   const client: Record<string, unknown> = {};
+  const ctxOf = (opts?: CallOptions): CallContext => ({
+    signal: opts?.signal ?? new AbortController().signal,
+    peer: "in-process",
+    deadline: currentDeadline(),
+  });
   for (const method of service.methods) {
     if (!isSupported(method)) continue;
     const fn = methodOf(impl, method);
     if (method.methodKind === "unary") {
       client[method.localName] = async (req: MessageInitShape<DescMessage>, opts?: CallOptions) => {
-        const signal = opts?.signal ?? new AbortController().signal;
-        const res = await (fn(create(method.input, req), { signal, peer: "in-process" }) as Promise<object>);
+        const res = await (fn(create(method.input, req), ctxOf(opts)) as Promise<object>);
         return create(method.output, res as MessageInitShape<DescMessage>);
       };
     } else {
-      client[method.localName] = (reqs: AsyncIterable<MessageInitShape<DescMessage>>, opts?: CallOptions) => {
-        const signal = opts?.signal ?? new AbortController().signal;
-        const input = mapAsync(reqs, (r) => create(method.input, r));
-        const output = fn(input, { signal, peer: "in-process" }) as AsyncIterable<
-          MessageInitShape<DescMessage>
-        >;
+      client[method.localName] = (reqs: unknown, opts?: CallOptions) => {
+        const input =
+          method.methodKind === "server_streaming"
+            ? create(method.input, reqs as MessageInitShape<DescMessage>)
+            : mapAsync(reqs as AsyncIterable<MessageInitShape<DescMessage>>, (r) => create(method.input, r));
+        const output = fn(input, ctxOf(opts)) as AsyncIterable<MessageInitShape<DescMessage>>;
         return mapAsync(output, (o) => create(method.output, o));
       };
     }
@@ -107,18 +171,27 @@ export function inProcessClient<S extends DescService>(service: S, impl: Service
   return client as ServiceClient<S>;
 }
 
-function definitionOf(service: DescService): grpc.ServiceDefinition {
+// ---- grpc-js definitions -----------------------------------------------------------------------
+
+/** The grpc-js definition of a service; a server's counts every message it decodes and encodes. */
+function definitionOf(service: DescService, meters?: Map<DescMethod, MethodMeter>): grpc.ServiceDefinition {
   const def: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
   for (const method of service.methods) {
     if (!isSupported(method)) continue;
-    const bidi = method.methodKind === "bidi_streaming";
+    const meter = meters?.get(method);
     def[method.localName] = {
       path: `/${service.typeName}/${method.name}`,
-      requestStream: bidi,
-      responseStream: bidi,
+      requestStream: method.methodKind === "bidi_streaming",
+      responseStream: method.methodKind !== "unary",
       requestSerialize: (m) => Buffer.from(toBinary(method.input, m as MessageShape<DescMessage>)),
-      requestDeserialize: (b: Buffer) => fromBinary(method.input, b),
-      responseSerialize: (m) => Buffer.from(toBinary(method.output, m as MessageShape<DescMessage>)),
+      requestDeserialize: (b: Buffer) => {
+        meter?.received();
+        return fromBinary(method.input, b);
+      },
+      responseSerialize: (m) => {
+        meter?.sent();
+        return Buffer.from(toBinary(method.output, m as MessageShape<DescMessage>));
+      },
       responseDeserialize: (b: Buffer) => fromBinary(method.output, b),
       originalName: method.name,
     };
@@ -126,27 +199,136 @@ function definitionOf(service: DescService): grpc.ServiceDefinition {
   return def as grpc.ServiceDefinition;
 }
 
-function toStatus(err: unknown): Partial<grpc.StatusObject> {
-  const e = SwitchboardError.from(err);
+/** A failed call's status: the code, the message, and the reason as google.rpc.ErrorInfo. */
+function toStatus(e: SwitchboardError): Partial<grpc.StatusObject> {
   const metadata = new grpc.Metadata();
-  metadata.set(REASON_METADATA_KEY, e.reason);
+  metadata.set(STATUS_DETAILS_KEY, encodeStatusDetails(e));
+  metadata.set(LEGACY_REASON_KEY, e.reason);
   return { code: e.code as number as grpc.status, details: e.message, metadata };
 }
 
+/**
+ * The SwitchboardError a failed call's status stands for: reason, retry delay and metadata from its
+ * ErrorInfo and RetryInfo; without them (statuses grpc-js makes itself: the caller's own deadline,
+ * an unreachable peer) the code's name is the reason, as docs/protocol.md §6 says.
+ */
 function fromStatus(err: grpc.ServiceError): SwitchboardError {
-  const reason = err.metadata?.get(REASON_METADATA_KEY)[0];
-  return new SwitchboardError(
-    err.code as number as Code,
-    typeof reason === "string" ? reason : (Code[err.code as number] ?? "UNKNOWN"),
-    err.details || err.message,
-    { cause: err },
-  );
+  const bytes = err.metadata?.get(STATUS_DETAILS_KEY)[0];
+  const details = bytes instanceof Uint8Array ? decodeStatusDetails(bytes) : undefined;
+  const legacy = err.metadata?.get(LEGACY_REASON_KEY)[0];
+  const reason =
+    details?.reason ||
+    (typeof legacy === "string" ? legacy : undefined) ||
+    Code[err.code as number] ||
+    "UNKNOWN";
+  return new SwitchboardError(err.code as number as Code, reason, err.details || err.message, {
+    cause: err,
+    ...(details ? { retryAfterMs: details.retryAfterMs, metadata: details.metadata } : {}),
+  });
 }
 
-function contextOf(call: grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerDuplexStream<unknown, unknown>) {
+// ---- servers -----------------------------------------------------------------------------------
+
+interface ServerState {
+  readonly services: DescService[];
+  metrics: GrpcMetrics | undefined;
+}
+
+/** grpc-js has no per-server hook for these, so the adapter keeps them beside each server. */
+const servers = new WeakMap<grpc.Server, ServerState>();
+
+function stateOf(server: grpc.Server): ServerState {
+  let state = servers.get(server);
+  if (!state) {
+    state = { services: [], metrics: undefined };
+    servers.set(server, state);
+  }
+  return state;
+}
+
+/** Counts the calls of every service added to `server` from now on (grpc_server_* metrics). */
+export function instrumentServer(server: grpc.Server, metrics: GrpcMetrics): void {
+  stateOf(server).metrics = metrics;
+}
+
+/** The services added to `server` so far, in order (what reflection lists and health knows). */
+export function servicesOf(server: grpc.Server): readonly DescService[] {
+  return stateOf(server).services;
+}
+
+type ServerCall =
+  | grpc.ServerUnaryCall<unknown, unknown>
+  | grpc.ServerWritableStream<unknown, unknown>
+  | grpc.ServerDuplexStream<unknown, unknown>;
+
+function deadlineOf(call: ServerCall): number | undefined {
+  const d = call.getDeadline();
+  const ms = d instanceof Date ? d.getTime() : d;
+  return Number.isFinite(ms) ? ms : undefined;
+}
+
+/**
+ * The context of one incoming call, and `end`, which records its status code once: at the handler's
+ * answer, or earlier when the caller cancels or the deadline passes (grpc-js has then already sent
+ * DEADLINE_EXCEEDED or seen the stream reset, and drops whatever the handler answers later).
+ */
+function beginCall(call: ServerCall, meter: MethodMeter | undefined) {
   const ctl = new AbortController();
-  call.on("cancelled", () => ctl.abort(new SwitchboardError(Code.CANCELLED, "CANCELLED", "call cancelled")));
-  return { signal: ctl.signal, peer: call.getPeer() };
+  const deadline = deadlineOf(call);
+  const record = meter?.start();
+  let timer: NodeJS.Timeout | undefined;
+  let ended = false;
+  const end = (code: number) => {
+    if (ended) return;
+    ended = true;
+    clearTimeout(timer);
+    record?.(code);
+  };
+  const abort = (reason: SwitchboardError) => {
+    ctl.abort(reason);
+    end(reason.code);
+  };
+  if (deadline !== undefined) {
+    timer = setTimeout(() => abort(deadlineExceeded()), Math.max(0, deadline - Date.now()));
+    timer.unref();
+  }
+  (call as EventEmitter).on("cancelled", () =>
+    abort(
+      deadline !== undefined && Date.now() >= deadline - DEADLINE_SLACK_MS ? deadlineExceeded() : cancelled(),
+    ),
+  );
+  const ctx: CallContext = { signal: ctl.signal, peer: call.getPeer(), deadline };
+  /** Runs the handler with this call's deadline as the one outgoing calls inherit. */
+  const scope = <T>(fn: () => T): T => callScope.run({ deadline }, fn);
+  return { ctx, end, scope };
+}
+
+/** Resolves when `stream` can take more, or at once when the call is over. */
+function writable(stream: EventEmitter, signal: AbortSignal): Promise<void> {
+  if (signal.aborted) return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      stream.off("drain", done);
+      signal.removeEventListener("abort", done);
+      resolve();
+    };
+    stream.on("drain", done);
+    signal.addEventListener("abort", done);
+  });
+}
+
+/** Writes a handler's output to a response stream, with backpressure, until it ends or the call does. */
+async function pump(
+  call: grpc.ServerWritableStream<unknown, unknown> | grpc.ServerDuplexStream<unknown, unknown>,
+  method: DescMethod,
+  output: AsyncIterable<MessageInitShape<DescMessage>>,
+  signal: AbortSignal,
+): Promise<void> {
+  // Leaving the loop early (the caller is gone) returns the handler's generator, which ends it.
+  for await (const out of output) {
+    if (signal.aborted) return;
+    if (!call.write(create(method.output, out))) await writable(call, signal);
+  }
 }
 
 /** OpenTelemetry RPC attributes of a call's span. */
@@ -160,20 +342,30 @@ export function addService<S extends DescService>(
   service: S,
   impl: ServiceImpl<S>,
 ): void {
+  const state = stateOf(server);
+  const meters = new Map<DescMethod, MethodMeter>();
   const handlers: grpc.UntypedServiceImplementation = {};
   for (const method of service.methods) {
     if (!isSupported(method)) continue;
     const fn = methodOf(impl, method);
+    const meter = state.metrics && methodMeter(state.metrics, "server", method);
+    if (meter) meters.set(method, meter);
+    const fail = (end: (code: number) => void, err: unknown) => {
+      const e = SwitchboardError.from(err);
+      end(e.code);
+      return toStatus(e);
+    };
     if (method.methodKind === "unary") {
       handlers[method.localName] = ((
         call: grpc.ServerUnaryCall<unknown, unknown>,
         cb: grpc.sendUnaryData<unknown>,
       ) => {
-        const run = () => fn(call.request, contextOf(call)) as Promise<MessageInitShape<DescMessage>>;
+        const { ctx, end, scope } = beginCall(call, meter);
+        const run = () => fn(call.request, ctx) as Promise<MessageInitShape<DescMessage>>;
         // A call made in a trace (its traceparent in the metadata) is a server span of that trace.
         const traceparent = tracing.on ? call.metadata.get("traceparent")[0] : undefined;
-        Promise.resolve()
-          .then(() =>
+        scope(() =>
+          Promise.resolve().then(() =>
             typeof traceparent === "string"
               ? inSpan(
                   `${service.typeName}/${method.name}`,
@@ -185,27 +377,48 @@ export function addService<S extends DescService>(
                   run,
                 )
               : run(),
-          )
+          ),
+        )
+          .then((res) => create(method.output, res))
           .then(
-            (res) => cb(null, create(method.output, res)),
-            (err: unknown) => cb(toStatus(err)),
+            (out) => {
+              end(grpc.status.OK);
+              cb(null, out);
+            },
+            (err: unknown) => cb(fail(end, err)),
           );
       }) as grpc.handleUnaryCall<unknown, unknown>;
     } else {
-      handlers[method.localName] = ((call: grpc.ServerDuplexStream<unknown, unknown>) => {
-        const input = call as unknown as AsyncIterable<MessageShape<DescMessage>>;
-        const output = fn(input, contextOf(call)) as AsyncIterable<MessageInitShape<DescMessage>>;
-        (async () => {
-          for await (const out of output) {
-            if (!call.write(create(method.output, out))) await once(call, "drain");
-          }
-          call.end();
-        })().catch((err: unknown) => call.emit("error", toStatus(err)));
-      }) as grpc.handleBidiStreamingCall<unknown, unknown>;
+      const streamed = ((
+        call: grpc.ServerWritableStream<unknown, unknown> | grpc.ServerDuplexStream<unknown, unknown>,
+      ) => {
+        const { ctx, end, scope } = beginCall(call, meter);
+        // Not the stream's default iterator: that destroys the call when the requests end, and a
+        // destroyed call never sends its status (the handler may still answer after the last request).
+        const input =
+          method.methodKind === "server_streaming"
+            ? (call as grpc.ServerWritableStream<unknown, unknown>).request
+            : (call as grpc.ServerDuplexStream<unknown, unknown>).iterator({ destroyOnReturn: false });
+        scope(() =>
+          Promise.resolve().then(() =>
+            pump(call, method, fn(input, ctx) as AsyncIterable<MessageInitShape<DescMessage>>, ctx.signal),
+          ),
+        ).then(
+          () => {
+            end(grpc.status.OK);
+            call.end();
+          },
+          (err: unknown) => call.emit("error", fail(end, err)),
+        );
+      }) as grpc.handleServerStreamingCall<unknown, unknown>;
+      handlers[method.localName] = streamed;
     }
   }
-  server.addService(definitionOf(service), handlers);
+  server.addService(definitionOf(service, meters), handlers);
+  state.services.push(service);
 }
+
+// ---- clients -----------------------------------------------------------------------------------
 
 /**
  * Service config of clients to a role with several replicas: round robin over every address the
@@ -233,6 +446,24 @@ export interface GrpcClientOptions {
   credentials?: grpc.ChannelCredentials;
   /** Spread calls over every address of the target and retry UNAVAILABLE elsewhere (see above). */
   spread?: boolean;
+  /** Count this client's calls (grpc_client_* metrics). */
+  metrics?: GrpcMetrics;
+}
+
+/** Reads a response stream; an abandoned one (the caller stopped iterating) is cancelled. */
+async function* responses(
+  stream: grpc.ClientReadableStream<unknown> | grpc.ClientDuplexStream<unknown, unknown>,
+): AsyncIterable<MessageShape<DescMessage>> {
+  let over = false;
+  try {
+    for await (const m of stream as AsyncIterable<MessageShape<DescMessage>>) yield m;
+    over = true;
+  } catch (err) {
+    over = true;
+    throw fromStatus(err as grpc.ServiceError);
+  } finally {
+    if (!over) stream.cancel();
+  }
 }
 
 /**
@@ -256,6 +487,7 @@ export function grpcClient<S extends DescService>(
   for (const method of service.methods) {
     if (!isSupported(method)) continue;
     const call = raw[method.localName]!.bind(raw);
+    const meter = options.metrics && methodMeter(options.metrics, "client", method);
     if (method.methodKind === "unary") {
       const unary = (
         req: MessageInitShape<DescMessage>,
@@ -263,10 +495,17 @@ export function grpcClient<S extends DescService>(
         metadata: grpc.Metadata,
       ) =>
         new Promise((resolve, reject) => {
-          const deadline = Date.now() + (opts?.timeoutMs ?? DEFAULT_UNARY_TIMEOUT_MS);
-          const c = call(create(method.input, req), metadata, { deadline }, (err: unknown, res: unknown) =>
-            err ? reject(fromStatus(err as grpc.ServiceError)) : resolve(res),
-          ) as grpc.ClientUnaryCall;
+          // Never past the deadline of the call this one is made for: its caller has given up by then.
+          const deadline = Math.min(
+            Date.now() + (opts?.timeoutMs ?? DEFAULT_UNARY_TIMEOUT_MS),
+            currentDeadline() ?? Number.POSITIVE_INFINITY,
+          );
+          const record = meter?.start();
+          const c = call(create(method.input, req), metadata, { deadline }, (err: unknown, res: unknown) => {
+            record?.(err ? ((err as grpc.ServiceError).code ?? grpc.status.UNKNOWN) : grpc.status.OK);
+            if (err) reject(fromStatus(err as grpc.ServiceError));
+            else resolve(res);
+          }) as grpc.ClientUnaryCall;
           opts?.signal?.addEventListener("abort", () => c.cancel(), { once: true });
         });
       client[method.localName] = (req: MessageInitShape<DescMessage>, opts?: CallOptions) => {
@@ -283,23 +522,32 @@ export function grpcClient<S extends DescService>(
         );
       };
     } else {
-      client[method.localName] = (reqs: AsyncIterable<MessageInitShape<DescMessage>>, opts?: CallOptions) => {
-        const options: grpc.CallOptions = opts?.timeoutMs ? { deadline: Date.now() + opts.timeoutMs } : {};
-        const stream = call(new grpc.Metadata(), options) as grpc.ClientDuplexStream<unknown, unknown>;
+      // Streams are long-lived (Deliver, Watch): only an explicit timeoutMs bounds them.
+      client[method.localName] = (reqs: unknown, opts?: CallOptions) => {
+        const callOptions: grpc.CallOptions = opts?.timeoutMs
+          ? { deadline: Date.now() + opts.timeoutMs }
+          : {};
+        const record = meter?.start();
+        let stream: grpc.ClientReadableStream<unknown> | grpc.ClientDuplexStream<unknown, unknown>;
+        if (method.methodKind === "server_streaming") {
+          stream = call(
+            create(method.input, reqs as MessageInitShape<DescMessage>),
+            new grpc.Metadata(),
+            callOptions,
+          ) as grpc.ClientReadableStream<unknown>;
+        } else {
+          const duplex = call(new grpc.Metadata(), callOptions) as grpc.ClientDuplexStream<unknown, unknown>;
+          stream = duplex;
+          (async () => {
+            for await (const r of reqs as AsyncIterable<MessageInitShape<DescMessage>>) {
+              if (!duplex.write(create(method.input, r))) await once(duplex, "drain");
+            }
+            duplex.end();
+          })().catch(() => duplex.cancel());
+        }
+        stream.on("status", (s: grpc.StatusObject) => record?.(s.code));
         opts?.signal?.addEventListener("abort", () => stream.cancel(), { once: true });
-        (async () => {
-          for await (const r of reqs) {
-            if (!stream.write(create(method.input, r))) await once(stream, "drain");
-          }
-          stream.end();
-        })().catch(() => stream.cancel());
-        return (async function* () {
-          try {
-            for await (const m of stream as AsyncIterable<MessageShape<DescMessage>>) yield m;
-          } catch (err) {
-            throw fromStatus(err as grpc.ServiceError);
-          }
-        })();
+        return responses(stream);
       };
     }
   }

@@ -1,14 +1,29 @@
 /**
  * Every process's gRPC server: bound first (so a gateway knows the port it advertises before it
  * exists), services added by the role afterwards (grpc-js looks handlers up per call), shut down
- * gracefully.
+ * gracefully. It always serves the standard health service (in step with /readyz) and, when
+ * grpc.reflection is on, server reflection; every call is counted in the grpc_server_* metrics.
  */
 import * as grpc from "@grpc/grpc-js";
+import type { GrpcMetrics } from "../lib/metrics.js";
+import { addService, instrumentServer, servicesOf } from "../lib/rpc.js";
+import { Health, HealthService } from "./health.js";
+import { reflectionImpl, ServerReflectionV1, ServerReflectionV1alpha } from "./reflection.js";
 
 export interface RunningGrpc {
   port: number;
   server: grpc.Server;
+  /** The health service: `changed()` tells Watch streams at once that readiness changed. */
+  health: HealthService;
   close(): Promise<void>;
+}
+
+export interface GrpcServerOptions {
+  metrics: GrpcMetrics;
+  /** Serve grpc.reflection.v1 and v1alpha (grpc.reflection). */
+  reflection: boolean;
+  /** The process is ready: what the health service reports for the server and each service. */
+  serving: () => boolean;
 }
 
 /** Messages larger than this are refused (a Deliver request carries at most one 1 MiB frame). */
@@ -16,8 +31,20 @@ const MESSAGE_BYTES_MAX = 4 * 1024 * 1024;
 /** A graceful shutdown waits this long for calls in flight, then cancels them. */
 const SHUTDOWN_GRACE_MS = 5_000;
 
-export async function serveGrpc(host: string, port: number): Promise<RunningGrpc> {
+export async function serveGrpc(
+  host: string,
+  port: number,
+  options: GrpcServerOptions,
+): Promise<RunningGrpc> {
   const server = new grpc.Server({ "grpc.max_receive_message_length": MESSAGE_BYTES_MAX });
+  instrumentServer(server, options.metrics);
+  const health = new HealthService({ serving: options.serving, services: () => servicesOf(server) });
+  addService(server, Health, health.impl());
+  if (options.reflection) {
+    const reflection = reflectionImpl(() => servicesOf(server));
+    addService(server, ServerReflectionV1, reflection);
+    addService(server, ServerReflectionV1alpha, reflection);
+  }
   const bound = await new Promise<number>((resolve, reject) =>
     server.bindAsync(`${host}:${port}`, grpc.ServerCredentials.createInsecure(), (err, p) =>
       err ? reject(new Error(`gRPC server: cannot bind ${host}:${port}: ${err.message}`)) : resolve(p),
@@ -26,9 +53,12 @@ export async function serveGrpc(host: string, port: number): Promise<RunningGrpc
   return {
     port: bound,
     server,
+    health,
     close: () =>
       new Promise<void>((resolve) => {
-        // Long-lived streams (Deliver) never end by themselves: cancel them after the grace period.
+        // Watch streams end with a last NOT_SERVING; Deliver streams never end by themselves:
+        // cancel them after the grace period.
+        health.close();
         const force = setTimeout(() => server.forceShutdown(), SHUTDOWN_GRACE_MS);
         force.unref();
         server.tryShutdown(() => {

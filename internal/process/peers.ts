@@ -3,31 +3,36 @@ import type { DescService } from "@bufbuild/protobuf";
 import { GatewayService } from "../../gen/switchboard/gateway/v1/gateway_pb.js";
 import { PresenceService } from "../../gen/switchboard/presence/v1/presence_pb.js";
 import type { Config } from "../lib/config.js";
+import type { GrpcMetrics } from "../lib/metrics.js";
 import { grpcClient, type ServiceClient } from "../lib/rpc.js";
 import { shardedPresenceClient } from "../presence/shards.js";
 import type { GatewayClient } from "../router/gateway-link.js";
 
 export type PeerClient<S extends DescService> = ServiceClient<S> & { close(): void };
 
-/** A client spreading calls over every replica behind `target` (see lib/rpc.ts grpcClient). */
+/**
+ * A client spreading calls over every replica behind `target` (see lib/rpc.ts grpcClient), counted
+ * in the grpc_client_* metrics.
+ */
 export function peerClient<S extends DescService>(
   service: S,
   target: string,
   setting: string,
+  metrics: GrpcMetrics,
 ): PeerClient<S> {
   if (!target)
     throw new Error(
       `${setting} is required by this role: the gRPC target of the ${service.name} (e.g. dns:///name:port or ipv4:host:port,host:port)`,
     );
-  return grpcClient(service, target, { spread: true });
+  return grpcClient(service, target, { spread: true, metrics });
 }
 
 /** One client per presence shard, behind one PresenceService interface (presence/shards.ts). */
-export function presencePeers(config: Config): PeerClient<typeof PresenceService> {
+export function presencePeers(config: Config, metrics: GrpcMetrics): PeerClient<typeof PresenceService> {
   const targets = config.cluster.presenceTargets;
   if (targets.length === 0)
     throw new Error("cluster.presenceTargets is required by this role: one gRPC target per presence shard");
-  const shards = targets.map((t) => grpcClient(PresenceService, t, { spread: true }));
+  const shards = targets.map((t) => grpcClient(PresenceService, t, { spread: true, metrics }));
   const close = () => {
     for (const shard of shards) shard.close();
   };
@@ -35,6 +40,6 @@ export function presencePeers(config: Config): PeerClient<typeof PresenceService
 }
 
 /** How routers reach a gateway of another process: one plain channel to its advertised address. */
-export function dialGateway(address: string): GatewayClient {
-  return grpcClient(GatewayService, address);
+export function gatewayDialer(metrics: GrpcMetrics): (address: string) => GatewayClient {
+  return (address) => grpcClient(GatewayService, address, { metrics });
 }

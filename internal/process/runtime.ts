@@ -19,7 +19,7 @@ export interface RoleContext {
   readonly config: Config;
   readonly log: Logger;
   readonly metrics: Metrics;
-  /** This process's gRPC server (undefined for role sequencer, and for role all unless grpc.enabled). */
+  /** This process's gRPC server (undefined for role sequencer, and for role all unless asked: servesGrpc). */
   readonly grpc: grpc.Server | undefined;
   readonly grpcPort: number;
   /** Closes `resource` when the process stops (in reverse order of registration); returns it. */
@@ -46,6 +46,17 @@ export interface RunningProcess {
   gateway: Gateway | undefined;
   metrics: Metrics;
   close(): Promise<void>;
+}
+
+/**
+ * Whether the process opens a gRPC port: the split roles always (but the sequencer, which serves
+ * nothing), role all only when asked (grpc.enabled, which `--grpc-port` sets, or a non-zero
+ * grpc.port): a laptop's `npm start` listens on nothing but its HTTP port.
+ */
+export function servesGrpc(role: RoleName, config: Config): boolean {
+  if (role === "sequencer") return false;
+  if (role === "all") return config.grpc.enabled || config.grpc.port !== 0;
+  return true;
 }
 
 const RETRY_DELAY_MIN_MS = 200;
@@ -83,12 +94,18 @@ export async function runProcess(
     gateway: () => parts.gateway,
     notReady,
   });
-  const servesGrpc = role !== "sequencer" && (role !== "all" || config.grpc.enabled);
-  const grpcServer = servesGrpc ? await serveGrpc(config.http.host, config.grpc.port) : undefined;
+  const grpcServer = servesGrpc(role, config)
+    ? await serveGrpc(config.http.host, config.grpc.port, {
+        metrics: metrics.grpc,
+        reflection: (config.grpc as { reflection?: boolean }).reflection ?? false,
+        serving: () => notReady() === undefined,
+      })
+    : undefined;
 
   const close = () =>
     (closing ??= (async () => {
       phase = "stopping";
+      grpcServer?.health.changed();
       // Clients first (they reconnect elsewhere), then the servers (no new calls), then what the role
       // opened, newest first (the router before the storage it writes to).
       await parts.gateway?.close();
@@ -143,6 +160,7 @@ export async function runProcess(
     throw err;
   }
   phase = "ready";
+  grpcServer?.health.changed();
   return {
     role,
     httpPort: http.port,

@@ -21,10 +21,14 @@ export const startGateway: RoleStarter = async (ctx) => {
   const { config, log, metrics } = ctx;
   requireDistributed(config, "gateway");
   const address = advertiseAddress(config, ctx.grpcPort);
-  const ids = ctx.own(peerClient(IdService, config.cluster.idTarget, "cluster.idTarget"));
-  const router = ctx.own(peerClient(RouterService, config.cluster.routerTarget, "cluster.routerTarget"));
-  const presence = ctx.own(presencePeers(config));
-  const push = ctx.own(peerClient(PushService, config.cluster.pushTarget, "cluster.pushTarget"));
+  const ids = ctx.own(peerClient(IdService, config.cluster.idTarget, "cluster.idTarget", metrics.grpc));
+  const router = ctx.own(
+    peerClient(RouterService, config.cluster.routerTarget, "cluster.routerTarget", metrics.grpc),
+  );
+  const presence = ctx.own(presencePeers(config, metrics.grpc));
+  const push = ctx.own(
+    peerClient(PushService, config.cluster.pushTarget, "cluster.pushTarget", metrics.grpc),
+  );
   const backends = ctx.own(
     await ctx.retry("open storage", () =>
       openDistributed(config, log, ctx.metrics, {

@@ -12,9 +12,11 @@ import type { RoleStarter } from "../process/runtime.js";
 import { requireDistributed } from "./shared.js";
 
 export const startPresence: RoleStarter = async (ctx) => {
-  const { config, log } = ctx;
+  const { config, log, metrics } = ctx;
   requireDistributed(config, "presence");
-  const router = ctx.own(peerClient(RouterService, config.cluster.routerTarget, "cluster.routerTarget"));
+  const router = ctx.own(
+    peerClient(RouterService, config.cluster.routerTarget, "cluster.routerTarget", metrics.grpc),
+  );
   const backends = ctx.own(
     await ctx.retry("open storage", () =>
       openDistributed(config, log, ctx.metrics, {

@@ -1,10 +1,13 @@
 /**
  * /metrics of a running platform (either backend) after real traffic: promtool, Prometheus's own
  * linter (from Debian's prometheus package, installed by test/infra/up.sh prometheus), finds nothing to
- * object to, and the message path's histograms and the storage metrics carry samples.
+ * object to, and the message path's histograms, the gRPC server's per-method series and the storage
+ * metrics carry samples.
  */
 import { execFile } from "node:child_process";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { IdService } from "../../gen/switchboard/id/v1/id_pb.js";
+import { grpcClient } from "../../internal/lib/rpc.js";
 import { expectCase, RawClient } from "../helpers/raw-client.js";
 import { devToken, type ServerProcess, startServer, testBackend } from "../helpers/server.js";
 import { ensureServer } from "../infra/servers.js";
@@ -15,7 +18,8 @@ let promtool: string;
 beforeAll(async () => {
   const env = await ensureServer("prometheus");
   promtool = env.PROMTOOL!;
-  server = await startServer();
+  // With gRPC on, so that the grpc_server_* series are checked too.
+  server = await startServer({ args: ["--grpc-port", "0"] });
 });
 afterAll(async () => {
   await server?.dispose();
@@ -55,6 +59,10 @@ describe("/metrics", () => {
     await delivered;
     alice.close();
     bob.close();
+    const ids = grpcClient(IdService, `127.0.0.1:${server.grpcPort}`);
+    await ids.allocateIds({ count: 1 });
+    await ids.allocateIds({ count: 0 }).catch(() => undefined);
+    ids.close();
 
     const text = await (await fetch(`${server.httpUrl}/metrics`)).text();
     const check = await promtoolCheck(text);
@@ -68,6 +76,10 @@ describe("/metrics", () => {
     expect(text).not.toContain("switchboard_process_");
     expect(sample(text, "switchboard_ready")).toBe(1);
     expect(sample(text, "switchboard_gateway_connections_max")).toBeGreaterThan(0);
+    const idLabels = 'grpc_type="unary",grpc_service="switchboard.id.v1.IdService",grpc_method="AllocateIds"';
+    expect(sample(text, `grpc_server_handled_total{${idLabels},grpc_code="OK"}`)).toBe(1);
+    expect(sample(text, `grpc_server_handled_total{${idLabels},grpc_code="InvalidArgument"}`)).toBe(1);
+    expect(sample(text, `grpc_server_handling_seconds_count{${idLabels}}`)).toBe(2);
     if (testBackend === "distributed") {
       expect(
         sample(text, 'switchboard_cassandra_request_duration_seconds_count{kind="read",outcome="ok"}'),

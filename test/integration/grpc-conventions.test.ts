@@ -1,0 +1,447 @@
+/**
+ * The gRPC conventions of lib/rpc.ts and process/grpc.ts against real grpc-js servers on loopback
+ * (the servers every process runs, with test implementations behind them): deadlines honoured and
+ * propagated, rich error details on the wire and back, per-method metrics, the health service and
+ * server reflection. test/integration/grpc-process.test.ts checks the same on `switchboard start`.
+ */
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { anyUnpack, durationMs, FileDescriptorProtoSchema } from "@bufbuild/protobuf/wkt";
+import * as grpc from "@grpc/grpc-js";
+import { afterEach, describe, expect, it } from "vitest";
+import { ErrorInfoSchema, RetryInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
+import { StatusSchema } from "../../gen/google/rpc/status_pb.js";
+import { Health, HealthCheckResponse_ServingStatus as Serving } from "../../gen/grpc/health/v1/health_pb.js";
+import { ServerReflection as ReflectionV1 } from "../../gen/grpc/reflection/v1/reflection_pb.js";
+import { ServerReflection as ReflectionV1alpha } from "../../gen/grpc/reflection/v1alpha/reflection_pb.js";
+import {
+  type AllocateIdsRequest,
+  AllocateIdsRequestSchema,
+  AllocateIdsResponseSchema,
+  IdService,
+} from "../../gen/switchboard/id/v1/id_pb.js";
+import { RouterService } from "../../gen/switchboard/router/v1/router_pb.js";
+import { Code, SwitchboardError } from "../../internal/lib/errors.js";
+import { createMetrics, type Metrics } from "../../internal/lib/metrics.js";
+import {
+  addService,
+  type CallContext,
+  currentDeadline,
+  detached,
+  grpcClient,
+  type ServiceImpl,
+} from "../../internal/lib/rpc.js";
+import { type RunningGrpc, serveGrpc } from "../../internal/process/grpc.js";
+
+interface TestServer extends RunningGrpc {
+  address: string;
+  metrics: Metrics;
+}
+
+const opened: Array<{ close(): unknown }> = [];
+afterEach(async () => {
+  for (const c of opened.splice(0).reverse()) await c.close();
+});
+
+async function serve(
+  options: { reflection?: boolean; serving?: () => boolean } = {},
+  ...services: Array<[typeof IdService, ServiceImpl<typeof IdService>]>
+): Promise<TestServer> {
+  const metrics = createMetrics();
+  const running = await serveGrpc("127.0.0.1", 0, {
+    metrics: metrics.grpc,
+    reflection: options.reflection ?? false,
+    serving: options.serving ?? (() => true),
+  });
+  for (const [service, impl] of services) addService(running.server, service, impl);
+  opened.push(running);
+  return { ...running, address: `127.0.0.1:${running.port}`, metrics };
+}
+
+function client<S extends Parameters<typeof grpcClient>[0]>(service: S, address: string, metrics?: Metrics) {
+  const c = grpcClient(service, address, metrics ? { metrics: metrics.grpc } : {});
+  opened.push(c);
+  return c;
+}
+
+/** An IdService whose AllocateIds runs `fn`. */
+function ids(fn: (req: AllocateIdsRequest, ctx: CallContext) => Promise<{ ids: bigint[] }>) {
+  return [IdService, { allocateIds: fn }] as [typeof IdService, ServiceImpl<typeof IdService>];
+}
+
+/** Resolves with the signal's reason when it aborts. */
+function aborted(signal: AbortSignal): Promise<unknown> {
+  return new Promise((resolve) => {
+    if (signal.aborted) resolve(signal.reason);
+    signal.addEventListener("abort", () => resolve(signal.reason), { once: true });
+  });
+}
+
+/** The value of a series in a registry's exposition (name{labels} exactly as prom-client prints it). */
+async function sample(metrics: Metrics, series: string): Promise<number | undefined> {
+  const text = await metrics.registry.metrics();
+  const line = text.split("\n").find((l) => l.startsWith(`${series} `));
+  return line === undefined ? undefined : Number(line.slice(series.length + 1));
+}
+
+const ID_LABELS = 'grpc_type="unary",grpc_service="switchboard.id.v1.IdService",grpc_method="AllocateIds"';
+
+/** A plain grpc-js unary call to AllocateIds, to see the raw status and trailers. */
+function rawAllocate(address: string, deadlineMs = 5_000): Promise<grpc.ServiceError> {
+  const raw = new grpc.Client(address, grpc.credentials.createInsecure());
+  opened.push(raw);
+  return new Promise((resolve, reject) => {
+    raw.makeUnaryRequest(
+      "/switchboard.id.v1.IdService/AllocateIds",
+      (m: unknown) => Buffer.from(toBinary(AllocateIdsRequestSchema, m as AllocateIdsRequest)),
+      (b: Buffer) => fromBinary(AllocateIdsResponseSchema, b),
+      create(AllocateIdsRequestSchema, { count: 1 }),
+      new grpc.Metadata(),
+      { deadline: Date.now() + deadlineMs },
+      (err) => (err ? resolve(err) : reject(new Error("the call succeeded"))),
+    );
+  });
+}
+
+describe("deadlines", () => {
+  it("abort the handler's signal at the caller's deadline, which gets DEADLINE_EXCEEDED", async () => {
+    let seen: { reason: unknown; deadline: number | undefined; at: number } | undefined;
+    const server = await serve(
+      {},
+      ids(async (_req, ctx) => {
+        const reason = await aborted(ctx.signal);
+        seen = { reason, deadline: ctx.deadline, at: Date.now() };
+        throw reason;
+      }),
+    );
+    const callerMetrics = createMetrics();
+    const t0 = Date.now();
+    await expect(
+      client(IdService, server.address, callerMetrics).allocateIds({ count: 1 }, { timeoutMs: 300 }),
+    ).rejects.toMatchObject({ code: Code.DEADLINE_EXCEEDED, reason: "DEADLINE_EXCEEDED" });
+    expect(Date.now() - t0).toBeLessThan(2_000);
+    await expect.poll(() => seen).toBeDefined();
+    expect(seen!.reason).toMatchObject({ code: Code.DEADLINE_EXCEEDED, reason: "DEADLINE_EXCEEDED" });
+    expect(seen!.deadline).toBeGreaterThanOrEqual(t0 + 250);
+    expect(seen!.deadline).toBeLessThanOrEqual(t0 + 400);
+    expect(seen!.at - t0).toBeLessThan(1_000);
+    // Both sides count the call as DeadlineExceeded.
+    await expect
+      .poll(() =>
+        sample(server.metrics, `grpc_server_handled_total{${ID_LABELS},grpc_code="DeadlineExceeded"}`),
+      )
+      .toBe(1);
+    expect(
+      await sample(callerMetrics, `grpc_client_handled_total{${ID_LABELS},grpc_code="DeadlineExceeded"}`),
+    ).toBe(1);
+  });
+
+  it("bound the calls a handler makes on the request's behalf, across a second hop", async () => {
+    const downstream: Array<{ deadline: number | undefined; reason?: unknown; at?: number }> = [];
+    let waitForAbort = false;
+    const b = await serve(
+      {},
+      ids(async (_req, ctx) => {
+        const entry: (typeof downstream)[number] = { deadline: ctx.deadline };
+        downstream.push(entry);
+        if (waitForAbort) {
+          entry.reason = await aborted(ctx.signal);
+          entry.at = Date.now();
+          throw entry.reason;
+        }
+        return { ids: [1n] };
+      }),
+    );
+    const toB = client(IdService, b.address);
+    let upstream: { deadline: number | undefined; ambient: number | undefined } | undefined;
+    let detachedCall = false;
+    const a = await serve(
+      {},
+      ids(async (_req, ctx) => {
+        upstream = { deadline: ctx.deadline, ambient: currentDeadline() };
+        await new Promise((r) => setTimeout(r, 50));
+        // No timeoutMs: the client's default (10 s) would apply, but this call's caller gives up sooner.
+        return detachedCall ? detached(() => toB.allocateIds({ count: 1 })) : toB.allocateIds({ count: 1 });
+      }),
+    );
+    const toA = client(IdService, a.address);
+
+    const t0 = Date.now();
+    await toA.allocateIds({ count: 1 }, { timeoutMs: 2_000 });
+    expect(upstream!.deadline).toBeGreaterThan(t0 + 1_900);
+    expect(upstream!.ambient).toBe(upstream!.deadline);
+    // B's deadline is A's (the remaining time travels as grpc-timeout; a few ms of rounding and transit).
+    expect(Math.abs(downstream[0]!.deadline! - upstream!.deadline!)).toBeLessThan(50);
+
+    // Work shared by many callers (detached) keeps its own default deadline instead.
+    detachedCall = true;
+    await toA.allocateIds({ count: 1 }, { timeoutMs: 2_000 });
+    expect(downstream[1]!.deadline! - Date.now()).toBeGreaterThan(8_000);
+    detachedCall = false;
+
+    // When the first caller's deadline passes, the second hop's handler is told at once, not 10 s later.
+    waitForAbort = true;
+    const t1 = Date.now();
+    await expect(toA.allocateIds({ count: 1 }, { timeoutMs: 500 })).rejects.toMatchObject({
+      code: Code.DEADLINE_EXCEEDED,
+    });
+    await expect.poll(() => downstream[2]?.at).toBeDefined();
+    expect(downstream[2]!.reason).toMatchObject({ code: Code.DEADLINE_EXCEEDED });
+    expect(downstream[2]!.at! - t1).toBeLessThan(1_500);
+  });
+});
+
+describe("error details", () => {
+  it("carry google.rpc.Status with ErrorInfo and RetryInfo in grpc-status-details-bin", async () => {
+    const server = await serve(
+      {},
+      ids(async () => {
+        throw new SwitchboardError(Code.RESOURCE_EXHAUSTED, "GROUP_FULL", "the group is full", {
+          retryAfterMs: 1_500,
+          metadata: { conversationId: "g:7" },
+        });
+      }),
+    );
+    const err = await rawAllocate(server.address);
+    expect(err.code).toBe(grpc.status.RESOURCE_EXHAUSTED);
+    const bytes = err.metadata.get("grpc-status-details-bin")[0];
+    expect(bytes).toBeInstanceOf(Buffer);
+    const status = fromBinary(StatusSchema, bytes as Buffer);
+    expect(status.code).toBe(grpc.status.RESOURCE_EXHAUSTED);
+    expect(status.message).toBe("the group is full");
+    expect(status.details.map((d) => d.typeUrl)).toEqual([
+      "type.googleapis.com/google.rpc.ErrorInfo",
+      "type.googleapis.com/google.rpc.RetryInfo",
+    ]);
+    const info = anyUnpack(status.details[0]!, ErrorInfoSchema)!;
+    expect({ reason: info.reason, domain: info.domain, metadata: info.metadata }).toEqual({
+      reason: "GROUP_FULL",
+      domain: "switchboard.dev",
+      metadata: { conversationId: "g:7" },
+    });
+    expect(durationMs(anyUnpack(status.details[1]!, RetryInfoSchema)!.retryDelay!)).toBe(1_500);
+
+    // Our client turns them back into the error that was thrown.
+    const back = await client(IdService, server.address)
+      .allocateIds({ count: 1 })
+      .catch((e: unknown) => e);
+    expect(back).toBeInstanceOf(SwitchboardError);
+    expect(back).toMatchObject({
+      code: Code.RESOURCE_EXHAUSTED,
+      reason: "GROUP_FULL",
+      message: "the group is full",
+      retryAfterMs: 1_500,
+      metadata: { conversationId: "g:7" },
+    });
+  });
+
+  it("say INTERNAL for unexpected errors, without their text", async () => {
+    const server = await serve(
+      {},
+      ids(async () => {
+        throw new Error("connection to 10.1.2.3 refused, password=hunter2");
+      }),
+    );
+    const err = await rawAllocate(server.address);
+    expect(err.code).toBe(grpc.status.INTERNAL);
+    expect(err.details).toBe("internal error");
+    const status = fromBinary(StatusSchema, err.metadata.get("grpc-status-details-bin")[0] as Buffer);
+    expect(anyUnpack(status.details[0]!, ErrorInfoSchema)).toMatchObject({
+      reason: "INTERNAL",
+      domain: "switchboard.dev",
+    });
+  });
+
+  it("keep the reason across a hop, and name the code where grpc-js made the status", async () => {
+    const b = await serve(
+      {},
+      ids(async () => {
+        throw new SwitchboardError(Code.NOT_FOUND, "GROUP_NOT_FOUND", "no group g:9", {
+          metadata: { conversationId: "g:9" },
+        });
+      }),
+    );
+    const toB = client(IdService, b.address);
+    const a = await serve(
+      {},
+      ids((_req) => toB.allocateIds({ count: 1 })),
+    );
+    await expect(client(IdService, a.address).allocateIds({ count: 1 })).rejects.toMatchObject({
+      code: Code.NOT_FOUND,
+      reason: "GROUP_NOT_FOUND",
+      metadata: { conversationId: "g:9" },
+    });
+    // A method the server lacks: grpc-js answers UNIMPLEMENTED itself, with no details.
+    await expect(
+      client(RouterService, a.address).sendMessage({ conversationId: "g:1" }),
+    ).rejects.toMatchObject({ code: Code.UNIMPLEMENTED, reason: "UNIMPLEMENTED" });
+  });
+});
+
+describe("metrics", () => {
+  it("count started and handled calls by method and code, and their latency, on both sides", async () => {
+    let n = 0;
+    const server = await serve(
+      {},
+      ids(async () => {
+        if (++n % 2 === 0)
+          throw new SwitchboardError(Code.INVALID_ARGUMENT, "COUNT_OUT_OF_RANGE", "bad count");
+        return { ids: [BigInt(n)] };
+      }),
+    );
+    const callerMetrics = createMetrics();
+    const c = client(IdService, server.address, callerMetrics);
+    for (let i = 0; i < 4; i++) await c.allocateIds({ count: 1 }).catch(() => undefined);
+    const s = server.metrics;
+    expect(await sample(s, `grpc_server_started_total{${ID_LABELS}}`)).toBe(4);
+    expect(await sample(s, `grpc_server_handled_total{${ID_LABELS},grpc_code="OK"}`)).toBe(2);
+    expect(await sample(s, `grpc_server_handled_total{${ID_LABELS},grpc_code="InvalidArgument"}`)).toBe(2);
+    expect(await sample(s, `grpc_server_handling_seconds_count{${ID_LABELS}}`)).toBe(4);
+    expect(await sample(s, `grpc_server_msg_received_total{${ID_LABELS}}`)).toBe(4);
+    expect(await sample(s, `grpc_server_msg_sent_total{${ID_LABELS}}`)).toBe(2);
+    // Served but never called: present at zero.
+    expect(
+      await sample(
+        s,
+        'grpc_server_started_total{grpc_type="server_stream",grpc_service="grpc.health.v1.Health",grpc_method="Watch"}',
+      ),
+    ).toBe(0);
+    expect(await sample(callerMetrics, `grpc_client_started_total{${ID_LABELS}}`)).toBe(4);
+    expect(await sample(callerMetrics, `grpc_client_handled_total{${ID_LABELS},grpc_code="OK"}`)).toBe(2);
+    expect(await sample(callerMetrics, `grpc_client_handling_seconds_count{${ID_LABELS}}`)).toBe(4);
+  });
+});
+
+describe("health", () => {
+  it("answers Check and Watch for the server and each service, in step with readiness", async () => {
+    let ready = false;
+    const server = await serve(
+      { serving: () => ready },
+      ids(async () => ({ ids: [] })),
+    );
+    const health = client(Health, server.address);
+    expect((await health.check({ service: "" })).status).toBe(Serving.NOT_SERVING);
+    ready = true;
+    expect((await health.check({ service: "" })).status).toBe(Serving.SERVING);
+    expect((await health.check({ service: "switchboard.id.v1.IdService" })).status).toBe(Serving.SERVING);
+    expect((await health.check({ service: "grpc.health.v1.Health" })).status).toBe(Serving.SERVING);
+    await expect(health.check({ service: "switchboard.nope.v1.Nope" })).rejects.toMatchObject({
+      code: Code.NOT_FOUND,
+      reason: "SERVICE_UNKNOWN",
+    });
+
+    const seen: Serving[] = [];
+    const unknown: Serving[] = [];
+    const watching = (async () => {
+      for await (const r of health.watch({ service: "switchboard.id.v1.IdService" })) seen.push(r.status);
+    })();
+    const watchingUnknown = (async () => {
+      for await (const r of health.watch({ service: "switchboard.nope.v1.Nope" })) unknown.push(r.status);
+    })();
+    await expect.poll(() => seen).toEqual([Serving.SERVING]);
+    await expect.poll(() => unknown).toEqual([Serving.SERVICE_UNKNOWN]);
+    // Readiness is polled: a change reaches watchers within about a second, or at once when told.
+    ready = false;
+    await expect.poll(() => seen, { timeout: 3_000 }).toEqual([Serving.SERVING, Serving.NOT_SERVING]);
+    ready = true;
+    server.health.changed();
+    await expect
+      .poll(() => seen, { timeout: 200 })
+      .toEqual([Serving.SERVING, Serving.NOT_SERVING, Serving.SERVING]);
+    // Closing the server ends every Watch with a last NOT_SERVING, so shutdown does not wait for them.
+    const t0 = Date.now();
+    await server.close();
+    await watching;
+    await watchingUnknown;
+    expect(Date.now() - t0).toBeLessThan(2_000);
+    expect(seen.at(-1)).toBe(Serving.NOT_SERVING);
+  });
+});
+
+describe("reflection", () => {
+  /** A stub of every RouterService method (reflection only reads the descriptors). */
+  const routerStub = Object.fromEntries(
+    RouterService.methods.map((m) => [m.localName, async () => ({})]),
+  ) as unknown as ServiceImpl<typeof RouterService>;
+
+  async function ask(address: string, questions: object[], alpha = false) {
+    const c = alpha ? client(ReflectionV1alpha, address) : client(ReflectionV1, address);
+    const out = [];
+    async function* requests() {
+      for (const q of questions) yield q as never;
+    }
+    for await (const r of (c.serverReflectionInfo as (x: unknown) => AsyncIterable<unknown>)(requests()))
+      out.push(r as { messageResponse: { case: string; value: Record<string, unknown> } });
+    return out;
+  }
+
+  it("is served only when asked", async () => {
+    const off = await serve(
+      {},
+      ids(async () => ({ ids: [] })),
+    );
+    await expect(
+      ask(off.address, [{ messageRequest: { case: "listServices", value: "" } }]),
+    ).rejects.toMatchObject({ code: Code.UNIMPLEMENTED });
+  });
+
+  it("lists the services and returns the descriptors that define a file, a symbol or a method", async () => {
+    const server = await serve(
+      { reflection: true },
+      ids(async () => ({ ids: [] })),
+    );
+    addService(server.server, RouterService, routerStub);
+    for (const alpha of [false, true]) {
+      const [list, bySymbol, again, byFile, byMethod, missing] = await ask(
+        server.address,
+        [
+          { messageRequest: { case: "listServices", value: "" } },
+          { messageRequest: { case: "fileContainingSymbol", value: "switchboard.router.v1.RouterService" } },
+          {
+            messageRequest: {
+              case: "fileContainingSymbol",
+              value: "switchboard.router.v1.SendMessageRequest",
+            },
+          },
+          { messageRequest: { case: "fileByFilename", value: "switchboard/common/v1/common.proto" } },
+          {
+            messageRequest: {
+              case: "fileContainingSymbol",
+              value: "switchboard.id.v1.IdService.AllocateIds",
+            },
+          },
+          { messageRequest: { case: "fileContainingSymbol", value: "switchboard.nope.Nope" } },
+        ],
+        alpha,
+      );
+      expect(list!.messageResponse.case).toBe("listServicesResponse");
+      expect((list!.messageResponse.value.service as Array<{ name: string }>).map((s) => s.name)).toEqual([
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+        "switchboard.id.v1.IdService",
+        "switchboard.router.v1.RouterService",
+      ]);
+      const names = (r: typeof list) =>
+        (r!.messageResponse.value.fileDescriptorProto as Uint8Array[]).map(
+          (b) => fromBinary(FileDescriptorProtoSchema, b).name,
+        );
+      // The file first, then its imports (transitively); on the same stream, imports are sent once.
+      expect(names(bySymbol)[0]).toBe("switchboard/router/v1/router.proto");
+      expect(names(bySymbol)).toEqual(
+        expect.arrayContaining(["switchboard/common/v1/common.proto", "switchboard/client/v1/client.proto"]),
+      );
+      expect(names(again)).toEqual(["switchboard/router/v1/router.proto"]);
+      expect(names(byFile)).toEqual(["switchboard/common/v1/common.proto"]);
+      expect(names(byMethod)).toEqual(["switchboard/id/v1/id.proto"]);
+      const router = fromBinary(
+        FileDescriptorProtoSchema,
+        (bySymbol!.messageResponse.value.fileDescriptorProto as Uint8Array[])[0]!,
+      );
+      expect(router.service[0]!.method.map((m) => m.name)).toContain("SendMessage");
+      expect(missing!.messageResponse).toMatchObject({
+        case: "errorResponse",
+        value: { errorCode: grpc.status.NOT_FOUND },
+      });
+    }
+  });
+});
