@@ -40,6 +40,8 @@ export interface CallContext {
   readonly peer: string;
   /** The caller's deadline in milliseconds since the epoch; undefined when it set none. */
   readonly deadline?: number | undefined;
+  /** Who called, on a guarded server (ADR 0007); undefined on an unguarded one or in process. */
+  readonly principal?: string | undefined;
 }
 
 /** Per-call options for clients. */
@@ -232,7 +234,14 @@ function fromStatus(err: grpc.ServiceError): SwitchboardError {
 interface ServerState {
   readonly services: DescService[];
   metrics: GrpcMetrics | undefined;
+  guard: CallGuard | undefined;
 }
+
+/**
+ * Decides whether a call may run (ADR 0007, internal/grpc-auth): resolves to the caller's principal
+ * or rejects with the refusal (UNAUTHENTICATED, PERMISSION_DENIED), before the handler runs.
+ */
+export type CallGuard = (path: string, authorization: string | undefined) => Promise<string | undefined>;
 
 /** grpc-js has no per-server hook for these, so the adapter keeps them beside each server. */
 const servers = new WeakMap<grpc.Server, ServerState>();
@@ -240,7 +249,7 @@ const servers = new WeakMap<grpc.Server, ServerState>();
 function stateOf(server: grpc.Server): ServerState {
   let state = servers.get(server);
   if (!state) {
-    state = { services: [], metrics: undefined };
+    state = { services: [], metrics: undefined, guard: undefined };
     servers.set(server, state);
   }
   return state;
@@ -249,6 +258,11 @@ function stateOf(server: grpc.Server): ServerState {
 /** Counts the calls of every service added to `server` from now on (grpc_server_* metrics). */
 export function instrumentServer(server: grpc.Server, metrics: GrpcMetrics): void {
   stateOf(server).metrics = metrics;
+}
+
+/** Runs every call of every service added to `server` from now on past `guard` first. */
+export function guardServer(server: grpc.Server, guard: CallGuard): void {
+  stateOf(server).guard = guard;
 }
 
 /** The services added to `server` so far, in order (what reflection lists and health knows). */
@@ -273,6 +287,7 @@ function deadlineOf(call: ServerCall): number | undefined {
  * DEADLINE_EXCEEDED or seen the stream reset, and drops whatever the handler answers later).
  */
 function beginCall(call: ServerCall, meter: MethodMeter | undefined) {
+  let principal: string | undefined;
   const ctl = new AbortController();
   const deadline = deadlineOf(call);
   const record = meter?.start();
@@ -297,10 +312,23 @@ function beginCall(call: ServerCall, meter: MethodMeter | undefined) {
       deadline !== undefined && Date.now() >= deadline - DEADLINE_SLACK_MS ? deadlineExceeded() : cancelled(),
     ),
   );
-  const ctx: CallContext = { signal: ctl.signal, peer: call.getPeer(), deadline };
+  const ctx: CallContext = {
+    signal: ctl.signal,
+    peer: call.getPeer(),
+    deadline,
+    get principal() {
+      return principal;
+    },
+  };
   /** Runs the handler with this call's deadline as the one outgoing calls inherit. */
   const scope = <T>(fn: () => T): T => callScope.run({ deadline }, fn);
-  return { ctx, end, scope };
+  /** Settles the call's guard (if its server has one) before the handler runs; rejects with the refusal. */
+  const admit = async (guard: CallGuard | undefined, path: string) => {
+    if (!guard) return;
+    const authorization = call.metadata.get("authorization")[0];
+    principal = await guard(path, typeof authorization === "string" ? authorization : undefined);
+  };
+  return { ctx, end, scope, admit };
 }
 
 /** Resolves when `stream` can take more, or at once when the call is over. */
@@ -348,6 +376,7 @@ export function addService<S extends DescService>(
   for (const method of service.methods) {
     if (!isSupported(method)) continue;
     const fn = methodOf(impl, method);
+    const path = `/${service.typeName}/${method.name}`;
     const meter = state.metrics && methodMeter(state.metrics, "server", method);
     if (meter) meters.set(method, meter);
     const fail = (end: (code: number) => void, err: unknown) => {
@@ -360,12 +389,12 @@ export function addService<S extends DescService>(
         call: grpc.ServerUnaryCall<unknown, unknown>,
         cb: grpc.sendUnaryData<unknown>,
       ) => {
-        const { ctx, end, scope } = beginCall(call, meter);
+        const { ctx, end, scope, admit } = beginCall(call, meter);
         const run = () => fn(call.request, ctx) as Promise<MessageInitShape<DescMessage>>;
         // A call made in a trace (its traceparent in the metadata) is a server span of that trace.
         const traceparent = tracing.on ? call.metadata.get("traceparent")[0] : undefined;
         scope(() =>
-          Promise.resolve().then(() =>
+          admit(state.guard, path).then(() =>
             typeof traceparent === "string"
               ? inSpan(
                   `${service.typeName}/${method.name}`,
@@ -392,7 +421,7 @@ export function addService<S extends DescService>(
       const streamed = ((
         call: grpc.ServerWritableStream<unknown, unknown> | grpc.ServerDuplexStream<unknown, unknown>,
       ) => {
-        const { ctx, end, scope } = beginCall(call, meter);
+        const { ctx, end, scope, admit } = beginCall(call, meter);
         // Not the stream's default iterator: that destroys the call when the requests end, and a
         // destroyed call never sends its status (the handler may still answer after the last request).
         const input =
@@ -400,7 +429,7 @@ export function addService<S extends DescService>(
             ? (call as grpc.ServerWritableStream<unknown, unknown>).request
             : (call as grpc.ServerDuplexStream<unknown, unknown>).iterator({ destroyOnReturn: false });
         scope(() =>
-          Promise.resolve().then(() =>
+          admit(state.guard, path).then(() =>
             pump(call, method, fn(input, ctx) as AsyncIterable<MessageInitShape<DescMessage>>, ctx.signal),
           ),
         ).then(
@@ -448,6 +477,8 @@ export interface GrpcClientOptions {
   spread?: boolean;
   /** Count this client's calls (grpc_client_* metrics). */
   metrics?: GrpcMetrics;
+  /** This process's credential, sent as `authorization: Bearer …` with every call (ADR 0007). */
+  bearer?: () => string | undefined;
 }
 
 /** Reads a response stream; an abandoned one (the caller stopped iterating) is cancelled. */
@@ -484,6 +515,13 @@ export function grpcClient<S extends DescService>(
       : {}),
   }) as unknown as Record<string, AnyFn> & grpc.Client;
   const client: Record<string, unknown> = { close: () => raw.close() };
+  /** A call's metadata: this process's credential, if it has one. */
+  const metadataOf = () => {
+    const metadata = new grpc.Metadata();
+    const bearer = options.bearer?.();
+    if (bearer !== undefined) metadata.set("authorization", `Bearer ${bearer}`);
+    return metadata;
+  };
   for (const method of service.methods) {
     if (!isSupported(method)) continue;
     const call = raw[method.localName]!.bind(raw);
@@ -510,12 +548,12 @@ export function grpcClient<S extends DescService>(
         });
       client[method.localName] = (req: MessageInitShape<DescMessage>, opts?: CallOptions) => {
         // Within a trace, the call is a client span whose context travels in the metadata.
-        if (!tracing.on || !trace.getSpan(context.active())) return unary(req, opts, new grpc.Metadata());
+        if (!tracing.on || !trace.getSpan(context.active())) return unary(req, opts, metadataOf());
         return inSpan(
           `${service.typeName}/${method.name}`,
           { kind: SpanKind.CLIENT, attributes: rpcAttributes(service, method) },
           () => {
-            const metadata = new grpc.Metadata();
+            const metadata = metadataOf();
             for (const [k, v] of Object.entries(activeCarrier() ?? {})) metadata.set(k, v);
             return unary(req, opts, metadata);
           },
@@ -532,11 +570,11 @@ export function grpcClient<S extends DescService>(
         if (method.methodKind === "server_streaming") {
           stream = call(
             create(method.input, reqs as MessageInitShape<DescMessage>),
-            new grpc.Metadata(),
+            metadataOf(),
             callOptions,
           ) as grpc.ClientReadableStream<unknown>;
         } else {
-          const duplex = call(new grpc.Metadata(), callOptions) as grpc.ClientDuplexStream<unknown, unknown>;
+          const duplex = call(metadataOf(), callOptions) as grpc.ClientDuplexStream<unknown, unknown>;
           stream = duplex;
           (async () => {
             for await (const r of reqs as AsyncIterable<MessageInitShape<DescMessage>>) {

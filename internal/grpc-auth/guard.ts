@@ -1,0 +1,45 @@
+/**
+ * The step every gRPC call of a guarded server passes before its handler (ADR 0007): the caller's
+ * credential (`authorization: Bearer …`) is turned into a principal by the configured authenticators,
+ * then the policy decides whether that principal may call the method. The standard health service is
+ * public (kubelet and load balancers probe it without credentials); everything else needs both steps.
+ */
+import { errors } from "../lib/errors.js";
+import { authorize, type Policy, type Principal } from "./policy.js";
+
+/** Maps a bearer credential to its principal, or undefined if it is not one this authenticator knows. */
+export type Authenticator = (bearer: string) => Principal | undefined | Promise<Principal | undefined>;
+
+/** Decides a call: resolves to its principal (undefined for a public method) or throws the refusal. */
+export type CallGuard = (path: string, authorization: string | undefined) => Promise<Principal | undefined>;
+
+const PUBLIC_PREFIXES = ["/grpc.health.v1.Health/"];
+/** Server reflection (when it is served at all) describes the API to any authenticated caller. */
+const AUTHENTICATED_PREFIXES = [
+  "/grpc.reflection.v1.ServerReflection/",
+  "/grpc.reflection.v1alpha.ServerReflection/",
+];
+const BEARER = /^Bearer ([\x21-\x7e]{1,8192})$/;
+
+export function callGuard(authenticators: readonly Authenticator[], policy: Policy): CallGuard {
+  return async (path, authorization) => {
+    if (PUBLIC_PREFIXES.some((p) => path.startsWith(p))) return undefined;
+    let principal: Principal | undefined;
+    const bearer = authorization === undefined ? undefined : BEARER.exec(authorization)?.[1];
+    if (authorization !== undefined && bearer === undefined)
+      throw errors.unauthenticated(
+        "MALFORMED_CREDENTIALS",
+        "the authorization metadata is not `Bearer <credential>`",
+      );
+    if (bearer !== undefined)
+      for (const authenticate of authenticators) {
+        principal = await authenticate(bearer);
+        if (principal) break;
+      }
+    if (bearer !== undefined && principal === undefined)
+      throw errors.unauthenticated("INVALID_CREDENTIALS", `the credential is not valid for ${path}`);
+    if (principal !== undefined && AUTHENTICATED_PREFIXES.some((p) => path.startsWith(p))) return principal;
+    authorize(policy, principal, path);
+    return principal;
+  };
+}
