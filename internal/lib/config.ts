@@ -140,8 +140,8 @@ export const schema = {
       "host:port of this gateway's gRPC server that routers dial for its Deliver stream; it travels in the routing records (in Kubernetes: the Pod IP). Empty: http.host and the gRPC port.",
     ),
     frameBytesMax: int(
-      1024 * 1024,
-      "Largest WebSocket frame accepted (a 100,000-character body fits even JSON-escaped); larger frames close with 1009.",
+      1280 * 1024,
+      "Largest WebSocket frame accepted; larger frames close with 1009. The default (1.25 MiB) fits a send with every field at its limit even in JSON with every character escaped as `\\uXXXX`: a 100,000-code-point body takes at most 1,200,000 bytes (12 per character outside the BMP), the other fields under 3 KB. When raising gateway.bodyCharsMax, keep this at least 12 × bodyCharsMax + 3 KiB.",
       1024,
     ),
     bodyCharsMax: int(100_000, "Longest message body in characters.", 1),

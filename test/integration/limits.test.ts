@@ -8,6 +8,7 @@ import { SignJWT } from "jose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import WebSocket from "ws";
 import { ClientFrameSchema } from "../../gen/switchboard/client/v1/client_pb.js";
+import { USER_ID_CHARS_MAX } from "../../internal/lib/auth.js";
 import { Code } from "../../internal/lib/errors.js";
 import { expectCase, RawClient } from "../helpers/raw-client.js";
 import { devToken, type ServerProcess, startServer } from "../helpers/server.js";
@@ -16,6 +17,20 @@ let server: ServerProcess;
 let n = 0;
 const user = (name: string) => `${name}-${++n}`;
 const ALLOWED_ORIGIN = "https://chat.example.com";
+
+/** A valid W3C traceparent (the longest value a send's traceparent usefully has). */
+const TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+/** JSON string content with every UTF-16 unit escaped as \uXXXX (what e.g. Python's ensure_ascii does to non-ASCII). */
+function escapeAll(text: string): string {
+  let out = "";
+  for (let i = 0; i < text.length; i++) out += `\\u${text.charCodeAt(i).toString(16).padStart(4, "0")}`;
+  return out;
+}
+
+function welcomeOf(c: RawClient) {
+  return expectCase(c.received.find((f) => f.kind.case === "welcome")!, "welcome");
+}
 
 async function connect(name: string): Promise<RawClient> {
   const c = await RawClient.connect(server.url, { token: await devToken(server.dataDir, name) });
@@ -115,9 +130,38 @@ describe("message and frame limits", () => {
 
   it("closes a connection that sends a frame over the configured size with 1009", async () => {
     const c = await connect(user("huge"));
-    c.ws.send(Buffer.alloc(1024 * 1024 + 1, 0x61));
+    c.ws.send(Buffer.alloc(welcomeOf(c).limits!.frameBytesMax + 1, 0x61));
     expect(await c.closed).toBe(1009);
     await bystanderSend();
+  });
+
+  it("takes a send with every field at its limit and every character \\u-escaped, in and outside the BMP", async () => {
+    // The longest user ids, so the longest conversation id: dm:<128>~<128>.
+    const me = user("escaped").padEnd(USER_ID_CHARS_MAX, "x");
+    const peer = "y".repeat(USER_ID_CHARS_MAX);
+    const c = await RawClient.connect(server.url, { token: await devToken(server.dataDir, me) });
+    await c.syncAll();
+    const frameBytesMax = welcomeOf(c).limits!.frameBytesMax;
+    for (const [name, char] of [
+      ["outside the BMP", "😀"],
+      ["in the BMP", "中"],
+    ] as const) {
+      const body = char.repeat(100_000);
+      const clientMsgId = (name === "in the BMP" ? "b" : "a").repeat(64);
+      const frame = `{"id":4294967295,"send":{"conversationId":"${escapeAll(`dm:${me}~${peer}`)}","clientMsgId":"${escapeAll(clientMsgId)}","body":"${escapeAll(body)}","traceparent":"${escapeAll(TRACEPARENT)}"}}`;
+      const bytes = Buffer.byteLength(frame);
+      expect(bytes, name).toBeGreaterThan(char === "😀" ? 1_200_000 : 600_000);
+      expect(bytes, name).toBeLessThanOrEqual(frameBytesMax);
+      c.ws.send(frame);
+      const ack = expectCase(await c.nextEvent((f) => f.replyTo === 4294967295), "ack");
+      expect(ack.clientMsgId, name).toBe(clientMsgId);
+      const event = await c.nextEvent(
+        (f) => f.kind.case === "message" && f.kind.value.message?.clientMsgId === clientMsgId,
+      );
+      expect(expectCase(event, "message").message!.body === body, name).toBe(true);
+    }
+    expect(c.closeCode).toBeUndefined();
+    c.close();
   });
 
   it("answers a request whose text is not Unicode with INVALID_UNICODE under its id, and keeps the connection", async () => {
