@@ -9,9 +9,11 @@ import {
 } from "../internal/cli/server-commands.js";
 
 const USAGE = `usage: switchboard <command> [options]
-  start [--role R] [--port N] [--data-dir DIR] [--grpc-port N]
+  start [--role R] [--port N] [--host H] [--data-dir DIR] [--grpc-port N] [--backend B] [--dev]
                                                       run one role (gateway, router, presence, push, id,
-                                                      sequencer) or all of them in one process (default)
+                                                      sequencer) or all of them in one process (default);
+                                                      --dev: dev mode, GET /v1/dev/token mints tokens for
+                                                      anyone on a loopback port (npm start uses it)
   provision                                           create the Kafka topics and Cassandra schema
   token --user ID [--data-dir DIR] [--ttl 1h]        print a dev JWT
   send --token JWT (--to USER | --group ID) TEXT     send a message, print the ack

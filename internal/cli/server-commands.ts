@@ -5,9 +5,10 @@
  */
 import { parseArgs } from "node:util";
 import { signDevToken } from "../lib/auth.js";
-import { configDocs, loadConfig } from "../lib/config.js";
+import { type Config, configDocs, loadConfig } from "../lib/config.js";
 import { createLogger } from "../lib/log.js";
 import { distributedOptions } from "../process/backends.js";
+import { devTokensRefusal } from "../process/http.js";
 import { ROLES, type RoleName, startRole } from "../roles/index.js";
 
 const TTL_UNITS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86400 };
@@ -37,6 +38,7 @@ export async function runStart(argv: string[]): Promise<number> {
       "grpc-port": { type: "string" },
       backend: { type: "string" },
       role: { type: "string", default: "all" },
+      dev: { type: "boolean", default: false },
     },
     strict: true,
   });
@@ -54,12 +56,15 @@ export async function runStart(argv: string[]): Promise<number> {
     overrides["grpc.enabled"] = "true";
   }
   if (values.backend !== undefined) overrides.backend = values.backend;
+  if (values.dev) overrides["auth.devTokens"] = "true";
   const config = loadConfig(platformEnv(), overrides);
   const log = createLogger({ service: "switchboard", role });
   const running = await startRole(role, config, log);
   const url = running.gateway ? `ws://${config.http.host}:${running.httpPort}/ws` : undefined;
+  const warning = running.gateway ? devModeWarning(config, running.httpPort) : undefined;
+  if (warning) log.warn(warning);
   process.stdout.write(
-    `${JSON.stringify({ status: "started", role, ...(url ? { url } : {}), port: running.httpPort, grpc_port: running.grpcPort, data_dir: config.dataDir, pid: process.pid })}\n`,
+    `${JSON.stringify({ status: "started", role, ...(url ? { url } : {}), port: running.httpPort, grpc_port: running.grpcPort, data_dir: config.dataDir, pid: process.pid, ...(warning ? { warning } : {}) })}\n`,
   );
   await new Promise<void>((resolve) => {
     let stopping = false;
@@ -79,6 +84,15 @@ export async function runStart(argv: string[]): Promise<number> {
     process.once("SIGTERM", () => void stop("SIGTERM", config.gateway.shutdownDrainMs));
   });
   return process.exitCode === undefined ? 0 : Number(process.exitCode);
+}
+
+/** What the start-up line shouts when dev mode was asked for: on, or asked for and refused (why). */
+export function devModeWarning(config: Config, port: number): string | undefined {
+  if (!config.auth.devTokens) return undefined;
+  const refusal = devTokensRefusal(config);
+  return refusal === undefined
+    ? `DEV MODE: GET http://${config.http.host}:${port}/v1/dev/token hands a token for ANY user to anyone who reaches this port (a reverse proxy on this host makes that everyone); never use --dev in production`
+    : `dev mode asked for (--dev or auth.devTokens) but dev tokens are not served: ${refusal}`;
 }
 
 /**

@@ -121,8 +121,8 @@ export const schema = {
     issuer: str("", "Required `iss` claim (empty: not checked)."),
     audience: str("", "Required `aud` claim (empty: not checked)."),
     devTokens: bool(
-      true,
-      "Serve GET /v1/dev/token?user=ID (dev-secret tokens for the demo page at /). Honoured only without a JWKS URL and on a loopback address.",
+      false,
+      "Dev mode (`switchboard start --dev`, which `npm start` uses): serve GET /v1/dev/token?user=ID, a dev-secret token for any user to anyone who reaches the HTTP port (the demo page at / signs in with it). Honoured only without a JWKS URL and on a loopback address; never turn it on where others reach the port, e.g. behind a reverse proxy.",
     ),
     authTimeoutMs: int(5_000, "A connection that has not authenticated within this time is closed (3502)."),
     allowedOrigins: list(

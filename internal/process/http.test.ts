@@ -1,5 +1,30 @@
 import { describe, expect, it } from "vitest";
-import { connectionsCheckingIntervalMs } from "./http.js";
+import { devModeWarning } from "../cli/server-commands.js";
+import { loadConfig } from "../lib/config.js";
+import { connectionsCheckingIntervalMs, devTokensRefusal } from "./http.js";
+
+describe("dev tokens", () => {
+  it("are served only in dev mode, without a JWKS URL, on a loopback address", () => {
+    expect(devTokensRefusal(loadConfig({}))).toMatch(/dev mode is off/);
+    const dev = (env: Record<string, string>) => loadConfig({ SWITCHBOARD_AUTH_DEV_TOKENS: "true", ...env });
+    for (const host of ["127.0.0.1", "127.0.0.2", "localhost", "::1"])
+      expect(devTokensRefusal(dev({ SWITCHBOARD_HTTP_HOST: host })), host).toBeUndefined();
+    for (const host of ["0.0.0.0", "::", "10.0.0.5", "chat.example.com"])
+      expect(devTokensRefusal(dev({ SWITCHBOARD_HTTP_HOST: host })), host).toMatch(/not a loopback address/);
+    expect(devTokensRefusal(dev({ SWITCHBOARD_AUTH_JWKS_URL: "https://id.example.com/jwks" }))).toBe(
+      "auth.jwksUrl is set",
+    );
+  });
+
+  it("make the start-up line shout, and say so when dev mode was asked for but refused", () => {
+    expect(devModeWarning(loadConfig({}), 8080)).toBeUndefined();
+    expect(devModeWarning(loadConfig({}, { "auth.devTokens": "true" }), 8080)).toMatch(
+      /^DEV MODE: GET http:\/\/127\.0\.0\.1:8080\/v1\/dev\/token hands a token for ANY user/,
+    );
+    const open = loadConfig({}, { "auth.devTokens": "true", "http.host": "0.0.0.0" });
+    expect(devModeWarning(open, 8080)).toMatch(/not served: http.host 0.0.0.0 is not a loopback address/);
+  });
+});
 
 describe("the headers timeout", () => {
   it("is checked often enough to hold within a second (a tenth of it when shorter)", () => {

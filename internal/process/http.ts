@@ -1,7 +1,7 @@
 /**
  * Every process's HTTP server: /healthz (the process runs), /readyz (it can do its job: its
  * dependencies are reachable), /metrics (Prometheus). A gateway adds the WebSocket upgrade on /ws,
- * /v1/connect, the demo page at / and, on loopback in dev mode, /v1/dev/token.
+ * /v1/connect, the demo page at / and, in dev mode on loopback, /v1/dev/token.
  */
 import { readFileSync } from "node:fs";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
@@ -90,10 +90,17 @@ function readDemoPage(log: Logger): string | undefined {
   }
 }
 
-function devTokensAllowed(config: Config): boolean {
-  const loopback =
-    config.http.host === "localhost" || config.http.host === "::1" || config.http.host.startsWith("127.");
-  return config.auth.devTokens && config.auth.jwksUrl === "" && loopback;
+/**
+ * Why GET /v1/dev/token is not served, or undefined when it is: only in dev mode (auth.devTokens,
+ * `start --dev`), only with the dev secret (no JWKS) and only on a loopback address.
+ */
+export function devTokensRefusal(config: Config): string | undefined {
+  if (!config.auth.devTokens) return "dev mode is off (switchboard start --dev turns it on)";
+  if (config.auth.jwksUrl !== "") return "auth.jwksUrl is set";
+  const host = config.http.host;
+  if (!(host === "localhost" || host === "::1" || host.startsWith("127.")))
+    return `http.host ${host} is not a loopback address`;
+  return undefined;
 }
 
 function handleHttp(req: IncomingMessage, res: ServerResponse, o: HttpOptions, demoPage?: string): void {
@@ -133,10 +140,8 @@ function handleHttp(req: IncomingMessage, res: ServerResponse, o: HttpOptions, d
         .end(demoPage);
       return;
     case "/v1/dev/token": {
-      if (!devTokensAllowed(o.config))
-        return json(404, {
-          error: "dev tokens are off (JWKS configured, non-loopback address, or auth.devTokens=false)",
-        });
+      const refusal = devTokensRefusal(o.config);
+      if (refusal !== undefined) return json(404, { error: `dev tokens are off: ${refusal}` });
       const user = new URL(req.url ?? "/", "http://x").searchParams.get("user") ?? "";
       if (!isValidUserId(user)) return json(400, { error: "user must be 1-128 of A-Z a-z 0-9 . _ @ : + -" });
       signDevToken(o.config.dataDir, user, 3600).then(

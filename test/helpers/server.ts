@@ -18,6 +18,8 @@ export interface ServerProcess {
   grpcPort: number;
   url: string;
   httpUrl: string;
+  /** The JSON line the process printed when it started ({"status":"started",…}). */
+  startLine: StartLine;
   dataDir: string;
   child: ChildProcess;
   stderr: () => string;
@@ -30,6 +32,8 @@ export interface ServerProcess {
   /** Stops and removes the data dir. */
   dispose(): Promise<void>;
 }
+
+type StartLine = { port: number; grpc_port: number } & Record<string, unknown>;
 
 export interface StartOptions {
   dataDir?: string;
@@ -80,14 +84,14 @@ export async function startServer(options: StartOptions = {}): Promise<ServerPro
   child.stderr!.on("data", (d: Buffer) => {
     err = (err + d.toString()).slice(-20_000);
   });
-  const started = await new Promise<{ port: number; grpc_port: number }>((resolvePort, reject) => {
+  const started = await new Promise<StartLine>((resolvePort, reject) => {
     let out = "";
     const onData = (d: Buffer) => {
       out += d.toString();
       const line = out.split("\n").find((l) => l.includes('"started"'));
       if (line) {
         child.stdout!.off("data", onData);
-        resolvePort(JSON.parse(line) as { port: number; grpc_port: number });
+        resolvePort(JSON.parse(line) as StartLine);
       }
     };
     child.stdout!.on("data", onData);
@@ -101,6 +105,7 @@ export async function startServer(options: StartOptions = {}): Promise<ServerPro
     grpcPort,
     url: `ws://127.0.0.1:${port}/ws`,
     httpUrl: `http://127.0.0.1:${port}`,
+    startLine: started,
     dataDir,
     child,
     stderr: () => err,

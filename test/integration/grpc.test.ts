@@ -16,7 +16,8 @@ import { devToken, type ServerProcess, startServer } from "../helpers/server.js"
 let server: ServerProcess;
 
 beforeAll(async () => {
-  server = await startServer({ args: ["--grpc-port", "0"] });
+  // --dev: the HTTP test below fetches a token from /v1/dev/token.
+  server = await startServer({ args: ["--grpc-port", "0", "--dev"] });
 });
 afterAll(async () => {
   await server.dispose();

@@ -1,6 +1,7 @@
 /**
  * The HTTP server in front of the gateway: a client that never finishes its request headers
- * (slowloris; here a half-sent WebSocket upgrade) is cut at http.headersTimeoutMs.
+ * (slowloris; here a half-sent WebSocket upgrade) is cut at http.headersTimeoutMs, and
+ * /v1/dev/token exists only in dev mode (`start --dev`), which the start-up line shouts about.
  */
 import { connect } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -56,5 +57,29 @@ describe("unfinished requests", () => {
     // The server took no harm: a WebSocket still connects.
     const c = await RawClient.connect(server.url);
     c.close();
+  });
+});
+
+describe("dev tokens", () => {
+  it("are off unless dev mode is asked for", async () => {
+    const res = await fetch(`${server.httpUrl}/v1/dev/token?user=alice`);
+    expect(res.status).toBe(404);
+    expect(((await res.json()) as { error: string }).error).toContain("dev mode is off");
+    expect(server.startLine.warning).toBeUndefined();
+  });
+
+  it("are served in dev mode (start --dev), with a warning in the start-up line", async () => {
+    const dev = await startServer({ args: ["--dev"] });
+    try {
+      expect(String(dev.startLine.warning)).toMatch(/^DEV MODE: .*\/v1\/dev\/token .*ANY user/);
+      expect(dev.stderr()).toContain("DEV MODE");
+      const res = await fetch(`${dev.httpUrl}/v1/dev/token?user=alice`);
+      expect(res.status).toBe(200);
+      const { token } = (await res.json()) as { token: string };
+      const c = await RawClient.connect(dev.url, { token });
+      c.close();
+    } finally {
+      await dev.dispose();
+    }
   });
 });

@@ -45,6 +45,8 @@ beforeAll(async () => {
   );
   await new Promise<void>((r) => jwks.listen(0, "127.0.0.1", () => r()));
   server = await startServer({
+    // Dev mode asked for, so that the test below sees the JWKS URL (not dev mode being off) refuse it.
+    args: ["--dev"],
     env: {
       SWITCHBOARD_AUTH_JWKS_URL: `http://127.0.0.1:${(jwks.address() as AddressInfo).port}/jwks.json`,
       SWITCHBOARD_AUTH_ISSUER: "https://issuer.test",
@@ -63,8 +65,11 @@ describe("JWKS authentication", () => {
     expect(await upgradeStatus(await sign({}))).toBe(101);
   });
 
-  it("does not hand out dev tokens when a JWKS URL is configured", async () => {
-    expect((await fetch(`${server.httpUrl}/v1/dev/token?user=alice`)).status).toBe(404);
+  it("does not hand out dev tokens when a JWKS URL is configured, even in dev mode", async () => {
+    const res = await fetch(`${server.httpUrl}/v1/dev/token?user=alice`);
+    expect(res.status).toBe(404);
+    expect(((await res.json()) as { error: string }).error).toContain("auth.jwksUrl is set");
+    expect(server.startLine.warning).toMatch(/dev tokens are not served: auth.jwksUrl is set/);
   });
 
   it("rejects unknown kids, wrong issuer or audience, expired tokens and HS256 confusion", async () => {
