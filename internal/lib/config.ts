@@ -72,7 +72,7 @@ export const schema = {
     ),
     headersTimeoutMs: int(
       10_000,
-      "Time a client may take to send the upgrade request headers (slowloris bound).",
+      "Time a client may take to send the request headers, an upgrade's included (slowloris bound): a connection still sending them is answered 408 and closed at most a second later (a tenth of the timeout when that is shorter); a whole request may take three times as long.",
     ),
   },
   grpc: {
