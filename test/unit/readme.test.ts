@@ -12,6 +12,18 @@ describe("README", () => {
     expect(table, "run `npm run docs` to regenerate it").toBe(configDocs());
   });
 
+  it("lists every HTTP path the server answers, and no other", () => {
+    const readme = readFileSync(`${repoRoot}/README.md`, "utf8");
+    const section = readme.slice(readme.indexOf("## HTTP endpoints"));
+    const table = section.slice(0, section.indexOf("\n\n", section.indexOf("| path |")));
+    const documented = [...table.matchAll(/^\| `(\/[^`?]*)[^`]*` \|/gm)].map((m) => m[1]).sort();
+    // What internal/process/http.ts routes: its `case "/…":` labels, and the WebSocket upgrade's path.
+    const http = readFileSync(`${repoRoot}/internal/process/http.ts`, "utf8");
+    const served = [...http.matchAll(/case "(\/[^"]*)":/g)].map((m) => m[1]);
+    expect(http).toContain('path !== "/ws"');
+    expect(documented).toEqual([...served, "/ws"].sort());
+  });
+
   it("lists every metric of the platform and the operator", () => {
     const readme = readFileSync(`${repoRoot}/README.md`, "utf8");
     const table = /<!-- metrics:begin -->\n([\s\S]*?)\n<!-- metrics:end -->/.exec(readme)?.[1];
