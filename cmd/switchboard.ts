@@ -2,6 +2,7 @@
 /** The `switchboard` command: a thin dispatcher; each command lives in internal/cli. */
 import {
   runConfig,
+  runGrpcKey,
   runProvision,
   runSequencer,
   runStart,
@@ -16,6 +17,8 @@ const USAGE = `usage: switchboard <command> [options]
                                                       anyone on a loopback port (npm start uses it)
   provision                                           create the Kafka topics and Cassandra schema
   token --user ID [--data-dir DIR] [--ttl 1h]        print a dev JWT
+  grpc-key --principal P                              print a new gRPC key for P (role:<role>, operator,
+                                                      client:<name>) and its grpc.keyFile line
   send --token JWT (--to USER | --group ID) TEXT     send a message, print the ack
   listen --token JWT [--since CURSOR] [--count N]    sync, then print live messages
   group create --token JWT --name NAME [--member U]  create a group
@@ -36,6 +39,8 @@ async function main(argv: string[]): Promise<number> {
       return runProvision(rest);
     case "config":
       return runConfig(rest);
+    case "grpc-key":
+      return runGrpcKey(rest);
     case "operator": {
       const { runOperator } = await import("../operator/main.js");
       return runOperator(rest);

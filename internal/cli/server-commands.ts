@@ -173,6 +173,22 @@ export async function runToken(argv: string[]): Promise<number> {
   return 0;
 }
 
+/**
+ * `switchboard grpc-key --principal P`: a new random gRPC key for P and the line of grpc.keyFile that
+ * admits it (the file holds only the hash; the key goes to the caller's grpc.credentialFile).
+ */
+export async function runGrpcKey(argv: string[]): Promise<number> {
+  const { values } = parseArgs({ args: argv, options: { principal: { type: "string" } }, strict: true });
+  const { isPrincipal } = await import("../grpc-auth/policy.js");
+  const { newKey } = await import("../grpc-auth/key-file.js");
+  const principal = values.principal ?? "";
+  if (!isPrincipal(principal))
+    throw new Error("--principal must be role:<role>, operator or client:<name> (docs/adr/0007)");
+  process.stdout.write(`${JSON.stringify({ principal, ...newKey(principal) })}
+`);
+  return 0;
+}
+
 export function runConfig(argv: string[]): number {
   if (argv[0] !== "docs") throw new Error("usage: switchboard config docs");
   process.stdout.write(`${configDocs()}\n`);

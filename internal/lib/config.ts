@@ -86,6 +86,26 @@ export const schema = {
       false,
       "Role all: also serve every service over gRPC (`--grpc-port` turns it on). The split roles always serve gRPC.",
     ),
+    keyFile: str(
+      "",
+      "Static key file of the gRPC server (docs/adr/0007): one line per key, `<principal> sha256:<hex of the key>`, principals `role:<role>`, `operator` or `client:<name>`; `switchboard grpc-key --principal P` makes a key and its line. With it (or tokenAudience) set, every gRPC call needs `authorization: Bearer <credential>` of a principal allowed the method (the health service stays public). Re-read when it changes. Empty: not used.",
+    ),
+    tokenAudience: str(
+      "",
+      "Also accept Kubernetes ServiceAccount tokens bound to this audience, verified with the API server's TokenReview (the process's own Kubernetes credentials need `create` on `tokenreviews`). Empty: not accepted.",
+    ),
+    serviceAccounts: list(
+      [],
+      "The ServiceAccounts that are principals, as `namespace/name=principal` (e.g. `chat/billing=client:billing`).",
+    ),
+    clients: list(
+      [],
+      "What backend clients may do, as `name=permission+permission` (permissions: publish, sendToUsers, broadcast, manageGroups, readHistory, presence, sessions, devices, events).",
+    ),
+    credentialFile: str(
+      "",
+      "File holding this process's own credential for its calls to other roles (a key of the key file, or a projected ServiceAccount token); re-read every 60 s. Empty: calls carry none.",
+    ),
   },
   cluster: {
     idTarget: str(

@@ -5,9 +5,11 @@
  */
 import type * as grpc from "@grpc/grpc-js";
 import type { Gateway } from "../gateway/index.js";
+import { grpcCredential, grpcGuard } from "../grpc-auth/setup.js";
 import type { Config } from "../lib/config.js";
 import type { Logger } from "../lib/log.js";
 import { createMetrics, type Metrics } from "../lib/metrics.js";
+import { guardServer } from "../lib/rpc.js";
 import { startTracing } from "../lib/tracing.js";
 import { serveGrpc } from "./grpc.js";
 import { serveHttp } from "./http.js";
@@ -22,6 +24,8 @@ export interface RoleContext {
   /** This process's gRPC server (undefined for role sequencer, and for role all unless asked: servesGrpc). */
   readonly grpc: grpc.Server | undefined;
   readonly grpcPort: number;
+  /** This process's credential for its gRPC calls to other roles (grpc.credentialFile), if any. */
+  readonly credential: (() => string | undefined) | undefined;
   /** Closes `resource` when the process stops (in reverse order of registration); returns it. */
   own<T extends { close(): unknown }>(resource: T): T;
   /** A readiness condition: returns why the process is not ready, or undefined. */
@@ -101,6 +105,15 @@ export async function runProcess(
         serving: () => notReady() === undefined,
       })
     : undefined;
+  if (grpcServer) {
+    const guard = await grpcGuard(config, log);
+    if (guard) guardServer(grpcServer.server, guard);
+    else
+      log.warn(
+        "gRPC port open without authentication: anyone who reaches it may call every method (set grpc.keyFile or grpc.tokenAudience; docs/adr/0007)",
+        { grpcPort: grpcServer.port },
+      );
+  }
 
   const close = () =>
     (closing ??= (async () => {
@@ -126,6 +139,7 @@ export async function runProcess(
     metrics,
     grpc: grpcServer?.server,
     grpcPort: grpcServer?.port ?? 0,
+    credential: grpcCredential(config),
     own: (resource) => {
       owned.push(resource);
       return resource;

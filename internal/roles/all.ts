@@ -15,7 +15,7 @@ import { createVerifier } from "../lib/auth.js";
 import { addService, inProcessClient, type ServiceClient } from "../lib/rpc.js";
 import { Presence, presenceServiceImpl } from "../presence/index.js";
 import { openBackends } from "../process/backends.js";
-import { gatewayDialer } from "../process/peers.js";
+import { gatewayDialer, peerOptions } from "../process/peers.js";
 import type { RoleStarter } from "../process/runtime.js";
 import { Push, pushServiceImpl } from "../push/index.js";
 import { Router, routerServiceImpl } from "../router/index.js";
@@ -57,7 +57,7 @@ export const startAll: RoleStarter = async (ctx) => {
     routing: backends.routing,
     push: inProcessClient(PushService, pushImpl),
     // Gateways of other all-in-one processes (distributed backend, gRPC on) are dialled like a split cluster's.
-    dialGateway: gatewayDialer(metrics.grpc),
+    dialGateway: gatewayDialer(peerOptions(ctx)),
     streamQueueBytesMax: config.router.streamQueueBytesMax,
     logger: log,
     metrics,

@@ -13,7 +13,7 @@ import { Gateway } from "../gateway/index.js";
 import { createVerifier } from "../lib/auth.js";
 import { addService } from "../lib/rpc.js";
 import { openDistributed } from "../process/backends.js";
-import { peerClient, presencePeers } from "../process/peers.js";
+import { peerClient, peerOptions, presencePeers } from "../process/peers.js";
 import type { RoleStarter } from "../process/runtime.js";
 import { advertiseAddress, conversations, gatewayId, requireDistributed } from "./shared.js";
 
@@ -21,13 +21,13 @@ export const startGateway: RoleStarter = async (ctx) => {
   const { config, log, metrics } = ctx;
   requireDistributed(config, "gateway");
   const address = advertiseAddress(config, ctx.grpcPort);
-  const ids = ctx.own(peerClient(IdService, config.cluster.idTarget, "cluster.idTarget", metrics.grpc));
+  const ids = ctx.own(peerClient(IdService, config.cluster.idTarget, "cluster.idTarget", peerOptions(ctx)));
   const router = ctx.own(
-    peerClient(RouterService, config.cluster.routerTarget, "cluster.routerTarget", metrics.grpc),
+    peerClient(RouterService, config.cluster.routerTarget, "cluster.routerTarget", peerOptions(ctx)),
   );
-  const presence = ctx.own(presencePeers(config, metrics.grpc));
+  const presence = ctx.own(presencePeers(config, peerOptions(ctx)));
   const push = ctx.own(
-    peerClient(PushService, config.cluster.pushTarget, "cluster.pushTarget", metrics.grpc),
+    peerClient(PushService, config.cluster.pushTarget, "cluster.pushTarget", peerOptions(ctx)),
   );
   const backends = ctx.own(
     await ctx.retry("open storage", () =>

@@ -7,15 +7,15 @@ import { RouterService } from "../../gen/switchboard/router/v1/router_pb.js";
 import { addService } from "../lib/rpc.js";
 import { Presence, presenceServiceImpl } from "../presence/index.js";
 import { openDistributed } from "../process/backends.js";
-import { peerClient } from "../process/peers.js";
+import { peerClient, peerOptions } from "../process/peers.js";
 import type { RoleStarter } from "../process/runtime.js";
 import { requireDistributed } from "./shared.js";
 
 export const startPresence: RoleStarter = async (ctx) => {
-  const { config, log, metrics } = ctx;
+  const { config, log } = ctx;
   requireDistributed(config, "presence");
   const router = ctx.own(
-    peerClient(RouterService, config.cluster.routerTarget, "cluster.routerTarget", metrics.grpc),
+    peerClient(RouterService, config.cluster.routerTarget, "cluster.routerTarget", peerOptions(ctx)),
   );
   const backends = ctx.own(
     await ctx.retry("open storage", () =>

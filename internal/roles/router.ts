@@ -8,7 +8,7 @@ import { PushService } from "../../gen/switchboard/push/v1/push_pb.js";
 import { RouterService } from "../../gen/switchboard/router/v1/router_pb.js";
 import { addService } from "../lib/rpc.js";
 import { openDistributed } from "../process/backends.js";
-import { gatewayDialer, peerClient } from "../process/peers.js";
+import { gatewayDialer, peerClient, peerOptions } from "../process/peers.js";
 import type { RoleStarter } from "../process/runtime.js";
 import { Router, routerServiceImpl } from "../router/index.js";
 import { conversations, requireDistributed } from "./shared.js";
@@ -16,9 +16,9 @@ import { conversations, requireDistributed } from "./shared.js";
 export const startRouter: RoleStarter = async (ctx) => {
   const { config, log, metrics } = ctx;
   requireDistributed(config, "router");
-  const ids = ctx.own(peerClient(IdService, config.cluster.idTarget, "cluster.idTarget", metrics.grpc));
+  const ids = ctx.own(peerClient(IdService, config.cluster.idTarget, "cluster.idTarget", peerOptions(ctx)));
   const push = ctx.own(
-    peerClient(PushService, config.cluster.pushTarget, "cluster.pushTarget", metrics.grpc),
+    peerClient(PushService, config.cluster.pushTarget, "cluster.pushTarget", peerOptions(ctx)),
   );
   const backends = ctx.own(
     await ctx.retry("open storage", () =>
@@ -37,7 +37,7 @@ export const startRouter: RoleStarter = async (ctx) => {
     inbox: backends.inbox,
     routing: backends.routing,
     push,
-    dialGateway: gatewayDialer(metrics.grpc),
+    dialGateway: gatewayDialer(peerOptions(ctx)),
     streamQueueBytesMax: config.router.streamQueueBytesMax,
     logger: log,
     metrics,

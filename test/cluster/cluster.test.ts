@@ -149,7 +149,14 @@ describe("a multi-process cluster", () => {
     expect(statuses).toMatchObject([{ userId: "x-alice", online: true }]);
     // A push token registered through a gateway lands in the push process.
     await bobPhone.c.registerDevice({ deviceId: "bob-phone", provider: "fcm", token: "fcm-token-1" });
-    const push = grpcClient(PushService, `127.0.0.1:${cluster.process("push-0").grpcPort}`);
+    const pushAddress = `127.0.0.1:${cluster.process("push-0").grpcPort}`;
+    // The processes' gRPC ports admit only authenticated callers (docs/adr/0007).
+    const anonymous = grpcClient(PushService, pushAddress);
+    await expect(anonymous.listDevices({ userId: "x-bob" })).rejects.toMatchObject({
+      reason: "UNAUTHENTICATED",
+    });
+    anonymous.close();
+    const push = grpcClient(PushService, pushAddress, { bearer: () => cluster.probeKey() });
     const devices = (await push.listDevices({ userId: "x-bob" })).devices;
     expect(devices.map((d) => [d.deviceId, d.provider, d.token])).toEqual([
       ["bob-phone", Provider.FCM, "fcm-token-1"],

@@ -13,6 +13,8 @@ import { closeSync, existsSync, mkdirSync, openSync, readFileSync, writeFileSync
 import { createServer } from "node:net";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { newKey } from "../../../internal/grpc-auth/key-file.js";
+import { PERMISSIONS, type Principal } from "../../../internal/grpc-auth/policy.js";
 import { signDevToken } from "../../../internal/lib/auth.js";
 
 export type ClusterRole = "gateway" | "router" | "presence" | "push" | "id" | "sequencer";
@@ -117,8 +119,31 @@ function processEnv(
     ...(p.role === "gateway" ? { SWITCHBOARD_GATEWAY_ID: p.name } : {}),
     ...(p.role === "id" ? { SWITCHBOARD_ID_WORKER_ID: String(p.index) } : {}),
     ...(p.role === "presence" ? { SWITCHBOARD_CLUSTER_PRESENCE_SHARD: String(p.index) } : {}),
+    // Every gRPC call between the processes is authenticated and authorized (docs/adr/0007).
+    SWITCHBOARD_GRPC_KEY_FILE: join(state.runDir, "grpc", "keys"),
+    SWITCHBOARD_GRPC_CREDENTIAL_FILE: join(state.runDir, "grpc", `${p.role}.key`),
+    SWITCHBOARD_GRPC_CLIENTS: `probe=${PERMISSIONS.join("+")}`,
     ...extra,
   };
+}
+
+/**
+ * The cluster's gRPC credentials: a key per role (each process sends its role's) and one for tests'
+ * own calls (`client:probe`, every permission), with the key file that admits them all.
+ */
+function writeGrpcKeys(runDir: string): void {
+  const dir = join(runDir, "grpc");
+  mkdirSync(dir, { recursive: true });
+  const lines: string[] = [];
+  for (const [file, principal] of [
+    ...ROLE_ORDER.map((r) => [r, `role:${r}`] as const),
+    ["probe", "client:probe"] as const,
+  ]) {
+    const { key, line } = newKey(principal as Principal);
+    writeFileSync(join(dir, `${file}.key`), `${key}\n`, { mode: 0o600 });
+    lines.push(line);
+  }
+  writeFileSync(join(dir, "keys"), `${lines.join("\n")}\n`, { mode: 0o600 });
 }
 
 /** A base port with the next `count` ports free on 127.0.0.1 (the cluster takes fixed ports). */
@@ -175,6 +200,7 @@ export class LocalCluster {
     };
     // One dev secret for all gateways, made before any of them could race to create its own.
     await signDevToken(state.tokenDataDir, "cluster-probe", 60);
+    writeGrpcKeys(o.runDir);
     const cluster = new LocalCluster(state, o.env ?? {});
     cluster.provision();
     for (const p of processes) cluster.spawn(p);
@@ -189,6 +215,11 @@ export class LocalCluster {
   }
 
   /** The cluster a previous `up` left running (state.json), or undefined if none of it runs. */
+  /** The key of `client:probe` (every permission), for a test's own gRPC calls to the processes. */
+  probeKey(): string {
+    return readFileSync(join(this.state.runDir, "grpc", "probe.key"), "utf8").trim();
+  }
+
   static attach(runDir: string): LocalCluster | undefined {
     const path = join(runDir, "state.json");
     if (!existsSync(path)) return undefined;
