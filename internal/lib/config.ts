@@ -78,13 +78,17 @@ export const schema = {
   grpc: {
     port: int(
       0,
-      "Port of the gRPC server of this process's services (0: a free port, printed at start).",
+      "Port of the gRPC server of this process's services (0: a free port, printed at start). Role all opens it only when asked (grpc.enabled, a non-zero grpc.port, or `--grpc-port`).",
       0,
       65535,
     ),
     enabled: bool(
       false,
-      "Role all: also serve every service over gRPC (`--grpc-port` turns it on). The split roles always serve gRPC.",
+      "Role all: also serve every service over gRPC (`--grpc-port` or a non-zero grpc.port turns it on too); off, role all opens no gRPC port. The split roles always serve gRPC.",
+    ),
+    reflection: bool(
+      false,
+      "Serve gRPC server reflection (grpc.reflection.v1 and v1alpha), so that grpcurl and similar tools list and describe the services without the .proto files. It tells every caller the whole schema of this process's services, internal ones included (every method, message and field): anyone who reaches the port, or with grpc.keyFile or grpc.tokenAudience any authenticated caller; it grants no access by itself. Off in production unless only trusted callers reach the port. Health (grpc.health.v1) is always served.",
     ),
     keyFile: str(
       "",

@@ -101,7 +101,7 @@ export async function runProcess(
   const grpcServer = servesGrpc(role, config)
     ? await serveGrpc(config.http.host, config.grpc.port, {
         metrics: metrics.grpc,
-        reflection: (config.grpc as { reflection?: boolean }).reflection ?? false,
+        reflection: config.grpc.reflection,
         serving: () => notReady() === undefined,
       })
     : undefined;
