@@ -169,8 +169,8 @@ describe("deadlines", () => {
     await toA.allocateIds({ count: 1 }, { timeoutMs: 2_000 });
     expect(upstream!.deadline).toBeGreaterThan(t0 + 1_900);
     expect(upstream!.ambient).toBe(upstream!.deadline);
-    // B's deadline is A's (the remaining time travels as grpc-timeout; a few ms of rounding and transit).
-    expect(Math.abs(downstream[0]!.deadline! - upstream!.deadline!)).toBeLessThan(50);
+    // B's deadline is A's (the remaining time travels as grpc-timeout: rounding, transit and event-loop lag).
+    expect(Math.abs(downstream[0]!.deadline! - upstream!.deadline!)).toBeLessThan(200);
 
     // Work shared by many callers (detached) keeps its own default deadline instead.
     detachedCall = true;
@@ -345,7 +345,7 @@ describe("health", () => {
     ready = true;
     server.health.changed();
     await expect
-      .poll(() => seen, { timeout: 200 })
+      .poll(() => seen, { timeout: 500 })
       .toEqual([Serving.SERVING, Serving.NOT_SERVING, Serving.SERVING]);
     // Closing the server ends every Watch with a last NOT_SERVING, so shutdown does not wait for them.
     const t0 = Date.now();
