@@ -94,7 +94,10 @@ function denialOf(
   path: string,
 ): SwitchboardError | undefined {
   if (principal === undefined)
-    return errors.unauthenticated("UNAUTHENTICATED", `${path} needs credentials (ADR 0007)`);
+    return errors.unauthenticated(
+      "UNAUTHENTICATED",
+      `${path} needs credentials: metadata authorization: Bearer <credential>`,
+    );
   const r = METHOD_RULES.get(path);
   if (r?.callers.includes(principal)) return undefined;
   if (r?.permission !== undefined && principal.startsWith("client:")) {
