@@ -111,3 +111,9 @@ function denialOf(
       : `${principal} may not call ${path}`,
   );
 }
+
+/** The caller of a role's in-process clients (all-in-one process): `principal`, checked per call. */
+export function inProcessCaller(principal: Principal): { principal: Principal; admit(path: string): void } {
+  const internalOnly: Policy = { clients: new Map() };
+  return { principal, admit: (path) => authorize(internalOnly, principal, path) };
+}

@@ -143,19 +143,36 @@ const cancelled = () => new SwitchboardError(Code.CANCELLED, "CANCELLED", "call 
 
 // ---- in-process transport ----------------------------------------------------------------------
 
+/**
+ * Who makes the calls of an in-process client, and the check they pass (ADR 0007): the all-in-one
+ * process authorizes its in-process calls like the cluster's, so a policy gap shows in either shape.
+ * `admit` throws the refusal.
+ */
+export interface InProcessCaller {
+  readonly principal: string;
+  admit(path: string): void;
+}
+
 /** Calls an implementation directly, with the same message normalisation gRPC would apply. */
-export function inProcessClient<S extends DescService>(service: S, impl: ServiceImpl<S>): ServiceClient<S> {
+export function inProcessClient<S extends DescService>(
+  service: S,
+  impl: ServiceImpl<S>,
+  caller?: InProcessCaller,
+): ServiceClient<S> {
   const client: Record<string, unknown> = {};
   const ctxOf = (opts?: CallOptions): CallContext => ({
     signal: opts?.signal ?? new AbortController().signal,
     peer: "in-process",
     deadline: currentDeadline(),
+    principal: caller?.principal,
   });
   for (const method of service.methods) {
     if (!isSupported(method)) continue;
     const fn = methodOf(impl, method);
+    const path = `/${service.typeName}/${method.name}`;
     if (method.methodKind === "unary") {
       client[method.localName] = async (req: MessageInitShape<DescMessage>, opts?: CallOptions) => {
+        caller?.admit(path);
         const res = await (fn(create(method.input, req), ctxOf(opts)) as Promise<object>);
         return create(method.output, res as MessageInitShape<DescMessage>);
       };
@@ -165,8 +182,11 @@ export function inProcessClient<S extends DescService>(service: S, impl: Service
           method.methodKind === "server_streaming"
             ? create(method.input, reqs as MessageInitShape<DescMessage>)
             : mapAsync(reqs as AsyncIterable<MessageInitShape<DescMessage>>, (r) => create(method.input, r));
-        const output = fn(input, ctxOf(opts)) as AsyncIterable<MessageInitShape<DescMessage>>;
-        return mapAsync(output, (o) => create(method.output, o));
+        return (async function* () {
+          caller?.admit(path);
+          const output = fn(input, ctxOf(opts)) as AsyncIterable<MessageInitShape<DescMessage>>;
+          yield* mapAsync(output, (o) => create(method.output, o));
+        })();
       };
     }
   }

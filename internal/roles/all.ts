@@ -10,6 +10,7 @@ import { PresenceService } from "../../gen/switchboard/presence/v1/presence_pb.j
 import { PushService } from "../../gen/switchboard/push/v1/push_pb.js";
 import { RouterService } from "../../gen/switchboard/router/v1/router_pb.js";
 import { Gateway } from "../gateway/index.js";
+import { inProcessCaller } from "../grpc-auth/policy.js";
 import { createIdService } from "../id/index.js";
 import { createVerifier } from "../lib/auth.js";
 import { addService, inProcessClient, type ServiceClient } from "../lib/rpc.js";
@@ -35,17 +36,20 @@ export const startAll: RoleStarter = async (ctx) => {
   if ("unreachable" in backends) ctx.readiness(() => (backends.unreachable as () => string | undefined)());
 
   const idImpl = createIdService(config.id.workerId);
-  const ids = inProcessClient(IdService, idImpl);
+  // Each in-process client calls as the role whose code uses it, checked like a cluster's calls.
+  const asGateway = inProcessCaller("role:gateway");
+  const asRouter = inProcessCaller("role:router");
+  const ids = inProcessClient(IdService, idImpl, asGateway);
   const push = ctx.own(
     new Push({ devices: backends.devices, webhookUrl: config.push.webhookUrl, log, metrics }),
   );
   const pushImpl = pushServiceImpl(push, backends.devices);
-  let routerClient: ServiceClient<typeof RouterService> | undefined;
+  let presenceRouter: ServiceClient<typeof RouterService> | undefined;
   const presence = ctx.own(
     new Presence({
       offlineAfterMs: config.presence.offlineAfterMs,
       store: backends.presence,
-      router: () => routerClient!,
+      router: () => presenceRouter!,
       log,
     }),
   );
@@ -55,7 +59,7 @@ export const startAll: RoleStarter = async (ctx) => {
     membership: backends.membership,
     inbox: backends.inbox,
     routing: backends.routing,
-    push: inProcessClient(PushService, pushImpl),
+    push: inProcessClient(PushService, pushImpl, asRouter),
     // Gateways of other all-in-one processes (distributed backend, gRPC on) are dialled like a split cluster's.
     dialGateway: gatewayDialer(peerOptions(ctx)),
     streamQueueBytesMax: config.router.streamQueueBytesMax,
@@ -64,7 +68,7 @@ export const startAll: RoleStarter = async (ctx) => {
   });
   const convs = conversations(config, backends, ids);
   const routerImpl = routerServiceImpl(router, convs, backends.messages, config.sync.pageSizeMax);
-  routerClient = inProcessClient(RouterService, routerImpl);
+  presenceRouter = inProcessClient(RouterService, routerImpl, inProcessCaller("role:presence"));
 
   const gateway = new Gateway({
     config,
@@ -72,16 +76,16 @@ export const startAll: RoleStarter = async (ctx) => {
     metrics,
     backends,
     conversations: convs,
-    router: routerClient,
-    presence: inProcessClient(PresenceService, presenceImpl),
-    push: inProcessClient(PushService, pushImpl),
+    router: inProcessClient(RouterService, routerImpl, asGateway),
+    presence: inProcessClient(PresenceService, presenceImpl, asGateway),
+    push: inProcessClient(PushService, pushImpl, asGateway),
     verify: createVerifier({ dataDir: config.dataDir, ...config.auth }),
     gatewayId: gatewayId(config),
     gatewayEpoch: Date.now(),
     advertiseAddress: ctx.grpc ? advertiseAddress(config, ctx.grpcPort) : "",
   });
   const gatewayImpl = gateway.service();
-  router.attachGateway(gateway.id, inProcessClient(GatewayService, gatewayImpl));
+  router.attachGateway(gateway.id, inProcessClient(GatewayService, gatewayImpl, asRouter));
   await gateway.announce();
   await router.start();
   ctx.own(router);

@@ -10,10 +10,10 @@ import { GatewayService } from "../../gen/switchboard/gateway/v1/gateway_pb.js";
 import { IdService } from "../../gen/switchboard/id/v1/id_pb.js";
 import { callGuard } from "../../internal/grpc-auth/guard.js";
 import { KeyFile, newKey } from "../../internal/grpc-auth/key-file.js";
-import type { Policy } from "../../internal/grpc-auth/policy.js";
+import { inProcessCaller, type Policy } from "../../internal/grpc-auth/policy.js";
 import { Code, SwitchboardError } from "../../internal/lib/errors.js";
 import { createMetrics } from "../../internal/lib/metrics.js";
-import { addService, grpcClient, guardServer } from "../../internal/lib/rpc.js";
+import { addService, grpcClient, guardServer, inProcessClient } from "../../internal/lib/rpc.js";
 import { serveGrpc } from "../../internal/process/grpc.js";
 
 const opened: Array<{ close(): unknown }> = [];
@@ -110,5 +110,29 @@ describe("guarded gRPC server", () => {
     const s = await guarded();
     const res = await client(Health, s.address).check({ service: "" });
     expect(res.status).toBe(Serving.SERVING);
+  });
+});
+
+describe("in-process calls (the all-in-one process)", () => {
+  it("are checked against the same table, as the role whose code makes them", async () => {
+    const seen: string[] = [];
+    const impl = {
+      deliver: async function* (requests: AsyncIterable<unknown>, ctx: { principal?: string }) {
+        seen.push(`deliver by ${ctx.principal}`);
+        for await (const _ of requests) yield {};
+      },
+      drain: async (_req: unknown, ctx: { principal?: string }) => {
+        seen.push(`drain by ${ctx.principal}`);
+        return {};
+      },
+      stats: async () => ({}),
+    };
+    const asRouter = inProcessClient(GatewayService, impl, inProcessCaller("role:router"));
+    const asGateway = inProcessClient(GatewayService, impl, inProcessCaller("role:gateway"));
+    for await (const _ of asRouter.deliver((async function* () {})()));
+    expect(await refusal(asRouter.drain({}))).toBe("PERMISSION_DENIED METHOD_NOT_ALLOWED");
+    const denied = asGateway.deliver((async function* () {})());
+    expect(await refusal(denied[Symbol.asyncIterator]().next())).toBe("PERMISSION_DENIED METHOD_NOT_ALLOWED");
+    expect(seen).toEqual(["deliver by role:router"]);
   });
 });
