@@ -218,10 +218,15 @@ export class Connection {
     this.stopping = true;
     // The request being dispatched now is registered once this call returns: look a turn later.
     setImmediate(() => {
-      const waited = new Promise<void>((r) => setTimeout(r, FLOOD_REPLIES_WAIT_MS).unref());
-      void Promise.race([Promise.allSettled([...this.inFlight]), waited]).then(() =>
-        this.close(code, reason),
-      );
+      let timer: NodeJS.Timeout | undefined;
+      const waited = new Promise<void>((r) => {
+        timer = setTimeout(r, FLOOD_REPLIES_WAIT_MS);
+        timer.unref();
+      });
+      void Promise.race([Promise.allSettled([...this.inFlight]), waited]).then(() => {
+        clearTimeout(timer);
+        this.close(code, reason);
+      });
     });
   }
 

@@ -18,8 +18,8 @@ import {
 } from "./policy.js";
 import { kubeTokenReviewer, ServiceAccountTokens } from "./service-account-tokens.js";
 
-/** How often a credential or key file is looked at again for a change. */
-const FILE_RECHECK_MS = 60_000;
+/** How often the credential and the key file are looked at again for a change. */
+const CREDENTIAL_RECHECK_MS = 60_000;
 const KEY_FILE_RECHECK_MS = 5_000;
 
 /** The guard of this process's gRPC server, or undefined when no authentication is configured. */
@@ -28,7 +28,9 @@ export async function grpcGuard(config: Config, log: Logger): Promise<CallGuard 
   if (g.keyFile === "" && g.tokenAudience === "") return undefined;
   const authenticators: Authenticator[] = [];
   if (g.keyFile !== "") {
-    const keys = watchedKeyFile(g.keyFile, log);
+    const keys = reloadingFile(g.keyFile, "grpc.keyFile", KEY_FILE_RECHECK_MS, log, (text) =>
+      KeyFile.parse(text, g.keyFile),
+    );
     authenticators.push((bearer) => keys().verify(bearer));
   }
   if (g.tokenAudience !== "") {
@@ -47,50 +49,47 @@ export async function grpcGuard(config: Config, log: Logger): Promise<CallGuard 
 }
 
 /** This process's credential for its calls to other roles (undefined: none configured). */
-export function grpcCredential(config: Config): (() => string | undefined) | undefined {
+export function grpcCredential(config: Config, log: Logger): (() => string | undefined) | undefined {
   const file = config.grpc.credentialFile;
   if (file === "") return undefined;
-  let value = readCredential(file);
-  let readAtMs = Date.now();
-  return () => {
-    // Projected tokens are rotated by the kubelet; a failed re-read keeps the last good credential.
-    if (Date.now() - readAtMs > FILE_RECHECK_MS) {
-      readAtMs = Date.now();
-      try {
-        value = readCredential(file);
-      } catch {}
-    }
+  // Projected tokens are rotated by the kubelet (which swaps the file): read again when it changes.
+  return reloadingFile(file, "grpc.credentialFile", CREDENTIAL_RECHECK_MS, log, (text) => {
+    const value = text.trim();
+    if (value === "") throw new Error(`grpc.credentialFile ${file} is empty`);
     return value;
-  };
+  });
 }
 
-function readCredential(file: string): string {
-  const value = readFileSync(file, "utf8").trim();
-  if (value === "") throw new Error(`grpc.credentialFile ${file} is empty`);
-  return value;
-}
-
-/** The key file, re-parsed when its modification time changes; a broken new version keeps the old. */
-function watchedKeyFile(file: string, log: Logger): () => KeyFile {
-  const load = () => KeyFile.parse(readFileSync(file, "utf8"), file);
-  let keys = load();
+/**
+ * `parse` of the file's text, parsed again when its modification time changes (looked at no more
+ * often than every `recheckMs`); a version that cannot be read or parsed keeps the previous one in
+ * force. The first read throws: a process must not start without its credentials.
+ */
+function reloadingFile<T>(
+  file: string,
+  setting: string,
+  recheckMs: number,
+  log: Logger,
+  parse: (text: string) => T,
+): () => T {
+  let value = parse(readFileSync(file, "utf8"));
   let mtimeMs = statSync(file).mtimeMs;
   let checkedAtMs = Date.now();
   return () => {
-    if (Date.now() - checkedAtMs > KEY_FILE_RECHECK_MS) {
+    if (Date.now() - checkedAtMs > recheckMs) {
       checkedAtMs = Date.now();
       try {
         const m = statSync(file).mtimeMs;
         if (m !== mtimeMs) {
-          keys = load();
+          value = parse(readFileSync(file, "utf8"));
           mtimeMs = m;
-          log.info("grpc.keyFile re-read", { keys: keys.size });
+          log.info(`${setting} re-read`, { file });
         }
       } catch (err) {
-        log.warn("grpc.keyFile could not be re-read; the previous keys stay in force", { err });
+        log.warn(`${setting} could not be re-read; the previous version stays in force`, { file, err });
       }
     }
-    return keys;
+    return value;
   };
 }
 

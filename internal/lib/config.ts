@@ -108,7 +108,7 @@ export const schema = {
     ),
     credentialFile: str(
       "",
-      "File holding this process's own credential for its calls to other roles (a key of the key file, or a projected ServiceAccount token); re-read every 60 s. Empty: calls carry none.",
+      "File holding this process's own credential for its calls to other roles (a key of the key file, or a projected ServiceAccount token); read again when it changes (looked at every 60 s). Empty: calls carry none.",
     ),
   },
   cluster: {

@@ -103,6 +103,11 @@ const LEGACY_REASON_KEY = "switchboard-reason";
  */
 const DEADLINE_SLACK_MS = 20;
 
+/** A method's gRPC path, `/package.Service/Method`: what a server routes and a policy names. */
+function pathOf(method: DescMethod): string {
+  return `/${method.parent.typeName}/${method.name}`;
+}
+
 function isSupported(method: DescMethod): boolean {
   return method.methodKind !== "client_streaming";
 }
@@ -169,7 +174,7 @@ export function inProcessClient<S extends DescService>(
   for (const method of service.methods) {
     if (!isSupported(method)) continue;
     const fn = methodOf(impl, method);
-    const path = `/${service.typeName}/${method.name}`;
+    const path = pathOf(method);
     if (method.methodKind === "unary") {
       client[method.localName] = async (req: MessageInitShape<DescMessage>, opts?: CallOptions) => {
         caller?.admit(path);
@@ -202,7 +207,7 @@ function definitionOf(service: DescService, meters?: Map<DescMethod, MethodMeter
     if (!isSupported(method)) continue;
     const meter = meters?.get(method);
     def[method.localName] = {
-      path: `/${service.typeName}/${method.name}`,
+      path: pathOf(method),
       requestStream: method.methodKind === "bidi_streaming",
       responseStream: method.methodKind !== "unary",
       requestSerialize: (m) => Buffer.from(toBinary(method.input, m as MessageShape<DescMessage>)),
@@ -396,7 +401,7 @@ export function addService<S extends DescService>(
   for (const method of service.methods) {
     if (!isSupported(method)) continue;
     const fn = methodOf(impl, method);
-    const path = `/${service.typeName}/${method.name}`;
+    const path = pathOf(method);
     const meter = state.metrics && methodMeter(state.metrics, "server", method);
     if (meter) meters.set(method, meter);
     const fail = (end: (code: number) => void, err: unknown) => {

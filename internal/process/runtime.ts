@@ -139,7 +139,7 @@ export async function runProcess(
     metrics,
     grpc: grpcServer?.server,
     grpcPort: grpcServer?.port ?? 0,
-    credential: grpcCredential(config),
+    credential: grpcCredential(config, log),
     own: (resource) => {
       owned.push(resource);
       return resource;
