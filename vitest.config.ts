@@ -8,6 +8,7 @@ const backendAgnostic = [
   "test/integration/crash.test.ts",
   "test/integration/sdk.test.ts",
   "test/integration/grpc.test.ts",
+  "test/integration/server-api.test.ts",
   "test/integration/metrics.test.ts",
   "test/integration/tracing.test.ts",
 ];

@@ -15,12 +15,16 @@ export const CloseCode = {
   SLOW_CONSUMER: 3008,
   /** Flooding despite RATE_LIMITED errors: reconnect after a backoff. */
   TOO_MANY_REQUESTS: 3013,
+  /** A backend closed the connection (ChatService.Disconnect, reconnect allowed). */
+  DISCONNECTED: 3014,
   /** The token is invalid: do not reconnect with it. */
   INVALID_TOKEN: 3500,
   /** Too many malformed frames or a protocol violation: do not reconnect blindly. */
   BAD_REQUEST: 3501,
   /** No authentication within the deadline. */
   AUTH_TIMEOUT: 3502,
+  /** A backend closed the user's connections for good (ChatService.Disconnect): do not reconnect. */
+  KICKED: 3503,
 } as const;
 
 export const RECONNECT_CODES: ReadonlySet<number> = new Set([
@@ -31,4 +35,5 @@ export const RECONNECT_CODES: ReadonlySet<number> = new Set([
   CloseCode.TOKEN_EXPIRED,
   CloseCode.SLOW_CONSUMER,
   CloseCode.TOO_MANY_REQUESTS,
+  CloseCode.DISCONNECTED,
 ]);

@@ -237,6 +237,7 @@ export class Gateway {
         try {
           for await (const req of requests) {
             if (req.recheckInboxes) gateway.recheckInboxes(req.userIds);
+            else if (req.close) gateway.closeSessions(req.sessionIds, req.close.code, req.close.reason);
             else if (tracing.on && req.traceparent) gateway.dispatchTraced(req);
             else gateway.dispatch(req.userIds, req.cursors, req.sessionIds, req.excludeSessionId, req.frame);
             if (++handled % CREDIT_EVERY_EVENTS === 0) yield { delivered: CREDIT_EVERY_EVENTS };
@@ -332,6 +333,11 @@ export class Gateway {
       const t = setTimeout(() => conn.recheckInbox(), Math.floor(Math.random() * RECHECK_SPREAD_MS));
       t.unref();
     }
+  }
+
+  /** Closes these connections with `code` and `reason` (the server API's Disconnect). */
+  closeSessions(sessionIds: readonly string[], code: number, reason: string): void {
+    for (const id of sessionIds) this.bySession.get(id)?.close(code, reason);
   }
 
   /** Tells every client to reconnect elsewhere, closing them spread over `windowMs`; refuses new ones. */

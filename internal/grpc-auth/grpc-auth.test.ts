@@ -1,4 +1,5 @@
 import { describe, expect, it } from "vitest";
+import { ChatService } from "../../gen/switchboard/api/v1/chat_pb.js";
 import { GatewayService } from "../../gen/switchboard/gateway/v1/gateway_pb.js";
 import { IdService } from "../../gen/switchboard/id/v1/id_pb.js";
 import { PresenceService } from "../../gen/switchboard/presence/v1/presence_pb.js";
@@ -6,9 +7,23 @@ import { PushService } from "../../gen/switchboard/push/v1/push_pb.js";
 import { RouterService } from "../../gen/switchboard/router/v1/router_pb.js";
 import { Code, SwitchboardError } from "../lib/errors.js";
 import { KeyFile, newKey } from "./key-file.js";
-import { authorize, METHOD_RULES, type Policy, type Principal } from "./policy.js";
+import {
+  authorize,
+  type ClientGrant,
+  METHOD_RULES,
+  type Permission,
+  type Policy,
+  type Principal,
+} from "./policy.js";
+import { policyOf } from "./setup.js";
 
-const SERVICES = [GatewayService, IdService, PresenceService, PushService, RouterService];
+const grant = (...permissions: Permission[]): ClientGrant => ({
+  permissions: new Set(permissions),
+  sendAs: new Set(["bot:billing"]),
+  conversations: "member",
+});
+
+const SERVICES = [ChatService, GatewayService, IdService, PresenceService, PushService, RouterService];
 const noClients: Policy = { clients: new Map() };
 
 function outcome(policy: Policy, principal: Principal | undefined, path: string): string {
@@ -39,7 +54,7 @@ describe("gRPC authorization", () => {
       "client:billing",
     ];
     const allAllowed: Policy = {
-      clients: new Map([["billing", { permissions: new Set(["publish", "manageGroups"] as const) }]]),
+      clients: new Map([["billing", grant("publish", "manageGroups")]]),
     };
     const deliver = "/switchboard.gateway.v1.GatewayService/Deliver";
     const drain = "/switchboard.gateway.v1.GatewayService/Drain";
@@ -55,7 +70,7 @@ describe("gRPC authorization", () => {
     const send = "/switchboard.router.v1.RouterService/SendMessage";
     const history = "/switchboard.router.v1.RouterService/GetHistory";
     const policy: Policy = {
-      clients: new Map([["billing", { permissions: new Set(["publish"] as const) }]]),
+      clients: new Map([["billing", grant("publish")]]),
     };
     expect(outcome(policy, "client:billing", send)).toBe("allowed");
     expect(outcome(policy, "client:billing", history)).toBe("PERMISSION_DENIED METHOD_NOT_ALLOWED");
@@ -65,6 +80,25 @@ describe("gRPC authorization", () => {
     expect(outcome(policy, "client:billing", "/switchboard.router.v1.RouterService/Nope")).toBe(
       "PERMISSION_DENIED METHOD_NOT_ALLOWED",
     );
+  });
+
+  it("reads client grants with their senders and conversations, and refuses what it cannot read", () => {
+    const { clients } = policyOf([
+      "billing=publish+readHistory",
+      "moderation=manageGroups+sessions;sendAs=system|bot:mod;conversations=all",
+      "support=readHistory;conversations=g:1|dm:a~b",
+    ]);
+    expect(clients.get("billing")).toEqual({
+      permissions: new Set(["publish", "readHistory"]),
+      sendAs: new Set(["bot:billing"]),
+      conversations: "member",
+    });
+    expect(clients.get("moderation")?.sendAs).toEqual(new Set(["system", "bot:mod"]));
+    expect(clients.get("moderation")?.conversations).toBe("all");
+    expect(clients.get("support")?.conversations).toEqual(new Set(["g:1", "dm:a~b"]));
+    expect(() => policyOf(["billing=publish;sendAs=bad id"])).toThrow(/sendAs/);
+    expect(() => policyOf(["billing=publish;colour=blue"])).toThrow(/colour/);
+    expect(() => policyOf(["billing=fly"])).toThrow(/permissions/);
   });
 });
 

@@ -27,9 +27,23 @@ export const PERMISSIONS = [
 ] as const;
 export type Permission = (typeof PERMISSIONS)[number];
 
-/** A backend client's grant, as configured (ChatCluster spec.api.clients, or the policy file). */
+/**
+ * Which conversations a client may touch through the server API: every one, those listed, or those
+ * where one of its senders is a member (the default: a bot sees what it was added to).
+ */
+export type ConversationGrant = "all" | "member" | ReadonlySet<string>;
+
+/** A backend client's grant, as configured (ChatCluster spec.api.clients, or grpc.clients). */
 export interface ClientGrant {
   readonly permissions: ReadonlySet<Permission>;
+  /** User ids it may send as; by default only its own `bot:<name>`. */
+  readonly sendAs: ReadonlySet<string>;
+  readonly conversations: ConversationGrant;
+}
+
+/** The sender id a client uses when a request names none. */
+export function botIdentity(clientName: string): string {
+  return `bot:${clientName}`;
 }
 
 export interface Policy {
@@ -58,9 +72,9 @@ export const METHOD_RULES: ReadonlyMap<string, MethodRule> = new Map([
   ["/switchboard.presence.v1.PresenceService/Subscribe", rule(["role:gateway"])],
   ["/switchboard.presence.v1.PresenceService/Unsubscribe", rule(["role:gateway"])],
   ["/switchboard.presence.v1.PresenceService/GetPresence", rule(["role:gateway", "role:router"], "presence")],
-  ["/switchboard.push.v1.PushService/RegisterDevice", rule(["role:gateway"], "devices")],
-  ["/switchboard.push.v1.PushService/UnregisterDevice", rule(["role:gateway"], "devices")],
-  ["/switchboard.push.v1.PushService/ListDevices", rule(["role:gateway"], "devices")],
+  ["/switchboard.push.v1.PushService/RegisterDevice", rule(["role:gateway", "role:router"], "devices")],
+  ["/switchboard.push.v1.PushService/UnregisterDevice", rule(["role:gateway", "role:router"], "devices")],
+  ["/switchboard.push.v1.PushService/ListDevices", rule(["role:gateway", "role:router"], "devices")],
   ["/switchboard.push.v1.PushService/Notify", rule(["role:router"])],
   ["/switchboard.router.v1.RouterService/Relay", rule(["role:gateway", "role:presence"])],
   ["/switchboard.router.v1.RouterService/SendMessage", rule([], "publish")],
@@ -70,6 +84,24 @@ export const METHOD_RULES: ReadonlyMap<string, MethodRule> = new Map([
   ["/switchboard.router.v1.RouterService/ListMembers", rule([], "manageGroups")],
   ["/switchboard.router.v1.RouterService/GetHistory", rule([], "readHistory")],
   ["/switchboard.router.v1.RouterService/LookupUser", rule([], "sessions")],
+  // The server API (switchboard.api.v1.ChatService): clients only; constraints on senders and
+  // conversations are checked by the service itself (internal/api/access.ts).
+  ["/switchboard.api.v1.ChatService/Publish", rule([], "publish")],
+  ["/switchboard.api.v1.ChatService/SendToUser", rule([], "sendToUsers")],
+  ["/switchboard.api.v1.ChatService/Broadcast", rule([], "broadcast")],
+  ["/switchboard.api.v1.ChatService/CreateGroup", rule([], "manageGroups")],
+  ["/switchboard.api.v1.ChatService/GetConversation", rule([], "manageGroups")],
+  ["/switchboard.api.v1.ChatService/AddMembers", rule([], "manageGroups")],
+  ["/switchboard.api.v1.ChatService/RemoveMembers", rule([], "manageGroups")],
+  ["/switchboard.api.v1.ChatService/ListMembers", rule([], "manageGroups")],
+  ["/switchboard.api.v1.ChatService/GetHistory", rule([], "readHistory")],
+  ["/switchboard.api.v1.ChatService/GetPresence", rule([], "presence")],
+  ["/switchboard.api.v1.ChatService/ListSessions", rule([], "sessions")],
+  ["/switchboard.api.v1.ChatService/Disconnect", rule([], "sessions")],
+  ["/switchboard.api.v1.ChatService/RegisterDevice", rule([], "devices")],
+  ["/switchboard.api.v1.ChatService/UnregisterDevice", rule([], "devices")],
+  ["/switchboard.api.v1.ChatService/ListDevices", rule([], "devices")],
+  ["/switchboard.api.v1.ChatService/StreamEvents", rule([], "events")],
 ]);
 
 /** Whether `text` names a principal (what configuration and credentials may map to). */

@@ -3,13 +3,17 @@
  * call past, and the credential its own calls to other roles carry.
  */
 import { readFileSync, statSync } from "node:fs";
+import { SYSTEM_SENDER } from "../conversations/conversations.js";
+import { isValidUserId } from "../lib/auth.js";
 import type { Config } from "../lib/config.js";
 import type { Logger } from "../lib/log.js";
 import type { CallGuard } from "../lib/rpc.js";
 import { type Authenticator, callGuard } from "./guard.js";
 import { KeyFile } from "./key-file.js";
 import {
+  botIdentity,
   type ClientGrant,
+  type ConversationGrant,
   isPrincipal,
   PERMISSIONS,
   type Permission,
@@ -104,18 +108,38 @@ function serviceAccounts(entries: readonly string[]): Map<string, Principal> {
   return out;
 }
 
-/** The clients' grants from `name=permission+permission` entries. */
+/**
+ * The clients' grants from `name=permission+permission[;sendAs=user|user][;conversations=C]` entries,
+ * C being `all`, `member` (the default) or conversation ids separated by `|`.
+ */
 export function policyOf(entries: readonly string[]): Policy {
   const clients = new Map<string, ClientGrant>();
   for (const entry of entries) {
-    const m = /^([a-z0-9-]+)=([A-Za-z+]*)$/.exec(entry);
+    const [head = "", ...options] = entry.split(";");
+    const m = /^([a-z0-9-]+)=([A-Za-z+]*)$/.exec(head);
     const permissions = (m?.[2] ?? "").split("+").filter(Boolean);
     const unknown = permissions.filter((p) => !(PERMISSIONS as readonly string[]).includes(p));
     if (!m || !isPrincipal(`client:${m[1]}`) || unknown.length > 0)
       throw new Error(
-        `grpc.clients: "${entry}" is not name=permission+… (permissions: ${PERMISSIONS.join(", ")})`,
+        `grpc.clients: "${entry}" is not name=permission+…[;sendAs=…][;conversations=…] (permissions: ${PERMISSIONS.join(", ")})`,
       );
-    clients.set(m[1]!, { permissions: new Set(permissions as Permission[]) });
+    const name = m[1]!;
+    let sendAs: ReadonlySet<string> = new Set([botIdentity(name)]);
+    let conversations: ConversationGrant = "member";
+    for (const option of options) {
+      const [key, value = ""] = option.split("=", 2) as [string, string?];
+      // Not commas: a list setting's entries are separated by commas (SWITCHBOARD_GRPC_CLIENTS).
+      const items = value.split("|").filter(Boolean);
+      if (key === "sendAs" && items.length > 0 && items.every((u) => u === SYSTEM_SENDER || isValidUserId(u)))
+        sendAs = new Set(items);
+      else if (key === "conversations" && (value === "all" || value === "member")) conversations = value;
+      else if (key === "conversations" && items.length > 0) conversations = new Set(items);
+      else
+        throw new Error(
+          `grpc.clients: "${entry}": "${option}" is not sendAs=user|… or conversations=all|member|id|…`,
+        );
+    }
+    clients.set(name, { permissions: new Set(permissions as Permission[]), sendAs, conversations });
   }
   return { clients };
 }

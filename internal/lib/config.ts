@@ -104,7 +104,7 @@ export const schema = {
     ),
     clients: list(
       [],
-      "What backend clients may do, as `name=permission+permission` (permissions: publish, sendToUsers, broadcast, manageGroups, readHistory, presence, sessions, devices, events).",
+      "What backend clients may do through the server API (docs/server-api.md), as `name=permission+permission[;sendAs=user|user][;conversations=all|member|id|id]`. Permissions: publish, sendToUsers, broadcast, manageGroups, readHistory, presence, sessions, devices, events. sendAs: the user ids it may send as (default: its own `bot:<name>`); conversations: which it may publish into, read, manage and stream (default `member`: where one of its senders is a member).",
     ),
     credentialFile: str(
       "",

@@ -4,13 +4,16 @@
  * backend (one LMDB file) or the distributed one. With grpc.port set, the same service instances are
  * served over gRPC too (one id generator: a second one would need a worker id of its own).
  */
+import { ChatService } from "../../gen/switchboard/api/v1/chat_pb.js";
 import { GatewayService } from "../../gen/switchboard/gateway/v1/gateway_pb.js";
 import { IdService } from "../../gen/switchboard/id/v1/id_pb.js";
 import { PresenceService } from "../../gen/switchboard/presence/v1/presence_pb.js";
 import { PushService } from "../../gen/switchboard/push/v1/push_pb.js";
 import { RouterService } from "../../gen/switchboard/router/v1/router_pb.js";
+import { chatServiceImpl } from "../api/index.js";
 import { Gateway } from "../gateway/index.js";
 import { inProcessCaller } from "../grpc-auth/policy.js";
+import { policyOf } from "../grpc-auth/setup.js";
 import { createIdService } from "../id/index.js";
 import { createVerifier } from "../lib/auth.js";
 import { addService, inProcessClient, type ServiceClient } from "../lib/rpc.js";
@@ -96,6 +99,22 @@ export const startAll: RoleStarter = async (ctx) => {
     addService(ctx.grpc, PresenceService, presenceImpl);
     addService(ctx.grpc, PushService, pushImpl);
     addService(ctx.grpc, GatewayService, gatewayImpl);
+    const policy = policyOf(config.grpc.clients);
+    addService(
+      ctx.grpc,
+      ChatService,
+      chatServiceImpl({
+        conversations: convs,
+        membership: backends.membership,
+        messages: backends.messages,
+        log: backends.log,
+        router,
+        presence: inProcessClient(PresenceService, presenceImpl, asRouter),
+        push: inProcessClient(PushService, pushImpl, asRouter),
+        policy: () => policy,
+        pageSizeMax: config.sync.pageSizeMax,
+      }),
+    );
   }
   log.info("switchboard started", {
     dataDir: config.dataDir,

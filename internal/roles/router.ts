@@ -1,14 +1,18 @@
 /**
  * Role router: owns its share of the inbox topic's partitions, writes inbox entries, and
  * fans out over one Deliver stream per gateway, dialled on demand at the address the gateway's
- * session records carry. Serves RouterService (Relay from gateways and presence; the backend API).
+ * session records carry. Serves RouterService (Relay from gateways and presence) and the server API
+ * for backend services (ChatService).
  */
+import { ChatService } from "../../gen/switchboard/api/v1/chat_pb.js";
 import { IdService } from "../../gen/switchboard/id/v1/id_pb.js";
 import { PushService } from "../../gen/switchboard/push/v1/push_pb.js";
 import { RouterService } from "../../gen/switchboard/router/v1/router_pb.js";
+import { chatServiceImpl } from "../api/index.js";
+import { policyOf } from "../grpc-auth/setup.js";
 import { addService } from "../lib/rpc.js";
 import { openDistributed } from "../process/backends.js";
-import { gatewayDialer, peerClient, peerOptions } from "../process/peers.js";
+import { gatewayDialer, peerClient, peerOptions, presencePeers } from "../process/peers.js";
 import type { RoleStarter } from "../process/runtime.js";
 import { Router, routerServiceImpl } from "../router/index.js";
 import { conversations, requireDistributed } from "./shared.js";
@@ -20,6 +24,7 @@ export const startRouter: RoleStarter = async (ctx) => {
   const push = ctx.own(
     peerClient(PushService, config.cluster.pushTarget, "cluster.pushTarget", peerOptions(ctx)),
   );
+  const presence = ctx.own(presencePeers(config, peerOptions(ctx)));
   const backends = ctx.own(
     await ctx.retry("open storage", () =>
       openDistributed(config, log, ctx.metrics, {
@@ -44,12 +49,27 @@ export const startRouter: RoleStarter = async (ctx) => {
   });
   await router.start();
   ctx.own(router);
-  const impl = routerServiceImpl(
-    router,
-    conversations(config, backends, ids),
-    backends.messages,
-    config.sync.pageSizeMax,
+  const convs = conversations(config, backends, ids);
+  addService(
+    ctx.grpc!,
+    RouterService,
+    routerServiceImpl(router, convs, backends.messages, config.sync.pageSizeMax),
   );
-  addService(ctx.grpc!, RouterService, impl);
+  const policy = policyOf(config.grpc.clients);
+  addService(
+    ctx.grpc!,
+    ChatService,
+    chatServiceImpl({
+      conversations: convs,
+      membership: backends.membership,
+      messages: backends.messages,
+      log: backends.log,
+      router,
+      presence,
+      push,
+      policy: () => policy,
+      pageSizeMax: config.sync.pageSizeMax,
+    }),
+  );
   return {};
 };

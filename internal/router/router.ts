@@ -331,6 +331,26 @@ export class Router {
     return reached;
   }
 
+  /**
+   * Closes a user's connections (one session, or all when `sessionId` is empty) with a WebSocket close
+   * code and reason, through each holding gateway's Deliver stream. Returns the sessions told.
+   */
+  disconnect(userId: string, sessionId: string, code: number, reason: string): number {
+    const perGateway = new Map<string, string[]>();
+    for (const sid of this.byUser.get(userId) ?? []) {
+      if (sessionId !== "" && sid !== sessionId) continue;
+      const g = this.sessions.get(sid)?.gatewayId;
+      if (g === undefined) continue;
+      const list = perGateway.get(g) ?? [];
+      list.push(sid);
+      perGateway.set(g, list);
+    }
+    let told = 0;
+    for (const [gatewayId, sessionIds] of perGateway)
+      if (this.enqueue(gatewayId, { sessionIds, close: { code, reason } })) told += sessionIds.length;
+    return told;
+  }
+
   async close(): Promise<void> {
     for (const c of this.closers.splice(0)) await c.close();
     const links = [...this.links.values()];

@@ -57,12 +57,16 @@ export const CLOSE_CODES = {
   3008: reconnect("SLOW_CONSUMER"),
   /** Too many requests: reconnect with a longer backoff. */
   3013: reconnect("TOO_MANY_REQUESTS", { backoff: "long" }),
+  /** A backend closed the connection and allows reconnecting (e.g. the user's rights changed). */
+  3014: reconnect("DISCONNECTED", { backoff: "long" }),
   /** Invalid token: terminal. */
   3500: terminal("INVALID_TOKEN"),
   /** Too many malformed frames: terminal (a bug in the client; retrying would loop). */
   3501: terminal("BAD_REQUEST"),
   /** No auth frame in time: terminal. */
   3502: terminal("AUTH_TIMEOUT"),
+  /** A backend closed the user's connections for good (e.g. a banned account): terminal. */
+  3503: terminal("KICKED"),
 } as const satisfies Record<number, CloseCodeInfo>;
 
 export type KnownCloseCode = keyof typeof CLOSE_CODES;
@@ -79,9 +83,11 @@ export const CloseCode = {
   TOKEN_EXPIRED: 3005,
   SLOW_CONSUMER: 3008,
   TOO_MANY_REQUESTS: 3013,
+  DISCONNECTED: 3014,
   INVALID_TOKEN: 3500,
   BAD_REQUEST: 3501,
   AUTH_TIMEOUT: 3502,
+  KICKED: 3503,
 } as const satisfies Record<string, KnownCloseCode>;
 
 /**

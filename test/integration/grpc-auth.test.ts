@@ -24,7 +24,18 @@ afterEach(async () => {
 const gateway = newKey("role:gateway");
 const router = newKey("role:router");
 const billing = newKey("client:billing");
-const policy: Policy = { clients: new Map([["billing", { permissions: new Set(["publish"] as const) }]]) };
+const policy: Policy = {
+  clients: new Map([
+    [
+      "billing",
+      {
+        permissions: new Set(["publish"] as const),
+        sendAs: new Set(["bot:billing"]),
+        conversations: "member" as const,
+      },
+    ],
+  ]),
+};
 
 /** A guarded server with IdService and GatewayService; `seen` records who each handler ran for. */
 async function guarded() {

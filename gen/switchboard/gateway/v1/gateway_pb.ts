@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file switchboard/gateway/v1/gateway.proto.
  */
 export const file_switchboard_gateway_v1_gateway: GenFile = /*@__PURE__*/
-  fileDesc("CiRzd2l0Y2hib2FyZC9nYXRld2F5L3YxL2dhdGV3YXkucHJvdG8SFnN3aXRjaGJvYXJkLmdhdGV3YXkudjEixQEKDkRlbGl2ZXJSZXF1ZXN0EhAKCHVzZXJfaWRzGAEgAygJEg8KB2N1cnNvcnMYAiADKAQSMQoFZnJhbWUYAyABKAsyIi5zd2l0Y2hib2FyZC5jbGllbnQudjEuU2VydmVyRnJhbWUSEwoLc2Vzc2lvbl9pZHMYBCADKAkSGgoSZXhjbHVkZV9zZXNzaW9uX2lkGAUgASgJEhcKD3JlY2hlY2tfaW5ib3hlcxgGIAEoCBITCgt0cmFjZXBhcmVudBgHIAEoCSIkCg9EZWxpdmVyUmVzcG9uc2USEQoJZGVsaXZlcmVkGAEgASgNIiEKDERyYWluUmVxdWVzdBIRCgl3aW5kb3dfbXMYASABKA0iJAoNRHJhaW5SZXNwb25zZRITCgtjb25uZWN0aW9ucxgBIAEoDSIOCgxTdGF0c1JlcXVlc3QiaAoNU3RhdHNSZXNwb25zZRISCgpnYXRld2F5X2lkGAEgASgJEhMKC2Nvbm5lY3Rpb25zGAIgASgNEg0KBXVzZXJzGAMgASgNEhAKCGRyYWluaW5nGAQgASgIEg0KBWVwb2NoGAUgASgEMpwCCg5HYXRld2F5U2VydmljZRJeCgdEZWxpdmVyEiYuc3dpdGNoYm9hcmQuZ2F0ZXdheS52MS5EZWxpdmVyUmVxdWVzdBonLnN3aXRjaGJvYXJkLmdhdGV3YXkudjEuRGVsaXZlclJlc3BvbnNlKAEwARJUCgVEcmFpbhIkLnN3aXRjaGJvYXJkLmdhdGV3YXkudjEuRHJhaW5SZXF1ZXN0GiUuc3dpdGNoYm9hcmQuZ2F0ZXdheS52MS5EcmFpblJlc3BvbnNlElQKBVN0YXRzEiQuc3dpdGNoYm9hcmQuZ2F0ZXdheS52MS5TdGF0c1JlcXVlc3QaJS5zd2l0Y2hib2FyZC5nYXRld2F5LnYxLlN0YXRzUmVzcG9uc2ViBnByb3RvMw", [file_switchboard_client_v1_client]);
+  fileDesc("CiRzd2l0Y2hib2FyZC9nYXRld2F5L3YxL2dhdGV3YXkucHJvdG8SFnN3aXRjaGJvYXJkLmdhdGV3YXkudjEi/gEKDkRlbGl2ZXJSZXF1ZXN0EhAKCHVzZXJfaWRzGAEgAygJEg8KB2N1cnNvcnMYAiADKAQSMQoFZnJhbWUYAyABKAsyIi5zd2l0Y2hib2FyZC5jbGllbnQudjEuU2VydmVyRnJhbWUSEwoLc2Vzc2lvbl9pZHMYBCADKAkSGgoSZXhjbHVkZV9zZXNzaW9uX2lkGAUgASgJEhcKD3JlY2hlY2tfaW5ib3hlcxgGIAEoCBITCgt0cmFjZXBhcmVudBgHIAEoCRI3CgVjbG9zZRgIIAEoCzIoLnN3aXRjaGJvYXJkLmdhdGV3YXkudjEuQ2xvc2VDb25uZWN0aW9ucyIwChBDbG9zZUNvbm5lY3Rpb25zEgwKBGNvZGUYASABKA0SDgoGcmVhc29uGAIgASgJIiQKD0RlbGl2ZXJSZXNwb25zZRIRCglkZWxpdmVyZWQYASABKA0iIQoMRHJhaW5SZXF1ZXN0EhEKCXdpbmRvd19tcxgBIAEoDSIkCg1EcmFpblJlc3BvbnNlEhMKC2Nvbm5lY3Rpb25zGAEgASgNIg4KDFN0YXRzUmVxdWVzdCJoCg1TdGF0c1Jlc3BvbnNlEhIKCmdhdGV3YXlfaWQYASABKAkSEwoLY29ubmVjdGlvbnMYAiABKA0SDQoFdXNlcnMYAyABKA0SEAoIZHJhaW5pbmcYBCABKAgSDQoFZXBvY2gYBSABKAQynAIKDkdhdGV3YXlTZXJ2aWNlEl4KB0RlbGl2ZXISJi5zd2l0Y2hib2FyZC5nYXRld2F5LnYxLkRlbGl2ZXJSZXF1ZXN0Gicuc3dpdGNoYm9hcmQuZ2F0ZXdheS52MS5EZWxpdmVyUmVzcG9uc2UoATABElQKBURyYWluEiQuc3dpdGNoYm9hcmQuZ2F0ZXdheS52MS5EcmFpblJlcXVlc3QaJS5zd2l0Y2hib2FyZC5nYXRld2F5LnYxLkRyYWluUmVzcG9uc2USVAoFU3RhdHMSJC5zd2l0Y2hib2FyZC5nYXRld2F5LnYxLlN0YXRzUmVxdWVzdBolLnN3aXRjaGJvYXJkLmdhdGV3YXkudjEuU3RhdHNSZXNwb25zZWIGcHJvdG8z", [file_switchboard_client_v1_client]);
 
 /**
  * One event for some of this gateway's users.
@@ -71,6 +71,14 @@ export type DeliverRequest = Message<"switchboard.gateway.v1.DeliverRequest"> & 
    * @generated from field: string traceparent = 7;
    */
   traceparent: string;
+
+  /**
+   * Close the connections of user_ids and session_ids (the server API's Disconnect) instead of
+   * delivering a frame.
+   *
+   * @generated from field: switchboard.gateway.v1.CloseConnections close = 8;
+   */
+  close?: CloseConnections | undefined;
 };
 
 /**
@@ -79,6 +87,34 @@ export type DeliverRequest = Message<"switchboard.gateway.v1.DeliverRequest"> & 
  */
 export const DeliverRequestSchema: GenMessage<DeliverRequest> = /*@__PURE__*/
   messageDesc(file_switchboard_gateway_v1_gateway, 0);
+
+/**
+ * How to close connections.
+ *
+ * @generated from message switchboard.gateway.v1.CloseConnections
+ */
+export type CloseConnections = Message<"switchboard.gateway.v1.CloseConnections"> & {
+  /**
+   * WebSocket close code (3014: reconnect after a backoff; 3503: do not reconnect with this token).
+   *
+   * @generated from field: uint32 code = 1;
+   */
+  code: number;
+
+  /**
+   * WebSocket close reason the client sees (at most 100 characters).
+   *
+   * @generated from field: string reason = 2;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message switchboard.gateway.v1.CloseConnections.
+ * Use `create(CloseConnectionsSchema)` to create a new message.
+ */
+export const CloseConnectionsSchema: GenMessage<CloseConnections> = /*@__PURE__*/
+  messageDesc(file_switchboard_gateway_v1_gateway, 1);
 
 /**
  * Flow-control credit from the gateway.
@@ -99,7 +135,7 @@ export type DeliverResponse = Message<"switchboard.gateway.v1.DeliverResponse"> 
  * Use `create(DeliverResponseSchema)` to create a new message.
  */
 export const DeliverResponseSchema: GenMessage<DeliverResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_gateway_v1_gateway, 1);
+  messageDesc(file_switchboard_gateway_v1_gateway, 2);
 
 /**
  * Start draining.
@@ -120,7 +156,7 @@ export type DrainRequest = Message<"switchboard.gateway.v1.DrainRequest"> & {
  * Use `create(DrainRequestSchema)` to create a new message.
  */
 export const DrainRequestSchema: GenMessage<DrainRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_gateway_v1_gateway, 2);
+  messageDesc(file_switchboard_gateway_v1_gateway, 3);
 
 /**
  * Draining started.
@@ -141,7 +177,7 @@ export type DrainResponse = Message<"switchboard.gateway.v1.DrainResponse"> & {
  * Use `create(DrainResponseSchema)` to create a new message.
  */
 export const DrainResponseSchema: GenMessage<DrainResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_gateway_v1_gateway, 3);
+  messageDesc(file_switchboard_gateway_v1_gateway, 4);
 
 /**
  * Ask for counts.
@@ -156,7 +192,7 @@ export type StatsRequest = Message<"switchboard.gateway.v1.StatsRequest"> & {
  * Use `create(StatsRequestSchema)` to create a new message.
  */
 export const StatsRequestSchema: GenMessage<StatsRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_gateway_v1_gateway, 4);
+  messageDesc(file_switchboard_gateway_v1_gateway, 5);
 
 /**
  * Live counts.
@@ -205,7 +241,7 @@ export type StatsResponse = Message<"switchboard.gateway.v1.StatsResponse"> & {
  * Use `create(StatsResponseSchema)` to create a new message.
  */
 export const StatsResponseSchema: GenMessage<StatsResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_gateway_v1_gateway, 5);
+  messageDesc(file_switchboard_gateway_v1_gateway, 6);
 
 /**
  * Control and delivery API of one gateway (the process that holds client WebSockets).

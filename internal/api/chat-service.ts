@@ -1,0 +1,210 @@
+/**
+ * The server API (switchboard.api.v1.ChatService, docs/server-api.md): what backend services call.
+ * The guard has checked the method against the caller's permissions before a handler runs; each
+ * handler checks what the request itself asks for (sender, conversation) with `Access`, then does
+ * the work through the same rules clients' requests go through (Conversations), so a bot's message is
+ * validated, deduplicated, stored and delivered exactly like a user's.
+ */
+import type { ChatService } from "../../gen/switchboard/api/v1/chat_pb.js";
+import type { PresenceService } from "../../gen/switchboard/presence/v1/presence_pb.js";
+import type { PushService } from "../../gen/switchboard/push/v1/push_pb.js";
+import type { MembershipStore, MessageLog, MessageStore } from "../backends/types.js";
+import {
+  type Conversations,
+  isValidConversationId,
+  toWireConversation,
+  toWireMessage,
+} from "../conversations/index.js";
+import type { Policy } from "../grpc-auth/policy.js";
+import { isValidUserId } from "../lib/auth.js";
+import { Code, errors, SwitchboardError } from "../lib/errors.js";
+import type { ServiceClient, ServiceImpl } from "../lib/rpc.js";
+import type { Router } from "../router/index.js";
+import { type Access, accessOf } from "./access.js";
+import { streamEvents } from "./events.js";
+
+/** Recipients of one Broadcast, and users of one GetPresence. */
+export const USERS_PER_CALL_MAX = 1_000;
+/** Broadcast sends this many direct messages at a time. */
+const BROADCAST_CONCURRENCY = 16;
+/** A WebSocket close reason holds at most 123 bytes; keep a margin. */
+const CLOSE_REASON_BYTES_MAX = 120;
+/** WebSocket close codes of a Disconnect (docs/protocol.md §7). */
+const CLOSE_DISCONNECTED = 3014;
+const CLOSE_KICKED = 3503;
+
+export interface ChatServiceDeps {
+  conversations: Conversations;
+  membership: MembershipStore;
+  messages: MessageStore;
+  log: MessageLog;
+  /** Sessions and the Deliver streams that carry a Disconnect to the gateways. */
+  router: Pick<Router, "lookup" | "disconnect">;
+  presence: ServiceClient<typeof PresenceService>;
+  push: ServiceClient<typeof PushService>;
+  /** The clients' grants (the same policy the guard admits methods by). */
+  policy: () => Policy;
+  pageSizeMax: number;
+}
+
+export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatService> {
+  const { conversations, membership, messages } = deps;
+  const access = (principal: string | undefined): Access => accessOf(principal, deps.policy(), membership);
+  const conversationOf = async (a: Access, id: string): Promise<string> => {
+    if (!isValidConversationId(id))
+      throw errors.invalid("INVALID_CONVERSATION_ID", "conversation_id is malformed");
+    await a.conversation(id);
+    return id;
+  };
+  const userOf = (id: string, field = "user_id"): string => {
+    if (!isValidUserId(id)) throw errors.invalid("INVALID_USER_ID", `${field} is not a valid user id`);
+    return id;
+  };
+  const usersOf = (ids: string[]): string[] => {
+    if (ids.length === 0 || ids.length > USERS_PER_CALL_MAX)
+      throw errors.invalid("INVALID_USER_IDS", `user_ids must hold 1-${USERS_PER_CALL_MAX} user ids`);
+    for (const id of ids) userOf(id, "user_ids");
+    return ids;
+  };
+
+  return {
+    async publish(req, ctx) {
+      const a = access(ctx.principal);
+      const sender = a.sender(req.sender);
+      const conversationId = await conversationOf(a, req.conversationId);
+      const { message, duplicate } = await conversations.send({
+        sender,
+        conversationId,
+        clientMsgId: req.idempotencyKey,
+        body: req.body,
+      });
+      return { message: toWireMessage(message), duplicate };
+    },
+
+    async sendToUser(req, ctx) {
+      const sender = access(ctx.principal).sender(req.sender);
+      const { message, duplicate } = await conversations.send({
+        sender,
+        toUser: userOf(req.userId),
+        clientMsgId: req.idempotencyKey,
+        body: req.body,
+      });
+      return { message: toWireMessage(message), duplicate };
+    },
+
+    async broadcast(req, ctx) {
+      const sender = access(ctx.principal).sender(req.sender);
+      const users = usersOf(req.userIds);
+      if (new Set(users).size !== users.length)
+        throw errors.invalid("DUPLICATE_USER_IDS", "user_ids must not repeat a user");
+      const results = new Array(users.length);
+      let next = 0;
+      const worker = async () => {
+        while (next < users.length && !ctx.signal.aborted) {
+          const i = next++;
+          const userId = users[i]!;
+          try {
+            const { message, duplicate } = await conversations.send({
+              sender,
+              toUser: userId,
+              clientMsgId: req.idempotencyKey,
+              body: req.body,
+            });
+            results[i] = { userId, message: toWireMessage(message), duplicate };
+          } catch (err) {
+            const e = SwitchboardError.from(err);
+            // A request-wide mistake (bad key or body) fails the call rather than every recipient.
+            if (e.code === Code.INVALID_ARGUMENT && e.reason !== "INVALID_USER_ID") throw e;
+            if (e.code === Code.INTERNAL) throw e;
+            results[i] = { userId, code: e.code, reason: e.reason };
+          }
+        }
+      };
+      await Promise.all(Array.from({ length: Math.min(BROADCAST_CONCURRENCY, users.length) }, worker));
+      if (ctx.signal.aborted) throw ctx.signal.reason;
+      return { results };
+    },
+
+    async createGroup(req) {
+      userOf(req.owner, "owner");
+      const group = await conversations.createGroup(req.owner, req.name, req.members, req.open);
+      return { conversation: toWireConversation(group) };
+    },
+
+    async getConversation(req, ctx) {
+      const id = await conversationOf(access(ctx.principal), req.conversationId);
+      const record = await membership.getConversation(id);
+      if (!record) throw errors.notFound("CONVERSATION_NOT_FOUND", `no conversation ${id}`);
+      return { conversation: toWireConversation(record, await messages.lastSeq(id)) };
+    },
+
+    async addMembers(req, ctx) {
+      const id = await conversationOf(access(ctx.principal), req.conversationId);
+      const group = await conversations.addMembers(undefined, id, usersOf(req.userIds));
+      return { conversation: toWireConversation(group) };
+    },
+
+    async removeMembers(req, ctx) {
+      const id = await conversationOf(access(ctx.principal), req.conversationId);
+      const users = usersOf(req.userIds);
+      let group = await conversations.leave(users[0]!, id);
+      for (const user of users.slice(1)) group = await conversations.leave(user, id);
+      return { conversation: toWireConversation(group) };
+    },
+
+    async listMembers(req, ctx) {
+      const id = await conversationOf(access(ctx.principal), req.conversationId);
+      return { userIds: await conversations.members(undefined, id) };
+    },
+
+    async getHistory(req, ctx) {
+      const id = await conversationOf(access(ctx.principal), req.conversationId);
+      const page = await messages.history(id, {
+        beforeSeq: Number(req.beforeSeq),
+        afterSeq: Number(req.afterSeq),
+        limit: Math.min(req.limit || 50, deps.pageSizeMax),
+      });
+      return { messages: page.messages.map(toWireMessage), hasMore: page.hasMore };
+    },
+
+    async getPresence(req) {
+      const { statuses } = await deps.presence.getPresence({ userIds: usersOf(req.userIds) });
+      return { statuses };
+    },
+
+    async listSessions(req) {
+      const sessions = deps.router.lookup(userOf(req.userId));
+      return { sessions: sessions.map((s) => ({ sessionId: s.sessionId, gatewayId: s.gatewayId })) };
+    },
+
+    async disconnect(req) {
+      const userId = userOf(req.userId);
+      if (Buffer.byteLength(req.reason) > CLOSE_REASON_BYTES_MAX)
+        throw errors.invalid(
+          "REASON_TOO_LONG",
+          `reason must be at most ${CLOSE_REASON_BYTES_MAX} bytes of UTF-8`,
+        );
+      const code = req.allowReconnect ? CLOSE_DISCONNECTED : CLOSE_KICKED;
+      return { sessions: deps.router.disconnect(userId, req.sessionId, code, req.reason) };
+    },
+
+    async registerDevice(req) {
+      userOf(req.device?.userId ?? "", "device.user_id");
+      await deps.push.registerDevice({ ...(req.device ? { device: req.device } : {}) });
+      return {};
+    },
+
+    async unregisterDevice(req) {
+      await deps.push.unregisterDevice({ userId: userOf(req.userId), deviceId: req.deviceId });
+      return {};
+    },
+
+    async listDevices(req) {
+      return { devices: (await deps.push.listDevices({ userId: userOf(req.userId) })).devices };
+    },
+
+    streamEvents(requests, ctx) {
+      return streamEvents({ log: deps.log, access: access(ctx.principal) }, requests, ctx);
+    },
+  };
+}

@@ -1,0 +1,192 @@
+/**
+ * ChatService.StreamEvents: the message log as a durable, resumable subscription for backend
+ * consumers. A subscription is a consumer group of the log (`api.<client>.<name>`), so its position
+ * survives the stream, the process and the consumer: a batch of the log is handed out as one or more
+ * responses, each with a cursor, and the group's position passes the batch only once every one of
+ * them was acknowledged. A stream that ends with responses unacknowledged leaves the position where
+ * it was, and the next stream on the subscription gets those events again: at least once, in
+ * per-conversation seq order, nothing skipped.
+ */
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import type {
+  StreamEventsRequest,
+  StreamEventsResponseSchema,
+} from "../../gen/switchboard/api/v1/chat_pb.js";
+import type { Closeable, LoggedMessage, MessageLog } from "../backends/types.js";
+import { toWireMessage } from "../conversations/index.js";
+import { AsyncQueue } from "../lib/async-queue.js";
+import { Code, errors, SwitchboardError } from "../lib/errors.js";
+import type { CallContext } from "../lib/rpc.js";
+import type { Access } from "./access.js";
+
+type Response = MessageInitShape<typeof StreamEventsResponseSchema>;
+
+const SUBSCRIPTION_PATTERN = /^[a-z0-9._-]{1,64}$/;
+/** Events per response, and their bodies' bytes: far below gRPC's 4 MiB default message limit. */
+export const EVENTS_PER_RESPONSE_MAX = 256;
+const RESPONSE_BODY_BYTES_MAX = 1 << 20;
+/** A response not acknowledged within this ends the stream (DEADLINE_EXCEEDED, ACK_TIMEOUT). */
+export const ACK_TIMEOUT_MS = 60_000;
+/** Responses waiting to be written to one stream (one per concurrently consumed partition at most). */
+const QUEUED_RESPONSES_MAX = 1_024;
+
+/**
+ * The open stream of each subscription in this process. A new stream on a subscription takes it over:
+ * a consumer that reconnects after losing its connection must not wait until the server notices.
+ */
+const open = new Map<string, { takeOver(): Promise<void> }>();
+
+export interface EventStreamDeps {
+  log: MessageLog;
+  access: Access;
+}
+
+export async function* streamEvents(
+  deps: EventStreamDeps,
+  requests: AsyncIterable<StreamEventsRequest>,
+  ctx: CallContext,
+): AsyncIterable<Response> {
+  const reader = requests[Symbol.asyncIterator]();
+  const first = await reader.next();
+  const subscribe = first.done ? undefined : first.value.kind;
+  if (subscribe?.case !== "subscribe")
+    throw errors.invalid("SUBSCRIBE_FIRST", "the first request of StreamEvents must be subscribe");
+  const name = subscribe.value.subscription;
+  if (!SUBSCRIPTION_PATTERN.test(name))
+    throw errors.invalid("INVALID_SUBSCRIPTION", "subscription must be 1-64 of a-z 0-9 . _ -");
+  const group = `api.${deps.access.caller.replace(/^client:/, "")}.${name}`;
+  // The newest stream wins, also when several arrive while an old one winds down.
+  for (let old = open.get(group); old !== undefined; old = open.get(group)) await old.takeOver();
+  let closed!: () => void;
+  const done = new Promise<void>((resolve) => {
+    closed = resolve;
+  });
+  const self = {
+    takeOver: () => {
+      fail(
+        new SwitchboardError(
+          Code.ABORTED,
+          "SUBSCRIPTION_TAKEN_OVER",
+          `a newer stream took subscription ${name} over`,
+        ),
+      );
+      return done;
+    },
+  };
+  open.set(group, self);
+
+  const out = new AsyncQueue<Response>(QUEUED_RESPONSES_MAX);
+  const unacked = new Map<string, { resolve(): void; reject(err: unknown): void; timer: NodeJS.Timeout }>();
+  let failure: SwitchboardError | undefined;
+  let cursorCount = 0;
+  const fail = (err: SwitchboardError) => {
+    failure ??= err;
+    for (const waiter of unacked.values()) {
+      clearTimeout(waiter.timer);
+      waiter.reject(failure);
+    }
+    unacked.clear();
+    out.end();
+  };
+  ctx.signal.addEventListener("abort", () => fail(errors.unavailable("STREAM_ENDED", "the stream ended")), {
+    once: true,
+  });
+
+  /** Hands one log batch out; resolves once the consumer acknowledged all of it. */
+  const handle = async (batch: LoggedMessage[]): Promise<void> => {
+    if (failure) throw failure;
+    const visible = await visibleOf(batch, deps.access);
+    const acks = chunk(visible).map((events) => {
+      const cursor = String(++cursorCount);
+      const acked = new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(
+          () =>
+            fail(
+              new SwitchboardError(
+                Code.DEADLINE_EXCEEDED,
+                "ACK_TIMEOUT",
+                `cursor ${cursor} was not acknowledged within ${ACK_TIMEOUT_MS} ms`,
+              ),
+            ),
+          ACK_TIMEOUT_MS,
+        );
+        unacked.set(cursor, { resolve, reject, timer });
+      });
+      if (
+        !out.push({
+          cursor,
+          events: events.map((m) => ({ kind: { case: "message", value: toWireMessage(m) } })),
+        })
+      )
+        fail(errors.unavailable("STREAM_OVERLOADED", "too many responses queued on the stream"));
+      return acked;
+    });
+    await Promise.all(acks);
+  };
+
+  let consumer: Closeable | undefined;
+  void (async () => {
+    for (let r = await reader.next(); !r.done; r = await reader.next()) {
+      const kind = r.value.kind;
+      if (kind.case !== "ack") throw errors.invalid("ACK_EXPECTED", "after subscribe, only acks may be sent");
+      const waiter = unacked.get(kind.value.cursor);
+      if (!waiter)
+        throw errors.invalid(
+          "UNKNOWN_CURSOR",
+          `cursor ${JSON.stringify(kind.value.cursor.slice(0, 40))} is not outstanding on this stream`,
+        );
+      unacked.delete(kind.value.cursor);
+      clearTimeout(waiter.timer);
+      waiter.resolve();
+    }
+    // The consumer closed its side: it can acknowledge nothing more.
+    fail(errors.unavailable("STREAM_ENDED", "the consumer closed the stream"));
+  })().catch((err: unknown) => fail(SwitchboardError.from(err)));
+  try {
+    consumer = await deps.log.consume(group, handle);
+    for await (const response of out) yield response;
+    if (failure && failure.reason !== "STREAM_ENDED") throw failure;
+  } finally {
+    fail(errors.unavailable("STREAM_ENDED", "the stream ended"));
+    await consumer?.close();
+    if (open.get(group) === self) open.delete(group);
+    closed();
+  }
+}
+
+/** The batch's messages the caller may see, in order (one membership read per conversation). */
+async function visibleOf(batch: LoggedMessage[], access: Access): Promise<LoggedMessage[]> {
+  const seen = new Map<string, boolean>();
+  const out: LoggedMessage[] = [];
+  for (const m of batch) {
+    let ok = seen.get(m.conversationId);
+    if (ok === undefined) {
+      ok = await access.sees(m.conversationId);
+      seen.set(m.conversationId, ok);
+    }
+    if (ok) out.push(m);
+  }
+  return out;
+}
+
+/** Splits events into responses within the per-response bounds (an empty batch yields none). */
+function chunk(messages: LoggedMessage[]): LoggedMessage[][] {
+  const out: LoggedMessage[][] = [];
+  let current: LoggedMessage[] = [];
+  let bytes = 0;
+  for (const m of messages) {
+    const size = m.body.length * 3 + 256;
+    if (
+      current.length > 0 &&
+      (current.length >= EVENTS_PER_RESPONSE_MAX || bytes + size > RESPONSE_BODY_BYTES_MAX)
+    ) {
+      out.push(current);
+      current = [];
+      bytes = 0;
+    }
+    current.push(m);
+    bytes += size;
+  }
+  if (current.length > 0) out.push(current);
+  return out;
+}

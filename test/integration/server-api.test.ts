@@ -1,0 +1,470 @@
+/**
+ * The server API (switchboard.api.v1.ChatService) end to end against the real server, on both
+ * backends: every method as a backend client calls it, with the static key file authenticating the
+ * clients and their grants (permissions, senders, conversations) deciding what they may do; and the
+ * event stream resumed after its consumer was cut off, with nothing missed.
+ */
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import {
+  ChatService,
+  type StreamEventsRequestSchema,
+  type StreamEventsResponse,
+} from "../../gen/switchboard/api/v1/chat_pb.js";
+import { GatewayService } from "../../gen/switchboard/gateway/v1/gateway_pb.js";
+import { Provider } from "../../gen/switchboard/push/v1/push_pb.js";
+import { newKey } from "../../internal/grpc-auth/key-file.js";
+import { AsyncQueue } from "../../internal/lib/async-queue.js";
+import { Code, SwitchboardError } from "../../internal/lib/errors.js";
+import { grpcClient, type ServiceClient } from "../../internal/lib/rpc.js";
+import { consumeEvents, createChatClient, reasonOf } from "../../server-client/src/index.js";
+import { expectCase, RawClient } from "../helpers/raw-client.js";
+import { devToken, type ServerProcess, startServer, tempDir } from "../helpers/server.js";
+
+let server: ServerProcess;
+const keys = {
+  billing: newKey("client:billing"),
+  moderation: newKey("client:moderation"),
+  auditor: newKey("client:auditor"),
+  watcher: newKey("client:watcher"),
+};
+const dir = tempDir("switchboard-api-");
+const opened: Array<{ close(): void }> = [];
+
+beforeAll(async () => {
+  const keyFile = join(dir.path, "keys");
+  writeFileSync(
+    keyFile,
+    `${Object.values(keys)
+      .map((k) => k.line)
+      .join("\n")}\n`,
+  );
+  server = await startServer({
+    args: ["--grpc-port", "0"],
+    env: {
+      SWITCHBOARD_GRPC_KEY_FILE: keyFile,
+      SWITCHBOARD_GRPC_CLIENTS: [
+        // A bot: publishes as bot:billing where it is a member, DMs users, reads its conversations.
+        "billing=publish+sendToUsers+broadcast+readHistory",
+        // An admin tool: groups, sessions, presence, devices, anywhere; posts as "system".
+        "moderation=publish+manageGroups+sessions+presence+devices;sendAs=system;conversations=all",
+        // An archiver: every conversation's messages.
+        "auditor=events;conversations=all",
+        // A bot's event consumer: only where bot:watcher is a member.
+        "watcher=events",
+      ].join(","),
+      // The distributed log publishes its sequenced topic only when asked; the event stream reads it.
+      SWITCHBOARD_KAFKA_PUBLISH_SEQUENCED: "true",
+    },
+  });
+});
+afterAll(async () => {
+  for (const c of opened) c.close();
+  await server.dispose();
+  dir.remove();
+});
+
+function client(key: { key: string }): ServiceClient<typeof ChatService> {
+  const c = grpcClient(ChatService, `127.0.0.1:${server.grpcPort}`, { bearer: () => key.key });
+  opened.push(c);
+  return c;
+}
+
+async function failure(call: Promise<unknown>): Promise<string> {
+  try {
+    await call;
+  } catch (err) {
+    if (err instanceof SwitchboardError) return `${Code[err.code]} ${err.reason}`;
+    throw err;
+  }
+  throw new Error("the call succeeded");
+}
+
+async function user(id: string): Promise<RawClient> {
+  const c = await RawClient.connect(server.url, { token: await devToken(server.dataDir, id) });
+  await c.syncAll();
+  opened.push({ close: () => c.close() });
+  return c;
+}
+
+const nextMessage = async (c: RawClient, body: string) =>
+  expectCase(
+    await c.nextEvent((f) => f.kind.case === "message" && f.kind.value.message?.body === body),
+    "message",
+  ).message;
+
+describe("ChatService: messages", () => {
+  it("publishes as the bot into a group it belongs to, idempotently, and members receive it", async () => {
+    const moderation = client(keys.moderation);
+    const billing = client(keys.billing);
+    const alice = await user("api-alice");
+    const { conversation } = await moderation.createGroup({
+      owner: "api-alice",
+      name: "invoices",
+      members: ["bot:billing"],
+    });
+    const groupId = conversation!.id;
+    const sent = await billing.publish({ conversationId: groupId, idempotencyKey: "inv-1", body: "paid" });
+    expect(sent.message).toMatchObject({ conversationId: groupId, seq: 1n, sender: "bot:billing" });
+    expect(sent.duplicate).toBe(false);
+    expect((await nextMessage(alice, "paid"))?.messageId).toBe(sent.message?.messageId);
+    const again = await billing.publish({ conversationId: groupId, idempotencyKey: "inv-1", body: "paid" });
+    expect(again).toMatchObject({
+      duplicate: true,
+      message: { seq: 1n, messageId: sent.message?.messageId },
+    });
+    // Only as itself, and only where it was added.
+    expect(
+      await failure(
+        billing.publish({ conversationId: groupId, sender: "api-alice", idempotencyKey: "x", body: "b" }),
+      ),
+    ).toBe("PERMISSION_DENIED SENDER_NOT_ALLOWED");
+    const other = await moderation.createGroup({ owner: "api-alice", name: "private", members: [] });
+    expect(
+      await failure(
+        billing.publish({ conversationId: other.conversation!.id, idempotencyKey: "y", body: "b" }),
+      ),
+    ).toBe("PERMISSION_DENIED CONVERSATION_NOT_ALLOWED");
+    expect(await failure(billing.getHistory({ conversationId: other.conversation!.id }))).toBe(
+      "PERMISSION_DENIED CONVERSATION_NOT_ALLOWED",
+    );
+    // The admin tool posts as "system" anywhere; bad input gets its reason.
+    const system = await moderation.publish({
+      conversationId: other.conversation!.id,
+      idempotencyKey: "sys-1",
+      body: "welcome",
+    });
+    expect(system.message).toMatchObject({ sender: "system", seq: 1n });
+    expect(
+      await failure(moderation.publish({ conversationId: groupId, idempotencyKey: "", body: "b" })),
+    ).toBe("INVALID_ARGUMENT INVALID_CLIENT_MSG_ID");
+    expect(
+      await failure(moderation.publish({ conversationId: "nope", idempotencyKey: "k", body: "b" })),
+    ).toBe("INVALID_ARGUMENT INVALID_CONVERSATION_ID");
+    // History, both directions.
+    await billing.publish({ conversationId: groupId, idempotencyKey: "inv-2", body: "second" });
+    await billing.publish({ conversationId: groupId, idempotencyKey: "inv-3", body: "third" });
+    const newest = await billing.getHistory({ conversationId: groupId, limit: 2 });
+    expect(newest.messages.map((m) => m.body)).toEqual(["second", "third"]);
+    expect(newest.hasMore).toBe(true);
+    const after = await billing.getHistory({ conversationId: groupId, afterSeq: 1n, limit: 10 });
+    expect(after.messages.map((m) => Number(m.seq))).toEqual([2, 3]);
+  });
+
+  it("sends 1:1 from the bot and broadcasts once per recipient, even when retried", async () => {
+    const billing = client(keys.billing);
+    const bob = await user("api-bob");
+    const dm = await billing.sendToUser({ userId: "api-bob", idempotencyKey: "dm-1", body: "your receipt" });
+    expect(dm.message).toMatchObject({ conversationId: "dm:api-bob~bot:billing", sender: "bot:billing" });
+    expect((await nextMessage(bob, "your receipt"))?.sender).toBe("bot:billing");
+
+    const users = ["api-c1", "api-c2", "api-c3"];
+    const first = await billing.broadcast({ userIds: users, idempotencyKey: "promo-1", body: "sale" });
+    expect(first.results.map((r) => [r.userId, r.duplicate, r.reason])).toEqual(
+      users.map((u) => [u, false, ""]),
+    );
+    const retried = await billing.broadcast({ userIds: users, idempotencyKey: "promo-1", body: "sale" });
+    expect(retried.results.map((r) => r.duplicate)).toEqual([true, true, true]);
+    expect(retried.results.map((r) => r.message?.messageId)).toEqual(
+      first.results.map((r) => r.message?.messageId),
+    );
+    const c1 = await user("api-c1");
+    const synced = await c1.syncAll();
+    expect(synced.messages.filter((m) => m.body === "sale")).toHaveLength(1);
+    expect(await failure(billing.broadcast({ userIds: ["a", "a"], idempotencyKey: "k", body: "b" }))).toBe(
+      "INVALID_ARGUMENT DUPLICATE_USER_IDS",
+    );
+    expect(await failure(billing.broadcast({ userIds: [], idempotencyKey: "k", body: "b" }))).toBe(
+      "INVALID_ARGUMENT INVALID_USER_IDS",
+    );
+  });
+});
+
+describe("ChatService: groups, presence, sessions, devices", () => {
+  it("creates, reads and changes groups and their members", async () => {
+    const moderation = client(keys.moderation);
+    const { conversation } = await moderation.createGroup({
+      owner: "api-owner",
+      name: "ops",
+      members: ["api-m1"],
+      open: true,
+    });
+    const id = conversation!.id;
+    expect(conversation).toMatchObject({ name: "ops", owner: "api-owner", memberCount: 2, open: true });
+    expect(
+      (await moderation.addMembers({ conversationId: id, userIds: ["api-m2", "api-m3"] })).conversation
+        ?.memberCount,
+    ).toBe(4);
+    expect(
+      (await moderation.removeMembers({ conversationId: id, userIds: ["api-m1", "api-m3"] })).conversation
+        ?.memberCount,
+    ).toBe(2);
+    expect((await moderation.listMembers({ conversationId: id })).userIds).toEqual(["api-m2", "api-owner"]);
+    await moderation.publish({ conversationId: id, idempotencyKey: "k1", body: "hello" });
+    const got = await moderation.getConversation({ conversationId: id });
+    expect(got.conversation).toMatchObject({ id, memberCount: 2, lastSeq: 1n });
+    expect(await failure(moderation.getConversation({ conversationId: "g:1" }))).toBe(
+      "NOT_FOUND CONVERSATION_NOT_FOUND",
+    );
+    expect(await failure(moderation.addMembers({ conversationId: id, userIds: ["bad id"] }))).toBe(
+      "INVALID_ARGUMENT INVALID_USER_ID",
+    );
+  });
+
+  it("answers presence, lists sessions and disconnects one or all of a user's connections", async () => {
+    const moderation = client(keys.moderation);
+    const phone = await user("api-dana");
+    const laptop = await user("api-dana");
+    await expect
+      .poll(async () =>
+        (await moderation.getPresence({ userIds: ["api-dana", "api-nobody"] })).statuses.map((s) => [
+          s.userId,
+          s.online,
+        ]),
+      )
+      .toEqual([
+        ["api-dana", true],
+        ["api-nobody", false],
+      ]);
+    let sessions: string[] = [];
+    // Session records reach the router through the routing log: wait until both are known.
+    await expect
+      .poll(async () => {
+        sessions = (await moderation.listSessions({ userId: "api-dana" })).sessions.map((s) => s.sessionId);
+        return sessions.length;
+      })
+      .toBe(2);
+    const phoneSession = expectCase(
+      phone.received.find((f) => f.kind.case === "welcome")!,
+      "welcome",
+    ).sessionId;
+    expect(sessions).toContain(phoneSession);
+    const one = await moderation.disconnect({
+      userId: "api-dana",
+      sessionId: phoneSession,
+      reason: "please sign in again",
+      allowReconnect: true,
+    });
+    expect(one.sessions).toBe(1);
+    expect(await phone.closed).toBe(3014);
+    expect(phone.closeReason).toBe("please sign in again");
+    const all = await moderation.disconnect({ userId: "api-dana", reason: "account suspended" });
+    expect(all.sessions).toBeGreaterThanOrEqual(1);
+    expect(await laptop.closed).toBe(3503);
+    expect(laptop.closeReason).toBe("account suspended");
+    expect(await failure(moderation.disconnect({ userId: "api-dana", reason: "x".repeat(121) }))).toBe(
+      "INVALID_ARGUMENT REASON_TOO_LONG",
+    );
+  });
+
+  it("registers, lists and removes a user's push devices", async () => {
+    const moderation = client(keys.moderation);
+    await moderation.registerDevice({
+      device: {
+        userId: "api-erin",
+        deviceId: "phone",
+        provider: Provider.WEBHOOK,
+        token: "https://example.invalid/p",
+      },
+    });
+    const listed = await moderation.listDevices({ userId: "api-erin" });
+    expect(listed.devices.map((d) => [d.deviceId, d.provider])).toEqual([["phone", Provider.WEBHOOK]]);
+    await moderation.unregisterDevice({ userId: "api-erin", deviceId: "phone" });
+    expect((await moderation.listDevices({ userId: "api-erin" })).devices).toEqual([]);
+  });
+});
+
+describe("ChatService: who may call what", () => {
+  it("refuses callers without credentials, methods outside a client's permissions, and internal methods", async () => {
+    const anonymous = grpcClient(ChatService, `127.0.0.1:${server.grpcPort}`);
+    opened.push(anonymous);
+    expect(await failure(anonymous.getPresence({ userIds: ["x"] }))).toBe("UNAUTHENTICATED UNAUTHENTICATED");
+    const billing = client(keys.billing);
+    expect(await failure(billing.disconnect({ userId: "api-bob" }))).toBe(
+      "PERMISSION_DENIED METHOD_NOT_ALLOWED",
+    );
+    expect(await failure(billing.createGroup({ owner: "x", name: "y" }))).toBe(
+      "PERMISSION_DENIED METHOD_NOT_ALLOWED",
+    );
+    const gateway = grpcClient(GatewayService, `127.0.0.1:${server.grpcPort}`, {
+      bearer: () => keys.moderation.key,
+    });
+    opened.push(gateway);
+    expect(await failure(gateway.drain({}))).toBe("PERMISSION_DENIED METHOD_NOT_ALLOWED");
+    expect(await failure(gateway.stats({}))).toBe("PERMISSION_DENIED METHOD_NOT_ALLOWED");
+  });
+});
+
+type StreamRequest = MessageInitShape<typeof StreamEventsRequestSchema>;
+
+/** One open StreamEvents call: its requests to push, its responses to read, a way to cut it off. */
+function openStream(key: { key: string }, subscription: string) {
+  const requests = new AsyncQueue<StreamRequest>(1_000);
+  requests.push({ kind: { case: "subscribe", value: { subscription } } });
+  const abort = new AbortController();
+  const responses = client(key).streamEvents(requests, { signal: abort.signal })[Symbol.asyncIterator]();
+  return {
+    next: async (): Promise<StreamEventsResponse> => {
+      const r = await responses.next();
+      if (r.done) throw new Error("the event stream ended");
+      return r.value;
+    },
+    ack: (cursor: string) => requests.push({ kind: { case: "ack", value: { cursor } } }),
+    cut: () => abort.abort(),
+  };
+}
+
+/** `conversation#seq` of each event of a response. */
+const keyOf = (r: StreamEventsResponse) =>
+  r.events.map((e) => {
+    if (e.kind.case !== "message" || !e.kind.value) throw new Error(`not a message event: ${e.kind.case}`);
+    return `${e.kind.value.conversationId}#${e.kind.value.seq}`;
+  });
+
+describe("ChatService: the event stream", () => {
+  it("delivers every message at least once and resumes after the consumer was cut off", async () => {
+    const moderation = client(keys.moderation);
+    const { conversation } = await moderation.createGroup({
+      owner: "api-ev",
+      name: "events",
+      members: ["bot:watcher"],
+    });
+    const watched = conversation!.id;
+    const { conversation: hidden } = await moderation.createGroup({
+      owner: "api-ev",
+      name: "hidden",
+      members: [],
+    });
+    const published: string[] = [];
+    const publish = async (id: string, n: number) => {
+      for (let i = 0; i < n; i++) {
+        // Keys never repeat: a repeated key would be a duplicate, not a new message.
+        const key = `ev-${published.length}`;
+        const r = await moderation.publish({ conversationId: id, idempotencyKey: key, body: key });
+        published.push(`${id}#${r.message!.seq}`);
+      }
+    };
+    await publish(watched, 5);
+    await publish(hidden.id, 3);
+
+    // The archiver sees everything; it acknowledges nothing of its first responses and is cut off.
+    const seen = new Set<string>();
+    const wanted = () => published.filter((k) => k.startsWith(watched) || k.startsWith(hidden!.id));
+    let stream = openStream(keys.auditor, "archive");
+    const firstResponse = await stream.next();
+    for (const k of keyOf(firstResponse)) seen.add(k);
+    stream.cut();
+    // Resumed: the unacknowledged events come again, then the rest, then what is published meanwhile.
+    stream = openStream(keys.auditor, "archive");
+    const again = new Set<string>();
+    const collect = async (until: () => boolean) => {
+      while (!until()) {
+        const r = await stream.next();
+        for (const k of keyOf(r)) again.add(k);
+        stream.ack(r.cursor);
+      }
+    };
+    await collect(() => wanted().every((k) => again.has(k)));
+    for (const k of seen) expect(again.has(k)).toBe(true);
+    await publish(watched, 2);
+    await collect(() => wanted().every((k) => again.has(k)));
+    stream.cut();
+    // A third stream goes on from there: what is published next arrives.
+    await publish(hidden.id, 1);
+    stream = openStream(keys.auditor, "archive");
+    await collect(() => again.has(published.at(-1)!));
+    stream.cut();
+
+    // The bot's consumer sees only the conversation its identity belongs to.
+    const watcher = openStream(keys.watcher, "mine");
+    const mine = new Set<string>();
+    while (mine.size < 7) {
+      const r = await watcher.next();
+      for (const k of keyOf(r)) mine.add(k);
+      watcher.ack(r.cursor);
+    }
+    expect([...mine].every((k) => k.startsWith(`${watched}#`))).toBe(true);
+    watcher.cut();
+  });
+
+  it("refuses a stream that does not subscribe first; a second stream on a subscription takes it over", async () => {
+    const requests = new AsyncQueue<StreamRequest>(10);
+    requests.push({ kind: { case: "ack", value: { cursor: "1" } } });
+    const responses = client(keys.auditor).streamEvents(requests)[Symbol.asyncIterator]();
+    expect(await failure(responses.next())).toBe("INVALID_ARGUMENT SUBSCRIBE_FIRST");
+    const moderation = client(keys.moderation);
+    const { conversation } = await moderation.createGroup({ owner: "api-tw", name: "twice", members: [] });
+    for (const key of ["tw-1", "tw-2", "tw-3"])
+      await moderation.publish({ conversationId: conversation!.id, idempotencyKey: key, body: key });
+    const first = openStream(keys.auditor, "twice");
+    const unacked = keyOf(await first.next());
+    // A consumer that reconnects before the server noticed its old connection is gone.
+    const second = openStream(keys.auditor, "twice");
+    const resent = new Set<string>();
+    while (!unacked.every((k) => resent.has(k))) {
+      const r = await second.next();
+      for (const k of keyOf(r)) resent.add(k);
+      second.ack(r.cursor);
+    }
+    // The old stream ends (after what was already on its way to it, when partitions run in parallel).
+    const ended = async () => {
+      for (;;) await first.next();
+    };
+    expect(await failure(ended())).toBe("ABORTED SUBSCRIPTION_TAKEN_OVER");
+    second.cut();
+  });
+});
+
+describe("the typed client (@switchboard/server-client)", () => {
+  it("calls the API with its credential and consumes events, resuming after a failed handler", async () => {
+    const api = createChatClient({
+      baseUrl: `http://127.0.0.1:${server.grpcPort}`,
+      credential: keys.moderation.key,
+    });
+    opened.push(api);
+    const { conversation } = await api.createGroup({ owner: "api-tc", name: "typed", members: [] });
+    const id = conversation!.id;
+    const sent: string[] = [];
+    for (let i = 0; i < 5; i++) {
+      const r = await api.publish({ conversationId: id, idempotencyKey: `tc-${i}`, body: `typed ${i}` });
+      sent.push(`${id}#${r.message!.seq}`);
+    }
+    const denied = await api.disconnect({ userId: "x", reason: "x".repeat(200) }).catch((e: unknown) => e);
+    expect(reasonOf(denied)).toBe("REASON_TOO_LONG");
+
+    const auditor = createChatClient({
+      baseUrl: `http://127.0.0.1:${server.grpcPort}`,
+      credential: async () => keys.auditor.key,
+    });
+    opened.push(auditor);
+    const handled = new Set<string>();
+    let failedOnce = false;
+    const errors: unknown[] = [];
+    const stop = new AbortController();
+    const consuming = consumeEvents(
+      auditor,
+      {
+        subscription: "typed",
+        signal: stop.signal,
+        backoff: { initialMs: 50, maxMs: 200 },
+        onError: (e) => errors.push(e),
+      },
+      async (messages) => {
+        const mine = messages.filter((m) => m.conversationId === id);
+        // The first batch holding our messages fails once: it must come again.
+        if (mine.length > 0 && !failedOnce) {
+          failedOnce = true;
+          throw new Error("handler failed");
+        }
+        for (const m of mine) handled.add(`${m.conversationId}#${m.seq}`);
+        if (sent.every((k) => handled.has(k))) stop.abort();
+      },
+    );
+    await consuming;
+    expect(failedOnce).toBe(true);
+    expect(errors.map((e) => (e as Error).message)).toContain("handler failed");
+    expect([...handled].sort()).toEqual([...sent].sort());
+  });
+});
