@@ -79,8 +79,18 @@ export async function* streamEvents(
   const unacked = new Map<string, { resolve(): void; reject(err: unknown): void; timer: NodeJS.Timeout }>();
   let failure: SwitchboardError | undefined;
   let cursorCount = 0;
+  let consumer: Closeable | undefined;
+  let closing: Promise<void> | undefined;
+  // Closed before its batch in flight is failed: a consumer that is closing takes the failure as
+  // "stop here" (no retry, nothing committed) rather than as a handler error.
+  const closeConsumer = () => {
+    if (consumer) closing ??= consumer.close();
+    return closing ?? Promise.resolve();
+  };
   const fail = (err: SwitchboardError) => {
-    failure ??= err;
+    if (failure) return;
+    failure = err;
+    void closeConsumer().catch(() => undefined);
     for (const waiter of unacked.values()) {
       clearTimeout(waiter.timer);
       waiter.reject(failure);
@@ -124,7 +134,6 @@ export async function* streamEvents(
     await Promise.all(acks);
   };
 
-  let consumer: Closeable | undefined;
   void (async () => {
     for (let r = await reader.next(); !r.done; r = await reader.next()) {
       const kind = r.value.kind;
@@ -144,11 +153,12 @@ export async function* streamEvents(
   })().catch((err: unknown) => fail(SwitchboardError.from(err)));
   try {
     consumer = await deps.log.consume(group, handle);
+    if (failure) void closeConsumer().catch(() => undefined);
     for await (const response of out) yield response;
     if (failure && failure.reason !== "STREAM_ENDED") throw failure;
   } finally {
     fail(errors.unavailable("STREAM_ENDED", "the stream ended"));
-    await consumer?.close();
+    await closeConsumer();
     if (open.get(group) === self) open.delete(group);
     closed();
   }

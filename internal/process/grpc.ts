@@ -56,10 +56,15 @@ export async function serveGrpc(
     health,
     close: () =>
       new Promise<void>((resolve) => {
-        // Watch streams end with a last NOT_SERVING; Deliver streams never end by themselves:
-        // cancel them after the grace period.
+        // Watch streams end with a last NOT_SERVING; Deliver and StreamEvents streams never end by
+        // themselves: cancel them after the grace period. Then the close is over, whether or not
+        // grpc-js calls tryShutdown back (it waits for every session's close event, which a session
+        // destroyed mid-stream does not always emit), so that a stop never hangs here.
         health.close();
-        const force = setTimeout(() => server.forceShutdown(), SHUTDOWN_GRACE_MS);
+        const force = setTimeout(() => {
+          server.forceShutdown();
+          resolve();
+        }, SHUTDOWN_GRACE_MS);
         force.unref();
         server.tryShutdown(() => {
           clearTimeout(force);

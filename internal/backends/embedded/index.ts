@@ -248,6 +248,8 @@ class EmbeddedLog implements MessageLog {
         try {
           await handler(batch);
         } catch (err) {
+          // A consumer being closed fails its batch in flight on purpose: stop, offset unmoved.
+          if (stopped) break;
           // At-least-once: keep the offset and retry the same batch after a pause.
           this.onHandlerError(group, err);
           await new Promise((r) => setTimeout(r, 500));

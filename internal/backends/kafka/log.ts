@@ -199,6 +199,7 @@ export class KafkaMessageLog implements MessageLog {
       allowAutoTopicCreation: false,
     });
     this.consumers.add(consumer);
+    let closing = false;
     await consumer.connect();
     await consumer.subscribe({ topic, fromBeginning: true });
     await consumer.run({
@@ -221,13 +222,22 @@ export class KafkaMessageLog implements MessageLog {
           if (trace) message.trace = trace;
           return message;
         });
-        // At-least-once: on failure kafkajs re-fetches from the last committed offset.
-        await handler(messages);
+        try {
+          await handler(messages);
+        } catch (err) {
+          // A consumer being closed fails its batch in flight on purpose: nothing is committed, and
+          // the next member of the group starts where the last commit was (no error, no retry).
+          if (closing) return;
+          // At-least-once: on failure kafkajs re-fetches from the last committed offset.
+          throw err;
+        }
         await commitBatch(payload);
       },
     });
     return {
       close: async () => {
+        // Set before the first await: the handler's rejection that lets disconnect finish sees it.
+        closing = true;
         this.consumers.delete(consumer);
         await consumer.disconnect();
       },
