@@ -67,8 +67,8 @@ describe("gRPC authorization", () => {
   });
 
   it("opens backend methods to a client only with the permission, and to nobody unauthenticated", () => {
-    const send = "/switchboard.router.v1.RouterService/SendMessage";
-    const history = "/switchboard.router.v1.RouterService/GetHistory";
+    const send = "/switchboard.api.v1.ChatService/Publish";
+    const history = "/switchboard.api.v1.ChatService/GetHistory";
     const policy: Policy = {
       clients: new Map([["billing", grant("publish")]]),
     };
@@ -80,6 +80,10 @@ describe("gRPC authorization", () => {
     expect(outcome(policy, "client:billing", "/switchboard.router.v1.RouterService/Nope")).toBe(
       "PERMISSION_DENIED METHOD_NOT_ALLOWED",
     );
+    // The deprecated backend methods of RouterService let a caller send as anyone: closed to all.
+    const legacy = "/switchboard.router.v1.RouterService/SendMessage";
+    expect(outcome(policy, "client:billing", legacy)).toBe("PERMISSION_DENIED METHOD_NOT_ALLOWED");
+    expect(outcome(policy, "role:gateway", legacy)).toBe("PERMISSION_DENIED METHOD_NOT_ALLOWED");
   });
 
   it("reads client grants with their senders and conversations, and refuses what it cannot read", () => {

@@ -77,13 +77,15 @@ export const METHOD_RULES: ReadonlyMap<string, MethodRule> = new Map([
   ["/switchboard.push.v1.PushService/ListDevices", rule(["role:gateway", "role:router"], "devices")],
   ["/switchboard.push.v1.PushService/Notify", rule(["role:router"])],
   ["/switchboard.router.v1.RouterService/Relay", rule(["role:gateway", "role:presence"])],
-  ["/switchboard.router.v1.RouterService/SendMessage", rule([], "publish")],
-  ["/switchboard.router.v1.RouterService/CreateGroup", rule([], "manageGroups")],
-  ["/switchboard.router.v1.RouterService/AddMembers", rule([], "manageGroups")],
-  ["/switchboard.router.v1.RouterService/RemoveMember", rule([], "manageGroups")],
-  ["/switchboard.router.v1.RouterService/ListMembers", rule([], "manageGroups")],
-  ["/switchboard.router.v1.RouterService/GetHistory", rule([], "readHistory")],
-  ["/switchboard.router.v1.RouterService/LookupUser", rule([], "sessions")],
+  // The first backend API, deprecated by ChatService: it let a client send as anyone, so since the
+  // server API's sender grants it is closed to every caller of a guarded port.
+  ["/switchboard.router.v1.RouterService/SendMessage", rule([])],
+  ["/switchboard.router.v1.RouterService/CreateGroup", rule([])],
+  ["/switchboard.router.v1.RouterService/AddMembers", rule([])],
+  ["/switchboard.router.v1.RouterService/RemoveMember", rule([])],
+  ["/switchboard.router.v1.RouterService/ListMembers", rule([])],
+  ["/switchboard.router.v1.RouterService/GetHistory", rule([])],
+  ["/switchboard.router.v1.RouterService/LookupUser", rule([])],
   // The server API (switchboard.api.v1.ChatService): clients only; constraints on senders and
   // conversations are checked by the service itself (internal/api/access.ts).
   ["/switchboard.api.v1.ChatService/Publish", rule([], "publish")],

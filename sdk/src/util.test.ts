@@ -27,7 +27,8 @@ describe("close codes", () => {
     const terminal = Object.entries(CLOSE_CODES)
       .filter(([, i]) => !i.reconnect)
       .map(([c]) => Number(c));
-    expect(terminal).toEqual([3500, 3501, 3502]);
+    expect(terminal).toEqual([3500, 3501, 3502, 3503]);
+    expect(CLOSE_CODES[3014]).toMatchObject({ reconnect: true, backoff: "long" });
     expect(CLOSE_CODES[3005].freshToken).toBe(true);
     expect(CLOSE_CODES[3013].backoff).toBe("long");
     expect(CLOSE_CODES[1009].dropFrame).toBe(true);

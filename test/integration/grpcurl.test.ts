@@ -34,6 +34,7 @@ describe("grpcurl", () => {
       "grpc.health.v1.Health",
       "grpc.reflection.v1.ServerReflection",
       "grpc.reflection.v1alpha.ServerReflection",
+      "switchboard.api.v1.ChatService",
       "switchboard.gateway.v1.GatewayService",
       "switchboard.id.v1.IdService",
       "switchboard.presence.v1.PresenceService",
@@ -104,9 +105,9 @@ describe("grpcurl", () => {
     const failed = await grpcurl(bin, [
       "-plaintext",
       "-d",
-      '{"conversationId":"g:1","clientMsgId":"x","body":"x"}',
+      '{"conversationId":"g:1","idempotencyKey":"x","body":"x"}',
       at(all),
-      "switchboard.router.v1.RouterService/SendMessage",
+      "switchboard.api.v1.ChatService/Publish",
     ]);
     expect(failed.code).not.toBe(0);
     const out = failed.stdout + failed.stderr;
