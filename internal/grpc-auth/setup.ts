@@ -6,6 +6,7 @@ import { readFileSync, statSync } from "node:fs";
 import type { Config } from "../lib/config.js";
 import type { Logger } from "../lib/log.js";
 import type { CallGuard } from "../lib/rpc.js";
+import { CertificateAuthenticator } from "./certificates.js";
 import { type Authenticator, callGuard } from "./guard.js";
 import { KeyFile } from "./key-file.js";
 import {
@@ -17,15 +18,19 @@ import {
   type Principal,
 } from "./policy.js";
 import { kubeTokenReviewer, ServiceAccountTokens } from "./service-account-tokens.js";
+import type { GrpcTls } from "./tls.js";
 
 /** How often the credential and the key file are looked at again for a change. */
 const CREDENTIAL_RECHECK_MS = 60_000;
 const KEY_FILE_RECHECK_MS = 5_000;
 
-/** The guard of this process's gRPC server, or undefined when no authentication is configured. */
-export async function grpcGuard(config: Config, log: Logger): Promise<CallGuard | undefined> {
+/**
+ * The guard of this process's gRPC server, or undefined when no authentication is configured; `tls`
+ * (grpc.tls.dir) makes client certificates credentials.
+ */
+export async function grpcGuard(config: Config, log: Logger, tls?: GrpcTls): Promise<CallGuard | undefined> {
   const g = config.grpc;
-  if (g.keyFile === "" && g.tokenAudience === "") return undefined;
+  if (g.keyFile === "" && g.tokenAudience === "" && !tls) return undefined;
   const authenticators: Authenticator[] = [];
   if (g.keyFile !== "") {
     const keys = reloadingFile(g.keyFile, "grpc.keyFile", KEY_FILE_RECHECK_MS, log, (text) =>
@@ -45,7 +50,8 @@ export async function grpcGuard(config: Config, log: Logger): Promise<CallGuard 
       return tokens.verify(bearer);
     });
   }
-  return callGuard(authenticators, policyOf(g.clients));
+  const certificates = tls && new CertificateAuthenticator(() => tls.directory.version);
+  return callGuard(authenticators, policyOf(g.clients), certificates);
 }
 
 /** This process's credential for its calls to other roles (undefined: none configured). */

@@ -110,6 +110,17 @@ export const schema = {
       "",
       "File holding this process's own credential for its calls to other roles (a key of the key file, or a projected ServiceAccount token); read again when it changes (looked at every 60 s). Empty: calls carry none.",
     ),
+    tls: {
+      dir: str(
+        "",
+        "mTLS (docs/adr/0007): a directory in cert-manager's Secret layout, `tls.crt`, `tls.key`, `ca.crt` (a mounted Secret). The gRPC server then serves only TLS with tls.crt and requires a client certificate signed by a CA of ca.crt; the caller's principal is the certificate's URI SAN `switchboard://<principal>` (else its CN), authorized like a bearer credential (a bearer sent too must name the same principal). This process's own calls present the same key pair and accept only a server whose certificate ca.crt signs and whose URI SAN names the role called (`switchboard://role:<role>`). Re-read every grpc.tls.refreshMs: rotation needs no restart, and a client of a CA no longer in ca.crt, or whose certificate expired, is refused on open connections too. Empty: plaintext.",
+      ),
+      refreshMs: int(
+        10_000,
+        "How often grpc.tls.dir is read again for a new version (a version whose key does not match its certificate is ignored until it does).",
+        100,
+      ),
+    },
   },
   cluster: {
     idTarget: str(

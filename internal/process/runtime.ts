@@ -5,7 +5,9 @@
  */
 import type * as grpc from "@grpc/grpc-js";
 import type { Gateway } from "../gateway/index.js";
+import type { RoleName as AuthRole } from "../grpc-auth/policy.js";
 import { grpcCredential, grpcGuard } from "../grpc-auth/setup.js";
+import { grpcTls, type RoleChannel } from "../grpc-auth/tls.js";
 import type { Config } from "../lib/config.js";
 import type { Logger } from "../lib/log.js";
 import { createMetrics, type Metrics } from "../lib/metrics.js";
@@ -26,6 +28,8 @@ export interface RoleContext {
   readonly grpcPort: number;
   /** This process's credential for its gRPC calls to other roles (grpc.credentialFile), if any. */
   readonly credential: (() => string | undefined) | undefined;
+  /** The mTLS credentials of this process's gRPC calls to `role` (grpc.tls.dir), if any. */
+  readonly tls: ((role: AuthRole) => RoleChannel) | undefined;
   /** Closes `resource` when the process stops (in reverse order of registration); returns it. */
   own<T extends { close(): unknown }>(resource: T): T;
   /** A readiness condition: returns why the process is not ready, or undefined. */
@@ -98,15 +102,19 @@ export async function runProcess(
     gateway: () => parts.gateway,
     notReady,
   });
+  // mTLS (grpc.tls.dir) serves the port and the calls to other roles alike; closed with the process.
+  const tls = grpcTls(config, log);
+  if (tls) owned.push(tls);
   const grpcServer = servesGrpc(role, config)
     ? await serveGrpc(config.http.host, config.grpc.port, {
         metrics: metrics.grpc,
         reflection: config.grpc.reflection,
         serving: () => notReady() === undefined,
+        credentials: tls?.serverCredentials,
       })
     : undefined;
   if (grpcServer) {
-    const guard = await grpcGuard(config, log);
+    const guard = await grpcGuard(config, log, tls);
     if (guard) guardServer(grpcServer.server, guard);
     else
       log.warn(
@@ -140,6 +148,7 @@ export async function runProcess(
     grpc: grpcServer?.server,
     grpcPort: grpcServer?.port ?? 0,
     credential: grpcCredential(config, log),
+    tls: tls && ((peer) => tls.channelTo(peer)),
     own: (resource) => {
       owned.push(resource);
       return resource;
