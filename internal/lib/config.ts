@@ -110,6 +110,10 @@ export const schema = {
       "",
       "File holding this process's own credential for its calls to other roles (a key of the key file, or a projected ServiceAccount token); read again when it changes (looked at every 60 s). Empty: calls carry none.",
     ),
+    allowUnauthenticated: bool(
+      false,
+      "Open the gRPC port without authentication (no grpc.keyFile, grpc.tokenAudience or grpc.tls.dir) outside dev mode: anyone who reaches it may call every method. Only where something else admits callers (a service mesh enforcing mTLS and authorization policies); warned about at start. Off, such a port stops the process at start unless it runs with --dev.",
+    ),
     tls: {
       dir: str(
         "",
@@ -157,7 +161,7 @@ export const schema = {
     audience: str("", "Required `aud` claim (empty: not checked)."),
     devTokens: bool(
       false,
-      "Dev mode (`switchboard start --dev`, which `npm start` uses): serve GET /v1/dev/token?user=ID, a dev-secret token for any user to anyone who reaches the HTTP port (the demo page at / signs in with it). Honoured only without a JWKS URL and on a loopback address; never turn it on where others reach the port, e.g. behind a reverse proxy.",
+      "Dev mode (`switchboard start --dev`, which `npm start` uses): serve GET /v1/dev/token?user=ID, a dev-secret token for any user to anyone who reaches the HTTP port (the demo page at / signs in with it). Honoured only without a JWKS URL and on a loopback address; never turn it on where others reach the port, e.g. behind a reverse proxy. It also lets a gRPC port open without authentication (no grpc.keyFile, grpc.tokenAudience or grpc.tls.dir), which otherwise stops the process at start.",
     ),
     authTimeoutMs: int(5_000, "A connection that has not authenticated within this time is closed (3502)."),
     allowedOrigins: list(

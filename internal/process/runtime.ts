@@ -11,7 +11,7 @@ import { grpcTls, type RoleChannel } from "../grpc-auth/tls.js";
 import type { Config } from "../lib/config.js";
 import type { Logger } from "../lib/log.js";
 import { createMetrics, type Metrics } from "../lib/metrics.js";
-import { guardServer } from "../lib/rpc.js";
+import { type CallGuard, guardServer } from "../lib/rpc.js";
 import { startTracing } from "../lib/tracing.js";
 import { serveGrpc } from "./grpc.js";
 import { serveHttp } from "./http.js";
@@ -67,6 +67,27 @@ export function servesGrpc(role: RoleName, config: Config): boolean {
   return true;
 }
 
+/**
+ * A gRPC port without authentication lets anyone who reaches it call every method (SendMessage as
+ * anyone, Deliver, Drain): only in dev mode (`--dev`, auth.devTokens) or when explicitly allowed
+ * (grpc.allowUnauthenticated), with a loud warning; otherwise the process does not start (ADR 0007).
+ */
+function admitUnauthenticatedPort(config: Config, log: Logger): void {
+  if (config.grpc.allowUnauthenticated) {
+    log.warn(
+      "gRPC port open WITHOUT AUTHENTICATION (grpc.allowUnauthenticated): anyone who reaches it may call every method; only safe where a mesh admits callers",
+    );
+    return;
+  }
+  if (!config.auth.devTokens)
+    throw new Error(
+      "the gRPC port has no authentication: set grpc.keyFile, grpc.tokenAudience or grpc.tls.dir (docs/adr/0007), or start with --dev for development only",
+    );
+  log.warn(
+    "DEV MODE: gRPC port open WITHOUT AUTHENTICATION: anyone who reaches it may call every method (SendMessage as anyone, Deliver, Drain); never use --dev in production",
+  );
+}
+
 const RETRY_DELAY_MIN_MS = 200;
 const RETRY_DELAY_MAX_MS = 5_000;
 
@@ -76,9 +97,20 @@ export async function runProcess(
   log: Logger,
   start: RoleStarter,
 ): Promise<RunningProcess> {
+  // The gRPC credentials first: a process that may not or cannot authenticate its port (or its calls)
+  // stops before it opens anything.
+  const tls = grpcTls(config, log);
+  let guard: CallGuard | undefined;
+  try {
+    guard = servesGrpc(role, config) ? await grpcGuard(config, log, tls) : undefined;
+    if (servesGrpc(role, config) && !guard) admitUnauthenticatedPort(config, log);
+  } catch (err) {
+    tls?.close();
+    throw err;
+  }
   const metrics = createMetrics();
   const tracer = await startTracing(config, role, log);
-  const owned: Array<{ close(): unknown }> = [];
+  const owned: Array<{ close(): unknown }> = tls ? [tls] : [];
   const checks: Array<() => string | undefined> = [];
   let phase: "starting" | "ready" | "stopping" = "starting";
   let waitingFor: string | undefined;
@@ -102,9 +134,6 @@ export async function runProcess(
     gateway: () => parts.gateway,
     notReady,
   });
-  // mTLS (grpc.tls.dir) serves the port and the calls to other roles alike; closed with the process.
-  const tls = grpcTls(config, log);
-  if (tls) owned.push(tls);
   const grpcServer = servesGrpc(role, config)
     ? await serveGrpc(config.http.host, config.grpc.port, {
         metrics: metrics.grpc,
@@ -113,15 +142,7 @@ export async function runProcess(
         credentials: tls?.serverCredentials,
       })
     : undefined;
-  if (grpcServer) {
-    const guard = await grpcGuard(config, log, tls);
-    if (guard) guardServer(grpcServer.server, guard);
-    else
-      log.warn(
-        "gRPC port open without authentication: anyone who reaches it may call every method (set grpc.keyFile or grpc.tokenAudience; docs/adr/0007)",
-        { grpcPort: grpcServer.port },
-      );
-  }
+  if (grpcServer && guard) guardServer(grpcServer.server, guard);
 
   const close = () =>
     (closing ??= (async () => {

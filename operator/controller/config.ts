@@ -36,6 +36,9 @@ export function clusterEnv(cluster: ChatCluster): Record<string, string> {
   set("auth.issuer", s.auth.issuer);
   set("auth.audience", s.auth.audience);
   set("auth.devTokens", false);
+  // Transitional (ADR 0007): the Pods do not yet carry credentials of their own, so their gRPC ports
+  // stay open, as explicitly allowed, instead of refusing to start.
+  set("grpc.allowUnauthenticated", true);
   // A gateway Pod being replaced (rolling update, node drain) moves its clients before it stops,
   // spread like a scale-down drain; its terminationGracePeriodSeconds leaves room for it.
   set("gateway.shutdownDrainMs", Math.min(10_000, (s.gateway.autoscaling.drainTimeoutSeconds * 1000) / 2));
