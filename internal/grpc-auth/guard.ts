@@ -31,14 +31,16 @@ const AUTHENTICATED_PREFIXES = [
 const BEARER = /^Bearer ([\x21-\x7e]{1,8192})$/;
 
 /**
+ * `policy` may be a function: the policy in force at each call (a policy file read again on change).
  * `certificates` (a TLS port) makes the client certificate a credential; a bearer credential sent as
  * well must then name the same principal (one call, one identity: never the stronger of two).
  */
 export function callGuard(
   authenticators: readonly Authenticator[],
-  policy: Policy,
+  policy: Policy | (() => Policy),
   certificates?: CertificateAuthenticator,
 ): CallGuard {
+  const policyNow = typeof policy === "function" ? policy : () => policy;
   return async (path, authorization, peerCertificate) => {
     if (PUBLIC_PREFIXES.some((p) => path.startsWith(p))) return undefined;
     const certified = certificates && peerCertificate ? certificates.principalOf(peerCertificate) : undefined;
@@ -63,7 +65,7 @@ export function callGuard(
       );
     principal ??= certified;
     if (principal !== undefined && AUTHENTICATED_PREFIXES.some((p) => path.startsWith(p))) return principal;
-    authorize(policy, principal, path);
+    authorize(policyNow(), principal, path);
     return principal;
   };
 }

@@ -4,6 +4,7 @@
  */
 import { readFileSync, statSync } from "node:fs";
 import type { Config } from "../lib/config.js";
+import type { PolicyFile } from "../lib/grpc-policy-file.js";
 import type { Logger } from "../lib/log.js";
 import type { CallGuard } from "../lib/rpc.js";
 import { CertificateAuthenticator } from "./certificates.js";
@@ -23,6 +24,7 @@ import type { GrpcTls } from "./tls.js";
 /** How often the credential and the key file are looked at again for a change. */
 const CREDENTIAL_RECHECK_MS = 60_000;
 const KEY_FILE_RECHECK_MS = 5_000;
+const POLICY_FILE_RECHECK_MS = 5_000;
 
 /**
  * The guard of this process's gRPC server, or undefined when no authentication is configured; `tls`
@@ -31,6 +33,26 @@ const KEY_FILE_RECHECK_MS = 5_000;
 export async function grpcGuard(config: Config, log: Logger, tls?: GrpcTls): Promise<CallGuard | undefined> {
   const g = config.grpc;
   if (g.keyFile === "" && g.tokenAudience === "" && !tls) return undefined;
+  const configured = {
+    policy: policyOf(g.clients),
+    accounts: serviceAccounts(g.serviceAccounts),
+  };
+  // grpc.policyFile adds to what the configuration says, and is read again when it changes.
+  const fromFile =
+    g.policyFile === ""
+      ? undefined
+      : reloadingFile(g.policyFile, "grpc.policyFile", POLICY_FILE_RECHECK_MS, log, (text) =>
+          parsePolicyFile(text, g.policyFile),
+        );
+  const current = () => {
+    const file = fromFile?.();
+    return file
+      ? {
+          policy: { clients: new Map([...configured.policy.clients, ...file.policy.clients]) },
+          accounts: new Map([...configured.accounts, ...file.accounts]),
+        }
+      : configured;
+  };
   const authenticators: Authenticator[] = [];
   if (g.keyFile !== "") {
     const keys = reloadingFile(g.keyFile, "grpc.keyFile", KEY_FILE_RECHECK_MS, log, (text) =>
@@ -42,7 +64,7 @@ export async function grpcGuard(config: Config, log: Logger, tls?: GrpcTls): Pro
     const tokens = new ServiceAccountTokens({
       reviewer: await kubeTokenReviewer(),
       audience: g.tokenAudience,
-      accounts: serviceAccounts(g.serviceAccounts),
+      accounts: () => current().accounts,
     });
     authenticators.push(async (bearer) => {
       // Only what looks like a JWT goes to the API server: a static key never leaves the process.
@@ -51,7 +73,7 @@ export async function grpcGuard(config: Config, log: Logger, tls?: GrpcTls): Pro
     });
   }
   const certificates = tls && new CertificateAuthenticator(() => tls.directory.version);
-  return callGuard(authenticators, policyOf(g.clients), certificates);
+  return callGuard(authenticators, () => current().policy, certificates);
 }
 
 /** This process's credential for its calls to other roles (undefined: none configured). */
@@ -108,6 +130,32 @@ function serviceAccounts(entries: readonly string[]): Map<string, Principal> {
     out.set(m[1]!, m[2]);
   }
   return out;
+}
+
+/**
+ * The policy file's grants and ServiceAccounts (lib/grpc-policy-file.ts), checked like the
+ * configuration's: a client or account that is not one fails the whole file (the previous version
+ * stays in force), so a typo never opens or closes more than it says.
+ */
+export function parsePolicyFile(
+  text: string,
+  source: string,
+): { policy: Policy; accounts: Map<string, Principal> } {
+  let file: PolicyFile;
+  try {
+    file = JSON.parse(text) as PolicyFile;
+  } catch (err) {
+    throw new Error(`${source}: not JSON: ${(err as Error).message}`);
+  }
+  try {
+    const accounts = serviceAccounts(
+      Object.entries(file.serviceAccounts ?? {}).map(([account, principal]) => `${account}=${principal}`),
+    );
+    const policy = policyOf((file.clients ?? []).map((c) => `${c.name}=${(c.permissions ?? []).join("+")}`));
+    return { policy, accounts };
+  } catch (err) {
+    throw new Error(`${source}: ${(err as Error).message}`);
+  }
 }
 
 /** The clients' grants from `name=permission+permission` entries. */

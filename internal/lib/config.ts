@@ -110,6 +110,10 @@ export const schema = {
       "",
       "File holding this process's own credential for its calls to other roles (a key of the key file, or a projected ServiceAccount token); read again when it changes (looked at every 60 s). Empty: calls carry none.",
     ),
+    policyFile: str(
+      "",
+      'JSON policy file adding ServiceAccounts (`serviceAccounts`: {"namespace/name": principal}) and client grants (`clients`: [{name, permissions, sendAs, conversations}]) to grpc.serviceAccounts and grpc.clients; the operator renders it from the ChatCluster\'s spec.api.clients into a mounted ConfigMap. Read again when it changes (looked at every 5 s), so a new client needs no restart; a version that does not parse keeps the previous one in force. Empty: not used.',
+    ),
     allowUnauthenticated: bool(
       false,
       "Open the gRPC port without authentication (no grpc.keyFile, grpc.tokenAudience or grpc.tls.dir) outside dev mode: anyone who reaches it may call every method. Only where something else admits callers (a service mesh enforcing mTLS and authorization policies); warned about at start. Off, such a port stops the process at start unless it runs with --dev.",
