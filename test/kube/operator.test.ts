@@ -540,9 +540,9 @@ describe("operator against a real API server", () => {
       const objects = await ownedObjects("beta");
       expect(objects.length).toBeGreaterThanOrEqual(partial);
       expect(objects.map((o) => `${o.kind}/${o.name}`)).toContain("ConfigMap/beta-config");
-      // 1 ServiceAccount, 1 ConfigMap, 6 workloads, 5 Services, 6 NetworkPolicies, 4 budgets: the old
-      // presence Deployment is gone (pruned), the StatefulSet stands in its place.
-      expect(objects).toHaveLength(23);
+      // 6 ServiceAccounts, 2 ConfigMaps, 6 workloads, 5 Services, 6 NetworkPolicies, 4 budgets: the
+      // old presence Deployment is gone (pruned), the StatefulSet stands in its place.
+      expect(objects).toHaveLength(29);
       expect(objects.map((o) => `${o.kind}/${o.name}`)).not.toContain("Deployment/beta-presence");
       expect(objects.map((o) => `${o.kind}/${o.name}`)).toContain("StatefulSet/beta-presence");
       // The router Service was created again, headless.
