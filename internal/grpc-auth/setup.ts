@@ -44,14 +44,20 @@ export async function grpcGuard(config: Config, log: Logger, tls?: GrpcTls): Pro
       : reloadingFile(g.policyFile, "grpc.policyFile", POLICY_FILE_RECHECK_MS, log, (text) =>
           parsePolicyFile(text, g.policyFile),
         );
+  // Merged once per version of the file, not per call.
+  let merged: { file: ReturnType<typeof parsePolicyFile>; value: typeof configured } | undefined;
   const current = () => {
     const file = fromFile?.();
-    return file
-      ? {
+    if (!file) return configured;
+    if (merged?.file !== file)
+      merged = {
+        file,
+        value: {
           policy: { clients: new Map([...configured.policy.clients, ...file.policy.clients]) },
           accounts: new Map([...configured.accounts, ...file.accounts]),
-        }
-      : configured;
+        },
+      };
+    return merged.value;
   };
   const authenticators: Authenticator[] = [];
   if (g.keyFile !== "") {
