@@ -2,9 +2,11 @@
  * The principal of a client certificate (ADR 0007, mTLS): its URI SAN `switchboard://<identity>`, or,
  * without one, its subject CN; either must be a principal (role:<role>, operator, client:<name>).
  *
- * The TLS handshake already refused certificates of another CA, expired ones and none at all. This
- * check runs again on every call, against the CAs in force now, because an HTTP/2 connection outlives
- * both a rotation and a certificate's expiry: a client whose CA was revoked by a rotation, or whose
+ * The TLS handshake already refused certificates of another CA, expired ones and none at all (with
+ * optional client certificates it lets them through, but grpc-js hands over only a certificate the
+ * handshake verified, so such a certificate names no one). This check runs again on every call,
+ * against the CAs in force now, because an HTTP/2 connection outlives both a rotation and a
+ * certificate's expiry: a client whose CA was revoked by a rotation, or whose
  * certificate expired, is refused on a connection it opened before. Verdicts are cached per
  * certificate and CA version (a busy connection costs one signature check, not one per call).
  */
@@ -20,6 +22,8 @@ export interface TrustedCas {
 type Verdict = { principal: Principal } | { refusal: SwitchboardError };
 
 const URI_PREFIX = "switchboard://";
+/** id-kp-clientAuth. */
+const CLIENT_AUTH = "1.3.6.1.5.5.7.3.2";
 const CACHE_MAX = 1_000;
 
 /** Turns a peer certificate (DER) into its principal, or throws UNAUTHENTICATED with the reason. */
@@ -54,6 +58,14 @@ function verdictOf(leaf: X509Certificate, cas: readonly X509Certificate[]): Verd
       refusal: errors.unauthenticated(
         "CERTIFICATE_NOT_TRUSTED",
         "the client certificate is not signed by a CA the server trusts now (rotated out?)",
+      ),
+    };
+  // A certificate limited to other uses (server auth only, say) is no client credential.
+  if (leaf.keyUsage !== undefined && !leaf.keyUsage.includes(CLIENT_AUTH))
+    return {
+      refusal: errors.unauthenticated(
+        "CERTIFICATE_NOT_FOR_CLIENTS",
+        "the client certificate's extended key usage does not include client authentication",
       ),
     };
   if (Date.now() < Date.parse(leaf.validFrom))

@@ -3,8 +3,9 @@
  * (a mounted cert-manager Secret: tls.crt, tls.key, ca.crt), built on grpc-js's certificate-provider
  * credentials, which take the provider's newest version for every new connection:
  * - the server presents tls.crt and requires a client certificate signed by a CA of ca.crt (the
- *   handshake refuses none, another CA's, an expired one); the guard then takes the principal from it
- *   (certificates.ts) and checks it again on every call;
+ *   handshake refuses none, another CA's, an expired one; with grpc.tls.clientCertificate optional,
+ *   none is let through for bearer callers); the guard then takes the principal from it
+ *   (certificates.ts) and checks it on every call;
  * - the process's own calls present the same key pair (its certificate names its role:
  *   `switchboard://role:<role>`, usages server and client auth) and accept a server only if its
  *   certificate is signed by a CA of ca.crt and names the role being called. The identity is checked
@@ -37,14 +38,15 @@ export interface GrpcTls {
 
 /** mTLS from `grpc.tls.dir`, or undefined when it is empty. Throws if the directory is not whole. */
 export function grpcTls(config: Config, log: Logger): GrpcTls | undefined {
-  const { dir, refreshMs } = config.grpc.tls;
+  const { dir, refreshMs, clientCertificate } = config.grpc.tls;
   if (dir === "") return undefined;
   const directory = new TlsDirectory(dir, refreshMs, log);
-  // One provider for both the identity and the CAs: the two are always of the same version.
+  // One provider for both the identity and the CAs: the two are always of the same version. Optional
+  // client certificates are still requested (and then checked per call, certificates.ts).
   const serverCredentials = grpc.experimental.createCertificateProviderServerCredentials(
     directory,
     directory,
-    true,
+    clientCertificate === "require",
   );
   const channels = new Map<RoleName, RoleChannel>();
   return {

@@ -128,6 +128,11 @@ export const schema = {
         "How often grpc.tls.dir is read again for a new version (a version whose key does not match its certificate is ignored until it does).",
         100,
       ),
+      clientCertificate: oneOf(
+        ["require", "optional"] as const,
+        "require",
+        "Whether the TLS handshake requires a client certificate. require: a caller without one, or with one of another CA or expired, is refused at the handshake. optional: for a port that also serves bearer callers (in-cluster ServiceAccount tokens, keys) without certificates; a certificate the handshake cannot verify (another CA, expired, not for client auth) is no credential, a verified one is checked on every call all the same, and a call with neither credential is refused UNAUTHENTICATED.",
+      ),
     },
   },
   cluster: {

@@ -30,6 +30,8 @@ export interface CertificateOptions {
   cn?: string;
   /** Valid only in the past (expired a day ago). */
   expired?: boolean;
+  /** extendedKeyUsage (default: serverAuth,clientAuth). */
+  usages?: string;
 }
 
 const openssl = (args: string[], cwd: string) => execFileSync("openssl", args, { cwd, stdio: "pipe" });
@@ -99,7 +101,7 @@ export class TestPki {
         "[leaf]",
         "basicConstraints = CA:FALSE",
         "keyUsage = critical,digitalSignature",
-        "extendedKeyUsage = serverAuth,clientAuth",
+        `extendedKeyUsage = ${o.usages ?? "serverAuth,clientAuth"}`,
         `subjectAltName = ${sans.join(",")}`,
         "",
       ].join("\n"),

@@ -36,20 +36,21 @@ const routerKey = newKey("role:router");
 const gatewayKey = newKey("role:gateway");
 const keyFile = join(pki.dir, "grpc-keys");
 writeFileSync(keyFile, `${routerKey.line}\n${gatewayKey.line}\n`);
-const tlsConfig = (dir: string) =>
+const tlsConfig = (dir: string, clientCertificate: "require" | "optional" = "require") =>
   loadConfig(
     {},
     {
       "grpc.tls.dir": dir,
       "grpc.tls.refreshMs": "100",
+      "grpc.tls.clientCertificate": clientCertificate,
       "grpc.clients": "billing=publish",
       "grpc.keyFile": keyFile,
     },
   );
 
 /** A server of IdService and GatewayService with mTLS from `dir`; `seen` records who each handler ran for. */
-async function tlsServer(dir: string) {
-  const config = tlsConfig(dir);
+async function tlsServer(dir: string, clientCertificate: "require" | "optional" = "require") {
+  const config = tlsConfig(dir, clientCertificate);
   const tls = grpcTls(config, log)!;
   opened.push(tls);
   const running = await serveGrpc("127.0.0.1", 0, {
@@ -195,6 +196,36 @@ describe("mTLS gRPC port", () => {
     expect(
       await allocate(caller(s.address, caA, pki.issue(caA, { uri: "switchboard://role:gateway" }))),
     ).toBe("allowed");
+  });
+});
+
+describe("TLS with optional client certificates (a port bearer callers share)", () => {
+  const serverDir = pki.secretDir("server-optional", pki.issue(caA, { uri: "switchboard://role:id" }), [caA]);
+
+  it("admits a bearer without a certificate, and a good certificate without a bearer", async () => {
+    const s = await tlsServer(serverDir, "optional");
+    expect(await allocate(caller(s.address, caA, undefined, gatewayKey.key))).toBe("allowed");
+    expect(await allocate(caller(s.address, caA, pki.issue(caA, { uri: "switchboard://role:router" })))).toBe(
+      "allowed",
+    );
+    expect(s.seen).toEqual(["allocate by role:gateway", "allocate by role:router"]);
+  });
+
+  it("takes no unverifiable certificate as a credential: another CA's, expired, not for clients", async () => {
+    const s = await tlsServer(serverDir, "optional");
+    const gateway = { uri: "switchboard://role:gateway" };
+    expect(await allocate(caller(s.address, caA))).toBe("UNAUTHENTICATED UNAUTHENTICATED");
+    for (const unverifiable of [
+      pki.issue(caB, gateway),
+      pki.issue(caA, { ...gateway, expired: true }),
+      pki.issue(caA, { ...gateway, usages: "serverAuth" }),
+    ]) {
+      // The certificate names no one (the handshake could not verify it)...
+      expect(await allocate(caller(s.address, caA, unverifiable))).toBe("UNAUTHENTICATED UNAUTHENTICATED");
+      // ...so the call stands on its bearer alone.
+      expect(await allocate(caller(s.address, caA, unverifiable, routerKey.key))).toBe("allowed");
+    }
+    expect(s.seen).toEqual(["allocate by role:router", "allocate by role:router", "allocate by role:router"]);
   });
 });
 
