@@ -20,8 +20,10 @@ import { API_VERSION, type ChatCluster, KIND } from "./api/v1alpha1.js";
 import { EventRecorder } from "./controller/events.js";
 import { createGatewayClients } from "./controller/gateway-client.js";
 import { GoneRecordPublisher } from "./controller/gone-records.js";
+import type { AccountRef } from "./controller/grpc-identity.js";
 import { MANAGED_BY } from "./controller/names.js";
-import { ChatClusterReconciler } from "./controller/reconciler.js";
+import { OperatorTokens } from "./controller/operator-token.js";
+import { ChatClusterReconciler, DEFAULT_TOKEN_REVIEW_CLUSTER_ROLE } from "./controller/reconciler.js";
 import { KubeClient, type ListResult, resourcePath } from "./kube/client.js";
 import { createOperatorRuntimeMetrics, Informer, LeaderElector, WorkQueue } from "./runtime/index.js";
 
@@ -36,6 +38,13 @@ export interface OperatorOptions {
   workers: number;
   pollIntervalMs: number;
   log: Logger;
+  /**
+   * The operator's own ServiceAccount, whose tokens (TokenRequest, per cluster audience) authenticate
+   * its Drain and Stats calls as `operator`; without it they carry no credential (ADR 0007).
+   */
+  serviceAccount?: AccountRef | undefined;
+  /** The ClusterRole (`tokenreviews: create`) the serving components are bound to. */
+  tokenReviewClusterRole?: string | undefined;
 }
 
 export interface RunningOperator {
@@ -53,13 +62,22 @@ export async function startOperator(o: OperatorOptions): Promise<RunningOperator
   const metrics = createOperatorRuntimeMetrics(registry);
   const kube = new KubeClient(o.kubeConfig);
   const queue = new WorkQueue({ name: "chatcluster", metrics });
-  const gateways = createGatewayClients();
+  const tokens = o.serviceAccount && new OperatorTokens(kube, o.serviceAccount);
+  if (!tokens)
+    log.warn(
+      "no operator ServiceAccount (--service-account namespace/name): Drain and Stats carry no credential, and gateways refuse them",
+    );
+  const gateways = createGatewayClients(tokens && ((audience) => tokens.token(audience)));
   const gone = new GoneRecordPublisher(`switchboard-operator-${o.identity}`, log);
   const reconciler = new ChatClusterReconciler({
     kube,
     gateways,
     gone,
     events: new EventRecorder(kube, o.identity, log),
+    grpcIdentity: {
+      operatorAccount: o.serviceAccount,
+      tokenReviewClusterRole: o.tokenReviewClusterRole ?? DEFAULT_TOKEN_REVIEW_CLUSTER_ROLE,
+    },
     provision: (kafka, cassandra, cluster) =>
       inSpan("provision storage", { attributes: { "switchboard.topic_prefix": kafka.topicPrefix } }, () =>
         provisionDistributed({
@@ -189,6 +207,14 @@ function listen(server: Server, port: number, host: string): Promise<number> {
   });
 }
 
+/** `namespace/name` of a ServiceAccount flag; undefined when absent. */
+function accountRef(flag: string | undefined): AccountRef | undefined {
+  if (flag === undefined) return undefined;
+  const m = /^([a-z0-9-]+)\/([a-z0-9.-]+)$/.exec(flag);
+  if (!m) throw new Error(`--service-account ${flag}: expected namespace/name`);
+  return { namespace: m[1]!, name: m[2]! };
+}
+
 /** `switchboard operator [--http-port N] [--lease-namespace NS] [--workers N]` */
 export async function runOperator(argv: string[]): Promise<number> {
   const { values } = parseArgs({
@@ -200,6 +226,9 @@ export async function runOperator(argv: string[]): Promise<number> {
       "lease-name": { type: "string", default: "switchboard-operator" },
       workers: { type: "string", default: "2" },
       "poll-interval": { type: "string", default: "10s" },
+      // namespace/name; in a Pod, the chart passes its own (POD_NAMESPACE and its ServiceAccount).
+      "service-account": { type: "string" },
+      "token-review-cluster-role": { type: "string", default: DEFAULT_TOKEN_REVIEW_CLUSTER_ROLE },
     },
     strict: true,
   });
@@ -219,6 +248,8 @@ export async function runOperator(argv: string[]): Promise<number> {
     workers: Number(values.workers),
     pollIntervalMs: parseSeconds(values["poll-interval"]),
     log,
+    serviceAccount: accountRef(values["service-account"]),
+    tokenReviewClusterRole: values["token-review-cluster-role"],
   });
   process.stdout.write(
     `${JSON.stringify({ status: "started", service: "operator", identity, port: operator.port })}\n`,

@@ -25,8 +25,8 @@ export interface ServiceAccountTokensOptions {
   reviewer: Reviewer;
   /** The audience our tokens are bound to, e.g. `switchboard.dev/<cluster>`. */
   audience: string;
-  /** `<namespace>/<name>` of each ServiceAccount that is a principal. */
-  accounts: ReadonlyMap<string, Principal>;
+  /** `<namespace>/<name>` of each ServiceAccount that is a principal (a function: the mapping now). */
+  accounts: ReadonlyMap<string, Principal> | (() => ReadonlyMap<string, Principal>);
   cacheTtlMs?: number;
   cacheMax?: number;
   now?: () => number;
@@ -67,7 +67,8 @@ export class ServiceAccountTokens {
     // The API server answers for the audiences it checked; a token not bound to ours is no credential.
     if (review.audiences !== undefined && !review.audiences.includes(this.o.audience)) return undefined;
     const [namespace, name] = review.username.slice(SA_PREFIX.length).split(":");
-    return this.o.accounts.get(`${namespace}/${name}`);
+    const accounts = typeof this.o.accounts === "function" ? this.o.accounts() : this.o.accounts;
+    return accounts.get(`${namespace}/${name}`);
   }
 }
 

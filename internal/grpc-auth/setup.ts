@@ -6,8 +6,10 @@ import { readFileSync, statSync } from "node:fs";
 import { SYSTEM_SENDER } from "../conversations/conversations.js";
 import { isValidUserId } from "../lib/auth.js";
 import type { Config } from "../lib/config.js";
+import type { PolicyFile, PolicyFileClient } from "../lib/grpc-policy-file.js";
 import type { Logger } from "../lib/log.js";
 import type { CallGuard } from "../lib/rpc.js";
+import { CertificateAuthenticator } from "./certificates.js";
 import { type Authenticator, callGuard } from "./guard.js";
 import { KeyFile } from "./key-file.js";
 import {
@@ -21,15 +23,61 @@ import {
   type Principal,
 } from "./policy.js";
 import { kubeTokenReviewer, ServiceAccountTokens } from "./service-account-tokens.js";
+import type { GrpcTls } from "./tls.js";
 
 /** How often the credential and the key file are looked at again for a change. */
 const CREDENTIAL_RECHECK_MS = 60_000;
 const KEY_FILE_RECHECK_MS = 5_000;
+const POLICY_FILE_RECHECK_MS = 5_000;
 
-/** The guard of this process's gRPC server, or undefined when no authentication is configured. */
-export async function grpcGuard(config: Config, log: Logger): Promise<CallGuard | undefined> {
+/** Who the ServiceAccounts are and what clients may do, as in force now. */
+export interface GrpcPolicy {
+  policy: Policy;
+  accounts: Map<string, Principal>;
+}
+
+/**
+ * The configuration's grants and ServiceAccounts with grpc.policyFile's added (read again when it
+ * changes): what the guard admits methods by and the server API checks senders and conversations by.
+ */
+export function grpcPolicy(config: Config, log: Logger): () => GrpcPolicy {
   const g = config.grpc;
-  if (g.keyFile === "" && g.tokenAudience === "") return undefined;
+  const configured = { policy: policyOf(g.clients), accounts: serviceAccounts(g.serviceAccounts) };
+  const fromFile =
+    g.policyFile === ""
+      ? undefined
+      : reloadingFile(g.policyFile, "grpc.policyFile", POLICY_FILE_RECHECK_MS, log, (text) =>
+          parsePolicyFile(text, g.policyFile),
+        );
+  // Merged once per version of the file, not per call.
+  let merged: { file: GrpcPolicy; value: GrpcPolicy } | undefined;
+  return () => {
+    const file = fromFile?.();
+    if (!file) return configured;
+    if (merged?.file !== file)
+      merged = {
+        file,
+        value: {
+          policy: { clients: new Map([...configured.policy.clients, ...file.policy.clients]) },
+          accounts: new Map([...configured.accounts, ...file.accounts]),
+        },
+      };
+    return merged.value;
+  };
+}
+
+/**
+ * The guard of this process's gRPC server, or undefined when no authentication is configured; `tls`
+ * (grpc.tls.dir) makes client certificates credentials.
+ */
+export async function grpcGuard(
+  config: Config,
+  log: Logger,
+  tls?: GrpcTls,
+  current: () => GrpcPolicy = grpcPolicy(config, log),
+): Promise<CallGuard | undefined> {
+  const g = config.grpc;
+  if (g.keyFile === "" && g.tokenAudience === "" && !tls) return undefined;
   const authenticators: Authenticator[] = [];
   if (g.keyFile !== "") {
     const keys = reloadingFile(g.keyFile, "grpc.keyFile", KEY_FILE_RECHECK_MS, log, (text) =>
@@ -41,7 +89,7 @@ export async function grpcGuard(config: Config, log: Logger): Promise<CallGuard 
     const tokens = new ServiceAccountTokens({
       reviewer: await kubeTokenReviewer(),
       audience: g.tokenAudience,
-      accounts: serviceAccounts(g.serviceAccounts),
+      accounts: () => current().accounts,
     });
     authenticators.push(async (bearer) => {
       // Only what looks like a JWT goes to the API server: a static key never leaves the process.
@@ -49,7 +97,8 @@ export async function grpcGuard(config: Config, log: Logger): Promise<CallGuard 
       return tokens.verify(bearer);
     });
   }
-  return callGuard(authenticators, policyOf(g.clients));
+  const certificates = tls && new CertificateAuthenticator(() => tls.directory.version);
+  return callGuard(authenticators, () => current().policy, certificates);
 }
 
 /** This process's credential for its calls to other roles (undefined: none configured). */
@@ -106,6 +155,42 @@ function serviceAccounts(entries: readonly string[]): Map<string, Principal> {
     out.set(m[1]!, m[2]);
   }
   return out;
+}
+
+/** A policy-file client in the `grpc.clients` entry form, so that both are read by one parser. */
+function clientEntry(c: PolicyFileClient): string {
+  let entry = `${c.name}=${(c.permissions ?? []).join("+")}`;
+  if (c.sendAs && c.sendAs.length > 0) entry += `;sendAs=${[botIdentity(c.name), ...c.sendAs].join("|")}`;
+  if (c.conversations?.all) entry += ";conversations=all";
+  else if (c.conversations?.ids && c.conversations.ids.length > 0)
+    entry += `;conversations=${c.conversations.ids.join("|")}`;
+  return entry;
+}
+
+/**
+ * The policy file's grants and ServiceAccounts (lib/grpc-policy-file.ts), checked like the
+ * configuration's: a client or account that is not one fails the whole file (the previous version
+ * stays in force), so a typo never opens or closes more than it says.
+ */
+export function parsePolicyFile(
+  text: string,
+  source: string,
+): { policy: Policy; accounts: Map<string, Principal> } {
+  let file: PolicyFile;
+  try {
+    file = JSON.parse(text) as PolicyFile;
+  } catch (err) {
+    throw new Error(`${source}: not JSON: ${(err as Error).message}`);
+  }
+  try {
+    const accounts = serviceAccounts(
+      Object.entries(file.serviceAccounts ?? {}).map(([account, principal]) => `${account}=${principal}`),
+    );
+    const policy = policyOf((file.clients ?? []).map(clientEntry));
+    return { policy, accounts };
+  } catch (err) {
+    throw new Error(`${source}: ${(err as Error).message}`);
+  }
 }
 
 /**

@@ -110,6 +110,30 @@ export const schema = {
       "",
       "File holding this process's own credential for its calls to other roles (a key of the key file, or a projected ServiceAccount token); read again when it changes (looked at every 60 s). Empty: calls carry none.",
     ),
+    policyFile: str(
+      "",
+      'JSON policy file adding ServiceAccounts (`serviceAccounts`: {"namespace/name": principal}) and client grants (`clients`: [{name, permissions, sendAs, conversations}]) to grpc.serviceAccounts and grpc.clients; the operator renders it from the ChatCluster\'s spec.api.clients into a mounted ConfigMap. Read again when it changes (looked at every 5 s), so a new client needs no restart; a version that does not parse keeps the previous one in force. Empty: not used.',
+    ),
+    allowUnauthenticated: bool(
+      false,
+      "Open the gRPC port without authentication (no grpc.keyFile, grpc.tokenAudience or grpc.tls.dir) outside dev mode: anyone who reaches it may call every method. Only where something else admits callers (a service mesh enforcing mTLS and authorization policies); warned about at start. Off, such a port stops the process at start unless it runs with --dev.",
+    ),
+    tls: {
+      dir: str(
+        "",
+        "mTLS (docs/adr/0007): a directory in cert-manager's Secret layout, `tls.crt`, `tls.key`, `ca.crt` (a mounted Secret). The gRPC server then serves only TLS with tls.crt and requires a client certificate signed by a CA of ca.crt; the caller's principal is the certificate's URI SAN `switchboard://<principal>` (else its CN), authorized like a bearer credential (a bearer sent too must name the same principal). This process's own calls present the same key pair and accept only a server whose certificate ca.crt signs and whose URI SAN names the role called (`switchboard://role:<role>`). Re-read every grpc.tls.refreshMs: rotation needs no restart, and a client of a CA no longer in ca.crt, or whose certificate expired, is refused on open connections too. Empty: plaintext.",
+      ),
+      refreshMs: int(
+        10_000,
+        "How often grpc.tls.dir is read again for a new version (a version whose key does not match its certificate is ignored until it does).",
+        100,
+      ),
+      clientCertificate: oneOf(
+        ["require", "optional"] as const,
+        "require",
+        "Whether the TLS handshake requires a client certificate. require: a caller without one, or with one of another CA or expired, is refused at the handshake. optional: for a port that also serves bearer callers (in-cluster ServiceAccount tokens, keys) without certificates; a certificate the handshake cannot verify (another CA, expired, not for client auth) is no credential, a verified one is checked on every call all the same, and a call with neither credential is refused UNAUTHENTICATED.",
+      ),
+    },
   },
   cluster: {
     idTarget: str(
@@ -146,7 +170,7 @@ export const schema = {
     audience: str("", "Required `aud` claim (empty: not checked)."),
     devTokens: bool(
       false,
-      "Dev mode (`switchboard start --dev`, which `npm start` uses): serve GET /v1/dev/token?user=ID, a dev-secret token for any user to anyone who reaches the HTTP port (the demo page at / signs in with it). Honoured only without a JWKS URL and on a loopback address; never turn it on where others reach the port, e.g. behind a reverse proxy.",
+      "Dev mode (`switchboard start --dev`, which `npm start` uses): serve GET /v1/dev/token?user=ID, a dev-secret token for any user to anyone who reaches the HTTP port (the demo page at / signs in with it). Honoured only without a JWKS URL and on a loopback address; never turn it on where others reach the port, e.g. behind a reverse proxy. It also lets a gRPC port open without authentication (no grpc.keyFile, grpc.tokenAudience or grpc.tls.dir), which otherwise stops the process at start.",
     ),
     authTimeoutMs: int(5_000, "A connection that has not authenticated within this time is closed (3502)."),
     allowedOrigins: list(

@@ -264,9 +264,14 @@ interface ServerState {
 
 /**
  * Decides whether a call may run (ADR 0007, internal/grpc-auth): resolves to the caller's principal
- * or rejects with the refusal (UNAUTHENTICATED, PERMISSION_DENIED), before the handler runs.
+ * or rejects with the refusal (UNAUTHENTICATED, PERMISSION_DENIED), before the handler runs. It is
+ * given the call's `authorization` metadata and, on a TLS port, the client's certificate (DER).
  */
-export type CallGuard = (path: string, authorization: string | undefined) => Promise<string | undefined>;
+export type CallGuard = (
+  path: string,
+  authorization: string | undefined,
+  peerCertificate: Buffer | undefined,
+) => Promise<string | undefined>;
 
 /** grpc-js has no per-server hook for these, so the adapter keeps them beside each server. */
 const servers = new WeakMap<grpc.Server, ServerState>();
@@ -351,7 +356,11 @@ function beginCall(call: ServerCall, meter: MethodMeter | undefined) {
   const admit = async (guard: CallGuard | undefined, path: string) => {
     if (!guard) return;
     const authorization = call.metadata.get("authorization")[0];
-    principal = await guard(path, typeof authorization === "string" ? authorization : undefined);
+    principal = await guard(
+      path,
+      typeof authorization === "string" ? authorization : undefined,
+      call.getAuthContext().sslPeerCertificate?.raw,
+    );
   };
   return { ctx, end, scope, admit };
 }
@@ -504,6 +513,11 @@ export interface GrpcClientOptions {
   metrics?: GrpcMetrics;
   /** This process's credential, sent as `authorization: Bearer …` with every call (ADR 0007). */
   bearer?: () => string | undefined;
+  /**
+   * The TLS server name to send and hand to the credentials' identity check instead of the target's
+   * host (a Pod IP is no name; mTLS clients check the server's `switchboard://` identity instead).
+   */
+  serverName?: string;
 }
 
 /** Reads a response stream; an abandoned one (the caller stopped iterating) is cancelled. */
@@ -535,6 +549,7 @@ export function grpcClient<S extends DescService>(
   const raw = new Ctor(target, options.credentials ?? grpc.credentials.createInsecure(), {
     "grpc.max_receive_message_length": 4 * 1024 * 1024,
     "grpc.keepalive_time_ms": 30_000,
+    ...(options.serverName ? { "grpc.ssl_target_name_override": options.serverName } : {}),
     ...(options.spread
       ? { "grpc.service_config": SPREAD_SERVICE_CONFIG, "grpc.dns_min_time_between_resolutions_ms": 5_000 }
       : {}),

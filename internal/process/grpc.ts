@@ -24,6 +24,8 @@ export interface GrpcServerOptions {
   reflection: boolean;
   /** The process is ready: what the health service reports for the server and each service. */
   serving: () => boolean;
+  /** What the port binds with (mTLS: grpc-auth/tls.ts); plaintext without. */
+  credentials?: grpc.ServerCredentials | undefined;
 }
 
 /** Messages larger than this are refused (a Deliver request carries at most one 1 MiB frame). */
@@ -46,8 +48,11 @@ export async function serveGrpc(
     addService(server, ServerReflectionV1alpha, reflection);
   }
   const bound = await new Promise<number>((resolve, reject) =>
-    server.bindAsync(`${host}:${port}`, grpc.ServerCredentials.createInsecure(), (err, p) =>
-      err ? reject(new Error(`gRPC server: cannot bind ${host}:${port}: ${err.message}`)) : resolve(p),
+    server.bindAsync(
+      `${host}:${port}`,
+      options.credentials ?? grpc.ServerCredentials.createInsecure(),
+      (err, p) =>
+        err ? reject(new Error(`gRPC server: cannot bind ${host}:${port}: ${err.message}`)) : resolve(p),
     ),
   );
   return {

@@ -2,25 +2,43 @@
 import type { DescService } from "@bufbuild/protobuf";
 import { GatewayService } from "../../gen/switchboard/gateway/v1/gateway_pb.js";
 import { PresenceService } from "../../gen/switchboard/presence/v1/presence_pb.js";
+import { type RoleName as AuthRole, ROLE_NAMES } from "../grpc-auth/policy.js";
+import type { RoleChannel } from "../grpc-auth/tls.js";
 import type { Config } from "../lib/config.js";
 import type { GrpcMetrics } from "../lib/metrics.js";
-import { grpcClient, type ServiceClient } from "../lib/rpc.js";
+import { type GrpcClientOptions, grpcClient, type ServiceClient } from "../lib/rpc.js";
 import { shardedPresenceClient } from "../presence/shards.js";
 import type { GatewayClient } from "../router/gateway-link.js";
 
 export type PeerClient<S extends DescService> = ServiceClient<S> & { close(): void };
 
-/** What every client of another process gets: its metrics, and this process's credential (ADR 0007). */
+/**
+ * What every client of another process gets: its metrics, this process's credential, and with mTLS
+ * the credentials that present its certificate and check the server's role (ADR 0007).
+ */
 export interface PeerOptions {
   metrics: GrpcMetrics;
   bearer?: (() => string | undefined) | undefined;
+  tls?: ((role: AuthRole) => RoleChannel) | undefined;
 }
 
-const clientOptions = (o: PeerOptions, spread: boolean) => ({
-  spread,
-  metrics: o.metrics,
-  ...(o.bearer ? { bearer: o.bearer } : {}),
-});
+const clientOptions = (o: PeerOptions, spread: boolean, service: DescService): GrpcClientOptions => {
+  const tls = o.tls?.(roleServing(service));
+  return {
+    spread,
+    metrics: o.metrics,
+    ...(o.bearer ? { bearer: o.bearer } : {}),
+    ...(tls ? { credentials: tls.credentials, serverName: tls.serverName } : {}),
+  };
+};
+
+/** The role whose servers serve `service` (`switchboard.<role>.v1.…`): the identity mTLS expects. */
+export function roleServing(service: DescService): AuthRole {
+  const role = /^switchboard\.([a-z]+)\.v1\./.exec(service.typeName)?.[1];
+  if (!role || !(ROLE_NAMES as readonly string[]).includes(role))
+    throw new Error(`${service.typeName} is not served by a role (switchboard.<role>.v1.*)`);
+  return role as AuthRole;
+}
 
 /**
  * A client spreading calls over every replica behind `target` (see lib/rpc.ts grpcClient), counted
@@ -36,7 +54,7 @@ export function peerClient<S extends DescService>(
     throw new Error(
       `${setting} is required by this role: the gRPC target of the ${service.name} (e.g. dns:///name:port or ipv4:host:port,host:port)`,
     );
-  return grpcClient(service, target, clientOptions(options, true));
+  return grpcClient(service, target, clientOptions(options, true, service));
 }
 
 /** One client per presence shard, behind one PresenceService interface (presence/shards.ts). */
@@ -44,7 +62,9 @@ export function presencePeers(config: Config, options: PeerOptions): PeerClient<
   const targets = config.cluster.presenceTargets;
   if (targets.length === 0)
     throw new Error("cluster.presenceTargets is required by this role: one gRPC target per presence shard");
-  const shards = targets.map((t) => grpcClient(PresenceService, t, clientOptions(options, true)));
+  const shards = targets.map((t) =>
+    grpcClient(PresenceService, t, clientOptions(options, true, PresenceService)),
+  );
   const close = () => {
     for (const shard of shards) shard.close();
   };
@@ -53,13 +73,14 @@ export function presencePeers(config: Config, options: PeerOptions): PeerClient<
 
 /** How routers reach a gateway of another process: one plain channel to its advertised address. */
 export function gatewayDialer(options: PeerOptions): (address: string) => GatewayClient {
-  return (address) => grpcClient(GatewayService, address, clientOptions(options, false));
+  return (address) => grpcClient(GatewayService, address, clientOptions(options, false, GatewayService));
 }
 
-/** The PeerOptions of a role's clients: its metrics and its credential. */
+/** The PeerOptions of a role's clients: its metrics, its credential and its mTLS credentials. */
 export function peerOptions(ctx: {
   metrics: { grpc: GrpcMetrics };
   credential: (() => string | undefined) | undefined;
+  tls?: ((role: AuthRole) => RoleChannel) | undefined;
 }): PeerOptions {
-  return { metrics: ctx.metrics.grpc, bearer: ctx.credential };
+  return { metrics: ctx.metrics.grpc, bearer: ctx.credential, tls: ctx.tls };
 }

@@ -5,11 +5,13 @@
  */
 import type * as grpc from "@grpc/grpc-js";
 import type { Gateway } from "../gateway/index.js";
-import { grpcCredential, grpcGuard } from "../grpc-auth/setup.js";
+import type { RoleName as AuthRole, Policy } from "../grpc-auth/policy.js";
+import { grpcCredential, grpcGuard, grpcPolicy } from "../grpc-auth/setup.js";
+import { grpcTls, type RoleChannel } from "../grpc-auth/tls.js";
 import type { Config } from "../lib/config.js";
 import type { Logger } from "../lib/log.js";
 import { createMetrics, type Metrics } from "../lib/metrics.js";
-import { guardServer } from "../lib/rpc.js";
+import { type CallGuard, guardServer } from "../lib/rpc.js";
 import { startTracing } from "../lib/tracing.js";
 import { serveGrpc } from "./grpc.js";
 import { serveHttp } from "./http.js";
@@ -26,6 +28,10 @@ export interface RoleContext {
   readonly grpcPort: number;
   /** This process's credential for its gRPC calls to other roles (grpc.credentialFile), if any. */
   readonly credential: (() => string | undefined) | undefined;
+  /** What backend clients may do (grpc.clients and grpc.policyFile), as in force now. */
+  readonly policy: () => Policy;
+  /** The mTLS credentials of this process's gRPC calls to `role` (grpc.tls.dir), if any. */
+  readonly tls: ((role: AuthRole) => RoleChannel) | undefined;
   /** Closes `resource` when the process stops (in reverse order of registration); returns it. */
   own<T extends { close(): unknown }>(resource: T): T;
   /** A readiness condition: returns why the process is not ready, or undefined. */
@@ -63,6 +69,27 @@ export function servesGrpc(role: RoleName, config: Config): boolean {
   return true;
 }
 
+/**
+ * A gRPC port without authentication lets anyone who reaches it call every method (SendMessage as
+ * anyone, Deliver, Drain): only in dev mode (`--dev`, auth.devTokens) or when explicitly allowed
+ * (grpc.allowUnauthenticated), with a loud warning; otherwise the process does not start (ADR 0007).
+ */
+function admitUnauthenticatedPort(config: Config, log: Logger): void {
+  if (config.grpc.allowUnauthenticated) {
+    log.warn(
+      "gRPC port open WITHOUT AUTHENTICATION (grpc.allowUnauthenticated): anyone who reaches it may call every method; only safe where a mesh admits callers",
+    );
+    return;
+  }
+  if (!config.auth.devTokens)
+    throw new Error(
+      "the gRPC port has no authentication: set grpc.keyFile, grpc.tokenAudience or grpc.tls.dir (docs/adr/0007), or start with --dev for development only",
+    );
+  log.warn(
+    "DEV MODE: gRPC port open WITHOUT AUTHENTICATION: anyone who reaches it may call every method (SendMessage as anyone, Deliver, Drain); never use --dev in production",
+  );
+}
+
 const RETRY_DELAY_MIN_MS = 200;
 const RETRY_DELAY_MAX_MS = 5_000;
 
@@ -72,9 +99,21 @@ export async function runProcess(
   log: Logger,
   start: RoleStarter,
 ): Promise<RunningProcess> {
+  // The gRPC credentials first: a process that may not or cannot authenticate its port (or its calls)
+  // stops before it opens anything.
+  const policies = grpcPolicy(config, log);
+  const tls = grpcTls(config, log);
+  let guard: CallGuard | undefined;
+  try {
+    guard = servesGrpc(role, config) ? await grpcGuard(config, log, tls, policies) : undefined;
+    if (servesGrpc(role, config) && !guard) admitUnauthenticatedPort(config, log);
+  } catch (err) {
+    tls?.close();
+    throw err;
+  }
   const metrics = createMetrics();
   const tracer = await startTracing(config, role, log);
-  const owned: Array<{ close(): unknown }> = [];
+  const owned: Array<{ close(): unknown }> = tls ? [tls] : [];
   const checks: Array<() => string | undefined> = [];
   let phase: "starting" | "ready" | "stopping" = "starting";
   let waitingFor: string | undefined;
@@ -103,17 +142,10 @@ export async function runProcess(
         metrics: metrics.grpc,
         reflection: config.grpc.reflection,
         serving: () => notReady() === undefined,
+        credentials: tls?.serverCredentials,
       })
     : undefined;
-  if (grpcServer) {
-    const guard = await grpcGuard(config, log);
-    if (guard) guardServer(grpcServer.server, guard);
-    else
-      log.warn(
-        "gRPC port open without authentication: anyone who reaches it may call every method (set grpc.keyFile or grpc.tokenAudience; docs/adr/0007)",
-        { grpcPort: grpcServer.port },
-      );
-  }
+  if (grpcServer && guard) guardServer(grpcServer.server, guard);
 
   const close = () =>
     (closing ??= (async () => {
@@ -140,6 +172,8 @@ export async function runProcess(
     grpc: grpcServer?.server,
     grpcPort: grpcServer?.port ?? 0,
     credential: grpcCredential(config, log),
+    policy: () => policies().policy,
+    tls: tls && ((peer) => tls.channelTo(peer)),
     own: (resource) => {
       owned.push(resource);
       return resource;

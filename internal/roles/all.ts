@@ -13,7 +13,6 @@ import { RouterService } from "../../gen/switchboard/router/v1/router_pb.js";
 import { chatServiceImpl } from "../api/index.js";
 import { Gateway } from "../gateway/index.js";
 import { inProcessCaller } from "../grpc-auth/policy.js";
-import { policyOf } from "../grpc-auth/setup.js";
 import { createIdService } from "../id/index.js";
 import { createVerifier } from "../lib/auth.js";
 import { addService, inProcessClient, type ServiceClient } from "../lib/rpc.js";
@@ -99,7 +98,6 @@ export const startAll: RoleStarter = async (ctx) => {
     addService(ctx.grpc, PresenceService, presenceImpl);
     addService(ctx.grpc, PushService, pushImpl);
     addService(ctx.grpc, GatewayService, gatewayImpl);
-    const policy = policyOf(config.grpc.clients);
     addService(
       ctx.grpc,
       ChatService,
@@ -111,7 +109,7 @@ export const startAll: RoleStarter = async (ctx) => {
         router,
         presence: inProcessClient(PresenceService, presenceImpl, asRouter),
         push: inProcessClient(PushService, pushImpl, asRouter),
-        policy: () => policy,
+        policy: ctx.policy,
         pageSizeMax: config.sync.pageSizeMax,
       }),
     );

@@ -9,7 +9,6 @@ import { IdService } from "../../gen/switchboard/id/v1/id_pb.js";
 import { PushService } from "../../gen/switchboard/push/v1/push_pb.js";
 import { RouterService } from "../../gen/switchboard/router/v1/router_pb.js";
 import { chatServiceImpl } from "../api/index.js";
-import { policyOf } from "../grpc-auth/setup.js";
 import { addService } from "../lib/rpc.js";
 import { openDistributed } from "../process/backends.js";
 import { gatewayDialer, peerClient, peerOptions, presencePeers } from "../process/peers.js";
@@ -55,7 +54,6 @@ export const startRouter: RoleStarter = async (ctx) => {
     RouterService,
     routerServiceImpl(router, convs, backends.messages, config.sync.pageSizeMax),
   );
-  const policy = policyOf(config.grpc.clients);
   addService(
     ctx.grpc!,
     ChatService,
@@ -67,7 +65,7 @@ export const startRouter: RoleStarter = async (ctx) => {
       router,
       presence,
       push,
-      policy: () => policy,
+      policy: ctx.policy,
       pageSizeMax: config.sync.pageSizeMax,
     }),
   );

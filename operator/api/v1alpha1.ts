@@ -115,6 +115,27 @@ export interface ObservabilitySpec {
   otlp?: { endpoint: string };
 }
 
+/**
+ * A backend caller of the gRPC API (ADR 0007): how it authenticates (a ServiceAccount's projected
+ * token, or a client certificate whose URI SAN is `switchboard://client:<name>`) and what it may do.
+ */
+export interface ApiClient {
+  /** Its principal is `client:<name>`. */
+  name: string;
+  serviceAccount?: { namespace: string; name: string };
+  certificate?: { uri: string };
+  /** Permission names (internal/grpc-auth/policy.ts PERMISSIONS; the CRD's enum lists them). */
+  permissions: string[];
+  /** Senders it may publish as besides itself. */
+  sendAs?: string[];
+  /** The conversations it may publish into or read: all, these, or (neither) those it is a member of. */
+  conversations?: { all?: boolean; ids?: string[] };
+}
+
+export interface ApiSpec {
+  clients: ApiClient[];
+}
+
 export interface ChatClusterSpec {
   image: string;
   version: string;
@@ -131,6 +152,11 @@ export interface ChatClusterSpec {
   cassandra: CassandraSpec;
   auth: AuthSpec;
   observability: ObservabilitySpec;
+  /**
+   * The gRPC API's backend clients. Defaulted ({clients: []}) by the CRD; absent only under a CRD older
+   * than the operator, read as no clients.
+   */
+  api?: ApiSpec;
 }
 
 export interface ComponentStatus {

@@ -6,8 +6,18 @@
 import { createHash } from "node:crypto";
 import type { V1ConfigMap } from "@kubernetes/client-node";
 import { envName } from "../../internal/lib/config.js";
+import { POLICY_FILE_NAME } from "../../internal/lib/grpc-policy-file.js";
 import type { ChatCluster } from "../api/v1alpha1.js";
-import { configMapName, GRPC_PORT, grpcTarget, HTTP_PORT, ownedMeta, presenceShardTargets } from "./names.js";
+import { GRPC_POLICY_DIR } from "./grpc-identity.js";
+import {
+  configMapName,
+  GRPC_PORT,
+  grpcTarget,
+  HTTP_PORT,
+  ownedMeta,
+  presenceShardTargets,
+  tokenAudience,
+} from "./names.js";
 
 /**
  * SWITCHBOARD_* values for a cluster. Secrets stay out: credentials reach the containers as env
@@ -36,6 +46,10 @@ export function clusterEnv(cluster: ChatCluster): Record<string, string> {
   set("auth.issuer", s.auth.issuer);
   set("auth.audience", s.auth.audience);
   set("auth.devTokens", false);
+  // gRPC callers are the cluster's ServiceAccounts, verified by TokenReview, and mapped to principals
+  // by the policy file (grpc-identity.ts); the calling components send their projected token.
+  set("grpc.tokenAudience", tokenAudience(cluster));
+  set("grpc.policyFile", `${GRPC_POLICY_DIR}/${POLICY_FILE_NAME}`);
   // A gateway Pod being replaced (rolling update, node drain) moves its clients before it stops,
   // spread like a scale-down drain; its terminationGracePeriodSeconds leaves room for it.
   set("gateway.shutdownDrainMs", Math.min(10_000, (s.gateway.autoscaling.drainTimeoutSeconds * 1000) / 2));

@@ -8,13 +8,9 @@
 import type { KubernetesObject } from "@kubernetes/client-node";
 import { type ChatCluster, COMPONENTS } from "../api/v1alpha1.js";
 import { configHash, desiredConfigMap } from "./config.js";
+import { type AccountRef, desiredGrpcPolicyConfigMap, desiredRoleServiceAccounts } from "./grpc-identity.js";
 import { desiredPodMonitor, wantsPodMonitor } from "./monitoring.js";
-import {
-  desiredNetworkPolicy,
-  desiredPodDisruptionBudget,
-  desiredService,
-  desiredServiceAccount,
-} from "./network.js";
+import { desiredNetworkPolicy, desiredPodDisruptionBudget, desiredService } from "./network.js";
 import { desiredDeployment, desiredStatefulSet, isStateful } from "./workloads.js";
 
 /** What the desired objects depend on besides the spec, read from the cluster by the reconciler. */
@@ -25,6 +21,8 @@ export interface DesiredInputs {
   kafkaTlsKeys?: readonly string[];
   /** The API server serves monitoring.coreos.com/v1 PodMonitors (the Prometheus Operator's CRDs). */
   podMonitorServed?: boolean;
+  /** The operator's own ServiceAccount: its token is the `operator` principal (Drain, Stats). */
+  operatorAccount?: AccountRef | undefined;
 }
 
 /**
@@ -47,7 +45,11 @@ export function desiredObjects(cluster: ChatCluster, inputs: DesiredInputs): Kub
     configHash: configHash({ ...(config.data ?? {}), authSecret: cluster.spec.auth.secretRef?.name ?? "" }),
     kafkaTlsKeys: inputs.kafkaTlsKeys ?? [],
   };
-  const objects: KubernetesObject[] = [desiredServiceAccount(cluster), config];
+  const objects: KubernetesObject[] = [
+    ...desiredRoleServiceAccounts(cluster),
+    config,
+    desiredGrpcPolicyConfigMap(cluster, inputs.operatorAccount),
+  ];
   for (const component of COMPONENTS) {
     const replicas = component === "gateway" ? inputs.gatewayReplicas : cluster.spec[component].replicas;
     objects.push(

@@ -30,6 +30,7 @@ import {
   GRPC_PORT,
   selectorLabels,
   selectorString,
+  tokenAudience,
 } from "./names.js";
 
 /** Cost put on drained gateways: below the default 0 of every other Pod, so they go first. */
@@ -89,7 +90,7 @@ export async function reconcileGateways(
       const name = pod.metadata?.name ?? "";
       const draining = pod.metadata?.annotations?.[DRAIN_STARTED_ANNOTATION] !== undefined;
       try {
-        const stats = await deps.gateways.stats(`${pod.status?.podIP}:${GRPC_PORT}`);
+        const stats = await deps.gateways.stats(`${pod.status?.podIP}:${GRPC_PORT}`, tokenAudience(cluster));
         const known = memory.epochs.get(name);
         // Same Pod, new process: the sessions of the previous one are gone.
         if (known !== undefined && stats.epoch > known) await publishGone(name, known);
@@ -214,7 +215,7 @@ export async function reconcileGateways(
         },
       );
       try {
-        await deps.gateways.drain(`${pod?.status?.podIP}:${GRPC_PORT}`, windowMs);
+        await deps.gateways.drain(`${pod?.status?.podIP}:${GRPC_PORT}`, windowMs, tokenAudience(cluster));
       } catch (err) {
         deps.log.warn("drain call failed; the pod is removed after the drain timeout", { pod: name, err });
       }

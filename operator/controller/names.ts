@@ -50,7 +50,16 @@ export function presenceShardTargets(cluster: ChatCluster): string[] {
 }
 
 export const configMapName = (cluster: ChatCluster) => `${cluster.metadata.name}-config`;
-export const serviceAccountName = (cluster: ChatCluster) => `${cluster.metadata.name}-switchboard`;
+/** Each component's own ServiceAccount (ADR 0007): its principal is `role:<component>`. */
+export const roleServiceAccountName = (cluster: ChatCluster, component: ComponentName) =>
+  `${cluster.metadata.name}-${component}`;
+/** The ConfigMap of the gRPC policy file (grpc.policyFile): outside the config hash, read on change. */
+export const grpcPolicyConfigMapName = (cluster: ChatCluster) => `${cluster.metadata.name}-grpc-policy`;
+/** The audience the cluster's gRPC ServiceAccount tokens are bound to. */
+export const tokenAudience = (cluster: ChatCluster) => `switchboard.dev/${cluster.metadata.name}`;
+/** The components whose code calls other components over gRPC (the others need no token of their own). */
+export const callsGrpc = (component: ComponentName): boolean =>
+  component === "gateway" || component === "router" || component === "presence";
 
 /** Labels on every owned object; the selector labels are the subset that never changes. */
 export function labels(cluster: ChatCluster, component?: ComponentName): Record<string, string> {

@@ -1,30 +1,7 @@
-/** Services, NetworkPolicies, PodDisruptionBudgets and the ServiceAccount of a ChatCluster. */
-import type {
-  V1NetworkPolicy,
-  V1PodDisruptionBudget,
-  V1Service,
-  V1ServiceAccount,
-} from "@kubernetes/client-node";
+/** Services, NetworkPolicies and PodDisruptionBudgets of a ChatCluster. */
+import type { V1NetworkPolicy, V1PodDisruptionBudget, V1Service } from "@kubernetes/client-node";
 import type { ChatCluster, ComponentName } from "../api/v1alpha1.js";
-import {
-  componentName,
-  GRPC_PORT,
-  HTTP_PORT,
-  ownedMeta,
-  selectorLabels,
-  servesGrpc,
-  serviceAccountName,
-} from "./names.js";
-
-export function desiredServiceAccount(cluster: ChatCluster): V1ServiceAccount {
-  return {
-    apiVersion: "v1",
-    kind: "ServiceAccount",
-    metadata: ownedMeta(cluster, serviceAccountName(cluster)),
-    // The services never call the Kubernetes API.
-    automountServiceAccountToken: false,
-  };
-}
+import { componentName, GRPC_PORT, HTTP_PORT, ownedMeta, selectorLabels, servesGrpc } from "./names.js";
 
 /**
  * The Service of a component that serves gRPC (the sequencer serves none, and nothing dials it: no

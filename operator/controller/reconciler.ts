@@ -2,12 +2,14 @@
  * The ChatCluster reconciler: level-based and idempotent. Each call reads the ChatCluster and what it
  * owns and moves the cluster one step toward the spec:
  *
- *   deletion?  → write gateway-gone records for its gateways, drop the finalizer (owner references
+ *   deletion?  → write gateway-gone records for its gateways, delete its token-review
+ *                ClusterRoleBinding (cluster-scoped: no owner), drop the finalizer (owner references
  *                let the garbage collector remove everything else; Kafka and Cassandra data stay).
  *   finalizer  → added first, so a deletion always runs the cleanup.
  *   provision  → the Kafka topics and Cassandra schema, once per generation (idempotent).
  *   gateways   → live counts, gateway-gone records, autoscaling with drain (gateways.ts).
- *   apply      → every desired object by server-side apply (one field manager), then prune owned
+ *   apply      → the token-review ClusterRoleBinding of its ServiceAccounts (ADR 0007), then
+ *                every desired object by server-side apply (one field manager), then prune owned
  *                objects that are no longer desired. The PodMonitor the spec may ask for is
  *                desired only where the API server serves the kind (discovery, every reconcile).
  *   status     → components, gateways, conditions with observedGeneration, by server-side apply to
@@ -33,6 +35,7 @@ import type { EventRecorder } from "./events.js";
 import type { GatewayClients } from "./gateway-client.js";
 import { type GatewayMemory, type GatewayStep, reconcileGateways } from "./gateways.js";
 import type { GoneRecordPublisher, KafkaTarget } from "./gone-records.js";
+import { type AccountRef, desiredTokenReviewBinding, tokenReviewBindingName } from "./grpc-identity.js";
 import {
   POD_MONITOR_GROUP_VERSION,
   POD_MONITOR_KIND,
@@ -57,7 +60,15 @@ export interface ReconcilerDeps {
   now?: () => number;
   /** Live gateway counts are polled this often while autoscaling (default 10 s). */
   pollIntervalMs?: number;
+  /**
+   * The operator's own ServiceAccount (the `operator` principal of the roles' policy), and the
+   * ClusterRole (`tokenreviews: create`) the serving components are bound to (ADR 0007).
+   */
+  grpcIdentity?: { operatorAccount?: AccountRef | undefined; tokenReviewClusterRole: string };
 }
+
+/** The chart's token-review ClusterRole when the operator is not told another. */
+export const DEFAULT_TOKEN_REVIEW_CLUSTER_ROLE = "switchboard-tokenreview";
 
 /** Requeue while anything is still converging, so status catches up without waiting for an event. */
 const CONVERGING_REQUEUE_MS = 5_000;
@@ -137,10 +148,18 @@ export class ChatClusterReconciler {
         );
         // Asked every time: the Prometheus Operator's CRDs may come and go while the operator runs.
         const podMonitorServed = await kube.serves(POD_MONITOR_GROUP_VERSION, POD_MONITOR_PLURAL);
+        // Before the Pods: a serving component verifies tokens from its first call.
+        await kube.apply(
+          desiredTokenReviewBinding(
+            cluster,
+            this.deps.grpcIdentity?.tokenReviewClusterRole ?? DEFAULT_TOKEN_REVIEW_CLUSTER_ROLE,
+          ),
+        );
         const desired = desiredObjects(cluster, {
           gatewayReplicas: step.replicas,
           kafkaTlsKeys: kafkaTlsKeys(kafka),
           podMonitorServed,
+          operatorAccount: this.deps.grpcIdentity?.operatorAccount,
         });
         for (const obj of desired) {
           const applied = await this.applyOwned(obj);
@@ -256,6 +275,12 @@ export class ChatClusterReconciler {
       const epoch = Math.max(memory.epochs.get(g.pod) ?? 0, this.now());
       await this.deps.gone.publish(kafka, g.pod, epoch);
     }
+    // Cluster-scoped, so not owned by the ChatCluster: the garbage collector would not remove it.
+    await this.deps.kube.delete({
+      apiVersion: "rbac.authorization.k8s.io/v1",
+      kind: "ClusterRoleBinding",
+      name: tokenReviewBindingName(cluster),
+    });
     await this.deps.kube.jsonPatch(refOf(cluster), [
       { op: "test", path: `/metadata/finalizers/${index}`, value: FINALIZER },
       { op: "remove", path: `/metadata/finalizers/${index}` },

@@ -16,6 +16,7 @@ import type {
 } from "@kubernetes/client-node";
 import { envName } from "../../internal/lib/config.js";
 import type { ChatCluster, ComponentName, ComponentSpec } from "../api/v1alpha1.js";
+import { grpcIdentityPod } from "./grpc-identity.js";
 import {
   CONFIG_HASH_ANNOTATION,
   componentName,
@@ -24,9 +25,9 @@ import {
   HTTP_PORT,
   labels,
   ownedMeta,
+  roleServiceAccountName,
   selectorLabels,
   servesGrpc,
-  serviceAccountName,
   usesStorage,
 } from "./names.js";
 import { KAFKA_TLS_FILES } from "./storage.js";
@@ -141,6 +142,9 @@ function container(
   if (cluster.spec.auth.secretRef) mounts.push({ name: "auth", mountPath: AUTH_DIR, readOnly: true });
   if (mountsKafkaTls(cluster, component))
     mounts.push({ name: "kafka-tls", mountPath: KAFKA_TLS_DIR, readOnly: true });
+  const identity = grpcIdentityPod(cluster, component);
+  env.push(...identity.env);
+  mounts.push(...identity.mounts);
   return {
     name: component,
     image: `${cluster.spec.image}:${cluster.spec.version}`,
@@ -179,6 +183,7 @@ function podTemplate(
   const kafkaTls = cluster.spec.kafka.tls?.secretRef;
   if (kafkaTls && mountsKafkaTls(cluster, component))
     volumes.push({ name: "kafka-tls", secret: { secretName: kafkaTls.name } });
+  volumes.push(...grpcIdentityPod(cluster, component).volumes);
   const sched = spec.scheduling ?? {};
   return {
     metadata: {
@@ -186,7 +191,8 @@ function podTemplate(
       annotations: { [CONFIG_HASH_ANNOTATION]: inputs.configHash },
     },
     spec: {
-      serviceAccountName: serviceAccountName(cluster),
+      // Its own ServiceAccount (its gRPC principal); its tokens come only through projected volumes.
+      serviceAccountName: roleServiceAccountName(cluster, component),
       automountServiceAccountToken: false,
       securityContext: { ...RESTRICTED_POD_SECURITY, seccompProfile: { type: "RuntimeDefault" } },
       containers: [container(cluster, component, spec, inputs)],

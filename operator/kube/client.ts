@@ -59,6 +59,7 @@ const RESOURCES: Record<string, string> = {
   ServiceAccount: "serviceaccounts",
   StatefulSet: "statefulsets",
   ChatCluster: "chatclusters",
+  ClusterRoleBinding: "clusterrolebindings",
 };
 
 /** /api/v1/namespaces/ns/pods, /apis/apps/v1/namespaces/ns/deployments/name, … */

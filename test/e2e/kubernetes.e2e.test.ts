@@ -62,6 +62,15 @@ let tokenDir: string;
 
 const kubectl = (args: string[], input?: string) => kubectlWith(tools, args, input);
 
+/** `host:port` of the test API server, from the kubeconfig. */
+function apiServerHost(): string {
+  const kc = new KubeConfig();
+  kc.loadFromFile(tools.KUBECONFIG);
+  const server = kc.getCurrentCluster()?.server;
+  if (!server) throw new Error(`no server in ${tools.KUBECONFIG}`);
+  return new URL(server).host;
+}
+
 async function startAgent(dns: string): Promise<void> {
   const child = spawn(
     process.execPath,
@@ -80,6 +89,9 @@ async function startAgent(dns: string): Promise<void> {
       stateDir,
       "--image",
       `switchboard=${process.execPath} ${join(root, "dist/cmd/switchboard.js")}`,
+      // The Pods review gRPC callers' tokens with the API server (ADR 0007): its real address.
+      "--api-server",
+      apiServerHost(),
     ],
     { stdio: ["ignore", "pipe", "pipe"] },
   );

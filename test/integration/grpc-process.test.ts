@@ -5,10 +5,13 @@
  * the grpc_server_* metrics on /metrics.
  */
 import { type ChildProcess, spawn } from "node:child_process";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { Health, HealthCheckResponse_ServingStatus as Serving } from "../../gen/grpc/health/v1/health_pb.js";
 import { ServerReflection } from "../../gen/grpc/reflection/v1/reflection_pb.js";
 import { IdService } from "../../gen/switchboard/id/v1/id_pb.js";
+import { newKey } from "../../internal/grpc-auth/key-file.js";
 import { Code } from "../../internal/lib/errors.js";
 import { grpcClient } from "../../internal/lib/rpc.js";
 import { freePort, listeningPorts } from "../helpers/grpc.js";
@@ -19,8 +22,9 @@ afterEach(async () => {
   for (const c of cleanup.splice(0).reverse()) await c();
 });
 
+/** A process in dev mode: its gRPC port needs no credentials (what these tests are not about). */
 async function start(options: Parameters<typeof startServer>[0]): Promise<ServerProcess> {
-  const server = await startServer(options);
+  const server = await startServer({ ...options, args: [...(options?.args ?? []), "--dev"] });
   cleanup.push(() => server.dispose());
   return server;
 }
@@ -48,6 +52,23 @@ describe("gRPC port", () => {
 
     const enabled = await start({ env: { SWITCHBOARD_GRPC_ENABLED: "true" } });
     expect(enabled.grpcPort).toBeGreaterThan(0);
+  });
+
+  it("does not open a gRPC port without authentication outside dev mode (ADR 0007)", async () => {
+    await expect(startServer({ args: ["--role", "id"] })).rejects.toThrow(
+      /the gRPC port has no authentication: set grpc.keyFile, grpc.tokenAudience or grpc.tls.dir/,
+    );
+    await expect(startServer({ args: ["--grpc-port", "0"] })).rejects.toThrow(/no authentication/);
+    // With a key file it needs no dev mode.
+    const dir = tempDir();
+    cleanup.push(() => dir.remove());
+    writeFileSync(join(dir.path, "keys"), `${newKey("role:gateway").line}\n`);
+    const id = await startServer({
+      args: ["--role", "id"],
+      env: { SWITCHBOARD_GRPC_KEY_FILE: join(dir.path, "keys") },
+    });
+    cleanup.push(() => id.dispose());
+    expect(id.grpcPort).toBeGreaterThan(0);
   });
 
   it("a split role always serves gRPC, with the health service", async () => {
@@ -88,7 +109,7 @@ describe("health", () => {
     // A push process whose Kafka and Cassandra do not answer: it waits for them, alive but not ready.
     const child: ChildProcess = spawn(
       process.execPath,
-      [cliPath, "start", "--role", "push", "--backend", "distributed", "--port", String(http)],
+      [cliPath, "start", "--role", "push", "--backend", "distributed", "--port", String(http), "--dev"],
       {
         env: {
           ...process.env,

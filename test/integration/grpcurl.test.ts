@@ -14,8 +14,11 @@ let id: ServerProcess;
 
 beforeAll(async () => {
   bin = await grpcurlPath();
-  all = await startServer({ args: ["--grpc-port", "0"], env: { SWITCHBOARD_GRPC_REFLECTION: "true" } });
-  id = await startServer({ args: ["--role", "id"] });
+  all = await startServer({
+    args: ["--grpc-port", "0", "--dev"],
+    env: { SWITCHBOARD_GRPC_REFLECTION: "true" },
+  });
+  id = await startServer({ args: ["--role", "id", "--dev"] });
   // The first run builds grpcurl (a minute or two on 2 cores, longer while other tests run).
 }, 900_000);
 afterAll(async () => {

@@ -19,7 +19,7 @@ beforeAll(async () => {
   const env = await ensureServer("prometheus");
   promtool = env.PROMTOOL!;
   // With gRPC on, so that the grpc_server_* series are checked too.
-  server = await startServer({ args: ["--grpc-port", "0"] });
+  server = await startServer({ args: ["--grpc-port", "0", "--dev"] });
 });
 afterAll(async () => {
   await server?.dispose();

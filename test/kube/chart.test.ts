@@ -28,6 +28,7 @@ interface PolicyRule {
   apiGroups: string[];
   resources: string[];
   verbs: string[];
+  resourceNames?: string[];
 }
 
 /** kubectl against the test plane, returning the exit code and output (the caller asserts). */
@@ -109,11 +110,14 @@ describe("charts/switchboard-operator", () => {
     const kinds = (await objects(rendered)).map((o) => o.kind).sort();
     expect(kinds).toEqual([
       "ClusterRole",
+      "ClusterRole",
       "ClusterRoleBinding",
       "CustomResourceDefinition",
       "Deployment",
       "PodDisruptionBudget",
       "Role",
+      "Role",
+      "RoleBinding",
       "RoleBinding",
       "Service",
       "ServiceAccount",
@@ -152,9 +156,12 @@ describe("charts/switchboard-operator", () => {
     const customObjs = await objects(custom);
     expect(customObjs.map((o) => o.kind).sort()).toEqual([
       "ClusterRole",
+      "ClusterRole",
       "ClusterRoleBinding",
       "Deployment",
       "Role",
+      "Role",
+      "RoleBinding",
       "RoleBinding",
       "ServiceAccount",
     ]);
@@ -182,6 +189,11 @@ describe("charts/switchboard-operator", () => {
       "10s",
       "--lease-name",
       FULLNAME,
+      // Its gRPC identity toward gateways, and the role the ChatClusters' serving Pods are bound to.
+      "--service-account",
+      `$(POD_NAMESPACE)/${FULLNAME}`,
+      "--token-review-cluster-role",
+      `${FULLNAME}-tokenreview`,
     ]);
     expect(c.env).toEqual([
       { name: "POD_NAME", valueFrom: { fieldRef: { fieldPath: "metadata.name" } } },
@@ -243,7 +255,12 @@ describe("charts/switchboard-operator", () => {
 
   it("grants least privilege: exactly these rules, no wildcard, Secrets read-only", async () => {
     const objs = await objects(await render("--show-only", "templates/rbac.yaml"));
-    const clusterRole = only(objs, "ClusterRole") as K8sObject & { rules: PolicyRule[] };
+    const byName = (kind: string, name: string) => {
+      const found = objs.filter((o) => o.kind === kind && o.metadata.name === name);
+      expect(found).toHaveLength(1);
+      return found[0] as K8sObject & { rules: PolicyRule[] };
+    };
+    const clusterRole = byName("ClusterRole", FULLNAME);
     const all = ["get", "list", "watch", "create", "update", "patch", "delete"];
     const grants = (rules: PolicyRule[]) =>
       rules
@@ -269,19 +286,34 @@ describe("charts/switchboard-operator", () => {
         // The PodMonitor a ChatCluster may ask for: applied (patch, create when new), pruned (list,
         // delete); discovery of the kind needs no rule.
         "monitoring.coreos.com/podmonitors: list,create,patch,delete",
+        // Each ChatCluster's token-review binding (cluster-scoped, deleted by the finalizer), to the
+        // token-review role only (bind on that one name).
+        "rbac.authorization.k8s.io/clusterrolebindings: get,create,update,patch,delete",
+        "rbac.authorization.k8s.io/clusterroles: bind",
       ].sort(),
     );
+    expect(clusterRole.rules.find((r) => r.verbs.includes("bind"))?.resourceNames).toEqual([
+      `${FULLNAME}-tokenreview`,
+    ]);
+    // What the ChatClusters' serving components may do with their API token: review tokens, only.
+    expect(grants(byName("ClusterRole", `${FULLNAME}-tokenreview`).rules)).toEqual([
+      "authentication.k8s.io/tokenreviews: create",
+    ]);
+    // The operator's own tokens (TokenRequest), for its own ServiceAccount only.
+    const ownToken = byName("Role", `${FULLNAME}-own-token`);
+    expect(ownToken.metadata.namespace).toBe(NS);
+    expect(grants(ownToken.rules)).toEqual(["core/serviceaccounts/token: create"]);
+    expect(ownToken.rules[0]?.resourceNames).toEqual([FULLNAME]);
     for (const rule of clusterRole.rules) {
       expect([...rule.apiGroups, ...rule.resources, ...rule.verbs]).not.toContain("*");
     }
     // Leader election: Leases in the release namespace only, bound to the operator's ServiceAccount.
-    const role = only(objs, "Role") as K8sObject & { rules: PolicyRule[] };
+    const role = byName("Role", `${FULLNAME}-leader-election`);
     expect(role.metadata.namespace).toBe(NS);
     expect(grants(role.rules)).toEqual(["coordination.k8s.io/leases: get,create,update"]);
-    for (const kind of ["ClusterRoleBinding", "RoleBinding"]) {
-      const binding = only(objs, kind) as K8sObject & { subjects: unknown[]; roleRef: { name: string } };
-      expect(binding.subjects).toEqual([{ kind: "ServiceAccount", name: FULLNAME, namespace: NS }]);
-    }
+    for (const kind of ["ClusterRoleBinding", "RoleBinding"])
+      for (const binding of objs.filter((o) => o.kind === kind) as Array<K8sObject & { subjects: unknown[] }>)
+        expect(binding.subjects).toEqual([{ kind: "ServiceAccount", name: FULLNAME, namespace: NS }]);
     // The rendered RBAC is valid for the API server.
     const r = await kubectlRun(
       ["apply", "--dry-run=server", "-f", "-"],

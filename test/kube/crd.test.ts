@@ -11,6 +11,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { KubeConfig } from "@kubernetes/client-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { PERMISSIONS } from "../../internal/grpc-auth/policy.js";
 import { API_VERSION, type ChatCluster, type ChatClusterSpec, KIND } from "../../operator/api/v1alpha1.js";
 import { isConflict, KubeClient, resourcePath } from "../../operator/kube/client.js";
 import { CRD_FILE, installCrd, kubectl, kubeTools, root, run, type Tools, waitFor } from "./helpers.js";
@@ -158,6 +159,9 @@ describe("ChatCluster CRD", () => {
     const top = crd.spec.versions[0]!.schema.openAPIV3Schema;
     for (const field of ["spec", "status"]) walk(top.properties![field]!, `.${field}`);
     expect(undocumented).toEqual([]);
+    // The permissions a client may be granted are exactly the policy's.
+    const clientSchema = top.properties!.spec!.properties!.api!.properties!.clients!.items!;
+    expect(clientSchema.properties!.permissions!.items!.enum).toEqual([...PERMISSIONS]);
     // ...as `kubectl explain` shows (once the API server has published the CRD's OpenAPI).
     const explained = await waitFor("kubectl explain chatclusters", async () => {
       const text = await kubectl(tools, ["explain", "chatclusters.spec.gateway.autoscaling"]);
@@ -310,13 +314,40 @@ describe("ChatCluster CRD", () => {
         },
         otlp: { endpoint: "http://otel:4317" },
       },
+      // Both ways to authenticate and both kinds of conversations, for Full<>: one of each is created.
+      api: {
+        clients: [
+          {
+            name: "billing",
+            serviceAccount: { namespace: "billing", name: "billing-api" },
+            certificate: { uri: "switchboard://client:billing" },
+            permissions: ["publish", "readHistory"],
+            sendAs: ["billing-bot"],
+            conversations: { all: true, ids: ["g-1"] },
+          },
+        ],
+      },
+    };
+    const [both] = full.api.clients;
+    const { certificate: _certificate, ...bySa } = both!;
+    const { serviceAccount: _serviceAccount, ...byCert } = both!;
+    const api = {
+      clients: [
+        { ...bySa, conversations: { ids: ["g-1"] } },
+        {
+          ...byCert,
+          name: "moderation",
+          certificate: { uri: "switchboard://client:moderation" },
+          conversations: { all: true },
+        },
+      ],
     };
     const { issuer, audience } = full.auth;
     for (const [name, auth] of [
       ["full-secret", { secretRef: full.auth.secretRef, issuer, audience }],
       ["full-jwks", { jwksUrl: full.auth.jwksUrl, issuer, audience }],
     ] as const) {
-      const spec: ChatClusterSpec = { ...full, auth };
+      const spec: ChatClusterSpec = { ...full, auth, api };
       const created = await dryRunCreate({ ...minimal(name), spec });
       expect(created.spec).toEqual(spec);
     }
@@ -421,6 +452,28 @@ describe("ChatCluster CRD", () => {
       (await dryRunCreate(minimal("no-metrics", { observability: { metrics: { enabled: false } } }))).spec
         .observability,
     ).toEqual({ metrics: { enabled: false, podMonitor: { enabled: false } } });
+    // gRPC API clients (ADR 0007): one way to authenticate, a certificate naming the client, known
+    // permissions (the enum is PERMISSIONS of internal/grpc-auth/policy.ts: checked below).
+    const client = { name: "billing", permissions: ["publish"] };
+    expect(await createError(minimal("bad-client-none", { api: { clients: [client] } }))).toContain(
+      "a client authenticates by exactly one of serviceAccount and certificate",
+    );
+    expect(
+      await createError(
+        minimal("bad-client-uri", {
+          api: { clients: [{ ...client, certificate: { uri: "switchboard://client:other" } }] },
+        }),
+      ),
+    ).toContain("certificate.uri must be switchboard://client:<name>");
+    expect(
+      await createError(
+        minimal("bad-client-perm", {
+          api: {
+            clients: [{ ...client, permissions: ["root"], serviceAccount: { namespace: "b", name: "b" } }],
+          },
+        }),
+      ),
+    ).toMatch(/spec\.api\.clients\[0\]\.permissions\[0\]: Unsupported value: "root"/);
     // The last id: the snowflake worker ids are 0..1023.
     expect((await dryRunCreate(minimal("max-ids", { id: { replicas: 1024 } }))).spec.id.replicas).toBe(1024);
   });
@@ -515,6 +568,7 @@ describe("ChatCluster CRD", () => {
 
 interface Schema {
   description?: string;
+  enum?: unknown[];
   properties?: Record<string, Schema>;
   items?: Schema;
   additionalProperties?: Schema | boolean;

@@ -2,12 +2,13 @@
  * Stand-ins for gateway processes behind kwok's fake Pods. kwok gives Pods loopback IPs
  * (127.244.0.0/16, test/infra/kube/up.sh), so for every Running gateway Pod this farm serves the real
  * gateway.v1 GatewayService on `podIP:9090`: Stats reports the connection count the test sets, and
- * Drain records the call and moves the Pod's connections away after `drainMs`.
+ * Drain records the call and moves the Pod's connections away after `drainMs`; the credentials the
+ * calls carry are recorded.
  */
 import * as grpc from "@grpc/grpc-js";
 import type { V1Pod } from "@kubernetes/client-node";
 import { GatewayService } from "../../gen/switchboard/gateway/v1/gateway_pb.js";
-import { addService } from "../../internal/lib/rpc.js";
+import { addService, guardServer } from "../../internal/lib/rpc.js";
 import type { KubeClient } from "../../operator/kube/client.js";
 
 interface FakeGateway {
@@ -22,6 +23,8 @@ interface FakeGateway {
 export class GatewayFarm {
   private readonly gateways = new Map<string, FakeGateway>();
   readonly drained: string[] = [];
+  /** The `authorization` metadata of the calls the gateways received. */
+  readonly authorizations: string[] = [];
   /** Connections a newly seen gateway starts with. */
   initialConnections = 0;
   private timer: NodeJS.Timeout | undefined;
@@ -86,6 +89,11 @@ export class GatewayFarm {
       draining: false,
       epoch: Date.now(),
     };
+    // The credentials the operator's calls carry (ADR 0007), recorded; every call is let through.
+    guardServer(g.server, async (_path, authorization) => {
+      if (authorization !== undefined) this.authorizations.push(authorization);
+      return undefined;
+    });
     addService(g.server, GatewayService, {
       // The operator never opens a delivery stream.
       async *deliver() {},

@@ -18,6 +18,9 @@ export interface OperatorOptions {
   pollInterval?: string;
   /** Extra environment (e.g. tracing's). */
   env?: Record<string, string>;
+  /** `--service-account` (its gRPC identity) and `--token-review-cluster-role`, as the chart passes them. */
+  serviceAccount?: string;
+  tokenReviewClusterRole?: string;
 }
 
 export class OperatorProcess {
@@ -43,6 +46,10 @@ export class OperatorProcess {
         this.o.leaseName,
         "--poll-interval",
         this.o.pollInterval ?? "1s",
+        ...(this.o.serviceAccount ? ["--service-account", this.o.serviceAccount] : []),
+        ...(this.o.tokenReviewClusterRole
+          ? ["--token-review-cluster-role", this.o.tokenReviewClusterRole]
+          : []),
       ],
       {
         env: { ...process.env, ...this.o.env, KUBECONFIG: this.o.kubeconfig },
@@ -148,6 +155,8 @@ export async function installChartOperator(
     ),
     leaseNamespace: chart.systemNamespace,
     leaseName: `switchboard-operator-${chart.release}`,
+    serviceAccount: `${chart.systemNamespace}/${chart.release}-switchboard-operator`,
+    tokenReviewClusterRole: `${chart.release}-switchboard-operator-tokenreview`,
     ...(env ? { env } : {}),
   });
 }

@@ -240,7 +240,14 @@ describe("operator against a real API server", () => {
           "Service/alpha-presence",
           "Service/alpha-push",
           "Service/alpha-router",
-          "ServiceAccount/alpha-switchboard",
+          // One ServiceAccount per component (its gRPC identity), and the gRPC policy file.
+          "ServiceAccount/alpha-gateway",
+          "ServiceAccount/alpha-id",
+          "ServiceAccount/alpha-presence",
+          "ServiceAccount/alpha-push",
+          "ServiceAccount/alpha-router",
+          "ServiceAccount/alpha-sequencer",
+          "ConfigMap/alpha-grpc-policy",
           "StatefulSet/alpha-id",
           "StatefulSet/alpha-presence",
         ].sort(),
@@ -276,7 +283,36 @@ describe("operator against a real API server", () => {
           readOnlyRootFilesystem: true,
           capabilities: { drop: ["ALL"] },
         });
+        // Each runs as its component's ServiceAccount, with no automounted token (ADR 0007).
+        const component = pod.metadata?.labels?.["app.kubernetes.io/component"];
+        expect(pod.spec?.serviceAccountName).toBe(`alpha-${component}`);
+        expect(pod.spec?.automountServiceAccountToken).toBe(false);
       }
+      // The gateway sends a projected token bound to the cluster's audience.
+      const gatewayPod = pods.find((p) => p.metadata?.labels?.["app.kubernetes.io/component"] === "gateway");
+      expect(gatewayPod?.spec?.volumes?.find((v) => v.name === "grpc-token")?.projected?.sources).toEqual([
+        {
+          serviceAccountToken: { audience: "switchboard.dev/alpha", expirationSeconds: 3600, path: "token" },
+        },
+      ]);
+      // The serving components may review tokens: a cluster-wide binding (no owner: the finalizer
+      // deletes it) of their ServiceAccounts to the chart's token-review role.
+      const binding = JSON.parse(
+        await kubectl(["get", "clusterrolebinding", `switchboard:tokenreview:${NS}:alpha`, "-o", "json"]),
+      ) as { roleRef: { name: string }; subjects: Array<{ name: string; namespace: string }> };
+      expect(binding.roleRef.name).toBe(`${RELEASE}-switchboard-operator-tokenreview`);
+      expect(binding.subjects.map((x) => `${x.namespace}/${x.name}`).sort()).toEqual(
+        ["gateway", "id", "presence", "push", "router"].map((c) => `${NS}/alpha-${c}`),
+      );
+      const reviewer = `system:serviceaccount:${NS}:alpha-router`;
+      const canI = (args: string[]) =>
+        kubectl(["auth", "can-i", ...args, "--as", reviewer]).then(
+          (out) => out.trim(),
+          () => "no",
+        );
+      expect(await canI(["create", "tokenreviews.authentication.k8s.io"])).toBe("yes");
+      expect(await canI(["get", "secrets", "-n", NS])).toBe("no");
+      expect(await canI(["list", "pods", "-n", NS])).toBe("no");
 
       // StatefulSet Pods carry their ordinal, which id and presence read as worker id and shard.
       const byComponent = (c: string) =>
@@ -504,9 +540,9 @@ describe("operator against a real API server", () => {
       const objects = await ownedObjects("beta");
       expect(objects.length).toBeGreaterThanOrEqual(partial);
       expect(objects.map((o) => `${o.kind}/${o.name}`)).toContain("ConfigMap/beta-config");
-      // 1 ServiceAccount, 1 ConfigMap, 6 workloads, 5 Services, 6 NetworkPolicies, 4 budgets: the old
-      // presence Deployment is gone (pruned), the StatefulSet stands in its place.
-      expect(objects).toHaveLength(23);
+      // 6 ServiceAccounts, 2 ConfigMaps, 6 workloads, 5 Services, 6 NetworkPolicies, 4 budgets: the
+      // old presence Deployment is gone (pruned), the StatefulSet stands in its place.
+      expect(objects).toHaveLength(29);
       expect(objects.map((o) => `${o.kind}/${o.name}`)).not.toContain("Deployment/beta-presence");
       expect(objects.map((o) => `${o.kind}/${o.name}`)).toContain("StatefulSet/beta-presence");
       // The router Service was created again, headless.
@@ -618,6 +654,24 @@ describe("operator against a real API server", () => {
         expect(remaining).toContain(busy);
         for (const m of marked) expect(remaining).not.toContain(m);
         expect(farm.drained).toHaveLength(2);
+        // Its Stats and Drain calls carried the operator's own token for gamma's audience (ADR 0007),
+        // which the API server says is the chart's ServiceAccount's.
+        expect(farm.authorizations.length).toBeGreaterThan(0);
+        const token = farm.authorizations.at(-1)!.replace(/^Bearer /, "");
+        const review = JSON.parse(
+          await kubectl(
+            ["create", "-f", "-", "-o", "json"],
+            JSON.stringify({
+              apiVersion: "authentication.k8s.io/v1",
+              kind: "TokenReview",
+              spec: { token, audiences: ["switchboard.dev/gamma"] },
+            }),
+          ),
+        ) as { status: { authenticated?: boolean; user?: { username?: string } } };
+        expect(review.status.authenticated).toBe(true);
+        expect(review.status.user?.username).toBe(
+          `system:serviceaccount:${SYSTEM_NS}:${RELEASE}-switchboard-operator`,
+        );
       } finally {
         await farm.stop();
       }
@@ -842,6 +896,79 @@ describe("operator against a real API server", () => {
       await kubectl(["delete", "chatcluster", "delta", "-n", NS, "--wait=true", "--timeout=60s"]);
     }),
     240_000,
+  );
+
+  it(
+    "renders spec.api.clients into the policy file without rolling a Pod, and removes the token-review binding with the cluster",
+    onFailure(async () => {
+      const billing = {
+        name: "billing",
+        serviceAccount: { namespace: "billing", name: "billing-api" },
+        permissions: ["publish"],
+      };
+      await kube.create(clusterManifest("delta", { api: { clients: [billing] } }));
+      await waitReady("delta");
+      const policy = async () =>
+        JSON.parse(
+          (
+            await kube.get<V1ConfigMap>({
+              apiVersion: "v1",
+              kind: "ConfigMap",
+              namespace: NS,
+              name: "delta-grpc-policy",
+            })
+          ).data?.["policy.json"] ?? "{}",
+        ) as { serviceAccounts: Record<string, string>; clients: Array<{ name: string }> };
+      const first = await policy();
+      expect(first.serviceAccounts).toEqual({
+        [`${NS}/delta-gateway`]: "role:gateway",
+        [`${NS}/delta-router`]: "role:router",
+        [`${NS}/delta-presence`]: "role:presence",
+        [`${SYSTEM_NS}/${RELEASE}-switchboard-operator`]: "operator",
+        "billing/billing-api": "client:billing",
+      });
+      expect(first.clients.map((c) => c.name)).toEqual(["billing"]);
+      const router = () =>
+        kube.get<V1Deployment>({
+          apiVersion: "apps/v1",
+          kind: "Deployment",
+          namespace: NS,
+          name: "delta-router",
+        });
+      const before = await router();
+
+      // A second client: the file changes, no Pod template does.
+      await kube.mergePatch(
+        { apiVersion: "switchboard.dev/v1alpha1", kind: "ChatCluster", namespace: NS, name: "delta" },
+        {
+          spec: {
+            api: {
+              clients: [
+                billing,
+                {
+                  name: "moderation",
+                  certificate: { uri: "switchboard://client:moderation" },
+                  permissions: ["manageGroups"],
+                },
+              ],
+            },
+          },
+        },
+      );
+      await waitFor(
+        "moderation in the policy file",
+        async () => (await policy()).clients.some((c) => c.name === "moderation") || undefined,
+      );
+      await waitReady("delta");
+      expect((await router()).metadata?.generation).toBe(before.metadata?.generation);
+
+      await kubectl(["delete", "chatcluster", "delta", "-n", NS, "--wait=true", "--timeout=60s"]);
+      expect(
+        await kubectl(["get", "clusterrolebinding", `switchboard:tokenreview:${NS}:delta`]).catch(
+          (e: Error) => e.message,
+        ),
+      ).toMatch(/NotFound/);
+    }),
   );
 
   it(

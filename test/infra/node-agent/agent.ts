@@ -49,6 +49,12 @@ export interface NodeAgentOptions {
   /** Grace of the SIGTERM each process gets when the agent stops. Default 5 s. */
   shutdownGraceMs?: number;
   heartbeatMs?: number;
+  /**
+   * `host:port` that KUBERNETES_SERVICE_HOST/PORT name instead of the `kubernetes` Service's
+   * ClusterIP, which no kube-proxy routes here: what lets in-cluster clients of the Pods (token
+   * reviews, ADR 0007) reach the API server. Unset: the ClusterIP, as a kubelet sets it.
+   */
+  apiServer?: string;
   log?: Logger;
 }
 
@@ -236,6 +242,12 @@ export class NodeAgent {
     const cached = this.serviceEnvCache;
     if (cached && Date.now() - cached.at < SERVICE_ENV_TTL_MS) return cached.env;
     let env: Record<string, string> = {};
+    const api = this.o.apiServer === undefined ? undefined : /^(.+):(\d+)$/.exec(this.o.apiServer);
+    if (api) {
+      env = kubernetesServiceEnv(api[1]!, Number(api[2]));
+      this.serviceEnvCache = { at: Date.now(), env };
+      return env;
+    }
     try {
       const svc = await this.api.service("default", "kubernetes");
       const ip = svc?.spec?.clusterIP;

@@ -1,7 +1,9 @@
 /**
  * `node dist/test/infra/node-agent/main.js --kubeconfig K --node NAME --pod-cidr 127.245.0.0/16
- *    --dns 127.243.0.10 --state-dir DIR --image REPO=COMMAND [--image …] [--node-ip IP] [--max-pods N]`
+ *    --dns 127.243.0.10 --state-dir DIR --image REPO=COMMAND [--image …] [--node-ip IP] [--max-pods N]
+ *    [--api-server HOST:PORT]`
  *
+ * --api-server: what KUBERNETES_SERVICE_HOST/PORT name in the Pods instead of the unrouted ClusterIP.
  * Runs a NodeAgent until SIGTERM or SIGINT, then stops every container process and deletes the
  * Node. Prints one JSON line on stdout once the Node is registered and the Pods listed (what a
  * parent process waits for); logs go to stderr as JSON lines.
@@ -14,7 +16,7 @@ import { NodeAgent } from "./agent.js";
 import { parseImageMapping } from "./image.js";
 
 const USAGE =
-  "usage: main.js --kubeconfig K --node NAME --pod-cidr CIDR --dns IP --state-dir DIR --image REPO=COMMAND... [--node-ip IP] [--max-pods N]";
+  "usage: main.js --kubeconfig K --node NAME --pod-cidr CIDR --dns IP --state-dir DIR --image REPO=COMMAND... [--node-ip IP] [--max-pods N] [--api-server HOST:PORT]";
 
 async function main(): Promise<void> {
   const { values } = parseArgs({
@@ -27,6 +29,7 @@ async function main(): Promise<void> {
       image: { type: "string", multiple: true },
       "node-ip": { type: "string" },
       "max-pods": { type: "string" },
+      "api-server": { type: "string" },
     },
     strict: true,
   });
@@ -50,6 +53,7 @@ async function main(): Promise<void> {
     images: (values.image ?? []).map(parseImageMapping),
     ...(values["node-ip"] ? { nodeIP: values["node-ip"] } : {}),
     ...(maxPods ? { maxPods } : {}),
+    ...(values["api-server"] ? { apiServer: values["api-server"] } : {}),
     log,
   });
 

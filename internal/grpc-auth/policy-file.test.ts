@@ -1,0 +1,87 @@
+import { mkdtempSync, rmSync, utimesSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterEach, describe, expect, it, vi } from "vitest";
+import { loadConfig } from "../lib/config.js";
+import { Code, type SwitchboardError } from "../lib/errors.js";
+import type { PolicyFile } from "../lib/grpc-policy-file.js";
+import { createLogger } from "../lib/log.js";
+import { newKey } from "./key-file.js";
+import { grpcGuard, parsePolicyFile } from "./setup.js";
+
+const dirs: string[] = [];
+afterEach(() => {
+  vi.restoreAllMocks();
+  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+});
+
+const SEND = "/switchboard.api.v1.ChatService/Publish";
+
+describe("gRPC policy file", () => {
+  it("reads ServiceAccounts and client grants, and refuses a file naming what is not a principal or permission", () => {
+    const file: PolicyFile = {
+      serviceAccounts: { "chat/chat-gateway": "role:gateway", "billing/billing": "client:billing" },
+      clients: [
+        { name: "billing", permissions: ["publish", "readHistory"], conversations: { all: true } },
+        { name: "mod", permissions: ["publish"], sendAs: ["system"], conversations: { ids: ["g:1", "g:2"] } },
+        { name: "bot", permissions: ["events"] },
+      ],
+    };
+    const parsed = parsePolicyFile(JSON.stringify(file), "policy.json");
+    expect(parsed.accounts.get("chat/chat-gateway")).toBe("role:gateway");
+    expect([...(parsed.policy.clients.get("billing")?.permissions ?? [])]).toEqual([
+      "publish",
+      "readHistory",
+    ]);
+    // Senders besides its own bot identity, and conversations: all, listed, or (neither) its own.
+    expect(parsed.policy.clients.get("billing")?.conversations).toBe("all");
+    expect(parsed.policy.clients.get("mod")?.sendAs).toEqual(new Set(["bot:mod", "system"]));
+    expect(parsed.policy.clients.get("mod")?.conversations).toEqual(new Set(["g:1", "g:2"]));
+    expect(parsed.policy.clients.get("bot")).toMatchObject({
+      sendAs: new Set(["bot:bot"]),
+      conversations: "member",
+    });
+    expect(() =>
+      parsePolicyFile(JSON.stringify({ serviceAccounts: { "a/b": "root" }, clients: [] }), "policy.json"),
+    ).toThrow(/policy.json: grpc.serviceAccounts: "a\/b=root"/);
+    expect(() =>
+      parsePolicyFile(
+        JSON.stringify({ serviceAccounts: {}, clients: [{ name: "x", permissions: ["everything"] }] }),
+        "policy.json",
+      ),
+    ).toThrow(/policy.json: grpc.clients/);
+    expect(() => parsePolicyFile("{", "policy.json")).toThrow(/policy.json: not JSON/);
+  });
+
+  it("is read again when it changes: a client granted later is admitted without a restart", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "switchboard-policy-"));
+    dirs.push(dir);
+    const billing = newKey("client:billing");
+    writeFileSync(join(dir, "keys"), `${billing.line}\n`);
+    const policyFile = join(dir, "policy.json");
+    const write = (file: PolicyFile, mtimeS: number) => {
+      writeFileSync(policyFile, JSON.stringify(file));
+      utimesSync(policyFile, mtimeS, mtimeS);
+    };
+    write({ serviceAccounts: {}, clients: [] }, 1_000);
+    const config = loadConfig({}, { "grpc.keyFile": join(dir, "keys"), "grpc.policyFile": policyFile });
+    const guard = (await grpcGuard(config, createLogger({ test: "policy-file" })))!;
+    const call = () =>
+      guard(SEND, `Bearer ${billing.key}`).then(
+        () => "allowed",
+        (err: SwitchboardError) => `${Code[err.code]} ${err.reason}`,
+      );
+    expect(await call()).toBe("PERMISSION_DENIED METHOD_NOT_ALLOWED");
+
+    write({ serviceAccounts: {}, clients: [{ name: "billing", permissions: ["publish"] }] }, 2_000);
+    const now = Date.now();
+    vi.spyOn(Date, "now").mockReturnValue(now + 6_000);
+    expect(await call()).toBe("allowed");
+
+    // A broken version keeps the last good one in force.
+    writeFileSync(policyFile, "{ not json");
+    utimesSync(policyFile, 3_000, 3_000);
+    vi.spyOn(Date, "now").mockReturnValue(now + 12_000);
+    expect(await call()).toBe("allowed");
+  });
+});
