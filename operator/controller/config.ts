@@ -62,6 +62,12 @@ export function clusterEnv(cluster: ChatCluster): Record<string, string> {
   set("kafka.replicationFactor", s.kafka.topics.replicationFactor);
   set("kafka.retentionHours", s.kafka.topics.retentionHours);
   set("kafka.tls", s.kafka.tls?.enabled ?? false);
+  // The server API's event stream reads the sequenced log, which costs a produce per sequenced batch:
+  // published only while a client may stream (granting `events` rolls the Pods once).
+  set(
+    "kafka.publishSequenced",
+    (s.api?.clients ?? []).some((c) => c.permissions.includes("events")),
+  );
   // /tmp is an emptyDir: it outlives a crashed container, so the restarted one rejoins its consumer
   // groups as the member it was instead of waiting out the dead member's session.
   set("kafka.memberFile", "/tmp/kafka-members.json");

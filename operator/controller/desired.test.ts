@@ -285,6 +285,28 @@ describe("desiredObjects", () => {
     expect(loadConfig(data).tracing.enabled).toBe(true);
   });
 
+  it("publishes the sequenced log only while a backend client may stream events", () => {
+    const data = (c: ChatCluster) =>
+      loadConfig(find<V1ConfigMap>(desiredObjects(c, inputs), "ConfigMap", "chat-config")?.data);
+    const withClients = (clients: ChatCluster["spec"]["api"]) => ({
+      ...cluster,
+      spec: { ...spec, api: clients },
+    });
+    expect(data(withClients({ clients: [] })).kafka.publishSequenced).toBe(false);
+    const publisher = {
+      name: "billing",
+      serviceAccount: { namespace: "b", name: "b" },
+      permissions: ["publish"],
+    };
+    expect(data(withClients({ clients: [publisher] })).kafka.publishSequenced).toBe(false);
+    const archiver = {
+      name: "archive",
+      serviceAccount: { namespace: "a", name: "a" },
+      permissions: ["events"],
+    };
+    expect(data(withClients({ clients: [publisher, archiver] })).kafka.publishSequenced).toBe(true);
+  });
+
   it("names every component's headless Service, and each presence shard's Pod, as gRPC targets", () => {
     const config = loadConfig(find<V1ConfigMap>(objects, "ConfigMap", "chat-config")?.data);
     expect(config.cluster).toEqual({
