@@ -9,8 +9,11 @@ import { randomBytes } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import type { MessageInitShape } from "@bufbuild/protobuf";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ChatService, type StreamEventsRequestSchema } from "../../gen/switchboard/api/v1/chat_pb.js";
 import { Provider, PushService } from "../../gen/switchboard/push/v1/push_pb.js";
+import { AsyncQueue } from "../../internal/lib/async-queue.js";
 import { signDevToken } from "../../internal/lib/auth.js";
 import { grpcClient } from "../../internal/lib/rpc.js";
 import {
@@ -35,7 +38,8 @@ beforeAll(async () => {
   runDir = mkdtempSync(join(tmpdir(), "switchboard-cluster-"));
   receiver = await OtlpReceiver.start();
   cluster = await LocalCluster.start({
-    env: receiver.env,
+    // The server API's event stream reads the sequenced log.
+    env: { ...receiver.env, SWITCHBOARD_KAFKA_PUBLISH_SEQUENCED: "true" },
     runDir,
     kafkaBrokers: kafka.KAFKA_BROKERS!,
     cassandraContactPoints: cassandra.CASSANDRA_CONTACT_POINTS!,
@@ -167,6 +171,60 @@ describe("a multi-process cluster", () => {
       `cluster: 30 pipelined 1:1 messages sent on gateway-0, all on gateway-1 in ${crossMs.toFixed(0)} ms\n`,
     );
     for (const d of [alice, bobPhone, bobLaptop, carol]) await d.c.close();
+  }, 120_000);
+
+  it("serves the server API from a router: a bot's message, the event stream and a disconnect cross processes", async () => {
+    const dana = await device("x-dana", 1);
+    const disconnects: Array<{ code: number; reason: string; willReconnect: boolean }> = [];
+    dana.c.on("disconnected", (d) => disconnects.push(d));
+    const api = grpcClient(ChatService, `127.0.0.1:${cluster.process("router-0").grpcPort}`, {
+      bearer: () => cluster.probeKey(),
+    });
+    const { conversation } = await api.createGroup({
+      owner: "x-dana",
+      name: "alerts",
+      members: ["bot:probe"],
+    });
+    const sent = await api.publish({
+      conversationId: conversation!.id,
+      idempotencyKey: "alert-1",
+      body: "disk full",
+    });
+    expect(sent.message).toMatchObject({ sender: "bot:probe", seq: 1n });
+    await until("the bot's message reaches dana on a gateway process", () =>
+      dana.received.some((m) => m.message.body === "disk full"),
+    );
+
+    // The event stream, from the other router, sees the message.
+    const events = grpcClient(ChatService, `127.0.0.1:${cluster.process("router-1").grpcPort}`, {
+      bearer: () => cluster.probeKey(),
+    });
+    const requests = new AsyncQueue<MessageInitShape<typeof StreamEventsRequestSchema>>(100);
+    requests.push({ kind: { case: "subscribe", value: { subscription: "cluster" } } });
+    const abort = new AbortController();
+    let seen = false;
+    for await (const r of events.streamEvents(requests, { signal: abort.signal })) {
+      seen ||= r.events.some(
+        (e) => e.kind.case === "message" && e.kind.value.messageId === sent.message!.messageId,
+      );
+      requests.push({ kind: { case: "ack", value: { cursor: r.cursor } } });
+      if (seen) break;
+    }
+    abort.abort();
+    expect(seen).toBe(true);
+
+    // Disconnect, asked of a router, closes dana's connection on the gateway process holding it.
+    // (Routers learn sessions from the routing log: retry until this one has dana's.)
+    let told = 0;
+    for (let i = 0; i < 50 && told === 0; i++) {
+      told = (await api.disconnect({ userId: "x-dana", reason: "account suspended" })).sessions;
+      if (told === 0) await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(told).toBe(1);
+    await until("dana is closed with 3503 and the reason", () => disconnects.length > 0);
+    expect(disconnects[0]).toMatchObject({ code: 3503, reason: "account suspended", willReconnect: false });
+    api.close();
+    events.close();
   }, 120_000);
 
   it("follows a traced message across the gateway, sequencer, router and the other gateway's processes", async () => {
