@@ -14,8 +14,12 @@ import {
   type StreamEventsResponse,
 } from "../../gen/switchboard/api/v1/chat_pb.js";
 import { GatewayService } from "../../gen/switchboard/gateway/v1/gateway_pb.js";
-import { Provider } from "../../gen/switchboard/push/v1/push_pb.js";
+import { IdService } from "../../gen/switchboard/id/v1/id_pb.js";
+import { PresenceService } from "../../gen/switchboard/presence/v1/presence_pb.js";
+import { Provider, PushService } from "../../gen/switchboard/push/v1/push_pb.js";
+import { RouterService } from "../../gen/switchboard/router/v1/router_pb.js";
 import { newKey } from "../../internal/grpc-auth/key-file.js";
+import { METHOD_RULES, PERMISSIONS } from "../../internal/grpc-auth/policy.js";
 import { AsyncQueue } from "../../internal/lib/async-queue.js";
 import { Code, SwitchboardError } from "../../internal/lib/errors.js";
 import { grpcClient, type ServiceClient } from "../../internal/lib/rpc.js";
@@ -29,6 +33,7 @@ const keys = {
   moderation: newKey("client:moderation"),
   auditor: newKey("client:auditor"),
   watcher: newKey("client:watcher"),
+  root: newKey("client:root"),
 };
 const dir = tempDir("switchboard-api-");
 const opened: Array<{ close(): void }> = [];
@@ -54,6 +59,8 @@ beforeAll(async () => {
         "auditor=events;conversations=all",
         // A bot's event consumer: only where bot:watcher is a member.
         "watcher=events",
+        // Every permission there is: still no internal method.
+        `root=${PERMISSIONS.join("+")};conversations=all`,
       ].join(","),
       // The distributed log publishes its sequenced topic only when asked; the event stream reads it.
       SWITCHBOARD_KAFKA_PUBLISH_SEQUENCED: "true",
@@ -294,6 +301,35 @@ describe("ChatService: who may call what", () => {
     opened.push(gateway);
     expect(await failure(gateway.drain({}))).toBe("PERMISSION_DENIED METHOD_NOT_ALLOWED");
     expect(await failure(gateway.stats({}))).toBe("PERMISSION_DENIED METHOD_NOT_ALLOWED");
+  });
+});
+
+describe("internal methods", () => {
+  it("are refused to a client holding every permission, each one, against the real server", async () => {
+    const outcomes: Record<string, string> = {};
+    for (const service of [GatewayService, IdService, PresenceService, PushService, RouterService]) {
+      const c = grpcClient(service, `127.0.0.1:${server.grpcPort}`, { bearer: () => keys.root.key });
+      opened.push(c);
+      for (const method of service.methods) {
+        const path = `/${service.typeName}/${method.name}`;
+        if (METHOD_RULES.get(path)?.permission !== undefined) continue;
+        const call = (c as unknown as Record<string, (...args: unknown[]) => unknown>)[method.localName]!;
+        outcomes[path] =
+          method.methodKind === "unary"
+            ? await failure(call({}) as Promise<unknown>)
+            : await failure(
+                (async () => {
+                  const requests = new AsyncQueue<object>(1);
+                  for await (const _ of call(requests) as AsyncIterable<unknown>) return;
+                })(),
+              );
+      }
+    }
+    // Deliver, Drain, Stats, AllocateIds, Heartbeat, EndSession, Subscribe, Unsubscribe, Notify,
+    // Relay and the deprecated backend methods of RouterService.
+    expect(Object.keys(outcomes)).toHaveLength(17);
+    for (const [path, outcome] of Object.entries(outcomes))
+      expect(`${path}: ${outcome}`).toBe(`${path}: PERMISSION_DENIED METHOD_NOT_ALLOWED`);
   });
 });
 
