@@ -131,6 +131,15 @@ export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatS
       return { conversation: toWireConversation(group) };
     },
 
+    async updateGroup(req, ctx) {
+      const id = await conversationOf(access(ctx.principal), req.conversationId);
+      const group = await conversations.updateGroup(id, {
+        ...(req.name !== undefined ? { name: req.name } : {}),
+        ...(req.open !== undefined ? { open: req.open } : {}),
+      });
+      return { conversation: toWireConversation(group, await messages.lastSeq(id)) };
+    },
+
     async getConversation(req, ctx) {
       const id = await conversationOf(access(ctx.principal), req.conversationId);
       const record = await membership.getConversation(id);
@@ -146,9 +155,11 @@ export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatS
 
     async removeMembers(req, ctx) {
       const id = await conversationOf(access(ctx.principal), req.conversationId);
-      const users = usersOf(req.userIds);
-      let group = await conversations.leave(users[0]!, id);
-      for (const user of users.slice(1)) group = await conversations.leave(user, id);
+      // Users who are not members are skipped, so a retried call is harmless.
+      for (const user of usersOf(req.userIds))
+        if (await membership.isMember(id, user)) await conversations.leave(user, id);
+      const group = await membership.getConversation(id);
+      if (!group) throw errors.notFound("GROUP_NOT_FOUND", `group ${id} does not exist`);
       return { conversation: toWireConversation(group) };
     },
 

@@ -116,6 +116,12 @@ export interface ConversationRecord {
   memberCount: number;
 }
 
+/** What updateGroup changes. */
+export interface GroupChange {
+  name?: string;
+  open?: boolean;
+}
+
 /** Conversations and their members (tables conversations, members_by_conversation, conversations_by_user). */
 export interface MembershipStore extends Closeable {
   /** Creates the conversation with its members unless it exists; returns the stored record either way. */
@@ -127,6 +133,11 @@ export interface MembershipStore extends Closeable {
   /** Adds members, refusing (GROUP_FULL) to exceed `membersMax`; already-present users are ignored. */
   addMembers(id: string, users: string[], membersMax: number): Promise<ConversationRecord>;
   removeMember(id: string, user: string): Promise<ConversationRecord>;
+  /**
+   * Renames a group and/or opens or closes it (what `change` names; members are untouched); returns
+   * the record after the change. NOT_FOUND (GROUP_NOT_FOUND) unless `id` is an existing group.
+   */
+  updateGroup(id: string, change: GroupChange): Promise<ConversationRecord>;
   isMember(id: string, user: string): Promise<boolean>;
   members(id: string): Promise<string[]>;
   conversationsOf(user: string, limit: number): Promise<ConversationRecord[]>;

@@ -155,12 +155,7 @@ export class Conversations {
     members: string[],
     open: boolean,
   ): Promise<ConversationRecord> {
-    if (name.length === 0 || exceedsChars(name, this.limits.nameCharsMax)) {
-      throw errors.invalid(
-        "INVALID_GROUP_NAME",
-        `group name must have 1-${this.limits.nameCharsMax} characters`,
-      );
-    }
+    this.checkGroupName(name);
     const all = [...new Set([owner, ...members])];
     const bad = all.find((u) => !isValidUserId(u));
     if (bad !== undefined)
@@ -174,6 +169,24 @@ export class Conversations {
       all,
     );
     return record;
+  }
+
+  /** Renames a group and/or opens or closes it (a trusted backend's change). */
+  async updateGroup(id: string, change: { name?: string; open?: boolean }): Promise<ConversationRecord> {
+    if (change.name !== undefined) this.checkGroupName(change.name);
+    if (change.name === undefined && change.open === undefined)
+      throw errors.invalid("NOTHING_TO_CHANGE", "name and open are both unset");
+    await this.group(id);
+    return this.membership.updateGroup(id, change);
+  }
+
+  private checkGroupName(name: string): void {
+    if (name.length === 0 || exceedsChars(name, this.limits.nameCharsMax)) {
+      throw errors.invalid(
+        "INVALID_GROUP_NAME",
+        `group name must have 1-${this.limits.nameCharsMax} characters`,
+      );
+    }
   }
 
   /** Adds members on behalf of `caller` (undefined: a trusted backend). */

@@ -92,6 +92,7 @@ export const METHOD_RULES: ReadonlyMap<string, MethodRule> = new Map([
   ["/switchboard.api.v1.ChatService/SendToUser", rule([], "sendToUsers")],
   ["/switchboard.api.v1.ChatService/Broadcast", rule([], "broadcast")],
   ["/switchboard.api.v1.ChatService/CreateGroup", rule([], "manageGroups")],
+  ["/switchboard.api.v1.ChatService/UpdateGroup", rule([], "manageGroups")],
   ["/switchboard.api.v1.ChatService/GetConversation", rule([], "manageGroups")],
   ["/switchboard.api.v1.ChatService/AddMembers", rule([], "manageGroups")],
   ["/switchboard.api.v1.ChatService/RemoveMembers", rule([], "manageGroups")],

@@ -841,6 +841,26 @@ export function describeBackendContract(
         expect(await h.b.membership.conversationsOf(c, 10)).toEqual([]);
       });
 
+      it("updateGroup renames and opens or closes a group, keeps its members, and refuses what is no group", async (ctx) => {
+        const h = await setup(ctx);
+        const [id, a, b] = [h.id("g"), h.id("a"), h.id("b")];
+        const { record: created } = await h.b.membership.createConversation(record(id, a), [a, b]);
+        const renamed = await h.b.membership.updateGroup(id, { name: "renamed" });
+        expect(renamed).toEqual({ ...created, name: "renamed" });
+        const closed = await h.b.membership.updateGroup(id, { open: false });
+        expect(closed).toEqual({ ...created, name: "renamed", open: false });
+        expect(await h.b.membership.getConversation(id)).toEqual(closed);
+        expect((await h.b.membership.members(id)).sort()).toEqual([a, b].sort());
+        await expect(h.b.membership.updateGroup(h.id("nope"), { name: "x" })).rejects.toMatchObject({
+          reason: "GROUP_NOT_FOUND",
+        });
+        const dm = h.id("dm");
+        await h.b.membership.createConversation({ ...record(dm, ""), kind: "direct", name: "" }, [a, b]);
+        await expect(h.b.membership.updateGroup(dm, { name: "x" })).rejects.toMatchObject({
+          reason: "GROUP_NOT_FOUND",
+        });
+      });
+
       it("concurrent creates of one id: exactly one is created, all return the same record", async (ctx) => {
         const h = await setup(ctx);
         const id = h.id("g");

@@ -209,6 +209,22 @@ describe("ChatService: groups, presence, sessions, devices", () => {
         ?.memberCount,
     ).toBe(2);
     expect((await moderation.listMembers({ conversationId: id })).userIds).toEqual(["api-m2", "api-owner"]);
+    // Removing someone who is not a member is a no-op: a retried call is harmless.
+    expect(
+      (await moderation.removeMembers({ conversationId: id, userIds: ["api-m1"] })).conversation?.memberCount,
+    ).toBe(2);
+    const renamed = await moderation.updateGroup({ conversationId: id, name: "operations", open: false });
+    expect(renamed.conversation).toMatchObject({ name: "operations", open: false, memberCount: 2 });
+    expect((await moderation.updateGroup({ conversationId: id, open: true })).conversation).toMatchObject({
+      name: "operations",
+      open: true,
+    });
+    expect(await failure(moderation.updateGroup({ conversationId: id }))).toBe(
+      "INVALID_ARGUMENT NOTHING_TO_CHANGE",
+    );
+    expect(await failure(moderation.updateGroup({ conversationId: id, name: "" }))).toBe(
+      "INVALID_ARGUMENT INVALID_GROUP_NAME",
+    );
     await moderation.publish({ conversationId: id, idempotencyKey: "k1", body: "hello" });
     const got = await moderation.getConversation({ conversationId: id });
     expect(got.conversation).toMatchObject({ id, memberCount: 2, lastSeq: 1n });

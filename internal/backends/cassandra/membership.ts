@@ -17,7 +17,7 @@
  * listed conversation's member row, which is authoritative, and drops stale index rows.
  */
 import { errors } from "../../lib/errors.js";
-import type { ConversationKindName, ConversationRecord, MembershipStore } from "../types.js";
+import type { ConversationKindName, ConversationRecord, GroupChange, MembershipStore } from "../types.js";
 import {
   backoff,
   chunks,
@@ -100,6 +100,36 @@ export class CassandraMembershipStore implements MembershipStore {
 
   async getConversation(id: string): Promise<ConversationRecord | undefined> {
     return this.readConversation(id);
+  }
+
+  /**
+   * One conditional update of the static columns (conditional like every other write of the partition:
+   * plain writes mixed with Paxos ones may be ordered unlike their acknowledgements). Setting the same
+   * values again is harmless, so a timed-out attempt is retried.
+   */
+  updateGroup(id: string, change: GroupChange): Promise<ConversationRecord> {
+    return this.mutex.run(id, async () => {
+      let lastError: unknown;
+      for (let attempt = 1; attempt <= CAS_ATTEMPTS_MAX; attempt++) {
+        const record = await this.readConversation(id);
+        if (record?.kind !== "group") throw errors.notFound("GROUP_NOT_FOUND", `group ${id} does not exist`);
+        const updated = { ...record, ...change };
+        try {
+          const result = await this.s.execute(
+            "members_by_conversation: update group (conditional)",
+            this.q.updateGroup,
+            [updated.name, updated.open, id],
+            { idempotent: false },
+          );
+          if (result.wasApplied()) return updated;
+        } catch (err) {
+          if (!isUnavailable(err)) throw err;
+          lastError = err;
+          await backoff(attempt);
+        }
+      }
+      throw contended("members_by_conversation: update group", CAS_ATTEMPTS_MAX, lastError);
+    });
   }
 
   addMembers(id: string, users: string[], membersMax: number): Promise<ConversationRecord> {
@@ -353,6 +383,7 @@ function statements(s: Session) {
       "VALUES (?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS",
     insertMember: `INSERT INTO ${members} (conversation_id, user_id, joined_at) VALUES (?, ?, ?) IF NOT EXISTS`,
     casCount: `UPDATE ${members} SET member_count = ? WHERE conversation_id = ? IF member_count = ?`,
+    updateGroup: `UPDATE ${members} SET name = ?, open = ? WHERE conversation_id = ? IF kind = 'group'`,
     deleteMember: `DELETE FROM ${members} WHERE conversation_id = ? AND user_id = ? IF EXISTS`,
     conversationsOf: `SELECT created_at, conversation_id FROM ${byUser} WHERE user_id = ?`,
     indexInsert: `INSERT INTO ${byUser} (user_id, created_at, conversation_id) VALUES (?, ?, ?)`,

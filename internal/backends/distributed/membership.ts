@@ -6,7 +6,7 @@
  * message sent after it is addressed to the new list. If the announcement fails the change is stored
  * but the call fails (retryable: a retried leave or add is a no-op that announces again).
  */
-import type { ConversationRecord, MembershipStore } from "../types.js";
+import type { ConversationRecord, GroupChange, MembershipStore } from "../types.js";
 
 export class AnnouncingMembershipStore implements MembershipStore {
   constructor(
@@ -33,6 +33,11 @@ export class AnnouncingMembershipStore implements MembershipStore {
     const record = await this.store.removeMember(id, user);
     await this.announce(id);
     return record;
+  }
+
+  /** Members are untouched: the sequencer's member lists need no announcement. */
+  updateGroup(id: string, change: GroupChange): Promise<ConversationRecord> {
+    return this.store.updateGroup(id, change);
   }
 
   getConversation(id: string): Promise<ConversationRecord | undefined> {

@@ -26,6 +26,7 @@ import type {
   ConversationRecord,
   DeviceRecord,
   DeviceStore,
+  GroupChange,
   HistoryPage,
   HistoryQuery,
   InboxEntry,
@@ -425,6 +426,16 @@ class EmbeddedMembership implements MembershipStore {
           this.byUser.remove([user, id]);
         }),
       );
+      return updated;
+    });
+  }
+
+  updateGroup(id: string, change: GroupChange) {
+    return this.mutex.run(id, async () => {
+      const record = this.conversations.get(id);
+      if (record?.kind !== "group") throw errors.notFound("GROUP_NOT_FOUND", `group ${id} does not exist`);
+      const updated = { ...record, ...change };
+      await this.guard(this.conversations.put(id, updated));
       return updated;
     });
   }

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file switchboard/api/v1/chat.proto.
  */
 export const file_switchboard_api_v1_chat: GenFile = /*@__PURE__*/
-  fileDesc("Ch1zd2l0Y2hib2FyZC9hcGkvdjEvY2hhdC5wcm90bxISc3dpdGNoYm9hcmQuYXBpLnYxImAKDlB1Ymxpc2hSZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIOCgZzZW5kZXIYAiABKAkSFwoPaWRlbXBvdGVuY3lfa2V5GAMgASgJEgwKBGJvZHkYBCABKAkiVQoPUHVibGlzaFJlc3BvbnNlEi8KB21lc3NhZ2UYASABKAsyHi5zd2l0Y2hib2FyZC5jb21tb24udjEuTWVzc2FnZRIRCglkdXBsaWNhdGUYAiABKAgiWwoRU2VuZFRvVXNlclJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIOCgZzZW5kZXIYAiABKAkSFwoPaWRlbXBvdGVuY3lfa2V5GAMgASgJEgwKBGJvZHkYBCABKAkiWAoSU2VuZFRvVXNlclJlc3BvbnNlEi8KB21lc3NhZ2UYASABKAsyHi5zd2l0Y2hib2FyZC5jb21tb24udjEuTWVzc2FnZRIRCglkdXBsaWNhdGUYAiABKAgiWwoQQnJvYWRjYXN0UmVxdWVzdBIQCgh1c2VyX2lkcxgBIAMoCRIOCgZzZW5kZXIYAiABKAkSFwoPaWRlbXBvdGVuY3lfa2V5GAMgASgJEgwKBGJvZHkYBCABKAkioQEKD0Jyb2FkY2FzdFJlc3VsdBIPCgd1c2VyX2lkGAEgASgJEi8KB21lc3NhZ2UYAiABKAsyHi5zd2l0Y2hib2FyZC5jb21tb24udjEuTWVzc2FnZRIRCglkdXBsaWNhdGUYAyABKAgSKQoEY29kZRgEIAEoDjIbLnN3aXRjaGJvYXJkLmNvbW1vbi52MS5Db2RlEg4KBnJlYXNvbhgFIAEoCSJJChFCcm9hZGNhc3RSZXNwb25zZRI0CgdyZXN1bHRzGAEgAygLMiMuc3dpdGNoYm9hcmQuYXBpLnYxLkJyb2FkY2FzdFJlc3VsdCJQChJDcmVhdGVHcm91cFJlcXVlc3QSDQoFb3duZXIYASABKAkSDAoEbmFtZRgCIAEoCRIPCgdtZW1iZXJzGAMgAygJEgwKBG9wZW4YBCABKAgiUAoTQ3JlYXRlR3JvdXBSZXNwb25zZRI5Cgxjb252ZXJzYXRpb24YASABKAsyIy5zd2l0Y2hib2FyZC5jb21tb24udjEuQ29udmVyc2F0aW9uIjEKFkdldENvbnZlcnNhdGlvblJlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJIlQKF0dldENvbnZlcnNhdGlvblJlc3BvbnNlEjkKDGNvbnZlcnNhdGlvbhgBIAEoCzIjLnN3aXRjaGJvYXJkLmNvbW1vbi52MS5Db252ZXJzYXRpb24iPgoRQWRkTWVtYmVyc1JlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhAKCHVzZXJfaWRzGAIgAygJIk8KEkFkZE1lbWJlcnNSZXNwb25zZRI5Cgxjb252ZXJzYXRpb24YASABKAsyIy5zd2l0Y2hib2FyZC5jb21tb24udjEuQ29udmVyc2F0aW9uIkEKFFJlbW92ZU1lbWJlcnNSZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIQCgh1c2VyX2lkcxgCIAMoCSJSChVSZW1vdmVNZW1iZXJzUmVzcG9uc2USOQoMY29udmVyc2F0aW9uGAEgASgLMiMuc3dpdGNoYm9hcmQuY29tbW9uLnYxLkNvbnZlcnNhdGlvbiItChJMaXN0TWVtYmVyc1JlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJIicKE0xpc3RNZW1iZXJzUmVzcG9uc2USEAoIdXNlcl9pZHMYASADKAkiYgoRR2V0SGlzdG9yeVJlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhIKCmJlZm9yZV9zZXEYAiABKAQSEQoJYWZ0ZXJfc2VxGAMgASgEEg0KBWxpbWl0GAQgASgNIlgKEkdldEhpc3RvcnlSZXNwb25zZRIwCghtZXNzYWdlcxgBIAMoCzIeLnN3aXRjaGJvYXJkLmNvbW1vbi52MS5NZXNzYWdlEhAKCGhhc19tb3JlGAIgASgIIiYKEkdldFByZXNlbmNlUmVxdWVzdBIQCgh1c2VyX2lkcxgBIAMoCSJOChNHZXRQcmVzZW5jZVJlc3BvbnNlEjcKCHN0YXR1c2VzGAEgAygLMiUuc3dpdGNoYm9hcmQuY29tbW9uLnYxLlByZXNlbmNlU3RhdHVzIiYKE0xpc3RTZXNzaW9uc1JlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCSIxCgdTZXNzaW9uEhIKCnNlc3Npb25faWQYASABKAkSEgoKZ2F0ZXdheV9pZBgCIAEoCSJFChRMaXN0U2Vzc2lvbnNSZXNwb25zZRItCghzZXNzaW9ucxgBIAMoCzIbLnN3aXRjaGJvYXJkLmFwaS52MS5TZXNzaW9uImEKEURpc2Nvbm5lY3RSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEgoKc2Vzc2lvbl9pZBgCIAEoCRIOCgZyZWFzb24YAyABKAkSFwoPYWxsb3dfcmVjb25uZWN0GAQgASgIIiYKEkRpc2Nvbm5lY3RSZXNwb25zZRIQCghzZXNzaW9ucxgBIAEoDSJEChVSZWdpc3RlckRldmljZVJlcXVlc3QSKwoGZGV2aWNlGAEgASgLMhsuc3dpdGNoYm9hcmQucHVzaC52MS5EZXZpY2UiGAoWUmVnaXN0ZXJEZXZpY2VSZXNwb25zZSI9ChdVbnJlZ2lzdGVyRGV2aWNlUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhEKCWRldmljZV9pZBgCIAEoCSIaChhVbnJlZ2lzdGVyRGV2aWNlUmVzcG9uc2UiJQoSTGlzdERldmljZXNSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkiQwoTTGlzdERldmljZXNSZXNwb25zZRIsCgdkZXZpY2VzGAEgAygLMhsuc3dpdGNoYm9hcmQucHVzaC52MS5EZXZpY2UieQoTU3RyZWFtRXZlbnRzUmVxdWVzdBIyCglzdWJzY3JpYmUYASABKAsyHS5zd2l0Y2hib2FyZC5hcGkudjEuU3Vic2NyaWJlSAASJgoDYWNrGAIgASgLMhcuc3dpdGNoYm9hcmQuYXBpLnYxLkFja0gAQgYKBGtpbmQiIQoJU3Vic2NyaWJlEhQKDHN1YnNjcmlwdGlvbhgBIAEoCSIVCgNBY2sSDgoGY3Vyc29yGAEgASgJIlEKFFN0cmVhbUV2ZW50c1Jlc3BvbnNlEg4KBmN1cnNvchgBIAEoCRIpCgZldmVudHMYAiADKAsyGS5zd2l0Y2hib2FyZC5hcGkudjEuRXZlbnQiQgoFRXZlbnQSMQoHbWVzc2FnZRgBIAEoCzIeLnN3aXRjaGJvYXJkLmNvbW1vbi52MS5NZXNzYWdlSABCBgoEa2luZDKjDAoLQ2hhdFNlcnZpY2USUgoHUHVibGlzaBIiLnN3aXRjaGJvYXJkLmFwaS52MS5QdWJsaXNoUmVxdWVzdBojLnN3aXRjaGJvYXJkLmFwaS52MS5QdWJsaXNoUmVzcG9uc2USWwoKU2VuZFRvVXNlchIlLnN3aXRjaGJvYXJkLmFwaS52MS5TZW5kVG9Vc2VyUmVxdWVzdBomLnN3aXRjaGJvYXJkLmFwaS52MS5TZW5kVG9Vc2VyUmVzcG9uc2USWAoJQnJvYWRjYXN0EiQuc3dpdGNoYm9hcmQuYXBpLnYxLkJyb2FkY2FzdFJlcXVlc3QaJS5zd2l0Y2hib2FyZC5hcGkudjEuQnJvYWRjYXN0UmVzcG9uc2USXgoLQ3JlYXRlR3JvdXASJi5zd2l0Y2hib2FyZC5hcGkudjEuQ3JlYXRlR3JvdXBSZXF1ZXN0Gicuc3dpdGNoYm9hcmQuYXBpLnYxLkNyZWF0ZUdyb3VwUmVzcG9uc2USagoPR2V0Q29udmVyc2F0aW9uEiouc3dpdGNoYm9hcmQuYXBpLnYxLkdldENvbnZlcnNhdGlvblJlcXVlc3QaKy5zd2l0Y2hib2FyZC5hcGkudjEuR2V0Q29udmVyc2F0aW9uUmVzcG9uc2USWwoKQWRkTWVtYmVycxIlLnN3aXRjaGJvYXJkLmFwaS52MS5BZGRNZW1iZXJzUmVxdWVzdBomLnN3aXRjaGJvYXJkLmFwaS52MS5BZGRNZW1iZXJzUmVzcG9uc2USZAoNUmVtb3ZlTWVtYmVycxIoLnN3aXRjaGJvYXJkLmFwaS52MS5SZW1vdmVNZW1iZXJzUmVxdWVzdBopLnN3aXRjaGJvYXJkLmFwaS52MS5SZW1vdmVNZW1iZXJzUmVzcG9uc2USXgoLTGlzdE1lbWJlcnMSJi5zd2l0Y2hib2FyZC5hcGkudjEuTGlzdE1lbWJlcnNSZXF1ZXN0Gicuc3dpdGNoYm9hcmQuYXBpLnYxLkxpc3RNZW1iZXJzUmVzcG9uc2USWwoKR2V0SGlzdG9yeRIlLnN3aXRjaGJvYXJkLmFwaS52MS5HZXRIaXN0b3J5UmVxdWVzdBomLnN3aXRjaGJvYXJkLmFwaS52MS5HZXRIaXN0b3J5UmVzcG9uc2USXgoLR2V0UHJlc2VuY2USJi5zd2l0Y2hib2FyZC5hcGkudjEuR2V0UHJlc2VuY2VSZXF1ZXN0Gicuc3dpdGNoYm9hcmQuYXBpLnYxLkdldFByZXNlbmNlUmVzcG9uc2USYQoMTGlzdFNlc3Npb25zEicuc3dpdGNoYm9hcmQuYXBpLnYxLkxpc3RTZXNzaW9uc1JlcXVlc3QaKC5zd2l0Y2hib2FyZC5hcGkudjEuTGlzdFNlc3Npb25zUmVzcG9uc2USWwoKRGlzY29ubmVjdBIlLnN3aXRjaGJvYXJkLmFwaS52MS5EaXNjb25uZWN0UmVxdWVzdBomLnN3aXRjaGJvYXJkLmFwaS52MS5EaXNjb25uZWN0UmVzcG9uc2USZwoOUmVnaXN0ZXJEZXZpY2USKS5zd2l0Y2hib2FyZC5hcGkudjEuUmVnaXN0ZXJEZXZpY2VSZXF1ZXN0Giouc3dpdGNoYm9hcmQuYXBpLnYxLlJlZ2lzdGVyRGV2aWNlUmVzcG9uc2USbQoQVW5yZWdpc3RlckRldmljZRIrLnN3aXRjaGJvYXJkLmFwaS52MS5VbnJlZ2lzdGVyRGV2aWNlUmVxdWVzdBosLnN3aXRjaGJvYXJkLmFwaS52MS5VbnJlZ2lzdGVyRGV2aWNlUmVzcG9uc2USXgoLTGlzdERldmljZXMSJi5zd2l0Y2hib2FyZC5hcGkudjEuTGlzdERldmljZXNSZXF1ZXN0Gicuc3dpdGNoYm9hcmQuYXBpLnYxLkxpc3REZXZpY2VzUmVzcG9uc2USZQoMU3RyZWFtRXZlbnRzEicuc3dpdGNoYm9hcmQuYXBpLnYxLlN0cmVhbUV2ZW50c1JlcXVlc3QaKC5zd2l0Y2hib2FyZC5hcGkudjEuU3RyZWFtRXZlbnRzUmVzcG9uc2UoATABYgZwcm90bzM", [file_switchboard_common_v1_common, file_switchboard_push_v1_push]);
+  fileDesc("Ch1zd2l0Y2hib2FyZC9hcGkvdjEvY2hhdC5wcm90bxISc3dpdGNoYm9hcmQuYXBpLnYxImAKDlB1Ymxpc2hSZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIOCgZzZW5kZXIYAiABKAkSFwoPaWRlbXBvdGVuY3lfa2V5GAMgASgJEgwKBGJvZHkYBCABKAkiVQoPUHVibGlzaFJlc3BvbnNlEi8KB21lc3NhZ2UYASABKAsyHi5zd2l0Y2hib2FyZC5jb21tb24udjEuTWVzc2FnZRIRCglkdXBsaWNhdGUYAiABKAgiWwoRU2VuZFRvVXNlclJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIOCgZzZW5kZXIYAiABKAkSFwoPaWRlbXBvdGVuY3lfa2V5GAMgASgJEgwKBGJvZHkYBCABKAkiWAoSU2VuZFRvVXNlclJlc3BvbnNlEi8KB21lc3NhZ2UYASABKAsyHi5zd2l0Y2hib2FyZC5jb21tb24udjEuTWVzc2FnZRIRCglkdXBsaWNhdGUYAiABKAgiWwoQQnJvYWRjYXN0UmVxdWVzdBIQCgh1c2VyX2lkcxgBIAMoCRIOCgZzZW5kZXIYAiABKAkSFwoPaWRlbXBvdGVuY3lfa2V5GAMgASgJEgwKBGJvZHkYBCABKAkioQEKD0Jyb2FkY2FzdFJlc3VsdBIPCgd1c2VyX2lkGAEgASgJEi8KB21lc3NhZ2UYAiABKAsyHi5zd2l0Y2hib2FyZC5jb21tb24udjEuTWVzc2FnZRIRCglkdXBsaWNhdGUYAyABKAgSKQoEY29kZRgEIAEoDjIbLnN3aXRjaGJvYXJkLmNvbW1vbi52MS5Db2RlEg4KBnJlYXNvbhgFIAEoCSJJChFCcm9hZGNhc3RSZXNwb25zZRI0CgdyZXN1bHRzGAEgAygLMiMuc3dpdGNoYm9hcmQuYXBpLnYxLkJyb2FkY2FzdFJlc3VsdCJQChJDcmVhdGVHcm91cFJlcXVlc3QSDQoFb3duZXIYASABKAkSDAoEbmFtZRgCIAEoCRIPCgdtZW1iZXJzGAMgAygJEgwKBG9wZW4YBCABKAgiUAoTQ3JlYXRlR3JvdXBSZXNwb25zZRI5Cgxjb252ZXJzYXRpb24YASABKAsyIy5zd2l0Y2hib2FyZC5jb21tb24udjEuQ29udmVyc2F0aW9uImUKElVwZGF0ZUdyb3VwUmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSEQoEbmFtZRgCIAEoCUgAiAEBEhEKBG9wZW4YAyABKAhIAYgBAUIHCgVfbmFtZUIHCgVfb3BlbiJQChNVcGRhdGVHcm91cFJlc3BvbnNlEjkKDGNvbnZlcnNhdGlvbhgBIAEoCzIjLnN3aXRjaGJvYXJkLmNvbW1vbi52MS5Db252ZXJzYXRpb24iMQoWR2V0Q29udmVyc2F0aW9uUmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkiVAoXR2V0Q29udmVyc2F0aW9uUmVzcG9uc2USOQoMY29udmVyc2F0aW9uGAEgASgLMiMuc3dpdGNoYm9hcmQuY29tbW9uLnYxLkNvbnZlcnNhdGlvbiI+ChFBZGRNZW1iZXJzUmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSEAoIdXNlcl9pZHMYAiADKAkiTwoSQWRkTWVtYmVyc1Jlc3BvbnNlEjkKDGNvbnZlcnNhdGlvbhgBIAEoCzIjLnN3aXRjaGJvYXJkLmNvbW1vbi52MS5Db252ZXJzYXRpb24iQQoUUmVtb3ZlTWVtYmVyc1JlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhAKCHVzZXJfaWRzGAIgAygJIlIKFVJlbW92ZU1lbWJlcnNSZXNwb25zZRI5Cgxjb252ZXJzYXRpb24YASABKAsyIy5zd2l0Y2hib2FyZC5jb21tb24udjEuQ29udmVyc2F0aW9uIi0KEkxpc3RNZW1iZXJzUmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkiJwoTTGlzdE1lbWJlcnNSZXNwb25zZRIQCgh1c2VyX2lkcxgBIAMoCSJiChFHZXRIaXN0b3J5UmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSEgoKYmVmb3JlX3NlcRgCIAEoBBIRCglhZnRlcl9zZXEYAyABKAQSDQoFbGltaXQYBCABKA0iWAoSR2V0SGlzdG9yeVJlc3BvbnNlEjAKCG1lc3NhZ2VzGAEgAygLMh4uc3dpdGNoYm9hcmQuY29tbW9uLnYxLk1lc3NhZ2USEAoIaGFzX21vcmUYAiABKAgiJgoSR2V0UHJlc2VuY2VSZXF1ZXN0EhAKCHVzZXJfaWRzGAEgAygJIk4KE0dldFByZXNlbmNlUmVzcG9uc2USNwoIc3RhdHVzZXMYASADKAsyJS5zd2l0Y2hib2FyZC5jb21tb24udjEuUHJlc2VuY2VTdGF0dXMiJgoTTGlzdFNlc3Npb25zUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJIjEKB1Nlc3Npb24SEgoKc2Vzc2lvbl9pZBgBIAEoCRISCgpnYXRld2F5X2lkGAIgASgJIkUKFExpc3RTZXNzaW9uc1Jlc3BvbnNlEi0KCHNlc3Npb25zGAEgAygLMhsuc3dpdGNoYm9hcmQuYXBpLnYxLlNlc3Npb24iYQoRRGlzY29ubmVjdFJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJEg4KBnJlYXNvbhgDIAEoCRIXCg9hbGxvd19yZWNvbm5lY3QYBCABKAgiJgoSRGlzY29ubmVjdFJlc3BvbnNlEhAKCHNlc3Npb25zGAEgASgNIkQKFVJlZ2lzdGVyRGV2aWNlUmVxdWVzdBIrCgZkZXZpY2UYASABKAsyGy5zd2l0Y2hib2FyZC5wdXNoLnYxLkRldmljZSIYChZSZWdpc3RlckRldmljZVJlc3BvbnNlIj0KF1VucmVnaXN0ZXJEZXZpY2VSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEQoJZGV2aWNlX2lkGAIgASgJIhoKGFVucmVnaXN0ZXJEZXZpY2VSZXNwb25zZSIlChJMaXN0RGV2aWNlc1JlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCSJDChNMaXN0RGV2aWNlc1Jlc3BvbnNlEiwKB2RldmljZXMYASADKAsyGy5zd2l0Y2hib2FyZC5wdXNoLnYxLkRldmljZSJ5ChNTdHJlYW1FdmVudHNSZXF1ZXN0EjIKCXN1YnNjcmliZRgBIAEoCzIdLnN3aXRjaGJvYXJkLmFwaS52MS5TdWJzY3JpYmVIABImCgNhY2sYAiABKAsyFy5zd2l0Y2hib2FyZC5hcGkudjEuQWNrSABCBgoEa2luZCIhCglTdWJzY3JpYmUSFAoMc3Vic2NyaXB0aW9uGAEgASgJIhUKA0FjaxIOCgZjdXJzb3IYASABKAkiUQoUU3RyZWFtRXZlbnRzUmVzcG9uc2USDgoGY3Vyc29yGAEgASgJEikKBmV2ZW50cxgCIAMoCzIZLnN3aXRjaGJvYXJkLmFwaS52MS5FdmVudCJCCgVFdmVudBIxCgdtZXNzYWdlGAEgASgLMh4uc3dpdGNoYm9hcmQuY29tbW9uLnYxLk1lc3NhZ2VIAEIGCgRraW5kMoMNCgtDaGF0U2VydmljZRJSCgdQdWJsaXNoEiIuc3dpdGNoYm9hcmQuYXBpLnYxLlB1Ymxpc2hSZXF1ZXN0GiMuc3dpdGNoYm9hcmQuYXBpLnYxLlB1Ymxpc2hSZXNwb25zZRJbCgpTZW5kVG9Vc2VyEiUuc3dpdGNoYm9hcmQuYXBpLnYxLlNlbmRUb1VzZXJSZXF1ZXN0GiYuc3dpdGNoYm9hcmQuYXBpLnYxLlNlbmRUb1VzZXJSZXNwb25zZRJYCglCcm9hZGNhc3QSJC5zd2l0Y2hib2FyZC5hcGkudjEuQnJvYWRjYXN0UmVxdWVzdBolLnN3aXRjaGJvYXJkLmFwaS52MS5Ccm9hZGNhc3RSZXNwb25zZRJeCgtDcmVhdGVHcm91cBImLnN3aXRjaGJvYXJkLmFwaS52MS5DcmVhdGVHcm91cFJlcXVlc3QaJy5zd2l0Y2hib2FyZC5hcGkudjEuQ3JlYXRlR3JvdXBSZXNwb25zZRJeCgtVcGRhdGVHcm91cBImLnN3aXRjaGJvYXJkLmFwaS52MS5VcGRhdGVHcm91cFJlcXVlc3QaJy5zd2l0Y2hib2FyZC5hcGkudjEuVXBkYXRlR3JvdXBSZXNwb25zZRJqCg9HZXRDb252ZXJzYXRpb24SKi5zd2l0Y2hib2FyZC5hcGkudjEuR2V0Q29udmVyc2F0aW9uUmVxdWVzdBorLnN3aXRjaGJvYXJkLmFwaS52MS5HZXRDb252ZXJzYXRpb25SZXNwb25zZRJbCgpBZGRNZW1iZXJzEiUuc3dpdGNoYm9hcmQuYXBpLnYxLkFkZE1lbWJlcnNSZXF1ZXN0GiYuc3dpdGNoYm9hcmQuYXBpLnYxLkFkZE1lbWJlcnNSZXNwb25zZRJkCg1SZW1vdmVNZW1iZXJzEiguc3dpdGNoYm9hcmQuYXBpLnYxLlJlbW92ZU1lbWJlcnNSZXF1ZXN0Gikuc3dpdGNoYm9hcmQuYXBpLnYxLlJlbW92ZU1lbWJlcnNSZXNwb25zZRJeCgtMaXN0TWVtYmVycxImLnN3aXRjaGJvYXJkLmFwaS52MS5MaXN0TWVtYmVyc1JlcXVlc3QaJy5zd2l0Y2hib2FyZC5hcGkudjEuTGlzdE1lbWJlcnNSZXNwb25zZRJbCgpHZXRIaXN0b3J5EiUuc3dpdGNoYm9hcmQuYXBpLnYxLkdldEhpc3RvcnlSZXF1ZXN0GiYuc3dpdGNoYm9hcmQuYXBpLnYxLkdldEhpc3RvcnlSZXNwb25zZRJeCgtHZXRQcmVzZW5jZRImLnN3aXRjaGJvYXJkLmFwaS52MS5HZXRQcmVzZW5jZVJlcXVlc3QaJy5zd2l0Y2hib2FyZC5hcGkudjEuR2V0UHJlc2VuY2VSZXNwb25zZRJhCgxMaXN0U2Vzc2lvbnMSJy5zd2l0Y2hib2FyZC5hcGkudjEuTGlzdFNlc3Npb25zUmVxdWVzdBooLnN3aXRjaGJvYXJkLmFwaS52MS5MaXN0U2Vzc2lvbnNSZXNwb25zZRJbCgpEaXNjb25uZWN0EiUuc3dpdGNoYm9hcmQuYXBpLnYxLkRpc2Nvbm5lY3RSZXF1ZXN0GiYuc3dpdGNoYm9hcmQuYXBpLnYxLkRpc2Nvbm5lY3RSZXNwb25zZRJnCg5SZWdpc3RlckRldmljZRIpLnN3aXRjaGJvYXJkLmFwaS52MS5SZWdpc3RlckRldmljZVJlcXVlc3QaKi5zd2l0Y2hib2FyZC5hcGkudjEuUmVnaXN0ZXJEZXZpY2VSZXNwb25zZRJtChBVbnJlZ2lzdGVyRGV2aWNlEisuc3dpdGNoYm9hcmQuYXBpLnYxLlVucmVnaXN0ZXJEZXZpY2VSZXF1ZXN0Giwuc3dpdGNoYm9hcmQuYXBpLnYxLlVucmVnaXN0ZXJEZXZpY2VSZXNwb25zZRJeCgtMaXN0RGV2aWNlcxImLnN3aXRjaGJvYXJkLmFwaS52MS5MaXN0RGV2aWNlc1JlcXVlc3QaJy5zd2l0Y2hib2FyZC5hcGkudjEuTGlzdERldmljZXNSZXNwb25zZRJlCgxTdHJlYW1FdmVudHMSJy5zd2l0Y2hib2FyZC5hcGkudjEuU3RyZWFtRXZlbnRzUmVxdWVzdBooLnN3aXRjaGJvYXJkLmFwaS52MS5TdHJlYW1FdmVudHNSZXNwb25zZSgBMAFiBnByb3RvMw", [file_switchboard_common_v1_common, file_switchboard_push_v1_push]);
 
 /**
  * Post into a conversation.
@@ -334,6 +334,62 @@ export const CreateGroupResponseSchema: GenMessage<CreateGroupResponse> = /*@__P
   messageDesc(file_switchboard_api_v1_chat, 8);
 
 /**
+ * Change a group.
+ *
+ * @generated from message switchboard.api.v1.UpdateGroupRequest
+ */
+export type UpdateGroupRequest = Message<"switchboard.api.v1.UpdateGroupRequest"> & {
+  /**
+   * Group id.
+   *
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * New name (unset: unchanged).
+   *
+   * @generated from field: optional string name = 2;
+   */
+  name?: string | undefined;
+
+  /**
+   * Whether users may join without being added (unset: unchanged).
+   *
+   * @generated from field: optional bool open = 3;
+   */
+  open?: boolean | undefined;
+};
+
+/**
+ * Describes the message switchboard.api.v1.UpdateGroupRequest.
+ * Use `create(UpdateGroupRequestSchema)` to create a new message.
+ */
+export const UpdateGroupRequestSchema: GenMessage<UpdateGroupRequest> = /*@__PURE__*/
+  messageDesc(file_switchboard_api_v1_chat, 9);
+
+/**
+ * The group after the change.
+ *
+ * @generated from message switchboard.api.v1.UpdateGroupResponse
+ */
+export type UpdateGroupResponse = Message<"switchboard.api.v1.UpdateGroupResponse"> & {
+  /**
+   * The group.
+   *
+   * @generated from field: switchboard.common.v1.Conversation conversation = 1;
+   */
+  conversation?: Conversation | undefined;
+};
+
+/**
+ * Describes the message switchboard.api.v1.UpdateGroupResponse.
+ * Use `create(UpdateGroupResponseSchema)` to create a new message.
+ */
+export const UpdateGroupResponseSchema: GenMessage<UpdateGroupResponse> = /*@__PURE__*/
+  messageDesc(file_switchboard_api_v1_chat, 10);
+
+/**
  * Read a conversation.
  *
  * @generated from message switchboard.api.v1.GetConversationRequest
@@ -352,7 +408,7 @@ export type GetConversationRequest = Message<"switchboard.api.v1.GetConversation
  * Use `create(GetConversationRequestSchema)` to create a new message.
  */
 export const GetConversationRequestSchema: GenMessage<GetConversationRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_api_v1_chat, 9);
+  messageDesc(file_switchboard_api_v1_chat, 11);
 
 /**
  * The conversation.
@@ -373,7 +429,7 @@ export type GetConversationResponse = Message<"switchboard.api.v1.GetConversatio
  * Use `create(GetConversationResponseSchema)` to create a new message.
  */
 export const GetConversationResponseSchema: GenMessage<GetConversationResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_api_v1_chat, 10);
+  messageDesc(file_switchboard_api_v1_chat, 12);
 
 /**
  * Add members.
@@ -401,7 +457,7 @@ export type AddMembersRequest = Message<"switchboard.api.v1.AddMembersRequest"> 
  * Use `create(AddMembersRequestSchema)` to create a new message.
  */
 export const AddMembersRequestSchema: GenMessage<AddMembersRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_api_v1_chat, 11);
+  messageDesc(file_switchboard_api_v1_chat, 13);
 
 /**
  * Members added.
@@ -422,7 +478,7 @@ export type AddMembersResponse = Message<"switchboard.api.v1.AddMembersResponse"
  * Use `create(AddMembersResponseSchema)` to create a new message.
  */
 export const AddMembersResponseSchema: GenMessage<AddMembersResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_api_v1_chat, 12);
+  messageDesc(file_switchboard_api_v1_chat, 14);
 
 /**
  * Remove members.
@@ -450,7 +506,7 @@ export type RemoveMembersRequest = Message<"switchboard.api.v1.RemoveMembersRequ
  * Use `create(RemoveMembersRequestSchema)` to create a new message.
  */
 export const RemoveMembersRequestSchema: GenMessage<RemoveMembersRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_api_v1_chat, 13);
+  messageDesc(file_switchboard_api_v1_chat, 15);
 
 /**
  * Members removed.
@@ -471,7 +527,7 @@ export type RemoveMembersResponse = Message<"switchboard.api.v1.RemoveMembersRes
  * Use `create(RemoveMembersResponseSchema)` to create a new message.
  */
 export const RemoveMembersResponseSchema: GenMessage<RemoveMembersResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_api_v1_chat, 14);
+  messageDesc(file_switchboard_api_v1_chat, 16);
 
 /**
  * List members.
@@ -492,7 +548,7 @@ export type ListMembersRequest = Message<"switchboard.api.v1.ListMembersRequest"
  * Use `create(ListMembersRequestSchema)` to create a new message.
  */
 export const ListMembersRequestSchema: GenMessage<ListMembersRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_api_v1_chat, 15);
+  messageDesc(file_switchboard_api_v1_chat, 17);
 
 /**
  * Members.
@@ -513,7 +569,7 @@ export type ListMembersResponse = Message<"switchboard.api.v1.ListMembersRespons
  * Use `create(ListMembersResponseSchema)` to create a new message.
  */
 export const ListMembersResponseSchema: GenMessage<ListMembersResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_api_v1_chat, 16);
+  messageDesc(file_switchboard_api_v1_chat, 18);
 
 /**
  * Read history.
@@ -555,7 +611,7 @@ export type GetHistoryRequest = Message<"switchboard.api.v1.GetHistoryRequest"> 
  * Use `create(GetHistoryRequestSchema)` to create a new message.
  */
 export const GetHistoryRequestSchema: GenMessage<GetHistoryRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_api_v1_chat, 17);
+  messageDesc(file_switchboard_api_v1_chat, 19);
 
 /**
  * A page of history.
@@ -583,7 +639,7 @@ export type GetHistoryResponse = Message<"switchboard.api.v1.GetHistoryResponse"
  * Use `create(GetHistoryResponseSchema)` to create a new message.
  */
 export const GetHistoryResponseSchema: GenMessage<GetHistoryResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_api_v1_chat, 18);
+  messageDesc(file_switchboard_api_v1_chat, 20);
 
 /**
  * Query presence.
@@ -604,7 +660,7 @@ export type GetPresenceRequest = Message<"switchboard.api.v1.GetPresenceRequest"
  * Use `create(GetPresenceRequestSchema)` to create a new message.
  */
 export const GetPresenceRequestSchema: GenMessage<GetPresenceRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_api_v1_chat, 19);
+  messageDesc(file_switchboard_api_v1_chat, 21);
 
 /**
  * Statuses.
@@ -625,7 +681,7 @@ export type GetPresenceResponse = Message<"switchboard.api.v1.GetPresenceRespons
  * Use `create(GetPresenceResponseSchema)` to create a new message.
  */
 export const GetPresenceResponseSchema: GenMessage<GetPresenceResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_api_v1_chat, 20);
+  messageDesc(file_switchboard_api_v1_chat, 22);
 
 /**
  * List a user's sessions.
@@ -646,7 +702,7 @@ export type ListSessionsRequest = Message<"switchboard.api.v1.ListSessionsReques
  * Use `create(ListSessionsRequestSchema)` to create a new message.
  */
 export const ListSessionsRequestSchema: GenMessage<ListSessionsRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_api_v1_chat, 21);
+  messageDesc(file_switchboard_api_v1_chat, 23);
 
 /**
  * One connected device.
@@ -674,7 +730,7 @@ export type Session = Message<"switchboard.api.v1.Session"> & {
  * Use `create(SessionSchema)` to create a new message.
  */
 export const SessionSchema: GenMessage<Session> = /*@__PURE__*/
-  messageDesc(file_switchboard_api_v1_chat, 22);
+  messageDesc(file_switchboard_api_v1_chat, 24);
 
 /**
  * The user's connected devices.
@@ -695,7 +751,7 @@ export type ListSessionsResponse = Message<"switchboard.api.v1.ListSessionsRespo
  * Use `create(ListSessionsResponseSchema)` to create a new message.
  */
 export const ListSessionsResponseSchema: GenMessage<ListSessionsResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_api_v1_chat, 23);
+  messageDesc(file_switchboard_api_v1_chat, 25);
 
 /**
  * Close connections.
@@ -738,7 +794,7 @@ export type DisconnectRequest = Message<"switchboard.api.v1.DisconnectRequest"> 
  * Use `create(DisconnectRequestSchema)` to create a new message.
  */
 export const DisconnectRequestSchema: GenMessage<DisconnectRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_api_v1_chat, 24);
+  messageDesc(file_switchboard_api_v1_chat, 26);
 
 /**
  * Connections told to close.
@@ -759,7 +815,7 @@ export type DisconnectResponse = Message<"switchboard.api.v1.DisconnectResponse"
  * Use `create(DisconnectResponseSchema)` to create a new message.
  */
 export const DisconnectResponseSchema: GenMessage<DisconnectResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_api_v1_chat, 25);
+  messageDesc(file_switchboard_api_v1_chat, 27);
 
 /**
  * Register a device.
@@ -780,7 +836,7 @@ export type RegisterDeviceRequest = Message<"switchboard.api.v1.RegisterDeviceRe
  * Use `create(RegisterDeviceRequestSchema)` to create a new message.
  */
 export const RegisterDeviceRequestSchema: GenMessage<RegisterDeviceRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_api_v1_chat, 26);
+  messageDesc(file_switchboard_api_v1_chat, 28);
 
 /**
  * Registered.
@@ -795,7 +851,7 @@ export type RegisterDeviceResponse = Message<"switchboard.api.v1.RegisterDeviceR
  * Use `create(RegisterDeviceResponseSchema)` to create a new message.
  */
 export const RegisterDeviceResponseSchema: GenMessage<RegisterDeviceResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_api_v1_chat, 27);
+  messageDesc(file_switchboard_api_v1_chat, 29);
 
 /**
  * Unregister a device.
@@ -823,7 +879,7 @@ export type UnregisterDeviceRequest = Message<"switchboard.api.v1.UnregisterDevi
  * Use `create(UnregisterDeviceRequestSchema)` to create a new message.
  */
 export const UnregisterDeviceRequestSchema: GenMessage<UnregisterDeviceRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_api_v1_chat, 28);
+  messageDesc(file_switchboard_api_v1_chat, 30);
 
 /**
  * Unregistered.
@@ -838,7 +894,7 @@ export type UnregisterDeviceResponse = Message<"switchboard.api.v1.UnregisterDev
  * Use `create(UnregisterDeviceResponseSchema)` to create a new message.
  */
 export const UnregisterDeviceResponseSchema: GenMessage<UnregisterDeviceResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_api_v1_chat, 29);
+  messageDesc(file_switchboard_api_v1_chat, 31);
 
 /**
  * List devices.
@@ -859,7 +915,7 @@ export type ListDevicesRequest = Message<"switchboard.api.v1.ListDevicesRequest"
  * Use `create(ListDevicesRequestSchema)` to create a new message.
  */
 export const ListDevicesRequestSchema: GenMessage<ListDevicesRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_api_v1_chat, 30);
+  messageDesc(file_switchboard_api_v1_chat, 32);
 
 /**
  * Devices.
@@ -880,7 +936,7 @@ export type ListDevicesResponse = Message<"switchboard.api.v1.ListDevicesRespons
  * Use `create(ListDevicesResponseSchema)` to create a new message.
  */
 export const ListDevicesResponseSchema: GenMessage<ListDevicesResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_api_v1_chat, 31);
+  messageDesc(file_switchboard_api_v1_chat, 33);
 
 /**
  * One request on the event stream: first `subscribe`, then `ack`s.
@@ -917,7 +973,7 @@ export type StreamEventsRequest = Message<"switchboard.api.v1.StreamEventsReques
  * Use `create(StreamEventsRequestSchema)` to create a new message.
  */
 export const StreamEventsRequestSchema: GenMessage<StreamEventsRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_api_v1_chat, 32);
+  messageDesc(file_switchboard_api_v1_chat, 34);
 
 /**
  * Open the stream.
@@ -939,7 +995,7 @@ export type Subscribe = Message<"switchboard.api.v1.Subscribe"> & {
  * Use `create(SubscribeSchema)` to create a new message.
  */
 export const SubscribeSchema: GenMessage<Subscribe> = /*@__PURE__*/
-  messageDesc(file_switchboard_api_v1_chat, 33);
+  messageDesc(file_switchboard_api_v1_chat, 35);
 
 /**
  * Acknowledge a batch.
@@ -960,7 +1016,7 @@ export type Ack = Message<"switchboard.api.v1.Ack"> & {
  * Use `create(AckSchema)` to create a new message.
  */
 export const AckSchema: GenMessage<Ack> = /*@__PURE__*/
-  messageDesc(file_switchboard_api_v1_chat, 34);
+  messageDesc(file_switchboard_api_v1_chat, 36);
 
 /**
  * A batch of events.
@@ -988,7 +1044,7 @@ export type StreamEventsResponse = Message<"switchboard.api.v1.StreamEventsRespo
  * Use `create(StreamEventsResponseSchema)` to create a new message.
  */
 export const StreamEventsResponseSchema: GenMessage<StreamEventsResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_api_v1_chat, 35);
+  messageDesc(file_switchboard_api_v1_chat, 37);
 
 /**
  * One event.
@@ -1017,7 +1073,7 @@ export type Event = Message<"switchboard.api.v1.Event"> & {
  * Use `create(EventSchema)` to create a new message.
  */
 export const EventSchema: GenMessage<Event> = /*@__PURE__*/
-  messageDesc(file_switchboard_api_v1_chat, 36);
+  messageDesc(file_switchboard_api_v1_chat, 38);
 
 /**
  * The chat API for backend services (docs/server-api.md): bots and system senders, groups,
@@ -1068,6 +1124,16 @@ export const ChatService: GenService<{
     methodKind: "unary";
     input: typeof CreateGroupRequestSchema;
     output: typeof CreateGroupResponseSchema;
+  },
+  /**
+   * Rename a group, or open or close it.
+   *
+   * @generated from rpc switchboard.api.v1.ChatService.UpdateGroup
+   */
+  updateGroup: {
+    methodKind: "unary";
+    input: typeof UpdateGroupRequestSchema;
+    output: typeof UpdateGroupResponseSchema;
   },
   /**
    * Read a conversation's record.
