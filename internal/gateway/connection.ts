@@ -315,7 +315,13 @@ export class Connection {
       case "listConversations": {
         const records = await c.backends.membership.conversationsOf(user, this.pageLimit(req.value.limit));
         const conversations = await Promise.all(
-          records.map(async (r) => toWireConversation(r, await c.backends.messages.lastSeq(r.id))),
+          records.map(async (r) =>
+            toWireConversation(
+              r,
+              await c.backends.messages.lastSeq(r.id),
+              await c.backends.receipts.get(r.id, user, "read"),
+            ),
+          ),
         );
         return reply({ case: "conversations", value: { conversations } });
       }

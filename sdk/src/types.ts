@@ -89,6 +89,8 @@ export interface Conversation {
   open: boolean;
   lastSeq: number;
   createdAtMs: number;
+  /** The signed-in user's read watermark (listConversations only; 0 elsewhere): unread = lastSeq - readSeq, minus own messages. */
+  readSeq: number;
 }
 
 export interface HistoryPage {
@@ -206,6 +208,7 @@ export function toConversation(c: PbConversation): Conversation {
     open: c.open,
     lastSeq: num(c.lastSeq),
     createdAtMs: num(c.createdAtMs),
+    readSeq: num(c.readSeq),
   };
 }
 

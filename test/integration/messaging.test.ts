@@ -356,6 +356,32 @@ describe("receipts and typing", () => {
     bob.close();
   });
 
+  it("lists each conversation with the caller's own read watermark, for unread counts on any device", async () => {
+    const [a, b] = [user("alice"), user("bob")];
+    const alice = await connect(a);
+    const bob = await connect(b);
+    const first = expectCase(await send(alice, { toUser: b }, "one"), "ack");
+    expectCase(await send(alice, { toUser: b }, "two"), "ack");
+    const before = expectCase(await bob.request({ case: "listConversations", value: {} }), "conversations");
+    expect(before.conversations.map((c) => [c.id, c.lastSeq, c.readSeq])).toEqual([
+      [first.conversationId, 2n, 0n],
+    ]);
+    expectCase(
+      await bob.request({
+        case: "receipt",
+        value: { conversationId: first.conversationId, seq: first.seq, kind: ReceiptKind.READ },
+      }),
+      "ok",
+    );
+    const after = expectCase(await bob.request({ case: "listConversations", value: {} }), "conversations");
+    expect(after.conversations[0]).toMatchObject({ lastSeq: 2n, readSeq: 1n });
+    // The watermark is the caller's own: alice has marked nothing read.
+    const alices = expectCase(await alice.request({ case: "listConversations", value: {} }), "conversations");
+    expect(alices.conversations[0]?.readSeq).toBe(0n);
+    alice.close();
+    bob.close();
+  });
+
   it("relays typing to the other members but not to the typist's own connection", async () => {
     const [a, b] = [user("alice"), user("bob")];
     const alice = await connect(a);
