@@ -1,0 +1,155 @@
+/**
+ * The reference web client's entry point: the sign-in form, then the chat, wired to the DOM of
+ * web/index.html. All protocol work is the SDK's (imported from the bundle it ships).
+ */
+import { SwitchboardClient } from "../../sdk/src/index.js";
+import { ChatApp } from "./chat-app.js";
+import { byId } from "./dom.js";
+import { render } from "./render.js";
+import { type Credentials, devToken, gatewayUrl, normalizeServer, pastedToken } from "./sign-in.js";
+
+const USER_ID = /^[A-Za-z0-9._@:+-]{1,128}$/;
+
+function inputValue(id: string): string {
+  return byId<HTMLInputElement | HTMLTextAreaElement>(id).value.trim();
+}
+
+function showSignInError(message: string): void {
+  byId("sign-in-error").textContent = message;
+}
+
+async function signIn(credentials: Credentials, server: string): Promise<void> {
+  localStorage.setItem("switchboard:server", server);
+  localStorage.setItem("switchboard:user", credentials.userId);
+  const cursorKey = `switchboard:cursor:${server}:${credentials.userId}`;
+  const url = await gatewayUrl(server);
+  const stored = localStorage.getItem(cursorKey);
+  const client = new SwitchboardClient({
+    url,
+    token: credentials.token,
+    cursor: stored === null ? await inboxHead(url, credentials) : Number(stored),
+  });
+  // Tabs of one browser share the stored cursor; each keeps the highest it processed.
+  const saveCursor = (cursor: number) => {
+    if (cursor > Number(localStorage.getItem(cursorKey) ?? 0))
+      localStorage.setItem(cursorKey, String(cursor));
+  };
+  const app = new ChatApp(client, credentials.userId, saveCursor);
+  let drawScheduled = false;
+  app.onChange = () => {
+    if (drawScheduled) return;
+    drawScheduled = true;
+    requestAnimationFrame(() => {
+      drawScheduled = false;
+      render(app);
+    });
+  };
+  byId("sign-in").hidden = true;
+  byId("app").hidden = false;
+  byId("me").textContent = credentials.userId;
+  wireChat(app);
+  render(app);
+  await client.connect();
+}
+
+/**
+ * Where a device new to this user starts its inbox: at the head. Syncing a whole inbox from 0 would
+ * load every message ever sent to the user; the conversation list and each conversation's newest
+ * page of history show what matters, and older pages load as the user scrolls. One short
+ * connection without sync asks the server for the head (the welcome carries it).
+ */
+async function inboxHead(url: string, credentials: Credentials): Promise<number> {
+  const probe = new SwitchboardClient({ url, token: credentials.token, autoSync: false });
+  try {
+    return (await probe.connect({ timeoutMs: 10_000 })).headCursor;
+  } finally {
+    await probe.close();
+  }
+}
+
+function wireChat(app: ChatApp): void {
+  const composer = byId<HTMLInputElement>("composer-input");
+  byId("composer").addEventListener("submit", (e) => {
+    e.preventDefault();
+    app.send(composer.value);
+    composer.value = "";
+  });
+  composer.addEventListener("input", () => {
+    if (composer.value !== "") app.composing();
+  });
+  byId("new-chat").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const peer = inputValue("new-chat-user");
+    if (!USER_ID.test(peer)) {
+      app.notice = `"${peer}" is not a valid user id`;
+      app.onChange();
+      return;
+    }
+    byId<HTMLInputElement>("new-chat-user").value = "";
+    app.openDirect(peer);
+    composer.focus();
+  });
+  byId("new-group").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const members = inputValue("new-group-members")
+      .split(/[\s,]+/)
+      .filter(Boolean);
+    void app.createGroup(inputValue("new-group-name"), members).then(() => {
+      byId<HTMLInputElement>("new-group-name").value = "";
+      byId<HTMLInputElement>("new-group-members").value = "";
+    });
+  });
+  byId("add-member").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const user = inputValue("add-member-user");
+    byId<HTMLInputElement>("add-member-user").value = "";
+    if (user) void app.addMember(user);
+  });
+  byId("leave-group").addEventListener("click", () => void app.leave());
+  byId("back").addEventListener("click", () => app.select(undefined));
+  const membersToggle = byId("members-toggle");
+  membersToggle.addEventListener("click", () => {
+    const panel = byId("members");
+    panel.hidden = !panel.hidden;
+    membersToggle.setAttribute("aria-expanded", String(!panel.hidden));
+    const open = app.open;
+    if (!panel.hidden && open) void app.loadMembers(open);
+  });
+  byId("load-older").addEventListener("click", () => void app.loadOlder());
+  const scroller = byId("messages");
+  scroller.addEventListener("scroll", () => {
+    if (scroller.scrollTop < 40) void app.loadOlder();
+  });
+  byId("sign-out").addEventListener("click", () => {
+    void app.client.close().then(() => location.reload());
+  });
+}
+
+function wireSignIn(): void {
+  const params = new URLSearchParams(location.search);
+  const serverInput = byId<HTMLInputElement>("server");
+  serverInput.value = params.get("server") ?? localStorage.getItem("switchboard:server") ?? location.origin;
+  byId<HTMLInputElement>("user-id").value = localStorage.getItem("switchboard:user") ?? "";
+  const attempt = async (credentials: () => Promise<Credentials>) => {
+    showSignInError("");
+    try {
+      const server = normalizeServer(serverInput.value);
+      await signIn(await credentials(), server);
+    } catch (err) {
+      byId("sign-in").hidden = false;
+      byId("app").hidden = true;
+      showSignInError(err instanceof Error ? err.message : String(err));
+    }
+  };
+  byId("sign-in-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const userId = inputValue("user-id");
+    if (!USER_ID.test(userId)) return showSignInError("A user id is 1-128 of A-Z a-z 0-9 . _ @ : + -");
+    void attempt(() => devToken(normalizeServer(serverInput.value), userId));
+  });
+  byId("token-sign-in").addEventListener("click", () => {
+    void attempt(async () => pastedToken(inputValue("token")));
+  });
+}
+
+wireSignIn();
