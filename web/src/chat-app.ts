@@ -51,9 +51,11 @@ export class ChatApp {
       this.setStatus("online");
       void this.refreshConversations();
     });
-    client.on("disconnected", ({ willReconnect }) =>
-      this.setStatus(willReconnect ? "reconnecting" : "signed-out"),
-    );
+    client.on("disconnected", ({ willReconnect }) => {
+      // Offline, we cannot know who is online; the SDK re-subscribes and reports afresh on reconnect.
+      this.presence.clear();
+      this.setStatus(willReconnect ? "reconnecting" : "signed-out");
+    });
     client.on("message", ({ message, cursor }) => {
       this.receive(message);
       this.saveCursor(cursor);
@@ -198,7 +200,10 @@ export class ChatApp {
   }
 
   composing(): void {
-    if (this.openId !== undefined) this.typingSender.keystroke(this.openId);
+    const c = this.open;
+    // A direct conversation exists on the server only from its first message: until then there is
+    // no one to tell (the server would refuse with NOT_MEMBER).
+    if (c && (c.kind === "group" || c.lastSeq > 0)) this.typingSender.keystroke(c.id);
   }
 
   async loadOlder(): Promise<void> {

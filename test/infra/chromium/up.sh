@@ -32,5 +32,7 @@ if [ ! -x "$chromium" ]; then
   fi
   [ -x "$chromium" ] || die "the chromium package is installed but $chromium is missing"
 fi
-"$chromium" --version >&2 || die "$chromium does not run"
+# Debian's wrapper script prints a harmless shell warning on stderr while it sizes its caches.
+version="$("$chromium" --version 2>/dev/null)" || die "$chromium does not run ('$chromium --version' failed)"
+echo "chromium: $version" >&2
 echo "CHROMIUM=$chromium"
