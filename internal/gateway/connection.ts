@@ -304,6 +304,11 @@ export class Connection {
         const record = await c.conversations.addMembers(user, req.value.conversationId, req.value.members);
         return reply({ case: "conversation", value: { conversation: toWireConversation(record) } });
       }
+      case "removeMembers": {
+        const { conversationId, members } = req.value;
+        const record = await c.conversations.removeMembers(user, conversationId, members);
+        return reply({ case: "conversation", value: { conversation: toWireConversation(record) } });
+      }
       case "joinGroup": {
         const record = await c.conversations.join(user, req.value.conversationId);
         return reply({ case: "conversation", value: { conversation: toWireConversation(record) } });

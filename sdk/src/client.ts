@@ -530,6 +530,15 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
     return this.conversationOf(res.conversation);
   }
 
+  /** Removes members from a group (any member may; users who are not members are ignored). */
+  async removeMembers(conversationId: string, members: string[]): Promise<Conversation> {
+    const res = await this.request(
+      { case: "removeMembers", value: { conversationId, members } },
+      "conversation",
+    );
+    return this.conversationOf(res.conversation);
+  }
+
   async joinGroup(conversationId: string): Promise<Conversation> {
     const res = await this.request({ case: "joinGroup", value: { conversationId } }, "conversation");
     return this.conversationOf(res.conversation);

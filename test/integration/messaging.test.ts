@@ -175,6 +175,39 @@ describe("groups", () => {
     for (const x of [ca, cb, cc]) x.close();
   });
 
+  it("lets any member remove others from a group: they can no longer send; strangers cannot remove", async () => {
+    const [a, b, c, d] = [user("a"), user("b"), user("c"), user("d")];
+    const [ca, cb, cc, cd] = [await connect(a), await connect(b), await connect(c), await connect(d)];
+    const group = expectCase(
+      await ca.request({ case: "createGroup", value: { name: "trim", members: [b, c] } }),
+      "conversation",
+    ).conversation!;
+    const remove = (client: typeof ca, members: string[]) =>
+      client.request({ case: "removeMembers", value: { conversationId: group.id, members } });
+    // A non-member of the group may not remove anyone.
+    expect(expectCase(await remove(cd, [c]), "error").reason).toBe("NOT_MEMBER");
+    expect(expectCase(await remove(cb, []), "error").reason).toBe("INVALID_USER_ID");
+    expect(expectCase(await remove(cb, ["bad id"]), "error").reason).toBe("INVALID_USER_ID");
+    expect(
+      expectCase(
+        await cb.request({ case: "removeMembers", value: { conversationId: "dm:a~b", members: [c] } }),
+        "error",
+      ).reason,
+    ).toBe("NOT_A_GROUP");
+    // b (not the creator) removes c; d, never a member, is ignored.
+    expect(expectCase(await remove(cb, [c, d, c]), "conversation").conversation?.memberCount).toBe(2);
+    const members = expectCase(
+      await ca.request({ case: "listMembers", value: { conversationId: group.id } }),
+      "members",
+    );
+    expect(members.members).toEqual([a, b].sort());
+    expect(expectCase(await send(cc, { conversationId: group.id }, "still here?"), "error").reason).toBe(
+      "NOT_MEMBER",
+    );
+    expectCase(await send(ca, { conversationId: group.id }, "just us"), "ack");
+    for (const x of [ca, cb, cc, cd]) x.close();
+  });
+
   it("a membership change holds for the very next message: none for who left, all for who was added", async () => {
     const [a, b, c, d] = [user("a"), user("b"), user("c"), user("d")];
     const [ca, cb, cc, cd] = [await connect(a), await connect(b), await connect(c), await connect(d)];
