@@ -139,22 +139,26 @@ function handleHttp(
         `ws://${req.headers.host ?? `${o.config.http.host}:${o.config.http.port}`}/ws`;
       return json(200, { url, gateway_id: gateway.id, connections: gateway.connections });
     }
+    case "/": {
+      const index = webClient.get("/");
+      if (!index) return json(404, { error: "the web client is not built (npm run build)" });
+      return serveWebAsset(res, index);
+    }
     default: {
       const asset = webClient.get(path ?? "");
-      if (!asset) {
-        if (path === "/") return json(404, { error: "the web client is not built (npm run build)" });
-        return json(404, { error: "not found" });
-      }
-      res
-        .writeHead(200, {
-          "content-type": asset.contentType,
-          "content-security-policy": WEB_CLIENT_CSP,
-          "x-content-type-options": "nosniff",
-          // The file names do not change with their content: revalidate rather than cache blindly.
-          "cache-control": "no-cache",
-        })
-        .end(asset.body);
-      return;
+      return asset ? serveWebAsset(res, asset) : json(404, { error: "not found" });
     }
   }
+}
+
+function serveWebAsset(res: ServerResponse, asset: WebAsset): void {
+  res
+    .writeHead(200, {
+      "content-type": asset.contentType,
+      "content-security-policy": WEB_CLIENT_CSP,
+      "x-content-type-options": "nosniff",
+      // The file names do not change with their content: revalidate rather than cache blindly.
+      "cache-control": "no-cache",
+    })
+    .end(asset.body);
 }

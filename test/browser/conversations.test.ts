@@ -31,6 +31,7 @@ let browser: Browser;
 let contexts: BrowserContext[] = [];
 let clients: ClientPage[] = [];
 let userCount = 0;
+const usedNames = new Set<string>();
 
 beforeAll(async () => {
   server = await startServer({
@@ -57,9 +58,15 @@ afterEach(async () => {
   clients = [];
 });
 
-/** A fresh user id per test: the server is shared by the whole file. */
+/**
+ * A user id no earlier test used (the server is shared by the whole file): the plain name the first
+ * time, so the first test's screenshots read naturally.
+ */
 function userId(name: string): string {
-  return `${name}${++userCount}`;
+  userCount++;
+  if (usedNames.has(name)) return `${name}${userCount}`;
+  usedNames.add(name);
+  return name;
 }
 
 async function person(name: string, viewport = { width: 1100, height: 720 }): Promise<ClientPage> {
@@ -180,7 +187,7 @@ describe("1:1 conversations", () => {
 });
 
 describe("groups", () => {
-  it("creates a group, counts unread per member, shows read receipts, adds members and lets one leave", async () => {
+  it("creates a group, counts unread per member, shows read receipts, adds and removes members, lets one leave", async () => {
     const alice = await person("alice");
     const bob = await person("bob");
     const carol = await person("carol");
@@ -205,12 +212,12 @@ describe("groups", () => {
 
     await carol.page.getByRole("button", { name: "Members" }).click();
     await expect
-      .poll(() => carol.page.locator("#member-list .member").allTextContents())
+      .poll(() => carol.page.locator("#member-list .member-name").allTextContents())
       .toEqual([alice.user, bob.user, `${carol.user} (you)`]);
     await carol.page.getByLabel("Add member").fill(dave);
     await carol.page.getByRole("button", { name: "Add", exact: true }).click();
     await expect
-      .poll(() => carol.page.locator("#member-list .member").allTextContents())
+      .poll(() => carol.page.locator("#member-list .member-name").allTextContents())
       .toEqual([alice.user, bob.user, `${carol.user} (you)`, dave]);
     await screenshot(carol.page, "group");
 
@@ -218,8 +225,14 @@ describe("groups", () => {
     await expect.poll(() => conversationEntry(carol.page, "Launch team").count()).toBe(0);
     await alice.page.getByRole("button", { name: "Members" }).click();
     await expect
-      .poll(() => alice.page.locator("#member-list .member").allTextContents())
+      .poll(() => alice.page.locator("#member-list .member-name").allTextContents())
       .toEqual([`${alice.user} (you)`, bob.user, dave]);
+    // Any member may remove another.
+    await alice.page.getByRole("button", { name: `Remove ${dave}` }).click();
+    await expect
+      .poll(() => alice.page.locator("#member-list .member-name").allTextContents())
+      .toEqual([`${alice.user} (you)`, bob.user]);
+    await expect.poll(() => alice.page.locator("#conversation-presence").textContent()).toBe("2 members");
     await openConversation(bob.page, "Launch team");
     await sendMessage(bob.page, "late but here");
     await expect

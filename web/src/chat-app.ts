@@ -163,6 +163,16 @@ export class ChatApp {
     });
   }
 
+  async removeMember(userId: string): Promise<void> {
+    const c = this.open;
+    if (!c) return;
+    await this.attempt(async () => {
+      const info = await this.client.removeMembers(c.id, [userId]);
+      c.memberCount = info.memberCount;
+      await this.loadMembers(c);
+    });
+  }
+
   async leave(): Promise<void> {
     const c = this.open;
     if (!c) return;

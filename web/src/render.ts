@@ -124,7 +124,19 @@ function renderOpenConversation(app: ChatApp): void {
 function renderMembers(app: ChatApp, c: ConversationState): void {
   byId("member-list").replaceChildren(
     ...(c.members ?? []).map((m) =>
-      h("li", { class: "member" }, presenceDot(app, m), h("span", { text: m === app.me ? `${m} (you)` : m })),
+      h(
+        "li",
+        { class: "member" },
+        presenceDot(app, m),
+        h("span", { class: "member-name", text: m === app.me ? `${m} (you)` : m }),
+        m !== app.me &&
+          h("button", {
+            class: "remove-member",
+            text: "×",
+            attrs: { type: "button", "aria-label": `Remove ${m}`, title: `Remove ${m}` },
+            onClick: () => void app.removeMember(m),
+          }),
+      ),
     ),
   );
 }
