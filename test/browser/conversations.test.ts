@@ -219,6 +219,12 @@ describe("groups", () => {
     await expect
       .poll(() => carol.page.locator("#member-list .member-name").allTextContents())
       .toEqual([alice.user, bob.user, `${carol.user} (you)`, dave]);
+    // Presence in the member list: the ones with the app open are online, dave never signed in.
+    await expect
+      .poll(() =>
+        carol.page.locator("#member-list .presence").evaluateAll((dots) => dots.map((d) => d.className)),
+      )
+      .toEqual(["presence online", "presence online", "presence online", "presence offline"]);
     await screenshot(carol.page, "group");
 
     await carol.page.getByRole("button", { name: "Leave group" }).click();

@@ -45,7 +45,8 @@ export function render(app: ChatApp): void {
 }
 
 function presenceDot(app: ChatApp, user: string): HTMLElement {
-  const online = app.presence.get(user) === true;
+  // The user is online exactly while this page is connected (nobody watches themselves).
+  const online = user === app.me ? app.status === "online" : app.presence.get(user) === true;
   return h("span", {
     class: `presence ${online ? "online" : "offline"}`,
     attrs: { role: "img", "aria-label": online ? `${user} is online` : `${user} is offline` },
