@@ -2,7 +2,8 @@
 // resolve the SDK's bare import of @bufbuild/protobuf for a browser):
 //   sdk/dist/browser/switchboard-sdk.js  the SDK as one minified ESM file (the SDK ships it)
 //   web/dist/                            the reference web client as static files for any host:
-//                                        index.html, styles.css, favicon.svg, app.js and the SDK
+//                                        index.html, styles.css, favicon.svg, app.js, the SDK
+//                                        and sw.js (the service worker that keeps them offline)
 // app.js imports the SDK from ./switchboard-sdk.js instead of bundling a copy, so the page runs the
 // very file the SDK ships. Prints the sizes (raw and gzipped) as one JSON line.
 import { copyFileSync, mkdirSync, readFileSync, rmSync } from "node:fs";
@@ -39,6 +40,13 @@ await build({
   entryPoints: [join(root, "web/src/main.ts")],
   outfile: join(webDist, "app.js"),
   plugins: [sdkAsSiblingModule],
+});
+// The service worker is a classic script (no module workers needed): an IIFE without imports.
+await build({
+  ...common,
+  format: "iife",
+  entryPoints: [join(root, "web/src/service-worker.ts")],
+  outfile: join(webDist, "sw.js"),
 });
 mkdirSync(webDist, { recursive: true });
 for (const file of ["index.html", "styles.css", "favicon.svg"])

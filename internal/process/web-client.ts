@@ -19,6 +19,7 @@ const CONTENT_TYPES: Record<string, string> = {
   "switchboard-sdk.js": "text/javascript; charset=utf-8",
   "styles.css": "text/css; charset=utf-8",
   "favicon.svg": "image/svg+xml",
+  "sw.js": "text/javascript; charset=utf-8",
   "app.js.map": "application/json",
   "switchboard-sdk.js.map": "application/json",
 };

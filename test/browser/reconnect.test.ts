@@ -77,6 +77,8 @@ describe("a server crash mid-conversation", () => {
     const before = ["before the crash", "got it"];
     for (const c of [alice, bob]) await expect.poll(() => shownMessages(c.page)).toEqual(before);
     const aliceStatuses = await recordStatuses(alice);
+    // Bob's page is kept by the service worker, so that it opens while the server is down.
+    await expect.poll(() => bob.page.evaluate(() => navigator.serviceWorker.controller !== null)).toBe(true);
 
     await server.kill();
     await waitForStatus(alice.page, "Reconnecting…");
@@ -86,6 +88,11 @@ describe("a server crash mid-conversation", () => {
     await sendMessage(alice.page, "sent while down 2");
     await sendMessage(bob.page, "bob while down");
     await expect.poll(() => deliveryOf(alice.page, "sent while down 2")).toBe("Queued (offline)");
+    // Bob even reloads his page meanwhile: it opens signed in, still offline, his message still queued.
+    await bob.page.reload();
+    await waitForStatus(bob.page, "Reconnecting…");
+    await openConversation(bob.page, alice.user);
+    await expect.poll(() => deliveryOf(bob.page, "bob while down")).toBe("Queued (offline)");
     // Cut off, the page cannot know who is online, so it shows no one as online.
     expect(await alice.page.locator("#conversation-presence").textContent()).toBe("offline");
     await screenshot(alice.page, "reconnecting");

@@ -100,6 +100,7 @@ describe("the web client", () => {
       "/switchboard-sdk.js": "text/javascript; charset=utf-8",
       "/styles.css": "text/css; charset=utf-8",
       "/favicon.svg": "image/svg+xml",
+      "/sw.js": "text/javascript; charset=utf-8",
     };
     for (const [path, type] of Object.entries(types)) {
       const res = await fetch(`${server.httpUrl}${path}`);

@@ -11,6 +11,7 @@ import {
   peerOf,
   raiseWatermark,
 } from "./conversation-state.js";
+import type { Outbox, OutboxEntry } from "./local-store.js";
 import { ReceiptSender } from "./receipts.js";
 import { TypingSender, TypingWatcher } from "./typing.js";
 
@@ -39,6 +40,7 @@ export class ChatApp {
     readonly client: SwitchboardClient,
     readonly me: string,
     private readonly saveCursor: (cursor: number) => void,
+    private readonly outbox: Outbox,
     private readonly isVisible: () => boolean = () => document.visibilityState === "visible",
   ) {
     this.typing = new TypingWatcher(() => this.onChange());
@@ -185,28 +187,50 @@ export class ChatApp {
 
   /**
    * Sends with a client message id of our own, so the message shows at once ("queued" while
-   * offline) and the SDK's retries after a reconnect reuse the id: the server stores it once.
+   * offline), and the SDK's retries after a reconnect, or this page's after a reload (the outbox),
+   * reuse the id: the server stores it once.
    */
   send(body: string): void {
     const c = this.open;
     if (!c || body.trim() === "") return;
     this.typingSender.stop();
-    const clientMsgId = crypto.randomUUID();
-    const outgoing = { clientMsgId, body, createdAtMs: Date.now() };
-    c.outgoing.push(outgoing);
+    const entry = { conversationId: c.id, clientMsgId: crypto.randomUUID(), body, createdAtMs: Date.now() };
+    this.outbox.add(entry);
+    this.transmit(entry);
+  }
+
+  /** Sends again what an earlier page of this user left unacknowledged (a reload, a closed tab). */
+  resendOutbox(): void {
+    for (const entry of this.outbox.entries()) this.transmit(entry);
+  }
+
+  private transmit(entry: OutboxEntry): void {
+    let c = this.conversations.get(entry.conversationId);
+    if (!c) {
+      c = newConversationState({ id: entry.conversationId });
+      this.conversations.set(c.id, c);
+    }
+    const conversation = c;
+    const outgoing = { clientMsgId: entry.clientMsgId, body: entry.body, createdAtMs: entry.createdAtMs };
+    conversation.outgoing.push(outgoing);
     this.onChange();
-    this.client.send({ conversationId: c.id }, body, { clientMsgId }).then(
-      (ack) => {
-        addMessage(c, { ...ack, sender: this.me, body });
-        this.watchContact(c); // the first message made the peer a contact
-        this.markOpenRead();
-        this.onChange();
-      },
-      (err: unknown) => {
-        Object.assign(outgoing, { failure: err instanceof Error ? err.message : String(err) });
-        this.onChange();
-      },
-    );
+    this.client
+      .send({ conversationId: entry.conversationId }, entry.body, { clientMsgId: entry.clientMsgId })
+      .then(
+        (ack) => {
+          this.outbox.remove(entry.clientMsgId);
+          addMessage(conversation, { ...ack, sender: this.me, body: entry.body });
+          this.watchContact(conversation); // the first message made the peer a contact
+          this.markOpenRead();
+          this.onChange();
+        },
+        (err: unknown) => {
+          // Refused for good (e.g. no longer a member): kept on screen as "Not sent", not resent.
+          this.outbox.remove(entry.clientMsgId);
+          Object.assign(outgoing, { failure: err instanceof Error ? err.message : String(err) });
+          this.onChange();
+        },
+      );
   }
 
   composing(): void {
@@ -222,6 +246,7 @@ export class ChatApp {
   }
 
   async loadMembers(c: ConversationState): Promise<void> {
+    if (this.client.state !== "open") return; // listed again when the panel is next opened
     await this.attempt(async () => {
       c.members = (await this.client.listMembers(c.id)).members;
       c.memberCount = c.members.length;
@@ -231,6 +256,8 @@ export class ChatApp {
   }
 
   private async loadHistory(c: ConversationState, beforeSeq?: number): Promise<void> {
+    // Offline, a request would only time out: the refresh after the next sync loads it.
+    if (this.client.state !== "open") return;
     if (!c.historyLoaded && beforeSeq === undefined) c.historyLoaded = true;
     try {
       const page = await this.client.history({

@@ -5,6 +5,7 @@
 import { SwitchboardClient } from "../../sdk/src/index.js";
 import { ChatApp } from "./chat-app.js";
 import { byId } from "./dom.js";
+import { Outbox, type StoredSession, sessionStore } from "./local-store.js";
 import { render } from "./render.js";
 import { type Credentials, devToken, gatewayUrl, normalizeServer, pastedToken } from "./sign-in.js";
 
@@ -18,23 +19,44 @@ function showSignInError(message: string): void {
   byId("sign-in-error").textContent = message;
 }
 
-async function signIn(credentials: Credentials, server: string): Promise<void> {
+/**
+ * Opens the chat for these credentials. `resumed`: the page reopened a remembered session, which
+ * must work while the server is down (the SDK keeps trying; the page shows "Reconnecting…"), so it
+ * asks the server nothing it remembered.
+ */
+async function signIn(
+  credentials: Credentials,
+  server: string,
+  resumed: StoredSession | undefined,
+): Promise<void> {
   localStorage.setItem("switchboard:server", server);
   localStorage.setItem("switchboard:user", credentials.userId);
+  const url = resumed?.gatewayUrl ?? (await gatewayUrl(server));
   const cursorKey = `switchboard:cursor:${server}:${credentials.userId}`;
-  const url = await gatewayUrl(server);
-  const stored = localStorage.getItem(cursorKey);
+  if (localStorage.getItem(cursorKey) === null) {
+    localStorage.setItem(cursorKey, String(await inboxHead(url, credentials)));
+  }
+  const remember = () =>
+    sessionStore.save({
+      server,
+      gatewayUrl: url,
+      userId: credentials.userId,
+      token: credentials.current(),
+      source: credentials.source,
+    });
+  remember();
   const client = new SwitchboardClient({
     url,
     token: credentials.token,
-    cursor: stored === null ? await inboxHead(url, credentials) : Number(stored),
+    cursor: Number(localStorage.getItem(cursorKey)),
   });
   // Tabs of one browser share the stored cursor; each keeps the highest it processed.
   const saveCursor = (cursor: number) => {
     if (cursor > Number(localStorage.getItem(cursorKey) ?? 0))
       localStorage.setItem(cursorKey, String(cursor));
   };
-  const app = new ChatApp(client, credentials.userId, saveCursor);
+  const app = new ChatApp(client, credentials.userId, saveCursor, new Outbox(server, credentials.userId));
+  client.on("connected", remember); // a renewed dev token is remembered too
   let drawScheduled = false;
   app.onChange = () => {
     if (drawScheduled) return;
@@ -48,8 +70,14 @@ async function signIn(credentials: Credentials, server: string): Promise<void> {
   byId("app").hidden = false;
   byId("me").textContent = credentials.userId;
   wireChat(app);
+  app.resendOutbox();
   render(app);
-  await client.connect();
+  if (resumed) {
+    // A terminal refusal (e.g. the token was revoked) shows as "Signed out" with the reason.
+    client.connect().catch(() => sessionStore.clear());
+  } else {
+    await client.connect();
+  }
 }
 
 /**
@@ -121,7 +149,13 @@ function wireChat(app: ChatApp): void {
     if (scroller.scrollTop < 40) void app.loadOlder();
   });
   byId("sign-out").addEventListener("click", () => {
+    sessionStore.clear();
     void app.client.close().then(() => location.reload());
+  });
+  // Nothing tells a user they were added to a group until its first message: look again whenever
+  // they come back to the tab.
+  window.addEventListener("focus", () => {
+    if (app.status === "online") void app.refreshConversations();
   });
 }
 
@@ -130,25 +164,50 @@ function wireSignIn(): void {
   const serverInput = byId<HTMLInputElement>("server");
   serverInput.value = params.get("server") ?? localStorage.getItem("switchboard:server") ?? location.origin;
   byId<HTMLInputElement>("user-id").value = localStorage.getItem("switchboard:user") ?? "";
-  const attempt = async (credentials: () => Promise<Credentials>) => {
+  const attempt = async (credentials: () => Promise<Credentials>, resumed?: StoredSession) => {
     showSignInError("");
     try {
-      const server = normalizeServer(serverInput.value);
-      await signIn(await credentials(), server);
+      const server = resumed?.server ?? normalizeServer(serverInput.value);
+      await signIn(await credentials(), server, resumed);
     } catch (err) {
       byId("sign-in").hidden = false;
       byId("app").hidden = true;
       showSignInError(err instanceof Error ? err.message : String(err));
     }
   };
+  const remembered = (token: string) => {
+    const session = sessionStore.load();
+    if (session) sessionStore.save({ ...session, token });
+  };
   byId("sign-in-form").addEventListener("submit", (e) => {
     e.preventDefault();
     const userId = inputValue("user-id");
     if (!USER_ID.test(userId)) return showSignInError("A user id is 1-128 of A-Z a-z 0-9 . _ @ : + -");
-    void attempt(() => devToken(normalizeServer(serverInput.value), userId));
+    void attempt(() => devToken(normalizeServer(serverInput.value), userId, undefined, remembered));
   });
   byId("token-sign-in").addEventListener("click", () => {
     void attempt(async () => pastedToken(inputValue("token")));
+  });
+  // A reload, or another tab, opens the remembered session without asking again.
+  const session = sessionStore.load();
+  if (session && !params.has("server")) {
+    void attempt(
+      async () =>
+        session.source === "dev"
+          ? devToken(session.server, session.userId, session.token, remembered)
+          : pastedToken(session.token),
+      session,
+    );
+  } else {
+    byId("sign-in").hidden = false;
+  }
+}
+
+// Keeps the app's files for reloads while the server is down (browsers allow it on https and on
+// localhost only; elsewhere the page simply needs the server to open).
+if ("serviceWorker" in navigator && window.isSecureContext) {
+  navigator.serviceWorker.register("sw.js").catch((err: unknown) => {
+    console.warn("service worker not registered", err);
   });
 }
 

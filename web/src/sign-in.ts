@@ -7,6 +7,9 @@ import type { TokenSource } from "../../sdk/src/index.js";
 export interface Credentials {
   userId: string;
   token: TokenSource;
+  source: "dev" | "pasted";
+  /** The token in use now, to remember for the next page load. */
+  current(): string;
 }
 
 /** The gateway's HTTP base URL without a trailing slash, e.g. http://127.0.0.1:8080. */
@@ -21,7 +24,7 @@ export async function gatewayUrl(server: string): Promise<string> {
     const res = await fetch(`${server}/v1/connect`);
     if (res.ok) return ((await res.json()) as { url: string }).url;
   } catch {
-    // fall through: an older or proxied deployment without discovery
+    // fall through: another origin without CORS, or an older or proxied deployment
   }
   return `${server.replace(/^http/, "ws")}/ws`;
 }
@@ -33,31 +36,47 @@ function claims(token: string): { sub?: unknown; exp?: unknown } {
   return JSON.parse(json) as { sub?: unknown; exp?: unknown };
 }
 
+/** When the token expires, Unix ms (never, without `exp`). */
+export function expiresAtMs(token: string): number {
+  const { exp } = claims(token);
+  return typeof exp === "number" ? exp * 1000 : Number.POSITIVE_INFINITY;
+}
+
 export function pastedToken(token: string): Credentials {
   const trimmed = token.trim();
   const { sub } = claims(trimmed);
   if (typeof sub !== "string" || sub === "") throw new Error("the token has no user id (sub claim)");
-  return { userId: sub, token: trimmed };
+  if (expiresAtMs(trimmed) <= Date.now()) throw new Error("the token has expired");
+  return { userId: sub, token: trimmed, source: "pasted", current: () => trimmed };
 }
 
 /**
- * Dev tokens last an hour: fetch one now (so a refusal shows on the sign-in form) and again only
- * when it is about to expire, never on every reconnect (a server that is down would fill the
- * console with failed requests).
+ * Dev tokens last an hour: use the remembered one while it is good (a reload while the server is
+ * down must still open), fetch one otherwise (so a refusal shows on the sign-in form), and fetch
+ * again only when it is about to expire, never on every reconnect (a server that is down would
+ * fill the console with failed requests).
  */
-export async function devToken(server: string, userId: string): Promise<Credentials> {
+export async function devToken(
+  server: string,
+  userId: string,
+  remembered?: string,
+  onRenewed: (token: string) => void = () => {},
+): Promise<Credentials> {
+  const fresh = (t: string) => expiresAtMs(t) - Date.now() > 60_000;
   const fetchToken = async () => {
     const res = await fetch(`${server}/v1/dev/token?user=${encodeURIComponent(userId)}`);
     const body = (await res.json()) as { token?: string; error?: string };
     if (!res.ok || !body.token) throw new Error(body.error ?? `dev token refused (HTTP ${res.status})`);
+    onRenewed(body.token);
     return body.token;
   };
-  let token = await fetchToken();
-  const expiresAt = (t: string) => Number(claims(t).exp ?? Number.POSITIVE_INFINITY) * 1000;
+  let token = remembered !== undefined && fresh(remembered) ? remembered : await fetchToken();
   return {
     userId,
+    source: "dev",
+    current: () => token,
     token: async () => {
-      if (expiresAt(token) - Date.now() < 60_000) token = await fetchToken();
+      if (!fresh(token)) token = await fetchToken();
       return token;
     },
   };
