@@ -115,7 +115,8 @@ function wireChat(app: ChatApp): void {
     }
     byId<HTMLInputElement>("new-chat-user").value = "";
     app.openDirect(peer);
-    composer.focus();
+    // The conversation pane appears with the next frame's render; focus it after that.
+    requestAnimationFrame(() => requestAnimationFrame(() => composer.focus()));
   });
   byId("new-group").addEventListener("submit", (e) => {
     e.preventDefault();
