@@ -137,6 +137,9 @@ function handleHttp(
       const url =
         o.config.http.publicUrl ||
         `ws://${req.headers.host ?? `${o.config.http.host}:${o.config.http.port}`}/ws`;
+      // Public discovery, no credentials: readable from any origin, so a web client hosted
+      // elsewhere (web/dist on a static host) can ask it too.
+      res.setHeader("access-control-allow-origin", "*");
       return json(200, { url, gateway_id: gateway.id, connections: gateway.connections });
     }
     case "/": {

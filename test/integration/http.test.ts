@@ -109,6 +109,11 @@ describe("the web client", () => {
     }
     // The page loads the SDK the SDK ships rather than a copy of its own.
     expect(await (await fetch(`${server.httpUrl}/app.js`)).text()).toContain('from"./switchboard-sdk.js"');
+    // A copy of web/dist on another host may ask for the gateway's WebSocket URL.
+    const connect = await fetch(`${server.httpUrl}/v1/connect`, {
+      headers: { origin: "https://chat.example" },
+    });
+    expect(connect.headers.get("access-control-allow-origin")).toBe("*");
     // Only the files of the build are served: nothing else of the file system.
     for (const path of ["/index.ts", "/../package.json", "/web/index.html", "/src/main.ts"]) {
       expect((await fetch(`${server.httpUrl}${path}`)).status, path).toBe(404);
