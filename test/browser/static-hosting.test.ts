@@ -27,11 +27,35 @@ const TYPES: Record<string, string> = {
   ".svg": "image/svg+xml",
 };
 
-/** The simplest static host: the files of web/dist, nothing else. */
+/** An app's backend minting chat tokens for its signed-in user (here: whoever the cookie names). */
+let mintToken: (user: string) => Promise<string>;
+
+/**
+ * The simplest static host: the files of web/dist, nothing else; plus, under /app/, the same page
+ * configured with the token URL of an app's backend, and that backend's /api/chat-token.
+ */
 function staticHost(): Promise<{ server: Server; url: string }> {
   const dist = join(repoRoot, "web/dist");
   const server = createServer((req, res) => {
     const path = new URL(req.url ?? "/", "http://x").pathname;
+    if (path === "/api/chat-token") {
+      const user = /user=([\w-]+)/.exec(req.headers.cookie ?? "")?.[1];
+      if (!user)
+        return void res
+          .writeHead(401, { "content-type": "application/json" })
+          .end('{"error":"sign in to the app first"}');
+      void mintToken(user).then((token) =>
+        res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify({ token })),
+      );
+      return;
+    }
+    if (path === "/app/") {
+      const html = readFileSync(join(dist, "index.html"), "utf8").replace(
+        "<head>",
+        '<head>\n<base href="/">\n<meta name="switchboard-token-url" content="/api/chat-token">',
+      );
+      return void res.writeHead(200, { "content-type": "text/html" }).end(html);
+    }
     const file = path === "/" ? "index.html" : path.slice(1);
     if (file.includes("/") || file.startsWith(".")) return void res.writeHead(404).end();
     try {
@@ -58,6 +82,7 @@ let browser: Browser;
 beforeAll(async () => {
   // Not in dev mode: the page must do without /v1/dev/token.
   gateway = await startServer();
+  mintToken = (user) => devToken(gateway.dataDir, user);
   host = await staticHost();
   browser = await launchBrowser();
 });
@@ -91,6 +116,18 @@ describe("the static build on another host", () => {
 
     expect(alice.consoleErrors).toEqual([]);
     await bob.close();
+    await context.close();
+  });
+
+  it("signs in with a token from the app's backend when the page names its token URL", async () => {
+    const context = await browser.newContext();
+    // The app's own sign-in set a cookie; the page's token request carries it.
+    await context.addCookies([{ name: "user", value: "carol", url: host.url }]);
+    const carol = await openClient(context, `${host.url}/app/?server=${encodeURIComponent(gateway.httpUrl)}`);
+    await carol.page.getByRole("button", { name: "Sign in with your account" }).click();
+    await waitForStatus(carol.page, "Online");
+    expect(await carol.page.locator("#me").textContent()).toBe("carol");
+    expect(carol.consoleErrors).toEqual([]);
     await context.close();
   });
 });

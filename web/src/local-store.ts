@@ -11,8 +11,9 @@ export interface StoredSession {
   gatewayUrl: string;
   userId: string;
   token: string;
-  /** "dev": fetch a fresh dev token when this one expires; "pasted": ask the user again. */
-  source: "dev" | "pasted";
+  /** "dev", "backend": fetch a fresh token from tokenUrl when this one expires; "pasted": ask again. */
+  source: "dev" | "backend" | "pasted";
+  tokenUrl?: string;
 }
 
 export interface OutboxEntry {

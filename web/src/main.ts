@@ -7,7 +7,14 @@ import { ChatApp } from "./chat-app.js";
 import { byId } from "./dom.js";
 import { Outbox, type StoredSession, sessionStore } from "./local-store.js";
 import { render } from "./render.js";
-import { type Credentials, devToken, gatewayUrl, normalizeServer, pastedToken } from "./sign-in.js";
+import {
+  type Credentials,
+  devTokenUrl,
+  fetchedToken,
+  gatewayUrl,
+  normalizeServer,
+  pastedToken,
+} from "./sign-in.js";
 
 const USER_ID = /^[A-Za-z0-9._@:+-]{1,128}$/;
 
@@ -43,6 +50,7 @@ async function signIn(
       userId: credentials.userId,
       token: credentials.current(),
       source: credentials.source,
+      ...(credentials.tokenUrl === undefined ? {} : { tokenUrl: credentials.tokenUrl }),
     });
   remember();
   const client = new SwitchboardClient({
@@ -184,8 +192,22 @@ function wireSignIn(): void {
     e.preventDefault();
     const userId = inputValue("user-id");
     if (!USER_ID.test(userId)) return showSignInError("A user id is 1-128 of A-Z a-z 0-9 . _ @ : + -");
-    void attempt(() => devToken(normalizeServer(serverInput.value), userId, undefined, remembered));
+    const server = normalizeServer(serverInput.value);
+    void attempt(() => fetchedToken("dev", devTokenUrl(server, userId), undefined, remembered));
   });
+  // An app that hosts this page next to its backend names the URL that hands its signed-in user a
+  // token: <meta name="switchboard-token-url" content="/api/chat-token">.
+  const backendTokenUrl = document.querySelector<HTMLMetaElement>(
+    'meta[name="switchboard-token-url"]',
+  )?.content;
+  const backendButton = byId("backend-sign-in");
+  if (backendTokenUrl) {
+    backendButton.hidden = false;
+    backendButton.addEventListener("click", () => {
+      const tokenUrl = new URL(backendTokenUrl, location.href).href;
+      void attempt(() => fetchedToken("backend", tokenUrl, undefined, remembered));
+    });
+  }
   byId("token-sign-in").addEventListener("click", () => {
     void attempt(async () => pastedToken(inputValue("token")));
   });
@@ -194,9 +216,9 @@ function wireSignIn(): void {
   if (session && !params.has("server")) {
     void attempt(
       async () =>
-        session.source === "dev"
-          ? devToken(session.server, session.userId, session.token, remembered)
-          : pastedToken(session.token),
+        session.source === "pasted" || session.tokenUrl === undefined
+          ? pastedToken(session.token)
+          : fetchedToken(session.source, session.tokenUrl, session.token, remembered),
       session,
     );
   } else {

@@ -7,7 +7,9 @@ import type { TokenSource } from "../../sdk/src/index.js";
 export interface Credentials {
   userId: string;
   token: TokenSource;
-  source: "dev" | "pasted";
+  source: "dev" | "backend" | "pasted";
+  /** Where a fetched token comes from again when it expires. */
+  tokenUrl?: string;
   /** The token in use now, to remember for the next page load. */
   current(): string;
 }
@@ -51,33 +53,42 @@ export function pastedToken(token: string): Credentials {
 }
 
 /**
- * Dev tokens last an hour: use the remembered one while it is good (a reload while the server is
- * down must still open), fetch one otherwise (so a refusal shows on the sign-in form), and fetch
- * again only when it is about to expire, never on every reconnect (a server that is down would
- * fill the console with failed requests).
+ * A token fetched from a URL: the gateway's /v1/dev/token in dev mode, or the app's own backend
+ * (which knows its signed-in user from its cookie: the request carries credentials). Use the
+ * remembered one while it is good (a reload while the server is down must still open), fetch one
+ * otherwise (so a refusal shows on the sign-in form), and fetch again only when it is about to
+ * expire, never on every reconnect (a server that is down would fill the console with failed
+ * requests). The answer is JSON with a `token`.
  */
-export async function devToken(
-  server: string,
-  userId: string,
+export async function fetchedToken(
+  source: "dev" | "backend",
+  tokenUrl: string,
   remembered?: string,
   onRenewed: (token: string) => void = () => {},
 ): Promise<Credentials> {
   const fresh = (t: string) => expiresAtMs(t) - Date.now() > 60_000;
   const fetchToken = async () => {
-    const res = await fetch(`${server}/v1/dev/token?user=${encodeURIComponent(userId)}`);
-    const body = (await res.json()) as { token?: string; error?: string };
-    if (!res.ok || !body.token) throw new Error(body.error ?? `dev token refused (HTTP ${res.status})`);
+    const res = await fetch(tokenUrl, { credentials: source === "backend" ? "include" : "same-origin" });
+    const body = (await res.json().catch(() => ({}))) as { token?: string; error?: string };
+    if (!res.ok || !body.token)
+      throw new Error(body.error ?? `no token from ${tokenUrl} (HTTP ${res.status})`);
     onRenewed(body.token);
     return body.token;
   };
   let token = remembered !== undefined && fresh(remembered) ? remembered : await fetchToken();
+  const { userId } = pastedToken(token);
   return {
     userId,
-    source: "dev",
+    source,
+    tokenUrl,
     current: () => token,
     token: async () => {
       if (!fresh(token)) token = await fetchToken();
       return token;
     },
   };
+}
+
+export function devTokenUrl(server: string, userId: string): string {
+  return `${server}/v1/dev/token?user=${encodeURIComponent(userId)}`;
 }
