@@ -244,6 +244,19 @@ describe("groups", () => {
     await expect
       .poll(() => shownMessages(alice.page))
       .toEqual(["kick-off at 10", "bring coffee", "late but here"]);
+
+    // Removal sends no event: bob learns it as soon as he starts typing (the server refuses his
+    // typing), and can write no more.
+    await alice.page.getByRole("button", { name: `Remove ${bob.user}` }).click();
+    await expect
+      .poll(() => alice.page.locator("#member-list .member-name").allTextContents())
+      .toEqual([`${alice.user} (you)`]);
+    await bob.page.getByLabel("Message", { exact: true }).fill("can I still write?");
+    await expect
+      .poll(() => bob.page.locator("#membership").textContent())
+      .toBe("You are no longer a member of this group.");
+    expect(await bob.page.getByLabel("Message", { exact: true }).isDisabled()).toBe(true);
+    expect(await shownMessages(alice.page)).toEqual(["kick-off at 10", "bring coffee", "late but here"]);
   });
 });
 

@@ -79,6 +79,9 @@ export class ChatApp {
       this.onChange();
     });
     client.on("error", (err) => {
+      // A fire-and-forget request (typing) refused for membership: our list is stale, not the user
+      // wrong; the refresh marks the group as left.
+      if (err.reason === "NOT_MEMBER") return void this.refreshConversations();
       this.notice = `${err.reason}: ${err.message}`;
       this.onChange();
     });
@@ -99,6 +102,12 @@ export class ChatApp {
       do {
         this.refreshAgain = false;
         const list = await this.client.listConversations();
+        const listed = new Set(list.map((c) => c.id));
+        for (const c of this.conversations.values()) {
+          // Removal sends no event: a group the server no longer lists is one we were removed from.
+          // (A direct conversation is listed only from its first message: a new one is not gone.)
+          if (c.kind === "group" && !listed.has(c.id)) c.isMember = false;
+        }
         for (const info of list) {
           const known = this.conversations.get(info.id);
           if (!known) this.conversations.set(info.id, newConversationState(info));
@@ -113,7 +122,9 @@ export class ChatApp {
         await this.watchPresence(list.filter((c) => c.kind === "direct").map((c) => peerOf(c.id, this.me)));
         // The list shows each conversation's last message: fetch the newest page of those not loaded.
         await Promise.all(
-          [...this.conversations.values()].filter((c) => !c.historyLoaded).map((c) => this.loadHistory(c)),
+          [...this.conversations.values()]
+            .filter((c) => !c.historyLoaded && c.isMember)
+            .map((c) => this.loadHistory(c)),
         );
       } while (this.refreshAgain);
     })()
@@ -227,6 +238,8 @@ export class ChatApp {
         (err: unknown) => {
           // Refused for good (e.g. no longer a member): kept on screen as "Not sent", not resent.
           this.outbox.remove(entry.clientMsgId);
+          if (err instanceof SwitchboardClientError && err.reason === "NOT_MEMBER")
+            void this.refreshConversations();
           Object.assign(outgoing, { failure: err instanceof Error ? err.message : String(err) });
           this.onChange();
         },
@@ -237,7 +250,7 @@ export class ChatApp {
     const c = this.open;
     // A direct conversation exists on the server only from its first message: until then there is
     // no one to tell (the server would refuse with NOT_MEMBER).
-    if (c && (c.kind === "group" || c.lastSeq > 0)) this.typingSender.keystroke(c.id);
+    if (c?.isMember && (c.kind === "group" || c.lastSeq > 0)) this.typingSender.keystroke(c.id);
   }
 
   async loadOlder(): Promise<void> {

@@ -38,6 +38,8 @@ export interface ConversationState {
   historyLoaded: boolean;
   /** Sorted member ids, once listed. */
   members: string[] | undefined;
+  /** False once the server no longer lists the group among the user's (removed by a member). */
+  isMember: boolean;
 }
 
 export function directConversationId(a: string, b: string): string {
@@ -68,6 +70,7 @@ export function newConversationState(
     hasOlder: false,
     historyLoaded: false,
     members: undefined,
+    isMember: true,
   };
 }
 

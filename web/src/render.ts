@@ -115,8 +115,12 @@ function renderOpenConversation(app: ChatApp): void {
   } else {
     headerPresence.textContent = `${c.memberCount} members`;
   }
-  byId("members-toggle").hidden = c.kind !== "group";
-  if (c.kind !== "group") byId("members").hidden = true;
+  byId("members-toggle").hidden = c.kind !== "group" || !c.isMember;
+  if (c.kind !== "group" || !c.isMember) byId("members").hidden = true;
+  byId("membership").textContent = c.isMember ? "" : "You are no longer a member of this group.";
+  for (const id of ["composer-input", "composer-send"]) {
+    byId<HTMLInputElement | HTMLButtonElement>(id).disabled = !c.isMember;
+  }
   renderMembers(app, c);
   renderMessages(app, c);
   byId("typing").textContent = typingLine(app.typing.typing(c.id));
