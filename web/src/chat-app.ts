@@ -51,6 +51,7 @@ export class ChatApp {
     client.on("connected", () => this.setStatus("catching-up"));
     client.on("synced", () => {
       this.setStatus("online");
+      this.receipts.resendFailed();
       void this.refreshConversations();
     });
     client.on("disconnected", ({ willReconnect }) => {
