@@ -50,6 +50,8 @@ export class ChatApp {
     );
     client.on("connected", () => this.setStatus("catching-up"));
     client.on("synced", () => {
+      // Whatever went wrong on the way (a failed sync, a token fetch during the outage) is over.
+      this.notice = "";
       this.setStatus("online");
       this.receipts.resendFailed();
       void this.refreshConversations();
