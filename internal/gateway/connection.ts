@@ -337,6 +337,18 @@ export class Connection {
           value: { conversationId: req.value.conversationId, members: members.sort() },
         });
       }
+      case "listReceipts": {
+        const { conversationId } = req.value;
+        const members = (await c.conversations.members(user, conversationId)).sort();
+        const receipts = await Promise.all(
+          members.map(async (userId) => ({
+            userId,
+            deliveredSeq: BigInt(await c.backends.receipts.get(conversationId, userId, "delivered")),
+            readSeq: BigInt(await c.backends.receipts.get(conversationId, userId, "read")),
+          })),
+        );
+        return reply({ case: "receipts", value: { conversationId, receipts } });
+      }
       case "typing": {
         const { conversationId, typing } = req.value;
         const members = await c.conversations.members(user, conversationId);

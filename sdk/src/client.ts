@@ -45,6 +45,7 @@ import {
   type HistoryPage,
   type IncomingMessage,
   type MemberList,
+  type MemberReceipts,
   type PresenceStatus,
   type ReceiptInfo,
   type SendAck,
@@ -53,6 +54,7 @@ import {
   toChatMessage,
   toConversation,
   toHistoryPage,
+  toMemberReceipts,
   toPresence,
   toReceipt,
   toSendAck,
@@ -537,6 +539,12 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
       "conversation",
     );
     return this.conversationOf(res.conversation);
+  }
+
+  /** Every member's delivered and read watermarks (what receipt events told before this connection). */
+  async listReceipts(conversationId: string): Promise<MemberReceipts[]> {
+    const res = await this.request({ case: "listReceipts", value: { conversationId } }, "receipts");
+    return res.receipts.map(toMemberReceipts);
   }
 
   async joinGroup(conversationId: string): Promise<Conversation> {

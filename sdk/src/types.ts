@@ -7,6 +7,7 @@
 import type {
   HistoryResult as PbHistoryResult,
   Limits as PbLimits,
+  MemberReceipts as PbMemberReceipts,
   MessageEvent as PbMessageEvent,
   ReceiptEvent as PbReceiptEvent,
   SendAck as PbSendAck,
@@ -129,6 +130,13 @@ export interface ReceiptInfo {
   kind: ReceiptKindName;
 }
 
+/** One member's watermarks in a conversation (listReceipts); 0 means nothing marked yet. */
+export interface MemberReceipts {
+  userId: string;
+  deliveredSeq: number;
+  readSeq: number;
+}
+
 export interface DisconnectInfo {
   code: number;
   reason: string;
@@ -235,6 +243,10 @@ export function toReceipt(r: PbReceiptEvent): ReceiptInfo {
     seq: num(r.seq),
     kind: receiptKindName(r.kind),
   };
+}
+
+export function toMemberReceipts(r: PbMemberReceipts): MemberReceipts {
+  return { userId: r.userId, deliveredSeq: num(r.deliveredSeq), readSeq: num(r.readSeq) };
 }
 
 export function messageEventCursor(e: PbMessageEvent): number {

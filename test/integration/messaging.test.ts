@@ -389,6 +389,43 @@ describe("receipts and typing", () => {
     bob.close();
   });
 
+  it("lists every member's delivered and read watermarks, for members only", async () => {
+    const [a, b] = [user("alice"), user("bob")];
+    const alice = await connect(a);
+    const bob = await connect(b);
+    const first = expectCase(await send(alice, { toUser: b }, "one"), "ack");
+    const second = expectCase(await send(alice, { toUser: b }, "two"), "ack");
+    const mark = (seq: bigint, kind: ReceiptKind) =>
+      bob.request({ case: "receipt", value: { conversationId: first.conversationId, seq, kind } });
+    expectCase(await mark(second.seq, ReceiptKind.DELIVERED), "ok");
+    expectCase(await mark(first.seq, ReceiptKind.READ), "ok");
+    // A device that connects now (alice's reload) learns what the events told before it.
+    const later = await connect(a);
+    const list = expectCase(
+      await later.request({ case: "listReceipts", value: { conversationId: first.conversationId } }),
+      "receipts",
+    );
+    expect(list.conversationId).toBe(first.conversationId);
+    expect(list.receipts.map((r) => [r.userId, r.deliveredSeq, r.readSeq])).toEqual(
+      [
+        [a, 0n, 0n],
+        [b, 2n, 1n],
+      ].sort((x, y) => String(x[0]).localeCompare(String(y[0]))),
+    );
+    const stranger = await connect(user("eve"));
+    const refused = expectCase(
+      await stranger.request({ case: "listReceipts", value: { conversationId: first.conversationId } }),
+      "error",
+    );
+    expect(refused.reason).toBe("NOT_MEMBER");
+    const malformed = expectCase(
+      await stranger.request({ case: "listReceipts", value: { conversationId: "dm:b~a" } }),
+      "error",
+    );
+    expect(malformed.reason).toBe("INVALID_CONVERSATION_ID");
+    for (const x of [alice, bob, later, stranger]) x.close();
+  });
+
   it("lists each conversation with the caller's own read watermark, for unread counts on any device", async () => {
     const [a, b] = [user("alice"), user("bob")];
     const alice = await connect(a);
