@@ -21,6 +21,7 @@ import {
   signIn,
   startChat,
   unreadBadge,
+  waitForStatus,
 } from "./harness.js";
 
 /** A short grace period, so "offline" shows within seconds of the last tab closing. */
@@ -105,6 +106,11 @@ describe("1:1 conversations", () => {
     await expect.poll(() => unreadBadge(bob.page, alice.user)).toBe("");
     await expect.poll(() => deliveryOf(alice.page, "are you there?")).toBe("Read");
     await expect.poll(() => deliveryOf(alice.page, "hi bob")).toBe("Read");
+    // After a reload the page shows the same (from the server's watermarks, not from events).
+    await alice.page.reload();
+    await waitForStatus(alice.page, "Online");
+    await openConversation(alice.page, bob.user);
+    await expect.poll(() => deliveryOf(alice.page, "are you there?")).toBe("Read");
 
     // Typing shows while bob types and clears the moment his message arrives.
     await bob.page.getByLabel("Message", { exact: true }).pressSequentially("hel");

@@ -123,12 +123,15 @@ export class ChatApp {
         }
         this.onChange();
         await this.watchPresence(list.filter((c) => c.kind === "direct").map((c) => peerOf(c.id, this.me)));
-        // The list shows each conversation's last message: fetch the newest page of those not loaded.
-        await Promise.all(
-          [...this.conversations.values()]
-            .filter((c) => !c.historyLoaded && c.isMember)
-            .map((c) => this.loadHistory(c)),
-        );
+        // The list shows each conversation's last message: fetch the newest page of those not loaded
+        // (with their receipts). Those loaded before may have missed receipts while disconnected.
+        const current = [...this.conversations.values()].filter((c) => c.isMember);
+        await Promise.all([
+          ...current.filter((c) => !c.historyLoaded).map((c) => this.loadHistory(c)),
+          ...current
+            .filter((c) => c.historyLoaded && this.hasOwnMessages(c))
+            .map((c) => this.loadReceipts(c)),
+        ]);
       } while (this.refreshAgain);
     })()
       .catch((err: unknown) => this.report(err))
@@ -283,10 +286,36 @@ export class ChatApp {
       });
       for (const m of page.messages) addMessage(c, m);
       c.hasOlder = page.hasMore;
+      if (beforeSeq === undefined && this.hasOwnMessages(c)) await this.loadReceipts(c);
       this.markOpenRead();
       this.onChange();
     } catch (err) {
       if (beforeSeq === undefined) c.historyLoaded = false; // try again on the next refresh
+      this.report(err);
+    }
+  }
+
+  private hasOwnMessages(c: ConversationState): boolean {
+    return c.messages.some((m) => m.sender === this.me);
+  }
+
+  /**
+   * The members' watermarks as the server has them: what receipt events told while this page was
+   * not connected (a reload, a new device, an outage). Shown on the user's own messages.
+   */
+  private async loadReceipts(c: ConversationState): Promise<void> {
+    if (this.client.state !== "open") return;
+    try {
+      for (const r of await this.client.listReceipts(c.id)) {
+        if (r.userId === this.me) {
+          c.readSeq = Math.max(c.readSeq, r.readSeq);
+          continue;
+        }
+        raiseWatermark(c.peerDelivered, r.userId, r.deliveredSeq);
+        raiseWatermark(c.peerRead, r.userId, r.readSeq);
+      }
+      this.onChange();
+    } catch (err) {
       this.report(err);
     }
   }
