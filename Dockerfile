@@ -23,7 +23,10 @@ COPY gen ./gen
 COPY operator ./operator
 COPY sdk/src ./sdk/src
 COPY bench ./bench
-RUN npx tsc -p tsconfig.json && npm prune --omit=dev
+COPY scripts/build-web.mjs ./scripts/
+COPY web ./web
+# The web client and the SDK's browser bundle (esbuild, a dev dependency: before the prune).
+RUN npx tsc -p tsconfig.json && node scripts/build-web.mjs && npm prune --omit=dev
 
 # --- runtime: Node 20 on Debian 12 (the same glibc as bookworm, for lmdb's native module) --------
 FROM gcr.io/distroless/nodejs20-debian12:nonroot
@@ -32,8 +35,8 @@ ENV NODE_ENV=production
 COPY --from=build /src/package.json ./
 COPY --from=build /src/node_modules ./node_modules
 COPY --from=build /src/dist ./dist
-# The demo page served at / (internal/platform reads ../../../web/index.html from dist/).
-COPY web ./web
+# The web client served at / (internal/process/web-client.ts reads ../../../web/dist/ from dist/).
+COPY --from=build /src/web/dist ./web/dist
 # Numeric, so the kubelet can check runAsNonRoot without a runAsUser.
 USER 65532:65532
 # 8080: HTTP/WebSocket, /healthz, /readyz, /metrics (the operator: 8081); 9090: gRPC.

@@ -40,6 +40,7 @@ export default defineConfig({
             "test/integration/multiprocess.test.ts",
             "test/contract/distributed.test.ts",
             "test/monitoring/**",
+            "test/browser/**",
           ],
         },
       },
@@ -67,6 +68,21 @@ export default defineConfig({
           name: "kube",
           include: ["test/kube/**/*.test.ts", "operator/**/*.test.ts"],
           testTimeout: 120_000,
+        },
+      },
+      {
+        // The web client in Debian's Chromium (playwright-core) against a real server; Chromium is
+        // installed by test/infra/up.sh chromium (global setup). Runs in a pass of its own after the
+        // parallel projects: a browser per file is heavy on 2 cores.
+        extends: true,
+        test: {
+          name: "browser",
+          include: ["test/browser/**/*.test.ts"],
+          globalSetup: ["test/browser/global-setup.ts"],
+          testTimeout: 90_000,
+          // expect.poll is how these tests wait for the page (never sleeps): give a loaded 2-core
+          // machine room before a condition counts as not met.
+          expect: { poll: { timeout: 10_000, interval: 50 } },
         },
       },
       {

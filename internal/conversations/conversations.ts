@@ -201,6 +201,24 @@ export class Conversations {
     return this.membership.addMembers(id, users, this.limits.membersMax);
   }
 
+  /**
+   * Any member may remove others, as any member may add them (there are no owner privileges);
+   * users who are not members are ignored, as add ignores those who already are.
+   */
+  async removeMembers(caller: string, id: string, users: string[]): Promise<ConversationRecord> {
+    let record = await this.group(id);
+    if (!(await this.membership.isMember(id, caller))) {
+      throw errors.denied("NOT_MEMBER", `${caller} is not a member of ${id}`);
+    }
+    const bad = users.find((u) => !isValidUserId(u));
+    if (bad !== undefined || users.length === 0)
+      throw errors.invalid("INVALID_USER_ID", "members must be valid user ids");
+    for (const user of new Set(users)) {
+      if (await this.membership.isMember(id, user)) record = await this.membership.removeMember(id, user);
+    }
+    return record;
+  }
+
   async join(caller: string, id: string): Promise<ConversationRecord> {
     const group = await this.group(id);
     if (await this.membership.isMember(id, caller)) return group;

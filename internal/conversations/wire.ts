@@ -14,7 +14,7 @@ export function toWireMessage(m: StoredMessage) {
   };
 }
 
-export function toWireConversation(c: ConversationRecord, lastSeq = 0) {
+export function toWireConversation(c: ConversationRecord, lastSeq = 0, readSeq = 0) {
   return {
     id: c.id,
     kind: c.kind === "group" ? ConversationKind.GROUP : ConversationKind.DIRECT,
@@ -24,5 +24,6 @@ export function toWireConversation(c: ConversationRecord, lastSeq = 0) {
     open: c.open,
     lastSeq: BigInt(lastSeq),
     createdAtMs: BigInt(c.createdAtMs),
+    readSeq: BigInt(readSeq),
   };
 }

@@ -304,6 +304,11 @@ export class Connection {
         const record = await c.conversations.addMembers(user, req.value.conversationId, req.value.members);
         return reply({ case: "conversation", value: { conversation: toWireConversation(record) } });
       }
+      case "removeMembers": {
+        const { conversationId, members } = req.value;
+        const record = await c.conversations.removeMembers(user, conversationId, members);
+        return reply({ case: "conversation", value: { conversation: toWireConversation(record) } });
+      }
       case "joinGroup": {
         const record = await c.conversations.join(user, req.value.conversationId);
         return reply({ case: "conversation", value: { conversation: toWireConversation(record) } });
@@ -315,7 +320,13 @@ export class Connection {
       case "listConversations": {
         const records = await c.backends.membership.conversationsOf(user, this.pageLimit(req.value.limit));
         const conversations = await Promise.all(
-          records.map(async (r) => toWireConversation(r, await c.backends.messages.lastSeq(r.id))),
+          records.map(async (r) =>
+            toWireConversation(
+              r,
+              await c.backends.messages.lastSeq(r.id),
+              await c.backends.receipts.get(r.id, user, "read"),
+            ),
+          ),
         );
         return reply({ case: "conversations", value: { conversations } });
       }
@@ -325,6 +336,18 @@ export class Connection {
           case: "members",
           value: { conversationId: req.value.conversationId, members: members.sort() },
         });
+      }
+      case "listReceipts": {
+        const { conversationId } = req.value;
+        const members = (await c.conversations.members(user, conversationId)).sort();
+        const receipts = await Promise.all(
+          members.map(async (userId) => ({
+            userId,
+            deliveredSeq: BigInt(await c.backends.receipts.get(conversationId, userId, "delivered")),
+            readSeq: BigInt(await c.backends.receipts.get(conversationId, userId, "read")),
+          })),
+        );
+        return reply({ case: "receipts", value: { conversationId, receipts } });
       }
       case "typing": {
         const { conversationId, typing } = req.value;

@@ -1,17 +1,16 @@
 /**
  * Every process's HTTP server: /healthz (the process runs), /readyz (it can do its job: its
  * dependencies are reachable), /metrics (Prometheus). A gateway adds the WebSocket upgrade on /ws,
- * /v1/connect, the demo page at / and, in dev mode on loopback, /v1/dev/token.
+ * /v1/connect, the reference web client at / and, in dev mode on loopback, /v1/dev/token.
  */
-import { readFileSync } from "node:fs";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
-import { fileURLToPath } from "node:url";
 import type { Gateway } from "../gateway/index.js";
 import { isValidUserId, signDevToken } from "../lib/auth.js";
 import type { Config } from "../lib/config.js";
 import type { Logger } from "../lib/log.js";
 import type { Metrics } from "../lib/metrics.js";
+import { loadWebClient, WEB_CLIENT_CSP, type WebAsset } from "./web-client.js";
 
 export interface HttpOptions {
   config: Config;
@@ -29,7 +28,7 @@ export interface RunningHttp {
 }
 
 export async function serveHttp(o: HttpOptions): Promise<RunningHttp> {
-  const demoPage = readDemoPage(o.log);
+  const webClient = loadWebClient(o.log);
   const { headersTimeoutMs } = o.config.http;
   const http = createServer(
     {
@@ -39,7 +38,7 @@ export async function serveHttp(o: HttpOptions): Promise<RunningHttp> {
       // half-sent upgrade would live up to 30 s past the bound. Sweep often enough to keep it.
       connectionsCheckingInterval: connectionsCheckingIntervalMs(headersTimeoutMs),
     },
-    (req, res) => handleHttp(req, res, o, demoPage),
+    (req, res) => handleHttp(req, res, o, webClient),
   );
   http.on("upgrade", (req, socket, head) => {
     const gateway = o.gateway();
@@ -79,17 +78,6 @@ export function listen(server: Server, port: number, host: string): Promise<numb
   });
 }
 
-/** The demo chat page (web/index.html), served at / so `npm start` gives a working chat at once. */
-function readDemoPage(log: Logger): string | undefined {
-  const path = fileURLToPath(new URL("../../../web/index.html", import.meta.url));
-  try {
-    return readFileSync(path, "utf8");
-  } catch (err) {
-    log.debug("no demo page", { path, err });
-    return undefined;
-  }
-}
-
 /**
  * Why GET /v1/dev/token is not served, or undefined when it is: only in dev mode (auth.devTokens,
  * `start --dev`), only with the dev secret (no JWKS) and only on a loopback address.
@@ -103,7 +91,12 @@ export function devTokensRefusal(config: Config): string | undefined {
   return undefined;
 }
 
-function handleHttp(req: IncomingMessage, res: ServerResponse, o: HttpOptions, demoPage?: string): void {
+function handleHttp(
+  req: IncomingMessage,
+  res: ServerResponse,
+  o: HttpOptions,
+  webClient: Map<string, WebAsset>,
+): void {
   const path = (req.url ?? "/").split("?")[0];
   const json = (status: number, body: unknown) => {
     res.writeHead(status, { "content-type": "application/json" }).end(JSON.stringify(body));
@@ -129,16 +122,6 @@ function handleHttp(req: IncomingMessage, res: ServerResponse, o: HttpOptions, d
   const gateway = o.gateway();
   if (!gateway) return json(404, { error: "not found" });
   switch (path) {
-    case "/":
-      if (!demoPage) return json(404, { error: "no demo page in this build" });
-      res
-        .writeHead(200, {
-          "content-type": "text/html; charset=utf-8",
-          "content-security-policy":
-            "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self' ws: wss:",
-        })
-        .end(demoPage);
-      return;
     case "/v1/dev/token": {
       const refusal = devTokensRefusal(o.config);
       if (refusal !== undefined) return json(404, { error: `dev tokens are off: ${refusal}` });
@@ -154,9 +137,31 @@ function handleHttp(req: IncomingMessage, res: ServerResponse, o: HttpOptions, d
       const url =
         o.config.http.publicUrl ||
         `ws://${req.headers.host ?? `${o.config.http.host}:${o.config.http.port}`}/ws`;
+      // Public discovery, no credentials: readable from any origin, so a web client hosted
+      // elsewhere (web/dist on a static host) can ask it too.
+      res.setHeader("access-control-allow-origin", "*");
       return json(200, { url, gateway_id: gateway.id, connections: gateway.connections });
     }
-    default:
-      return json(404, { error: "not found" });
+    case "/": {
+      const index = webClient.get("/");
+      if (!index) return json(404, { error: "the web client is not built (npm run build)" });
+      return serveWebAsset(res, index);
+    }
+    default: {
+      const asset = webClient.get(path ?? "");
+      return asset ? serveWebAsset(res, asset) : json(404, { error: "not found" });
+    }
   }
+}
+
+function serveWebAsset(res: ServerResponse, asset: WebAsset): void {
+  res
+    .writeHead(200, {
+      "content-type": asset.contentType,
+      "content-security-policy": WEB_CLIENT_CSP,
+      "x-content-type-options": "nosniff",
+      // The file names do not change with their content: revalidate rather than cache blindly.
+      "cache-control": "no-cache",
+    })
+    .end(asset.body);
 }

@@ -45,6 +45,7 @@ import {
   type HistoryPage,
   type IncomingMessage,
   type MemberList,
+  type MemberReceipts,
   type PresenceStatus,
   type ReceiptInfo,
   type SendAck,
@@ -53,6 +54,7 @@ import {
   toChatMessage,
   toConversation,
   toHistoryPage,
+  toMemberReceipts,
   toPresence,
   toReceipt,
   toSendAck,
@@ -528,6 +530,21 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
       "conversation",
     );
     return this.conversationOf(res.conversation);
+  }
+
+  /** Removes members from a group (any member may; users who are not members are ignored). */
+  async removeMembers(conversationId: string, members: string[]): Promise<Conversation> {
+    const res = await this.request(
+      { case: "removeMembers", value: { conversationId, members } },
+      "conversation",
+    );
+    return this.conversationOf(res.conversation);
+  }
+
+  /** Every member's delivered and read watermarks (what receipt events told before this connection). */
+  async listReceipts(conversationId: string): Promise<MemberReceipts[]> {
+    const res = await this.request({ case: "listReceipts", value: { conversationId } }, "receipts");
+    return res.receipts.map(toMemberReceipts);
   }
 
   async joinGroup(conversationId: string): Promise<Conversation> {

@@ -39,6 +39,7 @@ export type {
   IncomingMessage,
   Limits,
   MemberList,
+  MemberReceipts,
   PresenceStatus,
   ReceiptInfo,
   ReceiptKindName,

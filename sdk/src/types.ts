@@ -7,6 +7,7 @@
 import type {
   HistoryResult as PbHistoryResult,
   Limits as PbLimits,
+  MemberReceipts as PbMemberReceipts,
   MessageEvent as PbMessageEvent,
   ReceiptEvent as PbReceiptEvent,
   SendAck as PbSendAck,
@@ -89,6 +90,8 @@ export interface Conversation {
   open: boolean;
   lastSeq: number;
   createdAtMs: number;
+  /** The signed-in user's read watermark (listConversations only; 0 elsewhere): unread = lastSeq - readSeq, minus own messages. */
+  readSeq: number;
 }
 
 export interface HistoryPage {
@@ -125,6 +128,13 @@ export interface ReceiptInfo {
   userId: string;
   seq: number;
   kind: ReceiptKindName;
+}
+
+/** One member's watermarks in a conversation (listReceipts); 0 means nothing marked yet. */
+export interface MemberReceipts {
+  userId: string;
+  deliveredSeq: number;
+  readSeq: number;
 }
 
 export interface DisconnectInfo {
@@ -206,6 +216,7 @@ export function toConversation(c: PbConversation): Conversation {
     open: c.open,
     lastSeq: num(c.lastSeq),
     createdAtMs: num(c.createdAtMs),
+    readSeq: num(c.readSeq),
   };
 }
 
@@ -232,6 +243,10 @@ export function toReceipt(r: PbReceiptEvent): ReceiptInfo {
     seq: num(r.seq),
     kind: receiptKindName(r.kind),
   };
+}
+
+export function toMemberReceipts(r: PbMemberReceipts): MemberReceipts {
+  return { userId: r.userId, deliveredSeq: num(r.deliveredSeq), readSeq: num(r.readSeq) };
 }
 
 export function messageEventCursor(e: PbMessageEvent): number {

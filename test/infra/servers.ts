@@ -20,10 +20,10 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 /**
- * kube: the control plane (KUBECONFIG, KUBECTL); helm, prometheus and grpcurl: only install binaries
- * (HELM; PROMETHEUS, PROMTOOL; GRPCURL).
+ * kube: the control plane (KUBECONFIG, KUBECTL); helm, prometheus, grpcurl and chromium: only install
+ * binaries (HELM; PROMETHEUS, PROMTOOL; GRPCURL; CHROMIUM).
  */
-export type ServerName = "kafka" | "cassandra" | "kube" | "helm" | "prometheus" | "grpcurl";
+export type ServerName = "kafka" | "cassandra" | "kube" | "helm" | "prometheus" | "grpcurl" | "chromium";
 
 /** The KEY=value lines up.sh printed, e.g. { KAFKA_BROKERS: "127.0.0.1:19092" }. */
 export type ServerEnv = Record<string, string>;

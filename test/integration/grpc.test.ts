@@ -26,7 +26,7 @@ afterAll(async () => {
 const grpcAddress = () => `127.0.0.1:${server.grpcPort}`;
 
 describe("HTTP endpoints", () => {
-  it("serves health, readiness, metrics, connect, the demo page and loopback dev tokens", async () => {
+  it("serves health, readiness, metrics, connect, the web client and loopback dev tokens", async () => {
     expect((await fetch(`${server.httpUrl}/healthz`)).status).toBe(200);
     expect((await fetch(`${server.httpUrl}/readyz`)).status).toBe(200);
     const metrics = await (await fetch(`${server.httpUrl}/metrics`)).text();
@@ -34,7 +34,7 @@ describe("HTTP endpoints", () => {
     expect(metrics).toContain("switchboard_messages_appended_total");
     const connect = (await (await fetch(`${server.httpUrl}/v1/connect`)).json()) as { url: string };
     expect(connect.url).toBe(`ws://127.0.0.1:${server.port}/ws`);
-    expect(await (await fetch(`${server.httpUrl}/`)).text()).toContain("<title>Switchboard demo</title>");
+    expect(await (await fetch(`${server.httpUrl}/`)).text()).toContain("<title>Switchboard</title>");
     const { token } = (await (await fetch(`${server.httpUrl}/v1/dev/token?user=demo-user`)).json()) as {
       token: string;
     };

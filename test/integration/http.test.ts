@@ -83,3 +83,40 @@ describe("dev tokens", () => {
     }
   });
 });
+
+describe("the web client", () => {
+  it("is served at / with its script, the SDK bundle, styles and icon, all from this origin only", async () => {
+    const page = await fetch(`${server.httpUrl}/`);
+    expect(page.status).toBe(200);
+    expect(page.headers.get("content-type")).toBe("text/html; charset=utf-8");
+    // No inline code: the policy allows scripts from the origin only.
+    expect(page.headers.get("content-security-policy")).toContain("default-src 'self'");
+    expect(page.headers.get("content-security-policy")).not.toContain("unsafe-inline");
+    const html = await page.text();
+    expect(html).toContain('<script type="module" src="app.js"></script>');
+    expect(html).toContain('<link rel="icon" href="favicon.svg"');
+    const types: Record<string, string> = {
+      "/app.js": "text/javascript; charset=utf-8",
+      "/switchboard-sdk.js": "text/javascript; charset=utf-8",
+      "/styles.css": "text/css; charset=utf-8",
+      "/favicon.svg": "image/svg+xml",
+      "/sw.js": "text/javascript; charset=utf-8",
+    };
+    for (const [path, type] of Object.entries(types)) {
+      const res = await fetch(`${server.httpUrl}${path}`);
+      expect(res.status, path).toBe(200);
+      expect(res.headers.get("content-type"), path).toBe(type);
+    }
+    // The page loads the SDK the SDK ships rather than a copy of its own.
+    expect(await (await fetch(`${server.httpUrl}/app.js`)).text()).toContain('from"./switchboard-sdk.js"');
+    // A copy of web/dist on another host may ask for the gateway's WebSocket URL.
+    const connect = await fetch(`${server.httpUrl}/v1/connect`, {
+      headers: { origin: "https://chat.example" },
+    });
+    expect(connect.headers.get("access-control-allow-origin")).toBe("*");
+    // Only the files of the build are served: nothing else of the file system.
+    for (const path of ["/index.ts", "/../package.json", "/web/index.html", "/src/main.ts"]) {
+      expect((await fetch(`${server.httpUrl}${path}`)).status, path).toBe(404);
+    }
+  });
+});

@@ -175,6 +175,39 @@ describe("groups", () => {
     for (const x of [ca, cb, cc]) x.close();
   });
 
+  it("lets any member remove others from a group: they can no longer send; strangers cannot remove", async () => {
+    const [a, b, c, d] = [user("a"), user("b"), user("c"), user("d")];
+    const [ca, cb, cc, cd] = [await connect(a), await connect(b), await connect(c), await connect(d)];
+    const group = expectCase(
+      await ca.request({ case: "createGroup", value: { name: "trim", members: [b, c] } }),
+      "conversation",
+    ).conversation!;
+    const remove = (client: typeof ca, members: string[]) =>
+      client.request({ case: "removeMembers", value: { conversationId: group.id, members } });
+    // A non-member of the group may not remove anyone.
+    expect(expectCase(await remove(cd, [c]), "error").reason).toBe("NOT_MEMBER");
+    expect(expectCase(await remove(cb, []), "error").reason).toBe("INVALID_USER_ID");
+    expect(expectCase(await remove(cb, ["bad id"]), "error").reason).toBe("INVALID_USER_ID");
+    expect(
+      expectCase(
+        await cb.request({ case: "removeMembers", value: { conversationId: "dm:a~b", members: [c] } }),
+        "error",
+      ).reason,
+    ).toBe("NOT_A_GROUP");
+    // b (not the creator) removes c; d, never a member, is ignored.
+    expect(expectCase(await remove(cb, [c, d, c]), "conversation").conversation?.memberCount).toBe(2);
+    const members = expectCase(
+      await ca.request({ case: "listMembers", value: { conversationId: group.id } }),
+      "members",
+    );
+    expect(members.members).toEqual([a, b].sort());
+    expect(expectCase(await send(cc, { conversationId: group.id }, "still here?"), "error").reason).toBe(
+      "NOT_MEMBER",
+    );
+    expectCase(await send(ca, { conversationId: group.id }, "just us"), "ack");
+    for (const x of [ca, cb, cc, cd]) x.close();
+  });
+
   it("a membership change holds for the very next message: none for who left, all for who was added", async () => {
     const [a, b, c, d] = [user("a"), user("b"), user("c"), user("d")];
     const [ca, cb, cc, cd] = [await connect(a), await connect(b), await connect(c), await connect(d)];
@@ -352,6 +385,69 @@ describe("receipts and typing", () => {
     await send(alice, { toUser: b }, "marker");
     await bob.nextEvent(messageEvent("marker"));
     expect(alice.received.filter((f) => f.kind.case === "receipt")).toHaveLength(1);
+    alice.close();
+    bob.close();
+  });
+
+  it("lists every member's delivered and read watermarks, for members only", async () => {
+    const [a, b] = [user("alice"), user("bob")];
+    const alice = await connect(a);
+    const bob = await connect(b);
+    const first = expectCase(await send(alice, { toUser: b }, "one"), "ack");
+    const second = expectCase(await send(alice, { toUser: b }, "two"), "ack");
+    const mark = (seq: bigint, kind: ReceiptKind) =>
+      bob.request({ case: "receipt", value: { conversationId: first.conversationId, seq, kind } });
+    expectCase(await mark(second.seq, ReceiptKind.DELIVERED), "ok");
+    expectCase(await mark(first.seq, ReceiptKind.READ), "ok");
+    // A device that connects now (alice's reload) learns what the events told before it.
+    const later = await connect(a);
+    const list = expectCase(
+      await later.request({ case: "listReceipts", value: { conversationId: first.conversationId } }),
+      "receipts",
+    );
+    expect(list.conversationId).toBe(first.conversationId);
+    expect(list.receipts.map((r) => [r.userId, r.deliveredSeq, r.readSeq])).toEqual(
+      [
+        [a, 0n, 0n],
+        [b, 2n, 1n],
+      ].sort((x, y) => String(x[0]).localeCompare(String(y[0]))),
+    );
+    const stranger = await connect(user("eve"));
+    const refused = expectCase(
+      await stranger.request({ case: "listReceipts", value: { conversationId: first.conversationId } }),
+      "error",
+    );
+    expect(refused.reason).toBe("NOT_MEMBER");
+    const malformed = expectCase(
+      await stranger.request({ case: "listReceipts", value: { conversationId: "dm:b~a" } }),
+      "error",
+    );
+    expect(malformed.reason).toBe("INVALID_CONVERSATION_ID");
+    for (const x of [alice, bob, later, stranger]) x.close();
+  });
+
+  it("lists each conversation with the caller's own read watermark, for unread counts on any device", async () => {
+    const [a, b] = [user("alice"), user("bob")];
+    const alice = await connect(a);
+    const bob = await connect(b);
+    const first = expectCase(await send(alice, { toUser: b }, "one"), "ack");
+    expectCase(await send(alice, { toUser: b }, "two"), "ack");
+    const before = expectCase(await bob.request({ case: "listConversations", value: {} }), "conversations");
+    expect(before.conversations.map((c) => [c.id, c.lastSeq, c.readSeq])).toEqual([
+      [first.conversationId, 2n, 0n],
+    ]);
+    expectCase(
+      await bob.request({
+        case: "receipt",
+        value: { conversationId: first.conversationId, seq: first.seq, kind: ReceiptKind.READ },
+      }),
+      "ok",
+    );
+    const after = expectCase(await bob.request({ case: "listConversations", value: {} }), "conversations");
+    expect(after.conversations[0]).toMatchObject({ lastSeq: 2n, readSeq: 1n });
+    // The watermark is the caller's own: alice has marked nothing read.
+    const alices = expectCase(await alice.request({ case: "listConversations", value: {} }), "conversations");
+    expect(alices.conversations[0]?.readSeq).toBe(0n);
     alice.close();
     bob.close();
   });

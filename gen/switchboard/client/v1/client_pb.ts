@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file switchboard/client/v1/client.proto.
  */
 export const file_switchboard_client_v1_client: GenFile = /*@__PURE__*/
-  fileDesc("CiJzd2l0Y2hib2FyZC9jbGllbnQvdjEvY2xpZW50LnByb3RvEhVzd2l0Y2hib2FyZC5jbGllbnQudjEi/gcKC0NsaWVudEZyYW1lEgoKAmlkGAEgASgNEisKBGF1dGgYCiABKAsyGy5zd2l0Y2hib2FyZC5jbGllbnQudjEuQXV0aEgAEisKBHNlbmQYCyABKAsyGy5zd2l0Y2hib2FyZC5jbGllbnQudjEuU2VuZEgAEisKBHN5bmMYDCABKAsyGy5zd2l0Y2hib2FyZC5jbGllbnQudjEuU3luY0gAEjEKB2hpc3RvcnkYDSABKAsyHi5zd2l0Y2hib2FyZC5jbGllbnQudjEuSGlzdG9yeUgAEjoKDGNyZWF0ZV9ncm91cBgOIAEoCzIiLnN3aXRjaGJvYXJkLmNsaWVudC52MS5DcmVhdGVHcm91cEgAEjgKC2FkZF9tZW1iZXJzGA8gASgLMiEuc3dpdGNoYm9hcmQuY2xpZW50LnYxLkFkZE1lbWJlcnNIABI2Cgpqb2luX2dyb3VwGBAgASgLMiAuc3dpdGNoYm9hcmQuY2xpZW50LnYxLkpvaW5Hcm91cEgAEjgKC2xlYXZlX2dyb3VwGBEgASgLMiEuc3dpdGNoYm9hcmQuY2xpZW50LnYxLkxlYXZlR3JvdXBIABJGChJsaXN0X2NvbnZlcnNhdGlvbnMYEiABKAsyKC5zd2l0Y2hib2FyZC5jbGllbnQudjEuTGlzdENvbnZlcnNhdGlvbnNIABI6CgxsaXN0X21lbWJlcnMYEyABKAsyIi5zd2l0Y2hib2FyZC5jbGllbnQudjEuTGlzdE1lbWJlcnNIABIvCgZ0eXBpbmcYFCABKAsyHS5zd2l0Y2hib2FyZC5jbGllbnQudjEuVHlwaW5nSAASNQoJaGVhcnRiZWF0GBUgASgLMiAuc3dpdGNoYm9hcmQuY2xpZW50LnYxLkhlYXJ0YmVhdEgAEkYKEnN1YnNjcmliZV9wcmVzZW5jZRgWIAEoCzIoLnN3aXRjaGJvYXJkLmNsaWVudC52MS5TdWJzY3JpYmVQcmVzZW5jZUgAEkoKFHVuc3Vic2NyaWJlX3ByZXNlbmNlGBcgASgLMiouc3dpdGNoYm9hcmQuY2xpZW50LnYxLlVuc3Vic2NyaWJlUHJlc2VuY2VIABIxCgdyZWNlaXB0GBggASgLMh4uc3dpdGNoYm9hcmQuY2xpZW50LnYxLlJlY2VpcHRIABJACg9yZWdpc3Rlcl9kZXZpY2UYGSABKAsyJS5zd2l0Y2hib2FyZC5jbGllbnQudjEuUmVnaXN0ZXJEZXZpY2VIABJEChF1bnJlZ2lzdGVyX2RldmljZRgaIAEoCzInLnN3aXRjaGJvYXJkLmNsaWVudC52MS5VbnJlZ2lzdGVyRGV2aWNlSABCBgoEa2luZCKfBwoLU2VydmVyRnJhbWUSEAoIcmVwbHlfdG8YASABKA0SMQoHd2VsY29tZRgKIAEoCzIeLnN3aXRjaGJvYXJkLmNsaWVudC52MS5XZWxjb21lSAASLQoDYWNrGAsgASgLMh4uc3dpdGNoYm9hcmQuY2xpZW50LnYxLlNlbmRBY2tIABI2CgdtZXNzYWdlGAwgASgLMiMuc3dpdGNoYm9hcmQuY2xpZW50LnYxLk1lc3NhZ2VFdmVudEgAEjEKBHN5bmMYDSABKAsyIS5zd2l0Y2hib2FyZC5jbGllbnQudjEuU3luY1Jlc3VsdEgAEjcKB2hpc3RvcnkYDiABKAsyJC5zd2l0Y2hib2FyZC5jbGllbnQudjEuSGlzdG9yeVJlc3VsdEgAEkEKDGNvbnZlcnNhdGlvbhgPIAEoCzIpLnN3aXRjaGJvYXJkLmNsaWVudC52MS5Db252ZXJzYXRpb25SZXN1bHRIABJACg1jb252ZXJzYXRpb25zGBAgASgLMicuc3dpdGNoYm9hcmQuY2xpZW50LnYxLkNvbnZlcnNhdGlvbkxpc3RIABI0CgdtZW1iZXJzGBEgASgLMiEuc3dpdGNoYm9hcmQuY2xpZW50LnYxLk1lbWJlckxpc3RIABI0CgZ0eXBpbmcYEiABKAsyIi5zd2l0Y2hib2FyZC5jbGllbnQudjEuVHlwaW5nRXZlbnRIABI4CghwcmVzZW5jZRgTIAEoCzIkLnN3aXRjaGJvYXJkLmNsaWVudC52MS5QcmVzZW5jZUV2ZW50SAASRAoRcHJlc2VuY2Vfc25hcHNob3QYFCABKAsyJy5zd2l0Y2hib2FyZC5jbGllbnQudjEuUHJlc2VuY2VTbmFwc2hvdEgAEjYKB3JlY2VpcHQYFSABKAsyIy5zd2l0Y2hib2FyZC5jbGllbnQudjEuUmVjZWlwdEV2ZW50SAASOAoJaGVhcnRiZWF0GBYgASgLMiMuc3dpdGNoYm9hcmQuY2xpZW50LnYxLkhlYXJ0YmVhdEFja0gAEicKAm9rGBcgASgLMhkuc3dpdGNoYm9hcmQuY2xpZW50LnYxLk9rSAASLQoFZXJyb3IYGCABKAsyHC5zd2l0Y2hib2FyZC5jbGllbnQudjEuRXJyb3JIABI1CglyZWNvbm5lY3QYGSABKAsyIC5zd2l0Y2hib2FyZC5jbGllbnQudjEuUmVjb25uZWN0SABCBgoEa2luZCIVCgRBdXRoEg0KBXRva2VuGAEgASgJIqkBCgdXZWxjb21lEg8KB3VzZXJfaWQYASABKAkSEgoKc2Vzc2lvbl9pZBgCIAEoCRIdChVoZWFydGJlYXRfaW50ZXJ2YWxfbXMYAyABKA0SLQoGbGltaXRzGAQgASgLMh0uc3dpdGNoYm9hcmQuY2xpZW50LnYxLkxpbWl0cxIWCg5zZXJ2ZXJfdGltZV9tcxgFIAEoAxITCgtoZWFkX2N1cnNvchgGIAEoBCJuCgZMaW1pdHMSFgoOYm9keV9jaGFyc19tYXgYASABKA0SFwoPZnJhbWVfYnl0ZXNfbWF4GAIgASgNEhgKEHNlbmRzX3Blcl9zZWNvbmQYAyABKA0SGQoRZ3JvdXBfbWVtYmVyc19tYXgYBCABKA0ieAoEU2VuZBIZCg9jb252ZXJzYXRpb25faWQYASABKAlIABIRCgd0b191c2VyGAIgASgJSAASFQoNY2xpZW50X21zZ19pZBgDIAEoCRIMCgRib2R5GAQgASgJEhMKC3RyYWNlcGFyZW50GAUgASgJQggKBnRhcmdldCKaAQoHU2VuZEFjaxIXCg9jb252ZXJzYXRpb25faWQYASABKAkSFgoKbWVzc2FnZV9pZBgCIAEoBEICMAESCwoDc2VxGAMgASgEEhUKDWNsaWVudF9tc2dfaWQYBCABKAkSFQoNY3JlYXRlZF9hdF9tcxgFIAEoAxIRCglkdXBsaWNhdGUYBiABKAgSEAoIdHJhY2VfaWQYByABKAkiTwoMTWVzc2FnZUV2ZW50Ei8KB21lc3NhZ2UYASABKAsyHi5zd2l0Y2hib2FyZC5jb21tb24udjEuTWVzc2FnZRIOCgZjdXJzb3IYAiABKAQiJQoEU3luYxIOCgZjdXJzb3IYASABKAQSDQoFbGltaXQYAiABKA0iZQoKU3luY1Jlc3VsdBI1CghtZXNzYWdlcxgBIAMoCzIjLnN3aXRjaGJvYXJkLmNsaWVudC52MS5NZXNzYWdlRXZlbnQSDgoGY3Vyc29yGAIgASgEEhAKCGhhc19tb3JlGAMgASgIIlgKB0hpc3RvcnkSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhIKCmJlZm9yZV9zZXEYAiABKAQSEQoJYWZ0ZXJfc2VxGAQgASgEEg0KBWxpbWl0GAMgASgNImwKDUhpc3RvcnlSZXN1bHQSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEjAKCG1lc3NhZ2VzGAIgAygLMh4uc3dpdGNoYm9hcmQuY29tbW9uLnYxLk1lc3NhZ2USEAoIaGFzX21vcmUYAyABKAgiOgoLQ3JlYXRlR3JvdXASDAoEbmFtZRgBIAEoCRIPCgdtZW1iZXJzGAIgAygJEgwKBG9wZW4YAyABKAgiNgoKQWRkTWVtYmVycxIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDwoHbWVtYmVycxgCIAMoCSIkCglKb2luR3JvdXASFwoPY29udmVyc2F0aW9uX2lkGAEgASgJIiUKCkxlYXZlR3JvdXASFwoPY29udmVyc2F0aW9uX2lkGAEgASgJIk8KEkNvbnZlcnNhdGlvblJlc3VsdBI5Cgxjb252ZXJzYXRpb24YASABKAsyIy5zd2l0Y2hib2FyZC5jb21tb24udjEuQ29udmVyc2F0aW9uIiIKEUxpc3RDb252ZXJzYXRpb25zEg0KBWxpbWl0GAEgASgNIk4KEENvbnZlcnNhdGlvbkxpc3QSOgoNY29udmVyc2F0aW9ucxgBIAMoCzIjLnN3aXRjaGJvYXJkLmNvbW1vbi52MS5Db252ZXJzYXRpb24iJgoLTGlzdE1lbWJlcnMSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJIjYKCk1lbWJlckxpc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg8KB21lbWJlcnMYAiADKAkiMQoGVHlwaW5nEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIOCgZ0eXBpbmcYAiABKAgiRwoLVHlwaW5nRXZlbnQSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSDgoGdHlwaW5nGAMgASgIIgsKCUhlYXJ0YmVhdCImCgxIZWFydGJlYXRBY2sSFgoOc2VydmVyX3RpbWVfbXMYASABKAMiJQoRU3Vic2NyaWJlUHJlc2VuY2USEAoIdXNlcl9pZHMYASADKAkiJwoTVW5zdWJzY3JpYmVQcmVzZW5jZRIQCgh1c2VyX2lkcxgBIAMoCSJLChBQcmVzZW5jZVNuYXBzaG90EjcKCHN0YXR1c2VzGAEgAygLMiUuc3dpdGNoYm9hcmQuY29tbW9uLnYxLlByZXNlbmNlU3RhdHVzIkYKDVByZXNlbmNlRXZlbnQSNQoGc3RhdHVzGAEgASgLMiUuc3dpdGNoYm9hcmQuY29tbW9uLnYxLlByZXNlbmNlU3RhdHVzImEKB1JlY2VpcHQSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEgsKA3NlcRgCIAEoBBIwCgRraW5kGAMgASgOMiIuc3dpdGNoYm9hcmQuY29tbW9uLnYxLlJlY2VpcHRLaW5kImMKDlJlZ2lzdGVyRGV2aWNlEhEKCWRldmljZV9pZBgBIAEoCRIvCghwcm92aWRlchgCIAEoDjIdLnN3aXRjaGJvYXJkLnB1c2gudjEuUHJvdmlkZXISDQoFdG9rZW4YAyABKAkiJQoQVW5yZWdpc3RlckRldmljZRIRCglkZXZpY2VfaWQYASABKAkidwoMUmVjZWlwdEV2ZW50EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEgsKA3NlcRgDIAEoBBIwCgRraW5kGAQgASgOMiIuc3dpdGNoYm9hcmQuY29tbW9uLnYxLlJlY2VpcHRLaW5kIgQKAk9rImsKBUVycm9yEikKBGNvZGUYASABKA4yGy5zd2l0Y2hib2FyZC5jb21tb24udjEuQ29kZRIOCgZyZWFzb24YAiABKAkSDwoHbWVzc2FnZRgDIAEoCRIWCg5yZXRyeV9hZnRlcl9tcxgEIAEoDSJHCglSZWNvbm5lY3QSDgoGcmVhc29uGAEgASgJEhQKDGRlbGF5X21zX21pbhgCIAEoDRIUCgxkZWxheV9tc19tYXgYAyABKA1iBnByb3RvMw", [file_switchboard_common_v1_common, file_switchboard_push_v1_push]);
+  fileDesc("CiJzd2l0Y2hib2FyZC9jbGllbnQvdjEvY2xpZW50LnByb3RvEhVzd2l0Y2hib2FyZC5jbGllbnQudjEi/AgKC0NsaWVudEZyYW1lEgoKAmlkGAEgASgNEisKBGF1dGgYCiABKAsyGy5zd2l0Y2hib2FyZC5jbGllbnQudjEuQXV0aEgAEisKBHNlbmQYCyABKAsyGy5zd2l0Y2hib2FyZC5jbGllbnQudjEuU2VuZEgAEisKBHN5bmMYDCABKAsyGy5zd2l0Y2hib2FyZC5jbGllbnQudjEuU3luY0gAEjEKB2hpc3RvcnkYDSABKAsyHi5zd2l0Y2hib2FyZC5jbGllbnQudjEuSGlzdG9yeUgAEjoKDGNyZWF0ZV9ncm91cBgOIAEoCzIiLnN3aXRjaGJvYXJkLmNsaWVudC52MS5DcmVhdGVHcm91cEgAEjgKC2FkZF9tZW1iZXJzGA8gASgLMiEuc3dpdGNoYm9hcmQuY2xpZW50LnYxLkFkZE1lbWJlcnNIABI2Cgpqb2luX2dyb3VwGBAgASgLMiAuc3dpdGNoYm9hcmQuY2xpZW50LnYxLkpvaW5Hcm91cEgAEjgKC2xlYXZlX2dyb3VwGBEgASgLMiEuc3dpdGNoYm9hcmQuY2xpZW50LnYxLkxlYXZlR3JvdXBIABJGChJsaXN0X2NvbnZlcnNhdGlvbnMYEiABKAsyKC5zd2l0Y2hib2FyZC5jbGllbnQudjEuTGlzdENvbnZlcnNhdGlvbnNIABI6CgxsaXN0X21lbWJlcnMYEyABKAsyIi5zd2l0Y2hib2FyZC5jbGllbnQudjEuTGlzdE1lbWJlcnNIABIvCgZ0eXBpbmcYFCABKAsyHS5zd2l0Y2hib2FyZC5jbGllbnQudjEuVHlwaW5nSAASNQoJaGVhcnRiZWF0GBUgASgLMiAuc3dpdGNoYm9hcmQuY2xpZW50LnYxLkhlYXJ0YmVhdEgAEkYKEnN1YnNjcmliZV9wcmVzZW5jZRgWIAEoCzIoLnN3aXRjaGJvYXJkLmNsaWVudC52MS5TdWJzY3JpYmVQcmVzZW5jZUgAEkoKFHVuc3Vic2NyaWJlX3ByZXNlbmNlGBcgASgLMiouc3dpdGNoYm9hcmQuY2xpZW50LnYxLlVuc3Vic2NyaWJlUHJlc2VuY2VIABIxCgdyZWNlaXB0GBggASgLMh4uc3dpdGNoYm9hcmQuY2xpZW50LnYxLlJlY2VpcHRIABJACg9yZWdpc3Rlcl9kZXZpY2UYGSABKAsyJS5zd2l0Y2hib2FyZC5jbGllbnQudjEuUmVnaXN0ZXJEZXZpY2VIABJEChF1bnJlZ2lzdGVyX2RldmljZRgaIAEoCzInLnN3aXRjaGJvYXJkLmNsaWVudC52MS5VbnJlZ2lzdGVyRGV2aWNlSAASPgoOcmVtb3ZlX21lbWJlcnMYGyABKAsyJC5zd2l0Y2hib2FyZC5jbGllbnQudjEuUmVtb3ZlTWVtYmVyc0gAEjwKDWxpc3RfcmVjZWlwdHMYHCABKAsyIy5zd2l0Y2hib2FyZC5jbGllbnQudjEuTGlzdFJlY2VpcHRzSABCBgoEa2luZCLXBwoLU2VydmVyRnJhbWUSEAoIcmVwbHlfdG8YASABKA0SMQoHd2VsY29tZRgKIAEoCzIeLnN3aXRjaGJvYXJkLmNsaWVudC52MS5XZWxjb21lSAASLQoDYWNrGAsgASgLMh4uc3dpdGNoYm9hcmQuY2xpZW50LnYxLlNlbmRBY2tIABI2CgdtZXNzYWdlGAwgASgLMiMuc3dpdGNoYm9hcmQuY2xpZW50LnYxLk1lc3NhZ2VFdmVudEgAEjEKBHN5bmMYDSABKAsyIS5zd2l0Y2hib2FyZC5jbGllbnQudjEuU3luY1Jlc3VsdEgAEjcKB2hpc3RvcnkYDiABKAsyJC5zd2l0Y2hib2FyZC5jbGllbnQudjEuSGlzdG9yeVJlc3VsdEgAEkEKDGNvbnZlcnNhdGlvbhgPIAEoCzIpLnN3aXRjaGJvYXJkLmNsaWVudC52MS5Db252ZXJzYXRpb25SZXN1bHRIABJACg1jb252ZXJzYXRpb25zGBAgASgLMicuc3dpdGNoYm9hcmQuY2xpZW50LnYxLkNvbnZlcnNhdGlvbkxpc3RIABI0CgdtZW1iZXJzGBEgASgLMiEuc3dpdGNoYm9hcmQuY2xpZW50LnYxLk1lbWJlckxpc3RIABI0CgZ0eXBpbmcYEiABKAsyIi5zd2l0Y2hib2FyZC5jbGllbnQudjEuVHlwaW5nRXZlbnRIABI4CghwcmVzZW5jZRgTIAEoCzIkLnN3aXRjaGJvYXJkLmNsaWVudC52MS5QcmVzZW5jZUV2ZW50SAASRAoRcHJlc2VuY2Vfc25hcHNob3QYFCABKAsyJy5zd2l0Y2hib2FyZC5jbGllbnQudjEuUHJlc2VuY2VTbmFwc2hvdEgAEjYKB3JlY2VpcHQYFSABKAsyIy5zd2l0Y2hib2FyZC5jbGllbnQudjEuUmVjZWlwdEV2ZW50SAASOAoJaGVhcnRiZWF0GBYgASgLMiMuc3dpdGNoYm9hcmQuY2xpZW50LnYxLkhlYXJ0YmVhdEFja0gAEicKAm9rGBcgASgLMhkuc3dpdGNoYm9hcmQuY2xpZW50LnYxLk9rSAASLQoFZXJyb3IYGCABKAsyHC5zd2l0Y2hib2FyZC5jbGllbnQudjEuRXJyb3JIABI1CglyZWNvbm5lY3QYGSABKAsyIC5zd2l0Y2hib2FyZC5jbGllbnQudjEuUmVjb25uZWN0SAASNgoIcmVjZWlwdHMYGiABKAsyIi5zd2l0Y2hib2FyZC5jbGllbnQudjEuUmVjZWlwdExpc3RIAEIGCgRraW5kIhUKBEF1dGgSDQoFdG9rZW4YASABKAkiqQEKB1dlbGNvbWUSDwoHdXNlcl9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJEh0KFWhlYXJ0YmVhdF9pbnRlcnZhbF9tcxgDIAEoDRItCgZsaW1pdHMYBCABKAsyHS5zd2l0Y2hib2FyZC5jbGllbnQudjEuTGltaXRzEhYKDnNlcnZlcl90aW1lX21zGAUgASgDEhMKC2hlYWRfY3Vyc29yGAYgASgEIm4KBkxpbWl0cxIWCg5ib2R5X2NoYXJzX21heBgBIAEoDRIXCg9mcmFtZV9ieXRlc19tYXgYAiABKA0SGAoQc2VuZHNfcGVyX3NlY29uZBgDIAEoDRIZChFncm91cF9tZW1iZXJzX21heBgEIAEoDSJ4CgRTZW5kEhkKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCUgAEhEKB3RvX3VzZXIYAiABKAlIABIVCg1jbGllbnRfbXNnX2lkGAMgASgJEgwKBGJvZHkYBCABKAkSEwoLdHJhY2VwYXJlbnQYBSABKAlCCAoGdGFyZ2V0IpoBCgdTZW5kQWNrEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIWCgptZXNzYWdlX2lkGAIgASgEQgIwARILCgNzZXEYAyABKAQSFQoNY2xpZW50X21zZ19pZBgEIAEoCRIVCg1jcmVhdGVkX2F0X21zGAUgASgDEhEKCWR1cGxpY2F0ZRgGIAEoCBIQCgh0cmFjZV9pZBgHIAEoCSJPCgxNZXNzYWdlRXZlbnQSLwoHbWVzc2FnZRgBIAEoCzIeLnN3aXRjaGJvYXJkLmNvbW1vbi52MS5NZXNzYWdlEg4KBmN1cnNvchgCIAEoBCIlCgRTeW5jEg4KBmN1cnNvchgBIAEoBBINCgVsaW1pdBgCIAEoDSJlCgpTeW5jUmVzdWx0EjUKCG1lc3NhZ2VzGAEgAygLMiMuc3dpdGNoYm9hcmQuY2xpZW50LnYxLk1lc3NhZ2VFdmVudBIOCgZjdXJzb3IYAiABKAQSEAoIaGFzX21vcmUYAyABKAgiWAoHSGlzdG9yeRIXCg9jb252ZXJzYXRpb25faWQYASABKAkSEgoKYmVmb3JlX3NlcRgCIAEoBBIRCglhZnRlcl9zZXEYBCABKAQSDQoFbGltaXQYAyABKA0ibAoNSGlzdG9yeVJlc3VsdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSMAoIbWVzc2FnZXMYAiADKAsyHi5zd2l0Y2hib2FyZC5jb21tb24udjEuTWVzc2FnZRIQCghoYXNfbW9yZRgDIAEoCCI6CgtDcmVhdGVHcm91cBIMCgRuYW1lGAEgASgJEg8KB21lbWJlcnMYAiADKAkSDAoEb3BlbhgDIAEoCCI2CgpBZGRNZW1iZXJzEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIPCgdtZW1iZXJzGAIgAygJIjkKDVJlbW92ZU1lbWJlcnMSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg8KB21lbWJlcnMYAiADKAkiJAoJSm9pbkdyb3VwEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCSIlCgpMZWF2ZUdyb3VwEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCSJPChJDb252ZXJzYXRpb25SZXN1bHQSOQoMY29udmVyc2F0aW9uGAEgASgLMiMuc3dpdGNoYm9hcmQuY29tbW9uLnYxLkNvbnZlcnNhdGlvbiIiChFMaXN0Q29udmVyc2F0aW9ucxINCgVsaW1pdBgBIAEoDSJOChBDb252ZXJzYXRpb25MaXN0EjoKDWNvbnZlcnNhdGlvbnMYASADKAsyIy5zd2l0Y2hib2FyZC5jb21tb24udjEuQ29udmVyc2F0aW9uIiYKC0xpc3RNZW1iZXJzEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCSInCgxMaXN0UmVjZWlwdHMSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJIkoKDk1lbWJlclJlY2VpcHRzEg8KB3VzZXJfaWQYASABKAkSFQoNZGVsaXZlcmVkX3NlcRgCIAEoBBIQCghyZWFkX3NlcRgDIAEoBCJfCgtSZWNlaXB0TGlzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSNwoIcmVjZWlwdHMYAiADKAsyJS5zd2l0Y2hib2FyZC5jbGllbnQudjEuTWVtYmVyUmVjZWlwdHMiNgoKTWVtYmVyTGlzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDwoHbWVtYmVycxgCIAMoCSIxCgZUeXBpbmcSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg4KBnR5cGluZxgCIAEoCCJHCgtUeXBpbmdFdmVudBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIOCgZ0eXBpbmcYAyABKAgiCwoJSGVhcnRiZWF0IiYKDEhlYXJ0YmVhdEFjaxIWCg5zZXJ2ZXJfdGltZV9tcxgBIAEoAyIlChFTdWJzY3JpYmVQcmVzZW5jZRIQCgh1c2VyX2lkcxgBIAMoCSInChNVbnN1YnNjcmliZVByZXNlbmNlEhAKCHVzZXJfaWRzGAEgAygJIksKEFByZXNlbmNlU25hcHNob3QSNwoIc3RhdHVzZXMYASADKAsyJS5zd2l0Y2hib2FyZC5jb21tb24udjEuUHJlc2VuY2VTdGF0dXMiRgoNUHJlc2VuY2VFdmVudBI1CgZzdGF0dXMYASABKAsyJS5zd2l0Y2hib2FyZC5jb21tb24udjEuUHJlc2VuY2VTdGF0dXMiYQoHUmVjZWlwdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSCwoDc2VxGAIgASgEEjAKBGtpbmQYAyABKA4yIi5zd2l0Y2hib2FyZC5jb21tb24udjEuUmVjZWlwdEtpbmQiYwoOUmVnaXN0ZXJEZXZpY2USEQoJZGV2aWNlX2lkGAEgASgJEi8KCHByb3ZpZGVyGAIgASgOMh0uc3dpdGNoYm9hcmQucHVzaC52MS5Qcm92aWRlchINCgV0b2tlbhgDIAEoCSIlChBVbnJlZ2lzdGVyRGV2aWNlEhEKCWRldmljZV9pZBgBIAEoCSJ3CgxSZWNlaXB0RXZlbnQSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSCwoDc2VxGAMgASgEEjAKBGtpbmQYBCABKA4yIi5zd2l0Y2hib2FyZC5jb21tb24udjEuUmVjZWlwdEtpbmQiBAoCT2siawoFRXJyb3ISKQoEY29kZRgBIAEoDjIbLnN3aXRjaGJvYXJkLmNvbW1vbi52MS5Db2RlEg4KBnJlYXNvbhgCIAEoCRIPCgdtZXNzYWdlGAMgASgJEhYKDnJldHJ5X2FmdGVyX21zGAQgASgNIkcKCVJlY29ubmVjdBIOCgZyZWFzb24YASABKAkSFAoMZGVsYXlfbXNfbWluGAIgASgNEhQKDGRlbGF5X21zX21heBgDIAEoDWIGcHJvdG8z", [file_switchboard_common_v1_common, file_switchboard_push_v1_push]);
 
 /**
  * One frame from a client to the gateway. Text WebSocket frames carry it as proto3 JSON,
@@ -171,6 +171,22 @@ export type ClientFrame = Message<"switchboard.client.v1.ClientFrame"> & {
      */
     value: UnregisterDevice;
     case: "unregisterDevice";
+  } | {
+    /**
+     * Remove members from a group.
+     *
+     * @generated from field: switchboard.client.v1.RemoveMembers remove_members = 27;
+     */
+    value: RemoveMembers;
+    case: "removeMembers";
+  } | {
+    /**
+     * Every member's delivered and read watermarks in a conversation I belong to.
+     *
+     * @generated from field: switchboard.client.v1.ListReceipts list_receipts = 28;
+     */
+    value: ListReceipts;
+    case: "listReceipts";
   } | { case: undefined; value?: undefined };
 };
 
@@ -327,6 +343,14 @@ export type ServerFrame = Message<"switchboard.client.v1.ServerFrame"> & {
      */
     value: Reconnect;
     case: "reconnect";
+  } | {
+    /**
+     * The members' watermarks asked for with list_receipts.
+     *
+     * @generated from field: switchboard.client.v1.ReceiptList receipts = 26;
+     */
+    value: ReceiptList;
+    case: "receipts";
   } | { case: undefined; value?: undefined };
 };
 
@@ -812,6 +836,35 @@ export const AddMembersSchema: GenMessage<AddMembers> = /*@__PURE__*/
   messageDesc(file_switchboard_client_v1_client, 13);
 
 /**
+ * Remove members from a group I belong to (any member may, as any member may add; users who are
+ * not members are ignored).
+ *
+ * @generated from message switchboard.client.v1.RemoveMembers
+ */
+export type RemoveMembers = Message<"switchboard.client.v1.RemoveMembers"> & {
+  /**
+   * The group.
+   *
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * Users to remove.
+   *
+   * @generated from field: repeated string members = 2;
+   */
+  members: string[];
+};
+
+/**
+ * Describes the message switchboard.client.v1.RemoveMembers.
+ * Use `create(RemoveMembersSchema)` to create a new message.
+ */
+export const RemoveMembersSchema: GenMessage<RemoveMembers> = /*@__PURE__*/
+  messageDesc(file_switchboard_client_v1_client, 14);
+
+/**
  * Join an open group.
  *
  * @generated from message switchboard.client.v1.JoinGroup
@@ -830,7 +883,7 @@ export type JoinGroup = Message<"switchboard.client.v1.JoinGroup"> & {
  * Use `create(JoinGroupSchema)` to create a new message.
  */
 export const JoinGroupSchema: GenMessage<JoinGroup> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 14);
+  messageDesc(file_switchboard_client_v1_client, 15);
 
 /**
  * Leave a group.
@@ -851,7 +904,7 @@ export type LeaveGroup = Message<"switchboard.client.v1.LeaveGroup"> & {
  * Use `create(LeaveGroupSchema)` to create a new message.
  */
 export const LeaveGroupSchema: GenMessage<LeaveGroup> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 15);
+  messageDesc(file_switchboard_client_v1_client, 16);
 
 /**
  * A conversation after a change.
@@ -872,7 +925,7 @@ export type ConversationResult = Message<"switchboard.client.v1.ConversationResu
  * Use `create(ConversationResultSchema)` to create a new message.
  */
 export const ConversationResultSchema: GenMessage<ConversationResult> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 16);
+  messageDesc(file_switchboard_client_v1_client, 17);
 
 /**
  * List the conversations I belong to.
@@ -893,7 +946,7 @@ export type ListConversations = Message<"switchboard.client.v1.ListConversations
  * Use `create(ListConversationsSchema)` to create a new message.
  */
 export const ListConversationsSchema: GenMessage<ListConversations> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 17);
+  messageDesc(file_switchboard_client_v1_client, 18);
 
 /**
  * My conversations.
@@ -914,7 +967,7 @@ export type ConversationList = Message<"switchboard.client.v1.ConversationList">
  * Use `create(ConversationListSchema)` to create a new message.
  */
 export const ConversationListSchema: GenMessage<ConversationList> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 18);
+  messageDesc(file_switchboard_client_v1_client, 19);
 
 /**
  * List members of a conversation.
@@ -935,7 +988,92 @@ export type ListMembers = Message<"switchboard.client.v1.ListMembers"> & {
  * Use `create(ListMembersSchema)` to create a new message.
  */
 export const ListMembersSchema: GenMessage<ListMembers> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 19);
+  messageDesc(file_switchboard_client_v1_client, 20);
+
+/**
+ * Ask for the delivered and read watermarks of every member of a conversation (the state a
+ * client shows after a reload: receipt events only tell what moves while it is connected).
+ *
+ * @generated from message switchboard.client.v1.ListReceipts
+ */
+export type ListReceipts = Message<"switchboard.client.v1.ListReceipts"> & {
+  /**
+   * The conversation; I must be a member.
+   *
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+};
+
+/**
+ * Describes the message switchboard.client.v1.ListReceipts.
+ * Use `create(ListReceiptsSchema)` to create a new message.
+ */
+export const ListReceiptsSchema: GenMessage<ListReceipts> = /*@__PURE__*/
+  messageDesc(file_switchboard_client_v1_client, 21);
+
+/**
+ * One member's watermarks (0: nothing marked yet).
+ *
+ * @generated from message switchboard.client.v1.MemberReceipts
+ */
+export type MemberReceipts = Message<"switchboard.client.v1.MemberReceipts"> & {
+  /**
+   * The member.
+   *
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * Highest seq the member's devices received.
+   *
+   * @generated from field: uint64 delivered_seq = 2;
+   */
+  deliveredSeq: bigint;
+
+  /**
+   * Highest seq the member read.
+   *
+   * @generated from field: uint64 read_seq = 3;
+   */
+  readSeq: bigint;
+};
+
+/**
+ * Describes the message switchboard.client.v1.MemberReceipts.
+ * Use `create(MemberReceiptsSchema)` to create a new message.
+ */
+export const MemberReceiptsSchema: GenMessage<MemberReceipts> = /*@__PURE__*/
+  messageDesc(file_switchboard_client_v1_client, 22);
+
+/**
+ * The watermarks of every member of a conversation, sorted by user id.
+ *
+ * @generated from message switchboard.client.v1.ReceiptList
+ */
+export type ReceiptList = Message<"switchboard.client.v1.ReceiptList"> & {
+  /**
+   * The conversation.
+   *
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * One entry per member.
+   *
+   * @generated from field: repeated switchboard.client.v1.MemberReceipts receipts = 2;
+   */
+  receipts: MemberReceipts[];
+};
+
+/**
+ * Describes the message switchboard.client.v1.ReceiptList.
+ * Use `create(ReceiptListSchema)` to create a new message.
+ */
+export const ReceiptListSchema: GenMessage<ReceiptList> = /*@__PURE__*/
+  messageDesc(file_switchboard_client_v1_client, 23);
 
 /**
  * Members of a conversation.
@@ -963,7 +1101,7 @@ export type MemberList = Message<"switchboard.client.v1.MemberList"> & {
  * Use `create(MemberListSchema)` to create a new message.
  */
 export const MemberListSchema: GenMessage<MemberList> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 20);
+  messageDesc(file_switchboard_client_v1_client, 24);
 
 /**
  * I am (or stopped) typing.
@@ -991,7 +1129,7 @@ export type Typing = Message<"switchboard.client.v1.Typing"> & {
  * Use `create(TypingSchema)` to create a new message.
  */
 export const TypingSchema: GenMessage<Typing> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 21);
+  messageDesc(file_switchboard_client_v1_client, 25);
 
 /**
  * Someone is typing.
@@ -1026,7 +1164,7 @@ export type TypingEvent = Message<"switchboard.client.v1.TypingEvent"> & {
  * Use `create(TypingEventSchema)` to create a new message.
  */
 export const TypingEventSchema: GenMessage<TypingEvent> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 22);
+  messageDesc(file_switchboard_client_v1_client, 26);
 
 /**
  * Keep-alive and presence heartbeat.
@@ -1041,7 +1179,7 @@ export type Heartbeat = Message<"switchboard.client.v1.Heartbeat"> & {
  * Use `create(HeartbeatSchema)` to create a new message.
  */
 export const HeartbeatSchema: GenMessage<Heartbeat> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 23);
+  messageDesc(file_switchboard_client_v1_client, 27);
 
 /**
  * Heartbeat answer.
@@ -1062,7 +1200,7 @@ export type HeartbeatAck = Message<"switchboard.client.v1.HeartbeatAck"> & {
  * Use `create(HeartbeatAckSchema)` to create a new message.
  */
 export const HeartbeatAckSchema: GenMessage<HeartbeatAck> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 24);
+  messageDesc(file_switchboard_client_v1_client, 28);
 
 /**
  * Watch users' presence; only users sharing a conversation with me may be watched.
@@ -1083,7 +1221,7 @@ export type SubscribePresence = Message<"switchboard.client.v1.SubscribePresence
  * Use `create(SubscribePresenceSchema)` to create a new message.
  */
 export const SubscribePresenceSchema: GenMessage<SubscribePresence> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 25);
+  messageDesc(file_switchboard_client_v1_client, 29);
 
 /**
  * Stop watching users' presence.
@@ -1104,7 +1242,7 @@ export type UnsubscribePresence = Message<"switchboard.client.v1.UnsubscribePres
  * Use `create(UnsubscribePresenceSchema)` to create a new message.
  */
 export const UnsubscribePresenceSchema: GenMessage<UnsubscribePresence> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 26);
+  messageDesc(file_switchboard_client_v1_client, 30);
 
 /**
  * Current presence of users.
@@ -1125,7 +1263,7 @@ export type PresenceSnapshot = Message<"switchboard.client.v1.PresenceSnapshot">
  * Use `create(PresenceSnapshotSchema)` to create a new message.
  */
 export const PresenceSnapshotSchema: GenMessage<PresenceSnapshot> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 27);
+  messageDesc(file_switchboard_client_v1_client, 31);
 
 /**
  * A user's presence changed.
@@ -1146,7 +1284,7 @@ export type PresenceEvent = Message<"switchboard.client.v1.PresenceEvent"> & {
  * Use `create(PresenceEventSchema)` to create a new message.
  */
 export const PresenceEventSchema: GenMessage<PresenceEvent> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 28);
+  messageDesc(file_switchboard_client_v1_client, 32);
 
 /**
  * Move my delivered or read watermark in a conversation.
@@ -1181,7 +1319,7 @@ export type Receipt = Message<"switchboard.client.v1.Receipt"> & {
  * Use `create(ReceiptSchema)` to create a new message.
  */
 export const ReceiptSchema: GenMessage<Receipt> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 29);
+  messageDesc(file_switchboard_client_v1_client, 33);
 
 /**
  * Register a push token for one of my devices (replaces its earlier token). Answered with `ok`.
@@ -1216,7 +1354,7 @@ export type RegisterDevice = Message<"switchboard.client.v1.RegisterDevice"> & {
  * Use `create(RegisterDeviceSchema)` to create a new message.
  */
 export const RegisterDeviceSchema: GenMessage<RegisterDevice> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 30);
+  messageDesc(file_switchboard_client_v1_client, 34);
 
 /**
  * Remove one of my devices' push tokens. Answered with `ok` (also when none was registered).
@@ -1237,7 +1375,7 @@ export type UnregisterDevice = Message<"switchboard.client.v1.UnregisterDevice">
  * Use `create(UnregisterDeviceSchema)` to create a new message.
  */
 export const UnregisterDeviceSchema: GenMessage<UnregisterDevice> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 31);
+  messageDesc(file_switchboard_client_v1_client, 35);
 
 /**
  * Someone's watermark moved.
@@ -1279,7 +1417,7 @@ export type ReceiptEvent = Message<"switchboard.client.v1.ReceiptEvent"> & {
  * Use `create(ReceiptEventSchema)` to create a new message.
  */
 export const ReceiptEventSchema: GenMessage<ReceiptEvent> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 32);
+  messageDesc(file_switchboard_client_v1_client, 36);
 
 /**
  * Success without a specific result.
@@ -1294,7 +1432,7 @@ export type Ok = Message<"switchboard.client.v1.Ok"> & {
  * Use `create(OkSchema)` to create a new message.
  */
 export const OkSchema: GenMessage<Ok> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 33);
+  messageDesc(file_switchboard_client_v1_client, 37);
 
 /**
  * A failed request.
@@ -1336,7 +1474,7 @@ export type Error = Message<"switchboard.client.v1.Error"> & {
  * Use `create(ErrorSchema)` to create a new message.
  */
 export const ErrorSchema: GenMessage<Error> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 34);
+  messageDesc(file_switchboard_client_v1_client, 38);
 
 /**
  * Reconnect, possibly to another gateway, after a random delay in [delay_ms_min, delay_ms_max].
@@ -1371,5 +1509,5 @@ export type Reconnect = Message<"switchboard.client.v1.Reconnect"> & {
  * Use `create(ReconnectSchema)` to create a new message.
  */
 export const ReconnectSchema: GenMessage<Reconnect> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 35);
+  messageDesc(file_switchboard_client_v1_client, 39);
 

@@ -1,0 +1,394 @@
+/**
+ * The client's brain: turns the SDK's events into conversation state and the user's actions into
+ * SDK calls. It owns no DOM; `onChange` asks the view to draw again.
+ */
+import { type ChatMessage, type SwitchboardClient, SwitchboardClientError } from "../../sdk/src/index.js";
+import {
+  addMessage,
+  type ConversationState,
+  directConversationId,
+  newConversationState,
+  peerOf,
+  raiseWatermark,
+} from "./conversation-state.js";
+import type { Outbox, OutboxEntry } from "./local-store.js";
+import { ReceiptSender } from "./receipts.js";
+import { TypingSender, TypingWatcher } from "./typing.js";
+
+/** What the user sees of the connection: "catching up" is the sync after a (re)connect. */
+export type ConnectionStatus = "connecting" | "catching-up" | "online" | "reconnecting" | "signed-out";
+
+const HISTORY_PAGE = 30;
+
+export class ChatApp {
+  readonly conversations = new Map<string, ConversationState>();
+  readonly presence = new Map<string, boolean>();
+  readonly typing: TypingWatcher;
+  status: ConnectionStatus = "connecting";
+  /** Last problem worth telling the user (a refused request), cleared by the next success. */
+  notice = "";
+  openId: string | undefined;
+  onChange: () => void = () => {};
+
+  private readonly typingSender: TypingSender;
+  private readonly receipts: ReceiptSender;
+  private readonly watched = new Set<string>();
+  private refreshing: Promise<void> | undefined;
+  private refreshAgain = false;
+
+  constructor(
+    readonly client: SwitchboardClient,
+    readonly me: string,
+    private readonly saveCursor: (cursor: number) => void,
+    private readonly outbox: Outbox,
+    private readonly isVisible: () => boolean = () => document.visibilityState === "visible",
+  ) {
+    this.typing = new TypingWatcher(() => this.onChange());
+    this.typingSender = new TypingSender((id, typing) => client.typing(id, typing));
+    this.receipts = new ReceiptSender((kind, id, seq) =>
+      kind === "read" ? client.markRead(id, seq) : client.markDelivered(id, seq),
+    );
+    client.on("connected", () => this.setStatus("catching-up"));
+    client.on("synced", () => {
+      // Whatever went wrong on the way (a failed sync, a token fetch during the outage) is over.
+      this.notice = "";
+      this.setStatus("online");
+      this.receipts.resendFailed();
+      void this.refreshConversations();
+    });
+    client.on("disconnected", ({ willReconnect }) => {
+      // Offline, we cannot know who is online; the SDK re-subscribes and reports afresh on reconnect.
+      this.presence.clear();
+      this.setStatus(willReconnect ? "reconnecting" : "signed-out");
+    });
+    client.on("message", ({ message, cursor }) => {
+      this.receive(message);
+      this.saveCursor(cursor);
+    });
+    client.on("typing", ({ conversationId, userId, typing }) => {
+      if (userId !== me) this.typing.update(conversationId, userId, typing);
+    });
+    client.on("presence", ({ userId, online }) => {
+      this.presence.set(userId, online);
+      this.onChange();
+    });
+    client.on("receipt", ({ conversationId, userId, seq, kind }) => {
+      const c = this.conversations.get(conversationId);
+      if (!c) return;
+      if (userId === me && kind === "read")
+        c.readSeq = Math.max(c.readSeq, seq); // another tab read it
+      else if (kind === "read") raiseWatermark(c.peerRead, userId, seq);
+      else if (kind === "delivered") raiseWatermark(c.peerDelivered, userId, seq);
+      this.onChange();
+    });
+    client.on("error", (err) => {
+      // A fire-and-forget request (typing) refused for membership: our list is stale, not the user
+      // wrong; the refresh marks the group as left.
+      if (err.reason === "NOT_MEMBER") return void this.refreshConversations();
+      this.notice = `${err.reason}: ${err.message}`;
+      this.onChange();
+    });
+    document.addEventListener("visibilitychange", () => this.markOpenRead());
+  }
+
+  get open(): ConversationState | undefined {
+    return this.openId === undefined ? undefined : this.conversations.get(this.openId);
+  }
+
+  /** Lists the conversations (the server's truth for names, last seqs and the read watermark). */
+  refreshConversations(): Promise<void> {
+    if (this.refreshing) {
+      this.refreshAgain = true;
+      return this.refreshing;
+    }
+    this.refreshing = (async () => {
+      do {
+        this.refreshAgain = false;
+        const list = await this.client.listConversations();
+        const listed = new Set(list.map((c) => c.id));
+        for (const c of this.conversations.values()) {
+          // Removal sends no event: a group the server no longer lists is one we were removed from.
+          // (A direct conversation is listed only from its first message: a new one is not gone.)
+          if (c.kind === "group" && !listed.has(c.id)) c.isMember = false;
+        }
+        for (const info of list) {
+          const known = this.conversations.get(info.id);
+          if (!known) this.conversations.set(info.id, newConversationState(info));
+          else {
+            known.name = info.name;
+            known.memberCount = info.memberCount;
+            known.lastSeq = Math.max(known.lastSeq, info.lastSeq);
+            known.readSeq = Math.max(known.readSeq, info.readSeq);
+          }
+        }
+        this.onChange();
+        await this.watchPresence(list.filter((c) => c.kind === "direct").map((c) => peerOf(c.id, this.me)));
+        // The list shows each conversation's last message: fetch the newest page of those not loaded
+        // (with their receipts). Those loaded before may have missed receipts while disconnected.
+        const current = [...this.conversations.values()].filter((c) => c.isMember);
+        await Promise.all([
+          ...current.filter((c) => !c.historyLoaded).map((c) => this.loadHistory(c)),
+          ...current
+            .filter((c) => c.historyLoaded && this.hasOwnMessages(c))
+            .map((c) => this.loadReceipts(c)),
+        ]);
+      } while (this.refreshAgain);
+    })()
+      .catch((err: unknown) => this.report(err))
+      .finally(() => {
+        this.refreshing = undefined;
+      });
+    return this.refreshing;
+  }
+
+  select(conversationId: string | undefined): void {
+    if (this.openId !== conversationId) this.typingSender.stop();
+    this.openId = conversationId;
+    const c = this.open;
+    if (c && !c.historyLoaded) void this.loadHistory(c);
+    if (c?.kind === "group") void this.loadMembers(c);
+    this.markOpenRead();
+    this.onChange();
+  }
+
+  /** Opens (or starts: the DM is created by its first message) a direct conversation. */
+  openDirect(peer: string): void {
+    const id = directConversationId(this.me, peer);
+    if (!this.conversations.has(id)) {
+      const c = newConversationState({ id, kind: "direct" });
+      c.historyLoaded = true; // nothing on the server until the first message
+      this.conversations.set(id, c);
+    }
+    this.select(id);
+  }
+
+  async createGroup(name: string, members: string[]): Promise<void> {
+    await this.attempt(async () => {
+      const info = await this.client.createGroup({ name, members });
+      const c = newConversationState(info);
+      c.historyLoaded = true;
+      this.conversations.set(info.id, c);
+      this.select(info.id);
+    });
+  }
+
+  async addMember(userId: string): Promise<void> {
+    const c = this.open;
+    if (!c) return;
+    await this.attempt(async () => {
+      const info = await this.client.addMembers(c.id, [userId]);
+      c.memberCount = info.memberCount;
+      await this.loadMembers(c);
+    });
+  }
+
+  async removeMember(userId: string): Promise<void> {
+    const c = this.open;
+    if (!c) return;
+    await this.attempt(async () => {
+      const info = await this.client.removeMembers(c.id, [userId]);
+      c.memberCount = info.memberCount;
+      await this.loadMembers(c);
+    });
+  }
+
+  async leave(): Promise<void> {
+    const c = this.open;
+    if (!c) return;
+    await this.attempt(async () => {
+      await this.client.leaveGroup(c.id);
+      this.conversations.delete(c.id);
+      this.select(undefined);
+    });
+  }
+
+  /**
+   * Sends with a client message id of our own, so the message shows at once ("queued" while
+   * offline), and the SDK's retries after a reconnect, or this page's after a reload (the outbox),
+   * reuse the id: the server stores it once.
+   */
+  send(body: string): void {
+    const c = this.open;
+    if (!c || body.trim() === "") return;
+    this.typingSender.stop();
+    const entry = { conversationId: c.id, clientMsgId: crypto.randomUUID(), body, createdAtMs: Date.now() };
+    this.outbox.add(entry);
+    this.transmit(entry);
+  }
+
+  /** Sends again what an earlier page of this user left unacknowledged (a reload, a closed tab). */
+  resendOutbox(): void {
+    for (const entry of this.outbox.entries()) this.transmit(entry);
+  }
+
+  private transmit(entry: OutboxEntry): void {
+    let c = this.conversations.get(entry.conversationId);
+    if (!c) {
+      c = newConversationState({ id: entry.conversationId });
+      this.conversations.set(c.id, c);
+    }
+    const conversation = c;
+    const outgoing = { clientMsgId: entry.clientMsgId, body: entry.body, createdAtMs: entry.createdAtMs };
+    conversation.outgoing.push(outgoing);
+    this.onChange();
+    this.client
+      .send({ conversationId: entry.conversationId }, entry.body, { clientMsgId: entry.clientMsgId })
+      .then(
+        (ack) => {
+          this.outbox.remove(entry.clientMsgId);
+          addMessage(conversation, { ...ack, sender: this.me, body: entry.body });
+          this.watchContact(conversation); // the first message made the peer a contact
+          this.markOpenRead();
+          this.onChange();
+        },
+        (err: unknown) => {
+          // Refused for good (e.g. no longer a member): kept on screen as "Not sent", not resent.
+          this.outbox.remove(entry.clientMsgId);
+          if (err instanceof SwitchboardClientError && err.reason === "NOT_MEMBER")
+            void this.refreshConversations();
+          Object.assign(outgoing, { failure: err instanceof Error ? err.message : String(err) });
+          this.onChange();
+        },
+      );
+  }
+
+  composing(): void {
+    const c = this.open;
+    // A direct conversation exists on the server only from its first message: until then there is
+    // no one to tell (the server would refuse with NOT_MEMBER).
+    if (c?.isMember && (c.kind === "group" || c.lastSeq > 0)) this.typingSender.keystroke(c.id);
+  }
+
+  async loadOlder(): Promise<void> {
+    const c = this.open;
+    if (c?.hasOlder) await this.loadHistory(c, c.messages[0]?.seq);
+  }
+
+  async loadMembers(c: ConversationState): Promise<void> {
+    if (this.client.state !== "open") return; // listed again when the panel is next opened
+    await this.attempt(async () => {
+      c.members = (await this.client.listMembers(c.id)).members;
+      c.memberCount = c.members.length;
+      this.onChange();
+      await this.watchPresence(c.members);
+    });
+  }
+
+  private async loadHistory(c: ConversationState, beforeSeq?: number): Promise<void> {
+    // Offline, a request would only time out: the refresh after the next sync loads it.
+    if (this.client.state !== "open") return;
+    if (!c.historyLoaded && beforeSeq === undefined) c.historyLoaded = true;
+    try {
+      const page = await this.client.history({
+        conversationId: c.id,
+        limit: HISTORY_PAGE,
+        ...(beforeSeq === undefined ? {} : { beforeSeq }),
+      });
+      for (const m of page.messages) addMessage(c, m);
+      c.hasOlder = page.hasMore;
+      if (beforeSeq === undefined && this.hasOwnMessages(c)) await this.loadReceipts(c);
+      this.markOpenRead();
+      this.onChange();
+    } catch (err) {
+      if (beforeSeq === undefined) c.historyLoaded = false; // try again on the next refresh
+      this.report(err);
+    }
+  }
+
+  private hasOwnMessages(c: ConversationState): boolean {
+    return c.messages.some((m) => m.sender === this.me);
+  }
+
+  /**
+   * The members' watermarks as the server has them: what receipt events told while this page was
+   * not connected (a reload, a new device, an outage). Shown on the user's own messages.
+   */
+  private async loadReceipts(c: ConversationState): Promise<void> {
+    if (this.client.state !== "open") return;
+    try {
+      for (const r of await this.client.listReceipts(c.id)) {
+        if (r.userId === this.me) {
+          c.readSeq = Math.max(c.readSeq, r.readSeq);
+          continue;
+        }
+        raiseWatermark(c.peerDelivered, r.userId, r.deliveredSeq);
+        raiseWatermark(c.peerRead, r.userId, r.readSeq);
+      }
+      this.onChange();
+    } catch (err) {
+      this.report(err);
+    }
+  }
+
+  private receive(m: ChatMessage): void {
+    let c = this.conversations.get(m.conversationId);
+    if (!c) {
+      // A conversation this tab has not listed yet (someone wrote first, or added us to a group).
+      c = newConversationState({ id: m.conversationId });
+      this.conversations.set(c.id, c);
+      void this.refreshConversations();
+    }
+    addMessage(c, m);
+    this.watchContact(c);
+    if (m.sender !== this.me) {
+      this.typing.messageFrom(c.id, m.sender);
+      this.receipts.mark("delivered", c.id, m.seq);
+    }
+    this.markOpenRead();
+    this.onChange();
+  }
+
+  /** What the user has in front of them is read: the open conversation, while the tab is visible. */
+  private markOpenRead(): void {
+    const c = this.open;
+    if (!c || !this.isVisible() || this.status === "signed-out") return;
+    const newest = c.messages.at(-1)?.seq ?? 0;
+    if (newest > c.readSeq) {
+      c.readSeq = newest;
+      this.receipts.mark("read", c.id, newest);
+    }
+  }
+
+  /** The peer of a direct conversation with messages is a contact: the server lets us watch them. */
+  private watchContact(c: ConversationState): void {
+    if (c.kind === "direct") void this.watchPresence([peerOf(c.id, this.me)]);
+  }
+
+  private async watchPresence(users: string[]): Promise<void> {
+    const fresh = [...new Set(users)].filter((u) => u !== this.me && !this.watched.has(u));
+    if (fresh.length === 0) return;
+    for (const u of fresh) this.watched.add(u);
+    try {
+      for (const s of await this.client.subscribePresence(fresh)) this.presence.set(s.userId, s.online);
+      this.onChange();
+    } catch (err) {
+      for (const u of fresh) this.watched.delete(u);
+      this.report(err);
+    }
+  }
+
+  private setStatus(status: ConnectionStatus): void {
+    this.status = status;
+    this.onChange();
+  }
+
+  private async attempt(action: () => Promise<void>): Promise<void> {
+    try {
+      await action();
+      this.notice = "";
+    } catch (err) {
+      this.report(err);
+    }
+    this.onChange();
+  }
+
+  private report(err: unknown): void {
+    this.notice =
+      err instanceof SwitchboardClientError
+        ? `${err.reason}: ${err.message}`
+        : err instanceof Error
+          ? err.message
+          : String(err);
+    this.onChange();
+  }
+}

@@ -1,0 +1,72 @@
+/**
+ * The chat's controls: what the user's clicks, keys and form submissions ask of the ChatApp.
+ */
+import type { ChatApp } from "./chat-app.js";
+import { byId } from "./dom.js";
+import { inputValue, USER_ID } from "./form-input.js";
+import { sessionStore } from "./local-store.js";
+
+export function wireChat(app: ChatApp): void {
+  const composer = byId<HTMLInputElement>("composer-input");
+  byId("composer").addEventListener("submit", (e) => {
+    e.preventDefault();
+    app.send(composer.value);
+    composer.value = "";
+  });
+  composer.addEventListener("input", () => {
+    if (composer.value !== "") app.composing();
+  });
+  byId("new-chat").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const peer = inputValue("new-chat-user");
+    if (!USER_ID.test(peer)) {
+      app.notice = `"${peer}" is not a valid user id`;
+      app.onChange();
+      return;
+    }
+    byId<HTMLInputElement>("new-chat-user").value = "";
+    app.openDirect(peer);
+    // The conversation pane appears with the next frame's render; focus it after that.
+    requestAnimationFrame(() => requestAnimationFrame(() => composer.focus()));
+  });
+  byId("new-group").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const members = inputValue("new-group-members")
+      .split(/[\s,]+/)
+      .filter(Boolean);
+    void app.createGroup(inputValue("new-group-name"), members).then(() => {
+      byId<HTMLInputElement>("new-group-name").value = "";
+      byId<HTMLInputElement>("new-group-members").value = "";
+    });
+  });
+  byId("add-member").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const user = inputValue("add-member-user");
+    byId<HTMLInputElement>("add-member-user").value = "";
+    if (user) void app.addMember(user);
+  });
+  byId("leave-group").addEventListener("click", () => void app.leave());
+  byId("back").addEventListener("click", () => app.select(undefined));
+  const membersToggle = byId("members-toggle");
+  membersToggle.addEventListener("click", () => {
+    const panel = byId("members");
+    panel.hidden = !panel.hidden;
+    membersToggle.setAttribute("aria-expanded", String(!panel.hidden));
+    const open = app.open;
+    if (!panel.hidden && open) void app.loadMembers(open);
+  });
+  byId("load-older").addEventListener("click", () => void app.loadOlder());
+  const scroller = byId("messages");
+  scroller.addEventListener("scroll", () => {
+    if (scroller.scrollTop < 40) void app.loadOlder();
+  });
+  byId("sign-out").addEventListener("click", () => {
+    sessionStore.clear();
+    void app.client.close().then(() => location.reload());
+  });
+  // Nothing tells a user they were added to a group until its first message: look again whenever
+  // they come back to the tab.
+  window.addEventListener("focus", () => {
+    if (app.status === "online") void app.refreshConversations();
+  });
+}

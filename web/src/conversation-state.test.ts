@@ -1,0 +1,81 @@
+import { describe, expect, it } from "vitest";
+import type { ChatMessage } from "../../sdk/src/index.js";
+import {
+  addMessage,
+  deliveryStateOf,
+  directConversationId,
+  lastActivity,
+  newConversationState,
+  peerOf,
+  raiseWatermark,
+  titleOf,
+  unreadCount,
+} from "./conversation-state.js";
+
+function message(seq: number, sender: string, body = `m${seq}`): ChatMessage {
+  return {
+    conversationId: "dm:alice~bob",
+    seq,
+    messageId: String(1000 + seq),
+    sender,
+    clientMsgId: `c${seq}`,
+    body,
+    createdAtMs: seq,
+  };
+}
+
+describe("conversation state", () => {
+  it("names direct conversations after the other member and groups after their name", () => {
+    expect(directConversationId("bob", "alice")).toBe("dm:alice~bob");
+    expect(peerOf("dm:alice~bob", "bob")).toBe("alice");
+    expect(peerOf("dm:alice~alice", "alice")).toBe("alice");
+    expect(titleOf(newConversationState({ id: "dm:alice~bob" }), "alice")).toBe("bob");
+    expect(titleOf(newConversationState({ id: "g:1", name: "team" }), "alice")).toBe("team");
+  });
+
+  it("keeps messages in seq order, once each, and drops the outgoing copy when the message arrives", () => {
+    const c = newConversationState({ id: "dm:alice~bob" });
+    c.outgoing.push({ clientMsgId: "c2", body: "m2", createdAtMs: 2 });
+    expect(addMessage(c, message(2, "alice"))).toBe(true);
+    expect(addMessage(c, message(1, "bob"))).toBe(true);
+    expect(addMessage(c, message(2, "alice"))).toBe(false);
+    expect(c.messages.map((m) => m.seq)).toEqual([1, 2]);
+    expect(c.outgoing).toEqual([]);
+    expect(c.lastSeq).toBe(2);
+  });
+
+  it("counts unread above the read watermark, the user's own messages excepted, loaded or not", () => {
+    const c = newConversationState({ id: "dm:alice~bob", lastSeq: 5, readSeq: 1 });
+    expect(unreadCount(c, "alice")).toBe(4); // seqs 2-5, none loaded yet
+    addMessage(c, message(3, "alice"));
+    expect(unreadCount(c, "alice")).toBe(3);
+    c.readSeq = 5;
+    expect(unreadCount(c, "alice")).toBe(0);
+  });
+
+  it("shows the furthest any other member got: read over delivered over sent", () => {
+    const c = newConversationState({ id: "dm:alice~bob" });
+    const m = message(2, "alice");
+    addMessage(c, m);
+    expect(deliveryStateOf(c, m, "alice")).toBe("sent");
+    raiseWatermark(c.peerDelivered, "alice", 2); // the user's own other device does not count
+    expect(deliveryStateOf(c, m, "alice")).toBe("sent");
+    raiseWatermark(c.peerDelivered, "bob", 2);
+    expect(deliveryStateOf(c, m, "alice")).toBe("delivered");
+    raiseWatermark(c.peerRead, "bob", 1);
+    expect(deliveryStateOf(c, m, "alice")).toBe("delivered");
+    raiseWatermark(c.peerRead, "bob", 3);
+    expect(deliveryStateOf(c, m, "alice")).toBe("read");
+    raiseWatermark(c.peerRead, "bob", 1); // watermarks only rise
+    expect(c.peerRead.get("bob")).toBe(3);
+  });
+
+  it("previews the newest message, an unacknowledged one included", () => {
+    const c = newConversationState({ id: "dm:alice~bob" });
+    expect(lastActivity(c)).toBeUndefined();
+    addMessage(c, message(1, "bob", "hi"));
+    expect(lastActivity(c)).toEqual({ body: "hi", sender: "bob", atMs: 1 });
+    c.outgoing.push({ clientMsgId: "x", body: "queued", createdAtMs: 5 });
+    expect(lastActivity(c)).toEqual({ body: "queued", atMs: 5 });
+  });
+});

@@ -1,0 +1,127 @@
+/**
+ * What the client knows about one conversation, and the pure rules over it: its title, its unread
+ * count and the delivery state of each of the user's own messages. No DOM and no network here.
+ */
+import type { ChatMessage, Conversation } from "../../sdk/src/index.js";
+
+/** A message the user sent that the server has not acknowledged yet (queued offline or in flight). */
+export interface OutgoingMessage {
+  clientMsgId: string;
+  body: string;
+  createdAtMs: number;
+  /** Why the send was given up (a non-retryable refusal); undefined while it is still being tried. */
+  failure?: string;
+}
+
+export type DeliveryState = "queued" | "sending" | "failed" | "sent" | "delivered" | "read";
+
+export interface ConversationState {
+  id: string;
+  kind: "direct" | "group";
+  /** Group name; "" for direct conversations. */
+  name: string;
+  memberCount: number;
+  /** Highest seq known in the conversation. */
+  lastSeq: number;
+  createdAtMs: number;
+  /** Loaded messages, oldest first, unique by seq. */
+  messages: ChatMessage[];
+  outgoing: OutgoingMessage[];
+  /** The user's own read watermark (from the server, this tab, or the user's other tabs). */
+  readSeq: number;
+  /** Other members' watermarks, from receipt events. */
+  peerDelivered: Map<string, number>;
+  peerRead: Map<string, number>;
+  /** Older messages remain on the server (history paging). */
+  hasOlder: boolean;
+  /** The newest page of history was fetched. */
+  historyLoaded: boolean;
+  /** Sorted member ids, once listed. */
+  members: string[] | undefined;
+  /** False once the server no longer lists the group among the user's (removed by a member). */
+  isMember: boolean;
+}
+
+export function directConversationId(a: string, b: string): string {
+  return `dm:${[a, b].sort().join("~")}`;
+}
+
+/** The other member of a direct conversation (the user for a note to self). */
+export function peerOf(conversationId: string, me: string): string {
+  const users = conversationId.slice("dm:".length).split("~");
+  return users.find((u) => u !== me) ?? me;
+}
+
+export function newConversationState(
+  conversation: Pick<Conversation, "id"> & Partial<Conversation>,
+): ConversationState {
+  return {
+    id: conversation.id,
+    kind: conversation.kind === "group" || conversation.id.startsWith("g:") ? "group" : "direct",
+    name: conversation.name ?? "",
+    memberCount: conversation.memberCount ?? 0,
+    lastSeq: conversation.lastSeq ?? 0,
+    createdAtMs: conversation.createdAtMs ?? Date.now(),
+    messages: [],
+    outgoing: [],
+    readSeq: conversation.readSeq ?? 0,
+    peerDelivered: new Map(),
+    peerRead: new Map(),
+    hasOlder: false,
+    historyLoaded: false,
+    members: undefined,
+    isMember: true,
+  };
+}
+
+export function titleOf(c: ConversationState, me: string): string {
+  if (c.kind === "group") return c.name || "Group";
+  return peerOf(c.id, me);
+}
+
+/** Adds a message unless it is known already (sync, history and live may all bring it); true if new. */
+export function addMessage(c: ConversationState, m: ChatMessage): boolean {
+  const list = c.messages;
+  let i = list.length;
+  while (i > 0 && list[i - 1]!.seq > m.seq) i--;
+  if (i > 0 && list[i - 1]!.seq === m.seq) return false;
+  list.splice(i, 0, m);
+  c.lastSeq = Math.max(c.lastSeq, m.seq);
+  c.outgoing = c.outgoing.filter((o) => !(m.sender !== "" && o.clientMsgId === m.clientMsgId));
+  return true;
+}
+
+/**
+ * Unread: every seq above the user's read watermark that is not known to be the user's own. Seqs
+ * not loaded yet count too, so the count is right before the history has been fetched.
+ */
+export function unreadCount(c: ConversationState, me: string): number {
+  const unseen = c.lastSeq - c.readSeq;
+  if (unseen <= 0) return 0;
+  const mine = c.messages.filter((m) => m.seq > c.readSeq && m.sender === me).length;
+  return Math.max(0, unseen - mine);
+}
+
+export function raiseWatermark(map: Map<string, number>, user: string, seq: number): void {
+  if (seq > (map.get(user) ?? 0)) map.set(user, seq);
+}
+
+/** How far one of the user's own acknowledged messages got: read or delivered by any other member. */
+export function deliveryStateOf(c: ConversationState, m: ChatMessage, me: string): DeliveryState {
+  const reached = (map: Map<string, number>) =>
+    [...map].filter(([user, seq]) => user !== me && seq >= m.seq).length;
+  if (reached(c.peerRead) > 0) return "read";
+  if (reached(c.peerDelivered) > 0 || reached(c.peerRead) > 0) return "delivered";
+  return "sent";
+}
+
+/** The newest thing said in the conversation, for the list: an unacknowledged message counts. */
+export function lastActivity(
+  c: ConversationState,
+): { body: string; sender?: string; atMs: number } | undefined {
+  const pending = c.outgoing.at(-1);
+  const last = c.messages.at(-1);
+  if (pending && (!last || pending.createdAtMs >= last.createdAtMs))
+    return { body: pending.body, atMs: pending.createdAtMs };
+  return last && { body: last.body, sender: last.sender, atMs: last.createdAtMs };
+}

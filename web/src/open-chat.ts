@@ -1,0 +1,88 @@
+/**
+ * Opens the chat for signed-in credentials: remembers the session, picks the inbox position to
+ * start from, makes the SDK client and the ChatApp, and shows them.
+ */
+import { SwitchboardClient } from "../../sdk/src/index.js";
+import { ChatApp } from "./chat-app.js";
+import { wireChat } from "./chat-controls.js";
+import { byId } from "./dom.js";
+import { Outbox, type StoredSession, sessionStore } from "./local-store.js";
+import { render } from "./render.js";
+import { type Credentials, gatewayUrl } from "./sign-in.js";
+
+/**
+ * Opens the chat for these credentials. `resumed`: the page reopened a remembered session, which
+ * must work while the server is down (the SDK keeps trying; the page shows "Reconnecting…"), so it
+ * asks the server nothing it remembered.
+ */
+export async function openChat(
+  credentials: Credentials,
+  server: string,
+  resumed: StoredSession | undefined,
+): Promise<void> {
+  localStorage.setItem("switchboard:server", server);
+  localStorage.setItem("switchboard:user", credentials.userId);
+  const url = resumed?.gatewayUrl ?? (await gatewayUrl(server));
+  const cursorKey = `switchboard:cursor:${server}:${credentials.userId}`;
+  if (localStorage.getItem(cursorKey) === null) {
+    localStorage.setItem(cursorKey, String(await inboxHead(url, credentials)));
+  }
+  const remember = () =>
+    sessionStore.save({
+      server,
+      gatewayUrl: url,
+      userId: credentials.userId,
+      token: credentials.current(),
+      source: credentials.source,
+      ...(credentials.tokenUrl === undefined ? {} : { tokenUrl: credentials.tokenUrl }),
+    });
+  remember();
+  const client = new SwitchboardClient({
+    url,
+    token: credentials.token,
+    cursor: Number(localStorage.getItem(cursorKey)),
+  });
+  // Tabs of one browser share the stored cursor; each keeps the highest it processed.
+  const saveCursor = (cursor: number) => {
+    if (cursor > Number(localStorage.getItem(cursorKey) ?? 0))
+      localStorage.setItem(cursorKey, String(cursor));
+  };
+  const app = new ChatApp(client, credentials.userId, saveCursor, new Outbox(server, credentials.userId));
+  client.on("connected", remember); // a renewed dev token is remembered too
+  let drawScheduled = false;
+  app.onChange = () => {
+    if (drawScheduled) return;
+    drawScheduled = true;
+    requestAnimationFrame(() => {
+      drawScheduled = false;
+      render(app);
+    });
+  };
+  byId("sign-in").hidden = true;
+  byId("app").hidden = false;
+  byId("me").textContent = credentials.userId;
+  wireChat(app);
+  app.resendOutbox();
+  render(app);
+  if (resumed) {
+    // A terminal refusal (e.g. the token was revoked) shows as "Signed out" with the reason.
+    client.connect().catch(() => sessionStore.clear());
+  } else {
+    await client.connect();
+  }
+}
+
+/**
+ * Where a device new to this user starts its inbox: at the head. Syncing a whole inbox from 0 would
+ * load every message ever sent to the user; the conversation list and each conversation's newest
+ * page of history show what matters, and older pages load as the user scrolls. One short
+ * connection without sync asks the server for the head (the welcome carries it).
+ */
+async function inboxHead(url: string, credentials: Credentials): Promise<number> {
+  const probe = new SwitchboardClient({ url, token: credentials.token, autoSync: false });
+  try {
+    return (await probe.connect({ timeoutMs: 10_000 })).headCursor;
+  } finally {
+    await probe.close();
+  }
+}

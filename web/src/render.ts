@@ -1,0 +1,200 @@
+/**
+ * Draws the app from ChatApp's state into the static markup of web/index.html. Each region is
+ * redrawn whole (the lists are small); focus and scroll position are kept across redraws.
+ */
+import type { ChatApp, ConnectionStatus } from "./chat-app.js";
+import {
+  type ConversationState,
+  type DeliveryState,
+  deliveryStateOf,
+  lastActivity,
+  peerOf,
+  titleOf,
+  unreadCount,
+} from "./conversation-state.js";
+import { byId, h } from "./dom.js";
+import { typingLine } from "./typing.js";
+
+const STATUS_TEXT: Record<ConnectionStatus, string> = {
+  connecting: "Connecting…",
+  "catching-up": "Catching up…",
+  online: "Online",
+  reconnecting: "Reconnecting…",
+  "signed-out": "Signed out",
+};
+
+const STATE_TEXT: Record<DeliveryState, string> = {
+  queued: "Queued (offline)",
+  sending: "Sending…",
+  failed: "Not sent",
+  sent: "Sent",
+  delivered: "Delivered",
+  read: "Read",
+};
+
+const timeFormat = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
+
+export function render(app: ChatApp): void {
+  const connection = byId("connection");
+  connection.textContent = STATUS_TEXT[app.status];
+  connection.dataset.status = app.status;
+  byId("notice").textContent = app.notice;
+  renderConversationList(app);
+  renderOpenConversation(app);
+  document.body.classList.toggle("conversation-open", app.open !== undefined);
+}
+
+function presenceDot(app: ChatApp, user: string): HTMLElement {
+  // The user is online exactly while this page is connected (nobody watches themselves).
+  const online = user === app.me ? app.status === "online" : app.presence.get(user) === true;
+  return h("span", {
+    class: `presence ${online ? "online" : "offline"}`,
+    attrs: { role: "img", "aria-label": online ? `${user} is online` : `${user} is offline` },
+  });
+}
+
+function sortedConversations(app: ChatApp): ConversationState[] {
+  const at = (c: ConversationState) => lastActivity(c)?.atMs ?? c.createdAtMs;
+  return [...app.conversations.values()].sort((a, b) => at(b) - at(a));
+}
+
+function renderConversationList(app: ChatApp): void {
+  const list = byId("conversation-list");
+  const focused = (document.activeElement as HTMLElement | null)?.dataset.conversationId;
+  list.replaceChildren(
+    ...sortedConversations(app).map((c) => {
+      const title = titleOf(c, app.me);
+      const unread = unreadCount(c, app.me);
+      const last = lastActivity(c);
+      const preview = last
+        ? `${last.sender && last.sender !== app.me ? "" : "You: "}${last.body}`
+        : "No messages yet";
+      return h(
+        "li",
+        {},
+        h(
+          "button",
+          {
+            class: "conversation",
+            attrs: {
+              type: "button",
+              "data-conversation-id": c.id,
+              "aria-current": c.id === app.openId ? "true" : undefined,
+            },
+            onClick: () => app.select(c.id),
+          },
+          c.kind === "direct"
+            ? presenceDot(app, peerOf(c.id, app.me))
+            : h("span", { class: "group-icon", text: "#", attrs: { "aria-hidden": "true" } }),
+          h("span", { class: "conversation-title", text: title }),
+          h("span", { class: "conversation-preview", text: preview }),
+          unread > 0 &&
+            h("span", { class: "unread", text: String(unread), attrs: { "aria-label": `${unread} unread` } }),
+        ),
+      );
+    }),
+  );
+  if (focused) list.querySelector<HTMLElement>(`[data-conversation-id="${CSS.escape(focused)}"]`)?.focus();
+}
+
+function renderOpenConversation(app: ChatApp): void {
+  const c = app.open;
+  const pane = byId("conversation");
+  pane.hidden = c === undefined;
+  byId("empty-state").hidden = c !== undefined;
+  if (!c) return;
+  byId("conversation-title").textContent = titleOf(c, app.me);
+  const headerPresence = byId("conversation-presence");
+  if (c.kind === "direct") {
+    const peer = peerOf(c.id, app.me);
+    const online = app.presence.get(peer) === true;
+    headerPresence.replaceChildren(
+      presenceDot(app, peer),
+      h("span", { text: online ? "online" : "offline" }),
+    );
+  } else {
+    headerPresence.textContent = `${c.memberCount} members`;
+  }
+  byId("members-toggle").hidden = c.kind !== "group" || !c.isMember;
+  if (c.kind !== "group" || !c.isMember) byId("members").hidden = true;
+  byId("membership").textContent = c.isMember ? "" : "You are no longer a member of this group.";
+  for (const id of ["composer-input", "composer-send"]) {
+    byId<HTMLInputElement | HTMLButtonElement>(id).disabled = !c.isMember;
+  }
+  renderMembers(app, c);
+  renderMessages(app, c);
+  byId("typing").textContent = typingLine(app.typing.typing(c.id));
+}
+
+function renderMembers(app: ChatApp, c: ConversationState): void {
+  byId("member-list").replaceChildren(
+    ...(c.members ?? []).map((m) =>
+      h(
+        "li",
+        { class: "member" },
+        presenceDot(app, m),
+        h("span", { class: "member-name", text: m === app.me ? `${m} (you)` : m }),
+        m !== app.me &&
+          h("button", {
+            class: "remove-member",
+            text: "×",
+            attrs: { type: "button", "aria-label": `Remove ${m}`, title: `Remove ${m}` },
+            onClick: () => void app.removeMember(m),
+          }),
+      ),
+    ),
+  );
+}
+
+function renderMessages(app: ChatApp, c: ConversationState): void {
+  const scroller = byId("messages");
+  const fromBottom = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight;
+  const shownId = scroller.dataset.conversationId;
+  byId("load-older").hidden = !c.hasOlder;
+  const offline = app.status !== "online";
+  const items = c.messages.map((m) => {
+    const mine = m.sender === app.me;
+    return messageItem(
+      mine,
+      m.sender,
+      m.body,
+      m.createdAtMs,
+      mine ? deliveryStateOf(c, m, app.me) : undefined,
+      { "data-seq": String(m.seq), "data-client-msg-id": m.clientMsgId },
+    );
+  });
+  for (const o of c.outgoing) {
+    const state: DeliveryState = o.failure ? "failed" : offline ? "queued" : "sending";
+    items.push(
+      messageItem(true, app.me, o.body, o.createdAtMs, state, { "data-client-msg-id": o.clientMsgId }),
+    );
+  }
+  byId("message-list").replaceChildren(...items);
+  // Stay at the newest message unless the user scrolled up to read; keep the view put when older
+  // messages were added above.
+  scroller.dataset.conversationId = c.id;
+  if (shownId !== c.id || fromBottom < 40) scroller.scrollTop = scroller.scrollHeight;
+  else scroller.scrollTop = scroller.scrollHeight - scroller.clientHeight - fromBottom;
+}
+
+function messageItem(
+  mine: boolean,
+  sender: string,
+  body: string,
+  atMs: number,
+  state: DeliveryState | undefined,
+  attrs: Record<string, string>,
+): HTMLElement {
+  return h(
+    "li",
+    { class: `message ${mine ? "mine" : "theirs"}`, attrs },
+    h("span", { class: "sender", text: mine ? "You" : sender }),
+    h("p", { class: "body", text: body }),
+    h(
+      "span",
+      { class: "meta" },
+      h("time", { text: timeFormat.format(atMs), attrs: { datetime: new Date(atMs).toISOString() } }),
+      state && h("span", { class: "delivery", text: STATE_TEXT[state], attrs: { "data-state": state } }),
+    ),
+  );
+}

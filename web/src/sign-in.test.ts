@@ -1,0 +1,28 @@
+import { describe, expect, it } from "vitest";
+import { devTokenUrl, expiresAtMs, pastedToken } from "./sign-in.js";
+
+/** An unsigned JWT with these claims: the client only reads claims, the server verifies. */
+function jwt(claims: Record<string, unknown>): string {
+  const part = (o: object) => Buffer.from(JSON.stringify(o)).toString("base64url");
+  return `${part({ alg: "HS256" })}.${part(claims)}.signature`;
+}
+
+describe("sign-in tokens", () => {
+  it("takes the user id from a pasted token's sub and refuses expired or malformed ones", () => {
+    const inAnHour = Math.floor(Date.now() / 1000) + 3600;
+    const credentials = pastedToken(`  ${jwt({ sub: "alice", exp: inAnHour })}\n`);
+    expect(credentials.userId).toBe("alice");
+    expect(credentials.source).toBe("pasted");
+    expect(expiresAtMs(credentials.current())).toBe(inAnHour * 1000);
+    expect(expiresAtMs(jwt({ sub: "alice" }))).toBe(Number.POSITIVE_INFINITY);
+    expect(() => pastedToken(jwt({ sub: "alice", exp: 1 }))).toThrow("expired");
+    expect(() => pastedToken(jwt({ exp: inAnHour }))).toThrow("no user id");
+    expect(() => pastedToken("not a token")).toThrow("not a JWT");
+  });
+
+  it("asks the gateway for a dev token of an escaped user id", () => {
+    expect(devTokenUrl("http://127.0.0.1:8080", "a+b@x")).toBe(
+      "http://127.0.0.1:8080/v1/dev/token?user=a%2Bb%40x",
+    );
+  });
+});

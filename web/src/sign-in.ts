@@ -1,0 +1,94 @@
+/**
+ * Where tokens come from: a dev token from the gateway's /v1/dev/token (dev mode only), or one the
+ * user pasted (in production an app's backend mints them). The user id is the token's `sub`.
+ */
+import type { TokenSource } from "../../sdk/src/index.js";
+
+export interface Credentials {
+  userId: string;
+  token: TokenSource;
+  source: "dev" | "backend" | "pasted";
+  /** Where a fetched token comes from again when it expires. */
+  tokenUrl?: string;
+  /** The token in use now, to remember for the next page load. */
+  current(): string;
+}
+
+/** The gateway's HTTP base URL without a trailing slash, e.g. http://127.0.0.1:8080. */
+export function normalizeServer(input: string): string {
+  const url = new URL(input.trim() || location.origin);
+  return url.origin;
+}
+
+/** The WebSocket URL the platform tells clients to use, or the conventional one if it cannot say. */
+export async function gatewayUrl(server: string): Promise<string> {
+  try {
+    const res = await fetch(`${server}/v1/connect`);
+    if (res.ok) return ((await res.json()) as { url: string }).url;
+  } catch {
+    // fall through: another origin without CORS, or an older or proxied deployment
+  }
+  return `${server.replace(/^http/, "ws")}/ws`;
+}
+
+function claims(token: string): { sub?: unknown; exp?: unknown } {
+  const payload = token.split(".")[1];
+  if (!payload) throw new Error("that is not a JWT (three dot-separated parts)");
+  const json = atob(payload.replace(/-/g, "+").replace(/_/g, "/"));
+  return JSON.parse(json) as { sub?: unknown; exp?: unknown };
+}
+
+/** When the token expires, Unix ms (never, without `exp`). */
+export function expiresAtMs(token: string): number {
+  const { exp } = claims(token);
+  return typeof exp === "number" ? exp * 1000 : Number.POSITIVE_INFINITY;
+}
+
+export function pastedToken(token: string): Credentials {
+  const trimmed = token.trim();
+  const { sub } = claims(trimmed);
+  if (typeof sub !== "string" || sub === "") throw new Error("the token has no user id (sub claim)");
+  if (expiresAtMs(trimmed) <= Date.now()) throw new Error("the token has expired");
+  return { userId: sub, token: trimmed, source: "pasted", current: () => trimmed };
+}
+
+/**
+ * A token fetched from a URL: the gateway's /v1/dev/token in dev mode, or the app's own backend
+ * (which knows its signed-in user from its cookie: the request carries credentials). Use the
+ * remembered one while it is good (a reload while the server is down must still open), fetch one
+ * otherwise (so a refusal shows on the sign-in form), and fetch again only when it is about to
+ * expire, never on every reconnect (a server that is down would fill the console with failed
+ * requests). The answer is JSON with a `token`.
+ */
+export async function fetchedToken(
+  source: "dev" | "backend",
+  tokenUrl: string,
+  remembered?: string,
+  onRenewed: (token: string) => void = () => {},
+): Promise<Credentials> {
+  const fresh = (t: string) => expiresAtMs(t) - Date.now() > 60_000;
+  const fetchToken = async () => {
+    const res = await fetch(tokenUrl, { credentials: source === "backend" ? "include" : "same-origin" });
+    const body = (await res.json().catch(() => ({}))) as { token?: string; error?: string };
+    if (!res.ok || !body.token)
+      throw new Error(body.error ?? `no token from ${tokenUrl} (HTTP ${res.status})`);
+    onRenewed(body.token);
+    return body.token;
+  };
+  let token = remembered !== undefined && fresh(remembered) ? remembered : await fetchToken();
+  const { userId } = pastedToken(token);
+  return {
+    userId,
+    source,
+    tokenUrl,
+    current: () => token,
+    token: async () => {
+      if (!fresh(token)) token = await fetchToken();
+      return token;
+    },
+  };
+}
+
+export function devTokenUrl(server: string, userId: string): string {
+  return `${server}/v1/dev/token?user=${encodeURIComponent(userId)}`;
+}
