@@ -133,6 +133,8 @@ export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatS
 
     async updateGroup(req, ctx) {
       const id = await conversationOf(access(ctx.principal), req.conversationId);
+      if (req.name === undefined && req.open === undefined)
+        throw errors.invalid("NOTHING_TO_CHANGE", "name and open are both unset");
       const group = await conversations.updateGroup(id, {
         ...(req.name !== undefined ? { name: req.name } : {}),
         ...(req.open !== undefined ? { open: req.open } : {}),

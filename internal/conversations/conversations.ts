@@ -174,8 +174,6 @@ export class Conversations {
   /** Renames a group and/or opens or closes it (a trusted backend's change). */
   async updateGroup(id: string, change: { name?: string; open?: boolean }): Promise<ConversationRecord> {
     if (change.name !== undefined) this.checkGroupName(change.name);
-    if (change.name === undefined && change.open === undefined)
-      throw errors.invalid("NOTHING_TO_CHANGE", "name and open are both unset");
     await this.group(id);
     return this.membership.updateGroup(id, change);
   }
