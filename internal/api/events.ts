@@ -8,9 +8,10 @@
  * per-conversation seq order, nothing skipped.
  */
 import type { MessageInitShape } from "@bufbuild/protobuf";
-import type {
-  StreamEventsRequest,
-  StreamEventsResponseSchema,
+import {
+  StartPosition,
+  type StreamEventsRequest,
+  type StreamEventsResponseSchema,
 } from "../../gen/switchboard/api/v1/chat_pb.js";
 import type { Closeable, LoggedMessage, MessageLog } from "../backends/types.js";
 import { toWireMessage } from "../conversations/index.js";
@@ -152,8 +153,11 @@ export async function* streamEvents(
     fail(errors.unavailable("STREAM_ENDED", "the consumer closed the stream"));
   })().catch((err: unknown) => fail(SwitchboardError.from(err)));
   try {
-    consumer = await deps.log.consume(group, handle);
+    const startAt = subscribe.value.start === StartPosition.LATEST ? "latest" : "earliest";
+    consumer = await deps.log.consume(group, handle, { startAt });
     if (failure) void closeConsumer().catch(() => undefined);
+    // The consumer has joined (and a new "latest" subscription has its position): say so first.
+    else yield { cursor: "", events: [] };
     for await (const response of out) yield response;
     if (failure && failure.reason !== "STREAM_ENDED") throw failure;
   } finally {

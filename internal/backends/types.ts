@@ -39,6 +39,14 @@ export interface LoggedMessage extends StoredMessage {
   trace?: TraceCarrier;
 }
 
+export interface ConsumeOptions {
+  /**
+   * Where a group with no position starts: the oldest retained message (the default) or the end of
+   * the log (what is appended after it joined). A group with a position resumes there either way.
+   */
+  startAt?: "earliest" | "latest";
+}
+
 /** Hands out ordered batches to one consumer; resolves when the batch's effects are durable. */
 export type BatchHandler = (messages: LoggedMessage[]) => Promise<void>;
 
@@ -65,7 +73,7 @@ export interface MessageLog extends Closeable {
    * the group's position advances only after `handler` resolved, so effects must be idempotent.
    * Distributed: only when the sequenced topic is published (kafka.publishSequenced).
    */
-  consume(group: string, handler: BatchHandler): Promise<Closeable>;
+  consume(group: string, handler: BatchHandler, options?: ConsumeOptions): Promise<Closeable>;
   /**
    * The log's own fan-out, where it has one (distributed: the owner of a user's inbox partition assigns
    * its cursors, ADR 0002): batches of messages whose recipients' inbox entries are durable, at least

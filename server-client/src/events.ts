@@ -45,6 +45,7 @@ export async function consumeEvents(
     try {
       requests.push({ kind: { case: "subscribe", value: { subscription: options.subscription } } });
       for await (const response of client.streamEvents(requests, { signal: stop.signal, timeoutMs: 0 })) {
+        if (response.cursor === "") continue; // the stream is open: nothing to handle or acknowledge
         const messages = response.events.flatMap((e) => (e.kind.case === "message" ? [e.kind.value] : []));
         await handler(messages);
         requests.push({ kind: { case: "ack", value: { cursor: response.cursor } } });

@@ -23,6 +23,7 @@ import type {
   Backends,
   BatchHandler,
   Closeable,
+  ConsumeOptions,
   ConversationRecord,
   DeviceRecord,
   InboxEntry,
@@ -200,7 +201,7 @@ interface Harness {
   /** Closes the current instance (consumers and subscriptions first) and opens the same data again. */
   reopen(): Promise<Backends>;
   /** Starts a consumer in `group` (a name local to the test) that is closed when the test ends. */
-  consume(group: string, collector?: Collector): Promise<Collector>;
+  consume(group: string, collector?: Collector, options?: ConsumeOptions): Promise<Collector>;
   /** Closes `closeable` when the test ends (or at the next reopen); the returned handle closes it once. */
   track(closeable: Closeable): Closeable;
   eventually(assertion: () => void | Promise<void>): Promise<void>;
@@ -266,8 +267,10 @@ export function describeBackendContract(
         currentClosed = false;
         return current;
       },
-      async consume(group, collector = new Collector(ns)) {
-        collector.consumer = harness.track(await current.log.consume(harness.id(group), collector.handler));
+      async consume(group, collector = new Collector(ns), options = {}) {
+        collector.consumer = harness.track(
+          await current.log.consume(harness.id(group), collector.handler, options),
+        );
         return collector;
       },
       track(closeable) {
@@ -452,6 +455,25 @@ export function describeBackendContract(
         const g3 = await h.consume("three");
         await h.eventually(() => expect(g3.missing(ids)).toEqual([]));
         for (const c of [g1, g2, g3]) expect(c.violations).toEqual([]);
+      });
+
+      it("a new group that starts at the latest sees only what comes after it first joined", async (ctx) => {
+        const h = await setup(ctx);
+        const conversationId = h.id("c");
+        const old = await Promise.all(
+          range(1, 10).map((i) => h.b.log.append(draft(conversationId, "s", `o${i}`))),
+        );
+        // Joined and left before anything new came: its position is the end at that first join.
+        const first = await h.consume("late", undefined, { startAt: "latest" });
+        await first.stop();
+        const meanwhile = await h.b.log.append(draft(conversationId, "s", "meanwhile"));
+        const c = await h.consume("late", undefined, { startAt: "latest" });
+        const after = await h.b.log.append(draft(conversationId, "s", "after"));
+        await h.eventually(() =>
+          expect(c.missing([meanwhile.message.messageId, after.message.messageId])).toEqual([]),
+        );
+        expect(c.missing(old.map((r) => r.message.messageId))).toHaveLength(10);
+        expect(seqs(c.conversation(conversationId))).toEqual([11, 12]);
       });
 
       it("a group resumes after its last resolved batch: committed batches are not re-delivered", async (ctx) => {

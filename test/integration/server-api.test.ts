@@ -10,6 +10,7 @@ import type { MessageInitShape } from "@bufbuild/protobuf";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   ChatService,
+  StartPosition,
   type StreamEventsRequestSchema,
   type StreamEventsResponse,
 } from "../../gen/switchboard/api/v1/chat_pb.js";
@@ -352,16 +353,27 @@ describe("internal methods", () => {
 type StreamRequest = MessageInitShape<typeof StreamEventsRequestSchema>;
 
 /** One open StreamEvents call: its requests to push, its responses to read, a way to cut it off. */
-function openStream(key: { key: string }, subscription: string) {
+function openStream(key: { key: string }, subscription: string, start = StartPosition.UNSPECIFIED) {
   const requests = new AsyncQueue<StreamRequest>(1_000);
-  requests.push({ kind: { case: "subscribe", value: { subscription } } });
+  requests.push({ kind: { case: "subscribe", value: { subscription, start } } });
   const abort = new AbortController();
   const responses = client(key).streamEvents(requests, { signal: abort.signal })[Symbol.asyncIterator]();
+  const read = async (): Promise<StreamEventsResponse> => {
+    const r = await responses.next();
+    if (r.done) throw new Error("the event stream ended");
+    return r.value;
+  };
+  let isOpen: Promise<void> | undefined;
+  /** The first response: no events, no cursor — the subscription is open. */
+  const opened = () =>
+    (isOpen ??= read().then((r) => {
+      expect(r).toMatchObject({ cursor: "", events: [] });
+    }));
   return {
+    opened,
     next: async (): Promise<StreamEventsResponse> => {
-      const r = await responses.next();
-      if (r.done) throw new Error("the event stream ended");
-      return r.value;
+      await opened();
+      return read();
     },
     ack: (cursor: string) => requests.push({ kind: { case: "ack", value: { cursor } } }),
     cut: () => abort.abort(),
@@ -439,6 +451,22 @@ describe("ChatService: the event stream", () => {
     }
     expect([...mine].every((k) => k.startsWith(`${watched}#`))).toBe(true);
     watcher.cut();
+  });
+
+  it("starts a new subscription at the end of the log when asked: nothing older comes", async () => {
+    const moderation = client(keys.moderation);
+    const { conversation } = await moderation.createGroup({ owner: "api-new", name: "fresh", members: [] });
+    const stream = openStream(keys.auditor, "only-new", StartPosition.LATEST);
+    await stream.opened();
+    const sent = await moderation.publish({
+      conversationId: conversation!.id,
+      idempotencyKey: "new-1",
+      body: "new",
+    });
+    const first = await stream.next();
+    expect(keyOf(first)).toEqual([`${conversation!.id}#${sent.message!.seq}`]);
+    stream.ack(first.cursor);
+    stream.cut();
   });
 
   it("refuses a stream that does not subscribe first; a second stream on a subscription takes it over", async () => {

@@ -23,6 +23,7 @@ import type {
   Backends,
   BatchHandler,
   Closeable,
+  ConsumeOptions,
   ConversationRecord,
   DeviceRecord,
   DeviceStore,
@@ -220,7 +221,13 @@ class EmbeddedLog implements MessageLog {
     if (this.traces.size > TRACES_KEPT_MAX) this.traces.delete(this.traces.keys().next().value as string);
   }
 
-  async consume(group: string, handler: BatchHandler): Promise<Closeable> {
+  async consume(group: string, handler: BatchHandler, options: ConsumeOptions = {}): Promise<Closeable> {
+    if (options.startAt === "latest" && this.offsets.get(group) === undefined) {
+      // Fixed now, durably: a reopened consumer of the new group starts here too, not at a later end.
+      let end = 0;
+      for (const key of this.entries.getKeys({ reverse: true, limit: 1 })) end = key as number;
+      await this.guard(this.offsets.put(group, end));
+    }
     let stopped = false;
     let wake: (() => void) | undefined;
     const waker = () => wake?.();

@@ -15,6 +15,7 @@ import type {
   AppendResult,
   BatchHandler,
   Closeable,
+  ConsumeOptions,
   InboxDelivery,
   LoggedMessage,
   MessageDraft,
@@ -184,7 +185,7 @@ export class KafkaMessageLog implements MessageLog {
     for (const owner of this.owners) yield* owner.lag.entries();
   }
 
-  async consume(group: string, handler: BatchHandler): Promise<Closeable> {
+  async consume(group: string, handler: BatchHandler, options: ConsumeOptions = {}): Promise<Closeable> {
     const topic = this.o.sequencedTopic;
     if (topic === undefined)
       throw errors.precondition(
@@ -201,6 +202,7 @@ export class KafkaMessageLog implements MessageLog {
     this.consumers.add(consumer);
     let closing = false;
     await consumer.connect();
+    if (options.startAt === "latest") await this.pinNewGroupToEnd(`${this.o.groupPrefix}${group}`, topic);
     await consumer.subscribe({ topic, fromBeginning: true });
     await consumer.run({
       autoCommit: false,
@@ -242,6 +244,28 @@ export class KafkaMessageLog implements MessageLog {
         await consumer.disconnect();
       },
     };
+  }
+
+  /**
+   * Commits the topic's end offsets for a group that has none, before it joins: a new "latest" group
+   * then has a position at once (Kafka's own auto.offset.reset=latest would leave it without one
+   * until its first commit, so a consumer reopened meanwhile would start at a later end and skip).
+   */
+  private async pinNewGroupToEnd(groupId: string, topic: string): Promise<void> {
+    const admin = this.o.kafka.admin();
+    await admin.connect();
+    try {
+      const [committed] = await admin.fetchOffsets({ groupId, topics: [topic] });
+      if (committed?.partitions.some((p) => p.offset !== "-1")) return;
+      const ends = await admin.fetchTopicOffsets(topic);
+      await admin.setOffsets({
+        groupId,
+        topic,
+        partitions: ends.map(({ partition, offset }) => ({ partition, offset })),
+      });
+    } finally {
+      await admin.disconnect();
+    }
   }
 
   async close(): Promise<void> {
