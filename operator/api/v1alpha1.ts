@@ -136,6 +136,30 @@ export interface ApiSpec {
   clients: ApiClient[];
 }
 
+/** The cert-manager issuer that signs the components' gRPC certificates (a Certificate's issuerRef). */
+export interface IssuerRef {
+  name: string;
+  /** Issuer (in the ChatCluster's namespace) or ClusterIssuer; defaulted to Issuer by the CRD. */
+  kind: "Issuer" | "ClusterIssuer";
+  /** The issuer's API group; defaulted to cert-manager.io (external issuers have their own). */
+  group: string;
+}
+
+/**
+ * mTLS on every component's gRPC port (ADR 0007): each serving component's Pods mount a Secret in
+ * cert-manager's layout (tls.crt, tls.key, ca.crt) named `<cluster>-<component>-grpc-tls`. With an
+ * issuerRef the operator creates cert-manager Certificates that fill those Secrets; without one the
+ * Secrets are expected to exist (made by any other means).
+ */
+export interface GrpcTlsSpec {
+  enabled: boolean;
+  issuerRef?: IssuerRef;
+}
+
+export interface GrpcSpec {
+  tls: GrpcTlsSpec;
+}
+
 export interface ChatClusterSpec {
   image: string;
   version: string;
@@ -157,6 +181,11 @@ export interface ChatClusterSpec {
    * than the operator, read as no clients.
    */
   api?: ApiSpec;
+  /**
+   * The components' gRPC ports. Defaulted ({tls: {enabled: false}}) by the CRD; absent only under a CRD
+   * older than the operator, read as no TLS.
+   */
+  grpc?: GrpcSpec;
 }
 
 export interface ComponentStatus {

@@ -1,10 +1,11 @@
 /**
- * Status conditions (Ready, Progressing, Degraded, and PodMonitor when the spec asks for one) from
+ * Status conditions (Ready, Progressing, Degraded; PodMonitor and GrpcTLS when the spec asks for them) from
  * what the reconciler observed, as a pure function. Each condition carries the generation it describes; lastTransitionTime moves only when
  * the status flips, as the Kubernetes API conventions ask.
  */
 import type { V1Condition } from "@kubernetes/client-node";
 import type { ComponentName } from "../api/v1alpha1.js";
+import type { GrpcTlsState } from "./grpc-tls.js";
 
 export interface ComponentObservation {
   desired: number;
@@ -31,6 +32,8 @@ export interface Observation {
    * apply failed). Undefined when the spec asks for none: no PodMonitor condition.
    */
   podMonitor?: "Created" | "CRDNotInstalled" | "Pending";
+  /** The gRPC certificates when spec.grpc.tls is enabled (undefined otherwise: no GrpcTLS condition). */
+  grpcTls?: GrpcTlsState;
 }
 
 type Status = "True" | "False" | "Unknown";
@@ -95,7 +98,34 @@ export function computeConditions(
     };
     conditions.push(condition(previous, "PodMonitor", podMonitor[o.podMonitor], o.generation, now));
   }
+  // Not part of Ready either: Pods without their Secret do not start, which Ready reports already;
+  // this condition says why.
+  if (o.grpcTls)
+    conditions.push(condition(previous, "GrpcTLS", grpcTlsCondition(o.grpcTls), o.generation, now));
   return conditions;
+}
+
+function grpcTlsCondition(state: GrpcTlsState): [Status, string, string] {
+  switch (state.kind) {
+    case "Ready":
+      return ["True", "CertificatesReady", "every serving component has its gRPC certificate"];
+    case "CertificatesNotReady":
+      return ["False", "CertificatesNotReady", `waiting for cert-manager: ${state.notReady.join("; ")}`];
+    case "CertManagerNotInstalled":
+      return [
+        "False",
+        "CertManagerNotInstalled",
+        "spec.grpc.tls.issuerRef is set, but the cluster serves no cert-manager.io/v1 Certificate: install cert-manager (or provide the Secrets and remove issuerRef); no Certificate was created, and the Pods wait for their Secrets",
+      ];
+    case "SecretsMissing":
+      return [
+        "False",
+        "SecretsMissing",
+        `the Pods wait for their gRPC TLS Secrets (tls.crt, tls.key, ca.crt): ${state.missing.join("; ")}`,
+      ];
+    case "Pending":
+      return ["Unknown", "Pending", "applied with the other objects, which are not applied yet"];
+  }
 }
 
 function condition(

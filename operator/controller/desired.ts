@@ -3,12 +3,13 @@
  * autoscaler chose and the keys of the Kafka TLS Secret. The reconciler applies these objects and
  * deletes owned objects that are no longer desired (a PodDisruptionBudget when a component drops to
  * one replica; the presence Deployment of operators before presence was a StatefulSet; the PodMonitor
- * when the spec stops asking for it).
+ * when the spec stops asking for it; the gRPC Certificates when spec.grpc.tls stops naming an issuer).
  */
 import type { KubernetesObject } from "@kubernetes/client-node";
 import { type ChatCluster, COMPONENTS } from "../api/v1alpha1.js";
 import { configHash, desiredConfigMap } from "./config.js";
 import { type AccountRef, desiredGrpcPolicyConfigMap, desiredRoleServiceAccounts } from "./grpc-identity.js";
+import { desiredCertificates } from "./grpc-tls.js";
 import { desiredPodMonitor, wantsPodMonitor } from "./monitoring.js";
 import { desiredNetworkPolicy, desiredPodDisruptionBudget, desiredService } from "./network.js";
 import { desiredDeployment, desiredStatefulSet, isStateful } from "./workloads.js";
@@ -23,11 +24,14 @@ export interface DesiredInputs {
   podMonitorServed?: boolean;
   /** The operator's own ServiceAccount: its token is the `operator` principal (Drain, Stats). */
   operatorAccount?: AccountRef | undefined;
+  /** The API server serves cert-manager.io/v1 Certificates (cert-manager's CRDs). */
+  certificatesServed?: boolean;
 }
 
 /**
  * Kinds the operator owns, for listing and pruning: apiVersion and kind. Besides these, the PodMonitor
- * (monitoring.ts), listed and pruned only where the API server serves it.
+ * (monitoring.ts) and the cert-manager Certificates (grpc-tls.ts), listed and pruned only where the API
+ * server serves them.
  */
 export const OWNED_KINDS = [
   { apiVersion: "v1", kind: "ServiceAccount" },
@@ -64,5 +68,8 @@ export function desiredObjects(cluster: ChatCluster, inputs: DesiredInputs): Kub
     if (pdb) objects.push(pdb);
   }
   if (inputs.podMonitorServed && wantsPodMonitor(cluster)) objects.push(desiredPodMonitor(cluster));
+  // Where cert-manager is missing the Pods still mount their Secrets (and wait for them): a TLS spec
+  // never falls back to plaintext. The GrpcTLS condition says why nothing is issued.
+  if (inputs.certificatesServed) objects.push(...desiredCertificates(cluster));
   return objects;
 }

@@ -11,7 +11,7 @@
  * Everything it needs to resume lives in the cluster (Pod annotations, the Deployment, the ChatCluster
  * status), except the recommendation history of the stabilisation window, which restarts empty.
  */
-import type { V1Deployment, V1Pod } from "@kubernetes/client-node";
+import type { V1Deployment, V1Pod, V1Secret } from "@kubernetes/client-node";
 import type { Logger } from "../../internal/lib/log.js";
 import type { ChatCluster, GatewayStatus } from "../api/v1alpha1.js";
 import type { KubeClient } from "../kube/client.js";
@@ -22,12 +22,14 @@ import {
   type Recommendation,
 } from "./autoscaler.js";
 import type { EventRecorder } from "./events.js";
-import type { GatewayClients } from "./gateway-client.js";
+import type { GatewayAccess, GatewayClients } from "./gateway-client.js";
 import type { GoneRecordPublisher, KafkaTarget } from "./gone-records.js";
+import { wantsGrpcTls } from "./grpc-tls.js";
 import {
   DELETION_COST_ANNOTATION,
   DRAIN_STARTED_ANNOTATION,
   GRPC_PORT,
+  grpcTlsSecretName,
   selectorLabels,
   selectorString,
   tokenAudience,
@@ -64,6 +66,24 @@ export interface GatewayStep {
   requeueAfterMs?: number;
 }
 
+/**
+ * How the operator reaches the cluster's gateways: its token for the cluster's audience, over TLS
+ * trusting the CA of the gateways' own Secret when the cluster has gRPC TLS (read every reconcile, so
+ * a renewed CA is picked up; `get` by name, as for every Secret the operator reads).
+ */
+export async function gatewayAccess(kube: KubeClient, cluster: ChatCluster): Promise<GatewayAccess> {
+  const audience = tokenAudience(cluster);
+  if (!wantsGrpcTls(cluster)) return { audience };
+  const secret = await kube.find<V1Secret>({
+    apiVersion: "v1",
+    kind: "Secret",
+    namespace: cluster.metadata.namespace ?? "default",
+    name: grpcTlsSecretName(cluster, "gateway"),
+  });
+  const ca = secret?.data?.["ca.crt"];
+  return { audience, tlsCa: ca ? Buffer.from(ca, "base64").toString("utf8") : null };
+}
+
 export async function reconcileGateways(
   deps: GatewayDeps,
   cluster: ChatCluster,
@@ -80,6 +100,7 @@ export async function reconcileGateways(
     )
   ).items;
   const errors: string[] = [];
+  const access = await gatewayAccess(deps.kube, cluster);
 
   // --- live counts --------------------------------------------------------------------------
   const alive = pods.filter(
@@ -90,7 +111,7 @@ export async function reconcileGateways(
       const name = pod.metadata?.name ?? "";
       const draining = pod.metadata?.annotations?.[DRAIN_STARTED_ANNOTATION] !== undefined;
       try {
-        const stats = await deps.gateways.stats(`${pod.status?.podIP}:${GRPC_PORT}`, tokenAudience(cluster));
+        const stats = await deps.gateways.stats(`${pod.status?.podIP}:${GRPC_PORT}`, access);
         const known = memory.epochs.get(name);
         // Same Pod, new process: the sessions of the previous one are gone.
         if (known !== undefined && stats.epoch > known) await publishGone(name, known);
@@ -215,7 +236,7 @@ export async function reconcileGateways(
         },
       );
       try {
-        await deps.gateways.drain(`${pod?.status?.podIP}:${GRPC_PORT}`, windowMs, tokenAudience(cluster));
+        await deps.gateways.drain(`${pod?.status?.podIP}:${GRPC_PORT}`, windowMs, access);
       } catch (err) {
         deps.log.warn("drain call failed; the pod is removed after the drain timeout", { pod: name, err });
       }

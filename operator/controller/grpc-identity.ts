@@ -6,7 +6,7 @@
  * - each serving component verifies tokens with TokenReview, for which it mounts an API token of its
  *   own (projected like the kubelet's automount, which stays off: the only thing RBAC lets that token
  *   do is create TokenReviews) and is bound to the token-review ClusterRole;
- * - the policy file (a ConfigMap every serving Pod mounts, re-read on change, outside the config hash:
+ * - the policy file (a ConfigMap every Pod mounts, re-read on change, outside the config hash:
  *   a new client rolls no Pod) maps those ServiceAccounts, the operator's and the clients' of
  *   `spec.api.clients` to principals and lists the clients' grants.
  * Pure functions of the spec, like every builder of desired objects.
@@ -149,29 +149,25 @@ export function grpcIdentityPod(cluster: ChatCluster, component: ComponentName):
     pod.env.push({ name: envName(["grpc", "credentialFile"]), value: `${GRPC_TOKEN_DIR}/token` });
   }
   if (servesGrpc(component)) {
-    pod.volumes.push(
-      {
-        name: "kube-api",
-        projected: {
-          sources: [
-            { serviceAccountToken: { expirationSeconds: TOKEN_SECONDS, path: "token" } },
-            { configMap: { name: "kube-root-ca.crt", items: [{ key: "ca.crt", path: "ca.crt" }] } },
-            {
-              downwardAPI: {
-                items: [
-                  { path: "namespace", fieldRef: { apiVersion: "v1", fieldPath: "metadata.namespace" } },
-                ],
-              },
+    pod.volumes.push({
+      name: "kube-api",
+      projected: {
+        sources: [
+          { serviceAccountToken: { expirationSeconds: TOKEN_SECONDS, path: "token" } },
+          { configMap: { name: "kube-root-ca.crt", items: [{ key: "ca.crt", path: "ca.crt" }] } },
+          {
+            downwardAPI: {
+              items: [{ path: "namespace", fieldRef: { apiVersion: "v1", fieldPath: "metadata.namespace" } }],
             },
-          ],
-        },
+          },
+        ],
       },
-      { name: "grpc-policy", configMap: { name: grpcPolicyConfigMapName(cluster) } },
-    );
-    pod.mounts.push(
-      { name: "kube-api", mountPath: KUBE_API_DIR, readOnly: true },
-      { name: "grpc-policy", mountPath: GRPC_POLICY_DIR, readOnly: true },
-    );
+    });
+    pod.mounts.push({ name: "kube-api", mountPath: KUBE_API_DIR, readOnly: true });
   }
+  // Every component, the sequencer too: each process reads grpc.policyFile (the shared ConfigMap names
+  // it) when it starts, whether it serves gRPC or not, and stops if the file is missing.
+  pod.volumes.push({ name: "grpc-policy", configMap: { name: grpcPolicyConfigMapName(cluster) } });
+  pod.mounts.push({ name: "grpc-policy", mountPath: GRPC_POLICY_DIR, readOnly: true });
   return pod;
 }

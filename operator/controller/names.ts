@@ -55,6 +55,12 @@ export const roleServiceAccountName = (cluster: ChatCluster, component: Componen
   `${cluster.metadata.name}-${component}`;
 /** The ConfigMap of the gRPC policy file (grpc.policyFile): outside the config hash, read on change. */
 export const grpcPolicyConfigMapName = (cluster: ChatCluster) => `${cluster.metadata.name}-grpc-policy`;
+/**
+ * The Secret (cert-manager's layout) of a component's gRPC key pair and CA, and the cert-manager
+ * Certificate that fills it when spec.grpc.tls.issuerRef is set (ADR 0007).
+ */
+export const grpcTlsSecretName = (cluster: ChatCluster, component: ComponentName) =>
+  `${cluster.metadata.name}-${component}-grpc-tls`;
 /** The audience the cluster's gRPC ServiceAccount tokens are bound to. */
 export const tokenAudience = (cluster: ChatCluster) => `switchboard.dev/${cluster.metadata.name}`;
 /** The components whose code calls other components over gRPC (the others need no token of their own). */

@@ -10,13 +10,20 @@
  *   gateways   → live counts, gateway-gone records, autoscaling with drain (gateways.ts).
  *   apply      → the token-review ClusterRoleBinding of its ServiceAccounts (ADR 0007), then
  *                every desired object by server-side apply (one field manager), then prune owned
- *                objects that are no longer desired. The PodMonitor the spec may ask for is
- *                desired only where the API server serves the kind (discovery, every reconcile).
+ *                objects that are no longer desired. The PodMonitor and the gRPC Certificates
+ *                (cert-manager) the spec may ask for are desired only where the API server serves
+ *                their kinds (discovery, every reconcile).
  *   status     → components, gateways, conditions with observedGeneration, by server-side apply to
  *                the status subresource.
  * A failure of one step is reported in the Degraded condition and the key is retried with backoff.
  */
-import type { KubernetesObject, V1Deployment, V1Service, V1StatefulSet } from "@kubernetes/client-node";
+import type {
+  KubernetesObject,
+  V1Deployment,
+  V1Secret,
+  V1Service,
+  V1StatefulSet,
+} from "@kubernetes/client-node";
 import type { ProvisionResult } from "../../internal/backends/distributed/provision.js";
 import type { Logger } from "../../internal/lib/log.js";
 import {
@@ -37,13 +44,25 @@ import { type GatewayMemory, type GatewayStep, reconcileGateways } from "./gatew
 import type { GoneRecordPublisher, KafkaTarget } from "./gone-records.js";
 import { type AccountRef, desiredTokenReviewBinding, tokenReviewBindingName } from "./grpc-identity.js";
 import {
+  CERTIFICATE_GROUP_VERSION,
+  CERTIFICATE_KIND,
+  CERTIFICATE_PLURAL,
+  type Certificate,
+  certificateNotReady,
+  GRPC_TLS_COMPONENTS,
+  type GrpcTlsState,
+  missingTlsKeys,
+  wantsCertificates,
+  wantsGrpcTls,
+} from "./grpc-tls.js";
+import {
   POD_MONITOR_GROUP_VERSION,
   POD_MONITOR_KIND,
   POD_MONITOR_PLURAL,
   podMonitorName,
   wantsPodMonitor,
 } from "./monitoring.js";
-import { componentName, FINALIZER, MANAGED_BY, selectorString } from "./names.js";
+import { componentName, FINALIZER, grpcTlsSecretName, MANAGED_BY, selectorString } from "./names.js";
 import { type CassandraTarget, cassandraTarget, kafkaTarget, kafkaTlsKeys } from "./storage.js";
 
 export interface ReconcilerDeps {
@@ -77,6 +96,8 @@ const CONVERGING_REQUEUE_MS = 5_000;
  * nothing watches CRDs, and the Prometheus Operator is often installed after the platform.
  */
 const POD_MONITOR_RECHECK_MS = 60_000;
+/** Likewise for gRPC TLS waiting on cert-manager's CRDs or on provided Secrets (nothing watches them). */
+const GRPC_TLS_RECHECK_MS = 30_000;
 
 export class ChatClusterReconciler {
   private readonly memory = new Map<string, GatewayMemory>();
@@ -130,6 +151,7 @@ export class ChatClusterReconciler {
     let step: GatewayStep | undefined;
     const workloads = new Map<string, KubernetesObject>();
     let podMonitor: Observation["podMonitor"] = wantsPodMonitor(cluster) ? "Pending" : undefined;
+    let grpcTls: GrpcTlsState | undefined = wantsGrpcTls(cluster) ? { kind: "Pending" } : undefined;
     // Until the storage exists the services could only crash-loop: deploy them after it.
     if (provisioned) {
       try {
@@ -148,6 +170,8 @@ export class ChatClusterReconciler {
         );
         // Asked every time: the Prometheus Operator's CRDs may come and go while the operator runs.
         const podMonitorServed = await kube.serves(POD_MONITOR_GROUP_VERSION, POD_MONITOR_PLURAL);
+        // Likewise cert-manager's; asked even without TLS, so that Certificates no longer wanted are pruned.
+        const certificatesServed = await kube.serves(CERTIFICATE_GROUP_VERSION, CERTIFICATE_PLURAL);
         // Before the Pods: a serving component verifies tokens from its first call.
         await kube.apply(
           desiredTokenReviewBinding(
@@ -160,13 +184,31 @@ export class ChatClusterReconciler {
           kafkaTlsKeys: kafkaTlsKeys(kafka),
           podMonitorServed,
           operatorAccount: this.deps.grpcIdentity?.operatorAccount,
+          certificatesServed,
         });
+        const certificatesNotReady: string[] = [];
         for (const obj of desired) {
           const applied = await this.applyOwned(obj);
           if (obj.kind === "Deployment" || obj.kind === "StatefulSet")
             workloads.set(obj.metadata?.name ?? "", applied);
+          if (obj.kind === CERTIFICATE_KIND) {
+            const notReady = certificateNotReady(applied as Certificate);
+            if (notReady) certificatesNotReady.push(notReady);
+          }
         }
-        await this.prune(cluster, desired, podMonitorServed);
+        await this.prune(cluster, desired, [
+          ...(podMonitorServed ? [POD_MONITOR_KIND] : []),
+          ...(certificatesServed ? [{ apiVersion: CERTIFICATE_GROUP_VERSION, kind: CERTIFICATE_KIND }] : []),
+        ]);
+        if (grpcTls) grpcTls = await this.grpcTlsState(cluster, certificatesServed, certificatesNotReady);
+        if (grpcTls?.kind === "CertManagerNotInstalled")
+          this.deps.events.record(
+            cluster,
+            "Warning",
+            "CertManagerUnavailable",
+            "Apply",
+            `spec.grpc.tls.issuerRef is set, but the cluster serves no ${CERTIFICATE_GROUP_VERSION} Certificate (install cert-manager): the Pods wait for their gRPC TLS Secrets`,
+          );
         if (podMonitor && !podMonitorServed) {
           podMonitor = "CRDNotInstalled";
           this.deps.events.record(
@@ -213,6 +255,7 @@ export class ChatClusterReconciler {
           components,
           drainingGateways: step?.draining ?? 0,
           ...(podMonitor === undefined ? {} : { podMonitor }),
+          ...(grpcTls === undefined ? {} : { grpcTls }),
         },
         new Date(this.now()),
       ),
@@ -243,8 +286,40 @@ export class ChatClusterReconciler {
       step?.requeueAfterMs ?? Infinity,
       converging ? CONVERGING_REQUEUE_MS : Infinity,
       podMonitor === "CRDNotInstalled" ? POD_MONITOR_RECHECK_MS : Infinity,
+      grpcTls && grpcTls.kind !== "Ready" ? GRPC_TLS_RECHECK_MS : Infinity,
     );
     return Number.isFinite(requeue) ? { requeueAfterMs: requeue } : undefined;
+  }
+
+  /**
+   * The gRPC certificates of a TLS cluster: cert-manager's readiness of the Certificates just applied,
+   * or, for provided Secrets, whether each exists with the three keys (`get` only, by name).
+   */
+  private async grpcTlsState(
+    cluster: ChatCluster,
+    certificatesServed: boolean,
+    certificatesNotReady: string[],
+  ): Promise<GrpcTlsState> {
+    if (wantsCertificates(cluster)) {
+      if (!certificatesServed) return { kind: "CertManagerNotInstalled" };
+      return certificatesNotReady.length
+        ? { kind: "CertificatesNotReady", notReady: certificatesNotReady }
+        : { kind: "Ready" };
+    }
+    const missing: string[] = [];
+    for (const component of GRPC_TLS_COMPONENTS) {
+      const name = grpcTlsSecretName(cluster, component);
+      const secret = await this.deps.kube.find<V1Secret>({
+        apiVersion: "v1",
+        kind: "Secret",
+        namespace: cluster.metadata.namespace ?? "default",
+        name,
+      });
+      const lacking = missingTlsKeys(secret?.data);
+      if (!secret) missing.push(`${name} (not found)`);
+      else if (lacking.length) missing.push(`${name} (no ${lacking.join(", ")})`);
+    }
+    return missing.length ? { kind: "SecretsMissing", missing } : { kind: "Ready" };
   }
 
   private memoryOf(key: string): GatewayMemory {
@@ -314,20 +389,20 @@ export class ChatClusterReconciler {
   }
 
   /**
-   * Deletes owned objects of this cluster that the desired set no longer has; PodMonitors only when
-   * the API server serves them (where it does not, none can exist).
+   * Deletes owned objects of this cluster that the desired set no longer has; the kinds of CRDs
+   * (PodMonitors, Certificates) only when the API server serves them (where it does not, none exist).
    */
   private async prune(
     cluster: ChatCluster,
     desired: KubernetesObject[],
-    podMonitorServed: boolean,
+    servedOptionalKinds: { apiVersion: string; kind: string }[],
   ): Promise<void> {
     const keep = new Set(desired.map((o) => `${o.kind}/${o.metadata?.name}`));
     const selector = selectorString({
       "app.kubernetes.io/instance": cluster.metadata.name ?? "",
       "app.kubernetes.io/managed-by": MANAGED_BY,
     });
-    for (const kind of podMonitorServed ? [...OWNED_KINDS, POD_MONITOR_KIND] : OWNED_KINDS) {
+    for (const kind of [...OWNED_KINDS, ...servedOptionalKinds]) {
       const { items } = await this.deps.kube.list<KubernetesObject>(
         { ...kind, namespace: cluster.metadata.namespace },
         selector,

@@ -17,6 +17,7 @@ import type {
 import { envName } from "../../internal/lib/config.js";
 import type { ChatCluster, ComponentName, ComponentSpec } from "../api/v1alpha1.js";
 import { grpcIdentityPod } from "./grpc-identity.js";
+import { grpcTlsPod } from "./grpc-tls.js";
 import {
   CONFIG_HASH_ANNOTATION,
   componentName,
@@ -143,8 +144,9 @@ function container(
   if (mountsKafkaTls(cluster, component))
     mounts.push({ name: "kafka-tls", mountPath: KAFKA_TLS_DIR, readOnly: true });
   const identity = grpcIdentityPod(cluster, component);
-  env.push(...identity.env);
-  mounts.push(...identity.mounts);
+  const tls = grpcTlsPod(cluster, component);
+  env.push(...identity.env, ...tls.env);
+  mounts.push(...identity.mounts, ...tls.mounts);
   return {
     name: component,
     image: `${cluster.spec.image}:${cluster.spec.version}`,
@@ -183,7 +185,7 @@ function podTemplate(
   const kafkaTls = cluster.spec.kafka.tls?.secretRef;
   if (kafkaTls && mountsKafkaTls(cluster, component))
     volumes.push({ name: "kafka-tls", secret: { secretName: kafkaTls.name } });
-  volumes.push(...grpcIdentityPod(cluster, component).volumes);
+  volumes.push(...grpcIdentityPod(cluster, component).volumes, ...grpcTlsPod(cluster, component).volumes);
   const sched = spec.scheduling ?? {};
   return {
     metadata: {

@@ -45,6 +45,7 @@ export interface ListResult<T> {
 
 /** Plural resource names of the kinds the operator touches (no discovery round trips). */
 const RESOURCES: Record<string, string> = {
+  Certificate: "certificates",
   ConfigMap: "configmaps",
   Deployment: "deployments",
   Event: "events",

@@ -286,6 +286,8 @@ describe("charts/switchboard-operator", () => {
         // The PodMonitor a ChatCluster may ask for: applied (patch, create when new), pruned (list,
         // delete); discovery of the kind needs no rule.
         "monitoring.coreos.com/podmonitors: list,create,patch,delete",
+        // The cert-manager Certificates of spec.grpc.tls.issuerRef: likewise applied and pruned.
+        "cert-manager.io/certificates: list,create,patch,delete",
         // Each ChatCluster's token-review binding (cluster-scoped, deleted by the finalizer), to the
         // token-review role only (bind on that one name).
         "rbac.authorization.k8s.io/clusterrolebindings: get,create,update,patch,delete",

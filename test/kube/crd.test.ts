@@ -208,6 +208,7 @@ describe("ChatCluster CRD", () => {
       replication: { class: "NetworkTopologyStrategy", factor: 3 },
     });
     expect(s.observability).toEqual({ metrics: { enabled: true, podMonitor: { enabled: false } } });
+    expect(s.grpc).toEqual({ tls: { enabled: false } });
     // A partly given object keeps its values and gets the rest.
     const partial = await dryRunCreate(
       minimal("partial", {
@@ -219,6 +220,13 @@ describe("ChatCluster CRD", () => {
     expect(partial.spec.gateway.autoscaling).toMatchObject({ enabled: true, minReplicas: 2, maxReplicas: 4 });
     expect(partial.spec.auth).toEqual({ secretRef: { name: "jwt", key: "secret" } });
     expect(partial.spec.kafka.tls).toEqual({ enabled: false });
+    // An issuer named by name alone is a cert-manager Issuer in the cluster's namespace.
+    const issued = await dryRunCreate(
+      minimal("issued", { grpc: { tls: { enabled: true, issuerRef: { name: "ca" } } } }),
+    );
+    expect(issued.spec.grpc).toEqual({
+      tls: { enabled: true, issuerRef: { name: "ca", kind: "Issuer", group: "cert-manager.io" } },
+    });
   });
 
   it("accepts k8s/examples/chatcluster.yaml and fills in what it leaves out", async () => {
@@ -326,6 +334,12 @@ describe("ChatCluster CRD", () => {
             conversations: { all: true, ids: ["g-1"] },
           },
         ],
+      },
+      grpc: {
+        tls: {
+          enabled: true,
+          issuerRef: { name: "chat-ca", kind: "ClusterIssuer", group: "cert-manager.io" },
+        },
       },
     };
     const [both] = full.api.clients;

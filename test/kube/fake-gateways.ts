@@ -3,7 +3,7 @@
  * (127.244.0.0/16, test/infra/kube/up.sh), so for every Running gateway Pod this farm serves the real
  * gateway.v1 GatewayService on `podIP:9090`: Stats reports the connection count the test sets, and
  * Drain records the call and moves the Pod's connections away after `drainMs`; the credentials the
- * calls carry are recorded.
+ * calls carry are recorded. They serve plaintext, or TLS with the credentials given.
  */
 import * as grpc from "@grpc/grpc-js";
 import type { V1Pod } from "@kubernetes/client-node";
@@ -35,6 +35,8 @@ export class GatewayFarm {
     private readonly namespace: string,
     private readonly selector: string,
     private readonly drainMs = 300,
+    /** What the gateways serve with: plaintext, or TLS (a cluster with spec.grpc.tls). */
+    private readonly serverCredentials: () => grpc.ServerCredentials = grpc.ServerCredentials.createInsecure,
   ) {}
 
   start(): void {
@@ -115,9 +117,7 @@ export class GatewayFarm {
       }),
     });
     await new Promise<void>((resolve, reject) =>
-      g.server.bindAsync(`${ip}:9090`, grpc.ServerCredentials.createInsecure(), (err) =>
-        err ? reject(err) : resolve(),
-      ),
+      g.server.bindAsync(`${ip}:9090`, this.serverCredentials(), (err) => (err ? reject(err) : resolve())),
     );
     this.gateways.set(pod, g);
   }
