@@ -19,6 +19,15 @@ describe("computeConditions", () => {
     expect(c.Ready?.lastTransitionTime).toEqual(new Date("2026-01-01T00:00:00Z"));
   });
 
+  it("is not Ready when the spec could not be applied, even with no component read", () => {
+    const c = byType(
+      computeConditions(undefined, { ...base, components: {}, applyError: "422 Invalid" }, new Date()),
+    );
+    expect(c.Ready).toMatchObject({ status: "False", reason: "ApplyFailed" });
+    expect(c.Ready?.message).toContain("422 Invalid");
+    expect(c.Degraded).toMatchObject({ status: "True", reason: "ApplyFailed" });
+  });
+
   it("reports a rollout with the lagging components", () => {
     const o = { ...base, components: { ...base.components, router: { ...ready, readyReplicas: 1 } } };
     const c = byType(computeConditions(undefined, o, new Date()));

@@ -65,6 +65,9 @@ export function computeConditions(
     ];
   else if (!o.provisioned)
     ready = ["False", "Provisioning", "creating the Kafka topics and the Cassandra schema"];
+  // A spec that could not be applied is not the cluster's state, whatever the old Pods say (and the
+  // components are not even read then).
+  else if (o.applyError) ready = ["False", "ApplyFailed", `the spec could not be applied: ${o.applyError}`];
   else if (lagging.length > 0) ready = ["False", "ComponentsNotReady", lagging.join(", ")];
   else ready = ["True", "AllComponentsReady", "every component has all its replicas ready"];
 
