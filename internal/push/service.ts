@@ -1,22 +1,27 @@
 /**
  * Push: the device-token registry and notifications for users with no connected device.
- * Bursts collapse per (user, conversation) within `collapseWindowMs`, sends retry with exponential
- * backoff, and tokens a provider reports gone are pruned. Providers implemented here: the generic
- * webhook. Web Push, APNs and FCM tokens are registered and listed but not yet delivered (counted
- * as `unsupported` in switchboard_push_notifications_total) — see the push issue.
+ * Bursts collapse per (user, conversation) within `collapseWindowMs`; each device's notification goes
+ * to its provider (internal/push/providers: APNs, FCM, Web Push, webhook), is retried by the retry
+ * policy (Retry-After honoured), and a token the provider reports dead is pruned (docs/adr/0008).
+ * Pending deliveries live in this process only and are bounded by `pendingMax`: a crash loses them
+ * (the durable job path is the next step of the push issue).
  */
+import { randomUUID } from "node:crypto";
 import { Provider, type PushService } from "../../gen/switchboard/push/v1/push_pb.js";
 import type { DeviceRecord, DeviceStore } from "../backends/types.js";
 import { errors } from "../lib/errors.js";
 import type { Logger } from "../lib/log.js";
 import type { Metrics } from "../lib/metrics.js";
 import type { ServiceImpl } from "../lib/rpc.js";
-import { activeCarrier, context, inSpan, SpanKind, trace, tracing } from "../lib/tracing.js";
+import { context, inSpan, SpanKind, trace, tracing } from "../lib/tracing.js";
+import type { DeliveryOutcome, PushNotification, PushProvider } from "./providers/types.js";
+import { DEFAULT_RETRY_POLICY, nextRetry, type RetryPolicy } from "./retry-policy.js";
 
 export const DEVICES_PER_USER_MAX = 20;
 const TOKEN_CHARS_MAX = 4_096;
 const DEVICE_ID_CHARS_MAX = 128;
-const RETRIES_MAX = 3;
+/** The body every payload carries in privacy mode. */
+export const PRIVATE_BODY = "New message";
 
 const providerNames: Record<number, DeviceRecord["provider"]> = {
   [Provider.WEBPUSH]: "webpush",
@@ -34,24 +39,47 @@ export interface Notification {
   body: string;
 }
 
+/** The providers with credentials; a device of a missing one is counted `unconfigured`. */
+export type ProviderSet = Partial<Record<DeviceRecord["provider"], PushProvider>>;
+
 export interface PushOptions {
   devices: DeviceStore;
+  providers: ProviderSet;
+  /** The generic webhook for a user with no registered device (empty: none). */
   webhookUrl: string;
+  /** Replace every body with PRIVATE_BODY before a provider sees it. */
+  privacyMode?: boolean;
+  /** How long a provider may hold a notification for an unreachable device. */
+  ttlSeconds?: number;
   collapseWindowMs?: number;
+  retry?: RetryPolicy;
+  /** Deliveries (notification × device) in flight or waiting to retry, at most. */
+  pendingMax?: number;
   log: Logger;
   metrics: Metrics;
-  fetchImpl?: typeof fetch;
+}
+
+/** One device's share of a notification: its provider and token (or the generic webhook). */
+interface Target {
+  provider: DeviceRecord["provider"];
+  token: string;
+  device: DeviceRecord | undefined;
 }
 
 export class Push {
   private readonly recent = new Map<string, number>();
   private readonly collapseWindowMs: number;
-  private readonly fetchImpl: typeof fetch;
+  private readonly retry: RetryPolicy;
+  private readonly pendingMax: number;
   private readonly inFlight = new Set<Promise<void>>();
+  /** Wakes a delivery waiting to retry, with false: the process is closing. */
+  private readonly sleepers = new Set<() => void>();
+  private closing = false;
 
   constructor(private readonly options: PushOptions) {
     this.collapseWindowMs = options.collapseWindowMs ?? 10_000;
-    this.fetchImpl = options.fetchImpl ?? fetch;
+    this.retry = options.retry ?? DEFAULT_RETRY_POLICY;
+    this.pendingMax = options.pendingMax ?? 10_000;
   }
 
   /** Queues a notification; returns how many devices it targets (0 when collapsed). */
@@ -60,74 +88,158 @@ export class Push {
     const now = Date.now();
     const last = this.recent.get(key);
     if (last !== undefined && now - last < this.collapseWindowMs) {
-      this.options.metrics.pushNotifications.inc({ result: "collapsed" });
+      this.count("none", "collapsed");
       return 0;
     }
     this.recent.set(key, now);
     if (this.recent.size > 100_000) this.recent.clear(); // bound memory; worst case one extra notification
     const devices = await this.options.devices.list(n.userId);
-    const targets = devices.length > 0 ? devices : this.options.webhookUrl ? [null] : [];
-    for (const device of targets) {
-      const p = this.deliver(n, device).finally(() => this.inFlight.delete(p));
+    const targets: Target[] =
+      devices.length > 0
+        ? devices.map((d) => ({ provider: d.provider, token: d.token, device: d }))
+        : this.options.webhookUrl
+          ? [{ provider: "webhook", token: this.options.webhookUrl, device: undefined }]
+          : [];
+    const notification: PushNotification = {
+      id: randomUUID(),
+      userId: n.userId,
+      conversationId: n.conversationId,
+      title: n.title,
+      body: this.options.privacyMode ? PRIVATE_BODY : n.body,
+      ttlSeconds: this.options.ttlSeconds ?? 86_400,
+    };
+    let queued = 0;
+    for (const target of targets) {
+      const provider = this.options.providers[target.provider];
+      if (!provider) {
+        this.count(target.provider, "unconfigured");
+        continue;
+      }
+      if (this.closing || this.inFlight.size >= this.pendingMax) {
+        this.count(target.provider, "dropped");
+        continue;
+      }
+      const p = this.deliver(provider, target, notification).finally(() => this.inFlight.delete(p));
       this.inFlight.add(p);
+      queued++;
     }
-    return targets.length;
+    return queued;
   }
 
-  private deliver(n: Notification, device: DeviceRecord | null): Promise<void> {
+  /** Deliveries in flight or waiting to retry. */
+  get pending(): number {
+    return this.inFlight.size;
+  }
+
+  private deliver(provider: PushProvider, target: Target, n: PushNotification): Promise<void> {
     // A notification for a traced message is a client span of its trace (the router's fan-out).
-    if (!tracing.on || !trace.getSpan(context.active())) return this.send(n, device);
-    const provider = device?.provider ?? "webhook";
+    if (!tracing.on || !trace.getSpan(context.active())) return this.attempts(provider, target, n);
     return inSpan(
-      `push ${provider}`,
-      { kind: SpanKind.CLIENT, attributes: { "switchboard.push.provider": provider } },
-      () => this.send(n, device),
+      `push ${provider.name}`,
+      { kind: SpanKind.CLIENT, attributes: { "switchboard.push.provider": provider.name } },
+      () => this.attempts(provider, target, n),
     );
   }
 
-  private async send(n: Notification, device: DeviceRecord | null): Promise<void> {
-    const provider = device?.provider ?? "webhook";
-    if (provider !== "webhook") {
-      this.options.metrics.pushNotifications.inc({ result: "unsupported" });
-      return;
-    }
-    const url = device?.token || this.options.webhookUrl;
-    if (!url) return;
-    for (let attempt = 0; ; attempt++) {
-      try {
-        const res = await this.fetchImpl(url, {
-          method: "POST",
-          // W3C trace context, so the receiving service can join the message's trace.
-          headers: { "content-type": "application/json", ...(tracing.on ? activeCarrier() : undefined) },
-          body: JSON.stringify({
-            user_id: n.userId,
-            conversation_id: n.conversationId,
-            title: n.title,
-            body: n.body,
-          }),
-          signal: AbortSignal.timeout(5_000),
-        });
-        if (res.status === 404 || res.status === 410) {
-          if (device) await this.options.devices.remove(device.userId, device.deviceId);
-          this.options.metrics.pushNotifications.inc({ result: "pruned" });
-          return;
-        }
-        if (!res.ok) throw new Error(`webhook answered ${res.status}`);
-        this.options.metrics.pushNotifications.inc({ result: "sent" });
+  private async attempts(provider: PushProvider, target: Target, n: PushNotification): Promise<void> {
+    const where = { userId: n.userId, deviceId: target.device?.deviceId, provider: provider.name };
+    for (let attempt = 1; ; attempt++) {
+      const outcome = await this.sendOnce(provider, target.token, n);
+      if (outcome.kind === "delivered") return this.count(provider.name, "sent");
+      if (outcome.kind === "prune") return this.prune(target, outcome.reason);
+      if (outcome.kind === "failed") {
+        this.count(provider.name, "failed");
+        this.options.log.warn("push: delivery failed", { ...where, reason: outcome.reason });
         return;
-      } catch (err) {
-        if (attempt >= RETRIES_MAX) {
-          this.options.metrics.pushNotifications.inc({ result: "failed" });
-          this.options.log.warn("push: giving up", { userId: n.userId, err });
-          return;
-        }
-        await new Promise((r) => setTimeout(r, 200 * 2 ** attempt));
+      }
+      const decision = nextRetry(this.retry, attempt, outcome.afterMs);
+      if (!decision.retry) {
+        this.count(provider.name, "failed");
+        this.options.log.warn("push: giving up", { ...where, reason: outcome.reason, why: decision.why });
+        return;
+      }
+      this.count(provider.name, "retried");
+      if (!(await this.sleep(decision.delayMs))) {
+        this.count(provider.name, "abandoned");
+        this.options.log.warn("push: closing with a delivery waiting to retry", {
+          ...where,
+          reason: outcome.reason,
+        });
+        return;
       }
     }
   }
 
+  /** Providers return outcomes; a throw is a bug in one, treated as transient so it is seen and retried. */
+  private async sendOnce(
+    provider: PushProvider,
+    token: string,
+    n: PushNotification,
+  ): Promise<DeliveryOutcome> {
+    try {
+      return await provider.send(token, n);
+    } catch (err) {
+      return { kind: "retry", reason: `${provider.name} threw: ${(err as Error).message}` };
+    }
+  }
+
+  /** Removes a dead token, unless the device registered a new one since it was read. */
+  private async prune(target: Target, reason: string): Promise<void> {
+    const device = target.device;
+    if (!device) {
+      // The generic webhook is configuration, not a registration: report it, remove nothing.
+      this.count(target.provider, "failed");
+      this.options.log.warn("push: push.webhookUrl reports gone", { reason });
+      return;
+    }
+    try {
+      const current = (await this.options.devices.list(device.userId)).find(
+        (d) => d.deviceId === device.deviceId,
+      );
+      if (current?.token === device.token) await this.options.devices.remove(device.userId, device.deviceId);
+      this.count(device.provider, "pruned");
+      this.options.log.info("push: pruned a dead token", {
+        userId: device.userId,
+        deviceId: device.deviceId,
+        provider: device.provider,
+        reason,
+      });
+    } catch (err) {
+      this.count(device.provider, "failed");
+      this.options.log.warn("push: could not prune a dead token", {
+        userId: device.userId,
+        deviceId: device.deviceId,
+        err,
+      });
+    }
+  }
+
+  private sleep(ms: number): Promise<boolean> {
+    if (this.closing) return Promise.resolve(false);
+    return new Promise((resolve) => {
+      const wake = () => {
+        clearTimeout(timer);
+        this.sleepers.delete(wake);
+        resolve(false);
+      };
+      const timer = setTimeout(() => {
+        this.sleepers.delete(wake);
+        resolve(true);
+      }, ms);
+      this.sleepers.add(wake);
+    });
+  }
+
+  private count(provider: string, result: string): void {
+    this.options.metrics.pushNotifications.inc({ provider, result });
+  }
+
+  /** Stops retries (they are abandoned, counted), waits for sends under way, closes the providers. */
   async close(): Promise<void> {
+    this.closing = true;
+    for (const wake of [...this.sleepers]) wake();
     await Promise.allSettled([...this.inFlight]);
+    await Promise.allSettled(Object.values(this.options.providers).map((p) => p.close()));
   }
 }
 
