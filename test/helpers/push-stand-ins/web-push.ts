@@ -7,6 +7,7 @@
  */
 import { createDecipheriv, createECDH, type ECDH, hkdfSync, randomBytes } from "node:crypto";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import { createServer as createTlsServer } from "node:https";
 import type { AddressInfo } from "node:net";
 import { importJWK, jwtVerify } from "jose";
 import { encodeBody, Script, type ScriptedAnswer } from "./scripted.js";
@@ -65,8 +66,12 @@ export class WebPushStandIn {
   private readonly server: Server;
   origin = "";
 
-  constructor(readonly applicationServerKey: string) {
-    this.server = createServer((req, res) => {
+  /** With `tls` (a certificate for localhost) it serves https, as real push services do. */
+  constructor(
+    readonly applicationServerKey: string,
+    private readonly tls?: { key: string; cert: string },
+  ) {
+    const handler = (req: IncomingMessage, res: ServerResponse) => {
       const chunks: Buffer[] = [];
       req.on("data", (c: Buffer) => chunks.push(c));
       req.on("end", () => {
@@ -75,12 +80,14 @@ export class WebPushStandIn {
           res.writeHead(500).end();
         });
       });
-    });
+    };
+    this.server = tls ? createTlsServer(tls, handler) : createServer(handler);
   }
 
   async start(): Promise<this> {
     await new Promise<void>((resolve) => this.server.listen(0, "127.0.0.1", resolve));
-    this.origin = `http://127.0.0.1:${(this.server.address() as AddressInfo).port}`;
+    const port = (this.server.address() as AddressInfo).port;
+    this.origin = this.tls ? `https://localhost:${port}` : `http://127.0.0.1:${port}`;
     return this;
   }
 
@@ -129,12 +136,16 @@ export class WebPushStandIn {
     } catch (err) {
       return refuse(403, `VAPID JWT: ${(err as Error).message}`);
     }
-    if (!/^\d+$/.test(req.headers.ttl ?? "")) return refuse(400, "no TTL");
-    const urgency = req.headers.urgency;
+    const header = (name: string) => {
+      const value = req.headers[name];
+      return Array.isArray(value) ? value.join(",") : value;
+    };
+    if (!/^\d+$/.test(header("ttl") ?? "")) return refuse(400, "no TTL");
+    const urgency = header("urgency");
     if (urgency !== undefined && !["very-low", "low", "normal", "high"].includes(urgency)) {
       return refuse(400, "bad Urgency");
     }
-    const topic = req.headers.topic;
+    const topic = header("topic");
     if (topic !== undefined && !/^[A-Za-z0-9_-]{1,32}$/.test(topic)) return refuse(400, "bad Topic");
     if (req.headers["content-encoding"] !== "aes128gcm") return refuse(415, "not aes128gcm");
     if (body.length > 4096) return refuse(413, "payload too large");
