@@ -264,6 +264,11 @@ export const schema = {
       false,
       'Leave message text out of every notification: providers (Apple, Google, browser vendors, webhooks) see "New message" as the body.',
     ),
+    collapseWindowMs: int(
+      10_000,
+      "Notifications for the same user and conversation within this window collapse into the first (0: every message notifies).",
+      0,
+    ),
     ttlSeconds: int(
       86_400,
       "How long a provider may hold a notification for a device that is off (APNs apns-expiration, FCM ttl, Web Push TTL).",

@@ -88,6 +88,7 @@ export function pushFromConfig(config: Config, devices: DeviceStore, log: Logger
     webhookUrl: push.webhookUrl,
     privacyMode: push.privacyMode,
     ttlSeconds: push.ttlSeconds,
+    collapseWindowMs: push.collapseWindowMs,
     retry: {
       attemptsMax: push.attemptsMax,
       backoffBaseMs: 500,
