@@ -5,7 +5,7 @@
  * process at start with the setting named, rather than failing every notification later.
  */
 import { readFileSync } from "node:fs";
-import type { DeviceStore } from "../backends/types.js";
+import type { DeviceStore, PushJobStore } from "../backends/types.js";
 import type { Config } from "../lib/config.js";
 import type { Logger } from "../lib/log.js";
 import type { Metrics } from "../lib/metrics.js";
@@ -77,13 +77,23 @@ export function providersFromConfig(push: Config["push"]): ProviderSet {
   return providers;
 }
 
-/** The push service as configured: its providers, privacy mode, expiry and retry bounds. */
-export function pushFromConfig(config: Config, devices: DeviceStore, log: Logger, metrics: Metrics): Push {
+/**
+ * The push service as configured: its providers, privacy mode, expiry and retry bounds; `jobs` makes
+ * its deliveries durable (call `recover()` once to resume a previous process's).
+ */
+export function pushFromConfig(
+  config: Config,
+  devices: DeviceStore,
+  jobs: PushJobStore | undefined,
+  log: Logger,
+  metrics: Metrics,
+): Push {
   const push = config.push;
   const providers = providersFromConfig(push);
   log.info("push: providers", { configured: Object.keys(providers), privacyMode: push.privacyMode });
   return new Push({
     devices,
+    jobs,
     providers,
     webhookUrl: push.webhookUrl,
     privacyMode: push.privacyMode,

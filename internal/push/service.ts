@@ -3,12 +3,16 @@
  * Bursts collapse per (user, conversation) within `collapseWindowMs`; each device's notification goes
  * to its provider (internal/push/providers: APNs, FCM, Web Push, webhook), is retried by the retry
  * policy (Retry-After honoured), and a token the provider reports dead is pruned (docs/adr/0008).
- * Pending deliveries live in this process only and are bounded by `pendingMax`: a crash loses them
- * (the durable job path is the next step of the push issue).
+ * With a job store (the embedded backend) every delivery is written down before it starts and
+ * removed when it ends, so a crash loses none: `recover()` resumes them, and one that fails for good
+ * goes to the dead letters with its last error. Delivery is at least once: a request a crash
+ * interrupted is sent again (the provider's collapse id and the webhook's notification_id let the
+ * device or receiver show it once). Without a store (distributed backend) they live in memory.
+ * Either way they are bounded by `pendingMax`.
  */
 import { randomUUID } from "node:crypto";
 import { Provider, type PushService } from "../../gen/switchboard/push/v1/push_pb.js";
-import type { DeviceRecord, DeviceStore } from "../backends/types.js";
+import type { DeviceRecord, DeviceStore, PushJob, PushJobStore } from "../backends/types.js";
 import { errors } from "../lib/errors.js";
 import type { Logger } from "../lib/log.js";
 import type { Metrics } from "../lib/metrics.js";
@@ -44,6 +48,8 @@ export type ProviderSet = Partial<Record<DeviceRecord["provider"], PushProvider>
 
 export interface PushOptions {
   devices: DeviceStore;
+  /** Durable jobs and dead letters; undefined: in memory only. */
+  jobs?: PushJobStore | undefined;
   providers: ProviderSet;
   /** The generic webhook for a user with no registered device (empty: none). */
   webhookUrl: string;
@@ -59,19 +65,13 @@ export interface PushOptions {
   metrics: Metrics;
 }
 
-/** One device's share of a notification: its provider and token (or the generic webhook). */
-interface Target {
-  provider: DeviceRecord["provider"];
-  token: string;
-  device: DeviceRecord | undefined;
-}
-
 export class Push {
   private readonly recent = new Map<string, number>();
   private readonly collapseWindowMs: number;
   private readonly retry: RetryPolicy;
   private readonly pendingMax: number;
   private readonly inFlight = new Set<Promise<void>>();
+  private jobSequence = 0;
   /** Wakes a delivery waiting to retry, with false: the process is closing. */
   private readonly sleepers = new Set<() => void>();
   private closing = false;
@@ -94,13 +94,13 @@ export class Push {
     this.recent.set(key, now);
     if (this.recent.size > 100_000) this.recent.clear(); // bound memory; worst case one extra notification
     const devices = await this.options.devices.list(n.userId);
-    const targets: Target[] =
+    const targets: Array<{ provider: DeviceRecord["provider"]; token: string; device: DeviceRecord | null }> =
       devices.length > 0
         ? devices.map((d) => ({ provider: d.provider, token: d.token, device: d }))
         : this.options.webhookUrl
-          ? [{ provider: "webhook", token: this.options.webhookUrl, device: undefined }]
+          ? [{ provider: "webhook", token: this.options.webhookUrl, device: null }]
           : [];
-    const notification: PushNotification = {
+    const notification: PushJob["notification"] = {
       id: randomUUID(),
       userId: n.userId,
       conversationId: n.conversationId,
@@ -119,11 +119,55 @@ export class Push {
         this.count(target.provider, "dropped");
         continue;
       }
-      const p = this.deliver(provider, target, notification).finally(() => this.inFlight.delete(p));
-      this.inFlight.add(p);
+      const createdAtMs = Date.now();
+      const job: PushJob = {
+        // Zero-padded creation time first: the store lists jobs oldest first.
+        id: `${String(createdAtMs).padStart(15, "0")}-${notification.id}-${++this.jobSequence}`,
+        ...target,
+        notification,
+        attempts: 0,
+        createdAtMs,
+      };
+      // Written down before the first attempt: from here a crash does not lose it.
+      await this.options.jobs?.put(job);
+      this.start(provider, job);
       queued++;
     }
     return queued;
+  }
+
+  /**
+   * Resumes the jobs a previous process left in the store (at most pendingMax; the store never holds
+   * more, since a job is written only when a slot is free). Returns how many.
+   */
+  async recover(): Promise<number> {
+    const jobs = this.options.jobs;
+    if (!jobs) return 0;
+    let resumed = 0;
+    for (const job of await jobs.list(this.pendingMax)) {
+      const provider = this.options.providers[job.provider];
+      if (!provider) {
+        // Credentials removed since: nothing can deliver it, keep it where an operator sees it.
+        await jobs.deadLetter(job, `provider ${job.provider} is not configured`);
+        this.count(job.provider, "failed");
+        continue;
+      }
+      this.start(provider, job);
+      this.count(job.provider, "recovered");
+      resumed++;
+    }
+    if (resumed > 0) this.options.log.info("push: resumed jobs of a previous process", { resumed });
+    return resumed;
+  }
+
+  private start(provider: PushProvider, job: PushJob): void {
+    const p = this.deliver(provider, job)
+      .catch((err: unknown) => {
+        // Only the job store can throw here (providers return outcomes); the job stays stored.
+        this.options.log.error("push: job store failed during a delivery", { jobId: job.id, err });
+      })
+      .finally(() => this.inFlight.delete(p));
+    this.inFlight.add(p);
   }
 
   /** Deliveries in flight or waiting to retry. */
@@ -131,39 +175,54 @@ export class Push {
     return this.inFlight.size;
   }
 
-  private deliver(provider: PushProvider, target: Target, n: PushNotification): Promise<void> {
+  private deliver(provider: PushProvider, job: PushJob): Promise<void> {
     // A notification for a traced message is a client span of its trace (the router's fan-out).
-    if (!tracing.on || !trace.getSpan(context.active())) return this.attempts(provider, target, n);
+    if (!tracing.on || !trace.getSpan(context.active())) return this.attempts(provider, job);
     return inSpan(
       `push ${provider.name}`,
       { kind: SpanKind.CLIENT, attributes: { "switchboard.push.provider": provider.name } },
-      () => this.attempts(provider, target, n),
+      () => this.attempts(provider, job),
     );
   }
 
-  private async attempts(provider: PushProvider, target: Target, n: PushNotification): Promise<void> {
-    const where = { userId: n.userId, deviceId: target.device?.deviceId, provider: provider.name };
-    for (let attempt = 1; ; attempt++) {
-      const outcome = await this.sendOnce(provider, target.token, n);
-      if (outcome.kind === "delivered") return this.count(provider.name, "sent");
-      if (outcome.kind === "prune") return this.prune(target, outcome.reason);
-      if (outcome.kind === "failed") {
-        this.count(provider.name, "failed");
-        this.options.log.warn("push: delivery failed", { ...where, reason: outcome.reason });
+  private async attempts(provider: PushProvider, job: PushJob): Promise<void> {
+    const n: PushNotification = job.notification;
+    const where = { userId: n.userId, deviceId: job.device?.deviceId, provider: provider.name };
+    const jobs = this.options.jobs;
+    for (let attempt = job.attempts + 1; ; attempt++) {
+      const outcome = await this.sendOnce(provider, job.token, n);
+      if (outcome.kind === "delivered") {
+        await jobs?.remove(job.id);
+        return this.count(provider.name, "sent");
+      }
+      if (outcome.kind === "prune") {
+        await this.prune(job, outcome.reason);
+        await jobs?.remove(job.id);
         return;
       }
-      const decision = nextRetry(this.retry, attempt, outcome.afterMs);
+      const decision =
+        outcome.kind === "failed"
+          ? ({ retry: false, why: "permanent" } as const)
+          : nextRetry(this.retry, attempt, outcome.afterMs);
       if (!decision.retry) {
         this.count(provider.name, "failed");
-        this.options.log.warn("push: giving up", { ...where, reason: outcome.reason, why: decision.why });
+        await jobs?.deadLetter({ ...job, attempts: attempt }, outcome.reason);
+        this.options.log.warn("push: delivery failed", {
+          ...where,
+          reason: outcome.reason,
+          why: decision.why,
+        });
         return;
       }
       this.count(provider.name, "retried");
+      // The attempt count survives a crash, so attemptsMax bounds a job across restarts too.
+      await jobs?.put({ ...job, attempts: attempt });
       if (!(await this.sleep(decision.delayMs))) {
         this.count(provider.name, "abandoned");
-        this.options.log.warn("push: closing with a delivery waiting to retry", {
+        this.options.log.info("push: closing with a delivery waiting to retry", {
           ...where,
           reason: outcome.reason,
+          kept: jobs !== undefined,
         });
         return;
       }
@@ -184,11 +243,11 @@ export class Push {
   }
 
   /** Removes a dead token, unless the device registered a new one since it was read. */
-  private async prune(target: Target, reason: string): Promise<void> {
-    const device = target.device;
+  private async prune(job: PushJob, reason: string): Promise<void> {
+    const device = job.device;
     if (!device) {
       // The generic webhook is configuration, not a registration: report it, remove nothing.
-      this.count(target.provider, "failed");
+      this.count(job.provider, "failed");
       this.options.log.warn("push: push.webhookUrl reports gone", { reason });
       return;
     }
@@ -234,7 +293,10 @@ export class Push {
     this.options.metrics.pushNotifications.inc({ provider, result });
   }
 
-  /** Stops retries (they are abandoned, counted), waits for sends under way, closes the providers. */
+  /**
+   * Stops retries (abandoned, counted; with a job store they stay stored for the next process), waits
+   * for sends under way, closes the providers.
+   */
   async close(): Promise<void> {
     this.closing = true;
     for (const wake of [...this.sleepers]) wake();

@@ -378,3 +378,48 @@ describe("push service over the four providers", () => {
     expect(await counted(metrics, "webhook", "abandoned")).toBe(1);
   });
 });
+
+describe("durable push jobs (the embedded store)", () => {
+  it("keeps a delivery waiting to retry across a restart of the service and sends it once", async () => {
+    const jobs = backends.pushJobs;
+    const first = pushService(createMetrics(), { jobs });
+    const { userId } = await userWithEveryDevice();
+    for (const deviceId of ["iphone", "pixel", "browser"]) await backends.devices.remove(userId, deviceId);
+    webhook.script.byToken.set(`/${userId}`, { status: 503 });
+    await first.notify({ userId, conversationId: "dm:11", title: "bob", body: "survive" });
+    const stored = () => jobs.list(100).then((all) => all.filter((j) => j.notification.userId === userId));
+    await vi.waitFor(async () => expect((await stored())[0]?.attempts).toBeGreaterThanOrEqual(1));
+    await first.close(); // as a crash would, the retry never runs in this instance
+    expect(await stored()).toHaveLength(1);
+    webhook.script.byToken.delete(`/${userId}`);
+    const metrics = createMetrics();
+    const second = pushService(metrics, { jobs });
+    expect(await second.recover()).toBeGreaterThanOrEqual(1);
+    await settled(second);
+    const got = webhook.delivered.filter((d) => d.path === `/${userId}`);
+    expect(got).toHaveLength(1);
+    expect(got[0]!.body.body).toBe("survive");
+    expect(await stored()).toEqual([]);
+    expect(await counted(metrics, "webhook", "recovered")).toBeGreaterThanOrEqual(1);
+  });
+
+  it("dead-letters a permanent failure and an exhausted job with its last error, and removes them from the jobs", async () => {
+    const jobs = backends.pushJobs;
+    const push = pushService(createMetrics(), { jobs, retry: { ...FAST_RETRIES, attemptsMax: 2 } });
+    const { userId, devices } = await userWithEveryDevice();
+    for (const deviceId of ["browser", "crm"]) await backends.devices.remove(userId, deviceId);
+    apns.script.byToken.set(devices.apns.token, { status: 400, body: { reason: "PayloadEmpty" } });
+    fcm.script.byToken.set(devices.fcm.token, {
+      status: 503,
+      body: { error: { code: 503, status: "UNAVAILABLE" } },
+    });
+    await push.notify({ userId, conversationId: "dm:12", title: "bob", body: "poison" });
+    await settled(push);
+    const dead = (await jobs.deadLetters(10_000)).filter((d) => d.job.notification.userId === userId);
+    expect(dead.map((d) => [d.job.provider, d.job.attempts, d.error]).sort()).toEqual([
+      ["apns", 1, "apns answered 400 PayloadEmpty"],
+      ["fcm", 2, "fcm answered 503 UNAVAILABLE"],
+    ]);
+    expect((await jobs.list(100)).filter((j) => j.notification.userId === userId)).toEqual([]);
+  });
+});

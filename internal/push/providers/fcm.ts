@@ -152,7 +152,8 @@ export class FcmProvider implements PushProvider {
     }
     const details = body.error?.details ?? [];
     const errorCode = details.find((d) => d.errorCode)?.errorCode ?? body.error?.status ?? "";
-    const reason = `fcm answered ${res.status} ${errorCode}: ${body.error?.message ?? ""}`.trim();
+    const detail = body.error?.message ? `: ${body.error.message}` : "";
+    const reason = `fcm answered ${res.status} ${errorCode}`.trim() + detail;
     const namesToken = details.some((d) => d.fieldViolations?.some((v) => v.field === "message.token"));
     if (errorCode === "UNREGISTERED" || errorCode === "SENDER_ID_MISMATCH") return { kind: "prune", reason };
     if (errorCode === "INVALID_ARGUMENT" && namesToken) return { kind: "prune", reason };
