@@ -227,6 +227,8 @@ export interface PushJob {
   };
   /** Attempts made so far. */
   attempts: number;
+  /** The next attempt is not due before (a backoff or Retry-After a restart must still honour). */
+  notBeforeMs: number;
   createdAtMs: number;
 }
 

@@ -126,6 +126,7 @@ export class Push {
         ...target,
         notification,
         attempts: 0,
+        notBeforeMs: 0,
         createdAtMs,
       };
       // Written down before the first attempt: from here a crash does not lose it.
@@ -189,6 +190,8 @@ export class Push {
     const n: PushNotification = job.notification;
     const where = { userId: n.userId, deviceId: job.device?.deviceId, provider: provider.name };
     const jobs = this.options.jobs;
+    const resumedWait = job.notBeforeMs - Date.now();
+    if (resumedWait > 0 && !(await this.sleep(resumedWait))) return this.count(provider.name, "abandoned");
     for (let attempt = job.attempts + 1; ; attempt++) {
       const outcome = await this.sendOnce(provider, job.token, n);
       if (outcome.kind === "delivered") {
@@ -215,8 +218,8 @@ export class Push {
         return;
       }
       this.count(provider.name, "retried");
-      // The attempt count survives a crash, so attemptsMax bounds a job across restarts too.
-      await jobs?.put({ ...job, attempts: attempt });
+      // The attempt count and the wait survive a crash: attemptsMax and Retry-After hold across restarts.
+      await jobs?.put({ ...job, attempts: attempt, notBeforeMs: Date.now() + decision.delayMs });
       if (!(await this.sleep(decision.delayMs))) {
         this.count(provider.name, "abandoned");
         this.options.log.info("push: closing with a delivery waiting to retry", {

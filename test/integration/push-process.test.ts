@@ -2,7 +2,8 @@
  * Push in the real server process (role all, embedded backend), configured the single-process way —
  * credentials in files, settings in SWITCHBOARD_PUSH_* — against the protocol-checking stand-ins: a
  * user registers devices over the WebSocket and goes offline, a message to them reaches APNs, FCM,
- * Web Push and the signed webhook; a user who is online gets no push.
+ * Web Push and the signed webhook; a user who is online gets no push; a notification waiting for its
+ * retry survives kill -9 of the process and is delivered once after the restart.
  */
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -148,5 +149,42 @@ describe("push in the server process", () => {
     expect(webhook.delivered.filter((d) => d.path === `/${carol}`)).toEqual([]);
     online.close();
     sender.close();
+  });
+
+  it("delivers a notification pending a retry after kill -9 and restart, once", {
+    timeout: 60_000,
+  }, async () => {
+    const erin = `erin-${++users}`;
+    const frank = `frank-${users}`;
+    const phone = await connect(erin);
+    const reply = await phone.request({
+      case: "registerDevice",
+      value: { deviceId: "crm", provider: Provider.WEBHOOK, token: `${webhook.origin}/${erin}` },
+    });
+    expect(reply.kind.case).toBe("ok");
+    phone.close();
+    await phone.closed;
+    // The receiver is down: the notification waits for its retry in the push job store.
+    webhook.script.byToken.set(`/${erin}`, { status: 503, headers: { "retry-after": "2" } });
+    const sender = await connect(frank);
+    await send(sender, erin, "before the crash");
+    await vi.waitFor(() => expect(webhook.script.arrivals.some((a) => a.token === `/${erin}`)).toBe(true), {
+      timeout: 15_000,
+    });
+    sender.close();
+    await server.kill();
+    webhook.script.byToken.delete(`/${erin}`);
+    server = await server.restart();
+    await vi.waitFor(() => expect(webhook.delivered.filter((d) => d.path === `/${erin}`)).toHaveLength(1), {
+      timeout: 15_000,
+      interval: 100,
+    });
+    expect(webhook.delivered.find((d) => d.path === `/${erin}`)!.body.body).toBe("before the crash");
+    // The restarted process still honoured the Retry-After the receiver gave the killed one.
+    const tries = webhook.script.arrivals.filter((a) => a.token === `/${erin}`);
+    expect(tries.at(-1)!.atMs - tries[0]!.atMs).toBeGreaterThanOrEqual(1_900);
+    await new Promise((r) => setTimeout(r, 1_000));
+    expect(webhook.delivered.filter((d) => d.path === `/${erin}`)).toHaveLength(1);
+    expect(webhook.script.violations).toEqual([]);
   });
 });
