@@ -20,6 +20,7 @@ import type { ServiceImpl } from "../lib/rpc.js";
 import { context, inSpan, SpanKind, trace, tracing } from "../lib/tracing.js";
 import type { DeliveryOutcome, PushNotification, PushProvider } from "./providers/types.js";
 import { DEFAULT_RETRY_POLICY, nextRetry, type RetryPolicy } from "./retry-policy.js";
+import { tokenProblem } from "./token-format.js";
 
 export const DEVICES_PER_USER_MAX = 20;
 const TOKEN_CHARS_MAX = 4_096;
@@ -322,6 +323,8 @@ export function pushServiceImpl(push: Push, devices: DeviceStore): ServiceImpl<t
       if (d.token.length === 0 || d.token.length > TOKEN_CHARS_MAX) {
         throw errors.invalid("INVALID_TOKEN_LENGTH", `token must have 1-${TOKEN_CHARS_MAX} characters`);
       }
+      const problem = tokenProblem(provider, d.token);
+      if (problem) throw errors.invalid("INVALID_DEVICE_TOKEN", problem);
       const existing = await devices.list(d.userId);
       if (existing.length >= DEVICES_PER_USER_MAX && !existing.some((e) => e.deviceId === d.deviceId)) {
         throw errors.exhausted(

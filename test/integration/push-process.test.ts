@@ -97,6 +97,11 @@ describe("push in the server process", () => {
       const reply = await phone.request({ case: "registerDevice", value: { deviceId, provider, token } });
       expect(reply.kind.case).toBe("ok");
     }
+    const wrong = await phone.request({
+      case: "registerDevice",
+      value: { deviceId: "ipad", provider: Provider.APNS, token: "not-a-device-token" },
+    });
+    expect(expectCase(wrong, "error")).toMatchObject({ reason: "INVALID_DEVICE_TOKEN" });
     phone.close();
     await phone.closed;
     const sender = await connect(bob);
