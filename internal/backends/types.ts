@@ -224,6 +224,7 @@ export interface PushJob {
     title: string;
     body: string;
     ttlSeconds: number;
+    messageCount: number;
   };
   /** Attempts made so far. */
   attempts: number;

@@ -266,7 +266,7 @@ export const schema = {
     ),
     collapseWindowMs: int(
       10_000,
-      "Notifications for the same user and conversation within this window collapse into the first (0: every message notifies).",
+      "Messages to the same user in the same conversation within this window after one that notified are held, then summarised in one notification (the latest message and their count) when it closes (0: every message notifies).",
       0,
     ),
     ttlSeconds: int(

@@ -1,6 +1,7 @@
 /**
  * Push: the device-token registry and notifications for users with no connected device.
- * Bursts collapse per (user, conversation) within `collapseWindowMs`; each device's notification goes
+ * Bursts collapse per (user, conversation) within `collapseWindowMs` into the first message and one
+ * summary (collapse-windows.ts); each device's notification goes
  * to its provider (internal/push/providers: APNs, FCM, Web Push, webhook), is retried by the retry
  * policy (Retry-After honoured), and a token the provider reports dead is pruned (docs/adr/0008).
  * With a job store (the embedded backend) every delivery is written down before it starts and
@@ -18,6 +19,7 @@ import type { Logger } from "../lib/log.js";
 import type { Metrics } from "../lib/metrics.js";
 import type { ServiceImpl } from "../lib/rpc.js";
 import { context, inSpan, SpanKind, trace, tracing } from "../lib/tracing.js";
+import { CollapseWindows } from "./collapse-windows.js";
 import type { DeliveryOutcome, PushNotification, PushProvider } from "./providers/types.js";
 import { DEFAULT_RETRY_POLICY, nextRetry, type RetryPolicy } from "./retry-policy.js";
 import { tokenProblem } from "./token-format.js";
@@ -27,6 +29,8 @@ const TOKEN_CHARS_MAX = 4_096;
 const DEVICE_ID_CHARS_MAX = 128;
 /** The body every payload carries in privacy mode. */
 export const PRIVATE_BODY = "New message";
+const privateBody = (messageCount: number) =>
+  messageCount > 1 ? `${messageCount} new messages` : PRIVATE_BODY;
 
 const providerNames: Record<number, DeviceRecord["provider"]> = {
   [Provider.WEBPUSH]: "webpush",
@@ -67,8 +71,9 @@ export interface PushOptions {
 }
 
 export class Push {
-  private readonly recent = new Map<string, number>();
-  private readonly collapseWindowMs: number;
+  private readonly windows: CollapseWindows<Notification>;
+  /** Summaries being fanned out (awaited on close, so they are stored before the process ends). */
+  private readonly summaries = new Set<Promise<unknown>>();
   private readonly retry: RetryPolicy;
   private readonly pendingMax: number;
   private readonly inFlight = new Set<Promise<void>>();
@@ -78,22 +83,30 @@ export class Push {
   private closing = false;
 
   constructor(private readonly options: PushOptions) {
-    this.collapseWindowMs = options.collapseWindowMs ?? 10_000;
+    this.windows = new CollapseWindows(options.collapseWindowMs ?? 10_000, (_key, burst) => {
+      this.count("none", "summarized");
+      const p = this.fanOut(burst.latest, burst.count)
+        .catch((err: unknown) =>
+          this.options.log.warn("push: burst summary failed", { userId: burst.latest.userId, err }),
+        )
+        .finally(() => this.summaries.delete(p));
+      this.summaries.add(p);
+    });
     this.retry = options.retry ?? DEFAULT_RETRY_POLICY;
     this.pendingMax = options.pendingMax ?? 10_000;
   }
 
-  /** Queues a notification; returns how many devices it targets (0 when collapsed). */
+  /** Queues a notification; returns how many devices it targets (0 when held for a burst's summary). */
   async notify(n: Notification): Promise<number> {
-    const key = `${n.userId}\u0000${n.conversationId}`;
-    const now = Date.now();
-    const last = this.recent.get(key);
-    if (last !== undefined && now - last < this.collapseWindowMs) {
+    if (!this.windows.admit(`${n.userId}\u0000${n.conversationId}`, n)) {
       this.count("none", "collapsed");
       return 0;
     }
-    this.recent.set(key, now);
-    if (this.recent.size > 100_000) this.recent.clear(); // bound memory; worst case one extra notification
+    return this.fanOut(n, 1);
+  }
+
+  /** One job per registered device (or the generic webhook) for a notification standing for `messageCount` messages. */
+  private async fanOut(n: Notification, messageCount: number): Promise<number> {
     const devices = await this.options.devices.list(n.userId);
     const targets: Array<{ provider: DeviceRecord["provider"]; token: string; device: DeviceRecord | null }> =
       devices.length > 0
@@ -106,8 +119,9 @@ export class Push {
       userId: n.userId,
       conversationId: n.conversationId,
       title: n.title,
-      body: this.options.privacyMode ? PRIVATE_BODY : n.body,
+      body: this.options.privacyMode ? privateBody(messageCount) : n.body,
       ttlSeconds: this.options.ttlSeconds ?? 86_400,
+      messageCount,
     };
     let queued = 0;
     for (const target of targets) {
@@ -302,6 +316,9 @@ export class Push {
    * for sends under way, closes the providers.
    */
   async close(): Promise<void> {
+    // Held bursts are summarised now, so their jobs are stored (and resumed by the next process).
+    this.windows.flushAll();
+    await Promise.allSettled([...this.summaries]);
     this.closing = true;
     for (const wake of [...this.sleepers]) wake();
     await Promise.allSettled([...this.inFlight]);

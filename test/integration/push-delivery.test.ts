@@ -293,23 +293,34 @@ describe("push service over the four providers", () => {
     expect(everything).not.toContain("the secret plan");
   });
 
-  it("collapses a burst per (user, conversation) within the window", async () => {
+  it("collapses a burst per (user, conversation): the first at once, one summary with the latest and the count when the window closes", async () => {
     const metrics = createMetrics();
-    const push = pushService(metrics, { collapseWindowMs: 60_000 });
+    const push = pushService(metrics, { collapseWindowMs: 400 });
     const { userId } = await userWithEveryDevice();
     await backends.devices.remove(userId, "iphone");
     await backends.devices.remove(userId, "pixel");
     await backends.devices.remove(userId, "browser");
     const counts = [];
-    for (const conversationId of ["g:1", "g:1", "g:1", "g:2"]) {
-      counts.push(await push.notify({ userId, conversationId, title: "bob", body: "burst" }));
+    for (const [conversationId, body] of [
+      ["g:1", "first"],
+      ["g:1", "second"],
+      ["g:1", "third"],
+      ["g:2", "other"],
+    ] as const) {
+      counts.push(await push.notify({ userId, conversationId, title: "bob", body }));
     }
-    await settled(push);
     expect(counts).toEqual([1, 0, 0, 1]);
-    expect(
-      webhook.delivered.filter((d) => d.path === `/${userId}`).map((d) => d.body.conversation_id),
-    ).toEqual(["g:1", "g:2"]);
+    const mine = () => webhook.delivered.filter((d) => d.path === `/${userId}`).map((d) => d.body);
+    await vi.waitFor(() => expect(mine()).toHaveLength(3), { timeout: 5_000 });
+    expect(mine().map((b) => [b.conversation_id, b.body, b.message_count])).toEqual([
+      ["g:1", "first", 1],
+      ["g:2", "other", 1],
+      ["g:1", "third", 2],
+    ]);
     expect(await counted(metrics, "none", "collapsed")).toBe(2);
+    expect(await counted(metrics, "none", "summarized")).toBe(1);
+    // The summary opened the next window: a message right after it is held again.
+    expect(await push.notify({ userId, conversationId: "g:1", title: "bob", body: "fourth" })).toBe(0);
   });
 
   it("counts devices of a provider without credentials as unconfigured, and falls back to push.webhookUrl", async () => {

@@ -23,6 +23,7 @@ const notification = (overrides: Partial<PushNotification> = {}): PushNotificati
   title: "bob",
   body: "lunch at noon? 🍜",
   ttlSeconds: 3600,
+  messageCount: 1,
   ...overrides,
 });
 const deviceToken = (n: number) => n.toString(16).padStart(64, "0");
@@ -301,6 +302,7 @@ describe("Web Push provider against a push service stand-in that decrypts", () =
       body: "lunch at noon? 🍜",
       conversation_id: n.conversationId,
       notification_id: n.id,
+      message_count: 1,
     });
     expect(got.headers.ttl).toBe("3600");
     expect(got.headers.urgency).toBe("high");
@@ -378,6 +380,7 @@ describe("webhook provider against a receiver that checks the HMAC", () => {
       conversation_id: n.conversationId,
       title: "bob",
       body: "lunch at noon? 🍜",
+      message_count: 1,
     });
   });
 

@@ -79,6 +79,7 @@ export class ApnsProvider implements PushProvider {
       },
       conversation_id: n.conversationId,
       notification_id: n.id,
+      message_count: n.messageCount,
     });
     const headers = {
       [constants.HTTP2_HEADER_METHOD]: "POST",

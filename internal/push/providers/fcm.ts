@@ -121,7 +121,11 @@ export class FcmProvider implements PushProvider {
     return {
       token,
       notification: { title: n.title, body: n.body },
-      data: { conversation_id: n.conversationId, notification_id: n.id },
+      data: {
+        conversation_id: n.conversationId,
+        notification_id: n.id,
+        message_count: String(n.messageCount),
+      },
       android: {
         collapse_key: n.conversationId,
         priority: "HIGH",

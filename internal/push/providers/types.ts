@@ -15,6 +15,8 @@ export interface PushNotification {
   body: string;
   /** Seconds the provider may hold the notification for an unreachable device. */
   ttlSeconds: number;
+  /** Messages this notification stands for: 1, or a burst's summary (internal/push/collapse-windows). */
+  messageCount: number;
 }
 
 export type DeliveryOutcome =

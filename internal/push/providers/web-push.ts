@@ -101,6 +101,7 @@ export class WebPushProvider implements PushProvider {
         body: n.body,
         conversation_id: n.conversationId,
         notification_id: n.id,
+        message_count: n.messageCount,
       }),
     );
     if (plaintext.length > WEB_PUSH_PLAINTEXT_BYTES_MAX) {

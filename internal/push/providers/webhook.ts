@@ -52,6 +52,7 @@ export class WebhookProvider implements PushProvider {
       conversation_id: n.conversationId,
       title: n.title,
       body: n.body,
+      message_count: n.messageCount,
     });
     const headers: Record<string, string> = {
       "content-type": "application/json",

@@ -22,7 +22,7 @@ export interface WebPushDelivery {
   subscriptionId: string;
   headers: IncomingMessage["headers"];
   /** The decrypted payload. */
-  payload: Record<string, string>;
+  payload: Record<string, string | number>;
 }
 
 /** A VAPID key pair in the formats the platform's configuration takes (base64url). */
@@ -149,9 +149,12 @@ export class WebPushStandIn {
     if (topic !== undefined && !/^[A-Za-z0-9_-]{1,32}$/.test(topic)) return refuse(400, "bad Topic");
     if (req.headers["content-encoding"] !== "aes128gcm") return refuse(415, "not aes128gcm");
     if (body.length > 4096) return refuse(413, "payload too large");
-    let payload: Record<string, string>;
+    let payload: Record<string, string | number>;
     try {
-      payload = JSON.parse(decryptWebPush(body, subscription).toString("utf8")) as Record<string, string>;
+      payload = JSON.parse(decryptWebPush(body, subscription).toString("utf8")) as Record<
+        string,
+        string | number
+      >;
     } catch (err) {
       return refuse(400, `does not decrypt: ${(err as Error).message}`);
     }

@@ -11,7 +11,14 @@ import { encodeBody, Script, type ScriptedAnswer } from "./scripted.js";
 export interface WebhookDelivery {
   path: string;
   headers: IncomingMessage["headers"];
-  body: { notification_id: string; user_id: string; conversation_id: string; title: string; body: string };
+  body: {
+    notification_id: string;
+    user_id: string;
+    conversation_id: string;
+    title: string;
+    body: string;
+    message_count: number;
+  };
 }
 
 export class WebhookReceiver {
