@@ -291,6 +291,12 @@ export const schema = {
       "Deliveries (notification × device) in flight or waiting to retry in one push process; past it new ones are dropped (counted dropped).",
       1,
     ),
+    sendsInFlightMax: int(
+      64,
+      "Requests in flight to one provider at most (APNs streams on its HTTP/2 connection, FCM, Web Push and webhook requests); the others wait their turn.",
+      1,
+      10_000,
+    ),
     apns: {
       keyFile: str(
         "",

@@ -106,6 +106,7 @@ export function pushFromConfig(
       retryAfterMaxMs: push.retryAfterMaxMs,
     },
     pendingMax: push.pendingMax,
+    sendsInFlightMax: push.sendsInFlightMax,
     log,
     metrics,
   });

@@ -22,6 +22,7 @@ import { context, inSpan, SpanKind, trace, tracing } from "../lib/tracing.js";
 import { CollapseWindows } from "./collapse-windows.js";
 import type { DeliveryOutcome, PushNotification, PushProvider } from "./providers/types.js";
 import { DEFAULT_RETRY_POLICY, nextRetry, type RetryPolicy } from "./retry-policy.js";
+import { SendSlots } from "./send-slots.js";
 import { tokenProblem } from "./token-format.js";
 
 export const DEVICES_PER_USER_MAX = 20;
@@ -66,6 +67,8 @@ export interface PushOptions {
   retry?: RetryPolicy;
   /** Deliveries (notification × device) in flight or waiting to retry, at most. */
   pendingMax?: number;
+  /** Requests in flight to one provider at most (the rest wait their turn). */
+  sendsInFlightMax?: number;
   log: Logger;
   metrics: Metrics;
 }
@@ -77,6 +80,7 @@ export class Push {
   private readonly retry: RetryPolicy;
   private readonly pendingMax: number;
   private readonly inFlight = new Set<Promise<void>>();
+  private readonly slots = new Map<string, SendSlots>();
   private jobSequence = 0;
   /** Wakes a delivery waiting to retry, with false: the process is closing. */
   private readonly sleepers = new Set<() => void>();
@@ -253,8 +257,13 @@ export class Push {
     token: string,
     n: PushNotification,
   ): Promise<DeliveryOutcome> {
+    let slots = this.slots.get(provider.name);
+    if (!slots) {
+      slots = new SendSlots(this.options.sendsInFlightMax ?? 64);
+      this.slots.set(provider.name, slots);
+    }
     try {
-      return await provider.send(token, n);
+      return await slots.run(() => provider.send(token, n));
     } catch (err) {
       return { kind: "retry", reason: `${provider.name} threw: ${(err as Error).message}` };
     }
