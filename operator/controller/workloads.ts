@@ -30,6 +30,7 @@ import {
   servesGrpc,
   usesStorage,
 } from "./names.js";
+import { pushCredentialsPod } from "./push-credentials.js";
 import { KAFKA_TLS_FILES } from "./storage.js";
 
 /** Where the HS256 secret of `spec.auth.secretRef` is mounted (the services read it from their data dir). */
@@ -145,6 +146,9 @@ function container(
   const identity = grpcIdentityPod(cluster, component);
   env.push(...identity.env);
   mounts.push(...identity.mounts);
+  const pushCredentials = pushCredentialsPod(cluster, component);
+  env.push(...pushCredentials.env);
+  mounts.push(...pushCredentials.mounts);
   return {
     name: component,
     image: `${cluster.spec.image}:${cluster.spec.version}`,
@@ -184,6 +188,7 @@ function podTemplate(
   if (kafkaTls && mountsKafkaTls(cluster, component))
     volumes.push({ name: "kafka-tls", secret: { secretName: kafkaTls.name } });
   volumes.push(...grpcIdentityPod(cluster, component).volumes);
+  volumes.push(...pushCredentialsPod(cluster, component).volumes);
   const sched = spec.scheduling ?? {};
   return {
     metadata: {
