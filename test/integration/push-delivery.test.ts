@@ -396,7 +396,7 @@ describe("durable push jobs (the embedded store)", () => {
     const first = pushService(createMetrics(), { jobs });
     const { userId } = await userWithEveryDevice();
     for (const deviceId of ["iphone", "pixel", "browser"]) await backends.devices.remove(userId, deviceId);
-    webhook.script.byToken.set(`/${userId}`, { status: 503 });
+    webhook.script.byToken.set(`/${userId}`, { status: 503, headers: { "retry-after": "1" } });
     await first.notify({ userId, conversationId: "dm:11", title: "bob", body: "survive" });
     const stored = () => jobs.list(100).then((all) => all.filter((j) => j.notification.userId === userId));
     await vi.waitFor(async () => expect((await stored())[0]?.attempts).toBeGreaterThanOrEqual(1));
@@ -410,6 +410,9 @@ describe("durable push jobs (the embedded store)", () => {
     const got = webhook.delivered.filter((d) => d.path === `/${userId}`);
     expect(got).toHaveLength(1);
     expect(got[0]!.body.body).toBe("survive");
+    // The resumed job waited out the Retry-After the first instance was given.
+    const tries = webhook.script.arrivals.filter((a) => a.token === `/${userId}`);
+    expect(tries.at(-1)!.atMs - tries[0]!.atMs).toBeGreaterThanOrEqual(990);
     expect(await stored()).toEqual([]);
     expect(await counted(metrics, "webhook", "recovered")).toBeGreaterThanOrEqual(1);
   });

@@ -185,9 +185,8 @@ describe("push in the server process", () => {
       interval: 100,
     });
     expect(webhook.delivered.find((d) => d.path === `/${erin}`)!.body.body).toBe("before the crash");
-    // The restarted process still honoured the Retry-After the receiver gave the killed one.
-    const tries = webhook.script.arrivals.filter((a) => a.token === `/${erin}`);
-    expect(tries.at(-1)!.atMs - tries[0]!.atMs).toBeGreaterThanOrEqual(1_900);
+    // (That the restarted process keeps the Retry-After is checked in push-delivery.test.ts: here the
+    // kill may land before the killed process wrote down the Retry-After it was given.)
     await new Promise((r) => setTimeout(r, 1_000));
     expect(webhook.delivered.filter((d) => d.path === `/${erin}`)).toHaveLength(1);
     expect(webhook.script.violations).toEqual([]);
