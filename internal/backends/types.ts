@@ -216,6 +216,50 @@ export interface DeviceStore extends Closeable {
   list(userId: string): Promise<DeviceRecord[]>;
 }
 
+/** A push delivery (one notification to one device) not finished yet, kept so a crash does not lose it. */
+export interface PushJob {
+  /** Sorts by creation: a zero-padded creation time, then unique parts. */
+  id: string;
+  provider: DeviceRecord["provider"];
+  token: string;
+  /** The registration it was read from (null: the generic push.webhookUrl). */
+  device: DeviceRecord | null;
+  /** Already privacy-filtered: what the provider will see. */
+  notification: {
+    id: string;
+    userId: string;
+    conversationId: string;
+    title: string;
+    body: string;
+    ttlSeconds: number;
+    messageCount: number;
+  };
+  /** Attempts made so far. */
+  attempts: number;
+  /** The next attempt is not due before (a backoff or Retry-After a restart must still honour). */
+  notBeforeMs: number;
+  createdAtMs: number;
+}
+
+export interface PushDeadLetter {
+  job: PushJob;
+  /** The last error, e.g. "apns answered 400 PayloadEmpty" or "gave up after 5 attempts". */
+  error: string;
+  deadAtMs: number;
+}
+
+/** The push jobs of a process and their dead letters (embedded backend; internal/push). */
+export interface PushJobStore extends Closeable {
+  put(job: PushJob): Promise<void>;
+  remove(id: string): Promise<void>;
+  /** Pending jobs, oldest first. */
+  list(limit: number): Promise<PushJob[]>;
+  /** Removes the job and records it as dead, in one transaction; the oldest beyond the bound go. */
+  deadLetter(job: PushJob, error: string): Promise<void>;
+  /** Dead letters, oldest first. */
+  deadLetters(limit: number): Promise<PushDeadLetter[]>;
+}
+
 /** Everything a platform needs, from one backend. */
 export interface Backends extends Closeable {
   readonly name: "embedded" | "distributed";
@@ -227,6 +271,8 @@ export interface Backends extends Closeable {
   routing: RoutingEvents;
   presence: PresenceStore;
   devices: DeviceStore;
+  /** Durable push jobs, where the backend keeps them (embedded); without, they live in memory. */
+  pushJobs?: PushJobStore;
 }
 
 /** A message already given a seq, found by its dedupe key. */

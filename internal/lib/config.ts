@@ -254,8 +254,88 @@ export const schema = {
   push: {
     webhookUrl: str(
       "",
-      "Generic webhook that receives a POST for every notification of an offline user (empty: off).",
+      "Generic webhook that receives a POST for every notification of an offline user with no registered device (empty: off).",
     ),
+    webhookSecretFile: str(
+      "",
+      'File holding the HMAC key that signs every webhook POST (push.webhookUrl and devices of provider webhook): headers X-Switchboard-Timestamp and X-Switchboard-Signature `v1=<hex HMAC-SHA256 of "<timestamp>.<body>">`; receivers reject timestamps more than 300 s off (docs/adr/0008). Empty: unsigned.',
+    ),
+    privacyMode: bool(
+      false,
+      'Leave message text out of every notification: providers (Apple, Google, browser vendors, webhooks) see "New message" as the body.',
+    ),
+    collapseWindowMs: int(
+      10_000,
+      "Messages to the same user in the same conversation within this window after one that notified are held, then summarised in one notification (the latest message and their count) when it closes (0: every message notifies).",
+      0,
+    ),
+    ttlSeconds: int(
+      86_400,
+      "How long a provider may hold a notification for a device that is off (APNs apns-expiration, FCM ttl, Web Push TTL).",
+      0,
+      2_419_200,
+    ),
+    attemptsMax: int(
+      5,
+      "Attempts per notification and device before it is given up (counted failed); retries back off exponentially with jitter, or wait what the provider's Retry-After says.",
+      1,
+      100,
+    ),
+    retryAfterMaxMs: int(
+      300_000,
+      "Longest Retry-After a delivery waits for; a provider asking for more gives the delivery up.",
+      0,
+    ),
+    pendingMax: int(
+      10_000,
+      "Deliveries (notification × device) in flight or waiting to retry in one push process; past it new ones are dropped (counted dropped).",
+      1,
+    ),
+    sendsInFlightMax: int(
+      64,
+      "Requests in flight to one provider at most (APNs streams on its HTTP/2 connection, FCM, Web Push and webhook requests); the others wait their turn.",
+      1,
+      10_000,
+    ),
+    apns: {
+      keyFile: str(
+        "",
+        "APNs token-auth signing key (the .p8 file from the Apple developer account). Empty: APNs devices are not notified (counted unconfigured).",
+      ),
+      keyId: str("", "Key ID of push.apns.keyFile (the JWT's kid)."),
+      teamId: str("", "Apple developer team ID (the JWT's iss)."),
+      topic: str("", "The app's bundle ID (apns-topic)."),
+      environment: oneOf(
+        ["production", "development"] as const,
+        "production",
+        "APNs environment: production (api.push.apple.com) or development (api.sandbox.push.apple.com, for debug builds).",
+      ),
+      origin: str(
+        "",
+        "APNs origin overriding push.apns.environment (a proxy or a test stand-in). Empty: Apple's.",
+      ),
+    },
+    fcm: {
+      serviceAccountFile: str(
+        "",
+        "Firebase service-account key JSON (project_id, client_email, private_key, token_uri); its token_uri issues the access tokens. Empty: FCM devices are not notified (counted unconfigured).",
+      ),
+      origin: str("https://fcm.googleapis.com", "FCM HTTP v1 origin (a proxy or a test stand-in)."),
+    },
+    webpush: {
+      vapidPublicKey: str(
+        "",
+        "VAPID application server key (uncompressed P-256 point, base64url) that browsers subscribe with. Empty: Web Push devices are not notified (counted unconfigured).",
+      ),
+      vapidPrivateKeyFile: str(
+        "",
+        "File holding the VAPID private key (the P-256 scalar, base64url, as `npx web-push generate-vapid-keys` prints it).",
+      ),
+      subject: str(
+        "",
+        "VAPID contact for push services (sub claim): a mailto: or https: URL. Required with push.webpush.vapidPublicKey.",
+      ),
+    },
   },
   kafka: {
     brokers: list(["127.0.0.1:9092"], "Kafka bootstrap servers (distributed backend)."),

@@ -1,22 +1,37 @@
 /**
  * Push: the device-token registry and notifications for users with no connected device.
- * Bursts collapse per (user, conversation) within `collapseWindowMs`, sends retry with exponential
- * backoff, and tokens a provider reports gone are pruned. Providers implemented here: the generic
- * webhook. Web Push, APNs and FCM tokens are registered and listed but not yet delivered (counted
- * as `unsupported` in switchboard_push_notifications_total) — see the push issue.
+ * Bursts collapse per (user, conversation) within `collapseWindowMs` into the first message and one
+ * summary (collapse-windows.ts); each device's notification goes
+ * to its provider (internal/push/providers: APNs, FCM, Web Push, webhook), is retried by the retry
+ * policy (Retry-After honoured), and a token the provider reports dead is pruned (docs/adr/0008).
+ * With a job store (the embedded backend) every delivery is written down before it starts and
+ * removed when it ends, so a crash loses none: `recover()` resumes them, and one that fails for good
+ * goes to the dead letters with its last error. Delivery is at least once: a request a crash
+ * interrupted is sent again (the provider's collapse id and the webhook's notification_id let the
+ * device or receiver show it once). Without a store (distributed backend) they live in memory.
+ * Either way they are bounded by `pendingMax`.
  */
+import { randomUUID } from "node:crypto";
 import { Provider, type PushService } from "../../gen/switchboard/push/v1/push_pb.js";
-import type { DeviceRecord, DeviceStore } from "../backends/types.js";
+import type { DeviceRecord, DeviceStore, PushJob, PushJobStore } from "../backends/types.js";
 import { errors } from "../lib/errors.js";
 import type { Logger } from "../lib/log.js";
 import type { Metrics } from "../lib/metrics.js";
 import type { ServiceImpl } from "../lib/rpc.js";
-import { activeCarrier, context, inSpan, SpanKind, trace, tracing } from "../lib/tracing.js";
+import { context, inSpan, SpanKind, trace, tracing } from "../lib/tracing.js";
+import { CollapseWindows } from "./collapse-windows.js";
+import type { DeliveryOutcome, PushNotification, PushProvider } from "./providers/types.js";
+import { DEFAULT_RETRY_POLICY, nextRetry, type RetryPolicy } from "./retry-policy.js";
+import { SendSlots } from "./send-slots.js";
+import { tokenProblem } from "./token-format.js";
 
 export const DEVICES_PER_USER_MAX = 20;
 const TOKEN_CHARS_MAX = 4_096;
 const DEVICE_ID_CHARS_MAX = 128;
-const RETRIES_MAX = 3;
+/** The body every payload carries in privacy mode. */
+export const PRIVATE_BODY = "New message";
+const privateBody = (messageCount: number) =>
+  messageCount > 1 ? `${messageCount} new messages` : PRIVATE_BODY;
 
 const providerNames: Record<number, DeviceRecord["provider"]> = {
   [Provider.WEBPUSH]: "webpush",
@@ -34,100 +49,289 @@ export interface Notification {
   body: string;
 }
 
+/** The providers with credentials; a device of a missing one is counted `unconfigured`. */
+export type ProviderSet = Partial<Record<DeviceRecord["provider"], PushProvider>>;
+
 export interface PushOptions {
   devices: DeviceStore;
+  /** Durable jobs and dead letters; undefined: in memory only. */
+  jobs?: PushJobStore | undefined;
+  providers: ProviderSet;
+  /** The generic webhook for a user with no registered device (empty: none). */
   webhookUrl: string;
+  /** Replace every body with PRIVATE_BODY before a provider sees it. */
+  privacyMode?: boolean;
+  /** How long a provider may hold a notification for an unreachable device. */
+  ttlSeconds?: number;
   collapseWindowMs?: number;
+  retry?: RetryPolicy;
+  /** Deliveries (notification × device) in flight or waiting to retry, at most. */
+  pendingMax?: number;
+  /** Requests in flight to one provider at most (the rest wait their turn). */
+  sendsInFlightMax?: number;
   log: Logger;
   metrics: Metrics;
-  fetchImpl?: typeof fetch;
 }
 
 export class Push {
-  private readonly recent = new Map<string, number>();
-  private readonly collapseWindowMs: number;
-  private readonly fetchImpl: typeof fetch;
+  private readonly windows: CollapseWindows<Notification>;
+  /** Summaries being fanned out (awaited on close, so they are stored before the process ends). */
+  private readonly summaries = new Set<Promise<unknown>>();
+  private readonly retry: RetryPolicy;
+  private readonly pendingMax: number;
   private readonly inFlight = new Set<Promise<void>>();
+  private readonly slots = new Map<string, SendSlots>();
+  private jobSequence = 0;
+  /** Wakes a delivery waiting to retry, with false: the process is closing. */
+  private readonly sleepers = new Set<() => void>();
+  private closing = false;
 
   constructor(private readonly options: PushOptions) {
-    this.collapseWindowMs = options.collapseWindowMs ?? 10_000;
-    this.fetchImpl = options.fetchImpl ?? fetch;
+    this.windows = new CollapseWindows(options.collapseWindowMs ?? 10_000, (_key, burst) => {
+      this.count("none", "summarized");
+      const p = this.fanOut(burst.latest, burst.count)
+        .catch((err: unknown) =>
+          this.options.log.warn("push: burst summary failed", { userId: burst.latest.userId, err }),
+        )
+        .finally(() => this.summaries.delete(p));
+      this.summaries.add(p);
+    });
+    this.retry = options.retry ?? DEFAULT_RETRY_POLICY;
+    this.pendingMax = options.pendingMax ?? 10_000;
   }
 
-  /** Queues a notification; returns how many devices it targets (0 when collapsed). */
+  /** Queues a notification; returns how many devices it targets (0 when held for a burst's summary). */
   async notify(n: Notification): Promise<number> {
-    const key = `${n.userId}\u0000${n.conversationId}`;
-    const now = Date.now();
-    const last = this.recent.get(key);
-    if (last !== undefined && now - last < this.collapseWindowMs) {
-      this.options.metrics.pushNotifications.inc({ result: "collapsed" });
+    if (!this.windows.admit(`${n.userId}\u0000${n.conversationId}`, n)) {
+      this.count("none", "collapsed");
       return 0;
     }
-    this.recent.set(key, now);
-    if (this.recent.size > 100_000) this.recent.clear(); // bound memory; worst case one extra notification
-    const devices = await this.options.devices.list(n.userId);
-    const targets = devices.length > 0 ? devices : this.options.webhookUrl ? [null] : [];
-    for (const device of targets) {
-      const p = this.deliver(n, device).finally(() => this.inFlight.delete(p));
-      this.inFlight.add(p);
-    }
-    return targets.length;
+    return this.fanOut(n, 1);
   }
 
-  private deliver(n: Notification, device: DeviceRecord | null): Promise<void> {
+  /** One job per registered device (or the generic webhook) for a notification standing for `messageCount` messages. */
+  private async fanOut(n: Notification, messageCount: number): Promise<number> {
+    const devices = await this.options.devices.list(n.userId);
+    const targets: Array<{ provider: DeviceRecord["provider"]; token: string; device: DeviceRecord | null }> =
+      devices.length > 0
+        ? devices.map((d) => ({ provider: d.provider, token: d.token, device: d }))
+        : this.options.webhookUrl
+          ? [{ provider: "webhook", token: this.options.webhookUrl, device: null }]
+          : [];
+    const notification: PushJob["notification"] = {
+      id: randomUUID(),
+      userId: n.userId,
+      conversationId: n.conversationId,
+      title: n.title,
+      body: this.options.privacyMode ? privateBody(messageCount) : n.body,
+      ttlSeconds: this.options.ttlSeconds ?? 86_400,
+      messageCount,
+    };
+    let queued = 0;
+    for (const target of targets) {
+      const provider = this.options.providers[target.provider];
+      if (!provider) {
+        this.count(target.provider, "unconfigured");
+        continue;
+      }
+      if (this.closing || this.inFlight.size >= this.pendingMax) {
+        this.count(target.provider, "dropped");
+        continue;
+      }
+      const createdAtMs = Date.now();
+      const job: PushJob = {
+        // Zero-padded creation time first: the store lists jobs oldest first.
+        id: `${String(createdAtMs).padStart(15, "0")}-${notification.id}-${++this.jobSequence}`,
+        ...target,
+        notification,
+        attempts: 0,
+        notBeforeMs: 0,
+        createdAtMs,
+      };
+      // Written down before the first attempt: from here a crash does not lose it.
+      await this.options.jobs?.put(job);
+      this.start(provider, job);
+      queued++;
+    }
+    return queued;
+  }
+
+  /**
+   * Resumes the jobs a previous process left in the store (at most pendingMax; the store never holds
+   * more, since a job is written only when a slot is free). Returns how many.
+   */
+  async recover(): Promise<number> {
+    const jobs = this.options.jobs;
+    if (!jobs) return 0;
+    let resumed = 0;
+    for (const job of await jobs.list(this.pendingMax)) {
+      const provider = this.options.providers[job.provider];
+      if (!provider) {
+        // Credentials removed since: nothing can deliver it, keep it where an operator sees it.
+        await jobs.deadLetter(job, `provider ${job.provider} is not configured`);
+        this.count(job.provider, "failed");
+        continue;
+      }
+      this.start(provider, job);
+      this.count(job.provider, "recovered");
+      resumed++;
+    }
+    if (resumed > 0) this.options.log.info("push: resumed jobs of a previous process", { resumed });
+    return resumed;
+  }
+
+  private start(provider: PushProvider, job: PushJob): void {
+    const p = this.deliver(provider, job)
+      .catch((err: unknown) => {
+        // Only the job store can throw here (providers return outcomes); the job stays stored.
+        this.options.log.error("push: job store failed during a delivery", { jobId: job.id, err });
+      })
+      .finally(() => this.inFlight.delete(p));
+    this.inFlight.add(p);
+  }
+
+  /** Deliveries in flight or waiting to retry. */
+  get pending(): number {
+    return this.inFlight.size;
+  }
+
+  private deliver(provider: PushProvider, job: PushJob): Promise<void> {
     // A notification for a traced message is a client span of its trace (the router's fan-out).
-    if (!tracing.on || !trace.getSpan(context.active())) return this.send(n, device);
-    const provider = device?.provider ?? "webhook";
+    if (!tracing.on || !trace.getSpan(context.active())) return this.attempts(provider, job);
     return inSpan(
-      `push ${provider}`,
-      { kind: SpanKind.CLIENT, attributes: { "switchboard.push.provider": provider } },
-      () => this.send(n, device),
+      `push ${provider.name}`,
+      { kind: SpanKind.CLIENT, attributes: { "switchboard.push.provider": provider.name } },
+      () => this.attempts(provider, job),
     );
   }
 
-  private async send(n: Notification, device: DeviceRecord | null): Promise<void> {
-    const provider = device?.provider ?? "webhook";
-    if (provider !== "webhook") {
-      this.options.metrics.pushNotifications.inc({ result: "unsupported" });
-      return;
-    }
-    const url = device?.token || this.options.webhookUrl;
-    if (!url) return;
-    for (let attempt = 0; ; attempt++) {
-      try {
-        const res = await this.fetchImpl(url, {
-          method: "POST",
-          // W3C trace context, so the receiving service can join the message's trace.
-          headers: { "content-type": "application/json", ...(tracing.on ? activeCarrier() : undefined) },
-          body: JSON.stringify({
-            user_id: n.userId,
-            conversation_id: n.conversationId,
-            title: n.title,
-            body: n.body,
-          }),
-          signal: AbortSignal.timeout(5_000),
-        });
-        if (res.status === 404 || res.status === 410) {
-          if (device) await this.options.devices.remove(device.userId, device.deviceId);
-          this.options.metrics.pushNotifications.inc({ result: "pruned" });
-          return;
-        }
-        if (!res.ok) throw new Error(`webhook answered ${res.status}`);
-        this.options.metrics.pushNotifications.inc({ result: "sent" });
+  private async attempts(provider: PushProvider, job: PushJob): Promise<void> {
+    const n: PushNotification = job.notification;
+    const where = { userId: n.userId, deviceId: job.device?.deviceId, provider: provider.name };
+    const jobs = this.options.jobs;
+    const resumedWait = job.notBeforeMs - Date.now();
+    if (resumedWait > 0 && !(await this.sleep(resumedWait))) return this.count(provider.name, "abandoned");
+    for (let attempt = job.attempts + 1; ; attempt++) {
+      const outcome = await this.sendOnce(provider, job.token, n);
+      if (outcome.kind === "delivered") {
+        await jobs?.remove(job.id);
+        return this.count(provider.name, "sent");
+      }
+      if (outcome.kind === "prune") {
+        await this.prune(job, outcome.reason);
+        await jobs?.remove(job.id);
         return;
-      } catch (err) {
-        if (attempt >= RETRIES_MAX) {
-          this.options.metrics.pushNotifications.inc({ result: "failed" });
-          this.options.log.warn("push: giving up", { userId: n.userId, err });
-          return;
-        }
-        await new Promise((r) => setTimeout(r, 200 * 2 ** attempt));
+      }
+      const decision =
+        outcome.kind === "failed"
+          ? ({ retry: false, why: "permanent" } as const)
+          : nextRetry(this.retry, attempt, outcome.afterMs);
+      if (!decision.retry) {
+        this.count(provider.name, "failed");
+        await jobs?.deadLetter({ ...job, attempts: attempt }, outcome.reason);
+        this.options.log.warn("push: delivery failed", {
+          ...where,
+          reason: outcome.reason,
+          why: decision.why,
+        });
+        return;
+      }
+      this.count(provider.name, "retried");
+      // The attempt count and the wait survive a crash: attemptsMax and Retry-After hold across restarts.
+      await jobs?.put({ ...job, attempts: attempt, notBeforeMs: Date.now() + decision.delayMs });
+      if (!(await this.sleep(decision.delayMs))) {
+        this.count(provider.name, "abandoned");
+        this.options.log.info("push: closing with a delivery waiting to retry", {
+          ...where,
+          reason: outcome.reason,
+          kept: jobs !== undefined,
+        });
+        return;
       }
     }
   }
 
+  /** Providers return outcomes; a throw is a bug in one, treated as transient so it is seen and retried. */
+  private async sendOnce(
+    provider: PushProvider,
+    token: string,
+    n: PushNotification,
+  ): Promise<DeliveryOutcome> {
+    let slots = this.slots.get(provider.name);
+    if (!slots) {
+      slots = new SendSlots(this.options.sendsInFlightMax ?? 64);
+      this.slots.set(provider.name, slots);
+    }
+    try {
+      return await slots.run(() => provider.send(token, n));
+    } catch (err) {
+      return { kind: "retry", reason: `${provider.name} threw: ${(err as Error).message}` };
+    }
+  }
+
+  /** Removes a dead token, unless the device registered a new one since it was read. */
+  private async prune(job: PushJob, reason: string): Promise<void> {
+    const device = job.device;
+    if (!device) {
+      // The generic webhook is configuration, not a registration: report it, remove nothing.
+      this.count(job.provider, "failed");
+      this.options.log.warn("push: push.webhookUrl reports gone", { reason });
+      return;
+    }
+    try {
+      const current = (await this.options.devices.list(device.userId)).find(
+        (d) => d.deviceId === device.deviceId,
+      );
+      if (current?.token === device.token) await this.options.devices.remove(device.userId, device.deviceId);
+      this.count(device.provider, "pruned");
+      this.options.log.info("push: pruned a dead token", {
+        userId: device.userId,
+        deviceId: device.deviceId,
+        provider: device.provider,
+        reason,
+      });
+    } catch (err) {
+      this.count(device.provider, "failed");
+      this.options.log.warn("push: could not prune a dead token", {
+        userId: device.userId,
+        deviceId: device.deviceId,
+        err,
+      });
+    }
+  }
+
+  private sleep(ms: number): Promise<boolean> {
+    if (this.closing) return Promise.resolve(false);
+    return new Promise((resolve) => {
+      const wake = () => {
+        clearTimeout(timer);
+        this.sleepers.delete(wake);
+        resolve(false);
+      };
+      const timer = setTimeout(() => {
+        this.sleepers.delete(wake);
+        resolve(true);
+      }, ms);
+      this.sleepers.add(wake);
+    });
+  }
+
+  private count(provider: string, result: string): void {
+    this.options.metrics.pushNotifications.inc({ provider, result });
+  }
+
+  /**
+   * Stops retries (abandoned, counted; with a job store they stay stored for the next process), waits
+   * for sends under way, closes the providers.
+   */
   async close(): Promise<void> {
+    // Held bursts are summarised now, so their jobs are stored (and resumed by the next process).
+    this.windows.flushAll();
+    await Promise.allSettled([...this.summaries]);
+    this.closing = true;
+    for (const wake of [...this.sleepers]) wake();
     await Promise.allSettled([...this.inFlight]);
+    await Promise.allSettled(Object.values(this.options.providers).map((p) => p.close()));
   }
 }
 
@@ -145,6 +349,8 @@ export function pushServiceImpl(push: Push, devices: DeviceStore): ServiceImpl<t
       if (d.token.length === 0 || d.token.length > TOKEN_CHARS_MAX) {
         throw errors.invalid("INVALID_TOKEN_LENGTH", `token must have 1-${TOKEN_CHARS_MAX} characters`);
       }
+      const problem = tokenProblem(provider, d.token);
+      if (problem) throw errors.invalid("INVALID_DEVICE_TOKEN", problem);
       const existing = await devices.list(d.userId);
       if (existing.length >= DEVICES_PER_USER_MAX && !existing.some((e) => e.deviceId === d.deviceId)) {
         throw errors.exhausted(

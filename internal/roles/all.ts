@@ -20,7 +20,7 @@ import { Presence, presenceServiceImpl } from "../presence/index.js";
 import { openBackends } from "../process/backends.js";
 import { gatewayDialer, peerOptions } from "../process/peers.js";
 import type { RoleStarter } from "../process/runtime.js";
-import { Push, pushServiceImpl } from "../push/index.js";
+import { pushFromConfig, pushServiceImpl } from "../push/index.js";
 import { Router, routerServiceImpl } from "../router/index.js";
 import { advertiseAddress, conversations, gatewayId } from "./shared.js";
 
@@ -42,9 +42,9 @@ export const startAll: RoleStarter = async (ctx) => {
   const asGateway = inProcessCaller("role:gateway");
   const asRouter = inProcessCaller("role:router");
   const ids = inProcessClient(IdService, idImpl, asGateway);
-  const push = ctx.own(
-    new Push({ devices: backends.devices, webhookUrl: config.push.webhookUrl, log, metrics }),
-  );
+  const push = ctx.own(pushFromConfig(config, backends.devices, backends.pushJobs, log, metrics));
+  // Deliveries a killed process left in the embedded store go out again.
+  await push.recover();
   const pushImpl = pushServiceImpl(push, backends.devices);
   let presenceRouter: ServiceClient<typeof RouterService> | undefined;
   const presence = ctx.own(

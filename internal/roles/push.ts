@@ -3,7 +3,7 @@ import { PushService } from "../../gen/switchboard/push/v1/push_pb.js";
 import { addService } from "../lib/rpc.js";
 import { openDistributed } from "../process/backends.js";
 import type { RoleStarter } from "../process/runtime.js";
-import { Push, pushServiceImpl } from "../push/index.js";
+import { pushFromConfig, pushServiceImpl } from "../push/index.js";
 import { requireDistributed } from "./shared.js";
 
 export const startPush: RoleStarter = async (ctx) => {
@@ -20,9 +20,7 @@ export const startPush: RoleStarter = async (ctx) => {
     ),
   );
   ctx.readiness(() => backends.unreachable());
-  const push = ctx.own(
-    new Push({ devices: backends.devices, webhookUrl: config.push.webhookUrl, log, metrics }),
-  );
+  const push = ctx.own(pushFromConfig(config, backends.devices, undefined, log, metrics));
   addService(ctx.grpc!, PushService, pushServiceImpl(push, backends.devices));
   return {};
 };

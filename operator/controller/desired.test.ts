@@ -429,6 +429,48 @@ describe("desiredObjects", () => {
     }
   });
 
+  it("mounts the push Pods' webhook signing key and FCM service account from their Secrets, and only theirs", () => {
+    const withPush: ChatCluster = {
+      ...cluster,
+      spec: {
+        ...spec,
+        push: {
+          replicas: 1,
+          webhook: { url: "https://push.example.com/hook", secretRef: { name: "hook" } },
+          fcm: { secretRef: { name: "firebase", key: "sa.json" } },
+        },
+      },
+    };
+    const pushObjects = desiredObjects(withPush, inputs);
+    expect(podSpec(pushObjects, "push").volumes).toContainEqual({
+      name: "push-credentials",
+      projected: {
+        sources: [
+          { secret: { name: "hook", items: [{ key: "signing", path: "webhook.secret" }] } },
+          { secret: { name: "firebase", items: [{ key: "sa.json", path: "fcm-service-account.json" }] } },
+        ],
+      },
+    });
+    expect(containerOf(pushObjects, "push").volumeMounts).toContainEqual({
+      name: "push-credentials",
+      mountPath: "/etc/switchboard/push",
+      readOnly: true,
+    });
+    expect(configOf(pushObjects, "push").push).toMatchObject({
+      webhookUrl: "https://push.example.com/hook",
+      webhookSecretFile: "/etc/switchboard/push/webhook.secret",
+      fcm: { serviceAccountFile: "/etc/switchboard/push/fcm-service-account.json" },
+    });
+    for (const c of COMPONENTS.filter((c) => c !== "push")) {
+      expect(
+        podSpec(pushObjects, c).volumes?.map((v) => v.name),
+        c,
+      ).not.toContain("push-credentials");
+    }
+    // Without secretRefs (the shared spec), no volume.
+    expect(podSpec(objects, "push").volumes?.map((v) => v.name)).not.toContain("push-credentials");
+  });
+
   it("sets only the Kafka TLS files the Secret has", () => {
     const caOnly = desiredObjects(cluster, { ...inputs, kafkaTlsKeys: ["ca.crt"] });
     for (const c of STORAGE) {

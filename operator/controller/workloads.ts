@@ -31,6 +31,7 @@ import {
   servesGrpc,
   usesStorage,
 } from "./names.js";
+import { pushCredentialsPod } from "./push-credentials.js";
 import { KAFKA_TLS_FILES } from "./storage.js";
 
 /** Where the HS256 secret of `spec.auth.secretRef` is mounted (the services read it from their data dir). */
@@ -145,8 +146,9 @@ function container(
     mounts.push({ name: "kafka-tls", mountPath: KAFKA_TLS_DIR, readOnly: true });
   const identity = grpcIdentityPod(cluster, component);
   const tls = grpcTlsPod(cluster, component);
-  env.push(...identity.env, ...tls.env);
-  mounts.push(...identity.mounts, ...tls.mounts);
+  const pushCredentials = pushCredentialsPod(cluster, component);
+  env.push(...identity.env, ...tls.env, ...pushCredentials.env);
+  mounts.push(...identity.mounts, ...tls.mounts, ...pushCredentials.mounts);
   return {
     name: component,
     image: `${cluster.spec.image}:${cluster.spec.version}`,
@@ -185,7 +187,11 @@ function podTemplate(
   const kafkaTls = cluster.spec.kafka.tls?.secretRef;
   if (kafkaTls && mountsKafkaTls(cluster, component))
     volumes.push({ name: "kafka-tls", secret: { secretName: kafkaTls.name } });
-  volumes.push(...grpcIdentityPod(cluster, component).volumes, ...grpcTlsPod(cluster, component).volumes);
+  volumes.push(
+    ...grpcIdentityPod(cluster, component).volumes,
+    ...grpcTlsPod(cluster, component).volumes,
+    ...pushCredentialsPod(cluster, component).volumes,
+  );
   const sched = spec.scheduling ?? {};
   return {
     metadata: {

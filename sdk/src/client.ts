@@ -621,7 +621,10 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
 
   /**
    * Registers this device's push token (or replaces its earlier one), so the user is notified while
-   * no device of theirs is connected. `deviceId` is the app's stable id of this device.
+   * no device of theirs is connected. `deviceId` is the app's stable id of this device. `token`:
+   * APNs the device token in hex, FCM the registration token, Web Push
+   * `JSON.stringify(pushSubscription)` (from `pushManager.subscribe`), webhook an http(s) URL; another
+   * form is refused with INVALID_DEVICE_TOKEN.
    */
   async registerDevice(device: {
     deviceId: string;

@@ -110,6 +110,13 @@ describe("gRPC APIs", () => {
   });
 
   it("registers and removes the signed-in user's push tokens over the WebSocket", async () => {
+    const subscription = JSON.stringify({
+      endpoint: "https://push.example/x",
+      keys: {
+        p256dh: Buffer.concat([Buffer.from([4]), Buffer.alloc(64, 1)]).toString("base64url"),
+        auth: Buffer.alloc(16, 2).toString("base64url"),
+      },
+    });
     const client = await RawClient.connect(server.url, {
       token: await devToken(server.dataDir, "dev-owner"),
     });
@@ -119,13 +126,13 @@ describe("gRPC APIs", () => {
       value: {
         deviceId: "laptop",
         provider: Provider.WEBPUSH,
-        token: '{"endpoint":"https://push.example/x"}',
+        token: subscription,
       },
     });
     expect(ok.kind.case).toBe("ok");
     const listed = (await push.listDevices({ userId: "dev-owner" })).devices;
     expect(listed.map((d) => [d.deviceId, d.provider, d.token])).toEqual([
-      ["laptop", Provider.WEBPUSH, '{"endpoint":"https://push.example/x"}'],
+      ["laptop", Provider.WEBPUSH, subscription],
     ]);
     const bad = await client.request({
       case: "registerDevice",

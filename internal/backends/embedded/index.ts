@@ -38,6 +38,9 @@ import type {
   MessageLog,
   MessageStore,
   PresenceStore,
+  PushDeadLetter,
+  PushJob,
+  PushJobStore,
   ReceiptKindName,
   ReceiptStore,
   RoutingEvents,
@@ -71,6 +74,7 @@ export class EmbeddedBackends implements Backends {
   readonly routing: RoutingEvents;
   readonly presence: PresenceStore;
   readonly devices: DeviceStore;
+  readonly pushJobs: PushJobStore;
 
   private readonly root: RootDatabase;
   private closed = false;
@@ -110,6 +114,7 @@ export class EmbeddedBackends implements Backends {
     this.routing = new InMemoryRouting();
     this.presence = new EmbeddedPresence(db("presence"), guard);
     this.devices = new EmbeddedDevices(db("devices"), guard);
+    this.pushJobs = new EmbeddedPushJobs(this.root, db("push_jobs"), db("push_dead_letters"), guard);
   }
 
   /** Every write goes through here: the first failed commit poisons the backend. */
@@ -669,6 +674,46 @@ class EmbeddedDevices implements DeviceStore {
     const out: DeviceRecord[] = [];
     for (const { value } of this.db.getRange({ start: [userId, ""], end: [userId, KEY_END] }))
       out.push(value);
+    return out;
+  }
+  async close(): Promise<void> {}
+}
+
+/** Dead letters kept at most; the oldest go first. */
+const PUSH_DEAD_LETTERS_MAX = 10_000;
+
+class EmbeddedPushJobs implements PushJobStore {
+  constructor(
+    private readonly root: RootDatabase,
+    private readonly jobs: Database<PushJob, Key>,
+    private readonly dead: Database<PushDeadLetter, Key>,
+    private readonly guard: Guard,
+  ) {}
+  async put(job: PushJob) {
+    await this.guard(this.jobs.put(job.id, job));
+  }
+  async remove(id: string) {
+    await this.guard(this.jobs.remove(id));
+  }
+  async list(limit: number) {
+    const out: PushJob[] = [];
+    for (const { value } of this.jobs.getRange({ limit })) out.push(value);
+    return out;
+  }
+  async deadLetter(job: PushJob, error: string) {
+    const deadAtMs = Date.now();
+    await this.guard(
+      this.root.transaction(() => {
+        this.jobs.remove(job.id);
+        this.dead.put([deadAtMs, job.id], { job, error, deadAtMs });
+        const excess = this.dead.getCount() - PUSH_DEAD_LETTERS_MAX;
+        if (excess > 0) for (const key of this.dead.getKeys({ limit: excess })) this.dead.remove(key);
+      }),
+    );
+  }
+  async deadLetters(limit: number) {
+    const out: PushDeadLetter[] = [];
+    for (const { value } of this.dead.getRange({ limit })) out.push(value);
     return out;
   }
   async close(): Promise<void> {}

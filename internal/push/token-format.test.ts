@@ -1,0 +1,30 @@
+import { describe, expect, it } from "vitest";
+import { tokenProblem } from "./token-format.js";
+
+const subscription = (endpoint: string, p256dhBytes = 65) =>
+  JSON.stringify({
+    endpoint,
+    keys: {
+      p256dh: Buffer.concat([Buffer.from([4]), Buffer.alloc(p256dhBytes - 1, 1)]).toString("base64url"),
+      auth: Buffer.alloc(16, 2).toString("base64url"),
+    },
+  });
+
+describe("device token forms", () => {
+  it("accepts each provider's form", () => {
+    expect(tokenProblem("apns", "ab".repeat(32))).toBeUndefined();
+    expect(tokenProblem("fcm", "dXNlcjE6APA91bH…")).toBeUndefined();
+    expect(tokenProblem("webpush", subscription("https://fcm.googleapis.com/fcm/send/abc"))).toBeUndefined();
+    expect(tokenProblem("webhook", "https://hooks.example.com/chat")).toBeUndefined();
+  });
+
+  it("names what is wrong", () => {
+    expect(tokenProblem("apns", "not-hex")).toBe("an APNs device token is hexadecimal");
+    expect(tokenProblem("webpush", "https://push.example/x")).toBe(
+      "a Web Push token is the PushSubscription JSON: the token is not subscription JSON",
+    );
+    expect(tokenProblem("webpush", subscription("http://push.example/x"))).toMatch(/not https/);
+    expect(tokenProblem("webpush", subscription("https://push.example/x", 33))).toMatch(/not a P-256 point/);
+    expect(tokenProblem("webhook", "ftp://x")).toBe("a webhook token is an http(s) URL");
+  });
+});

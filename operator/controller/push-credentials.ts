@@ -1,0 +1,54 @@
+/**
+ * The push Pods' provider credentials (docs/adr/0008): the Secrets `spec.push.webhook.secretRef` and
+ * `spec.push.fcm.secretRef` name, mounted as files the push settings point at. APNs and Web Push need
+ * settings the ChatCluster does not carry yet (key id, team id, topic; VAPID public key, subject), so
+ * their Secrets are not mounted: a half-configured provider would stop the push process at start.
+ */
+import type { V1EnvVar, V1Volume, V1VolumeMount } from "@kubernetes/client-node";
+import { envName } from "../../internal/lib/config.js";
+import type { ChatCluster, ComponentName } from "../api/v1alpha1.js";
+
+export const PUSH_CREDENTIALS_DIR = "/etc/switchboard/push";
+/** The Secret keys read when a secretRef names none. */
+export const WEBHOOK_SECRET_DEFAULT_KEY = "signing";
+export const FCM_SECRET_DEFAULT_KEY = "service-account.json";
+
+export interface PushCredentialsPod {
+  volumes: V1Volume[];
+  mounts: V1VolumeMount[];
+  env: V1EnvVar[];
+}
+
+export function pushCredentialsPod(cluster: ChatCluster, component: ComponentName): PushCredentialsPod {
+  const pod: PushCredentialsPod = { volumes: [], mounts: [], env: [] };
+  if (component !== "push") return pod;
+  const files: Array<{ secret: string; key: string; path: string; setting: string[] }> = [];
+  const webhook = cluster.spec.push.webhook?.secretRef;
+  if (webhook) {
+    const key = webhook.key ?? WEBHOOK_SECRET_DEFAULT_KEY;
+    files.push({ secret: webhook.name, key, path: "webhook.secret", setting: ["push", "webhookSecretFile"] });
+  }
+  const fcm = cluster.spec.push.fcm?.secretRef;
+  if (fcm) {
+    const key = fcm.key ?? FCM_SECRET_DEFAULT_KEY;
+    files.push({
+      secret: fcm.name,
+      key,
+      path: "fcm-service-account.json",
+      setting: ["push", "fcm", "serviceAccountFile"],
+    });
+  }
+  if (files.length === 0) return pod;
+  // One projected volume for every provider's file; without subPath, so a rotated Secret reaches the
+  // files (the push process reads them at start: a rotation takes effect with the next rollout).
+  pod.volumes.push({
+    name: "push-credentials",
+    projected: {
+      sources: files.map((f) => ({ secret: { name: f.secret, items: [{ key: f.key, path: f.path }] } })),
+    },
+  });
+  pod.mounts.push({ name: "push-credentials", mountPath: PUSH_CREDENTIALS_DIR, readOnly: true });
+  for (const f of files)
+    pod.env.push({ name: envName(f.setting), value: `${PUSH_CREDENTIALS_DIR}/${f.path}` });
+  return pod;
+}

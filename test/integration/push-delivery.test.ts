@@ -1,0 +1,439 @@
+/**
+ * The push service end to end over the real providers and the protocol-checking stand-ins, with the
+ * embedded DeviceStore: delivery to every provider, dead tokens pruned from the store, outages (5xx,
+ * 429 with Retry-After) retried until the provider recovers, permanent failures not retried, privacy
+ * mode, collapse, and the bounds (attempts, Retry-After cap, close).
+ */
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from "vitest";
+import { EmbeddedBackends } from "../../internal/backends/embedded/index.js";
+import type { DeviceRecord } from "../../internal/backends/types.js";
+import { createLogger } from "../../internal/lib/log.js";
+import { createMetrics, type Metrics } from "../../internal/lib/metrics.js";
+import { ApnsProvider } from "../../internal/push/providers/apns.js";
+import { FcmProvider, parseServiceAccount } from "../../internal/push/providers/fcm.js";
+import type { PushProvider } from "../../internal/push/providers/types.js";
+import { WebPushProvider } from "../../internal/push/providers/web-push.js";
+import { WebhookProvider } from "../../internal/push/providers/webhook.js";
+import type { RetryPolicy } from "../../internal/push/retry-policy.js";
+import { PRIVATE_BODY, type ProviderSet, Push } from "../../internal/push/service.js";
+import { ApnsStandIn } from "../helpers/push-stand-ins/apns.js";
+import { FcmStandIn } from "../helpers/push-stand-ins/fcm.js";
+import { vapidKeys, WebPushStandIn } from "../helpers/push-stand-ins/web-push.js";
+import { WebhookReceiver } from "../helpers/push-stand-ins/webhook.js";
+
+const WEBHOOK_SECRET = "whsec-delivery-test";
+const FAST_RETRIES: RetryPolicy = {
+  attemptsMax: 5,
+  backoffBaseMs: 20,
+  backoffMaxMs: 200,
+  retryAfterMaxMs: 5_000,
+};
+
+let dataDir: string;
+let backends: EmbeddedBackends;
+let apns: ApnsStandIn;
+let fcm: FcmStandIn;
+let webPush: WebPushStandIn;
+let webhook: WebhookReceiver;
+const vapid = vapidKeys();
+const pushes: Push[] = [];
+
+beforeAll(async () => {
+  dataDir = mkdtempSync(join(tmpdir(), "switchboard-push-"));
+  backends = new EmbeddedBackends({ dataDir });
+  [apns, fcm, webPush, webhook] = await Promise.all([
+    new ApnsStandIn().start(),
+    new FcmStandIn().start(),
+    new WebPushStandIn(vapid.publicKey).start(),
+    new WebhookReceiver(WEBHOOK_SECRET).start(),
+  ]);
+});
+
+afterEach(async () => {
+  await Promise.all(pushes.splice(0).map((p) => p.close()));
+  for (const standIn of [apns, fcm, webPush, webhook]) {
+    expect(standIn.script.violations).toEqual([]);
+    standIn.script.queued.length = 0;
+    standIn.script.byToken.clear();
+  }
+});
+
+afterAll(async () => {
+  await Promise.all([apns?.close(), fcm?.close(), webPush?.close(), webhook?.close()]);
+  await backends?.close();
+  rmSync(dataDir, { recursive: true, force: true });
+});
+
+function providers(): ProviderSet {
+  return {
+    apns: new ApnsProvider({
+      keyPem: apns.keyPem,
+      keyId: apns.keyId,
+      teamId: apns.teamId,
+      topic: apns.topic,
+      origin: apns.origin,
+      ca: apns.ca,
+    }),
+    fcm: new FcmProvider({
+      serviceAccount: parseServiceAccount(fcm.serviceAccountJson(), "test"),
+      origin: fcm.origin,
+    }),
+    webpush: new WebPushProvider({
+      vapidPublicKey: vapid.publicKey,
+      vapidPrivateKey: vapid.privateKey,
+      subject: "mailto:push@switchboard.dev",
+      allowHttpEndpoints: true,
+    }),
+    webhook: new WebhookProvider({ signingSecret: WEBHOOK_SECRET }),
+  };
+}
+
+function pushService(metrics: Metrics, overrides: Partial<ConstructorParameters<typeof Push>[0]> = {}): Push {
+  const push = new Push({
+    devices: backends.devices,
+    providers: providers(),
+    webhookUrl: "",
+    retry: FAST_RETRIES,
+    collapseWindowMs: 0,
+    log: createLogger({ test: "push-delivery" }),
+    metrics,
+    ...overrides,
+  });
+  pushes.push(push);
+  return push;
+}
+
+async function counted(metrics: Metrics, provider: string, result: string): Promise<number> {
+  const { values } = await metrics.pushNotifications.get();
+  return values.find((v) => v.labels.provider === provider && v.labels.result === result)?.value ?? 0;
+}
+
+const settled = (push: Push, timeout = 10_000) =>
+  vi.waitFor(() => expect(push.pending).toBe(0), { timeout, interval: 10 });
+
+let users = 0;
+/** A user with one device per provider (tokens each stand-in accepts). */
+async function userWithEveryDevice(): Promise<{
+  userId: string;
+  devices: Record<DeviceRecord["provider"], DeviceRecord>;
+}> {
+  const userId = `user-${++users}`;
+  const apnsToken = (users * 1000 + 1).toString(16).padStart(64, "0");
+  const records: DeviceRecord[] = [
+    { userId, deviceId: "iphone", provider: "apns", token: apnsToken, registeredAtMs: Date.now() },
+    { userId, deviceId: "pixel", provider: "fcm", token: `fcm-${userId}`, registeredAtMs: Date.now() },
+    {
+      userId,
+      deviceId: "browser",
+      provider: "webpush",
+      token: webPush.subscribe().token,
+      registeredAtMs: Date.now(),
+    },
+    {
+      userId,
+      deviceId: "crm",
+      provider: "webhook",
+      token: `${webhook.origin}/${userId}`,
+      registeredAtMs: Date.now(),
+    },
+  ];
+  for (const r of records) await backends.devices.put(r);
+  return { userId, devices: Object.fromEntries(records.map((r) => [r.provider, r])) as never };
+}
+
+const webPushSubscriptionId = (token: string) => /\/push\/([0-9a-f]+)"/.exec(token)![1]!;
+
+describe("push service over the four providers", () => {
+  it("delivers one notification to every device of an offline user, each through its provider", async () => {
+    const metrics = createMetrics();
+    const push = pushService(metrics);
+    const { userId, devices } = await userWithEveryDevice();
+    const before = [apns, fcm, webPush, webhook].map((s) => s.delivered.length);
+    expect(await push.notify({ userId, conversationId: "dm:1", title: "bob", body: "hi alice" })).toBe(4);
+    await settled(push);
+    expect([apns, fcm, webPush, webhook].map((s, i) => s.delivered.length - before[i]!)).toEqual([
+      1, 1, 1, 1,
+    ]);
+    expect(apns.delivered.at(-1)!.token).toBe(devices.apns.token);
+    expect(apns.delivered.at(-1)!.payload.aps.alert.body).toBe("hi alice");
+    expect(fcm.delivered.at(-1)!.message.token).toBe(devices.fcm.token);
+    expect(webPush.delivered.at(-1)!.payload.body).toBe("hi alice");
+    expect(webhook.delivered.at(-1)!.path).toBe(`/${userId}`);
+    for (const p of ["apns", "fcm", "webpush", "webhook"]) expect(await counted(metrics, p, "sent")).toBe(1);
+  });
+
+  it("prunes a dead token from the DeviceStore and keeps the user's other devices", async () => {
+    const metrics = createMetrics();
+    const push = pushService(metrics);
+    const { userId, devices } = await userWithEveryDevice();
+    apns.script.byToken.set(devices.apns.token, {
+      status: 410,
+      body: { reason: "Unregistered", timestamp: 1 },
+    });
+    fcm.script.byToken.set(devices.fcm.token, {
+      status: 404,
+      body: { error: { code: 404, status: "NOT_FOUND", details: [{ errorCode: "UNREGISTERED" }] } },
+    });
+    webPush.script.byToken.set(webPushSubscriptionId(devices.webpush.token), { status: 410 });
+    await push.notify({ userId, conversationId: "dm:2", title: "bob", body: "still there?" });
+    await settled(push);
+    expect((await backends.devices.list(userId)).map((d) => d.deviceId)).toEqual(["crm"]);
+    for (const p of ["apns", "fcm", "webpush"]) expect(await counted(metrics, p, "pruned")).toBe(1);
+    expect(await counted(metrics, "webhook", "sent")).toBe(1);
+  });
+
+  it("retries 5xx and 429 with Retry-After until the provider recovers, delivering once", async () => {
+    const metrics = createMetrics();
+    const push = pushService(metrics);
+    const { userId, devices } = await userWithEveryDevice();
+    await backends.devices.remove(userId, "iphone");
+    await backends.devices.remove(userId, "browser");
+    await backends.devices.remove(userId, "crm");
+    fcm.script.queued.push(
+      { status: 503, body: { error: { code: 503, status: "UNAVAILABLE" } } },
+      { status: 500, body: { error: { code: 500, status: "INTERNAL" } } },
+      {
+        status: 429,
+        headers: { "retry-after": "1" },
+        body: {
+          error: { code: 429, status: "RESOURCE_EXHAUSTED", details: [{ errorCode: "QUOTA_EXCEEDED" }] },
+        },
+      },
+    );
+    const arrivalsBefore = fcm.script.arrivals.length;
+    const deliveredBefore = fcm.delivered.length;
+    await push.notify({ userId, conversationId: "dm:3", title: "bob", body: "outage" });
+    await settled(push);
+    const arrivals = fcm.script.arrivals.slice(arrivalsBefore).filter((a) => a.token === devices.fcm.token);
+    expect(arrivals.map((a) => a.status)).toEqual([503, 500, 429, 200]);
+    // Retry-After: 1 honoured: the recovery attempt came at least a second after the 429.
+    expect(arrivals[3]!.atMs - arrivals[2]!.atMs).toBeGreaterThanOrEqual(990);
+    expect(fcm.delivered.length - deliveredBefore).toBe(1);
+    expect(await counted(metrics, "fcm", "retried")).toBe(3);
+    expect(await counted(metrics, "fcm", "sent")).toBe(1);
+  });
+
+  it("retries an APNs and a Web Push outage, and a webhook 5xx, until each recovers", async () => {
+    const metrics = createMetrics();
+    const push = pushService(metrics);
+    const { userId, devices } = await userWithEveryDevice();
+    await backends.devices.remove(userId, "pixel");
+    apns.script.queued.push({ status: 503, body: { reason: "ServiceUnavailable" } });
+    apns.script.queued.push({
+      status: 429,
+      body: { reason: "TooManyRequests" },
+      headers: { "retry-after": "1" },
+    });
+    webPush.script.queued.push({ status: 502 }, { status: 429, headers: { "retry-after": "0" } });
+    webhook.script.queued.push({ status: 500 }, { status: 503 });
+    await push.notify({ userId, conversationId: "dm:4", title: "bob", body: "outage" });
+    await settled(push);
+    expect(apns.delivered.filter((d) => d.token === devices.apns.token)).toHaveLength(1);
+    expect(
+      webPush.delivered.filter((d) => d.subscriptionId === webPushSubscriptionId(devices.webpush.token)),
+    ).toHaveLength(1);
+    expect(webhook.delivered.filter((d) => d.path === `/${userId}`)).toHaveLength(1);
+    for (const p of ["apns", "webpush", "webhook"]) {
+      expect(await counted(metrics, p, "retried")).toBe(2);
+      expect(await counted(metrics, p, "sent")).toBe(1);
+    }
+  });
+
+  it("does not retry a permanent failure, and gives up after attemptsMax or a Retry-After beyond the cap", async () => {
+    const metrics = createMetrics();
+    const push = pushService(metrics, { retry: { ...FAST_RETRIES, attemptsMax: 3, retryAfterMaxMs: 2_000 } });
+    const { userId, devices } = await userWithEveryDevice();
+    await backends.devices.remove(userId, "crm");
+    apns.script.byToken.set(devices.apns.token, { status: 400, body: { reason: "PayloadEmpty" } });
+    fcm.script.byToken.set(devices.fcm.token, {
+      status: 503,
+      body: { error: { code: 503, status: "UNAVAILABLE" } },
+    });
+    webPush.script.byToken.set(webPushSubscriptionId(devices.webpush.token), {
+      status: 429,
+      headers: { "retry-after": "3600" },
+    });
+    const started = Date.now();
+    const arrivals = () =>
+      [
+        apns.script.arrivals.filter((a) => a.token === devices.apns.token).length,
+        fcm.script.arrivals.filter((a) => a.token === devices.fcm.token).length,
+        webPush.script.arrivals.filter((a) => a.token === webPushSubscriptionId(devices.webpush.token))
+          .length,
+      ] as const;
+    await push.notify({ userId, conversationId: "dm:5", title: "bob", body: "doomed" });
+    await settled(push);
+    expect(arrivals()).toEqual([1, 3, 1]);
+    expect(Date.now() - started).toBeLessThan(2_000); // the hour-long Retry-After was not waited for
+    for (const p of ["apns", "fcm", "webpush"]) expect(await counted(metrics, p, "failed")).toBe(1);
+    expect((await backends.devices.list(userId)).length).toBe(3); // failures prune nothing
+  });
+
+  it("sends 'New message' instead of the body in privacy mode, to every provider", async () => {
+    const metrics = createMetrics();
+    const push = pushService(metrics, { privacyMode: true });
+    const { userId, devices } = await userWithEveryDevice();
+    await push.notify({ userId, conversationId: "dm:6", title: "bob", body: "the secret plan" });
+    await settled(push);
+    expect(apns.delivered.find((d) => d.token === devices.apns.token)!.payload.aps.alert.body).toBe(
+      PRIVATE_BODY,
+    );
+    expect(fcm.delivered.find((d) => d.message.token === devices.fcm.token)!.message.notification!.body).toBe(
+      PRIVATE_BODY,
+    );
+    const browser = webPush.delivered.find(
+      (d) => d.subscriptionId === webPushSubscriptionId(devices.webpush.token),
+    )!;
+    expect(browser.payload.body).toBe(PRIVATE_BODY);
+    expect(webhook.delivered.find((d) => d.path === `/${userId}`)!.body.body).toBe(PRIVATE_BODY);
+    const everything = JSON.stringify([apns.delivered, fcm.delivered, webPush.delivered, webhook.delivered]);
+    expect(everything).not.toContain("the secret plan");
+  });
+
+  it("collapses a burst per (user, conversation): the first at once, one summary with the latest and the count when the window closes", async () => {
+    const metrics = createMetrics();
+    const push = pushService(metrics, { collapseWindowMs: 400 });
+    const { userId } = await userWithEveryDevice();
+    await backends.devices.remove(userId, "iphone");
+    await backends.devices.remove(userId, "pixel");
+    await backends.devices.remove(userId, "browser");
+    const counts = [];
+    for (const [conversationId, body] of [
+      ["g:1", "first"],
+      ["g:1", "second"],
+      ["g:1", "third"],
+      ["g:2", "other"],
+    ] as const) {
+      counts.push(await push.notify({ userId, conversationId, title: "bob", body }));
+    }
+    expect(counts).toEqual([1, 0, 0, 1]);
+    const mine = () => webhook.delivered.filter((d) => d.path === `/${userId}`).map((d) => d.body);
+    await vi.waitFor(() => expect(mine()).toHaveLength(3), { timeout: 5_000 });
+    expect(mine().map((b) => [b.conversation_id, b.body, b.message_count])).toEqual([
+      ["g:1", "first", 1],
+      ["g:2", "other", 1],
+      ["g:1", "third", 2],
+    ]);
+    expect(await counted(metrics, "none", "collapsed")).toBe(2);
+    expect(await counted(metrics, "none", "summarized")).toBe(1);
+    // The summary opened the next window: a message right after it is held again.
+    expect(await push.notify({ userId, conversationId: "g:1", title: "bob", body: "fourth" })).toBe(0);
+  });
+
+  it("counts devices of a provider without credentials as unconfigured, and falls back to push.webhookUrl", async () => {
+    const metrics = createMetrics();
+    const push = pushService(metrics, {
+      providers: { webhook: new WebhookProvider({ signingSecret: WEBHOOK_SECRET }) },
+      webhookUrl: `${webhook.origin}/fallback`,
+    });
+    const { userId } = await userWithEveryDevice();
+    await backends.devices.remove(userId, "crm");
+    expect(await push.notify({ userId, conversationId: "dm:7", title: "bob", body: "x" })).toBe(0);
+    for (const p of ["apns", "fcm", "webpush"]) expect(await counted(metrics, p, "unconfigured")).toBe(1);
+    expect(
+      await push.notify({ userId: "nobody-registered", conversationId: "dm:8", title: "bob", body: "y" }),
+    ).toBe(1);
+    await settled(push);
+    expect(webhook.delivered.at(-1)).toMatchObject({
+      path: "/fallback",
+      body: { user_id: "nobody-registered" },
+    });
+  });
+
+  it("keeps a token the device re-registered while the old one was being pruned", async () => {
+    const metrics = createMetrics();
+    const userId = `user-${++users}`;
+    const old: DeviceRecord = {
+      userId,
+      deviceId: "iphone",
+      provider: "apns",
+      token: "aa",
+      registeredAtMs: 1,
+    };
+    await backends.devices.put(old);
+    const reregisteringApns: PushProvider = {
+      name: "apns",
+      async send() {
+        // The app registered a fresh token while the provider was answering about the old one.
+        await backends.devices.put({ ...old, token: "bb", registeredAtMs: 2 });
+        return { kind: "prune", reason: "410 Unregistered" };
+      },
+      async close() {},
+    };
+    const push = pushService(metrics, { providers: { apns: reregisteringApns } });
+    await push.notify({ userId, conversationId: "dm:9", title: "bob", body: "x" });
+    await settled(push);
+    expect((await backends.devices.list(userId)).map((d) => d.token)).toEqual(["bb"]);
+  });
+
+  it("bounds pending deliveries and abandons waiting retries on close", async () => {
+    const metrics = createMetrics();
+    const push = pushService(metrics, {
+      pendingMax: 1,
+      retry: { ...FAST_RETRIES, backoffBaseMs: 60_000, backoffMaxMs: 60_000 },
+    });
+    const { userId } = await userWithEveryDevice();
+    await backends.devices.remove(userId, "iphone");
+    await backends.devices.remove(userId, "browser");
+    // Devices are listed by id: "crm" (webhook, failing) takes the one pending slot, "pixel" (fcm) is dropped.
+    webhook.script.byToken.set(`/${userId}`, { status: 503 });
+    expect(await push.notify({ userId, conversationId: "dm:10", title: "bob", body: "x" })).toBe(1);
+    expect(await counted(metrics, "fcm", "dropped")).toBe(1);
+    await vi.waitFor(async () => expect(await counted(metrics, "webhook", "retried")).toBe(1));
+    const closing = Date.now();
+    await push.close();
+    expect(Date.now() - closing).toBeLessThan(1_000);
+    expect(await counted(metrics, "webhook", "abandoned")).toBe(1);
+  });
+});
+
+describe("durable push jobs (the embedded store)", () => {
+  it("keeps a delivery waiting to retry across a restart of the service and sends it once", async () => {
+    const jobs = backends.pushJobs;
+    const first = pushService(createMetrics(), { jobs });
+    const { userId } = await userWithEveryDevice();
+    for (const deviceId of ["iphone", "pixel", "browser"]) await backends.devices.remove(userId, deviceId);
+    webhook.script.byToken.set(`/${userId}`, { status: 503, headers: { "retry-after": "1" } });
+    await first.notify({ userId, conversationId: "dm:11", title: "bob", body: "survive" });
+    const stored = () => jobs.list(100).then((all) => all.filter((j) => j.notification.userId === userId));
+    await vi.waitFor(async () => expect((await stored())[0]?.attempts).toBeGreaterThanOrEqual(1));
+    await first.close(); // as a crash would, the retry never runs in this instance
+    expect(await stored()).toHaveLength(1);
+    webhook.script.byToken.delete(`/${userId}`);
+    const metrics = createMetrics();
+    const second = pushService(metrics, { jobs });
+    expect(await second.recover()).toBeGreaterThanOrEqual(1);
+    await settled(second);
+    const got = webhook.delivered.filter((d) => d.path === `/${userId}`);
+    expect(got).toHaveLength(1);
+    expect(got[0]!.body.body).toBe("survive");
+    // The resumed job waited out the Retry-After the first instance was given.
+    const tries = webhook.script.arrivals.filter((a) => a.token === `/${userId}`);
+    expect(tries.at(-1)!.atMs - tries[0]!.atMs).toBeGreaterThanOrEqual(990);
+    expect(await stored()).toEqual([]);
+    expect(await counted(metrics, "webhook", "recovered")).toBeGreaterThanOrEqual(1);
+  });
+
+  it("dead-letters a permanent failure and an exhausted job with its last error, and removes them from the jobs", async () => {
+    const jobs = backends.pushJobs;
+    const push = pushService(createMetrics(), { jobs, retry: { ...FAST_RETRIES, attemptsMax: 2 } });
+    const { userId, devices } = await userWithEveryDevice();
+    for (const deviceId of ["browser", "crm"]) await backends.devices.remove(userId, deviceId);
+    apns.script.byToken.set(devices.apns.token, { status: 400, body: { reason: "PayloadEmpty" } });
+    fcm.script.byToken.set(devices.fcm.token, {
+      status: 503,
+      body: { error: { code: 503, status: "UNAVAILABLE" } },
+    });
+    await push.notify({ userId, conversationId: "dm:12", title: "bob", body: "poison" });
+    await settled(push);
+    const dead = (await jobs.deadLetters(10_000)).filter((d) => d.job.notification.userId === userId);
+    expect(dead.map((d) => [d.job.provider, d.job.attempts, d.error]).sort()).toEqual([
+      ["apns", 1, "apns answered 400 PayloadEmpty"],
+      ["fcm", 2, "fcm answered 503 UNAVAILABLE"],
+    ]);
+    expect((await jobs.list(100)).filter((j) => j.notification.userId === userId)).toEqual([]);
+  });
+});
