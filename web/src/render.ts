@@ -58,43 +58,63 @@ function sortedConversations(app: ChatApp): ConversationState[] {
   return [...app.conversations.values()].sort((a, b) => at(b) - at(a));
 }
 
+/**
+ * The list is rendered into the same entries every time: an entry (and its button) lives as long as
+ * its conversation, and only its contents and its place change. Replacing the buttons on every
+ * render (a message, a typing or presence event) would lose a click whose press and release fall on
+ * either side of a render; the contents ignore the pointer (styles.css), so the button is always the
+ * click's target.
+ */
 function renderConversationList(app: ChatApp): void {
   const list = byId("conversation-list");
   const focused = (document.activeElement as HTMLElement | null)?.dataset.conversationId;
-  list.replaceChildren(
-    ...sortedConversations(app).map((c) => {
-      const title = titleOf(c, app.me);
-      const unread = unreadCount(c, app.me);
-      const last = lastActivity(c);
-      const preview = last
-        ? `${last.sender && last.sender !== app.me ? "" : "You: "}${last.body}`
-        : "No messages yet";
-      return h(
+  const entries = new Map<string, HTMLLIElement>();
+  for (const li of Array.from(list.children) as HTMLLIElement[]) {
+    const id = (li.firstElementChild as HTMLElement | null)?.dataset.conversationId;
+    if (id !== undefined) entries.set(id, li);
+  }
+  const items = sortedConversations(app).map((c) => {
+    let li = entries.get(c.id);
+    if (!li) {
+      li = h(
         "li",
         {},
-        h(
-          "button",
-          {
-            class: "conversation",
-            attrs: {
-              type: "button",
-              "data-conversation-id": c.id,
-              "aria-current": c.id === app.openId ? "true" : undefined,
-            },
-            onClick: () => app.select(c.id),
-          },
-          c.kind === "direct"
-            ? presenceDot(app, peerOf(c.id, app.me))
-            : h("span", { class: "group-icon", text: "#", attrs: { "aria-hidden": "true" } }),
-          h("span", { class: "conversation-title", text: title }),
-          h("span", { class: "conversation-preview", text: preview }),
-          unread > 0 &&
-            h("span", { class: "unread", text: String(unread), attrs: { "aria-label": `${unread} unread` } }),
-        ),
+        h("button", {
+          class: "conversation",
+          attrs: { type: "button", "data-conversation-id": c.id },
+          onClick: () => app.select(c.id),
+        }),
       );
-    }),
-  );
+    }
+    fillConversationEntry(app, li.firstElementChild as HTMLButtonElement, c);
+    return li;
+  });
+  // Moves the kept entries (same nodes) and drops those of conversations that are gone.
+  list.replaceChildren(...items);
   if (focused) list.querySelector<HTMLElement>(`[data-conversation-id="${CSS.escape(focused)}"]`)?.focus();
+}
+
+function fillConversationEntry(app: ChatApp, button: HTMLButtonElement, c: ConversationState): void {
+  const title = titleOf(c, app.me);
+  const unread = unreadCount(c, app.me);
+  const last = lastActivity(c);
+  const preview = last
+    ? `${last.sender && last.sender !== app.me ? "" : "You: "}${last.body}`
+    : "No messages yet";
+  if (c.id === app.openId) button.setAttribute("aria-current", "true");
+  else button.removeAttribute("aria-current");
+  const children: Node[] = [
+    c.kind === "direct"
+      ? presenceDot(app, peerOf(c.id, app.me))
+      : h("span", { class: "group-icon", text: "#", attrs: { "aria-hidden": "true" } }),
+    h("span", { class: "conversation-title", text: title }),
+    h("span", { class: "conversation-preview", text: preview }),
+  ];
+  if (unread > 0)
+    children.push(
+      h("span", { class: "unread", text: String(unread), attrs: { "aria-label": `${unread} unread` } }),
+    );
+  button.replaceChildren(...children);
 }
 
 function renderOpenConversation(app: ChatApp): void {
