@@ -1,5 +1,6 @@
 /**
- * Figures for issue 10, opt-in (SWITCHBOARD_PUSH_FIGURES=1; not part of `npm test`, it only measures):
+ * Push figures, in the opt-in `figures` project (`npx tsc -p tsconfig.json && npx vitest run --project
+ * figures`; not part of `npm test`: it measures, it asserts only that everything arrived):
  * notifications per second the push service sustains against each protocol-checking stand-in
  * (every request verified, Web Push payloads decrypted, on the same two cores as the service), and
  * the latency from a message's ack to the provider's request through the real server process.
@@ -32,7 +33,7 @@ afterAll(() => rmSync(dataDir, { recursive: true, force: true }));
 const percentile = (sorted: number[], p: number) =>
   sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))]!;
 
-describe.skipIf(!process.env.SWITCHBOARD_PUSH_FIGURES)("push figures", () => {
+describe("push figures", () => {
   it("notifications per second per provider stand-in", { timeout: 120_000 }, async () => {
     const backends = new EmbeddedBackends({ dataDir: join(dataDir, "service") });
     const vapid = vapidKeys();
