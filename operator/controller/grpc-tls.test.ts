@@ -11,6 +11,7 @@ import { GatewayService } from "../../gen/switchboard/gateway/v1/gateway_pb.js";
 import { envName, loadConfig } from "../../internal/lib/config.js";
 import { addService, guardServer } from "../../internal/lib/rpc.js";
 import { type Issued, TestPki } from "../../test/helpers/certificates.js";
+import { exampleSpec } from "../../test/kube/example-spec.js";
 import { type ChatCluster, type ChatClusterSpec, COMPONENTS, type ComponentName } from "../api/v1alpha1.js";
 import { computeConditions } from "./conditions.js";
 import { desiredObjects } from "./desired.js";
@@ -24,43 +25,7 @@ import {
   missingTlsKeys,
 } from "./grpc-tls.js";
 
-const component = { replicas: 2 };
-const spec: ChatClusterSpec = {
-  image: "ghcr.io/switchboard-chat/switchboard",
-  version: "0.1.0",
-  imagePullPolicy: "IfNotPresent",
-  gateway: {
-    ...component,
-    autoscaling: {
-      enabled: false,
-      minReplicas: 2,
-      maxReplicas: 10,
-      targetConnectionsPerPod: 10_000,
-      stabilizationWindowSeconds: 300,
-      drainTimeoutSeconds: 120,
-    },
-    service: { type: "ClusterIP" },
-  },
-  router: component,
-  presence: { replicas: 2, heartbeatIntervalSeconds: 5, offlineAfterSeconds: 30 },
-  push: { replicas: 1 },
-  id: { replicas: 1 },
-  sequencer: component,
-  kafka: {
-    bootstrapServers: ["kafka:9092"],
-    topicPrefix: "chat.",
-    topics: { partitions: 12, replicationFactor: 3, retentionHours: 72 },
-  },
-  cassandra: {
-    contactPoints: ["cassandra:9042"],
-    datacenter: "dc1",
-    keyspace: "chat",
-    replication: { class: "NetworkTopologyStrategy", factor: 3 },
-    consistency: "LOCAL_QUORUM",
-  },
-  auth: { jwksUrl: "https://auth.example.com/jwks.json" },
-  observability: { metrics: { enabled: true } },
-};
+const spec = exampleSpec;
 const withTls = (tls: NonNullable<ChatClusterSpec["grpc"]>["tls"]): ChatCluster => ({
   apiVersion: "switchboard.dev/v1alpha1",
   kind: "ChatCluster",
