@@ -397,6 +397,8 @@ describe("Switchboard on Kubernetes, end to end", () => {
       // Traffic: ~8 messages a second, from a random member's device, until the faults are done.
       const sent: SentRecord[] = [];
       const pending: Array<Promise<unknown>> = [];
+      /** Sends that failed for good (the SDK retries until its deadline): each one is a finding. */
+      const sendFailures: string[] = [];
       let sending = true;
       let n = 0;
       const traffic = (async () => {
@@ -409,19 +411,26 @@ describe("Switchboard on Kubernetes, end to end", () => {
           sent.push(record);
           sentAtByBody.set(body, performance.now());
           pending.push(
-            sender.client.send(c.target, body).then((ack) => {
-              record.ack = { messageId: ack.messageId, seq: ack.seq };
-            }),
+            sender.client.send(c.target, body).then(
+              (ack) => {
+                record.ack = { messageId: ack.messageId, seq: ack.seq };
+              },
+              (error: unknown) => {
+                sendFailures.push(`${body}: ${error instanceof Error ? error.message : String(error)}`);
+              },
+            ),
           );
           n++;
           await new Promise((r) => setTimeout(r, 125));
         }
       })();
       const trafficStarted = Date.now();
-      const delivered = (body: string) =>
+      /** The devices of the message's conversation that have not shown it yet. */
+      const lacking = (body: string) =>
         devices
           .filter((d) => members.get(sent.find((s) => s.body === body)!.conversationId)?.has(d.userId))
-          .every((d) => d.shown.some((m) => m.body === body));
+          .filter((d) => !d.shown.some((m) => m.body === body));
+      const delivered = (body: string) => lacking(body).length === 0;
       /** Time from `since` until a message sent now reaches every device of its conversation. */
       const recovery = async (what: string, since: number) => {
         const probe = sent.length;
@@ -432,55 +441,72 @@ describe("Switchboard on Kubernetes, end to end", () => {
         );
         await waitFor(
           `${what}: recovered`,
-          async () => delivered(sent[probe + 8]!.body) || undefined,
+          async () => {
+            const record = sent[probe + 8]!;
+            const missing = lacking(record.body);
+            if (missing.length === 0) return true;
+            // Says, if the wait times out, where the message got stuck.
+            throw new Error(
+              `"${record.body}" ${record.ack ? `acked as seq ${record.ack.seq}` : "not acked"}, not shown on ${missing
+                .map((d) => `${d.name} (${d.client.state}, ${d.client.pendingSends} sends pending)`)
+                .join(
+                  ", ",
+                )}; ${sendFailures.length} sends failed${sendFailures.length ? `, first: ${sendFailures[0]}` : ""}`,
+            );
+          },
           180_000,
         );
         return Date.now() - since;
       };
       const recoveries: Record<string, number> = {};
-      await new Promise((r) => setTimeout(r, 5_000));
+      try {
+        await new Promise((r) => setTimeout(r, 5_000));
 
-      // 1. A gateway Pod is deleted: its clients reconnect to the others and resume.
-      const victim = (await pods("gateway")).filter(isReady)[0]!;
-      let t = Date.now();
-      await kubectl(["delete", "pod", "-n", NS, victim.metadata!.name!, "--wait=false"]);
-      recoveries["gateway Pod deleted"] = await recovery("gateway deleted", t);
+        // 1. A gateway Pod is deleted: its clients reconnect to the others and resume.
+        const victim = (await pods("gateway")).filter(isReady)[0]!;
+        let t = Date.now();
+        await kubectl(["delete", "pod", "-n", NS, victim.metadata!.name!, "--wait=false"]);
+        recoveries["gateway Pod deleted"] = await recovery("gateway deleted", t);
 
-      // 2. A router process is killed with -9.
-      const router = (await pods("router")).filter(isReady)[0]!;
-      t = Date.now();
-      process.kill(containerPid(router), "SIGKILL");
-      recoveries["router kill -9"] = await recovery("router killed", t);
+        // 2. A router process is killed with -9.
+        const router = (await pods("router")).filter(isReady)[0]!;
+        t = Date.now();
+        process.kill(containerPid(router), "SIGKILL");
+        recoveries["router kill -9"] = await recovery("router killed", t);
 
-      // 3. The gateways roll: a gateway-only spec change.
-      t = Date.now();
-      await kube.mergePatch(
-        { apiVersion: "switchboard.dev/v1alpha1", kind: "ChatCluster", namespace: NS, name: CLUSTER },
-        { spec: { gateway: { resources: { requests: { memory: "96Mi" } } } } },
-      );
-      await waitClusterReady("the gateways rolled");
-      recoveries["rolling update of the gateways"] = await recovery("rolled", t);
+        // 3. The gateways roll: a gateway-only spec change.
+        t = Date.now();
+        await kube.mergePatch(
+          { apiVersion: "switchboard.dev/v1alpha1", kind: "ChatCluster", namespace: NS, name: CLUSTER },
+          { spec: { gateway: { resources: { requests: { memory: "96Mi" } } } } },
+        );
+        await waitClusterReady("the gateways rolled");
+        recoveries["rolling update of the gateways"] = await recovery("rolled", t);
 
-      // 4. Scale up by adding connections, then back down (drain first).
-      t = Date.now();
-      const extra = Array.from({ length: 2 * TARGET_CONNECTIONS }, (_, i) => device(`e2e-idle-${i}`, 0, i));
-      await Promise.all(extra.map((d) => d.client.connect({ timeoutMs: 60_000 })));
-      await waitFor("4 gateways", async () => (await readyGateways()).length >= 4 || undefined, 180_000);
-      recoveries["scale-up to 4 gateways"] = Date.now() - t;
-      await Promise.all(extra.map((d) => d.client.close()));
-      t = Date.now();
-      await waitFor(
-        "back to 2 gateways",
-        async () => (await readyGateways()).length === 2 || undefined,
-        240_000,
-      );
-      recoveries["scale-down to 2 (drained)"] = await recovery("scaled down", t);
+        // 4. Scale up by adding connections, then back down (drain first).
+        t = Date.now();
+        const extra = Array.from({ length: 2 * TARGET_CONNECTIONS }, (_, i) => device(`e2e-idle-${i}`, 0, i));
+        await Promise.all(extra.map((d) => d.client.connect({ timeoutMs: 60_000 })));
+        await waitFor("4 gateways", async () => (await readyGateways()).length >= 4 || undefined, 180_000);
+        recoveries["scale-up to 4 gateways"] = Date.now() - t;
+        await Promise.all(extra.map((d) => d.client.close()));
+        t = Date.now();
+        await waitFor(
+          "back to 2 gateways",
+          async () => (await readyGateways()).length === 2 || undefined,
+          240_000,
+        );
+        recoveries["scale-down to 2 (drained)"] = await recovery("scaled down", t);
 
-      const elapsed = Date.now() - trafficStarted;
-      if (elapsed < TRAFFIC_MIN_MS) await new Promise((r) => setTimeout(r, TRAFFIC_MIN_MS - elapsed));
-      sending = false;
-      await traffic;
-      await Promise.all(pending);
+        const elapsed = Date.now() - trafficStarted;
+        if (elapsed < TRAFFIC_MIN_MS) await new Promise((r) => setTimeout(r, TRAFFIC_MIN_MS - elapsed));
+      } finally {
+        // Stop the traffic whatever happened, so that a failed step is reported as itself and not
+        // as a stream of sends on clients that the clean-up closed.
+        sending = false;
+        await traffic;
+        await Promise.all(pending);
+      }
       // Everything acked must reach every device; give the tail time to arrive.
       await waitFor(
         "every message on every device",
@@ -513,6 +539,7 @@ describe("Switchboard on Kubernetes, end to end", () => {
             .join("; ")}\n`,
       );
       expect(summary.violations).toEqual([]);
+      expect(sendFailures).toEqual([]);
       expect(summary.messagesAcked).toBe(sent.length);
       await Promise.all(devices.map((d) => d.client.close()));
     }),
