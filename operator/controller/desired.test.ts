@@ -234,6 +234,25 @@ describe("desiredObjects", () => {
     }
   });
 
+  it("probes liveness only after a start, and kills a container only when it stays silent for long", () => {
+    const containers = objects
+      .filter((o) => o.kind === "Deployment" || o.kind === "StatefulSet")
+      .flatMap((o) => (o as V1Deployment).spec?.template.spec?.containers ?? []);
+    expect(containers).toHaveLength(6);
+    for (const c of containers) {
+      // A slow start is covered by the startup probe, never counted as liveness failures.
+      expect(c.startupProbe?.httpGet?.path).toBe("/healthz");
+      expect(
+        (c.startupProbe?.periodSeconds ?? 10) * (c.startupProbe?.failureThreshold ?? 3),
+      ).toBeGreaterThanOrEqual(60);
+      // A busy process answering late is not a dead one.
+      expect(c.livenessProbe?.httpGet?.path).toBe("/healthz");
+      expect(c.livenessProbe?.timeoutSeconds ?? 1).toBeGreaterThanOrEqual(5);
+      expect(c.livenessProbe?.failureThreshold ?? 3).toBeGreaterThanOrEqual(3);
+      expect(c.readinessProbe?.httpGet?.path).toBe("/readyz");
+    }
+  });
+
   it("writes a ConfigMap the services' own configuration loader reads back as the spec", () => {
     const cm = find<V1ConfigMap>(objects, "ConfigMap", "chat-config");
     const config = loadConfig(cm?.data ?? {});

@@ -160,13 +160,36 @@ function container(
       { name: "http", containerPort: HTTP_PORT, protocol: "TCP" },
       ...(servesGrpc(component) ? [{ name: "grpc", containerPort: GRPC_PORT, protocol: "TCP" }] : []),
     ],
-    readinessProbe: { httpGet: { path: "/readyz", port: "http" }, periodSeconds: 5, failureThreshold: 2 },
-    livenessProbe: { httpGet: { path: "/healthz", port: "http" }, periodSeconds: 10, failureThreshold: 3 },
+    ...PROBES,
     ...(spec.resources ? { resources: spec.resources } : {}),
     securityContext: { ...RESTRICTED_CONTAINER_SECURITY, capabilities: { drop: ["ALL"] } },
     volumeMounts: mounts,
   };
 }
+
+/**
+ * The probes of every role's container. A start (storage sessions, consumer-group joins) can take
+ * many seconds on a loaded node, so the startup probe gives it two minutes, and liveness counts only
+ * once the process has answered. Liveness is for a hung process, not a busy one: a gateway taking a
+ * reconnect storm may leave a probe unanswered for a second or two, and killing it then would push
+ * its clients onto the others and spread the storm (seen as gateways restarted in turn under load).
+ * So it needs three checks in a row, each unanswered for 5 s. Readiness reacts in about 10 s.
+ */
+const PROBES: Pick<V1Container, "startupProbe" | "livenessProbe" | "readinessProbe"> = {
+  startupProbe: { httpGet: { path: "/healthz", port: "http" }, periodSeconds: 1, failureThreshold: 120 },
+  livenessProbe: {
+    httpGet: { path: "/healthz", port: "http" },
+    periodSeconds: 10,
+    timeoutSeconds: 5,
+    failureThreshold: 3,
+  },
+  readinessProbe: {
+    httpGet: { path: "/readyz", port: "http" },
+    periodSeconds: 5,
+    timeoutSeconds: 2,
+    failureThreshold: 2,
+  },
+};
 
 function podTemplate(
   cluster: ChatCluster,
