@@ -260,6 +260,10 @@ export const schema = {
       "",
       'File holding the HMAC key that signs every webhook POST (push.webhookUrl and devices of provider webhook): headers X-Switchboard-Timestamp and X-Switchboard-Signature `v1=<hex HMAC-SHA256 of "<timestamp>.<body>">`; receivers reject timestamps more than 300 s off (docs/adr/0008). Empty: unsigned.',
     ),
+    allowPrivateEndpoints: bool(
+      false,
+      "Let Web Push endpoints and webhook device URLs (both chosen by users) reach loopback, private, link-local and other non-public addresses. Off: a notification to such a device is not sent and the device is pruned, so a user cannot make the push service call services inside the network. push.webhookUrl is trusted either way.",
+    ),
     privacyMode: bool(
       false,
       'Leave message text out of every notification: providers (Apple, Google, browser vendors, webhooks) see "New message" as the body.',

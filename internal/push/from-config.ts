@@ -9,6 +9,7 @@ import type { DeviceStore, PushJobStore } from "../backends/types.js";
 import type { Config } from "../lib/config.js";
 import type { Logger } from "../lib/log.js";
 import type { Metrics } from "../lib/metrics.js";
+import { guardedFetch } from "./outbound-guard.js";
 import { APNS_DEVELOPMENT_ORIGIN, APNS_PRODUCTION_ORIGIN, ApnsProvider } from "./providers/apns.js";
 import { FcmProvider, parseServiceAccount } from "./providers/fcm.js";
 import { WebPushProvider } from "./providers/web-push.js";
@@ -31,11 +32,17 @@ function requireAll(prefix: string, values: Record<string, string>): void {
 }
 
 export function providersFromConfig(push: Config["push"]): ProviderSet {
+  // Users choose Web Push endpoints and webhook device URLs: those requests go through the guard.
+  const userUrlFetch = guardedFetch({
+    allowPrivate: push.allowPrivateEndpoints,
+    trustedOrigins: push.webhookUrl ? [new URL(push.webhookUrl).origin] : [],
+  });
   const providers: ProviderSet = {
     webhook: new WebhookProvider({
       signingSecret: push.webhookSecretFile
         ? readSetting(push.webhookSecretFile, "push.webhookSecretFile").trim()
         : "",
+      fetchImpl: userUrlFetch,
     }),
   };
   const { apns, fcm, webpush } = push;
@@ -72,6 +79,7 @@ export function providersFromConfig(push: Config["push"]): ProviderSet {
       vapidPublicKey: webpush.vapidPublicKey,
       vapidPrivateKey: readSetting(webpush.vapidPrivateKeyFile, "push.webpush.vapidPrivateKeyFile").trim(),
       subject: webpush.subject,
+      fetchImpl: userUrlFetch,
     });
   }
   return providers;

@@ -121,7 +121,11 @@ describe("push figures", () => {
     const secretFile = join(dataDir, "webhook.secret");
     writeFileSync(secretFile, "secret");
     const server = await startServer({
-      env: { SWITCHBOARD_PUSH_WEBHOOK_SECRET_FILE: secretFile, SWITCHBOARD_PUSH_COLLAPSE_WINDOW_MS: "0" },
+      env: {
+        SWITCHBOARD_PUSH_WEBHOOK_SECRET_FILE: secretFile,
+        SWITCHBOARD_PUSH_COLLAPSE_WINDOW_MS: "0",
+        SWITCHBOARD_PUSH_ALLOW_PRIVATE_ENDPOINTS: "true",
+      },
     });
     try {
       const alice = await RawClient.connect(server.url, { token: await devToken(server.dataDir, "alice") });

@@ -56,6 +56,8 @@ beforeAll(async () => {
       SWITCHBOARD_PUSH_WEBPUSH_VAPID_PRIVATE_KEY_FILE: file("vapid.key", vapid.privateKey),
       SWITCHBOARD_PUSH_WEBPUSH_SUBJECT: "mailto:push@switchboard.dev",
       SWITCHBOARD_PUSH_WEBHOOK_SECRET_FILE: file("webhook.secret", WEBHOOK_SECRET),
+      // The stand-ins listen on loopback, which users' URLs may not reach otherwise.
+      SWITCHBOARD_PUSH_ALLOW_PRIVATE_ENDPOINTS: "true",
     },
   });
 });

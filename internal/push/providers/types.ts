@@ -3,7 +3,9 @@
  * authentication, the request, and the mapping of the answer to an outcome. Retries, pruning and
  * metrics belong to the push service, so a provider never throws for something a provider answered.
  */
+
 import type { DeviceRecord } from "../../backends/types.js";
+import { BlockedAddressError } from "../outbound-guard.js";
 
 /** What a provider needs to build its request; the body is already privacy-filtered. */
 export interface PushNotification {
@@ -51,6 +53,8 @@ export function parseRetryAfter(value: string | null | undefined, nowMs = Date.n
 
 /** A network failure or timeout: always worth another try. */
 export function networkRetry(provider: string, err: unknown): DeliveryOutcome {
+  // A user's URL that points inside the network (outbound-guard.ts) never becomes deliverable.
+  if (err instanceof BlockedAddressError) return { kind: "prune", reason: `${provider}: ${err.message}` };
   const message = err instanceof Error ? err.message : String(err);
   return { kind: "retry", reason: `${provider}: request failed: ${message}` };
 }
