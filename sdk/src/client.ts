@@ -93,7 +93,7 @@ export interface SwitchboardClientOptions {
   encoding?: Encoding;
   /** Inbox position this device already processed (persist `client.cursor`); default 0 = everything. */
   cursor?: number;
-  /** Reconnect backoff (full jitter): default base 250 ms, max 10 s. */
+  /** Reconnect backoff (full jitter): default base 250 ms, max 10 s; at most half the outage so far (≥ 1 s). */
   reconnect?: Partial<BackoffOptions>;
   /** WebSocket implementation; default the global one, else the `ws` package (Node). */
   WebSocket?: WebSocketConstructor;
@@ -290,6 +290,8 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
   /** Bumped by close(): an openConnection() that awaited across it must not proceed. */
   private epoch = 0;
   private attempt = 0;
+  /** When the current run of failed connections began (Date.now()); undefined while connected. */
+  private outageStartedAt: number | undefined;
   private lastDisconnect: DisconnectInfo | undefined;
   private unauthorizedStreak = 0;
   private reconnectTimer: Timer | undefined;
@@ -844,9 +846,15 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
 
   private nextBackoff(long: boolean): number {
     const attempt = this.attempt++;
+    this.outageStartedAt ??= Date.now();
     return long
       ? longBackoffDelay(attempt, this.backoff, this.random)
-      : backoffDelay(attempt, this.backoff, this.random);
+      : backoffDelay(attempt, this.backoff, this.random, Date.now() - this.outageStartedAt);
+  }
+
+  private endOutage(): void {
+    this.attempt = 0;
+    this.outageStartedAt = undefined;
   }
 
   private clearReconnectTimer(): void {
@@ -973,7 +981,7 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
     this.pumpSends();
     this.renewPresence(conn);
     if (this.autoSync) void this.sync(conn);
-    else this.attempt = 0;
+    else this.endOutage();
   }
 
   /**
@@ -1017,7 +1025,7 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
       if (this.conn !== conn) return;
       this.deliver(event, "live");
     }
-    this.attempt = 0; // a full round trip worked: the next outage starts again from the short backoff
+    this.endOutage(); // a full round trip worked: the next outage starts again from the short backoff
     this.emit("synced", { cursor: this._cursor, delivered });
   }
 

@@ -15,6 +15,15 @@ describe("backoff", () => {
     expect(backoffDelay(10, opts, () => 0.999)).toBe(9990);
     expect(backoffDelay(1_000, opts, () => 0.5)).toBe(5000);
   });
+  test("a short outage caps the ceiling at half its age (at least 1 s), a long one leaves it alone", () => {
+    // Five failed attempts into a 1.5 s outage: 1 s at most, not the 8 s the attempts alone allow.
+    expect(backoffDelay(5, opts, () => 0.999, 1_500)).toBe(999);
+    expect(backoffDelay(5, opts, () => 0.999, 6_000)).toBe(2997);
+    // Early attempts stay as short as the attempt count makes them.
+    expect(backoffDelay(0, opts, () => 0.999, 100)).toBe(249);
+    // Long outages back off to the maximum as before.
+    expect(backoffDelay(10, opts, () => 0.999, 60_000)).toBe(9990);
+  });
   test("long backoff never draws below half its (larger) ceiling", () => {
     expect(longBackoffDelay(0, opts, () => 0)).toBe(1000);
     expect(longBackoffDelay(0, opts, () => 1)).toBe(2000);
