@@ -110,11 +110,11 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
     retry: { retries: 8, initialRetryTime: 200, maxRetryTime: 5_000 },
   });
   const admin = kafka.admin();
-  const producer = kafka.producer({
-    idempotent: true,
-    maxInFlightRequests: 1,
-    allowAutoTopicCreation: false,
-  });
+  // Idempotent, so a retried produce is written once; one request in flight keeps a producer's
+  // records in order.
+  const newProducer = () =>
+    kafka.producer({ idempotent: true, maxInFlightRequests: 1, allowAutoTopicCreation: false });
+  const producer = newProducer();
   const closers: Array<() => Promise<void>> = [() => stores.close()];
   try {
     await admin.connect();
@@ -167,14 +167,22 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
     if (o.appends !== false) await messageLog.listenForReplies(admin);
     mark("replies");
     let sequencer: Sequencer | undefined;
+    let sequencerProducer: BatchProducer | undefined;
     if (o.sequencer !== false) {
+      // The sequencer's records (inbox, replies, sequenced) go out through a producer of their own:
+      // with one request in flight per producer, sharing the gateways' would queue every batch's
+      // emission behind the drafts' produce and the drafts behind the emissions.
+      const own = newProducer();
+      await own.connect();
+      closers.unshift(() => own.disconnect());
+      sequencerProducer = new BatchProducer(own);
       sequencer = new Sequencer({
         kafka,
         groupId: `${groupPrefix}${SEQUENCER_GROUP}`,
         draftsTopic: names.messages,
         ...(o.publishSequenced ? { sequencedTopic: names.sequenced } : {}),
         repliesTopic: names.replies,
-        producer: batchProducer,
+        producer: sequencerProducer,
         store: stores.sequencer,
         ownership: stores.ownership,
         messages: stores.messages,
@@ -211,8 +219,8 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
         cassandra: stores.requests,
         timeCassandra: (timer) => stores.timeRequests(timer),
         kafka: {
-          produceRequests: () => batchProducer.stats.requests,
-          producedRecords: () => batchProducer.stats.records,
+          produceRequests: () => batchProducer.stats.requests + (sequencerProducer?.stats.requests ?? 0),
+          producedRecords: () => batchProducer.stats.records + (sequencerProducer?.stats.records ?? 0),
           *consumerLag() {
             if (sequencer) yield* sequencer.lag.entries();
             yield* messageLog.consumerLag();
