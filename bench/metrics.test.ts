@@ -20,7 +20,8 @@ const SERIES = [
 
 type Timer = Parameters<StorageRequestSource["timeCassandra"]>[0];
 
-function source(): StorageRequestSource & {
+function source(): Omit<StorageRequestSource, "cassandra"> & {
+  cassandra: { reads: number; writes: number; batches: number; lwts: number };
   produces: number;
   records: number;
   lag: Array<{ group: string; partition: number; records: number }>;

@@ -67,7 +67,7 @@ describe("gRPC policy file", () => {
     const config = loadConfig({}, { "grpc.keyFile": join(dir, "keys"), "grpc.policyFile": policyFile });
     const guard = (await grpcGuard(config, createLogger({ test: "policy-file" })))!;
     const call = () =>
-      guard(SEND, `Bearer ${billing.key}`).then(
+      guard(SEND, `Bearer ${billing.key}`, undefined).then(
         () => "allowed",
         (err: SwitchboardError) => `${Code[err.code]} ${err.reason}`,
       );

@@ -307,7 +307,7 @@ describe("desiredObjects", () => {
   it("publishes the sequenced log only while a backend client may stream events", () => {
     const data = (c: ChatCluster) =>
       loadConfig(find<V1ConfigMap>(desiredObjects(c, inputs), "ConfigMap", "chat-config")?.data);
-    const withClients = (clients: ChatCluster["spec"]["api"]) => ({
+    const withClients = (clients: NonNullable<ChatCluster["spec"]["api"]>): ChatCluster => ({
       ...cluster,
       spec: { ...spec, api: clients },
     });

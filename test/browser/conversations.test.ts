@@ -6,7 +6,7 @@
  */
 import type { Browser, BrowserContext } from "playwright-core";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { SwitchboardClient } from "../../dist/sdk/src/index.js";
+import { SwitchboardClient } from "../../sdk/src/index.js";
 import { devToken, type ServerProcess, startServer } from "../helpers/server.js";
 import {
   type ClientPage,

@@ -9,7 +9,7 @@ import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import type { Browser } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type IncomingMessage as SdkMessage, SwitchboardClient } from "../../dist/sdk/src/index.js";
+import { type IncomingMessage as SdkMessage, SwitchboardClient } from "../../sdk/src/index.js";
 import { devToken, repoRoot, type ServerProcess, startServer } from "../helpers/server.js";
 import {
   launchBrowser,

@@ -185,14 +185,17 @@ export class RawClient {
   }
 }
 
+/** The value of a server frame of kind `C`. */
+export type KindValue<C> = Extract<ServerKind, { case: C }> extends { value: infer V } ? V : never;
+
 /** Narrow a reply to an expected case, failing with the actual frame otherwise. */
 export function expectCase<C extends NonNullable<ServerKind["case"]>>(
   frame: ServerFrame,
   c: C,
-): Extract<ServerKind, { case: C }>["value"] {
+): KindValue<C> {
   if (frame.kind.case !== c)
     throw new Error(
       `expected ${c}, got ${frame.kind.case}: ${JSON.stringify(frame.kind.value, (_k, v) => (typeof v === "bigint" ? String(v) : v))}`,
     );
-  return frame.kind.value as Extract<ServerKind, { case: C }>["value"];
+  return frame.kind.value as KindValue<C>;
 }

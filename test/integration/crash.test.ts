@@ -52,6 +52,7 @@ describe("kill -9", () => {
             killed = true;
             return server.kill();
           }
+          return undefined;
         })
         .catch(() => undefined); // replies lost with the process
     });

@@ -13,7 +13,13 @@ import { KeyFile, newKey } from "../../internal/grpc-auth/key-file.js";
 import { inProcessCaller, type Policy } from "../../internal/grpc-auth/policy.js";
 import { Code, SwitchboardError } from "../../internal/lib/errors.js";
 import { createMetrics } from "../../internal/lib/metrics.js";
-import { addService, grpcClient, guardServer, inProcessClient } from "../../internal/lib/rpc.js";
+import {
+  addService,
+  type CallContext,
+  grpcClient,
+  guardServer,
+  inProcessClient,
+} from "../../internal/lib/rpc.js";
 import { serveGrpc } from "../../internal/process/grpc.js";
 
 const opened: Array<{ close(): unknown }> = [];
@@ -51,7 +57,7 @@ async function guarded() {
   addService(running.server, IdService, {
     allocateIds: async (_req, ctx) => {
       seen.push(`allocate by ${ctx.principal}`);
-      return { ids: [1n] };
+      return { ids: ["1"] };
     },
   });
   addService(running.server, GatewayService, {
@@ -128,11 +134,11 @@ describe("in-process calls (the all-in-one process)", () => {
   it("are checked against the same table, as the role whose code makes them", async () => {
     const seen: string[] = [];
     const impl = {
-      deliver: async function* (requests: AsyncIterable<unknown>, ctx: { principal?: string }) {
+      deliver: async function* (requests: AsyncIterable<unknown>, ctx: CallContext) {
         seen.push(`deliver by ${ctx.principal}`);
         for await (const _ of requests) yield {};
       },
-      drain: async (_req: unknown, ctx: { principal?: string }) => {
+      drain: async (_req: unknown, ctx: CallContext) => {
         seen.push(`drain by ${ctx.principal}`);
         return {};
       },

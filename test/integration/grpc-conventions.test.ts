@@ -64,7 +64,7 @@ function client<S extends Parameters<typeof grpcClient>[0]>(service: S, address:
 }
 
 /** An IdService whose AllocateIds runs `fn`. */
-function ids(fn: (req: AllocateIdsRequest, ctx: CallContext) => Promise<{ ids: bigint[] }>) {
+function ids(fn: (req: AllocateIdsRequest, ctx: CallContext) => Promise<{ ids: string[] }>) {
   return [IdService, { allocateIds: fn }] as [typeof IdService, ServiceImpl<typeof IdService>];
 }
 
@@ -148,7 +148,7 @@ describe("deadlines", () => {
           entry.at = Date.now();
           throw entry.reason;
         }
-        return { ids: [1n] };
+        return { ids: ["1"] };
       }),
     );
     const toB = client(IdService, b.address);
@@ -285,7 +285,7 @@ describe("metrics", () => {
       ids(async () => {
         if (++n % 2 === 0)
           throw new SwitchboardError(Code.INVALID_ARGUMENT, "COUNT_OUT_OF_RANGE", "bad count");
-        return { ids: [BigInt(n)] };
+        return { ids: [String(n)] };
       }),
     );
     const callerMetrics = createMetrics();

@@ -65,7 +65,7 @@ async function tlsServer(dir: string, clientCertificate: "require" | "optional" 
   addService(running.server, IdService, {
     allocateIds: async (_req, ctx) => {
       seen.push(`allocate by ${ctx.principal}`);
-      return { ids: [1n] };
+      return { ids: ["1"] };
     },
   });
   addService(running.server, GatewayService, {

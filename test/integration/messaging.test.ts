@@ -3,6 +3,7 @@
  * the sync→live seam, history, receipts and typing, in both encodings.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { ServerFrame } from "../../gen/switchboard/client/v1/client_pb.js";
 import { Code, ReceiptKind } from "../../gen/switchboard/common/v1/common_pb.js";
 import { expectCase, RawClient } from "../helpers/raw-client.js";
 import { devToken, type ServerProcess, startServer } from "../helpers/server.js";
@@ -34,7 +35,7 @@ async function send(
   return client.request({ case: "send", value: { ...value, clientMsgId, body } });
 }
 
-const messageEvent = (body: string) => (f: { kind: { case?: string; value?: unknown } }) =>
+const messageEvent = (body: string) => (f: ServerFrame) =>
   f.kind.case === "message" && (f.kind.value as { message?: { body: string } }).message?.body === body;
 
 beforeAll(async () => {

@@ -1,5 +1,6 @@
 /** Presence: online on connect, offline only after the grace period, fanned out to subscribers only. */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { ServerFrame } from "../../gen/switchboard/client/v1/client_pb.js";
 import { expectCase, RawClient } from "../helpers/raw-client.js";
 import { devToken, type ServerProcess, startServer } from "../helpers/server.js";
 
@@ -25,7 +26,7 @@ async function contacts(): Promise<{ a: string; b: string; watcher: RawClient }>
   return { a, b, watcher };
 }
 
-const presenceOf = (userId: string, online: boolean) => (f: { kind: { case?: string; value?: unknown } }) =>
+const presenceOf = (userId: string, online: boolean) => (f: ServerFrame) =>
   f.kind.case === "presence" &&
   (f.kind.value as { status?: { userId: string; online: boolean } }).status?.userId === userId &&
   (f.kind.value as { status?: { online: boolean } }).status?.online === online;

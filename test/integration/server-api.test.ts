@@ -411,7 +411,7 @@ describe("ChatService: the event stream", () => {
       }
     };
     await publish(watched, 5);
-    await publish(hidden.id, 3);
+    await publish(hidden!.id, 3);
 
     // The archiver sees everything; it acknowledges nothing of its first responses and is cut off.
     const seen = new Set<string>();
@@ -436,7 +436,7 @@ describe("ChatService: the event stream", () => {
     await collect(() => wanted().every((k) => again.has(k)));
     stream.cut();
     // A third stream goes on from there: what is published next arrives.
-    await publish(hidden.id, 1);
+    await publish(hidden!.id, 1);
     stream = openStream(keys.auditor, "archive");
     await collect(() => again.has(published.at(-1)!));
     stream.cut();

@@ -876,7 +876,7 @@ describe("receipts, presence and devices", () => {
       await a.devices.put(device("\u{1F4F1} phone"));
       await a.devices.put({ ...device("\u{1F4F1} phone", "new"), provider: "apns" });
       await a.devices.remove(u, "never");
-      const byId = (list: Array<{ deviceId: string }>) =>
+      const byId = <T extends { deviceId: string }>(list: T[]) =>
         [...list].sort((p, q) => (p.deviceId < q.deviceId ? -1 : 1));
       expect(byId(await b.devices.list(u))).toEqual(
         byId([device("laptop"), { ...device("\u{1F4F1} phone", "new"), provider: "apns" }]),

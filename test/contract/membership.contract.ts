@@ -1,0 +1,181 @@
+/** Backend contract, part: Conversations and their members. */
+import { describe, expect, it } from "vitest";
+import type { ConversationRecord } from "../../internal/backends/types.js";
+import { type ContractKit, nextMessageId, range, rejection } from "./harness.js";
+
+export function membershipContract({ setup }: ContractKit): void {
+  // -------------------------------------------------------------------------------------------
+  describe("membership", () => {
+    const record = (
+      id: string,
+      owner: string,
+      createdAtMs = 1000,
+    ): Omit<ConversationRecord, "memberCount"> => ({
+      id,
+      kind: "group",
+      name: `name of ${id}`,
+      owner,
+      open: true,
+      createdAtMs,
+    });
+
+    it("createConversation is idempotent: a second create returns created=false and the original", async (ctx) => {
+      const h = await setup(ctx);
+      const [id, a, b, c] = [h.id("g"), h.id("a"), h.id("b"), h.id("c")];
+      expect(await h.b.membership.getConversation(id)).toBeUndefined();
+      const first = await h.b.membership.createConversation(record(id, a), [a, b, a]);
+      expect(first).toEqual({ created: true, record: { ...record(id, a), memberCount: 2 } });
+
+      const second = await h.b.membership.createConversation(
+        { ...record(id, c, 2000), kind: "direct", name: "other", open: false },
+        [c],
+      );
+      expect(second).toEqual({ created: false, record: first.record });
+      expect(await h.b.membership.getConversation(id)).toEqual(first.record);
+      expect((await h.b.membership.members(id)).sort()).toEqual([a, b].sort());
+      expect(await h.b.membership.isMember(id, c)).toBe(false);
+      expect(await h.b.membership.conversationsOf(c, 10)).toEqual([]);
+    });
+
+    it("updateGroup renames and opens or closes a group, keeps its members, and refuses what is no group", async (ctx) => {
+      const h = await setup(ctx);
+      const [id, a, b] = [h.id("g"), h.id("a"), h.id("b")];
+      const { record: created } = await h.b.membership.createConversation(record(id, a), [a, b]);
+      const renamed = await h.b.membership.updateGroup(id, { name: "renamed" });
+      expect(renamed).toEqual({ ...created, name: "renamed" });
+      const closed = await h.b.membership.updateGroup(id, { open: false });
+      expect(closed).toEqual({ ...created, name: "renamed", open: false });
+      expect(await h.b.membership.getConversation(id)).toEqual(closed);
+      expect((await h.b.membership.members(id)).sort()).toEqual([a, b].sort());
+      await expect(h.b.membership.updateGroup(h.id("nope"), { name: "x" })).rejects.toMatchObject({
+        reason: "GROUP_NOT_FOUND",
+      });
+      const dm = h.id("dm");
+      await h.b.membership.createConversation({ ...record(dm, ""), kind: "direct", name: "" }, [a, b]);
+      await expect(h.b.membership.updateGroup(dm, { name: "x" })).rejects.toMatchObject({
+        reason: "GROUP_NOT_FOUND",
+      });
+    });
+
+    it("concurrent creates of one id: exactly one is created, all return the same record", async (ctx) => {
+      const h = await setup(ctx);
+      const id = h.id("g");
+      const results = await Promise.all(
+        range(1, 8).map((i) => h.b.membership.createConversation(record(id, h.id(`o${i}`)), [h.id(`o${i}`)])),
+      );
+      expect(results.filter((r) => r.created)).toHaveLength(1);
+      const winner = results.find((r) => r.created)!.record;
+      for (const r of results) expect(r.record).toEqual(winner);
+      expect(await h.b.membership.members(id)).toEqual([winner.owner]);
+    });
+
+    it("addMembers enforces membersMax (reason GROUP_FULL), ignores present users, refuses all-or-nothing", async (ctx) => {
+      const h = await setup(ctx);
+      const id = h.id("g");
+      const u = (n: string) => h.id(n);
+      await h.b.membership.createConversation(record(id, u("a")), [u("a"), u("b"), u("c")]);
+
+      const added = await h.b.membership.addMembers(id, [u("d"), u("b"), u("d")], 5);
+      expect(added).toEqual({ ...record(id, u("a")), memberCount: 4 });
+      // Two fresh users, one slot: refused as a whole.
+      const full = await rejection(h.b.membership.addMembers(id, [u("e"), u("f")], 5));
+      expect(full).toMatchObject({ reason: "GROUP_FULL" });
+      expect(await h.b.membership.isMember(id, u("e"))).toBe(false);
+      expect(await h.b.membership.isMember(id, u("f"))).toBe(false);
+      expect((await h.b.membership.getConversation(id))?.memberCount).toBe(4);
+
+      expect((await h.b.membership.addMembers(id, [u("e"), u("a")], 5)).memberCount).toBe(5);
+      // At the limit, re-adding present users is not growth.
+      expect((await h.b.membership.addMembers(id, [u("a"), u("b"), u("e")], 5)).memberCount).toBe(5);
+      expect(await rejection(h.b.membership.addMembers(id, [u("a"), u("g")], 5))).toMatchObject({
+        reason: "GROUP_FULL",
+      });
+      expect((await h.b.membership.members(id)).sort()).toEqual(["a", "b", "c", "d", "e"].map(u).sort());
+      expect((await h.b.membership.getConversation(id))?.memberCount).toBe(5);
+      // Growing the limit lets them in.
+      expect((await h.b.membership.addMembers(id, [u("g")], 6)).memberCount).toBe(6);
+      expect(await h.b.membership.isMember(id, u("g"))).toBe(true);
+    });
+
+    it("concurrent addMembers never exceed membersMax", async (ctx) => {
+      const h = await setup(ctx);
+      const id = h.id("g");
+      await h.b.membership.createConversation(record(id, h.id("owner")), [h.id("owner")]);
+      const settled = await Promise.allSettled(
+        range(1, 20).map((i) => h.b.membership.addMembers(id, [h.id(`u${i}`)], 10)),
+      );
+      const refused = settled.filter((s) => s.status === "rejected");
+      expect(settled.length - refused.length).toBe(9);
+      for (const r of refused) expect(r.reason).toMatchObject({ reason: "GROUP_FULL" });
+      expect((await h.b.membership.getConversation(id))?.memberCount).toBe(10);
+      expect(await h.b.membership.members(id)).toHaveLength(10);
+    });
+
+    it("removeMember, isMember and members", async (ctx) => {
+      const h = await setup(ctx);
+      const id = h.id("g");
+      const users = ["a", "b", "c", "b0"].map((n) => h.id(n));
+      await h.b.membership.createConversation(record(id, users[0]!), users);
+      // A neighbouring conversation whose id extends this one must not leak into members().
+      await h.b.membership.createConversation(record(h.id("g0"), h.id("z")), [h.id("z")]);
+      expect((await h.b.membership.members(id)).sort()).toEqual([...users].sort());
+
+      const after = await h.b.membership.removeMember(id, users[1]!);
+      expect(after.memberCount).toBe(3);
+      expect(await h.b.membership.isMember(id, users[1]!)).toBe(false);
+      expect(await h.b.membership.isMember(id, users[3]!)).toBe(true);
+      expect((await h.b.membership.members(id)).sort()).toEqual([users[0]!, users[2]!, users[3]!].sort());
+      expect(await h.b.membership.conversationsOf(users[1]!, 10)).toEqual([]);
+      expect(await h.b.membership.getConversation(id)).toEqual(after);
+
+      // Removing someone who is not a member may throw, but never corrupts the count.
+      await h.b.membership.removeMember(id, users[1]!).catch(() => undefined);
+      expect((await h.b.membership.getConversation(id))?.memberCount).toBe(3);
+      expect(await h.b.membership.isMember(h.id("nothing"), users[0]!)).toBe(false);
+      // Re-adding after removal counts again.
+      expect((await h.b.membership.addMembers(id, [users[1]!], 10)).memberCount).toBe(4);
+    });
+
+    it("conversationsOf lists a user's conversations newest first, at most `limit`, with current counts", async (ctx) => {
+      const h = await setup(ctx);
+      const [me, other] = [h.id("me"), h.id("me0")];
+      const ids = range(1, 6).map((i) => h.id(`conv${i}`));
+      // Created out of order; createdAtMs decides.
+      const created = [3, 1, 6, 2, 5, 4];
+      for (const i of created)
+        await h.b.membership.createConversation(record(ids[i - 1]!, other, 1000 * i), [other]);
+      for (const i of created) await h.b.membership.addMembers(ids[i - 1]!, [me], 100);
+      // Newer, but only the neighbouring user (whose id extends mine) is in it.
+      await h.b.membership.createConversation(record(h.id("conv7"), other, 7000), [other]);
+
+      const newestFirst = [6, 5, 4, 3, 2, 1].map((i) => ({
+        ...record(ids[i - 1]!, other, 1000 * i),
+        memberCount: 2,
+      }));
+      expect(await h.b.membership.conversationsOf(me, 3)).toEqual(newestFirst.slice(0, 3));
+      expect(await h.b.membership.conversationsOf(me, 100)).toEqual(newestFirst);
+      await h.b.membership.removeMember(ids[4]!, me);
+      expect(await h.b.membership.conversationsOf(me, 2)).toEqual([newestFirst[0], newestFirst[2]]);
+      expect(await h.b.membership.conversationsOf(h.id("nobody"), 10)).toEqual([]);
+    });
+
+    it("handles ids in the platform's whole alphabet, at either end of the key range", async (ctx) => {
+      const h = await setup(ctx);
+      // User ids are /^[A-Za-z0-9._@:+-]{1,128}$/ (internal/lib/auth.ts): start with each kind.
+      const users = [".", "-", "+", ":", "@", "_", "0", "9", "A", "Z", "a", "z"].map((c) => `${c}${h.ns}`);
+      users.push(`${h.ns}${"z".repeat(128 - h.ns.length)}`);
+      const group = `g:${nextMessageId()}`;
+      const direct = `dm:${users[0]}~${users[1]}`;
+      await h.b.membership.createConversation(record(group, users[0]!, 1), users);
+      await h.b.membership.createConversation({ ...record(direct, users[0]!, 2), kind: "direct" }, [
+        users[0]!,
+        users[1]!,
+      ]);
+      expect((await h.b.membership.members(group)).sort()).toEqual([...users].sort());
+      expect((await h.b.membership.members(direct)).sort()).toEqual([users[0], users[1]].sort());
+      for (const user of users) expect(await h.b.membership.isMember(group, user)).toBe(true);
+      expect((await h.b.membership.conversationsOf(users[0]!, 10)).map((c) => c.id)).toEqual([direct, group]);
+      expect((await h.b.membership.conversationsOf(users.at(-1)!, 10)).map((c) => c.id)).toEqual([group]);
+    });
+  });
+}

@@ -1,0 +1,226 @@
+/** Backend contract, part: Receipts, routing events, presence and devices. */
+import { describe, expect, it } from "vitest";
+import type { DeviceRecord, SessionEvent } from "../../internal/backends/types.js";
+import { type ContractKit, range, shuffled } from "./harness.js";
+
+export function smallStoresContract({ setup, itUnless }: ContractKit): void {
+  // -------------------------------------------------------------------------------------------
+  describe("receipts", () => {
+    it("raise returns true only when the watermark moves up", async (ctx) => {
+      const h = await setup(ctx);
+      const [c, u, v] = [h.id("c"), h.id("u"), h.id("v")];
+      expect(await h.b.receipts.get(c, u, "read")).toBe(0);
+      expect(await h.b.receipts.raise(c, u, "read", 5)).toBe(true);
+      expect(await h.b.receipts.raise(c, u, "read", 5)).toBe(false);
+      expect(await h.b.receipts.raise(c, u, "read", 3)).toBe(false);
+      expect(await h.b.receipts.get(c, u, "read")).toBe(5);
+      expect(await h.b.receipts.raise(c, u, "read", 6)).toBe(true);
+      expect(await h.b.receipts.get(c, u, "read")).toBe(6);
+      // Kinds, users and conversations have separate watermarks.
+      expect(await h.b.receipts.get(c, u, "delivered")).toBe(0);
+      expect(await h.b.receipts.raise(c, u, "delivered", 2)).toBe(true);
+      expect(await h.b.receipts.get(c, v, "read")).toBe(0);
+      expect(await h.b.receipts.get(h.id("c0"), u, "read")).toBe(0);
+      expect(await h.b.receipts.get(c, u, "read")).toBe(6);
+    });
+
+    it("concurrent raises: exactly one wins per value, the watermark ends at the maximum", async (ctx) => {
+      const h = await setup(ctx);
+      const [c, u] = [h.id("c"), h.id("u")];
+      const same = await Promise.all(range(1, 10).map(() => h.b.receipts.raise(c, u, "read", 7)));
+      expect(same.filter(Boolean)).toHaveLength(1);
+      const mixed = await Promise.all(
+        shuffled(range(1, 40), 5).map((seq) => h.b.receipts.raise(c, u, "delivered", seq)),
+      );
+      expect(mixed.filter(Boolean).length).toBeGreaterThanOrEqual(1);
+      expect(await h.b.receipts.get(c, u, "delivered")).toBe(40);
+      expect(await h.b.receipts.get(c, u, "read")).toBe(7);
+    });
+  });
+
+  // -------------------------------------------------------------------------------------------
+  describe("routing events", () => {
+    /** Follows the routing table the way a router does; ignores other namespaces' events. */
+    class Table {
+      readonly events: SessionEvent[] = [];
+      readonly sessions = new Map<string, SessionEvent>();
+      constructor(private readonly ns: string) {}
+      readonly handler = (e: SessionEvent) => {
+        if (!e.gatewayId.startsWith(this.ns)) return;
+        this.events.push(e);
+        if (e.kind === "up") this.sessions.set(e.sessionId, e);
+        else if (e.kind === "down") this.sessions.delete(e.sessionId);
+        else
+          for (const [id, s] of this.sessions)
+            if (s.gatewayId === e.gatewayId && s.gatewayEpoch <= e.gatewayEpoch) this.sessions.delete(id);
+      };
+      ids = () => [...this.sessions.keys()].sort();
+    }
+    const up = (sessionId: string, gatewayId: string, gatewayEpoch = 1, userId = `user-${sessionId}`) =>
+      ({ kind: "up", userId, sessionId, gatewayId, gatewayEpoch }) satisfies SessionEvent;
+    const down = (s: SessionEvent): SessionEvent => ({ ...s, kind: "down" });
+    const gone = (gatewayId: string, gatewayEpoch: number): SessionEvent => ({
+      kind: "gateway-gone",
+      userId: "",
+      sessionId: "",
+      gatewayId,
+      gatewayEpoch,
+    });
+
+    it("subscribe replays the current up sessions, then follows changes", async (ctx) => {
+      const h = await setup(ctx);
+      const [g1, g2] = [h.id("gw1"), h.id("gw2")];
+      const s = [up(h.id("s1"), g1), up(h.id("s2"), g1), up(h.id("s3"), g2), up(h.id("s4"), g2)];
+      for (const e of s) await h.b.routing.publish(e);
+      await h.b.routing.publish(down(s[1]!));
+      // A session that moved: its latest "up" wins.
+      const moved = up(h.id("s4"), g1, 3);
+      await h.b.routing.publish(moved);
+
+      const table = new Table(h.ns);
+      h.track(await h.b.routing.subscribe(table.handler));
+      await h.eventually(() =>
+        expect(table.ids()).toEqual([s[0]!.sessionId, s[2]!.sessionId, moved.sessionId].sort()),
+      );
+      // The replay is the table as "up" events, not the history of changes.
+      await h.eventually(() =>
+        expect([...table.events].sort((a, b) => (a.sessionId < b.sessionId ? -1 : 1))).toEqual([
+          s[0],
+          s[2],
+          moved,
+        ]),
+      );
+
+      const s5 = up(h.id("s5"), g2);
+      await h.b.routing.publish(s5);
+      await h.b.routing.publish(down(s[0]!));
+      await h.eventually(() =>
+        expect(table.ids()).toEqual([s[2]!.sessionId, moved.sessionId, s5.sessionId].sort()),
+      );
+      expect(table.events.slice(-2)).toEqual([s5, down(s[0]!)]);
+    });
+
+    it('"gateway-gone" with epoch E removes that gateway\'s sessions with epoch <= E only', async (ctx) => {
+      const h = await setup(ctx);
+      const [g1, g2] = [h.id("gw1"), h.id("gw1x")];
+      const sessions = [
+        up(h.id("a"), g1, 1),
+        up(h.id("b"), g1, 2),
+        up(h.id("c"), g1, 3),
+        up(h.id("d"), g2, 1),
+        up(h.id("e"), g2, 5),
+      ];
+      for (const e of sessions) await h.b.routing.publish(e);
+      const live = new Table(h.ns);
+      h.track(await h.b.routing.subscribe(live.handler));
+      await h.eventually(() => expect(live.ids()).toHaveLength(5));
+
+      await h.b.routing.publish(gone(g1, 2));
+      const expected = [h.id("c"), h.id("d"), h.id("e")].sort();
+      await h.eventually(() => expect(live.ids()).toEqual(expected));
+      expect(live.events.at(-1)).toEqual(gone(g1, 2));
+
+      // A later subscriber's replay agrees.
+      const late = new Table(h.ns);
+      h.track(await h.b.routing.subscribe(late.handler));
+      await h.eventually(() => expect(late.ids()).toEqual(expected));
+      expect(late.events.every((e) => e.kind === "up")).toBe(true);
+
+      // A new incarnation of the gateway registers again; a stale gone does not remove it.
+      const fresh = up(h.id("f"), g1, 4);
+      await h.b.routing.publish(fresh);
+      await h.b.routing.publish(gone(g1, 3));
+      const after = [h.id("d"), h.id("e"), h.id("f")].sort();
+      await h.eventually(() => expect(live.ids()).toEqual(after));
+      const third = new Table(h.ns);
+      h.track(await h.b.routing.subscribe(third.handler));
+      await h.eventually(() => expect(third.ids()).toEqual(after));
+    });
+
+    it("a closed subscription receives nothing more", async (ctx) => {
+      const h = await setup(ctx);
+      const g = h.id("gw");
+      const closedOne = new Table(h.ns);
+      const sub = h.track(await h.b.routing.subscribe(closedOne.handler));
+      const open = new Table(h.ns);
+      h.track(await h.b.routing.subscribe(open.handler));
+      await h.b.routing.publish(up(h.id("s1"), g));
+      await h.eventually(() => expect(closedOne.ids()).toEqual([h.id("s1")]));
+      await sub.close();
+      await h.b.routing.publish(up(h.id("s2"), g));
+      await h.eventually(() => expect(open.ids()).toEqual([h.id("s1"), h.id("s2")]));
+      expect(closedOne.ids()).toEqual([h.id("s1")]);
+    });
+  });
+
+  // -------------------------------------------------------------------------------------------
+  describe("presence store", () => {
+    it("records last-active times and returns only known users", async (ctx) => {
+      const h = await setup(ctx);
+      const [a, b, c] = [h.id("a"), h.id("b"), h.id("a0")];
+      expect(await h.b.presence.lastActive([a, b])).toEqual(new Map());
+      await h.b.presence.setLastActive(a, 1_000);
+      await h.b.presence.setLastActive(b, 2_000);
+      await h.b.presence.setLastActive(a, 3_000);
+      expect(await h.b.presence.lastActive([a, b, c])).toEqual(
+        new Map([
+          [a, 3_000],
+          [b, 2_000],
+        ]),
+      );
+      expect(await h.b.presence.lastActive([])).toEqual(new Map());
+    });
+  });
+
+  // -------------------------------------------------------------------------------------------
+  describe("device store", () => {
+    const device = (userId: string, deviceId: string, token = `token-${deviceId}`): DeviceRecord => ({
+      userId,
+      deviceId,
+      provider: "webpush",
+      token,
+      registeredAtMs: 1_000,
+    });
+    const byId = (list: DeviceRecord[]) => [...list].sort((x, y) => (x.deviceId < y.deviceId ? -1 : 1));
+
+    it("put replaces by (user, device), list is per user, remove deletes", async (ctx) => {
+      const h = await setup(ctx);
+      const [u, v] = [h.id("u"), h.id("u0")];
+      await h.b.devices.put(device(u, "laptop"));
+      await h.b.devices.put(device(u, "phone"));
+      await h.b.devices.put(device(v, "phone"));
+      expect(byId(await h.b.devices.list(u))).toEqual([device(u, "laptop"), device(u, "phone")]);
+
+      const rotated = {
+        ...device(u, "phone", "new-token"),
+        provider: "apns" as const,
+        registeredAtMs: 2_000,
+      };
+      await h.b.devices.put(rotated);
+      expect(byId(await h.b.devices.list(u))).toEqual([device(u, "laptop"), rotated]);
+
+      await h.b.devices.remove(u, "laptop");
+      await h.b.devices.remove(u, "never-registered");
+      expect(await h.b.devices.list(u)).toEqual([rotated]);
+      expect(await h.b.devices.list(v)).toEqual([device(v, "phone")]);
+      expect(await h.b.devices.list(h.id("nobody"))).toEqual([]);
+    });
+
+    itUnless("devices-list-omits-non-bmp-device-ids")(
+      // Device ids are the registering service's choice (RegisterDevice checks only that one is set):
+      // 𠮷 (U+20BB7, a common name character) or an emoji are as valid as ASCII.
+      "list() includes devices whose ids start outside the Basic Multilingual Plane",
+      async (ctx) => {
+        const h = await setup(ctx);
+        const u = h.id("u");
+        const devices = [
+          device(u, "laptop"),
+          device(u, "\u{1F4F1} phone"),
+          device(u, "\u{20BB7}\u7530's tablet"),
+        ];
+        for (const d of devices) await h.b.devices.put(d);
+        expect(byId(await h.b.devices.list(u))).toEqual(byId(devices));
+      },
+    );
+  });
+}
