@@ -105,6 +105,7 @@ export function pushFromConfig(
     providers,
     webhookUrl: push.webhookUrl,
     privacyMode: push.privacyMode,
+    allowPrivateEndpoints: push.allowPrivateEndpoints,
     ttlSeconds: push.ttlSeconds,
     collapseWindowMs: push.collapseWindowMs,
     retry: {

@@ -61,6 +61,8 @@ export interface PushOptions {
   webhookUrl: string;
   /** Replace every body with PRIVATE_BODY before a provider sees it. */
   privacyMode?: boolean;
+  /** Users' URLs (Web Push endpoints, webhook devices) may name non-public addresses. */
+  allowPrivateEndpoints?: boolean;
   /** How long a provider may hold a notification for an unreachable device. */
   ttlSeconds?: number;
   collapseWindowMs?: number;
@@ -85,6 +87,11 @@ export class Push {
   /** Wakes a delivery waiting to retry, with false: the process is closing. */
   private readonly sleepers = new Set<() => void>();
   private closing = false;
+
+  /** Whether users' URLs may name loopback and private addresses (checked at registration). */
+  get allowsPrivateEndpoints(): boolean {
+    return this.options.allowPrivateEndpoints ?? false;
+  }
 
   constructor(private readonly options: PushOptions) {
     this.windows = new CollapseWindows(options.collapseWindowMs ?? 10_000, (_key, burst) => {
@@ -349,7 +356,7 @@ export function pushServiceImpl(push: Push, devices: DeviceStore): ServiceImpl<t
       if (d.token.length === 0 || d.token.length > TOKEN_CHARS_MAX) {
         throw errors.invalid("INVALID_TOKEN_LENGTH", `token must have 1-${TOKEN_CHARS_MAX} characters`);
       }
-      const problem = tokenProblem(provider, d.token);
+      const problem = tokenProblem(provider, d.token, push.allowsPrivateEndpoints);
       if (problem) throw errors.invalid("INVALID_DEVICE_TOKEN", problem);
       const existing = await devices.list(d.userId);
       if (existing.length >= DEVICES_PER_USER_MAX && !existing.some((e) => e.deviceId === d.deviceId)) {

@@ -27,4 +27,25 @@ describe("device token forms", () => {
     expect(tokenProblem("webpush", subscription("https://push.example/x", 33))).toMatch(/not a P-256 point/);
     expect(tokenProblem("webhook", "ftp://x")).toBe("a webhook token is an http(s) URL");
   });
+
+  it("refuses users' URLs on loopback names and literal non-public addresses, unless allowed", () => {
+    for (const url of [
+      "http://localhost:8080/hook",
+      "https://api.localhost/hook",
+      "http://127.0.0.1/hook",
+      "http://10.0.0.7:9090/",
+      "http://169.254.169.254/latest/meta-data",
+      "http://[::1]/hook",
+      "http://[fd00::1]/hook",
+    ]) {
+      expect(tokenProblem("webhook", url), url).toMatch(/is not a public address/);
+      expect(tokenProblem("webhook", url, true), url).toBeUndefined();
+    }
+    expect(tokenProblem("webpush", subscription("https://127.0.0.1/push/x"))).toMatch(
+      /127\.0\.0\.1 is not a public address/,
+    );
+    expect(tokenProblem("webpush", subscription("https://127.0.0.1/push/x"), true)).toBeUndefined();
+    // Names are judged when a notification is sent, by the address they resolve to.
+    expect(tokenProblem("webhook", "https://hooks.example.com/chat")).toBeUndefined();
+  });
 });

@@ -144,6 +144,19 @@ describe("gRPC APIs", () => {
       value: { deviceId: "phone", provider: Provider.FCM, token: "" },
     });
     expect(expectCase(noToken, "error")).toMatchObject({ reason: "INVALID_TOKEN_LENGTH" });
+    // A URL inside the network is refused at once (the push service would never call it).
+    const inside = await client.request({
+      case: "registerDevice",
+      value: {
+        deviceId: "crm",
+        provider: Provider.WEBHOOK,
+        token: "http://169.254.169.254/latest/meta-data",
+      },
+    });
+    expect(expectCase(inside, "error")).toMatchObject({
+      reason: "INVALID_DEVICE_TOKEN",
+      message: expect.stringMatching(/169\.254\.169\.254 is not a public address/),
+    });
     expect(
       (await client.request({ case: "unregisterDevice", value: { deviceId: "laptop" } })).kind.case,
     ).toBe("ok");
