@@ -1,91 +1,31 @@
-/**
- * spec.grpc.tls end to end (ADR 0007): the chart's operator runs a ChatCluster with mTLS on every gRPC
- * port, its Pods real `switchboard` processes of the node agent (ADR 0006). The Secrets are made by
- * openssl here, as provided Secrets (no issuerRef): cert-manager is not part of the test plane, and
- * the operator treats a Secret it filled and one it was given alike. Two users on the gateway exchange
- * a message (gateway → router Relay and router → gateway Deliver, each side presenting its role's
- * certificate and checking the other's), and a backend client authenticated by its certificate alone
- * (`certificate` in spec.api.clients) sends through the server API; plaintext and a certificate of
- * another CA are refused.
- */
-import { type ChildProcess, spawn } from "node:child_process";
-import { randomBytes, X509Certificate } from "node:crypto";
-import { once } from "node:events";
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { X509Certificate } from "node:crypto";
 import type { PeerCertificate } from "node:tls";
 import * as grpc from "@grpc/grpc-js";
-import { KubeConfig, type V1Pod } from "@kubernetes/client-node";
+import type { V1Pod } from "@kubernetes/client-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ChatService } from "../../gen/switchboard/api/v1/chat_pb.js";
-import { DEV_SECRET_FILE, signDevToken } from "../../internal/lib/auth.js";
+import { signDevToken } from "../../internal/lib/auth.js";
 import { grpcClient } from "../../internal/lib/rpc.js";
 import type { ChatCluster } from "../../operator/api/v1alpha1.js";
-import { KubeClient } from "../../operator/kube/client.js";
+import type { KubeClient } from "../../operator/kube/client.js";
 import { type IncomingMessage, SwitchboardClient } from "../../sdk/src/index.js";
 import { type Issued, TestPki } from "../helpers/certificates.js";
-import { ensureServer } from "../infra/servers.js";
-import { kubectl as kubectlWith, kubeTools, root, type Tools, waitFor } from "../kube/helpers.js";
-import {
-  installChartOperator,
-  type OperatorProcess,
-  removeChartAndClusters,
-} from "../kube/operator-process.js";
+import { waitFor } from "../kube/helpers.js";
+import { type Plane, startPlane } from "./plane.js";
 
-const suffix = randomBytes(3).toString("hex");
-const NS = `sb-e2etls-${suffix}`;
-const SYSTEM_NS = `sb-e2etls-sys-${suffix}`;
-const RELEASE = `sbe2etls-${suffix}`;
-const CHART = { release: RELEASE, systemNamespace: SYSTEM_NS };
-const NODE = `sb-e2etls-node-${suffix}`;
 const CLUSTER = "chat";
 const SERVING = ["id", "router", "presence", "push", "gateway"] as const;
 
-let tools: Tools;
+let plane: Plane;
+/** Shorthands for the plane's, set in beforeAll. */
+let NS: string;
+let suffix: string;
 let kube: KubeClient;
-let operator: OperatorProcess;
-let agent: ChildProcess | undefined;
-let agentLog = "";
-let stateDir: string;
 let tokenDir: string;
 const pki = new TestPki();
 const ca = pki.ca("chat-ca");
 const clients: SwitchboardClient[] = [];
 const grpcClients: Array<{ close(): void }> = [];
-
-const kubectl = (args: string[], input?: string) => kubectlWith(tools, args, input);
-
-function apiServerHost(): string {
-  const kc = new KubeConfig();
-  kc.loadFromFile(tools.KUBECONFIG);
-  const server = kc.getCurrentCluster()?.server;
-  if (!server) throw new Error(`no server in ${tools.KUBECONFIG}`);
-  return new URL(server).host;
-}
-
-async function startAgent(dns: string): Promise<void> {
-  const child = spawn(
-    process.execPath,
-    [
-      join(root, "dist/test/infra/node-agent/main.js"),
-      ...["--kubeconfig", tools.KUBECONFIG, "--node", NODE],
-      // Not loopback (the apiserver refuses loopback IPs in EndpointSlices); apart from the other e2e's.
-      ...["--pod-cidr", `198.19.${220 + (process.pid % 10)}.0/24`],
-      ...["--dns", dns, "--state-dir", stateDir],
-      ...["--image", `switchboard=${process.execPath} ${join(root, "dist/cmd/switchboard.js")}`],
-      ...["--api-server", apiServerHost()],
-    ],
-    { stdio: ["ignore", "pipe", "pipe"] },
-  );
-  agent = child;
-  child.stderr?.setEncoding("utf8").on("data", (d: string) => {
-    agentLog = (agentLog + d).slice(-100_000);
-  });
-  let out = "";
-  child.stdout?.setEncoding("utf8").on("data", (d: string) => (out += d));
-  await waitFor("node agent start", async () => out.includes('"started"') || undefined, 60_000);
-}
 
 function tlsCluster(kafka: string[], cassandra: string[], datacenter: string): ChatCluster {
   const onAgentNode = {
@@ -182,48 +122,16 @@ function billingClient(routerIp: string, identity: Issued | undefined, trusted: 
 }
 
 beforeAll(async () => {
-  tools = await kubeTools();
-  const kubeEnv = await ensureServer("kube");
-  const storage = { ...(await ensureServer("kafka")), ...(await ensureServer("cassandra")) };
-  const kc = new KubeConfig();
-  kc.loadFromFile(tools.KUBECONFIG);
-  kube = new KubeClient(kc);
-  stateDir = mkdtempSync(join(tmpdir(), "switchboard-e2etls-agent-"));
-  tokenDir = mkdtempSync(join(tmpdir(), "switchboard-e2etls-token-"));
-  const secret = randomBytes(32).toString("hex");
-  mkdirSync(tokenDir, { recursive: true });
-  writeFileSync(join(tokenDir, DEV_SECRET_FILE), secret, { mode: 0o600 });
-  const dns = kubeEnv.CLUSTER_DNS;
-  if (!dns) throw new Error("test/infra/up.sh kube printed no CLUSTER_DNS (the plane's CoreDNS)");
-  await startAgent(dns);
-  operator = await installChartOperator(tools, CHART);
-  await operator.start();
-  await kubectl(["create", "namespace", NS]);
-  await kubectl(["label", "namespace", NS, "pod-security.kubernetes.io/enforce=restricted"]);
-  await kubectl(["create", "secret", "generic", "chat-auth", "-n", NS, `--from-literal=secret=${secret}`]);
-  await waitFor("default ServiceAccount", () => kubectl(["get", "serviceaccount", "default", "-n", NS]));
+  plane = await startPlane({ name: "e2etls", podSubnet: 220 });
+  ({ namespace: NS, suffix, kube, tokenDir } = plane);
   for (const component of SERVING) await createTlsSecret(component);
-  await kube.create(
-    tlsCluster(
-      (storage.KAFKA_BROKERS as string).split(","),
-      (storage.CASSANDRA_CONTACT_POINTS as string).split(","),
-      storage.CASSANDRA_DATACENTER ?? "datacenter1",
-    ),
-  );
+  await kube.create(tlsCluster(plane.storage.kafka, plane.storage.cassandra, plane.storage.datacenter));
 }, 600_000);
 
 afterAll(async () => {
   await Promise.all(clients.map((c) => c.close()));
   for (const c of grpcClients) c.close();
-  await operator?.kill("SIGTERM");
-  if (agent && agent.exitCode === null) {
-    const exited = once(agent, "exit");
-    agent.kill("SIGTERM");
-    await exited;
-  }
-  if (tools) await removeChartAndClusters(tools, CHART, NS);
-  rmSync(stateDir, { recursive: true, force: true });
-  rmSync(tokenDir, { recursive: true, force: true });
+  await plane?.close();
   pki.close();
 }, 300_000);
 
@@ -232,8 +140,7 @@ function onFailure(fn: () => Promise<void>): () => Promise<void> {
     try {
       await fn();
     } catch (err) {
-      console.error(`--- operator log (tail) ---\n${operator.tail(30)}`);
-      console.error(`--- node agent log (tail) ---\n${agentLog.trimEnd().split("\n").slice(-30).join("\n")}`);
+      console.error(plane.failureReport());
       throw err;
     }
   };

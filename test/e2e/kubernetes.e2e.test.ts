@@ -1,48 +1,15 @@
-/**
- * Switchboard the way an SRE meets it: the chart installed with Helm, the example ChatCluster applied
- * (pointed at the test Kafka and Cassandra), and the Pods the operator creates really running — as
- * processes of the node agent (ADR 0006), resolving each other through the plane's CoreDNS. Then SDK
- * clients, every user with two devices on different gateways, exchange 1:1 and group messages while
- * the test deletes a gateway Pod, kill -9s a router process, rolls the gateways by a spec change, and
- * scales the gateways up by adding connections and back down. An independent history checker
- * (checker.ts) over everything sent, acked, stored and shown must find nothing wrong. Prints
- * send→deliver latency across processes and the time to recover from each fault.
- */
-import { type ChildProcess, spawn } from "node:child_process";
-import { randomBytes } from "node:crypto";
-import { once } from "node:events";
-import {
-  existsSync,
-  mkdirSync,
-  mkdtempSync,
-  readdirSync,
-  readFileSync,
-  rmSync,
-  writeFileSync,
-} from "node:fs";
-import { tmpdir } from "node:os";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { KubeConfig, loadAllYaml, type V1Pod } from "@kubernetes/client-node";
+import { loadAllYaml, type V1Pod } from "@kubernetes/client-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { DEV_SECRET_FILE, signDevToken } from "../../internal/lib/auth.js";
+import { signDevToken } from "../../internal/lib/auth.js";
 import type { ChatCluster } from "../../operator/api/v1alpha1.js";
-import { KubeClient } from "../../operator/kube/client.js";
+import type { KubeClient } from "../../operator/kube/client.js";
 import { type IncomingMessage, SwitchboardClient } from "../../sdk/src/index.js";
-import { ensureServer } from "../infra/servers.js";
-import { kubectl as kubectlWith, kubeTools, root, type Tools, waitFor } from "../kube/helpers.js";
-import {
-  installChartOperator,
-  type OperatorProcess,
-  removeChartAndClusters,
-} from "../kube/operator-process.js";
+import { root, waitFor } from "../kube/helpers.js";
 import { checkHistory, type DeviceRecord, type SentRecord, type StoredRecord } from "./checker.js";
+import { type Plane, startPlane } from "./plane.js";
 
-const suffix = randomBytes(3).toString("hex");
-const NS = `sb-e2e-${suffix}`;
-const SYSTEM_NS = `sb-e2e-sys-${suffix}`;
-const RELEASE = `sbe2e-${suffix}`;
-const CHART = { release: RELEASE, systemNamespace: SYSTEM_NS };
-const NODE = `sb-e2e-node-${suffix}`;
 const CLUSTER = "chat";
 const USERS = 100; // × 2 devices = 200 clients
 const GROUPS = 4;
@@ -51,58 +18,14 @@ const GROUP_SIZE = 20;
 const TARGET_CONNECTIONS = 110;
 const TRAFFIC_MIN_MS = 60_000;
 
-let tools: Tools;
+let plane: Plane;
+/** Shorthands for the plane's, set in beforeAll. */
+let NS: string;
+let suffix: string;
 let kube: KubeClient;
-let operator: OperatorProcess;
-let agent: ChildProcess | undefined;
-let agentLog = "";
-let stateDir: string;
 /** A data dir holding the same HS256 secret the gateways read from the auth Secret. */
 let tokenDir: string;
-
-const kubectl = (args: string[], input?: string) => kubectlWith(tools, args, input);
-
-/** `host:port` of the test API server, from the kubeconfig. */
-function apiServerHost(): string {
-  const kc = new KubeConfig();
-  kc.loadFromFile(tools.KUBECONFIG);
-  const server = kc.getCurrentCluster()?.server;
-  if (!server) throw new Error(`no server in ${tools.KUBECONFIG}`);
-  return new URL(server).host;
-}
-
-async function startAgent(dns: string): Promise<void> {
-  const child = spawn(
-    process.execPath,
-    [
-      join(root, "dist/test/infra/node-agent/main.js"),
-      "--kubeconfig",
-      tools.KUBECONFIG,
-      "--node",
-      NODE,
-      "--pod-cidr",
-      // Not loopback: the apiserver refuses loopback IPs in EndpointSlices (the agent routes the range to lo).
-      `198.19.${240 + (process.pid % 10)}.0/24`,
-      "--dns",
-      dns,
-      "--state-dir",
-      stateDir,
-      "--image",
-      `switchboard=${process.execPath} ${join(root, "dist/cmd/switchboard.js")}`,
-      // The Pods review gRPC callers' tokens with the API server (ADR 0007): its real address.
-      "--api-server",
-      apiServerHost(),
-    ],
-    { stdio: ["ignore", "pipe", "pipe"] },
-  );
-  agent = child;
-  child.stderr?.setEncoding("utf8").on("data", (d: string) => {
-    agentLog = (agentLog + d).slice(-100_000);
-  });
-  let out = "";
-  child.stdout?.setEncoding("utf8").on("data", (d: string) => (out += d));
-  await waitFor("node agent start", async () => out.includes('"started"') || undefined, 60_000);
-}
+const kubectl = (args: string[], input?: string) => plane.kubectl(args, input);
 
 /** The example ChatCluster, pointed at the test servers and scheduled onto the agent's node. */
 function exampleCluster(kafka: string[], cassandra: string[], datacenter: string): ChatCluster {
@@ -270,77 +193,23 @@ const percentile = (xs: number[], p: number) => {
 };
 
 beforeAll(async () => {
-  tools = await kubeTools();
-  const kubeEnv = await ensureServer("kube");
-  const storage = { ...(await ensureServer("kafka")), ...(await ensureServer("cassandra")) };
-  const kc = new KubeConfig();
-  kc.loadFromFile(tools.KUBECONFIG);
-  kube = new KubeClient(kc);
-  stateDir = mkdtempSync(join(tmpdir(), "switchboard-e2e-agent-"));
-  tokenDir = mkdtempSync(join(tmpdir(), "switchboard-e2e-token-"));
-  const secret = randomBytes(32).toString("hex");
-  mkdirSync(tokenDir, { recursive: true });
-  writeFileSync(join(tokenDir, DEV_SECRET_FILE), secret, { mode: 0o600 });
-
-  const dns = kubeEnv.CLUSTER_DNS;
-  if (!dns) throw new Error("test/infra/up.sh kube printed no CLUSTER_DNS (the plane's CoreDNS)");
-  await startAgent(dns);
-
-  operator = await installChartOperator(tools, CHART);
-  await operator.start();
-
-  await kubectl(["create", "namespace", NS]);
-  await kubectl(["label", "namespace", NS, "pod-security.kubernetes.io/enforce=restricted"]);
-  await kubectl(["create", "secret", "generic", "chat-auth", "-n", NS, `--from-literal=secret=${secret}`]);
-  await waitFor("default ServiceAccount", () => kubectl(["get", "serviceaccount", "default", "-n", NS]));
-  const cluster = exampleCluster(
-    (storage.KAFKA_BROKERS as string).split(","),
-    (storage.CASSANDRA_CONTACT_POINTS as string).split(","),
-    storage.CASSANDRA_DATACENTER ?? "datacenter1",
-  );
+  plane = await startPlane({ name: "e2e", podSubnet: 240 });
+  ({ namespace: NS, suffix, kube, tokenDir } = plane);
+  const cluster = exampleCluster(plane.storage.kafka, plane.storage.cassandra, plane.storage.datacenter);
   await kube.create(cluster);
 }, 600_000);
 
 afterAll(async () => {
   await Promise.all(clients.map((c) => c.close()));
-  await operator?.kill("SIGTERM");
-  // The agent before the namespace: it stops its processes in seconds, whereas deleting the
-  // namespace first would wait out every Pod's grace period (50 s for gateways).
-  if (agent && agent.exitCode === null) {
-    const exited = once(agent, "exit");
-    agent.kill("SIGTERM");
-    await exited;
-  }
-  await removeChartAndClusters(tools, CHART, NS);
-  rmSync(stateDir, { recursive: true, force: true });
-  rmSync(tokenDir, { recursive: true, force: true });
+  await plane?.close();
 }, 300_000);
-
-/** The last lines of every container's log the agent kept (what a failed Pod printed). */
-function containerLogTails(): string {
-  const out: string[] = [];
-  const podsDir = join(stateDir, "pods");
-  for (const pod of existsSync(podsDir) ? readdirSync(podsDir) : []) {
-    for (const file of readdirSync(join(podsDir, pod)).filter((f) => f.endsWith(".log"))) {
-      const tail = readFileSync(join(podsDir, pod, file), "utf8")
-        .trimEnd()
-        .split("\n")
-        .slice(-4)
-        .join("\n");
-      out.push(`--- ${pod}/${file} ---\n${tail.slice(-1_500)}`);
-    }
-  }
-  return out.slice(0, 12).join("\n");
-}
 
 function onFailure(fn: () => Promise<void>): () => Promise<void> {
   return async () => {
     try {
       await fn();
     } catch (err) {
-      console.error(`--- operator log (tail) ---\n${operator.tail(30)}`);
-      console.error(`--- node agent log (tail) ---\n${agentLog.trimEnd().split("\n").slice(-30).join("\n")}`);
-      console.error(containerLogTails());
+      console.error(plane.failureReport());
       throw err;
     }
   };
@@ -355,7 +224,7 @@ describe("Switchboard on Kubernetes, end to end", () => {
         const ps = (await pods(component)).filter(isReady);
         expect(ps.length, `${component} Pods`).toBeGreaterThanOrEqual(2);
         for (const p of ps) {
-          expect(p.spec?.nodeName).toBe(NODE);
+          expect(p.spec?.nodeName).toBe(plane.node);
           process.kill(containerPid(p), 0); // a live process, not a kwok fake
           const res = await fetch(`http://${p.status?.podIP}:8080/readyz`);
           expect(res.status).toBe(200);
