@@ -13,7 +13,7 @@ export function messageStoreContract({ setup }: ContractKit): void {
       messageId: String(10_000_000_000n + BigInt(seq)),
       sender: seq % 2 === 0 ? "alice" : "bob",
       clientMsgId: `c${seq}`,
-      body: `message ${seq}`,
+      body: `message ${seq} ${"é".repeat(seq % 7)}`, // multi-byte text on every page
       createdAtMs: 1_700_000_000_000 + seq,
     });
     /**

@@ -12,13 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ensureServer } from "../../../test/infra/servers.js";
 import { Code, SwitchboardError } from "../../lib/errors.js";
 import type { ConversationRecord, InboxEntry, StoredMessage } from "../types.js";
-import {
-  type CassandraOptions,
-  type CassandraStores,
-  migrate,
-  openCassandraStores,
-  SEQ_BUCKET_SIZE,
-} from "./index.js";
+import { type CassandraOptions, type CassandraStores, migrate, openCassandraStores } from "./index.js";
 import { storageError } from "./session.js";
 
 const run = randomBytes(4).toString("hex");
@@ -174,7 +168,6 @@ describe("schema migrations", () => {
 
 // ---------------------------------------------------------------------------------------------
 describe("message store", () => {
-  const TOTAL = 2_100;
   const stored = (conversationId: string, seq: number): StoredMessage => ({
     conversationId,
     seq,
@@ -186,153 +179,8 @@ describe("message store", () => {
   });
   const expected = (conversationId: string, from: number, to: number) =>
     range(from, to).map((seq) => stored(conversationId, seq));
-  const seqs = (messages: readonly StoredMessage[]) => messages.map((m) => m.seq);
-
-  let conversationId: string;
-  let neighbour: string;
-  beforeAll(async () => {
-    conversationId = id("history");
-    neighbour = `${conversationId}0`;
-    const all = shuffled(range(1, TOTAL), 3).map((seq) => stored(conversationId, seq));
-    const started = performance.now();
-    for (let i = 0; i < all.length; i += 700) await a.messages.write(all.slice(i, i + 700));
-    figures.push(`history fixture: ${TOTAL} rows written in ${Math.round(performance.now() - started)} ms`);
-    await a.messages.write(range(1, 3).map((seq) => stored(neighbour, seq)));
-  }, LONG);
-
-  it(
-    "pages at the bucket boundaries 1000/1001 and 2000/2001 and at both ends",
-    async () => {
-      expect(SEQ_BUCKET_SIZE).toBe(1000);
-      // [query, first seq, last seq (first - 1 when empty), hasMore]
-      const cases: Array<
-        [{ beforeSeq?: number; afterSeq?: number; limit: number }, number, number, boolean]
-      > = [
-        [{ beforeSeq: 1001, limit: 1 }, 1000, 1000, true],
-        [{ beforeSeq: 1002, limit: 2 }, 1000, 1001, true],
-        [{ beforeSeq: 1002, limit: 1 }, 1001, 1001, true],
-        [{ beforeSeq: 2001, limit: 1000 }, 1001, 2000, true],
-        [{ beforeSeq: 2002, limit: 1001 }, 1001, 2001, true],
-        [{ beforeSeq: 2001, limit: 2000 }, 1, 2000, false],
-        [{ beforeSeq: 2002, limit: 2000 }, 2, 2001, true],
-        [{ beforeSeq: 1011, limit: 20 }, 991, 1010, true],
-        [{ beforeSeq: 2011, limit: 20 }, 1991, 2010, true],
-        [{ afterSeq: 999, limit: 2 }, 1000, 1001, true],
-        [{ afterSeq: 1000, limit: 1 }, 1001, 1001, true],
-        [{ afterSeq: 1000, limit: 1000 }, 1001, 2000, true],
-        [{ afterSeq: 1999, limit: 2 }, 2000, 2001, true],
-        [{ afterSeq: 2000, limit: 1 }, 2001, 2001, true],
-        [{ afterSeq: 1990, limit: 20 }, 1991, 2010, true],
-        [{ afterSeq: 100, limit: 2000 }, 101, 2100, false],
-        [{ afterSeq: 99, limit: 2000 }, 100, 2099, true],
-        [{ beforeSeq: 11, limit: 10 }, 1, 10, false],
-        [{ beforeSeq: 2, limit: 1 }, 1, 1, false],
-        [{ beforeSeq: 1, limit: 5 }, 1, 0, false],
-        [{ afterSeq: 2090, limit: 10 }, 2091, 2100, false],
-        [{ afterSeq: 2089, limit: 10 }, 2090, 2099, true],
-        [{ afterSeq: 2100, limit: 5 }, 2101, 2100, false],
-        [{ afterSeq: 5000, limit: 5 }, 5001, 5000, false],
-        [{ beforeSeq: 5000, limit: 3 }, 2098, 2100, true],
-        [{ beforeSeq: 1e12, limit: 3 }, 2098, 2100, true],
-        [{ limit: 5 }, 2096, 2100, true],
-        [{ beforeSeq: 0, afterSeq: 0, limit: 5 }, 2096, 2100, true],
-        [{ limit: 3000 }, 1, 2100, false],
-        [{ limit: 0 }, 1, 0, true],
-        [{ afterSeq: 990, beforeSeq: 2010, limit: 5000 }, 991, 2009, false],
-        [{ afterSeq: 990, beforeSeq: 2010, limit: 20 }, 991, 1010, true],
-        [{ afterSeq: 990, beforeSeq: 1011, limit: 20 }, 991, 1010, false],
-        [{ afterSeq: 1000, beforeSeq: 1001, limit: 5 }, 1001, 1000, false],
-      ];
-      for (const [query, from, to, hasMore] of cases) {
-        const page = await a.messages.history(conversationId, query);
-        expect({ query, seqs: seqs(page.messages), hasMore: page.hasMore }).toEqual({
-          query,
-          seqs: range(from, to),
-          hasMore,
-        });
-        expect(page.messages).toEqual(expected(conversationId, from, to));
-      }
-    },
-    LONG,
-  );
-
-  it(
-    "pages newest first via beforeSeq and oldest first via afterSeq through all buckets",
-    async () => {
-      for (const limit of [100, 333]) {
-        const backward: StoredMessage[][] = [];
-        for (let beforeSeq = 0; ; ) {
-          const page = await a.messages.history(conversationId, { beforeSeq, limit });
-          backward.push(page.messages);
-          const top = beforeSeq === 0 ? TOTAL : beforeSeq - 1;
-          expect(seqs(page.messages)).toEqual(range(Math.max(1, top - limit + 1), top));
-          expect(page.hasMore).toBe(top > limit);
-          if (!page.hasMore) break;
-          beforeSeq = page.messages[0]!.seq;
-        }
-        expect(backward.reverse().flat()).toEqual(expected(conversationId, 1, TOTAL));
-
-        const forward: StoredMessage[][] = [];
-        for (let afterSeq = 7; ; ) {
-          const page = await a.messages.history(conversationId, { afterSeq, limit });
-          forward.push(page.messages);
-          expect(page.hasMore).toBe(afterSeq + limit < TOTAL);
-          if (!page.hasMore) break;
-          afterSeq = page.messages.at(-1)!.seq;
-        }
-        expect(forward.flat()).toEqual(expected(conversationId, 8, TOTAL));
-      }
-    },
-    LONG,
-  );
-
-  it(
-    "lastSeq, getMany and conversations kept apart",
-    async () => {
-      expect(await a.messages.lastSeq(conversationId)).toBe(TOTAL);
-      expect(await a.messages.lastSeq(neighbour)).toBe(3);
-      expect(await a.messages.lastSeq(id("nothing"))).toBe(0);
-      expect(await a.messages.history(neighbour, { limit: 10 })).toEqual({
-        messages: expected(neighbour, 1, 3),
-        hasMore: false,
-      });
-      expect(await a.messages.history(id("nothing"), { afterSeq: 3, limit: 10 })).toEqual({
-        messages: [],
-        hasMore: false,
-      });
-      const keys = [
-        { conversationId, seq: 2001 },
-        { conversationId, seq: 1000 },
-        { conversationId: neighbour, seq: 2 },
-        { conversationId, seq: 2101 },
-        { conversationId, seq: 1001 },
-        { conversationId: id("nothing"), seq: 1 },
-        { conversationId, seq: 1 },
-        { conversationId: neighbour, seq: 4 },
-      ];
-      const present = [keys[0]!, keys[1]!, keys[2]!, keys[4]!, keys[6]!];
-      expect(await a.messages.getMany(keys)).toEqual(present.map((k) => stored(k.conversationId, k.seq)));
-      expect(await a.messages.getMany([])).toEqual([]);
-    },
-    LONG,
-  );
-
-  it(
-    "write is an idempotent upsert: re-writing stored rows is harmless, new rows land",
-    async () => {
-      const c = id("rewrite");
-      await a.messages.write(expected(c, 1, 1005));
-      const mixed = [...expected(c, 995, 1005), ...expected(c, 1006, 1010), ...expected(c, 1, 3)];
-      await a.messages.write(mixed);
-      await b.messages.write(mixed); // another writer, same rows
-      expect(await a.messages.lastSeq(c)).toBe(1010);
-      expect(await a.messages.history(c, { limit: 2000 })).toEqual({
-        messages: expected(c, 1, 1010),
-        hasMore: false,
-      });
-    },
-    LONG,
-  );
+  // History paging, getMany, lastSeq and idempotent writes are the backend contract's
+  // (test/contract/messages.contract.ts), which runs against this store too.
 
   it(
     "write throughput (batch writer: per-partition unlogged batches, 64 in flight)",
