@@ -60,10 +60,10 @@ function sortedConversations(app: ChatApp): ConversationState[] {
 
 /**
  * The list is rendered into the same entries every time: an entry (and its button) lives as long as
- * its conversation, and only its contents and its place change. Replacing the buttons on every
- * render (a message, a typing or presence event) would lose a click whose press and release fall on
- * either side of a render; the contents ignore the pointer (styles.css), so the button is always the
- * click's target.
+ * its conversation, and only its contents and its place change. Replacing or re-inserting the
+ * buttons on every render (a message, a typing or presence event) would lose a click whose press
+ * and release fall on either side of a render; the contents ignore the pointer (styles.css), so the
+ * button is always the click's target.
  */
 function renderConversationList(app: ChatApp): void {
   const list = byId("conversation-list");
@@ -89,8 +89,14 @@ function renderConversationList(app: ChatApp): void {
     fillConversationEntry(app, li.firstElementChild as HTMLButtonElement, c);
     return li;
   });
-  // Moves the kept entries (same nodes) and drops those of conversations that are gone.
-  list.replaceChildren(...items);
+  // Moves only the entries out of place and drops those of conversations that are gone. An entry
+  // taken out of the document between the press and the release of a click loses that click (the
+  // browser forgets the pressed node), so one that stays where it is must not be touched.
+  items.forEach((li, i) => {
+    const here = list.children[i] ?? null;
+    if (here !== li) list.insertBefore(li, here);
+  });
+  while (list.children.length > items.length) list.lastElementChild?.remove();
   if (focused) list.querySelector<HTMLElement>(`[data-conversation-id="${CSS.escape(focused)}"]`)?.focus();
 }
 
