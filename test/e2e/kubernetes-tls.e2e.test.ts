@@ -11,7 +11,7 @@ import type { KubeClient } from "../../operator/kube/client.js";
 import { type IncomingMessage, SwitchboardClient } from "../../sdk/src/index.js";
 import { type Issued, TestPki } from "../helpers/certificates.js";
 import { waitFor } from "../kube/helpers.js";
-import { type Plane, startPlane } from "./plane.js";
+import { type Plane, reportingFailure, startPlane } from "./plane.js";
 
 const CLUSTER = "chat";
 const SERVING = ["id", "router", "presence", "push", "gateway"] as const;
@@ -135,16 +135,7 @@ afterAll(async () => {
   pki.close();
 }, 300_000);
 
-function onFailure(fn: () => Promise<void>): () => Promise<void> {
-  return async () => {
-    try {
-      await fn();
-    } catch (err) {
-      console.error(plane.failureReport());
-      throw err;
-    }
-  };
-}
+const onFailure = (fn: () => Promise<void>) => reportingFailure(() => plane, fn);
 
 describe("Switchboard on Kubernetes with spec.grpc.tls, end to end", () => {
   it(

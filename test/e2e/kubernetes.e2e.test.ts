@@ -8,7 +8,7 @@ import type { KubeClient } from "../../operator/kube/client.js";
 import { type IncomingMessage, SwitchboardClient } from "../../sdk/src/index.js";
 import { root, waitFor } from "../kube/helpers.js";
 import { checkHistory, type DeviceRecord, type SentRecord, type StoredRecord } from "./checker.js";
-import { type Plane, startPlane } from "./plane.js";
+import { type Plane, reportingFailure, startPlane } from "./plane.js";
 
 const CLUSTER = "chat";
 const USERS = 100; // × 2 devices = 200 clients
@@ -204,16 +204,7 @@ afterAll(async () => {
   await plane?.close();
 }, 300_000);
 
-function onFailure(fn: () => Promise<void>): () => Promise<void> {
-  return async () => {
-    try {
-      await fn();
-    } catch (err) {
-      console.error(plane.failureReport());
-      throw err;
-    }
-  };
-}
+const onFailure = (fn: () => Promise<void>) => reportingFailure(() => plane, fn);
 
 describe("Switchboard on Kubernetes, end to end", () => {
   it(

@@ -199,3 +199,22 @@ export async function startPlane(options: PlaneOptions): Promise<Plane> {
     close,
   };
 }
+
+/**
+ * A test body that, if it fails, first prints the plane's failure report (the plane is looked up
+ * when the test runs: it is started in beforeAll).
+ */
+export function reportingFailure(
+  plane: () => Plane | undefined,
+  fn: () => Promise<void>,
+): () => Promise<void> {
+  return async () => {
+    try {
+      await fn();
+    } catch (err) {
+      const report = plane()?.failureReport();
+      if (report) console.error(report);
+      throw err;
+    }
+  };
+}
