@@ -12,7 +12,10 @@ import type { MembershipStore, MessageLog, MessageStore } from "../backends/type
 import {
   type Conversations,
   isValidConversationId,
+  policiesFromWire,
+  roleFromWire,
   toWireConversation,
+  toWireMember,
   toWireMessage,
 } from "../conversations/index.js";
 import type { Policy } from "../grpc-auth/policy.js";
@@ -127,17 +130,22 @@ export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatS
 
     async createGroup(req) {
       userOf(req.owner, "owner");
-      const group = await conversations.createGroup(req.owner, req.name, req.members, req.open);
+      const group = await conversations.createGroup(
+        req.owner,
+        req.name,
+        req.members,
+        req.open,
+        policiesFromWire(req),
+      );
       return { conversation: toWireConversation(group) };
     },
 
     async updateGroup(req, ctx) {
       const id = await conversationOf(access(ctx.principal), req.conversationId);
-      if (req.name === undefined && req.open === undefined)
-        throw errors.invalid("NOTHING_TO_CHANGE", "name and open are both unset");
-      const group = await conversations.updateGroup(id, {
+      const group = await conversations.updateGroup(undefined, id, {
         ...(req.name !== undefined ? { name: req.name } : {}),
         ...(req.open !== undefined ? { open: req.open } : {}),
+        ...policiesFromWire(req),
       });
       return { conversation: toWireConversation(group, await messages.lastSeq(id)) };
     },
@@ -158,16 +166,20 @@ export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatS
     async removeMembers(req, ctx) {
       const id = await conversationOf(access(ctx.principal), req.conversationId);
       // Users who are not members are skipped, so a retried call is harmless.
-      for (const user of usersOf(req.userIds))
-        if (await membership.isMember(id, user)) await conversations.leave(user, id);
-      const group = await membership.getConversation(id);
-      if (!group) throw errors.notFound("GROUP_NOT_FOUND", `group ${id} does not exist`);
+      const group = await conversations.removeMembers(undefined, id, usersOf(req.userIds));
       return { conversation: toWireConversation(group) };
     },
 
     async listMembers(req, ctx) {
       const id = await conversationOf(access(ctx.principal), req.conversationId);
-      return { userIds: await conversations.members(undefined, id) };
+      const roster = await conversations.roster(undefined, id);
+      return { userIds: roster.map((m) => m.userId), members: roster.map(toWireMember) };
+    },
+
+    async setMemberRole(req, ctx) {
+      const id = await conversationOf(access(ctx.principal), req.conversationId);
+      const group = await conversations.setRole(undefined, id, req.userId, roleFromWire(req.role));
+      return { conversation: toWireConversation(group, await messages.lastSeq(id)) };
     },
 
     async getHistory(req, ctx) {

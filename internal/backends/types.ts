@@ -114,33 +114,65 @@ export interface MessageStore extends Closeable {
 
 export type ConversationKindName = "direct" | "group";
 
+/** A member's standing in a group: the owner (at most one), admins, and everyone else. */
+export type MemberRole = "owner" | "admin" | "member";
+
+/** Who may do something in a group: any member, or only its admins and owner. */
+export type GroupPolicy = "everyone" | "admins";
+
 export interface ConversationRecord {
   id: string;
   kind: ConversationKindName;
   name: string;
+  /** The group's owner; "" for direct conversations and for a group whose owner was removed. */
   owner: string;
   open: boolean;
   createdAtMs: number;
   memberCount: number;
+  /** Who may post ("admins": an announcement channel). Always "everyone" in direct conversations. */
+  postPolicy: GroupPolicy;
+  /** Who may add members. */
+  addPolicy: GroupPolicy;
 }
+
+/** A conversation to create: its policies default to "everyone". */
+export type NewConversation = Omit<ConversationRecord, "memberCount" | "postPolicy" | "addPolicy"> &
+  Partial<Pick<ConversationRecord, "postPolicy" | "addPolicy">>;
 
 /** What updateGroup changes. */
 export interface GroupChange {
   name?: string;
   open?: boolean;
+  postPolicy?: GroupPolicy;
+  addPolicy?: GroupPolicy;
+}
+
+/** One member of a conversation and its role. */
+export interface MemberEntry {
+  userId: string;
+  role: MemberRole;
 }
 
 /** Conversations and their members (tables conversations, members_by_conversation, conversations_by_user). */
 export interface MembershipStore extends Closeable {
   /** Creates the conversation with its members unless it exists; returns the stored record either way. */
   createConversation(
-    record: Omit<ConversationRecord, "memberCount">,
+    record: NewConversation,
     members: string[],
   ): Promise<{ record: ConversationRecord; created: boolean }>;
   getConversation(id: string): Promise<ConversationRecord | undefined>;
   /** Adds members, refusing (GROUP_FULL) to exceed `membersMax`; already-present users are ignored. */
   addMembers(id: string, users: string[], membersMax: number): Promise<ConversationRecord>;
+  /** Removes a member with its role; removing the owner leaves the group without one (owner ""). */
   removeMember(id: string, user: string): Promise<ConversationRecord>;
+  /**
+   * Sets a member's role. "owner" transfers ownership: `user` becomes the owner and the former owner,
+   * if still a member, an admin, in one atomic change. Giving the owner another role leaves the group
+   * without one. NOT_FOUND (USER_NOT_MEMBER) unless `user` is a member.
+   */
+  setRole(id: string, user: string, role: MemberRole): Promise<ConversationRecord>;
+  /** The conversation and the user's role in it, in one read; undefined unless the user is a member. */
+  memberOf(id: string, user: string): Promise<{ record: ConversationRecord; role: MemberRole } | undefined>;
   /**
    * Renames a group and/or opens or closes it (what `change` names; members are untouched); returns
    * the record after the change. NOT_FOUND (GROUP_NOT_FOUND) unless `id` is an existing group.
@@ -148,6 +180,8 @@ export interface MembershipStore extends Closeable {
   updateGroup(id: string, change: GroupChange): Promise<ConversationRecord>;
   isMember(id: string, user: string): Promise<boolean>;
   members(id: string): Promise<string[]>;
+  /** Members with their roles, sorted by user id. */
+  roster(id: string): Promise<MemberEntry[]>;
   conversationsOf(user: string, limit: number): Promise<ConversationRecord[]>;
 }
 

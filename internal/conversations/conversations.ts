@@ -1,8 +1,22 @@
 /**
  * Conversation rules shared by the gateway (client requests) and the router's gRPC API (backends):
  * who may send where, direct-conversation ids, group lifecycle, and the durable append of a send.
+ *
+ * Groups have roles (docs/protocol.md, "Roles"): one owner, admins, members. Members post unless the
+ * group's postPolicy is "admins" and add others unless its addPolicy is; only admins and the owner
+ * remove others, change the group and see it through; only the owner names admins or hands over.
+ * A caller of `undefined` is a trusted backend (the gRPC server API), which no rule restrains.
  */
-import type { AppendResult, ConversationRecord, MembershipStore, MessageLog } from "../backends/types.js";
+import type {
+  AppendResult,
+  ConversationRecord,
+  GroupChange,
+  GroupPolicy,
+  MemberEntry,
+  MemberRole,
+  MembershipStore,
+  MessageLog,
+} from "../backends/types.js";
 import { isValidUserId } from "../lib/auth.js";
 import { errors } from "../lib/errors.js";
 import type { IdPool } from "./id-pool.js";
@@ -120,8 +134,12 @@ export class Conversations {
     }
     const pair = directMembers(id);
     if (pair?.includes(input.sender)) return this.directId(pair[0], pair[1]);
-    if (await this.membership.isMember(id, input.sender)) return id;
-    throw errors.denied("NOT_MEMBER", `${input.sender} is not a member of ${id} (or it does not exist)`);
+    const access = await this.membership.memberOf(id, input.sender);
+    if (!access)
+      throw errors.denied("NOT_MEMBER", `${input.sender} is not a member of ${id} (or it does not exist)`);
+    if (access.record.postPolicy === "admins" && access.role === "member")
+      throw errors.denied("POSTING_RESTRICTED", `only admins post in ${id}`);
+    return id;
   }
 
   /**
@@ -154,6 +172,7 @@ export class Conversations {
     name: string,
     members: string[],
     open: boolean,
+    policies: { postPolicy?: GroupPolicy; addPolicy?: GroupPolicy } = {},
   ): Promise<ConversationRecord> {
     this.checkGroupName(name);
     const all = [...new Set([owner, ...members])];
@@ -165,16 +184,23 @@ export class Conversations {
     }
     const id = `g:${await this.ids.next()}`;
     const { record } = await this.membership.createConversation(
-      { id, kind: "group", name, owner, open, createdAtMs: Date.now() },
+      { id, kind: "group", name, owner, open, createdAtMs: Date.now(), ...policies },
       all,
     );
     return record;
   }
 
-  /** Renames a group and/or opens or closes it (a trusted backend's change). */
-  async updateGroup(id: string, change: { name?: string; open?: boolean }): Promise<ConversationRecord> {
+  /** Renames a group, opens or closes it, or changes its policies: admins and the owner only. */
+  async updateGroup(
+    caller: string | undefined,
+    id: string,
+    change: GroupChange,
+  ): Promise<ConversationRecord> {
     if (change.name !== undefined) this.checkGroupName(change.name);
+    if (Object.values(change).every((v) => v === undefined))
+      throw errors.invalid("NOTHING_TO_CHANGE", "the request changes nothing");
     await this.group(id);
+    if (caller !== undefined) await this.requireAdmin(caller, id, "change the group");
     return this.membership.updateGroup(id, change);
   }
 
@@ -187,31 +213,37 @@ export class Conversations {
     }
   }
 
-  /** Adds members on behalf of `caller` (undefined: a trusted backend). */
+  /** Adds members: any member, or only admins and the owner when the group's addPolicy says so. */
   async addMembers(caller: string | undefined, id: string, users: string[]): Promise<ConversationRecord> {
     await this.group(id);
-    if (caller !== undefined && !(await this.membership.isMember(id, caller))) {
-      throw errors.denied("NOT_MEMBER", `${caller} is not a member of ${id}`);
+    if (caller !== undefined) {
+      const { record, role } = await this.memberAccess(caller, id);
+      if (record.addPolicy === "admins" && role === "member")
+        throw errors.denied("NOT_ADMIN", `only admins add members to ${id}`);
     }
-    const bad = users.find((u) => !isValidUserId(u));
-    if (bad !== undefined || users.length === 0)
-      throw errors.invalid("INVALID_USER_ID", "members must be valid user ids");
+    checkUserIds(users);
     return this.membership.addMembers(id, users, this.limits.membersMax);
   }
 
   /**
-   * Any member may remove others, as any member may add them (there are no owner privileges);
-   * users who are not members are ignored, as add ignores those who already are.
+   * Removes members. Removing others takes an admin or the owner, and nobody removes the owner;
+   * naming yourself is leaving. Users who are not members are ignored, as add ignores those who are.
    */
-  async removeMembers(caller: string, id: string, users: string[]): Promise<ConversationRecord> {
+  async removeMembers(caller: string | undefined, id: string, users: string[]): Promise<ConversationRecord> {
     let record = await this.group(id);
-    if (!(await this.membership.isMember(id, caller))) {
-      throw errors.denied("NOT_MEMBER", `${caller} is not a member of ${id}`);
+    checkUserIds(users);
+    const targets = new Set(users);
+    if (caller !== undefined) {
+      const access = await this.memberAccess(caller, id);
+      record = access.record;
+      const others = [...targets].filter((u) => u !== caller);
+      if (others.length > 0 && access.role === "member")
+        throw errors.denied("NOT_ADMIN", `only admins remove members from ${id}`);
+      if (record.owner !== "" && others.includes(record.owner))
+        throw errors.denied("OWNER_PROTECTED", `the owner of ${id} cannot be removed`);
+      if (targets.has(caller)) this.checkLeave(caller, access);
     }
-    const bad = users.find((u) => !isValidUserId(u));
-    if (bad !== undefined || users.length === 0)
-      throw errors.invalid("INVALID_USER_ID", "members must be valid user ids");
-    for (const user of new Set(users)) {
+    for (const user of targets) {
       if (await this.membership.isMember(id, user)) record = await this.membership.removeMember(id, user);
     }
     return record;
@@ -224,19 +256,75 @@ export class Conversations {
     return this.membership.addMembers(id, [caller], this.limits.membersMax);
   }
 
+  /** Leaves a group; the owner of a group with other members must hand it over first. */
   async leave(caller: string, id: string): Promise<ConversationRecord> {
     await this.group(id);
+    this.checkLeave(caller, await this.memberAccess(caller, id));
     return this.membership.removeMember(id, caller);
+  }
+
+  private checkLeave(caller: string, access: { record: ConversationRecord; role: MemberRole }): void {
+    if (access.role === "owner" && access.record.memberCount > 1) {
+      throw errors.precondition(
+        "OWNER_MUST_TRANSFER",
+        `${caller} owns ${access.record.id}: make another member owner (setMemberRole) before leaving`,
+      );
+    }
+  }
+
+  /**
+   * Gives a member a role: only the owner does, to another member. Making someone owner hands the
+   * group over (the former owner stays on as an admin).
+   */
+  async setRole(
+    caller: string | undefined,
+    id: string,
+    user: string,
+    role: MemberRole,
+  ): Promise<ConversationRecord> {
+    await this.group(id);
+    if (!isValidUserId(user)) throw errors.invalid("INVALID_USER_ID", "user_id is not a valid user id");
+    if (caller !== undefined) {
+      const { role: callerRole } = await this.memberAccess(caller, id);
+      if (callerRole !== "owner") throw errors.denied("NOT_OWNER", `only the owner of ${id} gives roles`);
+      if (user === caller)
+        throw errors.invalid("INVALID_ROLE_CHANGE", "the owner hands over by making another member owner");
+    }
+    return this.membership.setRole(id, user, role);
   }
 
   /** Members of a conversation, for a caller who must belong to it (undefined: trusted backend). */
   async members(caller: string | undefined, id: string): Promise<string[]> {
+    await this.requireMember(caller, id);
+    return this.membership.members(id);
+  }
+
+  /** Members and their roles, sorted by user id, for a caller who must belong to the conversation. */
+  async roster(caller: string | undefined, id: string): Promise<MemberEntry[]> {
+    await this.requireMember(caller, id);
+    return this.membership.roster(id);
+  }
+
+  private async requireMember(caller: string | undefined, id: string): Promise<void> {
     if (!isValidConversationId(id))
       throw errors.invalid("INVALID_CONVERSATION_ID", "conversation_id is malformed");
     if (caller !== undefined && !(await this.membership.isMember(id, caller))) {
       throw errors.denied("NOT_MEMBER", `${caller} is not a member of ${id} (or it does not exist)`);
     }
-    return this.membership.members(id);
+  }
+
+  private async memberAccess(
+    caller: string,
+    id: string,
+  ): Promise<{ record: ConversationRecord; role: MemberRole }> {
+    const access = await this.membership.memberOf(id, caller);
+    if (!access) throw errors.denied("NOT_MEMBER", `${caller} is not a member of ${id}`);
+    return access;
+  }
+
+  private async requireAdmin(caller: string, id: string, what: string): Promise<void> {
+    const { role } = await this.memberAccess(caller, id);
+    if (role === "member") throw errors.denied("NOT_ADMIN", `only admins ${what} (${id})`);
   }
 
   private async group(id: string): Promise<ConversationRecord> {
@@ -245,4 +333,9 @@ export class Conversations {
     if (!record) throw errors.notFound("GROUP_NOT_FOUND", `group ${id} does not exist`);
     return record;
   }
+}
+
+function checkUserIds(users: string[]): void {
+  if (users.length === 0 || users.some((u) => !isValidUserId(u)))
+    throw errors.invalid("INVALID_USER_ID", "members must be valid user ids");
 }

@@ -8,4 +8,10 @@ export {
   SYSTEM_SENDER,
 } from "./conversations.js";
 export { IdPool } from "./id-pool.js";
-export { toWireConversation, toWireMessage } from "./wire.js";
+export {
+  policiesFromWire,
+  roleFromWire,
+  toWireConversation,
+  toWireMember,
+  toWireMessage,
+} from "./wire.js";

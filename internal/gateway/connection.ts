@@ -21,7 +21,14 @@ import type { PresenceService } from "../../gen/switchboard/presence/v1/presence
 import type { PushService } from "../../gen/switchboard/push/v1/push_pb.js";
 import type { RouterService } from "../../gen/switchboard/router/v1/router_pb.js";
 import type { Backends } from "../backends/types.js";
-import { type Conversations, toWireConversation, toWireMessage } from "../conversations/index.js";
+import {
+  type Conversations,
+  policiesFromWire,
+  roleFromWire,
+  toWireConversation,
+  toWireMember,
+  toWireMessage,
+} from "../conversations/index.js";
 import type { Identity } from "../lib/auth.js";
 import type { Config } from "../lib/config.js";
 import { errors, SwitchboardError } from "../lib/errors.js";
@@ -297,7 +304,27 @@ export class Connection {
       }
       case "createGroup": {
         const { name, members, open } = req.value;
-        const record = await c.conversations.createGroup(user, name, members, open);
+        const record = await c.conversations.createGroup(
+          user,
+          name,
+          members,
+          open,
+          policiesFromWire(req.value),
+        );
+        return reply({ case: "conversation", value: { conversation: toWireConversation(record) } });
+      }
+      case "updateGroup": {
+        const { conversationId, name, open } = req.value;
+        const record = await c.conversations.updateGroup(user, conversationId, {
+          ...(name !== undefined ? { name } : {}),
+          ...(open !== undefined ? { open } : {}),
+          ...policiesFromWire(req.value),
+        });
+        return reply({ case: "conversation", value: { conversation: toWireConversation(record) } });
+      }
+      case "setMemberRole": {
+        const { conversationId, userId, role } = req.value;
+        const record = await c.conversations.setRole(user, conversationId, userId, roleFromWire(role));
         return reply({ case: "conversation", value: { conversation: toWireConversation(record) } });
       }
       case "addMembers": {
@@ -331,10 +358,14 @@ export class Connection {
         return reply({ case: "conversations", value: { conversations } });
       }
       case "listMembers": {
-        const members = await c.conversations.members(user, req.value.conversationId);
+        const roster = await c.conversations.roster(user, req.value.conversationId);
         return reply({
           case: "members",
-          value: { conversationId: req.value.conversationId, members: members.sort() },
+          value: {
+            conversationId: req.value.conversationId,
+            members: roster.map((m) => m.userId),
+            roles: roster.map(toWireMember),
+          },
         });
       }
       case "listReceipts": {

@@ -97,6 +97,7 @@ export const METHOD_RULES: ReadonlyMap<string, MethodRule> = new Map([
   ["/switchboard.api.v1.ChatService/AddMembers", rule([], "manageGroups")],
   ["/switchboard.api.v1.ChatService/RemoveMembers", rule([], "manageGroups")],
   ["/switchboard.api.v1.ChatService/ListMembers", rule([], "manageGroups")],
+  ["/switchboard.api.v1.ChatService/SetMemberRole", rule([], "manageGroups")],
   ["/switchboard.api.v1.ChatService/GetHistory", rule([], "readHistory")],
   ["/switchboard.api.v1.ChatService/GetPresence", rule([], "presence")],
   ["/switchboard.api.v1.ChatService/ListSessions", rule([], "sessions")],

@@ -42,18 +42,23 @@ import {
   type ChatMessage,
   type Conversation,
   type DisconnectInfo,
+  type GroupPolicyName,
   type HistoryPage,
   type IncomingMessage,
   type MemberList,
   type MemberReceipts,
+  type MemberRoleName,
   type PresenceStatus,
+  policyToWire,
   type ReceiptInfo,
+  roleToWire,
   type SendAck,
   type SyncedInfo,
   type TypingInfo,
   toChatMessage,
   toConversation,
   toHistoryPage,
+  toMember,
   toMemberReceipts,
   toPresence,
   toReceipt,
@@ -172,6 +177,18 @@ export interface CreateGroupInput {
   members?: string[];
   /** Whether anyone may join without being added. */
   open?: boolean;
+  /** Who may post; default everyone ("admins": an announcement channel). */
+  postPolicy?: GroupPolicyName;
+  /** Who may add members; default everyone. */
+  addPolicy?: GroupPolicyName;
+}
+
+/** What updateGroup changes; what is left out stays as it is. */
+export interface GroupChangeInput {
+  name?: string;
+  open?: boolean;
+  postPolicy?: GroupPolicyName;
+  addPolicy?: GroupPolicyName;
 }
 
 type Timer = ReturnType<typeof setTimeout>;
@@ -519,8 +536,44 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
     const res = await this.request(
       {
         case: "createGroup",
-        value: { name: input.name, members: input.members ?? [], open: input.open ?? false },
+        value: {
+          name: input.name,
+          members: input.members ?? [],
+          open: input.open ?? false,
+          postPolicy: policyToWire(input.postPolicy),
+          addPolicy: policyToWire(input.addPolicy),
+        },
       },
+      "conversation",
+    );
+    return this.conversationOf(res.conversation);
+  }
+
+  /** Renames a group, opens or closes it, or changes who may post or add (admins and the owner). */
+  async updateGroup(conversationId: string, change: GroupChangeInput): Promise<Conversation> {
+    const res = await this.request(
+      {
+        case: "updateGroup",
+        value: {
+          conversationId,
+          ...(change.name !== undefined ? { name: change.name } : {}),
+          ...(change.open !== undefined ? { open: change.open } : {}),
+          postPolicy: policyToWire(change.postPolicy),
+          addPolicy: policyToWire(change.addPolicy),
+        },
+      },
+      "conversation",
+    );
+    return this.conversationOf(res.conversation);
+  }
+
+  /**
+   * Gives a member of my group a role (only the owner may). Making someone "owner" hands the group
+   * over; I stay on as an admin.
+   */
+  async setMemberRole(conversationId: string, userId: string, role: MemberRoleName): Promise<Conversation> {
+    const res = await this.request(
+      { case: "setMemberRole", value: { conversationId, userId, role: roleToWire(role) } },
       "conversation",
     );
     return this.conversationOf(res.conversation);
@@ -534,7 +587,10 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
     return this.conversationOf(res.conversation);
   }
 
-  /** Removes members from a group (any member may; users who are not members are ignored). */
+  /**
+   * Removes members from a group: others only as an admin or the owner, never the owner; naming
+   * myself is leaving. Users who are not members are ignored.
+   */
   async removeMembers(conversationId: string, members: string[]): Promise<Conversation> {
     const res = await this.request(
       { case: "removeMembers", value: { conversationId, members } },
@@ -568,7 +624,7 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
 
   async listMembers(conversationId: string): Promise<MemberList> {
     const res = await this.request({ case: "listMembers", value: { conversationId } }, "members");
-    return { conversationId: res.conversationId, members: res.members };
+    return { conversationId: res.conversationId, members: res.members, roles: res.roles.map(toMember) };
   }
 
   /**

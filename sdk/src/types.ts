@@ -16,7 +16,10 @@ import type {
 } from "../../gen/switchboard/client/v1/client_pb.js";
 import {
   ConversationKind,
+  GroupPolicy,
+  MemberRole,
   type Conversation as PbConversation,
+  type Member as PbMember,
   type Message as PbMessage,
   type PresenceStatus as PbPresenceStatus,
   ReceiptKind,
@@ -79,12 +82,18 @@ export interface WelcomeInfo {
 
 export type ConversationKindName = "direct" | "group" | "unspecified";
 
+/** Who may post or add members in a group: any member, or only admins and the owner. */
+export type GroupPolicyName = "everyone" | "admins";
+
+/** A member's standing in a group (docs/protocol.md, "Roles"). */
+export type MemberRoleName = "owner" | "admin" | "member";
+
 export interface Conversation {
   id: string;
   kind: ConversationKindName;
   /** Group name; empty for direct conversations. */
   name: string;
-  /** Group creator; empty for direct conversations. */
+  /** The group's owner; empty for direct conversations and for a group without one. */
   owner: string;
   memberCount: number;
   open: boolean;
@@ -92,6 +101,10 @@ export interface Conversation {
   createdAtMs: number;
   /** The signed-in user's read watermark (listConversations only; 0 elsewhere): unread = lastSeq - readSeq, minus own messages. */
   readSeq: number;
+  /** Who may post ("everyone" in direct conversations). */
+  postPolicy: GroupPolicyName;
+  /** Who may add members. */
+  addPolicy: GroupPolicyName;
 }
 
 export interface HistoryPage {
@@ -106,6 +119,8 @@ export interface MemberList {
   conversationId: string;
   /** Sorted user ids. */
   members: string[];
+  /** The same members with their roles, in the same order. */
+  roles: Array<{ userId: string; role: MemberRoleName }>;
 }
 
 export interface PresenceStatus {
@@ -217,8 +232,26 @@ export function toConversation(c: PbConversation): Conversation {
     lastSeq: num(c.lastSeq),
     createdAtMs: num(c.createdAtMs),
     readSeq: num(c.readSeq),
+    postPolicy: c.postPolicy === GroupPolicy.ADMINS ? "admins" : "everyone",
+    addPolicy: c.addPolicy === GroupPolicy.ADMINS ? "admins" : "everyone",
   };
 }
+
+const ROLE_NAMES: Record<MemberRoleName, MemberRole> = {
+  owner: MemberRole.OWNER,
+  admin: MemberRole.ADMIN,
+  member: MemberRole.MEMBER,
+};
+
+export function toMember(m: PbMember): { userId: string; role: MemberRoleName } {
+  const role = m.role === MemberRole.OWNER ? "owner" : m.role === MemberRole.ADMIN ? "admin" : "member";
+  return { userId: m.userId, role };
+}
+
+export const roleToWire = (role: MemberRoleName): MemberRole => ROLE_NAMES[role];
+
+export const policyToWire = (p: GroupPolicyName | undefined): GroupPolicy =>
+  p === undefined ? GroupPolicy.UNSPECIFIED : p === "admins" ? GroupPolicy.ADMINS : GroupPolicy.EVERYONE;
 
 export function toHistoryPage(h: PbHistoryResult): HistoryPage {
   return { conversationId: h.conversationId, messages: h.messages.map(toChatMessage), hasMore: h.hasMore };

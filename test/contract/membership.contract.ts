@@ -1,6 +1,6 @@
 /** Backend contract, part: Conversations and their members. */
 import { describe, expect, it } from "vitest";
-import type { ConversationRecord } from "../../internal/backends/types.js";
+import type { NewConversation } from "../../internal/backends/types.js";
 import { type ContractKit, nextMessageId, range, rejection } from "./harness.js";
 
 export function membershipContract({ setup }: ContractKit): void {
@@ -10,13 +10,15 @@ export function membershipContract({ setup }: ContractKit): void {
       id: string,
       owner: string,
       createdAtMs = 1000,
-    ): Omit<ConversationRecord, "memberCount"> => ({
+    ): NewConversation & Pick<Required<NewConversation>, "postPolicy" | "addPolicy"> => ({
       id,
       kind: "group",
       name: `name of ${id}`,
       owner,
       open: true,
       createdAtMs,
+      postPolicy: "everyone",
+      addPolicy: "everyone",
     });
 
     it("createConversation is idempotent: a second create returns created=false and the original", async (ctx) => {
@@ -55,6 +57,90 @@ export function membershipContract({ setup }: ContractKit): void {
       await expect(h.b.membership.updateGroup(dm, { name: "x" })).rejects.toMatchObject({
         reason: "GROUP_NOT_FOUND",
       });
+    });
+
+    it("group policies: default to everyone, are stored as created and changed by updateGroup", async (ctx) => {
+      const h = await setup(ctx);
+      const [plain, announce, dm, a, b] = [h.id("g1"), h.id("g2"), h.id("dm"), h.id("a"), h.id("b")];
+      const { postPolicy: _p, addPolicy: _a, ...bare } = record(plain, a);
+      const created = await h.b.membership.createConversation(bare, [a, b]);
+      expect(created.record).toMatchObject({ postPolicy: "everyone", addPolicy: "everyone" });
+      const channel = await h.b.membership.createConversation(
+        { ...record(announce, a), postPolicy: "admins" },
+        [a],
+      );
+      expect(channel.record).toEqual({ ...record(announce, a), postPolicy: "admins", memberCount: 1 });
+      expect(await h.b.membership.getConversation(announce)).toEqual(channel.record);
+
+      const changed = await h.b.membership.updateGroup(plain, { addPolicy: "admins" });
+      expect(changed).toEqual({ ...created.record, addPolicy: "admins" });
+      const reopened = await h.b.membership.updateGroup(plain, {
+        postPolicy: "admins",
+        addPolicy: "everyone",
+      });
+      expect(reopened).toEqual({ ...created.record, postPolicy: "admins" });
+      expect(await h.b.membership.getConversation(plain)).toEqual(reopened);
+      expect((await h.b.membership.memberOf(plain, b))?.record).toEqual(reopened);
+
+      await h.b.membership.createConversation({ ...bare, id: dm, kind: "direct", name: "", owner: "" }, [
+        a,
+        b,
+      ]);
+      expect(await h.b.membership.getConversation(dm)).toMatchObject({
+        postPolicy: "everyone",
+        addPolicy: "everyone",
+      });
+    });
+
+    it("roles: the record's owner, admins set by setRole, everyone else a member; a role goes with its member", async (ctx) => {
+      const h = await setup(ctx);
+      const [id, a, b, c, d] = [h.id("g"), h.id("a"), h.id("b"), h.id("c"), h.id("d")];
+      await h.b.membership.createConversation(record(id, a), [a, b, c]);
+      expect(await h.b.membership.roster(id)).toEqual(
+        [
+          { userId: a, role: "owner" },
+          { userId: b, role: "member" },
+          { userId: c, role: "member" },
+        ].sort((x, y) => (x.userId < y.userId ? -1 : 1)),
+      );
+      expect(await h.b.membership.memberOf(id, a)).toEqual({
+        record: { ...record(id, a), memberCount: 3 },
+        role: "owner",
+      });
+      expect(await h.b.membership.memberOf(id, d)).toBeUndefined();
+      expect(await h.b.membership.memberOf(h.id("nothing"), a)).toBeUndefined();
+
+      expect(await h.b.membership.setRole(id, b, "admin")).toMatchObject({ owner: a, memberCount: 3 });
+      expect((await h.b.membership.memberOf(id, b))?.role).toBe("admin");
+      expect(await rejection(h.b.membership.setRole(id, d, "admin"))).toMatchObject({
+        reason: "USER_NOT_MEMBER",
+      });
+      expect(await h.b.membership.roster(id)).not.toContainEqual({ userId: d, role: "admin" });
+
+      // Handing over: c becomes the owner, the former owner an admin, in one change.
+      expect(await h.b.membership.setRole(id, c, "owner")).toMatchObject({ owner: c });
+      const roles = new Map((await h.b.membership.roster(id)).map((m) => [m.userId, m.role]));
+      expect(Object.fromEntries(roles)).toEqual({ [a]: "admin", [b]: "admin", [c]: "owner" });
+      expect((await h.b.membership.getConversation(id))?.owner).toBe(c);
+
+      // Demoting, and a removed member's role is gone when it comes back.
+      await h.b.membership.setRole(id, a, "member");
+      expect((await h.b.membership.memberOf(id, a))?.role).toBe("member");
+      await h.b.membership.removeMember(id, b);
+      await h.b.membership.addMembers(id, [b], 10);
+      expect((await h.b.membership.memberOf(id, b))?.role).toBe("member");
+
+      // The owner removed: the group has none, and the user returns as a member.
+      expect(await h.b.membership.removeMember(id, c)).toMatchObject({ owner: "", memberCount: 2 });
+      expect((await h.b.membership.getConversation(id))?.owner).toBe("");
+      await h.b.membership.addMembers(id, [c], 10);
+      expect((await h.b.membership.memberOf(id, c))?.role).toBe("member");
+      // Giving the owner another role leaves the group without one.
+      await h.b.membership.setRole(id, b, "owner");
+      expect(await h.b.membership.setRole(id, b, "admin")).toMatchObject({ owner: "" });
+      expect((await h.b.membership.memberOf(id, b))?.role).toBe("admin");
+      expect((await h.b.membership.getConversation(id))?.memberCount).toBe(3);
+      expect(await h.b.membership.members(id)).toHaveLength(3);
     });
 
     it("concurrent creates of one id: exactly one is created, all return the same record", async (ctx) => {

@@ -11,7 +11,7 @@ import cassandra from "cassandra-driver";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ensureServer } from "../../../test/infra/servers.js";
 import { Code, SwitchboardError } from "../../lib/errors.js";
-import type { ConversationRecord, InboxEntry, StoredMessage } from "../types.js";
+import type { InboxEntry, NewConversation, StoredMessage } from "../types.js";
 import { type CassandraOptions, type CassandraStores, migrate, openCassandraStores } from "./index.js";
 import { storageError } from "./session.js";
 
@@ -585,13 +585,15 @@ describe("membership store", () => {
     cid: string,
     owner: string,
     createdAtMs = 1000,
-  ): Omit<ConversationRecord, "memberCount"> => ({
+  ): NewConversation & Pick<Required<NewConversation>, "postPolicy" | "addPolicy"> => ({
     id: cid,
     kind: "group",
     name: `name of ${cid}`,
     owner,
     open: true,
     createdAtMs,
+    postPolicy: "everyone",
+    addPolicy: "everyone",
   });
 
   it(

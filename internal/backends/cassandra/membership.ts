@@ -5,7 +5,9 @@
  * Every change to a conversation partition is one conditional batch on that partition (schema.ts, v2):
  * - create: INSERT the conversation row IF NOT EXISTS + INSERT each member IF NOT EXISTS;
  * - add:    UPDATE member_count = n + k IF member_count = n + INSERT each new member IF NOT EXISTS;
- * - remove: UPDATE member_count = n - 1 IF member_count = n + DELETE the member IF EXISTS.
+ * - remove: UPDATE member_count = n - 1 IF member_count = n + DELETE the member IF EXISTS (+ clear the
+ *           owner when it is the owner who goes);
+ * - role:   UPDATE the member's role IF EXISTS (+ UPDATE owner IF owner = previous, for a transfer).
  * So the member limit holds under concurrent adds from any number of processes: of two adds that read the
  * same count only one applies, the other re-reads and re-checks the limit; and the count always equals
  * the number of member rows. Within a process a per-conversation mutex keeps our own calls from racing
@@ -17,7 +19,16 @@
  * listed conversation's member row, which is authoritative, and drops stale index rows.
  */
 import { errors } from "../../lib/errors.js";
-import type { ConversationKindName, ConversationRecord, GroupChange, MembershipStore } from "../types.js";
+import type {
+  ConversationKindName,
+  ConversationRecord,
+  GroupChange,
+  GroupPolicy,
+  MemberEntry,
+  MemberRole,
+  MembershipStore,
+  NewConversation,
+} from "../types.js";
 import {
   backoff,
   chunks,
@@ -47,12 +58,17 @@ export class CassandraMembershipStore implements MembershipStore {
   }
 
   createConversation(
-    record: Omit<ConversationRecord, "memberCount">,
+    record: NewConversation,
     members: string[],
   ): Promise<{ record: ConversationRecord; created: boolean }> {
     return this.mutex.run(record.id, async () => {
       const unique = [...new Set(members)];
-      const stored: ConversationRecord = { ...record, memberCount: unique.length };
+      const stored: ConversationRecord = {
+        postPolicy: "everyone",
+        addPolicy: "everyone",
+        ...record,
+        memberCount: unique.length,
+      };
       const createdAt = new Date(record.createdAtMs);
       let lastError: unknown;
       for (let attempt = 1; attempt <= CAS_ATTEMPTS_MAX; attempt++) {
@@ -78,6 +94,8 @@ export class CassandraMembershipStore implements MembershipStore {
                   record.open,
                   createdAt,
                   unique.length,
+                  stored.postPolicy,
+                  stored.addPolicy,
                 ],
               },
               ...unique.map((user) => ({ query: this.q.insertMember, params: [record.id, user, createdAt] })),
@@ -118,7 +136,7 @@ export class CassandraMembershipStore implements MembershipStore {
           const result = await this.s.execute(
             "members_by_conversation: update group (conditional)",
             this.q.updateGroup,
-            [updated.name, updated.open, id],
+            [updated.name, updated.open, updated.postPolicy, updated.addPolicy, id],
             { idempotent: false },
           );
           if (result.wasApplied()) return updated;
@@ -197,17 +215,19 @@ export class CassandraMembershipStore implements MembershipStore {
           throw errors.notFound("NOT_MEMBER", `${user} is not a member of ${id}`);
         }
         try {
+          const owned = record.owner !== "" && record.owner === user;
           const result = await this.s.batch(
             "members_by_conversation: remove member (conditional batch)",
             [
               { query: this.q.casCount, params: [record.memberCount - 1, id, record.memberCount] },
               { query: this.q.deleteMember, params: [id, user] },
+              ...(owned ? [{ query: this.q.setOwner, params: ["", id] }] : []),
             ],
             { idempotent: false, logged: true },
           );
           if (result.wasApplied()) {
             await this.unindex(id, record.createdAtMs, user);
-            return { ...record, memberCount: record.memberCount - 1 };
+            return { ...record, memberCount: record.memberCount - 1, owner: owned ? "" : record.owner };
           }
           this.stats.casConflicts++;
         } catch (err) {
@@ -220,6 +240,86 @@ export class CassandraMembershipStore implements MembershipStore {
       }
       throw contended("members_by_conversation: remove member", CAS_ATTEMPTS_MAX, lastError);
     });
+  }
+
+  setRole(id: string, user: string, role: MemberRole): Promise<ConversationRecord> {
+    return this.mutex.run(id, async () => {
+      let lastError: unknown;
+      for (let attempt = 1; attempt <= CAS_ATTEMPTS_MAX; attempt++) {
+        const record = await this.readConversation(id);
+        if (!record) throw errors.notFound("CONVERSATION_NOT_FOUND", `conversation ${id} does not exist`);
+        if (!(await this.isMember(id, user)))
+          throw errors.notFound("USER_NOT_MEMBER", `${user} is not a member of ${id}`);
+        const former = record.owner;
+        const owner = role === "owner" ? user : former === user ? "" : former;
+        // Each member row is updated only if it still exists (a plain update would re-create a row
+        // removed meanwhile); the owner only if nobody changed it since it was read.
+        const statements = [
+          { query: this.q.setRoleIfMember, params: [role === "admin" ? "admin" : null, id, user] },
+        ];
+        if (owner !== former) statements.push({ query: this.q.setOwnerIf, params: [owner, id, former] });
+        if (role === "owner" && former !== "" && former !== user && (await this.isMember(id, former)))
+          statements.push({ query: this.q.setRoleIfMember, params: ["admin", id, former] });
+        try {
+          const result =
+            statements.length === 1
+              ? await this.s.execute(
+                  "members_by_conversation: set role (conditional)",
+                  statements[0]!.query,
+                  statements[0]!.params,
+                  { idempotent: false },
+                )
+              : await this.s.batch(
+                  "members_by_conversation: transfer ownership (conditional batch)",
+                  statements,
+                  {
+                    idempotent: false,
+                    logged: true,
+                  },
+                );
+          if (result.wasApplied()) return { ...record, owner };
+          this.stats.casConflicts++;
+        } catch (err) {
+          // Setting the same role again is harmless: the next attempt re-reads and re-applies.
+          if (!isUnavailable(err)) throw err;
+          this.stats.casUnknown++;
+          lastError = err;
+        }
+        await backoff(attempt);
+      }
+      throw contended("members_by_conversation: set role", CAS_ATTEMPTS_MAX, lastError);
+    });
+  }
+
+  async memberOf(
+    id: string,
+    user: string,
+  ): Promise<{ record: ConversationRecord; role: MemberRole } | undefined> {
+    const result = await this.s.execute(
+      "members_by_conversation: conversation of member",
+      this.q.conversationOfMember,
+      [id, user],
+      { idempotent: true },
+    );
+    const row = result.first();
+    if (!row) return undefined;
+    const record = decodeConversation(id, row);
+    return { record, role: roleOf(record, user, row.get("role")) };
+  }
+
+  async roster(id: string): Promise<MemberEntry[]> {
+    const rows = await this.s.all("members_by_conversation: list members with roles", this.q.roster, [id]);
+    const owner = rows[0] ? ((rows[0].get("owner") as string | null) ?? "") : "";
+    const out: MemberEntry[] = [];
+    for (const row of rows) {
+      const userId = row.get("user_id");
+      if (typeof userId !== "string") continue; // a static-only row (no members)
+      out.push({
+        userId,
+        role: userId === owner && owner !== "" ? "owner" : row.get("role") === "admin" ? "admin" : "member",
+      });
+    }
+    return out.sort((a, b) => (a.userId < b.userId ? -1 : a.userId > b.userId ? 1 : 0));
   }
 
   async isMember(id: string, user: string): Promise<boolean> {
@@ -350,7 +450,19 @@ function sameConversation(a: ConversationRecord, b: ConversationRecord): boolean
   );
 }
 
-const CONVERSATION_COLUMNS = "kind, name, owner, open, created_at, member_count";
+const CONVERSATION_COLUMNS = "kind, name, owner, open, created_at, member_count, post_policy, add_policy";
+
+function roleOf(record: ConversationRecord, user: string, stored: unknown): MemberRole {
+  if (record.owner !== "" && record.owner === user) return "owner";
+  return stored === "admin" ? "admin" : "member";
+}
+
+/** null (a conversation stored before policies existed, or a direct one): everyone. */
+function policy(value: unknown, column: string): GroupPolicy {
+  if (value === null || value === undefined || value === "everyone") return "everyone";
+  if (value === "admins") return "admins";
+  throw new Error(`invariant violated: members_by_conversation.${column} is ${String(value)}`);
+}
 
 function decodeConversation(id: string, row: Row): ConversationRecord {
   const kind = toText(row.get("kind"), "members_by_conversation.kind");
@@ -364,6 +476,8 @@ function decodeConversation(id: string, row: Row): ConversationRecord {
     open: row.get("open") === true,
     createdAtMs: toNumber(row.get("created_at"), "members_by_conversation.created_at"),
     memberCount: optionalNumber(row.get("member_count"), "members_by_conversation.member_count") ?? 0,
+    postPolicy: policy(row.get("post_policy"), "post_policy"),
+    addPolicy: policy(row.get("add_policy"), "add_policy"),
   };
 }
 
@@ -373,17 +487,23 @@ function statements(s: Session) {
   return {
     conversation: `SELECT ${CONVERSATION_COLUMNS} FROM ${members} WHERE conversation_id = ? LIMIT 1`,
     conversationOfMember:
-      `SELECT ${CONVERSATION_COLUMNS}, user_id FROM ${members} ` +
+      `SELECT ${CONVERSATION_COLUMNS}, user_id, role FROM ${members} ` +
       "WHERE conversation_id = ? AND user_id = ?",
     member: `SELECT user_id FROM ${members} WHERE conversation_id = ? AND user_id = ?`,
     members: `SELECT user_id FROM ${members} WHERE conversation_id = ?`,
+    roster: `SELECT owner, user_id, role FROM ${members} WHERE conversation_id = ?`,
     membersIn: `SELECT user_id FROM ${members} WHERE conversation_id = ? AND user_id IN ?`,
     insertConversation:
-      `INSERT INTO ${members} (conversation_id, kind, name, owner, open, created_at, member_count) ` +
-      "VALUES (?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS",
+      `INSERT INTO ${members} (conversation_id, kind, name, owner, open, created_at, member_count, ` +
+      "post_policy, add_policy) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS",
     insertMember: `INSERT INTO ${members} (conversation_id, user_id, joined_at) VALUES (?, ?, ?) IF NOT EXISTS`,
     casCount: `UPDATE ${members} SET member_count = ? WHERE conversation_id = ? IF member_count = ?`,
-    updateGroup: `UPDATE ${members} SET name = ?, open = ? WHERE conversation_id = ? IF kind = 'group'`,
+    updateGroup:
+      `UPDATE ${members} SET name = ?, open = ?, post_policy = ?, add_policy = ? ` +
+      "WHERE conversation_id = ? IF kind = 'group'",
+    setOwner: `UPDATE ${members} SET owner = ? WHERE conversation_id = ?`,
+    setOwnerIf: `UPDATE ${members} SET owner = ? WHERE conversation_id = ? IF owner = ?`,
+    setRoleIfMember: `UPDATE ${members} SET role = ? WHERE conversation_id = ? AND user_id = ? IF EXISTS`,
     deleteMember: `DELETE FROM ${members} WHERE conversation_id = ? AND user_id = ? IF EXISTS`,
     conversationsOf: `SELECT created_at, conversation_id FROM ${byUser} WHERE user_id = ?`,
     indexInsert: `INSERT INTO ${byUser} (user_id, created_at, conversation_id) VALUES (?, ?, ?)`,

@@ -205,6 +205,18 @@ export function migrations(ks: string): Migration[] {
         `ALTER TABLE ${ks}.inbox_heads ADD applied_offset bigint static`,
       ],
     },
+    {
+      version: 7,
+      name: "member roles and group policies",
+      statements: [
+        // A member's role when it is not "member" (admins; the owner is the static `owner`), and who
+        // may post and add members (null: everyone). Changed, like the rest of the partition, with a
+        // conditional write.
+        `ALTER TABLE ${ks}.members_by_conversation ADD role text`,
+        `ALTER TABLE ${ks}.members_by_conversation ADD post_policy text static`,
+        `ALTER TABLE ${ks}.members_by_conversation ADD add_policy text static`,
+      ],
+    },
   ];
 }
 

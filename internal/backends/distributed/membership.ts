@@ -6,7 +6,14 @@
  * message sent after it is addressed to the new list. If the announcement fails the change is stored
  * but the call fails (retryable: a retried leave or add is a no-op that announces again).
  */
-import type { ConversationRecord, GroupChange, MembershipStore } from "../types.js";
+import type {
+  ConversationRecord,
+  GroupChange,
+  MemberEntry,
+  MemberRole,
+  MembershipStore,
+  NewConversation,
+} from "../types.js";
 
 export class AnnouncingMembershipStore implements MembershipStore {
   constructor(
@@ -15,7 +22,7 @@ export class AnnouncingMembershipStore implements MembershipStore {
   ) {}
 
   async createConversation(
-    record: Omit<ConversationRecord, "memberCount">,
+    record: NewConversation,
     members: string[],
   ): Promise<{ record: ConversationRecord; created: boolean }> {
     const result = await this.store.createConversation(record, members);
@@ -38,6 +45,19 @@ export class AnnouncingMembershipStore implements MembershipStore {
   /** Members are untouched: the sequencer's member lists need no announcement. */
   updateGroup(id: string, change: GroupChange): Promise<ConversationRecord> {
     return this.store.updateGroup(id, change);
+  }
+
+  /** Roles do not change who gets a message: no announcement. */
+  setRole(id: string, user: string, role: MemberRole): Promise<ConversationRecord> {
+    return this.store.setRole(id, user, role);
+  }
+
+  memberOf(id: string, user: string): Promise<{ record: ConversationRecord; role: MemberRole } | undefined> {
+    return this.store.memberOf(id, user);
+  }
+
+  roster(id: string): Promise<MemberEntry[]> {
+    return this.store.roster(id);
   }
 
   getConversation(id: string): Promise<ConversationRecord | undefined> {

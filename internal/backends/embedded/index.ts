@@ -33,10 +33,13 @@ import type {
   InboxEntry,
   InboxStore,
   LoggedMessage,
+  MemberEntry,
+  MemberRole,
   MembershipStore,
   MessageDraft,
   MessageLog,
   MessageStore,
+  NewConversation,
   PresenceStore,
   PushDeadLetter,
   PushJob,
@@ -88,7 +91,7 @@ export class EmbeddedBackends implements Backends {
       path: join(options.dataDir, "switchboard.mdb"),
       noSubdir: true,
       overlappingSync: false, // a write resolves after fsync: acks mean durable
-      maxDbs: 16,
+      maxDbs: 24,
       mapSize: 2 * 1024 ** 3,
     });
     const db = <V>(name: string) => this.root.openDB<V, Key>({ name });
@@ -106,6 +109,7 @@ export class EmbeddedBackends implements Backends {
     this.membership = new EmbeddedMembership(
       db("conversations"),
       db("members"),
+      db("member_roles"),
       db("user_conversations"),
       guard,
     );
@@ -364,22 +368,42 @@ class EmbeddedMessageStore implements MessageStore {
   async close(): Promise<void> {}
 }
 
+/** A record stored before group policies existed reads as "everyone may". */
+function withPolicies(record: ConversationRecord | undefined): ConversationRecord | undefined {
+  if (!record || (record.postPolicy && record.addPolicy)) return record;
+  return {
+    ...record,
+    postPolicy: record.postPolicy ?? "everyone",
+    addPolicy: record.addPolicy ?? "everyone",
+  };
+}
+
+/**
+ * Conversations (`conversations`), members with their join time (`members`), the roles other than
+ * "member" (`member_roles`: admins; the owner is the record's) and each user's conversations.
+ */
 class EmbeddedMembership implements MembershipStore {
   private readonly mutex = new KeyedMutex();
 
   constructor(
     private readonly conversations: Database<ConversationRecord, Key>,
     private readonly membersDb: Database<number, Key>,
+    private readonly roles: Database<"admin", Key>,
     private readonly byUser: Database<number, Key>,
     private readonly guard: Guard,
   ) {}
 
-  createConversation(record: Omit<ConversationRecord, "memberCount">, members: string[]) {
+  createConversation(record: NewConversation, members: string[]) {
     return this.mutex.run(record.id, async () => {
-      const existing = this.conversations.get(record.id);
+      const existing = this.record(record.id);
       if (existing) return { record: existing, created: false };
       const unique = [...new Set(members)];
-      const stored: ConversationRecord = { ...record, memberCount: unique.length };
+      const stored: ConversationRecord = {
+        postPolicy: "everyone",
+        addPolicy: "everyone",
+        ...record,
+        memberCount: unique.length,
+      };
       await this.guard(
         this.conversations.batch(() => {
           this.conversations.put(record.id, stored);
@@ -394,13 +418,12 @@ class EmbeddedMembership implements MembershipStore {
   }
 
   async getConversation(id: string) {
-    return this.conversations.get(id);
+    return this.record(id);
   }
 
   addMembers(id: string, users: string[], membersMax: number) {
     return this.mutex.run(id, async () => {
-      const record = this.conversations.get(id);
-      if (!record) throw errors.notFound("CONVERSATION_NOT_FOUND", `conversation ${id} does not exist`);
+      const record = this.existing(id);
       const fresh = [...new Set(users)].filter((u) => !this.membersDb.doesExist([id, u]));
       if (record.memberCount + fresh.length > membersMax) {
         throw errors.exhausted(
@@ -426,15 +449,19 @@ class EmbeddedMembership implements MembershipStore {
 
   removeMember(id: string, user: string) {
     return this.mutex.run(id, async () => {
-      const record = this.conversations.get(id);
-      if (!record) throw errors.notFound("CONVERSATION_NOT_FOUND", `conversation ${id} does not exist`);
+      const record = this.existing(id);
       if (!this.membersDb.doesExist([id, user]))
         throw errors.denied("NOT_MEMBER", `${user} is not a member of ${id}`);
-      const updated = { ...record, memberCount: record.memberCount - 1 };
+      const updated = {
+        ...record,
+        memberCount: record.memberCount - 1,
+        owner: record.owner === user ? "" : record.owner,
+      };
       await this.guard(
         this.conversations.batch(() => {
           this.conversations.put(id, updated);
           this.membersDb.remove([id, user]);
+          this.roles.remove([id, user]);
           this.byUser.remove([user, id]);
         }),
       );
@@ -442,9 +469,37 @@ class EmbeddedMembership implements MembershipStore {
     });
   }
 
+  setRole(id: string, user: string, role: MemberRole) {
+    return this.mutex.run(id, async () => {
+      const record = this.existing(id);
+      if (!this.membersDb.doesExist([id, user]))
+        throw errors.notFound("USER_NOT_MEMBER", `${user} is not a member of ${id}`);
+      const former = record.owner;
+      const owner = role === "owner" ? user : former === user ? "" : former;
+      const updated = owner === former ? record : { ...record, owner };
+      await this.guard(
+        this.conversations.batch(() => {
+          if (updated !== record) this.conversations.put(id, updated);
+          if (role === "admin") this.roles.put([id, user], "admin");
+          else this.roles.remove([id, user]);
+          // The owner handing over stays on as an admin.
+          if (role === "owner" && former !== "" && former !== user && this.membersDb.doesExist([id, former]))
+            this.roles.put([id, former], "admin");
+        }),
+      );
+      return updated;
+    });
+  }
+
+  async memberOf(id: string, user: string) {
+    const record = this.record(id);
+    if (!record || !this.membersDb.doesExist([id, user])) return undefined;
+    return { record, role: this.roleOf(record, user) };
+  }
+
   updateGroup(id: string, change: GroupChange) {
     return this.mutex.run(id, async () => {
-      const record = this.conversations.get(id);
+      const record = this.record(id);
       if (record?.kind !== "group") throw errors.notFound("GROUP_NOT_FOUND", `group ${id} does not exist`);
       const updated = { ...record, ...change };
       await this.guard(this.conversations.put(id, updated));
@@ -463,10 +518,16 @@ class EmbeddedMembership implements MembershipStore {
     return out;
   }
 
+  async roster(id: string): Promise<MemberEntry[]> {
+    const record = this.record(id);
+    if (!record) return [];
+    return (await this.members(id)).sort().map((userId) => ({ userId, role: this.roleOf(record, userId) }));
+  }
+
   async conversationsOf(user: string, limit: number) {
     const out: ConversationRecord[] = [];
     for (const key of this.byUser.getKeys({ start: [user, ""], end: [user, KEY_END] })) {
-      const record = this.conversations.get((key as [string, string])[1]);
+      const record = this.record((key as [string, string])[1]);
       if (record) out.push(record);
     }
     out.sort((a, b) => b.createdAtMs - a.createdAtMs || (a.id < b.id ? -1 : 1));
@@ -474,6 +535,21 @@ class EmbeddedMembership implements MembershipStore {
   }
 
   async close(): Promise<void> {}
+
+  private record(id: string): ConversationRecord | undefined {
+    return withPolicies(this.conversations.get(id));
+  }
+
+  private existing(id: string): ConversationRecord {
+    const record = this.record(id);
+    if (!record) throw errors.notFound("CONVERSATION_NOT_FOUND", `conversation ${id} does not exist`);
+    return record;
+  }
+
+  private roleOf(record: ConversationRecord, user: string): MemberRole {
+    if (record.owner !== "" && record.owner === user) return "owner";
+    return this.roles.get([record.id, user]) ?? "member";
+  }
 }
 
 class EmbeddedInbox implements InboxStore {

@@ -4,7 +4,7 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Code, Conversation, Message as Message$1, PresenceStatus } from "../../common/v1/common_pb.js";
+import type { Code, Conversation, GroupPolicy, Member, MemberRole, Message as Message$1, PresenceStatus } from "../../common/v1/common_pb.js";
 import { file_switchboard_common_v1_common } from "../../common/v1/common_pb.js";
 import type { Device } from "../../push/v1/push_pb.js";
 import { file_switchboard_push_v1_push } from "../../push/v1/push_pb.js";
@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file switchboard/api/v1/chat.proto.
  */
 export const file_switchboard_api_v1_chat: GenFile = /*@__PURE__*/
-  fileDesc("Ch1zd2l0Y2hib2FyZC9hcGkvdjEvY2hhdC5wcm90bxISc3dpdGNoYm9hcmQuYXBpLnYxImAKDlB1Ymxpc2hSZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIOCgZzZW5kZXIYAiABKAkSFwoPaWRlbXBvdGVuY3lfa2V5GAMgASgJEgwKBGJvZHkYBCABKAkiVQoPUHVibGlzaFJlc3BvbnNlEi8KB21lc3NhZ2UYASABKAsyHi5zd2l0Y2hib2FyZC5jb21tb24udjEuTWVzc2FnZRIRCglkdXBsaWNhdGUYAiABKAgiWwoRU2VuZFRvVXNlclJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIOCgZzZW5kZXIYAiABKAkSFwoPaWRlbXBvdGVuY3lfa2V5GAMgASgJEgwKBGJvZHkYBCABKAkiWAoSU2VuZFRvVXNlclJlc3BvbnNlEi8KB21lc3NhZ2UYASABKAsyHi5zd2l0Y2hib2FyZC5jb21tb24udjEuTWVzc2FnZRIRCglkdXBsaWNhdGUYAiABKAgiWwoQQnJvYWRjYXN0UmVxdWVzdBIQCgh1c2VyX2lkcxgBIAMoCRIOCgZzZW5kZXIYAiABKAkSFwoPaWRlbXBvdGVuY3lfa2V5GAMgASgJEgwKBGJvZHkYBCABKAkioQEKD0Jyb2FkY2FzdFJlc3VsdBIPCgd1c2VyX2lkGAEgASgJEi8KB21lc3NhZ2UYAiABKAsyHi5zd2l0Y2hib2FyZC5jb21tb24udjEuTWVzc2FnZRIRCglkdXBsaWNhdGUYAyABKAgSKQoEY29kZRgEIAEoDjIbLnN3aXRjaGJvYXJkLmNvbW1vbi52MS5Db2RlEg4KBnJlYXNvbhgFIAEoCSJJChFCcm9hZGNhc3RSZXNwb25zZRI0CgdyZXN1bHRzGAEgAygLMiMuc3dpdGNoYm9hcmQuYXBpLnYxLkJyb2FkY2FzdFJlc3VsdCJQChJDcmVhdGVHcm91cFJlcXVlc3QSDQoFb3duZXIYASABKAkSDAoEbmFtZRgCIAEoCRIPCgdtZW1iZXJzGAMgAygJEgwKBG9wZW4YBCABKAgiUAoTQ3JlYXRlR3JvdXBSZXNwb25zZRI5Cgxjb252ZXJzYXRpb24YASABKAsyIy5zd2l0Y2hib2FyZC5jb21tb24udjEuQ29udmVyc2F0aW9uImUKElVwZGF0ZUdyb3VwUmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSEQoEbmFtZRgCIAEoCUgAiAEBEhEKBG9wZW4YAyABKAhIAYgBAUIHCgVfbmFtZUIHCgVfb3BlbiJQChNVcGRhdGVHcm91cFJlc3BvbnNlEjkKDGNvbnZlcnNhdGlvbhgBIAEoCzIjLnN3aXRjaGJvYXJkLmNvbW1vbi52MS5Db252ZXJzYXRpb24iMQoWR2V0Q29udmVyc2F0aW9uUmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkiVAoXR2V0Q29udmVyc2F0aW9uUmVzcG9uc2USOQoMY29udmVyc2F0aW9uGAEgASgLMiMuc3dpdGNoYm9hcmQuY29tbW9uLnYxLkNvbnZlcnNhdGlvbiI+ChFBZGRNZW1iZXJzUmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSEAoIdXNlcl9pZHMYAiADKAkiTwoSQWRkTWVtYmVyc1Jlc3BvbnNlEjkKDGNvbnZlcnNhdGlvbhgBIAEoCzIjLnN3aXRjaGJvYXJkLmNvbW1vbi52MS5Db252ZXJzYXRpb24iQQoUUmVtb3ZlTWVtYmVyc1JlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhAKCHVzZXJfaWRzGAIgAygJIlIKFVJlbW92ZU1lbWJlcnNSZXNwb25zZRI5Cgxjb252ZXJzYXRpb24YASABKAsyIy5zd2l0Y2hib2FyZC5jb21tb24udjEuQ29udmVyc2F0aW9uIi0KEkxpc3RNZW1iZXJzUmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkiJwoTTGlzdE1lbWJlcnNSZXNwb25zZRIQCgh1c2VyX2lkcxgBIAMoCSJiChFHZXRIaXN0b3J5UmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSEgoKYmVmb3JlX3NlcRgCIAEoBBIRCglhZnRlcl9zZXEYAyABKAQSDQoFbGltaXQYBCABKA0iWAoSR2V0SGlzdG9yeVJlc3BvbnNlEjAKCG1lc3NhZ2VzGAEgAygLMh4uc3dpdGNoYm9hcmQuY29tbW9uLnYxLk1lc3NhZ2USEAoIaGFzX21vcmUYAiABKAgiJgoSR2V0UHJlc2VuY2VSZXF1ZXN0EhAKCHVzZXJfaWRzGAEgAygJIk4KE0dldFByZXNlbmNlUmVzcG9uc2USNwoIc3RhdHVzZXMYASADKAsyJS5zd2l0Y2hib2FyZC5jb21tb24udjEuUHJlc2VuY2VTdGF0dXMiJgoTTGlzdFNlc3Npb25zUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJIjEKB1Nlc3Npb24SEgoKc2Vzc2lvbl9pZBgBIAEoCRISCgpnYXRld2F5X2lkGAIgASgJIkUKFExpc3RTZXNzaW9uc1Jlc3BvbnNlEi0KCHNlc3Npb25zGAEgAygLMhsuc3dpdGNoYm9hcmQuYXBpLnYxLlNlc3Npb24iYQoRRGlzY29ubmVjdFJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJEg4KBnJlYXNvbhgDIAEoCRIXCg9hbGxvd19yZWNvbm5lY3QYBCABKAgiJgoSRGlzY29ubmVjdFJlc3BvbnNlEhAKCHNlc3Npb25zGAEgASgNIkQKFVJlZ2lzdGVyRGV2aWNlUmVxdWVzdBIrCgZkZXZpY2UYASABKAsyGy5zd2l0Y2hib2FyZC5wdXNoLnYxLkRldmljZSIYChZSZWdpc3RlckRldmljZVJlc3BvbnNlIj0KF1VucmVnaXN0ZXJEZXZpY2VSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEQoJZGV2aWNlX2lkGAIgASgJIhoKGFVucmVnaXN0ZXJEZXZpY2VSZXNwb25zZSIlChJMaXN0RGV2aWNlc1JlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCSJDChNMaXN0RGV2aWNlc1Jlc3BvbnNlEiwKB2RldmljZXMYASADKAsyGy5zd2l0Y2hib2FyZC5wdXNoLnYxLkRldmljZSJ5ChNTdHJlYW1FdmVudHNSZXF1ZXN0EjIKCXN1YnNjcmliZRgBIAEoCzIdLnN3aXRjaGJvYXJkLmFwaS52MS5TdWJzY3JpYmVIABImCgNhY2sYAiABKAsyFy5zd2l0Y2hib2FyZC5hcGkudjEuQWNrSABCBgoEa2luZCJTCglTdWJzY3JpYmUSFAoMc3Vic2NyaXB0aW9uGAEgASgJEjAKBXN0YXJ0GAIgASgOMiEuc3dpdGNoYm9hcmQuYXBpLnYxLlN0YXJ0UG9zaXRpb24iFQoDQWNrEg4KBmN1cnNvchgBIAEoCSJRChRTdHJlYW1FdmVudHNSZXNwb25zZRIOCgZjdXJzb3IYASABKAkSKQoGZXZlbnRzGAIgAygLMhkuc3dpdGNoYm9hcmQuYXBpLnYxLkV2ZW50IkIKBUV2ZW50EjEKB21lc3NhZ2UYASABKAsyHi5zd2l0Y2hib2FyZC5jb21tb24udjEuTWVzc2FnZUgAQgYKBGtpbmQqZwoNU3RhcnRQb3NpdGlvbhIeChpTVEFSVF9QT1NJVElPTl9VTlNQRUNJRklFRBAAEhsKF1NUQVJUX1BPU0lUSU9OX0VBUkxJRVNUEAESGQoVU1RBUlRfUE9TSVRJT05fTEFURVNUEAIygw0KC0NoYXRTZXJ2aWNlElIKB1B1Ymxpc2gSIi5zd2l0Y2hib2FyZC5hcGkudjEuUHVibGlzaFJlcXVlc3QaIy5zd2l0Y2hib2FyZC5hcGkudjEuUHVibGlzaFJlc3BvbnNlElsKClNlbmRUb1VzZXISJS5zd2l0Y2hib2FyZC5hcGkudjEuU2VuZFRvVXNlclJlcXVlc3QaJi5zd2l0Y2hib2FyZC5hcGkudjEuU2VuZFRvVXNlclJlc3BvbnNlElgKCUJyb2FkY2FzdBIkLnN3aXRjaGJvYXJkLmFwaS52MS5Ccm9hZGNhc3RSZXF1ZXN0GiUuc3dpdGNoYm9hcmQuYXBpLnYxLkJyb2FkY2FzdFJlc3BvbnNlEl4KC0NyZWF0ZUdyb3VwEiYuc3dpdGNoYm9hcmQuYXBpLnYxLkNyZWF0ZUdyb3VwUmVxdWVzdBonLnN3aXRjaGJvYXJkLmFwaS52MS5DcmVhdGVHcm91cFJlc3BvbnNlEl4KC1VwZGF0ZUdyb3VwEiYuc3dpdGNoYm9hcmQuYXBpLnYxLlVwZGF0ZUdyb3VwUmVxdWVzdBonLnN3aXRjaGJvYXJkLmFwaS52MS5VcGRhdGVHcm91cFJlc3BvbnNlEmoKD0dldENvbnZlcnNhdGlvbhIqLnN3aXRjaGJvYXJkLmFwaS52MS5HZXRDb252ZXJzYXRpb25SZXF1ZXN0Gisuc3dpdGNoYm9hcmQuYXBpLnYxLkdldENvbnZlcnNhdGlvblJlc3BvbnNlElsKCkFkZE1lbWJlcnMSJS5zd2l0Y2hib2FyZC5hcGkudjEuQWRkTWVtYmVyc1JlcXVlc3QaJi5zd2l0Y2hib2FyZC5hcGkudjEuQWRkTWVtYmVyc1Jlc3BvbnNlEmQKDVJlbW92ZU1lbWJlcnMSKC5zd2l0Y2hib2FyZC5hcGkudjEuUmVtb3ZlTWVtYmVyc1JlcXVlc3QaKS5zd2l0Y2hib2FyZC5hcGkudjEuUmVtb3ZlTWVtYmVyc1Jlc3BvbnNlEl4KC0xpc3RNZW1iZXJzEiYuc3dpdGNoYm9hcmQuYXBpLnYxLkxpc3RNZW1iZXJzUmVxdWVzdBonLnN3aXRjaGJvYXJkLmFwaS52MS5MaXN0TWVtYmVyc1Jlc3BvbnNlElsKCkdldEhpc3RvcnkSJS5zd2l0Y2hib2FyZC5hcGkudjEuR2V0SGlzdG9yeVJlcXVlc3QaJi5zd2l0Y2hib2FyZC5hcGkudjEuR2V0SGlzdG9yeVJlc3BvbnNlEl4KC0dldFByZXNlbmNlEiYuc3dpdGNoYm9hcmQuYXBpLnYxLkdldFByZXNlbmNlUmVxdWVzdBonLnN3aXRjaGJvYXJkLmFwaS52MS5HZXRQcmVzZW5jZVJlc3BvbnNlEmEKDExpc3RTZXNzaW9ucxInLnN3aXRjaGJvYXJkLmFwaS52MS5MaXN0U2Vzc2lvbnNSZXF1ZXN0Giguc3dpdGNoYm9hcmQuYXBpLnYxLkxpc3RTZXNzaW9uc1Jlc3BvbnNlElsKCkRpc2Nvbm5lY3QSJS5zd2l0Y2hib2FyZC5hcGkudjEuRGlzY29ubmVjdFJlcXVlc3QaJi5zd2l0Y2hib2FyZC5hcGkudjEuRGlzY29ubmVjdFJlc3BvbnNlEmcKDlJlZ2lzdGVyRGV2aWNlEikuc3dpdGNoYm9hcmQuYXBpLnYxLlJlZ2lzdGVyRGV2aWNlUmVxdWVzdBoqLnN3aXRjaGJvYXJkLmFwaS52MS5SZWdpc3RlckRldmljZVJlc3BvbnNlEm0KEFVucmVnaXN0ZXJEZXZpY2USKy5zd2l0Y2hib2FyZC5hcGkudjEuVW5yZWdpc3RlckRldmljZVJlcXVlc3QaLC5zd2l0Y2hib2FyZC5hcGkudjEuVW5yZWdpc3RlckRldmljZVJlc3BvbnNlEl4KC0xpc3REZXZpY2VzEiYuc3dpdGNoYm9hcmQuYXBpLnYxLkxpc3REZXZpY2VzUmVxdWVzdBonLnN3aXRjaGJvYXJkLmFwaS52MS5MaXN0RGV2aWNlc1Jlc3BvbnNlEmUKDFN0cmVhbUV2ZW50cxInLnN3aXRjaGJvYXJkLmFwaS52MS5TdHJlYW1FdmVudHNSZXF1ZXN0Giguc3dpdGNoYm9hcmQuYXBpLnYxLlN0cmVhbUV2ZW50c1Jlc3BvbnNlKAEwAWIGcHJvdG8z", [file_switchboard_common_v1_common, file_switchboard_push_v1_push]);
+  fileDesc("Ch1zd2l0Y2hib2FyZC9hcGkvdjEvY2hhdC5wcm90bxISc3dpdGNoYm9hcmQuYXBpLnYxImAKDlB1Ymxpc2hSZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIOCgZzZW5kZXIYAiABKAkSFwoPaWRlbXBvdGVuY3lfa2V5GAMgASgJEgwKBGJvZHkYBCABKAkiVQoPUHVibGlzaFJlc3BvbnNlEi8KB21lc3NhZ2UYASABKAsyHi5zd2l0Y2hib2FyZC5jb21tb24udjEuTWVzc2FnZRIRCglkdXBsaWNhdGUYAiABKAgiWwoRU2VuZFRvVXNlclJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIOCgZzZW5kZXIYAiABKAkSFwoPaWRlbXBvdGVuY3lfa2V5GAMgASgJEgwKBGJvZHkYBCABKAkiWAoSU2VuZFRvVXNlclJlc3BvbnNlEi8KB21lc3NhZ2UYASABKAsyHi5zd2l0Y2hib2FyZC5jb21tb24udjEuTWVzc2FnZRIRCglkdXBsaWNhdGUYAiABKAgiWwoQQnJvYWRjYXN0UmVxdWVzdBIQCgh1c2VyX2lkcxgBIAMoCRIOCgZzZW5kZXIYAiABKAkSFwoPaWRlbXBvdGVuY3lfa2V5GAMgASgJEgwKBGJvZHkYBCABKAkioQEKD0Jyb2FkY2FzdFJlc3VsdBIPCgd1c2VyX2lkGAEgASgJEi8KB21lc3NhZ2UYAiABKAsyHi5zd2l0Y2hib2FyZC5jb21tb24udjEuTWVzc2FnZRIRCglkdXBsaWNhdGUYAyABKAgSKQoEY29kZRgEIAEoDjIbLnN3aXRjaGJvYXJkLmNvbW1vbi52MS5Db2RlEg4KBnJlYXNvbhgFIAEoCSJJChFCcm9hZGNhc3RSZXNwb25zZRI0CgdyZXN1bHRzGAEgAygLMiMuc3dpdGNoYm9hcmQuYXBpLnYxLkJyb2FkY2FzdFJlc3VsdCLBAQoSQ3JlYXRlR3JvdXBSZXF1ZXN0Eg0KBW93bmVyGAEgASgJEgwKBG5hbWUYAiABKAkSDwoHbWVtYmVycxgDIAMoCRIMCgRvcGVuGAQgASgIEjcKC3Bvc3RfcG9saWN5GAUgASgOMiIuc3dpdGNoYm9hcmQuY29tbW9uLnYxLkdyb3VwUG9saWN5EjYKCmFkZF9wb2xpY3kYBiABKA4yIi5zd2l0Y2hib2FyZC5jb21tb24udjEuR3JvdXBQb2xpY3kiUAoTQ3JlYXRlR3JvdXBSZXNwb25zZRI5Cgxjb252ZXJzYXRpb24YASABKAsyIy5zd2l0Y2hib2FyZC5jb21tb24udjEuQ29udmVyc2F0aW9uItYBChJVcGRhdGVHcm91cFJlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhEKBG5hbWUYAiABKAlIAIgBARIRCgRvcGVuGAMgASgISAGIAQESNwoLcG9zdF9wb2xpY3kYBCABKA4yIi5zd2l0Y2hib2FyZC5jb21tb24udjEuR3JvdXBQb2xpY3kSNgoKYWRkX3BvbGljeRgFIAEoDjIiLnN3aXRjaGJvYXJkLmNvbW1vbi52MS5Hcm91cFBvbGljeUIHCgVfbmFtZUIHCgVfb3BlbiJQChNVcGRhdGVHcm91cFJlc3BvbnNlEjkKDGNvbnZlcnNhdGlvbhgBIAEoCzIjLnN3aXRjaGJvYXJkLmNvbW1vbi52MS5Db252ZXJzYXRpb24iMQoWR2V0Q29udmVyc2F0aW9uUmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkiVAoXR2V0Q29udmVyc2F0aW9uUmVzcG9uc2USOQoMY29udmVyc2F0aW9uGAEgASgLMiMuc3dpdGNoYm9hcmQuY29tbW9uLnYxLkNvbnZlcnNhdGlvbiI+ChFBZGRNZW1iZXJzUmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSEAoIdXNlcl9pZHMYAiADKAkiTwoSQWRkTWVtYmVyc1Jlc3BvbnNlEjkKDGNvbnZlcnNhdGlvbhgBIAEoCzIjLnN3aXRjaGJvYXJkLmNvbW1vbi52MS5Db252ZXJzYXRpb24iQQoUUmVtb3ZlTWVtYmVyc1JlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhAKCHVzZXJfaWRzGAIgAygJIlIKFVJlbW92ZU1lbWJlcnNSZXNwb25zZRI5Cgxjb252ZXJzYXRpb24YASABKAsyIy5zd2l0Y2hib2FyZC5jb21tb24udjEuQ29udmVyc2F0aW9uIi0KEkxpc3RNZW1iZXJzUmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkiVwoTTGlzdE1lbWJlcnNSZXNwb25zZRIQCgh1c2VyX2lkcxgBIAMoCRIuCgdtZW1iZXJzGAIgAygLMh0uc3dpdGNoYm9hcmQuY29tbW9uLnYxLk1lbWJlciJxChRTZXRNZW1iZXJSb2xlUmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIvCgRyb2xlGAMgASgOMiEuc3dpdGNoYm9hcmQuY29tbW9uLnYxLk1lbWJlclJvbGUiUgoVU2V0TWVtYmVyUm9sZVJlc3BvbnNlEjkKDGNvbnZlcnNhdGlvbhgBIAEoCzIjLnN3aXRjaGJvYXJkLmNvbW1vbi52MS5Db252ZXJzYXRpb24iYgoRR2V0SGlzdG9yeVJlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhIKCmJlZm9yZV9zZXEYAiABKAQSEQoJYWZ0ZXJfc2VxGAMgASgEEg0KBWxpbWl0GAQgASgNIlgKEkdldEhpc3RvcnlSZXNwb25zZRIwCghtZXNzYWdlcxgBIAMoCzIeLnN3aXRjaGJvYXJkLmNvbW1vbi52MS5NZXNzYWdlEhAKCGhhc19tb3JlGAIgASgIIiYKEkdldFByZXNlbmNlUmVxdWVzdBIQCgh1c2VyX2lkcxgBIAMoCSJOChNHZXRQcmVzZW5jZVJlc3BvbnNlEjcKCHN0YXR1c2VzGAEgAygLMiUuc3dpdGNoYm9hcmQuY29tbW9uLnYxLlByZXNlbmNlU3RhdHVzIiYKE0xpc3RTZXNzaW9uc1JlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCSIxCgdTZXNzaW9uEhIKCnNlc3Npb25faWQYASABKAkSEgoKZ2F0ZXdheV9pZBgCIAEoCSJFChRMaXN0U2Vzc2lvbnNSZXNwb25zZRItCghzZXNzaW9ucxgBIAMoCzIbLnN3aXRjaGJvYXJkLmFwaS52MS5TZXNzaW9uImEKEURpc2Nvbm5lY3RSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEgoKc2Vzc2lvbl9pZBgCIAEoCRIOCgZyZWFzb24YAyABKAkSFwoPYWxsb3dfcmVjb25uZWN0GAQgASgIIiYKEkRpc2Nvbm5lY3RSZXNwb25zZRIQCghzZXNzaW9ucxgBIAEoDSJEChVSZWdpc3RlckRldmljZVJlcXVlc3QSKwoGZGV2aWNlGAEgASgLMhsuc3dpdGNoYm9hcmQucHVzaC52MS5EZXZpY2UiGAoWUmVnaXN0ZXJEZXZpY2VSZXNwb25zZSI9ChdVbnJlZ2lzdGVyRGV2aWNlUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhEKCWRldmljZV9pZBgCIAEoCSIaChhVbnJlZ2lzdGVyRGV2aWNlUmVzcG9uc2UiJQoSTGlzdERldmljZXNSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkiQwoTTGlzdERldmljZXNSZXNwb25zZRIsCgdkZXZpY2VzGAEgAygLMhsuc3dpdGNoYm9hcmQucHVzaC52MS5EZXZpY2UieQoTU3RyZWFtRXZlbnRzUmVxdWVzdBIyCglzdWJzY3JpYmUYASABKAsyHS5zd2l0Y2hib2FyZC5hcGkudjEuU3Vic2NyaWJlSAASJgoDYWNrGAIgASgLMhcuc3dpdGNoYm9hcmQuYXBpLnYxLkFja0gAQgYKBGtpbmQiUwoJU3Vic2NyaWJlEhQKDHN1YnNjcmlwdGlvbhgBIAEoCRIwCgVzdGFydBgCIAEoDjIhLnN3aXRjaGJvYXJkLmFwaS52MS5TdGFydFBvc2l0aW9uIhUKA0FjaxIOCgZjdXJzb3IYASABKAkiUQoUU3RyZWFtRXZlbnRzUmVzcG9uc2USDgoGY3Vyc29yGAEgASgJEikKBmV2ZW50cxgCIAMoCzIZLnN3aXRjaGJvYXJkLmFwaS52MS5FdmVudCJCCgVFdmVudBIxCgdtZXNzYWdlGAEgASgLMh4uc3dpdGNoYm9hcmQuY29tbW9uLnYxLk1lc3NhZ2VIAEIGCgRraW5kKmcKDVN0YXJ0UG9zaXRpb24SHgoaU1RBUlRfUE9TSVRJT05fVU5TUEVDSUZJRUQQABIbChdTVEFSVF9QT1NJVElPTl9FQVJMSUVTVBABEhkKFVNUQVJUX1BPU0lUSU9OX0xBVEVTVBACMukNCgtDaGF0U2VydmljZRJSCgdQdWJsaXNoEiIuc3dpdGNoYm9hcmQuYXBpLnYxLlB1Ymxpc2hSZXF1ZXN0GiMuc3dpdGNoYm9hcmQuYXBpLnYxLlB1Ymxpc2hSZXNwb25zZRJbCgpTZW5kVG9Vc2VyEiUuc3dpdGNoYm9hcmQuYXBpLnYxLlNlbmRUb1VzZXJSZXF1ZXN0GiYuc3dpdGNoYm9hcmQuYXBpLnYxLlNlbmRUb1VzZXJSZXNwb25zZRJYCglCcm9hZGNhc3QSJC5zd2l0Y2hib2FyZC5hcGkudjEuQnJvYWRjYXN0UmVxdWVzdBolLnN3aXRjaGJvYXJkLmFwaS52MS5Ccm9hZGNhc3RSZXNwb25zZRJeCgtDcmVhdGVHcm91cBImLnN3aXRjaGJvYXJkLmFwaS52MS5DcmVhdGVHcm91cFJlcXVlc3QaJy5zd2l0Y2hib2FyZC5hcGkudjEuQ3JlYXRlR3JvdXBSZXNwb25zZRJeCgtVcGRhdGVHcm91cBImLnN3aXRjaGJvYXJkLmFwaS52MS5VcGRhdGVHcm91cFJlcXVlc3QaJy5zd2l0Y2hib2FyZC5hcGkudjEuVXBkYXRlR3JvdXBSZXNwb25zZRJqCg9HZXRDb252ZXJzYXRpb24SKi5zd2l0Y2hib2FyZC5hcGkudjEuR2V0Q29udmVyc2F0aW9uUmVxdWVzdBorLnN3aXRjaGJvYXJkLmFwaS52MS5HZXRDb252ZXJzYXRpb25SZXNwb25zZRJbCgpBZGRNZW1iZXJzEiUuc3dpdGNoYm9hcmQuYXBpLnYxLkFkZE1lbWJlcnNSZXF1ZXN0GiYuc3dpdGNoYm9hcmQuYXBpLnYxLkFkZE1lbWJlcnNSZXNwb25zZRJkCg1SZW1vdmVNZW1iZXJzEiguc3dpdGNoYm9hcmQuYXBpLnYxLlJlbW92ZU1lbWJlcnNSZXF1ZXN0Gikuc3dpdGNoYm9hcmQuYXBpLnYxLlJlbW92ZU1lbWJlcnNSZXNwb25zZRJeCgtMaXN0TWVtYmVycxImLnN3aXRjaGJvYXJkLmFwaS52MS5MaXN0TWVtYmVyc1JlcXVlc3QaJy5zd2l0Y2hib2FyZC5hcGkudjEuTGlzdE1lbWJlcnNSZXNwb25zZRJkCg1TZXRNZW1iZXJSb2xlEiguc3dpdGNoYm9hcmQuYXBpLnYxLlNldE1lbWJlclJvbGVSZXF1ZXN0Gikuc3dpdGNoYm9hcmQuYXBpLnYxLlNldE1lbWJlclJvbGVSZXNwb25zZRJbCgpHZXRIaXN0b3J5EiUuc3dpdGNoYm9hcmQuYXBpLnYxLkdldEhpc3RvcnlSZXF1ZXN0GiYuc3dpdGNoYm9hcmQuYXBpLnYxLkdldEhpc3RvcnlSZXNwb25zZRJeCgtHZXRQcmVzZW5jZRImLnN3aXRjaGJvYXJkLmFwaS52MS5HZXRQcmVzZW5jZVJlcXVlc3QaJy5zd2l0Y2hib2FyZC5hcGkudjEuR2V0UHJlc2VuY2VSZXNwb25zZRJhCgxMaXN0U2Vzc2lvbnMSJy5zd2l0Y2hib2FyZC5hcGkudjEuTGlzdFNlc3Npb25zUmVxdWVzdBooLnN3aXRjaGJvYXJkLmFwaS52MS5MaXN0U2Vzc2lvbnNSZXNwb25zZRJbCgpEaXNjb25uZWN0EiUuc3dpdGNoYm9hcmQuYXBpLnYxLkRpc2Nvbm5lY3RSZXF1ZXN0GiYuc3dpdGNoYm9hcmQuYXBpLnYxLkRpc2Nvbm5lY3RSZXNwb25zZRJnCg5SZWdpc3RlckRldmljZRIpLnN3aXRjaGJvYXJkLmFwaS52MS5SZWdpc3RlckRldmljZVJlcXVlc3QaKi5zd2l0Y2hib2FyZC5hcGkudjEuUmVnaXN0ZXJEZXZpY2VSZXNwb25zZRJtChBVbnJlZ2lzdGVyRGV2aWNlEisuc3dpdGNoYm9hcmQuYXBpLnYxLlVucmVnaXN0ZXJEZXZpY2VSZXF1ZXN0Giwuc3dpdGNoYm9hcmQuYXBpLnYxLlVucmVnaXN0ZXJEZXZpY2VSZXNwb25zZRJeCgtMaXN0RGV2aWNlcxImLnN3aXRjaGJvYXJkLmFwaS52MS5MaXN0RGV2aWNlc1JlcXVlc3QaJy5zd2l0Y2hib2FyZC5hcGkudjEuTGlzdERldmljZXNSZXNwb25zZRJlCgxTdHJlYW1FdmVudHMSJy5zd2l0Y2hib2FyZC5hcGkudjEuU3RyZWFtRXZlbnRzUmVxdWVzdBooLnN3aXRjaGJvYXJkLmFwaS52MS5TdHJlYW1FdmVudHNSZXNwb25zZSgBMAFiBnByb3RvMw", [file_switchboard_common_v1_common, file_switchboard_push_v1_push]);
 
 /**
  * Post into a conversation.
@@ -303,6 +303,20 @@ export type CreateGroupRequest = Message<"switchboard.api.v1.CreateGroupRequest"
    * @generated from field: bool open = 4;
    */
   open: boolean;
+
+  /**
+   * Who may post (unset: everyone).
+   *
+   * @generated from field: switchboard.common.v1.GroupPolicy post_policy = 5;
+   */
+  postPolicy: GroupPolicy;
+
+  /**
+   * Who may add members (unset: everyone).
+   *
+   * @generated from field: switchboard.common.v1.GroupPolicy add_policy = 6;
+   */
+  addPolicy: GroupPolicy;
 };
 
 /**
@@ -359,6 +373,20 @@ export type UpdateGroupRequest = Message<"switchboard.api.v1.UpdateGroupRequest"
    * @generated from field: optional bool open = 3;
    */
   open?: boolean | undefined;
+
+  /**
+   * Who may post (unset: unchanged).
+   *
+   * @generated from field: switchboard.common.v1.GroupPolicy post_policy = 4;
+   */
+  postPolicy: GroupPolicy;
+
+  /**
+   * Who may add members (unset: unchanged).
+   *
+   * @generated from field: switchboard.common.v1.GroupPolicy add_policy = 5;
+   */
+  addPolicy: GroupPolicy;
 };
 
 /**
@@ -562,6 +590,13 @@ export type ListMembersResponse = Message<"switchboard.api.v1.ListMembersRespons
    * @generated from field: repeated string user_ids = 1;
    */
   userIds: string[];
+
+  /**
+   * The same members with their roles, in the same order.
+   *
+   * @generated from field: repeated switchboard.common.v1.Member members = 2;
+   */
+  members: Member[];
 };
 
 /**
@@ -570,6 +605,63 @@ export type ListMembersResponse = Message<"switchboard.api.v1.ListMembersRespons
  */
 export const ListMembersResponseSchema: GenMessage<ListMembersResponse> = /*@__PURE__*/
   messageDesc(file_switchboard_api_v1_chat, 18);
+
+/**
+ * Give a member a role.
+ *
+ * @generated from message switchboard.api.v1.SetMemberRoleRequest
+ */
+export type SetMemberRoleRequest = Message<"switchboard.api.v1.SetMemberRoleRequest"> & {
+  /**
+   * Group id.
+   *
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * The member.
+   *
+   * @generated from field: string user_id = 2;
+   */
+  userId: string;
+
+  /**
+   * The new role: MEMBER_ROLE_OWNER makes the user owner (the former owner, if still a member,
+   * becomes an admin); giving the owner another role leaves the group without one.
+   *
+   * @generated from field: switchboard.common.v1.MemberRole role = 3;
+   */
+  role: MemberRole;
+};
+
+/**
+ * Describes the message switchboard.api.v1.SetMemberRoleRequest.
+ * Use `create(SetMemberRoleRequestSchema)` to create a new message.
+ */
+export const SetMemberRoleRequestSchema: GenMessage<SetMemberRoleRequest> = /*@__PURE__*/
+  messageDesc(file_switchboard_api_v1_chat, 19);
+
+/**
+ * The role given.
+ *
+ * @generated from message switchboard.api.v1.SetMemberRoleResponse
+ */
+export type SetMemberRoleResponse = Message<"switchboard.api.v1.SetMemberRoleResponse"> & {
+  /**
+   * The group after the change.
+   *
+   * @generated from field: switchboard.common.v1.Conversation conversation = 1;
+   */
+  conversation?: Conversation | undefined;
+};
+
+/**
+ * Describes the message switchboard.api.v1.SetMemberRoleResponse.
+ * Use `create(SetMemberRoleResponseSchema)` to create a new message.
+ */
+export const SetMemberRoleResponseSchema: GenMessage<SetMemberRoleResponse> = /*@__PURE__*/
+  messageDesc(file_switchboard_api_v1_chat, 20);
 
 /**
  * Read history.
@@ -611,7 +703,7 @@ export type GetHistoryRequest = Message<"switchboard.api.v1.GetHistoryRequest"> 
  * Use `create(GetHistoryRequestSchema)` to create a new message.
  */
 export const GetHistoryRequestSchema: GenMessage<GetHistoryRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_api_v1_chat, 19);
+  messageDesc(file_switchboard_api_v1_chat, 21);
 
 /**
  * A page of history.
@@ -639,7 +731,7 @@ export type GetHistoryResponse = Message<"switchboard.api.v1.GetHistoryResponse"
  * Use `create(GetHistoryResponseSchema)` to create a new message.
  */
 export const GetHistoryResponseSchema: GenMessage<GetHistoryResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_api_v1_chat, 20);
+  messageDesc(file_switchboard_api_v1_chat, 22);
 
 /**
  * Query presence.
@@ -660,7 +752,7 @@ export type GetPresenceRequest = Message<"switchboard.api.v1.GetPresenceRequest"
  * Use `create(GetPresenceRequestSchema)` to create a new message.
  */
 export const GetPresenceRequestSchema: GenMessage<GetPresenceRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_api_v1_chat, 21);
+  messageDesc(file_switchboard_api_v1_chat, 23);
 
 /**
  * Statuses.
@@ -681,7 +773,7 @@ export type GetPresenceResponse = Message<"switchboard.api.v1.GetPresenceRespons
  * Use `create(GetPresenceResponseSchema)` to create a new message.
  */
 export const GetPresenceResponseSchema: GenMessage<GetPresenceResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_api_v1_chat, 22);
+  messageDesc(file_switchboard_api_v1_chat, 24);
 
 /**
  * List a user's sessions.
@@ -702,7 +794,7 @@ export type ListSessionsRequest = Message<"switchboard.api.v1.ListSessionsReques
  * Use `create(ListSessionsRequestSchema)` to create a new message.
  */
 export const ListSessionsRequestSchema: GenMessage<ListSessionsRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_api_v1_chat, 23);
+  messageDesc(file_switchboard_api_v1_chat, 25);
 
 /**
  * One connected device.
@@ -730,7 +822,7 @@ export type Session = Message<"switchboard.api.v1.Session"> & {
  * Use `create(SessionSchema)` to create a new message.
  */
 export const SessionSchema: GenMessage<Session> = /*@__PURE__*/
-  messageDesc(file_switchboard_api_v1_chat, 24);
+  messageDesc(file_switchboard_api_v1_chat, 26);
 
 /**
  * The user's connected devices.
@@ -751,7 +843,7 @@ export type ListSessionsResponse = Message<"switchboard.api.v1.ListSessionsRespo
  * Use `create(ListSessionsResponseSchema)` to create a new message.
  */
 export const ListSessionsResponseSchema: GenMessage<ListSessionsResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_api_v1_chat, 25);
+  messageDesc(file_switchboard_api_v1_chat, 27);
 
 /**
  * Close connections.
@@ -794,7 +886,7 @@ export type DisconnectRequest = Message<"switchboard.api.v1.DisconnectRequest"> 
  * Use `create(DisconnectRequestSchema)` to create a new message.
  */
 export const DisconnectRequestSchema: GenMessage<DisconnectRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_api_v1_chat, 26);
+  messageDesc(file_switchboard_api_v1_chat, 28);
 
 /**
  * Connections told to close.
@@ -815,7 +907,7 @@ export type DisconnectResponse = Message<"switchboard.api.v1.DisconnectResponse"
  * Use `create(DisconnectResponseSchema)` to create a new message.
  */
 export const DisconnectResponseSchema: GenMessage<DisconnectResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_api_v1_chat, 27);
+  messageDesc(file_switchboard_api_v1_chat, 29);
 
 /**
  * Register a device.
@@ -836,7 +928,7 @@ export type RegisterDeviceRequest = Message<"switchboard.api.v1.RegisterDeviceRe
  * Use `create(RegisterDeviceRequestSchema)` to create a new message.
  */
 export const RegisterDeviceRequestSchema: GenMessage<RegisterDeviceRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_api_v1_chat, 28);
+  messageDesc(file_switchboard_api_v1_chat, 30);
 
 /**
  * Registered.
@@ -851,7 +943,7 @@ export type RegisterDeviceResponse = Message<"switchboard.api.v1.RegisterDeviceR
  * Use `create(RegisterDeviceResponseSchema)` to create a new message.
  */
 export const RegisterDeviceResponseSchema: GenMessage<RegisterDeviceResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_api_v1_chat, 29);
+  messageDesc(file_switchboard_api_v1_chat, 31);
 
 /**
  * Unregister a device.
@@ -879,7 +971,7 @@ export type UnregisterDeviceRequest = Message<"switchboard.api.v1.UnregisterDevi
  * Use `create(UnregisterDeviceRequestSchema)` to create a new message.
  */
 export const UnregisterDeviceRequestSchema: GenMessage<UnregisterDeviceRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_api_v1_chat, 30);
+  messageDesc(file_switchboard_api_v1_chat, 32);
 
 /**
  * Unregistered.
@@ -894,7 +986,7 @@ export type UnregisterDeviceResponse = Message<"switchboard.api.v1.UnregisterDev
  * Use `create(UnregisterDeviceResponseSchema)` to create a new message.
  */
 export const UnregisterDeviceResponseSchema: GenMessage<UnregisterDeviceResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_api_v1_chat, 31);
+  messageDesc(file_switchboard_api_v1_chat, 33);
 
 /**
  * List devices.
@@ -915,7 +1007,7 @@ export type ListDevicesRequest = Message<"switchboard.api.v1.ListDevicesRequest"
  * Use `create(ListDevicesRequestSchema)` to create a new message.
  */
 export const ListDevicesRequestSchema: GenMessage<ListDevicesRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_api_v1_chat, 32);
+  messageDesc(file_switchboard_api_v1_chat, 34);
 
 /**
  * Devices.
@@ -936,7 +1028,7 @@ export type ListDevicesResponse = Message<"switchboard.api.v1.ListDevicesRespons
  * Use `create(ListDevicesResponseSchema)` to create a new message.
  */
 export const ListDevicesResponseSchema: GenMessage<ListDevicesResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_api_v1_chat, 33);
+  messageDesc(file_switchboard_api_v1_chat, 35);
 
 /**
  * One request on the event stream: first `subscribe`, then `ack`s.
@@ -973,7 +1065,7 @@ export type StreamEventsRequest = Message<"switchboard.api.v1.StreamEventsReques
  * Use `create(StreamEventsRequestSchema)` to create a new message.
  */
 export const StreamEventsRequestSchema: GenMessage<StreamEventsRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_api_v1_chat, 34);
+  messageDesc(file_switchboard_api_v1_chat, 36);
 
 /**
  * Open the stream.
@@ -1002,7 +1094,7 @@ export type Subscribe = Message<"switchboard.api.v1.Subscribe"> & {
  * Use `create(SubscribeSchema)` to create a new message.
  */
 export const SubscribeSchema: GenMessage<Subscribe> = /*@__PURE__*/
-  messageDesc(file_switchboard_api_v1_chat, 35);
+  messageDesc(file_switchboard_api_v1_chat, 37);
 
 /**
  * Acknowledge a batch.
@@ -1023,7 +1115,7 @@ export type Ack = Message<"switchboard.api.v1.Ack"> & {
  * Use `create(AckSchema)` to create a new message.
  */
 export const AckSchema: GenMessage<Ack> = /*@__PURE__*/
-  messageDesc(file_switchboard_api_v1_chat, 36);
+  messageDesc(file_switchboard_api_v1_chat, 38);
 
 /**
  * A batch of events. The first response of a stream has no events and an empty cursor: the
@@ -1052,7 +1144,7 @@ export type StreamEventsResponse = Message<"switchboard.api.v1.StreamEventsRespo
  * Use `create(StreamEventsResponseSchema)` to create a new message.
  */
 export const StreamEventsResponseSchema: GenMessage<StreamEventsResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_api_v1_chat, 37);
+  messageDesc(file_switchboard_api_v1_chat, 39);
 
 /**
  * One event.
@@ -1081,7 +1173,7 @@ export type Event = Message<"switchboard.api.v1.Event"> & {
  * Use `create(EventSchema)` to create a new message.
  */
 export const EventSchema: GenMessage<Event> = /*@__PURE__*/
-  messageDesc(file_switchboard_api_v1_chat, 38);
+  messageDesc(file_switchboard_api_v1_chat, 40);
 
 /**
  * Where a new subscription starts.
@@ -1216,6 +1308,16 @@ export const ChatService: GenService<{
     methodKind: "unary";
     input: typeof ListMembersRequestSchema;
     output: typeof ListMembersResponseSchema;
+  },
+  /**
+   * Give a member of a group a role (owner, admin or member).
+   *
+   * @generated from rpc switchboard.api.v1.ChatService.SetMemberRole
+   */
+  setMemberRole: {
+    methodKind: "unary";
+    input: typeof SetMemberRoleRequestSchema;
+    output: typeof SetMemberRoleResponseSchema;
   },
   /**
    * Read a page of a conversation's history.

@@ -4,7 +4,7 @@
 
 import type { GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Code, Conversation, Message as Message$1, PresenceStatus, ReceiptKind } from "../../common/v1/common_pb.js";
+import type { Code, Conversation, GroupPolicy, Member, MemberRole, Message as Message$1, PresenceStatus, ReceiptKind } from "../../common/v1/common_pb.js";
 import { file_switchboard_common_v1_common } from "../../common/v1/common_pb.js";
 import type { Provider } from "../../push/v1/push_pb.js";
 import { file_switchboard_push_v1_push } from "../../push/v1/push_pb.js";
@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file switchboard/client/v1/client.proto.
  */
 export const file_switchboard_client_v1_client: GenFile = /*@__PURE__*/
-  fileDesc("CiJzd2l0Y2hib2FyZC9jbGllbnQvdjEvY2xpZW50LnByb3RvEhVzd2l0Y2hib2FyZC5jbGllbnQudjEi/AgKC0NsaWVudEZyYW1lEgoKAmlkGAEgASgNEisKBGF1dGgYCiABKAsyGy5zd2l0Y2hib2FyZC5jbGllbnQudjEuQXV0aEgAEisKBHNlbmQYCyABKAsyGy5zd2l0Y2hib2FyZC5jbGllbnQudjEuU2VuZEgAEisKBHN5bmMYDCABKAsyGy5zd2l0Y2hib2FyZC5jbGllbnQudjEuU3luY0gAEjEKB2hpc3RvcnkYDSABKAsyHi5zd2l0Y2hib2FyZC5jbGllbnQudjEuSGlzdG9yeUgAEjoKDGNyZWF0ZV9ncm91cBgOIAEoCzIiLnN3aXRjaGJvYXJkLmNsaWVudC52MS5DcmVhdGVHcm91cEgAEjgKC2FkZF9tZW1iZXJzGA8gASgLMiEuc3dpdGNoYm9hcmQuY2xpZW50LnYxLkFkZE1lbWJlcnNIABI2Cgpqb2luX2dyb3VwGBAgASgLMiAuc3dpdGNoYm9hcmQuY2xpZW50LnYxLkpvaW5Hcm91cEgAEjgKC2xlYXZlX2dyb3VwGBEgASgLMiEuc3dpdGNoYm9hcmQuY2xpZW50LnYxLkxlYXZlR3JvdXBIABJGChJsaXN0X2NvbnZlcnNhdGlvbnMYEiABKAsyKC5zd2l0Y2hib2FyZC5jbGllbnQudjEuTGlzdENvbnZlcnNhdGlvbnNIABI6CgxsaXN0X21lbWJlcnMYEyABKAsyIi5zd2l0Y2hib2FyZC5jbGllbnQudjEuTGlzdE1lbWJlcnNIABIvCgZ0eXBpbmcYFCABKAsyHS5zd2l0Y2hib2FyZC5jbGllbnQudjEuVHlwaW5nSAASNQoJaGVhcnRiZWF0GBUgASgLMiAuc3dpdGNoYm9hcmQuY2xpZW50LnYxLkhlYXJ0YmVhdEgAEkYKEnN1YnNjcmliZV9wcmVzZW5jZRgWIAEoCzIoLnN3aXRjaGJvYXJkLmNsaWVudC52MS5TdWJzY3JpYmVQcmVzZW5jZUgAEkoKFHVuc3Vic2NyaWJlX3ByZXNlbmNlGBcgASgLMiouc3dpdGNoYm9hcmQuY2xpZW50LnYxLlVuc3Vic2NyaWJlUHJlc2VuY2VIABIxCgdyZWNlaXB0GBggASgLMh4uc3dpdGNoYm9hcmQuY2xpZW50LnYxLlJlY2VpcHRIABJACg9yZWdpc3Rlcl9kZXZpY2UYGSABKAsyJS5zd2l0Y2hib2FyZC5jbGllbnQudjEuUmVnaXN0ZXJEZXZpY2VIABJEChF1bnJlZ2lzdGVyX2RldmljZRgaIAEoCzInLnN3aXRjaGJvYXJkLmNsaWVudC52MS5VbnJlZ2lzdGVyRGV2aWNlSAASPgoOcmVtb3ZlX21lbWJlcnMYGyABKAsyJC5zd2l0Y2hib2FyZC5jbGllbnQudjEuUmVtb3ZlTWVtYmVyc0gAEjwKDWxpc3RfcmVjZWlwdHMYHCABKAsyIy5zd2l0Y2hib2FyZC5jbGllbnQudjEuTGlzdFJlY2VpcHRzSABCBgoEa2luZCLXBwoLU2VydmVyRnJhbWUSEAoIcmVwbHlfdG8YASABKA0SMQoHd2VsY29tZRgKIAEoCzIeLnN3aXRjaGJvYXJkLmNsaWVudC52MS5XZWxjb21lSAASLQoDYWNrGAsgASgLMh4uc3dpdGNoYm9hcmQuY2xpZW50LnYxLlNlbmRBY2tIABI2CgdtZXNzYWdlGAwgASgLMiMuc3dpdGNoYm9hcmQuY2xpZW50LnYxLk1lc3NhZ2VFdmVudEgAEjEKBHN5bmMYDSABKAsyIS5zd2l0Y2hib2FyZC5jbGllbnQudjEuU3luY1Jlc3VsdEgAEjcKB2hpc3RvcnkYDiABKAsyJC5zd2l0Y2hib2FyZC5jbGllbnQudjEuSGlzdG9yeVJlc3VsdEgAEkEKDGNvbnZlcnNhdGlvbhgPIAEoCzIpLnN3aXRjaGJvYXJkLmNsaWVudC52MS5Db252ZXJzYXRpb25SZXN1bHRIABJACg1jb252ZXJzYXRpb25zGBAgASgLMicuc3dpdGNoYm9hcmQuY2xpZW50LnYxLkNvbnZlcnNhdGlvbkxpc3RIABI0CgdtZW1iZXJzGBEgASgLMiEuc3dpdGNoYm9hcmQuY2xpZW50LnYxLk1lbWJlckxpc3RIABI0CgZ0eXBpbmcYEiABKAsyIi5zd2l0Y2hib2FyZC5jbGllbnQudjEuVHlwaW5nRXZlbnRIABI4CghwcmVzZW5jZRgTIAEoCzIkLnN3aXRjaGJvYXJkLmNsaWVudC52MS5QcmVzZW5jZUV2ZW50SAASRAoRcHJlc2VuY2Vfc25hcHNob3QYFCABKAsyJy5zd2l0Y2hib2FyZC5jbGllbnQudjEuUHJlc2VuY2VTbmFwc2hvdEgAEjYKB3JlY2VpcHQYFSABKAsyIy5zd2l0Y2hib2FyZC5jbGllbnQudjEuUmVjZWlwdEV2ZW50SAASOAoJaGVhcnRiZWF0GBYgASgLMiMuc3dpdGNoYm9hcmQuY2xpZW50LnYxLkhlYXJ0YmVhdEFja0gAEicKAm9rGBcgASgLMhkuc3dpdGNoYm9hcmQuY2xpZW50LnYxLk9rSAASLQoFZXJyb3IYGCABKAsyHC5zd2l0Y2hib2FyZC5jbGllbnQudjEuRXJyb3JIABI1CglyZWNvbm5lY3QYGSABKAsyIC5zd2l0Y2hib2FyZC5jbGllbnQudjEuUmVjb25uZWN0SAASNgoIcmVjZWlwdHMYGiABKAsyIi5zd2l0Y2hib2FyZC5jbGllbnQudjEuUmVjZWlwdExpc3RIAEIGCgRraW5kIhUKBEF1dGgSDQoFdG9rZW4YASABKAkiqQEKB1dlbGNvbWUSDwoHdXNlcl9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJEh0KFWhlYXJ0YmVhdF9pbnRlcnZhbF9tcxgDIAEoDRItCgZsaW1pdHMYBCABKAsyHS5zd2l0Y2hib2FyZC5jbGllbnQudjEuTGltaXRzEhYKDnNlcnZlcl90aW1lX21zGAUgASgDEhMKC2hlYWRfY3Vyc29yGAYgASgEIm4KBkxpbWl0cxIWCg5ib2R5X2NoYXJzX21heBgBIAEoDRIXCg9mcmFtZV9ieXRlc19tYXgYAiABKA0SGAoQc2VuZHNfcGVyX3NlY29uZBgDIAEoDRIZChFncm91cF9tZW1iZXJzX21heBgEIAEoDSJ4CgRTZW5kEhkKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCUgAEhEKB3RvX3VzZXIYAiABKAlIABIVCg1jbGllbnRfbXNnX2lkGAMgASgJEgwKBGJvZHkYBCABKAkSEwoLdHJhY2VwYXJlbnQYBSABKAlCCAoGdGFyZ2V0IpoBCgdTZW5kQWNrEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIWCgptZXNzYWdlX2lkGAIgASgEQgIwARILCgNzZXEYAyABKAQSFQoNY2xpZW50X21zZ19pZBgEIAEoCRIVCg1jcmVhdGVkX2F0X21zGAUgASgDEhEKCWR1cGxpY2F0ZRgGIAEoCBIQCgh0cmFjZV9pZBgHIAEoCSJPCgxNZXNzYWdlRXZlbnQSLwoHbWVzc2FnZRgBIAEoCzIeLnN3aXRjaGJvYXJkLmNvbW1vbi52MS5NZXNzYWdlEg4KBmN1cnNvchgCIAEoBCIlCgRTeW5jEg4KBmN1cnNvchgBIAEoBBINCgVsaW1pdBgCIAEoDSJlCgpTeW5jUmVzdWx0EjUKCG1lc3NhZ2VzGAEgAygLMiMuc3dpdGNoYm9hcmQuY2xpZW50LnYxLk1lc3NhZ2VFdmVudBIOCgZjdXJzb3IYAiABKAQSEAoIaGFzX21vcmUYAyABKAgiWAoHSGlzdG9yeRIXCg9jb252ZXJzYXRpb25faWQYASABKAkSEgoKYmVmb3JlX3NlcRgCIAEoBBIRCglhZnRlcl9zZXEYBCABKAQSDQoFbGltaXQYAyABKA0ibAoNSGlzdG9yeVJlc3VsdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSMAoIbWVzc2FnZXMYAiADKAsyHi5zd2l0Y2hib2FyZC5jb21tb24udjEuTWVzc2FnZRIQCghoYXNfbW9yZRgDIAEoCCI6CgtDcmVhdGVHcm91cBIMCgRuYW1lGAEgASgJEg8KB21lbWJlcnMYAiADKAkSDAoEb3BlbhgDIAEoCCI2CgpBZGRNZW1iZXJzEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIPCgdtZW1iZXJzGAIgAygJIjkKDVJlbW92ZU1lbWJlcnMSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg8KB21lbWJlcnMYAiADKAkiJAoJSm9pbkdyb3VwEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCSIlCgpMZWF2ZUdyb3VwEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCSJPChJDb252ZXJzYXRpb25SZXN1bHQSOQoMY29udmVyc2F0aW9uGAEgASgLMiMuc3dpdGNoYm9hcmQuY29tbW9uLnYxLkNvbnZlcnNhdGlvbiIiChFMaXN0Q29udmVyc2F0aW9ucxINCgVsaW1pdBgBIAEoDSJOChBDb252ZXJzYXRpb25MaXN0EjoKDWNvbnZlcnNhdGlvbnMYASADKAsyIy5zd2l0Y2hib2FyZC5jb21tb24udjEuQ29udmVyc2F0aW9uIiYKC0xpc3RNZW1iZXJzEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCSInCgxMaXN0UmVjZWlwdHMSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJIkoKDk1lbWJlclJlY2VpcHRzEg8KB3VzZXJfaWQYASABKAkSFQoNZGVsaXZlcmVkX3NlcRgCIAEoBBIQCghyZWFkX3NlcRgDIAEoBCJfCgtSZWNlaXB0TGlzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSNwoIcmVjZWlwdHMYAiADKAsyJS5zd2l0Y2hib2FyZC5jbGllbnQudjEuTWVtYmVyUmVjZWlwdHMiNgoKTWVtYmVyTGlzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDwoHbWVtYmVycxgCIAMoCSIxCgZUeXBpbmcSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg4KBnR5cGluZxgCIAEoCCJHCgtUeXBpbmdFdmVudBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIOCgZ0eXBpbmcYAyABKAgiCwoJSGVhcnRiZWF0IiYKDEhlYXJ0YmVhdEFjaxIWCg5zZXJ2ZXJfdGltZV9tcxgBIAEoAyIlChFTdWJzY3JpYmVQcmVzZW5jZRIQCgh1c2VyX2lkcxgBIAMoCSInChNVbnN1YnNjcmliZVByZXNlbmNlEhAKCHVzZXJfaWRzGAEgAygJIksKEFByZXNlbmNlU25hcHNob3QSNwoIc3RhdHVzZXMYASADKAsyJS5zd2l0Y2hib2FyZC5jb21tb24udjEuUHJlc2VuY2VTdGF0dXMiRgoNUHJlc2VuY2VFdmVudBI1CgZzdGF0dXMYASABKAsyJS5zd2l0Y2hib2FyZC5jb21tb24udjEuUHJlc2VuY2VTdGF0dXMiYQoHUmVjZWlwdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSCwoDc2VxGAIgASgEEjAKBGtpbmQYAyABKA4yIi5zd2l0Y2hib2FyZC5jb21tb24udjEuUmVjZWlwdEtpbmQiYwoOUmVnaXN0ZXJEZXZpY2USEQoJZGV2aWNlX2lkGAEgASgJEi8KCHByb3ZpZGVyGAIgASgOMh0uc3dpdGNoYm9hcmQucHVzaC52MS5Qcm92aWRlchINCgV0b2tlbhgDIAEoCSIlChBVbnJlZ2lzdGVyRGV2aWNlEhEKCWRldmljZV9pZBgBIAEoCSJ3CgxSZWNlaXB0RXZlbnQSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSCwoDc2VxGAMgASgEEjAKBGtpbmQYBCABKA4yIi5zd2l0Y2hib2FyZC5jb21tb24udjEuUmVjZWlwdEtpbmQiBAoCT2siawoFRXJyb3ISKQoEY29kZRgBIAEoDjIbLnN3aXRjaGJvYXJkLmNvbW1vbi52MS5Db2RlEg4KBnJlYXNvbhgCIAEoCRIPCgdtZXNzYWdlGAMgASgJEhYKDnJldHJ5X2FmdGVyX21zGAQgASgNIkcKCVJlY29ubmVjdBIOCgZyZWFzb24YASABKAkSFAoMZGVsYXlfbXNfbWluGAIgASgNEhQKDGRlbGF5X21zX21heBgDIAEoDWIGcHJvdG8z", [file_switchboard_common_v1_common, file_switchboard_push_v1_push]);
+  fileDesc("CiJzd2l0Y2hib2FyZC9jbGllbnQvdjEvY2xpZW50LnByb3RvEhVzd2l0Y2hib2FyZC5jbGllbnQudjEi+QkKC0NsaWVudEZyYW1lEgoKAmlkGAEgASgNEisKBGF1dGgYCiABKAsyGy5zd2l0Y2hib2FyZC5jbGllbnQudjEuQXV0aEgAEisKBHNlbmQYCyABKAsyGy5zd2l0Y2hib2FyZC5jbGllbnQudjEuU2VuZEgAEisKBHN5bmMYDCABKAsyGy5zd2l0Y2hib2FyZC5jbGllbnQudjEuU3luY0gAEjEKB2hpc3RvcnkYDSABKAsyHi5zd2l0Y2hib2FyZC5jbGllbnQudjEuSGlzdG9yeUgAEjoKDGNyZWF0ZV9ncm91cBgOIAEoCzIiLnN3aXRjaGJvYXJkLmNsaWVudC52MS5DcmVhdGVHcm91cEgAEjgKC2FkZF9tZW1iZXJzGA8gASgLMiEuc3dpdGNoYm9hcmQuY2xpZW50LnYxLkFkZE1lbWJlcnNIABI2Cgpqb2luX2dyb3VwGBAgASgLMiAuc3dpdGNoYm9hcmQuY2xpZW50LnYxLkpvaW5Hcm91cEgAEjgKC2xlYXZlX2dyb3VwGBEgASgLMiEuc3dpdGNoYm9hcmQuY2xpZW50LnYxLkxlYXZlR3JvdXBIABJGChJsaXN0X2NvbnZlcnNhdGlvbnMYEiABKAsyKC5zd2l0Y2hib2FyZC5jbGllbnQudjEuTGlzdENvbnZlcnNhdGlvbnNIABI6CgxsaXN0X21lbWJlcnMYEyABKAsyIi5zd2l0Y2hib2FyZC5jbGllbnQudjEuTGlzdE1lbWJlcnNIABIvCgZ0eXBpbmcYFCABKAsyHS5zd2l0Y2hib2FyZC5jbGllbnQudjEuVHlwaW5nSAASNQoJaGVhcnRiZWF0GBUgASgLMiAuc3dpdGNoYm9hcmQuY2xpZW50LnYxLkhlYXJ0YmVhdEgAEkYKEnN1YnNjcmliZV9wcmVzZW5jZRgWIAEoCzIoLnN3aXRjaGJvYXJkLmNsaWVudC52MS5TdWJzY3JpYmVQcmVzZW5jZUgAEkoKFHVuc3Vic2NyaWJlX3ByZXNlbmNlGBcgASgLMiouc3dpdGNoYm9hcmQuY2xpZW50LnYxLlVuc3Vic2NyaWJlUHJlc2VuY2VIABIxCgdyZWNlaXB0GBggASgLMh4uc3dpdGNoYm9hcmQuY2xpZW50LnYxLlJlY2VpcHRIABJACg9yZWdpc3Rlcl9kZXZpY2UYGSABKAsyJS5zd2l0Y2hib2FyZC5jbGllbnQudjEuUmVnaXN0ZXJEZXZpY2VIABJEChF1bnJlZ2lzdGVyX2RldmljZRgaIAEoCzInLnN3aXRjaGJvYXJkLmNsaWVudC52MS5VbnJlZ2lzdGVyRGV2aWNlSAASPgoOcmVtb3ZlX21lbWJlcnMYGyABKAsyJC5zd2l0Y2hib2FyZC5jbGllbnQudjEuUmVtb3ZlTWVtYmVyc0gAEjwKDWxpc3RfcmVjZWlwdHMYHCABKAsyIy5zd2l0Y2hib2FyZC5jbGllbnQudjEuTGlzdFJlY2VpcHRzSAASPwoPc2V0X21lbWJlcl9yb2xlGB0gASgLMiQuc3dpdGNoYm9hcmQuY2xpZW50LnYxLlNldE1lbWJlclJvbGVIABI6Cgx1cGRhdGVfZ3JvdXAYHiABKAsyIi5zd2l0Y2hib2FyZC5jbGllbnQudjEuVXBkYXRlR3JvdXBIAEIGCgRraW5kItcHCgtTZXJ2ZXJGcmFtZRIQCghyZXBseV90bxgBIAEoDRIxCgd3ZWxjb21lGAogASgLMh4uc3dpdGNoYm9hcmQuY2xpZW50LnYxLldlbGNvbWVIABItCgNhY2sYCyABKAsyHi5zd2l0Y2hib2FyZC5jbGllbnQudjEuU2VuZEFja0gAEjYKB21lc3NhZ2UYDCABKAsyIy5zd2l0Y2hib2FyZC5jbGllbnQudjEuTWVzc2FnZUV2ZW50SAASMQoEc3luYxgNIAEoCzIhLnN3aXRjaGJvYXJkLmNsaWVudC52MS5TeW5jUmVzdWx0SAASNwoHaGlzdG9yeRgOIAEoCzIkLnN3aXRjaGJvYXJkLmNsaWVudC52MS5IaXN0b3J5UmVzdWx0SAASQQoMY29udmVyc2F0aW9uGA8gASgLMikuc3dpdGNoYm9hcmQuY2xpZW50LnYxLkNvbnZlcnNhdGlvblJlc3VsdEgAEkAKDWNvbnZlcnNhdGlvbnMYECABKAsyJy5zd2l0Y2hib2FyZC5jbGllbnQudjEuQ29udmVyc2F0aW9uTGlzdEgAEjQKB21lbWJlcnMYESABKAsyIS5zd2l0Y2hib2FyZC5jbGllbnQudjEuTWVtYmVyTGlzdEgAEjQKBnR5cGluZxgSIAEoCzIiLnN3aXRjaGJvYXJkLmNsaWVudC52MS5UeXBpbmdFdmVudEgAEjgKCHByZXNlbmNlGBMgASgLMiQuc3dpdGNoYm9hcmQuY2xpZW50LnYxLlByZXNlbmNlRXZlbnRIABJEChFwcmVzZW5jZV9zbmFwc2hvdBgUIAEoCzInLnN3aXRjaGJvYXJkLmNsaWVudC52MS5QcmVzZW5jZVNuYXBzaG90SAASNgoHcmVjZWlwdBgVIAEoCzIjLnN3aXRjaGJvYXJkLmNsaWVudC52MS5SZWNlaXB0RXZlbnRIABI4CgloZWFydGJlYXQYFiABKAsyIy5zd2l0Y2hib2FyZC5jbGllbnQudjEuSGVhcnRiZWF0QWNrSAASJwoCb2sYFyABKAsyGS5zd2l0Y2hib2FyZC5jbGllbnQudjEuT2tIABItCgVlcnJvchgYIAEoCzIcLnN3aXRjaGJvYXJkLmNsaWVudC52MS5FcnJvckgAEjUKCXJlY29ubmVjdBgZIAEoCzIgLnN3aXRjaGJvYXJkLmNsaWVudC52MS5SZWNvbm5lY3RIABI2CghyZWNlaXB0cxgaIAEoCzIiLnN3aXRjaGJvYXJkLmNsaWVudC52MS5SZWNlaXB0TGlzdEgAQgYKBGtpbmQiFQoEQXV0aBINCgV0b2tlbhgBIAEoCSKpAQoHV2VsY29tZRIPCgd1c2VyX2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSHQoVaGVhcnRiZWF0X2ludGVydmFsX21zGAMgASgNEi0KBmxpbWl0cxgEIAEoCzIdLnN3aXRjaGJvYXJkLmNsaWVudC52MS5MaW1pdHMSFgoOc2VydmVyX3RpbWVfbXMYBSABKAMSEwoLaGVhZF9jdXJzb3IYBiABKAQibgoGTGltaXRzEhYKDmJvZHlfY2hhcnNfbWF4GAEgASgNEhcKD2ZyYW1lX2J5dGVzX21heBgCIAEoDRIYChBzZW5kc19wZXJfc2Vjb25kGAMgASgNEhkKEWdyb3VwX21lbWJlcnNfbWF4GAQgASgNIngKBFNlbmQSGQoPY29udmVyc2F0aW9uX2lkGAEgASgJSAASEQoHdG9fdXNlchgCIAEoCUgAEhUKDWNsaWVudF9tc2dfaWQYAyABKAkSDAoEYm9keRgEIAEoCRITCgt0cmFjZXBhcmVudBgFIAEoCUIICgZ0YXJnZXQimgEKB1NlbmRBY2sSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhYKCm1lc3NhZ2VfaWQYAiABKARCAjABEgsKA3NlcRgDIAEoBBIVCg1jbGllbnRfbXNnX2lkGAQgASgJEhUKDWNyZWF0ZWRfYXRfbXMYBSABKAMSEQoJZHVwbGljYXRlGAYgASgIEhAKCHRyYWNlX2lkGAcgASgJIk8KDE1lc3NhZ2VFdmVudBIvCgdtZXNzYWdlGAEgASgLMh4uc3dpdGNoYm9hcmQuY29tbW9uLnYxLk1lc3NhZ2USDgoGY3Vyc29yGAIgASgEIiUKBFN5bmMSDgoGY3Vyc29yGAEgASgEEg0KBWxpbWl0GAIgASgNImUKClN5bmNSZXN1bHQSNQoIbWVzc2FnZXMYASADKAsyIy5zd2l0Y2hib2FyZC5jbGllbnQudjEuTWVzc2FnZUV2ZW50Eg4KBmN1cnNvchgCIAEoBBIQCghoYXNfbW9yZRgDIAEoCCJYCgdIaXN0b3J5EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRISCgpiZWZvcmVfc2VxGAIgASgEEhEKCWFmdGVyX3NlcRgEIAEoBBINCgVsaW1pdBgDIAEoDSJsCg1IaXN0b3J5UmVzdWx0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIwCghtZXNzYWdlcxgCIAMoCzIeLnN3aXRjaGJvYXJkLmNvbW1vbi52MS5NZXNzYWdlEhAKCGhhc19tb3JlGAMgASgIIqsBCgtDcmVhdGVHcm91cBIMCgRuYW1lGAEgASgJEg8KB21lbWJlcnMYAiADKAkSDAoEb3BlbhgDIAEoCBI3Cgtwb3N0X3BvbGljeRgEIAEoDjIiLnN3aXRjaGJvYXJkLmNvbW1vbi52MS5Hcm91cFBvbGljeRI2CgphZGRfcG9saWN5GAUgASgOMiIuc3dpdGNoYm9hcmQuY29tbW9uLnYxLkdyb3VwUG9saWN5IjYKCkFkZE1lbWJlcnMSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg8KB21lbWJlcnMYAiADKAkiagoNU2V0TWVtYmVyUm9sZRIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIvCgRyb2xlGAMgASgOMiEuc3dpdGNoYm9hcmQuY29tbW9uLnYxLk1lbWJlclJvbGUizwEKC1VwZGF0ZUdyb3VwEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIRCgRuYW1lGAIgASgJSACIAQESEQoEb3BlbhgDIAEoCEgBiAEBEjcKC3Bvc3RfcG9saWN5GAQgASgOMiIuc3dpdGNoYm9hcmQuY29tbW9uLnYxLkdyb3VwUG9saWN5EjYKCmFkZF9wb2xpY3kYBSABKA4yIi5zd2l0Y2hib2FyZC5jb21tb24udjEuR3JvdXBQb2xpY3lCBwoFX25hbWVCBwoFX29wZW4iOQoNUmVtb3ZlTWVtYmVycxIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDwoHbWVtYmVycxgCIAMoCSIkCglKb2luR3JvdXASFwoPY29udmVyc2F0aW9uX2lkGAEgASgJIiUKCkxlYXZlR3JvdXASFwoPY29udmVyc2F0aW9uX2lkGAEgASgJIk8KEkNvbnZlcnNhdGlvblJlc3VsdBI5Cgxjb252ZXJzYXRpb24YASABKAsyIy5zd2l0Y2hib2FyZC5jb21tb24udjEuQ29udmVyc2F0aW9uIiIKEUxpc3RDb252ZXJzYXRpb25zEg0KBWxpbWl0GAEgASgNIk4KEENvbnZlcnNhdGlvbkxpc3QSOgoNY29udmVyc2F0aW9ucxgBIAMoCzIjLnN3aXRjaGJvYXJkLmNvbW1vbi52MS5Db252ZXJzYXRpb24iJgoLTGlzdE1lbWJlcnMSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJIicKDExpc3RSZWNlaXB0cxIXCg9jb252ZXJzYXRpb25faWQYASABKAkiSgoOTWVtYmVyUmVjZWlwdHMSDwoHdXNlcl9pZBgBIAEoCRIVCg1kZWxpdmVyZWRfc2VxGAIgASgEEhAKCHJlYWRfc2VxGAMgASgEIl8KC1JlY2VpcHRMaXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRI3CghyZWNlaXB0cxgCIAMoCzIlLnN3aXRjaGJvYXJkLmNsaWVudC52MS5NZW1iZXJSZWNlaXB0cyJkCgpNZW1iZXJMaXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIPCgdtZW1iZXJzGAIgAygJEiwKBXJvbGVzGAMgAygLMh0uc3dpdGNoYm9hcmQuY29tbW9uLnYxLk1lbWJlciIxCgZUeXBpbmcSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg4KBnR5cGluZxgCIAEoCCJHCgtUeXBpbmdFdmVudBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIOCgZ0eXBpbmcYAyABKAgiCwoJSGVhcnRiZWF0IiYKDEhlYXJ0YmVhdEFjaxIWCg5zZXJ2ZXJfdGltZV9tcxgBIAEoAyIlChFTdWJzY3JpYmVQcmVzZW5jZRIQCgh1c2VyX2lkcxgBIAMoCSInChNVbnN1YnNjcmliZVByZXNlbmNlEhAKCHVzZXJfaWRzGAEgAygJIksKEFByZXNlbmNlU25hcHNob3QSNwoIc3RhdHVzZXMYASADKAsyJS5zd2l0Y2hib2FyZC5jb21tb24udjEuUHJlc2VuY2VTdGF0dXMiRgoNUHJlc2VuY2VFdmVudBI1CgZzdGF0dXMYASABKAsyJS5zd2l0Y2hib2FyZC5jb21tb24udjEuUHJlc2VuY2VTdGF0dXMiYQoHUmVjZWlwdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSCwoDc2VxGAIgASgEEjAKBGtpbmQYAyABKA4yIi5zd2l0Y2hib2FyZC5jb21tb24udjEuUmVjZWlwdEtpbmQiYwoOUmVnaXN0ZXJEZXZpY2USEQoJZGV2aWNlX2lkGAEgASgJEi8KCHByb3ZpZGVyGAIgASgOMh0uc3dpdGNoYm9hcmQucHVzaC52MS5Qcm92aWRlchINCgV0b2tlbhgDIAEoCSIlChBVbnJlZ2lzdGVyRGV2aWNlEhEKCWRldmljZV9pZBgBIAEoCSJ3CgxSZWNlaXB0RXZlbnQSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSCwoDc2VxGAMgASgEEjAKBGtpbmQYBCABKA4yIi5zd2l0Y2hib2FyZC5jb21tb24udjEuUmVjZWlwdEtpbmQiBAoCT2siawoFRXJyb3ISKQoEY29kZRgBIAEoDjIbLnN3aXRjaGJvYXJkLmNvbW1vbi52MS5Db2RlEg4KBnJlYXNvbhgCIAEoCRIPCgdtZXNzYWdlGAMgASgJEhYKDnJldHJ5X2FmdGVyX21zGAQgASgNIkcKCVJlY29ubmVjdBIOCgZyZWFzb24YASABKAkSFAoMZGVsYXlfbXNfbWluGAIgASgNEhQKDGRlbGF5X21zX21heBgDIAEoDWIGcHJvdG8z", [file_switchboard_common_v1_common, file_switchboard_push_v1_push]);
 
 /**
  * One frame from a client to the gateway. Text WebSocket frames carry it as proto3 JSON,
@@ -187,6 +187,22 @@ export type ClientFrame = Message<"switchboard.client.v1.ClientFrame"> & {
      */
     value: ListReceipts;
     case: "listReceipts";
+  } | {
+    /**
+     * Give a member of my group a role (owner only; making someone owner hands the group over).
+     *
+     * @generated from field: switchboard.client.v1.SetMemberRole set_member_role = 29;
+     */
+    value: SetMemberRole;
+    case: "setMemberRole";
+  } | {
+    /**
+     * Rename my group, open or close it, or change who may post or add (admins and the owner).
+     *
+     * @generated from field: switchboard.client.v1.UpdateGroup update_group = 30;
+     */
+    value: UpdateGroup;
+    case: "updateGroup";
   } | { case: undefined; value?: undefined };
 };
 
@@ -798,6 +814,20 @@ export type CreateGroup = Message<"switchboard.client.v1.CreateGroup"> & {
    * @generated from field: bool open = 3;
    */
   open: boolean;
+
+  /**
+   * Who may post (unset: everyone).
+   *
+   * @generated from field: switchboard.common.v1.GroupPolicy post_policy = 4;
+   */
+  postPolicy: GroupPolicy;
+
+  /**
+   * Who may add members (unset: everyone).
+   *
+   * @generated from field: switchboard.common.v1.GroupPolicy add_policy = 5;
+   */
+  addPolicy: GroupPolicy;
 };
 
 /**
@@ -808,7 +838,7 @@ export const CreateGroupSchema: GenMessage<CreateGroup> = /*@__PURE__*/
   messageDesc(file_switchboard_client_v1_client, 12);
 
 /**
- * Add users to a group; any member may add.
+ * Add users to a group: any member, unless its add_policy is admins.
  *
  * @generated from message switchboard.client.v1.AddMembers
  */
@@ -836,8 +866,92 @@ export const AddMembersSchema: GenMessage<AddMembers> = /*@__PURE__*/
   messageDesc(file_switchboard_client_v1_client, 13);
 
 /**
- * Remove members from a group I belong to (any member may, as any member may add; users who are
- * not members are ignored).
+ * Give a member of my group a role.
+ *
+ * @generated from message switchboard.client.v1.SetMemberRole
+ */
+export type SetMemberRole = Message<"switchboard.client.v1.SetMemberRole"> & {
+  /**
+   * Group id.
+   *
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * The member.
+   *
+   * @generated from field: string user_id = 2;
+   */
+  userId: string;
+
+  /**
+   * The new role; MEMBER_ROLE_OWNER hands the group over (I become an admin).
+   *
+   * @generated from field: switchboard.common.v1.MemberRole role = 3;
+   */
+  role: MemberRole;
+};
+
+/**
+ * Describes the message switchboard.client.v1.SetMemberRole.
+ * Use `create(SetMemberRoleSchema)` to create a new message.
+ */
+export const SetMemberRoleSchema: GenMessage<SetMemberRole> = /*@__PURE__*/
+  messageDesc(file_switchboard_client_v1_client, 14);
+
+/**
+ * Change my group; unset fields stay as they are.
+ *
+ * @generated from message switchboard.client.v1.UpdateGroup
+ */
+export type UpdateGroup = Message<"switchboard.client.v1.UpdateGroup"> & {
+  /**
+   * Group id.
+   *
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * New name.
+   *
+   * @generated from field: optional string name = 2;
+   */
+  name?: string | undefined;
+
+  /**
+   * Whether users may join without being added.
+   *
+   * @generated from field: optional bool open = 3;
+   */
+  open?: boolean | undefined;
+
+  /**
+   * Who may post.
+   *
+   * @generated from field: switchboard.common.v1.GroupPolicy post_policy = 4;
+   */
+  postPolicy: GroupPolicy;
+
+  /**
+   * Who may add members.
+   *
+   * @generated from field: switchboard.common.v1.GroupPolicy add_policy = 5;
+   */
+  addPolicy: GroupPolicy;
+};
+
+/**
+ * Describes the message switchboard.client.v1.UpdateGroup.
+ * Use `create(UpdateGroupSchema)` to create a new message.
+ */
+export const UpdateGroupSchema: GenMessage<UpdateGroup> = /*@__PURE__*/
+  messageDesc(file_switchboard_client_v1_client, 15);
+
+/**
+ * Remove members from a group I belong to (others: admins and the owner only, and never the owner;
+ * naming myself is leaving; users who are not members are ignored).
  *
  * @generated from message switchboard.client.v1.RemoveMembers
  */
@@ -862,7 +976,7 @@ export type RemoveMembers = Message<"switchboard.client.v1.RemoveMembers"> & {
  * Use `create(RemoveMembersSchema)` to create a new message.
  */
 export const RemoveMembersSchema: GenMessage<RemoveMembers> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 14);
+  messageDesc(file_switchboard_client_v1_client, 16);
 
 /**
  * Join an open group.
@@ -883,7 +997,7 @@ export type JoinGroup = Message<"switchboard.client.v1.JoinGroup"> & {
  * Use `create(JoinGroupSchema)` to create a new message.
  */
 export const JoinGroupSchema: GenMessage<JoinGroup> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 15);
+  messageDesc(file_switchboard_client_v1_client, 17);
 
 /**
  * Leave a group.
@@ -904,7 +1018,7 @@ export type LeaveGroup = Message<"switchboard.client.v1.LeaveGroup"> & {
  * Use `create(LeaveGroupSchema)` to create a new message.
  */
 export const LeaveGroupSchema: GenMessage<LeaveGroup> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 16);
+  messageDesc(file_switchboard_client_v1_client, 18);
 
 /**
  * A conversation after a change.
@@ -925,7 +1039,7 @@ export type ConversationResult = Message<"switchboard.client.v1.ConversationResu
  * Use `create(ConversationResultSchema)` to create a new message.
  */
 export const ConversationResultSchema: GenMessage<ConversationResult> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 17);
+  messageDesc(file_switchboard_client_v1_client, 19);
 
 /**
  * List the conversations I belong to.
@@ -946,7 +1060,7 @@ export type ListConversations = Message<"switchboard.client.v1.ListConversations
  * Use `create(ListConversationsSchema)` to create a new message.
  */
 export const ListConversationsSchema: GenMessage<ListConversations> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 18);
+  messageDesc(file_switchboard_client_v1_client, 20);
 
 /**
  * My conversations.
@@ -967,7 +1081,7 @@ export type ConversationList = Message<"switchboard.client.v1.ConversationList">
  * Use `create(ConversationListSchema)` to create a new message.
  */
 export const ConversationListSchema: GenMessage<ConversationList> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 19);
+  messageDesc(file_switchboard_client_v1_client, 21);
 
 /**
  * List members of a conversation.
@@ -988,7 +1102,7 @@ export type ListMembers = Message<"switchboard.client.v1.ListMembers"> & {
  * Use `create(ListMembersSchema)` to create a new message.
  */
 export const ListMembersSchema: GenMessage<ListMembers> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 20);
+  messageDesc(file_switchboard_client_v1_client, 22);
 
 /**
  * Ask for the delivered and read watermarks of every member of a conversation (the state a
@@ -1010,7 +1124,7 @@ export type ListReceipts = Message<"switchboard.client.v1.ListReceipts"> & {
  * Use `create(ListReceiptsSchema)` to create a new message.
  */
 export const ListReceiptsSchema: GenMessage<ListReceipts> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 21);
+  messageDesc(file_switchboard_client_v1_client, 23);
 
 /**
  * One member's watermarks (0: nothing marked yet).
@@ -1045,7 +1159,7 @@ export type MemberReceipts = Message<"switchboard.client.v1.MemberReceipts"> & {
  * Use `create(MemberReceiptsSchema)` to create a new message.
  */
 export const MemberReceiptsSchema: GenMessage<MemberReceipts> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 22);
+  messageDesc(file_switchboard_client_v1_client, 24);
 
 /**
  * The watermarks of every member of a conversation, sorted by user id.
@@ -1073,7 +1187,7 @@ export type ReceiptList = Message<"switchboard.client.v1.ReceiptList"> & {
  * Use `create(ReceiptListSchema)` to create a new message.
  */
 export const ReceiptListSchema: GenMessage<ReceiptList> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 23);
+  messageDesc(file_switchboard_client_v1_client, 25);
 
 /**
  * Members of a conversation.
@@ -1094,6 +1208,13 @@ export type MemberList = Message<"switchboard.client.v1.MemberList"> & {
    * @generated from field: repeated string members = 2;
    */
   members: string[];
+
+  /**
+   * The same members with their roles, in the same order.
+   *
+   * @generated from field: repeated switchboard.common.v1.Member roles = 3;
+   */
+  roles: Member[];
 };
 
 /**
@@ -1101,7 +1222,7 @@ export type MemberList = Message<"switchboard.client.v1.MemberList"> & {
  * Use `create(MemberListSchema)` to create a new message.
  */
 export const MemberListSchema: GenMessage<MemberList> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 24);
+  messageDesc(file_switchboard_client_v1_client, 26);
 
 /**
  * I am (or stopped) typing.
@@ -1129,7 +1250,7 @@ export type Typing = Message<"switchboard.client.v1.Typing"> & {
  * Use `create(TypingSchema)` to create a new message.
  */
 export const TypingSchema: GenMessage<Typing> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 25);
+  messageDesc(file_switchboard_client_v1_client, 27);
 
 /**
  * Someone is typing.
@@ -1164,7 +1285,7 @@ export type TypingEvent = Message<"switchboard.client.v1.TypingEvent"> & {
  * Use `create(TypingEventSchema)` to create a new message.
  */
 export const TypingEventSchema: GenMessage<TypingEvent> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 26);
+  messageDesc(file_switchboard_client_v1_client, 28);
 
 /**
  * Keep-alive and presence heartbeat.
@@ -1179,7 +1300,7 @@ export type Heartbeat = Message<"switchboard.client.v1.Heartbeat"> & {
  * Use `create(HeartbeatSchema)` to create a new message.
  */
 export const HeartbeatSchema: GenMessage<Heartbeat> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 27);
+  messageDesc(file_switchboard_client_v1_client, 29);
 
 /**
  * Heartbeat answer.
@@ -1200,7 +1321,7 @@ export type HeartbeatAck = Message<"switchboard.client.v1.HeartbeatAck"> & {
  * Use `create(HeartbeatAckSchema)` to create a new message.
  */
 export const HeartbeatAckSchema: GenMessage<HeartbeatAck> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 28);
+  messageDesc(file_switchboard_client_v1_client, 30);
 
 /**
  * Watch users' presence; only users sharing a conversation with me may be watched.
@@ -1221,7 +1342,7 @@ export type SubscribePresence = Message<"switchboard.client.v1.SubscribePresence
  * Use `create(SubscribePresenceSchema)` to create a new message.
  */
 export const SubscribePresenceSchema: GenMessage<SubscribePresence> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 29);
+  messageDesc(file_switchboard_client_v1_client, 31);
 
 /**
  * Stop watching users' presence.
@@ -1242,7 +1363,7 @@ export type UnsubscribePresence = Message<"switchboard.client.v1.UnsubscribePres
  * Use `create(UnsubscribePresenceSchema)` to create a new message.
  */
 export const UnsubscribePresenceSchema: GenMessage<UnsubscribePresence> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 30);
+  messageDesc(file_switchboard_client_v1_client, 32);
 
 /**
  * Current presence of users.
@@ -1263,7 +1384,7 @@ export type PresenceSnapshot = Message<"switchboard.client.v1.PresenceSnapshot">
  * Use `create(PresenceSnapshotSchema)` to create a new message.
  */
 export const PresenceSnapshotSchema: GenMessage<PresenceSnapshot> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 31);
+  messageDesc(file_switchboard_client_v1_client, 33);
 
 /**
  * A user's presence changed.
@@ -1284,7 +1405,7 @@ export type PresenceEvent = Message<"switchboard.client.v1.PresenceEvent"> & {
  * Use `create(PresenceEventSchema)` to create a new message.
  */
 export const PresenceEventSchema: GenMessage<PresenceEvent> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 32);
+  messageDesc(file_switchboard_client_v1_client, 34);
 
 /**
  * Move my delivered or read watermark in a conversation.
@@ -1319,7 +1440,7 @@ export type Receipt = Message<"switchboard.client.v1.Receipt"> & {
  * Use `create(ReceiptSchema)` to create a new message.
  */
 export const ReceiptSchema: GenMessage<Receipt> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 33);
+  messageDesc(file_switchboard_client_v1_client, 35);
 
 /**
  * Register a push token for one of my devices (replaces its earlier token). Answered with `ok`.
@@ -1354,7 +1475,7 @@ export type RegisterDevice = Message<"switchboard.client.v1.RegisterDevice"> & {
  * Use `create(RegisterDeviceSchema)` to create a new message.
  */
 export const RegisterDeviceSchema: GenMessage<RegisterDevice> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 34);
+  messageDesc(file_switchboard_client_v1_client, 36);
 
 /**
  * Remove one of my devices' push tokens. Answered with `ok` (also when none was registered).
@@ -1375,7 +1496,7 @@ export type UnregisterDevice = Message<"switchboard.client.v1.UnregisterDevice">
  * Use `create(UnregisterDeviceSchema)` to create a new message.
  */
 export const UnregisterDeviceSchema: GenMessage<UnregisterDevice> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 35);
+  messageDesc(file_switchboard_client_v1_client, 37);
 
 /**
  * Someone's watermark moved.
@@ -1417,7 +1538,7 @@ export type ReceiptEvent = Message<"switchboard.client.v1.ReceiptEvent"> & {
  * Use `create(ReceiptEventSchema)` to create a new message.
  */
 export const ReceiptEventSchema: GenMessage<ReceiptEvent> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 36);
+  messageDesc(file_switchboard_client_v1_client, 38);
 
 /**
  * Success without a specific result.
@@ -1432,7 +1553,7 @@ export type Ok = Message<"switchboard.client.v1.Ok"> & {
  * Use `create(OkSchema)` to create a new message.
  */
 export const OkSchema: GenMessage<Ok> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 37);
+  messageDesc(file_switchboard_client_v1_client, 39);
 
 /**
  * A failed request.
@@ -1474,7 +1595,7 @@ export type Error = Message<"switchboard.client.v1.Error"> & {
  * Use `create(ErrorSchema)` to create a new message.
  */
 export const ErrorSchema: GenMessage<Error> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 38);
+  messageDesc(file_switchboard_client_v1_client, 40);
 
 /**
  * Reconnect, possibly to another gateway, after a random delay in [delay_ms_min, delay_ms_max].
@@ -1509,5 +1630,5 @@ export type Reconnect = Message<"switchboard.client.v1.Reconnect"> & {
  * Use `create(ReconnectSchema)` to create a new message.
  */
 export const ReconnectSchema: GenMessage<Reconnect> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 39);
+  messageDesc(file_switchboard_client_v1_client, 41);
 

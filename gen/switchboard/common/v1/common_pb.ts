@@ -10,7 +10,7 @@ import type { Message as Message$1 } from "@bufbuild/protobuf";
  * Describes the file switchboard/common/v1/common.proto.
  */
 export const file_switchboard_common_v1_common: GenFile = /*@__PURE__*/
-  fileDesc("CiJzd2l0Y2hib2FyZC9jb21tb24vdjEvY29tbW9uLnByb3RvEhVzd2l0Y2hib2FyZC5jb21tb24udjEikwEKB01lc3NhZ2USFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEgsKA3NlcRgCIAEoBBIWCgptZXNzYWdlX2lkGAMgASgEQgIwARIOCgZzZW5kZXIYBCABKAkSFQoNY2xpZW50X21zZ19pZBgFIAEoCRIMCgRib2R5GAYgASgJEhUKDWNyZWF0ZWRfYXRfbXMYByABKAMizQEKDENvbnZlcnNhdGlvbhIKCgJpZBgBIAEoCRI1CgRraW5kGAIgASgOMicuc3dpdGNoYm9hcmQuY29tbW9uLnYxLkNvbnZlcnNhdGlvbktpbmQSDAoEbmFtZRgDIAEoCRINCgVvd25lchgEIAEoCRIUCgxtZW1iZXJfY291bnQYBSABKA0SDAoEb3BlbhgGIAEoCBIQCghsYXN0X3NlcRgHIAEoBBIVCg1jcmVhdGVkX2F0X21zGAggASgDEhAKCHJlYWRfc2VxGAkgASgEIkwKDlByZXNlbmNlU3RhdHVzEg8KB3VzZXJfaWQYASABKAkSDgoGb25saW5lGAIgASgIEhkKEWxhc3RfYWN0aXZlX2F0X21zGAMgASgDKnAKEENvbnZlcnNhdGlvbktpbmQSIQodQ09OVkVSU0FUSU9OX0tJTkRfVU5TUEVDSUZJRUQQABIcChhDT05WRVJTQVRJT05fS0lORF9ESVJFQ1QQARIbChdDT05WRVJTQVRJT05fS0lORF9HUk9VUBACKl4KC1JlY2VpcHRLaW5kEhwKGFJFQ0VJUFRfS0lORF9VTlNQRUNJRklFRBAAEhoKFlJFQ0VJUFRfS0lORF9ERUxJVkVSRUQQARIVChFSRUNFSVBUX0tJTkRfUkVBRBACKuoCCgRDb2RlEhQKEENPREVfVU5TUEVDSUZJRUQQABISCg5DT0RFX0NBTkNFTExFRBABEhAKDENPREVfVU5LTk9XThACEhkKFUNPREVfSU5WQUxJRF9BUkdVTUVOVBADEhoKFkNPREVfREVBRExJTkVfRVhDRUVERUQQBBISCg5DT0RFX05PVF9GT1VORBAFEhcKE0NPREVfQUxSRUFEWV9FWElTVFMQBhIaChZDT0RFX1BFUk1JU1NJT05fREVOSUVEEAcSGwoXQ09ERV9SRVNPVVJDRV9FWEhBVVNURUQQCBIcChhDT0RFX0ZBSUxFRF9QUkVDT05ESVRJT04QCRIQCgxDT0RFX0FCT1JURUQQChIWChJDT0RFX1VOSU1QTEVNRU5URUQQDBIRCg1DT0RFX0lOVEVSTkFMEA0SFAoQQ09ERV9VTkFWQUlMQUJMRRAOEhgKFENPREVfVU5BVVRIRU5USUNBVEVEEBBiBnByb3RvMw");
+  fileDesc("CiJzd2l0Y2hib2FyZC9jb21tb24vdjEvY29tbW9uLnByb3RvEhVzd2l0Y2hib2FyZC5jb21tb24udjEikwEKB01lc3NhZ2USFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEgsKA3NlcRgCIAEoBBIWCgptZXNzYWdlX2lkGAMgASgEQgIwARIOCgZzZW5kZXIYBCABKAkSFQoNY2xpZW50X21zZ19pZBgFIAEoCRIMCgRib2R5GAYgASgJEhUKDWNyZWF0ZWRfYXRfbXMYByABKAMivgIKDENvbnZlcnNhdGlvbhIKCgJpZBgBIAEoCRI1CgRraW5kGAIgASgOMicuc3dpdGNoYm9hcmQuY29tbW9uLnYxLkNvbnZlcnNhdGlvbktpbmQSDAoEbmFtZRgDIAEoCRINCgVvd25lchgEIAEoCRIUCgxtZW1iZXJfY291bnQYBSABKA0SDAoEb3BlbhgGIAEoCBIQCghsYXN0X3NlcRgHIAEoBBIVCg1jcmVhdGVkX2F0X21zGAggASgDEhAKCHJlYWRfc2VxGAkgASgEEjcKC3Bvc3RfcG9saWN5GAogASgOMiIuc3dpdGNoYm9hcmQuY29tbW9uLnYxLkdyb3VwUG9saWN5EjYKCmFkZF9wb2xpY3kYCyABKA4yIi5zd2l0Y2hib2FyZC5jb21tb24udjEuR3JvdXBQb2xpY3kiSgoGTWVtYmVyEg8KB3VzZXJfaWQYASABKAkSLwoEcm9sZRgCIAEoDjIhLnN3aXRjaGJvYXJkLmNvbW1vbi52MS5NZW1iZXJSb2xlIkwKDlByZXNlbmNlU3RhdHVzEg8KB3VzZXJfaWQYASABKAkSDgoGb25saW5lGAIgASgIEhkKEWxhc3RfYWN0aXZlX2F0X21zGAMgASgDKnAKEENvbnZlcnNhdGlvbktpbmQSIQodQ09OVkVSU0FUSU9OX0tJTkRfVU5TUEVDSUZJRUQQABIcChhDT05WRVJTQVRJT05fS0lORF9ESVJFQ1QQARIbChdDT05WRVJTQVRJT05fS0lORF9HUk9VUBACKl8KC0dyb3VwUG9saWN5EhwKGEdST1VQX1BPTElDWV9VTlNQRUNJRklFRBAAEhkKFUdST1VQX1BPTElDWV9FVkVSWU9ORRABEhcKE0dST1VQX1BPTElDWV9BRE1JTlMQAipvCgpNZW1iZXJSb2xlEhsKF01FTUJFUl9ST0xFX1VOU1BFQ0lGSUVEEAASFgoSTUVNQkVSX1JPTEVfTUVNQkVSEAESFQoRTUVNQkVSX1JPTEVfQURNSU4QAhIVChFNRU1CRVJfUk9MRV9PV05FUhADKl4KC1JlY2VpcHRLaW5kEhwKGFJFQ0VJUFRfS0lORF9VTlNQRUNJRklFRBAAEhoKFlJFQ0VJUFRfS0lORF9ERUxJVkVSRUQQARIVChFSRUNFSVBUX0tJTkRfUkVBRBACKuoCCgRDb2RlEhQKEENPREVfVU5TUEVDSUZJRUQQABISCg5DT0RFX0NBTkNFTExFRBABEhAKDENPREVfVU5LTk9XThACEhkKFUNPREVfSU5WQUxJRF9BUkdVTUVOVBADEhoKFkNPREVfREVBRExJTkVfRVhDRUVERUQQBBISCg5DT0RFX05PVF9GT1VORBAFEhcKE0NPREVfQUxSRUFEWV9FWElTVFMQBhIaChZDT0RFX1BFUk1JU1NJT05fREVOSUVEEAcSGwoXQ09ERV9SRVNPVVJDRV9FWEhBVVNURUQQCBIcChhDT0RFX0ZBSUxFRF9QUkVDT05ESVRJT04QCRIQCgxDT0RFX0FCT1JURUQQChIWChJDT0RFX1VOSU1QTEVNRU5URUQQDBIRCg1DT0RFX0lOVEVSTkFMEA0SFAoQQ09ERV9VTkFWQUlMQUJMRRAOEhgKFENPREVfVU5BVVRIRU5USUNBVEVEEBBiBnByb3RvMw");
 
 /**
  * A chat message as stored and delivered. Messages are immutable once acknowledged.
@@ -145,6 +145,20 @@ export type Conversation = Message$1<"switchboard.common.v1.Conversation"> & {
    * @generated from field: uint64 read_seq = 9;
    */
   readSeq: bigint;
+
+  /**
+   * Who may post (groups; always everyone in direct conversations).
+   *
+   * @generated from field: switchboard.common.v1.GroupPolicy post_policy = 10;
+   */
+  postPolicy: GroupPolicy;
+
+  /**
+   * Who may add members (groups).
+   *
+   * @generated from field: switchboard.common.v1.GroupPolicy add_policy = 11;
+   */
+  addPolicy: GroupPolicy;
 };
 
 /**
@@ -153,6 +167,34 @@ export type Conversation = Message$1<"switchboard.common.v1.Conversation"> & {
  */
 export const ConversationSchema: GenMessage<Conversation> = /*@__PURE__*/
   messageDesc(file_switchboard_common_v1_common, 1);
+
+/**
+ * One member of a conversation.
+ *
+ * @generated from message switchboard.common.v1.Member
+ */
+export type Member = Message$1<"switchboard.common.v1.Member"> & {
+  /**
+   * User id.
+   *
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * The member's role (MEMBER_ROLE_MEMBER for both members of a direct conversation).
+   *
+   * @generated from field: switchboard.common.v1.MemberRole role = 2;
+   */
+  role: MemberRole;
+};
+
+/**
+ * Describes the message switchboard.common.v1.Member.
+ * Use `create(MemberSchema)` to create a new message.
+ */
+export const MemberSchema: GenMessage<Member> = /*@__PURE__*/
+  messageDesc(file_switchboard_common_v1_common, 2);
 
 /**
  * Online status of one user.
@@ -187,7 +229,7 @@ export type PresenceStatus = Message$1<"switchboard.common.v1.PresenceStatus"> &
  * Use `create(PresenceStatusSchema)` to create a new message.
  */
 export const PresenceStatusSchema: GenMessage<PresenceStatus> = /*@__PURE__*/
-  messageDesc(file_switchboard_common_v1_common, 2);
+  messageDesc(file_switchboard_common_v1_common, 3);
 
 /**
  * What kind of conversation this is.
@@ -224,6 +266,81 @@ export const ConversationKindSchema: GenEnum<ConversationKind> = /*@__PURE__*/
   enumDesc(file_switchboard_common_v1_common, 0);
 
 /**
+ * Who may do something in a group.
+ *
+ * @generated from enum switchboard.common.v1.GroupPolicy
+ */
+export enum GroupPolicy {
+  /**
+   * Unset: in requests, the default (creating) or unchanged (updating); never in replies.
+   *
+   * @generated from enum value: GROUP_POLICY_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Any member.
+   *
+   * @generated from enum value: GROUP_POLICY_EVERYONE = 1;
+   */
+  EVERYONE = 1,
+
+  /**
+   * Only admins and the owner.
+   *
+   * @generated from enum value: GROUP_POLICY_ADMINS = 2;
+   */
+  ADMINS = 2,
+}
+
+/**
+ * Describes the enum switchboard.common.v1.GroupPolicy.
+ */
+export const GroupPolicySchema: GenEnum<GroupPolicy> = /*@__PURE__*/
+  enumDesc(file_switchboard_common_v1_common, 1);
+
+/**
+ * A member's standing in a group.
+ *
+ * @generated from enum switchboard.common.v1.MemberRole
+ */
+export enum MemberRole {
+  /**
+   * Never sent; refused in requests.
+   *
+   * @generated from enum value: MEMBER_ROLE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Posts and adds members as the group's policies allow.
+   *
+   * @generated from enum value: MEMBER_ROLE_MEMBER = 1;
+   */
+  MEMBER = 1,
+
+  /**
+   * Also removes members, changes the group, and posts and adds whatever the policies say.
+   *
+   * @generated from enum value: MEMBER_ROLE_ADMIN = 2;
+   */
+  ADMIN = 2,
+
+  /**
+   * The one member who also gives roles and hands the group over; nobody removes the owner.
+   *
+   * @generated from enum value: MEMBER_ROLE_OWNER = 3;
+   */
+  OWNER = 3,
+}
+
+/**
+ * Describes the enum switchboard.common.v1.MemberRole.
+ */
+export const MemberRoleSchema: GenEnum<MemberRole> = /*@__PURE__*/
+  enumDesc(file_switchboard_common_v1_common, 2);
+
+/**
  * The kind of a read/delivery receipt.
  *
  * @generated from enum switchboard.common.v1.ReceiptKind
@@ -255,7 +372,7 @@ export enum ReceiptKind {
  * Describes the enum switchboard.common.v1.ReceiptKind.
  */
 export const ReceiptKindSchema: GenEnum<ReceiptKind> = /*@__PURE__*/
-  enumDesc(file_switchboard_common_v1_common, 1);
+  enumDesc(file_switchboard_common_v1_common, 3);
 
 /**
  * Error codes; numbers and meanings mirror gRPC status codes.
@@ -373,5 +490,5 @@ export enum Code {
  * Describes the enum switchboard.common.v1.Code.
  */
 export const CodeSchema: GenEnum<Code> = /*@__PURE__*/
-  enumDesc(file_switchboard_common_v1_common, 2);
+  enumDesc(file_switchboard_common_v1_common, 4);
 
