@@ -193,7 +193,7 @@ describe("1:1 conversations", () => {
 });
 
 describe("groups", () => {
-  it("creates a group, counts unread per member, shows read receipts, adds and removes members, lets one leave", async () => {
+  it("creates a group, counts unread per member, shows read receipts, adds members, lets the owner remove them and one leave", async () => {
     const alice = await person("alice");
     const bob = await person("bob");
     const carol = await person("carol");
@@ -220,6 +220,9 @@ describe("groups", () => {
     await expect
       .poll(() => carol.page.locator("#member-list .member-name").allTextContents())
       .toEqual([alice.user, bob.user, `${carol.user} (you)`]);
+    // Roles: alice created the group and owns it; carol, a member, may add but remove nobody.
+    expect(await carol.page.locator("#member-list .member-role").allTextContents()).toEqual(["owner"]);
+    expect(await carol.page.locator("#member-list .remove-member").count()).toBe(0);
     await carol.page.getByLabel("Add member").fill(dave);
     await carol.page.getByRole("button", { name: "Add", exact: true }).click();
     await expect
@@ -239,7 +242,7 @@ describe("groups", () => {
     await expect
       .poll(() => alice.page.locator("#member-list .member-name").allTextContents())
       .toEqual([`${alice.user} (you)`, bob.user, dave]);
-    // Any member may remove another.
+    // The owner removes members.
     await alice.page.getByRole("button", { name: `Remove ${dave}` }).click();
     await expect
       .poll(() => alice.page.locator("#member-list .member-name").allTextContents())

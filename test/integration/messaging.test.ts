@@ -4,7 +4,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { ServerFrame } from "../../gen/switchboard/client/v1/client_pb.js";
-import { Code, ReceiptKind } from "../../gen/switchboard/common/v1/common_pb.js";
+import { Code, GroupPolicy, MemberRole, ReceiptKind } from "../../gen/switchboard/common/v1/common_pb.js";
 import { expectCase, RawClient } from "../helpers/raw-client.js";
 import { devToken, type ServerProcess, startServer } from "../helpers/server.js";
 
@@ -176,17 +176,31 @@ describe("groups", () => {
     for (const x of [ca, cb, cc]) x.close();
   });
 
-  it("lets any member remove others from a group: they can no longer send; strangers cannot remove", async () => {
+  it("roles: admins and the owner remove others, nobody removes the owner, only the owner gives roles and hands over", async () => {
     const [a, b, c, d] = [user("a"), user("b"), user("c"), user("d")];
     const [ca, cb, cc, cd] = [await connect(a), await connect(b), await connect(c), await connect(d)];
     const group = expectCase(
       await ca.request({ case: "createGroup", value: { name: "trim", members: [b, c] } }),
       "conversation",
     ).conversation!;
+    const conversationId = group.id;
     const remove = (client: typeof ca, members: string[]) =>
-      client.request({ case: "removeMembers", value: { conversationId: group.id, members } });
-    // A non-member of the group may not remove anyone.
+      client.request({ case: "removeMembers", value: { conversationId, members } });
+    const setRole = (client: typeof ca, userId: string, role: MemberRole) =>
+      client.request({ case: "setMemberRole", value: { conversationId, userId, role } });
+    const roles = async () =>
+      Object.fromEntries(
+        expectCase(await ca.request({ case: "listMembers", value: { conversationId } }), "members").roles.map(
+          (m) => [m.userId, m.role],
+        ),
+      );
+    expect(await roles()).toEqual({ [a]: MemberRole.OWNER, [b]: MemberRole.MEMBER, [c]: MemberRole.MEMBER });
+    // A non-member of the group may not remove anyone; a member may not remove others.
     expect(expectCase(await remove(cd, [c]), "error").reason).toBe("NOT_MEMBER");
+    expect(expectCase(await remove(cb, [c]), "error")).toMatchObject({
+      reason: "NOT_ADMIN",
+      code: Code.PERMISSION_DENIED,
+    });
     expect(expectCase(await remove(cb, []), "error").reason).toBe("INVALID_USER_ID");
     expect(expectCase(await remove(cb, ["bad id"]), "error").reason).toBe("INVALID_USER_ID");
     expect(
@@ -195,18 +209,107 @@ describe("groups", () => {
         "error",
       ).reason,
     ).toBe("NOT_A_GROUP");
-    // b (not the creator) removes c; d, never a member, is ignored.
+
+    // Only the owner gives roles, never to itself.
+    expect(expectCase(await setRole(cb, b, MemberRole.ADMIN), "error").reason).toBe("NOT_OWNER");
+    expect(expectCase(await setRole(ca, a, MemberRole.ADMIN), "error").reason).toBe("INVALID_ROLE_CHANGE");
+    expect(expectCase(await setRole(ca, d, MemberRole.ADMIN), "error")).toMatchObject({
+      reason: "USER_NOT_MEMBER",
+      code: Code.NOT_FOUND,
+    });
+    expect(expectCase(await setRole(ca, b, MemberRole.UNSPECIFIED), "error").reason).toBe("INVALID_ROLE");
+    expectCase(await setRole(ca, b, MemberRole.ADMIN), "conversation");
+    // An admin removes a member (d, never a member, is ignored), but not the owner.
+    expect(expectCase(await remove(cb, [a]), "error").reason).toBe("OWNER_PROTECTED");
     expect(expectCase(await remove(cb, [c, d, c]), "conversation").conversation?.memberCount).toBe(2);
-    const members = expectCase(
-      await ca.request({ case: "listMembers", value: { conversationId: group.id } }),
-      "members",
+    expect(await roles()).toEqual({ [a]: MemberRole.OWNER, [b]: MemberRole.ADMIN });
+    expect(expectCase(await send(cc, { conversationId }, "still here?"), "error").reason).toBe("NOT_MEMBER");
+    expectCase(await send(ca, { conversationId }, "just us"), "ack");
+
+    // The owner leaves only after handing over; the former owner stays on as an admin.
+    expect(
+      expectCase(await ca.request({ case: "leaveGroup", value: { conversationId } }), "error"),
+    ).toMatchObject({ reason: "OWNER_MUST_TRANSFER", code: Code.FAILED_PRECONDITION });
+    expect(expectCase(await setRole(ca, b, MemberRole.OWNER), "conversation").conversation?.owner).toBe(b);
+    expect(await roles()).toEqual({ [a]: MemberRole.ADMIN, [b]: MemberRole.OWNER });
+    expect(expectCase(await setRole(ca, a, MemberRole.OWNER), "error").reason).toBe("NOT_OWNER");
+    expectCase(
+      await cb.request({ case: "addMembers", value: { conversationId, members: [c] } }),
+      "conversation",
     );
-    expect(members.members).toEqual([a, b].sort());
-    expect(expectCase(await send(cc, { conversationId: group.id }, "still here?"), "error").reason).toBe(
-      "NOT_MEMBER",
-    );
-    expectCase(await send(ca, { conversationId: group.id }, "just us"), "ack");
+    expectCase(await setRole(cb, a, MemberRole.MEMBER), "conversation");
+    expect(expectCase(await remove(ca, [c]), "error").reason).toBe("NOT_ADMIN");
+    // Naming yourself is leaving, which anyone but an owner with company may.
+    expectCase(await remove(ca, [a]), "conversation");
+    expectCase(await cc.request({ case: "leaveGroup", value: { conversationId } }), "ok");
+    expectCase(await cb.request({ case: "leaveGroup", value: { conversationId } }), "ok");
     for (const x of [ca, cb, cc, cd]) x.close();
+  });
+
+  it("group policies: an announcement group takes posts from admins only; admins-only adding; only admins change the group", async () => {
+    const [a, b, c, d] = [user("a"), user("b"), user("c"), user("d")];
+    const [ca, cb, cc] = [await connect(a), await connect(b), await connect(c)];
+    const group = expectCase(
+      await ca.request({
+        case: "createGroup",
+        value: {
+          name: "news",
+          members: [b, c],
+          postPolicy: GroupPolicy.ADMINS,
+          addPolicy: GroupPolicy.ADMINS,
+        },
+      }),
+      "conversation",
+    ).conversation!;
+    expect(group).toMatchObject({ postPolicy: GroupPolicy.ADMINS, addPolicy: GroupPolicy.ADMINS, owner: a });
+    const conversationId = group.id;
+    expect(expectCase(await send(cb, { conversationId }, "may I?"), "error")).toMatchObject({
+      reason: "POSTING_RESTRICTED",
+      code: Code.PERMISSION_DENIED,
+    });
+    expect(
+      expectCase(await cb.request({ case: "addMembers", value: { conversationId, members: [d] } }), "error")
+        .reason,
+    ).toBe("NOT_ADMIN");
+    expect(
+      expectCase(await cb.request({ case: "updateGroup", value: { conversationId, name: "mine" } }), "error")
+        .reason,
+    ).toBe("NOT_ADMIN");
+    const ack = expectCase(await send(ca, { conversationId }, "announcement"), "ack");
+    for (const x of [cb, cc])
+      expect(expectCase(await x.nextEvent(messageEvent("announcement")), "message").message?.seq).toBe(
+        ack.seq,
+      );
+    // An admin posts and adds; the owner opens the floor.
+    expectCase(
+      await ca.request({
+        case: "setMemberRole",
+        value: { conversationId, userId: b, role: MemberRole.ADMIN },
+      }),
+      "conversation",
+    );
+    expectCase(await send(cb, { conversationId }, "from an admin"), "ack");
+    expectCase(
+      await cb.request({ case: "addMembers", value: { conversationId, members: [d] } }),
+      "conversation",
+    );
+    expect(
+      expectCase(await ca.request({ case: "updateGroup", value: { conversationId } }), "error").reason,
+    ).toBe("NOTHING_TO_CHANGE");
+    const opened = expectCase(
+      await cb.request({
+        case: "updateGroup",
+        value: { conversationId, name: "chat", postPolicy: GroupPolicy.EVERYONE },
+      }),
+      "conversation",
+    ).conversation!;
+    expect(opened).toMatchObject({
+      name: "chat",
+      postPolicy: GroupPolicy.EVERYONE,
+      addPolicy: GroupPolicy.ADMINS,
+    });
+    expectCase(await send(cc, { conversationId }, "finally"), "ack");
+    for (const x of [ca, cb, cc]) x.close();
   });
 
   it("a membership change holds for the very next message: none for who left, all for who was added", async () => {

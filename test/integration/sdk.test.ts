@@ -90,6 +90,40 @@ describe("SDK against the server", () => {
     alice.c.close();
     again.c.close();
   });
+
+  it("manages a group's roles and policies, with the server's reasons as errors", async () => {
+    const [owner, member] = [client("sdk-owner"), client("sdk-member")];
+    await owner.c.connect();
+    await member.c.connect();
+    const group = await owner.c.createGroup({ name: "news", members: ["sdk-member"], postPolicy: "admins" });
+    expect(group).toMatchObject({ owner: "sdk-owner", postPolicy: "admins", addPolicy: "everyone" });
+    await expect(member.c.send({ conversationId: group.id }, "hi")).rejects.toMatchObject({
+      reason: "POSTING_RESTRICTED",
+    });
+    await expect(member.c.updateGroup(group.id, { name: "mine" })).rejects.toMatchObject({
+      reason: "NOT_ADMIN",
+    });
+    await owner.c.setMemberRole(group.id, "sdk-member", "admin");
+    expect((await owner.c.listMembers(group.id)).roles).toEqual([
+      { userId: "sdk-member", role: "admin" },
+      { userId: "sdk-owner", role: "owner" },
+    ]);
+    expect(await member.c.updateGroup(group.id, { addPolicy: "admins" })).toMatchObject({
+      name: "news",
+      postPolicy: "admins",
+      addPolicy: "admins",
+    });
+    await member.c.send({ conversationId: group.id }, "from an admin");
+    expect(await owner.c.setMemberRole(group.id, "sdk-member", "owner")).toMatchObject({
+      owner: "sdk-member",
+    });
+    expect((await member.c.listConversations()).find((c) => c.id === group.id)).toMatchObject({
+      owner: "sdk-member",
+      lastSeq: 1,
+    });
+    owner.c.close();
+    member.c.close();
+  });
 });
 
 describe("CLI", () => {

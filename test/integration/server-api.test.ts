@@ -14,6 +14,7 @@ import {
   type StreamEventsRequestSchema,
   type StreamEventsResponse,
 } from "../../gen/switchboard/api/v1/chat_pb.js";
+import { MemberRole } from "../../gen/switchboard/common/v1/common_pb.js";
 import { GatewayService } from "../../gen/switchboard/gateway/v1/gateway_pb.js";
 import { IdService } from "../../gen/switchboard/id/v1/id_pb.js";
 import { PresenceService } from "../../gen/switchboard/presence/v1/presence_pb.js";
@@ -210,6 +211,30 @@ describe("ChatService: groups, presence, sessions, devices", () => {
         ?.memberCount,
     ).toBe(2);
     expect((await moderation.listMembers({ conversationId: id })).userIds).toEqual(["api-m2", "api-owner"]);
+    // Roles: a backend names admins and owners, and may remove the owner (the group then has none).
+    expect(
+      (await moderation.setMemberRole({ conversationId: id, userId: "api-m2", role: MemberRole.ADMIN }))
+        .conversation?.owner,
+    ).toBe("api-owner");
+    expect(
+      (await moderation.listMembers({ conversationId: id })).members.map((m) => [m.userId, m.role]),
+    ).toEqual([
+      ["api-m2", MemberRole.ADMIN],
+      ["api-owner", MemberRole.OWNER],
+    ]);
+    expect(
+      await failure(
+        moderation.setMemberRole({ conversationId: id, userId: "api-m9", role: MemberRole.ADMIN }),
+      ),
+    ).toBe("NOT_FOUND USER_NOT_MEMBER");
+    expect(
+      (await moderation.removeMembers({ conversationId: id, userIds: ["api-owner"] })).conversation?.owner,
+    ).toBe("");
+    expect(
+      (await moderation.setMemberRole({ conversationId: id, userId: "api-m2", role: MemberRole.OWNER }))
+        .conversation?.owner,
+    ).toBe("api-m2");
+    await moderation.addMembers({ conversationId: id, userIds: ["api-owner"] });
     // Removing someone who is not a member is a no-op: a retried call is harmless.
     expect(
       (await moderation.removeMembers({ conversationId: id, userIds: ["api-m1"] })).conversation?.memberCount,

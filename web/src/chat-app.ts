@@ -267,7 +267,9 @@ export class ChatApp {
   async loadMembers(c: ConversationState): Promise<void> {
     if (this.client.state !== "open") return; // listed again when the panel is next opened
     await this.attempt(async () => {
-      c.members = (await this.client.listMembers(c.id)).members;
+      const listed = await this.client.listMembers(c.id);
+      c.members = listed.members;
+      c.roles = new Map(listed.roles.map((m) => [m.userId, m.role]));
       c.memberCount = c.members.length;
       this.onChange();
       await this.watchPresence(c.members);

@@ -2,7 +2,7 @@
  * What the client knows about one conversation, and the pure rules over it: its title, its unread
  * count and the delivery state of each of the user's own messages. No DOM and no network here.
  */
-import type { ChatMessage, Conversation } from "../../sdk/src/index.js";
+import type { ChatMessage, Conversation, MemberRoleName } from "../../sdk/src/index.js";
 
 /** A message the user sent that the server has not acknowledged yet (queued offline or in flight). */
 export interface OutgoingMessage {
@@ -38,6 +38,8 @@ export interface ConversationState {
   historyLoaded: boolean;
   /** Sorted member ids, once listed. */
   members: string[] | undefined;
+  /** The listed members' roles (who is owner or admin). */
+  roles: Map<string, MemberRoleName>;
   /** False once the server no longer lists the group among the user's (removed by a member). */
   isMember: boolean;
 }
@@ -70,6 +72,7 @@ export function newConversationState(
     hasOlder: false,
     historyLoaded: false,
     members: undefined,
+    roles: new Map(),
     isMember: true,
   };
 }

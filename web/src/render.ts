@@ -153,6 +153,10 @@ function renderOpenConversation(app: ChatApp): void {
 }
 
 function renderMembers(app: ChatApp, c: ConversationState): void {
+  // Admins and the owner remove others; nobody removes the owner (the server says so too).
+  const myRole = c.roles.get(app.me);
+  const mayRemove = (m: string) =>
+    m !== app.me && myRole !== "member" && myRole !== undefined && c.roles.get(m) !== "owner";
   byId("member-list").replaceChildren(
     ...(c.members ?? []).map((m) =>
       h(
@@ -160,7 +164,8 @@ function renderMembers(app: ChatApp, c: ConversationState): void {
         { class: "member" },
         presenceDot(app, m),
         h("span", { class: "member-name", text: m === app.me ? `${m} (you)` : m }),
-        m !== app.me &&
+        c.roles.get(m) !== "member" && h("span", { class: "member-role", text: c.roles.get(m) ?? "" }),
+        mayRemove(m) &&
           h("button", {
             class: "remove-member",
             text: "×",
