@@ -11,6 +11,7 @@ const backendAgnostic = [
   "test/integration/server-api.test.ts",
   "test/integration/metrics.test.ts",
   "test/integration/tracing.test.ts",
+  "test/integration/large-groups.test.ts",
 ];
 
 export default defineConfig({

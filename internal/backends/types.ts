@@ -62,8 +62,24 @@ export interface Closeable {
 export interface InboxDelivery {
   message: StoredMessage;
   recipients: Array<{ userId: string; cursor: number }>;
+  /**
+   * A message of a pull conversation (ADR 0010): it has no inbox entries and `recipients` is empty;
+   * the router sends it to the conversation's members who are online.
+   */
+  pull?: boolean;
   /** The message's trace context, when it was sent in a recorded trace (tracing.ts). */
   trace?: TraceCarrier;
+}
+
+/** What log.deliveries hands on, in log order. */
+export interface DeliveryHandler {
+  /** Messages whose recipients' inbox entries are durable (a pull message has none). */
+  deliver(batch: InboxDelivery[]): Promise<void>;
+  /**
+   * A conversation's members changed: called after the conversation's messages sequenced before the
+   * change were delivered and before those after it (what keeps cached member lists true).
+   */
+  membershipChanged(conversationId: string): void;
 }
 
 export interface MessageLog extends Closeable {
@@ -79,7 +95,7 @@ export interface MessageLog extends Closeable {
    * its cursors, ADR 0002): batches of messages whose recipients' inbox entries are durable, at least
    * once. Without it the router consumes the log and appends to the inboxes itself.
    */
-  deliveries?(handler: (batch: InboxDelivery[]) => Promise<void>): Promise<Closeable>;
+  deliveries?(handler: DeliveryHandler): Promise<Closeable>;
 }
 
 export interface HistoryQuery {
@@ -133,11 +149,21 @@ export interface ConversationRecord {
   postPolicy: GroupPolicy;
   /** Who may add members. */
   addPolicy: GroupPolicy;
+  /**
+   * How messages reach the members (ADR 0010): "push" writes an inbox entry per member; "pull"
+   * stores the message once and members follow the conversation by seq. Never goes back to push.
+   */
+  delivery: DeliveryModel;
 }
 
-/** A conversation to create: its policies default to "everyone". */
-export type NewConversation = Omit<ConversationRecord, "memberCount" | "postPolicy" | "addPolicy"> &
-  Partial<Pick<ConversationRecord, "postPolicy" | "addPolicy">>;
+export type DeliveryModel = "push" | "pull";
+
+/** A conversation to create: its policies default to "everyone", its delivery to "push". */
+export type NewConversation = Omit<
+  ConversationRecord,
+  "memberCount" | "postPolicy" | "addPolicy" | "delivery"
+> &
+  Partial<Pick<ConversationRecord, "postPolicy" | "addPolicy" | "delivery">>;
 
 /** What updateGroup changes. */
 export interface GroupChange {
@@ -161,8 +187,16 @@ export interface MembershipStore extends Closeable {
     members: string[],
   ): Promise<{ record: ConversationRecord; created: boolean }>;
   getConversation(id: string): Promise<ConversationRecord | undefined>;
-  /** Adds members, refusing (GROUP_FULL) to exceed `membersMax`; already-present users are ignored. */
-  addMembers(id: string, users: string[], membersMax: number): Promise<ConversationRecord>;
+  /**
+   * Adds members, refusing (GROUP_FULL) to exceed `membersMax`; already-present users are ignored.
+   * A group that ends up with more than `pullAbove` members is switched to pull in the same change.
+   */
+  addMembers(
+    id: string,
+    users: string[],
+    membersMax: number,
+    pullAbove?: number,
+  ): Promise<ConversationRecord>;
   /** Removes a member with its role; removing the owner leaves the group without one (owner ""). */
   removeMember(id: string, user: string): Promise<ConversationRecord>;
   /**

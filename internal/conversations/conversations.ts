@@ -59,6 +59,8 @@ export function exceedsChars(text: string, max: number): boolean {
 export interface ConversationLimits {
   bodyCharsMax: number;
   membersMax: number;
+  /** Groups with more members are on the pull model (ADR 0010). */
+  pullThreshold: number;
   nameCharsMax: number;
 }
 
@@ -184,7 +186,16 @@ export class Conversations {
     }
     const id = `g:${await this.ids.next()}`;
     const { record } = await this.membership.createConversation(
-      { id, kind: "group", name, owner, open, createdAtMs: Date.now(), ...policies },
+      {
+        id,
+        kind: "group",
+        name,
+        owner,
+        open,
+        createdAtMs: Date.now(),
+        delivery: all.length > this.limits.pullThreshold ? "pull" : "push",
+        ...policies,
+      },
       all,
     );
     return record;
@@ -222,7 +233,7 @@ export class Conversations {
         throw errors.denied("NOT_ADMIN", `only admins add members to ${id}`);
     }
     checkUserIds(users);
-    return this.membership.addMembers(id, users, this.limits.membersMax);
+    return this.membership.addMembers(id, users, this.limits.membersMax, this.limits.pullThreshold);
   }
 
   /**
@@ -253,7 +264,7 @@ export class Conversations {
     const group = await this.group(id);
     if (await this.membership.isMember(id, caller)) return group;
     if (!group.open) throw errors.denied("GROUP_CLOSED", `group ${id} is not open; a member must add you`);
-    return this.membership.addMembers(id, [caller], this.limits.membersMax);
+    return this.membership.addMembers(id, [caller], this.limits.membersMax, this.limits.pullThreshold);
   }
 
   /** Leaves a group; the owner of a group with other members must hand it over first. */
@@ -313,10 +324,10 @@ export class Conversations {
     }
   }
 
-  private async memberAccess(
-    caller: string,
-    id: string,
-  ): Promise<{ record: ConversationRecord; role: MemberRole }> {
+  /** The conversation and the caller's role in it; NOT_MEMBER unless the caller belongs to it. */
+  async memberAccess(caller: string, id: string): Promise<{ record: ConversationRecord; role: MemberRole }> {
+    if (!isValidConversationId(id))
+      throw errors.invalid("INVALID_CONVERSATION_ID", "conversation_id is malformed");
     const access = await this.membership.memberOf(id, caller);
     if (!access) throw errors.denied("NOT_MEMBER", `${caller} is not a member of ${id}`);
     return access;

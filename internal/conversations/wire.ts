@@ -1,5 +1,10 @@
 /** Stored records as the wire's protobuf shapes (common.v1 Message, Conversation, Member) and back. */
-import { ConversationKind, GroupPolicy, MemberRole } from "../../gen/switchboard/common/v1/common_pb.js";
+import {
+  ConversationKind,
+  DeliveryModel,
+  GroupPolicy,
+  MemberRole,
+} from "../../gen/switchboard/common/v1/common_pb.js";
 import type {
   ConversationRecord,
   GroupPolicy as GroupPolicyName,
@@ -36,6 +41,7 @@ export function toWireConversation(c: ConversationRecord, lastSeq = 0, readSeq =
     readSeq: BigInt(readSeq),
     postPolicy: policyToWire(c.postPolicy),
     addPolicy: policyToWire(c.addPolicy),
+    delivery: c.delivery === "pull" ? DeliveryModel.PULL : DeliveryModel.PUSH,
   };
 }
 

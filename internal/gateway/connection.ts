@@ -8,6 +8,10 @@
  * inbox, and a "last" page is only declared last when no dropped event lies beyond it. After the
  * seam, an event at or below the delivered cursor is a duplicate and skipped, and a jump past
  * delivered+1 (an event lost between router and gateway) is filled from the inbox before going on.
+ *
+ * Messages of pull conversations (ADR 0010) are in no inbox and come with cursor 0. They flow once the
+ * connection's first sync reached the seam, whatever the inbox seam does afterwards, in seq order per
+ * conversation with repeats skipped; a gap is the client's to fetch by history (docs/protocol.md).
  */
 import type {
   ClientFrame,
@@ -44,7 +48,12 @@ import {
   peekRequest,
   type ServerFrameInit,
 } from "./codec.js";
-import { TokenBucket } from "./rate-limit.js";
+import { Throttle, TokenBucket } from "./rate-limit.js";
+
+/** Pull conversations a connection remembers the last sent seq (and typing time) of. */
+const PULL_CONVERSATIONS_TRACKED_MAX = 1_000;
+/** A connection's typing indicators in one pull conversation go out at most this often. */
+const PULL_TYPING_INTERVAL_MS = 3_000;
 
 /** The stores a gateway reads and writes directly (ADR 0005: sync, history and membership reads stay local). */
 export type GatewayStores = Pick<
@@ -111,6 +120,12 @@ export class Connection {
   private deliveredCursor = 0;
   private droppedCursorMax = 0;
   private catchingUp = false;
+  /** Pull conversations' messages flow (the first sync reached the seam). */
+  private pullLive = false;
+  /** The last seq sent per pull conversation, to skip repeats (bounded: the oldest goes). */
+  private readonly pullSeqs = new Map<string, number>();
+  /** Typing indicators this connection sent to pull conversations, one per conversation per 3 s. */
+  private readonly pullTyping = new Throttle(PULL_TYPING_INTERVAL_MS, PULL_CONVERSATIONS_TRACKED_MAX);
 
   constructor(
     private readonly ctx: GatewayContext,
@@ -370,7 +385,10 @@ export class Connection {
       }
       case "listReceipts": {
         const { conversationId } = req.value;
-        const members = (await c.conversations.members(user, conversationId)).sort();
+        // A pull conversation's members are too many to list: the caller gets its own watermarks.
+        const { record } = await c.conversations.memberAccess(user, conversationId);
+        const members =
+          record.delivery === "pull" ? [user] : (await c.backends.membership.members(conversationId)).sort();
         const receipts = await Promise.all(
           members.map(async (userId) => ({
             userId,
@@ -382,6 +400,11 @@ export class Connection {
       }
       case "typing": {
         const { conversationId, typing } = req.value;
+        const { record } = await c.conversations.memberAccess(user, conversationId);
+        // In a pull conversation (a large group) a typing indicator is shown at most every few
+        // seconds per user: the others see it anyway, and it reaches every online member.
+        if (record.delivery === "pull" && typing && !this.pullTyping.take(conversationId))
+          return reply({ case: "ok", value: {} });
         const members = await c.conversations.members(user, conversationId);
         await c.router.relay({
           userIds: members,
@@ -426,14 +449,17 @@ export class Connection {
         const { conversationId, seq, kind } = req.value;
         if (kind !== ReceiptKind.DELIVERED && kind !== ReceiptKind.READ)
           throw errors.invalid("INVALID_RECEIPT_KIND", "kind must be DELIVERED or READ");
-        const members = await c.conversations.members(user, conversationId);
+        const { record } = await c.conversations.memberAccess(user, conversationId);
         const last = await c.backends.messages.lastSeq(conversationId);
         if (seq < 1n || Number(seq) > last)
           throw errors.invalid("SEQ_OUT_OF_RANGE", `seq must be in [1, ${last}]`);
         const kindName = kind === ReceiptKind.READ ? "read" : "delivered";
         if (await c.backends.receipts.raise(conversationId, user, kindName, Number(seq))) {
+          // In a pull conversation only the user's own devices hear of it (their read state).
+          const userIds =
+            record.delivery === "pull" ? [user] : await c.backends.membership.members(conversationId);
           await c.router.relay({
-            userIds: members,
+            userIds,
             excludeSessionId: this.sessionId,
             frame: { kind: { case: "receipt", value: { conversationId, userId: user, seq, kind } } },
           });
@@ -507,6 +533,7 @@ export class Connection {
     const hasMore = more || this.droppedCursorMax > last;
     if (!hasMore) {
       this.live = true;
+      this.pullLive = true;
       this.deliveredCursor = last;
       this.droppedCursorMax = 0;
     }
@@ -516,6 +543,10 @@ export class Connection {
   /** A live message event for this connection's user (called by the gateway's Deliver loop). */
   deliverMessage(event: { message: Message; cursor: bigint }, encoded: () => string | Uint8Array): void {
     const cursor = Number(event.cursor);
+    if (cursor === 0) {
+      this.deliverPull(event.message, encoded);
+      return;
+    }
     if (!this.live) {
       if (cursor > this.droppedCursorMax) this.droppedCursorMax = cursor;
       return;
@@ -529,6 +560,20 @@ export class Connection {
     this.deliveredCursor = cursor;
     this.sendRaw(encoded());
     this.ctx.metrics.deliverySeconds.observe((Date.now() - Number(event.message.createdAtMs)) / 1000);
+  }
+
+  /** A pull conversation's message: in seq order, each once (a router re-sends after a crash). */
+  private deliverPull(message: Message, encoded: () => string | Uint8Array): void {
+    if (!this.pullLive) return;
+    const { conversationId } = message;
+    const seq = Number(message.seq);
+    if (seq <= (this.pullSeqs.get(conversationId) ?? 0)) return;
+    this.pullSeqs.delete(conversationId);
+    this.pullSeqs.set(conversationId, seq);
+    if (this.pullSeqs.size > PULL_CONVERSATIONS_TRACKED_MAX)
+      this.pullSeqs.delete(this.pullSeqs.keys().next().value as string);
+    this.sendRaw(encoded());
+    this.ctx.metrics.deliverySeconds.observe((Date.now() - Number(message.createdAtMs)) / 1000);
   }
 
   /** Looks for inbox entries past the last delivered one (events a failed router stream lost). */

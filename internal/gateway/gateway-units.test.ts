@@ -3,7 +3,25 @@ import { describe, expect, it } from "vitest";
 import { ClientFrameSchema } from "../../gen/switchboard/client/v1/client_pb.js";
 import { Code } from "../lib/errors.js";
 import { decodeClientFrame, encodeServerFrame, peekRequest } from "./codec.js";
-import { TokenBucket } from "./rate-limit.js";
+import { Throttle, TokenBucket } from "./rate-limit.js";
+
+describe("Throttle", () => {
+  it("lets one event per key through per interval, and forgets the oldest keys past its bound", () => {
+    let now = 0;
+    const throttle = new Throttle(3_000, 2, () => now);
+    expect(throttle.take("a")).toBe(true);
+    expect(throttle.take("a")).toBe(false);
+    expect(throttle.take("b")).toBe(true);
+    now = 2_999;
+    expect(throttle.take("a")).toBe(false);
+    now = 3_000;
+    expect(throttle.take("a")).toBe(true);
+    // A third key pushes out the least recently taken one (b), which then passes again.
+    expect(throttle.take("c")).toBe(true);
+    expect(throttle.take("b")).toBe(true);
+    expect(throttle.take("c")).toBe(false);
+  });
+});
 
 describe("TokenBucket", () => {
   it("allows the burst, then the sustained rate, and reports the wait", () => {

@@ -285,13 +285,15 @@ export class Gateway {
       const event = frame.kind.value as MessageEvent;
       const message = event.message;
       if (!message) return 0;
-      // One encoding of the message for all recipients; each frame differs only by its cursor.
+      // One encoding of the message for all recipients; each frame differs only by its cursor, and a
+      // pull message (no cursors, all 0) is one frame for every socket.
       const frames = new MessageEventFrames(message);
+      const shared: Partial<Record<Encoding, string | Uint8Array>> = {};
       for (let i = 0; i < userIds.length; i++) {
         const conns = this.byUser.get(userIds[i]!);
         if (!conns) continue;
         const value = { message, cursor: cursors[i] ?? 0n };
-        const cache: Partial<Record<Encoding, string | Uint8Array>> = {};
+        const cache: Partial<Record<Encoding, string | Uint8Array>> = value.cursor === 0n ? shared : {};
         for (const conn of conns) {
           if (conn.sessionId === exclude) continue;
           written++;

@@ -39,3 +39,25 @@ export class TokenBucket {
     return this.tokens <= -this.burst;
   }
 }
+
+/** At most one event per key per `intervalMs`; remembers the newest `keysMax` keys. */
+export class Throttle {
+  private readonly last = new Map<string, number>();
+
+  constructor(
+    private readonly intervalMs: number,
+    private readonly keysMax: number,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  /** True (and the key's time is taken) when the key's last event is at least `intervalMs` old. */
+  take(key: string): boolean {
+    const now = this.now();
+    const last = this.last.get(key);
+    if (last !== undefined && now - last < this.intervalMs) return false;
+    this.last.delete(key);
+    this.last.set(key, now);
+    if (this.last.size > this.keysMax) this.last.delete(this.last.keys().next().value as string);
+    return true;
+  }
+}

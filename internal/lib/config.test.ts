@@ -15,7 +15,7 @@ describe("config", () => {
     expect(c.http.port).toBe(9000);
     expect(c.auth.allowedOrigins).toEqual(["https://a", "https://b"]);
     expect(c.dataDir).toBe("/x");
-    expect(c.groups.membersMax).toBe(500);
+    expect(c.groups.membersMax).toBe(100_000);
     expect(c.gateway.bodyCharsMax).toBe(100_000);
     expect(c.presence).toEqual({ heartbeatIntervalMs: 5_000, offlineAfterMs: 30_000 });
   });

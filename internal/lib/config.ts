@@ -228,7 +228,16 @@ export const schema = {
     ),
   },
   groups: {
-    membersMax: int(500, "Most members a group may have.", 2),
+    membersMax: int(
+      100_000,
+      "Most members a group may have. Groups past groups.pullThreshold are on the pull model, so a message costs the same however many members there are.",
+      2,
+    ),
+    pullThreshold: int(
+      100,
+      "Groups with more members than this are on the pull model (docs/protocol.md, Delivery models): a message is stored once and sent live to online members, with no inbox entry per member. A group that grows past it switches for good.",
+      1,
+    ),
     nameCharsMax: int(200, "Longest group name in characters.", 1),
   },
   presence: {

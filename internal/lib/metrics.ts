@@ -199,6 +199,11 @@ export function createMetrics() {
       help: "Message events handed to gateway sessions.",
       registers: r,
     }),
+    inboxEntriesTotal: new Counter({
+      name: "switchboard_router_inbox_entries_total",
+      help: "Inbox entries of the messages routed: one per member of a push conversation, none for a pull conversation (a large group), whose messages are stored once.",
+      registers: r,
+    }),
     routerBatchSeconds: new Histogram({
       name: "switchboard_router_batch_seconds",
       help: "Time to route one consumed batch (inbox write and fan-out).",

@@ -14,6 +14,7 @@ export function conversations(
   return new Conversations(stores.membership, stores.log, new IdPool(ids, config.id.batchSize), {
     bodyCharsMax: config.gateway.bodyCharsMax,
     membersMax: config.groups.membersMax,
+    pullThreshold: config.groups.pullThreshold,
     nameCharsMax: config.groups.nameCharsMax,
   });
 }

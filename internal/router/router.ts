@@ -9,6 +9,10 @@
  * before delivery, so a message a slow or reconnecting device misses is always found by sync. With
  * the distributed log the inbox entries are written by the owner of the user's inbox partition
  * (ADR 0002), and the router gets the messages with their cursors (log.deliveries).
+ *
+ * A pull conversation's message (ADR 0010) has no inbox entries and no recipients: the router sends
+ * it to the conversation's members who are online (PullAudiences ∩ its session table), with cursor 0,
+ * and notifies nobody offline (they see the conversation's unread count and fetch it by seq).
  */
 
 import type { MessageInitShape } from "@bufbuild/protobuf";
@@ -32,6 +36,7 @@ import type { Metrics } from "../lib/metrics.js";
 import type { ServiceClient } from "../lib/rpc.js";
 import { carrierOf, context, startSpan, trace, tracing } from "../lib/tracing.js";
 import { type DeliverInit, type GatewayClient, GatewayLink } from "./gateway-link.js";
+import { PullAudiences } from "./pull-audiences.js";
 
 export const CONSUMER_GROUP = "router";
 /** Member-list reads in flight per routed batch. */
@@ -81,8 +86,11 @@ export class Router {
   private readonly local = new Set<string>();
   private readonly addresses = new Map<string, GatewayAddress>();
   private readonly closers: Closeable[] = [];
+  private readonly audiences: PullAudiences;
 
-  constructor(private readonly options: RouterOptions) {}
+  constructor(private readonly options: RouterOptions) {
+    this.audiences = new PullAudiences((c) => options.membership.members(c));
+  }
 
   async start(): Promise<void> {
     this.closers.push(await this.options.routing.subscribe((e) => this.onSessionEvent(e)));
@@ -90,10 +98,14 @@ export class Router {
     this.closers.push(
       log.deliveries
         ? // The log assigns the inbox cursors itself (distributed: per inbox partition owner).
-          await log.deliveries(async (batch) => {
-            const started = performance.now();
-            this.deliver(batch);
-            this.options.metrics.routerBatchSeconds.observe((performance.now() - started) / 1000);
+          await log.deliveries({
+            deliver: async (batch) => {
+              const started = performance.now();
+              await this.audiences.load(batch.filter((d) => d.pull).map((d) => d.message.conversationId));
+              this.deliver(batch);
+              this.options.metrics.routerBatchSeconds.observe((performance.now() - started) / 1000);
+            },
+            membershipChanged: (conversationId) => this.audiences.forget(conversationId),
           })
         : await log.consume(CONSUMER_GROUP, (batch) => this.route(batch)),
     );
@@ -189,14 +201,24 @@ export class Router {
     const { membership, inbox } = this.options;
     // Recipients come with the message when the log knows them (the distributed sequencer addresses
     // each message); otherwise the member lists of the batch's conversations are read concurrently.
+    // Pull conversations get no inbox entries; their member sets are read for the live delivery.
     const conversations = [...new Set(batch.filter((m) => !m.recipients).map((m) => m.conversationId))];
     const membersOf = new Map<string, readonly string[]>();
+    const pull = new Set<string>();
     for (let i = 0; i < conversations.length; i += MEMBER_READS_CONCURRENT) {
       const slice = conversations.slice(i, i + MEMBER_READS_CONCURRENT);
-      const lists = await Promise.all(slice.map((c) => membership.members(c)));
-      for (const [j, c] of slice.entries()) membersOf.set(c, lists[j] ?? []);
+      const records = await Promise.all(slice.map((c) => membership.getConversation(c)));
+      const lists = await Promise.all(
+        slice.map((c, j) => (records[j]?.delivery === "pull" ? [] : membership.members(c))),
+      );
+      for (const [j, c] of slice.entries()) {
+        if (records[j]?.delivery === "pull") pull.add(c);
+        else membersOf.set(c, lists[j] ?? []);
+      }
     }
-    const recipientsOf = (m: LoggedMessage) => m.recipients ?? membersOf.get(m.conversationId) ?? [];
+    await this.audiences.refresh(pull);
+    const recipientsOf = (m: LoggedMessage) =>
+      pull.has(m.conversationId) ? [] : (m.recipients ?? membersOf.get(m.conversationId) ?? []);
     const entries = batch.flatMap((m) =>
       recipientsOf(m).map((userId) => ({
         userId,
@@ -211,6 +233,7 @@ export class Router {
       (m): InboxDelivery => ({
         message: m,
         recipients: recipientsOf(m).map((userId) => ({ userId, cursor: stored[i++]!.cursor })),
+        ...(pull.has(m.conversationId) ? { pull: true } : {}),
         ...(m.trace ? { trace: m.trace } : {}),
       }),
     );
@@ -223,50 +246,99 @@ export class Router {
    * and asks push to notify recipients with no device online (never the sender).
    */
   private deliver(batch: InboxDelivery[]): void {
-    for (const { message: m, recipients, trace: carrier } of batch) {
-      // The fan-out of a traced message is a span of its trace; each gateway's delivery its child.
-      const span =
-        tracing.on && carrier ? startSpan("route", carrier, { attributes: routeAttributes(m) }) : undefined;
-      const traceparent = (span && carrierOf(span)?.traceparent) ?? "";
-      const perGateway = new Map<string, { userIds: string[]; cursors: bigint[] }>();
-      for (const { userId, cursor } of recipients) {
-        const sessions = this.byUser.get(userId);
-        if (!sessions || sessions.size === 0) {
-          if (userId !== m.sender) {
-            if (span)
-              context.with(trace.setSpan(context.active(), span), () => this.notifyOffline(userId, m));
-            else this.notifyOffline(userId, m);
-          }
-          continue;
-        }
-        const gateways = new Set<string>();
-        for (const sid of sessions) {
-          const g = this.sessions.get(sid)?.gatewayId;
-          if (g) gateways.add(g);
-        }
-        for (const g of gateways) {
-          let target = perGateway.get(g);
-          if (!target) {
-            target = { userIds: [], cursors: [] };
-            perGateway.set(g, target);
-          }
-          target.userIds.push(userId);
-          target.cursors.push(BigInt(cursor));
-        }
-      }
-      const frame: MessageInitShape<typeof DeliverRequestSchema>["frame"] = {
-        kind: { case: "message", value: { message: toWireMessage(m) } },
-      };
-      for (const [gatewayId, t] of perGateway) {
-        this.enqueue(gatewayId, { userIds: t.userIds, cursors: t.cursors, frame, traceparent });
-        this.options.metrics.deliveriesTotal.inc(t.userIds.length);
-      }
-      span?.setAttributes({
-        "switchboard.recipients": recipients.length,
-        "switchboard.gateways": perGateway.size,
-      });
-      span?.end();
+    let entries = 0;
+    for (const delivery of batch) {
+      entries += delivery.recipients.length;
+      if (delivery.pull) this.deliverPull(delivery);
+      else this.deliverPush(delivery);
     }
+    this.options.metrics.inboxEntriesTotal.inc(entries);
+  }
+
+  /** A pull message: once to each gateway holding a device of an online member, cursor 0. */
+  private deliverPull({ message: m, trace: carrier }: InboxDelivery): void {
+    const span =
+      tracing.on && carrier ? startSpan("route", carrier, { attributes: routeAttributes(m) }) : undefined;
+    const traceparent = (span && carrierOf(span)?.traceparent) ?? "";
+    const audience = this.audiences.get(m.conversationId) ?? new Set<string>();
+    const perGateway = new Map<string, string[]>();
+    const add = (userId: string) => {
+      const gateways = new Set<string>();
+      for (const sid of this.byUser.get(userId) ?? []) {
+        const g = this.sessions.get(sid)?.gatewayId;
+        if (g) gateways.add(g);
+      }
+      for (const g of gateways) {
+        const list = perGateway.get(g);
+        if (list) list.push(userId);
+        else perGateway.set(g, [userId]);
+      }
+    };
+    // Whichever is smaller: the members, or the users online.
+    if (audience.size <= this.byUser.size) {
+      for (const userId of audience) if (this.byUser.has(userId)) add(userId);
+    } else {
+      for (const userId of this.byUser.keys()) if (audience.has(userId)) add(userId);
+    }
+    const frame: MessageInitShape<typeof DeliverRequestSchema>["frame"] = {
+      kind: { case: "message", value: { message: toWireMessage(m) } },
+    };
+    let online = 0;
+    for (const [gatewayId, userIds] of perGateway) {
+      this.enqueue(gatewayId, { userIds, cursors: [], frame, traceparent });
+      this.options.metrics.deliveriesTotal.inc(userIds.length);
+      online += userIds.length;
+    }
+    span?.setAttributes({
+      "switchboard.recipients": audience.size,
+      "switchboard.recipients.online": online,
+      "switchboard.gateways": perGateway.size,
+    });
+    span?.end();
+  }
+
+  private deliverPush({ message: m, recipients, trace: carrier }: InboxDelivery): void {
+    // The fan-out of a traced message is a span of its trace; each gateway's delivery its child.
+    const span =
+      tracing.on && carrier ? startSpan("route", carrier, { attributes: routeAttributes(m) }) : undefined;
+    const traceparent = (span && carrierOf(span)?.traceparent) ?? "";
+    const perGateway = new Map<string, { userIds: string[]; cursors: bigint[] }>();
+    for (const { userId, cursor } of recipients) {
+      const sessions = this.byUser.get(userId);
+      if (!sessions || sessions.size === 0) {
+        if (userId !== m.sender) {
+          if (span) context.with(trace.setSpan(context.active(), span), () => this.notifyOffline(userId, m));
+          else this.notifyOffline(userId, m);
+        }
+        continue;
+      }
+      const gateways = new Set<string>();
+      for (const sid of sessions) {
+        const g = this.sessions.get(sid)?.gatewayId;
+        if (g) gateways.add(g);
+      }
+      for (const g of gateways) {
+        let target = perGateway.get(g);
+        if (!target) {
+          target = { userIds: [], cursors: [] };
+          perGateway.set(g, target);
+        }
+        target.userIds.push(userId);
+        target.cursors.push(BigInt(cursor));
+      }
+    }
+    const frame: MessageInitShape<typeof DeliverRequestSchema>["frame"] = {
+      kind: { case: "message", value: { message: toWireMessage(m) } },
+    };
+    for (const [gatewayId, t] of perGateway) {
+      this.enqueue(gatewayId, { userIds: t.userIds, cursors: t.cursors, frame, traceparent });
+      this.options.metrics.deliveriesTotal.inc(t.userIds.length);
+    }
+    span?.setAttributes({
+      "switchboard.recipients": recipients.length,
+      "switchboard.gateways": perGateway.size,
+    });
+    span?.end();
   }
 
   private notifyOffline(userId: string, m: StoredMessage): void {

@@ -5,6 +5,9 @@
  * - Every message of the user's inbox is emitted once ("message"): after each (re)connect the client
  *   syncs from its cursor until has_more=false, and a bounded LRU of message ids drops repeats
  *   (the server may repeat, inside a sync, messages it delivered live before the sync).
+ * - Every message of a pull conversation (a large group; its messages are in no inbox) is emitted
+ *   once and in seq order too: live ones as they come, a gap before one fetched by history first,
+ *   and after each sync what the conversations hold past the newest seq emitted (PullFollower).
  * - Every send() resolves once with the server's ack: an unacknowledged send is re-sent with the
  *   SAME clientMsgId after a reconnect, and the server's idempotency turns a resend of something it
  *   already stored into the original ack (duplicate=true), so nothing is stored twice.
@@ -24,6 +27,7 @@ import { TypedEmitter } from "./emitter.js";
 import { Code, LocalReason, SwitchboardClientError } from "./errors.js";
 import { CLIENT_MSG_ID_PATTERN, exceedsChars, randomId } from "./ids.js";
 import { LruSet } from "./lru.js";
+import { PullFollower } from "./pull-follower.js";
 import {
   type AuthMode,
   decodeFrame,
@@ -118,6 +122,11 @@ export interface SwitchboardClientOptions {
   maxInflightSends?: number;
   /** How many message ids the receive-side dedupe remembers; default 10,000. */
   dedupeCapacity?: number;
+  /**
+   * The newest seq this device processed per pull conversation (persist `client.pullPositions` as
+   * you persist `cursor`); messages past them are fetched after the first sync.
+   */
+  pullPositions?: Record<string, number>;
   /** Page size asked for when syncing; default 0 = the server's default. */
   syncLimit?: number;
   /**
@@ -264,6 +273,16 @@ function fromWireError(e: WireError): SwitchboardClientError {
   return new SwitchboardClientError(e.code, reason, e.message || reason, { retryAfterMs: e.retryAfterMs });
 }
 
+/** A server error as it is; anything else as a local UNEXPECTED_REPLY with `what` as its message. */
+function asClientError(cause: unknown, what: string): SwitchboardClientError {
+  if (cause instanceof SwitchboardClientError) return cause;
+  return localError(Code.INTERNAL, LocalReason.UNEXPECTED_REPLY, `${what}: ${String(cause)}`, cause);
+}
+
+/** History page size of a pull conversation's catch-up, and the conversations listed for it. */
+const PULL_PAGE = 200;
+const PULL_CONVERSATIONS_LISTED = 1_000;
+
 const LOCAL_REASONS: ReadonlySet<string> = new Set(Object.values(LocalReason));
 const isLocalReason = (reason: string): boolean => LOCAL_REASONS.has(reason);
 
@@ -325,6 +344,7 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
   private sendPauseTimer: ReturnType<typeof setTimeout> | undefined;
   private readonly openWaiters = new Set<Waiter>();
   private readonly seen: LruSet<string>;
+  private readonly pull: PullFollower;
   private readonly presenceWatch = new Set<string>();
   private connectPromise: Promise<WelcomeInfo> | undefined;
   private connectSettle:
@@ -350,6 +370,17 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
     if (!Number.isSafeInteger(this._cursor) || this._cursor < 0)
       throw new RangeError("cursor must be a non-negative integer");
     this.seen = new LruSet(options.dedupeCapacity ?? 10_000);
+    this.pull = new PullFollower({
+      fetch: (conversationId, afterSeq) => this.history({ conversationId, afterSeq, limit: PULL_PAGE }),
+      emit: (message, source) => this.emitMessage(message, 0, source),
+      capacity: options.dedupeCapacity ?? 10_000,
+      ...(options.pullPositions ? { initial: options.pullPositions } : {}),
+    });
+  }
+
+  /** The newest seq processed per pull conversation; persist it and pass it back as `pullPositions`. */
+  get pullPositions(): Record<string, number> {
+    return this.pull.positions();
   }
 
   /** The highest inbox position processed; persist it and pass it back as `cursor` next time. */
@@ -619,7 +650,9 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
       { case: "listConversations", value: { limit: options.limit ?? 0 } },
       "conversations",
     );
-    return res.conversations.map(toConversation);
+    const conversations = res.conversations.map(toConversation);
+    this.pull.learn(conversations);
+    return conversations;
   }
 
   async listMembers(conversationId: string): Promise<MemberList> {
@@ -1083,21 +1116,49 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
     }
     this.endOutage(); // a full round trip worked: the next outage starts again from the short backoff
     this.emit("synced", { cursor: this._cursor, delivered });
+    if (this.pull.following) void this.catchUpPull(conn);
+  }
+
+  /** After a sync: what the followed pull conversations hold past what this device processed. */
+  private async catchUpPull(conn: Conn): Promise<void> {
+    try {
+      const res = await this.requestOn(
+        conn,
+        { case: "listConversations", value: { limit: PULL_CONVERSATIONS_LISTED } },
+        "conversations",
+        this.requestTimeoutMs,
+      );
+      await this.pull.catchUp(res.conversations.map(toConversation));
+    } catch (cause) {
+      // The connection went away (the next one catches up again) or the server refused.
+      if (this.conn === conn) this.emitError(asClientError(cause, "pull catch-up failed"));
+    }
   }
 
   /** Emits a message unless already seen, then records its cursor as processed. */
   private deliver(event: PbMessageEvent, source: "sync" | "live"): boolean {
     const cursor = Number(event.cursor);
     const m = event.message;
-    let emitted = false;
-    // An empty id would make every later id-less message a "duplicate"; never dedupe on it.
-    if (m && (m.messageId === "" || this.seen.add(m.messageId))) {
-      const message: ChatMessage = toChatMessage(m);
-      this.emit("message", { message, cursor, source });
-      emitted = true;
+    if (!m) return false;
+    const message: ChatMessage = toChatMessage(m);
+    if (cursor === 0) {
+      // A pull conversation's message: emitted in seq order by the follower (it may fetch a gap).
+      this.pull.live(message).catch((cause: unknown) => {
+        if (this.conn) this.emitError(asClientError(cause, "fetching a pull conversation's gap failed"));
+      });
+      return false;
     }
+    const emitted = this.emitMessage(message, cursor, source);
+    this.pull.note(message);
     this.advanceCursor(cursor);
     return emitted;
+  }
+
+  private emitMessage(message: ChatMessage, cursor: number, source: "sync" | "live"): boolean {
+    // An empty id would make every later id-less message a "duplicate"; never dedupe on it.
+    if (message.messageId !== "" && !this.seen.add(message.messageId)) return false;
+    this.emit("message", { message, cursor, source });
+    return true;
   }
 
   private advanceCursor(cursor: number): void {

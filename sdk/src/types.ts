@@ -16,6 +16,7 @@ import type {
 } from "../../gen/switchboard/client/v1/client_pb.js";
 import {
   ConversationKind,
+  DeliveryModel,
   GroupPolicy,
   MemberRole,
   type Conversation as PbConversation,
@@ -105,6 +106,11 @@ export interface Conversation {
   postPolicy: GroupPolicyName;
   /** Who may add members. */
   addPolicy: GroupPolicyName;
+  /**
+   * "push": every message is in the inbox (sync); "pull": a large group whose messages come live
+   * with cursor 0 and are otherwise fetched by seq (docs/protocol.md, "Delivery models").
+   */
+  delivery: "push" | "pull";
 }
 
 export interface HistoryPage {
@@ -234,6 +240,7 @@ export function toConversation(c: PbConversation): Conversation {
     readSeq: num(c.readSeq),
     postPolicy: c.postPolicy === GroupPolicy.ADMINS ? "admins" : "everyone",
     addPolicy: c.addPolicy === GroupPolicy.ADMINS ? "admins" : "everyone",
+    delivery: c.delivery === DeliveryModel.PULL ? "pull" : "push",
   };
 }
 

@@ -10,7 +10,7 @@ export function membershipContract({ setup }: ContractKit): void {
       id: string,
       owner: string,
       createdAtMs = 1000,
-    ): NewConversation & Pick<Required<NewConversation>, "postPolicy" | "addPolicy"> => ({
+    ): NewConversation & Pick<Required<NewConversation>, "postPolicy" | "addPolicy" | "delivery"> => ({
       id,
       kind: "group",
       name: `name of ${id}`,
@@ -19,6 +19,7 @@ export function membershipContract({ setup }: ContractKit): void {
       createdAtMs,
       postPolicy: "everyone",
       addPolicy: "everyone",
+      delivery: "push",
     });
 
     it("createConversation is idempotent: a second create returns created=false and the original", async (ctx) => {
@@ -90,6 +91,40 @@ export function membershipContract({ setup }: ContractKit): void {
         postPolicy: "everyone",
         addPolicy: "everyone",
       });
+    });
+
+    it("delivery: a group that grows past pullAbove switches to pull in the same change, and stays there", async (ctx) => {
+      const h = await setup(ctx);
+      const [id, big] = [h.id("g"), h.id("big")];
+      const u = (i: number) => h.id(`u${i}`);
+      await h.b.membership.createConversation(record(id, u(0)), [u(0), u(1)]);
+      // Up to the threshold: still push.
+      expect(await h.b.membership.addMembers(id, [u(2), u(3)], 100, 4)).toMatchObject({
+        memberCount: 4,
+        delivery: "push",
+      });
+      expect(await h.b.membership.addMembers(id, [u(3)], 100, 4)).toMatchObject({ delivery: "push" });
+      // Past it: pull, stored with the members that made it grow.
+      expect(await h.b.membership.addMembers(id, [u(4)], 100, 4)).toMatchObject({
+        memberCount: 5,
+        delivery: "pull",
+      });
+      expect(await h.b.membership.getConversation(id)).toMatchObject({ memberCount: 5, delivery: "pull" });
+      expect((await h.b.membership.memberOf(id, u(4)))?.record.delivery).toBe("pull");
+      // Never back: shrinking, or adding without a threshold, keeps pull.
+      await h.b.membership.removeMember(id, u(4));
+      await h.b.membership.removeMember(id, u(3));
+      expect(await h.b.membership.addMembers(id, [u(5)], 100)).toMatchObject({
+        memberCount: 4,
+        delivery: "pull",
+      });
+      expect((await h.b.membership.conversationsOf(u(5), 10))[0]?.delivery).toBe("pull");
+      // Created large: pull from the start.
+      const created = await h.b.membership.createConversation({ ...record(big, u(0)), delivery: "pull" }, [
+        u(0),
+      ]);
+      expect(created.record.delivery).toBe("pull");
+      expect(await h.b.membership.getConversation(big)).toEqual(created.record);
     });
 
     it("roles: the record's owner, admins set by setRole, everyone else a member; a role goes with its member", async (ctx) => {

@@ -169,8 +169,11 @@ describe("zombie inbox owner writing after its successor claimed", () => {
         store: stores.inbox,
         ownership: recording(who),
         indexTtlSeconds: 3600,
-        handler: async (batch) => {
-          delivered.get(who)!.push(...batch);
+        handler: {
+          deliver: async (batch) => {
+            delivered.get(who)!.push(...batch);
+          },
+          membershipChanged: () => undefined,
         },
         log: createLogger({ test: `ifence-${who}` }),
         ...(beforeWrite ? { beforeWrite } : {}),

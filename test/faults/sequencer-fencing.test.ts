@@ -328,7 +328,7 @@ describe("zombie sequencer writing after its successor claimed", () => {
         store: stores.sequencer,
         ownership: recording(who),
         messages: stores.messages,
-        membership: { members: async () => [] },
+        membership: { members: async () => [], getConversation: async () => undefined },
         pending: new Map(),
         dedupeWindowSeconds: 3600,
         log: createLogger({ test: `fence-z-${who}` }),

@@ -95,14 +95,14 @@ describe("schema migrations", () => {
       const ks = `switchboard_test_${run}_m`;
       try {
         const first = await migrate(a.client, { keyspace: ks, replication });
-        expect(first.applied).toEqual([1, 2, 3, 4, 5, 6]);
+        expect(first.applied).toEqual([1, 2, 3, 4, 5, 6, 7, 8]);
         const second = await migrate(a.client, { keyspace: ks, replication });
-        expect(second).toEqual({ applied: [], version: 6 });
+        expect(second).toEqual({ applied: [], version: 8 });
 
         const rows = (
           await a.client.execute(`SELECT version, name, checksum, applied_at FROM ${ks}.schema_migrations`)
         ).rows;
-        expect(rows.map((r) => r.get("version") as number).sort()).toEqual([1, 2, 3, 4, 5, 6]);
+        expect(rows.map((r) => r.get("version") as number).sort()).toEqual([1, 2, 3, 4, 5, 6, 7, 8]);
         for (const r of rows) {
           expect(r.get("name")).toEqual(expect.any(String));
           expect(r.get("checksum")).toMatch(/^[0-9a-f]{16}$/);
@@ -585,7 +585,7 @@ describe("membership store", () => {
     cid: string,
     owner: string,
     createdAtMs = 1000,
-  ): NewConversation & Pick<Required<NewConversation>, "postPolicy" | "addPolicy"> => ({
+  ): NewConversation & Pick<Required<NewConversation>, "postPolicy" | "addPolicy" | "delivery"> => ({
     id: cid,
     kind: "group",
     name: `name of ${cid}`,
@@ -594,6 +594,7 @@ describe("membership store", () => {
     createdAtMs,
     postPolicy: "everyone",
     addPolicy: "everyone",
+    delivery: "push",
   });
 
   it(

@@ -66,6 +66,7 @@ export class CassandraMembershipStore implements MembershipStore {
       const stored: ConversationRecord = {
         postPolicy: "everyone",
         addPolicy: "everyone",
+        delivery: "push",
         ...record,
         memberCount: unique.length,
       };
@@ -96,6 +97,7 @@ export class CassandraMembershipStore implements MembershipStore {
                   unique.length,
                   stored.postPolicy,
                   stored.addPolicy,
+                  stored.delivery,
                 ],
               },
               ...unique.map((user) => ({ query: this.q.insertMember, params: [record.id, user, createdAt] })),
@@ -150,7 +152,12 @@ export class CassandraMembershipStore implements MembershipStore {
     });
   }
 
-  addMembers(id: string, users: string[], membersMax: number): Promise<ConversationRecord> {
+  addMembers(
+    id: string,
+    users: string[],
+    membersMax: number,
+    pullAbove = Number.POSITIVE_INFINITY,
+  ): Promise<ConversationRecord> {
     return this.mutex.run(id, async () => {
       const unique = [...new Set(users)];
       let lastError: unknown;
@@ -170,21 +177,21 @@ export class CassandraMembershipStore implements MembershipStore {
           return record;
         }
         const now = new Date();
+        const memberCount = record.memberCount + fresh.length;
+        const switches = record.delivery === "push" && memberCount > pullAbove;
         try {
           const result = await this.s.batch(
             "members_by_conversation: add members (conditional batch)",
             [
-              {
-                query: this.q.casCount,
-                params: [record.memberCount + fresh.length, id, record.memberCount],
-              },
+              { query: this.q.casCount, params: [memberCount, id, record.memberCount] },
               ...fresh.map((user) => ({ query: this.q.insertMember, params: [id, user, now] })),
+              ...(switches ? [{ query: this.q.setDelivery, params: ["pull", id] }] : []),
             ],
             { idempotent: false, logged: true },
           );
           if (result.wasApplied()) {
             await this.index(id, record.createdAtMs, unique);
-            return { ...record, memberCount: record.memberCount + fresh.length };
+            return { ...record, memberCount, delivery: switches ? "pull" : record.delivery };
           }
           this.stats.casConflicts++;
         } catch (err) {
@@ -450,7 +457,8 @@ function sameConversation(a: ConversationRecord, b: ConversationRecord): boolean
   );
 }
 
-const CONVERSATION_COLUMNS = "kind, name, owner, open, created_at, member_count, post_policy, add_policy";
+const CONVERSATION_COLUMNS =
+  "kind, name, owner, open, created_at, member_count, post_policy, add_policy, delivery";
 
 function roleOf(record: ConversationRecord, user: string, stored: unknown): MemberRole {
   if (record.owner !== "" && record.owner === user) return "owner";
@@ -478,6 +486,7 @@ function decodeConversation(id: string, row: Row): ConversationRecord {
     memberCount: optionalNumber(row.get("member_count"), "members_by_conversation.member_count") ?? 0,
     postPolicy: policy(row.get("post_policy"), "post_policy"),
     addPolicy: policy(row.get("add_policy"), "add_policy"),
+    delivery: row.get("delivery") === "pull" ? "pull" : "push",
   };
 }
 
@@ -495,13 +504,14 @@ function statements(s: Session) {
     membersIn: `SELECT user_id FROM ${members} WHERE conversation_id = ? AND user_id IN ?`,
     insertConversation:
       `INSERT INTO ${members} (conversation_id, kind, name, owner, open, created_at, member_count, ` +
-      "post_policy, add_policy) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS",
+      "post_policy, add_policy, delivery) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS",
     insertMember: `INSERT INTO ${members} (conversation_id, user_id, joined_at) VALUES (?, ?, ?) IF NOT EXISTS`,
     casCount: `UPDATE ${members} SET member_count = ? WHERE conversation_id = ? IF member_count = ?`,
     updateGroup:
       `UPDATE ${members} SET name = ?, open = ?, post_policy = ?, add_policy = ? ` +
       "WHERE conversation_id = ? IF kind = 'group'",
     setOwner: `UPDATE ${members} SET owner = ? WHERE conversation_id = ?`,
+    setDelivery: `UPDATE ${members} SET delivery = ? WHERE conversation_id = ?`,
     setOwnerIf: `UPDATE ${members} SET owner = ? WHERE conversation_id = ? IF owner = ?`,
     setRoleIfMember: `UPDATE ${members} SET role = ? WHERE conversation_id = ? AND user_id = ? IF EXISTS`,
     deleteMember: `DELETE FROM ${members} WHERE conversation_id = ? AND user_id = ? IF EXISTS`,

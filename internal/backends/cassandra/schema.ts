@@ -217,6 +217,15 @@ export function migrations(ks: string): Migration[] {
         `ALTER TABLE ${ks}.members_by_conversation ADD add_policy text static`,
       ],
     },
+    {
+      version: 8,
+      name: "delivery model per conversation",
+      statements: [
+        // "pull" once a group outgrew groups.pullThreshold (ADR 0010); null: push. Set in the same
+        // conditional batch as the member rows that made it grow.
+        `ALTER TABLE ${ks}.members_by_conversation ADD delivery text static`,
+      ],
+    },
   ];
 }
 

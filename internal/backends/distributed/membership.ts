@@ -30,8 +30,13 @@ export class AnnouncingMembershipStore implements MembershipStore {
     return result;
   }
 
-  async addMembers(id: string, users: string[], membersMax: number): Promise<ConversationRecord> {
-    const record = await this.store.addMembers(id, users, membersMax);
+  async addMembers(
+    id: string,
+    users: string[],
+    membersMax: number,
+    pullAbove?: number,
+  ): Promise<ConversationRecord> {
+    const record = await this.store.addMembers(id, users, membersMax, pullAbove);
     await this.announce(id);
     return record;
   }

@@ -368,13 +368,14 @@ class EmbeddedMessageStore implements MessageStore {
   async close(): Promise<void> {}
 }
 
-/** A record stored before group policies existed reads as "everyone may". */
-function withPolicies(record: ConversationRecord | undefined): ConversationRecord | undefined {
-  if (!record || (record.postPolicy && record.addPolicy)) return record;
+/** A record stored before group policies and delivery models existed reads as "everyone may", push. */
+function withDefaults(record: ConversationRecord | undefined): ConversationRecord | undefined {
+  if (!record || (record.postPolicy && record.addPolicy && record.delivery)) return record;
   return {
     ...record,
     postPolicy: record.postPolicy ?? "everyone",
     addPolicy: record.addPolicy ?? "everyone",
+    delivery: record.delivery ?? "push",
   };
 }
 
@@ -401,6 +402,7 @@ class EmbeddedMembership implements MembershipStore {
       const stored: ConversationRecord = {
         postPolicy: "everyone",
         addPolicy: "everyone",
+        delivery: "push",
         ...record,
         memberCount: unique.length,
       };
@@ -421,7 +423,7 @@ class EmbeddedMembership implements MembershipStore {
     return this.record(id);
   }
 
-  addMembers(id: string, users: string[], membersMax: number) {
+  addMembers(id: string, users: string[], membersMax: number, pullAbove = Number.POSITIVE_INFINITY) {
     return this.mutex.run(id, async () => {
       const record = this.existing(id);
       const fresh = [...new Set(users)].filter((u) => !this.membersDb.doesExist([id, u]));
@@ -432,7 +434,9 @@ class EmbeddedMembership implements MembershipStore {
         );
       }
       if (fresh.length === 0) return record;
-      const updated = { ...record, memberCount: record.memberCount + fresh.length };
+      const memberCount = record.memberCount + fresh.length;
+      const delivery = memberCount > pullAbove ? "pull" : record.delivery;
+      const updated = { ...record, memberCount, delivery };
       const now = Date.now();
       await this.guard(
         this.conversations.batch(() => {
@@ -537,7 +541,7 @@ class EmbeddedMembership implements MembershipStore {
   async close(): Promise<void> {}
 
   private record(id: string): ConversationRecord | undefined {
-    return withPolicies(this.conversations.get(id));
+    return withDefaults(this.conversations.get(id));
   }
 
   private existing(id: string): ConversationRecord {

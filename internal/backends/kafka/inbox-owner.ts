@@ -8,6 +8,11 @@
  * the users' heads with the offset of the last record applied), then a check that the epoch is still
  * ours, and only then delivery and the offset commit.
  *
+ * A pull conversation's message (ADR 0010) comes as one record without recipients (header kind=pull),
+ * in the partition of its conversation, and is handed on as it is; a membership change of a
+ * conversation comes as a record (kind=membership) in the same partition, in order with its messages,
+ * and is handed on between them, so the router's member lists are never stale.
+ *
  * Exactly once per (user, message): a record at or below a user's applied offset was applied before
  * (by a predecessor, or by this owner before a failed attempt) and is skipped for that user; a record
  * the sequencer marked as a re-delivery (it re-emits what it re-processes after a crash) is checked
@@ -16,7 +21,7 @@
 import type { Consumer, EachBatchPayload, Kafka } from "kafkajs";
 import type { Logger } from "../../lib/log.js";
 import type { MessageSpans, TraceCarrier } from "../../lib/tracing.js";
-import type { Closeable, InboxDelivery, InboxEntry, OwnershipStore } from "../types.js";
+import type { Closeable, DeliveryHandler, InboxDelivery, InboxEntry, OwnershipStore } from "../types.js";
 import { decodeMessage } from "./codec.js";
 import {
   ConsumerLag,
@@ -34,6 +39,10 @@ export const INBOX_STREAM = "inbox";
 export const INBOX_RECIPIENTS_HEADER = "recipients";
 /** Header of an inbox record the sequencer emitted again ("1"): its entries may exist already. */
 export const REDELIVERY_HEADER = "redelivery";
+/** Header of an inbox record that is not a push message: `pull` or `membership` (its key: the conversation). */
+export const INBOX_KIND_HEADER = "kind";
+export const PULL_RECORD = "pull";
+export const MEMBERSHIP_RECORD = "membership";
 
 /** Users whose head one partition's owner keeps in memory at most. */
 const USERS_PER_PARTITION_MAX = 50_000;
@@ -65,7 +74,7 @@ export interface InboxOwnerOptions {
   ownership: OwnershipStore;
   /** Index rows (for re-deliveries) expire after this long. */
   indexTtlSeconds: number;
-  handler: (batch: InboxDelivery[]) => Promise<void>;
+  handler: DeliveryHandler;
   log: Logger;
   /** Test hook: called after cursors are assigned in memory, before anything is written. */
   beforeWrite?: (partition: number) => Promise<void>;
@@ -149,7 +158,12 @@ export class InboxOwner implements Closeable {
   ): Promise<void> {
     const { batch } = payload;
     const state = await this.partitions.claim(batch.partition);
-    const records = batch.messages.map((m, i) => {
+    const changes = new Map<number, string>();
+    const records = batch.messages.flatMap((m, i) => {
+      if (m.headers?.[INBOX_KIND_HEADER]?.toString() === MEMBERSHIP_RECORD) {
+        changes.set(Number(m.offset), m.key?.toString() ?? "");
+        return [];
+      }
       const users = m.headers?.[INBOX_RECIPIENTS_HEADER]?.toString() ?? "";
       const message = decodeMessage(m.value!);
       const offset = Number(m.offset);
@@ -158,12 +172,14 @@ export class InboxOwner implements Closeable {
         "switchboard.message.id": message.messageId,
         "switchboard.seq": message.seq,
       });
-      return {
+      const record = {
         offset,
         message,
         users: users === "" ? [] : users.split("\n"),
         redelivery: m.headers?.[REDELIVERY_HEADER]?.toString() === "1",
+        pull: m.headers?.[INBOX_KIND_HEADER]?.toString() === PULL_RECORD,
       };
+      return [record];
     });
 
     const users = [...new Set(records.flatMap((r) => r.users))];
@@ -180,11 +196,22 @@ export class InboxOwner implements Closeable {
     const heads = new Map<string, UserHead>();
     for (const u of users) heads.set(u, { ...(state.users.get(u) ?? loaded.get(u)!) });
     const entries: InboxEntry[] = [];
-    const deliveries: InboxDelivery[] = [];
+    // The deliveries in log order, cut where a membership change lies between them.
+    const steps: Array<InboxDelivery[] | string> = [[]];
+    const changeOffsets = [...changes.keys()];
+    let nextChange = 0;
     // What this batch assigns: a re-delivery may follow its original in the same batch, before the
     // original's index row exists for `recorded` to find.
     const assigned = new Set<string>();
     for (const r of records) {
+      while (nextChange < changeOffsets.length && changeOffsets[nextChange]! < r.offset)
+        steps.push(changes.get(changeOffsets[nextChange++]!)!, []);
+      const deliveries = steps.at(-1) as InboxDelivery[];
+      if (r.pull) {
+        const trace = spans?.carrier(r.offset);
+        deliveries.push({ message: r.message, recipients: [], pull: true, ...(trace ? { trace } : {}) });
+        continue;
+      }
       const recipients: InboxDelivery["recipients"] = [];
       for (const userId of r.users) {
         const h = heads.get(userId)!;
@@ -222,7 +249,11 @@ export class InboxOwner implements Closeable {
 
     await this.partitions.check(batch.partition, state);
 
-    if (deliveries.length > 0) await this.o.handler(deliveries);
+    while (nextChange < changeOffsets.length) steps.push(changes.get(changeOffsets[nextChange++]!)!);
+    for (const step of steps) {
+      if (typeof step === "string") this.o.handler.membershipChanged(step);
+      else if (step.length > 0) await this.o.handler.deliver(step);
+    }
     await commitBatch(payload, this.lag, this.commits);
   }
 

@@ -16,7 +16,7 @@ import type {
   BatchHandler,
   Closeable,
   ConsumeOptions,
-  InboxDelivery,
+  DeliveryHandler,
   LoggedMessage,
   MessageDraft,
   MessageLog,
@@ -160,7 +160,7 @@ export class KafkaMessageLog implements MessageLog {
    * The router's input (ADR 0002): this process joins the inbox group, owns some inbox partitions and
    * assigns their users' cursors; `handler` gets the messages with their recipients' cursors.
    */
-  async deliveries(handler: (batch: InboxDelivery[]) => Promise<void>): Promise<Closeable> {
+  async deliveries(handler: DeliveryHandler): Promise<Closeable> {
     const inbox = this.o.inbox;
     if (!inbox) throw new Error("invariant violated: deliveries() without an inbox topic");
     const owner = new InboxOwner({

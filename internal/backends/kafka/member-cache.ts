@@ -9,6 +9,8 @@
  * have read announcements meanwhile), and an entry older than `ttlMs` is read again, which bounds the
  * damage of an announcement that was never made (a process that died between the change and it).
  * Bounded: the least recently used conversation goes first.
+ *
+ * A pull conversation (ADR 0010) is cached as "pull": its messages name no recipients.
  */
 export interface MemberCacheOptions {
   entriesMax: number;
@@ -16,15 +18,18 @@ export interface MemberCacheOptions {
   now?: () => number;
 }
 
+/** Whom a conversation's messages are addressed to: its members, or nobody by name ("pull"). */
+export type Audience = readonly string[] | "pull";
+
 export class MemberCache {
-  private readonly entries = new Map<string, { members: readonly string[]; loadedAtMs: number }>();
+  private readonly entries = new Map<string, { members: Audience; loadedAtMs: number }>();
   private readonly now: () => number;
 
   constructor(private readonly o: MemberCacheOptions) {
     this.now = o.now ?? Date.now;
   }
 
-  get(conversationId: string): readonly string[] | undefined {
+  get(conversationId: string): Audience | undefined {
     const entry = this.entries.get(conversationId);
     if (!entry) return undefined;
     if (this.now() - entry.loadedAtMs > this.o.ttlMs) {
@@ -38,7 +43,7 @@ export class MemberCache {
   }
 
   /** `loadedAtMs`: when the read started (a change announced after it must not be masked). */
-  set(conversationId: string, members: readonly string[], loadedAtMs: number): void {
+  set(conversationId: string, members: Audience, loadedAtMs: number): void {
     this.entries.delete(conversationId);
     this.entries.set(conversationId, { members, loadedAtMs });
     while (this.entries.size > this.o.entriesMax) {

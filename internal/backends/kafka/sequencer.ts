@@ -14,8 +14,10 @@
  *   3. new seqs from memory; the heads and dedupe rows (one unlogged batch), then the message rows;
  *   4. the check: the partition's epoch is still ours (one plain read). If a successor claimed in the
  *      meantime, nothing of this batch is acknowledged, emitted or committed;
- *   5. the inbox records (one per inbox partition of the recipients), the answers to the senders, the
- *      offsets.
+ *   5. the inbox records (one per inbox partition of the recipients; a pull conversation's message,
+ *      ADR 0010, one record without recipients in the partition of its conversation, and each
+ *      membership announcement a record there too, in order with them), the answers to the senders,
+ *      the offsets.
  *
  * Every step is idempotent: a crash anywhere before the commit makes the next owner re-process the
  * drafts; it finds their dedupe rows (or, if they did not land, assigns the same seqs, because it
@@ -45,8 +47,14 @@ import {
   PARTITIONS_CONSUMED_CONCURRENTLY,
   PeriodicCommits,
 } from "./consumers.js";
-import { INBOX_RECIPIENTS_HEADER, REDELIVERY_HEADER } from "./inbox-owner.js";
-import { MemberCache } from "./member-cache.js";
+import {
+  INBOX_KIND_HEADER,
+  INBOX_RECIPIENTS_HEADER,
+  MEMBERSHIP_RECORD,
+  PULL_RECORD,
+  REDELIVERY_HEADER,
+} from "./inbox-owner.js";
+import { type Audience, MemberCache } from "./member-cache.js";
 import type { GroupMembers } from "./member-resume.js";
 import { OwnedPartitions } from "./owned-partitions.js";
 
@@ -95,7 +103,7 @@ export interface SequencerOptions {
   store: SequencerStore;
   ownership: OwnershipStore;
   messages: MessageStore;
-  membership: Pick<MembershipStore, "members">;
+  membership: Pick<MembershipStore, "members" | "getConversation">;
   pending: PendingAppends;
   /** Dedupe rows expire after this long: a resend after it is a new message. */
   dedupeWindowSeconds: number;
@@ -235,16 +243,27 @@ export class Sequencer implements Closeable {
 
     await this.partitions.check(batch.partition, state);
 
-    await Promise.all(
-      done.originals.flatMap((m) =>
-        this.emit(
+    // In the order of the partition: a conversation's membership records between its messages.
+    const toEmit = new Map(done.originals.map((m) => [m.messageId, m]));
+    const sends: Array<Promise<void>> = [];
+    for (const r of records) {
+      if (r.kind === "membership") {
+        sends.push(...this.emitMembershipChange(r.conversationId));
+        continue;
+      }
+      const m = toEmit.get(r.draft.messageId);
+      if (!m) continue; // a resend: its original was emitted when it was sequenced
+      toEmit.delete(m.messageId);
+      sends.push(
+        ...this.emit(
           m,
           recipients.get(m.conversationId)?.get(m.messageId) ?? [],
           done.redelivered.has(m.messageId),
           spans?.carrier(m.messageId),
         ),
-      ),
-    );
+      );
+    }
+    await Promise.all(sends);
     await this.answer(done.results);
     await commitBatch(payload, this.lag, this.commits);
   }
@@ -255,22 +274,40 @@ export class Sequencer implements Closeable {
    */
   private emit(
     m: StoredMessage,
-    recipients: readonly string[],
+    audience: Audience,
     redelivery: boolean,
     trace: TraceCarrier | undefined,
   ): Array<Promise<void>> {
     const value = encodeMessage(m);
     const sends: Array<Promise<void>> = [];
+    const pull = audience === "pull";
+    const recipients = pull ? [] : audience;
     if (this.o.sequencedTopic !== undefined)
       sends.push(
         this.o.producer.send(this.o.sequencedTopic, {
           key: m.conversationId,
           value,
-          headers: { seq: String(m.seq), [RECIPIENTS_HEADER]: recipients.join("\n"), ...trace },
+          headers: {
+            seq: String(m.seq),
+            [RECIPIENTS_HEADER]: recipients.join("\n"),
+            ...(pull ? { [INBOX_KIND_HEADER]: PULL_RECORD } : {}),
+            ...trace,
+          },
         }),
       );
     const inbox = this.o.inbox;
     if (!inbox) return sends;
+    if (pull) {
+      sends.push(
+        this.o.producer.send(inbox.topic, {
+          partition: shardOf(m.conversationId, inbox.partitions),
+          key: m.conversationId,
+          value,
+          headers: { [INBOX_KIND_HEADER]: PULL_RECORD, ...trace },
+        }),
+      );
+      return sends;
+    }
     const byPartition = new Map<number, string[]>();
     for (const user of recipients) {
       const partition = shardOf(user, inbox.partitions);
@@ -293,16 +330,31 @@ export class Sequencer implements Closeable {
     return sends;
   }
 
+  /** Tells the routers a conversation's membership changed, in order with its pull messages. */
+  private emitMembershipChange(conversationId: string): Array<Promise<void>> {
+    const inbox = this.o.inbox;
+    if (!inbox) return [];
+    return [
+      this.o.producer.send(inbox.topic, {
+        partition: shardOf(conversationId, inbox.partitions),
+        key: conversationId,
+        value: Buffer.alloc(0),
+        headers: { [INBOX_KIND_HEADER]: MEMBERSHIP_RECORD },
+      }),
+    ];
+  }
+
   /**
-   * Each draft's recipients: the member list as of its position in the partition. A membership
+   * Each draft's recipients: the member list as of its position in the partition, or "pull" for a
+   * pull conversation (its delivery model is read with the list, and announced changes re-read it). A membership
    * announcement drops the cached list, so drafts after it get a list read after the change.
    */
   private async recipients(
     state: PartitionState,
     records: DraftRecord[],
-  ): Promise<Map<string, Map<string, readonly string[]>>> {
-    const out = new Map<string, Map<string, readonly string[]>>();
-    const put = (conversationId: string, messageId: string, members: readonly string[]) => {
+  ): Promise<Map<string, Map<string, Audience>>> {
+    const out = new Map<string, Map<string, Audience>>();
+    const put = (conversationId: string, messageId: string, members: Audience) => {
       let byId = out.get(conversationId);
       if (!byId) {
         byId = new Map();
@@ -325,12 +377,17 @@ export class Sequencer implements Closeable {
       else waiting.push(r.draft);
     }
     const toRead = [...new Set(waiting.map((d) => d.conversationId))];
-    const read = new Map<string, readonly string[]>();
+    const read = new Map<string, Audience>();
     for (let i = 0; i < toRead.length; i += MEMBER_READS_CONCURRENT) {
       await Promise.all(
         toRead.slice(i, i + MEMBER_READS_CONCURRENT).map(async (conversationId) => {
           const startedAtMs = Date.now();
-          const members = await this.o.membership.members(conversationId);
+          // Direct conversations are always on push: no record to read.
+          const record = conversationId.startsWith("dm:")
+            ? undefined
+            : await this.o.membership.getConversation(conversationId);
+          const members: Audience =
+            record?.delivery === "pull" ? "pull" : await this.o.membership.members(conversationId);
           read.set(conversationId, members);
           state.members.set(conversationId, members, startedAtMs);
         }),

@@ -10,7 +10,7 @@ import type { Message as Message$1 } from "@bufbuild/protobuf";
  * Describes the file switchboard/common/v1/common.proto.
  */
 export const file_switchboard_common_v1_common: GenFile = /*@__PURE__*/
-  fileDesc("CiJzd2l0Y2hib2FyZC9jb21tb24vdjEvY29tbW9uLnByb3RvEhVzd2l0Y2hib2FyZC5jb21tb24udjEikwEKB01lc3NhZ2USFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEgsKA3NlcRgCIAEoBBIWCgptZXNzYWdlX2lkGAMgASgEQgIwARIOCgZzZW5kZXIYBCABKAkSFQoNY2xpZW50X21zZ19pZBgFIAEoCRIMCgRib2R5GAYgASgJEhUKDWNyZWF0ZWRfYXRfbXMYByABKAMivgIKDENvbnZlcnNhdGlvbhIKCgJpZBgBIAEoCRI1CgRraW5kGAIgASgOMicuc3dpdGNoYm9hcmQuY29tbW9uLnYxLkNvbnZlcnNhdGlvbktpbmQSDAoEbmFtZRgDIAEoCRINCgVvd25lchgEIAEoCRIUCgxtZW1iZXJfY291bnQYBSABKA0SDAoEb3BlbhgGIAEoCBIQCghsYXN0X3NlcRgHIAEoBBIVCg1jcmVhdGVkX2F0X21zGAggASgDEhAKCHJlYWRfc2VxGAkgASgEEjcKC3Bvc3RfcG9saWN5GAogASgOMiIuc3dpdGNoYm9hcmQuY29tbW9uLnYxLkdyb3VwUG9saWN5EjYKCmFkZF9wb2xpY3kYCyABKA4yIi5zd2l0Y2hib2FyZC5jb21tb24udjEuR3JvdXBQb2xpY3kiSgoGTWVtYmVyEg8KB3VzZXJfaWQYASABKAkSLwoEcm9sZRgCIAEoDjIhLnN3aXRjaGJvYXJkLmNvbW1vbi52MS5NZW1iZXJSb2xlIkwKDlByZXNlbmNlU3RhdHVzEg8KB3VzZXJfaWQYASABKAkSDgoGb25saW5lGAIgASgIEhkKEWxhc3RfYWN0aXZlX2F0X21zGAMgASgDKnAKEENvbnZlcnNhdGlvbktpbmQSIQodQ09OVkVSU0FUSU9OX0tJTkRfVU5TUEVDSUZJRUQQABIcChhDT05WRVJTQVRJT05fS0lORF9ESVJFQ1QQARIbChdDT05WRVJTQVRJT05fS0lORF9HUk9VUBACKl8KC0dyb3VwUG9saWN5EhwKGEdST1VQX1BPTElDWV9VTlNQRUNJRklFRBAAEhkKFUdST1VQX1BPTElDWV9FVkVSWU9ORRABEhcKE0dST1VQX1BPTElDWV9BRE1JTlMQAipvCgpNZW1iZXJSb2xlEhsKF01FTUJFUl9ST0xFX1VOU1BFQ0lGSUVEEAASFgoSTUVNQkVSX1JPTEVfTUVNQkVSEAESFQoRTUVNQkVSX1JPTEVfQURNSU4QAhIVChFNRU1CRVJfUk9MRV9PV05FUhADKl4KC1JlY2VpcHRLaW5kEhwKGFJFQ0VJUFRfS0lORF9VTlNQRUNJRklFRBAAEhoKFlJFQ0VJUFRfS0lORF9ERUxJVkVSRUQQARIVChFSRUNFSVBUX0tJTkRfUkVBRBACKuoCCgRDb2RlEhQKEENPREVfVU5TUEVDSUZJRUQQABISCg5DT0RFX0NBTkNFTExFRBABEhAKDENPREVfVU5LTk9XThACEhkKFUNPREVfSU5WQUxJRF9BUkdVTUVOVBADEhoKFkNPREVfREVBRExJTkVfRVhDRUVERUQQBBISCg5DT0RFX05PVF9GT1VORBAFEhcKE0NPREVfQUxSRUFEWV9FWElTVFMQBhIaChZDT0RFX1BFUk1JU1NJT05fREVOSUVEEAcSGwoXQ09ERV9SRVNPVVJDRV9FWEhBVVNURUQQCBIcChhDT0RFX0ZBSUxFRF9QUkVDT05ESVRJT04QCRIQCgxDT0RFX0FCT1JURUQQChIWChJDT0RFX1VOSU1QTEVNRU5URUQQDBIRCg1DT0RFX0lOVEVSTkFMEA0SFAoQQ09ERV9VTkFWQUlMQUJMRRAOEhgKFENPREVfVU5BVVRIRU5USUNBVEVEEBBiBnByb3RvMw");
+  fileDesc("CiJzd2l0Y2hib2FyZC9jb21tb24vdjEvY29tbW9uLnByb3RvEhVzd2l0Y2hib2FyZC5jb21tb24udjEikwEKB01lc3NhZ2USFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEgsKA3NlcRgCIAEoBBIWCgptZXNzYWdlX2lkGAMgASgEQgIwARIOCgZzZW5kZXIYBCABKAkSFQoNY2xpZW50X21zZ19pZBgFIAEoCRIMCgRib2R5GAYgASgJEhUKDWNyZWF0ZWRfYXRfbXMYByABKAMi9gIKDENvbnZlcnNhdGlvbhIKCgJpZBgBIAEoCRI1CgRraW5kGAIgASgOMicuc3dpdGNoYm9hcmQuY29tbW9uLnYxLkNvbnZlcnNhdGlvbktpbmQSDAoEbmFtZRgDIAEoCRINCgVvd25lchgEIAEoCRIUCgxtZW1iZXJfY291bnQYBSABKA0SDAoEb3BlbhgGIAEoCBIQCghsYXN0X3NlcRgHIAEoBBIVCg1jcmVhdGVkX2F0X21zGAggASgDEhAKCHJlYWRfc2VxGAkgASgEEjcKC3Bvc3RfcG9saWN5GAogASgOMiIuc3dpdGNoYm9hcmQuY29tbW9uLnYxLkdyb3VwUG9saWN5EjYKCmFkZF9wb2xpY3kYCyABKA4yIi5zd2l0Y2hib2FyZC5jb21tb24udjEuR3JvdXBQb2xpY3kSNgoIZGVsaXZlcnkYDCABKA4yJC5zd2l0Y2hib2FyZC5jb21tb24udjEuRGVsaXZlcnlNb2RlbCJKCgZNZW1iZXISDwoHdXNlcl9pZBgBIAEoCRIvCgRyb2xlGAIgASgOMiEuc3dpdGNoYm9hcmQuY29tbW9uLnYxLk1lbWJlclJvbGUiTAoOUHJlc2VuY2VTdGF0dXMSDwoHdXNlcl9pZBgBIAEoCRIOCgZvbmxpbmUYAiABKAgSGQoRbGFzdF9hY3RpdmVfYXRfbXMYAyABKAMqcAoQQ29udmVyc2F0aW9uS2luZBIhCh1DT05WRVJTQVRJT05fS0lORF9VTlNQRUNJRklFRBAAEhwKGENPTlZFUlNBVElPTl9LSU5EX0RJUkVDVBABEhsKF0NPTlZFUlNBVElPTl9LSU5EX0dST1VQEAIqYQoNRGVsaXZlcnlNb2RlbBIeChpERUxJVkVSWV9NT0RFTF9VTlNQRUNJRklFRBAAEhcKE0RFTElWRVJZX01PREVMX1BVU0gQARIXChNERUxJVkVSWV9NT0RFTF9QVUxMEAIqXwoLR3JvdXBQb2xpY3kSHAoYR1JPVVBfUE9MSUNZX1VOU1BFQ0lGSUVEEAASGQoVR1JPVVBfUE9MSUNZX0VWRVJZT05FEAESFwoTR1JPVVBfUE9MSUNZX0FETUlOUxACKm8KCk1lbWJlclJvbGUSGwoXTUVNQkVSX1JPTEVfVU5TUEVDSUZJRUQQABIWChJNRU1CRVJfUk9MRV9NRU1CRVIQARIVChFNRU1CRVJfUk9MRV9BRE1JThACEhUKEU1FTUJFUl9ST0xFX09XTkVSEAMqXgoLUmVjZWlwdEtpbmQSHAoYUkVDRUlQVF9LSU5EX1VOU1BFQ0lGSUVEEAASGgoWUkVDRUlQVF9LSU5EX0RFTElWRVJFRBABEhUKEVJFQ0VJUFRfS0lORF9SRUFEEAIq6gIKBENvZGUSFAoQQ09ERV9VTlNQRUNJRklFRBAAEhIKDkNPREVfQ0FOQ0VMTEVEEAESEAoMQ09ERV9VTktOT1dOEAISGQoVQ09ERV9JTlZBTElEX0FSR1VNRU5UEAMSGgoWQ09ERV9ERUFETElORV9FWENFRURFRBAEEhIKDkNPREVfTk9UX0ZPVU5EEAUSFwoTQ09ERV9BTFJFQURZX0VYSVNUUxAGEhoKFkNPREVfUEVSTUlTU0lPTl9ERU5JRUQQBxIbChdDT0RFX1JFU09VUkNFX0VYSEFVU1RFRBAIEhwKGENPREVfRkFJTEVEX1BSRUNPTkRJVElPThAJEhAKDENPREVfQUJPUlRFRBAKEhYKEkNPREVfVU5JTVBMRU1FTlRFRBAMEhEKDUNPREVfSU5URVJOQUwQDRIUChBDT0RFX1VOQVZBSUxBQkxFEA4SGAoUQ09ERV9VTkFVVEhFTlRJQ0FURUQQEGIGcHJvdG8z");
 
 /**
  * A chat message as stored and delivered. Messages are immutable once acknowledged.
@@ -159,6 +159,13 @@ export type Conversation = Message$1<"switchboard.common.v1.Conversation"> & {
    * @generated from field: switchboard.common.v1.GroupPolicy add_policy = 11;
    */
   addPolicy: GroupPolicy;
+
+  /**
+   * How its messages reach the members (docs/protocol.md, "Delivery models").
+   *
+   * @generated from field: switchboard.common.v1.DeliveryModel delivery = 12;
+   */
+  delivery: DeliveryModel;
 };
 
 /**
@@ -266,6 +273,40 @@ export const ConversationKindSchema: GenEnum<ConversationKind> = /*@__PURE__*/
   enumDesc(file_switchboard_common_v1_common, 0);
 
 /**
+ * How a conversation's messages reach its members.
+ *
+ * @generated from enum switchboard.common.v1.DeliveryModel
+ */
+export enum DeliveryModel {
+  /**
+   * Never sent.
+   *
+   * @generated from enum value: DELIVERY_MODEL_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Every message has an entry in each member's inbox (sync by cursor) and goes to every online device.
+   *
+   * @generated from enum value: DELIVERY_MODEL_PUSH = 1;
+   */
+  PUSH = 1,
+
+  /**
+   * Messages are stored once: online devices get them live (cursor 0), others fetch by seq (history).
+   *
+   * @generated from enum value: DELIVERY_MODEL_PULL = 2;
+   */
+  PULL = 2,
+}
+
+/**
+ * Describes the enum switchboard.common.v1.DeliveryModel.
+ */
+export const DeliveryModelSchema: GenEnum<DeliveryModel> = /*@__PURE__*/
+  enumDesc(file_switchboard_common_v1_common, 1);
+
+/**
  * Who may do something in a group.
  *
  * @generated from enum switchboard.common.v1.GroupPolicy
@@ -297,7 +338,7 @@ export enum GroupPolicy {
  * Describes the enum switchboard.common.v1.GroupPolicy.
  */
 export const GroupPolicySchema: GenEnum<GroupPolicy> = /*@__PURE__*/
-  enumDesc(file_switchboard_common_v1_common, 1);
+  enumDesc(file_switchboard_common_v1_common, 2);
 
 /**
  * A member's standing in a group.
@@ -338,7 +379,7 @@ export enum MemberRole {
  * Describes the enum switchboard.common.v1.MemberRole.
  */
 export const MemberRoleSchema: GenEnum<MemberRole> = /*@__PURE__*/
-  enumDesc(file_switchboard_common_v1_common, 2);
+  enumDesc(file_switchboard_common_v1_common, 3);
 
 /**
  * The kind of a read/delivery receipt.
@@ -372,7 +413,7 @@ export enum ReceiptKind {
  * Describes the enum switchboard.common.v1.ReceiptKind.
  */
 export const ReceiptKindSchema: GenEnum<ReceiptKind> = /*@__PURE__*/
-  enumDesc(file_switchboard_common_v1_common, 3);
+  enumDesc(file_switchboard_common_v1_common, 4);
 
 /**
  * Error codes; numbers and meanings mirror gRPC status codes.
@@ -490,5 +531,5 @@ export enum Code {
  * Describes the enum switchboard.common.v1.Code.
  */
 export const CodeSchema: GenEnum<Code> = /*@__PURE__*/
-  enumDesc(file_switchboard_common_v1_common, 4);
+  enumDesc(file_switchboard_common_v1_common, 5);
 

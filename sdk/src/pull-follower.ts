@@ -1,0 +1,126 @@
+/**
+ * Follows pull conversations (large groups, docs/protocol.md "Delivery models") by seq: their
+ * messages are in no inbox, so the cursor cannot tell what this device missed. The follower remembers
+ * the newest seq the app was given per conversation (of either model, so a group that switches from
+ * push to pull continues where its inbox entries ended) and:
+ *
+ * - emits a live pull message in seq order: a gap before it (messages this device missed while it was
+ *   reconnecting, or that were dropped on the way) is fetched with `history` first;
+ * - after each sync, fetches what the listed pull conversations hold past the remembered seq.
+ *
+ * A pull conversation this device never saw a message of is not fetched (it may hold 100,000 messages):
+ * its position starts at its last seq, and the app pages its history when the user opens it.
+ * Per conversation, one fetch runs at a time and live messages wait behind it.
+ */
+import type { ChatMessage, Conversation, HistoryPage } from "./types.js";
+
+export interface PullFollowerOptions {
+  /** One page of a conversation's history after `afterSeq`, oldest first. */
+  fetch(conversationId: string, afterSeq: number): Promise<HistoryPage>;
+  /** Hands a message to the app (the client's dedupe runs there). */
+  emit(message: ChatMessage, source: "sync" | "live"): void;
+  /** Conversations remembered at most; the least recently seen go first. */
+  capacity: number;
+  /** Positions carried over from an earlier session (see `positions`). */
+  initial?: Record<string, number>;
+}
+
+export class PullFollower {
+  private readonly seqs = new Map<string, number>();
+  /** Conversations known to be on pull (from listings and live pull messages). */
+  private readonly pull = new Set<string>();
+  private readonly queues = new Map<string, Promise<void>>();
+
+  constructor(private readonly o: PullFollowerOptions) {
+    for (const [c, seq] of Object.entries(o.initial ?? {})) {
+      this.remember(c, seq);
+      this.pull.add(c);
+    }
+  }
+
+  /** Whether any pull conversation is followed (only then is a catch-up after a sync worth a request). */
+  get following(): boolean {
+    return this.pull.size > 0;
+  }
+
+  /** The app listed its conversations: the pull ones are followed from now on. */
+  learn(conversations: Conversation[]): void {
+    for (const c of conversations) {
+      if (c.delivery !== "pull") continue;
+      this.pull.add(c.id);
+      if (!this.seqs.has(c.id)) this.remember(c.id, c.lastSeq);
+    }
+  }
+
+  /** A message the app got from the inbox: its conversation's position moves up to it. */
+  note(message: ChatMessage): void {
+    if (message.seq > (this.seqs.get(message.conversationId) ?? 0))
+      this.remember(message.conversationId, message.seq);
+  }
+
+  /** A live message of a pull conversation (cursor 0). */
+  live(message: ChatMessage): Promise<void> {
+    this.pull.add(message.conversationId);
+    return this.serial(message.conversationId, async () => {
+      const known = this.seqs.get(message.conversationId);
+      if (known !== undefined && message.seq <= known) return; // seen already
+      if (known !== undefined && message.seq > known + 1)
+        await this.fetchAfter(message.conversationId, known, message.seq - 1);
+      this.o.emit(message, "live");
+      this.note(message);
+    });
+  }
+
+  /** After a sync: each pull conversation's messages past the remembered position. */
+  async catchUp(conversations: Conversation[]): Promise<void> {
+    for (const c of conversations) if (c.delivery === "pull") this.pull.add(c.id);
+    await Promise.all(
+      conversations
+        .filter((c) => c.delivery === "pull")
+        .map((c) =>
+          this.serial(c.id, async () => {
+            const known = this.seqs.get(c.id);
+            if (known === undefined) this.remember(c.id, c.lastSeq);
+            else if (c.lastSeq > known) await this.fetchAfter(c.id, known, c.lastSeq);
+          }),
+        ),
+    );
+  }
+
+  /** The newest seq given to the app per conversation: persist it and pass it back as `initial`. */
+  positions(): Record<string, number> {
+    return Object.fromEntries(this.seqs);
+  }
+
+  /** Emits the conversation's messages after `afterSeq` up to `upTo`, page by page, in order. */
+  private async fetchAfter(conversationId: string, afterSeq: number, upTo: number): Promise<void> {
+    let from = afterSeq;
+    while (from < upTo) {
+      const page = await this.o.fetch(conversationId, from);
+      for (const m of page.messages) {
+        if (m.seq > upTo) return;
+        this.o.emit(m, "sync");
+        this.note(m);
+        from = m.seq;
+      }
+      if (!page.hasMore || page.messages.length === 0) return;
+    }
+  }
+
+  private serial(conversationId: string, task: () => Promise<void>): Promise<void> {
+    const previous = this.queues.get(conversationId) ?? Promise.resolve();
+    const next = previous.then(task, task);
+    this.queues.set(conversationId, next);
+    const done = () => {
+      if (this.queues.get(conversationId) === next) this.queues.delete(conversationId);
+    };
+    next.then(done, done);
+    return next;
+  }
+
+  private remember(conversationId: string, seq: number): void {
+    this.seqs.delete(conversationId);
+    this.seqs.set(conversationId, seq);
+    if (this.seqs.size > this.o.capacity) this.seqs.delete(this.seqs.keys().next().value as string);
+  }
+}

@@ -1,0 +1,211 @@
+/**
+ * Large groups on the pull model (ADR 0010, docs/protocol.md "Delivery models"), on both backends,
+ * with a small groups.pullThreshold: a message is stored once (no inbox entries, however many
+ * members), online members get it live with cursor 0, the others fetch it by seq; the switch from push
+ * under traffic loses and repeats nothing for the members who were there; a 10,000-member channel costs
+ * what a small pull group costs per message.
+ */
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { MessageEvent, ServerFrame } from "../../gen/switchboard/client/v1/client_pb.js";
+import { DeliveryModel } from "../../gen/switchboard/common/v1/common_pb.js";
+import { type IncomingMessage, SwitchboardClient } from "../../sdk/src/index.js";
+import { expectCase, RawClient } from "../helpers/raw-client.js";
+import { devToken, type ServerProcess, startServer } from "../helpers/server.js";
+
+const PULL_THRESHOLD = 5;
+let server: ServerProcess;
+let n = 0;
+const user = (name: string) => `lg-${name}-${++n}`;
+
+beforeAll(async () => {
+  server = await startServer({ env: { SWITCHBOARD_GROUPS_PULL_THRESHOLD: String(PULL_THRESHOLD) } });
+});
+afterAll(async () => {
+  await server.dispose();
+});
+
+async function connect(name: string, sync = true): Promise<RawClient> {
+  const client = await RawClient.connect(server.url, { token: await devToken(server.dataDir, name) });
+  if (sync) await client.syncAll();
+  return client;
+}
+
+function send(client: RawClient, conversationId: string, body: string) {
+  return client.request({
+    case: "send",
+    value: { target: { case: "conversationId", value: conversationId }, clientMsgId: `c-${++n}`, body },
+  });
+}
+
+async function createGroup(owner: RawClient, members: string[]) {
+  return expectCase(
+    await owner.request({ case: "createGroup", value: { name: "big", members, open: true } }),
+    "conversation",
+  ).conversation!;
+}
+
+/** The message events a client was pushed for one conversation. */
+const eventsOf = (client: RawClient, conversationId: string) =>
+  client.received
+    .filter((f: ServerFrame) => f.kind.case === "message")
+    .map((f) => f.kind.value as MessageEvent)
+    .filter((e) => e.message?.conversationId === conversationId);
+
+/** Every message of a conversation after `afterSeq`, by history pages. */
+async function historyAfter(client: RawClient, conversationId: string, afterSeq: bigint) {
+  const out: bigint[] = [];
+  for (let after = afterSeq; ; ) {
+    const page = expectCase(
+      await client.request({ case: "history", value: { conversationId, afterSeq: after, limit: 50 } }),
+      "history",
+    );
+    out.push(...page.messages.map((m) => m.seq));
+    if (!page.hasMore || page.messages.length === 0) return out;
+    after = page.messages.at(-1)!.seq;
+  }
+}
+
+async function metric(name: string): Promise<number> {
+  const text = await (await fetch(`${server.httpUrl}/metrics`)).text();
+  let total = 0;
+  for (const line of text.split("\n"))
+    if (line.startsWith(name) && !line.startsWith("#")) total += Number(line.split(" ").at(-1));
+  return total;
+}
+
+async function until(pred: () => boolean, what: string, timeoutMs = 15_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!pred()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+describe("pull delivery", () => {
+  it("stores a large group's message once: live to online members with cursor 0, by history to the others", async () => {
+    const [owner, online, offline] = [user("owner"), user("online"), user("offline")];
+    const others = Array.from({ length: PULL_THRESHOLD }, (_, i) => user(`m${i}`));
+    const co = await connect(owner);
+    const con = await connect(online);
+    const group = await createGroup(co, [online, offline]);
+    expect(group.delivery).toBe(DeliveryModel.PUSH);
+    expectCase(await send(co, group.id, "before"), "ack");
+    await con.nextEvent((f) => f.kind.case === "message" && (f.kind.value as MessageEvent).cursor > 0n);
+
+    // Past the threshold: pull, for good.
+    const grown = expectCase(
+      await co.request({ case: "addMembers", value: { conversationId: group.id, members: others } }),
+      "conversation",
+    ).conversation!;
+    expect(grown).toMatchObject({ memberCount: PULL_THRESHOLD + 3, delivery: DeliveryModel.PULL });
+    const entriesBefore = await metric("switchboard_router_inbox_entries_total");
+    const acks = [];
+    for (let i = 0; i < 3; i++) acks.push(expectCase(await send(co, group.id, `after ${i}`), "ack"));
+    await until(() => eventsOf(con, group.id).length === 4, "the online member's live events");
+    const live = eventsOf(con, group.id);
+    expect(live.map((e) => [e.message?.seq, e.cursor])).toEqual([
+      [1n, live[0]!.cursor],
+      [2n, 0n],
+      [3n, 0n],
+      [4n, 0n],
+    ]);
+    expect(live[0]!.cursor).toBeGreaterThan(0n);
+    // The sender's own device gets them live too (with its ack), and no inbox entry was written.
+    await until(() => eventsOf(co, group.id).length === 4, "the sender's live events");
+    expect(await metric("switchboard_router_inbox_entries_total")).toBe(entriesBefore);
+
+    // A member who was offline: its inbox has what came before the switch; the rest is history.
+    const cof = await connect(offline, false);
+    const synced = await cof.syncAll();
+    expect(synced.messages.filter((e) => e.conversationId === group.id).map((e) => e.seq)).toEqual([1n]);
+    expect(await historyAfter(cof, group.id, 1n)).toEqual([2n, 3n, 4n]);
+    // Its conversation list tells it so in one request: pull, last seq 4, nothing read.
+    const listed = expectCase(await cof.request({ case: "listConversations", value: {} }), "conversations");
+    expect(listed.conversations.find((c) => c.id === group.id)).toMatchObject({
+      delivery: DeliveryModel.PULL,
+      lastSeq: 4n,
+      readSeq: 0n,
+    });
+    // Shrinking does not switch back.
+    const shrunk = expectCase(
+      await co.request({ case: "removeMembers", value: { conversationId: group.id, members: others } }),
+      "conversation",
+    ).conversation!;
+    expect(shrunk.delivery).toBe(DeliveryModel.PULL);
+    for (const c of [co, con, cof]) c.close();
+  });
+
+  it("switches under traffic without losing or repeating a message for the members who were there", async () => {
+    const [owner, watcher, sleeper] = [user("owner"), user("watcher"), user("sleeper")];
+    const co = await connect(owner);
+    const cw = await connect(watcher);
+    const group = await createGroup(co, [watcher, sleeper]);
+    const total = 60;
+    const sending = (async () => {
+      for (let i = 1; i <= total; i++) expectCase(await send(co, group.id, `m${i}`), "ack");
+    })();
+    // The switch lands somewhere in the middle of the traffic.
+    await until(() => eventsOf(cw, group.id).length >= 15, "traffic before the switch");
+    const newcomers = Array.from({ length: PULL_THRESHOLD }, (_, i) => user(`n${i}`));
+    expectCase(
+      await co.request({ case: "addMembers", value: { conversationId: group.id, members: newcomers } }),
+      "conversation",
+    );
+    await sending;
+    const all = Array.from({ length: total }, (_, i) => BigInt(i + 1));
+    // Live: every message once, in order, some from the inbox (cursor > 0), the rest pulled (cursor 0).
+    await until(() => eventsOf(cw, group.id).length >= total, "every live event");
+    await new Promise((r) => setTimeout(r, 300)); // a repeat would arrive now
+    const live = eventsOf(cw, group.id);
+    expect(live.map((e) => e.message!.seq)).toEqual(all);
+    const pushed = live.filter((e) => e.cursor > 0n).length;
+    expect(pushed).toBeGreaterThan(0);
+    expect(pushed).toBeLessThan(total);
+    // The inbox part is a prefix, and cursors and seqs agree on where the switch was.
+    expect(live.slice(0, pushed).every((e) => e.cursor > 0n)).toBe(true);
+
+    // Offline throughout: the inbox up to the switch, then history: each message once.
+    const cs = await connect(sleeper, false);
+    const inbox = (await cs.syncAll()).messages
+      .filter((e) => e.conversationId === group.id)
+      .map((e) => e.seq);
+    expect(inbox).toEqual(all.slice(0, pushed));
+    expect([...inbox, ...(await historyAfter(cs, group.id, inbox.at(-1) ?? 0n))]).toEqual(all);
+    for (const c of [co, cw, cs]) c.close();
+  }, 60_000);
+
+  it("an SDK device catches a pull conversation up after the server was killed mid-conversation", async () => {
+    const [owner, reader] = [user("owner"), user("reader")];
+    const members = [reader, ...Array.from({ length: PULL_THRESHOLD }, (_, i) => user(`x${i}`))];
+    const co = await connect(owner);
+    const group = await createGroup(co, members);
+    expect(group.delivery).toBe(DeliveryModel.PULL);
+    const received: IncomingMessage[] = [];
+    const device = new SwitchboardClient({
+      url: () => server.url,
+      token: () => devToken(server.dataDir, reader),
+      reconnect: { baseMs: 50, maxMs: 500 },
+    });
+    device.on("message", (m) => received.push(m));
+    await device.connect();
+    expect((await device.listConversations()).find((c) => c.id === group.id)?.delivery).toBe("pull");
+    for (let i = 1; i <= 5; i++) expectCase(await send(co, group.id, `live ${i}`), "ack");
+    await until(() => received.length === 5, "the live pull messages");
+    co.close();
+
+    await server.kill();
+    server = await server.restart();
+    // Sent while the device is reconnecting: it gets them by the catch-up after its sync.
+    const co2 = await connect(owner);
+    for (let i = 6; i <= 12; i++) expectCase(await send(co2, group.id, `missed ${i}`), "ack");
+    await until(() => received.length >= 12, "the catch-up", 30_000);
+    for (let i = 13; i <= 14; i++) expectCase(await send(co2, group.id, `live ${i}`), "ack");
+    await until(() => received.length >= 14, "live after the catch-up");
+    await new Promise((r) => setTimeout(r, 300));
+    expect(received.map((m) => m.message.seq)).toEqual(Array.from({ length: 14 }, (_, i) => i + 1));
+    expect(received.every((m) => m.cursor === 0)).toBe(true);
+    expect(device.pullPositions[group.id]).toBe(14);
+    device.close();
+    co2.close();
+  }, 90_000);
+});
