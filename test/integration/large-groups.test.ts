@@ -174,6 +174,65 @@ describe("pull delivery", () => {
     for (const c of [co, cw, cs]) c.close();
   }, 60_000);
 
+  it("a 10,000-member channel, most members offline, costs per message what a small pull group costs", async () => {
+    const [owner, fan] = [user("owner"), user("fan")];
+    const co = await connect(owner);
+    const cf = await connect(fan);
+    const channel = await createGroup(co, [fan]);
+    const crowd = Array.from({ length: 10_000 }, (_, i) => `${owner}-f${i}`);
+    for (let i = 0; i < crowd.length; i += 500)
+      expectCase(
+        await co.request({
+          case: "addMembers",
+          value: { conversationId: channel.id, members: crowd.slice(i, i + 500) },
+        }),
+        "conversation",
+      );
+    const small = await createGroup(co, [
+      fan,
+      ...Array.from({ length: PULL_THRESHOLD }, (_, i) => `${owner}-s${i}`),
+    ]);
+    const listed = expectCase(await co.request({ case: "listConversations", value: {} }), "conversations");
+    expect(listed.conversations.find((c) => c.id === channel.id)).toMatchObject({
+      memberCount: 10_002,
+      delivery: DeliveryModel.PULL,
+    });
+    expect(small.delivery).toBe(DeliveryModel.PULL);
+
+    // What 20 messages cost: inbox entries, storage requests and log records, read from /metrics.
+    const costed = [
+      "switchboard_router_inbox_entries_total",
+      "switchboard_cassandra_requests_total",
+      "switchboard_kafka_produced_records_total",
+    ];
+    const costOf = async (conversationId: string) => {
+      const before = await Promise.all(costed.map(metric));
+      for (let i = 0; i < 20; i++)
+        expectCase(await send(co, conversationId, `to ${conversationId} ${i}`), "ack");
+      await until(() => eventsOf(cf, conversationId).length === 20, "the online member's events");
+      const after = await Promise.all(costed.map(metric));
+      return after.map((a, i) => a - before[i]!);
+    };
+    const [bigEntries, bigRequests, bigRecords] = await costOf(channel.id);
+    const [smallEntries, smallRequests, smallRecords] = await costOf(small.id);
+    expect([bigEntries, smallEntries]).toEqual([0, 0]);
+    // The same cost per message within one request or record of slack (heartbeats and presence
+    // writes run meanwhile): nothing of it grows with the 10,000 members.
+    expect(bigRequests! / 20).toBeLessThanOrEqual(smallRequests! / 20 + 1);
+    expect(bigRecords! / 20).toBeLessThanOrEqual(smallRecords! / 20 + 1);
+    console.log(
+      `10,000-member channel vs ${PULL_THRESHOLD + 2}-member pull group, per message: Cassandra requests ` +
+        `${bigRequests! / 20} vs ${smallRequests! / 20}, Kafka records ${bigRecords! / 20} vs ${smallRecords! / 20}, inbox entries 0`,
+    );
+    // The fan (online) got every message live; a member who never connected finds them by history.
+    const late = await connect(crowd[4_321]!, false);
+    expect((await late.syncAll()).messages.filter((e) => e.conversationId === channel.id)).toEqual([]);
+    expect(await historyAfter(late, channel.id, 0n)).toEqual(
+      Array.from({ length: 20 }, (_, i) => BigInt(i + 1)),
+    );
+    for (const c of [co, cf, late]) c.close();
+  }, 180_000);
+
   it("an SDK device catches a pull conversation up after the server was killed mid-conversation", async () => {
     const [owner, reader] = [user("owner"), user("reader")];
     const members = [reader, ...Array.from({ length: PULL_THRESHOLD }, (_, i) => user(`x${i}`))];
