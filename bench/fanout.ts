@@ -7,6 +7,9 @@
  *
  * Every member must get every message of a step exactly once (a missing one is lost; a body arriving
  * twice under different message ids is a duplicate): either fails the step.
+ *
+ * With `offline` members the group is a channel: that many more members, never connected, are added
+ * (in requests of 1,000), which takes it past groups.pullThreshold onto the pull model (ADR 0010).
  */
 import { type IncomingMessage, SwitchboardClient } from "../sdk/src/index.js";
 import { pool } from "./client.js";
@@ -14,7 +17,10 @@ import { nearestRank } from "./hist.js";
 import { type SystemUnderTest, totalCpuSeconds } from "./sut.js";
 
 export interface FanoutOptions {
+  /** Members online (each on its own SDK connection). */
   members: number;
+  /** Members added but never connected (default 0). */
+  offline?: number;
   rates: number[];
   warmupMs: number;
   measureMs: number;
@@ -26,7 +32,11 @@ export interface FanoutOptions {
 
 export interface FanoutStep {
   rate: number;
+  /** Online members. */
   members: number;
+  /** Online and offline members. */
+  total_members: number;
+  delivery: "push" | "pull";
   messages: number;
   deliveries_per_second: number;
   last_member_p50_ms: number;
@@ -85,8 +95,13 @@ export async function runFanout(sut: SystemUnderTest, o: FanoutOptions): Promise
   await sender.connect();
   const steps: FanoutStep[] = [];
   try {
-    const group = await sender.createGroup({ name: "fan-out bench", members: names });
-    o.log(`  group ${group.id} with ${o.members} members online`);
+    let group = await sender.createGroup({ name: "fan-out bench", members: names });
+    const offline = Array.from({ length: o.offline ?? 0 }, (_, i) => `fan-offline-${i}`);
+    for (let i = 0; i < offline.length; i += 1_000)
+      group = await sender.addMembers(group.id, offline.slice(i, i + 1_000));
+    o.log(
+      `  group ${group.id} with ${group.memberCount} members, ${o.members} of them online, on ${group.delivery}`,
+    );
     let next = 0;
     const failures: string[] = [];
     const send = (k: number) =>
@@ -154,6 +169,8 @@ export async function runFanout(sut: SystemUnderTest, o: FanoutOptions): Promise
       const step: FanoutStep = {
         rate,
         members: o.members,
+        total_members: group.memberCount,
+        delivery: group.delivery,
         messages,
         deliveries_per_second: Math.round(deliveries / (o.measureMs / 1000)),
         last_member_p50_ms: Math.round(nearestRank(last, 50) * 10) / 10,

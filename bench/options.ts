@@ -54,12 +54,21 @@ export const OPTIONS = {
   "baseline-rates": { type: "string", doc: "bare-ws baseline rates (default 1000,5000)" },
   skip: {
     type: "string",
-    doc: "comma list of phases to skip: ladder, writer (distributed), baseline, idle (embedded), restart (single process), fanout",
+    doc: "comma list of phases to skip: ladder, writer (distributed), baseline, idle (embedded), restart (single process), fanout, channel",
   },
   "group-members": { type: "string", doc: "fan-out phase: members of the group, all online (default 100)" },
   "group-rates": {
     type: "string",
     doc: "fan-out phase: messages per second into the group, one step each (default 10,50,100,200)",
+  },
+  "channel-members": {
+    type: "string",
+    doc: "channel phase: members of the channel, a pull-model group (default 10000)",
+  },
+  "channel-online": { type: "string", doc: "channel phase: how many of them are online (default 2000)" },
+  "channel-rates": {
+    type: "string",
+    doc: "channel phase: messages per second into the channel, one step each (default 10)",
   },
   "restart-devices": {
     type: "string",

@@ -336,8 +336,12 @@ export function fanoutTable(steps: FanoutStep[]): string {
     String(x.server_cpu_us_per_delivery),
     x.infra_cpu_us_per_delivery === null ? "-" : String(x.infra_cpu_us_per_delivery),
   ]);
+  const first = steps[0];
+  const who = first
+    ? `${first.total_members} members (${first.delivery} model), ${first.members} of them online`
+    : "?";
   return columns(
-    `Group fan-out, ${steps[0]?.members ?? "?"} online members, ms from the scheduled send to the last (first) member:`,
+    `Group fan-out, ${who}, ms from the scheduled send to the last (first) online member:`,
     head,
     body,
   );

@@ -247,6 +247,32 @@ async function fanoutPhase(s: Settings, opts: Opts, backend: Backend, out: Outpu
   out.report.push(fanoutTable(steps));
 }
 
+/** Channel fan-out: a pull-model group, most members offline (fanout.ts, ADR 0010). */
+async function channelPhase(s: Settings, opts: Opts, backend: Backend, out: Output): Promise<void> {
+  const total = num(opts["channel-members"], 10_000);
+  const online = num(opts["channel-online"], 2_000);
+  const rates = list(opts["channel-rates"], [10]);
+  log(`channel phase: ${total} members, ${online} online, at ${rates.join(", ")} msgs/s`);
+  const sut = await backend.start([]);
+  let steps: FanoutStep[];
+  try {
+    steps = await runFanout(sut, {
+      members: online,
+      offline: total - online,
+      rates,
+      warmupMs: s.ladder.warmupMs,
+      measureMs: s.ladder.stepMs,
+      bodyBytes: s.ladder.bodyBytes,
+      drainMs: 30_000,
+      log,
+    });
+  } finally {
+    await sut.stop();
+  }
+  out.summary.channel = steps;
+  out.report.push(fanoutTable(steps));
+}
+
 /** Recovery: kill -9 and restart a single-process server with devices connected (restart.ts). */
 async function restartPhase(s: Settings, opts: Opts, backend: Backend, out: Output): Promise<void> {
   const devices = num(opts["restart-devices"], 100);
@@ -362,6 +388,7 @@ async function main(): Promise<void> {
   if (!s.skip.has("ladder")) await ladderPhase(s, opts, backend, out);
   if (!s.skip.has("writer")) await writerPhase(s, opts, backend, out);
   if (!s.skip.has("fanout")) await fanoutPhase(s, opts, backend, out);
+  if (!s.skip.has("channel")) await channelPhase(s, opts, backend, out);
   if (!s.skip.has("restart")) await restartPhase(s, opts, backend, out);
   if (!s.skip.has("baseline") && s.baselineRates.length > 0) await baselinePhase(s, out);
   if (!s.skip.has("idle")) await idlePhase(s, out);

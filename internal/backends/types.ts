@@ -217,6 +217,12 @@ export interface MembershipStore extends Closeable {
   /** Members with their roles, sorted by user id. */
   roster(id: string): Promise<MemberEntry[]>;
   conversationsOf(user: string, limit: number): Promise<ConversationRecord[]>;
+  /**
+   * Calls `listener` after every change of a conversation's members is stored, in this process
+   * (embedded: what keeps the router's member sets true; the distributed router learns of changes
+   * from the log instead). Returns the function that stops it.
+   */
+  watch?(listener: (conversationId: string) => void): () => void;
 }
 
 /** One entry of a user's inbox: the user's personal, ordered stream of messages addressed to them. */

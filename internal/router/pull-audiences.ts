@@ -5,7 +5,8 @@
  *
  * Bounded by the member ids held (the least recently loaded sets go first). The distributed router
  * keeps the sets across batches and drops one when the conversation's membership changes (the change
- * reaches it in order with the conversation's messages); the embedded router reads them per batch.
+ * reaches it in order with the conversation's messages); so does the embedded router, told by its
+ * store when members change (MembershipStore.watch), and without it reads them per batch.
  */
 
 /** Member sets read at once. */
@@ -14,35 +15,58 @@ const READS_CONCURRENT = 8;
 export class PullAudiences {
   private readonly sets = new Map<string, ReadonlySet<string>>();
   private held = 0;
+  /** Conversations being read, and whether their membership changed during the read. */
+  private readonly reading = new Map<string, { changed: boolean }>();
 
   constructor(
     private readonly readMembers: (conversationId: string) => Promise<readonly string[]>,
     private readonly memberIdsMax = 2_000_000,
   ) {}
 
-  /** Reads the sets of these conversations that are not held. */
-  async load(conversationIds: Iterable<string>): Promise<void> {
-    const missing = [...new Set(conversationIds)].filter((c) => !this.sets.has(c));
+  /**
+   * The member sets of these conversations, read where not held. A set whose membership changed while
+   * it was read serves the batch that asked but is not kept.
+   */
+  async load(conversationIds: Iterable<string>): Promise<Map<string, ReadonlySet<string>>> {
+    const out = new Map<string, ReadonlySet<string>>();
+    const missing: string[] = [];
+    for (const c of new Set(conversationIds)) {
+      const held = this.sets.get(c);
+      if (held) out.set(c, held);
+      else missing.push(c);
+    }
     for (let i = 0; i < missing.length; i += READS_CONCURRENT) {
       const slice = missing.slice(i, i + READS_CONCURRENT);
-      const lists = await Promise.all(slice.map((c) => this.readMembers(c)));
-      for (const [j, c] of slice.entries()) this.hold(c, new Set(lists[j]));
+      const marks = slice.map((c) => {
+        const mark = { changed: false };
+        this.reading.set(c, mark);
+        return mark;
+      });
+      try {
+        const lists = await Promise.all(slice.map((c) => this.readMembers(c)));
+        for (const [j, c] of slice.entries()) {
+          const set = new Set(lists[j]);
+          out.set(c, set);
+          if (!marks[j]!.changed) this.hold(c, set);
+        }
+      } finally {
+        for (const [j, c] of slice.entries()) if (this.reading.get(c) === marks[j]) this.reading.delete(c);
+      }
     }
+    return out;
   }
 
-  /** Reads these conversations' sets again (what the embedded router does for every batch). */
-  async refresh(conversationIds: Iterable<string>): Promise<void> {
+  /** Reads these conversations' sets again (for a router whose store does not tell of changes). */
+  async refresh(conversationIds: Iterable<string>): Promise<Map<string, ReadonlySet<string>>> {
     const ids = [...new Set(conversationIds)];
     for (const c of ids) this.forget(c);
-    await this.load(ids);
-  }
-
-  get(conversationId: string): ReadonlySet<string> | undefined {
-    return this.sets.get(conversationId);
+    return this.load(ids);
   }
 
   /** The membership changed: read the set again before the next message. */
   forget(conversationId: string): void {
+    const mark = this.reading.get(conversationId);
+    if (mark) mark.changed = true;
     const set = this.sets.get(conversationId);
     if (!set) return;
     this.sets.delete(conversationId);
@@ -50,6 +74,7 @@ export class PullAudiences {
   }
 
   private hold(conversationId: string, set: ReadonlySet<string>): void {
+    this.forget(conversationId);
     this.sets.set(conversationId, set);
     this.held += set.size;
     // Keep the newest set even when it alone is over the bound: the batch in hand needs it.

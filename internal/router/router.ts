@@ -39,6 +39,7 @@ import { type DeliverInit, type GatewayClient, GatewayLink } from "./gateway-lin
 import { PullAudiences } from "./pull-audiences.js";
 
 export const CONSUMER_GROUP = "router";
+const NO_AUDIENCES: ReadonlyMap<string, ReadonlySet<string>> = new Map();
 /** Member-list reads in flight per routed batch. */
 const MEMBER_READS_CONCURRENT = 32;
 
@@ -87,12 +88,19 @@ export class Router {
   private readonly addresses = new Map<string, GatewayAddress>();
   private readonly closers: Closeable[] = [];
   private readonly audiences: PullAudiences;
+  /** The membership store tells of changes (watch): member sets are kept across batches. */
+  private watchingMembers = false;
 
   constructor(private readonly options: RouterOptions) {
     this.audiences = new PullAudiences((c) => options.membership.members(c));
   }
 
   async start(): Promise<void> {
+    const { membership } = this.options;
+    // Member sets of pull conversations stay cached where the store says when members change.
+    const unwatch = membership.watch?.((conversationId) => this.audiences.forget(conversationId));
+    if (unwatch) this.closers.push({ close: async () => unwatch() });
+    this.watchingMembers = unwatch !== undefined;
     this.closers.push(await this.options.routing.subscribe((e) => this.onSessionEvent(e)));
     const { log } = this.options;
     this.closers.push(
@@ -101,8 +109,8 @@ export class Router {
           await log.deliveries({
             deliver: async (batch) => {
               const started = performance.now();
-              await this.audiences.load(batch.filter((d) => d.pull).map((d) => d.message.conversationId));
-              this.deliver(batch);
+              const pull = batch.filter((d) => d.pull).map((d) => d.message.conversationId);
+              this.deliver(batch, pull.length > 0 ? await this.audiences.load(pull) : NO_AUDIENCES);
               this.options.metrics.routerBatchSeconds.observe((performance.now() - started) / 1000);
             },
             membershipChanged: (conversationId) => this.audiences.forget(conversationId),
@@ -216,7 +224,12 @@ export class Router {
         else membersOf.set(c, lists[j] ?? []);
       }
     }
-    await this.audiences.refresh(pull);
+    const audiences =
+      pull.size === 0
+        ? NO_AUDIENCES
+        : this.watchingMembers
+          ? await this.audiences.load(pull)
+          : await this.audiences.refresh(pull);
     const recipientsOf = (m: LoggedMessage) =>
       pull.has(m.conversationId) ? [] : (m.recipients ?? membersOf.get(m.conversationId) ?? []);
     const entries = batch.flatMap((m) =>
@@ -237,7 +250,7 @@ export class Router {
         ...(m.trace ? { trace: m.trace } : {}),
       }),
     );
-    this.deliver(deliveries);
+    this.deliver(deliveries, audiences);
     this.options.metrics.routerBatchSeconds.observe((performance.now() - started) / 1000);
   }
 
@@ -245,22 +258,22 @@ export class Router {
    * Hands each message to every gateway holding a device of a recipient, with the recipient's cursor,
    * and asks push to notify recipients with no device online (never the sender).
    */
-  private deliver(batch: InboxDelivery[]): void {
+  private deliver(batch: InboxDelivery[], audiences: ReadonlyMap<string, ReadonlySet<string>>): void {
     let entries = 0;
     for (const delivery of batch) {
       entries += delivery.recipients.length;
-      if (delivery.pull) this.deliverPull(delivery);
+      if (delivery.pull)
+        this.deliverPull(delivery, audiences.get(delivery.message.conversationId) ?? new Set());
       else this.deliverPush(delivery);
     }
     this.options.metrics.inboxEntriesTotal.inc(entries);
   }
 
   /** A pull message: once to each gateway holding a device of an online member, cursor 0. */
-  private deliverPull({ message: m, trace: carrier }: InboxDelivery): void {
+  private deliverPull({ message: m, trace: carrier }: InboxDelivery, audience: ReadonlySet<string>): void {
     const span =
       tracing.on && carrier ? startSpan("route", carrier, { attributes: routeAttributes(m) }) : undefined;
     const traceparent = (span && carrierOf(span)?.traceparent) ?? "";
-    const audience = this.audiences.get(m.conversationId) ?? new Set<string>();
     const perGateway = new Map<string, string[]>();
     const add = (userId: string) => {
       const gateways = new Set<string>();

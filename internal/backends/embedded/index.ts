@@ -385,6 +385,7 @@ function withDefaults(record: ConversationRecord | undefined): ConversationRecor
  */
 class EmbeddedMembership implements MembershipStore {
   private readonly mutex = new KeyedMutex();
+  private readonly listeners = new Set<(conversationId: string) => void>();
 
   constructor(
     private readonly conversations: Database<ConversationRecord, Key>,
@@ -415,6 +416,7 @@ class EmbeddedMembership implements MembershipStore {
           }
         }),
       );
+      this.changed(record.id);
       return { record: stored, created: true };
     });
   }
@@ -447,6 +449,7 @@ class EmbeddedMembership implements MembershipStore {
           }
         }),
       );
+      this.changed(id);
       return updated;
     });
   }
@@ -469,6 +472,7 @@ class EmbeddedMembership implements MembershipStore {
           this.byUser.remove([user, id]);
         }),
       );
+      this.changed(id);
       return updated;
     });
   }
@@ -538,7 +542,16 @@ class EmbeddedMembership implements MembershipStore {
     return out.slice(0, limit);
   }
 
+  watch(listener: (conversationId: string) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
   async close(): Promise<void> {}
+
+  private changed(conversationId: string): void {
+    for (const listener of this.listeners) listener(conversationId);
+  }
 
   private record(id: string): ConversationRecord | undefined {
     return withDefaults(this.conversations.get(id));
