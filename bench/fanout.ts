@@ -11,7 +11,7 @@
  * With `offline` members the group is a channel: that many more members, never connected, are added
  * (in requests of 1,000), which takes it past groups.pullThreshold onto the pull model (ADR 0010).
  */
-import { type IncomingMessage, SwitchboardClient } from "../sdk/src/index.js";
+import { type Conversation, type IncomingMessage, SwitchboardClient } from "../sdk/src/index.js";
 import { pool } from "./client.js";
 import { nearestRank } from "./hist.js";
 import { type SystemUnderTest, totalCpuSeconds } from "./sut.js";
@@ -21,6 +21,8 @@ export interface FanoutOptions {
   members: number;
   /** Members added but never connected (default 0). */
   offline?: number;
+  /** Groups of the same members (default 1); message k goes to group k mod groups (design.md G6). */
+  groups?: number;
   rates: number[];
   warmupMs: number;
   measureMs: number;
@@ -36,6 +38,8 @@ export interface FanoutStep {
   members: number;
   /** Online and offline members. */
   total_members: number;
+  /** Groups the messages were spread over. */
+  groups: number;
   delivery: "push" | "pull";
   messages: number;
   deliveries_per_second: number;
@@ -95,18 +99,23 @@ export async function runFanout(sut: SystemUnderTest, o: FanoutOptions): Promise
   await sender.connect();
   const steps: FanoutStep[] = [];
   try {
-    let group = await sender.createGroup({ name: "fan-out bench", members: names });
-    const offline = Array.from({ length: o.offline ?? 0 }, (_, i) => `fan-offline-${i}`);
-    for (let i = 0; i < offline.length; i += 1_000)
-      group = await sender.addMembers(group.id, offline.slice(i, i + 1_000));
+    const groups: Conversation[] = [];
+    for (let g = 0; g < (o.groups ?? 1); g++) {
+      let group = await sender.createGroup({ name: `fan-out bench ${g}`, members: names });
+      const offline = Array.from({ length: o.offline ?? 0 }, (_, i) => `fan-offline-${i}`);
+      for (let i = 0; i < offline.length; i += 1_000)
+        group = await sender.addMembers(group.id, offline.slice(i, i + 1_000));
+      groups.push(group);
+    }
+    const group = groups[0]!;
     o.log(
-      `  group ${group.id} with ${group.memberCount} members, ${o.members} of them online, on ${group.delivery}`,
+      `  ${groups.length} group(s) like ${group.id} with ${group.memberCount} members, ${o.members} of them online, on ${group.delivery}`,
     );
     let next = 0;
     const failures: string[] = [];
     const send = (k: number) =>
       void sender
-        .send({ conversationId: group.id }, `${k}:${pad}`, { clientMsgId: `fan-${k}` })
+        .send({ conversationId: groups[k % groups.length]!.id }, `${k}:${pad}`, { clientMsgId: `fan-${k}` })
         .catch((err: unknown) => failures.push(`message ${k}: ${String(err)}`));
     for (const rate of o.rates) {
       const scheduled = new Map<number, number>();
@@ -170,6 +179,7 @@ export async function runFanout(sut: SystemUnderTest, o: FanoutOptions): Promise
         rate,
         members: o.members,
         total_members: group.memberCount,
+        groups: groups.length,
         delivery: group.delivery,
         messages,
         deliveries_per_second: Math.round(deliveries / (o.measureMs / 1000)),

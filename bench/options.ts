@@ -57,6 +57,10 @@ export const OPTIONS = {
     doc: "comma list of phases to skip: ladder, writer (distributed), baseline, idle (embedded), restart (single process), fanout, channel",
   },
   "group-members": { type: "string", doc: "fan-out phase: members of the group, all online (default 100)" },
+  "group-count": {
+    type: "string",
+    doc: "fan-out phase: groups of those same members, the messages spread over them (default 1; design.md G6: 100)",
+  },
   "group-rates": {
     type: "string",
     doc: "fan-out phase: messages per second into the group, one step each (default 10,50,100,200)",

@@ -338,7 +338,7 @@ export function fanoutTable(steps: FanoutStep[]): string {
   ]);
   const first = steps[0];
   const who = first
-    ? `${first.total_members} members (${first.delivery} model), ${first.members} of them online`
+    ? `${first.groups > 1 ? `${first.groups} groups of ` : ""}${first.total_members} members (${first.delivery} model), ${first.members} of them online`
     : "?";
   return columns(
     `Group fan-out, ${who}, ms from the scheduled send to the last (first) online member:`,

@@ -227,12 +227,14 @@ async function writerPhase(s: Settings, opts: Opts, backend: Backend, out: Outpu
 async function fanoutPhase(s: Settings, opts: Opts, backend: Backend, out: Output): Promise<void> {
   const members = num(opts["group-members"], 100);
   const rates = list(opts["group-rates"], [10, 50, 100, 200]);
-  log(`fan-out phase: a group of ${members} online members at ${rates.join(", ")} msgs/s`);
+  const groups = num(opts["group-count"], 1);
+  log(`fan-out phase: ${groups} group(s) of ${members} online members at ${rates.join(", ")} msgs/s`);
   const sut = await backend.start([]);
   let steps: FanoutStep[];
   try {
     steps = await runFanout(sut, {
       members,
+      groups,
       rates,
       warmupMs: s.ladder.warmupMs,
       measureMs: s.ladder.stepMs,
