@@ -78,6 +78,8 @@ export interface GatewayServices {
 export interface GatewayContext extends GatewayServices {
   /** Per-user send limit across all the user's connections; 0 or ms to wait. */
   takeUserSend(userId: string): number;
+  /** Whether this gateway relays one more typing indicator to a pull conversation now. */
+  takePullTyping(conversationId: string): boolean;
   sharesConversation(a: string, b: string): Promise<boolean>;
   register(conn: Connection): Promise<void>;
   unregister(conn: Connection): void;
@@ -401,9 +403,14 @@ export class Connection {
       case "typing": {
         const { conversationId, typing } = req.value;
         const { record } = await c.conversations.memberAccess(user, conversationId);
-        // In a pull conversation (a large group) a typing indicator is shown at most every few
-        // seconds per user: the others see it anyway, and it reaches every online member.
-        if (record.delivery === "pull" && typing && !this.pullTyping.take(conversationId))
+        // In a pull conversation (a large group) typing goes out at most every few seconds per
+        // connection and a few times a second per conversation and gateway: it reaches every online
+        // member, and a handful of typists says what a hundred would.
+        if (
+          record.delivery === "pull" &&
+          typing &&
+          !(this.pullTyping.take(conversationId) && c.takePullTyping(conversationId))
+        )
           return reply({ case: "ok", value: {} });
         const members = await c.conversations.members(user, conversationId);
         await c.router.relay({

@@ -28,6 +28,10 @@ const CREDIT_EVERY_EVENTS = 256;
 const RECHECK_SPREAD_MS = 1_000;
 const SHARED_CONVERSATIONS_SCAN_MAX = 1_000;
 
+/** Typing indicators a gateway relays per pull conversation per second, and the conversations tracked. */
+const PULL_TYPING_PER_SECOND = 5;
+const PULL_TYPING_CONVERSATIONS_MAX = 10_000;
+
 export interface GatewayOptions extends GatewayServices {
   gatewayId: string;
   gatewayEpoch: number;
@@ -42,6 +46,8 @@ export class Gateway {
   private readonly byUser = new Map<string, Set<Connection>>();
   private readonly bySession = new Map<string, Connection>();
   private readonly userSends = new Map<string, TokenBucket>();
+  /** Typing indicators this gateway relays per pull conversation (a large group): a few per second. */
+  private readonly pullTyping = new Map<string, TokenBucket>();
   private readonly all = new Set<Connection>();
   private readonly ctx: GatewayContext;
   private draining = false;
@@ -75,6 +81,7 @@ export class Gateway {
       push: options.push,
       verify: options.verify,
       takeUserSend: (userId) => this.takeUserSend(userId),
+      takePullTyping: (conversationId) => this.takePullTyping(conversationId),
       sharesConversation: (a, b) => this.sharesConversation(a, b),
       register: (conn) => this.register(conn),
       unregister: (conn) => this.unregister(conn),
@@ -179,6 +186,16 @@ export class Gateway {
       this.userSends.set(userId, bucket);
     }
     return bucket.take();
+  }
+
+  private takePullTyping(conversationId: string): boolean {
+    let bucket = this.pullTyping.get(conversationId);
+    if (bucket) this.pullTyping.delete(conversationId);
+    else bucket = new TokenBucket(PULL_TYPING_PER_SECOND, PULL_TYPING_PER_SECOND);
+    this.pullTyping.set(conversationId, bucket);
+    if (this.pullTyping.size > PULL_TYPING_CONVERSATIONS_MAX)
+      this.pullTyping.delete(this.pullTyping.keys().next().value as string);
+    return bucket.take() === 0;
   }
 
   private async sharesConversation(a: string, b: string): Promise<boolean> {

@@ -173,6 +173,52 @@ describe("a multi-process cluster", () => {
     for (const d of [alice, bobPhone, bobLaptop, carol]) await d.c.close();
   }, 120_000);
 
+  it("sends a pull-model channel's messages live across gateway processes; a device catches up by seq", async () => {
+    const owner = await device("x-chan-owner", 0);
+    const near = await device("x-chan-near", 0);
+    const far = await device("x-chan-far", 1);
+    let channel = await owner.c.createGroup({
+      name: "channel",
+      members: ["x-chan-near", "x-chan-far", "x-chan-late"],
+    });
+    // Past groups.pullThreshold (100) with members who never connect.
+    channel = await owner.c.addMembers(
+      channel.id,
+      Array.from({ length: 150 }, (_, i) => `x-chan-offline-${i}`),
+    );
+    expect(channel).toMatchObject({ memberCount: 154, delivery: "pull" });
+    const late = await device("x-chan-late", 1);
+    await late.c.listConversations(); // the SDK follows the channel from here
+
+    const ofChannel = (d: Device) => d.received.filter((m) => m.message.conversationId === channel.id);
+    const bodies = Array.from({ length: 12 }, (_, i) => `channel ${i}`);
+    for (const b of bodies.slice(0, 4)) await owner.c.send({ conversationId: channel.id }, b);
+    await until("the first messages on both gateways", () =>
+      [near, far, late].every((d) => ofChannel(d).length >= 4),
+    );
+    // A device away while the channel moves on comes back from its positions and fetches the rest.
+    const positions = late.c.pullPositions;
+    expect(positions[channel.id]).toBe(4);
+    await late.c.close();
+    for (const b of bodies.slice(4)) await owner.c.send({ conversationId: channel.id }, b);
+    const back = new SwitchboardClient({
+      url: cluster.gatewayUrls[1]!,
+      token: () => signDevToken(cluster.state.tokenDataDir, "x-chan-late", 600),
+      pullPositions: positions,
+    });
+    const caughtUp: IncomingMessage[] = [];
+    back.on("message", (m) => caughtUp.push(m));
+    await back.connect();
+    await until("the returning device's catch-up", () => caughtUp.length >= 8);
+    await until("live on both gateways", () => [near, far].every((d) => ofChannel(d).length >= 12));
+    await settle();
+    for (const d of [near, far, owner]) expectExactlyOnceInOrder(d, channel.id, bodies);
+    expect(ofChannel(near).every((m) => m.cursor === 0 && m.source === "live")).toBe(true);
+    expect(caughtUp.map((m) => m.message.body)).toEqual(bodies.slice(4));
+    for (const d of [owner, near, far]) await d.c.close();
+    await back.close();
+  }, 120_000);
+
   it("serves the server API from a router: a bot's message, the event stream and a disconnect cross processes", async () => {
     const dana = await device("x-dana", 1);
     const disconnects: Array<{ code: number; reason: string; willReconnect: boolean }> = [];

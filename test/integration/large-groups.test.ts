@@ -126,6 +126,15 @@ describe("pull delivery", () => {
       lastSeq: 4n,
       readSeq: 0n,
     });
+    // Typing in a pull conversation: a connection's indicators go out at most every 3 s.
+    for (let i = 0; i < 3; i++)
+      expectCase(
+        await co.request({ case: "typing", value: { conversationId: group.id, typing: true } }),
+        "ok",
+      );
+    await con.nextEvent((f) => f.kind.case === "typing");
+    await new Promise((r) => setTimeout(r, 300)); // the dropped ones would arrive now
+    expect(con.received.filter((f) => f.kind.case === "typing")).toHaveLength(1);
     // Shrinking does not switch back.
     const shrunk = expectCase(
       await co.request({ case: "removeMembers", value: { conversationId: group.id, members: others } }),
