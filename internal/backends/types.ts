@@ -290,6 +290,36 @@ export interface DeviceStore extends Closeable {
   list(userId: string): Promise<DeviceRecord[]>;
 }
 
+/**
+ * A daily do-not-disturb window: from `startMinute` to `endMinute` after midnight in `timeZone` (an
+ * IANA name, e.g. "Europe/Berlin"); a window whose end is before its start runs past midnight.
+ */
+export interface DoNotDisturb {
+  startMinute: number;
+  endMinute: number;
+  timeZone: string;
+}
+
+export interface MutedConversation {
+  conversationId: string;
+  /** When the mute ends, Unix ms; 0: until unmuted. */
+  untilMs: number;
+}
+
+/** A user's notification settings: what push reads before it notifies the user. */
+export interface NotificationSettingsStore extends Closeable {
+  /** Mutes a conversation (again: the new end replaces the old one). */
+  mute(userId: string, mute: MutedConversation): Promise<void>;
+  unmute(userId: string, conversationId: string): Promise<void>;
+  /** The user's mutes still in force at `nowMs`, by conversation id. */
+  muted(userId: string, nowMs: number): Promise<MutedConversation[]>;
+  /** Whether the conversation is muted for the user at `nowMs` (one read). */
+  isMuted(userId: string, conversationId: string, nowMs: number): Promise<boolean>;
+  /** Sets the window, or clears it with undefined. */
+  setDoNotDisturb(userId: string, dnd: DoNotDisturb | undefined): Promise<void>;
+  doNotDisturb(userId: string): Promise<DoNotDisturb | undefined>;
+}
+
 /** A push delivery (one notification to one device) not finished yet, kept so a crash does not lose it. */
 export interface PushJob {
   /** Sorts by creation: a zero-padded creation time, then unique parts. */
@@ -345,6 +375,7 @@ export interface Backends extends Closeable {
   routing: RoutingEvents;
   presence: PresenceStore;
   devices: DeviceStore;
+  settings: NotificationSettingsStore;
   /** Durable push jobs, where the backend keeps them (embedded); without, they live in memory. */
   pushJobs?: PushJobStore;
 }

@@ -27,6 +27,7 @@ import type { RouterService } from "../../gen/switchboard/router/v1/router_pb.js
 import type { Backends } from "../backends/types.js";
 import {
   type Conversations,
+  isValidConversationId,
   policiesFromWire,
   roleFromWire,
   toWireConversation,
@@ -40,6 +41,7 @@ import type { Logger } from "../lib/log.js";
 import type { Metrics } from "../lib/metrics.js";
 import type { ServiceClient } from "../lib/rpc.js";
 import { inSpan, type Span, SpanKind, tracing } from "../lib/tracing.js";
+import { doNotDisturbProblem } from "../push/do-not-disturb.js";
 import { CloseCode } from "./close-codes.js";
 import {
   decodeClientFrame,
@@ -50,6 +52,9 @@ import {
 } from "./codec.js";
 import { Throttle, TokenBucket } from "./rate-limit.js";
 
+/** Conversations one user may have muted at once. */
+export const MUTES_PER_USER_MAX = 1_000;
+
 /** Pull conversations a connection remembers the last sent seq (and typing time) of. */
 const PULL_CONVERSATIONS_TRACKED_MAX = 1_000;
 /** A connection's typing indicators in one pull conversation go out at most this often. */
@@ -58,7 +63,7 @@ const PULL_TYPING_INTERVAL_MS = 3_000;
 /** The stores a gateway reads and writes directly (ADR 0005: sync, history and membership reads stay local). */
 export type GatewayStores = Pick<
   Backends,
-  "log" | "messages" | "membership" | "inbox" | "receipts" | "routing"
+  "log" | "messages" | "membership" | "inbox" | "receipts" | "routing" | "settings"
 >;
 
 /** The services, stores and limits a gateway and each of its connections work with. */
@@ -472,6 +477,50 @@ export class Connection {
           });
         }
         return reply({ case: "ok", value: {} });
+      }
+      case "muteConversation": {
+        const { conversationId, untilMs } = req.value;
+        await c.conversations.memberAccess(user, conversationId);
+        const until = Number(untilMs);
+        if (until < 0 || (until > 0 && until <= Date.now()))
+          throw errors.invalid("INVALID_MUTE", "until_ms must be 0 (until unmuted) or a time in the future");
+        const muted = await c.backends.settings.muted(user, Date.now());
+        if (muted.length >= MUTES_PER_USER_MAX && !muted.some((m) => m.conversationId === conversationId))
+          throw errors.exhausted("TOO_MANY_MUTES", `at most ${MUTES_PER_USER_MAX} muted conversations`);
+        await c.backends.settings.mute(user, { conversationId, untilMs: until });
+        return reply({ case: "ok", value: {} });
+      }
+      case "unmuteConversation":
+        if (!isValidConversationId(req.value.conversationId))
+          throw errors.invalid("INVALID_CONVERSATION_ID", "conversation_id is malformed");
+        await c.backends.settings.unmute(user, req.value.conversationId);
+        return reply({ case: "ok", value: {} });
+      case "setDoNotDisturb": {
+        const window = req.value.window;
+        const dnd = window && {
+          startMinute: window.startMinute,
+          endMinute: window.endMinute,
+          timeZone: window.timeZone,
+        };
+        const problem = dnd && doNotDisturbProblem(dnd);
+        if (problem) throw errors.invalid("INVALID_DO_NOT_DISTURB", problem);
+        await c.backends.settings.setDoNotDisturb(user, dnd);
+        return reply({ case: "ok", value: {} });
+      }
+      case "getNotificationSettings": {
+        const [muted, dnd] = await Promise.all([
+          c.backends.settings.muted(user, Date.now()),
+          c.backends.settings.doNotDisturb(user),
+        ]);
+        return reply({
+          case: "notificationSettings",
+          value: {
+            muted: muted
+              .sort((a, b) => (a.conversationId < b.conversationId ? -1 : 1))
+              .map((m) => ({ conversationId: m.conversationId, untilMs: BigInt(m.untilMs) })),
+            ...(dnd ? { doNotDisturb: dnd } : {}),
+          },
+        });
       }
       default:
         throw errors.invalid("UNKNOWN_FRAME", "unknown request");

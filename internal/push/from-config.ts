@@ -5,7 +5,7 @@
  * process at start with the setting named, rather than failing every notification later.
  */
 import { readFileSync } from "node:fs";
-import type { DeviceStore, PushJobStore } from "../backends/types.js";
+import type { DeviceStore, NotificationSettingsStore, PushJobStore } from "../backends/types.js";
 import type { Config } from "../lib/config.js";
 import type { Logger } from "../lib/log.js";
 import type { Metrics } from "../lib/metrics.js";
@@ -92,6 +92,7 @@ export function providersFromConfig(push: Config["push"]): ProviderSet {
 export function pushFromConfig(
   config: Config,
   devices: DeviceStore,
+  settings: NotificationSettingsStore,
   jobs: PushJobStore | undefined,
   log: Logger,
   metrics: Metrics,
@@ -101,6 +102,7 @@ export function pushFromConfig(
   log.info("push: providers", { configured: Object.keys(providers), privacyMode: push.privacyMode });
   return new Push({
     devices,
+    settings,
     jobs,
     providers,
     webhookUrl: push.webhookUrl,

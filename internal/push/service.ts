@@ -9,17 +9,25 @@
  * goes to the dead letters with its last error. Delivery is at least once: a request a crash
  * interrupted is sent again (the provider's collapse id and the webhook's notification_id let the
  * device or receiver show it once). Without a store (distributed backend) they live in memory.
- * Either way they are bounded by `pendingMax`.
+ * Either way they are bounded by `pendingMax`. Nothing is sent for a conversation the user muted or
+ * while the user's do-not-disturb window is on (notification settings; dropped, not deferred).
  */
 import { randomUUID } from "node:crypto";
 import { Provider, type PushService } from "../../gen/switchboard/push/v1/push_pb.js";
-import type { DeviceRecord, DeviceStore, PushJob, PushJobStore } from "../backends/types.js";
+import type {
+  DeviceRecord,
+  DeviceStore,
+  NotificationSettingsStore,
+  PushJob,
+  PushJobStore,
+} from "../backends/types.js";
 import { errors } from "../lib/errors.js";
 import type { Logger } from "../lib/log.js";
 import type { Metrics } from "../lib/metrics.js";
 import type { ServiceImpl } from "../lib/rpc.js";
 import { context, inSpan, SpanKind, trace, tracing } from "../lib/tracing.js";
 import { CollapseWindows } from "./collapse-windows.js";
+import { inDoNotDisturb } from "./do-not-disturb.js";
 import type { DeliveryOutcome, PushNotification, PushProvider } from "./providers/types.js";
 import { DEFAULT_RETRY_POLICY, nextRetry, type RetryPolicy } from "./retry-policy.js";
 import { SendSlots } from "./send-slots.js";
@@ -54,6 +62,8 @@ export type ProviderSet = Partial<Record<DeviceRecord["provider"], PushProvider>
 
 export interface PushOptions {
   devices: DeviceStore;
+  /** Users' mutes and do-not-disturb windows; undefined: every notification is sent. */
+  settings?: NotificationSettingsStore | undefined;
   /** Durable jobs and dead letters; undefined: in memory only. */
   jobs?: PushJobStore | undefined;
   providers: ProviderSet;
@@ -109,11 +119,29 @@ export class Push {
 
   /** Queues a notification; returns how many devices it targets (0 when held for a burst's summary). */
   async notify(n: Notification): Promise<number> {
+    const quiet = await this.quiet(n);
+    if (quiet) {
+      this.count("none", quiet);
+      return 0;
+    }
     if (!this.windows.admit(`${n.userId}\u0000${n.conversationId}`, n)) {
       this.count("none", "collapsed");
       return 0;
     }
     return this.fanOut(n, 1);
+  }
+
+  /** Why the user wants no notification for this now ("muted", "do_not_disturb"), or undefined. */
+  private async quiet(n: Notification): Promise<"muted" | "do_not_disturb" | undefined> {
+    const settings = this.options.settings;
+    if (!settings) return undefined;
+    const now = Date.now();
+    const [muted, dnd] = await Promise.all([
+      settings.isMuted(n.userId, n.conversationId, now),
+      settings.doNotDisturb(n.userId),
+    ]);
+    if (muted) return "muted";
+    return dnd && inDoNotDisturb(dnd, now) ? "do_not_disturb" : undefined;
   }
 
   /** One job per registered device (or the generic webhook) for a notification standing for `messageCount` messages. */

@@ -42,7 +42,9 @@ export const startAll: RoleStarter = async (ctx) => {
   const asGateway = inProcessCaller("role:gateway");
   const asRouter = inProcessCaller("role:router");
   const ids = inProcessClient(IdService, idImpl, asGateway);
-  const push = ctx.own(pushFromConfig(config, backends.devices, backends.pushJobs, log, metrics));
+  const push = ctx.own(
+    pushFromConfig(config, backends.devices, backends.settings, backends.pushJobs, log, metrics),
+  );
   // Deliveries a killed process left in the embedded store go out again.
   await push.recover();
   const pushImpl = pushServiceImpl(push, backends.devices);

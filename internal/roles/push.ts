@@ -20,7 +20,7 @@ export const startPush: RoleStarter = async (ctx) => {
     ),
   );
   ctx.readiness(() => backends.unreachable());
-  const push = ctx.own(pushFromConfig(config, backends.devices, undefined, log, metrics));
+  const push = ctx.own(pushFromConfig(config, backends.devices, backends.settings, undefined, log, metrics));
   addService(ctx.grpc!, PushService, pushServiceImpl(push, backends.devices));
   return {};
 };

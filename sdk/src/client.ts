@@ -46,12 +46,14 @@ import {
   type ChatMessage,
   type Conversation,
   type DisconnectInfo,
+  type DoNotDisturbWindow,
   type GroupPolicyName,
   type HistoryPage,
   type IncomingMessage,
   type MemberList,
   type MemberReceipts,
   type MemberRoleName,
+  type NotificationSettings,
   type PresenceStatus,
   policyToWire,
   type ReceiptInfo,
@@ -734,6 +736,38 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
   /** Removes one of my devices' push tokens (e.g. at sign-out). */
   async unregisterDevice(deviceId: string): Promise<void> {
     await this.request({ case: "unregisterDevice", value: { deviceId } }, "ok");
+  }
+
+  /** Stops push notifications for a conversation until `untilMs` (Unix ms), or until unmuted (0). */
+  async muteConversation(conversationId: string, untilMs = 0): Promise<void> {
+    await this.request(
+      { case: "muteConversation", value: { conversationId, untilMs: BigInt(untilMs) } },
+      "ok",
+    );
+  }
+
+  async unmuteConversation(conversationId: string): Promise<void> {
+    await this.request({ case: "unmuteConversation", value: { conversationId } }, "ok");
+  }
+
+  /** Sets my daily do-not-disturb window (minutes after local midnight in an IANA zone), or clears it. */
+  async setDoNotDisturb(window: DoNotDisturbWindow | null): Promise<void> {
+    await this.request({ case: "setDoNotDisturb", value: window ? { window } : {} }, "ok");
+  }
+
+  /** My mutes in force and my do-not-disturb window. */
+  async getNotificationSettings(): Promise<NotificationSettings> {
+    const res = await this.request({ case: "getNotificationSettings", value: {} }, "notificationSettings");
+    return {
+      muted: res.muted.map((m) => ({ conversationId: m.conversationId, untilMs: Number(m.untilMs) })),
+      doNotDisturb: res.doNotDisturb
+        ? {
+            startMinute: res.doNotDisturb.startMinute,
+            endMinute: res.doNotDisturb.endMinute,
+            timeZone: res.doNotDisturb.timeZone,
+          }
+        : null,
+    };
   }
 
   // ---------------------------------------------------------------- connection management

@@ -86,6 +86,22 @@ export type ConversationKindName = "direct" | "group" | "unspecified";
 /** Who may post or add members in a group: any member, or only admins and the owner. */
 export type GroupPolicyName = "everyone" | "admins";
 
+/** A daily window of local time without push notifications (docs/protocol.md, "Notification settings"). */
+export interface DoNotDisturbWindow {
+  /** Minutes after local midnight, 0-1439; the window starts here. */
+  startMinute: number;
+  /** Minutes after local midnight, 0-1439, exclusive; before the start: the window runs past midnight. */
+  endMinute: number;
+  /** IANA time zone, e.g. Intl.DateTimeFormat().resolvedOptions().timeZone. */
+  timeZone: string;
+}
+
+export interface NotificationSettings {
+  /** Mutes in force; `untilMs` 0: until unmuted. */
+  muted: Array<{ conversationId: string; untilMs: number }>;
+  doNotDisturb: DoNotDisturbWindow | null;
+}
+
 /** A member's standing in a group (docs/protocol.md, "Roles"). */
 export type MemberRoleName = "owner" | "admin" | "member";
 

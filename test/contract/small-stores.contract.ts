@@ -1,4 +1,4 @@
-/** Backend contract, part: Receipts, routing events, presence and devices. */
+/** Backend contract, part: Receipts, routing events, presence, devices and notification settings. */
 import { describe, expect, it } from "vitest";
 import type { DeviceRecord, SessionEvent } from "../../internal/backends/types.js";
 import { type ContractKit, range, shuffled } from "./harness.js";
@@ -173,6 +173,47 @@ export function smallStoresContract({ setup, itUnless }: ContractKit): void {
   });
 
   // -------------------------------------------------------------------------------------------
+  describe("notification settings", () => {
+    it("mutes until a time or until unmuted, lists the mutes in force, and keeps one window per user", async (ctx) => {
+      const h = await setup(ctx);
+      const [u, v, c1, c2, c3] = [h.id("u"), h.id("v"), h.id("c1"), h.id("c2"), h.id("c3")];
+      const now = Date.now();
+      expect(await h.b.settings.muted(u, now)).toEqual([]);
+      expect(await h.b.settings.isMuted(u, c1, now)).toBe(false);
+      await h.b.settings.mute(u, { conversationId: c1, untilMs: 0 });
+      await h.b.settings.mute(u, { conversationId: c2, untilMs: now + 60_000 });
+      await h.b.settings.mute(u, { conversationId: c3, untilMs: now + 1_000 });
+      expect(await h.b.settings.isMuted(u, c1, now)).toBe(true);
+      expect(await h.b.settings.isMuted(u, c2, now + 59_999)).toBe(true);
+      expect(await h.b.settings.isMuted(u, c2, now + 60_000)).toBe(false);
+      expect(await h.b.settings.isMuted(v, c1, now)).toBe(false);
+      const byId = (list: Array<{ conversationId: string; untilMs: number }>) =>
+        Object.fromEntries(list.map((m) => [m.conversationId, m.untilMs]));
+      expect(byId(await h.b.settings.muted(u, now))).toEqual({
+        [c1]: 0,
+        [c2]: now + 60_000,
+        [c3]: now + 1_000,
+      });
+      // At a later time the ended mute is not in force.
+      expect(byId(await h.b.settings.muted(u, now + 2_000))).toEqual({ [c1]: 0, [c2]: now + 60_000 });
+      // Muting again replaces the end; unmuting removes it (twice is harmless).
+      await h.b.settings.mute(u, { conversationId: c2, untilMs: 0 });
+      await h.b.settings.unmute(u, c1);
+      await h.b.settings.unmute(u, c1);
+      expect(byId(await h.b.settings.muted(u, now + 2_000))).toEqual({ [c2]: 0 });
+
+      expect(await h.b.settings.doNotDisturb(u)).toBeUndefined();
+      const night = { startMinute: 22 * 60, endMinute: 7 * 60, timeZone: "Europe/Berlin" };
+      await h.b.settings.setDoNotDisturb(u, night);
+      expect(await h.b.settings.doNotDisturb(u)).toEqual(night);
+      await h.b.settings.setDoNotDisturb(u, { startMinute: 0, endMinute: 30, timeZone: "UTC" });
+      expect(await h.b.settings.doNotDisturb(u)).toEqual({ startMinute: 0, endMinute: 30, timeZone: "UTC" });
+      expect(await h.b.settings.doNotDisturb(v)).toBeUndefined();
+      await h.b.settings.setDoNotDisturb(u, undefined);
+      expect(await h.b.settings.doNotDisturb(u)).toBeUndefined();
+    });
+  });
+
   describe("device store", () => {
     const device = (userId: string, deviceId: string, token = `token-${deviceId}`): DeviceRecord => ({
       userId,

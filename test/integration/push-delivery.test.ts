@@ -12,6 +12,7 @@ import { EmbeddedBackends } from "../../internal/backends/embedded/index.js";
 import type { DeviceRecord } from "../../internal/backends/types.js";
 import { createLogger } from "../../internal/lib/log.js";
 import { createMetrics, type Metrics } from "../../internal/lib/metrics.js";
+import { minuteOfDay } from "../../internal/push/do-not-disturb.js";
 import { ApnsProvider } from "../../internal/push/providers/apns.js";
 import { FcmProvider, parseServiceAccount } from "../../internal/push/providers/fcm.js";
 import type { PushProvider } from "../../internal/push/providers/types.js";
@@ -163,6 +164,45 @@ describe("push service over the four providers", () => {
     expect(webPush.delivered.at(-1)!.payload.body).toBe("hi alice");
     expect(webhook.delivered.at(-1)!.path).toBe(`/${userId}`);
     for (const p of ["apns", "fcm", "webpush", "webhook"]) expect(await counted(metrics, p, "sent")).toBe(1);
+  });
+
+  it("sends nothing for a muted conversation or inside the user's do-not-disturb window, and again once they end", async () => {
+    const metrics = createMetrics();
+    const push = pushService(metrics, { settings: backends.settings });
+    const { userId } = await userWithEveryDevice();
+    const delivered = () => [apns, fcm, webPush, webhook].reduce((n, s) => n + s.delivered.length, 0);
+    const before = delivered();
+    await backends.settings.mute(userId, { conversationId: "g:muted", untilMs: 0 });
+    await backends.settings.mute(userId, { conversationId: "g:briefly", untilMs: Date.now() + 300 });
+    expect(await push.notify({ userId, conversationId: "g:muted", title: "t", body: "quiet" })).toBe(0);
+    expect(await push.notify({ userId, conversationId: "g:briefly", title: "t", body: "quiet" })).toBe(0);
+    expect(await counted(metrics, "none", "muted")).toBe(2);
+    // Another conversation is not muted.
+    expect(await push.notify({ userId, conversationId: "g:other", title: "t", body: "loud" })).toBe(4);
+    await settled(push);
+    expect(delivered() - before).toBe(4);
+
+    // A window around now (in the user's zone) silences everything; one that is not on lets it through.
+    const minuteNow = minuteOfDay(Date.now(), "Asia/Tokyo");
+    const around = {
+      startMinute: (minuteNow + 1439) % 1440,
+      endMinute: (minuteNow + 2) % 1440,
+      timeZone: "Asia/Tokyo",
+    };
+    await backends.settings.setDoNotDisturb(userId, around);
+    expect(await push.notify({ userId, conversationId: "g:other", title: "t", body: "night" })).toBe(0);
+    expect(await counted(metrics, "none", "do_not_disturb")).toBe(1);
+    const later = {
+      startMinute: (minuteNow + 10) % 1440,
+      endMinute: (minuteNow + 20) % 1440,
+      timeZone: "Asia/Tokyo",
+    };
+    await backends.settings.setDoNotDisturb(userId, later);
+    await new Promise((r) => setTimeout(r, 350)); // the brief mute is over too
+    expect(await push.notify({ userId, conversationId: "g:briefly", title: "t", body: "awake" })).toBe(4);
+    await settled(push);
+    expect(delivered() - before).toBe(8);
+    await backends.settings.setDoNotDisturb(userId, undefined);
   });
 
   it("prunes a dead token from the DeviceStore and keeps the user's other devices", async () => {

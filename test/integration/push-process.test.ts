@@ -158,6 +158,110 @@ describe("push in the server process", () => {
     sender.close();
   });
 
+  it("keeps quiet for a conversation muted over the WebSocket, and while the user's do-not-disturb window is on", async () => {
+    const erin = `erin-${++users}`;
+    const frank = `frank-${users}`;
+    const phone = await connect(erin);
+    expectCase(
+      await phone.request({
+        case: "registerDevice",
+        value: { deviceId: "crm", provider: Provider.WEBHOOK, token: `${webhook.origin}/${erin}` },
+      }),
+      "ok",
+    );
+    const sender = await connect(frank);
+    // The conversation exists (a message while erin is online: no push), so erin can mute it.
+    const conversationId = (await send(sender, erin, "hi, you are online")).conversationId;
+    await phone.nextEvent((f) => f.kind.case === "message");
+    // Only a member mutes, only into the future, and the settings read back.
+    expect(
+      expectCase(
+        await phone.request({ case: "muteConversation", value: { conversationId: "g:1", untilMs: 0n } }),
+        "error",
+      ).reason,
+    ).toBe("NOT_MEMBER");
+    expect(
+      expectCase(
+        await phone.request({ case: "muteConversation", value: { conversationId, untilMs: 1n } }),
+        "error",
+      ).reason,
+    ).toBe("INVALID_MUTE");
+    expectCase(
+      await phone.request({ case: "muteConversation", value: { conversationId, untilMs: 0n } }),
+      "ok",
+    );
+    expect(
+      expectCase(
+        await phone.request({
+          case: "setDoNotDisturb",
+          value: { window: { startMinute: 60, endMinute: 60, timeZone: "UTC" } },
+        }),
+        "error",
+      ).reason,
+    ).toBe("INVALID_DO_NOT_DISTURB");
+    const settings = expectCase(
+      await phone.request({ case: "getNotificationSettings", value: {} }),
+      "notificationSettings",
+    );
+    expect(settings.muted.map((m) => [m.conversationId, m.untilMs])).toEqual([[conversationId, 0n]]);
+    expect(settings.doNotDisturb).toBeUndefined();
+    phone.close();
+    await phone.closed;
+
+    // The router asks push (erin is offline) and push keeps quiet: counted, not sent.
+    const quieted = async (result: string) => {
+      const text = await (await fetch(`${server.httpUrl}/metrics`)).text();
+      const line = text
+        .split("\n")
+        .find(
+          (l) => l.startsWith("switchboard_push_notifications_total{") && l.includes(`result="${result}"`),
+        );
+      return line ? Number(line.split(" ").at(-1)) : 0;
+    };
+    const mutedBefore = await quieted("muted");
+    await send(sender, erin, "muted, so silent");
+    await vi.waitFor(async () => expect(await quieted("muted")).toBe(mutedBefore + 1), {
+      timeout: 15_000,
+      interval: 100,
+    });
+    // Unmuted, but inside a do-not-disturb window around now: still silent.
+    const viaOther = await connect(erin);
+    expectCase(await viaOther.request({ case: "unmuteConversation", value: { conversationId } }), "ok");
+    const minute = new Date().getUTCHours() * 60 + new Date().getUTCMinutes();
+    expectCase(
+      await viaOther.request({
+        case: "setDoNotDisturb",
+        value: {
+          window: { startMinute: (minute + 1439) % 1440, endMinute: (minute + 2) % 1440, timeZone: "UTC" },
+        },
+      }),
+      "ok",
+    );
+    viaOther.close();
+    await viaOther.closed;
+    const nightBefore = await quieted("do_not_disturb");
+    await send(sender, erin, "night, so silent");
+    await vi.waitFor(async () => expect(await quieted("do_not_disturb")).toBe(nightBefore + 1), {
+      timeout: 15_000,
+      interval: 100,
+    });
+    // The window cleared: the next message is notified, and it is the only one the receiver got.
+    const third = await connect(erin);
+    expectCase(await third.request({ case: "setDoNotDisturb", value: {} }), "ok");
+    third.close();
+    await third.closed;
+    await send(sender, erin, "now you hear me");
+    await vi.waitFor(() => expect(webhook.delivered.filter((d) => d.path === `/${erin}`)).toHaveLength(1), {
+      timeout: 15_000,
+      interval: 100,
+    });
+    await new Promise((r) => setTimeout(r, 500));
+    const got = webhook.delivered.filter((d) => d.path === `/${erin}`);
+    expect(got).toHaveLength(1);
+    expect(got[0]!.body).toMatchObject({ conversation_id: conversationId, body: "now you hear me" });
+    sender.close();
+  });
+
   it("delivers a notification pending a retry after kill -9 and restart, once", {
     timeout: 60_000,
   }, async () => {

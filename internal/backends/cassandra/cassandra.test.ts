@@ -95,14 +95,14 @@ describe("schema migrations", () => {
       const ks = `switchboard_test_${run}_m`;
       try {
         const first = await migrate(a.client, { keyspace: ks, replication });
-        expect(first.applied).toEqual([1, 2, 3, 4, 5, 6, 7, 8]);
+        expect(first.applied).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9]);
         const second = await migrate(a.client, { keyspace: ks, replication });
-        expect(second).toEqual({ applied: [], version: 8 });
+        expect(second).toEqual({ applied: [], version: 9 });
 
         const rows = (
           await a.client.execute(`SELECT version, name, checksum, applied_at FROM ${ks}.schema_migrations`)
         ).rows;
-        expect(rows.map((r) => r.get("version") as number).sort()).toEqual([1, 2, 3, 4, 5, 6, 7, 8]);
+        expect(rows.map((r) => r.get("version") as number).sort()).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9]);
         for (const r of rows) {
           expect(r.get("name")).toEqual(expect.any(String));
           expect(r.get("checksum")).toMatch(/^[0-9a-f]{16}$/);
@@ -123,10 +123,12 @@ describe("schema migrations", () => {
             "conversation_sequencer",
             "conversations_by_user",
             "devices_by_user",
+            "do_not_disturb",
             "inbox_by_user",
             "inbox_heads",
             "members_by_conversation",
             "messages_by_conversation",
+            "muted_conversations",
             "partition_owners",
             "presence",
             "receipts",

@@ -30,6 +30,7 @@ import {
   Session,
   storageError,
 } from "./session.js";
+import { CassandraSettingsStore } from "./settings.js";
 
 export { INBOX_BUCKET_SIZE, migrate, type Replication, SEQ_BUCKET_SIZE } from "./schema.js";
 export type {
@@ -88,6 +89,7 @@ export interface CassandraStores extends Closeable {
   readonly receipts: CassandraReceiptStore;
   readonly presence: CassandraPresenceStore;
   readonly devices: CassandraDeviceStore;
+  readonly settings: CassandraSettingsStore;
   readonly sequencer: CassandraSequencerStore;
   readonly ownership: CassandraOwnershipStore;
   /** Requests sent so far, by kind (one live object). */
@@ -154,6 +156,7 @@ export async function openCassandraStores(options: CassandraOptions): Promise<Ca
     receipts: new CassandraReceiptStore(session),
     presence: new CassandraPresenceStore(session),
     devices: new CassandraDeviceStore(session),
+    settings: new CassandraSettingsStore(session),
     sequencer: new CassandraSequencerStore(session),
     ownership: new CassandraOwnershipStore(session),
     requests: session.requests,

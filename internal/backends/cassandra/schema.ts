@@ -226,6 +226,25 @@ export function migrations(ks: string): Migration[] {
         `ALTER TABLE ${ks}.members_by_conversation ADD delivery text static`,
       ],
     },
+    {
+      version: 9,
+      name: "notification settings",
+      statements: [
+        // A user's muted conversations; a mute with an end expires by TTL shortly after it.
+        `CREATE TABLE IF NOT EXISTS ${ks}.muted_conversations (
+          user_id text,
+          conversation_id text,
+          until timestamp,
+          PRIMARY KEY (user_id, conversation_id)
+        )`,
+        `CREATE TABLE IF NOT EXISTS ${ks}.do_not_disturb (
+          user_id text PRIMARY KEY,
+          start_minute int,
+          end_minute int,
+          time_zone text
+        )`,
+      ],
+    },
   ];
 }
 

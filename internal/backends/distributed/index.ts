@@ -215,6 +215,7 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
       routing,
       presence: stores.presence,
       devices: stores.devices,
+      settings: stores.settings,
       requests: {
         cassandra: stores.requests,
         timeCassandra: (timer) => stores.timeRequests(timer),

@@ -27,6 +27,7 @@ import type {
   ConversationRecord,
   DeviceRecord,
   DeviceStore,
+  DoNotDisturb,
   GroupChange,
   HistoryPage,
   HistoryQuery,
@@ -39,7 +40,9 @@ import type {
   MessageDraft,
   MessageLog,
   MessageStore,
+  MutedConversation,
   NewConversation,
+  NotificationSettingsStore,
   PresenceStore,
   PushDeadLetter,
   PushJob,
@@ -72,6 +75,7 @@ export class EmbeddedBackends implements Backends {
   readonly log: MessageLog;
   readonly messages: MessageStore;
   readonly membership: MembershipStore;
+  readonly settings: NotificationSettingsStore;
   readonly inbox: InboxStore;
   readonly receipts: ReceiptStore;
   readonly routing: RoutingEvents;
@@ -118,6 +122,7 @@ export class EmbeddedBackends implements Backends {
     this.routing = new InMemoryRouting();
     this.presence = new EmbeddedPresence(db("presence"), guard);
     this.devices = new EmbeddedDevices(db("devices"), guard);
+    this.settings = new EmbeddedSettings(db("muted_conversations"), db("do_not_disturb"), guard);
     this.pushJobs = new EmbeddedPushJobs(this.root, db("push_jobs"), db("push_dead_letters"), guard);
   }
 
@@ -768,6 +773,39 @@ class EmbeddedDevices implements DeviceStore {
     for (const { value } of this.db.getRange({ start: [userId, ""], end: [userId, KEY_END] }))
       out.push(value);
     return out;
+  }
+  async close(): Promise<void> {}
+}
+
+/** Mutes by (user, conversation) → end (0: until unmuted); do-not-disturb windows by user. */
+class EmbeddedSettings implements NotificationSettingsStore {
+  constructor(
+    private readonly mutes: Database<number, Key>,
+    private readonly windows: Database<DoNotDisturb, Key>,
+    private readonly guard: Guard,
+  ) {}
+  async mute(userId: string, mute: MutedConversation) {
+    await this.guard(this.mutes.put([userId, mute.conversationId], mute.untilMs));
+  }
+  async unmute(userId: string, conversationId: string) {
+    await this.guard(this.mutes.remove([userId, conversationId]));
+  }
+  async muted(userId: string, nowMs: number) {
+    const out: MutedConversation[] = [];
+    for (const { key, value } of this.mutes.getRange({ start: [userId, ""], end: [userId, KEY_END] }))
+      if (value === 0 || value > nowMs)
+        out.push({ conversationId: (key as [string, string])[1], untilMs: value });
+    return out;
+  }
+  async isMuted(userId: string, conversationId: string, nowMs: number) {
+    const until = this.mutes.get([userId, conversationId]);
+    return until !== undefined && (until === 0 || until > nowMs);
+  }
+  async setDoNotDisturb(userId: string, dnd: DoNotDisturb | undefined) {
+    await this.guard(dnd ? this.windows.put(userId, dnd) : this.windows.remove(userId));
+  }
+  async doNotDisturb(userId: string) {
+    return this.windows.get(userId);
   }
   async close(): Promise<void> {}
 }

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file switchboard/client/v1/client.proto.
  */
 export const file_switchboard_client_v1_client: GenFile = /*@__PURE__*/
-  fileDesc("CiJzd2l0Y2hib2FyZC9jbGllbnQvdjEvY2xpZW50LnByb3RvEhVzd2l0Y2hib2FyZC5jbGllbnQudjEi+QkKC0NsaWVudEZyYW1lEgoKAmlkGAEgASgNEisKBGF1dGgYCiABKAsyGy5zd2l0Y2hib2FyZC5jbGllbnQudjEuQXV0aEgAEisKBHNlbmQYCyABKAsyGy5zd2l0Y2hib2FyZC5jbGllbnQudjEuU2VuZEgAEisKBHN5bmMYDCABKAsyGy5zd2l0Y2hib2FyZC5jbGllbnQudjEuU3luY0gAEjEKB2hpc3RvcnkYDSABKAsyHi5zd2l0Y2hib2FyZC5jbGllbnQudjEuSGlzdG9yeUgAEjoKDGNyZWF0ZV9ncm91cBgOIAEoCzIiLnN3aXRjaGJvYXJkLmNsaWVudC52MS5DcmVhdGVHcm91cEgAEjgKC2FkZF9tZW1iZXJzGA8gASgLMiEuc3dpdGNoYm9hcmQuY2xpZW50LnYxLkFkZE1lbWJlcnNIABI2Cgpqb2luX2dyb3VwGBAgASgLMiAuc3dpdGNoYm9hcmQuY2xpZW50LnYxLkpvaW5Hcm91cEgAEjgKC2xlYXZlX2dyb3VwGBEgASgLMiEuc3dpdGNoYm9hcmQuY2xpZW50LnYxLkxlYXZlR3JvdXBIABJGChJsaXN0X2NvbnZlcnNhdGlvbnMYEiABKAsyKC5zd2l0Y2hib2FyZC5jbGllbnQudjEuTGlzdENvbnZlcnNhdGlvbnNIABI6CgxsaXN0X21lbWJlcnMYEyABKAsyIi5zd2l0Y2hib2FyZC5jbGllbnQudjEuTGlzdE1lbWJlcnNIABIvCgZ0eXBpbmcYFCABKAsyHS5zd2l0Y2hib2FyZC5jbGllbnQudjEuVHlwaW5nSAASNQoJaGVhcnRiZWF0GBUgASgLMiAuc3dpdGNoYm9hcmQuY2xpZW50LnYxLkhlYXJ0YmVhdEgAEkYKEnN1YnNjcmliZV9wcmVzZW5jZRgWIAEoCzIoLnN3aXRjaGJvYXJkLmNsaWVudC52MS5TdWJzY3JpYmVQcmVzZW5jZUgAEkoKFHVuc3Vic2NyaWJlX3ByZXNlbmNlGBcgASgLMiouc3dpdGNoYm9hcmQuY2xpZW50LnYxLlVuc3Vic2NyaWJlUHJlc2VuY2VIABIxCgdyZWNlaXB0GBggASgLMh4uc3dpdGNoYm9hcmQuY2xpZW50LnYxLlJlY2VpcHRIABJACg9yZWdpc3Rlcl9kZXZpY2UYGSABKAsyJS5zd2l0Y2hib2FyZC5jbGllbnQudjEuUmVnaXN0ZXJEZXZpY2VIABJEChF1bnJlZ2lzdGVyX2RldmljZRgaIAEoCzInLnN3aXRjaGJvYXJkLmNsaWVudC52MS5VbnJlZ2lzdGVyRGV2aWNlSAASPgoOcmVtb3ZlX21lbWJlcnMYGyABKAsyJC5zd2l0Y2hib2FyZC5jbGllbnQudjEuUmVtb3ZlTWVtYmVyc0gAEjwKDWxpc3RfcmVjZWlwdHMYHCABKAsyIy5zd2l0Y2hib2FyZC5jbGllbnQudjEuTGlzdFJlY2VpcHRzSAASPwoPc2V0X21lbWJlcl9yb2xlGB0gASgLMiQuc3dpdGNoYm9hcmQuY2xpZW50LnYxLlNldE1lbWJlclJvbGVIABI6Cgx1cGRhdGVfZ3JvdXAYHiABKAsyIi5zd2l0Y2hib2FyZC5jbGllbnQudjEuVXBkYXRlR3JvdXBIAEIGCgRraW5kItcHCgtTZXJ2ZXJGcmFtZRIQCghyZXBseV90bxgBIAEoDRIxCgd3ZWxjb21lGAogASgLMh4uc3dpdGNoYm9hcmQuY2xpZW50LnYxLldlbGNvbWVIABItCgNhY2sYCyABKAsyHi5zd2l0Y2hib2FyZC5jbGllbnQudjEuU2VuZEFja0gAEjYKB21lc3NhZ2UYDCABKAsyIy5zd2l0Y2hib2FyZC5jbGllbnQudjEuTWVzc2FnZUV2ZW50SAASMQoEc3luYxgNIAEoCzIhLnN3aXRjaGJvYXJkLmNsaWVudC52MS5TeW5jUmVzdWx0SAASNwoHaGlzdG9yeRgOIAEoCzIkLnN3aXRjaGJvYXJkLmNsaWVudC52MS5IaXN0b3J5UmVzdWx0SAASQQoMY29udmVyc2F0aW9uGA8gASgLMikuc3dpdGNoYm9hcmQuY2xpZW50LnYxLkNvbnZlcnNhdGlvblJlc3VsdEgAEkAKDWNvbnZlcnNhdGlvbnMYECABKAsyJy5zd2l0Y2hib2FyZC5jbGllbnQudjEuQ29udmVyc2F0aW9uTGlzdEgAEjQKB21lbWJlcnMYESABKAsyIS5zd2l0Y2hib2FyZC5jbGllbnQudjEuTWVtYmVyTGlzdEgAEjQKBnR5cGluZxgSIAEoCzIiLnN3aXRjaGJvYXJkLmNsaWVudC52MS5UeXBpbmdFdmVudEgAEjgKCHByZXNlbmNlGBMgASgLMiQuc3dpdGNoYm9hcmQuY2xpZW50LnYxLlByZXNlbmNlRXZlbnRIABJEChFwcmVzZW5jZV9zbmFwc2hvdBgUIAEoCzInLnN3aXRjaGJvYXJkLmNsaWVudC52MS5QcmVzZW5jZVNuYXBzaG90SAASNgoHcmVjZWlwdBgVIAEoCzIjLnN3aXRjaGJvYXJkLmNsaWVudC52MS5SZWNlaXB0RXZlbnRIABI4CgloZWFydGJlYXQYFiABKAsyIy5zd2l0Y2hib2FyZC5jbGllbnQudjEuSGVhcnRiZWF0QWNrSAASJwoCb2sYFyABKAsyGS5zd2l0Y2hib2FyZC5jbGllbnQudjEuT2tIABItCgVlcnJvchgYIAEoCzIcLnN3aXRjaGJvYXJkLmNsaWVudC52MS5FcnJvckgAEjUKCXJlY29ubmVjdBgZIAEoCzIgLnN3aXRjaGJvYXJkLmNsaWVudC52MS5SZWNvbm5lY3RIABI2CghyZWNlaXB0cxgaIAEoCzIiLnN3aXRjaGJvYXJkLmNsaWVudC52MS5SZWNlaXB0TGlzdEgAQgYKBGtpbmQiFQoEQXV0aBINCgV0b2tlbhgBIAEoCSKpAQoHV2VsY29tZRIPCgd1c2VyX2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSHQoVaGVhcnRiZWF0X2ludGVydmFsX21zGAMgASgNEi0KBmxpbWl0cxgEIAEoCzIdLnN3aXRjaGJvYXJkLmNsaWVudC52MS5MaW1pdHMSFgoOc2VydmVyX3RpbWVfbXMYBSABKAMSEwoLaGVhZF9jdXJzb3IYBiABKAQibgoGTGltaXRzEhYKDmJvZHlfY2hhcnNfbWF4GAEgASgNEhcKD2ZyYW1lX2J5dGVzX21heBgCIAEoDRIYChBzZW5kc19wZXJfc2Vjb25kGAMgASgNEhkKEWdyb3VwX21lbWJlcnNfbWF4GAQgASgNIngKBFNlbmQSGQoPY29udmVyc2F0aW9uX2lkGAEgASgJSAASEQoHdG9fdXNlchgCIAEoCUgAEhUKDWNsaWVudF9tc2dfaWQYAyABKAkSDAoEYm9keRgEIAEoCRITCgt0cmFjZXBhcmVudBgFIAEoCUIICgZ0YXJnZXQimgEKB1NlbmRBY2sSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhYKCm1lc3NhZ2VfaWQYAiABKARCAjABEgsKA3NlcRgDIAEoBBIVCg1jbGllbnRfbXNnX2lkGAQgASgJEhUKDWNyZWF0ZWRfYXRfbXMYBSABKAMSEQoJZHVwbGljYXRlGAYgASgIEhAKCHRyYWNlX2lkGAcgASgJIk8KDE1lc3NhZ2VFdmVudBIvCgdtZXNzYWdlGAEgASgLMh4uc3dpdGNoYm9hcmQuY29tbW9uLnYxLk1lc3NhZ2USDgoGY3Vyc29yGAIgASgEIiUKBFN5bmMSDgoGY3Vyc29yGAEgASgEEg0KBWxpbWl0GAIgASgNImUKClN5bmNSZXN1bHQSNQoIbWVzc2FnZXMYASADKAsyIy5zd2l0Y2hib2FyZC5jbGllbnQudjEuTWVzc2FnZUV2ZW50Eg4KBmN1cnNvchgCIAEoBBIQCghoYXNfbW9yZRgDIAEoCCJYCgdIaXN0b3J5EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRISCgpiZWZvcmVfc2VxGAIgASgEEhEKCWFmdGVyX3NlcRgEIAEoBBINCgVsaW1pdBgDIAEoDSJsCg1IaXN0b3J5UmVzdWx0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIwCghtZXNzYWdlcxgCIAMoCzIeLnN3aXRjaGJvYXJkLmNvbW1vbi52MS5NZXNzYWdlEhAKCGhhc19tb3JlGAMgASgIIqsBCgtDcmVhdGVHcm91cBIMCgRuYW1lGAEgASgJEg8KB21lbWJlcnMYAiADKAkSDAoEb3BlbhgDIAEoCBI3Cgtwb3N0X3BvbGljeRgEIAEoDjIiLnN3aXRjaGJvYXJkLmNvbW1vbi52MS5Hcm91cFBvbGljeRI2CgphZGRfcG9saWN5GAUgASgOMiIuc3dpdGNoYm9hcmQuY29tbW9uLnYxLkdyb3VwUG9saWN5IjYKCkFkZE1lbWJlcnMSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg8KB21lbWJlcnMYAiADKAkiagoNU2V0TWVtYmVyUm9sZRIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIvCgRyb2xlGAMgASgOMiEuc3dpdGNoYm9hcmQuY29tbW9uLnYxLk1lbWJlclJvbGUizwEKC1VwZGF0ZUdyb3VwEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIRCgRuYW1lGAIgASgJSACIAQESEQoEb3BlbhgDIAEoCEgBiAEBEjcKC3Bvc3RfcG9saWN5GAQgASgOMiIuc3dpdGNoYm9hcmQuY29tbW9uLnYxLkdyb3VwUG9saWN5EjYKCmFkZF9wb2xpY3kYBSABKA4yIi5zd2l0Y2hib2FyZC5jb21tb24udjEuR3JvdXBQb2xpY3lCBwoFX25hbWVCBwoFX29wZW4iOQoNUmVtb3ZlTWVtYmVycxIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDwoHbWVtYmVycxgCIAMoCSIkCglKb2luR3JvdXASFwoPY29udmVyc2F0aW9uX2lkGAEgASgJIiUKCkxlYXZlR3JvdXASFwoPY29udmVyc2F0aW9uX2lkGAEgASgJIk8KEkNvbnZlcnNhdGlvblJlc3VsdBI5Cgxjb252ZXJzYXRpb24YASABKAsyIy5zd2l0Y2hib2FyZC5jb21tb24udjEuQ29udmVyc2F0aW9uIiIKEUxpc3RDb252ZXJzYXRpb25zEg0KBWxpbWl0GAEgASgNIk4KEENvbnZlcnNhdGlvbkxpc3QSOgoNY29udmVyc2F0aW9ucxgBIAMoCzIjLnN3aXRjaGJvYXJkLmNvbW1vbi52MS5Db252ZXJzYXRpb24iJgoLTGlzdE1lbWJlcnMSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJIicKDExpc3RSZWNlaXB0cxIXCg9jb252ZXJzYXRpb25faWQYASABKAkiSgoOTWVtYmVyUmVjZWlwdHMSDwoHdXNlcl9pZBgBIAEoCRIVCg1kZWxpdmVyZWRfc2VxGAIgASgEEhAKCHJlYWRfc2VxGAMgASgEIl8KC1JlY2VpcHRMaXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRI3CghyZWNlaXB0cxgCIAMoCzIlLnN3aXRjaGJvYXJkLmNsaWVudC52MS5NZW1iZXJSZWNlaXB0cyJkCgpNZW1iZXJMaXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIPCgdtZW1iZXJzGAIgAygJEiwKBXJvbGVzGAMgAygLMh0uc3dpdGNoYm9hcmQuY29tbW9uLnYxLk1lbWJlciIxCgZUeXBpbmcSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg4KBnR5cGluZxgCIAEoCCJHCgtUeXBpbmdFdmVudBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIOCgZ0eXBpbmcYAyABKAgiCwoJSGVhcnRiZWF0IiYKDEhlYXJ0YmVhdEFjaxIWCg5zZXJ2ZXJfdGltZV9tcxgBIAEoAyIlChFTdWJzY3JpYmVQcmVzZW5jZRIQCgh1c2VyX2lkcxgBIAMoCSInChNVbnN1YnNjcmliZVByZXNlbmNlEhAKCHVzZXJfaWRzGAEgAygJIksKEFByZXNlbmNlU25hcHNob3QSNwoIc3RhdHVzZXMYASADKAsyJS5zd2l0Y2hib2FyZC5jb21tb24udjEuUHJlc2VuY2VTdGF0dXMiRgoNUHJlc2VuY2VFdmVudBI1CgZzdGF0dXMYASABKAsyJS5zd2l0Y2hib2FyZC5jb21tb24udjEuUHJlc2VuY2VTdGF0dXMiYQoHUmVjZWlwdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSCwoDc2VxGAIgASgEEjAKBGtpbmQYAyABKA4yIi5zd2l0Y2hib2FyZC5jb21tb24udjEuUmVjZWlwdEtpbmQiYwoOUmVnaXN0ZXJEZXZpY2USEQoJZGV2aWNlX2lkGAEgASgJEi8KCHByb3ZpZGVyGAIgASgOMh0uc3dpdGNoYm9hcmQucHVzaC52MS5Qcm92aWRlchINCgV0b2tlbhgDIAEoCSIlChBVbnJlZ2lzdGVyRGV2aWNlEhEKCWRldmljZV9pZBgBIAEoCSJ3CgxSZWNlaXB0RXZlbnQSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSCwoDc2VxGAMgASgEEjAKBGtpbmQYBCABKA4yIi5zd2l0Y2hib2FyZC5jb21tb24udjEuUmVjZWlwdEtpbmQiBAoCT2siawoFRXJyb3ISKQoEY29kZRgBIAEoDjIbLnN3aXRjaGJvYXJkLmNvbW1vbi52MS5Db2RlEg4KBnJlYXNvbhgCIAEoCRIPCgdtZXNzYWdlGAMgASgJEhYKDnJldHJ5X2FmdGVyX21zGAQgASgNIkcKCVJlY29ubmVjdBIOCgZyZWFzb24YASABKAkSFAoMZGVsYXlfbXNfbWluGAIgASgNEhQKDGRlbGF5X21zX21heBgDIAEoDWIGcHJvdG8z", [file_switchboard_common_v1_common, file_switchboard_push_v1_push]);
+  fileDesc("CiJzd2l0Y2hib2FyZC9jbGllbnQvdjEvY2xpZW50LnByb3RvEhVzd2l0Y2hib2FyZC5jbGllbnQudjEipAwKC0NsaWVudEZyYW1lEgoKAmlkGAEgASgNEisKBGF1dGgYCiABKAsyGy5zd2l0Y2hib2FyZC5jbGllbnQudjEuQXV0aEgAEisKBHNlbmQYCyABKAsyGy5zd2l0Y2hib2FyZC5jbGllbnQudjEuU2VuZEgAEisKBHN5bmMYDCABKAsyGy5zd2l0Y2hib2FyZC5jbGllbnQudjEuU3luY0gAEjEKB2hpc3RvcnkYDSABKAsyHi5zd2l0Y2hib2FyZC5jbGllbnQudjEuSGlzdG9yeUgAEjoKDGNyZWF0ZV9ncm91cBgOIAEoCzIiLnN3aXRjaGJvYXJkLmNsaWVudC52MS5DcmVhdGVHcm91cEgAEjgKC2FkZF9tZW1iZXJzGA8gASgLMiEuc3dpdGNoYm9hcmQuY2xpZW50LnYxLkFkZE1lbWJlcnNIABI2Cgpqb2luX2dyb3VwGBAgASgLMiAuc3dpdGNoYm9hcmQuY2xpZW50LnYxLkpvaW5Hcm91cEgAEjgKC2xlYXZlX2dyb3VwGBEgASgLMiEuc3dpdGNoYm9hcmQuY2xpZW50LnYxLkxlYXZlR3JvdXBIABJGChJsaXN0X2NvbnZlcnNhdGlvbnMYEiABKAsyKC5zd2l0Y2hib2FyZC5jbGllbnQudjEuTGlzdENvbnZlcnNhdGlvbnNIABI6CgxsaXN0X21lbWJlcnMYEyABKAsyIi5zd2l0Y2hib2FyZC5jbGllbnQudjEuTGlzdE1lbWJlcnNIABIvCgZ0eXBpbmcYFCABKAsyHS5zd2l0Y2hib2FyZC5jbGllbnQudjEuVHlwaW5nSAASNQoJaGVhcnRiZWF0GBUgASgLMiAuc3dpdGNoYm9hcmQuY2xpZW50LnYxLkhlYXJ0YmVhdEgAEkYKEnN1YnNjcmliZV9wcmVzZW5jZRgWIAEoCzIoLnN3aXRjaGJvYXJkLmNsaWVudC52MS5TdWJzY3JpYmVQcmVzZW5jZUgAEkoKFHVuc3Vic2NyaWJlX3ByZXNlbmNlGBcgASgLMiouc3dpdGNoYm9hcmQuY2xpZW50LnYxLlVuc3Vic2NyaWJlUHJlc2VuY2VIABIxCgdyZWNlaXB0GBggASgLMh4uc3dpdGNoYm9hcmQuY2xpZW50LnYxLlJlY2VpcHRIABJACg9yZWdpc3Rlcl9kZXZpY2UYGSABKAsyJS5zd2l0Y2hib2FyZC5jbGllbnQudjEuUmVnaXN0ZXJEZXZpY2VIABJEChF1bnJlZ2lzdGVyX2RldmljZRgaIAEoCzInLnN3aXRjaGJvYXJkLmNsaWVudC52MS5VbnJlZ2lzdGVyRGV2aWNlSAASPgoOcmVtb3ZlX21lbWJlcnMYGyABKAsyJC5zd2l0Y2hib2FyZC5jbGllbnQudjEuUmVtb3ZlTWVtYmVyc0gAEjwKDWxpc3RfcmVjZWlwdHMYHCABKAsyIy5zd2l0Y2hib2FyZC5jbGllbnQudjEuTGlzdFJlY2VpcHRzSAASPwoPc2V0X21lbWJlcl9yb2xlGB0gASgLMiQuc3dpdGNoYm9hcmQuY2xpZW50LnYxLlNldE1lbWJlclJvbGVIABI6Cgx1cGRhdGVfZ3JvdXAYHiABKAsyIi5zd2l0Y2hib2FyZC5jbGllbnQudjEuVXBkYXRlR3JvdXBIABJEChFtdXRlX2NvbnZlcnNhdGlvbhgfIAEoCzInLnN3aXRjaGJvYXJkLmNsaWVudC52MS5NdXRlQ29udmVyc2F0aW9uSAASSAoTdW5tdXRlX2NvbnZlcnNhdGlvbhggIAEoCzIpLnN3aXRjaGJvYXJkLmNsaWVudC52MS5Vbm11dGVDb252ZXJzYXRpb25IABJEChJzZXRfZG9fbm90X2Rpc3R1cmIYISABKAsyJi5zd2l0Y2hib2FyZC5jbGllbnQudjEuU2V0RG9Ob3REaXN0dXJiSAASUwoZZ2V0X25vdGlmaWNhdGlvbl9zZXR0aW5ncxgiIAEoCzIuLnN3aXRjaGJvYXJkLmNsaWVudC52MS5HZXROb3RpZmljYXRpb25TZXR0aW5nc0gAQgYKBGtpbmQipQgKC1NlcnZlckZyYW1lEhAKCHJlcGx5X3RvGAEgASgNEjEKB3dlbGNvbWUYCiABKAsyHi5zd2l0Y2hib2FyZC5jbGllbnQudjEuV2VsY29tZUgAEi0KA2FjaxgLIAEoCzIeLnN3aXRjaGJvYXJkLmNsaWVudC52MS5TZW5kQWNrSAASNgoHbWVzc2FnZRgMIAEoCzIjLnN3aXRjaGJvYXJkLmNsaWVudC52MS5NZXNzYWdlRXZlbnRIABIxCgRzeW5jGA0gASgLMiEuc3dpdGNoYm9hcmQuY2xpZW50LnYxLlN5bmNSZXN1bHRIABI3CgdoaXN0b3J5GA4gASgLMiQuc3dpdGNoYm9hcmQuY2xpZW50LnYxLkhpc3RvcnlSZXN1bHRIABJBCgxjb252ZXJzYXRpb24YDyABKAsyKS5zd2l0Y2hib2FyZC5jbGllbnQudjEuQ29udmVyc2F0aW9uUmVzdWx0SAASQAoNY29udmVyc2F0aW9ucxgQIAEoCzInLnN3aXRjaGJvYXJkLmNsaWVudC52MS5Db252ZXJzYXRpb25MaXN0SAASNAoHbWVtYmVycxgRIAEoCzIhLnN3aXRjaGJvYXJkLmNsaWVudC52MS5NZW1iZXJMaXN0SAASNAoGdHlwaW5nGBIgASgLMiIuc3dpdGNoYm9hcmQuY2xpZW50LnYxLlR5cGluZ0V2ZW50SAASOAoIcHJlc2VuY2UYEyABKAsyJC5zd2l0Y2hib2FyZC5jbGllbnQudjEuUHJlc2VuY2VFdmVudEgAEkQKEXByZXNlbmNlX3NuYXBzaG90GBQgASgLMicuc3dpdGNoYm9hcmQuY2xpZW50LnYxLlByZXNlbmNlU25hcHNob3RIABI2CgdyZWNlaXB0GBUgASgLMiMuc3dpdGNoYm9hcmQuY2xpZW50LnYxLlJlY2VpcHRFdmVudEgAEjgKCWhlYXJ0YmVhdBgWIAEoCzIjLnN3aXRjaGJvYXJkLmNsaWVudC52MS5IZWFydGJlYXRBY2tIABInCgJvaxgXIAEoCzIZLnN3aXRjaGJvYXJkLmNsaWVudC52MS5Pa0gAEi0KBWVycm9yGBggASgLMhwuc3dpdGNoYm9hcmQuY2xpZW50LnYxLkVycm9ySAASNQoJcmVjb25uZWN0GBkgASgLMiAuc3dpdGNoYm9hcmQuY2xpZW50LnYxLlJlY29ubmVjdEgAEjYKCHJlY2VpcHRzGBogASgLMiIuc3dpdGNoYm9hcmQuY2xpZW50LnYxLlJlY2VpcHRMaXN0SAASTAoVbm90aWZpY2F0aW9uX3NldHRpbmdzGBsgASgLMisuc3dpdGNoYm9hcmQuY2xpZW50LnYxLk5vdGlmaWNhdGlvblNldHRpbmdzSABCBgoEa2luZCIVCgRBdXRoEg0KBXRva2VuGAEgASgJIqkBCgdXZWxjb21lEg8KB3VzZXJfaWQYASABKAkSEgoKc2Vzc2lvbl9pZBgCIAEoCRIdChVoZWFydGJlYXRfaW50ZXJ2YWxfbXMYAyABKA0SLQoGbGltaXRzGAQgASgLMh0uc3dpdGNoYm9hcmQuY2xpZW50LnYxLkxpbWl0cxIWCg5zZXJ2ZXJfdGltZV9tcxgFIAEoAxITCgtoZWFkX2N1cnNvchgGIAEoBCJuCgZMaW1pdHMSFgoOYm9keV9jaGFyc19tYXgYASABKA0SFwoPZnJhbWVfYnl0ZXNfbWF4GAIgASgNEhgKEHNlbmRzX3Blcl9zZWNvbmQYAyABKA0SGQoRZ3JvdXBfbWVtYmVyc19tYXgYBCABKA0ieAoEU2VuZBIZCg9jb252ZXJzYXRpb25faWQYASABKAlIABIRCgd0b191c2VyGAIgASgJSAASFQoNY2xpZW50X21zZ19pZBgDIAEoCRIMCgRib2R5GAQgASgJEhMKC3RyYWNlcGFyZW50GAUgASgJQggKBnRhcmdldCKaAQoHU2VuZEFjaxIXCg9jb252ZXJzYXRpb25faWQYASABKAkSFgoKbWVzc2FnZV9pZBgCIAEoBEICMAESCwoDc2VxGAMgASgEEhUKDWNsaWVudF9tc2dfaWQYBCABKAkSFQoNY3JlYXRlZF9hdF9tcxgFIAEoAxIRCglkdXBsaWNhdGUYBiABKAgSEAoIdHJhY2VfaWQYByABKAkiTwoMTWVzc2FnZUV2ZW50Ei8KB21lc3NhZ2UYASABKAsyHi5zd2l0Y2hib2FyZC5jb21tb24udjEuTWVzc2FnZRIOCgZjdXJzb3IYAiABKAQiJQoEU3luYxIOCgZjdXJzb3IYASABKAQSDQoFbGltaXQYAiABKA0iZQoKU3luY1Jlc3VsdBI1CghtZXNzYWdlcxgBIAMoCzIjLnN3aXRjaGJvYXJkLmNsaWVudC52MS5NZXNzYWdlRXZlbnQSDgoGY3Vyc29yGAIgASgEEhAKCGhhc19tb3JlGAMgASgIIlgKB0hpc3RvcnkSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhIKCmJlZm9yZV9zZXEYAiABKAQSEQoJYWZ0ZXJfc2VxGAQgASgEEg0KBWxpbWl0GAMgASgNImwKDUhpc3RvcnlSZXN1bHQSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEjAKCG1lc3NhZ2VzGAIgAygLMh4uc3dpdGNoYm9hcmQuY29tbW9uLnYxLk1lc3NhZ2USEAoIaGFzX21vcmUYAyABKAgiqwEKC0NyZWF0ZUdyb3VwEgwKBG5hbWUYASABKAkSDwoHbWVtYmVycxgCIAMoCRIMCgRvcGVuGAMgASgIEjcKC3Bvc3RfcG9saWN5GAQgASgOMiIuc3dpdGNoYm9hcmQuY29tbW9uLnYxLkdyb3VwUG9saWN5EjYKCmFkZF9wb2xpY3kYBSABKA4yIi5zd2l0Y2hib2FyZC5jb21tb24udjEuR3JvdXBQb2xpY3kiNgoKQWRkTWVtYmVycxIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDwoHbWVtYmVycxgCIAMoCSJqCg1TZXRNZW1iZXJSb2xlEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEi8KBHJvbGUYAyABKA4yIS5zd2l0Y2hib2FyZC5jb21tb24udjEuTWVtYmVyUm9sZSLPAQoLVXBkYXRlR3JvdXASFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhEKBG5hbWUYAiABKAlIAIgBARIRCgRvcGVuGAMgASgISAGIAQESNwoLcG9zdF9wb2xpY3kYBCABKA4yIi5zd2l0Y2hib2FyZC5jb21tb24udjEuR3JvdXBQb2xpY3kSNgoKYWRkX3BvbGljeRgFIAEoDjIiLnN3aXRjaGJvYXJkLmNvbW1vbi52MS5Hcm91cFBvbGljeUIHCgVfbmFtZUIHCgVfb3BlbiI9ChBNdXRlQ29udmVyc2F0aW9uEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIQCgh1bnRpbF9tcxgCIAEoAyItChJVbm11dGVDb252ZXJzYXRpb24SFwoPY29udmVyc2F0aW9uX2lkGAEgASgJIksKDERvTm90RGlzdHVyYhIUCgxzdGFydF9taW51dGUYASABKA0SEgoKZW5kX21pbnV0ZRgCIAEoDRIRCgl0aW1lX3pvbmUYAyABKAkiRgoPU2V0RG9Ob3REaXN0dXJiEjMKBndpbmRvdxgBIAEoCzIjLnN3aXRjaGJvYXJkLmNsaWVudC52MS5Eb05vdERpc3R1cmIiGQoXR2V0Tm90aWZpY2F0aW9uU2V0dGluZ3MiPgoRTXV0ZWRDb252ZXJzYXRpb24SFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhAKCHVudGlsX21zGAIgASgDIowBChROb3RpZmljYXRpb25TZXR0aW5ncxI3CgVtdXRlZBgBIAMoCzIoLnN3aXRjaGJvYXJkLmNsaWVudC52MS5NdXRlZENvbnZlcnNhdGlvbhI7Cg5kb19ub3RfZGlzdHVyYhgCIAEoCzIjLnN3aXRjaGJvYXJkLmNsaWVudC52MS5Eb05vdERpc3R1cmIiOQoNUmVtb3ZlTWVtYmVycxIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDwoHbWVtYmVycxgCIAMoCSIkCglKb2luR3JvdXASFwoPY29udmVyc2F0aW9uX2lkGAEgASgJIiUKCkxlYXZlR3JvdXASFwoPY29udmVyc2F0aW9uX2lkGAEgASgJIk8KEkNvbnZlcnNhdGlvblJlc3VsdBI5Cgxjb252ZXJzYXRpb24YASABKAsyIy5zd2l0Y2hib2FyZC5jb21tb24udjEuQ29udmVyc2F0aW9uIiIKEUxpc3RDb252ZXJzYXRpb25zEg0KBWxpbWl0GAEgASgNIk4KEENvbnZlcnNhdGlvbkxpc3QSOgoNY29udmVyc2F0aW9ucxgBIAMoCzIjLnN3aXRjaGJvYXJkLmNvbW1vbi52MS5Db252ZXJzYXRpb24iJgoLTGlzdE1lbWJlcnMSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJIicKDExpc3RSZWNlaXB0cxIXCg9jb252ZXJzYXRpb25faWQYASABKAkiSgoOTWVtYmVyUmVjZWlwdHMSDwoHdXNlcl9pZBgBIAEoCRIVCg1kZWxpdmVyZWRfc2VxGAIgASgEEhAKCHJlYWRfc2VxGAMgASgEIl8KC1JlY2VpcHRMaXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRI3CghyZWNlaXB0cxgCIAMoCzIlLnN3aXRjaGJvYXJkLmNsaWVudC52MS5NZW1iZXJSZWNlaXB0cyJkCgpNZW1iZXJMaXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIPCgdtZW1iZXJzGAIgAygJEiwKBXJvbGVzGAMgAygLMh0uc3dpdGNoYm9hcmQuY29tbW9uLnYxLk1lbWJlciIxCgZUeXBpbmcSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg4KBnR5cGluZxgCIAEoCCJHCgtUeXBpbmdFdmVudBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIOCgZ0eXBpbmcYAyABKAgiCwoJSGVhcnRiZWF0IiYKDEhlYXJ0YmVhdEFjaxIWCg5zZXJ2ZXJfdGltZV9tcxgBIAEoAyIlChFTdWJzY3JpYmVQcmVzZW5jZRIQCgh1c2VyX2lkcxgBIAMoCSInChNVbnN1YnNjcmliZVByZXNlbmNlEhAKCHVzZXJfaWRzGAEgAygJIksKEFByZXNlbmNlU25hcHNob3QSNwoIc3RhdHVzZXMYASADKAsyJS5zd2l0Y2hib2FyZC5jb21tb24udjEuUHJlc2VuY2VTdGF0dXMiRgoNUHJlc2VuY2VFdmVudBI1CgZzdGF0dXMYASABKAsyJS5zd2l0Y2hib2FyZC5jb21tb24udjEuUHJlc2VuY2VTdGF0dXMiYQoHUmVjZWlwdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSCwoDc2VxGAIgASgEEjAKBGtpbmQYAyABKA4yIi5zd2l0Y2hib2FyZC5jb21tb24udjEuUmVjZWlwdEtpbmQiYwoOUmVnaXN0ZXJEZXZpY2USEQoJZGV2aWNlX2lkGAEgASgJEi8KCHByb3ZpZGVyGAIgASgOMh0uc3dpdGNoYm9hcmQucHVzaC52MS5Qcm92aWRlchINCgV0b2tlbhgDIAEoCSIlChBVbnJlZ2lzdGVyRGV2aWNlEhEKCWRldmljZV9pZBgBIAEoCSJ3CgxSZWNlaXB0RXZlbnQSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSCwoDc2VxGAMgASgEEjAKBGtpbmQYBCABKA4yIi5zd2l0Y2hib2FyZC5jb21tb24udjEuUmVjZWlwdEtpbmQiBAoCT2siawoFRXJyb3ISKQoEY29kZRgBIAEoDjIbLnN3aXRjaGJvYXJkLmNvbW1vbi52MS5Db2RlEg4KBnJlYXNvbhgCIAEoCRIPCgdtZXNzYWdlGAMgASgJEhYKDnJldHJ5X2FmdGVyX21zGAQgASgNIkcKCVJlY29ubmVjdBIOCgZyZWFzb24YASABKAkSFAoMZGVsYXlfbXNfbWluGAIgASgNEhQKDGRlbGF5X21zX21heBgDIAEoDWIGcHJvdG8z", [file_switchboard_common_v1_common, file_switchboard_push_v1_push]);
 
 /**
  * One frame from a client to the gateway. Text WebSocket frames carry it as proto3 JSON,
@@ -203,6 +203,38 @@ export type ClientFrame = Message<"switchboard.client.v1.ClientFrame"> & {
      */
     value: UpdateGroup;
     case: "updateGroup";
+  } | {
+    /**
+     * Stop push notifications for one of my conversations (until a time, or until unmuted).
+     *
+     * @generated from field: switchboard.client.v1.MuteConversation mute_conversation = 31;
+     */
+    value: MuteConversation;
+    case: "muteConversation";
+  } | {
+    /**
+     * Notify me about a muted conversation again.
+     *
+     * @generated from field: switchboard.client.v1.UnmuteConversation unmute_conversation = 32;
+     */
+    value: UnmuteConversation;
+    case: "unmuteConversation";
+  } | {
+    /**
+     * Set or clear my daily do-not-disturb window.
+     *
+     * @generated from field: switchboard.client.v1.SetDoNotDisturb set_do_not_disturb = 33;
+     */
+    value: SetDoNotDisturb;
+    case: "setDoNotDisturb";
+  } | {
+    /**
+     * My mutes and do-not-disturb window.
+     *
+     * @generated from field: switchboard.client.v1.GetNotificationSettings get_notification_settings = 34;
+     */
+    value: GetNotificationSettings;
+    case: "getNotificationSettings";
   } | { case: undefined; value?: undefined };
 };
 
@@ -367,6 +399,14 @@ export type ServerFrame = Message<"switchboard.client.v1.ServerFrame"> & {
      */
     value: ReceiptList;
     case: "receipts";
+  } | {
+    /**
+     * My notification settings, asked for with get_notification_settings.
+     *
+     * @generated from field: switchboard.client.v1.NotificationSettings notification_settings = 27;
+     */
+    value: NotificationSettings;
+    case: "notificationSettings";
   } | { case: undefined; value?: undefined };
 };
 
@@ -950,6 +990,182 @@ export const UpdateGroupSchema: GenMessage<UpdateGroup> = /*@__PURE__*/
   messageDesc(file_switchboard_client_v1_client, 15);
 
 /**
+ * Mute a conversation I belong to: push notifications for it stop.
+ *
+ * @generated from message switchboard.client.v1.MuteConversation
+ */
+export type MuteConversation = Message<"switchboard.client.v1.MuteConversation"> & {
+  /**
+   * The conversation.
+   *
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * When the mute ends, Unix milliseconds (in the future); 0: until unmuted.
+   *
+   * @generated from field: int64 until_ms = 2;
+   */
+  untilMs: bigint;
+};
+
+/**
+ * Describes the message switchboard.client.v1.MuteConversation.
+ * Use `create(MuteConversationSchema)` to create a new message.
+ */
+export const MuteConversationSchema: GenMessage<MuteConversation> = /*@__PURE__*/
+  messageDesc(file_switchboard_client_v1_client, 16);
+
+/**
+ * Unmute a conversation (muting nothing is not an error).
+ *
+ * @generated from message switchboard.client.v1.UnmuteConversation
+ */
+export type UnmuteConversation = Message<"switchboard.client.v1.UnmuteConversation"> & {
+  /**
+   * The conversation.
+   *
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+};
+
+/**
+ * Describes the message switchboard.client.v1.UnmuteConversation.
+ * Use `create(UnmuteConversationSchema)` to create a new message.
+ */
+export const UnmuteConversationSchema: GenMessage<UnmuteConversation> = /*@__PURE__*/
+  messageDesc(file_switchboard_client_v1_client, 17);
+
+/**
+ * A daily window of local time in which push sends me nothing.
+ *
+ * @generated from message switchboard.client.v1.DoNotDisturb
+ */
+export type DoNotDisturb = Message<"switchboard.client.v1.DoNotDisturb"> & {
+  /**
+   * Start, minutes after local midnight (0-1439), inclusive.
+   *
+   * @generated from field: uint32 start_minute = 1;
+   */
+  startMinute: number;
+
+  /**
+   * End, minutes after local midnight (0-1439), exclusive; before the start: the window runs past midnight.
+   *
+   * @generated from field: uint32 end_minute = 2;
+   */
+  endMinute: number;
+
+  /**
+   * IANA time zone name, e.g. "Europe/Berlin".
+   *
+   * @generated from field: string time_zone = 3;
+   */
+  timeZone: string;
+};
+
+/**
+ * Describes the message switchboard.client.v1.DoNotDisturb.
+ * Use `create(DoNotDisturbSchema)` to create a new message.
+ */
+export const DoNotDisturbSchema: GenMessage<DoNotDisturb> = /*@__PURE__*/
+  messageDesc(file_switchboard_client_v1_client, 18);
+
+/**
+ * Set my do-not-disturb window, or clear it.
+ *
+ * @generated from message switchboard.client.v1.SetDoNotDisturb
+ */
+export type SetDoNotDisturb = Message<"switchboard.client.v1.SetDoNotDisturb"> & {
+  /**
+   * The window; absent: none.
+   *
+   * @generated from field: switchboard.client.v1.DoNotDisturb window = 1;
+   */
+  window?: DoNotDisturb | undefined;
+};
+
+/**
+ * Describes the message switchboard.client.v1.SetDoNotDisturb.
+ * Use `create(SetDoNotDisturbSchema)` to create a new message.
+ */
+export const SetDoNotDisturbSchema: GenMessage<SetDoNotDisturb> = /*@__PURE__*/
+  messageDesc(file_switchboard_client_v1_client, 19);
+
+/**
+ * Ask for my notification settings.
+ *
+ * @generated from message switchboard.client.v1.GetNotificationSettings
+ */
+export type GetNotificationSettings = Message<"switchboard.client.v1.GetNotificationSettings"> & {
+};
+
+/**
+ * Describes the message switchboard.client.v1.GetNotificationSettings.
+ * Use `create(GetNotificationSettingsSchema)` to create a new message.
+ */
+export const GetNotificationSettingsSchema: GenMessage<GetNotificationSettings> = /*@__PURE__*/
+  messageDesc(file_switchboard_client_v1_client, 20);
+
+/**
+ * One muted conversation.
+ *
+ * @generated from message switchboard.client.v1.MutedConversation
+ */
+export type MutedConversation = Message<"switchboard.client.v1.MutedConversation"> & {
+  /**
+   * The conversation.
+   *
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * When the mute ends, Unix milliseconds; 0: until unmuted.
+   *
+   * @generated from field: int64 until_ms = 2;
+   */
+  untilMs: bigint;
+};
+
+/**
+ * Describes the message switchboard.client.v1.MutedConversation.
+ * Use `create(MutedConversationSchema)` to create a new message.
+ */
+export const MutedConversationSchema: GenMessage<MutedConversation> = /*@__PURE__*/
+  messageDesc(file_switchboard_client_v1_client, 21);
+
+/**
+ * My notification settings.
+ *
+ * @generated from message switchboard.client.v1.NotificationSettings
+ */
+export type NotificationSettings = Message<"switchboard.client.v1.NotificationSettings"> & {
+  /**
+   * Mutes in force, sorted by conversation id.
+   *
+   * @generated from field: repeated switchboard.client.v1.MutedConversation muted = 1;
+   */
+  muted: MutedConversation[];
+
+  /**
+   * My do-not-disturb window; absent: none.
+   *
+   * @generated from field: switchboard.client.v1.DoNotDisturb do_not_disturb = 2;
+   */
+  doNotDisturb?: DoNotDisturb | undefined;
+};
+
+/**
+ * Describes the message switchboard.client.v1.NotificationSettings.
+ * Use `create(NotificationSettingsSchema)` to create a new message.
+ */
+export const NotificationSettingsSchema: GenMessage<NotificationSettings> = /*@__PURE__*/
+  messageDesc(file_switchboard_client_v1_client, 22);
+
+/**
  * Remove members from a group I belong to (others: admins and the owner only, and never the owner;
  * naming myself is leaving; users who are not members are ignored).
  *
@@ -976,7 +1192,7 @@ export type RemoveMembers = Message<"switchboard.client.v1.RemoveMembers"> & {
  * Use `create(RemoveMembersSchema)` to create a new message.
  */
 export const RemoveMembersSchema: GenMessage<RemoveMembers> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 16);
+  messageDesc(file_switchboard_client_v1_client, 23);
 
 /**
  * Join an open group.
@@ -997,7 +1213,7 @@ export type JoinGroup = Message<"switchboard.client.v1.JoinGroup"> & {
  * Use `create(JoinGroupSchema)` to create a new message.
  */
 export const JoinGroupSchema: GenMessage<JoinGroup> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 17);
+  messageDesc(file_switchboard_client_v1_client, 24);
 
 /**
  * Leave a group.
@@ -1018,7 +1234,7 @@ export type LeaveGroup = Message<"switchboard.client.v1.LeaveGroup"> & {
  * Use `create(LeaveGroupSchema)` to create a new message.
  */
 export const LeaveGroupSchema: GenMessage<LeaveGroup> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 18);
+  messageDesc(file_switchboard_client_v1_client, 25);
 
 /**
  * A conversation after a change.
@@ -1039,7 +1255,7 @@ export type ConversationResult = Message<"switchboard.client.v1.ConversationResu
  * Use `create(ConversationResultSchema)` to create a new message.
  */
 export const ConversationResultSchema: GenMessage<ConversationResult> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 19);
+  messageDesc(file_switchboard_client_v1_client, 26);
 
 /**
  * List the conversations I belong to.
@@ -1060,7 +1276,7 @@ export type ListConversations = Message<"switchboard.client.v1.ListConversations
  * Use `create(ListConversationsSchema)` to create a new message.
  */
 export const ListConversationsSchema: GenMessage<ListConversations> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 20);
+  messageDesc(file_switchboard_client_v1_client, 27);
 
 /**
  * My conversations.
@@ -1081,7 +1297,7 @@ export type ConversationList = Message<"switchboard.client.v1.ConversationList">
  * Use `create(ConversationListSchema)` to create a new message.
  */
 export const ConversationListSchema: GenMessage<ConversationList> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 21);
+  messageDesc(file_switchboard_client_v1_client, 28);
 
 /**
  * List members of a conversation.
@@ -1102,7 +1318,7 @@ export type ListMembers = Message<"switchboard.client.v1.ListMembers"> & {
  * Use `create(ListMembersSchema)` to create a new message.
  */
 export const ListMembersSchema: GenMessage<ListMembers> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 22);
+  messageDesc(file_switchboard_client_v1_client, 29);
 
 /**
  * Ask for the delivered and read watermarks of every member of a conversation (the state a
@@ -1124,7 +1340,7 @@ export type ListReceipts = Message<"switchboard.client.v1.ListReceipts"> & {
  * Use `create(ListReceiptsSchema)` to create a new message.
  */
 export const ListReceiptsSchema: GenMessage<ListReceipts> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 23);
+  messageDesc(file_switchboard_client_v1_client, 30);
 
 /**
  * One member's watermarks (0: nothing marked yet).
@@ -1159,7 +1375,7 @@ export type MemberReceipts = Message<"switchboard.client.v1.MemberReceipts"> & {
  * Use `create(MemberReceiptsSchema)` to create a new message.
  */
 export const MemberReceiptsSchema: GenMessage<MemberReceipts> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 24);
+  messageDesc(file_switchboard_client_v1_client, 31);
 
 /**
  * The watermarks of every member of a conversation, sorted by user id.
@@ -1187,7 +1403,7 @@ export type ReceiptList = Message<"switchboard.client.v1.ReceiptList"> & {
  * Use `create(ReceiptListSchema)` to create a new message.
  */
 export const ReceiptListSchema: GenMessage<ReceiptList> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 25);
+  messageDesc(file_switchboard_client_v1_client, 32);
 
 /**
  * Members of a conversation.
@@ -1222,7 +1438,7 @@ export type MemberList = Message<"switchboard.client.v1.MemberList"> & {
  * Use `create(MemberListSchema)` to create a new message.
  */
 export const MemberListSchema: GenMessage<MemberList> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 26);
+  messageDesc(file_switchboard_client_v1_client, 33);
 
 /**
  * I am (or stopped) typing.
@@ -1250,7 +1466,7 @@ export type Typing = Message<"switchboard.client.v1.Typing"> & {
  * Use `create(TypingSchema)` to create a new message.
  */
 export const TypingSchema: GenMessage<Typing> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 27);
+  messageDesc(file_switchboard_client_v1_client, 34);
 
 /**
  * Someone is typing.
@@ -1285,7 +1501,7 @@ export type TypingEvent = Message<"switchboard.client.v1.TypingEvent"> & {
  * Use `create(TypingEventSchema)` to create a new message.
  */
 export const TypingEventSchema: GenMessage<TypingEvent> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 28);
+  messageDesc(file_switchboard_client_v1_client, 35);
 
 /**
  * Keep-alive and presence heartbeat.
@@ -1300,7 +1516,7 @@ export type Heartbeat = Message<"switchboard.client.v1.Heartbeat"> & {
  * Use `create(HeartbeatSchema)` to create a new message.
  */
 export const HeartbeatSchema: GenMessage<Heartbeat> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 29);
+  messageDesc(file_switchboard_client_v1_client, 36);
 
 /**
  * Heartbeat answer.
@@ -1321,7 +1537,7 @@ export type HeartbeatAck = Message<"switchboard.client.v1.HeartbeatAck"> & {
  * Use `create(HeartbeatAckSchema)` to create a new message.
  */
 export const HeartbeatAckSchema: GenMessage<HeartbeatAck> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 30);
+  messageDesc(file_switchboard_client_v1_client, 37);
 
 /**
  * Watch users' presence; only users sharing a conversation with me may be watched.
@@ -1342,7 +1558,7 @@ export type SubscribePresence = Message<"switchboard.client.v1.SubscribePresence
  * Use `create(SubscribePresenceSchema)` to create a new message.
  */
 export const SubscribePresenceSchema: GenMessage<SubscribePresence> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 31);
+  messageDesc(file_switchboard_client_v1_client, 38);
 
 /**
  * Stop watching users' presence.
@@ -1363,7 +1579,7 @@ export type UnsubscribePresence = Message<"switchboard.client.v1.UnsubscribePres
  * Use `create(UnsubscribePresenceSchema)` to create a new message.
  */
 export const UnsubscribePresenceSchema: GenMessage<UnsubscribePresence> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 32);
+  messageDesc(file_switchboard_client_v1_client, 39);
 
 /**
  * Current presence of users.
@@ -1384,7 +1600,7 @@ export type PresenceSnapshot = Message<"switchboard.client.v1.PresenceSnapshot">
  * Use `create(PresenceSnapshotSchema)` to create a new message.
  */
 export const PresenceSnapshotSchema: GenMessage<PresenceSnapshot> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 33);
+  messageDesc(file_switchboard_client_v1_client, 40);
 
 /**
  * A user's presence changed.
@@ -1405,7 +1621,7 @@ export type PresenceEvent = Message<"switchboard.client.v1.PresenceEvent"> & {
  * Use `create(PresenceEventSchema)` to create a new message.
  */
 export const PresenceEventSchema: GenMessage<PresenceEvent> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 34);
+  messageDesc(file_switchboard_client_v1_client, 41);
 
 /**
  * Move my delivered or read watermark in a conversation.
@@ -1440,7 +1656,7 @@ export type Receipt = Message<"switchboard.client.v1.Receipt"> & {
  * Use `create(ReceiptSchema)` to create a new message.
  */
 export const ReceiptSchema: GenMessage<Receipt> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 35);
+  messageDesc(file_switchboard_client_v1_client, 42);
 
 /**
  * Register a push token for one of my devices (replaces its earlier token). Answered with `ok`.
@@ -1475,7 +1691,7 @@ export type RegisterDevice = Message<"switchboard.client.v1.RegisterDevice"> & {
  * Use `create(RegisterDeviceSchema)` to create a new message.
  */
 export const RegisterDeviceSchema: GenMessage<RegisterDevice> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 36);
+  messageDesc(file_switchboard_client_v1_client, 43);
 
 /**
  * Remove one of my devices' push tokens. Answered with `ok` (also when none was registered).
@@ -1496,7 +1712,7 @@ export type UnregisterDevice = Message<"switchboard.client.v1.UnregisterDevice">
  * Use `create(UnregisterDeviceSchema)` to create a new message.
  */
 export const UnregisterDeviceSchema: GenMessage<UnregisterDevice> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 37);
+  messageDesc(file_switchboard_client_v1_client, 44);
 
 /**
  * Someone's watermark moved.
@@ -1538,7 +1754,7 @@ export type ReceiptEvent = Message<"switchboard.client.v1.ReceiptEvent"> & {
  * Use `create(ReceiptEventSchema)` to create a new message.
  */
 export const ReceiptEventSchema: GenMessage<ReceiptEvent> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 38);
+  messageDesc(file_switchboard_client_v1_client, 45);
 
 /**
  * Success without a specific result.
@@ -1553,7 +1769,7 @@ export type Ok = Message<"switchboard.client.v1.Ok"> & {
  * Use `create(OkSchema)` to create a new message.
  */
 export const OkSchema: GenMessage<Ok> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 39);
+  messageDesc(file_switchboard_client_v1_client, 46);
 
 /**
  * A failed request.
@@ -1595,7 +1811,7 @@ export type Error = Message<"switchboard.client.v1.Error"> & {
  * Use `create(ErrorSchema)` to create a new message.
  */
 export const ErrorSchema: GenMessage<Error> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 40);
+  messageDesc(file_switchboard_client_v1_client, 47);
 
 /**
  * Reconnect, possibly to another gateway, after a random delay in [delay_ms_min, delay_ms_max].
@@ -1630,5 +1846,5 @@ export type Reconnect = Message<"switchboard.client.v1.Reconnect"> & {
  * Use `create(ReconnectSchema)` to create a new message.
  */
 export const ReconnectSchema: GenMessage<Reconnect> = /*@__PURE__*/
-  messageDesc(file_switchboard_client_v1_client, 41);
+  messageDesc(file_switchboard_client_v1_client, 48);
 
