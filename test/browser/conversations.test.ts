@@ -236,12 +236,29 @@ describe("groups", () => {
       .toEqual(["presence online", "presence online", "presence online", "presence offline"]);
     await screenshot(carol.page, "group");
 
+    // Muting is carol's setting on the server: a reload shows it, and unmuting works the same way.
+    await carol.page.getByRole("button", { name: "Mute", exact: true }).click();
+    await expect.poll(() => carol.page.locator("#mute-toggle").getAttribute("aria-pressed")).toBe("true");
+    await carol.page.reload();
+    await expect.poll(() => carol.page.locator("#connection").textContent()).toBe("Online");
+    await openConversation(carol.page, "Launch team");
+    await expect.poll(() => carol.page.locator("#mute-toggle").textContent()).toBe("Unmute");
+    await carol.page.getByRole("button", { name: "Members" }).click();
+
     await carol.page.getByRole("button", { name: "Leave group" }).click();
     await expect.poll(() => conversationEntry(carol.page, "Launch team").count()).toBe(0);
     await alice.page.getByRole("button", { name: "Members" }).click();
     await expect
       .poll(() => alice.page.locator("#member-list .member-name").allTextContents())
       .toEqual([`${alice.user} (you)`, bob.user, dave]);
+    // The owner names an admin.
+    await alice.page.getByRole("button", { name: `Make admin ${bob.user}` }).click();
+    await expect
+      .poll(() => alice.page.locator("#member-list .member-role").allTextContents())
+      .toEqual(["owner", "admin"]);
+    await expect
+      .poll(() => alice.page.getByRole("button", { name: `Remove admin ${bob.user}` }).count())
+      .toBe(1);
     // The owner removes members.
     await alice.page.getByRole("button", { name: `Remove ${dave}` }).click();
     await expect

@@ -23,6 +23,8 @@ const HISTORY_PAGE = 30;
 export class ChatApp {
   readonly conversations = new Map<string, ConversationState>();
   readonly presence = new Map<string, boolean>();
+  /** Conversations whose push notifications this user muted. */
+  muted = new Set<string>();
   readonly typing: TypingWatcher;
   status: ConnectionStatus = "connecting";
   /** Last problem worth telling the user (a refused request), cleared by the next success. */
@@ -55,6 +57,7 @@ export class ChatApp {
       this.setStatus("online");
       this.receipts.resendFailed();
       void this.refreshConversations();
+      void this.refreshMutes().catch(() => undefined); // shown as unmuted until the next sync
     });
     client.on("disconnected", ({ willReconnect }) => {
       // Offline, we cannot know who is online; the SDK re-subscribes and reports afresh on reconnect.
@@ -180,6 +183,39 @@ export class ChatApp {
       c.memberCount = info.memberCount;
       await this.loadMembers(c);
     });
+  }
+
+  /** The owner makes a member an admin, or an admin a member again. */
+  async setAdmin(userId: string, admin: boolean): Promise<void> {
+    const c = this.open;
+    if (!c) return;
+    await this.attempt(async () => {
+      await this.client.setMemberRole(c.id, userId, admin ? "admin" : "member");
+      await this.loadMembers(c);
+    });
+  }
+
+  /** Mutes the open conversation's push notifications (for all of this user's devices), or unmutes. */
+  async toggleMute(): Promise<void> {
+    const c = this.open;
+    if (!c) return;
+    await this.attempt(async () => {
+      if (this.muted.has(c.id)) {
+        await this.client.unmuteConversation(c.id);
+        this.muted.delete(c.id);
+      } else {
+        await this.client.muteConversation(c.id);
+        this.muted.add(c.id);
+      }
+      this.onChange();
+    });
+  }
+
+  /** Which conversations are muted, as the server has them (another device may have changed them). */
+  private async refreshMutes(): Promise<void> {
+    const settings = await this.client.getNotificationSettings();
+    this.muted = new Set(settings.muted.map((m) => m.conversationId));
+    this.onChange();
   }
 
   async removeMember(userId: string): Promise<void> {

@@ -46,6 +46,7 @@ export function wireChat(app: ChatApp): void {
     if (user) void app.addMember(user);
   });
   byId("leave-group").addEventListener("click", () => void app.leave());
+  byId("mute-toggle").addEventListener("click", () => void app.toggleMute());
   byId("back").addEventListener("click", () => app.select(undefined));
   const membersToggle = byId("members-toggle");
   membersToggle.addEventListener("click", () => {

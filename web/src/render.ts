@@ -142,6 +142,11 @@ function renderOpenConversation(app: ChatApp): void {
     headerPresence.textContent = `${c.memberCount} members`;
   }
   byId("members-toggle").hidden = c.kind !== "group" || !c.isMember;
+  const mute = byId("mute-toggle");
+  const muted = app.muted.has(c.id);
+  mute.hidden = !c.isMember;
+  mute.textContent = muted ? "Unmute" : "Mute";
+  mute.setAttribute("aria-pressed", String(muted));
   if (c.kind !== "group" || !c.isMember) byId("members").hidden = true;
   byId("membership").textContent = c.isMember ? "" : "You are no longer a member of this group.";
   for (const id of ["composer-input", "composer-send"]) {
@@ -165,6 +170,18 @@ function renderMembers(app: ChatApp, c: ConversationState): void {
         presenceDot(app, m),
         h("span", { class: "member-name", text: m === app.me ? `${m} (you)` : m }),
         c.roles.get(m) !== "member" && h("span", { class: "member-role", text: c.roles.get(m) ?? "" }),
+        // The owner names admins.
+        myRole === "owner" &&
+          m !== app.me &&
+          h("button", {
+            class: "member-admin",
+            text: c.roles.get(m) === "admin" ? "Remove admin" : "Make admin",
+            attrs: {
+              type: "button",
+              "aria-label": `${c.roles.get(m) === "admin" ? "Remove admin" : "Make admin"} ${m}`,
+            },
+            onClick: () => void app.setAdmin(m, c.roles.get(m) !== "admin"),
+          }),
         mayRemove(m) &&
           h("button", {
             class: "remove-member",
