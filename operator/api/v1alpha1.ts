@@ -66,8 +66,22 @@ export interface PresenceSpec extends ComponentSpec {
 export interface PushSpec extends ComponentSpec {
   webhook?: { url: string; secretRef?: SecretKeyRef };
   fcm?: { secretRef: SecretKeyRef };
-  apns?: { secretRef: SecretKeyRef };
-  webpush?: { secretRef: SecretKeyRef };
+  apns?: {
+    /** The .p8 token-auth key (default key `AuthKey.p8`). */
+    secretRef: SecretKeyRef;
+    keyId: string;
+    teamId: string;
+    /** The app's bundle ID (apns-topic). */
+    topic: string;
+    environment: "production" | "development";
+  };
+  webpush?: {
+    /** The VAPID private key (default key `vapid-private-key`). */
+    secretRef: SecretKeyRef;
+    vapidPublicKey: string;
+    /** mailto: or https: contact for push services. */
+    subject: string;
+  };
 }
 
 export interface KafkaSpec {

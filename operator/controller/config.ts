@@ -56,6 +56,17 @@ export function clusterEnv(cluster: ChatCluster): Record<string, string> {
   set("presence.heartbeatIntervalMs", s.presence.heartbeatIntervalSeconds * 1000);
   set("presence.offlineAfterMs", s.presence.offlineAfterSeconds * 1000);
   set("push.webhookUrl", s.push.webhook?.url);
+  // The providers' public settings; their keys are files from the Secrets (push-credentials.ts).
+  if (s.push.apns) {
+    set("push.apns.keyId", s.push.apns.keyId);
+    set("push.apns.teamId", s.push.apns.teamId);
+    set("push.apns.topic", s.push.apns.topic);
+    set("push.apns.environment", s.push.apns.environment);
+  }
+  if (s.push.webpush) {
+    set("push.webpush.vapidPublicKey", s.push.webpush.vapidPublicKey);
+    set("push.webpush.subject", s.push.webpush.subject);
+  }
   set("kafka.brokers", s.kafka.bootstrapServers.join(","));
   set("kafka.topicPrefix", s.kafka.topicPrefix);
   set("kafka.partitions", s.kafka.topics.partitions);

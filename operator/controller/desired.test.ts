@@ -448,7 +448,7 @@ describe("desiredObjects", () => {
     }
   });
 
-  it("mounts the push Pods' webhook signing key and FCM service account from their Secrets, and only theirs", () => {
+  it("mounts the push Pods' provider keys (webhook, FCM, APNs, VAPID) from their Secrets and sets the providers' settings, in push Pods only", () => {
     const withPush: ChatCluster = {
       ...cluster,
       spec: {
@@ -457,6 +457,18 @@ describe("desiredObjects", () => {
           replicas: 1,
           webhook: { url: "https://push.example.com/hook", secretRef: { name: "hook" } },
           fcm: { secretRef: { name: "firebase", key: "sa.json" } },
+          apns: {
+            secretRef: { name: "apple" },
+            keyId: "ABC123DEFG",
+            teamId: "DEF123GHIJ",
+            topic: "com.example.chat",
+            environment: "development",
+          },
+          webpush: {
+            secretRef: { name: "vapid" },
+            vapidPublicKey: "BPublicKey",
+            subject: "mailto:ops@example.com",
+          },
         },
       },
     };
@@ -467,6 +479,8 @@ describe("desiredObjects", () => {
         sources: [
           { secret: { name: "hook", items: [{ key: "signing", path: "webhook.secret" }] } },
           { secret: { name: "firebase", items: [{ key: "sa.json", path: "fcm-service-account.json" }] } },
+          { secret: { name: "apple", items: [{ key: "AuthKey.p8", path: "apns-key.p8" }] } },
+          { secret: { name: "vapid", items: [{ key: "vapid-private-key", path: "vapid-private-key" }] } },
         ],
       },
     });
@@ -479,6 +493,18 @@ describe("desiredObjects", () => {
       webhookUrl: "https://push.example.com/hook",
       webhookSecretFile: "/etc/switchboard/push/webhook.secret",
       fcm: { serviceAccountFile: "/etc/switchboard/push/fcm-service-account.json" },
+      apns: {
+        keyFile: "/etc/switchboard/push/apns-key.p8",
+        keyId: "ABC123DEFG",
+        teamId: "DEF123GHIJ",
+        topic: "com.example.chat",
+        environment: "development",
+      },
+      webpush: {
+        vapidPublicKey: "BPublicKey",
+        vapidPrivateKeyFile: "/etc/switchboard/push/vapid-private-key",
+        subject: "mailto:ops@example.com",
+      },
     });
     for (const c of COMPONENTS.filter((c) => c !== "push")) {
       expect(

@@ -1,8 +1,7 @@
 /**
- * The push Pods' provider credentials (docs/adr/0008): the Secrets `spec.push.webhook.secretRef` and
- * `spec.push.fcm.secretRef` name, mounted as files the push settings point at. APNs and Web Push need
- * settings the ChatCluster does not carry yet (key id, team id, topic; VAPID public key, subject), so
- * their Secrets are not mounted: a half-configured provider would stop the push process at start.
+ * The push Pods' provider credentials (docs/adr/0008): the Secrets `spec.push.{webhook,fcm,apns,webpush}
+ * .secretRef` name, mounted as files the push settings point at (the providers' public settings, such
+ * as the APNs key id or the VAPID public key, are in the configuration: config.ts).
  */
 import type { V1EnvVar, V1Volume, V1VolumeMount } from "@kubernetes/client-node";
 import { envName } from "../../internal/lib/config.js";
@@ -12,6 +11,8 @@ export const PUSH_CREDENTIALS_DIR = "/etc/switchboard/push";
 /** The Secret keys read when a secretRef names none. */
 export const WEBHOOK_SECRET_DEFAULT_KEY = "signing";
 export const FCM_SECRET_DEFAULT_KEY = "service-account.json";
+export const APNS_SECRET_DEFAULT_KEY = "AuthKey.p8";
+export const VAPID_SECRET_DEFAULT_KEY = "vapid-private-key";
 
 export interface PushCredentialsPod {
   volumes: V1Volume[];
@@ -36,6 +37,21 @@ export function pushCredentialsPod(cluster: ChatCluster, component: ComponentNam
       key,
       path: "fcm-service-account.json",
       setting: ["push", "fcm", "serviceAccountFile"],
+    });
+  }
+  const apns = cluster.spec.push.apns?.secretRef;
+  if (apns) {
+    const key = apns.key ?? APNS_SECRET_DEFAULT_KEY;
+    files.push({ secret: apns.name, key, path: "apns-key.p8", setting: ["push", "apns", "keyFile"] });
+  }
+  const webpush = cluster.spec.push.webpush?.secretRef;
+  if (webpush) {
+    const key = webpush.key ?? VAPID_SECRET_DEFAULT_KEY;
+    files.push({
+      secret: webpush.name,
+      key,
+      path: "vapid-private-key",
+      setting: ["push", "webpush", "vapidPrivateKeyFile"],
     });
   }
   if (files.length === 0) return pod;

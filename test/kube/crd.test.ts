@@ -288,8 +288,18 @@ describe("ChatCluster CRD", () => {
         ...component(2, "push"),
         webhook: { url: "https://push.example.com/", secretRef: { name: "hook", key: "signing" } },
         fcm: { secretRef: { name: "fcm", key: "sa.json" } },
-        apns: { secretRef: { name: "apns", key: "key.p8" } },
-        webpush: { secretRef: { name: "vapid", key: "keys" } },
+        apns: {
+          secretRef: { name: "apns", key: "key.p8" },
+          keyId: "ABC123DEFG",
+          teamId: "DEF123GHIJ",
+          topic: "com.example.chat",
+          environment: "development",
+        },
+        webpush: {
+          secretRef: { name: "vapid", key: "private" },
+          vapidPublicKey: `B${"A".repeat(86)}`,
+          subject: "mailto:ops@example.com",
+        },
       },
       id: component(5, "id"),
       sequencer: component(3, "sequencer"),
@@ -433,6 +443,20 @@ describe("ChatCluster CRD", () => {
     expect(await createError(minimal("bad-hook", { push: { webhook: { url: "::nope" } } }))).toMatch(
       /spec\.push\.webhook\.url.*must be of type uri/,
     );
+    expect(
+      await createError(
+        minimal("half-apns", { push: { apns: { secretRef: { name: "apns" }, keyId: "K" } } }),
+      ),
+    ).toMatch(/spec\.push\.apns\.teamId: Required value/);
+    expect(
+      await createError(
+        minimal("bad-vapid", {
+          push: {
+            webpush: { secretRef: { name: "v" }, vapidPublicKey: "short", subject: "ops@example.com" },
+          },
+        }),
+      ),
+    ).toMatch(/spec\.push\.webpush\.(vapidPublicKey|subject): Invalid value/);
     expect(
       await createError(minimal("bad-cpu", { gateway: { resources: { requests: { cpu: "lots" } } } })),
     ).toMatch(/spec\.gateway\.resources\.requests\.cpu: Invalid value: "lots"/);
