@@ -39,6 +39,7 @@ export default defineConfig({
             "test/cluster/**",
             "test/integration/distributed-storage.test.ts",
             "test/integration/multiprocess.test.ts",
+            "test/integration/push-queue.test.ts",
             "test/contract/distributed.test.ts",
             "test/monitoring/**",
             "test/browser/**",
@@ -54,6 +55,7 @@ export default defineConfig({
             ...backendAgnostic,
             "test/integration/distributed-storage.test.ts",
             "test/integration/multiprocess.test.ts",
+            "test/integration/push-queue.test.ts",
             "test/contract/distributed.test.ts",
             // Needs Kafka and Cassandra for its dashboard check; runs once, here.
             "test/monitoring/monitoring.test.ts",

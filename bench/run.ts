@@ -27,7 +27,7 @@ import { mkdirSync, readdirSync, writeFileSync } from "node:fs";
 import { cpus, loadavg, setPriority, tmpdir } from "node:os";
 import { join } from "node:path";
 import { type Backend, openBackend } from "./backend.js";
-import { type FanoutStep, runFanout } from "./fanout.js";
+import { type FanoutOptions, type FanoutStep, runFanout } from "./fanout.js";
 import { type IdleResult, runIdle } from "./idle.js";
 import { type LadderStep, runLadder } from "./ladder.js";
 import { helpText, list, num, type Opts, readOptions, resolveSettings, type Settings } from "./options.js";
@@ -223,30 +223,13 @@ async function writerPhase(s: Settings, opts: Opts, backend: Backend, out: Outpu
   out.report.push(writerTable(writer));
 }
 
-/** Group fan-out: one sender into a group of N online members (fanout.ts). */
+/** Group fan-out: one sender into groups of N online members (fanout.ts). */
 async function fanoutPhase(s: Settings, opts: Opts, backend: Backend, out: Output): Promise<void> {
   const members = num(opts["group-members"], 100);
   const rates = list(opts["group-rates"], [10, 50, 100, 200]);
   const groups = num(opts["group-count"], 1);
   log(`fan-out phase: ${groups} group(s) of ${members} online members at ${rates.join(", ")} msgs/s`);
-  const sut = await backend.start([]);
-  let steps: FanoutStep[];
-  try {
-    steps = await runFanout(sut, {
-      members,
-      groups,
-      rates,
-      warmupMs: s.ladder.warmupMs,
-      measureMs: s.ladder.stepMs,
-      bodyBytes: s.ladder.bodyBytes,
-      drainMs: 30_000,
-      log,
-    });
-  } finally {
-    await sut.stop();
-  }
-  out.summary.fanout = steps;
-  out.report.push(fanoutTable(steps));
+  out.summary.fanout = await measureFanout(s, backend, out, { members, groups, rates });
 }
 
 /** Channel fan-out: a pull-model group, most members offline (fanout.ts, ADR 0010). */
@@ -255,13 +238,25 @@ async function channelPhase(s: Settings, opts: Opts, backend: Backend, out: Outp
   const online = num(opts["channel-online"], 2_000);
   const rates = list(opts["channel-rates"], [10]);
   log(`channel phase: ${total} members, ${online} online, at ${rates.join(", ")} msgs/s`);
+  out.summary.channel = await measureFanout(s, backend, out, {
+    members: online,
+    offline: total - online,
+    rates,
+  });
+}
+
+/** One fan-out run on a fresh system, its table added to the report. */
+async function measureFanout(
+  s: Settings,
+  backend: Backend,
+  out: Output,
+  shape: Pick<FanoutOptions, "members" | "offline" | "groups" | "rates">,
+): Promise<FanoutStep[]> {
   const sut = await backend.start([]);
   let steps: FanoutStep[];
   try {
     steps = await runFanout(sut, {
-      members: online,
-      offline: total - online,
-      rates,
+      ...shape,
       warmupMs: s.ladder.warmupMs,
       measureMs: s.ladder.stepMs,
       bodyBytes: s.ladder.bodyBytes,
@@ -271,8 +266,8 @@ async function channelPhase(s: Settings, opts: Opts, backend: Backend, out: Outp
   } finally {
     await sut.stop();
   }
-  out.summary.channel = steps;
   out.report.push(fanoutTable(steps));
+  return steps;
 }
 
 /** Recovery: kill -9 and restart a single-process server with devices connected (restart.ts). */

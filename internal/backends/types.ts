@@ -364,6 +364,24 @@ export interface PushJobStore extends Closeable {
   deadLetters(limit: number): Promise<PushDeadLetter[]>;
 }
 
+/**
+ * Durable push jobs shared by several push processes (distributed backend): whoever owns a job's
+ * partition delivers it, and a job a process left (a crash, a rebalance) goes to the next owner.
+ */
+export interface PushJobQueue extends Closeable {
+  /** Stores a new job, or a job's new attempt count and next due time. */
+  put(job: PushJob): Promise<void>;
+  /** The job ended (delivered, or its token pruned): nobody delivers it again. */
+  finish(job: PushJob): Promise<void>;
+  /** The job failed for good: recorded with its last error among the dead letters, and ended. */
+  deadLetter(job: PushJob, error: string): Promise<void>;
+  /**
+   * Hands this process the jobs of the partitions it owns: the ones left from before, then each new
+   * one. `deliver` resolves when this process is done with the job (ended, or abandoned on close).
+   */
+  consume(deliver: (job: PushJob) => Promise<void>): Promise<void>;
+}
+
 /** Everything a platform needs, from one backend. */
 export interface Backends extends Closeable {
   readonly name: "embedded" | "distributed";
@@ -376,8 +394,10 @@ export interface Backends extends Closeable {
   presence: PresenceStore;
   devices: DeviceStore;
   settings: NotificationSettingsStore;
-  /** Durable push jobs, where the backend keeps them (embedded); without, they live in memory. */
+  /** Durable push jobs of this process (embedded). */
   pushJobs?: PushJobStore;
+  /** Durable push jobs shared by the push processes (distributed). */
+  pushQueue?: PushJobQueue;
 }
 
 /** A message already given a seq, found by its dedupe key. */

@@ -5,7 +5,12 @@
  * process at start with the setting named, rather than failing every notification later.
  */
 import { readFileSync } from "node:fs";
-import type { DeviceStore, NotificationSettingsStore, PushJobStore } from "../backends/types.js";
+import type {
+  DeviceStore,
+  NotificationSettingsStore,
+  PushJobQueue,
+  PushJobStore,
+} from "../backends/types.js";
 import type { Config } from "../lib/config.js";
 import type { Logger } from "../lib/log.js";
 import type { Metrics } from "../lib/metrics.js";
@@ -93,7 +98,7 @@ export function pushFromConfig(
   config: Config,
   devices: DeviceStore,
   settings: NotificationSettingsStore,
-  jobs: PushJobStore | undefined,
+  durable: { jobs?: PushJobStore | undefined; queue?: PushJobQueue | undefined },
   log: Logger,
   metrics: Metrics,
 ): Push {
@@ -103,7 +108,8 @@ export function pushFromConfig(
   return new Push({
     devices,
     settings,
-    jobs,
+    jobs: durable.jobs,
+    queue: durable.queue,
     providers,
     webhookUrl: push.webhookUrl,
     privacyMode: push.privacyMode,

@@ -6,9 +6,11 @@
  * policy (Retry-After honoured), and a token the provider reports dead is pruned (docs/adr/0008).
  * With a job store (the embedded backend) every delivery is written down before it starts and
  * removed when it ends, so a crash loses none: `recover()` resumes them, and one that fails for good
- * goes to the dead letters with its last error. Delivery is at least once: a request a crash
+ * goes to the dead letters with its last error. With a job queue (the distributed backend) a
+ * notification is put there and delivered by the push process that owns its partition, so the crash
+ * of any process loses none (`consumeQueue`). Delivery is at least once: a request a crash
  * interrupted is sent again (the provider's collapse id and the webhook's notification_id let the
- * device or receiver show it once). Without a store (distributed backend) they live in memory.
+ * device or receiver show it once). With neither, jobs live in memory.
  * Either way they are bounded by `pendingMax`. Nothing is sent for a conversation the user muted or
  * while the user's do-not-disturb window is on (notification settings; dropped, not deferred).
  */
@@ -19,6 +21,7 @@ import type {
   DeviceStore,
   NotificationSettingsStore,
   PushJob,
+  PushJobQueue,
   PushJobStore,
 } from "../backends/types.js";
 import { errors } from "../lib/errors.js";
@@ -64,8 +67,13 @@ export interface PushOptions {
   devices: DeviceStore;
   /** Users' mutes and do-not-disturb windows; undefined: every notification is sent. */
   settings?: NotificationSettingsStore | undefined;
-  /** Durable jobs and dead letters; undefined: in memory only. */
+  /** Durable jobs and dead letters of this process (embedded). */
   jobs?: PushJobStore | undefined;
+  /**
+   * Durable jobs shared by the push processes (distributed): a notification is put there, and the
+   * owner of its partition delivers it (`consumeQueue`). Neither: jobs live in memory only.
+   */
+  queue?: PushJobQueue | undefined;
   providers: ProviderSet;
   /** The generic webhook for a user with no registered device (empty: none). */
   webhookUrl: string;
@@ -184,6 +192,11 @@ export class Push {
         createdAtMs,
       };
       // Written down before the first attempt: from here a crash does not lose it.
+      if (this.options.queue) {
+        await this.options.queue.put(job); // its partition's owner delivers it
+        queued++;
+        continue;
+      }
       await this.options.jobs?.put(job);
       this.start(provider, job);
       queued++;
@@ -215,7 +228,22 @@ export class Push {
     return resumed;
   }
 
-  private start(provider: PushProvider, job: PushJob): void {
+  /** Delivers the queue's jobs this process owns (distributed), until it closes. */
+  async consumeQueue(): Promise<void> {
+    const queue = this.options.queue;
+    if (!queue) return;
+    await queue.consume(async (job) => {
+      const provider = this.options.providers[job.provider];
+      if (!provider) {
+        await queue.deadLetter(job, `provider ${job.provider} is not configured`);
+        return this.count(job.provider, "failed");
+      }
+      if (this.closing) return; // left for the partition's next owner
+      await this.start(provider, job);
+    });
+  }
+
+  private start(provider: PushProvider, job: PushJob): Promise<void> {
     const p = this.deliver(provider, job)
       .catch((err: unknown) => {
         // Only the job store can throw here (providers return outcomes); the job stays stored.
@@ -223,6 +251,23 @@ export class Push {
       })
       .finally(() => this.inFlight.delete(p));
     this.inFlight.add(p);
+    return p;
+  }
+
+  /** The job ended (delivered or pruned): removed from wherever it is kept. */
+  private async ended(job: PushJob): Promise<void> {
+    if (this.options.queue) await this.options.queue.finish(job);
+    else await this.options.jobs?.remove(job.id);
+  }
+
+  private async kept(job: PushJob): Promise<void> {
+    if (this.options.queue) await this.options.queue.put(job);
+    else await this.options.jobs?.put(job);
+  }
+
+  private async dead(job: PushJob, error: string): Promise<void> {
+    if (this.options.queue) await this.options.queue.deadLetter(job, error);
+    else await this.options.jobs?.deadLetter(job, error);
   }
 
   /** Deliveries in flight or waiting to retry. */
@@ -243,18 +288,18 @@ export class Push {
   private async attempts(provider: PushProvider, job: PushJob): Promise<void> {
     const n: PushNotification = job.notification;
     const where = { userId: n.userId, deviceId: job.device?.deviceId, provider: provider.name };
-    const jobs = this.options.jobs;
+    const kept = this.options.jobs !== undefined || this.options.queue !== undefined;
     const resumedWait = job.notBeforeMs - Date.now();
     if (resumedWait > 0 && !(await this.sleep(resumedWait))) return this.count(provider.name, "abandoned");
     for (let attempt = job.attempts + 1; ; attempt++) {
       const outcome = await this.sendOnce(provider, job.token, n);
       if (outcome.kind === "delivered") {
-        await jobs?.remove(job.id);
+        await this.ended(job);
         return this.count(provider.name, "sent");
       }
       if (outcome.kind === "prune") {
         await this.prune(job, outcome.reason);
-        await jobs?.remove(job.id);
+        await this.ended(job);
         return;
       }
       const decision =
@@ -263,7 +308,7 @@ export class Push {
           : nextRetry(this.retry, attempt, outcome.afterMs);
       if (!decision.retry) {
         this.count(provider.name, "failed");
-        await jobs?.deadLetter({ ...job, attempts: attempt }, outcome.reason);
+        await this.dead({ ...job, attempts: attempt }, outcome.reason);
         this.options.log.warn("push: delivery failed", {
           ...where,
           reason: outcome.reason,
@@ -273,13 +318,13 @@ export class Push {
       }
       this.count(provider.name, "retried");
       // The attempt count and the wait survive a crash: attemptsMax and Retry-After hold across restarts.
-      await jobs?.put({ ...job, attempts: attempt, notBeforeMs: Date.now() + decision.delayMs });
+      await this.kept({ ...job, attempts: attempt, notBeforeMs: Date.now() + decision.delayMs });
       if (!(await this.sleep(decision.delayMs))) {
         this.count(provider.name, "abandoned");
         this.options.log.info("push: closing with a delivery waiting to retry", {
           ...where,
           reason: outcome.reason,
-          kept: jobs !== undefined,
+          kept,
         });
         return;
       }

@@ -43,10 +43,18 @@ export const startAll: RoleStarter = async (ctx) => {
   const asRouter = inProcessCaller("role:router");
   const ids = inProcessClient(IdService, idImpl, asGateway);
   const push = ctx.own(
-    pushFromConfig(config, backends.devices, backends.settings, backends.pushJobs, log, metrics),
+    pushFromConfig(
+      config,
+      backends.devices,
+      backends.settings,
+      { jobs: backends.pushJobs, queue: backends.pushQueue },
+      log,
+      metrics,
+    ),
   );
   // Deliveries a killed process left in the embedded store go out again.
   await push.recover();
+  await push.consumeQueue();
   const pushImpl = pushServiceImpl(push, backends.devices);
   let presenceRouter: ServiceClient<typeof RouterService> | undefined;
   const presence = ctx.own(

@@ -20,7 +20,11 @@ export const startPush: RoleStarter = async (ctx) => {
     ),
   );
   ctx.readiness(() => backends.unreachable());
-  const push = ctx.own(pushFromConfig(config, backends.devices, backends.settings, undefined, log, metrics));
+  const push = ctx.own(
+    pushFromConfig(config, backends.devices, backends.settings, { queue: backends.pushQueue }, log, metrics),
+  );
   addService(ctx.grpc!, PushService, pushServiceImpl(push, backends.devices));
+  // The jobs of the push-jobs partitions this process owns, left from before and new.
+  await push.consumeQueue();
   return {};
 };

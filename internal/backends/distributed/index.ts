@@ -14,6 +14,7 @@ import {
 import { BatchProducer } from "../kafka/batch-producer.js";
 import { KafkaMessageLog } from "../kafka/log.js";
 import { GroupMembers } from "../kafka/member-resume.js";
+import { KafkaPushQueue } from "../kafka/push-queue.js";
 import { KafkaRouting } from "../kafka/routing.js";
 import { type PendingAppends, SEQUENCER_GROUP, Sequencer } from "../kafka/sequencer.js";
 import { ensureTopics, topicNames, verifyTopics } from "../kafka/topics.js";
@@ -21,6 +22,8 @@ import type { Backends } from "../types.js";
 import { AnnouncingMembershipStore } from "./membership.js";
 
 const DEDUPE_WINDOW_SECONDS_DEFAULT = 168 * 3600;
+/** The consumer group of the push processes (push-queue.ts). */
+const PUSH_GROUP = "push";
 
 export interface DistributedOptions {
   brokers: string[];
@@ -200,6 +203,17 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
     }
     const routing = new KafkaRouting(kafka, admin, batchProducer, names.routing, groupPrefix, log);
     closers.unshift(() => routing.close());
+    const pushQueue = new KafkaPushQueue({
+      kafka,
+      admin,
+      groupId: `${groupPrefix}${PUSH_GROUP}`,
+      topic: names.pushJobs,
+      deadLetterTopic: names.pushDeadLetters,
+      partitions: o.partitions,
+      producer: batchProducer,
+      log,
+    });
+    closers.unshift(() => pushQueue.close());
     log.info("distributed backend open (ms since the start of the open, per step)", timings);
     let closing: Promise<void> | undefined;
     return {
@@ -216,6 +230,7 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
       presence: stores.presence,
       devices: stores.devices,
       settings: stores.settings,
+      pushQueue,
       requests: {
         cassandra: stores.requests,
         timeCassandra: (timer) => stores.timeRequests(timer),

@@ -3,7 +3,7 @@
  * read their partitions, and how a handled batch is committed.
  */
 import type { Attributes } from "@opentelemetry/api";
-import type { Consumer, EachBatchPayload, TopicPartitionOffset } from "kafkajs";
+import type { Consumer, EachBatchPayload, Kafka, TopicPartitionOffset } from "kafkajs";
 import type { Logger } from "../../lib/log.js";
 import { inSpan, linksTo, MessageSpans, SpanKind, type TraceCarrier, tracing } from "../../lib/tracing.js";
 import { traceOf } from "./codec.js";
@@ -171,4 +171,18 @@ function batchAttributes({ batch }: EachBatchPayload, group: string): Attributes
     "messaging.consumer.group.name": group,
     "messaging.batch.message_count": batch.messages.length,
   };
+}
+
+/**
+ * A consumer of one of the platform's groups: a member that stops heartbeating for 10 s is out,
+ * and a fetch waits at most `maxWaitTimeInMs` for records (the latency a quiet partition adds).
+ */
+export function groupConsumer(kafka: Kafka, groupId: string, maxWaitTimeInMs: number): Consumer {
+  return kafka.consumer({
+    groupId,
+    sessionTimeout: 10_000,
+    heartbeatInterval: 1_000,
+    maxWaitTimeInMs,
+    allowAutoTopicCreation: false,
+  });
 }

@@ -26,6 +26,7 @@ import { decodeMessage } from "./codec.js";
 import {
   ConsumerLag,
   commitBatch,
+  groupConsumer,
   handleBatch,
   PARTITIONS_CONSUMED_CONCURRENTLY,
   PeriodicCommits,
@@ -118,13 +119,7 @@ export class InboxOwner implements Closeable {
   }
 
   async start(): Promise<void> {
-    const consumer = this.o.kafka.consumer({
-      groupId: this.o.groupId,
-      sessionTimeout: 10_000,
-      heartbeatInterval: 1_000,
-      maxWaitTimeInMs: 200,
-      allowAutoTopicCreation: false,
-    });
+    const consumer = groupConsumer(this.o.kafka, this.o.groupId, 200);
     this.consumer = consumer;
     this.commits = new PeriodicCommits(consumer, this.o.log);
     this.o.groupMembers?.track(consumer, this.o.groupId);

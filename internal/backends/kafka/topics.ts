@@ -23,6 +23,8 @@ export interface TopicNames {
   routing: string;
   replies: string;
   inbox: string;
+  pushJobs: string;
+  pushDeadLetters: string;
 }
 
 export function topicNames(prefix: string): TopicNames {
@@ -32,6 +34,8 @@ export function topicNames(prefix: string): TopicNames {
     routing: `${prefix}routing`,
     replies: `${prefix}replies`,
     inbox: `${prefix}inbox`,
+    pushJobs: `${prefix}push-jobs`,
+    pushDeadLetters: `${prefix}push-dead-letters`,
   };
 }
 
@@ -77,6 +81,28 @@ export function desiredTopics(s: TopicSettings): ITopicConfig[] {
       ...common,
       configEntries: [
         { name: "retention.ms", value: String(3_600_000) },
+        { name: "min.insync.replicas", value: minIsr },
+      ],
+    },
+    {
+      // Pending push jobs (push-queue.ts): the latest record per job id, a tombstone once it ended.
+      // Compacted soon after (a few seconds of dirt), so an owner re-reads little on assignment.
+      topic: names.pushJobs,
+      ...common,
+      configEntries: [
+        { name: "cleanup.policy", value: "compact" },
+        { name: "min.cleanable.dirty.ratio", value: "0.1" },
+        { name: "segment.ms", value: String(3_600_000) },
+        { name: "delete.retention.ms", value: String(3_600_000) },
+        { name: "min.insync.replicas", value: minIsr },
+      ],
+    },
+    {
+      // Push jobs that failed for good, with their last error: kept a week for an operator to read.
+      topic: names.pushDeadLetters,
+      ...common,
+      configEntries: [
+        { name: "retention.ms", value: String(7 * 24 * 3_600_000) },
         { name: "min.insync.replicas", value: minIsr },
       ],
     },

@@ -1,0 +1,194 @@
+/**
+ * Durable push jobs on Kafka (distributed backend, docs/adr/0008): the compacted topic `push-jobs`
+ * is the store. A job is a record keyed by its id, in the partition of its user; its new attempt count
+ * and next due time before a retry are a newer record with the same key; a job that ended is a
+ * tombstone. The members of the consumer group `push` own the partitions. On every assignment a member
+ * reads its partitions from the beginning (compaction keeps them short: live jobs and recent
+ * tombstones) and, once it has read up to where each partition ended at the assignment, delivers the
+ * jobs still live there — the ones a crashed or departed owner left — and from then on each new job as
+ * it arrives. So a job survives the crash of any process: the next owner of its partition delivers it.
+ *
+ * At least once: a job whose partition changed owner while it was being delivered may be sent by both
+ * (the collapse id and the webhook's notification_id let devices and receivers show it once). No
+ * offset is ever committed: the topic, not the group, says what is left to do.
+ */
+import type { Admin, Consumer, EachBatchPayload, Kafka } from "kafkajs";
+import type { Logger } from "../../lib/log.js";
+import { shardOf } from "../../lib/shard.js";
+import type { PushJob, PushJobQueue } from "../types.js";
+import type { BatchProducer } from "./batch-producer.js";
+import { groupConsumer } from "./consumers.js";
+
+/** Jobs this process delivers at once; the rest of its partitions' live jobs wait their turn. */
+const ACTIVE_MAX = 10_000;
+/** Ids of jobs this process ended, remembered so a re-read of their record does not start them again. */
+const ENDED_REMEMBERED_MAX = 100_000;
+
+export interface PushQueueOptions {
+  kafka: Kafka;
+  admin: Admin;
+  groupId: string;
+  topic: string;
+  deadLetterTopic: string;
+  partitions: number;
+  producer: BatchProducer;
+  log: Logger;
+}
+
+/** What this process knows of one partition it owns, for one assignment. */
+interface OwnedPartition {
+  /** The partition's end when it was assigned: the jobs read up to here are the ones left from before. */
+  end: bigint;
+  caughtUp: boolean;
+  /** Jobs not ended, by id (the latest record of each). */
+  live: Map<string, PushJob>;
+}
+
+export class KafkaPushQueue implements PushJobQueue {
+  private consumer: Consumer | undefined;
+  private deliver: ((job: PushJob) => Promise<void>) | undefined;
+  private owned = new Map<number, OwnedPartition>();
+  /** Set while an assignment's partition ends are being read; batches wait for it. */
+  private assigned: Promise<void> = Promise.resolve();
+  private readonly active = new Set<string>();
+  /** Jobs whose delivery returned without ending them (the process is closing): not started again. */
+  private parked = new Set<string>();
+  private readonly ended = new Set<string>();
+
+  constructor(private readonly o: PushQueueOptions) {}
+
+  /** The topic's partition count as the broker has it (it may differ from the setting it was made with). */
+  private partitionCount: Promise<number> | undefined;
+
+  private async partitionOf(job: PushJob): Promise<number> {
+    this.partitionCount ??= this.o.admin
+      .fetchTopicMetadata({ topics: [this.o.topic] })
+      .then((m) => m.topics[0]?.partitions.length || this.o.partitions)
+      .catch((err: unknown) => {
+        this.partitionCount = undefined;
+        throw err;
+      });
+    return shardOf(job.notification.userId, await this.partitionCount);
+  }
+
+  async put(job: PushJob): Promise<void> {
+    await this.o.producer.send(this.o.topic, {
+      partition: await this.partitionOf(job),
+      key: job.id,
+      value: JSON.stringify(job),
+    });
+  }
+
+  async finish(job: PushJob): Promise<void> {
+    this.remember(job.id);
+    const partition = await this.partitionOf(job);
+    this.owned.get(partition)?.live.delete(job.id);
+    await this.o.producer.send(this.o.topic, { partition, key: job.id, value: null });
+  }
+
+  async deadLetter(job: PushJob, error: string): Promise<void> {
+    await this.o.producer.send(this.o.deadLetterTopic, {
+      key: job.id,
+      value: JSON.stringify({ job, error, deadAtMs: Date.now() }),
+    });
+    await this.finish(job);
+  }
+
+  async consume(deliver: (job: PushJob) => Promise<void>): Promise<void> {
+    if (this.consumer) throw new Error("invariant violated: the push queue is consumed once");
+    this.deliver = deliver;
+    const consumer = groupConsumer(this.o.kafka, this.o.groupId, 200);
+    this.consumer = consumer;
+    consumer.on(consumer.events.GROUP_JOIN, (event) => {
+      const partitions = event.payload.memberAssignment[this.o.topic] ?? [];
+      this.assigned = this.assign(consumer, partitions);
+    });
+    await consumer.connect();
+    await consumer.subscribe({ topic: this.o.topic, fromBeginning: true });
+    await consumer.run({
+      autoCommit: false,
+      eachBatchAutoResolve: false,
+      eachBatch: (payload) => this.onBatch(payload),
+    });
+  }
+
+  /** The partitions' offsets; retried, because a topic just created may have no leader yet. */
+  private async offsets(): Promise<Array<{ partition: number; high: string; low: string }>> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.o.admin.fetchTopicOffsets(this.o.topic);
+      } catch (err) {
+        if (this.consumer === undefined) throw err; // closed meanwhile
+        this.o.log.warn("push queue: reading the partitions' offsets failed; trying again", { attempt, err });
+        await new Promise((r) => setTimeout(r, Math.min(5_000, 100 * 2 ** attempt)));
+      }
+    }
+  }
+
+  /** A new assignment: every owned partition is read again from its beginning. */
+  private async assign(consumer: Consumer, partitions: number[]): Promise<void> {
+    let offsets: Array<{ partition: number; high: string; low: string }>;
+    try {
+      offsets = await this.offsets();
+    } catch {
+      return; // closed: nothing to read
+    }
+    const owned = new Map<number, OwnedPartition>();
+    for (const partition of partitions) {
+      const o = offsets.find((x) => x.partition === partition);
+      const end = BigInt(o?.high ?? "0");
+      const start = BigInt(o?.low ?? "0");
+      owned.set(partition, { end, caughtUp: end <= start, live: new Map() });
+      consumer.seek({ topic: this.o.topic, partition, offset: String(start) });
+    }
+    this.owned = owned;
+    this.parked = new Set();
+    this.release();
+  }
+
+  private async onBatch({ batch, resolveOffset, heartbeat }: EachBatchPayload): Promise<void> {
+    await this.assigned;
+    const state = this.owned.get(batch.partition);
+    for (const m of batch.messages) {
+      resolveOffset(m.offset);
+      if (!state) continue; // no longer ours
+      const id = m.key?.toString() ?? "";
+      if (m.value === null) state.live.delete(id);
+      else if (!this.ended.has(id)) state.live.set(id, JSON.parse(m.value.toString()) as PushJob);
+      if (!state.caughtUp && BigInt(m.offset) + 1n >= state.end) state.caughtUp = true;
+    }
+    this.release();
+    await heartbeat();
+  }
+
+  /** Starts the live jobs of the partitions read up to their end, as long as there is room. */
+  private release(): void {
+    const deliver = this.deliver;
+    if (!deliver) return;
+    for (const state of this.owned.values()) {
+      if (!state.caughtUp) continue;
+      for (const [id, job] of state.live) {
+        if (this.active.size >= ACTIVE_MAX) return;
+        if (this.active.has(id) || this.parked.has(id)) continue;
+        this.active.add(id);
+        deliver(job)
+          .catch((err: unknown) => this.o.log.error("push queue: a delivery failed", { jobId: id, err }))
+          .finally(() => {
+            this.active.delete(id);
+            if (!this.ended.has(id)) this.parked.add(id);
+            this.release();
+          });
+      }
+    }
+  }
+
+  private remember(id: string): void {
+    this.ended.add(id);
+    if (this.ended.size > ENDED_REMEMBERED_MAX) this.ended.delete(this.ended.values().next().value as string);
+  }
+
+  async close(): Promise<void> {
+    await this.consumer?.disconnect();
+    this.consumer = undefined;
+  }
+}
