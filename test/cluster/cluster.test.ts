@@ -3,10 +3,12 @@
  * id, sequencer, each `switchboard start --role X`) on real Kafka and Cassandra: messages, typing,
  * receipts and presence cross from one gateway process to another; a router killed with -9 and a
  * gateway killed with -9 cost no acknowledged message, no duplicate and no reordering, and the
- * clients of the killed gateway resume on the other one. Prints the recovery times.
+ * clients of the killed gateway resume on the other one; a push process killed with -9 while it
+ * retries a notification leaves it to its restart, which sends it once; a pull-model channel's
+ * messages cross gateways live. Prints the recovery times.
  */
 import { randomBytes } from "node:crypto";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { MessageInitShape } from "@bufbuild/protobuf";
@@ -24,11 +26,15 @@ import {
   type TypingInfo,
 } from "../../sdk/src/index.js";
 import { OtlpReceiver, type OtlpSpan, resourceAttribute } from "../helpers/otlp-receiver.js";
+import { WebhookReceiver } from "../helpers/push-stand-ins/webhook.js";
 import { freePortRange, LocalCluster } from "../infra/cluster/cluster.js";
 import { ensureServer } from "../infra/servers.js";
 
 let cluster: LocalCluster;
 let runDir: string;
+/** Receives the push process's webhook notifications (signed with WEBHOOK_SECRET). */
+let webhook: WebhookReceiver;
+const WEBHOOK_SECRET = "whsec-cluster-test";
 /** Every process of the cluster exports its spans here. */
 let receiver: OtlpReceiver;
 
@@ -37,9 +43,18 @@ beforeAll(async () => {
   const cassandra = await ensureServer("cassandra");
   runDir = mkdtempSync(join(tmpdir(), "switchboard-cluster-"));
   receiver = await OtlpReceiver.start();
+  webhook = await new WebhookReceiver(WEBHOOK_SECRET).start();
+  const secretFile = join(runDir, "webhook.secret");
+  writeFileSync(secretFile, WEBHOOK_SECRET);
   cluster = await LocalCluster.start({
-    // The server API's event stream reads the sequenced log.
-    env: { ...receiver.env, SWITCHBOARD_KAFKA_PUBLISH_SEQUENCED: "true" },
+    env: {
+      ...receiver.env,
+      // The server API's event stream reads the sequenced log.
+      SWITCHBOARD_KAFKA_PUBLISH_SEQUENCED: "true",
+      // Users' webhook devices on this machine's stand-in, signed.
+      SWITCHBOARD_PUSH_ALLOW_PRIVATE_ENDPOINTS: "true",
+      SWITCHBOARD_PUSH_WEBHOOK_SECRET_FILE: secretFile,
+    },
     runDir,
     kafkaBrokers: kafka.KAFKA_BROKERS!,
     cassandraContactPoints: cassandra.CASSANDRA_CONTACT_POINTS!,
@@ -51,6 +66,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await cluster?.stop();
   receiver?.close();
+  await webhook?.close();
   rmSync(runDir, { recursive: true, force: true });
 });
 
@@ -327,6 +343,42 @@ describe("a multi-process cluster", () => {
     expect([...pids("deliver")].filter((p) => p !== sender && p !== undefined)).toHaveLength(1);
     for (const d of [alice, bob]) await d.c.close();
   }, 60_000);
+
+  it("delivers a notification once after kill -9 of the push process that was retrying it", async () => {
+    const [sender, sleeper] = [await device("p-sender", 0), await device("p-sleeper", 1)];
+    await sleeper.c.registerDevice({
+      deviceId: "crm",
+      provider: "webhook",
+      token: `${webhook.origin}/p-sleeper`,
+    });
+    await sleeper.c.close(); // offline: its messages are notified
+    // The provider is down: the push process retries, honouring Retry-After.
+    webhook.script.byToken.set("/p-sleeper", { status: 503, headers: { "retry-after": "1" } });
+    const arrivals = () => webhook.script.arrivals.filter((a) => a.token === "/p-sleeper").length;
+    // The routers learn of the closed connection through the routing topic: give them a moment.
+    await new Promise((r) => setTimeout(r, 1_000));
+    await sender.c.send({ toUser: "p-sleeper" }, "are you there?");
+    await until("the push process's first attempt", () => arrivals() >= 1);
+    await cluster.kill("push-0");
+    webhook.script.byToken.delete("/p-sleeper");
+    const restarted = performance.now();
+    await cluster.restart("push-0");
+    const recoveryMs = await until(
+      "the restarted push process delivers the job it left",
+      () => webhook.delivered.some((d) => d.path === "/p-sleeper"),
+      60_000,
+    );
+    await settle();
+    await new Promise((r) => setTimeout(r, 1_000));
+    const delivered = webhook.delivered.filter((d) => d.path === "/p-sleeper");
+    expect(delivered).toHaveLength(1);
+    expect(delivered[0]!.body).toMatchObject({ user_id: "p-sleeper", body: "are you there?" });
+    expect(webhook.script.violations).toEqual([]);
+    process.stdout.write(
+      `cluster: a push job pending a retry survived kill -9 of push-0 (delivered ${Math.round(performance.now() - restarted)} ms after the restart began, ${recoveryMs} ms after it was ready)\n`,
+    );
+    await sender.c.close();
+  }, 120_000);
 
   it("loses, repeats and reorders nothing when a router and then a gateway are killed with -9", async () => {
     const alice = await device("k-alice", 0);
