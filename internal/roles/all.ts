@@ -54,7 +54,6 @@ export const startAll: RoleStarter = async (ctx) => {
   );
   // Deliveries a killed process left in the embedded store go out again.
   await push.recover();
-  await push.consumeQueue();
   const pushImpl = pushServiceImpl(push, backends.devices);
   let presenceRouter: ServiceClient<typeof RouterService> | undefined;
   const presence = ctx.own(
@@ -101,6 +100,9 @@ export const startAll: RoleStarter = async (ctx) => {
   await gateway.announce();
   await router.start();
   ctx.own(router);
+  // Last: joining the push group may wait for a killed process's member to time out, and the
+  // message path must not wait for that (distributed backend; embedded: nothing to consume).
+  await push.consumeQueue();
 
   if (ctx.grpc) {
     addService(ctx.grpc, IdService, idImpl);

@@ -87,13 +87,17 @@ describe("distributed storage", () => {
     expect(found).toMatchObject({ conversationId: ack.conversationId, clientMsgId, body: "where am I?" });
   }, 90_000);
 
-  it("after kill -9, rejoins the sequencer and inbox groups as the members it was, and sequences again", async () => {
+  it("after kill -9, rejoins the sequencer, inbox and push groups as the members it was, and sequences again", async () => {
     const memberFile = join(server.dataDir, "kafka-members-all.json");
     const read = () =>
       JSON.parse(readFileSync(memberFile, "utf8")) as { pid: number; members: Record<string, string> };
     const before = read();
     expect(before.pid).toBe(server.child.pid);
-    expect(Object.keys(before.members).sort()).toEqual(["switchboard.inbox", "switchboard.sequencer"]);
+    expect(Object.keys(before.members).sort()).toEqual([
+      "switchboard.inbox",
+      "switchboard.push",
+      "switchboard.sequencer",
+    ]);
 
     await server.kill();
     server = await server.restart();

@@ -211,6 +211,7 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
       deadLetterTopic: names.pushDeadLetters,
       partitions: o.partitions,
       producer: batchProducer,
+      ...(groupMembers ? { groupMembers } : {}),
       log,
     });
     closers.unshift(() => pushQueue.close());

@@ -18,6 +18,7 @@ import { shardOf } from "../../lib/shard.js";
 import type { PushJob, PushJobQueue } from "../types.js";
 import type { BatchProducer } from "./batch-producer.js";
 import { groupConsumer } from "./consumers.js";
+import type { GroupMembers } from "./member-resume.js";
 
 /** Jobs this process delivers at once; the rest of its partitions' live jobs wait their turn. */
 const ACTIVE_MAX = 10_000;
@@ -32,6 +33,8 @@ export interface PushQueueOptions {
   deadLetterTopic: string;
   partitions: number;
   producer: BatchProducer;
+  /** Keeps the group's member id for a restart after a crash (member-resume.ts). */
+  groupMembers?: GroupMembers;
   log: Logger;
 }
 
@@ -99,6 +102,9 @@ export class KafkaPushQueue implements PushJobQueue {
     this.deliver = deliver;
     const consumer = groupConsumer(this.o.kafka, this.o.groupId, 200);
     this.consumer = consumer;
+    // A restart after a crash rejoins as the member it was: its partitions come back at once instead
+    // of after the dead member's session.
+    this.o.groupMembers?.track(consumer, this.o.groupId);
     consumer.on(consumer.events.GROUP_JOIN, (event) => {
       const partitions = event.payload.memberAssignment[this.o.topic] ?? [];
       this.assigned = this.assign(consumer, partitions);
@@ -188,7 +194,9 @@ export class KafkaPushQueue implements PushJobQueue {
   }
 
   async close(): Promise<void> {
-    await this.consumer?.disconnect();
+    if (!this.consumer) return;
+    await this.consumer.disconnect();
     this.consumer = undefined;
+    this.o.groupMembers?.forget(this.o.groupId);
   }
 }
