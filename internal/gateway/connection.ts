@@ -417,9 +417,9 @@ export class Connection {
           !(this.pullTyping.take(conversationId) && c.takePullTyping(conversationId))
         )
           return reply({ case: "ok", value: {} });
-        const members = await c.conversations.members(user, conversationId);
+        // Membership was checked above, with the record.
         await c.router.relay({
-          userIds: members,
+          userIds: await c.backends.membership.members(conversationId),
           excludeSessionId: this.sessionId,
           frame: { kind: { case: "typing", value: { conversationId, userId: user, typing } } },
         });

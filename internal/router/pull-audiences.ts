@@ -67,6 +67,10 @@ export class PullAudiences {
   forget(conversationId: string): void {
     const mark = this.reading.get(conversationId);
     if (mark) mark.changed = true;
+    this.drop(conversationId);
+  }
+
+  private drop(conversationId: string): void {
     const set = this.sets.get(conversationId);
     if (!set) return;
     this.sets.delete(conversationId);
@@ -74,7 +78,7 @@ export class PullAudiences {
   }
 
   private hold(conversationId: string, set: ReadonlySet<string>): void {
-    this.forget(conversationId);
+    this.drop(conversationId);
     this.sets.set(conversationId, set);
     this.held += set.size;
     // Keep the newest set even when it alone is over the bound: the batch in hand needs it.

@@ -23,37 +23,37 @@ export interface PushCredentialsPod {
 export function pushCredentialsPod(cluster: ChatCluster, component: ComponentName): PushCredentialsPod {
   const pod: PushCredentialsPod = { volumes: [], mounts: [], env: [] };
   if (component !== "push") return pod;
-  const files: Array<{ secret: string; key: string; path: string; setting: string[] }> = [];
-  const webhook = cluster.spec.push.webhook?.secretRef;
-  if (webhook) {
-    const key = webhook.key ?? WEBHOOK_SECRET_DEFAULT_KEY;
-    files.push({ secret: webhook.name, key, path: "webhook.secret", setting: ["push", "webhookSecretFile"] });
-  }
-  const fcm = cluster.spec.push.fcm?.secretRef;
-  if (fcm) {
-    const key = fcm.key ?? FCM_SECRET_DEFAULT_KEY;
-    files.push({
-      secret: fcm.name,
-      key,
+  // Each provider's Secret key, the file it becomes and the setting that points at it.
+  const { webhook, fcm, apns, webpush } = cluster.spec.push;
+  const providers = [
+    {
+      ref: webhook?.secretRef,
+      key: WEBHOOK_SECRET_DEFAULT_KEY,
+      path: "webhook.secret",
+      setting: ["push", "webhookSecretFile"],
+    },
+    {
+      ref: fcm?.secretRef,
+      key: FCM_SECRET_DEFAULT_KEY,
       path: "fcm-service-account.json",
       setting: ["push", "fcm", "serviceAccountFile"],
-    });
-  }
-  const apns = cluster.spec.push.apns?.secretRef;
-  if (apns) {
-    const key = apns.key ?? APNS_SECRET_DEFAULT_KEY;
-    files.push({ secret: apns.name, key, path: "apns-key.p8", setting: ["push", "apns", "keyFile"] });
-  }
-  const webpush = cluster.spec.push.webpush?.secretRef;
-  if (webpush) {
-    const key = webpush.key ?? VAPID_SECRET_DEFAULT_KEY;
-    files.push({
-      secret: webpush.name,
-      key,
+    },
+    {
+      ref: apns?.secretRef,
+      key: APNS_SECRET_DEFAULT_KEY,
+      path: "apns-key.p8",
+      setting: ["push", "apns", "keyFile"],
+    },
+    {
+      ref: webpush?.secretRef,
+      key: VAPID_SECRET_DEFAULT_KEY,
       path: "vapid-private-key",
       setting: ["push", "webpush", "vapidPrivateKeyFile"],
-    });
-  }
+    },
+  ];
+  const files = providers.flatMap(({ ref, key, path, setting }) =>
+    ref ? [{ secret: ref.name, key: ref.key ?? key, path, setting }] : [],
+  );
   if (files.length === 0) return pod;
   // One projected volume for every provider's file; without subPath, so a rotated Secret reaches the
   // files (the push process reads them at start: a rotation takes effect with the next rollout).
