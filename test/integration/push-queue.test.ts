@@ -107,14 +107,15 @@ describe("push jobs on Kafka", () => {
       });
     for (const u of users)
       expect(await first.notify({ userId: u, conversationId: "g:q", title: "t", body: `to ${u}` })).toBe(1);
+    // The receiver records a request before the sender has read its response and counted it as sent,
+    // so both are awaited together.
     await vi.waitFor(
-      () => expect(users.map((u) => deliveredTo(`/${u}`).length)).toEqual(users.map(() => 1)),
-      {
-        timeout: 30_000,
-        interval: 100,
+      async () => {
+        expect(users.map((u) => deliveredTo(`/${u}`).length)).toEqual(users.map(() => 1));
+        expect((await counted(ma, "sent")) + (await counted(mb, "sent"))).toBe(users.length);
       },
+      { timeout: 30_000, interval: 100 },
     );
-    expect((await counted(ma, "sent")) + (await counted(mb, "sent"))).toBe(users.length);
 
     // The provider is down for one user; whoever holds the job retries it. That service goes away
     // (closing abandons the waiting retry, as a crash would lose it), the other one takes the
@@ -136,14 +137,17 @@ describe("push jobs on Kafka", () => {
     const holder =
       (await counted(ma, "retried")) > 0 ? { push: first, backends: a } : { push: services[1]!, backends: b };
     const other = holder.backends === a ? { metrics: mb } : { metrics: ma };
+    const sentByOtherBefore = await counted(other.metrics, "sent");
     await holder.push.close();
     await holder.backends.close();
     webhook.script.byToken.delete(`/${victim}`);
-    await vi.waitFor(() => expect(deliveredTo(`/${victim}`)).toHaveLength(1), {
-      timeout: 60_000,
-      interval: 200,
-    });
-    expect(await counted(other.metrics, "sent")).toBeGreaterThan(0);
+    await vi.waitFor(
+      async () => {
+        expect(deliveredTo(`/${victim}`)).toHaveLength(1);
+        expect(await counted(other.metrics, "sent")).toBe(sentByOtherBefore + 1);
+      },
+      { timeout: 60_000, interval: 200 },
+    );
     await new Promise((r) => setTimeout(r, 1_000)); // a second delivery would arrive now
     expect(deliveredTo(`/${victim}`)).toHaveLength(1);
     expect(deliveredTo(`/${victim}`)[0]!.body).toMatchObject({ user_id: victim, body: "eventually" });
