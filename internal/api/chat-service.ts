@@ -228,6 +228,16 @@ export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatS
       return { devices: (await deps.push.listDevices({ userId: userOf(req.userId) })).devices };
     },
 
+    async listPushDeadLetters(req) {
+      const page = await deps.push.listDeadLetters({ limit: req.limit, beforeId: req.beforeId });
+      return { deadLetters: page.deadLetters };
+    },
+
+    async replayPushDeadLetters(req) {
+      const r = await deps.push.replayDeadLetters({ ids: req.ids });
+      return { replayedIds: r.replayedIds, missingIds: r.missingIds, deviceGoneIds: r.deviceGoneIds };
+    },
+
     streamEvents(requests, ctx) {
       return streamEvents({ log: deps.log, access: access(ctx.principal) }, requests, ctx);
     },

@@ -337,6 +337,8 @@ export interface PushJob {
     body: string;
     ttlSeconds: number;
     messageCount: number;
+    /** Unread messages in the conversation when queued (providers/types.ts); absent in older jobs. */
+    unreadCount?: number;
   };
   /** Attempts made so far. */
   attempts: number;
@@ -346,13 +348,41 @@ export interface PushJob {
 }
 
 export interface PushDeadLetter {
+  /** `<deadAtMs, 15 digits>:<job id>`: sorts by when it failed, and names it for replay. */
+  id: string;
   job: PushJob;
   /** The last error, e.g. "apns answered 400 PayloadEmpty" or "gave up after 5 attempts". */
   error: string;
   deadAtMs: number;
 }
 
-/** The push jobs of a process and their dead letters (embedded backend; internal/push). */
+/** The id a dead letter is listed and replayed by. */
+export const deadLetterId = (deadAtMs: number, jobId: string): string =>
+  `${String(deadAtMs).padStart(15, "0")}:${jobId}`;
+
+/** The parts of a dead letter's id, or undefined when it is not one. */
+export function parseDeadLetterId(id: string): { deadAtMs: number; jobId: string } | undefined {
+  const m = /^(\d{15}):(.{1,200})$/.exec(id);
+  return m ? { deadAtMs: Number(m[1]), jobId: m[2]! } : undefined;
+}
+
+/**
+ * Push jobs that failed for good, with their last error, kept for a bounded time or count so an
+ * operator can see what failed and send it again once the cause is mended (both backends).
+ */
+export interface PushDeadLetterStore extends Closeable {
+  /** Records a failed job (the distributed queue; the embedded job store moves its own in one transaction). */
+  add(job: PushJob, error: string): Promise<PushDeadLetter>;
+  /** Newest first; with `beforeId`, only those older than that one (the next page). */
+  list(limit: number, beforeId?: string): Promise<PushDeadLetter[]>;
+  /**
+   * Removes these dead letters and returns the ones that were there, each to exactly one caller
+   * (two concurrent replays of one id send it once).
+   */
+  take(ids: string[]): Promise<PushDeadLetter[]>;
+}
+
+/** The push jobs of a process (embedded backend; internal/push). */
 export interface PushJobStore extends Closeable {
   put(job: PushJob): Promise<void>;
   remove(id: string): Promise<void>;
@@ -360,8 +390,6 @@ export interface PushJobStore extends Closeable {
   list(limit: number): Promise<PushJob[]>;
   /** Removes the job and records it as dead, in one transaction; the oldest beyond the bound go. */
   deadLetter(job: PushJob, error: string): Promise<void>;
-  /** Dead letters, oldest first. */
-  deadLetters(limit: number): Promise<PushDeadLetter[]>;
 }
 
 /**
@@ -398,6 +426,8 @@ export interface Backends extends Closeable {
   pushJobs?: PushJobStore;
   /** Durable push jobs shared by the push processes (distributed). */
   pushQueue?: PushJobQueue;
+  /** Push jobs that failed for good (both). */
+  pushDeadLetters: PushDeadLetterStore;
 }
 
 /** A message already given a seq, found by its dedupe key. */

@@ -23,6 +23,7 @@ export const PERMISSIONS = [
   "presence",
   "sessions",
   "devices",
+  "pushDeadLetters",
   "events",
 ] as const;
 export type Permission = (typeof PERMISSIONS)[number];
@@ -76,6 +77,8 @@ export const METHOD_RULES: ReadonlyMap<string, MethodRule> = new Map([
   ["/switchboard.push.v1.PushService/UnregisterDevice", rule(["role:gateway", "role:router"], "devices")],
   ["/switchboard.push.v1.PushService/ListDevices", rule(["role:gateway", "role:router"], "devices")],
   ["/switchboard.push.v1.PushService/Notify", rule(["role:router"])],
+  ["/switchboard.push.v1.PushService/ListDeadLetters", rule(["role:router"])],
+  ["/switchboard.push.v1.PushService/ReplayDeadLetters", rule(["role:router"])],
   ["/switchboard.router.v1.RouterService/Relay", rule(["role:gateway", "role:presence"])],
   // The first backend API, deprecated by ChatService: it let a client send as anyone, so since the
   // server API's sender grants it is closed to every caller of a guarded port.
@@ -105,6 +108,8 @@ export const METHOD_RULES: ReadonlyMap<string, MethodRule> = new Map([
   ["/switchboard.api.v1.ChatService/RegisterDevice", rule([], "devices")],
   ["/switchboard.api.v1.ChatService/UnregisterDevice", rule([], "devices")],
   ["/switchboard.api.v1.ChatService/ListDevices", rule([], "devices")],
+  ["/switchboard.api.v1.ChatService/ListPushDeadLetters", rule([], "pushDeadLetters")],
+  ["/switchboard.api.v1.ChatService/ReplayPushDeadLetters", rule([], "pushDeadLetters")],
   ["/switchboard.api.v1.ChatService/StreamEvents", rule([], "events")],
 ]);
 

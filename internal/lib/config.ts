@@ -104,7 +104,7 @@ export const schema = {
     ),
     clients: list(
       [],
-      "What backend clients may do through the server API (docs/server-api.md), as `name=permission+permission[;sendAs=user|user][;conversations=all|member|id|id]`. Permissions: publish, sendToUsers, broadcast, manageGroups, readHistory, presence, sessions, devices, events. sendAs: the user ids it may send as (default: its own `bot:<name>`); conversations: which it may publish into, read, manage and stream (default `member`: where one of its senders is a member).",
+      "What backend clients may do through the server API (docs/server-api.md), as `name=permission+permission[;sendAs=user|user][;conversations=all|member|id|id]`. Permissions: publish, sendToUsers, broadcast, manageGroups, readHistory, presence, sessions, devices, pushDeadLetters, events. sendAs: the user ids it may send as (default: its own `bot:<name>`); conversations: which it may publish into, read, manage and stream (default `member`: where one of its senders is a member).",
     ),
     credentialFile: str(
       "",
@@ -354,7 +354,7 @@ export const schema = {
     brokers: list(["127.0.0.1:9092"], "Kafka bootstrap servers (distributed backend)."),
     topicPrefix: str(
       "switchboard.",
-      "Prefix of the topic names (messages, sequenced, inbox, replies, routing, push-jobs, push-dead-letters).",
+      "Prefix of the topic names (messages, sequenced, inbox, replies, routing, push-jobs).",
     ),
     partitions: int(12, "Partitions of the message topics.", 1),
     replicationFactor: int(

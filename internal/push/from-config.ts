@@ -8,8 +8,10 @@ import { readFileSync } from "node:fs";
 import type {
   DeviceStore,
   NotificationSettingsStore,
+  PushDeadLetterStore,
   PushJobQueue,
   PushJobStore,
+  ReceiptStore,
 } from "../backends/types.js";
 import type { Config } from "../lib/config.js";
 import type { Logger } from "../lib/log.js";
@@ -98,7 +100,13 @@ export function pushFromConfig(
   config: Config,
   devices: DeviceStore,
   settings: NotificationSettingsStore,
-  durable: { jobs?: PushJobStore | undefined; queue?: PushJobQueue | undefined },
+  stores: {
+    /** For the unread count in the payloads. */
+    receipts?: Pick<ReceiptStore, "get"> | undefined;
+    jobs?: PushJobStore | undefined;
+    queue?: PushJobQueue | undefined;
+    deadLetters?: PushDeadLetterStore | undefined;
+  },
   log: Logger,
   metrics: Metrics,
 ): Push {
@@ -108,8 +116,10 @@ export function pushFromConfig(
   return new Push({
     devices,
     settings,
-    jobs: durable.jobs,
-    queue: durable.queue,
+    receipts: stores.receipts,
+    jobs: stores.jobs,
+    queue: stores.queue,
+    deadLetters: stores.deadLetters,
     providers,
     webhookUrl: push.webhookUrl,
     privacyMode: push.privacyMode,

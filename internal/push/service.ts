@@ -20,9 +20,12 @@ import type {
   DeviceRecord,
   DeviceStore,
   NotificationSettingsStore,
+  PushDeadLetter,
+  PushDeadLetterStore,
   PushJob,
   PushJobQueue,
   PushJobStore,
+  ReceiptStore,
 } from "../backends/types.js";
 import { errors } from "../lib/errors.js";
 import type { Logger } from "../lib/log.js";
@@ -37,6 +40,9 @@ import { SendSlots } from "./send-slots.js";
 import { tokenProblem } from "./token-format.js";
 
 export const DEVICES_PER_USER_MAX = 20;
+/** Dead letters per ListDeadLetters page by default, and at most (also ids per replay). */
+const DEAD_LETTERS_PAGE_DEFAULT = 100;
+const DEAD_LETTERS_PAGE_MAX = 1_000;
 const TOKEN_CHARS_MAX = 4_096;
 const DEVICE_ID_CHARS_MAX = 128;
 /** The body every payload carries in privacy mode. */
@@ -58,6 +64,8 @@ export interface Notification {
   conversationId: string;
   title: string;
   body: string;
+  /** The message's seq (0 or absent: unknown); the payloads' unread count is counted up to it. */
+  seq?: number;
 }
 
 /** The providers with credentials; a device of a missing one is counted `unconfigured`. */
@@ -67,6 +75,8 @@ export interface PushOptions {
   devices: DeviceStore;
   /** Users' mutes and do-not-disturb windows; undefined: every notification is sent. */
   settings?: NotificationSettingsStore | undefined;
+  /** Users' read watermarks, for the unread count in the payloads; undefined: the burst's size stands in. */
+  receipts?: Pick<ReceiptStore, "get"> | undefined;
   /** Durable jobs and dead letters of this process (embedded). */
   jobs?: PushJobStore | undefined;
   /**
@@ -74,6 +84,8 @@ export interface PushOptions {
    * owner of its partition delivers it (`consumeQueue`). Neither: jobs live in memory only.
    */
   queue?: PushJobQueue | undefined;
+  /** Where jobs that failed for good are read and replayed from (both backends). */
+  deadLetters?: PushDeadLetterStore | undefined;
   providers: ProviderSet;
   /** The generic webhook for a user with no registered device (empty: none). */
   webhookUrl: string;
@@ -169,6 +181,7 @@ export class Push {
       body: this.options.privacyMode ? privateBody(messageCount) : n.body,
       ttlSeconds: this.options.ttlSeconds ?? 86_400,
       messageCount,
+      unreadCount: await this.unreadCount(n, messageCount),
     };
     let queued = 0;
     for (const target of targets) {
@@ -181,27 +194,96 @@ export class Push {
         this.count(target.provider, "dropped");
         continue;
       }
-      const createdAtMs = Date.now();
-      const job: PushJob = {
-        // Zero-padded creation time first: the store lists jobs oldest first.
-        id: `${String(createdAtMs).padStart(15, "0")}-${notification.id}-${++this.jobSequence}`,
-        ...target,
-        notification,
-        attempts: 0,
-        notBeforeMs: 0,
-        createdAtMs,
-      };
-      // Written down before the first attempt: from here a crash does not lose it.
-      if (this.options.queue) {
-        await this.options.queue.put(job); // its partition's owner delivers it
-        queued++;
-        continue;
-      }
-      await this.options.jobs?.put(job);
-      this.start(provider, job);
+      await this.enqueue(provider, this.newJob(target, notification));
       queued++;
     }
     return queued;
+  }
+
+  /** Messages after the user's read watermark up to this one: what an app shows as the conversation's badge. */
+  private async unreadCount(n: Notification, messageCount: number): Promise<number> {
+    const receipts = this.options.receipts;
+    if (!receipts || !n.seq) return messageCount;
+    const read = await receipts.get(n.conversationId, n.userId, "read");
+    return Math.max(messageCount, n.seq - read);
+  }
+
+  private newJob(
+    target: Pick<PushJob, "provider" | "token" | "device">,
+    n: PushJob["notification"],
+  ): PushJob {
+    const createdAtMs = Date.now();
+    return {
+      // Zero-padded creation time first: the store lists jobs oldest first.
+      id: `${String(createdAtMs).padStart(15, "0")}-${n.id}-${++this.jobSequence}`,
+      ...target,
+      notification: n,
+      attempts: 0,
+      notBeforeMs: 0,
+      createdAtMs,
+    };
+  }
+
+  /** Written down before the first attempt: from here a crash does not lose it. */
+  private async enqueue(provider: PushProvider, job: PushJob): Promise<void> {
+    if (this.options.queue) return this.options.queue.put(job); // its partition's owner delivers it
+    await this.options.jobs?.put(job);
+    this.start(provider, job);
+  }
+
+  /** Deliveries that failed for good, newest first (none when nothing keeps them). */
+  async deadLetters(limit: number, beforeId?: string): Promise<PushDeadLetter[]> {
+    return (await this.options.deadLetters?.list(limit, beforeId)) ?? [];
+  }
+
+  /**
+   * Sends dead letters again as new deliveries with a fresh attempt count, each at most once (taken
+   * from the store before it is queued), to the device's current token: a device that registered a
+   * new token since gets it there, one that unregistered gets nothing.
+   */
+  async replay(ids: string[]): Promise<{ replayed: string[]; missing: string[]; deviceGone: string[] }> {
+    if (!this.options.queue && this.inFlight.size + ids.length > this.pendingMax)
+      throw errors.exhausted(
+        "PUSH_PENDING_FULL",
+        `${this.inFlight.size} deliveries are pending (push.pendingMax ${this.pendingMax}); replay fewer`,
+      );
+    const taken = (await this.options.deadLetters?.take(ids)) ?? [];
+    const found = new Set(taken.map((d) => d.id));
+    const result = {
+      replayed: [] as string[],
+      missing: ids.filter((id) => !found.has(id)),
+      deviceGone: [] as string[],
+    };
+    for (const dead of taken) {
+      const target = await this.currentTarget(dead.job);
+      if (!target) {
+        result.deviceGone.push(dead.id);
+        continue;
+      }
+      const job = this.newJob(target, dead.job.notification);
+      const provider = this.options.providers[job.provider];
+      if (provider) await this.enqueue(provider, job);
+      else await this.dead(job, `provider ${job.provider} is not configured`); // listed again, as it stands
+      this.count(job.provider, "replayed");
+      result.replayed.push(dead.id);
+    }
+    if (taken.length > 0) this.options.log.info("push: dead letters replayed", { ...result });
+    return result;
+  }
+
+  /** Where a job's notification goes now: its device's current registration, or the configured webhook. */
+  private async currentTarget(
+    job: PushJob,
+  ): Promise<Pick<PushJob, "provider" | "token" | "device"> | undefined> {
+    const device = job.device;
+    if (!device)
+      return this.options.webhookUrl
+        ? { provider: "webhook", token: this.options.webhookUrl, device: null }
+        : undefined;
+    const current = (await this.options.devices.list(device.userId)).find(
+      (d) => d.deviceId === device.deviceId,
+    );
+    return current ? { provider: current.provider, token: current.token, device: current } : undefined;
   }
 
   /**
@@ -463,12 +545,38 @@ export function pushServiceImpl(push: Push, devices: DeviceStore): ServiceImpl<t
         })),
       };
     },
+    async listDeadLetters(req) {
+      const limit = req.limit === 0 ? DEAD_LETTERS_PAGE_DEFAULT : req.limit;
+      if (limit > DEAD_LETTERS_PAGE_MAX)
+        throw errors.invalid("INVALID_LIMIT", `limit must be at most ${DEAD_LETTERS_PAGE_MAX}`);
+      const page = await push.deadLetters(limit, req.beforeId === "" ? undefined : req.beforeId);
+      return {
+        deadLetters: page.map((d) => ({
+          id: d.id,
+          userId: d.job.notification.userId,
+          deviceId: d.job.device?.deviceId ?? "",
+          provider: providerOf(d.job.provider),
+          conversationId: d.job.notification.conversationId,
+          error: d.error,
+          attempts: d.job.attempts,
+          createdAtMs: BigInt(d.job.createdAtMs),
+          deadAtMs: BigInt(d.deadAtMs),
+        })),
+      };
+    },
+    async replayDeadLetters(req) {
+      if (req.ids.length === 0 || req.ids.length > DEAD_LETTERS_PAGE_MAX)
+        throw errors.invalid("INVALID_IDS", `ids must hold 1-${DEAD_LETTERS_PAGE_MAX} dead letter ids`);
+      const r = await push.replay([...new Set(req.ids)]);
+      return { replayedIds: r.replayed, missingIds: r.missing, deviceGoneIds: r.deviceGone };
+    },
     async notify(req) {
       const n = await push.notify({
         userId: req.userId,
         conversationId: req.conversationId,
         title: req.title,
         body: req.body,
+        seq: Number(req.seq),
       });
       return { devices: n };
     },

@@ -47,7 +47,12 @@ export const startAll: RoleStarter = async (ctx) => {
       config,
       backends.devices,
       backends.settings,
-      { jobs: backends.pushJobs, queue: backends.pushQueue },
+      {
+        receipts: backends.receipts,
+        jobs: backends.pushJobs,
+        queue: backends.pushQueue,
+        deadLetters: backends.pushDeadLetters,
+      },
       log,
       metrics,
     ),

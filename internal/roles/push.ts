@@ -21,7 +21,14 @@ export const startPush: RoleStarter = async (ctx) => {
   );
   ctx.readiness(() => backends.unreachable());
   const push = ctx.own(
-    pushFromConfig(config, backends.devices, backends.settings, { queue: backends.pushQueue }, log, metrics),
+    pushFromConfig(
+      config,
+      backends.devices,
+      backends.settings,
+      { receipts: backends.receipts, queue: backends.pushQueue, deadLetters: backends.pushDeadLetters },
+      log,
+      metrics,
+    ),
   );
   addService(ctx.grpc!, PushService, pushServiceImpl(push, backends.devices));
   // The jobs of the push-jobs partitions this process owns, left from before and new.

@@ -356,7 +356,13 @@ export class Router {
 
   private notifyOffline(userId: string, m: StoredMessage): void {
     this.options.push
-      .notify({ userId, conversationId: m.conversationId, title: m.sender, body: m.body.slice(0, 120) })
+      .notify({
+        userId,
+        conversationId: m.conversationId,
+        title: m.sender,
+        body: m.body.slice(0, 120),
+        seq: BigInt(m.seq),
+      })
       .catch((err: unknown) => this.options.logger.warn("router: push failed", { userId, err }));
   }
 

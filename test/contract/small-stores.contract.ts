@@ -1,6 +1,13 @@
-/** Backend contract, part: Receipts, routing events, presence, devices and notification settings. */
+/** Backend contract, part: Receipts, routing events, presence, devices, notification settings and push dead letters. */
 import { describe, expect, it } from "vitest";
-import type { DeviceRecord, SessionEvent } from "../../internal/backends/types.js";
+import {
+  type DeviceRecord,
+  deadLetterId,
+  type PushDeadLetter,
+  type PushJob,
+  parseDeadLetterId,
+  type SessionEvent,
+} from "../../internal/backends/types.js";
 import { type ContractKit, range, shuffled } from "./harness.js";
 
 export function smallStoresContract({ setup, itUnless }: ContractKit): void {
@@ -211,6 +218,57 @@ export function smallStoresContract({ setup, itUnless }: ContractKit): void {
       expect(await h.b.settings.doNotDisturb(v)).toBeUndefined();
       await h.b.settings.setDoNotDisturb(u, undefined);
       expect(await h.b.settings.doNotDisturb(u)).toBeUndefined();
+    });
+  });
+
+  // -------------------------------------------------------------------------------------------
+  describe("push dead letters", () => {
+    const job = (id: string, userId: string): PushJob => ({
+      id,
+      provider: "webhook",
+      token: "https://push.example/hook",
+      device: null,
+      notification: {
+        id: `n-${id}`,
+        userId,
+        conversationId: "g:dead",
+        title: "t",
+        body: "b",
+        ttlSeconds: 60,
+        messageCount: 1,
+      },
+      attempts: 3,
+      notBeforeMs: 0,
+      createdAtMs: 1_000,
+    });
+
+    it("lists newest first with pages, and take removes each dead letter for exactly one caller", async (ctx) => {
+      const h = await setup(ctx);
+      const u = h.id("u");
+      const mine = (list: PushDeadLetter[]) => list.filter((d) => d.job.notification.userId === u);
+      const added: PushDeadLetter[] = [];
+      for (const name of ["a", "b", "c"]) {
+        added.push(await h.b.pushDeadLetters.add(job(h.id(name), u), `error ${name}`));
+        await new Promise((r) => setTimeout(r, 3)); // distinct failure times
+      }
+      for (const d of added) {
+        expect(parseDeadLetterId(d.id)).toEqual({ deadAtMs: d.deadAtMs, jobId: d.job.id });
+        expect(d.job).toEqual(job(d.job.id, u));
+      }
+      const newestFirst = [...added].reverse();
+      expect(mine(await h.b.pushDeadLetters.list(1_000))).toEqual(newestFirst);
+      // The page after the newest holds the two older ones, in order.
+      expect(mine(await h.b.pushDeadLetters.list(1_000, added[2]!.id))).toEqual(newestFirst.slice(1));
+      expect(await h.b.pushDeadLetters.list(10, "not-an-id")).toEqual([]);
+
+      // Concurrent takes of one id: one caller gets it. Unknown and malformed ids are skipped.
+      const contested = await Promise.all(range(1, 5).map(() => h.b.pushDeadLetters.take([added[1]!.id])));
+      expect(contested.flat()).toEqual([added[1]]);
+      expect(await h.b.pushDeadLetters.take([added[0]!.id, deadLetterId(1, h.id("none")), "junk"])).toEqual([
+        added[0],
+      ]);
+      expect(mine(await h.b.pushDeadLetters.list(1_000))).toEqual([added[2]]);
+      expect(await h.b.pushDeadLetters.take([added[0]!.id])).toEqual([]);
     });
   });
 

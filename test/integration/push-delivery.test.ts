@@ -160,6 +160,10 @@ describe("push service over the four providers", () => {
     ]);
     expect(apns.delivered.at(-1)!.token).toBe(devices.apns.token);
     expect(apns.delivered.at(-1)!.payload.aps.alert.body).toBe("hi alice");
+    // Without a seq (or read watermarks) the unread count is the notification's own message count.
+    expect(apns.delivered.at(-1)!.payload.unread_count).toBe(1);
+    expect(fcm.delivered.at(-1)!.message.data?.unread_count).toBe("1");
+    expect(webPush.delivered.at(-1)!.payload.unread_count).toBe(1);
     expect(fcm.delivered.at(-1)!.message.token).toBe(devices.fcm.token);
     expect(webPush.delivered.at(-1)!.payload.body).toBe("hi alice");
     expect(webhook.delivered.at(-1)!.path).toBe(`/${userId}`);
@@ -335,27 +339,29 @@ describe("push service over the four providers", () => {
 
   it("collapses a burst per (user, conversation): the first at once, one summary with the latest and the count when the window closes", async () => {
     const metrics = createMetrics();
-    const push = pushService(metrics, { collapseWindowMs: 400 });
+    const push = pushService(metrics, { collapseWindowMs: 400, receipts: backends.receipts });
     const { userId } = await userWithEveryDevice();
+    // The user has read g:1 up to seq 4 and nothing of g:2: the payloads count what is unread.
+    await backends.receipts.raise("g:1", userId, "read", 4);
     await backends.devices.remove(userId, "iphone");
     await backends.devices.remove(userId, "pixel");
     await backends.devices.remove(userId, "browser");
     const counts = [];
-    for (const [conversationId, body] of [
-      ["g:1", "first"],
-      ["g:1", "second"],
-      ["g:1", "third"],
-      ["g:2", "other"],
+    for (const [conversationId, body, seq] of [
+      ["g:1", "first", 5],
+      ["g:1", "second", 6],
+      ["g:1", "third", 7],
+      ["g:2", "other", 2],
     ] as const) {
-      counts.push(await push.notify({ userId, conversationId, title: "bob", body }));
+      counts.push(await push.notify({ userId, conversationId, title: "bob", body, seq }));
     }
     expect(counts).toEqual([1, 0, 0, 1]);
     const mine = () => webhook.delivered.filter((d) => d.path === `/${userId}`).map((d) => d.body);
     await vi.waitFor(() => expect(mine()).toHaveLength(3), { timeout: 5_000 });
-    expect(mine().map((b) => [b.conversation_id, b.body, b.message_count])).toEqual([
-      ["g:1", "first", 1],
-      ["g:2", "other", 1],
-      ["g:1", "third", 2],
+    expect(mine().map((b) => [b.conversation_id, b.body, b.message_count, b.unread_count])).toEqual([
+      ["g:1", "first", 1, 1],
+      ["g:2", "other", 1, 2],
+      ["g:1", "third", 2, 3],
     ]);
     expect(await counted(metrics, "none", "collapsed")).toBe(2);
     expect(await counted(metrics, "none", "summarized")).toBe(1);
@@ -457,9 +463,11 @@ describe("durable push jobs (the embedded store)", () => {
     expect(await counted(metrics, "webhook", "recovered")).toBeGreaterThanOrEqual(1);
   });
 
-  it("dead-letters a permanent failure and an exhausted job with its last error, and removes them from the jobs", async () => {
+  it("dead-letters a permanent failure and an exhausted job with its last error, removes them from the jobs, and replays each once to the device's current token", async () => {
     const jobs = backends.pushJobs;
-    const push = pushService(createMetrics(), { jobs, retry: { ...FAST_RETRIES, attemptsMax: 2 } });
+    const deadLetters = backends.pushDeadLetters;
+    const metrics = createMetrics();
+    const push = pushService(metrics, { jobs, deadLetters, retry: { ...FAST_RETRIES, attemptsMax: 2 } });
     const { userId, devices } = await userWithEveryDevice();
     for (const deviceId of ["browser", "crm"]) await backends.devices.remove(userId, deviceId);
     apns.script.byToken.set(devices.apns.token, { status: 400, body: { reason: "PayloadEmpty" } });
@@ -469,11 +477,47 @@ describe("durable push jobs (the embedded store)", () => {
     });
     await push.notify({ userId, conversationId: "dm:12", title: "bob", body: "poison" });
     await settled(push);
-    const dead = (await jobs.deadLetters(10_000)).filter((d) => d.job.notification.userId === userId);
+    const dead = (await push.deadLetters(1_000)).filter((d) => d.job.notification.userId === userId);
     expect(dead.map((d) => [d.job.provider, d.job.attempts, d.error]).sort()).toEqual([
       ["apns", 1, "apns answered 400 PayloadEmpty"],
       ["fcm", 2, "fcm answered 503 UNAVAILABLE"],
     ]);
     expect((await jobs.list(100)).filter((j) => j.notification.userId === userId)).toEqual([]);
+
+    // Newest first, and a page after one id holds exactly the older ones.
+    const all = await push.deadLetters(1_000);
+    expect(all.map((d) => d.deadAtMs)).toEqual([...all.map((d) => d.deadAtMs)].sort((a, b) => b - a));
+    const [newest, ...older] = all;
+    expect((await push.deadLetters(1_000, newest!.id)).map((d) => d.id)).toEqual(older.map((d) => d.id));
+
+    // The providers mended; the iPhone registered a new token since; the Pixel is gone.
+    apns.script.byToken.delete(devices.apns.token);
+    fcm.script.byToken.delete(devices.fcm.token);
+    const renewed = `${"b".repeat(63)}c`;
+    await backends.devices.put({ ...devices.apns, token: renewed, registeredAtMs: Date.now() });
+    await backends.devices.remove(userId, devices.fcm.deviceId);
+    const apnsDead = dead.find((d) => d.job.provider === "apns")!;
+    const fcmDead = dead.find((d) => d.job.provider === "fcm")!;
+    const before = apns.delivered.length;
+    const result = await push.replay([apnsDead.id, fcmDead.id, "000000000000001:no-such-job"]);
+    expect(result).toEqual({
+      replayed: [apnsDead.id],
+      missing: ["000000000000001:no-such-job"],
+      deviceGone: [fcmDead.id],
+    });
+    await settled(push);
+    const resent = apns.delivered.slice(before);
+    expect(resent.map((d) => d.token)).toEqual([renewed]);
+    expect(resent[0]!.payload).toMatchObject({ aps: { alert: { body: "poison" } } });
+    expect(await counted(metrics, "apns", "replayed")).toBe(1);
+    // Gone from the dead letters: a second replay finds nothing and sends nothing.
+    expect((await push.deadLetters(1_000)).map((d) => d.id)).not.toContain(apnsDead.id);
+    expect(await push.replay([apnsDead.id])).toEqual({
+      replayed: [],
+      missing: [apnsDead.id],
+      deviceGone: [],
+    });
+    await settled(push);
+    expect(apns.delivered.length).toBe(before + 1);
   });
 });

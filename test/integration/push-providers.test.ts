@@ -24,6 +24,7 @@ const notification = (overrides: Partial<PushNotification> = {}): PushNotificati
   body: "lunch at noon? 🍜",
   ttlSeconds: 3600,
   messageCount: 1,
+  unreadCount: 4,
   ...overrides,
 });
 const deviceToken = (n: number) => n.toString(16).padStart(64, "0");
@@ -57,6 +58,7 @@ describe("APNs provider against an HTTP/2 stand-in", () => {
     expect(got.token).toBe(deviceToken(1));
     expect(got.payload.aps.alert).toEqual({ title: "bob", body: "lunch at noon? 🍜" });
     expect(got.payload.aps["thread-id"]).toBe(n.conversationId);
+    expect(got.payload.unread_count).toBe(4);
     expect(got.headers["apns-push-type"]).toBe("alert");
     expect(got.headers["apns-collapse-id"]).toBe(n.conversationId);
     expect(Number(got.headers["apns-expiration"])).toBe(Math.floor(now / 1000) + 3600);
@@ -167,7 +169,7 @@ describe("FCM HTTP v1 provider against a token endpoint and messages:send stand-
     expect(fcm.granted.size).toBe(1);
     const { message } = fcm.delivered.at(-1)!;
     expect(message.notification).toEqual({ title: "bob", body: "lunch at noon? 🍜" });
-    expect(message.data).toMatchObject({ conversation_id: "g:382805782816620547" });
+    expect(message.data).toMatchObject({ conversation_id: "g:382805782816620547", unread_count: "4" });
     expect(message.android).toMatchObject({
       collapse_key: "g:382805782816620547",
       ttl: "3600s",
@@ -303,6 +305,7 @@ describe("Web Push provider against a push service stand-in that decrypts", () =
       conversation_id: n.conversationId,
       notification_id: n.id,
       message_count: 1,
+      unread_count: 4,
     });
     expect(got.headers.ttl).toBe("3600");
     expect(got.headers.urgency).toBe("high");
@@ -381,6 +384,7 @@ describe("webhook provider against a receiver that checks the HMAC", () => {
       title: "bob",
       body: "lunch at noon? 🍜",
       message_count: 1,
+      unread_count: 4,
     });
   });
 

@@ -7,7 +7,7 @@
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { MessageInitShape } from "@bufbuild/protobuf";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import {
   ChatService,
   StartPosition,
@@ -26,6 +26,7 @@ import { AsyncQueue } from "../../internal/lib/async-queue.js";
 import { Code, SwitchboardError } from "../../internal/lib/errors.js";
 import { grpcClient, type ServiceClient } from "../../internal/lib/rpc.js";
 import { consumeEvents, createChatClient, reasonOf } from "../../server-client/src/index.js";
+import { WebhookReceiver } from "../helpers/push-stand-ins/webhook.js";
 import { expectCase, RawClient } from "../helpers/raw-client.js";
 import { devToken, type ServerProcess, startServer, tempDir } from "../helpers/server.js";
 
@@ -39,8 +40,13 @@ const keys = {
 };
 const dir = tempDir("switchboard-api-");
 const opened: Array<{ close(): void }> = [];
+const WEBHOOK_SECRET = "whsec-server-api";
+let webhook: WebhookReceiver;
 
 beforeAll(async () => {
+  webhook = await new WebhookReceiver(WEBHOOK_SECRET).start();
+  const secretFile = join(dir.path, "webhook.secret");
+  writeFileSync(secretFile, WEBHOOK_SECRET);
   const keyFile = join(dir.path, "keys");
   writeFileSync(
     keyFile,
@@ -66,12 +72,16 @@ beforeAll(async () => {
       ].join(","),
       // The distributed log publishes its sequenced topic only when asked; the event stream reads it.
       SWITCHBOARD_KAFKA_PUBLISH_SEQUENCED: "true",
+      // Devices of provider webhook on the loopback receiver, for the dead letters.
+      SWITCHBOARD_PUSH_WEBHOOK_SECRET_FILE: secretFile,
+      SWITCHBOARD_PUSH_ALLOW_PRIVATE_ENDPOINTS: "true",
     },
   });
 });
 afterAll(async () => {
   for (const c of opened) c.close();
   await server.dispose();
+  await webhook?.close();
   dir.remove();
 });
 
@@ -325,6 +335,62 @@ describe("ChatService: groups, presence, sessions, devices", () => {
   });
 });
 
+describe("ChatService: push dead letters", () => {
+  it("lists a delivery that failed for good and replays it, once, after the receiver was mended", async () => {
+    const moderation = client(keys.moderation);
+    const root = client(keys.root);
+    const path = "/api-dora";
+    await moderation.registerDevice({
+      device: {
+        userId: "api-dora",
+        deviceId: "crm",
+        provider: Provider.WEBHOOK,
+        token: `${webhook.origin}${path}`,
+      },
+    });
+    webhook.script.byToken.set(path, { status: 400 }); // a permanent failure: no retry
+    await client(keys.billing).sendToUser({ userId: "api-dora", idempotencyKey: "dl-1", body: "overdue" });
+    const deadOf = async () =>
+      (await root.listPushDeadLetters({ limit: 1_000 })).deadLetters.filter((d) => d.userId === "api-dora");
+    await vi.waitFor(async () => expect(await deadOf()).toHaveLength(1), { timeout: 15_000, interval: 100 });
+    const [dead] = await deadOf();
+    expect(dead).toMatchObject({
+      deviceId: "crm",
+      provider: Provider.WEBHOOK,
+      conversationId: "dm:api-dora~bot:billing",
+      error: "webhook answered 400",
+      attempts: 1,
+    });
+    expect(dead!.deadAtMs).toBeGreaterThanOrEqual(dead!.createdAtMs);
+    expect(webhook.delivered.filter((d) => d.path === path)).toEqual([]);
+
+    // The permission is its own; requests are checked.
+    expect(await failure(moderation.listPushDeadLetters({}))).toBe("PERMISSION_DENIED METHOD_NOT_ALLOWED");
+    expect(await failure(root.replayPushDeadLetters({ ids: [] }))).toBe("INVALID_ARGUMENT INVALID_IDS");
+    expect(await failure(root.listPushDeadLetters({ limit: 1_001 }))).toBe("INVALID_ARGUMENT INVALID_LIMIT");
+
+    webhook.script.byToken.delete(path);
+    expect(await root.replayPushDeadLetters({ ids: [dead!.id] })).toMatchObject({
+      replayedIds: [dead!.id],
+      missingIds: [],
+      deviceGoneIds: [],
+    });
+    await vi.waitFor(() => expect(webhook.delivered.filter((d) => d.path === path)).toHaveLength(1), {
+      timeout: 15_000,
+      interval: 100,
+    });
+    expect(webhook.delivered.find((d) => d.path === path)!.body).toMatchObject({
+      user_id: "api-dora",
+      body: "overdue",
+    });
+    expect(await deadOf()).toEqual([]);
+    expect(await root.replayPushDeadLetters({ ids: [dead!.id] })).toMatchObject({
+      replayedIds: [],
+      missingIds: [dead!.id],
+    });
+  });
+});
+
 describe("ChatService: who may call what", () => {
   it("refuses callers without credentials, methods outside a client's permissions, and internal methods", async () => {
     const anonymous = grpcClient(ChatService, `127.0.0.1:${server.grpcPort}`);
@@ -368,8 +434,8 @@ describe("internal methods", () => {
       }
     }
     // Deliver, Drain, Stats, AllocateIds, Heartbeat, EndSession, Subscribe, Unsubscribe, Notify,
-    // Relay and the deprecated backend methods of RouterService.
-    expect(Object.keys(outcomes)).toHaveLength(17);
+    // ListDeadLetters, ReplayDeadLetters, Relay and the deprecated backend methods of RouterService.
+    expect(Object.keys(outcomes)).toHaveLength(19);
     for (const [path, outcome] of Object.entries(outcomes))
       expect(`${path}: ${outcome}`).toBe(`${path}: PERMISSION_DENIED METHOD_NOT_ALLOWED`);
   });

@@ -19,6 +19,7 @@ import { CassandraMembershipStore } from "./membership.js";
 import { CassandraMessageStore } from "./messages.js";
 import { CassandraOwnershipStore } from "./ownership.js";
 import { CassandraPresenceStore } from "./presence.js";
+import { CassandraPushDeadLetters } from "./push-dead-letters.js";
 import { CassandraReceiptStore } from "./receipts.js";
 import { migrate, type Replication, verifySchema } from "./schema.js";
 import { CassandraSequencerStore } from "./sequencer.js";
@@ -90,6 +91,7 @@ export interface CassandraStores extends Closeable {
   readonly presence: CassandraPresenceStore;
   readonly devices: CassandraDeviceStore;
   readonly settings: CassandraSettingsStore;
+  readonly pushDeadLetters: CassandraPushDeadLetters;
   readonly sequencer: CassandraSequencerStore;
   readonly ownership: CassandraOwnershipStore;
   /** Requests sent so far, by kind (one live object). */
@@ -157,6 +159,7 @@ export async function openCassandraStores(options: CassandraOptions): Promise<Ca
     presence: new CassandraPresenceStore(session),
     devices: new CassandraDeviceStore(session),
     settings: new CassandraSettingsStore(session),
+    pushDeadLetters: new CassandraPushDeadLetters(session),
     sequencer: new CassandraSequencerStore(session),
     ownership: new CassandraOwnershipStore(session),
     requests: session.requests,

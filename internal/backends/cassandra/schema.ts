@@ -245,6 +245,23 @@ export function migrations(ks: string): Migration[] {
         )`,
       ],
     },
+    {
+      version: 10,
+      name: "push dead letters",
+      statements: [
+        // Push jobs that failed for good, by the hour they failed (a bounded partition per outage),
+        // newest first, kept a week.
+        `CREATE TABLE IF NOT EXISTS ${ks}.push_dead_letters (
+          hour int,
+          dead_at timestamp,
+          job_id text,
+          job text,
+          error text,
+          PRIMARY KEY (hour, dead_at, job_id)
+        ) WITH CLUSTERING ORDER BY (dead_at DESC, job_id DESC)
+          AND default_time_to_live = 604800`,
+      ],
+    },
   ];
 }
 

@@ -208,7 +208,7 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
       admin,
       groupId: `${groupPrefix}${PUSH_GROUP}`,
       topic: names.pushJobs,
-      deadLetterTopic: names.pushDeadLetters,
+      deadLetters: stores.pushDeadLetters,
       partitions: o.partitions,
       producer: batchProducer,
       ...(groupMembers ? { groupMembers } : {}),
@@ -232,6 +232,7 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
       devices: stores.devices,
       settings: stores.settings,
       pushQueue,
+      pushDeadLetters: stores.pushDeadLetters,
       requests: {
         cassandra: stores.requests,
         timeCassandra: (timer) => stores.timeRequests(timer),

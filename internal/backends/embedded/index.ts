@@ -45,6 +45,7 @@ import type {
   NotificationSettingsStore,
   PresenceStore,
   PushDeadLetter,
+  PushDeadLetterStore,
   PushJob,
   PushJobStore,
   ReceiptKindName,
@@ -53,6 +54,7 @@ import type {
   SessionEvent,
   StoredMessage,
 } from "../types.js";
+import { deadLetterId, parseDeadLetterId } from "../types.js";
 
 type Key = string | number | Array<string | number>;
 const SEQ_MAX = Number.MAX_SAFE_INTEGER;
@@ -82,6 +84,7 @@ export class EmbeddedBackends implements Backends {
   readonly presence: PresenceStore;
   readonly devices: DeviceStore;
   readonly pushJobs: PushJobStore;
+  readonly pushDeadLetters: PushDeadLetterStore;
 
   private readonly root: RootDatabase;
   private closed = false;
@@ -123,7 +126,9 @@ export class EmbeddedBackends implements Backends {
     this.presence = new EmbeddedPresence(db("presence"), guard);
     this.devices = new EmbeddedDevices(db("devices"), guard);
     this.settings = new EmbeddedSettings(db("muted_conversations"), db("do_not_disturb"), guard);
-    this.pushJobs = new EmbeddedPushJobs(this.root, db("push_jobs"), db("push_dead_letters"), guard);
+    const deadLetters = db<StoredDeadLetter>("push_dead_letters");
+    this.pushJobs = new EmbeddedPushJobs(this.root, db("push_jobs"), deadLetters, guard);
+    this.pushDeadLetters = new EmbeddedPushDeadLetters(this.root, deadLetters, guard);
   }
 
   /** Every write goes through here: the first failed commit poisons the backend. */
@@ -813,11 +818,27 @@ class EmbeddedSettings implements NotificationSettingsStore {
 /** Dead letters kept at most; the oldest go first. */
 const PUSH_DEAD_LETTERS_MAX = 10_000;
 
+/** Stored by [deadAtMs, job id], so they sort by when they failed. */
+type StoredDeadLetter = Omit<PushDeadLetter, "id">;
+
+/** Records a dead letter and drops the oldest beyond the bound; inside the caller's transaction. */
+function recordDeadLetter(
+  dead: Database<StoredDeadLetter, Key>,
+  job: PushJob,
+  error: string,
+  deadAtMs: number,
+): PushDeadLetter {
+  dead.put([deadAtMs, job.id], { job, error, deadAtMs });
+  const excess = dead.getCount() - PUSH_DEAD_LETTERS_MAX;
+  if (excess > 0) for (const key of dead.getKeys({ limit: excess })) dead.remove(key);
+  return { id: deadLetterId(deadAtMs, job.id), job, error, deadAtMs };
+}
+
 class EmbeddedPushJobs implements PushJobStore {
   constructor(
     private readonly root: RootDatabase,
     private readonly jobs: Database<PushJob, Key>,
-    private readonly dead: Database<PushDeadLetter, Key>,
+    private readonly dead: Database<StoredDeadLetter, Key>,
     private readonly guard: Guard,
   ) {}
   async put(job: PushJob) {
@@ -832,20 +853,52 @@ class EmbeddedPushJobs implements PushJobStore {
     return out;
   }
   async deadLetter(job: PushJob, error: string) {
-    const deadAtMs = Date.now();
     await this.guard(
       this.root.transaction(() => {
         this.jobs.remove(job.id);
-        this.dead.put([deadAtMs, job.id], { job, error, deadAtMs });
-        const excess = this.dead.getCount() - PUSH_DEAD_LETTERS_MAX;
-        if (excess > 0) for (const key of this.dead.getKeys({ limit: excess })) this.dead.remove(key);
+        recordDeadLetter(this.dead, job, error, Date.now());
       }),
     );
   }
-  async deadLetters(limit: number) {
+  async close(): Promise<void> {}
+}
+
+class EmbeddedPushDeadLetters implements PushDeadLetterStore {
+  constructor(
+    private readonly root: RootDatabase,
+    private readonly dead: Database<StoredDeadLetter, Key>,
+    private readonly guard: Guard,
+  ) {}
+  async add(job: PushJob, error: string) {
+    return this.guard(this.root.transaction(() => recordDeadLetter(this.dead, job, error, Date.now())));
+  }
+  async list(limit: number, beforeId?: string) {
+    const before = beforeId === undefined ? undefined : parseDeadLetterId(beforeId);
+    if (beforeId !== undefined && !before) return [];
     const out: PushDeadLetter[] = [];
-    for (const { value } of this.dead.getRange({ limit })) out.push(value);
+    const range = this.dead.getRange({
+      reverse: true,
+      limit,
+      ...(before ? { start: [before.deadAtMs, before.jobId], exclusiveStart: true } : {}),
+    });
+    for (const { value } of range) out.push({ ...value, id: deadLetterId(value.deadAtMs, value.job.id) });
     return out;
+  }
+  async take(ids: string[]) {
+    const keys = ids.map(parseDeadLetterId).filter((k) => k !== undefined);
+    // One transaction reads and removes: a dead letter goes to exactly one of two concurrent takers.
+    return this.guard(
+      this.root.transaction(() => {
+        const taken: PushDeadLetter[] = [];
+        for (const k of keys) {
+          const value = this.dead.get([k.deadAtMs, k.jobId]);
+          if (!value) continue;
+          this.dead.remove([k.deadAtMs, k.jobId]);
+          taken.push({ ...value, id: deadLetterId(value.deadAtMs, value.job.id) });
+        }
+        return taken;
+      }),
+    );
   }
   async close(): Promise<void> {}
 }

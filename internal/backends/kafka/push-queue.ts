@@ -15,7 +15,7 @@
 import type { Admin, Consumer, EachBatchPayload, Kafka } from "kafkajs";
 import type { Logger } from "../../lib/log.js";
 import { shardOf } from "../../lib/shard.js";
-import type { PushJob, PushJobQueue } from "../types.js";
+import type { PushDeadLetterStore, PushJob, PushJobQueue } from "../types.js";
 import type { BatchProducer } from "./batch-producer.js";
 import { groupConsumer } from "./consumers.js";
 import type { GroupMembers } from "./member-resume.js";
@@ -30,7 +30,8 @@ export interface PushQueueOptions {
   admin: Admin;
   groupId: string;
   topic: string;
-  deadLetterTopic: string;
+  /** Where a job that failed for good is recorded (Cassandra: readable and replayable). */
+  deadLetters: Pick<PushDeadLetterStore, "add">;
   partitions: number;
   producer: BatchProducer;
   /** Keeps the group's member id for a restart after a crash (member-resume.ts). */
@@ -90,10 +91,7 @@ export class KafkaPushQueue implements PushJobQueue {
   }
 
   async deadLetter(job: PushJob, error: string): Promise<void> {
-    await this.o.producer.send(this.o.deadLetterTopic, {
-      key: job.id,
-      value: JSON.stringify({ job, error, deadAtMs: Date.now() }),
-    });
+    await this.o.deadLetters.add(job, error);
     await this.finish(job);
   }
 

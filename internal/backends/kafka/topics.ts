@@ -24,7 +24,6 @@ export interface TopicNames {
   replies: string;
   inbox: string;
   pushJobs: string;
-  pushDeadLetters: string;
 }
 
 export function topicNames(prefix: string): TopicNames {
@@ -35,7 +34,6 @@ export function topicNames(prefix: string): TopicNames {
     replies: `${prefix}replies`,
     inbox: `${prefix}inbox`,
     pushJobs: `${prefix}push-jobs`,
-    pushDeadLetters: `${prefix}push-dead-letters`,
   };
 }
 
@@ -94,15 +92,6 @@ export function desiredTopics(s: TopicSettings): ITopicConfig[] {
         { name: "min.cleanable.dirty.ratio", value: "0.1" },
         { name: "segment.ms", value: String(3_600_000) },
         { name: "delete.retention.ms", value: String(3_600_000) },
-        { name: "min.insync.replicas", value: minIsr },
-      ],
-    },
-    {
-      // Push jobs that failed for good, with their last error: kept a week for an operator to read.
-      topic: names.pushDeadLetters,
-      ...common,
-      configEntries: [
-        { name: "retention.ms", value: String(7 * 24 * 3_600_000) },
         { name: "min.insync.replicas", value: minIsr },
       ],
     },

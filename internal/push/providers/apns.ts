@@ -14,6 +14,7 @@ import {
   type PushNotification,
   type PushProvider,
   parseRetryAfter,
+  unreadCountOf,
 } from "./types.js";
 
 export const APNS_PRODUCTION_ORIGIN = "https://api.push.apple.com";
@@ -80,6 +81,7 @@ export class ApnsProvider implements PushProvider {
       conversation_id: n.conversationId,
       notification_id: n.id,
       message_count: n.messageCount,
+      unread_count: unreadCountOf(n),
     });
     const headers = {
       [constants.HTTP2_HEADER_METHOD]: "POST",

@@ -13,6 +13,7 @@ import {
   type PushNotification,
   type PushProvider,
   parseRetryAfter,
+  unreadCountOf,
 } from "./types.js";
 
 export const FCM_ORIGIN = "https://fcm.googleapis.com";
@@ -125,6 +126,7 @@ export class FcmProvider implements PushProvider {
         conversation_id: n.conversationId,
         notification_id: n.id,
         message_count: String(n.messageCount),
+        unread_count: String(unreadCountOf(n)),
       },
       android: {
         collapse_key: n.conversationId,

@@ -19,7 +19,16 @@ export interface PushNotification {
   ttlSeconds: number;
   /** Messages this notification stands for: 1, or a burst's summary (internal/push/collapse-windows). */
   messageCount: number;
+  /**
+   * The user's unread messages in the conversation when it was queued: those after the user's read
+   * watermark up to the notified message (at least messageCount). Absent in jobs stored by an older
+   * version: messageCount stands in.
+   */
+  unreadCount?: number;
 }
+
+/** What the payloads carry as `unread_count`. */
+export const unreadCountOf = (n: PushNotification): number => n.unreadCount ?? n.messageCount;
 
 export type DeliveryOutcome =
   | { kind: "delivered" }

@@ -12,6 +12,7 @@ import {
   type PushNotification,
   type PushProvider,
   parseRetryAfter,
+  unreadCountOf,
 } from "./types.js";
 import {
   encryptWebPushPayload,
@@ -102,6 +103,7 @@ export class WebPushProvider implements PushProvider {
         conversation_id: n.conversationId,
         notification_id: n.id,
         message_count: n.messageCount,
+        unread_count: unreadCountOf(n),
       }),
     );
     if (plaintext.length > WEB_PUSH_PLAINTEXT_BYTES_MAX) {

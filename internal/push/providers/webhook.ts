@@ -12,6 +12,7 @@ import {
   type PushNotification,
   type PushProvider,
   parseRetryAfter,
+  unreadCountOf,
 } from "./types.js";
 
 export const WEBHOOK_REPLAY_WINDOW_SECONDS = 300;
@@ -53,6 +54,7 @@ export class WebhookProvider implements PushProvider {
       title: n.title,
       body: n.body,
       message_count: n.messageCount,
+      unread_count: unreadCountOf(n),
     });
     const headers: Record<string, string> = {
       "content-type": "application/json",

@@ -18,6 +18,7 @@ export interface WebhookDelivery {
     title: string;
     body: string;
     message_count: number;
+    unread_count: number;
   };
 }
 

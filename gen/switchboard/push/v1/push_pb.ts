@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file switchboard/push/v1/push.proto.
  */
 export const file_switchboard_push_v1_push: GenFile = /*@__PURE__*/
-  fileDesc("Ch5zd2l0Y2hib2FyZC9wdXNoL3YxL3B1c2gucHJvdG8SE3N3aXRjaGJvYXJkLnB1c2gudjEihgEKBkRldmljZRIPCgd1c2VyX2lkGAEgASgJEhEKCWRldmljZV9pZBgCIAEoCRIvCghwcm92aWRlchgDIAEoDjIdLnN3aXRjaGJvYXJkLnB1c2gudjEuUHJvdmlkZXISDQoFdG9rZW4YBCABKAkSGAoQcmVnaXN0ZXJlZF9hdF9tcxgFIAEoAyJEChVSZWdpc3RlckRldmljZVJlcXVlc3QSKwoGZGV2aWNlGAEgASgLMhsuc3dpdGNoYm9hcmQucHVzaC52MS5EZXZpY2UiGAoWUmVnaXN0ZXJEZXZpY2VSZXNwb25zZSI9ChdVbnJlZ2lzdGVyRGV2aWNlUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhEKCWRldmljZV9pZBgCIAEoCSIaChhVbnJlZ2lzdGVyRGV2aWNlUmVzcG9uc2UiJQoSTGlzdERldmljZXNSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkiQwoTTGlzdERldmljZXNSZXNwb25zZRIsCgdkZXZpY2VzGAEgAygLMhsuc3dpdGNoYm9hcmQucHVzaC52MS5EZXZpY2UiVgoNTm90aWZ5UmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCRINCgV0aXRsZRgDIAEoCRIMCgRib2R5GAQgASgJIiEKDk5vdGlmeVJlc3BvbnNlEg8KB2RldmljZXMYASABKA0qdQoIUHJvdmlkZXISGAoUUFJPVklERVJfVU5TUEVDSUZJRUQQABIUChBQUk9WSURFUl9XRUJQVVNIEAESEQoNUFJPVklERVJfQVBOUxACEhAKDFBST1ZJREVSX0ZDTRADEhQKEFBST1ZJREVSX1dFQkhPT0sQBDKeAwoLUHVzaFNlcnZpY2USaQoOUmVnaXN0ZXJEZXZpY2USKi5zd2l0Y2hib2FyZC5wdXNoLnYxLlJlZ2lzdGVyRGV2aWNlUmVxdWVzdBorLnN3aXRjaGJvYXJkLnB1c2gudjEuUmVnaXN0ZXJEZXZpY2VSZXNwb25zZRJvChBVbnJlZ2lzdGVyRGV2aWNlEiwuc3dpdGNoYm9hcmQucHVzaC52MS5VbnJlZ2lzdGVyRGV2aWNlUmVxdWVzdBotLnN3aXRjaGJvYXJkLnB1c2gudjEuVW5yZWdpc3RlckRldmljZVJlc3BvbnNlEmAKC0xpc3REZXZpY2VzEicuc3dpdGNoYm9hcmQucHVzaC52MS5MaXN0RGV2aWNlc1JlcXVlc3QaKC5zd2l0Y2hib2FyZC5wdXNoLnYxLkxpc3REZXZpY2VzUmVzcG9uc2USUQoGTm90aWZ5EiIuc3dpdGNoYm9hcmQucHVzaC52MS5Ob3RpZnlSZXF1ZXN0GiMuc3dpdGNoYm9hcmQucHVzaC52MS5Ob3RpZnlSZXNwb25zZWIGcHJvdG8z");
+  fileDesc("Ch5zd2l0Y2hib2FyZC9wdXNoL3YxL3B1c2gucHJvdG8SE3N3aXRjaGJvYXJkLnB1c2gudjEihgEKBkRldmljZRIPCgd1c2VyX2lkGAEgASgJEhEKCWRldmljZV9pZBgCIAEoCRIvCghwcm92aWRlchgDIAEoDjIdLnN3aXRjaGJvYXJkLnB1c2gudjEuUHJvdmlkZXISDQoFdG9rZW4YBCABKAkSGAoQcmVnaXN0ZXJlZF9hdF9tcxgFIAEoAyJEChVSZWdpc3RlckRldmljZVJlcXVlc3QSKwoGZGV2aWNlGAEgASgLMhsuc3dpdGNoYm9hcmQucHVzaC52MS5EZXZpY2UiGAoWUmVnaXN0ZXJEZXZpY2VSZXNwb25zZSI9ChdVbnJlZ2lzdGVyRGV2aWNlUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhEKCWRldmljZV9pZBgCIAEoCSIaChhVbnJlZ2lzdGVyRGV2aWNlUmVzcG9uc2UiJQoSTGlzdERldmljZXNSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkiQwoTTGlzdERldmljZXNSZXNwb25zZRIsCgdkZXZpY2VzGAEgAygLMhsuc3dpdGNoYm9hcmQucHVzaC52MS5EZXZpY2UiYwoNTm90aWZ5UmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCRINCgV0aXRsZRgDIAEoCRIMCgRib2R5GAQgASgJEgsKA3NlcRgFIAEoBCIhCg5Ob3RpZnlSZXNwb25zZRIPCgdkZXZpY2VzGAEgASgNItIBCgpEZWFkTGV0dGVyEgoKAmlkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSEQoJZGV2aWNlX2lkGAMgASgJEi8KCHByb3ZpZGVyGAQgASgOMh0uc3dpdGNoYm9hcmQucHVzaC52MS5Qcm92aWRlchIXCg9jb252ZXJzYXRpb25faWQYBSABKAkSDQoFZXJyb3IYBiABKAkSEAoIYXR0ZW1wdHMYByABKA0SFQoNY3JlYXRlZF9hdF9tcxgIIAEoAxISCgpkZWFkX2F0X21zGAkgASgDIjoKFkxpc3REZWFkTGV0dGVyc1JlcXVlc3QSDQoFbGltaXQYASABKA0SEQoJYmVmb3JlX2lkGAIgASgJIlAKF0xpc3REZWFkTGV0dGVyc1Jlc3BvbnNlEjUKDGRlYWRfbGV0dGVycxgBIAMoCzIfLnN3aXRjaGJvYXJkLnB1c2gudjEuRGVhZExldHRlciInChhSZXBsYXlEZWFkTGV0dGVyc1JlcXVlc3QSCwoDaWRzGAEgAygJIl8KGVJlcGxheURlYWRMZXR0ZXJzUmVzcG9uc2USFAoMcmVwbGF5ZWRfaWRzGAEgAygJEhMKC21pc3NpbmdfaWRzGAIgAygJEhcKD2RldmljZV9nb25lX2lkcxgDIAMoCSp1CghQcm92aWRlchIYChRQUk9WSURFUl9VTlNQRUNJRklFRBAAEhQKEFBST1ZJREVSX1dFQlBVU0gQARIRCg1QUk9WSURFUl9BUE5TEAISEAoMUFJPVklERVJfRkNNEAMSFAoQUFJPVklERVJfV0VCSE9PSxAEMoAFCgtQdXNoU2VydmljZRJpCg5SZWdpc3RlckRldmljZRIqLnN3aXRjaGJvYXJkLnB1c2gudjEuUmVnaXN0ZXJEZXZpY2VSZXF1ZXN0Gisuc3dpdGNoYm9hcmQucHVzaC52MS5SZWdpc3RlckRldmljZVJlc3BvbnNlEm8KEFVucmVnaXN0ZXJEZXZpY2USLC5zd2l0Y2hib2FyZC5wdXNoLnYxLlVucmVnaXN0ZXJEZXZpY2VSZXF1ZXN0Gi0uc3dpdGNoYm9hcmQucHVzaC52MS5VbnJlZ2lzdGVyRGV2aWNlUmVzcG9uc2USYAoLTGlzdERldmljZXMSJy5zd2l0Y2hib2FyZC5wdXNoLnYxLkxpc3REZXZpY2VzUmVxdWVzdBooLnN3aXRjaGJvYXJkLnB1c2gudjEuTGlzdERldmljZXNSZXNwb25zZRJRCgZOb3RpZnkSIi5zd2l0Y2hib2FyZC5wdXNoLnYxLk5vdGlmeVJlcXVlc3QaIy5zd2l0Y2hib2FyZC5wdXNoLnYxLk5vdGlmeVJlc3BvbnNlEmwKD0xpc3REZWFkTGV0dGVycxIrLnN3aXRjaGJvYXJkLnB1c2gudjEuTGlzdERlYWRMZXR0ZXJzUmVxdWVzdBosLnN3aXRjaGJvYXJkLnB1c2gudjEuTGlzdERlYWRMZXR0ZXJzUmVzcG9uc2UScgoRUmVwbGF5RGVhZExldHRlcnMSLS5zd2l0Y2hib2FyZC5wdXNoLnYxLlJlcGxheURlYWRMZXR0ZXJzUmVxdWVzdBouLnN3aXRjaGJvYXJkLnB1c2gudjEuUmVwbGF5RGVhZExldHRlcnNSZXNwb25zZWIGcHJvdG8z");
 
 /**
  * A registered device.
@@ -215,6 +215,13 @@ export type NotifyRequest = Message<"switchboard.push.v1.NotifyRequest"> & {
    * @generated from field: string body = 4;
    */
   body: string;
+
+  /**
+   * The message's seq (0: unknown); with the user's read watermark it gives the unread count.
+   *
+   * @generated from field: uint64 seq = 5;
+   */
+  seq: bigint;
 };
 
 /**
@@ -244,6 +251,188 @@ export type NotifyResponse = Message<"switchboard.push.v1.NotifyResponse"> & {
  */
 export const NotifyResponseSchema: GenMessage<NotifyResponse> = /*@__PURE__*/
   messageDesc(file_switchboard_push_v1_push, 8);
+
+/**
+ * A delivery (one notification to one device) that failed for good.
+ *
+ * @generated from message switchboard.push.v1.DeadLetter
+ */
+export type DeadLetter = Message<"switchboard.push.v1.DeadLetter"> & {
+  /**
+   * Names it for ReplayDeadLetters and paging.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * The user notified.
+   *
+   * @generated from field: string user_id = 2;
+   */
+  userId: string;
+
+  /**
+   * The device; empty: the generic webhook (push.webhookUrl).
+   *
+   * @generated from field: string device_id = 3;
+   */
+  deviceId: string;
+
+  /**
+   * The device's provider.
+   *
+   * @generated from field: switchboard.push.v1.Provider provider = 4;
+   */
+  provider: Provider;
+
+  /**
+   * The conversation the notification was about.
+   *
+   * @generated from field: string conversation_id = 5;
+   */
+  conversationId: string;
+
+  /**
+   * The last error, as the provider answered or why no further attempt was made.
+   *
+   * @generated from field: string error = 6;
+   */
+  error: string;
+
+  /**
+   * Attempts made.
+   *
+   * @generated from field: uint32 attempts = 7;
+   */
+  attempts: number;
+
+  /**
+   * When the notification was first queued, Unix milliseconds.
+   *
+   * @generated from field: int64 created_at_ms = 8;
+   */
+  createdAtMs: bigint;
+
+  /**
+   * When it failed for good, Unix milliseconds.
+   *
+   * @generated from field: int64 dead_at_ms = 9;
+   */
+  deadAtMs: bigint;
+};
+
+/**
+ * Describes the message switchboard.push.v1.DeadLetter.
+ * Use `create(DeadLetterSchema)` to create a new message.
+ */
+export const DeadLetterSchema: GenMessage<DeadLetter> = /*@__PURE__*/
+  messageDesc(file_switchboard_push_v1_push, 9);
+
+/**
+ * List dead letters.
+ *
+ * @generated from message switchboard.push.v1.ListDeadLettersRequest
+ */
+export type ListDeadLettersRequest = Message<"switchboard.push.v1.ListDeadLettersRequest"> & {
+  /**
+   * At most this many (0: 100; at most 1,000).
+   *
+   * @generated from field: uint32 limit = 1;
+   */
+  limit: number;
+
+  /**
+   * Only those listed after this one (the last id of the previous page); empty: from the newest.
+   *
+   * @generated from field: string before_id = 2;
+   */
+  beforeId: string;
+};
+
+/**
+ * Describes the message switchboard.push.v1.ListDeadLettersRequest.
+ * Use `create(ListDeadLettersRequestSchema)` to create a new message.
+ */
+export const ListDeadLettersRequestSchema: GenMessage<ListDeadLettersRequest> = /*@__PURE__*/
+  messageDesc(file_switchboard_push_v1_push, 10);
+
+/**
+ * Dead letters, newest first.
+ *
+ * @generated from message switchboard.push.v1.ListDeadLettersResponse
+ */
+export type ListDeadLettersResponse = Message<"switchboard.push.v1.ListDeadLettersResponse"> & {
+  /**
+   * The page.
+   *
+   * @generated from field: repeated switchboard.push.v1.DeadLetter dead_letters = 1;
+   */
+  deadLetters: DeadLetter[];
+};
+
+/**
+ * Describes the message switchboard.push.v1.ListDeadLettersResponse.
+ * Use `create(ListDeadLettersResponseSchema)` to create a new message.
+ */
+export const ListDeadLettersResponseSchema: GenMessage<ListDeadLettersResponse> = /*@__PURE__*/
+  messageDesc(file_switchboard_push_v1_push, 11);
+
+/**
+ * Replay dead letters.
+ *
+ * @generated from message switchboard.push.v1.ReplayDeadLettersRequest
+ */
+export type ReplayDeadLettersRequest = Message<"switchboard.push.v1.ReplayDeadLettersRequest"> & {
+  /**
+   * Their ids (1 to 1,000).
+   *
+   * @generated from field: repeated string ids = 1;
+   */
+  ids: string[];
+};
+
+/**
+ * Describes the message switchboard.push.v1.ReplayDeadLettersRequest.
+ * Use `create(ReplayDeadLettersRequestSchema)` to create a new message.
+ */
+export const ReplayDeadLettersRequestSchema: GenMessage<ReplayDeadLettersRequest> = /*@__PURE__*/
+  messageDesc(file_switchboard_push_v1_push, 12);
+
+/**
+ * What became of each id.
+ *
+ * @generated from message switchboard.push.v1.ReplayDeadLettersResponse
+ */
+export type ReplayDeadLettersResponse = Message<"switchboard.push.v1.ReplayDeadLettersResponse"> & {
+  /**
+   * Queued again as a new delivery (removed from the dead letters).
+   *
+   * @generated from field: repeated string replayed_ids = 1;
+   */
+  replayedIds: string[];
+
+  /**
+   * Not among the dead letters: never was, expired, or already replayed.
+   *
+   * @generated from field: repeated string missing_ids = 2;
+   */
+  missingIds: string[];
+
+  /**
+   * Removed from the dead letters but not sent: the device has unregistered since.
+   *
+   * @generated from field: repeated string device_gone_ids = 3;
+   */
+  deviceGoneIds: string[];
+};
+
+/**
+ * Describes the message switchboard.push.v1.ReplayDeadLettersResponse.
+ * Use `create(ReplayDeadLettersResponseSchema)` to create a new message.
+ */
+export const ReplayDeadLettersResponseSchema: GenMessage<ReplayDeadLettersResponse> = /*@__PURE__*/
+  messageDesc(file_switchboard_push_v1_push, 13);
 
 /**
  * The push provider of a token.
@@ -338,6 +527,26 @@ export const PushService: GenService<{
     methodKind: "unary";
     input: typeof NotifyRequestSchema;
     output: typeof NotifyResponseSchema;
+  },
+  /**
+   * Deliveries that failed for good (dead letters), newest first.
+   *
+   * @generated from rpc switchboard.push.v1.PushService.ListDeadLetters
+   */
+  listDeadLetters: {
+    methodKind: "unary";
+    input: typeof ListDeadLettersRequestSchema;
+    output: typeof ListDeadLettersResponseSchema;
+  },
+  /**
+   * Send dead letters again, each at most once, to their device's current token.
+   *
+   * @generated from rpc switchboard.push.v1.PushService.ReplayDeadLetters
+   */
+  replayDeadLetters: {
+    methodKind: "unary";
+    input: typeof ReplayDeadLettersRequestSchema;
+    output: typeof ReplayDeadLettersResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_switchboard_push_v1_push, 0);
