@@ -4,6 +4,7 @@
  * One contract test suite (test/contract) runs against both; shapes follow docs/design.md §4 and §6:
  * a keyed, partitioned log with consumer groups, and a store queried by partition and clustering range.
  */
+import { createHash } from "node:crypto";
 import type { TraceCarrier } from "../lib/tracing.js";
 
 /** A message as stored: immutable once appended. */
@@ -284,7 +285,23 @@ export interface DeviceRecord {
   registeredAtMs: number;
 }
 
+/**
+ * Whether a provider's tokens name one device: a device token (APNs, FCM, Web Push) belongs to one
+ * registration, so a phone handed to another user stops getting the first user's notifications. A
+ * webhook URL is the app's own endpoint and may serve many users.
+ */
+export const tokenNamesOneDevice = (provider: DeviceRecord["provider"]): boolean => provider !== "webhook";
+
+/** The key a device token is looked up by (tokens are up to 4,096 characters). */
+export const deviceTokenKey = (provider: DeviceRecord["provider"], token: string): string =>
+  createHash("sha256").update(`${provider}\u0000${token}`).digest("hex");
+
 export interface DeviceStore extends Closeable {
+  /**
+   * Stores the device's registration, replacing its earlier one. A device token (tokenNamesOneDevice)
+   * registered before by another user or another device id is taken from there: that registration
+   * is removed.
+   */
   put(device: DeviceRecord): Promise<void>;
   remove(userId: string, deviceId: string): Promise<void>;
   list(userId: string): Promise<DeviceRecord[]>;

@@ -273,7 +273,11 @@ export function smallStoresContract({ setup, itUnless }: ContractKit): void {
   });
 
   describe("device store", () => {
-    const device = (userId: string, deviceId: string, token = `token-${deviceId}`): DeviceRecord => ({
+    const device = (
+      userId: string,
+      deviceId: string,
+      token = `token-${userId}-${deviceId}`,
+    ): DeviceRecord => ({
       userId,
       deviceId,
       provider: "webpush",
@@ -303,6 +307,50 @@ export function smallStoresContract({ setup, itUnless }: ContractKit): void {
       expect(await h.b.devices.list(u)).toEqual([rotated]);
       expect(await h.b.devices.list(v)).toEqual([device(v, "phone")]);
       expect(await h.b.devices.list(h.id("nobody"))).toEqual([]);
+    });
+
+    it("a device token belongs to one registration; a webhook URL may serve many users", async (ctx) => {
+      const h = await setup(ctx);
+      const [a, b] = [h.id("a"), h.id("b")];
+      const phone = (userId: string, deviceId: string, token: string): DeviceRecord => ({
+        userId,
+        deviceId,
+        provider: "apns",
+        token,
+        registeredAtMs: 1_000,
+      });
+      const [t1, t2] = [`t1-${h.id("tok")}`, `t2-${h.id("tok")}`];
+      // The phone is handed from a to b: b's registration takes the token, a's is gone.
+      await h.b.devices.put(phone(a, "iphone", t1));
+      await h.b.devices.put(device(a, "laptop"));
+      await h.b.devices.put(phone(b, "iphone", t1));
+      expect(byId(await h.b.devices.list(a))).toEqual([device(a, "laptop")]);
+      expect(await h.b.devices.list(b)).toEqual([phone(b, "iphone", t1)]);
+      // The app reinstalled under a new device id: the old id's registration goes.
+      await h.b.devices.put(phone(b, "iphone-2", t1));
+      expect(await h.b.devices.list(b)).toEqual([phone(b, "iphone-2", t1)]);
+      // A registration that moved on to a new token keeps it when its old token is registered elsewhere.
+      await h.b.devices.put(phone(b, "iphone-2", t2));
+      await h.b.devices.put(phone(a, "iphone", t1));
+      expect(await h.b.devices.list(b)).toEqual([phone(b, "iphone-2", t2)]);
+      expect(byId(await h.b.devices.list(a))).toEqual([phone(a, "iphone", t1), device(a, "laptop")]);
+      // After an unregistration the token is free: registering it elsewhere removes nothing more.
+      await h.b.devices.remove(a, "iphone");
+      await h.b.devices.put(phone(b, "ipad", t1));
+      expect(byId(await h.b.devices.list(b))).toEqual([phone(b, "ipad", t1), phone(b, "iphone-2", t2)]);
+      expect(await h.b.devices.list(a)).toEqual([device(a, "laptop")]);
+      // One webhook URL, two users: both keep it.
+      const hook = (userId: string): DeviceRecord => ({
+        userId,
+        deviceId: "crm",
+        provider: "webhook",
+        token: `https://crm.example/${h.id("hook")}`,
+        registeredAtMs: 1_000,
+      });
+      await h.b.devices.put(hook(a));
+      await h.b.devices.put(hook(b));
+      expect((await h.b.devices.list(a)).map((d) => d.deviceId).sort()).toEqual(["crm", "laptop"]);
+      expect((await h.b.devices.list(b)).map((d) => d.deviceId).sort()).toEqual(["crm", "ipad", "iphone-2"]);
     });
 
     itUnless("devices-list-omits-non-bmp-device-ids")(

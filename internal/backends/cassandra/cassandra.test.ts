@@ -95,15 +95,15 @@ describe("schema migrations", () => {
       const ks = `switchboard_test_${run}_m`;
       try {
         const first = await migrate(a.client, { keyspace: ks, replication });
-        expect(first.applied).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+        expect(first.applied).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
         const second = await migrate(a.client, { keyspace: ks, replication });
-        expect(second).toEqual({ applied: [], version: 10 });
+        expect(second).toEqual({ applied: [], version: 11 });
 
         const rows = (
           await a.client.execute(`SELECT version, name, checksum, applied_at FROM ${ks}.schema_migrations`)
         ).rows;
         expect(rows.map((r) => r.get("version") as number).sort((x, y) => x - y)).toEqual([
-          1, 2, 3, 4, 5, 6, 7, 8, 9, 10,
+          1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11,
         ]);
         for (const r of rows) {
           expect(r.get("name")).toEqual(expect.any(String));
@@ -124,6 +124,7 @@ describe("schema migrations", () => {
             "buckets_by_conversation",
             "conversation_sequencer",
             "conversations_by_user",
+            "device_token_owners",
             "devices_by_user",
             "do_not_disturb",
             "inbox_by_user",

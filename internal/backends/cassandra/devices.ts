@@ -1,10 +1,16 @@
 /**
- * DeviceStore over `devices_by_user` (partition user_id; clustering device_id).
+ * DeviceStore over `devices_by_user` (partition user_id; clustering device_id) and
+ * `device_token_owners` (partition: the token's deviceTokenKey; which registration holds it).
  *
  * A device's row is replaced as a whole by its latest registration (last write wins, which is the
- * intended meaning here: the newest token is the valid one). Puts and removes are idempotent.
+ * intended meaning here: the newest token is the valid one). A device token belongs to one
+ * registration: registering it removes the registration that held it before (another user's phone
+ * handed on, or the same app reinstalled under a new device id), so notifications follow the person
+ * signed in. The owner row and the device row are written in one logged batch; the reads before it
+ * are not isolated from a concurrent registration of the same token, which is rare (a person, one
+ * device) and leaves at worst the older registration in place until its next registration or prune.
  */
-import type { DeviceRecord, DeviceStore } from "../types.js";
+import { type DeviceRecord, type DeviceStore, deviceTokenKey, tokenNamesOneDevice } from "../types.js";
 import { type Session, toNumber, toText } from "./session.js";
 
 const PROVIDERS = new Set<string>(["webpush", "apns", "fcm", "webhook"]);
@@ -17,32 +23,78 @@ export class CassandraDeviceStore implements DeviceStore {
   }
 
   async put(device: DeviceRecord): Promise<void> {
-    await this.s.execute(
-      "devices_by_user: put",
-      this.q.put,
-      [device.userId, device.deviceId, device.provider, device.token, new Date(device.registeredAtMs)],
-      { idempotent: true },
+    await this.forget(device.userId, device.deviceId);
+    const write = {
+      query: this.q.put,
+      params: [
+        device.userId,
+        device.deviceId,
+        device.provider,
+        device.token,
+        new Date(device.registeredAtMs),
+      ],
+    };
+    if (!tokenNamesOneDevice(device.provider)) {
+      await this.s.execute("devices_by_user: put", write.query, write.params, { idempotent: true });
+      return;
+    }
+    const key = deviceTokenKey(device.provider, device.token);
+    const owner = await this.ownerOf(key);
+    if (owner && (owner.userId !== device.userId || owner.deviceId !== device.deviceId))
+      await this.forget(owner.userId, owner.deviceId);
+    await this.s.batch(
+      "devices_by_user: put with its token's owner",
+      [write, { query: this.q.setOwner, params: [key, device.userId, device.deviceId] }],
+      { idempotent: true, logged: true },
     );
   }
 
   async remove(userId: string, deviceId: string): Promise<void> {
+    await this.forget(userId, deviceId);
+  }
+
+  /** Removes a registration, and its token's owner row when that names it. */
+  private async forget(userId: string, deviceId: string): Promise<void> {
+    const row = (
+      await this.s.execute("devices_by_user: read", this.q.read, [userId, deviceId], { idempotent: true })
+    ).first();
+    if (!row) return;
     await this.s.execute("devices_by_user: remove", this.q.remove, [userId, deviceId], { idempotent: true });
+    const existing = this.fromRow(userId, row);
+    if (!tokenNamesOneDevice(existing.provider)) return;
+    const key = deviceTokenKey(existing.provider, existing.token);
+    const owner = await this.ownerOf(key);
+    if (owner?.userId === userId && owner.deviceId === deviceId)
+      await this.s.execute("device_token_owners: remove", this.q.removeOwner, [key], { idempotent: true });
+  }
+
+  private async ownerOf(key: string): Promise<{ userId: string; deviceId: string } | undefined> {
+    const row = (
+      await this.s.execute("device_token_owners: read", this.q.owner, [key], { idempotent: true })
+    ).first();
+    if (!row) return undefined;
+    return {
+      userId: toText(row.get("user_id"), "device_token_owners.user_id"),
+      deviceId: toText(row.get("device_id"), "device_token_owners.device_id"),
+    };
   }
 
   async list(userId: string): Promise<DeviceRecord[]> {
     const rows = await this.s.all("devices_by_user: list", this.q.list, [userId]);
-    return rows.map((row) => {
-      const provider = toText(row.get("provider"), "devices_by_user.provider");
-      if (!PROVIDERS.has(provider))
-        throw new Error(`invariant violated: device of ${userId} has provider ${provider}`);
-      return {
-        userId,
-        deviceId: toText(row.get("device_id"), "devices_by_user.device_id"),
-        provider: provider as DeviceRecord["provider"],
-        token: toText(row.get("push_token"), "devices_by_user.push_token"),
-        registeredAtMs: toNumber(row.get("registered_at"), "devices_by_user.registered_at"),
-      };
-    });
+    return rows.map((row) => this.fromRow(userId, row));
+  }
+
+  private fromRow(userId: string, row: { get(name: string): unknown }): DeviceRecord {
+    const provider = toText(row.get("provider"), "devices_by_user.provider");
+    if (!PROVIDERS.has(provider))
+      throw new Error(`invariant violated: device of ${userId} has provider ${provider}`);
+    return {
+      userId,
+      deviceId: toText(row.get("device_id"), "devices_by_user.device_id"),
+      provider: provider as DeviceRecord["provider"],
+      token: toText(row.get("push_token"), "devices_by_user.push_token"),
+      registeredAtMs: toNumber(row.get("registered_at"), "devices_by_user.registered_at"),
+    };
   }
 
   async close(): Promise<void> {}
@@ -50,9 +102,15 @@ export class CassandraDeviceStore implements DeviceStore {
 
 function statements(s: Session) {
   const t = s.table("devices_by_user");
+  const owners = s.table("device_token_owners");
+  const columns = "device_id, provider, push_token, registered_at";
   return {
     put: `INSERT INTO ${t} (user_id, device_id, provider, push_token, registered_at) VALUES (?, ?, ?, ?, ?)`,
+    read: `SELECT ${columns} FROM ${t} WHERE user_id = ? AND device_id = ?`,
     remove: `DELETE FROM ${t} WHERE user_id = ? AND device_id = ?`,
-    list: `SELECT device_id, provider, push_token, registered_at FROM ${t} WHERE user_id = ?`,
+    list: `SELECT ${columns} FROM ${t} WHERE user_id = ?`,
+    owner: `SELECT user_id, device_id FROM ${owners} WHERE token_key = ?`,
+    setOwner: `INSERT INTO ${owners} (token_key, user_id, device_id) VALUES (?, ?, ?)`,
+    removeOwner: `DELETE FROM ${owners} WHERE token_key = ?`,
   };
 }

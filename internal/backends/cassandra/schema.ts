@@ -262,6 +262,18 @@ export function migrations(ks: string): Migration[] {
           AND default_time_to_live = 604800`,
       ],
     },
+    {
+      version: 11,
+      name: "device token owners",
+      statements: [
+        // Which registration holds a device token (APNs, FCM, Web Push): a token belongs to one.
+        `CREATE TABLE IF NOT EXISTS ${ks}.device_token_owners (
+          token_key text PRIMARY KEY,
+          user_id text,
+          device_id text
+        )`,
+      ],
+    },
   ];
 }
 

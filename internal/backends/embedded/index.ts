@@ -54,7 +54,7 @@ import type {
   SessionEvent,
   StoredMessage,
 } from "../types.js";
-import { deadLetterId, parseDeadLetterId } from "../types.js";
+import { deadLetterId, deviceTokenKey, parseDeadLetterId, tokenNamesOneDevice } from "../types.js";
 
 type Key = string | number | Array<string | number>;
 const SEQ_MAX = Number.MAX_SAFE_INTEGER;
@@ -124,7 +124,7 @@ export class EmbeddedBackends implements Backends {
     this.receipts = new EmbeddedReceipts(db("receipts"), guard);
     this.routing = new InMemoryRouting();
     this.presence = new EmbeddedPresence(db("presence"), guard);
-    this.devices = new EmbeddedDevices(db("devices"), guard);
+    this.devices = new EmbeddedDevices(this.root, db("devices"), db("device_token_owners"), guard);
     this.settings = new EmbeddedSettings(db("muted_conversations"), db("do_not_disturb"), guard);
     const deadLetters = db<StoredDeadLetter>("push_dead_letters");
     this.pushJobs = new EmbeddedPushJobs(this.root, db("push_jobs"), deadLetters, guard);
@@ -762,16 +762,40 @@ class EmbeddedPresence implements PresenceStore {
   async close(): Promise<void> {}
 }
 
+/** Devices by (user, device id); device tokens' owners by deviceTokenKey, changed in the same transaction. */
 class EmbeddedDevices implements DeviceStore {
   constructor(
+    private readonly root: RootDatabase,
     private readonly db: Database<DeviceRecord, Key>,
+    private readonly owners: Database<[string, string], Key>,
     private readonly guard: Guard,
   ) {}
   async put(device: DeviceRecord) {
-    await this.guard(this.db.put([device.userId, device.deviceId], device));
+    await this.guard(
+      this.root.transaction(() => {
+        this.forget([device.userId, device.deviceId]);
+        if (tokenNamesOneDevice(device.provider)) {
+          const key = deviceTokenKey(device.provider, device.token);
+          const owner = this.owners.get(key);
+          if (owner) this.forget(owner);
+          this.owners.put(key, [device.userId, device.deviceId]);
+        }
+        this.db.put([device.userId, device.deviceId], device);
+      }),
+    );
   }
   async remove(userId: string, deviceId: string) {
-    await this.guard(this.db.remove([userId, deviceId]));
+    await this.guard(this.root.transaction(() => this.forget([userId, deviceId])));
+  }
+  /** Removes a registration and its token's owner entry (inside a transaction). */
+  private forget(at: [string, string]): void {
+    const existing = this.db.get(at);
+    if (!existing) return;
+    this.db.remove(at);
+    if (!tokenNamesOneDevice(existing.provider)) return;
+    const key = deviceTokenKey(existing.provider, existing.token);
+    const owner = this.owners.get(key);
+    if (owner && owner[0] === at[0] && owner[1] === at[1]) this.owners.remove(key);
   }
   async list(userId: string) {
     const out: DeviceRecord[] = [];
