@@ -43,7 +43,6 @@ export default defineConfig({
             "test/contract/distributed.test.ts",
             "test/monitoring/**",
             "test/browser/**",
-            "test/figures/**",
           ],
         },
       },
@@ -122,11 +121,6 @@ export default defineConfig({
           testTimeout: 300_000,
           fileParallelism: false,
         },
-      },
-      {
-        // Measurements, not tests: run on demand (`npx vitest run --project figures`), never in npm test.
-        extends: true,
-        test: { name: "figures", include: ["test/figures/**/*.test.ts"], testTimeout: 180_000 },
       },
     ],
   },

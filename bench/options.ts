@@ -54,7 +54,43 @@ export const OPTIONS = {
   "baseline-rates": { type: "string", doc: "bare-ws baseline rates (default 1000,5000)" },
   skip: {
     type: "string",
-    doc: "comma list of phases to skip: ladder, writer (distributed), baseline, idle (embedded), restart (single process), fanout, channel",
+    doc: "comma list of phases to skip: ladder, writer (distributed), baseline, idle (embedded), restart (single process), fanout, channel, push",
+  },
+  push: {
+    type: "boolean",
+    doc: "also run the push phase (opt-in: about 50 s; embedded only): notifications/s and CPU per notification of the push service against each provider's protocol-checking stand-in, and ms from a message's ack to the provider request on the server; alone: --push --skip ladder,baseline,idle,restart,fanout,channel",
+  },
+  "push-providers": {
+    type: "string",
+    doc: "push phase: providers whose throughput is measured, one run each (default apns,fcm,webpush,webhook)",
+  },
+  "push-seconds": {
+    type: "string",
+    doc: "push phase: measured seconds per provider, after a 1 s warm-up (default 5; quick 3)",
+  },
+  "push-notifications": {
+    type: "string",
+    doc: "push phase: also end a provider's measured window once this many notifications were sent in it (default 0: by time only)",
+  },
+  "push-users": {
+    type: "string",
+    doc: "push phase: users, one device each, the notifications go round (default 1000)",
+  },
+  "push-window": {
+    type: "string",
+    doc: "push phase: notifications open at once (between notify() and the end of their job) (default 512; the service sends at most push.sendsInFlightMax, 64, per provider)",
+  },
+  "push-node-args": {
+    type: "string",
+    doc: "push phase: extra node flags for its push processes, space-separated (e.g. --push-node-args='--cpu-prof --cpu-prof-dir=/tmp/push-prof'; summarize with node dist/bench/profile.js FILE)",
+  },
+  "push-latency-rate": {
+    type: "string",
+    doc: "push phase: messages per second to the offline user for the ack→provider latency (default 50)",
+  },
+  "push-latency-seconds": {
+    type: "string",
+    doc: "push phase: seconds of those messages (default 10; quick 5; 0: latency not measured)",
   },
   "group-members": { type: "string", doc: "fan-out phase: members of the group, all online (default 100)" },
   "group-count": {
@@ -272,6 +308,8 @@ export function resolveSettings(opts: Opts): Settings {
   // embedded mode measures them. The writer phase drives Cassandra directly, without a server: the
   // distributed mode measures it.
   if (onInfra) for (const phase of ["baseline", "idle"]) skip.add(phase);
+  // The push phase runs the embedded job store and server; opt-in (about 50 s).
+  if (onInfra || !opts.push) skip.add("push");
   // The cluster's processes are restarted by its own tests (test/cluster), not measured here.
   if (backend === "cluster") for (const phase of ["writer", "restart"]) skip.add(phase);
   const encoding = (opts.encoding ?? "binary") as Encoding;

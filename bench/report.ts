@@ -7,6 +7,7 @@ import type { FanoutStep } from "./fanout.js";
 import type { IdleResult } from "./idle.js";
 import type { LadderStep, Verdict } from "./ladder.js";
 import type { StepResult } from "./loadgen.js";
+import type { PushResult } from "./push.js";
 import type { RestartResult, RestartRound } from "./restart.js";
 import type { LogDigest } from "./sut.js";
 import type { StageFigures } from "./trace-sink.js";
@@ -362,4 +363,75 @@ export function stageTable(stages: StageFigures[]): string {
     head,
     body,
   );
+}
+
+/** The push phase: throughput per provider stand-in, then ack → provider request on the server. */
+export function pushTables(p: PushResult): string {
+  const us = (x: number | null) => (x === null ? "-" : String(x));
+  const parts = [
+    columns(
+      `Push throughput per provider stand-in (the push service in its own process with the embedded job store, ${p.users} users with one device each, ${p.window} notifications open, collapse off; stand-ins verifying every request in the bench process):`,
+      [
+        "provider",
+        "sent",
+        "seconds",
+        "notifications/s",
+        "push core",
+        "push µs/notif",
+        "stand-in core",
+        "stand-in µs/notif",
+        "other",
+        "drain ms",
+        "verdict",
+      ],
+      p.throughput.map((t) => [
+        t.provider,
+        String(t.notifications),
+        f(t.seconds),
+        String(t.per_second),
+        f(t.service_cores),
+        us(t.cpu_us_per_notification),
+        f(t.stand_in_cores),
+        us(t.stand_in_cpu_us_per_notification),
+        f(t.other_cores),
+        String(t.drain_ms),
+        t.verdict,
+      ]),
+    ),
+  ];
+  const l = p.latency;
+  if (l)
+    parts.push(
+      columns(
+        `Push latency on the server process, ms from the sender's ack to the provider stand-in's receipt of the request (${l.rate} msgs/s for ${l.seconds} s to an offline user, ${l.acked}/${l.messages} acked, ack p50/p99 ${f(l.ack.p50_ms)}/${f(l.ack.p99_ms)} ms from the scheduled send; server ${f(l.server_cores)} cores, other processes ${f(l.other_cores)}):`,
+        [
+          "provider",
+          "expected",
+          "received",
+          "missing",
+          "dup",
+          "p50",
+          "p90",
+          "p99",
+          "max",
+          "send→provider p99",
+        ],
+        l.by_provider.map((x) => [
+          x.provider,
+          String(x.expected),
+          String(x.received),
+          String(x.missing),
+          String(x.duplicates),
+          f(x.ack_to_provider.p50_ms),
+          f(x.ack_to_provider.p90_ms),
+          f(x.ack_to_provider.p99_ms),
+          f(x.ack_to_provider.max_ms),
+          f(x.send_to_provider.p99_ms),
+        ]),
+      ) +
+        (l.send_errors > 0 || l.violations.length > 0
+          ? `\n  ${l.send_errors} sends failed; protocol violations: ${l.violations.join("; ") || "none"}`
+          : ""),
+    );
+  return parts.join("\n\n");
 }

@@ -33,6 +33,8 @@ import { type LadderStep, runLadder } from "./ladder.js";
 import { helpText, list, num, type Opts, readOptions, resolveSettings, type Settings } from "./options.js";
 import { hasPerf } from "./perf.js";
 import { formatProfile, type ProfileSummary, summarizeProfile } from "./profile.js";
+import { PUSH_PROVIDERS, runPush } from "./push.js";
+import type { ProviderName } from "./push-driver.js";
 import {
   costTable,
   f,
@@ -41,6 +43,7 @@ import {
   logLines,
   maxLine,
   maxRate,
+  pushTables,
   restartTable,
   roleTable,
   stageTable,
@@ -286,6 +289,47 @@ async function restartPhase(s: Settings, opts: Opts, backend: Backend, out: Outp
   out.report.push(restartTable(result));
 }
 
+/**
+ * Push (push.ts): notifications per second per provider stand-in, and ack → provider request on the
+ * server process.
+ */
+async function pushPhase(s: Settings, opts: Opts, out: Output): Promise<void> {
+  const providers = (opts["push-providers"] ?? PUSH_PROVIDERS.join(","))
+    .split(",")
+    .map((p) => p.trim())
+    .filter(Boolean);
+  for (const p of providers)
+    if (!PUSH_PROVIDERS.includes(p as ProviderName))
+      throw new Error(`--push-providers: ${p} is not one of ${PUSH_PROVIDERS.join(", ")}`);
+  const result = await runPush({
+    providers: providers as ProviderName[],
+    users: num(opts["push-users"], 1000),
+    window: num(opts["push-window"], 512),
+    warmupMs: 1000,
+    measureMs: num(opts["push-seconds"], s.quick ? 3 : 5) * 1000,
+    countMax: num(opts["push-notifications"], 0),
+    nodeArgs: (opts["push-node-args"] ?? "").split(" ").filter(Boolean),
+    latencyRate: num(opts["push-latency-rate"], 50),
+    latencySeconds: num(opts["push-latency-seconds"], s.quick ? 5 : 10),
+    bodyBytes: s.ladder.bodyBytes,
+    server: s.server,
+    quietThreshold: s.ladder.quietThreshold,
+    quietWaitMs: s.ladder.quietWaitMs,
+    log,
+  });
+  out.summary.push = result;
+  out.summary.push_notifications_per_second = Object.fromEntries(
+    result.throughput.map((t) => [t.provider, t.per_second]),
+  );
+  if (result.latency) {
+    out.summary.push_ack_to_provider_ms = Object.fromEntries(
+      result.latency.by_provider.map((p) => [p.provider, p.ack_to_provider]),
+    );
+    out.summary.push_missing = result.latency.by_provider.reduce((n, p) => n + p.missing, 0);
+  }
+  out.report.push(pushTables(result));
+}
+
 /** Baseline: bare ws with the same wire shapes, same generator, same pinning. */
 async function baselinePhase(s: Settings, out: Output): Promise<void> {
   if (s.ladder.encoding !== "binary") {
@@ -387,6 +431,8 @@ async function main(): Promise<void> {
   if (!s.skip.has("fanout")) await fanoutPhase(s, opts, backend, out);
   if (!s.skip.has("channel")) await channelPhase(s, opts, backend, out);
   if (!s.skip.has("restart")) await restartPhase(s, opts, backend, out);
+  if (opts.push && s.onInfra) log("push phase skipped: it runs on the embedded backend only");
+  if (!s.skip.has("push")) await pushPhase(s, opts, out);
   if (!s.skip.has("baseline") && s.baselineRates.length > 0) await baselinePhase(s, out);
   if (!s.skip.has("idle")) await idlePhase(s, out);
 
