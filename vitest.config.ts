@@ -70,6 +70,7 @@ export default defineConfig({
         test: {
           name: "kube",
           include: ["test/kube/**/*.test.ts", "operator/**/*.test.ts"],
+          globalSetup: ["test/kube/global-setup.ts"],
           testTimeout: 120_000,
         },
       },
