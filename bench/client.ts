@@ -5,8 +5,12 @@ import { devSecret } from "../internal/lib/auth.js";
 import { decodeFull, type Encoding, SUBPROTOCOL, syncFrame } from "./wire.js";
 
 /** Mints HS256 dev tokens with the server's secret (read once, as the server's `token` command does). */
-export async function mintTokens(dataDir: string, users: string[], ttlSeconds = 3600): Promise<string[]> {
-  const secret = devSecret(dataDir);
+export function mintTokens(dataDir: string, users: string[], ttlSeconds = 3600): Promise<string[]> {
+  return signTokens(devSecret(dataDir), users, ttlSeconds);
+}
+
+/** HS256 tokens whose subject is each user, signed with `secret` (a peer's, in the comparisons). */
+export async function signTokens(secret: Uint8Array, users: string[], ttlSeconds = 3600): Promise<string[]> {
   const exp = Math.floor(Date.now() / 1000) + ttlSeconds;
   const out: string[] = [];
   for (const u of users) {

@@ -238,6 +238,7 @@ export async function runLadder(
     sendersLive: o.sendersLive,
     appendUserToUrl: sut.userInUrl,
     tokens: (users) => sut.tokens(users),
+    protocol: sut.protocol,
   });
   const steps: LadderStep[] = [];
   let perf: PerfRecording | undefined;

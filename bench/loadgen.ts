@@ -23,7 +23,6 @@ import {
   KIND_MESSAGE,
   messageEventCmid,
   newHead,
-  type SendEncoder,
   sendEncoder,
 } from "./wire.js";
 
@@ -33,6 +32,26 @@ const MASK = RING - 1;
 const MEASURED = 1;
 const DELIVERED = 2;
 const ACKED = 4;
+
+/**
+ * Another system's client protocol, for the side-by-side comparisons (a peer such as Centrifugo):
+ * how a connection opens ready to receive, how message g is sent, and what an incoming frame says.
+ * Without one the generator speaks Switchboard's own protocol (wire.ts).
+ */
+export interface PeerProtocol {
+  /** Opens user's connection and resolves once it receives what is sent to it. */
+  open(url: string, user: string, token: string): Promise<WebSocket>;
+  /** The frame that sends message g to `recipient`. */
+  sender(recipient: string, body: string): { encode(g: number): string | Buffer };
+  /** Reports each ack, delivery and error in a frame; answers the peer's pings on `ws` itself. */
+  read(ws: WebSocket, data: Buffer, on: PeerFrameHandler): void;
+}
+
+export interface PeerFrameHandler {
+  ack(g: number): void;
+  delivered(g: number): void;
+  error(g: number, reason: string): void;
+}
 
 export interface PairLoadOptions {
   /**
@@ -48,6 +67,8 @@ export interface PairLoadOptions {
   sendersLive: boolean;
   tokens: (users: string[]) => Promise<string[]>;
   appendUserToUrl?: boolean;
+  /** A peer's protocol instead of Switchboard's (the comparisons). */
+  protocol?: PeerProtocol | undefined;
 }
 
 export interface StepOptions {
@@ -126,7 +147,7 @@ export interface StepResult {
 export class PairLoad {
   private senders: WebSocket[] = [];
   private receivers: WebSocket[] = [];
-  private encoders: SendEncoder[] = [];
+  private encoders: Array<{ encode(g: number): string | Buffer }> = [];
   private readonly sched = new Float64Array(RING);
   private readonly state = new Uint8Array(RING);
   private g = 1;
@@ -155,6 +176,7 @@ export class PairLoad {
     const senderIds = Array.from({ length: pairs }, (_, i) => `s${i}`);
     const receiverIds = Array.from({ length: pairs }, (_, i) => `r${i}`);
     const [st, rt] = await Promise.all([this.opts.tokens(senderIds), this.opts.tokens(receiverIds)]);
+    if (this.opts.protocol) return this.connectPeer(this.opts.protocol, senderIds, receiverIds, st, rt);
     const urlFor = (url: string, u: string) => (this.opts.appendUserToUrl ? `${url}?u=${u}` : url);
     this.receivers = await pool(receiverIds, 50, async (u, i) => {
       const ws = await openClient({ url: urlFor(this.opts.receiverUrl, u), token: rt[i]!, encoding });
@@ -198,6 +220,33 @@ export class PairLoad {
     }
   }
 
+  /** The same pairs on a peer's protocol (no echo: a peer's sender does not receive its own messages). */
+  private async connectPeer(
+    protocol: PeerProtocol,
+    senderIds: string[],
+    receiverIds: string[],
+    senderTokens: string[],
+    receiverTokens: string[],
+  ): Promise<void> {
+    this.receivers = await pool(receiverIds, 50, (u, i) =>
+      protocol.open(this.opts.receiverUrl, u, receiverTokens[i]!),
+    );
+    this.senders = await pool(senderIds, 50, (u, i) =>
+      protocol.open(this.opts.senderUrl, u, senderTokens[i]!),
+    );
+    const body = makeBody(this.opts.bodyBytes);
+    this.encoders = receiverIds.map((r) => protocol.sender(r, body));
+    const handler: PeerFrameHandler = {
+      ack: (g) => this.onAck(g, performance.now()),
+      delivered: (g) => this.onDelivered(g, performance.now()),
+      error: (g, reason) => this.countError(g, reason),
+    };
+    for (const ws of [...this.receivers, ...this.senders]) {
+      ws.on("message", (data: Buffer) => protocol.read(ws, data, handler));
+      ws.on("close", () => this.closedUnexpectedly++);
+    }
+  }
+
   private onDelivered(g: number, now: number): void {
     if (g < this.stepStart || g >= this.stepEnd) {
       this.stale++;
@@ -232,13 +281,17 @@ export class PairLoad {
   }
 
   private onError(g: number, data: Buffer, isBinary: boolean): void {
-    this.errors++;
     let reason = "unknown";
     try {
       reason = String(decodeFull(isBinary ? data : data.toString("utf8")).value?.reason ?? "unknown");
     } catch {
       /* keep "unknown" */
     }
+    this.countError(g, reason);
+  }
+
+  private countError(g: number, reason: string): void {
+    this.errors++;
     this.errorReasons[reason] = (this.errorReasons[reason] ?? 0) + 1;
     if (g >= this.stepStart && g < this.stepEnd) this.state[g & MASK]! |= ACKED; // answered, not acked
   }

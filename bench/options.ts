@@ -54,7 +54,7 @@ export const OPTIONS = {
   "baseline-rates": { type: "string", doc: "bare-ws baseline rates (default 1000,5000)" },
   skip: {
     type: "string",
-    doc: "comma list of phases to skip: ladder, writer (distributed), baseline, idle (embedded), restart (single process), fanout, channel, push",
+    doc: "comma list of phases to skip: ladder, writer (distributed), baseline, idle (embedded), restart (single process), fanout, channel, push, centrifugo (embedded: Centrifugo v6 on the same ladder and idle test, history off and on, built with `go install` on first use; a missing Go toolchain is an error)",
   },
   push: {
     type: "boolean",
@@ -307,7 +307,7 @@ export function resolveSettings(opts: Opts): Settings {
   // The bare-ws baseline and the idle-connection test do not depend on the storage backend: the
   // embedded mode measures them. The writer phase drives Cassandra directly, without a server: the
   // distributed mode measures it.
-  if (onInfra) for (const phase of ["baseline", "idle"]) skip.add(phase);
+  if (onInfra) for (const phase of ["baseline", "idle", "centrifugo"]) skip.add(phase);
   // The push phase runs the embedded job store and server; opt-in (about 50 s).
   if (onInfra || !opts.push) skip.add("push");
   // The cluster's processes are restarted by its own tests (test/cluster), not measured here.

@@ -27,10 +27,12 @@ import { mkdirSync, readdirSync, writeFileSync } from "node:fs";
 import { cpus, loadavg, setPriority, tmpdir } from "node:os";
 import { join } from "node:path";
 import { type Backend, openBackend } from "./backend.js";
+import { CENTRIFUGO_VERSION, CentrifugoSystem, centrifugoIdle, type PeerIdleResult } from "./centrifugo.js";
 import { type FanoutOptions, type FanoutStep, runFanout } from "./fanout.js";
 import { type IdleResult, runIdle } from "./idle.js";
 import { type LadderStep, runLadder } from "./ladder.js";
 import { helpText, list, num, type Opts, readOptions, resolveSettings, type Settings } from "./options.js";
+import { type PeerRun, peerRatios, ratioReport } from "./peer-ratios.js";
 import { hasPerf } from "./perf.js";
 import { formatProfile, type ProfileSummary, summarizeProfile } from "./profile.js";
 import { PUSH_PROVIDERS, runPush } from "./push.js";
@@ -404,6 +406,53 @@ async function idlePhase(s: Settings, out: Output): Promise<void> {
   out.report.push(idleReport(idle));
 }
 
+/**
+ * Centrifugo v6 on the same ladder, generator and pinning, with history off and on, and its idle
+ * connections (history off); then Switchboard's figures as ratios of Centrifugo's.
+ */
+async function centrifugoPhase(s: Settings, out: Output): Promise<void> {
+  const peers: Record<string, PeerRun> = {};
+  for (const history of [false, true]) {
+    const sut = await CentrifugoSystem.start({ history, cpus: s.server.serverCpus, log });
+    let steps: LadderStep[];
+    let idle: PeerIdleResult | undefined;
+    try {
+      ({ steps } = await runLadder(sut, s.rates, {
+        ...s.ladder,
+        stopOnFail: true,
+        alwaysRates: [1000, 5000],
+        perfDir: s.server.dataRoot,
+        log,
+      }));
+      if (!history && !s.skip.has("idle")) idle = await centrifugoIdle(sut, s.idleConns, log);
+    } finally {
+      await sut.stop();
+    }
+    const name = `Centrifugo ${CENTRIFUGO_VERSION}, history ${history ? "on" : "off"}`;
+    const m10 = maxRate(steps, "ok10");
+    const m50 = maxRate(steps, "ok50");
+    peers[history ? "history_on" : "history_off"] = {
+      name,
+      ladder: steps.map(({ r, v }) => ({ ...r, verdict: v.why })),
+      max_rate_p99_10ms: m10,
+      max_rate_p99_50ms: m50,
+      ...(idle ? { idle_connections: idle } : {}),
+    };
+    out.report.push(
+      table(`${name} (memory engine; its ack is not durable), the same generator, JSON protocol, ms:`, steps),
+      maxLine(10, m10, steps[0]?.r.rate),
+      maxLine(50, m50, steps[0]?.r.rate),
+    );
+    if (idle)
+      out.report.push(
+        `  ${name}: ${idle.connections} idle connections (${idle.failed} failed), ${idle.connects_per_second} connects/s, ${idle.rss_per_conn_kb} KB RSS per connection (as found)`,
+      );
+  }
+  const ratios = peerRatios(out.summary, peers);
+  out.summary.centrifugo = { version: CENTRIFUGO_VERSION, ...peers, ratios };
+  out.report.push(ratioReport(ratios));
+}
+
 async function main(): Promise<void> {
   const opts = readOptions();
   if (opts.help) {
@@ -435,6 +484,7 @@ async function main(): Promise<void> {
   if (!s.skip.has("push")) await pushPhase(s, opts, out);
   if (!s.skip.has("baseline") && s.baselineRates.length > 0) await baselinePhase(s, out);
   if (!s.skip.has("idle")) await idlePhase(s, out);
+  if (!s.skip.has("centrifugo")) await centrifugoPhase(s, out);
 
   if (sink) {
     const stages = sink.stages();

@@ -11,6 +11,7 @@
  */
 import { mintTokens } from "./client.js";
 import type { InfraCpu } from "./infra.js";
+import type { PeerProtocol } from "./loadgen.js";
 import type { ServerSettings } from "./options.js";
 import { ServerProcess, type StartOptions } from "./server.js";
 
@@ -49,6 +50,8 @@ export interface SystemUnderTest {
   readonly receiverUrl: string;
   /** The bare server takes the user from the URL (?u=) and wants no token. */
   readonly userInUrl: boolean;
+  /** A peer's client protocol (the comparisons); undefined: Switchboard's. */
+  readonly protocol?: PeerProtocol | undefined;
   /** The Kafka and Cassandra JVMs the system runs on, accounted apart from foreign load. */
   readonly infra: InfraCpu | undefined;
   /** The pid `perf record` follows: single-process systems only. */
