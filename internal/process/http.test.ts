@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { devModeWarning } from "../cli/server-commands.js";
 import { loadConfig } from "../lib/config.js";
-import { connectionsCheckingIntervalMs, devTokensRefusal } from "./http.js";
+import { connectAnswer, connectionsCheckingIntervalMs, devTokensRefusal } from "./http.js";
 
 describe("dev tokens", () => {
   it("are served only in dev mode, without a JWKS URL, on a loopback address", () => {
@@ -32,5 +32,26 @@ describe("the headers timeout", () => {
     expect(connectionsCheckingIntervalMs(60_000)).toBe(1_000);
     expect(connectionsCheckingIntervalMs(2_000)).toBe(200);
     expect(connectionsCheckingIntervalMs(100)).toBe(50);
+  });
+});
+
+describe("/v1/connect", () => {
+  const gateway = { id: "gw-1", connections: 3 };
+
+  it("names the gateway URL, from http.publicUrl or the request's Host", () => {
+    expect(connectAnswer(loadConfig({}), "chat.example.com:8080", gateway)).toEqual({
+      url: "ws://chat.example.com:8080/ws",
+      gateway_id: "gw-1",
+      connections: 3,
+    });
+    const pinned = loadConfig({ SWITCHBOARD_HTTP_PUBLIC_URL: "wss://chat.example.com/ws" });
+    expect(connectAnswer(pinned, "10.0.0.5:8080", gateway).url).toBe("wss://chat.example.com/ws");
+  });
+
+  it("offers the VAPID public key only when Web Push is configured", () => {
+    expect(connectAnswer(loadConfig({}), "h", gateway)).not.toHaveProperty("web_push_public_key");
+    const key = "BNcRdreALRFXTkOOUHK1EtK2wtaz5Ry4YfYCA_0QTpQtUbVlUls0VJXg7A8u-Ts1XbjhazAkj7I99e8QcYP7DkM";
+    const config = loadConfig({ SWITCHBOARD_PUSH_WEBPUSH_VAPID_PUBLIC_KEY: key });
+    expect(connectAnswer(config, "h", gateway).web_push_public_key).toBe(key);
   });
 });

@@ -91,6 +91,33 @@ export function devTokensRefusal(config: Config): string | undefined {
   return undefined;
 }
 
+/** What GET /v1/connect answers (docs/protocol.md §1.1). */
+export interface ConnectAnswer {
+  url: string;
+  gateway_id: string;
+  connections: number;
+  /**
+   * The VAPID public key browsers subscribe to Web Push with (`applicationServerKey`), only when
+   * Web Push is configured: a page offers notifications only then. It is no secret (push services
+   * see it with every subscription and request), so handing it to anyone costs nothing.
+   */
+  web_push_public_key?: string;
+}
+
+export function connectAnswer(
+  config: Config,
+  host: string | undefined,
+  gateway: Pick<Gateway, "id" | "connections">,
+): ConnectAnswer {
+  const url = config.http.publicUrl || `ws://${host ?? `${config.http.host}:${config.http.port}`}/ws`;
+  const answer: ConnectAnswer = { url, gateway_id: gateway.id, connections: gateway.connections };
+  // The split roles share one configuration (the operator's ConfigMap), so a gateway knows the key
+  // the push processes sign with even though only they hold its private half.
+  const key = config.push.webpush.vapidPublicKey;
+  if (key !== "") answer.web_push_public_key = key;
+  return answer;
+}
+
 function handleHttp(
   req: IncomingMessage,
   res: ServerResponse,
@@ -134,13 +161,10 @@ function handleHttp(
       return;
     }
     case "/v1/connect": {
-      const url =
-        o.config.http.publicUrl ||
-        `ws://${req.headers.host ?? `${o.config.http.host}:${o.config.http.port}`}/ws`;
       // Public discovery, no credentials: readable from any origin, so a web client hosted
       // elsewhere (web/dist on a static host) can ask it too.
       res.setHeader("access-control-allow-origin", "*");
-      return json(200, { url, gateway_id: gateway.id, connections: gateway.connections });
+      return json(200, connectAnswer(o.config, req.headers.host, gateway));
     }
     case "/": {
       const index = webClient.get("/");

@@ -42,14 +42,15 @@ export interface ClientPage {
   consoleErrors: string[];
 }
 
-export async function openClient(context: BrowserContext, httpUrl: string): Promise<ClientPage> {
+/** Opens the client at `path` (e.g. with a fragment) of the server at `httpUrl`. */
+export async function openClient(context: BrowserContext, httpUrl: string, path = "/"): Promise<ClientPage> {
   const page = await context.newPage();
   const consoleErrors: string[] = [];
   page.on("console", (m) => {
     if (m.type() === "error") consoleErrors.push(m.text());
   });
   page.on("pageerror", (e) => consoleErrors.push(`uncaught: ${e.message}`));
-  await page.goto(`${httpUrl}/`);
+  await page.goto(`${httpUrl}${path}`);
   return { page, user: "", consoleErrors };
 }
 

@@ -154,6 +154,19 @@ export class ChatApp {
     this.onChange();
   }
 
+  /**
+   * Opens a conversation by id, one this tab may not have listed yet (a notification's, clicked
+   * while the list was still loading): it is shown at once and filled in by the next refresh.
+   */
+  openById(conversationId: string): void {
+    if (!this.conversations.has(conversationId)) {
+      this.conversations.set(conversationId, newConversationState({ id: conversationId }));
+      // Not connected yet: the refresh after the sync lists it.
+      if (this.client.state === "open") void this.refreshConversations();
+    }
+    this.select(conversationId);
+  }
+
   /** Opens (or starts: the DM is created by its first message) a direct conversation. */
   openDirect(peer: string): void {
     const id = directConversationId(this.me, peer);

@@ -5,8 +5,9 @@ import type { ChatApp } from "./chat-app.js";
 import { byId } from "./dom.js";
 import { inputValue, USER_ID } from "./form-input.js";
 import { sessionStore } from "./local-store.js";
+import type { WebPush } from "./web-push.js";
 
-export function wireChat(app: ChatApp): void {
+export function wireChat(app: ChatApp, push: WebPush): void {
   const composer = byId<HTMLInputElement>("composer-input");
   byId("composer").addEventListener("submit", (e) => {
     e.preventDefault();
@@ -63,7 +64,10 @@ export function wireChat(app: ChatApp): void {
   });
   byId("sign-out").addEventListener("click", () => {
     sessionStore.clear();
-    void app.client.close().then(() => location.reload());
+    void push
+      .signOut()
+      .then(() => app.client.close())
+      .then(() => location.reload());
   });
   // Nothing tells a user they were added to a group until its first message: look again whenever
   // they come back to the tab.

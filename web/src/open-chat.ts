@@ -7,8 +7,10 @@ import { ChatApp } from "./chat-app.js";
 import { wireChat } from "./chat-controls.js";
 import { byId } from "./dom.js";
 import { Outbox, type StoredSession, sessionStore } from "./local-store.js";
+import { wireNotifications } from "./notifications.js";
 import { render } from "./render.js";
-import { type Credentials, gatewayUrl } from "./sign-in.js";
+import { type Credentials, type Discovery, discover } from "./sign-in.js";
+import { WebPush } from "./web-push.js";
 
 /**
  * Opens the chat for these credentials. `resumed`: the page reopened a remembered session, which
@@ -22,7 +24,13 @@ export async function openChat(
 ): Promise<void> {
   localStorage.setItem("switchboard:server", server);
   localStorage.setItem("switchboard:user", credentials.userId);
-  const url = resumed?.gatewayUrl ?? (await gatewayUrl(server));
+  let discovered: Discovery | undefined;
+  let url: string;
+  if (resumed) url = resumed.gatewayUrl;
+  else {
+    discovered = await discover(server);
+    url = discovered.url;
+  }
   const cursorKey = `switchboard:cursor:${server}:${credentials.userId}`;
   if (localStorage.getItem(cursorKey) === null) {
     localStorage.setItem(cursorKey, String(await inboxHead(url, credentials)));
@@ -61,7 +69,16 @@ export async function openChat(
   byId("sign-in").hidden = true;
   byId("app").hidden = false;
   byId("me").textContent = credentials.userId;
-  wireChat(app);
+  const push = new WebPush(client, `switchboard:push:${server}:${credentials.userId}`);
+  // Once connected: a resumed session asked the server nothing yet, and whether it has Web Push (and
+  // with which key) may have changed since the session began.
+  client.once("synced", () => {
+    void (discovered ? Promise.resolve(discovered) : discover(server)).then((d) =>
+      push.start(d.webPushPublicKey),
+    );
+  });
+  wireChat(app, push);
+  wireNotifications(app, push);
   app.resendOutbox();
   render(app);
   if (resumed) {

@@ -20,15 +20,30 @@ export function normalizeServer(input: string): string {
   return url.origin;
 }
 
-/** The WebSocket URL the platform tells clients to use, or the conventional one if it cannot say. */
-export async function gatewayUrl(server: string): Promise<string> {
+/** What the server's /v1/connect tells a client (docs/protocol.md §1.1). */
+export interface Discovery {
+  /** The WebSocket URL to connect to. */
+  url: string;
+  /** The VAPID key to subscribe to Web Push with; undefined when the server has no Web Push. */
+  webPushPublicKey: string | undefined;
+}
+
+/**
+ * Asks the server's /v1/connect where to connect, or uses the conventional URL (and no Web Push)
+ * if it cannot say.
+ */
+export async function discover(server: string): Promise<Discovery> {
   try {
     const res = await fetch(`${server}/v1/connect`);
-    if (res.ok) return ((await res.json()) as { url: string }).url;
+    if (res.ok) {
+      const body = (await res.json()) as { url: string; web_push_public_key?: unknown };
+      const key = body.web_push_public_key;
+      return { url: body.url, webPushPublicKey: typeof key === "string" && key !== "" ? key : undefined };
+    }
   } catch {
     // fall through: another origin without CORS, or an older or proxied deployment
   }
-  return `${server.replace(/^http/, "ws")}/ws`;
+  return { url: `${server.replace(/^http/, "ws")}/ws`, webPushPublicKey: undefined };
 }
 
 function claims(token: string): { sub?: unknown; exp?: unknown } {
