@@ -75,9 +75,17 @@ export function createVerifier(options: VerifierOptions): TokenVerifier {
             .payload;
       })()
     : (() => {
-        const secret = devSecret(options.dataDir);
+        // Imported once: given the raw bytes, jose imports a CryptoKey on every verification, which
+        // cost a connect more than the HMAC itself (issue 12, the connect path's profile).
+        const secret = crypto.subtle.importKey(
+          "raw",
+          new Uint8Array(devSecret(options.dataDir)), // a copy over a plain ArrayBuffer, as WebCrypto takes
+          { name: "HMAC", hash: "SHA-256" },
+          false,
+          ["verify"],
+        );
         return async (token) =>
-          (await jwtVerify(token, secret, { ...checks, algorithms: ["HS256"] })).payload;
+          (await jwtVerify(token, await secret, { ...checks, algorithms: ["HS256"] })).payload;
       })();
   return async (token) => {
     let payload: JWTPayload;
