@@ -47,6 +47,14 @@ export const OPTIONS = {
   "body-bytes": { type: "string", doc: "message body size (default 100)" },
   encoding: { type: "string", doc: "binary (protobuf, default) or json" },
   "senders-live": { type: "boolean", doc: "senders sync too, so the server echoes each message to them" },
+  "storm-clients": {
+    type: "string",
+    doc: "storm phase: clients that each missed 20–50 messages and reconnect at once (default 10000; quick 2000)",
+  },
+  "history-messages": {
+    type: "string",
+    doc: "storm phase: messages in the conversation read back for the history-sync figure (default 10000; quick 2000)",
+  },
   "idle-conns": {
     type: "string",
     doc: "idle authenticated connections for the RSS test (default 10000; quick 2000; max ~19000)",
@@ -54,7 +62,7 @@ export const OPTIONS = {
   "baseline-rates": { type: "string", doc: "bare-ws baseline rates (default 1000,5000)" },
   skip: {
     type: "string",
-    doc: "comma list of phases to skip: ladder, writer (distributed), baseline, idle (embedded), restart (single process), fanout, channel, push, centrifugo (embedded: Centrifugo v6 on the same ladder and idle test, history off and on, built with `go install` on first use; a missing Go toolchain is an error)",
+    doc: "comma list of phases to skip: ladder, writer (distributed), baseline, idle (embedded), restart (single process), fanout, channel, push, storm (embedded: reconnect storm and history sync, design.md G7 and G8), centrifugo (embedded: Centrifugo v6 on the same ladder and idle test, history off and on, built with `go install` on first use; a missing Go toolchain is an error)",
   },
   push: {
     type: "boolean",
@@ -285,6 +293,8 @@ export interface Settings {
   rates: number[];
   baselineRates: number[];
   idleConns: number;
+  stormClients: number;
+  historyMessages: number;
   kafkaPartitions: number;
   ladder: LadderSettings;
   server: ServerSettings;
@@ -307,7 +317,7 @@ export function resolveSettings(opts: Opts): Settings {
   // The bare-ws baseline and the idle-connection test do not depend on the storage backend: the
   // embedded mode measures them. The writer phase drives Cassandra directly, without a server: the
   // distributed mode measures it.
-  if (onInfra) for (const phase of ["baseline", "idle", "centrifugo"]) skip.add(phase);
+  if (onInfra) for (const phase of ["baseline", "idle", "storm", "centrifugo"]) skip.add(phase);
   // The push phase runs the embedded job store and server; opt-in (about 50 s).
   if (onInfra || !opts.push) skip.add("push");
   // The cluster's processes are restarted by its own tests (test/cluster), not measured here.
@@ -333,6 +343,8 @@ export function resolveSettings(opts: Opts): Settings {
     ),
     baselineRates: list(opts["baseline-rates"], [1000, 5000]),
     idleConns: num(opts["idle-conns"], quick ? 2000 : 10_000),
+    stormClients: num(opts["storm-clients"], quick ? 2000 : 10_000),
+    historyMessages: num(opts["history-messages"], quick ? 2000 : 10_000),
     kafkaPartitions: num(opts["kafka-partitions"], 12),
     ladder: {
       pairs: num(opts.pairs, 100),

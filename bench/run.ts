@@ -54,6 +54,7 @@ import {
 } from "./report.js";
 import { type RestartResult, runRestart } from "./restart.js";
 import { fsyncProbe, pinSelf, realtimeSelf, ServerProcess } from "./server.js";
+import { runStorm, type StormResult, stormReport } from "./storm.js";
 import { ProcessSystem, SERVER_ENV, type StopReport } from "./sut.js";
 import { startTraceSink } from "./trace-sink.js";
 import { selfCheck } from "./wire.js";
@@ -406,6 +407,36 @@ async function idlePhase(s: Settings, out: Output): Promise<void> {
   out.report.push(idleReport(idle));
 }
 
+/** G7 and G8: a reconnect storm and a history sync on a fresh server. */
+async function stormPhase(s: Settings, out: Output): Promise<void> {
+  const server = await ServerProcess.start({
+    kind: "switchboard",
+    cpus: s.server.serverCpus,
+    env: SERVER_ENV,
+    keepData: s.server.keepData,
+    nice: s.server.nice,
+    realtime: s.server.realtime,
+    dataRoot: s.server.dataRoot,
+  });
+  log(`storm: server pid ${server.pid}, ${s.stormClients} clients`);
+  let storm: StormResult;
+  try {
+    storm = await runStorm(server, {
+      clients: s.stormClients,
+      groupSize: 50,
+      missedMin: 20,
+      missedMax: 50,
+      concurrency: 1_000,
+      historyMessages: s.historyMessages,
+      log,
+    });
+  } finally {
+    await server.stop();
+  }
+  out.summary.storm = storm;
+  out.report.push(stormReport(storm));
+}
+
 /**
  * Centrifugo v6 on the same ladder, generator and pinning, with history off and on, and its idle
  * connections (history off); then Switchboard's figures as ratios of Centrifugo's.
@@ -484,6 +515,7 @@ async function main(): Promise<void> {
   if (!s.skip.has("push")) await pushPhase(s, opts, out);
   if (!s.skip.has("baseline") && s.baselineRates.length > 0) await baselinePhase(s, out);
   if (!s.skip.has("idle")) await idlePhase(s, out);
+  if (!s.skip.has("storm")) await stormPhase(s, out);
   if (!s.skip.has("centrifugo")) await centrifugoPhase(s, out);
 
   if (sink) {
