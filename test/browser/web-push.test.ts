@@ -171,6 +171,11 @@ function shownNotifications(page: Page) {
  * as the browser does with what its push service hands it.
  */
 async function pushDelivery(page: Page): Promise<(payload: unknown) => Promise<void>> {
+  // A push to a registration whose worker is not active yet (a reopened page may still be
+  // activating it) is dropped by the browser: wait for the active worker first.
+  await page.evaluate(async () => {
+    await navigator.serviceWorker.ready;
+  });
   const cdp = await page.context().newCDPSession(page);
   const registrationId = new Promise<string>((resolve) => {
     cdp.on("ServiceWorker.workerRegistrationUpdated", ({ registrations }) => {

@@ -2,13 +2,20 @@
  * The client's brain: turns the SDK's events into conversation state and the user's actions into
  * SDK calls. It owns no DOM; `onChange` asks the view to draw again.
  */
-import { type ChatMessage, type SwitchboardClient, SwitchboardClientError } from "../../sdk/src/index.js";
+import {
+  type ChatMessage,
+  type GroupChangeInput,
+  type SwitchboardClient,
+  SwitchboardClientError,
+} from "../../sdk/src/index.js";
 import {
   addMessage,
+  applyServerInfo,
   type ConversationState,
   directConversationId,
   newConversationState,
   peerOf,
+  postingRestricted,
   raiseWatermark,
 } from "./conversation-state.js";
 import type { Outbox, OutboxEntry } from "./local-store.js";
@@ -20,6 +27,17 @@ export type ConnectionStatus = "connecting" | "catching-up" | "online" | "reconn
 
 const HISTORY_PAGE = 30;
 
+/** Shown on the composer of an admins-only group, and on a message the server refused for it. */
+export const POSTING_RESTRICTED_TEXT = "Only admins can post in this channel";
+
+/** What the user should hear when joining by id fails (docs/protocol.md §6, joinGroup's reasons). */
+const JOIN_ERRORS: Record<string, string> = {
+  NOT_A_GROUP: "That is not a group id: a group id looks like g:123456789.",
+  GROUP_NOT_FOUND: "There is no group with this id.",
+  GROUP_CLOSED: "This group is closed: only its members can add you.",
+  GROUP_FULL: "This group is full.",
+};
+
 export class ChatApp {
   readonly conversations = new Map<string, ConversationState>();
   readonly presence = new Map<string, boolean>();
@@ -29,6 +47,8 @@ export class ChatApp {
   status: ConnectionStatus = "connecting";
   /** Last problem worth telling the user (a refused request), cleared by the next success. */
   notice = "";
+  /** Why the last attempt to join a group by id failed; shown by the join form. */
+  joinError = "";
   openId: string | undefined;
   onChange: () => void = () => {};
 
@@ -117,12 +137,7 @@ export class ChatApp {
         for (const info of list) {
           const known = this.conversations.get(info.id);
           if (!known) this.conversations.set(info.id, newConversationState(info));
-          else {
-            known.name = info.name;
-            known.memberCount = info.memberCount;
-            known.lastSeq = Math.max(known.lastSeq, info.lastSeq);
-            known.readSeq = Math.max(known.readSeq, info.readSeq);
-          }
+          else applyServerInfo(known, info);
         }
         this.onChange();
         await this.watchPresence(list.filter((c) => c.kind === "direct").map((c) => peerOf(c.id, this.me)));
@@ -186,6 +201,72 @@ export class ChatApp {
       this.conversations.set(info.id, c);
       this.select(info.id);
     });
+  }
+
+  /**
+   * Joins an open group by its id (someone shared it) and opens it. Joining a group the user is in
+   * already just opens it (the server answers with the group). False, with joinError set, if refused.
+   */
+  async joinGroup(conversationId: string): Promise<boolean> {
+    try {
+      const info = await this.client.joinGroup(conversationId);
+      this.joinError = "";
+      const known = this.conversations.get(info.id);
+      if (known) {
+        known.isMember = true; // rejoining a group the user had been removed from
+        applyServerInfo(known, info);
+      } else this.conversations.set(info.id, newConversationState(info));
+      this.select(info.id);
+      // The listing brings the seqs the reply lacks, and has the SDK follow a pull-model group.
+      void this.refreshConversations();
+      return true;
+    } catch (err) {
+      this.joinError =
+        (err instanceof SwitchboardClientError && JOIN_ERRORS[err.reason]) ||
+        (err instanceof Error ? err.message : String(err));
+      this.onChange();
+      return false;
+    }
+  }
+
+  /**
+   * Changes the open group's settings (admins and the owner). Shown changed at once and put back if
+   * the server refuses; NOTHING_TO_CHANGE means another admin set the same meanwhile, which is fine.
+   */
+  async changeGroup(change: Pick<GroupChangeInput, "open" | "postPolicy">): Promise<void> {
+    const c = this.open;
+    if (c?.kind !== "group") return;
+    const before = { open: c.open, postPolicy: c.postPolicy };
+    Object.assign(c, change);
+    this.onChange();
+    try {
+      applyServerInfo(c, await this.client.updateGroup(c.id, change));
+      this.notice = "";
+    } catch (err) {
+      if (!(err instanceof SwitchboardClientError && err.reason === "NOTHING_TO_CHANGE")) {
+        Object.assign(c, before);
+        this.report(err);
+      }
+    }
+    this.onChange();
+  }
+
+  /**
+   * Looks again at the open group's roster (the user's own role in it) and, with `listing`, at the
+   * conversation list (its policies). The server sends no event when a role or a policy changes, so
+   * the page asks when the user comes back to it, after a send refused for it, and while a member
+   * waits in an admins-only group (chat-controls.ts).
+   */
+  async recheckOpenGroup(listing: boolean): Promise<void> {
+    const c = this.open;
+    if (this.client.state !== "open" || c?.kind !== "group" || !c.isMember) return;
+    await Promise.all([this.loadMembers(c), listing ? this.refreshConversations() : undefined]);
+  }
+
+  /** The user is a plain member of the open admins-only group: the composer is off for them. */
+  get openRestricted(): boolean {
+    const c = this.open;
+    return c?.isMember === true && postingRestricted(c, this.me);
   }
 
   async addMember(userId: string): Promise<void> {
@@ -293,9 +374,21 @@ export class ChatApp {
         (err: unknown) => {
           // Refused for good (e.g. no longer a member): kept on screen as "Not sent", not resent.
           this.outbox.remove(entry.clientMsgId);
-          if (err instanceof SwitchboardClientError && err.reason === "NOT_MEMBER")
-            void this.refreshConversations();
-          Object.assign(outgoing, { failure: err instanceof Error ? err.message : String(err) });
+          const reason = err instanceof SwitchboardClientError ? err.reason : "";
+          if (reason === "NOT_MEMBER") void this.refreshConversations();
+          // The group became admins-only, or the user stopped being an admin, after the page last
+          // looked: say so on the message, and look again so the composer shows it too.
+          if (reason === "POSTING_RESTRICTED")
+            void (conversation.id === this.openId
+              ? this.recheckOpenGroup(true)
+              : this.refreshConversations());
+          const failure =
+            reason === "POSTING_RESTRICTED"
+              ? POSTING_RESTRICTED_TEXT
+              : err instanceof Error
+                ? err.message
+                : String(err);
+          Object.assign(outgoing, { failure });
           this.onChange();
         },
       );
@@ -321,7 +414,9 @@ export class ChatApp {
       c.roles = new Map(listed.roles.map((m) => [m.userId, m.role]));
       c.memberCount = c.members.length;
       this.onChange();
-      await this.watchPresence(c.members);
+      // A pull-model group is large (past groups.pullThreshold): watching every member's presence
+      // would exceed what one request may name (100) and what one connection may watch (1,000).
+      if (c.delivery === "push") await this.watchPresence(c.members);
     });
   }
 

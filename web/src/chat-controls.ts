@@ -7,6 +7,14 @@ import { inputValue, USER_ID } from "./form-input.js";
 import { sessionStore } from "./local-store.js";
 import type { WebPush } from "./web-push.js";
 
+/**
+ * How often a plain member of an admins-only group, with it open in a visible tab, asks whether
+ * they have been made an admin (the server sends no event for it): the one case in which the page
+ * would otherwise keep a disabled composer it should enable. Not for a pull-model group, whose roster
+ * is the whole (large) channel: there the page looks again when the user comes back to the tab.
+ */
+const ROLE_RECHECK_MS = 10_000;
+
 export function wireChat(app: ChatApp, push: WebPush): void {
   const composer = byId<HTMLInputElement>("composer-input");
   byId("composer").addEventListener("submit", (e) => {
@@ -40,6 +48,38 @@ export function wireChat(app: ChatApp, push: WebPush): void {
       byId<HTMLInputElement>("new-group-members").value = "";
     });
   });
+  byId("join-group").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const id = inputValue("join-group-id");
+    if (!id) return;
+    void app.joinGroup(id).then((joined) => {
+      if (!joined) return;
+      byId<HTMLInputElement>("join-group-id").value = "";
+      byId<HTMLDetailsElement>("join-group-details").open = false;
+    });
+  });
+  byId("group-open").addEventListener("change", (e) => {
+    void app.changeGroup({ open: (e.target as HTMLInputElement).checked });
+  });
+  byId("group-admins-post").addEventListener("change", (e) => {
+    void app.changeGroup({ postPolicy: (e.target as HTMLInputElement).checked ? "admins" : "everyone" });
+  });
+  const groupId = byId<HTMLInputElement>("group-id");
+  byId("copy-group-id").addEventListener("click", () => {
+    const status = byId("copy-status");
+    // The clipboard is there only in secure contexts (https, localhost) and may be refused: then the
+    // id is left selected for the user to copy.
+    const copy = navigator.clipboard?.writeText(groupId.value) ?? Promise.reject(new Error("no clipboard"));
+    copy.then(
+      () => {
+        status.textContent = "Copied";
+      },
+      () => {
+        groupId.select();
+        status.textContent = "Selected: copy it with your keyboard or menu";
+      },
+    );
+  });
   byId("add-member").addEventListener("submit", (e) => {
     e.preventDefault();
     const user = inputValue("add-member-user");
@@ -69,9 +109,21 @@ export function wireChat(app: ChatApp, push: WebPush): void {
       .then(() => app.client.close())
       .then(() => location.reload());
   });
-  // Nothing tells a user they were added to a group until its first message: look again whenever
-  // they come back to the tab.
+  // Nothing tells a user they were added to a group until its first message, nor that their role or
+  // a group's settings changed: look again (the list, the open group's roster) whenever they come
+  // back to the tab.
   window.addEventListener("focus", () => {
-    if (app.status === "online") void app.refreshConversations();
+    if (app.status !== "online") return;
+    void app.refreshConversations();
+    void app.recheckOpenGroup(false);
   });
+  setInterval(() => {
+    if (
+      app.status === "online" &&
+      document.visibilityState === "visible" &&
+      app.openRestricted &&
+      app.open?.delivery === "push"
+    )
+      void app.recheckOpenGroup(false);
+  }, ROLE_RECHECK_MS);
 }

@@ -2,11 +2,15 @@ import { describe, expect, it } from "vitest";
 import type { ChatMessage } from "../../sdk/src/index.js";
 import {
   addMessage,
+  applyServerInfo,
   deliveryStateOf,
   directConversationId,
+  isChannel,
+  isGroupAdmin,
   lastActivity,
   newConversationState,
   peerOf,
+  postingRestricted,
   raiseWatermark,
   titleOf,
   unreadCount,
@@ -77,5 +81,55 @@ describe("conversation state", () => {
     expect(lastActivity(c)).toEqual({ body: "hi", sender: "bob", atMs: 1 });
     c.outgoing.push({ clientMsgId: "x", body: "queued", createdAtMs: 5 });
     expect(lastActivity(c)).toEqual({ body: "queued", atMs: 5 });
+  });
+
+  it("restricts posting in an admins-only group to admins and the owner, once the role is known", () => {
+    const c = newConversationState({ id: "g:1", kind: "group", owner: "alice", postPolicy: "admins" });
+    expect(postingRestricted(c, "alice")).toBe(false); // the owner, known from the listing
+    expect(isGroupAdmin(c, "alice")).toBe(true);
+    expect(postingRestricted(c, "bob")).toBe(false); // role not known yet: the server decides
+    c.roles.set("bob", "member");
+    expect(postingRestricted(c, "bob")).toBe(true);
+    expect(isGroupAdmin(c, "bob")).toBe(false);
+    c.roles.set("bob", "admin");
+    expect(postingRestricted(c, "bob")).toBe(false);
+    expect(isGroupAdmin(c, "bob")).toBe(true);
+    c.roles.set("bob", "member");
+    c.postPolicy = "everyone";
+    expect(postingRestricted(c, "bob")).toBe(false);
+    expect(postingRestricted(newConversationState({ id: "dm:alice~bob" }), "bob")).toBe(false);
+  });
+
+  it("counts admins-only and pull-model groups as channels, and takes the server's group changes", () => {
+    const c = newConversationState({ id: "g:1", kind: "group", name: "team", lastSeq: 4, readSeq: 3 });
+    expect(isChannel(c)).toBe(false);
+    const base = {
+      id: "g:1",
+      kind: "group",
+      name: "news",
+      owner: "alice",
+      memberCount: 3,
+      open: true,
+      createdAtMs: 1,
+      postPolicy: "admins",
+      addPolicy: "everyone",
+      delivery: "push",
+      // A reply to a group change has no seqs: those known stay.
+      lastSeq: 0,
+      readSeq: 0,
+    } as const;
+    applyServerInfo(c, base);
+    expect(c).toMatchObject({
+      name: "news",
+      owner: "alice",
+      open: true,
+      memberCount: 3,
+      lastSeq: 4,
+      readSeq: 3,
+    });
+    expect(isChannel(c)).toBe(true);
+    applyServerInfo(c, { ...base, postPolicy: "everyone", delivery: "pull" });
+    expect(isChannel(c)).toBe(true);
+    expect(isChannel(newConversationState({ id: "dm:alice~bob" }))).toBe(false);
   });
 });

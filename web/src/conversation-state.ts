@@ -2,7 +2,7 @@
  * What the client knows about one conversation, and the pure rules over it: its title, its unread
  * count and the delivery state of each of the user's own messages. No DOM and no network here.
  */
-import type { ChatMessage, Conversation, MemberRoleName } from "../../sdk/src/index.js";
+import type { ChatMessage, Conversation, GroupPolicyName, MemberRoleName } from "../../sdk/src/index.js";
 
 /** A message the user sent that the server has not acknowledged yet (queued offline or in flight). */
 export interface OutgoingMessage {
@@ -21,6 +21,14 @@ export interface ConversationState {
   /** Group name; "" for direct conversations. */
   name: string;
   memberCount: number;
+  /** The group's owner ("" for direct conversations, or until the server lists the group). */
+  owner: string;
+  /** Anyone may join the group by its id (joinGroup). */
+  open: boolean;
+  /** Who may post: "admins" makes the group an announcement channel. */
+  postPolicy: GroupPolicyName;
+  /** "pull": a large group (docs/protocol.md §3.1), whose members are too many to show presence for. */
+  delivery: "push" | "pull";
   /** Highest seq known in the conversation. */
   lastSeq: number;
   createdAtMs: number;
@@ -62,6 +70,10 @@ export function newConversationState(
     kind: conversation.kind === "group" || conversation.id.startsWith("g:") ? "group" : "direct",
     name: conversation.name ?? "",
     memberCount: conversation.memberCount ?? 0,
+    owner: conversation.owner ?? "",
+    open: conversation.open ?? false,
+    postPolicy: conversation.postPolicy ?? "everyone",
+    delivery: conversation.delivery ?? "push",
     lastSeq: conversation.lastSeq ?? 0,
     createdAtMs: conversation.createdAtMs ?? Date.now(),
     messages: [],
@@ -75,6 +87,45 @@ export function newConversationState(
     roles: new Map(),
     isMember: true,
   };
+}
+
+/**
+ * Takes in what the server says of a conversation (a listing, or the reply to a group change).
+ * Seqs only rise: a reply to a group change carries lastSeq and readSeq 0 (docs/protocol.md §2.2).
+ */
+export function applyServerInfo(c: ConversationState, info: Conversation): void {
+  c.name = info.name;
+  c.memberCount = info.memberCount;
+  c.owner = info.owner;
+  c.open = info.open;
+  c.postPolicy = info.postPolicy;
+  c.delivery = info.delivery;
+  c.lastSeq = Math.max(c.lastSeq, info.lastSeq);
+  c.readSeq = Math.max(c.readSeq, info.readSeq);
+}
+
+/** The user's role in a group; the owner is known from the listing before the roster is loaded. */
+export function roleOf(c: ConversationState, me: string): MemberRoleName | undefined {
+  return c.roles.get(me) ?? (c.owner === me && me !== "" ? "owner" : undefined);
+}
+
+/** Admins and the owner change the group's settings (the server refuses others with NOT_ADMIN). */
+export function isGroupAdmin(c: ConversationState, me: string): boolean {
+  const role = roleOf(c, me);
+  return c.kind === "group" && (role === "owner" || role === "admin");
+}
+
+/**
+ * The user may not post here: an admins-only group in which they are a plain member. A role not
+ * known yet (the roster is loading) does not restrict: the server has the last word on a send.
+ */
+export function postingRestricted(c: ConversationState, me: string): boolean {
+  return c.kind === "group" && c.postPolicy === "admins" && roleOf(c, me) === "member";
+}
+
+/** A channel: a group whose members mostly read, because only admins post or it is large (pull). */
+export function isChannel(c: ConversationState): boolean {
+  return c.kind === "group" && (c.postPolicy === "admins" || c.delivery === "pull");
 }
 
 export function titleOf(c: ConversationState, me: string): string {

@@ -2,13 +2,16 @@
  * Draws the app from ChatApp's state into the static markup of web/index.html. Each region is
  * redrawn whole (the lists are small); focus and scroll position are kept across redraws.
  */
-import type { ChatApp, ConnectionStatus } from "./chat-app.js";
+import { type ChatApp, type ConnectionStatus, POSTING_RESTRICTED_TEXT } from "./chat-app.js";
 import {
   type ConversationState,
   type DeliveryState,
   deliveryStateOf,
+  isChannel,
+  isGroupAdmin,
   lastActivity,
   peerOf,
+  postingRestricted,
   titleOf,
   unreadCount,
 } from "./conversation-state.js";
@@ -39,6 +42,7 @@ export function render(app: ChatApp): void {
   connection.textContent = STATUS_TEXT[app.status];
   connection.dataset.status = app.status;
   byId("notice").textContent = app.notice;
+  byId("join-error").textContent = app.joinError;
   renderConversationList(app);
   renderOpenConversation(app);
   document.body.classList.toggle("conversation-open", app.open !== undefined);
@@ -113,7 +117,12 @@ function fillConversationEntry(app: ChatApp, button: HTMLButtonElement, c: Conve
     c.kind === "direct"
       ? presenceDot(app, peerOf(c.id, app.me))
       : h("span", { class: "group-icon", text: "#", attrs: { "aria-hidden": "true" } }),
-    h("span", { class: "conversation-title", text: title }),
+    h(
+      "span",
+      { class: "conversation-heading" },
+      h("span", { class: "conversation-title", text: title }),
+      channelTag(c),
+    ),
     h("span", { class: "conversation-preview", text: preview }),
   ];
   if (unread > 0)
@@ -123,6 +132,19 @@ function fillConversationEntry(app: ChatApp, button: HTMLButtonElement, c: Conve
   button.replaceChildren(...children);
 }
 
+/** Why a group counts as a channel, for the tag's tooltip. */
+function channelReason(c: ConversationState): string {
+  return c.postPolicy === "admins"
+    ? "Only admins post in this channel"
+    : "A large group: no notifications while you are offline";
+}
+
+/** The small "Channel" tag of a channel's entry; its text is its accessible name. */
+function channelTag(c: ConversationState): HTMLElement | undefined {
+  if (!isChannel(c)) return undefined;
+  return h("span", { class: "channel-tag", text: "Channel", attrs: { title: channelReason(c) } });
+}
+
 function renderOpenConversation(app: ChatApp): void {
   const c = app.open;
   const pane = byId("conversation");
@@ -130,6 +152,9 @@ function renderOpenConversation(app: ChatApp): void {
   byId("empty-state").hidden = c !== undefined;
   if (!c) return;
   byId("conversation-title").textContent = titleOf(c, app.me);
+  const tag = byId("conversation-channel");
+  tag.hidden = !isChannel(c);
+  tag.title = channelReason(c);
   const headerPresence = byId("conversation-presence");
   if (c.kind === "direct") {
     const peer = peerOf(c.id, app.me);
@@ -139,7 +164,7 @@ function renderOpenConversation(app: ChatApp): void {
       h("span", { text: online ? "online" : "offline" }),
     );
   } else {
-    headerPresence.textContent = `${c.memberCount} members`;
+    headerPresence.textContent = c.memberCount === 1 ? "1 member" : `${c.memberCount} members`;
   }
   byId("members-toggle").hidden = c.kind !== "group" || !c.isMember;
   const mute = byId("mute-toggle");
@@ -149,10 +174,18 @@ function renderOpenConversation(app: ChatApp): void {
   mute.setAttribute("aria-pressed", String(muted));
   if (c.kind !== "group" || !c.isMember) byId("members").hidden = true;
   byId("membership").textContent = c.isMember ? "" : "You are no longer a member of this group.";
+  // Disabled before the user writes, rather than refused after (the server would answer
+  // POSTING_RESTRICTED); the note says why.
+  const restricted = c.isMember && postingRestricted(c, app.me);
+  byId("composer-note").textContent = restricted ? `${POSTING_RESTRICTED_TEXT}.` : "";
   for (const id of ["composer-input", "composer-send"]) {
-    byId<HTMLInputElement | HTMLButtonElement>(id).disabled = !c.isMember;
+    byId<HTMLInputElement | HTMLButtonElement>(id).disabled = !c.isMember || restricted;
   }
+  byId<HTMLInputElement>("composer-input").placeholder = restricted
+    ? "Only admins post here"
+    : "Write a message";
   renderMembers(app, c);
+  renderGroupSettings(app, c);
   renderMessages(app, c);
   byId("typing").textContent = typingLine(app.typing.typing(c.id));
 }
@@ -167,7 +200,8 @@ function renderMembers(app: ChatApp, c: ConversationState): void {
       h(
         "li",
         { class: "member" },
-        presenceDot(app, m),
+        // A pull-model group's members are not watched (chat-app.ts): no dot rather than a wrong one.
+        c.delivery === "push" && presenceDot(app, m),
         h("span", { class: "member-name", text: m === app.me ? `${m} (you)` : m }),
         c.roles.get(m) !== "member" && h("span", { class: "member-role", text: c.roles.get(m) ?? "" }),
         // The owner names admins.
@@ -194,6 +228,20 @@ function renderMembers(app: ChatApp, c: ConversationState): void {
   );
 }
 
+/** The group's id to share, and its settings: changed by admins and the owner, shown to everyone. */
+function renderGroupSettings(app: ChatApp, c: ConversationState): void {
+  const idField = byId<HTMLInputElement>("group-id");
+  if (idField.value !== c.id) {
+    idField.value = c.id;
+    byId("copy-status").textContent = "";
+  }
+  const admin = isGroupAdmin(c, app.me);
+  byId<HTMLFieldSetElement>("group-settings").disabled = !admin;
+  byId("group-settings-hint").hidden = admin;
+  byId<HTMLInputElement>("group-open").checked = c.open;
+  byId<HTMLInputElement>("group-admins-post").checked = c.postPolicy === "admins";
+}
+
 function renderMessages(app: ChatApp, c: ConversationState): void {
   const scroller = byId("messages");
   const fromBottom = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight;
@@ -213,9 +261,12 @@ function renderMessages(app: ChatApp, c: ConversationState): void {
   });
   for (const o of c.outgoing) {
     const state: DeliveryState = o.failure ? "failed" : offline ? "queued" : "sending";
-    items.push(
-      messageItem(true, app.me, o.body, o.createdAtMs, state, { "data-client-msg-id": o.clientMsgId }),
-    );
+    const item = messageItem(true, app.me, o.body, o.createdAtMs, state, {
+      "data-client-msg-id": o.clientMsgId,
+    });
+    // Why it was not sent, under the message it concerns.
+    if (o.failure) item.append(h("span", { class: "failure", text: o.failure }));
+    items.push(item);
   }
   byId("message-list").replaceChildren(...items);
   // Stay at the newest message unless the user scrolled up to read; keep the view put when older

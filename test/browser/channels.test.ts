@@ -1,0 +1,247 @@
+/**
+ * Channels in the reference web client, in Chromium against a real `switchboard start --dev`: an
+ * owner turns a group into an announcement channel (admins-only posting, open to join by id) and
+ * shares its id; another person joins by typing the id, reads with a disabled composer, and posts
+ * once made an admin; a send refused because the role was taken back shows on the message; joining a
+ * closed or unknown group says why; a large (pull-model) group is marked as a channel too. Every page
+ * must end without a console error and without an error notice.
+ */
+import type { Browser, BrowserContext, Page } from "playwright-core";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { type ServerProcess, startServer } from "../helpers/server.js";
+import {
+  type ClientPage,
+  conversationEntry,
+  launchBrowser,
+  noticeOf,
+  openConversation,
+  screenshot,
+  sendMessage,
+  shownMessages,
+  signIn,
+} from "./harness.js";
+
+/** Groups of more than 3 members are on the pull model here, so a small one shows that case. */
+const PULL_THRESHOLD = 3;
+
+let server: ServerProcess;
+let browser: Browser;
+let contexts: BrowserContext[] = [];
+let clients: ClientPage[] = [];
+let userCount = 0;
+
+beforeAll(async () => {
+  server = await startServer({
+    args: ["--dev"],
+    env: { SWITCHBOARD_GROUPS_PULL_THRESHOLD: String(PULL_THRESHOLD) },
+  });
+  browser = await launchBrowser();
+});
+afterAll(async () => {
+  await browser?.close();
+  await server?.dispose();
+});
+afterEach(async () => {
+  // Checked after every test, so the test that caused an error is the one that fails.
+  for (const c of clients) {
+    expect(c.consoleErrors, `console errors of ${c.user}`).toEqual([]);
+    if (!c.page.isClosed()) expect(await noticeOf(c.page), `error shown to ${c.user}`).toBe("");
+  }
+  for (const context of contexts) await context.close();
+  contexts = [];
+  clients = [];
+});
+
+/** A user id of its own per test (the server is shared by the whole file). */
+function userId(name: string): string {
+  userCount++;
+  return userCount <= 2 ? name : `${name}${userCount}`;
+}
+
+/** Signs a person in, in a browser context of their own that may use the clipboard ("Copy id"). */
+async function person(name: string, viewport = { width: 1100, height: 720 }): Promise<ClientPage> {
+  const context = await browser.newContext({ viewport, permissions: ["clipboard-read", "clipboard-write"] });
+  contexts.push(context);
+  const client = await signIn(context, server.httpUrl, userId(name));
+  clients.push(client);
+  return client;
+}
+
+async function createGroup(page: Page, name: string, members: string[] = []): Promise<void> {
+  await page.locator("summary", { hasText: "New group" }).click();
+  await page.getByLabel("Group name").fill(name);
+  await page.getByLabel("Members (comma-separated user ids)").fill(members.join(", "));
+  await page.getByRole("button", { name: "Create group" }).click();
+  await expect.poll(() => page.locator("#conversation-title").textContent()).toBe(name);
+}
+
+/** Types a group id into the "Join a group" form and submits it with the keyboard or a click. */
+async function joinById(page: Page, id: string, submit: "click" | "enter" = "click"): Promise<void> {
+  const details = page.locator("#join-group-details");
+  if ((await details.getAttribute("open")) === null)
+    await page.locator("summary", { hasText: "Join a group" }).click();
+  const field = page.getByLabel("Group id", { exact: true });
+  await field.fill("");
+  await field.pressSequentially(id);
+  if (submit === "enter") await field.press("Enter");
+  else await page.getByRole("button", { name: "Join", exact: true }).click();
+}
+
+function composer(page: Page) {
+  return page.getByLabel("Message", { exact: true });
+}
+
+function channelTagInList(page: Page, title: string) {
+  return conversationEntry(page, title).locator(".channel-tag");
+}
+
+describe("channels", () => {
+  it("an owner opens an admins-only channel, a member joins it by id, reads, and posts once made admin", async () => {
+    const owner = await person("olivia");
+    const member = await person("max", { width: 390, height: 780 }); // a phone
+
+    await createGroup(owner.page, "Announcements");
+    expect(await owner.page.locator("#conversation-channel").isHidden()).toBe(true);
+    expect(await channelTagInList(owner.page, "Announcements").count()).toBe(0);
+
+    // The owner's settings, in the member panel.
+    await owner.page.getByRole("button", { name: "Members" }).click();
+    const open = owner.page.getByLabel("Open: anyone with the id can join");
+    const adminsOnly = owner.page.getByLabel("Only admins can post");
+    expect(await open.isChecked()).toBe(false);
+    expect(await adminsOnly.isChecked()).toBe(false);
+    await open.check();
+    await adminsOnly.check();
+    // Now a channel, in the header and in the list.
+    await expect.poll(() => owner.page.locator("#conversation-channel").isVisible()).toBe(true);
+    expect(await owner.page.locator("#conversation-channel").textContent()).toBe("Channel");
+    await expect.poll(() => channelTagInList(owner.page, "Announcements").textContent()).toBe("Channel");
+    // The owner posts whatever the policy.
+    expect(await composer(owner.page).isEnabled()).toBe(true);
+
+    // The id to share: shown, and copied by the button.
+    const shownId = await owner.page.getByLabel("This group's id").inputValue();
+    expect(shownId).toMatch(/^g:\d+$/);
+    await owner.page.getByRole("button", { name: "Copy id" }).click();
+    await expect.poll(() => owner.page.locator("#copy-status").textContent()).toBe("Copied");
+    const id = await owner.page.evaluate(() => navigator.clipboard.readText());
+    expect(id).toBe(shownId);
+    await screenshot(owner.page, "channel-owner-settings");
+
+    // The member types the id into the page and joins: the channel opens, listed, and read-only.
+    await joinById(member.page, id);
+    await expect.poll(() => member.page.locator("#conversation-title").textContent()).toBe("Announcements");
+    await expect.poll(() => composer(member.page).isDisabled()).toBe(true);
+    expect(await member.page.getByRole("button", { name: "Send" }).isDisabled()).toBe(true);
+    expect(await member.page.locator("#composer-note").textContent()).toBe(
+      "Only admins can post in this channel.",
+    );
+    expect(await member.page.locator("#conversation-channel").isVisible()).toBe(true);
+    await expect.poll(() => member.page.locator("#conversation-presence").textContent()).toBe("2 members");
+
+    // The owner posts; the member gets it live.
+    await sendMessage(owner.page, "Welcome to the channel");
+    await expect.poll(() => shownMessages(member.page)).toEqual(["Welcome to the channel"]);
+    await screenshot(member.page, "channel-member-phone");
+    await member.page.getByRole("button", { name: "Back to conversations" }).click();
+    await expect.poll(() => channelTagInList(member.page, "Announcements").textContent()).toBe("Channel");
+    await openConversation(member.page, "Announcements");
+
+    // A member sees the settings and the id, and changes nothing.
+    await member.page.getByRole("button", { name: "Members" }).click();
+    expect(await member.page.getByLabel("Only admins can post").isChecked()).toBe(true);
+    expect(await member.page.getByLabel("Only admins can post").isDisabled()).toBe(true);
+    expect(await member.page.getByLabel("Open: anyone with the id can join").isDisabled()).toBe(true);
+    expect(await member.page.getByLabel("This group's id").inputValue()).toBe(id);
+    await screenshot(member.page, "channel-member-settings-phone");
+    await member.page.getByRole("button", { name: "Members" }).click();
+
+    // The owner lists the members again (the newcomer joined since), and makes the member admin:
+    // the member's page finds out by itself, and their composer comes on.
+    await owner.page.getByRole("button", { name: "Members" }).click();
+    await owner.page.getByRole("button", { name: "Members" }).click();
+    await owner.page.getByRole("button", { name: `Make admin ${member.user}` }).click();
+    const membersRole = owner.page
+      .locator("#member-list .member")
+      .filter({ hasText: member.user })
+      .locator(".member-role");
+    await expect.poll(() => membersRole.textContent()).toBe("admin");
+    await expect.poll(() => composer(member.page).isEnabled(), { timeout: 20_000 }).toBe(true);
+    expect(await member.page.locator("#composer-note").textContent()).toBe("");
+    await sendMessage(member.page, "Glad to help");
+    await expect.poll(() => shownMessages(owner.page)).toEqual(["Welcome to the channel", "Glad to help"]);
+
+    // The owner takes admin back; the member's page does not know yet and sends: the server refuses,
+    // the message says why, and the composer goes off again.
+    await owner.page.getByRole("button", { name: `Remove admin ${member.user}` }).click();
+    await expect.poll(() => membersRole.count()).toBe(0);
+    await sendMessage(member.page, "one more thing");
+    const refused = member.page.locator("#message-list .message.mine").filter({ hasText: "one more thing" });
+    await expect.poll(() => refused.locator(".delivery").textContent()).toBe("Not sent");
+    expect(await refused.locator(".failure").textContent()).toBe("Only admins can post in this channel");
+    await expect.poll(() => composer(member.page).isDisabled()).toBe(true);
+    await screenshot(member.page, "channel-member-refused-phone");
+    expect(await shownMessages(owner.page)).toEqual(["Welcome to the channel", "Glad to help"]);
+  });
+
+  it("says why a group cannot be joined: closed, unknown, or not a group id", async () => {
+    const owner = await person("olivia");
+    const other = await person("max");
+    await createGroup(owner.page, "Private");
+    await owner.page.getByRole("button", { name: "Members" }).click();
+    expect(await owner.page.getByLabel("Open: anyone with the id can join").isChecked()).toBe(false);
+    const id = await owner.page.getByLabel("This group's id").inputValue();
+
+    // From the keyboard: type the id, press Enter.
+    await joinById(other.page, id, "enter");
+    const error = other.page.locator("#join-error");
+    await expect.poll(() => error.textContent()).toBe("This group is closed: only its members can add you.");
+    expect(await error.getAttribute("role")).toBe("alert");
+    expect(await conversationEntry(other.page, "Private").count()).toBe(0);
+    expect(await other.page.locator("#conversation").isHidden()).toBe(true);
+    await screenshot(other.page, "channel-join-closed");
+
+    await joinById(other.page, "g:1");
+    await expect.poll(() => error.textContent()).toBe("There is no group with this id.");
+    await joinById(other.page, "Private");
+    await expect
+      .poll(() => error.textContent())
+      .toBe("That is not a group id: a group id looks like g:123456789.");
+
+    // Opened by its owner, the same id works, and the error goes away.
+    await owner.page.getByLabel("Open: anyone with the id can join").check();
+    await expect
+      .poll(() => owner.page.getByLabel("Open: anyone with the id can join").isChecked())
+      .toBe(true);
+    // The server has it open only once the owner's request is answered: join until it is.
+    await expect
+      .poll(async () => {
+        if ((await other.page.locator("#conversation-title").textContent()) === "Private") return true;
+        await joinById(other.page, id);
+        return false;
+      })
+      .toBe(true);
+    expect(await error.textContent()).toBe("");
+    // Not a channel: everyone posts.
+    expect(await other.page.locator("#conversation-channel").isHidden()).toBe(true);
+    expect(await composer(other.page).isEnabled()).toBe(true);
+  });
+
+  it("marks a large (pull-model) group as a channel, where everyone may still post", async () => {
+    const owner = await person("olivia");
+    const members = [userId("ann"), userId("ben"), userId("cal")];
+    await createGroup(owner.page, "Town hall", members); // 4 members, past the pull threshold of 3
+    await expect.poll(() => owner.page.locator("#conversation-channel").isVisible()).toBe(true);
+    expect(await owner.page.locator("#conversation-channel").getAttribute("title")).toBe(
+      "A large group: no notifications while you are offline",
+    );
+    await expect.poll(() => channelTagInList(owner.page, "Town hall").textContent()).toBe("Channel");
+    expect(await composer(owner.page).isEnabled()).toBe(true);
+    await sendMessage(owner.page, "agenda attached");
+    await expect.poll(() => shownMessages(owner.page)).toEqual(["agenda attached"]);
+    // Members listed without presence (a large group's members are not watched), and no error.
+    await owner.page.getByRole("button", { name: "Members" }).click();
+    await expect.poll(() => owner.page.locator("#member-list .member").count()).toBe(4);
+    expect(await owner.page.locator("#member-list .presence").count()).toBe(0);
+  });
+});
