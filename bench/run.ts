@@ -408,9 +408,11 @@ async function idlePhase(s: Settings, out: Output): Promise<void> {
 }
 
 /** G7 and G8: a reconnect storm and a history sync on a fresh server. */
-async function stormPhase(s: Settings, out: Output): Promise<void> {
+async function stormPhase(s: Settings, opts: Opts, out: Output): Promise<void> {
   const server = await ServerProcess.start({
     kind: "switchboard",
+    // --server-node-args applies here too (e.g. --cpu-prof --cpu-prof-dir=DIR for the storm's profile).
+    nodeArgs: (opts["server-node-args"] ?? "").split(" ").filter(Boolean),
     cpus: s.server.serverCpus,
     env: SERVER_ENV,
     keepData: s.server.keepData,
@@ -515,7 +517,7 @@ async function main(): Promise<void> {
   if (!s.skip.has("push")) await pushPhase(s, opts, out);
   if (!s.skip.has("baseline") && s.baselineRates.length > 0) await baselinePhase(s, out);
   if (!s.skip.has("idle")) await idlePhase(s, out);
-  if (!s.skip.has("storm")) await stormPhase(s, out);
+  if (!s.skip.has("storm")) await stormPhase(s, opts, out);
   if (!s.skip.has("centrifugo")) await centrifugoPhase(s, out);
 
   if (sink) {

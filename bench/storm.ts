@@ -42,6 +42,8 @@ export interface StormResult {
   duplicates: number;
   failed_clients: number;
   server_cpu_cores: number;
+  /** This generator's CPU over the storm: near 1, the figure is the generator's bound, not the server's. */
+  generator_cpu_cores: number;
   history: { messages: number; pages: number; cold_ms: number; warm_ms: number };
 }
 
@@ -190,6 +192,7 @@ export async function runStorm(server: ServerProcess, o: StormOptions): Promise<
   let failed = 0;
   const open: WebSocket[] = [];
   const cpu0 = server.cpuSeconds();
+  const generator0 = process.cpuUsage();
   const start = performance.now();
   let lastLive = start;
   await pool(users, o.concurrency, async (_u, i) => {
@@ -215,6 +218,8 @@ export async function runStorm(server: ServerProcess, o: StormOptions): Promise<
   });
   const stormSeconds = (lastLive - start) / 1000;
   const serverCores = (server.cpuSeconds() - cpu0) / stormSeconds;
+  const generatorUsed = process.cpuUsage(generator0);
+  const generatorCores = (generatorUsed.user + generatorUsed.system) / 1e6 / stormSeconds;
   o.log(
     `  storm: ${o.clients - failed} clients live in ${stormSeconds.toFixed(2)} s, ${lost} lost, ${duplicates} duplicates`,
   );
@@ -232,6 +237,7 @@ export async function runStorm(server: ServerProcess, o: StormOptions): Promise<
     duplicates,
     failed_clients: failed,
     server_cpu_cores: Math.round(serverCores * 100) / 100,
+    generator_cpu_cores: Math.round(generatorCores * 100) / 100,
     history: await historySync(server, url, o),
   };
 }
@@ -241,7 +247,7 @@ export function stormReport(r: StormResult): string {
   return [
     `Reconnect storm (design.md G7: all live within 10 s, 0 lost, 0 duplicates) and history sync (G8: 10,000 messages ≤ 300 ms):`,
     `  ${r.clients} clients in ${r.groups} groups, each missed 20–50 messages (${r.messages_missed_total} in all); all connected at once (1,000 opening at a time)`,
-    `  all live after ${f(r.all_resynced_seconds)} s (p50 ${f(r.resynced.p50_ms / 1000)} s, p99 ${f(r.resynced.p99_ms / 1000)} s); ${r.connects_per_second} clients/s; lost ${r.lost}, duplicates ${r.duplicates}, failed ${r.failed_clients}; server ${f(r.server_cpu_cores)} cores`,
+    `  all live after ${f(r.all_resynced_seconds)} s (p50 ${f(r.resynced.p50_ms / 1000)} s, p99 ${f(r.resynced.p99_ms / 1000)} s); ${r.connects_per_second} clients/s; lost ${r.lost}, duplicates ${r.duplicates}, failed ${r.failed_clients}; server ${f(r.server_cpu_cores)} cores, generator ${f(r.generator_cpu_cores)}${r.generator_cpu_cores > 0.9 ? " (GENERATOR-BOUND: the figure is this generator's limit)" : ""}`,
     `  history: ${r.history.messages} messages of one conversation in ${r.history.pages} pages: ${r.history.cold_ms} ms after the writes, ${r.history.warm_ms} ms warm`,
   ].join("\n");
 }

@@ -158,6 +158,9 @@ export interface InProcessCaller {
   admit(path: string): void;
 }
 
+/** The signal of in-process unary calls made without one: nothing ever aborts it. */
+const NEVER_ABORTED = new AbortController().signal;
+
 /** Calls an implementation directly, with the same message normalisation gRPC would apply. */
 export function inProcessClient<S extends DescService>(
   service: S,
@@ -165,8 +168,11 @@ export function inProcessClient<S extends DescService>(
   caller?: InProcessCaller,
 ): ServiceClient<S> {
   const client: Record<string, unknown> = {};
-  const ctxOf = (opts?: CallOptions): CallContext => ({
-    signal: opts?.signal ?? new AbortController().signal,
+  const ctxOf = (opts: CallOptions | undefined, unary: boolean): CallContext => ({
+    // An in-process unary call without a signal is never cancelled, and its handler only reads
+    // `aborted` (a listener would outlive the call): one shared signal saves an AbortController per
+    // call on paths such as every offline member's notification. Streams get their own.
+    signal: opts?.signal ?? (unary ? NEVER_ABORTED : new AbortController().signal),
     peer: "in-process",
     deadline: currentDeadline(),
     principal: caller?.principal,
@@ -178,7 +184,7 @@ export function inProcessClient<S extends DescService>(
     if (method.methodKind === "unary") {
       client[method.localName] = async (req: MessageInitShape<DescMessage>, opts?: CallOptions) => {
         caller?.admit(path);
-        const res = await (fn(create(method.input, req), ctxOf(opts)) as Promise<object>);
+        const res = await (fn(create(method.input, req), ctxOf(opts, true)) as Promise<object>);
         return create(method.output, res as MessageInitShape<DescMessage>);
       };
     } else {
@@ -189,7 +195,7 @@ export function inProcessClient<S extends DescService>(
             : mapAsync(reqs as AsyncIterable<MessageInitShape<DescMessage>>, (r) => create(method.input, r));
         return (async function* () {
           caller?.admit(path);
-          const output = fn(input, ctxOf(opts)) as AsyncIterable<MessageInitShape<DescMessage>>;
+          const output = fn(input, ctxOf(opts, false)) as AsyncIterable<MessageInitShape<DescMessage>>;
           yield* mapAsync(output, (o) => create(method.output, o));
         })();
       };
