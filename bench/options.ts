@@ -192,7 +192,7 @@ export const OPTIONS = {
   },
   "server-node-args": {
     type: "string",
-    doc: "extra node flags for the ladder's server, space-separated (e.g. --perf-basic-prof) (single-process backends)",
+    doc: "extra node flags for the ladder's and the storm's server, space-separated (e.g. --perf-basic-prof, or --cpu-prof --cpu-prof-dir=DIR) (single-process backends)",
   },
   "perf-rate": {
     type: "string",
