@@ -3,7 +3,8 @@
  * owner turns a group into an announcement channel (admins-only posting, open to join by id) and
  * shares its id; another person joins by typing the id, reads with a disabled composer, and posts
  * once made an admin; a send refused because the role was taken back shows on the message; joining a
- * closed or unknown group says why; a large (pull-model) group is marked as a channel too. Every page
+ * closed or unknown group says why; a large (pull-model) group is marked as a channel too; an owner
+ * renames a group, lets only admins add members, and hands the group over. Every page
  * must end without a console error and without an error notice.
  */
 import type { Browser, BrowserContext, Page } from "playwright-core";
@@ -182,6 +183,105 @@ describe("channels", () => {
     await expect.poll(() => composer(member.page).isDisabled()).toBe(true);
     await screenshot(member.page, "channel-member-refused-phone");
     expect(await shownMessages(owner.page)).toEqual(["Welcome to the channel", "Glad to help"]);
+  });
+
+  it("an owner renames the group, lets only admins add members, and hands it over to a member", async () => {
+    const owner = await person("olivia");
+    const member = await person("max");
+    const third = await person("cal", { width: 390, height: 780 }); // a plain member, on a phone
+
+    await createGroup(owner.page, "Crew", [member.user, third.user]);
+    // Members hear of a group from its first message (they get no event when added).
+    await sendMessage(owner.page, "hello crew");
+    for (const p of [member.page, third.page])
+      await expect.poll(() => conversationEntry(p, "Crew").count()).toBe(1);
+
+    // The owner renames it from the keyboard (Enter in the field): header and list follow.
+    await owner.page.getByRole("button", { name: "Members" }).click();
+    const nameField = owner.page.getByLabel("This group's name");
+    expect(await nameField.inputValue()).toBe("Crew");
+    await nameField.fill("Ship crew");
+    await nameField.press("Enter");
+    await expect.poll(() => owner.page.locator("#conversation-title").textContent()).toBe("Ship crew");
+    await expect.poll(() => conversationEntry(owner.page, "Ship crew").count()).toBe(1);
+    expect(await conversationEntry(owner.page, "Crew").count()).toBe(0);
+    // A blank name is not sent, and says why at the field.
+    await nameField.fill("   ");
+    await owner.page.getByRole("button", { name: "Save name" }).click();
+    await expect
+      .poll(() => owner.page.locator("#group-name-error").textContent())
+      .toBe("A group needs a name.");
+    await nameField.fill("Ship crew");
+    await owner.page.getByRole("button", { name: "Save name" }).click();
+    await expect.poll(() => owner.page.locator("#group-name-error").textContent()).toBe("");
+
+    // Only admins may add members from now on.
+    const adminsAdd = owner.page.getByLabel("Only admins can add new members");
+    expect(await adminsAdd.isChecked()).toBe(false);
+    await adminsAdd.check();
+    await expect.poll(() => adminsAdd.isChecked()).toBe(true);
+    expect(await owner.page.getByLabel("Add member", { exact: true }).isVisible()).toBe(true);
+
+    // The plain member's page looks again when they come back to it: the new name, and no way to add.
+    await third.page.evaluate(() => window.dispatchEvent(new Event("focus")));
+    await expect.poll(() => conversationEntry(third.page, "Ship crew").count()).toBe(1);
+    await openConversation(third.page, "Ship crew");
+    await third.page.getByRole("button", { name: "Members" }).click();
+    await expect.poll(() => third.page.getByLabel("Only admins can add new members").isChecked()).toBe(true);
+    expect(await third.page.getByLabel("Only admins can add new members").isDisabled()).toBe(true);
+    expect(await third.page.getByLabel("This group's name").isDisabled()).toBe(true);
+    await expect.poll(() => third.page.getByLabel("Add member", { exact: true }).isHidden()).toBe(true);
+    expect(await third.page.getByRole("button", { name: "Add", exact: true }).count()).toBe(0);
+    await screenshot(third.page, "channel-member-no-add-phone");
+
+    // The owner hands the group over: the first press asks to confirm, on the same button, which
+    // keeps the keyboard focus; the second hands over.
+    const makeOwner = owner.page.getByRole("button", { name: `Make owner ${member.user}`, exact: true });
+    await makeOwner.focus();
+    await owner.page.keyboard.press("Enter");
+    const confirm = owner.page.getByRole("button", {
+      name: `Confirm: make owner ${member.user}`,
+      exact: true,
+    });
+    await expect.poll(() => confirm.textContent()).toBe("Confirm: make owner");
+    expect(await confirm.evaluate((el) => el === document.activeElement)).toBe(true);
+    expect(await owner.page.locator("#handover-note").textContent()).toContain(
+      `make ${member.user} the owner`,
+    );
+    await screenshot(owner.page, "channel-owner-confirm-handover");
+    // Escape takes the first press back.
+    await owner.page.keyboard.press("Escape");
+    await expect.poll(() => makeOwner.count()).toBe(1);
+    await makeOwner.click();
+    await confirm.click();
+    const roleOn = (p: Page, user: string) =>
+      p.locator("#member-list .member").filter({ hasText: user }).locator(".member-role");
+    await expect.poll(() => roleOn(owner.page, member.user).textContent()).toBe("owner");
+    expect(await roleOn(owner.page, owner.user).textContent()).toBe("admin");
+    // No longer the owner: no role buttons, and the settings are still the former owner's to change.
+    expect(await owner.page.locator("#member-list .member-admin, #member-list .member-owner").count()).toBe(
+      0,
+    );
+    expect(await owner.page.getByLabel("This group's name").isEnabled()).toBe(true);
+    await screenshot(owner.page, "channel-owner-handed-over");
+
+    // The new owner's page, once it looks again: the new name, their role, the former owner's.
+    await member.page.evaluate(() => window.dispatchEvent(new Event("focus")));
+    await expect.poll(() => conversationEntry(member.page, "Ship crew").count()).toBe(1);
+    await openConversation(member.page, "Ship crew");
+    await member.page.getByRole("button", { name: "Members" }).click();
+    await expect.poll(() => roleOn(member.page, member.user).textContent()).toBe("owner");
+    expect(await roleOn(member.page, owner.user).textContent()).toBe("admin");
+    expect(
+      await member.page.getByRole("button", { name: `Remove admin ${owner.user}`, exact: true }).isVisible(),
+    ).toBe(true);
+    expect(await member.page.getByLabel("Add member", { exact: true }).isVisible()).toBe(true);
+
+    // The plain member still may not add, and sees the hand-over once their page looks again.
+    await third.page.evaluate(() => window.dispatchEvent(new Event("focus")));
+    await expect.poll(() => roleOn(third.page, member.user).textContent()).toBe("owner");
+    expect(await roleOn(third.page, owner.user).textContent()).toBe("admin");
+    expect(await third.page.getByLabel("Add member", { exact: true }).isHidden()).toBe(true);
   });
 
   it("says why a group cannot be joined: closed, unknown, or not a group id", async () => {

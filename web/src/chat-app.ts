@@ -30,6 +30,12 @@ const HISTORY_PAGE = 30;
 /** Shown on the composer of an admins-only group, and on a message the server refused for it. */
 export const POSTING_RESTRICTED_TEXT = "Only admins can post in this channel";
 
+/**
+ * The longest group name the client lets through: the server's default `groups.nameCharsMax`. A
+ * server configured lower still refuses (INVALID_GROUP_NAME), which shows as a notice.
+ */
+export const GROUP_NAME_MAX = 200;
+
 /** What the user should hear when joining by id fails (docs/protocol.md §6, joinGroup's reasons). */
 const JOIN_ERRORS: Record<string, string> = {
   NOT_A_GROUP: "That is not a group id: a group id looks like g:123456789.",
@@ -49,6 +55,13 @@ export class ChatApp {
   notice = "";
   /** Why the last attempt to join a group by id failed; shown by the join form. */
   joinError = "";
+  /** Why the name typed into the group's settings was not sent; shown under the field. */
+  renameError = "";
+  /**
+   * The member the owner clicked "Make owner" for once: a second click on the same button hands
+   * the group over. Kept here, since the member list is drawn afresh on every change.
+   */
+  confirmingOwner: string | undefined;
   openId: string | undefined;
   onChange: () => void = () => {};
 
@@ -160,7 +173,12 @@ export class ChatApp {
   }
 
   select(conversationId: string | undefined): void {
-    if (this.openId !== conversationId) this.typingSender.stop();
+    if (this.openId !== conversationId) {
+      this.typingSender.stop();
+      // A half-done hand-over or a refused name belongs to the group they were asked in.
+      this.confirmingOwner = undefined;
+      this.renameError = "";
+    }
     this.openId = conversationId;
     const c = this.open;
     if (c && !c.historyLoaded) void this.loadHistory(c);
@@ -233,10 +251,12 @@ export class ChatApp {
    * Changes the open group's settings (admins and the owner). Shown changed at once and put back if
    * the server refuses; NOTHING_TO_CHANGE means another admin set the same meanwhile, which is fine.
    */
-  async changeGroup(change: Pick<GroupChangeInput, "open" | "postPolicy">): Promise<void> {
+  async changeGroup(
+    change: Pick<GroupChangeInput, "name" | "open" | "postPolicy" | "addPolicy">,
+  ): Promise<void> {
     const c = this.open;
     if (c?.kind !== "group") return;
-    const before = { open: c.open, postPolicy: c.postPolicy };
+    const before = { name: c.name, open: c.open, postPolicy: c.postPolicy, addPolicy: c.addPolicy };
     Object.assign(c, change);
     this.onChange();
     try {
@@ -249,6 +269,42 @@ export class ChatApp {
       }
     }
     this.onChange();
+  }
+
+  /**
+   * Renames the open group. The name is checked here against the server's default limit so the user
+   * hears why at the field rather than as a refusal; leading and trailing spaces are dropped, since
+   * nobody means them (the server keeps a name as sent). False, with renameError set, if not valid.
+   */
+  async renameGroup(name: string): Promise<boolean> {
+    const trimmed = name.trim();
+    const length = [...trimmed].length; // code points, as the server counts (docs/protocol.md)
+    this.renameError =
+      length === 0
+        ? "A group needs a name."
+        : length > GROUP_NAME_MAX
+          ? `A group name has at most ${GROUP_NAME_MAX} characters.`
+          : "";
+    if (this.renameError) {
+      this.onChange();
+      return false;
+    }
+    await this.changeGroup({ name: trimmed });
+    return true;
+  }
+
+  /**
+   * The owner hands the open group over to another member: they become the owner and the user an
+   * admin, in one change on the server. The roster is listed again to show both roles.
+   */
+  async handOver(userId: string): Promise<void> {
+    const c = this.open;
+    this.confirmingOwner = undefined;
+    if (c?.kind !== "group") return;
+    await this.attempt(async () => {
+      applyServerInfo(c, await this.client.setMemberRole(c.id, userId, "owner"));
+      await this.loadMembers(c);
+    });
   }
 
   /**

@@ -64,6 +64,20 @@ export function wireChat(app: ChatApp, push: WebPush): void {
   byId("group-admins-post").addEventListener("change", (e) => {
     void app.changeGroup({ postPolicy: (e.target as HTMLInputElement).checked ? "admins" : "everyone" });
   });
+  byId("group-admins-add").addEventListener("change", (e) => {
+    void app.changeGroup({ addPolicy: (e.target as HTMLInputElement).checked ? "admins" : "everyone" });
+  });
+  const groupName = byId<HTMLInputElement>("group-name");
+  byId("group-rename").addEventListener("submit", (e) => {
+    e.preventDefault();
+    void app.renameGroup(groupName.value);
+  });
+  // Escape takes back a first "Make owner" press (the button asks to confirm until then).
+  byId("member-list").addEventListener("keydown", (e) => {
+    if (e.key !== "Escape" || app.confirmingOwner === undefined) return;
+    app.confirmingOwner = undefined;
+    app.onChange();
+  });
   const groupId = byId<HTMLInputElement>("group-id");
   byId("copy-group-id").addEventListener("click", () => {
     const status = byId("copy-status");

@@ -27,6 +27,8 @@ export interface ConversationState {
   open: boolean;
   /** Who may post: "admins" makes the group an announcement channel. */
   postPolicy: GroupPolicyName;
+  /** Who may add members: with "admins", a plain member's page offers no way to add anyone. */
+  addPolicy: GroupPolicyName;
   /** "pull": a large group (docs/protocol.md §3.1), whose members are too many to show presence for. */
   delivery: "push" | "pull";
   /** Highest seq known in the conversation. */
@@ -73,6 +75,7 @@ export function newConversationState(
     owner: conversation.owner ?? "",
     open: conversation.open ?? false,
     postPolicy: conversation.postPolicy ?? "everyone",
+    addPolicy: conversation.addPolicy ?? "everyone",
     delivery: conversation.delivery ?? "push",
     lastSeq: conversation.lastSeq ?? 0,
     createdAtMs: conversation.createdAtMs ?? Date.now(),
@@ -99,6 +102,7 @@ export function applyServerInfo(c: ConversationState, info: Conversation): void 
   c.owner = info.owner;
   c.open = info.open;
   c.postPolicy = info.postPolicy;
+  c.addPolicy = info.addPolicy;
   c.delivery = info.delivery;
   c.lastSeq = Math.max(c.lastSeq, info.lastSeq);
   c.readSeq = Math.max(c.readSeq, info.readSeq);
@@ -121,6 +125,14 @@ export function isGroupAdmin(c: ConversationState, me: string): boolean {
  */
 export function postingRestricted(c: ConversationState, me: string): boolean {
   return c.kind === "group" && c.postPolicy === "admins" && roleOf(c, me) === "member";
+}
+
+/**
+ * The user may add members: anyone unless the group's addPolicy is admins-only. As with posting, a
+ * role not known yet does not restrict (the server refuses with NOT_ADMIN if it must).
+ */
+export function mayAddMembers(c: ConversationState, me: string): boolean {
+  return c.kind === "group" && (c.addPolicy !== "admins" || roleOf(c, me) !== "member");
 }
 
 /** A channel: a group whose members mostly read, because only admins post or it is large (pull). */

@@ -10,6 +10,7 @@ import {
   isChannel,
   isGroupAdmin,
   lastActivity,
+  mayAddMembers,
   peerOf,
   postingRestricted,
   titleOf,
@@ -195,7 +196,16 @@ function renderMembers(app: ChatApp, c: ConversationState): void {
   const myRole = c.roles.get(app.me);
   const mayRemove = (m: string) =>
     m !== app.me && myRole !== "member" && myRole !== undefined && c.roles.get(m) !== "owner";
-  byId("member-list").replaceChildren(
+  // A confirmation only the owner can give, for someone still a member.
+  const confirming =
+    myRole === "owner" && app.confirmingOwner !== undefined && c.members?.includes(app.confirmingOwner)
+      ? app.confirmingOwner
+      : undefined;
+  const list = byId("member-list");
+  // The list is drawn afresh: the button that had the focus (e.g. the "Make owner" just pressed with
+  // the keyboard, now asking to confirm) gets it back, so a second Enter confirms.
+  const focused = (document.activeElement as HTMLElement | null)?.dataset.focusKey;
+  list.replaceChildren(
     ...(c.members ?? []).map((m) =>
       h(
         "li",
@@ -213,19 +223,51 @@ function renderMembers(app: ChatApp, c: ConversationState): void {
             attrs: {
               type: "button",
               "aria-label": `${c.roles.get(m) === "admin" ? "Remove admin" : "Make admin"} ${m}`,
+              "data-focus-key": `admin:${m}`,
             },
             onClick: () => void app.setAdmin(m, c.roles.get(m) !== "admin"),
+          }),
+        // The owner hands the group over: asked twice on the same button, since it cannot be taken
+        // back (only the new owner could hand it back).
+        myRole === "owner" &&
+          m !== app.me &&
+          h("button", {
+            class: "member-owner",
+            text: confirming === m ? "Confirm: make owner" : "Make owner",
+            attrs: {
+              type: "button",
+              "aria-label": `${confirming === m ? "Confirm: make owner" : "Make owner"} ${m}`,
+              "aria-describedby": "handover-note",
+              "data-focus-key": `owner:${m}`,
+              ...(confirming === m ? { "data-confirming": "" } : {}),
+            },
+            onClick: () => {
+              if (app.confirmingOwner === m) void app.handOver(m);
+              else {
+                app.confirmingOwner = m;
+                app.onChange();
+              }
+            },
           }),
         mayRemove(m) &&
           h("button", {
             class: "remove-member",
             text: "×",
-            attrs: { type: "button", "aria-label": `Remove ${m}`, title: `Remove ${m}` },
+            attrs: {
+              type: "button",
+              "aria-label": `Remove ${m}`,
+              title: `Remove ${m}`,
+              "data-focus-key": `remove:${m}`,
+            },
             onClick: () => void app.removeMember(m),
           }),
       ),
     ),
   );
+  if (focused) list.querySelector<HTMLElement>(`[data-focus-key="${CSS.escape(focused)}"]`)?.focus();
+  byId("handover-note").textContent = confirming
+    ? `Press "Confirm: make owner" to make ${confirming} the owner; you will stay an admin. Escape cancels.`
+    : "";
 }
 
 /** The group's id to share, and its settings: changed by admins and the owner, shown to everyone. */
@@ -240,6 +282,21 @@ function renderGroupSettings(app: ChatApp, c: ConversationState): void {
   byId("group-settings-hint").hidden = admin;
   byId<HTMLInputElement>("group-open").checked = c.open;
   byId<HTMLInputElement>("group-admins-post").checked = c.postPolicy === "admins";
+  byId<HTMLInputElement>("group-admins-add").checked = c.addPolicy === "admins";
+  // The name field shows the group's name, except while the user is editing it: it is filled again
+  // when another group is shown, or when the name changed and the user is not in the field.
+  const nameField = byId<HTMLInputElement>("group-name");
+  if (
+    nameField.dataset.conversationId !== c.id ||
+    (nameField.dataset.shownName !== c.name && document.activeElement !== nameField)
+  ) {
+    nameField.value = c.name;
+    nameField.dataset.conversationId = c.id;
+    nameField.dataset.shownName = c.name;
+  }
+  byId("group-name-error").textContent = app.renameError;
+  // Not offered where the server would refuse it (NOT_ADMIN): a plain member of an admins-add group.
+  byId("add-member").hidden = !mayAddMembers(c, app.me);
 }
 
 function renderMessages(app: ChatApp, c: ConversationState): void {
