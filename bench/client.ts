@@ -72,8 +72,15 @@ export function openClient(opts: ClientOptions): Promise<WebSocket> {
   });
 }
 
-/** Syncs from cursor 0 until has_more is false: the connection then receives live messages. */
-export function syncToLive(ws: WebSocket, encoding: Encoding): Promise<bigint> {
+/**
+ * Syncs from cursor 0 until has_more is false: the connection then receives live messages.
+ * `onPage` sees each page's decoded SyncResult (the storm counts the messages it brings).
+ */
+export function syncToLive(
+  ws: WebSocket,
+  encoding: Encoding,
+  onPage?: (page: Record<string, unknown> | undefined) => void,
+): Promise<bigint> {
   return new Promise((resolve, reject) => {
     let id = 1;
     const onMessage = (data: Buffer, isBinary: boolean) => {
@@ -83,6 +90,7 @@ export function syncToLive(ws: WebSocket, encoding: Encoding): Promise<bigint> {
         ws.off("message", onMessage);
         return reject(new Error(`sync failed: ${JSON.stringify(frame.value)}`));
       }
+      onPage?.(frame.value);
       const cursor = BigInt(String(frame.value?.cursor ?? 0));
       if (frame.value?.hasMore) {
         ws.send(syncFrame(encoding, ++id, cursor));

@@ -13,10 +13,10 @@
 import { create, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
 import type WebSocket from "ws";
 import { ClientFrameSchema } from "../gen/switchboard/client/v1/client_pb.js";
-import { mintTokens, openClient, pool } from "./client.js";
+import { mintTokens, openClient, pool, syncToLive } from "./client.js";
 import { type LatencySummary, newHistogram, recordMs, summarize } from "./hist.js";
 import type { ServerProcess } from "./server.js";
-import { decodeFull, syncFrame } from "./wire.js";
+import { decodeFull } from "./wire.js";
 
 export interface StormOptions {
   clients: number;
@@ -118,33 +118,14 @@ function post(
 }
 
 /** Syncs from cursor 0 until live; returns the messages' (conversation, seq) keys in arrival order. */
-function syncAll(ws: WebSocket): Promise<string[]> {
-  return new Promise((resolve, reject) => {
-    const keys: string[] = [];
-    let id = 1;
-    const onMessage = (data: Buffer) => {
-      const frame = decodeFull(data);
-      if (frame.replyTo !== id) return;
-      if (frame.kind !== "sync") {
-        ws.off("message", onMessage);
-        reject(new Error(`sync failed: ${JSON.stringify(frame.value)}`));
-        return;
-      }
-      const value = frame.value as {
-        messages?: Array<{ message?: { conversationId: string; seq: bigint } }>;
-        cursor: bigint;
-        hasMore: boolean;
-      };
-      for (const e of value.messages ?? []) keys.push(`${e.message?.conversationId}#${e.message?.seq}`);
-      if (value.hasMore) ws.send(syncFrame("binary", ++id, value.cursor));
-      else {
-        ws.off("message", onMessage);
-        resolve(keys);
-      }
-    };
-    ws.on("message", onMessage);
-    ws.send(syncFrame("binary", id, 0n));
+async function syncAll(ws: WebSocket): Promise<string[]> {
+  const keys: string[] = [];
+  await syncToLive(ws, "binary", (page) => {
+    const messages = (page as { messages?: Array<{ message?: { conversationId: string; seq: bigint } }> })
+      .messages;
+    for (const e of messages ?? []) keys.push(`${e.message?.conversationId}#${e.message?.seq}`);
   });
+  return keys;
 }
 
 export async function runStorm(server: ServerProcess, o: StormOptions): Promise<StormResult> {
