@@ -280,10 +280,13 @@ export class Push {
       return this.options.webhookUrl
         ? { provider: "webhook", token: this.options.webhookUrl, device: null }
         : undefined;
-    const current = (await this.options.devices.list(device.userId)).find(
-      (d) => d.deviceId === device.deviceId,
-    );
+    const current = await this.registrationOf(device);
     return current ? { provider: current.provider, token: current.token, device: current } : undefined;
+  }
+
+  /** The device's registration as it stands now (it may have a new token, or be gone). */
+  private async registrationOf(device: DeviceRecord): Promise<DeviceRecord | undefined> {
+    return (await this.options.devices.list(device.userId)).find((d) => d.deviceId === device.deviceId);
   }
 
   /**
@@ -441,9 +444,7 @@ export class Push {
       return;
     }
     try {
-      const current = (await this.options.devices.list(device.userId)).find(
-        (d) => d.deviceId === device.deviceId,
-      );
+      const current = await this.registrationOf(device);
       if (current?.token === device.token) await this.options.devices.remove(device.userId, device.deviceId);
       this.count(device.provider, "pruned");
       this.options.log.info("push: pruned a dead token", {
