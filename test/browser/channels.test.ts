@@ -12,9 +12,9 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { type ServerProcess, startServer } from "../helpers/server.js";
 import {
   type ClientPage,
+  checkPagesAndClose,
   conversationEntry,
   launchBrowser,
-  noticeOf,
   openConversation,
   screenshot,
   sendMessage,
@@ -27,8 +27,8 @@ const PULL_THRESHOLD = 3;
 
 let server: ServerProcess;
 let browser: Browser;
-let contexts: BrowserContext[] = [];
-let clients: ClientPage[] = [];
+const contexts: BrowserContext[] = [];
+const clients: ClientPage[] = [];
 let userCount = 0;
 
 beforeAll(async () => {
@@ -42,16 +42,7 @@ afterAll(async () => {
   await browser?.close();
   await server?.dispose();
 });
-afterEach(async () => {
-  // Checked after every test, so the test that caused an error is the one that fails.
-  for (const c of clients) {
-    expect(c.consoleErrors, `console errors of ${c.user}`).toEqual([]);
-    if (!c.page.isClosed()) expect(await noticeOf(c.page), `error shown to ${c.user}`).toBe("");
-  }
-  for (const context of contexts) await context.close();
-  contexts = [];
-  clients = [];
-});
+afterEach(() => checkPagesAndClose(clients, contexts));
 
 /** A user id of its own per test (the server is shared by the whole file). */
 function userId(name: string): string {

@@ -10,10 +10,10 @@ import { SwitchboardClient } from "../../sdk/src/index.js";
 import { devToken, type ServerProcess, startServer } from "../helpers/server.js";
 import {
   type ClientPage,
+  checkPagesAndClose,
   conversationEntry,
   deliveryOf,
   launchBrowser,
-  noticeOf,
   openConversation,
   screenshot,
   sendMessage,
@@ -29,8 +29,8 @@ const OFFLINE_AFTER_MS = 1_500;
 
 let server: ServerProcess;
 let browser: Browser;
-let contexts: BrowserContext[] = [];
-let clients: ClientPage[] = [];
+const contexts: BrowserContext[] = [];
+const clients: ClientPage[] = [];
 let userCount = 0;
 const usedNames = new Set<string>();
 
@@ -48,16 +48,7 @@ afterAll(async () => {
   await browser?.close();
   await server?.dispose();
 });
-afterEach(async () => {
-  // Checked after every test, so the test that caused an error is the one that fails.
-  for (const c of clients) {
-    expect(c.consoleErrors, `console errors of ${c.user}`).toEqual([]);
-    if (!c.page.isClosed()) expect(await noticeOf(c.page), `error shown to ${c.user}`).toBe("");
-  }
-  for (const context of contexts) await context.close();
-  contexts = [];
-  clients = [];
-});
+afterEach(() => checkPagesAndClose(clients, contexts));
 
 /**
  * A user id no earlier test used (the server is shared by the whole file): the plain name the first

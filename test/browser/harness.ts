@@ -68,6 +68,21 @@ export async function noticeOf(page: Page): Promise<string> {
   return (await page.locator("#notice").textContent()) ?? "";
 }
 
+/**
+ * What every test of a file ends with: no console error and no error notice on any of its pages
+ * (checked after each test, so the test that caused one is the one that fails), then its browser
+ * contexts closed. Empties both lists for the next test.
+ */
+export async function checkPagesAndClose(clients: ClientPage[], contexts: BrowserContext[]): Promise<void> {
+  for (const c of clients) {
+    expect(c.consoleErrors, `console errors of ${c.user}`).toEqual([]);
+    if (!c.page.isClosed()) expect(await noticeOf(c.page), `error shown to ${c.user}`).toBe("");
+  }
+  for (const context of contexts) await context.close();
+  contexts.length = 0;
+  clients.length = 0;
+}
+
 /** Waits for a connection status; a reconnect may take the SDK's longest backoff (10 s) and a sync. */
 export async function waitForStatus(page: Page, text: string): Promise<void> {
   await expect.poll(() => page.locator("#connection").textContent(), { timeout: 20_000 }).toBe(text);
