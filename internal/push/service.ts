@@ -173,6 +173,8 @@ export class Push {
         : this.options.webhookUrl
           ? [{ provider: "webhook", token: this.options.webhookUrl, device: null }]
           : [];
+    // Most offline members have nowhere to be notified: no unread count is read for them.
+    if (targets.length === 0) return 0;
     const notification: PushJob["notification"] = {
       id: randomUUID(),
       userId: n.userId,
