@@ -367,6 +367,32 @@ describe("sequencer store and partition ownership", () => {
     },
     LONG,
   );
+
+  it(
+    "checks asked together share one read; a check asked after a claim sees it, even with a read in flight",
+    async () => {
+      const stream = id("stream");
+      const partitions = range(0, 8);
+      const first = await Promise.all(partitions.map((p) => a.ownership.claim(stream, p, "a")));
+      const readsBefore = a.requests.reads;
+      const together = await Promise.all(partitions.map((p) => a.ownership.current(stream, p)));
+      expect(together).toEqual(first);
+      expect(a.requests.reads - readsBefore).toBe(1);
+
+      // Each partition: claimed anew by b, then checked by a while a's checks of the others (and their
+      // shared reads) are under way. Every check must name b's claim.
+      const claimedThenChecked = await Promise.all(
+        partitions.map(async (p) => {
+          await new Promise((r) => setTimeout(r, p * 3));
+          const claimed = await b.ownership.claim(stream, p, "b");
+          return { claimed, seen: await a.ownership.current(stream, p) };
+        }),
+      );
+      for (const { claimed, seen } of claimedThenChecked) expect(seen).toBe(claimed);
+      expect(claimedThenChecked.every(({ claimed }, p) => claimed > first[p]!)).toBe(true);
+    },
+    LONG,
+  );
 });
 
 /** A write timestamp `n` seconds after a fixed point, as an owner's epoch (µs). */
