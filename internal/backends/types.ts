@@ -38,6 +38,11 @@ export interface LoggedMessage extends StoredMessage {
   recipients?: readonly string[];
   /** The message's trace context, when it was sent in a recorded trace (tracing.ts). */
   trace?: TraceCarrier;
+  /**
+   * Set when the log handed the message over before its commit (ConsumeOptions.beforeCommit):
+   * resolves once it is durable. Until then nothing outside the store may see it.
+   */
+  committed?: Promise<void>;
 }
 
 export interface ConsumeOptions {
@@ -46,6 +51,14 @@ export interface ConsumeOptions {
    * the log (what is appended after it joined). A group with a position resumes there either way.
    */
   startAt?: "earliest" | "latest";
+  /**
+   * A consumer waiting at the end of the log may get the next message as soon as it is appended,
+   * before its commit, with `committed` set (embedded log only; others ignore it). The writes the
+   * handler makes to the same store before it next waits on I/O join the append's transaction —
+   * one commit (one fsync) for the message and its consequences instead of two. The handler must
+   * await `committed` before anything outside the store sees the message.
+   */
+  beforeCommit?: boolean;
 }
 
 /** Hands out ordered batches to one consumer; resolves when the batch's effects are durable. */

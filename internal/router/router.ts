@@ -115,7 +115,7 @@ export class Router {
             },
             membershipChanged: (conversationId) => this.audiences.forget(conversationId),
           })
-        : await log.consume(CONSUMER_GROUP, (batch) => this.route(batch)),
+        : await log.consume(CONSUMER_GROUP, (batch) => this.route(batch), { beforeCommit: true }),
     );
   }
 
@@ -241,6 +241,10 @@ export class Router {
       })),
     );
     const stored = await inbox.append(entries);
+    // A message handed over before its commit (its inbox entries joined that commit): delivered
+    // only once durable.
+    const committed = batch.flatMap((m) => (m.committed ? [m.committed] : []));
+    if (committed.length > 0) await Promise.all(committed);
     let i = 0;
     const deliveries = batch.map(
       (m): InboxDelivery => ({

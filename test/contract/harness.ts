@@ -128,7 +128,7 @@ export class Collector {
     // The log's messages as stored; `recipients` (a distributed-log extra) are checked elsewhere.
     const mine = batch
       .filter((m) => m.conversationId.startsWith(this.ns))
-      .map(({ recipients: _, ...m }): StoredMessage => m);
+      .map(({ recipients: _, committed: __, ...m }): StoredMessage => m);
     if (mine.length === 0) return;
     this.check(mine);
     const threw = this.failWhen(mine);

@@ -61,6 +61,12 @@ const SEQ_MAX = Number.MAX_SAFE_INTEGER;
 /** Sorts after every string second element (keys are UTF-8; U+10FFFF is the largest code point). */
 const KEY_END = "\u{10FFFF}\u{10FFFF}";
 const CONSUME_BATCH_MAX = 512;
+/**
+ * A consumer stores its position at most this long after handling a batch, or sooner with the next
+ * message handed to it before its commit (then in that message's transaction): a position need not
+ * cost a commit of its own. A crash re-handles what was handled since (at-least-once, idempotent).
+ */
+const OFFSET_STORE_DELAY_MS = 100;
 /** Trace contexts kept for the router at most (embedded log, tracing on). */
 const TRACES_KEPT_MAX = 10_000;
 
@@ -146,6 +152,11 @@ export class EmbeddedBackends implements Backends {
     }
   }
 
+  /** Transactions committed in this environment so far (each one fsync): for tests and diagnostics. */
+  get commits(): number {
+    return (this.root.getStats() as { lastTxnId: number }).lastTxnId;
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
@@ -165,6 +176,8 @@ class EmbeddedLog implements MessageLog {
   private readonly traces = new Map<string, TraceCarrier>();
   private head: number;
   private readonly wakers = new Set<() => void>();
+  /** Consumers idle at the end of the log that take a message before its commit (beforeCommit). */
+  private readonly takers = new Set<(position: number, message: LoggedMessage) => void>();
   private readonly consumers = new Set<Closeable>();
 
   constructor(
@@ -226,6 +239,13 @@ class EmbeddedLog implements MessageLog {
       return { message, duplicate: false };
     });
     this.pending.set(pendingKey, write);
+    if (this.takers.size > 0) {
+      const trace = this.traces.get(message.messageId);
+      const committed = write.then(() => undefined);
+      committed.catch(() => undefined); // the append's own promise reports a failed commit
+      const handed: LoggedMessage = trace ? { ...message, trace, committed } : { ...message, committed };
+      for (const take of this.takers) take(position, handed);
+    }
     return write;
   }
 
@@ -251,23 +271,58 @@ class EmbeddedLog implements MessageLog {
     let wake: (() => void) | undefined;
     const waker = () => wake?.();
     this.wakers.add(waker);
+    let offset = this.offsets.get(group) ?? 0;
+    let stored = offset;
+    let storeTimer: NodeJS.Timeout | undefined;
+    const storeOffset = (): Promise<unknown> | undefined => {
+      clearTimeout(storeTimer);
+      storeTimer = undefined;
+      if (offset === stored) return undefined;
+      stored = offset;
+      // LMDB commits in order, and a crash before this lands only means re-handling (idempotent).
+      const write = this.guard(this.offsets.put(group, offset));
+      write.catch(() => undefined);
+      return write;
+    };
+    /** Messages handed over before their commit (beforeCommit), next in the log after `offset`. */
+    let handed: LoggedMessage[] = [];
+    /** The last position in a batch being handled or in `handed`. */
+    let taken = offset;
+    const take = (position: number, message: LoggedMessage) => {
+      if (position !== taken + 1 || handed.length >= CONSUME_BATCH_MAX) return; // read from the log later
+      handed.push(message);
+      taken = position;
+      storeOffset(); // in the transaction of this message (or the next one)
+      wake?.();
+    };
+    if (options.beforeCommit) this.takers.add(take);
     const loop = (async () => {
-      let offset = this.offsets.get(group) ?? 0;
       while (!stopped && !this.isClosed()) {
-        const batch: LoggedMessage[] = [];
+        let batch: LoggedMessage[] = [];
         let last = offset;
-        for (const { key, value } of this.entries.getRange({ start: offset + 1, limit: CONSUME_BATCH_MAX })) {
-          const message = this.messages.get(value);
-          assert(message, `log entry ${String(key)} points at a missing message`);
-          const trace = this.traces.get(message.messageId);
-          batch.push(trace ? { ...message, trace } : message);
-          last = key as number;
+        if (handed.length > 0) {
+          batch = handed;
+          handed = [];
+          last = offset + batch.length;
+        } else {
+          for (const { key, value } of this.entries.getRange({
+            start: offset + 1,
+            limit: CONSUME_BATCH_MAX,
+          })) {
+            const message = this.messages.get(value);
+            assert(message, `log entry ${String(key)} points at a missing message`);
+            const trace = this.traces.get(message.messageId);
+            batch.push(trace ? { ...message, trace } : message);
+            last = key as number;
+          }
+          taken = last;
         }
         if (batch.length === 0) {
-          // Appends wake us after their commit; re-check first so a wake-up between read and wait is not lost.
+          // Appends wake us after their commit (or, for beforeCommit, as they are queued); re-check
+          // first so a wake-up between read and wait is not lost.
           await new Promise<void>((resolve) => {
             wake = resolve;
-            if (stopped || this.entries.doesExist(offset + 1)) resolve();
+            if (stopped || handed.length > 0 || this.entries.doesExist(offset + 1)) resolve();
           });
           wake = undefined;
           continue;
@@ -275,6 +330,9 @@ class EmbeddedLog implements MessageLog {
         try {
           await handler(batch);
         } catch (err) {
+          // What was handed over meanwhile is read from the log again, after this batch.
+          handed = [];
+          taken = offset;
           // A consumer being closed fails its batch in flight on purpose: stop, offset unmoved.
           if (stopped) break;
           // At-least-once: keep the offset and retry the same batch after a pause.
@@ -283,9 +341,7 @@ class EmbeddedLog implements MessageLog {
           continue;
         }
         offset = last;
-        // The offset write joins the next group commit instead of holding up the next batch: LMDB
-        // commits in order, and a crash before it lands only means re-handling this batch (idempotent).
-        this.guard(this.offsets.put(group, offset)).catch(() => undefined);
+        storeTimer ??= setTimeout(storeOffset, OFFSET_STORE_DELAY_MS);
       }
     })();
     const consumer: Closeable = {
@@ -293,8 +349,10 @@ class EmbeddedLog implements MessageLog {
         stopped = true;
         wake?.();
         this.wakers.delete(waker);
+        this.takers.delete(take);
         this.consumers.delete(consumer);
         await loop;
+        await storeOffset();
       },
     };
     this.consumers.add(consumer);
