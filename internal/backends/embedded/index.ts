@@ -5,7 +5,9 @@
  * Durability: the environment is opened with overlappingSync off, so a write's promise resolves only
  * after LMDB committed *and* fsynced the transaction. lmdb-js gathers every write issued while the
  * previous commit is in flight into the next transaction: that is group commit (one fsync per batch,
- * not per message), done on LMDB's writer thread so the event loop never blocks on the disk.
+ * not per message), done on LMDB's writer thread so the event loop never blocks on the disk. The
+ * router takes each message as it is appended (ConsumeOptions.beforeCommit), so the inbox entries it
+ * writes join the message's own transaction instead of costing a second one.
  *
  * Ordering: this process is the only writer, so seq and inbox cursors are assigned from in-memory
  * counters (loaded lazily from the database) synchronously, before the write is queued; LMDB commits
