@@ -14,9 +14,9 @@
  *   3. new seqs from memory; the heads and dedupe rows (one unlogged batch), then the message rows;
  *   4. the check: the partition's epoch is still ours (one plain read). If a successor claimed in the
  *      meantime, nothing of this batch is acknowledged, emitted or committed;
- *   5. the answers to the senders, and the inbox records (one per inbox partition of the recipients;
- *      a pull conversation's message, ADR 0010, one record without recipients in the partition of its
- *      conversation, and each membership announcement a record there too, in order with them); then
+ *   5. the inbox records (one per inbox partition of the recipients; a pull conversation's message,
+ *      ADR 0010, one record without recipients in the partition of its conversation, and each
+ *      membership announcement a record there too, in order with them), the answers to the senders,
  *      the offsets.
  *
  * Every step is idempotent: a crash anywhere before the commit makes the next owner re-process the
@@ -237,9 +237,6 @@ export class Sequencer implements Closeable {
     for (const [c, head] of done.heads) state.setHead(c, head);
 
     await this.partitions.check(batch.partition, state);
-    // The senders hear now: their messages are durable and fenced. The emission below can fail or
-    // crash; the batch is then re-read, its drafts found by their dedupe rows and emitted again.
-    const answered = this.answer(done.results);
 
     // In the order of the partition: a conversation's membership records between its messages.
     const toEmit = new Map(done.originals.map((m) => [m.messageId, m]));
@@ -261,7 +258,8 @@ export class Sequencer implements Closeable {
         ),
       );
     }
-    await Promise.all([...sends, answered]);
+    await Promise.all(sends);
+    await this.answer(done.results);
     await commitBatch(payload, this.lag, this.commits);
   }
 
