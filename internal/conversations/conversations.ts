@@ -75,8 +75,12 @@ export interface SendInput {
 /** Direct conversations a process remembers as existing (see directId). */
 const KNOWN_DIRECT_MAX = 200_000;
 
+/** Told of a group after each stored change to it (see Conversations.onGroupChange). */
+export type GroupChangeListener = (group: ConversationRecord) => void;
+
 export class Conversations {
   private readonly knownDirect = new Set<string>();
+  private readonly groupListeners: GroupChangeListener[] = [];
 
   constructor(
     private readonly membership: MembershipStore,
@@ -84,6 +88,20 @@ export class Conversations {
     private readonly ids: IdPool,
     private readonly limits: ConversationLimits,
   ) {}
+
+  /**
+   * Calls `listener` after every stored change to a group — created, renamed, opened or closed, a
+   * policy, a role, a member added, removed or gone — with the group as it is after the change. The
+   * platform relays it to the members' devices (the client protocol's `conversation` event).
+   */
+  onGroupChange(listener: GroupChangeListener): void {
+    this.groupListeners.push(listener);
+  }
+
+  private changed(group: ConversationRecord): ConversationRecord {
+    for (const listener of this.groupListeners) listener(group);
+    return group;
+  }
 
   /** Validates, authorises and durably appends a message. Resolves once durable. */
   async send(input: SendInput): Promise<AppendResult> {
@@ -198,7 +216,7 @@ export class Conversations {
       },
       all,
     );
-    return record;
+    return this.changed(record);
   }
 
   /** Renames a group, opens or closes it, or changes its policies: admins and the owner only. */
@@ -212,7 +230,7 @@ export class Conversations {
       throw errors.invalid("NOTHING_TO_CHANGE", "the request changes nothing");
     await this.group(id);
     if (caller !== undefined) await this.requireAdmin(caller, id, "change the group");
-    return this.membership.updateGroup(id, change);
+    return this.changed(await this.membership.updateGroup(id, change));
   }
 
   private checkGroupName(name: string): void {
@@ -233,7 +251,9 @@ export class Conversations {
         throw errors.denied("NOT_ADMIN", `only admins add members to ${id}`);
     }
     checkUserIds(users);
-    return this.membership.addMembers(id, users, this.limits.membersMax, this.limits.pullThreshold);
+    return this.changed(
+      await this.membership.addMembers(id, users, this.limits.membersMax, this.limits.pullThreshold),
+    );
   }
 
   /**
@@ -254,24 +274,30 @@ export class Conversations {
         throw errors.denied("OWNER_PROTECTED", `the owner of ${id} cannot be removed`);
       if (targets.has(caller)) this.checkLeave(caller, access);
     }
+    let removed = false;
     for (const user of targets) {
-      if (await this.membership.isMember(id, user)) record = await this.membership.removeMember(id, user);
+      if (await this.membership.isMember(id, user)) {
+        record = await this.membership.removeMember(id, user);
+        removed = true;
+      }
     }
-    return record;
+    return removed ? this.changed(record) : record;
   }
 
   async join(caller: string, id: string): Promise<ConversationRecord> {
     const group = await this.group(id);
     if (await this.membership.isMember(id, caller)) return group;
     if (!group.open) throw errors.denied("GROUP_CLOSED", `group ${id} is not open; a member must add you`);
-    return this.membership.addMembers(id, [caller], this.limits.membersMax, this.limits.pullThreshold);
+    return this.changed(
+      await this.membership.addMembers(id, [caller], this.limits.membersMax, this.limits.pullThreshold),
+    );
   }
 
   /** Leaves a group; the owner of a group with other members must hand it over first. */
   async leave(caller: string, id: string): Promise<ConversationRecord> {
     await this.group(id);
     this.checkLeave(caller, await this.memberAccess(caller, id));
-    return this.membership.removeMember(id, caller);
+    return this.changed(await this.membership.removeMember(id, caller));
   }
 
   private checkLeave(caller: string, access: { record: ConversationRecord; role: MemberRole }): void {
@@ -301,7 +327,7 @@ export class Conversations {
       if (user === caller)
         throw errors.invalid("INVALID_ROLE_CHANGE", "the owner hands over by making another member owner");
     }
-    return this.membership.setRole(id, user, role);
+    return this.changed(await this.membership.setRole(id, user, role));
   }
 
   /** Members of a conversation, for a caller who must belong to it (undefined: trusted backend). */

@@ -22,7 +22,7 @@ import { gatewayDialer, peerOptions } from "../process/peers.js";
 import type { RoleStarter } from "../process/runtime.js";
 import { pushFromConfig, pushServiceImpl } from "../push/index.js";
 import { Router, routerServiceImpl } from "../router/index.js";
-import { advertiseAddress, conversations, gatewayId } from "./shared.js";
+import { advertiseAddress, announceGroupChanges, conversations, gatewayId } from "./shared.js";
 
 export const startAll: RoleStarter = async (ctx) => {
   const { config, log, metrics } = ctx;
@@ -83,6 +83,12 @@ export const startAll: RoleStarter = async (ctx) => {
     metrics,
   });
   const convs = conversations(config, backends, ids);
+  announceGroupChanges(
+    convs,
+    backends.membership,
+    async (userIds, frame) => router.relay(userIds, [], "", frame),
+    log,
+  );
   const routerImpl = routerServiceImpl(router, convs, backends.messages, config.sync.pageSizeMax);
   presenceRouter = inProcessClient(RouterService, routerImpl, inProcessCaller("role:presence"));
 

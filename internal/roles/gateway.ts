@@ -15,7 +15,13 @@ import { addService } from "../lib/rpc.js";
 import { openDistributed } from "../process/backends.js";
 import { peerClient, peerOptions, presencePeers } from "../process/peers.js";
 import type { RoleStarter } from "../process/runtime.js";
-import { advertiseAddress, conversations, gatewayId, requireDistributed } from "./shared.js";
+import {
+  advertiseAddress,
+  announceGroupChanges,
+  conversations,
+  gatewayId,
+  requireDistributed,
+} from "./shared.js";
 
 export const startGateway: RoleStarter = async (ctx) => {
   const { config, log, metrics } = ctx;
@@ -40,12 +46,14 @@ export const startGateway: RoleStarter = async (ctx) => {
     ),
   );
   ctx.readiness(() => backends.unreachable());
+  const convs = conversations(config, backends, ids);
+  announceGroupChanges(convs, backends.membership, (userIds, frame) => router.relay({ userIds, frame }), log);
   const gateway = new Gateway({
     config,
     log,
     metrics,
     backends,
-    conversations: conversations(config, backends, ids),
+    conversations: convs,
     router,
     presence,
     push,

@@ -14,7 +14,7 @@ import { openDistributed } from "../process/backends.js";
 import { gatewayDialer, peerClient, peerOptions, presencePeers } from "../process/peers.js";
 import type { RoleStarter } from "../process/runtime.js";
 import { Router, routerServiceImpl } from "../router/index.js";
-import { conversations, requireDistributed } from "./shared.js";
+import { announceGroupChanges, conversations, requireDistributed } from "./shared.js";
 
 export const startRouter: RoleStarter = async (ctx) => {
   const { config, log, metrics } = ctx;
@@ -49,6 +49,12 @@ export const startRouter: RoleStarter = async (ctx) => {
   await router.start();
   ctx.own(router);
   const convs = conversations(config, backends, ids);
+  announceGroupChanges(
+    convs,
+    backends.membership,
+    async (userIds, frame) => router.relay(userIds, [], "", frame),
+    log,
+  );
   addService(
     ctx.grpc!,
     RouterService,

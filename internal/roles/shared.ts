@@ -1,9 +1,13 @@
 /** Pieces more than one role builds the same way. */
 import { hostname } from "node:os";
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import type { ServerFrameSchema } from "../../gen/switchboard/client/v1/client_pb.js";
 import type { IdService } from "../../gen/switchboard/id/v1/id_pb.js";
 import type { MembershipStore, MessageLog } from "../backends/types.js";
 import { Conversations, IdPool } from "../conversations/index.js";
+import { toWireConversation } from "../conversations/wire.js";
 import type { Config } from "../lib/config.js";
+import type { Logger } from "../lib/log.js";
 import type { ServiceClient } from "../lib/rpc.js";
 
 export function conversations(
@@ -16,6 +20,29 @@ export function conversations(
     membersMax: config.groups.membersMax,
     pullThreshold: config.groups.pullThreshold,
     nameCharsMax: config.groups.nameCharsMax,
+  });
+}
+
+/**
+ * Relays each change of a group to its members' devices (the client protocol's `conversation` event,
+ * best effort like typing: a client that misses it sees the change in its next listConversations).
+ */
+export function announceGroupChanges(
+  convs: Conversations,
+  membership: Pick<MembershipStore, "members">,
+  relay: (userIds: string[], frame: MessageInitShape<typeof ServerFrameSchema>) => Promise<unknown>,
+  log: Logger,
+): void {
+  convs.onGroupChange((group) => {
+    const frame: MessageInitShape<typeof ServerFrameSchema> = {
+      kind: { case: "conversation", value: { conversation: toWireConversation(group) } },
+    };
+    membership
+      .members(group.id)
+      .then((userIds) => relay(userIds, frame))
+      .catch((err: unknown) =>
+        log.warn("group change not relayed to its members", { conversationId: group.id, error: String(err) }),
+      );
   });
 }
 

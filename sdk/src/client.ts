@@ -149,6 +149,12 @@ export interface SwitchboardClientEvents {
   typing: TypingInfo;
   presence: PresenceStatus;
   receipt: ReceiptInfo;
+  /**
+   * A group of mine was created, changed (name, open, policies, owner, roles) or gained or lost
+   * members, by me on another device or by someone else: the group as it is now. Best effort, like
+   * typing; listConversations and listMembers tell the rest.
+   */
+  conversation: Conversation;
   /** The server's welcome on each (re)connect. */
   connected: WelcomeInfo;
   /** The connection ended; `willReconnect` false means the client stays down. */
@@ -1056,6 +1062,12 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
       case "receipt":
         this.emit("receipt", toReceipt(kind.value));
         return;
+      case "conversation":
+        if (frame.replyTo === 0) {
+          if (kind.value.conversation) this.emit("conversation", toConversation(kind.value.conversation));
+          return;
+        }
+        break;
       case "reconnect":
         this.onDrain(conn, kind.value.delayMsMin, kind.value.delayMsMax, kind.value.reason);
         return;

@@ -19,6 +19,7 @@ import { AsyncQueue } from "../../internal/lib/async-queue.js";
 import { signDevToken } from "../../internal/lib/auth.js";
 import { grpcClient } from "../../internal/lib/rpc.js";
 import {
+  type Conversation,
   type IncomingMessage,
   type PresenceStatus,
   type ReceiptInfo,
@@ -76,6 +77,8 @@ interface Device {
   typing: TypingInfo[];
   receipts: ReceiptInfo[];
   presence: PresenceStatus[];
+  /** The `conversation` events: groups of this user created or changed. */
+  groups: Conversation[];
   urls: string[];
 }
 
@@ -98,12 +101,14 @@ async function device(user: string, gateway: number): Promise<Device> {
     typing: [],
     receipts: [],
     presence: [],
+    groups: [],
     urls: [],
   };
   d.c.on("message", (m) => d.received.push(m));
   d.c.on("typing", (t) => d.typing.push(t));
   d.c.on("receipt", (r) => d.receipts.push(r));
   d.c.on("presence", (p) => d.presence.push(p));
+  d.c.on("conversation", (g) => d.groups.push(g));
   await d.c.connect();
   return d;
 }
@@ -147,6 +152,12 @@ describe("a multi-process cluster", () => {
     expect(bobPhone.received.every((m) => m.source === "live")).toBe(true);
 
     const group = await carol.c.createGroup({ name: "cross", members: ["x-alice", "x-bob"] });
+    // The members hear of it at once, on both gateways (relayed by a router for carol's gateway).
+    await until("the group's creation reaches every member's devices", () =>
+      [alice, bobPhone, bobLaptop].every((d) =>
+        d.groups.some((g) => g.id === group.id && g.memberCount === 3),
+      ),
+    );
     const groupBodies = Array.from({ length: 10 }, (_, i) => `group ${i}`);
     for (const b of groupBodies) await carol.c.send({ conversationId: group.id }, b);
     await until("group messages on both gateways", () =>
@@ -253,6 +264,10 @@ describe("a multi-process cluster", () => {
       body: "disk full",
     });
     expect(sent.message).toMatchObject({ sender: "bot:probe", seq: 1n });
+    // A group made through the server API reaches its member's devices too (relayed by that router).
+    await until("the group made through the server API reaches dana", () =>
+      dana.groups.some((g) => g.id === conversation!.id && g.name === "alerts"),
+    );
     await until("the bot's message reaches dana on a gateway process", () =>
       dana.received.some((m) => m.message.body === "disk full"),
     );

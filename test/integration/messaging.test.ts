@@ -312,6 +312,63 @@ describe("groups", () => {
     for (const x of [ca, cb, cc]) x.close();
   });
 
+  it("group changes reach every member's devices as they happen; a removed member hears no more", async () => {
+    const [a, b, c] = [user("a"), user("b"), user("c")];
+    const [ca, ca2, cb, cc] = [await connect(a), await connect(a), await connect(b), await connect(c)];
+    type Group = NonNullable<Extract<ServerFrame["kind"], { case: "conversation" }>["value"]["conversation"]>;
+    const isChange = (f: ServerFrame) => f.replyTo === 0 && f.kind.case === "conversation";
+    const changed =
+      (name: string, also: (g: Group) => boolean = () => true) =>
+      (f: ServerFrame) =>
+        isChange(f) &&
+        f.kind.case === "conversation" &&
+        f.kind.value.conversation?.name === name &&
+        also(f.kind.value.conversation);
+    const groupOf = (f: ServerFrame) => expectCase(f, "conversation").conversation!;
+
+    const created = groupOf(
+      await ca.request({ case: "createGroup", value: { name: "plans", members: [b] } }),
+    );
+    const conversationId = created.id;
+    // Added at creation: b hears of the group at once, and so does a's other device.
+    expect(groupOf(await cb.nextEvent(changed("plans"))).id).toBe(conversationId);
+    expect(groupOf(await ca2.nextEvent(changed("plans"))).memberCount).toBe(2);
+
+    groupOf(
+      await ca.request({
+        case: "updateGroup",
+        value: { conversationId, name: "trip", postPolicy: GroupPolicy.ADMINS },
+      }),
+    );
+    for (const x of [cb, ca2])
+      expect(groupOf(await x.nextEvent(changed("trip")))).toMatchObject({
+        id: conversationId,
+        postPolicy: GroupPolicy.ADMINS,
+      });
+
+    groupOf(await ca.request({ case: "addMembers", value: { conversationId, members: [c] } }));
+    for (const x of [cc, cb]) await x.nextEvent(changed("trip", (g) => g.memberCount === 3));
+
+    groupOf(
+      await ca.request({
+        case: "setMemberRole",
+        value: { conversationId, userId: b, role: MemberRole.OWNER },
+      }),
+    );
+    for (const x of [cb, cc, ca2]) await x.nextEvent(changed("trip", (g) => g.owner === b));
+
+    const heardByC = cc.received.filter(isChange).length;
+    groupOf(await cb.request({ case: "removeMembers", value: { conversationId, members: [c] } }));
+    await ca.nextEvent(changed("trip", (g) => g.memberCount === 2));
+    groupOf(await cb.request({ case: "updateGroup", value: { conversationId, name: "trip 2" } }));
+    for (const x of [ca, ca2]) await x.nextEvent(changed("trip 2"));
+    expect(cc.received.filter(isChange).length).toBe(heardByC);
+
+    expectCase(await ca.request({ case: "leaveGroup", value: { conversationId } }), "ok");
+    await cb.nextEvent(changed("trip 2", (g) => g.memberCount === 1));
+    for (const x of [ca, ca2, cb, cc]) x.close();
+  });
+
   it("a membership change holds for the very next message: none for who left, all for who was added", async () => {
     const [a, b, c, d] = [user("a"), user("b"), user("c"), user("d")];
     const [ca, cb, cc, cd] = [await connect(a), await connect(b), await connect(c), await connect(d)];

@@ -4,7 +4,7 @@
  * token/send/listen/group commands.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type IncomingMessage, SwitchboardClient } from "../../sdk/src/index.js";
+import { type Conversation, type IncomingMessage, SwitchboardClient } from "../../sdk/src/index.js";
 import { devToken, runCli, type ServerProcess, startServer } from "../helpers/server.js";
 
 let server: ServerProcess;
@@ -93,9 +93,13 @@ describe("SDK against the server", () => {
 
   it("manages a group's roles and policies, with the server's reasons as errors", async () => {
     const [owner, member] = [client("sdk-owner"), client("sdk-member")];
+    const heard: Conversation[] = [];
+    member.c.on("conversation", (g) => heard.push(g));
     await owner.c.connect();
     await member.c.connect();
     const group = await owner.c.createGroup({ name: "news", members: ["sdk-member"], postPolicy: "admins" });
+    // The member hears of the group, and of each change to it, as events.
+    await until(() => heard.some((g) => g.id === group.id && g.postPolicy === "admins"));
     expect(group).toMatchObject({ owner: "sdk-owner", postPolicy: "admins", addPolicy: "everyone" });
     await expect(member.c.send({ conversationId: group.id }, "hi")).rejects.toMatchObject({
       reason: "POSTING_RESTRICTED",
@@ -117,6 +121,8 @@ describe("SDK against the server", () => {
     expect(await owner.c.setMemberRole(group.id, "sdk-member", "owner")).toMatchObject({
       owner: "sdk-member",
     });
+    await until(() => heard.some((g) => g.id === group.id && g.owner === "sdk-member"));
+    expect(heard.every((g) => g.id === group.id && g.kind === "group")).toBe(true);
     expect((await member.c.listConversations()).find((c) => c.id === group.id)).toMatchObject({
       owner: "sdk-member",
       lastSeq: 1,

@@ -117,6 +117,19 @@ export class ChatApp {
       else if (kind === "delivered") raiseWatermark(c.peerDelivered, userId, seq);
       this.onChange();
     });
+    client.on("conversation", (info) => {
+      // A group of ours changed, here or elsewhere, or we were just added to one.
+      const known = this.conversations.get(info.id);
+      if (!known) {
+        this.conversations.set(info.id, newConversationState(info));
+        void this.refreshConversations(); // its last message and history
+      } else {
+        applyServerInfo(known, info);
+        known.isMember = true;
+        if (this.openId === info.id) void this.loadMembers(known); // roles are not in the event
+      }
+      this.onChange();
+    });
     client.on("error", (err) => {
       // A fire-and-forget request (typing) refused for membership: our list is stale, not the user
       // wrong; the refresh marks the group as left.
@@ -309,9 +322,10 @@ export class ChatApp {
 
   /**
    * Looks again at the open group's roster (the user's own role in it) and, with `listing`, at the
-   * conversation list (its policies). The server sends no event when a role or a policy changes, so
-   * the page asks when the user comes back to it, after a send refused for it, and while a member
-   * waits in an admins-only group (chat-controls.ts).
+   * conversation list (its policies). The server's `conversation` event tells of changes as they
+   * happen, but like typing it is best effort (not sent to a device that was offline), so the page
+   * also asks when the user comes back to it, after a send refused for it, and while a member waits
+   * in an admins-only group (chat-controls.ts).
    */
   async recheckOpenGroup(listing: boolean): Promise<void> {
     const c = this.open;

@@ -305,7 +305,8 @@ export type ServerFrame = Message<"switchboard.client.v1.ServerFrame"> & {
     case: "history";
   } | {
     /**
-     * A conversation created, joined or changed.
+     * A conversation created, joined or changed: the reply to such a request, or (reply_to 0) the
+     * event that a group of mine changed or that I was added to one.
      *
      * @generated from field: switchboard.client.v1.ConversationResult conversation = 15;
      */
