@@ -75,8 +75,14 @@ export interface SendInput {
 /** Direct conversations a process remembers as existing (see directId). */
 const KNOWN_DIRECT_MAX = 200_000;
 
-/** Told of a group after each stored change to it (see Conversations.onGroupChange). */
-export type GroupChangeListener = (group: ConversationRecord) => void;
+/**
+ * Told of a group after each stored change to it (see Conversations.onGroupChange), and whom to tell:
+ * all its members, or only these users.
+ */
+export type GroupChangeListener = (
+  group: ConversationRecord,
+  audience: "members" | readonly string[],
+) => void;
 
 export class Conversations {
   private readonly knownDirect = new Set<string>();
@@ -93,14 +99,24 @@ export class Conversations {
    * Calls `listener` after every stored change to a group — created, renamed, opened or closed, a
    * policy, a role, a member added, removed or gone — with the group as it is after the change. The
    * platform relays it to the members' devices (the client protocol's `conversation` event).
+   *
+   * Whom: all members, except for the comings and goings of a pull-model group (up to
+   * groups.membersMax members, where telling everyone of every join would cost a read and a relay of
+   * the whole member list per join): there only the users added hear of it.
    */
   onGroupChange(listener: GroupChangeListener): void {
     this.groupListeners.push(listener);
   }
 
-  private changed(group: ConversationRecord): ConversationRecord {
-    for (const listener of this.groupListeners) listener(group);
+  private changed(group: ConversationRecord, audience: "members" | readonly string[] = "members") {
+    if (audience === "members" || audience.length > 0)
+      for (const listener of this.groupListeners) listener(group, audience);
     return group;
+  }
+
+  /** The audience of a change of membership: everyone, or in a pull-model group those who came. */
+  private static comings(group: ConversationRecord, added: readonly string[]): "members" | readonly string[] {
+    return group.delivery === "pull" ? added : "members";
   }
 
   /** Validates, authorises and durably appends a message. Resolves once durable. */
@@ -251,9 +267,13 @@ export class Conversations {
         throw errors.denied("NOT_ADMIN", `only admins add members to ${id}`);
     }
     checkUserIds(users);
-    return this.changed(
-      await this.membership.addMembers(id, users, this.limits.membersMax, this.limits.pullThreshold),
+    const group = await this.membership.addMembers(
+      id,
+      users,
+      this.limits.membersMax,
+      this.limits.pullThreshold,
     );
+    return this.changed(group, Conversations.comings(group, users));
   }
 
   /**
@@ -281,23 +301,28 @@ export class Conversations {
         removed = true;
       }
     }
-    return removed ? this.changed(record) : record;
+    return removed ? this.changed(record, Conversations.comings(record, [])) : record;
   }
 
   async join(caller: string, id: string): Promise<ConversationRecord> {
     const group = await this.group(id);
     if (await this.membership.isMember(id, caller)) return group;
     if (!group.open) throw errors.denied("GROUP_CLOSED", `group ${id} is not open; a member must add you`);
-    return this.changed(
-      await this.membership.addMembers(id, [caller], this.limits.membersMax, this.limits.pullThreshold),
+    const joined = await this.membership.addMembers(
+      id,
+      [caller],
+      this.limits.membersMax,
+      this.limits.pullThreshold,
     );
+    return this.changed(joined, Conversations.comings(joined, [caller]));
   }
 
   /** Leaves a group; the owner of a group with other members must hand it over first. */
   async leave(caller: string, id: string): Promise<ConversationRecord> {
     await this.group(id);
     this.checkLeave(caller, await this.memberAccess(caller, id));
-    return this.changed(await this.membership.removeMember(id, caller));
+    const left = await this.membership.removeMember(id, caller);
+    return this.changed(left, Conversations.comings(left, []));
   }
 
   private checkLeave(caller: string, access: { record: ConversationRecord; role: MemberRole }): void {

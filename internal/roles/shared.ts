@@ -33,12 +33,11 @@ export function announceGroupChanges(
   relay: (userIds: string[], frame: MessageInitShape<typeof ServerFrameSchema>) => Promise<unknown>,
   log: Logger,
 ): void {
-  convs.onGroupChange((group) => {
+  convs.onGroupChange((group, audience) => {
     const frame: MessageInitShape<typeof ServerFrameSchema> = {
       kind: { case: "conversation", value: { conversation: toWireConversation(group) } },
     };
-    membership
-      .members(group.id)
+    (audience === "members" ? membership.members(group.id) : Promise.resolve([...audience]))
       .then((userIds) => relay(userIds, frame))
       .catch((err: unknown) =>
         log.warn("group change not relayed to its members", { conversationId: group.id, error: String(err) }),

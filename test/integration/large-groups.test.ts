@@ -144,6 +144,45 @@ describe("pull delivery", () => {
     for (const c of [co, con, cof]) c.close();
   });
 
+  it("tells of a pull group's comings only whoever came, and of its other changes every member", async () => {
+    const [owner, member, joiner, added] = [user("owner"), user("member"), user("joiner"), user("added")];
+    const others = Array.from({ length: PULL_THRESHOLD }, (_, i) => user(`p${i}`));
+    const [co, cm, cj, cj2, ca] = [
+      await connect(owner),
+      await connect(member),
+      await connect(joiner),
+      await connect(joiner),
+      await connect(added),
+    ];
+    const group = await createGroup(co, [member, ...others]);
+    expect(group.delivery).toBe(DeliveryModel.PULL);
+    const changes = (c: RawClient) =>
+      c.received.filter(
+        (f: ServerFrame) =>
+          f.replyTo === 0 && f.kind.case === "conversation" && f.kind.value.conversation?.id === group.id,
+      );
+    await cm.nextEvent((f) => f.kind.case === "conversation"); // created: every member hears of it
+
+    expectCase(await cj.request({ case: "joinGroup", value: { conversationId: group.id } }), "conversation");
+    await cj2.nextEvent((f) => f.kind.case === "conversation"); // the joiner's other device
+    expectCase(
+      await co.request({ case: "addMembers", value: { conversationId: group.id, members: [added] } }),
+      "conversation",
+    );
+    await ca.nextEvent((f) => f.kind.case === "conversation");
+    expectCase(await cj.request({ case: "leaveGroup", value: { conversationId: group.id } }), "ok");
+    // A change of the group itself reaches everyone; the member heard of none of the comings above.
+    expectCase(
+      await co.request({ case: "updateGroup", value: { conversationId: group.id, name: "bigger" } }),
+      "conversation",
+    );
+    await cm.nextEvent((f) => f.kind.case === "conversation" && f.kind.value.conversation?.name === "bigger");
+    expect(
+      changes(cm).map((f) => (f.kind.value as { conversation?: { name: string } }).conversation?.name),
+    ).toEqual(["big", "bigger"]);
+    for (const c of [co, cm, cj, cj2, ca]) c.close();
+  });
+
   it("switches under traffic without losing or repeating a message for the members who were there", async () => {
     const [owner, watcher, sleeper] = [user("owner"), user("watcher"), user("sleeper")];
     const co = await connect(owner);
