@@ -354,7 +354,8 @@ class EmbeddedLog implements MessageLog {
         this.takers.delete(take);
         this.consumers.delete(consumer);
         await loop;
-        await storeOffset();
+        // A failed write has already poisoned the backend (guard, onFatal): closing still completes.
+        await storeOffset()?.catch(() => undefined);
       },
     };
     this.consumers.add(consumer);
