@@ -86,19 +86,11 @@ export class CassandraOwnershipStore implements OwnershipStore {
     }
   }
 
-  private async read(stream: string, partition: number): Promise<bigint | undefined> {
-    const result = await this.s.execute("partition_owners: read epoch", this.q.read, [stream, partition], {
-      idempotent: true,
-    });
-    const value = result.first()?.get("epoch");
-    return value === null || value === undefined ? undefined : BigInt(String(value));
-  }
-
   async claim(stream: string, partition: number, owner = defaultOwner()): Promise<bigint> {
     let lastError: unknown;
     for (let attempt = 1; attempt <= CLAIM_ATTEMPTS_MAX; attempt++) {
       try {
-        const seen = await this.read(stream, partition);
+        const seen = await this.current(stream, partition);
         const now = BigInt(Date.now()) * 1000n;
         const next = seen === undefined || now > seen ? now : seen + 1n;
         const result =
@@ -137,7 +129,6 @@ function defaultOwner(): string {
 function statements(s: Session) {
   const t = s.table("partition_owners");
   return {
-    read: `SELECT epoch FROM ${t} WHERE stream = ? AND partition = ?`,
     readMany: `SELECT partition, epoch FROM ${t} WHERE stream = ? AND partition IN ?`,
     insert: `INSERT INTO ${t} (stream, partition, epoch, owner, claimed_at) VALUES (?, ?, ?, ?, ?) IF NOT EXISTS`,
     update:
