@@ -65,7 +65,7 @@ describe("presence shards", () => {
       ["nobody", false],
       ["u3", true],
     ]);
-    for (const p of presences) p.close();
+    await Promise.all(presences.map((p) => p.close()));
   });
 
   it("ends a session's watches on every shard", async () => {
@@ -78,6 +78,6 @@ describe("presence shards", () => {
     relayed.length = 0;
     for (const u of watched) await client.heartbeat({ userId: u, sessionId: `s${u}` });
     expect(relayed.filter((r) => r.sessionIds.includes("w"))).toEqual([]);
-    for (const p of presences) p.close();
+    await Promise.all(presences.map((p) => p.close()));
   });
 });
