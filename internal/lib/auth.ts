@@ -3,11 +3,12 @@
  * from a JWKS URL (keys cached per issuer and `kid` by jose's remote key set). The subject (`sub`) is
  * the user id: identities belong to the app, as in Centrifugo.
  */
-import { randomBytes } from "node:crypto";
+import { createSecretKey, randomBytes } from "node:crypto";
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { createRemoteJWKSet, type JWTPayload, jwtVerify, SignJWT } from "jose";
 import { errors } from "./errors.js";
+import { verifyHs256 } from "./hs256.js";
 
 export const DEV_SECRET_FILE = "dev-jwt-secret";
 export const USER_ID_CHARS_MAX = 128;
@@ -75,17 +76,10 @@ export function createVerifier(options: VerifierOptions): TokenVerifier {
             .payload;
       })()
     : (() => {
-        // Imported once: given the raw bytes, jose imports a CryptoKey on every verification, which
-        // cost a connect more than the HMAC itself (issue 12, the connect path's profile).
-        const secret = crypto.subtle.importKey(
-          "raw",
-          new Uint8Array(devSecret(options.dataDir)), // a copy over a plain ArrayBuffer, as WebCrypto takes
-          { name: "HMAC", hash: "SHA-256" },
-          false,
-          ["verify"],
-        );
-        return async (token) =>
-          (await jwtVerify(token, await secret, { ...checks, algorithms: ["HS256"] })).payload;
+        // Synchronous on node:crypto: jose's WebCrypto HMAC cost a connect more than the rest of
+        // its authentication (hs256.ts).
+        const secret = createSecretKey(Buffer.from(devSecret(options.dataDir)));
+        return async (token) => verifyHs256(token, secret, checks) as JWTPayload;
       })();
   return async (token) => {
     let payload: JWTPayload;

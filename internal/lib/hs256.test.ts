@@ -1,0 +1,115 @@
+import { createHmac, createSecretKey } from "node:crypto";
+import { SignJWT, UnsecuredJWT } from "jose";
+import { describe, expect, it } from "vitest";
+import { JwtError, verifyHs256 } from "./hs256.js";
+
+const SECRET = new TextEncoder().encode("0123456789abcdef0123456789abcdef");
+const KEY = createSecretKey(Buffer.from(SECRET));
+const NOW_S = 1_800_000_000;
+const NOW_MS = NOW_S * 1000;
+
+const sign = (claims: Record<string, unknown>, header: Record<string, unknown> = {}, secret = SECRET) =>
+  new SignJWT(claims).setProtectedHeader({ alg: "HS256", typ: "JWT", ...header }).sign(secret);
+
+const codeOf = (f: () => unknown): string => {
+  try {
+    f();
+  } catch (err) {
+    expect(err).toBeInstanceOf(JwtError);
+    return (err as JwtError).code;
+  }
+  throw new Error("verified, expected a refusal");
+};
+
+describe("verifyHs256", () => {
+  it("returns the claims of a token jose signed with the key", async () => {
+    const token = await sign({ sub: "alice", exp: NOW_S + 60, iat: NOW_S, nbf: NOW_S, extra: [1] });
+    expect(verifyHs256(token, KEY, {}, NOW_MS)).toEqual({
+      sub: "alice",
+      exp: NOW_S + 60,
+      iat: NOW_S,
+      nbf: NOW_S,
+      extra: [1],
+    });
+  });
+
+  it("refuses another key's signature, a changed claim and a cut signature", async () => {
+    const other = await sign(
+      { sub: "alice" },
+      {},
+      new TextEncoder().encode("another secret of enough length!!"),
+    );
+    expect(codeOf(() => verifyHs256(other, KEY, {}, NOW_MS))).toBe("ERR_JWS_SIGNATURE_VERIFICATION_FAILED");
+    const [h, , s] = (await sign({ sub: "alice" })).split(".");
+    const forged = `${h}.${Buffer.from(JSON.stringify({ sub: "mallory" })).toString("base64url")}.${s}`;
+    expect(codeOf(() => verifyHs256(forged, KEY, {}, NOW_MS))).toBe("ERR_JWS_SIGNATURE_VERIFICATION_FAILED");
+    const good = await sign({ sub: "alice" });
+    expect(codeOf(() => verifyHs256(good.slice(0, -4), KEY, {}, NOW_MS))).toBe(
+      "ERR_JWS_SIGNATURE_VERIFICATION_FAILED",
+    );
+  });
+
+  it("refuses alg none, other algorithms and critical headers", async () => {
+    const unsigned = new UnsecuredJWT({ sub: "alice" }).encode();
+    expect(codeOf(() => verifyHs256(unsigned, KEY, {}, NOW_MS))).toBe("ERR_JOSE_ALG_NOT_ALLOWED");
+    const hs512 = await new SignJWT({ sub: "alice" }).setProtectedHeader({ alg: "HS512" }).sign(SECRET);
+    expect(codeOf(() => verifyHs256(hs512, KEY, {}, NOW_MS))).toBe("ERR_JOSE_ALG_NOT_ALLOWED");
+    // An RS256 header over an HMAC made with the key's bytes (the HS/RS confusion) is refused by name.
+    const confused = (await sign({ sub: "alice" })).replace(
+      /^[^.]+/,
+      Buffer.from('{"alg":"RS256"}').toString("base64url"),
+    );
+    expect(codeOf(() => verifyHs256(confused, KEY, {}, NOW_MS))).toBe("ERR_JOSE_ALG_NOT_ALLOWED");
+    const crit = signRaw({ alg: "HS256", crit: ["exp"] }, { sub: "alice" });
+    expect(codeOf(() => verifyHs256(crit, KEY, {}, NOW_MS))).toBe("ERR_JWS_INVALID");
+    expect(verifyHs256(signRaw({ alg: "HS256" }, { sub: "alice" }), KEY, {}, NOW_MS).sub).toBe("alice");
+  });
+
+  it("refuses malformed tokens", () => {
+    for (const token of ["", "garbage", "a.b", "a.b.c.d", "!!.e30.AAAA", `${"x".repeat(9000)}.e30.e30`])
+      expect(codeOf(() => verifyHs256(token, KEY, {}, NOW_MS))).toBe("ERR_JWS_INVALID");
+    const notJson = `${Buffer.from('{"alg":"HS256"}').toString("base64url")}.${Buffer.from("[1]").toString("base64url")}.`;
+    expect(codeOf(() => verifyHs256(notJson, KEY, {}, NOW_MS))).toBe("ERR_JWS_SIGNATURE_VERIFICATION_FAILED");
+  });
+
+  it("checks exp, nbf and iat like jose: expired at exp, valid from nbf", async () => {
+    expect(codeOf(() => verifyHs256(tokenSync({ exp: NOW_S }), KEY, {}, NOW_MS))).toBe("ERR_JWT_EXPIRED");
+    expect(verifyHs256(tokenSync({ exp: NOW_S + 1 }), KEY, {}, NOW_MS).exp).toBe(NOW_S + 1);
+    expect(codeOf(() => verifyHs256(tokenSync({ nbf: NOW_S + 1 }), KEY, {}, NOW_MS))).toBe(
+      "ERR_JWT_CLAIM_VALIDATION_FAILED",
+    );
+    expect(verifyHs256(tokenSync({ nbf: NOW_S }), KEY, {}, NOW_MS).nbf).toBe(NOW_S);
+    for (const claim of ["exp", "nbf", "iat"])
+      expect(codeOf(() => verifyHs256(tokenSync({ [claim]: "soon" }), KEY, {}, NOW_MS))).toBe(
+        "ERR_JWT_CLAIM_VALIDATION_FAILED",
+      );
+  });
+
+  it("checks iss and aud when asked", () => {
+    const checks = { issuer: "https://id.example", audience: "switchboard" };
+    const good = tokenSync({ iss: checks.issuer, aud: ["other", "switchboard"] });
+    expect(verifyHs256(good, KEY, checks, NOW_MS).iss).toBe(checks.issuer);
+    expect(verifyHs256(tokenSync({ iss: checks.issuer, aud: "switchboard" }), KEY, checks, NOW_MS).aud).toBe(
+      "switchboard",
+    );
+    for (const claims of [
+      { aud: "switchboard" },
+      { iss: "https://evil.example", aud: "switchboard" },
+      { iss: checks.issuer },
+      { iss: checks.issuer, aud: ["other"] },
+    ])
+      expect(codeOf(() => verifyHs256(tokenSync(claims), KEY, checks, NOW_MS))).toBe(
+        "ERR_JWT_CLAIM_VALIDATION_FAILED",
+      );
+  });
+});
+
+/** A token signed here with the key, for headers and claims jose's builder would refuse to write. */
+function signRaw(header: Record<string, unknown>, claims: Record<string, unknown>): string {
+  const h = Buffer.from(JSON.stringify(header)).toString("base64url");
+  const body = Buffer.from(JSON.stringify(claims)).toString("base64url");
+  return `${h}.${body}.${createHmac("sha256", KEY).update(`${h}.${body}`).digest("base64url")}`;
+}
+
+const tokenSync = (claims: Record<string, unknown>) =>
+  signRaw({ alg: "HS256", typ: "JWT" }, { sub: "alice", ...claims });
