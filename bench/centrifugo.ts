@@ -22,8 +22,10 @@ import { createServer } from "node:net";
 import { homedir, tmpdir } from "node:os";
 import { join } from "node:path";
 import WebSocket from "ws";
-import { signTokens } from "./client.js";
+import { pool, signTokens } from "./client.js";
+import { IDLE_CONNECTS_CONCURRENT, idleSource } from "./idle.js";
 import type { PeerFrameHandler, PeerProtocol } from "./loadgen.js";
+import { openRaw, type RawConnection } from "./raw-connect.js";
 import { forget, hasTaskset, type Killable, killOnExit, procCpuSeconds, procStatusKb } from "./server.js";
 import type { StopReport, SystemUnderTest } from "./sut.js";
 
@@ -266,6 +268,7 @@ export interface PeerIdleResult {
   connections: number;
   failed: number;
   connects_per_second: number;
+  server_cpu_us_per_connect: number;
   rss_before_kb: number;
   rss_after_kb: number;
   rss_per_conn_kb: number;
@@ -273,8 +276,8 @@ export interface PeerIdleResult {
 
 /**
  * RSS per idle authenticated connection of a running Centrifugo, measured like Switchboard's (idle.ts):
- * N connections that connect and then stay silent (answering pings), source addresses rotated over
- * 127.0.0.x, the median of five readings before and after. Go returns freed memory to the OS lazily,
+ * N connections that connect and then stay silent (answering pings), opened by the same client, pool
+ * and source addresses, the median of five readings before and after. Go returns freed memory to the OS lazily,
  * so there is no forced collection to match Switchboard's post-GC figure: compare with its as-found one.
  */
 export async function centrifugoIdle(
@@ -295,27 +298,30 @@ export async function centrifugoIdle(
   const before = await medianRss();
   let failed = 0;
   const started = performance.now();
-  const open: WebSocket[] = [];
-  for (let i = 0; i < users.length; i += 200) {
-    const batch = await Promise.all(
-      tokens.slice(i, i + 200).map((token, k) =>
-        openCentrifugo(system.senderUrl, token, `127.0.0.${1 + Math.floor((i + k) / 5000)}`).then(
-          (ws) => {
-            ws.on("message", (data: Buffer) => {
-              if (data.toString("utf8") === "{}") ws.send("{}");
-            });
-            return ws;
-          },
-          () => {
-            failed++;
-            return undefined;
-          },
-        ),
-      ),
-    );
-    for (const ws of batch) if (ws) open.push(ws);
-  }
+  const cpuStart = system.serverCpuSeconds().server!;
+  // The same client, pool and source addresses as Switchboard's idle phase (idle.ts).
+  const conns = await pool(tokens, IDLE_CONNECTS_CONCURRENT, (token, i) =>
+    openRaw({
+      url: system.senderUrl,
+      firstFrame: JSON.stringify({ id: 1, connect: { token } }),
+      accept: (payload) => {
+        const reply = JSON.parse(payload.toString("utf8").split("\n", 1)[0]!) as Reply & {
+          connect?: unknown;
+        };
+        return (
+          (reply.id === 1 && reply.connect !== undefined) || `connect refused: ${payload.toString("utf8")}`
+        );
+      },
+      answer: (payload) => (payload.toString("utf8") === "{}" ? "{}" : undefined),
+      ...idleSource(i, tokens.length),
+    }).catch(() => {
+      failed++;
+      return undefined;
+    }),
+  );
+  const open = conns.filter((c): c is RawConnection => c !== undefined);
   const seconds = (performance.now() - started) / 1000;
+  const connectCpuS = system.serverCpuSeconds().server! - cpuStart;
   log(
     `  ${open.length} centrifugo connections open in ${seconds.toFixed(1)} s${failed ? ` (${failed} failed)` : ""}`,
   );
@@ -326,6 +332,7 @@ export async function centrifugoIdle(
     connections: open.length,
     failed,
     connects_per_second: Math.round(open.length / seconds),
+    server_cpu_us_per_connect: Math.round((connectCpuS * 1e6) / Math.max(1, open.length)),
     rss_before_kb: before,
     rss_after_kb: after,
     rss_per_conn_kb: Math.round(((after - before) / Math.max(1, open.length)) * 100) / 100,

@@ -1,19 +1,54 @@
 /**
  * Idle-connection memory (docs/design.md §7, G1): opens N authenticated WebSockets that then stay
- * silent (ws answers the server's pings), and reads the server's VmRSS and V8 heap before and after.
- * The generator holds the other ends, so N stays below this process's 20,000 open-file cap;
- * source addresses rotate over 127.0.0.x so no single address runs short of ephemeral ports.
+ * silent (the lean client of raw-connect.ts answers the server's pings), and reads the server's VmRSS
+ * and V8 heap before and after. The connects/s it prints is also the connect rate of design.md G3,
+ * with the server's CPU per connect beside it (a figure the generator's speed does not bend).
+ * The generator holds the other ends, so N stays below this process's 20,000 open-file cap.
+ * Connections take the kernel's ephemeral ports on 127.0.0.1 (loopback reuses TIME_WAIT ports,
+ * net.ipv4.tcp_tw_reuse=2); only past SHARED_SOURCE_MAX do source addresses rotate over 127.0.0.x,
+ * because binding a source address makes the kernel search the port range itself, which cost the
+ * generator ~1 ms of system time per connect with 30,000 TIME_WAIT sockets about.
  */
-import type WebSocket from "ws";
-import { mintTokens, openClient, pool } from "./client.js";
+import { mintTokens, pool } from "./client.js";
+import { openRaw, type RawConnection } from "./raw-connect.js";
 import type { ServerProcess } from "./server.js";
-import type { Encoding } from "./wire.js";
+import { decodeFull, type Encoding, SUBPROTOCOL } from "./wire.js";
+
+const SHARED_SOURCE_MAX = 20_000;
+/** Connects in flight at once, for Switchboard and the peers alike. */
+export const IDLE_CONNECTS_CONCURRENT = 200;
+
+/** The source address of the i-th of n connections (none: the kernel picks the port on 127.0.0.1). */
+export function idleSource(i: number, n: number): { localAddress?: string } {
+  return n <= SHARED_SOURCE_MAX ? {} : { localAddress: `127.0.0.${1 + Math.floor(i / 5000)}` };
+}
+
+/** Opens one authenticated connection and resolves at its welcome. */
+export function openIdle(
+  url: string,
+  token: string,
+  encoding: Encoding,
+  source: { localAddress?: string } = {},
+) {
+  return openRaw({
+    url,
+    protocol: SUBPROTOCOL[encoding],
+    headers: { Authorization: `Bearer ${token}` },
+    accept: (payload, binary) => {
+      const frame = decodeFull(binary ? payload : payload.toString("utf8"));
+      return frame.kind === "welcome" || `expected welcome, got ${frame.kind}`;
+    },
+    ...source,
+  });
+}
 
 export interface IdleResult {
   connections: number;
   failed: number;
   connect_seconds: number;
   connects_per_second: number;
+  /** Server CPU (all its threads) per connect while they opened. */
+  server_cpu_us_per_connect: number;
   rss_before_kb: number;
   rss_after_kb: number;
   rss_per_conn_kb: number;
@@ -89,18 +124,18 @@ export async function runIdle(
     server.dataDir,
     Array.from({ length: 200 }, (_, i) => `warm${i}`),
   );
-  const warmConns = await pool(warm, 50, (token) => openClient({ url, token, encoding: opts.encoding }));
+  const warmConns = await pool(warm, 50, (token) => openIdle(url, token, opts.encoding));
   for (const ws of warmConns) ws.close();
   await sleep(opts.settleMs);
   const before = await readings(server);
 
-  const addr = (i: number) => `127.0.0.${1 + Math.floor(i / 5000)}`;
   let failed = 0;
   let firstError = "";
   const started = performance.now();
+  const cpuStart = server.cpuSeconds();
   const conns = await pool(users, opts.concurrency, async (_u, i) => {
     try {
-      return await openClient({ url, token: tokens[i]!, encoding: opts.encoding, localAddress: addr(i) });
+      return await openIdle(url, tokens[i]!, opts.encoding, idleSource(i, n));
     } catch (err) {
       failed++;
       firstError ||= (err as Error).message;
@@ -108,7 +143,8 @@ export async function runIdle(
     }
   });
   const connectS = (performance.now() - started) / 1000;
-  const open = conns.filter((c): c is WebSocket => c !== undefined);
+  const connectCpuS = server.cpuSeconds() - cpuStart;
+  const open = conns.filter((c): c is RawConnection => c !== undefined);
   opts.log(
     `  ${open.length} connections open in ${connectS.toFixed(1)} s${failed ? ` (${failed} failed: ${firstError})` : ""}`,
   );
@@ -130,6 +166,7 @@ export async function runIdle(
     failed,
     connect_seconds: r2(connectS),
     connects_per_second: Math.round(open.length / connectS),
+    server_cpu_us_per_connect: Math.round((connectCpuS * 1e6) / opened),
     rss_before_kb: before.rss,
     rss_after_kb: after.rss,
     rss_per_conn_kb: r2(perConn),

@@ -161,7 +161,7 @@ export function logLines(logs: Record<string, LogDigest>): string[] {
 export function idleReport(idle: IdleResult): string {
   return [
     `Idle authenticated connections (server RSS from /proc/PID/status VmRSS):`,
-    `  ${idle.connections} open (${idle.failed} failed) in ${idle.connect_seconds} s = ${idle.connects_per_second} connects/s`,
+    `  ${idle.connections} open (${idle.failed} failed) in ${idle.connect_seconds} s = ${idle.connects_per_second} connects/s, server ${idle.server_cpu_us_per_connect} µs of CPU per connect`,
     `  RSS ${(idle.rss_before_kb / 1024).toFixed(1)} MB → ${(idle.rss_after_kb / 1024).toFixed(1)} MB as found: ${idle.rss_per_conn_kb} KB per connection, ${idle.rss_per_10k_conns_mb} MB per 10,000 connections`,
     idle.rss_gc_before_kb !== null && idle.rss_gc_after_kb !== null
       ? `  RSS after a forced full GC ${(idle.rss_gc_before_kb / 1024).toFixed(1)} MB → ${(idle.rss_gc_after_kb / 1024).toFixed(1)} MB: ${idle.rss_gc_per_conn_kb} KB per connection, ${idle.rss_gc_per_10k_conns_mb} MB per 10,000 connections`

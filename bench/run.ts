@@ -29,7 +29,7 @@ import { join } from "node:path";
 import { type Backend, openBackend } from "./backend.js";
 import { CENTRIFUGO_VERSION, CentrifugoSystem, centrifugoIdle, type PeerIdleResult } from "./centrifugo.js";
 import { type FanoutOptions, type FanoutStep, runFanout } from "./fanout.js";
-import { type IdleResult, runIdle } from "./idle.js";
+import { IDLE_CONNECTS_CONCURRENT, type IdleResult, runIdle } from "./idle.js";
 import { type LadderStep, runLadder } from "./ladder.js";
 import { helpText, list, num, type Opts, readOptions, resolveSettings, type Settings } from "./options.js";
 import { type PeerRun, peerRatios, ratioReport } from "./peer-ratios.js";
@@ -395,7 +395,7 @@ async function idlePhase(s: Settings, out: Output): Promise<void> {
   try {
     idle = await runIdle(server, {
       connections: s.idleConns,
-      concurrency: 200,
+      concurrency: IDLE_CONNECTS_CONCURRENT,
       settleMs: s.quick ? 1500 : 3000,
       encoding: s.ladder.encoding,
       log,
@@ -478,7 +478,7 @@ async function centrifugoPhase(s: Settings, out: Output): Promise<void> {
     );
     if (idle)
       out.report.push(
-        `  ${name}: ${idle.connections} idle connections (${idle.failed} failed), ${idle.connects_per_second} connects/s, ${idle.rss_per_conn_kb} KB RSS per connection (as found)`,
+        `  ${name}: ${idle.connections} idle connections (${idle.failed} failed), ${idle.connects_per_second} connects/s (server ${idle.server_cpu_us_per_connect} µs of CPU per connect), ${idle.rss_per_conn_kb} KB RSS per connection (as found)`,
       );
   }
   const ratios = peerRatios(out.summary, peers);
