@@ -26,12 +26,15 @@ export class BatchProducer {
   send(topic: string, message: Message): Promise<void> {
     return new Promise((resolve, reject) => {
       this.queue.push({ topic, message, resolve, reject });
-      if (!this.flushing) void this.flush();
+      if (this.flushing) return;
+      // Start at the end of this turn, not at the first record: whatever else this turn sends (a
+      // polled batch's records, several partitions' batches) goes in the same request.
+      this.flushing = true;
+      setImmediate(() => void this.flush());
     });
   }
 
   private async flush(): Promise<void> {
-    this.flushing = true;
     try {
       while (this.queue.length > 0) {
         const batch = this.queue.splice(0, PRODUCE_BATCH_RECORDS_MAX);
