@@ -1,8 +1,8 @@
 /**
  * Switchboard's figures as ratios of a peer's, measured in the same run with the same generator and
  * pinning (the comparison issue 12 asks the bench to print): p50 and p99 at each rate both measured,
- * the highest rate held with p99 ≤ 10 ms and ≤ 50 ms, server CPU µs per message, and RSS per idle
- * connection. A ratio is Switchboard ÷ peer: above 1, Switchboard needs more (latency, CPU, memory),
+ * the highest rate held with p99 ≤ 10 ms and ≤ 50 ms, server CPU µs per message, RSS per idle
+ * connection, and the connect rate with the server's CPU per connect. A ratio is Switchboard ÷ peer: above 1, Switchboard needs more (latency, CPU, memory),
  * or for rates holds more.
  */
 import type { PeerIdleResult } from "./centrifugo.js";
@@ -37,6 +37,8 @@ export interface PeerRatios {
   max_rate_p99_50ms: Pair;
   /** As found (no forced collection on either side). */
   idle_rss_per_conn_kb: Pair | null;
+  connects_per_second: Pair | null;
+  server_cpu_us_per_connect: Pair | null;
 }
 
 const pair = (ours: number | null | undefined, theirs: number | null | undefined): Pair => ({
@@ -75,6 +77,14 @@ export function peerRatios(summary: Record<string, unknown>, peers: Record<strin
       ourIdle && peer.idle_connections
         ? pair(ourIdle.rss_per_conn_kb, peer.idle_connections.rss_per_conn_kb)
         : null,
+    connects_per_second:
+      ourIdle && peer.idle_connections
+        ? pair(ourIdle.connects_per_second, peer.idle_connections.connects_per_second)
+        : null,
+    server_cpu_us_per_connect:
+      ourIdle && peer.idle_connections
+        ? pair(ourIdle.server_cpu_us_per_connect, peer.idle_connections.server_cpu_us_per_connect)
+        : null,
   }));
 }
 
@@ -94,6 +104,10 @@ export function ratioReport(all: PeerRatios[]): string {
       );
     if (r.idle_rss_per_conn_kb)
       lines.push(`    RSS per idle connection: ${shown(r.idle_rss_per_conn_kb)} KB`);
+    if (r.connects_per_second && r.server_cpu_us_per_connect)
+      lines.push(
+        `    connects: ${shown(r.connects_per_second, 0)} per second, server CPU ${shown(r.server_cpu_us_per_connect, 0)} µs per connect`,
+      );
   }
   return lines.join("\n");
 }
