@@ -24,8 +24,8 @@ async function start(onConnection: (ws: WebSocket, req: IncomingMessage) => void
   const wss = new WebSocketServer({ noServer: true, handleProtocols: (p) => [...p][0] ?? false });
   servers.push({ server, wss });
   server.on("upgrade", (req, socket, head) => {
-    if (refuse) return socket.end("HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n");
-    wss.handleUpgrade(req, socket, head, (ws) => onConnection(ws, req));
+    if (refuse) socket.end("HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n");
+    else wss.handleUpgrade(req, socket, head, (ws) => onConnection(ws, req));
   });
   await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
   const { port } = server.address() as { port: number };
