@@ -259,6 +259,33 @@ describe("sequencer store and partition ownership", () => {
   );
 
   it(
+    "lookups asked in the same turn share one read, and each caller gets only what it asked for",
+    async () => {
+      const cs = range(0, 5).map(() => id("gather"));
+      const key = (i: number) => `u\u0000g${i}`;
+      await a.sequencer.record(
+        cs.map((c, i) => ({ conversationId: c, head: 1, assigned: [entry(key(i), 1)] })),
+        epochAt(1),
+        3600,
+      );
+      const before = a.requests.reads;
+      // Each caller also asks for keys that exist in the other caller's conversations.
+      const [first, second] = await Promise.all([
+        a.sequencer.lookup(new Map(cs.slice(0, 3).map((c, i) => [c, [key(i), key(i + 3)]]))),
+        a.sequencer.lookup(new Map(cs.slice(3).map((c, i) => [c, [key(i + 3), key(i)]]))),
+      ]);
+      expect(a.requests.reads - before).toBe(1);
+      expect([...first].map(([c, refs]) => [c, [...refs.keys()]])).toEqual(
+        cs.slice(0, 3).map((c, i) => [c, [key(i)]]),
+      );
+      expect([...second].map(([c, refs]) => [c, [...refs.keys()]])).toEqual(
+        cs.slice(3).map((c, i) => [c, [key(i + 3)]]),
+      );
+    },
+    LONG,
+  );
+
+  it(
     "a fenced-out owner's late writes lose to its successor's, whatever the order; readers stop at the head",
     async () => {
       const c = id("zombie");

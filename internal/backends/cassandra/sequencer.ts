@@ -26,9 +26,13 @@ const HEADS_IN_MAX = 100;
 const RECORD_STATEMENTS_MAX = 200;
 const IN_FLIGHT_MAX = 16;
 
+type Refs = Map<string, Map<string, SequencedRef>>;
+
 export class CassandraSequencerStore implements SequencerStore {
   private readonly q: ReturnType<typeof statements>;
   private readonly limiter = new Limiter(IN_FLIGHT_MAX);
+  /** The keys asked so far this turn, and the answer they will share. */
+  private gathered: { keys: Map<string, string[]>; answer: Promise<Refs> } | undefined;
 
   constructor(private readonly s: Session) {
     this.q = statements(s);
@@ -54,8 +58,34 @@ export class CassandraSequencerStore implements SequencerStore {
     return out;
   }
 
-  async lookup(keys: Map<string, string[]>): Promise<Map<string, Map<string, SequencedRef>>> {
-    const out = new Map<string, Map<string, SequencedRef>>();
+  async lookup(keys: Map<string, string[]>): Promise<Refs> {
+    let gathered = this.gathered;
+    if (!gathered) {
+      const all = new Map<string, string[]>();
+      const answer = new Promise<Refs>((resolve, reject) =>
+        setImmediate(() => {
+          this.gathered = undefined;
+          this.lookupNow(all).then(resolve, reject);
+        }),
+      );
+      gathered = { keys: all, answer };
+      this.gathered = gathered;
+    }
+    for (const [conversationId, list] of keys)
+      gathered.keys.set(conversationId, [...(gathered.keys.get(conversationId) ?? []), ...list]);
+    const all = await gathered.answer;
+    const out: Refs = new Map();
+    for (const [conversationId, list] of keys) {
+      const refs = all.get(conversationId);
+      if (!refs) continue;
+      const mine = new Map([...refs].filter(([key]) => list.includes(key)));
+      if (mine.size > 0) out.set(conversationId, mine);
+    }
+    return out;
+  }
+
+  private async lookupNow(keys: Map<string, string[]>): Promise<Refs> {
+    const out: Refs = new Map();
     const requests: Array<{ conversations: string[]; keys: string[] }> = [];
     // Conversations with their distinct keys, packed so that conversations x keys stays small.
     let current: { conversations: string[]; keys: Set<string> } | undefined;
