@@ -253,8 +253,21 @@ export function membershipContract({ setup }: ContractKit): void {
       await h.b.membership.removeMember(id, users[1]!).catch(() => undefined);
       expect((await h.b.membership.getConversation(id))?.memberCount).toBe(3);
       expect(await h.b.membership.isMember(h.id("nothing"), users[0]!)).toBe(false);
-      // Re-adding after removal counts again.
+      // Re-adding after removal counts again, and a list read before the change is not served after it.
       expect((await h.b.membership.addMembers(id, [users[1]!], 10)).memberCount).toBe(4);
+      const listed = await h.b.membership.members(id);
+      expect([...listed].sort()).toEqual([...users].sort());
+      // A caller may change the list it got (sort, splice) without changing what the next one reads.
+      listed.splice(0, listed.length, "intruder");
+      expect((await h.b.membership.members(id)).sort()).toEqual([...users].sort());
+      await h.b.membership.removeMember(id, users[0]!);
+      expect((await h.b.membership.members(id)).sort()).toEqual(users.slice(1).sort());
+      expect(await h.b.membership.roster(id)).toEqual(
+        users
+          .slice(1)
+          .sort()
+          .map((userId) => ({ userId, role: "member" })),
+      );
     });
 
     it("conversationsOf lists a user's conversations newest first, at most `limit`, with current counts", async (ctx) => {

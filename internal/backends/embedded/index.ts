@@ -57,11 +57,14 @@ import type {
   StoredMessage,
 } from "../types.js";
 import { deadLetterId, deviceTokenKey, parseDeadLetterId, tokenNamesOneDevice } from "../types.js";
+import { MemberLists } from "./member-lists.js";
 
 type Key = string | number | Array<string | number>;
 const SEQ_MAX = Number.MAX_SAFE_INTEGER;
 /** Sorts after every string second element (keys are UTF-8; U+10FFFF is the largest code point). */
 const KEY_END = "\u{10FFFF}\u{10FFFF}";
+/** Members the member-list cache holds in all (a few MB of user ids). */
+const MEMBER_LISTS_MEMBERS_MAX = 100_000;
 const CONSUME_BATCH_MAX = 512;
 /**
  * A consumer stores its position at most this long after handling a batch, or sooner with the next
@@ -457,6 +460,7 @@ function withDefaults(record: ConversationRecord | undefined): ConversationRecor
 class EmbeddedMembership implements MembershipStore {
   private readonly mutex = new KeyedMutex();
   private readonly listeners = new Set<(conversationId: string) => void>();
+  private readonly memberLists = new MemberLists(MEMBER_LISTS_MEMBERS_MAX);
 
   constructor(
     private readonly conversations: Database<ConversationRecord, Key>,
@@ -591,9 +595,12 @@ class EmbeddedMembership implements MembershipStore {
   }
 
   async members(id: string) {
+    const cached = this.memberLists.get(id);
+    if (cached) return cached;
     const out: string[] = [];
     for (const key of this.membersDb.getKeys({ start: [id, ""], end: [id, KEY_END] }))
       out.push((key as [string, string])[1]);
+    this.memberLists.set(id, out);
     return out;
   }
 
@@ -620,7 +627,9 @@ class EmbeddedMembership implements MembershipStore {
 
   async close(): Promise<void> {}
 
+  /** After a change of the members is committed: the cached list goes first, then the listeners hear. */
   private changed(conversationId: string): void {
+    this.memberLists.forget(conversationId);
     for (const listener of this.listeners) listener(conversationId);
   }
 
