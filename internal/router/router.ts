@@ -30,7 +30,7 @@ import type {
   SessionEvent,
   StoredMessage,
 } from "../backends/types.js";
-import { toWireMessage } from "../conversations/index.js";
+import { directMembers, toWireMessage } from "../conversations/index.js";
 import type { Logger } from "../lib/log.js";
 import type { Metrics } from "../lib/metrics.js";
 import type { ServiceClient } from "../lib/rpc.js";
@@ -208,10 +208,18 @@ export class Router {
     const started = performance.now();
     const { membership, inbox } = this.options;
     // Recipients come with the message when the log knows them (the distributed sequencer addresses
-    // each message); otherwise the member lists of the batch's conversations are read concurrently.
+    // each message); a direct conversation's are in its id (its members never change, and it is
+    // always push); otherwise the member lists of the batch's conversations are read concurrently.
     // Pull conversations get no inbox entries; their member sets are read for the live delivery.
-    const conversations = [...new Set(batch.filter((m) => !m.recipients).map((m) => m.conversationId))];
     const membersOf = new Map<string, readonly string[]>();
+    const read = new Set<string>();
+    for (const m of batch) {
+      if (m.recipients || membersOf.has(m.conversationId)) continue;
+      const pair = directMembers(m.conversationId);
+      if (pair) membersOf.set(m.conversationId, pair[0] === pair[1] ? [pair[0]] : pair);
+      else read.add(m.conversationId);
+    }
+    const conversations = [...read];
     const pull = new Set<string>();
     for (let i = 0; i < conversations.length; i += MEMBER_READS_CONCURRENT) {
       const slice = conversations.slice(i, i + MEMBER_READS_CONCURRENT);
