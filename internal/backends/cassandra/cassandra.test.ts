@@ -14,6 +14,7 @@ import { Code, SwitchboardError } from "../../lib/errors.js";
 import type { InboxEntry, NewConversation, StoredMessage } from "../types.js";
 import { type CassandraOptions, type CassandraStores, migrate, openCassandraStores } from "./index.js";
 import { storageError } from "./session.js";
+import { routingKey } from "./turn-writes.js";
 
 const run = randomBytes(4).toString("hex");
 const keyspace = `switchboard_test_${run}`;
@@ -252,8 +253,103 @@ describe("sequencer store and partition ownership", () => {
         `SequencerStore: 40 conversations recorded, read and looked up with ${JSON.stringify(spent)} requests`,
       );
       expect(spent.lwts).toBe(0);
-      expect(spent.writes).toBe(1);
+      // 40 conversations' rows weigh about 5.6 KB: two batches below the 5 KiB warn threshold.
+      expect(spent.writes).toBe(2);
       expect(spent.reads).toBeLessThanOrEqual(4);
+    },
+    LONG,
+  );
+
+  it(
+    "writes of several owners asked in the same turn share one request, each row with its owner's epoch",
+    async () => {
+      const [c1, c2] = [id("turn"), id("turn")];
+      const user = id("turn-user");
+      const before = a.requests.writes + a.requests.batches;
+      await Promise.all([
+        a.sequencer.record([{ conversationId: c1, head: 1, assigned: [entry("t1", 1)] }], epochAt(5), 3600),
+        a.sequencer.record([{ conversationId: c2, head: 2, assigned: [entry("t2", 2)] }], epochAt(6), 3600),
+        a.messages.write([message(c1, 1, "m-t1")], { fence: epochAt(5) }),
+        a.inbox.writeOwned(
+          [{ userId: user, cursor: 1, conversationId: c1, seq: 1, messageId: "m-t1" }],
+          new Map([[user, { head: 1, appliedOffset: 7 }]]),
+          epochAt(7),
+          3600,
+        ),
+      ]);
+      // One request for the heads, dedupe rows, message rows and stream rows of the first turn; the
+      // bucket marker went first (with them), the inbox heads follow the stream rows in a second turn.
+      const spent = a.requests.writes + a.requests.batches - before;
+      expect(spent).toBeLessThanOrEqual(3);
+      const writeTime = async (query: string, params: unknown[]) =>
+        BigInt(String((await a.client.execute(query, params, { prepare: true })).first()?.get("t")));
+      expect(
+        await writeTime(
+          `SELECT WRITETIME(last_seq) AS t FROM ${keyspace}.conversation_sequencer WHERE conversation_id = ? LIMIT 1`,
+          [c1],
+        ),
+      ).toBe(epochAt(5));
+      expect(
+        await writeTime(
+          `SELECT WRITETIME(last_seq) AS t FROM ${keyspace}.conversation_sequencer WHERE conversation_id = ? LIMIT 1`,
+          [c2],
+        ),
+      ).toBe(epochAt(6));
+      expect(
+        await writeTime(
+          `SELECT WRITETIME(message_id) AS t FROM ${keyspace}.messages_by_conversation WHERE conversation_id = ? AND bucket = 0 AND seq = 1`,
+          [c1],
+        ),
+      ).toBe(epochAt(5));
+      expect(
+        await writeTime(
+          `SELECT WRITETIME(head) AS t FROM ${keyspace}.inbox_heads WHERE user_id = ? LIMIT 1`,
+          [user],
+        ),
+      ).toBe(epochAt(7));
+      expect((await a.sequencer.heads([c1, c2])).get(c2)).toBe(2);
+      expect((await a.inbox.read(user, 0, 10)).map((e) => e.messageId)).toEqual(["m-t1"]);
+    },
+    LONG,
+  );
+
+  it(
+    "the turn writes' routing keys are the partitions' own: the driver hashes them to the node's tokens",
+    async () => {
+      const c = id("route");
+      const user = id("route-user");
+      await a.messages.write([message(c, 2_001, "m-route")]);
+      await a.inbox.writeOwned(
+        [{ userId: user, cursor: 1, conversationId: c, seq: 2_001, messageId: "m-route" }],
+        new Map([[user, { head: 1, appliedOffset: 1 }]]),
+        epochAt(1),
+        3600,
+      );
+      const tokenizer = (
+        a.client.metadata as unknown as {
+          tokenizer: { hash(key: Buffer): { getValue(): { toString(): string } } };
+        }
+      ).tokenizer;
+      const driverToken = (key: Buffer) => tokenizer.hash(key).getValue().toString();
+      const nodeToken = async (query: string, params: unknown[]) =>
+        String((await a.client.execute(query, params, { prepare: true })).first()?.get("t"));
+      expect(driverToken(routingKey(c, 2))).toBe(
+        await nodeToken(
+          `SELECT token(conversation_id, bucket) AS t FROM ${keyspace}.messages_by_conversation WHERE conversation_id = ? AND bucket = 2`,
+          [c],
+        ),
+      );
+      expect(driverToken(routingKey(user, 0))).toBe(
+        await nodeToken(
+          `SELECT token(user_id, bucket) AS t FROM ${keyspace}.inbox_by_user WHERE user_id = ? AND bucket = 0`,
+          [user],
+        ),
+      );
+      expect(driverToken(routingKey(user))).toBe(
+        await nodeToken(`SELECT token(user_id) AS t FROM ${keyspace}.inbox_heads WHERE user_id = ? LIMIT 1`, [
+          user,
+        ]),
+      );
     },
     LONG,
   );

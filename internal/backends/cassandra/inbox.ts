@@ -33,9 +33,11 @@ import {
   optionalNumber,
   type Session,
   type Statement,
+  toLong,
   toNumber,
   toText,
 } from "./session.js";
+import { routingKey, type Unit } from "./turn-writes.js";
 
 type Draft = Omit<InboxEntry, "cursor">;
 
@@ -45,8 +47,6 @@ const CAS_ENTRIES_MAX = 250;
 const ROUND_ENTRIES_MAX = 1000;
 const CAS_ATTEMPTS_MAX = 32;
 const IN_MAX = 100;
-/** Statements per unlogged batch of the owner path. */
-const OWNED_BATCH_STATEMENTS_MAX = 200;
 
 const entryKey = (conversationId: string, seq: number) => `${conversationId}\u0000${seq}`;
 
@@ -315,46 +315,34 @@ export class CassandraInboxStore implements InboxStore {
     epoch: bigint,
     ttlSeconds: number,
   ): Promise<void> {
-    const call = { idempotent: true, logged: false, writeTimestamp: epoch };
+    const at = toLong(epoch);
     const ttl = Math.max(1, Math.floor(ttlSeconds));
+    // One unit per partition; the turn's writes of every inbox partition share requests
+    // (turn-writes.ts). The stream rows first, then the heads that make them readable.
     const rows = [...groupBy(entries, (e) => `${e.userId}\u0000${inboxBucket(e.cursor)}`).values()].map(
-      (group) =>
-        group.map((e) => ({
-          query: this.q.insertStream,
-          params: [e.userId, inboxBucket(e.cursor), e.cursor, e.conversationId, e.seq, e.messageId],
+      (group): Unit => ({
+        key: routingKey(group[0]!.userId, inboxBucket(group[0]!.cursor)),
+        statements: group.map((e) => ({
+          query: this.q.insertOwnedStream,
+          params: [e.userId, inboxBucket(e.cursor), e.cursor, e.conversationId, e.seq, e.messageId, at],
         })),
+      }),
     );
-    await this.writePartitions("inbox_by_user: write owned entries", rows, call);
+    await this.s.turnWrites.write("inbox_by_user: write owned entries", rows);
     const byUser = groupBy(entries, (e) => e.userId);
-    const state = [...heads].map(([user, h]) => [
-      { query: this.q.setOwnedHead, params: [h.head, h.appliedOffset, user] },
-      ...(byUser.get(user) ?? []).map((e) => ({
-        query: this.q.insertOwnedIndex,
-        params: [user, e.conversationId, e.seq, e.cursor, e.messageId, ttl],
-      })),
-    ]);
-    await this.writePartitions("inbox_heads: write owned heads", state, call);
-  }
-
-  /** Statements grouped by partition, sent as unlogged batches that never split a partition. */
-  private async writePartitions(
-    what: string,
-    partitions: Statement[][],
-    call: { idempotent: boolean; logged: boolean; writeTimestamp: bigint },
-  ): Promise<void> {
-    const batches: Statement[][] = [];
-    let batch: Statement[] = [];
-    for (const statements of partitions) {
-      if (batch.length > 0 && batch.length + statements.length > OWNED_BATCH_STATEMENTS_MAX) {
-        batches.push(batch);
-        batch = [];
-      }
-      batch.push(...statements);
-    }
-    if (batch.length > 0) batches.push(batch);
-    await this.ownerLimiter.map(batches, (b) =>
-      b.length === 1 ? this.s.execute(what, b[0]!.query, b[0]!.params, call) : this.s.batch(what, b, call),
+    const state = [...heads].map(
+      ([user, h]): Unit => ({
+        key: routingKey(user),
+        statements: [
+          { query: this.q.setOwnedHead, params: [at, h.head, h.appliedOffset, user] },
+          ...(byUser.get(user) ?? []).map((e) => ({
+            query: this.q.insertOwnedIndex,
+            params: [user, e.conversationId, e.seq, e.cursor, e.messageId, ttl, at],
+          })),
+        ],
+      }),
     );
+    await this.s.turnWrites.write("inbox_heads: write owned heads", state);
   }
 
   async read(userId: string, after: number, limit: number): Promise<InboxEntry[]> {
@@ -429,7 +417,12 @@ function statements(s: Session) {
       "WHERE user_id = ? AND bucket = ? AND cursor > ? LIMIT ?",
     last: `SELECT cursor FROM ${stream} WHERE user_id = ? AND bucket = ? AND cursor <= ? ORDER BY cursor DESC LIMIT 1`,
     ownedHeads: `SELECT user_id, head, applied_offset FROM ${heads} WHERE user_id IN ? PER PARTITION LIMIT 1`,
-    setOwnedHead: `UPDATE ${heads} SET head = ?, applied_offset = ? WHERE user_id = ?`,
-    insertOwnedIndex: `INSERT INTO ${heads} (user_id, conversation_id, seq, cursor, message_id) VALUES (?, ?, ?, ?, ?) USING TTL ?`,
+    insertOwnedStream:
+      `INSERT INTO ${stream} (user_id, bucket, cursor, conversation_id, seq, message_id) ` +
+      "VALUES (?, ?, ?, ?, ?, ?) USING TIMESTAMP ?",
+    setOwnedHead: `UPDATE ${heads} USING TIMESTAMP ? SET head = ?, applied_offset = ? WHERE user_id = ?`,
+    insertOwnedIndex:
+      `INSERT INTO ${heads} (user_id, conversation_id, seq, cursor, message_id) VALUES (?, ?, ?, ?, ?) ` +
+      "USING TTL ? AND TIMESTAMP ?",
   };
 }

@@ -2,10 +2,11 @@
  * MessageStore over `messages_by_conversation` (partition (conversation_id, bucket), clustering seq DESC)
  * and `buckets_by_conversation` (which buckets exist).
  *
- * write(): the batch writer. Rows are grouped by partition and sent as unlogged single-partition batches
- * (one mutation each, applied atomically per replica and exempt from the multi-partition batch size
- * limit), cut at BATCH_ROWS_MAX rows / BATCH_BYTES_MAX bytes so a mutation stays far below the commit
- * log's limit; at most `inFlightMax` requests are outstanding per store. Every row is immutable and
+ * write(): the batch writer. Rows are grouped by partition, cut at BATCH_ROWS_MAX rows / BATCH_BYTES_MAX
+ * bytes so a mutation stays far below the commit log's limit, and written through the session's turn
+ * writes (turn-writes.ts): each cut is one mutation, applied atomically per replica; cuts of many
+ * partitions asked for in the same turn share requests; at most `inFlightMax` writes are outstanding
+ * per store. Every row is immutable and
  * every statement idempotent, so the driver may retry it and a caller may re-write a batch after a crash.
  * A bucket's marker is written (and awaited) before its first rows, so a reader that finds the marker
  * may see an empty bucket for a moment, but never rows without a marker.
@@ -24,9 +25,11 @@ import {
   type Row,
   type Session,
   type Statement,
+  toLong,
   toNumber,
   toText,
 } from "./session.js";
+import { routingKey } from "./turn-writes.js";
 
 const BATCH_ROWS_MAX = 50;
 const BATCH_BYTES_MAX = 256 * 1024;
@@ -55,9 +58,25 @@ export class CassandraMessageStore implements MessageStore {
 
   async write(messages: StoredMessage[], options: { fence?: bigint } = {}): Promise<void> {
     if (messages.length === 0) return;
-    const call = options.fence === undefined ? {} : { writeTimestamp: options.fence };
+    const at = options.fence === undefined ? undefined : toLong(options.fence);
+    const row = (m: StoredMessage): Statement => {
+      const params = [
+        m.conversationId,
+        seqBucket(m.seq),
+        m.seq,
+        m.messageId,
+        m.sender,
+        m.body,
+        new Date(m.createdAtMs),
+        m.clientMsgId,
+      ];
+      return at === undefined
+        ? { query: this.q.insertMessage, params }
+        : { query: this.q.insertFencedMessage, params: [...params, at] };
+    };
     // Per conversation, older buckets first (their markers first of all), so that a reader walking
-    // up the buckets never finds a row above one that is still missing; conversations in parallel.
+    // up the buckets never finds a row above one that is still missing; conversations in parallel,
+    // so their steps share requests (turn-writes.ts: each cut of a bucket's rows is one unit).
     const byConversation = groupBy(messages, (m) => m.conversationId);
     const written: string[] = [];
     await Promise.all(
@@ -70,34 +89,26 @@ export class CassandraMessageStore implements MessageStore {
           const key = `${first.conversationId}\u0000${seqBucket(first.seq)}`;
           if (!this.knownBuckets.has(key)) {
             await this.limiter.run(() =>
-              this.s.execute(
-                "buckets_by_conversation: insert marker",
-                this.q.insertBucket,
-                [first.conversationId, seqBucket(first.seq)],
-                { idempotent: true },
-              ),
+              this.s.turnWrites.write("buckets_by_conversation: insert marker", [
+                {
+                  key: routingKey(first.conversationId),
+                  statements: [
+                    { query: this.q.insertBucket, params: [first.conversationId, seqBucket(first.seq)] },
+                  ],
+                },
+              ]),
             );
             written.push(key);
           }
-          await this.limiter.map(cut(bucketRows), async (batch) => {
-            const rows: Statement[] = batch.map((m) => ({
-              query: this.q.insertMessage,
-              params: [
-                m.conversationId,
-                seqBucket(m.seq),
-                m.seq,
-                m.messageId,
-                m.sender,
-                m.body,
-                new Date(m.createdAtMs),
-                m.clientMsgId,
-              ],
-            }));
-            const what = "messages_by_conversation: write";
-            if (rows.length === 1)
-              await this.s.execute(what, rows[0]!.query, rows[0]!.params, { idempotent: true, ...call });
-            else await this.s.batch(what, rows, { idempotent: true, logged: false, ...call });
-          });
+          await this.limiter.run(() =>
+            this.s.turnWrites.write(
+              "messages_by_conversation: write",
+              cut(bucketRows).map((batch) => ({
+                key: routingKey(first.conversationId, seqBucket(first.seq)),
+                statements: batch.map(row),
+              })),
+            ),
+          );
         }
       }),
     );
@@ -264,6 +275,9 @@ function statements(s: Session) {
     insertMessage:
       `INSERT INTO ${messages} (conversation_id, bucket, seq, message_id, sender, body, created_at, ` +
       "client_msg_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    insertFencedMessage:
+      `INSERT INTO ${messages} (conversation_id, bucket, seq, message_id, sender, body, created_at, ` +
+      "client_msg_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?",
     pageForward:
       `SELECT ${COLUMNS} FROM ${messages} WHERE conversation_id = ? AND bucket = ? ` +
       "AND seq > ? AND seq < ? ORDER BY seq ASC LIMIT ?",

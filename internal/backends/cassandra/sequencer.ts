@@ -10,20 +10,20 @@
  *
  * Batching: heads and lookups read many conversations per request (IN on the partition key; the
  * lookup's IN on the clustering key too, so a request asks conversations x keys and the rows that
- * do not exist cost the node a bloom-filter check each; the product is kept small). `record` sends
- * the rows of many conversations as unlogged batches: one request, one mutation per partition.
+ * do not exist cost the node a bloom-filter check each; the product is kept small). `record` writes
+ * through the session's turn writes: the rows of many conversations, of every partition batch that
+ * records in the same turn, in few requests, one mutation per conversation.
  *
  * Retention: dedupe rows carry a TTL (the dedupe window): a resend after it is a new message. The
  * head is one static cell per conversation and does not grow.
  */
 import type { SequencedRef, SequencerRecord, SequencerStore } from "../types.js";
-import { chunks, Limiter, type Session, type Statement, toLong, toNumber, toText } from "./session.js";
+import { chunks, Limiter, type Session, toLong, toNumber, toText } from "./session.js";
+import { routingKey, type Unit } from "./turn-writes.js";
 
 /** Conversations x keys one lookup request asks for at most. */
 const LOOKUP_PRODUCT_MAX = 512;
 const HEADS_IN_MAX = 100;
-/** Statements per unlogged batch of `record`. */
-const RECORD_STATEMENTS_MAX = 200;
 const IN_FLIGHT_MAX = 16;
 
 type Refs = Map<string, Map<string, SequencedRef>>;
@@ -133,30 +133,20 @@ export class CassandraSequencerStore implements SequencerStore {
 
   async record(records: SequencerRecord[], epoch: bigint, dedupeWindowSeconds: number): Promise<void> {
     const ttl = Math.max(1, Math.floor(dedupeWindowSeconds));
-    // A conversation's statements stay in one batch (one mutation): cut only between conversations.
-    const batches: Statement[][] = [];
-    let batch: Statement[] = [];
-    for (const r of records) {
-      const own: Statement[] = [
-        { query: this.q.setHead, params: [toLong(BigInt(r.head)), r.conversationId] },
+    const at = toLong(epoch);
+    // A conversation's statements are one unit (one partition, one mutation); the turn's writes share
+    // requests (turn-writes.ts).
+    const units: Unit[] = records.map((r) => ({
+      key: routingKey(r.conversationId),
+      statements: [
+        { query: this.q.setHead, params: [at, toLong(BigInt(r.head)), r.conversationId] },
         ...r.assigned.map((e) => ({
           query: this.q.insertDedupe,
-          params: [r.conversationId, e.dedupeKey, toLong(BigInt(e.seq)), e.messageId, ttl],
+          params: [r.conversationId, e.dedupeKey, toLong(BigInt(e.seq)), e.messageId, ttl, at],
         })),
-      ];
-      if (batch.length > 0 && batch.length + own.length > RECORD_STATEMENTS_MAX) {
-        batches.push(batch);
-        batch = [];
-      }
-      batch.push(...own);
-    }
-    if (batch.length > 0) batches.push(batch);
-    await this.limiter.map(batches, async (b) => {
-      const what = "conversation_sequencer: record heads and dedupe rows";
-      const call = { idempotent: true, writeTimestamp: epoch };
-      if (b.length === 1) await this.s.execute(what, b[0]!.query, b[0]!.params, call);
-      else await this.s.batch(what, b, { ...call, logged: false });
-    });
+      ],
+    }));
+    await this.s.turnWrites.write("conversation_sequencer: record heads and dedupe rows", units);
   }
 
   async close(): Promise<void> {}
@@ -169,7 +159,9 @@ function statements(s: Session) {
     lookup:
       `SELECT conversation_id, dedupe_key, seq, message_id FROM ${t} ` +
       "WHERE conversation_id IN ? AND dedupe_key IN ?",
-    setHead: `UPDATE ${t} SET last_seq = ? WHERE conversation_id = ?`,
-    insertDedupe: `INSERT INTO ${t} (conversation_id, dedupe_key, seq, message_id) VALUES (?, ?, ?, ?) USING TTL ?`,
+    setHead: `UPDATE ${t} USING TIMESTAMP ? SET last_seq = ? WHERE conversation_id = ?`,
+    insertDedupe:
+      `INSERT INTO ${t} (conversation_id, dedupe_key, seq, message_id) VALUES (?, ?, ?, ?) ` +
+      "USING TTL ? AND TIMESTAMP ?",
   };
 }

@@ -8,6 +8,7 @@ import type { Client, QueryOptions, types } from "cassandra-driver";
 import cassandra from "cassandra-driver";
 import { Code, errors, SwitchboardError } from "../../lib/errors.js";
 import { context, inSpan, SpanKind, trace, tracing } from "../../lib/tracing.js";
+import { TurnWrites } from "./turn-writes.js";
 
 export type ConsistencyName = "ONE" | "LOCAL_ONE" | "QUORUM" | "LOCAL_QUORUM" | "EACH_QUORUM" | "ALL";
 export type SerialConsistencyName = "SERIAL" | "LOCAL_SERIAL";
@@ -46,12 +47,6 @@ export interface CallOptions {
   idempotent: boolean;
   fetchSize?: number;
   pageState?: string;
-  /**
-   * The write timestamp (microseconds) of every cell the request writes, instead of the client's
-   * clock: an owner fenced by epoch writes with its epoch, so a former owner's late writes lose
-   * last-write-wins to its successor's whatever order they arrive in (ADR 0002).
-   */
-  writeTimestamp?: bigint;
 }
 
 /** Requests this session sent, by kind: what the benchmarks divide by messages. */
@@ -124,6 +119,11 @@ export function checkKeyspaceName(keyspace: string): void {
     );
 }
 
+/** Requests of merged turn writes in flight at once (beyond it they queue). */
+const TURN_WRITES_IN_FLIGHT_MAX = 32;
+/** Batches of several partitions stay below Cassandra's default warn threshold (5 KiB). */
+const TURN_WRITES_LIMITS = { statementsMax: 200, bytesMax: 4 * 1024 };
+
 export class Session {
   private readonly consistency: number;
   private readonly serialConsistency: number;
@@ -131,6 +131,21 @@ export class Session {
   /** Requests sent, by kind (counted when sent, whether they succeed or not). */
   readonly requests: RequestCounts = { reads: 0, writes: 0, batches: 0, lwts: 0 };
   private readonly timers: RequestTimer[] = [];
+  private readonly turnWriteLimiter = new Limiter(TURN_WRITES_IN_FLIGHT_MAX);
+  /**
+   * Unlogged, idempotent writes of the same turn merged into few requests (turn-writes.ts): the path
+   * of every message goes through it. Statements carry their own write timestamps.
+   */
+  readonly turnWrites = new TurnWrites(
+    (what, statements) =>
+      this.turnWriteLimiter.run(() =>
+        statements.length === 1
+          ? this.execute(what, statements[0]!.query, statements[0]!.params, { idempotent: true })
+          : this.batch(what, statements, { idempotent: true, logged: false }),
+      ),
+    TURN_WRITES_LIMITS,
+    (key) => this.placementOf(key),
+  );
 
   constructor(
     readonly client: Client,
@@ -140,6 +155,26 @@ export class Session {
     checkKeyspaceName(keyspace);
     this.consistency = CONSISTENCY[consistency.level ?? "LOCAL_QUORUM"];
     this.serialConsistency = SERIAL_CONSISTENCY[consistency.serial ?? "LOCAL_SERIAL"];
+  }
+
+  /**
+   * The replicas of a partition, as the driver's token map has them. Before the map is known (or
+   * if the driver cannot place the key) every partition counts as placed alike: batches then only
+   * lose the routing refinement, never a write.
+   */
+  private placementOf(routingKey: Buffer): string {
+    let hosts: Array<{ address: string }> | undefined;
+    try {
+      hosts = this.client.getReplicas(this.keyspace, routingKey);
+    } catch {
+      return "";
+    }
+    if (!hosts || hosts.length === 0) return "";
+    if (hosts.length === 1) return hosts[0]!.address;
+    return hosts
+      .map((h) => h.address)
+      .sort()
+      .join(",");
   }
 
   /** `keyspace.name`: statements never depend on a session's current keyspace. */
@@ -156,7 +191,6 @@ export class Session {
     };
     if (call.fetchSize !== undefined) options.fetchSize = call.fetchSize;
     if (call.pageState !== undefined) options.pageState = call.pageState;
-    if (call.writeTimestamp !== undefined) options.timestamp = toLong(call.writeTimestamp);
     return options;
   }
 
