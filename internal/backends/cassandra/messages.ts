@@ -6,8 +6,8 @@
  * bytes so a mutation stays far below the commit log's limit, and written through the session's turn
  * writes (turn-writes.ts): each cut is one mutation, applied atomically per replica; cuts of many
  * partitions asked for in the same turn share requests; at most `inFlightMax` writes are outstanding
- * per store. Every row is immutable and
- * every statement idempotent, so the driver may retry it and a caller may re-write a batch after a crash.
+ * per store. Every row is immutable and every statement idempotent, so the driver may retry it and a
+ * caller may re-write a batch after a crash.
  * A bucket's marker is written (and awaited) before its first rows, so a reader that finds the marker
  * may see an empty bucket for a moment, but never rows without a marker.
  *

@@ -24,7 +24,7 @@
  * one of its units succeeded and rejects with the first that failed; a failed request fails only the
  * writes that had a unit in it. Every statement must be idempotent: the driver may retry the request.
  */
-import type { Statement } from "./session.js";
+import { groupBy, type Statement } from "./session.js";
 
 export interface TurnWritesLimits {
   /** Statements in a batch of several units. */
@@ -52,7 +52,10 @@ interface Pending {
   settle: Array<{ resolve: () => void; reject: (err: unknown) => void }>;
 }
 
-/** Per statement beyond its parameters (row and cell headers, timestamps): a batch of 80 statements estimated at 4 KiB with 16 here weighed 5.25 KiB on the node. */
+/**
+ * Per statement beyond its parameters (row and cell headers, timestamps): a batch of 80 statements
+ * estimated at 4 KiB with 16 here weighed 5.25 KiB on the node.
+ */
 const STATEMENT_OVERHEAD_BYTES = 40;
 
 export class TurnWrites {
@@ -89,13 +92,7 @@ export class TurnWrites {
     const p = this.pending;
     this.pending = undefined;
     if (!p) return;
-    const byPlacement = new Map<string, number[]>();
-    for (const [i, unit] of p.units.entries()) {
-      const placement = this.placementOf(unit.key);
-      const group = byPlacement.get(placement);
-      if (group) group.push(i);
-      else byPlacement.set(placement, [i]);
-    }
+    const byPlacement = groupBy(p.units.keys(), (i) => this.placementOf(p.units[i]!.key));
     const requestsOf: Array<Array<Promise<unknown>>> = p.settle.map(() => []);
     for (const group of byPlacement.values()) {
       for (const cut of cutUnits(
