@@ -5,6 +5,7 @@
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { open } from "lmdb";
 import { afterEach, describe, expect, it } from "vitest";
 import type { BatchHandler, Closeable, LoggedMessage, MessageDraft } from "../types.js";
 import { EmbeddedBackends } from "./index.js";
@@ -93,17 +94,21 @@ describe("embedded log: messages handed over before their commit", () => {
       const { delivered, handler } = inboxWriter(backends);
       const consumer = await backends.log.consume("router", handler, { beforeCommit });
       await new Promise((r) => setTimeout(r, 20));
+      // The first message of each value shape also stores that shape (shared structures): warm up.
+      await backends.log.append(draft("c0"));
+      await until(() => delivered.length === 1);
       const before = backends.commits;
       for (let i = 1; i <= 20; i++) {
         await backends.log.append(draft("c1"));
-        await until(() => delivered.length === i);
+        await until(() => delivered.length === i + 1);
       }
       const used = backends.commits - before;
       await consumer.close();
       // Every message reached bob's inbox, in order, once.
-      expect((await backends.inbox.read("bob", 0, 100)).map((e) => e.seq)).toEqual(
-        Array.from({ length: 20 }, (_, i) => i + 1),
-      );
+      expect((await backends.inbox.read("bob", 0, 100)).map((e) => [e.conversationId, e.seq])).toEqual([
+        ["c0", 1],
+        ...Array.from({ length: 20 }, (_, i) => ["c1", i + 1]),
+      ]);
       return used;
     };
     const early = await transactionsPer(true);
@@ -146,5 +151,41 @@ describe("embedded log: messages handed over before their commit", () => {
     await new Promise((r) => setTimeout(r, 50));
     expect(second.delivered.map((m) => m.seq)).toEqual([6]);
     await b.close();
+  });
+});
+
+describe("embedded values: shared structures", () => {
+  it("values written before (key names inline) still read, and values written now are smaller", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "switchboard-embedded-shapes-"));
+    const path = join(dir, "switchboard.mdb");
+    const old: MessageDraft & { seq: number } = { ...draft("c9"), seq: 1 };
+    // As an embedded store before shared structures wrote them: plain msgpack records.
+    const raw = open({ path, noSubdir: true, maxDbs: 24 });
+    await raw.openDB({ name: "messages" }).put(["c9", 1], old);
+    await raw.openDB({ name: "log" }).put(1, ["c9", 1]);
+    await raw
+      .openDB({ name: "inbox" })
+      .put(["bob", 1], { conversationId: "c9", seq: 1, messageId: old.messageId });
+    await raw.close();
+
+    const backends = new EmbeddedBackends({ dataDir: dir, onFatal: (err) => console.error(err) });
+    opened.push({ backends, dir });
+    const appended = await backends.log.append(draft("c9"));
+    expect(appended.message.seq).toBe(2);
+    expect((await backends.messages.history("c9", { limit: 10 })).messages).toEqual([old, appended.message]);
+    await backends.inbox.append([
+      { userId: "bob", conversationId: "c9", seq: 2, messageId: appended.message.messageId },
+    ]);
+    expect((await backends.inbox.read("bob", 0, 10)).map((e) => [e.cursor, e.seq, e.messageId])).toEqual([
+      [1, 1, old.messageId],
+      [2, 2, appended.message.messageId],
+    ]);
+    await backends.close();
+
+    const after = open({ path, noSubdir: true, maxDbs: 24 });
+    const messages = after.openDB({ name: "messages" });
+    const [before, now] = [messages.getBinary(["c9", 1])!.length, messages.getBinary(["c9", 2])!.length];
+    await after.close();
+    expect(now).toBeLessThan(before / 2); // the shape's id instead of its seven key names
   });
 });
