@@ -8,6 +8,7 @@ import type { Client, QueryOptions, types } from "cassandra-driver";
 import cassandra from "cassandra-driver";
 import { Code, errors, SwitchboardError } from "../../lib/errors.js";
 import { context, inSpan, SpanKind, trace, tracing } from "../../lib/tracing.js";
+import { ReplicaCache } from "./replica-cache.js";
 import { TurnWrites } from "./turn-writes.js";
 
 export type ConsistencyName = "ONE" | "LOCAL_ONE" | "QUORUM" | "LOCAL_QUORUM" | "EACH_QUORUM" | "ALL";
@@ -121,6 +122,8 @@ export function checkKeyspaceName(keyspace: string): void {
 
 /** Requests of merged turn writes in flight at once (beyond it they queue). */
 const TURN_WRITES_IN_FLIGHT_MAX = 32;
+/** Partitions whose replicas are remembered, and for how long (a few MB at most). */
+const REPLICA_CACHE_LIMITS = { maxKeys: 100_000, maxAgeMs: 60_000 };
 /** Batches of several partitions stay below Cassandra's default warn threshold (5 KiB). */
 const TURN_WRITES_LIMITS = { statementsMax: 200, bytesMax: 4 * 1024 };
 
@@ -132,6 +135,8 @@ export class Session {
   readonly requests: RequestCounts = { reads: 0, writes: 0, batches: 0, lwts: 0 };
   private readonly timers: RequestTimer[] = [];
   private readonly turnWriteLimiter = new Limiter(TURN_WRITES_IN_FLIGHT_MAX);
+  /** Where the partitions of merged turn writes live, hashed once per partition (replica-cache.ts). */
+  private readonly replicas = new ReplicaCache(REPLICA_CACHE_LIMITS);
   /**
    * Unlogged, idempotent writes of the same turn merged into few requests (turn-writes.ts): the path
    * of every message goes through it. Statements carry their own write timestamps.
@@ -153,6 +158,7 @@ export class Session {
     consistency: ConsistencyOptions = {},
   ) {
     checkKeyspaceName(keyspace);
+    this.replicas.attach(client);
     this.consistency = CONSISTENCY[consistency.level ?? "LOCAL_QUORUM"];
     this.serialConsistency = SERIAL_CONSISTENCY[consistency.serial ?? "LOCAL_SERIAL"];
   }
@@ -163,9 +169,9 @@ export class Session {
    * lose the routing refinement, never a write.
    */
   private placementOf(routingKey: Buffer): string {
-    let hosts: Array<{ address: string }> | undefined;
+    let hosts: Array<{ address: string }> | null;
     try {
-      hosts = this.client.getReplicas(this.keyspace, routingKey);
+      hosts = this.replicas.replicas(this.keyspace, routingKey);
     } catch {
       return "";
     }
