@@ -2,12 +2,12 @@
  * The embedded backend: one LMDB environment (one database file plus its lock file) holding the
  * message log, the messages, membership, inboxes, receipts, presence and device tokens.
  *
- * Durability: the environment is opened with overlappingSync off, so a write's promise resolves only
- * after LMDB committed *and* fsynced the transaction. lmdb-js gathers every write issued while the
- * previous commit is in flight into the next transaction: that is group commit (one fsync per batch,
- * not per message), done on LMDB's writer thread so the event loop never blocks on the disk. The
- * router takes each message as it is appended (ConsumeOptions.beforeCommit), so the inbox entries it
- * writes join the message's own transaction instead of costing a second one.
+ * Durability: a write's promise resolves only after LMDB committed *and* fsynced its transaction. The
+ * message path (appends, their inbox entries, consumer offsets) commits once per event-loop turn in one
+ * synchronous transaction (turn-commits.ts): group commit, one fsync per turn, not per message. Other
+ * writes use lmdb-js's asynchronous writes (overlappingSync off), committed on LMDB's writer thread.
+ * The router takes each message as it is appended (ConsumeOptions.beforeCommit), so the inbox entries
+ * it writes join the message's own transaction instead of costing a second one.
  *
  * Ordering: this process is the only writer, so seq and inbox cursors are assigned from in-memory
  * counters (loaded lazily from the database) synchronously, before the write is queued; LMDB commits
@@ -58,6 +58,7 @@ import type {
 } from "../types.js";
 import { deadLetterId, deviceTokenKey, parseDeadLetterId, tokenNamesOneDevice } from "../types.js";
 import { MemberLists } from "./member-lists.js";
+import { TurnCommits } from "./turn-commits.js";
 
 type Key = string | number | Array<string | number>;
 const SEQ_MAX = Number.MAX_SAFE_INTEGER;
@@ -100,6 +101,8 @@ export class EmbeddedBackends implements Backends {
   readonly pushDeadLetters: PushDeadLetterStore;
 
   private readonly root: RootDatabase;
+  /** The message path's writes, one synchronous transaction per turn (turn-commits.ts). */
+  private readonly turns: TurnCommits;
   private closed = false;
   private fatal: unknown;
   private readonly onFatal: (err: unknown) => void;
@@ -127,11 +130,13 @@ export class EmbeddedBackends implements Backends {
       return handle as Database<V, Key>;
     };
     const guard = <T>(p: Promise<T>) => this.guard(p);
+    this.turns = new TurnCommits(this.root);
     this.log = new EmbeddedLog(
       db("messages"),
       db("dedupe"),
       db("log"),
       db("offsets"),
+      this.turns,
       guard,
       () => this.closed,
       (group, err) => (options.onConsumerError ?? (() => undefined))(group, err),
@@ -144,7 +149,7 @@ export class EmbeddedBackends implements Backends {
       db("user_conversations"),
       guard,
     );
-    this.inbox = new EmbeddedInbox(db("inbox"), db("inbox_index"), guard);
+    this.inbox = new EmbeddedInbox(db("inbox"), db("inbox_index"), this.turns, guard);
     this.receipts = new EmbeddedReceipts(db("receipts"), guard);
     this.routing = new InMemoryRouting();
     this.presence = new EmbeddedPresence(db("presence"), guard);
@@ -180,6 +185,7 @@ export class EmbeddedBackends implements Backends {
     this.closed = true;
     await this.log.close();
     await this.routing.close();
+    this.turns.close();
     await this.root.close();
   }
 }
@@ -203,6 +209,7 @@ class EmbeddedLog implements MessageLog {
     private readonly dedupe: Database<number, Key>,
     private readonly entries: Database<[string, number], Key>,
     private readonly offsets: Database<number, Key>,
+    private readonly turns: TurnCommits,
     private readonly guard: Guard,
     private readonly isClosed: () => boolean,
     private readonly onHandlerError: (group: string, err: unknown) => void,
@@ -246,10 +253,10 @@ class EmbeddedLog implements MessageLog {
     const position = ++this.head;
     const message: StoredMessage = { ...draft, seq };
     const write = this.guard(
-      this.messages.batch(() => {
-        this.messages.put([draft.conversationId, seq], message);
-        this.dedupe.put(dedupeKey, seq);
-        this.entries.put(position, [draft.conversationId, seq]);
+      this.turns.write(() => {
+        this.messages.putSync([draft.conversationId, seq], message);
+        this.dedupe.putSync(dedupeKey, seq);
+        this.entries.putSync(position, [draft.conversationId, seq]);
       }),
     ).then((): AppendResult => {
       this.pending.delete(pendingKey);
@@ -296,9 +303,11 @@ class EmbeddedLog implements MessageLog {
       clearTimeout(storeTimer);
       storeTimer = undefined;
       if (offset === stored) return undefined;
-      stored = offset;
-      // LMDB commits in order, and a crash before this lands only means re-handling (idempotent).
-      const write = this.guard(this.offsets.put(group, offset));
+      const at = offset;
+      stored = at;
+      // In the transaction of the messages it covers or a later one; a crash before this lands only
+      // means re-handling (idempotent).
+      const write = this.guard(this.turns.write(() => this.offsets.putSync(group, at)));
       write.catch(() => undefined);
       return write;
     };
@@ -669,6 +678,7 @@ class EmbeddedInbox implements InboxStore {
   constructor(
     private readonly entries: Database<Omit<InboxEntry, "userId" | "cursor">, Key>,
     private readonly index: Database<number, Key>,
+    private readonly turns: TurnCommits,
     private readonly guard: Guard,
   ) {}
 
@@ -722,14 +732,14 @@ class EmbeddedInbox implements InboxStore {
     }
     if (fresh.length > 0) {
       const written = this.guard(
-        this.entries.batch(() => {
+        this.turns.write(() => {
           for (const e of fresh) {
-            this.entries.put([e.userId, e.cursor], {
+            this.entries.putSync([e.userId, e.cursor], {
               conversationId: e.conversationId,
               seq: e.seq,
               messageId: e.messageId,
             });
-            this.index.put([e.userId, e.conversationId, e.seq], e.cursor);
+            this.index.putSync([e.userId, e.conversationId, e.seq], e.cursor);
           }
         }),
       );

@@ -1,0 +1,70 @@
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { open, type RootDatabase } from "lmdb";
+import { afterEach, describe, expect, it } from "vitest";
+import { TurnCommits } from "./turn-commits.js";
+
+const opened: Array<{ root: RootDatabase; dir: string }> = [];
+
+async function fresh() {
+  const dir = await mkdtemp(join(tmpdir(), "switchboard-turn-commits-"));
+  const root = open({ path: join(dir, "t.mdb"), noSubdir: true, maxDbs: 4 });
+  opened.push({ root, dir });
+  const db = root.openDB<number, string>({ name: "values" });
+  const txns = () => (root.getStats() as { lastTxnId: number }).lastTxnId;
+  return { root, db, txns, turns: new TurnCommits(root) };
+}
+
+afterEach(async () => {
+  for (const { root, dir } of opened.splice(0)) {
+    await root.close();
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+const nextTurn = () => new Promise((r) => setImmediate(r));
+
+describe("TurnCommits", () => {
+  it("commits the writes of one turn in one transaction, in order, before anyone hears", async () => {
+    const { db, txns, turns } = await fresh();
+    const before = txns();
+    const seen: Array<number | undefined> = [];
+    const writes = [1, 2, 3].map((i) =>
+      turns.write(() => db.putSync("k", i)).then(() => seen.push(db.get("k"))),
+    );
+    expect(db.get("k")).toBeUndefined(); // nothing before the end of the turn
+    await Promise.all(writes);
+    expect(seen).toEqual([3, 3, 3]); // the last write of the turn wins, and all resolve after it
+    expect(txns() - before).toBe(1);
+
+    await turns.write(() => db.putSync("k", 4));
+    await turns.write(() => db.putSync("k", 5));
+    expect(db.get("k")).toBe(5);
+    expect(txns() - before).toBe(3); // one per turn
+  });
+
+  it("a failed write fails its whole turn, commits none of it, and the next turn goes on", async () => {
+    const { db, turns } = await fresh();
+    const good = turns.write(() => db.putSync("a", 1));
+    const bad = turns.write(() => {
+      throw new Error("broken value");
+    });
+    await expect(bad).rejects.toThrow("broken value");
+    await expect(good).rejects.toThrow("broken value");
+    expect(db.get("a")).toBeUndefined();
+    await nextTurn();
+    await turns.write(() => db.putSync("a", 2));
+    expect(db.get("a")).toBe(2);
+  });
+
+  it("close commits what is queued and refuses more", async () => {
+    const { db, turns } = await fresh();
+    const queued = turns.write(() => db.putSync("q", 7));
+    turns.close();
+    await queued;
+    expect(db.get("q")).toBe(7);
+    await expect(turns.write(() => db.putSync("q", 8))).rejects.toThrow(/closed/);
+    expect(db.get("q")).toBe(7);
+  });
+});
