@@ -3,9 +3,10 @@
  * message log, the messages, membership, inboxes, receipts, presence and device tokens.
  *
  * Durability: a write's promise resolves only after LMDB committed *and* fsynced its transaction. The
- * message path (appends, their inbox entries, consumer offsets) commits once per event-loop turn in one
- * synchronous transaction (turn-commits.ts): group commit, one fsync per turn, not per message. Other
- * writes use lmdb-js's asynchronous writes (overlappingSync off), committed on LMDB's writer thread.
+ * message path (appends, their inbox entries, consumer offsets) commits once per event-loop turn
+ * (turn-commits.ts: group commit, one fsync per turn, not per message), synchronously when the turn is
+ * small. Other writes use lmdb-js's asynchronous writes (overlappingSync off), committed on LMDB's
+ * writer thread.
  * The router takes each message as it is appended (ConsumeOptions.beforeCommit), so the inbox entries
  * it writes join the message's own transaction instead of costing a second one.
  *
@@ -253,10 +254,10 @@ class EmbeddedLog implements MessageLog {
     const position = ++this.head;
     const message: StoredMessage = { ...draft, seq };
     const write = this.guard(
-      this.turns.write(() => {
-        this.messages.putSync([draft.conversationId, seq], message);
-        this.dedupe.putSync(dedupeKey, seq);
-        this.entries.putSync(position, [draft.conversationId, seq]);
+      this.turns.write((w) => {
+        w.put(this.messages, [draft.conversationId, seq], message);
+        w.put(this.dedupe, dedupeKey, seq);
+        w.put(this.entries, position, [draft.conversationId, seq]);
       }),
     ).then((): AppendResult => {
       this.pending.delete(pendingKey);
@@ -307,7 +308,7 @@ class EmbeddedLog implements MessageLog {
       stored = at;
       // In the transaction of the messages it covers or a later one; a crash before this lands only
       // means re-handling (idempotent).
-      const write = this.guard(this.turns.write(() => this.offsets.putSync(group, at)));
+      const write = this.guard(this.turns.write((w) => w.put(this.offsets, group, at)));
       write.catch(() => undefined);
       return write;
     };
@@ -732,14 +733,14 @@ class EmbeddedInbox implements InboxStore {
     }
     if (fresh.length > 0) {
       const written = this.guard(
-        this.turns.write(() => {
+        this.turns.write((w) => {
           for (const e of fresh) {
-            this.entries.putSync([e.userId, e.cursor], {
+            w.put(this.entries, [e.userId, e.cursor], {
               conversationId: e.conversationId,
               seq: e.seq,
               messageId: e.messageId,
             });
-            this.index.putSync([e.userId, e.conversationId, e.seq], e.cursor);
+            w.put(this.index, [e.userId, e.conversationId, e.seq], e.cursor);
           }
         }),
       );

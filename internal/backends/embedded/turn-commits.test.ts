@@ -3,7 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { open, type RootDatabase } from "lmdb";
 import { afterEach, describe, expect, it } from "vitest";
-import { TurnCommits } from "./turn-commits.js";
+import { SYNC_WRITES_MAX, TurnCommits } from "./turn-commits.js";
 
 const opened: Array<{ root: RootDatabase; dir: string }> = [];
 
@@ -31,22 +31,40 @@ describe("TurnCommits", () => {
     const before = txns();
     const seen: Array<number | undefined> = [];
     const writes = [1, 2, 3].map((i) =>
-      turns.write(() => db.putSync("k", i)).then(() => seen.push(db.get("k"))),
+      turns.write((w) => w.put(db, "k", i)).then(() => seen.push(db.get("k"))),
     );
     expect(db.get("k")).toBeUndefined(); // nothing before the end of the turn
     await Promise.all(writes);
     expect(seen).toEqual([3, 3, 3]); // the last write of the turn wins, and all resolve after it
     expect(txns() - before).toBe(1);
 
-    await turns.write(() => db.putSync("k", 4));
-    await turns.write(() => db.putSync("k", 5));
+    await turns.write((w) => w.put(db, "k", 4));
+    await turns.write((w) => w.put(db, "k", 5));
     expect(db.get("k")).toBe(5);
     expect(txns() - before).toBe(3); // one per turn
+    expect(turns.stats).toEqual({ sync: 3, queued: 0 });
+  });
+
+  it("a large turn goes to LMDB's writer thread, and turns after it wait for it: order and one commit each", async () => {
+    const { db, txns, turns } = await fresh();
+    const before = txns();
+    const large = Array.from({ length: SYNC_WRITES_MAX + 1 }, (_, i) =>
+      turns.write((w) => w.put(db, `big${i}`, i)),
+    );
+    await nextTurn(); // the large turn is queued, not yet committed
+    const small = turns.write((w) => w.put(db, "big0", -1)); // overwrites a value of the large turn
+    await Promise.all([...large, small]);
+    expect(db.get("big0")).toBe(-1); // committed after the large turn, not before it
+    expect(db.get(`big${SYNC_WRITES_MAX}`)).toBe(SYNC_WRITES_MAX);
+    expect(turns.stats).toEqual({ sync: 0, queued: 2 });
+    expect(txns() - before).toBe(2);
+    await turns.write((w) => w.put(db, "after", 1)); // nothing in flight: synchronous again
+    expect(turns.stats.sync).toBe(1);
   });
 
   it("a failed write fails its whole turn, commits none of it, and the next turn goes on", async () => {
     const { db, turns } = await fresh();
-    const good = turns.write(() => db.putSync("a", 1));
+    const good = turns.write((w) => w.put(db, "a", 1));
     const bad = turns.write(() => {
       throw new Error("broken value");
     });
@@ -54,17 +72,17 @@ describe("TurnCommits", () => {
     await expect(good).rejects.toThrow("broken value");
     expect(db.get("a")).toBeUndefined();
     await nextTurn();
-    await turns.write(() => db.putSync("a", 2));
+    await turns.write((w) => w.put(db, "a", 2));
     expect(db.get("a")).toBe(2);
   });
 
   it("close commits what is queued and refuses more", async () => {
     const { db, turns } = await fresh();
-    const queued = turns.write(() => db.putSync("q", 7));
+    const queued = turns.write((w) => w.put(db, "q", 7));
     turns.close();
     await queued;
     expect(db.get("q")).toBe(7);
-    await expect(turns.write(() => db.putSync("q", 8))).rejects.toThrow(/closed/);
+    await expect(turns.write((w) => w.put(db, "q", 8))).rejects.toThrow(/closed/);
     expect(db.get("q")).toBe(7);
   });
 });
