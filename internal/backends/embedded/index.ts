@@ -6,9 +6,8 @@
  * message path (appends, their inbox entries, consumer offsets) commits once per event-loop turn
  * (turn-commits.ts: group commit, one fsync per turn, not per message), synchronously when the turn is
  * small. Other writes use lmdb-js's asynchronous writes (overlappingSync off), committed on LMDB's
- * writer thread.
- * The router takes each message as it is appended (ConsumeOptions.beforeCommit), so the inbox entries
- * it writes join the message's own transaction instead of costing a second one.
+ * writer thread. The router takes each message as it is appended (ConsumeOptions.beforeCommit), so
+ * the inbox entries it writes join the message's own transaction instead of costing a second one.
  *
  * Ordering: this process is the only writer, so seq and inbox cursors are assigned from in-memory
  * counters (loaded lazily from the database) synchronously, before the write is queued; LMDB commits
@@ -102,7 +101,7 @@ export class EmbeddedBackends implements Backends {
   readonly pushDeadLetters: PushDeadLetterStore;
 
   private readonly root: RootDatabase;
-  /** The message path's writes, one synchronous transaction per turn (turn-commits.ts). */
+  /** The message path's writes, one transaction per event-loop turn (turn-commits.ts). */
   private readonly turns: TurnCommits;
   private closed = false;
   private fatal: unknown;
