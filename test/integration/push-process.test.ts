@@ -75,6 +75,28 @@ async function connect(user: string): Promise<RawClient> {
   return client;
 }
 
+/** Open WebSocket connections, as the server counts them. */
+async function connectionsOpen(): Promise<number> {
+  const text = await (await fetch(`${server.httpUrl}/metrics`)).text();
+  const line = text.split("\n").find((l) => l.startsWith("switchboard_gateway_connections "));
+  return Number(line?.split(" ")[1]);
+}
+
+/**
+ * Closes a device's connection and waits until the server has dropped its session. The client sees
+ * the close before the server does; a message sent in between still goes to the closing session,
+ * and so is not pushed (the device gets it on its next sync).
+ */
+async function disconnect(client: RawClient): Promise<void> {
+  const open = await connectionsOpen();
+  client.close();
+  await client.closed;
+  await vi.waitFor(async () => expect(await connectionsOpen()).toBe(open - 1), {
+    timeout: 5_000,
+    interval: 20,
+  });
+}
+
 async function send(from: RawClient, to: string, body: string) {
   const reply = await from.request({
     case: "send",
@@ -104,10 +126,8 @@ describe("push in the server process", () => {
       value: { deviceId: "ipad", provider: Provider.APNS, token: "not-a-device-token" },
     });
     expect(expectCase(wrong, "error")).toMatchObject({ reason: "INVALID_DEVICE_TOKEN" });
-    phone.close();
-    await phone.closed;
+    await disconnect(phone);
     const sender = await connect(bob);
-    // The router learns of the closed session through the routing events; retry until it has.
     const ack = await send(sender, alice, "are you there?");
     await vi.waitFor(
       () => {
@@ -136,7 +156,7 @@ describe("push in the server process", () => {
       conversation_id: conversationId,
     });
     for (const standIn of [apns, fcm, webPush, webhook]) expect(standIn.script.violations).toEqual([]);
-    sender.close();
+    await disconnect(sender);
   });
 
   it("does not notify a user who is online", async () => {
@@ -154,8 +174,8 @@ describe("push in the server process", () => {
     // Dave is the sender (never notified) and Carol is connected: nothing reaches the receiver.
     await new Promise((r) => setTimeout(r, 1_000));
     expect(webhook.delivered.filter((d) => d.path === `/${carol}`)).toEqual([]);
-    online.close();
-    sender.close();
+    await disconnect(online);
+    await disconnect(sender);
   });
 
   it("keeps quiet for a conversation muted over the WebSocket, and while the user's do-not-disturb window is on", async () => {
@@ -205,8 +225,7 @@ describe("push in the server process", () => {
     );
     expect(settings.muted.map((m) => [m.conversationId, m.untilMs])).toEqual([[conversationId, 0n]]);
     expect(settings.doNotDisturb).toBeUndefined();
-    phone.close();
-    await phone.closed;
+    await disconnect(phone);
 
     // The router asks push (erin is offline) and push keeps quiet: counted, not sent.
     const quieted = async (result: string) => {
@@ -237,8 +256,7 @@ describe("push in the server process", () => {
       }),
       "ok",
     );
-    viaOther.close();
-    await viaOther.closed;
+    await disconnect(viaOther);
     const nightBefore = await quieted("do_not_disturb");
     await send(sender, erin, "night, so silent");
     await vi.waitFor(async () => expect(await quieted("do_not_disturb")).toBe(nightBefore + 1), {
@@ -248,8 +266,7 @@ describe("push in the server process", () => {
     // The window cleared: the next message is notified, and it is the only one the receiver got.
     const third = await connect(erin);
     expectCase(await third.request({ case: "setDoNotDisturb", value: {} }), "ok");
-    third.close();
-    await third.closed;
+    await disconnect(third);
     await send(sender, erin, "now you hear me");
     await vi.waitFor(() => expect(webhook.delivered.filter((d) => d.path === `/${erin}`)).toHaveLength(1), {
       timeout: 15_000,
@@ -259,7 +276,7 @@ describe("push in the server process", () => {
     const got = webhook.delivered.filter((d) => d.path === `/${erin}`);
     expect(got).toHaveLength(1);
     expect(got[0]!.body).toMatchObject({ conversation_id: conversationId, body: "now you hear me" });
-    sender.close();
+    await disconnect(sender);
   });
 
   it("delivers a notification pending a retry after kill -9 and restart, once", {
@@ -273,8 +290,7 @@ describe("push in the server process", () => {
       value: { deviceId: "crm", provider: Provider.WEBHOOK, token: `${webhook.origin}/${erin}` },
     });
     expect(reply.kind.case).toBe("ok");
-    phone.close();
-    await phone.closed;
+    await disconnect(phone);
     // The receiver is down: the notification waits for its retry in the push job store.
     webhook.script.byToken.set(`/${erin}`, { status: 503, headers: { "retry-after": "2" } });
     const sender = await connect(frank);
@@ -282,7 +298,7 @@ describe("push in the server process", () => {
     await vi.waitFor(() => expect(webhook.script.arrivals.some((a) => a.token === `/${erin}`)).toBe(true), {
       timeout: 15_000,
     });
-    sender.close();
+    await disconnect(sender);
     await server.kill();
     webhook.script.byToken.delete(`/${erin}`);
     server = await server.restart();
