@@ -111,8 +111,14 @@ export class Connection {
   private closed = false;
   /** Flooded: no more frames are read; the accepted requests are answered, then it closes. */
   private stopping = false;
-  /** Requests being handled (each settles once its reply is written). */
-  private readonly inFlight = new Set<Promise<void>>();
+  /**
+   * Requests being handled (each settles once its reply is written). A count, not a Set of them: a
+   * long-lived Set's add and delete per frame resize its table in the old generation (garbage for a
+   * major GC).
+   */
+  private inFlight = 0;
+  /** Called when the last request in flight settles (closeAfterReplies waits for it). */
+  private onIdle: (() => void) | undefined;
   private authTimer: NodeJS.Timeout | undefined;
   private expiryTimer: NodeJS.Timeout | undefined;
   private lastHeartbeatMs = 0;
@@ -233,8 +239,10 @@ export class Connection {
     const handled = this.dispatch(frame.id, kind, encoding).catch((err: unknown) =>
       this.fail(frame.id, SwitchboardError.from(err), encoding, kind.case),
     );
-    this.inFlight.add(handled);
-    void handled.finally(() => this.inFlight.delete(handled));
+    this.inFlight++;
+    void handled.finally(() => {
+      if (--this.inFlight === 0) this.onIdle?.();
+    });
   }
 
   /**
@@ -252,7 +260,13 @@ export class Connection {
         timer = setTimeout(r, FLOOD_REPLIES_WAIT_MS);
         timer.unref();
       });
-      void Promise.race([Promise.allSettled([...this.inFlight]), waited]).then(() => {
+      const idle =
+        this.inFlight === 0
+          ? Promise.resolve()
+          : new Promise<void>((resolve) => {
+              this.onIdle = resolve;
+            });
+      void Promise.race([idle, waited]).then(() => {
         clearTimeout(timer);
         this.close(code, reason);
       });

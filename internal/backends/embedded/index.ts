@@ -58,6 +58,7 @@ import type {
 } from "../types.js";
 import { deadLetterId, deviceTokenKey, parseDeadLetterId, tokenNamesOneDevice } from "../types.js";
 import { MemberLists } from "./member-lists.js";
+import { PendingWrites } from "./pending-writes.js";
 import { TurnCommits } from "./turn-commits.js";
 
 type Key = string | number | Array<string | number>;
@@ -195,7 +196,7 @@ type Guard = <T>(p: Promise<T>) => Promise<T>;
 /** Log entries point at (conversation, seq); the messages table holds the rows. */
 class EmbeddedLog implements MessageLog {
   private readonly lastSeq = new Map<string, number>();
-  private readonly pending = new Map<string, Promise<AppendResult>>();
+  private readonly pending = new PendingWrites<Promise<AppendResult>>();
   /** Trace contexts of appended messages, by message id, until the router reads them (keepTrace). */
   private readonly traces = new Map<string, TraceCarrier>();
   private head: number;
@@ -252,18 +253,16 @@ class EmbeddedLog implements MessageLog {
     this.lastSeq.set(draft.conversationId, seq);
     const position = ++this.head;
     const message = sequenced(draft, seq);
-    const write = this.guard(
-      this.turns.write((w) => {
-        w.put(this.messages, [draft.conversationId, seq], message);
-        w.put(this.dedupe, dedupeKey, seq);
-        w.put(this.entries, position, [draft.conversationId, seq]);
-      }),
-    ).then((): AppendResult => {
-      this.pending.delete(pendingKey);
+    const commit = this.turns.write((w) => {
+      w.put(this.messages, [draft.conversationId, seq], message);
+      w.put(this.dedupe, dedupeKey, seq);
+      w.put(this.entries, position, [draft.conversationId, seq]);
+    });
+    const write = this.guard(commit).then((): AppendResult => {
       for (const wake of this.wakers) wake();
       return { message, duplicate: false };
     });
-    this.pending.set(pendingKey, write);
+    this.pending.set(commit, pendingKey, write);
     if (this.takers.size > 0) {
       const trace = this.traces.get(message.messageId);
       const committed = write.then(() => undefined);
@@ -390,7 +389,7 @@ class EmbeddedLog implements MessageLog {
 
   async close(): Promise<void> {
     await Promise.all([...this.consumers].map((c) => c.close()));
-    await Promise.allSettled([...this.pending.values()]);
+    await this.pending.settled();
   }
 }
 
@@ -673,7 +672,7 @@ class EmbeddedMembership implements MembershipStore {
 
 class EmbeddedInbox implements InboxStore {
   private readonly heads = new Map<string, number>();
-  private readonly pending = new Map<string, { cursor: number; written: Promise<unknown> }>();
+  private readonly pending = new PendingWrites<{ cursor: number; written: Promise<unknown> }>();
 
   constructor(
     private readonly entries: Database<Omit<InboxEntry, "userId" | "cursor">, Key>,
@@ -731,25 +730,22 @@ class EmbeddedInbox implements InboxStore {
       out.push(entry);
     }
     if (fresh.length > 0) {
-      const written = this.guard(
-        this.turns.write((w) => {
-          for (const e of fresh) {
-            w.put(this.entries, [e.userId, e.cursor], {
-              conversationId: e.conversationId,
-              seq: e.seq,
-              messageId: e.messageId,
-            });
-            w.put(this.index, [e.userId, e.conversationId, e.seq], e.cursor);
-          }
-        }),
-      );
-      const keys = fresh.map((e) => `${e.userId}\u0000${e.conversationId}\u0000${e.seq}`);
-      for (const [i, e] of fresh.entries()) this.pending.set(keys[i]!, { cursor: e.cursor, written });
+      const commit = this.turns.write((w) => {
+        for (const e of fresh) {
+          w.put(this.entries, [e.userId, e.cursor], {
+            conversationId: e.conversationId,
+            seq: e.seq,
+            messageId: e.messageId,
+          });
+          w.put(this.index, [e.userId, e.conversationId, e.seq], e.cursor);
+        }
+      });
+      const written = this.guard(commit);
+      for (const e of fresh) {
+        const key = `${e.userId}\u0000${e.conversationId}\u0000${e.seq}`;
+        this.pending.set(commit, key, { cursor: e.cursor, written });
+      }
       waitFor.add(written);
-      const forget = () => {
-        for (const k of keys) this.pending.delete(k);
-      };
-      void written.then(forget, forget);
     }
     await Promise.all(waitFor);
     return out;
