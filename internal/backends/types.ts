@@ -502,3 +502,31 @@ export interface OwnershipStore extends Closeable {
   claim(stream: string, partition: number, owner: string): Promise<bigint>;
   current(stream: string, partition: number): Promise<bigint | undefined>;
 }
+
+// The message path builds these objects as literals, field by field. An object spread followed by a
+// property (`{ ...draft, seq }`) made Node 20's V8 promote far more to the old generation: measured
+// in isolation, 5-14x the bytes per scavenge of the same objects built as literals, all of it garbage
+// for the next major GC, whose pauses were the server's latency tail (bench/README, "Old-generation
+// garbage").
+
+/** The stored form of a draft given its seq. */
+export function sequenced(d: MessageDraft, seq: number): StoredMessage {
+  return {
+    conversationId: d.conversationId,
+    seq,
+    messageId: d.messageId,
+    sender: d.sender,
+    clientMsgId: d.clientMsgId,
+    body: d.body,
+    createdAtMs: d.createdAtMs,
+  };
+}
+
+/** An inbox entry at `cursor`. */
+export function inboxEntry(
+  e: Omit<InboxEntry, "cursor">,
+  cursor: number,
+  messageId: string = e.messageId,
+): InboxEntry {
+  return { userId: e.userId, cursor, conversationId: e.conversationId, seq: e.seq, messageId };
+}

@@ -21,7 +21,7 @@
  * The distributed platform writes inboxes through the owner path below instead (ADR 0002: no Paxos
  * round per user per batch); `append` stays for callers outside the message path and is the contract.
  */
-import type { InboxEntry, InboxStore } from "../types.js";
+import { type InboxEntry, type InboxStore, inboxEntry } from "../types.js";
 import { INBOX_BUCKET_SIZE, inboxBucket } from "./schema.js";
 import {
   backoff,
@@ -90,7 +90,7 @@ export class CassandraInboxStore implements InboxStore {
       const cursor = cursors.get(e.userId)?.get(entryKey(e.conversationId, e.seq));
       if (cursor === undefined)
         throw new Error(`invariant violated: no cursor for ${e.userId}/${e.conversationId}/${e.seq}`);
-      return { ...e, cursor };
+      return inboxEntry(e, cursor);
     });
   }
 
@@ -164,10 +164,10 @@ export class CassandraInboxStore implements InboxStore {
       for (const e of chunk) {
         const found = existing.get(entryKey(e.conversationId, e.seq));
         if (found) {
-          out.push({ ...e, cursor: found.cursor, messageId: found.messageId });
+          out.push(inboxEntry(e, found.cursor, found.messageId));
           continue;
         }
-        const entry = { ...e, cursor: ++next };
+        const entry = inboxEntry(e, ++next);
         fresh.push(entry);
         out.push(entry);
       }

@@ -56,7 +56,14 @@ import type {
   SessionEvent,
   StoredMessage,
 } from "../types.js";
-import { deadLetterId, deviceTokenKey, parseDeadLetterId, tokenNamesOneDevice } from "../types.js";
+import {
+  deadLetterId,
+  deviceTokenKey,
+  inboxEntry,
+  parseDeadLetterId,
+  sequenced,
+  tokenNamesOneDevice,
+} from "../types.js";
 import { MemberLists } from "./member-lists.js";
 import { PendingWrites } from "./pending-writes.js";
 import { TurnCommits } from "./turn-commits.js";
@@ -1016,23 +1023,7 @@ class EmbeddedPushDeadLetters implements PushDeadLetterStore {
   async close(): Promise<void> {}
 }
 
-// The message path builds its objects as literals, field by field. An object spread followed by a
-// property (`{ ...draft, seq }`) made Node 20's V8 promote far more to the old generation: measured
-// in isolation, 5-14x the bytes per scavenge of the same objects as literals, all of it garbage for the
-// next major GC, whose pauses are the server's latency tail (bench/README, "Object spreads").
-
-function sequenced(d: MessageDraft, seq: number): StoredMessage {
-  return {
-    conversationId: d.conversationId,
-    seq,
-    messageId: d.messageId,
-    sender: d.sender,
-    clientMsgId: d.clientMsgId,
-    body: d.body,
-    createdAtMs: d.createdAtMs,
-  };
-}
-
+/** A message as the log hands it to a consumer, built as a literal (see `sequenced`). */
 function logged(m: StoredMessage, trace: TraceCarrier | undefined, committed?: Promise<void>): LoggedMessage {
   const out: LoggedMessage = {
     conversationId: m.conversationId,
@@ -1046,8 +1037,4 @@ function logged(m: StoredMessage, trace: TraceCarrier | undefined, committed?: P
   if (trace) out.trace = trace;
   if (committed) out.committed = committed;
   return out;
-}
-
-function inboxEntry(e: Omit<InboxEntry, "cursor">, cursor: number): InboxEntry {
-  return { userId: e.userId, cursor, conversationId: e.conversationId, seq: e.seq, messageId: e.messageId };
 }

@@ -38,6 +38,7 @@ import type {
   SequencerStore,
   StoredMessage,
 } from "../types.js";
+import { sequenced } from "../types.js";
 import type { BatchProducer } from "./batch-producer.js";
 import { decodeMessage, encodeMessage } from "./codec.js";
 import {
@@ -447,15 +448,15 @@ export class Sequencer implements Closeable {
           if (ref && ref.seq <= head && row?.messageId === ref.messageId) {
             original = row; // sequenced before (a resend, or re-processing after a crash)
             if (row.messageId === d.messageId) {
-              originals.push({ ...d, seq: ref.seq });
+              originals.push(sequenced(d, ref.seq));
               out.redelivered.add(d.messageId);
             }
           } else if (ref && ref.seq <= head && !row && ref.messageId === d.messageId) {
-            original = { ...d, seq: ref.seq }; // its row never landed: write it now
+            original = sequenced(d, ref.seq); // its row never landed: write it now
             originals.push(original);
             out.redelivered.add(d.messageId);
           } else {
-            original = { ...d, seq: ++next };
+            original = sequenced(d, ++next);
             assigned.push({ dedupeKey: key, seq: original.seq, messageId: d.messageId });
             originals.push(original);
           }
@@ -465,7 +466,7 @@ export class Sequencer implements Closeable {
           draftId: d.messageId,
           result:
             original.messageId === d.messageId
-              ? { message: { ...d, seq: original.seq }, duplicate: false }
+              ? { message: sequenced(d, original.seq), duplicate: false }
               : { message: original, duplicate: true },
         });
       }
