@@ -26,6 +26,13 @@ export interface ServerStages {
   router_batches: number;
   router_batch_mean_ms: number | null;
   messages_per_router_batch: number | null;
+  /**
+   * The server's garbage collection in the step (prom-client's nodejs_gc_duration_seconds, summed
+   * over the processes): mark-compacts, and the milliseconds of all GC pauses. Old-generation
+   * garbage shows as major GCs, and their pauses as the latency tail.
+   */
+  major_gcs: number;
+  gc_pause_ms: number;
 }
 
 /** "n/a": not measured (a JVM that was not found, or a backend without it). */
@@ -128,11 +135,15 @@ function verdict(r: StepResult, extraClosed: number): Verdict {
   return { ok10, ok50, why: (ok10 ? "p99≤10" : ok50 ? "p99≤50" : "p99>50") + contended };
 }
 
+const MAJOR_GCS = 'nodejs_gc_duration_seconds_count{kind="major"}';
+const GC_SECONDS = "nodejs_gc_duration_seconds_sum";
 const STAGE_METRICS = [
   "switchboard_message_append_seconds_sum",
   "switchboard_message_append_seconds_count",
   "switchboard_router_batch_seconds_sum",
   "switchboard_router_batch_seconds_count",
+  MAJOR_GCS,
+  GC_SECONDS,
 ];
 
 const CASSANDRA_KINDS = { reads: "read", writes: "write", batches: "batch", lwts: "lwt" } as const;
@@ -202,6 +213,8 @@ function stageDelta(
     router_batch_mean_ms:
       batches > 0 ? r2((1000 * d("switchboard_router_batch_seconds_sum")) / batches) : null,
     messages_per_router_batch: batches > 0 ? r2(appends / batches) : null,
+    major_gcs: d(MAJOR_GCS),
+    gc_pause_ms: Math.round(1000 * d(GC_SECONDS)),
   };
 }
 
@@ -310,7 +323,7 @@ export async function runLadder(
 function progress(r: LadderResult): string {
   const st = r.server_stages;
   const stages = st
-    ? ` [server: append ${f(st.append_mean_ms)} ms, router batch ${f(st.router_batch_mean_ms)} ms × ${st.router_batches} (${f(st.messages_per_router_batch, 1)} msgs)]`
+    ? ` [server: append ${f(st.append_mean_ms)} ms, router batch ${f(st.router_batch_mean_ms)} ms × ${st.router_batches} (${f(st.messages_per_router_batch, 1)} msgs), GC ${st.gc_pause_ms} ms paused, ${st.major_gcs} major]`
     : "";
   const roles = r.server_cpu_cores_by_role
     ? ` (${Object.entries(r.server_cpu_cores_by_role)
