@@ -26,7 +26,7 @@ export interface TurnWriter {
 /**
  * Writes of a turn committed synchronously at most (a message costs about three, so about eight
  * messages). Measured at 5,000 msgs/s, server CPU per message and p99: limit 8, 159–163 µs and 15–26
- * ms; 24, 139–143 µs and 12–14 ms; 48, 129 µs and 11 ms, but 7,500/s no longer held (p99 68 ms: the
+ * ms; 24, 139–155 µs and 12–14 ms; 48, 129 µs and 11 ms, but 7,500/s no longer held (p99 68 ms: the
  * loop waited on fsyncs); every turn, 130 µs, and 7,500/s at p99 49 ms with p50 32.
  */
 export const SYNC_WRITES_MAX = 24;
