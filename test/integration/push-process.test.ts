@@ -75,12 +75,17 @@ async function connect(user: string): Promise<RawClient> {
   return client;
 }
 
-/** Open WebSocket connections, as the server counts them. */
-async function connectionsOpen(): Promise<number> {
+/** The first sample of `name` on the server's /metrics whose labels include `label` (0 when none). */
+async function metric(name: string, label = ""): Promise<number> {
   const text = await (await fetch(`${server.httpUrl}/metrics`)).text();
-  const line = text.split("\n").find((l) => l.startsWith("switchboard_gateway_connections "));
-  return Number(line?.split(" ")[1]);
+  const line = text
+    .split("\n")
+    .find((l) => (l.startsWith(`${name}{`) || l.startsWith(`${name} `)) && l.includes(label));
+  return line ? Number(line.split(" ").at(-1)) : 0;
 }
+
+/** Open WebSocket connections, as the server counts them. */
+const connectionsOpen = () => metric("switchboard_gateway_connections");
 
 /**
  * Closes a device's connection and waits until the server has dropped its session. The client sees
@@ -228,15 +233,7 @@ describe("push in the server process", () => {
     await disconnect(phone);
 
     // The router asks push (erin is offline) and push keeps quiet: counted, not sent.
-    const quieted = async (result: string) => {
-      const text = await (await fetch(`${server.httpUrl}/metrics`)).text();
-      const line = text
-        .split("\n")
-        .find(
-          (l) => l.startsWith("switchboard_push_notifications_total{") && l.includes(`result="${result}"`),
-        );
-      return line ? Number(line.split(" ").at(-1)) : 0;
-    };
+    const quieted = (result: string) => metric("switchboard_push_notifications_total", `result="${result}"`);
     const mutedBefore = await quieted("muted");
     await send(sender, erin, "muted, so silent");
     await vi.waitFor(async () => expect(await quieted("muted")).toBe(mutedBefore + 1), {

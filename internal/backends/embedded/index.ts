@@ -708,6 +708,8 @@ class EmbeddedInbox implements InboxStore {
   async append(entries: Array<Omit<InboxEntry, "cursor">>): Promise<InboxEntry[]> {
     const out: InboxEntry[] = [];
     const fresh: InboxEntry[] = [];
+    /** The idKey of each fresh entry, for the entries in flight. */
+    const freshKeys: string[] = [];
     const waitFor = new Set<Promise<unknown>>();
     const inThisCall = new Map<string, number>();
     for (const e of entries) {
@@ -734,6 +736,7 @@ class EmbeddedInbox implements InboxStore {
       const entry = inboxEntry(e, cursor);
       inThisCall.set(idKey, cursor);
       fresh.push(entry);
+      freshKeys.push(idKey);
       out.push(entry);
     }
     if (fresh.length > 0) {
@@ -748,9 +751,8 @@ class EmbeddedInbox implements InboxStore {
         }
       });
       const written = this.guard(commit);
-      for (const e of fresh) {
-        const key = `${e.userId}\u0000${e.conversationId}\u0000${e.seq}`;
-        this.pending.set(commit, key, { cursor: e.cursor, written });
+      for (let i = 0; i < fresh.length; i++) {
+        this.pending.set(commit, freshKeys[i]!, { cursor: fresh[i]!.cursor, written });
       }
       waitFor.add(written);
     }
@@ -1025,15 +1027,7 @@ class EmbeddedPushDeadLetters implements PushDeadLetterStore {
 
 /** A message as the log hands it to a consumer, built as a literal (see `sequenced`). */
 function logged(m: StoredMessage, trace: TraceCarrier | undefined, committed?: Promise<void>): LoggedMessage {
-  const out: LoggedMessage = {
-    conversationId: m.conversationId,
-    seq: m.seq,
-    messageId: m.messageId,
-    sender: m.sender,
-    clientMsgId: m.clientMsgId,
-    body: m.body,
-    createdAtMs: m.createdAtMs,
-  };
+  const out: LoggedMessage = sequenced(m, m.seq);
   if (trace) out.trace = trace;
   if (committed) out.committed = committed;
   return out;
