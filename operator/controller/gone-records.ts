@@ -6,6 +6,7 @@
 import { create, toBinary } from "@bufbuild/protobuf";
 import { Kafka, type KafkaConfig, logLevel, type Producer } from "kafkajs";
 import { SessionRecordKind, SessionRecordSchema } from "../../gen/switchboard/router/v1/router_pb.js";
+import { fixKafkajsRequestQueue } from "../../internal/lib/kafkajs-request-queue.js";
 import type { Logger } from "../../internal/lib/log.js";
 
 export interface KafkaTarget {
@@ -56,6 +57,7 @@ export class GoneRecordPublisher {
     const key = JSON.stringify([target.brokers, target.sasl ?? null, target.ssl ?? null]);
     let p = this.producers.get(key);
     if (!p) {
+      fixKafkajsRequestQueue();
       const kafka = new Kafka({
         clientId: this.clientId,
         brokers: target.brokers,

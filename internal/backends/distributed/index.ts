@@ -4,6 +4,7 @@
  * are announced in the message log.
  */
 import { type Admin, Kafka, type KafkaConfig, logLevel } from "kafkajs";
+import { fixKafkajsRequestQueue } from "../../lib/kafkajs-request-queue.js";
 import type { Logger } from "../../lib/log.js";
 import {
   type CassandraOptions,
@@ -100,6 +101,7 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
   };
   const stores = await openCassandraStores({ ...o.cassandra, provision: o.provision !== false });
   mark("cassandra");
+  fixKafkajsRequestQueue();
   const kafka = new Kafka({
     clientId: o.clientId,
     brokers: o.brokers,

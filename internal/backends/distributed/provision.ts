@@ -9,6 +9,7 @@
  */
 import cassandra from "cassandra-driver";
 import { Kafka, type KafkaConfig, logLevel } from "kafkajs";
+import { fixKafkajsRequestQueue } from "../../lib/kafkajs-request-queue.js";
 import type { Logger } from "../../lib/log.js";
 import { inSpan, SpanKind } from "../../lib/tracing.js";
 import { migrate, type Replication } from "../cassandra/schema.js";
@@ -67,6 +68,7 @@ export async function provisionDistributed(o: ProvisionOptions): Promise<Provisi
 
 async function provisionTopics(o: ProvisionOptions): Promise<string[]> {
   const log = o.log.child({ step: "kafka-topics" });
+  fixKafkajsRequestQueue();
   const kafka = new Kafka({
     clientId: o.clientId,
     brokers: o.kafka.brokers,
