@@ -174,9 +174,17 @@ function batchAttributes({ batch }: EachBatchPayload, group: string): Attributes
 }
 
 /**
- * A consumer of one of the platform's groups: a member that stops heartbeating for 10 s is out,
- * and a fetch waits at most `maxWaitTimeInMs` for records (the latency a quiet partition adds).
+ * How long the broker holds a fetch that finds no records (kafkajs's maxWaitTimeInMs). A fetch is
+ * answered as soon as a record arrives (minBytes 1), so this adds no latency to a record; it sets how
+ * often an idle consumer asks again, and how late a member notices a rebalance (kafkajs heartbeats
+ * between fetches) and stops. Groups shared by several processes (sequencer, inbox owners, push,
+ * event streams) keep rebalances quick; a group of one process (its routing table, its replies) has
+ * no one to rebalance with, so it asks rarely: at 50 and 100 ms, those two fetch loops in every
+ * process were most of an idle cluster's CPU (bench/README.md, "An idle cluster").
  */
+export const FETCH_WAIT_MS = { sharedGroup: 200, ownGroup: 500 } as const;
+
+/** A consumer of one of the platform's groups: a member that stops heartbeating for 10 s is out. */
 export function groupConsumer(kafka: Kafka, groupId: string, maxWaitTimeInMs: number): Consumer {
   return kafka.consumer({
     groupId,

@@ -26,6 +26,7 @@ import { decodeMessage } from "./codec.js";
 import {
   ConsumerLag,
   commitBatch,
+  FETCH_WAIT_MS,
   groupConsumer,
   handleBatch,
   PARTITIONS_CONSUMED_CONCURRENTLY,
@@ -119,7 +120,7 @@ export class InboxOwner implements Closeable {
   }
 
   async start(): Promise<void> {
-    const consumer = groupConsumer(this.o.kafka, this.o.groupId, 200);
+    const consumer = groupConsumer(this.o.kafka, this.o.groupId, FETCH_WAIT_MS.sharedGroup);
     this.consumer = consumer;
     this.commits = new PeriodicCommits(consumer, this.o.log);
     this.o.groupMembers?.track(consumer, this.o.groupId);

@@ -23,7 +23,7 @@ import type {
 } from "../types.js";
 import type { BatchProducer } from "./batch-producer.js";
 import { decodeMessage, encodeMessage, traceOf } from "./codec.js";
-import { commitBatch, groupConsumer } from "./consumers.js";
+import { commitBatch, FETCH_WAIT_MS, groupConsumer } from "./consumers.js";
 import { INBOX_GROUP, InboxOwner, type InboxOwnerOptions } from "./inbox-owner.js";
 import {
   MEMBERSHIP_KIND,
@@ -126,7 +126,7 @@ export class KafkaMessageLog implements MessageLog {
    */
   async listenForReplies(admin: Admin): Promise<void> {
     const groupId = `${this.o.groupPrefix}replies-${randomUUID()}`;
-    const consumer = groupConsumer(this.o.kafka, groupId, 100);
+    const consumer = groupConsumer(this.o.kafka, groupId, FETCH_WAIT_MS.ownGroup);
     this.consumers.add(consumer);
     this.replyGroups.push({ admin, groupId });
     const joined = new Promise<void>((resolve) => consumer.on(consumer.events.GROUP_JOIN, () => resolve()));
@@ -186,7 +186,7 @@ export class KafkaMessageLog implements MessageLog {
         "SEQUENCED_NOT_PUBLISHED",
         "the sequenced log is not published (set kafka.publishSequenced): nothing would ever arrive",
       );
-    const consumer = groupConsumer(this.o.kafka, `${this.o.groupPrefix}${group}`, 20);
+    const consumer = groupConsumer(this.o.kafka, `${this.o.groupPrefix}${group}`, FETCH_WAIT_MS.sharedGroup);
     this.consumers.add(consumer);
     let closing = false;
     await consumer.connect();

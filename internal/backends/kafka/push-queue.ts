@@ -17,7 +17,7 @@ import type { Logger } from "../../lib/log.js";
 import { shardOf } from "../../lib/shard.js";
 import type { PushDeadLetterStore, PushJob, PushJobQueue } from "../types.js";
 import type { BatchProducer } from "./batch-producer.js";
-import { groupConsumer } from "./consumers.js";
+import { FETCH_WAIT_MS, groupConsumer } from "./consumers.js";
 import type { GroupMembers } from "./member-resume.js";
 
 /** Jobs this process delivers at once; the rest of its partitions' live jobs wait their turn. */
@@ -98,7 +98,7 @@ export class KafkaPushQueue implements PushJobQueue {
   async consume(deliver: (job: PushJob) => Promise<void>): Promise<void> {
     if (this.consumer) throw new Error("invariant violated: the push queue is consumed once");
     this.deliver = deliver;
-    const consumer = groupConsumer(this.o.kafka, this.o.groupId, 200);
+    const consumer = groupConsumer(this.o.kafka, this.o.groupId, FETCH_WAIT_MS.sharedGroup);
     this.consumer = consumer;
     // A restart after a crash rejoins as the member it was: its partitions come back at once instead
     // of after the dead member's session.

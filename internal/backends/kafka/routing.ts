@@ -9,6 +9,7 @@ import type { Logger } from "../../lib/log.js";
 import type { Closeable, RoutingEvents, SessionEvent } from "../types.js";
 import type { BatchProducer } from "./batch-producer.js";
 import { decodeSessionEvent, encodeSessionEvent } from "./codec.js";
+import { FETCH_WAIT_MS } from "./consumers.js";
 
 export class KafkaRouting implements RoutingEvents {
   private readonly consumers = new Set<Consumer>();
@@ -33,7 +34,7 @@ export class KafkaRouting implements RoutingEvents {
       groupId,
       sessionTimeout: 10_000,
       heartbeatInterval: 1_000,
-      maxWaitTimeInMs: 50,
+      maxWaitTimeInMs: FETCH_WAIT_MS.ownGroup,
     });
     this.consumers.add(consumer);
     const highs = new Map((await this.topicOffsets()).map((p) => [p.partition, Number(p.high)]));

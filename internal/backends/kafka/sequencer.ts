@@ -44,6 +44,7 @@ import { decodeMessage, encodeMessage } from "./codec.js";
 import {
   ConsumerLag,
   commitBatch,
+  FETCH_WAIT_MS,
   groupConsumer,
   handleBatch,
   PARTITIONS_CONSUMED_CONCURRENTLY,
@@ -173,7 +174,7 @@ export class Sequencer implements Closeable {
   }
 
   async start(): Promise<void> {
-    const consumer = groupConsumer(this.o.kafka, this.o.groupId, 200);
+    const consumer = groupConsumer(this.o.kafka, this.o.groupId, FETCH_WAIT_MS.sharedGroup);
     this.consumer = consumer;
     this.commits = new PeriodicCommits(consumer, this.o.log);
     this.o.groupMembers?.track(consumer, this.o.groupId);
