@@ -19,7 +19,7 @@ import { KafkaPushQueue } from "../kafka/push-queue.js";
 import { KafkaRouting } from "../kafka/routing.js";
 import { type PendingAppends, SEQUENCER_GROUP, Sequencer } from "../kafka/sequencer.js";
 import { ensureTopics, topicNames, verifyTopics } from "../kafka/topics.js";
-import type { Backends } from "../types.js";
+import type { Backends, Closeable } from "../types.js";
 import { AnnouncingMembershipStore } from "./membership.js";
 
 const DEDUPE_WINDOW_SECONDS_DEFAULT = 168 * 3600;
@@ -120,7 +120,14 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
   const newProducer = () =>
     kafka.producer({ idempotent: true, maxInFlightRequests: 1, allowAutoTopicCreation: false });
   const producer = newProducer();
+  // Closed first and all at once: what holds consumers (stopping one waits for its fetch in flight,
+  // up to FETCH_WAIT_MS, so one after another they would add up). Then the rest, newest first.
+  const consuming: Closeable[] = [];
   const closers: Array<() => Promise<void>> = [() => stores.close()];
+  const closeAll = async (onError: (err: unknown) => void) => {
+    await Promise.all(consuming.splice(0).map((c) => c.close().catch(onError)));
+    for (const close of closers) await close().catch(onError);
+  };
   try {
     await admin.connect();
     closers.unshift(() => admin.disconnect());
@@ -168,7 +175,7 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
       appendTimeoutMs: o.appendTimeoutMs,
       log,
     });
-    closers.unshift(() => messageLog.close());
+    consuming.push(messageLog);
     if (o.appends !== false) await messageLog.listenForReplies(admin);
     mark("replies");
     let sequencer: Sequencer | undefined;
@@ -200,11 +207,10 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
       });
       await sequencer.start();
       mark("sequencer");
-      const started = sequencer;
-      closers.unshift(() => started.close());
+      consuming.push(sequencer);
     }
     const routing = new KafkaRouting(kafka, admin, batchProducer, names.routing, groupPrefix, log);
-    closers.unshift(() => routing.close());
+    consuming.push(routing);
     const pushQueue = new KafkaPushQueue({
       kafka,
       admin,
@@ -216,7 +222,7 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
       ...(groupMembers ? { groupMembers } : {}),
       log,
     });
-    closers.unshift(() => pushQueue.close());
+    consuming.push(pushQueue);
     log.info("distributed backend open (ms since the start of the open, per step)", timings);
     let closing: Promise<void> | undefined;
     return {
@@ -253,14 +259,10 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
         if (!producerConnected) return `Kafka: producer disconnected from ${o.brokers.join(",")}`;
         return undefined;
       },
-      close: () =>
-        (closing ??= (async () => {
-          for (const close of closers)
-            await close().catch((err: unknown) => log.warn("close failed", { err }));
-        })()),
+      close: () => (closing ??= closeAll((err: unknown) => log.warn("close failed", { err }))),
     };
   } catch (err) {
-    for (const close of closers) await close().catch(() => undefined);
+    await closeAll(() => undefined);
     throw err;
   }
 }

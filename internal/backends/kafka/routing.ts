@@ -13,6 +13,8 @@ import { FETCH_WAIT_MS } from "./consumers.js";
 
 export class KafkaRouting implements RoutingEvents {
   private readonly consumers = new Set<Consumer>();
+  /** Subscriptions closed whose consumers are still leaving (each waits for its fetch in flight). */
+  private readonly leaving = new Set<Promise<void>>();
 
   constructor(
     private readonly kafka: Kafka,
@@ -53,7 +55,9 @@ export class KafkaRouting implements RoutingEvents {
         r();
       };
     });
+    let closed = false;
     const deliver = (e: SessionEvent) => {
+      if (closed) return;
       if (live) handler(e);
       else applyToTable(table, e);
     };
@@ -79,12 +83,26 @@ export class KafkaRouting implements RoutingEvents {
     });
     await ready;
     return {
+      // Nothing reaches the handler once closed; the consumer leaves in the background (its stop
+      // waits up to FETCH_WAIT_MS for the fetch in flight) and this store's close waits for it.
       close: async () => {
+        if (closed) return;
+        closed = true;
         this.consumers.delete(consumer);
-        await consumer.disconnect();
-        await this.admin.deleteGroups([groupId]).catch(() => undefined);
+        const left = this.leave(consumer, groupId).finally(() => this.leaving.delete(left));
+        this.leaving.add(left);
       },
     };
+  }
+
+  /** Stops a subscription's consumer and deletes its group (the group is this subscription's alone). */
+  private async leave(consumer: Consumer, groupId: string): Promise<void> {
+    try {
+      await consumer.disconnect();
+    } catch (err) {
+      this.log.warn("routing: consumer did not disconnect cleanly", { err, groupId });
+    }
+    await this.admin.deleteGroups([groupId]).catch(() => undefined);
   }
 
   /** High watermarks; retried while a just-created topic's leader is still being elected. */
@@ -103,6 +121,7 @@ export class KafkaRouting implements RoutingEvents {
   async close(): Promise<void> {
     await Promise.all([...this.consumers].map((c) => c.disconnect()));
     this.consumers.clear();
+    await Promise.all(this.leaving);
   }
 }
 
