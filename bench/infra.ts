@@ -252,6 +252,56 @@ export function datacenter(env: InfraEnv): string {
 }
 
 /**
+ * The Cassandra node's own counts of local reads and writes for each table of the run's keyspace
+ * (`system_views.local_read_latency` / `local_write_latency`): one per partition read or written on
+ * this replica. A batch of many partitions is one client request but one local write (a mutation:
+ * commit log entry, memtable update) per partition, and the node's CPU follows those (bench/README.md,
+ * "What a Cassandra request and a mutation cost"). Keys: `read:<table>` and `write:<table>`.
+ */
+export class CassandraNodeCounts {
+  private readonly client: cassandra.Client;
+  private connected: Promise<void> | undefined;
+  private failed = false;
+
+  constructor(
+    env: InfraEnv,
+    private readonly keyspace: string,
+    private readonly log: (s: string) => void,
+  ) {
+    this.client = new cassandra.Client({
+      contactPoints: contactPoints(env),
+      localDataCenter: datacenter(env),
+      socketOptions: { connectTimeout: 10_000, readTimeout: 30_000 },
+    });
+  }
+
+  /** The counts now; undefined if the node could not be asked (then the step reports none). */
+  async read(): Promise<Record<string, number> | undefined> {
+    try {
+      this.connected ??= this.client.connect();
+      await this.connected;
+      const out: Record<string, number> = {};
+      for (const kind of ["read", "write"] as const) {
+        const rs = await this.client.execute(
+          `SELECT table_name, count FROM system_views.local_${kind}_latency WHERE keyspace_name = ?`,
+          [this.keyspace],
+        );
+        for (const row of rs.rows) out[`${kind}:${row.table_name as string}`] = Number(row.count);
+      }
+      return out;
+    } catch (err) {
+      if (!this.failed) this.log(`  Cassandra's local read/write counts unavailable: ${String(err)}`);
+      this.failed = true;
+      return undefined;
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.client.shutdown().catch(() => undefined);
+  }
+}
+
+/**
  * Drops the run's keyspace (auto_snapshot is off on the test node, so the disk is freed), its topics
  * and its consumer groups. Best effort: returns what failed instead of throwing.
  */

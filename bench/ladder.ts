@@ -48,6 +48,11 @@ export interface StepCosts {
   messages: number;
   /** Cassandra client requests per message, by kind (null: the backend has no Cassandra). */
   cassandra: { reads: number; writes: number; batches: number; lwts: number; total: number } | null;
+  /**
+   * Partitions the Cassandra node read and wrote per message (its own local counts, by table; a
+   * batch request writes many): null without Cassandra or when the node could not be asked.
+   */
+  cassandra_node: NodeCounts | null;
   /** Kafka produce requests and produced records per message (null: the backend has no Kafka). */
   kafka: { produce_requests: number; produced_records: number } | null;
   /** CPU µs per message: each Switchboard process, the Kafka and Cassandra JVMs, and all of them. */
@@ -57,6 +62,13 @@ export interface StepCosts {
     cassandra: number | NA;
     total: number | null;
   };
+}
+
+export interface NodeCounts {
+  reads: number;
+  writes: number;
+  /** Per table with any: reads and writes per message. */
+  by_table: Record<string, { reads: number; writes: number }>;
 }
 
 export type LadderResult = StepResult & {
@@ -160,11 +172,40 @@ const STEP_METRICS = [
 
 const r2 = (x: number) => Math.round(x * 100) / 100;
 
+/** Per message of the step: the node's local reads and writes, in all and by table. */
+export function nodeCountsPerMessage(
+  messages: number,
+  a: Record<string, number> | undefined,
+  b: Record<string, number> | undefined,
+): NodeCounts | null {
+  if (!a || !b || messages === 0) return null;
+  const byTable: NodeCounts["by_table"] = {};
+  let reads = 0;
+  let writes = 0;
+  for (const [key, after] of Object.entries(b)) {
+    const [kind, table] = key.split(":") as ["read" | "write", string];
+    const delta = after - (a[key] ?? 0);
+    if (delta <= 0) continue;
+    const t = byTable[table] ?? { reads: 0, writes: 0 };
+    byTable[table] = t;
+    if (kind === "read") {
+      t.reads = r2(delta / messages);
+      reads += delta;
+    } else {
+      t.writes = r2(delta / messages);
+      writes += delta;
+    }
+  }
+  return { reads: r2(reads / messages), writes: r2(writes / messages), by_table: byTable };
+}
+
 function stepCosts(
   r: StepResult,
   onInfra: boolean,
   a: Record<string, number> | undefined,
   b: Record<string, number> | undefined,
+  nodeBefore?: Record<string, number>,
+  nodeAfter?: Record<string, number>,
 ): StepCosts {
   const n = r.step_sent;
   // A series missing on either side (no /metrics, or a server without the counter): not measured.
@@ -189,6 +230,7 @@ function stepCosts(
   return {
     messages: n,
     cassandra,
+    cassandra_node: onInfra ? nodeCountsPerMessage(n, nodeBefore, nodeAfter) : null,
     kafka,
     cpu_us: {
       by_process: r.server_cpu_us_per_msg_by_process ?? {},
@@ -229,6 +271,8 @@ export interface LadderOptions extends LadderSettings {
   stopOnFail: boolean;
   /** Rates measured even after the ladder stopped (the headline rates). */
   alwaysRates?: number[];
+  /** The Cassandra node's local read and write counts by table (CassandraNodeCounts), if on it. */
+  nodeCounts?: () => Promise<Record<string, number> | undefined>;
   /** `perf record` the server (single process) during the step at this rate, into `perfDir`. */
   perfRate?: number;
   perfDir: string;
@@ -284,6 +328,7 @@ export async function runLadder(
           perf.start(o.warmupMs, Math.max(1, Math.floor(o.stepMs / 1000)));
         }
         const m0 = await sut.metrics(STEP_METRICS);
+        const n0 = await o.nodeCounts?.();
         const r: LadderResult = await load.runStep({
           rate,
           warmupMs: o.warmupMs,
@@ -297,8 +342,9 @@ export async function runLadder(
           ...(sut.infra ? { infraCpuSeconds: () => sut.infra!.seconds() } : {}),
         });
         const m1 = m0 && (await sut.metrics(STEP_METRICS));
+        const n1 = n0 && (await o.nodeCounts?.());
         if (m0) r.server_stages = stageDelta(m0, m1);
-        r.per_msg = stepCosts(r, sut.infra !== undefined, m0, m1);
+        r.per_msg = stepCosts(r, sut.infra !== undefined, m0, m1, n0, n1);
         if (r.server_cpu_cores_by_process) r.server_cpu_cores_by_role = byRole(r.server_cpu_cores_by_process);
         const v = verdict(r, load.closedUnexpectedly - closedBefore);
         if (attempt > 1) v.why += ` (attempt ${attempt})`;

@@ -6,6 +6,7 @@ import { createServer } from "node:net";
 import { describe, expect, it } from "vitest";
 import { createMetrics, type StorageRequestSource } from "../internal/lib/metrics.js";
 import { firstPort, pidListeningOn } from "./infra.js";
+import { nodeCountsPerMessage } from "./ladder.js";
 import { sumMetrics } from "./server.js";
 
 const SERIES = [
@@ -139,5 +140,34 @@ describe("finding a server by its port", () => {
     expect(firstPort("127.0.0.1:19042,127.0.0.2:19042", 9042)).toBe(19042);
     expect(firstPort("cassandra", 9042)).toBe(9042);
     expect(firstPort(undefined, 9092)).toBe(9092);
+  });
+});
+
+describe("the Cassandra node's own counts per message", () => {
+  it("divides each table's local reads and writes in the step by its messages, and sums them", () => {
+    const before = { "write:inbox_by_user": 100, "write:inbox_heads": 100, "read:partition_owners": 7 };
+    const after = {
+      "write:inbox_by_user": 460,
+      "write:inbox_heads": 460,
+      "write:messages_by_conversation": 180,
+      "read:partition_owners": 7,
+      "read:conversation_sequencer": 190,
+    };
+    expect(nodeCountsPerMessage(200, before, after)).toEqual({
+      reads: 0.95,
+      writes: 4.5,
+      by_table: {
+        inbox_by_user: { reads: 0, writes: 1.8 },
+        inbox_heads: { reads: 0, writes: 1.8 },
+        messages_by_conversation: { reads: 0, writes: 0.9 },
+        conversation_sequencer: { reads: 0.95, writes: 0 },
+      },
+    });
+  });
+
+  it("reports nothing when the node could not be asked before or after, or nothing was sent", () => {
+    expect(nodeCountsPerMessage(200, undefined, { "write:x": 1 })).toBeNull();
+    expect(nodeCountsPerMessage(200, { "write:x": 1 }, undefined)).toBeNull();
+    expect(nodeCountsPerMessage(0, { "write:x": 1 }, { "write:x": 2 })).toBeNull();
   });
 });

@@ -111,7 +111,17 @@ export function costTable(title: string, rows: LadderStep[]): string {
     "rate/s",
     "msgs",
     ...(onInfra
-      ? ["cass read", "cass write", "cass batch", "cass lwt", "cass total", "kafka produces", "kafka records"]
+      ? [
+          "cass read",
+          "cass write",
+          "cass batch",
+          "cass lwt",
+          "cass total",
+          "node reads",
+          "node writes",
+          "kafka produces",
+          "kafka records",
+        ]
       : []),
     ...processes.map((p) => `${p} µs`),
     ...(onInfra ? ["kafka JVM µs", "cassandra JVM µs"] : []),
@@ -132,6 +142,8 @@ export function costTable(title: string, rows: LadderStep[]): string {
             f(cass?.batches),
             f(cass?.lwts),
             f(cass?.total),
+            f(c?.cassandra_node?.reads),
+            f(c?.cassandra_node?.writes),
             f(c?.kafka?.produce_requests),
             f(c?.kafka?.produced_records),
           ]
@@ -142,6 +154,23 @@ export function costTable(title: string, rows: LadderStep[]): string {
     ];
   });
   return columns(title, head, body);
+}
+
+/** Per step on Cassandra: the partitions the node wrote and read per message, by table, most first. */
+export function nodeTableLines(rows: LadderStep[]): string[] {
+  const part = (byTable: Record<string, { reads: number; writes: number }>, kind: "reads" | "writes") =>
+    Object.entries(byTable)
+      .filter(([, t]) => t[kind] > 0)
+      .sort((a, b) => b[1][kind] - a[1][kind])
+      .map(([table, t]) => `${table} ${f(t[kind])}`)
+      .join(", ");
+  return rows.flatMap(({ r }) => {
+    const n = r.per_msg?.cassandra_node;
+    if (!n) return [];
+    return [
+      `  ${r.rate}/s: writes ${f(n.writes)} (${part(n.by_table, "writes")}); reads ${f(n.reads)} (${part(n.by_table, "reads")})`,
+    ];
+  });
 }
 
 /** The warnings and errors each cluster process logged, busiest first (empty when none). */

@@ -30,6 +30,7 @@ import { type Backend, openBackend } from "./backend.js";
 import { CENTRIFUGO_VERSION, CentrifugoSystem, centrifugoIdle, type PeerIdleResult } from "./centrifugo.js";
 import { type FanoutOptions, type FanoutStep, runFanout } from "./fanout.js";
 import { IDLE_CONNECTS_CONCURRENT, type IdleResult, runIdle } from "./idle.js";
+import { CassandraNodeCounts } from "./infra.js";
 import { type LadderStep, runLadder } from "./ladder.js";
 import { helpText, list, num, type Opts, readOptions, resolveSettings, type Settings } from "./options.js";
 import { type PeerRun, peerRatios, ratioReport } from "./peer-ratios.js";
@@ -45,6 +46,7 @@ import {
   logLines,
   maxLine,
   maxRate,
+  nodeTableLines,
   pushTables,
   restartTable,
   roleTable,
@@ -118,6 +120,10 @@ async function ladderPhase(s: Settings, opts: Opts, backend: Backend, out: Outpu
     nodeArgs.push("--perf-basic-prof");
   }
   const sut = await backend.start(nodeArgs);
+  const node =
+    backend.infra && backend.names
+      ? new CassandraNodeCounts(backend.infra.env, backend.names.keyspace, log)
+      : undefined;
   let ladder: Awaited<ReturnType<typeof runLadder>>;
   let perfReport: string | undefined;
   let stopped: StopReport;
@@ -127,11 +133,13 @@ async function ladderPhase(s: Settings, opts: Opts, backend: Backend, out: Outpu
       stopOnFail: !opts["no-stop"],
       alwaysRates: [1000, 5000],
       ...(perfRate !== undefined ? { perfRate } : {}),
+      ...(node ? { nodeCounts: () => node.read() } : {}),
       perfDir: s.server.dataRoot,
       log,
     });
     perfReport = ladder.perf?.report();
   } finally {
+    await node?.close();
     // Also on failure, so the run's topics and keyspace are never dropped under a running system.
     if (backend.name === "cluster") out.summary.cluster = sut.describe();
     stopped = await sut.stop();
@@ -186,10 +194,15 @@ async function ladderPhase(s: Settings, opts: Opts, backend: Backend, out: Outpu
     out.report.push(roleTable("Server CPU by role (cores, and µs per message sent):", steps));
   out.report.push(
     costTable(
-      "Where the time goes, per message: Cassandra requests by kind and Kafka produce requests/records (the step's /metrics deltas over its messages, warm-up included); CPU µs of each process and JVM (measured window):",
+      "Where the time goes, per message: Cassandra requests by kind, the partitions the node read and wrote (its own counts) and Kafka produce requests/records (the step's deltas over its messages, warm-up included); CPU µs of each process and JVM (measured window):",
       steps,
     ),
   );
+  const nodeLines = nodeTableLines(steps);
+  if (nodeLines.length > 0)
+    out.report.push(
+      ["Partitions the Cassandra node wrote and read per message, by table:", ...nodeLines].join("\n"),
+    );
   if (stopped.logs) {
     sum.cluster_logs = stopped.logs;
     const lines = logLines(stopped.logs);
