@@ -41,6 +41,7 @@ export default defineConfig({
             "test/integration/multiprocess.test.ts",
             "test/integration/push-queue.test.ts",
             "test/contract/distributed.test.ts",
+            "bench/node-counts.test.ts",
             "test/monitoring/**",
             "test/browser/**",
           ],
@@ -56,6 +57,7 @@ export default defineConfig({
             "test/integration/multiprocess.test.ts",
             "test/integration/push-queue.test.ts",
             "test/contract/distributed.test.ts",
+            "bench/node-counts.test.ts",
             // Needs Kafka and Cassandra for its dashboard check; runs once, here.
             "test/monitoring/monitoring.test.ts",
           ],
