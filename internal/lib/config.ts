@@ -354,7 +354,7 @@ export const schema = {
     brokers: list(["127.0.0.1:9092"], "Kafka bootstrap servers (distributed backend)."),
     topicPrefix: str(
       "switchboard.",
-      "Prefix of the topic names (messages, sequenced, inbox, replies, routing, push-jobs).",
+      "Prefix of the topic names (messages, sequenced, inbox, replies-by-process, replies, routing, push-jobs).",
     ),
     partitions: int(12, "Partitions of the message topics.", 1),
     replicationFactor: int(

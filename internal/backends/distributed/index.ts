@@ -156,6 +156,10 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
     const pending: PendingAppends = new Map();
     const dedupeWindowSeconds = o.dedupeWindowSeconds ?? DEDUPE_WINDOW_SECONDS_DEFAULT;
     const inboxPartitions = await partitionCount(admin, names.inbox);
+    // Provisioned by this version (a cluster of the version before lacks it until provisioned again).
+    const repliesByProcess = (await admin.listTopics()).includes(names.repliesByProcess)
+      ? { topic: names.repliesByProcess, partitions: await partitionCount(admin, names.repliesByProcess) }
+      : undefined;
     const groupMembers = o.memberFile === undefined ? undefined : GroupMembers.open(o.memberFile, log);
     const messageLog = new KafkaMessageLog({
       inbox: {
@@ -170,6 +174,7 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
       draftsTopic: names.messages,
       sequencedTopic: o.publishSequenced ? names.sequenced : undefined,
       repliesTopic: names.replies,
+      ...(repliesByProcess ? { repliesByProcess } : {}),
       groupPrefix,
       pending,
       appendTimeoutMs: o.appendTimeoutMs,
@@ -194,6 +199,7 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
         draftsTopic: names.messages,
         ...(o.publishSequenced ? { sequencedTopic: names.sequenced } : {}),
         repliesTopic: names.replies,
+        repliesByProcessTopic: names.repliesByProcess,
         producer: sequencerProducer,
         store: stores.sequencer,
         ownership: stores.ownership,

@@ -3,7 +3,7 @@
  * read their partitions, and how a handled batch is committed.
  */
 import type { Attributes } from "@opentelemetry/api";
-import type { Consumer, EachBatchPayload, Kafka, TopicPartitionOffset } from "kafkajs";
+import type { Consumer, EachBatchPayload, Kafka, PartitionAssigner, TopicPartitionOffset } from "kafkajs";
 import type { Logger } from "../../lib/log.js";
 import { inSpan, linksTo, MessageSpans, SpanKind, type TraceCarrier, tracing } from "../../lib/tracing.js";
 import { traceOf } from "./codec.js";
@@ -185,12 +185,18 @@ function batchAttributes({ batch }: EachBatchPayload, group: string): Attributes
 export const FETCH_WAIT_MS = { sharedGroup: 200, ownGroup: 500 } as const;
 
 /** A consumer of one of the platform's groups: a member that stops heartbeating for 10 s is out. */
-export function groupConsumer(kafka: Kafka, groupId: string, maxWaitTimeInMs: number): Consumer {
+export function groupConsumer(
+  kafka: Kafka,
+  groupId: string,
+  maxWaitTimeInMs: number,
+  partitionAssigners?: PartitionAssigner[],
+): Consumer {
   return kafka.consumer({
     groupId,
     sessionTimeout: 10_000,
     heartbeatInterval: 1_000,
     maxWaitTimeInMs,
     allowAutoTopicCreation: false,
+    ...(partitionAssigners ? { partitionAssigners } : {}),
   });
 }

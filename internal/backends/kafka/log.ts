@@ -6,7 +6,7 @@
  * on the replies topic, which `listenForReplies` follows). `consume` reads the sequenced topic as a
  * consumer group and commits a batch only after its handler resolved.
  */
-import { randomUUID } from "node:crypto";
+import { randomInt, randomUUID } from "node:crypto";
 import type { Admin, Consumer, Kafka } from "kafkajs";
 import { errors } from "../../lib/errors.js";
 import type { Logger } from "../../lib/log.js";
@@ -25,6 +25,7 @@ import type { BatchProducer } from "./batch-producer.js";
 import { decodeMessage, encodeMessage, traceOf } from "./codec.js";
 import { commitBatch, FETCH_WAIT_MS, groupConsumer } from "./consumers.js";
 import { INBOX_GROUP, InboxOwner, type InboxOwnerOptions } from "./inbox-owner.js";
+import { onePartitionAssigner, REPLY_PARTITION_HEADER } from "./reply-partition.js";
 import {
   MEMBERSHIP_KIND,
   type PendingAppends,
@@ -43,6 +44,11 @@ export interface KafkaLogOptions {
   /** The sequenced topic, when the sequencers publish it (kafka.publishSequenced): what consume() reads. */
   sequencedTopic: string | undefined;
   repliesTopic: string;
+  /**
+   * The replies-by-process topic and its partition count, if provisioned (a cluster provisioned by
+   * the version before has only `repliesTopic` until the operator provisions again).
+   */
+  repliesByProcess?: { topic: string; partitions: number };
   /** Consumer group ids are `${groupPrefix}${group}`. */
   groupPrefix: string;
   pending: PendingAppends;
@@ -57,6 +63,8 @@ export class KafkaMessageLog implements MessageLog {
   private readonly consumers = new Set<Consumer>();
   private readonly owners = new Set<InboxOwner>();
   private readonly replyGroups: Array<{ admin: Admin; groupId: string }> = [];
+  /** The replies-by-process partition this process reads, once its consumer joined (reply-partition.ts). */
+  private replyPartition: number | undefined;
 
   constructor(private readonly o: KafkaLogOptions) {}
 
@@ -82,10 +90,14 @@ export class KafkaMessageLog implements MessageLog {
     sequenced.catch(() => undefined);
     try {
       const trace = tracing.on ? activeCarrier() : undefined;
+      const replyTo =
+        this.replyPartition === undefined
+          ? undefined
+          : { [REPLY_PARTITION_HEADER]: String(this.replyPartition) };
       await this.o.producer.send(this.o.draftsTopic, {
         key: draft.conversationId,
         value: encodeMessage(draft),
-        ...(trace ? { headers: trace } : {}),
+        ...(trace || replyTo ? { headers: { ...trace, ...replyTo } } : {}),
       });
     } catch (err) {
       this.o.pending.delete(draft.messageId);
@@ -120,18 +132,37 @@ export class KafkaMessageLog implements MessageLog {
   }
 
   /**
-   * Follows the replies topic from its end with a consumer group of this process's own, resolving the
-   * senders waiting here. Resolves once the consumer has joined; a reply that still slipped past
-   * (produced while it started) costs its sender a timeout and a resend, which the dedupe answers.
+   * Follows the replies from their end with consumer groups of this process's own, resolving the
+   * senders waiting here: one partition of replies-by-process, picked at random and named in this
+   * process's drafts from then on (a sequencer answers there), and `replies`, where sequencers of the
+   * version before answer by conversation key (during a rolling update; idle long polls after it).
+   * Resolves once the consumers have joined; a reply that still slipped past (produced while they
+   * started) costs its sender a timeout and a resend, which the dedupe answers.
    */
   async listenForReplies(admin: Admin): Promise<void> {
+    const own = this.o.repliesByProcess;
+    const partition = own === undefined ? undefined : randomInt(own.partitions);
+    await Promise.all([
+      this.followReplies(admin, this.o.repliesTopic),
+      ...(own && partition !== undefined ? [this.followReplies(admin, own.topic, partition)] : []),
+    ]);
+    this.replyPartition = partition;
+  }
+
+  /** One replies consumer of this process's own: every partition of `topic`, or only `partition`. */
+  private async followReplies(admin: Admin, topic: string, partition?: number): Promise<void> {
     const groupId = `${this.o.groupPrefix}replies-${randomUUID()}`;
-    const consumer = groupConsumer(this.o.kafka, groupId, FETCH_WAIT_MS.ownGroup);
+    const consumer = groupConsumer(
+      this.o.kafka,
+      groupId,
+      FETCH_WAIT_MS.ownGroup,
+      partition === undefined ? undefined : [onePartitionAssigner(topic, partition)],
+    );
     this.consumers.add(consumer);
     this.replyGroups.push({ admin, groupId });
     const joined = new Promise<void>((resolve) => consumer.on(consumer.events.GROUP_JOIN, () => resolve()));
     await consumer.connect();
-    await consumer.subscribe({ topic: this.o.repliesTopic, fromBeginning: false });
+    await consumer.subscribe({ topic, fromBeginning: false });
     await consumer.run({
       // Nothing to resume from: a restarted process has no senders waiting. No committed offsets
       // also means a crashed process leaves no group behind once its session times out.

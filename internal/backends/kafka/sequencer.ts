@@ -60,6 +60,7 @@ import {
 import { type Audience, MemberCache } from "./member-cache.js";
 import type { GroupMembers } from "./member-resume.js";
 import { OwnedPartitions } from "./owned-partitions.js";
+import { replyPartitionOf } from "./reply-partition.js";
 
 export const SEQUENCER_GROUP = "sequencer";
 /** Headers of a reply record: the draft it answers, and whether that draft was a duplicate. */
@@ -102,6 +103,8 @@ export interface SequencerOptions {
   sequencedTopic?: string;
   /** Where answers go for senders that wait in another process (the draft's id is not in `pending`). */
   repliesTopic: string;
+  /** Where the replies go whose drafts name a partition (reply-partition.ts). */
+  repliesByProcessTopic?: string;
   producer: BatchProducer;
   store: SequencerStore;
   ownership: OwnershipStore;
@@ -210,9 +213,13 @@ export class Sequencer implements Closeable {
   ): Promise<void> {
     const { batch } = payload;
     const state = await this.partitions.claim(batch.partition);
+    /** Where each draft's sender reads its reply, when its process named a partition. */
+    const replyTo = new Map<string, number>();
     const records: DraftRecord[] = batch.messages.map((m, i) => {
       if (isMembershipRecord(m)) return { kind: "membership", conversationId: m.key!.toString() };
       const draft = decodeMessage(m.value!);
+      const partition = replyPartitionOf(m.headers);
+      if (partition !== undefined) replyTo.set(draft.messageId, partition);
       spans?.start(draft.messageId, traces?.[i], {
         "switchboard.conversation.id": draft.conversationId,
         "switchboard.message.id": draft.messageId,
@@ -261,7 +268,7 @@ export class Sequencer implements Closeable {
       );
     }
     await Promise.all(sends);
-    await this.answer(done.results);
+    await this.answer(done.results, replyTo);
     await commitBatch(payload, this.lag, this.commits);
   }
 
@@ -482,7 +489,7 @@ export class Sequencer implements Closeable {
    * Answers every draft's sender: a sender waiting in this process directly, one in another process
    * (or one that gave up) through the replies topic, where its process's log finds it by draft id.
    */
-  private async answer(results: Sequenced["results"]): Promise<void> {
+  private async answer(results: Sequenced["results"], replyTo: ReadonlyMap<string, number>): Promise<void> {
     const remote: Sequenced["results"] = [];
     for (const r of results) {
       const done = this.o.pending.get(r.draftId);
@@ -492,13 +499,18 @@ export class Sequencer implements Closeable {
       } else remote.push(r);
     }
     await Promise.all(
-      remote.map(({ draftId, result }) =>
-        this.o.producer.send(this.o.repliesTopic, {
-          key: result.message.conversationId,
-          value: encodeMessage(result.message),
-          headers: { [REPLY_DRAFT_HEADER]: draftId, [REPLY_DUPLICATE_HEADER]: result.duplicate ? "1" : "0" },
-        }),
-      ),
+      remote.map(({ draftId, result }) => {
+        const value = encodeMessage(result.message);
+        const headers = {
+          [REPLY_DRAFT_HEADER]: draftId,
+          [REPLY_DUPLICATE_HEADER]: result.duplicate ? "1" : "0",
+        };
+        const partition = replyTo.get(draftId);
+        // A draft from a process of the version before names no partition: it reads `replies` by key.
+        return partition === undefined || this.o.repliesByProcessTopic === undefined
+          ? this.o.producer.send(this.o.repliesTopic, { key: result.message.conversationId, value, headers })
+          : this.o.producer.send(this.o.repliesByProcessTopic, { partition, value, headers });
+      }),
     );
   }
 

@@ -2,8 +2,10 @@
  * Topic names and their idempotent creation. `messages` carries drafts (the durable intake, keyed by
  * conversation), `sequenced` the messages with their seq (published only with kafka.publishSequenced, for consumers
  * outside the platform), `routing` the
- * session up/down table (compacted: the latest record per session is the table), `replies` the
- * sequencer's answers to senders in other processes (short-lived: only a waiting sender reads them),
+ * session up/down table (compacted: the latest record per session is the table), `replies-by-process`
+ * the sequencer's answers to senders in other processes, in the partition each sender's process reads
+ * (short-lived: only a waiting sender reads them; `replies`, answered by conversation key, is what
+ * processes of the version before use, followed still during a rolling update),
  * `inbox` the messages per recipient partition, whose owners assign the users' inbox cursors.
  */
 
@@ -22,6 +24,7 @@ export interface TopicNames {
   sequenced: string;
   routing: string;
   replies: string;
+  repliesByProcess: string;
   inbox: string;
   pushJobs: string;
 }
@@ -32,6 +35,7 @@ export function topicNames(prefix: string): TopicNames {
     sequenced: `${prefix}sequenced`,
     routing: `${prefix}routing`,
     replies: `${prefix}replies`,
+    repliesByProcess: `${prefix}replies-by-process`,
     inbox: `${prefix}inbox`,
     pushJobs: `${prefix}push-jobs`,
   };
@@ -76,6 +80,15 @@ export function desiredTopics(s: TopicSettings): ITopicConfig[] {
     {
       // A reply matters only while its sender waits (kafka.appendTimeoutMs): an hour is plenty.
       topic: names.replies,
+      ...common,
+      configEntries: [
+        { name: "retention.ms", value: String(3_600_000) },
+        { name: "min.insync.replicas", value: minIsr },
+      ],
+    },
+    {
+      // The same, in the partition the sender's process reads (reply-partition.ts).
+      topic: names.repliesByProcess,
       ...common,
       configEntries: [
         { name: "retention.ms", value: String(3_600_000) },
@@ -138,7 +151,10 @@ export async function ensureTopics(admin: Admin, s: TopicSettings): Promise<void
  * provision (split roles; the operator provisions) fail with a message that says what to do.
  */
 export async function verifyTopics(admin: Admin, prefix: string): Promise<void> {
-  const wanted = Object.values(topicNames(prefix));
+  // replies-by-process is optional: a cluster provisioned by the version before lacks it until the
+  // operator provisions again, and its processes then answer and wait on `replies` (log.ts).
+  const { repliesByProcess: _optional, ...required } = topicNames(prefix);
+  const wanted = Object.values(required);
   const existing = new Set(await admin.listTopics());
   const missing = wanted.filter((t) => !existing.has(t));
   if (missing.length > 0)
