@@ -26,8 +26,11 @@ export interface Backend {
   readonly names: RunNames | undefined;
   /** Facts for the summary's env. */
   describe(): Record<string, unknown>;
-  /** Starts the system the ladder runs against (nodeArgs: extra node flags, single-process only). */
-  start(nodeArgs: string[]): Promise<SystemUnderTest>;
+  /**
+   * Starts the system the ladder runs against (nodeArgs: extra node flags, single-process only;
+   * cpuProfileDir: a cluster's processes each write their CPU profile there).
+   */
+  start(nodeArgs: string[], cpuProfileDir?: string): Promise<SystemUnderTest>;
   /** Drops the run's own topics, consumer groups and keyspace unless --keep-data (best effort). */
   cleanup(log: (s: string) => void): Promise<void>;
 }
@@ -122,11 +125,13 @@ function cluster(s: Settings, infra: SharedInfra): Backend {
       return names;
     },
     describe: () => ({ ...infraFacts(s, infra), cluster_layout: DEFAULT_LAYOUT }),
-    // No extra node flags: options.ts refuses --cpu-prof, --perf-rate and --server-node-args here.
-    start: () =>
+    // No extra node flags: options.ts refuses --perf-rate and --server-node-args here; --cpu-prof
+    // profiles every process (cpu-profile-preload.ts).
+    start: (_nodeArgs, cpuProfileDir) =>
       ClusterSystem.start(s.server, {
         infra,
         partitions: s.kafkaPartitions,
+        ...(cpuProfileDir ? { cpuProfileDir } : {}),
         onNames: (n) => {
           names = n;
         },

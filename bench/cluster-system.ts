@@ -7,7 +7,8 @@
 import { execFileSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { cpus } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
+import { fileURLToPath, pathToFileURL } from "node:url";
 import {
   type ClusterLayout,
   type ClusterState,
@@ -28,6 +29,8 @@ import {
   sumMetrics,
 } from "./server.js";
 import { type LogDigest, SERVER_ENV, type StopReport, type SystemUnderTest } from "./sut.js";
+
+const here = dirname(fileURLToPath(import.meta.url)); // dist/bench
 
 /** The run's topic prefix and keyspace as the cluster named them (`sbc<id>.`, `sbc_<id>`). */
 function clusterNames(state: Pick<ClusterState, "topicPrefix" | "keyspace">): RunNames {
@@ -120,7 +123,14 @@ export class ClusterSystem implements SystemUnderTest {
 
   static async start(
     s: ServerSettings,
-    o: { infra: SharedInfra; partitions: number; layout?: ClusterLayout; onNames: (n: RunNames) => void },
+    o: {
+      infra: SharedInfra;
+      partitions: number;
+      layout?: ClusterLayout;
+      onNames: (n: RunNames) => void;
+      /** Each role process writes its V8 CPU profile here when it stops (cpu-profile-preload.ts). */
+      cpuProfileDir?: string;
+    },
   ): Promise<ClusterSystem> {
     const layout = o.layout ?? DEFAULT_LAYOUT;
     const runDir = mkdtempSync(join(s.dataRoot, "switchboard-bench-cluster-"));
@@ -141,6 +151,12 @@ export class ClusterSystem implements SystemUnderTest {
           ...s.env,
           SWITCHBOARD_LOG_LEVEL: "warn",
           SWITCHBOARD_KAFKA_PARTITIONS: String(o.partitions),
+          ...(o.cpuProfileDir
+            ? {
+                NODE_OPTIONS: `--import=${pathToFileURL(join(here, "cpu-profile-preload.js")).href}`,
+                SWITCHBOARD_BENCH_CPU_PROF_DIR: o.cpuProfileDir,
+              }
+            : {}),
         },
       });
     } catch (err) {

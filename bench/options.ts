@@ -163,7 +163,7 @@ export const OPTIONS = {
   "no-pin": { type: "boolean", doc: "do not use taskset" },
   "cpu-prof": {
     type: "boolean",
-    doc: "run the ladder's server with --cpu-prof and print where its CPU went (single-process backends)",
+    doc: "run the ladder's server with --cpu-prof and print where its CPU went (cluster: every role process, each profile printed)",
   },
   "cpu-prof-dir": { type: "string", doc: "where to keep the .cpuprofile (default: a temp dir)" },
   "quiet-threshold": {
@@ -304,7 +304,7 @@ export function resolveSettings(opts: Opts): Settings {
   const backend = (opts.backend ?? "embedded") as BackendName;
   if (!BACKENDS.includes(backend)) throw new Error(`--backend must be one of ${BACKENDS.join(", ")}`);
   if (backend === "cluster")
-    for (const k of ["cpu-prof", "perf-rate", "server-node-args"] as const)
+    for (const k of ["perf-rate", "server-node-args"] as const)
       if (opts[k] !== undefined) throw new Error(`--${k} needs a single-process backend (not cluster)`);
   const onInfra = backend !== "embedded";
   const quick = opts.quick ?? false;

@@ -119,7 +119,7 @@ async function ladderPhase(s: Settings, opts: Opts, backend: Backend, out: Outpu
     if (!hasPerf()) throw new Error("--perf-rate: perf is not installed");
     nodeArgs.push("--perf-basic-prof");
   }
-  const sut = await backend.start(nodeArgs);
+  const sut = await backend.start(nodeArgs, profDir || undefined);
   const node =
     backend.infra && backend.names
       ? new CassandraNodeCounts(backend.infra.env, backend.names.keyspace, log)
@@ -151,7 +151,20 @@ async function ladderPhase(s: Settings, opts: Opts, backend: Backend, out: Outpu
     out.trailer.push(perfReport);
   }
   for (const p of stopped.problems) log(`  ${p}`);
-  if (profDir) {
+  if (profDir && backend.name === "cluster") {
+    // One profile per role process, named <role>-<http port>-<pid>.cpuprofile (cpu-profile-preload.ts).
+    const files = readdirSync(profDir)
+      .filter((x) => x.endsWith(".cpuprofile"))
+      .sort();
+    const profiles: Record<string, { file: string } & ProfileSummary> = {};
+    for (const file of files) {
+      const profile = summarizeProfile(join(profDir, file), 20);
+      profiles[file.replace(/\.cpuprofile$/, "")] = { file: join(profDir, file), ...profile };
+      out.trailer.push(`Cluster process ${file}: ${formatProfile(profile)}`);
+    }
+    if (files.length === 0) log(`  no .cpuprofile found in ${profDir}`);
+    out.summary.cluster_cpu_profiles = profiles;
+  } else if (profDir) {
     const file = readdirSync(profDir).find((x) => x.endsWith(".cpuprofile"));
     if (file) {
       const profile: ProfileSummary = summarizeProfile(join(profDir, file), 20);
