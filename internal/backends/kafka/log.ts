@@ -63,8 +63,11 @@ export class KafkaMessageLog implements MessageLog {
   private readonly consumers = new Set<Consumer>();
   private readonly owners = new Set<InboxOwner>();
   private readonly replyGroups: Array<{ admin: Admin; groupId: string }> = [];
-  /** The replies-by-process partition this process reads, once its consumer joined (reply-partition.ts). */
-  private replyPartition: number | undefined;
+  /**
+   * The header naming the replies-by-process partition this process reads, once its consumer joined
+   * (reply-partition.ts); the same object on every draft.
+   */
+  private replyHeaders: Record<string, string> | undefined;
 
   constructor(private readonly o: KafkaLogOptions) {}
 
@@ -90,14 +93,11 @@ export class KafkaMessageLog implements MessageLog {
     sequenced.catch(() => undefined);
     try {
       const trace = tracing.on ? activeCarrier() : undefined;
-      const replyTo =
-        this.replyPartition === undefined
-          ? undefined
-          : { [REPLY_PARTITION_HEADER]: String(this.replyPartition) };
+      const headers = trace ? { ...trace, ...this.replyHeaders } : this.replyHeaders;
       await this.o.producer.send(this.o.draftsTopic, {
         key: draft.conversationId,
         value: encodeMessage(draft),
-        ...(trace || replyTo ? { headers: { ...trace, ...replyTo } } : {}),
+        ...(headers ? { headers } : {}),
       });
     } catch (err) {
       this.o.pending.delete(draft.messageId);
@@ -141,12 +141,12 @@ export class KafkaMessageLog implements MessageLog {
    */
   async listenForReplies(admin: Admin): Promise<void> {
     const own = this.o.repliesByProcess;
-    const partition = own === undefined ? undefined : randomInt(own.partitions);
+    const partition = own ? randomInt(own.partitions) : undefined;
     await Promise.all([
       this.followReplies(admin, this.o.repliesTopic),
-      ...(own && partition !== undefined ? [this.followReplies(admin, own.topic, partition)] : []),
+      own && this.followReplies(admin, own.topic, partition),
     ]);
-    this.replyPartition = partition;
+    if (partition !== undefined) this.replyHeaders = { [REPLY_PARTITION_HEADER]: String(partition) };
   }
 
   /** One replies consumer of this process's own: every partition of `topic`, or only `partition`. */

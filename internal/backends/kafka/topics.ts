@@ -77,24 +77,17 @@ export function desiredTopics(s: TopicSettings): ITopicConfig[] {
         { name: "unclean.leader.election.enable", value: "false" },
       ],
     },
-    {
-      // A reply matters only while its sender waits (kafka.appendTimeoutMs): an hour is plenty.
-      topic: names.replies,
+    // Replies by key (the version before) and in the partition the sender's process reads
+    // (reply-partition.ts). A reply matters only while its sender waits (kafka.appendTimeoutMs): an
+    // hour is plenty.
+    ...[names.replies, names.repliesByProcess].map((topic) => ({
+      topic,
       ...common,
       configEntries: [
         { name: "retention.ms", value: String(3_600_000) },
         { name: "min.insync.replicas", value: minIsr },
       ],
-    },
-    {
-      // The same, in the partition the sender's process reads (reply-partition.ts).
-      topic: names.repliesByProcess,
-      ...common,
-      configEntries: [
-        { name: "retention.ms", value: String(3_600_000) },
-        { name: "min.insync.replicas", value: minIsr },
-      ],
-    },
+    })),
     {
       // Pending push jobs (push-queue.ts): the latest record per job id, a tombstone once it ended.
       // Compacted soon after (a few seconds of dirt), so an owner re-reads little on assignment.
