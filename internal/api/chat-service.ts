@@ -192,8 +192,11 @@ export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatS
       return { messages: page.messages.map(toWireMessage), hasMore: page.hasMore };
     },
 
-    async getPresence(req) {
-      const { statuses } = await deps.presence.getPresence({ userIds: usersOf(req.userIds) });
+    async getPresence(req, ctx) {
+      const { statuses } = await deps.presence.getPresence(
+        { userIds: usersOf(req.userIds) },
+        { deadline: ctx.deadline },
+      );
       return { statuses };
     },
 
@@ -213,28 +216,41 @@ export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatS
       return { sessions: deps.router.disconnect(userId, req.sessionId, code, req.reason) };
     },
 
-    async registerDevice(req) {
+    async registerDevice(req, ctx) {
       userOf(req.device?.userId ?? "", "device.user_id");
-      await deps.push.registerDevice({ ...(req.device ? { device: req.device } : {}) });
+      await deps.push.registerDevice(
+        { ...(req.device ? { device: req.device } : {}) },
+        { deadline: ctx.deadline },
+      );
       return {};
     },
 
-    async unregisterDevice(req) {
-      await deps.push.unregisterDevice({ userId: userOf(req.userId), deviceId: req.deviceId });
+    async unregisterDevice(req, ctx) {
+      await deps.push.unregisterDevice(
+        { userId: userOf(req.userId), deviceId: req.deviceId },
+        { deadline: ctx.deadline },
+      );
       return {};
     },
 
-    async listDevices(req) {
-      return { devices: (await deps.push.listDevices({ userId: userOf(req.userId) })).devices };
+    async listDevices(req, ctx) {
+      const { devices } = await deps.push.listDevices(
+        { userId: userOf(req.userId) },
+        { deadline: ctx.deadline },
+      );
+      return { devices };
     },
 
-    async listPushDeadLetters(req) {
-      const page = await deps.push.listDeadLetters({ limit: req.limit, beforeId: req.beforeId });
+    async listPushDeadLetters(req, ctx) {
+      const page = await deps.push.listDeadLetters(
+        { limit: req.limit, beforeId: req.beforeId },
+        { deadline: ctx.deadline },
+      );
       return { deadLetters: page.deadLetters };
     },
 
-    async replayPushDeadLetters(req) {
-      const r = await deps.push.replayDeadLetters({ ids: req.ids });
+    async replayPushDeadLetters(req, ctx) {
+      const r = await deps.push.replayDeadLetters({ ids: req.ids }, { deadline: ctx.deadline });
       return { replayedIds: r.replayedIds, missingIds: r.missingIds, deviceGoneIds: r.deviceGoneIds };
     },
 

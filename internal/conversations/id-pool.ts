@@ -1,5 +1,5 @@
 import type { IdService } from "../../gen/switchboard/id/v1/id_pb.js";
-import { detached, type ServiceClient } from "../lib/rpc.js";
+import type { ServiceClient } from "../lib/rpc.js";
 
 /** Keeps a local stock of Snowflake ids, refilled in batches: no RPC per message. */
 export class IdPool {
@@ -24,7 +24,8 @@ export class IdPool {
 
   private fill(): Promise<void> {
     // Shared by every caller waiting for ids: not bounded by the deadline of the one that started it.
-    this.refill ??= detached(() => this.ids.allocateIds({ count: this.batchSize }))
+    this.refill ??= this.ids
+      .allocateIds({ count: this.batchSize })
       .then((res) => {
         // Keep ascending order when popping: newest batch goes underneath the remaining stock.
         this.stock = [...res.ids.slice().reverse(), ...this.stock];

@@ -5,12 +5,12 @@
  * single-process platform is wired through the very interfaces the cluster uses.
  *
  * The gRPC conventions live here too, so every service gets them: deadlines (a handler's signal
- * aborts at the caller's deadline, and unary calls made on its behalf carry what is left of it),
+ * aborts at the caller's deadline, and a unary call made on its behalf with `{ deadline:
+ * ctx.deadline }` carries what is left of it),
  * rich error details (google.rpc.Status with an ErrorInfo in `grpc-status-details-bin`, decoded back
  * into the SwitchboardError that was thrown), per-method Prometheus metrics, and the list of the
  * services a server serves (for reflection and health).
  */
-import { AsyncLocalStorage } from "node:async_hooks";
 import { type EventEmitter, once } from "node:events";
 import {
   create,
@@ -48,9 +48,16 @@ export interface CallContext {
 export interface CallOptions {
   /**
    * Milliseconds until the call fails with DEADLINE_EXCEEDED (default 10 s for unary calls, none for
-   * streams). A unary call made while handling a gRPC call never outlives that call's deadline.
+   * streams).
    */
   timeoutMs?: number;
+  /**
+   * A deadline (ms since the epoch) the call must not outlive: a handler passes its own `ctx.deadline`
+   * to the unary calls it makes on its caller's behalf, whose answer nobody reads after that. Passed
+   * explicitly, not found in an AsyncLocalStorage scope: on Node 20 one such scope turns on promise
+   * hooks for the whole process, which cost a gateway about a tenth of its CPU per message.
+   */
+  deadline?: number | undefined;
   signal?: AbortSignal;
 }
 
@@ -124,24 +131,6 @@ function methodOf(impl: object, method: DescMethod): AnyFn {
   return fn.bind(impl) as AnyFn;
 }
 
-// ---- deadline propagation ----------------------------------------------------------------------
-
-/** The deadline of the gRPC call being handled, for the unary calls made on its behalf. */
-const callScope = new AsyncLocalStorage<{ readonly deadline: number | undefined }>();
-
-/** The deadline (ms since the epoch) of the gRPC call this code runs on behalf of, if any. */
-export function currentDeadline(): number | undefined {
-  return callScope.getStore()?.deadline;
-}
-
-/**
- * Runs `fn` outside any call's deadline: for work shared by many callers that one caller merely
- * started (a batch refill), which must not fail because that one caller was in a hurry.
- */
-export function detached<T>(fn: () => T): T {
-  return callScope.exit(fn);
-}
-
 const deadlineExceeded = () =>
   new SwitchboardError(Code.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED", "the caller's deadline passed");
 const cancelled = () => new SwitchboardError(Code.CANCELLED, "CANCELLED", "call cancelled");
@@ -174,7 +163,7 @@ export function inProcessClient<S extends DescService>(
     // call on paths such as every offline member's notification. Streams get their own.
     signal: opts?.signal ?? (unary ? NEVER_ABORTED : new AbortController().signal),
     peer: "in-process",
-    deadline: currentDeadline(),
+    deadline: opts?.deadline,
     principal: caller?.principal,
   });
   for (const method of service.methods) {
@@ -356,8 +345,6 @@ function beginCall(call: ServerCall, meter: MethodMeter | undefined) {
       return principal;
     },
   };
-  /** Runs the handler with this call's deadline as the one outgoing calls inherit. */
-  const scope = <T>(fn: () => T): T => callScope.run({ deadline }, fn);
   /** Settles the call's guard (if its server has one) before the handler runs; rejects with the refusal. */
   const admit = async (guard: CallGuard | undefined, path: string) => {
     if (!guard) return;
@@ -368,7 +355,7 @@ function beginCall(call: ServerCall, meter: MethodMeter | undefined) {
       call.getAuthContext().sslPeerCertificate?.raw,
     );
   };
-  return { ctx, end, scope, admit };
+  return { ctx, end, admit };
 }
 
 /** Resolves when `stream` can take more, or at once when the call is over. */
@@ -429,12 +416,12 @@ export function addService<S extends DescService>(
         call: grpc.ServerUnaryCall<unknown, unknown>,
         cb: grpc.sendUnaryData<unknown>,
       ) => {
-        const { ctx, end, scope, admit } = beginCall(call, meter);
+        const { ctx, end, admit } = beginCall(call, meter);
         const run = () => fn(call.request, ctx) as Promise<MessageInitShape<DescMessage>>;
         // A call made in a trace (its traceparent in the metadata) is a server span of that trace.
         const traceparent = tracing.on ? call.metadata.get("traceparent")[0] : undefined;
-        scope(() =>
-          admit(state.guard, path).then(() =>
+        admit(state.guard, path)
+          .then(() =>
             typeof traceparent === "string"
               ? inSpan(
                   `${service.typeName}/${method.name}`,
@@ -446,8 +433,7 @@ export function addService<S extends DescService>(
                   run,
                 )
               : run(),
-          ),
-        )
+          )
           .then((res) => create(method.output, res))
           .then(
             (out) => {
@@ -461,24 +447,24 @@ export function addService<S extends DescService>(
       const streamed = ((
         call: grpc.ServerWritableStream<unknown, unknown> | grpc.ServerDuplexStream<unknown, unknown>,
       ) => {
-        const { ctx, end, scope, admit } = beginCall(call, meter);
+        const { ctx, end, admit } = beginCall(call, meter);
         // Not the stream's default iterator: that destroys the call when the requests end, and a
         // destroyed call never sends its status (the handler may still answer after the last request).
         const input =
           method.methodKind === "server_streaming"
             ? (call as grpc.ServerWritableStream<unknown, unknown>).request
             : (call as grpc.ServerDuplexStream<unknown, unknown>).iterator({ destroyOnReturn: false });
-        scope(() =>
-          admit(state.guard, path).then(() =>
+        admit(state.guard, path)
+          .then(() =>
             pump(call, method, fn(input, ctx) as AsyncIterable<MessageInitShape<DescMessage>>, ctx.signal),
-          ),
-        ).then(
-          () => {
-            end(grpc.status.OK);
-            call.end();
-          },
-          (err: unknown) => call.emit("error", fail(end, err)),
-        );
+          )
+          .then(
+            () => {
+              end(grpc.status.OK);
+              call.end();
+            },
+            (err: unknown) => call.emit("error", fail(end, err)),
+          );
       }) as grpc.handleServerStreamingCall<unknown, unknown>;
       handlers[method.localName] = streamed;
     }
@@ -582,7 +568,7 @@ export function grpcClient<S extends DescService>(
           // Never past the deadline of the call this one is made for: its caller has given up by then.
           const deadline = Math.min(
             Date.now() + (opts?.timeoutMs ?? DEFAULT_UNARY_TIMEOUT_MS),
-            currentDeadline() ?? Number.POSITIVE_INFINITY,
+            opts?.deadline ?? Number.POSITIVE_INFINITY,
           );
           const record = meter?.start();
           const c = call(create(method.input, req), metadata, { deadline }, (err: unknown, res: unknown) => {

@@ -22,14 +22,7 @@ import {
 import { RouterService } from "../../gen/switchboard/router/v1/router_pb.js";
 import { Code, SwitchboardError } from "../../internal/lib/errors.js";
 import { createMetrics, type Metrics } from "../../internal/lib/metrics.js";
-import {
-  addService,
-  type CallContext,
-  currentDeadline,
-  detached,
-  grpcClient,
-  type ServiceImpl,
-} from "../../internal/lib/rpc.js";
+import { addService, type CallContext, grpcClient, type ServiceImpl } from "../../internal/lib/rpc.js";
 import { type RunningGrpc, serveGrpc } from "../../internal/process/grpc.js";
 
 interface TestServer extends RunningGrpc {
@@ -152,15 +145,17 @@ describe("deadlines", () => {
       }),
     );
     const toB = client(IdService, b.address);
-    let upstream: { deadline: number | undefined; ambient: number | undefined } | undefined;
-    let detachedCall = false;
+    let upstream: { deadline: number | undefined } | undefined;
+    let onBehalf = true;
     const a = await serve(
       {},
       ids(async (_req, ctx) => {
-        upstream = { deadline: ctx.deadline, ambient: currentDeadline() };
+        upstream = { deadline: ctx.deadline };
         await new Promise((r) => setTimeout(r, 50));
         // No timeoutMs: the client's default (10 s) would apply, but this call's caller gives up sooner.
-        return detachedCall ? detached(() => toB.allocateIds({ count: 1 })) : toB.allocateIds({ count: 1 });
+        return onBehalf
+          ? toB.allocateIds({ count: 1 }, { deadline: ctx.deadline })
+          : toB.allocateIds({ count: 1 });
       }),
     );
     const toA = client(IdService, a.address);
@@ -168,15 +163,14 @@ describe("deadlines", () => {
     const t0 = Date.now();
     await toA.allocateIds({ count: 1 }, { timeoutMs: 2_000 });
     expect(upstream!.deadline).toBeGreaterThan(t0 + 1_900);
-    expect(upstream!.ambient).toBe(upstream!.deadline);
     // B's deadline is A's (the remaining time travels as grpc-timeout: rounding, transit and event-loop lag).
     expect(Math.abs(downstream[0]!.deadline! - upstream!.deadline!)).toBeLessThan(200);
 
-    // Work shared by many callers (detached) keeps its own default deadline instead.
-    detachedCall = true;
+    // A call not made on the caller's behalf (work shared by many callers) keeps its own default.
+    onBehalf = false;
     await toA.allocateIds({ count: 1 }, { timeoutMs: 2_000 });
     expect(downstream[1]!.deadline! - Date.now()).toBeGreaterThan(8_000);
-    detachedCall = false;
+    onBehalf = true;
 
     // When the first caller's deadline passes, the second hop's handler is told at once, not 10 s later.
     waitForAbort = true;
