@@ -4,8 +4,9 @@
  * One idempotent producer per distinct Kafka (bootstrap servers and credentials), kept while in use.
  */
 import { create, toBinary } from "@bufbuild/protobuf";
-import { Kafka, type KafkaConfig, logLevel, type Producer } from "kafkajs";
+import { Kafka, type KafkaConfig, logLevel, Partitioners, type Producer } from "kafkajs";
 import { SessionRecordKind, SessionRecordSchema } from "../../gen/switchboard/router/v1/router_pb.js";
+import { kafkajsLogCreator } from "../../internal/lib/kafkajs-log.js";
 import { fixKafkajsRequestQueue } from "../../internal/lib/kafkajs-request-queue.js";
 import type { Logger } from "../../internal/lib/log.js";
 
@@ -62,13 +63,14 @@ export class GoneRecordPublisher {
         clientId: this.clientId,
         brokers: target.brokers,
         logLevel: logLevel.ERROR,
-        logCreator: () => (entry) => this.log.warn(`kafka: ${entry.log.message}`),
+        logCreator: kafkajsLogCreator(this.log),
         retry: { retries: 3, initialRetryTime: 200, maxRetryTime: 2_000 },
         connectionTimeout: 5_000,
         ...(target.ssl === undefined ? {} : { ssl: target.ssl }),
         ...(target.sasl === undefined ? {} : { sasl: target.sasl }),
       });
       const producer = kafka.producer({
+        createPartitioner: Partitioners.DefaultPartitioner,
         idempotent: true,
         maxInFlightRequests: 1,
         allowAutoTopicCreation: false,

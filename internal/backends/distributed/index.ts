@@ -3,7 +3,8 @@
  * for everything stored. See ADR 0002 for how seq is assigned and fenced, and why membership changes
  * are announced in the message log.
  */
-import { type Admin, Kafka, type KafkaConfig, logLevel } from "kafkajs";
+import { type Admin, Kafka, type KafkaConfig, logLevel, Partitioners } from "kafkajs";
+import { kafkajsLogCreator } from "../../lib/kafkajs-log.js";
 import { fixKafkajsRequestQueue } from "../../lib/kafkajs-request-queue.js";
 import type { Logger } from "../../lib/log.js";
 import {
@@ -77,13 +78,6 @@ export interface DistributedBackends extends Backends {
   };
 }
 
-const levels: Record<number, "error" | "warn" | "info" | "debug"> = {
-  [logLevel.ERROR]: "error",
-  [logLevel.WARN]: "warn",
-  [logLevel.INFO]: "info",
-  [logLevel.DEBUG]: "debug",
-};
-
 async function partitionCount(admin: Admin, topic: string): Promise<number> {
   const { topics } = await admin.fetchTopicMetadata({ topics: [topic] });
   const count = topics[0]?.partitions.length ?? 0;
@@ -108,17 +102,20 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
     ...(o.ssl === undefined ? {} : { ssl: o.ssl }),
     ...(o.sasl === undefined ? {} : { sasl: o.sasl }),
     logLevel: logLevel.WARN,
-    logCreator: () => (entry) => {
-      const { message, ...rest } = entry.log;
-      log[levels[entry.level] ?? "info"](`kafka: ${message}`, { namespace: entry.namespace, ...rest });
-    },
+    logCreator: kafkajsLogCreator(log),
     retry: { retries: 8, initialRetryTime: 200, maxRetryTime: 5_000 },
   });
   const admin = kafka.admin();
   // Idempotent, so a retried produce is written once; one request in flight keeps a producer's
-  // records in order.
+  // records in order. The partitioner is kafkajs's default (Java-compatible murmur2), named so that
+  // kafkajs does not warn about its v1 default at every start.
   const newProducer = () =>
-    kafka.producer({ idempotent: true, maxInFlightRequests: 1, allowAutoTopicCreation: false });
+    kafka.producer({
+      idempotent: true,
+      maxInFlightRequests: 1,
+      allowAutoTopicCreation: false,
+      createPartitioner: Partitioners.DefaultPartitioner,
+    });
   const producer = newProducer();
   // Closed first and all at once: what holds consumers (stopping one waits for its fetch in flight,
   // up to FETCH_WAIT_MS, so one after another they would add up). Then the rest, newest first.

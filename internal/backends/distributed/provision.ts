@@ -9,6 +9,7 @@
  */
 import cassandra from "cassandra-driver";
 import { Kafka, type KafkaConfig, logLevel } from "kafkajs";
+import { kafkajsLogCreator } from "../../lib/kafkajs-log.js";
 import { fixKafkajsRequestQueue } from "../../lib/kafkajs-request-queue.js";
 import type { Logger } from "../../lib/log.js";
 import { inSpan, SpanKind } from "../../lib/tracing.js";
@@ -73,7 +74,7 @@ async function provisionTopics(o: ProvisionOptions): Promise<string[]> {
     clientId: o.clientId,
     brokers: o.kafka.brokers,
     logLevel: logLevel.ERROR,
-    logCreator: () => (entry) => log.warn(`kafka: ${entry.log.message}`),
+    logCreator: kafkajsLogCreator(log),
     // Bounded: the caller (a reconcile) retries with backoff; a long retry here only hides the error.
     retry: { retries: 3, initialRetryTime: 200, maxRetryTime: 2_000 },
     connectionTimeout: 5_000,
