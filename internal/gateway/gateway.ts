@@ -51,6 +51,9 @@ export class Gateway {
   private readonly all = new Set<Connection>();
   private readonly ctx: GatewayContext;
   private draining = false;
+  /** Resolves at close(): every Deliver stream then ends with OK (see `service().deliver`). */
+  private readonly closed: Promise<IteratorReturnResult<undefined>>;
+  private markClosed!: () => void;
   private pingTimer: NodeJS.Timeout;
   private readonly alive = new WeakSet<object>();
 
@@ -88,6 +91,9 @@ export class Gateway {
     };
     this.pingTimer = setInterval(() => this.ping(), config.gateway.pingIntervalMs);
     this.pingTimer.unref();
+    this.closed = new Promise((resolve) => {
+      this.markClosed = () => resolve({ done: true, value: undefined });
+    });
   }
 
   /**
@@ -251,8 +257,15 @@ export class Gateway {
     return {
       async *deliver(requests, ctx) {
         let handled = 0;
+        const incoming = requests[Symbol.asyncIterator]();
         try {
-          for await (const req of requests) {
+          for (;;) {
+            // A closing gateway ends its Deliver streams itself, with OK: the routers then know it
+            // left (no failure to warn about and re-dial), and the gRPC server's graceful shutdown
+            // need not wait out its grace period for streams that never end by themselves.
+            const next = await Promise.race([incoming.next(), gateway.closed]);
+            if (next.done) break;
+            const req = next.value;
             if (req.recheckInboxes) gateway.recheckInboxes(req.userIds);
             else if (req.close) gateway.closeSessions(req.sessionIds, req.close.code, req.close.reason);
             else if (tracing.on && req.traceparent) gateway.dispatchTraced(req);
@@ -380,6 +393,7 @@ export class Gateway {
   async close(): Promise<void> {
     clearInterval(this.pingTimer);
     this.draining = true;
+    this.markClosed();
     for (const conn of [...this.all]) conn.close(CloseCode.GOING_AWAY, "server shutting down");
     this.wss.close();
   }

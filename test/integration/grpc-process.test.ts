@@ -10,6 +10,7 @@ import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { Health, HealthCheckResponse_ServingStatus as Serving } from "../../gen/grpc/health/v1/health_pb.js";
 import { ServerReflection } from "../../gen/grpc/reflection/v1/reflection_pb.js";
+import { GatewayService } from "../../gen/switchboard/gateway/v1/gateway_pb.js";
 import { IdService } from "../../gen/switchboard/id/v1/id_pb.js";
 import { newKey } from "../../internal/grpc-auth/key-file.js";
 import { Code } from "../../internal/lib/errors.js";
@@ -200,5 +201,43 @@ describe("deadlines and metrics on a real server", () => {
     expect(await metric(`grpc_server_handled_total{${idLabels},grpc_code="OK"}`)).toBe(1);
     expect(await metric(`grpc_server_handled_total{${idLabels},grpc_code="InvalidArgument"}`)).toBe(1);
     expect(await metric(`grpc_server_handling_seconds_count{${idLabels}}`)).toBe(2);
+  });
+});
+
+describe("stopping", () => {
+  it("a stopping gateway ends the Deliver streams routers hold with OK, without waiting out the grace period", async () => {
+    const server = await start({ args: ["--grpc-port", "0"] });
+    // What a router does: a Deliver stream whose requests end only when the router closes the link.
+    let endRequests!: () => void;
+    const routerClosed = new Promise<void>((resolve) => {
+      endRequests = resolve;
+    });
+    cleanup.push(() => endRequests());
+    const outcome = (async () => {
+      try {
+        for await (const _ of client(GatewayService, server.grpcPort).deliver(
+          (async function* () {
+            yield { userIds: ["nobody"], recheckInboxes: true };
+            await routerClosed;
+          })(),
+        ));
+        return "ended with OK";
+      } catch (err) {
+        return `failed: ${String(err)}`;
+      }
+    })();
+    await expect
+      .poll(async () => {
+        const text = await (await fetch(`http://127.0.0.1:${server.port}/metrics`)).text();
+        return text.includes(
+          'grpc_server_started_total{grpc_type="bidi_stream",grpc_service="switchboard.gateway.v1.GatewayService",grpc_method="Deliver"} 1',
+        );
+      })
+      .toBe(true);
+    const t0 = Date.now();
+    await server.stop();
+    expect(await outcome).toBe("ended with OK");
+    // Ending it was the gateway's doing: the gRPC server's 5 s grace period for open streams never ran.
+    expect(Date.now() - t0).toBeLessThan(3_000);
   });
 });
