@@ -8,7 +8,7 @@
  * messages cross gateways live. Prints the recovery times.
  */
 import { randomBytes } from "node:crypto";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { MessageInitShape } from "@bufbuild/protobuf";
@@ -358,6 +358,19 @@ describe("a multi-process cluster", () => {
     expect([...pids("deliver")].filter((p) => p !== sender && p !== undefined)).toHaveLength(1);
     for (const d of [alice, bob]) await d.c.close();
   }, 60_000);
+
+  it("logged no error line in any process while every process was healthy", () => {
+    // Before the kill tests: from here on, errors are what they provoke. An error line is what an
+    // SRE alerts on, so a healthy cluster's start and traffic must print none (kafkajs's retried
+    // responses included: internal/lib/kafkajs-log.ts).
+    const errors = cluster.state.processes.flatMap((p) =>
+      readFileSync(cluster.logPath(p.name), "utf8")
+        .split("\n")
+        .filter((line) => line.startsWith("{") && (JSON.parse(line) as { level?: string }).level === "error")
+        .map((line) => `${p.name}: ${line}`),
+    );
+    expect(errors).toEqual([]);
+  });
 
   it("delivers a notification once after kill -9 of the push process that was retrying it", async () => {
     const [sender, sleeper] = [await device("p-sender", 0), await device("p-sleeper", 1)];
