@@ -7,6 +7,7 @@ import { create, toBinary } from "@bufbuild/protobuf";
 import { Kafka, type KafkaConfig, logLevel, Partitioners, type Producer } from "kafkajs";
 import { SessionRecordKind, SessionRecordSchema } from "../../gen/switchboard/router/v1/router_pb.js";
 import { kafkajsLogCreator } from "../../internal/lib/kafkajs-log.js";
+import { fixKafkajsProduceEncoding } from "../../internal/lib/kafkajs-produce-encoding.js";
 import { fixKafkajsRequestQueue } from "../../internal/lib/kafkajs-request-queue.js";
 import type { Logger } from "../../internal/lib/log.js";
 
@@ -59,6 +60,7 @@ export class GoneRecordPublisher {
     let p = this.producers.get(key);
     if (!p) {
       fixKafkajsRequestQueue();
+      fixKafkajsProduceEncoding();
       const kafka = new Kafka({
         clientId: this.clientId,
         brokers: target.brokers,

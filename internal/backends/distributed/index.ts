@@ -5,6 +5,7 @@
  */
 import { type Admin, Kafka, type KafkaConfig, logLevel, Partitioners } from "kafkajs";
 import { kafkajsLogCreator } from "../../lib/kafkajs-log.js";
+import { fixKafkajsProduceEncoding } from "../../lib/kafkajs-produce-encoding.js";
 import { fixKafkajsRequestQueue } from "../../lib/kafkajs-request-queue.js";
 import type { Logger } from "../../lib/log.js";
 import {
@@ -96,6 +97,7 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
   const stores = await openCassandraStores({ ...o.cassandra, provision: o.provision !== false });
   mark("cassandra");
   fixKafkajsRequestQueue();
+  fixKafkajsProduceEncoding();
   const kafka = new Kafka({
     clientId: o.clientId,
     brokers: o.brokers,
