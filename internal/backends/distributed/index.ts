@@ -3,7 +3,7 @@
  * for everything stored. See ADR 0002 for how seq is assigned and fenced, and why membership changes
  * are announced in the message log.
  */
-import { type Admin, Kafka, type KafkaConfig, logLevel, Partitioners } from "kafkajs";
+import { Kafka, type KafkaConfig, logLevel, Partitioners } from "kafkajs";
 import { kafkajsLogCreator } from "../../lib/kafkajs-log.js";
 import { fixKafkajsProduceEncoding } from "../../lib/kafkajs-produce-encoding.js";
 import { fixKafkajsRequestQueue } from "../../lib/kafkajs-request-queue.js";
@@ -79,13 +79,6 @@ export interface DistributedBackends extends Backends {
   };
 }
 
-async function partitionCount(admin: Admin, topic: string): Promise<number> {
-  const { topics } = await admin.fetchTopicMetadata({ topics: [topic] });
-  const count = topics[0]?.partitions.length ?? 0;
-  if (count === 0) throw new Error(`invariant violated: topic ${topic} has no partitions`);
-  return count;
-}
-
 export async function openDistributedBackends(o: DistributedOptions): Promise<DistributedBackends> {
   const log = o.log.child({ backend: "distributed" });
   // Where a (re)start's time goes, logged once open: an SRE's first question after a slow restart.
@@ -130,14 +123,15 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
   try {
     await admin.connect();
     closers.unshift(() => admin.disconnect());
-    if (o.provision === false) await verifyTopics(admin, o.topicPrefix);
-    else
-      await ensureTopics(admin, {
-        prefix: o.topicPrefix,
-        partitions: o.partitions,
-        replicationFactor: o.replicationFactor,
-        retentionHours: o.retentionHours,
-      });
+    const layout =
+      o.provision === false
+        ? await verifyTopics(admin, o.topicPrefix)
+        : await ensureTopics(admin, {
+            prefix: o.topicPrefix,
+            partitions: o.partitions,
+            replicationFactor: o.replicationFactor,
+            retentionHours: o.retentionHours,
+          });
     let producerConnected = false;
     producer.on(producer.events.CONNECT, () => {
       producerConnected = true;
@@ -154,11 +148,15 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
     const batchProducer = new BatchProducer(producer);
     const pending: PendingAppends = new Map();
     const dedupeWindowSeconds = o.dedupeWindowSeconds ?? DEDUPE_WINDOW_SECONDS_DEFAULT;
-    const inboxPartitions = await partitionCount(admin, names.inbox);
+    const inboxPartitions = layout.get(names.inbox);
+    if (inboxPartitions === undefined)
+      throw new Error(`invariant violated: no layout of topic ${names.inbox}`);
     // Provisioned by this version (a cluster of the version before lacks it until provisioned again).
-    const repliesByProcess = (await admin.listTopics()).includes(names.repliesByProcess)
-      ? { topic: names.repliesByProcess, partitions: await partitionCount(admin, names.repliesByProcess) }
-      : undefined;
+    const repliesByProcessPartitions = layout.get(names.repliesByProcess);
+    const repliesByProcess =
+      repliesByProcessPartitions === undefined
+        ? undefined
+        : { topic: names.repliesByProcess, partitions: repliesByProcessPartitions };
     const groupMembers = o.memberFile === undefined ? undefined : GroupMembers.open(o.memberFile, log);
     const messageLog = new KafkaMessageLog({
       inbox: {

@@ -116,8 +116,11 @@ export function desiredTopics(s: TopicSettings): ITopicConfig[] {
   ];
 }
 
+/** Partitions per topic of a prefix's topics that exist, as the leader wait last saw them. */
+export type TopicLayout = ReadonlyMap<string, number>;
+
 /** Creates missing topics; existing ones are left as they are (idempotent). */
-export async function ensureTopics(admin: Admin, s: TopicSettings): Promise<void> {
+export async function ensureTopics(admin: Admin, s: TopicSettings): Promise<TopicLayout> {
   const existing = new Set(await admin.listTopics());
   const missing = desiredTopics(s).filter((t) => !existing.has(t.topic));
   if (missing.length > 0) {
@@ -133,7 +136,7 @@ export async function ensureTopics(admin: Admin, s: TopicSettings): Promise<void
       if (!exists && e.retriable !== true) throw err;
     }
   }
-  await waitForLeaders(
+  return waitForLeaders(
     admin,
     desiredTopics(s).map((t) => t.topic),
   );
@@ -143,10 +146,10 @@ export async function ensureTopics(admin: Admin, s: TopicSettings): Promise<void
  * Checks, without creating anything, that the topics exist and have leaders: processes that do not
  * provision (split roles; the operator provisions) fail with a message that says what to do.
  */
-export async function verifyTopics(admin: Admin, prefix: string): Promise<void> {
+export async function verifyTopics(admin: Admin, prefix: string): Promise<TopicLayout> {
   // replies-by-process is optional: a cluster provisioned by the version before lacks it until the
   // operator provisions again, and its processes then answer and wait on `replies` (log.ts).
-  const { repliesByProcess: _optional, ...required } = topicNames(prefix);
+  const { repliesByProcess: optional, ...required } = topicNames(prefix);
   const wanted = Object.values(required);
   const existing = new Set(await admin.listTopics());
   const missing = wanted.filter((t) => !existing.has(t));
@@ -155,14 +158,14 @@ export async function verifyTopics(admin: Admin, prefix: string): Promise<void> 
       "NOT_PROVISIONED",
       `Kafka topics ${missing.join(", ")} do not exist: provision them first (the operator does; or run \`switchboard provision\`)`,
     );
-  await waitForLeaders(admin, wanted);
+  return waitForLeaders(admin, existing.has(optional) ? [...wanted, optional] : wanted);
 }
 
 /**
  * A just-created topic may still answer "does not host this topic-partition" for a while after
  * createTopics returned: wait until every partition has a leader the metadata agrees on.
  */
-async function waitForLeaders(admin: Admin, topics: string[], timeoutMs = 60_000): Promise<void> {
+async function waitForLeaders(admin: Admin, topics: string[], timeoutMs = 60_000): Promise<TopicLayout> {
   const deadline = Date.now() + timeoutMs;
   for (let attempt = 1; ; attempt++) {
     try {
@@ -171,7 +174,7 @@ async function waitForLeaders(admin: Admin, topics: string[], timeoutMs = 60_000
         meta.length === topics.length &&
         meta.every((t) => t.partitions.length > 0 && t.partitions.every((p) => p.leader >= 0))
       ) {
-        return;
+        return new Map(meta.map((t) => [t.name, t.partitions.length]));
       }
     } catch (err) {
       if ((err as { retriable?: boolean }).retriable !== true || Date.now() > deadline) throw err;
