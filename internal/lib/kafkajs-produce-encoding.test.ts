@@ -22,6 +22,16 @@ afterEach(() => {
   vi.restoreAllMocks();
 });
 
+/** A request of one topic (with the acks and timeout kafkajs's broker always passes). */
+const oneTopic = (
+  topic: string,
+  partitions: ProduceArgs["topicData"][number]["partitions"],
+): ProduceArgs => ({
+  acks: -1,
+  timeout: 30_000,
+  topicData: [{ topic, partitions }],
+});
+
 const body = (n: number) => Buffer.from(Array.from({ length: n }, (_, i) => (i * 31) & 0xff));
 
 /** Request shapes: what the platform sends, and the corners of what kafkajs accepts. */
@@ -69,98 +79,62 @@ const CASES: Record<string, ProduceArgs> = {
     producerEpoch: 1,
     topicData: [{ topic: "t", partitions: [{ partition: 1, messages: [{ key: "k", value: "v" }] }] }],
   },
-  "string and Buffer keys and values, empty and multi-byte UTF-8, null and missing": {
-    acks: -1,
-    timeout: 30_000,
-    topicData: [
-      {
-        topic: "tøpic-ß",
-        partitions: [
-          {
-            partition: 3,
-            messages: [
-              { key: "", value: "" },
-              { key: Buffer.alloc(0), value: Buffer.alloc(0) },
-              { key: "ключ", value: "значение 🚀" },
-              { key: null, value: null },
-              { value: body(2_000) },
-              { key: body(130), value: "x".repeat(200) },
-            ],
+  "string and Buffer keys and values, empty and multi-byte UTF-8, null and missing": oneTopic("tøpic-ß", [
+    {
+      partition: 3,
+      messages: [
+        { key: "", value: "" },
+        { key: Buffer.alloc(0), value: Buffer.alloc(0) },
+        { key: "ключ", value: "значение 🚀" },
+        { key: null, value: null },
+        { value: body(2_000) },
+        { key: body(130), value: "x".repeat(200) },
+      ],
+    },
+  ]),
+  "header arrays, Buffer header values, many headers": oneTopic("t", [
+    {
+      partition: 0,
+      messages: [
+        {
+          key: "k",
+          value: "v",
+          headers: {
+            many: ["a", Buffer.from([1, 2, 3]), ""],
+            bin: body(200),
+            ...Object.fromEntries(Array.from({ length: 70 }, (_, i) => [`h${i}`, `v${i}`])),
           },
-        ],
-      },
-    ],
-  },
-  "header arrays, Buffer header values, many headers": {
-    acks: -1,
-    timeout: 30_000,
-    topicData: [
-      {
-        topic: "t",
-        partitions: [
-          {
-            partition: 0,
-            messages: [
-              {
-                key: "k",
-                value: "v",
-                headers: {
-                  many: ["a", Buffer.from([1, 2, 3]), ""],
-                  bin: body(200),
-                  ...Object.fromEntries(Array.from({ length: 70 }, (_, i) => [`h${i}`, `v${i}`])),
-                },
-              },
-              { key: "k2", value: "v2", headers: {} },
-            ],
-          },
-        ],
-      },
-    ],
-  },
-  "timestamps: given, out of order, of different lengths, zero, mixed with absent ones": {
-    acks: -1,
-    timeout: 30_000,
-    topicData: [
-      {
-        topic: "t",
-        partitions: [
-          {
-            partition: 0,
-            messages: [
-              { value: "a", timestamp: 1_764_000_000_500 },
-              { value: "b", timestamp: 1_764_000_000_100 },
-              { value: "c" },
-              { value: "d", timestamp: 0 },
-              { value: "e", timestamp: 1_764_000_009_999 },
-            ],
-          },
-          {
-            partition: 1,
-            messages: [
-              { value: "f", timestamp: 999 },
-              { value: "g", timestamp: 1_000 },
-            ],
-          },
-        ],
-      },
-    ],
-  },
-  "a partition of many records (multi-byte varints for sizes and offsets)": {
-    acks: -1,
-    timeout: 30_000,
-    topicData: [
-      {
-        topic: "t",
-        partitions: [
-          {
-            partition: 5,
-            firstSequence: 2 ** 31 - 10,
-            messages: Array.from({ length: 300 }, (_, i) => ({ key: `k${i}`, value: body(i) })),
-          },
-        ],
-      },
-    ],
-  },
+        },
+        { key: "k2", value: "v2", headers: {} },
+      ],
+    },
+  ]),
+  "timestamps: given, out of order, of different lengths, zero, mixed with absent ones": oneTopic("t", [
+    {
+      partition: 0,
+      messages: [
+        { value: "a", timestamp: 1_764_000_000_500 },
+        { value: "b", timestamp: 1_764_000_000_100 },
+        { value: "c" },
+        { value: "d", timestamp: 0 },
+        { value: "e", timestamp: 1_764_000_009_999 },
+      ],
+    },
+    {
+      partition: 1,
+      messages: [
+        { value: "f", timestamp: 999 },
+        { value: "g", timestamp: 1_000 },
+      ],
+    },
+  ]),
+  "a partition of many records (multi-byte varints for sizes and offsets)": oneTopic("t", [
+    {
+      partition: 5,
+      firstSequence: 2 ** 31 - 10,
+      messages: Array.from({ length: 300 }, (_, i) => ({ key: `k${i}`, value: body(i) })),
+    },
+  ]),
 };
 
 describe("kafkajs's Produce encoding, done in one buffer", () => {
