@@ -47,13 +47,13 @@ interface TopicData {
 
 /** What kafkajs's broker passes to a Produce version's request builder. */
 export interface ProduceArgs {
-  acks?: number;
-  timeout?: number;
-  compression?: number;
+  acks?: number | undefined;
+  timeout?: number | undefined;
+  compression?: number | undefined;
   topicData: TopicData[];
-  transactionalId?: string | null;
+  transactionalId?: string | null | undefined;
   producerId?: unknown;
-  producerEpoch?: number;
+  producerEpoch?: number | undefined;
 }
 
 /** The subset of kafkajs's Encoder that its request framing reads from an encoded payload. */
