@@ -24,6 +24,7 @@ import { Code, SwitchboardError } from "../../internal/lib/errors.js";
 import { createMetrics, type Metrics } from "../../internal/lib/metrics.js";
 import { addService, type CallContext, grpcClient, type ServiceImpl } from "../../internal/lib/rpc.js";
 import { type RunningGrpc, serveGrpc } from "../../internal/process/grpc.js";
+import { sampleOf } from "../helpers/metrics.js";
 
 interface TestServer extends RunningGrpc {
   address: string;
@@ -71,9 +72,7 @@ function aborted(signal: AbortSignal): Promise<unknown> {
 
 /** The value of a series in a registry's exposition (name{labels} exactly as prom-client prints it). */
 async function sample(metrics: Metrics, series: string): Promise<number | undefined> {
-  const text = await metrics.registry.metrics();
-  const line = text.split("\n").find((l) => l.startsWith(`${series} `));
-  return line === undefined ? undefined : Number(line.slice(series.length + 1));
+  return sampleOf(await metrics.registry.metrics(), series);
 }
 
 const ID_LABELS = 'grpc_type="unary",grpc_service="switchboard.id.v1.IdService",grpc_method="AllocateIds"';

@@ -16,6 +16,7 @@ import { newKey } from "../../internal/grpc-auth/key-file.js";
 import { Code } from "../../internal/lib/errors.js";
 import { grpcClient } from "../../internal/lib/rpc.js";
 import { freePort, listeningPorts } from "../helpers/grpc.js";
+import { sampleOf, scrape } from "../helpers/metrics.js";
 import { cliPath, type ServerProcess, startServer, tempDir } from "../helpers/server.js";
 
 const cleanup: Array<() => unknown> = [];
@@ -187,11 +188,7 @@ describe("deadlines and metrics on a real server", () => {
     await ids.allocateIds({ count: 2 });
     await expect(ids.allocateIds({ count: 0 })).rejects.toMatchObject({ reason: "COUNT_OUT_OF_RANGE" });
 
-    const metric = async (series: string) => {
-      const text = await (await fetch(`${id.httpUrl}/metrics`)).text();
-      const line = text.split("\n").find((l) => l.startsWith(`${series} `));
-      return line === undefined ? undefined : Number(line.slice(series.length + 1));
-    };
+    const metric = async (series: string) => sampleOf(await scrape(id.httpUrl), series);
     const watchLabels = 'grpc_type="server_stream",grpc_service="grpc.health.v1.Health",grpc_method="Watch"';
     await expect
       .poll(() => metric(`grpc_server_handled_total{${watchLabels},grpc_code="DeadlineExceeded"}`))
@@ -226,14 +223,11 @@ describe("stopping", () => {
         return `failed: ${String(err)}`;
       }
     })();
+    const deliverLabels =
+      'grpc_type="bidi_stream",grpc_service="switchboard.gateway.v1.GatewayService",grpc_method="Deliver"';
     await expect
-      .poll(async () => {
-        const text = await (await fetch(`http://127.0.0.1:${server.port}/metrics`)).text();
-        return text.includes(
-          'grpc_server_started_total{grpc_type="bidi_stream",grpc_service="switchboard.gateway.v1.GatewayService",grpc_method="Deliver"} 1',
-        );
-      })
-      .toBe(true);
+      .poll(async () => sampleOf(await scrape(server.httpUrl), `grpc_server_started_total{${deliverLabels}}`))
+      .toBe(1);
     const t0 = Date.now();
     await server.stop();
     expect(await outcome).toBe("ended with OK");

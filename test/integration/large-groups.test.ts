@@ -9,6 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { MessageEvent, ServerFrame } from "../../gen/switchboard/client/v1/client_pb.js";
 import { DeliveryModel } from "../../gen/switchboard/common/v1/common_pb.js";
 import { type IncomingMessage, SwitchboardClient } from "../../sdk/src/index.js";
+import { scrape, sumOf } from "../helpers/metrics.js";
 import { expectCase, RawClient } from "../helpers/raw-client.js";
 import { devToken, type ServerProcess, startServer } from "../helpers/server.js";
 
@@ -66,11 +67,7 @@ async function historyAfter(client: RawClient, conversationId: string, afterSeq:
 }
 
 async function metric(name: string): Promise<number> {
-  const text = await (await fetch(`${server.httpUrl}/metrics`)).text();
-  let total = 0;
-  for (const line of text.split("\n"))
-    if (line.startsWith(name) && !line.startsWith("#")) total += Number(line.split(" ").at(-1));
-  return total;
+  return sumOf(await scrape(server.httpUrl), name);
 }
 
 async function until(pred: () => boolean, what: string, timeoutMs = 15_000): Promise<void> {

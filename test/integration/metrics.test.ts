@@ -8,6 +8,7 @@ import { execFile } from "node:child_process";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { IdService } from "../../gen/switchboard/id/v1/id_pb.js";
 import { grpcClient } from "../../internal/lib/rpc.js";
+import { sampleOf as sample } from "../helpers/metrics.js";
 import { expectCase, RawClient } from "../helpers/raw-client.js";
 import { devToken, type ServerProcess, startServer, testBackend } from "../helpers/server.js";
 import { ensureServer } from "../infra/servers.js";
@@ -33,12 +34,6 @@ function promtoolCheck(text: string): Promise<{ code: number; output: string }> 
     });
     child.stdin!.end(text);
   });
-}
-
-/** The value of the first sample whose line starts with `series` (name and labels). */
-function sample(text: string, series: string): number | undefined {
-  const line = text.split("\n").find((l) => l.startsWith(`${series} `));
-  return line === undefined ? undefined : Number(line.slice(series.length + 1));
 }
 
 describe("/metrics", () => {

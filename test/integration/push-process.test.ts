@@ -11,6 +11,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { Provider } from "../../gen/switchboard/push/v1/push_pb.js";
 import { TestPki } from "../helpers/certificates.js";
+import { firstSampleOf, scrape } from "../helpers/metrics.js";
 import { ApnsStandIn } from "../helpers/push-stand-ins/apns.js";
 import { FcmStandIn } from "../helpers/push-stand-ins/fcm.js";
 import { vapidKeys, WebPushStandIn } from "../helpers/push-stand-ins/web-push.js";
@@ -77,11 +78,7 @@ async function connect(user: string): Promise<RawClient> {
 
 /** The first sample of `name` on the server's /metrics whose labels include `label` (0 when none). */
 async function metric(name: string, label = ""): Promise<number> {
-  const text = await (await fetch(`${server.httpUrl}/metrics`)).text();
-  const line = text
-    .split("\n")
-    .find((l) => (l.startsWith(`${name}{`) || l.startsWith(`${name} `)) && l.includes(label));
-  return line ? Number(line.split(" ").at(-1)) : 0;
+  return firstSampleOf(await scrape(server.httpUrl), name, label) ?? 0;
 }
 
 /** Open WebSocket connections, as the server counts them. */
