@@ -6,7 +6,7 @@
 import { parseArgs } from "node:util";
 import { signDevToken } from "../lib/auth.js";
 import { type Config, configDocs, loadConfig } from "../lib/config.js";
-import { createLogger } from "../lib/log.js";
+import { createLogger, setLogLevel } from "../lib/log.js";
 import { distributedOptions } from "../process/backends.js";
 import { devTokensRefusal } from "../process/http.js";
 import { ROLES, type RoleName, startRole } from "../roles/index.js";
@@ -58,6 +58,7 @@ export async function runStart(argv: string[]): Promise<number> {
   if (values.backend !== undefined) overrides.backend = values.backend;
   if (values.dev) overrides["auth.devTokens"] = "true";
   const config = loadConfig(platformEnv(), overrides);
+  setLogLevel(config.log.level);
   const log = createLogger({ service: "switchboard", role });
   const running = await startRole(role, config, log);
   const url = running.gateway ? `ws://${config.http.host}:${running.httpPort}/ws` : undefined;
@@ -124,6 +125,7 @@ export function runSequencer(argv: string[]): Promise<number> {
 export async function runProvision(argv: string[]): Promise<number> {
   parseArgs({ args: argv, options: {}, strict: true });
   const config = loadConfig(platformEnv());
+  setLogLevel(config.log.level);
   const log = createLogger({ service: "provision" });
   const o = distributedOptions(config, log, {
     sequencer: false,

@@ -24,6 +24,8 @@ describe("config", () => {
     expect(() => loadConfig({ SWITCHBOARD_HTTP_PORT: "eighty" })).toThrow(/SWITCHBOARD_HTTP_PORT/);
     expect(() => loadConfig({}, { "http.port": "70000" })).toThrow(/--http.port/);
     expect(() => loadConfig({}, { "http.nope": "1" })).toThrow(/unknown configuration key/);
+    expect(() => loadConfig({ SWITCHBOARD_LOG_LEVEL: "warning" })).toThrow(/SWITCHBOARD_LOG_LEVEL/);
+    expect(loadConfig({ SWITCHBOARD_LOG_LEVEL: "debug" }).log.level).toBe("debug");
   });
 
   it("documents every setting", () => {

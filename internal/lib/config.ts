@@ -437,6 +437,13 @@ export const schema = {
       "Share of new traces recorded (parent-based: a send whose client's traceparent is sampled is always recorded, one that is not never). 0.01 to 0.1 is usual in production.",
     ),
   },
+  log: {
+    level: oneOf(
+      ["debug", "info", "warn", "error"] as const,
+      "info",
+      "Lowest level of the log lines written to stderr (one JSON object per line). debug adds, among others, the Kafka responses kafkajs retries by design (a group coordinator being elected, a rebalance), which it would otherwise print as errors.",
+    ),
+  },
 } as const;
 
 type Shape<S> = S extends Setting<infer T> ? T : { -readonly [K in keyof S]: Shape<S[K]> };

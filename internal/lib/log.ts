@@ -15,7 +15,12 @@ export interface Logger {
   child(fields: Record<string, unknown>): Logger;
 }
 
-let minLevel: Level = (process.env.SWITCHBOARD_LOG_LEVEL as Level | undefined) ?? "info";
+const isLevel = (v: string | undefined): v is Level => v !== undefined && v in order;
+/**
+ * Until the configuration is loaded (which validates log.level and calls setLogLevel), the variable
+ * as it is; a value that is not a level counts as info here, and loading the configuration fails on it.
+ */
+let minLevel: Level = isLevel(process.env.SWITCHBOARD_LOG_LEVEL) ? process.env.SWITCHBOARD_LOG_LEVEL : "info";
 
 export function setLogLevel(level: Level): void {
   minLevel = level;

@@ -127,6 +127,8 @@ export interface ObservabilitySpec {
     podMonitor?: PodMonitorSpec;
   };
   otlp?: { endpoint: string };
+  /** Defaulted (info) by the CRD; absent only under a CRD older than the operator. */
+  logLevel?: "debug" | "info" | "warn" | "error";
 }
 
 /**

@@ -89,6 +89,7 @@ export function clusterEnv(cluster: ChatCluster): Record<string, string> {
   set("cassandra.keyspace", s.cassandra.keyspace);
   set("cassandra.consistency", s.cassandra.consistency);
   set("metrics.enabled", s.observability.metrics.enabled);
+  set("log.level", s.observability.logLevel ?? "info");
   if (s.observability.otlp) {
     env.OTEL_EXPORTER_OTLP_ENDPOINT = s.observability.otlp.endpoint;
     set("tracing.enabled", true);

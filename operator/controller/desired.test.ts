@@ -304,6 +304,18 @@ describe("desiredObjects", () => {
     expect(loadConfig(data).tracing.enabled).toBe(true);
   });
 
+  it("passes the spec's log level to every service (info under a CRD that predates it)", () => {
+    const data = (c: ChatCluster) =>
+      loadConfig(find<V1ConfigMap>(desiredObjects(c, inputs), "ConfigMap", "chat-config")?.data);
+    const { logLevel: _none, ...withoutLevel } = spec.observability;
+    expect(data({ ...cluster, spec: { ...spec, observability: withoutLevel } }).log.level).toBe("info");
+    const debug: ChatCluster = {
+      ...cluster,
+      spec: { ...spec, observability: { ...spec.observability, logLevel: "debug" } },
+    };
+    expect(data(debug).log.level).toBe("debug");
+  });
+
   it("publishes the sequenced log only while a backend client may stream events", () => {
     const data = (c: ChatCluster) =>
       loadConfig(find<V1ConfigMap>(desiredObjects(c, inputs), "ConfigMap", "chat-config")?.data);

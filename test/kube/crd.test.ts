@@ -207,7 +207,10 @@ describe("ChatCluster CRD", () => {
       consistency: "LOCAL_QUORUM",
       replication: { class: "NetworkTopologyStrategy", factor: 3 },
     });
-    expect(s.observability).toEqual({ metrics: { enabled: true, podMonitor: { enabled: false } } });
+    expect(s.observability).toEqual({
+      metrics: { enabled: true, podMonitor: { enabled: false } },
+      logLevel: "info",
+    });
     expect(s.grpc).toEqual({ tls: { enabled: false } });
     // A partly given object keeps its values and gets the rest.
     const partial = await dryRunCreate(
@@ -331,6 +334,7 @@ describe("ChatCluster CRD", () => {
           podMonitor: { enabled: true, labels: { release: "kube-prometheus-stack" }, interval: "1m30s" },
         },
         otlp: { endpoint: "http://otel:4317" },
+        logLevel: "debug",
       },
       // Both ways to authenticate and both kinds of conversations, for Full<>: one of each is created.
       api: {
@@ -463,6 +467,9 @@ describe("ChatCluster CRD", () => {
     expect(await createError(minimal("bad-policy", { imagePullPolicy: "Sometimes" }))).toMatch(
       /spec\.imagePullPolicy: Unsupported value: "Sometimes"/,
     );
+    expect(await createError(minimal("bad-log", { observability: { logLevel: "verbose" } }))).toMatch(
+      /spec\.observability\.logLevel: Unsupported value: "verbose"/,
+    );
     expect(
       await createError(
         minimal("bad-sasl", {
@@ -489,7 +496,7 @@ describe("ChatCluster CRD", () => {
     expect(
       (await dryRunCreate(minimal("no-metrics", { observability: { metrics: { enabled: false } } }))).spec
         .observability,
-    ).toEqual({ metrics: { enabled: false, podMonitor: { enabled: false } } });
+    ).toEqual({ metrics: { enabled: false, podMonitor: { enabled: false } }, logLevel: "info" });
     // gRPC API clients (ADR 0007): one way to authenticate, a certificate naming the client, known
     // permissions (the enum is PERMISSIONS of internal/grpc-auth/policy.ts: checked below).
     const client = { name: "billing", permissions: ["publish"] };
