@@ -51,9 +51,9 @@ export class Gateway {
   private readonly all = new Set<Connection>();
   private readonly ctx: GatewayContext;
   private draining = false;
-  /** Resolves at close(): every Deliver stream then ends with OK (see `service().deliver`). */
-  private readonly closed: Promise<IteratorReturnResult<undefined>>;
-  private markClosed!: () => void;
+  /** Set by close(); each open Deliver stream's way to stop waiting for its next request. */
+  private closed = false;
+  private readonly deliverStreams = new Set<() => void>();
   private pingTimer: NodeJS.Timeout;
   private readonly alive = new WeakSet<object>();
 
@@ -91,9 +91,6 @@ export class Gateway {
     };
     this.pingTimer = setInterval(() => this.ping(), config.gateway.pingIntervalMs);
     this.pingTimer.unref();
-    this.closed = new Promise((resolve) => {
-      this.markClosed = () => resolve({ done: true, value: undefined });
-    });
   }
 
   /**
@@ -258,12 +255,21 @@ export class Gateway {
       async *deliver(requests, ctx) {
         let handled = 0;
         const incoming = requests[Symbol.asyncIterator]();
+        // A closing gateway ends its Deliver streams itself, with OK: the routers then know it left
+        // (no failure to warn about and re-dial), and the gRPC server's graceful shutdown need not
+        // wait out its grace period for streams that never end by themselves. Not Promise.race with
+        // a promise settled at close: each race would leave a reaction on it until then, one per
+        // event for the gateway's whole life.
+        let stopWaiting: ((r: IteratorResult<DeliverRequest>) => void) | undefined;
+        const stop = () => stopWaiting?.({ done: true, value: undefined });
+        gateway.deliverStreams.add(stop);
         try {
-          for (;;) {
-            // A closing gateway ends its Deliver streams itself, with OK: the routers then know it
-            // left (no failure to warn about and re-dial), and the gRPC server's graceful shutdown
-            // need not wait out its grace period for streams that never end by themselves.
-            const next = await Promise.race([incoming.next(), gateway.closed]);
+          while (!gateway.closed) {
+            const next = await new Promise<IteratorResult<DeliverRequest>>((resolve, reject) => {
+              stopWaiting = resolve;
+              incoming.next().then(resolve, reject);
+            });
+            stopWaiting = undefined;
             if (next.done) break;
             const req = next.value;
             if (req.recheckInboxes) gateway.recheckInboxes(req.userIds);
@@ -273,6 +279,7 @@ export class Gateway {
             if (++handled % CREDIT_EVERY_EVENTS === 0) yield { delivered: CREDIT_EVERY_EVENTS };
           }
         } finally {
+          gateway.deliverStreams.delete(stop);
           // A router that died (or was cut off) may have held events for our connections: each one
           // looks at its inbox once, so nothing waits for the next message to reveal the gap.
           if (ctx.signal.aborted) gateway.recheckInboxes([]);
@@ -393,7 +400,8 @@ export class Gateway {
   async close(): Promise<void> {
     clearInterval(this.pingTimer);
     this.draining = true;
-    this.markClosed();
+    this.closed = true;
+    for (const stop of this.deliverStreams) stop();
     for (const conn of [...this.all]) conn.close(CloseCode.GOING_AWAY, "server shutting down");
     this.wss.close();
   }
