@@ -15,7 +15,7 @@ export interface Logger {
   child(fields: Record<string, unknown>): Logger;
 }
 
-const isLevel = (v: string | undefined): v is Level => v !== undefined && v in order;
+const isLevel = (v: string | undefined): v is Level => v !== undefined && Object.hasOwn(order, v);
 /**
  * Until the configuration is loaded (which validates log.level and calls setLogLevel), the variable
  * as it is; a value that is not a level counts as info here, and loading the configuration fails on it.
