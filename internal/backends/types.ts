@@ -414,6 +414,13 @@ export interface PushDeadLetterStore extends Closeable {
 
 /** The push jobs of a process (embedded backend; internal/push). */
 export interface PushJobStore extends Closeable {
+  /**
+   * Stores a new job, unless a job was added under the same key (a notification for a device) within
+   * the last PUSH_JOB_KEYS_KEPT_MS (an hour; the newest PUSH_JOB_KEYS_MAX keys): false then, and
+   * nothing is stored. A router re-handling messages after a crash asks again within seconds.
+   */
+  add(job: PushJob, key: string): Promise<boolean>;
+  /** Stores a job as it stands now (its attempt count and next due time), or a dead letter replayed. */
   put(job: PushJob): Promise<void>;
   remove(id: string): Promise<void>;
   /** Pending jobs, oldest first. */

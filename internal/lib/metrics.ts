@@ -233,7 +233,7 @@ export function createMetrics() {
     }),
     pushNotifications: new Counter({
       name: "switchboard_push_notifications_total",
-      help: "Push deliveries (notification × device) by provider (apns, fcm, webpush, webhook; none for a collapsed notification) and result: sent, retried (one per retry), pruned (dead token removed), failed (permanent, or retries exhausted), unconfigured (no credentials for the provider), dropped (pendingMax reached), abandoned (process closed while waiting to retry; a stored job resumes in the next process), recovered (resumed from the job store at start), collapsed (held for a burst's summary), summarized (a burst's summary sent), muted (the user muted the conversation), do_not_disturb (the user's do-not-disturb window was on), replayed (a dead letter sent again through the server API).",
+      help: "Push deliveries (notification × device) by provider (apns, fcm, webpush, webhook; none for a collapsed notification) and result: sent, retried (one per retry), pruned (dead token removed), failed (permanent, or retries exhausted), unconfigured (no credentials for the provider), dropped (pendingMax reached), abandoned (process closed while waiting to retry; a stored job resumes in the next process), recovered (resumed from the job store at start), collapsed (held for a burst's summary), summarized (a burst's summary sent), muted (the user muted the conversation), do_not_disturb (the user's do-not-disturb window was on), replayed (a dead letter sent again through the server API), duplicate (a notification the job store already took for that device: a message handled again after a crash).",
       labelNames: ["provider", "result"],
       registers: r,
     }),

@@ -14,7 +14,7 @@
  * Either way they are bounded by `pendingMax`. Nothing is sent for a conversation the user muted or
  * while the user's do-not-disturb window is on (notification settings; dropped, not deferred).
  */
-import { randomUUID } from "node:crypto";
+import { createHash, randomUUID } from "node:crypto";
 import { Provider, type PushService } from "../../gen/switchboard/push/v1/push_pb.js";
 import type {
   DeviceRecord,
@@ -105,6 +105,22 @@ export interface PushOptions {
   metrics: Metrics;
 }
 
+/**
+ * A notification's id, which receivers drop repeats by (`notification_id`): the same for the same
+ * message (or burst summary) to the same user whenever it is asked for, so a router that handles a
+ * message again after a crash asks for the same notification, not a new one. Random when the message
+ * is not known (seq 0).
+ */
+function notificationId(n: Notification, messageCount: number): string {
+  if (!n.seq) return randomUUID();
+  const hex = createHash("sha256")
+    .update(`${n.userId}\u0000${n.conversationId}\u0000${n.seq}\u0000${messageCount}`)
+    .digest("hex");
+  // UUID-shaped (RFC 9562 version 8, custom), as the random ids before it were.
+  const variant = ((Number.parseInt(hex[16]!, 16) & 0x3) | 0x8).toString(16);
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-8${hex.slice(13, 16)}-${variant}${hex.slice(17, 20)}-${hex.slice(20, 32)}`;
+}
+
 export class Push {
   private readonly windows: CollapseWindows<Notification>;
   /** Summaries being fanned out (awaited on close, so they are stored before the process ends). */
@@ -176,7 +192,7 @@ export class Push {
     // Most offline members have nowhere to be notified: no unread count is read for them.
     if (targets.length === 0) return 0;
     const notification: PushJob["notification"] = {
-      id: randomUUID(),
+      id: notificationId(n, messageCount),
       userId: n.userId,
       conversationId: n.conversationId,
       title: n.title,
@@ -196,8 +212,8 @@ export class Push {
         this.count(target.provider, "dropped");
         continue;
       }
-      await this.enqueue(provider, this.newJob(target, notification));
-      queued++;
+      if (await this.enqueue(provider, this.newJob(target, notification))) queued++;
+      else this.count(target.provider, "duplicate");
     }
     return queued;
   }
@@ -226,11 +242,24 @@ export class Push {
     };
   }
 
-  /** Written down before the first attempt: from here a crash does not lose it. */
-  private async enqueue(provider: PushProvider, job: PushJob): Promise<void> {
-    if (this.options.queue) return this.options.queue.put(job); // its partition's owner delivers it
-    await this.options.jobs?.put(job);
+  /**
+   * Written down before the first attempt: from here a crash does not lose it. False: the job store
+   * already took this notification for this device (the router handling a message again after a
+   * crash asks again), so nothing is sent twice. A dead letter replayed is sent regardless.
+   */
+  private async enqueue(provider: PushProvider, job: PushJob, replay = false): Promise<boolean> {
+    if (this.options.queue) {
+      await this.options.queue.put(job); // its partition's owner delivers it
+      return true;
+    }
+    const jobs = this.options.jobs;
+    if (jobs) {
+      if (replay) await jobs.put(job);
+      else if (!(await jobs.add(job, `${job.notification.id}\u0000${job.device?.deviceId ?? ""}`)))
+        return false;
+    }
     this.start(provider, job);
+    return true;
   }
 
   /** Deliveries that failed for good, newest first (none when nothing keeps them). */
@@ -264,7 +293,7 @@ export class Push {
       }
       const job = this.newJob(target, dead.job.notification);
       const provider = this.options.providers[job.provider];
-      if (provider) await this.enqueue(provider, job);
+      if (provider) await this.enqueue(provider, job, true);
       else await this.dead(job, `provider ${job.provider} is not configured`); // listed again, as it stands
       this.count(job.provider, "replayed");
       result.replayed.push(dead.id);

@@ -463,6 +463,39 @@ describe("durable push jobs (the embedded store)", () => {
     expect(await counted(metrics, "webhook", "recovered")).toBeGreaterThanOrEqual(1);
   });
 
+  it("sends a message's notification once however often it is asked for, under one notification_id; an unknown message's each time", async () => {
+    const jobs = backends.pushJobs;
+    const { userId } = await userWithEveryDevice();
+    for (const deviceId of ["iphone", "pixel", "browser"]) await backends.devices.remove(userId, deviceId);
+    const mine = () => webhook.delivered.filter((d) => d.path === `/${userId}`);
+    const message = { userId, conversationId: "dm:13", title: "bob", body: "once", seq: 7 };
+    const metrics = createMetrics();
+    const first = pushService(metrics, { jobs });
+    expect(await first.notify(message)).toBe(1);
+    await settled(first);
+    // A router re-handling the message after a crash asks again, of this process or the next one.
+    expect(await first.notify(message)).toBe(0);
+    await first.close();
+    const second = pushService(createMetrics(), { jobs });
+    expect(await second.notify(message)).toBe(0);
+    expect(await counted(metrics, "webhook", "duplicate")).toBe(1);
+    // The next message of the conversation is another notification.
+    expect(await second.notify({ ...message, seq: 8 })).toBe(1);
+    await settled(second);
+    const got = mine();
+    expect(got.map((d) => d.body.body)).toEqual(["once", "once"]);
+    const ids = got.map((d) => d.body.notification_id as string);
+    expect(new Set(ids).size).toBe(2);
+    for (const id of ids)
+      expect(id).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-8[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+    // Without a seq the message is unknown: nothing to recognise it by, so each ask is sent.
+    const unknown = { userId, conversationId: "dm:13", title: "bob", body: "unknown" };
+    expect(await second.notify(unknown)).toBe(1);
+    expect(await second.notify(unknown)).toBe(1);
+    await settled(second);
+    expect(mine().filter((d) => d.body.body === "unknown")).toHaveLength(2);
+  });
+
   it("dead-letters a permanent failure and an exhausted job with its last error, removes them from the jobs, and replays each once to the device's current token", async () => {
     const jobs = backends.pushJobs;
     const deadLetters = backends.pushDeadLetters;

@@ -1,20 +1,21 @@
 /**
- * The embedded log's hand-over before commit (ConsumeOptions.beforeCommit): what the backend
- * contract cannot see, because the distributed log has no such thing.
+ * What the backend contract cannot see, because the distributed backend has no such thing: the
+ * embedded log's hand-over before commit (ConsumeOptions.beforeCommit), its value encoding, and its
+ * push job store's refusal of a job added twice.
  */
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { open } from "lmdb";
-import { afterEach, describe, expect, it } from "vitest";
-import type { BatchHandler, Closeable, LoggedMessage, MessageDraft } from "../types.js";
-import { EmbeddedBackends } from "./index.js";
+import { afterEach, describe, expect, it, vi } from "vitest";
+import type { BatchHandler, Closeable, LoggedMessage, MessageDraft, PushJob } from "../types.js";
+import { EmbeddedBackends, type EmbeddedOptions, PUSH_JOB_KEYS_KEPT_MS } from "./index.js";
 
 const opened: Array<{ backends: EmbeddedBackends; dir: string }> = [];
 
-async function openBackends(): Promise<EmbeddedBackends> {
+async function openBackends(options: Partial<EmbeddedOptions> = {}): Promise<EmbeddedBackends> {
   const dir = await mkdtemp(join(tmpdir(), "switchboard-embedded-log-"));
-  const backends = new EmbeddedBackends({ dataDir: dir, onFatal: (err) => console.error(err) });
+  const backends = new EmbeddedBackends({ dataDir: dir, onFatal: (err) => console.error(err), ...options });
   opened.push({ backends, dir });
   return backends;
 }
@@ -187,5 +188,61 @@ describe("embedded values: shared structures", () => {
     const [before, now] = [messages.getBinary(["c9", 1])!.length, messages.getBinary(["c9", 2])!.length];
     await after.close();
     expect(now).toBeLessThan(before / 2); // the shape's id instead of its seven key names
+  });
+});
+
+describe("embedded push jobs: a job added twice is stored once", () => {
+  const job = (id: string): PushJob => ({
+    id,
+    provider: "webhook",
+    token: "https://hooks.example.com/x",
+    device: null,
+    notification: {
+      id,
+      userId: "erin",
+      conversationId: "dm:erin:frank",
+      title: "frank",
+      body: "hi",
+      ttlSeconds: 60,
+      messageCount: 1,
+    },
+    attempts: 0,
+    notBeforeMs: 0,
+    createdAtMs: 0,
+  });
+  const listed = async (b: EmbeddedBackends) => (await b.pushJobs!.list(100)).map((j) => j.id).sort();
+
+  it("refuses a key added within the hour, also after a reopen, and takes it again after", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "switchboard-embedded-push-"));
+    try {
+      let now = 1_800_000_000_000;
+      vi.spyOn(Date, "now").mockImplementation(() => now);
+      const first = new EmbeddedBackends({ dataDir: dir });
+      expect(await first.pushJobs.add(job("a1"), "a")).toBe(true);
+      expect(await first.pushJobs.add(job("a2"), "a")).toBe(false);
+      expect(await first.pushJobs.add(job("b1"), "b")).toBe(true);
+      await first.pushJobs.remove("a1"); // delivered: the key stays
+      await first.close();
+      const second = new EmbeddedBackends({ dataDir: dir });
+      now += PUSH_JOB_KEYS_KEPT_MS - 1;
+      expect(await second.pushJobs.add(job("a3"), "a")).toBe(false);
+      now += 2;
+      expect(await second.pushJobs.add(job("a4"), "a")).toBe(true);
+      expect(await listed(second)).toEqual(["a4", "b1"]);
+      await second.close();
+    } finally {
+      vi.restoreAllMocks();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("keeps at most pushJobKeysMax keys, letting the oldest go first", async () => {
+    const backends = await openBackends({ pushJobKeysMax: 3 });
+    for (const key of ["k1", "k2", "k3", "k4"]) expect(await backends.pushJobs.add(job(key), key)).toBe(true);
+    // k1 went to make room for k4; the three newest are still refused.
+    expect(await backends.pushJobs.add(job("k1-again"), "k1")).toBe(true);
+    for (const key of ["k3", "k4", "k1"])
+      expect(await backends.pushJobs.add(job(`${key}-x`), key)).toBe(false);
+    expect(await backends.pushJobs.add(job("k2-again"), "k2")).toBe(true);
   });
 });

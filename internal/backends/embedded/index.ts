@@ -92,6 +92,8 @@ export interface EmbeddedOptions {
   onFatal?: (err: unknown) => void;
   /** Called when a consumer's handler fails; the batch is retried. */
   onConsumerError?: (group: string, err: unknown) => void;
+  /** Keys of added push jobs kept at most (PushJobStore.add); PUSH_JOB_KEYS_MAX unless given. */
+  pushJobKeysMax?: number;
 }
 
 export class EmbeddedBackends implements Backends {
@@ -164,7 +166,15 @@ export class EmbeddedBackends implements Backends {
     this.devices = new EmbeddedDevices(this.root, db("devices"), db("device_token_owners"), guard);
     this.settings = new EmbeddedSettings(db("muted_conversations"), db("do_not_disturb"), guard);
     const deadLetters = db<StoredDeadLetter>("push_dead_letters");
-    this.pushJobs = new EmbeddedPushJobs(this.root, db("push_jobs"), deadLetters, guard);
+    this.pushJobs = new EmbeddedPushJobs(
+      this.root,
+      db("push_jobs"),
+      db("push_job_keys"),
+      db("push_job_keys_by_time"),
+      deadLetters,
+      guard,
+      options.pushJobKeysMax ?? PUSH_JOB_KEYS_MAX,
+    );
     this.pushDeadLetters = new EmbeddedPushDeadLetters(this.root, deadLetters, guard);
   }
 
@@ -956,13 +966,53 @@ function recordDeadLetter(
   return { id: deadLetterId(deadAtMs, job.id), job, error, deadAtMs };
 }
 
+/** How long, and how many at most, the keys of added push jobs are kept to refuse the same job again. */
+export const PUSH_JOB_KEYS_KEPT_MS = 3_600_000;
+export const PUSH_JOB_KEYS_MAX = 100_000;
+
 class EmbeddedPushJobs implements PushJobStore {
   constructor(
     private readonly root: RootDatabase,
     private readonly jobs: Database<PushJob, Key>,
+    /** key -> when it was added */
+    private readonly keys: Database<number, Key>,
+    /** [when it was added, key]: the keys oldest first, to let them go */
+    private readonly keysByTime: Database<true, Key>,
     private readonly dead: Database<StoredDeadLetter, Key>,
     private readonly guard: Guard,
+    private readonly keysMax: number,
   ) {}
+  /** Keys kept, counted once and then kept true here (this process alone writes them). */
+  private keyCount: number | undefined;
+  async add(job: PushJob, key: string) {
+    const now = Date.now();
+    return this.guard(
+      this.root.transaction(() => {
+        const added = this.keys.get(key);
+        if (added !== undefined && added > now - PUSH_JOB_KEYS_KEPT_MS) return false;
+        let count = this.keyCount ?? this.keysByTime.getCount();
+        if (added !== undefined) {
+          this.keysByTime.remove([added, key]);
+          count--;
+        }
+        // The expired and the oldest beyond the bound go, a few per job so no add pays for many.
+        let excess = count + 1 - this.keysMax;
+        for (const old of this.keysByTime.getKeys({ limit: Math.max(excess, 8) })) {
+          const [at, oldKey] = old as [number, string];
+          if (excess <= 0 && at > now - PUSH_JOB_KEYS_KEPT_MS) break;
+          this.keysByTime.remove(old);
+          this.keys.remove(oldKey);
+          count--;
+          excess--;
+        }
+        this.keys.put(key, now);
+        this.keysByTime.put([now, key], true);
+        this.jobs.put(job.id, job);
+        this.keyCount = count + 1;
+        return true;
+      }),
+    );
+  }
   async put(job: PushJob) {
     await this.guard(this.jobs.put(job.id, job));
   }
