@@ -9,7 +9,8 @@ import { join } from "node:path";
 import { open } from "lmdb";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import type { BatchHandler, Closeable, LoggedMessage, MessageDraft, PushJob } from "../types.js";
-import { EmbeddedBackends, type EmbeddedOptions, PUSH_JOB_KEYS_KEPT_MS } from "./index.js";
+import { EmbeddedBackends, type EmbeddedOptions } from "./index.js";
+import { PUSH_JOB_KEYS_KEPT_MS } from "./push.js";
 
 const opened: Array<{ backends: EmbeddedBackends; dir: string }> = [];
 

@@ -1,0 +1,120 @@
+/**
+ * The embedded inbox: each user's entries by gap-free cursor, assigned in memory by the only writer.
+ */
+import type { Database } from "lmdb";
+import type { InboxEntry, InboxStore } from "../types.js";
+import { inboxEntry } from "../types.js";
+import { PendingWrites } from "./pending-writes.js";
+import { type Guard, type Key, SEQ_MAX } from "./store.js";
+import type { TurnCommits } from "./turn-commits.js";
+
+export class EmbeddedInbox implements InboxStore {
+  private readonly heads = new Map<string, number>();
+  private readonly pending = new PendingWrites<{ cursor: number; written: Promise<unknown> }>();
+
+  constructor(
+    private readonly entries: Database<Omit<InboxEntry, "userId" | "cursor">, Key>,
+    private readonly index: Database<number, Key>,
+    private readonly turns: TurnCommits,
+    private readonly guard: Guard,
+  ) {}
+
+  private headOf(userId: string): number {
+    let head = this.heads.get(userId);
+    if (head === undefined) {
+      head = 0;
+      for (const key of this.entries.getKeys({
+        start: [userId, SEQ_MAX],
+        end: [userId, 0],
+        reverse: true,
+        limit: 1,
+      })) {
+        head = (key as [string, number])[1];
+      }
+      this.heads.set(userId, head);
+    }
+    return head;
+  }
+
+  async append(entries: Array<Omit<InboxEntry, "cursor">>): Promise<InboxEntry[]> {
+    const out: InboxEntry[] = [];
+    const fresh: InboxEntry[] = [];
+    /** The idKey of each fresh entry, for the entries in flight. */
+    const freshKeys: string[] = [];
+    const waitFor = new Set<Promise<unknown>>();
+    const inThisCall = new Map<string, number>();
+    for (const e of entries) {
+      const idKey = `${e.userId}\u0000${e.conversationId}\u0000${e.seq}`;
+      const repeated = inThisCall.get(idKey);
+      if (repeated !== undefined) {
+        out.push(inboxEntry(e, repeated));
+        continue;
+      }
+      const inFlight = this.pending.get(idKey);
+      if (inFlight) {
+        // Another append is writing this entry: resolve only once it is durable too.
+        waitFor.add(inFlight.written);
+        out.push(inboxEntry(e, inFlight.cursor));
+        continue;
+      }
+      const existing = this.index.get([e.userId, e.conversationId, e.seq]);
+      if (existing !== undefined) {
+        out.push(inboxEntry(e, existing));
+        continue;
+      }
+      const cursor = this.headOf(e.userId) + 1;
+      this.heads.set(e.userId, cursor);
+      const entry = inboxEntry(e, cursor);
+      inThisCall.set(idKey, cursor);
+      fresh.push(entry);
+      freshKeys.push(idKey);
+      out.push(entry);
+    }
+    if (fresh.length > 0) {
+      const commit = this.turns.write((w) => {
+        for (const e of fresh) {
+          w.put(this.entries, [e.userId, e.cursor], {
+            conversationId: e.conversationId,
+            seq: e.seq,
+            messageId: e.messageId,
+          });
+          w.put(this.index, [e.userId, e.conversationId, e.seq], e.cursor);
+        }
+      });
+      const written = this.guard(commit);
+      for (let i = 0; i < fresh.length; i++) {
+        this.pending.set(commit, freshKeys[i]!, { cursor: fresh[i]!.cursor, written });
+      }
+      waitFor.add(written);
+    }
+    await Promise.all(waitFor);
+    return out;
+  }
+
+  async read(userId: string, after: number, limit: number): Promise<InboxEntry[]> {
+    const out: InboxEntry[] = [];
+    for (const { key, value } of this.entries.getRange({
+      start: [userId, after + 1],
+      end: [userId, SEQ_MAX],
+      limit,
+    })) {
+      out.push({ userId, cursor: (key as [string, number])[1], ...value });
+    }
+    return out;
+  }
+
+  async head(userId: string): Promise<number> {
+    // Only committed entries count: the in-memory head may be ahead while a batch is in flight.
+    for (const key of this.entries.getKeys({
+      start: [userId, SEQ_MAX],
+      end: [userId, 0],
+      reverse: true,
+      limit: 1,
+    })) {
+      return (key as [string, number])[1];
+    }
+    return 0;
+  }
+
+  async close(): Promise<void> {}
+}

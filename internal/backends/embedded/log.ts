@@ -1,0 +1,243 @@
+/**
+ * The embedded message log: appends with per-conversation seqs and client_msg_id dedupe, and its
+ * consumers (positions stored lazily, messages handed over before their commit).
+ */
+import type { Database } from "lmdb";
+import { assert } from "../../lib/errors.js";
+import { activeCarrier, type TraceCarrier, tracing } from "../../lib/tracing.js";
+import type {
+  AppendResult,
+  BatchHandler,
+  Closeable,
+  ConsumeOptions,
+  LoggedMessage,
+  MessageDraft,
+  MessageLog,
+  StoredMessage,
+} from "../types.js";
+import { sequenced } from "../types.js";
+import { PendingWrites } from "./pending-writes.js";
+import { type Guard, type Key, SEQ_MAX } from "./store.js";
+import type { TurnCommits } from "./turn-commits.js";
+
+const CONSUME_BATCH_MAX = 512;
+/**
+ * A consumer stores its position at most this long after handling a batch, or sooner with the next
+ * message handed to it before its commit (then in that message's transaction): a position need not
+ * cost a commit of its own. A crash re-handles what was handled since (at-least-once, idempotent).
+ */
+const OFFSET_STORE_DELAY_MS = 100;
+/** Trace contexts kept for the router at most (embedded log, tracing on). */
+const TRACES_KEPT_MAX = 10_000;
+
+/** Log entries point at (conversation, seq); the messages table holds the rows. */
+export class EmbeddedLog implements MessageLog {
+  private readonly lastSeq = new Map<string, number>();
+  private readonly pending = new PendingWrites<Promise<AppendResult>>();
+  /** Trace contexts of appended messages, by message id, until the router reads them (keepTrace). */
+  private readonly traces = new Map<string, TraceCarrier>();
+  private head: number;
+  private readonly wakers = new Set<() => void>();
+  /** Consumers idle at the end of the log that take a message before its commit (beforeCommit). */
+  private readonly takers = new Set<(position: number, message: LoggedMessage) => void>();
+  private readonly consumers = new Set<Closeable>();
+
+  constructor(
+    private readonly messages: Database<StoredMessage, Key>,
+    private readonly dedupe: Database<number, Key>,
+    private readonly entries: Database<[string, number], Key>,
+    private readonly offsets: Database<number, Key>,
+    private readonly turns: TurnCommits,
+    private readonly guard: Guard,
+    private readonly isClosed: () => boolean,
+    private readonly onHandlerError: (group: string, err: unknown) => void,
+  ) {
+    let head = 0;
+    for (const key of entries.getKeys({ reverse: true, limit: 1 })) head = key as number;
+    this.head = head;
+  }
+
+  private seqOf(conversationId: string): number {
+    let seq = this.lastSeq.get(conversationId);
+    if (seq === undefined) {
+      seq = 0;
+      for (const key of this.messages.getKeys({
+        start: [conversationId, SEQ_MAX],
+        end: [conversationId, 0],
+        reverse: true,
+        limit: 1,
+      })) {
+        seq = (key as [string, number])[1];
+      }
+      this.lastSeq.set(conversationId, seq);
+    }
+    return seq;
+  }
+
+  append(draft: MessageDraft): Promise<AppendResult> {
+    const dedupeKey: Key = [draft.conversationId, draft.sender, draft.clientMsgId];
+    const pendingKey = JSON.stringify(dedupeKey);
+    const inFlight = this.pending.get(pendingKey);
+    if (inFlight) return inFlight.then((r) => ({ message: r.message, duplicate: true }));
+    const existingSeq = this.dedupe.get(dedupeKey);
+    if (existingSeq !== undefined) {
+      const original = this.messages.get([draft.conversationId, existingSeq]);
+      assert(original, `dedupe entry without message ${draft.conversationId}/${existingSeq}`);
+      return Promise.resolve({ message: original, duplicate: true });
+    }
+    if (tracing.on) this.keepTrace(draft.messageId);
+    const seq = this.seqOf(draft.conversationId) + 1;
+    this.lastSeq.set(draft.conversationId, seq);
+    const position = ++this.head;
+    const message = sequenced(draft, seq);
+    const commit = this.turns.write((w) => {
+      w.put(this.messages, [draft.conversationId, seq], message);
+      w.put(this.dedupe, dedupeKey, seq);
+      w.put(this.entries, position, [draft.conversationId, seq]);
+    });
+    const write = this.guard(commit).then((): AppendResult => {
+      for (const wake of this.wakers) wake();
+      return { message, duplicate: false };
+    });
+    this.pending.set(commit, pendingKey, write);
+    if (this.takers.size > 0) {
+      const trace = this.traces.get(message.messageId);
+      const committed = write.then(() => undefined);
+      committed.catch(() => undefined); // the append's own promise reports a failed commit
+      const handed = logged(message, trace, committed);
+      for (const take of this.takers) take(position, handed);
+    }
+    return write;
+  }
+
+  /**
+   * Keeps the sender's trace context for the router (in memory only, bounded: a trace is worth
+   * nothing after a restart, and a message the router never reads must not pin its entry).
+   */
+  private keepTrace(messageId: string): void {
+    const carrier = activeCarrier();
+    if (!carrier) return;
+    this.traces.set(messageId, carrier);
+    if (this.traces.size > TRACES_KEPT_MAX) this.traces.delete(this.traces.keys().next().value as string);
+  }
+
+  async consume(group: string, handler: BatchHandler, options: ConsumeOptions = {}): Promise<Closeable> {
+    if (options.startAt === "latest" && this.offsets.get(group) === undefined) {
+      // Fixed now, durably: a reopened consumer of the new group starts here too, not at a later end.
+      let end = 0;
+      for (const key of this.entries.getKeys({ reverse: true, limit: 1 })) end = key as number;
+      await this.guard(this.offsets.put(group, end));
+    }
+    let stopped = false;
+    let wake: (() => void) | undefined;
+    const waker = () => wake?.();
+    this.wakers.add(waker);
+    let offset = this.offsets.get(group) ?? 0;
+    let stored = offset;
+    let storeTimer: NodeJS.Timeout | undefined;
+    const storeOffset = (): Promise<unknown> | undefined => {
+      clearTimeout(storeTimer);
+      storeTimer = undefined;
+      if (offset === stored) return undefined;
+      const at = offset;
+      stored = at;
+      // In the transaction of the messages it covers or a later one; a crash before this lands only
+      // means re-handling (idempotent).
+      const write = this.guard(this.turns.write((w) => w.put(this.offsets, group, at)));
+      write.catch(() => undefined);
+      return write;
+    };
+    /** Messages handed over before their commit (beforeCommit), next in the log after `offset`. */
+    let handed: LoggedMessage[] = [];
+    /** The last position in a batch being handled or in `handed`. */
+    let taken = offset;
+    const take = (position: number, message: LoggedMessage) => {
+      if (position !== taken + 1 || handed.length >= CONSUME_BATCH_MAX) return; // read from the log later
+      handed.push(message);
+      taken = position;
+      storeOffset(); // in the transaction of this message (or the next one)
+      wake?.();
+    };
+    if (options.beforeCommit) this.takers.add(take);
+    const loop = (async () => {
+      while (!stopped && !this.isClosed()) {
+        let batch: LoggedMessage[] = [];
+        let last = offset;
+        if (handed.length > 0) {
+          batch = handed;
+          handed = [];
+          last = offset + batch.length;
+        } else {
+          for (const { key, value } of this.entries.getRange({
+            start: offset + 1,
+            limit: CONSUME_BATCH_MAX,
+          })) {
+            const message = this.messages.get(value);
+            assert(message, `log entry ${String(key)} points at a missing message`);
+            const trace = this.traces.get(message.messageId);
+            batch.push(trace ? logged(message, trace) : message);
+            last = key as number;
+          }
+          taken = last;
+        }
+        if (batch.length === 0) {
+          // Appends wake us after their commit (or, for beforeCommit, as they are queued); re-check
+          // first so a wake-up between read and wait is not lost.
+          await new Promise<void>((resolve) => {
+            wake = resolve;
+            if (stopped || handed.length > 0 || this.entries.doesExist(offset + 1)) resolve();
+          });
+          wake = undefined;
+          continue;
+        }
+        try {
+          await handler(batch);
+        } catch (err) {
+          // What was handed over meanwhile is read from the log again, after this batch.
+          handed = [];
+          taken = offset;
+          // A consumer being closed fails its batch in flight on purpose: stop, offset unmoved.
+          if (stopped) break;
+          // At-least-once: keep the offset and retry the same batch after a pause.
+          this.onHandlerError(group, err);
+          await new Promise((r) => setTimeout(r, 500));
+          continue;
+        }
+        offset = last;
+        storeTimer ??= setTimeout(storeOffset, OFFSET_STORE_DELAY_MS);
+      }
+    })();
+    const consumer: Closeable = {
+      close: async () => {
+        stopped = true;
+        wake?.();
+        this.wakers.delete(waker);
+        this.takers.delete(take);
+        this.consumers.delete(consumer);
+        await loop;
+        // A failed write has already poisoned the backend (guard, onFatal): closing still completes.
+        await storeOffset()?.catch(() => undefined);
+      },
+    };
+    this.consumers.add(consumer);
+    loop.catch(() => this.consumers.delete(consumer));
+    return consumer;
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([...this.consumers].map((c) => c.close()));
+    await this.pending.settled();
+  }
+}
+
+/** A message as the log hands it to a consumer, built as a literal (see `sequenced`). */
+export function logged(
+  m: StoredMessage,
+  trace: TraceCarrier | undefined,
+  committed?: Promise<void>,
+): LoggedMessage {
+  const out: LoggedMessage = sequenced(m, m.seq);
+  if (trace) out.trace = trace;
+  if (committed) out.committed = committed;
+  return out;
+}

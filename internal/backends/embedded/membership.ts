@@ -1,0 +1,227 @@
+/**
+ * The embedded membership store: conversations, their members and roles, and each user's
+ * conversations.
+ */
+import type { Database } from "lmdb";
+import { errors } from "../../lib/errors.js";
+import { KeyedMutex } from "../../lib/keyed-mutex.js";
+import type {
+  ConversationRecord,
+  GroupChange,
+  MemberEntry,
+  MemberRole,
+  MembershipStore,
+  NewConversation,
+} from "../types.js";
+import { MemberLists } from "./member-lists.js";
+import { type Guard, KEY_END, type Key } from "./store.js";
+
+/** Members the member-list cache holds in all (a few MB of user ids). */
+const MEMBER_LISTS_MEMBERS_MAX = 100_000;
+
+/** A record stored before group policies and delivery models existed reads as "everyone may", push. */
+function withDefaults(record: ConversationRecord | undefined): ConversationRecord | undefined {
+  if (!record || (record.postPolicy && record.addPolicy && record.delivery)) return record;
+  return {
+    ...record,
+    postPolicy: record.postPolicy ?? "everyone",
+    addPolicy: record.addPolicy ?? "everyone",
+    delivery: record.delivery ?? "push",
+  };
+}
+
+/**
+ * Conversations (`conversations`), members with their join time (`members`), the roles other than
+ * "member" (`member_roles`: admins; the owner is the record's) and each user's conversations.
+ */
+export class EmbeddedMembership implements MembershipStore {
+  private readonly mutex = new KeyedMutex();
+  private readonly listeners = new Set<(conversationId: string) => void>();
+  private readonly memberLists = new MemberLists(MEMBER_LISTS_MEMBERS_MAX);
+
+  constructor(
+    private readonly conversations: Database<ConversationRecord, Key>,
+    private readonly membersDb: Database<number, Key>,
+    private readonly roles: Database<"admin", Key>,
+    private readonly byUser: Database<number, Key>,
+    private readonly guard: Guard,
+  ) {}
+
+  createConversation(record: NewConversation, members: string[]) {
+    return this.mutex.run(record.id, async () => {
+      const existing = this.record(record.id);
+      if (existing) return { record: existing, created: false };
+      const unique = [...new Set(members)];
+      const stored: ConversationRecord = {
+        postPolicy: "everyone",
+        addPolicy: "everyone",
+        delivery: "push",
+        ...record,
+        memberCount: unique.length,
+      };
+      await this.guard(
+        this.conversations.batch(() => {
+          this.conversations.put(record.id, stored);
+          for (const user of unique) {
+            this.membersDb.put([record.id, user], record.createdAtMs);
+            this.byUser.put([user, record.id], record.createdAtMs);
+          }
+        }),
+      );
+      this.changed(record.id);
+      return { record: stored, created: true };
+    });
+  }
+
+  async getConversation(id: string) {
+    return this.record(id);
+  }
+
+  addMembers(id: string, users: string[], membersMax: number, pullAbove = Number.POSITIVE_INFINITY) {
+    return this.mutex.run(id, async () => {
+      const record = this.existing(id);
+      const fresh = [...new Set(users)].filter((u) => !this.membersDb.doesExist([id, u]));
+      if (record.memberCount + fresh.length > membersMax) {
+        throw errors.exhausted(
+          "GROUP_FULL",
+          `group ${id} would have ${record.memberCount + fresh.length} members; the limit is ${membersMax}`,
+        );
+      }
+      if (fresh.length === 0) return record;
+      const memberCount = record.memberCount + fresh.length;
+      const delivery = memberCount > pullAbove ? "pull" : record.delivery;
+      const updated = { ...record, memberCount, delivery };
+      const now = Date.now();
+      await this.guard(
+        this.conversations.batch(() => {
+          this.conversations.put(id, updated);
+          for (const user of fresh) {
+            this.membersDb.put([id, user], now);
+            this.byUser.put([user, id], record.createdAtMs);
+          }
+        }),
+      );
+      this.changed(id);
+      return updated;
+    });
+  }
+
+  removeMember(id: string, user: string) {
+    return this.mutex.run(id, async () => {
+      const record = this.existing(id);
+      if (!this.membersDb.doesExist([id, user]))
+        throw errors.denied("NOT_MEMBER", `${user} is not a member of ${id}`);
+      const updated = {
+        ...record,
+        memberCount: record.memberCount - 1,
+        owner: record.owner === user ? "" : record.owner,
+      };
+      await this.guard(
+        this.conversations.batch(() => {
+          this.conversations.put(id, updated);
+          this.membersDb.remove([id, user]);
+          this.roles.remove([id, user]);
+          this.byUser.remove([user, id]);
+        }),
+      );
+      this.changed(id);
+      return updated;
+    });
+  }
+
+  setRole(id: string, user: string, role: MemberRole) {
+    return this.mutex.run(id, async () => {
+      const record = this.existing(id);
+      if (!this.membersDb.doesExist([id, user]))
+        throw errors.notFound("USER_NOT_MEMBER", `${user} is not a member of ${id}`);
+      const former = record.owner;
+      const owner = role === "owner" ? user : former === user ? "" : former;
+      const updated = owner === former ? record : { ...record, owner };
+      await this.guard(
+        this.conversations.batch(() => {
+          if (updated !== record) this.conversations.put(id, updated);
+          if (role === "admin") this.roles.put([id, user], "admin");
+          else this.roles.remove([id, user]);
+          // The owner handing over stays on as an admin.
+          if (role === "owner" && former !== "" && former !== user && this.membersDb.doesExist([id, former]))
+            this.roles.put([id, former], "admin");
+        }),
+      );
+      return updated;
+    });
+  }
+
+  async memberOf(id: string, user: string) {
+    const record = this.record(id);
+    if (!record || !this.membersDb.doesExist([id, user])) return undefined;
+    return { record, role: this.roleOf(record, user) };
+  }
+
+  updateGroup(id: string, change: GroupChange) {
+    return this.mutex.run(id, async () => {
+      const record = this.record(id);
+      if (record?.kind !== "group") throw errors.notFound("GROUP_NOT_FOUND", `group ${id} does not exist`);
+      const updated = { ...record, ...change };
+      await this.guard(this.conversations.put(id, updated));
+      return updated;
+    });
+  }
+
+  async isMember(id: string, user: string) {
+    return this.membersDb.doesExist([id, user]);
+  }
+
+  async members(id: string) {
+    const cached = this.memberLists.get(id);
+    if (cached) return cached;
+    const out: string[] = [];
+    for (const key of this.membersDb.getKeys({ start: [id, ""], end: [id, KEY_END] }))
+      out.push((key as [string, string])[1]);
+    this.memberLists.set(id, out);
+    return out;
+  }
+
+  async roster(id: string): Promise<MemberEntry[]> {
+    const record = this.record(id);
+    if (!record) return [];
+    return (await this.members(id)).sort().map((userId) => ({ userId, role: this.roleOf(record, userId) }));
+  }
+
+  async conversationsOf(user: string, limit: number) {
+    const out: ConversationRecord[] = [];
+    for (const key of this.byUser.getKeys({ start: [user, ""], end: [user, KEY_END] })) {
+      const record = this.record((key as [string, string])[1]);
+      if (record) out.push(record);
+    }
+    out.sort((a, b) => b.createdAtMs - a.createdAtMs || (a.id < b.id ? -1 : 1));
+    return out.slice(0, limit);
+  }
+
+  watch(listener: (conversationId: string) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  async close(): Promise<void> {}
+
+  /** After a change of the members is committed: the cached list goes first, then the listeners hear. */
+  private changed(conversationId: string): void {
+    this.memberLists.forget(conversationId);
+    for (const listener of this.listeners) listener(conversationId);
+  }
+
+  private record(id: string): ConversationRecord | undefined {
+    return withDefaults(this.conversations.get(id));
+  }
+
+  private existing(id: string): ConversationRecord {
+    const record = this.record(id);
+    if (!record) throw errors.notFound("CONVERSATION_NOT_FOUND", `conversation ${id} does not exist`);
+    return record;
+  }
+
+  private roleOf(record: ConversationRecord, user: string): MemberRole {
+    if (record.owner !== "" && record.owner === user) return "owner";
+    return this.roles.get([record.id, user]) ?? "member";
+  }
+}
