@@ -12,29 +12,30 @@
  *   SAME clientMsgId after a reconnect, and the server's idempotency turns a resend of something it
  *   already stored into the original ack (duplicate=true), so nothing is stored twice.
  */
-import { create, type MessageInitShape } from "@bufbuild/protobuf";
-import {
-  ClientFrameSchema,
-  type MessageEvent as PbMessageEvent,
-  type ServerFrame,
-  type Error as WireError,
+import type {
+  MessageEvent as PbMessageEvent,
+  ServerFrame,
 } from "../../gen/switchboard/client/v1/client_pb.js";
 import { ReceiptKind } from "../../gen/switchboard/common/v1/common_pb.js";
 import { Provider } from "../../gen/switchboard/push/v1/push_pb.js";
 import { type BackoffOptions, backoffDelay, DEFAULT_BACKOFF, longBackoffDelay } from "./backoff.js";
 import { classifyCloseCode } from "./close-codes.js";
 import { TypedEmitter } from "./emitter.js";
-import { Code, LocalReason, SwitchboardClientError } from "./errors.js";
+import { Code, fromWireError, LocalReason, localError, SwitchboardClientError } from "./errors.js";
 import { CLIENT_MSG_ID_PATTERN, exceedsChars, randomId } from "./ids.js";
 import { LruSet } from "./lru.js";
 import { PullFollower } from "./pull-follower.js";
 import {
+  type FrameKind,
+  frameTooLargeError,
+  type ReplyCase,
+  type ReplyOf,
+  RequestTracker,
+} from "./requests.js";
+import {
   type AuthMode,
   decodeFrame,
   type Encoding,
-  encodedSize,
-  encodeFrame,
-  OPEN,
   openSocket,
   type ResolvedWebSocket,
   resolveWebSocket,
@@ -209,9 +210,6 @@ export interface GroupChangeInput {
 }
 
 type Timer = ReturnType<typeof setTimeout>;
-type FrameKind = NonNullable<MessageInitShape<typeof ClientFrameSchema>["kind"]>;
-type ReplyCase = NonNullable<ServerFrame["kind"]["case"]>;
-type ReplyOf<C extends ReplyCase> = Extract<ServerFrame["kind"], { case: C }>["value"];
 type SendWireTarget = { case: "conversationId"; value: string } | { case: "toUser"; value: string };
 
 /** Default body limit until a welcome tells us the server's. */
@@ -235,16 +233,6 @@ interface Conn {
   heartbeat: ReturnType<typeof setInterval> | undefined;
   done: boolean;
   closeWaiters: Array<() => void>;
-}
-
-interface PendingRequest {
-  conn: Conn;
-  /** Encoded size: on close 1009 the largest in-flight frame is the likely culprit. */
-  size: number;
-  timer: Timer | undefined;
-  onReply(frame: ServerFrame): void;
-  /** The connection ended first; `err` overrides the default CONNECTION_LOST/FRAME_TOO_LARGE. */
-  onConnectionLost(frameTooBig: boolean, err?: SwitchboardClientError): void;
 }
 
 interface PendingSend {
@@ -271,15 +259,6 @@ interface Waiter {
 }
 
 const noop = (): void => {};
-
-function localError(code: Code, reason: string, message: string, cause?: unknown): SwitchboardClientError {
-  return new SwitchboardClientError(code, reason, message, cause === undefined ? undefined : { cause });
-}
-
-function fromWireError(e: WireError): SwitchboardClientError {
-  const reason = e.reason || Code[e.code] || "UNKNOWN";
-  return new SwitchboardClientError(e.code, reason, e.message || reason, { retryAfterMs: e.retryAfterMs });
-}
 
 /** A server error as it is; anything else as a local UNEXPECTED_REPLY with `what` as its message. */
 function asClientError(cause: unknown, what: string): SwitchboardClientError {
@@ -339,8 +318,7 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
   private lastDisconnect: DisconnectInfo | undefined;
   private unauthorizedStreak = 0;
   private reconnectTimer: Timer | undefined;
-  private nextRequestId = 0;
-  private readonly requests = new Map<number, PendingRequest>();
+  private readonly requests: RequestTracker;
   /** Unacknowledged sends by clientMsgId; Map order = send order, kept on resends. */
   private readonly sends = new Map<string, PendingSend>();
   private inflightSends = 0;
@@ -377,6 +355,11 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
     this._cursor = options.cursor ?? 0;
     if (!Number.isSafeInteger(this._cursor) || this._cursor < 0)
       throw new RangeError("cursor must be a non-negative integer");
+    this.requests = new RequestTracker({
+      encoding: this.encoding,
+      isCurrent: (conn) => this.conn === conn,
+      isClosed: () => this._state === "closed",
+    });
     this.seen = new LruSet(options.dedupeCapacity ?? 10_000);
     this.pull = new PullFollower({
       fetch: (conversationId, afterSeq) => this.history({ conversationId, afterSeq, limit: PULL_PAGE }),
@@ -675,15 +658,12 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
   typing(conversationId: string, typing = true): void {
     const conn = this.conn;
     if (!conn?.welcome) return;
-    this.requestOn(
-      conn,
-      { case: "typing", value: { conversationId, typing } },
-      "ok",
-      this.requestTimeoutMs,
-    ).catch((err: unknown) => {
-      // Only the server's verdicts are interesting; a lost typing indicator is not.
-      if (err instanceof SwitchboardClientError && !isLocalReason(err.reason)) this.emitError(err);
-    });
+    this.requests
+      .request(conn, { case: "typing", value: { conversationId, typing } }, "ok", this.requestTimeoutMs)
+      .catch((err: unknown) => {
+        // Only the server's verdicts are interesting; a lost typing indicator is not.
+        if (err instanceof SwitchboardClientError && !isLocalReason(err.reason)) this.emitError(err);
+      });
   }
 
   /** Moves my read watermark in a conversation up to `seq`. */
@@ -842,7 +822,7 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
     conn.welcomeTimer = setTimeout(() => this.abandon(conn, "no welcome in time"), this.requestTimeoutMs);
     socket.onopen = () => {
       if (this.conn !== conn || !frameAuth) return;
-      this.write(conn, { case: "auth", value: { token } });
+      this.requests.write(conn, { case: "auth", value: { token } });
     };
     socket.onmessage = (event) => this.onData(conn, event.data);
     // A no-op handler stays installed for the socket's whole life: `ws` throws on an unhandled "error".
@@ -928,22 +908,7 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
     clearTimeout(conn.welcomeTimer);
     clearTimeout(conn.drainTimer);
     clearInterval(conn.heartbeat);
-    let culprit: number | undefined;
-    if (frameTooBig) {
-      let largest = -1;
-      for (const [id, req] of this.requests) {
-        if (req.conn === conn && req.size > largest) {
-          largest = req.size;
-          culprit = id;
-        }
-      }
-    }
-    for (const [id, req] of [...this.requests]) {
-      if (req.conn !== conn) continue;
-      this.requests.delete(id);
-      clearTimeout(req.timer);
-      req.onConnectionLost(id === culprit);
-    }
+    this.requests.connectionEnded(conn, frameTooBig);
   }
 
   /** Gives up on a connection we consider dead (no welcome, no heartbeat answer, failed sync). */
@@ -1018,11 +983,7 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
       w.reject(err);
     }
     this.openWaiters.clear();
-    for (const [id, req] of [...this.requests]) {
-      this.requests.delete(id);
-      clearTimeout(req.timer);
-      req.onConnectionLost(false, err);
-    }
+    this.requests.failAll(err);
     this.connectSettle?.reject(err);
     this.connectSettle = undefined;
     this.connectPromise = undefined;
@@ -1076,13 +1037,7 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
       default:
         break;
     }
-    const req = this.requests.get(frame.replyTo);
-    if (req) {
-      this.requests.delete(frame.replyTo);
-      clearTimeout(req.timer);
-      req.onReply(frame);
-      return;
-    }
+    if (this.requests.deliverReply(frame)) return;
     if (kind.case === "ack") {
       // The reply to an attempt we stopped waiting for (timed out and re-sent): match by key.
       const entry = this.sends.get(kind.value.clientMsgId);
@@ -1130,7 +1085,7 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
     try {
       for (;;) {
         const from = this._cursor;
-        const page = await this.requestOn(
+        const page = await this.requests.request(
           conn,
           { case: "sync", value: { cursor: BigInt(from), limit: this.syncLimit } },
           "sync",
@@ -1168,7 +1123,7 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
   /** After a sync: what the followed pull conversations hold past what this device processed. */
   private async catchUpPull(conn: Conn): Promise<void> {
     try {
-      const res = await this.requestOn(
+      const res = await this.requests.request(
         conn,
         { case: "listConversations", value: { limit: PULL_CONVERSATIONS_LISTED } },
         "conversations",
@@ -1212,13 +1167,13 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
   }
 
   private heartbeat(conn: Conn): void {
-    this.requestOn(conn, { case: "heartbeat", value: {} }, "heartbeat", this.requestTimeoutMs).catch(
-      (err: unknown) => {
+    this.requests
+      .request(conn, { case: "heartbeat", value: {} }, "heartbeat", this.requestTimeoutMs)
+      .catch((err: unknown) => {
         // No answer in time: the connection is dead even if TCP has not noticed yet.
         if (err instanceof SwitchboardClientError && err.reason === LocalReason.TIMEOUT)
           this.abandon(conn, "heartbeat timeout");
-      },
-    );
+      });
   }
 
   /** The server is draining: move at a random moment in its window, so its clients do not stampede. */
@@ -1243,20 +1198,22 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
 
   private renewPresence(conn: Conn): void {
     if (this.presenceWatch.size === 0) return;
-    this.requestOn(
-      conn,
-      { case: "subscribePresence", value: { userIds: [...this.presenceWatch] } },
-      "presenceSnapshot",
-      this.requestTimeoutMs,
-    ).then(
-      (snapshot) => {
-        for (const s of snapshot.statuses) this.emit("presence", toPresence(s));
-      },
-      (err: unknown) => {
-        if (err instanceof SwitchboardClientError && err.reason !== LocalReason.CONNECTION_LOST)
-          this.emitError(err);
-      },
-    );
+    this.requests
+      .request(
+        conn,
+        { case: "subscribePresence", value: { userIds: [...this.presenceWatch] } },
+        "presenceSnapshot",
+        this.requestTimeoutMs,
+      )
+      .then(
+        (snapshot) => {
+          for (const s of snapshot.statuses) this.emit("presence", toPresence(s));
+        },
+        (err: unknown) => {
+          if (err instanceof SwitchboardClientError && err.reason !== LocalReason.CONNECTION_LOST)
+            this.emitError(err);
+        },
+      );
   }
 
   // ---------------------------------------------------------------- outbound
@@ -1307,12 +1264,12 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
         traceparent: entry.traceparent,
       },
     };
-    const sent = this.write(conn, kind);
+    const sent = this.requests.write(conn, kind);
     if (sent instanceof SwitchboardClientError) {
       this.settleSend(entry, sent);
       return;
     }
-    const { id, size } = sent;
+    const { id } = sent;
     entry.requestId = id;
     this.inflightSends++;
     const inFlight = (): boolean => {
@@ -1321,14 +1278,11 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
       this.inflightSends--;
       return !entry.settled;
     };
-    this.requests.set(id, {
-      conn,
-      size,
-      timer: setTimeout(() => {
-        this.requests.delete(id);
+    this.requests.track(conn, sent, this.requestTimeoutMs, {
+      onTimeout: () => {
         // Re-sending the same clientMsgId is safe; the server answers with the original ack.
         if (inFlight()) this.pumpSends();
-      }, this.requestTimeoutMs),
+      },
       onReply: (frame) => {
         if (!inFlight()) return;
         const kind = frame.kind;
@@ -1363,16 +1317,7 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
           this.settleSend(entry, err);
           return;
         }
-        if (frameTooBig) {
-          this.settleSend(
-            entry,
-            localError(
-              Code.INVALID_ARGUMENT,
-              LocalReason.FRAME_TOO_LARGE,
-              "the server closed the connection because this frame was too large (1009)",
-            ),
-          );
-        }
+        if (frameTooBig) this.settleSend(entry, frameTooLargeError());
         // Otherwise it stays queued and goes out again after the next welcome.
       },
     });
@@ -1400,7 +1345,7 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
   ): Promise<ReplyOf<C>> {
     const deadline = Date.now() + timeoutMs;
     const conn = await this.whenOpen(timeoutMs);
-    return this.requestOn(conn, kind, expect, Math.max(1, deadline - Date.now()));
+    return this.requests.request(conn, kind, expect, Math.max(1, deadline - Date.now()));
   }
 
   private whenOpen(timeoutMs: number): Promise<Conn> {
@@ -1423,96 +1368,6 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
       }, timeoutMs);
       this.openWaiters.add(waiter);
     });
-  }
-
-  /** Sends one request on `conn` and waits for the reply of kind `expect` (or an error). */
-  private requestOn<C extends ReplyCase>(
-    conn: Conn,
-    kind: FrameKind,
-    expect: C,
-    timeoutMs: number,
-  ): Promise<ReplyOf<C>> {
-    return new Promise<ReplyOf<C>>((resolve, reject) => {
-      if (conn.done || this.conn !== conn) {
-        reject(localError(Code.UNAVAILABLE, LocalReason.CONNECTION_LOST, "the connection is gone"));
-        return;
-      }
-      const sent = this.write(conn, kind);
-      if (sent instanceof SwitchboardClientError) {
-        reject(sent);
-        return;
-      }
-      const { id, size } = sent;
-      this.requests.set(id, {
-        conn,
-        size,
-        timer: setTimeout(() => {
-          this.requests.delete(id);
-          reject(
-            localError(
-              Code.DEADLINE_EXCEEDED,
-              LocalReason.TIMEOUT,
-              `no reply to ${String(kind.case)} within ${timeoutMs} ms`,
-            ),
-          );
-        }, timeoutMs),
-        onReply: (frame) => {
-          const k = frame.kind;
-          if (k.case === "error") reject(fromWireError(k.value));
-          else if (k.case === expect) (resolve as (value: unknown) => void)(k.value);
-          else
-            reject(
-              localError(
-                Code.INTERNAL,
-                LocalReason.UNEXPECTED_REPLY,
-                `expected ${expect}, got ${String(k.case)}`,
-              ),
-            );
-        },
-        onConnectionLost: (frameTooBig, err) => {
-          reject(
-            err ??
-              (this._state === "closed"
-                ? localError(Code.CANCELLED, LocalReason.CLOSED, "client closed")
-                : frameTooBig
-                  ? localError(
-                      Code.INVALID_ARGUMENT,
-                      LocalReason.FRAME_TOO_LARGE,
-                      "the server closed the connection because this frame was too large (1009)",
-                    )
-                  : localError(
-                      Code.UNAVAILABLE,
-                      LocalReason.CONNECTION_LOST,
-                      "connection lost before the reply; the request may or may not have run",
-                    )),
-          );
-        },
-      });
-    });
-  }
-
-  /** Encodes and writes one frame with a fresh request id, refusing frames above the server's limit. */
-  private write(conn: Conn, kind: FrameKind): { id: number; size: number } | SwitchboardClientError {
-    this.nextRequestId = (this.nextRequestId % 0xffff_ffff) + 1; // uint32, never 0 (0 = "no reply wanted")
-    const id = this.nextRequestId;
-    const data = encodeFrame(create(ClientFrameSchema, { id, kind }), this.encoding);
-    const size = encodedSize(data);
-    const max = conn.welcome?.limits.frameBytesMax ?? 0;
-    if (max > 0 && size > max) {
-      return localError(
-        Code.INVALID_ARGUMENT,
-        LocalReason.FRAME_TOO_LARGE,
-        `frame of ${size} bytes exceeds the server's ${max}`,
-      );
-    }
-    if (conn.socket.readyState === OPEN) {
-      try {
-        conn.socket.send(data);
-      } catch {
-        // The socket is closing; its close event re-queues or fails this request.
-      }
-    }
-    return { id, size };
   }
 
   private conversationOf(c: Parameters<typeof toConversation>[0] | undefined): Conversation {
