@@ -22,16 +22,10 @@ import { type BackoffOptions, backoffDelay, DEFAULT_BACKOFF, longBackoffDelay } 
 import { classifyCloseCode } from "./close-codes.js";
 import { TypedEmitter } from "./emitter.js";
 import { Code, fromWireError, LocalReason, localError, SwitchboardClientError } from "./errors.js";
-import { CLIENT_MSG_ID_PATTERN, exceedsChars, randomId } from "./ids.js";
 import { LruSet } from "./lru.js";
 import { PullFollower } from "./pull-follower.js";
-import {
-  type FrameKind,
-  frameTooLargeError,
-  type ReplyCase,
-  type ReplyOf,
-  RequestTracker,
-} from "./requests.js";
+import { type FrameKind, type ReplyCase, type ReplyOf, RequestTracker } from "./requests.js";
+import { SendQueue } from "./sends.js";
 import {
   type AuthMode,
   decodeFrame,
@@ -69,7 +63,6 @@ import {
   toMemberReceipts,
   toPresence,
   toReceipt,
-  toSendAck,
   toTyping,
   toWelcome,
   type WelcomeInfo,
@@ -210,11 +203,6 @@ export interface GroupChangeInput {
 }
 
 type Timer = ReturnType<typeof setTimeout>;
-type SendWireTarget = { case: "conversationId"; value: string } | { case: "toUser"; value: string };
-
-/** Default body limit until a welcome tells us the server's. */
-const BODY_CHARS_MAX_DEFAULT = 100_000;
-
 /** Per-connection state; a new object per socket, so stale callbacks can be recognised and ignored. */
 interface Conn {
   socket: SocketLike;
@@ -233,23 +221,6 @@ interface Conn {
   heartbeat: ReturnType<typeof setInterval> | undefined;
   done: boolean;
   closeWaiters: Array<() => void>;
-}
-
-interface PendingSend {
-  clientMsgId: string;
-  target: SendWireTarget;
-  body: string;
-  traceparent: string;
-  promise: Promise<SendAck>;
-  resolve(ack: SendAck): void;
-  reject(err: SwitchboardClientError): void;
-  /** The request id it is in flight under, if any. */
-  requestId: number | undefined;
-  retryTimer: Timer | undefined;
-  deadline: Timer | undefined;
-  /** Server-side retryable errors in a row (drives the retry backoff). */
-  failures: number;
-  settled: boolean;
 }
 
 interface Waiter {
@@ -273,21 +244,6 @@ const PULL_CONVERSATIONS_LISTED = 1_000;
 const LOCAL_REASONS: ReadonlySet<string> = new Set(Object.values(LocalReason));
 const isLocalReason = (reason: string): boolean => LOCAL_REASONS.has(reason);
 
-/** Server errors after which re-sending the same clientMsgId later can succeed. */
-function isRetryableSendError(err: SwitchboardClientError): boolean {
-  switch (err.code) {
-    case Code.UNAVAILABLE:
-    case Code.ABORTED:
-    case Code.DEADLINE_EXCEEDED:
-      return true;
-    case Code.RESOURCE_EXHAUSTED:
-      // Rate limits carry a retry hint; limits without one (GROUP_FULL) will not go away by waiting.
-      return err.retryAfterMs > 0 || err.reason === "RATE_LIMITED";
-    default:
-      return false;
-  }
-}
-
 export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
   private readonly url: UrlSource;
   /** The URL of the current (or last) connection attempt. */
@@ -297,9 +253,6 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
   private readonly backoff: BackoffOptions;
   private readonly random: () => number;
   private readonly requestTimeoutMs: number;
-  private readonly sendTimeoutMs: number;
-  private readonly maxPendingSends: number;
-  private readonly maxInflightSends: number;
   private readonly syncLimit: number;
   private readonly autoSync: boolean;
   private readonly explicitWebSocket: WebSocketConstructor | undefined;
@@ -319,15 +272,7 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
   private unauthorizedStreak = 0;
   private reconnectTimer: Timer | undefined;
   private readonly requests: RequestTracker;
-  /** Unacknowledged sends by clientMsgId; Map order = send order, kept on resends. */
-  private readonly sends = new Map<string, PendingSend>();
-  private inflightSends = 0;
-  /**
-   * When a send fails with a retryable error (RATE_LIMITED, UNAVAILABLE) every send waits, not just
-   * that one: otherwise the whole in-flight window retries at once and the server sees a flood.
-   */
-  private sendsPausedUntil = 0;
-  private sendPauseTimer: ReturnType<typeof setTimeout> | undefined;
+  private readonly sends: SendQueue;
   private readonly openWaiters = new Set<Waiter>();
   private readonly seen: LruSet<string>;
   private readonly pull: PullFollower;
@@ -345,9 +290,6 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
     this.backoff = { ...DEFAULT_BACKOFF, ...options.reconnect };
     this.random = options.random ?? Math.random;
     this.requestTimeoutMs = options.requestTimeoutMs ?? 10_000;
-    this.sendTimeoutMs = options.sendTimeoutMs ?? 0;
-    this.maxPendingSends = options.maxPendingSends ?? 1_000;
-    this.maxInflightSends = Math.max(1, options.maxInflightSends ?? 64);
     this.syncLimit = options.syncLimit ?? 0;
     this.autoSync = options.autoSync ?? true;
     this.explicitWebSocket = options.WebSocket;
@@ -359,6 +301,20 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
       encoding: this.encoding,
       isCurrent: (conn) => this.conn === conn,
       isClosed: () => this._state === "closed",
+    });
+    this.sends = new SendQueue({
+      requests: this.requests,
+      openConnection: () => {
+        const conn = this.conn;
+        return conn?.welcome && !conn.done ? conn : undefined;
+      },
+      welcome: () => this._welcome,
+      maxPending: options.maxPendingSends ?? 1_000,
+      maxInflight: Math.max(1, options.maxInflightSends ?? 64),
+      sendTimeoutMs: options.sendTimeoutMs ?? 0,
+      requestTimeoutMs: this.requestTimeoutMs,
+      backoff: this.backoff,
+      random: this.random,
     });
     this.seen = new LruSet(options.dedupeCapacity ?? 10_000);
     this.pull = new PullFollower({
@@ -439,8 +395,7 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
     this._state = "closed";
     this.epoch++;
     this.clearReconnectTimer();
-    clearTimeout(this.sendPauseTimer);
-    this.sendPauseTimer = undefined;
+    this.sends.cancelPauseTimer();
     const err = localError(Code.CANCELLED, LocalReason.CLOSED, "client closed");
     const conn = this.conn;
     this.conn = undefined;
@@ -481,60 +436,7 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
         localError(Code.FAILED_PRECONDITION, LocalReason.NOT_CONNECTED, "client is closed"),
       );
     }
-    const clientMsgId = options.clientMsgId ?? randomId();
-    const wireTarget: SendWireTarget =
-      "conversationId" in target
-        ? { case: "conversationId", value: target.conversationId }
-        : { case: "toUser", value: target.toUser };
-    const invalid = this.validateSend(clientMsgId, body);
-    if (invalid) return Promise.reject(invalid);
-    const existing = this.sends.get(clientMsgId);
-    if (existing) return existing.promise; // same key = same message: one ack for both callers
-    if (this.sends.size >= this.maxPendingSends) {
-      return Promise.reject(
-        localError(
-          Code.RESOURCE_EXHAUSTED,
-          LocalReason.SEND_QUEUE_FULL,
-          `${this.sends.size} sends are already pending`,
-        ),
-      );
-    }
-    let resolve!: (ack: SendAck) => void;
-    let reject!: (err: SwitchboardClientError) => void;
-    const promise = new Promise<SendAck>((res, rej) => {
-      resolve = res;
-      reject = rej;
-    });
-    const entry: PendingSend = {
-      clientMsgId,
-      target: wireTarget,
-      body,
-      traceparent: options.traceparent ?? "",
-      promise,
-      resolve,
-      reject,
-      requestId: undefined,
-      retryTimer: undefined,
-      deadline: undefined,
-      failures: 0,
-      settled: false,
-    };
-    const timeoutMs = options.timeoutMs ?? this.sendTimeoutMs;
-    if (timeoutMs > 0) {
-      entry.deadline = setTimeout(() => {
-        this.settleSend(
-          entry,
-          localError(
-            Code.DEADLINE_EXCEEDED,
-            LocalReason.TIMEOUT,
-            `send not acknowledged within ${timeoutMs} ms (it may still be stored; retry with the same clientMsgId)`,
-          ),
-        );
-      }, timeoutMs);
-    }
-    this.sends.set(clientMsgId, entry);
-    this.pumpSends();
-    return promise;
+    return this.sends.enqueue(target, body, options);
   }
 
   /** Pages through one conversation's history. */
@@ -977,7 +879,7 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
 
   /** Rejects every waiting promise: sends, requests waiting for a connection, connect(). */
   private failEverything(err: SwitchboardClientError): void {
-    for (const entry of [...this.sends.values()]) this.settleSend(entry, err);
+    this.sends.failAll(err);
     for (const w of [...this.openWaiters]) {
       clearTimeout(w.timer);
       w.reject(err);
@@ -1039,9 +941,7 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
     }
     if (this.requests.deliverReply(frame)) return;
     if (kind.case === "ack") {
-      // The reply to an attempt we stopped waiting for (timed out and re-sent): match by key.
-      const entry = this.sends.get(kind.value.clientMsgId);
-      if (entry) this.settleSend(entry, toSendAck(kind.value));
+      this.sends.settleLate(kind.value);
       return;
     }
     if (kind.case === "error" && frame.replyTo === 0) this.emitError(fromWireError(kind.value));
@@ -1068,7 +968,7 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
     this.openWaiters.clear();
     this.emit("connected", welcome);
     if (this.conn !== conn) return; // a listener closed us
-    this.pumpSends();
+    this.sends.pump();
     this.renewPresence(conn);
     if (this.autoSync) void this.sync(conn);
     else this.endOutage();
@@ -1217,125 +1117,6 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
   }
 
   // ---------------------------------------------------------------- outbound
-
-  private validateSend(clientMsgId: string, body: string): SwitchboardClientError | undefined {
-    if (!CLIENT_MSG_ID_PATTERN.test(clientMsgId)) {
-      return localError(
-        Code.INVALID_ARGUMENT,
-        LocalReason.INVALID_CLIENT_MSG_ID,
-        "clientMsgId must be 1-64 printable ASCII characters",
-      );
-    }
-    if (body.length === 0)
-      return localError(Code.INVALID_ARGUMENT, LocalReason.EMPTY_BODY, "body must not be empty");
-    const max = this._welcome?.limits.bodyCharsMax || BODY_CHARS_MAX_DEFAULT;
-    if (exceedsChars(body, max)) {
-      return localError(Code.INVALID_ARGUMENT, LocalReason.BODY_TOO_LARGE, `body exceeds ${max} characters`);
-    }
-    return undefined;
-  }
-
-  /** Puts queued sends on the wire, oldest first, keeping at most maxInflightSends outstanding. */
-  private pumpSends(): void {
-    const conn = this.conn;
-    if (!conn?.welcome || conn.done) return;
-    const pausedMs = this.sendsPausedUntil - Date.now();
-    if (pausedMs > 0) {
-      this.sendPauseTimer ??= setTimeout(() => {
-        this.sendPauseTimer = undefined;
-        this.pumpSends();
-      }, pausedMs);
-      return;
-    }
-    for (const entry of this.sends.values()) {
-      if (this.inflightSends >= this.maxInflightSends) return;
-      if (entry.requestId !== undefined || entry.retryTimer !== undefined) continue;
-      this.transmitSend(conn, entry);
-    }
-  }
-
-  private transmitSend(conn: Conn, entry: PendingSend): void {
-    const kind: FrameKind = {
-      case: "send",
-      value: {
-        target: entry.target,
-        clientMsgId: entry.clientMsgId,
-        body: entry.body,
-        traceparent: entry.traceparent,
-      },
-    };
-    const sent = this.requests.write(conn, kind);
-    if (sent instanceof SwitchboardClientError) {
-      this.settleSend(entry, sent);
-      return;
-    }
-    const { id } = sent;
-    entry.requestId = id;
-    this.inflightSends++;
-    const inFlight = (): boolean => {
-      if (entry.requestId !== id) return false;
-      entry.requestId = undefined;
-      this.inflightSends--;
-      return !entry.settled;
-    };
-    this.requests.track(conn, sent, this.requestTimeoutMs, {
-      onTimeout: () => {
-        // Re-sending the same clientMsgId is safe; the server answers with the original ack.
-        if (inFlight()) this.pumpSends();
-      },
-      onReply: (frame) => {
-        if (!inFlight()) return;
-        const kind = frame.kind;
-        if (kind.case === "ack") {
-          this.settleSend(entry, toSendAck(kind.value));
-        } else if (kind.case === "error") {
-          const err = fromWireError(kind.value);
-          if (isRetryableSendError(err)) {
-            const delay = Math.max(
-              err.retryAfterMs,
-              backoffDelay(entry.failures++, this.backoff, this.random),
-            );
-            this.sendsPausedUntil = Math.max(this.sendsPausedUntil, Date.now() + delay);
-            entry.retryTimer = setTimeout(() => {
-              entry.retryTimer = undefined;
-              this.pumpSends();
-            }, delay);
-          } else {
-            this.settleSend(entry, err);
-          }
-        } else {
-          this.settleSend(
-            entry,
-            localError(Code.INTERNAL, LocalReason.UNEXPECTED_REPLY, `unexpected reply ${kind.case} to send`),
-          );
-        }
-        this.pumpSends();
-      },
-      onConnectionLost: (frameTooBig, err) => {
-        if (!inFlight()) return;
-        if (err) {
-          this.settleSend(entry, err);
-          return;
-        }
-        if (frameTooBig) this.settleSend(entry, frameTooLargeError());
-        // Otherwise it stays queued and goes out again after the next welcome.
-      },
-    });
-  }
-
-  private settleSend(entry: PendingSend, outcome: SendAck | SwitchboardClientError): void {
-    if (entry.settled) return;
-    entry.settled = true;
-    if (this.sends.get(entry.clientMsgId) === entry) this.sends.delete(entry.clientMsgId);
-    if (entry.requestId !== undefined) {
-      entry.requestId = undefined;
-      this.inflightSends--;
-    }
-    clearTimeout(entry.retryTimer);
-    clearTimeout(entry.deadline);
-    if (outcome instanceof SwitchboardClientError) entry.reject(outcome);
-    else entry.resolve(outcome);
-  }
 
   /** A request that waits (up to its timeout) for a connection, then for its reply. */
   private async request<C extends ReplyCase>(
