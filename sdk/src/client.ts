@@ -18,25 +18,15 @@ import type {
 } from "../../gen/switchboard/client/v1/client_pb.js";
 import { ReceiptKind } from "../../gen/switchboard/common/v1/common_pb.js";
 import { Provider } from "../../gen/switchboard/push/v1/push_pb.js";
-import { type BackoffOptions, backoffDelay, DEFAULT_BACKOFF, longBackoffDelay } from "./backoff.js";
-import { classifyCloseCode } from "./close-codes.js";
+import { type BackoffOptions, DEFAULT_BACKOFF } from "./backoff.js";
+import { type Conn, Connection } from "./connection.js";
 import { TypedEmitter } from "./emitter.js";
 import { Code, fromWireError, LocalReason, localError, SwitchboardClientError } from "./errors.js";
 import { LruSet } from "./lru.js";
 import { PullFollower } from "./pull-follower.js";
 import { type FrameKind, type ReplyCase, type ReplyOf, RequestTracker } from "./requests.js";
 import { SendQueue } from "./sends.js";
-import {
-  type AuthMode,
-  decodeFrame,
-  type Encoding,
-  openSocket,
-  type ResolvedWebSocket,
-  resolveWebSocket,
-  type SocketLike,
-  upgradeStatus,
-  type WebSocketConstructor,
-} from "./transport.js";
+import type { AuthMode, Encoding, WebSocketConstructor } from "./transport.js";
 import {
   type ChatMessage,
   type Conversation,
@@ -64,7 +54,6 @@ import {
   toPresence,
   toReceipt,
   toTyping,
-  toWelcome,
   type WelcomeInfo,
 } from "./types.js";
 
@@ -202,35 +191,6 @@ export interface GroupChangeInput {
   addPolicy?: GroupPolicyName;
 }
 
-type Timer = ReturnType<typeof setTimeout>;
-/** Per-connection state; a new object per socket, so stale callbacks can be recognised and ignored. */
-interface Conn {
-  socket: SocketLike;
-  welcome: WelcomeInfo | undefined;
-  /** Between welcome and the last sync page: live messages wait in `buffered`. */
-  syncing: boolean;
-  buffered: PbMessageEvent[];
-  /** Upgrade refused with this HTTP status (ws reports it in the error event). */
-  httpStatus: number | undefined;
-  /** Last transport error (e.g. "connect ECONNREFUSED"), to explain a close without a reason. */
-  lastError: string | undefined;
-  /** Server asked us to reconnect (drain) at this time. */
-  drainAt: number | undefined;
-  welcomeTimer: Timer | undefined;
-  drainTimer: Timer | undefined;
-  heartbeat: ReturnType<typeof setInterval> | undefined;
-  done: boolean;
-  closeWaiters: Array<() => void>;
-}
-
-interface Waiter {
-  resolve(conn: Conn): void;
-  reject(err: SwitchboardClientError): void;
-  timer: Timer | undefined;
-}
-
-const noop = (): void => {};
-
 /** A server error as it is; anything else as a local UNEXPECTED_REPLY with `what` as its message. */
 function asClientError(cause: unknown, what: string): SwitchboardClientError {
   if (cause instanceof SwitchboardClientError) return cause;
@@ -245,76 +205,63 @@ const LOCAL_REASONS: ReadonlySet<string> = new Set(Object.values(LocalReason));
 const isLocalReason = (reason: string): boolean => LOCAL_REASONS.has(reason);
 
 export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
-  private readonly url: UrlSource;
-  /** The URL of the current (or last) connection attempt. */
-  private currentUrl = "";
-  private readonly token: TokenSource;
-  private readonly encoding: Encoding;
-  private readonly backoff: BackoffOptions;
-  private readonly random: () => number;
   private readonly requestTimeoutMs: number;
   private readonly syncLimit: number;
   private readonly autoSync: boolean;
-  private readonly explicitWebSocket: WebSocketConstructor | undefined;
-  private readonly explicitAuth: AuthMode | undefined;
-
-  private _state: ClientState = "idle";
   private _cursor: number;
-  private _welcome: WelcomeInfo | undefined;
-  private conn: Conn | undefined;
-  private resolved: ResolvedWebSocket | undefined;
-  /** Bumped by close(): an openConnection() that awaited across it must not proceed. */
-  private epoch = 0;
-  private attempt = 0;
-  /** When the current run of failed connections began (Date.now()); undefined while connected. */
-  private outageStartedAt: number | undefined;
-  private lastDisconnect: DisconnectInfo | undefined;
-  private unauthorizedStreak = 0;
-  private reconnectTimer: Timer | undefined;
   private readonly requests: RequestTracker;
+  private readonly connection: Connection;
   private readonly sends: SendQueue;
-  private readonly openWaiters = new Set<Waiter>();
   private readonly seen: LruSet<string>;
   private readonly pull: PullFollower;
   private readonly presenceWatch = new Set<string>();
-  private connectPromise: Promise<WelcomeInfo> | undefined;
-  private connectSettle:
-    | { resolve(w: WelcomeInfo): void; reject(e: SwitchboardClientError): void }
-    | undefined;
 
   constructor(options: SwitchboardClientOptions) {
     super();
-    this.url = options.url;
-    this.token = options.token;
-    this.encoding = options.encoding ?? "json";
-    this.backoff = { ...DEFAULT_BACKOFF, ...options.reconnect };
-    this.random = options.random ?? Math.random;
+    const backoff = { ...DEFAULT_BACKOFF, ...options.reconnect };
+    const random = options.random ?? Math.random;
     this.requestTimeoutMs = options.requestTimeoutMs ?? 10_000;
     this.syncLimit = options.syncLimit ?? 0;
     this.autoSync = options.autoSync ?? true;
-    this.explicitWebSocket = options.WebSocket;
-    this.explicitAuth = options.auth;
     this._cursor = options.cursor ?? 0;
     if (!Number.isSafeInteger(this._cursor) || this._cursor < 0)
       throw new RangeError("cursor must be a non-negative integer");
+    const encoding = options.encoding ?? "json";
     this.requests = new RequestTracker({
-      encoding: this.encoding,
-      isCurrent: (conn) => this.conn === conn,
-      isClosed: () => this._state === "closed",
+      encoding,
+      isCurrent: (conn) => this.connection.isCurrent(conn),
+      isClosed: () => this.connection.state === "closed",
     });
+    this.connection = new Connection(
+      {
+        url: options.url,
+        token: options.token,
+        encoding,
+        backoff,
+        random,
+        requestTimeoutMs: this.requestTimeoutMs,
+        WebSocket: options.WebSocket,
+        auth: options.auth,
+        requests: this.requests,
+      },
+      {
+        frame: (conn, frame) => this.onFrame(conn, frame),
+        opened: (conn, welcome) => this.onOpened(conn, welcome),
+        disconnected: (info) => this.emit("disconnected", info),
+        error: (err) => this.emitError(err),
+        failSends: (err) => this.sends.failAll(err),
+      },
+    );
     this.sends = new SendQueue({
       requests: this.requests,
-      openConnection: () => {
-        const conn = this.conn;
-        return conn?.welcome && !conn.done ? conn : undefined;
-      },
-      welcome: () => this._welcome,
+      openConnection: () => this.connection.open,
+      welcome: () => this.connection.welcome,
       maxPending: options.maxPendingSends ?? 1_000,
       maxInflight: Math.max(1, options.maxInflightSends ?? 64),
       sendTimeoutMs: options.sendTimeoutMs ?? 0,
       requestTimeoutMs: this.requestTimeoutMs,
-      backoff: this.backoff,
-      random: this.random,
+      backoff,
+      random,
     });
     this.seen = new LruSet(options.dedupeCapacity ?? 10_000);
     this.pull = new PullFollower({
@@ -336,12 +283,12 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
   }
 
   get state(): ClientState {
-    return this._state;
+    return this.connection.state;
   }
 
   /** The latest welcome (user id, limits, …), once connected. */
   get welcome(): WelcomeInfo | undefined {
-    return this._welcome;
+    return this.connection.welcome;
   }
 
   /** Sends queued or in flight, not yet acknowledged. */
@@ -357,33 +304,7 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
    * client keeps trying in the background in that case; call close() to stop it).
    */
   connect(options: { timeoutMs?: number } = {}): Promise<WelcomeInfo> {
-    if (this._state === "open" && this._welcome) return Promise.resolve(this._welcome);
-    if (!this.connectPromise) {
-      this.connectPromise = new Promise<WelcomeInfo>((resolve, reject) => {
-        this.connectSettle = { resolve, reject };
-      });
-      this.connectPromise.catch(noop); // rejections are delivered to callers; never unhandled here
-    }
-    if (this._state === "idle" || this._state === "closed") {
-      this._state = "connecting";
-      void this.openConnection();
-    }
-    const promise = this.connectPromise;
-    const timeoutMs = options.timeoutMs;
-    if (timeoutMs === undefined || timeoutMs <= 0) return promise;
-    return new Promise<WelcomeInfo>((resolve, reject) => {
-      const timer = setTimeout(() => reject(this.notConnectedError(timeoutMs)), timeoutMs);
-      promise.then(
-        (w) => {
-          clearTimeout(timer);
-          resolve(w);
-        },
-        (e: unknown) => {
-          clearTimeout(timer);
-          reject(e);
-        },
-      );
-    });
+    return this.connection.connect(options);
   }
 
   /**
@@ -391,35 +312,8 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
    * are rejected with reason CLOSED. Resolves once the socket has closed (at most ~1 s).
    */
   close(): Promise<void> {
-    const wasActive = this._state === "connecting" || this._state === "open";
-    this._state = "closed";
-    this.epoch++;
-    this.clearReconnectTimer();
     this.sends.cancelPauseTimer();
-    const err = localError(Code.CANCELLED, LocalReason.CLOSED, "client closed");
-    const conn = this.conn;
-    this.conn = undefined;
-    let closed: Promise<void> = Promise.resolve();
-    if (conn) {
-      closed = new Promise<void>((resolve) => {
-        conn.closeWaiters.push(resolve);
-        // Do not wait forever for a closing handshake from an unresponsive server.
-        const fallback = setTimeout(() => {
-          conn.socket.terminate?.();
-          resolve();
-        }, 1_000);
-        conn.closeWaiters.push(() => clearTimeout(fallback));
-      });
-      this.finishConn(conn, 1000, "client closed", false);
-      try {
-        conn.socket.close(1000, "client closed");
-      } catch {
-        conn.socket.terminate?.();
-      }
-    }
-    this.failEverything(err);
-    if (wasActive) this.emit("disconnected", { code: 1000, reason: "client closed", willReconnect: false });
-    return closed;
+    return this.connection.close();
   }
 
   // ---------------------------------------------------------------- messaging
@@ -431,7 +325,7 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
    * waits in the queue.
    */
   send(target: SendTarget, body: string, options: SendOptions = {}): Promise<SendAck> {
-    if (this._state === "closed") {
+    if (this.connection.state === "closed") {
       return Promise.reject(
         localError(Code.FAILED_PRECONDITION, LocalReason.NOT_CONNECTED, "client is closed"),
       );
@@ -558,7 +452,7 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
    * error reply (e.g. NOT_MEMBER) is reported through the "error" event.
    */
   typing(conversationId: string, typing = true): void {
-    const conn = this.conn;
+    const conn = this.connection.current;
     if (!conn?.welcome) return;
     this.requests
       .request(conn, { case: "typing", value: { conversationId, typing } }, "ok", this.requestTimeoutMs)
@@ -658,257 +552,12 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
     };
   }
 
-  // ---------------------------------------------------------------- connection management
-
-  private async openConnection(): Promise<void> {
-    const epoch = this.epoch;
-    let token: string;
-    try {
-      this.resolved ??= await resolveWebSocket(this.explicitWebSocket);
-      token = typeof this.token === "string" ? this.token : await this.token();
-      this.currentUrl = typeof this.url === "string" ? this.url : await this.url();
-    } catch (cause) {
-      if (epoch !== this.epoch) return;
-      this.emitError(
-        localError(
-          Code.UNAVAILABLE,
-          LocalReason.TOKEN_UNAVAILABLE,
-          `cannot connect: ${String(cause)}`,
-          cause,
-        ),
-      );
-      this.scheduleReconnect(1006, "token or WebSocket unavailable", this.nextBackoff(false));
-      return;
-    }
-    if (epoch !== this.epoch) return; // close() was called while we awaited
-    let socket: SocketLike;
-    try {
-      socket = openSocket(
-        this.resolved.ctor,
-        this.currentUrl,
-        token,
-        this.explicitAuth ?? this.resolved.auth,
-        this.encoding,
-      );
-    } catch (cause) {
-      // A malformed URL (or a WebSocket that rejects our arguments) will not fix itself.
-      this.terminal(
-        localError(
-          Code.INVALID_ARGUMENT,
-          "OPEN_FAILED",
-          `cannot open ${this.currentUrl}: ${String(cause)}`,
-          cause,
-        ),
-        1006,
-        "cannot open socket",
-      );
-      return;
-    }
-    const frameAuth = (this.explicitAuth ?? this.resolved.auth) === "frame";
-    const conn: Conn = {
-      socket,
-      welcome: undefined,
-      syncing: false,
-      buffered: [],
-      httpStatus: undefined,
-      lastError: undefined,
-      drainAt: undefined,
-      welcomeTimer: undefined,
-      drainTimer: undefined,
-      heartbeat: undefined,
-      done: false,
-      closeWaiters: [],
-    };
-    this.conn = conn;
-    // Covers a TCP connect that hangs, an upgrade that never completes and a server that never welcomes.
-    conn.welcomeTimer = setTimeout(() => this.abandon(conn, "no welcome in time"), this.requestTimeoutMs);
-    socket.onopen = () => {
-      if (this.conn !== conn || !frameAuth) return;
-      this.requests.write(conn, { case: "auth", value: { token } });
-    };
-    socket.onmessage = (event) => this.onData(conn, event.data);
-    // A no-op handler stays installed for the socket's whole life: `ws` throws on an unhandled "error".
-    socket.onerror = (event) => {
-      conn.httpStatus ??= upgradeStatus(event);
-      conn.lastError = event.message ?? (event.error instanceof Error ? event.error.message : undefined);
-    };
-    socket.onclose = (event) => this.onSocketClose(conn, event.code, event.reason);
-  }
-
-  private onSocketClose(conn: Conn, code: number, closeReason: string): void {
-    const waiters = conn.closeWaiters.splice(0);
-    for (const w of waiters) w();
-    if (conn.done || this.conn !== conn) return;
-    const reason = closeReason || conn.lastError || "";
-    this.conn = undefined;
-    const info = classifyCloseCode(code);
-    this.finishConn(conn, code, reason, info.dropFrame);
-    if (this._state === "closed") return;
-
-    const status = conn.httpStatus;
-    if (status === 401 || status === 403) {
-      // A token function may just have handed us a stale token: one fresh try, then give up.
-      if (typeof this.token === "function" && this.unauthorizedStreak === 0) {
-        this.unauthorizedStreak++;
-        this.scheduleReconnect(code, `upgrade refused with HTTP ${status}`, this.nextBackoff(false));
-      } else {
-        this.terminal(
-          localError(Code.UNAUTHENTICATED, "INVALID_TOKEN", `the server refused the token (HTTP ${status})`),
-          code,
-          reason || `HTTP ${status}`,
-        );
-      }
-      return;
-    }
-    if (!info.reconnect) {
-      const codeOf = info.name === "BAD_REQUEST" ? Code.INVALID_ARGUMENT : Code.UNAUTHENTICATED;
-      this.terminal(
-        new SwitchboardClientError(
-          codeOf,
-          info.name,
-          `connection closed by the server: ${code} ${reason}`.trim(),
-          {
-            closeCode: code,
-          },
-        ),
-        code,
-        reason,
-      );
-      return;
-    }
-    if (info.freshToken && typeof this.token === "string") {
-      this.terminal(
-        new SwitchboardClientError(
-          Code.UNAUTHENTICATED,
-          info.name,
-          "token expired and no token function to renew it",
-          {
-            closeCode: code,
-          },
-        ),
-        code,
-        reason,
-      );
-      return;
-    }
-    const delay =
-      conn.drainAt !== undefined
-        ? Math.max(0, conn.drainAt - Date.now())
-        : this.nextBackoff(info.backoff === "long");
-    this.scheduleReconnect(code, reason, delay);
-  }
-
-  /**
-   * Ends a connection's bookkeeping: timers stop, sends in flight go back to the queue (they will be
-   * re-sent, same clientMsgId, on the next connection), other in-flight requests fail with
-   * CONNECTION_LOST (they are not idempotent in general, so the app decides). With `frameTooBig`
-   * (close 1009) the largest in-flight frame is taken to be the culprit and is never re-sent.
-   */
-  private finishConn(conn: Conn, _code: number, _reason: string, frameTooBig: boolean): void {
-    if (conn.done) return;
-    conn.done = true;
-    clearTimeout(conn.welcomeTimer);
-    clearTimeout(conn.drainTimer);
-    clearInterval(conn.heartbeat);
-    this.requests.connectionEnded(conn, frameTooBig);
-  }
-
-  /** Gives up on a connection we consider dead (no welcome, no heartbeat answer, failed sync). */
-  private abandon(conn: Conn, reason: string): void {
-    if (this.conn !== conn || conn.done) return;
-    const socket = conn.socket;
-    socket.onmessage = null;
-    socket.onopen = null;
-    try {
-      if (socket.terminate) socket.terminate();
-      else socket.close(4000, reason);
-    } catch {
-      // already closing
-    }
-    this.onSocketClose(conn, 1006, reason);
-  }
-
-  private scheduleReconnect(code: number, reason: string, delay: number): void {
-    this._state = "connecting";
-    this.lastDisconnect = { code, reason, willReconnect: true };
-    this.emit("disconnected", { code, reason, willReconnect: true, reconnectInMs: delay });
-    this.clearReconnectTimer();
-    const epoch = this.epoch;
-    this.reconnectTimer = setTimeout(() => {
-      this.reconnectTimer = undefined;
-      if (epoch === this.epoch && this._state === "connecting") void this.openConnection();
-    }, delay);
-  }
-
-  private nextBackoff(long: boolean): number {
-    const attempt = this.attempt++;
-    this.outageStartedAt ??= Date.now();
-    return long
-      ? longBackoffDelay(attempt, this.backoff, this.random)
-      : backoffDelay(attempt, this.backoff, this.random, Date.now() - this.outageStartedAt);
-  }
-
-  private endOutage(): void {
-    this.attempt = 0;
-    this.outageStartedAt = undefined;
-  }
-
-  private clearReconnectTimer(): void {
-    if (this.reconnectTimer !== undefined) clearTimeout(this.reconnectTimer);
-    this.reconnectTimer = undefined;
-  }
-
-  private terminal(err: SwitchboardClientError, code: number, reason: string): void {
-    this._state = "closed";
-    this.epoch++;
-    this.clearReconnectTimer();
-    const conn = this.conn;
-    this.conn = undefined;
-    if (conn) {
-      this.finishConn(conn, code, reason, false);
-      try {
-        conn.socket.close(1000);
-      } catch {
-        conn.socket.terminate?.();
-      }
-    }
-    this.failEverything(err);
-    this.emit("disconnected", { code, reason, willReconnect: false });
-    this.emitError(err);
-  }
-
-  /** Rejects every waiting promise: sends, requests waiting for a connection, connect(). */
-  private failEverything(err: SwitchboardClientError): void {
-    this.sends.failAll(err);
-    for (const w of [...this.openWaiters]) {
-      clearTimeout(w.timer);
-      w.reject(err);
-    }
-    this.openWaiters.clear();
-    this.requests.failAll(err);
-    this.connectSettle?.reject(err);
-    this.connectSettle = undefined;
-    this.connectPromise = undefined;
-  }
-
   // ---------------------------------------------------------------- inbound frames
 
-  private onData(conn: Conn, data: unknown): void {
-    if (this.conn !== conn) return;
-    let frame: ServerFrame;
-    try {
-      frame = decodeFrame(data);
-    } catch (cause) {
-      this.emitError(
-        localError(Code.INTERNAL, LocalReason.UNEXPECTED_REPLY, `undecodable frame: ${String(cause)}`, cause),
-      );
-      return;
-    }
+  /** A frame that is not the connection's own (welcome, drain): events and replies. */
+  private onFrame(conn: Conn, frame: ServerFrame): void {
     const kind = frame.kind;
     switch (kind.case) {
-      case "welcome":
-        this.onWelcome(conn, toWelcome(kind.value));
-        return;
       case "message":
         if (frame.replyTo === 0) {
           if (conn.syncing) conn.buffered.push(kind.value);
@@ -931,9 +580,6 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
           return;
         }
         break;
-      case "reconnect":
-        this.onDrain(conn, kind.value.delayMsMin, kind.value.delayMsMax, kind.value.reason);
-        return;
       case undefined:
         return; // a kind this SDK does not know (newer server): ignore
       default:
@@ -948,30 +594,14 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
     // Anything else is a late reply to a request that already timed out: nobody is waiting.
   }
 
-  private onWelcome(conn: Conn, welcome: WelcomeInfo): void {
-    if (conn.welcome) return;
-    clearTimeout(conn.welcomeTimer);
-    conn.welcome = welcome;
-    this._welcome = welcome;
-    this._state = "open";
-    this.unauthorizedStreak = 0;
-    if (welcome.heartbeatIntervalMs > 0) {
-      conn.heartbeat = setInterval(() => this.heartbeat(conn), welcome.heartbeatIntervalMs);
-    }
-    this.connectSettle?.resolve(welcome);
-    this.connectSettle = undefined;
-    this.connectPromise = undefined;
-    for (const w of [...this.openWaiters]) {
-      clearTimeout(w.timer);
-      w.resolve(conn);
-    }
-    this.openWaiters.clear();
+  /** A connection was welcomed: queued sends go out, presence is renewed, the inbox catches up. */
+  private onOpened(conn: Conn, welcome: WelcomeInfo): void {
     this.emit("connected", welcome);
-    if (this.conn !== conn) return; // a listener closed us
+    if (!this.connection.isCurrent(conn)) return; // a listener closed us
     this.sends.pump();
     this.renewPresence(conn);
     if (this.autoSync) void this.sync(conn);
-    else this.endOutage();
+    else this.connection.endOutage();
   }
 
   /**
@@ -991,9 +621,9 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
           "sync",
           this.requestTimeoutMs,
         );
-        if (this.conn !== conn) return;
+        if (!this.connection.isCurrent(conn)) return;
         for (const event of page.messages) {
-          if (this.conn !== conn) return; // a listener closed the client mid-page
+          if (!this.connection.isCurrent(conn)) return; // a listener closed the client mid-page
           if (this.deliver(event, "sync")) delivered++;
         }
         this.advanceCursor(Number(page.cursor));
@@ -1001,21 +631,21 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
         if (this._cursor <= from) throw new Error(`sync made no progress at cursor ${from}`);
       }
     } catch (cause) {
-      if (this.conn !== conn) return; // the connection went away; the next one resyncs
+      if (!this.connection.isCurrent(conn)) return; // the connection went away; the next one resyncs
       this.emitError(
         cause instanceof SwitchboardClientError
           ? cause
           : localError(Code.INTERNAL, LocalReason.UNEXPECTED_REPLY, `sync failed: ${String(cause)}`, cause),
       );
-      this.abandon(conn, "sync failed");
+      this.connection.abandon(conn, "sync failed");
       return;
     }
     conn.syncing = false;
     for (const event of conn.buffered.splice(0)) {
-      if (this.conn !== conn) return;
+      if (!this.connection.isCurrent(conn)) return;
       this.deliver(event, "live");
     }
-    this.endOutage(); // a full round trip worked: the next outage starts again from the short backoff
+    this.connection.endOutage(); // a full round trip worked: the next outage starts again from the short backoff
     this.emit("synced", { cursor: this._cursor, delivered });
     if (this.pull.following) void this.catchUpPull(conn);
   }
@@ -1032,7 +662,7 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
       await this.pull.catchUp(res.conversations.map(toConversation));
     } catch (cause) {
       // The connection went away (the next one catches up again) or the server refused.
-      if (this.conn === conn) this.emitError(asClientError(cause, "pull catch-up failed"));
+      if (this.connection.isCurrent(conn)) this.emitError(asClientError(cause, "pull catch-up failed"));
     }
   }
 
@@ -1045,7 +675,8 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
     if (cursor === 0) {
       // A pull conversation's message: emitted in seq order by the follower (it may fetch a gap).
       this.pull.live(message).catch((cause: unknown) => {
-        if (this.conn) this.emitError(asClientError(cause, "fetching a pull conversation's gap failed"));
+        if (this.connection.current)
+          this.emitError(asClientError(cause, "fetching a pull conversation's gap failed"));
       });
       return false;
     }
@@ -1064,36 +695,6 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
 
   private advanceCursor(cursor: number): void {
     if (cursor > this._cursor) this._cursor = cursor;
-  }
-
-  private heartbeat(conn: Conn): void {
-    this.requests
-      .request(conn, { case: "heartbeat", value: {} }, "heartbeat", this.requestTimeoutMs)
-      .catch((err: unknown) => {
-        // No answer in time: the connection is dead even if TCP has not noticed yet.
-        if (err instanceof SwitchboardClientError && err.reason === LocalReason.TIMEOUT)
-          this.abandon(conn, "heartbeat timeout");
-      });
-  }
-
-  /** The server is draining: move at a random moment in its window, so its clients do not stampede. */
-  private onDrain(conn: Conn, minMs: number, maxMs: number, reason: string): void {
-    const lo = Math.min(minMs, maxMs);
-    const delay = Math.floor(lo + this.random() * (Math.max(minMs, maxMs) - lo));
-    conn.drainAt = Date.now() + delay;
-    clearTimeout(conn.drainTimer);
-    conn.drainTimer = setTimeout(() => {
-      if (this.conn !== conn || conn.done) return;
-      conn.drainAt = Date.now();
-      const socket = conn.socket;
-      socket.onmessage = null;
-      try {
-        socket.close(1000, "reconnecting");
-      } catch {
-        socket.terminate?.();
-      }
-      this.onSocketClose(conn, 1000, `server asked to reconnect (${reason || "draining"})`);
-    }, delay);
   }
 
   private renewPresence(conn: Conn): void {
@@ -1125,45 +726,13 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
     timeoutMs = this.requestTimeoutMs,
   ): Promise<ReplyOf<C>> {
     const deadline = Date.now() + timeoutMs;
-    const conn = await this.whenOpen(timeoutMs);
+    const conn = await this.connection.whenOpen(timeoutMs);
     return this.requests.request(conn, kind, expect, Math.max(1, deadline - Date.now()));
-  }
-
-  private whenOpen(timeoutMs: number): Promise<Conn> {
-    const conn = this.conn;
-    if (conn?.welcome && !conn.done) return Promise.resolve(conn);
-    if (this._state === "idle" || this._state === "closed") {
-      return Promise.reject(
-        localError(
-          Code.FAILED_PRECONDITION,
-          LocalReason.NOT_CONNECTED,
-          "not connected: call connect() first",
-        ),
-      );
-    }
-    return new Promise<Conn>((resolve, reject) => {
-      const waiter: Waiter = { resolve, reject, timer: undefined };
-      waiter.timer = setTimeout(() => {
-        this.openWaiters.delete(waiter);
-        reject(this.notConnectedError(timeoutMs));
-      }, timeoutMs);
-      this.openWaiters.add(waiter);
-    });
   }
 
   private conversationOf(c: Parameters<typeof toConversation>[0] | undefined): Conversation {
     if (!c) throw localError(Code.INTERNAL, LocalReason.UNEXPECTED_REPLY, "reply has no conversation");
     return toConversation(c);
-  }
-
-  private notConnectedError(timeoutMs: number): SwitchboardClientError {
-    const last = this.lastDisconnect;
-    const why = last ? ` (last close: ${last.code}${last.reason ? ` ${last.reason}` : ""})` : "";
-    return localError(
-      Code.DEADLINE_EXCEEDED,
-      LocalReason.TIMEOUT,
-      `not connected within ${timeoutMs} ms${why}`,
-    );
   }
 
   private emitError(err: SwitchboardClientError): void {
