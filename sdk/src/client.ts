@@ -12,23 +12,18 @@
  *   SAME clientMsgId after a reconnect, and the server's idempotency turns a resend of something it
  *   already stored into the original ack (duplicate=true), so nothing is stored twice.
  */
-import type {
-  MessageEvent as PbMessageEvent,
-  ServerFrame,
-} from "../../gen/switchboard/client/v1/client_pb.js";
+import type { ServerFrame } from "../../gen/switchboard/client/v1/client_pb.js";
 import { ReceiptKind } from "../../gen/switchboard/common/v1/common_pb.js";
 import { Provider } from "../../gen/switchboard/push/v1/push_pb.js";
 import { type BackoffOptions, DEFAULT_BACKOFF } from "./backoff.js";
 import { type Conn, Connection } from "./connection.js";
 import { TypedEmitter } from "./emitter.js";
 import { Code, fromWireError, LocalReason, localError, SwitchboardClientError } from "./errors.js";
-import { LruSet } from "./lru.js";
-import { PullFollower } from "./pull-follower.js";
 import { type FrameKind, type ReplyCase, type ReplyOf, RequestTracker } from "./requests.js";
 import { SendQueue } from "./sends.js";
+import { InboxSync } from "./sync.js";
 import type { AuthMode, Encoding, WebSocketConstructor } from "./transport.js";
 import {
-  type ChatMessage,
   type Conversation,
   type DisconnectInfo,
   type DoNotDisturbWindow,
@@ -46,7 +41,6 @@ import {
   type SendAck,
   type SyncedInfo,
   type TypingInfo,
-  toChatMessage,
   toConversation,
   toHistoryPage,
   toMember,
@@ -191,29 +185,16 @@ export interface GroupChangeInput {
   addPolicy?: GroupPolicyName;
 }
 
-/** A server error as it is; anything else as a local UNEXPECTED_REPLY with `what` as its message. */
-function asClientError(cause: unknown, what: string): SwitchboardClientError {
-  if (cause instanceof SwitchboardClientError) return cause;
-  return localError(Code.INTERNAL, LocalReason.UNEXPECTED_REPLY, `${what}: ${String(cause)}`, cause);
-}
-
-/** History page size of a pull conversation's catch-up, and the conversations listed for it. */
-const PULL_PAGE = 200;
-const PULL_CONVERSATIONS_LISTED = 1_000;
-
 const LOCAL_REASONS: ReadonlySet<string> = new Set(Object.values(LocalReason));
 const isLocalReason = (reason: string): boolean => LOCAL_REASONS.has(reason);
 
 export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
   private readonly requestTimeoutMs: number;
-  private readonly syncLimit: number;
   private readonly autoSync: boolean;
-  private _cursor: number;
   private readonly requests: RequestTracker;
   private readonly connection: Connection;
   private readonly sends: SendQueue;
-  private readonly seen: LruSet<string>;
-  private readonly pull: PullFollower;
+  private readonly inbox: InboxSync;
   private readonly presenceWatch = new Set<string>();
 
   constructor(options: SwitchboardClientOptions) {
@@ -221,11 +202,7 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
     const backoff = { ...DEFAULT_BACKOFF, ...options.reconnect };
     const random = options.random ?? Math.random;
     this.requestTimeoutMs = options.requestTimeoutMs ?? 10_000;
-    this.syncLimit = options.syncLimit ?? 0;
     this.autoSync = options.autoSync ?? true;
-    this._cursor = options.cursor ?? 0;
-    if (!Number.isSafeInteger(this._cursor) || this._cursor < 0)
-      throw new RangeError("cursor must be a non-negative integer");
     const encoding = options.encoding ?? "json";
     this.requests = new RequestTracker({
       encoding,
@@ -263,23 +240,29 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
       backoff,
       random,
     });
-    this.seen = new LruSet(options.dedupeCapacity ?? 10_000);
-    this.pull = new PullFollower({
-      fetch: (conversationId, afterSeq) => this.history({ conversationId, afterSeq, limit: PULL_PAGE }),
-      emit: (message, source) => this.emitMessage(message, 0, source),
-      capacity: options.dedupeCapacity ?? 10_000,
-      ...(options.pullPositions ? { initial: options.pullPositions } : {}),
+    this.inbox = new InboxSync({
+      cursor: options.cursor ?? 0,
+      dedupeCapacity: options.dedupeCapacity ?? 10_000,
+      pullPositions: options.pullPositions,
+      syncLimit: options.syncLimit ?? 0,
+      requestTimeoutMs: this.requestTimeoutMs,
+      requests: this.requests,
+      connection: this.connection,
+      history: (query) => this.history(query),
+      emitMessage: (message) => this.emit("message", message),
+      emitSynced: (info) => this.emit("synced", info),
+      emitError: (err) => this.emitError(err),
     });
   }
 
   /** The newest seq processed per pull conversation; persist it and pass it back as `pullPositions`. */
   get pullPositions(): Record<string, number> {
-    return this.pull.positions();
+    return this.inbox.pullPositions;
   }
 
   /** The highest inbox position processed; persist it and pass it back as `cursor` next time. */
   get cursor(): number {
-    return this._cursor;
+    return this.inbox.cursor;
   }
 
   get state(): ClientState {
@@ -438,7 +421,7 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
       "conversations",
     );
     const conversations = res.conversations.map(toConversation);
-    this.pull.learn(conversations);
+    this.inbox.learn(conversations);
     return conversations;
   }
 
@@ -560,8 +543,7 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
     switch (kind.case) {
       case "message":
         if (frame.replyTo === 0) {
-          if (conn.syncing) conn.buffered.push(kind.value);
-          else this.deliver(kind.value, "live");
+          this.inbox.live(conn, kind.value);
           return;
         }
         break;
@@ -600,101 +582,8 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
     if (!this.connection.isCurrent(conn)) return; // a listener closed us
     this.sends.pump();
     this.renewPresence(conn);
-    if (this.autoSync) void this.sync(conn);
+    if (this.autoSync) void this.inbox.sync(conn);
     else this.connection.endOutage();
-  }
-
-  /**
-   * Catch-up after (re)connect: pages from the cursor until has_more=false. The server holds live
-   * messages back meanwhile; any that arrive anyway are buffered and delivered after the last page
-   * (dedupe drops the ones the sync already returned), so order and the no-gap seam are kept.
-   */
-  private async sync(conn: Conn): Promise<void> {
-    conn.syncing = true;
-    let delivered = 0;
-    try {
-      for (;;) {
-        const from = this._cursor;
-        const page = await this.requests.request(
-          conn,
-          { case: "sync", value: { cursor: BigInt(from), limit: this.syncLimit } },
-          "sync",
-          this.requestTimeoutMs,
-        );
-        if (!this.connection.isCurrent(conn)) return;
-        for (const event of page.messages) {
-          if (!this.connection.isCurrent(conn)) return; // a listener closed the client mid-page
-          if (this.deliver(event, "sync")) delivered++;
-        }
-        this.advanceCursor(Number(page.cursor));
-        if (!page.hasMore) break;
-        if (this._cursor <= from) throw new Error(`sync made no progress at cursor ${from}`);
-      }
-    } catch (cause) {
-      if (!this.connection.isCurrent(conn)) return; // the connection went away; the next one resyncs
-      this.emitError(
-        cause instanceof SwitchboardClientError
-          ? cause
-          : localError(Code.INTERNAL, LocalReason.UNEXPECTED_REPLY, `sync failed: ${String(cause)}`, cause),
-      );
-      this.connection.abandon(conn, "sync failed");
-      return;
-    }
-    conn.syncing = false;
-    for (const event of conn.buffered.splice(0)) {
-      if (!this.connection.isCurrent(conn)) return;
-      this.deliver(event, "live");
-    }
-    this.connection.endOutage(); // a full round trip worked: the next outage starts again from the short backoff
-    this.emit("synced", { cursor: this._cursor, delivered });
-    if (this.pull.following) void this.catchUpPull(conn);
-  }
-
-  /** After a sync: what the followed pull conversations hold past what this device processed. */
-  private async catchUpPull(conn: Conn): Promise<void> {
-    try {
-      const res = await this.requests.request(
-        conn,
-        { case: "listConversations", value: { limit: PULL_CONVERSATIONS_LISTED } },
-        "conversations",
-        this.requestTimeoutMs,
-      );
-      await this.pull.catchUp(res.conversations.map(toConversation));
-    } catch (cause) {
-      // The connection went away (the next one catches up again) or the server refused.
-      if (this.connection.isCurrent(conn)) this.emitError(asClientError(cause, "pull catch-up failed"));
-    }
-  }
-
-  /** Emits a message unless already seen, then records its cursor as processed. */
-  private deliver(event: PbMessageEvent, source: "sync" | "live"): boolean {
-    const cursor = Number(event.cursor);
-    const m = event.message;
-    if (!m) return false;
-    const message: ChatMessage = toChatMessage(m);
-    if (cursor === 0) {
-      // A pull conversation's message: emitted in seq order by the follower (it may fetch a gap).
-      this.pull.live(message).catch((cause: unknown) => {
-        if (this.connection.current)
-          this.emitError(asClientError(cause, "fetching a pull conversation's gap failed"));
-      });
-      return false;
-    }
-    const emitted = this.emitMessage(message, cursor, source);
-    this.pull.note(message);
-    this.advanceCursor(cursor);
-    return emitted;
-  }
-
-  private emitMessage(message: ChatMessage, cursor: number, source: "sync" | "live"): boolean {
-    // An empty id would make every later id-less message a "duplicate"; never dedupe on it.
-    if (message.messageId !== "" && !this.seen.add(message.messageId)) return false;
-    this.emit("message", { message, cursor, source });
-    return true;
-  }
-
-  private advanceCursor(cursor: number): void {
-    if (cursor > this._cursor) this._cursor = cursor;
   }
 
   private renewPresence(conn: Conn): void {

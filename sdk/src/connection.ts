@@ -5,10 +5,7 @@
  * reconnects with backoff or, on a terminal close, stops for good. connect() and the requests that
  * wait for a connection are released by the welcome and failed when the client stops.
  */
-import type {
-  MessageEvent as PbMessageEvent,
-  ServerFrame,
-} from "../../gen/switchboard/client/v1/client_pb.js";
+import type { ServerFrame } from "../../gen/switchboard/client/v1/client_pb.js";
 import { type BackoffOptions, backoffDelay, longBackoffDelay } from "./backoff.js";
 import type { ClientState, TokenSource, UrlSource } from "./client.js";
 import { classifyCloseCode } from "./close-codes.js";
@@ -33,9 +30,6 @@ type Timer = ReturnType<typeof setTimeout>;
 export interface Conn {
   socket: SocketLike;
   welcome: WelcomeInfo | undefined;
-  /** Between welcome and the last sync page: live messages wait in `buffered`. */
-  syncing: boolean;
-  buffered: PbMessageEvent[];
   /** Upgrade refused with this HTTP status (ws reports it in the error event). */
   httpStatus: number | undefined;
   /** Last transport error (e.g. "connect ECONNREFUSED"), to explain a close without a reason. */
@@ -300,8 +294,6 @@ export class Connection {
     const conn: Conn = {
       socket,
       welcome: undefined,
-      syncing: false,
-      buffered: [],
       httpStatus: undefined,
       lastError: undefined,
       drainAt: undefined,
