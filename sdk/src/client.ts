@@ -188,6 +188,12 @@ export interface GroupChangeInput {
 const LOCAL_REASONS: ReadonlySet<string> = new Set(Object.values(LocalReason));
 const isLocalReason = (reason: string): boolean => LOCAL_REASONS.has(reason);
 
+/**
+ * The public face of the SDK. The work is done by four parts it owns, one responsibility each:
+ * connection.ts (sockets, welcome, heartbeats, drain, reconnects), requests.ts (request ids and
+ * their replies), sends.ts (the exactly-once send pipeline) and sync.ts (cursor, sync seam, dedupe).
+ * The client wires them together, routes the server's events and turns its methods into requests.
+ */
 export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
   private readonly requestTimeoutMs: number;
   private readonly autoSync: boolean;
@@ -204,6 +210,7 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
     this.requestTimeoutMs = options.requestTimeoutMs ?? 10_000;
     this.autoSync = options.autoSync ?? true;
     const encoding = options.encoding ?? "json";
+    // The parts call each other back through these closures, which run only after the constructor.
     this.requests = new RequestTracker({
       encoding,
       isCurrent: (conn) => this.connection.isCurrent(conn),
@@ -569,6 +576,7 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
     }
     if (this.requests.deliverReply(frame)) return;
     if (kind.case === "ack") {
+      // The ack of an attempt we stopped waiting for (timed out and re-sent): matched by clientMsgId.
       this.sends.settleLate(kind.value);
       return;
     }

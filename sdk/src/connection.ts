@@ -133,9 +133,8 @@ export class Connection {
   }
 
   /**
-   * Starts the connection (and keeps it up from then on). Resolves with the welcome of the first
-   * successful connection; rejects on a terminal failure, on close(), or after `timeoutMs` (the
-   * client keeps trying in the background in that case; call close() to stop it).
+   * Starts connecting unless already connecting or open. Every caller shares one promise until a
+   * welcome or a stop settles it; `timeoutMs` only ends this caller's wait, not the connecting.
    */
   connect(options: { timeoutMs?: number } = {}): Promise<WelcomeInfo> {
     if (this._state === "open" && this._welcome) return Promise.resolve(this._welcome);
@@ -168,8 +167,8 @@ export class Connection {
   }
 
   /**
-   * Closes for good (until connect() is called again): no reconnect; pending sends and requests
-   * are rejected with reason CLOSED. Resolves once the socket has closed (at most ~1 s).
+   * Stops for good (until connect()): no reconnect, everything waiting fails with CLOSED. Resolves
+   * once the socket has closed, or after 1 s without a closing handshake (then it is terminated).
    */
   close(): Promise<void> {
     const wasActive = this._state === "connecting" || this._state === "open";
