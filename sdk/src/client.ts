@@ -12,38 +12,18 @@
  *   SAME clientMsgId after a reconnect, and the server's idempotency turns a resend of something it
  *   already stored into the original ack (duplicate=true), so nothing is stored twice.
  */
-import { create, type MessageInitShape } from "@bufbuild/protobuf";
-import {
-  ClientFrameSchema,
-  type MessageEvent as PbMessageEvent,
-  type ServerFrame,
-  type Error as WireError,
-} from "../../gen/switchboard/client/v1/client_pb.js";
+import type { ServerFrame } from "../../gen/switchboard/client/v1/client_pb.js";
 import { ReceiptKind } from "../../gen/switchboard/common/v1/common_pb.js";
 import { Provider } from "../../gen/switchboard/push/v1/push_pb.js";
-import { type BackoffOptions, backoffDelay, DEFAULT_BACKOFF, longBackoffDelay } from "./backoff.js";
-import { classifyCloseCode } from "./close-codes.js";
+import { type BackoffOptions, DEFAULT_BACKOFF } from "./backoff.js";
+import { type Conn, Connection } from "./connection.js";
 import { TypedEmitter } from "./emitter.js";
-import { Code, LocalReason, SwitchboardClientError } from "./errors.js";
-import { CLIENT_MSG_ID_PATTERN, exceedsChars, randomId } from "./ids.js";
-import { LruSet } from "./lru.js";
-import { PullFollower } from "./pull-follower.js";
+import { Code, fromWireError, LocalReason, localError, SwitchboardClientError } from "./errors.js";
+import { type FrameKind, type ReplyCase, type ReplyOf, RequestTracker } from "./requests.js";
+import { SendQueue } from "./sends.js";
+import { InboxSync } from "./sync.js";
+import type { AuthMode, Encoding, WebSocketConstructor } from "./transport.js";
 import {
-  type AuthMode,
-  decodeFrame,
-  type Encoding,
-  encodedSize,
-  encodeFrame,
-  OPEN,
-  openSocket,
-  type ResolvedWebSocket,
-  resolveWebSocket,
-  type SocketLike,
-  upgradeStatus,
-  type WebSocketConstructor,
-} from "./transport.js";
-import {
-  type ChatMessage,
   type Conversation,
   type DisconnectInfo,
   type DoNotDisturbWindow,
@@ -61,16 +41,13 @@ import {
   type SendAck,
   type SyncedInfo,
   type TypingInfo,
-  toChatMessage,
   toConversation,
   toHistoryPage,
   toMember,
   toMemberReceipts,
   toPresence,
   toReceipt,
-  toSendAck,
   toTyping,
-  toWelcome,
   type WelcomeInfo,
 } from "./types.js";
 
@@ -208,201 +185,100 @@ export interface GroupChangeInput {
   addPolicy?: GroupPolicyName;
 }
 
-type Timer = ReturnType<typeof setTimeout>;
-type FrameKind = NonNullable<MessageInitShape<typeof ClientFrameSchema>["kind"]>;
-type ReplyCase = NonNullable<ServerFrame["kind"]["case"]>;
-type ReplyOf<C extends ReplyCase> = Extract<ServerFrame["kind"], { case: C }>["value"];
-type SendWireTarget = { case: "conversationId"; value: string } | { case: "toUser"; value: string };
-
-/** Default body limit until a welcome tells us the server's. */
-const BODY_CHARS_MAX_DEFAULT = 100_000;
-
-/** Per-connection state; a new object per socket, so stale callbacks can be recognised and ignored. */
-interface Conn {
-  socket: SocketLike;
-  welcome: WelcomeInfo | undefined;
-  /** Between welcome and the last sync page: live messages wait in `buffered`. */
-  syncing: boolean;
-  buffered: PbMessageEvent[];
-  /** Upgrade refused with this HTTP status (ws reports it in the error event). */
-  httpStatus: number | undefined;
-  /** Last transport error (e.g. "connect ECONNREFUSED"), to explain a close without a reason. */
-  lastError: string | undefined;
-  /** Server asked us to reconnect (drain) at this time. */
-  drainAt: number | undefined;
-  welcomeTimer: Timer | undefined;
-  drainTimer: Timer | undefined;
-  heartbeat: ReturnType<typeof setInterval> | undefined;
-  done: boolean;
-  closeWaiters: Array<() => void>;
-}
-
-interface PendingRequest {
-  conn: Conn;
-  /** Encoded size: on close 1009 the largest in-flight frame is the likely culprit. */
-  size: number;
-  timer: Timer | undefined;
-  onReply(frame: ServerFrame): void;
-  /** The connection ended first; `err` overrides the default CONNECTION_LOST/FRAME_TOO_LARGE. */
-  onConnectionLost(frameTooBig: boolean, err?: SwitchboardClientError): void;
-}
-
-interface PendingSend {
-  clientMsgId: string;
-  target: SendWireTarget;
-  body: string;
-  traceparent: string;
-  promise: Promise<SendAck>;
-  resolve(ack: SendAck): void;
-  reject(err: SwitchboardClientError): void;
-  /** The request id it is in flight under, if any. */
-  requestId: number | undefined;
-  retryTimer: Timer | undefined;
-  deadline: Timer | undefined;
-  /** Server-side retryable errors in a row (drives the retry backoff). */
-  failures: number;
-  settled: boolean;
-}
-
-interface Waiter {
-  resolve(conn: Conn): void;
-  reject(err: SwitchboardClientError): void;
-  timer: Timer | undefined;
-}
-
-const noop = (): void => {};
-
-function localError(code: Code, reason: string, message: string, cause?: unknown): SwitchboardClientError {
-  return new SwitchboardClientError(code, reason, message, cause === undefined ? undefined : { cause });
-}
-
-function fromWireError(e: WireError): SwitchboardClientError {
-  const reason = e.reason || Code[e.code] || "UNKNOWN";
-  return new SwitchboardClientError(e.code, reason, e.message || reason, { retryAfterMs: e.retryAfterMs });
-}
-
-/** A server error as it is; anything else as a local UNEXPECTED_REPLY with `what` as its message. */
-function asClientError(cause: unknown, what: string): SwitchboardClientError {
-  if (cause instanceof SwitchboardClientError) return cause;
-  return localError(Code.INTERNAL, LocalReason.UNEXPECTED_REPLY, `${what}: ${String(cause)}`, cause);
-}
-
-/** History page size of a pull conversation's catch-up, and the conversations listed for it. */
-const PULL_PAGE = 200;
-const PULL_CONVERSATIONS_LISTED = 1_000;
-
 const LOCAL_REASONS: ReadonlySet<string> = new Set(Object.values(LocalReason));
 const isLocalReason = (reason: string): boolean => LOCAL_REASONS.has(reason);
 
-/** Server errors after which re-sending the same clientMsgId later can succeed. */
-function isRetryableSendError(err: SwitchboardClientError): boolean {
-  switch (err.code) {
-    case Code.UNAVAILABLE:
-    case Code.ABORTED:
-    case Code.DEADLINE_EXCEEDED:
-      return true;
-    case Code.RESOURCE_EXHAUSTED:
-      // Rate limits carry a retry hint; limits without one (GROUP_FULL) will not go away by waiting.
-      return err.retryAfterMs > 0 || err.reason === "RATE_LIMITED";
-    default:
-      return false;
-  }
-}
-
+/**
+ * The public face of the SDK. The work is done by four parts it owns, one responsibility each:
+ * connection.ts (sockets, welcome, heartbeats, drain, reconnects), requests.ts (request ids and
+ * their replies), sends.ts (the exactly-once send pipeline) and sync.ts (cursor, sync seam, dedupe).
+ * The client wires them together, routes the server's events and turns its methods into requests.
+ */
 export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
-  private readonly url: UrlSource;
-  /** The URL of the current (or last) connection attempt. */
-  private currentUrl = "";
-  private readonly token: TokenSource;
-  private readonly encoding: Encoding;
-  private readonly backoff: BackoffOptions;
-  private readonly random: () => number;
   private readonly requestTimeoutMs: number;
-  private readonly sendTimeoutMs: number;
-  private readonly maxPendingSends: number;
-  private readonly maxInflightSends: number;
-  private readonly syncLimit: number;
   private readonly autoSync: boolean;
-  private readonly explicitWebSocket: WebSocketConstructor | undefined;
-  private readonly explicitAuth: AuthMode | undefined;
-
-  private _state: ClientState = "idle";
-  private _cursor: number;
-  private _welcome: WelcomeInfo | undefined;
-  private conn: Conn | undefined;
-  private resolved: ResolvedWebSocket | undefined;
-  /** Bumped by close(): an openConnection() that awaited across it must not proceed. */
-  private epoch = 0;
-  private attempt = 0;
-  /** When the current run of failed connections began (Date.now()); undefined while connected. */
-  private outageStartedAt: number | undefined;
-  private lastDisconnect: DisconnectInfo | undefined;
-  private unauthorizedStreak = 0;
-  private reconnectTimer: Timer | undefined;
-  private nextRequestId = 0;
-  private readonly requests = new Map<number, PendingRequest>();
-  /** Unacknowledged sends by clientMsgId; Map order = send order, kept on resends. */
-  private readonly sends = new Map<string, PendingSend>();
-  private inflightSends = 0;
-  /**
-   * When a send fails with a retryable error (RATE_LIMITED, UNAVAILABLE) every send waits, not just
-   * that one: otherwise the whole in-flight window retries at once and the server sees a flood.
-   */
-  private sendsPausedUntil = 0;
-  private sendPauseTimer: ReturnType<typeof setTimeout> | undefined;
-  private readonly openWaiters = new Set<Waiter>();
-  private readonly seen: LruSet<string>;
-  private readonly pull: PullFollower;
+  private readonly requests: RequestTracker;
+  private readonly connection: Connection;
+  private readonly sends: SendQueue;
+  private readonly inbox: InboxSync;
   private readonly presenceWatch = new Set<string>();
-  private connectPromise: Promise<WelcomeInfo> | undefined;
-  private connectSettle:
-    | { resolve(w: WelcomeInfo): void; reject(e: SwitchboardClientError): void }
-    | undefined;
 
   constructor(options: SwitchboardClientOptions) {
     super();
-    this.url = options.url;
-    this.token = options.token;
-    this.encoding = options.encoding ?? "json";
-    this.backoff = { ...DEFAULT_BACKOFF, ...options.reconnect };
-    this.random = options.random ?? Math.random;
+    const backoff = { ...DEFAULT_BACKOFF, ...options.reconnect };
+    const random = options.random ?? Math.random;
     this.requestTimeoutMs = options.requestTimeoutMs ?? 10_000;
-    this.sendTimeoutMs = options.sendTimeoutMs ?? 0;
-    this.maxPendingSends = options.maxPendingSends ?? 1_000;
-    this.maxInflightSends = Math.max(1, options.maxInflightSends ?? 64);
-    this.syncLimit = options.syncLimit ?? 0;
     this.autoSync = options.autoSync ?? true;
-    this.explicitWebSocket = options.WebSocket;
-    this.explicitAuth = options.auth;
-    this._cursor = options.cursor ?? 0;
-    if (!Number.isSafeInteger(this._cursor) || this._cursor < 0)
-      throw new RangeError("cursor must be a non-negative integer");
-    this.seen = new LruSet(options.dedupeCapacity ?? 10_000);
-    this.pull = new PullFollower({
-      fetch: (conversationId, afterSeq) => this.history({ conversationId, afterSeq, limit: PULL_PAGE }),
-      emit: (message, source) => this.emitMessage(message, 0, source),
-      capacity: options.dedupeCapacity ?? 10_000,
-      ...(options.pullPositions ? { initial: options.pullPositions } : {}),
+    const encoding = options.encoding ?? "json";
+    // The parts call each other back through these closures, which run only after the constructor.
+    this.requests = new RequestTracker({
+      encoding,
+      isCurrent: (conn) => this.connection.isCurrent(conn),
+      isClosed: () => this.connection.state === "closed",
+    });
+    this.connection = new Connection(
+      {
+        url: options.url,
+        token: options.token,
+        encoding,
+        backoff,
+        random,
+        requestTimeoutMs: this.requestTimeoutMs,
+        WebSocket: options.WebSocket,
+        auth: options.auth,
+        requests: this.requests,
+      },
+      {
+        frame: (conn, frame) => this.onFrame(conn, frame),
+        opened: (conn, welcome) => this.onOpened(conn, welcome),
+        disconnected: (info) => this.emit("disconnected", info),
+        error: (err) => this.emitError(err),
+        failSends: (err) => this.sends.failAll(err),
+      },
+    );
+    this.sends = new SendQueue({
+      requests: this.requests,
+      openConnection: () => this.connection.open,
+      welcome: () => this.connection.welcome,
+      maxPending: options.maxPendingSends ?? 1_000,
+      maxInflight: Math.max(1, options.maxInflightSends ?? 64),
+      sendTimeoutMs: options.sendTimeoutMs ?? 0,
+      requestTimeoutMs: this.requestTimeoutMs,
+      backoff,
+      random,
+    });
+    this.inbox = new InboxSync({
+      cursor: options.cursor ?? 0,
+      dedupeCapacity: options.dedupeCapacity ?? 10_000,
+      pullPositions: options.pullPositions,
+      syncLimit: options.syncLimit ?? 0,
+      requestTimeoutMs: this.requestTimeoutMs,
+      requests: this.requests,
+      connection: this.connection,
+      history: (query) => this.history(query),
+      emitMessage: (message) => this.emit("message", message),
+      emitSynced: (info) => this.emit("synced", info),
+      emitError: (err) => this.emitError(err),
     });
   }
 
   /** The newest seq processed per pull conversation; persist it and pass it back as `pullPositions`. */
   get pullPositions(): Record<string, number> {
-    return this.pull.positions();
+    return this.inbox.pullPositions;
   }
 
   /** The highest inbox position processed; persist it and pass it back as `cursor` next time. */
   get cursor(): number {
-    return this._cursor;
+    return this.inbox.cursor;
   }
 
   get state(): ClientState {
-    return this._state;
+    return this.connection.state;
   }
 
   /** The latest welcome (user id, limits, …), once connected. */
   get welcome(): WelcomeInfo | undefined {
-    return this._welcome;
+    return this.connection.welcome;
   }
 
   /** Sends queued or in flight, not yet acknowledged. */
@@ -418,33 +294,7 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
    * client keeps trying in the background in that case; call close() to stop it).
    */
   connect(options: { timeoutMs?: number } = {}): Promise<WelcomeInfo> {
-    if (this._state === "open" && this._welcome) return Promise.resolve(this._welcome);
-    if (!this.connectPromise) {
-      this.connectPromise = new Promise<WelcomeInfo>((resolve, reject) => {
-        this.connectSettle = { resolve, reject };
-      });
-      this.connectPromise.catch(noop); // rejections are delivered to callers; never unhandled here
-    }
-    if (this._state === "idle" || this._state === "closed") {
-      this._state = "connecting";
-      void this.openConnection();
-    }
-    const promise = this.connectPromise;
-    const timeoutMs = options.timeoutMs;
-    if (timeoutMs === undefined || timeoutMs <= 0) return promise;
-    return new Promise<WelcomeInfo>((resolve, reject) => {
-      const timer = setTimeout(() => reject(this.notConnectedError(timeoutMs)), timeoutMs);
-      promise.then(
-        (w) => {
-          clearTimeout(timer);
-          resolve(w);
-        },
-        (e: unknown) => {
-          clearTimeout(timer);
-          reject(e);
-        },
-      );
-    });
+    return this.connection.connect(options);
   }
 
   /**
@@ -452,36 +302,8 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
    * are rejected with reason CLOSED. Resolves once the socket has closed (at most ~1 s).
    */
   close(): Promise<void> {
-    const wasActive = this._state === "connecting" || this._state === "open";
-    this._state = "closed";
-    this.epoch++;
-    this.clearReconnectTimer();
-    clearTimeout(this.sendPauseTimer);
-    this.sendPauseTimer = undefined;
-    const err = localError(Code.CANCELLED, LocalReason.CLOSED, "client closed");
-    const conn = this.conn;
-    this.conn = undefined;
-    let closed: Promise<void> = Promise.resolve();
-    if (conn) {
-      closed = new Promise<void>((resolve) => {
-        conn.closeWaiters.push(resolve);
-        // Do not wait forever for a closing handshake from an unresponsive server.
-        const fallback = setTimeout(() => {
-          conn.socket.terminate?.();
-          resolve();
-        }, 1_000);
-        conn.closeWaiters.push(() => clearTimeout(fallback));
-      });
-      this.finishConn(conn, 1000, "client closed", false);
-      try {
-        conn.socket.close(1000, "client closed");
-      } catch {
-        conn.socket.terminate?.();
-      }
-    }
-    this.failEverything(err);
-    if (wasActive) this.emit("disconnected", { code: 1000, reason: "client closed", willReconnect: false });
-    return closed;
+    this.sends.cancelPauseTimer();
+    return this.connection.close();
   }
 
   // ---------------------------------------------------------------- messaging
@@ -493,65 +315,12 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
    * waits in the queue.
    */
   send(target: SendTarget, body: string, options: SendOptions = {}): Promise<SendAck> {
-    if (this._state === "closed") {
+    if (this.connection.state === "closed") {
       return Promise.reject(
         localError(Code.FAILED_PRECONDITION, LocalReason.NOT_CONNECTED, "client is closed"),
       );
     }
-    const clientMsgId = options.clientMsgId ?? randomId();
-    const wireTarget: SendWireTarget =
-      "conversationId" in target
-        ? { case: "conversationId", value: target.conversationId }
-        : { case: "toUser", value: target.toUser };
-    const invalid = this.validateSend(clientMsgId, body);
-    if (invalid) return Promise.reject(invalid);
-    const existing = this.sends.get(clientMsgId);
-    if (existing) return existing.promise; // same key = same message: one ack for both callers
-    if (this.sends.size >= this.maxPendingSends) {
-      return Promise.reject(
-        localError(
-          Code.RESOURCE_EXHAUSTED,
-          LocalReason.SEND_QUEUE_FULL,
-          `${this.sends.size} sends are already pending`,
-        ),
-      );
-    }
-    let resolve!: (ack: SendAck) => void;
-    let reject!: (err: SwitchboardClientError) => void;
-    const promise = new Promise<SendAck>((res, rej) => {
-      resolve = res;
-      reject = rej;
-    });
-    const entry: PendingSend = {
-      clientMsgId,
-      target: wireTarget,
-      body,
-      traceparent: options.traceparent ?? "",
-      promise,
-      resolve,
-      reject,
-      requestId: undefined,
-      retryTimer: undefined,
-      deadline: undefined,
-      failures: 0,
-      settled: false,
-    };
-    const timeoutMs = options.timeoutMs ?? this.sendTimeoutMs;
-    if (timeoutMs > 0) {
-      entry.deadline = setTimeout(() => {
-        this.settleSend(
-          entry,
-          localError(
-            Code.DEADLINE_EXCEEDED,
-            LocalReason.TIMEOUT,
-            `send not acknowledged within ${timeoutMs} ms (it may still be stored; retry with the same clientMsgId)`,
-          ),
-        );
-      }, timeoutMs);
-    }
-    this.sends.set(clientMsgId, entry);
-    this.pumpSends();
-    return promise;
+    return this.sends.enqueue(target, body, options);
   }
 
   /** Pages through one conversation's history. */
@@ -659,7 +428,7 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
       "conversations",
     );
     const conversations = res.conversations.map(toConversation);
-    this.pull.learn(conversations);
+    this.inbox.learn(conversations);
     return conversations;
   }
 
@@ -673,17 +442,14 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
    * error reply (e.g. NOT_MEMBER) is reported through the "error" event.
    */
   typing(conversationId: string, typing = true): void {
-    const conn = this.conn;
+    const conn = this.connection.current;
     if (!conn?.welcome) return;
-    this.requestOn(
-      conn,
-      { case: "typing", value: { conversationId, typing } },
-      "ok",
-      this.requestTimeoutMs,
-    ).catch((err: unknown) => {
-      // Only the server's verdicts are interesting; a lost typing indicator is not.
-      if (err instanceof SwitchboardClientError && !isLocalReason(err.reason)) this.emitError(err);
-    });
+    this.requests
+      .request(conn, { case: "typing", value: { conversationId, typing } }, "ok", this.requestTimeoutMs)
+      .catch((err: unknown) => {
+        // Only the server's verdicts are interesting; a lost typing indicator is not.
+        if (err instanceof SwitchboardClientError && !isLocalReason(err.reason)) this.emitError(err);
+      });
   }
 
   /** Moves my read watermark in a conversation up to `seq`. */
@@ -776,280 +542,15 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
     };
   }
 
-  // ---------------------------------------------------------------- connection management
-
-  private async openConnection(): Promise<void> {
-    const epoch = this.epoch;
-    let token: string;
-    try {
-      this.resolved ??= await resolveWebSocket(this.explicitWebSocket);
-      token = typeof this.token === "string" ? this.token : await this.token();
-      this.currentUrl = typeof this.url === "string" ? this.url : await this.url();
-    } catch (cause) {
-      if (epoch !== this.epoch) return;
-      this.emitError(
-        localError(
-          Code.UNAVAILABLE,
-          LocalReason.TOKEN_UNAVAILABLE,
-          `cannot connect: ${String(cause)}`,
-          cause,
-        ),
-      );
-      this.scheduleReconnect(1006, "token or WebSocket unavailable", this.nextBackoff(false));
-      return;
-    }
-    if (epoch !== this.epoch) return; // close() was called while we awaited
-    let socket: SocketLike;
-    try {
-      socket = openSocket(
-        this.resolved.ctor,
-        this.currentUrl,
-        token,
-        this.explicitAuth ?? this.resolved.auth,
-        this.encoding,
-      );
-    } catch (cause) {
-      // A malformed URL (or a WebSocket that rejects our arguments) will not fix itself.
-      this.terminal(
-        localError(
-          Code.INVALID_ARGUMENT,
-          "OPEN_FAILED",
-          `cannot open ${this.currentUrl}: ${String(cause)}`,
-          cause,
-        ),
-        1006,
-        "cannot open socket",
-      );
-      return;
-    }
-    const frameAuth = (this.explicitAuth ?? this.resolved.auth) === "frame";
-    const conn: Conn = {
-      socket,
-      welcome: undefined,
-      syncing: false,
-      buffered: [],
-      httpStatus: undefined,
-      lastError: undefined,
-      drainAt: undefined,
-      welcomeTimer: undefined,
-      drainTimer: undefined,
-      heartbeat: undefined,
-      done: false,
-      closeWaiters: [],
-    };
-    this.conn = conn;
-    // Covers a TCP connect that hangs, an upgrade that never completes and a server that never welcomes.
-    conn.welcomeTimer = setTimeout(() => this.abandon(conn, "no welcome in time"), this.requestTimeoutMs);
-    socket.onopen = () => {
-      if (this.conn !== conn || !frameAuth) return;
-      this.write(conn, { case: "auth", value: { token } });
-    };
-    socket.onmessage = (event) => this.onData(conn, event.data);
-    // A no-op handler stays installed for the socket's whole life: `ws` throws on an unhandled "error".
-    socket.onerror = (event) => {
-      conn.httpStatus ??= upgradeStatus(event);
-      conn.lastError = event.message ?? (event.error instanceof Error ? event.error.message : undefined);
-    };
-    socket.onclose = (event) => this.onSocketClose(conn, event.code, event.reason);
-  }
-
-  private onSocketClose(conn: Conn, code: number, closeReason: string): void {
-    const waiters = conn.closeWaiters.splice(0);
-    for (const w of waiters) w();
-    if (conn.done || this.conn !== conn) return;
-    const reason = closeReason || conn.lastError || "";
-    this.conn = undefined;
-    const info = classifyCloseCode(code);
-    this.finishConn(conn, code, reason, info.dropFrame);
-    if (this._state === "closed") return;
-
-    const status = conn.httpStatus;
-    if (status === 401 || status === 403) {
-      // A token function may just have handed us a stale token: one fresh try, then give up.
-      if (typeof this.token === "function" && this.unauthorizedStreak === 0) {
-        this.unauthorizedStreak++;
-        this.scheduleReconnect(code, `upgrade refused with HTTP ${status}`, this.nextBackoff(false));
-      } else {
-        this.terminal(
-          localError(Code.UNAUTHENTICATED, "INVALID_TOKEN", `the server refused the token (HTTP ${status})`),
-          code,
-          reason || `HTTP ${status}`,
-        );
-      }
-      return;
-    }
-    if (!info.reconnect) {
-      const codeOf = info.name === "BAD_REQUEST" ? Code.INVALID_ARGUMENT : Code.UNAUTHENTICATED;
-      this.terminal(
-        new SwitchboardClientError(
-          codeOf,
-          info.name,
-          `connection closed by the server: ${code} ${reason}`.trim(),
-          {
-            closeCode: code,
-          },
-        ),
-        code,
-        reason,
-      );
-      return;
-    }
-    if (info.freshToken && typeof this.token === "string") {
-      this.terminal(
-        new SwitchboardClientError(
-          Code.UNAUTHENTICATED,
-          info.name,
-          "token expired and no token function to renew it",
-          {
-            closeCode: code,
-          },
-        ),
-        code,
-        reason,
-      );
-      return;
-    }
-    const delay =
-      conn.drainAt !== undefined
-        ? Math.max(0, conn.drainAt - Date.now())
-        : this.nextBackoff(info.backoff === "long");
-    this.scheduleReconnect(code, reason, delay);
-  }
-
-  /**
-   * Ends a connection's bookkeeping: timers stop, sends in flight go back to the queue (they will be
-   * re-sent, same clientMsgId, on the next connection), other in-flight requests fail with
-   * CONNECTION_LOST (they are not idempotent in general, so the app decides). With `frameTooBig`
-   * (close 1009) the largest in-flight frame is taken to be the culprit and is never re-sent.
-   */
-  private finishConn(conn: Conn, _code: number, _reason: string, frameTooBig: boolean): void {
-    if (conn.done) return;
-    conn.done = true;
-    clearTimeout(conn.welcomeTimer);
-    clearTimeout(conn.drainTimer);
-    clearInterval(conn.heartbeat);
-    let culprit: number | undefined;
-    if (frameTooBig) {
-      let largest = -1;
-      for (const [id, req] of this.requests) {
-        if (req.conn === conn && req.size > largest) {
-          largest = req.size;
-          culprit = id;
-        }
-      }
-    }
-    for (const [id, req] of [...this.requests]) {
-      if (req.conn !== conn) continue;
-      this.requests.delete(id);
-      clearTimeout(req.timer);
-      req.onConnectionLost(id === culprit);
-    }
-  }
-
-  /** Gives up on a connection we consider dead (no welcome, no heartbeat answer, failed sync). */
-  private abandon(conn: Conn, reason: string): void {
-    if (this.conn !== conn || conn.done) return;
-    const socket = conn.socket;
-    socket.onmessage = null;
-    socket.onopen = null;
-    try {
-      if (socket.terminate) socket.terminate();
-      else socket.close(4000, reason);
-    } catch {
-      // already closing
-    }
-    this.onSocketClose(conn, 1006, reason);
-  }
-
-  private scheduleReconnect(code: number, reason: string, delay: number): void {
-    this._state = "connecting";
-    this.lastDisconnect = { code, reason, willReconnect: true };
-    this.emit("disconnected", { code, reason, willReconnect: true, reconnectInMs: delay });
-    this.clearReconnectTimer();
-    const epoch = this.epoch;
-    this.reconnectTimer = setTimeout(() => {
-      this.reconnectTimer = undefined;
-      if (epoch === this.epoch && this._state === "connecting") void this.openConnection();
-    }, delay);
-  }
-
-  private nextBackoff(long: boolean): number {
-    const attempt = this.attempt++;
-    this.outageStartedAt ??= Date.now();
-    return long
-      ? longBackoffDelay(attempt, this.backoff, this.random)
-      : backoffDelay(attempt, this.backoff, this.random, Date.now() - this.outageStartedAt);
-  }
-
-  private endOutage(): void {
-    this.attempt = 0;
-    this.outageStartedAt = undefined;
-  }
-
-  private clearReconnectTimer(): void {
-    if (this.reconnectTimer !== undefined) clearTimeout(this.reconnectTimer);
-    this.reconnectTimer = undefined;
-  }
-
-  private terminal(err: SwitchboardClientError, code: number, reason: string): void {
-    this._state = "closed";
-    this.epoch++;
-    this.clearReconnectTimer();
-    const conn = this.conn;
-    this.conn = undefined;
-    if (conn) {
-      this.finishConn(conn, code, reason, false);
-      try {
-        conn.socket.close(1000);
-      } catch {
-        conn.socket.terminate?.();
-      }
-    }
-    this.failEverything(err);
-    this.emit("disconnected", { code, reason, willReconnect: false });
-    this.emitError(err);
-  }
-
-  /** Rejects every waiting promise: sends, requests waiting for a connection, connect(). */
-  private failEverything(err: SwitchboardClientError): void {
-    for (const entry of [...this.sends.values()]) this.settleSend(entry, err);
-    for (const w of [...this.openWaiters]) {
-      clearTimeout(w.timer);
-      w.reject(err);
-    }
-    this.openWaiters.clear();
-    for (const [id, req] of [...this.requests]) {
-      this.requests.delete(id);
-      clearTimeout(req.timer);
-      req.onConnectionLost(false, err);
-    }
-    this.connectSettle?.reject(err);
-    this.connectSettle = undefined;
-    this.connectPromise = undefined;
-  }
-
   // ---------------------------------------------------------------- inbound frames
 
-  private onData(conn: Conn, data: unknown): void {
-    if (this.conn !== conn) return;
-    let frame: ServerFrame;
-    try {
-      frame = decodeFrame(data);
-    } catch (cause) {
-      this.emitError(
-        localError(Code.INTERNAL, LocalReason.UNEXPECTED_REPLY, `undecodable frame: ${String(cause)}`, cause),
-      );
-      return;
-    }
+  /** A frame that is not the connection's own (welcome, drain): events and replies. */
+  private onFrame(conn: Conn, frame: ServerFrame): void {
     const kind = frame.kind;
     switch (kind.case) {
-      case "welcome":
-        this.onWelcome(conn, toWelcome(kind.value));
-        return;
       case "message":
         if (frame.replyTo === 0) {
-          if (conn.syncing) conn.buffered.push(kind.value);
-          else this.deliver(kind.value, "live");
+          this.inbox.live(conn, kind.value);
           return;
         }
         break;
@@ -1068,329 +569,52 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
           return;
         }
         break;
-      case "reconnect":
-        this.onDrain(conn, kind.value.delayMsMin, kind.value.delayMsMax, kind.value.reason);
-        return;
       case undefined:
         return; // a kind this SDK does not know (newer server): ignore
       default:
         break;
     }
-    const req = this.requests.get(frame.replyTo);
-    if (req) {
-      this.requests.delete(frame.replyTo);
-      clearTimeout(req.timer);
-      req.onReply(frame);
-      return;
-    }
+    if (this.requests.deliverReply(frame)) return;
     if (kind.case === "ack") {
-      // The reply to an attempt we stopped waiting for (timed out and re-sent): match by key.
-      const entry = this.sends.get(kind.value.clientMsgId);
-      if (entry) this.settleSend(entry, toSendAck(kind.value));
+      // The ack of an attempt we stopped waiting for (timed out and re-sent): matched by clientMsgId.
+      this.sends.settleLate(kind.value);
       return;
     }
     if (kind.case === "error" && frame.replyTo === 0) this.emitError(fromWireError(kind.value));
     // Anything else is a late reply to a request that already timed out: nobody is waiting.
   }
 
-  private onWelcome(conn: Conn, welcome: WelcomeInfo): void {
-    if (conn.welcome) return;
-    clearTimeout(conn.welcomeTimer);
-    conn.welcome = welcome;
-    this._welcome = welcome;
-    this._state = "open";
-    this.unauthorizedStreak = 0;
-    if (welcome.heartbeatIntervalMs > 0) {
-      conn.heartbeat = setInterval(() => this.heartbeat(conn), welcome.heartbeatIntervalMs);
-    }
-    this.connectSettle?.resolve(welcome);
-    this.connectSettle = undefined;
-    this.connectPromise = undefined;
-    for (const w of [...this.openWaiters]) {
-      clearTimeout(w.timer);
-      w.resolve(conn);
-    }
-    this.openWaiters.clear();
+  /** A connection was welcomed: queued sends go out, presence is renewed, the inbox catches up. */
+  private onOpened(conn: Conn, welcome: WelcomeInfo): void {
     this.emit("connected", welcome);
-    if (this.conn !== conn) return; // a listener closed us
-    this.pumpSends();
+    if (!this.connection.isCurrent(conn)) return; // a listener closed us
+    this.sends.pump();
     this.renewPresence(conn);
-    if (this.autoSync) void this.sync(conn);
-    else this.endOutage();
-  }
-
-  /**
-   * Catch-up after (re)connect: pages from the cursor until has_more=false. The server holds live
-   * messages back meanwhile; any that arrive anyway are buffered and delivered after the last page
-   * (dedupe drops the ones the sync already returned), so order and the no-gap seam are kept.
-   */
-  private async sync(conn: Conn): Promise<void> {
-    conn.syncing = true;
-    let delivered = 0;
-    try {
-      for (;;) {
-        const from = this._cursor;
-        const page = await this.requestOn(
-          conn,
-          { case: "sync", value: { cursor: BigInt(from), limit: this.syncLimit } },
-          "sync",
-          this.requestTimeoutMs,
-        );
-        if (this.conn !== conn) return;
-        for (const event of page.messages) {
-          if (this.conn !== conn) return; // a listener closed the client mid-page
-          if (this.deliver(event, "sync")) delivered++;
-        }
-        this.advanceCursor(Number(page.cursor));
-        if (!page.hasMore) break;
-        if (this._cursor <= from) throw new Error(`sync made no progress at cursor ${from}`);
-      }
-    } catch (cause) {
-      if (this.conn !== conn) return; // the connection went away; the next one resyncs
-      this.emitError(
-        cause instanceof SwitchboardClientError
-          ? cause
-          : localError(Code.INTERNAL, LocalReason.UNEXPECTED_REPLY, `sync failed: ${String(cause)}`, cause),
-      );
-      this.abandon(conn, "sync failed");
-      return;
-    }
-    conn.syncing = false;
-    for (const event of conn.buffered.splice(0)) {
-      if (this.conn !== conn) return;
-      this.deliver(event, "live");
-    }
-    this.endOutage(); // a full round trip worked: the next outage starts again from the short backoff
-    this.emit("synced", { cursor: this._cursor, delivered });
-    if (this.pull.following) void this.catchUpPull(conn);
-  }
-
-  /** After a sync: what the followed pull conversations hold past what this device processed. */
-  private async catchUpPull(conn: Conn): Promise<void> {
-    try {
-      const res = await this.requestOn(
-        conn,
-        { case: "listConversations", value: { limit: PULL_CONVERSATIONS_LISTED } },
-        "conversations",
-        this.requestTimeoutMs,
-      );
-      await this.pull.catchUp(res.conversations.map(toConversation));
-    } catch (cause) {
-      // The connection went away (the next one catches up again) or the server refused.
-      if (this.conn === conn) this.emitError(asClientError(cause, "pull catch-up failed"));
-    }
-  }
-
-  /** Emits a message unless already seen, then records its cursor as processed. */
-  private deliver(event: PbMessageEvent, source: "sync" | "live"): boolean {
-    const cursor = Number(event.cursor);
-    const m = event.message;
-    if (!m) return false;
-    const message: ChatMessage = toChatMessage(m);
-    if (cursor === 0) {
-      // A pull conversation's message: emitted in seq order by the follower (it may fetch a gap).
-      this.pull.live(message).catch((cause: unknown) => {
-        if (this.conn) this.emitError(asClientError(cause, "fetching a pull conversation's gap failed"));
-      });
-      return false;
-    }
-    const emitted = this.emitMessage(message, cursor, source);
-    this.pull.note(message);
-    this.advanceCursor(cursor);
-    return emitted;
-  }
-
-  private emitMessage(message: ChatMessage, cursor: number, source: "sync" | "live"): boolean {
-    // An empty id would make every later id-less message a "duplicate"; never dedupe on it.
-    if (message.messageId !== "" && !this.seen.add(message.messageId)) return false;
-    this.emit("message", { message, cursor, source });
-    return true;
-  }
-
-  private advanceCursor(cursor: number): void {
-    if (cursor > this._cursor) this._cursor = cursor;
-  }
-
-  private heartbeat(conn: Conn): void {
-    this.requestOn(conn, { case: "heartbeat", value: {} }, "heartbeat", this.requestTimeoutMs).catch(
-      (err: unknown) => {
-        // No answer in time: the connection is dead even if TCP has not noticed yet.
-        if (err instanceof SwitchboardClientError && err.reason === LocalReason.TIMEOUT)
-          this.abandon(conn, "heartbeat timeout");
-      },
-    );
-  }
-
-  /** The server is draining: move at a random moment in its window, so its clients do not stampede. */
-  private onDrain(conn: Conn, minMs: number, maxMs: number, reason: string): void {
-    const lo = Math.min(minMs, maxMs);
-    const delay = Math.floor(lo + this.random() * (Math.max(minMs, maxMs) - lo));
-    conn.drainAt = Date.now() + delay;
-    clearTimeout(conn.drainTimer);
-    conn.drainTimer = setTimeout(() => {
-      if (this.conn !== conn || conn.done) return;
-      conn.drainAt = Date.now();
-      const socket = conn.socket;
-      socket.onmessage = null;
-      try {
-        socket.close(1000, "reconnecting");
-      } catch {
-        socket.terminate?.();
-      }
-      this.onSocketClose(conn, 1000, `server asked to reconnect (${reason || "draining"})`);
-    }, delay);
+    if (this.autoSync) void this.inbox.sync(conn);
+    else this.connection.endOutage();
   }
 
   private renewPresence(conn: Conn): void {
     if (this.presenceWatch.size === 0) return;
-    this.requestOn(
-      conn,
-      { case: "subscribePresence", value: { userIds: [...this.presenceWatch] } },
-      "presenceSnapshot",
-      this.requestTimeoutMs,
-    ).then(
-      (snapshot) => {
-        for (const s of snapshot.statuses) this.emit("presence", toPresence(s));
-      },
-      (err: unknown) => {
-        if (err instanceof SwitchboardClientError && err.reason !== LocalReason.CONNECTION_LOST)
-          this.emitError(err);
-      },
-    );
+    this.requests
+      .request(
+        conn,
+        { case: "subscribePresence", value: { userIds: [...this.presenceWatch] } },
+        "presenceSnapshot",
+        this.requestTimeoutMs,
+      )
+      .then(
+        (snapshot) => {
+          for (const s of snapshot.statuses) this.emit("presence", toPresence(s));
+        },
+        (err: unknown) => {
+          if (err instanceof SwitchboardClientError && err.reason !== LocalReason.CONNECTION_LOST)
+            this.emitError(err);
+        },
+      );
   }
 
   // ---------------------------------------------------------------- outbound
-
-  private validateSend(clientMsgId: string, body: string): SwitchboardClientError | undefined {
-    if (!CLIENT_MSG_ID_PATTERN.test(clientMsgId)) {
-      return localError(
-        Code.INVALID_ARGUMENT,
-        LocalReason.INVALID_CLIENT_MSG_ID,
-        "clientMsgId must be 1-64 printable ASCII characters",
-      );
-    }
-    if (body.length === 0)
-      return localError(Code.INVALID_ARGUMENT, LocalReason.EMPTY_BODY, "body must not be empty");
-    const max = this._welcome?.limits.bodyCharsMax || BODY_CHARS_MAX_DEFAULT;
-    if (exceedsChars(body, max)) {
-      return localError(Code.INVALID_ARGUMENT, LocalReason.BODY_TOO_LARGE, `body exceeds ${max} characters`);
-    }
-    return undefined;
-  }
-
-  /** Puts queued sends on the wire, oldest first, keeping at most maxInflightSends outstanding. */
-  private pumpSends(): void {
-    const conn = this.conn;
-    if (!conn?.welcome || conn.done) return;
-    const pausedMs = this.sendsPausedUntil - Date.now();
-    if (pausedMs > 0) {
-      this.sendPauseTimer ??= setTimeout(() => {
-        this.sendPauseTimer = undefined;
-        this.pumpSends();
-      }, pausedMs);
-      return;
-    }
-    for (const entry of this.sends.values()) {
-      if (this.inflightSends >= this.maxInflightSends) return;
-      if (entry.requestId !== undefined || entry.retryTimer !== undefined) continue;
-      this.transmitSend(conn, entry);
-    }
-  }
-
-  private transmitSend(conn: Conn, entry: PendingSend): void {
-    const kind: FrameKind = {
-      case: "send",
-      value: {
-        target: entry.target,
-        clientMsgId: entry.clientMsgId,
-        body: entry.body,
-        traceparent: entry.traceparent,
-      },
-    };
-    const sent = this.write(conn, kind);
-    if (sent instanceof SwitchboardClientError) {
-      this.settleSend(entry, sent);
-      return;
-    }
-    const { id, size } = sent;
-    entry.requestId = id;
-    this.inflightSends++;
-    const inFlight = (): boolean => {
-      if (entry.requestId !== id) return false;
-      entry.requestId = undefined;
-      this.inflightSends--;
-      return !entry.settled;
-    };
-    this.requests.set(id, {
-      conn,
-      size,
-      timer: setTimeout(() => {
-        this.requests.delete(id);
-        // Re-sending the same clientMsgId is safe; the server answers with the original ack.
-        if (inFlight()) this.pumpSends();
-      }, this.requestTimeoutMs),
-      onReply: (frame) => {
-        if (!inFlight()) return;
-        const kind = frame.kind;
-        if (kind.case === "ack") {
-          this.settleSend(entry, toSendAck(kind.value));
-        } else if (kind.case === "error") {
-          const err = fromWireError(kind.value);
-          if (isRetryableSendError(err)) {
-            const delay = Math.max(
-              err.retryAfterMs,
-              backoffDelay(entry.failures++, this.backoff, this.random),
-            );
-            this.sendsPausedUntil = Math.max(this.sendsPausedUntil, Date.now() + delay);
-            entry.retryTimer = setTimeout(() => {
-              entry.retryTimer = undefined;
-              this.pumpSends();
-            }, delay);
-          } else {
-            this.settleSend(entry, err);
-          }
-        } else {
-          this.settleSend(
-            entry,
-            localError(Code.INTERNAL, LocalReason.UNEXPECTED_REPLY, `unexpected reply ${kind.case} to send`),
-          );
-        }
-        this.pumpSends();
-      },
-      onConnectionLost: (frameTooBig, err) => {
-        if (!inFlight()) return;
-        if (err) {
-          this.settleSend(entry, err);
-          return;
-        }
-        if (frameTooBig) {
-          this.settleSend(
-            entry,
-            localError(
-              Code.INVALID_ARGUMENT,
-              LocalReason.FRAME_TOO_LARGE,
-              "the server closed the connection because this frame was too large (1009)",
-            ),
-          );
-        }
-        // Otherwise it stays queued and goes out again after the next welcome.
-      },
-    });
-  }
-
-  private settleSend(entry: PendingSend, outcome: SendAck | SwitchboardClientError): void {
-    if (entry.settled) return;
-    entry.settled = true;
-    if (this.sends.get(entry.clientMsgId) === entry) this.sends.delete(entry.clientMsgId);
-    if (entry.requestId !== undefined) {
-      entry.requestId = undefined;
-      this.inflightSends--;
-    }
-    clearTimeout(entry.retryTimer);
-    clearTimeout(entry.deadline);
-    if (outcome instanceof SwitchboardClientError) entry.reject(outcome);
-    else entry.resolve(outcome);
-  }
 
   /** A request that waits (up to its timeout) for a connection, then for its reply. */
   private async request<C extends ReplyCase>(
@@ -1399,135 +623,13 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
     timeoutMs = this.requestTimeoutMs,
   ): Promise<ReplyOf<C>> {
     const deadline = Date.now() + timeoutMs;
-    const conn = await this.whenOpen(timeoutMs);
-    return this.requestOn(conn, kind, expect, Math.max(1, deadline - Date.now()));
-  }
-
-  private whenOpen(timeoutMs: number): Promise<Conn> {
-    const conn = this.conn;
-    if (conn?.welcome && !conn.done) return Promise.resolve(conn);
-    if (this._state === "idle" || this._state === "closed") {
-      return Promise.reject(
-        localError(
-          Code.FAILED_PRECONDITION,
-          LocalReason.NOT_CONNECTED,
-          "not connected: call connect() first",
-        ),
-      );
-    }
-    return new Promise<Conn>((resolve, reject) => {
-      const waiter: Waiter = { resolve, reject, timer: undefined };
-      waiter.timer = setTimeout(() => {
-        this.openWaiters.delete(waiter);
-        reject(this.notConnectedError(timeoutMs));
-      }, timeoutMs);
-      this.openWaiters.add(waiter);
-    });
-  }
-
-  /** Sends one request on `conn` and waits for the reply of kind `expect` (or an error). */
-  private requestOn<C extends ReplyCase>(
-    conn: Conn,
-    kind: FrameKind,
-    expect: C,
-    timeoutMs: number,
-  ): Promise<ReplyOf<C>> {
-    return new Promise<ReplyOf<C>>((resolve, reject) => {
-      if (conn.done || this.conn !== conn) {
-        reject(localError(Code.UNAVAILABLE, LocalReason.CONNECTION_LOST, "the connection is gone"));
-        return;
-      }
-      const sent = this.write(conn, kind);
-      if (sent instanceof SwitchboardClientError) {
-        reject(sent);
-        return;
-      }
-      const { id, size } = sent;
-      this.requests.set(id, {
-        conn,
-        size,
-        timer: setTimeout(() => {
-          this.requests.delete(id);
-          reject(
-            localError(
-              Code.DEADLINE_EXCEEDED,
-              LocalReason.TIMEOUT,
-              `no reply to ${String(kind.case)} within ${timeoutMs} ms`,
-            ),
-          );
-        }, timeoutMs),
-        onReply: (frame) => {
-          const k = frame.kind;
-          if (k.case === "error") reject(fromWireError(k.value));
-          else if (k.case === expect) (resolve as (value: unknown) => void)(k.value);
-          else
-            reject(
-              localError(
-                Code.INTERNAL,
-                LocalReason.UNEXPECTED_REPLY,
-                `expected ${expect}, got ${String(k.case)}`,
-              ),
-            );
-        },
-        onConnectionLost: (frameTooBig, err) => {
-          reject(
-            err ??
-              (this._state === "closed"
-                ? localError(Code.CANCELLED, LocalReason.CLOSED, "client closed")
-                : frameTooBig
-                  ? localError(
-                      Code.INVALID_ARGUMENT,
-                      LocalReason.FRAME_TOO_LARGE,
-                      "the server closed the connection because this frame was too large (1009)",
-                    )
-                  : localError(
-                      Code.UNAVAILABLE,
-                      LocalReason.CONNECTION_LOST,
-                      "connection lost before the reply; the request may or may not have run",
-                    )),
-          );
-        },
-      });
-    });
-  }
-
-  /** Encodes and writes one frame with a fresh request id, refusing frames above the server's limit. */
-  private write(conn: Conn, kind: FrameKind): { id: number; size: number } | SwitchboardClientError {
-    this.nextRequestId = (this.nextRequestId % 0xffff_ffff) + 1; // uint32, never 0 (0 = "no reply wanted")
-    const id = this.nextRequestId;
-    const data = encodeFrame(create(ClientFrameSchema, { id, kind }), this.encoding);
-    const size = encodedSize(data);
-    const max = conn.welcome?.limits.frameBytesMax ?? 0;
-    if (max > 0 && size > max) {
-      return localError(
-        Code.INVALID_ARGUMENT,
-        LocalReason.FRAME_TOO_LARGE,
-        `frame of ${size} bytes exceeds the server's ${max}`,
-      );
-    }
-    if (conn.socket.readyState === OPEN) {
-      try {
-        conn.socket.send(data);
-      } catch {
-        // The socket is closing; its close event re-queues or fails this request.
-      }
-    }
-    return { id, size };
+    const conn = await this.connection.whenOpen(timeoutMs);
+    return this.requests.request(conn, kind, expect, Math.max(1, deadline - Date.now()));
   }
 
   private conversationOf(c: Parameters<typeof toConversation>[0] | undefined): Conversation {
     if (!c) throw localError(Code.INTERNAL, LocalReason.UNEXPECTED_REPLY, "reply has no conversation");
     return toConversation(c);
-  }
-
-  private notConnectedError(timeoutMs: number): SwitchboardClientError {
-    const last = this.lastDisconnect;
-    const why = last ? ` (last close: ${last.code}${last.reason ? ` ${last.reason}` : ""})` : "";
-    return localError(
-      Code.DEADLINE_EXCEEDED,
-      LocalReason.TIMEOUT,
-      `not connected within ${timeoutMs} ms${why}`,
-    );
   }
 
   private emitError(err: SwitchboardClientError): void {

@@ -1,3 +1,4 @@
+import type { Error as WireError } from "../../gen/switchboard/client/v1/client_pb.js";
 import { Code } from "../../gen/switchboard/common/v1/common_pb.js";
 
 export { Code };
@@ -55,3 +56,19 @@ export const LocalReason = {
   UNEXPECTED_REPLY: "UNEXPECTED_REPLY",
 } as const;
 export type LocalReason = (typeof LocalReason)[keyof typeof LocalReason];
+
+/** An error the SDK raises itself (not the server's verdict). */
+export function localError(
+  code: Code,
+  reason: string,
+  message: string,
+  cause?: unknown,
+): SwitchboardClientError {
+  return new SwitchboardClientError(code, reason, message, cause === undefined ? undefined : { cause });
+}
+
+/** The server's `error` reply as the app sees it; an empty reason falls back to the code's name. */
+export function fromWireError(e: WireError): SwitchboardClientError {
+  const reason = e.reason || Code[e.code] || "UNKNOWN";
+  return new SwitchboardClientError(e.code, reason, e.message || reason, { retryAfterMs: e.retryAfterMs });
+}
