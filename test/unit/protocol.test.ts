@@ -5,7 +5,8 @@
 import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { CloseCode } from "../../internal/gateway/close-codes.js";
+import { CloseCode, RECONNECT_CODES } from "../../internal/gateway/close-codes.js";
+import { CLOSE_CODES as SDK_CLOSE_CODES } from "../../sdk/src/close-codes.js";
 import { repoRoot } from "../helpers/server.js";
 
 const protocol = readFileSync(join(repoRoot, "docs/protocol.md"), "utf8");
@@ -37,6 +38,15 @@ describe("docs/protocol.md", () => {
     );
     const { NORMAL: _never, ...sent } = CloseCode; // "The server never sends 1000 itself."
     expect(documented).toEqual(sent);
+  });
+
+  it("is what the SDK acts on: every code the gateway sends, under its name, reconnecting exactly on the reconnect-class ones", () => {
+    for (const [name, code] of Object.entries(CloseCode)) {
+      const sdk = SDK_CLOSE_CODES[code as keyof typeof SDK_CLOSE_CODES];
+      expect(sdk?.name, `close ${code}`).toBe(name);
+      // 1000 from the server means "come back" to the SDK (only the app's own close() is final).
+      if (code !== CloseCode.NORMAL) expect(sdk.reconnect, `close ${code}`).toBe(RECONNECT_CODES.has(code));
+    }
   });
 
   it("says which close follows each failed auth frame, as the gateway does (§1.3, §6, §7)", () => {
