@@ -354,6 +354,12 @@ export interface NotificationSettingsStore extends Closeable {
 export interface PushJob {
   /** Sorts by creation: a zero-padded creation time, then unique parts. */
   id: string;
+  /**
+   * Two jobs with the same key are one notification for one device, asked for twice (a router
+   * handling messages again after a crash): the stores deliver only the first. Absent: the job is
+   * its own (a dead letter replayed, or a job stored before keys existed).
+   */
+  key?: string;
   provider: DeviceRecord["provider"];
   token: string;
   /** The registration it was read from (null: the generic push.webhookUrl). */
@@ -415,11 +421,11 @@ export interface PushDeadLetterStore extends Closeable {
 /** The push jobs of a process (embedded backend; internal/push). */
 export interface PushJobStore extends Closeable {
   /**
-   * Stores a new job, unless a job was added under the same key (a notification for a device) within
-   * the last PUSH_JOB_KEYS_KEPT_MS (an hour; the newest PUSH_JOB_KEYS_MAX keys): false then, and
-   * nothing is stored. A router re-handling messages after a crash asks again within seconds.
+   * Stores a new job, unless a job with the same key was added within the last
+   * PUSH_JOB_KEYS_KEPT_MS (an hour; the newest PUSH_JOB_KEYS_MAX keys): false then, and nothing is
+   * stored. A router re-handling messages after a crash asks again within seconds.
    */
-  add(job: PushJob, key: string): Promise<boolean>;
+  add(job: PushJob): Promise<boolean>;
   /** Stores a job as it stands now (its attempt count and next due time), or a dead letter replayed. */
   put(job: PushJob): Promise<void>;
   remove(id: string): Promise<void>;
@@ -434,7 +440,10 @@ export interface PushJobStore extends Closeable {
  * partition delivers it, and a job a process left (a crash, a rebalance) goes to the next owner.
  */
 export interface PushJobQueue extends Closeable {
-  /** Stores a new job, or a job's new attempt count and next due time. */
+  /**
+   * Stores a new job, or a job's new attempt count and next due time. A new job with the key of one
+   * that ended (PushJob.key) is not delivered: its partition's owner ends it at once.
+   */
   put(job: PushJob): Promise<void>;
   /** The job ended (delivered, or its token pruned): nobody delivers it again. */
   finish(job: PushJob): Promise<void>;

@@ -229,11 +229,15 @@ export class Push {
   private newJob(
     target: Pick<PushJob, "provider" | "token" | "device">,
     n: PushJob["notification"],
+    replay = false,
   ): PushJob {
     const createdAtMs = Date.now();
     return {
       // Zero-padded creation time first: the store lists jobs oldest first.
       id: `${String(createdAtMs).padStart(15, "0")}-${n.id}-${++this.jobSequence}`,
+      // The same notification for the same device, asked for again, is the same job; a replayed
+      // dead letter is sent regardless.
+      ...(replay ? {} : { key: `${n.id}\u0000${target.device?.deviceId ?? ""}` }),
       ...target,
       notification: n,
       attempts: 0,
@@ -244,20 +248,15 @@ export class Push {
 
   /**
    * Written down before the first attempt: from here a crash does not lose it. False: the job store
-   * already took this notification for this device (the router handling a message again after a
-   * crash asks again), so nothing is sent twice. A dead letter replayed is sent regardless.
+   * already took this job (PushJob.key), so it is not sent twice. On a queue the owner of the job's
+   * partition makes that check.
    */
-  private async enqueue(provider: PushProvider, job: PushJob, replay = false): Promise<boolean> {
+  private async enqueue(provider: PushProvider, job: PushJob): Promise<boolean> {
     if (this.options.queue) {
       await this.options.queue.put(job); // its partition's owner delivers it
       return true;
     }
-    const jobs = this.options.jobs;
-    if (jobs) {
-      if (replay) await jobs.put(job);
-      else if (!(await jobs.add(job, `${job.notification.id}\u0000${job.device?.deviceId ?? ""}`)))
-        return false;
-    }
+    if (this.options.jobs && !(await this.options.jobs.add(job))) return false;
     this.start(provider, job);
     return true;
   }
@@ -291,9 +290,9 @@ export class Push {
         result.deviceGone.push(dead.id);
         continue;
       }
-      const job = this.newJob(target, dead.job.notification);
+      const job = this.newJob(target, dead.job.notification, true);
       const provider = this.options.providers[job.provider];
-      if (provider) await this.enqueue(provider, job, true);
+      if (provider) await this.enqueue(provider, job);
       else await this.dead(job, `provider ${job.provider} is not configured`); // listed again, as it stands
       this.count(job.provider, "replayed");
       result.replayed.push(dead.id);

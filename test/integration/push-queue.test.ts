@@ -152,4 +152,44 @@ describe("push jobs on Kafka", () => {
     expect(deliveredTo(`/${victim}`)).toHaveLength(1);
     expect(deliveredTo(`/${victim}`)[0]!.body).toMatchObject({ user_id: victim, body: "eventually" });
   }, 180_000);
+
+  it("delivers a notification asked for again once, also after its partition changed owner", async () => {
+    const [c, d] = [await open(), await open()];
+    const mc = createMetrics();
+    const third = await service(c, mc);
+    const user = "queue-repeat";
+    await c.devices.put({
+      userId: user,
+      deviceId: "crm",
+      provider: "webhook",
+      token: `${webhook.origin}/${user}`,
+      registeredAtMs: Date.now(),
+    });
+    // The same message for the same user: what a router handling it again after a crash asks for.
+    const message = { userId: user, conversationId: "g:r", title: "t", body: "once", seq: 41 };
+    expect(await third.notify(message)).toBe(1);
+    await vi.waitFor(() => expect(deliveredTo(`/${user}`)).toHaveLength(1), {
+      timeout: 30_000,
+      interval: 100,
+    });
+    expect(await third.notify(message)).toBe(1); // queued: the partition's owner recognises it
+    // The next message is another notification, and it arrives behind the repeat in the partition.
+    expect(await third.notify({ ...message, seq: 42, body: "next" })).toBe(1);
+    await vi.waitFor(() => expect(deliveredTo(`/${user}`)).toHaveLength(2), {
+      timeout: 30_000,
+      interval: 100,
+    });
+    expect(deliveredTo(`/${user}`).map((r) => r.body.body)).toEqual(["once", "next"]);
+    // A new owner reads the partition from its beginning: what ended stays ended.
+    const mfourth = createMetrics();
+    await third.close();
+    await c.close();
+    await service(d, mfourth);
+    await service(await open(), createMetrics()); // and a rebalance for good measure
+    await new Promise((r) => setTimeout(r, 5_000));
+    expect(deliveredTo(`/${user}`).map((r) => r.body.body)).toEqual(["once", "next"]);
+    // The repeat was never sent: the receiver refuses an id it has seen (409) and records it.
+    expect(webhook.script.violations).toEqual([]);
+    expect(await counted(mc, "sent")).toBe(2);
+  }, 120_000);
 });

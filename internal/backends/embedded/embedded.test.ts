@@ -193,8 +193,9 @@ describe("embedded values: shared structures", () => {
 });
 
 describe("embedded push jobs: a job added twice is stored once", () => {
-  const job = (id: string): PushJob => ({
+  const job = (id: string, key?: string): PushJob => ({
     id,
+    ...(key === undefined ? {} : { key }),
     provider: "webhook",
     token: "https://hooks.example.com/x",
     device: null,
@@ -219,16 +220,16 @@ describe("embedded push jobs: a job added twice is stored once", () => {
       let now = 1_800_000_000_000;
       vi.spyOn(Date, "now").mockImplementation(() => now);
       const first = new EmbeddedBackends({ dataDir: dir });
-      expect(await first.pushJobs.add(job("a1"), "a")).toBe(true);
-      expect(await first.pushJobs.add(job("a2"), "a")).toBe(false);
-      expect(await first.pushJobs.add(job("b1"), "b")).toBe(true);
+      expect(await first.pushJobs.add(job("a1", "a"))).toBe(true);
+      expect(await first.pushJobs.add(job("a2", "a"))).toBe(false);
+      expect(await first.pushJobs.add(job("b1", "b"))).toBe(true);
       await first.pushJobs.remove("a1"); // delivered: the key stays
       await first.close();
       const second = new EmbeddedBackends({ dataDir: dir });
       now += PUSH_JOB_KEYS_KEPT_MS - 1;
-      expect(await second.pushJobs.add(job("a3"), "a")).toBe(false);
+      expect(await second.pushJobs.add(job("a3", "a"))).toBe(false);
       now += 2;
-      expect(await second.pushJobs.add(job("a4"), "a")).toBe(true);
+      expect(await second.pushJobs.add(job("a4", "a"))).toBe(true);
       expect(await listed(second)).toEqual(["a4", "b1"]);
       await second.close();
     } finally {
@@ -239,11 +240,11 @@ describe("embedded push jobs: a job added twice is stored once", () => {
 
   it("keeps at most pushJobKeysMax keys, letting the oldest go first", async () => {
     const backends = await openBackends({ pushJobKeysMax: 3 });
-    for (const key of ["k1", "k2", "k3", "k4"]) expect(await backends.pushJobs.add(job(key), key)).toBe(true);
+    for (const key of ["k1", "k2", "k3", "k4"]) expect(await backends.pushJobs.add(job(key, key))).toBe(true);
     // k1 went to make room for k4; the three newest are still refused.
-    expect(await backends.pushJobs.add(job("k1-again"), "k1")).toBe(true);
+    expect(await backends.pushJobs.add(job("k1-again", "k1"))).toBe(true);
     for (const key of ["k3", "k4", "k1"])
-      expect(await backends.pushJobs.add(job(`${key}-x`), key)).toBe(false);
-    expect(await backends.pushJobs.add(job("k2-again"), "k2")).toBe(true);
+      expect(await backends.pushJobs.add(job(`${key}-x`, key))).toBe(false);
+    expect(await backends.pushJobs.add(job("k2-again", "k2"))).toBe(true);
   });
 });

@@ -43,7 +43,12 @@ export class EmbeddedPushJobs implements PushJobStore {
   ) {}
   /** Keys kept, counted once and then kept true here (this process alone writes them). */
   private keyCount: number | undefined;
-  async add(job: PushJob, key: string) {
+  async add(job: PushJob) {
+    const key = job.key;
+    if (key === undefined) {
+      await this.put(job);
+      return true;
+    }
     const now = Date.now();
     return this.guard(
       this.root.transaction(() => {

@@ -8,6 +8,12 @@
  * jobs still live there — the ones a crashed or departed owner left — and from then on each new job as
  * it arrives. So a job survives the crash of any process: the next owner of its partition delivers it.
  *
+ * A job's record key is its PushJob.key when it has one: a notification asked for again for the same
+ * device (a router handling messages again after a crash) is a new record under the same key. While
+ * the job lives it is the same job; once the job ended, the owner ends the repeat at once with
+ * another tombstone (so compaction, which keeps a key's latest record, keeps the end), and an owner
+ * reading a partition remembers the keys it saw end there.
+ *
  * At least once: a job whose partition changed owner while it was being delivered may be sent by both
  * (the collapse id and the webhook's notification_id let devices and receivers show it once). No
  * offset is ever committed: the topic, not the group, says what is left to do.
@@ -22,7 +28,10 @@ import type { GroupMembers } from "./member-resume.js";
 
 /** Jobs this process delivers at once; the rest of its partitions' live jobs wait their turn. */
 const ACTIVE_MAX = 10_000;
-/** Ids of jobs this process ended, remembered so a re-read of their record does not start them again. */
+/**
+ * Keys of jobs ended (here, or seen ended in an owned partition), remembered so a re-read of their
+ * record or a repeat of the job does not start them again.
+ */
 const ENDED_REMEMBERED_MAX = 100_000;
 
 export interface PushQueueOptions {
@@ -78,16 +87,21 @@ export class KafkaPushQueue implements PushJobQueue {
   async put(job: PushJob): Promise<void> {
     await this.o.producer.send(this.o.topic, {
       partition: await this.partitionOf(job),
-      key: job.id,
+      key: recordKey(job),
       value: JSON.stringify(job),
     });
   }
 
   async finish(job: PushJob): Promise<void> {
-    this.remember(job.id);
+    const key = recordKey(job);
+    this.remember(key);
     const partition = await this.partitionOf(job);
-    this.owned.get(partition)?.live.delete(job.id);
-    await this.o.producer.send(this.o.topic, { partition, key: job.id, value: null });
+    this.owned.get(partition)?.live.delete(key);
+    await this.end(partition, key);
+  }
+
+  private async end(partition: number, key: string): Promise<void> {
+    await this.o.producer.send(this.o.topic, { partition, key, value: null });
   }
 
   async deadLetter(job: PushJob, error: string): Promise<void> {
@@ -156,9 +170,21 @@ export class KafkaPushQueue implements PushJobQueue {
     for (const m of batch.messages) {
       resolveOffset(m.offset);
       if (!state) continue; // no longer ours
-      const id = m.key?.toString() ?? "";
-      if (m.value === null) state.live.delete(id);
-      else if (!this.ended.has(id)) state.live.set(id, JSON.parse(m.value.toString()) as PushJob);
+      const key = m.key?.toString() ?? "";
+      if (m.value === null) {
+        state.live.delete(key);
+        this.remember(key);
+      } else if (!this.ended.has(key)) {
+        state.live.set(key, JSON.parse(m.value.toString()) as PushJob);
+      } else if (state.caughtUp && (JSON.parse(m.value.toString()) as PushJob).attempts === 0) {
+        // A job that ended, queued anew (a retry's record read late has attempts): ended again, so
+        // that is the key's latest record. (One met in the partition's history, behind the key's
+        // tombstone, is skipped the same way; reading history writes nothing.)
+        this.o.log.debug("push queue: a job that ended was queued again; not delivered", { key });
+        this.end(batch.partition, key).catch((err: unknown) =>
+          this.o.log.warn("push queue: could not end a repeated job", { key, err }),
+        );
+      }
       if (!state.caughtUp && BigInt(m.offset) + 1n >= state.end) state.caughtUp = true;
     }
     this.release();
@@ -186,8 +212,9 @@ export class KafkaPushQueue implements PushJobQueue {
     }
   }
 
-  private remember(id: string): void {
-    this.ended.add(id);
+  private remember(key: string): void {
+    this.ended.delete(key); // re-inserted as the newest
+    this.ended.add(key);
     if (this.ended.size > ENDED_REMEMBERED_MAX) this.ended.delete(this.ended.values().next().value as string);
   }
 
@@ -198,3 +225,6 @@ export class KafkaPushQueue implements PushJobQueue {
     this.o.groupMembers?.forget(this.o.groupId);
   }
 }
+
+/** A job's record key: its PushJob.key, or its id (a replayed dead letter, a job from before keys). */
+const recordKey = (job: PushJob): string => job.key ?? job.id;
