@@ -179,6 +179,11 @@ export type NewConversation = Omit<
 > &
   Partial<Pick<ConversationRecord, "postPolicy" | "addPolicy" | "delivery">>;
 
+/** A new conversation as stored: what the creator left unsaid is "everyone may" and push delivery. */
+export function newConversationRecord(record: NewConversation, memberCount: number): ConversationRecord {
+  return { postPolicy: "everyone", addPolicy: "everyone", delivery: "push", ...record, memberCount };
+}
+
 /** What updateGroup changes. */
 export interface GroupChange {
   name?: string;

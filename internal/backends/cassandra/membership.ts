@@ -29,6 +29,7 @@ import type {
   MembershipStore,
   NewConversation,
 } from "../types.js";
+import { newConversationRecord } from "../types.js";
 import {
   backoff,
   chunks,
@@ -63,13 +64,7 @@ export class CassandraMembershipStore implements MembershipStore {
   ): Promise<{ record: ConversationRecord; created: boolean }> {
     return this.mutex.run(record.id, async () => {
       const unique = [...new Set(members)];
-      const stored: ConversationRecord = {
-        postPolicy: "everyone",
-        addPolicy: "everyone",
-        delivery: "push",
-        ...record,
-        memberCount: unique.length,
-      };
+      const stored = newConversationRecord(record, unique.length);
       const createdAt = new Date(record.createdAtMs);
       let lastError: unknown;
       for (let attempt = 1; attempt <= CAS_ATTEMPTS_MAX; attempt++) {

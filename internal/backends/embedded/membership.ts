@@ -13,6 +13,7 @@ import type {
   MembershipStore,
   NewConversation,
 } from "../types.js";
+import { newConversationRecord } from "../types.js";
 import { MemberLists } from "./member-lists.js";
 import { type Guard, KEY_END, type Key } from "./store.js";
 
@@ -52,13 +53,7 @@ export class EmbeddedMembership implements MembershipStore {
       const existing = this.record(record.id);
       if (existing) return { record: existing, created: false };
       const unique = [...new Set(members)];
-      const stored: ConversationRecord = {
-        postPolicy: "everyone",
-        addPolicy: "everyone",
-        delivery: "push",
-        ...record,
-        memberCount: unique.length,
-      };
+      const stored = newConversationRecord(record, unique.length);
       await this.guard(
         this.conversations.batch(() => {
           this.conversations.put(record.id, stored);
