@@ -27,6 +27,7 @@ function source(): Omit<StorageRequestSource, "cassandra"> & {
   records: number;
   lag: Array<{ group: string; partition: number; records: number }>;
   timers: Timer[];
+  dedupe: { store: number; memory: number; trusted: number };
 } {
   const s = {
     cassandra: { reads: 0, writes: 0, batches: 0, lwts: 0 },
@@ -34,6 +35,7 @@ function source(): Omit<StorageRequestSource, "cassandra"> & {
     records: 0,
     lag: [] as Array<{ group: string; partition: number; records: number }>,
     timers: [] as Timer[],
+    dedupe: { store: 0, memory: 0, trusted: 0 },
     timeCassandra: (timer: Timer) => {
       s.timers.push(timer);
     },
@@ -41,6 +43,7 @@ function source(): Omit<StorageRequestSource, "cassandra"> & {
       produceRequests: () => s.produces,
       producedRecords: () => s.records,
       consumerLag: () => s.lag,
+      dedupeChecks: () => s.dedupe,
     },
   };
   return s;
@@ -85,6 +88,27 @@ describe("storage request counters on /metrics", () => {
     const again = sumMetrics(text, SERIES);
     expect(await page()).toEqual(again);
     expect(again.switchboard_cassandra_requests_total).toBe(15);
+  });
+
+  it("export the sequencers' drafts by how their dedupe key was checked", async () => {
+    const metrics = createMetrics();
+    const a = source();
+    const b = source();
+    metrics.countStorageRequests(a);
+    metrics.countStorageRequests(b);
+    a.dedupe = { store: 3, memory: 1, trusted: 40 };
+    b.dedupe = { store: 2, memory: 0, trusted: 0 };
+    const checked = (text: string, how: string) =>
+      Number(
+        new RegExp(`^switchboard_sequencer_dedupe_checks_total\\{checked="${how}"\\} (\\d+)$`, "m").exec(
+          text,
+        )?.[1],
+      );
+    let text = await metrics.registry.metrics();
+    expect(["store", "memory", "trusted"].map((how) => checked(text, how))).toEqual([5, 1, 40]);
+    a.dedupe = { store: 4, memory: 1, trusted: 50 };
+    text = await metrics.registry.metrics();
+    expect(["store", "memory", "trusted"].map((how) => checked(text, how))).toEqual([6, 1, 50]);
   });
 });
 

@@ -61,20 +61,24 @@ function writeDecimal(buf: Buffer, pos: number, n: number, width: number): numbe
   return pos + width;
 }
 
-/** A ready-made sender: `encode(g)` returns ClientFrame{id: g, send{to_user, client_msg_id: "g", body}}. */
+/**
+ * A ready-made sender: `encode(g)` returns ClientFrame{id: g, send{to_user, client_msg_id: "g", body,
+ * first_attempt}}. Each g is sent once, so every send is its key's first attempt (as the SDK marks
+ * the sends whose key it made up).
+ */
 export interface SendEncoder {
   encode(g: number): Buffer | string;
 }
 
 export function sendEncoder(encoding: Encoding, toUser: string, body: string): SendEncoder {
   if (encoding === "json") {
-    const tail = `","body":${JSON.stringify(body)}}}`;
+    const tail = `","body":${JSON.stringify(body)},"firstAttempt":true}}`;
     const mid = `,"send":{"toUser":${JSON.stringify(toUser)},"clientMsgId":"`;
     return { encode: (g) => `{"id":${g}${mid}${g}${tail}` };
   }
   const to = Buffer.from(toUser, "utf8");
   const b = Buffer.from(body, "utf8");
-  const fixed = 1 + varintSize(to.length) + to.length + 1 + varintSize(b.length) + b.length;
+  const fixed = 1 + varintSize(to.length) + to.length + 1 + varintSize(b.length) + b.length + 2;
   return {
     encode(g: number): Buffer {
       const cmidLen = digits(g);
@@ -94,7 +98,9 @@ export function sendEncoder(encoding: Encoding, toUser: string, body: string): S
       p = writeDecimal(buf, p, g, cmidLen);
       buf[p++] = 0x22; // body (4)
       p = writeVarint(buf, p, b.length);
-      b.copy(buf, p);
+      p += b.copy(buf, p);
+      buf[p++] = 0x30; // first_attempt (6), varint
+      buf[p] = 1;
       return buf;
     },
   };
@@ -298,11 +304,17 @@ export function selfCheck(): void {
       frame.kind.value.target.case !== "toUser" ||
       frame.kind.value.target.value !== "r42" ||
       frame.kind.value.clientMsgId !== String(g) ||
-      frame.kind.value.body !== body
+      frame.kind.value.body !== body ||
+      !frame.kind.value.firstAttempt
     )
       throw new Error(`hand-encoded send frame ${g} does not round-trip`);
     const json = JSON.parse(sendEncoder("json", "r42", body).encode(g) as string);
-    if (json.id !== g || json.send.clientMsgId !== String(g) || json.send.body !== body)
+    if (
+      json.id !== g ||
+      json.send.clientMsgId !== String(g) ||
+      json.send.body !== body ||
+      json.send.firstAttempt !== true
+    )
       throw new Error("JSON send frame does not round-trip");
   }
   const event = toBinary(

@@ -96,8 +96,18 @@ export interface DeliveryHandler {
   membershipChanged(conversationId: string): void;
 }
 
+/** What the sender's side knows about a draft that lets the log do less. */
+export interface AppendHints {
+  /**
+   * Set when the client called this send its first attempt (client protocol `Send.first_attempt`):
+   * when its gateway received the frame (Unix ms). The log may then skip looking for an earlier
+   * message with the same key (ADR 0002, "Dedupe lookups").
+   */
+  firstAttemptReceivedAtMs?: number;
+}
+
 export interface MessageLog extends Closeable {
-  append(draft: MessageDraft): Promise<AppendResult>;
+  append(draft: MessageDraft, hints?: AppendHints): Promise<AppendResult>;
   /**
    * Consumes as member of `group`: batches arrive in per-conversation seq order, at least once;
    * the group's position advances only after `handler` resolved, so effects must be idempotent.

@@ -70,6 +70,8 @@ export interface SendInput {
   toUser?: string;
   clientMsgId: string;
   body: string;
+  /** The client's `first_attempt` flag: when the frame that said so was received (Unix ms). */
+  firstAttemptReceivedAtMs?: number;
 }
 
 /** Direct conversations a process remembers as existing (see directId). */
@@ -141,14 +143,18 @@ export class Conversations {
     }
     const conversationId = await this.resolveTarget(input);
     const messageId = await this.ids.next();
-    const appended = this.log.append({
+    const draft = {
       conversationId,
       messageId,
       sender: input.sender,
       clientMsgId: input.clientMsgId,
       body: input.body,
       createdAtMs: Date.now(),
-    });
+    };
+    const appended =
+      input.firstAttemptReceivedAtMs === undefined
+        ? this.log.append(draft)
+        : this.log.append(draft, { firstAttemptReceivedAtMs: input.firstAttemptReceivedAtMs });
     return { appended };
   }
 

@@ -733,6 +733,9 @@ export class Connection {
   ): Promise<void> {
     const c = this.ctx;
     const started = performance.now();
+    // Taken now, before this send waits behind the connection's earlier ones: a resend of it on
+    // another connection is received later than this (the sequencer relies on that, ADR 0002).
+    const receivedAtMs = Date.now();
     const target = value.target;
     // Pipelined sends keep their order: each issues its append only after the previous one
     // issued its own, while the durable waits overlap (group commit).
@@ -742,6 +745,7 @@ export class Connection {
         ...(target.case === "toUser" ? { toUser: target.value } : { conversationId: target.value ?? "" }),
         clientMsgId: value.clientMsgId,
         body: value.body,
+        ...(value.firstAttempt ? { firstAttemptReceivedAtMs: receivedAtMs } : {}),
       }),
     );
     this.sendOrder = issued.then(

@@ -24,6 +24,8 @@ export interface StorageRequestSource {
     producedRecords(): number;
     /** Records behind the end of each partition this process consumes in a shared group. */
     consumerLag(): Iterable<{ group: string; partition: number; records: number }>;
+    /** The sequencer's drafts by how their dedupe key was checked (zeros without a sequencer). */
+    dedupeChecks(): { store: number; memory: number; trusted: number };
   };
 }
 
@@ -55,7 +57,17 @@ const CASSANDRA_KINDS = [
  */
 function storageRequestCounters(r: Registry[]) {
   const sources: StorageRequestSource[] = [];
-  const seen = { read: 0, write: 0, batch: 0, lwt: 0, produceRequests: 0, producedRecords: 0 };
+  const seen = {
+    read: 0,
+    write: 0,
+    batch: 0,
+    lwt: 0,
+    produceRequests: 0,
+    producedRecords: 0,
+    store: 0,
+    memory: 0,
+    trusted: 0,
+  };
   const advance = (key: keyof typeof seen, now: number): number => {
     const delta = Math.max(0, now - seen[key]);
     seen[key] = Math.max(seen[key], now);
@@ -90,6 +102,18 @@ function storageRequestCounters(r: Registry[]) {
     collect() {
       const now = sum((s) => s.kafka.producedRecords());
       this.inc(advance("producedRecords", now));
+    },
+  });
+  new Counter({
+    name: "switchboard_sequencer_dedupe_checks_total",
+    help: "Drafts this process sequenced, by how their (sender, client_msg_id) was checked for an earlier message: store (looked up in Cassandra), memory (a key this sequencer saw since it got the partition), trusted (a first attempt, as its client said, received well after anything the sequencer may have missed; ADR 0002).",
+    labelNames: ["checked"],
+    registers: r,
+    collect() {
+      for (const checked of ["store", "memory", "trusted"] as const) {
+        const now = sum((s) => s.kafka.dedupeChecks()[checked]);
+        this.inc({ checked }, advance(checked, now));
+      }
     },
   });
   new Gauge({

@@ -111,6 +111,8 @@ describe.each(["json", "binary"] as const)("with %s encoding", (encoding) => {
     expect(sends[1]!.conn.index).toBe(1);
     expect(sends[1]!.value.clientMsgId).toBe(sends[0]!.value.clientMsgId);
     expect(sends[0]!.value.clientMsgId).toMatch(/^[0-9a-f-]{36}$/);
+    // Only the first transmission of a key the client made up says it is the first.
+    expect(sends.map((s) => s.value.firstAttempt)).toEqual([true, false]);
     expect(ack).toMatchObject({
       conversationId: "dm:alice~bob",
       seq: 1,
@@ -349,6 +351,8 @@ test("a retryable send error (rate limited) is retried with the same clientMsgId
   expect(ack).toMatchObject({ clientMsgId: "my-key-1", duplicate: false });
   const sends = srv.framesOf("send");
   expect(sends.map((s) => s.value.clientMsgId)).toEqual(["my-key-1", "my-key-1", "my-key-1"]);
+  // The caller's own key may have been sent before (by an outbox restored after a restart).
+  expect(sends.map((s) => s.value.firstAttempt)).toEqual([false, false, false]);
   expect(srv.conns).toHaveLength(1);
 });
 

@@ -33,6 +33,13 @@ interface PendingSend {
   /** Server-side retryable errors in a row (drives the retry backoff). */
   failures: number;
   settled: boolean;
+  /**
+   * Not transmitted yet under a clientMsgId this client made up itself: the next transmission is
+   * the key's first anywhere, which the frame says (`first_attempt`) so the server may skip looking
+   * for an earlier copy. A caller's own clientMsgId may have been sent before (an outbox restored
+   * after a restart), so it never is.
+   */
+  firstAttempt: boolean;
 }
 
 /** Server errors after which re-sending the same clientMsgId later can succeed. */
@@ -125,6 +132,7 @@ export class SendQueue {
       deadline: undefined,
       failures: 0,
       settled: false,
+      firstAttempt: options.clientMsgId === undefined,
     };
     const timeoutMs = options.timeoutMs ?? this.o.sendTimeoutMs;
     if (timeoutMs > 0) {
@@ -205,8 +213,10 @@ export class SendQueue {
         clientMsgId: entry.clientMsgId,
         body: entry.body,
         traceparent: entry.traceparent,
+        firstAttempt: entry.firstAttempt,
       },
     };
+    entry.firstAttempt = false;
     const sent = this.o.requests.write(conn, kind);
     if (sent instanceof SwitchboardClientError) {
       this.settle(entry, sent);

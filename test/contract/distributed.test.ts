@@ -4,11 +4,13 @@
  */
 
 import { Kafka, logLevel } from "kafkajs";
+import { describe, expect, it } from "vitest";
 import { openDistributedBackends } from "../../internal/backends/distributed/index.js";
 import { topicNames } from "../../internal/backends/kafka/topics.js";
 import { createLogger } from "../../internal/lib/log.js";
 import { ensureServer } from "../infra/servers.js";
 import { describeBackendContract } from "./backends.contract.js";
+import { draft, range, seqs, sleep } from "./harness.js";
 
 const keyspace = `contract_${Date.now().toString(36)}`;
 let servers: Promise<{ brokers: string[]; contactPoints: string[]; datacenter: string }> | undefined;
@@ -26,6 +28,16 @@ function infra() {
   return servers;
 }
 
+async function deleteTopics(brokers: string[], prefix: string): Promise<void> {
+  const admin = new Kafka({ clientId: "contract-cleanup", brokers, logLevel: logLevel.NOTHING }).admin();
+  await admin.connect();
+  try {
+    await admin.deleteTopics({ topics: Object.values(topicNames(prefix)) });
+  } finally {
+    await admin.disconnect();
+  }
+}
+
 describeBackendContract(
   "distributed",
   async ({ namespace }) => {
@@ -41,6 +53,9 @@ describeBackendContract(
         appendTimeoutMs: 20_000,
         // The contract's consumers read the sequenced log, which Kafka has only when it is published.
         publishSequenced: true,
+        // No margin for first attempts (kafka/recent-sends.ts): the sequencer trusts them as soon as
+        // they come after its claim, so the suite's hinted sends take the path that skips the lookup.
+        firstAttemptMarginMs: 0,
         cassandra: { contactPoints: s.contactPoints, localDataCenter: s.datacenter, keyspace },
         log: createLogger({ test: "contract" }),
       });
@@ -48,21 +63,59 @@ describeBackendContract(
       backends: await open(),
       reopen: open,
       // Delete this test's topics: a broker restart later in the run recovers every partition it has.
-      dispose: async () => {
-        const admin = new Kafka({
-          clientId: `contract-${namespace}-cleanup`,
-          brokers: s.brokers,
-          logLevel: logLevel.NOTHING,
-        }).admin();
-        await admin.connect();
-        try {
-          const names = Object.values(topicNames(`${namespace}.`));
-          await admin.deleteTopics({ topics: names });
-        } finally {
-          await admin.disconnect();
-        }
-      },
+      dispose: () => deleteTopics(s.brokers, `${namespace}.`),
     };
   },
   { eventuallyMs: 30_000 },
 );
+
+describe("distributed: the sequencer and first attempts", () => {
+  it("looks up no key of a first attempt received a margin after its claim, and answers repeats from memory", async () => {
+    const s = await infra();
+    const prefix = `first_${Date.now().toString(36)}.`;
+    const marginMs = 1_500;
+    const backends = await openDistributedBackends({
+      brokers: s.brokers,
+      clientId: "contract-first-attempts",
+      topicPrefix: prefix,
+      partitions: 1,
+      replicationFactor: 1,
+      retentionHours: 1,
+      appendTimeoutMs: 20_000,
+      firstAttemptMarginMs: marginMs,
+      cassandra: { contactPoints: s.contactPoints, localDataCenter: s.datacenter, keyspace },
+      log: createLogger({ test: "first-attempts" }),
+    });
+    try {
+      const checks = () => backends.requests.kafka.dedupeChecks();
+      const hinted = (d: ReturnType<typeof draft>) =>
+        backends.log.append(d, { firstAttemptReceivedAtMs: Date.now() });
+      const [a, b] = [`g:${prefix}a`, `g:${prefix}b`];
+      // The first draft makes the sequencer claim the partition; within the margin after that
+      // claim a first attempt is looked up like any other draft.
+      const k0 = await backends.log.append(draft(a, "fa", "k0"));
+      const k1 = await hinted(draft(a, "fa", "k1"));
+      expect(checks()).toEqual({ store: 2, memory: 0, trusted: 0 });
+      await sleep(marginMs + 100);
+
+      const later = await Promise.all(range(2, 21).map((i) => hinted(draft(i % 2 ? b : a, "fa", `k${i}`))));
+      expect(later.filter((r) => r.duplicate)).toEqual([]);
+      expect(checks()).toEqual({ store: 2, memory: 0, trusted: 20 });
+
+      // A resend (no hint) and a copy of a first attempt (the same hint) are found in memory.
+      const resend = await backends.log.append(draft(b, "fa", "k3", "resend"));
+      const copy = await hinted(draft(a, "fa", "k4", "copy"));
+      expect(resend).toEqual({ duplicate: true, message: later[1]!.message });
+      expect(copy).toEqual({ duplicate: true, message: later[2]!.message });
+      expect(checks()).toEqual({ store: 2, memory: 2, trusted: 20 });
+
+      const ofA = [k0, k1, ...later].map((r) => r.message).filter((m) => m.conversationId === a);
+      const ofB = later.map((r) => r.message).filter((m) => m.conversationId === b);
+      expect(seqs(ofA).sort((x, y) => x - y)).toEqual(range(1, 12));
+      expect(seqs(ofB).sort((x, y) => x - y)).toEqual(range(1, 10));
+    } finally {
+      await backends.close();
+      await deleteTopics(s.brokers, prefix);
+    }
+  }, 120_000);
+});

@@ -31,6 +31,25 @@ export function durabilityContract({ setup, readLog }: ContractKit): void {
       }
     });
 
+    it("a first attempt received before a restart is still checked against what was stored before it", async (ctx) => {
+      const h = await setup(ctx);
+      if (!h.durable) ctx.skip();
+      const conversationId = h.id("dm");
+      const original = await h.b.log.append(draft(conversationId, "s", "k1"));
+      // A first attempt's frame whose processing outlived the process that stored its resend.
+      const receivedAtMs = Date.now();
+      await h.reopen();
+      const late = await h.b.log.append(draft(conversationId, "s", "k1", "late"), {
+        firstAttemptReceivedAtMs: receivedAtMs,
+      });
+      expect(late).toEqual({ duplicate: true, message: original.message });
+      const next = await h.b.log.append(draft(conversationId, "s", "k2"), {
+        firstAttemptReceivedAtMs: Date.now(),
+      });
+      expect(next.message.seq).toBe(2);
+      expect(await readLog(h, conversationId)).toEqual([original.message, next.message]);
+    });
+
     it("appends acked while close() runs are durable and the log stays gap-free", async (ctx) => {
       const h = await setup(ctx);
       if (!h.durable) ctx.skip();

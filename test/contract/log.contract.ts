@@ -101,6 +101,26 @@ export function logContract({ setup, readLog }: ContractKit): void {
       expect(await readLog(h, conversationId)).toEqual([first.message, second.message, third.message]);
     });
 
+    it("a send its client calls a first attempt is appended once; a resend of it, or a copy, returns the original", async (ctx) => {
+      const h = await setup(ctx);
+      const conversationId = h.id("dm");
+      // The claim behind the first append is the log's to make: give it one before the hinted sends.
+      const before = await h.b.log.append(draft(conversationId, "alice", "before"));
+      const first = (d = draft(conversationId, "alice", "a1", "hello")) =>
+        h.b.log.append(d, { firstAttemptReceivedAtMs: Date.now() });
+      const original = await first();
+      expect(original).toEqual({ duplicate: false, message: expect.objectContaining({ seq: 2 }) });
+      // The client's resend after a lost ack carries no hint; a copy of the first draft (produced
+      // twice) carries the same one. Both are answered with the original.
+      const resend = await h.b.log.append(draft(conversationId, "alice", "a1", "hello (resend)"));
+      const copy = await first(draft(conversationId, "alice", "a1", "hello (copy)"));
+      expect(resend).toEqual({ duplicate: true, message: original.message });
+      expect(copy).toEqual({ duplicate: true, message: original.message });
+      const next = await first(draft(conversationId, "alice", "a2", "there"));
+      expect(next).toEqual({ duplicate: false, message: expect.objectContaining({ seq: 3 }) });
+      expect(await readLog(h, conversationId)).toEqual([before.message, original.message, next.message]);
+    });
+
     it("dedupe is keyed by (conversation, sender, clientMsgId)", async (ctx) => {
       const h = await setup(ctx);
       const [c1, c2] = [h.id("g1"), h.id("g2")];

@@ -331,6 +331,7 @@ describe("zombie sequencer writing after its successor claimed", () => {
         membership: { members: async () => [], getConversation: async () => undefined },
         pending: new Map(),
         dedupeWindowSeconds: 3600,
+        firstAttemptMarginMs: 60_000,
         log: createLogger({ test: `fence-z-${who}` }),
         ...(beforeWrite ? { beforeWrite } : {}),
       });

@@ -4,6 +4,7 @@
  * are announced in the message log.
  */
 import { Kafka, type KafkaConfig, logLevel, Partitioners } from "kafkajs";
+import { schema } from "../../lib/config.js";
 import { kafkajsLogCreator } from "../../lib/kafkajs-log.js";
 import { fixKafkajsProduceEncoding } from "../../lib/kafkajs-produce-encoding.js";
 import { fixKafkajsRequestQueue } from "../../lib/kafkajs-request-queue.js";
@@ -18,6 +19,7 @@ import { BatchProducer } from "../kafka/batch-producer.js";
 import { KafkaMessageLog } from "../kafka/log.js";
 import { GroupMembers } from "../kafka/member-resume.js";
 import { KafkaPushQueue } from "../kafka/push-queue.js";
+import { firstAttemptMarginMs } from "../kafka/recent-sends.js";
 import { KafkaRouting } from "../kafka/routing.js";
 import { type PendingAppends, SEQUENCER_GROUP, Sequencer } from "../kafka/sequencer.js";
 import { ensureTopics, topicNames, verifyTopics } from "../kafka/topics.js";
@@ -49,6 +51,11 @@ export interface DistributedOptions {
   appends?: boolean;
   /** Dedupe rows expire after this long: a resend after it is a new message. Default 168 h. */
   dedupeWindowSeconds?: number;
+  /**
+   * How long after the last draft it may have missed a sequencer trusts a first attempt to be new
+   * (kafka/recent-sends.ts). Default: the margin for gateways with the default ping interval.
+   */
+  firstAttemptMarginMs?: number;
   /** Also publish every sequenced message to the sequenced topic (kafka.publishSequenced). */
   publishSequenced?: boolean;
   /**
@@ -75,6 +82,7 @@ export interface DistributedBackends extends Backends {
       produceRequests: () => number;
       producedRecords: () => number;
       consumerLag(): Iterable<{ group: string; partition: number; records: number }>;
+      dedupeChecks(): { store: number; memory: number; trusted: number };
     };
   };
 }
@@ -203,6 +211,8 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
         messages: stores.messages,
         membership: stores.membership,
         dedupeWindowSeconds,
+        firstAttemptMarginMs:
+          o.firstAttemptMarginMs ?? firstAttemptMarginMs(schema.gateway.pingIntervalMs.default),
         inbox: { topic: names.inbox, partitions: inboxPartitions },
         ...(groupMembers ? { groupMembers } : {}),
         pending,
@@ -254,6 +264,7 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
             if (sequencer) yield* sequencer.lag.entries();
             yield* messageLog.consumerLag();
           },
+          dedupeChecks: () => ({ ...(sequencer?.dedupeChecks ?? { store: 0, memory: 0, trusted: 0 }) }),
         },
       },
       unreachable: () => {

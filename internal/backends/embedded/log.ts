@@ -74,6 +74,7 @@ export class EmbeddedLog implements MessageLog {
     return seq;
   }
 
+  // No use for AppendHints: the dedupe lookup here is a read of a local B-tree, not a network round trip.
   append(draft: MessageDraft): Promise<AppendResult> {
     const dedupeKey: Key = [draft.conversationId, draft.sender, draft.clientMsgId];
     const pendingKey = JSON.stringify(dedupeKey);

@@ -12,6 +12,7 @@ import { errors } from "../../lib/errors.js";
 import type { Logger } from "../../lib/log.js";
 import { activeCarrier, tracing } from "../../lib/tracing.js";
 import type {
+  AppendHints,
   AppendResult,
   BatchHandler,
   Closeable,
@@ -27,6 +28,7 @@ import { commitBatch, FETCH_WAIT_MS, groupConsumer } from "./consumers.js";
 import { INBOX_GROUP, InboxOwner, type InboxOwnerOptions } from "./inbox-owner.js";
 import { onePartitionAssigner, REPLY_PARTITION_HEADER } from "./reply-partition.js";
 import {
+  FIRST_ATTEMPT_HEADER,
   MEMBERSHIP_KIND,
   type PendingAppends,
   RECIPIENTS_HEADER,
@@ -71,7 +73,7 @@ export class KafkaMessageLog implements MessageLog {
 
   constructor(private readonly o: KafkaLogOptions) {}
 
-  async append(draft: MessageDraft): Promise<AppendResult> {
+  async append(draft: MessageDraft, hints?: AppendHints): Promise<AppendResult> {
     // Register before producing: the sequencer may answer before the produce call returns.
     const sequenced = new Promise<AppendResult>((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -93,7 +95,15 @@ export class KafkaMessageLog implements MessageLog {
     sequenced.catch(() => undefined);
     try {
       const trace = tracing.on ? activeCarrier() : undefined;
-      const headers = trace ? { ...trace, ...this.replyHeaders } : this.replyHeaders;
+      const first = hints?.firstAttemptReceivedAtMs;
+      const headers =
+        trace || first !== undefined
+          ? {
+              ...trace,
+              ...this.replyHeaders,
+              ...(first === undefined ? {} : { [FIRST_ATTEMPT_HEADER]: String(first) }),
+            }
+          : this.replyHeaders;
       await this.o.producer.send(this.o.draftsTopic, {
         key: draft.conversationId,
         value: encodeMessage(draft),

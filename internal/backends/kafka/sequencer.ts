@@ -9,8 +9,9 @@
  *
  *   1. member lists from the cache (membership announcements in the same partition keep it true);
  *   2. the heads of conversations not cached yet (one read for many), the dedupe rows of the batch's
- *      keys (one read for several conversations), and the stored rows of the refs found (rare: resends
- *      and re-processing after a crash);
+ *      keys that this owner neither remembers nor may trust to be new (recent-sends.ts; one read for
+ *      several conversations), and the stored rows of the refs found (rare: resends and re-processing
+ *      after a crash);
  *   3. new seqs from memory; the heads and dedupe rows (one unlogged batch), then the message rows;
  *   4. the check: the partition's epoch is still ours (one plain read). If a successor claimed in the
  *      meantime, nothing of this batch is acknowledged, emitted or committed;
@@ -60,6 +61,7 @@ import {
 import { type Audience, MemberCache } from "./member-cache.js";
 import type { GroupMembers } from "./member-resume.js";
 import { OwnedPartitions } from "./owned-partitions.js";
+import { RecentSends } from "./recent-sends.js";
 import { replyPartitionOf } from "./reply-partition.js";
 
 export const SEQUENCER_GROUP = "sequencer";
@@ -69,6 +71,11 @@ export const REPLY_DUPLICATE_HEADER = "duplicate";
 /** Header of a drafts record that is not a draft: `membership` announces a membership change. */
 export const RECORD_KIND_HEADER = "kind";
 export const MEMBERSHIP_KIND = "membership";
+/**
+ * Header of a draft its client called a first attempt (client protocol `Send.first_attempt`): when its
+ * gateway received the frame, in Unix ms (recent-sends.ts).
+ */
+export const FIRST_ATTEMPT_HEADER = "first-attempt-at";
 /** Header of a sequenced record: the conversation's members at the message's position, "\n"-joined. */
 export const RECIPIENTS_HEADER = "recipients";
 /** The stream name of the drafts partitions in OwnershipStore. */
@@ -80,6 +87,8 @@ const MEMBER_LISTS_PER_PARTITION_MAX = 20_000;
 /** A cached member list is read again after this long (a backstop; announcements keep it true). */
 const MEMBER_LIST_TTL_MS = 5 * 60_000;
 const MEMBER_READS_CONCURRENT = 32;
+/** Dedupe keys one partition's owner remembers at most (recent-sends.ts). */
+const RECENT_SENDS_PER_PARTITION_MAX = 10_000;
 
 export const dedupeKeyOf = (m: { sender: string; clientMsgId: string }) =>
   `${m.sender}\u0000${m.clientMsgId}`;
@@ -113,6 +122,12 @@ export interface SequencerOptions {
   pending: PendingAppends;
   /** Dedupe rows expire after this long: a resend after it is a new message. */
   dedupeWindowSeconds: number;
+  /**
+   * How long after the last draft it may have missed an owner trusts a first attempt to be new
+   * (recent-sends.ts): the latest a gateway may receive a frame after its client gave up on the
+   * connection (two ping intervals), plus twice the clock skew allowed between processes.
+   */
+  firstAttemptMarginMs: number;
   log: Logger;
   /** The per-user fan-out: one record per (message, partition) with the recipients placed there. */
   inbox?: { topic: string; partitions: number };
@@ -127,7 +142,13 @@ class PartitionState {
     entriesMax: MEMBER_LISTS_PER_PARTITION_MAX,
     ttlMs: MEMBER_LIST_TTL_MS,
   });
-  constructor(readonly epoch: bigint) {}
+  readonly recent: RecentSends;
+  constructor(
+    readonly epoch: bigint,
+    firstAttemptMarginMs: number,
+  ) {
+    this.recent = new RecentSends(Date.now(), firstAttemptMarginMs, RECENT_SENDS_PER_PARTITION_MAX);
+  }
 
   setHead(conversationId: string, head: number): void {
     this.heads.delete(conversationId);
@@ -137,7 +158,15 @@ class PartitionState {
   }
 }
 
-type DraftRecord = { kind: "draft"; draft: StoredMessage } | { kind: "membership"; conversationId: string };
+type DraftRecord =
+  | { kind: "draft"; draft: StoredMessage; firstAttemptAtMs: number | undefined }
+  | { kind: "membership"; conversationId: string };
+
+/** A draft and when its gateway received it as a first attempt, if it was one. */
+interface Draft {
+  draft: StoredMessage;
+  firstAttemptAtMs: number | undefined;
+}
 
 /** The outcome of sequencing a batch: rows to write and emit, and each draft's answer. */
 interface Sequenced {
@@ -149,6 +178,8 @@ interface Sequenced {
   /** Ids of the re-found originals: sequenced before, so perhaps emitted before. */
   redelivered: Set<string>;
   results: Array<{ draftId: string; result: AppendResult }>;
+  /** Every draft's key and outcome, for RecentSends once the batch is durable. */
+  outcomes: Array<{ conversationId: string; key: string; ref: SequencedRef; stampMs: number }>;
 }
 
 export class Sequencer implements Closeable {
@@ -164,7 +195,7 @@ export class Sequencer implements Closeable {
       log: o.log,
       fencedReason: "SEQUENCER_FENCED",
       fencedConsequence: "nothing of this batch is acknowledged",
-      fresh: (epoch) => new PartitionState(epoch),
+      fresh: (epoch) => new PartitionState(epoch, o.firstAttemptMarginMs),
     });
   }
 
@@ -175,6 +206,12 @@ export class Sequencer implements Closeable {
   get stats(): { claims: number; fenced: number } {
     return this.partitions.stats;
   }
+
+  /**
+   * Drafts by how their dedupe key was checked: looked up in the store, answered from memory (a key
+   * this owner sequenced since its claim), or trusted as a first attempt's (recent-sends.ts).
+   */
+  readonly dedupeChecks = { store: 0, memory: 0, trusted: 0 };
 
   async start(): Promise<void> {
     const consumer = groupConsumer(this.o.kafka, this.o.groupId, FETCH_WAIT_MS.sharedGroup);
@@ -218,16 +255,24 @@ export class Sequencer implements Closeable {
     const records: DraftRecord[] = batch.messages.map((m, i) => {
       if (isMembershipRecord(m)) return { kind: "membership", conversationId: m.key!.toString() };
       const draft = decodeMessage(m.value!);
+      const first = m.headers?.[FIRST_ATTEMPT_HEADER]?.toString();
+      const firstAttemptAtMs = first === undefined ? undefined : Number(first);
       const partition = replyPartitionOf(m.headers);
       if (partition !== undefined) replyTo.set(draft.messageId, partition);
       spans?.start(draft.messageId, traces?.[i], {
         "switchboard.conversation.id": draft.conversationId,
         "switchboard.message.id": draft.messageId,
       });
-      return { kind: "draft", draft };
+      return {
+        kind: "draft",
+        draft,
+        firstAttemptAtMs: Number.isSafeInteger(firstAttemptAtMs) ? firstAttemptAtMs : undefined,
+      };
     });
     const recipients = await this.recipients(state, records);
-    const drafts = records.flatMap((r) => (r.kind === "draft" ? [r.draft] : []));
+    const drafts = records.flatMap((r) =>
+      r.kind === "draft" ? [{ draft: r.draft, firstAttemptAtMs: r.firstAttemptAtMs }] : [],
+    );
     let done: Sequenced;
     try {
       done = await this.sequence(state, drafts);
@@ -239,13 +284,15 @@ export class Sequencer implements Closeable {
         this.o.messages.write(done.originals, { fence: state.epoch }),
       ]);
     } catch (err) {
-      // The outcome of the writes is unknown: read the heads again next time.
-      for (const d of drafts) state.heads.delete(d.conversationId);
+      // The outcome of the writes is unknown: read the heads again next time, and look these drafts up.
+      for (const d of drafts) state.heads.delete(d.draft.conversationId);
+      state.recent.forgetUntil(Date.now());
       throw err;
     }
     for (const [c, head] of done.heads) state.setHead(c, head);
 
     await this.partitions.check(batch.partition, state);
+    for (const o of done.outcomes) state.recent.remember(o.conversationId, o.key, o.ref, o.stampMs);
 
     // In the order of the partition: a conversation's membership records between its messages.
     const toEmit = new Map(done.originals.map((m) => [m.messageId, m]));
@@ -401,21 +448,54 @@ export class Sequencer implements Closeable {
     return out;
   }
 
+  /**
+   * The earlier assignments of the drafts' keys: what this owner remembers, and what the store holds
+   * for the keys it may not trust to be new.
+   */
+  private async earlier(
+    state: PartitionState,
+    byConversation: Map<string, Draft[]>,
+  ): Promise<Map<string, Map<string, SequencedRef>>> {
+    const remembered = new Map<string, Map<string, SequencedRef>>();
+    const toLookUp = new Map<string, string[]>();
+    for (const [c, list] of byConversation) {
+      for (const { draft, firstAttemptAtMs } of list) {
+        const key = dedupeKeyOf(draft);
+        const ref = state.recent.get(c, key);
+        if (ref) {
+          const refs = remembered.get(c) ?? new Map<string, SequencedRef>();
+          refs.set(key, ref);
+          remembered.set(c, refs);
+          this.dedupeChecks.memory++;
+        } else if (state.recent.needsLookup(firstAttemptAtMs)) {
+          const keys = toLookUp.get(c) ?? [];
+          if (!keys.includes(key)) keys.push(key);
+          toLookUp.set(c, keys);
+          this.dedupeChecks.store++;
+        } else {
+          this.dedupeChecks.trusted++;
+        }
+      }
+    }
+    if (toLookUp.size === 0) return remembered;
+    const found = await this.o.store.lookup(toLookUp);
+    for (const [c, refs] of remembered) found.set(c, new Map([...(found.get(c) ?? []), ...refs]));
+    return found;
+  }
+
   /** Assigns seqs in memory (nothing is written here). */
-  private async sequence(state: PartitionState, drafts: StoredMessage[]): Promise<Sequenced> {
-    const byConversation = new Map<string, StoredMessage[]>();
+  private async sequence(state: PartitionState, drafts: Draft[]): Promise<Sequenced> {
+    const byConversation = new Map<string, Draft[]>();
     for (const d of drafts) {
-      const list = byConversation.get(d.conversationId);
+      const list = byConversation.get(d.draft.conversationId);
       if (list) list.push(d);
-      else byConversation.set(d.conversationId, [d]);
+      else byConversation.set(d.draft.conversationId, [d]);
     }
     const conversations = [...byConversation.keys()];
     const unknown = conversations.filter((c) => !state.heads.has(c));
     const [loaded, found] = await Promise.all([
       unknown.length > 0 ? this.o.store.heads(unknown) : new Map<string, number>(),
-      this.o.store.lookup(
-        new Map(conversations.map((c) => [c, [...new Set(byConversation.get(c)!.map(dedupeKeyOf))]])),
-      ),
+      this.earlier(state, byConversation),
     ]);
     const headOf = (c: string) => state.heads.get(c) ?? loaded.get(c) ?? 0;
 
@@ -439,6 +519,7 @@ export class Sequencer implements Closeable {
       originals: [],
       redelivered: new Set(),
       results: [],
+      outcomes: [],
     };
     for (const [c, list] of byConversation) {
       const head = headOf(c);
@@ -447,7 +528,7 @@ export class Sequencer implements Closeable {
       const originals: StoredMessage[] = [];
       /** Per dedupe key: the original message (stored, or first seen in this batch). */
       const byKey = new Map<string, StoredMessage>();
-      for (const d of list) {
+      for (const { draft: d, firstAttemptAtMs } of list) {
         const key = dedupeKeyOf(d);
         let original = byKey.get(key);
         if (!original) {
@@ -470,6 +551,12 @@ export class Sequencer implements Closeable {
           }
           byKey.set(key, original);
         }
+        out.outcomes.push({
+          conversationId: c,
+          key,
+          ref: { seq: original.seq, messageId: original.messageId },
+          stampMs: Math.max(d.createdAtMs, firstAttemptAtMs ?? 0),
+        });
         out.results.push({
           draftId: d.messageId,
           result:
