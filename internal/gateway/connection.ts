@@ -52,6 +52,9 @@ import {
 } from "./codec.js";
 import { Throttle, TokenBucket } from "./rate-limit.js";
 
+/** The optional protocol features this gateway understands (`welcome.features`). */
+const PROTOCOL_FEATURES = ["first_attempt"];
+
 /** Conversations one user may have muted at once. */
 export const MUTES_PER_USER_MAX = 1_000;
 
@@ -197,6 +200,7 @@ export class Connection {
         },
         serverTimeMs: BigInt(Date.now()),
         headCursor: BigInt(head),
+        features: PROTOCOL_FEATURES,
       },
     });
   }

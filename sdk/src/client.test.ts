@@ -356,6 +356,15 @@ test("a retryable send error (rate limited) is retried with the same clientMsgId
   expect(srv.conns).toHaveLength(1);
 });
 
+test("a send is marked a first attempt only for a server that lists the feature", async () => {
+  // A server of an earlier version refuses the unknown field in JSON frames.
+  const srv = await startServer({ features: [] });
+  const t = newClient(srv);
+  await t.client.connect();
+  await t.client.send({ toUser: "bob" }, "hi");
+  expect(srv.framesOf("send").map((s) => s.value.firstAttempt)).toEqual([false]);
+});
+
 test("a retryable error pauses every queued send, not just the failed one", async () => {
   const srv = await startServer();
   let refusedAt = 0;

@@ -15,6 +15,9 @@ import { type SendAck, toSendAck, type WelcomeInfo } from "./types.js";
 type Timer = ReturnType<typeof setTimeout>;
 type SendWireTarget = { case: "conversationId"; value: string } | { case: "toUser"; value: string };
 
+/** `welcome.features` entry of a server that understands `Send.first_attempt`. */
+const FIRST_ATTEMPT_FEATURE = "first_attempt";
+
 /** Default body limit until a welcome tells us the server's. */
 const BODY_CHARS_MAX_DEFAULT = 100_000;
 
@@ -213,7 +216,9 @@ export class SendQueue {
         clientMsgId: entry.clientMsgId,
         body: entry.body,
         traceparent: entry.traceparent,
-        firstAttempt: entry.firstAttempt,
+        // A server of an earlier version refuses the field in JSON frames: only where it is listed.
+        firstAttempt:
+          entry.firstAttempt && this.o.welcome()?.features.includes(FIRST_ATTEMPT_FEATURE) === true,
       },
     };
     entry.firstAttempt = false;

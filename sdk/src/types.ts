@@ -79,6 +79,8 @@ export interface WelcomeInfo {
   serverTimeMs: number;
   /** The newest inbox position; the client syncs when its cursor is below it. */
   headCursor: number;
+  /** Optional protocol features the server understands (e.g. "first_attempt"). */
+  features: readonly string[];
 }
 
 export type ConversationKindName = "direct" | "group" | "unspecified";
@@ -235,6 +237,7 @@ export function toWelcome(w: PbWelcome): WelcomeInfo {
     limits: toLimits(w.limits),
     serverTimeMs: num(w.serverTimeMs),
     headCursor: num(w.headCursor),
+    features: [...w.features],
   };
 }
 

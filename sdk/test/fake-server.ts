@@ -69,6 +69,8 @@ export interface FakeServerOptions {
    * server that does not negotiate). Default: the subprotocol's encoding, JSON without one.
    */
   welcomeEncoding?: "json" | "binary";
+  /** `welcome.features`. Default: what the gateway lists. */
+  features?: string[];
 }
 
 export class FakeServer {
@@ -98,6 +100,7 @@ export class FakeServer {
       bodyCharsMax: options.bodyCharsMax ?? 100_000,
       frameBytesMax: options.frameBytesMax ?? 0,
       welcomeEncoding: options.welcomeEncoding,
+      features: options.features ?? ["first_attempt"],
     };
     wss.on("connection", (ws, req) => this.onConnection(ws, req));
   }
@@ -262,6 +265,7 @@ export class FakeServer {
           },
           serverTimeMs: BigInt(Date.now()),
           headCursor: BigInt(box.length),
+          features: this.opts.features,
         },
       },
     });

@@ -81,6 +81,36 @@ describe("1:1 messaging", () => {
     bob.close();
   });
 
+  it("lists the first_attempt feature; a send marked first is stored once, and its resends return it", async () => {
+    const [a, b] = [user("alice"), user("bob")];
+    // Frame auth, to read the welcome itself (in JSON: the encoding that refuses unknown fields).
+    const alice = await RawClient.connect(server.url);
+    const welcome = expectCase(
+      await alice.request({ case: "auth", value: { token: await devToken(server.dataDir, a) } }),
+      "welcome",
+    );
+    expect(welcome.features).toContain("first_attempt");
+    const target = { case: "toUser" as const, value: b };
+    const first = expectCase(
+      await alice.request({
+        case: "send",
+        value: { target, clientMsgId: "first-1", body: "hello", firstAttempt: true },
+      }),
+      "ack",
+    );
+    expect(first.duplicate).toBe(false);
+    const resend = expectCase(
+      await alice.request({ case: "send", value: { target, clientMsgId: "first-1", body: "hello" } }),
+      "ack",
+    );
+    expect(resend).toMatchObject({ duplicate: true, messageId: first.messageId, seq: first.seq });
+    const bob = await connect(b, "json", false);
+    const synced = await bob.syncAtLeast(1);
+    expect(synced.messages.map((m) => m.body)).toEqual(["hello"]);
+    alice.close();
+    bob.close();
+  });
+
   it("keeps per-conversation order for a burst of sends", async () => {
     const [a, b] = [user("alice"), user("bob")];
     const alice = await connect(a);
