@@ -100,10 +100,12 @@ export interface DeliveryHandler {
 export interface AppendHints {
   /**
    * Set when the client called this send its first attempt (client protocol `Send.first_attempt`):
-   * when its gateway received the frame (Unix ms). The log may then skip looking for an earlier
-   * message with the same key (ADR 0002, "Dedupe lookups").
+   * no other send with its key can have been received before this time (Unix ms, the gateway's
+   * clock): when the gateway received the frame, less the longest the frame may have trailed a
+   * resend (two ping intervals). The log may then skip looking for an earlier message with the
+   * same key (ADR 0002, "Dedupe lookups").
    */
-  firstAttemptReceivedAtMs?: number;
+  firstAttemptResendsAfterMs?: number;
 }
 
 export interface MessageLog extends Closeable {

@@ -70,8 +70,8 @@ export interface SendInput {
   toUser?: string;
   clientMsgId: string;
   body: string;
-  /** The client's `first_attempt` flag: when the frame that said so was received (Unix ms). */
-  firstAttemptReceivedAtMs?: number;
+  /** The client's `first_attempt` flag, as AppendHints.firstAttemptResendsAfterMs. */
+  firstAttemptResendsAfterMs?: number;
 }
 
 /** Direct conversations a process remembers as existing (see directId). */
@@ -152,9 +152,9 @@ export class Conversations {
       createdAtMs: Date.now(),
     };
     const appended =
-      input.firstAttemptReceivedAtMs === undefined
+      input.firstAttemptResendsAfterMs === undefined
         ? this.log.append(draft)
-        : this.log.append(draft, { firstAttemptReceivedAtMs: input.firstAttemptReceivedAtMs });
+        : this.log.append(draft, { firstAttemptResendsAfterMs: input.firstAttemptResendsAfterMs });
     return { appended };
   }
 

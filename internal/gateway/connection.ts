@@ -737,8 +737,10 @@ export class Connection {
   ): Promise<void> {
     const c = this.ctx;
     const started = performance.now();
-    // Taken now, before this send waits behind the connection's earlier ones: a resend of it on
-    // another connection is received later than this (the sequencer relies on that, ADR 0002).
+    // Taken now, before this send waits behind the connection's earlier ones (ADR 0002, "Dedupe
+    // lookups"): a resend of it comes after this frame on this connection, or on another one once
+    // the client gave up on this one; and this gateway closes a connection that has not answered
+    // one ping by the next, so no frame trails a resend by more than two ping intervals.
     const receivedAtMs = Date.now();
     const target = value.target;
     // Pipelined sends keep their order: each issues its append only after the previous one
@@ -749,7 +751,9 @@ export class Connection {
         ...(target.case === "toUser" ? { toUser: target.value } : { conversationId: target.value ?? "" }),
         clientMsgId: value.clientMsgId,
         body: value.body,
-        ...(value.firstAttempt ? { firstAttemptReceivedAtMs: receivedAtMs } : {}),
+        ...(value.firstAttempt
+          ? { firstAttemptResendsAfterMs: receivedAtMs - 2 * c.config.gateway.pingIntervalMs }
+          : {}),
       }),
     );
     this.sendOrder = issued.then(

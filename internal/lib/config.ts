@@ -210,7 +210,7 @@ export const schema = {
     connectionsMax: int(19_000, "Most open WebSocket connections per gateway process.", 1),
     pingIntervalMs: int(
       25_000,
-      "WebSocket ping interval; a connection that has not answered the previous ping by the next one is closed. Sequencers derive from it how late a client's first attempt may arrive (ADR 0002): give every process the same value.",
+      "WebSocket ping interval; a connection that has not answered the previous ping by the next one is closed.",
       1000,
     ),
     drainWindowMs: int(10_000, "Window over which draining spreads client reconnects.", 0),

@@ -11,7 +11,6 @@ import type { KafkaConfig } from "kafkajs";
 // Types only: each backend's code (kafkajs and cassandra-driver, or lmdb) is imported when a process
 // opens that backend, so a process loads only the drivers it uses (a faster start and restart).
 import type { DistributedBackends, DistributedOptions } from "../backends/distributed/index.js";
-import { firstAttemptMarginMs } from "../backends/kafka/recent-sends.js";
 import type { Backends } from "../backends/types.js";
 import type { Config } from "../lib/config.js";
 import type { Logger } from "../lib/log.js";
@@ -70,7 +69,6 @@ export function distributedOptions(config: Config, log: Logger, use: BackendUse)
     retentionHours: k.retentionHours,
     appendTimeoutMs: k.appendTimeoutMs,
     dedupeWindowSeconds: k.dedupeWindowHours * 3600,
-    firstAttemptMarginMs: firstAttemptMarginMs(config.gateway.pingIntervalMs),
     publishSequenced: k.publishSequenced,
     memberFile: k.memberFile || join(config.dataDir, `kafka-members-${use.role}.json`),
     ...(k.tls ? { ssl: tlsOptions(k.tlsCaFile, k.tlsCertFile, k.tlsKeyFile, "kafka") } : {}),

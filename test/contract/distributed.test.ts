@@ -89,7 +89,7 @@ describe("distributed: the sequencer and first attempts", () => {
     try {
       const checks = () => backends.requests.kafka.dedupeChecks();
       const hinted = (d: ReturnType<typeof draft>) =>
-        backends.log.append(d, { firstAttemptReceivedAtMs: Date.now() });
+        backends.log.append(d, { firstAttemptResendsAfterMs: Date.now() });
       const [a, b] = [`g:${prefix}a`, `g:${prefix}b`];
       // The first draft makes the sequencer claim the partition; within the margin after that
       // claim a first attempt is looked up like any other draft.

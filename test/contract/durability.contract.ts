@@ -36,15 +36,15 @@ export function durabilityContract({ setup, readLog }: ContractKit): void {
       if (!h.durable) ctx.skip();
       const conversationId = h.id("dm");
       const original = await h.b.log.append(draft(conversationId, "s", "k1"));
-      // A first attempt's frame whose processing outlived the process that stored its resend.
-      const receivedAtMs = Date.now();
+      // A first attempt whose resends may have come before the restart (its frame trailed them).
+      const resendsAfterMs = Date.now();
       await h.reopen();
       const late = await h.b.log.append(draft(conversationId, "s", "k1", "late"), {
-        firstAttemptReceivedAtMs: receivedAtMs,
+        firstAttemptResendsAfterMs: resendsAfterMs,
       });
       expect(late).toEqual({ duplicate: true, message: original.message });
       const next = await h.b.log.append(draft(conversationId, "s", "k2"), {
-        firstAttemptReceivedAtMs: Date.now(),
+        firstAttemptResendsAfterMs: Date.now(),
       });
       expect(next.message.seq).toBe(2);
       expect(await readLog(h, conversationId)).toEqual([original.message, next.message]);

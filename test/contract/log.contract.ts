@@ -107,7 +107,7 @@ export function logContract({ setup, readLog }: ContractKit): void {
       // The claim behind the first append is the log's to make: give it one before the hinted sends.
       const before = await h.b.log.append(draft(conversationId, "alice", "before"));
       const first = (d = draft(conversationId, "alice", "a1", "hello")) =>
-        h.b.log.append(d, { firstAttemptReceivedAtMs: Date.now() });
+        h.b.log.append(d, { firstAttemptResendsAfterMs: Date.now() });
       const original = await first();
       expect(original).toEqual({ duplicate: false, message: expect.objectContaining({ seq: 2 }) });
       // The client's resend after a lost ack carries no hint; a copy of the first draft (produced

@@ -16,7 +16,7 @@ import { openCassandraStores } from "../../internal/backends/cassandra/index.js"
 import { openDistributedBackends } from "../../internal/backends/distributed/index.js";
 import { BatchProducer } from "../../internal/backends/kafka/batch-producer.js";
 import { decodeMessage, encodeMessage } from "../../internal/backends/kafka/codec.js";
-import { SEQUENCER_GROUP, Sequencer } from "../../internal/backends/kafka/sequencer.js";
+import { FIRST_ATTEMPT_HEADER, SEQUENCER_GROUP, Sequencer } from "../../internal/backends/kafka/sequencer.js";
 import { topicNames } from "../../internal/backends/kafka/topics.js";
 import type { OwnershipStore } from "../../internal/backends/types.js";
 import { createLogger } from "../../internal/lib/log.js";
@@ -433,5 +433,130 @@ describe("zombie sequencer writing after its successor claimed", () => {
     await Promise.all([a.close(), b.close(), producer.disconnect()]);
     await Promise.all([...producers.values()].map((p) => p.disconnect()));
     await stores.close();
+  });
+});
+
+describe("a first attempt whose batch failed after its writes", () => {
+  it("is assigned one seq when the batch comes again", async () => {
+    const fprefix = `${prefix}f.`;
+    const setup = await openDistributedBackends({
+      brokers: infra.KAFKA_BROKERS!.split(","),
+      clientId: "fence-setup-f",
+      topicPrefix: fprefix,
+      partitions: 1,
+      replicationFactor: 1,
+      retentionHours: 1,
+      appendTimeoutMs: 10_000,
+      cassandra: {
+        contactPoints: infra.CASSANDRA_CONTACT_POINTS!.split(","),
+        localDataCenter: "datacenter1",
+        keyspace,
+      },
+      log: createLogger({ test: "fence-f" }),
+      sequencer: false,
+    });
+    await setup.close();
+    const names = topicNames(fprefix);
+    const stores = await openCassandraStores({
+      contactPoints: infra.CASSANDRA_CONTACT_POINTS!.split(","),
+      localDataCenter: "datacenter1",
+      keyspace,
+    });
+    const kafka = new Kafka({
+      clientId: "fence-f",
+      brokers: infra.KAFKA_BROKERS!.split(","),
+      logLevel: logLevel.NOTHING,
+    });
+    const producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
+    const sequencerProducer = kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
+    await Promise.all([producer.connect(), sequencerProducer.connect()]);
+    const conversationId = "f:1";
+    let n = 0;
+    const produce = async (firstAttempt: boolean) => {
+      const i = n++;
+      await producer.send({
+        topic: names.messages,
+        acks: -1,
+        messages: [
+          {
+            key: conversationId,
+            value: encodeMessage({
+              conversationId,
+              messageId: String(7_000_000 + i),
+              sender: "f",
+              clientMsgId: `f${i}`,
+              body: `f${i}`,
+              createdAtMs: Date.now(),
+            }),
+            ...(firstAttempt ? { headers: { [FIRST_ATTEMPT_HEADER]: String(Date.now()) } } : {}),
+          },
+        ],
+      });
+    };
+    // The epoch check after the writes fails once (a read timeout, say): not fenced, and the batch
+    // comes again (kafkajs restarts the consumer, and the owner claims again) while its rows, head and
+    // dedupe row are already stored.
+    let failChecks = 0;
+    const ownership: OwnershipStore = {
+      claim: (stream, partition, owner) => stores.ownership.claim(stream, partition, owner),
+      current: async (stream, partition) => {
+        if (failChecks > 0) {
+          failChecks--;
+          throw new Error("read timed out (test)");
+        }
+        return stores.ownership.current(stream, partition);
+      },
+      close: async () => {},
+    };
+    const sequencer = new Sequencer({
+      kafka,
+      groupId: `${fprefix}${SEQUENCER_GROUP}`,
+      draftsTopic: names.messages,
+      sequencedTopic: names.sequenced,
+      repliesTopic: names.replies,
+      producer: new BatchProducer(sequencerProducer),
+      store: stores.sequencer,
+      ownership,
+      messages: stores.messages,
+      membership: { members: async () => [], getConversation: async () => undefined },
+      pending: new Map(),
+      dedupeWindowSeconds: 3600,
+      // First attempts are trusted as soon as they come after the claim.
+      firstAttemptMarginMs: 0,
+      log: createLogger({ test: "fence-f" }),
+    });
+    const headIs = async (want: number) => {
+      const deadline = Date.now() + 30_000;
+      for (;;) {
+        const head = (await stores.sequencer.heads([conversationId])).get(conversationId);
+        if (head === want) return;
+        if (Date.now() > deadline) throw new Error(`head ${head}, want ${want}`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    };
+    try {
+      await sequencer.start();
+      await produce(false); // the claim
+      await headIs(1);
+      failChecks = 1;
+      await produce(true);
+      await headIs(2);
+      await produce(true);
+      await headIs(3);
+      await new Promise((r) => setTimeout(r, 1_000));
+      expect(failChecks).toBe(0);
+      expect(sequencer.dedupeChecks.trusted).toBeGreaterThan(0);
+      const history = await stores.messages.history(conversationId, { limit: 10 });
+      expect(history.messages.map((m) => [m.seq, m.messageId]).sort()).toEqual([
+        [1, "7000000"],
+        [2, "7000001"],
+        [3, "7000002"],
+      ]);
+      expect((await stores.sequencer.heads([conversationId])).get(conversationId)).toBe(3);
+    } finally {
+      await sequencer.close();
+      await Promise.all([producer.disconnect(), sequencerProducer.disconnect()]);
+      await stores.close();
+    }
   });
 });

@@ -4,7 +4,6 @@
  * are announced in the message log.
  */
 import { Kafka, type KafkaConfig, logLevel, Partitioners } from "kafkajs";
-import { schema } from "../../lib/config.js";
 import { kafkajsLogCreator } from "../../lib/kafkajs-log.js";
 import { fixKafkajsProduceEncoding } from "../../lib/kafkajs-produce-encoding.js";
 import { fixKafkajsRequestQueue } from "../../lib/kafkajs-request-queue.js";
@@ -19,7 +18,7 @@ import { BatchProducer } from "../kafka/batch-producer.js";
 import { KafkaMessageLog } from "../kafka/log.js";
 import { GroupMembers } from "../kafka/member-resume.js";
 import { KafkaPushQueue } from "../kafka/push-queue.js";
-import { firstAttemptMarginMs } from "../kafka/recent-sends.js";
+import { FIRST_ATTEMPT_MARGIN_MS } from "../kafka/recent-sends.js";
 import { KafkaRouting } from "../kafka/routing.js";
 import { type PendingAppends, SEQUENCER_GROUP, Sequencer } from "../kafka/sequencer.js";
 import { ensureTopics, topicNames, verifyTopics } from "../kafka/topics.js";
@@ -51,10 +50,7 @@ export interface DistributedOptions {
   appends?: boolean;
   /** Dedupe rows expire after this long: a resend after it is a new message. Default 168 h. */
   dedupeWindowSeconds?: number;
-  /**
-   * How long after the last draft it may have missed a sequencer trusts a first attempt to be new
-   * (kafka/recent-sends.ts). Default: the margin for gateways with the default ping interval.
-   */
+  /** The clock skew a sequencer allows for when it trusts a first attempt (kafka/recent-sends.ts). */
   firstAttemptMarginMs?: number;
   /** Also publish every sequenced message to the sequenced topic (kafka.publishSequenced). */
   publishSequenced?: boolean;
@@ -211,8 +207,7 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
         messages: stores.messages,
         membership: stores.membership,
         dedupeWindowSeconds,
-        firstAttemptMarginMs:
-          o.firstAttemptMarginMs ?? firstAttemptMarginMs(schema.gateway.pingIntervalMs.default),
+        firstAttemptMarginMs: o.firstAttemptMarginMs ?? FIRST_ATTEMPT_MARGIN_MS,
         inbox: { topic: names.inbox, partitions: inboxPartitions },
         ...(groupMembers ? { groupMembers } : {}),
         pending,

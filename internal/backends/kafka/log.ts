@@ -95,7 +95,7 @@ export class KafkaMessageLog implements MessageLog {
     sequenced.catch(() => undefined);
     try {
       const trace = tracing.on ? activeCarrier() : undefined;
-      const first = hints?.firstAttemptReceivedAtMs;
+      const first = hints?.firstAttemptResendsAfterMs;
       const headers =
         trace || first !== undefined
           ? {

@@ -72,10 +72,10 @@ export const REPLY_DUPLICATE_HEADER = "duplicate";
 export const RECORD_KIND_HEADER = "kind";
 export const MEMBERSHIP_KIND = "membership";
 /**
- * Header of a draft its client called a first attempt (client protocol `Send.first_attempt`): when its
- * gateway received the frame, in Unix ms (recent-sends.ts).
+ * Header of a draft its client called a first attempt (client protocol `Send.first_attempt`): no
+ * resend of it was received before this time, in Unix ms (AppendHints.firstAttemptResendsAfterMs).
  */
-export const FIRST_ATTEMPT_HEADER = "first-attempt-at";
+export const FIRST_ATTEMPT_HEADER = "first-attempt-resends-after";
 /** Header of a sequenced record: the conversation's members at the message's position, "\n"-joined. */
 export const RECIPIENTS_HEADER = "recipients";
 /** The stream name of the drafts partitions in OwnershipStore. */
@@ -87,8 +87,11 @@ const MEMBER_LISTS_PER_PARTITION_MAX = 20_000;
 /** A cached member list is read again after this long (a backstop; announcements keep it true). */
 const MEMBER_LIST_TTL_MS = 5 * 60_000;
 const MEMBER_READS_CONCURRENT = 32;
-/** Dedupe keys one partition's owner remembers at most (recent-sends.ts). */
-const RECENT_SENDS_PER_PARTITION_MAX = 10_000;
+/**
+ * Dedupe keys one partition's owner remembers at most (recent-sends.ts): past 500 messages a second
+ * per partition an evicted key is younger than the margin and first attempts are looked up again.
+ */
+const RECENT_SENDS_PER_PARTITION_MAX = 30_000;
 
 export const dedupeKeyOf = (m: { sender: string; clientMsgId: string }) =>
   `${m.sender}\u0000${m.clientMsgId}`;
@@ -122,11 +125,7 @@ export interface SequencerOptions {
   pending: PendingAppends;
   /** Dedupe rows expire after this long: a resend after it is a new message. */
   dedupeWindowSeconds: number;
-  /**
-   * How long after the last draft it may have missed an owner trusts a first attempt to be new
-   * (recent-sends.ts): the latest a gateway may receive a frame after its client gave up on the
-   * connection (two ping intervals), plus twice the clock skew allowed between processes.
-   */
+  /** The clock skew allowed for when a first attempt is trusted (recent-sends.ts): twice the maximum. */
   firstAttemptMarginMs: number;
   log: Logger;
   /** The per-user fan-out: one record per (message, partition) with the recipients placed there. */
@@ -146,8 +145,14 @@ class PartitionState {
   constructor(
     readonly epoch: bigint,
     firstAttemptMarginMs: number,
+    dedupeWindowMs: number,
   ) {
-    this.recent = new RecentSends(Date.now(), firstAttemptMarginMs, RECENT_SENDS_PER_PARTITION_MAX);
+    this.recent = new RecentSends({
+      claimedAtMs: Date.now(),
+      marginMs: firstAttemptMarginMs,
+      entriesMax: RECENT_SENDS_PER_PARTITION_MAX,
+      windowMs: dedupeWindowMs,
+    });
   }
 
   setHead(conversationId: string, head: number): void {
@@ -159,13 +164,13 @@ class PartitionState {
 }
 
 type DraftRecord =
-  | { kind: "draft"; draft: StoredMessage; firstAttemptAtMs: number | undefined }
+  | { kind: "draft"; draft: StoredMessage; resendsAfterMs: number | undefined }
   | { kind: "membership"; conversationId: string };
 
-/** A draft and when its gateway received it as a first attempt, if it was one. */
+/** A draft and, if it was a first attempt, the time before which no resend of it was received. */
 interface Draft {
   draft: StoredMessage;
-  firstAttemptAtMs: number | undefined;
+  resendsAfterMs: number | undefined;
 }
 
 /** The outcome of sequencing a batch: rows to write and emit, and each draft's answer. */
@@ -195,7 +200,7 @@ export class Sequencer implements Closeable {
       log: o.log,
       fencedReason: "SEQUENCER_FENCED",
       fencedConsequence: "nothing of this batch is acknowledged",
-      fresh: (epoch) => new PartitionState(epoch, o.firstAttemptMarginMs),
+      fresh: (epoch) => new PartitionState(epoch, o.firstAttemptMarginMs, o.dedupeWindowSeconds * 1000),
     });
   }
 
@@ -256,7 +261,7 @@ export class Sequencer implements Closeable {
       if (isMembershipRecord(m)) return { kind: "membership", conversationId: m.key!.toString() };
       const draft = decodeMessage(m.value!);
       const first = m.headers?.[FIRST_ATTEMPT_HEADER]?.toString();
-      const firstAttemptAtMs = first === undefined ? undefined : Number(first);
+      const resendsAfterMs = first === undefined ? undefined : Number(first);
       const partition = replyPartitionOf(m.headers);
       if (partition !== undefined) replyTo.set(draft.messageId, partition);
       spans?.start(draft.messageId, traces?.[i], {
@@ -266,12 +271,12 @@ export class Sequencer implements Closeable {
       return {
         kind: "draft",
         draft,
-        firstAttemptAtMs: Number.isSafeInteger(firstAttemptAtMs) ? firstAttemptAtMs : undefined,
+        resendsAfterMs: Number.isSafeInteger(resendsAfterMs) ? resendsAfterMs : undefined,
       };
     });
     const recipients = await this.recipients(state, records);
     const drafts = records.flatMap((r) =>
-      r.kind === "draft" ? [{ draft: r.draft, firstAttemptAtMs: r.firstAttemptAtMs }] : [],
+      r.kind === "draft" ? [{ draft: r.draft, resendsAfterMs: r.resendsAfterMs }] : [],
     );
     let done: Sequenced;
     try {
@@ -290,9 +295,12 @@ export class Sequencer implements Closeable {
       throw err;
     }
     for (const [c, head] of done.heads) state.setHead(c, head);
+    // Remembered as soon as they are durable, like the heads: if anything after this fails (the
+    // check, the emits, the answers) the batch comes again, and its drafts must find these seqs. A
+    // fenced owner's state is dropped whole.
+    for (const o of done.outcomes) state.recent.remember(o.conversationId, o.key, o.ref, o.stampMs);
 
     await this.partitions.check(batch.partition, state);
-    for (const o of done.outcomes) state.recent.remember(o.conversationId, o.key, o.ref, o.stampMs);
 
     // In the order of the partition: a conversation's membership records between its messages.
     const toEmit = new Map(done.originals.map((m) => [m.messageId, m]));
@@ -459,7 +467,7 @@ export class Sequencer implements Closeable {
     const remembered = new Map<string, Map<string, SequencedRef>>();
     const toLookUp = new Map<string, string[]>();
     for (const [c, list] of byConversation) {
-      for (const { draft, firstAttemptAtMs } of list) {
+      for (const { draft, resendsAfterMs } of list) {
         const key = dedupeKeyOf(draft);
         const ref = state.recent.get(c, key);
         if (ref) {
@@ -467,7 +475,7 @@ export class Sequencer implements Closeable {
           refs.set(key, ref);
           remembered.set(c, refs);
           this.dedupeChecks.memory++;
-        } else if (state.recent.needsLookup(firstAttemptAtMs)) {
+        } else if (state.recent.needsLookup(resendsAfterMs)) {
           const keys = toLookUp.get(c) ?? [];
           if (!keys.includes(key)) keys.push(key);
           toLookUp.set(c, keys);
@@ -528,7 +536,7 @@ export class Sequencer implements Closeable {
       const originals: StoredMessage[] = [];
       /** Per dedupe key: the original message (stored, or first seen in this batch). */
       const byKey = new Map<string, StoredMessage>();
-      for (const { draft: d, firstAttemptAtMs } of list) {
+      for (const { draft: d } of list) {
         const key = dedupeKeyOf(d);
         let original = byKey.get(key);
         if (!original) {
@@ -555,7 +563,7 @@ export class Sequencer implements Closeable {
           conversationId: c,
           key,
           ref: { seq: original.seq, messageId: original.messageId },
-          stampMs: Math.max(d.createdAtMs, firstAttemptAtMs ?? 0),
+          stampMs: d.createdAtMs,
         });
         out.results.push({
           draftId: d.messageId,
