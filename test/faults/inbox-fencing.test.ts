@@ -8,8 +8,7 @@ import { randomBytes } from "node:crypto";
 import cassandra from "cassandra-driver";
 import { Kafka, logLevel } from "kafkajs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type CassandraStores, openCassandraStores } from "../../internal/backends/cassandra/index.js";
-import { openDistributedBackends } from "../../internal/backends/distributed/index.js";
+import type { CassandraStores } from "../../internal/backends/cassandra/index.js";
 import { encodeMessage } from "../../internal/backends/kafka/codec.js";
 import {
   INBOX_GROUP,
@@ -21,6 +20,7 @@ import { topicNames } from "../../internal/backends/kafka/topics.js";
 import type { InboxDelivery, OwnershipStore } from "../../internal/backends/types.js";
 import { createLogger } from "../../internal/lib/log.js";
 import { shardOf } from "../../internal/lib/shard.js";
+import { openOwnersStores, provisionForOwners } from "../helpers/owners.js";
 import { ensureServer } from "../infra/servers.js";
 
 const id = `${Date.now().toString(36)}${randomBytes(2).toString("hex")}`;
@@ -33,28 +33,8 @@ let stores: CassandraStores;
 
 beforeAll(async () => {
   infra = { ...(await ensureServer("kafka")), ...(await ensureServer("cassandra")) };
-  const setup = await openDistributedBackends({
-    brokers: infra.KAFKA_BROKERS!.split(","),
-    clientId: "ifence-setup",
-    topicPrefix: prefix,
-    partitions: PARTITIONS,
-    replicationFactor: 1,
-    retentionHours: 1,
-    appendTimeoutMs: 10_000,
-    cassandra: {
-      contactPoints: infra.CASSANDRA_CONTACT_POINTS!.split(","),
-      localDataCenter: "datacenter1",
-      keyspace,
-    },
-    log: createLogger({ test: "ifence" }),
-    sequencer: false,
-  });
-  await setup.close();
-  stores = await openCassandraStores({
-    contactPoints: infra.CASSANDRA_CONTACT_POINTS!.split(","),
-    localDataCenter: "datacenter1",
-    keyspace,
-  });
+  await provisionForOwners({ env: infra, keyspace }, { prefix, partitions: PARTITIONS, test: "ifence" });
+  stores = await openOwnersStores({ env: infra, keyspace });
 });
 
 afterAll(async () => {

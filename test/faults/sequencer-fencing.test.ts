@@ -12,14 +12,13 @@ import { randomBytes } from "node:crypto";
 import cassandra from "cassandra-driver";
 import { Kafka, logLevel, type Producer } from "kafkajs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { openCassandraStores } from "../../internal/backends/cassandra/index.js";
-import { openDistributedBackends } from "../../internal/backends/distributed/index.js";
 import { BatchProducer } from "../../internal/backends/kafka/batch-producer.js";
 import { decodeMessage, encodeMessage } from "../../internal/backends/kafka/codec.js";
 import { FIRST_ATTEMPT_HEADER, SEQUENCER_GROUP, Sequencer } from "../../internal/backends/kafka/sequencer.js";
 import { topicNames } from "../../internal/backends/kafka/topics.js";
 import type { OwnershipStore } from "../../internal/backends/types.js";
 import { createLogger } from "../../internal/lib/log.js";
+import { openOwnersStores, provisionForOwners } from "../helpers/owners.js";
 import { cliPath } from "../helpers/server.js";
 import { ensureServer } from "../infra/servers.js";
 
@@ -61,26 +60,36 @@ function startSequencer(name: string): Promise<ChildProcess> {
   });
 }
 
+/** Produces draft `i` of a conversation: message id `idBase + i`, client_msg_id and body `${sender}${i}`. */
+function produceDraft(
+  producer: Producer,
+  topic: string,
+  d: { conversationId: string; sender: string; i: number; idBase: number; headers?: Record<string, string> },
+) {
+  return producer.send({
+    topic,
+    acks: -1,
+    messages: [
+      {
+        key: d.conversationId,
+        value: encodeMessage({
+          conversationId: d.conversationId,
+          messageId: String(d.idBase + d.i),
+          sender: d.sender,
+          clientMsgId: `${d.sender}${d.i}`,
+          body: `${d.sender}${d.i}`,
+          createdAtMs: Date.now(),
+        }),
+        ...(d.headers ? { headers: d.headers } : {}),
+      },
+    ],
+  });
+}
+
 beforeAll(async () => {
   infra = { ...(await ensureServer("kafka")), ...(await ensureServer("cassandra")) };
   // Create the topics and the schema once, without a sequencer of our own.
-  const setup = await openDistributedBackends({
-    brokers: infra.KAFKA_BROKERS!.split(","),
-    clientId: "fence-setup",
-    topicPrefix: prefix,
-    partitions: 2,
-    replicationFactor: 1,
-    retentionHours: 1,
-    appendTimeoutMs: 10_000,
-    cassandra: {
-      contactPoints: infra.CASSANDRA_CONTACT_POINTS!.split(","),
-      localDataCenter: "datacenter1",
-      keyspace,
-    },
-    log: createLogger({ test: "fence" }),
-    sequencer: false,
-  });
-  await setup.close();
+  await provisionForOwners({ env: infra, keyspace }, { prefix, partitions: 2, test: "fence" });
 });
 
 afterAll(() => {
@@ -231,29 +240,9 @@ describe("zombie sequencer", () => {
 describe("zombie sequencer writing after its successor claimed", () => {
   it("its late rows and head lose to the successor's; it acknowledges and emits nothing", async () => {
     const zprefix = `${prefix}z.`;
-    const setup = await openDistributedBackends({
-      brokers: infra.KAFKA_BROKERS!.split(","),
-      clientId: "fence-setup-z",
-      topicPrefix: zprefix,
-      partitions: 2,
-      replicationFactor: 1,
-      retentionHours: 1,
-      appendTimeoutMs: 10_000,
-      cassandra: {
-        contactPoints: infra.CASSANDRA_CONTACT_POINTS!.split(","),
-        localDataCenter: "datacenter1",
-        keyspace,
-      },
-      log: createLogger({ test: "fence-z" }),
-      sequencer: false,
-    });
-    await setup.close();
+    await provisionForOwners({ env: infra, keyspace }, { prefix: zprefix, partitions: 2, test: "fence-z" });
     const names = topicNames(zprefix);
-    const stores = await openCassandraStores({
-      contactPoints: infra.CASSANDRA_CONTACT_POINTS!.split(","),
-      localDataCenter: "datacenter1",
-      keyspace,
-    });
+    const stores = await openOwnersStores({ env: infra, keyspace });
     const kafka = new Kafka({
       clientId: "fence-z",
       brokers: infra.KAFKA_BROKERS!.split(","),
@@ -266,23 +255,11 @@ describe("zombie sequencer writing after its successor claimed", () => {
     const produce = async (perConversation: number) => {
       for (let k = 0; k < perConversation; k++)
         for (const conversationId of conversations) {
-          const i = n++;
-          await producer.send({
-            topic: names.messages,
-            acks: -1,
-            messages: [
-              {
-                key: conversationId,
-                value: encodeMessage({
-                  conversationId,
-                  messageId: String(5_000_000 + i),
-                  sender: "z",
-                  clientMsgId: `z${i}`,
-                  body: `z${i}`,
-                  createdAtMs: Date.now(),
-                }),
-              },
-            ],
+          await produceDraft(producer, names.messages, {
+            conversationId,
+            sender: "z",
+            i: n++,
+            idBase: 5_000_000,
           });
         }
     };
@@ -439,29 +416,9 @@ describe("zombie sequencer writing after its successor claimed", () => {
 describe("a first attempt whose batch failed after its writes", () => {
   it("is assigned one seq when the batch comes again", async () => {
     const fprefix = `${prefix}f.`;
-    const setup = await openDistributedBackends({
-      brokers: infra.KAFKA_BROKERS!.split(","),
-      clientId: "fence-setup-f",
-      topicPrefix: fprefix,
-      partitions: 1,
-      replicationFactor: 1,
-      retentionHours: 1,
-      appendTimeoutMs: 10_000,
-      cassandra: {
-        contactPoints: infra.CASSANDRA_CONTACT_POINTS!.split(","),
-        localDataCenter: "datacenter1",
-        keyspace,
-      },
-      log: createLogger({ test: "fence-f" }),
-      sequencer: false,
-    });
-    await setup.close();
+    await provisionForOwners({ env: infra, keyspace }, { prefix: fprefix, partitions: 1, test: "fence-f" });
     const names = topicNames(fprefix);
-    const stores = await openCassandraStores({
-      contactPoints: infra.CASSANDRA_CONTACT_POINTS!.split(","),
-      localDataCenter: "datacenter1",
-      keyspace,
-    });
+    const stores = await openOwnersStores({ env: infra, keyspace });
     const kafka = new Kafka({
       clientId: "fence-f",
       brokers: infra.KAFKA_BROKERS!.split(","),
@@ -473,24 +430,12 @@ describe("a first attempt whose batch failed after its writes", () => {
     const conversationId = "f:1";
     let n = 0;
     const produce = async (firstAttempt: boolean) => {
-      const i = n++;
-      await producer.send({
-        topic: names.messages,
-        acks: -1,
-        messages: [
-          {
-            key: conversationId,
-            value: encodeMessage({
-              conversationId,
-              messageId: String(7_000_000 + i),
-              sender: "f",
-              clientMsgId: `f${i}`,
-              body: `f${i}`,
-              createdAtMs: Date.now(),
-            }),
-            ...(firstAttempt ? { headers: { [FIRST_ATTEMPT_HEADER]: String(Date.now()) } } : {}),
-          },
-        ],
+      await produceDraft(producer, names.messages, {
+        conversationId,
+        sender: "f",
+        i: n++,
+        idBase: 7_000_000,
+        ...(firstAttempt ? { headers: { [FIRST_ATTEMPT_HEADER]: String(Date.now()) } } : {}),
       });
     };
     // The epoch check after the writes fails once (a read timeout, say): not fenced, and the batch
