@@ -16,7 +16,8 @@
  * same draft; and the gateway closes a connection that did not answer one ping by the next, so the
  * frame was received at most two ping intervals after the client stopped reading it. So a first
  * attempt with `resendsAfterMs >= unseenBeforeMs + marginMs`, the margin covering the clock skew
- * between the processes, has no twin that the owner did not see.
+ * between the processes (and a gateway's event-loop stall that delays its ping check), has no twin
+ * that the owner did not see.
  *
  * Remembered keys also answer repeats without the store, until the dedupe window has passed since
  * their draft was stamped (then a resend is a new message, as the store's expired rows say).
