@@ -15,12 +15,14 @@
  * connection, received after it; on another, once the client gave up on this one), or a copy of the
  * same draft; and the gateway closes a connection that did not answer one ping by the next, so the
  * frame was received at most two ping intervals after the client stopped reading it. So a first
- * attempt with `resendsAfterMs >= unseenBeforeMs + marginMs`, the margin covering the clock skew
- * between the processes (and a gateway's event-loop stall that delays its ping check), has no twin
- * that the owner did not see.
+ * attempt with `resendsAfterMs >= unseenBeforeMs + marginMs` has no twin that the owner did not
+ * see. The margin is one budget for the clock skew between the processes and for a gateway's
+ * event-loop stall that delays its ping check past a frame that arrived meanwhile (NTP keeps the
+ * skew near zero). A bound ahead of the owner's own clock comes from a clock out of that budget:
+ * looked up.
  *
  * Remembered keys also answer repeats without the store, until the dedupe window has passed since
- * their draft was stamped (then a resend is a new message, as the store's expired rows say).
+ * the key was first sequenced (then a resend is a new message, as the store's expired row says).
  */
 import type { SequencedRef } from "../types.js";
 
@@ -55,14 +57,18 @@ export class RecentSends {
   }
 
   /** Whether a draft this owner does not remember must be looked up in the store. */
-  needsLookup(resendsAfterMs: number | undefined): boolean {
-    return resendsAfterMs === undefined || resendsAfterMs < this.unseenBeforeMs + this.o.marginMs;
+  needsLookup(resendsAfterMs: number | undefined, nowMs = Date.now()): boolean {
+    return (
+      resendsAfterMs === undefined ||
+      resendsAfterMs < this.unseenBeforeMs + this.o.marginMs ||
+      resendsAfterMs > nowMs
+    );
   }
 
-  /** A draft's outcome, once its batch is durable. */
+  /** A draft's outcome, once its batch is durable. A key remembered before keeps its first stamp. */
   remember(conversationId: string, dedupeKey: string, ref: SequencedRef, stampMs: number): void {
     const key = `${conversationId}\u0000${dedupeKey}`;
-    this.refs.delete(key);
+    if (this.refs.has(key)) return;
     this.refs.set(key, { ref, stampMs });
     if (this.refs.size <= this.o.entriesMax) return;
     const [oldest, entry] = this.refs.entries().next().value as [string, { stampMs: number }];

@@ -88,8 +88,10 @@ const MEMBER_LISTS_PER_PARTITION_MAX = 20_000;
 const MEMBER_LIST_TTL_MS = 5 * 60_000;
 const MEMBER_READS_CONCURRENT = 32;
 /**
- * Dedupe keys one partition's owner remembers at most (recent-sends.ts): past 500 messages a second
- * per partition an evicted key is younger than the margin and first attempts are looked up again.
+ * Dedupe keys one partition's owner remembers at most (recent-sends.ts). A first attempt is trusted
+ * only if its bound (receipt less two of its gateway's ping intervals) is 10 s past an evicted key's
+ * stamp: with the default 25 s pings, past about 500 messages a second per partition, first attempts
+ * are looked up again.
  */
 const RECENT_SENDS_PER_PARTITION_MAX = 30_000;
 
@@ -563,7 +565,10 @@ export class Sequencer implements Closeable {
           conversationId: c,
           key,
           ref: { seq: original.seq, messageId: original.messageId },
-          stampMs: d.createdAtMs,
+          // The original's: a repeat's memory ends with the original's dedupe row. (Any other send
+          // with this key was received at or after a first attempt's bound, so this stamp also
+          // bounds that attempt's unseen twins once the key is evicted.)
+          stampMs: original.createdAtMs,
         });
         out.results.push({
           draftId: d.messageId,
