@@ -151,10 +151,11 @@ export class Conversations {
       body: input.body,
       createdAtMs: Date.now(),
     };
-    const appended =
-      input.firstAttemptResendsAfterMs === undefined
-        ? this.log.append(draft)
-        : this.log.append(draft, { firstAttemptResendsAfterMs: input.firstAttemptResendsAfterMs });
+    const resendsAfterMs = input.firstAttemptResendsAfterMs;
+    const appended = this.log.append(
+      draft,
+      resendsAfterMs === undefined ? undefined : { firstAttemptResendsAfterMs: resendsAfterMs },
+    );
     return { appended };
   }
 

@@ -741,7 +741,7 @@ export class Connection {
     // lookups"): a resend of it comes after this frame on this connection, or on another one once
     // the client gave up on this one; and this gateway closes a connection that has not answered
     // one ping by the next, so no frame trails a resend by more than two ping intervals.
-    const receivedAtMs = Date.now();
+    const resendsAfterMs = value.firstAttempt ? Date.now() - 2 * c.config.gateway.pingIntervalMs : undefined;
     const target = value.target;
     // Pipelined sends keep their order: each issues its append only after the previous one
     // issued its own, while the durable waits overlap (group commit).
@@ -751,9 +751,7 @@ export class Connection {
         ...(target.case === "toUser" ? { toUser: target.value } : { conversationId: target.value ?? "" }),
         clientMsgId: value.clientMsgId,
         body: value.body,
-        ...(value.firstAttempt
-          ? { firstAttemptResendsAfterMs: receivedAtMs - 2 * c.config.gateway.pingIntervalMs }
-          : {}),
+        ...(resendsAfterMs === undefined ? {} : { firstAttemptResendsAfterMs: resendsAfterMs }),
       }),
     );
     this.sendOrder = issued.then(
