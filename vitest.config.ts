@@ -40,6 +40,7 @@ export default defineConfig({
             "test/integration/distributed-storage.test.ts",
             "test/integration/multiprocess.test.ts",
             "test/integration/push-queue.test.ts",
+            "test/integration/kafka-producer.test.ts",
             "test/contract/distributed.test.ts",
             "bench/node-counts.test.ts",
             "test/monitoring/**",
@@ -56,6 +57,7 @@ export default defineConfig({
             "test/integration/distributed-storage.test.ts",
             "test/integration/multiprocess.test.ts",
             "test/integration/push-queue.test.ts",
+            "test/integration/kafka-producer.test.ts",
             "test/contract/distributed.test.ts",
             "bench/node-counts.test.ts",
             // Needs Kafka and Cassandra for its dashboard check; runs once, here.

@@ -192,7 +192,11 @@ export const schema = {
       "Largest WebSocket frame accepted; larger frames close with 1009. The default (1.25 MiB) fits a send with every field at its limit even in JSON with every character escaped as `\\uXXXX`: a 100,000-code-point body takes at most 1,200,000 bytes (12 per character outside the BMP), the other fields under 3 KB. When raising gateway.bodyCharsMax, keep this at least 12 × bodyCharsMax + 3 KiB.",
       1024,
     ),
-    bodyCharsMax: int(100_000, "Longest message body in characters.", 1),
+    bodyCharsMax: int(
+      100_000,
+      "Longest message body in characters. On the distributed backend a message is one Kafka record, which must fit the topics' max.message.bytes (the broker's 1 MiB by default): keep this at most 250,000 (4 bytes per character at worst) or raise that limit.",
+      1,
+    ),
     sendsPerSecond: int(50, "Sustained sends per second per connection (token bucket rate).", 1),
     sendBurst: int(100, "Send burst per connection (token bucket size).", 1),
     userSendsPerSecond: int(200, "Sustained sends per second per user across all their connections.", 1),

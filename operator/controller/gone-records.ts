@@ -43,11 +43,20 @@ export class GoneRecordPublisher {
 
   async publish(target: KafkaTarget, gatewayId: string, epoch: number): Promise<void> {
     const producer = await this.producer(target);
-    await producer.send({
-      topic: routingTopic(target.topicPrefix),
-      acks: -1,
-      messages: [goneRecord(gatewayId, epoch)],
-    });
+    try {
+      await producer.send({
+        topic: routingTopic(target.topicPrefix),
+        acks: -1,
+        messages: [goneRecord(gatewayId, epoch)],
+      });
+    } catch (err) {
+      // A failed send retires the producer: kafkajs's idempotent producer rolls back the partition's
+      // sequence number even when the broker wrote the record, and the broker would then take the
+      // next record to that partition for a duplicate (acknowledged, never written). A new producer
+      // gets a new producer id. The retried reconcile publishes through it.
+      this.retire(target, producer);
+      throw err;
+    }
     this.log.info("gateway gone record written", {
       gatewayId,
       epoch,
@@ -55,8 +64,17 @@ export class GoneRecordPublisher {
     });
   }
 
+  private retire(target: KafkaTarget, producer: Producer): void {
+    this.producers.delete(producerKey(target));
+    producer.disconnect().catch((err: unknown) =>
+      this.log.debug("disconnecting a retired Kafka producer failed", {
+        error: err instanceof Error ? err.message : String(err),
+      }),
+    );
+  }
+
   private producer(target: KafkaTarget): Promise<Producer> {
-    const key = JSON.stringify([target.brokers, target.sasl ?? null, target.ssl ?? null]);
+    const key = producerKey(target);
     let p = this.producers.get(key);
     if (!p) {
       fixKafkajsRequestQueue();
@@ -90,4 +108,9 @@ export class GoneRecordPublisher {
     this.producers.clear();
     await Promise.all(all.map((p) => p.then((producer) => producer.disconnect()).catch(() => undefined)));
   }
+}
+
+/** Producers are shared by the targets with the same brokers and credentials. */
+function producerKey(target: KafkaTarget): string {
+  return JSON.stringify([target.brokers, target.sasl ?? null, target.ssl ?? null]);
 }

@@ -288,9 +288,11 @@ describe("zombie sequencer writing after its successor claimed", () => {
     const released = new Promise<void>((r) => {
       release = r;
     });
-    const producers = new Map<string, Producer>();
-    const sequencerProducer = (who: string): Producer => {
-      const p = kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
+    const producers = new Map<string, BatchProducer>();
+    const sequencerProducer = (who: string): BatchProducer => {
+      const p = new BatchProducer(() => kafka.producer({ idempotent: true, maxInFlightRequests: 1 }), {
+        log: createLogger({ test: `fence-z-producer-${who}` }),
+      });
       producers.set(who, p);
       return p;
     };
@@ -301,7 +303,7 @@ describe("zombie sequencer writing after its successor claimed", () => {
         draftsTopic: names.messages,
         sequencedTopic: names.sequenced,
         repliesTopic: names.replies,
-        producer: new BatchProducer(sequencerProducer(who)),
+        producer: sequencerProducer(who),
         store: stores.sequencer,
         ownership: recording(who),
         messages: stores.messages,
@@ -408,7 +410,7 @@ describe("zombie sequencer writing after its successor claimed", () => {
     expect(conflicts).toBe(0);
     expect(bySeq.size).toBe(conversations.length * 15);
     await Promise.all([a.close(), b.close(), producer.disconnect()]);
-    await Promise.all([...producers.values()].map((p) => p.disconnect()));
+    await Promise.all([...producers.values()].map((p) => p.close()));
     await stores.close();
   });
 });
@@ -425,7 +427,10 @@ describe("a first attempt whose batch failed after its writes", () => {
       logLevel: logLevel.NOTHING,
     });
     const producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
-    const sequencerProducer = kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
+    const sequencerProducer = new BatchProducer(
+      () => kafka.producer({ idempotent: true, maxInFlightRequests: 1 }),
+      { log: createLogger({ test: "fence-first-producer" }) },
+    );
     await Promise.all([producer.connect(), sequencerProducer.connect()]);
     const conversationId = "f:1";
     let n = 0;
@@ -462,7 +467,7 @@ describe("a first attempt whose batch failed after its writes", () => {
       draftsTopic: names.messages,
       sequencedTopic: names.sequenced,
       repliesTopic: names.replies,
-      producer: new BatchProducer(sequencerProducer),
+      producer: sequencerProducer,
       store: stores.sequencer,
       ownership,
       messages: stores.messages,
@@ -502,7 +507,7 @@ describe("a first attempt whose batch failed after its writes", () => {
       expect((await stores.sequencer.heads([conversationId])).get(conversationId)).toBe(3);
     } finally {
       await sequencer.close();
-      await Promise.all([producer.disconnect(), sequencerProducer.disconnect()]);
+      await Promise.all([producer.disconnect(), sequencerProducer.close()]);
       await stores.close();
     }
   });

@@ -106,7 +106,7 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
   });
   const admin = kafka.admin();
   // Idempotent, so a retried produce is written once; one request in flight keeps a producer's
-  // records in order. The partitioner is kafkajs's default (Java-compatible murmur2), named so that
+  // records in order; a producer that failed a request is replaced (batch-producer.ts). The partitioner is kafkajs's default (Java-compatible murmur2), named so that
   // kafkajs does not warn about its v1 default at every start.
   const newProducer = () =>
     kafka.producer({
@@ -115,7 +115,6 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
       allowAutoTopicCreation: false,
       createPartitioner: Partitioners.DefaultPartitioner,
     });
-  const producer = newProducer();
   // Closed first and all at once: what holds consumers (stopping one waits for its fetch in flight,
   // up to FETCH_WAIT_MS, so one after another they would add up). Then the rest, newest first.
   const consuming: Closeable[] = [];
@@ -136,20 +135,12 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
             replicationFactor: o.replicationFactor,
             retentionHours: o.retentionHours,
           });
-    let producerConnected = false;
-    producer.on(producer.events.CONNECT, () => {
-      producerConnected = true;
-    });
-    producer.on(producer.events.DISCONNECT, () => {
-      producerConnected = false;
-    });
-    await producer.connect();
-    producerConnected = true;
+    const batchProducer = new BatchProducer(newProducer, { log });
+    await batchProducer.connect();
     mark("kafka");
-    closers.unshift(() => producer.disconnect());
+    closers.unshift(() => batchProducer.close());
     const names = topicNames(o.topicPrefix);
     const groupPrefix = o.groupPrefix ?? o.topicPrefix;
-    const batchProducer = new BatchProducer(producer);
     const pending: PendingAppends = new Map();
     const dedupeWindowSeconds = o.dedupeWindowSeconds ?? DEDUPE_WINDOW_SECONDS_DEFAULT;
     const inboxPartitions = layout.get(names.inbox);
@@ -190,10 +181,10 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
       // The sequencer's records (inbox, replies, sequenced) go out through a producer of their own:
       // with one request in flight per producer, sharing the gateways' would queue every batch's
       // emission behind the drafts' produce and the drafts behind the emissions.
-      const own = newProducer();
+      const own = new BatchProducer(newProducer, { log });
       await own.connect();
-      closers.unshift(() => own.disconnect());
-      sequencerProducer = new BatchProducer(own);
+      closers.unshift(() => own.close());
+      sequencerProducer = own;
       sequencer = new Sequencer({
         kafka,
         groupId: `${groupPrefix}${SEQUENCER_GROUP}`,
@@ -265,7 +256,7 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
       unreachable: () => {
         if (stores.client.getState().getConnectedHosts().length === 0)
           return `Cassandra: no connected node among ${o.cassandra.contactPoints.join(",")}`;
-        if (!producerConnected) return `Kafka: producer disconnected from ${o.brokers.join(",")}`;
+        if (!batchProducer.connected) return `Kafka: producer disconnected from ${o.brokers.join(",")}`;
         return undefined;
       },
       close: () => (closing ??= closeAll((err: unknown) => log.warn("close failed", { err }))),
