@@ -126,6 +126,24 @@ describe("1:1 messaging", () => {
     alice.close();
     bob.close();
   });
+
+  it("acks and delivers a burst of bodies at the size limit, which together exceed a Kafka batch", async () => {
+    const [a, b] = [user("alice"), user("bob")];
+    const alice = await connect(a, "binary");
+    const bob = await connect(b, "binary");
+    // 12 × 100,000 characters (3 bytes each in UTF-8) = 3.6 MB sent in one turn to one conversation.
+    const bodies = Array.from({ length: 12 }, (_, i) => `${i}`.padEnd(100_000, "€"));
+    const acks = await Promise.all(bodies.map((body) => send(alice, { toUser: b }, body)));
+    const seqs = acks.map((f) => Number(expectCase(f, "ack").seq));
+    expect(new Set(seqs).size).toBe(12);
+    await bob.nextEvent(messageEvent(bodies[11]!));
+    const received = bob.received
+      .filter((f) => f.kind.case === "message")
+      .map((f) => expectCase(f, "message").message!.body);
+    expect(received).toEqual(bodies);
+    alice.close();
+    bob.close();
+  });
 });
 
 describe("pipelining", () => {
