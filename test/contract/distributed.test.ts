@@ -119,3 +119,34 @@ describe("distributed: the sequencer and first attempts", () => {
     }
   }, 120_000);
 });
+
+describe("distributed: the topics' partition count", () => {
+  it("refuses to open on message topics whose partition count is not kafka.partitions", async () => {
+    const s = await infra();
+    const prefix = `parts_${Date.now().toString(36)}.`;
+    const open = (partitions: number) =>
+      openDistributedBackends({
+        brokers: s.brokers,
+        clientId: "contract-partitions",
+        topicPrefix: prefix,
+        partitions,
+        replicationFactor: 1,
+        retentionHours: 1,
+        appendTimeoutMs: 20_000,
+        sequencer: false,
+        cassandra: { contactPoints: s.contactPoints, localDataCenter: s.datacenter, keyspace },
+        log: createLogger({ test: "partitions" }),
+      });
+    try {
+      await (await open(2)).close();
+      // Topics that exist are left as they are: the count no longer matches, and nothing opens.
+      await expect(open(3)).rejects.toMatchObject({
+        reason: "PARTITIONS_CHANGED",
+        message: expect.stringContaining(`${prefix}messages has 2 partitions but kafka.partitions is 3`),
+      });
+      await (await open(2)).close();
+    } finally {
+      await deleteTopics(s.brokers, prefix);
+    }
+  });
+});

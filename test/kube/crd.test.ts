@@ -405,6 +405,36 @@ describe("ChatCluster CRD", () => {
     }
   });
 
+  it("keeps the message topics' partition count as created: an update that changes it is refused", async () => {
+    try {
+      await kubectl(tools, ["create", "-f", "-"], JSON.stringify(minimal("fixed-partitions")));
+      const patch = (partitions: number) =>
+        run(
+          tools.KUBECTL,
+          [
+            `--kubeconfig=${tools.KUBECONFIG}`,
+            "patch",
+            "chatcluster",
+            "fixed-partitions",
+            "-n",
+            NS,
+            "--type=merge",
+            "--dry-run=server",
+            "-p",
+            JSON.stringify({ spec: { kafka: { topics: { partitions } } } }),
+          ],
+          {},
+        );
+      const changed = await patch(24);
+      expect(changed.code).not.toBe(0);
+      expect(changed.stderr).toContain("kafka.topics.partitions is fixed once the topics exist");
+      // The same count again (the default, 12) is no change.
+      expect((await patch(12)).code).toBe(0);
+    } finally {
+      await removeClusters();
+    }
+  });
+
   it("rejects invalid specs with messages that say what is wrong", async () => {
     expect(
       await createError(

@@ -21,7 +21,7 @@ import { KafkaPushQueue } from "../kafka/push-queue.js";
 import { FIRST_ATTEMPT_MARGIN_MS } from "../kafka/recent-sends.js";
 import { KafkaRouting } from "../kafka/routing.js";
 import { type PendingAppends, SEQUENCER_GROUP, Sequencer } from "../kafka/sequencer.js";
-import { ensureTopics, topicNames, verifyTopics } from "../kafka/topics.js";
+import { checkPartitionCounts, ensureTopics, topicNames, verifyTopics } from "../kafka/topics.js";
 import type { Backends, Closeable } from "../types.js";
 import { AnnouncingMembershipStore } from "./membership.js";
 
@@ -135,6 +135,7 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
             replicationFactor: o.replicationFactor,
             retentionHours: o.retentionHours,
           });
+    checkPartitionCounts(layout, o.topicPrefix, o.partitions);
     const batchProducer = new BatchProducer(newProducer, { log });
     await batchProducer.connect();
     mark("kafka");

@@ -184,3 +184,22 @@ async function waitForLeaders(admin: Admin, topics: string[], timeoutMs = 60_000
     await new Promise((r) => setTimeout(r, Math.min(100 * attempt, 1_000)));
   }
 }
+
+/**
+ * Refuses a layout whose keyed topics do not have the configured partition count. A conversation's
+ * drafts partition and a user's inbox partition follow from the count (the key's hash modulo it), and
+ * each partition's owner fences and numbers what is in it (ADR 0002): with the count changed,
+ * records of one conversation or user would land in two partitions with two owners, each assigning
+ * seqs or cursors of its own. The count is fixed when the topics are created.
+ */
+export function checkPartitionCounts(layout: TopicLayout, prefix: string, partitions: number): void {
+  const names = topicNames(prefix);
+  for (const topic of [names.messages, names.inbox]) {
+    const actual = layout.get(topic);
+    if (actual !== undefined && actual !== partitions)
+      throw errors.precondition(
+        "PARTITIONS_CHANGED",
+        `Kafka topic ${topic} has ${actual} partitions but kafka.partitions is ${partitions}: the partition count of the message topics is fixed once they exist (changing it would give one conversation or user two owners); set kafka.partitions to ${actual}, or provision a new topic prefix`,
+      );
+  }
+}
