@@ -85,6 +85,8 @@ function infraFacts(s: Settings, infra: SharedInfra, names?: RunNames): Record<s
     cassandra_contact_points: infra.env.CASSANDRA_CONTACT_POINTS,
     ...(names ? { topic_prefix: names.topicPrefix, keyspace: names.keyspace } : {}),
     kafka_partitions: s.kafkaPartitions,
+    // test/infra/cassandra/up.sh: batch (the tests' node) unless CASSANDRA_COMMITLOG_SYNC=periodic.
+    cassandra_commitlog_sync: process.env.CASSANDRA_COMMITLOG_SYNC ?? "batch",
     jvm_pids: infra.cpu.pids,
     jvm_found_by: infra.cpu.found,
     jvm_rss_kb_at_start: infra.cpu.rssKb(),

@@ -40,8 +40,22 @@ print_env() {
 
 sb_lock
 
-# Reuse a running node.
+# CASSANDRA_COMMITLOG_SYNC=periodic: acknowledge writes before their commit log section is synced
+# (production's usual mode, where replication carries durability). Only for measurements: a kill -9
+# of this single node may then lose acknowledged writes, which the fault tests forbid.
+commitlog_sync="${CASSANDRA_COMMITLOG_SYNC:-batch}"
+case "$commitlog_sync" in
+  batch) commitlog_lines="commitlog_sync: batch" ;;
+  periodic) commitlog_lines='commitlog_sync: periodic\ncommitlog_sync_period: 10000ms' ;;
+  *) sb_die "CASSANDRA_COMMITLOG_SYNC must be batch or periodic, not $commitlog_sync" ;;
+esac
+
+# Reuse a running node (of the same commit log mode: a test must never run on a periodic node).
 if sb_reusable "$port" CASSANDRA_PORT; then
+  running=$(sed -n 's/^commitlog_sync: //p' "$SB_RUN/cassandra.yaml" 2>/dev/null || true)
+  if [ "$running" != "$commitlog_sync" ]; then
+    sb_die "the running Cassandra node syncs its commit log in ${running:-unknown} mode, not $commitlog_sync (CASSANDRA_COMMITLOG_SYNC): stop it first (bash test/infra/down.sh cassandra)"
+  fi
   print_env
   exit 0
 fi
@@ -57,7 +71,8 @@ sb_require_free_port "$jmx_port" "Cassandra JMX, CASSANDRA_JMX_PORT"
 if [ "${CASSANDRA_KEEP_DATA:-0}" != 1 ]; then rm -rf "$data"; fi
 mkdir -p "$data"
 sed -e "s|@PORT@|$port|g" -e "s|@STORAGE_PORT@|$storage_port|g" -e "s|@DATA_DIR@|$data|g" \
-  "$here/cassandra.yaml" >"$SB_RUN/cassandra.yaml"
+  "$here/cassandra.yaml" | awk -v lines="$commitlog_lines" '/^commitlog_sync: batch$/ { print lines; next } { print }' \
+  >"$SB_RUN/cassandra.yaml"
 cp "$here/logback.xml" "$SB_RUN/logback.xml"
 echo "$port" >"$SB_RUN/port"
 
