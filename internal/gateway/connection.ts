@@ -34,6 +34,7 @@ import {
   toWireMember,
   toWireMessage,
 } from "../conversations/index.js";
+import { atTime, type TimerHandle } from "../lib/at-time.js";
 import type { Identity } from "../lib/auth.js";
 import type { Config } from "../lib/config.js";
 import { errors, SwitchboardError } from "../lib/errors.js";
@@ -123,9 +124,14 @@ export class Connection {
   /** Called when the last request in flight settles (closeAfterReplies waits for it). */
   private onIdle: (() => void) | undefined;
   private authTimer: NodeJS.Timeout | undefined;
-  private expiryTimer: NodeJS.Timeout | undefined;
+  private expiryTimer: TimerHandle | undefined;
   private lastHeartbeatMs = 0;
   private authenticating = false;
+  /**
+   * The welcome is written: requests (other than auth) are served from then on, never before, so a
+   * request that overtakes the welcome is refused the same way however fast authentication went.
+   */
+  private welcomed = false;
   /** Sends of one connection are appended in the order they arrived (see `send`). */
   private sendOrder: Promise<void> = Promise.resolve();
   /** Syncs of one connection run one at a time; a new one cancels a running catch-up. */
@@ -174,13 +180,10 @@ export class Connection {
   async authenticate(identity: Identity, replyTo: number): Promise<void> {
     clearTimeout(this.authTimer);
     this.identity = identity;
-    if (Number.isFinite(identity.expiresAtMs)) {
-      const ms = Math.max(0, identity.expiresAtMs - Date.now());
-      this.expiryTimer = setTimeout(
-        () => this.close(CloseCode.TOKEN_EXPIRED, "token expired"),
-        Math.min(ms, 2 ** 31 - 1),
+    if (Number.isFinite(identity.expiresAtMs))
+      this.expiryTimer = atTime(identity.expiresAtMs, () =>
+        this.close(CloseCode.TOKEN_EXPIRED, "token expired"),
       );
-    }
     await this.ctx.register(this);
     if (this.closed) return;
     this.touchPresence(true);
@@ -203,6 +206,7 @@ export class Connection {
         features: PROTOCOL_FEATURES,
       },
     });
+    this.welcomed = true;
   }
 
   private onMessage(data: Buffer, isBinary: boolean): void {
@@ -233,7 +237,7 @@ export class Connection {
     if (kind.case === undefined)
       return this.rejectBadFrame(frame.id, errors.invalid("UNKNOWN_FRAME", "frame has no known request"));
     this.ctx.metrics.framesTotal.inc({ kind: kind.case });
-    if (!this.identity && kind.case !== "auth") {
+    if (!this.welcomed && kind.case !== "auth") {
       return this.fail(
         frame.id,
         errors.unauthenticated("AUTH_REQUIRED", "authenticate first (auth frame or Authorization header)"),
@@ -830,7 +834,7 @@ export class Connection {
     if (this.closed) return;
     this.closed = true;
     clearTimeout(this.authTimer);
-    clearTimeout(this.expiryTimer);
+    this.expiryTimer?.clear();
     if (this.identity) this.ctx.unregister(this);
   }
 }

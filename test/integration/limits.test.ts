@@ -7,7 +7,7 @@ import { create, toBinary } from "@bufbuild/protobuf";
 import { SignJWT } from "jose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import WebSocket from "ws";
-import { ClientFrameSchema } from "../../gen/switchboard/client/v1/client_pb.js";
+import { ClientFrameSchema, type ServerFrame } from "../../gen/switchboard/client/v1/client_pb.js";
 import { USER_ID_CHARS_MAX } from "../../internal/lib/auth.js";
 import { Code } from "../../internal/lib/errors.js";
 import { expectCase, RawClient } from "../helpers/raw-client.js";
@@ -392,6 +392,39 @@ describe("authentication", () => {
     );
     expect(welcome.userId).toBe("framed");
     good.close();
+    // Requests pipelined behind the auth frame until its welcome arrives: each is either refused (the
+    // server read it before it sent the welcome) or answered after the welcome, never before it.
+    for (let i = 0; i < 5; i++) {
+      const token = await devToken(server.dataDir, "eager");
+      const eager = await RawClient.connect(server.url);
+      const order: string[] = [];
+      const arrived = (f: ServerFrame) => {
+        order.push(f.kind.case === "error" ? f.kind.value.reason : String(f.kind.case));
+      };
+      let welcomed = false;
+      const replies = [
+        eager.request({ case: "auth", value: { token } }).then((f) => {
+          welcomed = true;
+          arrived(f);
+        }),
+      ];
+      while (!welcomed && replies.length < 300) {
+        replies.push(eager.request({ case: "heartbeat", value: {} }).then(arrived));
+        await new Promise((r) => setImmediate(r));
+      }
+      await Promise.all(replies);
+      const welcomeAt = order.indexOf("welcome");
+      expect(
+        order.slice(0, welcomeAt).every((r) => r === "AUTH_REQUIRED"),
+        order.join(" "),
+      ).toBe(true);
+      expect(
+        order.slice(welcomeAt + 1).every((r) => r === "heartbeat" || r === "AUTH_REQUIRED"),
+        order.join(" "),
+      ).toBe(true);
+      expect(expectCase(await eager.request({ case: "heartbeat", value: {} }), "heartbeat")).toBeDefined();
+      eager.close();
+    }
     const bad = await RawClient.connect(server.url);
     expect(expectCase(await bad.request({ case: "auth", value: { token: "nope" } }), "error").reason).toBe(
       "INVALID_TOKEN",
