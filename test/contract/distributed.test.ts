@@ -5,7 +5,10 @@
 
 import { Kafka, logLevel } from "kafkajs";
 import { describe, expect, it } from "vitest";
-import { openDistributedBackends } from "../../internal/backends/distributed/index.js";
+import {
+  type DistributedOptions,
+  openDistributedBackends,
+} from "../../internal/backends/distributed/index.js";
 import { topicNames } from "../../internal/backends/kafka/topics.js";
 import { createLogger } from "../../internal/lib/log.js";
 import { ensureServer } from "../infra/servers.js";
@@ -69,22 +72,34 @@ describeBackendContract(
   { eventuallyMs: 30_000 },
 );
 
+/** The distributed backends on topics of their own (`prefix`), in this file's keyspace. */
+function openOwnTopics(
+  s: Awaited<ReturnType<typeof infra>>,
+  prefix: string,
+  test: string,
+  o: Pick<DistributedOptions, "partitions"> & Partial<DistributedOptions>,
+) {
+  return openDistributedBackends({
+    brokers: s.brokers,
+    clientId: `contract-${test}`,
+    topicPrefix: prefix,
+    replicationFactor: 1,
+    retentionHours: 1,
+    appendTimeoutMs: 20_000,
+    cassandra: { contactPoints: s.contactPoints, localDataCenter: s.datacenter, keyspace },
+    log: createLogger({ test }),
+    ...o,
+  });
+}
+
 describe("distributed: the sequencer and first attempts", () => {
   it("looks up no key of a first attempt received a margin after its claim, and answers repeats from memory", async () => {
     const s = await infra();
     const prefix = `first_${Date.now().toString(36)}.`;
     const marginMs = 1_500;
-    const backends = await openDistributedBackends({
-      brokers: s.brokers,
-      clientId: "contract-first-attempts",
-      topicPrefix: prefix,
+    const backends = await openOwnTopics(s, prefix, "first-attempts", {
       partitions: 1,
-      replicationFactor: 1,
-      retentionHours: 1,
-      appendTimeoutMs: 20_000,
       firstAttemptMarginMs: marginMs,
-      cassandra: { contactPoints: s.contactPoints, localDataCenter: s.datacenter, keyspace },
-      log: createLogger({ test: "first-attempts" }),
     });
     try {
       const checks = () => backends.requests.kafka.dedupeChecks();
@@ -125,18 +140,7 @@ describe("distributed: the topics' partition count", () => {
     const s = await infra();
     const prefix = `parts_${Date.now().toString(36)}.`;
     const open = (partitions: number) =>
-      openDistributedBackends({
-        brokers: s.brokers,
-        clientId: "contract-partitions",
-        topicPrefix: prefix,
-        partitions,
-        replicationFactor: 1,
-        retentionHours: 1,
-        appendTimeoutMs: 20_000,
-        sequencer: false,
-        cassandra: { contactPoints: s.contactPoints, localDataCenter: s.datacenter, keyspace },
-        log: createLogger({ test: "partitions" }),
-      });
+      openOwnTopics(s, prefix, "partitions", { partitions, sequencer: false });
     try {
       await (await open(2)).close();
       // Topics that exist are left as they are: the count no longer matches, and nothing opens.
