@@ -1,8 +1,10 @@
 /**
- * The zombie inbox owner (ADR 0002): an owner of inbox partitions is held between assigning cursors and
- * writing them until its successor has claimed the partitions and moved on. Its late writes (a stale
- * head among them) must not win, it must deliver nothing, and every user's inbox must hold each
- * message exactly once, in order. A record the sequencer marks as a re-delivery adds nothing.
+ * The zombie inbox owner (ADR 0002): an owner of inbox partitions is held until its successor has
+ * claimed the partitions and moved on — between assigning cursors and writing them (its check then
+ * fails: it must deliver nothing), or after its stream rows and a passing check, before its heads.
+ * Either way its late writes (a stale head among them) must not win, whatever it delivers must agree
+ * with the inbox, and every user's inbox must hold each message exactly once, in order. A record the
+ * sequencer marks as a re-delivery adds nothing.
  */
 import { randomBytes } from "node:crypto";
 import cassandra from "cassandra-driver";
@@ -33,7 +35,11 @@ let stores: CassandraStores;
 
 beforeAll(async () => {
   infra = { ...(await ensureServer("kafka")), ...(await ensureServer("cassandra")) };
-  await provisionForOwners({ env: infra, keyspace }, { prefix, partitions: PARTITIONS, test: "ifence" });
+  for (const tag of ["w", "h"])
+    await provisionForOwners(
+      { env: infra, keyspace },
+      { prefix: `${prefix}${tag}.`, partitions: PARTITIONS, test: `ifence-${tag}` },
+    );
   stores = await openOwnersStores({ env: infra, keyspace });
 });
 
@@ -42,53 +48,31 @@ afterAll(async () => {
 });
 
 describe("zombie inbox owner writing after its successor claimed", () => {
-  it("its late rows and heads lose, it delivers nothing, every inbox holds each message once", async () => {
-    const names = topicNames(prefix);
-    const kafka = new Kafka({
-      clientId: "ifence",
-      brokers: infra.KAFKA_BROKERS!.split(","),
-      logLevel: logLevel.NOTHING,
-    });
-    const producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
-    await producer.connect();
-    const users = ["ann", "ben", "cat", "dan", "eve", "fay"].map((u) => `${u}-${id}`);
-    const conversationId = `g:${id}`;
-    let seq = 0;
-    const produce = async (count: number, redeliverSeq?: number) => {
-      for (let k = 0; k < count; k++) {
-        const s = redeliverSeq ?? ++seq;
-        const value = encodeMessage({
-          conversationId,
-          seq: s,
-          messageId: String(7_000_000 + s),
-          sender: users[0]!,
-          clientMsgId: `m${s}`,
-          body: `m${s}`,
-          createdAtMs: Date.now(),
-        });
-        for (let partition = 0; partition < PARTITIONS; partition++) {
-          const here = users.filter((u) => shardOf(u, PARTITIONS) === partition);
-          if (here.length === 0) continue;
-          await producer.send({
-            topic: names.inbox,
-            acks: -1,
-            messages: [
-              {
-                partition,
-                value,
-                headers: {
-                  [INBOX_RECIPIENTS_HEADER]: here.join("\n"),
-                  ...(redeliverSeq === undefined ? {} : { [REDELIVERY_HEADER]: "1" }),
-                },
-              },
-            ],
-          });
-        }
-      }
-    };
-    /** A new message and, in the same produce request, its re-delivery: one fetch batch. */
-    const produceWithRedelivery = async (s: number) => {
-      seq = Math.max(seq, s);
+  it("held before its writes: its late rows and heads lose, it delivers nothing, every inbox holds each message once", async () => {
+    await zombieOwner("write", "w");
+  });
+
+  it("held after its rows and a passing check, before its heads: its heads lose, what it delivers agrees with the inbox", async () => {
+    await zombieOwner("heads", "h");
+  });
+});
+
+async function zombieOwner(holdAt: "write" | "heads", tag: string): Promise<void> {
+  const scenario = `${prefix}${tag}.`;
+  const names = topicNames(scenario);
+  const kafka = new Kafka({
+    clientId: `ifence-${tag}`,
+    brokers: infra.KAFKA_BROKERS!.split(","),
+    logLevel: logLevel.NOTHING,
+  });
+  const producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
+  await producer.connect();
+  const users = ["ann", "ben", "cat", "dan", "eve", "fay"].map((u) => `${u}-${tag}${id}`);
+  const conversationId = `g:${tag}${id}`;
+  let seq = 0;
+  const produce = async (count: number, redeliverSeq?: number) => {
+    for (let k = 0; k < count; k++) {
+      const s = redeliverSeq ?? ++seq;
       const value = encodeMessage({
         conversationId,
         seq: s,
@@ -100,99 +84,135 @@ describe("zombie inbox owner writing after its successor claimed", () => {
       });
       for (let partition = 0; partition < PARTITIONS; partition++) {
         const here = users.filter((u) => shardOf(u, PARTITIONS) === partition);
-        const headers = { [INBOX_RECIPIENTS_HEADER]: here.join("\n") };
+        if (here.length === 0) continue;
         await producer.send({
           topic: names.inbox,
           acks: -1,
           messages: [
-            { partition, value, headers },
-            { partition, value, headers: { ...headers, [REDELIVERY_HEADER]: "1" } },
+            {
+              partition,
+              value,
+              headers: {
+                [INBOX_RECIPIENTS_HEADER]: here.join("\n"),
+                ...(redeliverSeq === undefined ? {} : { [REDELIVERY_HEADER]: "1" }),
+              },
+            },
           ],
         });
       }
-    };
-    expect(new Set(users.map((u) => shardOf(u, PARTITIONS))).size).toBe(PARTITIONS);
-    const headsAre = async (want: number, timeoutMs = 60_000) => {
-      const deadline = Date.now() + timeoutMs;
-      for (;;) {
-        const heads = await stores.inbox.ownedHeads(users);
-        if ([...heads.values()].every((h) => h.head === want)) return;
-        if (Date.now() > deadline) throw new Error(`heads ${JSON.stringify([...heads])}, want ${want}`);
-        await new Promise((r) => setTimeout(r, 200));
-      }
-    };
-    const claims = new Map<string, bigint[]>();
-    const recording = (who: string): OwnershipStore => ({
-      claim: async (stream, partition, owner) => {
-        const epoch = await stores.ownership.claim(stream, partition, owner);
-        claims.set(who, [...(claims.get(who) ?? []), epoch]);
-        return epoch;
-      },
-      current: (stream, partition) => stores.ownership.current(stream, partition),
-      close: async () => {},
+    }
+  };
+  /** A new message and, in the same produce request, its re-delivery: one fetch batch. */
+  const produceWithRedelivery = async (s: number) => {
+    seq = Math.max(seq, s);
+    const value = encodeMessage({
+      conversationId,
+      seq: s,
+      messageId: String(7_000_000 + s),
+      sender: users[0]!,
+      clientMsgId: `m${s}`,
+      body: `m${s}`,
+      createdAtMs: Date.now(),
     });
-    const delivered = new Map<string, InboxDelivery[]>([
-      ["A", []],
-      ["B", []],
-    ]);
-    let hold = false;
-    let held = 0;
-    let release!: () => void;
-    const released = new Promise<void>((r) => {
-      release = r;
-    });
-    const owner = (who: string, beforeWrite?: () => Promise<void>) =>
-      new InboxOwner({
-        kafka,
-        groupId: `${prefix}${INBOX_GROUP}`,
-        inboxTopic: names.inbox,
-        store: stores.inbox,
-        ownership: recording(who),
-        indexTtlSeconds: 3600,
-        handler: {
-          deliver: async (batch) => {
-            delivered.get(who)!.push(...batch);
-          },
-          membershipChanged: () => undefined,
-        },
-        log: createLogger({ test: `ifence-${who}` }),
-        ...(beforeWrite ? { beforeWrite } : {}),
+    for (let partition = 0; partition < PARTITIONS; partition++) {
+      const here = users.filter((u) => shardOf(u, PARTITIONS) === partition);
+      const headers = { [INBOX_RECIPIENTS_HEADER]: here.join("\n") };
+      await producer.send({
+        topic: names.inbox,
+        acks: -1,
+        messages: [
+          { partition, value, headers },
+          { partition, value, headers: { ...headers, [REDELIVERY_HEADER]: "1" } },
+        ],
       });
-    const a = owner("A", async () => {
-      if (!hold) return;
-      held++;
-      await released;
+    }
+  };
+  expect(new Set(users.map((u) => shardOf(u, PARTITIONS))).size).toBe(PARTITIONS);
+  const headsAre = async (want: number, timeoutMs = 60_000) => {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const heads = await stores.inbox.ownedHeads(users);
+      if ([...heads.values()].every((h) => h.head === want)) return;
+      if (Date.now() > deadline) throw new Error(`heads ${JSON.stringify([...heads])}, want ${want}`);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  };
+  const claims = new Map<string, bigint[]>();
+  const recording = (who: string): OwnershipStore => ({
+    claim: async (stream, partition, owner) => {
+      const epoch = await stores.ownership.claim(stream, partition, owner);
+      claims.set(who, [...(claims.get(who) ?? []), epoch]);
+      return epoch;
+    },
+    current: (stream, partition) => stores.ownership.current(stream, partition),
+    close: async () => {},
+  });
+  const delivered = new Map<string, InboxDelivery[]>([
+    ["A", []],
+    ["B", []],
+  ]);
+  let hold = false;
+  let held = 0;
+  let release!: () => void;
+  const released = new Promise<void>((r) => {
+    release = r;
+  });
+  const owner = (who: string, hold?: () => Promise<void>) =>
+    new InboxOwner({
+      kafka,
+      groupId: `${scenario}${INBOX_GROUP}`,
+      inboxTopic: names.inbox,
+      store: stores.inbox,
+      ownership: recording(who),
+      indexTtlSeconds: 3600,
+      handler: {
+        deliver: async (batch) => {
+          delivered.get(who)!.push(...batch);
+        },
+        membershipChanged: () => undefined,
+      },
+      log: createLogger({ test: `ifence-${who}` }),
+      ...(hold && holdAt === "write" ? { beforeWrite: hold } : {}),
+      ...(hold && holdAt === "heads" ? { beforeHeads: hold } : {}),
     });
-    await a.start();
-    await produce(5);
-    await headsAre(5);
+  const a = owner("A", async () => {
+    if (!hold) return;
+    held++;
+    await released;
+  });
+  await a.start();
+  await produce(5);
+  await headsAre(5);
 
-    hold = true;
-    await produce(5);
-    const deadline = Date.now() + 30_000;
-    while (held === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
-    expect(held).toBeGreaterThan(0);
-    const deliveredByABeforeRelease = delivered.get("A")!.length;
+  hold = true;
+  await produce(5);
+  const deadline = Date.now() + 30_000;
+  while (held === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+  expect(held).toBeGreaterThan(0);
+  const deliveredByABeforeRelease = delivered.get("A")!.length;
 
-    const b = owner("B");
-    await b.start();
-    await headsAre(10, SESSION_TIMEOUT_MS + 40_000);
-    await produce(5);
-    await headsAre(15);
-    // A re-delivery of seq 3 (the sequencer re-processed it) adds no entry, and neither does one that
-    // follows its original in the same batch (before the original's index row exists).
-    await produce(1, 3);
-    await produceWithRedelivery(16);
-    await new Promise((r) => setTimeout(r, 2_000));
-    const zombieEpoch = claims.get("A")![0]!;
-    expect((claims.get("B") ?? []).length).toBeGreaterThan(0);
-    expect(claims.get("B")!.every((e) => e > zombieEpoch)).toBe(true);
+  const b = owner("B");
+  await b.start();
+  await headsAre(10, SESSION_TIMEOUT_MS + 40_000);
+  await produce(5);
+  await headsAre(15);
+  // A re-delivery of seq 3 (the sequencer re-processed it) adds no entry, and neither does one that
+  // follows its original in the same batch (before the original's index row exists).
+  await produce(1, 3);
+  await produceWithRedelivery(16);
+  await new Promise((r) => setTimeout(r, 2_000));
+  const zombieEpoch = claims.get("A")![0]!;
+  expect((claims.get("B") ?? []).length).toBeGreaterThan(0);
+  expect(claims.get("B")!.every((e) => e > zombieEpoch)).toBe(true);
 
-    release();
+  release();
+  if (holdAt === "write") {
     const fencedBy = Date.now() + 30_000;
     while (a.stats.fenced === 0 && Date.now() < fencedBy) await new Promise((r) => setTimeout(r, 100));
     expect(a.stats.fenced).toBeGreaterThan(0);
-    await new Promise((r) => setTimeout(r, 2_000));
+  }
+  await new Promise((r) => setTimeout(r, 2_000));
+  if (holdAt === "write") {
     // A delivered nothing after it was held; what it wrote late did not win.
     expect(
       delivered
@@ -200,37 +220,46 @@ describe("zombie inbox owner writing after its successor claimed", () => {
         .slice(deliveredByABeforeRelease)
         .filter((d) => d.message.seq > 5),
     ).toEqual([]);
-    await headsAre(16, 5_000);
-    const cql = new cassandra.Client({
-      contactPoints: infra.CASSANDRA_CONTACT_POINTS!.split(","),
-      localDataCenter: "datacenter1",
-      keyspace,
-    });
-    for (const u of users) {
-      const inbox = await stores.inbox.read(u, 0, 100);
-      expect(inbox.map((e) => e.seq)).toEqual(Array.from({ length: 16 }, (_, i) => i + 1));
-      expect(inbox.map((e) => e.cursor)).toEqual(Array.from({ length: 16 }, (_, i) => i + 1));
-      expect(await stores.inbox.head(u)).toBe(16);
-      const head = await cql.execute(
-        "SELECT WRITETIME(head) AS written FROM inbox_heads WHERE user_id = ? LIMIT 1",
-        [u],
-        {
-          prepare: true,
-        },
-      );
-      expect(BigInt(String(head.first().get("written"))) > zombieEpoch).toBe(true);
-      // What was delivered agrees with the inbox: each (user, seq) once, at its cursor.
-      const mine = [...delivered.values()]
-        .flat()
-        .flatMap((d) => d.recipients.filter((r) => r.userId === u).map((r) => [d.message.seq, r.cursor]));
-      const bySeq = new Map<number, number>();
-      for (const [s, cursor] of mine) {
-        expect(bySeq.get(s!) ?? cursor).toBe(cursor);
-        bySeq.set(s!, cursor!);
-      }
-      for (const [s, cursor] of bySeq) expect(inbox[cursor - 1]!.seq).toBe(s);
-    }
-    await cql.shutdown();
-    await Promise.all([a.close(), b.close(), producer.disconnect()]);
+  } else {
+    // A's check had passed: it writes its (stale) heads and delivers what it held, late; below, its
+    // heads lose to B's and its deliveries carry the cursors the inbox holds.
+    expect(
+      delivered
+        .get("A")!
+        .slice(deliveredByABeforeRelease)
+        .some((d) => d.message.seq > 5),
+    ).toBe(true);
+  }
+  await headsAre(16, 5_000);
+  const cql = new cassandra.Client({
+    contactPoints: infra.CASSANDRA_CONTACT_POINTS!.split(","),
+    localDataCenter: "datacenter1",
+    keyspace,
   });
-});
+  for (const u of users) {
+    const inbox = await stores.inbox.read(u, 0, 100);
+    expect(inbox.map((e) => e.seq)).toEqual(Array.from({ length: 16 }, (_, i) => i + 1));
+    expect(inbox.map((e) => e.cursor)).toEqual(Array.from({ length: 16 }, (_, i) => i + 1));
+    expect(await stores.inbox.head(u)).toBe(16);
+    const head = await cql.execute(
+      "SELECT WRITETIME(head) AS written FROM inbox_heads WHERE user_id = ? LIMIT 1",
+      [u],
+      {
+        prepare: true,
+      },
+    );
+    expect(BigInt(String(head.first().get("written"))) > zombieEpoch).toBe(true);
+    // What was delivered agrees with the inbox: each (user, seq) once, at its cursor.
+    const mine = [...delivered.values()]
+      .flat()
+      .flatMap((d) => d.recipients.filter((r) => r.userId === u).map((r) => [d.message.seq, r.cursor]));
+    const bySeq = new Map<number, number>();
+    for (const [s, cursor] of mine) {
+      expect(bySeq.get(s!) ?? cursor).toBe(cursor);
+      bySeq.set(s!, cursor!);
+    }
+    for (const [s, cursor] of bySeq) expect(inbox[cursor - 1]!.seq).toBe(s);
+  }
+  await cql.shutdown();
+  await Promise.all([a.close(), b.close(), producer.disconnect()]);
+}

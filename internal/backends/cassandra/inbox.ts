@@ -309,16 +309,22 @@ export class CassandraInboxStore implements InboxStore {
     return found;
   }
 
+  /** The owner's writes of a batch in their order: stream rows, then the heads that make them readable. */
   async writeOwned(
     entries: InboxEntry[],
     heads: Map<string, { head: number; appliedOffset: number }>,
     epoch: bigint,
     ttlSeconds: number,
   ): Promise<void> {
+    await this.writeOwnedRows(entries, epoch);
+    await this.writeOwnedHeads(entries, heads, epoch, ttlSeconds);
+  }
+
+  /** Stream rows, readable only once a head at or above their cursor is written. */
+  async writeOwnedRows(entries: InboxEntry[], epoch: bigint): Promise<void> {
     const at = toLong(epoch);
-    const ttl = Math.max(1, Math.floor(ttlSeconds));
     // One unit per partition; the turn's writes of every inbox partition share requests
-    // (turn-writes.ts). The stream rows first, then the heads that make them readable.
+    // (turn-writes.ts).
     const rows = [...groupBy(entries, (e) => `${e.userId}\u0000${inboxBucket(e.cursor)}`).values()].map(
       (group): Unit => ({
         key: routingKey(group[0]!.userId, inboxBucket(group[0]!.cursor)),
@@ -329,6 +335,17 @@ export class CassandraInboxStore implements InboxStore {
       }),
     );
     await this.s.turnWrites.write("inbox_by_user: write owned entries", rows);
+  }
+
+  /** Each user's head and applied offset, and an index row per entry; after the entries' rows. */
+  async writeOwnedHeads(
+    entries: InboxEntry[],
+    heads: Map<string, { head: number; appliedOffset: number }>,
+    epoch: bigint,
+    ttlSeconds: number,
+  ): Promise<void> {
+    const at = toLong(epoch);
+    const ttl = Math.max(1, Math.floor(ttlSeconds));
     const byUser = groupBy(entries, (e) => e.userId);
     const state = [...heads].map(
       ([user, h]): Unit => ({

@@ -4,9 +4,9 @@
  * and hands the messages with their cursors to the router for delivery.
  *
  * The same fence as the sequencer's: one claim per partition per group generation (OwnershipStore),
- * cursors from memory, plain writes with the owner's epoch as write timestamp (the stream rows, then
- * the users' heads with the offset of the last record applied), then a check that the epoch is still
- * ours, and only then delivery and the offset commit.
+ * cursors from memory, plain writes with the owner's epoch as write timestamp: the stream rows and,
+ * at the same time, a check that the epoch is still ours; only if it is, the users' heads (with the
+ * offset of the last record applied), then delivery and the offset commit.
  *
  * A pull conversation's message (ADR 0010) comes as one record without recipients (header kind=pull),
  * in the partition of its conversation, and is handed on as it is; a membership change of a
@@ -58,7 +58,8 @@ interface UserHead {
 export interface OwnedInboxStore {
   ownedHeads(users: string[]): Promise<Map<string, UserHead>>;
   recorded(keys: Array<Omit<InboxEntry, "cursor" | "messageId">>): Promise<Set<string>>;
-  writeOwned(
+  writeOwnedRows(entries: InboxEntry[], epoch: bigint): Promise<void>;
+  writeOwnedHeads(
     entries: InboxEntry[],
     heads: Map<string, UserHead>,
     epoch: bigint,
@@ -80,6 +81,8 @@ export interface InboxOwnerOptions {
   log: Logger;
   /** Test hook: called after cursors are assigned in memory, before anything is written. */
   beforeWrite?: (partition: number) => Promise<void>;
+  /** Test hook: called after the stream rows and the epoch check, before the heads are written. */
+  beforeHeads?: (partition: number) => Promise<void>;
 }
 
 class PartitionState {
@@ -236,14 +239,23 @@ export class InboxOwner implements Closeable {
 
     try {
       await this.o.beforeWrite?.(batch.partition);
-      await this.o.store.writeOwned(entries, heads, state.epoch, this.o.indexTtlSeconds);
+      // The epoch check goes with the stream rows, not after the heads (one round trip fewer): the
+      // heads are written only by an owner whose check passed. A successor that claims after the
+      // check re-reads from the last committed offset (this batch is not committed before it is
+      // delivered) and, cursors being a function of the stored heads and the records in partition
+      // order, assigns these same cursors to these same records whether or not it saw these heads;
+      // the rows and heads it writes carry its newer epoch and win over these (ADR 0002).
+      await Promise.all([
+        this.o.store.writeOwnedRows(entries, state.epoch),
+        this.partitions.check(batch.partition, state),
+      ]);
+      await this.o.beforeHeads?.(batch.partition);
+      await this.o.store.writeOwnedHeads(entries, heads, state.epoch, this.o.indexTtlSeconds);
     } catch (err) {
       for (const u of users) state.users.delete(u); // the outcome is unknown: read them again
       throw err;
     }
     for (const [u, h] of heads) state.set(u, h);
-
-    await this.partitions.check(batch.partition, state);
 
     while (nextChange < changeOffsets.length) steps.push(changes.get(changeOffsets[nextChange++]!)!);
     for (const step of steps) {
