@@ -19,10 +19,10 @@ import {
   REDELIVERY_HEADER,
 } from "../../internal/backends/kafka/inbox-owner.js";
 import { topicNames } from "../../internal/backends/kafka/topics.js";
-import type { InboxDelivery, OwnershipStore } from "../../internal/backends/types.js";
+import type { InboxDelivery } from "../../internal/backends/types.js";
 import { createLogger } from "../../internal/lib/log.js";
 import { shardOf } from "../../internal/lib/shard.js";
-import { openOwnersStores, provisionForOwners } from "../helpers/owners.js";
+import { Hold, openOwnersStores, provisionForOwners, recordingOwnership } from "../helpers/owners.js";
 import { ensureServer } from "../infra/servers.js";
 
 const id = `${Date.now().toString(36)}${randomBytes(2).toString("hex")}`;
@@ -70,18 +70,21 @@ async function zombieOwner(holdAt: "write" | "heads", tag: string): Promise<void
   const users = ["ann", "ben", "cat", "dan", "eve", "fay"].map((u) => `${u}-${tag}${id}`);
   const conversationId = `g:${tag}${id}`;
   let seq = 0;
+  /** The inbox record's value of the conversation's message `s`. */
+  const messageValue = (s: number) =>
+    encodeMessage({
+      conversationId,
+      seq: s,
+      messageId: String(7_000_000 + s),
+      sender: users[0]!,
+      clientMsgId: `m${s}`,
+      body: `m${s}`,
+      createdAtMs: Date.now(),
+    });
   const produce = async (count: number, redeliverSeq?: number) => {
     for (let k = 0; k < count; k++) {
       const s = redeliverSeq ?? ++seq;
-      const value = encodeMessage({
-        conversationId,
-        seq: s,
-        messageId: String(7_000_000 + s),
-        sender: users[0]!,
-        clientMsgId: `m${s}`,
-        body: `m${s}`,
-        createdAtMs: Date.now(),
-      });
+      const value = messageValue(s);
       for (let partition = 0; partition < PARTITIONS; partition++) {
         const here = users.filter((u) => shardOf(u, PARTITIONS) === partition);
         if (here.length === 0) continue;
@@ -105,15 +108,7 @@ async function zombieOwner(holdAt: "write" | "heads", tag: string): Promise<void
   /** A new message and, in the same produce request, its re-delivery: one fetch batch. */
   const produceWithRedelivery = async (s: number) => {
     seq = Math.max(seq, s);
-    const value = encodeMessage({
-      conversationId,
-      seq: s,
-      messageId: String(7_000_000 + s),
-      sender: users[0]!,
-      clientMsgId: `m${s}`,
-      body: `m${s}`,
-      createdAtMs: Date.now(),
-    });
+    const value = messageValue(s);
     for (let partition = 0; partition < PARTITIONS; partition++) {
       const here = users.filter((u) => shardOf(u, PARTITIONS) === partition);
       const headers = { [INBOX_RECIPIENTS_HEADER]: here.join("\n") };
@@ -138,26 +133,13 @@ async function zombieOwner(holdAt: "write" | "heads", tag: string): Promise<void
     }
   };
   const claims = new Map<string, bigint[]>();
-  const recording = (who: string): OwnershipStore => ({
-    claim: async (stream, partition, owner) => {
-      const epoch = await stores.ownership.claim(stream, partition, owner);
-      claims.set(who, [...(claims.get(who) ?? []), epoch]);
-      return epoch;
-    },
-    current: (stream, partition) => stores.ownership.current(stream, partition),
-    close: async () => {},
-  });
+  const recording = recordingOwnership(stores.ownership, claims);
   const delivered = new Map<string, InboxDelivery[]>([
     ["A", []],
     ["B", []],
   ]);
-  let hold = false;
-  let held = 0;
-  let release!: () => void;
-  const released = new Promise<void>((r) => {
-    release = r;
-  });
-  const owner = (who: string, hold?: () => Promise<void>) =>
+  const hold = new Hold();
+  const owner = (who: string, hook?: () => Promise<void>) =>
     new InboxOwner({
       kafka,
       groupId: `${scenario}${INBOX_GROUP}`,
@@ -172,23 +154,18 @@ async function zombieOwner(holdAt: "write" | "heads", tag: string): Promise<void
         membershipChanged: () => undefined,
       },
       log: createLogger({ test: `ifence-${who}` }),
-      ...(hold && holdAt === "write" ? { beforeWrite: hold } : {}),
-      ...(hold && holdAt === "heads" ? { beforeHeads: hold } : {}),
+      ...(hook && holdAt === "write" ? { beforeWrite: hook } : {}),
+      ...(hook && holdAt === "heads" ? { beforeHeads: hook } : {}),
     });
-  const a = owner("A", async () => {
-    if (!hold) return;
-    held++;
-    await released;
-  });
+  const a = owner("A", hold.hook);
   await a.start();
   await produce(5);
   await headsAre(5);
 
-  hold = true;
+  hold.arm();
   await produce(5);
-  const deadline = Date.now() + 30_000;
-  while (held === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
-  expect(held).toBeGreaterThan(0);
+  await hold.untilHeld();
+  expect(hold.held).toBeGreaterThan(0);
   const deliveredByABeforeRelease = delivered.get("A")!.length;
 
   const b = owner("B");
@@ -205,7 +182,7 @@ async function zombieOwner(holdAt: "write" | "heads", tag: string): Promise<void
   expect((claims.get("B") ?? []).length).toBeGreaterThan(0);
   expect(claims.get("B")!.every((e) => e > zombieEpoch)).toBe(true);
 
-  release();
+  hold.release();
   if (holdAt === "write") {
     const fencedBy = Date.now() + 30_000;
     while (a.stats.fenced === 0 && Date.now() < fencedBy) await new Promise((r) => setTimeout(r, 100));

@@ -18,7 +18,7 @@ import { FIRST_ATTEMPT_HEADER, SEQUENCER_GROUP, Sequencer } from "../../internal
 import { topicNames } from "../../internal/backends/kafka/topics.js";
 import type { OwnershipStore } from "../../internal/backends/types.js";
 import { createLogger } from "../../internal/lib/log.js";
-import { openOwnersStores, provisionForOwners } from "../helpers/owners.js";
+import { Hold, openOwnersStores, provisionForOwners, recordingOwnership } from "../helpers/owners.js";
 import { cliPath } from "../helpers/server.js";
 import { ensureServer } from "../infra/servers.js";
 
@@ -273,21 +273,8 @@ describe("zombie sequencer writing after its successor claimed", () => {
       }
     };
     const claims = new Map<string, bigint[]>();
-    const recording = (who: string): OwnershipStore => ({
-      claim: async (stream, partition, owner) => {
-        const epoch = await stores.ownership.claim(stream, partition, owner);
-        claims.set(who, [...(claims.get(who) ?? []), epoch]);
-        return epoch;
-      },
-      current: (stream, partition) => stores.ownership.current(stream, partition),
-      close: async () => {},
-    });
-    let hold = false;
-    let held = 0;
-    let release!: () => void;
-    const released = new Promise<void>((r) => {
-      release = r;
-    });
+    const recording = recordingOwnership(stores.ownership, claims);
+    const hold = new Hold();
     const producers = new Map<string, BatchProducer>();
     const sequencerProducer = (who: string): BatchProducer => {
       const p = new BatchProducer(() => kafka.producer({ idempotent: true, maxInFlightRequests: 1 }), {
@@ -319,21 +306,16 @@ describe("zombie sequencer writing after its successor claimed", () => {
       await s.start();
       return s;
     };
-    const a = sequencer("A", async () => {
-      if (!hold) return;
-      held++;
-      await released;
-    });
+    const a = sequencer("A", hold.hook);
     await connectedSequencer(a, "A");
     await produce(5);
     await headsAre(5);
 
     // A assigns the next drafts (seqs 6..10) and is held before writing them: no heartbeats either.
-    hold = true;
+    hold.arm();
     await produce(5);
-    const deadline = Date.now() + 30_000;
-    while (held === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
-    expect(held).toBeGreaterThan(0);
+    await hold.untilHeld();
+    expect(hold.held).toBeGreaterThan(0);
 
     // B takes over once A's session times out, sequences 6..10 itself and then 11..15.
     const b = sequencer("B");
@@ -347,7 +329,7 @@ describe("zombie sequencer writing after its successor claimed", () => {
     expect(successorEpochs.every((e) => e > zombieEpoch)).toBe(true);
 
     // A wakes and writes its stale batch (head 10, seqs 6..10) under its old epoch.
-    release();
+    hold.release();
     const fencedBy = Date.now() + 30_000;
     while (a.stats.fenced === 0 && Date.now() < fencedBy) await new Promise((r) => setTimeout(r, 100));
     expect(a.stats.fenced).toBeGreaterThan(0);

@@ -4,6 +4,7 @@
  */
 import { type CassandraStores, openCassandraStores } from "../../internal/backends/cassandra/index.js";
 import { openDistributedBackends } from "../../internal/backends/distributed/index.js";
+import type { OwnershipStore } from "../../internal/backends/types.js";
 import { createLogger } from "../../internal/lib/log.js";
 
 export interface OwnersInfra {
@@ -42,4 +43,55 @@ function cassandraOptions(infra: OwnersInfra) {
     localDataCenter: "datacenter1",
     keyspace: infra.keyspace,
   };
+}
+
+/**
+ * Ownership stores over `ownership`, one per named owner, that record the epochs each claimed into
+ * `claims` (the fencing tests compare a zombie's epochs with its successor's).
+ */
+export function recordingOwnership(
+  ownership: OwnershipStore,
+  claims: Map<string, bigint[]>,
+): (who: string) => OwnershipStore {
+  return (who) => ({
+    claim: async (stream, partition, owner) => {
+      const epoch = await ownership.claim(stream, partition, owner);
+      claims.set(who, [...(claims.get(who) ?? []), epoch]);
+      return epoch;
+    },
+    current: (stream, partition) => ownership.current(stream, partition),
+    close: async () => {},
+  });
+}
+
+/** A test hook that, once armed, holds every owner step that calls it until released: a paused owner. */
+export class Hold {
+  private armed = false;
+  /** Steps held so far. */
+  held = 0;
+  private open!: () => void;
+  private readonly opened = new Promise<void>((resolve) => {
+    this.open = resolve;
+  });
+
+  /** The hook to pass as the owner's `beforeWrite` (or `beforeHeads`). */
+  readonly hook = async (): Promise<void> => {
+    if (!this.armed) return;
+    this.held++;
+    await this.opened;
+  };
+
+  arm(): void {
+    this.armed = true;
+  }
+
+  /** Waits until a step is held (at most `timeoutMs`); the caller then asserts `held`. */
+  async untilHeld(timeoutMs = 30_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (this.held === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+  }
+
+  release(): void {
+    this.open();
+  }
 }
