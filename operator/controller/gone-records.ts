@@ -42,7 +42,8 @@ export class GoneRecordPublisher {
   ) {}
 
   async publish(target: KafkaTarget, gatewayId: string, epoch: number): Promise<void> {
-    const producer = await this.producer(target);
+    const connecting = this.producer(target);
+    const producer = await connecting;
     try {
       await producer.send({
         topic: routingTopic(target.topicPrefix),
@@ -54,7 +55,7 @@ export class GoneRecordPublisher {
       // sequence number even when the broker wrote the record, and the broker would then take the
       // next record to that partition for a duplicate (acknowledged, never written). A new producer
       // gets a new producer id. The retried reconcile publishes through it.
-      this.retire(target, producer);
+      this.retire(target, connecting, producer);
       throw err;
     }
     this.log.info("gateway gone record written", {
@@ -64,8 +65,10 @@ export class GoneRecordPublisher {
     });
   }
 
-  private retire(target: KafkaTarget, producer: Producer): void {
-    this.producers.delete(producerKey(target));
+  private retire(target: KafkaTarget, connecting: Promise<Producer>, producer: Producer): void {
+    // Only if still cached: a publish that failed earlier may have replaced it already.
+    const key = producerKey(target);
+    if (this.producers.get(key) === connecting) this.producers.delete(key);
     producer.disconnect().catch((err: unknown) =>
       this.log.debug("disconnecting a retired Kafka producer failed", {
         error: err instanceof Error ? err.message : String(err),

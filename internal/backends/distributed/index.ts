@@ -106,8 +106,9 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
   });
   const admin = kafka.admin();
   // Idempotent, so a retried produce is written once; one request in flight keeps a producer's
-  // records in order; a producer that failed a request is replaced (batch-producer.ts). The partitioner is kafkajs's default (Java-compatible murmur2), named so that
-  // kafkajs does not warn about its v1 default at every start.
+  // records in order; a producer that failed a request is replaced (batch-producer.ts). The
+  // partitioner is kafkajs's default (Java-compatible murmur2), named so that kafkajs does not warn
+  // about its v1 default at every start.
   const newProducer = () =>
     kafka.producer({
       idempotent: true,

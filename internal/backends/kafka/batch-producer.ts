@@ -126,8 +126,7 @@ export class BatchProducer {
         error: err instanceof Error ? err.message : String(err),
       }),
     );
-    await this.producer.connect();
-    this.isConnected = true;
+    await this.connect();
     this.retired = false;
   }
 
