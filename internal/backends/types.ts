@@ -294,6 +294,11 @@ export interface SessionEvent {
   gatewayEpoch: number;
   /** host:port routers dial for the gateway's Deliver stream (up events of gateways in other processes). */
   gatewayAddress?: string;
+  /**
+   * How long after its publication a live event reached the subscriber, when the table is a log
+   * (distributed backend); absent in a replay and in-process.
+   */
+  lateByMs?: number;
 }
 
 export interface RoutingEvents extends Closeable {

@@ -52,9 +52,23 @@ function decodeJson(text: string): ClientFrame {
   try {
     return fromJson(ClientFrameSchema, json, { ignoreUnknownFields: false });
   } catch (err) {
-    // protobuf-es refuses strings that are not well-formed UTF-16 ("invalid UTF8"); say so precisely.
-    if (holdsLoneSurrogate(json)) throw invalidUnicode();
+    // protobuf-es refuses strings that are not well-formed UTF-16 ("invalid UTF8"); say so precisely,
+    // but only of a frame whose text is all that is wrong with it (else it is malformed like any other).
+    if (holdsLoneSurrogate(json) && decodesWithWholeCharacters(text)) throw invalidUnicode();
     throw err;
+  }
+}
+
+/** Whether the frame decodes once each lone surrogate in its strings is a whole character (U+FFFD). */
+function decodesWithWholeCharacters(text: string): boolean {
+  try {
+    const json = JSON.parse(text, (_key, value: unknown) =>
+      typeof value === "string" ? value.replace(LONE_SURROGATES, "\uFFFD") : value,
+    ) as JsonValue;
+    fromJson(ClientFrameSchema, json, { ignoreUnknownFields: false });
+    return true;
+  } catch {
+    return false;
   }
 }
 
@@ -74,6 +88,7 @@ function isInvalidUtf8(err: unknown): boolean {
 
 /** In a `u` regex a surrogate pair is one code point, so \p{Cs} matches only lone surrogates. */
 const LONE_SURROGATE = /\p{Cs}/u;
+const LONE_SURROGATES = /\p{Cs}/gu;
 
 /** Whether any key or string in the parsed JSON holds a lone surrogate (iterative: depth is the client's). */
 function holdsLoneSurrogate(root: JsonValue): boolean {

@@ -104,6 +104,14 @@ export const PRESENCE_TARGETS_PER_REQUEST_MAX = 100;
  * processes, 10 s each), so every accepted send is answered with its ack or its error.
  */
 const FLOOD_REPLIES_WAIT_MS = 15_000;
+/**
+ * Frames held for a connection between its registration and its welcome (a few milliseconds: one
+ * inbox head read) at most; past it the connection closes with 3008, as for a slow consumer.
+ */
+const HELD_FOR_WELCOME_MAX = 256;
+
+const authRequired = () =>
+  errors.unauthenticated("AUTH_REQUIRED", "authenticate first (auth frame or Authorization header)");
 
 export class Connection {
   readonly sessionId: string;
@@ -132,6 +140,11 @@ export class Connection {
    * request that overtakes the welcome is refused the same way however fast authentication went.
    */
   private welcomed = false;
+  /**
+   * Frames written between registration and the welcome (events of the user's other devices and
+   * conversations), held so that the welcome is the first frame of an authenticated connection.
+   */
+  private heldForWelcome: Array<string | Uint8Array> | undefined;
   /** Sends of one connection are appended in the order they arrived (see `send`). */
   private sendOrder: Promise<void> = Promise.resolve();
   /** Syncs of one connection run one at a time; a new one cancels a running catch-up. */
@@ -184,11 +197,15 @@ export class Connection {
       this.expiryTimer = atTime(identity.expiresAtMs, () =>
         this.close(CloseCode.TOKEN_EXPIRED, "token expired"),
       );
+    // Registered first, so that nothing delivered from now on is missed; held until the welcome.
+    this.heldForWelcome = [];
     await this.ctx.register(this);
     if (this.closed) return;
     this.touchPresence(true);
     const head = await this.ctx.backends.inbox.head(identity.userId);
     const g = this.ctx.config.gateway;
+    const held = this.heldForWelcome;
+    this.heldForWelcome = undefined;
     this.reply(replyTo, {
       case: "welcome",
       value: {
@@ -207,6 +224,7 @@ export class Connection {
       },
     });
     this.welcomed = true;
+    for (const frame of held) this.sendRaw(frame);
   }
 
   private onMessage(data: Buffer, isBinary: boolean): void {
@@ -231,17 +249,16 @@ export class Connection {
       // A request like any other but for its text (e.g. a body cut inside a surrogate pair): it is
       // answered under its own id, and it is not a malformed frame (no step towards 3501).
       const { id, request } = peekRequest(data, isBinary);
-      return this.fail(id, e, isBinary ? "binary" : "json", request);
+      // Before the welcome, a request other than auth is refused for that, whatever its text.
+      const refusal = this.welcomed || request === "auth" ? e : authRequired();
+      return this.fail(id, refusal, isBinary ? "binary" : "json", request);
     }
     const kind = frame.kind;
     if (kind.case === undefined)
       return this.rejectBadFrame(frame.id, errors.invalid("UNKNOWN_FRAME", "frame has no known request"));
     this.ctx.metrics.framesTotal.inc({ kind: kind.case });
     if (!this.welcomed && kind.case !== "auth") {
-      return this.fail(
-        frame.id,
-        errors.unauthenticated("AUTH_REQUIRED", "authenticate first (auth frame or Authorization header)"),
-      );
+      return this.fail(frame.id, authRequired());
     }
     const encoding: Encoding = isBinary ? "binary" : "json";
     const handled = this.dispatch(frame.id, kind, encoding).catch((err: unknown) =>
@@ -304,12 +321,22 @@ export class Connection {
         } catch (err) {
           const e = SwitchboardError.from(err);
           this.fail(id, e, encoding, "auth");
-          // An expired token is worth a reconnect with a fresh one; anything else is terminal.
-          return e.reason === "TOKEN_EXPIRED"
-            ? this.close(CloseCode.TOKEN_EXPIRED, "token expired")
-            : this.close(CloseCode.INVALID_TOKEN, "invalid token");
+          // An expired token is worth a reconnect with a fresh one, and so is a token that could not
+          // be checked now (the key set unreachable); anything else is terminal.
+          if (e.reason === "TOKEN_EXPIRED") return this.close(CloseCode.TOKEN_EXPIRED, "token expired");
+          if (e.code === Code.UNAVAILABLE)
+            return this.close(CloseCode.INTERNAL_ERROR, "token could not be verified now");
+          return this.close(CloseCode.INVALID_TOKEN, "invalid token");
         }
-        return this.authenticate(identity, id);
+        try {
+          return await this.authenticate(identity, id);
+        } catch (err) {
+          // Verified, but registering the session or reading its inbox head failed: without a
+          // welcome the connection could serve nothing, so it closes and the client comes again.
+          this.heldForWelcome = undefined;
+          this.fail(id, SwitchboardError.from(err), encoding, "auth");
+          return this.close(CloseCode.INTERNAL_ERROR, "registration failed");
+        }
       }
       case "send": {
         const wait = this.sends.take() || c.takeUserSend(user);
@@ -817,6 +844,11 @@ export class Connection {
 
   sendRaw(data: string | Uint8Array): void {
     if (this.closed) return;
+    if (this.heldForWelcome) {
+      if (this.heldForWelcome.length < HELD_FOR_WELCOME_MAX) this.heldForWelcome.push(data);
+      else this.close(CloseCode.SLOW_CONSUMER, "too many events before the welcome; reconnect and sync");
+      return;
+    }
     if (this.socket.bufferedAmount > this.ctx.config.gateway.sendQueueBytesMax) {
       return this.close(CloseCode.SLOW_CONSUMER, "send queue overflow; reconnect and sync");
     }

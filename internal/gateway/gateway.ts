@@ -11,6 +11,7 @@ import type { MessageEvent } from "../../gen/switchboard/client/v1/client_pb.js"
 import type { DeliverRequest, GatewayService } from "../../gen/switchboard/gateway/v1/gateway_pb.js";
 import { directConversationId } from "../conversations/index.js";
 import type { Identity } from "../lib/auth.js";
+import { Code, SwitchboardError } from "../lib/errors.js";
 import type { ServiceImpl } from "../lib/rpc.js";
 import { SpanKind, startSpan, tracing } from "../lib/tracing.js";
 import { CloseCode } from "./close-codes.js";
@@ -146,7 +147,10 @@ export class Gateway {
       try {
         if (!match?.[1]) throw new Error("malformed Authorization header");
         identity = await this.options.verify(match[1]);
-      } catch {
+      } catch (err) {
+        // A token that could not be checked now (the key set unreachable) is not a bad token.
+        if (err instanceof SwitchboardError && err.code === Code.UNAVAILABLE)
+          return refuse(503, "Service Unavailable", "auth unavailable");
         return refuse(401, "Unauthorized", "unauthorized");
       }
     }

@@ -7,7 +7,7 @@ import { createSecretKey, randomBytes } from "node:crypto";
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { createRemoteJWKSet, type JWTPayload, jwtVerify, SignJWT } from "jose";
-import { errors } from "./errors.js";
+import { errors, SwitchboardError } from "./errors.js";
 import { verifyHs256 } from "./hs256.js";
 
 export const DEV_SECRET_FILE = "dev-jwt-secret";
@@ -71,9 +71,20 @@ export function createVerifier(options: VerifierOptions): TokenVerifier {
           cacheMaxAge: 10 * 60_000,
           cooldownDuration: 30_000,
         });
-        return async (token) =>
-          (await jwtVerify(token, keys, { ...checks, algorithms: ["RS256", "ES256", "EdDSA", "PS256"] }))
-            .payload;
+        return async (token) => {
+          try {
+            return (
+              await jwtVerify(token, keys, { ...checks, algorithms: ["RS256", "ES256", "EdDSA", "PS256"] })
+            ).payload;
+          } catch (err) {
+            if (!isKeySetOutage(err)) throw err;
+            throw errors.unavailable(
+              "AUTH_UNAVAILABLE",
+              "the key set at auth.jwksUrl could not be fetched to verify the token; try again",
+              err,
+            );
+          }
+        };
       })()
     : (() => {
         // Synchronous on node:crypto: jose's WebCrypto HMAC cost a connect more than the rest of
@@ -86,6 +97,7 @@ export function createVerifier(options: VerifierOptions): TokenVerifier {
     try {
       payload = await verify(token);
     } catch (err) {
+      if (err instanceof SwitchboardError) throw err;
       const code = (err as { code?: string }).code ?? "ERR_JWT_INVALID";
       const reason = code === "ERR_JWT_EXPIRED" ? "TOKEN_EXPIRED" : "INVALID_TOKEN";
       throw Object.assign(errors.unauthenticated(reason, `token rejected (${code})`), { cause: err });
@@ -99,4 +111,15 @@ export function createVerifier(options: VerifierOptions): TokenVerifier {
       expiresAtMs: payload.exp === undefined ? Number.POSITIVE_INFINITY : payload.exp * 1000,
     };
   };
+}
+
+/**
+ * Whether verifying failed because the key set could not be had, not because of the token: the JWKS
+ * URL timed out, answered other than 200 or with something that is not a key set, or could not be
+ * reached at all (a network error, which is not one of jose's). Such a token may be fine a moment later.
+ */
+function isKeySetOutage(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  if (code === "ERR_JWKS_TIMEOUT" || code === "ERR_JWKS_INVALID" || code === "ERR_JOSE_GENERIC") return true;
+  return !(typeof code === "string" && code.startsWith("ERR_J"));
 }

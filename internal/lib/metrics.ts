@@ -246,7 +246,7 @@ export function createMetrics() {
     }),
     deliveriesDroppedTotal: new Counter({
       name: "switchboard_router_deliveries_dropped_total",
-      help: "Deliver events not handed to a gateway, by reason (queue_full: the stream's byte bound; unreachable: the gateway's stream is down). Message events stay in the inbox: clients recover them by gap catch-up or sync.",
+      help: "Deliver events not handed to a gateway, by reason (queue_full: the stream's byte bound; unreachable: the gateway's stream is down; audience_unavailable: a pull conversation's members could not be read). Message events stay in the inbox or the conversation: clients recover them by gap catch-up, sync or history.",
       labelNames: ["reason"],
       registers: r,
     }),

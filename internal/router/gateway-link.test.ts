@@ -5,7 +5,10 @@ import { type DeliverInit, deliverBytes, type GatewayClient, GatewayLink } from 
 
 const log = createLogger({ level: "error" });
 
-/** A gateway that takes requests only when `release()` is called (or always, when `open`). */
+/**
+ * A gateway that takes requests only when `release()` is called (or always, when `open`); with
+ * `failAfter`, its first stream fails after that many requests.
+ */
 function fakeGateway(options: { open?: boolean; failAfter?: number } = {}) {
   const received: DeliverInit[] = [];
   let releases = 0;
@@ -19,7 +22,8 @@ function fakeGateway(options: { open?: boolean; failAfter?: number } = {}) {
         while (!options.open && releases === 0) await new Promise<void>((r) => (wake = r));
         if (!options.open) releases--;
         received.push(req as DeliverInit);
-        if (options.failAfter !== undefined && ++n >= options.failAfter) throw new Error("gateway went away");
+        if (options.failAfter !== undefined && dials === 1 && ++n >= options.failAfter)
+          throw new Error("gateway went away");
       }
       yield* [];
     },
@@ -132,10 +136,69 @@ describe("GatewayLink", () => {
     }
     // The stream failed: the link is down for 400 ms.
     expect(link.push(message("while-down", "b"))).toBe(false);
-    await new Promise((r) => setTimeout(r, 450));
-    expect(link.push(message("after", "c"))).toBe(true);
+    // At the end of the down time the link dials again by itself, for the re-check it owes: of the
+    // users whose events were dropped, and of "first", whose event the gateway never confirmed.
     await until(() => flaky.dials() === 2 && flaky.received.length >= 2);
-    expect(flaky.received[1]).toMatchObject({ recheckInboxes: true, userIds: ["while-down"] });
+    expect(flaky.received[1]).toMatchObject({ recheckInboxes: true, userIds: ["first", "while-down"] });
+    expect(link.push(message("after", "c"))).toBe(true);
+    await until(() => flaky.received.length === 3);
+    expect(flaky.received[2]?.userIds).toEqual(["after"]);
+    await link.close();
+  });
+
+  it("a failed stream's feeder takes nothing more: every later event reaches the new stream", async () => {
+    let dials = 0;
+    const dead: DeliverInit[] = [];
+    const live: DeliverInit[] = [];
+    let fail!: () => void;
+    // Each stream's requests are read by a pump of its own, as in a real call, which goes on reading
+    // after the response side failed (nothing tells gRPC's request pump).
+    const pump = (requests: AsyncIterable<DeliverInit>, into: DeliverInit[]) =>
+      (async () => {
+        for await (const req of requests) into.push(req);
+      })();
+    const client: GatewayClient = {
+      deliver(requests) {
+        dials++;
+        if (dials === 1) {
+          void pump(requests as AsyncIterable<DeliverInit>, dead);
+          return (async function* () {
+            await new Promise<void>((r) => (fail = r));
+            throw new Error("connection reset");
+          })();
+        }
+        const pumped = pump(requests as AsyncIterable<DeliverInit>, live);
+        return (async function* () {
+          await pumped;
+          yield* [];
+        })();
+      },
+      drain: async () => ({}) as never,
+      stats: async () => ({}) as never,
+    };
+    const link = new GatewayLink({
+      gatewayId: "g",
+      dial: () => client,
+      queueBytesMax: 1 << 20,
+      redialDelayMinMs: 50,
+      log,
+      metrics: createMetrics(),
+    });
+    expect(link.push(message("before", "a"))).toBe(true);
+    await until(() => dead.length === 1);
+    fail();
+    // The re-dial at the end of the down time re-checks "before" (never confirmed); then three
+    // events in one turn, as a router batch queues them.
+    await until(() => dials === 2 && live.length === 1);
+    for (const user of ["x", "y", "z"]) expect(link.push(message(user, "b"))).toBe(true);
+    await until(() => live.length === 4);
+    expect(live.map((r) => (r.recheckInboxes ? "recheck" : r.userIds?.[0]))).toEqual([
+      "recheck",
+      "x",
+      "y",
+      "z",
+    ]);
+    expect(dead).toHaveLength(1);
     await link.close();
   });
 });

@@ -5,9 +5,12 @@
  * stream is down, events are dropped and counted. Nothing acknowledged is lost by a drop: message
  * events are in the recipients' durable inboxes: the link remembers whose message events it dropped
  * and, once the stream has room again (or is open again), tells the gateway to re-check those users'
- * inboxes (`recheck_inboxes`), so even a dropped tail arrives without waiting for the next message;
- * the gateway also re-checks every connection when a Deliver stream ends abnormally, and a client
- * resyncs from its cursor when it reconnects.
+ * inboxes (`recheck_inboxes`), so even a dropped tail arrives without waiting for the next message.
+ * Events handed to a stream that then failed count as dropped unless the gateway had confirmed them
+ * (its credit), and after a failure the link opens again by itself at the end of the down time, for
+ * the re-check it owes, rather than at the gateway's next event. The gateway also re-checks every
+ * connection when a Deliver stream ends abnormally, and a client resyncs from its cursor when it
+ * reconnects.
  */
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { DeliverRequestSchema, GatewayService } from "../../gen/switchboard/gateway/v1/gateway_pb.js";
@@ -49,11 +52,32 @@ export function deliverBytes(req: DeliverInit): number {
   return bytes;
 }
 
+/**
+ * One opened Deliver stream's feeder. A stream that failed is ended here too, so its feeder (still
+ * awaited by the gRPC call's request pump) takes nothing more from the queue: an event it took would
+ * go into a dead stream, lost unnoticed, while its successor's stream waits for it.
+ */
+interface Feed {
+  ended: boolean;
+  wake: (() => void) | undefined;
+  /**
+   * Recipients of the message events (and re-checks) handed to gRPC and not yet confirmed by the
+   * gateway's credit, oldest first ("all" past UNCONFIRMED_MAX): what a failure may have lost.
+   */
+  unconfirmed: Array<readonly string[] | undefined> | "all";
+}
+
+/** Events tracked for confirmation per stream at most (the gateway confirms every 256). */
+const UNCONFIRMED_MAX = 4_096;
+
 export class GatewayLink {
   private readonly queue: Array<{ req: DeliverInit; bytes: number }> = [];
   private head = 0;
   private queuedBytes = 0;
-  private wake: (() => void) | undefined;
+  /** The feeder of the stream open now. */
+  private feed: Feed | undefined;
+  /** After a failure: re-dials at the end of the down time if users wait for a re-check. */
+  private redialTimer: NodeJS.Timeout | undefined;
   /** The stream is down until this time (after a failure); events meanwhile are dropped. */
   private downUntil = 0;
   private failures = 0;
@@ -92,7 +116,7 @@ export class GatewayLink {
     this.queuedBytes += bytes;
     this.o.metrics.gatewayStreamQueueBytes.inc(bytes);
     this.running ??= this.run();
-    this.wake?.();
+    this.feed?.wake?.();
   }
 
   private drop(reason: "unreachable" | "queue_full", req: DeliverInit): false {
@@ -111,12 +135,15 @@ export class GatewayLink {
   /** Opens the stream and feeds it until it fails or the link closes. */
   private async run(): Promise<void> {
     const client = this.o.dial();
+    const feed: Feed = { ended: false, wake: undefined, unconfirmed: [] };
+    this.feed = feed;
     this.o.metrics.gatewayStreams.inc();
     let failed = false;
     try {
-      for await (const _ of client.deliver(this.drain())) {
+      for await (const credit of client.deliver(this.drain(feed))) {
         // Responses are flow-control credit; a gateway that stops reading fills the byte bound.
         this.failures = 0;
+        if (feed.unconfirmed !== "all") feed.unconfirmed.splice(0, credit.delivered);
       }
     } catch (err) {
       failed = true;
@@ -126,6 +153,12 @@ export class GatewayLink {
         const first = this.o.redialDelayMinMs ?? REDIAL_DELAY_MIN_MS;
         const delay = Math.min(REDIAL_DELAY_MAX_MS, first * 2 ** (this.failures - 1));
         this.downUntil = Date.now() + delay;
+        // Events handed to gRPC and not confirmed may never have reached the gateway, which may not
+        // have seen the stream end either (a half-open connection): their users re-check.
+        if (feed.unconfirmed === "all") this.remember([]);
+        else for (const users of feed.unconfirmed) if (users) this.remember(users);
+        this.redialTimer = setTimeout(() => this.redial(), delay);
+        this.redialTimer.unref();
         this.o.log.warn("router: deliver stream to gateway failed; dropping its events until re-dial", {
           gatewayId: this.o.gatewayId,
           retryInMs: delay,
@@ -133,6 +166,9 @@ export class GatewayLink {
         });
       }
     } finally {
+      feed.ended = true;
+      feed.wake?.();
+      if (this.feed === feed) this.feed = undefined;
       this.o.metrics.gatewayStreams.dec();
       client.close?.();
       this.clear();
@@ -142,9 +178,17 @@ export class GatewayLink {
       this.o.log.info("router: gateway ended its deliver stream", { gatewayId: this.o.gatewayId });
   }
 
-  /** The stream's request side: the queue, until the link closes. */
-  private async *drain(): AsyncIterable<DeliverInit> {
+  /** The end of a failure's down time: the stream opens again for the re-check it owes. */
+  private redial(): void {
+    this.redialTimer = undefined;
+    if (this.closed || this.running || !this.dropped) return;
+    this.enqueueRecheck();
+  }
+
+  /** The stream's request side: the queue, until the link closes or the stream ends. */
+  private async *drain(feed: Feed): AsyncIterable<DeliverInit> {
     for (;;) {
+      if (feed.ended) return;
       if (this.head < this.queue.length) {
         const item = this.queue[this.head]!;
         this.queue[this.head++] = undefined as never;
@@ -154,6 +198,13 @@ export class GatewayLink {
         }
         this.queuedBytes -= item.bytes;
         this.o.metrics.gatewayStreamQueueBytes.dec(item.bytes);
+        if (feed.unconfirmed !== "all") {
+          const { req } = item;
+          feed.unconfirmed.push(
+            req.frame?.kind?.case === "message" || req.recheckInboxes ? (req.userIds ?? []) : undefined,
+          );
+          if (feed.unconfirmed.length > UNCONFIRMED_MAX) feed.unconfirmed = "all";
+        }
         yield item.req;
         continue;
       }
@@ -165,9 +216,9 @@ export class GatewayLink {
       }
       if (this.closed) return;
       await new Promise<void>((resolve) => {
-        this.wake = resolve;
+        feed.wake = resolve;
       });
-      this.wake = undefined;
+      feed.wake = undefined;
     }
   }
 
@@ -187,7 +238,8 @@ export class GatewayLink {
   /** Ends the stream after what is queued has been handed to gRPC (or dropped if it fails). */
   async close(): Promise<void> {
     this.closed = true;
-    this.wake?.();
+    clearTimeout(this.redialTimer);
+    this.feed?.wake?.();
     await this.running;
   }
 }

@@ -42,6 +42,11 @@ export const CONSUMER_GROUP = "router";
 const NO_AUDIENCES: ReadonlyMap<string, ReadonlySet<string>> = new Map();
 /** Member-list reads in flight per routed batch. */
 const MEMBER_READS_CONCURRENT = 32;
+/**
+ * A session's "up" that reaches this router later than this after it was published may have gone
+ * live on its gateway first (a client syncs in a few milliseconds): its inbox is checked once.
+ */
+const ROUTING_LATE_RECHECK_MS = 100;
 
 interface SessionRoute {
   userId: string;
@@ -110,7 +115,7 @@ export class Router {
             deliver: async (batch) => {
               const started = performance.now();
               const pull = batch.filter((d) => d.pull).map((d) => d.message.conversationId);
-              this.deliver(batch, pull.length > 0 ? await this.audiences.load(pull) : NO_AUDIENCES);
+              this.deliver(batch, pull.length > 0 ? await this.pullAudiences(pull) : NO_AUDIENCES);
               this.options.metrics.routerBatchSeconds.observe((performance.now() - started) / 1000);
             },
             membershipChanged: (conversationId) => this.audiences.forget(conversationId),
@@ -162,6 +167,10 @@ export class Router {
       }
     }
     if (e.kind === "up") {
+      // A session the table learned of late may have synced and gone live before this router knew
+      // of it, and missed a message routed meanwhile: its gateway looks at the user's inbox once.
+      if ((e.lateByMs ?? 0) > ROUTING_LATE_RECHECK_MS)
+        this.linkTo(e.gatewayId)?.push({ userIds: [e.userId], recheckInboxes: true });
       this.sessions.set(e.sessionId, {
         userId: e.userId,
         gatewayId: e.gatewayId,
@@ -270,6 +279,31 @@ export class Router {
    * Hands each message to every gateway holding a device of a recipient, with the recipient's cursor,
    * and asks push to notify recipients with no device online (never the sender).
    */
+  /**
+   * The online audiences of these pull conversations, or none when their member lists cannot be read
+   * now. The batch's other deliveries go out all the same: the inbox owner has marked the batch applied
+   * and would not hand it over again, so failing here would leave its recipients without a live event
+   * until their next message. A pull conversation's members fill the gap by seq (docs/protocol.md §3.1).
+   */
+  private async pullAudiences(conversationIds: string[]): Promise<ReadonlyMap<string, ReadonlySet<string>>> {
+    try {
+      return await this.audiences.load(conversationIds);
+    } catch (err) {
+      this.options.metrics.deliveriesDroppedTotal.inc(
+        { reason: "audience_unavailable" },
+        conversationIds.length,
+      );
+      this.options.logger.warn(
+        "router: pull conversations' members unreadable; their messages go live to nobody",
+        {
+          conversations: conversationIds.length,
+          err,
+        },
+      );
+      return NO_AUDIENCES;
+    }
+  }
+
   private deliver(batch: InboxDelivery[], audiences: ReadonlyMap<string, ReadonlySet<string>>): void {
     let entries = 0;
     for (const delivery of batch) {

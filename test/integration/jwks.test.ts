@@ -1,12 +1,14 @@
 /**
  * JWKS authentication: tokens signed by a key from the configured JWKS URL are accepted; HS/RS
- * confusion, unknown kids, wrong issuer/audience and expired tokens are not.
+ * confusion, unknown kids, wrong issuer/audience and expired tokens are not; a key set that cannot be
+ * fetched is an outage (try again), not a bad token (stop).
  */
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { exportJWK, generateKeyPair, SignJWT } from "jose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import WebSocket from "ws";
+import { expectCase, RawClient } from "../helpers/raw-client.js";
 import { type ServerProcess, startServer } from "../helpers/server.js";
 
 let jwks: Server;
@@ -17,9 +19,9 @@ let sign: (
 ) => Promise<string>;
 let publicJwk: Record<string, unknown>;
 
-function upgradeStatus(token: string): Promise<number> {
+function upgradeStatus(token: string, url = server.url): Promise<number> {
   return new Promise((resolve, reject) => {
-    const ws = new WebSocket(server.url, { headers: { authorization: `Bearer ${token}` } });
+    const ws = new WebSocket(url, { headers: { authorization: `Bearer ${token}` } });
     ws.on("unexpected-response", (_req, res) => resolve(res.statusCode ?? 0));
     ws.on("open", () => {
       ws.close();
@@ -86,5 +88,31 @@ describe("JWKS authentication", () => {
       .setExpirationTime("1h")
       .sign(new TextEncoder().encode(String(publicJwk.n)));
     expect(await upgradeStatus(confused)).toBe(401);
+  });
+
+  it("treats an unreachable key set as an outage, not a bad token: 503 on the upgrade, 1011 on an auth frame", async () => {
+    // A port nothing listens on: every fetch of the key set is refused.
+    const closed = createServer();
+    await new Promise<void>((r) => closed.listen(0, "127.0.0.1", () => r()));
+    const port = (closed.address() as AddressInfo).port;
+    await new Promise<void>((r) => closed.close(() => r()));
+    const outage = await startServer({
+      env: {
+        SWITCHBOARD_AUTH_JWKS_URL: `http://127.0.0.1:${port}/jwks.json`,
+        SWITCHBOARD_AUTH_ISSUER: "https://issuer.test",
+        SWITCHBOARD_AUTH_AUDIENCE: "switchboard",
+      },
+    });
+    try {
+      const token = await sign({});
+      expect(await upgradeStatus(token, outage.url)).toBe(503);
+      const c = await RawClient.connect(outage.url);
+      const err = expectCase(await c.request({ case: "auth", value: { token } }), "error");
+      expect(err.reason).toBe("AUTH_UNAVAILABLE");
+      expect(err.retryAfterMs).toBe(1000);
+      expect(await c.closed).toBe(1011);
+    } finally {
+      await outage.dispose();
+    }
   });
 });

@@ -432,6 +432,46 @@ describe("authentication", () => {
     expect(await bad.closed).toBe(3500);
   });
 
+  it("sends the welcome first: events of a busy conversation during authentication follow it", async () => {
+    const alice = user("welcome-a");
+    const bob = await connect(user("welcome-b"));
+    const dm = expectCase(
+      await bob.request({
+        case: "send",
+        value: { target: { case: "toUser", value: alice }, clientMsgId: "w-1", body: "hi" },
+      }),
+      "ack",
+    ).conversationId;
+    // Bob types without pause (every 4 ms, within the frame rate) while alice connects again and
+    // again: his typing events reach her sessions from their registration on. On the distributed
+    // backend the welcome waits milliseconds for the inbox head after the registration, and without
+    // the hold this failed every time; on the embedded one the wait is microseconds, and
+    // internal/gateway/connection.test.ts pins the order with a head read that the test controls.
+    let typing = true;
+    const typist = (async () => {
+      while (typing) {
+        bob.sendFrame({ id: 0, kind: { case: "typing", value: { conversationId: dm, typing: true } } });
+        await new Promise((r) => setTimeout(r, 4));
+      }
+    })();
+    try {
+      const token = await devToken(server.dataDir, alice);
+      let typingSeen = 0;
+      for (let i = 0; i < 30; i++) {
+        const c = await RawClient.connect(server.url, { token });
+        await c.nextEvent((f) => f.kind.case === "typing");
+        expect(c.received[0]?.kind.case).toBe("welcome");
+        typingSeen += c.received.filter((f) => f.kind.case === "typing").length;
+        c.close();
+      }
+      expect(typingSeen).toBeGreaterThanOrEqual(30);
+    } finally {
+      typing = false;
+      await typist;
+    }
+    bob.close();
+  });
+
   it("closes with the reconnect-class 3005 when an auth frame carries an expired token", async () => {
     const c = await RawClient.connect(server.url);
     const err = expectCase(

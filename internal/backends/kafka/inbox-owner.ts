@@ -260,9 +260,25 @@ export class InboxOwner implements Closeable {
     while (nextChange < changeOffsets.length) steps.push(changes.get(changeOffsets[nextChange++]!)!);
     for (const step of steps) {
       if (typeof step === "string") this.o.handler.membershipChanged(step);
-      else if (step.length > 0) await this.o.handler.deliver(step);
+      else if (step.length > 0) await this.handOver(step);
     }
     await commitBatch(payload, this.lag, this.commits);
+  }
+
+  /**
+   * Hands deliveries to the router. The entries are durable and the heads say they are applied, so a
+   * batch that failed here would not be handed over again when retried: a failure is logged and the
+   * batch's later steps go on. Its recipients read the entries by gap catch-up or sync.
+   */
+  private async handOver(step: InboxDelivery[]): Promise<void> {
+    try {
+      await this.o.handler.deliver(step);
+    } catch (err) {
+      this.o.log.error("inbox: handing deliveries to the router failed; their recipients read them by sync", {
+        deliveries: step.length,
+        err,
+      });
+    }
   }
 
   async close(): Promise<void> {

@@ -56,9 +56,9 @@ export class KafkaRouting implements RoutingEvents {
       };
     });
     let closed = false;
-    const deliver = (e: SessionEvent) => {
+    const deliver = (e: SessionEvent, publishedAtMs: number) => {
       if (closed) return;
-      if (live) handler(e);
+      if (live) handler({ ...e, lateByMs: Math.max(0, Date.now() - publishedAtMs) });
       else applyToTable(table, e);
     };
     if (remaining.size === 0) caughtUp();
@@ -68,7 +68,7 @@ export class KafkaRouting implements RoutingEvents {
       eachMessage: async ({ partition, message }) => {
         if (message.value) {
           try {
-            deliver(decodeSessionEvent(message.value));
+            deliver(decodeSessionEvent(message.value), Number(message.timestamp));
           } catch (err) {
             this.log.warn("routing: bad event skipped", { err, partition, offset: message.offset });
           }

@@ -1,0 +1,115 @@
+/**
+ * The router against stand-ins for its stores and one in-process gateway: what reaches the gateway
+ * when the routing table learns of a session late, and when a pull conversation's members cannot be
+ * read.
+ */
+import { describe, expect, it } from "vitest";
+import type {
+  DeliveryHandler,
+  InboxDelivery,
+  MembershipStore,
+  MessageLog,
+  RoutingEvents,
+  SessionEvent,
+  StoredMessage,
+} from "../backends/types.js";
+import { createLogger } from "../lib/log.js";
+import { createMetrics } from "../lib/metrics.js";
+import type { DeliverInit, GatewayClient } from "./gateway-link.js";
+import { Router } from "./router.js";
+
+function setup(members: MembershipStore["members"]) {
+  const received: DeliverInit[] = [];
+  let onSession!: (e: SessionEvent) => void;
+  let handler!: DeliveryHandler;
+  const closeable = { close: async () => {} };
+  const routing = {
+    subscribe: async (h: (e: SessionEvent) => void) => {
+      onSession = h;
+      return closeable;
+    },
+  } as unknown as RoutingEvents;
+  const log = {
+    deliveries: async (h: DeliveryHandler) => {
+      handler = h;
+      return closeable;
+    },
+  } as unknown as MessageLog;
+  const router = new Router({
+    log,
+    membership: { members } as unknown as MembershipStore,
+    inbox: {} as never,
+    routing,
+    push: { notify: async () => ({}) } as never,
+    dialGateway: () => {
+      throw new Error("no gateway in another process here");
+    },
+    streamQueueBytesMax: 1 << 20,
+    logger: createLogger({ level: "error" }),
+    metrics: createMetrics(),
+  });
+  const gateway: GatewayClient = {
+    async *deliver(requests) {
+      for await (const req of requests) received.push(req as DeliverInit);
+      yield* [];
+    },
+    drain: async () => ({}) as never,
+    stats: async () => ({}) as never,
+  };
+  router.attachGateway("g1", gateway);
+  return { router, received, session: (e: SessionEvent) => onSession(e), deliver: () => handler };
+}
+
+const up = (userId: string, lateByMs?: number): SessionEvent => ({
+  kind: "up",
+  userId,
+  sessionId: `s-${userId}`,
+  gatewayId: "g1",
+  gatewayEpoch: 1,
+  ...(lateByMs === undefined ? {} : { lateByMs }),
+});
+
+const message = (conversationId: string, seq: number): StoredMessage => ({
+  conversationId,
+  seq,
+  messageId: String(1000 + seq),
+  sender: "carol",
+  clientMsgId: `c-${seq}`,
+  body: "hello",
+  createdAtMs: Date.now(),
+});
+
+const until = async (pred: () => boolean) => {
+  for (let i = 0; i < 200 && !pred(); i++) await new Promise((r) => setTimeout(r, 5));
+  expect(pred()).toBe(true);
+};
+
+describe("Router", () => {
+  it("has the gateway re-check a user's inbox when the table learned of the session late, only then", async () => {
+    const { router, received, session } = setup(async () => []);
+    await router.start();
+    session(up("prompt", 3));
+    session(up("tardy", 2_000));
+    session(up("replayed"));
+    await until(() => received.length >= 1);
+    await new Promise((r) => setTimeout(r, 50));
+    expect(received).toEqual([expect.objectContaining({ recheckInboxes: true, userIds: ["tardy"] })]);
+    await router.close();
+  });
+
+  it("delivers a batch's pushed messages when its pull conversations' members cannot be read", async () => {
+    const { router, received, session, deliver } = setup(async () => {
+      throw new Error("Cassandra timed out");
+    });
+    await router.start();
+    session(up("bob"));
+    const batch: InboxDelivery[] = [
+      { message: message("g:1", 5), recipients: [], pull: true },
+      { message: message("dm:bob~carol", 9), recipients: [{ userId: "bob", cursor: 42 }] },
+    ];
+    await deliver().deliver(batch);
+    await until(() => received.length === 1);
+    expect(received[0]).toMatchObject({ userIds: ["bob"], cursors: [42n] });
+    await router.close();
+  });
+});
