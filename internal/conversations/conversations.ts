@@ -267,7 +267,7 @@ export class Conversations {
 
   /** Adds members: any member, or only admins and the owner when the group's addPolicy says so. */
   async addMembers(caller: string | undefined, id: string, users: string[]): Promise<ConversationRecord> {
-    const before = await this.group(id);
+    await this.group(id);
     if (caller !== undefined) {
       const { record, role } = await this.memberAccess(caller, id);
       if (record.addPolicy === "admins" && role === "member")
@@ -280,8 +280,9 @@ export class Conversations {
       this.limits.membersMax,
       this.limits.pullThreshold,
     );
-    // Everyone named was a member already: nothing changed, and nobody hears of it.
-    if (group.memberCount === before.memberCount) return group;
+    // Announced even when everyone named was a member already: a retry of an add whose first attempt
+    // failed after storing it (distributed backend: the announcement to the sequencers failed) adds
+    // nobody, yet is the only one that tells the members.
     return this.changed(group, Conversations.comings(group, users));
   }
 

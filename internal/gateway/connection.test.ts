@@ -33,6 +33,7 @@ class FakeSocket extends EventEmitter {
 interface Setup {
   verify?: (token: string) => Promise<Identity>;
   head?: (userId: string) => Promise<number>;
+  register?: () => Promise<void>;
 }
 
 function connection(setup: Setup = {}) {
@@ -44,7 +45,7 @@ function connection(setup: Setup = {}) {
     backends: { inbox: { head: setup.head ?? (async () => 0) } },
     presence: { heartbeat: async () => ({}) },
     verify: setup.verify ?? (async () => ({ userId: "alice", expiresAtMs: Number.POSITIVE_INFINITY })),
-    register: async () => {},
+    register: setup.register ?? (async () => {}),
     unregister: () => {},
   } as unknown as GatewayContext;
   const conn = new Connection(ctx, socket as never, "session-1", "json");
@@ -97,6 +98,24 @@ describe("Connection authentication", () => {
     await until(() => socket.closedWith !== undefined);
     expect(kinds(socket)).toEqual(["AUTH_UNAVAILABLE"]);
     expect(socket.closedWith).toBe(CloseCode.INTERNAL_ERROR);
+  });
+
+  it("never registers a connection that closed while its token was being checked", async () => {
+    let verified!: (identity: Identity) => void;
+    let registered = 0;
+    const { socket } = connection({
+      verify: () => new Promise((r) => (verified = r)),
+      register: async () => {
+        registered++;
+      },
+    });
+    socket.frame({ id: 1, auth: { token: "t" } });
+    await until(() => verified !== undefined);
+    socket.emit("close", 1006, Buffer.alloc(0));
+    verified({ userId: "alice", expiresAtMs: Number.POSITIVE_INFINITY });
+    await new Promise((r) => setTimeout(r, 20));
+    expect(registered).toBe(0);
+    expect(socket.sent).toHaveLength(0);
   });
 
   it("refuses a request with a lone surrogate before the welcome as AUTH_REQUIRED, under its id", async () => {

@@ -104,12 +104,6 @@ export const PRESENCE_TARGETS_PER_REQUEST_MAX = 100;
  * processes, 10 s each), so every accepted send is answered with its ack or its error.
  */
 const FLOOD_REPLIES_WAIT_MS = 15_000;
-/**
- * Frames held for a connection between its registration and its welcome (a few milliseconds: one
- * inbox head read) at most; past it the connection closes with 3008, as for a slow consumer.
- */
-const HELD_FOR_WELCOME_MAX = 256;
-
 const authRequired = () =>
   errors.unauthenticated("AUTH_REQUIRED", "authenticate first (auth frame or Authorization header)");
 
@@ -145,6 +139,7 @@ export class Connection {
    * conversations), held so that the welcome is the first frame of an authenticated connection.
    */
   private heldForWelcome: Array<string | Uint8Array> | undefined;
+  private heldBytes = 0;
   /** Sends of one connection are appended in the order they arrived (see `send`). */
   private sendOrder: Promise<void> = Promise.resolve();
   /** Syncs of one connection run one at a time; a new one cancels a running catch-up. */
@@ -191,6 +186,8 @@ export class Connection {
   }
 
   async authenticate(identity: Identity, replyTo: number): Promise<void> {
+    // Closed while its token was checked (client gone, auth deadline, drain): never registered.
+    if (this.closed) return;
     clearTimeout(this.authTimer);
     this.identity = identity;
     if (Number.isFinite(identity.expiresAtMs))
@@ -845,8 +842,12 @@ export class Connection {
   sendRaw(data: string | Uint8Array): void {
     if (this.closed) return;
     if (this.heldForWelcome) {
-      if (this.heldForWelcome.length < HELD_FOR_WELCOME_MAX) this.heldForWelcome.push(data);
-      else this.close(CloseCode.SLOW_CONSUMER, "too many events before the welcome; reconnect and sync");
+      // Bounded like the socket's own queue (a string counted at its largest UTF-8 size); held for
+      // a few milliseconds at most, one inbox head read.
+      this.heldBytes += typeof data === "string" ? data.length * 3 : data.length;
+      if (this.heldBytes > this.ctx.config.gateway.sendQueueBytesMax)
+        return this.close(CloseCode.SLOW_CONSUMER, "too many events before the welcome; reconnect and sync");
+      this.heldForWelcome.push(data);
       return;
     }
     if (this.socket.bufferedAmount > this.ctx.config.gateway.sendQueueBytesMax) {

@@ -146,6 +146,37 @@ describe("GatewayLink", () => {
     await link.close();
   });
 
+  it("re-dials a gateway that stays unreachable by itself only a few times, then at its next event", async () => {
+    let dials = 0;
+    const dead: GatewayClient = {
+      deliver(requests) {
+        dials++;
+        return (async function* () {
+          for await (const _ of requests) throw new Error("connection refused");
+          yield* [];
+        })();
+      },
+      drain: async () => ({}) as never,
+      stats: async () => ({}) as never,
+    };
+    const link = new GatewayLink({
+      gatewayId: "g",
+      dial: () => dead,
+      queueBytesMax: 1 << 20,
+      redialDelayMinMs: 10,
+      log,
+      metrics: createMetrics(),
+    });
+    expect(link.push(message("u", "a"))).toBe(true);
+    // Down times of 10, 20, 40 and 80 ms: the first dial and three by itself, then no more.
+    await until(() => dials === 4);
+    await new Promise((r) => setTimeout(r, 400));
+    expect(dials).toBe(4);
+    expect(link.push(message("v", "b"))).toBe(true);
+    await until(() => dials === 5);
+    await link.close();
+  });
+
   it("a failed stream's feeder takes nothing more: every later event reaches the new stream", async () => {
     let dials = 0;
     const dead: DeliverInit[] = [];

@@ -38,6 +38,8 @@ const REDIAL_DELAY_MIN_MS = 100;
 /** Users remembered for a targeted re-check; past this, the re-check covers all the gateway's users. */
 const DROPPED_USERS_MAX = 10_000;
 const REDIAL_DELAY_MAX_MS = 5_000;
+/** Failures in a row after which a link waits for an event to dial again (instead of its timer). */
+const REDIALS_BY_ITSELF_MAX = 3;
 
 /** Approximate wire size of a Deliver request: what the byte bound counts. */
 export function deliverBytes(req: DeliverInit): number {
@@ -157,8 +159,13 @@ export class GatewayLink {
         // have seen the stream end either (a half-open connection): their users re-check.
         if (feed.unconfirmed === "all") this.remember([]);
         else for (const users of feed.unconfirmed) if (users) this.remember(users);
-        this.redialTimer = setTimeout(() => this.redial(), delay);
-        this.redialTimer.unref();
+        // A gateway that is gone for good (no gateway-gone record says so) is not dialled forever:
+        // after a few failures in a row, only its next event dials it again.
+        clearTimeout(this.redialTimer);
+        if (this.failures <= REDIALS_BY_ITSELF_MAX) {
+          this.redialTimer = setTimeout(() => this.redial(), delay);
+          this.redialTimer.unref();
+        }
         this.o.log.warn("router: deliver stream to gateway failed; dropping its events until re-dial", {
           gatewayId: this.o.gatewayId,
           retryInMs: delay,
@@ -182,6 +189,13 @@ export class GatewayLink {
   private redial(): void {
     this.redialTimer = undefined;
     if (this.closed || this.running || !this.dropped) return;
+    const early = this.downUntil - Date.now();
+    if (early > 0) {
+      // A timer may fire a little before the wall clock says it is due: the down time holds.
+      this.redialTimer = setTimeout(() => this.redial(), early);
+      this.redialTimer.unref();
+      return;
+    }
     this.enqueueRecheck();
   }
 

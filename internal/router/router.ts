@@ -43,8 +43,11 @@ const NO_AUDIENCES: ReadonlyMap<string, ReadonlySet<string>> = new Map();
 /** Member-list reads in flight per routed batch. */
 const MEMBER_READS_CONCURRENT = 32;
 /**
- * A session's "up" that reaches this router later than this after it was published may have gone
- * live on its gateway first (a client syncs in a few milliseconds): its inbox is checked once.
+ * A session's "up" that reaches this router later than this after it was published has likely gone
+ * live on its gateway first (its client synced meanwhile): its inbox is checked once. Below it the
+ * table learns of a session in about the time a client takes to sync; checking every new session
+ * would cost an inbox read per connect. (The lateness compares the gateway's clock, which stamped
+ * the record, with this router's.)
  */
 const ROUTING_LATE_RECHECK_MS = 100;
 
@@ -276,10 +279,6 @@ export class Router {
   }
 
   /**
-   * Hands each message to every gateway holding a device of a recipient, with the recipient's cursor,
-   * and asks push to notify recipients with no device online (never the sender).
-   */
-  /**
    * The online audiences of these pull conversations, or none when their member lists cannot be read
    * now. The batch's other deliveries go out all the same: the inbox owner has marked the batch applied
    * and would not hand it over again, so failing here would leave its recipients without a live event
@@ -304,6 +303,10 @@ export class Router {
     }
   }
 
+  /**
+   * Hands each message to every gateway holding a device of a recipient, with the recipient's cursor,
+   * and asks push to notify recipients with no device online (never the sender).
+   */
   private deliver(batch: InboxDelivery[], audiences: ReadonlyMap<string, ReadonlySet<string>>): void {
     let entries = 0;
     for (const delivery of batch) {

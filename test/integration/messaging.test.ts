@@ -397,11 +397,6 @@ describe("groups", () => {
     groupOf(await ca.request({ case: "addMembers", value: { conversationId, members: [c] } }));
     for (const x of [cc, cb]) await x.nextEvent(changed("trip", (g) => g.memberCount === 3));
 
-    // Adding a member again adds nobody: no event (the next one b hears of is the hand-over).
-    const heardByB = cb.received.filter(isChange).length;
-    expect(
-      groupOf(await ca.request({ case: "addMembers", value: { conversationId, members: [c] } })).memberCount,
-    ).toBe(3);
     groupOf(
       await ca.request({
         case: "setMemberRole",
@@ -409,7 +404,6 @@ describe("groups", () => {
       }),
     );
     for (const x of [cb, cc, ca2]) await x.nextEvent(changed("trip", (g) => g.owner === b));
-    expect(cb.received.filter(isChange).length).toBe(heardByB + 1);
 
     const heardByC = cc.received.filter(isChange).length;
     groupOf(await cb.request({ case: "removeMembers", value: { conversationId, members: [c] } }));
