@@ -47,6 +47,24 @@ const message = (user: string, body: string): DeliverInit => ({
   frame: { kind: { case: "message", value: { message: { body, conversationId: "dm:a~b" } } } },
 });
 
+/** A gateway client over `deliver` alone. */
+const clientOf = (deliver: GatewayClient["deliver"]): GatewayClient => ({
+  deliver,
+  drain: async () => ({}) as never,
+  stats: async () => ({}) as never,
+});
+
+/** A link that dials `client`, down for `redialDelayMinMs` after a failure (doubling). */
+const linkTo = (client: GatewayClient, redialDelayMinMs: number) =>
+  new GatewayLink({
+    gatewayId: "g",
+    dial: () => client,
+    queueBytesMax: 1 << 20,
+    redialDelayMinMs,
+    log,
+    metrics: createMetrics(),
+  });
+
 const until = async (pred: () => boolean) => {
   for (let i = 0; i < 2_000 && !pred(); i++) await new Promise((r) => setTimeout(r, 5));
   expect(pred()).toBe(true);
@@ -148,25 +166,14 @@ describe("GatewayLink", () => {
 
   it("re-dials a gateway that stays unreachable by itself only a few times, then at its next event", async () => {
     let dials = 0;
-    const dead: GatewayClient = {
-      deliver(requests) {
-        dials++;
-        return (async function* () {
-          for await (const _ of requests) throw new Error("connection refused");
-          yield* [];
-        })();
-      },
-      drain: async () => ({}) as never,
-      stats: async () => ({}) as never,
-    };
-    const link = new GatewayLink({
-      gatewayId: "g",
-      dial: () => dead,
-      queueBytesMax: 1 << 20,
-      redialDelayMinMs: 10,
-      log,
-      metrics: createMetrics(),
+    const dead = clientOf((requests) => {
+      dials++;
+      return (async function* () {
+        for await (const _ of requests) throw new Error("connection refused");
+        yield* [];
+      })();
     });
+    const link = linkTo(dead, 10);
     expect(link.push(message("u", "a"))).toBe(true);
     // Down times of 10, 20, 40 and 80 ms: the first dial and three by itself, then no more.
     await until(() => dials === 4);
@@ -188,33 +195,22 @@ describe("GatewayLink", () => {
       (async () => {
         for await (const req of requests) into.push(req);
       })();
-    const client: GatewayClient = {
-      deliver(requests) {
-        dials++;
-        if (dials === 1) {
-          void pump(requests as AsyncIterable<DeliverInit>, dead);
-          return (async function* () {
-            await new Promise<void>((r) => (fail = r));
-            throw new Error("connection reset");
-          })();
-        }
-        const pumped = pump(requests as AsyncIterable<DeliverInit>, live);
+    const client = clientOf((requests) => {
+      dials++;
+      if (dials === 1) {
+        void pump(requests as AsyncIterable<DeliverInit>, dead);
         return (async function* () {
-          await pumped;
-          yield* [];
+          await new Promise<void>((r) => (fail = r));
+          throw new Error("connection reset");
         })();
-      },
-      drain: async () => ({}) as never,
-      stats: async () => ({}) as never,
-    };
-    const link = new GatewayLink({
-      gatewayId: "g",
-      dial: () => client,
-      queueBytesMax: 1 << 20,
-      redialDelayMinMs: 50,
-      log,
-      metrics: createMetrics(),
+      }
+      const pumped = pump(requests as AsyncIterable<DeliverInit>, live);
+      return (async function* () {
+        await pumped;
+        yield* [];
+      })();
     });
+    const link = linkTo(client, 50);
     expect(link.push(message("before", "a"))).toBe(true);
     await until(() => dead.length === 1);
     fail();
