@@ -54,4 +54,18 @@ describe("PullAudiences", () => {
     const big = new PullAudiences(async () => ["x", "y", "z"], 2);
     expect((await big.load(["g"])).get("g")?.size).toBe(3);
   });
+
+  it("names a set it cannot read without keeping the others from their batch; load fails on it", async () => {
+    const timeout = new Error("Cassandra timed out");
+    const audiences = new PullAudiences(async (c) => {
+      if (c === "broken") throw timeout;
+      return [`${c}-member`];
+    });
+    const { sets, unreadable } = await audiences.loadSettled(["a", "broken", "b"]);
+    expect([...sets.keys()].sort()).toEqual(["a", "b"]);
+    expect(unreadable).toEqual([{ conversationId: "broken", error: timeout }]);
+    await expect(audiences.load(["a", "broken"])).rejects.toBe(timeout);
+    // What was read is held: the next batch reads only what failed.
+    expect([...(await audiences.loadSettled(["a"])).sets.get("a")!]).toEqual(["a-member"]);
+  });
 });

@@ -28,7 +28,18 @@ export class PullAudiences {
    * it was read serves the batch that asked but is not kept.
    */
   async load(conversationIds: Iterable<string>): Promise<Map<string, ReadonlySet<string>>> {
+    const { sets, unreadable } = await this.loadSettled(conversationIds);
+    if (unreadable.length > 0) throw unreadable[0]!.error;
+    return sets;
+  }
+
+  /** As `load`, but a set that cannot be read is named, not kept from the others. */
+  async loadSettled(conversationIds: Iterable<string>): Promise<{
+    sets: Map<string, ReadonlySet<string>>;
+    unreadable: Array<{ conversationId: string; error: unknown }>;
+  }> {
     const out = new Map<string, ReadonlySet<string>>();
+    const unreadable: Array<{ conversationId: string; error: unknown }> = [];
     const missing: string[] = [];
     for (const c of new Set(conversationIds)) {
       const held = this.sets.get(c);
@@ -43,9 +54,14 @@ export class PullAudiences {
         return mark;
       });
       try {
-        const lists = await Promise.all(slice.map((c) => this.readMembers(c)));
+        const lists = await Promise.allSettled(slice.map((c) => this.readMembers(c)));
         for (const [j, c] of slice.entries()) {
-          const set = new Set(lists[j]);
+          const list = lists[j]!;
+          if (list.status === "rejected") {
+            unreadable.push({ conversationId: c, error: list.reason });
+            continue;
+          }
+          const set = new Set(list.value);
           out.set(c, set);
           if (!marks[j]!.changed) this.hold(c, set);
         }
@@ -53,7 +69,7 @@ export class PullAudiences {
         for (const [j, c] of slice.entries()) if (this.reading.get(c) === marks[j]) this.reading.delete(c);
       }
     }
-    return out;
+    return { sets: out, unreadable };
   }
 
   /** Reads these conversations' sets again (for a router whose store does not tell of changes). */

@@ -279,28 +279,24 @@ export class Router {
   }
 
   /**
-   * The online audiences of these pull conversations, or none when their member lists cannot be read
-   * now. The batch's other deliveries go out all the same: the inbox owner has marked the batch applied
+   * The online audiences of these pull conversations, without those whose member lists cannot be
+   * read now. The batch's other deliveries go out all the same: the inbox owner has marked the batch applied
    * and would not hand it over again, so failing here would leave its recipients without a live event
    * until their next message. A pull conversation's members fill the gap by seq (docs/protocol.md §3.1).
    */
   private async pullAudiences(conversationIds: string[]): Promise<ReadonlyMap<string, ReadonlySet<string>>> {
-    try {
-      return await this.audiences.load(conversationIds);
-    } catch (err) {
-      this.options.metrics.deliveriesDroppedTotal.inc(
-        { reason: "audience_unavailable" },
-        conversationIds.length,
-      );
+    const { sets, unreadable } = await this.audiences.loadSettled(conversationIds);
+    if (unreadable.length > 0) {
+      this.options.metrics.deliveriesDroppedTotal.inc({ reason: "audience_unavailable" }, unreadable.length);
       this.options.logger.warn(
         "router: pull conversations' members unreadable; their messages go live to nobody",
         {
-          conversations: conversationIds.length,
-          err,
+          conversations: unreadable.map((u) => u.conversationId).slice(0, 10),
+          err: unreadable[0]!.error,
         },
       );
-      return NO_AUDIENCES;
     }
+    return sets;
   }
 
   /**
