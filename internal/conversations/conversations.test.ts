@@ -1,5 +1,19 @@
 import { describe, expect, it } from "vitest";
-import { directConversationId, directMembers, exceedsChars, isValidConversationId } from "./conversations.js";
+import { AnnouncingMembershipStore } from "../backends/distributed/membership.js";
+import {
+  type ConversationRecord,
+  type MembershipStore,
+  type MessageLog,
+  newConversationRecord,
+} from "../backends/types.js";
+import {
+  Conversations,
+  directConversationId,
+  directMembers,
+  exceedsChars,
+  isValidConversationId,
+} from "./conversations.js";
+import type { IdPool } from "./id-pool.js";
 
 describe("conversation ids", () => {
   it("derives one direct id from the two users in either order", () => {
@@ -31,5 +45,44 @@ describe("exceedsChars", () => {
     expect(exceedsChars("😀".repeat(100_001), 100_000)).toBe(true);
     expect(exceedsChars("x".repeat(100_000), 100_000)).toBe(false);
     expect(exceedsChars("x".repeat(100_001), 100_000)).toBe(true);
+  });
+});
+
+describe("addMembers", () => {
+  it("announces the group when a retry adds nobody: the retry of an add whose first attempt failed after storing it", async () => {
+    const id = "g:382801613892354048";
+    const members = new Set(["alice"]);
+    let group: ConversationRecord = newConversationRecord(
+      { id, kind: "group", name: "plans", owner: "alice", open: false, createdAtMs: 1 },
+      1,
+    );
+    const stored = {
+      getConversation: async () => group,
+      memberOf: async (_: string, user: string) =>
+        members.has(user) ? { record: group, role: "owner" as const } : undefined,
+      addMembers: async (_: string, users: string[]) => {
+        for (const u of users) members.add(u);
+        group = { ...group, memberCount: members.size };
+        return group;
+      },
+    } as unknown as MembershipStore;
+    // The distributed backend's store: the change is stored, then announced to the sequencers.
+    let announcements = 0;
+    const store = new AnnouncingMembershipStore(stored, async () => {
+      if (++announcements === 1) throw new Error("kafka: not leader for partition");
+    });
+    const conversations = new Conversations(store, {} as MessageLog, {} as IdPool, {
+      bodyCharsMax: 100,
+      membersMax: 10,
+      pullThreshold: 5,
+      nameCharsMax: 64,
+    });
+    const heard: Array<{ memberCount: number; audience: unknown }> = [];
+    conversations.onGroupChange((g, audience) => heard.push({ memberCount: g.memberCount, audience }));
+
+    await expect(conversations.addMembers("alice", id, ["bob"])).rejects.toThrow(/not leader/);
+    expect(heard).toEqual([]);
+    expect((await conversations.addMembers("alice", id, ["bob"])).memberCount).toBe(2);
+    expect(heard).toEqual([{ memberCount: 2, audience: "members" }]);
   });
 });
