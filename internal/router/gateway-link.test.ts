@@ -55,12 +55,13 @@ const clientOf = (deliver: GatewayClient["deliver"]): GatewayClient => ({
 });
 
 /** A link that dials `client`, down for `redialDelayMinMs` after a failure (doubling). */
-const linkTo = (client: GatewayClient, redialDelayMinMs: number) =>
+const linkTo = (client: GatewayClient, redialDelayMinMs: number, stableStreamMs?: number) =>
   new GatewayLink({
     gatewayId: "g",
     dial: () => client,
     queueBytesMax: 1 << 20,
     redialDelayMinMs,
+    ...(stableStreamMs === undefined ? {} : { stableStreamMs }),
     log,
     metrics: createMetrics(),
   });
@@ -181,6 +182,26 @@ describe("GatewayLink", () => {
     expect(dials).toBe(4);
     expect(link.push(message("v", "b"))).toBe(true);
     await until(() => dials === 5);
+    await link.close();
+  });
+
+  it("counts only failures in a row: a quiet gateway whose streams served a while is re-dialled every time", async () => {
+    let dials = 0;
+    // Each stream takes its requests, serves 60 ms without a credit (fewer than 256 events), then fails.
+    const quiet = clientOf((requests) => {
+      dials++;
+      void (async () => {
+        for await (const _ of requests);
+      })();
+      return (async function* () {
+        await new Promise((r) => setTimeout(r, 60));
+        throw new Error("connection reset");
+      })();
+    });
+    const link = linkTo(quiet, 10, 50);
+    expect(link.push(message("u", "a"))).toBe(true);
+    // Past the three re-dials by itself that failures in a row would get.
+    await until(() => dials >= 6);
     await link.close();
   });
 

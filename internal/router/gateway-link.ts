@@ -30,6 +30,11 @@ export interface GatewayLinkOptions {
   queueBytesMax: number;
   /** First delay before a failed stream is dialled again (doubling up to 5 s); default 100 ms. */
   redialDelayMinMs?: number;
+  /**
+   * A stream that served this long before it failed was not failing in a row: the count of failures
+   * (its backoff, and how often the link re-dials by itself) starts again. Default 5 s.
+   */
+  stableStreamMs?: number;
   log: Logger;
   metrics: Metrics;
 }
@@ -139,6 +144,7 @@ export class GatewayLink {
     const client = this.o.dial();
     const feed: Feed = { ended: false, wake: undefined, unconfirmed: [] };
     this.feed = feed;
+    const openedAt = Date.now();
     this.o.metrics.gatewayStreams.inc();
     let failed = false;
     try {
@@ -151,6 +157,8 @@ export class GatewayLink {
       failed = true;
       if (!this.closed) {
         this.o.metrics.gatewayStreamFailuresTotal.inc();
+        // Credit resets the count too, but a quiet gateway (fewer than 256 events) never gives any.
+        if (Date.now() - openedAt >= (this.o.stableStreamMs ?? REDIAL_DELAY_MAX_MS)) this.failures = 0;
         this.failures++;
         const first = this.o.redialDelayMinMs ?? REDIAL_DELAY_MIN_MS;
         const delay = Math.min(REDIAL_DELAY_MAX_MS, first * 2 ** (this.failures - 1));
