@@ -60,6 +60,14 @@ export function deliverBytes(req: DeliverInit): number {
 }
 
 /**
+ * Whose inboxes must be re-checked if `req` was lost: a message event's recipients, a re-check's
+ * users ([]: all of the gateway's); undefined for events nothing durable stands behind (typing, ...).
+ */
+function recheckUsersOf(req: DeliverInit): readonly string[] | undefined {
+  return req.frame?.kind?.case === "message" || req.recheckInboxes ? (req.userIds ?? []) : undefined;
+}
+
+/**
  * One opened Deliver stream's feeder. A stream that failed is ended here too, so its feeder (still
  * awaited by the gRPC call's request pump) takes nothing more from the queue: an event it took would
  * go into a dead stream, lost unnoticed, while its successor's stream waits for it.
@@ -128,8 +136,13 @@ export class GatewayLink {
 
   private drop(reason: "unreachable" | "queue_full", req: DeliverInit): false {
     this.o.metrics.deliveriesDroppedTotal.inc({ reason });
-    if (req.frame?.kind?.case === "message" || req.recheckInboxes) this.remember(req.userIds ?? []);
+    this.rememberFor(req);
     return false;
+  }
+
+  private rememberFor(req: DeliverInit): void {
+    const users = recheckUsersOf(req);
+    if (users) this.remember(users);
   }
 
   private remember(userIds: readonly string[]): void {
@@ -221,10 +234,7 @@ export class GatewayLink {
         this.queuedBytes -= item.bytes;
         this.o.metrics.gatewayStreamQueueBytes.dec(item.bytes);
         if (feed.unconfirmed !== "all") {
-          const { req } = item;
-          feed.unconfirmed.push(
-            req.frame?.kind?.case === "message" || req.recheckInboxes ? (req.userIds ?? []) : undefined,
-          );
+          feed.unconfirmed.push(recheckUsersOf(item.req));
           if (feed.unconfirmed.length > UNCONFIRMED_MAX) feed.unconfirmed = "all";
         }
         yield item.req;
@@ -247,10 +257,7 @@ export class GatewayLink {
   private clear(): void {
     const dropped = this.queue.length - this.head;
     if (dropped > 0) this.o.metrics.deliveriesDroppedTotal.inc({ reason: "unreachable" }, dropped);
-    for (let i = this.head; i < this.queue.length; i++) {
-      const { req } = this.queue[i]!;
-      if (req.frame?.kind?.case === "message" || req.recheckInboxes) this.remember(req.userIds ?? []);
-    }
+    for (let i = this.head; i < this.queue.length; i++) this.rememberFor(this.queue[i]!.req);
     this.o.metrics.gatewayStreamQueueBytes.dec(this.queuedBytes);
     this.queue.length = 0;
     this.head = 0;

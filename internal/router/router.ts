@@ -280,9 +280,10 @@ export class Router {
 
   /**
    * The online audiences of these pull conversations, without those whose member lists cannot be
-   * read now. The batch's other deliveries go out all the same: the inbox owner has marked the batch applied
-   * and would not hand it over again, so failing here would leave its recipients without a live event
-   * until their next message. A pull conversation's members fill the gap by seq (docs/protocol.md §3.1).
+   * read now. The batch's other deliveries go out all the same: the inbox owner has marked the batch
+   * applied and would not hand it over again, so failing here would leave its recipients without a
+   * live event until their next message. A pull conversation's members fill the gap by seq
+   * (docs/protocol.md §3.1).
    */
   private async pullAudiences(conversationIds: string[]): Promise<ReadonlyMap<string, ReadonlySet<string>>> {
     const { sets, unreadable } = await this.audiences.loadSettled(conversationIds);
