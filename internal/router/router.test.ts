@@ -1,7 +1,7 @@
 /**
  * The router against stand-ins for its stores and one in-process gateway: what reaches the gateway
- * when the routing table learns of a session late, and when a pull conversation's members cannot be
- * read.
+ * when the routing table learns of a session late or just after its user was handed a message, and
+ * when a pull conversation's members cannot be read.
  */
 import { describe, expect, it } from "vitest";
 import type {
@@ -94,6 +94,21 @@ describe("Router", () => {
     await until(() => received.length >= 1);
     await new Promise((r) => setTimeout(r, 50));
     expect(received).toEqual([expect.objectContaining({ recheckInboxes: true, userIds: ["tardy"] })]);
+    await router.close();
+  });
+
+  it("has the gateway re-check a session learned of promptly if its user was handed a message just now", async () => {
+    const { router, received, session, deliver } = setup(async () => []);
+    await router.start();
+    // bob has no session here yet: the message goes to push, while bob's new device may be syncing.
+    await deliver().deliver([
+      { message: message("dm:bob~carol", 1), recipients: [{ userId: "bob", cursor: 1 }] },
+    ]);
+    session(up("bob", 3));
+    session(up("dave", 3));
+    await until(() => received.length >= 1);
+    await new Promise((r) => setTimeout(r, 50));
+    expect(received).toEqual([expect.objectContaining({ recheckInboxes: true, userIds: ["bob"] })]);
     await router.close();
   });
 

@@ -37,6 +37,7 @@ import type { ServiceClient } from "../lib/rpc.js";
 import { carrierOf, context, startSpan, trace, tracing } from "../lib/tracing.js";
 import { type DeliverInit, type GatewayClient, GatewayLink } from "./gateway-link.js";
 import { PullAudiences } from "./pull-audiences.js";
+import { RecentRecipients } from "./recent-recipients.js";
 
 export const CONSUMER_GROUP = "router";
 const NO_AUDIENCES: ReadonlyMap<string, ReadonlySet<string>> = new Map();
@@ -50,6 +51,12 @@ const MEMBER_READS_CONCURRENT = 32;
  * the record, with this router's.)
  */
 const ROUTING_LATE_RECHECK_MS = 100;
+/**
+ * A session that reaches the table sooner is checked only if its user was handed a message within
+ * about this long: a message routed between the session's publication and now. The window is ten
+ * times the lateness above, so a gateway clock up to ~900 ms ahead of this router's is covered too.
+ */
+const RECENT_RECIPIENTS_WINDOW_MS = 1_000;
 
 interface SessionRoute {
   userId: string;
@@ -98,6 +105,7 @@ export class Router {
   private readonly audiences: PullAudiences;
   /** The membership store tells of changes (watch): member sets are kept across batches. */
   private watchingMembers = false;
+  private readonly recentRecipients = new RecentRecipients(RECENT_RECIPIENTS_WINDOW_MS);
 
   constructor(private readonly options: RouterOptions) {
     this.audiences = new PullAudiences((c) => options.membership.members(c));
@@ -171,8 +179,14 @@ export class Router {
     }
     if (e.kind === "up") {
       // A session the table learned of late may have synced and gone live before this router knew
-      // of it, and missed a message routed meanwhile: its gateway looks at the user's inbox once.
-      if ((e.lateByMs ?? 0) > ROUTING_LATE_RECHECK_MS)
+      // of it, and missed a message routed meanwhile: its gateway looks at the user's inbox once. So
+      // does a session learned of promptly whose user was handed a message just now. (Events with
+      // no lateness are a replay at start, or a table that learns of a session before its client
+      // can sync: the embedded backend's.)
+      if (
+        e.lateByMs !== undefined &&
+        (e.lateByMs > ROUTING_LATE_RECHECK_MS || this.recentRecipients.has(e.userId))
+      )
         this.linkTo(e.gatewayId)?.push({ userIds: [e.userId], recheckInboxes: true });
       this.sessions.set(e.sessionId, {
         userId: e.userId,
@@ -305,6 +319,7 @@ export class Router {
    * and asks push to notify recipients with no device online (never the sender).
    */
   private deliver(batch: InboxDelivery[], audiences: ReadonlyMap<string, ReadonlySet<string>>): void {
+    this.recentRecipients.rotate();
     let entries = 0;
     for (const delivery of batch) {
       entries += delivery.recipients.length;
@@ -363,6 +378,7 @@ export class Router {
     const traceparent = (span && carrierOf(span)?.traceparent) ?? "";
     const perGateway = new Map<string, { userIds: string[]; cursors: bigint[] }>();
     for (const { userId, cursor } of recipients) {
+      this.recentRecipients.add(userId);
       const sessions = this.byUser.get(userId);
       if (!sessions || sessions.size === 0) {
         if (userId !== m.sender) {
