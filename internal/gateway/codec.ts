@@ -12,7 +12,7 @@ import {
   toBinary,
   toJsonString,
 } from "@bufbuild/protobuf";
-import { BinaryReader, WireType } from "@bufbuild/protobuf/wire";
+import { BinaryReader, configureTextEncoding, getTextEncoding, WireType } from "@bufbuild/protobuf/wire";
 import {
   type ClientFrame,
   ClientFrameSchema,
@@ -39,7 +39,7 @@ export function decodeClientFrame(data: Buffer, isBinary: boolean): ClientFrame 
     return isBinary ? fromBinary(ClientFrameSchema, data) : decodeJson(data.toString("utf8"));
   } catch (err) {
     if (err instanceof SwitchboardError) throw err;
-    if (isBinary && isInvalidUtf8(err)) throw invalidUnicode();
+    if (isBinary && isInvalidUtf8(err) && decodesWithLenientUtf8(data)) throw invalidUnicode();
     const detail = err instanceof Error ? err.message.slice(0, 200) : "unparseable";
     throw Object.assign(errors.invalid("MALFORMED_FRAME", `frame is not a valid ClientFrame: ${detail}`), {
       cause: err,
@@ -71,6 +71,27 @@ function decodesWithWholeCharacters(text: string): boolean {
     return false;
   }
 }
+
+/**
+ * Whether a binary frame decodes once invalid UTF-8 in its strings is read as U+FFFD. protobuf-es
+ * takes its UTF-8 decoder from library-wide settings, not per call, so the lenient one is put in for
+ * this one synchronous decode and the strict one back before anything else can run. Only refused
+ * frames get here.
+ */
+function decodesWithLenientUtf8(data: Buffer): boolean {
+  const strict = getTextEncoding();
+  configureTextEncoding({ ...strict, decodeUtf8: (bytes) => LENIENT_UTF8.decode(bytes) });
+  try {
+    fromBinary(ClientFrameSchema, data);
+    return true;
+  } catch {
+    return false;
+  } finally {
+    configureTextEncoding(strict);
+  }
+}
+
+const LENIENT_UTF8 = new TextDecoder("utf-8", { ignoreBOM: true });
 
 function invalidUnicode(): SwitchboardError {
   return errors.invalid(

@@ -107,6 +107,20 @@ describe("codec", () => {
     expect(peekRequest(binary, true)).toEqual({ id: 43, request: "send" });
   });
 
+  it("calls a binary frame with invalid UTF-8 malformed when something else is wrong with it too", () => {
+    const binary = Buffer.from(toBinary(ClientFrameSchema, create(ClientFrameSchema, { ...frame, id: 44 })));
+    const at = binary.indexOf("hi");
+    binary[at] = 0xff;
+    const truncated = Buffer.concat([binary, Buffer.from([0x08, 0xff, 0xff])]);
+    expect(() => decodeClientFrame(truncated, true)).toThrow(
+      expect.objectContaining({ reason: "MALFORMED_FRAME" }),
+    );
+    // The strict UTF-8 decoder is back in place for every later frame.
+    expect(() => decodeClientFrame(binary, true)).toThrow(
+      expect.objectContaining({ reason: "INVALID_UNICODE" }),
+    );
+  });
+
   it("decodes an escaped surrogate pair as the one character it is", () => {
     const f = decodeClientFrame(
       Buffer.from('{"id":1,"send":{"toUser":"bob","clientMsgId":"c","body":"\\ud83d\\ude00"}}'),
