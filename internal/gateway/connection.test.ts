@@ -9,7 +9,7 @@ import { type ServerFrame, ServerFrameSchema } from "../../gen/switchboard/clien
 import type { Identity } from "../lib/auth.js";
 import { loadConfig } from "../lib/config.js";
 import { errors } from "../lib/errors.js";
-import { createLogger } from "../lib/log.js";
+import { discardingLogger } from "../lib/log.js";
 import { createMetrics } from "../lib/metrics.js";
 import { CloseCode } from "./close-codes.js";
 import { Connection, type GatewayContext } from "./connection.js";
@@ -40,7 +40,7 @@ function connection(setup: Setup = {}) {
   const socket = new FakeSocket();
   const ctx = {
     config: loadConfig({}),
-    log: createLogger({ level: "error" }),
+    log: discardingLogger(),
     metrics: createMetrics(),
     backends: { inbox: { head: setup.head ?? (async () => 0) } },
     presence: { heartbeat: async () => ({}) },

@@ -50,3 +50,16 @@ export function createLogger(base: Record<string, unknown> = {}): Logger {
     child: (fields) => createLogger({ ...base, ...fields }),
   };
 }
+
+/** A logger that writes nothing: for unit tests that provoke failures on purpose. */
+export function discardingLogger(): Logger {
+  const discard = () => undefined;
+  const logger: Logger = {
+    debug: discard,
+    info: discard,
+    warn: discard,
+    error: discard,
+    child: () => logger,
+  };
+  return logger;
+}

@@ -1,7 +1,7 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import type { RouterService } from "../../gen/switchboard/router/v1/router_pb.js";
 import type { PresenceStore } from "../backends/types.js";
-import { createLogger } from "../lib/log.js";
+import { discardingLogger } from "../lib/log.js";
 import type { ServiceClient } from "../lib/rpc.js";
 import { Presence } from "./service.js";
 
@@ -36,7 +36,7 @@ describe("presence: last_active_at writes", () => {
       offlineAfterMs,
       store,
       router: () => router,
-      log: createLogger({ level: "error" }),
+      log: discardingLogger(),
       now: () => now,
     });
 

@@ -2,7 +2,7 @@ import { describe, expect, it } from "vitest";
 import { PresenceService } from "../../gen/switchboard/presence/v1/presence_pb.js";
 import type { RouterService } from "../../gen/switchboard/router/v1/router_pb.js";
 import type { PresenceStore } from "../backends/types.js";
-import { createLogger } from "../lib/log.js";
+import { discardingLogger } from "../lib/log.js";
 import { inProcessClient, type ServiceClient } from "../lib/rpc.js";
 import { Presence, presenceServiceImpl } from "./service.js";
 import { presenceShardOf, shardedPresenceClient } from "./shards.js";
@@ -33,7 +33,7 @@ function shards(n: number) {
       offlineAfterMs: 60_000,
       store,
       router: () => router,
-      log: createLogger({ level: "error" }),
+      log: discardingLogger(),
     });
   });
   const clients = presences.map((p) => inProcessClient(PresenceService, presenceServiceImpl(p, store)));

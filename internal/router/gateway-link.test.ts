@@ -1,9 +1,9 @@
 import { describe, expect, it } from "vitest";
-import { createLogger } from "../lib/log.js";
+import { discardingLogger } from "../lib/log.js";
 import { createMetrics } from "../lib/metrics.js";
 import { type DeliverInit, deliverBytes, type GatewayClient, GatewayLink } from "./gateway-link.js";
 
-const log = createLogger({ level: "error" });
+const log = discardingLogger();
 
 /**
  * A gateway that takes requests only when `release()` is called (or always, when `open`); with

@@ -13,7 +13,7 @@ import type {
   SessionEvent,
   StoredMessage,
 } from "../backends/types.js";
-import { createLogger } from "../lib/log.js";
+import { discardingLogger } from "../lib/log.js";
 import { createMetrics } from "../lib/metrics.js";
 import type { DeliverInit, GatewayClient } from "./gateway-link.js";
 import { Router } from "./router.js";
@@ -45,7 +45,7 @@ function setup(members: MembershipStore["members"]) {
       throw new Error("no gateway in another process here");
     },
     streamQueueBytesMax: 1 << 20,
-    logger: createLogger({ level: "error" }),
+    logger: discardingLogger(),
     metrics: createMetrics(),
   });
   const gateway: GatewayClient = {
