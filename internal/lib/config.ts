@@ -138,7 +138,7 @@ export const schema = {
   cluster: {
     idTarget: str(
       "",
-      "gRPC target of the id service, for gateways of split roles: `dns:///name:port` (a headless Service; calls spread over every address) or `ipv4:host:port,host:port`. Empty: in this process (role all).",
+      "gRPC target of the id service, for gateways and routers of split roles: `dns:///name:port` (a headless Service; calls spread over every address) or `ipv4:host:port,host:port`. Empty: in this process (role all).",
     ),
     routerTarget: str(
       "",
@@ -150,11 +150,11 @@ export const schema = {
     ),
     presenceTargets: list(
       [],
-      "gRPC target of each presence shard, in shard order (a user's presence lives on shard hash(user) mod count), for gateways of split roles. Empty: in this process.",
+      "gRPC target of each presence shard, in shard order (a user's presence lives on shard hash(user) mod count), for gateways and routers (the server API's presence reads) of split roles. Empty: in this process.",
     ),
     presenceShard: int(
       0,
-      "This presence process's shard number (in Kubernetes, the StatefulSet ordinal); logged and exported, so a misrouted heartbeat is visible.",
+      "This presence process's shard number (in Kubernetes, the StatefulSet ordinal); added to its log lines.",
       0,
       1023,
     ),
