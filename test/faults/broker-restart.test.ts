@@ -1,8 +1,12 @@
 /**
- * Infrastructure crashes under load: a Kafka broker, then a Cassandra node, is killed with
- * SIGKILL and started again on its data (test/infra `restartServer`) while an SDK client sends a
- * steady stream to a 1:1 conversation and to a small group, and the recipients' devices stay
- * connected. The sender keeps sending through the outage; the SDK re-sends unacknowledged sends
+ * Infrastructure faults under load, while an SDK client sends a steady stream to a 1:1 conversation
+ * and to a small group and the recipients' devices stay connected:
+ * - a crash: a Kafka broker, then a Cassandra node, is killed with SIGKILL and started again on its
+ *   data (test/infra `restartServer`): connections are refused, then come back;
+ * - a freeze: the broker, then the node, is stopped with SIGSTOP for FREEZE_MS and continued
+ *   (`pauseServer`): its sockets stay open and nothing answers, as in a network partition or a
+ *   hung host, so the platform sees only timeouts; the freeze outlasts the consumer groups'
+ *   session timeout (10 s), so the groups rebalance when it ends. The sender keeps sending through the outage; the SDK re-sends unacknowledged sends
  * with the same clientMsgId until they are acknowledged.
  *
  * Afterwards (ADR 0001, 0002):
@@ -11,7 +15,7 @@
  *   (seq, messageId) is the stored row;
  * - every connected device (the receiver's two devices, a group member and the sender's own device)
  *   emitted every message of its conversations exactly once, in seq order, with no gap.
- * It reports the outage, the time to the first ack after the restart, the time until every pending
+ * It reports the outage, the time to the first ack after it ended, the time until every pending
  * send was acknowledged, and how many sends had to be re-sent.
  *
  * Each test has its own platform process (`start --backend distributed`), topic prefix and keyspace;
@@ -29,17 +33,28 @@ import {
 } from "../../sdk/src/index.js";
 import { expectCase, RawClient } from "../helpers/raw-client.js";
 import { devToken, type ServerProcess, startServer } from "../helpers/server.js";
-import { ensureServer, restartServer, type ServerName, serverLogTail, serverPid } from "../infra/servers.js";
+import {
+  ensureServer,
+  pauseServer,
+  restartServer,
+  resumeServer,
+  type ServerName,
+  serverLogTail,
+  serverPid,
+} from "../infra/servers.js";
 
 /** The stream: MESSAGES sends, one every INTERVAL_MS, alternating 1:1 and group. */
 const MESSAGES = 150;
 const INTERVAL_MS = 30;
-/** The broker/node is killed after this many sends of the stream (~1/3). */
+/** The fault starts after this many sends of the stream (~1/3). */
 const RESTART_AFTER = 50;
 /** After the server is back: every send must be acknowledged within this. */
 const ACK_DEADLINE_MS = 120_000;
 /** Bringing the killed server back (Cassandra takes 30-60 s on the 2 busy cores). */
 const RESTART_TIMEOUT_MS = 240_000;
+/** How long a frozen server stays stopped. */
+const FREEZE_MS = 15_000;
+type Fault = "restart" | "freeze";
 /** After the last ack: every device must have every message within this. */
 const DELIVERY_DEADLINE_MS = 120_000;
 
@@ -146,7 +161,17 @@ async function fullHistory(raw: RawClient, conversationId: string): Promise<Stor
   return pages.flat();
 }
 
-async function scenario(target: ServerName): Promise<void> {
+/** Stops the server for FREEZE_MS and continues it, whatever happens meanwhile. */
+async function freeze(target: ServerName): Promise<void> {
+  await pauseServer(target);
+  try {
+    await sleep(FREEZE_MS);
+  } finally {
+    await resumeServer(target);
+  }
+}
+
+async function scenario(target: ServerName, fault: Fault): Promise<void> {
   const tag = `${target[0]}${Date.now().toString(36)}${randomBytes(2).toString("hex")}`;
   const t0 = performance.now();
   const now = () => Math.round(performance.now() - t0);
@@ -173,9 +198,9 @@ async function scenario(target: ServerName): Promise<void> {
       args: ["--backend", "distributed"],
       env: {
         ...infra,
-        SWITCHBOARD_KAFKA_TOPIC_PREFIX: `restart-${tag}.`,
+        SWITCHBOARD_KAFKA_TOPIC_PREFIX: `${fault}-${tag}.`,
         SWITCHBOARD_KAFKA_PARTITIONS: "3",
-        SWITCHBOARD_CASSANDRA_KEYSPACE: `restart_${tag}`,
+        SWITCHBOARD_CASSANDRA_KEYSPACE: `${fault}_${tag}`,
       },
     });
     const srv = server;
@@ -217,7 +242,7 @@ async function scenario(target: ServerName): Promise<void> {
     await Promise.all(devices.map((d) => d.client.connect({ timeoutMs: 60_000 })));
 
     const dm = directConversationId(alice, bob);
-    const group = (await sender.client.createGroup({ name: `restart ${tag}`, members: [bob, carol] })).id;
+    const group = (await sender.client.createGroup({ name: `${fault} ${tag}`, members: [bob, carol] })).id;
     const members = new Map([
       [dm, [alice, bob]],
       [group, [alice, bob, carol]],
@@ -272,9 +297,13 @@ async function scenario(target: ServerName): Promise<void> {
     for (let i = 0; i < MESSAGES; i++) {
       if (i === RESTART_AFTER) {
         killAt = now();
-        restarting = restartServer(target, { timeoutMs: RESTART_TIMEOUT_MS }).then(async () => {
+        const outage =
+          fault === "restart"
+            ? restartServer(target, { timeoutMs: RESTART_TIMEOUT_MS }).then(() => undefined)
+            : freeze(target);
+        restarting = outage.then(async () => {
           upAt = now();
-          await notePids(`${target} restarted`);
+          await notePids(`${target} ${fault === "restart" ? "restarted" : "continued"}`);
         });
       }
       void send(i % 2 === 0 ? dm : group, `m${i} ${i % 2 === 0 ? "dm" : "group"}`);
@@ -292,7 +321,7 @@ async function scenario(target: ServerName): Promise<void> {
         const { exitCode, signalCode } = srv.child;
         if (exitCode !== null || signalCode !== null) {
           throw new Error(
-            `the platform process exited (code ${exitCode}, signal ${signalCode}) during the ${target} restart; ` +
+            `the platform process exited (code ${exitCode}, signal ${signalCode}) during the ${target} ${fault}; ` +
               `its last words:\n${srv.stderr().slice(-1_500)}`,
           );
         }
@@ -307,7 +336,7 @@ async function scenario(target: ServerName): Promise<void> {
           .slice(0, 10)
           .map((s) => s.clientMsgId)
           .join(", ")}…), SDK pendingSends ${sender.client.pendingSends}; ` +
-          `${target} killed at ${killAt} ms, back at ${upAt} ms, now ${now()} ms`,
+          `${target} ${fault} from ${killAt} ms to ${upAt} ms, now ${now()} ms`,
       );
     });
     const allAckedAt = Math.max(...sends.map((s) => s.settledAt!));
@@ -325,10 +354,10 @@ async function scenario(target: ServerName): Promise<void> {
     const duplicates = sends.filter((s) => s.ack?.duplicate).length;
     console.log(
       [
-        `[${target} restart] pids: ${pids.join("; ")}`,
-        `[${target} restart] ${sends.length} sends (${MESSAGES} streamed over ${streamEnd - sends[streamStart]!.sentAt} ms)`,
-        `  killed at ${killAt} ms, back (up.sh ready) at ${upAt} ms: outage ${upAt - killAt} ms`,
-        `  first ack after the restart: ${firstAckAfterUp - upAt} ms after ready (${firstAckAfterUp - killAt} ms after the kill)`,
+        `[${target} ${fault}] pids: ${pids.join("; ")}`,
+        `[${target} ${fault}] ${sends.length} sends (${MESSAGES} streamed over ${streamEnd - sends[streamStart]!.sentAt} ms)`,
+        `  ${fault === "restart" ? "killed" : "stopped"} at ${killAt} ms, back at ${upAt} ms: outage ${upAt - killAt} ms`,
+        `  first ack after the outage: ${firstAckAfterUp - upAt} ms after it ended (${firstAckAfterUp - killAt} ms after it began)`,
         `  first ack of a send made after the kill: ${firstAckOfPostKillSend - killAt} ms after the kill`,
         `  sends pending when ${target} was back: ${pendingAtUp}; all acknowledged ${allAckedAt - upAt} ms after ready (${allAckedAt - killAt} ms after the kill)`,
         `  ack latency: max ${Math.max(...latencies)} ms, median ${latencies.sort((a, b) => a - b)[Math.floor(latencies.length / 2)]} ms`,
@@ -464,6 +493,19 @@ async function scenario(target: ServerName): Promise<void> {
 }
 
 describe("infrastructure restarts under load", () => {
-  it("Kafka broker restart while messages flow", () => scenario("kafka"), 480_000);
-  it("Cassandra node restart while messages flow", () => scenario("cassandra"), 480_000);
+  it("Kafka broker restart while messages flow", () => scenario("kafka", "restart"), 480_000);
+  it("Cassandra node restart while messages flow", () => scenario("cassandra", "restart"), 480_000);
+});
+
+describe("infrastructure frozen under load (no answers, connections open)", () => {
+  it(
+    `Kafka broker stopped ${FREEZE_MS / 1000} s while messages flow`,
+    () => scenario("kafka", "freeze"),
+    480_000,
+  );
+  it(
+    `Cassandra node stopped ${FREEZE_MS / 1000} s while messages flow`,
+    () => scenario("cassandra", "freeze"),
+    480_000,
+  );
 });
