@@ -3,7 +3,8 @@
  * id, sequencer, each `switchboard start --role X`) on real Kafka and Cassandra: messages, typing,
  * receipts and presence cross from one gateway process to another; a router killed with -9 and a
  * gateway killed with -9 cost no acknowledged message, no duplicate and no reordering, and the
- * clients of the killed gateway resume on the other one; a push process killed with -9 while it
+ * clients of the killed gateway resume on the other one; the same with the router and the gateway
+ * frozen (SIGSTOP) past the session timeout and continued; a push process killed with -9 while it
  * retries a notification leaves it to its restart, which sends it once; a pull-model channel's
  * messages cross gateways live. Prints the recovery times.
  */
@@ -130,6 +131,8 @@ function expectExactlyOnceInOrder(d: Device, conversationId: string, bodies: str
 }
 
 const settle = () => new Promise((r) => setTimeout(r, 500)); // a duplicate would arrive now
+/** How long a frozen process stays stopped: past the consumer groups' session timeout (10 s). */
+const FREEZE_MS = 15_000;
 
 describe("a multi-process cluster", () => {
   it("delivers 1:1 and group messages, typing, receipts and presence across gateway processes", async () => {
@@ -455,5 +458,72 @@ describe("a multi-process cluster", () => {
     await bob.c.close();
     await cluster.restart("router-0");
     await cluster.restart("gateway-1");
+  }, 240_000);
+
+  it("loses, repeats and reorders nothing when a router and then a gateway are frozen past the session timeout", async () => {
+    const alice = await device("f-alice", 0);
+    const bob = await device("f-bob", 1);
+    const bodies: string[] = [];
+    let sending = true;
+    const sends: Array<Promise<unknown>> = [];
+    const sender = (async () => {
+      for (let i = 0; sending; i++) {
+        const body = `m ${i}`;
+        bodies.push(body);
+        sends.push(alice.c.send({ toUser: "f-bob" }, body));
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    })();
+    const frozen: string[] = [];
+    const freeze = async (name: string) => {
+      cluster.pause(name);
+      frozen.push(name);
+      try {
+        await new Promise((r) => setTimeout(r, FREEZE_MS));
+      } finally {
+        cluster.resume(name);
+      }
+    };
+    try {
+      await until("traffic flows", () => bob.received.length >= 20);
+
+      // router-0 stops answering with its inbox partitions, its Kafka sessions and its Deliver
+      // streams open; the group moves its partitions to router-1, and router-0 comes back a zombie.
+      const routerFrozenAt = bodies.length;
+      await freeze("router-0");
+      const routerRecoveryMs = await until(
+        "messages sent after the router froze are delivered",
+        () => bob.received.length >= routerFrozenAt + 20,
+        60_000,
+      );
+
+      // bob's gateway stops answering: bob's heartbeats go unanswered and it moves to gateway-0,
+      // while the routers' streams to gateway-1 hang until it comes back.
+      const gatewayFrozenAt = bodies.length;
+      const frozenGateway = freeze("gateway-1");
+      const gatewayRecoveryMs = await until(
+        "bob resumes on the other gateway",
+        () => bob.received.length >= gatewayFrozenAt + 20,
+        60_000,
+      );
+      await frozenGateway;
+
+      sending = false;
+      await sender;
+      const acks = await Promise.all(sends);
+      expect(acks).toHaveLength(bodies.length);
+      await until("every acked message reaches bob", () => bob.received.length >= bodies.length, 60_000);
+      await settle();
+      expectExactlyOnceInOrder(bob, bob.received[0]!.message.conversationId, bodies);
+      expect(bob.urls.at(-1)).toBe(cluster.gatewayUrls[0]);
+      process.stdout.write(
+        `cluster: ${bodies.length} messages through ${FREEZE_MS / 1000} s freezes of router-0 (messages sent since delivered ${routerRecoveryMs} ms after it came back) and of gateway-1 (bob resumed on gateway-0 in ${gatewayRecoveryMs} ms); none lost, repeated or reordered\n`,
+      );
+    } finally {
+      sending = false;
+      for (const name of frozen) cluster.resume(name);
+      await alice.c.close();
+      await bob.c.close();
+    }
   }, 240_000);
 });

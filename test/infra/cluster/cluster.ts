@@ -317,6 +317,22 @@ export class LocalCluster {
     }
   }
 
+  /**
+   * SIGSTOP: the process freezes with its sockets open, so its peers and clients see only silence
+   * (a hung host, or one cut off by the network). Pair with `resume`.
+   */
+  pause(name: string): void {
+    const p = this.process(name);
+    if (!this.alive(name)) throw new Error(`${name} does not run`);
+    process.kill(p.pid, "SIGSTOP");
+  }
+
+  /** SIGCONT: undoes `pause`. */
+  resume(name: string): void {
+    const p = this.process(name);
+    if (this.alive(name)) process.kill(p.pid, "SIGCONT");
+  }
+
   /** Sends `signal` and waits (up to `timeoutMs`) for the process to be gone. */
   async kill(name: string, signal: NodeJS.Signals = "SIGKILL", timeoutMs = 15_000): Promise<void> {
     const p = this.process(name);
