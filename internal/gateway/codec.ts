@@ -63,7 +63,7 @@ function decodeJson(text: string): ClientFrame {
 function decodesWithWholeCharacters(text: string): boolean {
   try {
     const json = JSON.parse(text, (_key, value: unknown) =>
-      typeof value === "string" ? value.replace(LONE_SURROGATES, "\uFFFD") : value,
+      typeof value === "string" ? wholeCharacters(value) : value,
     ) as JsonValue;
     fromJson(ClientFrameSchema, json, { ignoreUnknownFields: false });
     return true;
@@ -110,6 +110,15 @@ function isInvalidUtf8(err: unknown): boolean {
 /** In a `u` regex a surrogate pair is one code point, so \p{Cs} matches only lone surrogates. */
 const LONE_SURROGATE = /\p{Cs}/u;
 const LONE_SURROGATES = /\p{Cs}/gu;
+
+/**
+ * The text with each lone surrogate made U+FFFD. What the server writes must be Unicode text too: an
+ * error's message can quote a client's frame (a parser's complaint, cut at 200 characters), and in a
+ * JSON frame a lone surrogate becomes "\ud800", which a strict client refuses to decode.
+ */
+export function wholeCharacters(text: string): string {
+  return text.replace(LONE_SURROGATES, "\uFFFD");
+}
 
 /** Whether any key or string in the parsed JSON holds a lone surrogate (iterative: depth is the client's). */
 function holdsLoneSurrogate(root: JsonValue): boolean {

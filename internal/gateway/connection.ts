@@ -50,6 +50,7 @@ import {
   encodeServerFrame,
   peekRequest,
   type ServerFrameInit,
+  wholeCharacters,
 } from "./codec.js";
 import { Throttle, TokenBucket } from "./rate-limit.js";
 
@@ -579,6 +580,9 @@ export class Connection {
   }
 
   private async requireMember(conversationId: string): Promise<void> {
+    // Checked before any store sees it: an id is part of storage keys, which have a size limit.
+    if (!isValidConversationId(conversationId))
+      throw errors.invalid("INVALID_CONVERSATION_ID", "conversation_id is malformed");
     if (!(await this.ctx.backends.membership.isMember(conversationId, this.userId))) {
       throw errors.denied("NOT_MEMBER", `not a member of ${conversationId} (or it does not exist)`);
     }
@@ -833,7 +837,12 @@ export class Connection {
       replyTo,
       {
         case: "error",
-        value: { code: err.code, reason: err.reason, message: err.message, retryAfterMs: err.retryAfterMs },
+        value: {
+          code: err.code,
+          reason: err.reason,
+          message: wholeCharacters(err.message),
+          retryAfterMs: err.retryAfterMs,
+        },
       },
       encoding,
     );

@@ -27,6 +27,7 @@ import type {
   PushJobStore,
   ReceiptStore,
 } from "../backends/types.js";
+import { isValidUserId } from "../lib/auth.js";
 import { errors } from "../lib/errors.js";
 import type { Logger } from "../lib/log.js";
 import type { Metrics } from "../lib/metrics.js";
@@ -528,12 +529,15 @@ export class Push {
   }
 }
 
+/** A device id is part of storage keys: bounded, and never empty. */
+const isValidDeviceId = (id: string): boolean => id.length > 0 && id.length <= DEVICE_ID_CHARS_MAX;
+
 export function pushServiceImpl(push: Push, devices: DeviceStore): ServiceImpl<typeof PushService> {
   return {
     async registerDevice(req) {
       const d = req.device;
       const provider = d ? providerNames[d.provider] : undefined;
-      if (!d?.userId || !d.deviceId || d.deviceId.length > DEVICE_ID_CHARS_MAX || !provider) {
+      if (!d || !isValidUserId(d.userId) || !isValidDeviceId(d.deviceId) || !provider) {
         throw errors.invalid(
           "INVALID_DEVICE",
           `device needs user_id, a device_id of 1-${DEVICE_ID_CHARS_MAX} characters and a provider`,
@@ -561,10 +565,18 @@ export function pushServiceImpl(push: Push, devices: DeviceStore): ServiceImpl<t
       return {};
     },
     async unregisterDevice(req) {
+      if (!isValidUserId(req.userId) || !isValidDeviceId(req.deviceId)) {
+        throw errors.invalid(
+          "INVALID_DEVICE",
+          `unregistering needs a user_id and a device_id of 1-${DEVICE_ID_CHARS_MAX} characters`,
+        );
+      }
       await devices.remove(req.userId, req.deviceId);
       return {};
     },
     async listDevices(req) {
+      if (!isValidUserId(req.userId))
+        throw errors.invalid("INVALID_USER_ID", "user_id is not a valid user id");
       const list = await devices.list(req.userId);
       return {
         devices: list.map((d) => ({

@@ -7,27 +7,10 @@ import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { CloseCode, RECONNECT_CODES } from "../../internal/gateway/close-codes.js";
 import { CLOSE_CODES as SDK_CLOSE_CODES } from "../../sdk/src/close-codes.js";
+import { documentedReasons, protocolDoc, tableAfter } from "../helpers/protocol-doc.js";
 import { repoRoot } from "../helpers/server.js";
 
-const protocol = readFileSync(join(repoRoot, "docs/protocol.md"), "utf8");
-
-/** The rows of the Markdown table that follows `heading`, as arrays of trimmed cells. */
-function tableAfter(heading: string): string[][] {
-  const section = protocol.slice(protocol.indexOf(heading));
-  const lines = section.split("\n");
-  const start = lines.findIndex((l) => l.startsWith("|"));
-  const rows: string[][] = [];
-  for (const line of lines.slice(start + 2)) {
-    if (!line.startsWith("|")) break;
-    rows.push(
-      line
-        .split("|")
-        .slice(1, -1)
-        .map((c) => c.trim()),
-    );
-  }
-  return rows;
-}
+const protocol = protocolDoc;
 
 describe("docs/protocol.md", () => {
   it("lists every close code the gateway sends, under its name (§7)", () => {
@@ -62,7 +45,7 @@ describe("docs/protocol.md", () => {
   });
 
   it("documents every error reason a WebSocket client can get (§6)", () => {
-    const reasons = new Set(tableAfter("## 6. Errors").map((r) => r[0]!.replaceAll("`", "")));
+    const reasons = documentedReasons();
     const raised = new Set<string>();
     const sources = (dir: string) =>
       readdirSync(join(repoRoot, dir))
@@ -85,9 +68,6 @@ describe("docs/protocol.md", () => {
     }
     expect(raised).toContain("INVALID_UNICODE");
     expect(raised).toContain("SEQUENCE_TIMEOUT");
-    // §6's prose lists the reasons only the gRPC APIs give.
-    const section = protocol.slice(protocol.indexOf("## 6. Errors"), protocol.indexOf("## 7. Close codes"));
-    for (const m of section.matchAll(/`([A-Z][A-Z_]+)`/g)) reasons.add(m[1]!);
     // A configuration error at start-up, before any connection.
     const notReplies = new Set(["INVALID_KEYSPACE"]);
     expect([...raised].filter((r) => !reasons.has(r) && !notReplies.has(r))).toEqual([]);

@@ -1,0 +1,374 @@
+/**
+ * Bad input at volume: an authenticated client sends thousands of mutated frames (valid requests of
+ * every kind with bits flipped, bytes cut, inserted or repeated, fields of the wrong type or out of
+ * range, unknown fields, deep nesting, lone surrogates, garbage) over both encodings, reconnecting
+ * whenever it is closed, while alice and bob keep a conversation going on the same server.
+ *
+ * What must hold (docs/protocol.md): every frame the server writes decodes as a ServerFrame; every
+ * error names a reason of §6; every close carries a code of §7; the server stays up and ready; and
+ * alice's messages reach bob each once, in order, while it all happens.
+ *
+ * The mutations come from a seeded generator: a failure prints its seed, and FUZZ_SEED=<seed>
+ * sends the same frames again (where the server's closes cut the stream can differ).
+ */
+import {
+  create,
+  fromBinary,
+  fromJsonString,
+  type MessageInitShape,
+  toBinary,
+  toJsonString,
+} from "@bufbuild/protobuf";
+import { afterAll, beforeAll, describe, expect, it, onTestFailed } from "vitest";
+import WebSocket from "ws";
+import { ClientFrameSchema, ServerFrameSchema } from "../../gen/switchboard/client/v1/client_pb.js";
+import { type IncomingMessage, SwitchboardClient } from "../../sdk/src/index.js";
+import { documentedCloseCodes, documentedReasons } from "../helpers/protocol-doc.js";
+import { devToken, type ServerProcess, startServer } from "../helpers/server.js";
+
+/** Mutated frames per encoding. */
+const FRAMES = 2_500;
+/** Pause between two of them: below the frame rate limit most of the time, not always. */
+const PACE_MS = 3;
+/** alice's messages to bob while the fuzzer runs, one every this many ms. */
+const CHAT_INTERVAL_MS = 200;
+
+type Frame = MessageInitShape<typeof ClientFrameSchema>;
+
+/** xorshift32: small, fast, and the same sequence for the same seed everywhere. */
+function generator(seed: number) {
+  let x = seed >>> 0 || 1;
+  const next = () => {
+    x ^= x << 13;
+    x >>>= 0;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    x >>>= 0;
+    return x;
+  };
+  const int = (n: number) => next() % n;
+  return {
+    int,
+    pick: <T>(items: readonly T[]): T => items[int(items.length)]!,
+    chance: (p: number) => next() / 0x1_0000_0000 < p,
+    bytes: (n: number) => Buffer.from(Array.from({ length: n }, () => int(256))),
+  };
+}
+type Random = ReturnType<typeof generator>;
+
+/** One valid request of each kind (the ids and names are the fuzzer's own, or its peers'). */
+function validFrames(me: string, peer: string, group: string, dm: string): Frame[] {
+  const kinds: NonNullable<Frame["kind"]>[] = [
+    {
+      case: "send",
+      value: {
+        target: { case: "toUser", value: peer },
+        clientMsgId: "c-1",
+        body: "hello",
+        firstAttempt: true,
+      },
+    },
+    {
+      case: "send",
+      value: { target: { case: "conversationId", value: group }, clientMsgId: "c-2", body: "hi all" },
+    },
+    {
+      case: "send",
+      value: { target: { case: "conversationId", value: dm }, clientMsgId: "c-3", body: "not mine" },
+    },
+    { case: "sync", value: { cursor: 0n, limit: 50 } },
+    { case: "history", value: { conversationId: group, beforeSeq: 0n, limit: 20 } },
+    { case: "createGroup", value: { name: "fuzz", members: [peer] } },
+    { case: "addMembers", value: { conversationId: group, members: [peer, "nobody"] } },
+    { case: "joinGroup", value: { conversationId: group } },
+    { case: "leaveGroup", value: { conversationId: `${group}x` } },
+    { case: "listConversations", value: { limit: 10 } },
+    { case: "listMembers", value: { conversationId: group } },
+    { case: "typing", value: { conversationId: group, typing: true } },
+    { case: "heartbeat", value: {} },
+    { case: "subscribePresence", value: { userIds: [peer, me] } },
+    { case: "unsubscribePresence", value: { userIds: [peer] } },
+    { case: "receipt", value: { conversationId: group, seq: 1n, kind: 2 } },
+    { case: "registerDevice", value: { deviceId: "d1", provider: 1, token: "t".repeat(40) } },
+    { case: "unregisterDevice", value: { deviceId: "d1" } },
+    { case: "removeMembers", value: { conversationId: group, members: ["nobody"] } },
+    { case: "listReceipts", value: { conversationId: group } },
+    { case: "setMemberRole", value: { conversationId: group, userId: peer, role: 2 } },
+    { case: "updateGroup", value: { conversationId: group, name: "renamed", open: true } },
+    { case: "muteConversation", value: { conversationId: group, untilMs: 0n } },
+    { case: "unmuteConversation", value: { conversationId: group } },
+    {
+      case: "setDoNotDisturb",
+      value: { window: { startMinute: 60, endMinute: 120, timeZone: "Europe/Paris" } },
+    },
+    { case: "getNotificationSettings", value: {} },
+  ];
+  return kinds.map((kind, i) => ({ id: i + 1, kind }));
+}
+
+/** A mutated binary frame: the protobuf encoding of a valid one, damaged. */
+function mutateBinary(r: Random, frames: Frame[]): Buffer {
+  let b = Buffer.from(toBinary(ClientFrameSchema, create(ClientFrameSchema, r.pick(frames))));
+  for (let n = 1 + r.int(3); n > 0; n--) {
+    const at = b.length === 0 ? 0 : r.int(b.length);
+    switch (r.int(7)) {
+      case 0: // flip bits
+        if (b.length > 0) b[at] = b[at]! ^ (1 << r.int(8));
+        break;
+      case 1: // cut
+        b = b.subarray(0, at);
+        break;
+      case 2: // insert garbage
+        b = Buffer.concat([b.subarray(0, at), r.bytes(1 + r.int(12)), b.subarray(at)]);
+        break;
+      case 3: // repeat a slice (fields twice, or a tag without its value)
+        b = Buffer.concat([b, b.subarray(at, at + 1 + r.int(16))]);
+        break;
+      case 4: // a field of any number and wire type, with a varint that may run 10 bytes
+        b = Buffer.concat([b, Buffer.from([(r.int(40) << 3) | r.int(6)]), r.bytes(1 + r.int(10))]);
+        break;
+      case 5: // a length prefix that claims more than there is
+        b = Buffer.concat([b, Buffer.from([(11 << 3) | 2, 0xff, 0xff, 0x7f]), r.bytes(r.int(8))]);
+        break;
+      default: // another frame spliced in
+        b = Buffer.concat([
+          b.subarray(0, at),
+          Buffer.from(toBinary(ClientFrameSchema, create(ClientFrameSchema, r.pick(frames)))),
+        ]);
+    }
+  }
+  return b;
+}
+
+const ODD_VALUES: unknown[] = [
+  null,
+  -1,
+  2 ** 32,
+  2 ** 64,
+  1.5,
+  "",
+  "x".repeat(5_000),
+  "\ud800",
+  "a\udc00b",
+  "😀",
+  "-9223372036854775809",
+  "18446744073709551616",
+  true,
+  [],
+  [1, "2", null],
+  {},
+  { nested: { deeper: [{}] } },
+  "NOT_AN_ENUM_NAME",
+  "\u0000",
+];
+
+/** A mutated JSON frame: the proto3 JSON of a valid one, with values, keys or text damaged. */
+function mutateJson(r: Random, frames: Frame[]): string {
+  const json = JSON.parse(
+    toJsonString(ClientFrameSchema, create(ClientFrameSchema, r.pick(frames))),
+  ) as Record<string, unknown>;
+  const kindKey = Object.keys(json).find((k) => k !== "id");
+  const body = (kindKey ? json[kindKey] : undefined) as Record<string, unknown> | undefined;
+  switch (r.int(8)) {
+    case 0: // a field's value of the wrong type or out of range
+      if (body && Object.keys(body).length > 0) body[r.pick(Object.keys(body))] = r.pick(ODD_VALUES);
+      else json.id = r.pick(ODD_VALUES);
+      break;
+    case 1: // the id
+      json.id = r.pick(ODD_VALUES);
+      break;
+    case 2: // an unknown field, or a second request kind
+      (body ?? json)[r.pick(["bogus", "toUser", "send", "conversation_id"])] = r.pick(ODD_VALUES);
+      break;
+    case 3: // a kind's body of the wrong shape
+      if (kindKey) json[kindKey] = r.pick(ODD_VALUES);
+      break;
+    case 4: // nesting deeper than any parser should follow
+      return `${"[".repeat(200 + r.int(2_000))}1`;
+    case 5: {
+      // the text cut anywhere
+      const text = JSON.stringify(json);
+      return text.slice(0, r.int(text.length));
+    }
+    case 6: // not an object at all, or numbers and keys JSON.stringify would not write
+      return r.pick([
+        JSON.stringify(r.pick(ODD_VALUES)),
+        '{"id":1e400,"heartbeat":{}}',
+        '{"id":-0,"sync":{"cursor":1e3,"limit":0.5}}',
+        '{"id":1,"__proto__":{"send":{}},"heartbeat":{}}',
+        '{"id":1,"heartbeat":{},"heartbeat":{}}',
+      ]);
+    default: // a field dropped
+      if (body && Object.keys(body).length > 0) delete body[r.pick(Object.keys(body))];
+  }
+  return JSON.stringify(json);
+}
+
+interface Tally {
+  sent: number;
+  replies: number;
+  errors: Map<string, number>;
+  closes: Map<number, number>;
+  /** What broke the protocol: undecodable frames, undocumented reasons or close codes. */
+  violations: string[];
+}
+
+/** One fuzzing connection after another until FRAMES frames went out; resolves with what came back. */
+const newTally = (): Tally => ({ sent: 0, replies: 0, errors: new Map(), closes: new Map(), violations: [] });
+
+async function fuzz(
+  server: ServerProcess,
+  token: string,
+  encoding: "json" | "binary",
+  r: Random,
+  frames: Frame[],
+  tally: Tally,
+): Promise<void> {
+  const reasons = documentedReasons();
+  const codes = documentedCloseCodes();
+  const protocol = encoding === "json" ? "switchboard.v1.json" : "switchboard.v1.proto";
+  while (tally.sent < FRAMES) {
+    const ws = new WebSocket(server.url, [protocol], { headers: { authorization: `Bearer ${token}` } });
+    let closedByUs = false;
+    const closed = new Promise<void>((resolve) => {
+      ws.on("close", (code) => {
+        if (!closedByUs) {
+          tally.closes.set(code, (tally.closes.get(code) ?? 0) + 1);
+          if (!codes.has(code)) tally.violations.push(`close ${code} is not in §7`);
+        }
+        resolve();
+      });
+    });
+    ws.on("error", () => undefined); // the close that follows is what counts
+    ws.on("message", (data: Buffer, isBinary: boolean) => {
+      tally.replies++;
+      try {
+        const frame =
+          encoding === "binary" && isBinary
+            ? fromBinary(ServerFrameSchema, data)
+            : fromJsonString(ServerFrameSchema, data.toString("utf8"));
+        if (frame.kind.case === "error") {
+          const reason = frame.kind.value.reason;
+          tally.errors.set(reason, (tally.errors.get(reason) ?? 0) + 1);
+          if (!reasons.has(reason)) tally.violations.push(`error reason ${reason} is not in §6`);
+        }
+      } catch (err) {
+        tally.violations.push(
+          `an undecodable ${isBinary ? "binary" : "text"} frame: ${String(err).slice(0, 200)}`,
+        );
+      }
+    });
+    const open = await new Promise<boolean>((resolve) => {
+      ws.once("open", () => resolve(true));
+      ws.once("close", () => resolve(false));
+    });
+    while (open && ws.readyState === WebSocket.OPEN && tally.sent < FRAMES) {
+      const frame = encoding === "binary" ? mutateBinary(r, frames) : mutateJson(r, frames);
+      ws.send(frame, { binary: encoding === "binary" });
+      tally.sent++;
+      await new Promise((resolve) => setTimeout(resolve, PACE_MS));
+    }
+    if (ws.readyState === WebSocket.OPEN) {
+      closedByUs = true;
+      ws.close(1000);
+    }
+    await closed;
+  }
+}
+
+let server: ServerProcess;
+
+beforeAll(async () => {
+  server = await startServer();
+});
+
+afterAll(async () => {
+  await server?.stop();
+  await server?.dispose();
+});
+
+describe("mutated frames by the thousand", () => {
+  it("get answers and closes from the protocol document only, and harm no one else", async () => {
+    const seed = Number(process.env.FUZZ_SEED ?? Math.floor(Math.random() * 0x7fff_ffff));
+    const received: IncomingMessage[] = [];
+    const [binary, json] = [newTally(), newTally()];
+    let chatAcked = 0;
+    onTestFailed(() => {
+      console.error(
+        `fuzz seed ${seed}: FUZZ_SEED=${seed} sends the same frames again; binary ${binary.sent} and json ` +
+          `${json.sent} of ${FRAMES} frames sent, ${chatAcked} of alice's messages acknowledged, ` +
+          `${received.length} received by bob\n--- server stderr (tail) ---\n${server.stderr().slice(-3_000)}`,
+      );
+    });
+    const tag = `${Date.now().toString(36)}${seed.toString(36)}`;
+    const [alice, bob, mallory] = [`fz-alice-${tag}`, `fz-bob-${tag}`, `fz-mallory-${tag}`];
+    const client = (user: string) =>
+      new SwitchboardClient({ url: server.url, token: () => devToken(server.dataDir, user) });
+    const [a, b, m] = [client(alice), client(bob), client(mallory)];
+    await Promise.all([a.connect(), b.connect(), m.connect()]);
+    const group = (await m.createGroup({ name: `fuzz ${tag}`, members: [bob] })).id;
+    const dm = (await a.send({ toUser: bob }, "before")).conversationId;
+    b.on("message", (msg) => {
+      if (msg.message.conversationId === dm) received.push(msg);
+    });
+    const frames = validFrames(mallory, bob, group, dm);
+    const token = await devToken(server.dataDir, mallory);
+
+    // alice and bob talk while mallory's connections send their garbage.
+    let chatting = true;
+    const bodies: string[] = [];
+    const chat = (async () => {
+      while (chatting) {
+        const body = `m ${bodies.length}`;
+        bodies.push(body);
+        await a.send({ toUser: bob }, body);
+        chatAcked++;
+        await new Promise((resolve) => setTimeout(resolve, CHAT_INTERVAL_MS));
+      }
+    })();
+    // A server that exits (a bad frame must never take it down) fails the test at once.
+    const exited = new Promise<never>((_, reject) =>
+      server.child.once("exit", (code, signal) =>
+        reject(new Error(`the server exited (code ${code}, signal ${signal}) while being fuzzed`)),
+      ),
+    );
+    exited.catch(() => undefined);
+    await Promise.race([
+      exited,
+      Promise.all([
+        fuzz(server, token, "binary", generator(seed), frames, binary),
+        fuzz(server, token, "json", generator(seed ^ 0x5bd1e995), frames, json),
+      ]),
+    ]);
+    chatting = false;
+    await Promise.race([exited, chat]);
+
+    const summary = (t: Tally) =>
+      `${t.sent} frames, ${t.replies} frames back, closes ${JSON.stringify(Object.fromEntries(t.closes))}, ` +
+      `errors ${JSON.stringify(Object.fromEntries([...t.errors].sort((x, y) => y[1] - x[1]).slice(0, 8)))}`;
+    console.log(`fuzz seed ${seed}\n  binary: ${summary(binary)}\n  json: ${summary(json)}`);
+    expect([...binary.violations, ...json.violations].slice(0, 20)).toEqual([]);
+    // Bad input is the client's error, never the server's: no INTERNAL reply, no error logged.
+    expect((binary.errors.get("INTERNAL") ?? 0) + (json.errors.get("INTERNAL") ?? 0)).toBe(0);
+    const errorLines = server
+      .stderr()
+      .split("\n")
+      .filter((line) => line.includes('"level":"error"'));
+    expect(errorLines.map((line) => line.slice(0, 600))).toEqual([]);
+    // The mutations reached the request handlers, not only the decoder.
+    expect(binary.errors.get("MALFORMED_FRAME") ?? 0).toBeGreaterThan(0);
+    expect(
+      [...binary.errors.keys(), ...json.errors.keys()].filter((k) => k !== "MALFORMED_FRAME").length,
+    ).toBeGreaterThan(2);
+
+    // The server is up, ready, and bob has every message of alice's, once and in order.
+    expect(server.child.exitCode).toBeNull();
+    expect((await fetch(`${server.httpUrl}/readyz`)).status).toBe(200);
+    const deadline = Date.now() + 15_000;
+    while (received.length < bodies.length + 1 && Date.now() < deadline)
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(received.map((msg) => msg.message.body)).toEqual(["before", ...bodies]);
+    expect(received.map((msg) => Number(msg.message.seq))).toEqual(received.map((_, i) => i + 1));
+    await Promise.all([a.close(), b.close(), m.close()]);
+  }, 120_000);
+});
