@@ -157,6 +157,10 @@ describe("gRPC APIs", () => {
       reason: "INVALID_DEVICE_TOKEN",
       message: expect.stringMatching(/169\.254\.169\.254 is not a public address/),
     });
+    // A device id past its bound is refused before any store sees it (once, on the embedded backend,
+    // its storage key was too long for LMDB inside a write transaction, which stopped the platform).
+    const long = await client.request({ case: "unregisterDevice", value: { deviceId: "x".repeat(5_000) } });
+    expect(expectCase(long, "error")).toMatchObject({ reason: "INVALID_DEVICE" });
     expect(
       (await client.request({ case: "unregisterDevice", value: { deviceId: "laptop" } })).kind.case,
     ).toBe("ok");
