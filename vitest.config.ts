@@ -12,6 +12,7 @@ const backendAgnostic = [
   "test/integration/metrics.test.ts",
   "test/integration/tracing.test.ts",
   "test/integration/large-groups.test.ts",
+  "test/integration/fuzz.test.ts",
 ];
 
 export default defineConfig({
