@@ -27,6 +27,7 @@ import type {
   PushJobStore,
   ReceiptStore,
 } from "../backends/types.js";
+import { isValidConversationId } from "../conversations/index.js";
 import { isValidUserId } from "../lib/auth.js";
 import { errors } from "../lib/errors.js";
 import type { Logger } from "../lib/log.js";
@@ -614,6 +615,10 @@ export function pushServiceImpl(push: Push, devices: DeviceStore): ServiceImpl<t
       return { replayedIds: r.replayed, missingIds: r.missing, deviceGoneIds: r.deviceGone };
     },
     async notify(req) {
+      if (!isValidUserId(req.userId))
+        throw errors.invalid("INVALID_USER_ID", "user_id is not a valid user id");
+      if (!isValidConversationId(req.conversationId))
+        throw errors.invalid("INVALID_CONVERSATION_ID", "conversation_id is malformed");
       const n = await push.notify({
         userId: req.userId,
         conversationId: req.conversationId,
