@@ -27,6 +27,9 @@ export interface RunningHttp {
   close(): Promise<void>;
 }
 
+/** A request's headers in all, the upgrade's included (a JWT in Authorization is a few KB at most). */
+const HEADERS_BYTES_MAX = 16 * 1024;
+
 export async function serveHttp(o: HttpOptions): Promise<RunningHttp> {
   const webClient = loadWebClient(o.log);
   const { headersTimeoutMs } = o.config.http;
@@ -37,6 +40,8 @@ export async function serveHttp(o: HttpOptions): Promise<RunningHttp> {
       // Node enforces both timeouts only when it sweeps its connections, every 30 s by default: a
       // half-sent upgrade would live up to 30 s past the bound. Sweep often enough to keep it.
       connectionsCheckingInterval: connectionsCheckingIntervalMs(headersTimeoutMs),
+      // Node's own default, stated because docs/protocol.md promises it: larger headers get 431.
+      maxHeaderSize: HEADERS_BYTES_MAX,
     },
     (req, res) => handleHttp(req, res, o, webClient),
   );

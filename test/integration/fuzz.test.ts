@@ -2,7 +2,9 @@
  * Bad input at volume: an authenticated client sends thousands of mutated frames (valid requests of
  * every kind with bits flipped, bytes cut, inserted or repeated, fields of the wrong type or out of
  * range, unknown fields, deep nesting, lone surrogates, garbage) over both encodings, reconnecting
- * whenever it is closed, while alice and bob keep a conversation going on the same server.
+ * whenever it is closed, and unauthenticated connections try mutated tokens (a signature changed,
+ * alg none, claims swapped or of the wrong type, cut, huge), while alice and bob keep a
+ * conversation going on the same server.
  *
  * What must hold (docs/protocol.md): every frame the server writes decodes as a ServerFrame; every
  * error names a reason of §6; every close carries a code of §7; the server stays up and ready; and
@@ -30,6 +32,10 @@ import { devToken, type ServerProcess, startServer } from "../helpers/server.js"
 const FRAMES = 2_500;
 /** Pause between two of them: below the frame rate limit most of the time, not always. */
 const PACE_MS = 3;
+/** Unauthenticated connections that each try a few mutated tokens. */
+const AUTH_CONNECTIONS = 300;
+/** Upgrades with a mutated Authorization header or unknown subprotocols. */
+const UPGRADE_ATTEMPTS = 200;
 /** alice's messages to bob while the fuzzer runs, one every this many ms. */
 const CHAT_INTERVAL_MS = 200;
 
@@ -276,6 +282,134 @@ async function fuzz(
   }
 }
 
+/** A mutated bearer token: a valid one with its parts damaged, swapped, or replaced. */
+function mutateToken(r: Random, valid: string): string {
+  const [header = "", payload = "", signature = ""] = valid.split(".");
+  const b64 = (o: unknown) => Buffer.from(JSON.stringify(o)).toString("base64url");
+  switch (r.int(9)) {
+    case 0: {
+      // one character of the signature changed
+      const at = r.int(signature.length);
+      return `${header}.${payload}.${signature.slice(0, at)}${signature[at] === "A" ? "B" : "A"}${signature.slice(at + 1)}`;
+    }
+    case 1: // alg none, no signature
+      return `${b64({ alg: "none", typ: "JWT" })}.${payload}.`;
+    case 2: // a payload of another user under the old signature
+      return `${header}.${b64({ sub: "someone-else", exp: Math.floor(Date.now() / 1000) + 60 })}.${signature}`;
+    case 3: // claims of the wrong types
+      return `${header}.${b64(r.pick([{ sub: 42 }, { sub: "x", exp: "soon" }, { sub: "x".repeat(300) }, [], null]))}.${signature}`;
+    case 4: // cut
+      return valid.slice(0, r.int(valid.length));
+    case 5: // more or fewer parts
+      return r.pick([`${valid}.${signature}`, `${header}.${payload}`, "..", "...."]);
+    case 6: // not base64url
+      return `${header}.${payload}.${r.pick(["@@@", "====", "\u0000", " "])}`;
+    case 7: // huge
+      return `${header}.${"A".repeat(10_000 + r.int(20_000))}.${signature}`;
+    default: // garbage
+      return r.bytes(1 + r.int(64)).toString("base64");
+  }
+}
+
+/**
+ * Unauthenticated connections, one after another: each sends a few `auth` frames with mutated
+ * tokens (or another request first), as JSON. Every answer and close must be in the document; none
+ * may authenticate.
+ */
+async function fuzzAuth(server: ServerProcess, valid: string, r: Random, tally: Tally, connections: number) {
+  const reasons = documentedReasons();
+  const codes = documentedCloseCodes();
+  for (let c = 0; c < connections; c++) {
+    const ws = new WebSocket(server.url, ["switchboard.v1.json"]);
+    const closed = new Promise<void>((resolve) => {
+      ws.on("close", (code) => {
+        tally.closes.set(code, (tally.closes.get(code) ?? 0) + 1);
+        if (!codes.has(code)) tally.violations.push(`close ${code} is not in §7`);
+        resolve();
+      });
+    });
+    ws.on("error", () => undefined);
+    ws.on("message", (data: Buffer) => {
+      tally.replies++;
+      try {
+        const frame = fromJsonString(ServerFrameSchema, data.toString("utf8"));
+        if (frame.kind.case === "welcome") tally.violations.push("a mutated token authenticated");
+        if (frame.kind.case === "error") {
+          const reason = frame.kind.value.reason;
+          tally.errors.set(reason, (tally.errors.get(reason) ?? 0) + 1);
+          if (!reasons.has(reason)) tally.violations.push(`error reason ${reason} is not in §6`);
+        }
+      } catch (err) {
+        tally.violations.push(`an undecodable frame: ${String(err).slice(0, 200)}`);
+      }
+    });
+    const open = await new Promise<boolean>((resolve) => {
+      ws.once("open", () => resolve(true));
+      ws.once("close", () => resolve(false));
+    });
+    for (let i = 0; open && i < 3 && ws.readyState === WebSocket.OPEN; i++) {
+      const frame = r.chance(0.2)
+        ? { id: i + 1, heartbeat: {} }
+        : { id: i + 1, auth: { token: mutateToken(r, valid) } };
+      ws.send(JSON.stringify(frame));
+      tally.sent++;
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+    // Whatever the server has not closed yet is closed here; the auth timeout would do it later.
+    if (ws.readyState === WebSocket.OPEN) {
+      ws.removeAllListeners("close");
+      ws.close(1000);
+    } else await closed;
+  }
+}
+
+/** The statuses §1.1's table gives a refused upgrade. */
+const UPGRADE_REFUSALS = new Set([400, 401, 403, 404, 408, 431, 503]);
+
+/**
+ * Upgrades with mutated `Authorization` headers (and, with the valid token, offers of unknown
+ * subprotocols only): each must be refused with a status of §1.1, never accepted.
+ */
+async function fuzzUpgrades(server: ServerProcess, valid: string, r: Random, tally: Tally, attempts: number) {
+  for (let i = 0; i < attempts; i++) {
+    const badProtocols = r.chance(0.2);
+    const headers = badProtocols
+      ? {
+          authorization: `Bearer ${valid}`,
+          "sec-websocket-protocol": r.pick(["chat", "switchboard.v2.json", "x, y"]),
+        }
+      : {
+          authorization: r.pick([
+            `Bearer ${mutateToken(r, valid)}`,
+            `bearer ${valid}x`,
+            `Basic ${valid}`,
+            "Bearer",
+            `Bearer  ${mutateToken(r, valid)}`,
+          ]),
+        };
+    // Characters no HTTP client can put in a header (a NUL) never reach the server.
+    if (!/^[\t\x20-\x7e]*$/.test(headers.authorization)) continue;
+    const status = await new Promise<number>((resolve) => {
+      const ws = new WebSocket(server.url, { headers });
+      ws.once("unexpected-response", (_req, res) => {
+        resolve(res.statusCode ?? 0);
+        ws.terminate();
+      });
+      ws.once("open", () => {
+        resolve(101);
+        ws.terminate();
+      });
+      ws.once("error", () => resolve(-1));
+    });
+    tally.sent++;
+    tally.closes.set(status, (tally.closes.get(status) ?? 0) + 1);
+    if (!UPGRADE_REFUSALS.has(status))
+      tally.violations.push(
+        `an upgrade with ${badProtocols ? "unknown subprotocols" : "a mutated token"} got ${status}`,
+      );
+  }
+}
+
 let server: ServerProcess;
 
 beforeAll(async () => {
@@ -291,7 +425,7 @@ describe("mutated frames by the thousand", () => {
   it("get answers and closes from the protocol document only, and harm no one else", async () => {
     const seed = Number(process.env.FUZZ_SEED ?? Math.floor(Math.random() * 0x7fff_ffff));
     const received: IncomingMessage[] = [];
-    const [binary, json] = [newTally(), newTally()];
+    const [binary, json, auth, upgrades] = [newTally(), newTally(), newTally(), newTally()];
     let chatAcked = 0;
     onTestFailed(() => {
       console.error(
@@ -338,6 +472,8 @@ describe("mutated frames by the thousand", () => {
       Promise.all([
         fuzz(server, token, "binary", generator(seed), frames, binary),
         fuzz(server, token, "json", generator(seed ^ 0x5bd1e995), frames, json),
+        fuzzAuth(server, token, generator(seed ^ 0x2545f491), auth, AUTH_CONNECTIONS),
+        fuzzUpgrades(server, token, generator(seed ^ 0x68e31da4), upgrades, UPGRADE_ATTEMPTS),
       ]),
     ]);
     chatting = false;
@@ -346,8 +482,14 @@ describe("mutated frames by the thousand", () => {
     const summary = (t: Tally) =>
       `${t.sent} frames, ${t.replies} frames back, closes ${JSON.stringify(Object.fromEntries(t.closes))}, ` +
       `errors ${JSON.stringify(Object.fromEntries([...t.errors].sort((x, y) => y[1] - x[1]).slice(0, 8)))}`;
-    console.log(`fuzz seed ${seed}\n  binary: ${summary(binary)}\n  json: ${summary(json)}`);
-    expect([...binary.violations, ...json.violations].slice(0, 20)).toEqual([]);
+    console.log(
+      `fuzz seed ${seed}\n  binary: ${summary(binary)}\n  json: ${summary(json)}\n  auth: ${summary(auth)}\n` +
+        `  upgrades: ${upgrades.sent}, answered ${JSON.stringify(Object.fromEntries(upgrades.closes))}`,
+    );
+    expect(
+      [...binary.violations, ...json.violations, ...auth.violations, ...upgrades.violations].slice(0, 20),
+    ).toEqual([]);
+    expect(auth.errors.get("INVALID_TOKEN") ?? 0).toBeGreaterThan(0);
     // Bad input is the client's error, never the server's: no INTERNAL reply, no error logged.
     expect((binary.errors.get("INTERNAL") ?? 0) + (json.errors.get("INTERNAL") ?? 0)).toBe(0);
     const errorLines = server
