@@ -131,6 +131,9 @@ export class Conversations {
    * Callers that chain `issue` calls keep their order (the log takes its position when append is called).
    */
   async issue(input: SendInput): Promise<{ appended: Promise<AppendResult> }> {
+    // The sender is the caller's own identity, except from the server APIs, which name one.
+    if (input.sender !== SYSTEM_SENDER && !isValidUserId(input.sender))
+      throw errors.invalid("INVALID_SENDER", "sender is not a valid user id");
     if (!CLIENT_MSG_ID_PATTERN.test(input.clientMsgId)) {
       throw errors.invalid(
         "INVALID_CLIENT_MSG_ID",
@@ -329,6 +332,7 @@ export class Conversations {
 
   /** Leaves a group; the owner of a group with other members must hand it over first. */
   async leave(caller: string, id: string): Promise<ConversationRecord> {
+    if (!isValidUserId(caller)) throw errors.invalid("INVALID_USER_ID", "user_id is not a valid user id");
     await this.group(id);
     this.checkLeave(caller, await this.memberAccess(caller, id));
     const left = await this.membership.removeMember(id, caller);
@@ -400,7 +404,8 @@ export class Conversations {
   }
 
   private async group(id: string): Promise<ConversationRecord> {
-    if (!GROUP_ID_PATTERN.test(id)) throw errors.invalid("NOT_A_GROUP", `${id} is not a group id`);
+    if (!GROUP_ID_PATTERN.test(id))
+      throw errors.invalid("NOT_A_GROUP", `${JSON.stringify(id.slice(0, 130))} is not a group id`);
     const record = await this.membership.getConversation(id);
     if (!record) throw errors.notFound("GROUP_NOT_FOUND", `group ${id} does not exist`);
     return record;

@@ -35,7 +35,7 @@ import {
   toWireMessage,
 } from "../conversations/index.js";
 import { atTime, type TimerHandle } from "../lib/at-time.js";
-import type { Identity } from "../lib/auth.js";
+import { type Identity, isValidUserId } from "../lib/auth.js";
 import type { Config } from "../lib/config.js";
 import { errors, SwitchboardError } from "../lib/errors.js";
 import type { Logger } from "../lib/log.js";
@@ -477,10 +477,14 @@ export class Connection {
         return reply({ case: "heartbeat", value: { serverTimeMs: BigInt(Date.now()) } });
       case "subscribePresence": {
         const targets = [...new Set(req.value.userIds)];
-        if (targets.length === 0 || targets.length > PRESENCE_TARGETS_PER_REQUEST_MAX) {
+        if (
+          targets.length === 0 ||
+          targets.length > PRESENCE_TARGETS_PER_REQUEST_MAX ||
+          !targets.every(isValidUserId)
+        ) {
           throw errors.invalid(
             "INVALID_PRESENCE_TARGETS",
-            `subscribe to 1-${PRESENCE_TARGETS_PER_REQUEST_MAX} users per request`,
+            `subscribe to 1-${PRESENCE_TARGETS_PER_REQUEST_MAX} valid user ids per request`,
           );
         }
         for (const t of targets) {

@@ -1,7 +1,8 @@
 /**
  * The users this router handed a message to lately: two generations of a set, the older dropped as
- * a new one starts every `windowMs`. `has` answers for at least the last `windowMs` and at most
- * twice that, at one Set insertion per recipient and no timer.
+ * a new one starts (at the first batch `windowMs` or more after the current one started). `has`
+ * answers for at least the last `windowMs`, and for up to about three windows, at one Set insertion
+ * per recipient and no timer.
  *
  * What it is for: a session the routing table learns of a little after its gateway published it
  * may have synced and gone live in between, and a message this router handed out then went to its

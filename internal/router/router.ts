@@ -53,8 +53,9 @@ const MEMBER_READS_CONCURRENT = 32;
 const ROUTING_LATE_RECHECK_MS = 100;
 /**
  * A session that reaches the table sooner is checked only if its user was handed a message within
- * about this long: a message routed between the session's publication and now. The window is ten
- * times the lateness above, so a gateway clock up to ~900 ms ahead of this router's is covered too.
+ * at least this long (up to about three times it): a message routed between the session's
+ * publication and now. The window is ten times the lateness above, so a gateway clock up to ~900 ms
+ * ahead of this router's is covered too.
  */
 const RECENT_RECIPIENTS_WINDOW_MS = 1_000;
 
