@@ -1,12 +1,13 @@
 /**
- * Every unary method of every gRPC service the platform serves, called with each of its string
- * fields (nested ones too) 5,000 characters long, or a group or direct conversation id of thousands
- * of characters: each answers with a status a caller can act on (INVALID_ARGUMENT and the like),
- * never INTERNAL, logs no error, and the process stays up. Ids become storage keys, and storage keys
+ * Every unary method of every gRPC service the platform serves, called once per string field (nested
+ * ones too) with that field 5,000 characters long, or a group or direct conversation id of thousands
+ * of characters, and plausible values in the others (so that the field is reached): each answers
+ * with a status a caller can act on (INVALID_ARGUMENT and the like), never INTERNAL, UNKNOWN, a
+ * timeout or UNAVAILABLE; nothing is logged as an error, and the process stays up. Ids become storage keys, and storage keys
  * have a size limit (LMDB's is under 2 KB): an id must be refused at the edge, not found too long by
  * the store.
  */
-import { create, type DescMessage, type DescService, toBinary } from "@bufbuild/protobuf";
+import { create, type DescMessage, type DescService, ScalarType, toBinary } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ChatService } from "../../gen/switchboard/api/v1/chat_pb.js";
@@ -15,6 +16,7 @@ import { IdService } from "../../gen/switchboard/id/v1/id_pb.js";
 import { PresenceService } from "../../gen/switchboard/presence/v1/presence_pb.js";
 import { PushService } from "../../gen/switchboard/push/v1/push_pb.js";
 import { RouterService } from "../../gen/switchboard/router/v1/router_pb.js";
+import { grpcClient } from "../../internal/lib/rpc.js";
 import { type ServerProcess, startServer } from "../helpers/server.js";
 
 const SERVICES: DescService[] = [
@@ -27,15 +29,61 @@ const SERVICES: DescService[] = [
 ];
 const LONG_VALUES = ["x".repeat(5_000), `g:${"1".repeat(3_000)}`, `dm:a~${"b".repeat(4_000)}`];
 
-/** A request of `desc` whose every string (and list of strings) holds `long`, two levels deep. */
-function withLongStrings(desc: DescMessage, long: string, depth = 0): Record<string, unknown> {
+/** A value a caller would plausibly send in this string field (so the field under test is reached). */
+function plausible(name: string, groupId: string): string {
+  if (/conversation_id/.test(name)) return groupId;
+  if (/^(user_id|owner|sender|to_user|user)$/.test(name)) return "ok-user";
+  if (/idempotency_key|client_msg_id/.test(name)) return "k-1";
+  if (name === "device_id") return "d1";
+  if (name === "token") return "a".repeat(64);
+  if (name === "session_id") return "s1";
+  return "x";
+}
+
+interface StringField {
+  path: string[];
+  list: boolean;
+}
+
+/** The string fields of `desc` (and of its message fields, two levels deep), by path. */
+function stringFields(desc: DescMessage, prefix: string[] = [], depth = 0): StringField[] {
+  return desc.fields.flatMap((f): StringField[] => {
+    if (f.fieldKind === "scalar" && f.scalar === ScalarType.STRING)
+      return [{ path: [...prefix, f.localName], list: false }];
+    if (f.fieldKind === "list" && f.listKind === "scalar" && f.scalar === ScalarType.STRING)
+      return [{ path: [...prefix, f.localName], list: true }];
+    if (f.fieldKind === "message" && depth < 2)
+      return stringFields(f.message, [...prefix, f.localName], depth + 1);
+    return [];
+  });
+}
+
+/**
+ * A request of `desc` with plausible values everywhere (the first value of each enum, the first
+ * member of each oneof), except the field at `target`, which holds `long` (in a list, beside a
+ * plausible element).
+ */
+function requestWith(
+  desc: DescMessage,
+  target: string[],
+  long: string,
+  groupId: string,
+  prefix: string[] = [],
+) {
   const out: Record<string, unknown> = {};
   for (const f of desc.fields) {
-    if (f.oneof && out[f.oneof.localName] !== undefined) continue;
+    const path = [...prefix, f.localName];
+    const isTarget = path.join(".") === target.join(".");
+    const onTarget = target.join(".").startsWith(`${path.join(".")}.`);
+    if (f.oneof && out[f.oneof.localName] !== undefined && !isTarget && !onTarget) continue;
     let value: unknown;
-    if (f.fieldKind === "scalar" && f.scalar === 9 /* string */) value = long;
-    else if (f.fieldKind === "list" && f.listKind === "scalar" && f.scalar === 9) value = [long, "ok-user"];
-    else if (f.fieldKind === "message" && depth < 2) value = withLongStrings(f.message, long, depth + 1);
+    if (f.fieldKind === "scalar" && f.scalar === ScalarType.STRING)
+      value = isTarget ? long : plausible(f.name, groupId);
+    else if (f.fieldKind === "list" && f.listKind === "scalar" && f.scalar === ScalarType.STRING)
+      value = isTarget ? [long, plausible(f.name.replace(/s$/, ""), groupId)] : ["ok-user"];
+    else if (f.fieldKind === "enum") value = f.enum.values[1]?.number ?? 0;
+    else if (f.fieldKind === "message" && prefix.length < 2)
+      value = requestWith(f.message, target, long, groupId, path);
     else continue;
     if (f.oneof) out[f.oneof.localName] = { case: f.localName, value };
     else out[f.localName] = value;
@@ -43,12 +91,30 @@ function withLongStrings(desc: DescMessage, long: string, depth = 0): Record<str
   return out;
 }
 
+/** What a caller can act on. INTERNAL, UNKNOWN, a timeout or UNAVAILABLE for bad input is a bug. */
+const CLIENT_ERRORS = new Set([
+  grpc.status.OK,
+  grpc.status.INVALID_ARGUMENT,
+  grpc.status.NOT_FOUND,
+  grpc.status.PERMISSION_DENIED,
+  grpc.status.FAILED_PRECONDITION,
+  grpc.status.ALREADY_EXISTS,
+  grpc.status.RESOURCE_EXHAUSTED,
+  grpc.status.OUT_OF_RANGE,
+]);
+
 let server: ServerProcess;
 let client: grpc.Client;
+/** A real group, so that a plausible conversation id gets past the "no such group" answers. */
+let groupId: string;
 
 beforeAll(async () => {
   server = await startServer({ args: ["--grpc-port", "0", "--dev"] });
   client = new grpc.Client(`127.0.0.1:${server.grpcPort}`, grpc.credentials.createInsecure());
+  const router = grpcClient(RouterService, `127.0.0.1:${server.grpcPort}`);
+  const { conversation } = await router.createGroup({ owner: "ok-user", name: "bad input", members: [] });
+  groupId = conversation!.id;
+  router.close();
 });
 
 afterAll(async () => {
@@ -56,35 +122,44 @@ afterAll(async () => {
   await server?.dispose();
 });
 
+const call = (path: string, bytes: Buffer) =>
+  new Promise<grpc.status>((resolve) => {
+    client.makeUnaryRequest(
+      path,
+      (b: Buffer) => b,
+      (b: Buffer) => b,
+      bytes,
+      { deadline: Date.now() + 10_000 },
+      (err) => resolve(err ? err.code : grpc.status.OK),
+    );
+  });
+
 describe("gRPC methods given oversized ids", () => {
-  it("refuse them with a status other than INTERNAL, log no error, and the process stays up", async () => {
-    const internal: string[] = [];
+  it("refuse each field too long with a status a caller can act on, log no error, and the process stays up", async () => {
+    const wrong: string[] = [];
     let calls = 0;
     for (const long of LONG_VALUES) {
       for (const service of SERVICES) {
         for (const method of service.methods) {
           if (method.methodKind !== "unary") continue;
           const path = `/${service.typeName}/${method.name}`;
-          const request = create(method.input, withLongStrings(method.input, long) as never);
-          const bytes = Buffer.from(toBinary(method.input, request));
-          const status = await new Promise<grpc.status>((resolve) => {
-            client.makeUnaryRequest(
-              path,
-              (b: Buffer) => b,
-              (b: Buffer) => b,
-              bytes,
-              { deadline: Date.now() + 10_000 },
-              (err) => resolve(err ? err.code : grpc.status.OK),
+          for (const field of stringFields(method.input)) {
+            const request = create(
+              method.input,
+              requestWith(method.input, field.path, long, groupId) as never,
             );
-          });
-          calls++;
-          if (status === grpc.status.INTERNAL || status === grpc.status.UNKNOWN)
-            internal.push(`${path} with ${long.slice(0, 6)}…: ${grpc.status[status]}`);
+            const status = await call(path, Buffer.from(toBinary(method.input, request)));
+            calls++;
+            if (!CLIENT_ERRORS.has(status))
+              wrong.push(
+                `${path} with ${field.path.join(".")} = ${long.slice(0, 6)}…: ${grpc.status[status]}`,
+              );
+          }
         }
       }
     }
-    expect(calls).toBeGreaterThan(100);
-    expect(internal).toEqual([]);
+    expect(calls).toBeGreaterThan(200);
+    expect(wrong).toEqual([]);
     // Presence writes last-active times a second later, in a batch: give it time to fail, if it would.
     await new Promise((resolve) => setTimeout(resolve, 1_500));
     expect(server.child.exitCode).toBeNull();
@@ -94,5 +169,5 @@ describe("gRPC methods given oversized ids", () => {
       .split("\n")
       .filter((line) => line.includes('"level":"error"'));
     expect(errorLines.map((line) => line.slice(0, 400))).toEqual([]);
-  }, 120_000);
+  }, 180_000);
 });
