@@ -470,7 +470,9 @@ describe("a multi-process cluster", () => {
       for (let i = 0; sending; i++) {
         const body = `m ${i}`;
         bodies.push(body);
-        sends.push(alice.c.send({ toUser: "f-bob" }, body));
+        const sent = alice.c.send({ toUser: "f-bob" }, body);
+        sent.catch(() => undefined); // awaited with the others below; a failure shows there
+        sends.push(sent);
         await new Promise((r) => setTimeout(r, 20));
       }
     })();

@@ -186,8 +186,13 @@ function mutateJson(r: Random, frames: Frame[]): string {
     case 2: // an unknown field, or a second request kind
       (body ?? json)[r.pick(["bogus", "toUser", "send", "conversation_id"])] = r.pick(ODD_VALUES);
       break;
-    case 3: // a kind's body of the wrong shape
-      if (kindKey) json[kindKey] = r.pick(ODD_VALUES);
+    case 3: // a kind's body of the wrong shape, or one element of a list replaced
+      {
+        const list = body ? Object.values(body).find((v) => Array.isArray(v)) : undefined;
+        if (Array.isArray(list) && list.length > 0 && r.chance(0.7))
+          list[r.int(list.length)] = r.pick(["x".repeat(5_000), `g:${"1".repeat(3_000)}`, ...ODD_VALUES]);
+        else if (kindKey) json[kindKey] = r.pick(ODD_VALUES);
+      }
       break;
     case 4: // nesting deeper than any parser should follow
       return `${"[".repeat(200 + r.int(2_000))}1`;
@@ -229,12 +234,20 @@ async function fuzz(
   r: Random,
   frames: Frame[],
   tally: Tally,
+  stop: { stopped: boolean },
 ): Promise<void> {
   const reasons = documentedReasons();
   const codes = documentedCloseCodes();
   const protocol = encoding === "json" ? "switchboard.v1.json" : "switchboard.v1.proto";
-  while (tally.sent < FRAMES) {
-    const ws = new WebSocket(server.url, [protocol], { headers: { authorization: `Bearer ${token}` } });
+  while (tally.sent < FRAMES && !stop.stopped) {
+    const ws = new WebSocket(server.url, [protocol], {
+      headers: { authorization: `Bearer ${token}` },
+      handshakeTimeout: 10_000,
+    });
+    let welcomed!: (ok: boolean) => void;
+    const ready = new Promise<boolean>((resolve) => {
+      welcomed = resolve;
+    });
     let closedByUs = false;
     const closed = new Promise<void>((resolve) => {
       ws.on("close", (code) => {
@@ -242,6 +255,7 @@ async function fuzz(
           tally.closes.set(code, (tally.closes.get(code) ?? 0) + 1);
           if (!codes.has(code)) tally.violations.push(`close ${code} is not in §7`);
         }
+        welcomed(false);
         resolve();
       });
     });
@@ -253,6 +267,7 @@ async function fuzz(
           encoding === "binary" && isBinary
             ? fromBinary(ServerFrameSchema, data)
             : fromJsonString(ServerFrameSchema, data.toString("utf8"));
+        if (frame.kind.case === "welcome") welcomed(true);
         if (frame.kind.case === "error") {
           const reason = frame.kind.value.reason;
           tally.errors.set(reason, (tally.errors.get(reason) ?? 0) + 1);
@@ -264,11 +279,10 @@ async function fuzz(
         );
       }
     });
-    const open = await new Promise<boolean>((resolve) => {
-      ws.once("open", () => resolve(true));
-      ws.once("close", () => resolve(false));
-    });
-    while (open && ws.readyState === WebSocket.OPEN && tally.sent < FRAMES) {
+    // The requests go to a session, not to the authentication: wait for the welcome.
+    const open = await ready;
+    if (!open) await new Promise((resolve) => setTimeout(resolve, 50));
+    while (open && ws.readyState === WebSocket.OPEN && tally.sent < FRAMES && !stop.stopped) {
       const frame = encoding === "binary" ? mutateBinary(r, frames) : mutateJson(r, frames);
       ws.send(frame, { binary: encoding === "binary" });
       tally.sent++;
@@ -424,6 +438,8 @@ afterAll(async () => {
 describe("mutated frames by the thousand", () => {
   it("get answers and closes from the protocol document only, and harm no one else", async () => {
     const seed = Number(process.env.FUZZ_SEED ?? Math.floor(Math.random() * 0x7fff_ffff));
+    if (!Number.isSafeInteger(seed))
+      throw new Error(`FUZZ_SEED must be an integer, not ${process.env.FUZZ_SEED}`);
     const received: IncomingMessage[] = [];
     const [binary, json, auth, upgrades] = [newTally(), newTally(), newTally(), newTally()];
     let chatAcked = 0;
@@ -467,11 +483,15 @@ describe("mutated frames by the thousand", () => {
       ),
     );
     exited.catch(() => undefined);
+    const stop = { stopped: false };
+    server.child.once("exit", () => {
+      stop.stopped = true;
+    });
     await Promise.race([
       exited,
       Promise.all([
-        fuzz(server, token, "binary", generator(seed), frames, binary),
-        fuzz(server, token, "json", generator(seed ^ 0x5bd1e995), frames, json),
+        fuzz(server, token, "binary", generator(seed), frames, binary, stop),
+        fuzz(server, token, "json", generator(seed ^ 0x5bd1e995), frames, json, stop),
         fuzzAuth(server, token, generator(seed ^ 0x2545f491), auth, AUTH_CONNECTIONS),
         fuzzUpgrades(server, token, generator(seed ^ 0x68e31da4), upgrades, UPGRADE_ATTEMPTS),
       ]),
@@ -499,8 +519,12 @@ describe("mutated frames by the thousand", () => {
     expect(errorLines.map((line) => line.slice(0, 600))).toEqual([]);
     // The mutations reached the request handlers, not only the decoder.
     expect(binary.errors.get("MALFORMED_FRAME") ?? 0).toBeGreaterThan(0);
+    // ... and the request handlers themselves, past the decoder and the session's checks.
+    const handled = new Set([...binary.errors.keys(), ...json.errors.keys()]);
     expect(
-      [...binary.errors.keys(), ...json.errors.keys()].filter((k) => k !== "MALFORMED_FRAME").length,
+      ["NOT_MEMBER", "INVALID_CONVERSATION_ID", "NOT_A_GROUP", "INVALID_USER_ID"].filter((r) =>
+        handled.has(r),
+      ).length,
     ).toBeGreaterThan(2);
 
     // The server is up, ready, and bob has every message of alice's, once and in order.

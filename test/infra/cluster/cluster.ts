@@ -337,6 +337,8 @@ export class LocalCluster {
   async kill(name: string, signal: NodeJS.Signals = "SIGKILL", timeoutMs = 15_000): Promise<void> {
     const p = this.process(name);
     if (!this.alive(name)) return;
+    // A frozen process (pause) would not act on SIGTERM until continued.
+    if (signal !== "SIGKILL") process.kill(p.pid, "SIGCONT");
     process.kill(p.pid, signal);
     const deadline = Date.now() + timeoutMs;
     while (this.alive(name)) {
