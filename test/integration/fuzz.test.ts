@@ -515,7 +515,9 @@ describe("mutated frames by the thousand", () => {
     const errorLines = server
       .stderr()
       .split("\n")
-      .filter((line) => line.includes('"level":"error"'));
+      // kafkajs logs its own retries at error level (a partition's leader not known yet, right
+      // after the test's topics were made); those are the client library's, not a request's.
+      .filter((line) => line.includes('"level":"error"') && !line.includes('"logger":"kafkajs"'));
     expect(errorLines.map((line) => line.slice(0, 600))).toEqual([]);
     // The mutations reached the request handlers, not only the decoder.
     expect(binary.errors.get("MALFORMED_FRAME") ?? 0).toBeGreaterThan(0);

@@ -167,7 +167,9 @@ describe("gRPC methods given oversized ids", () => {
     const errorLines = server
       .stderr()
       .split("\n")
-      .filter((line) => line.includes('"level":"error"'));
+      // kafkajs logs its own retries at error level (a partition's leader not known yet, right
+      // after the test's topics were made); those are the client library's, not a request's.
+      .filter((line) => line.includes('"level":"error"') && !line.includes('"logger":"kafkajs"'));
     expect(errorLines.map((line) => line.slice(0, 400))).toEqual([]);
   }, 180_000);
 });
