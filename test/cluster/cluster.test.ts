@@ -130,6 +130,34 @@ function expectExactlyOnceInOrder(d: Device, conversationId: string, bodies: str
   expect(got.map((m) => m.message.seq)).toEqual(bodies.map((_, i) => i + 1));
 }
 
+/**
+ * `from` sends to `toUser` every 20 ms until `stop()`, which resolves with every send's ack (and
+ * rejects if one failed). `bodies` grows with each send.
+ */
+function steadySends(from: Device, toUser: string) {
+  const bodies: string[] = [];
+  const sends: Array<Promise<unknown>> = [];
+  let sending = true;
+  const loop = (async () => {
+    for (let i = 0; sending; i++) {
+      const body = `m ${i}`;
+      bodies.push(body);
+      const sent = from.c.send({ toUser }, body);
+      sent.catch(() => undefined); // awaited in stop(); a failure shows there
+      sends.push(sent);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  })();
+  return {
+    bodies,
+    async stop(): Promise<unknown[]> {
+      sending = false;
+      await loop;
+      return Promise.all(sends);
+    },
+  };
+}
+
 const settle = () => new Promise((r) => setTimeout(r, 500)); // a duplicate would arrive now
 /** How long a frozen process stays stopped: past the consumer groups' session timeout (10 s). */
 const FREEZE_MS = 15_000;
@@ -414,17 +442,8 @@ describe("a multi-process cluster", () => {
   it("loses, repeats and reorders nothing when a router and then a gateway are killed with -9", async () => {
     const alice = await device("k-alice", 0);
     const bob = await device("k-bob", 1);
-    const bodies: string[] = [];
-    let sending = true;
-    const sends: Array<Promise<unknown>> = [];
-    const sender = (async () => {
-      for (let i = 0; sending; i++) {
-        const body = `m ${i}`;
-        bodies.push(body);
-        sends.push(alice.c.send({ toUser: "k-bob" }, body));
-        await new Promise((r) => setTimeout(r, 20));
-      }
-    })();
+    const sender = steadySends(alice, "k-bob");
+    const { bodies } = sender;
     await until("traffic flows", () => bob.received.length >= 20);
 
     await cluster.kill("router-0");
@@ -443,9 +462,7 @@ describe("a multi-process cluster", () => {
       60_000,
     );
 
-    sending = false;
-    await sender;
-    const acks = await Promise.all(sends);
+    const acks = await sender.stop();
     expect(acks).toHaveLength(bodies.length);
     await until("every acked message reaches bob", () => bob.received.length >= bodies.length, 60_000);
     await settle();
@@ -463,19 +480,8 @@ describe("a multi-process cluster", () => {
   it("loses, repeats and reorders nothing when a router and then a gateway are frozen past the session timeout", async () => {
     const alice = await device("f-alice", 0);
     const bob = await device("f-bob", 1);
-    const bodies: string[] = [];
-    let sending = true;
-    const sends: Array<Promise<unknown>> = [];
-    const sender = (async () => {
-      for (let i = 0; sending; i++) {
-        const body = `m ${i}`;
-        bodies.push(body);
-        const sent = alice.c.send({ toUser: "f-bob" }, body);
-        sent.catch(() => undefined); // awaited with the others below; a failure shows there
-        sends.push(sent);
-        await new Promise((r) => setTimeout(r, 20));
-      }
-    })();
+    const sender = steadySends(alice, "f-bob");
+    const { bodies } = sender;
     const frozen: string[] = [];
     const freeze = async (name: string) => {
       cluster.pause(name);
@@ -510,9 +516,7 @@ describe("a multi-process cluster", () => {
       );
       await frozenGateway;
 
-      sending = false;
-      await sender;
-      const acks = await Promise.all(sends);
+      const acks = await sender.stop();
       expect(acks).toHaveLength(bodies.length);
       await until("every acked message reaches bob", () => bob.received.length >= bodies.length, 60_000);
       await settle();
@@ -522,7 +526,7 @@ describe("a multi-process cluster", () => {
         `cluster: ${bodies.length} messages through ${FREEZE_MS / 1000} s freezes of router-0 (messages sent since delivered ${routerRecoveryMs} ms after it came back) and of gateway-1 (bob resumed on gateway-0 in ${gatewayRecoveryMs} ms); none lost, repeated or reordered\n`,
       );
     } finally {
-      sending = false;
+      void sender.stop().catch(() => undefined);
       for (const name of frozen) cluster.resume(name);
       await alice.c.close();
       await bob.c.close();
