@@ -11,15 +11,15 @@ import type { PushService } from "../../gen/switchboard/push/v1/push_pb.js";
 import type { MembershipStore, MessageLog, MessageStore } from "../backends/types.js";
 import {
   type Conversations,
-  isValidConversationId,
   policiesFromWire,
+  requireConversationId,
   roleFromWire,
   toWireConversation,
   toWireMember,
   toWireMessage,
 } from "../conversations/index.js";
 import type { Policy } from "../grpc-auth/policy.js";
-import { isValidUserId } from "../lib/auth.js";
+import { requireUserId } from "../lib/auth.js";
 import { Code, errors, SwitchboardError } from "../lib/errors.js";
 import type { ServiceClient, ServiceImpl } from "../lib/rpc.js";
 import type { Router } from "../router/index.js";
@@ -54,19 +54,14 @@ export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatS
   const { conversations, membership, messages } = deps;
   const access = (principal: string | undefined): Access => accessOf(principal, deps.policy(), membership);
   const conversationOf = async (a: Access, id: string): Promise<string> => {
-    if (!isValidConversationId(id))
-      throw errors.invalid("INVALID_CONVERSATION_ID", "conversation_id is malformed");
+    requireConversationId(id);
     await a.conversation(id);
-    return id;
-  };
-  const userOf = (id: string, field = "user_id"): string => {
-    if (!isValidUserId(id)) throw errors.invalid("INVALID_USER_ID", `${field} is not a valid user id`);
     return id;
   };
   const usersOf = (ids: string[]): string[] => {
     if (ids.length === 0 || ids.length > USERS_PER_CALL_MAX)
       throw errors.invalid("INVALID_USER_IDS", `user_ids must hold 1-${USERS_PER_CALL_MAX} user ids`);
-    for (const id of ids) userOf(id, "user_ids");
+    for (const id of ids) requireUserId(id, "user_ids");
     return ids;
   };
 
@@ -88,7 +83,7 @@ export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatS
       const sender = access(ctx.principal).sender(req.sender);
       const { message, duplicate } = await conversations.send({
         sender,
-        toUser: userOf(req.userId),
+        toUser: requireUserId(req.userId),
         clientMsgId: req.idempotencyKey,
         body: req.body,
       });
@@ -129,7 +124,7 @@ export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatS
     },
 
     async createGroup(req) {
-      userOf(req.owner, "owner");
+      requireUserId(req.owner, "owner");
       const group = await conversations.createGroup(
         req.owner,
         req.name,
@@ -201,12 +196,12 @@ export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatS
     },
 
     async listSessions(req) {
-      const sessions = deps.router.lookup(userOf(req.userId));
+      const sessions = deps.router.lookup(requireUserId(req.userId));
       return { sessions: sessions.map((s) => ({ sessionId: s.sessionId, gatewayId: s.gatewayId })) };
     },
 
     async disconnect(req) {
-      const userId = userOf(req.userId);
+      const userId = requireUserId(req.userId);
       if (Buffer.byteLength(req.reason) > CLOSE_REASON_BYTES_MAX)
         throw errors.invalid(
           "REASON_TOO_LONG",
@@ -217,7 +212,7 @@ export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatS
     },
 
     async registerDevice(req, ctx) {
-      userOf(req.device?.userId ?? "", "device.user_id");
+      requireUserId(req.device?.userId ?? "", "device.user_id");
       await deps.push.registerDevice(
         { ...(req.device ? { device: req.device } : {}) },
         { deadline: ctx.deadline },
@@ -227,7 +222,7 @@ export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatS
 
     async unregisterDevice(req, ctx) {
       await deps.push.unregisterDevice(
-        { userId: userOf(req.userId), deviceId: req.deviceId },
+        { userId: requireUserId(req.userId), deviceId: req.deviceId },
         { deadline: ctx.deadline },
       );
       return {};
@@ -235,7 +230,7 @@ export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatS
 
     async listDevices(req, ctx) {
       const { devices } = await deps.push.listDevices(
-        { userId: userOf(req.userId) },
+        { userId: requireUserId(req.userId) },
         { deadline: ctx.deadline },
       );
       return { devices };

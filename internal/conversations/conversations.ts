@@ -17,7 +17,7 @@ import type {
   MembershipStore,
   MessageLog,
 } from "../backends/types.js";
-import { isValidUserId } from "../lib/auth.js";
+import { isValidUserId, requireUserId } from "../lib/auth.js";
 import { errors } from "../lib/errors.js";
 import type { IdPool } from "./id-pool.js";
 
@@ -42,6 +42,13 @@ export function directMembers(id: string): [string, string] | undefined {
 
 export function isValidConversationId(id: string): boolean {
   return GROUP_ID_PATTERN.test(id) || directMembers(id) !== undefined;
+}
+
+/** `id` if it is a well-formed conversation id; INVALID_CONVERSATION_ID otherwise (ids become storage keys). */
+export function requireConversationId(id: string): string {
+  if (!isValidConversationId(id))
+    throw errors.invalid("INVALID_CONVERSATION_ID", "conversation_id is malformed");
+  return id;
 }
 
 /** Counts Unicode code points, stopping early once past `max` (bodies can be megabytes). */
@@ -170,9 +177,7 @@ export class Conversations {
         throw errors.invalid("INVALID_SENDER", "system messages need a conversation_id");
       return this.directId(input.sender, input.toUser);
     }
-    const id = input.conversationId ?? "";
-    if (!isValidConversationId(id))
-      throw errors.invalid("INVALID_CONVERSATION_ID", "conversation_id is malformed");
+    const id = requireConversationId(input.conversationId ?? "");
     if (input.sender === SYSTEM_SENDER) {
       if (!(await this.membership.getConversation(id)))
         throw errors.notFound("CONVERSATION_NOT_FOUND", `no conversation ${id}`);
@@ -332,7 +337,7 @@ export class Conversations {
 
   /** Leaves a group; the owner of a group with other members must hand it over first. */
   async leave(caller: string, id: string): Promise<ConversationRecord> {
-    if (!isValidUserId(caller)) throw errors.invalid("INVALID_USER_ID", "user_id is not a valid user id");
+    requireUserId(caller);
     await this.group(id);
     this.checkLeave(caller, await this.memberAccess(caller, id));
     const left = await this.membership.removeMember(id, caller);
@@ -359,7 +364,7 @@ export class Conversations {
     role: MemberRole,
   ): Promise<ConversationRecord> {
     await this.group(id);
-    if (!isValidUserId(user)) throw errors.invalid("INVALID_USER_ID", "user_id is not a valid user id");
+    requireUserId(user);
     if (caller !== undefined) {
       const { role: callerRole } = await this.memberAccess(caller, id);
       if (callerRole !== "owner") throw errors.denied("NOT_OWNER", `only the owner of ${id} gives roles`);
@@ -382,8 +387,7 @@ export class Conversations {
   }
 
   private async requireMember(caller: string | undefined, id: string): Promise<void> {
-    if (!isValidConversationId(id))
-      throw errors.invalid("INVALID_CONVERSATION_ID", "conversation_id is malformed");
+    requireConversationId(id);
     if (caller !== undefined && !(await this.membership.isMember(id, caller))) {
       throw errors.denied("NOT_MEMBER", `${caller} is not a member of ${id} (or it does not exist)`);
     }
@@ -391,8 +395,7 @@ export class Conversations {
 
   /** The conversation and the caller's role in it; NOT_MEMBER unless the caller belongs to it. */
   async memberAccess(caller: string, id: string): Promise<{ record: ConversationRecord; role: MemberRole }> {
-    if (!isValidConversationId(id))
-      throw errors.invalid("INVALID_CONVERSATION_ID", "conversation_id is malformed");
+    requireConversationId(id);
     const access = await this.membership.memberOf(id, caller);
     if (!access) throw errors.denied("NOT_MEMBER", `${caller} is not a member of ${id}`);
     return access;

@@ -5,6 +5,7 @@ export {
   directMembers,
   exceedsChars,
   isValidConversationId,
+  requireConversationId,
   SYSTEM_SENDER,
 } from "./conversations.js";
 export { IdPool } from "./id-pool.js";

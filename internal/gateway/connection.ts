@@ -27,8 +27,8 @@ import type { RouterService } from "../../gen/switchboard/router/v1/router_pb.js
 import type { Backends } from "../backends/types.js";
 import {
   type Conversations,
-  isValidConversationId,
   policiesFromWire,
+  requireConversationId,
   roleFromWire,
   toWireConversation,
   toWireMember,
@@ -542,9 +542,7 @@ export class Connection {
         return reply({ case: "ok", value: {} });
       }
       case "unmuteConversation":
-        if (!isValidConversationId(req.value.conversationId))
-          throw errors.invalid("INVALID_CONVERSATION_ID", "conversation_id is malformed");
-        await c.backends.settings.unmute(user, req.value.conversationId);
+        await c.backends.settings.unmute(user, requireConversationId(req.value.conversationId));
         return reply({ case: "ok", value: {} });
       case "setDoNotDisturb": {
         const window = req.value.window;
@@ -584,9 +582,7 @@ export class Connection {
   }
 
   private async requireMember(conversationId: string): Promise<void> {
-    // Checked before any store sees it: an id is part of storage keys, which have a size limit.
-    if (!isValidConversationId(conversationId))
-      throw errors.invalid("INVALID_CONVERSATION_ID", "conversation_id is malformed");
+    requireConversationId(conversationId); // before any store sees it: ids are storage keys
     if (!(await this.ctx.backends.membership.isMember(conversationId, this.userId))) {
       throw errors.denied("NOT_MEMBER", `not a member of ${conversationId} (or it does not exist)`);
     }

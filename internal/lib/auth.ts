@@ -32,6 +32,12 @@ export function isValidUserId(id: string): boolean {
   return USER_ID_PATTERN.test(id) && !RESERVED_USER_IDS.has(id);
 }
 
+/** `id` if it is a valid user id; INVALID_USER_ID naming `field` otherwise (ids become storage keys). */
+export function requireUserId(id: string, field = "user_id"): string {
+  if (!isValidUserId(id)) throw errors.invalid("INVALID_USER_ID", `${field} is not a valid user id`);
+  return id;
+}
+
 /** Signs a dev token for `userId` valid for `ttlSeconds`. */
 export async function signDevToken(dataDir: string, userId: string, ttlSeconds: number): Promise<string> {
   if (!isValidUserId(userId))

@@ -9,7 +9,7 @@ import type { PresenceStatus } from "../../gen/switchboard/common/v1/common_pb.j
 import type { PresenceService } from "../../gen/switchboard/presence/v1/presence_pb.js";
 import type { RouterService } from "../../gen/switchboard/router/v1/router_pb.js";
 import type { PresenceStore } from "../backends/types.js";
-import { isValidUserId } from "../lib/auth.js";
+import { requireUserId } from "../lib/auth.js";
 import { errors } from "../lib/errors.js";
 import type { Logger } from "../lib/log.js";
 import type { ServiceClient, ServiceImpl } from "../lib/rpc.js";
@@ -211,32 +211,26 @@ export class Presence {
   }
 }
 
-/** A user id as the gateways vouch for it; anything else never reaches the store's keys. */
-function userOf(id: string): string {
-  if (!isValidUserId(id)) throw errors.invalid("INVALID_USER_ID", "user_id is not a valid user id");
-  return id;
-}
-
 export function presenceServiceImpl(
   presence: Presence,
   store: PresenceStore,
 ): ServiceImpl<typeof PresenceService> {
   return {
     async heartbeat(req) {
-      return { status: presence.heartbeat(userOf(req.userId), req.sessionId) };
+      return { status: presence.heartbeat(requireUserId(req.userId), req.sessionId) };
     },
     async endSession(req) {
-      presence.endSession(userOf(req.userId), req.sessionId);
+      presence.endSession(requireUserId(req.userId), req.sessionId);
       return {};
     },
     async getPresence(req) {
       if (req.userIds.length > 1_000) throw errors.invalid("TOO_MANY_USERS", "at most 1,000 users per call");
-      for (const u of req.userIds) userOf(u);
+      for (const u of req.userIds) requireUserId(u);
       const stored = await store.lastActive(req.userIds);
       return { statuses: req.userIds.map((u) => presence.status(u, stored.get(u))) };
     },
     async subscribe(req) {
-      for (const u of req.userIds) userOf(u);
+      for (const u of req.userIds) requireUserId(u);
       return { statuses: await presence.subscribe(req.sessionId, req.userIds) };
     },
     async unsubscribe(req) {

@@ -27,8 +27,8 @@ import type {
   PushJobStore,
   ReceiptStore,
 } from "../backends/types.js";
-import { isValidConversationId } from "../conversations/index.js";
-import { isValidUserId } from "../lib/auth.js";
+import { requireConversationId } from "../conversations/index.js";
+import { isValidUserId, requireUserId } from "../lib/auth.js";
 import { errors } from "../lib/errors.js";
 import type { Logger } from "../lib/log.js";
 import type { Metrics } from "../lib/metrics.js";
@@ -576,9 +576,7 @@ export function pushServiceImpl(push: Push, devices: DeviceStore): ServiceImpl<t
       return {};
     },
     async listDevices(req) {
-      if (!isValidUserId(req.userId))
-        throw errors.invalid("INVALID_USER_ID", "user_id is not a valid user id");
-      const list = await devices.list(req.userId);
+      const list = await devices.list(requireUserId(req.userId));
       return {
         devices: list.map((d) => ({
           userId: d.userId,
@@ -615,13 +613,9 @@ export function pushServiceImpl(push: Push, devices: DeviceStore): ServiceImpl<t
       return { replayedIds: r.replayed, missingIds: r.missing, deviceGoneIds: r.deviceGone };
     },
     async notify(req) {
-      if (!isValidUserId(req.userId))
-        throw errors.invalid("INVALID_USER_ID", "user_id is not a valid user id");
-      if (!isValidConversationId(req.conversationId))
-        throw errors.invalid("INVALID_CONVERSATION_ID", "conversation_id is malformed");
       const n = await push.notify({
-        userId: req.userId,
-        conversationId: req.conversationId,
+        userId: requireUserId(req.userId),
+        conversationId: requireConversationId(req.conversationId),
         title: req.title,
         body: req.body,
         seq: Number(req.seq),

@@ -2,7 +2,7 @@ import type { RouterService } from "../../gen/switchboard/router/v1/router_pb.js
 import type { MessageStore } from "../backends/types.js";
 import {
   type Conversations,
-  isValidConversationId,
+  requireConversationId,
   SYSTEM_SENDER,
   toWireConversation,
   toWireMessage,
@@ -50,9 +50,7 @@ export function routerServiceImpl(
       return { members: await conversations.members(undefined, req.conversationId) };
     },
     async getHistory(req) {
-      if (!isValidConversationId(req.conversationId))
-        throw errors.invalid("INVALID_CONVERSATION_ID", "conversation_id is malformed");
-      const page = await messages.history(req.conversationId, {
+      const page = await messages.history(requireConversationId(req.conversationId), {
         beforeSeq: Number(req.beforeSeq),
         limit: Math.min(req.limit || 50, pageSizeMax),
       });
