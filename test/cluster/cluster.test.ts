@@ -158,6 +158,19 @@ function steadySends(from: Device, toUser: string) {
   };
 }
 
+/** Stops `sender`; every send was acknowledged and reaches `to` once, in order. */
+async function expectEveryAckDelivered(sender: ReturnType<typeof steadySends>, to: Device): Promise<void> {
+  const acks = await sender.stop();
+  expect(acks).toHaveLength(sender.bodies.length);
+  await until(
+    "every acked message reaches its recipient",
+    () => to.received.length >= sender.bodies.length,
+    60_000,
+  );
+  await settle();
+  expectExactlyOnceInOrder(to, to.received[0]!.message.conversationId, sender.bodies);
+}
+
 const settle = () => new Promise((r) => setTimeout(r, 500)); // a duplicate would arrive now
 /** How long a frozen process stays stopped: past the consumer groups' session timeout (10 s). */
 const FREEZE_MS = 15_000;
@@ -462,11 +475,7 @@ describe("a multi-process cluster", () => {
       60_000,
     );
 
-    const acks = await sender.stop();
-    expect(acks).toHaveLength(bodies.length);
-    await until("every acked message reaches bob", () => bob.received.length >= bodies.length, 60_000);
-    await settle();
-    expectExactlyOnceInOrder(bob, bob.received[0]!.message.conversationId, bodies);
+    await expectEveryAckDelivered(sender, bob);
     expect(bob.urls.at(-1)).toBe(cluster.gatewayUrls[0]);
     process.stdout.write(
       `cluster: ${bodies.length} messages through kill -9 of router-0 (delivery resumed in ${routerRecoveryMs} ms) and of gateway-1 (client resumed on gateway-0 in ${gatewayRecoveryMs} ms); none lost, repeated or reordered\n`,
@@ -516,11 +525,7 @@ describe("a multi-process cluster", () => {
       );
       await frozenGateway;
 
-      const acks = await sender.stop();
-      expect(acks).toHaveLength(bodies.length);
-      await until("every acked message reaches bob", () => bob.received.length >= bodies.length, 60_000);
-      await settle();
-      expectExactlyOnceInOrder(bob, bob.received[0]!.message.conversationId, bodies);
+      await expectEveryAckDelivered(sender, bob);
       expect(bob.urls.at(-1)).toBe(cluster.gatewayUrls[0]);
       process.stdout.write(
         `cluster: ${bodies.length} messages through ${FREEZE_MS / 1000} s freezes of router-0 (messages sent since delivered ${routerRecoveryMs} ms after it came back) and of gateway-1 (bob resumed on gateway-0 in ${gatewayRecoveryMs} ms); none lost, repeated or reordered\n`,
