@@ -86,6 +86,16 @@ export const schema = {
       false,
       "Role all: also serve every service over gRPC (`--grpc-port` or a non-zero grpc.port turns it on too); off, role all opens no gRPC port. The split roles always serve gRPC.",
     ),
+    keepaliveMs: int(
+      10_000,
+      "Both ends of every gRPC connection between processes (and this server toward its callers) send an HTTP/2 PING after this long, and close the connection when one goes unanswered for grpc.keepaliveTimeoutMs: a peer that is gone without a FIN or RST (a host down, a flow the network forgot) is found within keepaliveMs + keepaliveTimeoutMs instead of the kernel's hours, and calls move to a live connection. See router.deliverKeepaliveMs for the routers' Deliver streams.",
+      1_000,
+    ),
+    keepaliveTimeoutMs: int(
+      5_000,
+      "How long a keepalive PING may go unanswered before the connection is closed (grpc.keepaliveMs).",
+      1_000,
+    ),
     reflection: bool(
       false,
       "Serve gRPC server reflection (grpc.reflection.v1 and v1alpha), so that grpcurl and similar tools list and describe the services without the .proto files. It tells every caller the whole schema of this process's services, internal ones included (every method, message and field): anyone who reaches the port, or with grpc.keyFile or grpc.tokenAudience any authenticated caller; it grants no access by itself. Off in production unless only trusted callers reach the port. Health (grpc.health.v1) is always served.",
@@ -229,6 +239,11 @@ export const schema = {
       16 * 1024 * 1024,
       "Bytes a router queues on one gateway's Deliver stream when that gateway reads slower than the router routes; past it, that gateway's events are dropped (counted; clients recover them from their inbox) and the other gateways are unaffected.",
       64 * 1024,
+    ),
+    deliverKeepaliveMs: int(
+      2_000,
+      "A router's Deliver stream to a gateway sends an HTTP/2 PING after this long (instead of grpc.keepaliveMs): live delivery to that gateway's clients rides on it, so a stream the network cut silently is closed within deliverKeepaliveMs + grpc.keepaliveTimeoutMs, dialled again and its users' inboxes re-checked.",
+      500,
     ),
   },
   groups: {

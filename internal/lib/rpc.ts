@@ -510,6 +510,17 @@ export interface GrpcClientOptions {
    * host (a Pod IP is no name; mTLS clients check the server's `switchboard://` identity instead).
    */
   serverName?: string;
+  /**
+   * HTTP/2 PING after this much time and close the connection when a ping goes unanswered for
+   * `timeoutMs` (grpc.keepaliveMs). Default: 30 s and 20 s.
+   */
+  keepalive?: Keepalive;
+}
+
+/** The keepalive of a gRPC connection (grpc.keepaliveMs, grpc.keepaliveTimeoutMs). */
+export interface Keepalive {
+  timeMs: number;
+  timeoutMs: number;
 }
 
 /** Reads a response stream; an abandoned one (the caller stopped iterating) is cancelled. */
@@ -540,7 +551,8 @@ export function grpcClient<S extends DescService>(
   const Ctor = grpc.makeGenericClientConstructor(definitionOf(service), service.name);
   const raw = new Ctor(target, options.credentials ?? grpc.credentials.createInsecure(), {
     "grpc.max_receive_message_length": 4 * 1024 * 1024,
-    "grpc.keepalive_time_ms": 30_000,
+    "grpc.keepalive_time_ms": options.keepalive?.timeMs ?? 30_000,
+    "grpc.keepalive_timeout_ms": options.keepalive?.timeoutMs ?? 20_000,
     ...(options.serverName ? { "grpc.ssl_target_name_override": options.serverName } : {}),
     ...(options.spread
       ? { "grpc.service_config": SPREAD_SERVICE_CONFIG, "grpc.dns_min_time_between_resolutions_ms": 5_000 }

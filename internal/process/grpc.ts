@@ -6,7 +6,7 @@
  */
 import * as grpc from "@grpc/grpc-js";
 import type { GrpcMetrics } from "../lib/metrics.js";
-import { addService, instrumentServer, servicesOf } from "../lib/rpc.js";
+import { addService, instrumentServer, type Keepalive, servicesOf } from "../lib/rpc.js";
 import { Health, HealthService } from "./health.js";
 import { reflectionImpl, ServerReflectionV1, ServerReflectionV1alpha } from "./reflection.js";
 
@@ -26,6 +26,11 @@ export interface GrpcServerOptions {
   serving: () => boolean;
   /** What the port binds with (mTLS: grpc-auth/tls.ts); plaintext without. */
   credentials?: grpc.ServerCredentials | undefined;
+  /**
+   * Pings callers' connections too (grpc.keepaliveMs): a caller gone silently has its calls ended.
+   * Default: grpc-js's (no pings for two hours).
+   */
+  keepalive?: Keepalive | undefined;
 }
 
 /** Messages larger than this are refused (a Deliver request carries at most one 1 MiB frame). */
@@ -38,7 +43,15 @@ export async function serveGrpc(
   port: number,
   options: GrpcServerOptions,
 ): Promise<RunningGrpc> {
-  const server = new grpc.Server({ "grpc.max_receive_message_length": MESSAGE_BYTES_MAX });
+  const server = new grpc.Server({
+    "grpc.max_receive_message_length": MESSAGE_BYTES_MAX,
+    ...(options.keepalive
+      ? {
+          "grpc.keepalive_time_ms": options.keepalive.timeMs,
+          "grpc.keepalive_timeout_ms": options.keepalive.timeoutMs,
+        }
+      : {}),
+  });
   instrumentServer(server, options.metrics);
   const health = new HealthService({ serving: options.serving, services: () => servicesOf(server) });
   addService(server, Health, health.impl());

@@ -6,7 +6,7 @@ import { type RoleName as AuthRole, ROLE_NAMES } from "../grpc-auth/policy.js";
 import type { RoleChannel } from "../grpc-auth/tls.js";
 import type { Config } from "../lib/config.js";
 import type { GrpcMetrics } from "../lib/metrics.js";
-import { type GrpcClientOptions, grpcClient, type ServiceClient } from "../lib/rpc.js";
+import { type GrpcClientOptions, grpcClient, type Keepalive, type ServiceClient } from "../lib/rpc.js";
 import { shardedPresenceClient } from "../presence/shards.js";
 import type { GatewayClient } from "../router/gateway-link.js";
 
@@ -20,6 +20,8 @@ export interface PeerOptions {
   metrics: GrpcMetrics;
   bearer?: (() => string | undefined) | undefined;
   tls?: ((role: AuthRole) => RoleChannel) | undefined;
+  /** grpc.keepaliveMs and grpc.keepaliveTimeoutMs. */
+  keepalive: Keepalive;
 }
 
 const clientOptions = (o: PeerOptions, spread: boolean, service: DescService): GrpcClientOptions => {
@@ -27,6 +29,7 @@ const clientOptions = (o: PeerOptions, spread: boolean, service: DescService): G
   return {
     spread,
     metrics: o.metrics,
+    keepalive: o.keepalive,
     ...(o.bearer ? { bearer: o.bearer } : {}),
     ...(tls ? { credentials: tls.credentials, serverName: tls.serverName } : {}),
   };
@@ -71,16 +74,27 @@ export function presencePeers(config: Config, options: PeerOptions): PeerClient<
   return { ...shardedPresenceClient(shards), close };
 }
 
-/** How routers reach a gateway of another process: one plain channel to its advertised address. */
-export function gatewayDialer(options: PeerOptions): (address: string) => GatewayClient {
-  return (address) => grpcClient(GatewayService, address, clientOptions(options, false, GatewayService));
+/**
+ * How routers reach a gateway of another process: one plain channel to its advertised address,
+ * pinged every `keepaliveMs` (router.deliverKeepaliveMs): live delivery rides on it.
+ */
+export function gatewayDialer(options: PeerOptions, keepaliveMs: number): (address: string) => GatewayClient {
+  const o = { ...options, keepalive: { ...options.keepalive, timeMs: keepaliveMs } };
+  return (address) => grpcClient(GatewayService, address, clientOptions(o, false, GatewayService));
 }
 
 /** The PeerOptions of a role's clients: its metrics, its credential and its mTLS credentials. */
 export function peerOptions(ctx: {
+  config: Config;
   metrics: { grpc: GrpcMetrics };
   credential: (() => string | undefined) | undefined;
   tls?: ((role: AuthRole) => RoleChannel) | undefined;
 }): PeerOptions {
-  return { metrics: ctx.metrics.grpc, bearer: ctx.credential, tls: ctx.tls };
+  const { keepaliveMs, keepaliveTimeoutMs } = ctx.config.grpc;
+  return {
+    metrics: ctx.metrics.grpc,
+    bearer: ctx.credential,
+    tls: ctx.tls,
+    keepalive: { timeMs: keepaliveMs, timeoutMs: keepaliveTimeoutMs },
+  };
 }

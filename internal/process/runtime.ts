@@ -143,6 +143,7 @@ export async function runProcess(
         reflection: config.grpc.reflection,
         serving: () => notReady() === undefined,
         credentials: tls?.serverCredentials,
+        keepalive: { timeMs: config.grpc.keepaliveMs, timeoutMs: config.grpc.keepaliveTimeoutMs },
       })
     : undefined;
   if (grpcServer && guard) guardServer(grpcServer.server, guard);

@@ -77,7 +77,7 @@ export const startAll: RoleStarter = async (ctx) => {
     routing: backends.routing,
     push: inProcessClient(PushService, pushImpl, asRouter),
     // Gateways of other all-in-one processes (distributed backend, gRPC on) are dialled like a split cluster's.
-    dialGateway: gatewayDialer(peerOptions(ctx)),
+    dialGateway: gatewayDialer(peerOptions(ctx), config.router.deliverKeepaliveMs),
     streamQueueBytesMax: config.router.streamQueueBytesMax,
     logger: log,
     metrics,

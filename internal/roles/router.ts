@@ -41,7 +41,7 @@ export const startRouter: RoleStarter = async (ctx) => {
     inbox: backends.inbox,
     routing: backends.routing,
     push,
-    dialGateway: gatewayDialer(peerOptions(ctx)),
+    dialGateway: gatewayDialer(peerOptions(ctx), config.router.deliverKeepaliveMs),
     streamQueueBytesMax: config.router.streamQueueBytesMax,
     logger: log,
     metrics,

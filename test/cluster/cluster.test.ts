@@ -4,7 +4,8 @@
  * receipts and presence cross from one gateway process to another; a router killed with -9 and a
  * gateway killed with -9 cost no acknowledged message, no duplicate and no reordering, and the
  * clients of the killed gateway resume on the other one; the same with the router and the gateway
- * frozen (SIGSTOP) past the session timeout and continued; a push process killed with -9 while it
+ * frozen (SIGSTOP) past the session timeout and continued; the same when the network silently
+ * drops the routers' open streams to a gateway; a push process killed with -9 while it
  * retries a notification leaves it to its restart, which sends it once; a pull-model channel's
  * messages cross gateways live. Prints the recovery times.
  */
@@ -29,6 +30,7 @@ import {
 } from "../../sdk/src/index.js";
 import { OtlpReceiver, type OtlpSpan, resourceAttribute } from "../helpers/otlp-receiver.js";
 import { WebhookReceiver } from "../helpers/push-stand-ins/webhook.js";
+import { TcpProxy } from "../helpers/tcp-proxy.js";
 import { freePortRange, LocalCluster } from "../infra/cluster/cluster.js";
 import { ensureServer } from "../infra/servers.js";
 
@@ -39,6 +41,8 @@ let webhook: WebhookReceiver;
 const WEBHOOK_SECRET = "whsec-cluster-test";
 /** Every process of the cluster exports its spans here. */
 let receiver: OtlpReceiver;
+/** Carries the routers' Deliver streams to gateway-1 (its advertised address), so a test can cut them. */
+let gateway1Link: TcpProxy;
 
 beforeAll(async () => {
   const kafka = await ensureServer("kafka");
@@ -48,6 +52,7 @@ beforeAll(async () => {
   webhook = await new WebhookReceiver(WEBHOOK_SECRET).start();
   const secretFile = join(runDir, "webhook.secret");
   writeFileSync(secretFile, WEBHOOK_SECRET);
+  gateway1Link = await TcpProxy.start();
   cluster = await LocalCluster.start({
     env: {
       ...receiver.env,
@@ -62,11 +67,15 @@ beforeAll(async () => {
     cassandraContactPoints: cassandra.CASSANDRA_CONTACT_POINTS!,
     cassandraDatacenter: cassandra.CASSANDRA_DATACENTER ?? "datacenter1",
     basePort: await freePortRange(16),
+    envOf: (p) =>
+      p.name === "gateway-1" ? { SWITCHBOARD_GATEWAY_ADVERTISE_ADDRESS: gateway1Link.address } : {},
   });
+  gateway1Link.targetPort = cluster.process("gateway-1").grpcPort;
 }, 300_000);
 
 afterAll(async () => {
   await cluster?.stop();
+  await gateway1Link?.close();
   receiver?.close();
   await webhook?.close();
   rmSync(runDir, { recursive: true, force: true });
@@ -533,6 +542,39 @@ describe("a multi-process cluster", () => {
     } finally {
       void sender.stop().catch(() => undefined);
       for (const name of frozen) cluster.resume(name);
+      await alice.c.close();
+      await bob.c.close();
+    }
+  }, 240_000);
+
+  it("delivers again soon when the network silently drops the routers' open streams to a gateway", async () => {
+    // The routers' Deliver connections to bob's gateway go dead without a FIN or RST (a lost
+    // conntrack entry), while bob's own connection and new connections to the gateway work.
+    const alice = await device("h-alice", 0);
+    const bob = await device("h-bob", 1);
+    const sender = steadySends(alice, "h-bob");
+    const { bodies } = sender;
+    try {
+      await until("traffic flows", () => bob.received.length >= 20);
+      expect(gateway1Link.blackholeOpen()).toBeGreaterThan(0);
+      const cutAt = bodies.length;
+      // The routers' pings on those streams (router.deliverKeepaliveMs, 2 s) go unanswered for
+      // grpc.keepaliveTimeoutMs (5 s); then they dial again through a new connection and have the
+      // gateway re-check bob's inbox. (With gRPC's usual 30 s + 20 s this took 50 s.)
+      const outageMs = await until(
+        "messages sent after the cut are delivered",
+        () => bob.received.length >= cutAt + 20,
+        2_000 + 5_000 + 8_000,
+      );
+      await expectEveryAckDelivered(sender, bob);
+      // bob's device never moved: only the routers' side was cut.
+      expect(new Set(bob.urls)).toEqual(new Set([cluster.gatewayUrls[1]]));
+      expect(gateway1Link.openFlows).toBeGreaterThan(0); // the routers dialled again
+      process.stdout.write(
+        `cluster: ${bodies.length} messages through a silent cut of the routers' streams to gateway-1 (delivery resumed in ${outageMs} ms); none lost, repeated or reordered\n`,
+      );
+    } finally {
+      void sender.stop().catch(() => undefined);
       await alice.c.close();
       await bob.c.close();
     }

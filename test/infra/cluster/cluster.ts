@@ -70,6 +70,8 @@ export interface ClusterOptions {
   layout?: ClusterLayout;
   /** Extra SWITCHBOARD_* settings for every process. */
   env?: Record<string, string>;
+  /** Extra settings for one process (over `env`), e.g. a gateway's advertised address. */
+  envOf?: (p: ClusterProcess) => Record<string, string>;
   readyTimeoutMs?: number;
 }
 
@@ -167,6 +169,7 @@ export class LocalCluster {
   private constructor(
     readonly state: ClusterState,
     private readonly extraEnv: Record<string, string>,
+    private readonly envOf: (p: ClusterProcess) => Record<string, string> = () => ({}),
   ) {}
 
   /** Provisions topics and schema under a fresh prefix and keyspace, starts every process, waits until all are ready. */
@@ -201,7 +204,7 @@ export class LocalCluster {
     // One dev secret for all gateways, made before any of them could race to create its own.
     await signDevToken(state.tokenDataDir, "cluster-probe", 60);
     writeGrpcKeys(o.runDir);
-    const cluster = new LocalCluster(state, o.env ?? {});
+    const cluster = new LocalCluster(state, o.env ?? {}, o.envOf);
     cluster.provision();
     for (const p of processes) cluster.spawn(p);
     cluster.save();
@@ -282,7 +285,7 @@ export class LocalCluster {
         process.execPath,
         [cliPath, "start", "--role", p.role, "--data-dir", this.state.tokenDataDir],
         {
-          env: processEnv(this.state, p, this.extraEnv),
+          env: processEnv(this.state, p, { ...this.extraEnv, ...this.envOf(p) }),
           detached: true,
           stdio: ["ignore", log, log],
           cwd: this.state.runDir,
