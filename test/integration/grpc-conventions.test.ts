@@ -1,8 +1,8 @@
 /**
  * The gRPC conventions of lib/rpc.ts and process/grpc.ts against real grpc-js servers on loopback
  * (the servers every process runs, with test implementations behind them): deadlines honoured and
- * propagated, rich error details on the wire and back, per-method metrics, the health service and
- * server reflection. test/integration/grpc-process.test.ts checks the same on `switchboard start`.
+ * propagated, rich error details on the wire and back, per-method metrics, the health service,
+ * server reflection, and keepalive pings that find a connection the network dropped silently. test/integration/grpc-process.test.ts checks the same on `switchboard start`.
  */
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { anyUnpack, durationMs, FileDescriptorProtoSchema } from "@bufbuild/protobuf/wkt";
@@ -22,9 +22,16 @@ import {
 import { RouterService } from "../../gen/switchboard/router/v1/router_pb.js";
 import { Code, SwitchboardError } from "../../internal/lib/errors.js";
 import { createMetrics, type Metrics } from "../../internal/lib/metrics.js";
-import { addService, type CallContext, grpcClient, type ServiceImpl } from "../../internal/lib/rpc.js";
+import {
+  addService,
+  type CallContext,
+  grpcClient,
+  type Keepalive,
+  type ServiceImpl,
+} from "../../internal/lib/rpc.js";
 import { type RunningGrpc, serveGrpc } from "../../internal/process/grpc.js";
 import { sampleOf } from "../helpers/metrics.js";
+import { TcpProxy } from "../helpers/tcp-proxy.js";
 
 interface TestServer extends RunningGrpc {
   address: string;
@@ -37,7 +44,7 @@ afterEach(async () => {
 });
 
 async function serve(
-  options: { reflection?: boolean; serving?: () => boolean } = {},
+  options: { reflection?: boolean; serving?: () => boolean; keepalive?: Keepalive } = {},
   ...services: Array<[typeof IdService, ServiceImpl<typeof IdService>]>
 ): Promise<TestServer> {
   const metrics = createMetrics();
@@ -45,6 +52,7 @@ async function serve(
     metrics: metrics.grpc,
     reflection: options.reflection ?? false,
     serving: options.serving ?? (() => true),
+    keepalive: options.keepalive,
   });
   for (const [service, impl] of services) addService(running.server, service, impl);
   opened.push(running);
@@ -436,5 +444,60 @@ describe("reflection", () => {
         value: { errorCode: grpc.status.NOT_FOUND },
       });
     }
+  });
+});
+
+describe("keepalive", () => {
+  // A proxy that can forget its open flows: no FIN, no RST, new connections still work.
+  async function proxyTo(address: string): Promise<TcpProxy> {
+    const proxy = await TcpProxy.start(Number(address.split(":")[1]));
+    opened.push(proxy);
+    return proxy;
+  }
+  const PINGS: Keepalive = { timeMs: 1_000, timeoutMs: 1_000 };
+
+  it("lets a client's calls reach the server again soon after the network dropped its connection silently", async () => {
+    const server = await serve(
+      {},
+      ids(async () => ({ ids: ["1"] })),
+    );
+    const proxy = await proxyTo(server.address);
+    const c = grpcClient(IdService, proxy.address, { keepalive: PINGS });
+    opened.push(c);
+    expect((await c.allocateIds({ count: 1 })).ids).toEqual(["1"]);
+    expect(proxy.blackholeOpen()).toBe(1);
+    const cutAt = Date.now();
+    // Calls on the dead connection time out until a ping goes unanswered (1 s + 1 s) and the
+    // channel connects again; gRPC's usual 30 s + 20 s would keep them failing for 50 s.
+    let answered = false;
+    while (!answered && Date.now() - cutAt < 10_000) {
+      answered = await c.allocateIds({ count: 1 }, { timeoutMs: 500 }).then(
+        () => true,
+        () => false,
+      );
+    }
+    expect(answered).toBe(true);
+    expect(Date.now() - cutAt).toBeLessThan(6_000);
+  });
+
+  it("ends a call whose caller the network dropped silently", async () => {
+    let calls = 0;
+    let signal: AbortSignal | undefined;
+    const server = await serve(
+      { keepalive: PINGS },
+      ids(async (_req, ctx) => {
+        calls++;
+        signal = ctx.signal;
+        await aborted(ctx.signal);
+        return { ids: [] };
+      }),
+    );
+    const proxy = await proxyTo(server.address);
+    // The caller itself does not ping (gRPC's default 30 s): the server's pings find the loss.
+    const c = client(IdService, proxy.address);
+    void c.allocateIds({ count: 1 }, { timeoutMs: 60_000 }).catch(() => undefined);
+    await expect.poll(() => calls).toBe(1);
+    proxy.blackholeOpen();
+    await expect.poll(() => signal?.aborted, { timeout: 6_000 }).toBe(true);
   });
 });
