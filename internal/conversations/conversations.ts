@@ -79,6 +79,11 @@ export interface SendInput {
   body: string;
   /** The client's `first_attempt` flag, as AppendHints.firstAttemptResendsAfterMs. */
   firstAttemptResendsAfterMs?: number;
+  /**
+   * Called right before the message takes its place in the log (after the awaits of the checks and
+   * the id); a throw refuses the send there. The gateway's order check (gateway/send-gaps.ts).
+   */
+  beforeAppend?: () => void;
 }
 
 /** Direct conversations a process remembers as existing (see directId). */
@@ -162,6 +167,7 @@ export class Conversations {
       createdAtMs: Date.now(),
     };
     const resendsAfterMs = input.firstAttemptResendsAfterMs;
+    input.beforeAppend?.();
     const appended = this.log.append(
       draft,
       resendsAfterMs === undefined ? undefined : { firstAttemptResendsAfterMs: resendsAfterMs },

@@ -27,6 +27,8 @@ import type { RouterService } from "../../gen/switchboard/router/v1/router_pb.js
 import type { Backends } from "../backends/types.js";
 import {
   type Conversations,
+  directConversationId,
+  isValidConversationId,
   policiesFromWire,
   requireConversationId,
   roleFromWire,
@@ -53,6 +55,7 @@ import {
   wholeCharacters,
 } from "./codec.js";
 import { Throttle, TokenBucket } from "./rate-limit.js";
+import { SendGaps } from "./send-gaps.js";
 
 /** The optional protocol features this gateway understands (`welcome.features`). */
 const PROTOCOL_FEATURES = ["first_attempt"];
@@ -105,6 +108,11 @@ export const PRESENCE_TARGETS_PER_REQUEST_MAX = 100;
  * processes, 10 s each), so every accepted send is answered with its ack or its error.
  */
 const FLOOD_REPLIES_WAIT_MS = 15_000;
+/**
+ * A gap left by a refused send closes by itself after this long without its resend (a client that
+ * gave up on it); it needs to outlast only the sends in flight when the client learned of it.
+ */
+const SEND_GAP_LIFETIME_MS = 10_000;
 const authRequired = () =>
   errors.unauthenticated("AUTH_REQUIRED", "authenticate first (auth frame or Authorization header)");
 
@@ -143,6 +151,8 @@ export class Connection {
   private heldBytes = 0;
   /** Sends of one connection are appended in the order they arrived (see `send`). */
   private sendOrder: Promise<void> = Promise.resolve();
+  /** ...and a send refused for a retryable reason holds back the later ones to its conversation. */
+  private readonly sendGaps = new SendGaps(SEND_GAP_LIFETIME_MS);
   /** Syncs of one connection run one at a time; a new one cancels a running catch-up. */
   private syncOrder: Promise<void> = Promise.resolve();
   private syncEpoch = 0;
@@ -340,7 +350,14 @@ export class Connection {
         const wait = this.sends.take() || c.takeUserSend(user);
         if (wait > 0) {
           if (this.sends.flooded()) this.closeAfterReplies(CloseCode.TOO_MANY_REQUESTS, "send flood");
-          throw errors.exhausted("RATE_LIMITED", "too many messages; slow down", wait);
+          const err = errors.exhausted("RATE_LIMITED", "too many messages; slow down", wait);
+          // In the order of this connection's sends: the ones before it are not held back by it.
+          const conversation = this.sendGapKey(req.value.target);
+          if (conversation !== undefined) {
+            const { clientMsgId } = req.value;
+            this.sendOrder = this.sendOrder.then(() => this.sendGaps.refused(conversation, clientMsgId, err));
+          }
+          throw err;
         }
         if (!tracing.on) return this.send(req.value, reply);
         const traceparent = req.value.traceparent;
@@ -761,6 +778,13 @@ export class Connection {
     });
   }
 
+  /** The conversation a send goes to, for its order (send-gaps.ts); undefined for a malformed target. */
+  private sendGapKey(target: SendValue["target"]): string | undefined {
+    if (target.case === "toUser")
+      return isValidUserId(target.value) ? directConversationId(this.userId, target.value) : undefined;
+    return target.case === "conversationId" && isValidConversationId(target.value) ? target.value : undefined;
+  }
+
   /** Appends a message (in the order of this connection's sends) and acks it once it is durable. */
   private async send(
     value: SendValue,
@@ -775,17 +799,33 @@ export class Connection {
     // one ping by the next, so no frame trails a resend by more than two ping intervals.
     const resendsAfterMs = value.firstAttempt ? Date.now() - 2 * c.config.gateway.pingIntervalMs : undefined;
     const target = value.target;
+    const { clientMsgId } = value;
+    const conversation = this.sendGapKey(target);
+    const gaps = this.sendGaps;
     // Pipelined sends keep their order: each issues its append only after the previous one
-    // issued its own, while the durable waits overlap (group commit).
-    const issued = this.sendOrder.then(() =>
-      c.conversations.issue({
-        sender: this.userId,
-        ...(target.case === "toUser" ? { toUser: target.value } : { conversationId: target.value ?? "" }),
-        clientMsgId: value.clientMsgId,
-        body: value.body,
-        ...(resendsAfterMs === undefined ? {} : { firstAttemptResendsAfterMs: resendsAfterMs }),
-      }),
-    );
+    // issued its own, while the durable waits overlap (group commit). A refused one holds back the
+    // later ones to its conversation until it comes again (send-gaps.ts): checked at its turn and
+    // again right before the append, since an earlier send's append may fail in between.
+    const issued = this.sendOrder.then(async () => {
+      const check = conversation === undefined ? undefined : () => gaps.pass(conversation, clientMsgId);
+      try {
+        check?.();
+        const result = await c.conversations.issue({
+          sender: this.userId,
+          ...(target.case === "toUser" ? { toUser: target.value } : { conversationId: target.value ?? "" }),
+          clientMsgId,
+          body: value.body,
+          ...(resendsAfterMs === undefined ? {} : { firstAttemptResendsAfterMs: resendsAfterMs }),
+          ...(check ? { beforeAppend: check } : {}),
+        });
+        if (conversation !== undefined)
+          result.appended.catch((err: unknown) => gaps.refused(conversation, clientMsgId, err));
+        return result;
+      } catch (err) {
+        if (conversation !== undefined) gaps.refused(conversation, clientMsgId, err);
+        throw err;
+      }
+    });
     this.sendOrder = issued.then(
       () => undefined,
       () => undefined,

@@ -55,6 +55,7 @@ export const errors = {
     new SwitchboardError(Code.UNAVAILABLE, reason, message, { cause, retryAfterMs: 1000 }),
   precondition: (reason: string, message: string) =>
     new SwitchboardError(Code.FAILED_PRECONDITION, reason, message),
+  aborted: (reason: string, message: string) => new SwitchboardError(Code.ABORTED, reason, message),
 };
 
 /**

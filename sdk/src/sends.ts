@@ -3,6 +3,10 @@
  * window of at most `maxInflight`, and settled exactly once. A send that times out or whose
  * connection drops goes out again with the SAME clientMsgId, and the server's idempotency turns a
  * resend of something it already stored into the original ack, so retrying is always safe.
+ *
+ * Sends to one conversation keep the order they were made in: one the server refused for a retryable
+ * reason goes out again before any later send to that conversation does (the server refuses those
+ * that were already on their way with PREVIOUS_SEND_FAILED, and they go out again after it).
  */
 import type { SendAck as PbSendAck } from "../../gen/switchboard/client/v1/client_pb.js";
 import { type BackoffOptions, backoffDelay } from "./backoff.js";
@@ -43,6 +47,12 @@ interface PendingSend {
    * after a restart), so it never is.
    */
   firstAttempt: boolean;
+}
+
+/** The conversation a send goes to: a direct one's id from the two users (as the server names it). */
+function conversationOf(target: SendWireTarget, me: string): string {
+  if (target.case === "conversationId") return target.value;
+  return me <= target.value ? `dm:${me}~${target.value}` : `dm:${target.value}~${me}`;
 }
 
 /** Server errors after which re-sending the same clientMsgId later can succeed. */
@@ -155,7 +165,10 @@ export class SendQueue {
     return promise;
   }
 
-  /** Puts queued sends on the wire, oldest first, keeping at most maxInflight outstanding. */
+  /**
+   * Puts queued sends on the wire, oldest first, keeping at most maxInflight outstanding; none
+   * behind a send of its conversation that waits to be retried.
+   */
   pump(): void {
     const conn = this.o.openConnection();
     if (!conn) return;
@@ -167,9 +180,17 @@ export class SendQueue {
       }, pausedMs);
       return;
     }
+    const me = this.o.welcome()?.userId ?? "";
+    let waiting: Set<string> | undefined;
     for (const entry of this.sends.values()) {
       if (this.inflight >= this.o.maxInflight) return;
-      if (entry.requestId !== undefined || entry.retryTimer !== undefined) continue;
+      if (entry.requestId !== undefined) continue;
+      const conversation = conversationOf(entry.target, me);
+      if (entry.retryTimer !== undefined) {
+        (waiting ??= new Set()).add(conversation);
+        continue;
+      }
+      if (waiting?.has(conversation)) continue;
       this.transmit(conn, entry);
     }
   }

@@ -248,6 +248,38 @@ describe("message and frame limits", () => {
     await bystanderSend();
   });
 
+  it("keeps a connection's sends to one conversation in order across a rate-limited one", async () => {
+    const c = await connect(user("ordered"));
+    const [sink, other] = [user("ordered-sink"), user("ordered-other")];
+    const send = (to: string, clientMsgId: string) =>
+      c.request({
+        case: "send",
+        value: { target: { case: "toUser", value: to }, clientMsgId, body: clientMsgId },
+      });
+    /** `send`, again after each RATE_LIMITED's retryAfterMs (which grows while refusals go on). */
+    const sendWhenAllowed = async (to: string, clientMsgId: string) => {
+      for (;;) {
+        const reply = await send(to, clientMsgId);
+        if (reply.kind.case !== "error" || reply.kind.value.reason !== "RATE_LIMITED") return reply;
+        await new Promise((r) => setTimeout(r, reply.kind.value.retryAfterMs + 10));
+      }
+    };
+    // Pipelined past the burst (5): o5 is refused.
+    const first = await Promise.all(Array.from({ length: 6 }, (_, i) => send(sink, `o${i}`)));
+    expect(first.map((f) => f.kind.case)).toEqual(["ack", "ack", "ack", "ack", "ack", "error"]);
+    expect(expectCase(first[5]!, "error").reason).toBe("RATE_LIMITED");
+    // A later send to that conversation would overtake o5's resend: refused until o5 comes again.
+    const overtaking = expectCase(await sendWhenAllowed(sink, "o6"), "error");
+    expect(overtaking).toMatchObject({ reason: "PREVIOUS_SEND_FAILED", code: Code.ABORTED });
+    expect(overtaking.message).toContain("o5");
+    // Another conversation is not held back.
+    expectCase(await sendWhenAllowed(other, "elsewhere"), "ack");
+    const resent = expectCase(await sendWhenAllowed(sink, "o5"), "ack");
+    const after = expectCase(await sendWhenAllowed(sink, "o6"), "ack");
+    expect([resent.seq, after.seq]).toEqual([6n, 7n]);
+    c.close();
+  });
+
   it("acks every send it stored before it closes a send flood with 3013", async () => {
     const c = await connect(user("flood"));
     const sink = user("flood-sink");

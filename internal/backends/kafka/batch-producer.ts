@@ -14,6 +14,11 @@
  *
  * A request also stays within `requestBytesMax`, below the broker's default batch limit
  * (`message.max.bytes`, 1 MiB): records that together exceed it would fail together otherwise.
+ *
+ * Records of one key keep their order in the partition even when a request fails: the records of
+ * its keys queued behind it fail with it, and so do those sent until the end of that turn, rather
+ * than go out in the next request ahead of the failed ones' resends (a sender resends a refused
+ * message before the ones it sent after it: gateway/send-gaps.ts).
  */
 import type { Message, Producer } from "kafkajs";
 import type { Logger } from "../../lib/log.js";
@@ -42,6 +47,8 @@ export interface BatchProducerOptions {
 
 export class BatchProducer {
   private queue: Pending[] = [];
+  /** The keys of a request that failed in this turn, and its error (see the header). */
+  private failedKeys: { keys: Set<string>; err: unknown } | undefined;
   private flushing = false;
   private producer: Producer;
   /** The producer failed a request: replace it before the next one. */
@@ -76,6 +83,11 @@ export class BatchProducer {
     return new Promise((resolve, reject) => {
       if (this.closed) {
         reject(new Error("kafka producer closed"));
+        return;
+      }
+      const key = orderKey(topic, message);
+      if (key !== undefined && this.failedKeys?.keys.has(key)) {
+        reject(this.failedKeys.err);
         return;
       }
       this.queue.push({ topic, message, bytes: recordBytes(message), resolve, reject });
@@ -152,11 +164,34 @@ export class BatchProducer {
           for (const p of batch) p.resolve();
         } catch (err) {
           for (const p of batch) p.reject(err);
+          this.failBehind(batch, err);
         }
       }
     } finally {
       this.flushing = false;
     }
+  }
+
+  /** Fails the records queued (or sent this turn) with a key of `failed`, which just failed. */
+  private failBehind(failed: Pending[], err: unknown): void {
+    const keys = new Set<string>();
+    for (const p of failed) {
+      const key = orderKey(p.topic, p.message);
+      if (key !== undefined) keys.add(key);
+    }
+    if (keys.size === 0) return;
+    const kept: Pending[] = [];
+    for (const p of this.queue) {
+      const key = orderKey(p.topic, p.message);
+      if (key !== undefined && keys.has(key)) p.reject(err);
+      else kept.push(p);
+    }
+    this.queue = kept;
+    const failedKeys = { keys, err };
+    this.failedKeys = failedKeys;
+    setImmediate(() => {
+      if (this.failedKeys === failedKeys) this.failedKeys = undefined;
+    });
   }
 
   private async sendBatch(byTopic: Map<string, Message[]>): Promise<void> {
@@ -173,6 +208,12 @@ export class BatchProducer {
       throw err;
     }
   }
+}
+
+/** What orders a record: its topic and key (undefined without a key). */
+function orderKey(topic: string, m: Message): string | undefined {
+  if (m.key === null || m.key === undefined) return undefined;
+  return `${topic}\u0000${typeof m.key === "string" ? m.key : m.key.toString("latin1")}`;
 }
 
 /** A record's size in a produce request, about: what counts against the broker's batch limit. */

@@ -1,0 +1,50 @@
+import { describe, expect, it } from "vitest";
+import { errors } from "../lib/errors.js";
+import { leavesGap, SendGaps } from "./send-gaps.js";
+
+const unavailable = errors.unavailable("LOG_UNAVAILABLE", "kafka did not take it");
+
+describe("SendGaps", () => {
+  it("holds back a conversation's later sends until the refused one comes again", () => {
+    const gaps = new SendGaps(10_000);
+    gaps.refused("dm:a~b", "k1", unavailable, 0);
+    expect(() => gaps.pass("dm:a~b", "k2", 1)).toThrow(
+      expect.objectContaining({ reason: "PREVIOUS_SEND_FAILED" }),
+    );
+    // Refusing k2 for that leaves the gap where it was: k1 first.
+    gaps.refused("dm:a~b", "k2", errors.aborted("PREVIOUS_SEND_FAILED", ""), 2);
+    gaps.pass("g:1", "k3", 3); // another conversation
+    gaps.pass("dm:a~b", "k1", 4);
+    gaps.pass("dm:a~b", "k2", 5);
+  });
+
+  it("forgets a gap whose send did not come again within its lifetime", () => {
+    const gaps = new SendGaps(10_000);
+    gaps.refused("dm:a~b", "k1", unavailable, 0);
+    expect(() => gaps.pass("dm:a~b", "k2", 9_999)).toThrow();
+    gaps.pass("dm:a~b", "k2", 10_000);
+    gaps.pass("dm:a~b", "k3", 10_001);
+  });
+
+  it("opens gaps only for refusals the client is told to retry", () => {
+    expect(leavesGap(unavailable)).toBe(true);
+    expect(leavesGap(errors.exhausted("RATE_LIMITED", "", 200))).toBe(true);
+    expect(leavesGap(new Error("unexpected"))).toBe(true); // INTERNAL to the client
+    // Already in the log in its place: its resend gets the original ack.
+    expect(leavesGap(errors.unavailable("SEQUENCE_TIMEOUT", ""))).toBe(false);
+    expect(leavesGap(errors.denied("NOT_MEMBER", ""))).toBe(false);
+    expect(leavesGap(errors.invalid("BODY_TOO_LARGE", ""))).toBe(false);
+    expect(leavesGap(errors.exhausted("GROUP_FULL", ""))).toBe(false);
+    const gaps = new SendGaps(10_000);
+    gaps.refused("dm:a~b", "k1", errors.denied("NOT_MEMBER", ""), 0);
+    gaps.pass("dm:a~b", "k2", 1);
+  });
+
+  it("keeps at most `max` gaps, forgetting the oldest", () => {
+    const gaps = new SendGaps(10_000, 2);
+    for (const c of ["g:1", "g:2", "g:3"]) gaps.refused(c, `k-${c}`, unavailable, 0);
+    gaps.pass("g:1", "other", 1);
+    expect(() => gaps.pass("g:2", "other", 1)).toThrow();
+    expect(() => gaps.pass("g:3", "other", 1)).toThrow();
+  });
+});

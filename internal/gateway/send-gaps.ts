@@ -1,0 +1,79 @@
+/**
+ * The order of one connection's sends to one conversation, across a refused send.
+ *
+ * Pipelined sends are appended in the order they arrived, so they get increasing seqs. A send
+ * refused for a reason worth retrying (the id service or Kafka briefly unreachable, a rate limit)
+ * would break that: the sends behind it would still be appended, and its resend would come after
+ * them. So a refusal opens a gap for the conversation on this connection: its later sends there are
+ * refused too (`PREVIOUS_SEND_FAILED`, retryable) until the refused send comes again, which closes
+ * the gap, and a client that resends in the order it first sent keeps its order. The sends in flight
+ * when the client learns of the refusal are the ones this catches; a gap that sees no resend for
+ * `lifetimeMs` (a client that gave up on the send) closes by itself.
+ *
+ * Not every refusal opens one: a final one (a client error, NOT_MEMBER) is never resent, and
+ * `SEQUENCE_TIMEOUT` comes after the message reached the log in its place (its resend is answered
+ * with the original ack).
+ */
+import { Code, errors, SwitchboardError } from "../lib/errors.js";
+
+interface Gap {
+  clientMsgId: string;
+  openedAtMs: number;
+}
+
+/** Whether refusing a send with `err` leaves a gap: the client is told to send it again later. */
+export function leavesGap(err: unknown): boolean {
+  if (!(err instanceof SwitchboardError)) return true; // INTERNAL to the client: resend
+  if (err.reason === "SEQUENCE_TIMEOUT") return false;
+  switch (err.code) {
+    case Code.UNAVAILABLE:
+    case Code.INTERNAL:
+    case Code.UNKNOWN:
+    case Code.DEADLINE_EXCEEDED:
+    case Code.CANCELLED:
+    case Code.ABORTED:
+      return true;
+    case Code.RESOURCE_EXHAUSTED:
+      return err.reason === "RATE_LIMITED";
+    default:
+      return false;
+  }
+}
+
+export class SendGaps {
+  /** Open gaps by conversation, oldest first. */
+  private readonly gaps = new Map<string, Gap>();
+
+  constructor(
+    private readonly lifetimeMs: number,
+    /** Conversations with a gap at once, at most; past it the oldest gap is forgotten. */
+    private readonly max = 1_000,
+  ) {}
+
+  /**
+   * Lets a send to `conversation` through, or throws `PREVIOUS_SEND_FAILED` while an earlier refused
+   * send there has not come again. That send itself passes, and closes the gap.
+   */
+  pass(conversation: string, clientMsgId: string, now = Date.now()): void {
+    const gap = this.gaps.get(conversation);
+    if (!gap) return;
+    if (gap.clientMsgId === clientMsgId || now - gap.openedAtMs >= this.lifetimeMs) {
+      this.gaps.delete(conversation);
+      return;
+    }
+    throw errors.aborted(
+      "PREVIOUS_SEND_FAILED",
+      `an earlier send to ${conversation} on this connection was refused (clientMsgId ${gap.clientMsgId}); send it again first, then this one`,
+    );
+  }
+
+  /** A send to `conversation` was refused with `err`: a retryable refusal opens a gap (if none is open). */
+  refused(conversation: string, clientMsgId: string, err: unknown, now = Date.now()): void {
+    if (!leavesGap(err)) return;
+    const open = this.gaps.get(conversation);
+    if (open && now - open.openedAtMs < this.lifetimeMs) return;
+    this.gaps.delete(conversation);
+    if (this.gaps.size >= this.max) this.gaps.delete(this.gaps.keys().next().value!);
+    this.gaps.set(conversation, { clientMsgId, openedAtMs: now });
+  }
+}
