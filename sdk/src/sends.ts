@@ -181,16 +181,16 @@ export class SendQueue {
       return;
     }
     const me = this.o.welcome()?.userId ?? "";
-    let waiting: Set<string> | undefined;
+    const waiting = new Set<string>();
     for (const entry of this.sends.values()) {
       if (this.inflight >= this.o.maxInflight) return;
       if (entry.requestId !== undefined) continue;
       const conversation = conversationOf(entry.target, me);
       if (entry.retryTimer !== undefined) {
-        (waiting ??= new Set()).add(conversation);
+        waiting.add(conversation);
         continue;
       }
-      if (waiting?.has(conversation)) continue;
+      if (waiting.has(conversation)) continue;
       this.transmit(conn, entry);
     }
   }
