@@ -260,8 +260,9 @@ describe("message and frame limits", () => {
     const sendWhenAllowed = async (to: string, clientMsgId: string) => {
       for (;;) {
         const reply = await send(to, clientMsgId);
-        if (reply.kind.case !== "error" || reply.kind.value.reason !== "RATE_LIMITED") return reply;
-        await new Promise((r) => setTimeout(r, reply.kind.value.retryAfterMs + 10));
+        const err = reply.kind.case === "error" ? reply.kind.value : undefined;
+        if (err?.reason !== "RATE_LIMITED") return reply;
+        await new Promise((r) => setTimeout(r, err.retryAfterMs + 10));
       }
     };
     // Pipelined past the burst (5): o5 is refused.
