@@ -24,7 +24,7 @@ import { Code, ReceiptKind } from "../../gen/switchboard/common/v1/common_pb.js"
 import type { PresenceService } from "../../gen/switchboard/presence/v1/presence_pb.js";
 import type { PushService } from "../../gen/switchboard/push/v1/push_pb.js";
 import type { RouterService } from "../../gen/switchboard/router/v1/router_pb.js";
-import type { Backends } from "../backends/types.js";
+import type { AppendResult, Backends } from "../backends/types.js";
 import {
   type Conversations,
   directConversationId,
@@ -807,21 +807,18 @@ export class Connection {
     // later ones to its conversation until it comes again (send-gaps.ts): checked at its turn and
     // again right before the append, since an earlier send's append may fail in between.
     const issued = this.sendOrder.then(async () => {
-      const check = conversation === undefined ? undefined : () => gaps.pass(conversation, clientMsgId);
       try {
-        check?.();
-        const result = await c.conversations.issue({
+        if (conversation !== undefined) gaps.pass(conversation, clientMsgId);
+        return await c.conversations.issue({
           sender: this.userId,
           ...(target.case === "toUser" ? { toUser: target.value } : { conversationId: target.value ?? "" }),
           clientMsgId,
           body: value.body,
           ...(resendsAfterMs === undefined ? {} : { firstAttemptResendsAfterMs: resendsAfterMs }),
-          ...(check ? { beforeAppend: check } : {}),
+          ...(conversation === undefined ? {} : { beforeAppend: () => gaps.pass(conversation, clientMsgId) }),
         });
-        if (conversation !== undefined)
-          result.appended.catch((err: unknown) => gaps.refused(conversation, clientMsgId, err));
-        return result;
       } catch (err) {
+        // Before the next send's turn: it must see the gap.
         if (conversation !== undefined) gaps.refused(conversation, clientMsgId, err);
         throw err;
       }
@@ -830,7 +827,16 @@ export class Connection {
       () => undefined,
       () => undefined,
     );
-    const { message, duplicate } = await (await issued).appended;
+    let appended: AppendResult;
+    try {
+      appended = await (await issued).appended;
+    } catch (err) {
+      // Also when the append itself failed after later sends were issued (Kafka refused it): those
+      // the producer still held failed with it (kafka/batch-producer.ts), the rest are held back here.
+      if (conversation !== undefined) gaps.refused(conversation, clientMsgId, err);
+      throw err;
+    }
+    const { message, duplicate } = appended;
     if (!duplicate) {
       c.metrics.messagesTotal.inc();
       c.metrics.appendSeconds.observe((performance.now() - started) / 1000);
