@@ -85,4 +85,47 @@ describe("addMembers", () => {
     expect((await conversations.addMembers("alice", id, ["bob"])).memberCount).toBe(2);
     expect(heard).toEqual([{ memberCount: 2, audience: "members" }]);
   });
+
+  it("tells every member of the switch to pull, then only the comers of later additions", async () => {
+    const id = "g:382801613892354049";
+    const members = new Set(["alice", "bob"]);
+    let group: ConversationRecord = {
+      ...newConversationRecord(
+        { id, kind: "group", name: "big", owner: "alice", open: true, createdAtMs: 1 },
+        2,
+      ),
+    };
+    const store = {
+      getConversation: async () => group,
+      isMember: async (_: string, user: string) => members.has(user),
+      memberOf: async (_: string, user: string) =>
+        members.has(user) ? { record: group, role: "owner" as const } : undefined,
+      // Like the stores: past the threshold the group is on pull, for good.
+      addMembers: async (_: string, users: string[], _max: number, pullThreshold: number) => {
+        for (const u of users) members.add(u);
+        const delivery = members.size > pullThreshold ? "pull" : group.delivery;
+        group = { ...group, memberCount: members.size, delivery };
+        return group;
+      },
+    } as unknown as MembershipStore;
+    const conversations = new Conversations(store, {} as MessageLog, {} as IdPool, {
+      bodyCharsMax: 100,
+      membersMax: 100,
+      pullThreshold: 3,
+      nameCharsMax: 64,
+    });
+    const heard: Array<{ delivery: string; audience: unknown }> = [];
+    conversations.onGroupChange((g, audience) => heard.push({ delivery: g.delivery, audience }));
+
+    await conversations.addMembers("alice", id, ["carol"]); // 3: still push
+    await conversations.addMembers("alice", id, ["dave"]); // 4: the switch
+    await conversations.addMembers("alice", id, ["erin"]); // on pull already
+    await conversations.join("frank", id);
+    expect(heard).toEqual([
+      { delivery: "push", audience: "members" },
+      { delivery: "pull", audience: "members" },
+      { delivery: "pull", audience: ["erin"] },
+      { delivery: "pull", audience: ["frank"] },
+    ]);
+  });
 });

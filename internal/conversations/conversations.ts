@@ -128,9 +128,17 @@ export class Conversations {
     return group;
   }
 
-  /** The audience of a change of membership: everyone, or in a pull-model group those who came. */
-  private static comings(group: ConversationRecord, added: readonly string[]): "members" | readonly string[] {
-    return group.delivery === "pull" ? added : "members";
+  /**
+   * The audience of a change of membership: everyone, or in a pull-model group those who came. The
+   * change that switches a group to pull is told to everyone once: the members it had follow its
+   * messages by seq from then on (docs/protocol.md, "Delivery models"), so they must know.
+   */
+  private static comings(
+    group: ConversationRecord,
+    added: readonly string[],
+    before: ConversationRecord["delivery"] = group.delivery,
+  ): "members" | readonly string[] {
+    return group.delivery === "pull" && before === "pull" ? added : "members";
   }
 
   /** Validates, authorises and durably appends a message. Resolves once durable. */
@@ -281,7 +289,7 @@ export class Conversations {
 
   /** Adds members: any member, or only admins and the owner when the group's addPolicy says so. */
   async addMembers(caller: string | undefined, id: string, users: string[]): Promise<ConversationRecord> {
-    await this.group(id);
+    const before = await this.group(id);
     if (caller !== undefined) {
       const { record, role } = await this.memberAccess(caller, id);
       if (record.addPolicy === "admins" && role === "member")
@@ -297,7 +305,7 @@ export class Conversations {
     // Announced even when everyone named was a member already: a retry of an add whose first attempt
     // failed after storing it (distributed backend: the announcement to the sequencers failed) adds
     // nobody, yet is the only one that tells the members.
-    return this.changed(group, Conversations.comings(group, users));
+    return this.changed(group, Conversations.comings(group, users, before.delivery));
   }
 
   /**
@@ -338,7 +346,7 @@ export class Conversations {
       this.limits.membersMax,
       this.limits.pullThreshold,
     );
-    return this.changed(joined, Conversations.comings(joined, [caller]));
+    return this.changed(joined, Conversations.comings(joined, [caller], group.delivery));
   }
 
   /** Leaves a group; the owner of a group with other members must hand it over first. */

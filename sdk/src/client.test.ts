@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, test } from "vitest";
 import { WebSocket as WsWebSocket } from "ws";
-import { Code } from "../../gen/switchboard/common/v1/common_pb.js";
+import { Code, ConversationKind, DeliveryModel } from "../../gen/switchboard/common/v1/common_pb.js";
 import { FakeServer } from "../test/fake-server.js";
 import {
   type DisconnectInfo,
@@ -336,6 +336,72 @@ test("a body over the limit is rejected locally without sending anything", async
     reason: "BODY_TOO_LARGE",
   });
   expect(srv.framesOf("send")).toHaveLength(1);
+});
+
+test("a group announced as gone to pull is caught up by seq after the next sync", async () => {
+  const srv = await startServer();
+  const group = "g:9";
+  srv.addMessage(group, "bob", "one", ["alice", "bob"]); // seq 1, from the inbox
+  const later = [2n, 3n].map((seq) => ({
+    conversationId: group,
+    seq,
+    messageId: String(1_000n + seq),
+    sender: "bob",
+    clientMsgId: `c${seq}`,
+    body: `after the switch ${seq}`,
+    createdAtMs: 1n,
+  }));
+  srv.hook = (conn, frame, s) => {
+    const k = frame.kind;
+    if (k.case === "listConversations") {
+      s.reply(conn, frame, {
+        case: "conversations",
+        value: {
+          conversations: [
+            {
+              id: group,
+              kind: ConversationKind.GROUP,
+              delivery: DeliveryModel.PULL,
+              lastSeq: 3n,
+              memberCount: 200,
+            },
+          ],
+        },
+      });
+      return true;
+    }
+    if (k.case === "history" && k.value.conversationId === group) {
+      s.reply(conn, frame, {
+        case: "history",
+        value: { conversationId: group, messages: later.filter((m) => m.seq > k.value.afterSeq) },
+      });
+      return true;
+    }
+    return undefined;
+  };
+  const t = newClient(srv);
+  let announced = 0;
+  t.client.on("conversation", () => announced++);
+  await t.client.connect();
+  await srv.waitFor(() => t.messages.length === 1, "the inbox message");
+  // The switch is announced while the device is online; seqs 2 and 3 come while it is away.
+  const [conn] = srv.openConns();
+  srv.push(conn!, {
+    kind: {
+      case: "conversation",
+      value: {
+        conversation: { id: group, kind: ConversationKind.GROUP, delivery: DeliveryModel.PULL, lastSeq: 1n },
+      },
+    },
+  });
+  await srv.waitFor(() => announced === 1, "the announcement");
+  conn!.ws.terminate();
+  await srv.waitFor(() => t.messages.length === 3, "the messages past the switch, fetched by seq");
+  expect(t.messages.map((m) => [m.message.seq, m.source])).toEqual([
+    [1, "sync"],
+    [2, "sync"],
+    [3, "sync"],
+  ]);
 });
 
 test("a retryable send error (rate limited) is retried with the same clientMsgId", async () => {

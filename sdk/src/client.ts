@@ -565,7 +565,12 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
         return;
       case "conversation":
         if (frame.replyTo === 0) {
-          if (kind.value.conversation) this.emit("conversation", toConversation(kind.value.conversation));
+          if (kind.value.conversation) {
+            const conversation = toConversation(kind.value.conversation);
+            // A group that went to pull is followed by seq from now on (its messages leave the inbox).
+            this.inbox.learn([conversation]);
+            this.emit("conversation", conversation);
+          }
           return;
         }
         break;

@@ -196,6 +196,13 @@ describe("pull delivery", () => {
       await co.request({ case: "addMembers", value: { conversationId: group.id, members: newcomers } }),
       "conversation",
     );
+    // The members it had hear of the switch: they follow the group by seq from now on.
+    await cw.nextEvent(
+      (f) =>
+        f.kind.case === "conversation" &&
+        f.kind.value.conversation?.id === group.id &&
+        f.kind.value.conversation.delivery === DeliveryModel.PULL,
+    );
     await sending;
     const all = Array.from({ length: total }, (_, i) => BigInt(i + 1));
     // Live: every message once, in order, some from the inbox (cursor > 0), the rest pulled (cursor 0).
