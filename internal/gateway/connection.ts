@@ -153,6 +153,8 @@ export class Connection {
   private sendOrder: Promise<void> = Promise.resolve();
   /** ...and a send refused for a retryable reason holds back the later ones to its conversation. */
   private readonly sendGaps = new SendGaps(SEND_GAP_LIFETIME_MS);
+  /** Sends received on this connection: each send's place among them, for its gap (send-gaps.ts). */
+  private sendsArrived = 0;
   /** Syncs of one connection run one at a time; a new one cancels a running catch-up. */
   private syncOrder: Promise<void> = Promise.resolve();
   private syncEpoch = 0;
@@ -347,19 +349,17 @@ export class Connection {
         }
       }
       case "send": {
+        const order = ++this.sendsArrived;
         const wait = this.sends.take() || c.takeUserSend(user);
         if (wait > 0) {
           if (this.sends.flooded()) this.closeAfterReplies(CloseCode.TOO_MANY_REQUESTS, "send flood");
           const err = errors.exhausted("RATE_LIMITED", "too many messages; slow down", wait);
-          // In the order of this connection's sends: the ones before it are not held back by it.
           const conversation = this.sendGapKey(req.value.target);
-          if (conversation !== undefined) {
-            const { clientMsgId } = req.value;
-            this.sendOrder = this.sendOrder.then(() => this.sendGaps.refused(conversation, clientMsgId, err));
-          }
+          if (conversation !== undefined)
+            this.sendGaps.refused(conversation, req.value.clientMsgId, err, order);
           throw err;
         }
-        if (!tracing.on) return this.send(req.value, reply);
+        if (!tracing.on) return this.send(req.value, order, reply);
         const traceparent = req.value.traceparent;
         return inSpan(
           "send",
@@ -368,7 +368,7 @@ export class Connection {
             ...(traceparent ? { parent: { traceparent } } : {}),
             attributes: { "switchboard.session.id": this.sessionId },
           },
-          (span) => this.send(req.value, reply, span),
+          (span) => this.send(req.value, order, reply, span),
         );
       }
       case "sync": {
@@ -788,6 +788,7 @@ export class Connection {
   /** Appends a message (in the order of this connection's sends) and acks it once it is durable. */
   private async send(
     value: SendValue,
+    order: number,
     reply: (kind: NonNullable<ServerFrameInit["kind"]>) => void,
     span?: Span,
   ): Promise<void> {
@@ -808,18 +809,20 @@ export class Connection {
     // again right before the append, since an earlier send's append may fail in between.
     const issued = this.sendOrder.then(async () => {
       try {
-        if (conversation !== undefined) gaps.pass(conversation, clientMsgId);
+        if (conversation !== undefined) gaps.pass(conversation, clientMsgId, order);
         return await c.conversations.issue({
           sender: this.userId,
           ...(target.case === "toUser" ? { toUser: target.value } : { conversationId: target.value ?? "" }),
           clientMsgId,
           body: value.body,
           ...(resendsAfterMs === undefined ? {} : { firstAttemptResendsAfterMs: resendsAfterMs }),
-          ...(conversation === undefined ? {} : { beforeAppend: () => gaps.pass(conversation, clientMsgId) }),
+          ...(conversation === undefined
+            ? {}
+            : { beforeAppend: () => gaps.pass(conversation, clientMsgId, order) }),
         });
       } catch (err) {
         // Before the next send's turn: it must see the gap.
-        if (conversation !== undefined) gaps.refused(conversation, clientMsgId, err);
+        if (conversation !== undefined) gaps.refused(conversation, clientMsgId, err, order);
         throw err;
       }
     });
@@ -833,7 +836,7 @@ export class Connection {
     } catch (err) {
       // Also when the append itself failed after later sends were issued (Kafka refused it): those
       // the producer still held failed with it (kafka/batch-producer.ts), the rest are held back here.
-      if (conversation !== undefined) gaps.refused(conversation, clientMsgId, err);
+      if (conversation !== undefined) gaps.refused(conversation, clientMsgId, err, order);
       throw err;
     }
     const { message, duplicate } = appended;

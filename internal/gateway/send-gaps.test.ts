@@ -3,27 +3,41 @@ import { errors } from "../lib/errors.js";
 import { leavesGap, SendGaps } from "./send-gaps.js";
 
 const unavailable = errors.unavailable("LOG_UNAVAILABLE", "kafka did not take it");
+/** The `order`-th send, `clientMsgId`, is refused for the gap that `first` left. */
+const heldBackBy = (gaps: SendGaps, first: string, clientMsgId: string, order: number) =>
+  expect(() => gaps.pass("dm:a~b", clientMsgId, order, order)).toThrow(
+    expect.objectContaining({ reason: "PREVIOUS_SEND_FAILED", message: expect.stringContaining(first) }),
+  );
 
 describe("SendGaps", () => {
   it("holds back a conversation's later sends until the refused one comes again", () => {
     const gaps = new SendGaps(10_000);
-    gaps.refused("dm:a~b", "k1", unavailable, 0);
-    expect(() => gaps.pass("dm:a~b", "k2", 1)).toThrow(
-      expect.objectContaining({ reason: "PREVIOUS_SEND_FAILED" }),
-    );
+    gaps.refused("dm:a~b", "k1", unavailable, 1, 1);
+    heldBackBy(gaps, "k1", "k2", 2);
     // Refusing k2 for that leaves the gap where it was: k1 first.
-    gaps.refused("dm:a~b", "k2", errors.aborted("PREVIOUS_SEND_FAILED", ""), 2);
-    gaps.pass("g:1", "k3", 3); // another conversation
-    gaps.pass("dm:a~b", "k1", 4);
-    gaps.pass("dm:a~b", "k2", 5);
+    gaps.refused("dm:a~b", "k2", errors.aborted("PREVIOUS_SEND_FAILED", ""), 2, 2);
+    gaps.pass("g:1", "k3", 3, 3); // another conversation
+    gaps.pass("dm:a~b", "k1", 4, 4); // the resend
+    gaps.pass("dm:a~b", "k2", 5, 5);
+  });
+
+  it("names the earliest refused send, whatever the order the refusals came in", () => {
+    const gaps = new SendGaps(10_000);
+    // k2 (the 2nd send) is rate-limited while k1 (the 1st) waits for Kafka, which then refuses it.
+    gaps.refused("dm:a~b", "k2", errors.exhausted("RATE_LIMITED", "", 200), 2, 0);
+    gaps.pass("dm:a~b", "k1", 1, 1); // arrived before k2: not held back by it
+    gaps.refused("dm:a~b", "k1", unavailable, 1, 2);
+    heldBackBy(gaps, "k1", "k2", 3); // k2's resend must wait for k1's
+    gaps.pass("dm:a~b", "k1", 4, 4);
+    gaps.pass("dm:a~b", "k2", 5, 5);
   });
 
   it("forgets a gap whose send did not come again within its lifetime", () => {
     const gaps = new SendGaps(10_000);
-    gaps.refused("dm:a~b", "k1", unavailable, 0);
-    expect(() => gaps.pass("dm:a~b", "k2", 9_999)).toThrow();
-    gaps.pass("dm:a~b", "k2", 10_000);
-    gaps.pass("dm:a~b", "k3", 10_001);
+    gaps.refused("dm:a~b", "k1", unavailable, 1, 0);
+    expect(() => gaps.pass("dm:a~b", "k2", 2, 9_999)).toThrow();
+    gaps.pass("dm:a~b", "k2", 3, 10_000);
+    gaps.pass("dm:a~b", "k3", 4, 10_001);
   });
 
   it("opens gaps only for refusals the client is told to retry", () => {
@@ -36,15 +50,15 @@ describe("SendGaps", () => {
     expect(leavesGap(errors.invalid("BODY_TOO_LARGE", ""))).toBe(false);
     expect(leavesGap(errors.exhausted("GROUP_FULL", ""))).toBe(false);
     const gaps = new SendGaps(10_000);
-    gaps.refused("dm:a~b", "k1", errors.denied("NOT_MEMBER", ""), 0);
-    gaps.pass("dm:a~b", "k2", 1);
+    gaps.refused("dm:a~b", "k1", errors.denied("NOT_MEMBER", ""), 1, 0);
+    gaps.pass("dm:a~b", "k2", 2, 1);
   });
 
   it("keeps at most `max` gaps, forgetting the oldest", () => {
     const gaps = new SendGaps(10_000, 2);
-    for (const c of ["g:1", "g:2", "g:3"]) gaps.refused(c, `k-${c}`, unavailable, 0);
-    gaps.pass("g:1", "other", 1);
-    expect(() => gaps.pass("g:2", "other", 1)).toThrow();
-    expect(() => gaps.pass("g:3", "other", 1)).toThrow();
+    for (const [i, c] of ["g:1", "g:2", "g:3"].entries()) gaps.refused(c, `k-${c}`, unavailable, i + 1, 0);
+    gaps.pass("g:1", "other", 9, 1);
+    expect(() => gaps.pass("g:2", "other", 9, 1)).toThrow();
+    expect(() => gaps.pass("g:3", "other", 9, 1)).toThrow();
   });
 });

@@ -10,6 +10,10 @@
  * when the client learns of the refusal are the ones this catches; a gap that sees no resend for
  * `lifetimeMs` (a client that gave up on the send) closes by itself.
  *
+ * Refusals do not come in send order: a send's append can fail (Kafka) after a later send was
+ * already refused (a rate limit, the id service). So each send carries its place in the connection's
+ * sends, and the gap names the earliest refused one: that is the one the client must send first.
+ *
  * Not every refusal opens one: a final one (a client error, NOT_MEMBER) is never resent, and
  * `SEQUENCE_TIMEOUT` comes after the message reached the log in its place (its resend is answered
  * with the original ack).
@@ -18,6 +22,8 @@ import { Code, errors, SwitchboardError } from "../lib/errors.js";
 
 interface Gap {
   clientMsgId: string;
+  /** Its place among the connection's sends (their order of arrival). */
+  order: number;
   openedAtMs: number;
 }
 
@@ -51,12 +57,13 @@ export class SendGaps {
   ) {}
 
   /**
-   * Lets a send to `conversation` through, or throws `PREVIOUS_SEND_FAILED` while an earlier refused
-   * send there has not come again. That send itself passes, and closes the gap.
+   * Lets the `order`-th send, to `conversation`, through, or throws `PREVIOUS_SEND_FAILED` while an
+   * earlier refused send there has not come again. That send itself passes, and closes the gap, and
+   * so do sends that arrived before it.
    */
-  pass(conversation: string, clientMsgId: string, now = Date.now()): void {
+  pass(conversation: string, clientMsgId: string, order: number, now = Date.now()): void {
     const gap = this.gaps.get(conversation);
-    if (!gap) return;
+    if (!gap || order < gap.order) return;
     if (gap.clientMsgId === clientMsgId || now - gap.openedAtMs >= this.lifetimeMs) {
       this.gaps.delete(conversation);
       return;
@@ -67,13 +74,16 @@ export class SendGaps {
     );
   }
 
-  /** A send to `conversation` was refused with `err`: a retryable refusal opens a gap (if none is open). */
-  refused(conversation: string, clientMsgId: string, err: unknown, now = Date.now()): void {
+  /**
+   * The send that arrived `order`-th on the connection, to `conversation`, was refused with `err`: a
+   * retryable refusal opens a gap, or moves an open one back to this send if it came earlier.
+   */
+  refused(conversation: string, clientMsgId: string, err: unknown, order: number, now = Date.now()): void {
     if (!leavesGap(err)) return;
     const open = this.gaps.get(conversation);
-    if (open && now - open.openedAtMs < this.lifetimeMs) return;
+    if (open && now - open.openedAtMs < this.lifetimeMs && open.order <= order) return;
     this.gaps.delete(conversation);
     if (this.gaps.size >= this.max) this.gaps.delete(this.gaps.keys().next().value!);
-    this.gaps.set(conversation, { clientMsgId, openedAtMs: now });
+    this.gaps.set(conversation, { clientMsgId, order, openedAtMs: now });
   }
 }

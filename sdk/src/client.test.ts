@@ -341,6 +341,7 @@ test("a body over the limit is rejected locally without sending anything", async
 test("a group announced as gone to pull is caught up by seq after the next sync", async () => {
   const srv = await startServer();
   const group = "g:9";
+  const joined = "g:10"; // a pull group this device was just added to: its history is not fetched
   srv.addMessage(group, "bob", "one", ["alice", "bob"]); // seq 1, from the inbox
   const later = [2n, 3n].map((seq) => ({
     conversationId: group,
@@ -351,22 +352,19 @@ test("a group announced as gone to pull is caught up by seq after the next sync"
     body: `after the switch ${seq}`,
     createdAtMs: 1n,
   }));
+  const listed = (id: string, lastSeq: bigint) => ({
+    id,
+    kind: ConversationKind.GROUP,
+    delivery: DeliveryModel.PULL,
+    lastSeq,
+    memberCount: 200,
+  });
   srv.hook = (conn, frame, s) => {
     const k = frame.kind;
     if (k.case === "listConversations") {
       s.reply(conn, frame, {
         case: "conversations",
-        value: {
-          conversations: [
-            {
-              id: group,
-              kind: ConversationKind.GROUP,
-              delivery: DeliveryModel.PULL,
-              lastSeq: 3n,
-              memberCount: 200,
-            },
-          ],
-        },
+        value: { conversations: [listed(group, 3n), listed(joined, 50n)] },
       });
       return true;
     }
@@ -384,17 +382,17 @@ test("a group announced as gone to pull is caught up by seq after the next sync"
   t.client.on("conversation", () => announced++);
   await t.client.connect();
   await srv.waitFor(() => t.messages.length === 1, "the inbox message");
-  // The switch is announced while the device is online; seqs 2 and 3 come while it is away.
+  // The switch is announced while the device is online (events carry lastSeq 0, docs/protocol.md
+  // §2.3); seqs 2 and 3 come while it is away.
   const [conn] = srv.openConns();
-  srv.push(conn!, {
-    kind: {
-      case: "conversation",
-      value: {
-        conversation: { id: group, kind: ConversationKind.GROUP, delivery: DeliveryModel.PULL, lastSeq: 1n },
+  for (const id of [group, joined])
+    srv.push(conn!, {
+      kind: {
+        case: "conversation",
+        value: { conversation: { id, kind: ConversationKind.GROUP, delivery: DeliveryModel.PULL } },
       },
-    },
-  });
-  await srv.waitFor(() => announced === 1, "the announcement");
+    });
+  await srv.waitFor(() => announced === 2, "the announcements");
   conn!.ws.terminate();
   await srv.waitFor(() => t.messages.length === 3, "the messages past the switch, fetched by seq");
   expect(t.messages.map((m) => [m.message.seq, m.source])).toEqual([
@@ -402,6 +400,8 @@ test("a group announced as gone to pull is caught up by seq after the next sync"
     [2, "sync"],
     [3, "sync"],
   ]);
+  expect(srv.framesOf("history").map((h) => h.value.conversationId)).not.toContain(joined);
+  expect(t.client.pullPositions[joined]).toBe(50);
 });
 
 test("a retryable send error (rate limited) is retried with the same clientMsgId", async () => {

@@ -568,7 +568,7 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
           if (kind.value.conversation) {
             const conversation = toConversation(kind.value.conversation);
             // A group that went to pull is followed by seq from now on (its messages leave the inbox).
-            this.inbox.learn([conversation]);
+            if (conversation.delivery === "pull") this.inbox.follow(conversation.id);
             this.emit("conversation", conversation);
           }
           return;

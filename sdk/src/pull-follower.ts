@@ -52,6 +52,15 @@ export class PullFollower {
     }
   }
 
+  /**
+   * A `conversation` event said the group is on pull: followed from now on. Its position stays what
+   * this device saw (an event's `lastSeq` is 0: a device new to the group starts at the `lastSeq` of
+   * the next listing, not at the beginning of its history).
+   */
+  follow(conversationId: string): void {
+    this.pull.add(conversationId);
+  }
+
   /** A message the app got from the inbox: its conversation's position moves up to it. */
   note(message: ChatMessage): void {
     if (message.seq > (this.seqs.get(message.conversationId) ?? 0))

@@ -86,6 +86,11 @@ export class InboxSync {
     this.pull.learn(conversations);
   }
 
+  /** A `conversation` event said this group is on pull (see PullFollower.follow). */
+  follow(conversationId: string): void {
+    this.pull.follow(conversationId);
+  }
+
   /** A live message on `conn`: held back while `conn` syncs, delivered at once otherwise. */
   live(conn: Conn, event: PbMessageEvent): void {
     const running = this.running;
