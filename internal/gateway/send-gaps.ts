@@ -27,7 +27,10 @@ interface Gap {
   openedAtMs: number;
 }
 
-/** Whether refusing a send with `err` leaves a gap: the client is told to send it again later. */
+/**
+ * Whether refusing a send with `err` leaves a gap: the client is told to send it again later
+ * (docs/protocol.md §6; the SDK's isRetryableSendError retries exactly these).
+ */
 export function leavesGap(err: unknown): boolean {
   if (!(err instanceof SwitchboardError)) return true; // INTERNAL to the client: resend
   if (err.reason === "SEQUENCE_TIMEOUT") return false;

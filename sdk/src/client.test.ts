@@ -422,6 +422,30 @@ test("a retryable send error (rate limited) is retried with the same clientMsgId
   expect(srv.conns).toHaveLength(1);
 });
 
+test("a send refused with INTERNAL or a code-named CANCELLED is resent, as docs/protocol.md §6 says", async () => {
+  const srv = await startServer();
+  const refusals: Array<[Code, string]> = [
+    [Code.INTERNAL, "INTERNAL"],
+    [Code.CANCELLED, "CANCELLED"],
+  ];
+  srv.hook = (conn, frame, s) => {
+    if (frame.kind.case !== "send") return undefined;
+    const next = refusals.shift();
+    if (!next) return undefined;
+    s.error(conn, frame, next[0], next[1]);
+    return true;
+  };
+  const t = newClient(srv);
+  await t.client.connect();
+  const ack = await t.client.send({ toUser: "bob" }, "hi", { clientMsgId: "k-internal" });
+  expect(ack).toMatchObject({ clientMsgId: "k-internal", seq: 1 });
+  expect(srv.framesOf("send").map((f) => f.value.clientMsgId)).toEqual([
+    "k-internal",
+    "k-internal",
+    "k-internal",
+  ]);
+});
+
 test("a send is marked a first attempt only for a server that lists the feature", async () => {
   // A server of an earlier version refuses the unknown field in JSON frames.
   const srv = await startServer({ features: [] });

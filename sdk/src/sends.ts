@@ -55,12 +55,20 @@ function conversationOf(target: SendWireTarget, me: string): string {
   return me <= target.value ? `dm:${me}~${target.value}` : `dm:${target.value}~${me}`;
 }
 
-/** Server errors after which re-sending the same clientMsgId later can succeed. */
+/**
+ * Server errors after which re-sending the same clientMsgId later can succeed (docs/protocol.md §6:
+ * INTERNAL and a split service's code-named CANCELLED or UNKNOWN are resent too). The server holds
+ * back later sends to the conversation behind exactly these (PREVIOUS_SEND_FAILED), so the two lists
+ * must agree.
+ */
 function isRetryableSendError(err: SwitchboardClientError): boolean {
   switch (err.code) {
     case Code.UNAVAILABLE:
     case Code.ABORTED:
     case Code.DEADLINE_EXCEEDED:
+    case Code.INTERNAL:
+    case Code.UNKNOWN:
+    case Code.CANCELLED:
       return true;
     case Code.RESOURCE_EXHAUSTED:
       // Rate limits carry a retry hint; limits without one (GROUP_FULL) will not go away by waiting.
