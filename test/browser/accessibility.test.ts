@@ -104,8 +104,11 @@ describe("accessibility", () => {
     await page.keyboard.press("Enter");
     await expect.poll(() => shownMessages(page)).toEqual(["typed, not clicked"]);
 
-    // Bob answers; the conversation in alice's list is a button: Enter opens it.
+    // Bob answers (once alice's message is stored: shown as it is sent, it could still be on its way,
+    // and two users' sends are ordered as the server takes them); the conversation in alice's list is
+    // a button: Enter opens it.
     await startChat(bob.page, "alice");
+    await expect.poll(() => shownMessages(bob.page)).toEqual(["typed, not clicked"]);
     await sendMessage(bob.page, "keyboard works");
     await page.locator("#conversation-list .conversation").first().focus();
     await page.keyboard.press("Enter");

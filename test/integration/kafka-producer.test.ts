@@ -2,8 +2,8 @@
  * The distributed path's Kafka producer (internal/backends/kafka/batch-producer.ts) against a real
  * broker: a request that failed must not make a later record vanish (kafkajs's idempotent producer
  * rolls back the sequence numbers of partitions the broker did write, and the broker then takes the
- * next batch for a duplicate: acknowledged, never written), records of a failed request's keys
- * queued behind it fail with it (they would overtake its resends), and records that together exceed
+ * next batch for a duplicate: acknowledged, never written), ordered records of a failed request's
+ * keys queued behind it fail with it (they would overtake its resends), and records that together exceed
  * the broker's batch limit go out in several requests instead of failing together.
  */
 import { Kafka, logLevel, Partitioners } from "kafkajs";
@@ -110,36 +110,38 @@ describe("BatchProducer", () => {
     }
   });
 
-  it("fails the records of a failed request's keys queued behind it or sent in its turn, and only those", async () => {
+  it("fails the ordered records of a failed request's keys queued behind it or sent in its turn, and only those", async () => {
     const name = await topic(2);
     const p = batchProducer();
     await p.connect();
+    const ordered = { ordered: true };
     try {
-      // The oversized record goes alone (over requestBytesMax) and fails; x1 and y1 wait behind it.
-      const oversized = p.send(name, { key: "k1", partition: 0, value: Buffer.alloc(1_200_000, 120) });
-      const x1 = p.send(name, { key: "k1", partition: 0, value: "x1" });
-      const y1 = p.send(name, { key: "k2", partition: 1, value: "y1" });
+      // The oversized record goes alone (over requestBytesMax) and fails; the others wait behind it.
+      const oversized = p.send(
+        name,
+        { key: "k1", partition: 0, value: Buffer.alloc(1_200_000, 120) },
+        ordered,
+      );
+      const x1 = p.send(name, { key: "k1", partition: 0, value: "x1" }, ordered);
+      const y1 = p.send(name, { key: "k2", partition: 1, value: "y1" }, ordered);
+      const w1 = p.send(name, { key: "k1", partition: 0, value: "w1" }); // not ordered: unaffected
       // Sent in the turn that learns of the failure (before the sender could mark its gap).
       const sameTurn = oversized.then(
         () => [],
         () =>
           Promise.allSettled([
-            p.send(name, { key: "k1", partition: 0, value: "x2" }),
-            p.send(name, { key: "k2", partition: 1, value: "y2" }),
+            p.send(name, { key: "k1", partition: 0, value: "x2" }, ordered),
+            p.send(name, { key: "k2", partition: 1, value: "y2" }, ordered),
           ]),
       );
-      const [first, queuedSameKey, queuedOtherKey] = await Promise.allSettled([oversized, x1, y1]);
-      expect([first.status, queuedSameKey.status, queuedOtherKey.status]).toEqual([
-        "rejected",
-        "rejected",
-        "fulfilled",
-      ]);
+      const outcomes = await Promise.allSettled([oversized, x1, y1, w1]);
+      expect(outcomes.map((o) => o.status)).toEqual(["rejected", "rejected", "fulfilled", "fulfilled"]);
       const [x2, y2] = await sameTurn;
       expect([x2!.status, y2!.status]).toEqual(["rejected", "fulfilled"]);
       // A later turn's record of the key goes out as usual.
       await new Promise((r) => setImmediate(r));
-      await p.send(name, { key: "k1", partition: 0, value: "x3" });
-      expect(await contents(name, 0)).toEqual(["x3"]);
+      await p.send(name, { key: "k1", partition: 0, value: "x3" }, ordered);
+      expect(await contents(name, 0)).toEqual(["w1", "x3"]);
       expect(await contents(name, 1)).toEqual(["y1", "y2"]);
     } finally {
       await p.close();

@@ -15,10 +15,11 @@
  * A request also stays within `requestBytesMax`, below the broker's default batch limit
  * (`message.max.bytes`, 1 MiB): records that together exceed it would fail together otherwise.
  *
- * Records of one key keep their order in the partition even when a request fails: the records of
- * its keys queued behind it fail with it, and so do those sent until the end of that turn, rather
- * than go out in the next request ahead of the failed ones' resends (a sender resends a refused
- * message before the ones it sent after it: gateway/send-gaps.ts).
+ * Records sent `ordered` (the drafts of messages) keep their order per key even when a request
+ * fails: the ordered records of its keys queued behind it fail with it, and so do those sent until
+ * the end of that turn, rather than go out in the next request ahead of the failed ones' resends (a
+ * sender resends a refused message before the ones it sent after it: gateway/send-gaps.ts). Other
+ * records (routing events, membership announcements) are not failed for another record's failure.
  */
 import type { Message, Producer } from "kafkajs";
 import type { Logger } from "../../lib/log.js";
@@ -26,6 +27,8 @@ import type { Logger } from "../../lib/log.js";
 interface Pending {
   topic: string;
   message: Message;
+  /** Fails with an earlier record of its key that failed (see the header). */
+  ordered: boolean;
   bytes: number;
   resolve: () => void;
   reject: (err: unknown) => void;
@@ -47,8 +50,8 @@ export interface BatchProducerOptions {
 
 export class BatchProducer {
   private queue: Pending[] = [];
-  /** The keys of a request that failed in this turn, and its error (see the header). */
-  private failedKeys: { keys: Set<string>; err: unknown } | undefined;
+  /** The ordered keys of requests that failed in this turn, with their errors (see the header). */
+  private failedKeys: Map<string, unknown> | undefined;
   private flushing = false;
   private producer: Producer;
   /** The producer failed a request: replace it before the next one. */
@@ -79,18 +82,21 @@ export class BatchProducer {
     this.isConnected = true;
   }
 
-  send(topic: string, message: Message): Promise<void> {
+  send(topic: string, message: Message, options: { ordered?: boolean } = {}): Promise<void> {
     return new Promise((resolve, reject) => {
       if (this.closed) {
         reject(new Error("kafka producer closed"));
         return;
       }
-      const key = orderKey(topic, message);
-      if (key !== undefined && this.failedKeys?.keys.has(key)) {
-        reject(this.failedKeys.err);
-        return;
+      const ordered = options.ordered === true;
+      if (ordered && this.failedKeys) {
+        const key = orderKey(topic, message);
+        if (key !== undefined && this.failedKeys.has(key)) {
+          reject(this.failedKeys.get(key));
+          return;
+        }
       }
-      this.queue.push({ topic, message, bytes: recordBytes(message), resolve, reject });
+      this.queue.push({ topic, message, ordered, bytes: recordBytes(message), resolve, reject });
       if (this.flushing) return;
       // Start at the end of this turn, not at the first record: whatever else this turn sends (a
       // polled batch's records, several partitions' batches) goes in the same request.
@@ -172,26 +178,29 @@ export class BatchProducer {
     }
   }
 
-  /** Fails the records queued (or sent this turn) with a key of `failed`, which just failed. */
+  /** Fails the ordered records queued (or sent this turn) with a key of `failed`'s ordered ones. */
   private failBehind(failed: Pending[], err: unknown): void {
     const keys = new Set<string>();
     for (const p of failed) {
-      const key = orderKey(p.topic, p.message);
+      const key = p.ordered ? orderKey(p.topic, p.message) : undefined;
       if (key !== undefined) keys.add(key);
     }
     if (keys.size === 0) return;
     const kept: Pending[] = [];
     for (const p of this.queue) {
-      const key = orderKey(p.topic, p.message);
+      const key = p.ordered ? orderKey(p.topic, p.message) : undefined;
       if (key !== undefined && keys.has(key)) p.reject(err);
       else kept.push(p);
     }
     this.queue = kept;
-    const failedKeys = { keys, err };
-    this.failedKeys = failedKeys;
-    setImmediate(() => {
-      if (this.failedKeys === failedKeys) this.failedKeys = undefined;
-    });
+    if (!this.failedKeys) {
+      const failedKeys = new Map<string, unknown>();
+      this.failedKeys = failedKeys;
+      setImmediate(() => {
+        if (this.failedKeys === failedKeys) this.failedKeys = undefined;
+      });
+    }
+    for (const key of keys) if (!this.failedKeys.has(key)) this.failedKeys.set(key, err);
   }
 
   private async sendBatch(byTopic: Map<string, Message[]>): Promise<void> {

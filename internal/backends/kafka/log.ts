@@ -104,11 +104,13 @@ export class KafkaMessageLog implements MessageLog {
               ...(first === undefined ? {} : { [FIRST_ATTEMPT_HEADER]: String(first) }),
             }
           : this.replyHeaders;
-      await this.o.producer.send(this.o.draftsTopic, {
-        key: draft.conversationId,
-        value: encodeMessage(draft),
-        ...(headers ? { headers } : {}),
-      });
+      // Ordered: a draft whose request failed fails the drafts of its conversation behind it, which
+      // its sender resends after it (gateway/send-gaps.ts).
+      await this.o.producer.send(
+        this.o.draftsTopic,
+        { key: draft.conversationId, value: encodeMessage(draft), ...(headers ? { headers } : {}) },
+        { ordered: true },
+      );
     } catch (err) {
       this.o.pending.delete(draft.messageId);
       throw errors.unavailable(
