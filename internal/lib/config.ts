@@ -88,12 +88,12 @@ export const schema = {
     ),
     keepaliveMs: int(
       10_000,
-      "Both ends of every gRPC connection between processes (and this server toward its callers) send an HTTP/2 PING after this long, and close the connection when one goes unanswered for grpc.keepaliveTimeoutMs: a peer that is gone without a FIN or RST (a host down, a flow the network forgot) is found within keepaliveMs + keepaliveTimeoutMs instead of the kernel's hours, and calls move to a live connection. See router.deliverKeepaliveMs for the routers' Deliver streams.",
+      "Both ends of every gRPC connection between processes (and this server toward its callers) send an HTTP/2 PING after this long, idle or not, and close the connection when one goes unanswered for grpc.keepaliveTimeoutMs: a peer that is gone without a FIN or RST (a host down, a flow the network forgot) is found within keepaliveMs + keepaliveTimeoutMs instead of the kernel's hours, and calls move to a live connection. See router.deliverKeepaliveMs for the routers' Deliver streams. PINGs cover one HTTP/2 hop: behind a service mesh's sidecars or an L7 proxy they reach only the local proxy. A peer built on gRPC C-core or grpc-go enforces a minimum ping interval (5 min by default) and answers faster pings with GOAWAY too_many_pings; Switchboard's own servers do not, but raise this past any such hop's minimum.",
       1_000,
     ),
     keepaliveTimeoutMs: int(
       5_000,
-      "How long a keepalive PING may go unanswered before the connection is closed (grpc.keepaliveMs).",
+      "How long a keepalive PING may go unanswered before the connection is closed (grpc.keepaliveMs). A process whose event loop is blocked this long loses its connections (a gateway's Deliver streams are dialled again and its users' inboxes re-checked): keep it well above the longest pause you expect.",
       1_000,
     ),
     reflection: bool(

@@ -553,6 +553,9 @@ export function grpcClient<S extends DescService>(
     "grpc.max_receive_message_length": 4 * 1024 * 1024,
     "grpc.keepalive_time_ms": options.keepalive?.timeMs ?? 30_000,
     "grpc.keepalive_timeout_ms": options.keepalive?.timeoutMs ?? 20_000,
+    // Idle channels too: the first call on a channel the network dropped while it was idle would
+    // otherwise wait for its deadline (grpc-js pings only while calls are active).
+    "grpc.keepalive_permit_without_calls": 1,
     ...(options.serverName ? { "grpc.ssl_target_name_override": options.serverName } : {}),
     ...(options.spread
       ? { "grpc.service_config": SPREAD_SERVICE_CONFIG, "grpc.dns_min_time_between_resolutions_ms": 5_000 }

@@ -61,6 +61,9 @@ beforeAll(async () => {
       SWITCHBOARD_KAFKA_PUBLISH_SEQUENCED: "true",
       // Users' webhook devices on this machine's stand-in, signed.
       SWITCHBOARD_PUSH_ALLOW_PRIVATE_ENDPOINTS: "true",
+      // Only the routers' own pings on their Deliver streams (router.deliverKeepaliveMs) may find the
+      // silent cut below: the gateway's pings of its callers would end the dead streams too.
+      SWITCHBOARD_GRPC_KEEPALIVE_MS: "60000",
       SWITCHBOARD_PUSH_WEBHOOK_SECRET_FILE: secretFile,
     },
     runDir,
