@@ -338,7 +338,10 @@ test("a body over the limit is rejected locally without sending anything", async
   expect(srv.framesOf("send")).toHaveLength(1);
 });
 
-test("a group announced as gone to pull is caught up by seq after the next sync", async () => {
+test.each([
+  ["announced while the device was online", true],
+  ["that went to pull while the device was away", false],
+])("a group %s is caught up by seq after the next sync", async (_, announce) => {
   const srv = await startServer();
   const group = "g:9";
   const joined = "g:10"; // a pull group this device was just added to: its history is not fetched
@@ -352,6 +355,7 @@ test("a group announced as gone to pull is caught up by seq after the next sync"
     body: `after the switch ${seq}`,
     createdAtMs: 1n,
   }));
+  let groupLastSeq = 1n; // 3 once the messages past the switch are sent
   const listed = (id: string, lastSeq: bigint) => ({
     id,
     kind: ConversationKind.GROUP,
@@ -364,14 +368,17 @@ test("a group announced as gone to pull is caught up by seq after the next sync"
     if (k.case === "listConversations") {
       s.reply(conn, frame, {
         case: "conversations",
-        value: { conversations: [listed(group, 3n), listed(joined, 50n)] },
+        value: { conversations: [listed(group, groupLastSeq), listed(joined, 50n)] },
       });
       return true;
     }
     if (k.case === "history" && k.value.conversationId === group) {
       s.reply(conn, frame, {
         case: "history",
-        value: { conversationId: group, messages: later.filter((m) => m.seq > k.value.afterSeq) },
+        value: {
+          conversationId: group,
+          messages: later.filter((m) => m.seq > k.value.afterSeq && m.seq <= groupLastSeq),
+        },
       });
       return true;
     }
@@ -385,14 +392,15 @@ test("a group announced as gone to pull is caught up by seq after the next sync"
   // The switch is announced while the device is online (events carry lastSeq 0, docs/protocol.md
   // §2.3); seqs 2 and 3 come while it is away.
   const [conn] = srv.openConns();
-  for (const id of [group, joined])
+  for (const id of announce ? [group, joined] : [])
     srv.push(conn!, {
       kind: {
         case: "conversation",
         value: { conversation: { id, kind: ConversationKind.GROUP, delivery: DeliveryModel.PULL } },
       },
     });
-  await srv.waitFor(() => announced === 2, "the announcements");
+  await srv.waitFor(() => announced === (announce ? 2 : 0), "the announcements");
+  groupLastSeq = 3n;
   conn!.ws.terminate();
   await srv.waitFor(() => t.messages.length === 3, "the messages past the switch, fetched by seq");
   expect(t.messages.map((m) => [m.message.seq, m.source])).toEqual([

@@ -29,6 +29,12 @@ export class PullFollower {
   private readonly seqs = new Map<string, number>();
   /** Conversations known to be on pull (from listings and live pull messages). */
   private readonly pull = new Set<string>();
+  /**
+   * A group's message was seen: any group may switch to pull while this device is away (and hear
+   * nothing of it), so every sync is followed by a listing from then on. Direct conversations never
+   * switch.
+   */
+  private groupSeen = false;
   private readonly queues = new Map<string, Promise<void>>();
 
   constructor(private readonly o: PullFollowerOptions) {
@@ -38,9 +44,9 @@ export class PullFollower {
     }
   }
 
-  /** Whether any pull conversation is followed (only then is a catch-up after a sync worth a request). */
+  /** Whether a catch-up after a sync is worth a request: a pull conversation is followed, or may be. */
   get following(): boolean {
-    return this.pull.size > 0;
+    return this.pull.size > 0 || this.groupSeen;
   }
 
   /** The app listed its conversations: the pull ones are followed from now on. */
@@ -63,6 +69,7 @@ export class PullFollower {
 
   /** A message the app got from the inbox: its conversation's position moves up to it. */
   note(message: ChatMessage): void {
+    if (!this.groupSeen && message.conversationId.startsWith("g:")) this.groupSeen = true;
     if (message.seq > (this.seqs.get(message.conversationId) ?? 0))
       this.remember(message.conversationId, message.seq);
   }
