@@ -4,12 +4,14 @@
  */
 import {
   type ChatMessage,
+  type Conversation,
   type GroupChangeInput,
   type SwitchboardClient,
   SwitchboardClientError,
 } from "../../sdk/src/index.js";
 import {
   addMessage,
+  applyListed,
   applyServerInfo,
   type ConversationState,
   directConversationId,
@@ -70,6 +72,8 @@ export class ChatApp {
   private readonly watched = new Set<string>();
   private refreshing: Promise<void> | undefined;
   private refreshAgain = false;
+  /** Changes of groups' settings this page has seen (ConversationState.settingsChangedAt). */
+  private settingsChanges = 0;
 
   constructor(
     readonly client: SwitchboardClient,
@@ -124,7 +128,7 @@ export class ChatApp {
         this.conversations.set(info.id, newConversationState(info));
         void this.refreshConversations(); // its last message and history
       } else {
-        applyServerInfo(known, info);
+        this.applyNewSettings(known, info);
         known.isMember = true;
         if (this.openId === info.id) void this.loadMembers(known); // roles are not in the event
       }
@@ -144,6 +148,12 @@ export class ChatApp {
     return this.openId === undefined ? undefined : this.conversations.get(this.openId);
   }
 
+  /** A group's settings as an event or a reply has them: newer than any listing asked for before. */
+  private applyNewSettings(c: ConversationState, info: Conversation): void {
+    applyServerInfo(c, info);
+    c.settingsChangedAt = ++this.settingsChanges;
+  }
+
   /** Lists the conversations (the server's truth for names, last seqs and the read watermark). */
   refreshConversations(): Promise<void> {
     if (this.refreshing) {
@@ -153,6 +163,7 @@ export class ChatApp {
     this.refreshing = (async () => {
       do {
         this.refreshAgain = false;
+        const askedAt = this.settingsChanges;
         const list = await this.client.listConversations();
         const listed = new Set(list.map((c) => c.id));
         for (const c of this.conversations.values()) {
@@ -163,7 +174,7 @@ export class ChatApp {
         for (const info of list) {
           const known = this.conversations.get(info.id);
           if (!known) this.conversations.set(info.id, newConversationState(info));
-          else applyServerInfo(known, info);
+          else applyListed(known, info, askedAt);
         }
         this.onChange();
         await this.watchPresence(list.filter((c) => c.kind === "direct").map((c) => peerOf(c.id, this.me)));
@@ -245,7 +256,7 @@ export class ChatApp {
       const known = this.conversations.get(info.id);
       if (known) {
         known.isMember = true; // rejoining a group the user had been removed from
-        applyServerInfo(known, info);
+        this.applyNewSettings(known, info);
       } else this.conversations.set(info.id, newConversationState(info));
       this.select(info.id);
       // The listing brings the seqs the reply lacks, and has the SDK follow a pull-model group.
@@ -271,9 +282,10 @@ export class ChatApp {
     if (c?.kind !== "group") return;
     const before = { name: c.name, open: c.open, postPolicy: c.postPolicy, addPolicy: c.addPolicy };
     Object.assign(c, change);
+    c.settingsChangedAt = ++this.settingsChanges;
     this.onChange();
     try {
-      applyServerInfo(c, await this.client.updateGroup(c.id, change));
+      this.applyNewSettings(c, await this.client.updateGroup(c.id, change));
       this.notice = "";
     } catch (err) {
       if (!(err instanceof SwitchboardClientError && err.reason === "NOTHING_TO_CHANGE")) {
@@ -315,7 +327,7 @@ export class ChatApp {
     this.confirmingOwner = undefined;
     if (c?.kind !== "group") return;
     await this.attempt(async () => {
-      applyServerInfo(c, await this.client.setMemberRole(c.id, userId, "owner"));
+      this.applyNewSettings(c, await this.client.setMemberRole(c.id, userId, "owner"));
       await this.loadMembers(c);
     });
   }

@@ -2,6 +2,7 @@ import { describe, expect, it } from "vitest";
 import type { ChatMessage } from "../../sdk/src/index.js";
 import {
   addMessage,
+  applyListed,
   applyServerInfo,
   deliveryStateOf,
   directConversationId,
@@ -131,5 +132,19 @@ describe("conversation state", () => {
     applyServerInfo(c, { ...base, postPolicy: "everyone", delivery: "pull" });
     expect(isChannel(c)).toBe(true);
     expect(isChannel(newConversationState({ id: "dm:alice~bob" }))).toBe(false);
+  });
+
+  it("takes a listing's settings only if nothing newer changed them since it was asked for", () => {
+    const c = newConversationState({ id: "g:1", name: "Crew", lastSeq: 2 });
+    const listed = (name: string, lastSeq: number) =>
+      ({ ...c, id: "g:1", kind: "group", name, lastSeq, readSeq: 1, memberCount: 3 }) as const;
+    // A listing asked for at change 4; the rename (change 5) was answered and announced meanwhile.
+    applyServerInfo(c, listed("Ship crew", 0));
+    c.settingsChangedAt = 5;
+    applyListed(c, listed("Crew", 3), 4);
+    expect(c).toMatchObject({ name: "Ship crew", lastSeq: 3, readSeq: 1 });
+    // A listing asked for after it is the server's truth again.
+    applyListed(c, listed("Renamed elsewhere", 3), 5);
+    expect(c.name).toBe("Renamed elsewhere");
   });
 });

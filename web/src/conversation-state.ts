@@ -52,6 +52,11 @@ export interface ConversationState {
   roles: Map<string, MemberRoleName>;
   /** False once the server no longer lists the group among the user's (removed by a member). */
   isMember: boolean;
+  /**
+   * When the group's settings last changed here (the page's own count of changes: an event, the reply
+   * to a change, the user's own edit). A listing asked for before then is older for them.
+   */
+  settingsChangedAt: number;
 }
 
 export function directConversationId(a: string, b: string): string {
@@ -89,6 +94,7 @@ export function newConversationState(
     members: undefined,
     roles: new Map(),
     isMember: true,
+    settingsChangedAt: 0,
   };
 }
 
@@ -96,6 +102,17 @@ export function newConversationState(
  * Takes in what the server says of a conversation (a listing, or the reply to a group change).
  * Seqs only rise: a reply to a group change carries lastSeq and readSeq 0 (docs/protocol.md §2.2).
  */
+/**
+ * Takes in a listing asked for at `askedAt` (the page's change count then): its seqs always, its
+ * settings only if nothing newer changed them since. Requests run concurrently on the server, so a
+ * listing asked for before a rename can be answered after the rename's reply and event.
+ */
+export function applyListed(c: ConversationState, info: Conversation, askedAt: number): void {
+  if (c.settingsChangedAt <= askedAt) return applyServerInfo(c, info);
+  c.lastSeq = Math.max(c.lastSeq, info.lastSeq);
+  c.readSeq = Math.max(c.readSeq, info.readSeq);
+}
+
 export function applyServerInfo(c: ConversationState, info: Conversation): void {
   c.name = info.name;
   c.memberCount = info.memberCount;
