@@ -72,8 +72,8 @@ export class ChatApp {
   private readonly watched = new Set<string>();
   private refreshing: Promise<void> | undefined;
   private refreshAgain = false;
-  /** Changes of groups' settings this page has seen (ConversationState.settingsChangedAt). */
-  private settingsChanges = 0;
+  /** What this page learned of groups apart from listings, counted (ConversationState.learnedAt). */
+  private learned = 0;
 
   constructor(
     readonly client: SwitchboardClient,
@@ -125,7 +125,7 @@ export class ChatApp {
       // A group of ours changed, here or elsewhere, or we were just added to one.
       const known = this.conversations.get(info.id);
       if (!known) {
-        this.conversations.set(info.id, newConversationState(info));
+        this.conversations.set(info.id, this.learnedNow(newConversationState(info)));
         void this.refreshConversations(); // its last message and history
       } else {
         this.applyNewSettings(known, info);
@@ -151,7 +151,13 @@ export class ChatApp {
   /** A group's settings as an event or a reply has them: newer than any listing asked for before. */
   private applyNewSettings(c: ConversationState, info: Conversation): void {
     applyServerInfo(c, info);
-    c.settingsChangedAt = ++this.settingsChanges;
+    this.learnedNow(c);
+  }
+
+  /** Marks `c` as newer than any listing asked for until now. */
+  private learnedNow(c: ConversationState): ConversationState {
+    c.learnedAt = ++this.learned;
+    return c;
   }
 
   /** Lists the conversations (the server's truth for names, last seqs and the read watermark). */
@@ -163,13 +169,14 @@ export class ChatApp {
     this.refreshing = (async () => {
       do {
         this.refreshAgain = false;
-        const askedAt = this.settingsChanges;
+        const askedAt = this.learned;
         const list = await this.client.listConversations();
         const listed = new Set(list.map((c) => c.id));
         for (const c of this.conversations.values()) {
           // Removal sends no event: a group the server no longer lists is one we were removed from.
-          // (A direct conversation is listed only from its first message: a new one is not gone.)
-          if (c.kind === "group" && !listed.has(c.id)) c.isMember = false;
+          // (A direct conversation is listed only from its first message: a new one is not gone; nor
+          // is a group created or joined after the listing was asked for, which it may not show.)
+          if (c.kind === "group" && !listed.has(c.id) && c.learnedAt <= askedAt) c.isMember = false;
         }
         for (const info of list) {
           const known = this.conversations.get(info.id);
@@ -238,7 +245,7 @@ export class ChatApp {
   async createGroup(name: string, members: string[]): Promise<void> {
     await this.attempt(async () => {
       const info = await this.client.createGroup({ name, members });
-      const c = newConversationState(info);
+      const c = this.learnedNow(newConversationState(info));
       c.historyLoaded = true;
       this.conversations.set(info.id, c);
       this.select(info.id);
@@ -257,7 +264,7 @@ export class ChatApp {
       if (known) {
         known.isMember = true; // rejoining a group the user had been removed from
         this.applyNewSettings(known, info);
-      } else this.conversations.set(info.id, newConversationState(info));
+      } else this.conversations.set(info.id, this.learnedNow(newConversationState(info)));
       this.select(info.id);
       // The listing brings the seqs the reply lacks, and has the SDK follow a pull-model group.
       void this.refreshConversations();
@@ -282,7 +289,7 @@ export class ChatApp {
     if (c?.kind !== "group") return;
     const before = { name: c.name, open: c.open, postPolicy: c.postPolicy, addPolicy: c.addPolicy };
     Object.assign(c, change);
-    c.settingsChangedAt = ++this.settingsChanges;
+    this.learnedNow(c);
     this.onChange();
     try {
       this.applyNewSettings(c, await this.client.updateGroup(c.id, change));

@@ -140,7 +140,7 @@ describe("conversation state", () => {
       ({ ...c, id: "g:1", kind: "group", name, lastSeq, readSeq: 1, memberCount: 3 }) as const;
     // A listing asked for at change 4; the rename (change 5) was answered and announced meanwhile.
     applyServerInfo(c, listed("Ship crew", 0));
-    c.settingsChangedAt = 5;
+    c.learnedAt = 5;
     applyListed(c, listed("Crew", 3), 4);
     expect(c).toMatchObject({ name: "Ship crew", lastSeq: 3, readSeq: 1 });
     // A listing asked for after it is the server's truth again.

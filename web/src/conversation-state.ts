@@ -53,10 +53,11 @@ export interface ConversationState {
   /** False once the server no longer lists the group among the user's (removed by a member). */
   isMember: boolean;
   /**
-   * When the group's settings last changed here (the page's own count of changes: an event, the reply
-   * to a change, the user's own edit). A listing asked for before then is older for them.
+   * When this page last learned of the group from something newer than a listing (on the page's own
+   * count: an event, the reply to a change, creating or joining it, the user's own edit). A listing
+   * asked for before then is older for its settings and for whether the user is a member.
    */
-  settingsChangedAt: number;
+  learnedAt: number;
 }
 
 export function directConversationId(a: string, b: string): string {
@@ -94,7 +95,7 @@ export function newConversationState(
     members: undefined,
     roles: new Map(),
     isMember: true,
-    settingsChangedAt: 0,
+    learnedAt: 0,
   };
 }
 
@@ -108,7 +109,7 @@ export function newConversationState(
  * listing asked for before a rename can be answered after the rename's reply and event.
  */
 export function applyListed(c: ConversationState, info: Conversation, askedAt: number): void {
-  if (c.settingsChangedAt <= askedAt) return applyServerInfo(c, info);
+  if (c.learnedAt <= askedAt) return applyServerInfo(c, info);
   c.lastSeq = Math.max(c.lastSeq, info.lastSeq);
   c.readSeq = Math.max(c.readSeq, info.readSeq);
 }
