@@ -830,12 +830,13 @@ export class Connection {
       () => undefined,
       () => undefined,
     );
+    const { appended: durable } = await issued;
     let appended: AppendResult;
     try {
-      appended = await (await issued).appended;
+      appended = await durable;
     } catch (err) {
-      // Also when the append itself failed after later sends were issued (Kafka refused it): those
-      // the producer still held failed with it (kafka/batch-producer.ts), the rest are held back here.
+      // The append itself failed, after later sends were issued (Kafka refused it): those the
+      // producer still held failed with it (kafka/batch-producer.ts), the rest are held back here.
       if (conversation !== undefined) gaps.refused(conversation, clientMsgId, err, order);
       throw err;
     }
