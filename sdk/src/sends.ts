@@ -193,12 +193,12 @@ export class SendQueue {
     for (const entry of this.sends.values()) {
       if (this.inflight >= this.o.maxInflight) return;
       if (entry.requestId !== undefined) continue;
-      const conversation = conversationOf(entry.target, me);
       if (entry.retryTimer !== undefined) {
-        waiting.add(conversation);
+        waiting.add(conversationOf(entry.target, me));
         continue;
       }
-      if (waiting.has(conversation)) continue;
+      // Only while a send waits for its retry: the usual pump costs no work per entry for it.
+      if (waiting.size > 0 && waiting.has(conversationOf(entry.target, me))) continue;
       this.transmit(conn, entry);
     }
   }
