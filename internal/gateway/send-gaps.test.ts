@@ -32,6 +32,38 @@ describe("SendGaps", () => {
     gaps.pass("dm:a~b", "k2", 5, 5);
   });
 
+  it("sends refused behind the first one come before anything sent after them", () => {
+    const gaps = new SendGaps(10_000);
+    // A (1st) is refused; B (2nd) was already on its way and is held back by the gap.
+    gaps.refused("dm:a~b", "A", unavailable, 1, 1);
+    heldBackBy(gaps, "A", "B", 2);
+    gaps.refused("dm:a~b", "B", errors.aborted("PREVIOUS_SEND_FAILED", ""), 2, 2);
+    gaps.pass("dm:a~b", "A", 3, 3); // A's resend, checked at its turn...
+    gaps.pass("dm:a~b", "A", 3, 3); // ...and again right before its append
+    // C, sent after A's resend went out, before B's refusal reached the client: it must not pass B.
+    heldBackBy(gaps, "B", "C", 4);
+    gaps.refused("dm:a~b", "C", errors.aborted("PREVIOUS_SEND_FAILED", ""), 4, 4);
+    heldBackBy(gaps, "B", "C", 5); // C's resend before B's
+    gaps.pass("dm:a~b", "B", 6, 6);
+    gaps.pass("dm:a~b", "C", 7, 7);
+    gaps.pass("dm:a~b", "D", 8, 8); // all came again: the gap is closed
+  });
+
+  it("a resend refused again right before its append keeps the place of the send it repeats", () => {
+    const gaps = new SendGaps(10_000);
+    gaps.refused("dm:a~b", "A", unavailable, 2, 1);
+    gaps.refused("dm:a~b", "B", errors.aborted("PREVIOUS_SEND_FAILED", ""), 3, 1);
+    gaps.pass("dm:a~b", "A", 4, 2); // A's resend passed its turn
+    // Before A's append, the 1st send (Y, issued before A) fails in Kafka: Y first, then A, then B.
+    gaps.refused("dm:a~b", "Y", unavailable, 1, 3);
+    heldBackBy(gaps, "Y", "A", 4);
+    gaps.refused("dm:a~b", "A", errors.aborted("PREVIOUS_SEND_FAILED", ""), 4, 4);
+    gaps.pass("dm:a~b", "Y", 5, 5);
+    heldBackBy(gaps, "A", "B", 6);
+    gaps.pass("dm:a~b", "A", 7, 7);
+    gaps.pass("dm:a~b", "B", 8, 8);
+  });
+
   it("forgets a gap whose send did not come again within its lifetime", () => {
     const gaps = new SendGaps(10_000);
     gaps.refused("dm:a~b", "k1", unavailable, 1, 0);

@@ -5,14 +5,17 @@
  * refused for a reason worth retrying (the id service or Kafka briefly unreachable, a rate limit)
  * would break that: the sends behind it would still be appended, and its resend would come after
  * them. So a refusal opens a gap for the conversation on this connection: its later sends there are
- * refused too (`PREVIOUS_SEND_FAILED`, retryable) until the refused send comes again, which closes
- * the gap, and a client that resends in the order it first sent keeps its order. The sends in flight
+ * refused too (`PREVIOUS_SEND_FAILED`, retryable) until the refused sends come again, in the order
+ * they first arrived, which closes the gap; a client that resends in the order it first sent keeps its
+ * order. The sends in flight
  * when the client learns of the refusal are the ones this catches; a gap that sees no resend for
  * `lifetimeMs` (a client that gave up on the send) closes by itself.
  *
  * Refusals do not come in send order: a send's append can fail (Kafka) after a later send was
  * already refused (a rate limit, the id service). So each send carries its place in the connection's
- * sends, and the gap names the earliest refused one: that is the one the client must send first.
+ * sends, and the gap keeps every refused send by that place, the earliest first: that is the one the
+ * client must send first. The sends refused because of the gap (`PREVIOUS_SEND_FAILED`) join it, so
+ * that a send made after the first one came again cannot overtake them.
  *
  * Not every refusal opens one: a final one (a client error, NOT_MEMBER) is never resent, and
  * `SEQUENCE_TIMEOUT` comes after the message reached the log in its place (its resend is answered
@@ -20,12 +23,26 @@
  */
 import { Code, errors, SwitchboardError } from "../lib/errors.js";
 
-interface Gap {
+interface Refused {
   clientMsgId: string;
   /** Its place among the connection's sends (their order of arrival). */
   order: number;
-  openedAtMs: number;
 }
+
+interface Gap {
+  /** The sends refused while the gap is open, by `order`: they must come again in this order. */
+  refused: Refused[];
+  /**
+   * Refused sends that came again and passed, with their first arrival's place: a resend keeps the
+   * place of the send it repeats (it is checked again before its append, and may be refused again).
+   */
+  resent: Map<string, number>;
+  /** When the gap opened or its first send last came again: it closes `lifetimeMs` after. */
+  sinceMs: number;
+}
+
+/** Refused sends a gap remembers at most (past it, a refused send is only refused again when it comes back). */
+const REFUSED_PER_GAP_MAX = 256;
 
 /**
  * Whether refusing a send with `err` leaves a gap: the client is told to send it again later
@@ -60,33 +77,58 @@ export class SendGaps {
   ) {}
 
   /**
-   * Lets the `order`-th send, to `conversation`, through, or throws `PREVIOUS_SEND_FAILED` while an
-   * earlier refused send there has not come again. That send itself passes, and closes the gap, and
-   * so do sends that arrived before it.
+   * Lets the `order`-th send, to `conversation`, through, or throws `PREVIOUS_SEND_FAILED` while a
+   * send refused there earlier has not come again. The first of those passes when it comes again (the
+   * gap then waits for the next one), and so do sends that arrived before it.
    */
   pass(conversation: string, clientMsgId: string, order: number, now = Date.now()): void {
     const gap = this.gaps.get(conversation);
-    if (!gap || order < gap.order) return;
-    if (gap.clientMsgId === clientMsgId || now - gap.openedAtMs >= this.lifetimeMs) {
-      this.gaps.delete(conversation);
+    if (!gap) return;
+    if (now - gap.sinceMs >= this.lifetimeMs) {
+      this.gaps.delete(conversation); // the client gave up on it
+      return;
+    }
+    const first = gap.refused[0]!;
+    if ((gap.resent.get(clientMsgId) ?? order) < first.order) return;
+    if (first.clientMsgId === clientMsgId) {
+      gap.refused.shift();
+      gap.resent.set(clientMsgId, first.order);
+      gap.sinceMs = now;
+      if (gap.refused.length === 0) this.gaps.delete(conversation);
       return;
     }
     throw errors.aborted(
       "PREVIOUS_SEND_FAILED",
-      `an earlier send to ${conversation} on this connection was refused (clientMsgId ${gap.clientMsgId}); send it again first, then this one`,
+      `an earlier send to ${conversation} on this connection was refused (clientMsgId ${first.clientMsgId}); send it again first, then this one`,
     );
   }
 
   /**
    * The send that arrived `order`-th on the connection, to `conversation`, was refused with `err`: a
-   * retryable refusal opens a gap, or moves an open one back to this send if it came earlier.
+   * retryable refusal opens a gap, or joins the open one in its place by arrival. A send refused with
+   * `PREVIOUS_SEND_FAILED` joins it too: when the send it waited for comes again, the sends refused
+   * behind that one must still come before anything sent after them.
    */
   refused(conversation: string, clientMsgId: string, err: unknown, order: number, now = Date.now()): void {
     if (!leavesGap(err)) return;
-    const open = this.gaps.get(conversation);
-    if (open && now - open.openedAtMs < this.lifetimeMs && open.order <= order) return;
-    this.gaps.delete(conversation);
-    if (this.gaps.size >= this.max) this.gaps.delete(this.gaps.keys().next().value!);
-    this.gaps.set(conversation, { clientMsgId, order, openedAtMs: now });
+    let gap = this.gaps.get(conversation);
+    if (gap && now - gap.sinceMs >= this.lifetimeMs) {
+      this.gaps.delete(conversation);
+      gap = undefined;
+    }
+    if (!gap) {
+      if (this.gaps.size >= this.max) this.gaps.delete(this.gaps.keys().next().value!);
+      this.gaps.set(conversation, { refused: [{ clientMsgId, order }], resent: new Map(), sinceMs: now });
+      return;
+    }
+    const { refused } = gap;
+    if (refused.length >= REFUSED_PER_GAP_MAX || refused.some((r) => r.clientMsgId === clientMsgId)) return;
+    // A resend refused again goes back to the place of the send it repeats.
+    order = gap.resent.get(clientMsgId) ?? order;
+    gap.resent.delete(clientMsgId);
+    // Refusals do not come in send order (above): keep them in the order the sends arrived.
+    let at = refused.length;
+    while (at > 0 && refused[at - 1]!.order > order) at--;
+    refused.splice(at, 0, { clientMsgId, order });
   }
 }
