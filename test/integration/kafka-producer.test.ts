@@ -148,6 +148,25 @@ describe("BatchProducer", () => {
     }
   });
 
+  it("orders records that name their partition by that partition, whatever their key (a sequencer's inbox records)", async () => {
+    const name = await topic(2);
+    const p = batchProducer();
+    await p.connect();
+    const ordered = { ordered: true };
+    try {
+      const oversized = p.send(name, { partition: 0, value: Buffer.alloc(1_200_000, 120) }, ordered);
+      const noKey = p.send(name, { partition: 0, value: "m2" }, ordered); // a later message to the same users
+      const otherKey = p.send(name, { key: "c9", partition: 0, value: "pull" }, ordered);
+      const otherPartition = p.send(name, { partition: 1, value: "n1" }, ordered);
+      const outcomes = await Promise.allSettled([oversized, noKey, otherKey, otherPartition]);
+      expect(outcomes.map((o) => o.status)).toEqual(["rejected", "rejected", "rejected", "fulfilled"]);
+      expect(await contents(name, 0)).toEqual([]); // nothing overtook the failed record
+      expect(await contents(name, 1)).toEqual(["n1"]);
+    } finally {
+      await p.close();
+    }
+  });
+
   it("sends records that together exceed the broker's batch limit in several requests", async () => {
     const name = await topic(1);
     const p = batchProducer();

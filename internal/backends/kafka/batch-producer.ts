@@ -15,11 +15,14 @@
  * A request also stays within `requestBytesMax`, below the broker's default batch limit
  * (`message.max.bytes`, 1 MiB): records that together exceed it would fail together otherwise.
  *
- * Records sent `ordered` (the drafts of messages) keep their order per key even when a request
- * fails: the ordered records of its keys queued behind it fail with it, and so do those sent until
- * the end of that turn, rather than go out in the next request ahead of the failed ones' resends (a
- * sender resends a refused message before the ones it sent after it: gateway/send-gaps.ts). Other
- * records (routing events, membership announcements) are not failed for another record's failure.
+ * Records sent `ordered` keep their order per key (per partition, for records that name theirs) even
+ * when a request fails: the ordered records of its keys queued behind it fail with it, and so do those
+ * sent until the end of that turn, rather than go out in the next request ahead of the failed ones'
+ * resends. The drafts of messages are (a sender resends a refused message before the ones it sent
+ * after it: gateway/send-gaps.ts), and so is what a sequencer emits (its batch fails and is re-read in
+ * order: otherwise a split batch whose first request failed would put a later message in a user's
+ * inbox partition ahead of the earlier one's resend). Other records (routing events, membership
+ * announcements from gateways) are not failed for another record's failure.
  */
 import type { Message, Producer } from "kafkajs";
 import type { Logger } from "../../lib/log.js";
@@ -146,6 +149,8 @@ export class BatchProducer {
     );
     await this.connect();
     this.retired = false;
+    // Closed meanwhile: close() disconnected this producer before it was connected.
+    if (this.closed) await this.producer.disconnect();
   }
 
   private async flush(): Promise<void> {
@@ -155,6 +160,7 @@ export class BatchProducer {
         try {
           if (this.closed) throw new Error("kafka producer closed");
           if (this.retired) await this.replace();
+          if (this.closed) throw new Error("kafka producer closed");
           const byTopic = new Map<string, Message[]>();
           for (const p of batch) {
             let list = byTopic.get(p.topic);
@@ -219,8 +225,12 @@ export class BatchProducer {
   }
 }
 
-/** What orders a record: its topic and key (undefined without a key). */
+/**
+ * What orders a record: its topic and partition when it names one (its consumers read it in partition
+ * order, whatever its key), else its topic and key (undefined without either).
+ */
 function orderKey(topic: string, m: Message): string | undefined {
+  if (m.partition !== undefined && m.partition !== null) return `${topic}\u0000#${m.partition}`;
   if (m.key === null || m.key === undefined) return undefined;
   return `${topic}\u0000${typeof m.key === "string" ? m.key : m.key.toString("latin1")}`;
 }

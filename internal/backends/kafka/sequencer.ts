@@ -65,6 +65,12 @@ import { RecentSends } from "./recent-sends.js";
 import { replyPartitionOf } from "./reply-partition.js";
 
 export const SEQUENCER_GROUP = "sequencer";
+
+/**
+ * What a sequencer emits keeps its order within each partition even when a produce request fails
+ * (batch-producer.ts): the records queued behind the failed ones fail too, and the batch is re-read.
+ */
+const ORDERED = { ordered: true } as const;
 /** Headers of a reply record: the draft it answers, and whether that draft was a duplicate. */
 export const REPLY_DRAFT_HEADER = "draft";
 export const REPLY_DUPLICATE_HEADER = "duplicate";
@@ -345,27 +351,35 @@ export class Sequencer implements Closeable {
     const recipients = pull ? [] : audience;
     if (this.o.sequencedTopic !== undefined)
       sends.push(
-        this.o.producer.send(this.o.sequencedTopic, {
-          key: m.conversationId,
-          value,
-          headers: {
-            seq: String(m.seq),
-            [RECIPIENTS_HEADER]: recipients.join("\n"),
-            ...(pull ? { [INBOX_KIND_HEADER]: PULL_RECORD } : {}),
-            ...trace,
+        this.o.producer.send(
+          this.o.sequencedTopic,
+          {
+            key: m.conversationId,
+            value,
+            headers: {
+              seq: String(m.seq),
+              [RECIPIENTS_HEADER]: recipients.join("\n"),
+              ...(pull ? { [INBOX_KIND_HEADER]: PULL_RECORD } : {}),
+              ...trace,
+            },
           },
-        }),
+          ORDERED,
+        ),
       );
     const inbox = this.o.inbox;
     if (!inbox) return sends;
     if (pull) {
       sends.push(
-        this.o.producer.send(inbox.topic, {
-          partition: shardOf(m.conversationId, inbox.partitions),
-          key: m.conversationId,
-          value,
-          headers: { [INBOX_KIND_HEADER]: PULL_RECORD, ...trace },
-        }),
+        this.o.producer.send(
+          inbox.topic,
+          {
+            partition: shardOf(m.conversationId, inbox.partitions),
+            key: m.conversationId,
+            value,
+            headers: { [INBOX_KIND_HEADER]: PULL_RECORD, ...trace },
+          },
+          ORDERED,
+        ),
       );
       return sends;
     }
@@ -378,15 +392,19 @@ export class Sequencer implements Closeable {
     }
     for (const [partition, users] of byPartition)
       sends.push(
-        this.o.producer.send(inbox.topic, {
-          partition,
-          value,
-          headers: {
-            [INBOX_RECIPIENTS_HEADER]: users.join("\n"),
-            ...(redelivery ? { [REDELIVERY_HEADER]: "1" } : {}),
-            ...trace,
+        this.o.producer.send(
+          inbox.topic,
+          {
+            partition,
+            value,
+            headers: {
+              [INBOX_RECIPIENTS_HEADER]: users.join("\n"),
+              ...(redelivery ? { [REDELIVERY_HEADER]: "1" } : {}),
+              ...trace,
+            },
           },
-        }),
+          ORDERED,
+        ),
       );
     return sends;
   }
@@ -396,12 +414,16 @@ export class Sequencer implements Closeable {
     const inbox = this.o.inbox;
     if (!inbox) return [];
     return [
-      this.o.producer.send(inbox.topic, {
-        partition: shardOf(conversationId, inbox.partitions),
-        key: conversationId,
-        value: Buffer.alloc(0),
-        headers: { [INBOX_KIND_HEADER]: MEMBERSHIP_RECORD },
-      }),
+      this.o.producer.send(
+        inbox.topic,
+        {
+          partition: shardOf(conversationId, inbox.partitions),
+          key: conversationId,
+          value: Buffer.alloc(0),
+          headers: { [INBOX_KIND_HEADER]: MEMBERSHIP_RECORD },
+        },
+        ORDERED,
+      ),
     ];
   }
 
