@@ -803,13 +803,17 @@ export class Connection {
     const { clientMsgId } = value;
     const conversation = this.sendGapKey(target);
     const gaps = this.sendGaps;
+    // A gap's lifetime is judged by when this send arrived, not by when its turn came: a send that
+    // arrived while the gap was young is held back even if earlier sends kept it waiting past that
+    // lifetime (an id service that answers each call only at its deadline).
+    const arrivedAtMs = Date.now();
     // Pipelined sends keep their order: each issues its append only after the previous one
     // issued its own, while the durable waits overlap (group commit). A refused one holds back the
     // later ones to its conversation until it comes again (send-gaps.ts): checked at its turn and
     // again right before the append, since an earlier send's append may fail in between.
     const issued = this.sendOrder.then(async () => {
       try {
-        if (conversation !== undefined) gaps.pass(conversation, clientMsgId, order);
+        if (conversation !== undefined) gaps.pass(conversation, clientMsgId, order, arrivedAtMs);
         return await c.conversations.issue({
           sender: this.userId,
           ...(target.case === "toUser" ? { toUser: target.value } : { conversationId: target.value ?? "" }),
@@ -818,7 +822,7 @@ export class Connection {
           ...(resendsAfterMs === undefined ? {} : { firstAttemptResendsAfterMs: resendsAfterMs }),
           ...(conversation === undefined
             ? {}
-            : { beforeAppend: () => gaps.pass(conversation, clientMsgId, order) }),
+            : { beforeAppend: () => gaps.pass(conversation, clientMsgId, order, arrivedAtMs) }),
         });
       } catch (err) {
         // Before the next send's turn: it must see the gap.

@@ -79,7 +79,8 @@ export class SendGaps {
   /**
    * Lets the `order`-th send, to `conversation`, through, or throws `PREVIOUS_SEND_FAILED` while a
    * send refused there earlier has not come again. The first of those passes when it comes again (the
-   * gap then waits for the next one), and so do sends that arrived before it.
+   * gap then waits for the next one), and so do sends that arrived before it. `now` is when this send
+   * arrived: the gap's lifetime counts up to its arrival, however long it then waited for its turn.
    */
   pass(conversation: string, clientMsgId: string, order: number, now = Date.now()): void {
     const gap = this.gaps.get(conversation);
