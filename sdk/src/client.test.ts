@@ -155,6 +155,23 @@ describe.each(["json", "binary"] as const)("with %s encoding", (encoding) => {
     expect(t.client.cursor).toBe(3);
   });
 
+  test("a stored cursor past the inbox's head (another data set) syncs from 0 instead", async () => {
+    const srv = await startServer({ syncPageSize: 2 });
+    // A direct conversation: a group would also make the client list its conversations.
+    for (let i = 1; i <= 3; i++) srv.addMessage("dm:alice~bob", "bob", `m${i}`, ["alice", "bob"]);
+    const t = newClient(srv, { encoding, cursor: 50 });
+    await t.client.connect();
+    await srv.waitFor(() => t.synced.length === 1, "sync");
+    expect(srv.framesOf("sync").map((f) => Number(f.value.cursor))).toEqual([50, 0, 2]);
+    expect(t.messages.map((m) => [m.message.body, m.cursor])).toEqual([
+      ["m1", 1],
+      ["m2", 2],
+      ["m3", 3],
+    ]);
+    expect(t.client.cursor).toBe(3);
+    expect([t.errors, t.disconnects]).toEqual([[], []]);
+  });
+
   test("resumes from the stored cursor and pages the sync while hasMore", async () => {
     const srv = await startServer({ syncPageSize: 2 });
     for (let i = 1; i <= 6; i++) srv.addMessage("g:1", "bob", `m${i}`, ["alice", "bob"]);

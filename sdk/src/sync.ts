@@ -109,14 +109,25 @@ export class InboxSync {
     const isCurrent = () => this.o.connection.isCurrent(conn);
     let delivered = 0;
     try {
+      let restarted = false;
       for (;;) {
         const from = this._cursor;
-        const page = await this.o.requests.request(
-          conn,
-          { case: "sync", value: { cursor: BigInt(from), limit: this.o.syncLimit } },
-          "sync",
-          this.o.requestTimeoutMs,
-        );
+        let page: Awaited<ReturnType<typeof this.o.requests.request<"sync">>>;
+        try {
+          page = await this.o.requests.request(
+            conn,
+            { case: "sync", value: { cursor: BigInt(from), limit: this.o.syncLimit } },
+            "sync",
+            this.o.requestTimeoutMs,
+          );
+        } catch (cause) {
+          // A cursor past the inbox's head belongs to another data set (docs/protocol.md §3): sync
+          // from 0, once; the messages already seen are dropped by id.
+          if (restarted || !isInvalidCursor(cause) || !isCurrent()) throw cause;
+          restarted = true;
+          this._cursor = 0;
+          continue;
+        }
         if (!isCurrent()) return;
         for (const event of page.messages) {
           if (!isCurrent()) return; // a listener closed the client mid-page
@@ -194,4 +205,8 @@ export class InboxSync {
   private advanceCursor(cursor: number): void {
     if (cursor > this._cursor) this._cursor = cursor;
   }
+}
+
+function isInvalidCursor(err: unknown): boolean {
+  return err instanceof SwitchboardClientError && err.reason === "INVALID_CURSOR";
 }

@@ -296,6 +296,7 @@ export class FakeServer {
       case "sync": {
         const box = this.inbox.get(user) ?? [];
         const from = Number(k.value.cursor);
+        if (from > box.length) return this.error(conn, frame, Code.INVALID_ARGUMENT, "INVALID_CURSOR");
         const size = Math.min(k.value.limit || this.opts.syncPageSize, this.opts.syncPageSize);
         const page = box.slice(from, from + size);
         const hasMore = from + page.length < box.length;
