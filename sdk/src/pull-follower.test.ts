@@ -106,6 +106,7 @@ describe("PullFollower", () => {
       emit: (m) => emitted.push(m.seq),
       capacity: 10,
       initial: { g: 1 },
+      retryDelaysMs: [], // no retry of its own: the catch-up below
     });
     await expect(f.live(message("g", 3))).rejects.toThrow("connection lost");
     expect(f.positions()).toEqual({ g: 1 });
@@ -113,5 +114,38 @@ describe("PullFollower", () => {
     await f.catchUp([pullConversation("g", 2)]);
     expect(emitted).toEqual([2]);
     expect(f.positions()).toEqual({ g: 2 });
+  });
+
+  it("fetches a gap that failed again after a delay, with the live message that revealed it, in order", async () => {
+    let failures = 2;
+    let active = true;
+    const emitted: Array<[number, string]> = [];
+    const f = new PullFollower({
+      fetch: async (c, afterSeq) => {
+        if (failures-- > 0) throw new Error("STORAGE_UNAVAILABLE");
+        const seqs = [2, 3].filter((s) => s > afterSeq);
+        return { conversationId: c, messages: seqs.map((s) => message(c, s)), hasMore: false };
+      },
+      emit: (m, source) => emitted.push([m.seq, source]),
+      capacity: 10,
+      initial: { g: 1 },
+      active: () => active,
+      retryDelaysMs: [5, 5, 5],
+    });
+    await expect(f.live(message("g", 3))).rejects.toThrow("STORAGE_UNAVAILABLE");
+    expect(emitted).toEqual([]);
+    for (let i = 0; i < 100 && emitted.length < 2; i++) await new Promise((r) => setTimeout(r, 5));
+    expect(emitted).toEqual([
+      [2, "sync"],
+      [3, "sync"],
+    ]); // the first retry failed too; the second fetched both
+    expect(f.positions()).toEqual({ g: 3 });
+
+    // A closed client retries nothing.
+    failures = 1;
+    active = false;
+    await expect(f.live(message("g", 5))).rejects.toThrow("STORAGE_UNAVAILABLE");
+    await new Promise((r) => setTimeout(r, 30));
+    expect(emitted).toHaveLength(2);
   });
 });

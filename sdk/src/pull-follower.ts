@@ -23,7 +23,18 @@ export interface PullFollowerOptions {
   capacity: number;
   /** Positions carried over from an earlier session (see `positions`). */
   initial?: Record<string, number>;
+  /** Whether a failed gap fetch is still worth retrying (false once the client is closed). */
+  active?: () => boolean;
+  /** Delays of the retries of a failed gap fetch (default GAP_RETRY_DELAYS_MS). */
+  retryDelaysMs?: readonly number[];
 }
+
+/**
+ * A live message whose gap could not be fetched (a `history` that failed on a connection that stays
+ * up) is not shown; the gap and the message are fetched again after these delays, so that they do
+ * not wait for the conversation's next message or the next reconnect.
+ */
+export const GAP_RETRY_DELAYS_MS: readonly number[] = [1_000, 5_000, 15_000];
 
 export class PullFollower {
   private readonly seqs = new Map<string, number>();
@@ -80,11 +91,31 @@ export class PullFollower {
     return this.serial(message.conversationId, async () => {
       const known = this.seqs.get(message.conversationId);
       if (known !== undefined && message.seq <= known) return; // seen already
-      if (known !== undefined && message.seq > known + 1)
-        await this.fetchAfter(message.conversationId, known, message.seq - 1);
+      if (known !== undefined && message.seq > known + 1) {
+        try {
+          await this.fetchAfter(message.conversationId, known, message.seq - 1);
+        } catch (err) {
+          this.retryGap(message.conversationId, message.seq, 0);
+          throw err;
+        }
+      }
       this.o.emit(message, "live");
       this.note(message);
     });
+  }
+
+  /** Fetches what the conversation holds up to `upTo` past the position, later (see GAP_RETRY_DELAYS_MS). */
+  private retryGap(conversationId: string, upTo: number, attempt: number): void {
+    const delays = this.o.retryDelaysMs ?? GAP_RETRY_DELAYS_MS;
+    if (attempt >= delays.length) return;
+    setTimeout(() => {
+      if (this.o.active && !this.o.active()) return;
+      this.serial(conversationId, async () => {
+        const known = this.seqs.get(conversationId);
+        if (known === undefined || upTo <= known) return; // caught up meanwhile
+        await this.fetchAfter(conversationId, known, upTo);
+      }).catch(() => this.retryGap(conversationId, upTo, attempt + 1));
+    }, delays[attempt]);
   }
 
   /** After a sync: each pull conversation's messages past the remembered position. */

@@ -43,7 +43,7 @@ export interface InboxSyncOptions {
   syncLimit: number;
   requestTimeoutMs: number;
   requests: RequestTracker;
-  connection: Pick<Connection, "current" | "isCurrent" | "abandon" | "endOutage">;
+  connection: Pick<Connection, "current" | "isCurrent" | "abandon" | "endOutage" | "state">;
   /** A history page, waiting for a connection if there is none (fetches a pull conversation's gap). */
   history(query: HistoryQuery): Promise<HistoryPage>;
   emitMessage(message: IncomingMessage): void;
@@ -68,6 +68,7 @@ export class InboxSync {
       emit: (message, source) => this.emitMessage(message, 0, source),
       capacity: o.dedupeCapacity,
       ...(o.pullPositions ? { initial: o.pullPositions } : {}),
+      active: () => o.connection.state !== "closed",
     });
   }
 
