@@ -94,6 +94,11 @@ export interface DeliveryHandler {
    * change were delivered and before those after it (what keeps cached member lists true).
    */
   membershipChanged(conversationId: string): void;
+  /**
+   * The partitions this process reads were reassigned: changes another process read meanwhile were
+   * not seen here, so cached member lists may be stale (called before the next batch is delivered).
+   */
+  partitionsChanged?(): void;
 }
 
 /** What the sender's side knows about a draft that lets the log do less. */
@@ -229,6 +234,12 @@ export interface MembershipStore extends Closeable {
     pullAbove?: number,
   ): Promise<ConversationRecord>;
   /** Removes a member with its role; removing the owner leaves the group without one (owner ""). */
+  /**
+   * Tells whoever caches member lists to read this conversation's again, without changing it: for a
+   * retried removal whose first attempt stored the change but failed to announce it (distributed
+   * backend). Absent where nothing needs telling.
+   */
+  reannounce?(id: string): Promise<void>;
   removeMember(id: string, user: string): Promise<ConversationRecord>;
   /**
    * Sets a member's role. "owner" transfers ownership: `user` becomes the owner and the former owner,

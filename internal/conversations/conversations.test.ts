@@ -129,3 +129,66 @@ describe("addMembers", () => {
     ]);
   });
 });
+
+describe("removeMembers and leave", () => {
+  /** A group of alice (owner), bob and carol, behind the distributed backend's announcing store. */
+  function setUp(failFirstAnnouncement: boolean) {
+    const id = "g:382801613892354050";
+    const members = new Map<string, "owner" | "member">([
+      ["alice", "owner"],
+      ["bob", "member"],
+      ["carol", "member"],
+    ]);
+    let group: ConversationRecord = newConversationRecord(
+      { id, kind: "group", name: "plans", owner: "alice", open: false, createdAtMs: 1 },
+      3,
+    );
+    const stored = {
+      getConversation: async () => group,
+      isMember: async (_: string, user: string) => members.has(user),
+      memberOf: async (_: string, user: string) => {
+        const role = members.get(user);
+        return role ? { record: group, role } : undefined;
+      },
+      removeMember: async (_: string, user: string) => {
+        members.delete(user);
+        group = { ...group, memberCount: members.size };
+        return group;
+      },
+    } as unknown as MembershipStore;
+    const announced: string[] = [];
+    let failNext = failFirstAnnouncement;
+    const store = new AnnouncingMembershipStore(stored, async (conversationId) => {
+      if (failNext) {
+        failNext = false;
+        throw new Error("kafka: not leader for partition");
+      }
+      announced.push(conversationId);
+    });
+    const conversations = new Conversations(store, {} as MessageLog, {} as IdPool, {
+      bodyCharsMax: 100,
+      membersMax: 10,
+      pullThreshold: 5,
+      nameCharsMax: 64,
+    });
+    return { id, conversations, announced, members };
+  }
+
+  it("a retried removal announces again: its first attempt stored the change but failed to tell the sequencers", async () => {
+    const { id, conversations, announced, members } = setUp(true);
+    await expect(conversations.removeMembers("alice", id, ["bob"])).rejects.toThrow(/not leader/);
+    expect(members.has("bob")).toBe(false); // stored, not announced
+    expect(announced).toEqual([]);
+    await conversations.removeMembers("alice", id, ["bob"]); // the retry: bob is gone already
+    expect(announced).toEqual([id]);
+  });
+
+  it("a retried leave announces again, and still answers NOT_MEMBER", async () => {
+    const { id, conversations, announced } = setUp(true);
+    await expect(conversations.leave("carol", id)).rejects.toThrow(/not leader/);
+    await expect(conversations.leave("carol", id)).rejects.toThrow(
+      expect.objectContaining({ reason: "NOT_MEMBER" }),
+    );
+    expect(announced).toEqual([id]);
+  });
+});

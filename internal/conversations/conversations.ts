@@ -18,7 +18,7 @@ import type {
   MessageLog,
 } from "../backends/types.js";
 import { isValidUserId, requireUserId } from "../lib/auth.js";
-import { errors } from "../lib/errors.js";
+import { errors, SwitchboardError } from "../lib/errors.js";
 import type { IdPool } from "./id-pool.js";
 
 export const SYSTEM_SENDER = "system";
@@ -333,7 +333,11 @@ export class Conversations {
         removed = true;
       }
     }
-    return removed ? this.changed(record, Conversations.comings(record, [])) : record;
+    // Announced again when nobody named was a member any more: a retry of a removal whose first
+    // attempt stored it but failed to announce it (distributed: LOG_UNAVAILABLE) is the only one that
+    // can still tell the sequencers, which would otherwise address messages to the removed user.
+    if (!removed) await this.membership.reannounce?.(id);
+    return this.changed(record, Conversations.comings(record, []));
   }
 
   async join(caller: string, id: string): Promise<ConversationRecord> {
@@ -353,7 +357,16 @@ export class Conversations {
   async leave(caller: string, id: string): Promise<ConversationRecord> {
     requireUserId(caller);
     await this.group(id);
-    this.checkLeave(caller, await this.memberAccess(caller, id));
+    let access: { record: ConversationRecord; role: MemberRole };
+    try {
+      access = await this.memberAccess(caller, id);
+    } catch (err) {
+      // A retried leave whose first attempt stored it but failed to announce it (see removeMembers).
+      if (err instanceof SwitchboardError && err.reason === "NOT_MEMBER")
+        await this.membership.reannounce?.(id);
+      throw err;
+    }
+    this.checkLeave(caller, access);
     const left = await this.membership.removeMember(id, caller);
     return this.changed(left, Conversations.comings(left, []));
   }

@@ -4,7 +4,8 @@
  * to them; the announcement, in the drafts partition of the conversation, is what keeps that cache
  * true: a change is acknowledged to its caller only after the announcement is in Kafka, so every
  * message sent after it is addressed to the new list. If the announcement fails the change is stored
- * but the call fails (retryable: a retried leave or add is a no-op that announces again).
+ * but the call fails (retryable: a retried add, remove or leave is a no-op that announces again; see
+ * Conversations.removeMembers and leave).
  */
 import type {
   ConversationRecord,
@@ -45,6 +46,10 @@ export class AnnouncingMembershipStore implements MembershipStore {
     const record = await this.store.removeMember(id, user);
     await this.announce(id);
     return record;
+  }
+
+  reannounce(id: string): Promise<void> {
+    return this.announce(id);
   }
 
   /** Members are untouched: the sequencer's member lists need no announcement. */
