@@ -37,6 +37,29 @@ describe("PullAudiences", () => {
     expect(reads).toBe(5);
   });
 
+  it("forgets every set when the partitions it follows moved, also one being read", async () => {
+    const members = new Map([
+      ["a", ["u1"]],
+      ["b", ["u2"]],
+    ]);
+    let during: (() => void) | undefined;
+    const audiences = new PullAudiences(async (c) => {
+      const list = [...(members.get(c) ?? [])];
+      during?.();
+      return list;
+    });
+    await audiences.load(["a"]);
+    // Another process read b's and a's changes while the partition was away: this router saw none.
+    members.set("a", ["u1", "u3"]);
+    during = () => {
+      during = undefined;
+      members.set("b", []);
+      audiences.forgetAll();
+    };
+    expect([...(await audiences.load(["b"])).get("b")!]).toEqual(["u2"]); // what was read, not kept
+    expect([...(await audiences.load(["a", "b"])).values()].map((s) => [...s])).toEqual([["u1", "u3"], []]);
+  });
+
   it("holds at most its bound of member ids, the least recently loaded sets going first", async () => {
     let reads = 0;
     const audiences = new PullAudiences(async (c) => {

@@ -86,6 +86,16 @@ export class PullAudiences {
     this.drop(conversationId);
   }
 
+  /**
+   * Every membership may have changed unseen (the inbox partitions this process reads moved: another
+   * process read the changes meanwhile): read every set again before its next message.
+   */
+  forgetAll(): void {
+    for (const mark of this.reading.values()) mark.changed = true;
+    this.sets.clear();
+    this.held = 0;
+  }
+
   private drop(conversationId: string): void {
     const set = this.sets.get(conversationId);
     if (!set) return;

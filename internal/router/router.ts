@@ -131,6 +131,7 @@ export class Router {
               this.options.metrics.routerBatchSeconds.observe((performance.now() - started) / 1000);
             },
             membershipChanged: (conversationId) => this.audiences.forget(conversationId),
+            partitionsChanged: () => this.audiences.forgetAll(),
           })
         : await log.consume(CONSUMER_GROUP, (batch) => this.route(batch), { beforeCommit: true }),
     );

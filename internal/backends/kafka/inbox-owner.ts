@@ -131,6 +131,8 @@ export class InboxOwner implements Closeable {
       this.partitions.reset();
       this.lag.clear();
       this.commits?.reset();
+      // A partition that left and came back missed the membership records read elsewhere meanwhile.
+      this.o.handler.partitionsChanged?.();
     });
     await consumer.connect();
     await consumer.subscribe({ topic: this.o.inboxTopic, fromBeginning: true });
