@@ -6,6 +6,7 @@ import { EventEmitter } from "node:events";
 import { fromJsonString } from "@bufbuild/protobuf";
 import { describe, expect, it } from "vitest";
 import { type ServerFrame, ServerFrameSchema } from "../../gen/switchboard/client/v1/client_pb.js";
+import type { StoredMessage } from "../backends/types.js";
 import type { Identity } from "../lib/auth.js";
 import { loadConfig } from "../lib/config.js";
 import { errors } from "../lib/errors.js";
@@ -34,6 +35,8 @@ interface Setup {
   verify?: (token: string) => Promise<Identity>;
   head?: (userId: string) => Promise<number>;
   register?: () => Promise<void>;
+  inbox?: Record<string, unknown>;
+  messages?: Record<string, unknown>;
 }
 
 function connection(setup: Setup = {}) {
@@ -42,7 +45,10 @@ function connection(setup: Setup = {}) {
     config: loadConfig({}),
     log: discardingLogger(),
     metrics: createMetrics(),
-    backends: { inbox: { head: setup.head ?? (async () => 0) } },
+    backends: {
+      inbox: { head: setup.head ?? (async () => 0), ...setup.inbox },
+      ...(setup.messages ? { messages: setup.messages } : {}),
+    },
     presence: { heartbeat: async () => ({}) },
     verify: setup.verify ?? (async () => ({ userId: "alice", expiresAtMs: Number.POSITIVE_INFINITY })),
     register: setup.register ?? (async () => {}),
@@ -124,5 +130,137 @@ describe("Connection authentication", () => {
     await until(() => socket.sent.length === 1);
     expect(kinds(socket)).toEqual(["AUTH_REQUIRED"]);
     expect(socket.sent[0]!.replyTo).toBe(4);
+  });
+});
+
+/**
+ * An inbox whose reads take their result when called and return it when the test says: what a read
+ * that began before an entry was written returns after the entry's live event arrived.
+ */
+function slowInbox() {
+  const entries: Array<{
+    userId: string;
+    cursor: number;
+    conversationId: string;
+    seq: number;
+    messageId: string;
+  }> = [];
+  const stored = new Map<string, StoredMessage>();
+  let held: Array<() => void> | undefined;
+  const add = (cursor: number) => {
+    const message: StoredMessage = {
+      conversationId: "dm:alice~bob",
+      seq: cursor,
+      messageId: String(1_000 + cursor), // a Snowflake id: decimal
+      sender: "bob",
+      clientMsgId: `c${cursor}`,
+      body: `hello ${cursor}`,
+      createdAtMs: 1,
+    };
+    stored.set(`${message.conversationId}/${message.seq}`, message);
+    entries.push({
+      userId: "alice",
+      cursor,
+      conversationId: message.conversationId,
+      seq: cursor,
+      messageId: message.messageId,
+    });
+    return message;
+  };
+  const setup: Setup = {
+    head: async () => entries.length,
+    inbox: {
+      read: async (_: string, after: number, limit: number) => {
+        const result = entries.filter((e) => e.cursor > after).slice(0, limit);
+        if (held) await new Promise<void>((r) => held!.push(r));
+        return result;
+      },
+    },
+    messages: {
+      getMany: async (keys: Array<{ conversationId: string; seq: number }>) =>
+        keys.map((k) => stored.get(`${k.conversationId}/${k.seq}`)!),
+    },
+  };
+  return {
+    setup,
+    add,
+    hold: () => {
+      held = [];
+    },
+    /** Lets the held reads return, and reads after them run at once. */
+    release: () => {
+      const waiting = held ?? [];
+      held = undefined;
+      for (const r of waiting) r();
+    },
+    holding: () => (held?.length ?? 0) > 0,
+  };
+}
+
+const messageCursors = (socket: FakeSocket) =>
+  socket.sent.flatMap((f) => {
+    if (f.kind.case === "message") return [Number(f.kind.value.cursor)];
+    if (f.kind.case === "sync") return f.kind.value.messages.map((m) => Number(m.cursor));
+    return [];
+  });
+
+describe("Connection: the seam between the inbox and live events", () => {
+  const encoded = (message: StoredMessage, cursor: number) => () =>
+    JSON.stringify({
+      message: {
+        message: { ...message, seq: String(message.seq), createdAtMs: "1" },
+        cursor: String(cursor),
+      },
+    });
+  const live = (conn: Connection, message: StoredMessage, cursor: number) =>
+    conn.deliverMessage({ message: message as never, cursor: BigInt(cursor) }, encoded(message, cursor));
+
+  async function welcomed(inbox: ReturnType<typeof slowInbox>) {
+    const { conn, socket } = connection(inbox.setup);
+    socket.frame({ id: 1, auth: { token: "t" } });
+    await until(() => socket.sent.length === 1);
+    return { conn, socket };
+  }
+
+  it("a sync whose read missed an entry whose live event came during it reads again, not hasMore with nothing", async () => {
+    const inbox = slowInbox();
+    const { conn, socket } = await welcomed(inbox);
+    inbox.hold();
+    socket.frame({ id: 2, sync: { cursor: "0" } });
+    await until(inbox.holding);
+    live(conn, inbox.add(1), 1); // written and sent while the read was under way: held back
+    inbox.release();
+    await until(() => socket.sent.some((f) => f.kind.case === "sync"));
+    const reply = socket.sent.find((f) => f.kind.case === "sync")!;
+    expect(reply.kind.case === "sync" && reply.kind.value.hasMore).toBe(false);
+    expect(messageCursors(socket)).toEqual([1]);
+  });
+
+  it("a catch-up whose read missed an entry whose live event came during it reads again before going live", async () => {
+    const inbox = slowInbox();
+    const { conn, socket } = await welcomed(inbox);
+    socket.frame({ id: 2, sync: { cursor: "0" } });
+    await until(() => socket.sent.some((f) => f.kind.case === "sync"));
+    inbox.hold();
+    conn.recheckInbox(); // a router's stream broke
+    await until(inbox.holding);
+    live(conn, inbox.add(1), 1);
+    inbox.release();
+    await until(() => messageCursors(socket).length > 0);
+    live(conn, inbox.add(2), 2);
+    expect(messageCursors(socket)).toEqual([1, 2]);
+  });
+
+  it("a recheck asked for while a sync reads is done once the sync is over", async () => {
+    const inbox = slowInbox();
+    const { conn, socket } = await welcomed(inbox);
+    inbox.hold();
+    socket.frame({ id: 2, sync: { cursor: "0" } });
+    await until(inbox.holding);
+    inbox.add(1); // its live event was lost (a router's stream broke), hence the recheck
+    conn.recheckInbox();
+    inbox.release();
+    await until(() => messageCursors(socket).length > 0);
+    expect(messageCursors(socket)).toEqual([1]);
   });
 });

@@ -116,6 +116,9 @@ const SEND_GAP_LIFETIME_MS = 10_000;
 const authRequired = () =>
   errors.unauthenticated("AUTH_REQUIRED", "authenticate first (auth frame or Authorization header)");
 
+/** Re-reads of an inbox page that is empty though a live event past it arrived (see pageUpTo). */
+const EMPTY_READS_RETRIED = 3;
+
 export class Connection {
   readonly sessionId: string;
   identity: Identity | undefined;
@@ -163,6 +166,8 @@ export class Connection {
   private deliveredCursor = 0;
   private droppedCursorMax = 0;
   private catchingUp = false;
+  /** A recheck of the inbox asked for while the connection was not live: done once it is. */
+  private recheckOwed = false;
   /** Pull conversations' messages flow (the first sync reached the seam). */
   private pullLive = false;
   /** The last seq sent per pull conversation, to skip repeats (bounded: the oldest goes). */
@@ -605,6 +610,24 @@ export class Connection {
     }
   }
 
+  /**
+   * Reads one inbox page after `after`; reads again, briefly, while it is empty though a live event
+   * past `after` arrived during the read (the entry is durable before its event is sent: the read
+   * began before it was written). Undefined if it stays empty: the caller closes the connection so
+   * the client resyncs, rather than go live below an event it dropped.
+   */
+  private async pageUpTo(
+    after: number,
+    limit: number,
+  ): Promise<{ events: Array<{ message: Message; cursor: bigint }>; more: boolean } | undefined> {
+    for (let attempt = 0; ; attempt++) {
+      const page = await this.inboxPage(after, limit);
+      if (page.events.length > 0 || page.more || this.droppedCursorMax <= after) return page;
+      if (attempt >= EMPTY_READS_RETRIED || this.closed) return undefined;
+      await new Promise((r) => setTimeout(r, 10 * (attempt + 1)));
+    }
+  }
+
   /** Reads one inbox page after `after` and resolves its messages. */
   private async inboxPage(
     after: number,
@@ -650,7 +673,12 @@ export class Connection {
     const head = await this.ctx.backends.inbox.head(this.userId);
     if (cursor < 0 || cursor > head) throw errors.invalid("INVALID_CURSOR", `cursor must be in [0, ${head}]`);
     this.live = false;
-    const { events, more } = await this.inboxPage(cursor, this.pageLimit(limit));
+    const page = await this.pageUpTo(cursor, this.pageLimit(limit));
+    if (!page) {
+      this.close(CloseCode.INTERNAL_ERROR, "sync could not read the newest inbox entries");
+      return;
+    }
+    const { events, more } = page;
     const last = events.length > 0 ? Number(events[events.length - 1]!.cursor) : cursor;
     // Not last while an event dropped during the sync lies beyond this page (see file comment).
     const hasMore = more || this.droppedCursorMax > last;
@@ -661,6 +689,10 @@ export class Connection {
       this.droppedCursorMax = 0;
     }
     reply({ case: "sync", value: { messages: events, cursor: BigInt(last), hasMore } });
+    if (this.live && this.recheckOwed) {
+      this.recheckOwed = false;
+      void this.catchUp();
+    }
   }
 
   /** A live message event for this connection's user (called by the gateway's Deliver loop). */
@@ -701,7 +733,10 @@ export class Connection {
 
   /** Looks for inbox entries past the last delivered one (events a failed router stream lost). */
   recheckInbox(): void {
-    if (this.live && !this.closed) void this.catchUp();
+    if (this.closed) return;
+    // A sync or catch-up whose read began before the lost entry was written would not see it.
+    if (this.live) void this.catchUp();
+    else this.recheckOwed = true;
   }
 
   /** Fills a gap in the live stream from the inbox, then resumes live delivery. */
@@ -714,7 +749,15 @@ export class Connection {
       for (;;) {
         // A client sync took over the seam; it decides when the connection is live again.
         if (this.closed || epoch !== this.syncEpoch) return;
-        const { events, more } = await this.inboxPage(this.deliveredCursor, this.ctx.config.sync.pageSizeMax);
+        this.recheckOwed = false; // this read covers it
+        const page = await this.pageUpTo(this.deliveredCursor, this.ctx.config.sync.pageSizeMax);
+        // Also after the read: a sync that began meanwhile owns the seam (its reply comes first).
+        if (this.closed || epoch !== this.syncEpoch) return;
+        if (!page) {
+          this.close(CloseCode.INTERNAL_ERROR, "catch-up could not read the newest inbox entries");
+          return;
+        }
+        const { events, more } = page;
         for (const e of events) {
           this.sendRaw(
             encodeServerFrame(
@@ -724,8 +767,7 @@ export class Connection {
           );
           this.deliveredCursor = Number(e.cursor);
         }
-        if (!more && this.droppedCursorMax <= this.deliveredCursor) break;
-        if (events.length === 0 && !more) break;
+        if (!more && this.droppedCursorMax <= this.deliveredCursor && !this.recheckOwed) break;
       }
       this.live = true;
       this.droppedCursorMax = 0;
