@@ -35,7 +35,7 @@ let stores: CassandraStores;
 
 beforeAll(async () => {
   infra = { ...(await ensureServer("kafka")), ...(await ensureServer("cassandra")) };
-  for (const tag of ["w", "h"])
+  for (const tag of ["w", "h", "p"])
     await provisionForOwners(
       { env: infra, keyspace },
       { prefix: `${prefix}${tag}.`, partitions: PARTITIONS, test: `ifence-${tag}` },
@@ -55,6 +55,101 @@ describe("zombie inbox owner writing after its successor claimed", () => {
   it("held after its rows and a passing check, before its heads: its heads lose, what it delivers agrees with the inbox", async () => {
     await zombieOwner("heads", "h");
   });
+});
+
+describe("a heads write that fails after storing some of its heads", () => {
+  it("hands every recipient's delivery to the router once the batch is retried", async () => {
+    const scenario = `${prefix}p.`;
+    const names = topicNames(scenario);
+    const kafka = new Kafka({
+      clientId: "ifence-p",
+      brokers: infra.KAFKA_BROKERS!.split(","),
+      logLevel: logLevel.NOTHING,
+    });
+    const producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
+    await producer.connect();
+    const users = ["ann", "ben", "cat", "dan", "eve", "fay"].map((u) => `${u}-p${id}`);
+    const conversationId = `g:p${id}`;
+    // The first heads write stores one user's head, then fails (a timeout after a partial write).
+    let failures = 0;
+    const inbox = stores.inbox;
+    const store = new Proxy(inbox, {
+      get(target, prop) {
+        if (prop === "writeOwnedHeads")
+          return async (...args: Parameters<typeof inbox.writeOwnedHeads>) => {
+            const [entries, heads, epoch, ttl] = args;
+            if (failures > 0 || entries.length === 0) return target.writeOwnedHeads(...args);
+            failures++;
+            const first = entries[0]!.userId;
+            await target.writeOwnedHeads(
+              entries.filter((e) => e.userId === first),
+              new Map([[first, heads.get(first)!]]),
+              epoch,
+              ttl,
+            );
+            throw new Error("heads write timed out after storing some of them");
+          };
+        const value = Reflect.get(target, prop, target) as unknown;
+        return typeof value === "function" ? value.bind(target) : value;
+      },
+    });
+    const delivered: InboxDelivery[] = [];
+    const owner = new InboxOwner({
+      kafka,
+      groupId: `${scenario}${INBOX_GROUP}`,
+      inboxTopic: names.inbox,
+      store,
+      ownership: stores.ownership,
+      indexTtlSeconds: 3600,
+      handler: {
+        deliver: async (batch) => {
+          delivered.push(...batch);
+        },
+        membershipChanged: () => undefined,
+      },
+      log: createLogger({ test: "ifence-p" }),
+    });
+    await owner.start();
+    for (let s = 1; s <= 3; s++) {
+      const value = encodeMessage({
+        conversationId,
+        seq: s,
+        messageId: String(8_000_000 + s),
+        sender: users[0]!,
+        clientMsgId: `m${s}`,
+        body: `m${s}`,
+        createdAtMs: Date.now(),
+      });
+      for (let partition = 0; partition < PARTITIONS; partition++) {
+        const here = users.filter((u) => shardOf(u, PARTITIONS) === partition);
+        await producer.send({
+          topic: names.inbox,
+          acks: -1,
+          messages: [{ partition, value, headers: { [INBOX_RECIPIENTS_HEADER]: here.join("\n") } }],
+        });
+      }
+    }
+    const deadline = Date.now() + 60_000;
+    const seqsOf = (u: string) =>
+      [
+        ...new Set(
+          delivered.filter((d) => d.recipients.some((r) => r.userId === u)).map((d) => d.message.seq),
+        ),
+      ].sort();
+    while (users.some((u) => seqsOf(u).length < 3) && Date.now() < deadline)
+      await new Promise((r) => setTimeout(r, 200));
+    expect(failures).toBe(1);
+    for (const u of users) expect(seqsOf(u)).toEqual([1, 2, 3]);
+    // Each delivery carries the cursor the inbox holds.
+    for (const u of users) {
+      const entries = await stores.inbox.read(u, 0, 10);
+      expect(entries.map((e) => e.seq)).toEqual([1, 2, 3]);
+      for (const d of delivered)
+        for (const r of d.recipients.filter((x) => x.userId === u))
+          expect(entries[r.cursor - 1]!.seq).toBe(d.message.seq);
+    }
+    await Promise.all([owner.close(), producer.disconnect()]);
+  }, 90_000);
 });
 
 async function zombieOwner(holdAt: "write" | "heads", tag: string): Promise<void> {

@@ -85,8 +85,17 @@ export interface InboxOwnerOptions {
   beforeHeads?: (partition: number) => Promise<void>;
 }
 
+/** Deliveries kept for a retried batch at most (past it, their users read them by sync). */
+const UNHANDED_MAX = 10_000;
+
 class PartitionState {
   readonly users = new Map<string, UserHead>();
+  /**
+   * Push deliveries of a batch whose stream rows were written but whose heads write failed: some of
+   * its heads may be stored, and the retry skips their users as applied, so it would not hand their
+   * deliveries over. They go to the router once the retry succeeds (gateways drop repeated cursors).
+   */
+  unhanded: InboxDelivery[] = [];
   constructor(readonly epoch: bigint) {}
 
   set(userId: string, head: UserHead): void {
@@ -239,6 +248,7 @@ export class InboxOwner implements Closeable {
       }
     }
 
+    let rowsWritten = false;
     try {
       await this.o.beforeWrite?.(batch.partition);
       // The epoch check goes with the stream rows, not after the heads (one round trip fewer): the
@@ -251,13 +261,25 @@ export class InboxOwner implements Closeable {
         this.o.store.writeOwnedRows(entries, state.epoch),
         this.partitions.check(batch.partition, state),
       ]);
+      rowsWritten = true;
       await this.o.beforeHeads?.(batch.partition);
       await this.o.store.writeOwnedHeads(entries, heads, state.epoch, this.o.indexTtlSeconds);
     } catch (err) {
       for (const u of users) state.users.delete(u); // the outcome is unknown: read them again
+      if (rowsWritten) {
+        for (const step of steps)
+          if (typeof step !== "string") for (const d of step) if (!d.pull) state.unhanded.push(d);
+        if (state.unhanded.length > UNHANDED_MAX)
+          state.unhanded.splice(0, state.unhanded.length - UNHANDED_MAX);
+      }
       throw err;
     }
     for (const [u, h] of heads) state.set(u, h);
+    if (state.unhanded.length > 0) {
+      const earlier = state.unhanded;
+      state.unhanded = [];
+      await this.handOver(earlier);
+    }
 
     while (nextChange < changeOffsets.length) steps.push(changes.get(changeOffsets[nextChange++]!)!);
     for (const step of steps) {
