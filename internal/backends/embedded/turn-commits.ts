@@ -48,6 +48,12 @@ export class TurnCommits {
   /** Asynchronous commits not yet resolved: until they are, later turns queue behind them. */
   private inFlight = 0;
   private closed = false;
+  /**
+   * The first failed commit. Later turns are refused: the message path assigns seqs and inbox
+   * cursors in memory before its turn commits, so a turn committed after a failed one would leave a
+   * gap below its seqs for good.
+   */
+  private failure: unknown;
   /** Turns committed each way (for tests and diagnostics). */
   readonly stats = { sync: 0, queued: 0 };
 
@@ -59,6 +65,7 @@ export class TurnCommits {
    */
   write(apply: (w: TurnWriter) => void): Promise<void> {
     if (this.closed) return Promise.reject(errors.unavailable("STORAGE_CLOSED", "the database is closed"));
+    if (this.failure !== undefined) return Promise.reject(this.failedEarlier());
     this.writes.push(apply);
     if (!this.turn) {
       let resolve!: () => void;
@@ -79,6 +86,10 @@ export class TurnCommits {
     if (!turn) return;
     this.writes = [];
     this.turn = undefined;
+    if (this.failure !== undefined) {
+      turn.reject(this.failedEarlier());
+      return;
+    }
     if (this.inFlight === 0 && writes.length <= SYNC_WRITES_MAX) {
       try {
         this.root.transactionSync(() => {
@@ -87,6 +98,7 @@ export class TurnCommits {
         this.stats.sync++;
         turn.resolve();
       } catch (err) {
+        this.failure ??= err;
         turn.reject(err);
       }
       return;
@@ -101,6 +113,8 @@ export class TurnCommits {
     } catch (err) {
       committed = Promise.reject(err);
     }
+    // A turn queued behind one that fails may already be in LMDB's queue; those not yet queued are
+    // refused (above).
     committed.then(
       () => {
         this.inFlight--;
@@ -108,9 +122,14 @@ export class TurnCommits {
       },
       (err: unknown) => {
         this.inFlight--;
+        this.failure ??= err;
         turn.reject(err);
       },
     );
+  }
+
+  private failedEarlier() {
+    return errors.unavailable("STORAGE_FAILED", "an earlier commit failed", this.failure);
   }
 
   /** Commits what is queued and refuses more. */
