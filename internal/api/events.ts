@@ -107,6 +107,9 @@ export async function* streamEvents(
   const handle = async (batch: LoggedMessage[]): Promise<void> => {
     if (failure) throw failure;
     const visible = await visibleOf(batch, deps.access);
+    // Failed during the membership reads (a cancel, a takeover): the waiters below would never be
+    // settled, and the consumer's close waits for this batch.
+    if (failure) throw failure;
     const acks = chunk(visible).map((events) => {
       const cursor = String(++cursorCount);
       const acked = new Promise<void>((resolve, reject) => {

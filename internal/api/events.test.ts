@@ -1,0 +1,59 @@
+import { describe, expect, it } from "vitest";
+import type { StreamEventsRequest } from "../../gen/switchboard/api/v1/chat_pb.js";
+import type { BatchHandler, LoggedMessage, MessageLog } from "../backends/types.js";
+import type { CallContext } from "../lib/rpc.js";
+import type { Access } from "./access.js";
+import { streamEvents } from "./events.js";
+
+describe("streamEvents", () => {
+  it("settles a batch whose stream failed while the batch's membership was being read", async () => {
+    let handler: BatchHandler | undefined;
+    let consumerClosed = false;
+    const log = {
+      consume: async (_group: string, h: BatchHandler) => {
+        handler = h;
+        return {
+          close: async () => {
+            consumerClosed = true;
+          },
+        };
+      },
+    } as unknown as MessageLog;
+    let allow!: (visible: boolean) => void;
+    const access = {
+      caller: "client:billing",
+      sees: () => new Promise<boolean>((resolve) => (allow = resolve)),
+    } as unknown as Access;
+    const abort = new AbortController();
+    const ctx = { signal: abort.signal, peer: "in-process" } as CallContext;
+    async function* requests(): AsyncIterable<StreamEventsRequest> {
+      yield {
+        kind: { case: "subscribe", value: { subscription: "audit", start: 0 } },
+      } as unknown as StreamEventsRequest;
+      await new Promise(() => undefined); // the consumer sends no acks
+    }
+    const responses = streamEvents({ log, access }, requests(), ctx)[Symbol.asyncIterator]();
+    expect((await responses.next()).value).toEqual({ cursor: "", events: [] }); // joined
+
+    const message = {
+      conversationId: "g:1",
+      seq: 1,
+      messageId: "1001",
+      sender: "alice",
+      clientMsgId: "c1",
+      body: "hi",
+      createdAtMs: 1,
+    } as LoggedMessage;
+    const batch = handler!([message]);
+    const settled = batch.then(
+      () => "resolved",
+      (err: { reason?: string }) => err.reason,
+    );
+    abort.abort(); // the client cancels while the batch's membership is read
+    allow(true);
+    const outcome = await Promise.race([settled, new Promise((r) => setTimeout(() => r("hung"), 500))]);
+    expect(outcome).toBe("STREAM_ENDED");
+    expect((await responses.next()).done).toBe(true);
+    expect(consumerClosed).toBe(true);
+  });
+});
