@@ -119,6 +119,8 @@ export class Collector {
   readonly violations: string[] = [];
   /** Return true to make the handler throw for this batch. */
   failWhen: (batch: StoredMessage[]) => boolean = () => false;
+  /** How long the handler takes over this batch (ms). */
+  takes: (batch: StoredMessage[]) => number = () => 0;
   consumer: Closeable | undefined;
   private readonly highest = new Map<string, number>();
 
@@ -131,6 +133,8 @@ export class Collector {
       .map(({ recipients: _, committed: __, ...m }): StoredMessage => m);
     if (mine.length === 0) return;
     this.check(mine);
+    const ms = this.takes(mine);
+    if (ms > 0) await new Promise((r) => setTimeout(r, ms));
     const threw = this.failWhen(mine);
     this.attempts.push({ messages: mine, threw });
     if (threw) throw new Error("contract test: handler failure requested");

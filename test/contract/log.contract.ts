@@ -212,6 +212,29 @@ export function logContract({ setup, readLog }: ContractKit): void {
       expect(b.attempts[0]?.messages[0]?.seq).toBe(21);
     });
 
+    it("a handler slower than the group's session timeout keeps its batch: handed out once", async (ctx) => {
+      const h = await setup(ctx);
+      const conversationId = h.id("slow");
+      const appended = await Promise.all(
+        range(1, 3).map((i) => h.b.log.append(draft(conversationId, "s", `s${i}`))),
+      );
+      const slow = new Collector(h.id(""));
+      let first = true;
+      slow.takes = () => {
+        if (!first) return 0;
+        first = false;
+        return 12_000; // past Kafka's 10 s session timeout (consumers.ts)
+      };
+      const c = await h.consume("slow", slow);
+      const ids = appended.map((r) => r.message.messageId);
+      for (let waited = 0; c.missing(ids).length > 0 && waited < 30_000; waited += 200)
+        await new Promise((r) => setTimeout(r, 200));
+      expect(c.missing(ids)).toEqual([]);
+      await new Promise((r) => setTimeout(r, 3_000)); // a re-delivery would come now
+      expect(c.violations).toEqual([]);
+      expect(c.attempts.flatMap((a) => a.messages.map((m) => m.seq))).toEqual([1, 2, 3]);
+    }, 60_000);
+
     it("a batch whose handler threw is handed out again, from where it failed (at-least-once)", async (ctx) => {
       const h = await setup(ctx);
       const conversationId = h.id("c");

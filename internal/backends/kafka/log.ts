@@ -61,6 +61,9 @@ export interface KafkaLogOptions {
 /** Partitions whose batches a consumer handles at the same time. */
 const PARTITIONS_CONSUMED_CONCURRENTLY = 4;
 
+/** How often a consumer's batch in progress heartbeats (the group's session timeout is 10 s). */
+const HEARTBEAT_WHILE_HANDLING_MS = 1_000;
+
 export class KafkaMessageLog implements MessageLog {
   private readonly consumers = new Set<Consumer>();
   private readonly owners = new Set<InboxOwner>();
@@ -255,6 +258,13 @@ export class KafkaMessageLog implements MessageLog {
           if (trace) message.trace = trace;
           return message;
         });
+        // kafkajs heartbeats only between batches: a handler slower than the session timeout (an
+        // event stream's consumer has a minute to acknowledge) would be evicted, and its batch
+        // handed out again under new cursors. A failed heartbeat (a rebalance) is left to the commit.
+        const beat = setInterval(
+          () => void payload.heartbeat().catch(() => undefined),
+          HEARTBEAT_WHILE_HANDLING_MS,
+        );
         try {
           await handler(messages);
         } catch (err) {
@@ -263,6 +273,8 @@ export class KafkaMessageLog implements MessageLog {
           if (closing) return;
           // At-least-once: on failure kafkajs re-fetches from the last committed offset.
           throw err;
+        } finally {
+          clearInterval(beat);
         }
         await commitBatch(payload);
       },
