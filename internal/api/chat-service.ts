@@ -250,7 +250,25 @@ export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatS
     },
 
     streamEvents(requests, ctx) {
-      return streamEvents({ log: deps.log, access: access(ctx.principal) }, requests, ctx);
+      const { principal } = ctx;
+      return streamEvents(
+        {
+          log: deps.log,
+          access: access(principal),
+          accessNow: () => (mayStreamEvents(principal, deps.policy()) ? access(principal) : undefined),
+        },
+        requests,
+        ctx,
+      );
     },
   };
+}
+
+/**
+ * Whether the caller may still stream events under the policy as it is now (the guard checked it
+ * when the stream opened). Only backend clients' grants change with the policy file.
+ */
+function mayStreamEvents(principal: string | undefined, policy: Policy): boolean {
+  if (principal === undefined || !principal.startsWith("client:")) return true;
+  return policy.clients.get(principal.slice("client:".length))?.permissions.has("events") ?? false;
 }

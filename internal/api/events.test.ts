@@ -56,4 +56,43 @@ describe("streamEvents", () => {
     expect((await responses.next()).done).toBe(true);
     expect(consumerClosed).toBe(true);
   });
+
+  it("applies a grant revoked while the stream is open to its next batch: the stream ends, PERMISSION_DENIED", async () => {
+    let handler: BatchHandler | undefined;
+    const log = {
+      consume: async (_group: string, h: BatchHandler) => {
+        handler = h;
+        return { close: async () => undefined };
+      },
+    } as unknown as MessageLog;
+    const access = { caller: "client:billing", sees: async () => true } as unknown as Access;
+    let granted = true;
+    async function* requests(): AsyncIterable<StreamEventsRequest> {
+      yield {
+        kind: { case: "subscribe", value: { subscription: "audit", start: 0 } },
+      } as unknown as StreamEventsRequest;
+      await new Promise(() => undefined);
+    }
+    const ctx = { signal: new AbortController().signal, peer: "in-process" } as CallContext;
+    const responses = streamEvents(
+      { log, access, accessNow: () => (granted ? access : undefined) },
+      requests(),
+      ctx,
+    )[Symbol.asyncIterator]();
+    await responses.next(); // joined
+    granted = false; // the policy file no longer grants `events` to billing
+    const message = {
+      conversationId: "g:1",
+      seq: 1,
+      messageId: "1001",
+      sender: "a",
+      clientMsgId: "c1",
+      body: "x",
+      createdAtMs: 1,
+    };
+    await expect(handler!([message as LoggedMessage])).rejects.toMatchObject({
+      reason: "EVENTS_NOT_ALLOWED",
+    });
+    await expect(responses.next()).rejects.toMatchObject({ reason: "EVENTS_NOT_ALLOWED" });
+  });
 });

@@ -39,7 +39,14 @@ const open = new Map<string, { takeOver(): Promise<void> }>();
 
 export interface EventStreamDeps {
   log: MessageLog;
+  /** The caller's access when the stream opened (it names the subscription's consumer group). */
   access: Access;
+  /**
+   * The caller's access as the policy says now, read again for every batch: a grant changed or
+   * revoked while the stream is open applies to its next batch. Undefined once the caller may no
+   * longer stream events (the stream then ends with PERMISSION_DENIED).
+   */
+  accessNow?: () => Access | undefined;
 }
 
 export async function* streamEvents(
@@ -106,7 +113,12 @@ export async function* streamEvents(
   /** Hands one log batch out; resolves once the consumer acknowledged all of it. */
   const handle = async (batch: LoggedMessage[]): Promise<void> => {
     if (failure) throw failure;
-    const visible = await visibleOf(batch, deps.access);
+    const access = deps.accessNow ? deps.accessNow() : deps.access;
+    if (!access) {
+      fail(errors.denied("EVENTS_NOT_ALLOWED", `${deps.access.caller} may no longer stream events`));
+      throw failure;
+    }
+    const visible = await visibleOf(batch, access);
     // Failed during the membership reads (a cancel, a takeover): the waiters below would never be
     // settled, and the consumer's close waits for this batch.
     if (failure) throw failure;
