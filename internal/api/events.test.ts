@@ -95,4 +95,37 @@ describe("streamEvents", () => {
     });
     await expect(responses.next()).rejects.toMatchObject({ reason: "EVENTS_NOT_ALLOWED" });
   });
+
+  it("a newer stream takes a subscription over without waiting for the old one's response to be written", async () => {
+    const consumers: string[] = [];
+    const log = {
+      consume: async (group: string) => {
+        consumers.push(`open ${group}`);
+        return {
+          close: async () => {
+            consumers.push(`close ${group}`);
+          },
+        };
+      },
+    } as unknown as MessageLog;
+    const access = { caller: "client:billing", sees: async () => true } as unknown as Access;
+    async function* requests(): AsyncIterable<StreamEventsRequest> {
+      yield {
+        kind: { case: "subscribe", value: { subscription: "takeover" } },
+      } as unknown as StreamEventsRequest;
+      await new Promise(() => undefined);
+    }
+    const ctx = () => ({ signal: new AbortController().signal, peer: "in-process" }) as CallContext;
+    // The old stream's consumer went silent: nobody pulls its responses (its write never finishes).
+    const old = streamEvents({ log, access }, requests(), ctx())[Symbol.asyncIterator]();
+    await old.next();
+    const newer = streamEvents({ log, access }, requests(), ctx())[Symbol.asyncIterator]();
+    const first = await Promise.race([newer.next(), new Promise((r) => setTimeout(() => r("hung"), 500))]);
+    expect(first).toEqual({ done: false, value: { cursor: "", events: [] } });
+    expect(consumers).toEqual([
+      "open api.billing.takeover",
+      "close api.billing.takeover",
+      "open api.billing.takeover",
+    ]);
+  });
 });

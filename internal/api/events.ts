@@ -65,12 +65,17 @@ export async function* streamEvents(
   const group = `api.${deps.access.caller.replace(/^client:/, "")}.${name}`;
   // The newest stream wins, also when several arrive while an old one winds down.
   for (let old = open.get(group); old !== undefined; old = open.get(group)) await old.takeOver();
-  let closed!: () => void;
-  const done = new Promise<void>((resolve) => {
-    closed = resolve;
-  });
+  // Resolved once this stream's consumer joined (or failed to): what a takeover waits for before it
+  // closes it.
+  let joined: Promise<unknown> = Promise.resolve();
   const self = {
-    takeOver: () => {
+    /**
+     * Ends this stream and leaves the group, so that a newer stream's consumer gets its partitions.
+     * It does not wait for this stream's generator to return: that may be writing a response to a
+     * connection that is gone, until its keepalive or deadline notices (the newer stream is the
+     * consumer reconnecting).
+     */
+    takeOver: async () => {
       fail(
         new SwitchboardError(
           Code.ABORTED,
@@ -78,7 +83,9 @@ export async function* streamEvents(
           `a newer stream took subscription ${name} over`,
         ),
       );
-      return done;
+      await joined.catch(() => undefined);
+      await closeConsumer().catch(() => undefined);
+      if (open.get(group) === self) open.delete(group);
     },
   };
   open.set(group, self);
@@ -169,7 +176,9 @@ export async function* streamEvents(
   })().catch((err: unknown) => fail(SwitchboardError.from(err)));
   try {
     const startAt = subscribe.value.start === StartPosition.LATEST ? "latest" : "earliest";
-    consumer = await deps.log.consume(group, handle, { startAt });
+    const consuming = deps.log.consume(group, handle, { startAt });
+    joined = consuming;
+    consumer = await consuming;
     if (failure) void closeConsumer().catch(() => undefined);
     // The consumer has joined (and a new "latest" subscription has its position): say so first.
     else yield { cursor: "", events: [] };
@@ -179,7 +188,6 @@ export async function* streamEvents(
     fail(errors.unavailable("STREAM_ENDED", "the stream ended"));
     await closeConsumer();
     if (open.get(group) === self) open.delete(group);
-    closed();
   }
 }
 
