@@ -235,9 +235,16 @@ export class KafkaMessageLog implements MessageLog {
     const consumer = groupConsumer(this.o.kafka, `${this.o.groupPrefix}${group}`, FETCH_WAIT_MS.sharedGroup);
     this.consumers.add(consumer);
     let closing = false;
-    await consumer.connect();
-    if (options.startAt === "latest") await this.pinNewGroupToEnd(`${this.o.groupPrefix}${group}`, topic);
-    await consumer.subscribe({ topic, fromBeginning: true });
+    try {
+      await consumer.connect();
+      if (options.startAt === "latest") await this.pinNewGroupToEnd(`${this.o.groupPrefix}${group}`, topic);
+      await consumer.subscribe({ topic, fromBeginning: true });
+    } catch (err) {
+      // Not started: leave nothing connected behind (every failed StreamEvents would keep one).
+      this.consumers.delete(consumer);
+      await consumer.disconnect().catch(() => undefined);
+      throw err;
+    }
     await consumer.run({
       autoCommit: false,
       eachBatchAutoResolve: false,
