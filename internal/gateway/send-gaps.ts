@@ -6,10 +6,9 @@
  * would break that: the sends behind it would still be appended, and its resend would come after
  * them. So a refusal opens a gap for the conversation on this connection: its later sends there are
  * refused too (`PREVIOUS_SEND_FAILED`, retryable) until the refused sends come again, in the order
- * they first arrived, which closes the gap; a client that resends in the order it first sent keeps its
- * order. The sends in flight
- * when the client learns of the refusal are the ones this catches; a gap that sees no resend for
- * `lifetimeMs` (a client that gave up on the send) closes by itself.
+ * they first arrived, which closes the gap; a client that resends in the order it first sent keeps
+ * its order. The sends in flight when the client learns of the refusal are the ones this catches; a
+ * gap that sees no resend for `lifetimeMs` (a client that gave up on the send) closes by itself.
  *
  * Refusals do not come in send order: a send's append can fail (Kafka) after a later send was
  * already refused (a rate limit, the id service). So each send carries its place in the connection's

@@ -113,18 +113,20 @@ export class InboxSync {
       let restarted = false;
       for (;;) {
         const from = this._cursor;
-        let page: Awaited<ReturnType<typeof this.o.requests.request<"sync">>>;
-        try {
-          page = await this.o.requests.request(
+        const page = await this.o.requests
+          .request(
             conn,
             { case: "sync", value: { cursor: BigInt(from), limit: this.o.syncLimit } },
             "sync",
             this.o.requestTimeoutMs,
-          );
-        } catch (cause) {
-          // A cursor past the inbox's head belongs to another data set (docs/protocol.md §3): sync
-          // from 0, once; the messages already seen are dropped by id.
-          if (restarted || !isInvalidCursor(cause) || !isCurrent()) throw cause;
+          )
+          .catch((cause: unknown) => {
+            // A cursor past the inbox's head belongs to another data set (docs/protocol.md §3):
+            // sync from 0, once; the messages already seen are dropped by id.
+            if (restarted || !isInvalidCursor(cause) || !isCurrent()) throw cause;
+            return undefined;
+          });
+        if (page === undefined) {
           restarted = true;
           this._cursor = 0;
           continue;
