@@ -5,7 +5,6 @@
 import {
   type ChatMessage,
   type Conversation,
-  type GroupChangeInput,
   type SwitchboardClient,
   SwitchboardClientError,
 } from "../../sdk/src/index.js";
@@ -15,10 +14,13 @@ import {
   applyServerInfo,
   type ConversationState,
   directConversationId,
+  type GroupSettings,
   newConversationState,
   peerOf,
   postingRestricted,
+  proposeSettings,
   raiseWatermark,
+  settleSettings,
 } from "./conversation-state.js";
 import type { Outbox, OutboxEntry } from "./local-store.js";
 import { ReceiptSender } from "./receipts.js";
@@ -74,6 +76,8 @@ export class ChatApp {
   private refreshAgain = false;
   /** What this page learned of groups apart from listings, counted (ConversationState.learnedAt). */
   private learned = 0;
+  /** The user's group setting changes, numbered (ConversationState.unsettled). */
+  private settingsChanges = 0;
 
   constructor(
     readonly client: SwitchboardClient,
@@ -279,26 +283,26 @@ export class ChatApp {
   }
 
   /**
-   * Changes the open group's settings (admins and the owner). Shown changed at once and put back if
-   * the server refuses; NOTHING_TO_CHANGE means another admin set the same meanwhile, which is fine.
+   * Changes the open group's settings (admins and the owner). Shown changed at once, over whatever the
+   * server says until it answers, and put back if it refuses; NOTHING_TO_CHANGE means another admin
+   * set the same meanwhile, which is fine.
    */
-  async changeGroup(
-    change: Pick<GroupChangeInput, "name" | "open" | "postPolicy" | "addPolicy">,
-  ): Promise<void> {
+  async changeGroup(change: Partial<GroupSettings>): Promise<void> {
     const c = this.open;
     if (c?.kind !== "group") return;
-    const before = { name: c.name, open: c.open, postPolicy: c.postPolicy, addPolicy: c.addPolicy };
-    Object.assign(c, change);
+    const changeNumber = ++this.settingsChanges;
+    proposeSettings(c, change, changeNumber);
     this.learnedNow(c);
     this.onChange();
     try {
-      this.applyNewSettings(c, await this.client.updateGroup(c.id, change));
+      const info = await this.client.updateGroup(c.id, change);
+      settleSettings(c, change, changeNumber, true);
+      this.applyNewSettings(c, info);
       this.notice = "";
     } catch (err) {
-      if (!(err instanceof SwitchboardClientError && err.reason === "NOTHING_TO_CHANGE")) {
-        Object.assign(c, before);
-        this.report(err);
-      }
+      const alreadySo = err instanceof SwitchboardClientError && err.reason === "NOTHING_TO_CHANGE";
+      settleSettings(c, change, changeNumber, alreadySo);
+      if (!alreadySo) this.report(err);
     }
     this.onChange();
   }

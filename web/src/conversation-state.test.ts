@@ -6,13 +6,16 @@ import {
   applyServerInfo,
   deliveryStateOf,
   directConversationId,
+  type GroupSettings,
   isChannel,
   isGroupAdmin,
   lastActivity,
   newConversationState,
   peerOf,
   postingRestricted,
+  proposeSettings,
   raiseWatermark,
+  settleSettings,
   titleOf,
   unreadCount,
 } from "./conversation-state.js";
@@ -146,5 +149,47 @@ describe("conversation state", () => {
     // A listing asked for after it is the server's truth again.
     applyListed(c, listed("Renamed elsewhere", 3), 5);
     expect(c.name).toBe("Renamed elsewhere");
+  });
+
+  it("shows the user's unanswered setting changes over what the server says meanwhile", () => {
+    const c = newConversationState({ id: "g:1", kind: "group", name: "Crew" });
+    const server = (settings: Partial<GroupSettings>) =>
+      ({
+        ...c.serverSettings,
+        id: "g:1",
+        kind: "group",
+        owner: "alice",
+        memberCount: 2,
+        createdAtMs: 1,
+        delivery: "push",
+        lastSeq: 0,
+        readSeq: 0,
+        ...settings,
+      }) as const;
+    // Two changes in flight: open (1), then admins-only (2).
+    proposeSettings(c, { open: true }, 1);
+    proposeSettings(c, { postPolicy: "admins" }, 2);
+    expect(c).toMatchObject({ open: true, postPolicy: "admins" });
+    // The first's reply and event still have postPolicy "everyone": the second stays shown.
+    settleSettings(c, { open: true }, 1, true);
+    applyServerInfo(c, server({ open: true }));
+    expect(c).toMatchObject({ open: true, postPolicy: "admins" });
+    // The second refused: back to what the server said, the first change kept.
+    settleSettings(c, { postPolicy: "admins" }, 2, false);
+    expect(c).toMatchObject({ open: true, postPolicy: "everyone" });
+    // A change answered NOTHING_TO_CHANGE is the server's value already.
+    proposeSettings(c, { addPolicy: "admins" }, 3);
+    settleSettings(c, { addPolicy: "admins" }, 3, true);
+    expect(c.addPolicy).toBe("admins");
+    // Of two changes of one setting, the later one shows until it is answered.
+    proposeSettings(c, { name: "A" }, 4);
+    proposeSettings(c, { name: "B" }, 5);
+    settleSettings(c, { name: "A" }, 4, true);
+    applyServerInfo(c, server({ name: "A", open: true, addPolicy: "admins" }));
+    expect(c.name).toBe("B");
+    settleSettings(c, { name: "B" }, 5, true);
+    applyServerInfo(c, server({ name: "B", open: true, addPolicy: "admins" }));
+    expect(c).toMatchObject({ name: "B", open: true, postPolicy: "everyone", addPolicy: "admins" });
+    expect(c.unsettled.size).toBe(0);
   });
 });

@@ -58,7 +58,18 @@ export interface ConversationState {
    * asked for before then is older for its settings and for whether the user is a member.
    */
   learnedAt: number;
+  /** The group's settings as the server last said them (a refused change of the user's goes back to these). */
+  serverSettings: GroupSettings;
+  /**
+   * The user's changes not answered yet, per setting, with the change that made them. They are shown
+   * over what the server says meanwhile: the reply to an earlier change, or its event, still has the
+   * old value of a setting changed after it.
+   */
+  unsettled: Map<keyof GroupSettings, { value: GroupSettings[keyof GroupSettings]; change: number }>;
 }
+
+/** What admins change in a group (docs/protocol.md, updateGroup). */
+export type GroupSettings = Pick<ConversationState, "name" | "open" | "postPolicy" | "addPolicy">;
 
 export function directConversationId(a: string, b: string): string {
   return `dm:${[a, b].sort().join("~")}`;
@@ -96,6 +107,13 @@ export function newConversationState(
     roles: new Map(),
     isMember: true,
     learnedAt: 0,
+    serverSettings: {
+      name: conversation.name ?? "",
+      open: conversation.open ?? false,
+      postPolicy: conversation.postPolicy ?? "everyone",
+      addPolicy: conversation.addPolicy ?? "everyone",
+    },
+    unsettled: new Map(),
   };
 }
 
@@ -115,15 +133,60 @@ export function applyListed(c: ConversationState, info: Conversation, askedAt: n
 }
 
 export function applyServerInfo(c: ConversationState, info: Conversation): void {
-  c.name = info.name;
+  c.serverSettings = {
+    name: info.name,
+    open: info.open,
+    postPolicy: info.postPolicy,
+    addPolicy: info.addPolicy,
+  };
+  showSettings(c);
   c.memberCount = info.memberCount;
   c.owner = info.owner;
-  c.open = info.open;
-  c.postPolicy = info.postPolicy;
-  c.addPolicy = info.addPolicy;
   c.delivery = info.delivery;
   c.lastSeq = Math.max(c.lastSeq, info.lastSeq);
   c.readSeq = Math.max(c.readSeq, info.readSeq);
+}
+
+/** The user changes settings (change number `change`): shown at once, until the server answers. */
+export function proposeSettings(
+  c: ConversationState,
+  settings: Partial<GroupSettings>,
+  change: number,
+): void {
+  for (const [key, value] of settingEntries(settings)) c.unsettled.set(key, { value, change });
+  showSettings(c);
+}
+
+/**
+ * The server answered change `change`: its settings show what the server says again, unless a later
+ * change of the same setting is still unanswered. `accepted` (the server holds these values: it took
+ * them, or had them already) keeps them shown until a reply or event brings the server's record.
+ */
+export function settleSettings(
+  c: ConversationState,
+  settings: Partial<GroupSettings>,
+  change: number,
+  accepted: boolean,
+): void {
+  for (const [key, value] of settingEntries(settings)) {
+    if (c.unsettled.get(key)?.change === change) c.unsettled.delete(key);
+    if (accepted) c.serverSettings = { ...c.serverSettings, [key]: value };
+  }
+  showSettings(c);
+}
+
+function showSettings(c: ConversationState): void {
+  const shown: GroupSettings = { ...c.serverSettings };
+  for (const [key, { value }] of c.unsettled) Object.assign(shown, { [key]: value });
+  Object.assign(c, shown);
+}
+
+function settingEntries(
+  settings: Partial<GroupSettings>,
+): [keyof GroupSettings, GroupSettings[keyof GroupSettings]][] {
+  return (Object.keys(settings) as (keyof GroupSettings)[])
+    .filter((key) => settings[key] !== undefined)
+    .map((key) => [key, settings[key] as GroupSettings[keyof GroupSettings]]);
 }
 
 /** The user's role in a group; the owner is known from the listing before the roster is loaded. */
