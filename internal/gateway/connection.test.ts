@@ -3,25 +3,34 @@
  * between registration and the welcome, and the services' failures, are the test's to choose.
  */
 import { EventEmitter } from "node:events";
-import { fromJsonString } from "@bufbuild/protobuf";
+import { fromBinary, fromJsonString } from "@bufbuild/protobuf";
 import { describe, expect, it } from "vitest";
 import { type ServerFrame, ServerFrameSchema } from "../../gen/switchboard/client/v1/client_pb.js";
+import { PresenceService } from "../../gen/switchboard/presence/v1/presence_pb.js";
+import type { RouterService } from "../../gen/switchboard/router/v1/router_pb.js";
 import type { StoredMessage } from "../backends/types.js";
 import type { Identity } from "../lib/auth.js";
 import { loadConfig } from "../lib/config.js";
 import { errors } from "../lib/errors.js";
 import { discardingLogger } from "../lib/log.js";
 import { createMetrics } from "../lib/metrics.js";
+import { inProcessClient, type ServiceClient } from "../lib/rpc.js";
+import { Presence, presenceServiceImpl } from "../presence/index.js";
+import { shardedPresenceClient } from "../presence/shards.js";
 import { CloseCode } from "./close-codes.js";
 import { Connection, type GatewayContext } from "./connection.js";
 
 /** A ws socket as the connection uses it: frames in by "message", frames out recorded. */
 class FakeSocket extends EventEmitter {
   readonly sent: ServerFrame[] = [];
+  /** The encoding of each sent frame. */
+  readonly encodings: Array<"json" | "binary"> = [];
   closedWith: number | undefined;
   bufferedAmount = 0;
   send(data: string | Uint8Array): void {
-    this.sent.push(fromJsonString(ServerFrameSchema, String(data)));
+    const binary = typeof data !== "string";
+    this.sent.push(binary ? fromBinary(ServerFrameSchema, data) : fromJsonString(ServerFrameSchema, data));
+    this.encodings.push(binary ? "binary" : "json");
   }
   close(code: number): void {
     this.closedWith = code;
@@ -32,7 +41,10 @@ class FakeSocket extends EventEmitter {
 }
 
 interface Setup {
+  env?: Record<string, string>;
   verify?: (token: string) => Promise<Identity>;
+  presence?: unknown;
+  sharesConversation?: (a: string, b: string) => Promise<boolean>;
   head?: (userId: string) => Promise<number>;
   register?: () => Promise<void>;
   inbox?: Record<string, unknown>;
@@ -42,14 +54,16 @@ interface Setup {
 function connection(setup: Setup = {}) {
   const socket = new FakeSocket();
   const ctx = {
-    config: loadConfig({}),
+    config: loadConfig(setup.env ?? {}),
     log: discardingLogger(),
     metrics: createMetrics(),
     backends: {
       inbox: { head: setup.head ?? (async () => 0), ...setup.inbox },
       ...(setup.messages ? { messages: setup.messages } : {}),
     },
-    presence: { heartbeat: async () => ({}) },
+    presence: setup.presence ?? { heartbeat: async () => ({}) },
+    sharesConversation: setup.sharesConversation ?? (async () => true),
+    watcherId: "gateway-1/1/test",
     verify: setup.verify ?? (async () => ({ userId: "alice", expiresAtMs: Number.POSITIVE_INFINITY })),
     register: setup.register ?? (async () => {}),
     unregister: () => {},
@@ -122,6 +136,34 @@ describe("Connection authentication", () => {
     await new Promise((r) => setTimeout(r, 20));
     expect(registered).toBe(0);
     expect(socket.sent).toHaveLength(0);
+  });
+
+  it("answers a token still being checked at the auth deadline with AUTH_UNAVAILABLE and 1011, not the terminal 3502", async () => {
+    const { conn, socket } = connection({
+      env: { SWITCHBOARD_AUTH_AUTH_TIMEOUT_MS: "100" },
+      verify: () => new Promise(() => {}), // the key set's endpoint never answers
+    });
+    conn.awaitAuth();
+    await new Promise((r) => setTimeout(r, 60));
+    socket.frame({ id: 1, auth: { token: "t" } }); // in time
+    await until(() => socket.closedWith !== undefined);
+    expect(kinds(socket)).toEqual(["AUTH_UNAVAILABLE"]);
+    expect(socket.sent[0]!.replyTo).toBe(1);
+    expect(socket.closedWith).toBe(CloseCode.INTERNAL_ERROR);
+  });
+
+  it("welcomes in the encoding of the auth frame, whatever frame came after it", async () => {
+    let verified!: (identity: Identity) => void;
+    const { socket } = connection({ verify: () => new Promise((r) => (verified = r)) });
+    socket.frame({ id: 1, auth: { token: "t" } });
+    await until(() => verified !== undefined);
+    // A binary frame (not a valid one) arrives before the token is checked.
+    socket.emit("message", Buffer.from([0xff]), true);
+    verified({ userId: "alice", expiresAtMs: Number.POSITIVE_INFINITY });
+    await until(() => socket.sent.some((f) => f.kind.case === "welcome"));
+    const welcome = socket.sent.findIndex((f) => f.kind.case === "welcome");
+    expect(socket.sent[welcome]!.replyTo).toBe(1);
+    expect(socket.encodings[welcome]).toBe("json");
   });
 
   it("refuses a request with a lone surrogate before the welcome as AUTH_REQUIRED, under its id", async () => {
@@ -262,5 +304,71 @@ describe("Connection: the seam between the inbox and live events", () => {
     inbox.release();
     await until(() => messageCursors(socket).length > 0);
     expect(messageCursors(socket)).toEqual([1]);
+  });
+});
+
+describe("Connection presence watches", () => {
+  const store = {
+    setLastActive: async () => undefined,
+    lastActive: async () => new Map(),
+    close: async () => undefined,
+  };
+  const router = { relay: async () => ({ sessions: 0 }) } as unknown as ServiceClient<typeof RouterService>;
+  const presence = () =>
+    new Presence({ offlineAfterMs: 60_000, store, router: () => router, log: discardingLogger() });
+  const clientOf = (p: Presence) => inProcessClient(PresenceService, presenceServiceImpl(p, store));
+
+  async function welcomed(setup: Setup) {
+    const { conn, socket } = connection(setup);
+    socket.frame({ id: 1, auth: { token: "t" } });
+    await until(() => kinds(socket).includes("welcome"));
+    return { conn, socket };
+  }
+
+  it("holds a connection to 1,000 watches however many presence shards hold them", async () => {
+    const shards = [presence(), presence()];
+    const { socket } = await welcomed({ presence: shardedPresenceClient(shards.map(clientOf)) });
+    for (let i = 0; i < 10; i++) {
+      const userIds = Array.from({ length: 100 }, (_, j) => `u${i * 100 + j}`);
+      socket.frame({ id: 10 + i, subscribePresence: { userIds } });
+    }
+    await until(() => kinds(socket).filter((k) => k === "presenceSnapshot").length === 10);
+    // Each shard holds about half: only the connection's count can refuse the 1,001st.
+    socket.frame({ id: 30, subscribePresence: { userIds: ["u0", "one-more"] } });
+    await until(() => kinds(socket).includes("TOO_MANY_WATCHES"));
+    expect(socket.sent.at(-1)!.replyTo).toBe(30);
+    // Users watched already are no new watches.
+    socket.frame({ id: 31, subscribePresence: { userIds: ["u0", "u999"] } });
+    await until(() => socket.sent.at(-1)!.replyTo === 31);
+    expect(kinds(socket).at(-1)).toBe("presenceSnapshot");
+    await Promise.all(shards.map((p) => p.close()));
+  });
+
+  it("takes back the watches of a subscribe that ends after its connection closed", async () => {
+    const p = presence();
+    const client = clientOf(p);
+    let unsubscribed = 0;
+    let release!: () => void;
+    const checked = new Promise<void>((r) => (release = r));
+    const { socket } = await welcomed({
+      presence: {
+        ...client,
+        unsubscribe: async (req: { sessionId: string; userIds: string[] }) => {
+          unsubscribed++;
+          return client.unsubscribe(req);
+        },
+      },
+      sharesConversation: async () => {
+        await checked;
+        return true;
+      },
+    });
+    socket.frame({ id: 2, subscribePresence: { userIds: ["bob", "carol"] } });
+    await new Promise((r) => setTimeout(r, 10));
+    socket.emit("close", 1006, Buffer.alloc(0)); // the session's end reaches presence now
+    release();
+    await until(() => unsubscribed === 1);
+    expect(p.watchCounts().sessions).toBe(0);
+    await p.close();
   });
 });

@@ -44,6 +44,7 @@ import type { Logger } from "../lib/log.js";
 import type { Metrics } from "../lib/metrics.js";
 import type { ServiceClient } from "../lib/rpc.js";
 import { inSpan, type Span, SpanKind, tracing } from "../lib/tracing.js";
+import { WATCHES_PER_SESSION_MAX } from "../presence/index.js";
 import { doNotDisturbProblem } from "../push/do-not-disturb.js";
 import { CloseCode } from "./close-codes.js";
 import {
@@ -96,6 +97,8 @@ export interface GatewayContext extends GatewayServices {
   sharesConversation(a: string, b: string): Promise<boolean>;
   register(conn: Connection): Promise<void>;
   unregister(conn: Connection): void;
+  /** This gateway instance, as presence knows the holder of its sessions' watches. */
+  watcherId: string;
 }
 
 type Request = NonNullable<ClientFrame["kind"]>;
@@ -172,6 +175,13 @@ export class Connection {
   private pullLive = false;
   /** The last seq sent per pull conversation, to skip repeats (bounded: the oldest goes). */
   private readonly pullSeqs = new Map<string, number>();
+  /**
+   * The users this session watches (presence), to subscribe again if presence lost them (a presence
+   * shard restarted). At most the presence service's per-session limit: it refuses more.
+   */
+  readonly watched = new Set<string>();
+  /** Watches asked for by subscribes still being checked, counted against the limit. */
+  private watchesPending = 0;
   /** Typing indicators this connection sent to pull conversations, one per conversation per 3 s. */
   private readonly pullTyping = new Throttle(PULL_TYPING_INTERVAL_MS, PULL_CONVERSATIONS_TRACKED_MAX);
 
@@ -203,7 +213,24 @@ export class Connection {
     );
   }
 
-  async authenticate(identity: Identity, replyTo: number): Promise<void> {
+  /** `verify`, refused as AUTH_UNAVAILABLE if it takes longer than the auth deadline. */
+  private async verifyInTime(token: string): Promise<Identity> {
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(errors.unavailable("AUTH_UNAVAILABLE", "the token could not be checked in time")),
+        this.ctx.config.auth.authTimeoutMs,
+      );
+    });
+    try {
+      return await Promise.race([this.ctx.verify(token), late]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** Sets up the session of a verified connection and welcomes it (in `encoding`: its auth frame's). */
+  async authenticate(identity: Identity, replyTo: number, encoding: Encoding = this.encoding): Promise<void> {
     // Closed while its token was checked (client gone, auth deadline, drain): never registered.
     if (this.closed) return;
     clearTimeout(this.authTimer);
@@ -221,23 +248,27 @@ export class Connection {
     const g = this.ctx.config.gateway;
     const held = this.heldForWelcome;
     this.heldForWelcome = undefined;
-    this.reply(replyTo, {
-      case: "welcome",
-      value: {
-        userId: identity.userId,
-        sessionId: this.sessionId,
-        heartbeatIntervalMs: this.ctx.config.presence.heartbeatIntervalMs,
-        limits: {
-          bodyCharsMax: g.bodyCharsMax,
-          frameBytesMax: g.frameBytesMax,
-          sendsPerSecond: g.sendsPerSecond,
-          groupMembersMax: this.ctx.config.groups.membersMax,
+    this.reply(
+      replyTo,
+      {
+        case: "welcome",
+        value: {
+          userId: identity.userId,
+          sessionId: this.sessionId,
+          heartbeatIntervalMs: this.ctx.config.presence.heartbeatIntervalMs,
+          limits: {
+            bodyCharsMax: g.bodyCharsMax,
+            frameBytesMax: g.frameBytesMax,
+            sendsPerSecond: g.sendsPerSecond,
+            groupMembersMax: this.ctx.config.groups.membersMax,
+          },
+          serverTimeMs: BigInt(Date.now()),
+          headCursor: BigInt(head),
+          features: PROTOCOL_FEATURES,
         },
-        serverTimeMs: BigInt(Date.now()),
-        headCursor: BigInt(head),
-        features: PROTOCOL_FEATURES,
       },
-    });
+      encoding,
+    );
     this.welcomed = true;
     for (const frame of held) this.sendRaw(frame);
   }
@@ -330,9 +361,12 @@ export class Connection {
           throw errors.precondition("ALREADY_AUTHENTICATED", "connection is already authenticated");
         }
         this.authenticating = true;
+        // The client authenticated in time (3502 is for one that did not); checking the token now
+        // has its own deadline, so a key set that cannot be fetched is AUTH_UNAVAILABLE and 1011.
+        clearTimeout(this.authTimer);
         let identity: Identity;
         try {
-          identity = await c.verify(req.value.token);
+          identity = await this.verifyInTime(req.value.token);
         } catch (err) {
           const e = SwitchboardError.from(err);
           this.fail(id, e, encoding, "auth");
@@ -344,7 +378,7 @@ export class Connection {
           return this.close(CloseCode.INVALID_TOKEN, "invalid token");
         }
         try {
-          return await this.authenticate(identity, id);
+          return await this.authenticate(identity, id, encoding);
         } catch (err) {
           // Verified, but registering the session or reading its inbox head failed: without a
           // welcome the connection could serve nothing, so it closes and the client comes again.
@@ -509,13 +543,37 @@ export class Connection {
             `subscribe to 1-${PRESENCE_TARGETS_PER_REQUEST_MAX} valid user ids per request`,
           );
         }
-        for (const t of targets) {
-          if (t !== user && !(await c.sharesConversation(user, t))) {
-            throw errors.denied("NOT_A_CONTACT", `you share no conversation with ${t}`);
-          }
+        // The limit is the connection's, checked here before any read: each presence shard holds only
+        // its own users' share of a connection's watches.
+        const added = targets.filter((t) => !this.watched.has(t)).length;
+        if (this.watched.size + this.watchesPending + added > WATCHES_PER_SESSION_MAX) {
+          throw errors.exhausted(
+            "TOO_MANY_WATCHES",
+            `a connection may watch at most ${WATCHES_PER_SESSION_MAX} users`,
+          );
         }
-        const res = await c.presence.subscribe({ sessionId: this.sessionId, userIds: targets });
-        return reply({ case: "presenceSnapshot", value: { statuses: res.statuses } });
+        this.watchesPending += added;
+        try {
+          for (const t of targets) {
+            if (t !== user && !(await c.sharesConversation(user, t))) {
+              throw errors.denied("NOT_A_CONTACT", `you share no conversation with ${t}`);
+            }
+          }
+          const res = await c.presence.subscribe({
+            sessionId: this.sessionId,
+            userIds: targets,
+            watcherId: c.watcherId,
+          });
+          if (this.closed) {
+            // Closed while subscribing: the session's end reached presence before these watches did.
+            await c.presence.unsubscribe({ sessionId: this.sessionId, userIds: targets });
+            return;
+          }
+          for (const t of targets) this.watched.add(t);
+          return reply({ case: "presenceSnapshot", value: { statuses: res.statuses } });
+        } finally {
+          this.watchesPending -= added;
+        }
       }
       case "registerDevice": {
         const { deviceId, provider, token } = req.value;
@@ -528,6 +586,7 @@ export class Connection {
         await c.push.unregisterDevice({ userId: user, deviceId: req.value.deviceId });
         return reply({ case: "ok", value: {} });
       case "unsubscribePresence":
+        for (const t of req.value.userIds) this.watched.delete(t);
         await c.presence.unsubscribe({ sessionId: this.sessionId, userIds: req.value.userIds });
         return reply({ case: "ok", value: {} });
       case "receipt": {

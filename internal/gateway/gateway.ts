@@ -56,6 +56,10 @@ export class Gateway {
   private closed = false;
   private readonly deliverStreams = new Set<() => void>();
   private pingTimer: NodeJS.Timeout;
+  private watchLeaseTimer: NodeJS.Timeout;
+  private renewingWatches = false;
+  /** Presence said it lost watches and not every session has subscribed again yet. */
+  private watchesOwed = false;
   private readonly alive = new WeakSet<object>();
 
   constructor(private readonly options: GatewayOptions) {
@@ -89,14 +93,23 @@ export class Gateway {
       sharesConversation: (a, b) => this.sharesConversation(a, b),
       register: (conn) => this.register(conn),
       unregister: (conn) => this.unregister(conn),
+      watcherId: `${this.id}/${this.epoch}/${randomBytes(6).toString("base64url")}`,
     };
     this.pingTimer = setInterval(() => this.ping(), config.gateway.pingIntervalMs);
     this.pingTimer.unref();
+    // Presence drops the watches of a gateway that stops renewing them (it died): renewed three
+    // times per lease, so a late or failed renewal or two cost nothing.
+    this.watchLeaseTimer = setInterval(
+      () => void this.renewWatches(),
+      Math.max(100, Math.floor(config.presence.offlineAfterMs / 3)),
+    );
+    this.watchLeaseTimer.unref();
   }
 
   /**
    * Tells the routers that sessions of this gateway's earlier epochs are gone (a restart in place
-   * under the same id: their processes died with the old one), before it accepts connections.
+   * under the same id: their processes died with the old one), before it accepts connections. And
+   * takes its presence lease, so that presence's first "lost" later means lost (nothing to redo now).
    */
   async announce(): Promise<void> {
     await this.options.backends.routing.publish({
@@ -106,6 +119,7 @@ export class Gateway {
       gatewayId: this.id,
       gatewayEpoch: this.epoch - 1,
     });
+    await this.renewWatches();
   }
 
   get connections(): number {
@@ -401,8 +415,39 @@ export class Gateway {
     return conns.length;
   }
 
+  /**
+   * Renews this gateway's presence watches; where presence lost them (a shard restarted, or missed
+   * renewals past the lease), subscribes every session's watches again, one session at a time.
+   */
+  async renewWatches(): Promise<void> {
+    if (this.renewingWatches || this.closed) return;
+    this.renewingWatches = true;
+    const { presence, log } = this.options;
+    const watcherId = this.ctx.watcherId;
+    try {
+      const { watchesLost } = await presence.keepWatches({ watcherId });
+      // Owed until every session subscribed again: presence says it lost them only once.
+      if (watchesLost) this.watchesOwed = true;
+      if (!this.watchesOwed) return;
+      let sessions = 0;
+      for (const conn of [...this.all]) {
+        if (this.closed) return;
+        if (conn.watched.size === 0 || !this.bySession.has(conn.sessionId)) continue;
+        await presence.subscribe({ sessionId: conn.sessionId, userIds: [...conn.watched], watcherId });
+        sessions++;
+      }
+      this.watchesOwed = false;
+      if (sessions > 0) log.info("gateway: presence had lost watches; subscribed again", { sessions });
+    } catch (err) {
+      log.warn("gateway: renewing presence watches failed", { err });
+    } finally {
+      this.renewingWatches = false;
+    }
+  }
+
   async close(): Promise<void> {
     clearInterval(this.pingTimer);
+    clearInterval(this.watchLeaseTimer);
     this.draining = true;
     this.closed = true;
     for (const stop of this.deliverStreams) stop();

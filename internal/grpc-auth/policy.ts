@@ -72,6 +72,7 @@ export const METHOD_RULES: ReadonlyMap<string, MethodRule> = new Map([
   ["/switchboard.presence.v1.PresenceService/EndSession", rule(["role:gateway"])],
   ["/switchboard.presence.v1.PresenceService/Subscribe", rule(["role:gateway"])],
   ["/switchboard.presence.v1.PresenceService/Unsubscribe", rule(["role:gateway"])],
+  ["/switchboard.presence.v1.PresenceService/KeepWatches", rule(["role:gateway"])],
   ["/switchboard.presence.v1.PresenceService/GetPresence", rule(["role:gateway", "role:router"], "presence")],
   ["/switchboard.push.v1.PushService/RegisterDevice", rule(["role:gateway", "role:router"], "devices")],
   ["/switchboard.push.v1.PushService/UnregisterDevice", rule(["role:gateway", "role:router"], "devices")],

@@ -182,7 +182,10 @@ export const schema = {
       false,
       "Dev mode (`switchboard start --dev`, which `npm start` uses): serve GET /v1/dev/token?user=ID, a dev-secret token for any user to anyone who reaches the HTTP port (the web client at / signs in with it). Honoured only without a JWKS URL and on a loopback address; never turn it on where others reach the port, e.g. behind a reverse proxy. It also lets a gRPC port open without authentication (no grpc.keyFile, grpc.tokenAudience or grpc.tls.dir), which otherwise stops the process at start.",
     ),
-    authTimeoutMs: int(5_000, "A connection that has not authenticated within this time is closed (3502)."),
+    authTimeoutMs: int(
+      5_000,
+      "A connection that has sent no auth frame within this time is closed (3502); checking an auth frame's token longer than this is AUTH_UNAVAILABLE.",
+    ),
     allowedOrigins: list(
       [],
       "Allowed Origin headers (exact match). Empty: any Origin. Requests without Origin (native apps) are allowed.",

@@ -31,6 +31,18 @@ export interface PresenceOptions {
   now?: () => number;
 }
 
+/** A process holding watching sessions (a gateway instance), alive while it renews its lease. */
+interface Watcher {
+  renewedAtMs: number;
+  sessions: Set<string>;
+  /**
+   * The watcher renewed here since this service started. Until it has, a lease made by a Subscribe
+   * does not say this service holds all of the watcher's watches (it may have restarted since the
+   * others were made), so the first renewal asks for them all again.
+   */
+  renewed: boolean;
+}
+
 interface UserState {
   sessions: Map<string, number>; // session id → last heartbeat ms
   online: boolean;
@@ -43,6 +55,9 @@ export class Presence {
   private readonly users = new Map<string, UserState>();
   private readonly watchers = new Map<string, Set<string>>(); // watched user → sessions
   private readonly watching = new Map<string, Set<string>>(); // session → watched users
+  /** Leases by watcher id; a session subscribed with a watcher id is in its watcher's set. */
+  private readonly leases = new Map<string, Watcher>();
+  private readonly watcherOf = new Map<string, string>(); // session → watcher id
   private readonly sweeper: NodeJS.Timeout;
   private readonly now: () => number;
   /** last_active_at values not written yet, by user (read by status() until they are). */
@@ -123,6 +138,36 @@ export class Presence {
       for (const [sessionId, at] of s.sessions) if (at < cutoff) s.sessions.delete(sessionId);
       if (s.sessions.size === 0) this.scheduleOffline(userId, s);
     }
+    // A session's heartbeats reach only its own user's shard, and EndSession never comes from a
+    // gateway that died: its watches here go when its gateway stops renewing them.
+    for (const [watcherId, watcher] of this.leases) {
+      if (watcher.renewedAtMs >= cutoff) continue;
+      this.leases.delete(watcherId);
+      for (const sessionId of watcher.sessions) this.unwatchAll(sessionId);
+    }
+  }
+
+  /**
+   * Renews a watcher's lease (its sessions' watches stay for another `offlineAfterMs`). True unless it
+   * renewed here before and its lease held: the watches of its sessions may not (or no longer) be
+   * here, and it subscribes them again.
+   */
+  keepWatches(watcherId: string): boolean {
+    const watcher = this.leases.get(watcherId);
+    if (watcher?.renewed) {
+      watcher.renewedAtMs = this.now();
+      return false;
+    }
+    if (watcher) {
+      watcher.renewedAtMs = this.now();
+      watcher.renewed = true;
+    } else this.leases.set(watcherId, { renewedAtMs: this.now(), sessions: new Set(), renewed: true });
+    return true;
+  }
+
+  /** Watcher counts, for tests and metrics. */
+  watchCounts(): { sessions: number; watchers: number } {
+    return { sessions: this.watching.size, watchers: this.leases.size };
   }
 
   private persist(userId: string, atMs: number): void {
@@ -159,7 +204,7 @@ export class Presence {
       .catch((err: unknown) => this.options.log.warn("presence: relay failed", { userId, err }));
   }
 
-  async subscribe(sessionId: string, userIds: string[]): Promise<PresenceStatus[]> {
+  async subscribe(sessionId: string, userIds: string[], watcherId = ""): Promise<PresenceStatus[]> {
     let mine = this.watching.get(sessionId);
     if (!mine) {
       mine = new Set();
@@ -181,6 +226,7 @@ export class Presence {
       }
       set.add(sessionId);
     }
+    if (watcherId !== "" && unique.length > 0) this.lease(sessionId, watcherId);
     const stored = await this.options.store.lastActive(unique.filter((u) => !this.users.has(u)));
     return unique.map((u) => this.status(u, stored.get(u)));
   }
@@ -194,7 +240,28 @@ export class Presence {
       set?.delete(sessionId);
       if (set?.size === 0) this.watchers.delete(u);
     }
-    if (mine.size === 0) this.watching.delete(sessionId);
+    if (mine.size === 0) {
+      this.watching.delete(sessionId);
+      const watcherId = this.watcherOf.get(sessionId);
+      if (watcherId !== undefined) {
+        this.watcherOf.delete(sessionId);
+        this.leases.get(watcherId)?.sessions.delete(sessionId);
+      }
+    }
+  }
+
+  /** Puts a watching session under its watcher's lease (subscribing renews it). */
+  private lease(sessionId: string, watcherId: string): void {
+    const earlier = this.watcherOf.get(sessionId);
+    if (earlier !== undefined && earlier !== watcherId) this.leases.get(earlier)?.sessions.delete(sessionId);
+    this.watcherOf.set(sessionId, watcherId);
+    let watcher = this.leases.get(watcherId);
+    if (!watcher) {
+      watcher = { renewedAtMs: this.now(), sessions: new Set(), renewed: false };
+      this.leases.set(watcherId, watcher);
+    }
+    watcher.renewedAtMs = this.now();
+    watcher.sessions.add(sessionId);
   }
 
   private unwatchAll(sessionId: string): void {
@@ -231,7 +298,11 @@ export function presenceServiceImpl(
     },
     async subscribe(req) {
       for (const u of req.userIds) requireUserId(u);
-      return { statuses: await presence.subscribe(req.sessionId, req.userIds) };
+      return { statuses: await presence.subscribe(req.sessionId, req.userIds, req.watcherId) };
+    },
+    async keepWatches(req) {
+      if (req.watcherId === "") throw errors.invalid("INVALID_WATCHER", "watcher_id is required");
+      return { watchesLost: presence.keepWatches(req.watcherId) };
     },
     async unsubscribe(req) {
       presence.unsubscribe(req.sessionId, req.userIds);

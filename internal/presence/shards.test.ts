@@ -80,4 +80,18 @@ describe("presence shards", () => {
     expect(relayed.filter((r) => r.sessionIds.includes("w"))).toEqual([]);
     await Promise.all(presences.map((p) => p.close()));
   });
+
+  it("renews a watcher's lease on every shard and reports watches lost on any", async () => {
+    const { presences, client } = shards(3);
+    await client.subscribe({ sessionId: "w", userIds: ["a", "b", "c", "d", "e", "f"], watcherId: "gw" });
+    // The first renewal cannot vouch for watches made before it (a shard may have restarted since).
+    expect((await client.keepWatches({ watcherId: "gw" })).watchesLost).toBe(true);
+    expect((await client.keepWatches({ watcherId: "gw" })).watchesLost).toBe(false);
+    // One shard starts afresh: lost, though the others hold theirs.
+    const restarted = presences[1]!;
+    (restarted as unknown as { leases: Map<string, unknown> }).leases.clear();
+    expect((await client.keepWatches({ watcherId: "gw" })).watchesLost).toBe(true);
+    expect((await client.keepWatches({ watcherId: "gw" })).watchesLost).toBe(false);
+    await Promise.all(presences.map((p) => p.close()));
+  });
 });

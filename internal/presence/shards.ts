@@ -1,9 +1,9 @@
 /**
  * Presence state (who is online, who watches whom) lives in memory, so it is sharded by user: user U's
  * heartbeats, status and watchers live on shard hash(U) mod N. This client gives the gateway the same
- * PresenceService interface over N shards: per-user calls go to the user's shard, per-session calls
- * (EndSession) go to every shard (a session's watches are spread over them), and lists are split by
- * shard and merged back in the caller's order.
+ * PresenceService interface over N shards: per-user calls go to the user's shard, per-session and
+ * per-watcher calls (EndSession, KeepWatches) go to every shard (a session's watches are spread over
+ * them), and lists are split by shard and merged back in the caller's order.
  */
 
 import { create } from "@bufbuild/protobuf";
@@ -11,6 +11,7 @@ import type { PresenceStatus } from "../../gen/switchboard/common/v1/common_pb.j
 import {
   EndSessionResponseSchema,
   GetPresenceResponseSchema,
+  KeepWatchesResponseSchema,
   type PresenceService,
   SubscribeResponseSchema,
   UnsubscribeResponseSchema,
@@ -67,9 +68,10 @@ export function shardedPresenceClient(shards: PresenceClient[]): PresenceClient 
     async subscribe(req, options) {
       const userIds = req.userIds ?? [];
       const sessionId = req.sessionId ?? "";
+      const watcherId = req.watcherId ?? "";
       const parts = [...split(userIds)];
       const results = await Promise.all(
-        parts.map(([s, ids]) => s.subscribe({ sessionId, userIds: ids }, options)),
+        parts.map(([s, ids]) => s.subscribe({ sessionId, userIds: ids, watcherId }, options)),
       );
       return create(SubscribeResponseSchema, {
         statuses: merge(
@@ -77,6 +79,11 @@ export function shardedPresenceClient(shards: PresenceClient[]): PresenceClient 
           results.map((r) => r.statuses),
         ),
       });
+    },
+    /** Every shard holds some of a watcher's watches: renewed on each; lost if lost on any. */
+    async keepWatches(req, options) {
+      const results = await Promise.all(shards.map((s) => s.keepWatches(req, options)));
+      return create(KeepWatchesResponseSchema, { watchesLost: results.some((r) => r.watchesLost) });
     },
     async unsubscribe(req, options) {
       const sessionId = req.sessionId ?? "";

@@ -526,8 +526,16 @@ describe("a multi-process cluster", () => {
     const sender = steadySends(alice, "s-bob");
     const { bodies } = sender;
     const report: string[] = [];
+    let carol: Device | undefined;
     try {
       await until("traffic flows", () => bob.received.length >= 20);
+      // Alice watches carol (offline) from before presence dies: her gateway subscribes the watch
+      // again on the restarted shard, so carol coming online afterwards reaches her.
+      await alice.c.send({ toUser: "s-carol" }, "hello carol");
+      expect((await alice.c.subscribePresence(["s-carol"]))[0]?.online).toBe(false);
+      const resubscribed = () =>
+        readFileSync(cluster.logPath("gateway-0"), "utf8").split("presence had lost watches").length - 1;
+      const resubscribedBefore = resubscribed();
       for (const name of ["sequencer-0", "id-0", "presence-0"]) {
         const killedAt = bodies.length;
         const started = performance.now();
@@ -549,14 +557,24 @@ describe("a multi-process cluster", () => {
         () => presenceOf(alice, "s-bob") === true,
         30_000,
       );
+      const resubscribedMs = await until(
+        "alice's gateway subscribes her watches again on the restarted presence shard",
+        () => resubscribed() > resubscribedBefore,
+        30_000,
+      );
+      carol = await device("s-carol", 1);
+      await until("alice hears carol come online, without asking again", () =>
+        alice.presence.some((p) => p.userId === "s-carol" && p.online),
+      );
       await expectEveryAckDelivered(sender, bob);
       process.stdout.write(
-        `cluster: ${bodies.length} messages through kill -9 and restart of ${report.join(", ")}; bob online again ${onlineMs} ms after; none lost, repeated or reordered\n`,
+        `cluster: ${bodies.length} messages through kill -9 and restart of ${report.join(", ")}; bob online again ${onlineMs} ms after, alice's watches subscribed again ${resubscribedMs} ms after; none lost, repeated or reordered\n`,
       );
     } finally {
       void sender.stop().catch(() => undefined);
       await alice.c.close();
       await bob.c.close();
+      await carol?.c.close();
     }
   }, 240_000);
 

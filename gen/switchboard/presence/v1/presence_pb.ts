@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file switchboard/presence/v1/presence.proto.
  */
 export const file_switchboard_presence_v1_presence: GenFile = /*@__PURE__*/
-  fileDesc("CiZzd2l0Y2hib2FyZC9wcmVzZW5jZS92MS9wcmVzZW5jZS5wcm90bxIXc3dpdGNoYm9hcmQucHJlc2VuY2UudjEiOAoQU3Vic2NyaWJlUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEhAKCHVzZXJfaWRzGAIgAygJIkwKEVN1YnNjcmliZVJlc3BvbnNlEjcKCHN0YXR1c2VzGAEgAygLMiUuc3dpdGNoYm9hcmQuY29tbW9uLnYxLlByZXNlbmNlU3RhdHVzIjoKElVuc3Vic2NyaWJlUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEhAKCHVzZXJfaWRzGAIgAygJIhUKE1Vuc3Vic2NyaWJlUmVzcG9uc2UiNwoQSGVhcnRiZWF0UmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkiSgoRSGVhcnRiZWF0UmVzcG9uc2USNQoGc3RhdHVzGAEgASgLMiUuc3dpdGNoYm9hcmQuY29tbW9uLnYxLlByZXNlbmNlU3RhdHVzIjgKEUVuZFNlc3Npb25SZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEgoKc2Vzc2lvbl9pZBgCIAEoCSIUChJFbmRTZXNzaW9uUmVzcG9uc2UiJgoSR2V0UHJlc2VuY2VSZXF1ZXN0EhAKCHVzZXJfaWRzGAEgAygJIk4KE0dldFByZXNlbmNlUmVzcG9uc2USNwoIc3RhdHVzZXMYASADKAsyJS5zd2l0Y2hib2FyZC5jb21tb24udjEuUHJlc2VuY2VTdGF0dXMylAQKD1ByZXNlbmNlU2VydmljZRJiCglIZWFydGJlYXQSKS5zd2l0Y2hib2FyZC5wcmVzZW5jZS52MS5IZWFydGJlYXRSZXF1ZXN0Giouc3dpdGNoYm9hcmQucHJlc2VuY2UudjEuSGVhcnRiZWF0UmVzcG9uc2USZQoKRW5kU2Vzc2lvbhIqLnN3aXRjaGJvYXJkLnByZXNlbmNlLnYxLkVuZFNlc3Npb25SZXF1ZXN0Gisuc3dpdGNoYm9hcmQucHJlc2VuY2UudjEuRW5kU2Vzc2lvblJlc3BvbnNlEmgKC0dldFByZXNlbmNlEisuc3dpdGNoYm9hcmQucHJlc2VuY2UudjEuR2V0UHJlc2VuY2VSZXF1ZXN0Giwuc3dpdGNoYm9hcmQucHJlc2VuY2UudjEuR2V0UHJlc2VuY2VSZXNwb25zZRJiCglTdWJzY3JpYmUSKS5zd2l0Y2hib2FyZC5wcmVzZW5jZS52MS5TdWJzY3JpYmVSZXF1ZXN0Giouc3dpdGNoYm9hcmQucHJlc2VuY2UudjEuU3Vic2NyaWJlUmVzcG9uc2USaAoLVW5zdWJzY3JpYmUSKy5zd2l0Y2hib2FyZC5wcmVzZW5jZS52MS5VbnN1YnNjcmliZVJlcXVlc3QaLC5zd2l0Y2hib2FyZC5wcmVzZW5jZS52MS5VbnN1YnNjcmliZVJlc3BvbnNlYgZwcm90bzM", [file_switchboard_common_v1_common]);
+  fileDesc("CiZzd2l0Y2hib2FyZC9wcmVzZW5jZS92MS9wcmVzZW5jZS5wcm90bxIXc3dpdGNoYm9hcmQucHJlc2VuY2UudjEiTAoQU3Vic2NyaWJlUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEhAKCHVzZXJfaWRzGAIgAygJEhIKCndhdGNoZXJfaWQYAyABKAkiTAoRU3Vic2NyaWJlUmVzcG9uc2USNwoIc3RhdHVzZXMYASADKAsyJS5zd2l0Y2hib2FyZC5jb21tb24udjEuUHJlc2VuY2VTdGF0dXMiOgoSVW5zdWJzY3JpYmVSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSEAoIdXNlcl9pZHMYAiADKAkiFQoTVW5zdWJzY3JpYmVSZXNwb25zZSI3ChBIZWFydGJlYXRSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEgoKc2Vzc2lvbl9pZBgCIAEoCSJKChFIZWFydGJlYXRSZXNwb25zZRI1CgZzdGF0dXMYASABKAsyJS5zd2l0Y2hib2FyZC5jb21tb24udjEuUHJlc2VuY2VTdGF0dXMiOAoRRW5kU2Vzc2lvblJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJIhQKEkVuZFNlc3Npb25SZXNwb25zZSImChJHZXRQcmVzZW5jZVJlcXVlc3QSEAoIdXNlcl9pZHMYASADKAkiTgoTR2V0UHJlc2VuY2VSZXNwb25zZRI3CghzdGF0dXNlcxgBIAMoCzIlLnN3aXRjaGJvYXJkLmNvbW1vbi52MS5QcmVzZW5jZVN0YXR1cyIoChJLZWVwV2F0Y2hlc1JlcXVlc3QSEgoKd2F0Y2hlcl9pZBgBIAEoCSIrChNLZWVwV2F0Y2hlc1Jlc3BvbnNlEhQKDHdhdGNoZXNfbG9zdBgBIAEoCDL+BAoPUHJlc2VuY2VTZXJ2aWNlEmIKCUhlYXJ0YmVhdBIpLnN3aXRjaGJvYXJkLnByZXNlbmNlLnYxLkhlYXJ0YmVhdFJlcXVlc3QaKi5zd2l0Y2hib2FyZC5wcmVzZW5jZS52MS5IZWFydGJlYXRSZXNwb25zZRJlCgpFbmRTZXNzaW9uEiouc3dpdGNoYm9hcmQucHJlc2VuY2UudjEuRW5kU2Vzc2lvblJlcXVlc3QaKy5zd2l0Y2hib2FyZC5wcmVzZW5jZS52MS5FbmRTZXNzaW9uUmVzcG9uc2USaAoLR2V0UHJlc2VuY2USKy5zd2l0Y2hib2FyZC5wcmVzZW5jZS52MS5HZXRQcmVzZW5jZVJlcXVlc3QaLC5zd2l0Y2hib2FyZC5wcmVzZW5jZS52MS5HZXRQcmVzZW5jZVJlc3BvbnNlEmIKCVN1YnNjcmliZRIpLnN3aXRjaGJvYXJkLnByZXNlbmNlLnYxLlN1YnNjcmliZVJlcXVlc3QaKi5zd2l0Y2hib2FyZC5wcmVzZW5jZS52MS5TdWJzY3JpYmVSZXNwb25zZRJoCgtVbnN1YnNjcmliZRIrLnN3aXRjaGJvYXJkLnByZXNlbmNlLnYxLlVuc3Vic2NyaWJlUmVxdWVzdBosLnN3aXRjaGJvYXJkLnByZXNlbmNlLnYxLlVuc3Vic2NyaWJlUmVzcG9uc2USaAoLS2VlcFdhdGNoZXMSKy5zd2l0Y2hib2FyZC5wcmVzZW5jZS52MS5LZWVwV2F0Y2hlc1JlcXVlc3QaLC5zd2l0Y2hib2FyZC5wcmVzZW5jZS52MS5LZWVwV2F0Y2hlc1Jlc3BvbnNlYgZwcm90bzM", [file_switchboard_common_v1_common]);
 
 /**
  * Watch users.
@@ -33,6 +33,15 @@ export type SubscribeRequest = Message<"switchboard.presence.v1.SubscribeRequest
    * @generated from field: repeated string user_ids = 2;
    */
   userIds: string[];
+
+  /**
+   * The process holding the session (a gateway instance, unique per start), which renews its
+   * sessions' watches with KeepWatches. Empty: the watches last until the session ends or
+   * unsubscribes.
+   *
+   * @generated from field: string watcher_id = 3;
+   */
+  watcherId: string;
 };
 
 /**
@@ -241,6 +250,49 @@ export const GetPresenceResponseSchema: GenMessage<GetPresenceResponse> = /*@__P
   messageDesc(file_switchboard_presence_v1_presence, 9);
 
 /**
+ * Renew a watcher's lease.
+ *
+ * @generated from message switchboard.presence.v1.KeepWatchesRequest
+ */
+export type KeepWatchesRequest = Message<"switchboard.presence.v1.KeepWatchesRequest"> & {
+  /**
+   * The watcher, as in SubscribeRequest.
+   *
+   * @generated from field: string watcher_id = 1;
+   */
+  watcherId: string;
+};
+
+/**
+ * Describes the message switchboard.presence.v1.KeepWatchesRequest.
+ * Use `create(KeepWatchesRequestSchema)` to create a new message.
+ */
+export const KeepWatchesRequestSchema: GenMessage<KeepWatchesRequest> = /*@__PURE__*/
+  messageDesc(file_switchboard_presence_v1_presence, 10);
+
+/**
+ * Renewed.
+ *
+ * @generated from message switchboard.presence.v1.KeepWatchesResponse
+ */
+export type KeepWatchesResponse = Message<"switchboard.presence.v1.KeepWatchesResponse"> & {
+  /**
+   * This service held no lease for the watcher (it restarted, or the watcher was silent past the
+   * lease): the watcher's sessions' watches are gone here and the watcher subscribes them again.
+   *
+   * @generated from field: bool watches_lost = 1;
+   */
+  watchesLost: boolean;
+};
+
+/**
+ * Describes the message switchboard.presence.v1.KeepWatchesResponse.
+ * Use `create(KeepWatchesResponseSchema)` to create a new message.
+ */
+export const KeepWatchesResponseSchema: GenMessage<KeepWatchesResponse> = /*@__PURE__*/
+  messageDesc(file_switchboard_presence_v1_presence, 11);
+
+/**
  * Turns heartbeats into online/offline status with a grace period.
  *
  * @generated from service switchboard.presence.v1.PresenceService
@@ -295,6 +347,17 @@ export const PresenceService: GenService<{
     methodKind: "unary";
     input: typeof UnsubscribeRequestSchema;
     output: typeof UnsubscribeResponseSchema;
+  },
+  /**
+   * A watcher (a gateway instance) is alive: its sessions' watches stay. Called more often than the
+   * lease lasts; a watcher silent past it (its process died) has its sessions' watches dropped.
+   *
+   * @generated from rpc switchboard.presence.v1.PresenceService.KeepWatches
+   */
+  keepWatches: {
+    methodKind: "unary";
+    input: typeof KeepWatchesRequestSchema;
+    output: typeof KeepWatchesResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_switchboard_presence_v1_presence, 0);
