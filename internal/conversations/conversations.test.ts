@@ -130,7 +130,7 @@ describe("addMembers", () => {
   });
 });
 
-describe("removeMembers and leave", () => {
+describe("removeMembers, join and leave", () => {
   /** A group of alice (owner), bob and carol, behind the distributed backend's announcing store. */
   function setUp(failFirstAnnouncement: boolean) {
     const id = "g:382801613892354050";
@@ -140,7 +140,7 @@ describe("removeMembers and leave", () => {
       ["carol", "member"],
     ]);
     let group: ConversationRecord = newConversationRecord(
-      { id, kind: "group", name: "plans", owner: "alice", open: false, createdAtMs: 1 },
+      { id, kind: "group", name: "plans", owner: "alice", open: true, createdAtMs: 1 },
       3,
     );
     const stored = {
@@ -152,6 +152,11 @@ describe("removeMembers and leave", () => {
       },
       removeMember: async (_: string, user: string) => {
         members.delete(user);
+        group = { ...group, memberCount: members.size };
+        return group;
+      },
+      addMembers: async (_: string, users: string[]) => {
+        for (const u of users) members.set(u, "member");
         group = { ...group, memberCount: members.size };
         return group;
       },
@@ -171,16 +176,30 @@ describe("removeMembers and leave", () => {
       pullThreshold: 5,
       nameCharsMax: 64,
     });
-    return { id, conversations, announced, members };
+    const heard: unknown[] = [];
+    conversations.onGroupChange((_, audience) => heard.push(audience));
+    return { id, conversations, announced, members, heard };
   }
 
   it("a retried removal announces again: its first attempt stored the change but failed to tell the sequencers", async () => {
-    const { id, conversations, announced, members } = setUp(true);
+    const { id, conversations, announced, members, heard } = setUp(true);
     await expect(conversations.removeMembers("alice", id, ["bob"])).rejects.toThrow(/not leader/);
     expect(members.has("bob")).toBe(false); // stored, not announced
     expect(announced).toEqual([]);
+    expect(heard).toEqual([]);
     await conversations.removeMembers("alice", id, ["bob"]); // the retry: bob is gone already
     expect(announced).toEqual([id]);
+    expect(heard).toEqual(["members"]); // and the members hear of it (docs/protocol.md §2.3)
+  });
+
+  it("a retried join announces again, to the sequencers and the members", async () => {
+    const { id, conversations, announced, members, heard } = setUp(true);
+    await expect(conversations.join("dave", id)).rejects.toThrow(/not leader/);
+    expect(members.has("dave")).toBe(true); // stored, not announced
+    expect(heard).toEqual([]);
+    expect((await conversations.join("dave", id)).memberCount).toBe(4);
+    expect(announced).toEqual([id]);
+    expect(heard).toEqual(["members"]);
   });
 
   it("a retried leave announces again, and still answers NOT_MEMBER", async () => {

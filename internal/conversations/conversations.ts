@@ -335,14 +335,20 @@ export class Conversations {
     }
     // Announced again when nobody named was a member any more: a retry of a removal whose first
     // attempt stored it but failed to announce it (distributed: LOG_UNAVAILABLE) is the only one that
-    // can still tell the sequencers, which would otherwise address messages to the removed user.
+    // can still tell the sequencers, which would otherwise address messages to the removed user, and
+    // the members (as a retried add does).
     if (!removed) await this.membership.reannounce?.(id);
     return this.changed(record, Conversations.comings(record, []));
   }
 
   async join(caller: string, id: string): Promise<ConversationRecord> {
     const group = await this.group(id);
-    if (await this.membership.isMember(id, caller)) return group;
+    if (await this.membership.isMember(id, caller)) {
+      // A retried join whose first attempt stored it but failed to announce it (see removeMembers):
+      // the sequencers learn of the new member, and the members of it, only now.
+      await this.membership.reannounce?.(id);
+      return this.changed(group, Conversations.comings(group, [caller]));
+    }
     if (!group.open) throw errors.denied("GROUP_CLOSED", `group ${id} is not open; a member must add you`);
     const joined = await this.membership.addMembers(
       id,

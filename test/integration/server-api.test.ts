@@ -433,9 +433,10 @@ describe("internal methods", () => {
               );
       }
     }
-    // Deliver, Drain, Stats, AllocateIds, Heartbeat, EndSession, Subscribe, Unsubscribe, Notify,
-    // ListDeadLetters, ReplayDeadLetters, Relay and the deprecated backend methods of RouterService.
-    expect(Object.keys(outcomes)).toHaveLength(19);
+    // Deliver, Drain, Stats, AllocateIds, Heartbeat, EndSession, Subscribe, Unsubscribe, KeepWatches,
+    // Notify, ListDeadLetters, ReplayDeadLetters, Relay and the deprecated backend methods of
+    // RouterService.
+    expect(Object.keys(outcomes)).toHaveLength(20);
     for (const [path, outcome] of Object.entries(outcomes))
       expect(`${path}: ${outcome}`).toBe(`${path}: PERMISSION_DENIED METHOD_NOT_ALLOWED`);
   });
