@@ -8,6 +8,7 @@
 import type { ChatService } from "../../gen/switchboard/api/v1/chat_pb.js";
 import type { PresenceService } from "../../gen/switchboard/presence/v1/presence_pb.js";
 import type { PushService } from "../../gen/switchboard/push/v1/push_pb.js";
+import { historyWithinBytes } from "../backends/message-pages.js";
 import type { MembershipStore, MessageLog, MessageStore } from "../backends/types.js";
 import {
   type Conversations,
@@ -48,6 +49,8 @@ export interface ChatServiceDeps {
   /** The clients' grants (the same policy the guard admits methods by). */
   policy: () => Policy;
   pageSizeMax: number;
+  /** Most message-body bytes per history page (sync.pageBytesMax; at least one message). */
+  pageBytesMax: number;
 }
 
 export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatService> {
@@ -179,11 +182,16 @@ export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatS
 
     async getHistory(req, ctx) {
       const id = await conversationOf(access(ctx.principal), req.conversationId);
-      const page = await messages.history(id, {
-        beforeSeq: Number(req.beforeSeq),
-        afterSeq: Number(req.afterSeq),
-        limit: Math.min(req.limit || 50, deps.pageSizeMax),
-      });
+      const page = await historyWithinBytes(
+        messages,
+        id,
+        {
+          beforeSeq: Number(req.beforeSeq),
+          afterSeq: Number(req.afterSeq),
+          limit: Math.min(req.limit || 50, deps.pageSizeMax),
+        },
+        deps.pageBytesMax,
+      );
       return { messages: page.messages.map(toWireMessage), hasMore: page.hasMore };
     },
 

@@ -24,6 +24,7 @@ import { Code, ReceiptKind } from "../../gen/switchboard/common/v1/common_pb.js"
 import type { PresenceService } from "../../gen/switchboard/presence/v1/presence_pb.js";
 import type { PushService } from "../../gen/switchboard/push/v1/push_pb.js";
 import type { RouterService } from "../../gen/switchboard/router/v1/router_pb.js";
+import { getManyWithinBytes, historyWithinBytes } from "../backends/message-pages.js";
 import type { AppendResult, Backends } from "../backends/types.js";
 import {
   type Conversations,
@@ -694,20 +695,17 @@ export class Connection {
   ): Promise<{ events: Array<{ message: Message; cursor: bigint }>; more: boolean }> {
     const entries = await this.ctx.backends.inbox.read(this.userId, after, limit + 1);
     const page = entries.slice(0, limit);
-    const messages = await this.ctx.backends.messages.getMany(page);
-    const byKey = new Map(messages.map((m) => [`${m.conversationId}\u0000${m.seq}`, m]));
-    const events: Array<{ message: Message; cursor: bigint }> = [];
-    let bytes = 0;
-    for (const e of page) {
-      const m = byKey.get(`${e.conversationId}\u0000${e.seq}`);
-      if (!m) continue;
-      bytes += m.body.length * 3; // UTF-16 units → at most 3 UTF-8 bytes each
-      if (events.length > 0 && bytes > this.ctx.config.sync.pageBytesMax) {
-        return { events, more: true };
-      }
-      events.push({ message: toWireMessage(m) as Message, cursor: BigInt(e.cursor) });
-    }
-    return { events, more: entries.length > limit };
+    const { messages, complete } = await getManyWithinBytes(
+      this.ctx.backends.messages,
+      page,
+      this.ctx.config.sync.pageBytesMax,
+    );
+    const cursorOf = new Map(page.map((e) => [`${e.conversationId}\u0000${e.seq}`, e.cursor]));
+    const events = messages.map((m) => ({
+      message: toWireMessage(m) as Message,
+      cursor: BigInt(cursorOf.get(`${m.conversationId}\u0000${m.seq}`)!),
+    }));
+    return { events, more: !complete || entries.length > limit };
   }
 
   private sync(
@@ -858,24 +856,16 @@ export class Connection {
     const c = this.ctx;
     const { conversationId, beforeSeq, afterSeq, limit } = value;
     await this.requireMember(conversationId);
-    const page = await c.backends.messages.history(conversationId, {
-      beforeSeq: Number(beforeSeq),
-      afterSeq: Number(afterSeq),
-      limit: this.pageLimit(limit),
-    });
-    // Bound the reply in bytes too: keep the end nearest the cursor the client paged from.
-    const kept = keepWithinBytes(
-      page.messages,
+    // Bounded in bytes too: the end nearest the cursor the client paged from.
+    const page = await historyWithinBytes(
+      c.backends.messages,
+      conversationId,
+      { beforeSeq: Number(beforeSeq), afterSeq: Number(afterSeq), limit: this.pageLimit(limit) },
       c.config.sync.pageBytesMax,
-      afterSeq > 0n ? "oldest" : "newest",
     );
     reply({
       case: "history",
-      value: {
-        conversationId,
-        messages: kept.map(toWireMessage),
-        hasMore: page.hasMore || kept.length < page.messages.length,
-      },
+      value: { conversationId, messages: page.messages.map(toWireMessage), hasMore: page.hasMore },
     });
   }
 
@@ -1036,19 +1026,3 @@ export class Connection {
   }
 }
 
-/** The longest run of messages (from the given end) whose bodies fit in `bytesMax`; never empty. */
-export function keepWithinBytes<M extends { body: string }>(
-  messages: M[],
-  bytesMax: number,
-  keep: "oldest" | "newest",
-): M[] {
-  const ordered = keep === "oldest" ? messages : [...messages].reverse();
-  let bytes = 0;
-  let count = 0;
-  for (const m of ordered) {
-    bytes += m.body.length * 3;
-    if (count > 0 && bytes > bytesMax) break;
-    count++;
-  }
-  return keep === "oldest" ? messages.slice(0, count) : messages.slice(messages.length - count);
-}

@@ -134,6 +134,7 @@ export const startAll: RoleStarter = async (ctx) => {
         push: inProcessClient(PushService, pushImpl, asRouter),
         policy: ctx.policy,
         pageSizeMax: config.sync.pageSizeMax,
+        pageBytesMax: config.sync.pageBytesMax,
       }),
     );
   }

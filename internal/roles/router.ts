@@ -73,6 +73,7 @@ export const startRouter: RoleStarter = async (ctx) => {
       push,
       policy: ctx.policy,
       pageSizeMax: config.sync.pageSizeMax,
+      pageBytesMax: config.sync.pageBytesMax,
     }),
   );
   return {};

@@ -1,0 +1,89 @@
+import { describe, expect, it } from "vitest";
+import { bodyBytesBound, getManyWithinBytes, historyWithinBytes } from "./message-pages.js";
+import type { HistoryQuery, StoredMessage } from "./types.js";
+
+/** A conversation of `sizes.length` messages (seq 1…), body i of sizes[i] characters; counts what it read. */
+function conversation(sizes: number[]) {
+  const all: StoredMessage[] = sizes.map((chars, i) => ({
+    conversationId: "g:1",
+    seq: i + 1,
+    messageId: `m${i + 1}`,
+    sender: "alice",
+    clientMsgId: `c${i + 1}`,
+    body: "x".repeat(chars),
+    createdAtMs: i,
+  }));
+  const read = { messages: 0, bytes: 0, calls: 0 };
+  const count = (ms: StoredMessage[]) => {
+    read.calls++;
+    read.messages += ms.length;
+    for (const m of ms) read.bytes += bodyBytesBound(m.body);
+    return ms;
+  };
+  const store = {
+    // As the stores do: after afterSeq oldest first, else the newest below beforeSeq; +1 for hasMore.
+    history: async (_: string, q: HistoryQuery) => {
+      const before = q.beforeSeq || Number.MAX_SAFE_INTEGER;
+      const inRange = all.filter((m) => m.seq > (q.afterSeq ?? 0) && m.seq < before);
+      const page = q.afterSeq ? inRange.slice(0, q.limit) : inRange.slice(-q.limit);
+      return { messages: count(page), hasMore: inRange.length > q.limit };
+    },
+    getMany: async (keys: Array<{ seq: number }>) =>
+      count(keys.flatMap((k) => all.filter((m) => m.seq === k.seq))),
+  };
+  return { store, read, all };
+}
+
+const seqs = (ms: StoredMessage[]) => ms.map((m) => m.seq);
+
+describe("message pages bounded in bytes", () => {
+  it("reads a page of large bodies no further than the budget plus one chunk", async () => {
+    const { store, read } = conversation(Array.from({ length: 1_000 }, () => 100_000));
+    const page = await historyWithinBytes(store, "g:1", { limit: 1_000 }, 1024 * 1024);
+    // 300 KB each at most on the wire: three fit in 1 MiB; the newest three, oldest first.
+    expect(seqs(page.messages)).toEqual([998, 999, 1_000]);
+    expect(page.hasMore).toBe(true);
+    expect(read.messages).toBeLessThanOrEqual(8);
+    const fromStart = await historyWithinBytes(store, "g:1", { afterSeq: 10, limit: 1_000 }, 1024 * 1024);
+    expect(seqs(fromStart.messages)).toEqual([11, 12, 13]);
+  });
+
+  it("pages small bodies in one or two reads, up to the limit, and says when more remain", async () => {
+    const { store, read } = conversation(Array.from({ length: 300 }, () => 100));
+    const newest = await historyWithinBytes(store, "g:1", { limit: 100 }, 1024 * 1024);
+    expect(seqs(newest.messages)).toEqual(Array.from({ length: 100 }, (_, i) => 201 + i));
+    expect(newest.hasMore).toBe(true);
+    expect(read.calls).toBeLessThanOrEqual(2);
+    const below = await historyWithinBytes(store, "g:1", { beforeSeq: 201, limit: 100 }, 1024 * 1024);
+    expect(seqs(below.messages)).toEqual(Array.from({ length: 100 }, (_, i) => 101 + i));
+    const last = await historyWithinBytes(store, "g:1", { afterSeq: 250, limit: 100 }, 1024 * 1024);
+    expect(seqs(last.messages)).toEqual(Array.from({ length: 50 }, (_, i) => 251 + i));
+    expect(last.hasMore).toBe(false);
+    const all = await historyWithinBytes(store, "g:1", { limit: 1_000 }, 1024 * 1024);
+    expect(all.messages).toHaveLength(300);
+    expect(all.hasMore).toBe(false);
+  });
+
+  it("returns one message even if it alone is over the budget, and mixes sizes in order", async () => {
+    const { store } = conversation([10, 10, 500_000, 10, 10]);
+    const page = await historyWithinBytes(store, "g:1", { limit: 10 }, 1_000);
+    expect(seqs(page.messages)).toEqual([4, 5]); // the large one would pass the budget
+    const large = await historyWithinBytes(store, "g:1", { beforeSeq: 4, limit: 10 }, 1_000);
+    expect(seqs(large.messages)).toEqual([3]);
+    expect(large.hasMore).toBe(true);
+  });
+
+  it("resolves inbox entries in their order within the budget, reading little of large bodies", async () => {
+    const { store, read } = conversation(Array.from({ length: 1_000 }, () => 100_000));
+    const keys = Array.from({ length: 1_000 }, (_, i) => ({ conversationId: "g:1", seq: i + 1 }));
+    const got = await getManyWithinBytes(store, keys, 1024 * 1024);
+    expect(seqs(got.messages)).toEqual([1, 2, 3]);
+    expect(got.complete).toBe(false);
+    expect(read.messages).toBeLessThanOrEqual(8);
+    const small = conversation(Array.from({ length: 200 }, () => 50));
+    const all = await getManyWithinBytes(small.store, keys.slice(0, 200), 1024 * 1024);
+    expect(all.messages).toHaveLength(200);
+    expect(all.complete).toBe(true);
+    expect(small.read.calls).toBeLessThanOrEqual(2);
+  });
+});

@@ -1,0 +1,86 @@
+/**
+ * Pages of messages bounded in bytes as well as in count, read in chunks. A page of 1,000 messages
+ * of 100,000 characters each would be ~300 MB if read whole and cut afterwards; read in chunks sized
+ * from what the previous chunk cost, a page never loads more than the bytes it returns plus one chunk
+ * (the first: FIRST_CHUNK messages), while a page of small messages still takes one or two reads.
+ */
+import type { HistoryPage, HistoryQuery, MessageStore, StoredMessage } from "./types.js";
+
+const FIRST_CHUNK = 8;
+
+/** What a body can cost on the wire: each UTF-16 unit is at most 3 UTF-8 bytes. */
+export function bodyBytesBound(body: string): number {
+  return body.length * 3;
+}
+
+/** How many more messages to read: those the remaining budget fits at the average so far, plus one. */
+function nextChunk(bytes: number, count: number, bytesMax: number, left: number): number {
+  const average = Math.max(1, bytes / count);
+  return Math.max(1, Math.min(left, Math.floor((bytesMax - bytes) / average) + 1));
+}
+
+/**
+ * `store.history` bounded to `bytesMax` of bodies (never empty while a message is there): the
+ * messages nearest the cursor paged from (after `afterSeq` going forward, else below `beforeSeq` or
+ * the newest), oldest first; `hasMore` when the limit or the budget cut the page.
+ */
+export async function historyWithinBytes(
+  store: Pick<MessageStore, "history">,
+  conversationId: string,
+  query: HistoryQuery,
+  bytesMax: number,
+): Promise<HistoryPage> {
+  const forward = (query.afterSeq ?? 0) > 0;
+  let { beforeSeq = 0, afterSeq = 0 } = query;
+  const taken: StoredMessage[] = []; // nearest the cursor first
+  const done = (hasMore: boolean): HistoryPage => ({
+    messages: forward ? taken : taken.reverse(),
+    hasMore,
+  });
+  let bytes = 0;
+  let chunk = Math.min(query.limit, FIRST_CHUNK);
+  for (;;) {
+    const page = await store.history(conversationId, { beforeSeq, afterSeq, limit: chunk });
+    const nearestFirst = forward ? page.messages : [...page.messages].reverse();
+    for (const m of nearestFirst) {
+      const cost = bodyBytesBound(m.body);
+      if (taken.length > 0 && bytes + cost > bytesMax) return done(true);
+      taken.push(m);
+      bytes += cost;
+    }
+    if (!page.hasMore) return done(false);
+    if (taken.length >= query.limit) return done(true);
+    const farthest = taken.at(-1)!;
+    if (forward) afterSeq = farthest.seq;
+    else beforeSeq = farthest.seq;
+    chunk = nextChunk(bytes, taken.length, bytesMax, query.limit - taken.length);
+  }
+}
+
+/**
+ * `store.getMany` bounded to `bytesMax` of bodies (never empty while a message is there), in the
+ * keys' order, missing ones left out; `complete` unless the budget stopped it before the last key.
+ */
+export async function getManyWithinBytes(
+  store: Pick<MessageStore, "getMany">,
+  keys: Array<{ conversationId: string; seq: number }>,
+  bytesMax: number,
+): Promise<{ messages: StoredMessage[]; complete: boolean }> {
+  const messages: StoredMessage[] = [];
+  let bytes = 0;
+  let read = 0;
+  let chunk = Math.min(keys.length, FIRST_CHUNK);
+  while (read < keys.length) {
+    const found = await store.getMany(keys.slice(read, read + chunk));
+    read += chunk;
+    for (const m of found) {
+      const cost = bodyBytesBound(m.body);
+      if (messages.length > 0 && bytes + cost > bytesMax) return { messages, complete: false };
+      messages.push(m);
+      bytes += cost;
+    }
+    chunk =
+      messages.length === 0 ? FIRST_CHUNK : nextChunk(bytes, messages.length, bytesMax, keys.length - read);
+  }
+  return { messages, complete: true };
+}
