@@ -44,11 +44,14 @@ interface Setup {
   env?: Record<string, string>;
   verify?: (token: string) => Promise<Identity>;
   presence?: unknown;
-  sharesConversation?: (a: string, b: string) => Promise<boolean>;
+  firstStranger?: (user: string, others: readonly string[]) => Promise<string | undefined>;
   head?: (userId: string) => Promise<number>;
   register?: () => Promise<void>;
   inbox?: Record<string, unknown>;
   messages?: Record<string, unknown>;
+  membership?: Record<string, unknown>;
+  /** More of the context (services, shared limits). */
+  ctx?: Record<string, unknown>;
 }
 
 function connection(setup: Setup = {}) {
@@ -60,13 +63,15 @@ function connection(setup: Setup = {}) {
     backends: {
       inbox: { head: setup.head ?? (async () => 0), ...setup.inbox },
       ...(setup.messages ? { messages: setup.messages } : {}),
+      ...(setup.membership ? { membership: setup.membership } : {}),
     },
     presence: setup.presence ?? { heartbeat: async () => ({}) },
-    sharesConversation: setup.sharesConversation ?? (async () => true),
+    firstStranger: setup.firstStranger ?? (async () => undefined),
     watcherId: "gateway-1/1/test",
     verify: setup.verify ?? (async () => ({ userId: "alice", expiresAtMs: Number.POSITIVE_INFINITY })),
     register: setup.register ?? (async () => {}),
     unregister: () => {},
+    ...setup.ctx,
   } as unknown as GatewayContext;
   const conn = new Connection(ctx, socket as never, "session-1", "json");
   return { conn, socket };
@@ -358,9 +363,9 @@ describe("Connection presence watches", () => {
           return client.unsubscribe(req);
         },
       },
-      sharesConversation: async () => {
+      firstStranger: async () => {
         await checked;
-        return true;
+        return undefined;
       },
     });
     socket.frame({ id: 2, subscribePresence: { userIds: ["bob", "carol"] } });
@@ -370,5 +375,76 @@ describe("Connection presence watches", () => {
     await until(() => unsubscribed === 1);
     expect(p.watchCounts().sessions).toBe(0);
     await p.close();
+  });
+});
+
+describe("Connection typing in a pull conversation", () => {
+  it("relays a stop only after a start that was relayed", async () => {
+    const relayed: boolean[] = [];
+    const { socket } = connection({
+      membership: { members: async () => ["alice", "bob"] },
+      ctx: {
+        conversations: {
+          memberAccess: async () => ({ record: { id: "g:1", delivery: "pull" }, role: "member" }),
+        },
+        router: {
+          relay: async (req: { frame: { kind: { value: { typing: boolean } } } }) => {
+            relayed.push(req.frame.kind.value.typing);
+            return {};
+          },
+        },
+        takePullTyping: () => true,
+      },
+    });
+    socket.frame({ id: 1, auth: { token: "t" } });
+    await until(() => kinds(socket).includes("welcome"));
+    const typing = async (id: number, on: boolean) => {
+      socket.frame({ id, typing: { conversationId: "g:1", typing: on } });
+      await until(() => socket.sent.some((f) => f.replyTo === id));
+    };
+    for (let i = 0; i < 5; i++) await typing(10 + i, false); // no start went out: nothing to stop
+    expect(relayed).toEqual([]);
+    await typing(20, true);
+    await typing(21, false);
+    await typing(22, false);
+    expect(relayed).toEqual([true, false]);
+  });
+});
+
+describe("Connection requests after bad input or a close", () => {
+  it("refuses a mute more than 10 years ahead as INVALID_MUTE (a storage TTL cannot hold it)", async () => {
+    const { socket } = connection({
+      ctx: { conversations: { memberAccess: async () => ({ record: { id: "g:1" }, role: "member" }) } },
+    });
+    socket.frame({ id: 1, auth: { token: "t" } });
+    await until(() => kinds(socket).includes("welcome"));
+    const year = 365 * 24 * 3600 * 1000;
+    socket.frame({
+      id: 2,
+      muteConversation: { conversationId: "g:1", untilMs: String(Date.now() + 25 * year) },
+    });
+    await until(() => socket.sent.some((f) => f.replyTo === 2));
+    expect(kinds(socket).at(-1)).toBe("INVALID_MUTE");
+  });
+
+  it("does not read for syncs still queued when the connection closed", async () => {
+    let heads = 0;
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    const { socket } = connection({
+      head: async () => {
+        if (++heads > 1) await held; // the welcome's read answers; the first sync's waits
+        return 0;
+      },
+      inbox: { read: async () => [] },
+    });
+    socket.frame({ id: 1, auth: { token: "t" } });
+    await until(() => kinds(socket).includes("welcome"));
+    for (let id = 2; id < 12; id++) socket.frame({ id, sync: { cursor: "0" } });
+    await until(() => heads === 2);
+    socket.emit("close", 1006, Buffer.alloc(0));
+    release();
+    await new Promise((r) => setTimeout(r, 30));
+    expect(heads).toBe(2);
   });
 });

@@ -67,6 +67,8 @@ export const MUTES_PER_USER_MAX = 1_000;
 
 /** Pull conversations a connection remembers the last sent seq (and typing time) of. */
 const PULL_CONVERSATIONS_TRACKED_MAX = 1_000;
+/** The longest timed mute (untilMs 0 mutes until unmuted). */
+const MUTE_FOR_MS_MAX = 10 * 365 * 24 * 3600 * 1000;
 /** A connection's typing indicators in one pull conversation go out at most this often. */
 const PULL_TYPING_INTERVAL_MS = 3_000;
 
@@ -95,7 +97,8 @@ export interface GatewayContext extends GatewayServices {
   takeUserSend(userId: string): number;
   /** Whether this gateway relays one more typing indicator to a pull conversation now. */
   takePullTyping(conversationId: string): boolean;
-  sharesConversation(a: string, b: string): Promise<boolean>;
+  /** The first of `others` who shares no conversation with `user` (docs/protocol.md §4), if any. */
+  firstStranger(user: string, others: readonly string[]): Promise<string | undefined>;
   register(conn: Connection): Promise<void>;
   unregister(conn: Connection): void;
   /** This gateway instance, as presence knows the holder of its sessions' watches. */
@@ -185,6 +188,8 @@ export class Connection {
   private watchesPending = 0;
   /** Typing indicators this connection sent to pull conversations, one per conversation per 3 s. */
   private readonly pullTyping = new Throttle(PULL_TYPING_INTERVAL_MS, PULL_CONVERSATIONS_TRACKED_MAX);
+  /** Pull conversations whose members were last told this connection's user is typing. */
+  private readonly pullTypingShown = new Set<string>();
 
   constructor(
     private readonly ctx: GatewayContext,
@@ -515,12 +520,18 @@ export class Connection {
         // In a pull conversation (a large group) typing goes out at most every few seconds per
         // connection and a few times a second per conversation and gateway: it reaches every online
         // member, and a handful of typists says what a hundred would.
-        if (
-          record.delivery === "pull" &&
-          typing &&
-          !(this.pullTyping.take(conversationId) && c.takePullTyping(conversationId))
-        )
-          return reply({ case: "ok", value: {} });
+        // A stop goes out only after a start that went out (or it would bypass the throttle).
+        if (record.delivery === "pull") {
+          const relayed = typing
+            ? this.pullTyping.take(conversationId) && c.takePullTyping(conversationId)
+            : this.pullTypingShown.delete(conversationId);
+          if (!relayed) return reply({ case: "ok", value: {} });
+          if (typing) {
+            this.pullTypingShown.add(conversationId);
+            if (this.pullTypingShown.size > PULL_CONVERSATIONS_TRACKED_MAX)
+              this.pullTypingShown.delete(this.pullTypingShown.values().next().value as string);
+          }
+        }
         // Membership was checked above, with the record.
         await c.router.relay({
           userIds: await c.backends.membership.members(conversationId),
@@ -555,11 +566,12 @@ export class Connection {
         }
         this.watchesPending += added;
         try {
-          for (const t of targets) {
-            if (t !== user && !(await c.sharesConversation(user, t))) {
-              throw errors.denied("NOT_A_CONTACT", `you share no conversation with ${t}`);
-            }
-          }
+          const stranger = await c.firstStranger(
+            user,
+            targets.filter((t) => t !== user),
+          );
+          if (stranger !== undefined)
+            throw errors.denied("NOT_A_CONTACT", `you share no conversation with ${stranger}`);
           const res = await c.presence.subscribe({
             sessionId: this.sessionId,
             userIds: targets,
@@ -615,8 +627,13 @@ export class Connection {
         const { conversationId, untilMs } = req.value;
         await c.conversations.memberAccess(user, conversationId);
         const until = Number(untilMs);
-        if (until < 0 || (until > 0 && until <= Date.now()))
-          throw errors.invalid("INVALID_MUTE", "until_ms must be 0 (until unmuted) or a time in the future");
+        const now = Date.now();
+        // Past 10 years is "for good" in all but name, and past what a storage TTL can hold.
+        if (until < 0 || (until > 0 && (until <= now || until > now + MUTE_FOR_MS_MAX)))
+          throw errors.invalid(
+            "INVALID_MUTE",
+            "until_ms must be 0 (until unmuted) or a time in the next 10 years",
+          );
         const muted = await c.backends.settings.muted(user, Date.now());
         if (muted.length >= MUTES_PER_USER_MAX && !muted.some((m) => m.conversationId === conversationId))
           throw errors.exhausted("TOO_MANY_MUTES", `at most ${MUTES_PER_USER_MAX} muted conversations`);
@@ -727,6 +744,8 @@ export class Connection {
     limit: number,
     reply: (kind: NonNullable<ServerFrameInit["kind"]>) => void,
   ): Promise<void> {
+    // Syncs queue behind one another; one whose connection closed meanwhile reads nothing.
+    if (this.closed) return;
     const head = await this.ctx.backends.inbox.head(this.userId);
     if (cursor < 0 || cursor > head) throw errors.invalid("INVALID_CURSOR", `cursor must be in [0, ${head}]`);
     this.live = false;
@@ -1025,4 +1044,3 @@ export class Connection {
     if (this.identity) this.ctx.unregister(this);
   }
 }
-

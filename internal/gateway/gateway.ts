@@ -9,7 +9,6 @@ import type { Duplex } from "node:stream";
 import { WebSocketServer } from "ws";
 import type { MessageEvent } from "../../gen/switchboard/client/v1/client_pb.js";
 import type { DeliverRequest, GatewayService } from "../../gen/switchboard/gateway/v1/gateway_pb.js";
-import { directConversationId } from "../conversations/index.js";
 import type { Identity } from "../lib/auth.js";
 import { Code, SwitchboardError } from "../lib/errors.js";
 import type { ServiceImpl } from "../lib/rpc.js";
@@ -23,6 +22,7 @@ import {
   SUBPROTOCOL_JSON,
 } from "./codec.js";
 import { Connection, type GatewayContext, type GatewayServices } from "./connection.js";
+import { firstStranger } from "./contacts.js";
 import { TokenBucket } from "./rate-limit.js";
 
 const CREDIT_EVERY_EVENTS = 256;
@@ -90,7 +90,8 @@ export class Gateway {
       verify: options.verify,
       takeUserSend: (userId) => this.takeUserSend(userId),
       takePullTyping: (conversationId) => this.takePullTyping(conversationId),
-      sharesConversation: (a, b) => this.sharesConversation(a, b),
+      firstStranger: (user, others) =>
+        firstStranger(options.backends.membership, user, others, SHARED_CONVERSATIONS_SCAN_MAX),
       register: (conn) => this.register(conn),
       unregister: (conn) => this.unregister(conn),
       watcherId: `${this.id}/${this.epoch}/${randomBytes(6).toString("base64url")}`,
@@ -189,6 +190,8 @@ export class Gateway {
   }
 
   private ping(): void {
+    for (const [userId, bucket] of this.userSends)
+      if (!this.byUser.has(userId) && bucket.full()) this.userSends.delete(userId);
     for (const ws of this.wss.clients) {
       if (!this.alive.has(ws)) {
         ws.terminate();
@@ -219,15 +222,6 @@ export class Gateway {
     return bucket.take() === 0;
   }
 
-  private async sharesConversation(a: string, b: string): Promise<boolean> {
-    const { membership } = this.options.backends;
-    if (await membership.isMember(directConversationId(a, b), b)) return true;
-    for (const c of await membership.conversationsOf(a, SHARED_CONVERSATIONS_SCAN_MAX)) {
-      if (await membership.isMember(c.id, b)) return true;
-    }
-    return false;
-  }
-
   private async register(conn: Connection): Promise<void> {
     let set = this.byUser.get(conn.userId);
     if (!set) {
@@ -252,7 +246,8 @@ export class Gateway {
     set?.delete(conn);
     if (set?.size === 0) {
       this.byUser.delete(conn.userId);
-      this.userSends.delete(conn.userId);
+      // Kept until it has refilled (swept with the pings): reconnecting is no way to a fresh burst.
+      if (this.userSends.get(conn.userId)?.full()) this.userSends.delete(conn.userId);
     }
     if (!this.bySession.delete(conn.sessionId)) return;
     this.options.metrics.connections.set(this.bySession.size);

@@ -34,6 +34,12 @@ export class TokenBucket {
     return Math.ceil(((1 - this.tokens) * 1000) / this.ratePerSecond);
   }
 
+  /** True when the bucket has refilled to its burst: forgetting it now changes nothing. */
+  full(): boolean {
+    this.refill();
+    return this.tokens >= this.burst;
+  }
+
   /** True when refusals have piled up to a full burst of debt: the client ignores RATE_LIMITED. */
   flooded(): boolean {
     return this.tokens <= -this.burst;

@@ -340,8 +340,13 @@ describe("message and frame limits", () => {
         .filter((f) => f.kind.case === "error")
         .map((f) => expectCase(f, "error").reason);
       expect(refused).toEqual(["RATE_LIMITED", "RATE_LIMITED"]);
+      // Reconnecting is no way to a fresh burst: the user's bucket outlives their connections.
       phone.close();
       laptop.close();
+      await Promise.all([phone.closed, laptop.closed]);
+      const again = await RawClient.connect(limited.url, { token });
+      expect(expectCase(await sendFrom(again, 20), "error").reason).toBe("RATE_LIMITED");
+      again.close();
     } finally {
       await limited.dispose();
     }
