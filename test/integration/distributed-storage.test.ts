@@ -87,6 +87,44 @@ describe("distributed storage", () => {
     expect(found).toMatchObject({ conversationId: ack.conversationId, clientMsgId, body: "where am I?" });
   }, 90_000);
 
+  it("ends a closed session's records in switchboard.routing with a tombstone, for compaction to remove", async () => {
+    const client = await RawClient.connect(server.url, {
+      token: await devToken(server.dataDir, "routing-carol"),
+    });
+    const welcome = client.received.find((f) => f.kind.case === "welcome");
+    const sessionId = expectCase(welcome!, "welcome").sessionId;
+    client.close();
+    await client.closed;
+    const kafka = new Kafka({
+      clientId: "routing-test",
+      brokers: infra.KAFKA_BROKERS!.split(","),
+      logLevel: logLevel.NOTHING,
+    });
+    const consumer = kafka.consumer({ groupId: `routing-test-${Date.now()}` });
+    await consumer.connect();
+    await consumer.subscribe({ topic: "switchboard.routing", fromBeginning: true });
+    const records: Array<Buffer | null> = [];
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(
+        () => reject(new Error(`session ${sessionId}: ${records.length} records, no tombstone`)),
+        30_000,
+      );
+      void consumer.run({
+        eachMessage: async ({ message }) => {
+          if (message.key?.toString() !== sessionId) return;
+          records.push(message.value);
+          if (message.value === null) {
+            clearTimeout(timer);
+            resolve();
+          }
+        },
+      });
+    });
+    await consumer.disconnect();
+    // Up, down (for routers that predate tombstones), then the tombstone.
+    expect(records.map((r) => (r === null ? null : "event"))).toEqual(["event", "event", null]);
+  }, 60_000);
+
   it("after kill -9, rejoins the sequencer, inbox and push groups as the members it was, and sequences again", async () => {
     const memberFile = join(server.dataDir, "kafka-members-all.json");
     const read = () =>

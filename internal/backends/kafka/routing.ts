@@ -27,7 +27,13 @@ export class KafkaRouting implements RoutingEvents {
 
   async publish(event: SessionEvent): Promise<void> {
     const key = event.kind === "gateway-gone" ? `gone:${event.gatewayId}` : event.sessionId;
-    await this.producer.send(this.topic, { key, value: encodeSessionEvent(event) });
+    const sent = this.producer.send(this.topic, { key, value: encodeSessionEvent(event) }, { ordered: true });
+    if (event.kind !== "down") return sent;
+    // Then a tombstone, so that compaction removes the session's records: session ids are never
+    // reused, so a "down" record kept as the key's latest would stay for good, and every router
+    // replays the topic at start. (The "down" record itself is for routers of a version before
+    // tombstones, which skip records without a value.)
+    await Promise.all([sent, this.producer.send(this.topic, { key, value: null }, { ordered: true })]);
   }
 
   async subscribe(handler: (e: SessionEvent) => void): Promise<Closeable> {
@@ -72,6 +78,13 @@ export class KafkaRouting implements RoutingEvents {
           } catch (err) {
             this.log.warn("routing: bad event skipped", { err, partition, offset: message.offset });
           }
+        } else if (message.key && !message.key.toString().startsWith("gone:")) {
+          // A session's tombstone: it is down (its "down" record may have been compacted away).
+          const sessionId = message.key.toString();
+          deliver(
+            { kind: "down", sessionId, userId: "", gatewayId: "", gatewayEpoch: 0 },
+            Number(message.timestamp),
+          );
         }
         if (
           Number(message.offset) + 1 >= (highs.get(partition) ?? 0) &&
