@@ -6,6 +6,7 @@ const backendAgnostic = [
   "test/integration/limits.test.ts",
   "test/integration/presence.test.ts",
   "test/integration/crash.test.ts",
+  "test/integration/gateway-restart.test.ts",
   "test/integration/sdk.test.ts",
   "test/integration/grpc.test.ts",
   "test/integration/server-api.test.ts",
