@@ -155,8 +155,11 @@ export class Gateway {
     }
     if (this.draining) return refuse(503, "Service Unavailable", "draining");
     if (this.all.size >= config.gateway.connectionsMax) return refuse(503, "Service Unavailable", "full");
-    let identity: Identity | undefined;
     const authz = req.headers.authorization;
+    // Connections not registered yet are those still to authenticate (or setting up their session).
+    if (authz === undefined && this.all.size - this.bySession.size >= config.gateway.unauthenticatedMax)
+      return refuse(503, "Service Unavailable", "unauthenticated full");
+    let identity: Identity | undefined;
     if (authz !== undefined) {
       const match = /^Bearer (.+)$/i.exec(authz);
       try {

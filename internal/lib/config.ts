@@ -225,6 +225,11 @@ export const schema = {
       1024,
     ),
     connectionsMax: int(19_000, "Most open WebSocket connections per gateway process.", 1),
+    unauthenticatedMax: int(
+      2_000,
+      "Most connections per gateway process still to authenticate with an auth frame (each may wait auth.authTimeoutMs); past it, an upgrade without an Authorization header gets 503, so unauthenticated sockets cannot take every slot.",
+      1,
+    ),
     pingIntervalMs: int(
       25_000,
       "WebSocket ping interval; a connection that has not answered the previous ping by the next one is closed.",

@@ -352,6 +352,23 @@ describe("message and frame limits", () => {
     }
   });
 
+  it("keeps slots for authenticated clients: unauthenticated sockets past their cap get 503", async () => {
+    const limited = await startServer({ env: { SWITCHBOARD_GATEWAY_UNAUTHENTICATED_MAX: "2" } });
+    try {
+      const silent = await Promise.all([RawClient.connect(limited.url), RawClient.connect(limited.url)]);
+      await expect(RawClient.connect(limited.url)).rejects.toThrow("HTTP 503");
+      // A client authenticating in its upgrade request does not wait in that line.
+      const token = await devToken(limited.dataDir, "slots");
+      const withHeader = await RawClient.connect(limited.url, { token });
+      // Once one of the waiting sockets authenticated, another may wait.
+      expectCase(await silent[0]!.request({ case: "auth", value: { token } }), "welcome");
+      const next = await RawClient.connect(limited.url);
+      for (const c of [...silent, withHeader, next]) c.close();
+    } finally {
+      await limited.dispose();
+    }
+  });
+
   it("refuses sending to a conversation one is not a member of", async () => {
     const c = await connect(user("eve"));
     const dm = `dm:${[bystander.bName, "someone-else"].sort().join("~")}`;
