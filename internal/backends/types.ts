@@ -350,6 +350,12 @@ export interface DeviceStore extends Closeable {
    */
   put(device: DeviceRecord): Promise<void>;
   remove(userId: string, deviceId: string): Promise<void>;
+  /**
+   * Removes the registration only if its token is still `token`, as one step: pruning a token the
+   * provider called dead must not remove a fresh one the device registered meanwhile (a read, then a
+   * remove, would). True: it was removed.
+   */
+  removeIfToken(userId: string, deviceId: string, token: string): Promise<boolean>;
   list(userId: string): Promise<DeviceRecord[]>;
 }
 

@@ -298,7 +298,7 @@ export const schema = {
     ),
     allowPrivateEndpoints: bool(
       false,
-      "Let Web Push endpoints and webhook device URLs (both chosen by users) reach loopback, private, link-local and other non-public addresses. Off: a notification to such a device is not sent and the device is pruned, so a user cannot make the push service call services inside the network. push.webhookUrl is trusted either way.",
+      "Let Web Push endpoints and webhook device URLs (both chosen by users) reach loopback, private, link-local and other non-public addresses. Off: a notification to such a device is not sent and the device is pruned, so a user cannot make the push service call services inside the network. push.webhookUrl (that exact URL, for notifications of users with no device) is trusted either way; no push request follows a redirect.",
     ),
     privacyMode: bool(
       false,

@@ -250,6 +250,12 @@ export function createMetrics() {
       labelNames: ["reason"],
       registers: r,
     }),
+    notificationsDroppedTotal: new Counter({
+      name: "switchboard_router_notifications_dropped_total",
+      help: "Notifications of offline recipients the router could not hand to push, by reason: failed (push refused it, or failed it again at every retry), retries_full (too many were waiting to be retried), closed (the router closed while it waited to be retried).",
+      labelNames: ["reason"],
+      registers: r,
+    }),
     gatewayStreamFailuresTotal: new Counter({
       name: "switchboard_router_gateway_stream_failures_total",
       help: "Deliver streams to gateways that ended with an error (gateway gone, restarting or unreachable).",
@@ -257,7 +263,7 @@ export function createMetrics() {
     }),
     pushNotifications: new Counter({
       name: "switchboard_push_notifications_total",
-      help: "Push deliveries (notification × device) by provider (apns, fcm, webpush, webhook; none for a collapsed notification) and result: sent, retried (one per retry), pruned (dead token removed), failed (permanent, or retries exhausted), unconfigured (no credentials for the provider), dropped (pendingMax reached), abandoned (process closed while waiting to retry; a stored job resumes in the next process), recovered (resumed from the job store at start), collapsed (held for a burst's summary), summarized (a burst's summary sent), muted (the user muted the conversation), do_not_disturb (the user's do-not-disturb window was on), replayed (a dead letter sent again through the server API), duplicate (a notification the job store already took for that device: a message handled again after a crash).",
+      help: "Push deliveries (notification × device) by provider (apns, fcm, webpush, webhook; none for a collapsed notification) and result: sent, retried (one per retry), pruned (dead token removed), failed (permanent, or retries exhausted), unconfigured (no credentials for the provider), dropped (pendingMax reached), abandoned (process closed while waiting to retry; a stored job resumes in the next process), recovered (resumed from the job store at start), collapsed (held for a burst's summary), summarized (a burst's summary sent), muted (the user muted the conversation), do_not_disturb (the user's do-not-disturb window was on), online (a burst's summary not sent: the user came online since), replayed (a dead letter sent again through the server API), duplicate (a notification the job store already took for that device: a message handled again after a crash).",
       labelNames: ["provider", "result"],
       registers: r,
     }),

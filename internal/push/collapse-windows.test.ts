@@ -20,6 +20,32 @@ describe("collapse windows", () => {
     }
   });
 
+  it("closes a window found past its end before its timer ran: the held burst is summarised, the summary opens the next window", () => {
+    vi.useFakeTimers({ now: 0 });
+    try {
+      const summaries: Array<Burst<string>> = [];
+      const windows = new CollapseWindows<string>(10_000, (_key, burst) => summaries.push(burst));
+      expect(windows.admit("k", "m1", 0)).toBe(true);
+      expect(windows.admit("k", "m2", 5_000)).toBe(false);
+      // m3 arrives at the window's end, before its timer has run (the event loop was busy).
+      expect(windows.admit("k", "m3", 10_000)).toBe(false);
+      expect(summaries).toEqual([{ latest: "m2", count: 1 }]);
+      // The first window's timer is due now: it must not close the window m3 is held in.
+      vi.advanceTimersByTime(5_000);
+      expect(summaries).toHaveLength(1);
+      expect(windows.holding).toBe(1);
+      // That window ends 10 s after the summary opened it, with m3's summary.
+      vi.advanceTimersByTime(5_000);
+      expect(summaries).toEqual([
+        { latest: "m2", count: 1 },
+        { latest: "m3", count: 1 },
+      ]);
+      expect(windows.holding).toBe(0);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
   it("never holds with a zero window, and bounds the keys it tracks (evicted holds are summarised)", () => {
     const summaries: string[] = [];
     const none = new CollapseWindows<string>(0, () => summaries.push("x"));

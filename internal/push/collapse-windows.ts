@@ -28,13 +28,26 @@ export class CollapseWindows<N> {
 
   /** True: notify now. False: held for the window's summary. */
   admit(key: string, notification: N, nowMs = Date.now()): boolean {
-    const open = this.windows.get(key);
-    if (this.windowMs > 0 && open && nowMs - open.openedAtMs < this.windowMs) {
+    if (this.windowMs <= 0) return true;
+    let open = this.windows.get(key);
+    // Past its end but its timer has not run yet (a busy event loop): it closes now, its burst's
+    // summary goes out first and opens the next window, as the timer would have done.
+    if (open && nowMs - open.openedAtMs >= this.windowMs) {
+      this.close(key, nowMs);
+      open = this.windows.get(key);
+    }
+    if (open) {
       open.held = { latest: notification, count: (open.held?.count ?? 0) + 1 };
-      open.timer ??= setTimeout(() => this.close(key), open.openedAtMs + this.windowMs - nowMs);
+      const window = open;
+      window.timer ??= setTimeout(
+        () => {
+          // Only the window it was set for: a later one under the same key has a timer of its own.
+          if (this.windows.get(key) === window) this.close(key);
+        },
+        window.openedAtMs + this.windowMs - nowMs,
+      );
       return false;
     }
-    if (open) this.windows.delete(key); // expired, nothing held: re-inserted as the newest
     if (this.windows.size >= this.keysMax) this.evictOldest();
     this.windows.set(key, { openedAtMs: nowMs, held: undefined, timer: undefined });
     return true;
@@ -49,23 +62,24 @@ export class CollapseWindows<N> {
 
   /** Sends every held summary now (shutdown) and forgets all windows. */
   flushAll(): void {
-    for (const key of [...this.windows.keys()]) this.close(key, false);
+    for (const key of [...this.windows.keys()]) this.close(key, Date.now(), false);
     this.windows.clear();
   }
 
-  private close(key: string, reopen = true): void {
+  /** Ends the window: a held burst is summarised, and (`reopen`) the summary opens the next window at `nowMs`. */
+  private close(key: string, nowMs = Date.now(), reopen = true): void {
     const window = this.windows.get(key);
     if (!window) return;
     clearTimeout(window.timer);
     this.windows.delete(key);
     if (!window.held) return;
-    if (reopen) this.windows.set(key, { openedAtMs: Date.now(), held: undefined, timer: undefined });
+    if (reopen) this.windows.set(key, { openedAtMs: nowMs, held: undefined, timer: undefined });
     this.onSummary(key, window.held);
   }
 
   private evictOldest(): void {
     // Maps iterate in insertion order: the first key is the longest-tracked window.
     const oldest = this.windows.keys().next().value;
-    if (oldest !== undefined) this.close(oldest, false);
+    if (oldest !== undefined) this.close(oldest, Date.now(), false);
   }
 }

@@ -16,7 +16,7 @@ import type {
 import type { Config } from "../lib/config.js";
 import type { Logger } from "../lib/log.js";
 import type { Metrics } from "../lib/metrics.js";
-import { guardedFetch } from "./outbound-guard.js";
+import { guardedFetch, operatorUrlFetch } from "./outbound-guard.js";
 import { APNS_DEVELOPMENT_ORIGIN, APNS_PRODUCTION_ORIGIN, ApnsProvider } from "./providers/apns.js";
 import { FcmProvider, parseServiceAccount } from "./providers/fcm.js";
 import { WebPushProvider } from "./providers/web-push.js";
@@ -38,20 +38,26 @@ function requireAll(prefix: string, values: Record<string, string>): void {
   if (missing.length > 0) throw new Error(`${prefix} is half configured: set ${missing.join(", ")}`);
 }
 
-export function providersFromConfig(push: Config["push"]): ProviderSet {
-  // Users choose Web Push endpoints and webhook device URLs: those requests go through the guard.
-  const userUrlFetch = guardedFetch({
-    allowPrivate: push.allowPrivateEndpoints,
-    trustedOrigins: push.webhookUrl ? [new URL(push.webhookUrl).origin] : [],
-  });
+/**
+ * The providers with credentials, and the webhook provider for push.webhookUrl's own jobs (undefined
+ * when it is not set).
+ */
+export function providersFromConfig(push: Config["push"]): {
+  providers: ProviderSet;
+  operatorWebhook: WebhookProvider | undefined;
+} {
+  // Users choose Web Push endpoints and webhook device URLs: those requests go through the guard,
+  // even a device that names push.webhookUrl's host (only that URL's own jobs are the operator's).
+  const userUrlFetch = guardedFetch({ allowPrivate: push.allowPrivateEndpoints });
+  const signingSecret = push.webhookSecretFile
+    ? readSetting(push.webhookSecretFile, "push.webhookSecretFile").trim()
+    : "";
   const providers: ProviderSet = {
-    webhook: new WebhookProvider({
-      signingSecret: push.webhookSecretFile
-        ? readSetting(push.webhookSecretFile, "push.webhookSecretFile").trim()
-        : "",
-      fetchImpl: userUrlFetch,
-    }),
+    webhook: new WebhookProvider({ signingSecret, fetchImpl: userUrlFetch }),
   };
+  const operatorWebhook = push.webhookUrl
+    ? new WebhookProvider({ signingSecret, fetchImpl: operatorUrlFetch(push.webhookUrl) })
+    : undefined;
   const { apns, fcm, webpush } = push;
   if (apns.keyFile) {
     requireAll("push.apns", { keyId: apns.keyId, teamId: apns.teamId, topic: apns.topic });
@@ -89,7 +95,7 @@ export function providersFromConfig(push: Config["push"]): ProviderSet {
       fetchImpl: userUrlFetch,
     });
   }
-  return providers;
+  return { providers, operatorWebhook };
 }
 
 /**
@@ -106,12 +112,14 @@ export function pushFromConfig(
     jobs?: PushJobStore | undefined;
     queue?: PushJobQueue | undefined;
     deadLetters?: PushDeadLetterStore | undefined;
+    /** Whether the user has a device connected now (a burst's summary is not sent then). */
+    online?: ((userId: string) => Promise<boolean>) | undefined;
   },
   log: Logger,
   metrics: Metrics,
 ): Push {
   const push = config.push;
-  const providers = providersFromConfig(push);
+  const { providers, operatorWebhook } = providersFromConfig(push);
   log.info("push: providers", { configured: Object.keys(providers), privacyMode: push.privacyMode });
   return new Push({
     devices,
@@ -121,6 +129,8 @@ export function pushFromConfig(
     queue: stores.queue,
     deadLetters: stores.deadLetters,
     providers,
+    operatorWebhook,
+    online: stores.online,
     webhookUrl: push.webhookUrl,
     privacyMode: push.privacyMode,
     allowPrivateEndpoints: push.allowPrivateEndpoints,

@@ -2,7 +2,7 @@ import { once } from "node:events";
 import { createServer, type IncomingMessage, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { BlockedAddressError, guardedFetch, isPublicAddress } from "./outbound-guard.js";
+import { BlockedAddressError, guardedFetch, isPublicAddress, operatorUrlFetch } from "./outbound-guard.js";
 import { networkRetry } from "./providers/types.js";
 import { WebhookProvider } from "./providers/webhook.js";
 
@@ -38,6 +38,20 @@ describe("isPublicAddress", () => {
       "not an address",
     ])
       expect(isPublicAddress(a), a).toBe(false);
+  });
+
+  it("judges a NAT64 address (64:ff9b::/96) as the IPv4 address the gateway connects it to", () => {
+    for (const a of [
+      "64:ff9b::a9fe:a9fe", // 169.254.169.254, cloud metadata
+      "64:ff9b::169.254.169.254",
+      "64:ff9b::a00:7", // 10.0.0.7
+      "64:ff9b::7f00:1", // 127.0.0.1
+      "64:FF9B:0:0:0:0:C0A8:101", // 192.168.1.1
+      "64:ff9b:1::a00:7", // the local-use NAT64 prefix: never public
+    ])
+      expect(isPublicAddress(a), a).toBe(false);
+    // A public IPv4 address behind DNS64/NAT64 (an IPv6-only cluster) stays reachable.
+    expect(isPublicAddress("64:ff9b::808:808")).toBe(true);
   });
 });
 
@@ -95,12 +109,16 @@ describe("guardedFetch", () => {
     expect(received.at(-1)).toMatchObject({ method: "POST", url: "/hook?x=1", body: '{"n":1}' });
   });
 
-  it("lets the operator's own origins and, when allowed, every address through", async () => {
+  it("lets the operator's exact URL and, when allowed, every address through", async () => {
     const before = received.length;
-    const trusted = guardedFetch({ allowPrivate: false, trustedOrigins: [`http://127.0.0.1:${port}`] });
-    expect((await trusted(`http://127.0.0.1:${port}/configured`, { method: "POST", body: "a" })).status).toBe(
-      429,
-    );
+    const operator = operatorUrlFetch(`http://127.0.0.1:${port}/configured`);
+    expect(
+      (await operator(`http://127.0.0.1:${port}/configured`, { method: "POST", body: "a" })).status,
+    ).toBe(429);
+    // Its origin is not trusted: another path there is not the URL the operator configured.
+    await expect(
+      operator(`http://127.0.0.1:${port}/elsewhere`, { method: "POST", body: "x" }),
+    ).rejects.toThrow(/is not push.webhookUrl/);
     const open = guardedFetch({ allowPrivate: true });
     expect((await open(`http://127.0.0.1:${port}/any`, { method: "POST", body: "b" })).status).toBe(429);
     expect(received.slice(before).map((r) => r.url)).toEqual(["/configured", "/any"]);

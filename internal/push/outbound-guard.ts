@@ -5,14 +5,17 @@
  * every address such a request connects to is checked at connect time — the address the socket
  * really uses, not one resolved earlier (no DNS rebinding window) — and loopback, private,
  * link-local, shared, multicast and reserved addresses are refused unless `allowPrivate` (a test
- * stand-in, or a push relay inside the network). Origins the operator configured
- * (`push.webhookUrl`) are trusted as they are.
+ * stand-in, or a push relay inside the network). Only the operator's own `push.webhookUrl`, that
+ * exact URL, is reached whatever its address, and only for its own jobs (operatorUrlFetch). No push
+ * request follows a redirect: a 3xx is the answer (a failure), or a public URL could send the request
+ * on to an address inside.
  */
 import type { LookupAddress, LookupOptions } from "node:dns";
 import { lookup as dnsLookup } from "node:dns";
 import { Agent as HttpAgent, request as httpRequest, type IncomingHttpHeaders } from "node:http";
 import { Agent as HttpsAgent, request as httpsRequest } from "node:https";
 import { BlockList, isIP } from "node:net";
+import { errors } from "../lib/errors.js";
 
 /** A request refused because its host is (or resolves to) an address users may not reach. */
 export class BlockedAddressError extends Error {
@@ -63,19 +66,45 @@ const NOT_PUBLIC = (() => {
   return list;
 })();
 
+/** The eight 16-bit groups of a valid IPv6 literal (a trailing dotted IPv4 part counts as two). */
+function ipv6Groups(address: string): number[] {
+  let text = address.toLowerCase().replace(/%.*$/, ""); // a zone id names an interface, not an address
+  const dotted = /(\d+)\.(\d+)\.(\d+)\.(\d+)$/.exec(text);
+  if (dotted) {
+    const [a, b, c, d] = dotted.slice(1).map(Number) as [number, number, number, number];
+    text = `${text.slice(0, dotted.index)}${((a << 8) | b).toString(16)}:${((c << 8) | d).toString(16)}`;
+  }
+  const groups = (part: string | undefined) =>
+    part ? part.split(":").map((g) => Number.parseInt(g, 16)) : [];
+  const [head, tail] = text.split("::");
+  const [h, t] = [groups(head), groups(tail)];
+  return [...h, ...new Array<number>(8 - h.length - t.length).fill(0), ...t];
+}
+
+/**
+ * IPv6 prefixes (the first 96 bits, as groups) whose addresses carry an IPv4 address in their last 32
+ * bits, which is where a connection to them ends up: IPv4-compatible (::/96, deprecated),
+ * IPv4-mapped (::ffff:0:0/96) and the NAT64 well-known prefix (64:ff9b::/96, RFC 6052), which a
+ * NAT64 gateway translates to that IPv4 address — 64:ff9b::a9fe:a9fe is the cloud metadata address.
+ */
+const CARRIES_IPV4 = new Set(["0:0:0:0:0:0", "0:0:0:0:0:ffff", "64:ff9b:0:0:0:0"]);
+
+/** The IPv4 address an IPv6 literal of a CARRIES_IPV4 prefix stands for; undefined for the others. */
+function embeddedIpv4(address: string): string | undefined {
+  const g = ipv6Groups(address);
+  const prefix = g.slice(0, 6).map((x) => x.toString(16));
+  if (!CARRIES_IPV4.has(prefix.join(":"))) return undefined;
+  const [hi, lo] = [g[6]!, g[7]!];
+  return `${hi >> 8}.${hi & 255}.${lo >> 8}.${lo & 255}`;
+}
+
 /** Whether `address` (an IPv4 or IPv6 literal) is a public unicast address. */
 export function isPublicAddress(address: string): boolean {
   const family = isIP(address);
   if (family === 4) return !NOT_PUBLIC.check(address, "ipv4");
   if (family !== 6) return false;
-  // IPv4-mapped (::ffff:a.b.c.d) and IPv4-compatible forms are judged as the IPv4 address they carry.
-  const embedded = /^(?:0*:)*(?:ffff:)?(\d+\.\d+\.\d+\.\d+)$/i.exec(address)?.[1];
-  if (embedded) return isPublicAddress(embedded);
-  const mapped = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/i.exec(address);
-  if (mapped) {
-    const [hi, lo] = [Number.parseInt(mapped[1]!, 16), Number.parseInt(mapped[2]!, 16)];
-    return isPublicAddress(`${hi >> 8}.${hi & 255}.${lo >> 8}.${lo & 255}`);
-  }
+  const ipv4 = embeddedIpv4(address);
+  if (ipv4) return isPublicAddress(ipv4);
   return !NOT_PUBLIC.check(address, "ipv6");
 }
 
@@ -104,8 +133,6 @@ const lookupOnly =
 export interface GuardOptions {
   /** Let requests reach any address (tests with stand-ins on loopback, relays inside the network). */
   allowPrivate: boolean;
-  /** Origins the operator configured, reached whatever their address. */
-  trustedOrigins?: readonly string[];
   /** Which addresses may be reached (default: public unicast ones); tests stand loopback in. */
   addressAllowed?: (address: string) => boolean;
 }
@@ -115,13 +142,32 @@ const flatHeaders = (headers: IncomingHttpHeaders): Array<[string, string]> =>
     v === undefined ? [] : Array.isArray(v) ? v.map((x): [string, string] => [k, x]) : [[k, v]],
   );
 
+/** Node's fetch, never following a redirect (a 3xx is handed back as the answer). */
+export const fetchWithoutRedirects: typeof fetch = (input, init) =>
+  fetch(input, { ...init, redirect: "manual" });
+
+/**
+ * A `fetch` for the jobs of the operator's `push.webhookUrl`: that URL only, whatever its address (it
+ * is configuration, not a user's choice). Any other URL is refused: a job stored under a webhook URL
+ * configured before is retried and dead-lettered (replayed, it goes to the URL configured now).
+ */
+export function operatorUrlFetch(webhookUrl: string): typeof fetch {
+  const only = new URL(webhookUrl).href;
+  return async (input, init) => {
+    const url = new URL(input instanceof Request ? input.url : String(input));
+    if (url.href !== only)
+      throw errors.precondition("PUSH_URL_NOT_CONFIGURED", `${url.origin} is not push.webhookUrl`);
+    return fetchWithoutRedirects(input, init);
+  };
+}
+
 /**
  * A `fetch` for the push providers' requests to user-chosen URLs (a POST with a buffered body; the
- * answer's body is discarded). A refused address rejects with BlockedAddressError.
+ * answer's body is discarded; redirects are not followed). A refused address rejects with
+ * BlockedAddressError.
  */
 export function guardedFetch(options: GuardOptions): typeof fetch {
-  if (options.allowPrivate) return fetch;
-  const trusted = new Set(options.trustedOrigins ?? []);
+  if (options.allowPrivate) return fetchWithoutRedirects;
   const allowed = options.addressAllowed ?? isPublicAddress;
   const lookup = lookupOnly(allowed);
   // Connection pools of this guard's own: a kept-alive socket is only ever one its lookup allowed.
@@ -131,7 +177,6 @@ export function guardedFetch(options: GuardOptions): typeof fetch {
   };
   return async (input, init) => {
     const url = new URL(input instanceof Request ? input.url : String(input));
-    if (trusted.has(url.origin)) return fetch(input, init);
     const host = url.hostname.replace(/^\[|\]$/g, "");
     // A literal address connects without a lookup: judge it here.
     if (isIP(host) && !allowed(host)) throw new BlockedAddressError(host, host);

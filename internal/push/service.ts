@@ -91,6 +91,17 @@ export interface PushOptions {
   providers: ProviderSet;
   /** The generic webhook for a user with no registered device (empty: none). */
   webhookUrl: string;
+  /**
+   * Sends the jobs of `webhookUrl` (and only those; default: providers.webhook). The operator chose
+   * that URL, so its provider may reach it where users' URLs are refused (from-config.ts).
+   */
+  operatorWebhook?: PushProvider | undefined;
+  /**
+   * Whether the user has a device connected now. The router notifies only users with none; a burst's
+   * summary, due a window later, is not sent to a user who has come online since. Undefined: not
+   * asked.
+   */
+  online?: ((userId: string) => Promise<boolean>) | undefined;
   /** Replace every body with PRIVATE_BODY before a provider sees it. */
   privacyMode?: boolean;
   /** Users' URLs (Web Push endpoints, webhook devices) may name non-public addresses. */
@@ -143,8 +154,7 @@ export class Push {
 
   constructor(private readonly options: PushOptions) {
     this.windows = new CollapseWindows(options.collapseWindowMs ?? 10_000, (_key, burst) => {
-      this.count("none", "summarized");
-      const p = this.fanOut(burst.latest, burst.count)
+      const p = this.summarize(burst.latest, burst.count)
         .catch((err: unknown) =>
           this.options.log.warn("push: burst summary failed", { userId: burst.latest.userId, err }),
         )
@@ -167,6 +177,18 @@ export class Push {
       return 0;
     }
     return this.fanOut(n, 1);
+  }
+
+  /**
+   * A burst's summary, a window after its messages: the user may have muted the conversation, begun
+   * do-not-disturb or come online since, so it gets the checks a single notification gets.
+   */
+  private async summarize(latest: Notification, messageCount: number): Promise<void> {
+    let quiet: string | undefined = await this.quiet(latest);
+    if (!quiet && (await this.options.online?.(latest.userId))) quiet = "online";
+    if (quiet) return this.count("none", quiet);
+    this.count("none", "summarized");
+    await this.fanOut(latest, messageCount);
   }
 
   /** Why the user wants no notification for this now ("muted", "do_not_disturb"), or undefined. */
@@ -205,7 +227,7 @@ export class Push {
     };
     let queued = 0;
     for (const target of targets) {
-      const provider = this.options.providers[target.provider];
+      const provider = this.providerFor(target);
       if (!provider) {
         this.count(target.provider, "unconfigured");
         continue;
@@ -218,6 +240,13 @@ export class Push {
       else this.count(target.provider, "duplicate");
     }
     return queued;
+  }
+
+  /** Who sends a job: a device's provider, or for `webhookUrl`'s jobs (no device) the operator's webhook. */
+  private providerFor(job: Pick<PushJob, "provider" | "device">): PushProvider | undefined {
+    if (job.device === null && job.provider === "webhook")
+      return this.options.operatorWebhook ?? this.options.providers.webhook;
+    return this.options.providers[job.provider];
   }
 
   /** Messages after the user's read watermark up to this one: what an app shows as the conversation's badge. */
@@ -293,7 +322,7 @@ export class Push {
         continue;
       }
       const job = this.newJob(target, dead.job.notification, true);
-      const provider = this.options.providers[job.provider];
+      const provider = this.providerFor(job);
       if (provider) await this.enqueue(provider, job);
       else await this.dead(job, `provider ${job.provider} is not configured`); // listed again, as it stands
       this.count(job.provider, "replayed");
@@ -330,7 +359,7 @@ export class Push {
     if (!jobs) return 0;
     let resumed = 0;
     for (const job of await jobs.list(this.pendingMax)) {
-      const provider = this.options.providers[job.provider];
+      const provider = this.providerFor(job);
       if (!provider) {
         // Credentials removed since: nothing can deliver it, keep it where an operator sees it.
         await jobs.deadLetter(job, `provider ${job.provider} is not configured`);
@@ -350,7 +379,7 @@ export class Push {
     const queue = this.options.queue;
     if (!queue) return;
     await queue.consume(async (job) => {
-      const provider = this.options.providers[job.provider];
+      const provider = this.providerFor(job);
       if (!provider) {
         await queue.deadLetter(job, `provider ${job.provider} is not configured`);
         return this.count(job.provider, "failed");
@@ -466,7 +495,7 @@ export class Push {
     }
   }
 
-  /** Removes a dead token, unless the device registered a new one since it was read. */
+  /** Removes a dead token, unless the device registered a new one since it was sent to. */
   private async prune(job: PushJob, reason: string): Promise<void> {
     const device = job.device;
     if (!device) {
@@ -476,8 +505,8 @@ export class Push {
       return;
     }
     try {
-      const current = await this.registrationOf(device);
-      if (current?.token === device.token) await this.options.devices.remove(device.userId, device.deviceId);
+      // One conditional step: a registration landing between a read and a remove would be lost.
+      await this.options.devices.removeIfToken(device.userId, device.deviceId, job.token);
       this.count(device.provider, "pruned");
       this.options.log.info("push: pruned a dead token", {
         userId: device.userId,
@@ -526,7 +555,8 @@ export class Push {
     this.closing = true;
     for (const wake of [...this.sleepers]) wake();
     await Promise.allSettled([...this.inFlight]);
-    await Promise.allSettled(Object.values(this.options.providers).map((p) => p.close()));
+    const providers = [...Object.values(this.options.providers), this.options.operatorWebhook];
+    await Promise.allSettled(providers.map((p) => p?.close()));
   }
 }
 

@@ -37,6 +37,8 @@ describe("device token forms", () => {
       "http://169.254.169.254/latest/meta-data",
       "http://[::1]/hook",
       "http://[fd00::1]/hook",
+      "http://[64:ff9b::a00:7]/", // NAT64 of 10.0.0.7
+      "http://[64:ff9b::169.254.169.254]/latest/meta-data",
     ]) {
       expect(tokenProblem("webhook", url), url).toMatch(/is not a public address/);
       expect(tokenProblem("webhook", url, true), url).toBeUndefined();

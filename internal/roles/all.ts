@@ -52,6 +52,8 @@ export const startAll: RoleStarter = async (ctx) => {
         jobs: backends.pushJobs,
         queue: backends.pushQueue,
         deadLetters: backends.pushDeadLetters,
+        // The router (below) knows every session of this single process.
+        online: async (userId) => router.lookup(userId).length > 0,
       },
       log,
       metrics,

@@ -31,6 +31,7 @@ import type {
   StoredMessage,
 } from "../backends/types.js";
 import { directMembers, toWireMessage } from "../conversations/index.js";
+import { Code, SwitchboardError } from "../lib/errors.js";
 import type { Logger } from "../lib/log.js";
 import type { Metrics } from "../lib/metrics.js";
 import type { ServiceClient } from "../lib/rpc.js";
@@ -58,6 +59,28 @@ const ROUTING_LATE_RECHECK_MS = 100;
  * ahead of this router's is covered too.
  */
 const RECENT_RECIPIENTS_WINDOW_MS = 1_000;
+
+/**
+ * A failed push.notify of an offline recipient is asked again after each of these waits, then given
+ * up: push unavailable for a moment, a deadline passed, its queue write failed. (The message itself
+ * is in the inbox either way; only the notification would be lost.)
+ */
+const NOTIFY_RETRY_DELAYS_MS = [200, 1_000, 5_000];
+/**
+ * Notifications waiting to be asked again, at most: through a push outage a busy router would hold
+ * one per offline recipient of every message. Past it a failed notification is dropped (counted).
+ */
+const NOTIFY_RETRIES_WAITING_MAX = 10_000;
+/** Failures a repeated notify may get past; the others (INVALID_ARGUMENT, PERMISSION_DENIED, ...) would fail again. */
+const NOTIFY_RETRYABLE = new Set([
+  Code.UNAVAILABLE,
+  Code.DEADLINE_EXCEEDED,
+  Code.RESOURCE_EXHAUSTED,
+  Code.ABORTED,
+  Code.INTERNAL, // also what a store's own error is (push's queue write) before it is named
+  Code.UNKNOWN,
+]);
+type NotifyInit = Parameters<ServiceClient<typeof PushService>["notify"]>[0];
 
 interface SessionRoute {
   userId: string;
@@ -107,6 +130,9 @@ export class Router {
   /** The membership store tells of changes (watch): member sets are kept across batches. */
   private watchingMembers = false;
   private readonly recentRecipients = new RecentRecipients(RECENT_RECIPIENTS_WINDOW_MS);
+  /** Notifications waiting to be asked of push again. */
+  private readonly notifyRetries = new Set<NodeJS.Timeout>();
+  private closed = false;
 
   constructor(private readonly options: RouterOptions) {
     this.audiences = new PullAudiences((c) => options.membership.members(c));
@@ -419,15 +445,40 @@ export class Router {
   }
 
   private notifyOffline(userId: string, m: StoredMessage): void {
-    this.options.push
-      .notify({
+    this.notify(
+      {
         userId,
         conversationId: m.conversationId,
         title: m.sender,
         body: m.body.slice(0, 120),
         seq: BigInt(m.seq),
-      })
-      .catch((err: unknown) => this.options.logger.warn("router: push failed", { userId, err }));
+      },
+      0,
+    );
+  }
+
+  /**
+   * Asks push to notify without waiting for it (delivery never does); a failure it may get past is
+   * asked again later. A repeat is the same notification: push knows it by the message's seq.
+   */
+  private notify(req: NotifyInit, retries: number): void {
+    this.options.push.notify(req).catch((err: unknown) => {
+      const delayMs = NOTIFY_RETRY_DELAYS_MS[retries];
+      if (delayMs === undefined || this.closed || !NOTIFY_RETRYABLE.has(SwitchboardError.from(err).code)) {
+        this.options.metrics.notificationsDroppedTotal.inc({ reason: "failed" });
+        this.options.logger.warn("router: push failed", { userId: req.userId, attempts: retries + 1, err });
+        return;
+      }
+      if (this.notifyRetries.size >= NOTIFY_RETRIES_WAITING_MAX) {
+        this.options.metrics.notificationsDroppedTotal.inc({ reason: "retries_full" });
+        return;
+      }
+      const timer = setTimeout(() => {
+        this.notifyRetries.delete(timer);
+        this.notify(req, retries + 1);
+      }, delayMs);
+      this.notifyRetries.add(timer);
+    });
   }
 
   private enqueue(gatewayId: string, req: DeliverInit): boolean {
@@ -507,6 +558,11 @@ export class Router {
   }
 
   async close(): Promise<void> {
+    this.closed = true;
+    for (const timer of this.notifyRetries) clearTimeout(timer);
+    if (this.notifyRetries.size > 0)
+      this.options.metrics.notificationsDroppedTotal.inc({ reason: "closed" }, this.notifyRetries.size);
+    this.notifyRetries.clear();
     for (const c of this.closers.splice(0)) await c.close();
     const links = [...this.links.values()];
     this.links.clear();

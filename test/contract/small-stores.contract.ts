@@ -356,6 +356,37 @@ export function smallStoresContract({ setup, itUnless }: ContractKit): void {
       expect((await h.b.devices.list(b)).map((d) => d.deviceId).sort()).toEqual(["crm", "ipad", "iphone-2"]);
     });
 
+    it("removeIfToken removes a registration only while it holds that token", async (ctx) => {
+      const h = await setup(ctx);
+      const [a, b] = [h.id("a"), h.id("b")];
+      const phone = (userId: string, token: string): DeviceRecord => ({
+        userId,
+        deviceId: "iphone",
+        provider: "apns",
+        token,
+        registeredAtMs: 1_000,
+      });
+      const [t1, t2, t3] = [`t1-${h.id("tok")}`, `t2-${h.id("tok")}`, `t3-${h.id("tok")}`];
+      await h.b.devices.put(device(a, "laptop"));
+      await h.b.devices.put(phone(a, t1));
+      // The phone registered t2 after t1 was sent to: pruning t1 leaves it.
+      await h.b.devices.put(phone(a, t2));
+      expect(await h.b.devices.removeIfToken(a, "iphone", t1)).toBe(false);
+      expect(byId(await h.b.devices.list(a))).toEqual([phone(a, t2), device(a, "laptop")]);
+      expect(await h.b.devices.removeIfToken(a, "iphone", t2)).toBe(true);
+      expect(await h.b.devices.list(a)).toEqual([device(a, "laptop")]);
+      expect(await h.b.devices.removeIfToken(a, "iphone", t2)).toBe(false);
+      expect(await h.b.devices.removeIfToken(a, "never-registered", t2)).toBe(false);
+      // The removed token is nobody's: registering it elsewhere takes nothing from anyone.
+      await h.b.devices.put(phone(b, t2));
+      expect(await h.b.devices.list(b)).toEqual([phone(b, t2)]);
+      expect(await h.b.devices.list(a)).toEqual([device(a, "laptop")]);
+      // A prune racing a registration of a fresh token: whichever comes first, the fresh token stays.
+      await h.b.devices.put(phone(a, t1));
+      await Promise.all([h.b.devices.removeIfToken(a, "iphone", t1), h.b.devices.put(phone(a, t3))]);
+      expect(byId(await h.b.devices.list(a))).toEqual([phone(a, t3), device(a, "laptop")]);
+    });
+
     itUnless("devices-list-omits-non-bmp-device-ids")(
       // Device ids are the registering service's choice (RegisterDevice checks only that one is set):
       // 𠮷 (U+20BB7, a common name character) or an emoji are as valid as ASCII.

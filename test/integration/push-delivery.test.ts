@@ -9,7 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from "vitest";
 import { EmbeddedBackends } from "../../internal/backends/embedded/index.js";
-import type { DeviceRecord } from "../../internal/backends/types.js";
+import type { DeviceRecord, DeviceStore } from "../../internal/backends/types.js";
 import { createLogger } from "../../internal/lib/log.js";
 import { createMetrics, type Metrics } from "../../internal/lib/metrics.js";
 import { minuteOfDay } from "../../internal/push/do-not-disturb.js";
@@ -412,6 +412,60 @@ describe("push service over the four providers", () => {
     const push = pushService(metrics, { providers: { apns: reregisteringApns } });
     await push.notify({ userId, conversationId: "dm:9", title: "bob", body: "x" });
     await settled(push);
+    expect((await backends.devices.list(userId)).map((d) => d.token)).toEqual(["bb"]);
+  });
+
+  it("keeps a token the device registered between any two steps of pruning its dead one", async () => {
+    const metrics = createMetrics();
+    const userId = `user-${++users}`;
+    const old: DeviceRecord = {
+      userId,
+      deviceId: "iphone",
+      provider: "apns",
+      token: "aa",
+      registeredAtMs: 1,
+    };
+    await backends.devices.put(old);
+    let answered = false;
+    let registered = false;
+    // Once the provider has called the token dead, the app's registration of a fresh one lands right
+    // after the next DeviceStore call push makes, whatever that call is.
+    const registerOnce = async () => {
+      if (!answered || registered) return;
+      registered = true;
+      await backends.devices.put({ ...old, token: "bb", registeredAtMs: 2 });
+    };
+    const store = backends.devices;
+    const devices: DeviceStore = {
+      put: (d) => store.put(d),
+      remove: async (u, d) => {
+        await store.remove(u, d);
+        await registerOnce();
+      },
+      removeIfToken: async (u, d, token) => {
+        const removed = await store.removeIfToken(u, d, token);
+        await registerOnce();
+        return removed;
+      },
+      list: async (u) => {
+        const list = await store.list(u);
+        await registerOnce();
+        return list;
+      },
+      close: async () => {},
+    };
+    const deadApns: PushProvider = {
+      name: "apns",
+      async send() {
+        answered = true;
+        return { kind: "prune", reason: "410 Unregistered" };
+      },
+      async close() {},
+    };
+    const push = pushService(metrics, { devices, providers: { apns: deadApns } });
+    await push.notify({ userId, conversationId: "dm:9b", title: "bob", body: "x" });
+    await settled(push);
+    expect(registered).toBe(true);
     expect((await backends.devices.list(userId)).map((d) => d.token)).toEqual(["bb"]);
   });
 

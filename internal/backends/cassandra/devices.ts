@@ -53,6 +53,28 @@ export class CassandraDeviceStore implements DeviceStore {
     await this.forget(userId, deviceId);
   }
 
+  /**
+   * A conditional delete (one Paxos round on the device's row, only when the token read matches): a
+   * registration that replaced the token between the read and the delete is kept. The dead token's
+   * owner row goes first, whatever the outcome: a registration racing this one writes its own after.
+   */
+  async removeIfToken(userId: string, deviceId: string, token: string): Promise<boolean> {
+    const row = (
+      await this.s.execute("devices_by_user: read", this.q.read, [userId, deviceId], { idempotent: true })
+    ).first();
+    if (!row) return false;
+    const existing = this.fromRow(userId, row);
+    if (existing.token !== token) return false;
+    if (tokenNamesOneDevice(existing.provider)) await this.forgetOwner(existing);
+    const removed = await this.s.execute(
+      "devices_by_user: remove if token",
+      this.q.removeIfToken,
+      [userId, deviceId, token],
+      { idempotent: false },
+    );
+    return removed.wasApplied();
+  }
+
   /** Removes a registration, and its token's owner row when that names it. */
   private async forget(userId: string, deviceId: string): Promise<void> {
     const row = (
@@ -61,10 +83,14 @@ export class CassandraDeviceStore implements DeviceStore {
     if (!row) return;
     await this.s.execute("devices_by_user: remove", this.q.remove, [userId, deviceId], { idempotent: true });
     const existing = this.fromRow(userId, row);
-    if (!tokenNamesOneDevice(existing.provider)) return;
-    const key = deviceTokenKey(existing.provider, existing.token);
+    if (tokenNamesOneDevice(existing.provider)) await this.forgetOwner(existing);
+  }
+
+  /** Removes the owner row of the device's token when it names this registration. */
+  private async forgetOwner(device: DeviceRecord): Promise<void> {
+    const key = deviceTokenKey(device.provider, device.token);
     const owner = await this.ownerOf(key);
-    if (owner?.userId === userId && owner.deviceId === deviceId)
+    if (owner?.userId === device.userId && owner.deviceId === device.deviceId)
       await this.s.execute("device_token_owners: remove", this.q.removeOwner, [key], { idempotent: true });
   }
 
@@ -108,6 +134,7 @@ function statements(s: Session) {
     put: `INSERT INTO ${t} (user_id, device_id, provider, push_token, registered_at) VALUES (?, ?, ?, ?, ?)`,
     read: `SELECT ${columns} FROM ${t} WHERE user_id = ? AND device_id = ?`,
     remove: `DELETE FROM ${t} WHERE user_id = ? AND device_id = ?`,
+    removeIfToken: `DELETE FROM ${t} WHERE user_id = ? AND device_id = ? IF push_token = ?`,
     list: `SELECT ${columns} FROM ${t} WHERE user_id = ?`,
     owner: `SELECT user_id, device_id FROM ${owners} WHERE token_key = ?`,
     setOwner: `INSERT INTO ${owners} (token_key, user_id, device_id) VALUES (?, ?, ?)`,

@@ -31,6 +31,15 @@ export class EmbeddedDevices implements DeviceStore {
   async remove(userId: string, deviceId: string) {
     await this.guard(this.root.transaction(() => this.forget([userId, deviceId])));
   }
+  async removeIfToken(userId: string, deviceId: string, token: string) {
+    return this.guard(
+      this.root.transaction(() => {
+        if (this.db.get([userId, deviceId])?.token !== token) return false;
+        this.forget([userId, deviceId]);
+        return true;
+      }),
+    );
+  }
   /** Removes a registration and its token's owner entry (inside a transaction). */
   private forget(at: [string, string]): void {
     const existing = this.db.get(at);

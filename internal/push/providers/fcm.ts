@@ -108,6 +108,7 @@ export class FcmProvider implements PushProvider {
         method: "POST",
         headers: { authorization: `Bearer ${bearer}`, "content-type": "application/json" },
         body: JSON.stringify({ message: this.message(token, n) }),
+        redirect: "manual", // no push request follows a redirect (a 3xx fails)
         signal: AbortSignal.timeout(this.timeoutMs),
       });
       text = await res.text();
@@ -201,6 +202,7 @@ export class FcmProvider implements PushProvider {
         method: "POST",
         headers: { "content-type": "application/x-www-form-urlencoded" },
         body: new URLSearchParams({ grant_type: JWT_BEARER_GRANT, assertion }).toString(),
+        redirect: "manual",
         signal: AbortSignal.timeout(this.timeoutMs),
       });
       text = await res.text();

@@ -128,6 +128,8 @@ export class WebPushProvider implements PushProvider {
           topic: webPushTopic(n.conversationId),
         },
         body: new Uint8Array(encryptWebPushPayload(plaintext, subscription.keys)),
+        // A 3xx is an answer, not somewhere else to send the notification (a failure, below).
+        redirect: "manual",
         signal: AbortSignal.timeout(this.timeoutMs),
       });
       await res.body?.cancel();

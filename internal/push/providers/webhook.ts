@@ -72,6 +72,8 @@ export class WebhookProvider implements PushProvider {
         method: "POST",
         headers,
         body,
+        // A 3xx is an answer, not somewhere else to send the notification (a failure, below).
+        redirect: "manual",
         signal: AbortSignal.timeout(this.timeoutMs),
       });
       await res.body?.cancel();

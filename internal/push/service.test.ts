@@ -1,0 +1,104 @@
+/**
+ * The push service over in-memory stand-ins for its stores and one recording provider, on fake
+ * timers: what a burst's summary checks when its collapse window closes.
+ */
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
+import type {
+  DeviceRecord,
+  DeviceStore,
+  DoNotDisturb,
+  NotificationSettingsStore,
+} from "../backends/types.js";
+import { discardingLogger } from "../lib/log.js";
+import { createMetrics, type Metrics } from "../lib/metrics.js";
+import type { PushNotification, PushProvider } from "./providers/types.js";
+import { Push } from "./service.js";
+
+const WINDOW_MS = 10_000;
+const device: DeviceRecord = {
+  userId: "alice",
+  deviceId: "crm",
+  provider: "webhook",
+  token: "https://hooks.example.com/alice",
+  registeredAtMs: 1,
+};
+
+function setup() {
+  const sent: PushNotification[] = [];
+  const provider: PushProvider = {
+    name: "webhook",
+    async send(_token, n) {
+      sent.push(n);
+      return { kind: "delivered" };
+    },
+    async close() {},
+  };
+  const muted = new Set<string>();
+  const user = { dnd: undefined as DoNotDisturb | undefined, online: false };
+  const settings = {
+    isMuted: async (userId: string, conversationId: string) => muted.has(`${userId}/${conversationId}`),
+    doNotDisturb: async () => user.dnd,
+  } as Partial<NotificationSettingsStore> as NotificationSettingsStore;
+  const devices = { list: async () => [device] } as Partial<DeviceStore> as DeviceStore;
+  const metrics = createMetrics();
+  const push = new Push({
+    devices,
+    settings,
+    providers: { webhook: provider },
+    webhookUrl: "",
+    collapseWindowMs: WINDOW_MS,
+    online: async () => user.online,
+    log: discardingLogger(),
+    metrics,
+  });
+  return { push, sent, muted, user, metrics };
+}
+
+async function counted(metrics: Metrics, result: string): Promise<number> {
+  const { values } = await metrics.pushNotifications.get();
+  return values.find((v) => v.labels.result === result)?.value ?? 0;
+}
+
+const message = (body: string) => ({ userId: "alice", conversationId: "g:1", title: "bob", body });
+
+describe("a burst's summary", () => {
+  beforeEach(() => {
+    // Noon UTC: inside a do-not-disturb window of 11:00-13:00 UTC.
+    vi.useFakeTimers({ now: Date.UTC(2026, 0, 5, 12, 0), toFake: ["setTimeout", "clearTimeout", "Date"] });
+  });
+  afterEach(() => vi.useRealTimers());
+
+  it("goes out when the window closes", async () => {
+    const { push, sent } = setup();
+    expect(await push.notify(message("m1"))).toBe(1);
+    expect(await push.notify(message("m2"))).toBe(0);
+    await vi.advanceTimersByTimeAsync(WINDOW_MS + 1);
+    await vi.waitFor(() => expect(sent).toHaveLength(2));
+    await push.close();
+    expect(sent.map((n) => [n.body, n.messageCount])).toEqual([
+      ["m1", 1],
+      ["m2", 1],
+    ]);
+  });
+
+  for (const [result, change] of [
+    ["muted", (s) => s.muted.add("alice/g:1")],
+    ["do_not_disturb", (s) => (s.user.dnd = { startMinute: 660, endMinute: 780, timeZone: "UTC" })],
+    ["online", (s) => (s.user.online = true)],
+  ] as Array<[string, (s: ReturnType<typeof setup>) => void]>) {
+    it(`is not sent when, before the window closed, the user became ${result}`, async () => {
+      const s = setup();
+      expect(await s.push.notify(message("m1"))).toBe(1);
+      expect(await s.push.notify(message("m2"))).toBe(0);
+      change(s);
+      await vi.advanceTimersByTimeAsync(WINDOW_MS + 1);
+      // Decided when the window closed (not by close(), which summarises what is still held).
+      const decided = async () =>
+        (await counted(s.metrics, result)) + (await counted(s.metrics, "summarized"));
+      await vi.waitFor(async () => expect(await decided()).toBe(1));
+      await s.push.close();
+      expect(s.sent.map((n) => n.body)).toEqual(["m1"]);
+      expect(await counted(s.metrics, result)).toBe(1);
+    });
+  }
+});
