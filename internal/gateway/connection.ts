@@ -67,6 +67,11 @@ export const MUTES_PER_USER_MAX = 1_000;
 
 /** Pull conversations a connection remembers the last sent seq (and typing time) of. */
 const PULL_CONVERSATIONS_TRACKED_MAX = 1_000;
+/**
+ * Group changes told to every member, however large the group (a pull group's comings and goings
+ * reach only those named, a push group is small): a user's are rate-limited together.
+ */
+const GROUP_CHANGES = new Set<string | undefined>(["createGroup", "updateGroup", "setMemberRole"]);
 /** The longest timed mute (untilMs 0 mutes until unmuted). */
 const MUTE_FOR_MS_MAX = 10 * 365 * 24 * 3600 * 1000;
 /** A connection's typing indicators in one pull conversation go out at most this often. */
@@ -95,6 +100,8 @@ export interface GatewayServices {
 export interface GatewayContext extends GatewayServices {
   /** Per-user send limit across all the user's connections; 0 or ms to wait. */
   takeUserSend(userId: string): number;
+  /** Per-user limit on group changes across the user's connections; 0 or ms to wait. */
+  takeGroupChange(userId: string): number;
   /** Whether this gateway relays one more typing indicator to a pull conversation now. */
   takePullTyping(conversationId: string): boolean;
   /** The first of `others` who shares no conversation with `user` (docs/protocol.md §4), if any. */
@@ -361,6 +368,11 @@ export class Connection {
     const c = this.ctx;
     // Replies use the encoding of their request (pushed events use the connection's latest).
     const reply = (kind: NonNullable<ServerFrameInit["kind"]>) => this.reply(id, kind, encoding);
+    if (GROUP_CHANGES.has(req.case)) {
+      // Each reads the group's members and tells every one of them: bounded per user.
+      const wait = c.takeGroupChange(user);
+      if (wait > 0) throw errors.exhausted("RATE_LIMITED", "too many group changes; slow down", wait);
+    }
     switch (req.case) {
       case "auth": {
         if (this.identity || this.authenticating) {

@@ -28,6 +28,9 @@ import { TokenBucket } from "./rate-limit.js";
 const CREDIT_EVERY_EVENTS = 256;
 const RECHECK_SPREAD_MS = 1_000;
 const SHARED_CONVERSATIONS_SCAN_MAX = 1_000;
+/** Group changes told to every member (createGroup, updateGroup, setMemberRole) per user: sustained, at once. */
+const GROUP_CHANGES_PER_SECOND = 5;
+const GROUP_CHANGES_BURST = 20;
 
 /** Typing indicators a gateway relays per pull conversation per second, and the conversations tracked. */
 const PULL_TYPING_PER_SECOND = 5;
@@ -47,6 +50,7 @@ export class Gateway {
   private readonly byUser = new Map<string, Set<Connection>>();
   private readonly bySession = new Map<string, Connection>();
   private readonly userSends = new Map<string, TokenBucket>();
+  private readonly userGroupChanges = new Map<string, TokenBucket>();
   /** Typing indicators this gateway relays per pull conversation (a large group): a few per second. */
   private readonly pullTyping = new Map<string, TokenBucket>();
   private readonly all = new Set<Connection>();
@@ -89,6 +93,7 @@ export class Gateway {
       push: options.push,
       verify: options.verify,
       takeUserSend: (userId) => this.takeUserSend(userId),
+      takeGroupChange: (userId) => this.takeGroupChange(userId),
       takePullTyping: (conversationId) => this.takePullTyping(conversationId),
       firstStranger: (user, others) =>
         firstStranger(options.backends.membership, user, others, SHARED_CONVERSATIONS_SCAN_MAX),
@@ -193,8 +198,9 @@ export class Gateway {
   }
 
   private ping(): void {
-    for (const [userId, bucket] of this.userSends)
-      if (!this.byUser.has(userId) && bucket.full()) this.userSends.delete(userId);
+    for (const buckets of [this.userSends, this.userGroupChanges])
+      for (const [userId, bucket] of buckets)
+        if (!this.byUser.has(userId) && bucket.full()) buckets.delete(userId);
     for (const ws of this.wss.clients) {
       if (!this.alive.has(ws)) {
         ws.terminate();
@@ -211,6 +217,15 @@ export class Gateway {
       const g = this.options.config.gateway;
       bucket = new TokenBucket(g.userSendsPerSecond, g.userSendsPerSecond * 2);
       this.userSends.set(userId, bucket);
+    }
+    return bucket.take();
+  }
+
+  private takeGroupChange(userId: string): number {
+    let bucket = this.userGroupChanges.get(userId);
+    if (!bucket) {
+      bucket = new TokenBucket(GROUP_CHANGES_PER_SECOND, GROUP_CHANGES_BURST);
+      this.userGroupChanges.set(userId, bucket);
     }
     return bucket.take();
   }
@@ -249,8 +264,9 @@ export class Gateway {
     set?.delete(conn);
     if (set?.size === 0) {
       this.byUser.delete(conn.userId);
-      // Kept until it has refilled (swept with the pings): reconnecting is no way to a fresh burst.
-      if (this.userSends.get(conn.userId)?.full()) this.userSends.delete(conn.userId);
+      // Kept until they have refilled (swept with the pings): reconnecting is no way to a fresh burst.
+      for (const buckets of [this.userSends, this.userGroupChanges])
+        if (buckets.get(conn.userId)?.full()) buckets.delete(conn.userId);
     }
     if (!this.bySession.delete(conn.sessionId)) return;
     this.options.metrics.connections.set(this.bySession.size);

@@ -575,6 +575,29 @@ test("a non-idempotent request in flight when the connection drops fails with CO
   await expect(t.client.createGroup({ name: "y" })).resolves.toMatchObject({ name: "y", kind: "group" });
 });
 
+test("a request refused with RATE_LIMITED (before it did anything) is asked again after retryAfterMs", async () => {
+  const srv = await startServer();
+  let refusals = 0;
+  srv.hook = (conn, frame, s) => {
+    if (frame.kind.case !== "createGroup" || refusals >= 2) return undefined;
+    refusals++;
+    s.error(conn, frame, Code.RESOURCE_EXHAUSTED, "RATE_LIMITED", 20);
+    return true;
+  };
+  const t = newClient(srv);
+  await t.client.connect();
+  await expect(t.client.createGroup({ name: "x" })).resolves.toMatchObject({ name: "x", kind: "group" });
+  expect(srv.framesOf("createGroup")).toHaveLength(3);
+  // One whose wait would pass its timeout is the caller's.
+  refusals = 0;
+  srv.hook = (conn, frame, s) => {
+    if (frame.kind.case !== "createGroup") return undefined;
+    s.error(conn, frame, Code.RESOURCE_EXHAUSTED, "RATE_LIMITED", 60_000);
+    return true;
+  };
+  await expect(t.client.createGroup({ name: "y" })).rejects.toMatchObject({ reason: "RATE_LIMITED" });
+});
+
 test("heartbeats at the welcome's interval; a connection whose heartbeats go unanswered is replaced", async () => {
   const srv = await startServer({ heartbeatIntervalMs: 20 });
   let answer = true;

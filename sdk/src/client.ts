@@ -621,15 +621,28 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
 
   // ---------------------------------------------------------------- outbound
 
-  /** A request that waits (up to its timeout) for a connection, then for its reply. */
+  /**
+   * A request that waits (up to its timeout) for a connection, then for its reply. One refused with
+   * RATE_LIMITED (refused before it did anything) is asked again after `retryAfterMs`, while that
+   * still fits in its timeout.
+   */
   private async request<C extends ReplyCase>(
     kind: FrameKind,
     expect: C,
     timeoutMs = this.requestTimeoutMs,
   ): Promise<ReplyOf<C>> {
     const deadline = Date.now() + timeoutMs;
-    const conn = await this.connection.whenOpen(timeoutMs);
-    return this.requests.request(conn, kind, expect, Math.max(1, deadline - Date.now()));
+    for (;;) {
+      const conn = await this.connection.whenOpen(Math.max(1, deadline - Date.now()));
+      try {
+        return await this.requests.request(conn, kind, expect, Math.max(1, deadline - Date.now()));
+      } catch (err) {
+        const waitMs =
+          err instanceof SwitchboardClientError && err.reason === "RATE_LIMITED" ? err.retryAfterMs : 0;
+        if (waitMs <= 0 || Date.now() + waitMs >= deadline) throw err;
+        await new Promise((r) => setTimeout(r, waitMs));
+      }
+    }
   }
 
   private conversationOf(c: Parameters<typeof toConversation>[0] | undefined): Conversation {

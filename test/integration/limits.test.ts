@@ -352,6 +352,20 @@ describe("message and frame limits", () => {
     }
   });
 
+  it("limits a user's group changes told to every member to a burst of 20, then 5 a second", async () => {
+    const c = await connect(user("organiser"));
+    const replies = await Promise.all(
+      Array.from({ length: 25 }, (_, i) =>
+        c.request({ case: "createGroup", value: { name: `g${i}`, members: [] } }),
+      ),
+    );
+    expect(replies.filter((f) => f.kind.case === "conversation")).toHaveLength(20);
+    const refused = replies.filter((f) => f.kind.case === "error").map((f) => expectCase(f, "error"));
+    expect(refused.map((e) => e.reason)).toEqual(Array(5).fill("RATE_LIMITED"));
+    expect(refused.every((e) => e.retryAfterMs > 0)).toBe(true);
+    c.close();
+  });
+
   it("keeps slots for authenticated clients: unauthenticated sockets past their cap get 503", async () => {
     const limited = await startServer({ env: { SWITCHBOARD_GATEWAY_UNAUTHENTICATED_MAX: "2" } });
     try {
