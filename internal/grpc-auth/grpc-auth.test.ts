@@ -125,5 +125,7 @@ describe("static key file", () => {
     expect(() => KeyFile.parse(`${line}\nrole:mayor ${line.split(" ")[1]}`)).toThrow(
       /:2: "role:mayor" is not a principal/,
     );
+    // One key on two lines would be whichever principal came first.
+    expect(() => KeyFile.parse(`${line}\nrole:router ${line.split(" ")[1]}`)).toThrow(/:2: .*earlier line/);
   });
 });

@@ -29,6 +29,9 @@ export class KeyFile {
         throw new Error(
           `${source}:${i + 1}: "${m[1]}" is not a principal (role:<role>, operator, client:<name>)`,
         );
+      // One key, two principals: which one a caller is would depend on the lines' order.
+      if (lines.some((l) => l.hash.toString("hex") === m[2]))
+        throw new Error(`${source}:${i + 1}: this key's hash is on an earlier line too`);
       lines.push({ principal: m[1], hash: Buffer.from(m[2]!, "hex") });
     });
     return new KeyFile(lines);

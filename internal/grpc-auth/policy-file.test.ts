@@ -51,6 +51,15 @@ describe("gRPC policy file", () => {
       ),
     ).toThrow(/policy.json: grpc.clients/);
     expect(() => parsePolicyFile("{", "policy.json")).toThrow(/policy.json: not JSON/);
+    // An emptied list of conversations is refused, not read as "its senders' own" (a wider grant).
+    expect(() =>
+      parsePolicyFile(
+        JSON.stringify({
+          clients: [{ name: "x", permissions: ["readHistory"], conversations: { ids: [] } }],
+        }),
+        "policy.json",
+      ),
+    ).toThrow(/conversations.ids is empty/);
   });
 
   it("is read again when it changes: a client granted later is admitted without a restart", async () => {

@@ -7,6 +7,7 @@
  * caller costs one review a minute, not one per call.
  */
 import { createHash } from "node:crypto";
+import { errors } from "../lib/errors.js";
 import type { Principal } from "./policy.js";
 
 /** What a TokenReview answered. */
@@ -29,43 +30,108 @@ export interface ServiceAccountTokensOptions {
   accounts: ReadonlyMap<string, Principal> | (() => ReadonlyMap<string, Principal>);
   cacheTtlMs?: number;
   cacheMax?: number;
+  /** How long a refused token stays refused without a new review (default 10 s), and how many. */
+  refusedTtlMs?: number;
+  refusedMax?: number;
+  /** Reviews started per second at most (default 20): past it a call is UNAVAILABLE, to retry. */
+  reviewsPerSecond?: number;
   now?: () => number;
 }
 
 const SA_PREFIX = "system:serviceaccount:";
 
+/**
+ * Anyone who reaches the port can send a token, so what a junk token costs is bounded: refused tokens
+ * are remembered apart from accepted ones (they cannot push a busy role's token out of the cache),
+ * a token under review is reviewed once however many calls carry it, and reviews start at a bounded
+ * rate, past which a call is UNAVAILABLE (callers retry) rather than a flood of TokenReviews that
+ * would get this process's own account throttled by the API server.
+ */
 export class ServiceAccountTokens {
-  private readonly cache = new Map<string, { principal: Principal | undefined; untilMs: number }>();
+  /** Accepted tokens, least recently used first. */
+  private readonly accepted = new Map<string, { principal: Principal; untilMs: number }>();
+  private readonly refused = new Map<string, number>(); // token hash → refused until (ms)
+  private readonly reviewing = new Map<string, Promise<Principal | undefined>>();
   private readonly ttlMs: number;
   private readonly max: number;
+  private readonly refusedTtlMs: number;
+  private readonly refusedMax: number;
+  private readonly reviewsPerSecond: number;
   private readonly now: () => number;
+  private reviewWindowMs = 0;
+  private reviewsInWindow = 0;
 
   constructor(private readonly o: ServiceAccountTokensOptions) {
     this.ttlMs = o.cacheTtlMs ?? 60_000;
     this.max = o.cacheMax ?? 10_000;
+    this.refusedTtlMs = o.refusedTtlMs ?? 10_000;
+    this.refusedMax = o.refusedMax ?? 1_000;
+    this.reviewsPerSecond = o.reviewsPerSecond ?? 20;
     this.now = o.now ?? Date.now;
   }
 
-  /** The principal of a valid token for our audience, or undefined. Throws only if the review failed. */
+  /**
+   * The principal of a valid token for our audience, or undefined. Throws UNAVAILABLE if it could not
+   * be reviewed now (the API server failed, or too many reviews this second).
+   */
   async verify(token: string): Promise<Principal | undefined> {
     const key = createHash("sha256").update(token).digest("base64");
-    const hit = this.cache.get(key);
-    if (hit && hit.untilMs > this.now()) return hit.principal;
-    this.cache.delete(key);
-    const review = await this.o.reviewer(token, this.o.audience);
+    const now = this.now();
+    const hit = this.accepted.get(key);
+    if (hit) {
+      this.accepted.delete(key);
+      if (hit.untilMs > now) {
+        this.accepted.set(key, hit); // most recently used
+        return hit.principal;
+      }
+    }
+    const refusedUntil = this.refused.get(key);
+    if (refusedUntil !== undefined) {
+      if (refusedUntil > now) return undefined;
+      this.refused.delete(key);
+    }
+    const pending = this.reviewing.get(key);
+    if (pending) return pending;
+    this.takeReview(now);
+    const review = this.review(key, token).finally(() => this.reviewing.delete(key));
+    this.reviewing.set(key, review);
+    return review;
+  }
+
+  private takeReview(now: number): void {
+    if (now - this.reviewWindowMs >= 1_000) {
+      this.reviewWindowMs = now;
+      this.reviewsInWindow = 0;
+    }
+    if (++this.reviewsInWindow > this.reviewsPerSecond)
+      throw errors.unavailable("TOKEN_REVIEWS_BUSY", "too many tokens to review this second; try again");
+  }
+
+  private async review(key: string, token: string): Promise<Principal | undefined> {
+    let review: Review;
+    try {
+      review = await this.o.reviewer(token, this.o.audience);
+    } catch (err) {
+      throw errors.unavailable("TOKEN_REVIEW_FAILED", "the token could not be reviewed now; try again", err);
+    }
     const principal = this.principalOf(review);
-    if (this.cache.size >= this.max) this.cache.delete(this.cache.keys().next().value as string);
-    this.cache.set(key, {
-      principal,
-      untilMs: Math.min(this.now() + this.ttlMs, expiryMs(token) ?? Infinity),
-    });
+    const now = this.now();
+    if (principal === undefined) {
+      if (this.refused.size >= this.refusedMax)
+        this.refused.delete(this.refused.keys().next().value as string);
+      this.refused.set(key, now + this.refusedTtlMs);
+      return undefined;
+    }
+    if (this.accepted.size >= this.max) this.accepted.delete(this.accepted.keys().next().value as string);
+    this.accepted.set(key, { principal, untilMs: Math.min(now + this.ttlMs, expiryMs(token) ?? Infinity) });
     return principal;
   }
 
   private principalOf(review: Review): Principal | undefined {
     if (!review.authenticated || !review.username?.startsWith(SA_PREFIX)) return undefined;
-    // The API server answers for the audiences it checked; a token not bound to ours is no credential.
-    if (review.audiences !== undefined && !review.audiences.includes(this.o.audience)) return undefined;
+    // A review must name our audience: one that names none (an authenticator that does not bind
+    // audiences) says nothing about a token bound to ours.
+    if (!review.audiences?.includes(this.o.audience)) return undefined;
     const [namespace, name] = review.username.slice(SA_PREFIX.length).split(":");
     const accounts = typeof this.o.accounts === "function" ? this.o.accounts() : this.o.accounts;
     return accounts.get(`${namespace}/${name}`);

@@ -162,8 +162,14 @@ function clientEntry(c: PolicyFileClient): string {
   let entry = `${c.name}=${(c.permissions ?? []).join("+")}`;
   if (c.sendAs && c.sendAs.length > 0) entry += `;sendAs=${[botIdentity(c.name), ...c.sendAs].join("|")}`;
   if (c.conversations?.all) entry += ";conversations=all";
-  else if (c.conversations?.ids && c.conversations.ids.length > 0)
+  else if (c.conversations?.ids) {
+    // An empty list would read as no `conversations` at all, the sender's own: wider, not narrower.
+    if (c.conversations.ids.length === 0)
+      throw new Error(
+        `client ${c.name}: conversations.ids is empty (omit conversations for the conversations its senders are in)`,
+      );
     entry += `;conversations=${c.conversations.ids.join("|")}`;
+  }
   return entry;
 }
 
