@@ -3,7 +3,8 @@
  * tests, like a controller's `make run`) or in-cluster (the chart runs the same entrypoint).
  *
  * Wiring: informers on ChatClusters and on what the operator owns (Deployments, StatefulSets, gateway
- * Pods) only enqueue ChatCluster keys; a keyed, rate-limited work queue feeds the reconciler; nothing
+ * Pods) only enqueue ChatCluster keys (a ChatCluster's own update only when its spec or metadata
+ * changed, never for a status write); a keyed, rate-limited work queue feeds the reconciler; nothing
  * reconciles unless this replica holds the Lease. HTTP on --http-port serves /healthz, /readyz (the
  * caches are synced, or this replica is a standby) and /metrics.
  */
@@ -25,7 +26,13 @@ import { MANAGED_BY } from "./controller/names.js";
 import { OperatorTokens } from "./controller/operator-token.js";
 import { ChatClusterReconciler, DEFAULT_TOKEN_REVIEW_CLUSTER_ROLE } from "./controller/reconciler.js";
 import { KubeClient, type ListResult, resourcePath } from "./kube/client.js";
-import { createOperatorRuntimeMetrics, Informer, LeaderElector, WorkQueue } from "./runtime/index.js";
+import {
+  createOperatorRuntimeMetrics,
+  Informer,
+  LeaderElector,
+  specOrMetadataChanged,
+  WorkQueue,
+} from "./runtime/index.js";
 
 export interface OperatorOptions {
   kubeConfig: KubeConfig;
@@ -127,7 +134,11 @@ export async function startOperator(o: OperatorOptions): Promise<RunningOperator
       `${OWNED_SELECTOR},app.kubernetes.io/component=gateway`,
     ),
   ];
-  clusters.on((_event, obj) => queue.add(keyOf(obj)));
+  // Not on status-only updates: every reconcile writes the status (live counts), which would run the
+  // next one at once and defeat the queue's backoff; requeues (the poll) refresh the status instead.
+  clusters.on((event, obj, old) => {
+    if (specOrMetadataChanged(event, obj, old)) queue.add(keyOf(obj));
+  });
   for (const inf of owned)
     inf.on((_event, obj) => {
       const instance = obj.metadata?.labels?.["app.kubernetes.io/instance"];

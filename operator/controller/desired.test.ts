@@ -644,6 +644,32 @@ describe("desiredObjects", () => {
     expect(from("push")).toEqual(["gateway", "router"]);
     expect(from("sequencer")).toEqual([]);
   });
+
+  it("lets the server API's clients reach the routers' gRPC: from their ServiceAccounts' namespaces, or anywhere for a certificate", () => {
+    const routerPeers = (clients: NonNullable<ChatCluster["spec"]["api"]>["clients"]) => {
+      const objects = desiredObjects({ ...cluster, spec: { ...spec, api: { clients } } }, inputs);
+      const np = find<NetworkPolicyJson>(objects, "NetworkPolicy", "chat-router");
+      return (np?.spec?.ingress?.[1]?.from ?? []).filter((p) => p.namespaceSelector !== undefined);
+    };
+    const account = (name: string, namespace: string) => ({
+      name,
+      serviceAccount: { namespace, name },
+      permissions: ["publish"],
+    });
+    expect(routerPeers([])).toEqual([]);
+    expect(
+      routerPeers([account("billing", "billing"), account("crm", "crm"), account("bot", "billing")]),
+    ).toEqual([
+      { namespaceSelector: { matchLabels: { "kubernetes.io/metadata.name": "billing" } } },
+      { namespaceSelector: { matchLabels: { "kubernetes.io/metadata.name": "crm" } } },
+    ]);
+    const certified = {
+      name: "ext",
+      certificate: { uri: "switchboard://client:ext" },
+      permissions: ["publish"],
+    };
+    expect(routerPeers([account("billing", "billing"), certified])).toEqual([{ namespaceSelector: {} }]);
+  });
 });
 
 /** The names of volumes (or mounts) other than the gRPC identity's (grpc-identity.test.ts checks those). */

@@ -83,6 +83,9 @@ export function desiredNetworkPolicy(cluster: ChatCluster, component: ComponentN
       namespaceSelector: {},
       podSelector: { matchLabels: { "app.kubernetes.io/name": "switchboard-operator" } },
     });
+  // The server API's backend clients (spec.api.clients) call the routers: a ServiceAccount's from its
+  // namespace; one with a certificate from wherever it runs (its certificate admits it, not its place).
+  if (component === "router") peers.push(...apiClientPeers(cluster));
   const ingress: Array<Record<string, unknown>> = [{ ports: [{ port: HTTP_PORT, protocol: "TCP" }] }];
   if (peers.length > 0) ingress.push({ from: peers, ports: [{ port: GRPC_PORT, protocol: "TCP" }] });
   return {
@@ -95,4 +98,16 @@ export function desiredNetworkPolicy(cluster: ChatCluster, component: ComponentN
       ingress,
     },
   } as V1NetworkPolicy;
+}
+
+/** Where the server API's clients may reach the routers' gRPC port from. */
+function apiClientPeers(cluster: ChatCluster): Array<Record<string, unknown>> {
+  const clients = cluster.spec.api?.clients ?? [];
+  if (clients.some((c) => c.certificate !== undefined)) return [{ namespaceSelector: {} }];
+  const namespaces = [
+    ...new Set(clients.flatMap((c) => (c.serviceAccount ? [c.serviceAccount.namespace] : []))),
+  ];
+  return namespaces.sort().map((namespace) => ({
+    namespaceSelector: { matchLabels: { "kubernetes.io/metadata.name": namespace } },
+  }));
 }

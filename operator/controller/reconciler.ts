@@ -2,7 +2,9 @@
  * The ChatCluster reconciler: level-based and idempotent. Each call reads the ChatCluster and what it
  * owns and moves the cluster one step toward the spec:
  *
- *   deletion?  → write gateway-gone records for its gateways, delete its token-review
+ *   deletion?  → write gateway-gone records for the gateways in its status (best effort: given up
+ *                FINALIZE_GONE_DEADLINE_MS after the deletion, with a Warning Event, when Kafka or its
+ *                Secret is gone; skipped when there is no gateway), delete its token-review
  *                ClusterRoleBinding (cluster-scoped: no owner), drop the finalizer (owner references
  *                let the garbage collector remove everything else; Kafka and Cassandra data stay).
  *   finalizer  → added first, so a deletion always runs the cleanup.
@@ -15,7 +17,8 @@
  *                their kinds (discovery, every reconcile).
  *   status     → components, gateways, conditions with observedGeneration, by server-side apply to
  *                the status subresource.
- * A failure of one step is reported in the Degraded condition and the key is retried with backoff.
+ * A failure of one step, a Secret the spec names that is missing or incomplete included, is reported
+ * in the Degraded condition (with observedGeneration) and an Event, and the key is retried with backoff.
  */
 import type {
   KubernetesObject,
@@ -41,7 +44,7 @@ import { desiredObjects, OWNED_KINDS } from "./desired.js";
 import type { EventRecorder } from "./events.js";
 import type { GatewayClients } from "./gateway-client.js";
 import { type GatewayMemory, type GatewayStep, reconcileGateways } from "./gateways.js";
-import type { GoneRecordPublisher, KafkaTarget } from "./gone-records.js";
+import { type GoneRecordPublisher, type KafkaTarget, routingTopic } from "./gone-records.js";
 import { type AccountRef, desiredTokenReviewBinding, tokenReviewBindingName } from "./grpc-identity.js";
 import {
   CERTIFICATE_GROUP_VERSION,
@@ -90,6 +93,8 @@ export interface ReconcilerDeps {
 export const DEFAULT_TOKEN_REVIEW_CLUSTER_ROLE = "switchboard-tokenreview";
 
 /** Requeue while anything is still converging, so status catches up without waiting for an event. */
+/** How often a cluster's live counts (status.connections, status.gateways) are read again without autoscaling. */
+const STATUS_REFRESH_MS = 60_000;
 const CONVERGING_REQUEUE_MS = 5_000;
 /**
  * A cluster that asks for a PodMonitor where the API server serves none is looked at again this often:
@@ -98,6 +103,13 @@ const CONVERGING_REQUEUE_MS = 5_000;
 const POD_MONITOR_RECHECK_MS = 60_000;
 /** Likewise for gRPC TLS waiting on cert-manager's CRDs or on provided Secrets (nothing watches them). */
 const GRPC_TLS_RECHECK_MS = 30_000;
+/**
+ * A deleted ChatCluster's gateway-gone records are tried for this long after its deletionTimestamp
+ * (each attempt bounded, retried every FINALIZE_RETRY_MS); then the finalizer goes on without them.
+ */
+const FINALIZE_GONE_DEADLINE_MS = 30_000;
+const FINALIZE_RETRY_MS = 5_000;
+const GONE_ATTEMPT_TIMEOUT_MS = 10_000;
 
 export class ChatClusterReconciler {
   private readonly memory = new Map<string, GatewayMemory>();
@@ -121,14 +133,19 @@ export class ChatClusterReconciler {
 
     const log = this.deps.log.child({ chatcluster: key, generation: cluster.metadata.generation });
     const generation = cluster.metadata.generation ?? 0;
-    const kafka = await kafkaTarget(kube, cluster);
     const status: ChatClusterStatus = { ...cluster.status };
 
     // --- provision -----------------------------------------------------------------------
+    // The storage credentials are read within each step that needs them: a Secret that is missing or
+    // incomplete fails that step, which the status and an Event report like any other failure.
     let provisionError: string | undefined;
     if (status.provisionedGeneration !== generation) {
       try {
-        const result = await this.deps.provision(kafka, await cassandraTarget(kube, cluster), cluster);
+        const result = await this.deps.provision(
+          await kafkaTarget(kube, cluster),
+          await cassandraTarget(kube, cluster),
+          cluster,
+        );
         status.provisionedGeneration = generation;
         this.deps.events.record(
           cluster,
@@ -155,6 +172,7 @@ export class ChatClusterReconciler {
     // Until the storage exists the services could only crash-loop: deploy them after it.
     if (provisioned) {
       try {
+        const kafka = await kafkaTarget(kube, cluster);
         const gatewayDeployment = await kube.find<V1Deployment>({
           apiVersion: "apps/v1",
           kind: "Deployment",
@@ -287,6 +305,8 @@ export class ChatClusterReconciler {
       converging ? CONVERGING_REQUEUE_MS : Infinity,
       podMonitor === "CRDNotInstalled" ? POD_MONITOR_RECHECK_MS : Infinity,
       grpcTls && grpcTls.kind !== "Ready" ? GRPC_TLS_RECHECK_MS : Infinity,
+      // The status's live counts: its own writes trigger no reconcile, so they are refreshed here.
+      newStatus.gateways.length > 0 ? STATUS_REFRESH_MS : Infinity,
     );
     return Number.isFinite(requeue) ? { requeueAfterMs: requeue } : undefined;
   }
@@ -341,15 +361,16 @@ export class ChatClusterReconciler {
     cluster.metadata = updated.metadata;
   }
 
+  /**
+   * The finalizer's cleanup. The gateway-gone records are best effort: the deletion must not hang on
+   * Kafka or on its Secret, which may be gone first (a namespace's deletion removes the Secrets too).
+   * What the finalizer owns (the token-review binding) is always removed, and so is the finalizer.
+   */
   private async finalize(key: string, cluster: ChatCluster): Promise<ReconcileResult> {
     const index = cluster.metadata.finalizers?.indexOf(FINALIZER) ?? -1;
     if (index < 0) return;
-    const kafka = await kafkaTarget(this.deps.kube, cluster);
-    const memory = this.memoryOf(key);
-    for (const g of cluster.status?.gateways ?? []) {
-      const epoch = Math.max(memory.epochs.get(g.pod) ?? 0, this.now());
-      await this.deps.gone.publish(kafka, g.pod, epoch);
-    }
+    const retryAfterMs = await this.publishGoneOnDeletion(key, cluster);
+    if (retryAfterMs !== undefined) return { requeueAfterMs: retryAfterMs };
     // Cluster-scoped, so not owned by the ChatCluster: the garbage collector would not remove it.
     await this.deps.kube.delete({
       apiVersion: "rbac.authorization.k8s.io/v1",
@@ -363,6 +384,58 @@ export class ChatClusterReconciler {
     this.memory.delete(key);
     this.deps.log.info("chatcluster deleted; owned objects go with it", { chatcluster: key });
     return;
+  }
+
+  /**
+   * Gateway-gone records for the gateways the status last listed (none: Kafka is not needed). One
+   * attempt is bounded by GONE_ATTEMPT_TIMEOUT_MS; a failed one is retried every FINALIZE_RETRY_MS
+   * until FINALIZE_GONE_DEADLINE_MS after the deletion, then given up with a Warning Event. Returns
+   * the delay before the next attempt, or undefined when the finalizer can go on.
+   */
+  private async publishGoneOnDeletion(key: string, cluster: ChatCluster): Promise<number | undefined> {
+    const gateways = cluster.status?.gateways ?? [];
+    if (gateways.length === 0) return undefined;
+    const memory = this.memoryOf(key);
+    const pods = gateways.map((g) => g.pod).join(", ");
+    try {
+      await withTimeout(
+        (async () => {
+          const kafka = await kafkaTarget(this.deps.kube, cluster);
+          for (const g of gateways) {
+            const epoch = Math.max(memory.epochs.get(g.pod) ?? 0, this.now());
+            await this.deps.gone.publish(kafka, g.pod, epoch);
+          }
+        })(),
+        GONE_ATTEMPT_TIMEOUT_MS,
+        "writing the gateway-gone records",
+      );
+      return undefined;
+    } catch (err) {
+      const deadline = deletedAtMs(cluster, this.now()) + FINALIZE_GONE_DEADLINE_MS;
+      const remaining = deadline - this.now();
+      if (remaining > 0) {
+        this.deps.events.record(
+          cluster,
+          "Warning",
+          "GatewayGoneFailed",
+          "Finalize",
+          `gateway-gone records for ${pods} not written (${message(err)}); retrying until ${new Date(deadline).toISOString()}, then deleting without them`,
+        );
+        return Math.min(FINALIZE_RETRY_MS, remaining);
+      }
+      this.deps.events.record(
+        cluster,
+        "Warning",
+        "GatewayGoneSkipped",
+        "Finalize",
+        `deleting without the gateway-gone records for ${pods} (${message(err)}): ${routingTopic(cluster.spec.kafka.topicPrefix)} keeps their sessions, which a cluster re-created on these topics would read`,
+      );
+      this.deps.log.warn("gateway-gone records given up; finalizing without them", {
+        chatcluster: key,
+        err,
+      });
+      return undefined;
+    }
   }
 
   /**
@@ -418,6 +491,23 @@ export class ChatClusterReconciler {
       }
     }
   }
+}
+
+/** When the ChatCluster was marked for deletion (now, if it is not, or the time does not parse). */
+function deletedAtMs(cluster: ChatCluster, now: number): number {
+  const at = cluster.metadata.deletionTimestamp;
+  const ms = at === undefined ? Number.NaN : new Date(at).getTime();
+  return Number.isFinite(ms) ? ms : now;
+}
+
+/** `work`, or a rejection once `ms` have passed (the work itself goes on, unawaited). */
+function withTimeout<T>(work: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} timed out after ${ms} ms`)), ms);
+  });
+  work.catch(() => undefined);
+  return Promise.race([work, timeout]).finally(() => clearTimeout(timer));
 }
 
 function splitKey(key: string): [string, string] {

@@ -1,7 +1,9 @@
 /**
  * A ChatCluster's storage settings resolved for the operator's own clients: Kafka (for provisioning
  * and gateway-gone records) and Cassandra (for provisioning), with credentials read from the
- * Secrets the spec names. Secrets are read with `get` only (the chart grants nothing more).
+ * Secrets the spec names. Secrets are read with `get` only (the chart grants nothing more). A missing
+ * or incomplete Secret is an error naming the Secret and the spec field: the reconciler reports it in
+ * the Degraded condition.
  */
 import type { V1Secret } from "@kubernetes/client-node";
 import type { ChatCluster } from "../api/v1alpha1.js";
@@ -40,20 +42,23 @@ export function kafkaTlsKeys(target: KafkaTarget): string[] {
   return KAFKA_TLS_FILES.filter((f) => present[f.key]).map((f) => f.key);
 }
 
+/** A Secret's keys, decoded; `field` (the spec field that names it) is in the error when it is missing. */
 async function secretData(
   kube: KubeClient,
   namespace: string,
   name: string,
+  field: string,
 ): Promise<Record<string, string>> {
-  const secret = await kube.get<V1Secret>({ apiVersion: "v1", kind: "Secret", namespace, name });
+  const secret = await kube.find<V1Secret>({ apiVersion: "v1", kind: "Secret", namespace, name });
+  if (!secret) throw new Error(`Secret ${namespace}/${name} (${field}) not found`);
   const out: Record<string, string> = {};
   for (const [k, v] of Object.entries(secret.data ?? {})) out[k] = Buffer.from(v, "base64").toString("utf8");
   return out;
 }
 
-function required(data: Record<string, string>, key: string, secret: string): string {
+function required(data: Record<string, string>, key: string, secret: string, field: string): string {
   const v = data[key];
-  if (v === undefined) throw new Error(`Secret ${secret} has no key ${JSON.stringify(key)}`);
+  if (v === undefined) throw new Error(`Secret ${secret} (${field}) has no key ${JSON.stringify(key)}`);
   return v;
 }
 
@@ -63,7 +68,7 @@ export async function kafkaTarget(kube: KubeClient, cluster: ChatCluster): Promi
   const target: KafkaTarget = { brokers: k.bootstrapServers, topicPrefix: k.topicPrefix };
   if (k.tls?.enabled) {
     if (k.tls.secretRef) {
-      const d = await secretData(kube, ns, k.tls.secretRef.name);
+      const d = await secretData(kube, ns, k.tls.secretRef.name, "spec.kafka.tls.secretRef");
       const [ca, cert, key] = KAFKA_TLS_FILES.map((f) => d[f.key]);
       target.ssl = {
         ...(ca ? { ca: [ca] } : {}),
@@ -73,9 +78,10 @@ export async function kafkaTarget(kube: KubeClient, cluster: ChatCluster): Promi
     } else target.ssl = true;
   }
   if (k.sasl) {
-    const d = await secretData(kube, ns, k.sasl.secretRef.name);
-    const username = required(d, "username", k.sasl.secretRef.name);
-    const password = required(d, "password", k.sasl.secretRef.name);
+    const field = "spec.kafka.sasl.secretRef";
+    const d = await secretData(kube, ns, k.sasl.secretRef.name, field);
+    const username = required(d, "username", k.sasl.secretRef.name, field);
+    const password = required(d, "password", k.sasl.secretRef.name, field);
     target.sasl =
       k.sasl.mechanism === "plain"
         ? { mechanism: "plain", username, password }
@@ -100,10 +106,11 @@ export async function cassandraTarget(kube: KubeClient, cluster: ChatCluster): P
   };
   if (c.credentialsSecretRef) {
     const ns = cluster.metadata.namespace ?? "default";
-    const d = await secretData(kube, ns, c.credentialsSecretRef.name);
+    const field = "spec.cassandra.credentialsSecretRef";
+    const d = await secretData(kube, ns, c.credentialsSecretRef.name, field);
     target.credentials = {
-      username: required(d, "username", c.credentialsSecretRef.name),
-      password: required(d, "password", c.credentialsSecretRef.name),
+      username: required(d, "username", c.credentialsSecretRef.name, field),
+      password: required(d, "password", c.credentialsSecretRef.name, field),
     };
   }
   return target;

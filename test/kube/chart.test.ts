@@ -261,36 +261,45 @@ describe("charts/switchboard-operator", () => {
       return found[0] as K8sObject & { rules: PolicyRule[] };
     };
     const clusterRole = byName("ClusterRole", FULLNAME);
-    const all = ["get", "list", "watch", "create", "update", "patch", "delete"];
+    // The owned kinds the operator applies (patch; create when new) and prunes (list, delete).
+    const applied = "list,create,patch,delete";
     const grants = (rules: PolicyRule[]) =>
       rules
         .flatMap((r) =>
           r.apiGroups.flatMap((g) => r.resources.map((res) => `${g || "core"}/${res}: ${r.verbs.join(",")}`)),
         )
         .sort();
+    // Exactly the calls of operator/ (server-side apply and JSON/merge patches are PATCH; informers
+    // list and watch; only the Lease is ever replaced, so no `update` here but the finalizers one).
     expect(grants(clusterRole.rules)).toEqual(
       [
-        "switchboard.dev/chatclusters: get,list,watch,patch,update",
-        "switchboard.dev/chatclusters/status: update,patch",
-        "switchboard.dev/chatclusters/finalizers: update,patch",
-        `apps/deployments: ${all}`,
-        `apps/statefulsets: ${all}`,
-        `core/services: ${all}`,
-        `core/configmaps: ${all}`,
-        `core/serviceaccounts: ${all}`,
-        `policy/poddisruptionbudgets: ${all}`,
-        `networking.k8s.io/networkpolicies: ${all}`,
-        "core/pods: get,list,watch,patch",
+        // Informer (list, watch), read each reconcile (get), finalizer (JSON patch).
+        "switchboard.dev/chatclusters: get,list,watch,patch",
+        // Status by server-side apply.
+        "switchboard.dev/chatclusters/status: patch",
+        // blockOwnerDeletion under OwnerReferencesPermissionEnforcement.
+        "switchboard.dev/chatclusters/finalizers: update",
+        // Informers on the workloads; the gateway Deployment is read by name (its replicas).
+        "apps/deployments: get,list,watch,create,patch,delete",
+        "apps/statefulsets: list,watch,create,patch,delete",
+        // A Service whose clusterIP must change is read, deleted and created again.
+        "core/services: get,list,create,patch,delete",
+        `core/configmaps: ${applied}`,
+        `core/serviceaccounts: ${applied}`,
+        `policy/poddisruptionbudgets: ${applied}`,
+        `networking.k8s.io/networkpolicies: ${applied}`,
+        // Gateway Pods: listed and watched, drain annotations by merge patch.
+        "core/pods: list,watch,patch",
         "core/secrets: get",
-        "events.k8s.io/events: create,patch",
+        "events.k8s.io/events: create",
         // The PodMonitor a ChatCluster may ask for: applied (patch, create when new), pruned (list,
         // delete); discovery of the kind needs no rule.
-        "monitoring.coreos.com/podmonitors: list,create,patch,delete",
+        `monitoring.coreos.com/podmonitors: ${applied}`,
         // The cert-manager Certificates of spec.grpc.tls.issuerRef: likewise applied and pruned.
-        "cert-manager.io/certificates: list,create,patch,delete",
-        // Each ChatCluster's token-review binding (cluster-scoped, deleted by the finalizer), to the
-        // token-review role only (bind on that one name).
-        "rbac.authorization.k8s.io/clusterrolebindings: get,create,update,patch,delete",
+        `cert-manager.io/certificates: ${applied}`,
+        // Each ChatCluster's token-review binding (cluster-scoped: applied, deleted by the
+        // finalizer), to the token-review role only (bind on that one name).
+        "rbac.authorization.k8s.io/clusterrolebindings: create,patch,delete",
         "rbac.authorization.k8s.io/clusterroles: bind",
       ].sort(),
     );

@@ -30,6 +30,11 @@ export class OperatorProcess {
 
   constructor(private readonly o: OperatorOptions) {}
 
+  /** Another process (not started) of the same operator, with some options changed. */
+  withOptions(changes: Partial<OperatorOptions>): OperatorProcess {
+    return new OperatorProcess({ ...this.o, ...changes });
+  }
+
   async start(): Promise<void> {
     const child = spawn(
       process.execPath,

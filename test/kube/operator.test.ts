@@ -154,6 +154,62 @@ async function ownedObjects(name: string): Promise<Array<{ kind: string; name: s
   ).items.map((o) => ({ kind: o.kind, name: o.metadata.name, owners: o.metadata.ownerReferences ?? [] }));
 }
 
+/** spec.kafka of a cluster whose SASL credentials are in a Secret that does not exist. */
+function kafkaWithMissingSecret(name: string) {
+  return {
+    bootstrapServers: kafkaBrokers,
+    topicPrefix: `op-${suffix}-${name}.`,
+    topics: { partitions: 2, replicationFactor: 1, retentionHours: 1 },
+    sasl: { mechanism: "scram-sha-512", secretRef: { name: `${name}-kafka-credentials` } },
+  };
+}
+
+/** The Events about a ChatCluster (they outlive it). */
+async function eventsAbout(name: string): Promise<Array<{ type: string; reason: string; note: string }>> {
+  const { items } = JSON.parse(await kubectl(["get", "events.events.k8s.io", "-n", NS, "-o", "json"])) as {
+    items: Array<{
+      type: string;
+      reason: string;
+      note?: string;
+      regarding?: { kind?: string; name?: string };
+    }>;
+  };
+  return items
+    .filter((e) => e.regarding?.kind === "ChatCluster" && e.regarding.name === name)
+    .map((e) => ({ type: e.type, reason: e.reason, note: e.note ?? "" }));
+}
+
+/** Whether a ChatCluster is gone from the API server. */
+async function gone(name: string): Promise<true | undefined> {
+  const found = await kube.find<ChatCluster>({
+    apiVersion: "switchboard.dev/v1alpha1",
+    kind: "ChatCluster",
+    namespace: NS,
+    name,
+  });
+  return found ? undefined : true;
+}
+
+/** Start time (epoch ms) of an exported span: OTLP/JSON writes nanoseconds as a string. */
+function spanStartMs(s: object): number {
+  const nanos = (s as { startTimeUnixNano?: string | number }).startTimeUnixNano ?? 0;
+  return Number(BigInt(nanos) / 1_000_000n);
+}
+
+/** Reconciles of a ChatCluster that started within [fromMs, toMs], counted by their traces. */
+function reconcilesOf(name: string, fromMs: number, toMs: number): number {
+  return receiver.spans.filter(
+    (s) =>
+      s.name === "reconcile ChatCluster" &&
+      spanAttribute(s, "switchboard.chatcluster") === name &&
+      spanAttribute(s, "k8s.namespace.name") === NS &&
+      spanStartMs(s) >= fromMs &&
+      spanStartMs(s) <= toMs,
+  ).length;
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
 beforeAll(async () => {
   tools = await kubeTools();
   const storage = { ...(await ensureServer("kafka")), ...(await ensureServer("cassandra")) };
@@ -974,6 +1030,187 @@ describe("operator against a real API server", () => {
         ),
       ).toMatch(/NotFound/);
     }),
+  );
+
+  it(
+    "reconciles on spec and metadata changes, not on its own status writes: live counts changing every 100 ms cost no extra reconciles",
+    onFailure(async () => {
+      // A poll interval of 5 s: in a 10 s window two polls, a few owned-object events, and nothing
+      // else. Before, every status write with new counts was a watch event that ran the next
+      // reconcile at once.
+      const usual = operator;
+      await operator.kill("SIGTERM");
+      operator = usual.withOptions({ pollInterval: "5s" });
+      await operator.start();
+      const farm = new GatewayFarm(
+        kube,
+        NS,
+        "app.kubernetes.io/instance=hot,app.kubernetes.io/component=gateway",
+      );
+      farm.start();
+      let ticker: NodeJS.Timeout | undefined;
+      try {
+        await kube.create(
+          clusterManifest("hot", {
+            gateway: {
+              autoscaling: {
+                enabled: true,
+                minReplicas: 1,
+                maxReplicas: 2,
+                // Far above the counts below: the counts change, the replicas do not.
+                targetConnectionsPerPod: 1_000_000,
+                stabilizationWindowSeconds: 3,
+                drainTimeoutSeconds: 30,
+              },
+            },
+          }),
+        );
+        await waitReady("hot");
+        await waitFor("the fake gateway", async () => farm.pods().length === 1 || undefined);
+        let tick = 0;
+        ticker = setInterval(() => farm.setAll(1 + (tick++ % 997)), 100);
+        // The counts reach the status: the poll refreshes them.
+        const before = await waitFor(
+          "live counts in the status",
+          async () => {
+            const c = await getCluster("hot");
+            return (c.status?.connections ?? 0) > 0 ? c : undefined;
+          },
+          15_000,
+        );
+        const from = Date.now();
+        await sleep(10_000);
+        const to = Date.now();
+        // Every reconcile of the window is exported (spans are flushed every 100 ms).
+        await sleep(1_000);
+        const reconciles = reconcilesOf("hot", from, to);
+        expect(reconciles).toBeGreaterThanOrEqual(1);
+        expect(reconciles).toBeLessThanOrEqual(5);
+        // The polls still refresh the counts.
+        const after = await getCluster("hot");
+        expect(after.status?.connections).not.toBe(before.status?.connections);
+        expect(after.metadata.resourceVersion).not.toBe(before.metadata.resourceVersion);
+
+        // A spec change is reconciled at once, not at the next poll.
+        const changedAt = Date.now();
+        await kube.mergePatch(
+          { apiVersion: "switchboard.dev/v1alpha1", kind: "ChatCluster", namespace: NS, name: "hot" },
+          { spec: { router: { replicas: 1 } } },
+        );
+        await waitFor(
+          "the spec change observed",
+          async () => {
+            const c = await getCluster("hot");
+            return c.status?.observedGeneration === c.metadata.generation && c.metadata.generation === 2
+              ? c
+              : undefined;
+          },
+          4_000,
+        );
+        const router = await kube.get<V1Deployment>({
+          apiVersion: "apps/v1",
+          kind: "Deployment",
+          namespace: NS,
+          name: "hot-router",
+        });
+        expect(router.spec?.replicas).toBe(1);
+        expect(Date.now() - changedAt).toBeLessThan(5_000);
+      } finally {
+        clearInterval(ticker);
+        await farm.stop();
+        await kubectl(["delete", "chatcluster", "hot", "-n", NS, "--wait=true", "--timeout=60s"]).catch(
+          () => "",
+        );
+        await operator.kill("SIGTERM");
+        operator = usual;
+        await operator.start();
+      }
+    }),
+    120_000,
+  );
+
+  it(
+    "reports a Kafka Secret that does not exist as Degraded at the cluster's generation, with a Warning Event",
+    onFailure(async () => {
+      await kube.create(clusterManifest("nosecret", { kafka: kafkaWithMissingSecret("nosecret") }));
+      const cluster = await waitFor(
+        "Degraded at its generation",
+        async () => {
+          const c = await getCluster("nosecret");
+          const degraded = condition(c, "Degraded");
+          return degraded?.status === "True" &&
+            degraded.observedGeneration === c.metadata.generation &&
+            c.status?.observedGeneration === c.metadata.generation
+            ? c
+            : undefined;
+        },
+        10_000,
+      );
+      expect(condition(cluster, "Degraded")?.message).toContain("nosecret-kafka-credentials");
+      expect(condition(cluster, "Ready")).toMatchObject({ status: "False", reason: "ProvisioningFailed" });
+      // Nothing is deployed without its storage.
+      expect(await ownedObjects("nosecret")).toEqual([]);
+      const events = await waitFor("a Warning Event", async () => {
+        const found = (await eventsAbout("nosecret")).filter((e) => e.type === "Warning");
+        return found.length > 0 ? found : undefined;
+      });
+      expect(events.some((e) => e.note.includes("nosecret-kafka-credentials"))).toBe(true);
+      await kubectl(["delete", "chatcluster", "nosecret", "-n", NS, "--wait=false"]);
+      await waitFor("nosecret deleted", () => gone("nosecret"), 60_000);
+    }),
+  );
+
+  it(
+    "removes its finalizer when the gateway-gone records cannot be written: a ChatCluster naming a missing Kafka Secret is deleted within 60 s",
+    onFailure(async () => {
+      // Never ran: no gateway to declare gone, so Kafka is not needed to delete it.
+      await kube.create(clusterManifest("orphan", { kafka: kafkaWithMissingSecret("orphan") }));
+      await waitFor(
+        "orphan's finalizer",
+        async () =>
+          (await getCluster("orphan")).metadata.finalizers?.includes("switchboard.dev/cleanup") || undefined,
+      );
+      // Ran, with gateways in its status; then its Kafka credentials went missing (as when a namespace's
+      // deletion removes the Secrets first).
+      await kube.create(clusterManifest("doomed", { gateway: { replicas: 1 } }));
+      await waitReady("doomed");
+      await waitFor(
+        "doomed's gateway in its status",
+        async () => ((await getCluster("doomed")).status?.gateways?.length ?? 0) > 0 || undefined,
+      );
+      await kube.mergePatch(
+        { apiVersion: "switchboard.dev/v1alpha1", kind: "ChatCluster", namespace: NS, name: "doomed" },
+        { spec: { kafka: kafkaWithMissingSecret("doomed") } },
+      );
+      const degraded = await waitFor(
+        "doomed Degraded at generation 2",
+        async () => {
+          const c = await getCluster("doomed");
+          return condition(c, "Degraded")?.status === "True" && c.status?.observedGeneration === 2
+            ? c
+            : undefined;
+        },
+        30_000,
+      );
+      expect(degraded.status?.gateways?.length).toBeGreaterThan(0);
+
+      const deletedAt = Date.now();
+      await kubectl(["delete", "chatcluster", "orphan", "doomed", "-n", NS, "--wait=false"]);
+      await waitFor("orphan deleted", () => gone("orphan"), 60_000);
+      await waitFor("doomed deleted", () => gone("doomed"), 60_000 - (Date.now() - deletedAt));
+      // What the finalizer owns went with it, and an Event says which records were not written.
+      expect(
+        await kubectl(["get", "clusterrolebinding", `switchboard:tokenreview:${NS}:doomed`]).catch(
+          (e: Error) => e.message,
+        ),
+      ).toMatch(/NotFound/);
+      const skipped = (await eventsAbout("doomed")).filter(
+        (e) => e.type === "Warning" && e.reason === "GatewayGoneSkipped",
+      );
+      expect(skipped).toHaveLength(1);
+      expect(skipped[0]?.note).toContain("doomed-gateway-");
+    }),
+    120_000,
   );
 
   it(
