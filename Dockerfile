@@ -22,7 +22,10 @@ COPY internal ./internal
 COPY gen ./gen
 COPY operator ./operator
 COPY sdk/src ./sdk/src
+COPY server-client/src ./server-client/src
+# tsconfig.json compiles the benchmarks too, and they import the test harness's helpers.
 COPY bench ./bench
+COPY test ./test
 COPY scripts/build-web.mjs ./scripts/
 COPY web ./web
 # The web client and the SDK's browser bundle (esbuild, a dev dependency: before the prune).
