@@ -1,6 +1,7 @@
 import { describe, expect, it } from "vitest";
 import type { StreamEventsRequest } from "../../gen/switchboard/api/v1/chat_pb.js";
 import type { BatchHandler, LoggedMessage, MessageLog } from "../backends/types.js";
+import { Code, SwitchboardError } from "../lib/errors.js";
 import type { CallContext } from "../lib/rpc.js";
 import type { Access } from "./access.js";
 import { streamEvents } from "./events.js";
@@ -94,6 +95,54 @@ describe("streamEvents", () => {
       reason: "EVENTS_NOT_ALLOWED",
     });
     await expect(responses.next()).rejects.toMatchObject({ reason: "EVENTS_NOT_ALLOWED" });
+  });
+
+  it("ends the stream at its next batch once the caller's credential no longer holds (a key removed, a CA rotated out)", async () => {
+    let handler: BatchHandler | undefined;
+    const log = {
+      consume: async (_group: string, h: BatchHandler) => {
+        handler = h;
+        return { close: async () => undefined };
+      },
+    } as unknown as MessageLog;
+    const access = { caller: "client:audit", sees: async () => true } as unknown as Access;
+    async function* requests(): AsyncIterable<StreamEventsRequest> {
+      yield {
+        kind: { case: "subscribe", value: { subscription: "audit", start: 0 } },
+      } as unknown as StreamEventsRequest;
+      await new Promise(() => undefined);
+    }
+    let trusted = true;
+    const ctx = {
+      signal: new AbortController().signal,
+      peer: "127.0.0.1:1",
+      reauthenticate: async () => {
+        if (!trusted)
+          throw new SwitchboardError(
+            Code.UNAUTHENTICATED,
+            "CERTIFICATE_NOT_TRUSTED",
+            "its CA was rotated out",
+          );
+      },
+    } as CallContext;
+    const responses = streamEvents({ log, access, accessNow: () => access }, requests(), ctx)[
+      Symbol.asyncIterator
+    ]();
+    await responses.next(); // joined
+    trusted = false;
+    const message = {
+      conversationId: "g:1",
+      seq: 1,
+      messageId: "1",
+      sender: "a",
+      clientMsgId: "c",
+      body: "x",
+      createdAtMs: 1,
+    };
+    await expect(handler!([message as LoggedMessage])).rejects.toMatchObject({
+      reason: "CERTIFICATE_NOT_TRUSTED",
+    });
+    await expect(responses.next()).rejects.toMatchObject({ reason: "CERTIFICATE_NOT_TRUSTED" });
   });
 
   it("a newer stream takes a subscription over without waiting for the old one's response to be written", async () => {

@@ -120,6 +120,16 @@ export async function* streamEvents(
   /** Hands one log batch out; resolves once the consumer acknowledged all of it. */
   const handle = async (batch: LoggedMessage[]): Promise<void> => {
     if (failure) throw failure;
+    // The credential too, not only the grant: a key removed, a certificate expired or its CA rotated
+    // out, a ServiceAccount deleted ends the stream at its next batch.
+    if (ctx.reauthenticate) {
+      try {
+        await ctx.reauthenticate();
+      } catch (err) {
+        fail(SwitchboardError.from(err));
+        throw failure;
+      }
+    }
     const access = deps.accessNow ? deps.accessNow() : deps.access;
     if (!access) {
       fail(errors.denied("EVENTS_NOT_ALLOWED", `${deps.access.caller} may no longer stream events`));

@@ -23,7 +23,7 @@ import {
   toBinary,
 } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
-import { Code, SwitchboardError } from "./errors.js";
+import { Code, errors, SwitchboardError } from "./errors.js";
 import type { GrpcMetrics } from "./metrics.js";
 import { type MethodMeter, methodMeter } from "./rpc-metrics.js";
 import { decodeStatusDetails, encodeStatusDetails, STATUS_DETAILS_KEY } from "./status-details.js";
@@ -42,6 +42,12 @@ export interface CallContext {
   readonly deadline?: number | undefined;
   /** Who called, on a guarded server (ADR 0007); undefined on an unguarded one or in process. */
   readonly principal?: string | undefined;
+  /**
+   * Checks the call's credential again, as its start did (a long stream outlives a removed key, an
+   * expired or rotated-out certificate, a deleted ServiceAccount): rejects with the guard's refusal.
+   * Undefined on an unguarded server or in process.
+   */
+  readonly reauthenticate?: (() => Promise<void>) | undefined;
 }
 
 /** Per-call options for clients. */
@@ -337,6 +343,7 @@ function beginCall(call: ServerCall, meter: MethodMeter | undefined) {
       deadline !== undefined && Date.now() >= deadline - DEADLINE_SLACK_MS ? deadlineExceeded() : cancelled(),
     ),
   );
+  let check: (() => Promise<string | undefined>) | undefined;
   const ctx: CallContext = {
     signal: ctl.signal,
     peer: call.getPeer(),
@@ -344,16 +351,25 @@ function beginCall(call: ServerCall, meter: MethodMeter | undefined) {
     get principal() {
       return principal;
     },
+    get reauthenticate() {
+      if (!check) return undefined;
+      const again = check;
+      return async () => {
+        if ((await again()) !== principal)
+          throw errors.unauthenticated(
+            "CREDENTIALS_CHANGED",
+            "the call's credential names another caller now",
+          );
+      };
+    },
   };
   /** Settles the call's guard (if its server has one) before the handler runs; rejects with the refusal. */
   const admit = async (guard: CallGuard | undefined, path: string) => {
     if (!guard) return;
     const authorization = call.metadata.get("authorization")[0];
-    principal = await guard(
-      path,
-      typeof authorization === "string" ? authorization : undefined,
-      call.getAuthContext().sslPeerCertificate?.raw,
-    );
+    const certificate = call.getAuthContext().sslPeerCertificate?.raw;
+    check = () => guard(path, typeof authorization === "string" ? authorization : undefined, certificate);
+    principal = await check();
   };
   return { ctx, end, admit };
 }
