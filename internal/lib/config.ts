@@ -333,7 +333,7 @@ export const schema = {
     ),
     sendsInFlightMax: int(
       64,
-      "Requests in flight to one provider at most (APNs streams on its HTTP/2 connection, FCM, Web Push and webhook requests); the others wait their turn.",
+      "Requests in flight to one provider at most (APNs streams on its HTTP/2 connection, FCM, Web Push and webhook requests); the others wait their turn. One user's requests take at most 4 of them at once (their devices' endpoints are theirs to choose, and may never answer).",
       1,
       10_000,
     ),

@@ -102,3 +102,47 @@ describe("a burst's summary", () => {
     });
   }
 });
+
+describe("send slots", () => {
+  it("keeps a user whose endpoints never answer from holding every slot of a provider", async () => {
+    const delivered: string[] = [];
+    const provider: PushProvider = {
+      name: "webhook",
+      send(token, n) {
+        if (n.userId === "mallory") return new Promise(() => {}); // an endpoint that never answers
+        delivered.push(token);
+        return Promise.resolve({ kind: "delivered" });
+      },
+      async close() {},
+    };
+    const devicesOf = (userId: string, count: number): DeviceRecord[] =>
+      Array.from({ length: count }, (_, i) => ({
+        userId,
+        deviceId: `d${i}`,
+        provider: "webhook",
+        token: `https://${userId}.example/${i}`,
+        registeredAtMs: 1,
+      }));
+    const devices = {
+      list: async (userId: string) => devicesOf(userId, userId === "mallory" ? 20 : 1),
+    } as Partial<DeviceStore> as DeviceStore;
+    const settings = {
+      isMuted: async () => false,
+      doNotDisturb: async () => undefined,
+    } as Partial<NotificationSettingsStore> as NotificationSettingsStore;
+    const push = new Push({
+      devices,
+      settings,
+      providers: { webhook: provider },
+      webhookUrl: "",
+      sendsInFlightMax: 8,
+      log: discardingLogger(),
+      metrics: createMetrics(),
+    });
+    // Two conversations' notifications to mallory: 40 sends that hang, then one to alice.
+    await push.notify({ userId: "mallory", conversationId: "g:1", title: "x", body: "a" });
+    await push.notify({ userId: "mallory", conversationId: "g:2", title: "x", body: "b" });
+    await push.notify({ userId: "alice", conversationId: "g:1", title: "x", body: "c" });
+    await vi.waitFor(() => expect(delivered).toEqual(["https://alice.example/0"]), { timeout: 1_000 });
+  });
+});

@@ -38,11 +38,16 @@ import { CollapseWindows } from "./collapse-windows.js";
 import { inDoNotDisturb } from "./do-not-disturb.js";
 import type { DeliveryOutcome, PushNotification, PushProvider } from "./providers/types.js";
 import { DEFAULT_RETRY_POLICY, nextRetry, type RetryPolicy } from "./retry-policy.js";
-import { SendSlots } from "./send-slots.js";
+import { KeyedSendSlots, SendSlots } from "./send-slots.js";
 import { tokenProblem } from "./token-format.js";
 
 export const DEVICES_PER_USER_MAX = 20;
 /** Dead letters per ListDeadLetters page by default, and at most (also ids per replay). */
+/**
+ * One user's sends in flight at most, across providers: one user cannot hold more than this of a
+ * provider's slots with endpoints that never answer (a device's endpoint is the user's to choose).
+ */
+export const SENDS_IN_FLIGHT_PER_USER_MAX = 4;
 const DEAD_LETTERS_PAGE_DEFAULT = 100;
 const DEAD_LETTERS_PAGE_MAX = 1_000;
 const TOKEN_CHARS_MAX = 4_096;
@@ -142,6 +147,7 @@ export class Push {
   private readonly pendingMax: number;
   private readonly inFlight = new Set<Promise<void>>();
   private readonly slots = new Map<string, SendSlots>();
+  private readonly userSlots = new KeyedSendSlots(SENDS_IN_FLIGHT_PER_USER_MAX);
   private jobSequence = 0;
   /** Wakes a delivery waiting to retry, with false: the process is closing. */
   private readonly sleepers = new Set<() => void>();
@@ -489,7 +495,9 @@ export class Push {
       this.slots.set(provider.name, slots);
     }
     try {
-      return await slots.run(() => provider.send(token, n));
+      // A user's own sends first take one of a few slots of theirs: their devices' endpoints are
+      // theirs to choose, and endpoints that never answer must not hold every slot of a provider.
+      return await this.userSlots.run(n.userId, () => slots.run(() => provider.send(token, n)));
     } catch (err) {
       return { kind: "retry", reason: `${provider.name} threw: ${(err as Error).message}` };
     }
