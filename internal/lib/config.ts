@@ -328,7 +328,7 @@ export const schema = {
     ),
     pendingMax: int(
       10_000,
-      "Deliveries (notification × device) in flight or waiting to retry in one push process; past it new ones are dropped (counted dropped).",
+      "Deliveries (notification × device) in flight or waiting to retry in one push process; past it new ones are dropped (counted dropped). One user's are at most 200 of them.",
       1,
     ),
     sendsInFlightMax: int(

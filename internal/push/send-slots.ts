@@ -52,4 +52,3 @@ export class KeyedSendSlots {
     return this.byKey.size;
   }
 }
-

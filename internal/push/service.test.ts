@@ -12,7 +12,7 @@ import type {
 import { discardingLogger } from "../lib/log.js";
 import { createMetrics, type Metrics } from "../lib/metrics.js";
 import type { PushNotification, PushProvider } from "./providers/types.js";
-import { Push } from "./service.js";
+import { PENDING_PER_USER_MAX, Push } from "./service.js";
 
 const WINDOW_MS = 10_000;
 const device: DeviceRecord = {
@@ -144,5 +144,11 @@ describe("send slots", () => {
     await push.notify({ userId: "mallory", conversationId: "g:2", title: "x", body: "b" });
     await push.notify({ userId: "alice", conversationId: "g:1", title: "x", body: "c" });
     await vi.waitFor(() => expect(delivered).toEqual(["https://alice.example/0"]), { timeout: 1_000 });
+    // And one user's deliveries waiting are bounded, so theirs cannot fill pendingMax for everyone.
+    let queued = 0;
+    for (let c = 3; c < 3 + PENDING_PER_USER_MAX / 20 + 1; c++)
+      queued += await push.notify({ userId: "mallory", conversationId: `g:${c}`, title: "x", body: "d" });
+    expect(queued + 40).toBe(PENDING_PER_USER_MAX);
+    expect(await push.notify({ userId: "alice", conversationId: "g:2", title: "x", body: "e" })).toBe(1);
   });
 });

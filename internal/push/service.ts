@@ -48,6 +48,11 @@ export const DEVICES_PER_USER_MAX = 20;
  * provider's slots with endpoints that never answer (a device's endpoint is the user's to choose).
  */
 export const SENDS_IN_FLIGHT_PER_USER_MAX = 4;
+/**
+ * One user's deliveries in flight or waiting to retry at most (20 devices, 10 conversations): past it
+ * theirs are dropped, so endpoints that answer 429 with a long Retry-After cannot fill pendingMax.
+ */
+export const PENDING_PER_USER_MAX = 200;
 const DEAD_LETTERS_PAGE_DEFAULT = 100;
 const DEAD_LETTERS_PAGE_MAX = 1_000;
 const TOKEN_CHARS_MAX = 4_096;
@@ -148,6 +153,8 @@ export class Push {
   private readonly inFlight = new Set<Promise<void>>();
   private readonly slots = new Map<string, SendSlots>();
   private readonly userSlots = new KeyedSendSlots(SENDS_IN_FLIGHT_PER_USER_MAX);
+  /** Deliveries in flight or waiting to retry, per user (bounded by PENDING_PER_USER_MAX). */
+  private readonly pendingByUser = new Map<string, number>();
   private jobSequence = 0;
   /** Wakes a delivery waiting to retry, with false: the process is closing. */
   private readonly sleepers = new Set<() => void>();
@@ -238,7 +245,11 @@ export class Push {
         this.count(target.provider, "unconfigured");
         continue;
       }
-      if (this.closing || this.inFlight.size >= this.pendingMax) {
+      if (
+        this.closing ||
+        this.inFlight.size >= this.pendingMax ||
+        (this.pendingByUser.get(notification.userId) ?? 0) >= PENDING_PER_USER_MAX
+      ) {
         this.count(target.provider, "dropped");
         continue;
       }
@@ -396,12 +407,19 @@ export class Push {
   }
 
   private start(provider: PushProvider, job: PushJob): Promise<void> {
+    const { userId } = job.notification;
+    this.pendingByUser.set(userId, (this.pendingByUser.get(userId) ?? 0) + 1);
     const p = this.deliver(provider, job)
       .catch((err: unknown) => {
         // Only the job store can throw here (providers return outcomes); the job stays stored.
         this.options.log.error("push: job store failed during a delivery", { jobId: job.id, err });
       })
-      .finally(() => this.inFlight.delete(p));
+      .finally(() => {
+        this.inFlight.delete(p);
+        const left = (this.pendingByUser.get(userId) ?? 1) - 1;
+        if (left === 0) this.pendingByUser.delete(userId);
+        else this.pendingByUser.set(userId, left);
+      });
     this.inFlight.add(p);
     return p;
   }
