@@ -58,7 +58,8 @@ describe("streamEvents", () => {
     expect(consumerClosed).toBe(true);
   });
 
-  it("applies a grant revoked while the stream is open to its next batch: the stream ends, PERMISSION_DENIED", async () => {
+  /** A stream subscribed to "audit" over a log whose batch handler the test calls itself. */
+  async function openStream(accessNow: () => Access | undefined, ctx: CallContext) {
     let handler: BatchHandler | undefined;
     const log = {
       consume: async (_group: string, h: BatchHandler) => {
@@ -66,22 +67,16 @@ describe("streamEvents", () => {
         return { close: async () => undefined };
       },
     } as unknown as MessageLog;
-    const access = { caller: "client:billing", sees: async () => true } as unknown as Access;
-    let granted = true;
     async function* requests(): AsyncIterable<StreamEventsRequest> {
       yield {
         kind: { case: "subscribe", value: { subscription: "audit", start: 0 } },
       } as unknown as StreamEventsRequest;
       await new Promise(() => undefined);
     }
-    const ctx = { signal: new AbortController().signal, peer: "in-process" } as CallContext;
-    const responses = streamEvents(
-      { log, access, accessNow: () => (granted ? access : undefined) },
-      requests(),
-      ctx,
-    )[Symbol.asyncIterator]();
+    const responses = streamEvents({ log, access: accessNow()!, accessNow }, requests(), ctx)[
+      Symbol.asyncIterator
+    ]();
     await responses.next(); // joined
-    granted = false; // the policy file no longer grants `events` to billing
     const message = {
       conversationId: "g:1",
       seq: 1,
@@ -90,28 +85,22 @@ describe("streamEvents", () => {
       clientMsgId: "c1",
       body: "x",
       createdAtMs: 1,
-    };
-    await expect(handler!([message as LoggedMessage])).rejects.toMatchObject({
-      reason: "EVENTS_NOT_ALLOWED",
-    });
+    } as LoggedMessage;
+    return { responses, deliver: () => handler!([message]) };
+  }
+
+  it("applies a grant revoked while the stream is open to its next batch: the stream ends, PERMISSION_DENIED", async () => {
+    const access = { caller: "client:billing", sees: async () => true } as unknown as Access;
+    let granted = true;
+    const ctx = { signal: new AbortController().signal, peer: "in-process" } as CallContext;
+    const { responses, deliver } = await openStream(() => (granted ? access : undefined), ctx);
+    granted = false; // the policy file no longer grants `events` to billing
+    await expect(deliver()).rejects.toMatchObject({ reason: "EVENTS_NOT_ALLOWED" });
     await expect(responses.next()).rejects.toMatchObject({ reason: "EVENTS_NOT_ALLOWED" });
   });
 
   it("ends the stream at its next batch once the caller's credential no longer holds (a key removed, a CA rotated out)", async () => {
-    let handler: BatchHandler | undefined;
-    const log = {
-      consume: async (_group: string, h: BatchHandler) => {
-        handler = h;
-        return { close: async () => undefined };
-      },
-    } as unknown as MessageLog;
     const access = { caller: "client:audit", sees: async () => true } as unknown as Access;
-    async function* requests(): AsyncIterable<StreamEventsRequest> {
-      yield {
-        kind: { case: "subscribe", value: { subscription: "audit", start: 0 } },
-      } as unknown as StreamEventsRequest;
-      await new Promise(() => undefined);
-    }
     let trusted = true;
     const ctx = {
       signal: new AbortController().signal,
@@ -125,23 +114,9 @@ describe("streamEvents", () => {
           );
       },
     } as CallContext;
-    const responses = streamEvents({ log, access, accessNow: () => access }, requests(), ctx)[
-      Symbol.asyncIterator
-    ]();
-    await responses.next(); // joined
+    const { responses, deliver } = await openStream(() => access, ctx);
     trusted = false;
-    const message = {
-      conversationId: "g:1",
-      seq: 1,
-      messageId: "1",
-      sender: "a",
-      clientMsgId: "c",
-      body: "x",
-      createdAtMs: 1,
-    };
-    await expect(handler!([message as LoggedMessage])).rejects.toMatchObject({
-      reason: "CERTIFICATE_NOT_TRUSTED",
-    });
+    await expect(deliver()).rejects.toMatchObject({ reason: "CERTIFICATE_NOT_TRUSTED" });
     await expect(responses.next()).rejects.toMatchObject({ reason: "CERTIFICATE_NOT_TRUSTED" });
   });
 
