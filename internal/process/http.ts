@@ -10,7 +10,7 @@ import { isValidUserId, signDevToken } from "../lib/auth.js";
 import type { Config } from "../lib/config.js";
 import type { Logger } from "../lib/log.js";
 import type { Metrics } from "../lib/metrics.js";
-import { loadWebClient, WEB_CLIENT_CSP, type WebAsset } from "./web-client.js";
+import { loadWebClient, type WebAsset, webClientCsp } from "./web-client.js";
 
 export interface HttpOptions {
   config: Config;
@@ -174,20 +174,20 @@ function handleHttp(
     case "/": {
       const index = webClient.get("/");
       if (!index) return json(404, { error: "the web client is not built (npm run build)" });
-      return serveWebAsset(res, index);
+      return serveWebAsset(res, index, o.config);
     }
     default: {
       const asset = webClient.get(path ?? "");
-      return asset ? serveWebAsset(res, asset) : json(404, { error: "not found" });
+      return asset ? serveWebAsset(res, asset, o.config) : json(404, { error: "not found" });
     }
   }
 }
 
-function serveWebAsset(res: ServerResponse, asset: WebAsset): void {
+function serveWebAsset(res: ServerResponse, asset: WebAsset, config: Config): void {
   res
     .writeHead(200, {
       "content-type": asset.contentType,
-      "content-security-policy": WEB_CLIENT_CSP,
+      "content-security-policy": webClientCsp(config.http.publicUrl),
       "x-content-type-options": "nosniff",
       // The file names do not change with their content: revalidate rather than cache blindly.
       "cache-control": "no-cache",

@@ -25,11 +25,23 @@ const CONTENT_TYPES: Record<string, string> = {
 };
 
 /**
- * The page's scripts and styles come from this origin only (no inline code), and it may talk to
- * any WebSocket endpoint: /v1/connect may name another host.
+ * The page's policy: scripts and styles from this origin only (no inline code), and connections to
+ * this origin only ('self' takes in its ws:/wss: URLs) plus, when `http.publicUrl` names another
+ * origin, that one: /v1/connect hands it out. Never any host: a link's ?server= must not be able to
+ * take the page, and the token it carries, to a server of the link's choosing.
  */
-export const WEB_CLIENT_CSP =
-  "default-src 'self'; img-src 'self' data:; connect-src 'self' ws: wss:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+export function webClientCsp(publicUrl = ""): string {
+  let connect = "'self'";
+  if (publicUrl !== "") {
+    try {
+      const { protocol, host } = new URL(publicUrl);
+      if (/^(wss?|https?):$/.test(protocol)) connect += ` ${protocol}//${host}`;
+    } catch {
+      // not a URL: the config check reports it; the page keeps to its own origin
+    }
+  }
+  return `default-src 'self'; img-src 'self' data:; connect-src ${connect}; base-uri 'none'; form-action 'none'; frame-ancestors 'none'`;
+}
 
 /** URL path → asset; empty when the client was not built (then / answers 404 saying so). */
 export function loadWebClient(log: Logger): Map<string, WebAsset> {

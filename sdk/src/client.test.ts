@@ -667,6 +667,46 @@ test("presence subscriptions are renewed after a reconnect", async () => {
   ]);
 });
 
+test("presence is renewed in requests of at most 100 users, dropping those no longer contacts", async () => {
+  const srv = await startServer();
+  // Like the gateway: more than 100 targets, or one the user shares no conversation with, fail the
+  // whole request. "dave" shared only a group the user left while disconnected.
+  let strangers = new Set<string>();
+  srv.hook = (conn, frame, s) => {
+    if (frame.kind.case !== "subscribePresence") return undefined;
+    const ids = frame.kind.value.userIds;
+    if (ids.length > 100) s.error(conn, frame, Code.INVALID_ARGUMENT, "INVALID_PRESENCE_TARGETS");
+    else if (ids.some((u) => strangers.has(u))) s.error(conn, frame, Code.PERMISSION_DENIED, "NOT_A_CONTACT");
+    else return undefined;
+    return true;
+  };
+  const t = newClient(srv);
+  const online = new Set<string>();
+  t.client.on("presence", (p) => online.add(p.userId));
+  await t.client.connect();
+  const users = Array.from({ length: 150 }, (_, i) => `u${i}`);
+  users[120] = "dave";
+  await t.client.subscribePresence(users.slice(0, 100));
+  await t.client.subscribePresence(users.slice(100));
+  strangers = new Set(["dave"]);
+
+  srv.conns[0]!.ws.terminate();
+  const others = users.filter((u) => u !== "dave");
+  await srv.waitFor(() => others.every((u) => online.has(u)), "every contact renewed");
+  const renewals = srv.framesOf("subscribePresence").filter((f) => f.conn.index === 1);
+  expect(renewals.every((f) => f.value.userIds.length <= 100)).toBe(true);
+  expect(online.has("dave")).toBe(false);
+  expect(t.errors).toEqual([]);
+
+  // Dave is no longer watched: the next reconnect renews the others without asking for him.
+  online.clear();
+  srv.conns[1]!.ws.terminate();
+  await srv.waitFor(() => others.every((u) => online.has(u)), "renewed again");
+  const again = srv.framesOf("subscribePresence").filter((f) => f.conn.index === 2);
+  expect(again.map((f) => f.value.userIds.length)).toEqual([100, 49]);
+  expect(t.errors).toEqual([]);
+});
+
 test("the encoding is negotiated as a subprotocol, so the welcome after header auth comes in kind", async () => {
   const srv = await startServer();
   const bin = newClient(srv, { encoding: "binary" });

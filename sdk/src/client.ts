@@ -185,6 +185,9 @@ export interface GroupChangeInput {
   addPolicy?: GroupPolicyName;
 }
 
+/** Most users one subscribePresence may name (docs/protocol.md: INVALID_PRESENCE_TARGETS past it). */
+const PRESENCE_TARGETS_PER_REQUEST = 100;
+
 const LOCAL_REASONS: ReadonlySet<string> = new Set(Object.values(LocalReason));
 const isLocalReason = (reason: string): boolean => LOCAL_REASONS.has(reason);
 
@@ -599,24 +602,53 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
     else this.connection.endOutage();
   }
 
+  /**
+   * Subscribes the watched users again on a new connection: at most PRESENCE_TARGETS_PER_REQUEST a
+   * request, since the server refuses a longer list whole (INVALID_PRESENCE_TARGETS). A request the
+   * server refuses with NOT_A_CONTACT (a user who shared only a group the user has since left) is
+   * split in halves until the refused users are alone; they are no longer watched, and the others
+   * are renewed as before.
+   */
   private renewPresence(conn: Conn): void {
     if (this.presenceWatch.size === 0) return;
-    this.requests
-      .request(
+    void (async () => {
+      const users = [...this.presenceWatch];
+      for (let i = 0; i < users.length; i += PRESENCE_TARGETS_PER_REQUEST) {
+        if (!(await this.renewPresenceOf(conn, users.slice(i, i + PRESENCE_TARGETS_PER_REQUEST)))) return;
+      }
+    })();
+  }
+
+  /** Renews these users' watches; false when renewing should stop (connection gone, a limit hit). */
+  private async renewPresenceOf(conn: Conn, users: string[]): Promise<boolean> {
+    // Unsubscribed meanwhile: not asked for again.
+    const userIds = users.filter((u) => this.presenceWatch.has(u));
+    if (userIds.length === 0) return true;
+    try {
+      const snapshot = await this.requests.request(
         conn,
-        { case: "subscribePresence", value: { userIds: [...this.presenceWatch] } },
+        { case: "subscribePresence", value: { userIds } },
         "presenceSnapshot",
         this.requestTimeoutMs,
-      )
-      .then(
-        (snapshot) => {
-          for (const s of snapshot.statuses) this.emit("presence", toPresence(s));
-        },
-        (err: unknown) => {
-          if (err instanceof SwitchboardClientError && err.reason !== LocalReason.CONNECTION_LOST)
-            this.emitError(err);
-        },
       );
+      for (const s of snapshot.statuses) this.emit("presence", toPresence(s));
+      return true;
+    } catch (err) {
+      if (err instanceof SwitchboardClientError && err.reason === "NOT_A_CONTACT") {
+        if (userIds.length === 1) {
+          this.presenceWatch.delete(userIds[0]!); // the server no longer lets us watch them
+          return true;
+        }
+        const half = Math.ceil(userIds.length / 2);
+        return (
+          (await this.renewPresenceOf(conn, userIds.slice(0, half))) &&
+          this.renewPresenceOf(conn, userIds.slice(half))
+        );
+      }
+      if (err instanceof SwitchboardClientError && err.reason !== LocalReason.CONNECTION_LOST)
+        this.emitError(err);
+      return false;
+    }
   }
 
   // ---------------------------------------------------------------- outbound

@@ -30,6 +30,7 @@ export {
 } from "./close-codes.js";
 export { type Listener, TypedEmitter } from "./emitter.js";
 export { Code, LocalReason, SwitchboardClientError } from "./errors.js";
+export { randomId } from "./ids.js";
 export { type AuthMode, type Encoding, SUBPROTOCOLS, type WebSocketConstructor } from "./transport.js";
 export type {
   ChatMessage,

@@ -7,6 +7,7 @@ import type { Browser, BrowserContext, Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type ServerProcess, startServer } from "../helpers/server.js";
 import {
+  deliveryOf,
   launchBrowser,
   openClient,
   sendMessage,
@@ -117,5 +118,51 @@ describe("accessibility", () => {
     expect(await unnamedControls(page)).toEqual([]);
     expect(await lowContrastText(page)).toEqual([]);
     for (const c of [alice, bob]) expect(c.consoleErrors).toEqual([]);
+  });
+
+  it("adds each new message to the log once, and leaves the log alone while someone types", async () => {
+    // The message list is a live region (role=log): a screen reader reads out what is added to it,
+    // so redrawing it on every change (typing, presence, receipts) would read the log out again.
+    const carol = await signIn(await newContext(), server.httpUrl, "carol");
+    const dan = await signIn(await newContext(), server.httpUrl, "dan");
+    await startChat(carol.page, "dan");
+    await sendMessage(carol.page, "first");
+    await startChat(dan.page, "carol");
+    await expect.poll(() => shownMessages(dan.page)).toEqual(["first"]);
+    await sendMessage(dan.page, "second");
+    await expect.poll(() => shownMessages(carol.page)).toEqual(["first", "second"]);
+    await expect.poll(() => deliveryOf(carol.page, "first")).toBe("Read");
+
+    await carol.page.evaluate(() => {
+      const list = document.getElementById("message-list")!;
+      const seen = { added: [] as string[], removed: 0, inside: 0 };
+      new MutationObserver((records) => {
+        for (const r of records) {
+          if (r.target !== list) seen.inside++;
+          else {
+            seen.added.push(...Array.from(r.addedNodes, (n) => n.textContent ?? ""));
+            seen.removed += r.removedNodes.length;
+          }
+        }
+      }).observe(list, { childList: true, subtree: true, characterData: true });
+      (window as unknown as { logChanges: typeof seen }).logChanges = seen;
+    });
+    const logChanges = () =>
+      carol.page.evaluate(
+        () =>
+          (window as unknown as { logChanges: { added: string[]; removed: number; inside: number } })
+            .logChanges,
+      );
+
+    await dan.page.getByLabel("Message", { exact: true }).pressSequentially("thi");
+    await expect.poll(() => carol.page.locator("#typing").textContent()).toContain("dan");
+    expect(await logChanges()).toEqual({ added: [], removed: 0, inside: 0 });
+
+    await sendMessage(dan.page, "third");
+    await expect.poll(() => shownMessages(carol.page)).toEqual(["first", "second", "third"]);
+    const changes = await logChanges();
+    expect(changes.added).toEqual([expect.stringContaining("third")]);
+    expect(changes.removed).toBe(0);
+    for (const c of [carol, dan]) expect(c.consoleErrors).toEqual([]);
   });
 });

@@ -4,7 +4,10 @@
  */
 import {
   type ChatMessage,
+  Code,
   type Conversation,
+  LocalReason,
+  randomId,
   type SwitchboardClient,
   SwitchboardClientError,
 } from "../../sdk/src/index.js";
@@ -30,6 +33,44 @@ import { TypingSender, TypingWatcher } from "./typing.js";
 export type ConnectionStatus = "connecting" | "catching-up" | "online" | "reconnecting" | "signed-out";
 
 const HISTORY_PAGE = 30;
+
+/**
+ * How many conversations a listing asks for: the most the server lists (docs/protocol.md,
+ * listConversations; `limit` 0 would mean its default page of 100). A user in more still has the
+ * older ones: a group missing from a listing is asked about before it is shown as left.
+ */
+export const CONVERSATIONS_LISTED = 1_000;
+
+/** Most users one subscribePresence may name (docs/protocol.md: INVALID_PRESENCE_TARGETS past it). */
+const PRESENCE_TARGETS_PER_REQUEST = 100;
+
+/** What the SDK refuses itself because of the message (the server would refuse it too). */
+const MESSAGE_REFUSALS: ReadonlySet<string> = new Set([
+  LocalReason.BODY_TOO_LARGE,
+  LocalReason.EMPTY_BODY,
+  LocalReason.INVALID_CLIENT_MSG_ID,
+  LocalReason.FRAME_TOO_LARGE,
+]);
+const LOCAL_REASONS: ReadonlySet<string> = new Set(Object.values(LocalReason));
+
+/**
+ * Whether a send's rejection is a verdict on the message itself (the server refused it, e.g.
+ * NOT_MEMBER, or it can never be sent), after which it is not worth keeping. The others say only that
+ * this connection is over or busy (closed, signed out, token refused or expired, queue full): the
+ * message stays in the outbox and goes out when the chat next opens.
+ */
+export function refusedForGood(err: unknown): boolean {
+  if (!(err instanceof SwitchboardClientError)) return false;
+  if (MESSAGE_REFUSALS.has(err.reason)) return true;
+  // A terminal close (invalid or expired token, kicked), the SDK's own connection-side reasons, and
+  // what it reports of a socket it could not open or the upgrade refused.
+  if (err.closeCode !== undefined || LOCAL_REASONS.has(err.reason)) return false;
+  if (err.code === Code.UNAUTHENTICATED || err.reason === "OPEN_FAILED") return false;
+  return true;
+}
+
+/** Shown under a message kept in the outbox after the connection ended before it was sent. */
+export const KEPT_TEXT = "Not sent yet: kept on this device, and sent when you next open the chat";
 
 /** Shown on the composer of an admins-only group, and on a message the server refused for it. */
 export const POSTING_RESTRICTED_TEXT = "Only admins can post in this channel";
@@ -73,6 +114,8 @@ export class ChatApp {
   private readonly receipts: ReceiptSender;
   private readonly watched = new Set<string>();
   private refreshing: Promise<void> | undefined;
+  /** The older-history page being fetched, per conversation: one request however often asked. */
+  private readonly loadingOlder = new Map<string, Promise<void>>();
   private refreshAgain = false;
   /** What this page learned of groups apart from listings, counted (ConversationState.learnedAt). */
   private learned = 0;
@@ -85,6 +128,8 @@ export class ChatApp {
     private readonly saveCursor: (cursor: number) => void,
     private readonly outbox: Outbox,
     private readonly isVisible: () => boolean = () => document.visibilityState === "visible",
+    /** Ends what this app listens to on the page (a sign-in that failed gives way to the next). */
+    signal?: AbortSignal,
   ) {
     this.typing = new TypingWatcher(() => this.onChange());
     this.typingSender = new TypingSender((id, typing) => client.typing(id, typing));
@@ -145,7 +190,7 @@ export class ChatApp {
       this.notice = `${err.reason}: ${err.message}`;
       this.onChange();
     });
-    document.addEventListener("visibilitychange", () => this.markOpenRead());
+    document.addEventListener("visibilitychange", () => this.markOpenRead(), signal ? { signal } : {});
   }
 
   get open(): ConversationState | undefined {
@@ -174,14 +219,16 @@ export class ChatApp {
       do {
         this.refreshAgain = false;
         const askedAt = this.learned;
-        const list = await this.client.listConversations();
+        const list = await this.client.listConversations({ limit: CONVERSATIONS_LISTED });
         const listed = new Set(list.map((c) => c.id));
-        for (const c of this.conversations.values()) {
-          // Removal sends no event: a group the server no longer lists is one we were removed from.
-          // (A direct conversation is listed only from its first message: a new one is not gone; nor
-          // is a group created or joined after the listing was asked for, which it may not show.)
-          if (c.kind === "group" && !listed.has(c.id) && c.learnedAt <= askedAt) c.isMember = false;
-        }
+        // Removal sends no event: a group the server no longer lists may be one we were removed from,
+        // or only older than the listing's newest conversations; the server says which. (A direct
+        // conversation is listed only from its first message: a new one is not gone; nor is a group
+        // created or joined after the listing was asked for, which it may not show.)
+        const unlisted = [...this.conversations.values()].filter(
+          (c) => c.kind === "group" && c.isMember && !listed.has(c.id) && c.learnedAt <= askedAt,
+        );
+        await Promise.all(unlisted.map((c) => this.confirmMembership(c, askedAt)));
         for (const info of list) {
           const known = this.conversations.get(info.id);
           if (!known) this.conversations.set(info.id, newConversationState(info));
@@ -205,6 +252,24 @@ export class ChatApp {
         this.refreshing = undefined;
       });
     return this.refreshing;
+  }
+
+  /**
+   * Asks the server whether the user is still in a group the listing did not show: NOT_MEMBER on its
+   * roster means removed (unless the page learned otherwise since the listing was asked for).
+   */
+  private async confirmMembership(c: ConversationState, askedAt: number): Promise<void> {
+    try {
+      const listed = await this.client.listMembers(c.id);
+      c.members = listed.members;
+      c.roles = new Map(listed.roles.map((m) => [m.userId, m.role]));
+      c.memberCount = c.members.length;
+    } catch (err) {
+      if (!(err instanceof SwitchboardClientError && err.reason === "NOT_MEMBER")) return; // ask next time
+      if (c.learnedAt > askedAt || !c.isMember) return;
+      c.isMember = false;
+      this.unwatchStrangers();
+    }
   }
 
   select(conversationId: string | undefined): void {
@@ -235,14 +300,14 @@ export class ChatApp {
     this.select(conversationId);
   }
 
-  /** Opens (or starts: the DM is created by its first message) a direct conversation. */
+  /**
+   * Opens (or starts: the DM is created by its first message) a direct conversation. One the listing
+   * did not show may still have a history (it is older than the listed ones): it is loaded now, or
+   * by the refresh after the next sync; the server's NOT_MEMBER says there is none yet.
+   */
   openDirect(peer: string): void {
     const id = directConversationId(this.me, peer);
-    if (!this.conversations.has(id)) {
-      const c = newConversationState({ id, kind: "direct" });
-      c.historyLoaded = true; // nothing on the server until the first message
-      this.conversations.set(id, c);
-    }
+    if (!this.conversations.has(id)) this.conversations.set(id, newConversationState({ id, kind: "direct" }));
     this.select(id);
   }
 
@@ -422,6 +487,7 @@ export class ChatApp {
       await this.client.leaveGroup(c.id);
       this.conversations.delete(c.id);
       this.select(undefined);
+      this.unwatchStrangers(); // the server would refuse to watch them again (NOT_A_CONTACT)
     });
   }
 
@@ -434,7 +500,7 @@ export class ChatApp {
     const c = this.open;
     if (!c || body.trim() === "") return;
     this.typingSender.stop();
-    const entry = { conversationId: c.id, clientMsgId: crypto.randomUUID(), body, createdAtMs: Date.now() };
+    const entry = { conversationId: c.id, clientMsgId: randomId(), body, createdAtMs: Date.now() };
     this.outbox.add(entry);
     this.transmit(entry);
   }
@@ -465,6 +531,13 @@ export class ChatApp {
           this.onChange();
         },
         (err: unknown) => {
+          if (!refusedForGood(err)) {
+            // The connection ended before the server answered (signed out, token refused, closed):
+            // the message stays in the outbox, for the next time the chat opens.
+            Object.assign(outgoing, { failure: KEPT_TEXT });
+            this.onChange();
+            return;
+          }
           // Refused for good (e.g. no longer a member): kept on screen as "Not sent", not resent.
           this.outbox.remove(entry.clientMsgId);
           const reason = err instanceof SwitchboardClientError ? err.reason : "";
@@ -494,9 +567,16 @@ export class ChatApp {
     if (c?.isMember && (c.kind === "group" || c.lastSeq > 0)) this.typingSender.keystroke(c.id);
   }
 
-  async loadOlder(): Promise<void> {
+  /** The page of history before the oldest loaded message; asked again while it loads, the same one. */
+  loadOlder(): Promise<void> {
     const c = this.open;
-    if (c?.hasOlder) await this.loadHistory(c, c.messages[0]?.seq);
+    if (!c?.hasOlder) return Promise.resolve();
+    let loading = this.loadingOlder.get(c.id);
+    if (!loading) {
+      loading = this.loadHistory(c, c.messages[0]?.seq).finally(() => this.loadingOlder.delete(c.id));
+      this.loadingOlder.set(c.id, loading);
+    }
+    return loading;
   }
 
   async loadMembers(c: ConversationState): Promise<void> {
@@ -525,10 +605,15 @@ export class ChatApp {
       });
       for (const m of page.messages) addMessage(c, m);
       c.hasOlder = page.hasMore;
+      if (page.messages.length > 0) this.watchContact(c);
       if (beforeSeq === undefined && this.hasOwnMessages(c)) await this.loadReceipts(c);
       this.markOpenRead();
       this.onChange();
     } catch (err) {
+      // A direct conversation exists on the server from its first message: none yet, nothing to show.
+      const notYet =
+        c.kind === "direct" && err instanceof SwitchboardClientError && err.reason === "NOT_MEMBER";
+      if (notYet) return;
       if (beforeSeq === undefined) c.historyLoaded = false; // try again on the next refresh
       this.report(err);
     }
@@ -593,17 +678,46 @@ export class ChatApp {
     if (c.kind === "direct") void this.watchPresence([peerOf(c.id, this.me)]);
   }
 
+  /** Watches these users' presence, at most PRESENCE_TARGETS_PER_REQUEST a request. */
   private async watchPresence(users: string[]): Promise<void> {
     const fresh = [...new Set(users)].filter((u) => u !== this.me && !this.watched.has(u));
     if (fresh.length === 0) return;
     for (const u of fresh) this.watched.add(u);
-    try {
-      for (const s of await this.client.subscribePresence(fresh)) this.presence.set(s.userId, s.online);
-      this.onChange();
-    } catch (err) {
-      for (const u of fresh) this.watched.delete(u);
-      this.report(err);
+    const chunks: string[][] = [];
+    for (let i = 0; i < fresh.length; i += PRESENCE_TARGETS_PER_REQUEST)
+      chunks.push(fresh.slice(i, i + PRESENCE_TARGETS_PER_REQUEST));
+    await Promise.all(
+      chunks.map(async (chunk) => {
+        try {
+          for (const s of await this.client.subscribePresence(chunk)) this.presence.set(s.userId, s.online);
+          this.onChange();
+        } catch (err) {
+          for (const u of chunk) this.watched.delete(u);
+          this.report(err);
+        }
+      }),
+    );
+  }
+
+  /**
+   * Stops watching users the user no longer shares a conversation with that this page knows of (they
+   * left a group, or were removed): the server would refuse to watch them again on a reconnect.
+   */
+  private unwatchStrangers(): void {
+    const contacts = new Set<string>();
+    for (const c of this.conversations.values()) {
+      if (c.kind === "direct") contacts.add(peerOf(c.id, this.me));
+      else if (c.isMember) for (const m of c.members ?? []) contacts.add(m);
     }
+    const strangers = [...this.watched].filter((u) => !contacts.has(u));
+    if (strangers.length === 0) return;
+    for (const u of strangers) {
+      this.watched.delete(u);
+      this.presence.delete(u);
+    }
+    this.onChange();
+    // The SDK forgets them at once; the server's watch ends with the request, or with the connection.
+    void this.client.unsubscribePresence(strangers).catch(() => undefined);
   }
 
   private setStatus(status: ConnectionStatus): void {

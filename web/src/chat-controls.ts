@@ -15,17 +15,26 @@ import type { WebPush } from "./web-push.js";
  */
 const ROLE_RECHECK_MS = 10_000;
 
-export function wireChat(app: ChatApp, push: WebPush): void {
+/**
+ * Wires the chat's controls to `app`, until `signal` aborts: a sign-in that failed after wiring must
+ * leave nothing behind for the next one (its handlers would run first, e.g. empty the composer).
+ */
+export function wireChat(app: ChatApp, push: WebPush, signal: AbortSignal): void {
+  const on = <K extends keyof HTMLElementEventMap>(
+    target: HTMLElement | Window,
+    type: K,
+    listener: (e: HTMLElementEventMap[K]) => void,
+  ): void => (target as EventTarget).addEventListener(type, listener as EventListener, { signal });
   const composer = byId<HTMLInputElement>("composer-input");
-  byId("composer").addEventListener("submit", (e) => {
+  on(byId("composer"), "submit", (e) => {
     e.preventDefault();
     app.send(composer.value);
     composer.value = "";
   });
-  composer.addEventListener("input", () => {
+  on(composer, "input", () => {
     if (composer.value !== "") app.composing();
   });
-  byId("new-chat").addEventListener("submit", (e) => {
+  on(byId("new-chat"), "submit", (e) => {
     e.preventDefault();
     const peer = inputValue("new-chat-user");
     if (!USER_ID.test(peer)) {
@@ -38,7 +47,7 @@ export function wireChat(app: ChatApp, push: WebPush): void {
     // The conversation pane appears with the next frame's render; focus it after that.
     requestAnimationFrame(() => requestAnimationFrame(() => composer.focus()));
   });
-  byId("new-group").addEventListener("submit", (e) => {
+  on(byId("new-group"), "submit", (e) => {
     e.preventDefault();
     const members = inputValue("new-group-members")
       .split(/[\s,]+/)
@@ -48,7 +57,7 @@ export function wireChat(app: ChatApp, push: WebPush): void {
       byId<HTMLInputElement>("new-group-members").value = "";
     });
   });
-  byId("join-group").addEventListener("submit", (e) => {
+  on(byId("join-group"), "submit", (e) => {
     e.preventDefault();
     const id = inputValue("join-group-id");
     if (!id) return;
@@ -58,28 +67,28 @@ export function wireChat(app: ChatApp, push: WebPush): void {
       byId<HTMLDetailsElement>("join-group-details").open = false;
     });
   });
-  byId("group-open").addEventListener("change", (e) => {
+  on(byId("group-open"), "change", (e) => {
     void app.changeGroup({ open: (e.target as HTMLInputElement).checked });
   });
-  byId("group-admins-post").addEventListener("change", (e) => {
+  on(byId("group-admins-post"), "change", (e) => {
     void app.changeGroup({ postPolicy: (e.target as HTMLInputElement).checked ? "admins" : "everyone" });
   });
-  byId("group-admins-add").addEventListener("change", (e) => {
+  on(byId("group-admins-add"), "change", (e) => {
     void app.changeGroup({ addPolicy: (e.target as HTMLInputElement).checked ? "admins" : "everyone" });
   });
   const groupName = byId<HTMLInputElement>("group-name");
-  byId("group-rename").addEventListener("submit", (e) => {
+  on(byId("group-rename"), "submit", (e) => {
     e.preventDefault();
     void app.renameGroup(groupName.value);
   });
   // Escape takes back a first "Make owner" press (the button asks to confirm until then).
-  byId("member-list").addEventListener("keydown", (e) => {
+  on(byId("member-list"), "keydown", (e) => {
     if (e.key !== "Escape" || app.confirmingOwner === undefined) return;
     app.confirmingOwner = undefined;
     app.onChange();
   });
   const groupId = byId<HTMLInputElement>("group-id");
-  byId("copy-group-id").addEventListener("click", () => {
+  on(byId("copy-group-id"), "click", () => {
     const status = byId("copy-status");
     // The clipboard is there only in secure contexts (https, localhost) and may be refused: then the
     // id is left selected for the user to copy.
@@ -94,29 +103,29 @@ export function wireChat(app: ChatApp, push: WebPush): void {
       },
     );
   });
-  byId("add-member").addEventListener("submit", (e) => {
+  on(byId("add-member"), "submit", (e) => {
     e.preventDefault();
     const user = inputValue("add-member-user");
     byId<HTMLInputElement>("add-member-user").value = "";
     if (user) void app.addMember(user);
   });
-  byId("leave-group").addEventListener("click", () => void app.leave());
-  byId("mute-toggle").addEventListener("click", () => void app.toggleMute());
-  byId("back").addEventListener("click", () => app.select(undefined));
+  on(byId("leave-group"), "click", () => void app.leave());
+  on(byId("mute-toggle"), "click", () => void app.toggleMute());
+  on(byId("back"), "click", () => app.select(undefined));
   const membersToggle = byId("members-toggle");
-  membersToggle.addEventListener("click", () => {
+  on(membersToggle, "click", () => {
     const panel = byId("members");
     panel.hidden = !panel.hidden;
     membersToggle.setAttribute("aria-expanded", String(!panel.hidden));
     const open = app.open;
     if (!panel.hidden && open) void app.loadMembers(open);
   });
-  byId("load-older").addEventListener("click", () => void app.loadOlder());
+  on(byId("load-older"), "click", () => void app.loadOlder());
   const scroller = byId("messages");
-  scroller.addEventListener("scroll", () => {
+  on(scroller, "scroll", () => {
     if (scroller.scrollTop < 40) void app.loadOlder();
   });
-  byId("sign-out").addEventListener("click", () => {
+  on(byId("sign-out"), "click", () => {
     sessionStore.clear();
     void push
       .signOut()
@@ -126,12 +135,12 @@ export function wireChat(app: ChatApp, push: WebPush): void {
   // Nothing tells a user they were added to a group until its first message, nor that their role or
   // a group's settings changed: look again (the list, the open group's roster) whenever they come
   // back to the tab.
-  window.addEventListener("focus", () => {
+  on(window, "focus", () => {
     if (app.status !== "online") return;
     void app.refreshConversations();
     void app.recheckOpenGroup(false);
   });
-  setInterval(() => {
+  const recheck = setInterval(() => {
     if (
       app.status === "online" &&
       document.visibilityState === "visible" &&
@@ -140,4 +149,5 @@ export function wireChat(app: ChatApp, push: WebPush): void {
     )
       void app.recheckOpenGroup(false);
   }, ROLE_RECHECK_MS);
+  signal.addEventListener("abort", () => clearInterval(recheck));
 }

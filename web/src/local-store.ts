@@ -14,6 +14,11 @@ export interface StoredSession {
   /** "dev", "backend": fetch a fresh token from tokenUrl when this one expires; "pasted": ask again. */
   source: "dev" | "backend" | "pasted";
   tokenUrl?: string;
+  /**
+   * The user confirmed signing in to this server, which is not the page's own (sign-in-form.ts):
+   * without it, a session for another server is not opened again.
+   */
+  confirmed?: true;
 }
 
 export interface OutboxEntry {

@@ -8,22 +8,34 @@ import { byId } from "./dom.js";
 import { conversationInFragment, conversationToOpen } from "./push-notification.js";
 import type { WebPush } from "./web-push.js";
 
-export function wireNotifications(app: ChatApp, push: WebPush): void {
+export function wireNotifications(app: ChatApp, push: WebPush, signal: AbortSignal): void {
   const toggle = byId<HTMLButtonElement>("push-toggle");
-  toggle.addEventListener("click", () => {
-    if (push.status !== "working") void push.toggle();
-  });
+  toggle.addEventListener(
+    "click",
+    () => {
+      if (push.status !== "working") void push.toggle();
+    },
+    { signal },
+  );
   push.onChange = () => renderToggle(push);
   renderToggle(push);
-  window.addEventListener("storage", (event) => {
-    if (event.key === push.enabledKey) push.changedElsewhere();
-  });
+  window.addEventListener(
+    "storage",
+    (event) => {
+      if (event.key === push.enabledKey) push.changedElsewhere();
+    },
+    { signal },
+  );
 
   if ("serviceWorker" in navigator) {
-    navigator.serviceWorker.addEventListener("message", (event) => {
-      const id = conversationToOpen(event.data);
-      if (id !== undefined) app.openById(id);
-    });
+    navigator.serviceWorker.addEventListener(
+      "message",
+      (event) => {
+        const id = conversationToOpen(event.data);
+        if (id !== undefined) app.openById(id);
+      },
+      { signal },
+    );
   }
   const linked = conversationInFragment(location.hash);
   if (linked !== undefined) {

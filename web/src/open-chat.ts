@@ -21,6 +21,7 @@ export async function openChat(
   credentials: Credentials,
   server: string,
   resumed: StoredSession | undefined,
+  confirmed = false,
 ): Promise<void> {
   localStorage.setItem("switchboard:server", server);
   localStorage.setItem("switchboard:user", credentials.userId);
@@ -43,6 +44,7 @@ export async function openChat(
       token: credentials.current(),
       source: credentials.source,
       ...(credentials.tokenUrl === undefined ? {} : { tokenUrl: credentials.tokenUrl }),
+      ...(confirmed ? { confirmed: true as const } : {}),
     });
   remember();
   const client = new SwitchboardClient({
@@ -55,15 +57,24 @@ export async function openChat(
     if (cursor > Number(localStorage.getItem(cursorKey) ?? 0))
       localStorage.setItem(cursorKey, String(cursor));
   };
-  const app = new ChatApp(client, credentials.userId, saveCursor, new Outbox(server, credentials.userId));
+  // What this sign-in wires into the page, undone if it fails (the user signs in again on this page).
+  const wired = new AbortController();
+  const app = new ChatApp(
+    client,
+    credentials.userId,
+    saveCursor,
+    new Outbox(server, credentials.userId),
+    undefined,
+    wired.signal,
+  );
   client.on("connected", remember); // a renewed dev token is remembered too
   let drawScheduled = false;
   app.onChange = () => {
-    if (drawScheduled) return;
+    if (drawScheduled || wired.signal.aborted) return;
     drawScheduled = true;
     requestAnimationFrame(() => {
       drawScheduled = false;
-      render(app);
+      if (!wired.signal.aborted) render(app);
     });
   };
   byId("sign-in").hidden = true;
@@ -77,15 +88,24 @@ export async function openChat(
       push.start(d.webPushPublicKey),
     );
   });
-  wireChat(app, push);
-  wireNotifications(app, push);
+  wireChat(app, push, wired.signal);
+  wireNotifications(app, push, wired.signal);
   app.resendOutbox();
   render(app);
   if (resumed) {
     // A terminal refusal (e.g. the token was revoked) shows as "Signed out" with the reason.
     client.connect().catch(() => sessionStore.clear());
-  } else {
+    return;
+  }
+  try {
     await client.connect();
+  } catch (err) {
+    // Refused (e.g. a bad token): the sign-in form comes back, and this attempt's app is gone.
+    wired.abort();
+    await client.close();
+    // Nor is its session one to open again on the next load.
+    if (sessionStore.load()?.token === credentials.current()) sessionStore.clear();
+    throw err;
   }
 }
 

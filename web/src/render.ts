@@ -1,6 +1,7 @@
 /**
- * Draws the app from ChatApp's state into the static markup of web/index.html. Each region is
- * redrawn whole (the lists are small); focus and scroll position are kept across redraws.
+ * Draws the app from ChatApp's state into the static markup of web/index.html. Small regions are
+ * redrawn whole; the conversation and message lists are updated in place (a click, or a screen
+ * reader's reading of the log, must survive a redraw); focus and scroll position are kept.
  */
 import { type ChatApp, type ConnectionStatus, POSTING_RESTRICTED_TEXT } from "./chat-app.js";
 import {
@@ -299,33 +300,75 @@ function renderGroupSettings(app: ChatApp, c: ConversationState): void {
   byId("add-member").hidden = !mayAddMembers(c, app.me);
 }
 
+/** What one entry of the message list shows. */
+interface MessageView {
+  /** Stays the same from the queued copy to the acknowledged message, so its entry stays too. */
+  key: string;
+  mine: boolean;
+  sender: string;
+  body: string;
+  atMs: number;
+  state: DeliveryState | undefined;
+  failure: string | undefined;
+  attrs: Record<string, string>;
+}
+
+/**
+ * The list is a live region (role=log): a screen reader reads out what is added to it. So it is
+ * updated in place, like the conversation list: an entry lives as long as its message, only what
+ * changed in it is touched (a delivery state, a failure), and only new messages are added. A typing
+ * or presence event changes nothing in it; redrawing it whole would have the log read out again.
+ */
 function renderMessages(app: ChatApp, c: ConversationState): void {
   const scroller = byId("messages");
   const fromBottom = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight;
   const shownId = scroller.dataset.conversationId;
   byId("load-older").hidden = !c.hasOlder;
   const offline = app.status !== "online";
-  const items = c.messages.map((m) => {
+  const views: MessageView[] = c.messages.map((m) => {
     const mine = m.sender === app.me;
-    return messageItem(
+    return {
+      key: messageKey(m.sender, m.clientMsgId, m.seq),
       mine,
-      m.sender,
-      m.body,
-      m.createdAtMs,
-      mine ? deliveryStateOf(c, m, app.me) : undefined,
-      { "data-seq": String(m.seq), "data-client-msg-id": m.clientMsgId },
-    );
+      sender: m.sender,
+      body: m.body,
+      atMs: m.createdAtMs,
+      state: mine ? deliveryStateOf(c, m, app.me) : undefined,
+      failure: undefined,
+      attrs: { "data-seq": String(m.seq), "data-client-msg-id": m.clientMsgId },
+    };
   });
   for (const o of c.outgoing) {
-    const state: DeliveryState = o.failure ? "failed" : offline ? "queued" : "sending";
-    const item = messageItem(true, app.me, o.body, o.createdAtMs, state, {
-      "data-client-msg-id": o.clientMsgId,
+    views.push({
+      key: messageKey(app.me, o.clientMsgId, 0),
+      mine: true,
+      sender: app.me,
+      body: o.body,
+      atMs: o.createdAtMs,
+      state: o.failure ? "failed" : offline ? "queued" : "sending",
+      // Why it was not sent, under the message it concerns.
+      failure: o.failure,
+      attrs: { "data-client-msg-id": o.clientMsgId },
     });
-    // Why it was not sent, under the message it concerns.
-    if (o.failure) item.append(h("span", { class: "failure", text: o.failure }));
-    items.push(item);
   }
-  byId("message-list").replaceChildren(...items);
+  const list = byId("message-list");
+  const entries = new Map<string, HTMLLIElement>();
+  // Another conversation's entries are not reused: its keys may recur here.
+  if (shownId === c.id) {
+    for (const li of Array.from(list.children) as HTMLLIElement[]) {
+      if (li.dataset.key !== undefined) entries.set(li.dataset.key, li);
+    }
+  }
+  const items = views.map((view) => {
+    const li = entries.get(view.key);
+    entries.delete(view.key); // a key twice (it should not be): the second gets an entry of its own
+    return li ? updateMessageItem(li, view) : messageItem(view);
+  });
+  items.forEach((li, i) => {
+    const here = list.children[i] ?? null;
+    if (here !== li) list.insertBefore(li, here);
+  });
+  while (list.children.length > items.length) list.lastElementChild?.remove();
   // Stay at the newest message unless the user scrolled up to read; keep the view put when older
   // messages were added above.
   scroller.dataset.conversationId = c.id;
@@ -333,24 +376,64 @@ function renderMessages(app: ChatApp, c: ConversationState): void {
   else scroller.scrollTop = scroller.scrollHeight - scroller.clientHeight - fromBottom;
 }
 
-function messageItem(
-  mine: boolean,
-  sender: string,
-  body: string,
-  atMs: number,
-  state: DeliveryState | undefined,
-  attrs: Record<string, string>,
-): HTMLElement {
-  return h(
+/** A message's entry key: the sender's client message id (the server's key too), else its seq. */
+function messageKey(sender: string, clientMsgId: string, seq: number): string {
+  return clientMsgId !== "" ? `${sender}\n${clientMsgId}` : `seq:${seq}`;
+}
+
+function messageItem(view: MessageView): HTMLLIElement {
+  const li = h(
     "li",
-    { class: `message ${mine ? "mine" : "theirs"}`, attrs },
-    h("span", { class: "sender", text: mine ? "You" : sender }),
-    h("p", { class: "body", text: body }),
-    h(
-      "span",
-      { class: "meta" },
-      h("time", { text: timeFormat.format(atMs), attrs: { datetime: new Date(atMs).toISOString() } }),
-      state && h("span", { class: "delivery", text: STATE_TEXT[state], attrs: { "data-state": state } }),
-    ),
+    { class: messageClass(view), attrs: { ...view.attrs, "data-key": view.key } },
+    h("span", { class: "sender", text: view.mine ? "You" : view.sender }),
+    h("p", { class: "body", text: view.body }),
+    h("span", { class: "meta" }, timeOf(view.atMs)),
   );
+  return updateMessageItem(li, view);
+}
+
+function messageClass(view: MessageView): string {
+  return `message ${view.mine ? "mine" : "theirs"}`;
+}
+
+function timeOf(atMs: number): HTMLTimeElement {
+  return h("time", { text: timeFormat.format(atMs), attrs: { datetime: new Date(atMs).toISOString() } });
+}
+
+/** Brings an entry up to date, touching only what differs (each change is read out). */
+function updateMessageItem(li: HTMLLIElement, view: MessageView): HTMLLIElement {
+  if (li.className !== messageClass(view)) li.className = messageClass(view);
+  for (const [name, value] of Object.entries(view.attrs)) {
+    if (li.getAttribute(name) !== value) li.setAttribute(name, value);
+  }
+  setText(li.querySelector(".sender"), view.mine ? "You" : view.sender);
+  setText(li.querySelector(".body"), view.body);
+  const meta = li.querySelector<HTMLElement>(".meta")!;
+  const time = meta.querySelector("time")!;
+  const datetime = new Date(view.atMs).toISOString();
+  if (time.getAttribute("datetime") !== datetime) time.replaceWith(timeOf(view.atMs));
+  let delivery = meta.querySelector<HTMLElement>(".delivery");
+  if (view.state === undefined) delivery?.remove();
+  else {
+    if (!delivery) {
+      delivery = h("span", { class: "delivery" });
+      meta.append(delivery);
+    }
+    if (delivery.dataset.state !== view.state) delivery.dataset.state = view.state;
+    setText(delivery, STATE_TEXT[view.state]);
+  }
+  let failure = li.querySelector<HTMLElement>(":scope > .failure");
+  if (view.failure === undefined) failure?.remove();
+  else {
+    if (!failure) {
+      failure = h("span", { class: "failure" });
+      li.append(failure);
+    }
+    setText(failure, view.failure);
+  }
+  return li;
+}
+
+function setText(el: Element | null, text: string): void {
+  if (el && el.textContent !== text) el.textContent = text;
 }

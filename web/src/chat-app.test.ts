@@ -1,0 +1,313 @@
+/**
+ * ChatApp against a fake SDK client: what it asks the server, and what it keeps, when the server's
+ * answers are not the simple ones (long conversation lists, refusals, a connection that ends).
+ */
+import { webcrypto } from "node:crypto";
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
+import {
+  type ChatMessage,
+  Code,
+  type Conversation,
+  type HistoryPage,
+  type HistoryQuery,
+  type MemberList,
+  type PresenceStatus,
+  type SendAck,
+  type SwitchboardClient,
+  SwitchboardClientError,
+  type SwitchboardClientEvents,
+  TypedEmitter,
+} from "../../sdk/src/index.js";
+import { ChatApp, CONVERSATIONS_LISTED, KEPT_TEXT } from "./chat-app.js";
+import { Outbox } from "./local-store.js";
+
+const ME = "alice";
+
+function conversation(id: string, createdAtMs: number, lastSeq = 0): Conversation {
+  return {
+    id,
+    kind: id.startsWith("g:") ? "group" : "direct",
+    name: id,
+    owner: "",
+    memberCount: 2,
+    open: false,
+    lastSeq,
+    createdAtMs,
+    readSeq: 0,
+    postPolicy: "everyone",
+    addPolicy: "everyone",
+    delivery: "push",
+  };
+}
+
+function message(conversationId: string, seq: number, sender: string): ChatMessage {
+  return {
+    conversationId,
+    seq,
+    messageId: String(seq),
+    sender,
+    clientMsgId: `c${seq}`,
+    body: `m${seq}`,
+    createdAtMs: seq,
+  };
+}
+
+const refusal = (reason: string, code = Code.PERMISSION_DENIED) =>
+  new SwitchboardClientError(code, reason, reason.toLowerCase());
+
+/** The part of SwitchboardClient a ChatApp uses, over an in-memory server. */
+class FakeClient extends TypedEmitter<SwitchboardClientEvents> {
+  state: SwitchboardClient["state"] = "open";
+  /** The user's conversations, any order; listed newest first, `limit` of them (0: 100). */
+  conversations: Conversation[] = [];
+  /** Rosters of the groups the user is in; another group's listMembers is refused NOT_MEMBER. */
+  rosters = new Map<string, string[]>();
+  /** Messages per conversation; one without an entry does not exist (history: NOT_MEMBER). */
+  messages = new Map<string, ChatMessage[]>();
+  listLimits: number[] = [];
+  historyQueries: HistoryQuery[] = [];
+  subscribed: string[][] = [];
+  unsubscribed: string[][] = [];
+  /** How the next sends end: an ack, or a rejection. */
+  sendResult: () => Promise<SendAck> = () => new Promise(() => {});
+  historyResult: ((q: HistoryQuery) => Promise<HistoryPage>) | undefined;
+
+  fire<K extends keyof SwitchboardClientEvents>(event: K, payload: SwitchboardClientEvents[K]): void {
+    this.emit(event, payload);
+  }
+
+  async listConversations(options: { limit?: number } = {}): Promise<Conversation[]> {
+    const limit = options.limit ?? 0;
+    this.listLimits.push(limit);
+    return [...this.conversations]
+      .sort((a, b) => b.createdAtMs - a.createdAtMs)
+      .slice(0, limit === 0 ? 100 : limit);
+  }
+
+  async listMembers(conversationId: string): Promise<MemberList> {
+    const members = this.rosters.get(conversationId);
+    if (!members) throw refusal("NOT_MEMBER");
+    return { conversationId, members, roles: members.map((userId) => ({ userId, role: "member" })) };
+  }
+
+  history(q: HistoryQuery): Promise<HistoryPage> {
+    this.historyQueries.push(q);
+    if (this.historyResult) return this.historyResult(q);
+    const all = this.messages.get(q.conversationId);
+    if (!all) return Promise.reject(refusal("NOT_MEMBER"));
+    const below = all.filter((m) => q.beforeSeq === undefined || m.seq < q.beforeSeq);
+    const page = below.slice(-(q.limit ?? 100));
+    return Promise.resolve({
+      conversationId: q.conversationId,
+      messages: page,
+      hasMore: below.length > page.length,
+    });
+  }
+
+  async listReceipts(): Promise<[]> {
+    return [];
+  }
+
+  async subscribePresence(userIds: string[]): Promise<PresenceStatus[]> {
+    this.subscribed.push(userIds);
+    if (userIds.length > 100) throw refusal("INVALID_PRESENCE_TARGETS", Code.INVALID_ARGUMENT);
+    return userIds.map((userId) => ({ userId, online: true, lastActiveAtMs: 1 }));
+  }
+
+  async unsubscribePresence(userIds: string[]): Promise<void> {
+    this.unsubscribed.push(userIds);
+  }
+
+  async leaveGroup(conversationId: string): Promise<void> {
+    this.rosters.delete(conversationId);
+    this.conversations = this.conversations.filter((c) => c.id !== conversationId);
+  }
+
+  send(): Promise<SendAck> {
+    return this.sendResult();
+  }
+
+  async getNotificationSettings() {
+    return { muted: [], doNotDisturb: null };
+  }
+
+  typing(): void {}
+  async markRead(): Promise<void> {}
+  async markDelivered(): Promise<void> {}
+}
+
+/** localStorage, for the outbox. */
+class MemoryStorage {
+  private readonly items = new Map<string, string>();
+  getItem(key: string): string | null {
+    return this.items.get(key) ?? null;
+  }
+  setItem(key: string, value: string): void {
+    this.items.set(key, value);
+  }
+  removeItem(key: string): void {
+    this.items.delete(key);
+  }
+}
+
+let client: FakeClient;
+let outbox: Outbox;
+
+function newApp(): ChatApp {
+  return new ChatApp(
+    client as unknown as SwitchboardClient,
+    ME,
+    () => {},
+    outbox,
+    () => true,
+  );
+}
+
+/** Lets the app's chains of requests (all answered at once by the fake) run to their end. */
+async function settle(): Promise<void> {
+  for (let i = 0; i < 20; i++) await new Promise((r) => setTimeout(r, 0));
+}
+
+beforeEach(() => {
+  vi.stubGlobal("document", { addEventListener: () => {}, visibilityState: "visible" });
+  vi.stubGlobal("localStorage", new MemoryStorage());
+  client = new FakeClient();
+  outbox = new Outbox("http://server", ME);
+});
+afterEach(() => {
+  vi.unstubAllGlobals();
+});
+
+describe("the conversation list", () => {
+  it("lists up to 1,000 conversations, and takes an unlisted group as left only when the server says so", async () => {
+    // 1,100 groups: the listing holds the 1,000 newest; g:5 is older, g:gone was left elsewhere.
+    for (let i = 0; i < 1_100; i++) {
+      client.conversations.push(conversation(`g:${i}`, 1_000 + i));
+      client.rosters.set(`g:${i}`, [ME, "bob"]);
+    }
+    for (const c of client.conversations) client.messages.set(c.id, []);
+    const app = newApp();
+    app.openById("g:5"); // e.g. a notification's, or a group whose message just came
+    app.openById("g:150");
+    app.openById("g:gone");
+    await settle();
+    expect(client.listLimits.every((l) => l === CONVERSATIONS_LISTED)).toBe(true);
+    expect(app.conversations.get("g:150")?.isMember).toBe(true); // listed
+    expect(app.conversations.get("g:5")?.isMember).toBe(true); // older than the listing, still ours
+    expect(app.conversations.get("g:gone")?.isMember).toBe(false); // the server: NOT_MEMBER
+  });
+
+  it("loads the history of a direct conversation the listing did not show when it is opened", async () => {
+    client.messages.set("dm:alice~zed", [message("dm:alice~zed", 1, "zed"), message("dm:alice~zed", 2, ME)]);
+    const app = newApp();
+    await settle();
+    app.openDirect("zed");
+    await settle();
+    expect(app.open?.messages.map((m) => m.body)).toEqual(["m1", "m2"]);
+    // A conversation not started yet has no history: nothing to tell the user.
+    app.openDirect("nobody");
+    await settle();
+    expect(app.open?.messages).toEqual([]);
+    expect(app.open?.historyLoaded).toBe(true);
+    expect(app.notice).toBe("");
+  });
+});
+
+describe("the outbox", () => {
+  const kept: Array<[string, SwitchboardClientError]> = [
+    ["the client closed", new SwitchboardClientError(Code.CANCELLED, "CLOSED", "client closed")],
+    ["not connected", new SwitchboardClientError(Code.FAILED_PRECONDITION, "NOT_CONNECTED", "closed")],
+    ["queue full", new SwitchboardClientError(Code.RESOURCE_EXHAUSTED, "SEND_QUEUE_FULL", "full")],
+    [
+      "the token refused for good",
+      new SwitchboardClientError(Code.UNAUTHENTICATED, "INVALID_TOKEN", "closed", { closeCode: 3500 }),
+    ],
+    [
+      "the token expired without renewal",
+      new SwitchboardClientError(Code.UNAUTHENTICATED, "TOKEN_EXPIRED", "expired", { closeCode: 3005 }),
+    ],
+    ["the upgrade refused", new SwitchboardClientError(Code.UNAUTHENTICATED, "INVALID_TOKEN", "HTTP 401")],
+  ];
+  it.each(kept)("keeps a message when the connection ends before it is sent: %s", async (_, err) => {
+    client.sendResult = () => Promise.reject(err);
+    const app = newApp();
+    app.openDirect("bob");
+    app.send("written offline");
+    await settle();
+    expect(outbox.entries().map((e) => e.body)).toEqual(["written offline"]);
+    expect(app.open?.outgoing.map((o) => o.failure)).toEqual([KEPT_TEXT]);
+  });
+
+  it("drops a message the server refused", async () => {
+    client.sendResult = () => Promise.reject(refusal("NOT_MEMBER"));
+    const app = newApp();
+    app.openDirect("bob");
+    app.send("refused");
+    await settle();
+    expect(outbox.entries()).toEqual([]);
+    expect(app.open?.outgoing[0]?.failure).toBe("not_member");
+  });
+
+  it("makes client message ids where crypto.randomUUID is missing (a page on plain http)", () => {
+    vi.stubGlobal("crypto", { getRandomValues: (b: Uint8Array) => webcrypto.getRandomValues(b) });
+    const app = newApp();
+    app.openDirect("bob");
+    app.send("over http");
+    expect(outbox.entries().map((e) => e.clientMsgId)).toEqual([
+      expect.stringMatching(/^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/),
+    ]);
+  });
+});
+
+describe("history paging", () => {
+  it("asks for one older page at a time, however often the user scrolls", async () => {
+    const id = "dm:alice~bob";
+    client.conversations.push(conversation(id, 1, 40));
+    client.messages.set(
+      id,
+      Array.from({ length: 40 }, (_, i) => message(id, i + 1, "bob")),
+    );
+    const app = newApp();
+    await app.refreshConversations(); // as after a sync
+    app.select(id);
+    await settle();
+    expect(app.open?.hasOlder).toBe(true);
+    const pending: Array<() => void> = [];
+    const direct = client.history.bind(client);
+    client.historyResult = (q) => new Promise((resolve) => pending.push(() => resolve(direct({ ...q }))));
+    const before = client.historyQueries.length;
+    const loads = Array.from({ length: 5 }, () => app.loadOlder());
+    expect(client.historyQueries.length - before).toBe(1);
+    expect(client.historyQueries.at(-1)?.beforeSeq).toBe(11);
+    client.historyResult = undefined;
+    for (const answer of pending) answer();
+    await Promise.all(loads);
+    expect(app.open?.messages).toHaveLength(40);
+    expect(app.open?.hasOlder).toBe(false);
+  });
+});
+
+describe("presence", () => {
+  it("watches at most 100 users a request, and stops watching those met only in a group the user left", async () => {
+    // 150 direct conversations, and a group with carol (met only there) and bob (also a DM).
+    for (let i = 0; i < 150; i++) client.conversations.push(conversation(`dm:alice~u${i}`, i + 1, 1));
+    client.conversations.push(conversation("dm:alice~bob", 500, 1), conversation("g:1", 600));
+    for (const c of client.conversations) client.messages.set(c.id, []);
+    client.rosters.set("g:1", [ME, "bob", "carol"]);
+    const app = newApp();
+    await app.refreshConversations(); // as after a sync
+    app.select("g:1");
+    await settle();
+    expect(client.subscribed.flat()).toContain("carol");
+    expect(client.subscribed.every((ids) => ids.length <= 100)).toBe(true);
+    expect(app.notice).toBe("");
+    expect(app.presence.get("u0")).toBe(true);
+
+    app.select("g:1");
+    await app.leave();
+    await settle();
+    // The server would refuse carol's watch on the next reconnect (NOT_A_CONTACT); bob is a contact still.
+    expect(client.unsubscribed).toEqual([["carol"]]);
+    expect(app.presence.has("carol")).toBe(false);
+  });
+});
