@@ -27,6 +27,7 @@ import type { GoneRecordPublisher, KafkaTarget } from "./gone-records.js";
 import { wantsGrpcTls } from "./grpc-tls.js";
 import {
   DELETION_COST_ANNOTATION,
+  DRAIN_DONE_ANNOTATION,
   DRAIN_STARTED_ANNOTATION,
   GRPC_PORT,
   grpcTlsSecretName,
@@ -170,16 +171,31 @@ export async function reconcileGateways(
   const base = { gateways, connections, errors };
 
   // --- replicas -----------------------------------------------------------------------------
-  if (!spec.autoscaling.enabled) return { ...base, replicas: spec.replicas, draining: 0 };
+  const drainingPods = alive.filter((p) => p.metadata?.annotations?.[DRAIN_STARTED_ANNOTATION] !== undefined);
+  // A drained gateway refuses every new client for good: one that nothing else will remove (autoscaling
+  // turned off mid-drain) is deleted, and its Deployment starts a fresh one.
+  if (!spec.autoscaling.enabled) {
+    await removeDrained(deps, cluster, ns, drainingPods, "autoscaling is off");
+    return { ...base, replicas: spec.replicas, draining: 0 };
+  }
   const auto = spec.autoscaling;
   const current = deployment?.spec?.replicas ?? auto.minReplicas;
   const poll = deps.pollIntervalMs;
-  const drainingPods = alive.filter((p) => p.metadata?.annotations?.[DRAIN_STARTED_ANNOTATION] !== undefined);
 
   if (drainingPods.length > 0) {
     // Replicas already lowered, the ReplicaSet has not removed the drained Pods yet: wait for it.
     if (current < alive.length)
       return { ...base, replicas: current, draining: drainingPods.length, requeueAfterMs: poll / 5 };
+    // Replicas were lowered for these (or could not be: minReplicas), and they are still here: the
+    // ReplicaSet removed another Pod (deletion cost is a preference: it prefers a Pod not ready), or
+    // the count stayed. Deleted, not counted again: lowering replicas once more would overshoot.
+    const finished = drainingPods.filter(
+      (p) => p.metadata?.annotations?.[DRAIN_DONE_ANNOTATION] !== undefined,
+    );
+    if (finished.length > 0) {
+      await removeDrained(deps, cluster, ns, finished, "it outlived its scale-down");
+      return { ...base, replicas: current, draining: drainingPods.length, requeueAfterMs: poll / 5 };
+    }
     const now = deps.now();
     const done = drainingPods.every((p) => {
       const sample = samples.find((s) => s.pod === p.metadata?.name);
@@ -188,6 +204,11 @@ export async function reconcileGateways(
     });
     if (!done) return { ...base, replicas: current, draining: drainingPods.length, requeueAfterMs: poll / 5 };
     const replicas = Math.max(auto.minReplicas, current - drainingPods.length);
+    for (const p of drainingPods)
+      await deps.kube.mergePatch(
+        { apiVersion: "v1", kind: "Pod", namespace: ns, name: p.metadata?.name ?? "" },
+        { metadata: { annotations: { [DRAIN_DONE_ANNOTATION]: new Date(now).toISOString() } } },
+      );
     deps.events.record(
       cluster,
       "Normal",
@@ -251,6 +272,26 @@ export async function reconcileGateways(
     return { ...base, replicas: current, draining: victims.length, requeueAfterMs: poll / 5 };
   }
   return { ...base, replicas: current, draining: 0, requeueAfterMs: poll };
+}
+
+/** Deletes drained gateway Pods that nothing else will remove (each refuses every new client). */
+async function removeDrained(
+  deps: GatewayDeps,
+  cluster: ChatCluster,
+  ns: string,
+  pods: readonly V1Pod[],
+  why: string,
+): Promise<void> {
+  if (pods.length === 0) return;
+  const names = pods.map((p) => p.metadata?.name ?? "");
+  for (const name of names) await deps.kube.delete({ apiVersion: "v1", kind: "Pod", namespace: ns, name });
+  deps.events.record(
+    cluster,
+    "Normal",
+    "DrainedGatewayRemoved",
+    "ScaleGateways",
+    `deleted drained ${names.join(", ")}: ${why}`,
+  );
 }
 
 function isFinished(pod: V1Pod): boolean {

@@ -5,6 +5,8 @@ export const FINALIZER = "switchboard.dev/cleanup";
 export const MANAGED_BY = "switchboard-operator";
 /** Pod annotations the operator writes on gateways it drains. */
 export const DRAIN_STARTED_ANNOTATION = "switchboard.dev/drain-started-at";
+/** Set on a drained gateway Pod when replicas were lowered for it (or could not be): it should go. */
+export const DRAIN_DONE_ANNOTATION = "switchboard.dev/drain-done-at";
 export const DELETION_COST_ANNOTATION = "controller.kubernetes.io/pod-deletion-cost";
 /** Pod template annotation: a changed configuration rolls the Pods. */
 export const CONFIG_HASH_ANNOTATION = "switchboard.dev/config-hash";

@@ -288,8 +288,9 @@ describe("charts/switchboard-operator", () => {
         `core/serviceaccounts: ${applied}`,
         `policy/poddisruptionbudgets: ${applied}`,
         `networking.k8s.io/networkpolicies: ${applied}`,
-        // Gateway Pods: listed and watched, drain annotations by merge patch.
-        "core/pods: list,watch,patch",
+        // Gateway Pods: listed and watched, drain annotations by merge patch, a drained one that
+        // outlived its scale-down deleted.
+        "core/pods: list,watch,patch,delete",
         "core/secrets: get",
         "events.k8s.io/events: create",
         // The PodMonitor a ChatCluster may ask for: applied (patch, create when new), pruned (list,

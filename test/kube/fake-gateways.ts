@@ -34,7 +34,8 @@ export class GatewayFarm {
     private readonly kube: KubeClient,
     private readonly namespace: string,
     private readonly selector: string,
-    private readonly drainMs = 300,
+    /** How long a drained gateway's connections take to move away (a test may lengthen it). */
+    public drainMs = 300,
     /** What the gateways serve with: plaintext, or TLS (a cluster with spec.grpc.tls). */
     private readonly serverCredentials: () => grpc.ServerCredentials = grpc.ServerCredentials.createInsecure,
   ) {}

@@ -715,6 +715,47 @@ describe("operator against a real API server", () => {
         expect(remaining).toContain(busy);
         for (const m of marked) expect(remaining).not.toContain(m);
         expect(farm.drained).toHaveLength(2);
+
+        // Load falls again (one gateway is needed) and, while the other one drains, minReplicas rises
+        // to 2: replicas cannot drop, so the drained gateway, which refuses every client, is deleted
+        // and its Deployment starts a fresh one.
+        const goes = remaining.find((p) => p !== busy)!;
+        farm.drainMs = 5_000;
+        farm.setConnections(busy, 50);
+        farm.setConnections(goes, 5);
+        await waitFor(
+          "the other gateway drained",
+          async () => farm.drained.includes(goes) || undefined,
+          30_000,
+        );
+        await kube.mergePatch(
+          { apiVersion: "switchboard.dev/v1alpha1", kind: "ChatCluster", namespace: NS, name: "gamma" },
+          { spec: { gateway: { autoscaling: { minReplicas: 2 } } } },
+        );
+        await waitFor(
+          "a fresh gateway in the drained one's place, none left drained",
+          async () => {
+            const pods = (
+              await kube.list<V1Pod>(
+                { apiVersion: "v1", kind: "Pod", namespace: NS },
+                "app.kubernetes.io/instance=gamma,app.kubernetes.io/component=gateway",
+              )
+            ).items.filter((p) => !p.metadata?.deletionTimestamp);
+            const names = pods.map((p) => p.metadata?.name);
+            const drained = pods.filter((p) => p.metadata?.annotations?.["switchboard.dev/drain-started-at"]);
+            return pods.length === 2 && names.includes(busy) && !names.includes(goes) && drained.length === 0
+              ? true
+              : undefined;
+          },
+          60_000,
+        );
+        const d = await kube.get<V1Deployment>({
+          apiVersion: "apps/v1",
+          kind: "Deployment",
+          namespace: NS,
+          name: "gamma-gateway",
+        });
+        expect(d.spec?.replicas).toBe(2);
         // Its Stats and Drain calls carried the operator's own token for gamma's audience (ADR 0007),
         // which the API server says is the chart's ServiceAccount's.
         expect(farm.authorizations.length).toBeGreaterThan(0);
