@@ -228,7 +228,7 @@ export class ChatApp {
         const unlisted = [...this.conversations.values()].filter(
           (c) => c.kind === "group" && c.isMember && !listed.has(c.id) && c.learnedAt <= askedAt,
         );
-        await Promise.all(unlisted.map((c) => this.confirmMembership(c, askedAt)));
+        await inTurn(unlisted, (c) => this.confirmMembership(c, askedAt));
         for (const info of list) {
           const known = this.conversations.get(info.id);
           if (!known) this.conversations.set(info.id, newConversationState(info));
@@ -239,12 +239,9 @@ export class ChatApp {
         // The list shows each conversation's last message: fetch the newest page of those not loaded
         // (with their receipts). Those loaded before may have missed receipts while disconnected.
         const current = [...this.conversations.values()].filter((c) => c.isMember);
-        await Promise.all([
-          ...current.filter((c) => !c.historyLoaded).map((c) => this.loadHistory(c)),
-          ...current
-            .filter((c) => c.historyLoaded && this.hasOwnMessages(c))
-            .map((c) => this.loadReceipts(c)),
-        ]);
+        await inTurn(current, (c) =>
+          !c.historyLoaded ? this.loadHistory(c) : this.hasOwnMessages(c) ? this.loadReceipts(c) : undefined,
+        );
       } while (this.refreshAgain);
     })()
       .catch((err: unknown) => this.report(err))
@@ -744,4 +741,19 @@ export class ChatApp {
           : String(err);
     this.onChange();
   }
+}
+
+/**
+ * Requests in flight at once for one refresh: a user in a thousand conversations must not send a
+ * thousand frames in a second (the gateway drops frames past its burst, and closes a flood).
+ */
+const REFRESH_REQUESTS_AT_ONCE = 8;
+
+/** Runs `fn` over `items`, at most REFRESH_REQUESTS_AT_ONCE at a time. */
+async function inTurn<T>(items: readonly T[], fn: (item: T) => Promise<unknown> | undefined): Promise<void> {
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) await fn(items[next++]!);
+  };
+  await Promise.all(Array.from({ length: Math.min(REFRESH_REQUESTS_AT_ONCE, items.length) }, worker));
 }

@@ -8,7 +8,7 @@ import { wireChat } from "./chat-controls.js";
 import { byId } from "./dom.js";
 import { Outbox, type StoredSession, sessionStore } from "./local-store.js";
 import { wireNotifications } from "./notifications.js";
-import { render } from "./render.js";
+import { forgetDrawn, render } from "./render.js";
 import { type Credentials, type Discovery, discover } from "./sign-in.js";
 import { WebPush } from "./web-push.js";
 
@@ -102,6 +102,7 @@ export async function openChat(
   } catch (err) {
     // Refused (e.g. a bad token): the sign-in form comes back, and this attempt's app is gone.
     wired.abort();
+    forgetDrawn();
     await client.close();
     // Nor is its session one to open again on the next load.
     if (sessionStore.load()?.token === credentials.current()) sessionStore.clear();

@@ -437,3 +437,14 @@ function updateMessageItem(li: HTMLLIElement, view: MessageView): HTMLLIElement 
 function setText(el: Element | null, text: string): void {
   if (el && el.textContent !== text) el.textContent = text;
 }
+
+/**
+ * Forgets what an app drew that a later one would reuse: the conversation list's and the message
+ * log's items keep handlers bound to the app that made them (a sign-in that was refused).
+ */
+export function forgetDrawn(): void {
+  byId("conversation-list").replaceChildren();
+  byId("message-list").replaceChildren();
+  delete byId("messages").dataset.conversationId;
+}
+

@@ -18,15 +18,20 @@ function showSignInError(message: string): void {
   byId("sign-in-error").textContent = message;
 }
 
-/** The server this page belongs to: the one its markup names, else the origin it came from. */
-export function pageServer(): string {
+/** The server the page's markup names (<meta name="switchboard-server">), if any. */
+function namedServer(): string | undefined {
   const named = document.querySelector<HTMLMetaElement>('meta[name="switchboard-server"]')?.content;
-  if (!named) return location.origin;
+  if (!named) return undefined;
   try {
     return new URL(named, location.href).origin;
   } catch {
-    return location.origin;
+    return undefined;
   }
+}
+
+/** The server this page belongs to: the one its markup names, else the origin it came from. */
+export function pageServer(): string {
+  return namedServer() ?? location.origin;
 }
 
 /** A server the page may hand a token to without asking: its own origin, or the one it names. */
@@ -36,14 +41,14 @@ function isPageServer(server: string): boolean {
 
 /** Whether a remembered session may be opened again without the form. */
 function resumable(session: StoredSession): boolean {
-  if (session.source === "backend") return session.server === pageServer();
+  if (session.source === "backend" && namedServer() !== undefined) return session.server === pageServer();
   return isPageServer(session.server) || session.confirmed === true;
 }
 
 export function wireSignIn(): void {
   const params = new URLSearchParams(location.search);
   const serverInput = byId<HTMLInputElement>("server");
-  serverInput.value = params.get("server") ?? localStorage.getItem("switchboard:server") ?? location.origin;
+  serverInput.value = params.get("server") ?? localStorage.getItem("switchboard:server") ?? pageServer();
   byId<HTMLInputElement>("user-id").value = localStorage.getItem("switchboard:user") ?? "";
   let busy = false;
   const attempt = async (
@@ -125,14 +130,21 @@ export function wireSignIn(): void {
   const backendButton = byId("backend-sign-in");
   if (backendTokenUrl) {
     backendButton.hidden = false;
-    backendButton.title = `Signs in to ${pageServer()}`;
     backendButton.addEventListener("click", () => {
       hideConfirm();
       const tokenUrl = new URL(backendTokenUrl, location.href).href;
-      void attempt(
-        () => fetchedToken("backend", tokenUrl, undefined, rememberer("backend", tokenUrl)),
-        pageServer(),
-      );
+      const signIn = (server: string, confirmed: boolean) =>
+        void attempt(
+          () => fetchedToken("backend", tokenUrl, undefined, rememberer("backend", tokenUrl)),
+          server,
+          { confirmed },
+        );
+      // A page that names its server sends its backend's token there, whatever the field says; one
+      // that does not (hosted as before the meta existed) sends it to the field's server, asking first
+      // if that is not the page's own origin.
+      const named = namedServer();
+      if (named !== undefined) signIn(named, false);
+      else withServer(signIn);
     });
   }
   byId("token-sign-in").addEventListener("click", () => {
