@@ -6,7 +6,6 @@ const backendAgnostic = [
   "test/integration/limits.test.ts",
   "test/integration/presence.test.ts",
   "test/integration/crash.test.ts",
-  "test/integration/gateway-restart.test.ts",
   "test/integration/sdk.test.ts",
   "test/integration/grpc.test.ts",
   "test/integration/server-api.test.ts",
@@ -40,6 +39,7 @@ export default defineConfig({
             "test/e2e/**/*.e2e.test.ts",
             "test/cluster/**",
             "test/integration/distributed-storage.test.ts",
+            "test/integration/gateway-restart.test.ts",
             "test/integration/multiprocess.test.ts",
             "test/integration/push-queue.test.ts",
             "test/integration/kafka-producer.test.ts",
@@ -57,6 +57,7 @@ export default defineConfig({
           include: [
             ...backendAgnostic,
             "test/integration/distributed-storage.test.ts",
+            "test/integration/gateway-restart.test.ts",
             "test/integration/multiprocess.test.ts",
             "test/integration/push-queue.test.ts",
             "test/integration/kafka-producer.test.ts",

@@ -51,6 +51,8 @@ export interface ChatServiceDeps {
   pageSizeMax: number;
   /** Most message-body bytes per history page (sync.pageBytesMax; at least one message). */
   pageBytesMax: number;
+  /** The longest body (gateway.bodyCharsMax), for how many messages a page reads at once. */
+  bodyCharsMax: number;
 }
 
 export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatService> {
@@ -190,7 +192,7 @@ export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatS
           afterSeq: Number(req.afterSeq),
           limit: Math.min(req.limit || 50, deps.pageSizeMax),
         },
-        deps.pageBytesMax,
+        { bytesMax: deps.pageBytesMax, bodyCharsMax: deps.bodyCharsMax },
       );
       return { messages: page.messages.map(toWireMessage), hasMore: page.hasMore };
     },

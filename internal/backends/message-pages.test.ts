@@ -35,40 +35,52 @@ function conversation(sizes: number[]) {
 }
 
 const seqs = (ms: StoredMessage[]) => ms.map((m) => m.seq);
+/** The default bounds: 1 MiB of bodies a page, bodies of at most 100,000 characters. */
+const MIB = { bytesMax: 1024 * 1024, bodyCharsMax: 100_000 };
 
 describe("message pages bounded in bytes", () => {
   it("reads a page of large bodies no further than the budget plus one chunk", async () => {
     const { store, read } = conversation(Array.from({ length: 1_000 }, () => 100_000));
-    const page = await historyWithinBytes(store, "g:1", { limit: 1_000 }, 1024 * 1024);
+    const page = await historyWithinBytes(store, "g:1", { limit: 1_000 }, MIB);
     // 300 KB each at most on the wire: three fit in 1 MiB; the newest three, oldest first.
     expect(seqs(page.messages)).toEqual([998, 999, 1_000]);
     expect(page.hasMore).toBe(true);
     expect(read.messages).toBeLessThanOrEqual(8);
-    const fromStart = await historyWithinBytes(store, "g:1", { afterSeq: 10, limit: 1_000 }, 1024 * 1024);
+    const fromStart = await historyWithinBytes(store, "g:1", { afterSeq: 10, limit: 1_000 }, MIB);
     expect(seqs(fromStart.messages)).toEqual([11, 12, 13]);
   });
 
-  it("pages small bodies in one or two reads, up to the limit, and says when more remain", async () => {
+  it("pages small bodies in a few reads (8, then what 17 MiB holds of the longest bodies), up to the limit, and says when more remain", async () => {
     const { store, read } = conversation(Array.from({ length: 300 }, () => 100));
-    const newest = await historyWithinBytes(store, "g:1", { limit: 100 }, 1024 * 1024);
+    const newest = await historyWithinBytes(store, "g:1", { limit: 100 }, MIB);
     expect(seqs(newest.messages)).toEqual(Array.from({ length: 100 }, (_, i) => 201 + i));
     expect(newest.hasMore).toBe(true);
-    expect(read.calls).toBeLessThanOrEqual(2);
-    const below = await historyWithinBytes(store, "g:1", { beforeSeq: 201, limit: 100 }, 1024 * 1024);
+    expect(read.calls).toBe(5); // 8 + 29 + 29 + 29 + 5
+    const below = await historyWithinBytes(store, "g:1", { beforeSeq: 201, limit: 100 }, MIB);
     expect(seqs(below.messages)).toEqual(Array.from({ length: 100 }, (_, i) => 101 + i));
-    const last = await historyWithinBytes(store, "g:1", { afterSeq: 250, limit: 100 }, 1024 * 1024);
+    const last = await historyWithinBytes(store, "g:1", { afterSeq: 250, limit: 100 }, MIB);
     expect(seqs(last.messages)).toEqual(Array.from({ length: 50 }, (_, i) => 251 + i));
     expect(last.hasMore).toBe(false);
-    const all = await historyWithinBytes(store, "g:1", { limit: 1_000 }, 1024 * 1024);
+    const all = await historyWithinBytes(store, "g:1", { limit: 1_000 }, MIB);
     expect(all.messages).toHaveLength(300);
     expect(all.hasMore).toBe(false);
   });
 
   it("returns one message even if it alone is over the budget, and mixes sizes in order", async () => {
     const { store } = conversation([10, 10, 500_000, 10, 10]);
-    const page = await historyWithinBytes(store, "g:1", { limit: 10 }, 1_000);
+    const page = await historyWithinBytes(
+      store,
+      "g:1",
+      { limit: 10 },
+      { bytesMax: 1_000, bodyCharsMax: 500_000 },
+    );
     expect(seqs(page.messages)).toEqual([4, 5]); // the large one would pass the budget
-    const large = await historyWithinBytes(store, "g:1", { beforeSeq: 4, limit: 10 }, 1_000);
+    const large = await historyWithinBytes(
+      store,
+      "g:1",
+      { beforeSeq: 4, limit: 10 },
+      { bytesMax: 1_000, bodyCharsMax: 500_000 },
+    );
     expect(seqs(large.messages)).toEqual([3]);
     expect(large.hasMore).toBe(true);
   });
@@ -76,14 +88,31 @@ describe("message pages bounded in bytes", () => {
   it("resolves inbox entries in their order within the budget, reading little of large bodies", async () => {
     const { store, read } = conversation(Array.from({ length: 1_000 }, () => 100_000));
     const keys = Array.from({ length: 1_000 }, (_, i) => ({ conversationId: "g:1", seq: i + 1 }));
-    const got = await getManyWithinBytes(store, keys, 1024 * 1024);
+    const got = await getManyWithinBytes(store, keys, MIB);
     expect(seqs(got.messages)).toEqual([1, 2, 3]);
     expect(got.complete).toBe(false);
     expect(read.messages).toBeLessThanOrEqual(8);
     const small = conversation(Array.from({ length: 200 }, () => 50));
-    const all = await getManyWithinBytes(small.store, keys.slice(0, 200), 1024 * 1024);
+    const all = await getManyWithinBytes(small.store, keys.slice(0, 200), MIB);
     expect(all.messages).toHaveLength(200);
     expect(all.complete).toBe(true);
-    expect(small.read.calls).toBeLessThanOrEqual(2);
+    expect(small.read.calls).toBe(8); // 8 + 6 × 29 + 18
+  });
+
+  it("keeps small messages followed by large ones from loading hundreds of megabytes in one chunk", async () => {
+    // The newest 8 messages are tiny, the 992 before them as long as allowed.
+    const sizes = [...Array.from({ length: 992 }, () => 100_000), ...Array.from({ length: 8 }, () => 1)];
+    const { store, read } = conversation(sizes);
+    const page = await historyWithinBytes(store, "g:1", { limit: 1_000 }, MIB);
+    // The 8 small ones and the 3 large ones that fit in 1 MiB with them.
+    expect(seqs(page.messages)).toEqual(Array.from({ length: 11 }, (_, i) => 990 + i));
+    expect(page.hasMore).toBe(true);
+    // At most the budget and the overshoot allowed (16 MiB), not ~300 MB.
+    expect(read.bytes).toBeLessThanOrEqual(MIB.bytesMax + 16 * 1024 * 1024 + 8 * 600_000);
+    const keys = sizes.map((_, i) => ({ conversationId: "g:1", seq: sizes.length - i }));
+    const inbox = conversation([...sizes]);
+    const got = await getManyWithinBytes(inbox.store, keys, MIB);
+    expect(got.complete).toBe(false);
+    expect(inbox.read.bytes).toBeLessThanOrEqual(MIB.bytesMax + 16 * 1024 * 1024 + 8 * 600_000);
   });
 });

@@ -1,22 +1,38 @@
 /**
  * Pages of messages bounded in bytes as well as in count, read in chunks. A page of 1,000 messages
- * of 100,000 characters each would be ~300 MB if read whole and cut afterwards; read in chunks sized
- * from what the previous chunk cost, a page never loads more than the bytes it returns plus one chunk
- * (the first: FIRST_CHUNK messages), while a page of small messages still takes one or two reads.
+ * of 100,000 characters each would be ~300 MB if read whole and cut afterwards. Each chunk is sized
+ * from what the previous ones cost, so a page of small messages takes a few reads; and never larger
+ * than what the remaining budget plus OVERSHOOT_BYTES_MAX holds if every body in it were as long as
+ * allowed, so small messages followed by large ones cannot make one chunk load hundreds of megabytes.
+ * A page loads at most its budget plus OVERSHOOT_BYTES_MAX (and the first chunk's FIRST_CHUNK).
  */
 import type { HistoryPage, HistoryQuery, MessageStore, StoredMessage } from "./types.js";
 
 const FIRST_CHUNK = 8;
+const OVERSHOOT_BYTES_MAX = 16 * 1024 * 1024;
+
+/** A page's bounds: `bytesMax` of bodies (at least one message), bodies at most `bodyCharsMax` long. */
+export interface PageBytes {
+  bytesMax: number;
+  bodyCharsMax: number;
+}
 
 /** What a body can cost on the wire: each UTF-16 unit is at most 3 UTF-8 bytes. */
 export function bodyBytesBound(body: string): number {
   return body.length * 3;
 }
 
-/** How many more messages to read: those the remaining budget fits at the average so far, plus one. */
-function nextChunk(bytes: number, count: number, bytesMax: number, left: number): number {
+/**
+ * How many more messages to read: those the remaining budget fits at the average so far, plus one;
+ * at most what it holds with the overshoot allowed if each were as long as a body may be.
+ */
+function nextChunk(bytes: number, count: number, bounds: PageBytes, left: number): number {
   const average = Math.max(1, bytes / count);
-  return Math.max(1, Math.min(left, Math.floor((bytesMax - bytes) / average) + 1));
+  const fits = Math.floor((bounds.bytesMax - bytes) / average) + 1;
+  // bodyBytesBound of the longest body: a code point is at most 2 UTF-16 units.
+  const worst = Math.max(1, bounds.bodyCharsMax * 2 * 3);
+  const safe = Math.floor((bounds.bytesMax - bytes + OVERSHOOT_BYTES_MAX) / worst);
+  return Math.max(1, Math.min(left, fits, safe));
 }
 
 /**
@@ -28,8 +44,9 @@ export async function historyWithinBytes(
   store: Pick<MessageStore, "history">,
   conversationId: string,
   query: HistoryQuery,
-  bytesMax: number,
+  bounds: PageBytes,
 ): Promise<HistoryPage> {
+  const { bytesMax } = bounds;
   const forward = (query.afterSeq ?? 0) > 0;
   let { beforeSeq = 0, afterSeq = 0 } = query;
   const taken: StoredMessage[] = []; // nearest the cursor first
@@ -53,7 +70,7 @@ export async function historyWithinBytes(
     const farthest = taken.at(-1)!;
     if (forward) afterSeq = farthest.seq;
     else beforeSeq = farthest.seq;
-    chunk = nextChunk(bytes, taken.length, bytesMax, query.limit - taken.length);
+    chunk = nextChunk(bytes, taken.length, bounds, query.limit - taken.length);
   }
 }
 
@@ -64,8 +81,9 @@ export async function historyWithinBytes(
 export async function getManyWithinBytes(
   store: Pick<MessageStore, "getMany">,
   keys: Array<{ conversationId: string; seq: number }>,
-  bytesMax: number,
+  bounds: PageBytes,
 ): Promise<{ messages: StoredMessage[]; complete: boolean }> {
+  const { bytesMax } = bounds;
   const messages: StoredMessage[] = [];
   let bytes = 0;
   let read = 0;
@@ -80,7 +98,7 @@ export async function getManyWithinBytes(
       bytes += cost;
     }
     chunk =
-      messages.length === 0 ? FIRST_CHUNK : nextChunk(bytes, messages.length, bytesMax, keys.length - read);
+      messages.length === 0 ? FIRST_CHUNK : nextChunk(bytes, messages.length, bounds, keys.length - read);
   }
   return { messages, complete: true };
 }

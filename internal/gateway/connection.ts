@@ -24,7 +24,7 @@ import { Code, ReceiptKind } from "../../gen/switchboard/common/v1/common_pb.js"
 import type { PresenceService } from "../../gen/switchboard/presence/v1/presence_pb.js";
 import type { PushService } from "../../gen/switchboard/push/v1/push_pb.js";
 import type { RouterService } from "../../gen/switchboard/router/v1/router_pb.js";
-import { getManyWithinBytes, historyWithinBytes } from "../backends/message-pages.js";
+import { getManyWithinBytes, historyWithinBytes, type PageBytes } from "../backends/message-pages.js";
 import type { AppendResult, Backends } from "../backends/types.js";
 import {
   type Conversations,
@@ -174,6 +174,7 @@ export class Connection {
   private sendsArrived = 0;
   /** Syncs of one connection run one at a time; a new one cancels a running catch-up. */
   private syncOrder: Promise<void> = Promise.resolve();
+  private historyOrder: Promise<void> = Promise.resolve();
   private syncEpoch = 0;
   // Seam state (see the file comment).
   private live = false;
@@ -433,7 +434,18 @@ export class Connection {
         return tracing.on ? inSpan("sync", { kind: SpanKind.SERVER }, read) : read();
       }
       case "history": {
-        const read = () => this.history(req.value, reply);
+        // One history read at a time per connection, like syncs: each may load up to its byte
+        // budget plus an overshoot (message-pages.ts), so a burst of them must not add up.
+        const read = () => {
+          const run = this.historyOrder.then(() =>
+            this.closed ? undefined : this.history(req.value, reply),
+          );
+          this.historyOrder = run.then(
+            () => undefined,
+            () => undefined,
+          );
+          return run;
+        };
         return tracing.on
           ? inSpan(
               "history",
@@ -717,6 +729,14 @@ export class Connection {
     }
   }
 
+  /** A sync or history page's byte bounds (message-pages.ts). */
+  private pageBytes(): PageBytes {
+    return {
+      bytesMax: this.ctx.config.sync.pageBytesMax,
+      bodyCharsMax: this.ctx.config.gateway.bodyCharsMax,
+    };
+  }
+
   /** Reads one inbox page after `after` and resolves its messages. */
   private async inboxPage(
     after: number,
@@ -727,7 +747,7 @@ export class Connection {
     const { messages, complete } = await getManyWithinBytes(
       this.ctx.backends.messages,
       page,
-      this.ctx.config.sync.pageBytesMax,
+      this.pageBytes(),
     );
     const cursorOf = new Map(page.map((e) => [`${e.conversationId}\u0000${e.seq}`, e.cursor]));
     const events = messages.map((m) => ({
@@ -892,7 +912,7 @@ export class Connection {
       c.backends.messages,
       conversationId,
       { beforeSeq: Number(beforeSeq), afterSeq: Number(afterSeq), limit: this.pageLimit(limit) },
-      c.config.sync.pageBytesMax,
+      this.pageBytes(),
     );
     reply({
       case: "history",

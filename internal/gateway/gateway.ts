@@ -54,6 +54,8 @@ export class Gateway {
   /** Typing indicators this gateway relays per pull conversation (a large group): a few per second. */
   private readonly pullTyping = new Map<string, TokenBucket>();
   private readonly all = new Set<Connection>();
+  /** Connections still to send their auth frame (counted against gateway.unauthenticatedMax). */
+  private readonly awaitingAuth = new Set<Connection>();
   private readonly ctx: GatewayContext;
   private draining = false;
   /** Set by close(); each open Deliver stream's way to stop waiting for its next request. */
@@ -161,8 +163,7 @@ export class Gateway {
     if (this.draining) return refuse(503, "Service Unavailable", "draining");
     if (this.all.size >= config.gateway.connectionsMax) return refuse(503, "Service Unavailable", "full");
     const authz = req.headers.authorization;
-    // Connections not registered yet are those still to authenticate (or setting up their session).
-    if (authz === undefined && this.all.size - this.bySession.size >= config.gateway.unauthenticatedMax)
+    if (authz === undefined && this.awaitingAuth.size >= config.gateway.unauthenticatedMax)
       return refuse(503, "Service Unavailable", "unauthenticated full");
     let identity: Identity | undefined;
     if (authz !== undefined) {
@@ -185,13 +186,17 @@ export class Gateway {
       this.all.add(conn);
       this.alive.add(ws);
       ws.on("pong", () => this.alive.add(ws));
-      ws.on("close", () => this.all.delete(conn));
+      ws.on("close", () => {
+        this.all.delete(conn);
+        this.awaitingAuth.delete(conn);
+      });
       if (identity) {
         conn.authenticate(identity, 0).catch((err: unknown) => {
           this.options.log.error("gateway: registration failed", { err });
           conn.close(CloseCode.INTERNAL_ERROR, "registration failed");
         });
       } else {
+        this.awaitingAuth.add(conn);
         conn.awaitAuth();
       }
     });
@@ -241,6 +246,7 @@ export class Gateway {
   }
 
   private async register(conn: Connection): Promise<void> {
+    this.awaitingAuth.delete(conn);
     let set = this.byUser.get(conn.userId);
     if (!set) {
       set = new Set();

@@ -48,7 +48,7 @@ const SA_PREFIX = "system:serviceaccount:";
  * would get this process's own account throttled by the API server.
  */
 export class ServiceAccountTokens {
-  /** Accepted tokens, least recently used first. */
+  /** Accepted tokens, least recently used first (kept past their review's lapse, until evicted). */
   private readonly accepted = new Map<string, { principal: Principal; untilMs: number }>();
   private readonly refused = new Map<string, number>(); // token hash → refused until (ms)
   private readonly reviewing = new Map<string, Promise<Principal | undefined>>();
@@ -78,12 +78,10 @@ export class ServiceAccountTokens {
     const key = createHash("sha256").update(token).digest("base64");
     const now = this.now();
     const hit = this.accepted.get(key);
-    if (hit) {
+    if (hit && hit.untilMs > now) {
       this.accepted.delete(key);
-      if (hit.untilMs > now) {
-        this.accepted.set(key, hit); // most recently used
-        return hit.principal;
-      }
+      this.accepted.set(key, hit); // most recently used
+      return hit.principal;
     }
     const refusedUntil = this.refused.get(key);
     if (refusedUntil !== undefined) {
@@ -92,7 +90,9 @@ export class ServiceAccountTokens {
     }
     const pending = this.reviewing.get(key);
     if (pending) return pending;
-    this.takeReview(now);
+    // A token accepted before (its cache entry lapsed) is reviewed whatever the rate: junk tokens
+    // must not keep the cluster's own callers out.
+    if (!hit) this.takeReview(now);
     const review = this.review(key, token).finally(() => this.reviewing.delete(key));
     this.reviewing.set(key, review);
     return review;
@@ -117,11 +117,13 @@ export class ServiceAccountTokens {
     const principal = this.principalOf(review);
     const now = this.now();
     if (principal === undefined) {
+      this.accepted.delete(key);
       if (this.refused.size >= this.refusedMax)
         this.refused.delete(this.refused.keys().next().value as string);
       this.refused.set(key, now + this.refusedTtlMs);
       return undefined;
     }
+    this.accepted.delete(key);
     if (this.accepted.size >= this.max) this.accepted.delete(this.accepted.keys().next().value as string);
     this.accepted.set(key, { principal, untilMs: Math.min(now + this.ttlMs, expiryMs(token) ?? Infinity) });
     return principal;

@@ -194,7 +194,7 @@ export const schema = {
   gateway: {
     id: str(
       "",
-      "This gateway's id in the routing table (in Kubernetes: the Pod name, which the operator names in gateway-gone records). Empty: hostname:port (the HTTP port), so a gateway restarted in place declares its predecessor's sessions gone; with http.port 0, hostname-pid. Set it where two gateways on one host share a port number on different addresses.",
+      "This gateway's id in the routing table (in Kubernetes: the Pod name, which the operator names in gateway-gone records). Empty: hostname:http.host:http.port, so a gateway restarted in place declares its predecessor's sessions gone; with http.port 0, hostname-pid. Set it where machines report the same host name.",
     ),
     advertiseAddress: str(
       "",

@@ -137,6 +137,7 @@ export const startAll: RoleStarter = async (ctx) => {
         policy: ctx.policy,
         pageSizeMax: config.sync.pageSizeMax,
         pageBytesMax: config.sync.pageBytesMax,
+        bodyCharsMax: config.gateway.bodyCharsMax,
       }),
     );
   }

@@ -74,6 +74,7 @@ export const startRouter: RoleStarter = async (ctx) => {
       policy: ctx.policy,
       pageSizeMax: config.sync.pageSizeMax,
       pageBytesMax: config.sync.pageBytesMax,
+      bodyCharsMax: config.gateway.bodyCharsMax,
     }),
   );
   return {};

@@ -47,14 +47,16 @@ export function announceGroupChanges(
 
 /**
  * This gateway's id in the routing table: configured (in Kubernetes, the Pod name), or else its host
- * and HTTP port, which a gateway restarted in place keeps, so that its start declares its
- * predecessor's sessions gone (Gateway.announce): with the process id in it, a crashed gateway's
- * sessions stayed "up" at every router, and their users got no push notification. Two gateways
- * cannot share a host's port; only one on a random port (0) falls back to the process id.
+ * name, listening address and HTTP port, which a gateway restarted in place keeps, so that its start
+ * declares its predecessor's sessions gone (Gateway.announce): with the process id in it, a crashed
+ * gateway's sessions stayed "up" at every router, and their users got no push notification. Two live
+ * gateways cannot listen on one address and port of a host; only one on a random port (0) falls
+ * back to the process id. Machines that report the same host name need gateway.id.
  */
 export function gatewayId(config: Config): string {
   if (config.gateway.id) return config.gateway.id;
-  return config.http.port !== 0 ? `${hostname()}:${config.http.port}` : `${hostname()}-${process.pid}`;
+  const { host, port } = config.http;
+  return port !== 0 ? `${hostname()}:${host}:${port}` : `${hostname()}-${process.pid}`;
 }
 
 const WILDCARD_HOSTS = new Set(["0.0.0.0", "::", "[::]", ""]);

@@ -2,6 +2,8 @@
  * A gateway killed with -9 and started again in place (same host and HTTP port, no gateway.id set)
  * declares its predecessor's sessions gone: the routers forget them, so their users count as offline
  * again (and get push notifications) instead of staying "online" on a gateway that no longer exists.
+ * On the distributed backend only: there the routing table outlives a process (the embedded one
+ * starts empty with each process, so the test could not fail there).
  */
 import { writeFileSync } from "node:fs";
 import type { AddressInfo } from "node:net";

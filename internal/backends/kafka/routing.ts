@@ -27,13 +27,18 @@ export class KafkaRouting implements RoutingEvents {
 
   async publish(event: SessionEvent): Promise<void> {
     const key = event.kind === "gateway-gone" ? `gone:${event.gatewayId}` : event.sessionId;
-    const sent = this.producer.send(this.topic, { key, value: encodeSessionEvent(event) }, { ordered: true });
-    if (event.kind !== "down") return sent;
+    const value = encodeSessionEvent(event);
+    // Unordered, as before tombstones: a failed "up" must not make its session's "down" fail too
+    // (an ordered key is refused until the failed request's turn ends), or a written "up" would stay.
+    if (event.kind !== "down") return this.producer.send(this.topic, { key, value });
     // Then a tombstone, so that compaction removes the session's records: session ids are never
     // reused, so a "down" record kept as the key's latest would stay for good, and every router
     // replays the topic at start. (The "down" record itself is for routers of a version before
-    // tombstones, which skip records without a value.)
-    await Promise.all([sent, this.producer.send(this.topic, { key, value: null }, { ordered: true })]);
+    // tombstones, which skip records without a value.) Ordered: the tombstone comes after it.
+    await Promise.all([
+      this.producer.send(this.topic, { key, value }, { ordered: true }),
+      this.producer.send(this.topic, { key, value: null }, { ordered: true }),
+    ]);
   }
 
   async subscribe(handler: (e: SessionEvent) => void): Promise<Closeable> {
