@@ -447,4 +447,3 @@ export function forgetDrawn(): void {
   byId("message-list").replaceChildren();
   delete byId("messages").dataset.conversationId;
 }
-
