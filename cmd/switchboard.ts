@@ -19,7 +19,8 @@ const USAGE = `usage: switchboard <command> [options]
   token --user ID [--data-dir DIR] [--ttl 1h]        print a dev JWT
   grpc-key --principal P                              print a new gRPC key for P (role:<role>, operator,
                                                       client:<name>) and its grpc.keyFile line
-  send --token JWT (--to USER | --group ID) TEXT     send a message, print the ack
+  send --token JWT (--to USER | --group ID) TEXT     send a message, print the ack; --client-msg-id ID
+                                                      to retry a send that failed (its error prints the id)
   listen --token JWT [--since CURSOR] [--count N]    sync, then print live messages
   group create --token JWT --name NAME [--member U]  create a group
   sequencer                                           the same as start --role sequencer

@@ -138,7 +138,14 @@ test("errors are one JSON line on stderr with a non-zero exit", async () => {
   expect(
     await runClientCommand("send", ["--url", server.url, "--token", "token-alice", "--group", "g:9", "x"]),
   ).toBe(1);
-  expect(lines(err)).toEqual([expect.objectContaining({ reason: "NOT_MEMBER", code: "PERMISSION_DENIED" })]);
+  // A failed send names its client_msg_id, to retry it with --client-msg-id (stored at most once).
+  expect(lines(err)).toEqual([
+    expect.objectContaining({
+      reason: "NOT_MEMBER",
+      code: "PERMISSION_DENIED",
+      client_msg_id: expect.stringMatching(/.+/),
+    }),
+  ]);
   expect(out).toEqual([]);
 
   err.length = 0;

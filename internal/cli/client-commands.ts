@@ -7,6 +7,7 @@ import { parseArgs } from "node:util";
 import { WebSocket } from "ws";
 import {
   Code,
+  randomId,
   SwitchboardClient,
   SwitchboardClientError,
   type SwitchboardClientOptions,
@@ -60,13 +61,17 @@ async function runSend(argv: string[]): Promise<number> {
   if (text === "") throw new UsageError("missing TEXT");
   // Send-only: no inbox sync (it could be the user's whole history).
   const client = newClient(values, { autoSync: false });
+  // Named here so that a failed send prints it: run again with --client-msg-id it, a send that was
+  // stored after all (a timeout) is answered as a duplicate, not stored twice.
+  const clientMsgId = values["client-msg-id"] ?? randomId();
   try {
     await client.connect({ timeoutMs: TIMEOUT_MS });
     const target = values.to !== undefined ? { toUser: values.to } : { conversationId: values.group ?? "" };
-    const ack = await client.send(target, text, {
-      timeoutMs: TIMEOUT_MS,
-      ...(values["client-msg-id"] !== undefined && { clientMsgId: values["client-msg-id"] }),
-    });
+    const ack = await client
+      .send(target, text, { timeoutMs: TIMEOUT_MS, clientMsgId })
+      .catch((err: unknown) => {
+        throw Object.assign(err instanceof Error ? err : new Error(String(err)), { clientMsgId });
+      });
     print({
       conversation: ack.conversationId,
       message_id: ack.messageId,
@@ -204,5 +209,7 @@ function printError(err: unknown): void {
   } else if (isUsageError(err)) {
     line.reason = "USAGE";
   }
+  const clientMsgId = (err as { clientMsgId?: unknown } | null)?.clientMsgId;
+  if (typeof clientMsgId === "string") line.client_msg_id = clientMsgId;
   process.stderr.write(`${JSON.stringify(line)}\n`);
 }

@@ -58,10 +58,28 @@ export const errors = {
   aborted: (reason: string, message: string) => new SwitchboardError(Code.ABORTED, reason, message),
 };
 
+const violationListeners = new Set<(message: string) => void>();
+
+/**
+ * Calls `listener` with every invariant violation from now on (the process counts them in
+ * switchboard_invariant_violations_total); returns what stops it.
+ */
+export function onInvariantViolation(listener: (message: string) => void): () => void {
+  violationListeners.add(listener);
+  return () => violationListeners.delete(listener);
+}
+
+/** The error of a violated invariant (a programmer error, never bad input), counted as it is made. */
+export function invariantViolated(message: string): Error {
+  for (const listener of violationListeners) listener(message);
+  return new Error(`invariant violated: ${message}`);
+}
+
 /**
  * Invariant check (TigerBeetle style): a failed assertion is a programmer error, never bad input.
- * It throws so tests crash loudly; production counts it (see metrics) and the caller's owner decides.
+ * It throws so tests crash loudly; production counts it (onInvariantViolation) and the caller's owner
+ * decides.
  */
 export function assert(condition: unknown, message: string): asserts condition {
-  if (!condition) throw new Error(`invariant violated: ${message}`);
+  if (!condition) throw invariantViolated(message);
 }

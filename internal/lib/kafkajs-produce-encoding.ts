@@ -21,6 +21,7 @@
  * on the distributed backend sends through it to a real broker, which checks the CRC and the format.
  */
 import { createRequire } from "node:module";
+import { invariantViolated } from "./errors.js";
 
 interface KafkajsLong {
   getHighBits(): number;
@@ -332,7 +333,7 @@ export function encodeProduce(args: ProduceArgs): Buffer | undefined {
       o = writeBatch(out, o, plan, args, producerId);
     }
   });
-  if (o !== size) throw new Error(`invariant violated: produce request of ${o} bytes, planned ${size}`);
+  if (o !== size) throw invariantViolated(`produce request of ${o} bytes, planned ${size}`);
   return out;
 }
 

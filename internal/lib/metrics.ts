@@ -230,7 +230,7 @@ export function createMetrics() {
     }),
     routerBatchSeconds: new Histogram({
       name: "switchboard_router_batch_seconds",
-      help: "Time to route one consumed batch (inbox write and fan-out).",
+      help: "Time to route one consumed batch: the inbox write and the fan-out on the embedded backend; the fan-out only on the distributed one, whose inbox owner writes the inbox.",
       buckets: LATENCY_BUCKETS,
       registers: r,
     }),

@@ -9,6 +9,7 @@ import type { RoleName as AuthRole, Policy } from "../grpc-auth/policy.js";
 import { grpcCredential, grpcGuard, grpcPolicy } from "../grpc-auth/setup.js";
 import { grpcTls, type RoleChannel } from "../grpc-auth/tls.js";
 import type { Config } from "../lib/config.js";
+import { onInvariantViolation } from "../lib/errors.js";
 import type { Logger } from "../lib/log.js";
 import { createMetrics, type Metrics } from "../lib/metrics.js";
 import { type CallGuard, guardServer } from "../lib/rpc.js";
@@ -114,6 +115,12 @@ export async function runProcess(
   const metrics = createMetrics();
   const tracer = await startTracing(config, role, log);
   const owned: Array<{ close(): unknown }> = tls ? [tls] : [];
+  // Every invariant violated in this process is counted (an alert fires on any) and logged.
+  const stopCounting = onInvariantViolation((message) => {
+    metrics.invariantViolations.inc();
+    log.error("invariant violated", { message });
+  });
+  owned.push({ close: stopCounting });
   const checks: Array<() => string | undefined> = [];
   let phase: "starting" | "ready" | "stopping" = "starting";
   let waitingFor: string | undefined;
@@ -137,15 +144,27 @@ export async function runProcess(
     gateway: () => parts.gateway,
     notReady,
   });
-  const grpcServer = servesGrpc(role, config)
-    ? await serveGrpc(config.http.host, config.grpc.port, {
-        metrics: metrics.grpc,
-        reflection: config.grpc.reflection,
-        serving: () => notReady() === undefined,
-        credentials: tls?.serverCredentials,
-        keepalive: { timeMs: config.grpc.keepaliveMs, timeoutMs: config.grpc.keepaliveTimeoutMs },
-      })
-    : undefined;
+  let grpcServer: Awaited<ReturnType<typeof serveGrpc>> | undefined;
+  let credential: ReturnType<typeof grpcCredential>;
+  try {
+    grpcServer = servesGrpc(role, config)
+      ? await serveGrpc(config.http.host, config.grpc.port, {
+          metrics: metrics.grpc,
+          reflection: config.grpc.reflection,
+          serving: () => notReady() === undefined,
+          credentials: tls?.serverCredentials,
+          keepalive: { timeMs: config.grpc.keepaliveMs, timeoutMs: config.grpc.keepaliveTimeoutMs },
+        })
+      : undefined;
+    credential = grpcCredential(config, log);
+  } catch (err) {
+    // The gRPC port taken, a credential file missing: the HTTP server already open would keep the
+    // process alive, answering /healthz, so it never restarts. Everything opened closes.
+    for (const resource of [grpcServer, http, ...owned.splice(0).reverse(), tracer]) {
+      await Promise.resolve(resource?.close()).catch(() => undefined);
+    }
+    throw err;
+  }
   if (grpcServer && guard) guardServer(grpcServer.server, guard);
 
   const close = () =>
@@ -172,7 +191,7 @@ export async function runProcess(
     metrics,
     grpc: grpcServer?.server,
     grpcPort: grpcServer?.port ?? 0,
-    credential: grpcCredential(config, log),
+    credential,
     policy: () => policies().policy,
     tls: tls && ((peer) => tls.channelTo(peer)),
     own: (resource) => {

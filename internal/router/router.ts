@@ -387,8 +387,9 @@ export class Router {
     };
     let online = 0;
     for (const [gatewayId, userIds] of perGateway) {
-      this.enqueue(gatewayId, { userIds, cursors: [], frame, traceparent });
-      this.options.metrics.deliveriesTotal.inc(userIds.length);
+      // Counted only when handed to the gateway's stream (a dropped one is counted as dropped).
+      if (this.enqueue(gatewayId, { userIds, cursors: [], frame, traceparent }))
+        this.options.metrics.deliveriesTotal.inc(userIds.length);
       online += userIds.length;
     }
     span?.setAttributes({
@@ -434,8 +435,8 @@ export class Router {
       kind: { case: "message", value: { message: toWireMessage(m) } },
     };
     for (const [gatewayId, t] of perGateway) {
-      this.enqueue(gatewayId, { userIds: t.userIds, cursors: t.cursors, frame, traceparent });
-      this.options.metrics.deliveriesTotal.inc(t.userIds.length);
+      if (this.enqueue(gatewayId, { userIds: t.userIds, cursors: t.cursors, frame, traceparent }))
+        this.options.metrics.deliveriesTotal.inc(t.userIds.length);
     }
     span?.setAttributes({
       "switchboard.recipients": recipients.length,

@@ -6,6 +6,7 @@
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { writeFileSync } from "node:fs";
+import { type AddressInfo, createServer } from "node:net";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { Health, HealthCheckResponse_ServingStatus as Serving } from "../../gen/grpc/health/v1/health_pb.js";
@@ -71,6 +72,15 @@ describe("gRPC port", () => {
     });
     cleanup.push(() => id.dispose());
     expect(id.grpcPort).toBeGreaterThan(0);
+  });
+
+  it("exits when its gRPC port is taken, rather than serving /healthz without it", async () => {
+    const taken = createServer();
+    await new Promise<void>((r) => taken.listen(0, "127.0.0.1", r));
+    cleanup.push(() => new Promise((r) => taken.close(r)));
+    const port = (taken.address() as AddressInfo).port;
+    // startServer rejects when the process exits before it is ready; before, it stayed up (HTTP open).
+    await expect(start({ args: ["--grpc-port", String(port)] })).rejects.toThrow(/exited/);
   });
 
   it("a split role always serves gRPC, with the health service", async () => {

@@ -10,6 +10,8 @@
  * are not isolated from a concurrent registration of the same token, which is rare (a person, one
  * device) and leaves at worst the older registration in place until its next registration or prune.
  */
+
+import { invariantViolated } from "../../lib/errors.js";
 import { type DeviceRecord, type DeviceStore, deviceTokenKey, tokenNamesOneDevice } from "../types.js";
 import { type Session, toNumber, toText } from "./session.js";
 
@@ -112,8 +114,7 @@ export class CassandraDeviceStore implements DeviceStore {
 
   private fromRow(userId: string, row: { get(name: string): unknown }): DeviceRecord {
     const provider = toText(row.get("provider"), "devices_by_user.provider");
-    if (!PROVIDERS.has(provider))
-      throw new Error(`invariant violated: device of ${userId} has provider ${provider}`);
+    if (!PROVIDERS.has(provider)) throw invariantViolated(`device of ${userId} has provider ${provider}`);
     return {
       userId,
       deviceId: toText(row.get("device_id"), "devices_by_user.device_id"),

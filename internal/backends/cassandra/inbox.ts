@@ -21,6 +21,8 @@
  * The distributed platform writes inboxes through the owner path below instead (ADR 0002: no Paxos
  * round per user per batch); `append` stays for callers outside the message path and is the contract.
  */
+
+import { invariantViolated } from "../../lib/errors.js";
 import { type InboxEntry, type InboxStore, inboxEntry } from "../types.js";
 import { INBOX_BUCKET_SIZE, inboxBucket } from "./schema.js";
 import {
@@ -89,7 +91,7 @@ export class CassandraInboxStore implements InboxStore {
     return entries.map((e) => {
       const cursor = cursors.get(e.userId)?.get(entryKey(e.conversationId, e.seq));
       if (cursor === undefined)
-        throw new Error(`invariant violated: no cursor for ${e.userId}/${e.conversationId}/${e.seq}`);
+        throw invariantViolated(`no cursor for ${e.userId}/${e.conversationId}/${e.seq}`);
       return inboxEntry(e, cursor);
     });
   }

@@ -18,7 +18,7 @@
  * user they report as a member), and a removed member's row may linger: conversationsOf() checks each
  * listed conversation's member row, which is authoritative, and drops stale index rows.
  */
-import { errors } from "../../lib/errors.js";
+import { errors, invariantViolated } from "../../lib/errors.js";
 import type {
   ConversationKindName,
   ConversationRecord,
@@ -464,13 +464,12 @@ function roleOf(record: ConversationRecord, user: string, stored: unknown): Memb
 function policy(value: unknown, column: string): GroupPolicy {
   if (value === null || value === undefined || value === "everyone") return "everyone";
   if (value === "admins") return "admins";
-  throw new Error(`invariant violated: members_by_conversation.${column} is ${String(value)}`);
+  throw invariantViolated(`members_by_conversation.${column} is ${String(value)}`);
 }
 
 function decodeConversation(id: string, row: Row): ConversationRecord {
   const kind = toText(row.get("kind"), "members_by_conversation.kind");
-  if (kind !== "direct" && kind !== "group")
-    throw new Error(`invariant violated: conversation ${id} has kind ${kind}`);
+  if (kind !== "direct" && kind !== "group") throw invariantViolated(`conversation ${id} has kind ${kind}`);
   return {
     id,
     kind: kind satisfies ConversationKindName,

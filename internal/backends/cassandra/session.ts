@@ -6,7 +6,7 @@
 
 import type { Client, QueryOptions, types } from "cassandra-driver";
 import cassandra from "cassandra-driver";
-import { Code, errors, SwitchboardError } from "../../lib/errors.js";
+import { Code, errors, invariantViolated, SwitchboardError } from "../../lib/errors.js";
 import { context, inSpan, SpanKind, trace, tracing } from "../../lib/tracing.js";
 import { ReplicaCache } from "./replica-cache.js";
 import { TurnWrites } from "./turn-writes.js";
@@ -319,7 +319,7 @@ export function toNumber(value: unknown, what: string): number {
   if (typeof value === "bigint") return Number(value);
   if (value instanceof cassandra.types.Long) return value.toNumber();
   if (value instanceof Date) return value.getTime();
-  throw new Error(`invariant violated: ${what} is ${String(value)}, not a number`);
+  throw invariantViolated(`${what} is ${String(value)}, not a number`);
 }
 
 /** A bigint as the driver's Long (bigint columns, write timestamps). */
@@ -333,7 +333,7 @@ export function optionalNumber(value: unknown, what: string): number | undefined
 
 export function toText(value: unknown, what: string): string {
   if (typeof value === "string") return value;
-  throw new Error(`invariant violated: ${what} is ${String(value)}, not text`);
+  throw invariantViolated(`${what} is ${String(value)}, not text`);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@
  * are announced in the message log.
  */
 import { Kafka, type KafkaConfig, logLevel, Partitioners } from "kafkajs";
+import { invariantViolated } from "../../lib/errors.js";
 import { kafkajsLogCreator } from "../../lib/kafkajs-log.js";
 import { fixKafkajsProduceEncoding } from "../../lib/kafkajs-produce-encoding.js";
 import { fixKafkajsRequestQueue } from "../../lib/kafkajs-request-queue.js";
@@ -146,8 +147,7 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
     const pending: PendingAppends = new Map();
     const dedupeWindowSeconds = o.dedupeWindowSeconds ?? DEDUPE_WINDOW_SECONDS_DEFAULT;
     const inboxPartitions = layout.get(names.inbox);
-    if (inboxPartitions === undefined)
-      throw new Error(`invariant violated: no layout of topic ${names.inbox}`);
+    if (inboxPartitions === undefined) throw invariantViolated(`no layout of topic ${names.inbox}`);
     // Provisioned by this version (a cluster of the version before lacks it until provisioned again).
     const repliesByProcessPartitions = layout.get(names.repliesByProcess);
     const repliesByProcess =

@@ -1,7 +1,7 @@
-import type { TopicPartitionOffset } from "kafkajs";
+import type { EachBatchPayload, TopicPartitionOffset } from "kafkajs";
 import { describe, expect, it } from "vitest";
 import { createLogger } from "../../lib/log.js";
-import { PeriodicCommits } from "./consumers.js";
+import { batchArrived, ConsumerLag, commitBatch, PeriodicCommits } from "./consumers.js";
 
 /** A consumer's commitOffsets that records each call and fails while `failing` is set. */
 function fakeConsumer() {
@@ -66,5 +66,31 @@ describe("PeriodicCommits", () => {
     await new Promise((r) => setTimeout(r, 120));
     expect(consumer.calls.map(byPartition)).toEqual([{ "drafts/0": "1" }]);
     await commits.close();
+  });
+});
+
+describe("consumer lag", () => {
+  it("counts a batch from its arrival until it is committed, so a stuck batch shows as lag", async () => {
+    const lag = new ConsumerLag("sequencer");
+    const batch = {
+      topic: "drafts",
+      partition: 2,
+      highWatermark: "120",
+      messages: [{ offset: "100" }, { offset: "109" }],
+    } as unknown as EachBatchPayload["batch"];
+    batchArrived({ batch }, lag);
+    expect([...lag.entries()]).toEqual([{ group: "sequencer", partition: 2, records: 20 }]);
+    // Still 20 while its handler fails or hangs; once committed, what is past it.
+    await commitBatch(
+      {
+        batch,
+        resolveOffset: () => undefined,
+        commitOffsetsIfNecessary: async () => undefined,
+        heartbeat: async () => undefined,
+        isStale: () => false,
+      } as unknown as EachBatchPayload,
+      lag,
+    );
+    expect([...lag.entries()]).toEqual([{ group: "sequencer", partition: 2, records: 10 }]);
   });
 });

@@ -19,6 +19,15 @@ export const PARTITIONS_CONSUMED_CONCURRENTLY = 64;
 export const COMMIT_INTERVAL_MS = 1_000;
 
 /**
+ * A batch arrived: its partition's lag counts it until it is committed (commitBatch), so a batch that
+ * keeps failing or hangs shows as lag instead of leaving the last good value in place.
+ */
+export function batchArrived({ batch }: Pick<EachBatchPayload, "batch">, lag: ConsumerLag): void {
+  const first = batch.messages[0]?.offset;
+  if (first !== undefined) lag.set(batch.partition, Number(batch.highWatermark) - Number(first));
+}
+
+/**
  * Marks a batch whose effects are durable as done: its last offset is resolved and committed (at
  * once, or with the owner's next periodic commit when `commits` is given), then the member
  * heartbeats. A batch whose partition moved on meanwhile (stale) is left to the new owner.

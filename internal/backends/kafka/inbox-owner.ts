@@ -24,6 +24,7 @@ import type { MessageSpans, TraceCarrier } from "../../lib/tracing.js";
 import type { Closeable, DeliveryHandler, InboxDelivery, InboxEntry, OwnershipStore } from "../types.js";
 import { decodeMessage } from "./codec.js";
 import {
+  batchArrived,
   ConsumerLag,
   commitBatch,
   FETCH_WAIT_MS,
@@ -155,6 +156,7 @@ export class InboxOwner implements Closeable {
   }
 
   private onBatch(payload: EachBatchPayload): Promise<void> {
+    batchArrived(payload, this.lag);
     // Each message's `inbox` span carries its trace on (consumers.ts, handleBatch).
     return handleBatch<number>(payload, this.o.groupId, "inbox", (spans, traces) =>
       this.applyBatch(payload, spans, traces),

@@ -8,7 +8,7 @@
  */
 import { randomInt, randomUUID } from "node:crypto";
 import type { Admin, Consumer, Kafka } from "kafkajs";
-import { errors } from "../../lib/errors.js";
+import { errors, invariantViolated } from "../../lib/errors.js";
 import type { Logger } from "../../lib/log.js";
 import { activeCarrier, tracing } from "../../lib/tracing.js";
 import type {
@@ -202,7 +202,7 @@ export class KafkaMessageLog implements MessageLog {
    */
   async deliveries(handler: DeliveryHandler): Promise<Closeable> {
     const inbox = this.o.inbox;
-    if (!inbox) throw new Error("invariant violated: deliveries() without an inbox topic");
+    if (!inbox) throw invariantViolated("deliveries() without an inbox topic");
     const owner = new InboxOwner({
       ...inbox,
       kafka: this.o.kafka,

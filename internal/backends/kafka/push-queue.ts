@@ -19,6 +19,7 @@
  * offset is ever committed: the topic, not the group, says what is left to do.
  */
 import type { Admin, Consumer, EachBatchPayload, Kafka } from "kafkajs";
+import { invariantViolated } from "../../lib/errors.js";
 import type { Logger } from "../../lib/log.js";
 import { shardOf } from "../../lib/shard.js";
 import type { PushDeadLetterStore, PushJob, PushJobQueue } from "../types.js";
@@ -110,7 +111,7 @@ export class KafkaPushQueue implements PushJobQueue {
   }
 
   async consume(deliver: (job: PushJob) => Promise<void>): Promise<void> {
-    if (this.consumer) throw new Error("invariant violated: the push queue is consumed once");
+    if (this.consumer) throw invariantViolated("the push queue is consumed once");
     this.deliver = deliver;
     const consumer = groupConsumer(this.o.kafka, this.o.groupId, FETCH_WAIT_MS.sharedGroup);
     this.consumer = consumer;

@@ -43,6 +43,7 @@ import { sequenced } from "../types.js";
 import type { BatchProducer } from "./batch-producer.js";
 import { decodeMessage, encodeMessage } from "./codec.js";
 import {
+  batchArrived,
   ConsumerLag,
   commitBatch,
   FETCH_WAIT_MS,
@@ -250,6 +251,7 @@ export class Sequencer implements Closeable {
   }
 
   private onBatch(payload: EachBatchPayload): Promise<void> {
+    batchArrived(payload, this.lag);
     // Each message's `sequence` span carries its trace on (consumers.ts, handleBatch).
     return handleBatch<string>(payload, this.o.groupId, "sequence", (spans, traces) =>
       this.sequenceBatch(payload, spans, traces),
