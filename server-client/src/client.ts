@@ -4,7 +4,7 @@
  * types, the caller's credential on every call, a default deadline, and TLS (with a client certificate
  * for mTLS) when the server uses it.
  */
-import { type Client, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
+import { type Client, Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
 import { ChatService } from "../../gen/switchboard/api/v1/chat_pb.js";
@@ -22,10 +22,25 @@ export interface ChatClientOptions {
 }
 
 /** Every ChatService method, typed, plus `close()` for the HTTP/2 connection. */
-export type ChatClient = Client<typeof ChatService> & { close(): void };
+export type ChatClient = Client<typeof ChatService> & {
+  /**
+   * Closes the connection for good: calls in flight fail, later calls fail with FAILED_PRECONDITION
+   * "the ChatClient is closed", and `consumeEvents` on this client resolves.
+   */
+  close(): void;
+  /** Aborted by `close()`. */
+  readonly closed: AbortSignal;
+};
 
 export function createChatClient(options: ChatClientOptions): ChatClient {
   const credential = options.credential;
+  const closed = new AbortController();
+  // The session manager alone would open a new connection for the next call after close(): refuse
+  // every call of a closed client before it reaches the transport.
+  const refuseWhenClosed: Interceptor = (next) => (req) => {
+    if (closed.signal.aborted) throw new ConnectError("the ChatClient is closed", Code.FailedPrecondition);
+    return next(req);
+  };
   const authenticate: Interceptor = (next) => async (req) => {
     if (credential !== undefined) {
       const value = typeof credential === "string" ? credential : await credential();
@@ -42,11 +57,16 @@ export function createChatClient(options: ChatClientOptions): ChatClient {
   const transport = createGrpcTransport({
     baseUrl: options.baseUrl,
     sessionManager,
-    interceptors: [authenticate],
+    interceptors: [refuseWhenClosed, authenticate],
     defaultTimeoutMs: options.timeoutMs ?? 10_000,
   });
   const client = createClient(ChatService, transport);
-  return Object.assign(client, { close: () => sessionManager.abort() });
+  const close = () => {
+    // Closed first: a consumer whose stream the abort below ends then stops instead of retrying.
+    closed.abort();
+    sessionManager.abort();
+  };
+  return Object.assign(client, { close, closed: closed.signal });
 }
 
 /**
