@@ -1,10 +1,11 @@
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, vi } from "vitest";
 import type { StreamEventsRequest } from "../../gen/switchboard/api/v1/chat_pb.js";
 import type { BatchHandler, LoggedMessage, MessageLog } from "../backends/types.js";
+import { AsyncQueue } from "../lib/async-queue.js";
 import { Code, SwitchboardError } from "../lib/errors.js";
 import type { CallContext } from "../lib/rpc.js";
 import type { Access } from "./access.js";
-import { streamEvents } from "./events.js";
+import { ACK_TIMEOUT_MS, EVENTS_PER_RESPONSE_MAX, streamEvents } from "./events.js";
 
 describe("streamEvents", () => {
   it("settles a batch whose stream failed while the batch's membership was being read", async () => {
@@ -118,6 +119,57 @@ describe("streamEvents", () => {
     trusted = false;
     await expect(deliver()).rejects.toMatchObject({ reason: "CERTIFICATE_NOT_TRUSTED" });
     await expect(responses.next()).rejects.toMatchObject({ reason: "CERTIFICATE_NOT_TRUSTED" });
+  });
+
+  it("times only the oldest response written: a consumer handling a backlog one response at a time is not timed out", async () => {
+    vi.useFakeTimers({ toFake: ["setTimeout", "clearTimeout"] });
+    try {
+      let handler: BatchHandler | undefined;
+      const log = {
+        consume: async (_group: string, h: BatchHandler) => {
+          handler = h;
+          return { close: async () => undefined };
+        },
+      } as unknown as MessageLog;
+      const acks = new AsyncQueue<StreamEventsRequest>(10);
+      async function* requests(): AsyncIterable<StreamEventsRequest> {
+        yield {
+          kind: { case: "subscribe", value: { subscription: "audit", start: 0 } },
+        } as unknown as StreamEventsRequest;
+        for await (const a of acks) yield a;
+      }
+      const access = { caller: "client:audit", sees: async () => true } as unknown as Access;
+      const ctx = { signal: new AbortController().signal, peer: "in-process" } as CallContext;
+      const responses = streamEvents({ log, access }, requests(), ctx)[Symbol.asyncIterator]();
+      await responses.next(); // joined
+      // Three responses' worth (256 events each at most), handled 50 s apiece: 150 s in all.
+      const batch = Array.from({ length: 3 * EVENTS_PER_RESPONSE_MAX }, (_, i) => ({
+        conversationId: "g:1",
+        seq: i + 1,
+        messageId: String(1000 + i),
+        sender: "a",
+        clientMsgId: `c${i}`,
+        body: "x",
+        createdAtMs: 1,
+      })) as LoggedMessage[];
+      const handled = handler!(batch);
+      for (let i = 0; i < 3; i++) {
+        const r = await responses.next();
+        await vi.advanceTimersByTimeAsync(50_000);
+        acks.push({
+          kind: { case: "ack", value: { cursor: r.value.cursor } },
+        } as unknown as StreamEventsRequest);
+      }
+      await expect(handled).resolves.toBeUndefined();
+      // The oldest written response still times out when not acknowledged.
+      const late = handler!(batch.slice(0, 1)).catch((err: unknown) => err);
+      await responses.next();
+      await vi.advanceTimersByTimeAsync(ACK_TIMEOUT_MS + 1);
+      expect(await late).toMatchObject({ reason: "ACK_TIMEOUT" });
+      await expect(responses.next()).rejects.toMatchObject({ reason: "ACK_TIMEOUT" });
+    } finally {
+      vi.useRealTimers();
+    }
   });
 
   it("a newer stream takes a subscription over without waiting for the old one's response to be written", async () => {

@@ -26,7 +26,11 @@ const SUBSCRIPTION_PATTERN = /^[a-z0-9._-]{1,64}$/;
 /** Events per response, and their bodies' bytes: far below gRPC's 4 MiB default message limit. */
 export const EVENTS_PER_RESPONSE_MAX = 256;
 const RESPONSE_BODY_BYTES_MAX = 1 << 20;
-/** A response not acknowledged within this ends the stream (DEADLINE_EXCEEDED, ACK_TIMEOUT). */
+/**
+ * The oldest response written and not acknowledged must be within this (DEADLINE_EXCEEDED,
+ * ACK_TIMEOUT ends the stream). Counted from when it was written and became the oldest: a consumer
+ * handles responses one after another, so a response queued behind others has not been read yet.
+ */
 export const ACK_TIMEOUT_MS = 60_000;
 /** Responses waiting to be written to one stream (one per concurrently consumed partition at most). */
 const QUEUED_RESPONSES_MAX = 1_024;
@@ -91,7 +95,25 @@ export async function* streamEvents(
   open.set(group, self);
 
   const out = new AsyncQueue<Response>(QUEUED_RESPONSES_MAX);
-  const unacked = new Map<string, { resolve(): void; reject(err: unknown): void; timer: NodeJS.Timeout }>();
+  const unacked = new Map<string, { resolve(): void; reject(err: unknown): void; timer?: NodeJS.Timeout }>();
+  /** Cursors written to the stream and not acknowledged, oldest first: only the first is timed. */
+  const written: string[] = [];
+  const timeOldest = () => {
+    const waiter = written[0] === undefined ? undefined : unacked.get(written[0]);
+    if (!waiter || waiter.timer) return;
+    const cursor = written[0]!;
+    waiter.timer = setTimeout(
+      () =>
+        fail(
+          new SwitchboardError(
+            Code.DEADLINE_EXCEEDED,
+            "ACK_TIMEOUT",
+            `cursor ${cursor} was not acknowledged within ${ACK_TIMEOUT_MS} ms`,
+          ),
+        ),
+      ACK_TIMEOUT_MS,
+    );
+  };
   let failure: SwitchboardError | undefined;
   let cursorCount = 0;
   let consumer: Closeable | undefined;
@@ -142,18 +164,7 @@ export async function* streamEvents(
     const acks = chunk(visible).map((events) => {
       const cursor = String(++cursorCount);
       const acked = new Promise<void>((resolve, reject) => {
-        const timer = setTimeout(
-          () =>
-            fail(
-              new SwitchboardError(
-                Code.DEADLINE_EXCEEDED,
-                "ACK_TIMEOUT",
-                `cursor ${cursor} was not acknowledged within ${ACK_TIMEOUT_MS} ms`,
-              ),
-            ),
-          ACK_TIMEOUT_MS,
-        );
-        unacked.set(cursor, { resolve, reject, timer });
+        unacked.set(cursor, { resolve, reject });
       });
       if (
         !out.push({
@@ -179,6 +190,9 @@ export async function* streamEvents(
         );
       unacked.delete(kind.value.cursor);
       clearTimeout(waiter.timer);
+      const at = written.indexOf(kind.value.cursor);
+      if (at >= 0) written.splice(at, 1);
+      timeOldest();
       waiter.resolve();
     }
     // The consumer closed its side: it can acknowledge nothing more.
@@ -192,7 +206,11 @@ export async function* streamEvents(
     if (failure) void closeConsumer().catch(() => undefined);
     // The consumer has joined (and a new "latest" subscription has its position): say so first.
     else yield { cursor: "", events: [] };
-    for await (const response of out) yield response;
+    for await (const response of out) {
+      if (response.cursor) written.push(response.cursor);
+      timeOldest();
+      yield response;
+    }
     if (failure && failure.reason !== "STREAM_ENDED") throw failure;
   } finally {
     fail(errors.unavailable("STREAM_ENDED", "the stream ended"));
