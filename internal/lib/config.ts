@@ -457,7 +457,7 @@ export const schema = {
   tracing: {
     enabled: bool(
       false,
-      "Export OpenTelemetry traces of the message path over OTLP. Where to and how come from the standard variables: OTEL_EXPORTER_OTLP_ENDPOINT (default http://localhost:4318), OTEL_EXPORTER_OTLP_PROTOCOL (http/protobuf, http/json or grpc), OTEL_SERVICE_NAME (default switchboard), OTEL_RESOURCE_ATTRIBUTES. Off: no span is made.",
+      "Export OpenTelemetry traces of the message path over OTLP. Where to and how come from the standard variables: OTEL_EXPORTER_OTLP_ENDPOINT (default http://localhost:4318), OTEL_EXPORTER_OTLP_PROTOCOL (http/protobuf, http/json or grpc), OTEL_SERVICE_NAME (default switchboard-<role>, or switchboard for role all), OTEL_RESOURCE_ATTRIBUTES. Off: no span is made.",
     ),
     sampleRatio: ratio(
       1,

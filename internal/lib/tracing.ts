@@ -47,7 +47,8 @@ export async function startTracing(
       import("@opentelemetry/resources"),
     ]);
   const sdk = new NodeSDK({
-    serviceName: process.env.OTEL_SERVICE_NAME ?? "switchboard",
+    // One service per role, so that a trace backend's service graph shows the hops between them.
+    serviceName: process.env.OTEL_SERVICE_NAME ?? (role === "all" ? "switchboard" : `switchboard-${role}`),
     resource: resourceFromAttributes({ "switchboard.role": role }),
     sampler: new ParentBasedSampler({ root: new TraceIdRatioBasedSampler(config.tracing.sampleRatio) }),
     // Spans are made by hand on the message path; automatic instrumentation of every library call
