@@ -22,6 +22,7 @@ import {
 import type { Policy } from "../grpc-auth/policy.js";
 import { requireUserId } from "../lib/auth.js";
 import { Code, errors, SwitchboardError } from "../lib/errors.js";
+import type { Metrics } from "../lib/metrics.js";
 import type { ServiceClient, ServiceImpl } from "../lib/rpc.js";
 import type { Router } from "../router/index.js";
 import { type Access, accessOf } from "./access.js";
@@ -53,6 +54,8 @@ export interface ChatServiceDeps {
   pageBytesMax: number;
   /** The longest body (gateway.bodyCharsMax), for how many messages a page reads at once. */
   bodyCharsMax: number;
+  /** Where the API's sends are counted with the WebSocket's (messages appended, send→ack time). */
+  metrics?: Pick<Metrics, "messagesTotal" | "appendSeconds">;
 }
 
 export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatService> {
@@ -70,12 +73,23 @@ export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatS
     return ids;
   };
 
+  /** conversations.send, counted like a WebSocket send. */
+  const send: typeof conversations.send = async (input) => {
+    const started = performance.now();
+    const appended = await conversations.send(input);
+    if (!appended.duplicate && deps.metrics) {
+      deps.metrics.messagesTotal.inc();
+      deps.metrics.appendSeconds.observe((performance.now() - started) / 1000);
+    }
+    return appended;
+  };
+
   return {
     async publish(req, ctx) {
       const a = access(ctx.principal);
       const sender = a.sender(req.sender);
       const conversationId = await conversationOf(a, req.conversationId);
-      const { message, duplicate } = await conversations.send({
+      const { message, duplicate } = await send({
         sender,
         conversationId,
         clientMsgId: req.idempotencyKey,
@@ -86,7 +100,7 @@ export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatS
 
     async sendToUser(req, ctx) {
       const sender = access(ctx.principal).sender(req.sender);
-      const { message, duplicate } = await conversations.send({
+      const { message, duplicate } = await send({
         sender,
         toUser: requireUserId(req.userId),
         clientMsgId: req.idempotencyKey,
@@ -107,7 +121,7 @@ export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatS
           const i = next++;
           const userId = users[i]!;
           try {
-            const { message, duplicate } = await conversations.send({
+            const { message, duplicate } = await send({
               sender,
               toUser: userId,
               clientMsgId: req.idempotencyKey,

@@ -203,12 +203,12 @@ export function createMetrics() {
     }),
     messagesTotal: new Counter({
       name: "switchboard_messages_appended_total",
-      help: "Messages made durable (acked).",
+      help: "Messages made durable (acked), sent over the WebSocket or the server API.",
       registers: r,
     }),
     appendSeconds: new Histogram({
       name: "switchboard_message_append_seconds",
-      help: "Server-side send→ack: time from a valid send frame to its ack (the message durable and sequenced).",
+      help: "Server-side send→ack: time from a valid send frame (or server API send) to its ack (the message durable and sequenced).",
       buckets: LATENCY_BUCKETS,
       registers: r,
     }),

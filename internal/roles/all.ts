@@ -138,6 +138,7 @@ export const startAll: RoleStarter = async (ctx) => {
         pageSizeMax: config.sync.pageSizeMax,
         pageBytesMax: config.sync.pageBytesMax,
         bodyCharsMax: config.gateway.bodyCharsMax,
+        metrics,
       }),
     );
   }

@@ -75,6 +75,7 @@ export const startRouter: RoleStarter = async (ctx) => {
       pageSizeMax: config.sync.pageSizeMax,
       pageBytesMax: config.sync.pageBytesMax,
       bodyCharsMax: config.gateway.bodyCharsMax,
+      metrics,
     }),
   );
   return {};

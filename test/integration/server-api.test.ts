@@ -26,6 +26,7 @@ import { AsyncQueue } from "../../internal/lib/async-queue.js";
 import { Code, SwitchboardError } from "../../internal/lib/errors.js";
 import { grpcClient, type ServiceClient } from "../../internal/lib/rpc.js";
 import { consumeEvents, createChatClient, reasonOf } from "../../server-client/src/index.js";
+import { sampleOf, scrape } from "../helpers/metrics.js";
 import { WebhookReceiver } from "../helpers/push-stand-ins/webhook.js";
 import { expectCase, RawClient } from "../helpers/raw-client.js";
 import { devToken, type ServerProcess, startServer, tempDir } from "../helpers/server.js";
@@ -180,12 +181,17 @@ describe("ChatService: messages", () => {
     expect((await nextMessage(bob, "your receipt"))?.sender).toBe("bot:billing");
 
     const users = ["api-c1", "api-c2", "api-c3"];
+    // Counted with the WebSocket's sends on /metrics, the retry's duplicates not.
+    const appended = async () =>
+      sampleOf(await scrape(server.httpUrl), "switchboard_messages_appended_total") ?? 0;
+    const before = await appended();
     const first = await billing.broadcast({ userIds: users, idempotencyKey: "promo-1", body: "sale" });
     expect(first.results.map((r) => [r.userId, r.duplicate, r.reason])).toEqual(
       users.map((u) => [u, false, ""]),
     );
     const retried = await billing.broadcast({ userIds: users, idempotencyKey: "promo-1", body: "sale" });
     expect(retried.results.map((r) => r.duplicate)).toEqual([true, true, true]);
+    expect((await appended()) - before).toBe(3);
     expect(retried.results.map((r) => r.message?.messageId)).toEqual(
       first.results.map((r) => r.message?.messageId),
     );
