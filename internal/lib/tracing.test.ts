@@ -1,4 +1,4 @@
-import { context, propagation, SpanStatusCode, trace } from "@opentelemetry/api";
+import { context, propagation, SpanKind, SpanStatusCode, trace } from "@opentelemetry/api";
 import { AsyncLocalStorageContextManager } from "@opentelemetry/context-async-hooks";
 import { W3CTraceContextPropagator } from "@opentelemetry/core";
 import {
@@ -7,6 +7,7 @@ import {
   SimpleSpanProcessor,
 } from "@opentelemetry/sdk-trace-base";
 import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from "vitest";
+import { Code, SwitchboardError } from "./errors.js";
 import { createLogger } from "./log.js";
 import { carrierOf, extractTrace, inSpan, linksTo, MessageSpans, startSpan, tracing } from "./tracing.js";
 
@@ -75,6 +76,20 @@ describe("tracing helpers", () => {
     );
     const [span] = exporter.getFinishedSpans();
     expect(span!.status).toMatchObject({ code: SpanStatusCode.ERROR, message: "boom" });
+  });
+
+  it("on a server span, count only the server's faults as errors, with the gRPC status code", async () => {
+    const fail = (code: Code, reason: string) =>
+      inSpan(reason, { kind: SpanKind.SERVER }, async () => {
+        throw new SwitchboardError(code, reason, reason);
+      }).catch(() => undefined);
+    await fail(Code.PERMISSION_DENIED, "NOT_MEMBER");
+    await fail(Code.UNAVAILABLE, "STORAGE_UNAVAILABLE");
+    const byName = new Map(exporter.getFinishedSpans().map((s) => [s.name, s]));
+    expect(byName.get("NOT_MEMBER")!.status.code).toBe(SpanStatusCode.UNSET);
+    expect(byName.get("NOT_MEMBER")!.attributes["rpc.grpc.status_code"]).toBe(Code.PERMISSION_DENIED);
+    expect(byName.get("STORAGE_UNAVAILABLE")!.status.code).toBe(SpanStatusCode.ERROR);
+    expect(byName.get("STORAGE_UNAVAILABLE")!.attributes["rpc.grpc.status_code"]).toBe(Code.UNAVAILABLE);
   });
 
   it("put the active span's trace_id and span_id on log lines, and nothing outside a span", async () => {

@@ -114,7 +114,19 @@ export function linksTo(carriers: Iterable<TraceCarrier | undefined>): Link[] {
   return links;
 }
 
-/** Runs `fn` in a span that ends with it, recording a thrown error. */
+/**
+ * gRPC status codes that are the server's failure (OpenTelemetry's gRPC conventions): UNKNOWN,
+ * DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS. The others (NOT_FOUND,
+ * PERMISSION_DENIED, INVALID_ARGUMENT, RESOURCE_EXHAUSTED...) are the caller's, not a span error of
+ * a server span.
+ */
+const SERVER_FAULT_CODES = new Set([2, 4, 12, 13, 14, 15]);
+
+/**
+ * Runs `fn` in a span that ends with it, recording a thrown error. An error with a gRPC-style code
+ * (SwitchboardError) sets `rpc.grpc.status_code`, and makes a server span an error only when the
+ * code is the server's fault.
+ */
 export async function inSpan<T>(
   name: string,
   options: { kind?: SpanKind; attributes?: Attributes; links?: Link[]; parent?: Context | TraceCarrier },
@@ -125,7 +137,12 @@ export async function inSpan<T>(
     return await context.with(trace.setSpan(context.active(), span), () => fn(span));
   } catch (err) {
     span.recordException(err as Error);
-    span.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error).message });
+    const code = (err as { code?: unknown } | null)?.code;
+    const grpcCode = typeof code === "number" ? code : undefined;
+    if (grpcCode !== undefined) span.setAttribute("rpc.grpc.status_code", grpcCode);
+    const callersFault =
+      options.kind === SpanKind.SERVER && grpcCode !== undefined && !SERVER_FAULT_CODES.has(grpcCode);
+    if (!callersFault) span.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error).message });
     throw err;
   } finally {
     span.end();
