@@ -821,8 +821,9 @@ export class Connection {
       return;
     }
     this.deliveredCursor = cursor;
-    this.sendRaw(encoded());
-    this.ctx.metrics.deliverySeconds.observe((Date.now() - Number(event.message.createdAtMs)) / 1000);
+    // A delivery the connection closed on instead (a slow consumer) is no delivery to time.
+    if (this.sendRaw(encoded()))
+      this.ctx.metrics.deliverySeconds.observe((Date.now() - Number(event.message.createdAtMs)) / 1000);
   }
 
   /** A pull conversation's message: in seq order, each once (a router re-sends after a crash). */
@@ -835,8 +836,9 @@ export class Connection {
     this.pullSeqs.set(conversationId, seq);
     if (this.pullSeqs.size > PULL_CONVERSATIONS_TRACKED_MAX)
       this.pullSeqs.delete(this.pullSeqs.keys().next().value as string);
-    this.sendRaw(encoded());
-    this.ctx.metrics.deliverySeconds.observe((Date.now() - Number(message.createdAtMs)) / 1000);
+    // A delivery the connection closed on instead (a slow consumer) is no delivery to time.
+    if (this.sendRaw(encoded()))
+      this.ctx.metrics.deliverySeconds.observe((Date.now() - Number(message.createdAtMs)) / 1000);
   }
 
   /** Looks for inbox entries past the last delivered one (events a failed router stream lost). */
@@ -1044,21 +1046,26 @@ export class Connection {
     );
   }
 
-  sendRaw(data: string | Uint8Array): void {
-    if (this.closed) return;
+  /** Writes (or holds until the welcome) a frame; false if it was not, the connection closed instead. */
+  sendRaw(data: string | Uint8Array): boolean {
+    if (this.closed) return false;
     if (this.heldForWelcome) {
       // Bounded like the socket's own queue (a string counted at its largest UTF-8 size); held for
       // a few milliseconds at most, one inbox head read.
       this.heldBytes += typeof data === "string" ? data.length * 3 : data.length;
-      if (this.heldBytes > this.ctx.config.gateway.sendQueueBytesMax)
-        return this.close(CloseCode.SLOW_CONSUMER, "too many events before the welcome; reconnect and sync");
+      if (this.heldBytes > this.ctx.config.gateway.sendQueueBytesMax) {
+        this.close(CloseCode.SLOW_CONSUMER, "too many events before the welcome; reconnect and sync");
+        return false;
+      }
       this.heldForWelcome.push(data);
-      return;
+      return true;
     }
     if (this.socket.bufferedAmount > this.ctx.config.gateway.sendQueueBytesMax) {
-      return this.close(CloseCode.SLOW_CONSUMER, "send queue overflow; reconnect and sync");
+      this.close(CloseCode.SLOW_CONSUMER, "send queue overflow; reconnect and sync");
+      return false;
     }
     this.socket.send(data);
+    return true;
   }
 
   close(code: number, reason: string): void {
