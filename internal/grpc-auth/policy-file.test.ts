@@ -7,7 +7,7 @@ import { Code, type SwitchboardError } from "../lib/errors.js";
 import type { PolicyFile } from "../lib/grpc-policy-file.js";
 import { createLogger } from "../lib/log.js";
 import { newKey } from "./key-file.js";
-import { grpcGuard, parsePolicyFile } from "./setup.js";
+import { grpcGuard, grpcPolicy, parsePolicyFile } from "./setup.js";
 
 const dirs: string[] = [];
 afterEach(() => {
@@ -92,5 +92,12 @@ describe("gRPC policy file", () => {
     utimesSync(policyFile, 3_000, 3_000);
     vi.spyOn(Date, "now").mockReturnValue(now + 12_000);
     expect(await call()).toBe("allowed");
+  });
+
+  it("names its setting when the file cannot be read at start", () => {
+    const config = loadConfig({ SWITCHBOARD_GRPC_POLICY_FILE: "/nonexistent/policy.json" });
+    expect(() => grpcPolicy(config, createLogger({ level: "error" }))).toThrow(
+      /^grpc.policyFile \/nonexistent\/policy.json: ENOENT/,
+    );
   });
 });

@@ -125,8 +125,17 @@ function reloadingFile<T>(
   log: Logger,
   parse: (text: string) => T,
 ): () => T {
-  let value = parse(readFileSync(file, "utf8"));
-  let mtimeMs = statSync(file).mtimeMs;
+  // Stat first, then read: a change in between is read again at the next check, not taken for the
+  // version of the earlier time. A file that cannot be read at start names its setting.
+  let mtimeMs: number;
+  let text: string;
+  try {
+    mtimeMs = statSync(file).mtimeMs;
+    text = readFileSync(file, "utf8");
+  } catch (err) {
+    throw new Error(`${setting} ${file}: ${(err as Error).message}`, { cause: err });
+  }
+  let value = parse(text);
   let checkedAtMs = Date.now();
   return () => {
     if (Date.now() - checkedAtMs > recheckMs) {
