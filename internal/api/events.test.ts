@@ -59,8 +59,15 @@ describe("streamEvents", () => {
     expect(consumerClosed).toBe(true);
   });
 
-  /** A stream subscribed to "audit" over a log whose batch handler the test calls itself. */
-  async function openStream(accessNow: () => Access | undefined, ctx: CallContext) {
+  /**
+   * A stream subscribed to "audit" over a log whose batch handler the test calls itself; the
+   * consumer's acks are what the test pushes to `acks`.
+   */
+  async function openStream(
+    accessNow: () => Access | undefined,
+    ctx: CallContext,
+    acks = new AsyncQueue<StreamEventsRequest>(10),
+  ) {
     let handler: BatchHandler | undefined;
     const log = {
       consume: async (_group: string, h: BatchHandler) => {
@@ -72,7 +79,7 @@ describe("streamEvents", () => {
       yield {
         kind: { case: "subscribe", value: { subscription: "audit", start: 0 } },
       } as unknown as StreamEventsRequest;
-      await new Promise(() => undefined);
+      for await (const a of acks) yield a;
     }
     const responses = streamEvents({ log, access: accessNow()!, accessNow }, requests(), ctx)[
       Symbol.asyncIterator
@@ -87,7 +94,7 @@ describe("streamEvents", () => {
       body: "x",
       createdAtMs: 1,
     } as LoggedMessage;
-    return { responses, deliver: () => handler!([message]) };
+    return { responses, handler: handler!, deliver: () => handler!([message]) };
   }
 
   it("applies a grant revoked while the stream is open to its next batch: the stream ends, PERMISSION_DENIED", async () => {
@@ -124,24 +131,10 @@ describe("streamEvents", () => {
   it("times only the oldest response written: a consumer handling a backlog one response at a time is not timed out", async () => {
     vi.useFakeTimers({ toFake: ["setTimeout", "clearTimeout"] });
     try {
-      let handler: BatchHandler | undefined;
-      const log = {
-        consume: async (_group: string, h: BatchHandler) => {
-          handler = h;
-          return { close: async () => undefined };
-        },
-      } as unknown as MessageLog;
       const acks = new AsyncQueue<StreamEventsRequest>(10);
-      async function* requests(): AsyncIterable<StreamEventsRequest> {
-        yield {
-          kind: { case: "subscribe", value: { subscription: "audit", start: 0 } },
-        } as unknown as StreamEventsRequest;
-        for await (const a of acks) yield a;
-      }
       const access = { caller: "client:audit", sees: async () => true } as unknown as Access;
       const ctx = { signal: new AbortController().signal, peer: "in-process" } as CallContext;
-      const responses = streamEvents({ log, access }, requests(), ctx)[Symbol.asyncIterator]();
-      await responses.next(); // joined
+      const { responses, handler } = await openStream(() => access, ctx, acks);
       // Three responses' worth (256 events each at most), handled 50 s apiece: 150 s in all.
       const batch = Array.from({ length: 3 * EVENTS_PER_RESPONSE_MAX }, (_, i) => ({
         conversationId: "g:1",
@@ -152,7 +145,7 @@ describe("streamEvents", () => {
         body: "x",
         createdAtMs: 1,
       })) as LoggedMessage[];
-      const handled = handler!(batch);
+      const handled = handler(batch);
       for (let i = 0; i < 3; i++) {
         const r = await responses.next();
         await vi.advanceTimersByTimeAsync(50_000);
@@ -162,7 +155,7 @@ describe("streamEvents", () => {
       }
       await expect(handled).resolves.toBeUndefined();
       // The oldest written response still times out when not acknowledged.
-      const late = handler!(batch.slice(0, 1)).catch((err: unknown) => err);
+      const late = handler(batch.slice(0, 1)).catch((err: unknown) => err);
       await responses.next();
       await vi.advanceTimersByTimeAsync(ACK_TIMEOUT_MS + 1);
       expect(await late).toMatchObject({ reason: "ACK_TIMEOUT" });

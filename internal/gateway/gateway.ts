@@ -23,7 +23,7 @@ import {
 } from "./codec.js";
 import { Connection, type GatewayContext, type GatewayServices } from "./connection.js";
 import { firstStranger } from "./contacts.js";
-import { TokenBucket } from "./rate-limit.js";
+import { TokenBucket, UserBuckets } from "./rate-limit.js";
 
 const CREDIT_EVERY_EVENTS = 256;
 const RECHECK_SPREAD_MS = 1_000;
@@ -49,8 +49,9 @@ export class Gateway {
   private readonly wss: WebSocketServer;
   private readonly byUser = new Map<string, Set<Connection>>();
   private readonly bySession = new Map<string, Connection>();
-  private readonly userSends = new Map<string, TokenBucket>();
-  private readonly userGroupChanges = new Map<string, TokenBucket>();
+  private readonly userSends: UserBuckets;
+  /** Group changes told to every member, per user (createGroup, updateGroup, setMemberRole). */
+  private readonly userGroupChanges = new UserBuckets(GROUP_CHANGES_PER_SECOND, GROUP_CHANGES_BURST);
   /** Typing indicators this gateway relays per pull conversation (a large group): a few per second. */
   private readonly pullTyping = new Map<string, TokenBucket>();
   private readonly all = new Set<Connection>();
@@ -70,6 +71,8 @@ export class Gateway {
 
   constructor(private readonly options: GatewayOptions) {
     this.id = options.gatewayId;
+    const g = options.config.gateway;
+    this.userSends = new UserBuckets(g.userSendsPerSecond, g.userSendsPerSecond * 2);
     this.epoch = options.gatewayEpoch;
     const { config } = options;
     this.wss = new WebSocketServer({
@@ -94,8 +97,8 @@ export class Gateway {
       presence: options.presence,
       push: options.push,
       verify: options.verify,
-      takeUserSend: (userId) => this.takeUserSend(userId),
-      takeGroupChange: (userId) => this.takeGroupChange(userId),
+      takeUserSend: (userId) => this.userSends.take(userId),
+      takeGroupChange: (userId) => this.userGroupChanges.take(userId),
       takePullTyping: (conversationId) => this.takePullTyping(conversationId),
       firstStranger: (user, others) =>
         firstStranger(options.backends.membership, user, others, SHARED_CONVERSATIONS_SCAN_MAX),
@@ -203,9 +206,9 @@ export class Gateway {
   }
 
   private ping(): void {
-    for (const buckets of [this.userSends, this.userGroupChanges])
-      for (const [userId, bucket] of buckets)
-        if (!this.byUser.has(userId) && bucket.full()) buckets.delete(userId);
+    const gone = (userId: string) => !this.byUser.has(userId);
+    this.userSends.forgetRefilled(gone);
+    this.userGroupChanges.forgetRefilled(gone);
     for (const ws of this.wss.clients) {
       if (!this.alive.has(ws)) {
         ws.terminate();
@@ -214,25 +217,6 @@ export class Gateway {
       this.alive.delete(ws);
       ws.ping();
     }
-  }
-
-  private takeUserSend(userId: string): number {
-    let bucket = this.userSends.get(userId);
-    if (!bucket) {
-      const g = this.options.config.gateway;
-      bucket = new TokenBucket(g.userSendsPerSecond, g.userSendsPerSecond * 2);
-      this.userSends.set(userId, bucket);
-    }
-    return bucket.take();
-  }
-
-  private takeGroupChange(userId: string): number {
-    let bucket = this.userGroupChanges.get(userId);
-    if (!bucket) {
-      bucket = new TokenBucket(GROUP_CHANGES_PER_SECOND, GROUP_CHANGES_BURST);
-      this.userGroupChanges.set(userId, bucket);
-    }
-    return bucket.take();
   }
 
   private takePullTyping(conversationId: string): boolean {
@@ -271,8 +255,8 @@ export class Gateway {
     if (set?.size === 0) {
       this.byUser.delete(conn.userId);
       // Kept until they have refilled (swept with the pings): reconnecting is no way to a fresh burst.
-      for (const buckets of [this.userSends, this.userGroupChanges])
-        if (buckets.get(conn.userId)?.full()) buckets.delete(conn.userId);
+      this.userSends.forgetIfRefilled(conn.userId);
+      this.userGroupChanges.forgetIfRefilled(conn.userId);
     }
     if (!this.bySession.delete(conn.sessionId)) return;
     this.options.metrics.connections.set(this.bySession.size);

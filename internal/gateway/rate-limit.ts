@@ -46,6 +46,40 @@ export class TokenBucket {
   }
 }
 
+/**
+ * A token bucket per user. A bucket is forgotten only once its user is gone and it has refilled:
+ * forgetting it earlier would hand a reconnecting user a fresh burst.
+ */
+export class UserBuckets {
+  private readonly buckets = new Map<string, TokenBucket>();
+
+  constructor(
+    private readonly ratePerSecond: number,
+    private readonly burst: number,
+  ) {}
+
+  /** Takes one token of `userId`'s bucket: 0, or the milliseconds until one is available. */
+  take(userId: string): number {
+    let bucket = this.buckets.get(userId);
+    if (!bucket) {
+      bucket = new TokenBucket(this.ratePerSecond, this.burst);
+      this.buckets.set(userId, bucket);
+    }
+    return bucket.take();
+  }
+
+  /** Forgets the buckets of users `gone` says left, those that have refilled. */
+  forgetRefilled(gone: (userId: string) => boolean): void {
+    for (const [userId, bucket] of this.buckets)
+      if (gone(userId) && bucket.full()) this.buckets.delete(userId);
+  }
+
+  /** Forgets `userId`'s bucket if it has refilled (the user's last connection closed). */
+  forgetIfRefilled(userId: string): void {
+    if (this.buckets.get(userId)?.full()) this.buckets.delete(userId);
+  }
+}
+
 /** At most one event per key per `intervalMs`; remembers the newest `keysMax` keys. */
 export class Throttle {
   private readonly last = new Map<string, number>();

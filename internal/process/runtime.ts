@@ -145,28 +145,6 @@ export async function runProcess(
     notReady,
   });
   let grpcServer: Awaited<ReturnType<typeof serveGrpc>> | undefined;
-  let credential: ReturnType<typeof grpcCredential>;
-  try {
-    grpcServer = servesGrpc(role, config)
-      ? await serveGrpc(config.http.host, config.grpc.port, {
-          metrics: metrics.grpc,
-          reflection: config.grpc.reflection,
-          serving: () => notReady() === undefined,
-          credentials: tls?.serverCredentials,
-          keepalive: { timeMs: config.grpc.keepaliveMs, timeoutMs: config.grpc.keepaliveTimeoutMs },
-        })
-      : undefined;
-    credential = grpcCredential(config, log);
-  } catch (err) {
-    // The gRPC port taken, a credential file missing: the HTTP server already open would keep the
-    // process alive, answering /healthz, so it never restarts. Everything opened closes.
-    for (const resource of [grpcServer, http, ...owned.splice(0).reverse(), tracer]) {
-      await Promise.resolve(resource?.close()).catch(() => undefined);
-    }
-    throw err;
-  }
-  if (grpcServer && guard) guardServer(grpcServer.server, guard);
-
   const close = () =>
     (closing ??= (async () => {
       phase = "stopping";
@@ -184,6 +162,26 @@ export async function runProcess(
         }
       }
     })());
+
+  let credential: ReturnType<typeof grpcCredential>;
+  try {
+    grpcServer = servesGrpc(role, config)
+      ? await serveGrpc(config.http.host, config.grpc.port, {
+          metrics: metrics.grpc,
+          reflection: config.grpc.reflection,
+          serving: () => notReady() === undefined,
+          credentials: tls?.serverCredentials,
+          keepalive: { timeMs: config.grpc.keepaliveMs, timeoutMs: config.grpc.keepaliveTimeoutMs },
+        })
+      : undefined;
+    credential = grpcCredential(config, log);
+  } catch (err) {
+    // The gRPC port taken, a credential file missing: the HTTP server already open would keep the
+    // process alive, answering /healthz, so it never restarts. Everything opened closes.
+    await close();
+    throw err;
+  }
+  if (grpcServer && guard) guardServer(grpcServer.server, guard);
 
   const ctx: RoleContext = {
     config,
