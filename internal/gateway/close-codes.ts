@@ -17,6 +17,8 @@ export const CloseCode = {
   TOO_MANY_REQUESTS: 3013,
   /** A backend closed the connection (ChatService.Disconnect, reconnect allowed). */
   DISCONNECTED: 3014,
+  /** The user already holds gateway.userConnectionsMax connections here: reconnect after a backoff. */
+  TOO_MANY_CONNECTIONS: 3015,
   /** The token is invalid: do not reconnect with it. */
   INVALID_TOKEN: 3500,
   /** Too many malformed frames or a protocol violation: do not reconnect blindly. */
@@ -36,4 +38,5 @@ export const RECONNECT_CODES: ReadonlySet<number> = new Set([
   CloseCode.SLOW_CONSUMER,
   CloseCode.TOO_MANY_REQUESTS,
   CloseCode.DISCONNECTED,
+  CloseCode.TOO_MANY_CONNECTIONS,
 ]);

@@ -106,6 +106,8 @@ export interface GatewayContext extends GatewayServices {
   takePullTyping(conversationId: string): boolean;
   /** The first of `others` who shares no conversation with `user` (docs/protocol.md §4), if any. */
   firstStranger(user: string, others: readonly string[]): Promise<string | undefined>;
+  /** Whether the user may open one more connection here (gateway.userConnectionsMax). */
+  hasRoomFor(userId: string): boolean;
   register(conn: Connection): Promise<void>;
   unregister(conn: Connection): void;
   /** This gateway instance, as presence knows the holder of its sessions' watches. */
@@ -248,6 +250,18 @@ export class Connection {
     // Closed while its token was checked (client gone, auth deadline, drain): never registered.
     if (this.closed) return;
     clearTimeout(this.authTimer);
+    // Checked in the same turn as the registration below, so that concurrent ones cannot all pass.
+    if (!this.ctx.hasRoomFor(identity.userId)) {
+      const err = errors.exhausted(
+        "TOO_MANY_CONNECTIONS",
+        `the user already holds ${this.ctx.config.gateway.userConnectionsMax} connections on this gateway`,
+      );
+      // An auth frame gets its answer; a header-authenticated upgrade has no request to answer.
+      if (replyTo !== 0) this.fail(replyTo, err, encoding, "auth");
+      else
+        this.ctx.metrics.errorsTotal.inc({ reason: err.reason, code: "RESOURCE_EXHAUSTED", request: "auth" });
+      return this.close(CloseCode.TOO_MANY_CONNECTIONS, "too many connections for this user");
+    }
     this.identity = identity;
     if (Number.isFinite(identity.expiresAtMs))
       this.expiryTimer = atTime(identity.expiresAtMs, () =>

@@ -102,6 +102,7 @@ export class Gateway {
       takePullTyping: (conversationId) => this.takePullTyping(conversationId),
       firstStranger: (user, others) =>
         firstStranger(options.backends.membership, user, others, SHARED_CONVERSATIONS_SCAN_MAX),
+      hasRoomFor: (userId) => (this.byUser.get(userId)?.size ?? 0) < config.gateway.userConnectionsMax,
       register: (conn) => this.register(conn),
       unregister: (conn) => this.unregister(conn),
       watcherId: `${this.id}/${this.epoch}/${randomBytes(6).toString("base64url")}`,

@@ -225,6 +225,11 @@ export const schema = {
       1024,
     ),
     connectionsMax: int(19_000, "Most open WebSocket connections per gateway process.", 1),
+    userConnectionsMax: int(
+      100,
+      "Most open connections of one user on one gateway process; past it the newest is closed with 3015 (the client retries after a longer backoff), so one user's token cannot take every slot.",
+      1,
+    ),
     unauthenticatedMax: int(
       2_000,
       "Most connections per gateway process still to authenticate with an auth frame (each may wait auth.authTimeoutMs); past it, an upgrade without an Authorization header gets 503, so unauthenticated sockets cannot take every slot.",

@@ -59,6 +59,8 @@ export const CLOSE_CODES = {
   3013: reconnect("TOO_MANY_REQUESTS", { backoff: "long" }),
   /** A backend closed the connection and allows reconnecting (e.g. the user's rights changed). */
   3014: reconnect("DISCONNECTED", { backoff: "long" }),
+  /** The user holds too many connections on that gateway: reconnect with a longer backoff. */
+  3015: reconnect("TOO_MANY_CONNECTIONS", { backoff: "long" }),
   /** Invalid token: terminal. */
   3500: terminal("INVALID_TOKEN"),
   /** Too many malformed frames: terminal (a bug in the client; retrying would loop). */
@@ -84,6 +86,7 @@ export const CloseCode = {
   SLOW_CONSUMER: 3008,
   TOO_MANY_REQUESTS: 3013,
   DISCONNECTED: 3014,
+  TOO_MANY_CONNECTIONS: 3015,
   INVALID_TOKEN: 3500,
   BAD_REQUEST: 3501,
   AUTH_TIMEOUT: 3502,

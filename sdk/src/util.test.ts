@@ -38,6 +38,7 @@ describe("close codes", () => {
       .map(([c]) => Number(c));
     expect(terminal).toEqual([3500, 3501, 3502, 3503]);
     expect(CLOSE_CODES[3014]).toMatchObject({ reconnect: true, backoff: "long" });
+    expect(CLOSE_CODES[3015]).toMatchObject({ reconnect: true, backoff: "long" });
     expect(CLOSE_CODES[3005].freshToken).toBe(true);
     expect(CLOSE_CODES[3013].backoff).toBe("long");
     expect(CLOSE_CODES[1009].dropFrame).toBe(true);

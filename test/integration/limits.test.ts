@@ -383,6 +383,36 @@ describe("message and frame limits", () => {
     }
   });
 
+  it("closes a user's connection past their cap on one gateway with 3015, and only theirs", async () => {
+    const limited = await startServer({ env: { SWITCHBOARD_GATEWAY_USER_CONNECTIONS_MAX: "2" } });
+    try {
+      const token = await devToken(limited.dataDir, "many-tabs");
+      // One authenticated in its upgrade request, one with an auth frame: both count.
+      const first = await RawClient.connect(limited.url, { token });
+      const second = await RawClient.connect(limited.url);
+      expectCase(await second.request({ case: "auth", value: { token } }), "welcome");
+      const third = await RawClient.connect(limited.url, { headers: { authorization: `Bearer ${token}` } });
+      expect(await third.closed).toBe(3015);
+      const fourth = await RawClient.connect(limited.url);
+      const refused = expectCase(await fourth.request({ case: "auth", value: { token } }), "error");
+      expect([refused.reason, refused.code]).toEqual(["TOO_MANY_CONNECTIONS", Code.RESOURCE_EXHAUSTED]);
+      expect(await fourth.closed).toBe(3015);
+      // Another user is not affected, and a closed connection frees its slot.
+      const other = await RawClient.connect(limited.url, {
+        token: await devToken(limited.dataDir, "one-tab"),
+      });
+      expectCase(await other.request({ case: "listConversations", value: {} }), "conversations");
+      first.close();
+      await first.closed;
+      const again = await RawClient.connect(limited.url);
+      expectCase(await again.request({ case: "auth", value: { token } }), "welcome");
+      expectCase(await second.request({ case: "listConversations", value: {} }), "conversations");
+      for (const c of [second, other, again]) c.close();
+    } finally {
+      await limited.dispose();
+    }
+  });
+
   it("refuses sending to a conversation one is not a member of", async () => {
     const c = await connect(user("eve"));
     const dm = `dm:${[bystander.bName, "someone-else"].sort().join("~")}`;
