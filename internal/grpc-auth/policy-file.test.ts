@@ -2,12 +2,14 @@ import { mkdtempSync, rmSync, utimesSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, describe, expect, it, vi } from "vitest";
+import { accessOf } from "../api/access.js";
+import type { MembershipStore } from "../backends/types.js";
 import { loadConfig } from "../lib/config.js";
 import { Code, type SwitchboardError } from "../lib/errors.js";
 import type { PolicyFile } from "../lib/grpc-policy-file.js";
 import { createLogger } from "../lib/log.js";
 import { newKey } from "./key-file.js";
-import { grpcGuard, grpcPolicy, parsePolicyFile } from "./setup.js";
+import { grpcGuard, grpcPolicy, parsePolicyFile, policyOf } from "./setup.js";
 
 const dirs: string[] = [];
 afterEach(() => {
@@ -33,9 +35,9 @@ describe("gRPC policy file", () => {
       "publish",
       "readHistory",
     ]);
-    // Senders besides its own bot identity, and conversations: all, listed, or (neither) its own.
+    // Senders in place of its own bot identity, and conversations: all, listed, or (neither) its own.
     expect(parsed.policy.clients.get("billing")?.conversations).toBe("all");
-    expect(parsed.policy.clients.get("mod")?.sendAs).toEqual(new Set(["bot:mod", "system"]));
+    expect(parsed.policy.clients.get("mod")?.sendAs).toEqual(new Set(["system"]));
     expect(parsed.policy.clients.get("mod")?.conversations).toEqual(new Set(["g:1", "g:2"]));
     expect(parsed.policy.clients.get("bot")).toMatchObject({
       sendAs: new Set(["bot:bot"]),
@@ -60,6 +62,47 @@ describe("gRPC policy file", () => {
         "policy.json",
       ),
     ).toThrow(/conversations.ids is empty/);
+  });
+
+  it("means what grpc.clients means: sendAs lists every sender, in place of bot:<name>, and one sender granted is the default", () => {
+    const file: PolicyFile = {
+      serviceAccounts: {},
+      clients: [
+        { name: "billing", permissions: ["publish"] },
+        { name: "mod", permissions: ["publish"], sendAs: ["system"], conversations: { all: true } },
+        {
+          name: "desk",
+          permissions: ["publish"],
+          sendAs: ["bot:desk", "support"],
+          conversations: { ids: ["g:1"] },
+        },
+        { name: "empty", permissions: ["publish"], sendAs: [] },
+      ],
+    };
+    const fromFile = parsePolicyFile(JSON.stringify(file), "policy.json").policy;
+    const fromConfig = policyOf([
+      "billing=publish",
+      "mod=publish;sendAs=system;conversations=all",
+      "desk=publish;sendAs=bot:desk|support;conversations=g:1",
+      "empty=publish",
+    ]);
+    expect(fromFile).toEqual(fromConfig);
+    const membership = {} as MembershipStore;
+    for (const policy of [fromFile, fromConfig]) {
+      const sender = (client: string, requested = "") => {
+        try {
+          return accessOf(`client:${client}`, policy, membership).sender(requested);
+        } catch (err) {
+          return (err as SwitchboardError).reason;
+        }
+      };
+      expect(sender("billing")).toBe("bot:billing");
+      expect(sender("mod")).toBe("system"); // its only granted sender
+      expect(sender("mod", "bot:mod")).toBe("SENDER_NOT_ALLOWED");
+      expect(sender("desk")).toBe("bot:desk");
+      expect(sender("desk", "support")).toBe("support");
+      expect(sender("empty")).toBe("bot:empty");
+    }
   });
 
   it("is read again when it changes: a client granted later is admitted without a restart", async () => {

@@ -166,10 +166,16 @@ function serviceAccounts(entries: readonly string[]): Map<string, Principal> {
   return out;
 }
 
-/** A policy-file client in the `grpc.clients` entry form, so that both are read by one parser. */
+/**
+ * A policy-file client in the `grpc.clients` entry form, so that both are read by one parser and
+ * mean the same: `sendAs` lists every sender the client may publish as, in place of its own
+ * `bot:<name>` (list that too to keep it), and a client granted one sender sends as it by default
+ * (docs/server-api.md, "What a client may do"; chat.proto PublishRequest.sender).
+ */
 function clientEntry(c: PolicyFileClient): string {
   let entry = `${c.name}=${(c.permissions ?? []).join("+")}`;
-  if (c.sendAs && c.sendAs.length > 0) entry += `;sendAs=${[botIdentity(c.name), ...c.sendAs].join("|")}`;
+  // An empty list reads as none given: the default, bot:<name>.
+  if (c.sendAs && c.sendAs.length > 0) entry += `;sendAs=${c.sendAs.join("|")}`;
   if (c.conversations?.all) entry += ";conversations=all";
   else if (c.conversations?.ids) {
     // An empty list would read as no `conversations` at all, the sender's own: wider, not narrower.

@@ -11,7 +11,7 @@ export interface PolicyFileClient {
   readonly name: string;
   /** Permission names (internal/grpc-auth/policy.ts PERMISSIONS). */
   readonly permissions: readonly string[];
-  /** Senders it may publish as besides itself. */
+  /** Every sender it may publish as, in place of its own bot:<name> (list that too to keep it); empty: bot:<name>. */
   readonly sendAs?: readonly string[];
   /** The conversations it may publish into or read: all, these, or (neither) those it is a member of. */
   readonly conversations?: { readonly all?: boolean; readonly ids?: readonly string[] };

@@ -1,18 +1,26 @@
 /**
  * The push service over in-memory stand-ins for its stores and one recording provider, on fake
- * timers: what a burst's summary checks when its collapse window closes.
+ * timers: what a burst's summary checks when its collapse window closes; and the replay of dead
+ * letters over a job queue that can fail.
  */
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
-import type {
-  DeviceRecord,
-  DeviceStore,
-  DoNotDisturb,
-  NotificationSettingsStore,
+import {
+  type DeviceRecord,
+  type DeviceStore,
+  type DoNotDisturb,
+  deadLetterId,
+  type NotificationSettingsStore,
+  type PushDeadLetter,
+  type PushDeadLetterStore,
+  type PushJob,
+  type PushJobQueue,
+  parseDeadLetterId,
 } from "../backends/types.js";
+import { Code, errors, type SwitchboardError } from "../lib/errors.js";
 import { discardingLogger } from "../lib/log.js";
 import { createMetrics, type Metrics } from "../lib/metrics.js";
 import type { PushNotification, PushProvider } from "./providers/types.js";
-import { PENDING_PER_USER_MAX, Push } from "./service.js";
+import { PENDING_PER_USER_MAX, type ProviderSet, Push } from "./service.js";
 
 const WINDOW_MS = 10_000;
 const device: DeviceRecord = {
@@ -150,5 +158,168 @@ describe("send slots", () => {
       queued += await push.notify({ userId: "mallory", conversationId: `g:${c}`, title: "x", body: "d" });
     expect(queued + 40).toBe(PENDING_PER_USER_MAX);
     expect(await push.notify({ userId: "alice", conversationId: "g:2", title: "x", body: "e" })).toBe(1);
+  });
+});
+
+/** Dead letters in memory, listed and taken as the stores do (newest first, by id). */
+function deadLetterStore(letters: PushDeadLetter[]) {
+  const byId = new Map(letters.map((d) => [d.id, d]));
+  const reads = { list: 0 };
+  const store: PushDeadLetterStore = {
+    async add(job, error) {
+      const dead = { id: deadLetterId(Date.now(), job.id), job, error, deadAtMs: Date.now() };
+      byId.set(dead.id, dead);
+      return dead;
+    },
+    async list(limit, beforeId) {
+      reads.list++;
+      if (beforeId !== undefined && !parseDeadLetterId(beforeId)) return [];
+      return [...byId.keys()]
+        .filter((id) => beforeId === undefined || id < beforeId)
+        .sort((a, b) => (a < b ? 1 : -1))
+        .slice(0, limit)
+        .map((id) => byId.get(id)!);
+    },
+    async take(ids) {
+      const taken = ids.flatMap((id) => byId.get(id) ?? []);
+      for (const d of taken) byId.delete(d.id);
+      return taken;
+    },
+    async close() {},
+  };
+  return { store, ids: () => [...byId.keys()].sort(), reads };
+}
+
+function deadLetter(
+  n: number,
+  deadAtMs: number,
+  provider: DeviceRecord["provider"] = "webhook",
+): PushDeadLetter {
+  const job: PushJob = {
+    id: `000000000000001-n${n}-${n}`,
+    provider,
+    token: provider === "webhook" ? device.token : iphone.token,
+    device: provider === "webhook" ? device : iphone,
+    notification: {
+      id: `n${n}`,
+      userId: "alice",
+      conversationId: "g:1",
+      title: "bob",
+      body: `m${n}`,
+      ttlSeconds: 60,
+      messageCount: 1,
+    },
+    attempts: 5,
+    notBeforeMs: 0,
+    createdAtMs: 1,
+  };
+  return { id: deadLetterId(deadAtMs, job.id), job, error: "webhook answered 503", deadAtMs };
+}
+
+const iphone: DeviceRecord = { ...device, deviceId: "iphone", provider: "apns", token: "a".repeat(64) };
+
+/** A job queue that refuses puts while `down`, as Kafka out of reach does. */
+function queueStandIn() {
+  const put: PushJob[] = [];
+  const state = { down: false, failAfter: Number.POSITIVE_INFINITY };
+  const queue = {
+    async put(job: PushJob) {
+      if (state.down || put.length >= state.failAfter)
+        throw errors.unavailable("LOG_UNAVAILABLE", "the push jobs' topic did not take the job");
+      put.push(job);
+    },
+  } as Partial<PushJobQueue> as PushJobQueue;
+  return { queue, put, state };
+}
+
+function replayService(store: PushDeadLetterStore, queue: PushJobQueue, providers: ProviderSet) {
+  return new Push({
+    devices: { list: async () => [device, iphone] } as Partial<DeviceStore> as DeviceStore,
+    queue,
+    deadLetters: store,
+    providers,
+    webhookUrl: "",
+    log: discardingLogger(),
+    metrics: createMetrics(),
+  });
+}
+
+const webhookProvider: PushProvider = {
+  name: "webhook",
+  send: async () => ({ kind: "delivered" }),
+  async close() {},
+};
+
+describe("replaying dead letters", () => {
+  it("is at least once: a queue that fails leaves the letters listed under their ids, and a retry replays them", async () => {
+    const letters = [deadLetter(1, 1_000), deadLetter(2, 2_000), deadLetter(3, 3_000)];
+    const dead = deadLetterStore(letters);
+    const { queue, put, state } = queueStandIn();
+    const push = replayService(dead.store, queue, { webhook: webhookProvider });
+    const ids = letters.map((d) => d.id);
+
+    state.down = true;
+    await expect(push.replay(ids)).rejects.toMatchObject({ code: Code.UNAVAILABLE });
+    expect(dead.ids()).toEqual(ids);
+    expect(put).toEqual([]);
+
+    // Down after one was queued: that one is removed (a retry does not send it again), the rest stay.
+    state.down = false;
+    state.failAfter = 1;
+    await expect(push.replay(ids)).rejects.toMatchObject({ code: Code.UNAVAILABLE });
+    expect(put.map((j) => j.notification.id)).toEqual(["n1"]);
+    expect(dead.ids()).toEqual([ids[1], ids[2]]);
+
+    state.failAfter = Number.POSITIVE_INFINITY;
+    expect(await push.replay(ids)).toEqual({ replayed: [ids[1], ids[2]], missing: [ids[0]], deviceGone: [] });
+    expect(put.map((j) => j.notification.id)).toEqual(["n1", "n2", "n3"]);
+    expect(dead.ids()).toEqual([]);
+    // New deliveries with a fresh attempt count, sent whatever the job store's keys say.
+    expect(put[1]).toMatchObject({ attempts: 0, notBeforeMs: 0, provider: "webhook" });
+    expect(put[1]!.key).toBeUndefined();
+  });
+
+  it("refuses a replay whose letters go to a provider without credentials, and leaves every letter listed as it was", async () => {
+    const letters = [deadLetter(1, 1_000), deadLetter(2, 2_000, "apns")];
+    const dead = deadLetterStore(letters);
+    const { queue, put } = queueStandIn();
+    const push = replayService(dead.store, queue, { webhook: webhookProvider });
+    const ids = letters.map((d) => d.id);
+    const refused = await push.replay(ids).catch((err: SwitchboardError) => err);
+    expect(refused).toMatchObject({
+      code: Code.FAILED_PRECONDITION,
+      reason: "PUSH_PROVIDER_NOT_CONFIGURED",
+      metadata: { providers: "apns", ids: ids[1] },
+    });
+    expect(put).toEqual([]);
+    expect(dead.ids()).toEqual(ids);
+    // The others replay once it is left out.
+    expect(await push.replay([ids[0]!])).toEqual({ replayed: [ids[0]], missing: [], deviceGone: [] });
+    expect(dead.ids()).toEqual([ids[1]]);
+  });
+
+  it("finds the letters asked for among many, in a read per run of listed ones, and tells the missing apart", async () => {
+    // Ids that share a time and whose job ids are prefixes of each other's (n1-1, n1-10, …).
+    const letters = Array.from({ length: 2_500 }, (_, i) => deadLetter(i, 1_000 + Math.floor(i / 7)));
+    const dead = deadLetterStore(letters);
+    const { queue, put } = queueStandIn();
+    const push = replayService(dead.store, queue, { webhook: webhookProvider });
+    const listed = await push.deadLetters(1_000, letters[2_000]!.id); // a page, as an operator lists it
+    const scattered = [letters[3]!.id, letters[10]!.id, letters[500]!.id, letters[2_499]!.id];
+    const unknown = [
+      deadLetterId(1_000, "000000000000001-n3-30"), // between two that exist
+      deadLetterId(999, "x"), // older than all
+      deadLetterId(9_999, "x"), // newer than all
+      "not-an-id",
+    ];
+    dead.reads.list = 0;
+    const pageIds = listed.map((d) => d.id);
+    const result = await push.replay([...pageIds, ...scattered, ...unknown]);
+    expect(result.replayed).toEqual([...pageIds, ...scattered]);
+    expect(result.missing).toEqual(unknown);
+    expect(put).toHaveLength(listed.length + scattered.length);
+    expect(dead.ids()).toHaveLength(letters.length - listed.length - scattered.length);
+    // The page in one read (and a second for what it did not reach), then about one per other id.
+    expect(dead.reads.list).toBeLessThanOrEqual(2 + scattered.length + unknown.length);
   });
 });

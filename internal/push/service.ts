@@ -27,9 +27,10 @@ import type {
   PushJobStore,
   ReceiptStore,
 } from "../backends/types.js";
+import { parseDeadLetterId } from "../backends/types.js";
 import { requireConversationId } from "../conversations/index.js";
 import { isValidUserId, requireUserId } from "../lib/auth.js";
-import { errors } from "../lib/errors.js";
+import { Code, errors, SwitchboardError } from "../lib/errors.js";
 import type { Logger } from "../lib/log.js";
 import type { Metrics } from "../lib/metrics.js";
 import type { ServiceImpl } from "../lib/rpc.js";
@@ -315,37 +316,84 @@ export class Push {
   }
 
   /**
-   * Sends dead letters again as new deliveries with a fresh attempt count, each at most once (taken
-   * from the store before it is queued), to the device's current token: a device that registered a
-   * new token since gets it there, one that unregistered gets nothing.
+   * Sends dead letters again as new deliveries with a fresh attempt count, to the device's current
+   * token: a device that registered a new token since gets it there, one that unregistered gets
+   * nothing. At least once: each is queued before it is removed from the dead letters, so a replay
+   * that fails (the queue or the store unavailable) or is cut short by a crash leaves what it had not
+   * queued listed under its id, for a retry to replay. A letter queued but not yet removed when that
+   * happened, and one that two concurrent replays both queued, is sent twice (under one
+   * notification id, which the providers' collapse ids and the webhook's notification_id carry).
+   * A letter whose provider has no credentials here is not replayed: the whole replay is refused
+   * (PUSH_PROVIDER_NOT_CONFIGURED) before anything is queued or removed.
    */
-  async replay(ids: string[]): Promise<{ replayed: string[]; missing: string[]; deviceGone: string[] }> {
+  async replay(
+    requested: string[],
+  ): Promise<{ replayed: string[]; missing: string[]; deviceGone: string[] }> {
+    const ids = [...new Set(requested)];
     if (!this.options.queue && this.inFlight.size + ids.length > this.pendingMax)
       throw errors.exhausted(
         "PUSH_PENDING_FULL",
         `${this.inFlight.size} deliveries are pending (push.pendingMax ${this.pendingMax}); replay fewer`,
       );
-    const taken = (await this.options.deadLetters?.take(ids)) ?? [];
-    const found = new Set(taken.map((d) => d.id));
+    const store = this.options.deadLetters;
+    const found = store ? await findDeadLetters(store, ids) : new Map<string, PushDeadLetter>();
     const result = {
       replayed: [] as string[],
       missing: ids.filter((id) => !found.has(id)),
       deviceGone: [] as string[],
     };
-    for (const dead of taken) {
+    if (!store || found.size === 0) return result;
+    const replays: Array<{ dead: PushDeadLetter; provider: PushProvider; job: PushJob }> = [];
+    const unconfigured = new Map<string, string[]>();
+    for (const id of ids) {
+      const dead = found.get(id);
+      if (!dead) continue;
       const target = await this.currentTarget(dead.job);
       if (!target) {
-        result.deviceGone.push(dead.id);
+        result.deviceGone.push(id);
         continue;
       }
       const job = this.newJob(target, dead.job.notification, true);
       const provider = this.providerFor(job);
-      if (provider) await this.enqueue(provider, job);
-      else await this.dead(job, `provider ${job.provider} is not configured`); // listed again, as it stands
-      this.count(job.provider, "replayed");
-      result.replayed.push(dead.id);
+      if (provider) replays.push({ dead, provider, job });
+      else unconfigured.set(job.provider, [...(unconfigured.get(job.provider) ?? []), id]);
     }
-    if (taken.length > 0) this.options.log.info("push: dead letters replayed", { ...result });
+    if (unconfigured.size > 0) {
+      const names = [...unconfigured.keys()];
+      const refused = [...unconfigured.values()].flat();
+      throw new SwitchboardError(
+        Code.FAILED_PRECONDITION,
+        "PUSH_PROVIDER_NOT_CONFIGURED",
+        `${refused.length} of these dead letters go to ${names.join(", ")}, which has no credentials here: configure it, or replay the others (nothing was replayed; e.g. ${refused.slice(0, 3).join(", ")})`,
+        { metadata: { providers: names.join(","), ids: refused.slice(0, 100).join(",") } },
+      );
+    }
+    const queued: string[] = [];
+    try {
+      for (const { dead, provider, job } of replays) {
+        await this.enqueue(provider, job);
+        queued.push(dead.id);
+        this.count(job.provider, "replayed");
+      }
+    } catch (err) {
+      // The rest stays listed; what was queued goes, so that a retry does not send it again.
+      await store.take(queued).catch((takeErr: unknown) =>
+        this.options.log.warn("push: replayed dead letters could not be removed (a retry sends them again)", {
+          ids: queued,
+          err: takeErr,
+        }),
+      );
+      this.options.log.warn("push: dead letter replay failed; the letters not queued stay listed", {
+        queued: queued.length,
+        left: replays.length - queued.length,
+        err,
+      });
+      throw err;
+    }
+    // Removed only now that they are queued (a device's gone letter: nothing to queue).
+    await store.take([...queued, ...result.deviceGone]);
+    result.replayed = queued;
+    this.options.log.info("push: dead letters replayed", { ...result });
     return result;
   }
 
@@ -584,6 +632,37 @@ export class Push {
     const providers = [...Object.values(this.options.providers), this.options.operatorWebhook];
     await Promise.allSettled(providers.map((p) => p?.close()));
   }
+}
+
+/**
+ * The dead letters of these ids, read without removing them (the store's only read by id, `take`,
+ * removes): through its listing, whose pages run newest first in the order of the ids, `beforeId`
+ * excluded. A page from just above the newest id not yet settled holds that id first if it is
+ * there, and the older ids asked for as far as it reaches: a replay of a listed page costs one read,
+ * and every read settles at least one id.
+ */
+async function findDeadLetters(
+  store: PushDeadLetterStore,
+  ids: readonly string[],
+): Promise<Map<string, PushDeadLetter>> {
+  const found = new Map<string, PushDeadLetter>();
+  // Newest first, as the store lists them (the ids' order; one that is not an id is never found).
+  const wanted = ids.filter((id) => parseDeadLetterId(id) !== undefined).sort((a, b) => (a < b ? 1 : -1));
+  let i = 0;
+  while (i < wanted.length) {
+    const limit = Math.min(wanted.length - i, DEAD_LETTERS_PAGE_MAX);
+    // The id followed by U+0000 comes right after it: nothing lies between the two.
+    const page = await store.list(limit, `${wanted[i]}\u0000`);
+    let j = 0;
+    for (; i < wanted.length; i++) {
+      const id = wanted[i]!;
+      while (j < page.length && page[j]!.id > id) j++;
+      if (j < page.length && page[j]!.id === id) found.set(id, page[j++]!);
+      // Past a full page: the rest may be further down, read from the next one on. Past the last: none.
+      else if (j === page.length && page.length === limit) break;
+    }
+  }
+  return found;
 }
 
 /** A device id is part of storage keys: bounded, and never empty. */

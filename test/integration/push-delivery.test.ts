@@ -4,12 +4,19 @@
  * 429 with Retry-After) retried until the provider recovers, permanent failures not retried, privacy
  * mode, collapse, and the bounds (attempts, Retry-After cap, close).
  */
+import { randomUUID } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from "vitest";
 import { EmbeddedBackends } from "../../internal/backends/embedded/index.js";
-import type { DeviceRecord, DeviceStore } from "../../internal/backends/types.js";
+import type {
+  DeviceRecord,
+  DeviceStore,
+  PushDeadLetter,
+  PushJobStore,
+} from "../../internal/backends/types.js";
+import { errors } from "../../internal/lib/errors.js";
 import { createLogger } from "../../internal/lib/log.js";
 import { createMetrics, type Metrics } from "../../internal/lib/metrics.js";
 import { minuteOfDay } from "../../internal/push/do-not-disturb.js";
@@ -606,5 +613,67 @@ describe("durable push jobs (the embedded store)", () => {
     });
     await settled(push);
     expect(apns.delivered.length).toBe(before + 1);
+  });
+
+  it("replays at least once: a job store that fails leaves the dead letters listed under their ids, and a retry sends each once", async () => {
+    const deadLetters = backends.pushDeadLetters;
+    let down = true;
+    const jobs: PushJobStore = {
+      add: async (job) => {
+        if (down) throw errors.unavailable("STORAGE_UNAVAILABLE", "the job store is out of reach");
+        return backends.pushJobs.add(job);
+      },
+      put: (job) => backends.pushJobs.put(job),
+      remove: (id) => backends.pushJobs.remove(id),
+      list: (limit) => backends.pushJobs.list(limit),
+      deadLetter: (job, error) => backends.pushJobs.deadLetter(job, error),
+      close: async () => {},
+    };
+    const push = pushService(createMetrics(), { jobs, deadLetters });
+    const { userId, devices } = await userWithEveryDevice();
+    // Letters that failed in one millisecond, whose job ids begin with one another's (…-1, …-10).
+    const at = Date.now() - 60_000;
+    const now = vi.spyOn(Date, "now").mockReturnValue(at);
+    const letters: PushDeadLetter[] = [];
+    for (const n of [1, 10, 2, 11]) {
+      letters.push(
+        await deadLetters.add(
+          {
+            id: `${String(at).padStart(15, "0")}-replay-${userId}-${n}`,
+            provider: "webhook",
+            token: devices.webhook.token,
+            device: devices.webhook,
+            notification: {
+              id: randomUUID(),
+              userId,
+              conversationId: "dm:14",
+              title: "bob",
+              body: `letter ${n}`,
+              ttlSeconds: 60,
+              messageCount: 1,
+            },
+            attempts: 5,
+            notBeforeMs: 0,
+            createdAtMs: at,
+          },
+          "webhook answered 503",
+        ),
+      );
+    }
+    now.mockRestore();
+    const ids = [letters[0]!.id, letters[2]!.id]; // …-1 and …-2, not …-10 or …-11
+    const listed = async () =>
+      (await push.deadLetters(1_000)).map((d) => d.id).filter((id) => id.includes(userId));
+
+    await expect(push.replay(ids)).rejects.toMatchObject({ reason: "STORAGE_UNAVAILABLE" });
+    expect((await listed()).sort()).toEqual(letters.map((d) => d.id).sort());
+
+    down = false;
+    expect(await push.replay(ids)).toEqual({ replayed: ids, missing: [], deviceGone: [] });
+    await settled(push);
+    const received = webhook.delivered.filter((d) => d.path === `/${userId}`).map((d) => d.body.body);
+    expect(received.sort()).toEqual(["letter 1", "letter 2"]);
+    expect((await listed()).sort()).toEqual([letters[1]!.id, letters[3]!.id].sort());
+    expect(await push.replay(ids)).toEqual({ replayed: [], missing: ids, deviceGone: [] });
   });
 });

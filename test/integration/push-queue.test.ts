@@ -3,8 +3,10 @@
  * Kafka and Cassandra and the signed-webhook stand-in: two push services, each with its own backend
  * (two processes' worth of Kafka clients), share the jobs' topic. A job put by one is delivered once
  * by whoever owns its partition; a job left waiting for its retry by a service that went away is
- * delivered once by the other after the provider recovered.
+ * delivered once by the other after the provider recovered. Dead letters (Cassandra) are replayed at
+ * least once: a put the queue refuses leaves them listed.
  */
+import { randomUUID } from "node:crypto";
 import { Kafka, logLevel } from "kafkajs";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import {
@@ -12,6 +14,8 @@ import {
   openDistributedBackends,
 } from "../../internal/backends/distributed/index.js";
 import { topicNames } from "../../internal/backends/kafka/topics.js";
+import type { PushDeadLetter, PushJobQueue } from "../../internal/backends/types.js";
+import { errors } from "../../internal/lib/errors.js";
 import { createLogger } from "../../internal/lib/log.js";
 import { createMetrics, type Metrics } from "../../internal/lib/metrics.js";
 import { WebhookProvider } from "../../internal/push/providers/webhook.js";
@@ -191,5 +195,91 @@ describe("push jobs on Kafka", () => {
     // The repeat was never sent: the receiver refuses an id it has seen (409) and records it.
     expect(webhook.script.violations).toEqual([]);
     expect(await counted(mc, "sent")).toBe(2);
+  }, 120_000);
+
+  it("replays dead letters at least once: a queue that refuses the put leaves them listed under their ids, and a retry delivers each once", async () => {
+    const b = await open();
+    await service(b, createMetrics()); // delivers what the queue holds
+    const jobs = b.pushQueue!;
+    let down = true;
+    const queue: PushJobQueue = {
+      put: async (job) => {
+        if (down) throw errors.unavailable("LOG_UNAVAILABLE", "Kafka did not take the job");
+        await jobs.put(job);
+      },
+      finish: (job) => jobs.finish(job),
+      deadLetter: (job, error) => jobs.deadLetter(job, error),
+      consume: async () => {},
+      close: async () => {},
+    };
+    const replayer = new Push({
+      devices: b.devices,
+      queue,
+      deadLetters: b.pushDeadLetters,
+      providers: { webhook: new WebhookProvider({ signingSecret: SECRET }) },
+      webhookUrl: "",
+      allowPrivateEndpoints: true,
+      log: createLogger({ test: "push-queue" }),
+      metrics: createMetrics(),
+    });
+    services.push(replayer);
+    const user = "queue-replay";
+    const device = {
+      userId: user,
+      deviceId: "crm",
+      provider: "webhook" as const,
+      token: `${webhook.origin}/${user}`,
+      registeredAtMs: Date.now(),
+    };
+    await b.devices.put(device);
+    // Letters that failed in one millisecond, whose job ids begin with one another's (…-1, …-10).
+    const at = Date.now() - 60_000;
+    const now = vi.spyOn(Date, "now").mockReturnValue(at);
+    const letters: PushDeadLetter[] = [];
+    for (const n of [1, 10, 2, 11])
+      letters.push(
+        await b.pushDeadLetters.add(
+          {
+            id: `${String(at).padStart(15, "0")}-replay-${n}`,
+            provider: "webhook",
+            token: device.token,
+            device,
+            notification: {
+              id: randomUUID(),
+              userId: user,
+              conversationId: "g:dead",
+              title: "t",
+              body: `letter ${n}`,
+              ttlSeconds: 60,
+              messageCount: 1,
+            },
+            attempts: 50,
+            notBeforeMs: 0,
+            createdAtMs: at,
+          },
+          "webhook answered 503",
+        ),
+      );
+    now.mockRestore();
+    const ids = [letters[0]!.id, letters[2]!.id]; // …-1 and …-2, not …-10 or …-11
+    const listed = async () =>
+      (await replayer.deadLetters(1_000)).filter((d) => d.job.notification.userId === user).map((d) => d.id);
+
+    await expect(replayer.replay(ids)).rejects.toMatchObject({ reason: "LOG_UNAVAILABLE" });
+    expect((await listed()).sort()).toEqual(letters.map((d) => d.id).sort());
+
+    down = false;
+    expect(await replayer.replay(ids)).toEqual({ replayed: ids, missing: [], deviceGone: [] });
+    await vi.waitFor(() => expect(deliveredTo(`/${user}`)).toHaveLength(2), {
+      timeout: 30_000,
+      interval: 100,
+    });
+    expect(
+      deliveredTo(`/${user}`)
+        .map((r) => r.body.body)
+        .sort(),
+    ).toEqual(["letter 1", "letter 2"]);
+    expect((await listed()).sort()).toEqual([letters[1]!.id, letters[3]!.id].sort());
+    expect(await replayer.replay(ids)).toEqual({ replayed: [], missing: ids, deviceGone: [] });
   }, 120_000);
 });
