@@ -14,6 +14,7 @@ import {
   type PushDeadLetterStore,
   type PushJob,
   type PushJobQueue,
+  type PushJobStore,
   parseDeadLetterId,
 } from "../backends/types.js";
 import { Code, errors, type SwitchboardError } from "../lib/errors.js";
@@ -158,6 +159,55 @@ describe("send slots", () => {
       queued += await push.notify({ userId: "mallory", conversationId: `g:${c}`, title: "x", body: "d" });
     expect(queued + 40).toBe(PENDING_PER_USER_MAX);
     expect(await push.notify({ userId: "alice", conversationId: "g:2", title: "x", body: "e" })).toBe(1);
+  });
+});
+
+describe("pending bound", () => {
+  it("holds concurrent fan-outs to pendingMax while their jobs are being stored", async () => {
+    const stored: PushJob[] = [];
+    const jobs = {
+      // A store that answers a moment later: every fan-out reaches its bound check first.
+      add: async (job: PushJob) => {
+        await new Promise((r) => setTimeout(r, 5));
+        stored.push(job);
+        return true;
+      },
+      put: async () => {},
+      remove: async () => {},
+      list: async () => [],
+      deadLetter: async () => {},
+      close: async () => {},
+    } satisfies PushJobStore;
+    const push = new Push({
+      devices: {
+        list: async (userId: string) => [
+          {
+            userId,
+            deviceId: "d",
+            provider: "webhook",
+            token: `https://${userId}.example/`,
+            registeredAtMs: 1,
+          },
+        ],
+      } as Partial<DeviceStore> as DeviceStore,
+      settings: {
+        isMuted: async () => false,
+        doNotDisturb: async () => undefined,
+      } as Partial<NotificationSettingsStore> as NotificationSettingsStore,
+      jobs,
+      providers: { webhook: { name: "webhook", send: () => new Promise(() => {}), async close() {} } },
+      webhookUrl: "",
+      pendingMax: 10,
+      log: discardingLogger(),
+      metrics: createMetrics(),
+    });
+    const queued = await Promise.all(
+      Array.from({ length: 50 }, (_, i) =>
+        push.notify({ userId: `u${i}`, conversationId: "g:1", title: "x", body: "m" }),
+      ),
+    );
+    expect(queued.reduce((a, b) => a + b, 0)).toBe(10);
+    expect(stored).toHaveLength(10);
   });
 });
 

@@ -156,6 +156,13 @@ export class Push {
   private readonly userSlots = new KeyedSendSlots(SENDS_IN_FLIGHT_PER_USER_MAX);
   /** Deliveries in flight or waiting to retry, per user (bounded by PENDING_PER_USER_MAX). */
   private readonly pendingByUser = new Map<string, number>();
+  /**
+   * Slots taken by jobs being written to the job store, not yet in `inFlight`: counted with it, so
+   * that concurrent fan-outs cannot all pass the bounds while their writes are awaited (recover()
+   * reads back at most pendingMax jobs, trusting the store never to hold more).
+   */
+  private reserved = 0;
+  private readonly reservedByUser = new Map<string, number>();
   private jobSequence = 0;
   /** Wakes a delivery waiting to retry, with false: the process is closing. */
   private readonly sleepers = new Set<() => void>();
@@ -246,18 +253,31 @@ export class Push {
         this.count(target.provider, "unconfigured");
         continue;
       }
+      const user = notification.userId;
       if (
         this.closing ||
-        this.inFlight.size >= this.pendingMax ||
-        (this.pendingByUser.get(notification.userId) ?? 0) >= PENDING_PER_USER_MAX
+        this.inFlight.size + this.reserved >= this.pendingMax ||
+        (this.pendingByUser.get(user) ?? 0) + (this.reservedByUser.get(user) ?? 0) >= PENDING_PER_USER_MAX
       ) {
         this.count(target.provider, "dropped");
         continue;
       }
-      if (await this.enqueue(provider, this.newJob(target, notification))) queued++;
-      else this.count(target.provider, "duplicate");
+      this.reserve(user, 1);
+      try {
+        if (await this.enqueue(provider, this.newJob(target, notification))) queued++;
+        else this.count(target.provider, "duplicate");
+      } finally {
+        this.reserve(user, -1);
+      }
     }
     return queued;
+  }
+
+  private reserve(userId: string, delta: 1 | -1): void {
+    this.reserved += delta;
+    const left = (this.reservedByUser.get(userId) ?? 0) + delta;
+    if (left === 0) this.reservedByUser.delete(userId);
+    else this.reservedByUser.set(userId, left);
   }
 
   /** Who sends a job: a device's provider, or for `webhookUrl`'s jobs (no device) the operator's webhook. */
@@ -330,7 +350,7 @@ export class Push {
     requested: string[],
   ): Promise<{ replayed: string[]; missing: string[]; deviceGone: string[] }> {
     const ids = [...new Set(requested)];
-    if (!this.options.queue && this.inFlight.size + ids.length > this.pendingMax)
+    if (!this.options.queue && this.inFlight.size + this.reserved + ids.length > this.pendingMax)
       throw errors.exhausted(
         "PUSH_PENDING_FULL",
         `${this.inFlight.size} deliveries are pending (push.pendingMax ${this.pendingMax}); replay fewer`,
