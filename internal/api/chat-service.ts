@@ -9,7 +9,13 @@ import type { ChatService } from "../../gen/switchboard/api/v1/chat_pb.js";
 import type { PresenceService } from "../../gen/switchboard/presence/v1/presence_pb.js";
 import type { PushService } from "../../gen/switchboard/push/v1/push_pb.js";
 import { historyWithinBytes } from "../backends/message-pages.js";
-import type { MembershipStore, MessageLog, MessageStore } from "../backends/types.js";
+import {
+  type MemberEntry,
+  type MembershipStore,
+  type MessageLog,
+  type MessageStore,
+  parseDeadLetterId,
+} from "../backends/types.js";
 import {
   type Conversations,
   policiesFromWire,
@@ -20,20 +26,24 @@ import {
   toWireMessage,
 } from "../conversations/index.js";
 import type { Policy } from "../grpc-auth/policy.js";
-import { requireUserId } from "../lib/auth.js";
+import { isValidUserId, requireUserId } from "../lib/auth.js";
 import { Code, errors, SwitchboardError } from "../lib/errors.js";
 import type { Metrics } from "../lib/metrics.js";
 import type { ServiceClient, ServiceImpl } from "../lib/rpc.js";
 import type { Router } from "../router/index.js";
 import { type Access, accessOf } from "./access.js";
 import { streamEvents } from "./events.js";
+import { RecentRequests } from "./recent-requests.js";
 
 /** Recipients of one Broadcast, and users of one GetPresence. */
 export const USERS_PER_CALL_MAX = 1_000;
 /** Broadcast sends this many direct messages at a time. */
 const BROADCAST_CONCURRENCY = 16;
 /** A WebSocket close reason holds at most 123 bytes; keep a margin. */
-const CLOSE_REASON_BYTES_MAX = 120;
+export const CLOSE_REASON_BYTES_MAX = 120;
+/** ListMembers' page size when the request names none, and the most it may name. */
+export const MEMBERS_PAGE_DEFAULT = 1_000;
+export const MEMBERS_PAGE_MAX = 5_000;
 /** WebSocket close codes of a Disconnect (docs/protocol.md §7). */
 const CLOSE_DISCONNECTED = 3014;
 const CLOSE_KICKED = 3503;
@@ -60,6 +70,8 @@ export interface ChatServiceDeps {
 
 export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatService> {
   const { conversations, membership, messages } = deps;
+  /** CreateGroup's idempotency keys: the id of the group each created. */
+  const groupsCreated = new RecentRequests<string>();
   const access = (principal: string | undefined): Access => accessOf(principal, deps.policy(), membership);
   const conversationOf = async (a: Access, id: string): Promise<string> => {
     requireConversationId(id);
@@ -116,8 +128,10 @@ export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatS
         throw errors.invalid("DUPLICATE_USER_IDS", "user_ids must not repeat a user");
       const results = new Array(users.length);
       let next = 0;
+      // Set when one worker failed the call: the others stop sending too (nobody reads their results).
+      let failed = false;
       const worker = async () => {
-        while (next < users.length && !ctx.signal.aborted) {
+        while (next < users.length && !failed && !ctx.signal.aborted) {
           const i = next++;
           const userId = users[i]!;
           try {
@@ -127,12 +141,19 @@ export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatS
               clientMsgId: req.idempotencyKey,
               body: req.body,
             });
-            results[i] = { userId, message: toWireMessage(message), duplicate };
+            // Without the body: it is the request's, and 1,000 copies of a long one would make the
+            // answer larger than a gRPC client takes (4 MiB by default).
+            results[i] = { userId, message: { ...toWireMessage(message), body: "" }, duplicate };
           } catch (err) {
             const e = SwitchboardError.from(err);
             // A request-wide mistake (bad key or body) fails the call rather than every recipient.
-            if (e.code === Code.INVALID_ARGUMENT && e.reason !== "INVALID_USER_ID") throw e;
-            if (e.code === Code.INTERNAL) throw e;
+            if (
+              (e.code === Code.INVALID_ARGUMENT && e.reason !== "INVALID_USER_ID") ||
+              e.code === Code.INTERNAL
+            ) {
+              failed = true;
+              throw e;
+            }
             results[i] = { userId, code: e.code, reason: e.reason };
           }
         }
@@ -142,16 +163,24 @@ export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatS
       return { results };
     },
 
-    async createGroup(req) {
+    async createGroup(req, ctx) {
       requireUserId(req.owner, "owner");
-      const group = await conversations.createGroup(
-        req.owner,
-        req.name,
-        req.members,
-        req.open,
-        policiesFromWire(req),
+      const policies = policiesFromWire(req);
+      let created: Awaited<ReturnType<typeof conversations.createGroup>> | undefined;
+      const { value: id, duplicate } = await groupsCreated.run(
+        ctx.principal ?? "anonymous",
+        req.idempotencyKey,
+        JSON.stringify([req.owner, req.name, req.members, req.open, req.postPolicy, req.addPolicy]),
+        async () => {
+          created = await conversations.createGroup(req.owner, req.name, req.members, req.open, policies);
+          return created.id;
+        },
       );
-      return { conversation: toWireConversation(group) };
+      // A new group has no messages yet; a retry answers with the group as it is now.
+      if (created) return { conversation: toWireConversation(created), duplicate };
+      const record = await membership.getConversation(id);
+      if (!record) throw errors.notFound("CONVERSATION_NOT_FOUND", `no conversation ${id}`);
+      return { conversation: toWireConversation(record, await messages.lastSeq(id)), duplicate };
     },
 
     async updateGroup(req, ctx) {
@@ -174,20 +203,30 @@ export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatS
     async addMembers(req, ctx) {
       const id = await conversationOf(access(ctx.principal), req.conversationId);
       const group = await conversations.addMembers(undefined, id, usersOf(req.userIds));
-      return { conversation: toWireConversation(group) };
+      return { conversation: toWireConversation(group, await messages.lastSeq(id)) };
     },
 
     async removeMembers(req, ctx) {
       const id = await conversationOf(access(ctx.principal), req.conversationId);
       // Users who are not members are skipped, so a retried call is harmless.
       const group = await conversations.removeMembers(undefined, id, usersOf(req.userIds));
-      return { conversation: toWireConversation(group) };
+      return { conversation: toWireConversation(group, await messages.lastSeq(id)) };
     },
 
     async listMembers(req, ctx) {
       const id = await conversationOf(access(ctx.principal), req.conversationId);
+      const size = Math.min(req.pageSize || MEMBERS_PAGE_DEFAULT, MEMBERS_PAGE_MAX);
+      const after = req.pageToken === "" ? undefined : afterOfToken(req.pageToken);
+      // Sorted by user id: a page starts after the last user id of the one before, however the
+      // members changed in between.
       const roster = await conversations.roster(undefined, id);
-      return { userIds: roster.map((m) => m.userId), members: roster.map(toWireMember) };
+      const from = after === undefined ? 0 : firstAfter(roster, after);
+      const page = roster.slice(from, from + size);
+      return {
+        userIds: page.map((m) => m.userId),
+        members: page.map(toWireMember),
+        nextPageToken: from + size < roster.length ? tokenAfter(page.at(-1)!.userId) : "",
+      };
     },
 
     async setMemberRole(req, ctx) {
@@ -261,6 +300,9 @@ export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatS
     },
 
     async listPushDeadLetters(req, ctx) {
+      // The stores take a malformed id for one past every dead letter: an empty page, not an error.
+      if (req.beforeId !== "" && !parseDeadLetterId(req.beforeId))
+        throw errors.invalid("INVALID_BEFORE_ID", "before_id is not the id of a dead letter");
       const page = await deps.push.listDeadLetters(
         { limit: req.limit, beforeId: req.beforeId },
         { deadline: ctx.deadline },
@@ -286,6 +328,29 @@ export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatS
       );
     },
   };
+}
+
+/** ListMembers' page token: the last user id of the page before, opaque to callers. */
+const tokenAfter = (userId: string): string => Buffer.from(`after:${userId}`).toString("base64url");
+
+function afterOfToken(token: string): string {
+  const text = /^[A-Za-z0-9_-]{1,200}$/.test(token) ? Buffer.from(token, "base64url").toString() : "";
+  const userId = text.startsWith("after:") ? text.slice("after:".length) : "";
+  if (!isValidUserId(userId))
+    throw errors.invalid("INVALID_PAGE_TOKEN", "page_token is not a next_page_token ListMembers gave");
+  return userId;
+}
+
+/** The index of the first member whose user id sorts after `userId` (the roster is sorted). */
+function firstAfter(roster: MemberEntry[], userId: string): number {
+  let lo = 0;
+  let hi = roster.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (roster[mid]!.userId <= userId) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
 }
 
 /**

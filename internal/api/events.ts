@@ -6,6 +6,15 @@
  * them was acknowledged. A stream that ends with responses unacknowledged leaves the position where
  * it was, and the next stream on the subscription gets those events again: at least once, in
  * per-conversation seq order, nothing skipped.
+ *
+ * Streams of one subscription open at the same time share its events, wherever they are: the
+ * streams of one process share one consumer of the group, each batch handed to one of them (the one
+ * with the fewest batches in hand, in turn), and streams on several processes are several members of
+ * the group, which share the log's partitions (Kafka). A batch whose stream ends before it was
+ * acknowledged goes to another stream of the process; only when the last one ends does the consumer
+ * leave the group, failing its batch in flight (the log hands it out again to whoever consumes next).
+ * A consumer that reconnects before the server noticed its old connection is gone so shares with the
+ * dead stream until keepalive or the ack timeout ends it, then gets its batch.
  */
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import {
@@ -34,12 +43,139 @@ const RESPONSE_BODY_BYTES_MAX = 1 << 20;
 export const ACK_TIMEOUT_MS = 60_000;
 /** Responses waiting to be written to one stream (one per concurrently consumed partition at most). */
 const QUEUED_RESPONSES_MAX = 1_024;
+/** Streams one client may have open on one process, all its subscriptions together. */
+export const STREAMS_PER_CLIENT_MAX = 32;
+/** Subscriptions one client may have open (with a stream) on one process: each is a consumer group. */
+export const SUBSCRIPTIONS_PER_CLIENT_MAX = 16;
+
+const START_AT = new Map<StartPosition, "earliest" | "latest">([
+  [StartPosition.UNSPECIFIED, "earliest"],
+  [StartPosition.EARLIEST, "earliest"],
+  [StartPosition.LATEST, "latest"],
+]);
+
+/** One stream as its subscription's consumer sees it. */
+interface Member {
+  /** Hands a batch out on the stream; resolves once all of it was acknowledged. */
+  handle(batch: LoggedMessage[]): Promise<void>;
+  /** Batches handed to it and not yet acknowledged. */
+  inHand: number;
+  /** When it was last handed a batch (a counter), so that idle streams take turns. */
+  turn: number;
+}
 
 /**
- * The open stream of each subscription in this process. A new stream on a subscription takes it over:
- * a consumer that reconnects after losing its connection must not wait until the server notices.
+ * A subscription open in this process: one consumer of its group, shared by the subscription's
+ * streams here. It closes the consumer once its last stream has ended.
  */
-const open = new Map<string, { takeOver(): Promise<void> }>();
+class Subscription {
+  readonly members = new Set<Member>();
+  /** Resolves once the consumer joined; rejects when it could not. */
+  readonly joined: Promise<void>;
+  /** Set once the last stream ended: resolves once the consumer's close was called (it is stopping). */
+  stopping: Promise<void> | undefined;
+  /** Resolves once the consumer closed and the subscription left the registry. */
+  closed: Promise<void> | undefined;
+  private consumer: Closeable | undefined;
+  private turns = 0;
+
+  /** Opens the subscription for its first stream (a member before the log may hand out a batch). */
+  constructor(
+    readonly caller: string,
+    private readonly registry: Map<string, Subscription>,
+    private readonly group: string,
+    first: Member,
+    log: MessageLog,
+    startAt: "earliest" | "latest",
+  ) {
+    this.members.add(first);
+    registry.set(group, this);
+    this.joined = log
+      .consume(group, (batch) => this.dispatch(batch), { startAt })
+      .then(
+        (consumer) => {
+          this.consumer = consumer;
+        },
+        (err: unknown) => {
+          // Nothing to close: the next stream on the subscription tries to join again.
+          if (this.registry.get(this.group) === this) this.registry.delete(this.group);
+          throw err;
+        },
+      );
+    this.joined.catch(() => undefined);
+  }
+
+  /** Hands the batch to one stream, and to another if that one ends before acknowledging it. */
+  private async dispatch(batch: LoggedMessage[]): Promise<void> {
+    let ended: unknown;
+    for (;;) {
+      let member: Member | undefined;
+      for (const m of this.members)
+        if (!member || m.inHand < member.inHand || (m.inHand === member.inHand && m.turn < member.turn))
+          member = m;
+      if (!member) {
+        // Every stream ended: fail the batch only once the consumer is closing, which then takes the
+        // failure as "stop here" (nothing committed, nothing retried).
+        await this.stopping;
+        throw ended ?? errors.unavailable("STREAM_ENDED", "every stream of the subscription ended");
+      }
+      member.turn = ++this.turns;
+      member.inHand++;
+      try {
+        await member.handle(batch);
+        return;
+      } catch (err) {
+        // A stream still open failed the batch itself (a storage read): the log retries it. One
+        // that ended has left `members`: the batch goes to another.
+        if (this.members.has(member)) throw err;
+        ended = err;
+      } finally {
+        member.inHand--;
+      }
+    }
+  }
+
+  /** Adds a stream; false if the subscription is closing (wait for `closed`, then open another). */
+  add(member: Member): boolean {
+    if (this.stopping) return false;
+    this.members.add(member);
+    return true;
+  }
+
+  /**
+   * Removes a stream, before its batches in hand are failed (so that they go to another stream); the
+   * last one closes the consumer first (so that the log takes their failure as "stop here").
+   */
+  remove(member: Member): void {
+    if (!this.members.delete(member) || this.members.size > 0 || this.stopping) return;
+    let closing: Promise<void> = Promise.resolve();
+    const close = () => {
+      if (this.consumer) closing = this.consumer.close();
+    };
+    if (this.consumer) {
+      close();
+      this.stopping = Promise.resolve();
+    } else this.stopping = this.joined.then(close, () => undefined);
+    this.closed = this.stopping
+      .then(() => closing)
+      .catch(() => undefined)
+      .finally(() => {
+        if (this.registry.get(this.group) === this) this.registry.delete(this.group);
+      });
+  }
+}
+
+/** The subscriptions open in this process, by consumer group, per log. */
+const registries = new WeakMap<MessageLog, Map<string, Subscription>>();
+
+function registryOf(log: MessageLog): Map<string, Subscription> {
+  let registry = registries.get(log);
+  if (!registry) {
+    registry = new Map();
+    registries.set(log, registry);
+  }
+  return registry;
+}
 
 export interface EventStreamDeps {
   log: MessageLog;
@@ -66,33 +202,14 @@ export async function* streamEvents(
   const name = subscribe.value.subscription;
   if (!SUBSCRIPTION_PATTERN.test(name))
     throw errors.invalid("INVALID_SUBSCRIPTION", "subscription must be 1-64 of a-z 0-9 . _ -");
-  const group = `api.${deps.access.caller.replace(/^client:/, "")}.${name}`;
-  // The newest stream wins, also when several arrive while an old one winds down.
-  for (let old = open.get(group); old !== undefined; old = open.get(group)) await old.takeOver();
-  // Resolved once this stream's consumer joined (or failed to): what a takeover waits for before it
-  // closes it.
-  let joined: Promise<unknown> = Promise.resolve();
-  const self = {
-    /**
-     * Ends this stream and leaves the group, so that a newer stream's consumer gets its partitions.
-     * It does not wait for this stream's generator to return: that may be writing a response to a
-     * connection that is gone, until its keepalive or deadline notices (the newer stream is the
-     * consumer reconnecting).
-     */
-    takeOver: async () => {
-      fail(
-        new SwitchboardError(
-          Code.ABORTED,
-          "SUBSCRIPTION_TAKEN_OVER",
-          `a newer stream took subscription ${name} over`,
-        ),
-      );
-      await joined.catch(() => undefined);
-      await closeConsumer().catch(() => undefined);
-      if (open.get(group) === self) open.delete(group);
-    },
-  };
-  open.set(group, self);
+  const startAt = START_AT.get(subscribe.value.start);
+  if (startAt === undefined)
+    throw errors.invalid(
+      "INVALID_START_POSITION",
+      `start ${subscribe.value.start} is none of START_POSITION_UNSPECIFIED, _EARLIEST, _LATEST`,
+    );
+  const caller = deps.access.caller;
+  const group = `api.${caller.replace(/^client:/, "")}.${name}`;
 
   const out = new AsyncQueue<Response>(QUEUED_RESPONSES_MAX);
   const unacked = new Map<string, { resolve(): void; reject(err: unknown): void; timer?: NodeJS.Timeout }>();
@@ -116,18 +233,13 @@ export async function* streamEvents(
   };
   let failure: SwitchboardError | undefined;
   let cursorCount = 0;
-  let consumer: Closeable | undefined;
-  let closing: Promise<void> | undefined;
-  // Closed before its batch in flight is failed: a consumer that is closing takes the failure as
-  // "stop here" (no retry, nothing committed) rather than as a handler error.
-  const closeConsumer = () => {
-    if (consumer) closing ??= consumer.close();
-    return closing ?? Promise.resolve();
-  };
+  let subscription: Subscription | undefined;
   const fail = (err: SwitchboardError) => {
     if (failure) return;
     failure = err;
-    void closeConsumer().catch(() => undefined);
+    // Out of the subscription first: its batches in hand go to another stream, or (the last one) the
+    // consumer is closing before they fail.
+    subscription?.remove(member);
     for (const waiter of unacked.values()) {
       clearTimeout(waiter.timer);
       waiter.reject(failure);
@@ -158,7 +270,7 @@ export async function* streamEvents(
       throw failure;
     }
     const visible = await visibleOf(batch, access);
-    // Failed during the membership reads (a cancel, a takeover): the waiters below would never be
+    // Failed during the membership reads (a cancel, a stream ended): the waiters below would never be
     // settled, and the consumer's close waits for this batch.
     if (failure) throw failure;
     const acks = chunk(visible).map((events) => {
@@ -177,6 +289,48 @@ export async function* streamEvents(
     });
     await Promise.all(acks);
   };
+  const member: Member = { handle, inHand: 0, turn: 0 };
+  // Read through a function: set by callbacks, it may change across every await below.
+  const failureOf = (): SwitchboardError | undefined => failure;
+
+  // Join the subscription's consumer in this process (opening it for its first stream), within the
+  // caller's bounds. One whose last stream just ended is closing: wait for that, then open it again.
+  const registry = registryOf(deps.log);
+  for (;;) {
+    const failed = failureOf();
+    if (failed) {
+      if (failed.reason === "STREAM_ENDED") return;
+      throw failed;
+    }
+    const existing = registry.get(group);
+    if (existing?.closed) {
+      await existing.closed;
+      continue;
+    }
+    let streams = 0;
+    let subscriptions = 0;
+    for (const s of registry.values())
+      if (s.caller === caller) {
+        streams += s.members.size;
+        subscriptions++;
+      }
+    if (streams >= STREAMS_PER_CLIENT_MAX)
+      throw errors.exhausted(
+        "TOO_MANY_STREAMS",
+        `${caller} has ${STREAMS_PER_CLIENT_MAX} event streams open on this server already (at most ${STREAMS_PER_CLIENT_MAX})`,
+      );
+    if (!existing && subscriptions >= SUBSCRIPTIONS_PER_CLIENT_MAX)
+      throw errors.exhausted(
+        "TOO_MANY_SUBSCRIPTIONS",
+        `${caller} has ${SUBSCRIPTIONS_PER_CLIENT_MAX} subscriptions open on this server already (at most ${SUBSCRIPTIONS_PER_CLIENT_MAX}); end the streams of one first`,
+      );
+    if (!existing) {
+      subscription = new Subscription(caller, registry, group, member, deps.log, startAt);
+      break;
+    }
+    subscription = existing;
+    if (subscription.add(member)) break;
+  }
 
   void (async () => {
     for (let r = await reader.next(); !r.done; r = await reader.next()) {
@@ -199,13 +353,14 @@ export async function* streamEvents(
     fail(errors.unavailable("STREAM_ENDED", "the consumer closed the stream"));
   })().catch((err: unknown) => fail(SwitchboardError.from(err)));
   try {
-    const startAt = subscribe.value.start === StartPosition.LATEST ? "latest" : "earliest";
-    const consuming = deps.log.consume(group, handle, { startAt });
-    joined = consuming;
-    consumer = await consuming;
-    if (failure) void closeConsumer().catch(() => undefined);
+    try {
+      await subscription.joined;
+    } catch (err) {
+      fail(SwitchboardError.from(err));
+      throw err;
+    }
     // The consumer has joined (and a new "latest" subscription has its position): say so first.
-    else yield { cursor: "", events: [] };
+    if (!failure) yield { cursor: "", events: [] };
     for await (const response of out) {
       if (response.cursor) written.push(response.cursor);
       timeOldest();
@@ -214,8 +369,8 @@ export async function* streamEvents(
     if (failure && failure.reason !== "STREAM_ENDED") throw failure;
   } finally {
     fail(errors.unavailable("STREAM_ENDED", "the stream ended"));
-    await closeConsumer();
-    if (open.get(group) === self) open.delete(group);
+    // The last stream waits for the consumer to close (the next stream then finds it gone).
+    if (subscription.members.size === 0) await subscription.closed;
   }
 }
 

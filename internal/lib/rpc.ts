@@ -201,6 +201,38 @@ export function inProcessClient<S extends DescService>(
 
 // ---- grpc-js definitions -----------------------------------------------------------------------
 
+/**
+ * A request a server could not decode (a string field that is not UTF-8, a truncated field). grpc-js
+ * would answer a deserializer that throws with a bare INTERNAL before the guard ran; the server's
+ * deserializer hands this on instead, and the call fails once the guard admitted it, with
+ * INVALID_ARGUMENT / MALFORMED_REQUEST and its ErrorInfo like any other refusal.
+ */
+class Undecodable {
+  constructor(
+    readonly method: DescMethod,
+    readonly cause: unknown,
+  ) {}
+
+  error(): SwitchboardError {
+    const why = this.cause instanceof Error ? `: ${this.cause.message}` : "";
+    return errors.invalid(
+      "MALFORMED_REQUEST",
+      `the request is not a valid ${this.method.input.typeName}${why.slice(0, 200)}`,
+    );
+  }
+}
+
+/** The request, or the refusal of one that could not be decoded. */
+function decoded<T>(request: T): T {
+  if (request instanceof Undecodable) throw request.error();
+  return request;
+}
+
+/** The requests of a stream, failing at the first that could not be decoded. */
+async function* decodedAll<T>(requests: AsyncIterable<T>): AsyncIterable<T> {
+  for await (const r of requests) yield decoded(r);
+}
+
 /** The grpc-js definition of a service; a server's counts every message it decodes and encodes. */
 function definitionOf(service: DescService, meters?: Map<DescMethod, MethodMeter>): grpc.ServiceDefinition {
   const def: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
@@ -212,9 +244,14 @@ function definitionOf(service: DescService, meters?: Map<DescMethod, MethodMeter
       requestStream: method.methodKind === "bidi_streaming",
       responseStream: method.methodKind !== "unary",
       requestSerialize: (m) => Buffer.from(toBinary(method.input, m as MessageShape<DescMessage>)),
+      // Never throws (see Undecodable): only servers decode requests.
       requestDeserialize: (b: Buffer) => {
         meter?.received();
-        return fromBinary(method.input, b);
+        try {
+          return fromBinary(method.input, b);
+        } catch (err) {
+          return new Undecodable(method, err);
+        }
       },
       responseSerialize: (m) => {
         meter?.sent();
@@ -433,7 +470,7 @@ export function addService<S extends DescService>(
         cb: grpc.sendUnaryData<unknown>,
       ) => {
         const { ctx, end, admit } = beginCall(call, meter);
-        const run = () => fn(call.request, ctx) as Promise<MessageInitShape<DescMessage>>;
+        const run = () => fn(decoded(call.request), ctx) as Promise<MessageInitShape<DescMessage>>;
         // A call made in a trace (its traceparent in the metadata) is a server span of that trace.
         const traceparent = tracing.on ? call.metadata.get("traceparent")[0] : undefined;
         admit(state.guard, path)
@@ -466,13 +503,18 @@ export function addService<S extends DescService>(
         const { ctx, end, admit } = beginCall(call, meter);
         // Not the stream's default iterator: that destroys the call when the requests end, and a
         // destroyed call never sends its status (the handler may still answer after the last request).
-        const input =
+        const requests =
           method.methodKind === "server_streaming"
             ? (call as grpc.ServerWritableStream<unknown, unknown>).request
             : (call as grpc.ServerDuplexStream<unknown, unknown>).iterator({ destroyOnReturn: false });
+        // Checked once admitted: a caller the guard refuses learns nothing of how its request decoded.
+        const input = () =>
+          method.methodKind === "server_streaming"
+            ? decoded(requests)
+            : decodedAll(requests as AsyncIterable<unknown>);
         admit(state.guard, path)
           .then(() =>
-            pump(call, method, fn(input, ctx) as AsyncIterable<MessageInitShape<DescMessage>>, ctx.signal),
+            pump(call, method, fn(input(), ctx) as AsyncIterable<MessageInitShape<DescMessage>>, ctx.signal),
           )
           .then(
             () => {

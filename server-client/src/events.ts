@@ -29,8 +29,8 @@ type Request = MessageInitShape<typeof StreamEventsRequestSchema>;
 /**
  * Stream failures that another attempt may get past. Every other code is the server's answer to this
  * client or subscription (a grant or credential revoked, a bad subscription name, the sequenced log
- * not published, a takeover by another consumer) and would come again on every attempt, so it ends
- * the consumer rather than have it retry unseen.
+ * not published) and would come again on every attempt, so it ends the consumer rather than have it
+ * retry unseen.
  */
 const TRANSIENT = new Set([
   Code.Unavailable,
@@ -38,16 +38,19 @@ const TRANSIENT = new Set([
   Code.Canceled,
   Code.Internal,
   Code.Unknown,
-  Code.ResourceExhausted,
+  Code.ResourceExhausted, // e.g. TOO_MANY_STREAMS: room comes when another stream ends
+  // A conflict another attempt may not meet: e.g. SUBSCRIPTION_TAKEN_OVER from a server of a release
+  // before streams of one subscription shared it (consumers of one subscription are replicas that
+  // must all keep running, not stop one another).
+  Code.Aborted,
 ]);
 
 /**
  * Consumes until `signal` aborts or the client is closed (resolves), or the stream fails with an
  * error another attempt would get again (rejects with its ConnectError): PERMISSION_DENIED (e.g.
  * EVENTS_NOT_ALLOWED), UNAUTHENTICATED, INVALID_ARGUMENT, FAILED_PRECONDITION (e.g.
- * SEQUENCED_NOT_PUBLISHED), NOT_FOUND, UNIMPLEMENTED, and ABORTED / SUBSCRIPTION_TAKEN_OVER — two
- * consumers of one subscription would only take it from each other. Handler errors are always
- * retried.
+ * SEQUENCED_NOT_PUBLISHED), NOT_FOUND, UNIMPLEMENTED. Handler errors are always retried. Several
+ * consumers of one subscription (replicas of a service) share its events: each batch goes to one.
  */
 export async function consumeEvents(
   client: ChatClient,

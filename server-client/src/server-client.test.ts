@@ -77,7 +77,6 @@ describe("consumeEvents", () => {
     ["FAILED_PRECONDITION", "SEQUENCED_NOT_PUBLISHED", Code.FailedPrecondition],
     ["NOT_FOUND", "NOT_FOUND", Code.NotFound],
     ["UNIMPLEMENTED", "UNIMPLEMENTED", Code.Unimplemented],
-    ["ABORTED", "SUBSCRIPTION_TAKEN_OVER", Code.Aborted],
   ];
   it.each(permanent)(
     "rejects with a permanent error (%s / %s) at once, not retrying it",
@@ -115,7 +114,9 @@ describe("consumeEvents", () => {
     ["CANCELED", "CANCELLED", Code.Canceled],
     ["INTERNAL", "INTERNAL", Code.Internal],
     ["UNKNOWN", "UNKNOWN", Code.Unknown],
-    ["RESOURCE_EXHAUSTED", "RATE_LIMITED", Code.ResourceExhausted],
+    ["RESOURCE_EXHAUSTED", "TOO_MANY_STREAMS", Code.ResourceExhausted],
+    // A server of an earlier release: another replica's stream took the subscription over.
+    ["ABORTED", "SUBSCRIPTION_TAKEN_OVER", Code.Aborted],
   ];
   it.each(transient)("retries a transient error (%s / %s) after a backoff", async (_, reason, code) => {
     const stop = new AbortController();

@@ -2,7 +2,7 @@
  * docs/server-api.md's grpcurl commands, run as written against a server configured as the guide
  * says: the guide is exact, or this fails. The grant and the commands are read from the guide itself.
  */
-import { execFile } from "node:child_process";
+import { execFile, spawn } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -23,10 +23,10 @@ function guideSetting(name: string): string {
   return m[1]!;
 }
 
-/** The sh block after the guide's marker. */
-function guideCommands(): string {
-  const m = /<!-- server-api-docs:grpcurl -->\s*```sh\n([\s\S]*?)```/.exec(guide);
-  if (!m) throw new Error("docs/server-api.md has no grpcurl block after its server-api-docs:grpcurl marker");
+/** The sh block after the guide's marker `<!-- server-api-docs:<name> -->`. */
+function guideCommands(name = "grpcurl"): string {
+  const m = new RegExp(`<!-- server-api-docs:${name} -->\\s*\`\`\`sh\\n([\\s\\S]*?)\`\`\``).exec(guide);
+  if (!m) throw new Error(`docs/server-api.md has no sh block after its server-api-docs:${name} marker`);
   return m[1]!;
 }
 
@@ -48,6 +48,49 @@ function bash(script: string, env: Record<string, string> = {}): Promise<{ code:
       },
     );
   });
+}
+
+/**
+ * Starts a script in bash as `bash()` does, with its input a pipe the test writes to: `until(text)`
+ * resolves once the output holds `text`, `end()` closes the input and resolves with how it exited.
+ */
+function interactive(script: string) {
+  const child = spawn("bash", ["-c", script.replaceAll("127.0.0.1:9090", `127.0.0.1:${server.grpcPort}`)], {
+    cwd: repoRoot,
+    env: { ...process.env, PATH: `${dirname(bin)}:${process.env.PATH}`, KEY: key.key },
+  });
+  let out = "";
+  const waiters = new Set<() => void>();
+  const onData = (b: Buffer) => {
+    out += b.toString();
+    for (const w of waiters) w();
+  };
+  child.stdout.on("data", onData);
+  child.stderr.on("data", onData);
+  const exited = new Promise<number>((resolve) => child.on("close", (code) => resolve(code ?? -1)));
+  return {
+    output: () => out,
+    write: (line: string) => child.stdin.write(`${line}\n`),
+    until: (text: string, timeoutMs = 20_000) =>
+      new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`no ${text} in ${out.slice(0, 2_000)}`)), timeoutMs);
+        const check = () => {
+          if (!out.includes(text)) return;
+          clearTimeout(timer);
+          waiters.delete(check);
+          resolve();
+        };
+        waiters.add(check);
+        check();
+      }),
+    end: async () => {
+      child.stdin.end();
+      const timer = setTimeout(() => child.kill(), 20_000);
+      const code = await exited;
+      clearTimeout(timer);
+      return code;
+    },
+  };
 }
 
 beforeAll(async () => {
@@ -77,6 +120,31 @@ describe("docs/server-api.md", () => {
     expect(out).toContain('"body": "your receipt"');
     expect(out).toMatch(/"userId": "alice"[\s\S]*"userId": "bob"/);
   });
+
+  it("its event stream command stays open, shows the batches and sends the acks typed into it", async () => {
+    // The guide's calls first (a receipt in the log), then its stream command after its api().
+    const setup = guideCommands();
+    expect((await bash(`set -euo pipefail\n${setup}`)).code).toBe(0);
+    const stream = interactive(`set -euo pipefail\n${setup}\n${guideCommands("grpcurl-stream")}`);
+    await stream.until('"cursor": "1"');
+    await stream.until('"body": "your receipt"');
+    stream.write('{"ack":{"cursor":"1"}}');
+    // Ended by closing its input (Ctrl-D): the stream ends with OK.
+    expect(await stream.end()).toBe(0);
+    expect(stream.output()).not.toMatch(/ERROR/);
+    // The acknowledgement was sent: the subscription has passed the receipt.
+    const again = interactive(`${setup.split("\n}\n")[0]}\n}\n${guideCommands("grpcurl-stream")}`);
+    await new Promise((resolve) => setTimeout(resolve, 1_500));
+    expect(await again.end()).toBe(0);
+    expect(again.output()).not.toContain("your receipt");
+    // As the guide says: with -d '<json>' grpcurl half-closes, and the stream ends right away, OK.
+    const started = Date.now();
+    const halfClosed = await bash(
+      `${setup.split("\n}\n")[0]}\n}\napi StreamEvents '{"subscribe":{"subscription":"shell-2"}}'`,
+    );
+    expect(halfClosed.code).toBe(0);
+    expect(Date.now() - started).toBeLessThan(10_000);
+  }, 120_000);
 
   it("fails as it says without the key, and for a method outside the grant", async () => {
     const commands = guideCommands();

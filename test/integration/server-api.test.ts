@@ -6,9 +6,11 @@
  */
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
-import type { MessageInitShape } from "@bufbuild/protobuf";
+import { type MessageInitShape, toBinary } from "@bufbuild/protobuf";
+import * as grpc from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import {
+  BroadcastResponseSchema,
   ChatService,
   StartPosition,
   type StreamEventsRequestSchema,
@@ -25,6 +27,7 @@ import { METHOD_RULES, PERMISSIONS } from "../../internal/grpc-auth/policy.js";
 import { AsyncQueue } from "../../internal/lib/async-queue.js";
 import { Code, SwitchboardError } from "../../internal/lib/errors.js";
 import { grpcClient, type ServiceClient } from "../../internal/lib/rpc.js";
+import { decodeStatusDetails, STATUS_DETAILS_KEY } from "../../internal/lib/status-details.js";
 import { consumeEvents, createChatClient, reasonOf } from "../../server-client/src/index.js";
 import { sampleOf, scrape } from "../helpers/metrics.js";
 import { WebhookReceiver } from "../helpers/push-stand-ins/webhook.js";
@@ -205,6 +208,33 @@ describe("ChatService: messages", () => {
       "INVALID_ARGUMENT INVALID_USER_IDS",
     );
   });
+
+  it("answers a Broadcast to 1,000 users of a long body within a gRPC client's 4 MiB, retried too", async () => {
+    const billing = client(keys.billing); // receives at most 4 MiB, as gRPC clients do by default
+    const users = Array.from({ length: 1_000 }, (_, i) => `api-wide-${i}`);
+    const body = "y".repeat(5_000);
+    // 1,000 new direct conversations: longer than the default deadline on the distributed backend.
+    const slow = { timeoutMs: 200_000 };
+    const first = await billing.broadcast({ userIds: users, idempotencyKey: "wide-1", body }, slow);
+    expect(first.results).toHaveLength(1_000);
+    expect(first.results.every((r) => r.reason === "" && r.message?.messageId && r.message.seq === 1n)).toBe(
+      true,
+    );
+    // The results name each stored message; its body is the request's, not repeated 1,000 times.
+    expect(first.results[7]!.message).toMatchObject({
+      conversationId: "dm:api-wide-7~bot:billing",
+      sender: "bot:billing",
+      clientMsgId: "wide-1",
+      body: "",
+    });
+    expect(toBinary(BroadcastResponseSchema, first).length).toBeLessThan(512 * 1024);
+    const retried = await billing.broadcast({ userIds: users, idempotencyKey: "wide-1", body }, slow);
+    expect(retried.results.every((r) => r.duplicate)).toBe(true);
+    expect(toBinary(BroadcastResponseSchema, retried).length).toBeLessThan(512 * 1024);
+    // The body is stored whole.
+    const history = await billing.getHistory({ conversationId: "dm:api-wide-7~bot:billing" });
+    expect(history.messages.map((m) => m.body)).toEqual([body]);
+  }, 420_000);
 });
 
 describe("ChatService: groups, presence, sessions, devices", () => {
@@ -277,6 +307,85 @@ describe("ChatService: groups, presence, sessions, devices", () => {
       "INVALID_ARGUMENT INVALID_USER_ID",
     );
   });
+
+  it("answers group changes with the group's last_seq", async () => {
+    const moderation = client(keys.moderation);
+    const { conversation } = await moderation.createGroup({ owner: "api-ls", name: "seqs", members: [] });
+    const id = conversation!.id;
+    expect(conversation?.lastSeq).toBe(0n);
+    for (const key of ["ls-1", "ls-2"])
+      await moderation.publish({ conversationId: id, idempotencyKey: key, body: key });
+    expect(
+      (await moderation.addMembers({ conversationId: id, userIds: ["api-ls2"] })).conversation,
+    ).toMatchObject({ memberCount: 2, lastSeq: 2n });
+    expect(
+      (await moderation.removeMembers({ conversationId: id, userIds: ["api-ls2"] })).conversation,
+    ).toMatchObject({ memberCount: 1, lastSeq: 2n });
+    expect(
+      (await moderation.setMemberRole({ conversationId: id, userId: "api-ls", role: MemberRole.OWNER }))
+        .conversation?.lastSeq,
+    ).toBe(2n);
+  });
+
+  it("creates a group once per idempotency key: a retry returns the same group", async () => {
+    const moderation = client(keys.moderation);
+    const request = { owner: "api-idem", name: "once", members: ["api-idem2"], idempotencyKey: "grp-1" };
+    const first = await moderation.createGroup(request);
+    expect(first.duplicate).toBe(false);
+    const id = first.conversation!.id;
+    await moderation.publish({ conversationId: id, idempotencyKey: "once-1", body: "hi" });
+    const retried = await moderation.createGroup(request);
+    expect(retried).toMatchObject({ duplicate: true, conversation: { id, memberCount: 2, lastSeq: 1n } });
+    // Another key, or no key, is another group; so is the same key of another client.
+    const other = await moderation.createGroup({ ...request, idempotencyKey: "grp-2" });
+    expect(other.conversation!.id).not.toBe(id);
+    expect((await moderation.createGroup({ ...request, idempotencyKey: "" })).conversation!.id).not.toBe(id);
+    const root = await client(keys.root).createGroup(request);
+    expect(root).toMatchObject({ duplicate: false });
+    expect(root.conversation!.id).not.toBe(id);
+    // The key with a different request is a mistake, not a retry.
+    expect(await failure(moderation.createGroup({ ...request, name: "twice" }))).toBe(
+      "INVALID_ARGUMENT IDEMPOTENCY_KEY_REUSED",
+    );
+    expect(await failure(moderation.createGroup({ ...request, idempotencyKey: "a b" }))).toBe(
+      "INVALID_ARGUMENT INVALID_IDEMPOTENCY_KEY",
+    );
+  });
+
+  it("lists members a page at a time, each member once per field", async () => {
+    const moderation = client(keys.moderation);
+    const members = Array.from({ length: 1_004 }, (_, i) => `api-pg-${String(i).padStart(4, "0")}`);
+    const { conversation } = await moderation.createGroup({ owner: members[0]!, name: "paged", members });
+    const id = conversation!.id;
+    // The default page: 1,000 of the 1,004.
+    const first = await moderation.listMembers({ conversationId: id });
+    expect(first.userIds).toEqual(members.slice(0, 1_000));
+    expect(first.members.map((m) => m.userId)).toEqual(first.userIds);
+    expect(first.members[0]!.role).toBe(MemberRole.OWNER);
+    expect(first.nextPageToken).not.toBe("");
+    const rest = await moderation.listMembers({ conversationId: id, pageToken: first.nextPageToken });
+    expect(rest.userIds).toEqual(members.slice(1_000));
+    expect(rest.nextPageToken).toBe("");
+    // Smaller pages, and a page size past the most is the most.
+    const seen: string[] = [];
+    let pageToken = "";
+    let pages = 0;
+    do {
+      const page = await moderation.listMembers({ conversationId: id, pageSize: 300, pageToken });
+      expect(page.userIds.length).toBeLessThanOrEqual(300);
+      seen.push(...page.userIds);
+      pageToken = page.nextPageToken;
+      pages++;
+    } while (pageToken !== "");
+    expect(pages).toBe(4);
+    expect(seen).toEqual(members);
+    expect((await moderation.listMembers({ conversationId: id, pageSize: 1_000_000 })).userIds).toHaveLength(
+      1_004,
+    );
+    expect(await failure(moderation.listMembers({ conversationId: id, pageToken: "nonsense!" }))).toBe(
+      "INVALID_ARGUMENT INVALID_PAGE_TOKEN",
+    );
+  }, 60_000);
 
   it("answers presence, lists sessions and disconnects one or all of a user's connections", async () => {
     const moderation = client(keys.moderation);
@@ -374,6 +483,14 @@ describe("ChatService: push dead letters", () => {
     expect(await failure(moderation.listPushDeadLetters({}))).toBe("PERMISSION_DENIED METHOD_NOT_ALLOWED");
     expect(await failure(root.replayPushDeadLetters({ ids: [] }))).toBe("INVALID_ARGUMENT INVALID_IDS");
     expect(await failure(root.listPushDeadLetters({ limit: 1_001 }))).toBe("INVALID_ARGUMENT INVALID_LIMIT");
+    // A before_id that is no dead letter's id is refused, not answered with an empty page.
+    for (const beforeId of ["not-an-id", "12345", `${dead!.id.slice(0, 15)}`])
+      expect(await failure(root.listPushDeadLetters({ beforeId }))).toBe(
+        "INVALID_ARGUMENT INVALID_BEFORE_ID",
+      );
+    expect(
+      (await root.listPushDeadLetters({ beforeId: dead!.id })).deadLetters.map((d) => d.id),
+    ).not.toContain(dead!.id);
 
     webhook.script.byToken.delete(path);
     expect(await root.replayPushDeadLetters({ ids: [dead!.id] })).toMatchObject({
@@ -415,6 +532,48 @@ describe("ChatService: who may call what", () => {
     opened.push(gateway);
     expect(await failure(gateway.drain({}))).toBe("PERMISSION_DENIED METHOD_NOT_ALLOWED");
     expect(await failure(gateway.stats({}))).toBe("PERMISSION_DENIED METHOD_NOT_ALLOWED");
+  });
+});
+
+describe("ChatService: requests that do not decode", () => {
+  /** Calls `method` with `bytes` as its request (unary, or a stream's first request), as `key`. */
+  const raw = (method: string, bytes: Buffer, key?: { key: string }, stream = false) =>
+    new Promise<string>((resolve) => {
+      const c = new grpc.Client(`127.0.0.1:${server.grpcPort}`, grpc.credentials.createInsecure());
+      opened.push(c);
+      const metadata = new grpc.Metadata();
+      if (key) metadata.set("authorization", `Bearer ${key.key}`);
+      const done = (err: grpc.ServiceError | null) => {
+        const details = err?.metadata?.get(STATUS_DETAILS_KEY)[0];
+        const reason = details instanceof Uint8Array ? decodeStatusDetails(details)?.reason : undefined;
+        resolve(err ? `${grpc.status[err.code]} ${reason}` : "OK");
+      };
+      const path = `/switchboard.api.v1.ChatService/${method}`;
+      const id = (b: Buffer) => b;
+      const options = { deadline: Date.now() + 10_000 };
+      if (!stream) return void c.makeUnaryRequest(path, id, id, bytes, metadata, options, done);
+      const call = c.makeBidiStreamRequest(path, id, id, metadata, options);
+      call.on("data", () => undefined);
+      call.on("error", done);
+      call.on("end", () => done(null));
+      call.write(bytes);
+    });
+  // conversation_id (field 1) of two bytes that are not UTF-8.
+  const notUtf8 = Buffer.from([0x0a, 0x02, 0xff, 0xfe]);
+
+  it("are refused with INVALID_ARGUMENT and an ErrorInfo once the caller is authenticated", async () => {
+    expect(await raw("Publish", notUtf8, keys.moderation)).toBe("INVALID_ARGUMENT MALFORMED_REQUEST");
+    expect(await raw("GetPresence", Buffer.from([0x0a, 0x05, 0x61]), keys.moderation)).toBe(
+      "INVALID_ARGUMENT MALFORMED_REQUEST",
+    );
+    // Who calls is checked first: a caller without credentials learns nothing of its request.
+    expect(await raw("Publish", notUtf8)).toBe("UNAUTHENTICATED UNAUTHENTICATED");
+    expect(await raw("Disconnect", notUtf8, keys.billing)).toBe("PERMISSION_DENIED METHOD_NOT_ALLOWED");
+    // A stream's request: subscribe { subscription: <not UTF-8> }.
+    const subscribe = Buffer.from([0x0a, 0x04, 0x0a, 0x02, 0xff, 0xfe]);
+    expect(await raw("StreamEvents", subscribe, keys.auditor, true)).toBe(
+      "INVALID_ARGUMENT MALFORMED_REQUEST",
+    );
   });
 });
 
@@ -567,7 +726,29 @@ describe("ChatService: the event stream", () => {
     stream.cut();
   });
 
-  it("refuses a stream that does not subscribe first; a second stream on a subscription takes it over", async () => {
+  it("refuses a start position StartPosition does not list", async () => {
+    const stream = openStream(keys.auditor, "odd-start", 7 as StartPosition);
+    expect(await failure(stream.opened())).toBe("INVALID_ARGUMENT INVALID_START_POSITION");
+  });
+
+  it("bounds the streams one client has open on a server", async () => {
+    const streams = Array.from({ length: 32 }, () => openStream(keys.root, "many"));
+    for (const s of streams) await s.opened();
+    const over = openStream(keys.root, "many");
+    expect(await failure(over.opened())).toBe("RESOURCE_EXHAUSTED TOO_MANY_STREAMS");
+    streams.pop()!.cut();
+    await vi.waitFor(
+      async () => {
+        const again = openStream(keys.root, "many");
+        await again.opened();
+        streams.push(again);
+      },
+      { timeout: 10_000, interval: 100 },
+    );
+    for (const s of streams) s.cut();
+  });
+
+  it("refuses a stream that does not subscribe first; a second stream on a subscription shares it", async () => {
     const requests = new AsyncQueue<StreamRequest>(10);
     requests.push({ kind: { case: "ack", value: { cursor: "1" } } });
     const responses = client(keys.auditor).streamEvents(requests)[Symbol.asyncIterator]();
@@ -578,24 +759,85 @@ describe("ChatService: the event stream", () => {
       await moderation.publish({ conversationId: conversation!.id, idempotencyKey: key, body: key });
     const first = openStream(keys.auditor, "twice");
     const unacked = keyOf(await first.next());
-    // A consumer that reconnects before the server noticed its old connection is gone.
+    // A second consumer of the subscription (a replica, or this one reconnecting) joins it: the first
+    // keeps its stream.
     const second = openStream(keys.auditor, "twice");
+    await second.opened();
+    // The first is cut off without acknowledging: what it held goes to the second.
+    first.cut();
     const resent = new Set<string>();
     while (!unacked.every((k) => resent.has(k))) {
       const r = await second.next();
       for (const k of keyOf(r)) resent.add(k);
       second.ack(r.cursor);
     }
-    // The old stream ends (after what was already on its way to it, when partitions run in parallel).
-    const ended = async () => {
-      for (;;) await first.next();
-    };
-    expect(await failure(ended())).toBe("ABORTED SUBSCRIPTION_TAKEN_OVER");
     second.cut();
   });
 });
 
 describe("the typed client (@switchboard/server-client)", () => {
+  it("runs two consumers of one subscription on one server side by side: they share its events", async () => {
+    const moderation = client(keys.moderation);
+    const { conversation } = await moderation.createGroup({
+      owner: "api-rep",
+      name: "replicas",
+      members: [],
+    });
+    const id = conversation!.id;
+    // The subscription's position is fixed at the end of the log before the replicas start.
+    const pin = openStream(keys.auditor, "replicas", StartPosition.LATEST);
+    await pin.opened();
+    pin.cut();
+    const handled = new Map<string, string>(); // seq -> replica
+    const errors: unknown[] = [];
+    const replica = (name: string, stop: AbortSignal) => {
+      // Replicas are separate processes: a connection each.
+      const api = createChatClient({
+        baseUrl: `http://127.0.0.1:${server.grpcPort}`,
+        credential: keys.auditor.key,
+      });
+      opened.push(api);
+      return consumeEvents(
+        api,
+        {
+          subscription: "replicas",
+          signal: stop,
+          backoff: { initialMs: 50, maxMs: 200 },
+          onError: (e) => errors.push(e),
+        },
+        async (messages) => {
+          for (const m of messages) if (m.conversationId === id) handled.set(String(m.seq), name);
+        },
+      );
+    };
+    const stopA = new AbortController();
+    const stopB = new AbortController();
+    const a = replica("a", stopA.signal);
+    const b = replica("b", stopB.signal);
+    let seq = 0;
+    const publishOne = async () => {
+      const r = await moderation.publish({ conversationId: id, idempotencyKey: `rep-${++seq}`, body: "r" });
+      await vi.waitFor(() => expect(handled.has(String(r.message!.seq))).toBe(true), {
+        timeout: 15_000,
+        interval: 20,
+      });
+    };
+    // One message at a time, each a batch of its own: both replicas get some.
+    while (seq < 60 && !(new Set(handled.values()).size === 2 && seq >= 6)) await publishOne();
+    expect(new Set(handled.values())).toEqual(new Set(["a", "b"]));
+    // One replica stops: the other takes all that comes.
+    stopA.abort();
+    await a;
+    const before = seq;
+    for (let i = 0; i < 3; i++) await publishOne();
+    expect([...handled].filter(([s]) => Number(s) > before).map(([, by]) => by)).toEqual(["b", "b", "b"]);
+    stopB.abort();
+    await b;
+    // Neither stopped the other: no stream failed.
+    expect(errors).toEqual([]);
+    expect(handled.size).toBe(seq);
+  }, 60_000);
+
   it("calls the API with its credential and consumes events, resuming after a failed handler", async () => {
     const api = createChatClient({
       baseUrl: `http://127.0.0.1:${server.grpcPort}`,

@@ -1,0 +1,83 @@
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import type { StoredMessage } from "../backends/types.js";
+import type { Conversations } from "../conversations/index.js";
+import type { Policy } from "../grpc-auth/policy.js";
+import { Code, SwitchboardError } from "../lib/errors.js";
+import type { CallContext } from "../lib/rpc.js";
+import { type ChatServiceDeps, CLOSE_REASON_BYTES_MAX, chatServiceImpl } from "./chat-service.js";
+
+const ctx = { signal: new AbortController().signal, peer: "in-process" } as CallContext;
+
+/** The service over `conversations` (only what a test calls is there), unguarded (no principal). */
+function service(conversations: Partial<Conversations>) {
+  return chatServiceImpl({
+    conversations: conversations as Conversations,
+    policy: () => ({ clients: new Map() }) as unknown as Policy,
+  } as unknown as ChatServiceDeps);
+}
+
+const storedTo = (userId: string, body: string): StoredMessage => ({
+  conversationId: `dm:${userId}~system`,
+  seq: 1,
+  messageId: "1001",
+  sender: "system",
+  clientMsgId: "k",
+  body,
+  createdAtMs: 1,
+});
+
+describe("Broadcast", () => {
+  it("stops sending once the call has failed", async () => {
+    const sentTo: string[] = [];
+    let failedAt: number | undefined;
+    const users = Array.from({ length: 200 }, (_, i) => `u${i}`);
+    const impl = service({
+      send: async (input) => {
+        sentTo.push(input.toUser!);
+        await new Promise((resolve) => setTimeout(resolve, 1));
+        if (input.toUser === "u20") {
+          failedAt = sentTo.length;
+          throw new SwitchboardError(Code.INTERNAL, "INTERNAL", "storage failed");
+        }
+        return { message: storedTo(input.toUser!, input.body), duplicate: false };
+      },
+    });
+    await expect(
+      impl.broadcast({ userIds: users, sender: "", idempotencyKey: "k", body: "b" } as never, ctx),
+    ).rejects.toMatchObject({ code: Code.INTERNAL });
+    // Sends that had started when it failed may finish; none may start after.
+    const atFailure = sentTo.length;
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect(sentTo.length).toBe(atFailure);
+    expect(sentTo.length).toBeLessThan(failedAt! + 16);
+  });
+
+  it("answers each recipient with the stored message's ids, not another copy of the body", async () => {
+    const impl = service({
+      send: async (input) => ({ message: storedTo(input.toUser!, input.body), duplicate: false }),
+    });
+    const { results } = await impl.broadcast(
+      { userIds: ["a", "b"], sender: "", idempotencyKey: "k", body: "x".repeat(5_000) } as never,
+      ctx,
+    );
+    expect(results?.map((r) => [r.userId, r.message?.conversationId, r.message?.body])).toEqual([
+      ["a", "dm:a~system", ""],
+      ["b", "dm:b~system", ""],
+    ]);
+  });
+});
+
+describe("the proto's comments", () => {
+  it("give Disconnect's reason the bound the server enforces", () => {
+    const proto = readFileSync(
+      join(import.meta.dirname, "../../proto/switchboard/api/v1/chat.proto"),
+      "utf8",
+    );
+    const reason = /message DisconnectRequest \{[\s\S]*?\/\/ ([^\n]*)\n\s*string reason = 3;/.exec(
+      proto,
+    )?.[1];
+    expect(reason).toContain(`at most ${CLOSE_REASON_BYTES_MAX} bytes of UTF-8`);
+  });
+});
