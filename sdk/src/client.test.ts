@@ -1,8 +1,9 @@
-import { afterEach, describe, expect, test } from "vitest";
+import { afterEach, describe, expect, test, vi } from "vitest";
 import { WebSocket as WsWebSocket } from "ws";
 import { Code, ConversationKind, DeliveryModel } from "../../gen/switchboard/common/v1/common_pb.js";
 import { FakeServer } from "../test/fake-server.js";
 import {
+  type Checkpoint,
   type DisconnectInfo,
   type IncomingMessage,
   type SendAck,
@@ -11,6 +12,7 @@ import {
   type SwitchboardClientOptions,
   type SyncedInfo,
 } from "./index.js";
+import { GAP_RETRY_DELAYS_MS } from "./pull-follower.js";
 
 // Small, deterministic-enough backoff so reconnect tests take milliseconds.
 const FAST = { baseMs: 5, maxMs: 20 };
@@ -743,4 +745,421 @@ test("a URL the WebSocket cannot open is a terminal error", async () => {
   clients.push(t);
   await expect(t.connect()).rejects.toMatchObject({ reason: "OPEN_FAILED", code: Code.INVALID_ARGUMENT });
   expect(t.state).toBe("closed");
+});
+
+/** Records the timers made with `delayMs` and whether each was cleared (a Node process exits only without them). */
+function watchTimers(delayMs: number) {
+  const made: unknown[] = [];
+  const cleared = new Set<unknown>();
+  const realSetTimeout = globalThis.setTimeout;
+  const realClearTimeout = globalThis.clearTimeout;
+  const set = vi.spyOn(globalThis, "setTimeout").mockImplementation(((
+    fn: (...args: unknown[]) => void,
+    ms?: number,
+    ...args: unknown[]
+  ) => {
+    const handle = realSetTimeout(fn, ms, ...args);
+    if (ms === delayMs) made.push(handle);
+    return handle;
+  }) as typeof setTimeout);
+  const clear = vi.spyOn(globalThis, "clearTimeout").mockImplementation((handle) => {
+    cleared.add(handle);
+    realClearTimeout(handle);
+  });
+  return {
+    made,
+    pending: () => made.filter((h) => !cleared.has(h)),
+    restore: () => {
+      set.mockRestore();
+      clear.mockRestore();
+    },
+  };
+}
+
+describe("sends are keyed by (conversation, clientMsgId), as the server dedupes them (docs/protocol.md §3)", () => {
+  test("the same clientMsgId in another conversation is another message: both go out, each with its own ack", async () => {
+    const srv = await startServer();
+    srv.groups.set("g:1", ["alice", "bob"]);
+    srv.groups.set("g:2", ["alice", "carol"]);
+    const t = newClient(srv);
+    await t.client.connect();
+    const one = t.client.send({ conversationId: "g:1" }, "to the first group", { clientMsgId: "k" });
+    const two = t.client.send({ conversationId: "g:2" }, "to the second group", { clientMsgId: "k" });
+    expect(two).not.toBe(one);
+    const acks = await Promise.all([one, two]);
+    expect(acks.map((a) => [a.conversationId, a.clientMsgId, a.duplicate])).toEqual([
+      ["g:1", "k", false],
+      ["g:2", "k", false],
+    ]);
+    expect(srv.framesOf("send").map((f) => f.value.body)).toEqual([
+      "to the first group",
+      "to the second group",
+    ]);
+    expect([srv.log.get("g:1")?.length, srv.log.get("g:2")?.length]).toEqual([1, 1]);
+  });
+
+  test("a toUser target and its direct conversation's id are one key: one message, one promise", async () => {
+    const srv = await startServer();
+    const t = newClient(srv);
+    await t.client.connect();
+    const byUser = t.client.send({ toUser: "bob" }, "hi", { clientMsgId: "k" });
+    const byId = t.client.send({ conversationId: "dm:alice~bob" }, "hi", { clientMsgId: "k" });
+    expect(byId).toBe(byUser);
+    await expect(byId).resolves.toMatchObject({ conversationId: "dm:alice~bob", seq: 1 });
+    expect(srv.framesOf("send")).toHaveLength(1);
+  });
+
+  test("before the first welcome both go out and resolve with the one stored message", async () => {
+    const srv = await startServer();
+    const t = newClient(srv);
+    const byUser = t.client.send({ toUser: "bob" }, "hi", { clientMsgId: "k" });
+    const byId = t.client.send({ conversationId: "dm:alice~bob" }, "hi", { clientMsgId: "k" });
+    await t.client.connect();
+    const [a, b] = await Promise.all([byUser, byId]);
+    expect(b.messageId).toBe(a.messageId);
+    expect(srv.log.get("dm:alice~bob")).toHaveLength(1);
+  });
+
+  test("a late ack settles the send of its own conversation, not another with the same clientMsgId", async () => {
+    const srv = await startServer();
+    srv.groups.set("g:1", ["alice"]);
+    srv.groups.set("g:2", ["alice"]);
+    let answer = false;
+    srv.hook = (_conn, frame) => (frame.kind.case === "send" && !answer) || undefined; // no acks yet
+    const t = newClient(srv, { requestTimeoutMs: 300 });
+    await t.client.connect();
+    const one = settledOnce(t.client.send({ conversationId: "g:1" }, "one", { clientMsgId: "k" }));
+    const two = settledOnce(t.client.send({ conversationId: "g:2" }, "two", { clientMsgId: "k" }));
+    // Both attempts time out and go out again; then the ack of g:2's first attempt comes, late.
+    await srv.waitFor(() => srv.framesOf("send").length >= 4, "the resends");
+    const firstOfTwo = srv.frames.find(
+      (f) => f.frame.kind.case === "send" && f.frame.kind.value.target.value === "g:2",
+    )!;
+    srv.reply(firstOfTwo.conn, firstOfTwo.frame, {
+      case: "ack",
+      value: srv.store("alice", "g:2", "k", "two", ["alice"]),
+    });
+    await srv.waitFor(() => two.settled, "the late ack settles the g:2 send");
+    expect(two.value).toMatchObject({ conversationId: "g:2", clientMsgId: "k" });
+    expect(one.settled).toBe(false);
+    answer = true;
+    await srv.waitFor(() => one.settled, "the g:1 send's ack");
+    expect(one.value).toMatchObject({ conversationId: "g:1", clientMsgId: "k" });
+  });
+});
+
+describe("a checkpoint to persist: the cursor and the pull positions, never moved back by a pull message", () => {
+  /** A server where alice has one direct message in her inbox (cursor 1) and is in pull group g:big. */
+  async function serverWithPullGroup(): Promise<FakeServer> {
+    const srv = await startServer();
+    srv.addMessage("dm:alice~bob", "bob", "m1", ["alice", "bob"]);
+    srv.groups.set("g:big", ["alice", "bob"]);
+    srv.pull.add("g:big");
+    return srv;
+  }
+
+  test("a pull message's event carries the inbox cursor, not the wire's 0, and says it is a pull message", async () => {
+    const srv = await serverWithPullGroup();
+    const t = newClient(srv);
+    await t.client.connect();
+    await srv.waitFor(() => t.messages.length === 1, "the inbox message");
+    srv.addMessage("g:big", "bob", "p1", ["alice", "bob"]); // live, cursor 0 on the wire
+    await srv.waitFor(() => t.messages.length === 2, "the pull message");
+    expect(t.messages.map((m) => [m.message.body, m.cursor, m.delivery])).toEqual([
+      ["m1", 1, "push"],
+      ["p1", 1, "pull"],
+    ]);
+    expect(t.client.cursor).toBe(1);
+    expect(t.client.checkpoint).toEqual({ cursor: 1, pullPositions: { "dm:alice~bob": 1, "g:big": 1 } });
+  });
+
+  test("the checkpoint event follows the message listeners; a client started from it misses nothing and repeats nothing", async () => {
+    const srv = await serverWithPullGroup();
+    const first = newClient(srv);
+    const order: string[] = [];
+    let saved: Checkpoint | undefined;
+    first.client.on("message", ({ message }) => order.push(message.body));
+    first.client.on("checkpoint", (checkpoint) => {
+      // Plain JSON, what the app writes to its storage.
+      saved = JSON.parse(JSON.stringify(checkpoint)) as Checkpoint;
+      order.push(`checkpoint ${checkpoint.cursor} ${checkpoint.pullPositions["g:big"] ?? "-"}`);
+    });
+    await first.client.connect();
+    await srv.waitFor(() => first.messages.length === 1, "the inbox message");
+    srv.addMessage("g:big", "bob", "p1", ["alice", "bob"]);
+    await srv.waitFor(() => saved?.pullPositions["g:big"] === 1, "the checkpoint after the pull message");
+    expect(order).toEqual(["m1", "checkpoint 1 -", "p1", "checkpoint 1 1"]);
+    await first.client.close();
+
+    // While the app is closed: one inbox message and two of the pull group.
+    srv.addMessage("dm:alice~bob", "bob", "m2", ["alice", "bob"]);
+    srv.addMessage("g:big", "bob", "p2", ["alice", "bob"]);
+    srv.addMessage("g:big", "bob", "p3", ["alice", "bob"]);
+    const second = newClient(srv, { checkpoint: saved });
+    await second.client.connect();
+    await srv.waitFor(() => second.messages.length === 3, "what came while the app was closed");
+    await new Promise((r) => setTimeout(r, 30));
+    expect(second.messages.map((m) => [m.message.body, m.cursor, m.delivery])).toEqual([
+      ["m2", 2, "push"],
+      ["p2", 2, "pull"],
+      ["p3", 2, "pull"],
+    ]);
+    expect(second.client.checkpoint).toEqual({
+      cursor: 2,
+      pullPositions: { "dm:alice~bob": 2, "g:big": 3 },
+    });
+    expect(second.errors).toEqual([]);
+  });
+
+  test("an app that saves each event's cursor (the old way) never goes back to 0", async () => {
+    const srv = await serverWithPullGroup();
+    const t = newClient(srv);
+    let stored = "";
+    t.client.on("message", ({ cursor }) => {
+      stored = String(cursor);
+    });
+    await t.client.connect();
+    await srv.waitFor(() => t.messages.length === 1, "the inbox message");
+    srv.addMessage("g:big", "bob", "p1", ["alice", "bob"]);
+    await srv.waitFor(() => t.messages.length === 2, "the pull message");
+    expect(stored).toBe("1");
+  });
+});
+
+describe("sends are given up well inside the server's dedupe window", () => {
+  test("a send made longer ago than sendMaxAgeMs (default 24 h) is refused with SEND_EXPIRED, not sent", async () => {
+    const srv = await startServer();
+    const t = newClient(srv);
+    await t.client.connect();
+    const dayAndHourAgo = Date.now() - 25 * 3_600_000;
+    await expect(
+      t.client.send({ toUser: "bob" }, "from an old outbox", {
+        clientMsgId: "old",
+        createdAtMs: dayAndHourAgo,
+      }),
+    ).rejects.toMatchObject({ reason: "SEND_EXPIRED", code: Code.DEADLINE_EXCEEDED });
+    // Within the bound it goes out as usual.
+    await expect(
+      t.client.send({ toUser: "bob" }, "recent", { createdAtMs: Date.now() - 3_600_000 }),
+    ).resolves.toMatchObject({ seq: 1 });
+    expect(srv.framesOf("send").map((f) => f.value.body)).toEqual(["recent"]);
+  });
+
+  test("a send never acknowledged is given up at sendMaxAgeMs although sendTimeoutMs is 0", async () => {
+    const srv = await startServer();
+    srv.hook = (_conn, frame) => frame.kind.case === "send" || undefined; // never acked
+    const t = newClient(srv, { sendMaxAgeMs: 150 });
+    await t.client.connect();
+    const started = Date.now();
+    await expect(t.client.send({ toUser: "bob" }, "never acked")).rejects.toMatchObject({
+      reason: "SEND_EXPIRED",
+    });
+    expect(Date.now() - started).toBeGreaterThanOrEqual(140);
+    expect(t.client.pendingSends).toBe(0);
+  });
+
+  test("a send queued while offline past its bound (the device slept) is not sent when the connection comes", async () => {
+    const srv = await startServer();
+    const t = newClient(srv);
+    const queued = settledOnce(t.client.send({ toUser: "bob" }, "queued a day ago"));
+    const now = Date.now;
+    const later = vi.spyOn(Date, "now").mockImplementation(() => now() + 25 * 3_600_000);
+    try {
+      await t.client.connect();
+      await srv.waitFor(() => queued.settled, "the queued send given up");
+    } finally {
+      later.mockRestore();
+    }
+    expect(queued.error).toMatchObject({ reason: "SEND_EXPIRED" });
+    expect(srv.framesOf("send")).toHaveLength(0);
+  });
+});
+
+test("a sync page that times out is asked again half as large (down to a floor), growing back once pages come in time", async () => {
+  const srv = await startServer({ syncPageSize: 1_000 });
+  for (let i = 1; i <= 300; i++) srv.addMessage("dm:alice~bob", "bob", `m${i}`, ["alice", "bob"]);
+  // A slow link: the first two pages never come.
+  srv.hook = (_conn, frame, s) => (frame.kind.case === "sync" && s.framesOf("sync").length <= 2) || undefined;
+  const t = newClient(srv, { requestTimeoutMs: 300 });
+  await t.client.connect();
+  await srv.waitFor(() => t.synced.length === 1, "the sync");
+  // 0 is the server's page (100): 50, then 25 (the floor would be 10); after four pages in time 50,
+  // after four more the configured size again.
+  expect(srv.framesOf("sync").map((f) => f.value.limit)).toEqual([0, 50, 25, 25, 25, 25, 50, 50, 50, 50]);
+  expect(t.messages).toHaveLength(300);
+  expect(t.errors.map((e) => e.reason)).toEqual(["TIMEOUT", "TIMEOUT"]);
+  srv.conns.at(-1)!.ws.terminate();
+  await srv.waitFor(() => t.synced.length === 2, "the next sync");
+  expect(srv.framesOf("sync").at(-1)!.value.limit).toBe(0);
+});
+
+describe("errors answering the auth frame reach the app (docs/protocol.md §1.3)", () => {
+  const frameAuth = { auth: "frame", WebSocket: WsWebSocket } as const;
+
+  test("AUTH_UNAVAILABLE is reported, and its retryAfterMs holds the reconnect back", async () => {
+    const srv = await startServer();
+    srv.hook = (conn, frame, s) => {
+      if (frame.kind.case !== "auth" || s.framesOf("auth").length > 1) return undefined;
+      s.error(conn, frame, Code.UNAVAILABLE, "AUTH_UNAVAILABLE", 300);
+      conn.ws.close(1011, "auth unavailable");
+      return true;
+    };
+    const t = newClient(srv, frameAuth);
+    const started = Date.now();
+    await t.client.connect();
+    expect(Date.now() - started).toBeGreaterThanOrEqual(290);
+    expect(t.errors).toEqual([expect.objectContaining({ reason: "AUTH_UNAVAILABLE", retryAfterMs: 300 })]);
+    expect(t.disconnects).toEqual([expect.objectContaining({ code: 1011, willReconnect: true })]);
+    expect(t.disconnects[0]!.reconnectInMs).toBeGreaterThanOrEqual(300);
+  });
+
+  test.each([
+    ["TOO_MANY_CONNECTIONS", Code.RESOURCE_EXHAUSTED, 3015],
+    ["TOKEN_EXPIRED", Code.UNAUTHENTICATED, 3005],
+  ] as const)("%s is reported, then the client reconnects", async (reason, code, closeCode) => {
+    const srv = await startServer();
+    srv.hook = (conn, frame, s) => {
+      if (frame.kind.case !== "auth" || s.framesOf("auth").length > 1) return undefined;
+      s.error(conn, frame, code, reason);
+      conn.ws.close(closeCode);
+      return true;
+    };
+    let tokens = 0;
+    const t = newClient(srv, {
+      ...frameAuth,
+      token: () => {
+        tokens++;
+        return "token-alice";
+      },
+    });
+    await t.client.connect();
+    expect(t.errors).toEqual([expect.objectContaining({ reason, code })]);
+    expect(t.disconnects).toEqual([expect.objectContaining({ code: closeCode, willReconnect: true })]);
+    expect(tokens).toBe(2);
+  });
+
+  test("a header-authenticated connection closed with 3015 alone is reported as TOO_MANY_CONNECTIONS", async () => {
+    const srv = await startServer();
+    srv.onConnect = (conn) => {
+      if (conn.index > 0) return undefined;
+      conn.ws.close(3015, "too many connections");
+      return true;
+    };
+    const t = newClient(srv);
+    await t.client.connect();
+    expect(t.errors).toEqual([
+      expect.objectContaining({
+        reason: "TOO_MANY_CONNECTIONS",
+        code: Code.RESOURCE_EXHAUSTED,
+        closeCode: 3015,
+      }),
+    ]);
+  });
+
+  test("INVALID_TOKEN is reported once, with the server's words", async () => {
+    const srv = await startServer();
+    srv.hook = (conn, frame, s) => {
+      if (frame.kind.case !== "auth") return undefined;
+      s.error(conn, frame, Code.UNAUTHENTICATED, "INVALID_TOKEN");
+      conn.ws.close(3500, "invalid token");
+      return true;
+    };
+    const t = newClient(srv, frameAuth);
+    await expect(t.client.connect()).rejects.toMatchObject({ reason: "INVALID_TOKEN", closeCode: 3500 });
+    expect(t.errors).toHaveLength(1);
+    expect(t.errors[0]!.message).toContain("invalid_token");
+  });
+});
+
+describe("close() leaves nothing waiting", () => {
+  test("close() during a RATE_LIMITED wait rejects the request at once with CLOSED, its timer cleared", async () => {
+    const srv = await startServer();
+    srv.hook = (conn, frame, s) => {
+      if (frame.kind.case !== "createGroup") return undefined;
+      s.error(conn, frame, Code.RESOURCE_EXHAUSTED, "RATE_LIMITED", 5_000);
+      return true;
+    };
+    const t = newClient(srv, { requestTimeoutMs: 20_000 });
+    await t.client.connect();
+    const timers = watchTimers(5_000);
+    try {
+      const created = settledOnce(t.client.createGroup({ name: "x" }));
+      await srv.waitFor(() => timers.made.length === 1, "the wait for retryAfterMs");
+      const closedAt = Date.now();
+      await t.client.close();
+      await srv.waitFor(() => created.settled, "the request rejected");
+      expect(Date.now() - closedAt).toBeLessThan(1_000);
+      expect(created.error).toMatchObject({ reason: "CLOSED" });
+      expect(timers.pending()).toEqual([]);
+    } finally {
+      timers.restore();
+    }
+  });
+
+  test("a pull gap that failed is reported and retried later; close() clears the retry's timer", async () => {
+    const srv = await startServer();
+    srv.groups.set("g:big", ["alice", "bob"]);
+    srv.pull.add("g:big");
+    for (let i = 1; i <= 2; i++) srv.addMessage("g:big", "bob", `p${i}`, ["alice", "bob"]);
+    srv.hook = (conn, frame, s) => {
+      if (frame.kind.case !== "history") return undefined;
+      s.error(conn, frame, Code.INTERNAL, "INTERNAL");
+      return true;
+    };
+    // The device had seen p1; p2 came while it was away, p3 comes live: the gap (p2) cannot be fetched.
+    const timers = watchTimers(GAP_RETRY_DELAYS_MS[0]!);
+    try {
+      const t = newClient(srv, { pullPositions: { "g:big": 1 }, requestTimeoutMs: 20_000 });
+      await t.client.connect();
+      await srv.waitFor(() => t.errors.length === 1, "the failed catch-up, reported");
+      srv.addMessage("g:big", "bob", "p3", ["alice", "bob"]);
+      await srv.waitFor(() => t.errors.length === 2, "the failed gap, reported");
+      expect(t.errors.map((e) => e.reason)).toEqual(["INTERNAL", "INTERNAL"]);
+      expect(t.messages).toEqual([]); // p3 waits for p2
+      expect(timers.pending()).toHaveLength(1); // one retry of the conversation, up to p3
+      await t.client.close();
+      expect(timers.pending()).toEqual([]);
+    } finally {
+      timers.restore();
+    }
+  });
+});
+
+test("a pull catch-up whose listing failed is asked again", async () => {
+  const srv = await startServer();
+  srv.groups.set("g:big", ["alice", "bob"]);
+  srv.pull.add("g:big");
+  for (let i = 1; i <= 3; i++) srv.addMessage("g:big", "bob", `p${i}`, ["alice", "bob"]);
+  let refusals = 0;
+  srv.hook = (conn, frame, s) => {
+    if (frame.kind.case !== "listConversations" || refusals++ > 0) return undefined;
+    s.error(conn, frame, Code.UNAVAILABLE, "STORAGE_UNAVAILABLE");
+    return true;
+  };
+  const t = newClient(srv, { pullPositions: { "g:big": 1 } });
+  await t.client.connect();
+  await srv.waitFor(() => t.messages.length === 2, "p2 and p3, fetched after the listing was asked again");
+  expect(t.messages.map((m) => m.message.body)).toEqual(["p2", "p3"]);
+  expect(t.errors.map((e) => e.reason)).toEqual(["STORAGE_UNAVAILABLE"]);
+  expect(srv.framesOf("listConversations")).toHaveLength(2);
+});
+
+test("close 1007 drops the culprit frame with INVALID_FRAME (never re-sent) and re-sends the others", async () => {
+  const srv = await startServer();
+  srv.hook = (conn, frame, s) => {
+    if (frame.kind.case !== "send" || s.conns.length > 1) return undefined;
+    if (frame.kind.value.body.length > 1000) conn.ws.close(1007, "invalid UTF-8");
+    return true; // hold the small one unacked
+  };
+  const t = newClient(srv);
+  await t.client.connect();
+  const small = t.client.send({ toUser: "bob" }, "small", { clientMsgId: "small" });
+  const big = t.client.send({ toUser: "bob" }, "x".repeat(5000), { clientMsgId: "big" });
+  await expect(big).rejects.toMatchObject({ reason: "INVALID_FRAME", code: Code.INVALID_ARGUMENT });
+  await expect(small).resolves.toMatchObject({ clientMsgId: "small" });
+  expect(srv.framesOf("send").map((f) => [f.conn.index, f.value.clientMsgId])).toEqual([
+    [0, "small"],
+    [0, "big"],
+    [1, "small"],
+  ]);
 });

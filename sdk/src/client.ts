@@ -10,7 +10,10 @@
  *   and after each sync what the conversations hold past the newest seq emitted (PullFollower).
  * - Every send() resolves once with the server's ack: an unacknowledged send is re-sent with the
  *   SAME clientMsgId after a reconnect, and the server's idempotency turns a resend of something it
- *   already stored into the original ack (duplicate=true), so nothing is stored twice.
+ *   already stored into the original ack (duplicate=true), so nothing is stored twice. A send is
+ *   given up (SEND_EXPIRED) `sendMaxAgeMs` after it was made, well inside the server's dedupe window.
+ * - Where the device is (inbox cursor and pull positions) is one persistable `checkpoint`, handed to
+ *   the app ("checkpoint" event) after the listeners of the messages it covers have run.
  */
 import type { ServerFrame } from "../../gen/switchboard/client/v1/client_pb.js";
 import { ReceiptKind } from "../../gen/switchboard/common/v1/common_pb.js";
@@ -20,10 +23,11 @@ import { type Conn, Connection } from "./connection.js";
 import { TypedEmitter } from "./emitter.js";
 import { Code, fromWireError, LocalReason, localError, SwitchboardClientError } from "./errors.js";
 import { type FrameKind, type ReplyCase, type ReplyOf, RequestTracker } from "./requests.js";
-import { SendQueue } from "./sends.js";
+import { DEFAULT_SEND_MAX_AGE_MS, SendQueue } from "./sends.js";
 import { InboxSync } from "./sync.js";
 import type { AuthMode, Encoding, WebSocketConstructor } from "./transport.js";
 import {
+  type Checkpoint,
   type Conversation,
   type DisconnectInfo,
   type DoNotDisturbWindow,
@@ -79,7 +83,16 @@ export interface SwitchboardClientOptions {
    * "binary" (protobuf) is smaller and cheaper to parse; use it for high message rates.
    */
   encoding?: Encoding;
-  /** Inbox position this device already processed (persist `client.cursor`); default 0 = everything. */
+  /**
+   * Where this device left off, as the "checkpoint" event (or `client.checkpoint`) gave it last time:
+   * the inbox cursor and the pull conversations' positions. Default: nothing processed yet (sync from
+   * 0). `cursor` and `pullPositions`, when given, take precedence over its fields.
+   */
+  checkpoint?: Checkpoint | undefined;
+  /**
+   * Inbox position this device already processed; default the checkpoint's, else 0 = everything.
+   * Prefer `checkpoint`: the cursor alone does not say where the pull conversations were.
+   */
   cursor?: number;
   /** Reconnect backoff (full jitter): default base 250 ms, max 10 s; at most half the outage so far (≥ 1 s). */
   reconnect?: Partial<BackoffOptions>;
@@ -93,8 +106,19 @@ export interface SwitchboardClientOptions {
   auth?: AuthMode;
   /** Timeout of requests, of the welcome after opening, and of heartbeat answers; default 10 s. */
   requestTimeoutMs?: number;
-  /** Overall deadline of a send across reconnects; default 0 = none (keep trying until acked). */
+  /**
+   * Overall deadline of a send across reconnects; default 0 = none (keep trying until acked, or until
+   * `sendMaxAgeMs`).
+   */
   sendTimeoutMs?: number;
+  /**
+   * How long after it was made (`SendOptions.createdAtMs`, else the send() call) a send is given up
+   * with reason SEND_EXPIRED, whatever `sendTimeoutMs` says; default 24 h. The server dedupes resends
+   * only within its dedupe window (docs/protocol.md §3; 168 h by default on the distributed backend):
+   * a resend after it would store the message again. 0 turns it off: only against a server that keeps
+   * every key (the embedded backend).
+   */
+  sendMaxAgeMs?: number;
   /** Most unacknowledged sends kept (queued or in flight); default 1,000. */
   maxPendingSends?: number;
   /** Most sends in flight on a connection at once (the rest wait their turn); default 64. */
@@ -102,8 +126,8 @@ export interface SwitchboardClientOptions {
   /** How many message ids the receive-side dedupe remembers; default 10,000. */
   dedupeCapacity?: number;
   /**
-   * The newest seq this device processed per pull conversation (persist `client.pullPositions` as
-   * you persist `cursor`); messages past them are fetched after the first sync.
+   * The newest seq this device processed per pull conversation; default the checkpoint's. Messages
+   * past them are fetched after the first sync. Prefer `checkpoint`.
    */
   pullPositions?: Record<string, number>;
   /** Page size asked for when syncing; default 0 = the server's default. */
@@ -123,6 +147,12 @@ export type ClientState = "idle" | "connecting" | "open" | "closed";
 export interface SwitchboardClientEvents {
   /** A new message (never a duplicate), in inbox order. */
   message: IncomingMessage;
+  /**
+   * Where the device is now (inbox cursor and pull positions), after the "message" listeners of the
+   * messages it covers have returned: persist it, and pass it back as the `checkpoint` option. Also
+   * when positions move without a message (a pull conversation first listed, a resync from 0).
+   */
+  checkpoint: Checkpoint;
   typing: TypingInfo;
   presence: PresenceStatus;
   receipt: ReceiptInfo;
@@ -149,6 +179,11 @@ export interface SendOptions {
   clientMsgId?: string;
   /** Overall deadline for this send, ms (0 = none); default the client's sendTimeoutMs. */
   timeoutMs?: number;
+  /**
+   * When the message was made (Unix ms), if before this call: an outbox restored after a restart
+   * passes the time it was first sent, so that `sendMaxAgeMs` counts from then. Default now.
+   */
+  createdAtMs?: number;
   /**
    * W3C trace context (a `traceparent` value) the server's spans for this message join; the ack's
    * `traceId` names the trace the server recorded it in (docs/protocol.md, "Tracing").
@@ -205,6 +240,8 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
   private readonly sends: SendQueue;
   private readonly inbox: InboxSync;
   private readonly presenceWatch = new Set<string>();
+  /** Requests waiting out a RATE_LIMITED refusal before they ask again: woken when the client stops. */
+  private readonly waits = new Set<{ timer: ReturnType<typeof setTimeout>; reject(err: unknown): void }>();
 
   constructor(options: SwitchboardClientOptions) {
     super();
@@ -236,7 +273,7 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
         opened: (conn, welcome) => this.onOpened(conn, welcome),
         disconnected: (info) => this.emit("disconnected", info),
         error: (err) => this.emitError(err),
-        failSends: (err) => this.sends.failAll(err),
+        failSends: (err) => this.stopped(err),
       },
     );
     this.sends = new SendQueue({
@@ -246,31 +283,44 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
       maxPending: options.maxPendingSends ?? 1_000,
       maxInflight: Math.max(1, options.maxInflightSends ?? 64),
       sendTimeoutMs: options.sendTimeoutMs ?? 0,
+      maxAgeMs: options.sendMaxAgeMs ?? DEFAULT_SEND_MAX_AGE_MS,
       requestTimeoutMs: this.requestTimeoutMs,
       backoff,
       random,
     });
     this.inbox = new InboxSync({
-      cursor: options.cursor ?? 0,
+      cursor: options.cursor ?? options.checkpoint?.cursor ?? 0,
       dedupeCapacity: options.dedupeCapacity ?? 10_000,
-      pullPositions: options.pullPositions,
+      pullPositions: options.pullPositions ?? options.checkpoint?.pullPositions,
       syncLimit: options.syncLimit ?? 0,
       requestTimeoutMs: this.requestTimeoutMs,
+      backoff,
+      random,
       requests: this.requests,
       connection: this.connection,
       history: (query) => this.history(query),
       emitMessage: (message) => this.emit("message", message),
       emitSynced: (info) => this.emit("synced", info),
       emitError: (err) => this.emitError(err),
+      emitCheckpoint: (checkpoint) => this.emit("checkpoint", checkpoint),
     });
   }
 
-  /** The newest seq processed per pull conversation; persist it and pass it back as `pullPositions`. */
+  /**
+   * Where this device is: the inbox cursor and the pull conversations' positions, as plain JSON.
+   * Persist it once the messages before it are handled (the "checkpoint" event hands it over then)
+   * and pass it back as the `checkpoint` option next time.
+   */
+  get checkpoint(): Checkpoint {
+    return this.inbox.checkpoint;
+  }
+
+  /** The newest seq processed per pull conversation (part of `checkpoint`). */
   get pullPositions(): Record<string, number> {
     return this.inbox.pullPositions;
   }
 
-  /** The highest inbox position processed; persist it and pass it back as `cursor` next time. */
+  /** The highest inbox position processed (part of `checkpoint`). */
   get cursor(): number {
     return this.inbox.cursor;
   }
@@ -305,8 +355,22 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
    * are rejected with reason CLOSED. Resolves once the socket has closed (at most ~1 s).
    */
   close(): Promise<void> {
+    return this.connection.close(); // which calls stopped(CLOSED)
+  }
+
+  /**
+   * The client stops for good (close() or a terminal close): unacknowledged sends and requests
+   * waiting out a rate limit fail with `err`, and no timer is left behind (a Node process can exit).
+   */
+  private stopped(err: SwitchboardClientError): void {
+    this.sends.failAll(err);
     this.sends.cancelPauseTimer();
-    return this.connection.close();
+    this.inbox.stop();
+    for (const w of this.waits) {
+      clearTimeout(w.timer);
+      w.reject(err);
+    }
+    this.waits.clear();
   }
 
   // ---------------------------------------------------------------- messaging
@@ -672,9 +736,23 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
         const waitMs =
           err instanceof SwitchboardClientError && err.reason === "RATE_LIMITED" ? err.retryAfterMs : 0;
         if (waitMs <= 0 || Date.now() + waitMs >= deadline) throw err;
-        await new Promise((r) => setTimeout(r, waitMs));
+        await this.wait(waitMs);
       }
     }
+  }
+
+  /** Sleeps `ms`, unless the client stops first: then rejects with its reason (CLOSED after close()). */
+  private wait(ms: number): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      const w = {
+        timer: setTimeout(() => {
+          this.waits.delete(w);
+          resolve();
+        }, ms),
+        reject,
+      };
+      this.waits.add(w);
+    });
   }
 
   private conversationOf(c: Parameters<typeof toConversation>[0] | undefined): Conversation {

@@ -12,7 +12,7 @@ export interface CloseCodeInfo {
   readonly backoff: "normal" | "long";
   /** A new token is needed first (a fixed string token cannot recover from this). */
   readonly freshToken: boolean;
-  /** The connection's frame was too big: the culprit must never be re-sent. */
+  /** The server refused a frame of the connection (1007, 1009): the culprit must never be re-sent. */
   readonly dropFrame: boolean;
   /** Delivery may have been cut short (we always resync on reconnect anyway). */
   readonly resync: boolean;
@@ -45,6 +45,11 @@ export const CLOSE_CODES = {
   1005: reconnect("NO_STATUS"),
   /** Abnormal closure: TCP reset, refused connection, failed handshake. */
   1006: reconnect("ABNORMAL"),
+  /**
+   * A text frame we sent was not valid UTF-8 (the WebSocket layer closes, docs/protocol.md §7):
+   * reconnect but never resend that frame.
+   */
+  1007: reconnect("INVALID_FRAME_PAYLOAD_DATA", { dropFrame: true }),
   /** A frame we sent was too big: reconnect but never resend that frame. */
   1009: reconnect("MESSAGE_TOO_BIG", { dropFrame: true }),
   /** Server error. */
@@ -79,6 +84,7 @@ export const CloseCode = {
   GOING_AWAY: 1001,
   NO_STATUS: 1005,
   ABNORMAL: 1006,
+  INVALID_FRAME_PAYLOAD_DATA: 1007,
   MESSAGE_TOO_BIG: 1009,
   INTERNAL_ERROR: 1011,
   SHUTDOWN: 3001,

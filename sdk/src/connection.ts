@@ -8,9 +8,9 @@
 import type { ServerFrame } from "../../gen/switchboard/client/v1/client_pb.js";
 import { type BackoffOptions, backoffDelay, longBackoffDelay } from "./backoff.js";
 import type { ClientState, TokenSource, UrlSource } from "./client.js";
-import { classifyCloseCode } from "./close-codes.js";
-import { Code, LocalReason, localError, SwitchboardClientError } from "./errors.js";
-import type { RequestConn, RequestTracker } from "./requests.js";
+import { CloseCode, classifyCloseCode } from "./close-codes.js";
+import { Code, fromWireError, LocalReason, localError, SwitchboardClientError } from "./errors.js";
+import { droppedFrameError, type RequestConn, type RequestTracker } from "./requests.js";
 import {
   type AuthMode,
   decodeFrame,
@@ -39,6 +39,10 @@ export interface Conn {
   welcomeTimer: Timer | undefined;
   drainTimer: Timer | undefined;
   heartbeat: ReturnType<typeof setInterval> | undefined;
+  /** The request id of the auth frame (frame auth), whose error reply explains the close after it. */
+  authId: number | undefined;
+  /** The server's error answering the auth frame (TOKEN_EXPIRED, AUTH_UNAVAILABLE, …). */
+  authError: SwitchboardClientError | undefined;
   done: boolean;
   closeWaiters: Array<() => void>;
 }
@@ -189,7 +193,7 @@ export class Connection {
         }, 1_000);
         conn.closeWaiters.push(() => clearTimeout(fallback));
       });
-      this.finish(conn, false);
+      this.finish(conn);
       try {
         conn.socket.close(1000, "client closed");
       } catch {
@@ -299,6 +303,8 @@ export class Connection {
       welcomeTimer: undefined,
       drainTimer: undefined,
       heartbeat: undefined,
+      authId: undefined,
+      authError: undefined,
       done: false,
       closeWaiters: [],
     };
@@ -307,7 +313,8 @@ export class Connection {
     conn.welcomeTimer = setTimeout(() => this.abandon(conn, "no welcome in time"), this.o.requestTimeoutMs);
     socket.onopen = () => {
       if (this.conn !== conn || !frameAuth) return;
-      this.o.requests.write(conn, { case: "auth", value: { token } });
+      const sent = this.o.requests.write(conn, { case: "auth", value: { token } });
+      if (!(sent instanceof SwitchboardClientError)) conn.authId = sent.id;
     };
     socket.onmessage = (event) => this.receive(conn, event.data);
     // A no-op handler stays installed for the socket's whole life: `ws` throws on an unhandled "error".
@@ -325,8 +332,11 @@ export class Connection {
     const reason = closeReason || conn.lastError || "";
     this.conn = undefined;
     const info = classifyCloseCode(code);
-    this.finish(conn, info.dropFrame);
+    this.finish(conn, code);
     if (this._state === "closed") return;
+    // Why the server would not have this connection, when it said so before closing (an error
+    // answering the auth frame) or says so by the close alone (3015 after header auth).
+    const refusal = conn.authError ?? (conn.welcome ? undefined : refusalOfClose(code, reason));
 
     const status = conn.httpStatus;
     if (status === 401 || status === 403) {
@@ -345,11 +355,12 @@ export class Connection {
     }
     if (!info.reconnect) {
       const codeOf = info.name === "BAD_REQUEST" ? Code.INVALID_ARGUMENT : Code.UNAUTHENTICATED;
+      const said = conn.authError ? `: ${conn.authError.message}` : "";
       this.terminal(
         new SwitchboardClientError(
           codeOf,
           info.name,
-          `connection closed by the server: ${code} ${reason}`.trim(),
+          `connection closed by the server: ${code} ${reason}`.trim() + said,
           {
             closeCode: code,
           },
@@ -374,26 +385,30 @@ export class Connection {
       );
       return;
     }
-    const delay =
+    let delay =
       conn.drainAt !== undefined
         ? Math.max(0, conn.drainAt - Date.now())
         : this.nextBackoff(info.backoff === "long");
+    // The server's own hint (AUTH_UNAVAILABLE: 1 s) is a floor under the backoff.
+    if (refusal && refusal.retryAfterMs > delay) delay = refusal.retryAfterMs;
     this.scheduleReconnect(code, reason, delay);
+    if (refusal) this.hooks.error(refusal);
   }
 
   /**
    * Ends a connection's bookkeeping: timers stop, sends in flight go back to the queue (they will be
    * re-sent, same clientMsgId, on the next connection), other in-flight requests fail with
-   * CONNECTION_LOST (they are not idempotent in general, so the app decides). With `frameTooBig`
-   * (close 1009) the largest in-flight frame is taken to be the culprit and is never re-sent.
+   * CONNECTION_LOST (they are not idempotent in general, so the app decides). After a close code
+   * that refuses a frame (1007, 1009) the largest in-flight frame is taken to be the culprit and is
+   * never re-sent.
    */
-  private finish(conn: Conn, frameTooBig: boolean): void {
+  private finish(conn: Conn, closeCode?: number): void {
     if (conn.done) return;
     conn.done = true;
     clearTimeout(conn.welcomeTimer);
     clearTimeout(conn.drainTimer);
     clearInterval(conn.heartbeat);
-    this.o.requests.connectionEnded(conn, frameTooBig);
+    this.o.requests.connectionEnded(conn, closeCode === undefined ? undefined : droppedFrameError(closeCode));
   }
 
   private scheduleReconnect(code: number, reason: string, delay: number): void {
@@ -428,7 +443,7 @@ export class Connection {
     const conn = this.conn;
     this.conn = undefined;
     if (conn) {
-      this.finish(conn, false);
+      this.finish(conn);
       try {
         conn.socket.close(1000);
       } catch {
@@ -467,6 +482,16 @@ export class Connection {
       return;
     }
     const kind = frame.kind;
+    if (
+      kind.case === "error" &&
+      !conn.welcome &&
+      conn.authId !== undefined &&
+      frame.replyTo === conn.authId
+    ) {
+      // The auth frame refused: the close that follows says what to do, this says why (and when).
+      conn.authError = fromWireError(kind.value);
+      return;
+    }
     if (kind.case === "welcome") this.onWelcome(conn, toWelcome(kind.value));
     else if (kind.case === "reconnect")
       this.onDrain(conn, kind.value.delayMsMin, kind.value.delayMsMax, kind.value.reason);
@@ -533,4 +558,18 @@ export class Connection {
       `not connected within ${timeoutMs} ms${why}`,
     );
   }
+}
+
+/**
+ * The error a close before the welcome stands for when the server said nothing else (header auth):
+ * a user over `gateway.userConnectionsMax` connections on the gateway gets the close 3015 alone.
+ */
+function refusalOfClose(code: number, reason: string): SwitchboardClientError | undefined {
+  if (code !== CloseCode.TOO_MANY_CONNECTIONS) return undefined;
+  return new SwitchboardClientError(
+    Code.RESOURCE_EXHAUSTED,
+    "TOO_MANY_CONNECTIONS",
+    `the user holds too many connections on this gateway (${code}${reason ? ` ${reason}` : ""}); reconnecting after a longer backoff`,
+    { closeCode: code },
+  );
 }

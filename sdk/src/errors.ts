@@ -40,8 +40,21 @@ export const LocalReason = {
   INVALID_CLIENT_MSG_ID: "INVALID_CLIENT_MSG_ID",
   /** The encoded frame exceeds the server's frame limit (or the server closed with 1009 because of it). */
   FRAME_TOO_LARGE: "FRAME_TOO_LARGE",
+  /**
+   * The server closed with 1007 (a text frame that was not valid UTF-8): the request taken to be the
+   * culprit, the largest in flight, is never sent again.
+   */
+  INVALID_FRAME: "INVALID_FRAME",
   /** Too many unacknowledged sends queued. */
   SEND_QUEUE_FULL: "SEND_QUEUE_FULL",
+  /**
+   * A send still unacknowledged `sendMaxAgeMs` (default 24 h) after it was made: given up, because a
+   * resend after the server's dedupe window (docs/protocol.md §3) could store it a second time. It
+   * may have been stored: look at the conversation before sending it again.
+   */
+  SEND_EXPIRED: "SEND_EXPIRED",
+  /** A send's `createdAtMs` is not a finite number. */
+  INVALID_CREATED_AT: "INVALID_CREATED_AT",
   /** No reply (or no connection) within the timeout. */
   TIMEOUT: "TIMEOUT",
   /** The connection dropped while a non-idempotent request was in flight; it may or may not have run. */
@@ -56,6 +69,28 @@ export const LocalReason = {
   UNEXPECTED_REPLY: "UNEXPECTED_REPLY",
 } as const;
 export type LocalReason = (typeof LocalReason)[keyof typeof LocalReason];
+
+/**
+ * Whether asking again later can succeed: the server's transient refusals (docs/protocol.md §6:
+ * UNAVAILABLE, INTERNAL, a split service's code-named DEADLINE_EXCEEDED, CANCELLED or UNKNOWN, an
+ * ABORTED send), a rate limit, and the SDK's own timeouts and lost connections.
+ */
+export function isRetryable(err: SwitchboardClientError): boolean {
+  switch (err.code) {
+    case Code.UNAVAILABLE:
+    case Code.ABORTED:
+    case Code.DEADLINE_EXCEEDED:
+    case Code.INTERNAL:
+    case Code.UNKNOWN:
+    case Code.CANCELLED:
+      return true;
+    case Code.RESOURCE_EXHAUSTED:
+      // Rate limits carry a retry hint; limits without one (GROUP_FULL) will not go away by waiting.
+      return err.retryAfterMs > 0 || err.reason === "RATE_LIMITED";
+    default:
+      return false;
+  }
+}
 
 /** An error the SDK raises itself (not the server's verdict). */
 export function localError(

@@ -1,8 +1,9 @@
 /**
  * @switchboard/sdk: the TypeScript client for Switchboard's WebSocket gateway (browsers and Node).
  *
- *   const client = new SwitchboardClient({ url: "ws://localhost:8080/ws", token: getToken });
- *   client.on("message", ({ message, cursor }) => { show(message); save(cursor); });
+ *   const client = new SwitchboardClient({ url, token: getToken, checkpoint: load() });
+ *   client.on("message", ({ message }) => show(message));
+ *   client.on("checkpoint", (checkpoint) => save(checkpoint)); // after the message listeners ran
  *   await client.connect();
  *   await client.send({ toUser: "bob" }, "hi");
  */
@@ -31,9 +32,11 @@ export {
 export { type Listener, TypedEmitter } from "./emitter.js";
 export { Code, LocalReason, SwitchboardClientError } from "./errors.js";
 export { randomId } from "./ids.js";
+export { DEFAULT_SEND_MAX_AGE_MS } from "./sends.js";
 export { type AuthMode, type Encoding, SUBPROTOCOLS, type WebSocketConstructor } from "./transport.js";
 export type {
   ChatMessage,
+  Checkpoint,
   Conversation,
   ConversationKindName,
   DisconnectInfo,

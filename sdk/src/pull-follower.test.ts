@@ -1,5 +1,5 @@
-import { describe, expect, it } from "vitest";
-import { PullFollower } from "./pull-follower.js";
+import { afterEach, describe, expect, it, vi } from "vitest";
+import { CATCH_UP_CONCURRENCY, GAP_RETRY_DELAYS_MS, PullFollower } from "./pull-follower.js";
 import type { ChatMessage, Conversation, HistoryPage } from "./types.js";
 
 const message = (conversationId: string, seq: number): ChatMessage => ({
@@ -147,5 +147,104 @@ describe("PullFollower", () => {
     await expect(f.live(message("g", 5))).rejects.toThrow("STORAGE_UNAVAILABLE");
     await new Promise((r) => setTimeout(r, 30));
     expect(emitted).toHaveLength(2);
+  });
+
+  it("keeps retrying a gap that keeps failing, with capped backoff, reporting each failure, until it is fetched", async () => {
+    let failures = 6;
+    const emitted: number[] = [];
+    const failed: string[] = [];
+    const f = new PullFollower({
+      fetch: async (c, afterSeq) => {
+        if (failures-- > 0) throw new Error("STORAGE_UNAVAILABLE");
+        const seqs = [2, 3].filter((s) => s > afterSeq);
+        return { conversationId: c, messages: seqs.map((s) => message(c, s)), hasMore: false };
+      },
+      emit: (m) => emitted.push(m.seq),
+      capacity: 10,
+      initial: { g: 1 },
+      retryDelaysMs: [2, 4], // the last one repeats
+      failed: (err, c) => failed.push(`${c}: ${String(err)}`),
+    });
+    await expect(f.live(message("g", 3))).rejects.toThrow("STORAGE_UNAVAILABLE");
+    for (let i = 0; i < 200 && emitted.length < 2; i++) await new Promise((r) => setTimeout(r, 2));
+    expect(emitted).toEqual([2, 3]); // not dropped after a few tries
+    expect(failed).toHaveLength(5); // the first failure is live()'s rejection
+    expect(failed[0]).toBe("g: Error: STORAGE_UNAVAILABLE");
+    expect(GAP_RETRY_DELAYS_MS.at(-1)).toBe(30_000);
+  });
+
+  it("does not retry a fetch refused for good (the user left the group)", async () => {
+    let fetches = 0;
+    const f = new PullFollower({
+      fetch: async () => {
+        fetches++;
+        throw new Error("NOT_MEMBER");
+      },
+      emit: () => {},
+      capacity: 10,
+      initial: { g: 1 },
+      retryDelaysMs: [1],
+      retryable: (err) => !String(err).includes("NOT_MEMBER"),
+    });
+    await expect(f.live(message("g", 3))).rejects.toThrow("NOT_MEMBER");
+    await new Promise((r) => setTimeout(r, 20));
+    expect(fetches).toBe(1);
+  });
+
+  it("catches up a few conversations at a time, and fetches those that failed again", async () => {
+    let inFlight = 0;
+    let most = 0;
+    let failOnce = true;
+    const emitted: string[] = [];
+    const failed: string[] = [];
+    const ids = Array.from({ length: 50 }, (_, i) => `g${i}`);
+    const f = new PullFollower({
+      fetch: async (c, afterSeq) => {
+        inFlight++;
+        most = Math.max(most, inFlight);
+        await new Promise((r) => setTimeout(r, 1));
+        inFlight--;
+        if (c === "g7" && failOnce) {
+          failOnce = false;
+          throw new Error("TIMEOUT");
+        }
+        return { conversationId: c, messages: [message(c, afterSeq + 1)], hasMore: false };
+      },
+      emit: (m) => emitted.push(m.conversationId),
+      capacity: 100,
+      initial: Object.fromEntries(ids.map((id) => [id, 1])),
+      retryDelaysMs: [5],
+      failed: (_, c) => failed.push(c),
+    });
+    await f.catchUp(ids.map((id) => pullConversation(id, 2)));
+    expect(most).toBe(CATCH_UP_CONCURRENCY);
+    expect(failed).toEqual(["g7"]);
+    expect(emitted).toHaveLength(49);
+    for (let i = 0; i < 100 && emitted.length < 50; i++) await new Promise((r) => setTimeout(r, 2));
+    expect(emitted.filter((c) => c === "g7")).toEqual(["g7"]);
+    expect(f.positions().g7).toBe(2);
+  });
+
+  describe("with fake timers", () => {
+    afterEach(() => {
+      vi.useRealTimers();
+    });
+
+    it("stop() clears the timers of pending retries, so a Node process can exit", async () => {
+      vi.useFakeTimers();
+      const f = new PullFollower({
+        fetch: async () => {
+          throw new Error("STORAGE_UNAVAILABLE");
+        },
+        emit: () => {},
+        capacity: 10,
+        initial: { g: 1, h: 1 },
+      });
+      await expect(f.live(message("g", 3))).rejects.toThrow();
+      await f.catchUp([pullConversation("h", 5)]);
+      expect(vi.getTimerCount()).toBe(2);
+      f.stop();
+      expect(vi.getTimerCount()).toBe(0);
+    });
   });
 });

@@ -10,9 +10,15 @@
  *
  * A pull conversation this device never saw a message of is not fetched (it may hold 100,000 messages):
  * its position starts at its last seq, and the app pages its history when the user opens it.
- * Per conversation, one fetch runs at a time and live messages wait behind it.
+ * Per conversation, one fetch runs at a time and live messages wait behind it; across conversations
+ * a few history requests are in flight at once (the server answers a connection's history requests
+ * one by one, and each request's timeout runs from when it was sent, so a catch-up of hundreds at
+ * once would time out behind each other). A fetch that fails is reported and tried again with a
+ * capped backoff until it succeeds or the client stops: nothing is hidden for good.
  */
 import type { ChatMessage, Conversation, HistoryPage } from "./types.js";
+
+type Timer = ReturnType<typeof setTimeout>;
 
 export interface PullFollowerOptions {
   /** One page of a conversation's history after `afterSeq`, oldest first. */
@@ -23,18 +29,37 @@ export interface PullFollowerOptions {
   capacity: number;
   /** Positions carried over from an earlier session (see `positions`). */
   initial?: Record<string, number>;
-  /** Whether a failed gap fetch is still worth retrying (false once the client is closed). */
+  /** Whether a failed fetch is still worth retrying (false once the client is closed). */
   active?: () => boolean;
-  /** Delays of the retries of a failed gap fetch (default GAP_RETRY_DELAYS_MS). */
+  /**
+   * Delays of the retries of a failed fetch, the last one repeating until it succeeds (default
+   * GAP_RETRY_DELAYS_MS); empty: no retry of its own (the next catch-up fetches it).
+   */
   retryDelaysMs?: readonly number[];
+  /** Whether a fetch that failed with `err` may succeed later (default: any may). */
+  retryable?: (err: unknown) => boolean;
+  /** A retry, or one conversation of a catch-up, failed (the client reports it as an "error" event). */
+  failed?: (err: unknown, conversationId: string) => void;
+  /** A position changed (the client's checkpoint with it). */
+  changed?: () => void;
+  /** Most fetches in flight at once, over all conversations (default CATCH_UP_CONCURRENCY). */
+  concurrency?: number;
 }
 
 /**
  * A live message whose gap could not be fetched (a `history` that failed on a connection that stays
- * up) is not shown; the gap and the message are fetched again after these delays, so that they do
- * not wait for the conversation's next message or the next reconnect.
+ * up) is not shown yet; the gap and the message are fetched again after these delays, the last one
+ * repeating, so that they do not wait for the conversation's next message or the next reconnect. A
+ * conversation whose catch-up failed is fetched again the same way.
  */
-export const GAP_RETRY_DELAYS_MS: readonly number[] = [1_000, 5_000, 15_000];
+export const GAP_RETRY_DELAYS_MS: readonly number[] = [1_000, 5_000, 15_000, 30_000];
+
+/**
+ * History requests in flight at once (a catch-up, gaps and their retries together). The server
+ * answers one connection's history requests one at a time and each request's timeout runs from when
+ * it was sent, so hundreds at once would time out behind each other; a few keep the link busy.
+ */
+export const CATCH_UP_CONCURRENCY = 4;
 
 export class PullFollower {
   private readonly seqs = new Map<string, number>();
@@ -47,10 +72,17 @@ export class PullFollower {
    */
   private groupSeen = false;
   private readonly queues = new Map<string, Promise<void>>();
+  /** Fetches to try again, by conversation: up to which seq, and the timer that starts it. */
+  private readonly retries = new Map<string, { upTo: number; timer: Timer }>();
+  /** Fetches in flight, and those waiting for one of them to end (see CATCH_UP_CONCURRENCY). */
+  private fetching = 0;
+  private readonly fetchQueue: Array<() => void> = [];
 
   constructor(private readonly o: PullFollowerOptions) {
     for (const [c, seq] of Object.entries(o.initial ?? {})) {
-      this.remember(c, seq);
+      // Stored by the app: anything but a seq (a corrupted store) is left out, not followed from.
+      if (!Number.isSafeInteger(seq) || seq < 0) continue;
+      this.put(c, seq);
       this.pull.add(c);
     }
   }
@@ -85,7 +117,10 @@ export class PullFollower {
       this.remember(message.conversationId, message.seq);
   }
 
-  /** A live message of a pull conversation (cursor 0). */
+  /**
+   * A live message of a pull conversation (cursor 0). Rejects when the gap before it could not be
+   * fetched; the gap and the message are then fetched again later (see GAP_RETRY_DELAYS_MS).
+   */
   live(message: ChatMessage): Promise<void> {
     this.pull.add(message.conversationId);
     return this.serial(message.conversationId, async () => {
@@ -95,42 +130,76 @@ export class PullFollower {
         try {
           await this.fetchAfter(message.conversationId, known, message.seq - 1);
         } catch (err) {
-          this.retryGap(message.conversationId, message.seq, 0);
+          this.retryLater(message.conversationId, message.seq, 0, err);
           throw err;
         }
       }
+      this.note(message); // before the app sees it: its checkpoint then includes it
       this.o.emit(message, "live");
-      this.note(message);
     });
   }
 
-  /** Fetches what the conversation holds up to `upTo` past the position, later (see GAP_RETRY_DELAYS_MS). */
-  private retryGap(conversationId: string, upTo: number, attempt: number): void {
+  /**
+   * Fetches what the conversation holds up to `upTo` past the position, later: after the attempt's
+   * delay (see GAP_RETRY_DELAYS_MS), again after each failure, until it is caught up or the client
+   * stops. One retry per conversation is pending at a time; a later failure raises its `upTo`.
+   */
+  private retryLater(conversationId: string, upTo: number, attempt: number, err: unknown): void {
     const delays = this.o.retryDelaysMs ?? GAP_RETRY_DELAYS_MS;
-    if (attempt >= delays.length) return;
-    setTimeout(() => {
-      if (this.o.active && !this.o.active()) return;
-      this.serial(conversationId, async () => {
-        const known = this.seqs.get(conversationId);
-        if (known === undefined || upTo <= known) return; // caught up meanwhile
-        await this.fetchAfter(conversationId, known, upTo);
-      }).catch(() => this.retryGap(conversationId, upTo, attempt + 1));
-    }, delays[attempt]);
+    if (delays.length === 0 || (this.o.active && !this.o.active())) return;
+    if (this.o.retryable && !this.o.retryable(err)) return;
+    const pending = this.retries.get(conversationId);
+    if (pending) {
+      pending.upTo = Math.max(pending.upTo, upTo);
+      return;
+    }
+    const retry = {
+      upTo,
+      timer: setTimeout(
+        () => {
+          if (this.retries.get(conversationId) === retry) this.retries.delete(conversationId);
+          if (this.o.active && !this.o.active()) return;
+          const target = retry.upTo;
+          this.serial(conversationId, async () => {
+            const known = this.seqs.get(conversationId);
+            if (known === undefined || target <= known) return; // caught up meanwhile
+            await this.fetchAfter(conversationId, known, target);
+          }).catch((cause: unknown) => {
+            this.o.failed?.(cause, conversationId);
+            this.retryLater(conversationId, target, attempt + 1, cause);
+          });
+        },
+        delays[Math.min(attempt, delays.length - 1)],
+      ),
+    };
+    this.retries.set(conversationId, retry);
   }
 
-  /** After a sync: each pull conversation's messages past the remembered position. */
+  /** The client stopped: no retry is left waiting (its timers would keep a Node process alive). */
+  stop(): void {
+    for (const { timer } of this.retries.values()) clearTimeout(timer);
+    this.retries.clear();
+  }
+
+  /**
+   * After a sync: each pull conversation's messages past the remembered position (a few history
+   * requests at a time, CATCH_UP_CONCURRENCY). A conversation whose fetch fails is reported
+   * (`failed`) and fetched again later, like a gap.
+   */
   async catchUp(conversations: Conversation[]): Promise<void> {
-    for (const c of conversations) if (c.delivery === "pull") this.pull.add(c.id);
+    const pull = conversations.filter((c) => c.delivery === "pull");
+    for (const c of pull) this.pull.add(c.id);
     await Promise.all(
-      conversations
-        .filter((c) => c.delivery === "pull")
-        .map((c) =>
-          this.serial(c.id, async () => {
-            const known = this.seqs.get(c.id);
-            if (known === undefined) this.remember(c.id, c.lastSeq);
-            else if (c.lastSeq > known) await this.fetchAfter(c.id, known, c.lastSeq);
-          }),
-        ),
+      pull.map((c) =>
+        this.serial(c.id, async () => {
+          const known = this.seqs.get(c.id);
+          if (known === undefined) this.remember(c.id, c.lastSeq);
+          else if (c.lastSeq > known) await this.fetchAfter(c.id, known, c.lastSeq);
+        }).catch((err: unknown) => {
+          this.o.failed?.(err, c.id);
+          this.retryLater(c.id, c.lastSeq, 0, err);
+        }),
+      ),
     );
   }
 
@@ -143,14 +212,28 @@ export class PullFollower {
   private async fetchAfter(conversationId: string, afterSeq: number, upTo: number): Promise<void> {
     let from = afterSeq;
     while (from < upTo) {
-      const page = await this.o.fetch(conversationId, from);
+      const after = from;
+      const page = await this.limited(() => this.o.fetch(conversationId, after));
       for (const m of page.messages) {
         if (m.seq > upTo) return;
-        this.o.emit(m, "sync");
         this.note(m);
+        this.o.emit(m, "sync");
         from = m.seq;
       }
       if (!page.hasMore || page.messages.length === 0) return;
+    }
+  }
+
+  /** Runs `fetch` once fewer than CATCH_UP_CONCURRENCY fetches are in flight. */
+  private async limited<T>(fetch: () => Promise<T>): Promise<T> {
+    if (this.fetching < (this.o.concurrency ?? CATCH_UP_CONCURRENCY)) this.fetching++;
+    else await new Promise<void>((resolve) => this.fetchQueue.push(resolve)); // its slot is handed over
+    try {
+      return await fetch();
+    } finally {
+      const next = this.fetchQueue.shift();
+      if (next) next();
+      else this.fetching--;
     }
   }
 
@@ -166,6 +249,11 @@ export class PullFollower {
   }
 
   private remember(conversationId: string, seq: number): void {
+    this.put(conversationId, seq);
+    this.o.changed?.();
+  }
+
+  private put(conversationId: string, seq: number): void {
     this.seqs.delete(conversationId);
     this.seqs.set(conversationId, seq);
     if (this.seqs.size > this.o.capacity) this.seqs.delete(this.seqs.keys().next().value as string);

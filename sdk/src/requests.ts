@@ -5,6 +5,7 @@
  */
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { ClientFrameSchema, type ServerFrame } from "../../gen/switchboard/client/v1/client_pb.js";
+import { CloseCode, classifyCloseCode } from "./close-codes.js";
 import { Code, fromWireError, LocalReason, localError, SwitchboardClientError } from "./errors.js";
 import { type Encoding, encodedSize, encodeFrame, OPEN, type SocketLike } from "./transport.js";
 import type { WelcomeInfo } from "./types.js";
@@ -26,13 +27,16 @@ export interface ReplyHandlers {
   /** No reply in time. The request is forgotten: a reply arriving later reaches nobody here. */
   onTimeout(): void;
   onReply(frame: ServerFrame): void;
-  /** The connection ended first; `err` overrides the default CONNECTION_LOST/FRAME_TOO_LARGE. */
-  onConnectionLost(frameTooBig: boolean, err?: SwitchboardClientError): void;
+  /**
+   * The connection ended first. `dropped`: the server closed it because of this request's frame
+   * (1007, 1009), which must never be sent again; `err` overrides the default CONNECTION_LOST.
+   */
+  onConnectionLost(dropped: SwitchboardClientError | undefined, err?: SwitchboardClientError): void;
 }
 
 interface PendingRequest {
   conn: RequestConn;
-  /** Encoded size: on close 1009 the largest in-flight frame is the likely culprit. */
+  /** Encoded size: on close 1007 or 1009 the largest in-flight frame is the likely culprit. */
   size: number;
   timer: ReturnType<typeof setTimeout>;
   handlers: ReplyHandlers;
@@ -59,6 +63,22 @@ export function frameTooLargeError(): SwitchboardClientError {
     LocalReason.FRAME_TOO_LARGE,
     "the server closed the connection because this frame was too large (1009)",
   );
+}
+
+/**
+ * The error of the request taken to have made the server close the connection with `closeCode`, a
+ * code after which that frame must never be sent again (1007, 1009); undefined for any other code.
+ */
+export function droppedFrameError(closeCode: number): SwitchboardClientError | undefined {
+  if (!classifyCloseCode(closeCode).dropFrame) return undefined;
+  if (closeCode === CloseCode.INVALID_FRAME_PAYLOAD_DATA) {
+    return localError(
+      Code.INVALID_ARGUMENT,
+      LocalReason.INVALID_FRAME,
+      "the server closed the connection because a frame was not valid UTF-8 (1007); it is not sent again",
+    );
+  }
+  return frameTooLargeError();
 }
 
 export class RequestTracker {
@@ -144,18 +164,17 @@ export class RequestTracker {
               ),
             );
         },
-        onConnectionLost: (frameTooBig, err) => {
+        onConnectionLost: (dropped, err) => {
           reject(
             err ??
               (this.o.isClosed()
                 ? localError(Code.CANCELLED, LocalReason.CLOSED, "client closed")
-                : frameTooBig
-                  ? frameTooLargeError()
-                  : localError(
-                      Code.UNAVAILABLE,
-                      LocalReason.CONNECTION_LOST,
-                      "connection lost before the reply; the request may or may not have run",
-                    )),
+                : (dropped ??
+                  localError(
+                    Code.UNAVAILABLE,
+                    LocalReason.CONNECTION_LOST,
+                    "connection lost before the reply; the request may or may not have run",
+                  ))),
           );
         },
       });
@@ -173,12 +192,12 @@ export class RequestTracker {
   }
 
   /**
-   * `conn` ended: its requests learn it. With `frameTooBig` (close 1009) the largest one in flight is
-   * taken to be the culprit, so only that one fails with FRAME_TOO_LARGE.
+   * `conn` ended: its requests learn it. With `dropped` (the server refused a frame: close 1007 or
+   * 1009) the largest one in flight is taken to be the culprit, so only that one fails, with `dropped`.
    */
-  connectionEnded(conn: RequestConn, frameTooBig: boolean): void {
+  connectionEnded(conn: RequestConn, dropped: SwitchboardClientError | undefined): void {
     let culprit: number | undefined;
-    if (frameTooBig) {
+    if (dropped) {
       let largest = -1;
       for (const [id, req] of this.pending) {
         if (req.conn === conn && req.size > largest) {
@@ -191,7 +210,7 @@ export class RequestTracker {
       if (req.conn !== conn) continue;
       this.pending.delete(id);
       clearTimeout(req.timer);
-      req.handlers.onConnectionLost(id === culprit);
+      req.handlers.onConnectionLost(id === culprit ? dropped : undefined);
     }
   }
 
@@ -200,7 +219,7 @@ export class RequestTracker {
     for (const [id, req] of [...this.pending]) {
       this.pending.delete(id);
       clearTimeout(req.timer);
-      req.handlers.onConnectionLost(false, err);
+      req.handlers.onConnectionLost(undefined, err);
     }
   }
 }

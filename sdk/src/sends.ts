@@ -1,8 +1,10 @@
 /**
- * The send pipeline: unacknowledged sends by clientMsgId, put on the wire oldest first through a
- * window of at most `maxInflight`, and settled exactly once. A send that times out or whose
- * connection drops goes out again with the SAME clientMsgId, and the server's idempotency turns a
- * resend of something it already stored into the original ack, so retrying is always safe.
+ * The send pipeline: unacknowledged sends by their idempotency key, the server's (conversation,
+ * sender, clientMsgId) (docs/protocol.md §3), put on the wire oldest first through a window of at
+ * most `maxInflight`, and settled exactly once. A send that times out or whose connection drops goes
+ * out again with the SAME clientMsgId, and the server's idempotency turns a resend of something it
+ * already stored into the original ack, so retrying is safe, within the server's dedupe window: a
+ * send is given up `maxAgeMs` after it was made, well before the window ends.
  *
  * Sends to one conversation keep the order they were made in: one the server refused for a retryable
  * reason goes out again before any later send to that conversation does (the server refuses those
@@ -11,9 +13,16 @@
 import type { SendAck as PbSendAck } from "../../gen/switchboard/client/v1/client_pb.js";
 import { type BackoffOptions, backoffDelay } from "./backoff.js";
 import type { SendOptions, SendTarget } from "./client.js";
-import { Code, fromWireError, LocalReason, localError, SwitchboardClientError } from "./errors.js";
+import {
+  Code,
+  fromWireError,
+  isRetryable,
+  LocalReason,
+  localError,
+  SwitchboardClientError,
+} from "./errors.js";
 import { CLIENT_MSG_ID_PATTERN, exceedsChars, randomId } from "./ids.js";
-import { type FrameKind, frameTooLargeError, type RequestConn, type RequestTracker } from "./requests.js";
+import type { FrameKind, RequestConn, RequestTracker } from "./requests.js";
 import { type SendAck, toSendAck, type WelcomeInfo } from "./types.js";
 
 type Timer = ReturnType<typeof setTimeout>;
@@ -25,9 +34,22 @@ const FIRST_ATTEMPT_FEATURE = "first_attempt";
 /** Default body limit until a welcome tells us the server's. */
 const BODY_CHARS_MAX_DEFAULT = 100_000;
 
+/**
+ * How long a send is tried before it is given up (SEND_EXPIRED), by default: 24 hours, a seventh of
+ * the distributed backend's default dedupe window (`kafka.dedupeWindowHours`, 168 h). Past the window
+ * a resend is stored as a new message (docs/protocol.md §3: "give up resending a message long before
+ * the window ends").
+ */
+export const DEFAULT_SEND_MAX_AGE_MS = 24 * 60 * 60 * 1000;
+
+/** The longest delay setTimeout keeps (about 24.8 days); a later deadline is checked before each attempt. */
+const TIMER_MAX_MS = 2 ** 31 - 1;
+
 interface PendingSend {
   clientMsgId: string;
   target: SendWireTarget;
+  /** When the message was made (Unix ms): the caller's `createdAtMs`, else when send() was called. */
+  createdAtMs: number;
   body: string;
   traceparent: string;
   promise: Promise<SendAck>;
@@ -56,27 +78,24 @@ function conversationOf(target: SendWireTarget, me: string): string {
 }
 
 /**
+ * Whether two targets are the same conversation, so that one clientMsgId is one message in both.
+ * A `toUser` target is the direct conversation with that user, which takes the user's own id to name;
+ * until the first welcome tells it (`me` undefined) only targets of the same form are known to be the
+ * same (two sends that are the same message after all both go out, and the server answers the second
+ * with the first's ack, `duplicate`).
+ */
+function sameConversation(a: SendWireTarget, b: SendWireTarget, me: string | undefined): boolean {
+  if (a.case === b.case) return a.value === b.value;
+  return me !== undefined && conversationOf(a, me) === conversationOf(b, me);
+}
+
+/**
  * Server errors after which re-sending the same clientMsgId later can succeed (docs/protocol.md §6:
  * INTERNAL and a split service's code-named CANCELLED or UNKNOWN are resent too). The server holds
  * back later sends to the conversation behind exactly these (PREVIOUS_SEND_FAILED), so the two lists
  * must agree.
  */
-function isRetryableSendError(err: SwitchboardClientError): boolean {
-  switch (err.code) {
-    case Code.UNAVAILABLE:
-    case Code.ABORTED:
-    case Code.DEADLINE_EXCEEDED:
-    case Code.INTERNAL:
-    case Code.UNKNOWN:
-    case Code.CANCELLED:
-      return true;
-    case Code.RESOURCE_EXHAUSTED:
-      // Rate limits carry a retry hint; limits without one (GROUP_FULL) will not go away by waiting.
-      return err.retryAfterMs > 0 || err.reason === "RATE_LIMITED";
-    default:
-      return false;
-  }
-}
+const isRetryableSendError = isRetryable;
 
 export interface SendQueueOptions {
   requests: RequestTracker;
@@ -90,6 +109,11 @@ export interface SendQueueOptions {
   maxInflight: number;
   /** Default overall deadline of a send, ms (0 = none). */
   sendTimeoutMs: number;
+  /**
+   * How long after it was made a send is given up whatever its timeout (SEND_EXPIRED), ms; 0 = never
+   * (only against a server that keeps every key, the embedded backend).
+   */
+  maxAgeMs: number;
   /** How long one attempt waits for its ack before the send goes out again. */
   requestTimeoutMs: number;
   backoff: BackoffOptions;
@@ -97,8 +121,13 @@ export interface SendQueueOptions {
 }
 
 export class SendQueue {
-  /** Unacknowledged sends by clientMsgId; Map order = send order, kept on resends. */
-  private readonly sends = new Map<string, PendingSend>();
+  /** Unacknowledged sends; Set order = send order, kept on resends. */
+  private readonly sends = new Set<PendingSend>();
+  /**
+   * The same by clientMsgId: mostly one each, but one key may be pending in several conversations,
+   * where it names different messages (docs/protocol.md §3).
+   */
+  private readonly byClientMsgId = new Map<string, PendingSend[]>();
   private inflight = 0;
   /**
    * When a send fails with a retryable error (RATE_LIMITED, UNAVAILABLE) every send waits, not just
@@ -114,17 +143,27 @@ export class SendQueue {
     return this.sends.size;
   }
 
-  /** Queues a send (or joins the one already pending under its clientMsgId) and starts it if it can. */
+  /**
+   * Queues a send (or joins the one already pending under its key: the same clientMsgId to the same
+   * conversation) and starts it if it can.
+   */
   enqueue(target: SendTarget, body: string, options: SendOptions): Promise<SendAck> {
     const clientMsgId = options.clientMsgId ?? randomId();
     const wireTarget: SendWireTarget =
       "conversationId" in target
         ? { case: "conversationId", value: target.conversationId }
         : { case: "toUser", value: target.toUser };
-    const invalid = this.validate(clientMsgId, body);
+    const invalid = this.validate(clientMsgId, body, options.createdAtMs);
     if (invalid) return Promise.reject(invalid);
-    const existing = this.sends.get(clientMsgId);
+    const me = this.o.welcome()?.userId;
+    const existing = this.byClientMsgId
+      .get(clientMsgId)
+      ?.find((e) => sameConversation(e.target, wireTarget, me));
     if (existing) return existing.promise; // same key = same message: one ack for both callers
+    const createdAtMs = options.createdAtMs ?? Date.now();
+    const expiresInMs =
+      this.o.maxAgeMs > 0 ? createdAtMs + this.o.maxAgeMs - Date.now() : Number.POSITIVE_INFINITY;
+    if (expiresInMs <= 0) return Promise.reject(this.expiredError());
     if (this.sends.size >= this.o.maxPending) {
       return Promise.reject(
         localError(
@@ -143,6 +182,7 @@ export class SendQueue {
     const entry: PendingSend = {
       clientMsgId,
       target: wireTarget,
+      createdAtMs,
       body,
       traceparent: options.traceparent ?? "",
       promise,
@@ -156,7 +196,7 @@ export class SendQueue {
       firstAttempt: options.clientMsgId === undefined,
     };
     const timeoutMs = options.timeoutMs ?? this.o.sendTimeoutMs;
-    if (timeoutMs > 0) {
+    if (timeoutMs > 0 && timeoutMs <= expiresInMs) {
       entry.deadline = setTimeout(() => {
         this.settle(
           entry,
@@ -167,8 +207,14 @@ export class SendQueue {
           ),
         );
       }, timeoutMs);
+    } else if (expiresInMs <= TIMER_MAX_MS) {
+      // Checked before every attempt too: a timer may fire late after the device slept.
+      entry.deadline = setTimeout(() => this.settle(entry, this.expiredError()), expiresInMs);
     }
-    this.sends.set(clientMsgId, entry);
+    this.sends.add(entry);
+    const same = this.byClientMsgId.get(clientMsgId);
+    if (same) same.push(entry);
+    else this.byClientMsgId.set(clientMsgId, [entry]);
     this.pump();
     return promise;
   }
@@ -199,13 +245,22 @@ export class SendQueue {
       }
       // Only while a send waits for its retry: the usual pump costs no work per entry for it.
       if (waiting.size > 0 && waiting.has(conversationOf(entry.target, me))) continue;
+      if (this.expired(entry)) {
+        this.settle(entry, this.expiredError());
+        continue;
+      }
       this.transmit(conn, entry);
     }
   }
 
-  /** The ack of an attempt we stopped waiting for (timed out and re-sent): matched by clientMsgId. */
+  /**
+   * The ack of an attempt we stopped waiting for (timed out and re-sent): matched by its key, the
+   * clientMsgId in the conversation the ack names.
+   */
   settleLate(ack: PbSendAck): void {
-    const entry = this.sends.get(ack.clientMsgId);
+    const me = this.o.welcome()?.userId;
+    const acked: SendWireTarget = { case: "conversationId", value: ack.conversationId };
+    const entry = this.byClientMsgId.get(ack.clientMsgId)?.find((e) => sameConversation(e.target, acked, me));
     if (entry) this.settle(entry, toSendAck(ack));
   }
 
@@ -220,7 +275,32 @@ export class SendQueue {
     this.pauseTimer = undefined;
   }
 
-  private validate(clientMsgId: string, body: string): SwitchboardClientError | undefined {
+  /** Whether the send is past its age bound (made `maxAgeMs` ago or earlier). */
+  private expired(entry: PendingSend): boolean {
+    return this.o.maxAgeMs > 0 && Date.now() - entry.createdAtMs >= this.o.maxAgeMs;
+  }
+
+  private expiredError(): SwitchboardClientError {
+    const hours = Math.round((this.o.maxAgeMs / 3_600_000) * 100) / 100;
+    return localError(
+      Code.DEADLINE_EXCEEDED,
+      LocalReason.SEND_EXPIRED,
+      `send not acknowledged within ${hours} h of being made: given up, since a resend after the server's dedupe window would store it again (it may have been stored: look at the conversation before sending it again)`,
+    );
+  }
+
+  private validate(
+    clientMsgId: string,
+    body: string,
+    createdAtMs: number | undefined,
+  ): SwitchboardClientError | undefined {
+    if (createdAtMs !== undefined && !Number.isFinite(createdAtMs)) {
+      return localError(
+        Code.INVALID_ARGUMENT,
+        LocalReason.INVALID_CREATED_AT,
+        "createdAtMs must be a finite number",
+      );
+    }
     if (!CLIENT_MSG_ID_PATTERN.test(clientMsgId)) {
       return localError(
         Code.INVALID_ARGUMENT,
@@ -300,13 +380,13 @@ export class SendQueue {
         }
         this.pump();
       },
-      onConnectionLost: (frameTooBig, err) => {
+      onConnectionLost: (dropped, err) => {
         if (!inFlight()) return;
         if (err) {
           this.settle(entry, err);
           return;
         }
-        if (frameTooBig) this.settle(entry, frameTooLargeError());
+        if (dropped) this.settle(entry, dropped); // the server refused its frame: never again
         // Otherwise it stays queued and goes out again after the next welcome.
       },
     });
@@ -315,7 +395,10 @@ export class SendQueue {
   private settle(entry: PendingSend, outcome: SendAck | SwitchboardClientError): void {
     if (entry.settled) return;
     entry.settled = true;
-    if (this.sends.get(entry.clientMsgId) === entry) this.sends.delete(entry.clientMsgId);
+    this.sends.delete(entry);
+    const same = this.byClientMsgId.get(entry.clientMsgId)?.filter((e) => e !== entry);
+    if (same?.length) this.byClientMsgId.set(entry.clientMsgId, same);
+    else this.byClientMsgId.delete(entry.clientMsgId);
     if (entry.requestId !== undefined) {
       entry.requestId = undefined;
       this.inflight--;

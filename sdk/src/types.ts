@@ -45,10 +45,31 @@ export interface ChatMessage {
 /** Payload of the "message" event. */
 export interface IncomingMessage {
   message: ChatMessage;
-  /** This device's inbox position of the message; persist `client.cursor` (or this) once handled. */
+  /**
+   * The inbox position to persist once this message is handled (`client.cursor` after it): the
+   * message's own for a push-model conversation; for a pull-model one (`delivery` "pull": its messages
+   * have no inbox position, and the wire says cursor 0) the client's cursor, unchanged. Saving it is
+   * never a step back; but only the checkpoint (the "checkpoint" event, `client.checkpoint`) also holds
+   * the pull conversations' positions.
+   */
   cursor: number;
-  /** "sync" while catching up after (re)connect, "live" afterwards. */
+  /** "sync" while catching up after (re)connect (or fetched by seq), "live" afterwards. */
   source: "sync" | "live";
+  /** "pull": a large group's message, followed by seq, not by the inbox (docs/protocol.md §3.1). */
+  delivery: "push" | "pull";
+}
+
+/**
+ * Where this device left off, all of it: persist it (it is plain JSON) once the messages before it
+ * are handled, and pass it back as the `checkpoint` option on the next start, so nothing is missed
+ * or shown twice across restarts. The "checkpoint" event hands it over after the message listeners
+ * have run; `client.checkpoint` reads it at any time.
+ */
+export interface Checkpoint {
+  /** The inbox position processed (`client.cursor`). */
+  cursor: number;
+  /** The newest seq processed per pull conversation (`client.pullPositions`). */
+  pullPositions: Record<string, number>;
 }
 
 export interface SendAck {

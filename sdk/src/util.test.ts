@@ -44,6 +44,19 @@ describe("close codes", () => {
     expect(CLOSE_CODES[1009].dropFrame).toBe(true);
     expect(CloseCode.INVALID_TOKEN).toBe(3500);
   });
+  test("1007 (a text frame that was not UTF-8) reconnects but never resends that frame (docs/protocol.md §7)", () => {
+    expect(CLOSE_CODES[1007]).toMatchObject({
+      name: "INVALID_FRAME_PAYLOAD_DATA",
+      reconnect: true,
+      dropFrame: true,
+    });
+    expect(classifyCloseCode(CloseCode.INVALID_FRAME_PAYLOAD_DATA).dropFrame).toBe(true);
+    // Only the codes that refuse a frame drop one.
+    const dropping = Object.entries(CLOSE_CODES)
+      .filter(([, i]) => i.dropFrame)
+      .map(([c]) => Number(c));
+    expect(dropping).toEqual([1007, 1009]);
+  });
   test("unknown codes: 35xx terminal, anything else reconnects", () => {
     expect(classifyCloseCode(3599).reconnect).toBe(false);
     expect(classifyCloseCode(3002).reconnect).toBe(true);

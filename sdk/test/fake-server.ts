@@ -1,7 +1,8 @@
 /**
  * A small in-process Switchboard gateway for the SDK's tests: speaks the client protocol (proto3 JSON
- * and protobuf binary) over `ws` on 127.0.0.1 with an ephemeral port, keeps an inbox per user and
- * durable send dedupe by clientMsgId, and lets a test intercept any frame to misbehave on purpose.
+ * and protobuf binary) over `ws` on 127.0.0.1 with an ephemeral port, keeps an inbox per user, each
+ * conversation's messages (history; pull-model groups have no inbox entries), durable send dedupe by
+ * (conversation, sender, clientMsgId), and lets a test intercept any frame to misbehave on purpose.
  */
 import type { IncomingMessage } from "node:http";
 import {
@@ -22,7 +23,13 @@ import {
   SendAckSchema,
   ServerFrameSchema,
 } from "../../gen/switchboard/client/v1/client_pb.js";
-import { Code, ConversationKind } from "../../gen/switchboard/common/v1/common_pb.js";
+import {
+  Code,
+  ConversationKind,
+  DeliveryModel,
+  type Message,
+  MessageSchema,
+} from "../../gen/switchboard/common/v1/common_pb.js";
 
 export type ServerFrameInit = MessageInitShape<typeof ServerFrameSchema>;
 type ServerKindInit = NonNullable<ServerFrameInit["kind"]>;
@@ -78,8 +85,14 @@ export class FakeServer {
   readonly frames: ReceivedFrame[] = [];
   /** Inbox per user: index i holds the event with cursor i+1. */
   readonly inbox = new Map<string, MessageEvent[]>();
+  /** Acks by the idempotency key (conversation, sender, clientMsgId). */
   readonly acks = new Map<string, SendAck>();
+  /** Group members by group id. */
   readonly groups = new Map<string, string[]>();
+  /** Each conversation's messages, seq order (what `history` reads). */
+  readonly log = new Map<string, Message[]>();
+  /** Groups on the pull model: their messages go live with cursor 0 and into no inbox. */
+  readonly pull = new Set<string>();
   hook: FrameHook | undefined;
   /** Called for each new connection before anything is sent; return true to skip the welcome. */
   onConnect: ((conn: FakeConn, server: FakeServer) => boolean | undefined) | undefined;
@@ -153,7 +166,10 @@ export class FakeServer {
     return this.conns.filter((c) => !c.closed && c.userId !== undefined);
   }
 
-  /** Stores a message in the inbox of `members` and pushes it to their live connections. */
+  /**
+   * Stores a message in the inbox of `members` and pushes it to their live connections; in a pull
+   * group (`pull`), in no inbox, and pushed with cursor 0.
+   */
   addMessage(
     conversationId: string,
     sender: string,
@@ -161,9 +177,38 @@ export class FakeServer {
     members: string[],
     clientMsgId = "",
   ): bigint {
+    return this.append(conversationId, sender, body, members, clientMsgId).seq;
+  }
+
+  private append(
+    conversationId: string,
+    sender: string,
+    body: string,
+    members: string[],
+    clientMsgId: string,
+  ): Message {
     const seq = (this.seqs.get(conversationId) ?? 0n) + 1n;
     this.seqs.set(conversationId, seq);
     const messageId = String(this.nextMessageId++);
+    const message = create(MessageSchema, {
+      conversationId,
+      seq,
+      messageId,
+      sender,
+      clientMsgId,
+      body,
+      createdAtMs: BigInt(Date.now()),
+    });
+    const log = this.log.get(conversationId) ?? [];
+    this.log.set(conversationId, log);
+    log.push(message);
+    if (this.pull.has(conversationId)) {
+      const event = create(MessageEventSchema, { message, cursor: 0n });
+      for (const c of this.openConns())
+        if (members.includes(c.userId ?? "") && c.live)
+          this.push(c, { kind: { case: "message", value: event } });
+      return message;
+    }
     for (const user of new Set(members)) {
       const box = this.inbox.get(user) ?? [];
       this.inbox.set(user, box);
@@ -183,7 +228,13 @@ export class FakeServer {
       for (const c of this.openConns())
         if (c.userId === user && c.live) this.push(c, { kind: { case: "message", value: event } });
     }
-    return seq;
+    return message;
+  }
+
+  /** The members of a conversation: a group's, or the two users a direct conversation's id names. */
+  membersOf(conversationId: string): string[] {
+    const dm = /^dm:([^~]+)~([^~]+)$/.exec(conversationId);
+    return dm ? [dm[1]!, dm[2]!] : (this.groups.get(conversationId) ?? []);
   }
 
   push(conn: FakeConn, frame: ServerFrameInit): void {
@@ -308,12 +359,6 @@ export class FakeServer {
         return;
       }
       case "send": {
-        const key = `${user}\u0000${k.value.clientMsgId}`;
-        const prior = this.acks.get(key);
-        if (prior) {
-          this.reply(conn, frame, { case: "ack", value: { ...prior, duplicate: true } });
-          return;
-        }
         if ([...k.value.body].length > this.opts.bodyCharsMax)
           return this.error(conn, frame, Code.INVALID_ARGUMENT, "BODY_TOO_LARGE");
         const target = k.value.target;
@@ -325,8 +370,14 @@ export class FakeServer {
           members = pair;
         } else {
           conversationId = target.value ?? "";
-          members = this.groups.get(conversationId) ?? [];
+          members = this.membersOf(conversationId);
           if (!members.includes(user)) return this.error(conn, frame, Code.PERMISSION_DENIED, "NOT_MEMBER");
+        }
+        // The key is (conversation, sender, clientMsgId), checked after membership (docs/protocol.md §3).
+        const prior = this.acks.get(ackKey(conversationId, user, k.value.clientMsgId));
+        if (prior) {
+          this.reply(conn, frame, { case: "ack", value: { ...prior, duplicate: true } });
+          return;
         }
         const ack = this.store(user, conversationId, k.value.clientMsgId, k.value.body, members);
         this.reply(conn, frame, { case: "ack", value: ack });
@@ -352,6 +403,48 @@ export class FakeServer {
         });
         return;
       }
+      case "listConversations": {
+        const ids = [...new Set([...this.groups.keys(), ...this.log.keys()])].filter((id) =>
+          this.membersOf(id).includes(user),
+        );
+        this.reply(conn, frame, {
+          case: "conversations",
+          value: {
+            conversations: ids.map((id) => ({
+              id,
+              kind: id.startsWith("g:") ? ConversationKind.GROUP : ConversationKind.DIRECT,
+              memberCount: this.membersOf(id).length,
+              lastSeq: this.seqs.get(id) ?? 0n,
+              delivery: this.pull.has(id) ? DeliveryModel.PULL : DeliveryModel.PUSH,
+            })),
+          },
+        });
+        return;
+      }
+      case "history": {
+        const { conversationId, beforeSeq, afterSeq } = k.value;
+        if (!this.membersOf(conversationId).includes(user))
+          return this.error(conn, frame, Code.PERMISSION_DENIED, "NOT_MEMBER");
+        const limit = k.value.limit || 100;
+        const below = (this.log.get(conversationId) ?? []).filter(
+          (m) => m.seq > afterSeq && (beforeSeq === 0n || m.seq < beforeSeq),
+        );
+        const messages = afterSeq > 0n ? below.slice(0, limit) : below.slice(-limit);
+        this.reply(conn, frame, {
+          case: "history",
+          value: { conversationId, messages, hasMore: below.length > messages.length },
+        });
+        return;
+      }
+      case "receipt": {
+        const { conversationId, seq } = k.value;
+        if (!this.membersOf(conversationId).includes(user))
+          return this.error(conn, frame, Code.PERMISSION_DENIED, "NOT_MEMBER");
+        if (seq === 0n || seq > (this.seqs.get(conversationId) ?? 0n))
+          return this.error(conn, frame, Code.INVALID_ARGUMENT, "SEQ_OUT_OF_RANGE");
+        this.reply(conn, frame, { case: "ok", value: {} });
+        return;
+      }
       case "listMembers":
         this.reply(conn, frame, {
           case: "members",
@@ -373,7 +466,6 @@ export class FakeServer {
         });
         return;
       case "typing":
-      case "receipt":
       case "unsubscribePresence":
       case "leaveGroup":
         this.reply(conn, frame, { case: "ok", value: {} });
@@ -385,18 +477,21 @@ export class FakeServer {
 
   /** Durably stores a send (as the real server does before acking) and returns its ack. */
   store(user: string, conversationId: string, clientMsgId: string, body: string, members: string[]): SendAck {
-    const seq = this.addMessage(conversationId, user, body, members, clientMsgId);
-    const box = this.inbox.get(user) ?? [];
-    const stored = box[box.length - 1]?.message;
+    const stored = this.append(conversationId, user, body, members, clientMsgId);
     const ack = create(SendAckSchema, {
       conversationId,
-      messageId: stored?.messageId ?? "",
-      seq,
+      messageId: stored.messageId,
+      seq: stored.seq,
       clientMsgId,
-      createdAtMs: stored?.createdAtMs ?? 0n,
+      createdAtMs: stored.createdAtMs,
       duplicate: false,
     });
-    this.acks.set(`${user}\u0000${clientMsgId}`, ack);
+    this.acks.set(ackKey(conversationId, user, clientMsgId), ack);
     return ack;
   }
+}
+
+/** The idempotency key of a send (docs/protocol.md §3). */
+function ackKey(conversationId: string, sender: string, clientMsgId: string): string {
+  return `${conversationId}\u0000${sender}\u0000${clientMsgId}`;
 }

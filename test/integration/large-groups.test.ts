@@ -314,7 +314,7 @@ describe("pull delivery", () => {
     await until(() => received.length >= 14, "live after the catch-up");
     await new Promise((r) => setTimeout(r, 300));
     expect(received.map((m) => m.message.seq)).toEqual(Array.from({ length: 14 }, (_, i) => i + 1));
-    expect(received.every((m) => m.cursor === 0)).toBe(true);
+    expect(received.every((m) => m.delivery === "pull")).toBe(true);
     expect(device.pullPositions[group.id]).toBe(14);
     device.close();
     co2.close();

@@ -6,6 +6,7 @@ import { webcrypto } from "node:crypto";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import {
   type ChatMessage,
+  type Checkpoint,
   Code,
   type Conversation,
   type HistoryPage,
@@ -13,12 +14,13 @@ import {
   type MemberList,
   type PresenceStatus,
   type SendAck,
+  type SendOptions,
   type SwitchboardClient,
   SwitchboardClientError,
   type SwitchboardClientEvents,
   TypedEmitter,
 } from "../../sdk/src/index.js";
-import { ChatApp, CONVERSATIONS_LISTED, KEPT_TEXT } from "./chat-app.js";
+import { ChatApp, CONVERSATIONS_LISTED, EXPIRED_TEXT, KEPT_TEXT } from "./chat-app.js";
 import { Outbox } from "./local-store.js";
 
 const ME = "alice";
@@ -70,6 +72,8 @@ class FakeClient extends TypedEmitter<SwitchboardClientEvents> {
   unsubscribed: string[][] = [];
   /** How the next sends end: an ack, or a rejection. */
   sendResult: () => Promise<SendAck> = () => new Promise(() => {});
+  /** The options of every send. */
+  sendOptions: SendOptions[] = [];
   historyResult: ((q: HistoryQuery) => Promise<HistoryPage>) | undefined;
 
   fire<K extends keyof SwitchboardClientEvents>(event: K, payload: SwitchboardClientEvents[K]): void {
@@ -123,7 +127,8 @@ class FakeClient extends TypedEmitter<SwitchboardClientEvents> {
     this.conversations = this.conversations.filter((c) => c.id !== conversationId);
   }
 
-  send(): Promise<SendAck> {
+  send(_target: unknown, _body: string, options: SendOptions = {}): Promise<SendAck> {
+    this.sendOptions.push(options);
     return this.sendResult();
   }
 
@@ -152,12 +157,13 @@ class MemoryStorage {
 
 let client: FakeClient;
 let outbox: Outbox;
+let checkpoints: Checkpoint[];
 
 function newApp(): ChatApp {
   return new ChatApp(
     client as unknown as SwitchboardClient,
     ME,
-    () => {},
+    (checkpoint) => checkpoints.push(checkpoint),
     outbox,
     () => true,
   );
@@ -173,6 +179,7 @@ beforeEach(() => {
   vi.stubGlobal("localStorage", new MemoryStorage());
   client = new FakeClient();
   outbox = new Outbox("http://server", ME);
+  checkpoints = [];
 });
 afterEach(() => {
   vi.unstubAllGlobals();
@@ -236,6 +243,25 @@ describe("the outbox", () => {
     await settle();
     expect(outbox.entries().map((e) => e.body)).toEqual(["written offline"]);
     expect(app.open?.outgoing.map((o) => o.failure)).toEqual([KEPT_TEXT]);
+  });
+
+  it("sends with the time the message was written, and drops one the SDK gave up on as too old", async () => {
+    const writtenAt = Date.now() - 30 * 3_600_000; // e.g. kept in the outbox over a day ago
+    outbox.add({
+      conversationId: "dm:alice~bob",
+      clientMsgId: "old",
+      body: "from yesterday",
+      createdAtMs: writtenAt,
+    });
+    client.sendResult = () =>
+      Promise.reject(new SwitchboardClientError(Code.DEADLINE_EXCEEDED, "SEND_EXPIRED", "given up"));
+    const app = newApp();
+    app.resendOutbox();
+    await settle();
+    expect(client.sendOptions).toEqual([{ clientMsgId: "old", createdAtMs: writtenAt }]);
+    // Sent again at every start it would only be refused again: shown as not sent, and why.
+    expect(outbox.entries()).toEqual([]);
+    expect(app.conversations.get("dm:alice~bob")?.outgoing.map((o) => o.failure)).toEqual([EXPIRED_TEXT]);
   });
 
   it("drops a message the server refused", async () => {
@@ -309,5 +335,21 @@ describe("presence", () => {
     // The server would refuse carol's watch on the next reconnect (NOT_A_CONTACT); bob is a contact still.
     expect(client.unsubscribed).toEqual([["carol"]]);
     expect(app.presence.has("carol")).toBe(false);
+  });
+});
+
+describe("the checkpoint", () => {
+  it("is saved as the SDK reports it, after the message it covers was taken in", () => {
+    const app = newApp();
+    client.fire("message", {
+      message: message("g:big", 7, "bob"),
+      cursor: 3,
+      source: "live",
+      delivery: "pull",
+    });
+    expect(app.conversations.get("g:big")?.messages.map((m) => m.seq)).toEqual([7]);
+    const checkpoint = { cursor: 3, pullPositions: { "g:big": 7 } };
+    client.fire("checkpoint", checkpoint);
+    expect(checkpoints).toEqual([checkpoint]);
   });
 });

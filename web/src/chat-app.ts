@@ -4,6 +4,7 @@
  */
 import {
   type ChatMessage,
+  type Checkpoint,
   Code,
   type Conversation,
   LocalReason,
@@ -44,12 +45,18 @@ export const CONVERSATIONS_LISTED = 1_000;
 /** Most users one subscribePresence may name (docs/protocol.md: INVALID_PRESENCE_TARGETS past it). */
 const PRESENCE_TARGETS_PER_REQUEST = 100;
 
-/** What the SDK refuses itself because of the message (the server would refuse it too). */
+/**
+ * What the SDK refuses itself because of the message (the server would refuse it too, or it must
+ * never go out again: the server refused its frame, or it is too old to be resent safely).
+ */
 const MESSAGE_REFUSALS: ReadonlySet<string> = new Set([
   LocalReason.BODY_TOO_LARGE,
   LocalReason.EMPTY_BODY,
   LocalReason.INVALID_CLIENT_MSG_ID,
   LocalReason.FRAME_TOO_LARGE,
+  LocalReason.INVALID_FRAME,
+  LocalReason.SEND_EXPIRED,
+  LocalReason.INVALID_CREATED_AT,
 ]);
 const LOCAL_REASONS: ReadonlySet<string> = new Set(Object.values(LocalReason));
 
@@ -71,6 +78,13 @@ export function refusedForGood(err: unknown): boolean {
 
 /** Shown under a message kept in the outbox after the connection ended before it was sent. */
 export const KEPT_TEXT = "Not sent yet: kept on this device, and sent when you next open the chat";
+
+/**
+ * Shown on a message the SDK gave up on (SEND_EXPIRED): unacknowledged a day after it was written,
+ * too long to resend it safely (the server could store it twice). It may have been stored.
+ */
+export const EXPIRED_TEXT =
+  "Not sent: it waited too long to go out safely. If it is not in the conversation, send it again";
 
 /** Shown on the composer of an admins-only group, and on a message the server refused for it. */
 export const POSTING_RESTRICTED_TEXT = "Only admins can post in this channel";
@@ -125,7 +139,8 @@ export class ChatApp {
   constructor(
     readonly client: SwitchboardClient,
     readonly me: string,
-    private readonly saveCursor: (cursor: number) => void,
+    /** Persists where the SDK is (inbox cursor, large groups' positions), once messages are shown. */
+    private readonly saveCheckpoint: (checkpoint: Checkpoint) => void,
     private readonly outbox: Outbox,
     private readonly isVisible: () => boolean = () => document.visibilityState === "visible",
     /** Ends what this app listens to on the page (a sign-in that failed gives way to the next). */
@@ -150,10 +165,9 @@ export class ChatApp {
       this.presence.clear();
       this.setStatus(willReconnect ? "reconnecting" : "signed-out");
     });
-    client.on("message", ({ message, cursor }) => {
-      this.receive(message);
-      this.saveCursor(cursor);
-    });
+    client.on("message", ({ message }) => this.receive(message));
+    // After the message listeners (this.receive) of the messages it covers have run.
+    client.on("checkpoint", (checkpoint) => this.saveCheckpoint(checkpoint));
     client.on("typing", ({ conversationId, userId, typing }) => {
       if (userId !== me) this.typing.update(conversationId, userId, typing);
     });
@@ -518,7 +532,11 @@ export class ChatApp {
     conversation.outgoing.push(outgoing);
     this.onChange();
     this.client
-      .send({ conversationId: entry.conversationId }, entry.body, { clientMsgId: entry.clientMsgId })
+      // The time it was written: after a reload too, the SDK gives up on it a day after (SEND_EXPIRED).
+      .send({ conversationId: entry.conversationId }, entry.body, {
+        clientMsgId: entry.clientMsgId,
+        createdAtMs: entry.createdAtMs,
+      })
       .then(
         (ack) => {
           this.outbox.remove(entry.clientMsgId);
@@ -548,9 +566,11 @@ export class ChatApp {
           const failure =
             reason === "POSTING_RESTRICTED"
               ? POSTING_RESTRICTED_TEXT
-              : err instanceof Error
-                ? err.message
-                : String(err);
+              : reason === LocalReason.SEND_EXPIRED
+                ? EXPIRED_TEXT
+                : err instanceof Error
+                  ? err.message
+                  : String(err);
           Object.assign(outgoing, { failure });
           this.onChange();
         },

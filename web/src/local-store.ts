@@ -1,9 +1,11 @@
 /**
  * What the client keeps in the browser's localStorage, shared by every tab of the origin: the
- * signed-in session (so a reload or a second tab opens signed in, even while the server is down)
- * and the outbox of messages not yet acknowledged (so a reload loses none of them: they are sent
- * again with the same client_msg_id, and the server stores each once).
+ * signed-in session (so a reload or a second tab opens signed in, even while the server is down),
+ * the outbox of messages not yet acknowledged (so a reload loses none of them: they are sent
+ * again with the same client_msg_id, and the server stores each once), and where the user's inbox
+ * and large groups were processed up to (the SDK's checkpoint).
  */
+import type { Checkpoint } from "../../sdk/src/index.js";
 
 export interface StoredSession {
   server: string;
@@ -68,5 +70,57 @@ export class Outbox {
   private write(entries: OutboxEntry[]): void {
     if (entries.length === 0) localStorage.removeItem(this.key);
     else localStorage.setItem(this.key, JSON.stringify(entries));
+  }
+}
+
+/**
+ * The SDK's checkpoint of one user on one server: the inbox cursor (under the key earlier versions
+ * kept it in) and the newest seq seen per pull-model group. Every tab of the origin saves here, so
+ * each value only moves up: a tab behind another never takes the stored one back.
+ */
+export class CheckpointStore {
+  private readonly cursorKey: string;
+  private readonly pullKey: string;
+
+  constructor(server: string, userId: string) {
+    this.cursorKey = `switchboard:cursor:${server}:${userId}`;
+    this.pullKey = `switchboard:pull:${server}:${userId}`;
+  }
+
+  /** The stored checkpoint; undefined on a device new to this user (or a cursor that is not one). */
+  load(): Checkpoint | undefined {
+    const cursor = Number(localStorage.getItem(this.cursorKey) ?? Number.NaN);
+    if (!Number.isSafeInteger(cursor) || cursor < 0) return undefined;
+    return { cursor, pullPositions: this.pullPositions() };
+  }
+
+  /** A device new to this user starts at `cursor` (the inbox head), unless another tab started it. */
+  start(cursor: number): void {
+    if (this.load() === undefined) localStorage.setItem(this.cursorKey, String(cursor));
+  }
+
+  /** Saves what a tab processed, keeping what another tab saved further on (the highest of each). */
+  save(checkpoint: Checkpoint): void {
+    const stored = this.load();
+    if (stored === undefined || checkpoint.cursor > stored.cursor)
+      localStorage.setItem(this.cursorKey, String(checkpoint.cursor));
+    const positions = stored?.pullPositions ?? {};
+    let moved = false;
+    for (const [id, seq] of Object.entries(checkpoint.pullPositions)) {
+      if (seq > (positions[id] ?? -1)) {
+        positions[id] = seq;
+        moved = true;
+      }
+    }
+    if (moved) localStorage.setItem(this.pullKey, JSON.stringify(positions));
+  }
+
+  private pullPositions(): Record<string, number> {
+    const stored = readJson<Record<string, unknown>>(this.pullKey);
+    const positions: Record<string, number> = {};
+    if (typeof stored !== "object" || stored === null || Array.isArray(stored)) return positions;
+    for (const [id, seq] of Object.entries(stored))
+      if (typeof seq === "number" && Number.isSafeInteger(seq) && seq >= 0) positions[id] = seq;
+    return positions;
   }
 }

@@ -6,7 +6,7 @@ import { SwitchboardClient } from "../../sdk/src/index.js";
 import { ChatApp } from "./chat-app.js";
 import { wireChat } from "./chat-controls.js";
 import { byId } from "./dom.js";
-import { Outbox, type StoredSession, sessionStore } from "./local-store.js";
+import { CheckpointStore, Outbox, type StoredSession, sessionStore } from "./local-store.js";
 import { wireNotifications } from "./notifications.js";
 import { forgetDrawn, render } from "./render.js";
 import { type Credentials, type Discovery, discover } from "./sign-in.js";
@@ -32,10 +32,8 @@ export async function openChat(
     discovered = await discover(server);
     url = discovered.url;
   }
-  const cursorKey = `switchboard:cursor:${server}:${credentials.userId}`;
-  if (localStorage.getItem(cursorKey) === null) {
-    localStorage.setItem(cursorKey, String(await inboxHead(url, credentials)));
-  }
+  const checkpoints = new CheckpointStore(server, credentials.userId);
+  if (checkpoints.load() === undefined) checkpoints.start(await inboxHead(url, credentials));
   const remember = () =>
     sessionStore.save({
       server,
@@ -47,22 +45,15 @@ export async function openChat(
       ...(confirmed ? { confirmed: true as const } : {}),
     });
   remember();
-  const client = new SwitchboardClient({
-    url,
-    token: credentials.token,
-    cursor: Number(localStorage.getItem(cursorKey)),
-  });
-  // Tabs of one browser share the stored cursor; each keeps the highest it processed.
-  const saveCursor = (cursor: number) => {
-    if (cursor > Number(localStorage.getItem(cursorKey) ?? 0))
-      localStorage.setItem(cursorKey, String(cursor));
-  };
+  // Where this device left off: the inbox cursor and the large groups' positions (tabs of one
+  // browser share them; each value keeps the highest any tab processed).
+  const client = new SwitchboardClient({ url, token: credentials.token, checkpoint: checkpoints.load() });
   // What this sign-in wires into the page, undone if it fails (the user signs in again on this page).
   const wired = new AbortController();
   const app = new ChatApp(
     client,
     credentials.userId,
-    saveCursor,
+    (checkpoint) => checkpoints.save(checkpoint),
     new Outbox(server, credentials.userId),
     undefined,
     wired.signal,

@@ -1,0 +1,64 @@
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
+import { CheckpointStore } from "./local-store.js";
+
+/** localStorage, shared by the "tabs" of a test as by those of an origin. */
+class MemoryStorage {
+  readonly items = new Map<string, string>();
+  getItem(key: string): string | null {
+    return this.items.get(key) ?? null;
+  }
+  setItem(key: string, value: string): void {
+    this.items.set(key, value);
+  }
+  removeItem(key: string): void {
+    this.items.delete(key);
+  }
+}
+
+let storage: MemoryStorage;
+beforeEach(() => {
+  storage = new MemoryStorage();
+  vi.stubGlobal("localStorage", storage);
+});
+afterEach(() => {
+  vi.unstubAllGlobals();
+});
+
+describe("CheckpointStore", () => {
+  it("keeps the inbox cursor and the large groups' positions, for the next start", () => {
+    const store = new CheckpointStore("https://chat", "alice");
+    expect(store.load()).toBeUndefined(); // a device new to the user
+    store.start(40); // the inbox head
+    expect(store.load()).toEqual({ cursor: 40, pullPositions: {} });
+    store.save({ cursor: 42, pullPositions: { "g:big": 7, "dm:alice~bob": 3 } });
+    expect(new CheckpointStore("https://chat", "alice").load()).toEqual({
+      cursor: 42,
+      pullPositions: { "g:big": 7, "dm:alice~bob": 3 },
+    });
+    // Another user's, or another server's, is another store.
+    expect(new CheckpointStore("https://chat", "bob").load()).toBeUndefined();
+    expect(new CheckpointStore("https://other", "alice").load()).toBeUndefined();
+  });
+
+  it("never moves a value back: a tab behind another keeps what the other saved", () => {
+    const ahead = new CheckpointStore("https://chat", "alice");
+    const behind = new CheckpointStore("https://chat", "alice");
+    ahead.start(0);
+    ahead.save({ cursor: 9, pullPositions: { "g:a": 5, "g:b": 2 } });
+    behind.save({ cursor: 4, pullPositions: { "g:a": 3, "g:b": 6, "g:c": 1 } });
+    // A pull message leaves the cursor where it was: never 0 because of it.
+    behind.save({ cursor: 0, pullPositions: { "g:c": 2 } });
+    expect(ahead.load()).toEqual({ cursor: 9, pullPositions: { "g:a": 5, "g:b": 6, "g:c": 2 } });
+  });
+
+  it("reads the cursor an earlier version stored, and ignores what is not a position", () => {
+    storage.setItem("switchboard:cursor:https://chat:alice", "17"); // as open-chat.ts kept it before
+    storage.setItem("switchboard:pull:https://chat:alice", '{"g:a":3,"g:b":"x","g:c":-1,"g:d":1.5}');
+    expect(new CheckpointStore("https://chat", "alice").load()).toEqual({
+      cursor: 17,
+      pullPositions: { "g:a": 3 },
+    });
+    storage.setItem("switchboard:cursor:https://chat:alice", "NaN");
+    expect(new CheckpointStore("https://chat", "alice").load()).toBeUndefined(); // started again at the head
+  });
+});
