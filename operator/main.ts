@@ -10,7 +10,6 @@
  */
 import { createServer, type Server } from "node:http";
 import { hostname } from "node:os";
-import { parseArgs } from "node:util";
 import { KubeConfig, type KubernetesObject } from "@kubernetes/client-node";
 import { Registry } from "prom-client";
 import { provisionDistributed } from "../internal/backends/distributed/provision.js";
@@ -25,11 +24,13 @@ import type { AccountRef } from "./controller/grpc-identity.js";
 import { MANAGED_BY } from "./controller/names.js";
 import { OperatorTokens } from "./controller/operator-token.js";
 import { ChatClusterReconciler, DEFAULT_TOKEN_REVIEW_CLUSTER_ROLE } from "./controller/reconciler.js";
+import { MAX_WORKERS, MIN_POLL_INTERVAL_MS, parseOperatorFlags } from "./flags.js";
 import { KubeClient, type ListResult, resourcePath } from "./kube/client.js";
 import {
   createOperatorRuntimeMetrics,
   Informer,
   LeaderElector,
+  recordChatClusterReady,
   specOrMetadataChanged,
   WorkQueue,
 } from "./runtime/index.js";
@@ -64,6 +65,11 @@ export interface RunningOperator {
 const OWNED_SELECTOR = `app.kubernetes.io/managed-by=${MANAGED_BY}`;
 
 export async function startOperator(o: OperatorOptions): Promise<RunningOperator> {
+  // The flags are checked by parseOperatorFlags; these guard other callers the same way.
+  if (!(o.pollIntervalMs >= MIN_POLL_INTERVAL_MS))
+    throw new Error(`poll interval ${o.pollIntervalMs} ms: must be at least ${MIN_POLL_INTERVAL_MS} ms`);
+  if (!Number.isSafeInteger(o.workers) || o.workers < 1 || o.workers > MAX_WORKERS)
+    throw new Error(`workers ${o.workers}: want a whole number from 1 to ${MAX_WORKERS}`);
   const log = o.log;
   const registry = new Registry();
   const metrics = createOperatorRuntimeMetrics(registry);
@@ -104,6 +110,7 @@ export async function startOperator(o: OperatorOptions): Promise<RunningOperator
       ),
     log,
     pollIntervalMs: o.pollIntervalMs,
+    onReady: (namespace, name, ready) => recordChatClusterReady(metrics, namespace, name, ready),
   });
 
   const informer = <T extends KubernetesObject>(
@@ -183,6 +190,8 @@ export async function startOperator(o: OperatorOptions): Promise<RunningOperator
     await Promise.all([clusters.stop(), ...owned.map((i) => i.stop())]);
     await queue.shutDown();
     await workers;
+    // Only the leader reports the ChatClusters' readiness: a replica that stopped leading knows nothing.
+    metrics.chatclusterReady.reset();
   }, stopController.signal);
   // The caller owns `done`; a lost Lease surfaces there. Nothing else awaits it here.
   done.catch(() => undefined);
@@ -218,31 +227,10 @@ function listen(server: Server, port: number, host: string): Promise<number> {
   });
 }
 
-/** `namespace/name` of a ServiceAccount flag; undefined when absent. */
-function accountRef(flag: string | undefined): AccountRef | undefined {
-  if (flag === undefined) return undefined;
-  const m = /^([a-z0-9-]+)\/([a-z0-9.-]+)$/.exec(flag);
-  if (!m) throw new Error(`--service-account ${flag}: expected namespace/name`);
-  return { namespace: m[1]!, name: m[2]! };
-}
-
 /** `switchboard operator [--http-port N] [--lease-namespace NS] [--workers N]` */
 export async function runOperator(argv: string[]): Promise<number> {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      "http-port": { type: "string", default: "8081" },
-      "http-host": { type: "string", default: "0.0.0.0" },
-      "lease-namespace": { type: "string" },
-      "lease-name": { type: "string", default: "switchboard-operator" },
-      workers: { type: "string", default: "2" },
-      "poll-interval": { type: "string", default: "10s" },
-      // namespace/name; in a Pod, the chart passes its own (POD_NAMESPACE and its ServiceAccount).
-      "service-account": { type: "string" },
-      "token-review-cluster-role": { type: "string", default: DEFAULT_TOKEN_REVIEW_CLUSTER_ROLE },
-    },
-    strict: true,
-  });
+  // Every flag is checked before anything starts (operator/flags.ts).
+  const flags = parseOperatorFlags(argv);
   const kubeConfig = new KubeConfig();
   kubeConfig.loadFromDefault();
   const identity = process.env.POD_NAME ?? `${hostname()}-${process.pid}`;
@@ -251,16 +239,16 @@ export async function runOperator(argv: string[]): Promise<number> {
   const tracer = await startTracing(loadConfig(), "operator", log);
   const operator = await startOperator({
     kubeConfig,
-    leaseNamespace: values["lease-namespace"] ?? process.env.POD_NAMESPACE ?? "default",
-    leaseName: values["lease-name"],
+    leaseNamespace: flags.leaseNamespace ?? process.env.POD_NAMESPACE ?? "default",
+    leaseName: flags.leaseName,
     identity,
-    httpPort: Number(values["http-port"]),
-    httpHost: values["http-host"],
-    workers: Number(values.workers),
-    pollIntervalMs: parseSeconds(values["poll-interval"]),
+    httpPort: flags.httpPort,
+    httpHost: flags.httpHost,
+    workers: flags.workers,
+    pollIntervalMs: flags.pollIntervalMs,
     log,
-    serviceAccount: accountRef(values["service-account"]),
-    tokenReviewClusterRole: values["token-review-cluster-role"],
+    serviceAccount: flags.serviceAccount,
+    tokenReviewClusterRole: flags.tokenReviewClusterRole,
   });
   process.stdout.write(
     `${JSON.stringify({ status: "started", service: "operator", identity, port: operator.port })}\n`,
@@ -298,10 +286,4 @@ function reconcileTraced(
     },
     () => reconciler.reconcile(key),
   );
-}
-
-function parseSeconds(text: string): number {
-  const m = /^(\d+(?:\.\d+)?)(ms|s)?$/.exec(text);
-  if (!m) throw new Error(`invalid duration ${JSON.stringify(text)}: use e.g. 10s or 500ms`);
-  return m[2] === "ms" ? Number(m[1]) : Number(m[1]) * 1000;
 }

@@ -142,7 +142,7 @@ export interface ApiClient {
   certificate?: { uri: string };
   /** Permission names (internal/grpc-auth/policy.ts PERMISSIONS; the CRD's enum lists them). */
   permissions: string[];
-  /** Senders it may publish as besides itself. */
+  /** Every sender it may publish as, in place of its own bot:<name> (list that too to keep it); empty: bot:<name>. */
   sendAs?: string[];
   /** The conversations it may publish into or read: all, these, or (neither) those it is a member of. */
   conversations?: { all?: boolean; ids?: string[] };

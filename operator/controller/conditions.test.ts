@@ -1,5 +1,6 @@
+import type { V1Deployment, V1StatefulSet } from "@kubernetes/client-node";
 import { describe, expect, it } from "vitest";
-import { computeConditions, type Observation } from "./conditions.js";
+import { computeConditions, type Observation, observeWorkload } from "./conditions.js";
 
 const ready = { desired: 2, replicas: 2, readyReplicas: 2, updatedReplicas: 2, observed: true };
 const base: Observation = {
@@ -100,5 +101,90 @@ describe("computeConditions", () => {
     expect(created.PodMonitor).toMatchObject({ status: "True", reason: "Created" });
     const pending = byType(computeConditions(undefined, { ...base, podMonitor: "Pending" }, new Date()));
     expect(pending.PodMonitor).toMatchObject({ status: "Unknown", reason: "Pending" });
+  });
+
+  it("is Degraded, naming the component, when a rollout is past its progress deadline, and recovers with it", () => {
+    const stuck = {
+      ...ready,
+      readyReplicas: 2,
+      replicas: 3,
+      updatedReplicas: 1,
+      progressDeadlineExceeded: 'ReplicaSet "chat-router-5d9f" has timed out progressing.',
+    };
+    const o = { ...base, components: { ...base.components, router: stuck } };
+    const c = byType(computeConditions(undefined, o, new Date()));
+    expect(c.Degraded).toMatchObject({
+      status: "True",
+      reason: "ProgressDeadlineExceeded",
+      message: 'rollout stuck: router: ReplicaSet "chat-router-5d9f" has timed out progressing.',
+    });
+    // A Deployment stuck is not progressing either (as the Deployment itself says), and not Ready.
+    expect(c.Progressing).toMatchObject({ status: "False", reason: "ProgressDeadlineExceeded" });
+    expect(c.Ready).toMatchObject({ status: "False", reason: "ComponentsNotReady" });
+    // An apply error says more: it wins.
+    const both = byType(computeConditions(undefined, { ...o, applyError: "422 Invalid" }, new Date()));
+    expect(both.Degraded).toMatchObject({ status: "True", reason: "ApplyFailed" });
+    // Once the rollout completes, Degraded goes back to False.
+    const later = byType(computeConditions(Object.values(c), base, new Date()));
+    expect(later.Degraded).toMatchObject({ status: "False", reason: "AsExpected" });
+  });
+});
+
+describe("observeWorkload", () => {
+  const deployment = (
+    generation: number,
+    observedGeneration: number,
+    progressing?: { status: string; reason: string; message?: string },
+  ): V1Deployment => ({
+    metadata: { name: "chat-gateway", generation },
+    spec: { replicas: 2, selector: {}, template: {} },
+    status: {
+      observedGeneration,
+      replicas: 3,
+      readyReplicas: 2,
+      updatedReplicas: 1,
+      ...(progressing ? { conditions: [{ type: "Progressing", ...progressing }] } : {}),
+    },
+  });
+
+  it("reads the counts, and a stuck rollout from the Deployment's Progressing condition at its generation", () => {
+    expect(observeWorkload(deployment(4, 4))).toEqual({
+      desired: 2,
+      replicas: 3,
+      readyReplicas: 2,
+      updatedReplicas: 1,
+      observed: true,
+    });
+    const stuck = { status: "False", reason: "ProgressDeadlineExceeded", message: "timed out" };
+    expect(observeWorkload(deployment(4, 4, stuck)).progressDeadlineExceeded).toBe("timed out");
+    // Of an older generation: says nothing about the spec just applied.
+    expect(observeWorkload(deployment(5, 4, stuck))).toMatchObject({ observed: false });
+    expect(observeWorkload(deployment(5, 4, stuck)).progressDeadlineExceeded).toBeUndefined();
+    // Progressing, or done.
+    for (const progressing of [
+      { status: "True", reason: "ReplicaSetUpdated" },
+      { status: "True", reason: "NewReplicaSetAvailable" },
+    ])
+      expect(observeWorkload(deployment(4, 4, progressing)).progressDeadlineExceeded).toBeUndefined();
+    // A StatefulSet has no Progressing condition; a workload not found counts nothing.
+    const sts: V1StatefulSet = {
+      metadata: { generation: 1 },
+      spec: { replicas: 1, selector: {}, serviceName: "x", template: {} },
+      status: { observedGeneration: 1, replicas: 1, readyReplicas: 1, updatedReplicas: 1 },
+    };
+    expect(observeWorkload(sts)).toEqual({
+      desired: 1,
+      replicas: 1,
+      readyReplicas: 1,
+      updatedReplicas: 1,
+      observed: true,
+    });
+    expect(observeWorkload(undefined)).toEqual({
+      desired: 0,
+      replicas: 0,
+      readyReplicas: 0,
+      updatedReplicas: 0,
+      observed: true,
+    });
   });
 });

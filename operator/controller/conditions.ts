@@ -3,7 +3,7 @@
  * what the reconciler observed, as a pure function. Each condition carries the generation it describes; lastTransitionTime moves only when
  * the status flips, as the Kubernetes API conventions ask.
  */
-import type { V1Condition } from "@kubernetes/client-node";
+import type { V1Condition, V1Deployment, V1StatefulSet } from "@kubernetes/client-node";
 import type { ComponentName } from "../api/v1alpha1.js";
 import type { GrpcTlsState } from "./grpc-tls.js";
 
@@ -15,6 +15,31 @@ export interface ComponentObservation {
   updatedReplicas: number;
   /** The workload controller has seen the latest spec (its observedGeneration). */
   observed: boolean;
+  /**
+   * The rollout is stuck: the workload reports `Progressing=False` with reason
+   * `ProgressDeadlineExceeded` (a Deployment past its progressDeadlineSeconds, 10 minutes by
+   * default) for the spec it has observed; this is its message. StatefulSets report no such condition.
+   */
+  progressDeadlineExceeded?: string;
+}
+
+/** What the status needs of a component's Deployment or StatefulSet, as the API server returned it. */
+export function observeWorkload(w: V1Deployment | V1StatefulSet | undefined): ComponentObservation {
+  const observed = (w?.status?.observedGeneration ?? 0) >= (w?.metadata?.generation ?? 0);
+  const progressing = w?.status?.conditions?.find((c) => c.type === "Progressing");
+  // An older generation's verdict says nothing about the spec just applied.
+  const stuck =
+    observed && progressing?.status === "False" && progressing.reason === "ProgressDeadlineExceeded";
+  return {
+    desired: w?.spec?.replicas ?? 0,
+    replicas: w?.status?.replicas ?? 0,
+    readyReplicas: w?.status?.readyReplicas ?? 0,
+    updatedReplicas: w?.status?.updatedReplicas ?? 0,
+    observed,
+    ...(stuck
+      ? { progressDeadlineExceeded: progressing.message || `${w?.metadata?.name} has not progressed` }
+      : {}),
+  };
 }
 
 export interface Observation {
@@ -55,6 +80,11 @@ export function computeConditions(
     )
     .map(([name, c]) => `${name} ${c?.readyReplicas ?? 0}/${c?.desired ?? 0} ready`);
   const error = o.provisionError ?? o.applyError;
+  // Rollouts the workload controller gave up waiting for (a Pod that never gets ready: a bad image,
+  // a crash loop, no room on the nodes), named by component.
+  const stuck = Object.entries(o.components)
+    .filter(([, c]) => c?.progressDeadlineExceeded !== undefined)
+    .map(([name, c]) => `${name}: ${c?.progressDeadlineExceeded}`);
 
   let ready: [Status, string, string];
   if (o.provisionError && !o.provisioned)
@@ -76,12 +106,18 @@ export function computeConditions(
     progressing = ["True", "Provisioning", "creating the Kafka topics and the Cassandra schema"];
   else if (o.drainingGateways > 0)
     progressing = ["True", "DrainingGateways", `${o.drainingGateways} gateway(s) draining before scale-down`];
+  // As a Deployment says it: a rollout past its deadline is no longer progressing.
+  else if (stuck.length > 0) progressing = ["False", "ProgressDeadlineExceeded", stuck.join("; ")];
   else if (lagging.length > 0) progressing = ["True", "RollingOut", lagging.join(", ")];
   else progressing = ["False", "Stable", "the cluster matches its spec"];
 
-  const degraded: [Status, string, string] = error
-    ? ["True", o.provisionError ? "ProvisioningFailed" : "ApplyFailed", error]
-    : ["False", "AsExpected", "no errors"];
+  // The reason is one of a fixed set (as the API conventions ask of reasons); the message names the
+  // components.
+  let degraded: [Status, string, string];
+  if (error) degraded = ["True", o.provisionError ? "ProvisioningFailed" : "ApplyFailed", error];
+  else if (stuck.length > 0)
+    degraded = ["True", "ProgressDeadlineExceeded", `rollout stuck: ${stuck.join("; ")}`];
+  else degraded = ["False", "AsExpected", "no errors"];
 
   const conditions = [
     condition(previous, "Ready", ready, o.generation, now),

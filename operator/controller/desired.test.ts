@@ -3,15 +3,20 @@ import type {
   V1ConfigMap,
   V1Container,
   V1Deployment,
+  V1PodDisruptionBudget,
   V1PodSpec,
   V1PodTemplateSpec,
   V1Service,
   V1StatefulSet,
 } from "@kubernetes/client-node";
 import { describe, expect, it } from "vitest";
+import { METHOD_RULES } from "../../internal/grpc-auth/policy.js";
 import { type Config, loadConfig } from "../../internal/lib/config.js";
 import { type ChatCluster, type ChatClusterSpec, COMPONENTS, type ComponentName } from "../api/v1alpha1.js";
 import { type DesiredInputs, desiredObjects } from "./desired.js";
+import { isLabelValue } from "./names.js";
+import { GRPC_CALLERS } from "./network.js";
+import { defaultResources } from "./workloads.js";
 
 const component = { replicas: 2 };
 const spec: ChatClusterSpec = {
@@ -208,6 +213,19 @@ describe("desiredObjects", () => {
       .map((o) => o.metadata?.name)
       .sort();
     expect(pdbs).toEqual(["chat-gateway", "chat-id", "chat-presence", "chat-router", "chat-sequencer"]);
+    // Unready Pods (all of them, in a storage outage) may be evicted: a node drain never waits on them.
+    for (const name of pdbs)
+      expect(find<V1PodDisruptionBudget>(objects, "PodDisruptionBudget", name ?? "")?.spec).toEqual({
+        maxUnavailable: 1,
+        selector: {
+          matchLabels: {
+            "app.kubernetes.io/name": "switchboard",
+            "app.kubernetes.io/instance": "chat",
+            "app.kubernetes.io/component": name?.replace("chat-", ""),
+          },
+        },
+        unhealthyPodEvictionPolicy: "AlwaysAllow",
+      });
     const one = desiredObjects({ ...cluster, spec: { ...spec, sequencer: { replicas: 1 } } }, inputs);
     expect(find(one, "PodDisruptionBudget", "chat-sequencer")).toBeUndefined();
   });
@@ -598,13 +616,15 @@ describe("desiredObjects", () => {
       });
     }
     const gateway = find<V1Service>(objects, "Service", "chat-gateway");
-    expect(gateway?.metadata?.annotations).toEqual({ "example.com/lb": "internal" });
+    expect(gateway?.metadata?.annotations).toEqual({
+      "example.com/lb": "internal",
+      "switchboard.dev/version": "0.1.0",
+    });
     expect(gateway?.spec).toMatchObject({ type: "LoadBalancer" });
     expect(gateway?.spec?.clusterIP).toBeUndefined();
-    expect(gateway?.spec?.ports?.map((p) => [p.name, p.port])).toEqual([
-      ["http", 80],
-      ["grpc", 9090],
-    ]);
+    // HTTP only: the client-facing Service (a LoadBalancer here) does not expose the gateways' gRPC,
+    // which routers and the operator reach on each Pod's IP.
+    expect(gateway?.spec?.ports).toEqual([{ name: "http", port: 80, targetPort: "http", protocol: "TCP" }]);
     expect(containerOf(objects, "sequencer").ports).toEqual([
       { name: "http", containerPort: 8080, protocol: "TCP" },
     ]);
@@ -639,7 +659,8 @@ describe("desiredObjects", () => {
     expect(from("gateway")).toEqual(["router", "operator:switchboard-operator"]);
     // Routers take ids for the server API's sends (ADR 0005).
     expect(from("id")).toEqual(["gateway", "router"]);
-    expect(from("presence")).toEqual(["gateway"]);
+    // Routers read presence for the server API's GetPresence.
+    expect(from("presence")).toEqual(["gateway", "router"]);
     expect(from("router")).toEqual(["gateway", "presence"]);
     expect(from("push")).toEqual(["gateway", "router"]);
     expect(from("sequencer")).toEqual([]);
@@ -669,6 +690,150 @@ describe("desiredObjects", () => {
       permissions: ["publish"],
     };
     expect(routerPeers([account("billing", "billing"), certified])).toEqual([{ namespaceSelector: {} }]);
+  });
+
+  it("opens each component's gRPC port to every role that METHOD_RULES lets call one of its methods, and to no other", () => {
+    // The service each gRPC package belongs to; the server API (api.v1 ChatService) is the routers'.
+    const served = (path: string): ComponentName => {
+      const pkg = /^\/switchboard\.([a-z]+)\.v1\./.exec(path)?.[1];
+      return (pkg === "api" ? "router" : pkg) as ComponentName;
+    };
+    const callers = Object.fromEntries(COMPONENTS.map((c) => [c, new Set<string>()])) as Record<
+      ComponentName,
+      Set<string>
+    >;
+    for (const [path, rule] of METHOD_RULES)
+      for (const principal of rule.callers)
+        if (principal.startsWith("role:")) callers[served(path)].add(principal.slice("role:".length));
+    for (const c of COMPONENTS) expect([...GRPC_CALLERS[c]].sort(), c).toEqual([...callers[c]].sort());
+  });
+
+  it("labels the version only with a valid label value, keeps the whole version in an annotation, and pulls a digest by digest", () => {
+    const digest = `sha256:${"ab12".repeat(16)}`;
+    const at = (version: string) => {
+      const objs = desiredObjects({ ...cluster, spec: { ...spec, version } }, inputs);
+      const router = find<V1Deployment>(objs, "Deployment", "chat-router");
+      return {
+        image: containerOf(objs, "router").image,
+        labels: new Set(objs.map((o) => o.metadata?.labels?.["app.kubernetes.io/version"])),
+        podLabel: router?.spec?.template.metadata?.labels?.["app.kubernetes.io/version"],
+        annotations: new Set(objs.map((o) => o.metadata?.annotations?.["switchboard.dev/version"])),
+      };
+    };
+    expect(at("0.1.0")).toEqual({
+      image: "ghcr.io/switchboard-chat/switchboard:0.1.0",
+      labels: new Set(["0.1.0"]),
+      podLabel: "0.1.0",
+      annotations: new Set(["0.1.0"]),
+    });
+    // A tag pinned to a digest: the runtime pulls the digest; the label is the tag.
+    expect(at(`0.1.0@${digest}`)).toEqual({
+      image: `ghcr.io/switchboard-chat/switchboard:0.1.0@${digest}`,
+      labels: new Set(["0.1.0"]),
+      podLabel: "0.1.0",
+      annotations: new Set([`0.1.0@${digest}`]),
+    });
+    // A digest alone: repo@digest (repo:sha256:… is no image reference), and no label (a colon is not
+    // allowed in one, and the API server would refuse every object).
+    expect(at(digest)).toEqual({
+      image: `ghcr.io/switchboard-chat/switchboard@${digest}`,
+      labels: new Set([undefined]),
+      podLabel: undefined,
+      annotations: new Set([digest]),
+    });
+    // A tag longer than a label value may be (63): no label either.
+    const long = `1.0.0-${"x".repeat(70)}`;
+    expect(at(long)).toMatchObject({
+      image: `ghcr.io/switchboard-chat/switchboard:${long}`,
+      labels: new Set([undefined]),
+      annotations: new Set([long]),
+    });
+    expect(isLabelValue("0.1.0")).toBe(true);
+    expect(isLabelValue(digest)).toBe(false);
+    expect(isLabelValue("x".repeat(64))).toBe(false);
+    expect(isLabelValue("-x")).toBe(false);
+  });
+
+  it("gives every container default requests and a memory limit equal to its request, no CPU limit, unless the spec sets resources", () => {
+    for (const c of COMPONENTS) {
+      const resources = containerOf(objects, c).resources;
+      expect(resources, c).toEqual(defaultResources(c));
+      expect(resources?.requests?.cpu, c).toMatch(/^[0-9]+m$/);
+      expect(resources?.limits, c).toEqual({ memory: resources?.requests?.memory });
+    }
+    // The spec's own replace the defaults whole (here: limits only, which Kubernetes copies to requests).
+    const own = { limits: { cpu: "2", memory: "1Gi" } };
+    const custom = desiredObjects(
+      { ...cluster, spec: { ...spec, router: { replicas: 2, resources: own } } },
+      inputs,
+    );
+    expect(containerOf(custom, "router").resources).toEqual(own);
+    expect(containerOf(custom, "gateway").resources).toEqual(defaultResources("gateway"));
+    // An empty object: none at all (BestEffort), as asked.
+    const none = desiredObjects(
+      { ...cluster, spec: { ...spec, push: { replicas: 1, resources: {} } } },
+      inputs,
+    );
+    expect(containerOf(none, "push").resources).toEqual({});
+  });
+
+  it("spreads every role's Pods over the nodes, softly, unless the spec says how to spread them", () => {
+    for (const c of COMPONENTS)
+      expect(podSpec(objects, c).topologySpreadConstraints, c).toEqual([
+        {
+          maxSkew: 1,
+          topologyKey: "kubernetes.io/hostname",
+          whenUnsatisfiable: "ScheduleAnyway",
+          labelSelector: {
+            matchLabels: {
+              "app.kubernetes.io/name": "switchboard",
+              "app.kubernetes.io/instance": "chat",
+              "app.kubernetes.io/component": c,
+            },
+          },
+        },
+      ]);
+    const zones = [
+      { maxSkew: 2, topologyKey: "topology.kubernetes.io/zone", whenUnsatisfiable: "DoNotSchedule" },
+    ];
+    const custom = desiredObjects(
+      {
+        ...cluster,
+        spec: {
+          ...spec,
+          router: { replicas: 2, scheduling: { topologySpreadConstraints: zones } },
+          // An empty list: no spreading at all.
+          id: { replicas: 3, scheduling: { topologySpreadConstraints: [] } },
+          // Other scheduling settings leave the default spread in place.
+          push: { replicas: 1, scheduling: { nodeSelector: { pool: "chat" } } },
+        },
+      },
+      inputs,
+    );
+    expect(podSpec(custom, "router").topologySpreadConstraints).toEqual(zones);
+    expect(podSpec(custom, "id").topologySpreadConstraints).toEqual([]);
+    expect(podSpec(custom, "push").topologySpreadConstraints?.[0]?.whenUnsatisfiable).toBe("ScheduleAnyway");
+    expect(podSpec(custom, "push").nodeSelector).toEqual({ pool: "chat" });
+  });
+
+  it("delays a gateway's SIGTERM with the kubelet's sleep (no shell in the image), within its grace period", () => {
+    const gateway = containerOf(objects, "gateway");
+    expect(gateway.lifecycle).toEqual({ preStop: { sleep: { seconds: 5 } } });
+    expect(podSpec(objects, "gateway").terminationGracePeriodSeconds).toBeGreaterThan(5);
+    // A drain timeout of 0 still leaves the sleep inside the grace period.
+    const quick = desiredObjects(
+      {
+        ...cluster,
+        spec: {
+          ...spec,
+          gateway: { ...spec.gateway, autoscaling: { ...spec.gateway.autoscaling, drainTimeoutSeconds: 0 } },
+        },
+      },
+      inputs,
+    );
+    expect(podSpec(quick, "gateway").terminationGracePeriodSeconds).toBeGreaterThan(5);
+    for (const c of COMPONENTS)
+      if (c !== "gateway") expect(containerOf(objects, c).lifecycle, c).toBeUndefined();
   });
 });
 

@@ -69,12 +69,45 @@ export const tokenAudience = (cluster: ChatCluster) => `switchboard.dev/${cluste
 export const callsGrpc = (component: ComponentName): boolean =>
   component === "gateway" || component === "router" || component === "presence";
 
+/** Annotation on every owned object: spec.version as written, which a label cannot always hold. */
+export const VERSION_ANNOTATION = "switchboard.dev/version";
+
+/** A label value: at most 63 characters, alphanumeric at both ends, `-_.` inside (or empty). */
+const LABEL_VALUE = /^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$/;
+export const isLabelValue = (value: string): boolean => value.length <= 63 && LABEL_VALUE.test(value);
+
+/** `sha256:<hex>` (or `@sha256:<hex>`): a digest alone. A tag has no colon; `tag@digest` is a tag. */
+const isDigest = (version: string): boolean =>
+  version.startsWith("@") || (!version.includes("@") && version.includes(":"));
+
+/**
+ * The `app.kubernetes.io/version` label of a spec.version: the tag (`1.2.3`, or the tag part of
+ * `1.2.3@sha256:…`) when it is a valid label value; none for a bare digest (`sha256:…`, the colon is
+ * not allowed) or a tag longer than 63 characters, which a label cannot hold (the API server would
+ * refuse every object with a 422). VERSION_ANNOTATION keeps the whole version.
+ */
+export function versionLabel(version: string): string | undefined {
+  if (isDigest(version)) return undefined;
+  const tag = version.split("@")[0] ?? "";
+  return tag !== "" && isLabelValue(tag) ? tag : undefined;
+}
+
+/**
+ * The image reference of spec.image at spec.version: `repo:tag`, `repo@sha256:…` for a digest, and
+ * `repo:tag@sha256:…` for a tag pinned to a digest (the runtime pulls by the digest).
+ */
+export function imageReference(image: string, version: string): string {
+  if (isDigest(version)) return `${image}@${version.replace(/^@/, "")}`;
+  return `${image}:${version}`;
+}
+
 /** Labels on every owned object; the selector labels are the subset that never changes. */
 export function labels(cluster: ChatCluster, component?: ComponentName): Record<string, string> {
+  const version = versionLabel(cluster.spec.version);
   return {
     ...selectorLabels(cluster, component),
     "app.kubernetes.io/managed-by": MANAGED_BY,
-    "app.kubernetes.io/version": cluster.spec.version,
+    ...(version === undefined ? {} : { "app.kubernetes.io/version": version }),
   };
 }
 
@@ -111,6 +144,7 @@ export function ownedMeta(cluster: ChatCluster, name: string, component?: Compon
     name,
     namespace: cluster.metadata.namespace ?? "default",
     labels: labels(cluster, component),
+    annotations: { [VERSION_ANNOTATION]: cluster.spec.version },
     ownerReferences: [ownerReference(cluster)],
   };
 }

@@ -9,6 +9,10 @@ import { componentName, GRPC_PORT, HTTP_PORT, ownedMeta, selectorLabels, servesG
  * name resolves to every ready Pod, so grpc-js (`dns:///` targets) spreads calls over all of them
  * instead of pinning one connection to one Pod behind a virtual IP; the StatefulSets' Pods (id,
  * presence) get their stable names from it.
+ *
+ * The gateway's Service is the clients' (often a LoadBalancer): HTTP only. Nothing dials the gateways'
+ * gRPC through a Service: routers open each gateway's Deliver stream on the Pod IP it advertises in
+ * the routing table, and the operator calls Stats and Drain on each Pod's IP (gateway-client.ts).
  */
 export function desiredService(cluster: ChatCluster, component: ComponentName): V1Service | undefined {
   if (!servesGrpc(component)) return undefined;
@@ -22,12 +26,14 @@ export function desiredService(cluster: ChatCluster, component: ComponentName): 
     return {
       apiVersion: "v1",
       kind: "Service",
-      metadata: { ...meta, ...(svc.annotations ? { annotations: svc.annotations } : {}) },
+      // The user's annotations (e.g. for a load balancer); the operator's own win a clash.
+      metadata: { ...meta, annotations: { ...svc.annotations, ...meta.annotations } },
       spec: {
         type: svc.type,
         selector: selectorLabels(cluster, component),
-        // Clients reach the gateways over WebSocket on port 80; gRPC stays inside the cluster.
-        ports: [{ name: "http", port: 80, targetPort: "http", protocol: "TCP" }, ports[1]!],
+        // Clients reach the gateways over WebSocket on port 80. gRPC (9090) is not exposed here: it
+        // would put it on the load balancer; routers and the operator dial the Pod IPs instead.
+        ports: [{ name: "http", port: 80, targetPort: "http", protocol: "TCP" }],
       },
     };
   }
@@ -39,7 +45,12 @@ export function desiredService(cluster: ChatCluster, component: ComponentName): 
   };
 }
 
-/** One Pod of a component may be evicted at a time; none for components of a single replica. */
+/**
+ * One Pod of a component may be evicted at a time; none for components of a single replica.
+ * `unhealthyPodEvictionPolicy: AlwaysAllow`: a Pod that is not ready (e.g. every Pod during a storage
+ * outage) protects nothing by staying, so a drain may evict it; with the default (IfHealthyBudget) a
+ * budget with no healthy Pod would block every node drain until the outage ends.
+ */
 export function desiredPodDisruptionBudget(
   cluster: ChatCluster,
   component: ComponentName,
@@ -50,7 +61,11 @@ export function desiredPodDisruptionBudget(
     apiVersion: "policy/v1",
     kind: "PodDisruptionBudget",
     metadata: ownedMeta(cluster, componentName(cluster, component), component),
-    spec: { maxUnavailable: 1, selector: { matchLabels: selectorLabels(cluster, component) } },
+    spec: {
+      maxUnavailable: 1,
+      selector: { matchLabels: selectorLabels(cluster, component) },
+      unhealthyPodEvictionPolicy: "AlwaysAllow",
+    },
   };
 }
 
@@ -60,10 +75,11 @@ export const GRPC_CALLERS: Readonly<Record<ComponentName, readonly ComponentName
   gateway: ["router"],
   // Gateways allocate ids (and routers, for the sends of the server API), send heartbeats to
   // presence and relay typing and receipts to routers; presence relays presence events to routers;
-  // routers notify offline members through push, and gateways register devices' push tokens
-  // with it (ADR 0005).
+  // routers read presence for the server API's GetPresence; routers notify offline members through
+  // push, and gateways register devices' push tokens with it (ADR 0005). Keep in step with the
+  // callers of each method in internal/grpc-auth/policy.ts (METHOD_RULES).
   id: ["gateway", "router"],
-  presence: ["gateway"],
+  presence: ["gateway", "router"],
   router: ["gateway", "presence"],
   push: ["gateway", "router"],
   sequencer: [],

@@ -39,7 +39,12 @@ import {
 } from "../api/v1alpha1.js";
 import { KubeApiError, type KubeClient, refOf } from "../kube/client.js";
 import type { ReconcileResult } from "../runtime/workqueue.js";
-import { type ComponentObservation, computeConditions, type Observation } from "./conditions.js";
+import {
+  type ComponentObservation,
+  computeConditions,
+  type Observation,
+  observeWorkload,
+} from "./conditions.js";
 import { desiredObjects, OWNED_KINDS } from "./desired.js";
 import type { EventRecorder } from "./events.js";
 import type { GatewayClients } from "./gateway-client.js";
@@ -87,6 +92,11 @@ export interface ReconcilerDeps {
    * ClusterRole (`tokenreviews: create`) the serving components are bound to (ADR 0007).
    */
   grpcIdentity?: { operatorAccount?: AccountRef | undefined; tokenReviewClusterRole: string };
+  /**
+   * Told each ChatCluster's Ready condition after every status write (true: Ready=True), and
+   * undefined once it is gone: the operator exports it as a gauge.
+   */
+  onReady?: (namespace: string, name: string, ready: boolean | undefined) => void;
 }
 
 /** The chart's token-review ClusterRole when the operator is not told another. */
@@ -126,6 +136,7 @@ export class ChatClusterReconciler {
     const cluster = await kube.find<ChatCluster>({ apiVersion: API_VERSION, kind: KIND, namespace, name });
     if (!cluster) {
       this.memory.delete(key);
+      this.deps.onReady?.(namespace, name, undefined);
       return;
     }
     if (cluster.metadata.deletionTimestamp) return this.finalize(key, cluster);
@@ -248,19 +259,10 @@ export class ChatClusterReconciler {
     // --- status ------------------------------------------------------------------------------
     const components: Partial<Record<ComponentName, ComponentObservation>> = {};
     if (provisioned && !applyError)
-      for (const component of COMPONENTS) {
-        const w = workloads.get(componentName(cluster, component)) as
-          | V1Deployment
-          | V1StatefulSet
-          | undefined;
-        components[component] = {
-          desired: w?.spec?.replicas ?? 0,
-          replicas: w?.status?.replicas ?? 0,
-          readyReplicas: w?.status?.readyReplicas ?? 0,
-          updatedReplicas: w?.status?.updatedReplicas ?? 0,
-          observed: (w?.status?.observedGeneration ?? 0) >= (w?.metadata?.generation ?? 0),
-        };
-      }
+      for (const component of COMPONENTS)
+        components[component] = observeWorkload(
+          workloads.get(componentName(cluster, component)) as V1Deployment | V1StatefulSet | undefined,
+        );
     const newStatus: ChatClusterStatus = {
       observedGeneration: generation,
       conditions: computeConditions(
@@ -298,8 +300,9 @@ export class ChatClusterReconciler {
       "status",
     );
 
-    if (provisionError || applyError) throw new Error(provisionError ?? applyError);
     const converging = newStatus.conditions?.some((c) => c.type === "Ready" && c.status !== "True");
+    this.deps.onReady?.(namespace, name, !converging);
+    if (provisionError || applyError) throw new Error(provisionError ?? applyError);
     const requeue = Math.min(
       step?.requeueAfterMs ?? Infinity,
       converging ? CONVERGING_REQUEUE_MS : Infinity,
@@ -382,6 +385,7 @@ export class ChatClusterReconciler {
       { op: "remove", path: `/metadata/finalizers/${index}` },
     ]);
     this.memory.delete(key);
+    this.deps.onReady?.(cluster.metadata.namespace ?? "default", cluster.metadata.name ?? "", undefined);
     this.deps.log.info("chatcluster deleted; owned objects go with it", { chatcluster: key });
     return;
   }

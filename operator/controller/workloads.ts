@@ -8,9 +8,12 @@ import type {
   V1Container,
   V1Deployment,
   V1EnvVar,
+  V1Lifecycle,
   V1PodSpec,
   V1PodTemplateSpec,
+  V1ResourceRequirements,
   V1StatefulSet,
+  V1TopologySpreadConstraint,
   V1Volume,
   V1VolumeMount,
 } from "@kubernetes/client-node";
@@ -24,6 +27,7 @@ import {
   configMapName,
   GRPC_PORT,
   HTTP_PORT,
+  imageReference,
   labels,
   ownedMeta,
   roleServiceAccountName,
@@ -151,7 +155,7 @@ function container(
   mounts.push(...identity.mounts, ...tls.mounts, ...pushCredentials.mounts);
   return {
     name: component,
-    image: `${cluster.spec.image}:${cluster.spec.version}`,
+    image: imageReference(cluster.spec.image, cluster.spec.version),
     imagePullPolicy: cluster.spec.imagePullPolicy,
     args: ["start", "--role", component],
     envFrom: [{ configMapRef: { name: configMapName(cluster) } }],
@@ -161,19 +165,83 @@ function container(
       ...(servesGrpc(component) ? [{ name: "grpc", containerPort: GRPC_PORT, protocol: "TCP" }] : []),
     ],
     ...PROBES,
-    ...(spec.resources ? { resources: spec.resources } : {}),
+    resources: spec.resources ?? defaultResources(component),
+    ...(component === "gateway" ? { lifecycle: GATEWAY_LIFECYCLE } : {}),
     securityContext: { ...RESTRICTED_CONTAINER_SECURITY, capabilities: { drop: ["ALL"] } },
     volumeMounts: mounts,
   };
 }
 
 /**
- * The probes of every role's container. A start (storage sessions, consumer-group joins) can take
- * many seconds on a loaded node, so the startup probe gives it two minutes, and liveness counts only
- * once the process has answered. Liveness is for a hung process, not a busy one: a gateway taking a
- * reconnect storm may leave a probe unanswered for a second or two, and killing it then would push
- * its clients onto the others and spread the storm (seen as gateways restarted in turn under load).
- * So it needs three checks in a row, each unanswered for 5 s. Readiness reacts in about 10 s.
+ * What each role's container requests when spec.<role>.resources is unset (the CRD's description
+ * says so): enough for a small cluster, so that the scheduler places the Pods by what they use and
+ * they are not the first evicted (BestEffort) under node pressure. A spec that sets resources, even
+ * only limits, replaces these whole (`{}`: none at all).
+ *
+ * Memory: limit = request. Memory cannot be taken back from a process, so a Pod using more than it
+ * was scheduled for would push the node into pressure and get others evicted; with the limit at the
+ * request, the scheduler's accounting is what the node sees, and a Pod that outgrows it is OOM-killed
+ * alone (and should get a larger spec.<role>.resources). CPU: a request and no limit. CPU is
+ * compressible: a busy Pod borrows idle CPU, and a CFS quota would only throttle an event loop into
+ * latency spikes (a gateway's reconnect storm, a router's fan-out) while the node has CPU to spare.
+ */
+const DEFAULT_RESOURCES: Readonly<Record<ComponentName, { cpu: string; memory: string }>> = {
+  // WebSocket connections: memory per connection, CPU per frame.
+  gateway: { cpu: "250m", memory: "512Mi" },
+  // Fan-out, history and membership reads: the busiest of the back end.
+  router: { cpu: "250m", memory: "512Mi" },
+  // Presence state of its shard, in memory.
+  presence: { cpu: "100m", memory: "256Mi" },
+  push: { cpu: "100m", memory: "256Mi" },
+  // Snowflake ids: no storage, little state.
+  id: { cpu: "50m", memory: "128Mi" },
+  sequencer: { cpu: "250m", memory: "384Mi" },
+};
+
+export function defaultResources(component: ComponentName): V1ResourceRequirements {
+  const { cpu, memory } = DEFAULT_RESOURCES[component];
+  return { requests: { cpu, memory }, limits: { memory } };
+}
+
+/**
+ * A gateway told to stop (SIGTERM) refuses new WebSocket connections at once, but its Pod leaves the
+ * Service's endpoints, and the load balancers and kube-proxies behind them, only a moment after its
+ * deletion: connections sent there in between would be refused. The kubelet's own sleep (no shell in
+ * the distroless image, so no `exec` of sleep) delays the SIGTERM until they have caught up. The
+ * `sleep` action is beta and on by default from Kubernetes 1.30, the chart's minimum (GA in 1.34).
+ * The grace period (drainTimeoutSeconds + 30) counts the sleep too.
+ */
+export const GATEWAY_PRE_STOP_SECONDS = 5;
+const GATEWAY_LIFECYCLE: V1Lifecycle = { preStop: { sleep: { seconds: GATEWAY_PRE_STOP_SECONDS } } };
+
+/**
+ * Spread every role's Pods over the nodes when the spec says nothing about spreading
+ * (spec.<role>.scheduling.topologySpreadConstraints unset; an empty list opts out): one node's loss
+ * then takes at most a share of each role. Soft (ScheduleAnyway): with fewer nodes than Pods, or
+ * nodes full, the Pods still schedule.
+ */
+function defaultTopologySpread(cluster: ChatCluster, component: ComponentName): V1TopologySpreadConstraint[] {
+  return [
+    {
+      maxSkew: 1,
+      topologyKey: "kubernetes.io/hostname",
+      whenUnsatisfiable: "ScheduleAnyway",
+      labelSelector: { matchLabels: selectorLabels(cluster, component) },
+    },
+  ];
+}
+
+/**
+ * The probes of every role's container. /healthz answers as soon as the process's HTTP server
+ * listens, before its storage sessions open: the startup probe covers only that boot (module loading
+ * on a loaded node: up to two minutes), and liveness counts only once the process has answered.
+ * Opening storage and joining consumer groups (many seconds, or as long as the storage is down) is
+ * readiness's business: /readyz fails until they are done, with no deadline and no restart, since a
+ * restart would not bring the storage back. Liveness is for a hung process, not a busy one: a
+ * gateway taking a reconnect storm may leave a probe unanswered for a second or two, and killing it
+ * then would push its clients onto the others and spread the storm (seen as gateways restarted in
+ * turn under load). So it needs three checks in a row, each unanswered for 5 s. Readiness reacts in
+ * about 10 s.
  */
 const PROBES: Pick<V1Container, "startupProbe" | "livenessProbe" | "readinessProbe"> = {
   startupProbe: { httpGet: { path: "/healthz", port: "http" }, periodSeconds: 1, failureThreshold: 120 },
@@ -234,13 +302,9 @@ function podTemplate(
         ? { tolerations: sched.tolerations as NonNullable<V1PodSpec["tolerations"]> }
         : {}),
       ...(sched.affinity ? { affinity: sched.affinity as NonNullable<V1PodSpec["affinity"]> } : {}),
-      ...(sched.topologySpreadConstraints
-        ? {
-            topologySpreadConstraints: sched.topologySpreadConstraints as NonNullable<
-              V1PodSpec["topologySpreadConstraints"]
-            >,
-          }
-        : {}),
+      topologySpreadConstraints:
+        (sched.topologySpreadConstraints as V1PodSpec["topologySpreadConstraints"]) ??
+        defaultTopologySpread(cluster, component),
       ...(sched.priorityClassName ? { priorityClassName: sched.priorityClassName } : {}),
       ...(terminationGracePeriodSeconds === undefined ? {} : { terminationGracePeriodSeconds }),
     },

@@ -24,6 +24,11 @@ export interface OperatorRuntimeMetrics {
   relistsTotal: Counter;
   /** 1 while this replica holds the leader Lease. */
   leader: Gauge;
+  /**
+   * Per ChatCluster (labels chatcluster_namespace, chatcluster): 1 while its Ready condition is True,
+   * 0 otherwise; set by the leader after each reconcile, removed when the ChatCluster is gone.
+   */
+  chatclusterReady: Gauge;
 }
 
 /**
@@ -96,6 +101,13 @@ export function createOperatorRuntimeMetrics(registry = new Registry()): Operato
       help: "1 while this replica holds the leader Lease.",
       registers,
     }),
+    // Not `namespace`: a scrape's target labels carry the operator's own namespace under that name.
+    chatclusterReady: new Gauge({
+      name: "switchboard_operator_chatcluster_ready",
+      help: "1 while the ChatCluster's Ready condition is True, 0 otherwise (exported by the leader).",
+      labelNames: ["chatcluster_namespace", "chatcluster"],
+      registers,
+    }),
   };
   lastEventAt.set(metrics, seen);
   return metrics;
@@ -113,4 +125,16 @@ export function recordWatchEvent(metrics: OperatorRuntimeMetrics, informer: stri
 export function forgetWatch(metrics: OperatorRuntimeMetrics, informer: string): void {
   lastEventAt.get(metrics)?.delete(informer);
   metrics.watchSecondsSinceLastEvent.remove({ informer });
+}
+
+/** Sets (or, with undefined: the ChatCluster is gone, removes) a ChatCluster's readiness series. */
+export function recordChatClusterReady(
+  metrics: OperatorRuntimeMetrics,
+  namespace: string,
+  name: string,
+  ready: boolean | undefined,
+): void {
+  const labels = { chatcluster_namespace: namespace, chatcluster: name };
+  if (ready === undefined) metrics.chatclusterReady.remove(labels);
+  else metrics.chatclusterReady.set(labels, ready ? 1 : 0);
 }

@@ -105,6 +105,59 @@ describe("charts/switchboard-operator", () => {
     expect(policy.stderr).toContain("/image/pullPolicy");
   });
 
+  it("refuses a poll interval under 100ms (a tight reconcile loop) and resource quantities Kubernetes would not take", async () => {
+    const template = (...set: string[]) =>
+      helm(tools, ["template", "t", CHART_DIR, ...set.flatMap((v) => ["--set-string", v])]);
+    for (const bad of ["0s", "0ms", "0.0s", "99ms", "0.05s", "10", "ten", "-1s"]) {
+      const r = await template(`pollInterval=${bad}`);
+      expect(r.code, bad).not.toBe(0);
+      expect(r.stderr, bad).toContain("/pollInterval");
+    }
+    for (const good of ["100ms", "0.1s", "500ms", "1s", "1.5s", "10s", "300s"]) {
+      const r = await template(`pollInterval=${good}`);
+      expect(r.stderr, good).toBe("");
+      expect(r.code, good).toBe(0);
+    }
+    for (const bad of [
+      "resources.requests.cpu=lots",
+      "resources.limits.memory=1 GB",
+      "resources.requests.memory=-1Gi",
+    ]) {
+      const r = await template(bad);
+      expect(r.code, bad).not.toBe(0);
+      expect(r.stderr, bad).toMatch(/\/resources\/(requests|limits)\//);
+    }
+    const quantities = await template("resources.requests.cpu=250m", "resources.limits.memory=1.5Gi");
+    expect(quantities.stderr).toBe("");
+    const numeric = await helm(tools, ["template", "t", CHART_DIR, "--set", "resources.requests.cpu=2"]);
+    expect(numeric.code).toBe(0);
+  });
+
+  it("points NOTES at the metrics Service only when there is one, and says to delete ChatClusters before uninstalling", async () => {
+    const notes = async (...args: string[]) => {
+      const r = await helm(tools, [
+        "install",
+        RELEASE,
+        CHART_DIR,
+        "--namespace",
+        NS,
+        "--dry-run=client",
+        ...args,
+      ]);
+      expect(r.code, r.stderr).toBe(0);
+      return r.stdout.slice(r.stdout.indexOf("NOTES:"));
+    };
+    const withService = await notes();
+    expect(withService).toContain(`kubectl port-forward -n ${NS} svc/${FULLNAME}-metrics 8081`);
+    const without = await notes("--set", "metrics.service.enabled=false");
+    expect(without).not.toContain(`svc/${FULLNAME}-metrics`);
+    expect(without).toContain(`kubectl port-forward -n ${NS} deploy/${FULLNAME} 8081`);
+    for (const text of [withService, without]) {
+      expect(text).toContain("Before `helm uninstall`, delete the ChatClusters");
+      expect(text).toContain("switchboard.dev/cleanup");
+    }
+  });
+
   it("renders manifests the API server accepts, with no Pod Security warning in a restricted namespace", async () => {
     const rendered = await render("--include-crds");
     const kinds = (await objects(rendered)).map((o) => o.kind).sort();
@@ -121,6 +174,8 @@ describe("charts/switchboard-operator", () => {
       "RoleBinding",
       "Service",
       "ServiceAccount",
+      "ValidatingAdmissionPolicy",
+      "ValidatingAdmissionPolicyBinding",
     ]);
     const r = await kubectlRun(
       ["apply", "--dry-run=server", "--server-side", "--force-conflicts", "-n", NS, "-f", "-"],
@@ -164,6 +219,8 @@ describe("charts/switchboard-operator", () => {
       "RoleBinding",
       "RoleBinding",
       "ServiceAccount",
+      "ValidatingAdmissionPolicy",
+      "ValidatingAdmissionPolicyBinding",
     ]);
     const pod = podSpec(only(customObjs, "Deployment"));
     expect(pod.serviceAccountName).toBe("sb-operator");
@@ -208,6 +265,37 @@ describe("charts/switchboard-operator", () => {
       limits: { memory: "256Mi" },
     });
     expect(spec.automountServiceAccountToken).toBe(true);
+    // Replicas spread over nodes, softly (one node still runs them all).
+    expect(spec.topologySpreadConstraints).toEqual([
+      {
+        maxSkew: 1,
+        topologyKey: "kubernetes.io/hostname",
+        whenUnsatisfiable: "ScheduleAnyway",
+        labelSelector: {
+          matchLabels: {
+            "app.kubernetes.io/name": "switchboard-operator",
+            "app.kubernetes.io/instance": RELEASE,
+          },
+        },
+      },
+    ]);
+    const zones = podSpec(
+      only(
+        await objects(
+          await render(
+            "--set",
+            "topologySpreadConstraints[0].maxSkew=1,topologySpreadConstraints[0].topologyKey=topology.kubernetes.io/zone,topologySpreadConstraints[0].whenUnsatisfiable=DoNotSchedule",
+          ),
+        ),
+        "Deployment",
+      ),
+    );
+    expect(zones.topologySpreadConstraints).toEqual([
+      { maxSkew: 1, topologyKey: "topology.kubernetes.io/zone", whenUnsatisfiable: "DoNotSchedule" },
+    ]);
+    // Its budget lets a drain evict a replica that is not ready (it protects nothing).
+    const pdb = only(await objects(await render("--show-only", "templates/pdb.yaml")), "PodDisruptionBudget");
+    expect(pdb.spec).toMatchObject({ minAvailable: 1, unhealthyPodEvictionPolicy: "AlwaysAllow" });
     expect(spec.securityContext).toMatchObject({
       runAsNonRoot: true,
       runAsUser: 65532,
@@ -326,6 +414,62 @@ describe("charts/switchboard-operator", () => {
     for (const kind of ["ClusterRoleBinding", "RoleBinding"])
       for (const binding of objs.filter((o) => o.kind === kind) as Array<K8sObject & { subjects: unknown[] }>)
         expect(binding.subjects).toEqual([{ kind: "ServiceAccount", name: FULLNAME, namespace: NS }]);
+    // What RBAC cannot narrow (the bindings' names are per ChatCluster; a delete is not an
+    // escalation), an admission policy does: the operator's ServiceAccount, and it alone, may create,
+    // change and delete only the switchboard:tokenreview:* bindings, and bind only the token-review role.
+    const vap = byName("ValidatingAdmissionPolicy", `${FULLNAME}-clusterrolebindings`) as unknown as {
+      spec: {
+        failurePolicy: string;
+        matchConstraints: { resourceRules: Array<{ resources: string[]; operations: string[] }> };
+        matchConditions: Array<{ expression: string }>;
+        validations: Array<{ expression: string }>;
+      };
+    };
+    expect(vap.spec.failurePolicy).toBe("Fail");
+    expect(vap.spec.matchConstraints.resourceRules).toEqual([
+      expect.objectContaining({
+        resources: ["clusterrolebindings"],
+        operations: ["CREATE", "UPDATE", "DELETE"],
+      }),
+    ]);
+    expect(vap.spec.matchConditions.map((c) => c.expression)).toEqual([
+      `request.userInfo.username == "system:serviceaccount:${NS}:${FULLNAME}"`,
+    ]);
+    expect(vap.spec.validations.map((v) => v.expression).join("\n")).toContain(
+      'startsWith("switchboard:tokenreview:")',
+    );
+    expect(vap.spec.validations.map((v) => v.expression).join("\n")).toContain(`"${FULLNAME}-tokenreview"`);
+    expect(byName("ValidatingAdmissionPolicyBinding", `${FULLNAME}-clusterrolebindings`).spec).toEqual({
+      policyName: `${FULLNAME}-clusterrolebindings`,
+      validationActions: ["Deny"],
+    });
+    // rbac.secretNamespaces: Secrets readable in those namespaces only (a Role each), not cluster-wide.
+    const scoped = await objects(
+      await render(
+        "--show-only",
+        "templates/rbac.yaml",
+        "--set",
+        "rbac.secretNamespaces={chat,chat-staging}",
+        "--set",
+        "rbac.clusterRoleBindingPolicy.enabled=false",
+      ),
+    );
+    const scopedRole = scoped.find(
+      (o) => o.kind === "ClusterRole" && o.metadata.name === FULLNAME,
+    ) as K8sObject & {
+      rules: PolicyRule[];
+    };
+    expect(grants(scopedRole.rules)).not.toContain("core/secrets: get");
+    expect(grants(scopedRole.rules)).toHaveLength(grants(clusterRole.rules).length - 1);
+    const secretRoles = scoped.filter((o) => o.kind === "Role" && o.metadata.name === `${FULLNAME}-secrets`);
+    expect(secretRoles.map((o) => o.metadata.namespace)).toEqual(["chat", "chat-staging"]);
+    for (const role of secretRoles as Array<K8sObject & { rules: PolicyRule[] }>)
+      expect(grants(role.rules)).toEqual(["core/secrets: get"]);
+    const secretBindings = scoped.filter(
+      (o) => o.kind === "RoleBinding" && o.metadata.name === `${FULLNAME}-secrets`,
+    );
+    expect(secretBindings.map((o) => o.metadata.namespace)).toEqual(["chat", "chat-staging"]);
+    expect(scoped.map((o) => o.kind)).not.toContain("ValidatingAdmissionPolicy");
     // The rendered RBAC is valid for the API server.
     const r = await kubectlRun(
       ["apply", "--dry-run=server", "-f", "-"],
@@ -352,6 +496,7 @@ interface PodSpec {
   automountServiceAccountToken: boolean;
   securityContext?: unknown;
   nodeSelector?: Record<string, string>;
+  topologySpreadConstraints?: unknown[];
   containers: Container[];
 }
 

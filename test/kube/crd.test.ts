@@ -551,6 +551,15 @@ describe("ChatCluster CRD", () => {
     ).toMatch(/spec\.api\.clients\[0\]\.permissions\[0\]: Unsupported value: "root"/);
     // The last id: the snowflake worker ids are 0..1023.
     expect((await dryRunCreate(minimal("max-ids", { id: { replicas: 1024 } }))).spec.id.replicas).toBe(1024);
+    // spec.version: a tag, a tag pinned to a digest, or a digest alone; nothing an image reference
+    // cannot carry after `image:` (or `image@`).
+    const digest = `sha256:${"0123456789abcdef".repeat(4)}`;
+    for (const version of ["0.1.0", "v1.2.3-rc.1_build", `0.1.0@${digest}`, digest, "x".repeat(128)])
+      expect((await dryRunCreate(minimal("good-version", { version }))).spec.version, version).toBe(version);
+    for (const version of ["1.0 beta", "-1.0", "sha256:abc", `@${digest}`, "repo:1.0", "x".repeat(129)])
+      expect(await createError(minimal("bad-version", { version })), version).toMatch(
+        /spec\.version: (Invalid value|Too long)/,
+      );
   });
 
   it("keeps status apart from spec (status subresource) and prints its columns", async () => {

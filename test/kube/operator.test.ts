@@ -12,6 +12,7 @@ import {
   type V1ConfigMap,
   type V1Deployment,
   type V1Pod,
+  type V1PodDisruptionBudget,
   type V1PodSpec,
   type V1Service,
   type V1StatefulSet,
@@ -28,7 +29,7 @@ import { TestPki } from "../helpers/certificates.js";
 import { OtlpReceiver, spanAttribute } from "../helpers/otlp-receiver.js";
 import { ensureServer } from "../infra/servers.js";
 import { GatewayFarm } from "./fake-gateways.js";
-import { installCrd, kubectl as kubectlWith, kubeTools, type Tools, waitFor } from "./helpers.js";
+import { installCrd, kubectl as kubectlWith, kubeTools, run, type Tools, waitFor } from "./helpers.js";
 import { installChartOperator, type OperatorProcess, removeChartAndClusters } from "./operator-process.js";
 
 const suffix = randomBytes(3).toString("hex");
@@ -407,6 +408,38 @@ describe("operator against a real API server", () => {
         ["alpha-push", true],
         ["alpha-router", true],
       ]);
+      // The clients' Service carries HTTP only: the gateways' gRPC is dialled on their Pod IPs.
+      expect(
+        services.find((svc) => svc.metadata?.name === "alpha-gateway")?.spec?.ports?.map((p) => p.port),
+      ).toEqual([80]);
+
+      // What the API server stored (it accepted every field): budgets that let a drain evict
+      // unready Pods, default requests and a soft spread over nodes for every role, and the gateways'
+      // preStop sleep.
+      const { items: budgets } = await kube.list<V1PodDisruptionBudget>(
+        { apiVersion: "policy/v1", kind: "PodDisruptionBudget", namespace: NS },
+        "app.kubernetes.io/instance=alpha",
+      );
+      expect(budgets.map((b) => b.spec?.unhealthyPodEvictionPolicy)).toEqual(
+        budgets.map(() => "AlwaysAllow"),
+      );
+      for (const pod of pods) {
+        const component = pod.metadata?.labels?.["app.kubernetes.io/component"];
+        const c = pod.spec?.containers[0];
+        expect(c?.resources?.requests, component).toMatchObject({ cpu: expect.any(String) });
+        expect(c?.resources?.limits?.memory, component).toBe(c?.resources?.requests?.memory);
+        expect(c?.resources?.limits?.cpu, component).toBeUndefined();
+        expect(pod.spec?.topologySpreadConstraints, component).toEqual([
+          expect.objectContaining({
+            topologyKey: "kubernetes.io/hostname",
+            whenUnsatisfiable: "ScheduleAnyway",
+          }),
+        ]);
+        expect(c?.lifecycle?.preStop, component).toEqual(
+          component === "gateway" ? { sleep: { seconds: 5 } } : undefined,
+        );
+        expect(pod.metadata?.labels?.["app.kubernetes.io/version"]).toBe("0.1.0");
+      }
       const config = await kube.get<V1ConfigMap>({
         apiVersion: "v1",
         kind: "ConfigMap",
@@ -437,6 +470,9 @@ describe("operator against a real API server", () => {
         /^switchboard_operator_watch_seconds_since_last_event\{informer="chatclusters"\} /m,
       );
       expect(metrics).toMatch(/^switchboard_operator_leader 1$/m);
+      expect(metrics).toContain(
+        `switchboard_operator_chatcluster_ready{chatcluster_namespace="${NS}",chatcluster="alpha"} 1`,
+      );
       expect((await fetch(`http://127.0.0.1:${operator.port}/readyz`)).status).toBe(200);
 
       // What it did is on record as Events.
@@ -1070,6 +1106,137 @@ describe("operator against a real API server", () => {
           (e: Error) => e.message,
         ),
       ).toMatch(/NotFound/);
+    }),
+  );
+
+  it(
+    "runs a version pinned to a digest: image@digest, no version label (it could not be one), every object applied, and its readiness exported until it is deleted",
+    onFailure(async () => {
+      const digest = `sha256:${"5e1f".repeat(16)}`;
+      await kube.create(clusterManifest("pinned", { version: digest }));
+      const cluster = await waitReady("pinned");
+      expect(condition(cluster, "Degraded")?.status).toBe("False");
+      const router = await kube.get<V1Deployment>({
+        apiVersion: "apps/v1",
+        kind: "Deployment",
+        namespace: NS,
+        name: "pinned-router",
+      });
+      expect(router.spec?.template.spec?.containers[0]?.image).toBe(
+        `ghcr.io/switchboard-chat/switchboard@${digest}`,
+      );
+      const objects = await ownedObjects("pinned");
+      expect(objects.length).toBeGreaterThan(20);
+      const labelled = JSON.parse(
+        await kubectl([
+          "get",
+          "deployments,services,configmaps",
+          "-n",
+          NS,
+          "-l",
+          "app.kubernetes.io/instance=pinned",
+          "-o",
+          "json",
+        ]),
+      ) as {
+        items: Array<{ metadata: { labels?: Record<string, string>; annotations?: Record<string, string> } }>;
+      };
+      for (const o of labelled.items) {
+        expect(o.metadata.labels).not.toHaveProperty("app.kubernetes.io/version");
+        expect(o.metadata.annotations?.["switchboard.dev/version"]).toBe(digest);
+      }
+      const series = `switchboard_operator_chatcluster_ready{chatcluster_namespace="${NS}",chatcluster="pinned"}`;
+      const metrics = () => fetch(`http://127.0.0.1:${operator.port}/metrics`).then((r) => r.text());
+      expect(await metrics()).toContain(`${series} 1`);
+      await kubectl(["delete", "chatcluster", "pinned", "-n", NS, "--wait=true", "--timeout=60s"]);
+      await waitFor(
+        "the series of a deleted ChatCluster removed",
+        async () => !(await metrics()).includes(series),
+      );
+    }),
+  );
+
+  it(
+    "keeps the operator's ServiceAccount to its own ClusterRoleBindings (the chart's admission policy): no other may be deleted or changed",
+    onFailure(async () => {
+      const asOperator = ["--as", `system:serviceaccount:${SYSTEM_NS}:${RELEASE}-switchboard-operator`];
+      const tokenReviewRole = `${RELEASE}-switchboard-operator-tokenreview`;
+      // Someone else's binding, to the very role the operator may bind (so RBAC's escalation check
+      // alone would let it through).
+      const victim = `sb-op-victim-${suffix}`;
+      await kubectl(
+        ["apply", "-f", "-"],
+        JSON.stringify({
+          apiVersion: "rbac.authorization.k8s.io/v1",
+          kind: "ClusterRoleBinding",
+          metadata: { name: victim },
+          roleRef: { apiGroup: "rbac.authorization.k8s.io", kind: "ClusterRole", name: tokenReviewRole },
+          subjects: [{ kind: "ServiceAccount", name: "someone", namespace: NS }],
+        }),
+      );
+      try {
+        // RBAC allows the verbs...
+        expect(
+          (await kubectl(["auth", "can-i", "delete", "clusterrolebindings", ...asOperator])).trim(),
+        ).toBe("yes");
+        // ...the admission policy refuses them on any binding but switchboard:tokenreview:*.
+        const deleted = await run(tools.KUBECTL, [
+          `--kubeconfig=${tools.KUBECONFIG}`,
+          "delete",
+          "clusterrolebinding",
+          victim,
+          "--dry-run=server",
+          ...asOperator,
+        ]);
+        expect(deleted.code).not.toBe(0);
+        expect(deleted.stderr).toContain(
+          `manages only the ClusterRoleBindings named switchboard:tokenreview:*, not ${victim}`,
+        );
+        // A change (server-side apply, as the operator applies): emptying its subjects.
+        const patched = await run(
+          tools.KUBECTL,
+          [
+            `--kubeconfig=${tools.KUBECONFIG}`,
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--dry-run=server",
+            "-f",
+            "-",
+            ...asOperator,
+          ],
+          {
+            input: JSON.stringify({
+              apiVersion: "rbac.authorization.k8s.io/v1",
+              kind: "ClusterRoleBinding",
+              metadata: { name: victim },
+              roleRef: { apiGroup: "rbac.authorization.k8s.io", kind: "ClusterRole", name: tokenReviewRole },
+              subjects: [],
+            }),
+          },
+        );
+        expect(patched.code).not.toBe(0);
+        expect(patched.stderr).toContain("ValidatingAdmissionPolicy");
+        // Its own kind of binding it may still create and delete (the finalizer's delete is tested above).
+        const own = JSON.stringify({
+          apiVersion: "rbac.authorization.k8s.io/v1",
+          kind: "ClusterRoleBinding",
+          metadata: { name: `switchboard:tokenreview:${NS}:nothing` },
+          roleRef: { apiGroup: "rbac.authorization.k8s.io", kind: "ClusterRole", name: tokenReviewRole },
+          subjects: [],
+        });
+        const created = await run(
+          tools.KUBECTL,
+          [`--kubeconfig=${tools.KUBECONFIG}`, "create", "-f", "-", "--dry-run=server", ...asOperator],
+          { input: own },
+        );
+        expect(created.stderr).toBe("");
+        expect(created.code).toBe(0);
+        // Anyone else (here the admin) is not matched.
+        await kubectl(["delete", "clusterrolebinding", victim, "--dry-run=server"]);
+      } finally {
+        await kubectl(["delete", "clusterrolebinding", victim, "--ignore-not-found"]);
+      }
     }),
   );
 
