@@ -42,7 +42,7 @@ function exampleCluster(kafka: string[], cassandra: string[], datacenter: string
   for (const component of ["gateway", "router", "presence", "push", "id", "sequencer"]) {
     const spec = s[component]!;
     spec.scheduling = { ...(spec.scheduling as object), ...onAgentNode };
-    delete spec.resources; // the agent runs no cgroups; requests would only constrain scheduling
+    spec.resources = {}; // none (not the defaults): the agent runs no cgroups; requests would only constrain scheduling
   }
   // Fewer replicas than production (2 cores run everything here); still 2+ of what the test kills.
   s.router!.replicas = 2;
