@@ -1,4 +1,5 @@
 import { describe, expect, it } from "vitest";
+import { HIGH_WATER_LEASE_MS, type HighWaterStore } from "./high-water.js";
 import { createIdService } from "./service.js";
 import { ClockMovedBackwardsError, decodeSnowflake, EPOCH_MS, Snowflake } from "./snowflake.js";
 
@@ -76,5 +77,93 @@ describe("IdService", () => {
         { signal: new AbortController().signal, peer: "test" },
       ),
     ).rejects.toMatchObject({ reason: "COUNT_OUT_OF_RANGE" });
+  });
+});
+
+describe("IdService across restarts (high-water mark)", () => {
+  const call = (count: number) =>
+    [
+      { $typeName: "switchboard.id.v1.AllocateIdsRequest", count } as const,
+      { signal: new AbortController().signal, peer: "test" },
+    ] as const;
+  /** A store that keeps the mark in memory (it outlives the services, as a disk would), counting writes. */
+  function memoryStore() {
+    const state = { mark: undefined as number | undefined, writes: 0, fail: false };
+    const store: HighWaterStore = {
+      load: () => state.mark,
+      store: async (untilMs) => {
+        await new Promise((r) => setTimeout(r, 1));
+        if (state.fail) throw new Error("disk full");
+        state.writes++;
+        state.mark = untilMs;
+      },
+    };
+    return { state, store };
+  }
+
+  it("reissues no id after the clock stepped back and the process restarted", async () => {
+    let clock = EPOCH_MS + 100_000_000;
+    const { store } = memoryStore();
+    const before = createIdService(0, () => clock, store);
+    const seen = new Set<string>();
+    for (let i = 0; i < 1_000; i++) {
+      for (const id of (await before.allocateIds(...call(1))).ids ?? []) seen.add(id);
+      clock += 1; // a second of ids
+    }
+    clock -= 3_000; // NTP steps the clock back three seconds
+    for (const id of (await before.allocateIds(...call(10))).ids ?? []) seen.add(id); // absorbed: its own clock
+    // kill -9 and restart with the same worker id: a new generator, the mark from the store.
+    const after = createIdService(0, () => clock, store);
+    let duplicates = 0;
+    for (let i = 0; i < 3_000; i++) {
+      for (const id of (await after.allocateIds(...call(1))).ids ?? []) if (seen.has(id)) duplicates++;
+      clock += 1;
+    }
+    expect(duplicates).toBe(0);
+    // Without the mark the same restart reissues a thousand ids (the defect this guards against).
+    clock -= 3_000;
+    const forgetful = createIdService(0, () => clock);
+    let again = 0;
+    for (let i = 0; i < 3_000; i++) {
+      for (const id of (await forgetful.allocateIds(...call(1))).ids ?? []) if (seen.has(id)) again++;
+      clock += 1;
+    }
+    expect(again).toBeGreaterThan(0);
+  });
+
+  it("writes the mark ahead, about twice per lease while ids are issued, not per id or per call", async () => {
+    let clock = EPOCH_MS + 100_000_000;
+    const { state, store } = memoryStore();
+    const svc = createIdService(1, () => clock, store);
+    for (let ms = 0; ms < 10 * HIGH_WATER_LEASE_MS; ms += 10) {
+      const { ids = [] } = await svc.allocateIds(...call(5));
+      for (const id of ids) expect(decodeSnowflake(id).ms).toBeLessThan(state.mark!);
+      clock += 10;
+    }
+    // 2,000 calls over ten leases: a write about every half lease.
+    expect(state.writes).toBeGreaterThanOrEqual(10);
+    expect(state.writes).toBeLessThanOrEqual(25);
+  });
+
+  it("hands out no ids it could not cover with a stored mark", async () => {
+    let clock = EPOCH_MS + 100_000_000;
+    const { state, store } = memoryStore();
+    const svc = createIdService(2, () => clock, store);
+    const first = await svc.allocateIds(...call(1));
+    state.fail = true;
+    clock += 10 * HIGH_WATER_LEASE_MS;
+    await expect(svc.allocateIds(...call(1))).rejects.toThrow("disk full");
+    state.fail = false;
+    const next = await svc.allocateIds(...call(1));
+    expect(BigInt(next.ids![0]!) > BigInt(first.ids![0]!)).toBe(true);
+  });
+
+  it("starts at the stored mark when the wall clock is behind it", () => {
+    const floor = EPOCH_MS + 50_000;
+    const gen = new Snowflake({ workerId: 4, now: () => floor - 2_000, floorMs: floor });
+    expect(decodeSnowflake(gen.next())).toEqual({ ms: floor, workerId: 4, sequence: 0 });
+    expect(decodeSnowflake(gen.next())).toEqual({ ms: floor, workerId: 4, sequence: 1 });
+    const late = new Snowflake({ workerId: 4, now: () => floor + 7, floorMs: floor });
+    expect(decodeSnowflake(late.next()).ms).toBe(floor + 7);
   });
 });

@@ -4,6 +4,10 @@
  * minting from its own last timestamp while the gap is small (the sequence space of one
  * millisecond, then it borrows the next millisecond), and fails loudly when the gap exceeds
  * `maxBackwardsMs`: it never hands out an id lower than one it already gave.
+ *
+ * Across restarts that needs the time ids were issued up to, which memory does not keep: given
+ * `floorMs` (a persisted high-water mark, high-water.ts), the generator mints no id below that
+ * millisecond, and runs on its own clock from there if the wall clock is behind it.
  */
 import { assert } from "../lib/errors.js";
 
@@ -23,6 +27,8 @@ export interface SnowflakeOptions {
   now?: () => number;
   /** Largest backwards clock jump absorbed by running ahead of the wall clock. */
   maxBackwardsMs?: number;
+  /** No id is minted in a millisecond below this one (ids of an earlier run may reach up to it). */
+  floorMs?: number;
 }
 
 export class Snowflake {
@@ -40,6 +46,16 @@ export class Snowflake {
     this.workerId = options.workerId;
     this.now = options.now ?? Date.now;
     this.maxBackwardsMs = options.maxBackwardsMs ?? 5_000;
+    if (options.floorMs !== undefined && options.floorMs > EPOCH_MS) {
+      // As if the last id had been the floor's millisecond's last one: the next is the floor's first.
+      this.lastMs = options.floorMs - 1;
+      this.sequence = SEQUENCE_MASK;
+    }
+  }
+
+  /** The millisecond of the last id minted (-1 before the first). */
+  get lastMillisecond(): number {
+    return this.lastMs;
   }
 
   /** The next id as a bigint. */

@@ -76,4 +76,21 @@ describe("presence: last_active_at writes", () => {
     await presence.close();
     expect(stored.get("bob")).toBe(1_000_000);
   });
+
+  it("writes the latest last_active_at of users still online when it closes", async () => {
+    const { store, stored } = recordingStore();
+    const presence = presenceOver(store);
+    presence.heartbeat("carol", "s1"); // stored a second later
+    await vi.advanceTimersByTimeAsync(1_000);
+    expect(stored.get("carol")).toBe(1_000_000);
+    now += 3_000;
+    presence.heartbeat("carol", "s1"); // within the 5 s between writes: not stored
+    presence.heartbeat("dave", "s2");
+    presence.endSession("dave", "s2"); // going offline, not yet
+    await vi.advanceTimersByTimeAsync(2_000);
+    expect(stored.get("carol")).toBe(1_000_000);
+    await presence.close();
+    expect(stored.get("carol")).toBe(1_003_000);
+    expect(stored.get("dave")).toBe(1_003_000);
+  });
 });

@@ -125,11 +125,22 @@ export class Presence {
       delete s.offlineTimer;
       if (s.sessions.size > 0 || !s.online) return;
       s.online = false;
+      s.persistedMs = s.lastActiveMs;
       this.persist(userId, s.lastActiveMs);
       this.publish(userId);
-      if (!this.watchers.has(userId)) this.users.delete(userId);
+      this.forgetIfIdle(userId, s);
     }, wait);
     s.offlineTimer.unref();
+  }
+
+  /**
+   * Drops the state of a user who is offline, about to go offline for nobody (no timer) and watched
+   * by nobody: status() then answers from the stored (or still unsaved) last_active_at. A watched
+   * offline user's state stays while watched, and goes when the last watcher leaves (unsubscribe).
+   */
+  private forgetIfIdle(userId: string, s: UserState): void {
+    if (!s.online && s.sessions.size === 0 && !s.offlineTimer && !this.watchers.has(userId))
+      this.users.delete(userId);
   }
 
   private sweep(): void {
@@ -238,7 +249,11 @@ export class Presence {
       mine.delete(u);
       const set = this.watchers.get(u);
       set?.delete(sessionId);
-      if (set?.size === 0) this.watchers.delete(u);
+      if (set?.size === 0) {
+        this.watchers.delete(u);
+        const s = this.users.get(u);
+        if (s) this.forgetIfIdle(u, s);
+      }
     }
     if (mine.size === 0) {
       this.watching.delete(sessionId);
@@ -269,10 +284,23 @@ export class Presence {
     if (mine) this.unsubscribe(sessionId, [...mine]);
   }
 
-  /** Stops the timers and writes what is still unsaved (before the store it writes to closes). */
+  /** Users whose state is held (for tests). */
+  get usersHeld(): number {
+    return this.users.size;
+  }
+
+  /**
+   * Stops the timers and writes what is still unsaved (before the store it writes to closes),
+   * including the latest last_active_at of users still online: a heartbeat stores it at most every
+   * PERSIST_INTERVAL_MS, and what came since would be lost with the process.
+   */
   async close(): Promise<void> {
     clearInterval(this.sweeper);
-    for (const s of this.users.values()) if (s.offlineTimer) clearTimeout(s.offlineTimer);
+    for (const [userId, s] of this.users) {
+      if (s.offlineTimer) clearTimeout(s.offlineTimer);
+      if (s.lastActiveMs > s.persistedMs && s.lastActiveMs > (this.unsaved.get(userId) ?? 0))
+        this.unsaved.set(userId, s.lastActiveMs);
+    }
     clearTimeout(this.persistTimer);
     if (this.unsaved.size > 0) await this.writeUnsaved();
   }

@@ -86,4 +86,32 @@ describe("presence watch leases", () => {
     expect(relayed).toEqual([["s-legacy"]]);
     await p.close();
   });
+
+  it("forgets a user who went offline while watched once the last watcher leaves", async () => {
+    vi.useFakeTimers();
+    const p = presence();
+    const users = Array.from({ length: 100 }, (_, i) => `u${i}`);
+    await p.subscribe("watcher-1", users, "gw");
+    await p.subscribe("watcher-2", users.slice(0, 10), "gw");
+    for (const u of users) {
+      p.heartbeat(u, `s-${u}`);
+      p.endSession(u, `s-${u}`);
+    }
+    vi.advanceTimersByTime(LEASE_MS + 10); // offline; watched, so still held
+    expect(p.usersHeld).toBe(100);
+    p.unsubscribe("watcher-1", users);
+    expect(p.usersHeld).toBe(10); // u0-u9 are still watched by watcher-2
+    expect(p.status("u50")).toMatchObject({ online: false });
+    p.endSession("nobody", "watcher-2"); // its session ends: it unwatches everyone
+    expect(p.usersHeld).toBe(0);
+    // A watched user who is online stays, and goes when offline and unwatched.
+    await p.subscribe("watcher-3", ["v"], "gw");
+    p.heartbeat("v", "sv");
+    p.unsubscribe("watcher-3", ["v"]);
+    expect(p.usersHeld).toBe(1);
+    p.endSession("v", "sv");
+    vi.advanceTimersByTime(LEASE_MS + 10);
+    expect(p.usersHeld).toBe(0);
+    await p.close();
+  });
 });

@@ -5,7 +5,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { expectCase, RawClient } from "../helpers/raw-client.js";
-import { devToken, type ServerProcess, startServer } from "../helpers/server.js";
+import { devToken, type ServerProcess, startServer, testBackend } from "../helpers/server.js";
 
 let server: ServerProcess;
 
@@ -136,4 +136,33 @@ describe("kill -9", () => {
     aliceAgain.close();
     bob.close();
   }, 180_000);
+
+  // Embedded: the process assigns seqs from memory, so a second one on the same data dir would
+  // overwrite acknowledged messages (it did, before the data dir was locked). After the kill -9
+  // above, the restarted server took the dir over from its dead holder.
+  it.runIf(testBackend === "embedded")(
+    "a second server on the same data dir is refused, naming the dir and its holder",
+    async () => {
+      const outcome = await startServer({ dataDir: server.dataDir }).then(
+        async (second) => {
+          await second.kill();
+          return "started";
+        },
+        (err: Error) => err.message,
+      );
+      expect(outcome).toContain(`data dir ${server.dataDir} is in use`);
+      expect(outcome).toContain(`pid ${server.child.pid} on host`);
+      // The first one is unharmed.
+      const alice = await RawClient.connect(server.url, { token: await devToken(server.dataDir, "alice") });
+      const ack = expectCase(
+        await alice.request({
+          case: "send",
+          value: { target: { case: "toUser", value: "bob" }, clientMsgId: "after", body: "x" },
+        }),
+        "ack",
+      );
+      expect(ack.duplicate).toBe(false);
+      alice.close();
+    },
+  );
 });

@@ -1,23 +1,63 @@
 /**
  * The embedded inbox: each user's entries by gap-free cursor, assigned in memory by the only writer.
+ *
+ * The entries are the user's durable history and are kept (they grow with every message a user
+ * receives, as the messages do; the one LMDB file is what a backup copies). The index that makes
+ * re-handling idempotent (user, conversation, seq → cursor) is needed only while the router may
+ * handle a message again, so retention (retention.ts) removes a message's index entries with its log
+ * entry. It is keyed by message (conversation, seq, user) for that: since 2026-12-05; the index of
+ * earlier versions (`inbox_index`, keyed by user) is still read until the consumers have passed what
+ * was in the log when it was opened, then dropped.
  */
 import type { Database } from "lmdb";
 import type { InboxEntry, InboxStore } from "../types.js";
 import { inboxEntry } from "../types.js";
+import { SettledCounters } from "./counters.js";
 import { PendingWrites } from "./pending-writes.js";
 import { type Guard, type Key, SEQ_MAX } from "./store.js";
 import type { TurnCommits } from "./turn-commits.js";
 
+/** Users whose inbox head is kept in memory (about twice this at most: counters.ts). */
+export const INBOX_HEADS_KEPT_MAX = 50_000;
+
 export class EmbeddedInbox implements InboxStore {
-  private readonly heads = new Map<string, number>();
+  private readonly heads: SettledCounters;
   private readonly pending = new PendingWrites<{ cursor: number; written: Promise<unknown> }>();
+  /** The index of earlier versions, keyed [user, conversation, seq], while it may still be needed. */
+  private legacy: Database<number, Key> | undefined;
 
   constructor(
     private readonly entries: Database<Omit<InboxEntry, "userId" | "cursor">, Key>,
+    /** [conversation, seq, user] → cursor. */
     private readonly index: Database<number, Key>,
     private readonly turns: TurnCommits,
     private readonly guard: Guard,
-  ) {}
+    headsKeptMax = INBOX_HEADS_KEPT_MAX,
+  ) {
+    this.heads = new SettledCounters(headsKeptMax, () => turns.settled());
+  }
+
+  /** Reads `legacy` too (entries written by earlier versions) until dropLegacyIndex. */
+  useLegacyIndex(legacy: Database<number, Key>): void {
+    this.legacy = legacy;
+  }
+
+  /** Stops reading the earlier versions' index and drops it (retention, once nothing needs it). */
+  async dropLegacyIndex(): Promise<void> {
+    const legacy = this.legacy;
+    if (!legacy) return;
+    this.legacy = undefined;
+    await this.guard(legacy.drop());
+  }
+
+  get readsLegacyIndex(): boolean {
+    return this.legacy !== undefined;
+  }
+
+  /** Users whose head is in memory now (for tests). */
+  get headsKept(): number {
+    return this.heads.size;
+  }
 
   private headOf(userId: string): number {
     let head = this.heads.get(userId);
@@ -57,7 +97,9 @@ export class EmbeddedInbox implements InboxStore {
         out.push(inboxEntry(e, inFlight.cursor));
         continue;
       }
-      const existing = this.index.get([e.userId, e.conversationId, e.seq]);
+      const existing =
+        this.index.get([e.conversationId, e.seq, e.userId]) ??
+        this.legacy?.get([e.userId, e.conversationId, e.seq]);
       if (existing !== undefined) {
         out.push(inboxEntry(e, existing));
         continue;
@@ -78,7 +120,7 @@ export class EmbeddedInbox implements InboxStore {
             seq: e.seq,
             messageId: e.messageId,
           });
-          w.put(this.index, [e.userId, e.conversationId, e.seq], e.cursor);
+          w.put(this.index, [e.conversationId, e.seq, e.userId], e.cursor);
         }
       });
       const written = this.guard(commit);

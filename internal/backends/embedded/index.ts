@@ -12,7 +12,16 @@
  * Ordering: this process is the only writer, so seq and inbox cursors are assigned from in-memory
  * counters (loaded lazily from the database) synchronously, before the write is queued; LMDB commits
  * queued transactions in order, so a crash can only cut off a suffix, never leave a gap. A failed
- * commit is fatal (`onFatal`): after it the counters could be ahead of the disk.
+ * commit is fatal (`onFatal`): after it the counters could be ahead of the disk. So is a second process
+ * on the same file: the backend takes the data dir for the life of the process (data-dir-lock.ts).
+ *
+ * Growth: the messages, the inboxes (each user's durable history), membership and the other stores
+ * are kept; the dedupe keys, the log entries and the inbox index are removed in the background once
+ * past the dedupe window and every consumer (retention.ts). The file grows with the messages and
+ * inbox entries (about one message row, one log entry, one dedupe key and two keys per recipient
+ * while in the window; afterwards the row and one inbox entry per recipient): size the disk for the
+ * history kept, and copy all of it when backing up (stop, copy the data dir, start). LMDB reuses freed
+ * pages but never shrinks the file; the map is `mapSize` (2 GiB) at most.
  */
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
@@ -32,6 +41,7 @@ import type {
   ReceiptStore,
   RoutingEvents,
 } from "../types.js";
+import { DataDirLock } from "./data-dir-lock.js";
 import { EmbeddedDevices } from "./devices.js";
 import { EmbeddedInbox } from "./inbox.js";
 import { EmbeddedLog } from "./log.js";
@@ -45,6 +55,7 @@ import {
   type StoredDeadLetter,
 } from "./push.js";
 import { EmbeddedReceipts } from "./receipts.js";
+import { Retention, type RetentionOptions } from "./retention.js";
 import { InMemoryRouting } from "./routing.js";
 import { EmbeddedSettings } from "./settings.js";
 import type { Key } from "./store.js";
@@ -61,7 +72,20 @@ export interface EmbeddedOptions {
   onConsumerError?: (group: string, err: unknown) => void;
   /** Keys of added push jobs kept at most (PushJobStore.add); PUSH_JOB_KEYS_MAX unless given. */
   pushJobKeysMax?: number;
+  /**
+   * A resend with the same client_msg_id within this window returns the original; after it, it is a
+   * new message (its dedupe key is removed: retention.ts). DEDUPE_WINDOW_MS (168 hours) unless given:
+   * the distributed backend's default (`kafka.dedupeWindowHours`).
+   */
+  dedupeWindowMs?: number;
+  /** Retention's pace and bounds (tests). */
+  retention?: Omit<RetentionOptions, "dedupeWindowMs">;
+  /** Conversations' last seqs and users' inbox heads kept in memory at most (tests). */
+  countersKeptMax?: number;
 }
+
+/** Where the id service's high-water mark is kept (internal/id/high-water.ts). */
+const ID_HIGH_WATER_KEY = "snowflake-high-water";
 
 export class EmbeddedBackends implements Backends {
   readonly name = "embedded" as const;
@@ -77,7 +101,15 @@ export class EmbeddedBackends implements Backends {
   readonly pushJobs: PushJobStore;
   readonly pushDeadLetters: PushDeadLetterStore;
 
+  /**
+   * The time the id service issued ids up to, kept here so that a restart never issues one again
+   * (internal/id/high-water.ts; role all passes it to createIdService).
+   */
+  readonly idHighWater: { load(): number | undefined; store(untilMs: number): Promise<void> };
+
   private readonly root: RootDatabase;
+  private readonly lock: DataDirLock;
+  private readonly retention: Retention;
   /** The message path's writes, one transaction per event-loop turn (turn-commits.ts). */
   private readonly turns: TurnCommits;
   private closed = false;
@@ -94,6 +126,14 @@ export class EmbeddedBackends implements Backends {
       maxDbs: 24,
       mapSize: 2 * 1024 ** 3,
     });
+    // Before anything is read or written: the seqs and positions assigned from memory are this
+    // process's alone. The check runs under LMDB's write lock, which every contender takes.
+    try {
+      this.lock = DataDirLock.acquire(options.dataDir, (check) => this.root.transactionSync(check));
+    } catch (err) {
+      void this.root.close();
+      throw err;
+    }
     // One handle per database, each with msgpackr's shared structures: an object value then carries a
     // one-byte id of its shape instead of its key names (a stored message: 97 -> 33 bytes), and packing
     // it allocates no inline record definition. Values written before (keys inline) still decode.
@@ -108,7 +148,7 @@ export class EmbeddedBackends implements Backends {
     };
     const guard = <T>(p: Promise<T>) => this.guard(p);
     this.turns = new TurnCommits(this.root);
-    this.log = new EmbeddedLog(
+    const log = new EmbeddedLog(
       db("messages"),
       db("dedupe"),
       db("log"),
@@ -117,7 +157,9 @@ export class EmbeddedBackends implements Backends {
       guard,
       () => this.closed,
       (group, err) => (options.onConsumerError ?? (() => undefined))(group, err),
+      options.countersKeptMax === undefined ? {} : { lastSeqsKeptMax: options.countersKeptMax },
     );
+    this.log = log;
     this.messages = new EmbeddedMessageStore(db("messages"), guard);
     this.membership = new EmbeddedMembership(
       db("conversations"),
@@ -126,7 +168,22 @@ export class EmbeddedBackends implements Backends {
       db("user_conversations"),
       guard,
     );
-    this.inbox = new EmbeddedInbox(db("inbox"), db("inbox_index"), this.turns, guard);
+    const inbox = new EmbeddedInbox(
+      db("inbox"),
+      db("inbox_by_message"),
+      this.turns,
+      guard,
+      options.countersKeptMax,
+    );
+    this.inbox = inbox;
+    // The index of versions before 2026-12-05 (keyed by user): read until the consumers have passed
+    // what the log held now, then dropped (inbox.ts).
+    let legacyIndexUntil = 0;
+    const legacyIndex = db<number>("inbox_index");
+    for (const _ of legacyIndex.getKeys({ limit: 1 })) {
+      inbox.useLegacyIndex(legacyIndex);
+      legacyIndexUntil = log.lastCommitted();
+    }
     this.receipts = new EmbeddedReceipts(db("receipts"), guard);
     this.routing = new InMemoryRouting();
     this.presence = new EmbeddedPresence(db("presence"), guard);
@@ -143,6 +200,34 @@ export class EmbeddedBackends implements Backends {
       options.pushJobKeysMax ?? PUSH_JOB_KEYS_MAX,
     );
     this.pushDeadLetters = new EmbeddedPushDeadLetters(this.root, deadLetters, guard);
+    const meta = db<number>("meta");
+    this.idHighWater = {
+      load: () => meta.get(ID_HIGH_WATER_KEY),
+      store: (untilMs) => guard(meta.put(ID_HIGH_WATER_KEY, untilMs)).then(() => undefined),
+    };
+    this.retention = new Retention(
+      this.root,
+      {
+        messages: db("messages"),
+        dedupe: db("dedupe"),
+        entries: db("log"),
+        inboxIndex: db("inbox_by_message"),
+      },
+      log,
+      inbox,
+      guard,
+      {
+        ...options.retention,
+        ...(options.dedupeWindowMs === undefined ? {} : { dedupeWindowMs: options.dedupeWindowMs }),
+      },
+      legacyIndexUntil,
+    );
+    this.retention.start();
+  }
+
+  /** One retention pass now (tests and diagnostics; passes also run in the background). */
+  retainNow() {
+    return this.retention.pass();
   }
 
   /** Every write goes through here: the first failed commit poisons the backend. */
@@ -168,9 +253,12 @@ export class EmbeddedBackends implements Backends {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    await this.retention.stop();
     await this.log.close();
     await this.routing.close();
     this.turns.close();
+    await this.turns.settled();
     await this.root.close();
+    this.lock.release();
   }
 }

@@ -16,6 +16,7 @@ import type {
   StoredMessage,
 } from "../types.js";
 import { sequenced } from "../types.js";
+import { SettledCounters } from "./counters.js";
 import { PendingWrites } from "./pending-writes.js";
 import { type Guard, type Key, SEQ_MAX } from "./store.js";
 import type { TurnCommits } from "./turn-commits.js";
@@ -29,10 +30,19 @@ const CONSUME_BATCH_MAX = 512;
 const OFFSET_STORE_DELAY_MS = 100;
 /** Trace contexts kept for the router at most (embedded log, tracing on). */
 const TRACES_KEPT_MAX = 10_000;
+/** Conversations whose last seq is kept in memory (about twice this at most: counters.ts). */
+export const LAST_SEQS_KEPT_MAX = 50_000;
+/** How long a consumer waits before it reads or handles a failed batch again. */
+const RETRY_PAUSE_MS = 500;
+
+export interface EmbeddedLogOptions {
+  /** Conversations whose last seq is kept in memory (LAST_SEQS_KEPT_MAX unless given). */
+  lastSeqsKeptMax?: number;
+}
 
 /** Log entries point at (conversation, seq); the messages table holds the rows. */
 export class EmbeddedLog implements MessageLog {
-  private readonly lastSeq = new Map<string, number>();
+  private readonly lastSeq: SettledCounters;
   private readonly pending = new PendingWrites<Promise<AppendResult>>();
   /** Trace contexts of appended messages, by message id, until the router reads them (keepTrace). */
   private readonly traces = new Map<string, TraceCarrier>();
@@ -41,6 +51,8 @@ export class EmbeddedLog implements MessageLog {
   /** Consumers idle at the end of the log that take a message before its commit (beforeCommit). */
   private readonly takers = new Set<(position: number, message: LoggedMessage) => void>();
   private readonly consumers = new Set<Closeable>();
+  /** The stored position of each open consumer (or where it started, before it stored one). */
+  private readonly positions = new Map<Closeable, () => number>();
 
   constructor(
     private readonly messages: Database<StoredMessage, Key>,
@@ -50,11 +62,37 @@ export class EmbeddedLog implements MessageLog {
     private readonly turns: TurnCommits,
     private readonly guard: Guard,
     private readonly isClosed: () => boolean,
-    private readonly onHandlerError: (group: string, err: unknown) => void,
+    private readonly onConsumerError: (group: string, err: unknown) => void,
+    options: EmbeddedLogOptions = {},
   ) {
-    let head = 0;
-    for (const key of entries.getKeys({ reverse: true, limit: 1 })) head = key as number;
-    this.head = head;
+    this.head = this.lastCommitted();
+    this.lastSeq = new SettledCounters(options.lastSeqsKeptMax ?? LAST_SEQS_KEPT_MAX, () => turns.settled());
+  }
+
+  /** The last position committed (the in-memory head may be ahead while appends are in flight). */
+  lastCommitted(): number {
+    for (const key of this.entries.getKeys({ reverse: true, limit: 1 })) return key as number;
+    return 0;
+  }
+
+  /**
+   * The lowest position some consumer may still have to read after (retention): the least stored
+   * position of every group, and where each open consumer started before it stored one. Undefined
+   * while there is no consumer group at all.
+   */
+  consumedUpTo(): number | undefined {
+    let low: number | undefined;
+    for (const { value } of this.offsets.getRange()) if (low === undefined || value < low) low = value;
+    for (const position of this.positions.values()) {
+      const at = position();
+      if (low === undefined || at < low) low = at;
+    }
+    return low;
+  }
+
+  /** Conversations whose last seq is in memory now (for tests). */
+  get lastSeqsKept(): number {
+    return this.lastSeq.size;
   }
 
   private seqOf(conversationId: string): number {
@@ -135,6 +173,8 @@ export class EmbeddedLog implements MessageLog {
     this.wakers.add(waker);
     let offset = this.offsets.get(group) ?? 0;
     let stored = offset;
+    /** The last position whose store committed (retention keeps everything after it). */
+    let committedAt = offset;
     let storeTimer: NodeJS.Timeout | undefined;
     const storeOffset = (): Promise<unknown> | undefined => {
       clearTimeout(storeTimer);
@@ -145,7 +185,12 @@ export class EmbeddedLog implements MessageLog {
       // In the transaction of the messages it covers or a later one; a crash before this lands only
       // means re-handling (idempotent).
       const write = this.guard(this.turns.write((w) => w.put(this.offsets, group, at)));
-      write.catch(() => undefined);
+      write.then(
+        () => {
+          if (at > committedAt) committedAt = at;
+        },
+        () => undefined,
+      );
       return write;
     };
     /** Messages handed over before their commit (beforeCommit), next in the log after `offset`. */
@@ -169,15 +214,14 @@ export class EmbeddedLog implements MessageLog {
           handed = [];
           last = offset + batch.length;
         } else {
-          for (const { key, value } of this.entries.getRange({
-            start: offset + 1,
-            limit: CONSUME_BATCH_MAX,
-          })) {
-            const message = this.messages.get(value);
-            assert(message, `log entry ${String(key)} points at a missing message`);
-            const trace = this.traces.get(message.messageId);
-            batch.push(trace ? logged(message, trace) : message);
-            last = key as number;
+          try {
+            last = this.read(offset, batch);
+          } catch (err) {
+            // A read of the log or of a message failed (an invariant, a damaged row): like a failed
+            // handler, report it and read the same batch again after a pause. Never stop silently.
+            this.onConsumerError(group, err);
+            await new Promise((r) => setTimeout(r, RETRY_PAUSE_MS));
+            continue;
           }
           taken = last;
         }
@@ -186,6 +230,7 @@ export class EmbeddedLog implements MessageLog {
           // first so a wake-up between read and wait is not lost.
           await new Promise<void>((resolve) => {
             wake = resolve;
+            // offset + 1 is the next entry: retention removes none after a position of any consumer.
             if (stopped || handed.length > 0 || this.entries.doesExist(offset + 1)) resolve();
           });
           wake = undefined;
@@ -200,8 +245,8 @@ export class EmbeddedLog implements MessageLog {
           // A consumer being closed fails its batch in flight on purpose: stop, offset unmoved.
           if (stopped) break;
           // At-least-once: keep the offset and retry the same batch after a pause.
-          this.onHandlerError(group, err);
-          await new Promise((r) => setTimeout(r, 500));
+          this.onConsumerError(group, err);
+          await new Promise((r) => setTimeout(r, RETRY_PAUSE_MS));
           continue;
         }
         offset = last;
@@ -215,14 +260,34 @@ export class EmbeddedLog implements MessageLog {
         this.wakers.delete(waker);
         this.takers.delete(take);
         this.consumers.delete(consumer);
+        this.positions.delete(consumer);
         await loop;
         // A failed write has already poisoned the backend (guard, onFatal): closing still completes.
         await storeOffset()?.catch(() => undefined);
       },
     };
     this.consumers.add(consumer);
-    loop.catch(() => this.consumers.delete(consumer));
+    this.positions.set(consumer, () => committedAt);
+    // The loop catches what it runs into; anything else is a bug, reported rather than swallowed.
+    loop.catch((err: unknown) => {
+      this.consumers.delete(consumer);
+      this.positions.delete(consumer);
+      this.onConsumerError(group, err);
+    });
     return consumer;
+  }
+
+  /** Reads the batch after `offset` into `batch`; returns its last position (`offset` if none). */
+  private read(offset: number, batch: LoggedMessage[]): number {
+    let last = offset;
+    for (const { key, value } of this.entries.getRange({ start: offset + 1, limit: CONSUME_BATCH_MAX })) {
+      const message = this.messages.get(value);
+      assert(message, `log entry ${String(key)} points at a missing message`);
+      const trace = this.traces.get(message.messageId);
+      batch.push(trace ? logged(message, trace) : message);
+      last = key as number;
+    }
+    return last;
   }
 
   async close(): Promise<void> {

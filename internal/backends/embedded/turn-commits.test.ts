@@ -1,8 +1,11 @@
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { open, type RootDatabase } from "lmdb";
+import { type Database, open, type RootDatabase } from "lmdb";
 import { afterEach, describe, expect, it } from "vitest";
+import type { AppendResult, MessageDraft } from "../types.js";
+import { EmbeddedLog } from "./log.js";
+import type { Key } from "./store.js";
 import { SYNC_WRITES_MAX, TurnCommits } from "./turn-commits.js";
 
 const opened: Array<{ root: RootDatabase; dir: string }> = [];
@@ -92,5 +95,81 @@ describe("TurnCommits", () => {
     expect(db.get("q")).toBe(7);
     await expect(turns.write((w) => w.put(db, "q", 8))).rejects.toThrow(/closed/);
     expect(db.get("q")).toBe(7);
+  });
+
+  it("a turn LMDB commits after a failed one is not acknowledged: its seqs lie above the lost ones", async () => {
+    // A root whose asynchronous commits (batch) settle when the test says: LMDB's writer thread
+    // failing one transaction and committing the next one queued behind it.
+    const batches: Array<{ resolve: () => void; reject: (err: unknown) => void }> = [];
+    const root = {
+      transactionSync: (fn: () => void) => fn(),
+      batch: (fn: () => void) => {
+        fn();
+        return new Promise<boolean>((resolve, reject) => {
+          batches.push({ resolve: () => resolve(true), reject });
+        });
+      },
+    } as unknown as RootDatabase;
+    const db = {
+      get: () => undefined,
+      getKeys: () => [],
+      getRange: () => [],
+      doesExist: () => false,
+      put: () => Promise.resolve(true),
+      putSync: () => true,
+    } as unknown as Database<never, Key>;
+    const turns = new TurnCommits(root);
+    const log = new EmbeddedLog(
+      db,
+      db,
+      db,
+      db,
+      turns,
+      (p) => p,
+      () => false,
+      () => undefined,
+    );
+    const draft = (i: number): MessageDraft => ({
+      conversationId: "c",
+      messageId: `m${i}`,
+      sender: "alice",
+      clientMsgId: `k${i}`,
+      body: "x",
+      createdAtMs: 1,
+    });
+    const outcome = (p: Promise<AppendResult>) =>
+      p.then(
+        (r) => `acked seq ${r.message.seq}`,
+        () => "failed",
+      );
+    // Turn A: more writes than a synchronous commit takes: LMDB's thread.
+    const first = Array.from({ length: SYNC_WRITES_MAX + 1 }, (_, i) => outcome(log.append(draft(i))));
+    await nextTurn();
+    // Turn B, while A is in flight: queued behind it.
+    const second = outcome(log.append(draft(100)));
+    await nextTurn();
+    expect(batches).toHaveLength(2);
+    batches[0]!.reject(new Error("EIO"));
+    batches[1]!.resolve(); // LMDB committed B after A failed
+    expect(new Set(await Promise.all(first))).toEqual(new Set(["failed"]));
+    expect(await second).toBe("failed"); // seq 26 would have been acked, seqs 1-25 lost for good
+    expect(await outcome(log.append(draft(200)))).toBe("failed");
+  });
+
+  it("settled() waits for every turn queued so far, and never rejects", async () => {
+    const { db, turns } = await fresh();
+    expect(await turns.settled()).toBeUndefined(); // nothing queued
+    const large = Array.from({ length: SYNC_WRITES_MAX + 1 }, (_, i) =>
+      turns.write((w) => w.put(db, `s${i}`, i)),
+    );
+    const settled = turns.settled();
+    await settled;
+    expect(db.get(`s${SYNC_WRITES_MAX}`)).toBe(SYNC_WRITES_MAX);
+    await Promise.all(large);
+    const bad = turns.write(() => {
+      throw new Error("broken");
+    });
+    await expect(turns.settled()).resolves.toBeUndefined();
+    await expect(bad).rejects.toThrow("broken");
   });
 });
