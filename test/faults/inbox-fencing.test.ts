@@ -4,7 +4,8 @@
  * fails: it must deliver nothing), or after its stream rows and a passing check, before its heads.
  * Either way its late writes (a stale head among them) must not win, whatever it delivers must agree
  * with the inbox, and every user's inbox must hold each message exactly once, in order. A record the
- * sequencer marks as a re-delivery adds nothing.
+ * sequencer marks as a re-delivery adds nothing, and neither does a fenced-out sequencer's late,
+ * unmarked copy of a message its successor emitted again (its epoch is older than one known).
  */
 import { randomBytes } from "node:crypto";
 import cassandra from "cassandra-driver";
@@ -13,10 +14,13 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { CassandraStores } from "../../internal/backends/cassandra/index.js";
 import { encodeMessage } from "../../internal/backends/kafka/codec.js";
 import {
+  DRAFTS_STREAM,
   INBOX_GROUP,
   INBOX_RECIPIENTS_HEADER,
   InboxOwner,
   REDELIVERY_HEADER,
+  SEQUENCER_EPOCH_HEADER,
+  sequencerEpochHeader,
 } from "../../internal/backends/kafka/inbox-owner.js";
 import { topicNames } from "../../internal/backends/kafka/topics.js";
 import type { InboxDelivery } from "../../internal/backends/types.js";
@@ -35,7 +39,7 @@ let stores: CassandraStores;
 
 beforeAll(async () => {
   infra = { ...(await ensureServer("kafka")), ...(await ensureServer("cassandra")) };
-  for (const tag of ["w", "h", "p"])
+  for (const tag of ["w", "h", "p", "e"])
     await provisionForOwners(
       { env: infra, keyspace },
       { prefix: `${prefix}${tag}.`, partitions: PARTITIONS, test: `ifence-${tag}` },
@@ -150,6 +154,120 @@ describe("a heads write that fails after storing some of its heads", () => {
     }
     await Promise.all([owner.close(), producer.disconnect()]);
   }, 90_000);
+});
+
+describe("a fenced-out sequencer's produce that lands after its successor's re-emission", () => {
+  it("adds no second cursor: each (user, conversation, seq) once, in order, also for an owner that never saw the successor's records", async () => {
+    const scenario = `${prefix}e.`;
+    const names = topicNames(scenario);
+    const kafka = new Kafka({
+      clientId: "ifence-e",
+      brokers: infra.KAFKA_BROKERS!.split(","),
+      logLevel: logLevel.NOTHING,
+    });
+    const producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
+    await producer.connect();
+    const users = ["ann", "ben", "cat", "dan", "eve", "fay"].map((u) => `${u}-e${id}`);
+    expect(new Set(users.map((u) => shardOf(u, PARTITIONS))).size).toBe(PARTITIONS);
+    const conversationId = `g:e${id}`;
+    // Sequencer A owned drafts partition 0; B claimed it since (a newer epoch).
+    const draftsPartition = 0;
+    const epochA = await stores.ownership.claim(DRAFTS_STREAM, draftsPartition, "sequencer-A");
+    const epochB = await stores.ownership.claim(DRAFTS_STREAM, draftsPartition, "sequencer-B");
+    expect(epochB > epochA).toBe(true);
+    /** The inbox records of message `seq` as the sequencer under `epoch` emits them. */
+    const emit = async (seq: number, epoch: bigint, redelivery = false) => {
+      const value = encodeMessage({
+        conversationId,
+        seq,
+        messageId: String(9_000_000 + seq),
+        sender: users[0]!,
+        clientMsgId: `m${seq}`,
+        body: `m${seq}`,
+        createdAtMs: Date.now(),
+      });
+      for (let partition = 0; partition < PARTITIONS; partition++) {
+        const here = users.filter((u) => shardOf(u, PARTITIONS) === partition);
+        await producer.send({
+          topic: names.inbox,
+          acks: -1,
+          messages: [
+            {
+              partition,
+              value,
+              headers: {
+                [INBOX_RECIPIENTS_HEADER]: here.join("\n"),
+                [SEQUENCER_EPOCH_HEADER]: sequencerEpochHeader(draftsPartition, epoch),
+                ...(redelivery ? { [REDELIVERY_HEADER]: "1" } : {}),
+              },
+            },
+          ],
+        });
+      }
+    };
+    const delivered: InboxDelivery[] = [];
+    const owner = (who: string) =>
+      new InboxOwner({
+        kafka,
+        groupId: `${scenario}${INBOX_GROUP}`,
+        inboxTopic: names.inbox,
+        store: stores.inbox,
+        ownership: stores.ownership,
+        indexTtlSeconds: 3600,
+        handler: {
+          deliver: async (batch) => {
+            delivered.push(...batch);
+          },
+          membershipChanged: () => undefined,
+        },
+        log: createLogger({ test: `ifence-e-${who}` }),
+      });
+    /** Waits until every user's inbox holds `seq` (records before it in the partition are applied). */
+    const applied = async (seq: number) => {
+      const deadline = Date.now() + 60_000;
+      for (;;) {
+        const inboxes = await Promise.all(users.map((u) => stores.inbox.read(u, 0, 100)));
+        if (inboxes.every((entries) => entries.some((e) => e.seq === seq))) return;
+        if (Date.now() > deadline) throw new Error(`seq ${seq} not in every inbox`);
+        await new Promise((r) => setTimeout(r, 200));
+      }
+    };
+    const first = owner("1");
+    await first.start();
+    // A sequenced 1..3 (its produce of 3 stalls); B re-processed 3 (marked) and sequenced 4; then
+    // A's retried produce of 3 lands, unmarked; then B's 5.
+    await emit(1, epochA);
+    await emit(2, epochA);
+    await emit(3, epochA);
+    await emit(3, epochB, true);
+    await emit(4, epochB);
+    await applied(4); // the late copy comes in a later batch (within one, the batch's own keys catch it)
+    await emit(3, epochA);
+    await emit(5, epochB);
+    await applied(5);
+    await first.close();
+    // A new owner of the inbox partitions, which has seen none of B's records: it starts where the
+    // first one committed. A's copy of 3 lands once more, then B's 6.
+    const second = owner("2");
+    await second.start();
+    await emit(3, epochA);
+    await emit(6, epochB);
+    await applied(6);
+
+    for (const u of users) {
+      const inbox = await stores.inbox.read(u, 0, 100);
+      expect(inbox.map((e) => e.seq)).toEqual([1, 2, 3, 4, 5, 6]);
+      expect(inbox.map((e) => e.cursor)).toEqual([1, 2, 3, 4, 5, 6]);
+      expect(await stores.inbox.head(u)).toBe(6);
+      // Handed to the router once per (user, seq), at the cursor the inbox holds.
+      const mine = delivered.flatMap((d) =>
+        d.recipients.filter((r) => r.userId === u).map((r) => [d.message.seq, r.cursor]),
+      );
+      expect(mine.map(([seq]) => seq).sort()).toEqual([1, 2, 3, 4, 5, 6]);
+      for (const [seq, cursor] of mine) expect(cursor).toBe(seq);
+    }
+    await Promise.all([second.close(), producer.disconnect()]);
+  }, 120_000);
 });
 
 async function zombieOwner(holdAt: "write" | "heads", tag: string): Promise<void> {

@@ -170,7 +170,8 @@ describe("zombie sequencer", () => {
         "SELECT conversation_id, dedupe_key, seq, message_id FROM conversation_sequencer",
       );
       assignments = rows.rows
-        .filter((r) => r.get("dedupe_key") !== null)
+        // Not the static-only rows, nor the row written with each head (dedupe key '').
+        .filter((r) => r.get("dedupe_key") !== null && r.get("dedupe_key") !== "")
         .map((r) => ({
           conversationId: r.get("conversation_id") as string,
           dedupeKey: r.get("dedupe_key") as string,

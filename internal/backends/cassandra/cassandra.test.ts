@@ -96,15 +96,15 @@ describe("schema migrations", () => {
       const ks = `switchboard_test_${run}_m`;
       try {
         const first = await migrate(a.client, { keyspace: ks, replication });
-        expect(first.applied).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
+        expect(first.applied).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
         const second = await migrate(a.client, { keyspace: ks, replication });
-        expect(second).toEqual({ applied: [], version: 11 });
+        expect(second).toEqual({ applied: [], version: 12 });
 
         const rows = (
           await a.client.execute(`SELECT version, name, checksum, applied_at FROM ${ks}.schema_migrations`)
         ).rows;
         expect(rows.map((r) => r.get("version") as number).sort((x, y) => x - y)).toEqual([
-          1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11,
+          1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
         ]);
         for (const r of rows) {
           expect(r.get("name")).toEqual(expect.any(String));
@@ -140,6 +140,19 @@ describe("schema migrations", () => {
             "schema_migrations",
           ].sort(),
         );
+
+        // Expired dedupe and index rows are purged 3 hours after they expire, not 10 days.
+        const graces = await a.client.execute(
+          "SELECT table_name, gc_grace_seconds FROM system_schema.tables WHERE keyspace_name = ?",
+          [ks],
+          { prepare: true },
+        );
+        const grace = new Map(
+          graces.rows.map((r) => [r.get("table_name") as string, r.get("gc_grace_seconds")]),
+        );
+        expect(grace.get("conversation_sequencer")).toBe(10_800);
+        expect(grace.get("inbox_heads")).toBe(10_800);
+        expect(grace.get("messages_by_conversation")).toBe(864_000);
 
         // An applied migration whose statements changed is refused, not re-applied.
         await a.client.execute(`UPDATE ${ks}.schema_migrations SET checksum = 'edited' WHERE version = 2`);
@@ -203,6 +216,65 @@ describe("message store", () => {
       );
       for (const c of [conversations[0]!, conversations[19]!])
         expect(await a.messages.lastSeq(c)).toBe(1_000);
+    },
+    LONG,
+  );
+
+  it(
+    "history never returns a page with a hole below its rows: a batch's rows of seqs 950..999 not landed yet",
+    async () => {
+      const c = id("hole");
+      const seqsOf = (page: { messages: StoredMessage[] }) => page.messages.map((m) => m.seq);
+      // The head says 1,049; rows 1..949 and 1,000..1,049 are readable, 950..999 are not (yet).
+      await a.sequencer.record([{ conversationId: c, head: 1_049, assigned: [] }], epochAt(1), 3600);
+      await a.messages.write([...expected(c, 1, 949), ...expected(c, 1_000, 1_049)], { fence: epochAt(1) });
+      // Forward (a follower after 940): up to the hole, never past it.
+      let page = await a.messages.history(c, { afterSeq: 940, limit: 100 });
+      expect(seqsOf(page)).toEqual(range(941, 949));
+      expect(page.hasMore).toBe(true);
+      page = await a.messages.history(c, { afterSeq: 949, limit: 100 });
+      expect(page).toEqual({ messages: [], hasMore: true });
+      // The newest page: never rows whose run, as far as it reads (the page and one row more), has a
+      // hole under it; those are left for later and the page is taken below the hole.
+      for (const limit of [50, 60, 100]) {
+        page = await a.messages.history(c, { limit });
+        expect(seqsOf(page)).toEqual(range(950 - limit, 949));
+        expect(page.hasMore).toBe(true);
+      }
+      // A page that reads no hole is whole (a client pages back from it with explicit bounds, below).
+      page = await a.messages.history(c, { limit: 10 });
+      expect(seqsOf(page)).toEqual(range(1_040, 1_049));
+      // Below an explicit bound: from right below it down to the hole, no further.
+      page = await a.messages.history(c, { beforeSeq: 1_040, limit: 10 });
+      expect(seqsOf(page)).toEqual(range(1_030, 1_039));
+      page = await a.messages.history(c, { beforeSeq: 1_005, limit: 10 });
+      expect(seqsOf(page)).toEqual(range(1_000, 1_004));
+      expect(page.hasMore).toBe(true);
+      page = await a.messages.history(c, { beforeSeq: 1_000, limit: 10 });
+      expect(page).toEqual({ messages: [], hasMore: true });
+      page = await a.messages.history(c, { beforeSeq: 945, limit: 10 });
+      expect(seqsOf(page)).toEqual(range(935, 944));
+      // Once the rows land, everything reads as usual.
+      await a.messages.write(expected(c, 950, 999), { fence: epochAt(1) });
+      page = await a.messages.history(c, { afterSeq: 940, limit: 200 });
+      expect(seqsOf(page)).toEqual(range(941, 1_049));
+      expect(page.hasMore).toBe(false);
+      page = await a.messages.history(c, { limit: 100 });
+      expect(seqsOf(page)).toEqual(range(950, 1_049));
+
+      // A new conversation whose first rows have not landed: a page that reaches down to the hole
+      // shows nothing yet (its rows sit on the hole), and says there is more.
+      const fresh = id("hole-fresh");
+      await a.sequencer.record([{ conversationId: fresh, head: 100, assigned: [] }], epochAt(1), 3600);
+      await a.messages.write(expected(fresh, 51, 100), { fence: epochAt(1) });
+      expect(await a.messages.history(fresh, { limit: 200 })).toEqual({ messages: [], hasMore: true });
+      page = await a.messages.history(fresh, { beforeSeq: 81, limit: 40 });
+      expect(seqsOf(page)).toEqual(range(51, 80));
+      expect(page.hasMore).toBe(true);
+      expect(await a.messages.history(fresh, { beforeSeq: 51, limit: 40 })).toEqual({
+        messages: [],
+        hasMore: true,
+      });
     },
     LONG,
   );
@@ -509,6 +581,120 @@ describe("sequencer store and partition ownership", () => {
       );
       for (const { claimed, seen } of claimedThenChecked) expect(seen).toBe(claimed);
       expect(claimedThenChecked.every(({ claimed }, p) => claimed > first[p]!)).toBe(true);
+    },
+    LONG,
+  );
+});
+
+// ---------------------------------------------------------------------------------------------
+describe("head reads next to expired rows", () => {
+  /**
+   * Runs `read` with every request of store set `a` traced, and returns what the node says each read
+   * went through ("Read N live rows and M tombstone cells").
+   */
+  async function traced(read: () => Promise<unknown>): Promise<string[]> {
+    const client = a.client as unknown as { execute: (...args: unknown[]) => Promise<unknown> };
+    const execute = client.execute;
+    const sessions: string[] = [];
+    client.execute = async (query: unknown, params: unknown, options: unknown) => {
+      const traced = { ...(options as object), traceQuery: true };
+      const result = (await execute.call(a.client, query, params, traced)) as {
+        info: { traceId?: { toString(): string } };
+      };
+      if (result.info.traceId) sessions.push(result.info.traceId.toString());
+      return result;
+    };
+    try {
+      await read();
+    } finally {
+      client.execute = execute;
+    }
+    const out: string[] = [];
+    for (const session of sessions) {
+      // Trace events are written after the answer: wait for the read's summary line.
+      for (let attempt = 0; attempt < 50; attempt++) {
+        const events = await a.client.execute(
+          "SELECT activity FROM system_traces.events WHERE session_id = ?",
+          [cassandra.types.Uuid.fromString(session)],
+          { prepare: true },
+        );
+        const summary = events.rows
+          .map((r) => r.get("activity") as string)
+          .filter((x) => /live rows and \d+ tombstone/.test(x));
+        if (summary.length > 0) {
+          out.push(...summary);
+          break;
+        }
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
+    return out;
+  }
+  const tombstonesIn = (summaries: string[]) =>
+    summaries.map((x) => Number(/and (\d+) tombstone/.exec(x)![1]));
+  const EXPIRED = 400;
+
+  it(
+    "a conversation's head is read without passing its expired dedupe rows",
+    async () => {
+      const c = id("expired");
+      // The dedupe rows of many messages, all expired by the time the head is read again.
+      for (let i = 0; i < EXPIRED; i += 100)
+        await a.sequencer.record(
+          [
+            {
+              conversationId: c,
+              head: i + 100,
+              assigned: range(i + 1, i + 100).map((seq) => ({
+                dedupeKey: `bot\u0000k${seq}`,
+                seq,
+                messageId: `m${seq}`,
+              })),
+            },
+          ],
+          epochAt(1),
+          1,
+        );
+      await new Promise((r) => setTimeout(r, 2_500));
+      expect(await a.sequencer.lookup(new Map([[c, ["bot\u0000k1"]]]))).toEqual(new Map());
+      const summaries = await traced(async () => {
+        expect(await a.sequencer.heads([c])).toEqual(new Map([[c, EXPIRED]]));
+        expect(await a.messages.lastSeq(c)).toBe(EXPIRED);
+      });
+      expect(summaries.length).toBe(2);
+      expect(tombstonesIn(summaries)).toEqual([0, 0]);
+    },
+    LONG,
+  );
+
+  it(
+    "a user's inbox head is read without passing the user's expired index rows",
+    async () => {
+      const [u, c] = [id("expired-user"), id("expired-c")];
+      for (let i = 0; i < EXPIRED; i += 100) {
+        const entries = range(i + 1, i + 100).map(
+          (n): InboxEntry => ({ userId: u, cursor: n, conversationId: c, seq: n, messageId: `m${n}` }),
+        );
+        await a.inbox.writeOwned(
+          entries,
+          new Map([[u, { head: i + 100, appliedOffset: i + 99 }]]),
+          epochAt(1),
+          1,
+        );
+      }
+      await new Promise((r) => setTimeout(r, 2_500));
+      expect(await a.inbox.recorded([{ userId: u, conversationId: c, seq: 1 }])).toEqual(new Set());
+      const summaries = await traced(async () => {
+        expect(await a.inbox.ownedHeads([u])).toEqual(
+          new Map([[u, { head: EXPIRED, appliedOffset: EXPIRED - 1 }]]),
+        );
+      });
+      expect(tombstonesIn(summaries)).toEqual([0]);
+      // The stream rows (no TTL) are all there; the head read of a page passes nothing either.
+      const page = await traced(async () => {
+        expect((await a.inbox.read(u, EXPIRED - 2, 10)).map((e) => e.cursor)).toEqual([EXPIRED - 1, EXPIRED]);
+      });
+      expect(tombstonesIn(page).every((n) => n === 0)).toBe(true);
     },
     LONG,
   );

@@ -20,6 +20,12 @@
  *
  * The distributed platform writes inboxes through the owner path below instead (ADR 0002: no Paxos
  * round per user per batch); `append` stays for callers outside the message path and is the contract.
+ *
+ * The owner path writes the head as an INSERT of a row at (conversation '', seq 0), which sorts before
+ * every index row and never expires: a head read (`LIMIT 1`, which reads the partition's first row
+ * with the static cells) stops there instead of passing every expired index row (tombstones until
+ * compaction after gc_grace_seconds; past 100,000 the node refuses the read). Look-ups name their
+ * conversation and never see it.
  */
 
 import { invariantViolated } from "../../lib/errors.js";
@@ -353,7 +359,7 @@ export class CassandraInboxStore implements InboxStore {
       ([user, h]): Unit => ({
         key: routingKey(user),
         statements: [
-          { query: this.q.setOwnedHead, params: [at, h.head, h.appliedOffset, user] },
+          { query: this.q.setOwnedHead, params: [user, h.head, h.appliedOffset, at] },
           ...(byUser.get(user) ?? []).map((e) => ({
             query: this.q.insertOwnedIndex,
             params: [user, e.conversationId, e.seq, e.cursor, e.messageId, ttl, at],
@@ -439,7 +445,10 @@ function statements(s: Session) {
     insertOwnedStream:
       `INSERT INTO ${stream} (user_id, bucket, cursor, conversation_id, seq, message_id) ` +
       "VALUES (?, ?, ?, ?, ?, ?) USING TIMESTAMP ?",
-    setOwnedHead: `UPDATE ${heads} USING TIMESTAMP ? SET head = ?, applied_offset = ? WHERE user_id = ?`,
+    // The head, and the row every head read stops at (sorts before every index row).
+    setOwnedHead:
+      `INSERT INTO ${heads} (user_id, conversation_id, seq, head, applied_offset) VALUES (?, '', 0, ?, ?) ` +
+      "USING TIMESTAMP ?",
     insertOwnedIndex:
       `INSERT INTO ${heads} (user_id, conversation_id, seq, cursor, message_id) VALUES (?, ?, ?, ?, ?) ` +
       "USING TTL ? AND TIMESTAMP ?",

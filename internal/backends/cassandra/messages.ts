@@ -15,6 +15,21 @@
  * timestamp (`fence`): a (conversation, seq) that a fenced-out former owner wrote late, with another
  * message, loses to its successor's row; history and lastSeq stop at the conversation's assigned head
  * (kept by the sequencer), so such a row above the head is never shown either (ADR 0002).
+ *
+ * No holes. The head is written at the same time as the rows, so a reader may see a head whose rows
+ * have not all landed. A conversation's rows land in seq order: its buckets one after another, and a
+ * bucket's cuts too (each after the one below it succeeded; a batch's writes only after the previous
+ * batch's). A reader still never trusts that alone (a failed cut, a fenced-out owner's late rows):
+ * history returns only gap-free runs of seqs. A page after afterSeq is the run from afterSeq + 1 up to
+ * the first seq missing; a page below an explicit beforeSeq (at or below the head) is the run from
+ * beforeSeq - 1 down to the first seq missing; the newest page is gap-free down to the row below it
+ * (read to tell hasMore), and rows above a seq found missing there are left for later: the page is
+ * taken below the hole (a hole deeper down is not looked for: the rows land in order, and a client
+ * paging back from the page uses explicit bounds, which stop at it). A page that stops at a missing
+ * seq says hasMore. A row at or below the head is missing only while
+ * its batch is being written or retried (the sequencer re-writes a row that never landed when it
+ * re-processes the batch: ADR 0002); one missing for good (data lost by Cassandra) would hold readers
+ * below it, which is seen, rather than let them step over a message.
  */
 import type { HistoryPage, HistoryQuery, MessageStore, StoredMessage } from "../types.js";
 import { SEQ_BUCKET_SIZE, seqBucket } from "./schema.js";
@@ -84,7 +99,8 @@ export class CassandraMessageStore implements MessageStore {
         const byBucket = [...groupBy(rows, (m) => String(seqBucket(m.seq))).values()].sort(
           (a, b) => a[0]!.seq - b[0]!.seq,
         );
-        for (const bucketRows of byBucket) {
+        for (const unsorted of byBucket) {
+          const bucketRows = [...unsorted].sort((a, b) => a.seq - b.seq);
           const first = bucketRows[0]!;
           const key = `${first.conversationId}\u0000${seqBucket(first.seq)}`;
           if (!this.knownBuckets.has(key)) {
@@ -100,15 +116,16 @@ export class CassandraMessageStore implements MessageStore {
             );
             written.push(key);
           }
-          await this.limiter.run(() =>
-            this.s.turnWrites.write(
-              "messages_by_conversation: write",
-              cut(bucketRows).map((batch) => ({
-                key: routingKey(first.conversationId, seqBucket(first.seq)),
-                statements: batch.map(row),
-              })),
-            ),
-          );
+          // The cuts one after another, lower seqs first: what has landed is always a prefix.
+          for (const batch of cut(bucketRows))
+            await this.limiter.run(() =>
+              this.s.turnWrites.write("messages_by_conversation: write", [
+                {
+                  key: routingKey(first.conversationId, seqBucket(first.seq)),
+                  statements: batch.map(row),
+                },
+              ]),
+            );
         }
       }),
     );
@@ -149,7 +166,6 @@ export class CassandraMessageStore implements MessageStore {
     const asked = query.beforeSeq && query.beforeSeq > 0 ? query.beforeSeq : NO_UPPER_BOUND;
     const before = head === undefined ? asked : Math.min(asked, head + 1);
     const want = limit + 1; // one more than asked tells whether there is more
-    const out: StoredMessage[] = [];
     if (before - after <= 1) return { messages: [], hasMore: false };
 
     const top = await this.newestBucket(conversationId, seqBucket(before - 1));
@@ -157,19 +173,54 @@ export class CassandraMessageStore implements MessageStore {
     const bottom = seqBucket(after + 1);
 
     if (after > 0) {
-      // Oldest first above afterSeq: walk the buckets upwards.
-      for (let b = bottom; b <= top && out.length < want; b++) {
+      // Oldest first above afterSeq: walk the buckets upwards, up to the first seq missing.
+      const out: StoredMessage[] = [];
+      let gap = false;
+      for (let b = bottom; b <= top && out.length < want && !gap; b++) {
         const rows = await this.readBucket("forward", conversationId, b, after, before, want - out.length);
-        for (const row of rows) out.push(decode(conversationId, row));
+        for (const row of rows) {
+          const m = decode(conversationId, row);
+          if (m.seq !== after + 1 + out.length) {
+            gap = true; // not written yet: the page stops before the hole
+            break;
+          }
+          out.push(m);
+        }
       }
-      return { messages: out.slice(0, limit), hasMore: out.length > limit };
+      return { messages: out.slice(0, limit), hasMore: gap || out.length > limit };
     }
     // Newest first below beforeSeq: walk the buckets downwards, then return the page oldest first.
-    for (let b = top; b >= bottom && out.length < want; b--) {
-      const rows = await this.readBucket("backward", conversationId, b, after, before, want - out.length);
-      for (const row of rows) out.push(decode(conversationId, row));
+    // Below an explicit bound every seq is assigned: the page starts right below it.
+    const fromBound = head !== undefined && asked <= head;
+    let run: StoredMessage[] = [];
+    let gap = false;
+    let upper = before;
+    let b = top;
+    reading: while (b >= bottom && run.length < want) {
+      const ask = Math.min(want - run.length, SEQ_BUCKET_SIZE);
+      const rows = await this.readBucket("backward", conversationId, b, after, upper, ask);
+      for (const row of rows) {
+        const m = decode(conversationId, row);
+        const expected = run.length > 0 ? run.at(-1)!.seq - 1 : fromBound ? before - 1 : m.seq;
+        if (m.seq !== expected) {
+          gap = true;
+          if (fromBound) break reading; // the page ends above the hole
+          run = []; // rows above a hole are not history yet: the page is taken below it
+        }
+        run.push(m);
+      }
+      // A full read may leave rows of this bucket below it (a run dropped above a hole needs them).
+      if (rows.length < ask) b--;
+      else upper = rows.length > 0 ? decode(conversationId, rows.at(-1)!).seq : upper;
     }
-    return { messages: out.slice(0, limit).reverse(), hasMore: out.length > limit };
+    // The rows ran out above seq after + 1 (or none was found below an assigned head): the run sits
+    // on a hole.
+    const lowest = run.length > 0 ? run.at(-1)!.seq : before;
+    if (run.length < want && lowest !== after + 1 && (run.length > 0 || head !== undefined)) {
+      gap = true;
+      if (!fromBound) run = [];
+    }
+    return { messages: run.slice(0, limit).reverse(), hasMore: gap || run.length > limit };
   }
 
   private async readBucket(

@@ -78,6 +78,8 @@ export function migrations(ks: string): Migration[] {
         ) WITH CLUSTERING ORDER BY (bucket DESC)`,
         // The fenced seq counter (ADR 0002): static last_seq and the dedupe rows share a partition, so
         // "UPDATE ... IF last_seq = n" plus "INSERT ... IF NOT EXISTS" per message is one atomic batch.
+        // (Since written plainly by the owner, with a row of dedupe key '' that head reads stop at:
+        // cassandra/sequencer.ts.)
         `CREATE TABLE IF NOT EXISTS ${ks}.conversation_sequencer (
           conversation_id text,
           last_seq bigint static,
@@ -272,6 +274,20 @@ export function migrations(ks: string): Migration[] {
           user_id text,
           device_id text
         )`,
+      ],
+    },
+    {
+      version: 12,
+      name: "expired dedupe and inbox index rows purged 3 hours after they expire",
+      statements: [
+        // Their rows are only written with a TTL (the dedupe window) and their heads only overwritten:
+        // nothing is ever deleted there, so no tombstone has to outlive a repair cycle (the default
+        // 10 days), and every replica expires a row at the same time. An expired row is a tombstone
+        // until a compaction after gc_grace_seconds; 3 hours is the default hint window, which
+        // Cassandra caps at the table's gc_grace, so hints still cover a replica down that long.
+        // A table option: applied online, and the same statement again changes nothing.
+        `ALTER TABLE ${ks}.conversation_sequencer WITH gc_grace_seconds = 10800`,
+        `ALTER TABLE ${ks}.inbox_heads WITH gc_grace_seconds = 10800`,
       ],
     },
   ];

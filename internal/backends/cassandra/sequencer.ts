@@ -16,11 +16,23 @@
  *
  * Retention: dedupe rows carry a TTL (the dedupe window): a resend after it is a new message. The
  * head is one static cell per conversation and does not grow.
+ *
+ * Reading the head reads the partition's first row too (Cassandra returns static cells with a row),
+ * and expired dedupe rows stay as tombstones until compaction after gc_grace_seconds: a read of a
+ * busy sender's conversation whose keys all expired would pass every one of them (past 100,000 the
+ * node refuses the read; SELECT DISTINCT reads the same way). So the head is written as an INSERT of
+ * a row with the empty dedupe key, which sorts first and never expires: a head read stops at it.
+ * Lookups ask for named keys and never see it.
  */
 import type { SequencedRef, SequencerRecord, SequencerStore } from "../types.js";
 import { chunks, Limiter, type Session, toLong, toNumber, toText } from "./session.js";
 import { routingKey, type Unit } from "./turn-writes.js";
 
+/**
+ * The dedupe key of the row written with every head: empty, so it is the partition's first row and a
+ * head read (`LIMIT 1`) passes no expired dedupe row (their tombstones) to find a row (see above).
+ */
+export const HEAD_ROW_KEY = "";
 /** Conversations x keys one lookup request asks for at most. */
 const LOOKUP_PRODUCT_MAX = 512;
 const HEADS_IN_MAX = 100;
@@ -139,7 +151,7 @@ export class CassandraSequencerStore implements SequencerStore {
     const units: Unit[] = records.map((r) => ({
       key: routingKey(r.conversationId),
       statements: [
-        { query: this.q.setHead, params: [at, toLong(BigInt(r.head)), r.conversationId] },
+        { query: this.q.setHead, params: [r.conversationId, toLong(BigInt(r.head)), at] },
         ...r.assigned.map((e) => ({
           query: this.q.insertDedupe,
           params: [r.conversationId, e.dedupeKey, toLong(BigInt(e.seq)), e.messageId, ttl, at],
@@ -159,7 +171,10 @@ function statements(s: Session) {
     lookup:
       `SELECT conversation_id, dedupe_key, seq, message_id FROM ${t} ` +
       "WHERE conversation_id IN ? AND dedupe_key IN ?",
-    setHead: `UPDATE ${t} USING TIMESTAMP ? SET last_seq = ? WHERE conversation_id = ?`,
+    // The head, and the row every head read stops at (HEAD_ROW_KEY sorts before every dedupe key).
+    setHead:
+      `INSERT INTO ${t} (conversation_id, dedupe_key, last_seq) VALUES (?, '${HEAD_ROW_KEY}', ?) ` +
+      "USING TIMESTAMP ?",
     insertDedupe:
       `INSERT INTO ${t} (conversation_id, dedupe_key, seq, message_id) VALUES (?, ?, ?, ?) ` +
       "USING TTL ? AND TIMESTAMP ?",

@@ -182,8 +182,14 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
     if (o.sequencer !== false) {
       // The sequencer's records (inbox, replies, sequenced) go out through a producer of their own:
       // with one request in flight per producer, sharing the gateways' would queue every batch's
-      // emission behind the drafts' produce and the drafts behind the emissions.
-      const own = new BatchProducer(newProducer, { log });
+      // emission behind the drafts' produce and the drafts behind the emissions. Its queue holds only
+      // the emissions of the batches being handled, so the sequencer's fetch bounds it (kafkajs's
+      // maxBytes times the fan-out); a refusal would only make it read the same batch again.
+      const own = new BatchProducer(newProducer, {
+        log,
+        queueRecordsMax: Number.POSITIVE_INFINITY,
+        queueBytesMax: Number.POSITIVE_INFINITY,
+      });
       await own.connect();
       closers.unshift(() => own.close());
       sequencerProducer = own;

@@ -23,6 +23,16 @@
  * order: otherwise a split batch whose first request failed would put a later message in a user's
  * inbox partition ahead of the earlier one's resend). Other records (routing events, membership
  * announcements from gateways) are not failed for another record's failure.
+ *
+ * The queue is bounded (ADR 0003): at most `queueRecordsMax` records and `queueBytesMax` bytes wait
+ * for a request. With Kafka slow or away the queue stops draining; a send past either bound is refused
+ * at once (ProducerQueueFull: an append's LOG_UNAVAILABLE, which its client resends later). A record
+ * sent with a `signal` is withdrawn when the signal aborts while it still waits (not yet in a
+ * request): its send rejects (RecordWithdrawn) and it is never produced. An append withdraws its draft
+ * when it times out, so a stalled Kafka neither keeps every timed-out draft's body in memory nor
+ * receives a burst of stale drafts once it is back. A withdrawn ordered record fails the ordered
+ * records of its key queued behind it (when they reach the front), as a failed request does: they
+ * must not overtake its resend.
  */
 import type { Message, Producer } from "kafkajs";
 import type { Logger } from "../../lib/log.js";
@@ -32,7 +42,13 @@ interface Pending {
   message: Message;
   /** Fails with an earlier record of its key that failed (see the header). */
   ordered: boolean;
+  /** Its order key, when ordered (orderKey). */
+  key: string | undefined;
   bytes: number;
+  /** Its place among the records sent to this producer (rising). */
+  n: number;
+  /** Waiting in the queue: not yet taken into a request, withdrawn or failed. */
+  queued: boolean;
   resolve: () => void;
   reject: (err: unknown) => void;
 }
@@ -40,8 +56,34 @@ interface Pending {
 export const PRODUCE_BATCH_RECORDS_MAX = 2_000;
 /** Bytes of records (values, keys, headers, a fixed cost each) in one produce request at most. */
 export const PRODUCE_REQUEST_BYTES_MAX = 900 * 1024;
+/** Records waiting for a request at most (the queue's bound; past it a send is refused). */
+export const PRODUCE_QUEUE_RECORDS_MAX = 20_000;
+/** Bytes of records waiting for a request at most. */
+export const PRODUCE_QUEUE_BYTES_MAX = 32 * 1024 * 1024;
 /** A record's framing in a record batch (lengths, attributes, deltas), about. */
 const RECORD_OVERHEAD_BYTES = 24;
+/** What stays of a withdrawn record in the queue until the queue is compacted or drains past it. */
+const WITHDRAWN: Message = { value: null };
+
+/** A send refused because the queue is at its bound. */
+export class ProducerQueueFull extends Error {
+  constructor(records: number, bytes: number) {
+    super(`the Kafka producer's queue is full (${records} records, ${bytes} bytes waiting); retry`);
+    this.name = "ProducerQueueFull";
+  }
+}
+
+/** A queued record withdrawn by its sender's signal, or failed behind one of its key that was. */
+export class RecordWithdrawn extends Error {
+  constructor(behind: boolean) {
+    super(
+      behind
+        ? "an earlier record of this key was withdrawn before it was sent; this one was not sent either"
+        : "withdrawn before it was sent",
+    );
+    this.name = "RecordWithdrawn";
+  }
+}
 
 export interface BatchProducerOptions {
   log: Logger;
@@ -49,10 +91,22 @@ export interface BatchProducerOptions {
   recordsMax?: number;
   /** Bytes per request at most (default PRODUCE_REQUEST_BYTES_MAX); a larger record goes alone. */
   requestBytesMax?: number;
+  /** Records waiting for a request at most (default PRODUCE_QUEUE_RECORDS_MAX). */
+  queueRecordsMax?: number;
+  /** Bytes of records waiting for a request at most (default PRODUCE_QUEUE_BYTES_MAX). */
+  queueBytesMax?: number;
 }
 
 export class BatchProducer {
   private queue: Pending[] = [];
+  /** Records and bytes waiting (withdrawn ones no longer count), and withdrawn ones still in `queue`. */
+  private queued = { records: 0, bytes: 0, withdrawn: 0 };
+  private sent = 0;
+  /**
+   * Per order key, the ranges of places (`from` exclusive, `to` inclusive) of the records queued
+   * behind a withdrawn one of that key when it was withdrawn: they fail when they reach the front.
+   */
+  private withdrawnBehind = new Map<string, Array<{ from: number; to: number }>>();
   /** The ordered keys of requests that failed in this turn, with their errors (see the header). */
   private failedKeys: Map<string, unknown> | undefined;
   private flushing = false;
@@ -63,8 +117,13 @@ export class BatchProducer {
   private closed = false;
   private readonly recordsMax: number;
   private readonly requestBytesMax: number;
-  /** Produce requests sent and records in them (what the benchmarks divide by messages). */
-  readonly stats = { requests: 0, records: 0, producersReplaced: 0 };
+  private readonly queueRecordsMax: number;
+  private readonly queueBytesMax: number;
+  /**
+   * Produce requests sent and records in them (what the benchmarks divide by messages); sends refused
+   * at the queue's bound, and records withdrawn before they were sent.
+   */
+  readonly stats = { requests: 0, records: 0, producersReplaced: 0, refused: 0, withdrawn: 0 };
 
   constructor(
     private readonly newProducer: () => Producer,
@@ -72,7 +131,14 @@ export class BatchProducer {
   ) {
     this.recordsMax = o.recordsMax ?? PRODUCE_BATCH_RECORDS_MAX;
     this.requestBytesMax = o.requestBytesMax ?? PRODUCE_REQUEST_BYTES_MAX;
+    this.queueRecordsMax = o.queueRecordsMax ?? PRODUCE_QUEUE_RECORDS_MAX;
+    this.queueBytesMax = o.queueBytesMax ?? PRODUCE_QUEUE_BYTES_MAX;
     this.producer = this.watched(newProducer());
+  }
+
+  /** Records waiting for a request (not withdrawn), and their bytes. */
+  get waiting(): { records: number; bytes: number } {
+    return { records: this.queued.records, bytes: this.queued.bytes };
   }
 
   /** Whether the current producer is connected to the cluster. */
@@ -85,21 +151,68 @@ export class BatchProducer {
     this.isConnected = true;
   }
 
-  send(topic: string, message: Message, options: { ordered?: boolean } = {}): Promise<void> {
+  /**
+   * Queues a record for the next request; resolves once Kafka acknowledged it. Refused at once past
+   * the queue's bound (ProducerQueueFull). `signal`: aborting it withdraws the record if it still
+   * waits (RecordWithdrawn); once in a request it is produced or fails with the request.
+   */
+  send(
+    topic: string,
+    message: Message,
+    options: { ordered?: boolean; signal?: AbortSignal } = {},
+  ): Promise<void> {
     return new Promise((resolve, reject) => {
       if (this.closed) {
         reject(new Error("kafka producer closed"));
         return;
       }
-      const ordered = options.ordered === true;
-      if (ordered && this.failedKeys) {
-        const key = orderKey(topic, message);
-        if (key !== undefined && this.failedKeys.has(key)) {
-          reject(this.failedKeys.get(key));
-          return;
-        }
+      const { signal } = options;
+      if (signal?.aborted) {
+        reject(new RecordWithdrawn(false));
+        return;
       }
-      this.queue.push({ topic, message, ordered, bytes: recordBytes(message), resolve, reject });
+      const ordered = options.ordered === true;
+      const key = ordered ? orderKey(topic, message) : undefined;
+      if (key !== undefined && this.failedKeys?.has(key)) {
+        reject(this.failedKeys.get(key));
+        return;
+      }
+      const bytes = recordBytes(message);
+      if (
+        this.queued.records + 1 > this.queueRecordsMax ||
+        (this.queued.records > 0 && this.queued.bytes + bytes > this.queueBytesMax)
+      ) {
+        this.stats.refused++;
+        reject(new ProducerQueueFull(this.queued.records, this.queued.bytes));
+        return;
+      }
+      const p: Pending = {
+        topic,
+        message,
+        ordered,
+        key,
+        bytes,
+        n: ++this.sent,
+        queued: true,
+        resolve,
+        reject,
+      };
+      if (signal) {
+        const withdraw = () => this.withdraw(p);
+        signal.addEventListener("abort", withdraw, { once: true });
+        const settled = () => signal.removeEventListener("abort", withdraw);
+        p.resolve = () => {
+          settled();
+          resolve();
+        };
+        p.reject = (err) => {
+          settled();
+          reject(err);
+        };
+      }
+      this.queue.push(p);
+      this.queued.records++;
+      this.queued.bytes += bytes;
       if (this.flushing) return;
       // Start at the end of this turn, not at the first record: whatever else this turn sends (a
       // polled batch's records, several partitions' batches) goes in the same request.
@@ -123,17 +236,75 @@ export class BatchProducer {
     return producer;
   }
 
-  /** The next request's records: in order, within both limits, at least one. */
-  private nextRequest(): Pending[] {
-    let bytes = 0;
-    let n = 0;
-    while (n < this.queue.length && n < this.recordsMax) {
-      const next = this.queue[n]!.bytes;
-      if (n > 0 && bytes + next > this.requestBytesMax) break;
-      bytes += next;
-      n++;
+  /** Takes a record out of the waiting ones (it is sent, failed or withdrawn). */
+  private dequeued(p: Pending): void {
+    p.queued = false;
+    this.queued.records--;
+    this.queued.bytes -= p.bytes;
+  }
+
+  /** Withdraws a record that still waits (see send); the ordered ones of its key behind it fail. */
+  private withdraw(p: Pending): void {
+    if (!p.queued) return;
+    this.dequeued(p);
+    this.queued.withdrawn++;
+    this.stats.withdrawn++;
+    if (p.key !== undefined && this.sent > p.n) {
+      const ranges = this.withdrawnBehind.get(p.key) ?? [];
+      ranges.push({ from: p.n, to: this.sent });
+      this.withdrawnBehind.set(p.key, ranges);
     }
-    return this.queue.splice(0, n);
+    p.message = WITHDRAWN; // its body is not kept until the queue drains
+    p.reject(new RecordWithdrawn(false));
+    // Withdrawn records are dropped when the queue drains past them, or here when they are most of it.
+    if (this.queued.withdrawn > 1_000 && this.queued.withdrawn > this.queue.length / 2) {
+      this.queue = this.queue.filter((q) => q.queued);
+      this.queued.withdrawn = 0;
+      this.forgetWithdrawnBehind();
+    }
+  }
+
+  /** Whether an ordered record was queued behind a withdrawn one of its key (it fails). */
+  private behindWithdrawn(p: Pending): boolean {
+    if (p.key === undefined) return false;
+    return this.withdrawnBehind.get(p.key)?.some((r) => p.n > r.from && p.n <= r.to) ?? false;
+  }
+
+  /** Drops the ranges no record waiting can be in (all of them below the oldest one waiting). */
+  private forgetWithdrawnBehind(): void {
+    if (this.withdrawnBehind.size === 0) return;
+    const oldest = this.queue.find((q) => q.queued)?.n ?? Number.POSITIVE_INFINITY;
+    for (const [key, ranges] of this.withdrawnBehind) {
+      const left = ranges.filter((r) => r.to >= oldest);
+      if (left.length === 0) this.withdrawnBehind.delete(key);
+      else if (left.length < ranges.length) this.withdrawnBehind.set(key, left);
+    }
+  }
+
+  /** The next request's records: in order, within both limits, at least one (none if all withdrawn). */
+  private nextRequest(): Pending[] {
+    const out: Pending[] = [];
+    let bytes = 0;
+    let i = 0;
+    for (; i < this.queue.length && out.length < this.recordsMax; i++) {
+      const p = this.queue[i]!;
+      if (!p.queued) {
+        this.queued.withdrawn--;
+        continue;
+      }
+      if (this.behindWithdrawn(p)) {
+        this.dequeued(p);
+        p.reject(new RecordWithdrawn(true));
+        continue;
+      }
+      if (out.length > 0 && bytes + p.bytes > this.requestBytesMax) break;
+      this.dequeued(p);
+      bytes += p.bytes;
+      out.push(p);
+    }
+    this.queue.splice(0, i);
+    this.forgetWithdrawnBehind();
+    return out;
   }
 
   /** A new producer in place of one that failed a request (see the header). */
@@ -157,6 +328,7 @@ export class BatchProducer {
     try {
       while (this.queue.length > 0) {
         const batch = this.nextRequest();
+        if (batch.length === 0) continue; // everything it met was withdrawn
         try {
           if (this.closed) throw new Error("kafka producer closed");
           if (this.retired) await this.replace();
@@ -187,18 +359,18 @@ export class BatchProducer {
   /** Fails the ordered records queued (or sent this turn) with a key of `failed`'s ordered ones. */
   private failBehind(failed: Pending[], err: unknown): void {
     const keys = new Set<string>();
-    for (const p of failed) {
-      const key = p.ordered ? orderKey(p.topic, p.message) : undefined;
-      if (key !== undefined) keys.add(key);
-    }
+    for (const p of failed) if (p.key !== undefined) keys.add(p.key);
     if (keys.size === 0) return;
     const kept: Pending[] = [];
     for (const p of this.queue) {
-      const key = p.ordered ? orderKey(p.topic, p.message) : undefined;
-      if (key !== undefined && keys.has(key)) p.reject(err);
-      else kept.push(p);
+      if (!p.queued) continue; // withdrawn
+      if (p.key !== undefined && keys.has(p.key)) {
+        this.dequeued(p);
+        p.reject(err);
+      } else kept.push(p);
     }
     this.queue = kept;
+    this.queued.withdrawn = 0;
     if (!this.failedKeys) {
       const failedKeys = new Map<string, unknown>();
       this.failedKeys = failedKeys;

@@ -58,6 +58,22 @@ describe("PeriodicCommits", () => {
     expect(consumer.calls.map(byPartition)).toEqual([{ "inbox/3": "12" }]);
   });
 
+  it("drops a failed commit's offsets when a new generation began while it was in flight", async () => {
+    const consumer = fakeConsumer();
+    const commits = new PeriodicCommits(consumer, log, 60_000);
+    commits.resolved("drafts", 0, "5");
+    consumer.failing = true;
+    const inFlight = commits.flush(); // generation 1's offsets; the rebalance fails the commit
+    commits.reset(); // the new generation joins before the failure is known
+    await inFlight;
+    consumer.failing = false;
+    await commits.flush();
+    expect(consumer.calls.map(byPartition)).toEqual([{ "drafts/0": "5" }]); // not committed again
+    commits.resolved("drafts", 1, "8"); // what the new generation resolves is committed
+    await commits.flush();
+    expect(consumer.calls.map(byPartition)).toEqual([{ "drafts/0": "5" }, { "drafts/1": "8" }]);
+  });
+
   it("commits on its own once started", async () => {
     const consumer = fakeConsumer();
     const commits = new PeriodicCommits(consumer, log, 20);

@@ -57,10 +57,17 @@ export async function commitBatch(
  * every batch whatever the interval). Yet a committed offset only bounds what a successor re-reads
  * after a crash, and the owners' effects are idempotent (dedupe rows; the applied inbox offset), so it
  * need not be on any batch's path. A failed commit is retried with the next one; a new group
- * generation drops what the old one resolved (its new owner re-reads from the last commit).
+ * generation drops what the old one resolved (its new owner re-reads from the last commit), also what
+ * a commit in flight across reset() fails to commit.
  */
 export class PeriodicCommits {
   private readonly pending = new Map<string, TopicPartitionOffset>();
+  /**
+   * Bumped by reset(): a commit that fails is retried with the next one only if no new generation
+   * began meanwhile. Offsets the old generation resolved are not this member's to commit in the new
+   * one (its new owner may be further on: committing them would move its offset back).
+   */
+  private generation = 0;
   private timer: NodeJS.Timeout | undefined;
   private committing: Promise<void> | undefined;
 
@@ -81,6 +88,7 @@ export class PeriodicCommits {
 
   /** A new group generation: what the previous one resolved is its successors' to re-read. */
   reset(): void {
+    this.generation++;
     this.pending.clear();
   }
 
@@ -90,14 +98,16 @@ export class PeriodicCommits {
     const offsets = [...this.pending.values()];
     this.pending.clear();
     if (offsets.length === 0) return Promise.resolve();
+    const generation = this.generation;
     this.committing = this.consumer
       .commitOffsets(offsets)
       .catch((err: unknown) => {
         // Usually a rebalance under way; retried with the next commit unless superseded or reset.
-        for (const o of offsets) {
-          const key = `${o.topic}\u0000${o.partition}`;
-          if (!this.pending.has(key)) this.pending.set(key, o);
-        }
+        if (generation === this.generation)
+          for (const o of offsets) {
+            const key = `${o.topic}\u0000${o.partition}`;
+            if (!this.pending.has(key)) this.pending.set(key, o);
+          }
         this.log.debug("kafka: offset commit failed; retried with the next one", {
           error: err instanceof Error ? err.message : String(err),
         });

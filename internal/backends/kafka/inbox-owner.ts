@@ -16,7 +16,13 @@
  * Exactly once per (user, message): a record at or below a user's applied offset was applied before
  * (by a predecessor, or by this owner before a failed attempt) and is skipped for that user; a record
  * the sequencer marked as a re-delivery (it re-emits what it re-processes after a crash) is checked
- * against the user's index rows. Whatever a fenced-out owner writes late loses to its successor's.
+ * against the user's index rows, and so is a record a fenced-out sequencer produced: its produce can
+ * land late (a broker failover, a pause), after its successor's re-emission of the same messages and
+ * unmarked. Each record names its drafts partition and its sequencer's epoch (SEQUENCER_EPOCH_HEADER);
+ * one whose epoch is below the newest this owner knows for that drafts partition (seen in the stream,
+ * or read from the partition's owner row once per group generation) is checked too. Records without
+ * the header (a sequencer of the version before) are handled as before. Whatever a fenced-out owner
+ * writes late loses to its successor's.
  */
 import type { Consumer, EachBatchPayload, Kafka } from "kafkajs";
 import type { Logger } from "../../lib/log.js";
@@ -46,6 +52,29 @@ export const REDELIVERY_HEADER = "redelivery";
 export const INBOX_KIND_HEADER = "kind";
 export const PULL_RECORD = "pull";
 export const MEMBERSHIP_RECORD = "membership";
+/**
+ * Header of an inbox record: the drafts partition and the epoch of the sequencer that produced it,
+ * `${partition}/${epoch}` (sequencerEpochHeader). A record whose epoch is below another seen for its
+ * partition may be a fenced-out sequencer's late copy of a message its successor emitted again.
+ */
+export const SEQUENCER_EPOCH_HEADER = "epoch";
+/** The stream name of the drafts partitions in OwnershipStore (the sequencer's claims). */
+export const DRAFTS_STREAM = "drafts";
+
+/** The value of SEQUENCER_EPOCH_HEADER for a record of drafts partition `partition` under `epoch`. */
+export function sequencerEpochHeader(partition: number, epoch: bigint): string {
+  return `${partition}/${epoch}`;
+}
+
+/** The drafts partition and epoch a record's SEQUENCER_EPOCH_HEADER names, if it carries a valid one. */
+export function parseSequencerEpoch(
+  value: string | undefined,
+): { partition: number; epoch: bigint } | undefined {
+  if (value === undefined) return undefined;
+  const match = /^(\d{1,6})\/(\d{1,20})$/.exec(value);
+  if (!match) return undefined;
+  return { partition: Number(match[1]), epoch: BigInt(match[2]!) };
+}
 
 /** Users whose head one partition's owner keeps in memory at most. */
 const USERS_PER_PARTITION_MAX = 50_000;
@@ -111,6 +140,18 @@ export class InboxOwner implements Closeable {
   private consumer: Consumer | undefined;
   private commits: PeriodicCommits | undefined;
   private readonly partitions: OwnedPartitions<PartitionState>;
+  /**
+   * The newest sequencer epoch known per drafts partition: seen in a record of an owned partition, or
+   * read from the drafts partition's owner row. Epochs only rise, so what is known stays true.
+   */
+  private readonly draftsEpochs = new Map<number, bigint>();
+  /**
+   * Drafts partitions whose epoch was read in this group generation. An owned partition is read from
+   * its last committed offset: the records before it (a successor sequencer's among them) were applied
+   * by another owner, so the stream alone does not tell this owner every epoch that exists. A read made
+   * after joining the generation is made after they landed, so it names their epochs or newer ones.
+   */
+  private draftsEpochsRead = new Set<number>();
 
   constructor(private readonly o: InboxOwnerOptions) {
     this.lag = new ConsumerLag(o.groupId);
@@ -141,6 +182,7 @@ export class InboxOwner implements Closeable {
       this.partitions.reset();
       this.lag.clear();
       this.commits?.reset();
+      this.draftsEpochsRead = new Set();
       // A partition that left and came back missed the membership records read elsewhere meanwhile.
       this.o.handler.partitionsChanged?.();
     });
@@ -188,11 +230,16 @@ export class InboxOwner implements Closeable {
         offset,
         message,
         users: users === "" ? [] : users.split("\n"),
+        /** Marked as a re-delivery, or produced under an epoch older than one known: check the index. */
         redelivery: m.headers?.[REDELIVERY_HEADER]?.toString() === "1",
+        origin: parseSequencerEpoch(m.headers?.[SEQUENCER_EPOCH_HEADER]?.toString()),
         pull: m.headers?.[INBOX_KIND_HEADER]?.toString() === PULL_RECORD,
       };
       return [record];
     });
+    await this.readDraftsEpochs(records.flatMap((r) => (r.origin ? [r.origin.partition] : [])));
+    // In partition order: a record is stale if an epoch above its own is known by the time it comes.
+    for (const r of records) if (r.origin && this.olderThanKnown(r.origin)) r.redelivery = true;
 
     const users = [...new Set(records.flatMap((r) => r.users))];
     const unknown = users.filter((u) => !state.users.has(u));
@@ -289,6 +336,32 @@ export class InboxOwner implements Closeable {
       else if (step.length > 0) await this.handOver(step);
     }
     await commitBatch(payload, this.lag, this.commits);
+  }
+
+  /**
+   * Reads the epochs of the drafts partitions not read yet in this generation (one shared read; see
+   * draftsEpochsRead). Once per drafts partition per generation: nothing in the steady state.
+   */
+  private async readDraftsEpochs(partitions: number[]): Promise<void> {
+    const toRead = [...new Set(partitions)].filter((p) => !this.draftsEpochsRead.has(p));
+    if (toRead.length === 0) return;
+    const read = this.draftsEpochsRead;
+    const epochs = await Promise.all(toRead.map((p) => this.o.ownership.current(DRAFTS_STREAM, p)));
+    for (const [i, partition] of toRead.entries()) {
+      const epoch = epochs[i];
+      const known = this.draftsEpochs.get(partition);
+      if (epoch !== undefined && (known === undefined || epoch > known))
+        this.draftsEpochs.set(partition, epoch);
+      read.add(partition);
+    }
+  }
+
+  /** Whether a newer epoch than the record's is known for its drafts partition; learns the record's. */
+  private olderThanKnown(origin: { partition: number; epoch: bigint }): boolean {
+    const known = this.draftsEpochs.get(origin.partition);
+    if (known !== undefined && origin.epoch < known) return true;
+    if (known === undefined || origin.epoch > known) this.draftsEpochs.set(origin.partition, origin.epoch);
+    return false;
   }
 
   /**

@@ -22,7 +22,7 @@ import type {
   MessageDraft,
   MessageLog,
 } from "../types.js";
-import type { BatchProducer } from "./batch-producer.js";
+import { type BatchProducer, RecordWithdrawn } from "./batch-producer.js";
 import { decodeMessage, encodeMessage, traceOf } from "./codec.js";
 import { commitBatch, FETCH_WAIT_MS, groupConsumer } from "./consumers.js";
 import { INBOX_GROUP, InboxOwner, type InboxOwnerOptions } from "./inbox-owner.js";
@@ -77,10 +77,16 @@ export class KafkaMessageLog implements MessageLog {
   constructor(private readonly o: KafkaLogOptions) {}
 
   async append(draft: MessageDraft, hints?: AppendHints): Promise<AppendResult> {
+    // A draft still waiting in the producer's queue when the deadline passes is withdrawn: it never
+    // reached the log, so its sender hears LOG_UNAVAILABLE (a send to resend in its place, which
+    // keeps the order of the sends behind it: gateway/send-gaps.ts), not SEQUENCE_TIMEOUT; and a
+    // stalled Kafka gets no burst of stale drafts once it is back. One already in a request is not.
+    const deadline = new AbortController();
     // Register before producing: the sequencer may answer before the produce call returns.
     const sequenced = new Promise<AppendResult>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.o.pending.delete(draft.messageId);
+        deadline.abort();
         reject(
           errors.unavailable(
             "SEQUENCE_TIMEOUT",
@@ -112,13 +118,16 @@ export class KafkaMessageLog implements MessageLog {
       await this.o.producer.send(
         this.o.draftsTopic,
         { key: draft.conversationId, value: encodeMessage(draft), ...(headers ? { headers } : {}) },
-        { ordered: true },
+        { ordered: true, signal: deadline.signal },
       );
     } catch (err) {
+      // Refused at the producer's bound (ProducerQueueFull), withdrawn at the deadline, or failed.
       this.o.pending.delete(draft.messageId);
       throw errors.unavailable(
         "LOG_UNAVAILABLE",
-        "the message log did not acknowledge the message; retry",
+        err instanceof RecordWithdrawn
+          ? `the message log did not take the message within ${this.o.appendTimeoutMs} ms; retry`
+          : "the message log did not acknowledge the message; retry",
         err,
       );
     }

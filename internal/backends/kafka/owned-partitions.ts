@@ -19,7 +19,7 @@ export interface OwnedPartitionsOptions<S> {
   fencedReason: string;
   fencedConsequence: string;
   /** A partition's state for a new claim. */
-  fresh: (epoch: bigint) => S;
+  fresh: (epoch: bigint, partition: number) => S;
 }
 
 export class OwnedPartitions<S extends { readonly epoch: bigint }> {
@@ -42,7 +42,7 @@ export class OwnedPartitions<S extends { readonly epoch: bigint }> {
     const claimed = this.o.ownership.claim(this.o.stream, partition, this.owner).then((epoch) => {
       this.stats.claims++;
       this.o.log.info(`${this.o.stream}: claimed partition`, { partition, epoch: epoch.toString() });
-      return this.o.fresh(epoch);
+      return this.o.fresh(epoch, partition);
     });
     claimed.catch(() => {
       if (this.claims.get(partition) === claimed) this.claims.delete(partition);

@@ -17,6 +17,13 @@
  * At least once: a job whose partition changed owner while it was being delivered may be sent by both
  * (the collapse id and the webhook's notification_id let devices and receivers show it once). No
  * offset is ever committed: the topic, not the group, says what is left to do.
+ *
+ * The owner's own writes — a delivered job's retry record (its new attempt count and due time) and a
+ * job's tombstone — are retried a few times with backoff when Kafka fails them (a broker failover): a
+ * delivery whose record could not be written would otherwise stop until the partition's next
+ * assignment. If they still fail, the job keeps its new state in memory, and a job whose delivery
+ * returned without ending it is offered to the deliverer again after `parkedRetryMs` (while this
+ * process owns its partition). A new job's put is not retried here: its caller (the router) retries.
  */
 import type { Admin, Consumer, EachBatchPayload, Kafka } from "kafkajs";
 import { invariantViolated } from "../../lib/errors.js";
@@ -34,6 +41,10 @@ const ACTIVE_MAX = 10_000;
  * record or a repeat of the job does not start them again.
  */
 const ENDED_REMEMBERED_MAX = 100_000;
+/** Waits between the attempts at the owner's own writes (retry records, tombstones): 6 attempts. */
+const OWN_WRITE_RETRY_DELAYS_MS = [250, 500, 1_000, 2_000, 4_000];
+/** A job whose delivery returned without ending it is offered again after this long. */
+const PARKED_RETRY_MS = 30_000;
 
 export interface PushQueueOptions {
   kafka: Kafka;
@@ -47,6 +58,10 @@ export interface PushQueueOptions {
   /** Keeps the group's member id for a restart after a crash (member-resume.ts). */
   groupMembers?: GroupMembers;
   log: Logger;
+  /** Tests: the waits between attempts at the owner's own writes (default OWN_WRITE_RETRY_DELAYS_MS). */
+  ownWriteRetryDelaysMs?: readonly number[];
+  /** Tests: when a job whose delivery returned without ending it is offered again (PARKED_RETRY_MS). */
+  parkedRetryMs?: number;
 }
 
 /** What this process knows of one partition it owns, for one assignment. */
@@ -65,8 +80,13 @@ export class KafkaPushQueue implements PushJobQueue {
   /** Set while an assignment's partition ends are being read; batches wait for it. */
   private assigned: Promise<void> = Promise.resolve();
   private readonly active = new Set<string>();
-  /** Jobs whose delivery returned without ending them (the process is closing): not started again. */
+  /**
+   * Jobs whose delivery returned without ending them (the process is closing, or writing the job's
+   * record failed): offered again after parkedRetryMs, not at once.
+   */
   private parked = new Set<string>();
+  private readonly parkedTimers = new Set<NodeJS.Timeout>();
+  private closed = false;
   private readonly ended = new Set<string>();
 
   constructor(private readonly o: PushQueueOptions) {}
@@ -86,11 +106,20 @@ export class KafkaPushQueue implements PushJobQueue {
   }
 
   async put(job: PushJob): Promise<void> {
-    await this.o.producer.send(this.o.topic, {
-      partition: await this.partitionOf(job),
-      key: recordKey(job),
-      value: JSON.stringify(job),
-    });
+    const partition = await this.partitionOf(job);
+    const key = recordKey(job);
+    const record = { partition, key, value: JSON.stringify(job) };
+    const state = this.owned.get(partition);
+    // A new job (or one another process delivers): its caller retries.
+    if (!state?.live.has(key)) return void (await this.o.producer.send(this.o.topic, record));
+    // A retry record of a job this process delivers.
+    try {
+      await this.withRetries("a push job's retry record", () => this.o.producer.send(this.o.topic, record));
+    } catch (err) {
+      // Offered again later (see release) with the state it should have had.
+      if (state.live.has(key) && this.owned.get(partition) === state) state.live.set(key, job);
+      throw err;
+    }
   }
 
   async finish(job: PushJob): Promise<void> {
@@ -102,7 +131,23 @@ export class KafkaPushQueue implements PushJobQueue {
   }
 
   private async end(partition: number, key: string): Promise<void> {
-    await this.o.producer.send(this.o.topic, { partition, key, value: null });
+    await this.withRetries("a push job's tombstone", () =>
+      this.o.producer.send(this.o.topic, { partition, key, value: null }),
+    );
+  }
+
+  /** Runs one of the owner's own writes, again after a failure (bounded; see the header). */
+  private async withRetries(what: string, write: () => Promise<void>): Promise<void> {
+    const delays = this.o.ownWriteRetryDelaysMs ?? OWN_WRITE_RETRY_DELAYS_MS;
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await write();
+      } catch (err) {
+        if (this.closed || attempt >= delays.length) throw err;
+        this.o.log.warn(`push queue: writing ${what} failed; trying again`, { attempt: attempt + 1, err });
+        await new Promise((r) => setTimeout(r, delays[attempt]));
+      }
+    }
   }
 
   async deadLetter(job: PushJob, error: string): Promise<void> {
@@ -206,11 +251,25 @@ export class KafkaPushQueue implements PushJobQueue {
           .catch((err: unknown) => this.o.log.error("push queue: a delivery failed", { jobId: id, err }))
           .finally(() => {
             this.active.delete(id);
-            if (!this.ended.has(id)) this.parked.add(id);
+            if (!this.ended.has(id)) this.park(id);
             this.release();
           });
       }
     }
+  }
+
+  /** A job whose delivery returned without ending it: offered again after a while, not at once. */
+  private park(id: string): void {
+    const parked = this.parked;
+    parked.add(id);
+    if (this.closed) return;
+    const timer = setTimeout(() => {
+      this.parkedTimers.delete(timer);
+      // A new assignment re-read the partitions meanwhile: its own state decides.
+      if (parked === this.parked && parked.delete(id)) this.release();
+    }, this.o.parkedRetryMs ?? PARKED_RETRY_MS);
+    timer.unref();
+    this.parkedTimers.add(timer);
   }
 
   private remember(key: string): void {
@@ -220,6 +279,9 @@ export class KafkaPushQueue implements PushJobQueue {
   }
 
   async close(): Promise<void> {
+    this.closed = true;
+    for (const timer of this.parkedTimers) clearTimeout(timer);
+    this.parkedTimers.clear();
     if (!this.consumer) return;
     await this.consumer.disconnect();
     this.consumer = undefined;

@@ -53,11 +53,14 @@ import {
   PeriodicCommits,
 } from "./consumers.js";
 import {
+  DRAFTS_STREAM,
   INBOX_KIND_HEADER,
   INBOX_RECIPIENTS_HEADER,
   MEMBERSHIP_RECORD,
   PULL_RECORD,
   REDELIVERY_HEADER,
+  SEQUENCER_EPOCH_HEADER,
+  sequencerEpochHeader,
 } from "./inbox-owner.js";
 import { type Audience, MemberCache } from "./member-cache.js";
 import type { GroupMembers } from "./member-resume.js";
@@ -85,8 +88,7 @@ export const MEMBERSHIP_KIND = "membership";
 export const FIRST_ATTEMPT_HEADER = "first-attempt-resends-after";
 /** Header of a sequenced record: the conversation's members at the message's position, "\n"-joined. */
 export const RECIPIENTS_HEADER = "recipients";
-/** The stream name of the drafts partitions in OwnershipStore. */
-export const DRAFTS_STREAM = "drafts";
+export { DRAFTS_STREAM };
 
 /** Conversations whose head / member list one partition's owner keeps in memory at most. */
 const HEADS_PER_PARTITION_MAX = 50_000;
@@ -151,11 +153,15 @@ class PartitionState {
     ttlMs: MEMBER_LIST_TTL_MS,
   });
   readonly recent: RecentSends;
+  /** SEQUENCER_EPOCH_HEADER of this claim's inbox records (the inbox owner's check for late copies). */
+  readonly epochHeader: string;
   constructor(
     readonly epoch: bigint,
+    partition: number,
     firstAttemptMarginMs: number,
     dedupeWindowMs: number,
   ) {
+    this.epochHeader = sequencerEpochHeader(partition, epoch);
     this.recent = new RecentSends({
       claimedAtMs: Date.now(),
       marginMs: firstAttemptMarginMs,
@@ -209,7 +215,8 @@ export class Sequencer implements Closeable {
       log: o.log,
       fencedReason: "SEQUENCER_FENCED",
       fencedConsequence: "nothing of this batch is acknowledged",
-      fresh: (epoch) => new PartitionState(epoch, o.firstAttemptMarginMs, o.dedupeWindowSeconds * 1000),
+      fresh: (epoch, partition) =>
+        new PartitionState(epoch, partition, o.firstAttemptMarginMs, o.dedupeWindowSeconds * 1000),
     });
   }
 
@@ -329,6 +336,7 @@ export class Sequencer implements Closeable {
           recipients.get(m.conversationId)?.get(m.messageId) ?? [],
           done.redelivered.has(m.messageId),
           spans?.carrier(m.messageId),
+          state.epochHeader,
         ),
       );
     }
@@ -340,12 +348,16 @@ export class Sequencer implements Closeable {
   /**
    * A sequenced message's records: with an inbox topic one per inbox partition of its recipients, and
    * if asked one in the sequenced topic (keyed by conversation, for consumers outside the platform).
+   * Each inbox record names the drafts partition and the epoch it was sequenced under (`epochHeader`):
+   * if this owner is fenced while its produce is retried, the copy that lands after its successor's
+   * re-emission is known as stale by the inbox owner, which checks it against the users' index.
    */
   private emit(
     m: StoredMessage,
     audience: Audience,
     redelivery: boolean,
     trace: TraceCarrier | undefined,
+    epochHeader: string,
   ): Array<Promise<void>> {
     const value = encodeMessage(m);
     const sends: Array<Promise<void>> = [];
@@ -401,6 +413,7 @@ export class Sequencer implements Closeable {
             value,
             headers: {
               [INBOX_RECIPIENTS_HEADER]: users.join("\n"),
+              [SEQUENCER_EPOCH_HEADER]: epochHeader,
               ...(redelivery ? { [REDELIVERY_HEADER]: "1" } : {}),
               ...trace,
             },

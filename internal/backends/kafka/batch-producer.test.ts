@@ -1,0 +1,173 @@
+import type { Message, Producer, ProducerBatch } from "kafkajs";
+import { describe, expect, it } from "vitest";
+import { Code, SwitchboardError } from "../../lib/errors.js";
+import { createLogger } from "../../lib/log.js";
+import type { MessageDraft } from "../types.js";
+import { BatchProducer, ProducerQueueFull, RecordWithdrawn, recordBytes } from "./batch-producer.js";
+import { KafkaMessageLog } from "./log.js";
+
+const log = createLogger({ test: "batch-producer" });
+
+/** A kafkajs producer whose requests wait until the test answers them. */
+function heldKafka() {
+  const requests: Array<{ values: string[]; answer: (err?: Error) => void }> = [];
+  const producer = {
+    events: { CONNECT: "connect", DISCONNECT: "disconnect" },
+    on: () => () => undefined,
+    connect: async () => undefined,
+    disconnect: async () => undefined,
+    sendBatch: (batch: ProducerBatch) =>
+      new Promise((resolve, reject) => {
+        const values = (batch.topicMessages ?? []).flatMap((t) => t.messages.map((m) => String(m.value)));
+        requests.push({ values, answer: (err) => (err ? reject(err) : resolve([])) });
+      }),
+  } as unknown as Producer;
+  return { newProducer: () => producer, requests };
+}
+
+const tick = () => new Promise((r) => setTimeout(r, 10));
+const record = (value: string, key = "c1"): Message => ({ key, value });
+const settled = (p: Promise<unknown>) =>
+  p.then(
+    () => "sent",
+    (err: unknown) => (err instanceof Error ? err.name : String(err)),
+  );
+
+describe("BatchProducer: a bounded queue", () => {
+  it("refuses records past its record bound and its byte bound while Kafka does not answer", async () => {
+    const kafka = heldKafka();
+    const bytes = recordBytes(record("x".repeat(1_000)));
+    const producer = new BatchProducer(kafka.newProducer, {
+      log,
+      queueRecordsMax: 3,
+      queueBytesMax: 4 * bytes,
+    });
+    const first = producer.send("t", record("first"));
+    await tick(); // in a request Kafka holds: no longer queued
+    const queued = [1, 2, 3].map((i) => producer.send("t", record(`q${i}`)));
+    const refused = producer.send("t", record("q4"));
+    expect(await settled(refused)).toBe("ProducerQueueFull");
+    expect(producer.waiting.records).toBe(3);
+    expect(producer.stats.refused).toBe(1);
+
+    const big = new BatchProducer(heldKafka().newProducer, { log, queueBytesMax: 2 * bytes });
+    void big.send("t", record("x".repeat(1_000)));
+    await tick();
+    const waiting = [big.send("t", record("x".repeat(1_000))), big.send("t", record("x".repeat(1_000)))];
+    await expect(big.send("t", record("x".repeat(1_000)))).rejects.toBeInstanceOf(ProducerQueueFull);
+    expect(big.waiting.records).toBe(2);
+    void waiting;
+
+    // Kafka answers: the queue drains and takes records again.
+    kafka.requests[0]!.answer();
+    await first;
+    await tick();
+    kafka.requests[1]!.answer();
+    expect(await Promise.all(queued.map(settled))).toEqual(["sent", "sent", "sent"]);
+    expect(producer.waiting).toEqual({ records: 0, bytes: 0 });
+    const again = producer.send("t", record("q5"));
+    await tick();
+    kafka.requests[2]!.answer();
+    await again;
+  });
+
+  it("withdraws a record that still waits when its signal aborts: never sent, its room freed", async () => {
+    const kafka = heldKafka();
+    const producer = new BatchProducer(kafka.newProducer, { log });
+    const inFlight = new AbortController();
+    const first = producer.send("t", record("in-flight", "a"), { ordered: true, signal: inFlight.signal });
+    await tick();
+    const stale = new AbortController();
+    const withdrawn = producer.send("t", record("stale", "a"), { ordered: true, signal: stale.signal });
+    const behind = settled(producer.send("t", record("behind", "a"), { ordered: true })); // its key's next
+    const other = producer.send("t", record("other", "b"), { ordered: true });
+    stale.abort();
+    inFlight.abort(); // too late: it is in a request
+    expect(await settled(withdrawn)).toBe("RecordWithdrawn");
+    expect(producer.waiting.records).toBe(2);
+    // The resend, after the sender learned of the withdrawal: it goes.
+    const resend = producer.send("t", record("resend", "a"), { ordered: true });
+    kafka.requests[0]!.answer();
+    await first;
+    await tick();
+    // The record queued behind the withdrawn one of its key fails with it (it must not overtake the
+    // resend); the other key's record and the resend go, and the withdrawn one never does.
+    expect(await behind).toBe("RecordWithdrawn");
+    expect(kafka.requests[1]!.values).toEqual(["other", "resend"]);
+    kafka.requests[1]!.answer();
+    expect(await Promise.all([other, resend].map(settled))).toEqual(["sent", "sent"]);
+    expect(kafka.requests.flatMap((r) => r.values)).not.toContain("stale");
+    expect(producer.stats.withdrawn).toBe(1);
+  });
+
+  it("a withdrawn record's signal aborting later, or a record sent with an aborted signal, changes nothing else", async () => {
+    const kafka = heldKafka();
+    const producer = new BatchProducer(kafka.newProducer, { log });
+    const aborted = new AbortController();
+    aborted.abort();
+    await expect(producer.send("t", record("x"), { signal: aborted.signal })).rejects.toBeInstanceOf(
+      RecordWithdrawn,
+    );
+    const signal = new AbortController();
+    const sent = producer.send("t", record("y"), { signal: signal.signal });
+    await tick();
+    kafka.requests[0]!.answer();
+    await sent;
+    signal.abort();
+    expect(producer.waiting).toEqual({ records: 0, bytes: 0 });
+  });
+
+  it("an append that times out while Kafka holds its draft in the queue: LOG_UNAVAILABLE, and the draft is never sent", async () => {
+    const kafka = heldKafka();
+    const producer = new BatchProducer(kafka.newProducer, { log });
+    const messageLog = new KafkaMessageLog({
+      kafka: {} as never,
+      producer,
+      draftsTopic: "drafts",
+      sequencedTopic: undefined,
+      repliesTopic: "replies",
+      groupPrefix: "",
+      pending: new Map(),
+      appendTimeoutMs: 50,
+      log,
+    });
+    const draft = (id: string): MessageDraft => ({
+      conversationId: "g:1",
+      messageId: id,
+      sender: "ann",
+      clientMsgId: `c${id}`,
+      body: `body ${id}`,
+      createdAtMs: Date.now(),
+    });
+    // Something else holds the producer's one request: Kafka is away.
+    const blocking = producer.send("other", record("blocking"));
+    await tick();
+    const appended = messageLog.append(draft("1"));
+    const error = await appended.catch((err: unknown) => err);
+    expect(error).toBeInstanceOf(SwitchboardError);
+    expect(error).toMatchObject({ code: Code.UNAVAILABLE, reason: "LOG_UNAVAILABLE" });
+    expect(producer.waiting.records).toBe(0);
+    kafka.requests[0]!.answer();
+    await blocking;
+    await tick();
+    expect(kafka.requests.length).toBe(1); // the withdrawn draft never went out
+
+    // Past the queue's bound an append is refused at once, as LOG_UNAVAILABLE too.
+    const full = new BatchProducer(heldKafka().newProducer, { log, queueRecordsMax: 1 });
+    const fullLog = new KafkaMessageLog({
+      kafka: {} as never,
+      producer: full,
+      draftsTopic: "drafts",
+      sequencedTopic: undefined,
+      repliesTopic: "replies",
+      groupPrefix: "",
+      pending: new Map(),
+      appendTimeoutMs: 60_000,
+      log,
+    });
+    void full.send("other", record("in-flight"));
+    await tick();
+    void full.send("other", record("waiting"));
+    await expect(fullLog.append(draft("2"))).rejects.toMatchObject({ reason: "LOG_UNAVAILABLE" });
+  });
+});

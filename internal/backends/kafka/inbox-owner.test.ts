@@ -1,0 +1,192 @@
+import type { EachBatchPayload, IHeaders } from "kafkajs";
+import { describe, expect, it } from "vitest";
+import { createLogger } from "../../lib/log.js";
+import type { InboxDelivery, InboxEntry, OwnershipStore } from "../types.js";
+import { encodeMessage } from "./codec.js";
+import {
+  DRAFTS_STREAM,
+  INBOX_RECIPIENTS_HEADER,
+  InboxOwner,
+  REDELIVERY_HEADER,
+  SEQUENCER_EPOCH_HEADER,
+  sequencerEpochHeader,
+} from "./inbox-owner.js";
+
+const A = 1_000n; // the fenced-out sequencer's epoch
+const B = 2_000n; // its successor's
+const DRAFTS = 3;
+
+interface Sent {
+  seq: number;
+  epoch?: bigint;
+  redelivery?: boolean;
+}
+
+/** One inbox record per message, for users ann and ben (both placed in partition 0 here). */
+function batchOf(firstOffset: number, sent: Sent[]): EachBatchPayload {
+  const messages = sent.map((s, i) => {
+    const headers: IHeaders = { [INBOX_RECIPIENTS_HEADER]: Buffer.from("ann\nben") };
+    if (s.epoch !== undefined) headers[SEQUENCER_EPOCH_HEADER] = sequencerEpochHeader(DRAFTS, s.epoch);
+    if (s.redelivery) headers[REDELIVERY_HEADER] = "1";
+    const value = encodeMessage({
+      conversationId: "g:1",
+      seq: s.seq,
+      messageId: String(900 + s.seq),
+      sender: "cat",
+      clientMsgId: `c${s.seq}`,
+      body: `m${s.seq}`,
+      createdAtMs: 1,
+    });
+    return { offset: String(firstOffset + i), key: null, value, headers };
+  });
+  return {
+    batch: {
+      topic: "inbox",
+      partition: 0,
+      highWatermark: String(firstOffset + sent.length),
+      messages,
+    },
+    resolveOffset: () => undefined,
+    commitOffsetsIfNecessary: async () => undefined,
+    heartbeat: async () => undefined,
+    isStale: () => false,
+  } as unknown as EachBatchPayload;
+}
+
+/** An inbox owner over an in-memory store; counts index look-ups and epoch reads. */
+function owner(draftsEpoch: bigint | undefined) {
+  const index = new Map<string, number>();
+  const heads = new Map<string, { head: number; appliedOffset: number }>();
+  const rows: InboxEntry[] = [];
+  const delivered: InboxDelivery[] = [];
+  const counts = { lookups: 0, epochReads: 0 };
+  const key = (e: { userId: string; conversationId: string; seq: number }) =>
+    `${e.userId}\u0000${e.conversationId}\u0000${e.seq}`;
+  const store = {
+    async ownedHeads(users: string[]) {
+      return new Map(users.map((u) => [u, { ...(heads.get(u) ?? { head: 0, appliedOffset: -1 }) }]));
+    },
+    async recorded(keys: Array<{ userId: string; conversationId: string; seq: number }>) {
+      counts.lookups++;
+      return new Set(keys.map(key).filter((k) => index.has(k)));
+    },
+    async writeOwnedRows(entries: InboxEntry[]) {
+      rows.push(...entries);
+    },
+    async writeOwnedHeads(entries: InboxEntry[], h: Map<string, { head: number; appliedOffset: number }>) {
+      for (const e of entries) index.set(key(e), e.cursor);
+      for (const [u, v] of h) heads.set(u, { ...v });
+    },
+  };
+  const ownership: OwnershipStore = {
+    claim: async () => 5n,
+    current: async (stream, partition) => {
+      if (stream !== DRAFTS_STREAM) return 5n;
+      counts.epochReads++;
+      return partition === DRAFTS ? draftsEpoch : undefined;
+    },
+    close: async () => undefined,
+  };
+  const make = () =>
+    new InboxOwner({
+      kafka: {} as never,
+      groupId: "inbox",
+      inboxTopic: "inbox",
+      store,
+      ownership,
+      indexTtlSeconds: 60,
+      handler: {
+        deliver: async (d) => {
+          delivered.push(...d);
+        },
+        membershipChanged: () => undefined,
+      },
+      log: createLogger({ test: "inbox-owner" }),
+    });
+  const apply = (o: InboxOwner, payload: EachBatchPayload) =>
+    (o as unknown as { applyBatch(p: EachBatchPayload): Promise<void> }).applyBatch(payload);
+  /** Each user's (seq, cursor) pairs in the order their rows were written. */
+  const inboxOf = (user: string) => rows.filter((r) => r.userId === user).map((r) => [r.seq, r.cursor]);
+  return { make, apply, inboxOf, delivered, counts };
+}
+
+describe("inbox owner: a fenced-out sequencer's late copy", () => {
+  it("an unmarked record under an older epoch after the successor's re-emission adds no entry", async () => {
+    const t = owner(A);
+    const o = t.make();
+    await t.apply(
+      o,
+      batchOf(0, [
+        { seq: 1, epoch: A },
+        { seq: 2, epoch: A },
+      ]),
+    );
+    // B re-emits seq 2 (marked) and sequences 3; A's retried produce of seq 2 lands after them.
+    await t.apply(
+      o,
+      batchOf(2, [
+        { seq: 2, epoch: B, redelivery: true },
+        { seq: 3, epoch: B },
+      ]),
+    );
+    await t.apply(o, batchOf(4, [{ seq: 2, epoch: A }]));
+    // And within one batch too.
+    await t.apply(
+      o,
+      batchOf(5, [
+        { seq: 4, epoch: B },
+        { seq: 4, epoch: A },
+      ]),
+    );
+    for (const u of ["ann", "ben"])
+      expect(t.inboxOf(u)).toEqual([
+        [1, 1],
+        [2, 2],
+        [3, 3],
+        [4, 4],
+      ]);
+    const handed = t.delivered.flatMap((d) => d.recipients.map((r) => `${r.userId}/${d.message.seq}`));
+    expect(handed.length).toBe(new Set(handed).size);
+  });
+
+  it("an owner that never saw the successor's records reads its epoch from the drafts partition's owner row", async () => {
+    const t = owner(B);
+    const o = t.make();
+    // The successor's records were applied by a former owner of this inbox partition; this one
+    // starts where that one committed (its heads say 3 applied) and meets A's late copy first.
+    await t.apply(
+      o,
+      batchOf(0, [
+        { seq: 1, epoch: B },
+        { seq: 2, epoch: B },
+        { seq: 3, epoch: B },
+      ]),
+    );
+    const fresh = t.make();
+    await t.apply(
+      fresh,
+      batchOf(3, [
+        { seq: 3, epoch: A },
+        { seq: 4, epoch: B },
+      ]),
+    );
+    expect(t.inboxOf("ann").map(([seq]) => seq)).toEqual([1, 2, 3, 4]);
+    expect(t.counts.epochReads).toBe(2); // once per owner (generation), not per batch
+  });
+
+  it("costs nothing in the steady state: no index look-up, one epoch read per drafts partition", async () => {
+    const t = owner(B);
+    const o = t.make();
+    for (let i = 0; i < 5; i++) await t.apply(o, batchOf(i, [{ seq: i + 1, epoch: B }]));
+    expect(t.counts).toEqual({ lookups: 0, epochReads: 1 });
+    expect(t.inboxOf("ben").map(([seq]) => seq)).toEqual([1, 2, 3, 4, 5]);
+  });
+
+  it("records without the header (a sequencer of the version before) are handled as before", async () => {
+    const t = owner(undefined);
+    const o = t.make();
+    await t.apply(o, batchOf(0, [{ seq: 1 }, { seq: 2 }, { seq: 2, redelivery: true }]));
+    expect(t.inboxOf("ann").map(([seq]) => seq)).toEqual([1, 2]);
+    expect(t.counts).toEqual({ lookups: 1, epochReads: 0 });
+  });
+});
