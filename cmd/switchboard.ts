@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 /** The `switchboard` command: a thin dispatcher; each command lives in internal/cli. */
 import {
+  closeRunning,
   runConfig,
   runGrpcKey,
   runProvision,
@@ -57,6 +58,39 @@ async function main(argv: string[]): Promise<number> {
       return command === undefined || command === "help" || command === "--help" ? 0 : 2;
   }
 }
+
+/** EX_SOFTWARE: the process stopped on a bug of its own, as after a storage failure (runtime.ts). */
+const FATAL_EXIT_CODE = 70;
+
+function errorFields(err: unknown): unknown {
+  if (!(err instanceof Error)) return { message: String(err) };
+  return {
+    name: err.name,
+    message: err.message,
+    ...(err.stack ? { stack: err.stack } : {}),
+    ...(err.cause !== undefined ? { cause: errorFields(err.cause) } : {}),
+  };
+}
+
+let failing = false;
+/**
+ * An exception nothing caught, or a rejection nothing handled: the process's state is unknown, so it
+ * stops. One structured line (whatever log.level says), then what `start` runs is closed within
+ * shutdownTimeoutMs (clients told 1001, storage flushed), then exit 70, so a supervisor restarts it.
+ */
+function fatal(what: string, err: unknown): void {
+  process.stderr.write(
+    `${JSON.stringify({ time: new Date().toISOString(), level: "fatal", msg: what, pid: process.pid, err: errorFields(err) })}\n`,
+  );
+  if (failing) return;
+  failing = true;
+  process.exitCode = FATAL_EXIT_CODE;
+  void closeRunning()
+    .catch(() => undefined)
+    .finally(() => process.exit(FATAL_EXIT_CODE));
+}
+process.on("uncaughtException", (err) => fatal("uncaught exception; stopping", err));
+process.on("unhandledRejection", (reason) => fatal("unhandled promise rejection; stopping", reason));
 
 main(process.argv.slice(2)).then(
   (code) => {

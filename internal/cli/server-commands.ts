@@ -5,11 +5,11 @@
  */
 import { parseArgs } from "node:util";
 import { signDevToken } from "../lib/auth.js";
-import { type Config, configDocs, loadConfig } from "../lib/config.js";
-import { createLogger, setLogLevel } from "../lib/log.js";
+import { type Config, configDocs, envName, loadConfig, unknownVariables } from "../lib/config.js";
+import { createLogger, type Logger, setLogLevel } from "../lib/log.js";
 import { distributedOptions } from "../process/backends.js";
 import { devTokensRefusal } from "../process/http.js";
-import { ROLES, type RoleName, startRole } from "../roles/index.js";
+import { ROLES, type RoleName, type RunningProcess, startRole } from "../roles/index.js";
 
 const TTL_UNITS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86400 };
 
@@ -57,34 +57,122 @@ export async function runStart(argv: string[]): Promise<number> {
   }
   if (values.backend !== undefined) overrides.backend = values.backend;
   if (values.dev) overrides["auth.devTokens"] = "true";
-  const config = loadConfig(platformEnv(), overrides);
+  const env = platformEnv();
+  const config = loadConfig(env, overrides);
   setLogLevel(config.log.level);
   const log = createLogger({ service: "switchboard", role });
+  warnUnknownVariables(env, log);
+  const workerId = workerIdWarning(role, config, env);
+  if (workerId) log.warn(workerId);
   const running = await startRole(role, config, log);
+  current = { running, timeoutMs: config.shutdownTimeoutMs };
   const url = running.gateway ? `ws://${config.http.host}:${running.httpPort}/ws` : undefined;
   const warning = running.gateway ? devModeWarning(config, running.httpPort) : undefined;
   if (warning) log.warn(warning);
   process.stdout.write(
     `${JSON.stringify({ status: "started", role, ...(url ? { url } : {}), port: running.httpPort, grpc_port: running.grpcPort, data_dir: config.dataDir, pid: process.pid, ...(warning ? { warning } : {}) })}\n`,
   );
-  await new Promise<void>((resolve) => {
-    let stopping = false;
-    const stop = async (signal: string, drainMs: number) => {
-      if (stopping) return;
-      stopping = true;
-      log.info("stopping", { signal, drainMs });
-      try {
-        if (drainMs > 0 && running.gateway) await drainBeforeStop(running.gateway, drainMs);
-        await running.close();
-      } catch (err) {
-        log.error("shutdown failed", { err });
+  return new Promise<number>((resolve) => {
+    let first: NodeJS.Signals | undefined;
+    const onSignal = (signal: NodeJS.Signals) => {
+      if (first !== undefined) {
+        // "SIGINT always stops at once": also during a SIGTERM's drain, or a close that takes long.
+        log.warn("second signal while stopping: exiting at once", { signal, first });
+        process.exit(SIGNAL_EXIT_CODES[signal] ?? 1);
       }
-      resolve();
+      first = signal;
+      const drainMs = signal === "SIGTERM" ? config.gateway.shutdownDrainMs : 0;
+      void stop(running, { signal, drainMs, timeoutMs: config.shutdownTimeoutMs }, log).then(resolve);
     };
-    process.once("SIGINT", () => void stop("SIGINT", 0));
-    process.once("SIGTERM", () => void stop("SIGTERM", config.gateway.shutdownDrainMs));
+    process.on("SIGINT", onSignal);
+    process.on("SIGTERM", onSignal);
   });
-  return process.exitCode === undefined ? 0 : Number(process.exitCode);
+}
+
+/** Exit codes of a second signal during a stop (128 + the signal's number, as a shell reports it). */
+const SIGNAL_EXIT_CODES: Partial<Record<NodeJS.Signals, number>> = { SIGINT: 130, SIGTERM: 143 };
+/**
+ * After a clean close, how long a handle nothing closed (a socket of a library, a timer) may keep the
+ * process before it exits anyway.
+ */
+const LINGER_AFTER_CLOSE_MS = 2_000;
+
+/** The process that `start` runs, for the fatal-error path (closeRunning). */
+let current: { running: RunningProcess; timeoutMs: number } | undefined;
+
+/**
+ * A stop: a gateway drains first (SIGTERM with gateway.shutdownDrainMs), then everything closes within
+ * shutdownTimeoutMs, or the process exits with code 1 without waiting further. Resolves with the exit
+ * code: 1 when something failed to close, else the code already set (70 after a storage failure) or 0.
+ */
+async function stop(
+  running: RunningProcess,
+  o: { signal: string; drainMs: number; timeoutMs: number },
+  log: Logger,
+): Promise<number> {
+  log.info("stopping", { signal: o.signal, drainMs: o.drainMs, timeoutMs: o.timeoutMs });
+  if (o.drainMs > 0 && running.gateway) await drainBeforeStop(running.gateway, o.drainMs);
+  const outcome = await closeWithin(running, o.timeoutMs);
+  if (outcome === "timeout") {
+    log.error("shutdown did not finish within shutdownTimeoutMs: exiting without waiting further", {
+      timeoutMs: o.timeoutMs,
+    });
+    process.exit(1);
+  }
+  if (outcome !== "closed") log.error("shutdown failed: something did not close", { err: outcome.err });
+  const code = outcome === "closed" ? (process.exitCode === undefined ? 0 : Number(process.exitCode)) : 1;
+  setTimeout(() => process.exit(code), LINGER_AFTER_CLOSE_MS).unref();
+  return code;
+}
+
+/** running.close(), bounded: "closed", "timeout", or what it failed with. */
+async function closeWithin(
+  running: RunningProcess,
+  timeoutMs: number,
+): Promise<"closed" | "timeout" | { err: unknown }> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      running.close().then(
+        () => "closed" as const,
+        (err: unknown) => ({ err }),
+      ),
+      new Promise<"timeout">((resolve) => {
+        timer = setTimeout(() => resolve("timeout"), timeoutMs);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * For a fatal error (cmd/switchboard.ts: an uncaught exception or unhandled rejection): closes the
+ * process `start` runs, if any, within shutdownTimeoutMs; resolves however that went.
+ */
+export async function closeRunning(): Promise<void> {
+  if (!current) return;
+  await closeWithin(current.running, current.timeoutMs);
+}
+
+/** Logs every SWITCHBOARD_* variable that is no setting (and so is ignored), with the nearest one. */
+function warnUnknownVariables(env: NodeJS.ProcessEnv, log: Logger): void {
+  for (const { name, didYouMean } of unknownVariables(env))
+    log.warn(
+      `unknown environment variable ${name} ignored${didYouMean ? `: did you mean ${didYouMean}?` : ""}`,
+      { variable: name, ...(didYouMean ? { didYouMean } : {}) },
+    );
+}
+
+/**
+ * Role all mints message and group ids itself, with id.workerId: all-in-one processes sharing one
+ * distributed backend (Kafka topics, Cassandra keyspace) must each have their own, or their ids may
+ * collide. Nothing tells how many share it, so the default (0, not set) is warned about there.
+ */
+export function workerIdWarning(role: RoleName, config: Config, env: NodeJS.ProcessEnv): string | undefined {
+  if (role !== "all" || config.backend !== "distributed") return undefined;
+  if (env[envName(["id", "workerId"])] !== undefined) return undefined;
+  return `id.workerId is not set (${envName(["id", "workerId"])}), so this process mints ids as worker 0: every all-in-one process (role all) sharing these Kafka topics and Cassandra keyspace must have its own id.workerId (0-1023), or their message and group ids may collide`;
 }
 
 /** What the start-up line shouts when dev mode was asked for: on, or asked for and refused (why). */
@@ -124,9 +212,11 @@ export function runSequencer(argv: string[]): Promise<number> {
  */
 export async function runProvision(argv: string[]): Promise<number> {
   parseArgs({ args: argv, options: {}, strict: true });
-  const config = loadConfig(platformEnv());
+  const env = platformEnv();
+  const config = loadConfig(env);
   setLogLevel(config.log.level);
   const log = createLogger({ service: "provision" });
+  warnUnknownVariables(env, log);
   const o = distributedOptions(config, log, {
     sequencer: false,
     appends: false,

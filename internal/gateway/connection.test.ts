@@ -69,6 +69,7 @@ function connection(setup: Setup = {}) {
     firstStranger: setup.firstStranger ?? (async () => undefined),
     watcherId: "gateway-1/1/test",
     verify: setup.verify ?? (async () => ({ userId: "alice", expiresAtMs: Number.POSITIVE_INFINITY })),
+    hasRoomFor: () => true,
     register: setup.register ?? (async () => {}),
     unregister: () => {},
     ...setup.ctx,

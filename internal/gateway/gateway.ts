@@ -59,6 +59,8 @@ export class Gateway {
   private readonly awaitingAuth = new Set<Connection>();
   private readonly ctx: GatewayContext;
   private draining = false;
+  /** Told once when draining starts (the process's readiness and gRPC health change then). */
+  private readonly drainListeners: Array<() => void> = [];
   /** Set by close(); each open Deliver stream's way to stop waiting for its next request. */
   private closed = false;
   private readonly deliverStreams = new Set<() => void>();
@@ -140,6 +142,19 @@ export class Gateway {
 
   get users(): number {
     return this.byUser.size;
+  }
+
+  /**
+   * Whether the gateway drains (drain(): SIGTERM with gateway.shutdownDrainMs, or the operator's
+   * Drain) or closes: it takes no new connections for good, so it is not ready and no client is sent here.
+   */
+  get isDraining(): boolean {
+    return this.draining;
+  }
+
+  /** Calls `listener` when draining starts. */
+  onDrain(listener: () => void): void {
+    this.drainListeners.push(listener);
   }
 
   /** Handles an HTTP upgrade on the WebSocket path. */
@@ -404,7 +419,9 @@ export class Gateway {
 
   /** Tells every client to reconnect elsewhere, closing them spread over `windowMs`; refuses new ones. */
   drain(windowMs: number): number {
+    const started = !this.draining;
     this.draining = true;
+    if (started) for (const listener of this.drainListeners) listener();
     const conns = [...this.all];
     for (const conn of conns) {
       conn.reply(0, {

@@ -1,7 +1,7 @@
 /**
- * Client authentication: JWTs signed with HS256 by the dev secret kept in the data dir, or by a key
- * from a JWKS URL (keys cached per issuer and `kid` by jose's remote key set). The subject (`sub`) is
- * the user id: identities belong to the app, as in Centrifugo.
+ * Client authentication: JWTs signed with HS256 by a shared secret (auth.secretFile, or the dev secret
+ * kept in the data dir), or by a key from a JWKS URL (keys cached per issuer and `kid` by jose's
+ * remote key set). The subject (`sub`) is the user id: identities belong to the app, as in Centrifugo.
  */
 import { createSecretKey, randomBytes } from "node:crypto";
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
@@ -23,6 +23,58 @@ export function devSecret(dataDir: string): Uint8Array {
     chmodSync(path, 0o600);
   }
   return new TextEncoder().encode(readFileSync(path, "utf8").trim());
+}
+
+/** Reads auth.secretFile: it must exist and hold a secret (unlike the dev secret, it is never created). */
+export function secretFromFile(path: string): Uint8Array {
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8").trim();
+  } catch (err) {
+    throw new Error(`auth.secretFile: cannot read ${path}: ${(err as Error).message}`);
+  }
+  if (text === "") throw new Error(`auth.secretFile: ${path} is empty`);
+  return new TextEncoder().encode(text);
+}
+
+/** Whether `host` (http.host) is a loopback address: only this machine reaches a port bound there. */
+export function isLoopbackHost(host: string): boolean {
+  return host === "localhost" || host === "::1" || host.startsWith("127.");
+}
+
+/** What the start-up check of a gateway's client-token keys reads. */
+export interface ClientKeySettings {
+  dataDir: string;
+  http: { host: string };
+  auth: { jwksUrl: string; secretFile: string };
+}
+
+/**
+ * Checks, before a gateway (role all or gateway) opens anything, what it will verify client tokens
+ * with. A JWKS URL or auth.secretFile is a deliberate choice. Without either, tokens are checked
+ * against the data dir's dev secret: fine on loopback (development); elsewhere a warning to log is
+ * returned, and when that file does not exist yet the start is refused: the gateway would create a
+ * random key that no token issuer holds, which is how a misspelled SWITCHBOARD_AUTH_JWKS_URL looks.
+ * (Kubernetes Pods of a ChatCluster with `auth.secretRef` have the Secret mounted as that file.)
+ */
+export function checkClientKeys(config: ClientKeySettings): string | undefined {
+  const { jwksUrl, secretFile } = config.auth;
+  if (jwksUrl !== "") {
+    if (!URL.canParse(jwksUrl)) throw new Error(`auth.jwksUrl ${JSON.stringify(jwksUrl)} is not a URL`);
+    return undefined;
+  }
+  if (secretFile !== "") {
+    secretFromFile(secretFile);
+    return undefined;
+  }
+  const host = config.http.host;
+  if (isLoopbackHost(host)) return undefined;
+  const path = join(config.dataDir, DEV_SECRET_FILE);
+  if (!existsSync(path))
+    throw new Error(
+      `refusing to serve clients on ${host} with a newly created dev secret (${path}): no auth.jwksUrl and no auth.secretFile is set, so client tokens would be checked against a random key no issuer holds. Set auth.jwksUrl (SWITCHBOARD_AUTH_JWKS_URL: check its spelling), or auth.secretFile (SWITCHBOARD_AUTH_SECRET_FILE) to the HS256 key your token issuer shares, or listen on loopback (http.host 127.0.0.1) for development`,
+    );
+  return `client tokens are verified with the dev secret ${path} (HS256) while serving on ${host}, which is not loopback: no auth.jwksUrl is set. If that key is intended, set auth.secretFile (SWITCHBOARD_AUTH_SECRET_FILE=${path}) to say so; otherwise set auth.jwksUrl (SWITCHBOARD_AUTH_JWKS_URL: check its spelling)`;
 }
 
 /** User ids the platform uses itself; no token may claim them. */
@@ -59,6 +111,8 @@ export interface Identity {
 export interface VerifierOptions {
   dataDir: string;
   jwksUrl: string;
+  /** auth.secretFile: the HS256 key when there is no JWKS URL; empty: the data dir's dev secret. */
+  secretFile?: string | undefined;
   issuer: string;
   audience: string;
 }
@@ -95,7 +149,8 @@ export function createVerifier(options: VerifierOptions): TokenVerifier {
     : (() => {
         // Synchronous on node:crypto: jose's WebCrypto HMAC cost a connect more than the rest of
         // its authentication (hs256.ts).
-        const secret = createSecretKey(Buffer.from(devSecret(options.dataDir)));
+        const key = options.secretFile ? secretFromFile(options.secretFile) : devSecret(options.dataDir);
+        const secret = createSecretKey(Buffer.from(key));
         return async (token) => verifyHs256(token, secret, checks) as JWTPayload;
       })();
   return async (token) => {

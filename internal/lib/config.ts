@@ -10,13 +10,21 @@ interface Setting<T> {
   readonly parse: (raw: string) => T;
 }
 
+/**
+ * Decimal digits only (an optional minus sign, spaces around ignored): Number() alone read "" and " "
+ * as 0 (SWITCHBOARD_HTTP_PORT= listened on a random port), "0x1F" as 31 and "1e3" as 1000.
+ */
+const DECIMAL_INTEGER = /^-?[0-9]+$/;
 const int = (def: number, doc: string, min = 0, max = Number.MAX_SAFE_INTEGER): Setting<number> => ({
   default: def,
   doc,
   parse: (raw) => {
-    const n = Number(raw);
-    if (!Number.isInteger(n) || n < min || n > max)
-      throw new Error(`expected an integer in [${min}, ${max}]`);
+    const text = raw.trim();
+    const n = DECIMAL_INTEGER.test(text) ? Number(text) : Number.NaN;
+    if (!Number.isSafeInteger(n) || n < min || n > max)
+      throw new Error(
+        `expected a decimal integer in [${min}, ${max}]${text === "" ? " (the variable is set but empty)" : ""}`,
+      );
     return n;
   },
 });
@@ -43,8 +51,9 @@ const ratio = (def: number, doc: string): Setting<number> => ({
   default: def,
   doc,
   parse: (raw) => {
-    const n = Number(raw);
-    if (!(n >= 0 && n <= 1)) throw new Error("expected a number in [0, 1]");
+    const text = raw.trim();
+    const n = /^([0-9]+(\.[0-9]*)?|\.[0-9]+)$/.test(text) ? Number(text) : Number.NaN;
+    if (!(n >= 0 && n <= 1)) throw new Error("expected a decimal number in [0, 1]");
     return n;
   },
 });
@@ -72,7 +81,8 @@ export const schema = {
     ),
     headersTimeoutMs: int(
       10_000,
-      "Time a client may take to send the request headers, an upgrade's included (slowloris bound): a connection still sending them is answered 408 and closed at most a second later (a tenth of the timeout when that is shorter); a whole request may take three times as long.",
+      "Time a client may take to send the request headers, an upgrade's included (slowloris bound): a connection still sending them is answered 408 and closed at most a second later (a tenth of the timeout when that is shorter); a whole request may take three times as long. At least 1000: there is no way to turn the bound off.",
+      1_000,
     ),
   },
   grpc: {
@@ -171,16 +181,25 @@ export const schema = {
   },
   dataDir: str(".data", "Directory of the embedded database and the dev JWT secret."),
   backend: oneOf(["embedded", "distributed"] as const, "embedded", "Storage backend."),
+  shutdownTimeoutMs: int(
+    30_000,
+    "How long a stop (SIGTERM, SIGINT, or a fatal error) may take to close everything, after a gateway's drain (gateway.shutdownDrainMs); past it the process exits with code 1 (70 after a fatal error) without waiting further. A second signal while stopping exits at once (130 for SIGINT, 143 for SIGTERM), and a stop where something failed to close exits with code 1.",
+    1_000,
+  ),
   auth: {
     jwksUrl: str(
       "",
-      "JWKS URL to verify client JWTs (RS256/PS256/ES256/EdDSA); when empty, the HS256 dev secret is used.",
+      "JWKS URL to verify client JWTs (RS256/PS256/ES256/EdDSA); when empty, HS256 tokens of auth.secretFile, or else of the dev secret in dataDir, are accepted (see auth.secretFile). A misspelled variable is not this one: unknown SWITCHBOARD_* variables are warned about at start, with the setting they most resemble.",
+    ),
+    secretFile: str(
+      "",
+      "File holding the HS256 secret client JWTs are verified with when auth.jwksUrl is empty (e.g. a mounted Secret): it must exist and is never created. Setting it says that HS256 tokens of this shared key are intended, on any address. Empty: the dev secret dataDir/dev-jwt-secret (created when missing), meant for development on loopback: a gateway serving on any other http.host warns that it verifies tokens with it, and refuses to start when the file does not exist yet (a key no token issuer could hold; a misspelled SWITCHBOARD_AUTH_JWKS_URL looks like this).",
     ),
     issuer: str("", "Required `iss` claim (empty: not checked)."),
     audience: str("", "Required `aud` claim (empty: not checked)."),
     devTokens: bool(
       false,
-      "Dev mode (`switchboard start --dev`, which `npm start` uses): serve GET /v1/dev/token?user=ID, a dev-secret token for any user to anyone who reaches the HTTP port (the web client at / signs in with it). Honoured only without a JWKS URL and on a loopback address; never turn it on where others reach the port, e.g. behind a reverse proxy. It also lets a gRPC port open without authentication (no grpc.keyFile, grpc.tokenAudience or grpc.tls.dir), which otherwise stops the process at start.",
+      "Dev mode (`switchboard start --dev`, which `npm start` uses): serve GET /v1/dev/token?user=ID, a dev-secret token for any user to anyone who reaches the HTTP port (the web client at / signs in with it). Honoured only without a JWKS URL or auth.secretFile and on a loopback address; never turn it on where others reach the port, e.g. behind a reverse proxy. Where it is honoured (and only there) it also lets a gRPC port open without authentication (no grpc.keyFile, grpc.tokenAudience or grpc.tls.dir), which otherwise stops the process at start.",
     ),
     authTimeoutMs: int(
       5_000,
@@ -202,7 +221,7 @@ export const schema = {
     ),
     frameBytesMax: int(
       1280 * 1024,
-      "Largest WebSocket frame accepted; larger frames close with 1009. The default (1.25 MiB) fits a send with every field at its limit even in JSON with every character escaped as `\\uXXXX`: a 100,000-code-point body takes at most 1,200,000 bytes (12 per character outside the BMP), the other fields under 3 KB. When raising gateway.bodyCharsMax, keep this at least 12 × bodyCharsMax + 3 KiB.",
+      "Largest WebSocket frame accepted; larger frames close with 1009. The default (1.25 MiB) fits a send with every field at its limit even in JSON with every character escaped as `\\uXXXX`: a 100,000-code-point body takes at most 1,200,000 bytes (12 per character outside the BMP), the other fields under 3 KB. It must be at least 12 × gateway.bodyCharsMax + 3 KiB (3072 bytes): a smaller value stops the process at start.",
       1024,
     ),
     bodyCharsMax: int(
@@ -243,7 +262,7 @@ export const schema = {
     drainWindowMs: int(10_000, "Window over which draining spreads client reconnects.", 0),
     shutdownDrainMs: int(
       0,
-      "On SIGTERM, first tell clients to reconnect elsewhere, spread over this window, then stop (the operator sets it for rolling updates); 0: close connections at once (1001). SIGINT always stops at once.",
+      "On SIGTERM, first tell clients to reconnect elsewhere, spread over this window, then stop (the operator sets it for rolling updates); 0: close connections at once (1001). From the start of a drain (SIGTERM, or the operator's Drain call) /readyz and the gRPC health service say not ready and /v1/connect answers 503, so that no new client is sent here. SIGINT always stops at once, and so does any second signal during a stop (shutdownTimeoutMs).",
       0,
     ),
   },
@@ -276,7 +295,7 @@ export const schema = {
     heartbeatIntervalMs: int(5_000, "How often clients heartbeat.", 100),
     offlineAfterMs: int(
       30_000,
-      "A user is shown offline this long after their last device stopped heartbeating.",
+      "A user is shown offline this long after their last device stopped heartbeating. It must exceed presence.heartbeatIntervalMs (else the process does not start): a user would flicker offline between heartbeats.",
       100,
     ),
   },
@@ -289,7 +308,12 @@ export const schema = {
     ),
   },
   id: {
-    workerId: int(0, "Snowflake worker id (0-1023); in Kubernetes, the StatefulSet ordinal.", 0, 1023),
+    workerId: int(
+      0,
+      "Snowflake worker id (0-1023); in Kubernetes, the StatefulSet ordinal. Every process that mints ids must have its own: role id, and role all, which mints its own. Several all-in-one processes (role all) sharing the distributed backend's Kafka and Cassandra need a distinct value each, or their message and group ids may collide; one started on the distributed backend without this set is warned about.",
+      0,
+      1023,
+    ),
     batchSize: int(256, "Ids the gateway fetches from the id service per call.", 1, 10_000),
   },
   push: {
@@ -418,9 +442,15 @@ export const schema = {
       100,
     ),
     tls: bool(false, "Connect to the Kafka brokers over TLS."),
-    tlsCaFile: str("", "PEM file of the CAs that sign the brokers' certificates (empty: the system's)."),
-    tlsCertFile: str("", "PEM client certificate for mutual TLS (empty: none)."),
-    tlsKeyFile: str("", "PEM private key of tlsCertFile."),
+    tlsCaFile: str(
+      "",
+      "PEM file of the CAs that sign the brokers' certificates (empty: the system's). Only with kafka.tls (else the process does not start).",
+    ),
+    tlsCertFile: str(
+      "",
+      "PEM client certificate for mutual TLS (empty: none); needs kafka.tls and kafka.tlsKeyFile.",
+    ),
+    tlsKeyFile: str("", "PEM private key of kafka.tlsCertFile; needs kafka.tls and kafka.tlsCertFile."),
     saslMechanism: oneOf(
       ["none", "plain", "scram-sha-256", "scram-sha-512"] as const,
       "none",
@@ -447,9 +477,12 @@ export const schema = {
       "",
       "Cassandra user name (empty: no authentication; in Kubernetes: from the ChatCluster's Secret).",
     ),
-    password: str("", "Cassandra password."),
+    password: str("", "Cassandra password; needs cassandra.username."),
     tls: bool(false, "Connect to Cassandra over TLS."),
-    tlsCaFile: str("", "PEM file of the CAs that sign the nodes' certificates (empty: the system's)."),
+    tlsCaFile: str(
+      "",
+      "PEM file of the CAs that sign the nodes' certificates (empty: the system's). Only with cassandra.tls (else the process does not start).",
+    ),
     replicationFactor: int(
       1,
       "SimpleStrategy replication factor of the keyspace when the platform creates it (production: create it with NetworkTopologyStrategy).",
@@ -525,7 +558,110 @@ export function loadConfig(
     for (const p of key.split(".")) node = (node as Record<string, unknown>)?.[p];
     if (!isSetting(node)) throw new Error(`unknown configuration key ${key}`);
   }
-  return out as Config;
+  const config = out as Config;
+  checkConfig(config);
+  return config;
+}
+
+/** "gateway.frameBytesMax (SWITCHBOARD_GATEWAY_FRAME_BYTES_MAX)": how an error names a setting. */
+const named = (dotted: string) => `${dotted} (${envName(dotted.split("."))})`;
+
+/**
+ * Settings that are valid alone but not together: the process would start and misbehave (frames the
+ * protocol promises to accept refused, users flickering offline) or ignore a setting silently (a CA
+ * file without TLS). Throws naming both settings.
+ */
+export function checkConfig(config: Config): void {
+  const fail = (a: string, b: string, why: string) => {
+    throw new Error(`invalid configuration: ${named(a)} and ${named(b)}: ${why}`);
+  };
+  const g = config.gateway;
+  const frameBytesMin = 12 * g.bodyCharsMax + 3 * 1024;
+  if (g.frameBytesMax < frameBytesMin)
+    fail(
+      "gateway.frameBytesMax",
+      "gateway.bodyCharsMax",
+      `frameBytesMax ${g.frameBytesMax} must be at least 12 × bodyCharsMax + 3 KiB = ${frameBytesMin} (a send at the body limit, escaped as JSON, must fit in a frame)`,
+    );
+  const p = config.presence;
+  if (p.offlineAfterMs <= p.heartbeatIntervalMs)
+    fail(
+      "presence.offlineAfterMs",
+      "presence.heartbeatIntervalMs",
+      `offlineAfterMs ${p.offlineAfterMs} must exceed heartbeatIntervalMs ${p.heartbeatIntervalMs} (users would show offline between heartbeats)`,
+    );
+  const k = config.kafka;
+  if (k.tlsCertFile !== "" && k.tlsKeyFile === "")
+    fail("kafka.tlsCertFile", "kafka.tlsKeyFile", "a client certificate needs its private key");
+  if (k.tlsKeyFile !== "" && k.tlsCertFile === "")
+    fail("kafka.tlsKeyFile", "kafka.tlsCertFile", "a private key needs its client certificate");
+  for (const file of ["tlsCaFile", "tlsCertFile", "tlsKeyFile"] as const)
+    if (k[file] !== "" && !k.tls)
+      fail(`kafka.${file}`, "kafka.tls", `kafka.${file} is set but TLS is off: set kafka.tls to true`);
+  const c = config.cassandra;
+  if (c.tlsCaFile !== "" && !c.tls)
+    fail(
+      "cassandra.tlsCaFile",
+      "cassandra.tls",
+      "cassandra.tlsCaFile is set but TLS is off: set cassandra.tls to true",
+    );
+  if (c.password !== "" && c.username === "")
+    fail("cassandra.password", "cassandra.username", "a password without a user name is not used");
+}
+
+/** SWITCHBOARD_* variables that are not settings: the client commands' defaults and the test harness's. */
+const NOT_SETTINGS = /^SWITCHBOARD_(URL|TOKEN|CACHE|TEST_BACKEND|NODE_AGENT_[A-Z0-9_]+|BENCH_[A-Z0-9_]+)$/;
+
+/**
+ * The variables Kubernetes sets for every Service of the namespace: a Service named
+ * `switchboard-operator` gives SWITCHBOARD_OPERATOR_SERVICE_HOST, SWITCHBOARD_OPERATOR_PORT
+ * (tcp://…), SWITCHBOARD_OPERATOR_PORT_8081_TCP_ADDR and more.
+ */
+function isServiceLink(name: string, value: string | undefined): boolean {
+  if (/_SERVICE_(HOST|PORT(_[A-Z0-9_]+)?)$/.test(name)) return true;
+  if (/_PORT_[0-9]+_(TCP|UDP|SCTP)(_(ADDR|PORT|PROTO))?$/.test(name)) return true;
+  return /_PORT$/.test(name) && /^(tcp|udp|sctp):\/\//.test(value ?? "");
+}
+
+function editDistance(a: string, b: string): number {
+  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const row = [i];
+    for (let j = 1; j <= b.length; j++)
+      row[j] = Math.min(prev[j]! + 1, row[j - 1]! + 1, prev[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+    prev = row;
+  }
+  return prev[b.length]!;
+}
+
+export interface UnknownVariable {
+  name: string;
+  /** The setting's variable it most resembles, when one is close. */
+  didYouMean?: string;
+}
+
+/**
+ * The SWITCHBOARD_* variables of `env` that name no setting: loadConfig ignores them, so a misspelled
+ * one (SWITCHBOARD_AUTH_JWKSURL) silently leaves its setting at the default. Each comes with the
+ * nearest setting's variable when one is near (the same letters without underscores, or a few edits).
+ */
+export function unknownVariables(env: NodeJS.ProcessEnv): UnknownVariable[] {
+  const known: string[] = [];
+  walk(schema, [], (path) => known.push(envName(path)));
+  const squash = (name: string) => name.replace(/_/g, "");
+  const out: UnknownVariable[] = [];
+  for (const name of Object.keys(env).sort()) {
+    if (!name.startsWith("SWITCHBOARD_") || known.includes(name)) continue;
+    if (NOT_SETTINGS.test(name) || isServiceLink(name, env[name])) continue;
+    let best: { name: string; distance: number } | undefined;
+    for (const candidate of known) {
+      const distance = squash(candidate) === squash(name) ? 0 : editDistance(candidate, name);
+      if (!best || distance < best.distance) best = { name: candidate, distance };
+    }
+    const near = best && best.distance <= Math.max(2, Math.floor(name.length / 8));
+    out.push(near ? { name, didYouMean: best!.name } : { name });
+  }
+  return out;
 }
 
 /** The configuration reference as a Markdown table (used for the README). */

@@ -4,18 +4,22 @@ import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { loadConfig } from "../lib/config.js";
 import { createLogger } from "../lib/log.js";
-import { distributedOptions } from "./backends.js";
+import { checkDistributedConfig, distributedOptions } from "./backends.js";
 
 const use = { sequencer: false, appends: true, provision: false, role: "gateway" };
+const pem = (label: string) => `-----BEGIN ${label}-----\nAAAA\n-----END ${label}-----\n`;
+const CA_PEM = pem("CERTIFICATE");
+const CERT_PEM = pem("CERTIFICATE");
+const KEY_PEM = pem("PRIVATE KEY");
 const log = createLogger();
 
 describe("storage credentials from the configuration", () => {
   it("hands Kafka SASL/TLS and Cassandra credentials to the clients, reading the PEM files", () => {
     const dir = mkdtempSync(join(tmpdir(), "switchboard-tls-"));
     try {
-      writeFileSync(join(dir, "ca.crt"), "CA PEM");
-      writeFileSync(join(dir, "tls.crt"), "CERT PEM");
-      writeFileSync(join(dir, "tls.key"), "KEY PEM");
+      writeFileSync(join(dir, "ca.crt"), CA_PEM);
+      writeFileSync(join(dir, "tls.crt"), CERT_PEM);
+      writeFileSync(join(dir, "tls.key"), KEY_PEM);
       const config = loadConfig({
         SWITCHBOARD_KAFKA_TLS: "true",
         SWITCHBOARD_KAFKA_TLS_CA_FILE: join(dir, "ca.crt"),
@@ -30,10 +34,10 @@ describe("storage credentials from the configuration", () => {
         SWITCHBOARD_CASSANDRA_TLS_CA_FILE: join(dir, "ca.crt"),
       });
       const o = distributedOptions(config, log, use);
-      expect(o.ssl).toEqual({ ca: ["CA PEM"], cert: "CERT PEM", key: "KEY PEM" });
+      expect(o.ssl).toEqual({ ca: [CA_PEM], cert: CERT_PEM, key: KEY_PEM });
       expect(o.sasl).toEqual({ mechanism: "scram-sha-512", username: "chat", password: "s3cret" });
       expect(o.cassandra.credentials).toEqual({ username: "cass", password: "pw" });
-      expect(o.cassandra.ssl).toEqual({ ca: ["CA PEM"] });
+      expect(o.cassandra.ssl).toEqual({ ca: [CA_PEM] });
       expect(o).toMatchObject({ sequencer: use.sequencer, appends: use.appends, provision: use.provision });
     } finally {
       rmSync(dir, { recursive: true, force: true });
@@ -55,5 +59,38 @@ describe("storage credentials from the configuration", () => {
     expect(() =>
       distributedOptions(loadConfig({ SWITCHBOARD_KAFKA_SASL_MECHANISM: "plain" }), log, use),
     ).toThrow(/needs kafka\.saslUsername/);
+  });
+});
+
+describe("the distributed backend's configuration, checked before a role's storage retry loop", () => {
+  it("names the setting of what no retry can heal: no brokers, no contact points, SASL without a user, a file that is no PEM", () => {
+    expect(() => checkDistributedConfig(loadConfig({ SWITCHBOARD_KAFKA_BROKERS: "" }), log)).toThrow(
+      /kafka\.brokers \(SWITCHBOARD_KAFKA_BROKERS\) is empty/,
+    );
+    expect(() => checkDistributedConfig(loadConfig({ SWITCHBOARD_KAFKA_BROKERS: " , " }), log)).toThrow(
+      /kafka\.brokers/,
+    );
+    expect(() =>
+      checkDistributedConfig(loadConfig({ SWITCHBOARD_CASSANDRA_CONTACT_POINTS: "" }), log),
+    ).toThrow(/cassandra\.contactPoints \(SWITCHBOARD_CASSANDRA_CONTACT_POINTS\) is empty/);
+    expect(() =>
+      checkDistributedConfig(loadConfig({ SWITCHBOARD_KAFKA_SASL_MECHANISM: "scram-sha-256" }), log),
+    ).toThrow(/kafka\.saslMechanism scram-sha-256 needs kafka\.saslUsername/);
+    const dir = mkdtempSync(join(tmpdir(), "switchboard-tls-"));
+    try {
+      writeFileSync(join(dir, "ca.crt"), "not a certificate");
+      expect(() =>
+        checkDistributedConfig(
+          loadConfig({
+            SWITCHBOARD_CASSANDRA_TLS: "true",
+            SWITCHBOARD_CASSANDRA_TLS_CA_FILE: join(dir, "ca.crt"),
+          }),
+          log,
+        ),
+      ).toThrow(/cassandra\.tlsCaFile: .*ca\.crt holds no PEM block/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+    expect(() => checkDistributedConfig(loadConfig({}), log)).not.toThrow();
   });
 });

@@ -29,11 +29,15 @@ export interface BackendUse {
 }
 
 function readPem(path: string, setting: string): string {
+  let text: string;
   try {
-    return readFileSync(path, "utf8");
+    text = readFileSync(path, "utf8");
   } catch (err) {
     throw new Error(`${setting}: cannot read ${path}: ${(err as Error).message}`);
   }
+  // Else the TLS handshake fails on every attempt, which looks like a broker that is down.
+  if (!text.includes("-----BEGIN ")) throw new Error(`${setting}: ${path} holds no PEM block (-----BEGIN …)`);
+  return text;
 }
 
 function tlsOptions(ca: string, cert: string, key: string, prefix: string): ConnectionOptions {
@@ -55,10 +59,13 @@ function kafkaSasl(k: Config["kafka"]): KafkaConfig["sasl"] | undefined {
       : { mechanism: "scram-sha-512", ...creds };
 }
 
-/** The distributed backend's options from the configuration tree. */
+/** The distributed backend's options from the configuration tree; throws naming a setting that cannot work. */
 export function distributedOptions(config: Config, log: Logger, use: BackendUse): DistributedOptions {
   const k = config.kafka;
   const c = config.cassandra;
+  if (k.brokers.length === 0) throw new Error("kafka.brokers (SWITCHBOARD_KAFKA_BROKERS) is empty");
+  if (c.contactPoints.length === 0)
+    throw new Error("cassandra.contactPoints (SWITCHBOARD_CASSANDRA_CONTACT_POINTS) is empty");
   const sasl = kafkaSasl(k);
   return {
     brokers: k.brokers,
@@ -90,6 +97,15 @@ export function distributedOptions(config: Config, log: Logger, use: BackendUse)
 }
 
 /**
+ * Checks the distributed backend's configuration (brokers and contact points, SASL, the PEM files)
+ * without connecting: a role calls it before its retry loop, which would otherwise retry a
+ * configuration error for ever as if the storage were down.
+ */
+export function checkDistributedConfig(config: Config, log: Logger): void {
+  distributedOptions(config, log, { sequencer: false, appends: false, provision: false, role: "check" });
+}
+
+/**
  * Opens the distributed backend and exports its request counters on `metrics`
  * (switchboard_cassandra_requests_total, switchboard_kafka_produce*_total).
  */
@@ -117,6 +133,7 @@ export async function openBackends(
   const { EmbeddedBackends } = await import("../backends/embedded/index.js");
   return new EmbeddedBackends({
     dataDir: config.dataDir,
+    dedupeWindowMs: config.kafka.dedupeWindowHours * 3_600_000, // the same window on both backends
     onFatal,
     onConsumerError: (group, err) => log.error("consumer failed; retrying the batch", { group, err }),
   });

@@ -14,6 +14,10 @@ describe("dev tokens", () => {
     expect(devTokensRefusal(dev({ SWITCHBOARD_AUTH_JWKS_URL: "https://id.example.com/jwks" }))).toBe(
       "auth.jwksUrl is set",
     );
+    // A deliberate HS256 key is no dev secret: dev tokens are not signed with it.
+    expect(devTokensRefusal(dev({ SWITCHBOARD_AUTH_SECRET_FILE: "/etc/switchboard/hs256" }))).toBe(
+      "auth.secretFile is set",
+    );
   });
 
   it("make the start-up line shout, and say so when dev mode was asked for but refused", () => {

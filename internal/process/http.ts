@@ -5,8 +5,9 @@
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
+import type { Duplex } from "node:stream";
 import type { Gateway } from "../gateway/index.js";
-import { isValidUserId, signDevToken } from "../lib/auth.js";
+import { isLoopbackHost, isValidUserId, signDevToken } from "../lib/auth.js";
 import type { Config } from "../lib/config.js";
 import type { Logger } from "../lib/log.js";
 import type { Metrics } from "../lib/metrics.js";
@@ -29,6 +30,12 @@ export interface RunningHttp {
 
 /** A request's headers in all, the upgrade's included (a JWT in Authorization is a few KB at most). */
 const HEADERS_BYTES_MAX = 16 * 1024;
+/**
+ * How long a stopping server lets its connections finish before it cuts them: requests in flight, and
+ * WebSockets answering the close frame the gateway sent. A silent or frozen client (which would hold
+ * the stop for as long as it lives, or 30 s for ws's close handshake) is cut after it.
+ */
+export const CLOSE_GRACE_MS = 1_000;
 
 export async function serveHttp(o: HttpOptions): Promise<RunningHttp> {
   const webClient = loadWebClient(o.log);
@@ -45,7 +52,11 @@ export async function serveHttp(o: HttpOptions): Promise<RunningHttp> {
     },
     (req, res) => handleHttp(req, res, o, webClient),
   );
+  // Upgraded sockets are the gateway's, but Node's server still counts them: a stop cuts them too.
+  const upgraded = new Set<Duplex>();
   http.on("upgrade", (req, socket, head) => {
+    upgraded.add(socket);
+    socket.once("close", () => upgraded.delete(socket));
     const gateway = o.gateway();
     const path = (req.url ?? "").split("?")[0];
     if (!gateway || path !== "/ws") {
@@ -59,11 +70,26 @@ export async function serveHttp(o: HttpOptions): Promise<RunningHttp> {
     });
   });
   const port = await listen(http, o.config.http.port, o.config.http.host);
+  const cutAll = () => {
+    http.closeAllConnections();
+    for (const socket of upgraded) socket.destroy();
+  };
   return {
     port,
     close: async () => {
-      await new Promise<void>((r) => http.close(() => r()));
-      http.closeAllConnections();
+      // Node's close() stops the sweep that enforces headersTimeout, and waits for every connection:
+      // a client that never sends a byte held it for good. Idle ones go now, the rest after the grace.
+      const closed = new Promise<void>((resolve, reject) =>
+        http.close((err) => (err ? reject(err) : resolve())),
+      );
+      http.closeIdleConnections();
+      const cut = setTimeout(cutAll, CLOSE_GRACE_MS);
+      try {
+        await closed;
+      } finally {
+        clearTimeout(cut);
+        cutAll();
+      }
     },
   };
 }
@@ -84,15 +110,17 @@ export function listen(server: Server, port: number, host: string): Promise<numb
 }
 
 /**
- * Why GET /v1/dev/token is not served, or undefined when it is: only in dev mode (auth.devTokens,
- * `start --dev`), only with the dev secret (no JWKS) and only on a loopback address.
+ * Why dev mode does not apply, or undefined when it does: only when asked for (auth.devTokens,
+ * `start --dev`), only with the dev secret (no JWKS URL, no auth.secretFile) and only on a loopback
+ * address. It decides both GET /v1/dev/token and whether a gRPC port may open without
+ * authentication (runtime.ts): `--dev` on a public address or with production keys is no dev mode.
  */
 export function devTokensRefusal(config: Config): string | undefined {
   if (!config.auth.devTokens) return "dev mode is off (switchboard start --dev turns it on)";
   if (config.auth.jwksUrl !== "") return "auth.jwksUrl is set";
+  if (config.auth.secretFile !== "") return "auth.secretFile is set";
   const host = config.http.host;
-  if (!(host === "localhost" || host === "::1" || host.startsWith("127.")))
-    return `http.host ${host} is not a loopback address`;
+  if (!isLoopbackHost(host)) return `http.host ${host} is not a loopback address`;
   return undefined;
 }
 
@@ -169,6 +197,12 @@ function handleHttp(
       // Public discovery, no credentials: readable from any origin, so a web client hosted
       // elsewhere (web/dist on a static host) can ask it too.
       res.setHeader("access-control-allow-origin", "*");
+      // A draining gateway refuses new connections: it sends no one here (ask again: the load
+      // balancer, which /readyz took this gateway out of, answers with another).
+      if (gateway.isDraining) {
+        res.setHeader("retry-after", "1");
+        return json(503, { error: "draining: this gateway takes no new connections; ask again" });
+      }
       return json(200, connectAnswer(o.config, req.headers.host, gateway));
     }
     case "/": {

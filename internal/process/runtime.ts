@@ -8,6 +8,7 @@ import type { Gateway } from "../gateway/index.js";
 import type { RoleName as AuthRole, Policy } from "../grpc-auth/policy.js";
 import { grpcCredential, grpcGuard, grpcPolicy } from "../grpc-auth/setup.js";
 import { grpcTls, type RoleChannel } from "../grpc-auth/tls.js";
+import { checkClientKeys } from "../lib/auth.js";
 import type { Config } from "../lib/config.js";
 import { onInvariantViolation } from "../lib/errors.js";
 import type { Logger } from "../lib/log.js";
@@ -15,7 +16,7 @@ import { createMetrics, type Metrics } from "../lib/metrics.js";
 import { type CallGuard, guardServer } from "../lib/rpc.js";
 import { startTracing } from "../lib/tracing.js";
 import { serveGrpc } from "./grpc.js";
-import { serveHttp } from "./http.js";
+import { devTokensRefusal, serveHttp } from "./http.js";
 
 export const ROLES = ["all", "gateway", "router", "presence", "push", "id", "sequencer"] as const;
 export type RoleName = (typeof ROLES)[number];
@@ -56,6 +57,7 @@ export interface RunningProcess {
   grpcPort: number;
   gateway: Gateway | undefined;
   metrics: Metrics;
+  /** Closes everything; rejects (after closing the rest) when something failed to close. */
   close(): Promise<void>;
 }
 
@@ -72,19 +74,22 @@ export function servesGrpc(role: RoleName, config: Config): boolean {
 
 /**
  * A gRPC port without authentication lets anyone who reaches it call every method (SendMessage as
- * anyone, Deliver, Drain): only in dev mode (`--dev`, auth.devTokens) or when explicitly allowed
- * (grpc.allowUnauthenticated), with a loud warning; otherwise the process does not start (ADR 0007).
+ * anyone, Deliver, Drain): only in dev mode or when explicitly allowed (grpc.allowUnauthenticated),
+ * with a loud warning; otherwise the process does not start (ADR 0007). Dev mode is what serves dev
+ * tokens (devTokensRefusal): `--dev` asked for on a public address or beside a JWKS URL is none, and
+ * must not open the port either.
  */
-function admitUnauthenticatedPort(config: Config, log: Logger): void {
+export function admitUnauthenticatedPort(config: Config, log: Logger): void {
   if (config.grpc.allowUnauthenticated) {
     log.warn(
       "gRPC port open WITHOUT AUTHENTICATION (grpc.allowUnauthenticated): anyone who reaches it may call every method; only safe where a mesh admits callers",
     );
     return;
   }
-  if (!config.auth.devTokens)
+  const refusal = devTokensRefusal(config);
+  if (refusal !== undefined)
     throw new Error(
-      "the gRPC port has no authentication: set grpc.keyFile, grpc.tokenAudience or grpc.tls.dir (docs/adr/0007), or start with --dev for development only",
+      `the gRPC port has no authentication: set grpc.keyFile, grpc.tokenAudience or grpc.tls.dir (docs/adr/0007), or start with --dev for development only (on loopback, with no auth.jwksUrl or auth.secretFile)${config.auth.devTokens ? `; dev mode was asked for but does not apply: ${refusal}` : ""}`,
     );
   log.warn(
     "DEV MODE: gRPC port open WITHOUT AUTHENTICATION: anyone who reaches it may call every method (SendMessage as anyone, Deliver, Drain); never use --dev in production",
@@ -100,8 +105,12 @@ export async function runProcess(
   log: Logger,
   start: RoleStarter,
 ): Promise<RunningProcess> {
-  // The gRPC credentials first: a process that may not or cannot authenticate its port (or its calls)
-  // stops before it opens anything.
+  // What clients' tokens are checked with, then the gRPC credentials: a process that may not or
+  // cannot authenticate its clients, its port (or its calls) stops before it opens anything.
+  if (role === "all" || role === "gateway") {
+    const warning = checkClientKeys(config);
+    if (warning !== undefined) log.warn(warning);
+  }
   const policies = grpcPolicy(config, log);
   const tls = grpcTls(config, log);
   let guard: CallGuard | undefined;
@@ -130,6 +139,8 @@ export async function runProcess(
   const notReady = (): string | undefined => {
     if (phase === "stopping") return "stopping";
     if (phase === "starting") return waitingFor ?? "starting";
+    // A draining gateway takes no new connections: load balancers must send no one here.
+    if (parts.gateway?.isDraining) return "draining";
     for (const check of checks) {
       const why = check();
       if (why !== undefined) return why;
@@ -150,18 +161,22 @@ export async function runProcess(
       phase = "stopping";
       grpcServer?.health.changed();
       // Clients first (they reconnect elsewhere), then the servers (no new calls), then what the role
-      // opened, newest first (the router before the storage it writes to).
-      await parts.gateway?.close();
-      // Tracing last: it flushes the spans of everything closed before it.
-      for (const resource of [grpcServer, http, ...owned.splice(0).reverse(), tracer]) {
+      // opened, newest first (the router before the storage it writes to). Tracing last: it flushes
+      // the spans of everything closed before it. One that fails does not keep the others open.
+      const failed: unknown[] = [];
+      for (const resource of [parts.gateway, grpcServer, http, ...owned.splice(0).reverse(), tracer]) {
         if (!resource) continue;
         try {
           await resource.close();
         } catch (err) {
-          log.warn("close failed", { err });
+          log.error("close failed", { err });
+          failed.push(err);
         }
       }
+      if (failed.length > 0) throw new AggregateError(failed, `${failed.length} resource(s) failed to close`);
     })());
+  /** Closing after a failed start: the start's error is the one to report. */
+  const closeQuietly = () => close().catch(() => undefined);
 
   let credential: ReturnType<typeof grpcCredential>;
   try {
@@ -178,7 +193,7 @@ export async function runProcess(
   } catch (err) {
     // The gRPC port taken, a credential file missing: the HTTP server already open would keep the
     // process alive, answering /healthz, so it never restarts. Everything opened closes.
-    await close();
+    await closeQuietly();
     throw err;
   }
   if (grpcServer && guard) guardServer(grpcServer.server, guard);
@@ -215,18 +230,25 @@ export async function runProcess(
     fatal: (err) => {
       log.error("storage failed; shutting down so that nothing is acknowledged that is not durable", { err });
       process.exitCode = 70;
-      void close();
+      void closeQuietly();
+      // The process ends once everything is closed; a close that hangs does not keep it (unref: the
+      // timer alone keeps nothing alive).
+      setTimeout(() => process.exit(70), config.shutdownTimeoutMs).unref();
     },
   };
 
   try {
     parts = await start(ctx);
   } catch (err) {
-    await close();
+    await closeQuietly();
     throw err;
   }
   phase = "ready";
   grpcServer?.health.changed();
+  parts.gateway?.onDrain(() => {
+    log.info("gateway draining: not ready from now on");
+    grpcServer?.health.changed();
+  });
   return {
     role,
     httpPort: http.port,

@@ -13,19 +13,23 @@ import { RouterService } from "../../gen/switchboard/router/v1/router_pb.js";
 import { chatServiceImpl } from "../api/index.js";
 import { Gateway } from "../gateway/index.js";
 import { inProcessCaller } from "../grpc-auth/policy.js";
-import { createIdService } from "../id/index.js";
+import { createIdService, type HighWaterStore } from "../id/index.js";
 import { createVerifier } from "../lib/auth.js";
 import { addService, inProcessClient, type ServiceClient } from "../lib/rpc.js";
 import { Presence, presenceServiceImpl } from "../presence/index.js";
-import { openBackends } from "../process/backends.js";
+import { checkDistributedConfig, openBackends } from "../process/backends.js";
 import { gatewayDialer, peerOptions } from "../process/peers.js";
 import type { RoleStarter } from "../process/runtime.js";
+import { providersFromConfig } from "../push/from-config.js";
 import { pushFromConfig, pushServiceImpl } from "../push/index.js";
 import { Router, routerServiceImpl } from "../router/index.js";
 import { advertiseAddress, announceGroupChanges, conversations, gatewayId } from "./shared.js";
 
 export const startAll: RoleStarter = async (ctx) => {
   const { config, log, metrics } = ctx;
+  // Configuration that cannot work stops the start before storage opens (which may take long).
+  providersFromConfig(config.push);
+  if (config.backend === "distributed") checkDistributedConfig(config, log);
   const backends = ctx.own(
     await openBackends(
       config,
@@ -37,7 +41,12 @@ export const startAll: RoleStarter = async (ctx) => {
   );
   if ("unreachable" in backends) ctx.readiness(() => (backends.unreachable as () => string | undefined)());
 
-  const idImpl = createIdService(config.id.workerId);
+  // Embedded: the time ids were issued up to is kept in the store, so a restart never reissues one.
+  const idImpl = createIdService(
+    config.id.workerId,
+    undefined,
+    (backends as { idHighWater?: HighWaterStore }).idHighWater,
+  );
   // Each in-process client calls as the role whose code uses it, checked like a cluster's calls.
   const asGateway = inProcessCaller("role:gateway");
   const asRouter = inProcessCaller("role:router");

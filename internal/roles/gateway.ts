@@ -25,7 +25,7 @@ import {
 
 export const startGateway: RoleStarter = async (ctx) => {
   const { config, log, metrics } = ctx;
-  requireDistributed(config, "gateway");
+  requireDistributed(config, "gateway", log);
   const address = advertiseAddress(config, ctx.grpcPort);
   const ids = ctx.own(peerClient(IdService, config.cluster.idTarget, "cluster.idTarget", peerOptions(ctx)));
   const router = ctx.own(

@@ -13,7 +13,7 @@ import { requireDistributed } from "./shared.js";
 
 export const startPresence: RoleStarter = async (ctx) => {
   const { config, log } = ctx;
-  requireDistributed(config, "presence");
+  requireDistributed(config, "presence", log);
   const router = ctx.own(
     peerClient(RouterService, config.cluster.routerTarget, "cluster.routerTarget", peerOptions(ctx)),
   );

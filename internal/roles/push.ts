@@ -3,12 +3,15 @@ import { PushService } from "../../gen/switchboard/push/v1/push_pb.js";
 import { addService } from "../lib/rpc.js";
 import { openDistributed } from "../process/backends.js";
 import type { RoleStarter } from "../process/runtime.js";
+import { providersFromConfig } from "../push/from-config.js";
 import { pushFromConfig, pushServiceImpl } from "../push/index.js";
 import { requireDistributed } from "./shared.js";
 
 export const startPush: RoleStarter = async (ctx) => {
   const { config, log, metrics } = ctx;
-  requireDistributed(config, "push");
+  requireDistributed(config, "push", log);
+  // The providers' files and settings before storage, whose retry loop would wait on them for ever.
+  providersFromConfig(config.push);
   const backends = ctx.own(
     await ctx.retry("open storage", () =>
       openDistributed(config, log, ctx.metrics, {

@@ -18,7 +18,7 @@ import { announceGroupChanges, conversations, requireDistributed } from "./share
 
 export const startRouter: RoleStarter = async (ctx) => {
   const { config, log, metrics } = ctx;
-  requireDistributed(config, "router");
+  requireDistributed(config, "router", log);
   const ids = ctx.own(peerClient(IdService, config.cluster.idTarget, "cluster.idTarget", peerOptions(ctx)));
   const push = ctx.own(
     peerClient(PushService, config.cluster.pushTarget, "cluster.pushTarget", peerOptions(ctx)),

@@ -8,7 +8,7 @@ import type { RoleStarter } from "../process/runtime.js";
 import { requireDistributed } from "./shared.js";
 
 export const startSequencer: RoleStarter = async (ctx) => {
-  requireDistributed(ctx.config, "sequencer");
+  requireDistributed(ctx.config, "sequencer", ctx.log);
   const backends = ctx.own(
     await ctx.retry("open storage", () =>
       openDistributed(ctx.config, ctx.log, ctx.metrics, {

@@ -9,6 +9,7 @@ import { toWireConversation } from "../conversations/wire.js";
 import type { Config } from "../lib/config.js";
 import type { Logger } from "../lib/log.js";
 import type { ServiceClient } from "../lib/rpc.js";
+import { checkDistributedConfig } from "../process/backends.js";
 
 export function conversations(
   config: Config,
@@ -71,10 +72,14 @@ export function advertiseAddress(config: Config, grpcPort: number): string {
   return `${config.http.host}:${grpcPort}`;
 }
 
-/** The role needs the distributed backend (only role all runs on the embedded one). */
-export function requireDistributed(config: Config, role: string): void {
+/**
+ * The role needs the distributed backend (only role all runs on the embedded one), configured so that
+ * it can work: checked before the role's retry loop, which retries only what may heal (storage down).
+ */
+export function requireDistributed(config: Config, role: string, log: Logger): void {
   if (config.backend !== "distributed")
     throw new Error(
       `--role ${role} needs backend distributed (Kafka + Cassandra): the embedded backend lives in one process; use --role all`,
     );
+  checkDistributedConfig(config, log);
 }

@@ -143,7 +143,13 @@ function container(
   // Presence shard i is Pod i: the gateways' shard list names the Pods by ordinal.
   if (component === "presence") env.push(fieldEnv(envName(["cluster", "presenceShard"]), ORDINAL_FIELD));
   if (usesStorage(component)) env.push(...storageEnv(cluster, inputs));
-  if (cluster.spec.auth.secretRef) env.push({ name: envName(["dataDir"]), value: AUTH_DIR });
+  // The key named as such (auth.secretFile): a gateway on the Pod IP then knows it is meant, not the
+  // data dir's dev secret picked up by default.
+  if (cluster.spec.auth.secretRef)
+    env.push(
+      { name: envName(["dataDir"]), value: AUTH_DIR },
+      { name: envName(["auth", "secretFile"]), value: `${AUTH_DIR}/${AUTH_SECRET_FILE}` },
+    );
   const mounts: V1VolumeMount[] = [{ name: "tmp", mountPath: "/tmp" }];
   if (cluster.spec.auth.secretRef) mounts.push({ name: "auth", mountPath: AUTH_DIR, readOnly: true });
   if (mountsKafkaTls(cluster, component))

@@ -1,17 +1,54 @@
 /**
  * Graceful stop: with gateway.shutdownDrainMs set (as the operator sets it for Kubernetes), SIGTERM
- * first tells every client to reconnect elsewhere, spread over the window, refuses new connections,
- * and only then stops; without it, SIGTERM closes at once with 1001. SIGINT always stops at once.
+ * first tells every client to reconnect elsewhere, spread over the window, refuses new connections
+ * (and says not ready), and only then stops; without it, SIGTERM closes at once with 1001. SIGINT
+ * always stops at once, and so does a second signal. A stop is bounded (shutdownTimeoutMs), is not
+ * held by silent or frozen clients, and exits non-zero when something failed to close; an uncaught
+ * error stops the process (exit 70) after closing it.
  */
+import { writeFileSync } from "node:fs";
+import { connect, type Socket } from "node:net";
+import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
+import { Health, HealthCheckResponse_ServingStatus as Serving } from "../../gen/grpc/health/v1/health_pb.js";
+import { GatewayService } from "../../gen/switchboard/gateway/v1/gateway_pb.js";
+import { grpcClient } from "../../internal/lib/rpc.js";
 import { RawClient } from "../helpers/raw-client.js";
-import { devToken, type ServerProcess, startServer } from "../helpers/server.js";
+import { devToken, type ServerProcess, startServer, tempDir } from "../helpers/server.js";
 
 let server: ServerProcess | undefined;
+const cleanup: Array<() => unknown> = [];
 afterEach(async () => {
+  for (const c of cleanup.splice(0).reverse()) await c();
   await server?.dispose();
   server = undefined;
 });
+
+/** How the process ended, and when (Date.now()). */
+function exitOf(s: ServerProcess): Promise<{ code: number | null; at: number }> {
+  return new Promise((resolve) => s.child.once("exit", (code) => resolve({ code, at: Date.now() })));
+}
+
+/**
+ * A module the server process loads first (NODE_OPTIONS=--import), to break it on purpose: `env`
+ * for startServer.
+ */
+function preload(source: string): Record<string, string> {
+  const dir = tempDir("switchboard-preload-");
+  cleanup.push(() => dir.remove());
+  const file = join(dir.path, "preload.mjs");
+  writeFileSync(file, source);
+  return { NODE_OPTIONS: `--import=${file}` };
+}
+
+/** A raw TCP connection to the server's HTTP port, kept open until the test ends. */
+async function rawSocket(port: number): Promise<Socket> {
+  const socket = connect(port, "127.0.0.1");
+  socket.on("error", () => {});
+  cleanup.push(() => socket.destroy());
+  await new Promise<void>((r) => socket.once("connect", () => r()));
+  return socket;
+}
 
 async function clients(s: ServerProcess, n: number): Promise<RawClient[]> {
   return Promise.all(
@@ -67,5 +104,154 @@ describe("stopping a gateway", () => {
     server.child.kill("SIGINT");
     expect(await Promise.all(connected.map((c) => c.closed))).toEqual([1001, 1001]);
     expect(Date.now() - t0).toBeLessThan(1_000);
+  });
+
+  it("a second signal exits at once: SIGINT during a SIGTERM's drain", async () => {
+    server = await startServer({ env: { SWITCHBOARD_GATEWAY_SHUTDOWN_DRAIN_MS: "10000" } });
+    const [c] = await clients(server, 2);
+    const exited = exitOf(server);
+    server.child.kill("SIGTERM");
+    // Draining: the clients are told to go.
+    await c!.nextEvent((f) => f.kind.case === "reconnect", 5_000);
+    const t0 = Date.now();
+    server.child.kill("SIGINT");
+    const { code, at } = await exited;
+    expect(code).toBe(130);
+    expect(at - t0).toBeLessThan(1_000);
+    expect(server.stderr()).toContain("second signal while stopping: exiting at once");
+  });
+});
+
+describe("readiness while a gateway drains", () => {
+  it("is lost when SIGTERM starts the drain: /readyz 503, and /v1/connect sends no one here", async () => {
+    server = await startServer({ env: { SWITCHBOARD_GATEWAY_SHUTDOWN_DRAIN_MS: "3000" } });
+    const [c] = await clients(server, 1);
+    expect((await fetch(`${server.httpUrl}/readyz`)).status).toBe(200);
+    expect((await fetch(`${server.httpUrl}/v1/connect`)).status).toBe(200);
+    server.child.kill("SIGTERM");
+    await c!.nextEvent((f) => f.kind.case === "reconnect", 5_000);
+    const ready = await fetch(`${server.httpUrl}/readyz`);
+    expect(ready.status).toBe(503);
+    expect(await ready.json()).toEqual({ status: "not ready", reason: "draining" });
+    const connect = await fetch(`${server.httpUrl}/v1/connect`);
+    expect(connect.status).toBe(503);
+    expect(connect.headers.get("retry-after")).toBe("1");
+    expect(connect.headers.get("access-control-allow-origin")).toBe("*");
+    expect(await connect.json()).toMatchObject({ error: expect.stringMatching(/^draining/) });
+  });
+
+  it("is lost when the operator's Drain call starts it, gRPC health included", async () => {
+    server = await startServer({ args: ["--grpc-port", "0", "--dev"] });
+    const target = `127.0.0.1:${server.grpcPort}`;
+    const health = grpcClient(Health, target);
+    const gateway = grpcClient(GatewayService, target);
+    cleanup.push(
+      () => health.close(),
+      () => gateway.close(),
+    );
+    expect((await health.check({})).status).toBe(Serving.SERVING);
+    const seen: Serving[] = [];
+    const watching = (async () => {
+      for await (const r of health.watch({ service: "switchboard.gateway.v1.GatewayService" }))
+        seen.push(r.status);
+    })().catch(() => undefined);
+    await expect.poll(() => seen).toEqual([Serving.SERVING]);
+
+    const t0 = Date.now();
+    await gateway.drain({ windowMs: 1_000 });
+    // The Watch stream hears of it at once, not at its next poll.
+    await expect
+      .poll(() => seen, { timeout: 500, interval: 20 })
+      .toEqual([Serving.SERVING, Serving.NOT_SERVING]);
+    expect(Date.now() - t0).toBeLessThan(500);
+    expect((await health.check({})).status).toBe(Serving.NOT_SERVING);
+    expect((await gateway.stats({})).draining).toBe(true);
+    const ready = await fetch(`${server.httpUrl}/readyz`);
+    expect(ready.status).toBe(503);
+    expect(await ready.json()).toEqual({ status: "not ready", reason: "draining" });
+    expect((await fetch(`${server.httpUrl}/v1/connect`)).status).toBe(503);
+    // Liveness is another matter: the process runs.
+    expect((await fetch(`${server.httpUrl}/healthz`)).status).toBe(200);
+    await server.stop();
+    await watching;
+  });
+});
+
+describe("a bounded stop", () => {
+  it("is not held by a silent raw socket or a frozen WebSocket client", async () => {
+    server = await startServer();
+    // A TCP connection that never sends a byte: Node's close() waited for it for good.
+    await rawSocket(server.port);
+    // A WebSocket whose client stopped reading: ws waits 30 s for its answer to the close frame.
+    const frozen = await rawSocket(server.port);
+    frozen.write(
+      `GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAuthorization: Bearer ${await devToken(server.dataDir, "frozen")}\r\n\r\n`,
+    );
+    await new Promise<void>((r) => frozen.once("data", () => r()));
+    frozen.pause();
+    // And a well-behaved client, which still gets its 1001.
+    const [c] = await clients(server, 1);
+    const exited = exitOf(server);
+    const t0 = Date.now();
+    server.child.kill("SIGTERM");
+    expect(await c!.closed).toBe(1001);
+    const { code, at } = await exited;
+    expect(code).toBe(0);
+    expect(at - t0).toBeLessThan(3_000);
+  });
+
+  it("exits with code 1 when closing takes longer than shutdownTimeoutMs", async () => {
+    // The HTTP server's close never completes.
+    const env = preload(
+      `import http from "node:http";\nhttp.Server.prototype.close = function () { return this; };\n`,
+    );
+    server = await startServer({ env: { ...env, SWITCHBOARD_SHUTDOWN_TIMEOUT_MS: "1500" } });
+    const exited = exitOf(server);
+    const t0 = Date.now();
+    server.child.kill("SIGTERM");
+    const { code, at } = await exited;
+    expect(code).toBe(1);
+    expect(at - t0).toBeGreaterThanOrEqual(1_400);
+    expect(at - t0).toBeLessThan(4_000);
+    expect(server.stderr()).toContain("shutdown did not finish within shutdownTimeoutMs");
+  });
+
+  it("exits with code 1 when something failed to close, after closing the rest", async () => {
+    const env = preload(
+      `import http from "node:http";\nconst close = http.Server.prototype.close;\nhttp.Server.prototype.close = function (cb) {\n  close.call(this);\n  process.nextTick(() => cb?.(new Error("injected close failure")));\n  return this;\n};\n`,
+    );
+    server = await startServer({ env });
+    const [c] = await clients(server, 1);
+    const exited = exitOf(server);
+    server.child.kill("SIGTERM");
+    expect(await c!.closed).toBe(1001);
+    expect((await exited).code).toBe(1);
+    expect(server.stderr()).toContain("injected close failure");
+    expect(server.stderr()).toContain("shutdown failed");
+  });
+});
+
+describe("an uncaught error", () => {
+  it("logs one fatal line, closes the process (clients get 1001) and exits 70", async () => {
+    // SIGUSR2 makes the process reject a promise nothing handles.
+    const env = preload(
+      `process.on("SIGUSR2", () => { Promise.reject(new Error("injected unhandled rejection")); });\n`,
+    );
+    server = await startServer({ env });
+    const [c] = await clients(server, 1);
+    const exited = exitOf(server);
+    server.child.kill("SIGUSR2");
+    expect(await c!.closed).toBe(1001);
+    expect((await exited).code).toBe(70);
+    const fatal = server
+      .stderr()
+      .split("\n")
+      .filter((l) => l.includes('"level":"fatal"'))
+      .map((l) => JSON.parse(l) as { msg: string; err: { message: string } });
+    expect(fatal).toHaveLength(1);
+    expect(fatal[0]).toMatchObject({
+      msg: "unhandled promise rejection; stopping",
+      err: { message: "injected unhandled rejection" },
+    });
   });
 });
