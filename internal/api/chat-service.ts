@@ -99,14 +99,31 @@ export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatS
   return {
     async publish(req, ctx) {
       const a = access(ctx.principal);
+      // A sender the client may not use stays refused, whatever it stored: the answer to a retry
+      // is only ever what this same sender stored under the key.
       const sender = a.sender(req.sender);
-      const conversationId = await conversationOf(a, req.conversationId);
-      const { message, duplicate } = await send({
+      const input = {
         sender,
-        conversationId,
+        conversationId: requireConversationId(req.conversationId),
         clientMsgId: req.idempotencyKey,
         body: req.body,
-      });
+      };
+      try {
+        await a.conversation(input.conversationId);
+      } catch (err) {
+        // The grant no longer covers the conversation (a `member` grant whose sender was removed):
+        // a retry of a Publish stored before still gets the original, as Conversations answers a
+        // retry refused NOT_MEMBER (docs/protocol.md §3, "Idempotency").
+        // Only with the same body: clients that share a sender but not a grant must not read, by
+        // key, what another stored in a conversation outside their own grant.
+        const original =
+          err instanceof SwitchboardError && err.reason === "CONVERSATION_NOT_ALLOWED"
+            ? await conversations.storedBefore(input)
+            : undefined;
+        if (!original || original.body !== input.body) throw err;
+        return { message: toWireMessage(original), duplicate: true };
+      }
+      const { message, duplicate } = await send(input);
       return { message: toWireMessage(message), duplicate };
     },
 

@@ -116,6 +116,14 @@ export interface AppendHints {
 export interface MessageLog extends Closeable {
   append(draft: MessageDraft, hints?: AppendHints): Promise<AppendResult>;
   /**
+   * The message `append` would answer a draft with this key with as a duplicate, looked up without
+   * appending anything: what (conversationId, sender, clientMsgId) was appended as within the dedupe
+   * window (one still in flight once it is durable), or undefined if nothing was. A send acknowledged
+   * is always found here; one whose append is still on its way may not be yet. For a send refused
+   * for want of permission that repeats one stored before (docs/protocol.md §3, "Idempotency").
+   */
+  appended(conversationId: string, sender: string, clientMsgId: string): Promise<StoredMessage | undefined>;
+  /**
    * Consumes as member of `group`: batches arrive in per-conversation seq order, at least once;
    * the group's position advances only after `handler` resolved, so effects must be idempotent.
    * Distributed: only when the sequenced topic is published (kafka.publishSequenced).

@@ -211,3 +211,71 @@ describe("removeMembers, join and leave", () => {
     expect(announced).toEqual([id]);
   });
 });
+
+describe("send: a resend refused for want of permission", () => {
+  const id = "g:382801613892354050";
+  const stored = {
+    conversationId: id,
+    seq: 7,
+    messageId: "101",
+    sender: "bob",
+    clientMsgId: "k1",
+    body: "hi",
+    createdAtMs: 1,
+  };
+
+  function setup(role: "member" | "admin" | undefined, postPolicy: "everyone" | "admins" = "everyone") {
+    const group = {
+      ...newConversationRecord(
+        { id, kind: "group", name: "g", owner: "alice", open: false, createdAtMs: 1 },
+        2,
+      ),
+      postPolicy,
+    };
+    const calls = { appended: 0, append: 0 };
+    const log = {
+      append: async (draft: { conversationId: string }) => {
+        calls.append++;
+        return { message: { ...stored, ...draft, seq: 8 }, duplicate: false };
+      },
+      appended: async (conversationId: string, sender: string, clientMsgId: string) => {
+        calls.appended++;
+        return conversationId === id && sender === "bob" && clientMsgId === "k1" ? stored : undefined;
+      },
+    } as unknown as MessageLog;
+    const store = {
+      memberOf: async (_: string, user: string) =>
+        user === "bob" && role ? { record: group, role } : undefined,
+    } as unknown as MembershipStore;
+    const ids = { next: async () => "102" } as unknown as IdPool;
+    const conversations = new Conversations(store, log, ids, {
+      bodyCharsMax: 100,
+      membersMax: 10,
+      pullThreshold: 5,
+      nameCharsMax: 64,
+    });
+    const send = (clientMsgId: string, body = "hi") =>
+      conversations.send({ sender: "bob", conversationId: id, clientMsgId, body });
+    return { send, calls };
+  }
+
+  it("gets the original as a duplicate when its key was stored, its refusal otherwise", async () => {
+    const removed = setup(undefined);
+    expect(await removed.send("k1", "hi again")).toEqual({ message: stored, duplicate: true });
+    await expect(removed.send("k2")).rejects.toMatchObject({ reason: "NOT_MEMBER" });
+    // A send that fails its own checks is refused for them, before its target.
+    await expect(removed.send("k1", "")).rejects.toMatchObject({ reason: "EMPTY_BODY" });
+    expect(removed.calls).toEqual({ appended: 2, append: 0 });
+
+    const restricted = setup("member", "admins");
+    expect(await restricted.send("k1")).toEqual({ message: stored, duplicate: true });
+    await expect(restricted.send("k2")).rejects.toMatchObject({ reason: "POSTING_RESTRICTED" });
+    expect(restricted.calls).toEqual({ appended: 2, append: 0 });
+  });
+
+  it("costs an accepted send no lookup: its append deduplicates it", async () => {
+    const member = setup("admin", "admins");
+    expect((await member.send("k1")).duplicate).toBe(false);
+    expect(member.calls).toEqual({ appended: 0, append: 1 });
+  });
+});

@@ -16,6 +16,7 @@ import type {
   MemberRole,
   MembershipStore,
   MessageLog,
+  StoredMessage,
 } from "../backends/types.js";
 import { isValidUserId, requireUserId } from "../lib/auth.js";
 import { errors, SwitchboardError } from "../lib/errors.js";
@@ -86,6 +87,12 @@ export interface SendInput {
   beforeAppend?: () => void;
 }
 
+/** The refusals of a send for want of permission (see Conversations.storedBefore). */
+const PERMISSION_REFUSALS: ReadonlySet<string> = new Set(["NOT_MEMBER", "POSTING_RESTRICTED"]);
+
+const refusesPermission = (err: unknown): boolean =>
+  err instanceof SwitchboardError && PERMISSION_REFUSALS.has(err.reason);
+
 /** Direct conversations a process remembers as existing (see directId). */
 const KNOWN_DIRECT_MAX = 200_000;
 
@@ -151,20 +158,18 @@ export class Conversations {
    * Callers that chain `issue` calls keep their order (the log takes its position when append is called).
    */
   async issue(input: SendInput): Promise<{ appended: Promise<AppendResult> }> {
-    // The sender is the caller's own identity, except from the server APIs, which name one.
-    if (input.sender !== SYSTEM_SENDER && !isValidUserId(input.sender))
-      throw errors.invalid("INVALID_SENDER", "sender is not a valid user id");
-    if (!CLIENT_MSG_ID_PATTERN.test(input.clientMsgId)) {
-      throw errors.invalid(
-        "INVALID_CLIENT_MSG_ID",
-        `client_msg_id must be 1-${CLIENT_MSG_ID_CHARS_MAX} printable ASCII characters`,
-      );
+    this.checkFields(input);
+    let conversationId: string;
+    try {
+      conversationId = await this.resolveTarget(input);
+    } catch (err) {
+      // Refused for want of permission: a resend of a message stored before (its answer lost, the
+      // sender removed or the group made admins-only since) still gets the original (§3).
+      const original = refusesPermission(err) ? await this.storedBefore(input) : undefined;
+      if (!original) throw err;
+      input.beforeAppend?.();
+      return { appended: Promise.resolve({ message: original, duplicate: true }) };
     }
-    if (input.body.length === 0) throw errors.invalid("EMPTY_BODY", "body must not be empty");
-    if (exceedsChars(input.body, this.limits.bodyCharsMax)) {
-      throw errors.invalid("BODY_TOO_LARGE", `body exceeds ${this.limits.bodyCharsMax} characters`);
-    }
-    const conversationId = await this.resolveTarget(input);
     const messageId = await this.ids.next();
     const draft = {
       conversationId,
@@ -181,6 +186,45 @@ export class Conversations {
       resendsAfterMs === undefined ? undefined : { firstAttemptResendsAfterMs: resendsAfterMs },
     );
     return { appended };
+  }
+
+  /** The checks of a send's own fields, before its target's: sender, client_msg_id, body. */
+  private checkFields(input: SendInput): void {
+    // The sender is the caller's own identity, except from the server APIs, which name one.
+    if (input.sender !== SYSTEM_SENDER && !isValidUserId(input.sender))
+      throw errors.invalid("INVALID_SENDER", "sender is not a valid user id");
+    if (!CLIENT_MSG_ID_PATTERN.test(input.clientMsgId)) {
+      throw errors.invalid(
+        "INVALID_CLIENT_MSG_ID",
+        `client_msg_id must be 1-${CLIENT_MSG_ID_CHARS_MAX} printable ASCII characters`,
+      );
+    }
+    if (input.body.length === 0) throw errors.invalid("EMPTY_BODY", "body must not be empty");
+    if (exceedsChars(input.body, this.limits.bodyCharsMax)) {
+      throw errors.invalid("BODY_TOO_LARGE", `body exceeds ${this.limits.bodyCharsMax} characters`);
+    }
+  }
+
+  /**
+   * The message a send refused for want of permission repeats: what its sender stored in its
+   * conversation under its client_msg_id within the dedupe window (MessageLog.appended), or
+   * undefined. Only for a send that would pass the checks of its fields, and only for a
+   * `conversationId` target, which names its conversation without creating one (a `toUser` send
+   * is not refused for permission). The lookup (its dedupe entry, then its message) is paid only
+   * by refused sends: a send let through is deduplicated by its append as before. The caller answers the message with
+   * duplicate=true, or its refusal when there is none. Whoever may use the sender may learn what
+   * it stored under a key: a refusal of the sender itself (the server API's SENDER_NOT_ALLOWED)
+   * must never come here.
+   */
+  async storedBefore(input: SendInput): Promise<StoredMessage | undefined> {
+    if (input.toUser !== undefined || input.conversationId === undefined) return undefined;
+    try {
+      this.checkFields(input);
+      requireConversationId(input.conversationId);
+    } catch {
+      return undefined;
+    }
+    return this.log.appended(input.conversationId, input.sender, input.clientMsgId);
   }
 
   private async resolveTarget(input: SendInput): Promise<string> {

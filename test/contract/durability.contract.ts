@@ -16,6 +16,7 @@ export function durabilityContract({ setup, readLog }: ContractKit): void {
 
       // Re-sending after a restart is still recognised: dedupe is durable, not an in-memory window.
       for (const [i, d] of drafts.entries()) {
+        expect(await h.b.log.appended(d.conversationId, d.sender, d.clientMsgId)).toEqual(acks[i]!.message);
         const again = await h.b.log.append({ ...d, messageId: nextMessageId(), body: "retry" });
         expect(again).toEqual({ duplicate: true, message: acks[i]!.message });
       }

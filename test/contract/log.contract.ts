@@ -121,6 +121,46 @@ export function logContract({ setup, readLog }: ContractKit): void {
       expect(await readLog(h, conversationId)).toEqual([before.message, original.message, next.message]);
     });
 
+    it("appended finds what append stored under (conversation, sender, clientMsgId), and appends nothing", async (ctx) => {
+      const h = await setup(ctx);
+      const [c1, c2] = [h.id("g1"), h.id("g2")];
+      expect(await h.b.log.appended(c1, "alice", "a1")).toBeUndefined();
+      const first = await h.b.log.append(draft(c1, "alice", "a1", "hello"));
+      // A first attempt (the distributed sequencer may skip its lookup) is found as well.
+      const hinted = await h.b.log.append(draft(c1, "alice", "a2", "there"), {
+        firstAttemptResendsAfterMs: Date.now(),
+      });
+      expect([first.message.seq, hinted.message.seq]).toEqual([1, 2]);
+      expect(await h.b.log.appended(c1, "alice", "a1")).toEqual(first.message);
+      expect(await h.b.log.appended(c1, "alice", "a2")).toEqual(hinted.message);
+      // Only the key's own: another sender's, another conversation's and another key's are not.
+      const misses = await Promise.all([
+        h.b.log.appended(c1, "bob", "a1"),
+        h.b.log.appended(c2, "alice", "a1"),
+        h.b.log.appended(c1, "alice", "a3"),
+        h.b.log.appended(c1, "alice", "a"),
+      ]);
+      expect(misses).toEqual([undefined, undefined, undefined, undefined]);
+      // A resend is still answered by append, and a lookup took no seq.
+      const again = await h.b.log.append(draft(c1, "alice", "a1", "hello (retry)"));
+      expect(again).toEqual({ duplicate: true, message: first.message });
+      const third = await h.b.log.append(draft(c1, "alice", "a3"));
+      expect(third.message.seq).toBe(3);
+      expect(await h.b.log.appended(c1, "alice", "a3")).toEqual(third.message);
+      expect(await readLog(h, c1)).toEqual([first.message, hinted.message, third.message]);
+    });
+
+    it("appended finds an append that was in flight when it was asked, once it is durable", async (ctx) => {
+      const h = await setup(ctx);
+      const conversationId = h.id("dm");
+      const appending = h.b.log.append(draft(conversationId, "alice", "k"));
+      const found = h.b.log.appended(conversationId, "alice", "k");
+      const original = await appending;
+      // Asked while the append was on its way: the message, or nothing yet (never another one).
+      expect([undefined, original.message]).toContainEqual(await found);
+      expect(await h.b.log.appended(conversationId, "alice", "k")).toEqual(original.message);
+    });
+
     it("dedupe is keyed by (conversation, sender, clientMsgId)", async (ctx) => {
       const h = await setup(ctx);
       const [c1, c2] = [h.id("g1"), h.id("g2")];

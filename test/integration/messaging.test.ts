@@ -360,6 +360,68 @@ describe("groups", () => {
     for (const x of [ca, cb, cc]) x.close();
   });
 
+  it("a resend refused for want of permission returns the original ack when it was stored; a new clientMsgId is refused", async () => {
+    const [a, b, c] = [user("a"), user("b"), user("c")];
+    const [ca, cb, cc] = [await connect(a), await connect(b), await connect(c)];
+    const conversationId = expectCase(
+      await ca.request({ case: "createGroup", value: { name: "lost acks", members: [b, c] } }),
+      "conversation",
+    ).conversation!.id;
+    const target = { conversationId };
+    // Stored, but their acks lost (the clients go on as if they never came).
+    const fromB = expectCase(await send(cb, target, "from b", "b-1"), "ack");
+    const fromC = expectCase(await send(cc, target, "from c", "c-1"), "ack");
+    const fromA = expectCase(await send(ca, target, "from a", "a-1"), "ack");
+    expect([fromB.seq, fromC.seq, fromA.seq]).toEqual([1n, 2n, 3n]);
+
+    // The owner removes b: b's resend gets its original ack, a new message NOT_MEMBER, and so does
+    // a key b never stored there (a's, which is a's own: the key is the sender's).
+    expectCase(
+      await ca.request({ case: "removeMembers", value: { conversationId, members: [b] } }),
+      "conversation",
+    );
+    const resent = expectCase(await send(cb, target, "from b (resent)", "b-1"), "ack");
+    expect(resent).toMatchObject({
+      duplicate: true,
+      conversationId,
+      messageId: fromB.messageId,
+      seq: 1n,
+      clientMsgId: "b-1",
+      createdAtMs: fromB.createdAtMs,
+    });
+    for (const clientMsgId of ["b-2", "a-1"])
+      expect(expectCase(await send(cb, target, "new", clientMsgId), "error")).toMatchObject({
+        reason: "NOT_MEMBER",
+        code: Code.PERMISSION_DENIED,
+      });
+
+    // The group becomes admins-only: c's resend gets its original ack, a new message POSTING_RESTRICTED.
+    expectCase(
+      await ca.request({ case: "updateGroup", value: { conversationId, postPolicy: GroupPolicy.ADMINS } }),
+      "conversation",
+    );
+    expect(expectCase(await send(cc, target, "from c (resent)", "c-1"), "ack")).toMatchObject({
+      duplicate: true,
+      messageId: fromC.messageId,
+      seq: 2n,
+    });
+    expect(expectCase(await send(cc, target, "new", "c-2"), "error").reason).toBe("POSTING_RESTRICTED");
+
+    // Nothing new was stored: the next message is seq 4.
+    expect(expectCase(await send(ca, target, "next", "a-2"), "ack").seq).toBe(4n);
+    const history = expectCase(
+      await ca.request({ case: "history", value: { conversationId, limit: 10 } }),
+      "history",
+    );
+    expect(history.messages.map((m) => [Number(m.seq), m.body])).toEqual([
+      [1, "from b"],
+      [2, "from c"],
+      [3, "from a"],
+      [4, "next"],
+    ]);
+    for (const x of [ca, cb, cc]) x.close();
+  });
+
   it("group changes reach every member's devices as they happen; a removed member hears no more", async () => {
     const [a, b, c] = [user("a"), user("b"), user("c")];
     const [ca, ca2, cb, cc] = [await connect(a), await connect(a), await connect(b), await connect(c)];

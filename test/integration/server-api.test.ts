@@ -16,7 +16,7 @@ import {
   type StreamEventsRequestSchema,
   type StreamEventsResponse,
 } from "../../gen/switchboard/api/v1/chat_pb.js";
-import { MemberRole } from "../../gen/switchboard/common/v1/common_pb.js";
+import { GroupPolicy, MemberRole } from "../../gen/switchboard/common/v1/common_pb.js";
 import { GatewayService } from "../../gen/switchboard/gateway/v1/gateway_pb.js";
 import { IdService } from "../../gen/switchboard/id/v1/id_pb.js";
 import { PresenceService } from "../../gen/switchboard/presence/v1/presence_pb.js";
@@ -235,6 +235,60 @@ describe("ChatService: messages", () => {
     const history = await billing.getHistory({ conversationId: "dm:api-wide-7~bot:billing" });
     expect(history.messages.map((m) => m.body)).toEqual([body]);
   }, 420_000);
+
+  it("answers a retried Publish with the original once the grant or the group no longer lets its sender post; a new key is refused", async () => {
+    const moderation = client(keys.moderation);
+    const billing = client(keys.billing); // conversations=member: only where bot:billing is a member
+    const root = client(keys.root); // conversations=all, as bot:root
+    const { conversation } = await moderation.createGroup({
+      owner: "api-retry-owner",
+      name: "retries",
+      members: ["bot:billing", "bot:root"],
+    });
+    const conversationId = conversation!.id;
+    const publish = (c: typeof billing, idempotencyKey: string, sender = "") =>
+      c.publish({ conversationId, sender, idempotencyKey, body: `body of ${idempotencyKey}` });
+    // Stored, their answers lost; then both bots are removed.
+    const billed = await publish(billing, "rt-1");
+    const rooted = await publish(root, "rt-2");
+    expect([billed.message?.seq, rooted.message?.seq]).toEqual([1n, 2n]);
+    await moderation.removeMembers({ conversationId, userIds: ["bot:billing", "bot:root"] });
+
+    // billing's grant no longer covers the group: its retry gets the original, a new key the refusal.
+    expect(await publish(billing, "rt-1")).toMatchObject({
+      duplicate: true,
+      message: { seq: 1n, messageId: billed.message?.messageId, sender: "bot:billing", body: "body of rt-1" },
+    });
+    expect(await failure(publish(billing, "rt-3"))).toBe("PERMISSION_DENIED CONVERSATION_NOT_ALLOWED");
+    // Only a retry of the same message: another body under that key learns nothing of what it holds.
+    expect(
+      await failure(
+        billing.publish({ conversationId, sender: "bot:billing", idempotencyKey: "rt-1", body: "guessing" }),
+      ),
+    ).toBe("PERMISSION_DENIED CONVERSATION_NOT_ALLOWED");
+    // Only what its own sender stored under the key; a sender it may not use stays refused.
+    expect(await failure(publish(billing, "rt-2"))).toBe("PERMISSION_DENIED CONVERSATION_NOT_ALLOWED");
+    expect(await failure(publish(root, "rt-1", "bot:billing"))).toBe("PERMISSION_DENIED SENDER_NOT_ALLOWED");
+
+    // root may touch every conversation, but bot:root is no member: the same for NOT_MEMBER.
+    expect(await publish(root, "rt-2")).toMatchObject({
+      duplicate: true,
+      message: { seq: 2n, messageId: rooted.message?.messageId },
+    });
+    expect(await failure(publish(root, "rt-4"))).toBe("PERMISSION_DENIED NOT_MEMBER");
+    // And for an announcement group's POSTING_RESTRICTED.
+    await moderation.addMembers({ conversationId, userIds: ["bot:root"] });
+    await moderation.updateGroup({ conversationId, postPolicy: GroupPolicy.ADMINS });
+    expect(await publish(root, "rt-2")).toMatchObject({ duplicate: true, message: { seq: 2n } });
+    expect(await failure(publish(root, "rt-5"))).toBe("PERMISSION_DENIED POSTING_RESTRICTED");
+
+    // Nothing was stored twice.
+    const history = await root.getHistory({ conversationId });
+    expect(history.messages.map((m) => [m.seq, m.body])).toEqual([
+      [1n, "body of rt-1"],
+      [2n, "body of rt-2"],
+    ]);
+  });
 });
 
 describe("ChatService: groups, presence, sessions, devices", () => {

@@ -172,6 +172,7 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
       groupPrefix,
       pending,
       appendTimeoutMs: o.appendTimeoutMs,
+      sequenced: { store: stores.sequencer, messages: stores.messages },
       log,
     });
     consuming.push(messageLog);

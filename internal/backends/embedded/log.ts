@@ -149,6 +149,22 @@ export class EmbeddedLog implements MessageLog {
     return write;
   }
 
+  /** The same dedupe read as `append`'s (an append in flight counts once committed), and its message. */
+  async appended(
+    conversationId: string,
+    sender: string,
+    clientMsgId: string,
+  ): Promise<StoredMessage | undefined> {
+    const dedupeKey: Key = [conversationId, sender, clientMsgId];
+    const inFlight = this.pending.get(JSON.stringify(dedupeKey));
+    if (inFlight) return (await inFlight).message;
+    const seq = this.dedupe.get(dedupeKey);
+    if (seq === undefined) return undefined;
+    const original = this.messages.get([conversationId, seq]);
+    assert(original, `dedupe entry without message ${conversationId}/${seq}`);
+    return original;
+  }
+
   /**
    * Keeps the sender's trace context for the router (in memory only, bounded: a trace is worth
    * nothing after a restart, and a message the router never reads must not pin its entry).

@@ -128,6 +128,7 @@ describe("BatchProducer: a bounded queue", () => {
       repliesTopic: "replies",
       groupPrefix: "",
       pending: new Map(),
+      sequenced: { store: {} as never, messages: {} as never },
       appendTimeoutMs: 50,
       log,
     });
@@ -162,6 +163,7 @@ describe("BatchProducer: a bounded queue", () => {
       repliesTopic: "replies",
       groupPrefix: "",
       pending: new Map(),
+      sequenced: { store: {} as never, messages: {} as never },
       appendTimeoutMs: 60_000,
       log,
     });

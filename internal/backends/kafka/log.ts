@@ -21,6 +21,9 @@ import type {
   LoggedMessage,
   MessageDraft,
   MessageLog,
+  MessageStore,
+  SequencerStore,
+  StoredMessage,
 } from "../types.js";
 import { type BatchProducer, RecordWithdrawn } from "./batch-producer.js";
 import { decodeMessage, encodeMessage, traceOf } from "./codec.js";
@@ -28,6 +31,7 @@ import { commitBatch, FETCH_WAIT_MS, groupConsumer } from "./consumers.js";
 import { INBOX_GROUP, InboxOwner, type InboxOwnerOptions } from "./inbox-owner.js";
 import { onePartitionAssigner, REPLY_PARTITION_HEADER } from "./reply-partition.js";
 import {
+  dedupeKeyOf,
   FIRST_ATTEMPT_HEADER,
   MEMBERSHIP_KIND,
   type PendingAppends,
@@ -55,6 +59,11 @@ export interface KafkaLogOptions {
   groupPrefix: string;
   pending: PendingAppends;
   appendTimeoutMs: number;
+  /** Where `appended` finds what the sequencers stored: their dedupe rows and the message rows. */
+  sequenced: {
+    store: Pick<SequencerStore, "heads" | "lookup">;
+    messages: Pick<MessageStore, "getMany">;
+  };
   log: Logger;
 }
 
@@ -132,6 +141,29 @@ export class KafkaMessageLog implements MessageLog {
       );
     }
     return sequenced;
+  }
+
+  /**
+   * The sequencer store's dedupe row of the key (written, with the head, before the send was
+   * acknowledged; it expires with the dedupe window), then its message row. A row counts only as
+   * the sequencer itself counts it: at or below the head, holding the message the row names (not a
+   * fenced-out owner's leftover). A draft not sequenced yet is not found.
+   */
+  async appended(
+    conversationId: string,
+    sender: string,
+    clientMsgId: string,
+  ): Promise<StoredMessage | undefined> {
+    const { store, messages } = this.o.sequenced;
+    const key = dedupeKeyOf({ sender, clientMsgId });
+    const [found, heads] = await Promise.all([
+      store.lookup(new Map([[conversationId, [key]]])),
+      store.heads([conversationId]),
+    ]);
+    const ref = found.get(conversationId)?.get(key);
+    if (!ref || ref.seq > (heads.get(conversationId) ?? 0)) return undefined;
+    const [row] = await messages.getMany([{ conversationId, seq: ref.seq }]);
+    return row?.messageId === ref.messageId ? row : undefined;
   }
 
   /**
