@@ -259,8 +259,12 @@ export async function runToken(argv: string[]): Promise<number> {
     strict: true,
   });
   if (!values.user) throw new Error("--user is required");
-  const dataDir = values["data-dir"] ?? loadConfig().dataDir;
-  const token = await signDevToken(dataDir, values.user, parseTtl(values.ttl));
+  const config = loadConfig();
+  const dataDir = values["data-dir"] ?? config.dataDir;
+  // The key the gateways check: auth.secretFile's when set (unless a data dir is named explicitly).
+  const secretFile =
+    values["data-dir"] === undefined && config.auth.secretFile ? config.auth.secretFile : undefined;
+  const token = await signDevToken(dataDir, values.user, parseTtl(values.ttl), secretFile);
   process.stdout.write(`${JSON.stringify({ token, user: values.user })}\n`);
   return 0;
 }

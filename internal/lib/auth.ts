@@ -90,8 +90,13 @@ export function requireUserId(id: string, field = "user_id"): string {
   return id;
 }
 
-/** Signs a dev token for `userId` valid for `ttlSeconds`. */
-export async function signDevToken(dataDir: string, userId: string, ttlSeconds: number): Promise<string> {
+/** Signs a dev token for `userId` valid for `ttlSeconds`, with auth.secretFile's key when given. */
+export async function signDevToken(
+  dataDir: string,
+  userId: string,
+  ttlSeconds: number,
+  secretFile?: string,
+): Promise<string> {
   if (!isValidUserId(userId))
     throw new Error(`invalid user id ${JSON.stringify(userId)}: use 1-128 of A-Z a-z 0-9 . _ @ : + -`);
   return new SignJWT({})
@@ -99,7 +104,7 @@ export async function signDevToken(dataDir: string, userId: string, ttlSeconds: 
     .setSubject(userId)
     .setIssuedAt()
     .setExpirationTime(Math.floor(Date.now() / 1000) + ttlSeconds)
-    .sign(devSecret(dataDir));
+    .sign(secretFile ? secretFromFile(secretFile) : devSecret(dataDir));
 }
 
 export interface Identity {

@@ -610,7 +610,8 @@ export function checkConfig(config: Config): void {
 }
 
 /** SWITCHBOARD_* variables that are not settings: the client commands' defaults and the test harness's. */
-const NOT_SETTINGS = /^SWITCHBOARD_(URL|TOKEN|CACHE|TEST_BACKEND|NODE_AGENT_[A-Z0-9_]+|BENCH_[A-Z0-9_]+)$/;
+const NOT_SETTINGS =
+  /^SWITCHBOARD_(URL|TOKEN|KEY|CACHE|TEST_BACKEND|NODE_AGENT_[A-Z0-9_]+|BENCH_[A-Z0-9_]+)$/;
 
 /**
  * The variables Kubernetes sets for every Service of the namespace: a Service named

@@ -40,6 +40,25 @@ describe("computeConditions", () => {
     expect(c.Progressing).toMatchObject({ status: "True", reason: "RollingOut" });
   });
 
+  it("stays Ready while gateways drain before a scale-down (they say not ready on purpose), not for more", () => {
+    const draining = {
+      ...base,
+      drainingGateways: 1,
+      components: { ...base.components, gateway: { ...ready, readyReplicas: 1 } },
+    };
+    const c = byType(computeConditions(undefined, draining, new Date()));
+    expect(c.Ready).toMatchObject({ status: "True" });
+    expect(c.Progressing).toMatchObject({ status: "True", reason: "DrainingGateways" });
+    const alsoDown = {
+      ...draining,
+      components: { ...draining.components, gateway: { ...ready, readyReplicas: 0 } },
+    };
+    expect(byType(computeConditions(undefined, alsoDown, new Date())).Ready).toMatchObject({
+      status: "False",
+      message: "gateway 0/2 ready",
+    });
+  });
+
   it("is not Ready while a rollout still has an old Pod (surge), even with every new Pod ready", () => {
     const surge = { desired: 3, replicas: 4, readyReplicas: 4, updatedReplicas: 3, observed: true };
     const c = byType(

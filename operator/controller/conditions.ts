@@ -70,10 +70,11 @@ export function computeConditions(
 ): V1Condition[] {
   const lagging = Object.entries(o.components)
     // Settled: the latest spec seen, every Pod updated and ready, and no old Pod left (a surge).
+    // Gateways draining before a scale-down say not ready on purpose (no new clients): not lagging.
     .filter(
-      ([, c]) =>
+      ([name, c]) =>
         c &&
-        (c.readyReplicas < c.desired ||
+        (c.readyReplicas < c.desired - (name === "gateway" ? o.drainingGateways : 0) ||
           c.updatedReplicas < c.desired ||
           c.replicas > c.desired ||
           !c.observed),

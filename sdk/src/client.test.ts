@@ -747,6 +747,21 @@ test("a URL the WebSocket cannot open is a terminal error", async () => {
   expect(t.state).toBe("closed");
 });
 
+test("a URL function that gives no URL is asked again, not a terminal error", async () => {
+  const srv = await startServer();
+  let asked = 0;
+  const t = newClient(srv, {
+    // A discovery endpoint that answered 503 without a url (a gateway that began to drain).
+    url: async () => (++asked === 1 ? (undefined as unknown as string) : srv.url),
+  });
+  await t.client.connect();
+  expect(asked).toBe(2);
+  expect(t.client.state).toBe("open");
+  expect(t.errors.map((e) => e.message)).toEqual([
+    expect.stringContaining("the url function gave undefined"),
+  ]);
+});
+
 /** Records the timers made with `delayMs` and whether each was cleared (a Node process exits only without them). */
 function watchTimers(delayMs: number) {
   const made: unknown[] = [];

@@ -115,8 +115,8 @@ export interface SwitchboardClientOptions {
    * How long after it was made (`SendOptions.createdAtMs`, else the send() call) a send is given up
    * with reason SEND_EXPIRED, whatever `sendTimeoutMs` says; default 24 h. The server dedupes resends
    * only within its dedupe window (docs/protocol.md §3; 168 h by default on the distributed backend):
-   * a resend after it would store the message again. 0 turns it off: only against a server that keeps
-   * every key (the embedded backend).
+   * a resend after it would store the message again. 0: never give up (a resend after the window may
+   * store a duplicate).
    */
   sendMaxAgeMs?: number;
   /** Most unacknowledged sends kept (queued or in flight); default 1,000. */

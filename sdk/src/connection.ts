@@ -255,7 +255,10 @@ export class Connection {
     try {
       this.resolved ??= await resolveWebSocket(this.o.WebSocket);
       token = typeof this.o.token === "string" ? this.o.token : await this.o.token();
-      this.currentUrl = typeof this.o.url === "string" ? this.o.url : await this.o.url();
+      const url = typeof this.o.url === "string" ? this.o.url : await this.o.url();
+      // A URL function may answer better next time (e.g. a discovery endpoint that was draining).
+      if (typeof url !== "string" || url === "") throw new Error(`the url function gave ${String(url)}`);
+      this.currentUrl = url;
     } catch (cause) {
       if (epoch !== this.epoch) return;
       this.hooks.error(

@@ -111,7 +111,7 @@ export interface SendQueueOptions {
   sendTimeoutMs: number;
   /**
    * How long after it was made a send is given up whatever its timeout (SEND_EXPIRED), ms; 0 = never
-   * (only against a server that keeps every key, the embedded backend).
+   * (a resend after the server's dedupe window may store a duplicate).
    */
   maxAgeMs: number;
   /** How long one attempt waits for its ack before the send goes out again. */

@@ -166,6 +166,8 @@ function device(userId: string, index: number, preferred: number): Device {
         if (ips.length === 0) throw new Error("no ready gateway");
         const ip = ips[next++ % ips.length]!;
         const res = await fetch(`http://${ip}:8080/v1/connect`, { signal: AbortSignal.timeout(10_000) });
+        // 503 from a gateway that began to drain since it was listed: the SDK asks again.
+        if (!res.ok) throw new Error(`${ip}: /v1/connect answered ${res.status}`);
         const { url } = (await res.json()) as { url: string };
         d.gateways.push(ip);
         return url;

@@ -5,7 +5,7 @@
  * that are no decimal integer, settings that do not work together, and storage or push
  * configuration that no retry can heal (which the storage retry loop used to retry for ever).
  */
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
@@ -97,6 +97,13 @@ describe("client tokens on a public address", () => {
       .sign(new TextEncoder().encode("the issuer's shared key"));
     const c = await RawClient.connect(server.url, { token });
     c.close();
+    // `switchboard token` in the same environment signs with that key, not a data dir's dev secret.
+    const printed = execFileSync(process.execPath, [cliPath, "token", "--user", "bob"], {
+      cwd: dir,
+      env: { ...process.env, SWITCHBOARD_AUTH_SECRET_FILE: file },
+    }).toString();
+    const bob = await RawClient.connect(server.url, { token: JSON.parse(printed).token });
+    bob.close();
   });
 });
 

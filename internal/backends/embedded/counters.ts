@@ -28,8 +28,9 @@ export class SettledCounters {
   }
 
   set(key: string, value: number): void {
+    // Before the set: the key being set (its write not queued yet) always lands in the new generation.
+    if (this.current.size >= this.max && this.previous === undefined && !this.current.has(key)) this.rotate();
     this.current.set(key, value);
-    if (this.current.size >= this.max && this.previous === undefined) this.rotate();
   }
 
   /** Keys kept now (for tests). */
@@ -41,8 +42,12 @@ export class SettledCounters {
     const old = this.current;
     this.previous = old;
     this.current = new Map();
-    void this.settled().then(() => {
-      if (this.previous === old) this.previous = undefined;
+    // Asked once this turn of the event loop is over: keys set earlier in it (an inbox update sets
+    // several users' heads, then queues their write) have their writes queued by then.
+    setImmediate(() => {
+      void this.settled().then(() => {
+        if (this.previous === old) this.previous = undefined;
+      });
     });
   }
 }

@@ -10,7 +10,7 @@ import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { build } from "esbuild";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type Holder, LOCK_FILE, STALE_MS, stillHeld } from "./data-dir-lock.js";
+import { HEARTBEAT_MS, type Holder, LOCK_FILE, STALE_MS, stillHeld } from "./data-dir-lock.js";
 import { EmbeddedBackends } from "./index.js";
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -137,6 +137,23 @@ describe("data dir lock", () => {
     await first.close();
     const second = new EmbeddedBackends({ dataDir });
     await second.close();
+  });
+
+  it("stops a holder whose lock was taken over (it stalled past the heartbeat's staleness)", async () => {
+    const dataDir = await scratch();
+    const fatal: unknown[] = [];
+    const held = new EmbeddedBackends({ dataDir, onFatal: (err) => fatal.push(err) });
+    try {
+      // What a successor's takeover leaves: the lock file names another holder.
+      const path = join(dataDir, LOCK_FILE);
+      const mine = JSON.parse(readFileSync(path, "utf8")) as Holder;
+      writeFileSync(path, `${JSON.stringify({ ...mine, token: "successor", pid: mine.pid + 1 })}\n`);
+      await new Promise((r) => setTimeout(r, HEARTBEAT_MS + 500));
+      expect(fatal).toHaveLength(1);
+      expect(String(fatal[0])).toMatch(/no longer this process's/);
+    } finally {
+      await held.close().catch(() => undefined);
+    }
   });
 
   it("a copy of a running process's data dir (its lock file with it) opens: the lock names the other dir", async () => {

@@ -144,9 +144,23 @@ export class DataDirLock {
   private constructor(
     readonly path: string,
     readonly holder: Holder,
+    onLost: (err: Error) => void,
   ) {
     heldHere.add(holder.token);
     this.heartbeat = setInterval(() => {
+      // Taken over (this process stalled past STALE_MS where only the touch vouches for it): another
+      // process assigns seqs from its own memory now, so this one must stop writing at once.
+      const current = readOr(() => JSON.parse(readFileSync(this.path, "utf8")) as Holder);
+      if (current?.token !== this.holder.token) {
+        clearInterval(this.heartbeat);
+        onLost(
+          errors.precondition(
+            "DATA_DIR_IN_USE",
+            `the lock on ${this.path} is no longer this process's${current ? ` (now ${describe(current)})` : " (removed)"}: stopping`,
+          ),
+        );
+        return;
+      }
       const now = new Date();
       readOr(() => utimesSync(this.path, now, now));
     }, HEARTBEAT_MS);
@@ -158,7 +172,11 @@ export class DataDirLock {
    * and its holder. `exclusively` runs its callback under a lock every contender takes (LMDB's write
    * lock on the data dir's file).
    */
-  static acquire(dataDir: string, exclusively: (check: () => void) => void): DataDirLock {
+  static acquire(
+    dataDir: string,
+    exclusively: (check: () => void) => void,
+    onLost: (err: Error) => void = () => undefined,
+  ): DataDirLock {
     const path = join(dataDir, LOCK_FILE);
     const me = self(dataDir);
     exclusively(() => {
@@ -186,7 +204,7 @@ export class DataDirLock {
       }
       renameSync(temporary, path);
     });
-    return new DataDirLock(path, me);
+    return new DataDirLock(path, me, onLost);
   }
 
   /** Removes the lock file if it is still this process's (call while the database is still open). */

@@ -129,9 +129,13 @@ export class EmbeddedBackends implements Backends {
     // Before anything is read or written: the seqs and positions assigned from memory are this
     // process's alone. The check runs under LMDB's write lock, which every contender takes.
     try {
-      this.lock = DataDirLock.acquire(options.dataDir, (check) => this.root.transactionSync(check));
+      this.lock = DataDirLock.acquire(
+        options.dataDir,
+        (check) => this.root.transactionSync(check),
+        (err) => this.poison(err),
+      );
     } catch (err) {
-      void this.root.close();
+      this.root.close().catch(() => undefined); // the refusal is what the caller needs to hear
       throw err;
     }
     // One handle per database, each with msgpackr's shared structures: an object value then carries a
@@ -217,6 +221,7 @@ export class EmbeddedBackends implements Backends {
       inbox,
       guard,
       {
+        onError: (err) => (options.onConsumerError ?? (() => undefined))("retention", err),
         ...options.retention,
         ...(options.dedupeWindowMs === undefined ? {} : { dedupeWindowMs: options.dedupeWindowMs }),
       },
@@ -228,6 +233,13 @@ export class EmbeddedBackends implements Backends {
   /** One retention pass now (tests and diagnostics; passes also run in the background). */
   retainNow() {
     return this.retention.pass();
+  }
+
+  /** Nothing more is written or acked: the process is told to stop (onFatal). */
+  private poison(err: unknown): void {
+    if (this.fatal !== undefined) return;
+    this.fatal = err;
+    this.onFatal(err);
   }
 
   /** Every write goes through here: the first failed commit poisons the backend. */

@@ -48,6 +48,8 @@ export interface RetentionOptions {
   entriesPerPass?: number;
   removalsPerPass?: number;
   now?: () => number;
+  /** A pass that failed (a read error, a damaged row): reported, and passes go on. */
+  onError?: (err: unknown) => void;
 }
 
 export interface RetentionDbs {
@@ -77,6 +79,7 @@ export class Retention {
   private readonly entriesPerPass: number;
   private readonly removalsPerPass: number;
   private readonly now: () => number;
+  private readonly onError: (err: unknown) => void;
 
   constructor(
     private readonly root: RootDatabase,
@@ -93,6 +96,7 @@ export class Retention {
     this.entriesPerPass = options.entriesPerPass ?? ENTRIES_PER_PASS;
     this.removalsPerPass = options.removalsPerPass ?? REMOVALS_PER_PASS;
     this.now = options.now ?? Date.now;
+    this.onError = options.onError ?? (() => undefined);
   }
 
   /** Runs passes in the background until stop. */
@@ -105,7 +109,12 @@ export class Retention {
     this.timer = setTimeout(() => {
       this.pass().then(
         (done) => this.schedule(done.more ? 0 : this.intervalMs),
-        () => undefined, // a failed commit poisoned the backend (guard, onFatal): no more passes
+        (err: unknown) => {
+          // A failed commit also poisoned the backend (guard, onFatal); a read error is reported and
+          // the next pass tries again, so retention never stops in silence.
+          this.onError(err);
+          this.schedule(this.intervalMs);
+        },
       );
     }, delayMs);
     this.timer.unref();

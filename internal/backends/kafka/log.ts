@@ -91,9 +91,10 @@ export class KafkaMessageLog implements MessageLog {
     // keeps the order of the sends behind it: gateway/send-gaps.ts), not SEQUENCE_TIMEOUT; and a
     // stalled Kafka gets no burst of stale drafts once it is back. One already in a request is not.
     const deadline = new AbortController();
+    let timer: NodeJS.Timeout | undefined;
     // Register before producing: the sequencer may answer before the produce call returns.
     const sequenced = new Promise<AppendResult>((resolve, reject) => {
-      const timer = setTimeout(() => {
+      timer = setTimeout(() => {
         this.o.pending.delete(draft.messageId);
         deadline.abort();
         reject(
@@ -130,7 +131,9 @@ export class KafkaMessageLog implements MessageLog {
         { ordered: true, signal: deadline.signal },
       );
     } catch (err) {
-      // Refused at the producer's bound (ProducerQueueFull), withdrawn at the deadline, or failed.
+      // Refused at the producer's bound (ProducerQueueFull), withdrawn at the deadline, or failed;
+      // its timer goes too (it holds the draft, body and all, for appendTimeoutMs).
+      clearTimeout(timer);
       this.o.pending.delete(draft.messageId);
       throw errors.unavailable(
         "LOG_UNAVAILABLE",
