@@ -63,16 +63,7 @@ describe("zombie inbox owner writing after its successor claimed", () => {
 
 describe("a heads write that fails after storing some of its heads", () => {
   it("hands every recipient's delivery to the router once the batch is retried", async () => {
-    const scenario = `${prefix}p.`;
-    const names = topicNames(scenario);
-    const kafka = new Kafka({
-      clientId: "ifence-p",
-      brokers: infra.KAFKA_BROKERS!.split(","),
-      logLevel: logLevel.NOTHING,
-    });
-    const producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
-    await producer.connect();
-    const users = ["ann", "ben", "cat", "dan", "eve", "fay"].map((u) => `${u}-p${id}`);
+    const { scenario, names, kafka, producer, users } = await openScenario("p");
     const conversationId = `g:p${id}`;
     // The first heads write stores one user's head, then fails (a timeout after a partial write).
     let failures = 0;
@@ -158,16 +149,7 @@ describe("a heads write that fails after storing some of its heads", () => {
 
 describe("a fenced-out sequencer's produce that lands after its successor's re-emission", () => {
   it("adds no second cursor: each (user, conversation, seq) once, in order, also for an owner that never saw the successor's records", async () => {
-    const scenario = `${prefix}e.`;
-    const names = topicNames(scenario);
-    const kafka = new Kafka({
-      clientId: "ifence-e",
-      brokers: infra.KAFKA_BROKERS!.split(","),
-      logLevel: logLevel.NOTHING,
-    });
-    const producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
-    await producer.connect();
-    const users = ["ann", "ben", "cat", "dan", "eve", "fay"].map((u) => `${u}-e${id}`);
+    const { scenario, names, kafka, producer, users } = await openScenario("e");
     expect(new Set(users.map((u) => shardOf(u, PARTITIONS))).size).toBe(PARTITIONS);
     const conversationId = `g:e${id}`;
     // Sequencer A owned drafts partition 0; B claimed it since (a newer epoch).
@@ -270,9 +252,9 @@ describe("a fenced-out sequencer's produce that lands after its successor's re-e
   }, 120_000);
 });
 
-async function zombieOwner(holdAt: "write" | "heads", tag: string): Promise<void> {
+/** A scenario's topics (provisioned in beforeAll), a connected producer, and six users of its own. */
+async function openScenario(tag: string) {
   const scenario = `${prefix}${tag}.`;
-  const names = topicNames(scenario);
   const kafka = new Kafka({
     clientId: `ifence-${tag}`,
     brokers: infra.KAFKA_BROKERS!.split(","),
@@ -281,6 +263,11 @@ async function zombieOwner(holdAt: "write" | "heads", tag: string): Promise<void
   const producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
   await producer.connect();
   const users = ["ann", "ben", "cat", "dan", "eve", "fay"].map((u) => `${u}-${tag}${id}`);
+  return { scenario, names: topicNames(scenario), kafka, producer, users };
+}
+
+async function zombieOwner(holdAt: "write" | "heads", tag: string): Promise<void> {
+  const { scenario, names, kafka, producer, users } = await openScenario(tag);
   const conversationId = `g:${tag}${id}`;
   let seq = 0;
   /** The inbox record's value of the conversation's message `s`. */

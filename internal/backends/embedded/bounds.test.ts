@@ -8,8 +8,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { open } from "lmdb";
 import { afterEach, describe, expect, it } from "vitest";
+import { inboxWriter, until } from "../../../test/helpers/embedded-router.js";
 import { createIdService } from "../../id/index.js";
-import type { BatchHandler, LoggedMessage, MessageDraft } from "../types.js";
+import type { LoggedMessage, MessageDraft } from "../types.js";
 import { EmbeddedBackends, type EmbeddedOptions } from "./index.js";
 import type { EmbeddedLog } from "./log.js";
 
@@ -43,29 +44,6 @@ const draft = (conversationId: string, clientMsgId = `c${++drafts}`, createdAtMs
   body: "hi",
   createdAtMs,
 });
-
-async function until(condition: () => boolean): Promise<void> {
-  for (let i = 0; i < 500 && !condition(); i++) await new Promise((r) => setTimeout(r, 10));
-  expect(condition()).toBe(true);
-}
-
-/** A router in miniature: each message's inbox entry for bob. */
-function inboxWriter(backends: EmbeddedBackends) {
-  const delivered: LoggedMessage[] = [];
-  const handler: BatchHandler = async (batch) => {
-    await backends.inbox.append(
-      batch.map((m) => ({
-        userId: "bob",
-        conversationId: m.conversationId,
-        seq: m.seq,
-        messageId: m.messageId,
-      })),
-    );
-    await Promise.all(batch.map((m) => m.committed));
-    delivered.push(...batch);
-  };
-  return { delivered, handler };
-}
 
 const embeddedLog = (b: EmbeddedBackends) => b.log as EmbeddedLog;
 /** Keys of a database (shared structures' key aside). */

@@ -8,7 +8,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { open } from "lmdb";
 import { afterEach, describe, expect, it, vi } from "vitest";
-import type { BatchHandler, Closeable, LoggedMessage, MessageDraft, PushJob } from "../types.js";
+import { inboxWriter, until } from "../../../test/helpers/embedded-router.js";
+import type { Closeable, MessageDraft, PushJob } from "../types.js";
 import { EmbeddedBackends, type EmbeddedOptions } from "./index.js";
 import { PUSH_JOB_KEYS_KEPT_MS } from "./push.js";
 
@@ -40,29 +41,6 @@ const draft = (conversationId: string): MessageDraft => {
     createdAtMs: 1_800_000_000_000 + drafts,
   };
 };
-
-/** A router in miniature: each message's inbox entry for bob, then (once durable) "delivered". */
-function inboxWriter(backends: EmbeddedBackends) {
-  const delivered: LoggedMessage[] = [];
-  const handler: BatchHandler = async (batch) => {
-    await backends.inbox.append(
-      batch.map((m) => ({
-        userId: "bob",
-        conversationId: m.conversationId,
-        seq: m.seq,
-        messageId: m.messageId,
-      })),
-    );
-    await Promise.all(batch.map((m) => m.committed));
-    delivered.push(...batch);
-  };
-  return { delivered, handler };
-}
-
-async function until(condition: () => boolean): Promise<void> {
-  for (let i = 0; i < 500 && !condition(); i++) await new Promise((r) => setTimeout(r, 10));
-  expect(condition()).toBe(true);
-}
 
 describe("embedded log: messages handed over before their commit", () => {
   it("a consumer waiting at the end gets the message before its append resolves, with a committed promise", async () => {
