@@ -69,9 +69,6 @@ export async function runStart(argv: string[]): Promise<number> {
   const url = running.gateway ? `ws://${config.http.host}:${running.httpPort}/ws` : undefined;
   const warning = running.gateway ? devModeWarning(config, running.httpPort) : undefined;
   if (warning) log.warn(warning);
-  process.stdout.write(
-    `${JSON.stringify({ status: "started", role, ...(url ? { url } : {}), port: running.httpPort, grpc_port: running.grpcPort, data_dir: config.dataDir, pid: process.pid, ...(warning ? { warning } : {}) })}\n`,
-  );
   return new Promise<number>((resolve) => {
     let first: NodeJS.Signals | undefined;
     const onSignal = (signal: NodeJS.Signals) => {
@@ -86,6 +83,10 @@ export async function runStart(argv: string[]): Promise<number> {
     };
     process.on("SIGINT", onSignal);
     process.on("SIGTERM", onSignal);
+    // Only now: whoever waits for this line may signal at once, and must find the handlers in place.
+    process.stdout.write(
+      `${JSON.stringify({ status: "started", role, ...(url ? { url } : {}), port: running.httpPort, grpc_port: running.grpcPort, data_dir: config.dataDir, pid: process.pid, ...(warning ? { warning } : {}) })}\n`,
+    );
   });
 }
 

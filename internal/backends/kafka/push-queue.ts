@@ -165,7 +165,12 @@ export class KafkaPushQueue implements PushJobQueue {
     this.o.groupMembers?.track(consumer, this.o.groupId);
     consumer.on(consumer.events.GROUP_JOIN, (event) => {
       const partitions = event.payload.memberAssignment[this.o.topic] ?? [];
-      this.assigned = this.assign(consumer, partitions);
+      // A consumer that stopped or restarted meanwhile cannot seek: its next join assigns again.
+      this.assigned = this.assign(consumer, partitions).catch((err: unknown) =>
+        this.o.log.warn("push queue: an assignment was overtaken (the consumer stopped or rejoined)", {
+          err,
+        }),
+      );
     });
     await consumer.connect();
     await consumer.subscribe({ topic: this.o.topic, fromBeginning: true });
@@ -197,6 +202,7 @@ export class KafkaPushQueue implements PushJobQueue {
     } catch {
       return; // closed: nothing to read
     }
+    if (this.closed) return; // closed while the ends were read: the consumer can seek no more
     const owned = new Map<number, OwnedPartition>();
     for (const partition of partitions) {
       const o = offsets.find((x) => x.partition === partition);
