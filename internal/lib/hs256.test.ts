@@ -49,6 +49,18 @@ describe("verifyHs256", () => {
     );
   });
 
+  it("refuses a signature spelled with other unused low bits (the same bytes, another string)", async () => {
+    const good = await sign({ sub: "alice" });
+    const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    const last = alphabet[alphabet.indexOf(good.at(-1)!) ^ 1]!;
+    const variant = `${good.slice(0, -1)}${last}`;
+    expect(Buffer.from(variant.split(".")[2]!, "base64url")).toEqual(
+      Buffer.from(good.split(".")[2]!, "base64url"),
+    );
+    expect(codeOf(() => verifyHs256(variant, KEY, {}, NOW_MS))).toBe("ERR_JWS_INVALID");
+    expect(verifyHs256(good, KEY, {}, NOW_MS)).toEqual({ sub: "alice" });
+  });
+
   it("refuses alg none, other algorithms and critical headers", async () => {
     const unsigned = new UnsecuredJWT({ sub: "alice" }).encode();
     expect(codeOf(() => verifyHs256(unsigned, KEY, {}, NOW_MS))).toBe("ERR_JOSE_ALG_NOT_ALLOWED");

@@ -82,6 +82,10 @@ export function verifyHs256(
   const expected = createHmac("sha256", key).update(`${headerPart}.${payloadPart}`).digest();
   if (signature.length !== expected.length || !timingSafeEqual(signature, expected))
     throw new JwtError("ERR_JWS_SIGNATURE_VERIFICATION_FAILED", "signature verification failed");
+  // One spelling per signature: a last character differing only in its unused low bits decodes to
+  // the same bytes, and such a variant of a valid token is refused, not accepted as that token.
+  if (signature.toString("base64url") !== signaturePart)
+    throw new JwtError("ERR_JWS_INVALID", "signature is not in canonical base64url");
 
   const claims = decodeJson(payloadPart, "claims set");
   const nowS = Math.floor(nowMs / 1000);
