@@ -24,9 +24,13 @@ afterEach(async () => {
   server = undefined;
 });
 
-/** How the process ended, and when (Date.now()). */
-function exitOf(s: ServerProcess): Promise<{ code: number | null; at: number }> {
-  return new Promise((resolve) => s.child.once("exit", (code) => resolve({ code, at: Date.now() })));
+/** How the process ended (its code, or the signal that ended it), and when (Date.now()). */
+function exitOf(
+  s: ServerProcess,
+): Promise<{ code: number | null; signal: NodeJS.Signals | null; at: number }> {
+  return new Promise((resolve) =>
+    s.child.once("exit", (code, signal) => resolve({ code, signal, at: Date.now() })),
+  );
 }
 
 /**
@@ -209,8 +213,8 @@ describe("a bounded stop", () => {
     const exited = exitOf(server);
     const t0 = Date.now();
     server.child.kill("SIGTERM");
-    const { code, at } = await exited;
-    expect(code).toBe(1);
+    const { code, signal, at } = await exited;
+    expect({ code, signal }).toEqual({ code: 1, signal: null });
     expect(at - t0).toBeGreaterThanOrEqual(1_400);
     expect(at - t0).toBeLessThan(4_000);
     expect(server.stderr()).toContain("shutdown did not finish within shutdownTimeoutMs");

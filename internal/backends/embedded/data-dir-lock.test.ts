@@ -9,9 +9,10 @@ import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { build } from "esbuild";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { HEARTBEAT_MS, type Holder, LOCK_FILE, STALE_MS, stillHeld } from "./data-dir-lock.js";
 import { EmbeddedBackends } from "./index.js";
+import { Retention } from "./retention.js";
 
 const here = dirname(fileURLToPath(import.meta.url));
 /** Bundled next to the dependencies (node_modules/.cache), so `lmdb` resolves from the child. */
@@ -137,6 +138,18 @@ describe("data dir lock", () => {
     await first.close();
     const second = new EmbeddedBackends({ dataDir });
     await second.close();
+  });
+
+  it("is given back when opening fails after it was taken", async () => {
+    const dataDir = await scratch();
+    const failing = vi.spyOn(Retention.prototype, "start").mockImplementationOnce(() => {
+      throw new Error("injected failure late in the constructor");
+    });
+    expect(() => new EmbeddedBackends({ dataDir })).toThrow("injected failure late in the constructor");
+    failing.mockRestore();
+    expect(existsSync(join(dataDir, LOCK_FILE))).toBe(false);
+    const next = new EmbeddedBackends({ dataDir }); // not "in use": nobody holds it
+    await next.close();
   });
 
   it("stops a holder whose lock was taken over (it stalled past the heartbeat's staleness)", async () => {

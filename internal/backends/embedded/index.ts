@@ -138,96 +138,103 @@ export class EmbeddedBackends implements Backends {
       this.root.close().catch(() => undefined); // the refusal is what the caller needs to hear
       throw err;
     }
-    // One handle per database, each with msgpackr's shared structures: an object value then carries a
-    // one-byte id of its shape instead of its key names (a stored message: 97 -> 33 bytes), and packing
-    // it allocates no inline record definition. Values written before (keys inline) still decode.
-    const handles = new Map<string, Database<unknown, Key>>();
-    const db = <V>(name: string): Database<V, Key> => {
-      let handle = handles.get(name);
-      if (!handle) {
-        handle = this.root.openDB<unknown, Key>({ name, sharedStructuresKey: SHARED_STRUCTURES_KEY });
-        handles.set(name, handle);
+    // From here on, a failure must give back what was taken: the data dir and the environment.
+    try {
+      // One handle per database, each with msgpackr's shared structures: an object value then carries a
+      // one-byte id of its shape instead of its key names (a stored message: 97 -> 33 bytes), and packing
+      // it allocates no inline record definition. Values written before (keys inline) still decode.
+      const handles = new Map<string, Database<unknown, Key>>();
+      const db = <V>(name: string): Database<V, Key> => {
+        let handle = handles.get(name);
+        if (!handle) {
+          handle = this.root.openDB<unknown, Key>({ name, sharedStructuresKey: SHARED_STRUCTURES_KEY });
+          handles.set(name, handle);
+        }
+        return handle as Database<V, Key>;
+      };
+      const guard = <T>(p: Promise<T>) => this.guard(p);
+      this.turns = new TurnCommits(this.root);
+      const log = new EmbeddedLog(
+        db("messages"),
+        db("dedupe"),
+        db("log"),
+        db("offsets"),
+        this.turns,
+        guard,
+        () => this.closed,
+        (group, err) => (options.onConsumerError ?? (() => undefined))(group, err),
+        options.countersKeptMax === undefined ? {} : { lastSeqsKeptMax: options.countersKeptMax },
+      );
+      this.log = log;
+      this.messages = new EmbeddedMessageStore(db("messages"), guard);
+      this.membership = new EmbeddedMembership(
+        db("conversations"),
+        db("members"),
+        db("member_roles"),
+        db("user_conversations"),
+        guard,
+      );
+      const inbox = new EmbeddedInbox(
+        db("inbox"),
+        db("inbox_by_message"),
+        this.turns,
+        guard,
+        options.countersKeptMax,
+      );
+      this.inbox = inbox;
+      // The index of versions before 2026-12-05 (keyed by user): read until the consumers have passed
+      // what the log held now, then dropped (inbox.ts).
+      let legacyIndexUntil = 0;
+      const legacyIndex = db<number>("inbox_index");
+      for (const _ of legacyIndex.getKeys({ limit: 1 })) {
+        inbox.useLegacyIndex(legacyIndex);
+        legacyIndexUntil = log.lastCommitted();
       }
-      return handle as Database<V, Key>;
-    };
-    const guard = <T>(p: Promise<T>) => this.guard(p);
-    this.turns = new TurnCommits(this.root);
-    const log = new EmbeddedLog(
-      db("messages"),
-      db("dedupe"),
-      db("log"),
-      db("offsets"),
-      this.turns,
-      guard,
-      () => this.closed,
-      (group, err) => (options.onConsumerError ?? (() => undefined))(group, err),
-      options.countersKeptMax === undefined ? {} : { lastSeqsKeptMax: options.countersKeptMax },
-    );
-    this.log = log;
-    this.messages = new EmbeddedMessageStore(db("messages"), guard);
-    this.membership = new EmbeddedMembership(
-      db("conversations"),
-      db("members"),
-      db("member_roles"),
-      db("user_conversations"),
-      guard,
-    );
-    const inbox = new EmbeddedInbox(
-      db("inbox"),
-      db("inbox_by_message"),
-      this.turns,
-      guard,
-      options.countersKeptMax,
-    );
-    this.inbox = inbox;
-    // The index of versions before 2026-12-05 (keyed by user): read until the consumers have passed
-    // what the log held now, then dropped (inbox.ts).
-    let legacyIndexUntil = 0;
-    const legacyIndex = db<number>("inbox_index");
-    for (const _ of legacyIndex.getKeys({ limit: 1 })) {
-      inbox.useLegacyIndex(legacyIndex);
-      legacyIndexUntil = log.lastCommitted();
+      this.receipts = new EmbeddedReceipts(db("receipts"), guard);
+      this.routing = new InMemoryRouting();
+      this.presence = new EmbeddedPresence(db("presence"), guard);
+      this.devices = new EmbeddedDevices(this.root, db("devices"), db("device_token_owners"), guard);
+      this.settings = new EmbeddedSettings(db("muted_conversations"), db("do_not_disturb"), guard);
+      const deadLetters = db<StoredDeadLetter>("push_dead_letters");
+      this.pushJobs = new EmbeddedPushJobs(
+        this.root,
+        db("push_jobs"),
+        db("push_job_keys"),
+        db("push_job_keys_by_time"),
+        deadLetters,
+        guard,
+        options.pushJobKeysMax ?? PUSH_JOB_KEYS_MAX,
+      );
+      this.pushDeadLetters = new EmbeddedPushDeadLetters(this.root, deadLetters, guard);
+      const meta = db<number>("meta");
+      this.idHighWater = {
+        load: () => meta.get(ID_HIGH_WATER_KEY),
+        store: (untilMs) => guard(meta.put(ID_HIGH_WATER_KEY, untilMs)).then(() => undefined),
+      };
+      this.retention = new Retention(
+        this.root,
+        {
+          messages: db("messages"),
+          dedupe: db("dedupe"),
+          entries: db("log"),
+          inboxIndex: db("inbox_by_message"),
+        },
+        log,
+        inbox,
+        guard,
+        {
+          onError: (err) => (options.onConsumerError ?? (() => undefined))("retention", err),
+          ...options.retention,
+          ...(options.dedupeWindowMs === undefined ? {} : { dedupeWindowMs: options.dedupeWindowMs }),
+        },
+        legacyIndexUntil,
+      );
+      this.retention.start();
+    } catch (err) {
+      this.lock.release();
+      this.root.close().catch(() => undefined); // the constructor's error is what the caller needs
+      throw err;
     }
-    this.receipts = new EmbeddedReceipts(db("receipts"), guard);
-    this.routing = new InMemoryRouting();
-    this.presence = new EmbeddedPresence(db("presence"), guard);
-    this.devices = new EmbeddedDevices(this.root, db("devices"), db("device_token_owners"), guard);
-    this.settings = new EmbeddedSettings(db("muted_conversations"), db("do_not_disturb"), guard);
-    const deadLetters = db<StoredDeadLetter>("push_dead_letters");
-    this.pushJobs = new EmbeddedPushJobs(
-      this.root,
-      db("push_jobs"),
-      db("push_job_keys"),
-      db("push_job_keys_by_time"),
-      deadLetters,
-      guard,
-      options.pushJobKeysMax ?? PUSH_JOB_KEYS_MAX,
-    );
-    this.pushDeadLetters = new EmbeddedPushDeadLetters(this.root, deadLetters, guard);
-    const meta = db<number>("meta");
-    this.idHighWater = {
-      load: () => meta.get(ID_HIGH_WATER_KEY),
-      store: (untilMs) => guard(meta.put(ID_HIGH_WATER_KEY, untilMs)).then(() => undefined),
-    };
-    this.retention = new Retention(
-      this.root,
-      {
-        messages: db("messages"),
-        dedupe: db("dedupe"),
-        entries: db("log"),
-        inboxIndex: db("inbox_by_message"),
-      },
-      log,
-      inbox,
-      guard,
-      {
-        onError: (err) => (options.onConsumerError ?? (() => undefined))("retention", err),
-        ...options.retention,
-        ...(options.dedupeWindowMs === undefined ? {} : { dedupeWindowMs: options.dedupeWindowMs }),
-      },
-      legacyIndexUntil,
-    );
-    this.retention.start();
   }
 
   /** One retention pass now (tests and diagnostics; passes also run in the background). */
