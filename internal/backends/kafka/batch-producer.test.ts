@@ -3,7 +3,13 @@ import { describe, expect, it } from "vitest";
 import { Code, SwitchboardError } from "../../lib/errors.js";
 import { createLogger } from "../../lib/log.js";
 import type { MessageDraft } from "../types.js";
-import { BatchProducer, ProducerQueueFull, RecordWithdrawn, recordBytes } from "./batch-producer.js";
+import {
+  BatchProducer,
+  ProducerQueueFull,
+  RecordWithdrawn,
+  recordBytes,
+  Withdrawal,
+} from "./batch-producer.js";
 import { KafkaMessageLog } from "./log.js";
 
 const log = createLogger({ test: "batch-producer" });
@@ -71,18 +77,18 @@ describe("BatchProducer: a bounded queue", () => {
     await again;
   });
 
-  it("withdraws a record that still waits when its signal aborts: never sent, its room freed", async () => {
+  it("withdraws a record that still waits when its sender withdraws it: never sent, its room freed", async () => {
     const kafka = heldKafka();
     const producer = new BatchProducer(kafka.newProducer, { log });
-    const inFlight = new AbortController();
-    const first = producer.send("t", record("in-flight", "a"), { ordered: true, signal: inFlight.signal });
+    const inFlight = new Withdrawal();
+    const first = producer.send("t", record("in-flight", "a"), { ordered: true, withdrawal: inFlight });
     await tick();
-    const stale = new AbortController();
-    const withdrawn = producer.send("t", record("stale", "a"), { ordered: true, signal: stale.signal });
+    const stale = new Withdrawal();
+    const withdrawn = producer.send("t", record("stale", "a"), { ordered: true, withdrawal: stale });
     const behind = settled(producer.send("t", record("behind", "a"), { ordered: true })); // its key's next
     const other = producer.send("t", record("other", "b"), { ordered: true });
-    stale.abort();
-    inFlight.abort(); // too late: it is in a request
+    stale.withdraw();
+    inFlight.withdraw(); // too late: it is in a request
     expect(await settled(withdrawn)).toBe("RecordWithdrawn");
     expect(producer.waiting.records).toBe(2);
     // The resend, after the sender learned of the withdrawal: it goes.
@@ -100,21 +106,22 @@ describe("BatchProducer: a bounded queue", () => {
     expect(producer.stats.withdrawn).toBe(1);
   });
 
-  it("a withdrawn record's signal aborting later, or a record sent with an aborted signal, changes nothing else", async () => {
+  it("withdrawing a record already sent, or sending one already withdrawn, changes nothing else", async () => {
     const kafka = heldKafka();
     const producer = new BatchProducer(kafka.newProducer, { log });
-    const aborted = new AbortController();
-    aborted.abort();
-    await expect(producer.send("t", record("x"), { signal: aborted.signal })).rejects.toBeInstanceOf(
+    const early = new Withdrawal();
+    early.withdraw();
+    await expect(producer.send("t", record("x"), { withdrawal: early })).rejects.toBeInstanceOf(
       RecordWithdrawn,
     );
-    const signal = new AbortController();
-    const sent = producer.send("t", record("y"), { signal: signal.signal });
+    const late = new Withdrawal();
+    const sent = producer.send("t", record("y"), { withdrawal: late });
     await tick();
     kafka.requests[0]!.answer();
     await sent;
-    signal.abort();
+    late.withdraw();
     expect(producer.waiting).toEqual({ records: 0, bytes: 0 });
+    expect(producer.stats.withdrawn).toBe(0);
   });
 
   it("an append that times out while Kafka holds its draft in the queue: LOG_UNAVAILABLE, and the draft is never sent", async () => {

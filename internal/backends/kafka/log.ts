@@ -25,7 +25,7 @@ import type {
   SequencerStore,
   StoredMessage,
 } from "../types.js";
-import { type BatchProducer, RecordWithdrawn } from "./batch-producer.js";
+import { type BatchProducer, RecordWithdrawn, Withdrawal } from "./batch-producer.js";
 import { decodeMessage, encodeMessage, traceOf } from "./codec.js";
 import { commitBatch, FETCH_WAIT_MS, groupConsumer } from "./consumers.js";
 import { INBOX_GROUP, InboxOwner, type InboxOwnerOptions } from "./inbox-owner.js";
@@ -90,13 +90,13 @@ export class KafkaMessageLog implements MessageLog {
     // reached the log, so its sender hears LOG_UNAVAILABLE (a send to resend in its place, which
     // keeps the order of the sends behind it: gateway/send-gaps.ts), not SEQUENCE_TIMEOUT; and a
     // stalled Kafka gets no burst of stale drafts once it is back. One already in a request is not.
-    const deadline = new AbortController();
+    const deadline = new Withdrawal();
     let timer: NodeJS.Timeout | undefined;
     // Register before producing: the sequencer may answer before the produce call returns.
     const sequenced = new Promise<AppendResult>((resolve, reject) => {
       timer = setTimeout(() => {
         this.o.pending.delete(draft.messageId);
-        deadline.abort();
+        deadline.withdraw();
         reject(
           errors.unavailable(
             "SEQUENCE_TIMEOUT",
@@ -128,7 +128,7 @@ export class KafkaMessageLog implements MessageLog {
       await this.o.producer.send(
         this.o.draftsTopic,
         { key: draft.conversationId, value: encodeMessage(draft), ...(headers ? { headers } : {}) },
-        { ordered: true, signal: deadline.signal },
+        { ordered: true, withdrawal: deadline },
       );
     } catch (err) {
       // Refused at the producer's bound (ProducerQueueFull), withdrawn at the deadline, or failed;
