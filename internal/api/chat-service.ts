@@ -10,7 +10,6 @@ import type { PresenceService } from "../../gen/switchboard/presence/v1/presence
 import type { PushService } from "../../gen/switchboard/push/v1/push_pb.js";
 import { historyWithinBytes } from "../backends/message-pages.js";
 import {
-  type MemberEntry,
   type MembershipStore,
   type MessageLog,
   type MessageStore,
@@ -21,6 +20,7 @@ import {
   policiesFromWire,
   requireConversationId,
   roleFromWire,
+  rosterPageLimit,
   toWireConversation,
   toWireMember,
   toWireMessage,
@@ -41,9 +41,6 @@ export const USERS_PER_CALL_MAX = 1_000;
 const BROADCAST_CONCURRENCY = 16;
 /** A WebSocket close reason holds at most 123 bytes; keep a margin. */
 export const CLOSE_REASON_BYTES_MAX = 120;
-/** ListMembers' page size when the request names none, and the most it may name. */
-export const MEMBERS_PAGE_DEFAULT = 1_000;
-export const MEMBERS_PAGE_MAX = 5_000;
 /** WebSocket close codes of a Disconnect (docs/protocol.md §7). */
 const CLOSE_DISCONNECTED = 3014;
 const CLOSE_KICKED = 3503;
@@ -232,17 +229,19 @@ export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatS
 
     async listMembers(req, ctx) {
       const id = await conversationOf(access(ctx.principal), req.conversationId);
-      const size = Math.min(req.pageSize || MEMBERS_PAGE_DEFAULT, MEMBERS_PAGE_MAX);
+      const limit = rosterPageLimit(req.pageSize);
       const after = req.pageToken === "" ? undefined : afterOfToken(req.pageToken);
       // Sorted by user id: a page starts after the last user id of the one before, however the
       // members changed in between.
-      const roster = await conversations.roster(undefined, id);
-      const from = after === undefined ? 0 : firstAfter(roster, after);
-      const page = roster.slice(from, from + size);
+      const page = await conversations.roster(
+        undefined,
+        id,
+        after === undefined ? { limit } : { after, limit },
+      );
       return {
-        userIds: page.map((m) => m.userId),
-        members: page.map(toWireMember),
-        nextPageToken: from + size < roster.length ? tokenAfter(page.at(-1)!.userId) : "",
+        userIds: page.members.map((m) => m.userId),
+        members: page.members.map(toWireMember),
+        nextPageToken: page.more ? tokenAfter(page.members.at(-1)!.userId) : "",
       };
     },
 
@@ -356,18 +355,6 @@ function afterOfToken(token: string): string {
   if (!isValidUserId(userId))
     throw errors.invalid("INVALID_PAGE_TOKEN", "page_token is not a next_page_token ListMembers gave");
   return userId;
-}
-
-/** The index of the first member whose user id sorts after `userId` (the roster is sorted). */
-function firstAfter(roster: MemberEntry[], userId: string): number {
-  let lo = 0;
-  let hi = roster.length;
-  while (lo < hi) {
-    const mid = (lo + hi) >>> 1;
-    if (roster[mid]!.userId <= userId) lo = mid + 1;
-    else hi = mid;
-  }
-  return lo;
 }
 
 /**

@@ -264,8 +264,12 @@ export interface MembershipStore extends Closeable {
   updateGroup(id: string, change: GroupChange): Promise<ConversationRecord>;
   isMember(id: string, user: string): Promise<boolean>;
   members(id: string): Promise<string[]>;
-  /** Members with their roles, sorted by user id. */
-  roster(id: string): Promise<MemberEntry[]>;
+  /**
+   * A page of the members with their roles, sorted by user id: those after `page.after` (all when
+   * absent), at most `page.limit`; `more` when others sort after the last one. Reads only the page
+   * (a group may have 100,000 members).
+   */
+  roster(id: string, page: { after?: string; limit: number }): Promise<RosterPage>;
   conversationsOf(user: string, limit: number): Promise<ConversationRecord[]>;
   /**
    * Calls `listener` after every change of a conversation's members is stored, in this process
@@ -276,6 +280,11 @@ export interface MembershipStore extends Closeable {
 }
 
 /** One entry of a user's inbox: the user's personal, ordered stream of messages addressed to them. */
+export interface RosterPage {
+  members: MemberEntry[];
+  more: boolean;
+}
+
 export interface InboxEntry {
   userId: string;
   /** Per-user position, gap-free from 1; a device's sync cursor points here. */

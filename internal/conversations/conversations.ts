@@ -12,10 +12,10 @@ import type {
   ConversationRecord,
   GroupChange,
   GroupPolicy,
-  MemberEntry,
   MemberRole,
   MembershipStore,
   MessageLog,
+  RosterPage,
   StoredMessage,
 } from "../backends/types.js";
 import { isValidUserId, requireUserId } from "../lib/auth.js";
@@ -104,6 +104,15 @@ export type GroupChangeListener = (
   group: ConversationRecord,
   audience: "members" | readonly string[],
 ) => void;
+
+/** Members in a page of a roster when the request names no number, and the most it may name. */
+export const ROSTER_PAGE_DEFAULT = 1_000;
+export const ROSTER_PAGE_MAX = 5_000;
+
+/** The page size a roster request asked for (0: the default), within the bound. */
+export function rosterPageLimit(requested: number): number {
+  return Math.min(requested || ROSTER_PAGE_DEFAULT, ROSTER_PAGE_MAX);
+}
 
 export class Conversations {
   private readonly knownDirect = new Set<string>();
@@ -457,10 +466,17 @@ export class Conversations {
     return this.membership.members(id);
   }
 
-  /** Members and their roles, sorted by user id, for a caller who must belong to the conversation. */
-  async roster(caller: string | undefined, id: string): Promise<MemberEntry[]> {
+  /**
+   * A page of the members and their roles, sorted by user id, for a caller who must belong to the
+   * conversation.
+   */
+  async roster(
+    caller: string | undefined,
+    id: string,
+    page: { after?: string; limit: number },
+  ): Promise<RosterPage> {
     await this.requireMember(caller, id);
-    return this.membership.roster(id);
+    return this.membership.roster(id, page);
   }
 
   private async requireMember(caller: string | undefined, id: string): Promise<void> {

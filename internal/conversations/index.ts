@@ -6,6 +6,7 @@ export {
   exceedsChars,
   isValidConversationId,
   requireConversationId,
+  rosterPageLimit,
   SYSTEM_SENDER,
 } from "./conversations.js";
 export { IdPool } from "./id-pool.js";

@@ -33,6 +33,7 @@ import {
   policiesFromWire,
   requireConversationId,
   roleFromWire,
+  rosterPageLimit,
   toWireConversation,
   toWireMember,
   toWireMessage,
@@ -527,13 +528,21 @@ export class Connection {
         return reply({ case: "conversations", value: { conversations } });
       }
       case "listMembers": {
-        const roster = await c.conversations.roster(user, req.value.conversationId);
+        const { conversationId, after, limit } = req.value;
+        if (after !== "" && !isValidUserId(after))
+          throw errors.invalid("INVALID_USER_ID", "listMembers: after is not a user id");
+        const page = await c.conversations.roster(
+          user,
+          conversationId,
+          after === "" ? { limit: rosterPageLimit(limit) } : { after, limit: rosterPageLimit(limit) },
+        );
         return reply({
           case: "members",
           value: {
-            conversationId: req.value.conversationId,
-            members: roster.map((m) => m.userId),
-            roles: roster.map(toWireMember),
+            conversationId,
+            members: page.members.map((m) => m.userId),
+            roles: page.members.map(toWireMember),
+            hasMore: page.more,
           },
         });
       }

@@ -499,9 +499,28 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
     return conversations;
   }
 
-  async listMembers(conversationId: string): Promise<MemberList> {
-    const res = await this.request({ case: "listMembers", value: { conversationId } }, "members");
-    return { conversationId: res.conversationId, members: res.members, roles: res.roles.map(toMember) };
+  /**
+   * A page of a conversation's members, sorted by user id: after `options.after` (the last member of
+   * the page before; from the first when absent), at most `options.limit` (the server's default
+   * 1,000, at most 5,000). `hasMore`: ask again with `after` set to the last member.
+   */
+  async listMembers(
+    conversationId: string,
+    options: { after?: string; limit?: number } = {},
+  ): Promise<MemberList> {
+    const res = await this.request(
+      {
+        case: "listMembers",
+        value: { conversationId, after: options.after ?? "", limit: options.limit ?? 0 },
+      },
+      "members",
+    );
+    return {
+      conversationId: res.conversationId,
+      members: res.members,
+      roles: res.roles.map(toMember),
+      hasMore: res.hasMore,
+    };
   }
 
   /**

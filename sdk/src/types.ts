@@ -166,6 +166,8 @@ export interface MemberList {
   members: string[];
   /** The same members with their roles, in the same order. */
   roles: Array<{ userId: string; role: MemberRoleName }>;
+  /** More members sort after the last one: listMembers again with `after` set to it. */
+  hasMore: boolean;
 }
 
 export interface PresenceStatus {

@@ -131,7 +131,7 @@ export function membershipContract({ setup }: ContractKit): void {
       const h = await setup(ctx);
       const [id, a, b, c, d] = [h.id("g"), h.id("a"), h.id("b"), h.id("c"), h.id("d")];
       await h.b.membership.createConversation(record(id, a), [a, b, c]);
-      expect(await h.b.membership.roster(id)).toEqual(
+      expect((await h.b.membership.roster(id, { limit: 10 })).members).toEqual(
         [
           { userId: a, role: "owner" },
           { userId: b, role: "member" },
@@ -150,11 +150,16 @@ export function membershipContract({ setup }: ContractKit): void {
       expect(await rejection(h.b.membership.setRole(id, d, "admin"))).toMatchObject({
         reason: "USER_NOT_MEMBER",
       });
-      expect(await h.b.membership.roster(id)).not.toContainEqual({ userId: d, role: "admin" });
+      expect((await h.b.membership.roster(id, { limit: 10 })).members).not.toContainEqual({
+        userId: d,
+        role: "admin",
+      });
 
       // Handing over: c becomes the owner, the former owner an admin, in one change.
       expect(await h.b.membership.setRole(id, c, "owner")).toMatchObject({ owner: c });
-      const roles = new Map((await h.b.membership.roster(id)).map((m) => [m.userId, m.role]));
+      const roles = new Map(
+        (await h.b.membership.roster(id, { limit: 10 })).members.map((m) => [m.userId, m.role]),
+      );
       expect(Object.fromEntries(roles)).toEqual({ [a]: "admin", [b]: "admin", [c]: "owner" });
       expect((await h.b.membership.getConversation(id))?.owner).toBe(c);
 
@@ -262,12 +267,53 @@ export function membershipContract({ setup }: ContractKit): void {
       expect((await h.b.membership.members(id)).sort()).toEqual([...users].sort());
       await h.b.membership.removeMember(id, users[0]!);
       expect((await h.b.membership.members(id)).sort()).toEqual(users.slice(1).sort());
-      expect(await h.b.membership.roster(id)).toEqual(
-        users
+      expect(await h.b.membership.roster(id, { limit: 10 })).toEqual({
+        members: users
           .slice(1)
           .sort()
           .map((userId) => ({ userId, role: "member" })),
-      );
+        more: false,
+      });
+    });
+
+    it("roster reads a page: sorted by user id, after a user id, at most `limit`, and whether more follow", async (ctx) => {
+      const h = await setup(ctx);
+      const id = h.id("g");
+      const owner = h.id("m");
+      const others = range(0, 5).map((i) => h.id(`m${i}`));
+      await h.b.membership.createConversation(record(id, owner), [owner, ...others]);
+      await h.b.membership.setRole(id, others[2]!, "admin");
+      const all = [owner, ...others].sort();
+      const role = (u: string) => (u === owner ? "owner" : u === others[2] ? "admin" : "member");
+      const entries = (users: string[]) => users.map((userId) => ({ userId, role: role(userId) }));
+
+      expect(await h.b.membership.roster(id, { limit: 3 })).toEqual({
+        members: entries(all.slice(0, 3)),
+        more: true,
+      });
+      expect(await h.b.membership.roster(id, { after: all[2]!, limit: 3 })).toEqual({
+        members: entries(all.slice(3, 6)),
+        more: true,
+      });
+      // The last page exactly full: nothing more.
+      expect(await h.b.membership.roster(id, { after: all[3]!, limit: 3 })).toEqual({
+        members: entries(all.slice(4)),
+        more: false,
+      });
+      expect(await h.b.membership.roster(id, { after: all[6]!, limit: 3 })).toEqual({
+        members: [],
+        more: false,
+      });
+      // After a user id that is no member (one removed since the page before): those sorting after it.
+      await h.b.membership.removeMember(id, all[3]!);
+      expect(await h.b.membership.roster(id, { after: all[3]!, limit: 2 })).toEqual({
+        members: entries(all.slice(4, 6)),
+        more: true,
+      });
+      expect(await h.b.membership.roster(h.id("nothing"), { limit: 3 })).toEqual({
+        members: [],
+        more: false,
+      });
     });
 
     it("conversationsOf lists a user's conversations newest first, at most `limit`, with current counts", async (ctx) => {

@@ -179,6 +179,31 @@ describe("groups", () => {
       "members",
     );
     expect(listed.members).toEqual([owner, ...members].sort());
+    expect(listed.hasMore).toBe(false);
+    // A page at a time: after the last of the page before, at most `limit`, and whether more follow.
+    const all = [owner, ...members].sort();
+    const pages: string[][] = [];
+    let after = "";
+    for (;;) {
+      const page = expectCase(
+        await conns[0]!.request({
+          case: "listMembers",
+          value: { conversationId: group.id, after, limit: 30 },
+        }),
+        "members",
+      );
+      pages.push(page.members);
+      expect(page.roles.map((r) => r.userId)).toEqual(page.members);
+      if (!page.hasMore) break;
+      after = page.members.at(-1)!;
+    }
+    expect(pages.map((p) => p.length)).toEqual([30, 30, 30, 10]);
+    expect(pages.flat()).toEqual(all);
+    const notUser = expectCase(
+      await conns[0]!.request({ case: "listMembers", value: { conversationId: group.id, after: "no/user" } }),
+      "error",
+    );
+    expect(notUser.reason).toBe("INVALID_USER_ID");
     for (const c of [ownerConn, ...conns]) c.close();
   });
 

@@ -91,7 +91,12 @@ class FakeClient extends TypedEmitter<SwitchboardClientEvents> {
   async listMembers(conversationId: string): Promise<MemberList> {
     const members = this.rosters.get(conversationId);
     if (!members) throw refusal("NOT_MEMBER");
-    return { conversationId, members, roles: members.map((userId) => ({ userId, role: "member" })) };
+    return {
+      conversationId,
+      members,
+      roles: members.map((userId) => ({ userId, role: "member" })),
+      hasMore: false,
+    };
   }
 
   history(q: HistoryQuery): Promise<HistoryPage> {

@@ -274,7 +274,8 @@ export class ChatApp {
       const listed = await this.client.listMembers(c.id);
       c.members = listed.members;
       c.roles = new Map(listed.roles.map((m) => [m.userId, m.role]));
-      c.memberCount = c.members.length;
+      // A large group's first page only: its count stays the one the conversation carries.
+      if (!listed.hasMore) c.memberCount = c.members.length;
     } catch (err) {
       if (!(err instanceof SwitchboardClientError && err.reason === "NOT_MEMBER")) return; // ask next time
       if (c.learnedAt > askedAt || !c.isMember) return;
@@ -602,7 +603,8 @@ export class ChatApp {
       const listed = await this.client.listMembers(c.id);
       c.members = listed.members;
       c.roles = new Map(listed.roles.map((m) => [m.userId, m.role]));
-      c.memberCount = c.members.length;
+      // A large group's first page only: its count stays the one the conversation carries.
+      if (!listed.hasMore) c.memberCount = c.members.length;
       this.onChange();
       // A pull-model group is large (past groups.pullThreshold): watching every member's presence
       // would exceed what one request may name (100) and what one connection may watch (1,000).

@@ -28,6 +28,7 @@ import type {
   MemberRole,
   MembershipStore,
   NewConversation,
+  RosterPage,
 } from "../types.js";
 import { newConversationRecord } from "../types.js";
 import {
@@ -309,19 +310,30 @@ export class CassandraMembershipStore implements MembershipStore {
     return { record, role: roleOf(record, user, row.get("role")) };
   }
 
-  async roster(id: string): Promise<MemberEntry[]> {
-    const rows = await this.s.all("members_by_conversation: list members with roles", this.q.roster, [id]);
-    const owner = rows[0] ? ((rows[0].get("owner") as string | null) ?? "") : "";
-    const out: MemberEntry[] = [];
+  async roster(id: string, page: { after?: string; limit: number }): Promise<RosterPage> {
+    // Rows come in clustering order (user_id ascending); user ids are ASCII, so it is JavaScript's.
+    // One more than the page: whether more follow. No user id is empty, so "" starts at the first.
+    const rows = await this.s.all("members_by_conversation: a page of members with roles", this.q.roster, [
+      id,
+      page.after ?? "",
+      page.limit + 1,
+    ]);
+    const members: MemberEntry[] = [];
+    let more = false;
     for (const row of rows) {
       const userId = row.get("user_id");
       if (typeof userId !== "string") continue; // a static-only row (no members)
-      out.push({
+      if (members.length === page.limit) {
+        more = true;
+        break;
+      }
+      const owner = (row.get("owner") as string | null) ?? "";
+      members.push({
         userId,
         role: userId === owner && owner !== "" ? "owner" : row.get("role") === "admin" ? "admin" : "member",
       });
     }
-    return out.sort((a, b) => (a.userId < b.userId ? -1 : a.userId > b.userId ? 1 : 0));
+    return { members, more };
   }
 
   async isMember(id: string, user: string): Promise<boolean> {
@@ -494,7 +506,7 @@ function statements(s: Session) {
       "WHERE conversation_id = ? AND user_id = ?",
     member: `SELECT user_id FROM ${members} WHERE conversation_id = ? AND user_id = ?`,
     members: `SELECT user_id FROM ${members} WHERE conversation_id = ?`,
-    roster: `SELECT owner, user_id, role FROM ${members} WHERE conversation_id = ?`,
+    roster: `SELECT owner, user_id, role FROM ${members} WHERE conversation_id = ? AND user_id > ? LIMIT ?`,
     membersIn: `SELECT user_id FROM ${members} WHERE conversation_id = ? AND user_id IN ?`,
     insertConversation:
       `INSERT INTO ${members} (conversation_id, kind, name, owner, open, created_at, member_count, ` +

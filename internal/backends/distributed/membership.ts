@@ -10,10 +10,10 @@
 import type {
   ConversationRecord,
   GroupChange,
-  MemberEntry,
   MemberRole,
   MembershipStore,
   NewConversation,
+  RosterPage,
 } from "../types.js";
 
 export class AnnouncingMembershipStore implements MembershipStore {
@@ -66,8 +66,8 @@ export class AnnouncingMembershipStore implements MembershipStore {
     return this.store.memberOf(id, user);
   }
 
-  roster(id: string): Promise<MemberEntry[]> {
-    return this.store.roster(id);
+  roster(id: string, page: { after?: string; limit: number }): Promise<RosterPage> {
+    return this.store.roster(id, page);
   }
 
   getConversation(id: string): Promise<ConversationRecord | undefined> {

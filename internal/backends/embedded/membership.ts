@@ -12,6 +12,7 @@ import type {
   MemberRole,
   MembershipStore,
   NewConversation,
+  RosterPage,
 } from "../types.js";
 import { newConversationRecord } from "../types.js";
 import { MemberLists } from "./member-lists.js";
@@ -176,10 +177,28 @@ export class EmbeddedMembership implements MembershipStore {
     return out;
   }
 
-  async roster(id: string): Promise<MemberEntry[]> {
+  async roster(id: string, page: { after?: string; limit: number }): Promise<RosterPage> {
     const record = this.record(id);
-    if (!record) return [];
-    return (await this.members(id)).sort().map((userId) => ({ userId, role: this.roleOf(record, userId) }));
+    if (!record) return { members: [], more: false };
+    const members: MemberEntry[] = [];
+    let more = false;
+    const after = page.after;
+    // One more than the page (and the `after` key itself, if still a member): whether more follow.
+    const keys = this.membersDb.getKeys({
+      start: [id, after ?? ""],
+      end: [id, KEY_END],
+      limit: page.limit + 2,
+    });
+    for (const key of keys) {
+      const userId = (key as [string, string])[1];
+      if (userId === after) continue;
+      if (members.length === page.limit) {
+        more = true;
+        break;
+      }
+      members.push({ userId, role: this.roleOf(record, userId) });
+    }
+    return { members, more };
   }
 
   async conversationsOf(user: string, limit: number) {
