@@ -41,6 +41,8 @@ export const CLOSE_CODES = {
   1000: reconnect("NORMAL"),
   /** Going away (server restart, page navigation). */
   1001: reconnect("GOING_AWAY"),
+  /** A frame broke RFC 6455 (the WebSocket layer closes): a bug below this SDK; reconnect. */
+  1002: reconnect("PROTOCOL_ERROR"),
   /** No status received (treated like 1006). */
   1005: reconnect("NO_STATUS"),
   /** Abnormal closure: TCP reset, refused connection, failed handshake. */
@@ -82,6 +84,7 @@ export type KnownCloseCode = keyof typeof CLOSE_CODES;
 export const CloseCode = {
   NORMAL: 1000,
   GOING_AWAY: 1001,
+  PROTOCOL_ERROR: 1002,
   NO_STATUS: 1005,
   ABNORMAL: 1006,
   INVALID_FRAME_PAYLOAD_DATA: 1007,
