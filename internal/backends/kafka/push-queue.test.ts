@@ -108,3 +108,30 @@ describe("push queue: the owner's own writes", () => {
     expect(sends.length).toBe(1);
   });
 });
+
+describe("push queue: records of older push processes", () => {
+  it("a keyed job's retry record written under its id (by a process from before job keys) is ended, and the job goes on under its key", async () => {
+    const { queue, internals, sends } = queueWith(0);
+    internals.owned.set(0, { end: 0n, caughtUp: true, live: new Map() });
+    const onBatch = (queue as unknown as { onBatch(p: unknown): Promise<void> }).onBatch.bind(queue);
+    const record = (key: string, j: PushJob, offset: number) => ({
+      key: Buffer.from(key),
+      value: Buffer.from(JSON.stringify(j)),
+      offset: String(offset),
+    });
+    (queue as unknown as { assigned: Promise<void> }).assigned = Promise.resolve();
+    await onBatch({
+      batch: { partition: 0, messages: [record("k-1", job(0), 0), record("job-1", job(1), 1)] },
+      resolveOffset: () => {},
+      heartbeat: async () => {},
+    });
+    // One live job, under its key, in its newest state; the record under the id is ended.
+    expect([...internals.owned.get(0)!.live].map(([k, j]) => [k, j.attempts])).toEqual([["k-1", 1]]);
+    await new Promise((r) => setImmediate(r));
+    expect(sends).toEqual([{ key: "job-1", value: null }]);
+    // Delivered and finished: nothing of it stays live (before, the id's record was offered forever).
+    await queue.finish(job(1));
+    expect(internals.owned.get(0)!.live.size).toBe(0);
+    expect(sends.at(-1)).toEqual({ key: "k-1", value: null });
+  });
+});

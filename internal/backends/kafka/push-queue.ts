@@ -222,25 +222,43 @@ export class KafkaPushQueue implements PushJobQueue {
     for (const m of batch.messages) {
       resolveOffset(m.offset);
       if (!state) continue; // no longer ours
-      const key = m.key?.toString() ?? "";
+      const recordAt = m.key?.toString() ?? "";
       if (m.value === null) {
-        state.live.delete(key);
-        this.remember(key);
-      } else if (!this.ended.has(key)) {
-        state.live.set(key, JSON.parse(m.value.toString()) as PushJob);
-      } else if (state.caughtUp && (JSON.parse(m.value.toString()) as PushJob).attempts === 0) {
-        // A job that ended, queued anew (a retry's record read late has attempts): ended again, so
-        // that is the key's latest record. (One met in the partition's history, behind the key's
-        // tombstone, is skipped the same way; reading history writes nothing.)
-        this.o.log.debug("push queue: a job that ended was queued again; not delivered", { key });
-        this.end(batch.partition, key).catch((err: unknown) =>
-          this.o.log.warn("push queue: could not end a repeated job", { key, err }),
-        );
+        state.live.delete(recordAt);
+        this.remember(recordAt);
+      } else {
+        this.readJob(batch.partition, state, recordAt, JSON.parse(m.value.toString()) as PushJob);
       }
       if (!state.caughtUp && BigInt(m.offset) + 1n >= state.end) state.caughtUp = true;
     }
     this.release();
     await heartbeat();
+  }
+
+  /** A job's record read from an owned partition, under the key `recordAt`. */
+  private readJob(partition: number, state: OwnedPartition, recordAt: string, job: PushJob): void {
+    const key = recordKey(job);
+    if (key !== recordAt) {
+      // Written under another key than the job's own: a push process from before job keys wrote a
+      // keyed job's retry record under its id. It is the job's newest state; the job goes on under
+      // its own key, which finish() ends, and the stray record is ended here, else it would stay
+      // live and be delivered again and again.
+      state.live.delete(recordAt);
+      this.end(partition, recordAt).catch((err: unknown) =>
+        this.o.log.warn("push queue: could not end a job's record under a stray key", { key: recordAt, err }),
+      );
+    }
+    if (!this.ended.has(key)) {
+      state.live.set(key, job);
+    } else if (state.caughtUp && job.attempts === 0) {
+      // A job that ended, queued anew (a retry's record read late has attempts): ended again, so
+      // that is the key's latest record. (One met in the partition's history, behind the key's
+      // tombstone, is skipped the same way; reading history writes nothing.)
+      this.o.log.debug("push queue: a job that ended was queued again; not delivered", { key });
+      this.end(partition, key).catch((err: unknown) =>
+        this.o.log.warn("push queue: could not end a repeated job", { key, err }),
+      );
+    }
   }
 
   /** Starts the live jobs of the partitions read up to their end, as long as there is room. */
