@@ -85,7 +85,7 @@ export async function runStart(argv: string[]): Promise<number> {
     process.on("SIGTERM", onSignal);
     // Only now: whoever waits for this line may signal at once, and must find the handlers in place.
     process.stdout.write(
-      `${JSON.stringify({ status: "started", role, ...(url ? { url } : {}), port: running.httpPort, grpc_port: running.grpcPort, data_dir: config.dataDir, pid: process.pid, ...(warning ? { warning } : {}) })}\n`,
+      `${JSON.stringify({ status: "started", role, ...(url ? { url } : {}), port: running.httpPort, grpc_port: running.grpcPort, ...(running.internalPort !== undefined ? { internal_port: running.internalPort } : {}), data_dir: config.dataDir, pid: process.pid, ...(warning ? { warning } : {}) })}\n`,
     );
   });
 }

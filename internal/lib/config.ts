@@ -71,7 +71,13 @@ export const schema = {
     host: str("127.0.0.1", "Address the HTTP/WebSocket server listens on."),
     port: int(
       8080,
-      "Port of the HTTP/WebSocket server (/ws, /healthz, /readyz, /metrics, /v1/connect).",
+      "Port of the HTTP/WebSocket server (/ws, /v1/connect, the web client, /healthz, /readyz, and /metrics unless http.internalPort is set).",
+      0,
+      65535,
+    ),
+    internalPort: int(
+      0,
+      "Port of a second HTTP server, on http.host, for what only the platform's operators need: /healthz, /readyz and /metrics, nothing else (404). With it, http.port no longer answers /metrics (it keeps /healthz and /readyz for load balancers' health checks), so a port exposed to clients shows no metrics; put only http.port behind the load balancer. 0: off, everything on http.port (there is no random internal port: a scraper must know it). Must differ from http.port and grpc.port. The operator sets 9091 (container port `internal`).",
       0,
       65535,
     ),
@@ -490,7 +496,10 @@ export const schema = {
     ),
   },
   metrics: {
-    enabled: bool(true, "Serve Prometheus metrics on /metrics."),
+    enabled: bool(
+      true,
+      "Serve Prometheus metrics on /metrics (of http.internalPort when set, else of http.port).",
+    ),
   },
   tracing: {
     enabled: bool(
@@ -575,6 +584,12 @@ export function checkConfig(config: Config): void {
   const fail = (a: string, b: string, why: string) => {
     throw new Error(`invalid configuration: ${named(a)} and ${named(b)}: ${why}`);
   };
+  const h = config.http;
+  const ownPort = `both are ${h.internalPort}: the internal port (/healthz, /readyz, /metrics) needs a port of its own (0 turns it off)`;
+  if (h.internalPort !== 0 && h.internalPort === h.port) fail("http.internalPort", "http.port", ownPort);
+  // A non-zero grpc.port opens gRPC in every role that serves it, role all included.
+  if (h.internalPort !== 0 && h.internalPort === config.grpc.port)
+    fail("http.internalPort", "grpc.port", ownPort);
   const g = config.gateway;
   const frameBytesMin = 12 * g.bodyCharsMax + 3 * 1024;
   if (g.frameBytesMax < frameBytesMin)

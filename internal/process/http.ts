@@ -2,6 +2,10 @@
  * Every process's HTTP server: /healthz (the process runs), /readyz (it can do its job: its
  * dependencies are reachable), /metrics (Prometheus). A gateway adds the WebSocket upgrade on /ws,
  * /v1/connect, the reference web client at / and, in dev mode on loopback, /v1/dev/token.
+ *
+ * With http.internalPort set, a second server on that port serves /healthz, /readyz and /metrics and
+ * nothing else, and the client port no longer serves /metrics (it keeps /healthz and /readyz, which
+ * load balancers' health checks use): the port behind a public load balancer shows no metrics.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
@@ -25,6 +29,9 @@ export interface HttpOptions {
 
 export interface RunningHttp {
   port: number;
+  /** The port of the internal server (http.internalPort), or undefined when it is off. */
+  internalPort: number | undefined;
+  /** Closes both servers (each within CLOSE_GRACE_MS); rejects when either failed to close. */
   close(): Promise<void>;
 }
 
@@ -37,8 +44,78 @@ const HEADERS_BYTES_MAX = 16 * 1024;
  */
 export const CLOSE_GRACE_MS = 1_000;
 
+const UPGRADE_NOT_FOUND = "HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+
 export async function serveHttp(o: HttpOptions): Promise<RunningHttp> {
   const webClient = loadWebClient(o.log);
+  const { port, host, internalPort } = o.config.http;
+  const metricsHere = internalPort === 0;
+  const client = await openServer(
+    o,
+    port,
+    host,
+    (req, res) => handleHttp(req, res, o, webClient, metricsHere),
+    (req, socket, head) => {
+      const gateway = o.gateway();
+      const path = (req.url ?? "").split("?")[0];
+      if (!gateway || path !== "/ws") {
+        socket.end(UPGRADE_NOT_FOUND);
+        return;
+      }
+      socket.on("error", () => socket.destroy());
+      gateway.handleUpgrade(req, socket, head).catch((err: unknown) => {
+        o.log.error("gateway: upgrade failed", { err });
+        socket.destroy();
+      });
+    },
+  );
+  let internal: OpenServer | undefined;
+  if (!metricsHere) {
+    try {
+      internal = await openServer(
+        o,
+        internalPort,
+        host,
+        (req, res) => handleInternal(req, res, o),
+        (_req, socket) => socket.end(UPGRADE_NOT_FOUND),
+      );
+    } catch (err) {
+      await client.close();
+      throw new Error(
+        `the internal HTTP server (http.internalPort, SWITCHBOARD_HTTP_INTERNAL_PORT) could not listen on ${host}:${internalPort}: ${(err as Error).message}`,
+        { cause: err },
+      );
+    }
+  }
+  return {
+    port: client.port,
+    internalPort: internal?.port,
+    close: async () => {
+      const failed = (await Promise.allSettled([client.close(), internal?.close()])).flatMap((r) =>
+        r.status === "rejected" ? [r.reason as unknown] : [],
+      );
+      if (failed.length === 1) throw failed[0];
+      if (failed.length > 1) throw new AggregateError(failed, "the HTTP servers failed to close");
+    },
+  };
+}
+
+interface OpenServer {
+  port: number;
+  close(): Promise<void>;
+}
+
+/**
+ * One listening HTTP server with the rules every one of them follows: the headers timeout (slowloris
+ * bound), the header size limit, and a close that waits for its connections at most CLOSE_GRACE_MS.
+ */
+async function openServer(
+  o: HttpOptions,
+  port: number,
+  host: string,
+  onRequest: (req: IncomingMessage, res: ServerResponse) => void,
+  onUpgrade: (req: IncomingMessage, socket: Duplex, head: Buffer) => void,
+): Promise<OpenServer> {
   const { headersTimeoutMs } = o.config.http;
   const http = createServer(
     {
@@ -50,32 +127,22 @@ export async function serveHttp(o: HttpOptions): Promise<RunningHttp> {
       // Node's own default, stated because docs/protocol.md promises it: larger headers get 431.
       maxHeaderSize: HEADERS_BYTES_MAX,
     },
-    (req, res) => handleHttp(req, res, o, webClient),
+    onRequest,
   );
   // Upgraded sockets are the gateway's, but Node's server still counts them: a stop cuts them too.
   const upgraded = new Set<Duplex>();
   http.on("upgrade", (req, socket, head) => {
     upgraded.add(socket);
     socket.once("close", () => upgraded.delete(socket));
-    const gateway = o.gateway();
-    const path = (req.url ?? "").split("?")[0];
-    if (!gateway || path !== "/ws") {
-      socket.end("HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
-      return;
-    }
-    socket.on("error", () => socket.destroy());
-    gateway.handleUpgrade(req, socket, head).catch((err: unknown) => {
-      o.log.error("gateway: upgrade failed", { err });
-      socket.destroy();
-    });
+    onUpgrade(req, socket, head);
   });
-  const port = await listen(http, o.config.http.port, o.config.http.host);
+  const listening = await listen(http, port, host);
   const cutAll = () => {
     http.closeAllConnections();
     for (const socket of upgraded) socket.destroy();
   };
   return {
-    port,
+    port: listening,
     close: async () => {
       // Node's close() stops the sweep that enforces headersTimeout, and waits for every connection:
       // a client that never sends a byte held it for good. Idle ones go now, the rest after the grace.
@@ -151,34 +218,60 @@ export function connectAnswer(
   return answer;
 }
 
+function sendJson(res: ServerResponse, status: number, body: unknown): void {
+  res.writeHead(status, { "content-type": "application/json" }).end(JSON.stringify(body));
+}
+
+/**
+ * The internal paths, which both servers serve: answers /healthz, /readyz, and /metrics where
+ * `metrics` says (the internal port when there is one, else the client port). False for any other
+ * path, which the caller answers.
+ */
+function serveInternal(path: string, res: ServerResponse, o: HttpOptions, metrics: boolean): boolean {
+  const json = (status: number, body: unknown) => sendJson(res, status, body);
+  switch (path) {
+    case "/healthz":
+      json(200, { status: "ok" });
+      return true;
+    case "/readyz": {
+      const why = o.notReady();
+      if (why === undefined) json(200, { status: "ready" });
+      else json(503, { status: "not ready", reason: why });
+      return true;
+    }
+    case "/metrics":
+      if (!metrics) return false;
+      if (!o.config.metrics.enabled) {
+        json(404, { error: "metrics disabled" });
+        return true;
+      }
+      o.metrics.registry.metrics().then(
+        (text) => res.writeHead(200, { "content-type": o.metrics.registry.contentType }).end(text),
+        () => json(500, { error: "metrics failed" }),
+      );
+      return true;
+  }
+  return false;
+}
+
+/** The internal server (http.internalPort): the internal paths, and 404 for everything else. */
+function handleInternal(req: IncomingMessage, res: ServerResponse, o: HttpOptions): void {
+  const path = (req.url ?? "/").split("?")[0] ?? "/";
+  if (req.method !== "GET") return sendJson(res, 405, { error: "method not allowed" });
+  if (!serveInternal(path, res, o, true)) sendJson(res, 404, { error: "not found" });
+}
+
 function handleHttp(
   req: IncomingMessage,
   res: ServerResponse,
   o: HttpOptions,
   webClient: Map<string, WebAsset>,
+  metricsHere: boolean,
 ): void {
-  const path = (req.url ?? "/").split("?")[0];
-  const json = (status: number, body: unknown) => {
-    res.writeHead(status, { "content-type": "application/json" }).end(JSON.stringify(body));
-  };
+  const path = (req.url ?? "/").split("?")[0] ?? "/";
+  const json = (status: number, body: unknown) => sendJson(res, status, body);
   if (req.method !== "GET") return json(405, { error: "method not allowed" });
-  switch (path) {
-    case "/healthz":
-      return json(200, { status: "ok" });
-    case "/readyz": {
-      const why = o.notReady();
-      return why === undefined
-        ? json(200, { status: "ready" })
-        : json(503, { status: "not ready", reason: why });
-    }
-    case "/metrics":
-      if (!o.config.metrics.enabled) return json(404, { error: "metrics disabled" });
-      o.metrics.registry.metrics().then(
-        (text) => res.writeHead(200, { "content-type": o.metrics.registry.contentType }).end(text),
-        () => json(500, { error: "metrics failed" }),
-      );
-      return;
-  }
+  if (serveInternal(path, res, o, metricsHere)) return;
   const gateway = o.gateway();
   if (!gateway) return json(404, { error: "not found" });
   switch (path) {
@@ -211,7 +304,7 @@ function handleHttp(
       return serveWebAsset(res, index, o.config);
     }
     default: {
-      const asset = webClient.get(path ?? "");
+      const asset = webClient.get(path);
       return asset ? serveWebAsset(res, asset, o.config) : json(404, { error: "not found" });
     }
   }

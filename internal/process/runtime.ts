@@ -1,6 +1,7 @@
 /**
  * What every Switchboard process has, whatever its role: metrics, the HTTP server with health,
- * readiness and metrics (up first, so a process that waits for its storage is alive but not ready),
+ * readiness and metrics (up first, so a process that waits for its storage is alive but not ready;
+ * with http.internalPort, a second one for them, closed with it),
  * a gRPC server, resources closed in reverse order of opening, and one fatal path.
  */
 import type * as grpc from "@grpc/grpc-js";
@@ -54,6 +55,8 @@ export type RoleStarter = (ctx: RoleContext) => Promise<RoleParts>;
 export interface RunningProcess {
   role: RoleName;
   httpPort: number;
+  /** The internal HTTP server's port (http.internalPort: /healthz, /readyz, /metrics), when it is on. */
+  internalPort: number | undefined;
   grpcPort: number;
   gateway: Gateway | undefined;
   metrics: Metrics;
@@ -252,6 +255,7 @@ export async function runProcess(
   return {
     role,
     httpPort: http.port,
+    internalPort: http.internalPort,
     grpcPort: ctx.grpcPort,
     get gateway() {
       return parts.gateway;

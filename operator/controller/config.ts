@@ -14,6 +14,7 @@ import {
   GRPC_PORT,
   grpcTarget,
   HTTP_PORT,
+  INTERNAL_PORT,
   ownedMeta,
   presenceShardTargets,
   tokenAudience,
@@ -32,6 +33,8 @@ export function clusterEnv(cluster: ChatCluster): Record<string, string> {
   set("backend", "distributed");
   set("http.host", "0.0.0.0");
   set("http.port", HTTP_PORT);
+  // /metrics on a port of its own, which the clients' Service (a load balancer) does not expose.
+  set("http.internalPort", INTERNAL_PORT);
   set("grpc.port", GRPC_PORT);
   // Where each role finds the others: headless Services, so every Pod's address is resolved.
   set("cluster.idTarget", grpcTarget(cluster, "id"));

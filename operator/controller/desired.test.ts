@@ -268,6 +268,9 @@ describe("desiredObjects", () => {
       expect(c.livenessProbe?.timeoutSeconds ?? 1).toBeGreaterThanOrEqual(5);
       expect(c.livenessProbe?.failureThreshold ?? 3).toBeGreaterThanOrEqual(3);
       expect(c.readinessProbe?.httpGet?.path).toBe("/readyz");
+      // On the port the Service sends clients to, not the internal one.
+      for (const probe of [c.startupProbe, c.livenessProbe, c.readinessProbe])
+        expect(probe?.httpGet?.port).toBe("http");
     }
   });
 
@@ -296,7 +299,8 @@ describe("desiredObjects", () => {
     });
     expect(config.presence).toEqual({ heartbeatIntervalMs: 5000, offlineAfterMs: 30_000 });
     expect(config.push.webhookUrl).toBe("https://push.example.com/hook");
-    expect(config.http).toMatchObject({ host: "0.0.0.0", port: 8080 });
+    // /metrics on the internal port (9091), which no Service exposes.
+    expect(config.http).toMatchObject({ host: "0.0.0.0", port: 8080, internalPort: 9091 });
     expect(config.grpc.port).toBe(9090);
     // Gateways replaced by a rolling update drain like a scale-down: min(10 s, drain timeout / 2).
     expect(config.gateway.shutdownDrainMs).toBe(10_000);
@@ -624,13 +628,29 @@ describe("desiredObjects", () => {
     expect(gateway?.spec?.clusterIP).toBeUndefined();
     // HTTP only: the client-facing Service (a LoadBalancer here) does not expose the gateways' gRPC,
     // which routers and the operator reach on each Pod's IP.
+    // Nor the internal port (/metrics): the clients' load balancer shows no metrics.
     expect(gateway?.spec?.ports).toEqual([{ name: "http", port: 80, targetPort: "http", protocol: "TCP" }]);
+    for (const svc of services)
+      expect(
+        svc.spec?.ports?.filter(
+          (p) => p.port === 9091 || p.targetPort === "internal" || p.targetPort === 9091,
+        ),
+        svc.metadata?.name,
+      ).toEqual([]);
     expect(containerOf(objects, "sequencer").ports).toEqual([
       { name: "http", containerPort: 8080, protocol: "TCP" },
+      { name: "internal", containerPort: 9091, protocol: "TCP" },
     ]);
-    for (const c of COMPONENTS)
+    for (const c of COMPONENTS) {
       if (c !== "sequencer")
-        expect(containerOf(objects, c).ports?.map((p) => p.name)).toEqual(["http", "grpc"]);
+        expect(containerOf(objects, c).ports).toEqual([
+          { name: "http", containerPort: 8080, protocol: "TCP" },
+          { name: "grpc", containerPort: 9090, protocol: "TCP" },
+          { name: "internal", containerPort: 9091, protocol: "TCP" },
+        ]);
+      // The process listens where the Pod says it does.
+      expect(configOf(objects, c).http.internalPort, c).toBe(9091);
+    }
   });
 
   it("lets gRPC in only from the components that call it (and the operator, on gateways)", () => {
@@ -639,8 +659,14 @@ describe("desiredObjects", () => {
       expect(np?.spec?.podSelector?.matchLabels?.["app.kubernetes.io/component"]).toBe(c);
       expect(np?.spec?.policyTypes).toEqual(["Ingress"]);
       const [http, grpc, ...rest] = np?.spec?.ingress ?? [];
-      // HTTP (WebSocket, probes, /metrics) from anywhere.
-      expect(http).toEqual({ ports: [{ port: 8080, protocol: "TCP" }] });
+      // HTTP (WebSocket, probes) and the internal port (/metrics) from anywhere: the scraper may
+      // run anywhere (no Service exposes the internal port to the load balancer).
+      expect(http).toEqual({
+        ports: [
+          { port: 8080, protocol: "TCP" },
+          { port: 9091, protocol: "TCP" },
+        ],
+      });
       expect(rest).toEqual([]);
       if (!grpc) return [];
       expect(grpc.ports).toEqual([{ port: 9090, protocol: "TCP" }]);

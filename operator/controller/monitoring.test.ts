@@ -1,3 +1,4 @@
+import type { V1ConfigMap, V1Deployment, V1Service } from "@kubernetes/client-node";
 import { describe, expect, it } from "vitest";
 import type { ChatCluster, ChatClusterSpec, PodMonitorSpec } from "../api/v1alpha1.js";
 import { desiredObjects } from "./desired.js";
@@ -76,7 +77,7 @@ describe("the PodMonitor", () => {
     }
   });
 
-  it("selects every Pod of the cluster on its http port's /metrics, owned by the ChatCluster", () => {
+  it("selects every Pod of the cluster on its internal port's /metrics, owned by the ChatCluster", () => {
     const pm = desiredPodMonitor(withMonitoring(true, { enabled: true }));
     expect(pm.apiVersion).toBe("monitoring.coreos.com/v1");
     expect(pm.kind).toBe("PodMonitor");
@@ -97,8 +98,26 @@ describe("the PodMonitor", () => {
     });
     expect(pm.spec.podMetricsEndpoints).toHaveLength(1);
     const endpoint = pm.spec.podMetricsEndpoints[0]!;
-    expect(endpoint).toMatchObject({ port: "http", path: "/metrics" });
+    expect(endpoint).toMatchObject({ port: "internal", path: "/metrics" });
     expect(endpoint.interval).toBeUndefined();
+  });
+
+  it("scrapes a port every Pod names, where its process serves /metrics, and no Service exposes", () => {
+    const cluster = withMonitoring(true, { enabled: true });
+    const objects = desiredObjects(cluster, { gatewayReplicas: 1, podMonitorServed: true });
+    const port = desiredPodMonitor(cluster).spec.podMetricsEndpoints[0]!.port;
+    const env = (objects.find((o) => o.kind === "ConfigMap") as V1ConfigMap).data;
+    const workloads = objects.filter(
+      (o) => o.kind === "Deployment" || o.kind === "StatefulSet",
+    ) as V1Deployment[];
+    expect(workloads).toHaveLength(6);
+    for (const w of workloads) {
+      const named = w.spec?.template.spec?.containers[0]?.ports?.find((p) => p.name === port);
+      expect(named?.containerPort, w.metadata?.name).toBe(9091);
+      expect(env?.SWITCHBOARD_HTTP_INTERNAL_PORT).toBe(String(named?.containerPort));
+    }
+    for (const svc of objects.filter((o) => o.kind === "Service") as V1Service[])
+      expect(svc.spec?.ports?.some((p) => p.targetPort === port || p.port === 9091)).toBe(false);
   });
 
   it("relabels the Pods' component into role and instance into chatcluster", () => {

@@ -1,6 +1,7 @@
 /**
  * The Prometheus Operator PodMonitor of a ChatCluster (spec.observability.metrics.podMonitor): one
- * object that scrapes /metrics on the `http` port of every Pod of the cluster, whatever its role, and
+ * object that scrapes /metrics on the `internal` port (http.internalPort, which no Service exposes)
+ * of every Pod of the cluster, whatever its role, and
  * turns the Pods' labels into the `role` and `chatcluster` labels that the dashboards and alerts group
  * by (Prometheus adds `namespace`, `pod` and `container` itself). The Prometheus Operator is optional:
  * the reconciler creates the PodMonitor only when the API server serves the kind.
@@ -50,7 +51,7 @@ export function desiredPodMonitor(cluster: ChatCluster): PodMonitor {
       selector: { matchLabels: selectorLabels(cluster) },
       podMetricsEndpoints: [
         {
-          port: "http",
+          port: "internal",
           path: "/metrics",
           ...(spec?.interval ? { interval: spec.interval } : {}),
           relabelings: [

@@ -11,9 +11,14 @@ export const DELETION_COST_ANNOTATION = "controller.kubernetes.io/pod-deletion-c
 /** Pod template annotation: a changed configuration rolls the Pods. */
 export const CONFIG_HASH_ANNOTATION = "switchboard.dev/config-hash";
 
-/** Ports every Switchboard container serves. */
+/**
+ * Ports every Switchboard container serves: HTTP (clients, and /healthz and /readyz), gRPC (not the
+ * sequencer), and the internal HTTP port (http.internalPort: /healthz, /readyz, /metrics), which no
+ * Service exposes and the PodMonitor scrapes.
+ */
 export const HTTP_PORT = 8080;
 export const GRPC_PORT = 9090;
+export const INTERNAL_PORT = 9091;
 
 export function componentName(cluster: ChatCluster, component: ComponentName): string {
   return `${cluster.metadata.name}-${component}`;

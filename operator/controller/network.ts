@@ -1,7 +1,15 @@
 /** Services, NetworkPolicies and PodDisruptionBudgets of a ChatCluster. */
 import type { V1NetworkPolicy, V1PodDisruptionBudget, V1Service } from "@kubernetes/client-node";
 import type { ChatCluster, ComponentName } from "../api/v1alpha1.js";
-import { componentName, GRPC_PORT, HTTP_PORT, ownedMeta, selectorLabels, servesGrpc } from "./names.js";
+import {
+  componentName,
+  GRPC_PORT,
+  HTTP_PORT,
+  INTERNAL_PORT,
+  ownedMeta,
+  selectorLabels,
+  servesGrpc,
+} from "./names.js";
 
 /**
  * The Service of a component that serves gRPC (the sequencer serves none, and nothing dials it: no
@@ -10,8 +18,9 @@ import { componentName, GRPC_PORT, HTTP_PORT, ownedMeta, selectorLabels, servesG
  * instead of pinning one connection to one Pod behind a virtual IP; the StatefulSets' Pods (id,
  * presence) get their stable names from it.
  *
- * The gateway's Service is the clients' (often a LoadBalancer): HTTP only. Nothing dials the gateways'
- * gRPC through a Service: routers open each gateway's Deliver stream on the Pod IP it advertises in
+ * The gateway's Service is the clients' (often a LoadBalancer): HTTP only, which serves no /metrics
+ * (those are on the internal port, which no Service exposes: the PodMonitor scrapes the Pods). Nothing
+ * dials the gateways' gRPC through a Service: routers open each gateway's Deliver stream on the Pod IP it advertises in
  * the routing table, and the operator calls Stats and Drain on each Pod's IP (gateway-client.ts).
  */
 export function desiredService(cluster: ChatCluster, component: ComponentName): V1Service | undefined {
@@ -31,8 +40,9 @@ export function desiredService(cluster: ChatCluster, component: ComponentName): 
       spec: {
         type: svc.type,
         selector: selectorLabels(cluster, component),
-        // Clients reach the gateways over WebSocket on port 80. gRPC (9090) is not exposed here: it
-        // would put it on the load balancer; routers and the operator dial the Pod IPs instead.
+        // Clients reach the gateways over WebSocket on port 80. gRPC (9090) and the internal port
+        // (9091, /metrics) are not exposed here: they would be on the load balancer; routers and the
+        // operator dial the Pod IPs instead, and Prometheus scrapes them.
         ports: [{ name: "http", port: 80, targetPort: "http", protocol: "TCP" }],
       },
     };
@@ -86,9 +96,11 @@ export const GRPC_CALLERS: Readonly<Record<ComponentName, readonly ComponentName
 };
 
 /**
- * Ingress, least privilege: HTTP (WebSocket on the gateways; probes and /metrics everywhere) from
- * anywhere; gRPC only from the components that call it (GRPC_CALLERS), and on the gateways from the
- * operator too (Stats, Drain). The sequencer serves no gRPC: HTTP only.
+ * Ingress, least privilege: HTTP (WebSocket on the gateways; probes everywhere) and the internal port
+ * (/metrics, /healthz, /readyz) from anywhere, as the scraper may run in any namespace, with any
+ * labels, or outside the Pod network; gRPC only from the components that call it (GRPC_CALLERS), and
+ * on the gateways from the operator too (Stats, Drain). The sequencer serves no gRPC: HTTP only. The
+ * internal port is kept from the internet by no Service exposing it, not by this policy.
  */
 export function desiredNetworkPolicy(cluster: ChatCluster, component: ComponentName): V1NetworkPolicy {
   const peers: Array<Record<string, unknown>> = GRPC_CALLERS[component].map((caller) => ({
@@ -102,7 +114,14 @@ export function desiredNetworkPolicy(cluster: ChatCluster, component: ComponentN
   // The server API's backend clients (spec.api.clients) call the routers: a ServiceAccount's from its
   // namespace; one with a certificate from wherever it runs (its certificate admits it, not its place).
   if (component === "router") peers.push(...apiClientPeers(cluster));
-  const ingress: Array<Record<string, unknown>> = [{ ports: [{ port: HTTP_PORT, protocol: "TCP" }] }];
+  const ingress: Array<Record<string, unknown>> = [
+    {
+      ports: [
+        { port: HTTP_PORT, protocol: "TCP" },
+        { port: INTERNAL_PORT, protocol: "TCP" },
+      ],
+    },
+  ];
   if (peers.length > 0) ingress.push({ from: peers, ports: [{ port: GRPC_PORT, protocol: "TCP" }] });
   return {
     apiVersion: "networking.k8s.io/v1",

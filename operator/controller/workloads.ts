@@ -27,6 +27,7 @@ import {
   configMapName,
   GRPC_PORT,
   HTTP_PORT,
+  INTERNAL_PORT,
   imageReference,
   labels,
   ownedMeta,
@@ -169,6 +170,7 @@ function container(
     ports: [
       { name: "http", containerPort: HTTP_PORT, protocol: "TCP" },
       ...(servesGrpc(component) ? [{ name: "grpc", containerPort: GRPC_PORT, protocol: "TCP" }] : []),
+      { name: "internal", containerPort: INTERNAL_PORT, protocol: "TCP" },
     ],
     ...PROBES,
     resources: spec.resources ?? defaultResources(component),
@@ -247,7 +249,8 @@ function defaultTopologySpread(cluster: ChatCluster, component: ComponentName): 
  * gateway taking a reconnect storm may leave a probe unanswered for a second or two, and killing it
  * then would push its clients onto the others and spread the storm (seen as gateways restarted in
  * turn under load). So it needs three checks in a row, each unanswered for 5 s. Readiness reacts in
- * about 10 s.
+ * about 10 s. The probes ask the `http` port, the one the Service sends clients to, not `internal`
+ * (which answers /healthz and /readyz too): a Pod is ready when the port its clients use answers.
  */
 const PROBES: Pick<V1Container, "startupProbe" | "livenessProbe" | "readinessProbe"> = {
   startupProbe: { httpGet: { path: "/healthz", port: "http" }, periodSeconds: 1, failureThreshold: 120 },

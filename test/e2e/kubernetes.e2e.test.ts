@@ -221,6 +221,11 @@ describe("Switchboard on Kubernetes, end to end", () => {
           process.kill(containerPid(p), 0); // a live process, not a kwok fake
           const res = await fetch(`http://${p.status?.podIP}:8080/readyz`);
           expect(res.status).toBe(200);
+          // Metrics on the internal port (the PodMonitor's `internal`), none on the clients' port.
+          const metrics = await fetch(`http://${p.status?.podIP}:9091/metrics`);
+          expect(metrics.status).toBe(200);
+          expect(await metrics.text()).toMatch(/^# HELP switchboard_/m);
+          expect((await fetch(`http://${p.status?.podIP}:8080/metrics`)).status).toBe(404);
         }
       }
       process.stdout.write(`e2e: ChatCluster Ready with live processes in ${readyMs} ms\n`);
