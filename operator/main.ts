@@ -12,6 +12,7 @@ import { createServer, type Server } from "node:http";
 import { hostname } from "node:os";
 import { KubeConfig, type KubernetesObject } from "@kubernetes/client-node";
 import { Registry } from "prom-client";
+import { SCHEMA_VERSION } from "../internal/backends/cassandra/schema.js";
 import { provisionDistributed } from "../internal/backends/distributed/provision.js";
 import { loadConfig } from "../internal/lib/config.js";
 import { createLogger, type Logger } from "../internal/lib/log.js";
@@ -108,6 +109,7 @@ export async function startOperator(o: OperatorOptions): Promise<RunningOperator
           log,
         }),
       ),
+    schemaVersion: SCHEMA_VERSION,
     log,
     pollIntervalMs: o.pollIntervalMs,
     onReady: (namespace, name, ready) => recordChatClusterReady(metrics, namespace, name, ready),

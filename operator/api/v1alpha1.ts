@@ -225,6 +225,8 @@ export interface ChatClusterStatus {
   gatewayDesiredReplicas?: number;
   /** Whether the Kafka topics and the Cassandra schema were provisioned for this generation. */
   provisionedGeneration?: number;
+  /** The Cassandra schema version the operator last brought the keyspace to. */
+  provisionedSchemaVersion?: number;
 }
 
 export interface ChatCluster {

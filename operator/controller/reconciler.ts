@@ -83,6 +83,11 @@ export interface ReconcilerDeps {
     cassandra: CassandraTarget,
     cluster: ChatCluster,
   ) => Promise<ProvisionResult>;
+  /**
+   * The Cassandra schema version `provision` brings a keyspace to: a cluster provisioned by an older
+   * operator (a lower version in its status) is provisioned again, without waiting for a spec change.
+   */
+  schemaVersion: number;
   log: Logger;
   now?: () => number;
   /** Live gateway counts are polled this often while autoscaling (default 10 s). */
@@ -150,7 +155,13 @@ export class ChatClusterReconciler {
     // The storage credentials are read within each step that needs them: a Secret that is missing or
     // incomplete fails that step, which the status and an Event report like any other failure.
     let provisionError: string | undefined;
-    if (status.provisionedGeneration !== generation) {
+    // Each generation, and each cluster last provisioned by an older operator (whose migrations an
+    // image of this one's time may need): so after `helm upgrade` of the operator, the new schema is
+    // in place (a Provisioned Event says so) before anyone changes spec.version.
+    if (
+      status.provisionedGeneration !== generation ||
+      status.provisionedSchemaVersion !== this.deps.schemaVersion
+    ) {
       try {
         const result = await this.deps.provision(
           await kafkaTarget(kube, cluster),
@@ -158,6 +169,7 @@ export class ChatClusterReconciler {
           cluster,
         );
         status.provisionedGeneration = generation;
+        status.provisionedSchemaVersion = result.schemaVersion;
         this.deps.events.record(
           cluster,
           "Normal",
@@ -172,7 +184,10 @@ export class ChatClusterReconciler {
         log.warn("provisioning failed", { err });
       }
     }
-    const provisioned = status.provisionedGeneration !== undefined;
+    // Workloads follow a provisioned generation only: a new spec.version (or any other change) whose
+    // storage could not be provisioned is not rolled out onto a schema it may not find; what runs
+    // stays as it is (Degraded, ProvisioningFailed) until provisioning succeeds.
+    const provisioned = status.provisionedGeneration === generation;
 
     // --- gateways, apply, prune -----------------------------------------------------------
     let applyError: string | undefined;
@@ -282,6 +297,9 @@ export class ChatClusterReconciler {
       ...(status.provisionedGeneration === undefined
         ? {}
         : { provisionedGeneration: status.provisionedGeneration }),
+      ...(status.provisionedSchemaVersion === undefined
+        ? {}
+        : { provisionedSchemaVersion: status.provisionedSchemaVersion }),
     };
     if (Object.keys(components).length > 0)
       newStatus.components = Object.fromEntries(

@@ -21,6 +21,7 @@ import cassandra from "cassandra-driver";
 import { Kafka, logLevel } from "kafkajs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { SessionRecordKind, SessionRecordSchema } from "../../gen/switchboard/router/v1/router_pb.js";
+import { SCHEMA_VERSION } from "../../internal/backends/cassandra/schema.js";
 import type { ChatCluster, ComponentName } from "../../operator/api/v1alpha1.js";
 import type { Certificate } from "../../operator/controller/grpc-tls.js";
 import type { PodMonitor } from "../../operator/controller/monitoring.js";
@@ -223,6 +224,9 @@ beforeAll(async () => {
   // Deployment (a kwok Pod: it does not run). The operator under test runs here, as that account.
   // Tracing on: every reconcile below is also a trace, received here.
   receiver = await OtlpReceiver.start();
+  // This tree's CRD, whatever an earlier run left on a reused API server (helm installs CRDs only
+  // when they are missing, and never upgrades them).
+  await installCrd(tools);
   operator = await installChartOperator(tools, CHART, receiver.env);
   await kubectl(["create", "namespace", NS]);
   await kubectl(["label", "namespace", NS, "pod-security.kubernetes.io/enforce=restricted"]);
@@ -968,12 +972,14 @@ describe("operator against a real API server", () => {
         ).toEqual(["gateway", "id", "presence", "push", "router", "sequencer"]);
         for (const p of selected) {
           expect(p.metadata?.labels?.["app.kubernetes.io/instance"]).toBe("delta");
-          // The endpoint's port is a named port of every selected container.
-          expect(p.spec?.containers[0]?.ports?.map((port) => port.name)).toContain("http");
+          // The endpoint's port is a named port of every selected container: the internal one.
+          expect(p.spec?.containers[0]?.ports?.find((port) => port.name === "internal")?.containerPort).toBe(
+            9091,
+          );
         }
         expect(pm.spec.podMetricsEndpoints).toEqual([
           {
-            port: "http",
+            port: "internal",
             path: "/metrics",
             interval: "15s",
             relabelings: [
@@ -1447,6 +1453,67 @@ describe("operator against a real API server", () => {
       expect(pods).toBeDefined();
       // The other clusters are untouched.
       expect((await ownedObjects("alpha")).length).toBeGreaterThan(0);
+    }),
+  );
+  it(
+    "rolls out no generation whose storage could not be provisioned, and provisions again when the operator's migrations are newer",
+    onFailure(async () => {
+      const ref = { apiVersion: "switchboard.dev/v1alpha1", kind: "ChatCluster", namespace: NS, name: "upg" };
+      await kube.create(clusterManifest("upg", { gateway: { replicas: 1 } }));
+      const first = await waitReady("upg");
+      expect(first.status?.provisionedSchemaVersion).toBe(SCHEMA_VERSION);
+      const routerImage = async () =>
+        (
+          await kube.get<V1Deployment>({
+            apiVersion: "apps/v1",
+            kind: "Deployment",
+            namespace: NS,
+            name: "upg-router",
+          })
+        ).spec?.template.spec?.containers[0]?.image;
+      expect(await routerImage()).toMatch(/:0\.1\.0$/);
+
+      // A new version in the same change as Cassandra credentials that do not exist (the schema cannot
+      // be brought to what it needs; the Deployments alone could be applied): it is not rolled out.
+      const missing = { credentialsSecretRef: { name: "upg-cassandra-credentials" } };
+      await kube.mergePatch(ref, { spec: { version: "0.2.0", cassandra: missing } });
+      await waitFor("upg Degraded at generation 2", async () => {
+        const c = await getCluster("upg");
+        return condition(c, "Degraded")?.reason === "ProvisioningFailed" && c.status?.observedGeneration === 2
+          ? c
+          : undefined;
+      });
+      await sleep(2_000); // a reconcile or two more: still nothing rolled out
+      expect(await routerImage()).toMatch(/:0\.1\.0$/);
+
+      // Storage that works again: the new version goes out.
+      await kube.mergePatch(ref, { spec: { cassandra: { credentialsSecretRef: null } } });
+      await waitFor("the router at 0.2.0", async () =>
+        (await routerImage())?.endsWith(":0.2.0") ? true : undefined,
+      );
+      await waitReady("upg");
+
+      // A keyspace last brought to an older version (what an older operator leaves): a restarted
+      // operator provisions it again without any change of the spec.
+      await kubectl([
+        "patch",
+        "chatcluster",
+        "upg",
+        "-n",
+        NS,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        JSON.stringify({ status: { provisionedSchemaVersion: SCHEMA_VERSION - 1 } }),
+      ]);
+      await operator.kill("SIGTERM");
+      await operator.start();
+      // (Its status keeps the version it had unless provisioning ran and succeeded.)
+      await waitFor("upg provisioned again", async () =>
+        (await getCluster("upg")).status?.provisionedSchemaVersion === SCHEMA_VERSION ? true : undefined,
+      );
+      await kubectl(["delete", "chatcluster", "upg", "-n", NS, "--wait=false"]);
+      await waitFor("upg deleted", () => gone("upg"), 60_000);
     }),
   );
 });

@@ -318,6 +318,9 @@ function replicationCql(r: Replication): string {
   return `{'class': 'NetworkTopologyStrategy', ${parts.join(", ")}}`;
 }
 
+/** The schema version this build's migrations bring a keyspace to (the newest migration's). */
+export const SCHEMA_VERSION = Math.max(...migrations("switchboard").map((m) => m.version));
+
 export interface MigrateOptions {
   keyspace: string;
   replication: Replication;
