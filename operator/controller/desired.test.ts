@@ -196,14 +196,13 @@ describe("desiredObjects", () => {
     expect(find<V1Deployment>(objects, "Deployment", "chat-push")?.spec?.replicas).toBe(1);
   });
 
-  it("rolls sequencers one at a time like routers, gateways new-before-old", () => {
+  it("rolls every Deployment new-before-old, one Pod at a time (a single push Pod is never gone)", () => {
     const strategy = (name: string) => find<V1Deployment>(objects, "Deployment", name)?.spec?.strategy;
-    expect(strategy("chat-sequencer")).toEqual({
-      type: "RollingUpdate",
-      rollingUpdate: { maxSurge: 1, maxUnavailable: 1 },
-    });
-    expect(strategy("chat-sequencer")).toEqual(strategy("chat-router"));
-    expect(strategy("chat-gateway")?.rollingUpdate).toEqual({ maxSurge: 1, maxUnavailable: 0 });
+    for (const name of ["chat-gateway", "chat-router", "chat-sequencer", "chat-push"])
+      expect(strategy(name), name).toEqual({
+        type: "RollingUpdate",
+        rollingUpdate: { maxSurge: 1, maxUnavailable: 0 },
+      });
     expect(find<V1Deployment>(objects, "Deployment", "chat-sequencer")?.spec?.replicas).toBe(2);
   });
 

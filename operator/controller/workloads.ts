@@ -336,8 +336,10 @@ export function desiredDeployment(
     spec: {
       replicas,
       selector: { matchLabels: selectorLabels(cluster, component) },
-      // A gateway going away costs its clients a reconnect: add the new Pod before removing an old one.
-      strategy: { type: "RollingUpdate", rollingUpdate: { maxSurge: 1, maxUnavailable: gateway ? 0 : 1 } },
+      // New before old, for every role: a gateway going away costs its clients a reconnect, and a role
+      // of one replica (push, by default) would otherwise have none ready while the new Pod starts
+      // (the router gives a notification up after 0.2, 1 and 5 s).
+      strategy: { type: "RollingUpdate", rollingUpdate: { maxSurge: 1, maxUnavailable: 0 } },
       template: podTemplate(
         cluster,
         component,
