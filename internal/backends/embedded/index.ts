@@ -64,6 +64,15 @@ import { TurnCommits } from "./turn-commits.js";
 /** Where each database keeps the shapes of its values (msgpackr records); never in a key range. */
 const SHARED_STRUCTURES_KEY = Symbol.for("structures");
 
+/**
+ * The layout of what this build writes in a data dir, recorded in it: a build refuses a data dir of a
+ * newer format (written by a newer build) instead of failing at its first read or misreading it.
+ * Raise it with every change an older build cannot read. 1: msgpack shared structures and the inbox
+ * index by message (2026-12-05).
+ */
+export const DATA_FORMAT = 1;
+const DATA_FORMAT_KEY = "data-format";
+
 export interface EmbeddedOptions {
   dataDir: string;
   /** Called once when a commit fails; the owner should stop the process. */
@@ -152,6 +161,14 @@ export class EmbeddedBackends implements Backends {
         }
         return handle as Database<V, Key>;
       };
+      const meta = db<number>("meta");
+      const format = meta.get(DATA_FORMAT_KEY);
+      if (typeof format === "number" && format > DATA_FORMAT)
+        throw errors.precondition(
+          "DATA_FORMAT_NEWER",
+          `data dir ${options.dataDir} was written by a newer Switchboard (data format ${format}; this build reads up to ${DATA_FORMAT}): run that version or a later one, or restore the backup taken before the upgrade`,
+        );
+      if (format !== DATA_FORMAT) meta.putSync(DATA_FORMAT_KEY, DATA_FORMAT);
       const guard = <T>(p: Promise<T>) => this.guard(p);
       this.turns = new TurnCommits(this.root);
       const log = new EmbeddedLog(
@@ -206,7 +223,6 @@ export class EmbeddedBackends implements Backends {
         options.pushJobKeysMax ?? PUSH_JOB_KEYS_MAX,
       );
       this.pushDeadLetters = new EmbeddedPushDeadLetters(this.root, deadLetters, guard);
-      const meta = db<number>("meta");
       this.idHighWater = {
         load: () => meta.get(ID_HIGH_WATER_KEY),
         store: (untilMs) => guard(meta.put(ID_HIGH_WATER_KEY, untilMs)).then(() => undefined),
