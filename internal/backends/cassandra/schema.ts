@@ -6,8 +6,10 @@
  * so a migration that was cut off half-way (the process died after some tables) is simply applied again;
  * a version is recorded only after all its statements succeeded. A recorded migration whose statements
  * changed since (checksum mismatch) is refused: migrations are append-only, a change is a new version.
- * Run it from one process at a time (the operator's schema Job): concurrent CREATE TABLE of the same table
- * on different coordinators can disagree on the table id.
+ * Run it from one process at a time (the operator, whose leader alone reconciles; or one role-all
+ * process started before the others): concurrent CREATE TABLE of the same table on different
+ * coordinators can disagree on the table id. Every run ends by checking that the nodes agree, also
+ * when an earlier run applied the changes and stopped before its own check.
  *
  * The data model trusts Cassandra's last-write-wins with immutable values (messages, bucket markers,
  * inbox rows: re-writes carry the same values) and with values written by one fenced owner: the
@@ -411,15 +413,15 @@ export async function migrate(client: Client, options: MigrateOptions): Promise<
     version = m.version;
   }
 
-  if (applied.length > 0) {
-    // Untyped in the driver's declarations, documented in its API: a one-time check of the live nodes.
-    const metadata = client.metadata as unknown as { checkSchemaAgreement(): Promise<boolean> };
-    if (!(await metadata.checkSchemaAgreement()))
-      throw errors.unavailable(
-        "STORAGE_UNAVAILABLE",
-        `schema: nodes do not agree on ${ks}'s schema yet; retry`,
-      );
-  }
+  // Every run, not only one that applied something: a run that recorded its migrations and failed this
+  // check is retried, and the retry, with nothing left to apply, must not report success unchecked.
+  // Untyped in the driver's declarations, documented in its API: a one-time check of the live nodes.
+  const metadata = client.metadata as unknown as { checkSchemaAgreement(): Promise<boolean> };
+  if (!(await metadata.checkSchemaAgreement()))
+    throw errors.unavailable(
+      "STORAGE_UNAVAILABLE",
+      `schema: nodes do not agree on ${ks}'s schema yet; retry`,
+    );
   return { applied, version };
 }
 
