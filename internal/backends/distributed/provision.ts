@@ -13,7 +13,7 @@ import { kafkajsLogCreator } from "../../lib/kafkajs-log.js";
 import { fixKafkajsRequestQueue } from "../../lib/kafkajs-request-queue.js";
 import type { Logger } from "../../lib/log.js";
 import { inSpan, SpanKind } from "../../lib/tracing.js";
-import { migrate, type Replication } from "../cassandra/schema.js";
+import { migrate, type Replication, SCHEMA_VERSION } from "../cassandra/schema.js";
 import { checkKeyspaceName, storageError } from "../cassandra/session.js";
 import { ensureTopics, topicNames } from "../kafka/topics.js";
 
@@ -43,6 +43,9 @@ export interface ProvisionResult {
   schemaVersion: number;
   migrationsApplied: number[];
 }
+
+/** The Cassandra schema version provisionDistributed brings a keyspace to. */
+export { SCHEMA_VERSION };
 
 export async function provisionDistributed(o: ProvisionOptions): Promise<ProvisionResult> {
   // Client spans of whoever provisions (a traced reconcile of the operator).
