@@ -263,6 +263,11 @@ export interface MembershipStore extends Closeable {
    */
   updateGroup(id: string, change: GroupChange): Promise<ConversationRecord>;
   isMember(id: string, user: string): Promise<boolean>;
+  /**
+   * Those of `users` who are members of conversation `id` (none if it does not exist), in one read
+   * per at most 100 users however large the conversation: who of many shares it with someone.
+   */
+  membersAmong(id: string, users: readonly string[]): Promise<Set<string>>;
   members(id: string): Promise<string[]>;
   /**
    * A page of the members with their roles, sorted by user id: those after `page.after` (all when

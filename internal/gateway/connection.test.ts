@@ -67,6 +67,7 @@ function connection(setup: Setup = {}) {
     },
     presence: setup.presence ?? { heartbeat: async () => ({}) },
     firstStranger: setup.firstStranger ?? (async () => undefined),
+    takePresenceSubscribe: () => 0,
     watcherId: "gateway-1/1/test",
     verify: setup.verify ?? (async () => ({ userId: "alice", expiresAtMs: Number.POSITIVE_INFINITY })),
     hasRoomFor: () => true,
@@ -375,6 +376,72 @@ describe("Connection presence watches", () => {
     release();
     await until(() => unsubscribed === 1);
     expect(p.watchCounts().sessions).toBe(0);
+    await p.close();
+  });
+
+  it("does not let an unsubscribe overtake the subscribe sent before it", async () => {
+    const p = presence();
+    const { socket } = await welcomed({
+      presence: clientOf(p),
+      // The contact check takes a while (reads); the unsubscribe needs none.
+      firstStranger: () => new Promise((r) => setTimeout(() => r(undefined), 20)),
+    });
+    socket.frame({ id: 2, subscribePresence: { userIds: ["bob"] } });
+    socket.frame({ id: 3, unsubscribePresence: { userIds: ["bob"] } });
+    await until(() => socket.sent.some((f) => f.replyTo === 3));
+    expect(socket.sent.slice(1).map((f) => [f.replyTo, f.kind.case])).toEqual([
+      [2, "presenceSnapshot"],
+      [3, "ok"],
+    ]);
+    expect(p.watchCounts().sessions).toBe(0);
+    await p.close();
+  });
+
+  it("runs one subscribe at a time and checks only the users it does not watch yet", async () => {
+    const p = presence();
+    const asked: string[][] = [];
+    let running = 0;
+    let most = 0;
+    const { socket } = await welcomed({
+      presence: clientOf(p),
+      firstStranger: async (_user, others) => {
+        asked.push([...others]);
+        most = Math.max(most, ++running);
+        await new Promise((r) => setTimeout(r, 10));
+        running--;
+        return undefined;
+      },
+    });
+    socket.frame({ id: 2, subscribePresence: { userIds: ["bob", "carol", "alice"] } });
+    socket.frame({ id: 3, subscribePresence: { userIds: ["bob", "carol", "dave"] } });
+    socket.frame({ id: 4, subscribePresence: { userIds: ["carol", "dave"] } });
+    await until(() => kinds(socket).filter((k) => k === "presenceSnapshot").length === 3);
+    // Yourself is no contact to check; those watched already are not checked again, and a request
+    // of only watched users reads nothing.
+    expect(asked).toEqual([["bob", "carol"], ["dave"]]);
+    expect(most).toBe(1);
+    expect(socket.sent.at(-1)!.kind.value).toMatchObject({
+      statuses: [{ userId: "carol" }, { userId: "dave" }],
+    });
+    await p.close();
+  });
+
+  it("refuses a subscribe past the ten waiting for their turn, as RATE_LIMITED", async () => {
+    const p = presence();
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    const { socket } = await welcomed({
+      presence: clientOf(p),
+      firstStranger: async () => {
+        await held;
+        return undefined;
+      },
+    });
+    for (let i = 0; i < 11; i++) socket.frame({ id: 10 + i, subscribePresence: { userIds: [`u${i}`] } });
+    await until(() => kinds(socket).includes("RATE_LIMITED"));
+    expect(socket.sent.at(-1)!.replyTo).toBe(20);
+    release();
+    await until(() => kinds(socket).filter((k) => k === "presenceSnapshot").length === 10);
     await p.close();
   });
 });

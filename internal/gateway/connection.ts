@@ -19,7 +19,7 @@ import type {
   MessageEvent,
   Send as SendValue,
 } from "../../gen/switchboard/client/v1/client_pb.js";
-import type { Message } from "../../gen/switchboard/common/v1/common_pb.js";
+import type { Message, PresenceStatus } from "../../gen/switchboard/common/v1/common_pb.js";
 import { Code, ReceiptKind } from "../../gen/switchboard/common/v1/common_pb.js";
 import type { PresenceService } from "../../gen/switchboard/presence/v1/presence_pb.js";
 import type { PushService } from "../../gen/switchboard/push/v1/push_pb.js";
@@ -105,6 +105,8 @@ export interface GatewayContext extends GatewayServices {
   takeGroupChange(userId: string): number;
   /** Whether this gateway relays one more typing indicator to a pull conversation now. */
   takePullTyping(conversationId: string): boolean;
+  /** Per-user limit on presence subscribes across the user's connections; 0 or ms to wait. */
+  takePresenceSubscribe(userId: string): number;
   /** The first of `others` who shares no conversation with `user` (docs/protocol.md §4), if any. */
   firstStranger(user: string, others: readonly string[]): Promise<string | undefined>;
   /** Whether the user may open one more connection here (gateway.userConnectionsMax). */
@@ -119,6 +121,12 @@ type Request = NonNullable<ClientFrame["kind"]>;
 type Socket = import("ws").WebSocket;
 
 export const PRESENCE_TARGETS_PER_REQUEST_MAX = 100;
+/**
+ * subscribePresence requests of one connection waiting for their turn (they run one at a time, in
+ * order with its unsubscribes); past it one is refused RATE_LIMITED. A client renewing its watches
+ * sends them one after another.
+ */
+const PRESENCE_SUBSCRIBES_QUEUED_MAX = 10;
 /**
  * How long a flooded connection waits for the replies of the requests it had accepted before it
  * closes (3013): longer than a send's own bound (kafka.appendTimeoutMs and the call deadline across
@@ -192,11 +200,17 @@ export class Connection {
   private readonly pullSeqs = new Map<string, number>();
   /**
    * The users this session watches (presence), to subscribe again if presence lost them (a presence
-   * shard restarted). At most the presence service's per-session limit: it refuses more.
+   * shard restarted), each with the status the client was last told (online; undefined while its
+   * snapshot is on its way). At most the presence service's per-session limit: it refuses more.
    */
-  readonly watched = new Set<string>();
-  /** Watches asked for by subscribes still being checked, counted against the limit. */
-  private watchesPending = 0;
+  readonly watched = new Map<string, boolean | undefined>();
+  /**
+   * Presence requests of this connection run one at a time, in the order they came: an unsubscribe
+   * is never overtaken by the subscribe before it, and one connection's subscribes (each up to
+   * hundreds of membership reads) never run side by side.
+   */
+  private presenceOrder: Promise<unknown> = Promise.resolve();
+  private presenceSubscribesQueued = 0;
   /** Typing indicators this connection sent to pull conversations, one per conversation per 3 s. */
   private readonly pullTyping = new Throttle(PULL_TYPING_INTERVAL_MS, PULL_CONVERSATIONS_TRACKED_MAX);
   /** Pull conversations whose members were last told this connection's user is typing. */
@@ -528,7 +542,8 @@ export class Connection {
         return reply({ case: "conversations", value: { conversations } });
       }
       case "listMembers": {
-        const { conversationId, after, limit } = req.value;
+        const { after, limit } = req.value;
+        const conversationId = requireConversationId(req.value.conversationId); // its form first (§2.1)
         if (after !== "" && !isValidUserId(after))
           throw errors.invalid("INVALID_USER_ID", "listMembers: after is not a user id");
         const page = await c.conversations.roster(
@@ -602,38 +617,20 @@ export class Connection {
             `subscribe to 1-${PRESENCE_TARGETS_PER_REQUEST_MAX} valid user ids per request`,
           );
         }
-        // The limit is the connection's, checked here before any read: each presence shard holds only
-        // its own users' share of a connection's watches.
-        const added = targets.filter((t) => !this.watched.has(t)).length;
-        if (this.watched.size + this.watchesPending + added > WATCHES_PER_SESSION_MAX) {
+        if (this.presenceSubscribesQueued >= PRESENCE_SUBSCRIBES_QUEUED_MAX)
           throw errors.exhausted(
-            "TOO_MANY_WATCHES",
-            `a connection may watch at most ${WATCHES_PER_SESSION_MAX} users`,
+            "RATE_LIMITED",
+            "too many presence subscriptions waiting; wait for their replies",
+            1_000,
           );
-        }
-        this.watchesPending += added;
-        try {
-          const stranger = await c.firstStranger(
-            user,
-            targets.filter((t) => t !== user),
-          );
-          if (stranger !== undefined)
-            throw errors.denied("NOT_A_CONTACT", `you share no conversation with ${stranger}`);
-          const res = await c.presence.subscribe({
-            sessionId: this.sessionId,
-            userIds: targets,
-            watcherId: c.watcherId,
-          });
-          if (this.closed) {
-            // Closed while subscribing: the session's end reached presence before these watches did.
-            await c.presence.unsubscribe({ sessionId: this.sessionId, userIds: targets });
-            return;
-          }
-          for (const t of targets) this.watched.add(t);
-          return reply({ case: "presenceSnapshot", value: { statuses: res.statuses } });
-        } finally {
-          this.watchesPending -= added;
-        }
+        // Each may read hundreds of memberships: a user's are rate-limited together.
+        const wait = c.takePresenceSubscribe(user);
+        if (wait > 0)
+          throw errors.exhausted("RATE_LIMITED", "too many presence subscriptions; slow down", wait);
+        this.presenceSubscribesQueued++;
+        return this.inPresenceOrder(() => this.subscribePresence(targets, reply)).finally(() => {
+          this.presenceSubscribesQueued--;
+        });
       }
       case "registerDevice": {
         const { deviceId, provider, token } = req.value;
@@ -645,10 +642,15 @@ export class Connection {
       case "unregisterDevice":
         await c.push.unregisterDevice({ userId: user, deviceId: req.value.deviceId });
         return reply({ case: "ok", value: {} });
-      case "unsubscribePresence":
-        for (const t of req.value.userIds) this.watched.delete(t);
-        await c.presence.unsubscribe({ sessionId: this.sessionId, userIds: req.value.userIds });
-        return reply({ case: "ok", value: {} });
+      case "unsubscribePresence": {
+        const { userIds } = req.value;
+        return this.inPresenceOrder(async () => {
+          for (const t of userIds) this.watched.delete(t);
+          // Closed: the session's end takes all its watches.
+          if (!this.closed) await c.presence.unsubscribe({ sessionId: this.sessionId, userIds });
+          reply({ case: "ok", value: {} });
+        });
+      }
       case "receipt": {
         const { conversationId, seq, kind } = req.value;
         if (kind !== ReceiptKind.DELIVERED && kind !== ReceiptKind.READ)
@@ -913,6 +915,94 @@ export class Connection {
     } finally {
       this.catchingUp = false;
     }
+  }
+
+  /** Runs `run` after the connection's earlier presence requests (see presenceOrder). */
+  private inPresenceOrder<T>(run: () => Promise<T>): Promise<T> {
+    const turn = this.presenceOrder.then(run);
+    this.presenceOrder = turn.catch(() => undefined);
+    return turn;
+  }
+
+  /** A subscribePresence at its turn: checks and subscribes the users not watched yet. */
+  private async subscribePresence(
+    targets: string[],
+    reply: (kind: NonNullable<ServerFrameInit["kind"]>) => void,
+  ): Promise<void> {
+    if (this.closed) return;
+    const c = this.ctx;
+    // Users watched already are neither new watches nor checked again.
+    const fresh = targets.filter((t) => !this.watched.has(t));
+    // The limit is the connection's: each presence shard holds only its own users' share of them.
+    if (this.watched.size + fresh.length > WATCHES_PER_SESSION_MAX) {
+      throw errors.exhausted(
+        "TOO_MANY_WATCHES",
+        `a connection may watch at most ${WATCHES_PER_SESSION_MAX} users`,
+      );
+    }
+    const others = fresh.filter((t) => t !== this.userId);
+    const stranger = others.length > 0 ? await c.firstStranger(this.userId, others) : undefined;
+    if (stranger !== undefined)
+      throw errors.denied("NOT_A_CONTACT", `you share no conversation with ${stranger}`);
+    // Watched from now: their events pass (presenceEvent) while the snapshot is on its way.
+    for (const t of fresh) this.watched.set(t, undefined);
+    let statuses: PresenceStatus[];
+    try {
+      ({ statuses } = await c.presence.subscribe({
+        sessionId: this.sessionId,
+        userIds: targets,
+        watcherId: c.watcherId,
+      }));
+    } catch (err) {
+      for (const t of fresh) this.watched.delete(t);
+      throw err;
+    }
+    if (this.closed) {
+      // Closed while subscribing: the session's end reached presence before these watches did.
+      await c.presence.unsubscribe({ sessionId: this.sessionId, userIds: targets });
+      return;
+    }
+    for (const s of statuses) this.watched.set(s.userId, s.online);
+    reply({ case: "presenceSnapshot", value: { statuses } });
+  }
+
+  /**
+   * Whether a presence event goes to this client: only while it watches that user (a relay of a
+   * change made before its unsubscribe may come after it). Remembers what the client was told.
+   */
+  presenceEvent(status: PresenceStatus): boolean {
+    if (!this.watched.has(status.userId)) return false;
+    this.watched.set(status.userId, status.online);
+    return true;
+  }
+
+  /**
+   * Subscribes again, on `presence` (a shard that lost this gateway's watches), those watched users
+   * `placed` says it holds, in order with the connection's own presence requests, and tells the client
+   * of each whose status is not what it was last told (a change while the watches were lost). Returns
+   * how many watches it renewed.
+   */
+  renewWatches(
+    presence: Pick<GatewayServices["presence"], "subscribe" | "unsubscribe">,
+    placed: (userId: string) => boolean,
+  ): Promise<number> {
+    return this.inPresenceOrder(async () => {
+      if (this.closed) return 0;
+      const userIds = [...this.watched.keys()].filter(placed);
+      if (userIds.length === 0) return 0;
+      const sessionId = this.sessionId;
+      const { statuses } = await presence.subscribe({ sessionId, userIds, watcherId: this.ctx.watcherId });
+      if (this.closed) {
+        await presence.unsubscribe({ sessionId, userIds });
+        return userIds.length;
+      }
+      for (const status of statuses) {
+        if (!this.watched.has(status.userId) || this.watched.get(status.userId) === status.online) continue;
+        this.watched.set(status.userId, status.online);
+        this.sendRaw(encodeServerFrame({ kind: { case: "presence", value: { status } } }, this.encoding));
+      }
+      return userIds.length;
+    });
   }
 
   private touchPresence(force: boolean): void {

@@ -1,41 +1,104 @@
 import { describe, expect, it } from "vitest";
 import type { ConversationRecord } from "../backends/types.js";
-import { firstStranger } from "./contacts.js";
+import { ContactCheck } from "./contacts.js";
 
-describe("firstStranger", () => {
+/** A membership store of `members` by conversation (newest first), counting its reads. */
+function membership(members: Record<string, string[]>) {
+  const reads = { lists: 0, isMember: 0, membersAmong: 0 };
+  const store = {
+    isMember: async (id: string, user: string) => {
+      reads.isMember++;
+      return members[id]?.includes(user) ?? false;
+    },
+    membersAmong: async (id: string, users: readonly string[]) => {
+      reads.membersAmong++;
+      return new Set(users.filter((u) => members[id]?.includes(u)));
+    },
+    conversationsOf: async (user: string, limit: number) => {
+      reads.lists++;
+      return Object.keys(members)
+        .filter((id) => members[id]!.includes(user))
+        .slice(0, limit)
+        .map((id) => ({ id, kind: id.startsWith("g:") ? "group" : "direct" }) as ConversationRecord);
+    },
+  };
+  return { store, reads };
+}
+
+function check(store: ReturnType<typeof membership>["store"], clock = { now: 0 }) {
+  return new ContactCheck(store, {
+    groupsScanned: 1_000,
+    groupListTtlMs: 10_000,
+    groupListRereadMs: 1_000,
+    usersMax: 100,
+    now: () => clock.now,
+  });
+}
+
+describe("ContactCheck", () => {
   /** alice: a direct conversation with bob, groups g:1 (with carol) and g:2 (with dave). */
-  function membership() {
-    const members: Record<string, string[]> = {
+  const small = () =>
+    membership({
       "dm:alice~bob": ["alice", "bob"],
       "g:1": ["alice", "carol"],
       "g:2": ["alice", "dave"],
-    };
-    const reads = { lists: 0, isMember: 0 };
-    const store = {
-      isMember: async (id: string, user: string) => {
-        reads.isMember++;
-        return members[id]?.includes(user) ?? false;
-      },
-      conversationsOf: async (user: string) => {
-        reads.lists++;
-        return Object.keys(members)
-          .filter((id) => members[id]!.includes(user))
-          .map((id) => ({ id, kind: id.startsWith("g:") ? "group" : "direct" }) as ConversationRecord);
-      },
-    };
-    return { store, reads };
-  }
+    });
 
   it("finds who shares a direct conversation or a group with the user, listing the user's groups once", async () => {
-    const { store, reads } = membership();
-    expect(await firstStranger(store, "alice", ["bob", "carol", "dave"], 1_000)).toBeUndefined();
+    const { store, reads } = small();
+    const contacts = check(store);
+    expect(await contacts.firstStranger("alice", ["bob", "carol", "dave"])).toBeUndefined();
     expect(reads.lists).toBe(1);
-    expect(await firstStranger(store, "alice", ["carol", "erin", "dave"], 1_000)).toBe("erin");
+    expect(await contacts.firstStranger("alice", ["carol", "erin", "dave", "frank"])).toBe("erin");
   });
 
   it("does not list the user's groups when direct conversations settle it", async () => {
-    const { store, reads } = membership();
-    expect(await firstStranger(store, "alice", ["bob"], 1_000)).toBeUndefined();
+    const { store, reads } = small();
+    expect(await check(store).firstStranger("alice", ["bob"])).toBeUndefined();
     expect(reads.lists).toBe(0);
+  });
+
+  it("asks each group once about all the targets still unsettled, and stops once none is left", async () => {
+    // 1,000 groups, the oldest shared with 100 targets: the review's worst case took 100,000 reads.
+    const members: Record<string, string[]> = {};
+    const targets = Array.from({ length: 100 }, (_, i) => `t${i}`);
+    for (let i = 999; i >= 1; i--) members[`g:${i}`] = ["alice"];
+    members["g:0"] = ["alice", ...targets];
+    const { store, reads } = membership(members);
+    expect(await check(store).firstStranger("alice", targets)).toBeUndefined();
+    expect(reads).toEqual({ lists: 1, isMember: 100, membersAmong: 1_000 });
+
+    // Shared with the newest group: one group read settles them all (a few more run alongside).
+    members["g:999"] = ["alice", ...targets];
+    const again = membership(members);
+    expect(await check(again.store).firstStranger("alice", targets)).toBeUndefined();
+    expect(again.reads.membersAmong).toBeLessThanOrEqual(8);
+  });
+
+  it("uses a user's group list again for a while, and reads it anew before calling someone a stranger", async () => {
+    const members: Record<string, string[]> = { "g:1": ["alice", "carol"] };
+    const { store, reads } = membership(members);
+    const clock = { now: 0 };
+    const contacts = check(store, clock);
+    expect(await contacts.firstStranger("alice", ["carol"])).toBeUndefined();
+    expect(await contacts.firstStranger("alice", ["carol"])).toBeUndefined();
+    expect(reads.lists).toBe(1);
+    // A group with erin, made after the list was read: found once the list is a second old...
+    members["g:2"] = ["alice", "erin"];
+    clock.now = 500;
+    expect(await contacts.firstStranger("alice", ["erin"])).toBe("erin");
+    expect(reads.lists).toBe(1);
+    clock.now = 1_000;
+    expect(await contacts.firstStranger("alice", ["erin"])).toBeUndefined();
+    expect(reads.lists).toBe(2);
+    // ...or at once when a group change reached the user.
+    members["g:3"] = ["alice", "frank"];
+    contacts.forget("alice");
+    expect(await contacts.firstStranger("alice", ["frank"])).toBeUndefined();
+    expect(reads.lists).toBe(3);
+    // Past its lifetime the list is read again.
+    clock.now = 20_000;
+    expect(await contacts.firstStranger("alice", ["carol"])).toBeUndefined();
+    expect(reads.lists).toBe(4);
   });
 });

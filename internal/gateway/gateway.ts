@@ -13,6 +13,7 @@ import type { Identity } from "../lib/auth.js";
 import { Code, SwitchboardError } from "../lib/errors.js";
 import type { ServiceImpl } from "../lib/rpc.js";
 import { SpanKind, startSpan, tracing } from "../lib/tracing.js";
+import { presenceShardOf, presenceShards } from "../presence/shards.js";
 import { CloseCode } from "./close-codes.js";
 import {
   type Encoding,
@@ -22,12 +23,32 @@ import {
   SUBPROTOCOL_JSON,
 } from "./codec.js";
 import { Connection, type GatewayContext, type GatewayServices } from "./connection.js";
-import { firstStranger } from "./contacts.js";
+import { ContactCheck } from "./contacts.js";
 import { TokenBucket, UserBuckets } from "./rate-limit.js";
 
 const CREDIT_EVERY_EVENTS = 256;
 const RECHECK_SPREAD_MS = 1_000;
 const SHARED_CONVERSATIONS_SCAN_MAX = 1_000;
+/** A user's listed groups serve their presence subscribes this long (contacts.ts). */
+const GROUP_LIST_TTL_MS = 10_000;
+/** ...and one that does not settle a subscribe is read again if at least this old. */
+const GROUP_LIST_REREAD_MS = 1_000;
+const GROUP_LISTS_USERS_MAX = 10_000;
+/** Sessions subscribed again at once on a presence shard that lost this gateway's watches. */
+const WATCHES_RENEWED_CONCURRENT = 16;
+/**
+ * A session's EndSession that a presence shard failed is asked again after these waits (the last one
+ * past the lease, offlineAfterMs: by then the shard has dropped the watches itself unless this
+ * gateway's renewals reach it), and at most this many wait at once.
+ */
+const END_SESSION_RETRY_DELAYS_MS = [1_000, 5_000];
+const END_SESSION_RETRIES_WAITING_MAX = 10_000;
+/**
+ * subscribePresence requests per user on one gateway: sustained, at once (a client renewing 1,000
+ * watches after a reconnect sends 10).
+ */
+const PRESENCE_SUBSCRIBES_PER_SECOND = 10;
+const PRESENCE_SUBSCRIBES_BURST = 40;
 /** Group changes told to every member (createGroup, updateGroup, setMemberRole) per user: sustained, at once. */
 const GROUP_CHANGES_PER_SECOND = 5;
 const GROUP_CHANGES_BURST = 20;
@@ -52,6 +73,11 @@ export class Gateway {
   private readonly userSends: UserBuckets;
   /** Group changes told to every member, per user (createGroup, updateGroup, setMemberRole). */
   private readonly userGroupChanges = new UserBuckets(GROUP_CHANGES_PER_SECOND, GROUP_CHANGES_BURST);
+  /** Presence subscribes, per user (each may read hundreds of memberships). */
+  private readonly userPresenceSubscribes = new UserBuckets(
+    PRESENCE_SUBSCRIBES_PER_SECOND,
+    PRESENCE_SUBSCRIBES_BURST,
+  );
   /** Typing indicators this gateway relays per pull conversation (a large group): a few per second. */
   private readonly pullTyping = new Map<string, TokenBucket>();
   private readonly all = new Set<Connection>();
@@ -67,8 +93,18 @@ export class Gateway {
   private pingTimer: NodeJS.Timeout;
   private watchLeaseTimer: NodeJS.Timeout;
   private renewingWatches = false;
-  /** Presence said it lost watches and not every session has subscribed again yet. */
-  private watchesOwed = false;
+  /**
+   * Presence shards (by index) that said they lost this gateway's watches, or whose renewal failed
+   * (the answer may have said so, and a shard says so only once), on which not every session has
+   * subscribed again yet.
+   */
+  private readonly watchesOwed = new Set<number>();
+  /** The lease is taken (announce): a "lost" from now on means lost. */
+  private leaseTaken = false;
+  /** EndSession calls waiting to be asked again (see END_SESSION_RETRY_DELAYS_MS). */
+  private readonly endSessionRetries = new Set<NodeJS.Timeout>();
+  /** Who shares a conversation with whom, for presence subscribes. */
+  private readonly contacts: ContactCheck;
   private readonly alive = new WeakSet<object>();
 
   constructor(private readonly options: GatewayOptions) {
@@ -89,6 +125,12 @@ export class Gateway {
             : false,
     });
     options.metrics.connectionsMax.set(config.gateway.connectionsMax);
+    this.contacts = new ContactCheck(options.backends.membership, {
+      groupsScanned: SHARED_CONVERSATIONS_SCAN_MAX,
+      groupListTtlMs: GROUP_LIST_TTL_MS,
+      groupListRereadMs: GROUP_LIST_REREAD_MS,
+      usersMax: GROUP_LISTS_USERS_MAX,
+    });
     this.ctx = {
       config,
       log: options.log,
@@ -102,8 +144,8 @@ export class Gateway {
       takeUserSend: (userId) => this.userSends.take(userId),
       takeGroupChange: (userId) => this.userGroupChanges.take(userId),
       takePullTyping: (conversationId) => this.takePullTyping(conversationId),
-      firstStranger: (user, others) =>
-        firstStranger(options.backends.membership, user, others, SHARED_CONVERSATIONS_SCAN_MAX),
+      takePresenceSubscribe: (userId) => this.userPresenceSubscribes.take(userId),
+      firstStranger: (user, others) => this.contacts.firstStranger(user, others),
       hasRoomFor: (userId) => (this.byUser.get(userId)?.size ?? 0) < config.gateway.userConnectionsMax,
       register: (conn) => this.register(conn),
       unregister: (conn) => this.unregister(conn),
@@ -134,6 +176,7 @@ export class Gateway {
       gatewayEpoch: this.epoch - 1,
     });
     await this.renewWatches();
+    this.leaseTaken = true;
   }
 
   get connections(): number {
@@ -225,6 +268,7 @@ export class Gateway {
     const gone = (userId: string) => !this.byUser.has(userId);
     this.userSends.forgetRefilled(gone);
     this.userGroupChanges.forgetRefilled(gone);
+    this.userPresenceSubscribes.forgetRefilled(gone);
     for (const ws of this.wss.clients) {
       if (!this.alive.has(ws)) {
         ws.terminate();
@@ -273,6 +317,7 @@ export class Gateway {
       // Kept until they have refilled (swept with the pings): reconnecting is no way to a fresh burst.
       this.userSends.forgetIfRefilled(conn.userId);
       this.userGroupChanges.forgetIfRefilled(conn.userId);
+      this.userPresenceSubscribes.forgetIfRefilled(conn.userId);
     }
     if (!this.bySession.delete(conn.sessionId)) return;
     this.options.metrics.connections.set(this.bySession.size);
@@ -281,9 +326,38 @@ export class Gateway {
     this.options.backends.routing
       .publish({ kind: "down", userId, sessionId, gatewayId: this.id, gatewayEpoch: this.epoch })
       .catch((err: unknown) => log.warn("gateway: session-down event failed", { err }));
-    this.options.presence
-      .endSession({ userId, sessionId })
-      .catch((err: unknown) => log.warn("gateway: endSession failed", { err }));
+    // Shard by shard: one that fails is asked again, alone (else its watches of the session stay
+    // for as long as this gateway renews its lease there).
+    for (const shard of presenceShards(this.options.presence)) this.endSession(shard, userId, sessionId, 0);
+  }
+
+  private endSession(
+    shard: GatewayServices["presence"],
+    userId: string,
+    sessionId: string,
+    attempt: number,
+  ): void {
+    const { log, metrics, config } = this.options;
+    shard.endSession({ userId, sessionId }).catch((err: unknown) => {
+      const delays = [...END_SESSION_RETRY_DELAYS_MS, config.presence.offlineAfterMs];
+      const delay = delays[attempt];
+      if (
+        delay === undefined ||
+        this.closed ||
+        this.endSessionRetries.size >= END_SESSION_RETRIES_WAITING_MAX
+      ) {
+        metrics.presence.endSessionFailures.inc({ outcome: "dropped" });
+        log.warn("gateway: endSession failed", { sessionId, attempts: attempt + 1, err });
+        return;
+      }
+      metrics.presence.endSessionFailures.inc({ outcome: "retried" });
+      const timer = setTimeout(() => {
+        this.endSessionRetries.delete(timer);
+        this.endSession(shard, userId, sessionId, attempt + 1);
+      }, delay);
+      timer.unref();
+      this.endSessionRetries.add(timer);
+    });
   }
 
   /** The GatewayService implementation (Deliver, Drain, Stats). */
@@ -379,8 +453,13 @@ export class Gateway {
       return written;
     }
     const cache: Partial<Record<Encoding, string | Uint8Array>> = {};
+    // A presence change goes only to sessions that watch that user still (see Connection.presenceEvent).
+    const presence = frame.kind.case === "presence" ? frame.kind.value.status : undefined;
+    // A group change reached its members: their group lists are read anew for presence subscribes.
+    if (frame.kind.case === "conversation") for (const u of userIds) this.contacts.forget(u);
     const send = (conn: Connection) => {
       if (conn.sessionId === exclude) return;
+      if (presence && !conn.presenceEvent(presence)) return;
       written++;
       let data = cache[conn.encoding];
       if (data === undefined) {
@@ -438,30 +517,59 @@ export class Gateway {
   }
 
   /**
-   * Renews this gateway's presence watches; where presence lost them (a shard restarted, or missed
-   * renewals past the lease), subscribes every session's watches again, one session at a time.
+   * Renews this gateway's presence lease on every shard. Where a shard lost the watches (it restarted,
+   * or missed renewals past the lease) or its renewal failed (its answer may have said so), every
+   * session subscribes the watches it has there again, a few sessions at a time, and hears of each
+   * status that changed meanwhile (Connection.renewWatches).
    */
   async renewWatches(): Promise<void> {
     if (this.renewingWatches || this.closed) return;
     this.renewingWatches = true;
-    const { presence, log } = this.options;
+    const { presence, log, metrics } = this.options;
     const watcherId = this.ctx.watcherId;
+    const shards = presenceShards(presence);
     try {
-      const { watchesLost } = await presence.keepWatches({ watcherId });
-      // Owed until every session subscribed again: presence says it lost them only once.
-      if (watchesLost) this.watchesOwed = true;
-      if (!this.watchesOwed) return;
-      let sessions = 0;
-      for (const conn of [...this.all]) {
+      const answers = await Promise.allSettled(shards.map((s) => s.keepWatches({ watcherId })));
+      const unanswered = new Set<number>();
+      answers.forEach((answer, i) => {
+        if (answer.status === "rejected") {
+          unanswered.add(i);
+          if (!this.watchesOwed.has(i) && this.leaseTaken)
+            metrics.presence.watchesLost.inc({ reason: "unanswered" });
+          this.watchesOwed.add(i);
+          log.warn("gateway: renewing presence watches failed", { shard: i, err: answer.reason });
+        } else if (answer.value.watchesLost) {
+          // The first renewal (the gateway's start) takes the lease: nothing was lost.
+          if (this.leaseTaken) metrics.presence.watchesLost.inc({ reason: "lost" });
+          this.watchesOwed.add(i);
+        }
+      });
+      // A shard that did not answer now is subscribed again once it does.
+      for (const i of [...this.watchesOwed]) {
         if (this.closed) return;
-        if (conn.watched.size === 0 || !this.bySession.has(conn.sessionId)) continue;
-        await presence.subscribe({ sessionId: conn.sessionId, userIds: [...conn.watched], watcherId });
-        sessions++;
+        if (unanswered.has(i)) continue;
+        const shard = shards[i]!;
+        const placed = (userId: string) =>
+          shards.length === 1 || presenceShardOf(userId, shards.length) === i;
+        const conns = [...this.bySession.values()].filter((c) => c.watched.size > 0);
+        let renewed = 0;
+        let failed: unknown;
+        await forEachLimited(conns, WATCHES_RENEWED_CONCURRENT, async (conn) => {
+          try {
+            renewed += await conn.renewWatches(shard, placed);
+          } catch (err) {
+            failed ??= err;
+          }
+        });
+        metrics.presence.watchesRenewed.inc(renewed);
+        if (failed !== undefined) {
+          log.warn("gateway: subscribing presence watches again failed", { shard: i, err: failed });
+          continue;
+        }
+        this.watchesOwed.delete(i);
+        if (renewed > 0)
+          log.info("gateway: presence had lost watches; subscribed again", { shard: i, watches: renewed });
       }
-      this.watchesOwed = false;
-      if (sessions > 0) log.info("gateway: presence had lost watches; subscribed again", { sessions });
-    } catch (err) {
-      log.warn("gateway: renewing presence watches failed", { err });
     } finally {
       this.renewingWatches = false;
     }
@@ -470,10 +578,25 @@ export class Gateway {
   async close(): Promise<void> {
     clearInterval(this.pingTimer);
     clearInterval(this.watchLeaseTimer);
+    for (const timer of this.endSessionRetries) clearTimeout(timer);
+    this.endSessionRetries.clear();
     this.draining = true;
     this.closed = true;
     for (const stop of this.deliverStreams) stop();
     for (const conn of [...this.all]) conn.close(CloseCode.GOING_AWAY, "server shutting down");
     this.wss.close();
   }
+}
+
+/** Runs `fn` on every item, at most `limit` at once. */
+async function forEachLimited<T>(
+  items: readonly T[],
+  limit: number,
+  fn: (item: T) => Promise<void>,
+): Promise<void> {
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) await fn(items[next++]!);
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
 }

@@ -58,8 +58,8 @@ describe("config", () => {
       ],
       [{ SWITCHBOARD_GATEWAY_FRAME_BYTES_MAX: "1203071" }, /gateway\.frameBytesMax .* gateway\.bodyCharsMax/],
       [
-        { SWITCHBOARD_PRESENCE_OFFLINE_AFTER_MS: "5000" },
-        /presence\.offlineAfterMs .* and presence\.heartbeatIntervalMs .*must exceed/,
+        { SWITCHBOARD_PRESENCE_OFFLINE_AFTER_MS: "9999" },
+        /presence\.offlineAfterMs .* and presence\.heartbeatIntervalMs .*must be at least twice/,
       ],
       [
         { SWITCHBOARD_KAFKA_TLS: "true", SWITCHBOARD_KAFKA_TLS_CERT_FILE: "/c.pem" },
@@ -85,7 +85,7 @@ describe("config", () => {
       SWITCHBOARD_GATEWAY_BODY_CHARS_MAX: "200000",
       SWITCHBOARD_GATEWAY_FRAME_BYTES_MAX: "2403072",
       SWITCHBOARD_PRESENCE_HEARTBEAT_INTERVAL_MS: "500",
-      SWITCHBOARD_PRESENCE_OFFLINE_AFTER_MS: "501",
+      SWITCHBOARD_PRESENCE_OFFLINE_AFTER_MS: "1000",
       SWITCHBOARD_KAFKA_TLS: "true",
       SWITCHBOARD_KAFKA_TLS_CA_FILE: "/ca.pem",
       SWITCHBOARD_KAFKA_TLS_CERT_FILE: "/c.pem",

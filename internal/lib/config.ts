@@ -168,7 +168,7 @@ export const schema = {
     ),
     routerTarget: str(
       "",
-      "gRPC target of the routers (Relay of typing, receipts and presence), for gateways and presence of split roles; same forms as cluster.idTarget. Empty: in this process.",
+      "gRPC target of the routers (Relay of typing, receipts and presence), for gateways and presence of split roles; same forms as cluster.idTarget. Empty: in this process. Presence relays each user's changes through one router of this target (an ipv4: list, or a DNS name resolved every 10 s), so they arrive in order.",
     ),
     pushTarget: str(
       "",
@@ -176,7 +176,7 @@ export const schema = {
     ),
     presenceTargets: list(
       [],
-      "gRPC target of each presence shard, in shard order (a user's presence lives on shard hash(user) mod count), for gateways and routers (the server API's presence reads) of split roles. Empty: in this process.",
+      "gRPC target of each presence shard, in shard order (a user's presence lives on shard hash(user) mod count), for gateways and routers (the server API's presence reads) of split roles, and for role all when several of its processes share the distributed storage (every process's gRPC address; the process at position i is shard i, cluster.presenceShard). Empty: in this process (role all warns at start on the distributed backend with gRPC on).",
     ),
     presenceShard: int(
       0,
@@ -301,7 +301,7 @@ export const schema = {
     heartbeatIntervalMs: int(5_000, "How often clients heartbeat.", 100),
     offlineAfterMs: int(
       30_000,
-      "A user is shown offline this long after their last device stopped heartbeating. It must exceed presence.heartbeatIntervalMs (else the process does not start): a user would flicker offline between heartbeats.",
+      "A user is shown offline this long after their last device stopped heartbeating. It must be at least twice presence.heartbeatIntervalMs (else the process does not start): a user would flicker offline whenever a heartbeat is late.",
       100,
     ),
   },
@@ -599,11 +599,12 @@ export function checkConfig(config: Config): void {
       `frameBytesMax ${g.frameBytesMax} must be at least 12 × bodyCharsMax + 3 KiB = ${frameBytesMin} (a send at the body limit, escaped as JSON, must fit in a frame)`,
     );
   const p = config.presence;
-  if (p.offlineAfterMs <= p.heartbeatIntervalMs)
+  // Twice: a heartbeat a little late (a busy client, a slow network) must not show its user offline.
+  if (p.offlineAfterMs < 2 * p.heartbeatIntervalMs)
     fail(
       "presence.offlineAfterMs",
       "presence.heartbeatIntervalMs",
-      `offlineAfterMs ${p.offlineAfterMs} must exceed heartbeatIntervalMs ${p.heartbeatIntervalMs} (users would show offline between heartbeats)`,
+      `offlineAfterMs ${p.offlineAfterMs} must be at least twice heartbeatIntervalMs ${p.heartbeatIntervalMs} (users would flicker offline when a heartbeat is late)`,
     );
   const k = config.kafka;
   if (k.tlsCertFile !== "" && k.tlsKeyFile === "")

@@ -143,6 +143,75 @@ function storageRequestCounters(r: Registry[]) {
   };
 }
 
+/** What a presence service holds now, read when /metrics is scraped. */
+export interface PresenceCounts {
+  usersOnline: number;
+  sessions: number;
+  watches: number;
+}
+
+/** The switchboard_presence_* metrics: the presence service's state and what gateways do about it. */
+function presenceMetrics(r: Registry[]) {
+  const sources = new Set<() => PresenceCounts>();
+  const gauge = (name: string, help: string, field: keyof PresenceCounts) =>
+    new Gauge({
+      name,
+      help,
+      registers: r,
+      collect() {
+        let sum = 0;
+        for (const source of sources) sum += source()[field];
+        this.set(sum);
+      },
+    });
+  return {
+    /** Reports a presence service's counts (until the returned function is called). */
+    attach(source: () => PresenceCounts): () => void {
+      sources.add(source);
+      return () => sources.delete(source);
+    },
+    usersOnline: gauge(
+      "switchboard_presence_users_online",
+      "Users this presence process shows online (a session heartbeats, or the last one stopped less than presence.offlineAfterMs ago).",
+      "usersOnline",
+    ),
+    sessions: gauge(
+      "switchboard_presence_sessions",
+      "Sessions (connections) this presence process has had heartbeats from and not seen end.",
+      "sessions",
+    ),
+    watches: gauge(
+      "switchboard_presence_watches",
+      "Watches this presence process holds: one per watching session and watched user.",
+      "watches",
+    ),
+    relaysFailed: new Counter({
+      name: "switchboard_presence_relays_failed_total",
+      help: "Presence changes (or parts of one, for a user watched by very many sessions) this presence process could not hand to a router: their watchers were not told.",
+      registers: r,
+    }),
+    watchesLost: new Counter({
+      name: "switchboard_presence_watches_lost_total",
+      help: "Renewals (KeepWatches) after which this gateway subscribes its sessions' watches on a presence shard again, by reason: lost (the shard had lost them: it restarted, or renewals failed past the lease), unanswered (the renewal failed, and its lost answer may have gone with it).",
+      labelNames: ["reason"],
+      registers: r,
+    }),
+    watchesRenewed: new Counter({
+      name: "switchboard_presence_watches_resubscribed_total",
+      help: "Watches (session × watched user) this gateway subscribed again on a presence shard that had lost them.",
+      registers: r,
+    }),
+    endSessionFailures: new Counter({
+      name: "switchboard_presence_end_session_failures_total",
+      help: "EndSession calls of this gateway to a presence shard that failed, by outcome: retried (asked again later), dropped (retries exhausted or too many waiting; the shard drops the session's watches when this gateway's lease lapses or the shard restarts).",
+      labelNames: ["outcome"],
+      registers: r,
+    }),
+  };
+}
+
+export type PresenceMetrics = ReturnType<typeof presenceMetrics>;
+
 export function createMetrics() {
   const registry = new Registry();
   let ready: () => boolean = () => false;
@@ -272,6 +341,7 @@ export function createMetrics() {
       help: "Assertions that failed in production; alert on any.",
       registers: r,
     }),
+    presence: presenceMetrics(r),
     grpc: grpcMetrics(r),
   };
 }

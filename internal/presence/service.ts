@@ -4,6 +4,15 @@
  * silent for `offlineAfterMs`) is dropped, and the user is shown offline only after `offlineAfterMs`
  * without any session. Changes go only to sessions that subscribed to that user (the gateway checks
  * they share a conversation). Presence is ephemeral: only last_active_at is stored.
+ *
+ * A process that starts afresh (a restart, another shard count) knows nobody's sessions: a user whose
+ * stored last_active_at is within `offlineAfterMs` is shown online until that much time after it, as
+ * if their last session had just ended; their next heartbeat keeps them online, else they go offline
+ * then, and the watchers hear of it (the previous process would have told them the same, a few
+ * seconds later at most: last_active_at is stored every few seconds).
+ *
+ * Every change of one user goes through the same router (`router(userId)`), whose stream to each
+ * gateway is in order: a user's changes reach a watcher in the order they happened.
  */
 import type { PresenceStatus } from "../../gen/switchboard/common/v1/common_pb.js";
 import type { PresenceService } from "../../gen/switchboard/presence/v1/presence_pb.js";
@@ -12,6 +21,7 @@ import type { PresenceStore } from "../backends/types.js";
 import { requireUserId } from "../lib/auth.js";
 import { errors } from "../lib/errors.js";
 import type { Logger } from "../lib/log.js";
+import type { PresenceMetrics } from "../lib/metrics.js";
 import type { ServiceClient, ServiceImpl } from "../lib/rpc.js";
 
 export const WATCHES_PER_SESSION_MAX = 1_000;
@@ -22,12 +32,21 @@ const PERSIST_INTERVAL_MS = 5_000;
  * connect about a fifth of its server CPU on the embedded backend (issue 12).
  */
 const PERSIST_BATCH_MS = 1_000;
+/**
+ * Session ids per Relay, in bytes (their UTF-8 length plus 3 for the field's tag and length): a user
+ * watched by more sessions has each change relayed in several parts, each far below the 4 MiB a gRPC
+ * message may hold (one part of 1 MiB is about 55,000 of the gateway's 16-character session ids).
+ */
+export const RELAY_SESSION_BYTES_MAX = 1 << 20;
 
 export interface PresenceOptions {
   offlineAfterMs: number;
   store: PresenceStore;
-  router: () => ServiceClient<typeof RouterService>;
+  /** The router that relays `userId`'s changes: the same one for each of them (see the file comment). */
+  router: (userId: string) => Pick<ServiceClient<typeof RouterService>, "relay">;
   log: Logger;
+  /** switchboard_presence_*: this service's counts and failed relays. */
+  metrics?: PresenceMetrics;
   now?: () => number;
 }
 
@@ -63,9 +82,11 @@ export class Presence {
   /** last_active_at values not written yet, by user (read by status() until they are). */
   private readonly unsaved = new Map<string, number>();
   private persistTimer: NodeJS.Timeout | undefined;
+  private readonly detachMetrics: (() => void) | undefined;
 
   constructor(private readonly options: PresenceOptions) {
     this.now = options.now ?? Date.now;
+    this.detachMetrics = options.metrics?.attach(() => this.counts());
     // Sessions whose gateway vanished without EndSession stop heartbeating; sweep them.
     this.sweeper = setInterval(() => this.sweep(), Math.max(100, Math.floor(options.offlineAfterMs / 2)));
     this.sweeper.unref();
@@ -82,12 +103,47 @@ export class Presence {
 
   status(userId: string, stored?: number): PresenceStatus {
     const s = this.users.get(userId);
+    const lastActiveMs = s?.lastActiveMs || this.unsaved.get(userId) || stored || 0;
     return {
       $typeName: "switchboard.common.v1.PresenceStatus",
       userId,
-      online: s?.online ?? false,
-      lastActiveAtMs: BigInt(s?.lastActiveMs || this.unsaved.get(userId) || stored || 0),
+      // Not held: online only if active so recently that another process may have seen it so.
+      online: s ? s.online : this.recent(lastActiveMs),
+      lastActiveAtMs: BigInt(lastActiveMs),
     };
+  }
+
+  /** Active less than offlineAfterMs ago: a session may still be alive, or be in its grace period. */
+  private recent(lastActiveMs: number): boolean {
+    return lastActiveMs > 0 && this.now() - lastActiveMs < this.options.offlineAfterMs;
+  }
+
+  /**
+   * Takes on a user this process does not hold but who was active recently (its predecessor, or the
+   * shard that held them before, saw them): online, going offline `offlineAfterMs` after that
+   * activity unless a heartbeat comes first (see the file comment).
+   */
+  private adopt(userId: string, stored: number | undefined): void {
+    const lastActiveMs = this.unsaved.get(userId) || stored || 0;
+    if (this.users.has(userId) || !this.recent(lastActiveMs)) return;
+    const s = this.state(userId);
+    s.online = true;
+    s.lastActiveMs = lastActiveMs;
+    s.persistedMs = lastActiveMs;
+    this.scheduleOffline(userId, s);
+  }
+
+  /** What the switchboard_presence_* gauges report. */
+  private counts(): { usersOnline: number; sessions: number; watches: number } {
+    let usersOnline = 0;
+    let sessions = 0;
+    for (const s of this.users.values()) {
+      if (s.online) usersOnline++;
+      sessions += s.sessions.size;
+    }
+    let watches = 0;
+    for (const mine of this.watching.values()) watches += mine.size;
+    return { usersOnline, sessions, watches };
   }
 
   heartbeat(userId: string, sessionId: string): PresenceStatus {
@@ -209,10 +265,27 @@ export class Presence {
     const sessions = this.watchers.get(userId);
     if (!sessions || sessions.size === 0) return;
     const status = this.status(userId);
-    this.options
-      .router()
-      .relay({ sessionIds: [...sessions], frame: { kind: { case: "presence", value: { status } } } })
-      .catch((err: unknown) => this.options.log.warn("presence: relay failed", { userId, err }));
+    const router = this.options.router(userId);
+    const relay = (sessionIds: string[]) =>
+      router
+        .relay({ sessionIds, frame: { kind: { case: "presence", value: { status } } } })
+        .catch((err: unknown) => {
+          this.options.metrics?.relaysFailed.inc();
+          this.options.log.warn("presence: relay failed", { userId, sessions: sessionIds.length, err });
+        });
+    let part: string[] = [];
+    let bytes = 0;
+    for (const sessionId of sessions) {
+      const size = Buffer.byteLength(sessionId) + 3;
+      if (bytes + size > RELAY_SESSION_BYTES_MAX && part.length > 0) {
+        void relay(part);
+        part = [];
+        bytes = 0;
+      }
+      part.push(sessionId);
+      bytes += size;
+    }
+    void relay(part);
   }
 
   async subscribe(sessionId: string, userIds: string[], watcherId = ""): Promise<PresenceStatus[]> {
@@ -239,6 +312,8 @@ export class Presence {
     }
     if (watcherId !== "" && unique.length > 0) this.lease(sessionId, watcherId);
     const stored = await this.options.store.lastActive(unique.filter((u) => !this.users.has(u)));
+    // Watched now: one active recently is held, so that their going offline is told.
+    for (const u of unique) if (this.watchers.has(u)) this.adopt(u, stored.get(u));
     return unique.map((u) => this.status(u, stored.get(u)));
   }
 
@@ -296,6 +371,7 @@ export class Presence {
    */
   async close(): Promise<void> {
     clearInterval(this.sweeper);
+    this.detachMetrics?.();
     for (const [userId, s] of this.users) {
       if (s.offlineTimer) clearTimeout(s.offlineTimer);
       if (s.lastActiveMs > s.persistedMs && s.lastActiveMs > (this.unsaved.get(userId) ?? 0))

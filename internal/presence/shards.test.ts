@@ -2,10 +2,11 @@ import { describe, expect, it } from "vitest";
 import { PresenceService } from "../../gen/switchboard/presence/v1/presence_pb.js";
 import type { RouterService } from "../../gen/switchboard/router/v1/router_pb.js";
 import type { PresenceStore } from "../backends/types.js";
+import { errors } from "../lib/errors.js";
 import { discardingLogger } from "../lib/log.js";
 import { inProcessClient, type ServiceClient } from "../lib/rpc.js";
 import { Presence, presenceServiceImpl } from "./service.js";
-import { presenceShardOf, shardedPresenceClient } from "./shards.js";
+import { presenceShardOf, presenceShards, shardedPresenceClient } from "./shards.js";
 
 const store: PresenceStore = {
   setLastActive: async () => undefined,
@@ -91,6 +92,34 @@ describe("presence shards", () => {
     const restarted = presences[1]!;
     (restarted as unknown as { leases: Map<string, unknown> }).leases.clear();
     expect((await client.keepWatches({ watcherId: "gw" })).watchesLost).toBe(true);
+    expect((await client.keepWatches({ watcherId: "gw" })).watchesLost).toBe(false);
+    await Promise.all(presences.map((p) => p.close()));
+  });
+
+  it("reports watches lost on one shard though another shard's renewal failed (lost is said once)", async () => {
+    const { presences } = shards(2);
+    const clients = presences.map((p) => inProcessClient(PresenceService, presenceServiceImpl(p, store)));
+    let down = false;
+    const failing = {
+      ...clients[1]!,
+      keepWatches: async (req: { watcherId?: string }) => {
+        if (down) throw errors.unavailable("UNAVAILABLE", "shard 1 is restarting");
+        return clients[1]!.keepWatches(req);
+      },
+    };
+    const client = shardedPresenceClient([clients[0]!, failing]);
+    expect(presenceShards(client)).toEqual([clients[0], failing]);
+    expect(presenceShards(clients[0]!)).toEqual([clients[0]]);
+    // Spread into another object (process/peers.ts adds close()), the shards are still known.
+    const peers = { ...client, close: () => undefined };
+    expect(presenceShards(peers)).toEqual([clients[0], failing]);
+    await client.keepWatches({ watcherId: "gw" });
+    (presences[0] as unknown as { leases: Map<string, unknown> }).leases.clear(); // shard 0 restarted
+    down = true;
+    expect((await client.keepWatches({ watcherId: "gw" })).watchesLost).toBe(true);
+    // Nothing lost, one failed: the failure.
+    await expect(client.keepWatches({ watcherId: "gw" })).rejects.toMatchObject({ reason: "UNAVAILABLE" });
+    down = false;
     expect((await client.keepWatches({ watcherId: "gw" })).watchesLost).toBe(false);
     await Promise.all(presences.map((p) => p.close()));
   });

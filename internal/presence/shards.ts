@@ -3,7 +3,9 @@
  * heartbeats, status and watchers live on shard hash(U) mod N. This client gives the gateway the same
  * PresenceService interface over N shards: per-user calls go to the user's shard, per-session and
  * per-watcher calls (EndSession, KeepWatches) go to every shard (a session's watches are spread over
- * them), and lists are split by shard and merged back in the caller's order.
+ * them), and lists are split by shard and merged back in the caller's order. A gateway renews its
+ * lease and ends sessions shard by shard (presenceShards), so that one shard's failure costs only
+ * what that shard holds.
  */
 
 import { create } from "@bufbuild/protobuf";
@@ -23,6 +25,21 @@ type PresenceClient = ServiceClient<typeof PresenceService>;
 
 /** The presence shard of a user (the same placement as every other per-user shard). */
 export const presenceShardOf = shardOf;
+
+/**
+ * The shards behind a sharded client, under a symbol so that they survive the client being spread
+ * into another object (process/peers.ts adds close()).
+ */
+const SHARDS = Symbol("presence shards");
+
+/**
+ * The shards behind `client` in shard order (a user's is presenceShardOf(user, count)): one, the
+ * client itself, unless it is a sharded client. For what must be done or redone shard by shard (a
+ * lease renewal, a session's end).
+ */
+export function presenceShards(client: PresenceClient): PresenceClient[] {
+  return (client as { [SHARDS]?: PresenceClient[] })[SHARDS] ?? [client];
+}
 
 export function shardedPresenceClient(shards: PresenceClient[]): PresenceClient {
   if (shards.length === 0) throw new Error("shardedPresenceClient: no shards");
@@ -48,7 +65,7 @@ export function shardedPresenceClient(shards: PresenceClient[]): PresenceClient 
     }
     return out;
   };
-  return {
+  const client: PresenceClient = {
     heartbeat: (req, options) => shardFor(req.userId ?? "").heartbeat(req, options),
     async endSession(req, options) {
       await Promise.all(shards.map((s) => s.endSession(req, options)));
@@ -80,10 +97,17 @@ export function shardedPresenceClient(shards: PresenceClient[]): PresenceClient 
         ),
       });
     },
-    /** Every shard holds some of a watcher's watches: renewed on each; lost if lost on any. */
+    /**
+     * Every shard holds some of a watcher's watches: renewed on each; lost if lost on any, even when
+     * another failed (a shard says so only once); else the failure, if one failed.
+     */
     async keepWatches(req, options) {
-      const results = await Promise.all(shards.map((s) => s.keepWatches(req, options)));
-      return create(KeepWatchesResponseSchema, { watchesLost: results.some((r) => r.watchesLost) });
+      const results = await Promise.allSettled(shards.map((s) => s.keepWatches(req, options)));
+      if (results.some((r) => r.status === "fulfilled" && r.value.watchesLost))
+        return create(KeepWatchesResponseSchema, { watchesLost: true });
+      const failed = results.find((r): r is PromiseRejectedResult => r.status === "rejected");
+      if (failed) throw failed.reason;
+      return create(KeepWatchesResponseSchema, { watchesLost: false });
     },
     async unsubscribe(req, options) {
       const sessionId = req.sessionId ?? "";
@@ -92,4 +116,5 @@ export function shardedPresenceClient(shards: PresenceClient[]): PresenceClient 
       return create(UnsubscribeResponseSchema);
     },
   };
+  return Object.assign(client, { [SHARDS]: shards });
 }

@@ -3,6 +3,12 @@
  * clients the split roles use across processes, here with the in-process transport; on the embedded
  * backend (one LMDB file) or the distributed one. With grpc.port set, the same service instances are
  * served over gRPC too (one id generator: a second one would need a worker id of its own).
+ *
+ * Presence is in memory: with several processes of role all on the distributed backend, each one's
+ * presence knows only its own users' sessions and its own sessions' watches, unless
+ * cluster.presenceTargets lists the processes' gRPC addresses in shard order (each its own
+ * cluster.presenceShard): then this process's presence is one shard and its gateway and server API use
+ * all of them, as split roles do.
  */
 import { ChatService } from "../../gen/switchboard/api/v1/chat_pb.js";
 import { GatewayService } from "../../gen/switchboard/gateway/v1/gateway_pb.js";
@@ -18,7 +24,7 @@ import { createVerifier } from "../lib/auth.js";
 import { addService, inProcessClient, type ServiceClient } from "../lib/rpc.js";
 import { Presence, presenceServiceImpl } from "../presence/index.js";
 import { checkDistributedConfig, openBackends } from "../process/backends.js";
-import { gatewayDialer, peerOptions } from "../process/peers.js";
+import { gatewayDialer, peerOptions, presencePeers } from "../process/peers.js";
 import type { RoleStarter } from "../process/runtime.js";
 import { providersFromConfig } from "../push/from-config.js";
 import { pushFromConfig, pushServiceImpl } from "../push/index.js";
@@ -76,11 +82,21 @@ export const startAll: RoleStarter = async (ctx) => {
     new Presence({
       offlineAfterMs: config.presence.offlineAfterMs,
       store: backends.presence,
+      // One router here: a user's changes are relayed in order.
       router: () => presenceRouter!,
       log,
+      metrics: metrics.presence,
     }),
   );
   const presenceImpl = presenceServiceImpl(presence, backends.presence);
+  // Several processes of role all share presence only through cluster.presenceTargets (see above).
+  const presenceShards =
+    config.cluster.presenceTargets.length > 0 ? ctx.own(presencePeers(config, peerOptions(ctx))) : undefined;
+  if (!presenceShards && config.backend === "distributed" && ctx.grpc)
+    log.warn(
+      "presence is this process's own: with more than one process of role all, set cluster.presenceTargets (every process's gRPC address, in shard order, and cluster.presenceShard in each), or users connected to different processes do not see each other's presence",
+    );
+
   const router = new Router({
     log: backends.log,
     membership: backends.membership,
@@ -110,7 +126,7 @@ export const startAll: RoleStarter = async (ctx) => {
     backends,
     conversations: convs,
     router: inProcessClient(RouterService, routerImpl, asGateway),
-    presence: inProcessClient(PresenceService, presenceImpl, asGateway),
+    presence: presenceShards ?? inProcessClient(PresenceService, presenceImpl, asGateway),
     push: inProcessClient(PushService, pushImpl, asGateway),
     verify: createVerifier({ dataDir: config.dataDir, ...config.auth }),
     gatewayId: gatewayId(config),
@@ -141,7 +157,7 @@ export const startAll: RoleStarter = async (ctx) => {
         messages: backends.messages,
         log: backends.log,
         router,
-        presence: inProcessClient(PresenceService, presenceImpl, asRouter),
+        presence: presenceShards ?? inProcessClient(PresenceService, presenceImpl, asRouter),
         push: inProcessClient(PushService, pushImpl, asRouter),
         policy: ctx.policy,
         pageSizeMax: config.sync.pageSizeMax,

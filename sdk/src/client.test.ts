@@ -669,6 +669,53 @@ test("presence subscriptions are renewed after a reconnect", async () => {
   ]);
 });
 
+test("a user unsubscribed while their subscribe was on its way is not renewed after a reconnect", async () => {
+  const srv = await startServer();
+  // The subscribe's snapshot comes only after the unsubscribe was sent (answered in order, as the
+  // gateway does).
+  let held: (() => void) | undefined;
+  srv.hook = (conn, frame, s) => {
+    if (frame.kind.case !== "subscribePresence" || conn.index !== 0) return undefined;
+    held = () => s.reply(conn, frame, { case: "presenceSnapshot", value: { statuses: [] } });
+    return true;
+  };
+  const t = newClient(srv);
+  await t.client.connect();
+  const subscribed = t.client.subscribePresence(["bob", "carol"]);
+  await srv.waitFor(() => held !== undefined, "subscribe sent");
+  const unsubscribed = t.client.unsubscribePresence(["bob"]);
+  await srv.waitFor(() => srv.framesOf("unsubscribePresence").length === 1, "unsubscribe sent");
+  held!();
+  await subscribed;
+  await unsubscribed;
+  srv.conns[0]!.ws.terminate();
+  await srv.waitFor(() => srv.framesOf("subscribePresence").some((f) => f.conn.index === 1), "renewed");
+  expect(srv.framesOf("subscribePresence").map((f) => [f.conn.index, f.value.userIds])).toEqual([
+    [0, ["bob", "carol"]],
+    [1, ["carol"]],
+  ]);
+});
+
+test("a presence renewal refused RATE_LIMITED is asked again after retryAfterMs", async () => {
+  const srv = await startServer();
+  let refused = 0;
+  srv.hook = (conn, frame, s) => {
+    if (frame.kind.case !== "subscribePresence" || conn.index !== 1 || refused > 0) return undefined;
+    refused++;
+    s.error(conn, frame, Code.RESOURCE_EXHAUSTED, "RATE_LIMITED", 30);
+    return true;
+  };
+  const t = newClient(srv);
+  const presence: string[] = [];
+  t.client.on("presence", (p) => presence.push(p.userId));
+  await t.client.connect();
+  await t.client.subscribePresence(["bob"]);
+  srv.conns[0]!.ws.terminate();
+  await srv.waitFor(() => presence.includes("bob"), "renewed after the wait");
+  expect(srv.framesOf("subscribePresence").map((f) => f.conn.index)).toEqual([0, 1, 1]);
+  expect(t.errors).toEqual([]);
+});
+
 test("presence is renewed in requests of at most 100 users, dropping those no longer contacts", async () => {
   const srv = await startServer();
   // Like the gateway: more than 100 targets, or one the user shares no conversation with, fail the

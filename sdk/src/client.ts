@@ -240,6 +240,11 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
   private readonly sends: SendQueue;
   private readonly inbox: InboxSync;
   private readonly presenceWatch = new Set<string>();
+  /**
+   * The users of each subscribePresence still waiting for its reply; an unsubscribe meanwhile takes
+   * its users out, so that the reply does not watch them again.
+   */
+  private readonly presencePending = new Set<Set<string>>();
   /** Requests waiting out a RATE_LIMITED refusal before they ask again: woken when the client stops. */
   private readonly waits = new Set<{ timer: ReturnType<typeof setTimeout>; reject(err: unknown): void }>();
 
@@ -560,13 +565,23 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
    * as "presence" events, so the app catches up on changes it missed while disconnected.
    */
   async subscribePresence(userIds: string[]): Promise<PresenceStatus[]> {
-    const res = await this.request({ case: "subscribePresence", value: { userIds } }, "presenceSnapshot");
-    for (const id of userIds) this.presenceWatch.add(id);
-    return res.statuses.map(toPresence);
+    const pending = new Set(userIds);
+    this.presencePending.add(pending);
+    try {
+      const res = await this.request({ case: "subscribePresence", value: { userIds } }, "presenceSnapshot");
+      // Those unsubscribed while it was on its way stay unwatched (the server handles the two in order).
+      for (const id of pending) this.presenceWatch.add(id);
+      return res.statuses.map(toPresence);
+    } finally {
+      this.presencePending.delete(pending);
+    }
   }
 
   async unsubscribePresence(userIds: string[]): Promise<void> {
-    for (const id of userIds) this.presenceWatch.delete(id);
+    for (const id of userIds) {
+      this.presenceWatch.delete(id);
+      for (const pending of this.presencePending) pending.delete(id);
+    }
     await this.request({ case: "unsubscribePresence", value: { userIds } }, "ok");
   }
 
@@ -717,6 +732,15 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
       for (const s of snapshot.statuses) this.emit("presence", toPresence(s));
       return true;
     } catch (err) {
+      // Refused before it did anything (the server's presence limits): asked again once allowed.
+      if (err instanceof SwitchboardClientError && err.reason === "RATE_LIMITED" && err.retryAfterMs > 0) {
+        try {
+          await this.wait(err.retryAfterMs);
+        } catch {
+          return false; // the client stopped
+        }
+        return this.connection.isCurrent(conn) && this.renewPresenceOf(conn, userIds);
+      }
       if (err instanceof SwitchboardClientError && err.reason === "NOT_A_CONTACT") {
         if (userIds.length === 1) {
           this.presenceWatch.delete(userIds[0]!); // the server no longer lets us watch them

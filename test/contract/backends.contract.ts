@@ -22,6 +22,7 @@ import { durabilityContract } from "./durability.contract.js";
 import { type ContractOptions, contractKit, type OpenBackends } from "./harness.js";
 import { inboxContract } from "./inbox.contract.js";
 import { logContract } from "./log.contract.js";
+import { membersAmongContract } from "./members-among.contract.js";
 import { membershipContract } from "./membership.contract.js";
 import { messageStoreContract } from "./messages.contract.js";
 import { smallStoresContract } from "./small-stores.contract.js";
@@ -45,6 +46,7 @@ export function describeBackendContract(
     durabilityContract(kit);
     messageStoreContract(kit);
     membershipContract(kit);
+    membersAmongContract(kit);
     inboxContract(kit);
     smallStoresContract(kit);
   });

@@ -1,8 +1,13 @@
 /** Presence: online on connect, offline only after the grace period, fanned out to subscribers only. */
+import { randomBytes } from "node:crypto";
+import { writeFileSync } from "node:fs";
+import { createServer } from "node:net";
+import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { ServerFrame } from "../../gen/switchboard/client/v1/client_pb.js";
+import { signDevToken } from "../../internal/lib/auth.js";
 import { expectCase, RawClient } from "../helpers/raw-client.js";
-import { devToken, type ServerProcess, startServer } from "../helpers/server.js";
+import { devToken, type ServerProcess, startServer, tempDir, testBackend } from "../helpers/server.js";
 
 const GRACE_MS = 1_500;
 let server: ServerProcess;
@@ -102,6 +107,34 @@ describe("presence", () => {
     watcher.close();
   });
 
+  it("answers a subscribe and the unsubscribe sent right after it in order, and watches nobody after", async () => {
+    const { b, watcher } = await contacts();
+    const order: string[] = [];
+    const sub = watcher
+      .request({ case: "subscribePresence", value: { userIds: [b] } })
+      .then((f) => order.push(f.kind.case ?? ""));
+    const unsub = watcher
+      .request({ case: "unsubscribePresence", value: { userIds: [b] } })
+      .then((f) => order.push(f.kind.case ?? ""));
+    await Promise.all([sub, unsub]);
+    expect(order).toEqual(["presenceSnapshot", "ok"]);
+    const device = await connect(b);
+    // b's online goes to b's own watchers only: a sentinel watcher shows when it has gone out.
+    const { b: sentinelTarget, watcher: sentinel } = await contacts();
+    expectCase(
+      await sentinel.request({ case: "subscribePresence", value: { userIds: [sentinelTarget] } }),
+      "presenceSnapshot",
+    );
+    const other = await connect(sentinelTarget);
+    await sentinel.nextEvent(presenceOf(sentinelTarget, true));
+    await new Promise((r) => setTimeout(r, 200));
+    expect(watcher.received.filter((f) => f.kind.case === "presence")).toEqual([]);
+    other.close();
+    sentinel.close();
+    device.close();
+    watcher.close();
+  });
+
   it("refuses to watch a stranger and sends changes only to subscribers", async () => {
     const { b, watcher } = await contacts();
     const stranger = await connect(user("stranger"));
@@ -120,5 +153,75 @@ describe("presence", () => {
     device.close();
     stranger.close();
     watcher.close();
+  });
+});
+
+async function freePort(): Promise<number> {
+  const s = createServer();
+  await new Promise<void>((r) => s.listen(0, "127.0.0.1", r));
+  const { port } = s.address() as { port: number };
+  await new Promise<void>((r) => s.close(() => r()));
+  return port;
+}
+
+// Several processes of role all on one distributed storage: only there can they share users.
+describe.skipIf(testBackend !== "distributed")("presence across processes of role all", () => {
+  it("shows a user connected to one process to a watcher on another, with cluster.presenceTargets", async () => {
+    const { ensureServer } = await import("../infra/servers.js");
+    const id = `pa${Date.now().toString(36)}${process.pid.toString(36)}`;
+    const dir = tempDir("switchboard-presence-all-");
+    const secretFile = join(dir.path, "secret");
+    writeFileSync(secretFile, randomBytes(32).toString("hex"));
+    const grpcPorts = [await freePort(), await freePort()];
+    const shared = {
+      ...(await ensureServer("kafka")),
+      ...(await ensureServer("cassandra")),
+      SWITCHBOARD_KAFKA_TOPIC_PREFIX: `${id}.`,
+      SWITCHBOARD_KAFKA_PARTITIONS: "3",
+      SWITCHBOARD_CASSANDRA_KEYSPACE: id,
+      SWITCHBOARD_AUTH_SECRET_FILE: secretFile,
+      SWITCHBOARD_GRPC_ALLOW_UNAUTHENTICATED: "true",
+      SWITCHBOARD_CLUSTER_PRESENCE_TARGETS: grpcPorts.map((p) => `127.0.0.1:${p}`).join(","),
+      SWITCHBOARD_PRESENCE_OFFLINE_AFTER_MS: String(GRACE_MS),
+      SWITCHBOARD_PRESENCE_HEARTBEAT_INTERVAL_MS: "500",
+    };
+    const servers: ServerProcess[] = [];
+    try {
+      for (const [i, grpcPort] of grpcPorts.entries())
+        servers.push(
+          await startServer({
+            args: ["--backend", "distributed"],
+            env: {
+              ...shared,
+              SWITCHBOARD_GRPC_PORT: String(grpcPort),
+              SWITCHBOARD_CLUSTER_PRESENCE_SHARD: String(i),
+            },
+          }),
+        );
+      const token = (user: string) => signDevToken(dir.path, user, 3600, secretFile);
+      const [a, b] = [user("a"), user("b")];
+      const watcher = await RawClient.connect(servers[0]!.url, { token: await token(a) });
+      expectCase(
+        await watcher.request({
+          case: "send",
+          value: { target: { case: "toUser", value: b }, clientMsgId: "hi", body: "hi" },
+        }),
+        "ack",
+      );
+      expectCase(
+        await watcher.request({ case: "subscribePresence", value: { userIds: [b] } }),
+        "presenceSnapshot",
+      );
+      // b connects to the other process: its heartbeats reach b's presence shard, wherever that is,
+      // and the change reaches the watcher's gateway.
+      const device = await RawClient.connect(servers[1]!.url, { token: await token(b) });
+      await watcher.nextEvent(presenceOf(b, true), 10_000);
+      device.close();
+      await watcher.nextEvent(presenceOf(b, false), GRACE_MS + 10_000);
+      watcher.close();
+    } finally {
+      for (const server of servers) await server.dispose();
+      dir.remove();
+    }
   });
 });

@@ -473,7 +473,7 @@ describe("ChatCluster CRD", () => {
       await createError(
         minimal("bad-presence", { presence: { heartbeatIntervalSeconds: 30, offlineAfterSeconds: 10 } }),
       ),
-    ).toContain("offlineAfterSeconds must exceed heartbeatIntervalSeconds");
+    ).toContain("offlineAfterSeconds must be at least twice heartbeatIntervalSeconds");
     expect(await createError(minimal("bad-hook", { push: { webhook: { url: "::nope" } } }))).toMatch(
       /spec\.push\.webhook\.url.*must be of type uri/,
     );

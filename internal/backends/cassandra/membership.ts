@@ -343,6 +343,11 @@ export class CassandraMembershipStore implements MembershipStore {
     return result.rowLength > 0;
   }
 
+  /** One `IN` read per IN_MAX users (members_by_conversation's clustering key). */
+  membersAmong(id: string, users: readonly string[]): Promise<Set<string>> {
+    return this.presentAmong(id, [...new Set(users)]);
+  }
+
   async members(id: string): Promise<string[]> {
     const rows = await this.s.all("members_by_conversation: list members", this.q.members, [id]);
     const out: string[] = [];

@@ -78,6 +78,10 @@ export class AnnouncingMembershipStore implements MembershipStore {
     return this.store.isMember(id, user);
   }
 
+  membersAmong(id: string, users: readonly string[]): Promise<Set<string>> {
+    return this.store.membersAmong(id, users);
+  }
+
   members(id: string): Promise<string[]> {
     return this.store.members(id);
   }

@@ -167,6 +167,21 @@ export class EmbeddedMembership implements MembershipStore {
     return this.membersDb.doesExist([id, user]);
   }
 
+  async membersAmong(id: string, users: readonly string[]) {
+    const present = new Set<string>();
+    const record = this.record(id);
+    if (!record) return present;
+    if (record.memberCount < users.length) {
+      // Fewer members than users asked about: the members are the shorter read.
+      const asked = new Set(users);
+      for (const key of this.membersDb.getKeys({ start: [id, ""], end: [id, KEY_END] })) {
+        const user = (key as [string, string])[1];
+        if (asked.has(user)) present.add(user);
+      }
+    } else for (const user of users) if (this.membersDb.doesExist([id, user])) present.add(user);
+    return present;
+  }
+
   async members(id: string) {
     const cached = this.memberLists.get(id);
     if (cached) return cached;
