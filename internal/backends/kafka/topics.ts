@@ -199,7 +199,7 @@ export function checkPartitionCounts(layout: TopicLayout, prefix: string, partit
     if (actual !== undefined && actual !== partitions)
       throw errors.precondition(
         "PARTITIONS_CHANGED",
-        `Kafka topic ${topic} has ${actual} partitions but kafka.partitions is ${partitions}: the partition count of the message topics is fixed once they exist (changing it would give one conversation or user two owners); set kafka.partitions to ${actual}, or provision a new topic prefix`,
+        `Kafka topic ${topic} has ${actual} partitions but kafka.partitions is ${partitions}: the partition count of the message topics is fixed once they exist (changing it would give one conversation or user two owners); set kafka.partitions to ${actual}, or provision a new topic prefix (a ChatCluster's spec.kafka.topics.partitions cannot change once set: recreate it with ${actual}, or give it a new spec.kafka.topicPrefix)`,
       );
   }
 }
