@@ -8,8 +8,7 @@
  * changed since (checksum mismatch) is refused: migrations are append-only, a change is a new version.
  * Run it from one process at a time (the operator, whose leader alone reconciles; or one role-all
  * process started before the others): concurrent CREATE TABLE of the same table on different
- * coordinators can disagree on the table id. Every run ends by checking that the nodes agree, also
- * when an earlier run applied the changes and stopped before its own check.
+ * coordinators can disagree on the table id.
  *
  * The data model trusts Cassandra's last-write-wins with immutable values (messages, bucket markers,
  * inbox rows: re-writes carry the same values) and with values written by one fenced owner: the
@@ -413,15 +412,19 @@ export async function migrate(client: Client, options: MigrateOptions): Promise<
     version = m.version;
   }
 
-  // Every run, not only one that applied something: a run that recorded its migrations and failed this
-  // check is retried, and the retry, with nothing left to apply, must not report success unchecked.
-  // Untyped in the driver's declarations, documented in its API: a one-time check of the live nodes.
-  const metadata = client.metadata as unknown as { checkSchemaAgreement(): Promise<boolean> };
-  if (!(await metadata.checkSchemaAgreement()))
-    throw errors.unavailable(
-      "STORAGE_UNAVAILABLE",
-      `schema: nodes do not agree on ${ks}'s schema yet; retry`,
-    );
+  if (applied.length > 0) {
+    // Only after changes: the driver counts every row of system.peers, down nodes included, whose
+    // schema version stays behind until they are back, so a check on every run would refuse every
+    // start while one node is down for maintenance. (A retry after a failed check applies nothing and
+    // so does not check again: the nodes converge by themselves.)
+    // Untyped in the driver's declarations, documented in its API: a one-time check of the live nodes.
+    const metadata = client.metadata as unknown as { checkSchemaAgreement(): Promise<boolean> };
+    if (!(await metadata.checkSchemaAgreement()))
+      throw errors.unavailable(
+        "STORAGE_UNAVAILABLE",
+        `schema: nodes do not agree on ${ks}'s schema yet; retry`,
+      );
+  }
   return { applied, version };
 }
 
