@@ -242,7 +242,8 @@ export class KafkaPushQueue implements PushJobQueue {
       // Written under another key than the job's own: a push process from before job keys wrote a
       // keyed job's retry record under its id. It is the job's newest state; the job goes on under
       // its own key, which finish() ends, and the stray record is ended here, else it would stay
-      // live and be delivered again and again.
+      // live and be delivered again and again. (Met in the partition's history, behind its own
+      // tombstone, it is ended once more: harmless, and gone once the topic is compacted.)
       state.live.delete(recordAt);
       this.end(partition, recordAt).catch((err: unknown) =>
         this.o.log.warn("push queue: could not end a job's record under a stray key", { key: recordAt, err }),
