@@ -227,6 +227,8 @@ export interface ChatClusterStatus {
   provisionedGeneration?: number;
   /** The Cassandra schema version the operator last brought the keyspace to. */
   provisionedSchemaVersion?: number;
+  /** spec.version when provisioning last succeeded: the image a generation not provisioned keeps. */
+  provisionedVersion?: string;
 }
 
 export interface ChatCluster {

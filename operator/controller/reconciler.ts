@@ -128,6 +128,8 @@ const GONE_ATTEMPT_TIMEOUT_MS = 10_000;
 
 export class ChatClusterReconciler {
   private readonly memory = new Map<string, GatewayMemory>();
+  /** Per ChatCluster, the uid/generation/schema version this process provisioned last. */
+  private readonly provisionedHere = new Map<string, string>();
   private readonly now: () => number;
 
   constructor(private readonly deps: ReconcilerDeps) {
@@ -141,6 +143,7 @@ export class ChatClusterReconciler {
     const cluster = await kube.find<ChatCluster>({ apiVersion: API_VERSION, kind: KIND, namespace, name });
     if (!cluster) {
       this.memory.delete(key);
+      this.provisionedHere.delete(key);
       this.deps.onReady?.(namespace, name, undefined);
       return;
     }
@@ -158,9 +161,13 @@ export class ChatClusterReconciler {
     // Each generation, and each cluster last provisioned by an older operator (whose migrations an
     // image of this one's time may need): so after `helm upgrade` of the operator, the new schema is
     // in place (a Provisioned Event says so) before anyone changes spec.version.
+    // (Also remembered here: under a CRD older than the operator the API server drops
+    // provisionedSchemaVersion, which must not make every reconcile provision again.)
+    const provisioning = `${cluster.metadata.uid}/${generation}/${this.deps.schemaVersion}`;
     if (
-      status.provisionedGeneration !== generation ||
-      status.provisionedSchemaVersion !== this.deps.schemaVersion
+      (status.provisionedGeneration !== generation ||
+        status.provisionedSchemaVersion !== this.deps.schemaVersion) &&
+      this.provisionedHere.get(key) !== provisioning
     ) {
       try {
         const result = await this.deps.provision(
@@ -170,6 +177,8 @@ export class ChatClusterReconciler {
         );
         status.provisionedGeneration = generation;
         status.provisionedSchemaVersion = result.schemaVersion;
+        status.provisionedVersion = cluster.spec.version;
+        this.provisionedHere.set(key, provisioning);
         this.deps.events.record(
           cluster,
           "Normal",
@@ -184,10 +193,17 @@ export class ChatClusterReconciler {
         log.warn("provisioning failed", { err });
       }
     }
-    // Workloads follow a provisioned generation only: a new spec.version (or any other change) whose
-    // storage could not be provisioned is not rolled out onto a schema it may not find; what runs
-    // stays as it is (Degraded, ProvisioningFailed) until provisioning succeeds.
-    const provisioned = status.provisionedGeneration === generation;
+    // A generation whose storage could not be provisioned is applied with the version of the last one
+    // that was: its image is not rolled out onto a schema it may not find (Degraded and Ready=False,
+    // ProvisioningFailed, until provisioning succeeds), while everything else goes on (replicas, the
+    // gateways' drains, gone records and autoscaling, configuration).
+    const provisioned =
+      status.provisionedGeneration === generation || this.provisionedHere.get(key) === provisioning;
+    const deployable = status.provisionedGeneration !== undefined;
+    const rendered: ChatCluster =
+      provisioned || status.provisionedVersion === undefined
+        ? cluster
+        : { ...cluster, spec: { ...cluster.spec, version: status.provisionedVersion } };
 
     // --- gateways, apply, prune -----------------------------------------------------------
     let applyError: string | undefined;
@@ -196,7 +212,7 @@ export class ChatClusterReconciler {
     let podMonitor: Observation["podMonitor"] = wantsPodMonitor(cluster) ? "Pending" : undefined;
     let grpcTls: GrpcTlsState | undefined = wantsGrpcTls(cluster) ? { kind: "Pending" } : undefined;
     // Until the storage exists the services could only crash-loop: deploy them after it.
-    if (provisioned) {
+    if (deployable) {
       try {
         const kafka = await kafkaTarget(kube, cluster);
         const gatewayDeployment = await kube.find<V1Deployment>({
@@ -223,7 +239,7 @@ export class ChatClusterReconciler {
             this.deps.grpcIdentity?.tokenReviewClusterRole ?? DEFAULT_TOKEN_REVIEW_CLUSTER_ROLE,
           ),
         );
-        const desired = desiredObjects(cluster, {
+        const desired = desiredObjects(rendered, {
           gatewayReplicas: step.replicas,
           kafkaTlsKeys: kafkaTlsKeys(kafka),
           podMonitorServed,
@@ -273,7 +289,7 @@ export class ChatClusterReconciler {
 
     // --- status ------------------------------------------------------------------------------
     const components: Partial<Record<ComponentName, ComponentObservation>> = {};
-    if (provisioned && !applyError)
+    if (deployable && !applyError)
       for (const component of COMPONENTS)
         components[component] = observeWorkload(
           workloads.get(componentName(cluster, component)) as V1Deployment | V1StatefulSet | undefined,
@@ -300,6 +316,7 @@ export class ChatClusterReconciler {
       ...(status.provisionedSchemaVersion === undefined
         ? {}
         : { provisionedSchemaVersion: status.provisionedSchemaVersion }),
+      ...(status.provisionedVersion === undefined ? {} : { provisionedVersion: status.provisionedVersion }),
     };
     if (Object.keys(components).length > 0)
       newStatus.components = Object.fromEntries(
@@ -403,6 +420,7 @@ export class ChatClusterReconciler {
       { op: "remove", path: `/metadata/finalizers/${index}` },
     ]);
     this.memory.delete(key);
+    this.provisionedHere.delete(key);
     this.deps.onReady?.(cluster.metadata.namespace ?? "default", cluster.metadata.name ?? "", undefined);
     this.deps.log.info("chatcluster deleted; owned objects go with it", { chatcluster: key });
     return;

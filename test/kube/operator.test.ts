@@ -1462,29 +1462,36 @@ describe("operator against a real API server", () => {
       await kube.create(clusterManifest("upg", { gateway: { replicas: 1 } }));
       const first = await waitReady("upg");
       expect(first.status?.provisionedSchemaVersion).toBe(SCHEMA_VERSION);
-      const routerImage = async () =>
-        (
-          await kube.get<V1Deployment>({
-            apiVersion: "apps/v1",
-            kind: "Deployment",
-            namespace: NS,
-            name: "upg-router",
-          })
-        ).spec?.template.spec?.containers[0]?.image;
+      const router = () =>
+        kube.get<V1Deployment>({
+          apiVersion: "apps/v1",
+          kind: "Deployment",
+          namespace: NS,
+          name: "upg-router",
+        });
+      const routerImage = async () => (await router()).spec?.template.spec?.containers[0]?.image;
       expect(await routerImage()).toMatch(/:0\.1\.0$/);
 
       // A new version in the same change as Cassandra credentials that do not exist (the schema cannot
-      // be brought to what it needs; the Deployments alone could be applied): it is not rolled out.
+      // be brought to what it needs; the Deployments alone could be applied): the version is not
+      // rolled out, the rest of the change is.
       const missing = { credentialsSecretRef: { name: "upg-cassandra-credentials" } };
-      await kube.mergePatch(ref, { spec: { version: "0.2.0", cassandra: missing } });
+      await kube.mergePatch(ref, { spec: { version: "0.2.0", cassandra: missing, router: { replicas: 1 } } });
       await waitFor("upg Degraded at generation 2", async () => {
         const c = await getCluster("upg");
         return condition(c, "Degraded")?.reason === "ProvisioningFailed" && c.status?.observedGeneration === 2
           ? c
           : undefined;
       });
-      await sleep(2_000); // a reconcile or two more: still nothing rolled out
+      await waitFor("the router at 1 replica", async () =>
+        (await router()).spec?.replicas === 1 ? true : undefined,
+      );
+      await sleep(2_000); // a reconcile or two more: still the old version
       expect(await routerImage()).toMatch(/:0\.1\.0$/);
+      expect(condition(await getCluster("upg"), "Ready")).toMatchObject({
+        status: "False",
+        reason: "ProvisioningFailed",
+      });
 
       // Storage that works again: the new version goes out.
       await kube.mergePatch(ref, { spec: { cassandra: { credentialsSecretRef: null } } });
