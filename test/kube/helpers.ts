@@ -92,10 +92,15 @@ export async function waitFor<T>(
 /** Applies the CRD (shared by every test file: server-side, never deleted) and waits until served. */
 export async function installCrd(tools: Tools): Promise<void> {
   await kubectl(tools, ["apply", "--server-side", "--force-conflicts", "-f", CRD_FILE]);
-  await kubectl(tools, [
-    "wait",
-    "--for=condition=Established",
-    "--timeout=60s",
-    "crd/chatclusters.switchboard.dev",
-  ]);
+  // Polled rather than `kubectl wait`, which fails at once on a CRD created a moment ago whose
+  // status has no conditions yet ("<nil> is of the type <nil>").
+  await waitFor("the ChatCluster CRD Established", async () => {
+    const established = await kubectl(tools, [
+      "get",
+      "crd/chatclusters.switchboard.dev",
+      "-o",
+      'jsonpath={.status.conditions[?(@.type=="Established")].status}',
+    ]);
+    return established.trim() === "True" || undefined;
+  });
 }
