@@ -4,14 +4,14 @@
  */
 import { EventEmitter } from "node:events";
 import { fromBinary, fromJsonString } from "@bufbuild/protobuf";
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, vi } from "vitest";
 import { type ServerFrame, ServerFrameSchema } from "../../gen/switchboard/client/v1/client_pb.js";
 import { PresenceService } from "../../gen/switchboard/presence/v1/presence_pb.js";
 import type { RouterService } from "../../gen/switchboard/router/v1/router_pb.js";
 import type { StoredMessage } from "../backends/types.js";
 import type { Identity } from "../lib/auth.js";
 import { loadConfig } from "../lib/config.js";
-import { errors } from "../lib/errors.js";
+import { Code, errors } from "../lib/errors.js";
 import { discardingLogger } from "../lib/log.js";
 import { createMetrics } from "../lib/metrics.js";
 import { inProcessClient, type ServiceClient } from "../lib/rpc.js";
@@ -44,7 +44,11 @@ interface Setup {
   env?: Record<string, string>;
   verify?: (token: string) => Promise<Identity>;
   presence?: unknown;
-  firstStranger?: (user: string, others: readonly string[]) => Promise<string | undefined>;
+  firstStranger?: (
+    user: string,
+    others: readonly string[],
+    signal?: AbortSignal,
+  ) => Promise<string | undefined>;
   head?: (userId: string) => Promise<number>;
   register?: () => Promise<void>;
   inbox?: Record<string, unknown>;
@@ -426,19 +430,125 @@ describe("Connection presence watches", () => {
     await p.close();
   });
 
-  it("refuses a subscribe past the ten waiting for their turn, as RATE_LIMITED", async () => {
+  it("answers a subscribe whose contact check takes past 15 s DEADLINE_EXCEEDED, and goes on with the next", async () => {
+    const p = presence();
+    let signal: AbortSignal | undefined;
+    const { conn, socket } = await welcomed({
+      presence: clientOf(p),
+      // A membership read that hangs (Cassandra allows each 30 s, and a check may take ~140).
+      firstStranger: (_user, _others, s) => {
+        signal = s;
+        return new Promise(() => undefined);
+      },
+    });
+    vi.useFakeTimers({ toFake: ["setTimeout", "clearTimeout"] });
+    try {
+      socket.frame({ id: 2, subscribePresence: { userIds: ["bob"] } });
+      socket.frame({ id: 3, unsubscribePresence: { userIds: ["carol"] } });
+      await vi.advanceTimersByTimeAsync(14_999);
+      expect(socket.sent.filter((f) => f.replyTo >= 2)).toEqual([]);
+      await vi.advanceTimersByTimeAsync(1);
+    } finally {
+      vi.useRealTimers();
+    }
+    await until(() => socket.sent.some((f) => f.replyTo === 3));
+    expect(socket.sent.slice(1).map((f) => [f.replyTo, kinds({ sent: [f] } as FakeSocket)[0]])).toEqual([
+      [2, "DEADLINE_EXCEEDED"],
+      [3, "ok"],
+    ]);
+    const refusal = socket.sent[1]!.kind.value as { code: number; retryAfterMs: number };
+    expect(refusal).toMatchObject({ code: Code.DEADLINE_EXCEEDED, retryAfterMs: 1_000 });
+    expect(signal?.aborted).toBe(true); // the check reads no more
+    expect(conn.watched.size).toBe(0);
+    expect(p.watchCounts().sessions).toBe(0);
+    await p.close();
+  });
+
+  it("answers a refused subscribe before the unsubscribe sent after it", async () => {
+    const p = presence();
+    const { socket } = await welcomed({ presence: clientOf(p), firstStranger: async () => "bob" });
+    socket.frame({ id: 2, subscribePresence: { userIds: ["bob"] } });
+    socket.frame({ id: 3, unsubscribePresence: { userIds: ["bob"] } });
+    await until(() => socket.sent.some((f) => f.replyTo === 2) && socket.sent.some((f) => f.replyTo === 3));
+    expect(socket.sent.slice(1).map((f) => [f.replyTo, kinds({ sent: [f] } as FakeSocket)[0]])).toEqual([
+      [2, "NOT_A_CONTACT"],
+      [3, "ok"],
+    ]);
+    await p.close();
+  });
+
+  it("subscribes its watches again at once, not behind a presence request that waits on slow reads", async () => {
     const p = presence();
     let release!: () => void;
     const held = new Promise<void>((r) => (release = r));
+    let checks = 0;
+    const { conn, socket } = await welcomed({
+      presence: clientOf(p),
+      firstStranger: async () => {
+        if (++checks > 1) await held; // the second subscribe's reads hang
+        return undefined;
+      },
+    });
+    socket.frame({ id: 2, subscribePresence: { userIds: ["bob"] } });
+    await until(() => socket.sent.some((f) => f.replyTo === 2));
+    socket.frame({ id: 3, subscribePresence: { userIds: ["carol"] } });
+    await until(() => checks === 2);
+    // The shard lost the watches (restarted): the gateway's pass subscribes them again.
+    const restarted = presence();
+    const renewal = conn.renewWatches(clientOf(restarted), () => true);
+    const answer = await Promise.race([renewal, new Promise((r) => setTimeout(() => r("waiting"), 500))]);
+    expect(answer).toBe(1); // bob (carol is not watched before her check ends)
+    expect(restarted.watchCounts().sessions).toBe(1);
+    release();
+    await until(() => socket.sent.some((f) => f.replyTo === 3));
+    await Promise.all([p.close(), restarted.close()]);
+  });
+
+  it("takes back a watch renewed while the client unsubscribed it", async () => {
+    const p = presence();
+    const client = clientOf(p);
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    const { conn, socket } = await welcomed({ presence: client });
+    socket.frame({ id: 2, subscribePresence: { userIds: ["bob"] } });
+    await until(() => socket.sent.some((f) => f.replyTo === 2));
+    // The renewal's subscribe reaches presence only after the unsubscribe did.
+    const renewal = conn.renewWatches(
+      {
+        subscribe: async (req) => {
+          await held;
+          return client.subscribe(req);
+        },
+        unsubscribe: (req) => client.unsubscribe(req),
+      },
+      () => true,
+    );
+    socket.frame({ id: 3, unsubscribePresence: { userIds: ["bob"] } });
+    await until(() => socket.sent.some((f) => f.replyTo === 3));
+    release();
+    await renewal;
+    expect(conn.watched.size).toBe(0);
+    expect(p.watchCounts().sessions).toBe(0);
+    await p.close();
+  });
+
+  it("refuses a subscribe past ten unanswered (the one being handled among them), as RATE_LIMITED", async () => {
+    const p = presence();
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    let checking = 0;
     const { socket } = await welcomed({
       presence: clientOf(p),
       firstStranger: async () => {
+        checking++;
         await held;
         return undefined;
       },
     });
     for (let i = 0; i < 11; i++) socket.frame({ id: 10 + i, subscribePresence: { userIds: [`u${i}`] } });
     await until(() => kinds(socket).includes("RATE_LIMITED"));
+    // One being handled and nine waiting: the eleventh is refused.
+    expect(checking).toBe(1);
     expect(socket.sent.at(-1)!.replyTo).toBe(20);
     release();
     await until(() => kinds(socket).filter((k) => k === "presenceSnapshot").length === 10);

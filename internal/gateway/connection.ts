@@ -107,8 +107,11 @@ export interface GatewayContext extends GatewayServices {
   takePullTyping(conversationId: string): boolean;
   /** Per-user limit on presence subscribes across the user's connections; 0 or ms to wait. */
   takePresenceSubscribe(userId: string): number;
-  /** The first of `others` who shares no conversation with `user` (docs/protocol.md §4), if any. */
-  firstStranger(user: string, others: readonly string[]): Promise<string | undefined>;
+  /**
+   * The first of `others` who shares no conversation with `user` (docs/protocol.md §4), if any; once
+   * `signal` aborts, it reads no more (and fails).
+   */
+  firstStranger(user: string, others: readonly string[], signal?: AbortSignal): Promise<string | undefined>;
   /** Whether the user may open one more connection here (gateway.userConnectionsMax). */
   hasRoomFor(userId: string): boolean;
   register(conn: Connection): Promise<void>;
@@ -122,11 +125,17 @@ type Socket = import("ws").WebSocket;
 
 export const PRESENCE_TARGETS_PER_REQUEST_MAX = 100;
 /**
- * subscribePresence requests of one connection waiting for their turn (they run one at a time, in
- * order with its unsubscribes); past it one is refused RATE_LIMITED. A client renewing its watches
- * sends them one after another.
+ * subscribePresence requests of one connection unanswered at once: the one being handled and those
+ * waiting for their turn (they run one at a time, in order with its unsubscribes); past it one is
+ * refused RATE_LIMITED. A client renewing its watches sends them one after another.
  */
-const PRESENCE_SUBSCRIBES_QUEUED_MAX = 10;
+const PRESENCE_SUBSCRIBES_UNANSWERED_MAX = 10;
+/**
+ * How long a subscribePresence's contact check may take (its membership reads: on Cassandra up to
+ * about 140 one after another, each allowed 30 s) before it is answered DEADLINE_EXCEEDED and the
+ * connection's next presence request has its turn; the check stops at its next read.
+ */
+const PRESENCE_CHECK_DEADLINE_MS = 15_000;
 /**
  * How long a flooded connection waits for the replies of the requests it had accepted before it
  * closes (3013): longer than a send's own bound (kafka.appendTimeoutMs and the call deadline across
@@ -210,7 +219,7 @@ export class Connection {
    * hundreds of membership reads) never run side by side.
    */
   private presenceOrder: Promise<unknown> = Promise.resolve();
-  private presenceSubscribesQueued = 0;
+  private presenceSubscribesUnanswered = 0;
   /** Typing indicators this connection sent to pull conversations, one per conversation per 3 s. */
   private readonly pullTyping = new Throttle(PULL_TYPING_INTERVAL_MS, PULL_CONVERSATIONS_TRACKED_MAX);
   /** Pull conversations whose members were last told this connection's user is typing. */
@@ -617,19 +626,24 @@ export class Connection {
             `subscribe to 1-${PRESENCE_TARGETS_PER_REQUEST_MAX} valid user ids per request`,
           );
         }
-        if (this.presenceSubscribesQueued >= PRESENCE_SUBSCRIBES_QUEUED_MAX)
+        if (this.presenceSubscribesUnanswered >= PRESENCE_SUBSCRIBES_UNANSWERED_MAX)
           throw errors.exhausted(
             "RATE_LIMITED",
-            "too many presence subscriptions waiting; wait for their replies",
+            "too many presence subscriptions unanswered; wait for their replies",
             1_000,
           );
         // Each may read hundreds of memberships: a user's are rate-limited together.
         const wait = c.takePresenceSubscribe(user);
         if (wait > 0)
           throw errors.exhausted("RATE_LIMITED", "too many presence subscriptions; slow down", wait);
-        this.presenceSubscribesQueued++;
-        return this.inPresenceOrder(() => this.subscribePresence(targets, reply)).finally(() => {
-          this.presenceSubscribesQueued--;
+        this.presenceSubscribesUnanswered++;
+        // Refused in its turn, too: its reply comes before those of the requests after it.
+        return this.inPresenceOrder(() =>
+          this.subscribePresence(targets, reply).catch((err: unknown) =>
+            this.fail(id, SwitchboardError.from(err), encoding, req.case),
+          ),
+        ).finally(() => {
+          this.presenceSubscribesUnanswered--;
         });
       }
       case "registerDevice": {
@@ -941,7 +955,7 @@ export class Connection {
       );
     }
     const others = fresh.filter((t) => t !== this.userId);
-    const stranger = others.length > 0 ? await c.firstStranger(this.userId, others) : undefined;
+    const stranger = others.length > 0 ? await this.firstStrangerInTime(others) : undefined;
     if (stranger !== undefined)
       throw errors.denied("NOT_A_CONTACT", `you share no conversation with ${stranger}`);
     // Watched from now: their events pass (presenceEvent) while the snapshot is on its way.
@@ -967,6 +981,34 @@ export class Connection {
   }
 
   /**
+   * The contact check of a subscribePresence, within PRESENCE_CHECK_DEADLINE_MS: past it the request
+   * is refused DEADLINE_EXCEEDED (nothing subscribed) and the check told to stop, so that one slow
+   * check holds the connection's later presence requests back no longer.
+   */
+  private async firstStrangerInTime(others: string[]): Promise<string | undefined> {
+    const abort = new AbortController();
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        abort.abort();
+        reject(
+          new SwitchboardError(
+            Code.DEADLINE_EXCEEDED,
+            "DEADLINE_EXCEEDED",
+            `the contact check took longer than ${PRESENCE_CHECK_DEADLINE_MS / 1000} s; nothing was subscribed`,
+            { retryAfterMs: 1_000 },
+          ),
+        );
+      }, PRESENCE_CHECK_DEADLINE_MS);
+    });
+    try {
+      return await Promise.race([this.ctx.firstStranger(this.userId, others, abort.signal), late]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /**
    * Whether a presence event goes to this client: only while it watches that user (a relay of a
    * change made before its unsubscribe may come after it). Remembers what the client was told.
    */
@@ -978,31 +1020,33 @@ export class Connection {
 
   /**
    * Subscribes again, on `presence` (a shard that lost this gateway's watches), those watched users
-   * `placed` says it holds, in order with the connection's own presence requests, and tells the client
-   * of each whose status is not what it was last told (a change while the watches were lost). Returns
-   * how many watches it renewed.
+   * `placed` says it holds, and tells the client of each whose status is not what it was last told
+   * (a change while the watches were lost). Returns how many watches it renewed.
+   *
+   * Not in order with the connection's own presence requests: one of them may wait minutes on slow
+   * reads, and the shard would go without these watches meanwhile. So a user unwatched while this
+   * subscribe was on its way (an unsubscribe, or a subscribe that failed) is unsubscribed again
+   * after it: whichever of the two calls presence took last, the watch ends.
    */
-  renewWatches(
+  async renewWatches(
     presence: Pick<GatewayServices["presence"], "subscribe" | "unsubscribe">,
     placed: (userId: string) => boolean,
   ): Promise<number> {
-    return this.inPresenceOrder(async () => {
-      if (this.closed) return 0;
-      const userIds = [...this.watched.keys()].filter(placed);
-      if (userIds.length === 0) return 0;
-      const sessionId = this.sessionId;
-      const { statuses } = await presence.subscribe({ sessionId, userIds, watcherId: this.ctx.watcherId });
-      if (this.closed) {
-        await presence.unsubscribe({ sessionId, userIds });
-        return userIds.length;
-      }
-      for (const status of statuses) {
-        if (!this.watched.has(status.userId) || this.watched.get(status.userId) === status.online) continue;
-        this.watched.set(status.userId, status.online);
-        this.sendRaw(encodeServerFrame({ kind: { case: "presence", value: { status } } }, this.encoding));
-      }
-      return userIds.length;
-    });
+    if (this.closed) return 0;
+    const userIds = [...this.watched.keys()].filter(placed);
+    if (userIds.length === 0) return 0;
+    const sessionId = this.sessionId;
+    const { statuses } = await presence.subscribe({ sessionId, userIds, watcherId: this.ctx.watcherId });
+    // Closed meanwhile: the session's end may have reached presence before these watches did.
+    const unwatched = this.closed ? userIds : userIds.filter((u) => !this.watched.has(u));
+    if (unwatched.length > 0) await presence.unsubscribe({ sessionId, userIds: unwatched });
+    if (this.closed) return userIds.length;
+    for (const status of statuses) {
+      if (!this.watched.has(status.userId) || this.watched.get(status.userId) === status.online) continue;
+      this.watched.set(status.userId, status.online);
+      this.sendRaw(encodeServerFrame({ kind: { case: "presence", value: { status } } }, this.encoding));
+    }
+    return userIds.length;
   }
 
   private touchPresence(force: boolean): void {

@@ -25,12 +25,12 @@ function membership(members: Record<string, string[]>) {
   return { store, reads };
 }
 
-function check(store: ReturnType<typeof membership>["store"], clock = { now: 0 }) {
+function check(store: ReturnType<typeof membership>["store"], clock = { now: 0 }, idsMax = 100_000) {
   return new ContactCheck(store, {
     groupsScanned: 1_000,
     groupListTtlMs: 10_000,
     groupListRereadMs: 1_000,
-    usersMax: 100,
+    idsMax,
     now: () => clock.now,
   });
 }
@@ -100,5 +100,61 @@ describe("ContactCheck", () => {
     clock.now = 20_000;
     expect(await contacts.firstStranger("alice", ["carol"])).toBeUndefined();
     expect(reads.lists).toBe(4);
+  });
+
+  it("does not count a held group the user was removed from, with no read more", async () => {
+    // alice's list is held (g:1, with carol and dave); then she is removed from g:1, which nothing
+    // tells her gateway (the change goes to the remaining members).
+    const members: Record<string, string[]> = { "g:1": ["alice", "carol", "dave"] };
+    const { store, reads } = membership(members);
+    const clock = { now: 0 };
+    const contacts = check(store, clock);
+    expect(await contacts.firstStranger("alice", ["carol"])).toBeUndefined();
+    members["g:1"] = ["carol", "dave"];
+    const before = { ...reads };
+    clock.now = 500; // the held list is young: not read again
+    expect(await contacts.firstStranger("alice", ["carol", "dave"])).toBe("carol");
+    expect(reads.membersAmong - before.membersAmong).toBe(1);
+    expect(reads.lists).toBe(before.lists);
+    clock.now = 9_000;
+    expect(await contacts.firstStranger("alice", ["dave"])).toBe("dave");
+  });
+
+  it("drops lists past their lifetime as others are stored, and holds at most idsMax group ids", async () => {
+    const members: Record<string, string[]> = {};
+    for (let g = 0; g < 10; g++)
+      members[`g:${g}`] = ["carol", ...Array.from({ length: 50 }, (_, u) => `u${u}`)];
+    const { store } = membership(members);
+    const clock = { now: 0 };
+    const contacts = check(store, clock, 60);
+    for (let u = 0; u < 5; u++) await contacts.firstStranger(`u${u}`, ["carol"]);
+    // Five lists of ten groups, each counting 11: 55.
+    expect(contacts.holding).toEqual({ lists: 5, weight: 55 });
+    // A sixth would make 66: the oldest goes.
+    await contacts.firstStranger("u5", ["carol"]);
+    expect(contacts.holding).toEqual({ lists: 5, weight: 55 });
+    // Past their lifetime, all the others go when the next one is stored, not only when read.
+    clock.now = 10_000;
+    await contacts.firstStranger("u6", ["carol"]);
+    expect(contacts.holding).toEqual({ lists: 1, weight: 11 });
+    contacts.forget("u6");
+    expect(contacts.holding).toEqual({ lists: 0, weight: 0 });
+  });
+
+  it("starts no more reads once told to stop", async () => {
+    const members: Record<string, string[]> = {};
+    for (let g = 0; g < 100; g++) members[`g:${g}`] = ["alice"];
+    const { store, reads } = membership(members);
+    const abort = new AbortController();
+    const slowStore = {
+      ...store,
+      membersAmong: async (id: string, users: readonly string[]) => {
+        if (reads.membersAmong === 8) abort.abort();
+        return store.membersAmong(id, users);
+      },
+    };
+    const contacts = check(slowStore);
+    await expect(contacts.firstStranger("alice", ["zed"], abort.signal)).rejects.toThrow();
+    expect(reads.membersAmong).toBe(16);
   });
 });

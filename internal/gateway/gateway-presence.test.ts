@@ -85,18 +85,23 @@ function presenceShards(count: number, offlineAfterMs: number, relay: (req: unkn
   const failNext = procs.map(() => new Set<string>());
   const calls = procs.map(() => new Map<string, number>());
   const inFlight = procs.map(() => ({ now: 0, most: 0 }));
+  /** What a call waits for before shard i takes it (a slow or hung call), if anything. */
+  const hold: Array<((method: keyof PresenceClient, req: unknown) => Promise<void> | undefined) | undefined> =
+    procs.map(() => undefined);
   const clients = procs.map((_, i) => {
     const call =
       (method: keyof PresenceClient) =>
       async (req: never): Promise<never> => {
         calls[i]!.set(method, (calls[i]!.get(method) ?? 0) + 1);
+        const proc = procs[i]!; // the process the call is on its way to, even if it restarts
+        await hold[i]?.(method, req);
         if (down[i] || failNext[i]!.delete(method))
           throw errors.unavailable("UNAVAILABLE", `presence shard ${i} is unreachable`);
         const f = inFlight[i]!;
         f.most = Math.max(f.most, ++f.now);
         try {
           await sleep(1);
-          const impl = inProcessClient(PresenceService, presenceServiceImpl(procs[i]!, store));
+          const impl = inProcessClient(PresenceService, presenceServiceImpl(proc, store));
           return (await (impl[method] as unknown as (r: never) => Promise<never>)(req)) as never;
         } finally {
           f.now--;
@@ -115,6 +120,7 @@ function presenceShards(count: number, offlineAfterMs: number, relay: (req: unkn
     procs,
     down,
     failNext,
+    hold,
     calls,
     inFlight,
     client: count === 1 ? clients[0]! : shardedPresenceClient(clients),
@@ -299,6 +305,71 @@ describe("gateway presence watches", () => {
     expect(shards.procs[1]!.watchCounts().sessions).toBe(40);
   });
 
+  it("keeps renewing the lease on every shard while one session's re-subscribe hangs", async () => {
+    let gw!: Awaited<ReturnType<typeof gatewayOn>>;
+    // A lease of 300 ms, renewed here every 100 ms (the gateway's own timer: every 10 s).
+    const shards = presenceShards(2, 300, (req) => gw.deliver(req));
+    gw = await gatewayOn(shards.client);
+    const [u, v] = [userOn(0, 2, "u"), userOn(1, 2, "v")];
+    const alice = await gw.connect("alice");
+    await subscribe(alice.socket, [u, v]);
+    const mallory = await gw.connect("mallory");
+    await subscribe(mallory.socket, [u, v]);
+    // Shard 0 restarts; subscribing mallory's watches there again hangs (a call that never returns).
+    await shards.restart(0);
+    let release!: () => void;
+    const hung = new Promise<void>((r) => (release = r));
+    shards.hold[0] = (method, req) =>
+      method === "subscribe" && (req as { sessionId: string }).sessionId === mallory.conn.sessionId
+        ? hung
+        : undefined;
+    const pass = gw.gateway.renewWatches();
+    for (let tick = 0; tick < 8; tick++) {
+      const renewed = gw.gateway.renewWatches().then(() => "renewed");
+      expect(await Promise.race([renewed, sleep(200).then(() => "waiting")])).toBe("renewed");
+      await sleep(100);
+    }
+    // Well past a 300 ms lease: both shards still hold every watch renewed or never lost.
+    expect(shards.procs[0]!.watchCounts().sessions).toBe(1); // alice's, subscribed again
+    expect(shards.procs[1]!.watchCounts().sessions).toBe(2);
+    release();
+    await pass;
+    expect(shards.procs[0]!.watchCounts().sessions).toBe(2);
+    // Renewed, nothing is owed any more: the next renewal subscribes nothing.
+    for (const c of shards.calls) c.clear();
+    await gw.gateway.renewWatches();
+    expect(shards.calls.map((c) => c.get("subscribe"))).toEqual([undefined, undefined]);
+  });
+
+  it("subscribes again where a shard says it lost the watches during a pass that was under way", async () => {
+    let gw!: Awaited<ReturnType<typeof gatewayOn>>;
+    const shards = presenceShards(1, 60_000, (req) => gw.deliver(req));
+    gw = await gatewayOn(shards.client);
+    const alice = await gw.connect("alice");
+    await subscribe(alice.socket, ["bob"]);
+    await shards.restart(0);
+    let release!: () => void;
+    const hung = new Promise<void>((r) => (release = r));
+    shards.hold[0] = (method) => (method === "subscribe" ? hung : undefined);
+    const pass = gw.gateway.renewWatches();
+    await until(() => (shards.calls[0]!.get("subscribe") ?? 0) === 1);
+    // While the pass's subscribe is on its way, the shard says it lost the watches again (it may
+    // have taken the subscribe before losing them).
+    const proc = shards.procs[0]!;
+    const keep = proc.keepWatches.bind(proc);
+    proc.keepWatches = () => {
+      proc.keepWatches = keep;
+      return true;
+    };
+    await gw.gateway.renewWatches();
+    shards.hold[0] = undefined;
+    release();
+    await pass;
+    for (const c of shards.calls) c.clear();
+    await gw.gateway.renewWatches();
+    expect(shards.calls[0]!.get("subscribe")).toBe(1);
+  });
+
   it("asks a shard again to end a session whose EndSession it failed", async () => {
     let gw!: Awaited<ReturnType<typeof gatewayOn>>;
     const shards = presenceShards(2, 60_000, (req) => gw.deliver(req));
@@ -331,6 +402,39 @@ describe("gateway presence watches", () => {
     expect(answers.slice(0, 40).every((a) => a === "presenceSnapshot")).toBe(true);
     expect(answers).toContain("RATE_LIMITED");
   });
+
+  it("grants every request of a user's connections renewing side by side, each retrying as told", async () => {
+    const shards = presenceShards(1, 60_000, () => undefined);
+    const gw = await gatewayOn(shards.client);
+    // Five tabs of one user reconnect: each renews 1,000 watches in 10 requests, one after another,
+    // asking again exactly retryAfterMs after a RATE_LIMITED (50 requests against a burst of 40).
+    const tabs = await Promise.all(Array.from({ length: 5 }, () => gw.connect("alice")));
+    let nextId = 1_000;
+    let refused = 0;
+    const renew = async (socket: FakeSocket, tab: number) => {
+      for (let r = 0; r < 10; r++) {
+        const userIds = Array.from({ length: 100 }, (_, j) => `t${tab}r${r}u${j}`);
+        for (;;) {
+          const id = nextId++;
+          socket.frame({ id, subscribePresence: { userIds } });
+          let reply = socket.sent.find((f) => f.replyTo === id);
+          for (; !reply; reply = socket.sent.find((f) => f.replyTo === id)) await sleep(1);
+          if (reply.kind.case === "presenceSnapshot") break;
+          expect(reply.kind.case === "error" && reply.kind.value.reason).toBe("RATE_LIMITED");
+          refused++;
+          await sleep(reply.kind.case === "error" ? reply.kind.value.retryAfterMs : 0);
+        }
+      }
+    };
+    const started = Date.now();
+    const renewed = Promise.all(tabs.map(({ socket }, tab) => renew(socket, tab))).then(() => "renewed");
+    // 10 past the burst at 10 a second: about a second (refused for ever before refusals took nothing).
+    expect(await Promise.race([renewed, sleep(15_000).then(() => "stuck")])).toBe("renewed");
+    expect(Date.now() - started).toBeLessThan(10_000);
+    expect(refused).toBeGreaterThan(0);
+    expect(shards.procs[0]!.watchCounts().sessions).toBe(5);
+    for (const { conn } of tabs) expect(conn.watched.size).toBe(1_000);
+  }, 30_000);
 
   it("does not pass on a change of a user the session no longer watches", async () => {
     let gw!: Awaited<ReturnType<typeof gatewayOn>>;

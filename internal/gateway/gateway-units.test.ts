@@ -3,7 +3,7 @@ import { describe, expect, it } from "vitest";
 import { ClientFrameSchema } from "../../gen/switchboard/client/v1/client_pb.js";
 import { Code } from "../lib/errors.js";
 import { decodeClientFrame, encodeServerFrame, peekRequest } from "./codec.js";
-import { Throttle, TokenBucket } from "./rate-limit.js";
+import { Throttle, TokenBucket, UserBuckets } from "./rate-limit.js";
 
 describe("Throttle", () => {
   it("lets one event per key through per interval, and forgets the oldest keys past its bound", () => {
@@ -44,6 +44,26 @@ describe("TokenBucket", () => {
     }
     for (let i = 0; i < 2; i++) bucket.take();
     expect(bucket.flooded()).toBe(true);
+  });
+});
+
+describe("UserBuckets without debt", () => {
+  it("takes nothing on a refusal: those retrying as told get the tokens as they come", () => {
+    let now = 0;
+    const buckets = new UserBuckets(10, 2, { debt: false, now: () => now });
+    expect([buckets.take("u"), buckets.take("u")]).toEqual([0, 0]);
+    // Two clients refused over and over: each refusal says the same wait, and none pushes it back.
+    for (let i = 0; i < 5; i++) expect(buckets.take("u")).toBe(100);
+    now += 100;
+    expect(buckets.take("u")).toBe(0);
+    expect(buckets.take("u")).toBe(100);
+    now += 100;
+    expect(buckets.take("u")).toBe(0);
+    // With debt (sends, frames) the same refusals push the wait back.
+    const indebted = new UserBuckets(10, 2, { now: () => now });
+    indebted.take("u");
+    indebted.take("u");
+    expect([indebted.take("u"), indebted.take("u")]).toEqual([200, 300]);
   });
 });
 

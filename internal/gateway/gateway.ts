@@ -33,7 +33,11 @@ const SHARED_CONVERSATIONS_SCAN_MAX = 1_000;
 const GROUP_LIST_TTL_MS = 10_000;
 /** ...and one that does not settle a subscribe is read again if at least this old. */
 const GROUP_LIST_REREAD_MS = 1_000;
-const GROUP_LISTS_USERS_MAX = 10_000;
+/**
+ * ...and the group ids held in such lists at most, each list counting one more (about 25 MB; lists
+ * past their lifetime go as others are stored).
+ */
+const GROUP_LIST_IDS_MAX = 500_000;
 /** Sessions subscribed again at once on a presence shard that lost this gateway's watches. */
 const WATCHES_RENEWED_CONCURRENT = 16;
 /**
@@ -45,7 +49,9 @@ const END_SESSION_RETRY_DELAYS_MS = [1_000, 5_000];
 const END_SESSION_RETRIES_WAITING_MAX = 10_000;
 /**
  * subscribePresence requests per user on one gateway: sustained, at once (a client renewing 1,000
- * watches after a reconnect sends 10).
+ * watches after a reconnect sends 10). A refusal takes no token: the user's connections renewing
+ * side by side and retrying as told all get through (with debt, each refusal would push back the
+ * token the others wait for, and they could be refused for ever).
  */
 const PRESENCE_SUBSCRIBES_PER_SECOND = 10;
 const PRESENCE_SUBSCRIBES_BURST = 40;
@@ -73,10 +79,11 @@ export class Gateway {
   private readonly userSends: UserBuckets;
   /** Group changes told to every member, per user (createGroup, updateGroup, setMemberRole). */
   private readonly userGroupChanges = new UserBuckets(GROUP_CHANGES_PER_SECOND, GROUP_CHANGES_BURST);
-  /** Presence subscribes, per user (each may read hundreds of memberships). */
+  /** Presence subscribes, per user (each may read hundreds of memberships); refusals take nothing. */
   private readonly userPresenceSubscribes = new UserBuckets(
     PRESENCE_SUBSCRIBES_PER_SECOND,
     PRESENCE_SUBSCRIBES_BURST,
+    { debt: false },
   );
   /** Typing indicators this gateway relays per pull conversation (a large group): a few per second. */
   private readonly pullTyping = new Map<string, TokenBucket>();
@@ -92,13 +99,15 @@ export class Gateway {
   private readonly deliverStreams = new Set<() => void>();
   private pingTimer: NodeJS.Timeout;
   private watchLeaseTimer: NodeJS.Timeout;
-  private renewingWatches = false;
   /**
    * Presence shards (by index) that said they lost this gateway's watches, or whose renewal failed
    * (the answer may have said so, and a shard says so only once), on which not every session has
-   * subscribed again yet.
+   * subscribed again yet; each with how many times it was found so, so that a pass that began
+   * before the latest time does not clear it.
    */
-  private readonly watchesOwed = new Set<number>();
+  private readonly watchesOwed = new Map<number, number>();
+  /** Shards (by index) whose sessions are being subscribed again now (one pass per shard at a time). */
+  private readonly resubscribing = new Set<number>();
   /** The lease is taken (announce): a "lost" from now on means lost. */
   private leaseTaken = false;
   /** EndSession calls waiting to be asked again (see END_SESSION_RETRY_DELAYS_MS). */
@@ -129,7 +138,7 @@ export class Gateway {
       groupsScanned: SHARED_CONVERSATIONS_SCAN_MAX,
       groupListTtlMs: GROUP_LIST_TTL_MS,
       groupListRereadMs: GROUP_LIST_REREAD_MS,
-      usersMax: GROUP_LISTS_USERS_MAX,
+      idsMax: GROUP_LIST_IDS_MAX,
     });
     this.ctx = {
       config,
@@ -145,7 +154,7 @@ export class Gateway {
       takeGroupChange: (userId) => this.userGroupChanges.take(userId),
       takePullTyping: (conversationId) => this.takePullTyping(conversationId),
       takePresenceSubscribe: (userId) => this.userPresenceSubscribes.take(userId),
-      firstStranger: (user, others) => this.contacts.firstStranger(user, others),
+      firstStranger: (user, others, signal) => this.contacts.firstStranger(user, others, signal),
       hasRoomFor: (userId) => (this.byUser.get(userId)?.size ?? 0) < config.gateway.userConnectionsMax,
       register: (conn) => this.register(conn),
       unregister: (conn) => this.unregister(conn),
@@ -517,61 +526,72 @@ export class Gateway {
   }
 
   /**
-   * Renews this gateway's presence lease on every shard. Where a shard lost the watches (it restarted,
-   * or missed renewals past the lease) or its renewal failed (its answer may have said so), every
-   * session subscribes the watches it has there again, a few sessions at a time, and hears of each
-   * status that changed meanwhile (Connection.renewWatches).
+   * Renews this gateway's presence lease on every shard, every time, whatever else is under way.
+   * Where a shard lost the watches (it restarted, or missed renewals past the lease) or its renewal
+   * failed (its answer may have said so), every session subscribes the watches it has there again, a
+   * few sessions at a time, and hears of each status that changed meanwhile (Connection.renewWatches):
+   * a pass per shard, started here unless one is under way, and awaited (one under way is not: a
+   * session's slow re-subscribe must not hold the renewals back until the lease lapses everywhere).
    */
   async renewWatches(): Promise<void> {
-    if (this.renewingWatches || this.closed) return;
-    this.renewingWatches = true;
+    if (this.closed) return;
     const { presence, log, metrics } = this.options;
     const watcherId = this.ctx.watcherId;
     const shards = presenceShards(presence);
+    const answers = await Promise.allSettled(shards.map((s) => s.keepWatches({ watcherId })));
+    const owe = (i: number) => this.watchesOwed.set(i, (this.watchesOwed.get(i) ?? 0) + 1);
+    const unanswered = new Set<number>();
+    answers.forEach((answer, i) => {
+      if (answer.status === "rejected") {
+        unanswered.add(i);
+        if (!this.watchesOwed.has(i) && this.leaseTaken)
+          metrics.presence.watchesLost.inc({ reason: "unanswered" });
+        owe(i);
+        log.warn("gateway: renewing presence watches failed", { shard: i, err: answer.reason });
+      } else if (answer.value.watchesLost) {
+        // The first renewal (the gateway's start) takes the lease: nothing was lost.
+        if (this.leaseTaken) metrics.presence.watchesLost.inc({ reason: "lost" });
+        owe(i);
+      }
+    });
+    // A shard that did not answer now is subscribed again once it does.
+    const passes = [...this.watchesOwed.keys()]
+      .filter((i) => !unanswered.has(i) && !this.resubscribing.has(i))
+      .map((i) => this.resubscribe(shards, i));
+    await Promise.all(passes);
+  }
+
+  /** Subscribes every session's watches on shard `i` again (see renewWatches). */
+  private async resubscribe(shards: ReturnType<typeof presenceShards>, i: number): Promise<void> {
+    const { log, metrics } = this.options;
+    const owedAt = this.watchesOwed.get(i);
+    this.resubscribing.add(i);
     try {
-      const answers = await Promise.allSettled(shards.map((s) => s.keepWatches({ watcherId })));
-      const unanswered = new Set<number>();
-      answers.forEach((answer, i) => {
-        if (answer.status === "rejected") {
-          unanswered.add(i);
-          if (!this.watchesOwed.has(i) && this.leaseTaken)
-            metrics.presence.watchesLost.inc({ reason: "unanswered" });
-          this.watchesOwed.add(i);
-          log.warn("gateway: renewing presence watches failed", { shard: i, err: answer.reason });
-        } else if (answer.value.watchesLost) {
-          // The first renewal (the gateway's start) takes the lease: nothing was lost.
-          if (this.leaseTaken) metrics.presence.watchesLost.inc({ reason: "lost" });
-          this.watchesOwed.add(i);
+      const shard = shards[i]!;
+      const placed = (userId: string) => shards.length === 1 || presenceShardOf(userId, shards.length) === i;
+      const conns = [...this.bySession.values()].filter((c) => c.watched.size > 0);
+      let renewed = 0;
+      let failed: unknown;
+      await forEachLimited(conns, WATCHES_RENEWED_CONCURRENT, async (conn) => {
+        if (this.closed) return;
+        try {
+          renewed += await conn.renewWatches(shard, placed);
+        } catch (err) {
+          failed ??= err;
         }
       });
-      // A shard that did not answer now is subscribed again once it does.
-      for (const i of [...this.watchesOwed]) {
-        if (this.closed) return;
-        if (unanswered.has(i)) continue;
-        const shard = shards[i]!;
-        const placed = (userId: string) =>
-          shards.length === 1 || presenceShardOf(userId, shards.length) === i;
-        const conns = [...this.bySession.values()].filter((c) => c.watched.size > 0);
-        let renewed = 0;
-        let failed: unknown;
-        await forEachLimited(conns, WATCHES_RENEWED_CONCURRENT, async (conn) => {
-          try {
-            renewed += await conn.renewWatches(shard, placed);
-          } catch (err) {
-            failed ??= err;
-          }
-        });
-        metrics.presence.watchesRenewed.inc(renewed);
-        if (failed !== undefined) {
-          log.warn("gateway: subscribing presence watches again failed", { shard: i, err: failed });
-          continue;
-        }
-        this.watchesOwed.delete(i);
-        if (renewed > 0)
-          log.info("gateway: presence had lost watches; subscribed again", { shard: i, watches: renewed });
+      metrics.presence.watchesRenewed.inc(renewed);
+      if (this.closed) return;
+      if (failed !== undefined) {
+        log.warn("gateway: subscribing presence watches again failed", { shard: i, err: failed });
+        return;
       }
+      // Lost (or unanswered) again meanwhile: the next renewal subscribes them once more.
+      if (this.watchesOwed.get(i) === owedAt) this.watchesOwed.delete(i);
+      if (renewed > 0)
+        log.info("gateway: presence had lost watches; subscribed again", { shard: i, watches: renewed });
     } finally {
-      this.renewingWatches = false;
+      this.resubscribing.delete(i);
     }
   }
 

@@ -1,7 +1,7 @@
 /**
  * Token bucket: `ratePerSecond` sustained, `burst` at once. `take` reports how long to wait when
- * empty; `deficit` lets the caller tell a client slightly over the limit (answer RATE_LIMITED) from
- * a flood (close the connection).
+ * empty, and counts the refusal as debt (`flooded` tells a client slightly over the limit, answered
+ * RATE_LIMITED, from a flood, whose connection closes); `takeIfAny` refuses without debt.
  */
 export class TokenBucket {
   private tokens: number;
@@ -34,6 +34,20 @@ export class TokenBucket {
     return Math.ceil(((1 - this.tokens) * 1000) / this.ratePerSecond);
   }
 
+  /**
+   * Takes one token if there is one; a refusal takes nothing. For a limit shared by several clients
+   * that wait as told: with debt, one's refusals would eat the tokens another waits for, and clients
+   * retrying together could be refused for ever. Returns 0, else the milliseconds until a token.
+   */
+  takeIfAny(): number {
+    this.refill();
+    if (this.tokens >= 1) {
+      this.tokens -= 1;
+      return 0;
+    }
+    return Math.ceil(((1 - this.tokens) * 1000) / this.ratePerSecond);
+  }
+
   /** True when the bucket has refilled to its burst: forgetting it now changes nothing. */
   full(): boolean {
     this.refill();
@@ -53,19 +67,24 @@ export class TokenBucket {
 export class UserBuckets {
   private readonly buckets = new Map<string, TokenBucket>();
 
+  /**
+   * `debt` false: a refusal takes nothing (TokenBucket.takeIfAny), for a limit whose refusals are
+   * no flood signal and whose user's connections retry side by side.
+   */
   constructor(
     private readonly ratePerSecond: number,
     private readonly burst: number,
+    private readonly options: { debt?: boolean; now?: () => number } = {},
   ) {}
 
   /** Takes one token of `userId`'s bucket: 0, or the milliseconds until one is available. */
   take(userId: string): number {
     let bucket = this.buckets.get(userId);
     if (!bucket) {
-      bucket = new TokenBucket(this.ratePerSecond, this.burst);
+      bucket = new TokenBucket(this.ratePerSecond, this.burst, this.options.now);
       this.buckets.set(userId, bucket);
     }
-    return bucket.take();
+    return this.options.debt === false ? bucket.takeIfAny() : bucket.take();
   }
 
   /** Forgets the buckets of users `gone` says left, those that have refilled. */

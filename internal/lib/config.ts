@@ -176,7 +176,7 @@ export const schema = {
     ),
     presenceTargets: list(
       [],
-      "gRPC target of each presence shard, in shard order (a user's presence lives on shard hash(user) mod count), for gateways and routers (the server API's presence reads) of split roles, and for role all when several of its processes share the distributed storage (every process's gRPC address; the process at position i is shard i, cluster.presenceShard). Empty: in this process (role all warns at start on the distributed backend with gRPC on).",
+      "gRPC target of each presence shard, in shard order (a user's presence lives on shard hash(user) mod count), for gateways and routers (the server API's presence reads) of split roles, and for role all when several of its processes share the distributed storage (every process's gRPC address; the process at position i is shard i, cluster.presenceShard). Empty: in this process (role all warns at start on the distributed backend with gRPC on). Set on role all, gRPC must be on (grpc.port or --grpc-port, this process's address among the targets), else the process does not start.",
     ),
     presenceShard: int(
       0,

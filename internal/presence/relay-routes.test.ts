@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { errors } from "../lib/errors.js";
+import { Code, errors, SwitchboardError } from "../lib/errors.js";
 import { discardingLogger } from "../lib/log.js";
 import { type Relayer, RelayRoutes, routerTargetAddresses } from "./relay-routes.js";
 import { Presence } from "./service.js";
@@ -143,6 +143,74 @@ describe("RelayRoutes", () => {
     answer = ["10.0.0.1"];
     for (let i = 0; i < 50 && routes.known.length > 1; i++) await new Promise((res) => setTimeout(res, 10));
     expect(r.closed).toEqual(["[fd00::2]:9090"]);
+    routes.close();
+  });
+
+  it("passes over a router that lets a relay run past its deadline (gone without a reset), for a while", async () => {
+    const asked = new Map<string, number>();
+    let silent = "";
+    let now = 0;
+    const routes = new RelayRoutes({
+      target: "ipv4:a:1,b:1,c:1",
+      dial: (address) => ({
+        relay: async () => {
+          asked.set(address, (asked.get(address) ?? 0) + 1);
+          if (address === silent)
+            throw new SwitchboardError(
+              Code.DEADLINE_EXCEEDED,
+              "DEADLINE_EXCEEDED",
+              "the caller's deadline passed",
+            );
+          return RESPONSE;
+        },
+        close: () => undefined,
+      }),
+      fallback: { relay: async () => RESPONSE },
+      log: discardingLogger(),
+      now: () => now,
+    });
+    // A user whose first choice is a:1.
+    let user = "";
+    for (let i = 0; !user; i++) {
+      asked.clear();
+      await routes.forUser(`u${i}`).relay({ userIds: [`u${i}`] });
+      if (asked.get("a:1") === 1) user = `u${i}`;
+    }
+    silent = "a:1";
+    asked.clear();
+    await expect(routes.forUser(user).relay({ userIds: [user] })).resolves.toEqual(RESPONSE);
+    expect(asked.get("a:1")).toBe(1);
+    // Marked down: the next relays do not wait out another deadline on it.
+    await routes.forUser(user).relay({ userIds: [user] });
+    await routes.forUser(user).relay({ userIds: [user] });
+    expect(asked.get("a:1")).toBe(1);
+    silent = "";
+    now += 10_000;
+    asked.clear();
+    await routes.forUser(user).relay({ userIds: [user] });
+    expect(asked.get("a:1")).toBe(1);
+    routes.close();
+  });
+
+  it("never lets a slow DNS answer replace a newer one", async () => {
+    const r = routers();
+    const answers: Array<(addresses: string[]) => void> = [];
+    const routes = new RelayRoutes({
+      target: "dns:///router.local:9090",
+      dial: r.dial,
+      fallback: r.fallback,
+      log: discardingLogger(),
+      resolve: () => new Promise((resolve) => answers.push(resolve)),
+      refreshMs: 10,
+    });
+    for (let i = 0; i < 100 && answers.length < 2; i++) await new Promise((res) => setTimeout(res, 5));
+    // The second lookup answers first (the routers now), then the first (before a router was replaced).
+    answers[1]!(["10.0.0.2"]);
+    await new Promise((res) => setTimeout(res, 0));
+    expect(routes.known).toEqual(["10.0.0.2:9090"]);
+    answers[0]!(["10.0.0.1"]);
+    await new Promise((res) => setTimeout(res, 0));
+    expect(routes.known).toEqual(["10.0.0.2:9090"]);
     routes.close();
   });
 

@@ -19,8 +19,19 @@ import type { ServiceClient } from "../lib/rpc.js";
 
 export type Relayer = Pick<ServiceClient<typeof RouterService>, "relay">;
 
-/** How long a router that refused a relay as unreachable is passed over. */
+/**
+ * How long a router that refused a relay as unreachable, or did not answer it within the call's
+ * deadline (a router that vanished without a reset), is passed over.
+ */
 const DOWN_MS = 5_000;
+
+/**
+ * A relay that failed for want of the router, not for what it asked: UNAVAILABLE, or
+ * DEADLINE_EXCEEDED. A router that took the relay and answered too late has it relayed twice (a
+ * status repeated, which a watcher shows the same).
+ */
+const unreachable = (err: unknown): boolean =>
+  err instanceof SwitchboardError && (err.code === Code.UNAVAILABLE || err.code === Code.DEADLINE_EXCEEDED);
 const REFRESH_MS = 10_000;
 
 export interface RelayRoutesOptions {
@@ -84,6 +95,12 @@ export class RelayRoutes {
   private readonly down = new Map<string, number>();
   private timer: NodeJS.Timeout | undefined;
   private closed = false;
+  /**
+   * Resolutions begun, and the latest begun whose answer was taken: an older answer never replaces a
+   * newer one.
+   */
+  private resolutionsBegun = 0;
+  private resolutionTaken = 0;
   private readonly now: () => number;
 
   constructor(private readonly options: RelayRoutesOptions) {
@@ -102,9 +119,12 @@ export class RelayRoutes {
       const { host, port } = parsed;
       const resolve = options.resolve ?? resolveAll;
       const refresh = async () => {
+        const begun = ++this.resolutionsBegun;
         try {
           const found = await resolve(host);
-          if (this.closed) return;
+          // Closed, or a resolution begun later answered first (this one was slow): kept out.
+          if (this.closed || begun < this.resolutionTaken) return;
+          this.resolutionTaken = begun;
           this.setAddresses(found.map((a) => (a.includes(":") ? `[${a}]:${port}` : `${a}:${port}`)));
         } catch (err) {
           options.log.warn("presence: resolving the routers failed; keeping the last addresses", {
@@ -141,7 +161,7 @@ export class RelayRoutes {
       try {
         return await this.client(address).relay(req, options);
       } catch (err) {
-        if (!(err instanceof SwitchboardError) || err.code !== Code.UNAVAILABLE) throw err;
+        if (!unreachable(err)) throw err;
         this.down.set(address, this.now() + DOWN_MS);
         failure = err;
       }

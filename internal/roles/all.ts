@@ -36,6 +36,13 @@ export const startAll: RoleStarter = async (ctx) => {
   // Configuration that cannot work stops the start before storage opens (which may take long).
   providersFromConfig(config.push);
   if (config.backend === "distributed") checkDistributedConfig(config, log);
+  // Shared presence is served to the other processes over gRPC: without it they could never reach
+  // this process's shard (their users' presence would fail there), and this one would call itself
+  // at an address nothing answers.
+  if (config.cluster.presenceTargets.length > 0 && !ctx.grpc)
+    throw new Error(
+      "cluster.presenceTargets is set but gRPC is off: role all shares presence only over gRPC (set grpc.port, SWITCHBOARD_GRPC_PORT or --grpc-port, to this process's address in cluster.presenceTargets), or leave cluster.presenceTargets empty",
+    );
   const backends = ctx.own(
     await openBackends(
       config,
@@ -118,6 +125,9 @@ export const startAll: RoleStarter = async (ctx) => {
   );
   const routerImpl = routerServiceImpl(router, convs, backends.messages, config.sync.pageSizeMax);
   presenceRouter = inProcessClient(RouterService, routerImpl, inProcessCaller("role:presence"));
+  // Shared presence: this process's shard is served before the gateway's first lease renewal
+  // (announce) calls every shard, this one among them over gRPC (it relays through the router above).
+  if (ctx.grpc && presenceShards) addService(ctx.grpc, PresenceService, presenceImpl);
 
   const gateway = new Gateway({
     config,
@@ -145,7 +155,7 @@ export const startAll: RoleStarter = async (ctx) => {
   if (ctx.grpc) {
     addService(ctx.grpc, IdService, idImpl);
     addService(ctx.grpc, RouterService, routerImpl);
-    addService(ctx.grpc, PresenceService, presenceImpl);
+    if (!presenceShards) addService(ctx.grpc, PresenceService, presenceImpl);
     addService(ctx.grpc, PushService, pushImpl);
     addService(ctx.grpc, GatewayService, gatewayImpl);
     addService(

@@ -2,6 +2,7 @@ import { afterEach, describe, expect, test, vi } from "vitest";
 import { WebSocket as WsWebSocket } from "ws";
 import { Code, ConversationKind, DeliveryModel } from "../../gen/switchboard/common/v1/common_pb.js";
 import { FakeServer } from "../test/fake-server.js";
+import { PRESENCE_RENEWAL_WAIT_MAX_MS, presenceRenewalWaitMs } from "./client.js";
 import {
   type Checkpoint,
   type DisconnectInfo,
@@ -714,6 +715,49 @@ test("a presence renewal refused RATE_LIMITED is asked again after retryAfterMs"
   await srv.waitFor(() => presence.includes("bob"), "renewed after the wait");
   expect(srv.framesOf("subscribePresence").map((f) => f.conn.index)).toEqual([0, 1, 1]);
   expect(t.errors).toEqual([]);
+});
+
+test("a presence renewal refused over and over waits longer each time, at random, and ends granted", async () => {
+  const srv = await startServer();
+  // The server refuses the renewal five times (the user's other tabs took the limit), each time
+  // saying retryAfterMs 20; then grants it. Also refused as too slow once (DEADLINE_EXCEEDED).
+  const asked: number[] = [];
+  srv.hook = (conn, frame, s) => {
+    if (frame.kind.case !== "subscribePresence" || conn.index !== 1) return undefined;
+    asked.push(Date.now());
+    if (asked.length === 3) s.error(conn, frame, Code.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED", 20);
+    else if (asked.length <= 5) s.error(conn, frame, Code.RESOURCE_EXHAUSTED, "RATE_LIMITED", 20);
+    else return undefined;
+    return true;
+  };
+  // A tenth of each window: 20 + 0.1 * (250 * 2^n - 20) ms.
+  const t = newClient(srv, { random: () => 0.1 });
+  const presence: string[] = [];
+  t.client.on("presence", (p) => presence.push(p.userId));
+  await t.client.connect();
+  await t.client.subscribePresence(["bob"]);
+  srv.conns[0]!.ws.terminate();
+  await srv.waitFor(() => presence.includes("bob"), "renewed in the end", 10_000);
+  expect(asked).toHaveLength(6);
+  const gaps = asked.slice(1).map((at, i) => at - asked[i]!);
+  const expected = [1, 2, 3, 4, 5].map((n) => Math.ceil(20 + 0.1 * (250 * 2 ** n - 20)));
+  for (const [i, gap] of gaps.entries()) expect(gap).toBeGreaterThanOrEqual(expected[i]! - 2);
+  // Each wait at least about double the one before (not retryAfterMs again and again).
+  for (let i = 1; i < gaps.length; i++) expect(gaps[i]!).toBeGreaterThan(gaps[i - 1]! * 1.5);
+  expect(t.errors).toEqual([]);
+});
+
+test("a presence renewal's wait is at least retryAfterMs, grows with the refusals, and stops growing at 30 s", () => {
+  const max = PRESENCE_RENEWAL_WAIT_MAX_MS;
+  expect(presenceRenewalWaitMs(100, 1, () => 0)).toBe(100);
+  expect(presenceRenewalWaitMs(100, 1, () => 1)).toBe(500);
+  expect(presenceRenewalWaitMs(100, 2, () => 1)).toBe(1_000);
+  expect(presenceRenewalWaitMs(100, 3, () => 0.5)).toBe(1_050);
+  expect(presenceRenewalWaitMs(100, 12, () => 1)).toBe(max);
+  expect(presenceRenewalWaitMs(100, 1_000, () => 1)).toBe(max);
+  expect(presenceRenewalWaitMs(0, 1, () => 1)).toBe(500);
+  // The server's word wins over the cap.
+  expect(presenceRenewalWaitMs(45_000, 3, () => 1)).toBe(45_000);
 });
 
 test("presence is renewed in requests of at most 100 users, dropping those no longer contacts", async () => {

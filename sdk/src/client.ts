@@ -223,6 +223,41 @@ export interface GroupChangeInput {
 /** Most users one subscribePresence may name (docs/protocol.md: INVALID_PRESENCE_TARGETS past it). */
 const PRESENCE_TARGETS_PER_REQUEST = 100;
 
+/** A refused presence renewal's wait is drawn from this (or retryAfterMs) doubled per refusal... */
+const PRESENCE_RENEWAL_WAIT_BASE_MS = 250;
+/** ...up to this, unless the server's retryAfterMs says longer. */
+export const PRESENCE_RENEWAL_WAIT_MAX_MS = 30_000;
+
+/**
+ * How long a presence renewal waits before asking again after its `refusals`-th refusal in a row
+ * (RATE_LIMITED, or a server too slow to answer): at random between `retryAfterMs` and a ceiling
+ * that doubles with each refusal (base 250 ms, or retryAfterMs if longer, times 2^refusals), at
+ * most PRESENCE_RENEWAL_WAIT_MAX_MS. A user's tabs renewing at once share the server's per-user
+ * limit: retrying after exactly `retryAfterMs` they would come back together, again and again; drawn
+ * from a growing window they spread out, and each still ends.
+ */
+export function presenceRenewalWaitMs(
+  retryAfterMs: number,
+  refusals: number,
+  random: () => number = Math.random,
+): number {
+  const floor = Math.max(0, retryAfterMs);
+  const base = Math.max(floor, PRESENCE_RENEWAL_WAIT_BASE_MS);
+  const ceiling = Math.max(floor, Math.min(PRESENCE_RENEWAL_WAIT_MAX_MS, base * 2 ** Math.min(refusals, 20)));
+  return Math.ceil(floor + random() * (ceiling - floor));
+}
+
+/** A presence renewal's failure worth asking again for on the same connection (the server slow or busy). */
+function renewalRetryable(err: unknown): err is SwitchboardClientError {
+  if (!(err instanceof SwitchboardClientError)) return false;
+  return (
+    err.reason === "RATE_LIMITED" ||
+    err.reason === LocalReason.TIMEOUT ||
+    err.code === Code.UNAVAILABLE ||
+    err.code === Code.DEADLINE_EXCEEDED
+  );
+}
+
 const LOCAL_REASONS: ReadonlySet<string> = new Set(Object.values(LocalReason));
 const isLocalReason = (reason: string): boolean => LOCAL_REASONS.has(reason);
 
@@ -247,11 +282,14 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
   private readonly presencePending = new Set<Set<string>>();
   /** Requests waiting out a RATE_LIMITED refusal before they ask again: woken when the client stops. */
   private readonly waits = new Set<{ timer: ReturnType<typeof setTimeout>; reject(err: unknown): void }>();
+  /** Random source for jitter (the `random` option). */
+  private readonly random: () => number;
 
   constructor(options: SwitchboardClientOptions) {
     super();
     const backoff = { ...DEFAULT_BACKOFF, ...options.reconnect };
     const random = options.random ?? Math.random;
+    this.random = random;
     this.requestTimeoutMs = options.requestTimeoutMs ?? 10_000;
     this.autoSync = options.autoSync ?? true;
     const encoding = options.encoding ?? "json";
@@ -717,44 +755,53 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
     })();
   }
 
-  /** Renews these users' watches; false when renewing should stop (connection gone, a limit hit). */
+  /**
+   * Renews these users' watches; false when renewing should stop (connection gone, a limit hit).
+   * Refused for now (RATE_LIMITED, or the server too slow: UNAVAILABLE, DEADLINE_EXCEEDED, no reply
+   * in time), it asks again after a wait that grows with each refusal in a row, with jitter, up to
+   * 30 s (presenceRenewalWaitMs), for as long as the connection lasts.
+   */
   private async renewPresenceOf(conn: Conn, users: string[]): Promise<boolean> {
-    // Unsubscribed meanwhile: not asked for again.
-    const userIds = users.filter((u) => this.presenceWatch.has(u));
-    if (userIds.length === 0) return true;
-    try {
-      const snapshot = await this.requests.request(
-        conn,
-        { case: "subscribePresence", value: { userIds } },
-        "presenceSnapshot",
-        this.requestTimeoutMs,
-      );
-      for (const s of snapshot.statuses) this.emit("presence", toPresence(s));
-      return true;
-    } catch (err) {
-      // Refused before it did anything (the server's presence limits): asked again once allowed.
-      if (err instanceof SwitchboardClientError && err.reason === "RATE_LIMITED" && err.retryAfterMs > 0) {
-        try {
-          await this.wait(err.retryAfterMs);
-        } catch {
-          return false; // the client stopped
-        }
-        return this.connection.isCurrent(conn) && this.renewPresenceOf(conn, userIds);
-      }
-      if (err instanceof SwitchboardClientError && err.reason === "NOT_A_CONTACT") {
-        if (userIds.length === 1) {
-          this.presenceWatch.delete(userIds[0]!); // the server no longer lets us watch them
-          return true;
-        }
-        const half = Math.ceil(userIds.length / 2);
-        return (
-          (await this.renewPresenceOf(conn, userIds.slice(0, half))) &&
-          this.renewPresenceOf(conn, userIds.slice(half))
+    for (let refusals = 0; ; ) {
+      // Unsubscribed meanwhile: not asked for again.
+      const userIds = users.filter((u) => this.presenceWatch.has(u));
+      if (userIds.length === 0) return true;
+      try {
+        const snapshot = await this.requests.request(
+          conn,
+          { case: "subscribePresence", value: { userIds } },
+          "presenceSnapshot",
+          this.requestTimeoutMs,
         );
+        for (const s of snapshot.statuses) this.emit("presence", toPresence(s));
+        return true;
+      } catch (err) {
+        // Refused before it did anything (the server's presence limits), or the server slow: asked
+        // again later, backing off.
+        if (renewalRetryable(err) && this.connection.isCurrent(conn)) {
+          try {
+            await this.wait(presenceRenewalWaitMs(err.retryAfterMs, ++refusals, this.random));
+          } catch {
+            return false; // the client stopped
+          }
+          if (!this.connection.isCurrent(conn)) return false;
+          continue;
+        }
+        if (err instanceof SwitchboardClientError && err.reason === "NOT_A_CONTACT") {
+          if (userIds.length === 1) {
+            this.presenceWatch.delete(userIds[0]!); // the server no longer lets us watch them
+            return true;
+          }
+          const half = Math.ceil(userIds.length / 2);
+          return (
+            (await this.renewPresenceOf(conn, userIds.slice(0, half))) &&
+            this.renewPresenceOf(conn, userIds.slice(half))
+          );
+        }
+        if (err instanceof SwitchboardClientError && err.reason !== LocalReason.CONNECTION_LOST)
+          this.emitError(err);
+        return false;
       }
-      if (err instanceof SwitchboardClientError && err.reason !== LocalReason.CONNECTION_LOST)
-        this.emitError(err);
-      return false;
     }
   }
 
