@@ -5,6 +5,7 @@
  */
 import { connect, createServer, type Socket } from "node:net";
 import { afterEach, describe, expect, it } from "vitest";
+import { freePort } from "../../test/helpers/grpc.js";
 import { loadConfig } from "../lib/config.js";
 import { discardingLogger } from "../lib/log.js";
 import { createMetrics } from "../lib/metrics.js";
@@ -14,17 +15,6 @@ const cleanup: Array<() => unknown> = [];
 afterEach(async () => {
   for (const c of cleanup.splice(0).reverse()) await c();
 });
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 async function serve(overrides: Record<string, string>): Promise<RunningHttp> {
   const http = await serveHttp({

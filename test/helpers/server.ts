@@ -151,6 +151,33 @@ export async function runCli(
   return { code, lines, stderr: err };
 }
 
+/**
+ * `switchboard start ARGS` to its end: it must end by itself (a refusal); one still running after
+ * 20 s is killed (code null). On a free port unless the arguments or `env` name one, on a fresh data
+ * dir (removed after) unless the arguments name one.
+ */
+export async function refusedStart(
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<{ code: number | null; stderr: string }> {
+  const port = "SWITCHBOARD_HTTP_PORT" in env || args.includes("--port") ? [] : ["--port", "0"];
+  const dir = args.includes("--data-dir") ? undefined : tempDir();
+  const child = spawn(
+    process.execPath,
+    [cliPath, "start", ...port, ...(dir ? ["--data-dir", dir.path] : []), ...args],
+    { env: { ...process.env, SWITCHBOARD_LOG_LEVEL: "warn", ...env }, stdio: ["ignore", "ignore", "pipe"] },
+  );
+  let stderr = "";
+  child.stderr.on("data", (d: Buffer) => {
+    stderr += d.toString();
+  });
+  const timer = setTimeout(() => child.kill("SIGKILL"), 20_000);
+  const code = await new Promise<number | null>((resolve) => child.once("exit", (c) => resolve(c)));
+  clearTimeout(timer);
+  dir?.remove();
+  return { code, stderr };
+}
+
 /** Mints a dev token with the server's own secret (in-process: tests need thousands). */
 export async function devToken(dataDir: string, user: string, ttlSeconds = 3600): Promise<string> {
   return signDevToken(dataDir, user, ttlSeconds);

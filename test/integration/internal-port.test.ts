@@ -6,12 +6,11 @@
  * configuration where the internal port is another server's port, or a port already taken, stops the
  * process at start with a message that names the setting.
  */
-import { spawn } from "node:child_process";
 import { connect, createServer } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { freePort, listeningPorts } from "../helpers/grpc.js";
 import { RawClient } from "../helpers/raw-client.js";
-import { cliPath, devToken, type ServerProcess, startServer, tempDir } from "../helpers/server.js";
+import { devToken, refusedStart, type ServerProcess, startServer } from "../helpers/server.js";
 
 let server: ServerProcess;
 let internalPort: number;
@@ -100,24 +99,6 @@ describe("without http.internalPort", () => {
     }
   });
 });
-
-/** `switchboard start ARGS`, which must end by itself: its exit code and stderr. */
-async function refusedStart(args: string[], env: Record<string, string>) {
-  const dir = tempDir();
-  const child = spawn(process.execPath, [cliPath, "start", "--data-dir", dir.path, ...args], {
-    env: { ...process.env, SWITCHBOARD_LOG_LEVEL: "warn", ...env },
-    stdio: ["ignore", "ignore", "pipe"],
-  });
-  let stderr = "";
-  child.stderr.on("data", (d: Buffer) => {
-    stderr += d.toString();
-  });
-  const timer = setTimeout(() => child.kill("SIGKILL"), 20_000);
-  const code = await new Promise<number | null>((resolve) => child.once("exit", (c) => resolve(c)));
-  clearTimeout(timer);
-  dir.remove();
-  return { code, stderr };
-}
 
 describe("an internal port that cannot be its own", () => {
   it("is refused at start when it is http.port or grpc.port", async () => {

@@ -5,11 +5,11 @@
  */
 import { randomBytes } from "node:crypto";
 import { writeFileSync } from "node:fs";
-import { createServer } from "node:net";
 import { join } from "node:path";
 import { describe, it } from "vitest";
 import type { ServerFrame } from "../../gen/switchboard/client/v1/client_pb.js";
 import { signDevToken } from "../../internal/lib/auth.js";
+import { freePort } from "../helpers/grpc.js";
 import { expectCase, RawClient } from "../helpers/raw-client.js";
 import { type ServerProcess, startServer, tempDir } from "../helpers/server.js";
 import { ensureServer } from "../infra/servers.js";
@@ -21,14 +21,6 @@ const presenceOf = (userId: string, online: boolean) => (f: ServerFrame) =>
   f.kind.case === "presence" &&
   (f.kind.value as { status?: { userId: string; online: boolean } }).status?.userId === userId &&
   (f.kind.value as { status?: { online: boolean } }).status?.online === online;
-
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, "127.0.0.1", r));
-  const { port } = s.address() as { port: number };
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
-}
 
 // Several processes of role all on one distributed storage: only there can they share users.
 describe("presence across processes of role all", () => {

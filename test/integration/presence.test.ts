@@ -1,7 +1,7 @@
 /** Presence: online on connect, offline only after the grace period, fanned out to subscribers only. */
-import { createServer } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { ServerFrame } from "../../gen/switchboard/client/v1/client_pb.js";
+import { freePort } from "../helpers/grpc.js";
 import { expectCase, RawClient } from "../helpers/raw-client.js";
 import { devToken, type ServerProcess, startServer, tempDir } from "../helpers/server.js";
 
@@ -151,14 +151,6 @@ describe("presence", () => {
     watcher.close();
   });
 });
-
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, "127.0.0.1", r));
-  const { port } = s.address() as { port: number };
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
-}
 
 describe("role all with cluster.presenceTargets", () => {
   it("refuses to start with gRPC off: no other process could reach its presence shard", async () => {

@@ -5,13 +5,20 @@
  * that are no decimal integer, settings that do not work together, and storage or push
  * configuration that no retry can heal (which the storage retry loop used to retry for ever).
  */
-import { execFileSync, spawn } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import { existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { devSecret } from "../../internal/lib/auth.js";
 import { RawClient } from "../helpers/raw-client.js";
-import { cliPath, devToken, type ServerProcess, startServer, tempDir } from "../helpers/server.js";
+import {
+  cliPath,
+  devToken,
+  refusedStart,
+  type ServerProcess,
+  startServer,
+  tempDir,
+} from "../helpers/server.js";
 
 const cleanup: Array<() => unknown> = [];
 afterEach(async () => {
@@ -28,29 +35,6 @@ async function started(options: Parameters<typeof startServer>[0]): Promise<Serv
   const server = await startServer(options);
   cleanup.push(() => server.dispose());
   return server;
-}
-
-/**
- * `switchboard start ARGS` to its end: it must end by itself (a refusal); one still running after
- * 20 s is killed (code null). On a free port unless the test's environment names one.
- */
-async function refusedStart(
-  args: string[],
-  env: Record<string, string> = {},
-): Promise<{ code: number | null; stderr: string }> {
-  const port = "SWITCHBOARD_HTTP_PORT" in env ? [] : ["--port", "0"];
-  const child = spawn(process.execPath, [cliPath, "start", ...port, ...args], {
-    env: { ...process.env, SWITCHBOARD_LOG_LEVEL: "warn", ...env },
-    stdio: ["ignore", "ignore", "pipe"],
-  });
-  let stderr = "";
-  child.stderr.on("data", (d: Buffer) => {
-    stderr += d.toString();
-  });
-  const timer = setTimeout(() => child.kill("SIGKILL"), 20_000);
-  const code = await new Promise<number | null>((resolve) => child.once("exit", (c) => resolve(c)));
-  clearTimeout(timer);
-  return { code, stderr };
 }
 
 describe("client tokens on a public address", () => {
