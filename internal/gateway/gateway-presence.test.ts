@@ -195,6 +195,16 @@ async function subscribe(socket: FakeSocket, userIds: string[]) {
   expect(socket.sent.find((f) => f.replyTo === id)!.kind.case).toBe("presenceSnapshot");
 }
 
+/** One presence shard, a gateway on it, and alice's connection watching bob. */
+async function aliceWatchingBob() {
+  let gw!: Awaited<ReturnType<typeof gatewayOn>>;
+  const shards = presenceShards(1, 60_000, (req) => gw.deliver(req));
+  gw = await gatewayOn(shards.client);
+  const alice = await gw.connect("alice");
+  await subscribe(alice.socket, ["bob"]);
+  return { gw, shards, alice };
+}
+
 /** A user id on shard `shard` of `count`. */
 function userOn(shard: number, count: number, name: string): string {
   for (let i = 0; ; i++) if (presenceShardOf(`${name}${i}`, count) === shard) return `${name}${i}`;
@@ -219,11 +229,7 @@ describe("gateway presence watches", () => {
   });
 
   it("subscribes again a shard whose renewal failed after it answered (its one 'lost' may be gone)", async () => {
-    let gw!: Awaited<ReturnType<typeof gatewayOn>>;
-    const shards = presenceShards(1, 60_000, (req) => gw.deliver(req));
-    gw = await gatewayOn(shards.client);
-    const alice = await gw.connect("alice");
-    await subscribe(alice.socket, ["bob"]);
+    const { gw, shards } = await aliceWatchingBob();
     await shards.restart(0);
     // The shard answers "lost", and the answer is lost on its way back.
     const keep = shards.procs[0]!.keepWatches.bind(shards.procs[0]!);
@@ -342,11 +348,7 @@ describe("gateway presence watches", () => {
   });
 
   it("subscribes again where a shard says it lost the watches during a pass that was under way", async () => {
-    let gw!: Awaited<ReturnType<typeof gatewayOn>>;
-    const shards = presenceShards(1, 60_000, (req) => gw.deliver(req));
-    gw = await gatewayOn(shards.client);
-    const alice = await gw.connect("alice");
-    await subscribe(alice.socket, ["bob"]);
+    const { gw, shards } = await aliceWatchingBob();
     await shards.restart(0);
     let release!: () => void;
     const hung = new Promise<void>((r) => (release = r));
@@ -437,11 +439,7 @@ describe("gateway presence watches", () => {
   }, 30_000);
 
   it("does not pass on a change of a user the session no longer watches", async () => {
-    let gw!: Awaited<ReturnType<typeof gatewayOn>>;
-    const shards = presenceShards(1, 60_000, (req) => gw.deliver(req));
-    gw = await gatewayOn(shards.client);
-    const alice = await gw.connect("alice");
-    await subscribe(alice.socket, ["bob"]);
+    const { gw, alice } = await aliceWatchingBob();
     const unwatched = alice.conn.watched.size;
     alice.socket.frame({ id: 7, unsubscribePresence: { userIds: ["bob"] } });
     await until(() => alice.socket.sent.some((f) => f.replyTo === 7));

@@ -7,20 +7,16 @@ import { randomBytes } from "node:crypto";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, it } from "vitest";
-import type { ServerFrame } from "../../gen/switchboard/client/v1/client_pb.js";
 import { signDevToken } from "../../internal/lib/auth.js";
 import { freePort } from "../helpers/grpc.js";
-import { expectCase, RawClient } from "../helpers/raw-client.js";
+import { becomeContact, presenceOf } from "../helpers/presence.js";
+import { RawClient } from "../helpers/raw-client.js";
 import { type ServerProcess, startServer, tempDir } from "../helpers/server.js";
 import { ensureServer } from "../infra/servers.js";
 
 const GRACE_MS = 1_500;
 let n = 0;
 const user = (name: string) => `${name}-${++n}`;
-const presenceOf = (userId: string, online: boolean) => (f: ServerFrame) =>
-  f.kind.case === "presence" &&
-  (f.kind.value as { status?: { userId: string; online: boolean } }).status?.userId === userId &&
-  (f.kind.value as { status?: { online: boolean } }).status?.online === online;
 
 // Several processes of role all on one distributed storage: only there can they share users.
 describe("presence across processes of role all", () => {
@@ -58,17 +54,7 @@ describe("presence across processes of role all", () => {
       const token = (user: string) => signDevToken(dir.path, user, 3600, secretFile);
       const [a, b] = [user("a"), user("b")];
       const watcher = await RawClient.connect(servers[0]!.url, { token: await token(a) });
-      expectCase(
-        await watcher.request({
-          case: "send",
-          value: { target: { case: "toUser", value: b }, clientMsgId: "hi", body: "hi" },
-        }),
-        "ack",
-      );
-      expectCase(
-        await watcher.request({ case: "subscribePresence", value: { userIds: [b] } }),
-        "presenceSnapshot",
-      );
+      await becomeContact(watcher, b, { watch: true });
       // b connects to the other process: its heartbeats reach b's presence shard, wherever that is,
       // and the change reaches the watcher's gateway.
       const device = await RawClient.connect(servers[1]!.url, { token: await token(b) });

@@ -1,7 +1,7 @@
 /** Presence: online on connect, offline only after the grace period, fanned out to subscribers only. */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { ServerFrame } from "../../gen/switchboard/client/v1/client_pb.js";
 import { freePort } from "../helpers/grpc.js";
+import { becomeContact, presenceOf } from "../helpers/presence.js";
 import { expectCase, RawClient } from "../helpers/raw-client.js";
 import { devToken, type ServerProcess, startServer, tempDir } from "../helpers/server.js";
 
@@ -17,20 +17,9 @@ async function connect(name: string): Promise<RawClient> {
 async function contacts(): Promise<{ a: string; b: string; watcher: RawClient }> {
   const [a, b] = [user("a"), user("b")];
   const watcher = await connect(a);
-  expectCase(
-    await watcher.request({
-      case: "send",
-      value: { target: { case: "toUser", value: b }, clientMsgId: "hi", body: "hi" },
-    }),
-    "ack",
-  );
+  await becomeContact(watcher, b);
   return { a, b, watcher };
 }
-
-const presenceOf = (userId: string, online: boolean) => (f: ServerFrame) =>
-  f.kind.case === "presence" &&
-  (f.kind.value as { status?: { userId: string; online: boolean } }).status?.userId === userId &&
-  (f.kind.value as { status?: { online: boolean } }).status?.online === online;
 
 beforeAll(async () => {
   server = await startServer({
@@ -183,17 +172,7 @@ describe("role all with cluster.presenceTargets", () => {
     try {
       const [a, b] = [user("a"), user("b")];
       const watcher = await RawClient.connect(single.url, { token: await devToken(single.dataDir, a) });
-      expectCase(
-        await watcher.request({
-          case: "send",
-          value: { target: { case: "toUser", value: b }, clientMsgId: "hi", body: "hi" },
-        }),
-        "ack",
-      );
-      expectCase(
-        await watcher.request({ case: "subscribePresence", value: { userIds: [b] } }),
-        "presenceSnapshot",
-      );
+      await becomeContact(watcher, b, { watch: true });
       const device = await RawClient.connect(single.url, { token: await devToken(single.dataDir, b) });
       await watcher.nextEvent(presenceOf(b, true), 10_000);
       device.close();
