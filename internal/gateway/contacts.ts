@@ -1,6 +1,7 @@
 /** Who may watch whose presence: users who share a conversation (docs/protocol.md §4). */
 import type { MembershipStore } from "../backends/types.js";
 import { directConversationId } from "../conversations/index.js";
+import { mapLimited } from "../lib/map-limited.js";
 
 /** Reads of one check in flight at once (direct conversations, then groups). */
 const READS_CONCURRENT = 8;
@@ -64,6 +65,7 @@ export class ContactCheck {
     if (unique.length === 0) return undefined;
     const direct = await mapLimited(
       unique,
+      READS_CONCURRENT,
       (other) => this.membership.isMember(directConversationId(user, other), other),
       signal,
     );
@@ -152,22 +154,3 @@ export class ContactCheck {
 
 /** What a held list counts against `idsMax`: its ids, and one for itself. */
 const weight = (list: GroupList): number => list.ids.length + 1;
-
-/** `fn` over `items`, at most READS_CONCURRENT at once, results in order; none begun once `signal` aborts. */
-async function mapLimited<T, R>(
-  items: readonly T[],
-  fn: (item: T) => Promise<R>,
-  signal: AbortSignal | undefined,
-): Promise<R[]> {
-  const out = new Array<R>(items.length);
-  let next = 0;
-  const worker = async () => {
-    while (next < items.length) {
-      signal?.throwIfAborted();
-      const i = next++;
-      out[i] = await fn(items[i]!);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(READS_CONCURRENT, items.length) }, worker));
-  return out;
-}

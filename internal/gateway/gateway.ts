@@ -11,6 +11,7 @@ import type { MessageEvent } from "../../gen/switchboard/client/v1/client_pb.js"
 import type { DeliverRequest, GatewayService } from "../../gen/switchboard/gateway/v1/gateway_pb.js";
 import type { Identity } from "../lib/auth.js";
 import { Code, SwitchboardError } from "../lib/errors.js";
+import { mapLimited } from "../lib/map-limited.js";
 import type { ServiceImpl } from "../lib/rpc.js";
 import { SpanKind, startSpan, tracing } from "../lib/tracing.js";
 import { presenceShardOf, presenceShards } from "../presence/shards.js";
@@ -572,7 +573,7 @@ export class Gateway {
       const conns = [...this.bySession.values()].filter((c) => c.watched.size > 0);
       let renewed = 0;
       let failed: unknown;
-      await forEachLimited(conns, WATCHES_RENEWED_CONCURRENT, async (conn) => {
+      await mapLimited(conns, WATCHES_RENEWED_CONCURRENT, async (conn) => {
         if (this.closed) return;
         try {
           renewed += await conn.renewWatches(shard, placed);
@@ -606,17 +607,4 @@ export class Gateway {
     for (const conn of [...this.all]) conn.close(CloseCode.GOING_AWAY, "server shutting down");
     this.wss.close();
   }
-}
-
-/** Runs `fn` on every item, at most `limit` at once. */
-async function forEachLimited<T>(
-  items: readonly T[],
-  limit: number,
-  fn: (item: T) => Promise<void>,
-): Promise<void> {
-  let next = 0;
-  const worker = async () => {
-    while (next < items.length) await fn(items[next++]!);
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
 }
