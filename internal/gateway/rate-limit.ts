@@ -24,14 +24,10 @@ export class TokenBucket {
 
   /** Takes one token; returns 0 on success, else the milliseconds until one is available. */
   take(): number {
-    this.refill();
-    if (this.tokens >= 1) {
-      this.tokens -= 1;
-      return 0;
-    }
+    if (this.takeIfAny() === 0) return 0;
     // Keep counting refusals as debt (down to -burst) so a flood is recognisable.
     this.tokens = Math.max(this.tokens - 1, -this.burst);
-    return Math.ceil(((1 - this.tokens) * 1000) / this.ratePerSecond);
+    return this.untilToken();
   }
 
   /**
@@ -45,6 +41,11 @@ export class TokenBucket {
       this.tokens -= 1;
       return 0;
     }
+    return this.untilToken();
+  }
+
+  /** Milliseconds until the bucket holds a whole token again. */
+  private untilToken(): number {
     return Math.ceil(((1 - this.tokens) * 1000) / this.ratePerSecond);
   }
 
