@@ -26,7 +26,8 @@ const USAGE = `usage: switchboard <command> [options]
   group create --token JWT --name NAME [--member U]  create a group
   sequencer                                           the same as start --role sequencer
   operator [--http-port N] [--lease-namespace NS]     run the ChatCluster operator (current KUBECONFIG)
-  config docs                                         print the configuration reference`;
+  config docs                                         print the configuration reference
+  version                                             print this build's version and Node.js's (JSON)`;
 
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
@@ -41,6 +42,12 @@ async function main(argv: string[]): Promise<number> {
       return runProvision(rest);
     case "config":
       return runConfig(rest);
+    case "version":
+    case "--version": {
+      const { BUILD_VERSION } = await import("../internal/lib/build-info.js");
+      process.stdout.write(`${JSON.stringify({ version: BUILD_VERSION, node: process.versions.node })}\n`);
+      return 0;
+    }
     case "grpc-key":
       return runGrpcKey(rest);
     case "operator": {

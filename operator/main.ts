@@ -13,6 +13,7 @@ import { hostname } from "node:os";
 import { KubeConfig, type KubernetesObject } from "@kubernetes/client-node";
 import { Registry } from "prom-client";
 import { provisionDistributed, SCHEMA_VERSION } from "../internal/backends/distributed/provision.js";
+import { BUILD_VERSION } from "../internal/lib/build-info.js";
 import { loadConfig } from "../internal/lib/config.js";
 import { createLogger, type Logger } from "../internal/lib/log.js";
 import { inSpan, ROOT_CONTEXT, startTracing, tracing } from "../internal/lib/tracing.js";
@@ -180,7 +181,12 @@ export async function startOperator(o: OperatorOptions): Promise<RunningOperator
     res.writeHead(404).end();
   });
   const port = await listen(server, o.httpPort, o.httpHost);
-  log.info("operator started", { identity: o.identity, port, lease: `${o.leaseNamespace}/${o.leaseName}` });
+  log.info("operator started", {
+    version: BUILD_VERSION,
+    identity: o.identity,
+    port,
+    lease: `${o.leaseNamespace}/${o.leaseName}`,
+  });
 
   const done = elector.run(async (signal) => {
     log.info("leading: starting informers and workers");
@@ -252,7 +258,7 @@ export async function runOperator(argv: string[]): Promise<number> {
     tokenReviewClusterRole: flags.tokenReviewClusterRole,
   });
   process.stdout.write(
-    `${JSON.stringify({ status: "started", service: "operator", identity, port: operator.port })}\n`,
+    `${JSON.stringify({ status: "started", service: "operator", version: BUILD_VERSION, identity, port: operator.port })}\n`,
   );
   return new Promise<number>((resolve) => {
     const stop = (signal: string) => {

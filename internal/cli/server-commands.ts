@@ -5,6 +5,7 @@
  */
 import { parseArgs } from "node:util";
 import { signDevToken } from "../lib/auth.js";
+import { BUILD_VERSION } from "../lib/build-info.js";
 import { type Config, configDocs, envName, loadConfig, unknownVariables } from "../lib/config.js";
 import { createLogger, type Logger, setLogLevel } from "../lib/log.js";
 import { distributedOptions } from "../process/backends.js";
@@ -64,6 +65,7 @@ export async function runStart(argv: string[]): Promise<number> {
   warnUnknownVariables(env, log);
   const workerId = workerIdWarning(role, config, env);
   if (workerId) log.warn(workerId);
+  log.info("starting", { version: BUILD_VERSION, node: process.versions.node, backend: config.backend });
   const running = await startRole(role, config, log);
   current = { running, timeoutMs: config.shutdownTimeoutMs };
   const url = running.gateway ? `ws://${config.http.host}:${running.httpPort}/ws` : undefined;
@@ -85,7 +87,7 @@ export async function runStart(argv: string[]): Promise<number> {
     process.on("SIGTERM", onSignal);
     // Only now: whoever waits for this line may signal at once, and must find the handlers in place.
     process.stdout.write(
-      `${JSON.stringify({ status: "started", role, ...(url ? { url } : {}), port: running.httpPort, grpc_port: running.grpcPort, ...(running.internalPort !== undefined ? { internal_port: running.internalPort } : {}), data_dir: config.dataDir, pid: process.pid, ...(warning ? { warning } : {}) })}\n`,
+      `${JSON.stringify({ status: "started", version: BUILD_VERSION, role, ...(url ? { url } : {}), port: running.httpPort, grpc_port: running.grpcPort, ...(running.internalPort !== undefined ? { internal_port: running.internalPort } : {}), data_dir: config.dataDir, pid: process.pid, ...(warning ? { warning } : {}) })}\n`,
     );
   });
 }

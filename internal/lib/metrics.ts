@@ -3,6 +3,7 @@
  * Names follow Prometheus conventions: switchboard_<subsystem>_<what>_<unit|total>.
  */
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
+import { registerBuildInfo } from "./build-info.js";
 
 /**
  * Live request counters of a storage client (the distributed backend's `requests`): read when
@@ -219,6 +220,11 @@ export function createMetrics() {
   // dashboards and alerts for any Node.js service already know.
   collectDefaultMetrics({ register: registry });
   for (const name of MISNAMED_DEFAULT_GAUGES) registry.removeSingleMetric(name);
+  registerBuildInfo(
+    registry,
+    "switchboard_build_info",
+    "Always 1: the version of Switchboard this process runs and its Node.js version, as labels.",
+  );
   const r = [registry];
   return {
     registry,

@@ -1,4 +1,5 @@
 import { describe, expect, it } from "vitest";
+import { BUILD_VERSION } from "../../internal/lib/build-info.js";
 import { createOperatorRuntimeMetrics, recordChatClusterReady } from "./metrics.js";
 
 describe("switchboard_operator_chatcluster_ready", () => {
@@ -20,5 +21,14 @@ describe("switchboard_operator_chatcluster_ready", () => {
       'switchboard_operator_chatcluster_ready{chatcluster_namespace="chat",chatcluster="prod"} 0',
     ]);
     expect(await metrics.registry.metrics()).toContain("# TYPE switchboard_operator_chatcluster_ready gauge");
+  });
+});
+
+describe("switchboard_operator_build_info", () => {
+  it("names the operator's version and Node.js's", async () => {
+    const text = await createOperatorRuntimeMetrics().registry.metrics();
+    expect(text).toContain(
+      `switchboard_operator_build_info{version="${BUILD_VERSION}",node_version="${process.versions.node}"} 1`,
+    );
   });
 });

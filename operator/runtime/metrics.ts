@@ -3,6 +3,7 @@
  * operator instance (tests run several in a process), names switchboard_operator_<what>_<unit|total>.
  */
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
+import { registerBuildInfo } from "../../internal/lib/build-info.js";
 
 export interface OperatorRuntimeMetrics {
   registry: Registry;
@@ -109,6 +110,11 @@ export function createOperatorRuntimeMetrics(registry = new Registry()): Operato
       registers,
     }),
   };
+  registerBuildInfo(
+    registry,
+    "switchboard_operator_build_info",
+    "Always 1: the version of Switchboard this operator runs and its Node.js version, as labels.",
+  );
   lastEventAt.set(metrics, seen);
   return metrics;
 }

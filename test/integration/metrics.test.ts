@@ -10,7 +10,7 @@ import { IdService } from "../../gen/switchboard/id/v1/id_pb.js";
 import { grpcClient } from "../../internal/lib/rpc.js";
 import { sampleOf as sample } from "../helpers/metrics.js";
 import { expectCase, RawClient } from "../helpers/raw-client.js";
-import { devToken, type ServerProcess, startServer, testBackend } from "../helpers/server.js";
+import { devToken, runCli, type ServerProcess, startServer, testBackend } from "../helpers/server.js";
 import { ensureServer } from "../infra/servers.js";
 
 let server: ServerProcess;
@@ -70,6 +70,13 @@ describe("/metrics", () => {
     expect(sample(text, "process_cpu_seconds_total")).toBeGreaterThan(0);
     expect(text).not.toContain("switchboard_process_");
     expect(sample(text, "switchboard_ready")).toBe(1);
+    // Which build runs: the package's version, also in the line the process printed once started.
+    const version = server.startLine.version;
+    expect(version).toMatch(/^\d+\.\d+\.\d+/);
+    expect((await runCli(["version"])).lines).toEqual([{ version, node: process.versions.node }]);
+    expect(
+      sample(text, `switchboard_build_info{version="${version}",node_version="${process.versions.node}"}`),
+    ).toBe(1);
     expect(sample(text, "switchboard_gateway_connections_max")).toBeGreaterThan(0);
     const idLabels = 'grpc_type="unary",grpc_service="switchboard.id.v1.IdService",grpc_method="AllocateIds"';
     expect(sample(text, `grpc_server_handled_total{${idLabels},grpc_code="OK"}`)).toBe(1);
