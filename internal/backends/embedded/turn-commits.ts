@@ -26,12 +26,13 @@ export interface TurnWriter {
 const settle = () => undefined;
 
 /**
- * Writes of a turn committed synchronously at most (a message costs about three, so about eight
+ * Writes of a turn committed synchronously at most (a message costs about three, so about sixteen
  * messages). Measured at 5,000 msgs/s, server CPU per message and p99: limit 8, 159–163 µs and 15–26
- * ms; 24, 139–155 µs and 12–14 ms; 48, 129 µs and 11 ms, but 7,500/s no longer held (p99 68 ms: the
- * loop waited on fsyncs); every turn, 130 µs, and 7,500/s at p99 49 ms with p50 32.
+ * ms; 24, 152–169 µs and 17–40 ms; 48, 144–164 µs (median 149) and 15–37 ms; 96, 144–150 µs but one
+ * p99 of 64 ms in two runs; every turn, 130 µs, with p50 at 7,500/s at 32 ms (the loop waits on
+ * fsyncs). Interleaved runs of 24 and 48 (bench:ab, five each): 2,000/s and 7,500/s alike.
  */
-export const SYNC_WRITES_MAX = 24;
+export const SYNC_WRITES_MAX = 48;
 
 const SYNC: TurnWriter = {
   put: (db, key, value) => {
