@@ -88,14 +88,23 @@ class FakeClient extends TypedEmitter<SwitchboardClientEvents> {
       .slice(0, limit === 0 ? 100 : limit);
   }
 
-  async listMembers(conversationId: string): Promise<MemberList> {
-    const members = this.rosters.get(conversationId);
-    if (!members) throw refusal("NOT_MEMBER");
+  /** Members per page, as the server's listMembers default (1,000). */
+  memberPageSize = 1_000;
+  memberQueries: Array<string | undefined> = [];
+
+  async listMembers(conversationId: string, options: { after?: string } = {}): Promise<MemberList> {
+    this.memberQueries.push(options.after);
+    const roster = this.rosters.get(conversationId);
+    if (!roster) throw refusal("NOT_MEMBER");
+    const after = options.after;
+    const sorted = [...roster].sort();
+    const rest = after === undefined ? sorted : sorted.filter((m) => m > after);
+    const members = rest.slice(0, this.memberPageSize);
     return {
       conversationId,
       members,
-      roles: members.map((userId) => ({ userId, role: "member" })),
-      hasMore: false,
+      roles: members.map((userId) => ({ userId, role: userId === ME ? "owner" : "member" })),
+      hasMore: rest.length > members.length,
     };
   }
 
@@ -340,6 +349,68 @@ describe("presence", () => {
     // The server would refuse carol's watch on the next reconnect (NOT_A_CONTACT); bob is a contact still.
     expect(client.unsubscribed).toEqual([["carol"]]);
     expect(app.presence.has("carol")).toBe(false);
+  });
+});
+
+describe("a large group's members", () => {
+  it("are shown a page at a time, the next page asked for after the last member shown", async () => {
+    const roster = [ME, ...Array.from({ length: 5 }, (_, i) => `u${i}`)];
+    client.conversations.push({ ...conversation("g:big", 1), memberCount: 6, delivery: "pull" });
+    client.messages.set("g:big", []);
+    client.rosters.set("g:big", roster);
+    client.memberPageSize = 4;
+    const app = newApp();
+    await app.refreshConversations();
+    app.select("g:big");
+    const c = app.open!;
+    await app.loadMembers(c);
+    expect(c.members).toEqual([ME, "u0", "u1", "u2"]);
+    expect(c.membersHasMore).toBe(true);
+    expect(c.memberCount).toBe(6); // the conversation's count, not the page's
+
+    // Asked twice at once (two clicks): one request.
+    client.memberQueries.length = 0;
+    await Promise.all([app.loadMoreMembers(c), app.loadMoreMembers(c)]);
+    expect(client.memberQueries).toEqual(["u2"]);
+    expect(c.members).toEqual([ME, "u0", "u1", "u2", "u3", "u4"]);
+    expect(c.roles.get(ME)).toBe("owner");
+    expect(c.roles.get("u4")).toBe("member");
+    expect(c.membersHasMore).toBe(false);
+    expect(c.memberCount).toBe(6);
+    // Nothing more to ask for.
+    await app.loadMoreMembers(c);
+    expect(client.memberQueries).toEqual(["u2"]);
+    expect(app.notice).toBe("");
+  });
+
+  it("keep a roster read afresh meanwhile rather than append a page that followed the old one", async () => {
+    client.conversations.push({ ...conversation("g:big", 1), memberCount: 6, delivery: "pull" });
+    client.messages.set("g:big", []);
+    client.rosters.set("g:big", [ME, "u0", "u1", "u2", "u3", "u4"]);
+    client.memberPageSize = 3;
+    const app = newApp();
+    await app.refreshConversations();
+    app.select("g:big");
+    const c = app.open!;
+    await app.loadMembers(c);
+    // The next page (after "u1") is held on its way.
+    let release!: () => void;
+    const held = new Promise<void>((r) => {
+      release = r;
+    });
+    const list = client.listMembers.bind(client);
+    client.listMembers = async (id, options = {}) => {
+      if (options.after !== undefined) await held;
+      return list(id, options);
+    };
+    const more = app.loadMoreMembers(c);
+    // Meanwhile u0 leaves, and the group's event has the roster listed again.
+    client.rosters.set("g:big", [ME, "u1", "u2", "u3", "u4"]);
+    await app.loadMembers(c);
+    release();
+    await more;
+    expect(c.members).toEqual([ME, "u1", "u2"]);
+    expect(c.membersHasMore).toBe(true);
   });
 });
 

@@ -130,6 +130,8 @@ export class ChatApp {
   private refreshing: Promise<void> | undefined;
   /** The older-history page being fetched, per conversation: one request however often asked. */
   private readonly loadingOlder = new Map<string, Promise<void>>();
+  /** The next page of members being fetched, per conversation: one request however often asked. */
+  private readonly loadingMoreMembers = new Map<string, Promise<void>>();
   private refreshAgain = false;
   /** What this page learned of groups apart from listings, counted (ConversationState.learnedAt). */
   private learned = 0;
@@ -274,6 +276,7 @@ export class ChatApp {
       const listed = await this.client.listMembers(c.id);
       c.members = listed.members;
       c.roles = new Map(listed.roles.map((m) => [m.userId, m.role]));
+      c.membersHasMore = listed.hasMore;
       // A large group's first page only: its count stays the one the conversation carries.
       if (!listed.hasMore) c.memberCount = c.members.length;
     } catch (err) {
@@ -597,12 +600,37 @@ export class ChatApp {
     return loading;
   }
 
+  /** The next page of a large group's members, after the last one shown. */
+  loadMoreMembers(c: ConversationState): Promise<void> {
+    let loading = this.loadingMoreMembers.get(c.id);
+    if (!loading) {
+      loading = this.attempt(() => this.readMoreMembers(c)).finally(() => this.loadingMoreMembers.delete(c.id));
+      this.loadingMoreMembers.set(c.id, loading);
+    }
+    return loading;
+  }
+
+  private async readMoreMembers(c: ConversationState): Promise<void> {
+    const after = c.members?.at(-1);
+    if (!c.membersHasMore || after === undefined || this.client.state !== "open") return;
+    const listed = await this.client.listMembers(c.id, { after });
+    // The roster was read afresh meanwhile (a change to the group): this page follows another list.
+    if (c.members?.at(-1) !== after) return;
+    c.members = [...c.members, ...listed.members];
+    for (const m of listed.roles) c.roles.set(m.userId, m.role);
+    c.membersHasMore = listed.hasMore;
+    if (!listed.hasMore) c.memberCount = c.members.length;
+    this.onChange();
+    if (c.delivery === "push") await this.watchPresence(listed.members);
+  }
+
   async loadMembers(c: ConversationState): Promise<void> {
     if (this.client.state !== "open") return; // listed again when the panel is next opened
     await this.attempt(async () => {
       const listed = await this.client.listMembers(c.id);
       c.members = listed.members;
       c.roles = new Map(listed.roles.map((m) => [m.userId, m.role]));
+      c.membersHasMore = listed.hasMore;
       // A large group's first page only: its count stays the one the conversation carries.
       if (!listed.hasMore) c.memberCount = c.members.length;
       this.onChange();

@@ -121,6 +121,10 @@ export function wireChat(app: ChatApp, push: WebPush, signal: AbortSignal): void
     if (!panel.hidden && open) void app.loadMembers(open);
   });
   on(byId("load-older"), "click", () => void app.loadOlder());
+  on(byId("more-members"), "click", () => {
+    const open = app.open;
+    if (open) void app.loadMoreMembers(open);
+  });
   const scroller = byId("messages");
   on(scroller, "scroll", () => {
     if (scroller.scrollTop < 40) void app.loadOlder();

@@ -50,6 +50,8 @@ export interface ConversationState {
   members: string[] | undefined;
   /** The listed members' roles (who is owner or admin). */
   roles: Map<string, MemberRoleName>;
+  /** More members sort after the last one listed (a large group's roster comes in pages). */
+  membersHasMore: boolean;
   /** False once the server no longer lists the group among the user's (removed by a member). */
   isMember: boolean;
   /**
@@ -105,6 +107,7 @@ export function newConversationState(
     historyLoaded: false,
     members: undefined,
     roles: new Map(),
+    membersHasMore: false,
     isMember: true,
     learnedAt: 0,
     serverSettings: {

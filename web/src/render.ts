@@ -266,6 +266,7 @@ function renderMembers(app: ChatApp, c: ConversationState): void {
     ),
   );
   if (focused) list.querySelector<HTMLElement>(`[data-focus-key="${CSS.escape(focused)}"]`)?.focus();
+  byId("more-members").hidden = !c.membersHasMore;
   byId("handover-note").textContent = confirming
     ? `Press "Confirm: make owner" to make ${confirming} the owner; you will stay an admin. Escape cancels.`
     : "";
