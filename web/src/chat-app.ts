@@ -604,7 +604,9 @@ export class ChatApp {
   loadMoreMembers(c: ConversationState): Promise<void> {
     let loading = this.loadingMoreMembers.get(c.id);
     if (!loading) {
-      loading = this.attempt(() => this.readMoreMembers(c)).finally(() => this.loadingMoreMembers.delete(c.id));
+      loading = this.attempt(() => this.readMoreMembers(c)).finally(() =>
+        this.loadingMoreMembers.delete(c.id),
+      );
       this.loadingMoreMembers.set(c.id, loading);
     }
     return loading;
