@@ -3,12 +3,15 @@
  * kept in the data dir), or by a key from a JWKS URL (keys cached per issuer and `kid` by jose's
  * remote key set). The subject (`sub`) is the user id: identities belong to the app, as in Centrifugo.
  */
-import { createSecretKey, randomBytes } from "node:crypto";
+import { createSecretKey, type KeyObject, randomBytes } from "node:crypto";
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { isIPv4 } from "node:net";
 import { join } from "node:path";
 import { createRemoteJWKSet, type JWTPayload, jwtVerify, SignJWT } from "jose";
 import { errors, SwitchboardError } from "./errors.js";
-import { verifyHs256 } from "./hs256.js";
+import { TOKEN_CHARS_MAX, verifyHs256 } from "./hs256.js";
+import { createLogger, type Logger } from "./log.js";
+import { reloadingFile } from "./reloading-file.js";
 
 export const DEV_SECRET_FILE = "dev-jwt-secret";
 export const USER_ID_CHARS_MAX = 128;
@@ -25,28 +28,51 @@ export function devSecret(dataDir: string): Uint8Array {
   return new TextEncoder().encode(readFileSync(path, "utf8").trim());
 }
 
-/** Reads auth.secretFile: it must exist and hold a secret (unlike the dev secret, it is never created). */
-export function secretFromFile(path: string): Uint8Array {
+/** Bytes an HS256 key must have at least: the size of the hash (RFC 7518 §3.2). */
+export const SECRET_BYTES_MIN = 32;
+
+/**
+ * The keys of auth.secretFile's text: one per line, surrounding whitespace trimmed, blank lines
+ * skipped; at least one, each at least SECRET_BYTES_MIN bytes of UTF-8 (a short key can be guessed
+ * offline from any token a client holds, and then signs tokens for every user).
+ */
+export function parseSecrets(text: string, path: string): Uint8Array[] {
+  const keys = text
+    .split("\n")
+    .map((line) => line.trim())
+    .filter((line) => line !== "")
+    .map((line) => new TextEncoder().encode(line));
+  if (keys.length === 0) throw new Error(`auth.secretFile: ${path} is empty`);
+  keys.forEach((key, i) => {
+    if (key.length < SECRET_BYTES_MIN)
+      throw new Error(
+        `auth.secretFile: key ${i + 1} in ${path} (counting non-blank lines) has ${key.length} bytes; an HS256 key needs at least ${SECRET_BYTES_MIN} (e.g. 64 hex digits: openssl rand -hex 32)`,
+      );
+  });
+  return keys;
+}
+
+/** Reads auth.secretFile: it must exist and hold keys (unlike the dev secret, it is never created). */
+export function secretsFromFile(path: string): Uint8Array[] {
   let text: string;
   try {
-    text = readFileSync(path, "utf8").trim();
+    text = readFileSync(path, "utf8");
   } catch (err) {
     throw new Error(`auth.secretFile: cannot read ${path}: ${(err as Error).message}`);
   }
-  if (text === "") throw new Error(`auth.secretFile: ${path} is empty`);
-  return new TextEncoder().encode(text);
+  return parseSecrets(text, path);
 }
 
 /** Whether `host` (http.host) is a loopback address: only this machine reaches a port bound there. */
 export function isLoopbackHost(host: string): boolean {
-  return host === "localhost" || host === "::1" || host.startsWith("127.");
+  return host === "localhost" || host === "::1" || (isIPv4(host) && host.startsWith("127."));
 }
 
 /** What the start-up check of a gateway's client-token keys reads. */
 export interface ClientKeySettings {
   dataDir: string;
   http: { host: string };
-  auth: { jwksUrl: string; secretFile: string };
+  auth: { jwksUrl: string; secretFile: string; audience: string };
 }
 
 /**
@@ -59,12 +85,18 @@ export interface ClientKeySettings {
  */
 export function checkClientKeys(config: ClientKeySettings): string | undefined {
   const { jwksUrl, secretFile } = config.auth;
+  if (jwksUrl !== "" && secretFile !== "")
+    throw new Error(
+      "auth.jwksUrl and auth.secretFile are both set: tokens are verified with one or the other (the key set's asymmetric keys, or the file's HS256 keys); set only the one your token issuer uses",
+    );
   if (jwksUrl !== "") {
     if (!URL.canParse(jwksUrl)) throw new Error(`auth.jwksUrl ${JSON.stringify(jwksUrl)} is not a URL`);
+    if (config.auth.audience === "")
+      return "auth.jwksUrl is set without auth.audience: any token the key set's issuer signed, also one it issued to another application, is accepted here for its subject. Set auth.audience (SWITCHBOARD_AUTH_AUDIENCE) to the audience your issuer puts in this app's tokens, and auth.issuer";
     return undefined;
   }
   if (secretFile !== "") {
-    secretFromFile(secretFile);
+    secretsFromFile(secretFile);
     return undefined;
   }
   const host = config.http.host;
@@ -104,7 +136,7 @@ export async function signDevToken(
     .setSubject(userId)
     .setIssuedAt()
     .setExpirationTime(Math.floor(Date.now() / 1000) + ttlSeconds)
-    .sign(secretFile ? secretFromFile(secretFile) : devSecret(dataDir));
+    .sign(secretFile ? (secretsFromFile(secretFile)[0] as Uint8Array) : devSecret(dataDir));
 }
 
 export interface Identity {
@@ -116,16 +148,24 @@ export interface Identity {
 export interface VerifierOptions {
   dataDir: string;
   jwksUrl: string;
-  /** auth.secretFile: the HS256 key when there is no JWKS URL; empty: the data dir's dev secret. */
+  /** auth.secretFile: the HS256 keys when there is no JWKS URL; empty: the data dir's dev secret. */
   secretFile?: string | undefined;
   issuer: string;
   audience: string;
+  /** auth.clockSkewSeconds (0 when absent). */
+  clockSkewSeconds?: number;
+  /** Where a re-read of auth.secretFile is reported (a logger of its own when absent). */
+  log?: Logger;
 }
+
+/** How often auth.secretFile is looked at for a new version. */
+const SECRET_FILE_RECHECK_MS = 5_000;
 
 export type TokenVerifier = (token: string) => Promise<Identity>;
 
 /** Builds the verifier once; it pins the algorithms so `alg: none` and HS/RS confusion fail. */
 export function createVerifier(options: VerifierOptions): TokenVerifier {
+  const skewS = options.clockSkewSeconds ?? 0;
   const checks = {
     ...(options.issuer ? { issuer: options.issuer } : {}),
     ...(options.audience ? { audience: options.audience } : {}),
@@ -139,7 +179,11 @@ export function createVerifier(options: VerifierOptions): TokenVerifier {
         return async (token) => {
           try {
             return (
-              await jwtVerify(token, keys, { ...checks, algorithms: ["RS256", "ES256", "EdDSA", "PS256"] })
+              await jwtVerify(token, keys, {
+                ...checks,
+                clockTolerance: skewS,
+                algorithms: ["RS256", "ES256", "EdDSA", "PS256"],
+              })
             ).payload;
           } catch (err) {
             if (!isKeySetOutage(err)) throw err;
@@ -154,11 +198,30 @@ export function createVerifier(options: VerifierOptions): TokenVerifier {
     : (() => {
         // Synchronous on node:crypto: jose's WebCrypto HMAC cost a connect more than the rest of
         // its authentication (hs256.ts).
-        const key = options.secretFile ? secretFromFile(options.secretFile) : devSecret(options.dataDir);
-        const secret = createSecretKey(Buffer.from(key));
-        return async (token) => verifyHs256(token, secret, checks) as JWTPayload;
+        const toKeys = (keys: Uint8Array[]) => keys.map((k) => createSecretKey(Buffer.from(k)));
+        const secretFile = options.secretFile;
+        const keys: () => KeyObject[] = secretFile
+          ? reloadingFile(
+              secretFile,
+              "auth.secretFile",
+              SECRET_FILE_RECHECK_MS,
+              options.log ?? createLogger(),
+              (text) => toKeys(parseSecrets(text, secretFile)),
+            )
+          : (
+              (dev) => () =>
+                dev
+            )(toKeys([devSecret(options.dataDir)]));
+        const hs256Checks = { ...checks, clockToleranceS: skewS };
+        return async (token) => verifyHs256(token, keys(), hs256Checks) as JWTPayload;
       })();
   return async (token) => {
+    // Before either verifier decodes anything: jose parses and hashes whatever it is given.
+    if (token.length > TOKEN_CHARS_MAX)
+      throw errors.unauthenticated(
+        "INVALID_TOKEN",
+        `token rejected (longer than ${TOKEN_CHARS_MAX} characters)`,
+      );
     let payload: JWTPayload;
     try {
       payload = await verify(token);
@@ -174,7 +237,7 @@ export function createVerifier(options: VerifierOptions): TokenVerifier {
     }
     return {
       userId: sub,
-      expiresAtMs: payload.exp === undefined ? Number.POSITIVE_INFINITY : payload.exp * 1000,
+      expiresAtMs: payload.exp === undefined ? Number.POSITIVE_INFINITY : (payload.exp + skewS) * 1000,
     };
   };
 }

@@ -199,10 +199,19 @@ export const schema = {
     ),
     secretFile: str(
       "",
-      "File holding the HS256 secret client JWTs are verified with when auth.jwksUrl is empty (e.g. a mounted Secret): it must exist and is never created. Setting it says that HS256 tokens of this shared key are intended, on any address. Empty: the dev secret dataDir/dev-jwt-secret (created when missing), meant for development on loopback: a gateway serving on any other http.host warns that it verifies tokens with it, and refuses to start when the file does not exist yet (a key no token issuer could hold; a misspelled SWITCHBOARD_AUTH_JWKS_URL looks like this).",
+      "File holding the HS256 secrets client JWTs are verified with when auth.jwksUrl is empty (e.g. a mounted Secret): it must exist and is never created. One secret per line (surrounding whitespace trimmed, blank lines skipped), each at least 32 bytes of UTF-8; a token signed with any of them is accepted, and `switchboard token` signs with the first. The file is read again when it changes (looked at every 5 s; a version that cannot be read or has a short key keeps the previous one in force), so a key rotates without a restart: add the new key, move the issuers to it, then remove the old one. Setting it says that HS256 tokens of these shared keys are intended, on any address. Empty: the dev secret dataDir/dev-jwt-secret (created when missing), meant for development on loopback: a gateway serving on any other http.host warns that it verifies tokens with it, and refuses to start when the file does not exist yet (a key no token issuer could hold; a misspelled SWITCHBOARD_AUTH_JWKS_URL looks like this).",
     ),
     issuer: str("", "Required `iss` claim (empty: not checked)."),
-    audience: str("", "Required `aud` claim (empty: not checked)."),
+    audience: str(
+      "",
+      "Required `aud` claim (empty: not checked). Set it with auth.jwksUrl (a gateway warns at start when it is empty there): without it, any token the key set's issuer signed for another application is accepted.",
+    ),
+    clockSkewSeconds: int(
+      5,
+      "Leeway for the difference between the token issuer's clock and this process's: a token is accepted until `exp` plus this many seconds and from `nbf` minus them, and its connection ends that long after `exp`. Without it, a token whose `nbf` is the moment it was issued is refused as invalid (3500: do not reconnect) by a gateway whose clock is a second behind.",
+      0,
+      300,
+    ),
     devTokens: bool(
       false,
       "Dev mode (`switchboard start --dev`, which `npm start` uses): serve GET /v1/dev/token?user=ID, a dev-secret token for any user to anyone who reaches the HTTP port (the web client at / signs in with it). Honoured only without a JWKS URL or auth.secretFile and on a loopback address; never turn it on where others reach the port, e.g. behind a reverse proxy. Where it is honoured (and only there) it also lets a gRPC port open without authentication (no grpc.keyFile, grpc.tokenAudience or grpc.tls.dir), which otherwise stops the process at start.",

@@ -82,6 +82,48 @@ describe("verifyHs256", () => {
       expect(codeOf(() => verifyHs256(token, KEY, {}, NOW_MS))).toBe("ERR_JWS_INVALID");
     const notJson = `${Buffer.from('{"alg":"HS256"}').toString("base64url")}.${Buffer.from("[1]").toString("base64url")}.`;
     expect(codeOf(() => verifyHs256(notJson, KEY, {}, NOW_MS))).toBe("ERR_JWS_SIGNATURE_VERIFICATION_FAILED");
+    // Signed, but a claims set that is no JSON object, or not UTF-8 (RFC 7519 §7.2; jose refuses it).
+    for (const body of [
+      Buffer.from("[1]"),
+      Buffer.from([0x7b, 0x22, 0x73, 0x22, 0x3a, 0x22, 0xff, 0x22, 0x7d]),
+    ])
+      expect(codeOf(() => verifyHs256(signBytes({ alg: "HS256" }, body), KEY, {}, NOW_MS))).toBe(
+        "ERR_JWS_INVALID",
+      );
+    // 8,192 characters at most, before anything is decoded: the longest token of these claims that
+    // fits is verified, one character more is refused.
+    let x = "";
+    while (tokenSync({ sub: "alice", x: `${x}y` }).length <= 8192) x += "y";
+    const atLimit = tokenSync({ sub: "alice", x });
+    const over = tokenSync({ sub: "alice", x: `${x}y` });
+    expect(atLimit.length).toBeGreaterThan(8188);
+    expect(verifyHs256(atLimit, KEY, {}, NOW_MS).sub).toBe("alice");
+    expect(codeOf(() => verifyHs256(over, KEY, {}, NOW_MS))).toBe("ERR_JWS_INVALID");
+  });
+
+  it("accepts a token signed with any of several keys (a rotation), and no other", async () => {
+    const next = createSecretKey(Buffer.from("the next key, of enough length, 0123456789"));
+    const signedWithNext = await sign({ sub: "bob" }, {}, new Uint8Array(next.export()));
+    expect(verifyHs256(signedWithNext, [KEY, next], {}, NOW_MS).sub).toBe("bob");
+    expect(verifyHs256(tokenSync({ sub: "alice" }), [KEY, next], {}, NOW_MS).sub).toBe("alice");
+    expect(codeOf(() => verifyHs256(signedWithNext, [KEY], {}, NOW_MS))).toBe(
+      "ERR_JWS_SIGNATURE_VERIFICATION_FAILED",
+    );
+    expect(codeOf(() => verifyHs256(signedWithNext, [], {}, NOW_MS))).toBe(
+      "ERR_JWS_SIGNATURE_VERIFICATION_FAILED",
+    );
+  });
+
+  it("allows the clock tolerance on both sides: exp in the past and nbf in the future by that much", () => {
+    const checks = { clockToleranceS: 5 };
+    expect(verifyHs256(tokenSync({ exp: NOW_S - 4 }), KEY, checks, NOW_MS).exp).toBe(NOW_S - 4);
+    expect(codeOf(() => verifyHs256(tokenSync({ exp: NOW_S - 5 }), KEY, checks, NOW_MS))).toBe(
+      "ERR_JWT_EXPIRED",
+    );
+    expect(verifyHs256(tokenSync({ nbf: NOW_S + 5 }), KEY, checks, NOW_MS).nbf).toBe(NOW_S + 5);
+    expect(codeOf(() => verifyHs256(tokenSync({ nbf: NOW_S + 6 }), KEY, checks, NOW_MS))).toBe(
+      "ERR_JWT_CLAIM_VALIDATION_FAILED",
+    );
   });
 
   it("checks exp, nbf and iat like jose: expired at exp, valid from nbf", async () => {
@@ -125,3 +167,10 @@ function signRaw(header: Record<string, unknown>, claims: Record<string, unknown
 
 const tokenSync = (claims: Record<string, unknown>) =>
   signRaw({ alg: "HS256", typ: "JWT" }, { sub: "alice", ...claims });
+
+/** A token over raw claim bytes (not necessarily JSON or UTF-8), signed here with the key. */
+function signBytes(header: Record<string, unknown>, claims: Buffer): string {
+  const h = Buffer.from(JSON.stringify(header)).toString("base64url");
+  const body = claims.toString("base64url");
+  return `${h}.${body}.${createHmac("sha256", KEY).update(`${h}.${body}`).digest("base64url")}`;
+}

@@ -9,8 +9,9 @@
  * still go through jose.
  *
  * The checks are jose's for this case: the header must name HS256 and no critical extension; the
- * signature is compared in constant time; `exp` and `nbf` must be numbers and hold now; `iat`, if
- * present, a number; `iss` and `aud` must match when configured (`aud` may be a string or a list).
+ * signature is compared in constant time; `exp` and `nbf` must be numbers and hold now (within the
+ * clock tolerance); `iat`, if present, a number; `iss` and `aud` must match when configured (`aud` may
+ * be a string or a list); header and claims must be valid UTF-8 (RFC 7519 §7.2).
  */
 import { createHmac, type KeyObject, timingSafeEqual } from "node:crypto";
 
@@ -36,6 +37,8 @@ export class JwtError extends Error {
 export interface Hs256Checks {
   issuer?: string;
   audience?: string;
+  /** Seconds `exp` may lie in the past and `nbf` in the future (jose's clockTolerance). */
+  clockToleranceS?: number;
 }
 
 /** A token's claims, as far as this platform reads them. */
@@ -46,26 +49,27 @@ export interface JwtClaims {
 }
 
 /** Tokens longer than this are refused before any decoding (a header or claims set is small). */
-const TOKEN_CHARS_MAX = 8192;
+export const TOKEN_CHARS_MAX = 8192;
 const BASE64URL = /^[A-Za-z0-9_-]*$/;
+const UTF8 = new TextDecoder("utf-8", { fatal: true });
 
 function decodeJson(part: string, what: string): Record<string, unknown> {
   if (!BASE64URL.test(part)) throw new JwtError("ERR_JWS_INVALID", `${what} is not base64url`);
   let value: unknown;
   try {
-    value = JSON.parse(Buffer.from(part, "base64url").toString("utf8"));
+    value = JSON.parse(UTF8.decode(Buffer.from(part, "base64url")));
   } catch {
-    throw new JwtError("ERR_JWS_INVALID", `${what} is not JSON`);
+    throw new JwtError("ERR_JWS_INVALID", `${what} is not JSON in UTF-8`);
   }
   if (typeof value !== "object" || value === null || Array.isArray(value))
     throw new JwtError("ERR_JWS_INVALID", `${what} is not a JSON object`);
   return value as Record<string, unknown>;
 }
 
-/** Verifies `token` against `key` and returns its claims; throws JwtError. */
+/** Verifies `token` against any of `keys` and returns its claims; throws JwtError. */
 export function verifyHs256(
   token: string,
-  key: KeyObject,
+  keys: KeyObject | readonly KeyObject[],
   checks: Hs256Checks = {},
   nowMs = Date.now(),
 ): JwtClaims {
@@ -79,8 +83,12 @@ export function verifyHs256(
   if (header.b64 !== undefined) throw new JwtError("ERR_JWS_INVALID", "unsupported b64 header");
   if (!BASE64URL.test(signaturePart)) throw new JwtError("ERR_JWS_INVALID", "signature is not base64url");
   const signature = Buffer.from(signaturePart, "base64url");
-  const expected = createHmac("sha256", key).update(`${headerPart}.${payloadPart}`).digest();
-  if (signature.length !== expected.length || !timingSafeEqual(signature, expected))
+  const signed = `${headerPart}.${payloadPart}`;
+  const signedWith = (key: KeyObject) => {
+    const expected = createHmac("sha256", key).update(signed).digest();
+    return signature.length === expected.length && timingSafeEqual(signature, expected);
+  };
+  if (!(Array.isArray(keys) ? keys : [keys]).some(signedWith))
     throw new JwtError("ERR_JWS_SIGNATURE_VERIFICATION_FAILED", "signature verification failed");
   // One spelling per signature: a last character differing only in its unused low bits decodes to
   // the same bytes, and such a variant of a valid token is refused, not accepted as that token.
@@ -92,9 +100,10 @@ export function verifyHs256(
   for (const name of ["exp", "nbf", "iat"] as const)
     if (claims[name] !== undefined && (typeof claims[name] !== "number" || !Number.isFinite(claims[name])))
       throw new JwtError("ERR_JWT_CLAIM_VALIDATION_FAILED", `"${name}" claim must be a number`);
-  if (typeof claims.nbf === "number" && claims.nbf > nowS)
+  const tolerance = checks.clockToleranceS ?? 0;
+  if (typeof claims.nbf === "number" && claims.nbf > nowS + tolerance)
     throw new JwtError("ERR_JWT_CLAIM_VALIDATION_FAILED", `"nbf" claim timestamp check failed`);
-  if (typeof claims.exp === "number" && claims.exp <= nowS)
+  if (typeof claims.exp === "number" && claims.exp <= nowS - tolerance)
     throw new JwtError("ERR_JWT_EXPIRED", `"exp" claim timestamp check failed`);
   if (checks.issuer !== undefined && claims.iss !== checks.issuer)
     throw new JwtError("ERR_JWT_CLAIM_VALIDATION_FAILED", `unexpected "iss" claim value`);

@@ -138,7 +138,7 @@ export const startAll: RoleStarter = async (ctx) => {
     router: inProcessClient(RouterService, routerImpl, asGateway),
     presence: presenceShards ?? inProcessClient(PresenceService, presenceImpl, asGateway),
     push: inProcessClient(PushService, pushImpl, asGateway),
-    verify: createVerifier({ dataDir: config.dataDir, ...config.auth }),
+    verify: createVerifier({ dataDir: config.dataDir, ...config.auth, log }),
     gatewayId: gatewayId(config),
     gatewayEpoch: Date.now(),
     advertiseAddress: ctx.grpc ? advertiseAddress(config, ctx.grpcPort) : "",

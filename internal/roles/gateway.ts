@@ -57,7 +57,7 @@ export const startGateway: RoleStarter = async (ctx) => {
     router,
     presence,
     push,
-    verify: createVerifier({ dataDir: config.dataDir, ...config.auth }),
+    verify: createVerifier({ dataDir: config.dataDir, ...config.auth, log }),
     gatewayId: gatewayId(config),
     gatewayEpoch: Date.now(),
     advertiseAddress: address,

@@ -63,7 +63,7 @@ describe("client tokens on a public address", () => {
   it("starts quietly with auth.secretFile, and verifies tokens with it", async () => {
     const dir = dataDir();
     const file = join(dir, "hs256");
-    writeFileSync(file, "the issuer's shared key\n");
+    writeFileSync(file, "the issuer's shared key, of 32 bytes or more\n");
     const server = await started({
       args: ["--host", "0.0.0.0"],
       env: { SWITCHBOARD_AUTH_SECRET_FILE: file },
@@ -78,7 +78,7 @@ describe("client tokens on a public address", () => {
       .setProtectedHeader({ alg: "HS256" })
       .setSubject("alice")
       .setExpirationTime("1h")
-      .sign(new TextEncoder().encode("the issuer's shared key"));
+      .sign(new TextEncoder().encode("the issuer's shared key, of 32 bytes or more"));
     const c = await RawClient.connect(server.url, { token });
     c.close();
     // `switchboard token` in the same environment signs with that key, not a data dir's dev secret.
