@@ -59,6 +59,7 @@ import {
 } from "./codec.js";
 import { Throttle, TokenBucket } from "./rate-limit.js";
 import { SendGaps } from "./send-gaps.js";
+import { verifyInTime } from "./verify-in-time.js";
 
 /** The optional protocol features this gateway understands (`welcome.features`). */
 const PROTOCOL_FEATURES = ["first_attempt"];
@@ -253,22 +254,6 @@ export class Connection {
     );
   }
 
-  /** `verify`, refused as AUTH_UNAVAILABLE if it takes longer than the auth deadline. */
-  private async verifyInTime(token: string): Promise<Identity> {
-    let timer: NodeJS.Timeout | undefined;
-    const late = new Promise<never>((_, reject) => {
-      timer = setTimeout(
-        () => reject(errors.unavailable("AUTH_UNAVAILABLE", "the token could not be checked in time")),
-        this.ctx.config.auth.authTimeoutMs,
-      );
-    });
-    try {
-      return await Promise.race([this.ctx.verify(token), late]);
-    } finally {
-      clearTimeout(timer);
-    }
-  }
-
   /** Sets up the session of a verified connection and welcomes it (in `encoding`: its auth frame's). */
   async authenticate(identity: Identity, replyTo: number, encoding: Encoding = this.encoding): Promise<void> {
     // Closed while its token was checked (client gone, auth deadline, drain): never registered.
@@ -423,7 +408,7 @@ export class Connection {
         clearTimeout(this.authTimer);
         let identity: Identity;
         try {
-          identity = await this.verifyInTime(req.value.token);
+          identity = await verifyInTime(this.ctx.verify, req.value.token, this.ctx.config.auth.authTimeoutMs);
         } catch (err) {
           const e = SwitchboardError.from(err);
           this.fail(id, e, encoding, "auth");

@@ -26,6 +26,7 @@ import {
 import { Connection, type GatewayContext, type GatewayServices } from "./connection.js";
 import { ContactCheck } from "./contacts.js";
 import { TokenBucket, UserBuckets } from "./rate-limit.js";
+import { verifyInTime } from "./verify-in-time.js";
 
 const CREDIT_EVERY_EVENTS = 256;
 const RECHECK_SPREAD_MS = 1_000;
@@ -91,6 +92,8 @@ export class Gateway {
   private readonly all = new Set<Connection>();
   /** Connections still to send their auth frame (counted against gateway.unauthenticatedMax). */
   private readonly awaitingAuth = new Set<Connection>();
+  /** Upgrades whose Authorization header is being verified. */
+  private verifyingUpgrades = 0;
   private readonly ctx: GatewayContext;
   private draining = false;
   /** Told once when draining starts (the process's readiness and gRPC health change then). */
@@ -235,20 +238,30 @@ export class Gateway {
     if (this.draining) return refuse(503, "Service Unavailable", "draining");
     if (this.all.size >= config.gateway.connectionsMax) return refuse(503, "Service Unavailable", "full");
     const authz = req.headers.authorization;
-    if (authz === undefined && this.awaitingAuth.size >= config.gateway.unauthenticatedMax)
+    // Upgrades whose Authorization header is being checked are not connections yet, and each may wait
+    // up to auth.authTimeoutMs on a key set: as many may wait as connections may await an auth frame
+    // (counted apart, so sockets that never authenticate do not keep header-authenticated clients out).
+    const unauthenticated = authz === undefined ? this.awaitingAuth.size : this.verifyingUpgrades;
+    if (unauthenticated >= config.gateway.unauthenticatedMax)
       return refuse(503, "Service Unavailable", "unauthenticated full");
     let identity: Identity | undefined;
     if (authz !== undefined) {
       const match = /^Bearer (.+)$/i.exec(authz);
+      this.verifyingUpgrades++;
       try {
         if (!match?.[1]) throw new Error("malformed Authorization header");
-        identity = await this.options.verify(match[1]);
+        identity = await verifyInTime(this.options.verify, match[1], config.auth.authTimeoutMs);
       } catch (err) {
         // A token that could not be checked now (the key set unreachable) is not a bad token.
         if (err instanceof SwitchboardError && err.code === Code.UNAVAILABLE)
           return refuse(503, "Service Unavailable", "auth unavailable");
         return refuse(401, "Unauthorized", "unauthorized");
+      } finally {
+        this.verifyingUpgrades--;
       }
+      // The gateway may have filled up or begun to drain meanwhile.
+      if (this.draining) return refuse(503, "Service Unavailable", "draining");
+      if (this.all.size >= config.gateway.connectionsMax) return refuse(503, "Service Unavailable", "full");
     }
     if (socket.destroyed) return;
     this.wss.handleUpgrade(req, socket, head, (ws) => {

@@ -266,7 +266,7 @@ export const schema = {
     ),
     unauthenticatedMax: int(
       2_000,
-      "Most connections per gateway process still to authenticate with an auth frame (each may wait auth.authTimeoutMs); past it, an upgrade without an Authorization header gets 503, so unauthenticated sockets cannot take every slot.",
+      "Most connections per gateway process still to authenticate with an auth frame (each may wait auth.authTimeoutMs); past it, an upgrade without an Authorization header gets 503, so unauthenticated sockets cannot take every slot. Upgrades whose Authorization header is being checked (each for up to auth.authTimeoutMs) are limited to as many, counted apart.",
       1,
     ),
     pingIntervalMs: int(

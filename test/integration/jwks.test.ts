@@ -115,4 +115,41 @@ describe("JWKS authentication", () => {
       await outage.dispose();
     }
   });
+
+  it("bounds header-authenticated upgrades waiting on a key set: auth.authTimeoutMs each, gateway.unauthenticatedMax at once", async () => {
+    // A key set that takes every request and never answers.
+    const held: Array<() => void> = [];
+    const silent = createServer((_req, res) => held.push(() => res.destroy()));
+    await new Promise<void>((r) => silent.listen(0, "127.0.0.1", () => r()));
+    const slow = await startServer({
+      env: {
+        SWITCHBOARD_AUTH_JWKS_URL: `http://127.0.0.1:${(silent.address() as AddressInfo).port}/jwks.json`,
+        SWITCHBOARD_AUTH_AUDIENCE: "switchboard",
+        SWITCHBOARD_AUTH_AUTH_TIMEOUT_MS: "1500",
+        SWITCHBOARD_GATEWAY_UNAUTHENTICATED_MAX: "1",
+      },
+    });
+    try {
+      const token = await sign({});
+      const startedAt = Date.now();
+      const first = upgradeStatus(token, slow.url);
+      // While the first waits on the key set, a second header upgrade finds no slot...
+      await new Promise((r) => setTimeout(r, 300));
+      const secondAt = Date.now();
+      expect(await upgradeStatus(token, slow.url)).toBe(503);
+      expect(Date.now() - secondAt).toBeLessThan(1_000); // refused at once, not after waiting too
+      // ...while a socket that will authenticate with a frame still gets one (counted apart).
+      const framed = await RawClient.connect(slow.url);
+      framed.close();
+      // The first ends at the auth deadline (1.5 s), not at jose's own fetch timeout (5 s).
+      expect(await first).toBe(503);
+      const waited = Date.now() - startedAt;
+      expect(waited).toBeGreaterThanOrEqual(1_400);
+      expect(waited).toBeLessThan(4_000);
+    } finally {
+      for (const end of held) end();
+      await slow.dispose();
+      await new Promise<void>((r) => silent.close(() => r()));
+    }
+  });
 });
