@@ -1,10 +1,16 @@
 import type { IdService } from "../../gen/switchboard/id/v1/id_pb.js";
 import type { ServiceClient } from "../lib/rpc.js";
 
-/** Keeps a local stock of Snowflake ids, refilled in batches: no RPC per message. */
+/**
+ * Keeps a local stock of Snowflake ids, refilled in batches: no RPC per message. Each refill names the
+ * highest id received from each worker so far, so a worker restarted with its clock behind mints above
+ * it (internal/id/service.ts).
+ */
 export class IdPool {
   private stock: string[] = [];
   private refill: Promise<void> | undefined;
+  /** The highest id received from each worker, by worker id. */
+  private readonly received = new Map<number, bigint>();
 
   constructor(
     private readonly ids: ServiceClient<typeof IdService>,
@@ -25,8 +31,13 @@ export class IdPool {
   private fill(): Promise<void> {
     // Shared by every caller waiting for ids: not bounded by the deadline of the one that started it.
     this.refill ??= this.ids
-      .allocateIds({ count: this.batchSize })
+      .allocateIds({ count: this.batchSize, received: [...this.received.values()].map(String) })
       .then((res) => {
+        const last = res.ids.at(-1);
+        if (last !== undefined) {
+          const id = BigInt(last);
+          if (id > (this.received.get(res.workerId) ?? -1n)) this.received.set(res.workerId, id);
+        }
         // Keep ascending order when popping: newest batch goes underneath the remaining stock.
         this.stock = [...res.ids.slice().reverse(), ...this.stock];
       })

@@ -65,7 +65,7 @@ describe("IdService", () => {
   it("allocates the requested batch in increasing order and bounds the count", async () => {
     const svc = createIdService(5);
     const res = await svc.allocateIds(
-      { $typeName: "switchboard.id.v1.AllocateIdsRequest", count: 300 },
+      { $typeName: "switchboard.id.v1.AllocateIdsRequest", count: 300, received: [] },
       { signal: new AbortController().signal, peer: "test" },
     );
     expect(res.ids).toHaveLength(300);
@@ -73,17 +73,91 @@ describe("IdService", () => {
     for (let i = 1; i < ids.length; i++) expect(ids[i]! > ids[i - 1]!).toBe(true);
     await expect(
       svc.allocateIds(
-        { $typeName: "switchboard.id.v1.AllocateIdsRequest", count: 0 },
+        { $typeName: "switchboard.id.v1.AllocateIdsRequest", count: 0, received: [] },
         { signal: new AbortController().signal, peer: "test" },
       ),
     ).rejects.toMatchObject({ reason: "COUNT_OUT_OF_RANGE" });
   });
 });
 
+describe("IdService across restarts (the ids its callers received)", () => {
+  /** The ids `svc` mints for a caller that received `received` before. */
+  const ask = async (svc: ReturnType<typeof createIdService>, count: number, received: string[] = []) =>
+    (
+      await svc.allocateIds(
+        { $typeName: "switchboard.id.v1.AllocateIdsRequest", count, received },
+        { signal: new AbortController().signal, peer: "test" },
+      )
+    ).ids ?? [];
+
+  it("mints above the highest id a caller received from this worker, whatever its clock says", async () => {
+    let clock = EPOCH_MS + 100_000_000;
+    const before = createIdService(4, () => clock);
+    const given = new Set<string>();
+    for (let i = 0; i < 2_000; i++) {
+      for (const id of await ask(before, 1)) given.add(id);
+      clock += 1; // two seconds of ids
+    }
+    const highest = [...given].at(-1)!;
+    // Restarted on a node whose clock is 2 s behind (no store: role id).
+    clock -= 2_000;
+    const start = clock;
+    const after = createIdService(4, () => clock);
+    const other = createIdService(9, () => clock + 60_000); // another worker's ids are ignored
+    const foreign = (await ask(other, 1))[0]!;
+    let repeated = 0;
+    for (let i = 0; i < 2_000; i++) {
+      const [id] = await ask(after, 1, [foreign, highest]);
+      if (given.has(id!)) repeated++;
+      expect(BigInt(id!) > BigInt(highest)).toBe(true);
+      expect(decodeSnowflake(id!).workerId).toBe(4);
+      clock += 1;
+    }
+    expect(repeated).toBe(0);
+    // Without what the caller received, the same restart mints the first run's ids again.
+    clock = start;
+    const forgetful = createIdService(4, () => clock);
+    let again = 0;
+    for (let i = 0; i < 2_000; i++) {
+      if (given.has((await ask(forgetful, 1))[0]!)) again++;
+      clock += 1;
+    }
+    expect(again).toBeGreaterThan(1_000);
+  });
+
+  it("refuses to mint, CLOCK_BEHIND, while its clock is more than 5 s behind such an id, and for good at no bad id", async () => {
+    let clock = EPOCH_MS + 100_000_000;
+    const first = (
+      await ask(
+        createIdService(2, () => clock),
+        1,
+      )
+    )[0]!;
+    clock -= 60_000; // a clock stepped back a minute
+    const after = createIdService(2, () => clock);
+    await expect(ask(after, 1, [first])).rejects.toMatchObject({ reason: "CLOCK_BEHIND" });
+    // A caller that knows nothing of the first run still gets ids: the bad floor was not taken.
+    expect(await ask(after, 1)).toHaveLength(1);
+    clock += 60_000; // caught up
+    const now = (await ask(after, 1, [first]))[0]!;
+    expect(BigInt(now) > BigInt(first)).toBe(true);
+    // One id per worker at most.
+    await expect(
+      ask(
+        after,
+        1,
+        Array.from({ length: 1_025 }, () => first),
+      ),
+    ).rejects.toMatchObject({
+      reason: "COUNT_OUT_OF_RANGE",
+    });
+  });
+});
+
 describe("IdService across restarts (high-water mark)", () => {
   const call = (count: number) =>
     [
-      { $typeName: "switchboard.id.v1.AllocateIdsRequest", count } as const,
+      { $typeName: "switchboard.id.v1.AllocateIdsRequest", count, received: [] as string[] } as const,
       { signal: new AbortController().signal, peer: "test" },
     ] as const;
   /** A store that keeps the mark in memory (it outlives the services, as a disk would), counting writes. */

@@ -87,6 +87,21 @@ export class Snowflake {
     return id;
   }
 
+  /**
+   * Mints only ids above `id` from now on: an id of this worker that an earlier run gave out (its
+   * callers remember it), so a run whose clock is behind that id's millisecond does not mint it
+   * again. It runs on its own clock from there while the wall clock is behind by at most
+   * maxBackwardsMs, and refuses to mint (ClockMovedBackwardsError) while it is behind by more.
+   */
+  mintAbove(id: bigint): void {
+    if (id <= this.lastId) return;
+    const { ms, workerId, sequence } = decodeSnowflake(id);
+    assert(workerId === this.workerId, "mintAbove: an id of another worker");
+    this.lastMs = ms;
+    this.sequence = sequence;
+    this.lastId = id;
+  }
+
   /** The next id as a decimal string (the form used on the wire). */
   next(): string {
     return this.nextBigInt().toString();

@@ -255,7 +255,11 @@ describe("embedded id high-water mark", () => {
     let clock = T0;
     let backends = openAt(dataDir);
     const before = createIdService(0, () => clock, backends.idHighWater);
-    const call = { $typeName: "switchboard.id.v1.AllocateIdsRequest", count: 1_000 } as const;
+    const call = {
+      $typeName: "switchboard.id.v1.AllocateIdsRequest",
+      count: 1_000,
+      received: [] as string[],
+    } as const;
     const ctx = { signal: new AbortController().signal, peer: "test" };
     const issued = new Set<string>();
     for (let i = 0; i < 10; i++) {

@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file switchboard/id/v1/id.proto.
  */
 export const file_switchboard_id_v1_id: GenFile = /*@__PURE__*/
-  fileDesc("Chpzd2l0Y2hib2FyZC9pZC92MS9pZC5wcm90bxIRc3dpdGNoYm9hcmQuaWQudjEiIwoSQWxsb2NhdGVJZHNSZXF1ZXN0Eg0KBWNvdW50GAEgASgNIjkKE0FsbG9jYXRlSWRzUmVzcG9uc2USDwoDaWRzGAEgAygEQgIwARIRCgl3b3JrZXJfaWQYAiABKA0yaQoJSWRTZXJ2aWNlElwKC0FsbG9jYXRlSWRzEiUuc3dpdGNoYm9hcmQuaWQudjEuQWxsb2NhdGVJZHNSZXF1ZXN0GiYuc3dpdGNoYm9hcmQuaWQudjEuQWxsb2NhdGVJZHNSZXNwb25zZWIGcHJvdG8z");
+  fileDesc("Chpzd2l0Y2hib2FyZC9pZC92MS9pZC5wcm90bxIRc3dpdGNoYm9hcmQuaWQudjEiOQoSQWxsb2NhdGVJZHNSZXF1ZXN0Eg0KBWNvdW50GAEgASgNEhQKCHJlY2VpdmVkGAIgAygEQgIwASI5ChNBbGxvY2F0ZUlkc1Jlc3BvbnNlEg8KA2lkcxgBIAMoBEICMAESEQoJd29ya2VyX2lkGAIgASgNMmkKCUlkU2VydmljZRJcCgtBbGxvY2F0ZUlkcxIlLnN3aXRjaGJvYXJkLmlkLnYxLkFsbG9jYXRlSWRzUmVxdWVzdBomLnN3aXRjaGJvYXJkLmlkLnYxLkFsbG9jYXRlSWRzUmVzcG9uc2ViBnByb3RvMw");
 
 /**
  * Ask for ids.
@@ -24,6 +24,16 @@ export type AllocateIdsRequest = Message<"switchboard.id.v1.AllocateIdsRequest">
    * @generated from field: uint32 count = 1;
    */
   count: number;
+
+  /**
+   * The highest id this caller has received from each worker it has had ids from, at most 1,024
+   * (one per worker). A worker mints only ids above the one of its own worker id: restarted with its
+   * clock behind the time of its last ids (another node, a clock stepped back), it never repeats an id
+   * it gave to a caller that still runs. Ids of other workers are ignored.
+   *
+   * @generated from field: repeated uint64 received = 2 [jstype = JS_STRING];
+   */
+  received: string[];
 };
 
 /**

@@ -1,0 +1,41 @@
+import { describe, expect, it } from "vitest";
+import type { IdService } from "../../gen/switchboard/id/v1/id_pb.js";
+import { createIdService, decodeSnowflake, EPOCH_MS } from "../id/index.js";
+import type { ServiceClient } from "../lib/rpc.js";
+import { IdPool } from "./id-pool.js";
+
+describe("IdPool", () => {
+  it("names the highest id it received from each worker in every refill", async () => {
+    let clock = EPOCH_MS + 100_000_000;
+    // Two id workers behind one address, answering in turn.
+    const workers = [createIdService(1, () => clock), createIdService(2, () => clock)];
+    const asked: string[][] = [];
+    const answered: string[] = [];
+    let turn = 0;
+    const client = {
+      allocateIds: async (req: { count: number; received: string[] }) => {
+        asked.push([...req.received]);
+        const res = await workers[turn++ % 2]!.allocateIds(
+          { $typeName: "switchboard.id.v1.AllocateIdsRequest", ...req },
+          { signal: new AbortController().signal, peer: "test" },
+        );
+        answered.push(...(res.ids ?? []));
+        return res;
+      },
+    } as unknown as ServiceClient<typeof IdService>;
+    const pool = new IdPool(client, 4);
+    for (let i = 0; i < 12; i++) {
+      await pool.next();
+      clock += 1;
+    }
+    expect(asked.length).toBeGreaterThanOrEqual(3);
+    expect(asked[0]).toEqual([]);
+    // From the third refill on each worker has answered: its highest id so far is named.
+    // A worker's ids rise from answer to answer: its highest so far is its last.
+    const highest = (worker: number, ids: string[]) =>
+      BigInt(ids.filter((id) => decodeSnowflake(id).workerId === worker).at(-1)!);
+    const third = asked[2]!;
+    const before = answered.slice(0, 8); // what the first two refills (4 ids each) brought
+    expect(third.map(BigInt).sort()).toEqual([highest(1, before), highest(2, before)].sort());
+  });
+});
