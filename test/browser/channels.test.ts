@@ -5,7 +5,7 @@
  * once made an admin; a send refused because the role was taken back shows on the message; joining a
  * closed or unknown group says why; a large (pull-model) group is marked as a channel too; an owner
  * renames a group, lets only admins add members, and hands the group over, the members' pages
- * following each change live. Every page
+ * following each change live; a large group's members come a page at a time. Every page
  * must end without a console error and without an error notice.
  */
 import type { Browser, BrowserContext, Page } from "playwright-core";
@@ -372,5 +372,21 @@ describe("channels", () => {
     await owner.page.getByRole("button", { name: "Members" }).click();
     await expect.poll(() => owner.page.locator("#member-list .member").count()).toBe(4);
     expect(await owner.page.locator("#member-list .presence").count()).toBe(0);
+  });
+
+  it("lists a large group's members a page at a time", async () => {
+    const owner = await person("pia");
+    // 1,001 members: one more than the server's page of 1,000.
+    const members = Array.from({ length: 1_000 }, (_, i) => `crowd-${String(i).padStart(4, "0")}`);
+    await createGroup(owner.page, "Stadium", members);
+    await owner.page.getByRole("button", { name: "Members" }).click();
+    const listed = owner.page.locator("#member-list .member");
+    await expect.poll(() => listed.count(), { timeout: 10_000 }).toBe(1_000);
+    const more = owner.page.getByRole("button", { name: "Show more members" });
+    expect(await more.isVisible()).toBe(true);
+    await more.click();
+    await expect.poll(() => listed.count(), { timeout: 10_000 }).toBe(1_001);
+    expect(await more.isHidden()).toBe(true);
+    expect(await listed.last().locator(".member-name").textContent()).toMatch(/^pia/);
   });
 });
