@@ -106,9 +106,9 @@ describe("the keys a gateway checks client tokens with, at start", () => {
       ),
     ).toThrow(/auth\.jwksUrl and auth\.secretFile are both set/);
     // A key shorter than the hash (32 bytes) can be guessed from any token: refused, naming it.
-    writeFileSync(join(dir, "weak"), `${ISSUER_SECRET}\n\nhunter2\n`);
+    writeFileSync(join(dir, "weak"), "hunter2\n");
     expect(() => checkClientKeys(loadConfig({}, { dataDir, "auth.secretFile": join(dir, "weak") }))).toThrow(
-      /key 2 in .*weak \(counting non-blank lines\) has 7 bytes; an HS256 key needs at least 32/,
+      /the key in .*weak has 7 bytes; an HS256 key needs at least 32/,
     );
     expect(() =>
       checkClientKeys(
@@ -169,6 +169,31 @@ describe("auth.secretFile rotation", () => {
     writeFileSync(file, "short\n");
     vi.advanceTimersByTime(6_000);
     expect((await verify(next)).userId).toBe("bob");
+  });
+
+  it("keeps a file written before as one key: a base64 secret wrapped over lines verifies as it did", async () => {
+    const dir = tempDir();
+    const file = join(dir, "wrapped");
+    // openssl rand -base64 96 writes two lines of 64 characters; tokens were signed with both lines.
+    const wrapped = `${"A".repeat(64)}\n${"B".repeat(64)}`;
+    writeFileSync(file, `${wrapped}\n`);
+    const verify = createVerifier({ dataDir: dir, jwksUrl: "", issuer: "", audience: "", secretFile: file });
+    expect((await verify(await signWith(wrapped, "alice"))).userId).toBe("alice");
+    // A line too short to be a key of its own (openssl rand -base64 64: 64 and 24 characters): the
+    // whole text is the only key, and a token of the first line alone is refused.
+    const uneven = `${"C".repeat(64)}\n${"D".repeat(24)}`;
+    writeFileSync(join(dir, "uneven"), uneven);
+    const strict = createVerifier({
+      dataDir: dir,
+      jwksUrl: "",
+      issuer: "",
+      audience: "",
+      secretFile: join(dir, "uneven"),
+    });
+    expect((await strict(await signWith(uneven, "bob"))).userId).toBe("bob");
+    await expect(strict(await signWith("C".repeat(64), "mallory"))).rejects.toMatchObject({
+      reason: "INVALID_TOKEN",
+    });
   });
 
   it("is what switchboard token signs with: the file's first key", async () => {

@@ -31,29 +31,49 @@ export function devSecret(dataDir: string): Uint8Array {
 /** Bytes an HS256 key must have at least: the size of the hash (RFC 7518 §3.2). */
 export const SECRET_BYTES_MIN = 32;
 
+/** The keys of auth.secretFile: tokens of any of them are accepted; `switchboard token` signs with `signing`. */
+export interface SecretFileKeys {
+  keys: Uint8Array[];
+  signing: Uint8Array;
+  /** Why the file's lines were not taken as keys of their own, when it has several. */
+  note?: string;
+}
+
 /**
- * The keys of auth.secretFile's text: one per line, surrounding whitespace trimmed, blank lines
- * skipped; at least one, each at least SECRET_BYTES_MIN bytes of UTF-8 (a short key can be guessed
- * offline from any token a client holds, and then signs tokens for every user).
+ * The keys of auth.secretFile's text. Its whole text, surrounding whitespace trimmed, is a key (as it
+ * always was: a file written before keys were listed one per line, such as a base64 secret wrapped
+ * at 64 characters, verifies as before). When it has several lines and each, trimmed, could be a
+ * key, each is one too: a key rotates by adding a line, then removing the old one. Every key has at
+ * least SECRET_BYTES_MIN bytes of UTF-8 (a short key can be guessed offline from any token a client
+ * holds, and then signs tokens for every user); a file whose whole text is shorter is refused.
  */
-export function parseSecrets(text: string, path: string): Uint8Array[] {
-  const keys = text
+export function parseSecrets(text: string, path: string): SecretFileKeys {
+  const encode = (key: string) => new TextEncoder().encode(key);
+  const whole = text.trim();
+  if (whole === "") throw new Error(`auth.secretFile: ${path} is empty`);
+  const wholeKey = encode(whole);
+  if (wholeKey.length < SECRET_BYTES_MIN)
+    throw new Error(
+      `auth.secretFile: the key in ${path} has ${wholeKey.length} bytes; an HS256 key needs at least ${SECRET_BYTES_MIN} (e.g. 64 hex digits: openssl rand -hex 32)`,
+    );
+  const lines = whole
     .split("\n")
     .map((line) => line.trim())
     .filter((line) => line !== "")
-    .map((line) => new TextEncoder().encode(line));
-  if (keys.length === 0) throw new Error(`auth.secretFile: ${path} is empty`);
-  keys.forEach((key, i) => {
-    if (key.length < SECRET_BYTES_MIN)
-      throw new Error(
-        `auth.secretFile: key ${i + 1} in ${path} (counting non-blank lines) has ${key.length} bytes; an HS256 key needs at least ${SECRET_BYTES_MIN} (e.g. 64 hex digits: openssl rand -hex 32)`,
-      );
-  });
-  return keys;
+    .map(encode);
+  if (lines.length < 2) return { keys: [wholeKey], signing: wholeKey };
+  const short = lines.findIndex((key) => key.length < SECRET_BYTES_MIN);
+  if (short >= 0)
+    return {
+      keys: [wholeKey],
+      signing: wholeKey,
+      note: `line ${short + 1} of the ${lines.length} non-blank lines has ${lines[short]!.length} bytes, fewer than a key needs (${SECRET_BYTES_MIN}): the whole text is taken as one key, not each line`,
+    };
+  return { keys: [...lines, wholeKey], signing: lines[0]! };
 }
 
 /** Reads auth.secretFile: it must exist and hold keys (unlike the dev secret, it is never created). */
-export function secretsFromFile(path: string): Uint8Array[] {
+export function secretsFromFile(path: string): SecretFileKeys {
   let text: string;
   try {
     text = readFileSync(path, "utf8");
@@ -136,7 +156,7 @@ export async function signDevToken(
     .setSubject(userId)
     .setIssuedAt()
     .setExpirationTime(Math.floor(Date.now() / 1000) + ttlSeconds)
-    .sign(secretFile ? (secretsFromFile(secretFile)[0] as Uint8Array) : devSecret(dataDir));
+    .sign(secretFile ? secretsFromFile(secretFile).signing : devSecret(dataDir));
 }
 
 export interface Identity {
@@ -200,18 +220,19 @@ export function createVerifier(options: VerifierOptions): TokenVerifier {
         // its authentication (hs256.ts).
         const toKeys = (keys: Uint8Array[]) => keys.map((k) => createSecretKey(Buffer.from(k)));
         const secretFile = options.secretFile;
-        const keys: () => KeyObject[] = secretFile
-          ? reloadingFile(
-              secretFile,
-              "auth.secretFile",
-              SECRET_FILE_RECHECK_MS,
-              options.log ?? createLogger(),
-              (text) => toKeys(parseSecrets(text, secretFile)),
-            )
-          : (
-              (dev) => () =>
-                dev
-            )(toKeys([devSecret(options.dataDir)]));
+        const log = options.log ?? createLogger();
+        const fromFile = (file: string) =>
+          reloadingFile(file, "auth.secretFile", SECRET_FILE_RECHECK_MS, log, (text) => {
+            const parsed = parseSecrets(text, file);
+            if (parsed.note) log.warn(`auth.secretFile: ${parsed.note}`, { file });
+            return toKeys(parsed.keys);
+          });
+        let keys: () => KeyObject[];
+        if (secretFile) keys = fromFile(secretFile);
+        else {
+          const dev = toKeys([devSecret(options.dataDir)]);
+          keys = () => dev;
+        }
         const hs256Checks = { ...checks, clockToleranceS: skewS };
         return async (token) => verifyHs256(token, keys(), hs256Checks) as JWTPayload;
       })();

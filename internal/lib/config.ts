@@ -199,7 +199,7 @@ export const schema = {
     ),
     secretFile: str(
       "",
-      "File holding the HS256 secrets client JWTs are verified with when auth.jwksUrl is empty (e.g. a mounted Secret): it must exist and is never created. One secret per line (surrounding whitespace trimmed, blank lines skipped), each at least 32 bytes of UTF-8; a token signed with any of them is accepted, and `switchboard token` signs with the first. The file is read again when it changes (looked at every 5 s; a version that cannot be read or has a short key keeps the previous one in force), so a key rotates without a restart: add the new key, move the issuers to it, then remove the old one. Setting it says that HS256 tokens of these shared keys are intended, on any address. Empty: the dev secret dataDir/dev-jwt-secret (created when missing), meant for development on loopback: a gateway serving on any other http.host warns that it verifies tokens with it, and refuses to start when the file does not exist yet (a key no token issuer could hold; a misspelled SWITCHBOARD_AUTH_JWKS_URL looks like this).",
+      "File holding the HS256 secrets client JWTs are verified with when auth.jwksUrl is empty (e.g. a mounted Secret): it must exist and is never created. Its text, surrounding whitespace trimmed, is the key (at least 32 bytes of UTF-8, else the start is refused); when it has several lines and each, trimmed, has 32 bytes or more, each line is a key too (blank lines skipped), and `switchboard token` signs with the first. The file is read again when it changes (looked at every 5 s; a version that cannot be read or is too short keeps the previous one in force), so a key rotates without a restart: add the new key on a line of its own, move the issuers to it, then remove the old one. Setting it says that HS256 tokens of these shared keys are intended, on any address. Empty: the dev secret dataDir/dev-jwt-secret (created when missing), meant for development on loopback: a gateway serving on any other http.host warns that it verifies tokens with it, and refuses to start when the file does not exist yet (a key no token issuer could hold; a misspelled SWITCHBOARD_AUTH_JWKS_URL looks like this).",
     ),
     issuer: str("", "Required `iss` claim (empty: not checked)."),
     audience: str(
@@ -218,7 +218,7 @@ export const schema = {
     ),
     authTimeoutMs: int(
       5_000,
-      "A connection that has sent no auth frame within this time is closed (3502); checking an auth frame's token longer than this is AUTH_UNAVAILABLE.",
+      "A connection that has sent no auth frame within this time is closed (3502); checking an auth frame's token longer than this is AUTH_UNAVAILABLE, and checking an upgrade's Authorization header longer than this is HTTP 503.",
     ),
     allowedOrigins: list(
       [],
