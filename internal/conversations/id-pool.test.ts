@@ -38,4 +38,32 @@ describe("IdPool", () => {
     const before = answered.slice(0, 8); // what the first two refills (4 ids each) brought
     expect(third.map(BigInt).sort()).toEqual([highest(1, before), highest(2, before)].sort());
   });
+
+  it("does not ask ahead of need again right after a refill failed, and fails a send only when the stock is out", async () => {
+    let calls = 0;
+    let failing = false;
+    const worker = createIdService(3, () => EPOCH_MS + 100_000_000);
+    const client = {
+      allocateIds: async (req: { count: number; received: string[] }) => {
+        calls++;
+        if (failing) throw new Error("id service down");
+        return worker.allocateIds(
+          { $typeName: "switchboard.id.v1.AllocateIdsRequest", ...req },
+          { signal: new AbortController().signal, peer: "test" },
+        );
+      },
+    } as unknown as ServiceClient<typeof IdService>;
+    const pool = new IdPool(client, 8);
+    await pool.next(); // the first fill: 8 ids, one taken
+    expect(calls).toBe(1);
+    failing = true;
+    for (let i = 0; i < 6; i++) await pool.next(); // below a quarter: one refill ahead of need, which fails
+    await new Promise((r) => setTimeout(r, 10));
+    expect(calls).toBe(2);
+    await pool.next(); // the last id: no second refill ahead of need within a second
+    await new Promise((r) => setTimeout(r, 10));
+    expect(calls).toBe(2);
+    await expect(pool.next()).rejects.toThrow(/id service down/); // out of stock: asked, and refused
+    expect(calls).toBe(3);
+  });
 });

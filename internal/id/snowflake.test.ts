@@ -154,6 +154,19 @@ describe("IdService across restarts (the ids its callers received)", () => {
   });
 });
 
+describe("Snowflake.mintAbove", () => {
+  it("never takes a generator below its floor (a persisted mark), nor below what it minted", () => {
+    const floorMs = EPOCH_MS + 100_000;
+    const gen = new Snowflake({ workerId: 6, now: () => floorMs - 2_000, floorMs });
+    const older = new Snowflake({ workerId: 6, now: () => floorMs - 1_000 }).nextBigInt();
+    gen.mintAbove(older);
+    expect(decodeSnowflake(gen.nextBigInt()).ms).toBe(floorMs);
+    const last = gen.nextBigInt();
+    gen.mintAbove(last - 1n);
+    expect(gen.nextBigInt()).toBe(last + 1n);
+  });
+});
+
 describe("IdService across restarts (high-water mark)", () => {
   const call = (count: number) =>
     [

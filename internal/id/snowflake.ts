@@ -94,9 +94,11 @@ export class Snowflake {
    * maxBackwardsMs, and refuses to mint (ClockMovedBackwardsError) while it is behind by more.
    */
   mintAbove(id: bigint): void {
-    if (id <= this.lastId) return;
     const { ms, workerId, sequence } = decodeSnowflake(id);
     assert(workerId === this.workerId, "mintAbove: an id of another worker");
+    // Compared with (lastMs, sequence), not lastId: a generator started at a floor has minted nothing
+    // yet, and its floor is in those.
+    if (ms < this.lastMs || (ms === this.lastMs && sequence <= this.sequence)) return;
     this.lastMs = ms;
     this.sequence = sequence;
     this.lastId = id;
