@@ -259,6 +259,7 @@ export class Gateway {
       } finally {
         this.verifyingUpgrades--;
       }
+      if (socket.destroyed) return; // the client went away meanwhile
       // The gateway may have filled up or begun to drain meanwhile.
       if (this.draining) return refuse(503, "Service Unavailable", "draining");
       if (this.all.size >= config.gateway.connectionsMax) return refuse(503, "Service Unavailable", "full");
