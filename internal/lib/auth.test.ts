@@ -9,6 +9,7 @@ import {
   DEV_SECRET_FILE,
   devSecret,
   isLoopbackHost,
+  parseIssuers,
   signDevToken,
 } from "./auth.js";
 import { loadConfig } from "./config.js";
@@ -262,5 +263,35 @@ describe("isLoopbackHost", () => {
       expect(isLoopbackHost(host), host).toBe(true);
     for (const host of ["127.example.com", "0.0.0.0", "10.0.0.1", "example.com", "::"])
       expect(isLoopbackHost(host), host).toBe(false);
+  });
+});
+
+describe("auth.issuers", () => {
+  it("reads issuer=jwksUrl entries, split at the first =, refusing malformed and repeated issuers", () => {
+    const issuers = parseIssuers([
+      "https://a.example=https://a.example/jwks.json",
+      "b=https://b.example/keys?tenant=b",
+    ]);
+    expect([...issuers].map(([iss, url]) => [iss, url.href])).toEqual([
+      ["https://a.example", "https://a.example/jwks.json"],
+      ["b", "https://b.example/keys?tenant=b"],
+    ]);
+    for (const bad of ["https://a.example", "=https://x/jwks", "a=not a url"])
+      expect(() => parseIssuers([bad]), bad).toThrow(/is not issuer=jwksUrl/);
+    expect(() => parseIssuers(["a=https://x/1", "a=https://x/2"])).toThrow(/the issuer a is listed twice/);
+  });
+
+  it("stands alone at start, and wants an audience", () => {
+    const dataDir = join(tempDir(), "data");
+    const base = { dataDir, "http.host": "0.0.0.0", "auth.issuers": "a=https://a/jwks,b=https://b/jwks" };
+    expect(checkClientKeys(loadConfig({}, { ...base, "auth.audience": "chat" }))).toBeUndefined();
+    expect(checkClientKeys(loadConfig({}, base))).toMatch(/auth\.issuers is set without auth\.audience/);
+    for (const other of [{ "auth.jwksUrl": "https://c/jwks" }, { "auth.issuer": "a" }])
+      expect(() => checkClientKeys(loadConfig({}, { ...base, "auth.audience": "chat", ...other }))).toThrow(
+        /set it without auth\.jwksUrl, auth\.secretFile and auth\.issuer/,
+      );
+    expect(() => checkClientKeys(loadConfig({}, { ...base, "auth.issuers": "nonsense" }))).toThrow(
+      /is not issuer=jwksUrl/,
+    );
   });
 });

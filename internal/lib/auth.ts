@@ -7,7 +7,7 @@ import { createSecretKey, type KeyObject, randomBytes } from "node:crypto";
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { isIPv4 } from "node:net";
 import { join } from "node:path";
-import { createRemoteJWKSet, type JWTPayload, jwtVerify, SignJWT } from "jose";
+import { createRemoteJWKSet, decodeJwt, type JWTPayload, jwtVerify, SignJWT } from "jose";
 import { errors, SwitchboardError } from "./errors.js";
 import { TOKEN_CHARS_MAX, verifyHs256 } from "./hs256.js";
 import { createLogger, type Logger } from "./log.js";
@@ -83,6 +83,29 @@ export function secretsFromFile(path: string): SecretFileKeys {
   return parseSecrets(text, path);
 }
 
+/**
+ * auth.issuers: each trusted token issuer (`iss`) and the JWKS URL of its keys, from entries
+ * `issuer=jwksUrl` (split at the first `=`).
+ */
+export function parseIssuers(entries: readonly string[]): Map<string, URL> {
+  const issuers = new Map<string, URL>();
+  for (const entry of entries) {
+    const at = entry.indexOf("=");
+    const issuer = entry.slice(0, Math.max(at, 0)).trim();
+    const url = entry.slice(at + 1).trim();
+    if (at <= 0 || issuer === "" || !URL.canParse(url))
+      throw new Error(`auth.issuers: ${JSON.stringify(entry)} is not issuer=jwksUrl`);
+    if (issuers.has(issuer)) throw new Error(`auth.issuers: the issuer ${issuer} is listed twice`);
+    issuers.set(issuer, new URL(url));
+  }
+  return issuers;
+}
+
+/** Whether client tokens are checked with asymmetric keys from JWKS URLs (auth.jwksUrl or auth.issuers). */
+export function usesKeySets(auth: { jwksUrl: string; issuers?: readonly string[] }): boolean {
+  return auth.jwksUrl !== "" || (auth.issuers?.length ?? 0) > 0;
+}
+
 /** Whether `host` (http.host) is a loopback address: only this machine reaches a port bound there. */
 export function isLoopbackHost(host: string): boolean {
   return host === "localhost" || host === "::1" || (isIPv4(host) && host.startsWith("127."));
@@ -92,7 +115,7 @@ export function isLoopbackHost(host: string): boolean {
 export interface ClientKeySettings {
   dataDir: string;
   http: { host: string };
-  auth: { jwksUrl: string; secretFile: string; audience: string };
+  auth: { jwksUrl: string; secretFile: string; audience: string; issuer: string; issuers: readonly string[] };
 }
 
 /**
@@ -104,7 +127,17 @@ export interface ClientKeySettings {
  * (Kubernetes Pods of a ChatCluster with `auth.secretRef` have the Secret mounted as that file.)
  */
 export function checkClientKeys(config: ClientKeySettings): string | undefined {
-  const { jwksUrl, secretFile } = config.auth;
+  const { jwksUrl, secretFile, issuers } = config.auth;
+  if (issuers.length > 0) {
+    if (jwksUrl !== "" || secretFile !== "" || config.auth.issuer !== "")
+      throw new Error(
+        "auth.issuers names every trusted issuer and its JWKS: set it without auth.jwksUrl, auth.secretFile and auth.issuer",
+      );
+    parseIssuers(issuers);
+    if (config.auth.audience === "")
+      return "auth.issuers is set without auth.audience: any token these issuers signed, also one issued to another application, is accepted here for its subject. Set auth.audience (SWITCHBOARD_AUTH_AUDIENCE) to the audience your issuers put in this app's tokens";
+    return undefined;
+  }
   if (jwksUrl !== "" && secretFile !== "")
     throw new Error(
       "auth.jwksUrl and auth.secretFile are both set: tokens are verified with one or the other (the key set's asymmetric keys, or the file's HS256 keys); set only the one your token issuer uses",
@@ -168,6 +201,8 @@ export interface Identity {
 export interface VerifierOptions {
   dataDir: string;
   jwksUrl: string;
+  /** auth.issuers: `issuer=jwksUrl` entries, instead of jwksUrl and issuer. */
+  issuers?: readonly string[];
   /** auth.secretFile: the HS256 keys when there is no JWKS URL; empty: the data dir's dev secret. */
   secretFile?: string | undefined;
   issuer: string;
@@ -183,6 +218,39 @@ const SECRET_FILE_RECHECK_MS = 5_000;
 
 export type TokenVerifier = (token: string) => Promise<Identity>;
 
+/** The asymmetric algorithms a JWKS key may sign with (pinned: `alg: none` and HS/RS confusion fail). */
+const KEY_SET_ALGORITHMS = ["RS256", "ES256", "EdDSA", "PS256"];
+
+/** A JWKS URL's keys, fetched when needed and cached per `kid` (jose's remote key set). */
+function keySet(url: URL): ReturnType<typeof createRemoteJWKSet> {
+  return createRemoteJWKSet(url, { cacheMaxAge: 10 * 60_000, cooldownDuration: 30_000 });
+}
+
+/** `token`'s claims, verified with a key of `keys`; AUTH_UNAVAILABLE when the key set cannot be had. */
+async function verifyWithKeySet(
+  token: string,
+  keys: ReturnType<typeof createRemoteJWKSet>,
+  checks: { issuer?: string; audience?: string },
+  clockToleranceS: number,
+): Promise<JWTPayload> {
+  try {
+    return (
+      await jwtVerify(token, keys, {
+        ...checks,
+        clockTolerance: clockToleranceS,
+        algorithms: KEY_SET_ALGORITHMS,
+      })
+    ).payload;
+  } catch (err) {
+    if (!isKeySetOutage(err)) throw err;
+    throw errors.unavailable(
+      "AUTH_UNAVAILABLE",
+      "the key set of the token's issuer (auth.jwksUrl or auth.issuers) could not be fetched to verify the token; try again",
+      err,
+    );
+  }
+}
+
 /** Builds the verifier once; it pins the algorithms so `alg: none` and HS/RS confusion fail. */
 export function createVerifier(options: VerifierOptions): TokenVerifier {
   const skewS = options.clockSkewSeconds ?? 0;
@@ -190,52 +258,49 @@ export function createVerifier(options: VerifierOptions): TokenVerifier {
     ...(options.issuer ? { issuer: options.issuer } : {}),
     ...(options.audience ? { audience: options.audience } : {}),
   };
-  const verify: (token: string) => Promise<JWTPayload> = options.jwksUrl
-    ? (() => {
-        const keys = createRemoteJWKSet(new URL(options.jwksUrl), {
-          cacheMaxAge: 10 * 60_000,
-          cooldownDuration: 30_000,
-        });
-        return async (token) => {
-          try {
-            return (
-              await jwtVerify(token, keys, {
-                ...checks,
-                clockTolerance: skewS,
-                algorithms: ["RS256", "ES256", "EdDSA", "PS256"],
-              })
-            ).payload;
-          } catch (err) {
-            if (!isKeySetOutage(err)) throw err;
-            throw errors.unavailable(
-              "AUTH_UNAVAILABLE",
-              "the key set at auth.jwksUrl could not be fetched to verify the token; try again",
-              err,
-            );
-          }
-        };
-      })()
-    : (() => {
-        // Synchronous on node:crypto: jose's WebCrypto HMAC cost a connect more than the rest of
-        // its authentication (hs256.ts).
-        const toKeys = (keys: Uint8Array[]) => keys.map((k) => createSecretKey(Buffer.from(k)));
-        const secretFile = options.secretFile;
-        const log = options.log ?? createLogger();
-        const fromFile = (file: string) =>
-          reloadingFile(file, "auth.secretFile", SECRET_FILE_RECHECK_MS, log, (text) => {
-            const parsed = parseSecrets(text, file);
-            if (parsed.note) log.warn(`auth.secretFile: ${parsed.note}`, { file });
-            return toKeys(parsed.keys);
-          });
-        let keys: () => KeyObject[];
-        if (secretFile) keys = fromFile(secretFile);
-        else {
-          const dev = toKeys([devSecret(options.dataDir)]);
-          keys = () => dev;
-        }
-        const hs256Checks = { ...checks, clockToleranceS: skewS };
-        return async (token) => verifyHs256(token, keys(), hs256Checks) as JWTPayload;
-      })();
+  const issuers = parseIssuers(options.issuers ?? []);
+  const verify: (token: string) => Promise<JWTPayload> =
+    issuers.size > 0
+      ? (() => {
+          // Each issuer's keys check only tokens that claim that issuer, with `iss` required to be it:
+          // a key of one issuer never validates a token claiming another.
+          const sets = new Map([...issuers].map(([iss, url]) => [iss, keySet(url)]));
+          return async (token) => {
+            const iss = decodeJwt(token).iss;
+            const keys = iss === undefined ? undefined : sets.get(iss);
+            if (iss === undefined || keys === undefined)
+              throw Object.assign(new Error("the token's issuer is not in auth.issuers"), {
+                code: "ERR_JWT_CLAIM_VALIDATION_FAILED",
+              });
+            return verifyWithKeySet(token, keys, { ...checks, issuer: iss }, skewS);
+          };
+        })()
+      : options.jwksUrl
+        ? (() => {
+            const keys = keySet(new URL(options.jwksUrl));
+            return (token) => verifyWithKeySet(token, keys, checks, skewS);
+          })()
+        : (() => {
+            // Synchronous on node:crypto: jose's WebCrypto HMAC cost a connect more than the rest of
+            // its authentication (hs256.ts).
+            const toKeys = (keys: Uint8Array[]) => keys.map((k) => createSecretKey(Buffer.from(k)));
+            const secretFile = options.secretFile;
+            const log = options.log ?? createLogger();
+            const fromFile = (file: string) =>
+              reloadingFile(file, "auth.secretFile", SECRET_FILE_RECHECK_MS, log, (text) => {
+                const parsed = parseSecrets(text, file);
+                if (parsed.note) log.warn(`auth.secretFile: ${parsed.note}`, { file });
+                return toKeys(parsed.keys);
+              });
+            let keys: () => KeyObject[];
+            if (secretFile) keys = fromFile(secretFile);
+            else {
+              const dev = toKeys([devSecret(options.dataDir)]);
+              keys = () => dev;
+            }
+            const hs256Checks = { ...checks, clockToleranceS: skewS };
+            return async (token) => verifyHs256(token, keys(), hs256Checks) as JWTPayload;
+          })();
   return async (token) => {
     // Before either verifier decodes anything: jose parses and hashes whatever it is given.
     if (token.length > TOKEN_CHARS_MAX)

@@ -195,16 +195,20 @@ export const schema = {
   auth: {
     jwksUrl: str(
       "",
-      "JWKS URL to verify client JWTs (RS256/PS256/ES256/EdDSA); when empty, HS256 tokens of auth.secretFile, or else of the dev secret in dataDir, are accepted (see auth.secretFile). A misspelled variable is not this one: unknown SWITCHBOARD_* variables are warned about at start, with the setting they most resemble.",
+      "JWKS URL to verify client JWTs (RS256/PS256/ES256/EdDSA); when empty (and auth.issuers too), HS256 tokens of auth.secretFile, or else of the dev secret in dataDir, are accepted (see auth.secretFile). A misspelled variable is not this one: unknown SWITCHBOARD_* variables are warned about at start, with the setting they most resemble.",
     ),
     secretFile: str(
       "",
       "File holding the HS256 secrets client JWTs are verified with when auth.jwksUrl is empty (e.g. a mounted Secret): it must exist and is never created. Its text, surrounding whitespace trimmed, is the key (at least 32 bytes of UTF-8, else the start is refused); when it has several lines and each, trimmed, has 32 bytes or more, each line is a key too (blank lines skipped), and `switchboard token` signs with the first. The file is read again when it changes (looked at every 5 s; a version that cannot be read or is too short keeps the previous one in force), so a key rotates without a restart: add the new key on a line of its own, move the issuers to it, then remove the old one. Setting it says that HS256 tokens of these shared keys are intended, on any address. Empty: the dev secret dataDir/dev-jwt-secret (created when missing), meant for development on loopback: a gateway serving on any other http.host warns that it verifies tokens with it, and refuses to start when the file does not exist yet (a key no token issuer could hold; a misspelled SWITCHBOARD_AUTH_JWKS_URL looks like this).",
     ),
+    issuers: list(
+      [],
+      "Several token issuers, each with the JWKS URL of its keys: entries `issuer=jwksUrl` (split at the first `=`; comma-separated in the variable). A token is checked with the keys of the issuer its `iss` claim names, and only those (a key of one issuer never validates a token that claims another); a token of an issuer not listed is INVALID_TOKEN. For several identity providers (tenants, or a move from one provider to another), instead of auth.jwksUrl and auth.issuer. Empty: not used.",
+    ),
     issuer: str("", "Required `iss` claim (empty: not checked)."),
     audience: str(
       "",
-      "Required `aud` claim (empty: not checked). Set it with auth.jwksUrl (a gateway warns at start when it is empty there): without it, any token the key set's issuer signed for another application is accepted.",
+      "Required `aud` claim (empty: not checked). Set it with auth.jwksUrl or auth.issuers (a gateway warns at start when it is empty there): without it, any token the issuer signed for another application is accepted.",
     ),
     clockSkewSeconds: int(
       5,

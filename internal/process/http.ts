@@ -185,6 +185,7 @@ export function listen(server: Server, port: number, host: string): Promise<numb
 export function devTokensRefusal(config: Config): string | undefined {
   if (!config.auth.devTokens) return "dev mode is off (switchboard start --dev turns it on)";
   if (config.auth.jwksUrl !== "") return "auth.jwksUrl is set";
+  if (config.auth.issuers.length > 0) return "auth.issuers is set";
   if (config.auth.secretFile !== "") return "auth.secretFile is set";
   const host = config.http.host;
   if (!isLoopbackHost(host)) return `http.host ${host} is not a loopback address`;

@@ -104,6 +104,8 @@ export interface CassandraSpec {
 export interface AuthSpec {
   jwksUrl?: string;
   secretRef?: SecretKeyRef;
+  /** Several issuers, each with the JWKS URL of its keys (the services' auth.issuers). */
+  issuers?: Array<{ issuer: string; jwksUrl: string }>;
   issuer?: string;
   audience?: string;
 }

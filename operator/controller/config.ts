@@ -46,6 +46,8 @@ export function clusterEnv(cluster: ChatCluster): Record<string, string> {
   // resubscribe to the new shards. That is intended.
   set("cluster.presenceTargets", presenceShardTargets(cluster).join(","));
   set("auth.jwksUrl", s.auth.jwksUrl);
+  if (s.auth.issuers?.length)
+    set("auth.issuers", s.auth.issuers.map((i) => `${i.issuer}=${i.jwksUrl}`).join(","));
   set("auth.issuer", s.auth.issuer);
   set("auth.audience", s.auth.audience);
   set("auth.devTokens", false);

@@ -11,6 +11,7 @@ import type {
 } from "@kubernetes/client-node";
 import { describe, expect, it } from "vitest";
 import { METHOD_RULES } from "../../internal/grpc-auth/policy.js";
+import { parseIssuers } from "../../internal/lib/auth.js";
 import { type Config, loadConfig } from "../../internal/lib/config.js";
 import { type ChatCluster, type ChatClusterSpec, COMPONENTS, type ComponentName } from "../api/v1alpha1.js";
 import { type DesiredInputs, desiredObjects } from "./desired.js";
@@ -310,6 +311,30 @@ describe("desiredObjects", () => {
     expect(none.kafka).toMatchObject({ tls: false, saslMechanism: "none" });
     // No OTLP endpoint in the spec: the services make no span.
     expect(config.tracing.enabled).toBe(false);
+  });
+
+  it("passes several token issuers, each with its JWKS URL, as auth.issuers", () => {
+    const multi: ChatCluster = {
+      ...cluster,
+      spec: {
+        ...spec,
+        auth: {
+          issuers: [
+            { issuer: "https://a.example", jwksUrl: "https://a.example/jwks?tenant=a" },
+            { issuer: "b", jwksUrl: "https://b.example/keys" },
+          ],
+          audience: "chat",
+        },
+      },
+    };
+    const config = loadConfig(
+      find<V1ConfigMap>(desiredObjects(multi, inputs), "ConfigMap", "chat-config")?.data ?? {},
+    );
+    expect(config.auth).toMatchObject({ jwksUrl: "", issuer: "", audience: "chat" });
+    expect([...parseIssuers(config.auth.issuers)].map(([iss, url]) => [iss, url.href])).toEqual([
+      ["https://a.example", "https://a.example/jwks?tenant=a"],
+      ["b", "https://b.example/keys"],
+    ]);
   });
 
   it("turns tracing on, with the OTLP endpoint, when the spec names one", () => {

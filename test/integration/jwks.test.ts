@@ -153,3 +153,59 @@ describe("JWKS authentication", () => {
     }
   });
 });
+
+describe("several issuers (auth.issuers)", () => {
+  it("checks a token with the keys of the issuer it claims, and only those", async () => {
+    // Two identity providers, each with a key set of its own.
+    const providers = await Promise.all(
+      ["https://tenant-a.test", "https://tenant-b.test"].map(async (issuer, i) => {
+        const { publicKey, privateKey } = await generateKeyPair("ES256");
+        const jwk = { ...(await exportJWK(publicKey)), kid: "k1", alg: "ES256", use: "sig" };
+        const http = createServer((_req, res) =>
+          res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify({ keys: [jwk] })),
+        );
+        await new Promise<void>((r) => http.listen(0, "127.0.0.1", () => r()));
+        const url = `http://127.0.0.1:${(http.address() as AddressInfo).port}/jwks-${i}.json`;
+        return { issuer, http, url, privateKey };
+      }),
+    );
+    const [a, b] = providers as [(typeof providers)[0], (typeof providers)[0]];
+    const signed = (claimed: string, key: CryptoKey | Uint8Array | object, sub: string) =>
+      new SignJWT({})
+        .setProtectedHeader({ alg: "ES256", kid: "k1" })
+        .setSubject(sub)
+        .setIssuer(claimed)
+        .setAudience("switchboard")
+        .setExpirationTime("1h")
+        .sign(key as CryptoKey);
+    const multi = await startServer({
+      env: {
+        SWITCHBOARD_AUTH_ISSUERS: providers.map((p) => `${p.issuer}=${p.url}`).join(","),
+        SWITCHBOARD_AUTH_AUDIENCE: "switchboard",
+      },
+    });
+    try {
+      expect(await upgradeStatus(await signed(a.issuer, a.privateKey, "ann"), multi.url)).toBe(101);
+      expect(await upgradeStatus(await signed(b.issuer, b.privateKey, "bea"), multi.url)).toBe(101);
+      // B's key (same kid) on a token that claims A: checked with A's keys only, refused.
+      expect(await upgradeStatus(await signed(a.issuer, b.privateKey, "mallory"), multi.url)).toBe(401);
+      // An issuer not listed, even with a listed provider's key.
+      expect(await upgradeStatus(await signed("https://evil.test", a.privateKey, "eve"), multi.url)).toBe(
+        401,
+      );
+      const c = await RawClient.connect(multi.url);
+      const err = expectCase(
+        await c.request({
+          case: "auth",
+          value: { token: await signed("https://evil.test", a.privateKey, "eve") },
+        }),
+        "error",
+      );
+      expect(err.reason).toBe("INVALID_TOKEN");
+      expect(await c.closed).toBe(3500);
+    } finally {
+      await multi.dispose();
+      for (const p of providers) await new Promise<void>((r) => p.http.close(() => r()));
+    }
+  });
+});

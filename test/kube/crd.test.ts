@@ -321,10 +321,14 @@ describe("ChatCluster CRD", () => {
         consistency: "EACH_QUORUM",
         credentialsSecretRef: { name: "cassandra-user" },
       },
-      // Both branches of auth, for Full<>: the CEL rule allows one at a time, so each is created below.
+      // Every branch of auth, for Full<>: the CEL rule allows one at a time, so each is created below.
       auth: {
         jwksUrl: "https://auth.example.com/jwks.json",
         secretRef: { name: "jwt", key: "hs256" },
+        issuers: [
+          { issuer: "https://a.example", jwksUrl: "https://a.example/jwks.json" },
+          { issuer: "https://b.example", jwksUrl: "https://b.example/jwks.json" },
+        ],
         issuer: "https://iss",
         audience: "aud",
       },
@@ -374,6 +378,7 @@ describe("ChatCluster CRD", () => {
     for (const [name, auth] of [
       ["full-secret", { secretRef: full.auth.secretRef, issuer, audience }],
       ["full-jwks", { jwksUrl: full.auth.jwksUrl, issuer, audience }],
+      ["full-issuers", { issuers: full.auth.issuers, audience }],
     ] as const) {
       const spec: ChatClusterSpec = { ...full, auth, api };
       const created = await dryRunCreate({ ...minimal(name), spec });
@@ -445,10 +450,32 @@ describe("ChatCluster CRD", () => {
       await createError(
         minimal("bad-auth", { auth: { jwksUrl: "https://a/jwks", secretRef: { name: "s" } } }),
       ),
-    ).toContain("set exactly one of auth.jwksUrl and auth.secretRef");
+    ).toContain("set exactly one of auth.jwksUrl, auth.secretRef and auth.issuers");
     expect(await createError(minimal("no-auth", { auth: {} }))).toContain(
-      "set exactly one of auth.jwksUrl and auth.secretRef",
+      "set exactly one of auth.jwksUrl, auth.secretRef and auth.issuers",
     );
+    const issuers = [
+      { issuer: "https://a.test", jwksUrl: "https://a.test/jwks" },
+      { issuer: "https://b.test", jwksUrl: "https://b.test/jwks" },
+    ];
+    // Alone, with an audience, several issuers are a valid spec.
+    expect(
+      (await dryRunCreate(minimal("issuers", { auth: { issuers, audience: "chat" } }))).spec.auth.issuers,
+    ).toEqual(issuers);
+    expect(
+      await createError(minimal("issuers-and-url", { auth: { issuers, jwksUrl: "https://c/jwks" } })),
+    ).toContain("set exactly one of auth.jwksUrl, auth.secretRef and auth.issuers");
+    expect(
+      await createError(minimal("issuers-and-issuer", { auth: { issuers, issuer: "https://a.test" } })),
+    ).toContain("auth.issuers names each issuer; leave auth.issuer unset");
+    expect(
+      await createError(minimal("issuers-twice", { auth: { issuers: [issuers[0], issuers[0]] } })),
+    ).toMatch(/Duplicate value/);
+    expect(
+      await createError(
+        minimal("issuer-with-comma", { auth: { issuers: [{ issuer: "a,b", jwksUrl: "https://a/jwks" }] } }),
+      ),
+    ).toMatch(/spec\.auth\.issuers\[0\]\.issuer/);
     for (const field of ["kafka", "cassandra", "auth"]) {
       const missing = minimal(`no-${field}`) as { spec: Record<string, unknown> };
       delete missing.spec[field];
