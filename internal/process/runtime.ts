@@ -92,7 +92,7 @@ export function admitUnauthenticatedPort(config: Config, log: Logger): void {
   const refusal = devTokensRefusal(config);
   if (refusal !== undefined)
     throw new Error(
-      `the gRPC port has no authentication: set grpc.keyFile, grpc.tokenAudience or grpc.tls.dir (docs/adr/0007), or start with --dev for development only (on loopback, with no auth.jwksUrl or auth.secretFile)${config.auth.devTokens ? `; dev mode was asked for but does not apply: ${refusal}` : ""}`,
+      `the gRPC port has no authentication: set grpc.keyFile, grpc.tokenAudience or grpc.tls.dir (docs/adr/0007), or start with --dev for development only (on loopback, with no auth.jwksUrl, auth.issuers or auth.secretFile)${config.auth.devTokens ? `; dev mode was asked for but does not apply: ${refusal}` : ""}`,
     );
   log.warn(
     "DEV MODE: gRPC port open WITHOUT AUTHENTICATION: anyone who reaches it may call every method (SendMessage as anyone, Deliver, Drain); never use --dev in production",
