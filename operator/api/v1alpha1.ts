@@ -108,6 +108,8 @@ export interface AuthSpec {
   issuers?: Array<{ issuer: string; jwksUrl: string }>;
   issuer?: string;
   audience?: string;
+  /** Leeway for nbf and exp between the issuer's clock and the services' (auth.clockSkewSeconds). */
+  clockSkewSeconds?: number;
 }
 
 /** A Prometheus Operator PodMonitor (monitoring.coreos.com/v1) for every Pod of the cluster. */

@@ -50,6 +50,7 @@ export function clusterEnv(cluster: ChatCluster): Record<string, string> {
     set("auth.issuers", s.auth.issuers.map((i) => `${i.issuer}=${i.jwksUrl}`).join(","));
   set("auth.issuer", s.auth.issuer);
   set("auth.audience", s.auth.audience);
+  set("auth.clockSkewSeconds", s.auth.clockSkewSeconds);
   set("auth.devTokens", false);
   // gRPC callers are the cluster's ServiceAccounts, verified by TokenReview, and mapped to principals
   // by the policy file (grpc-identity.ts); the calling components send their projected token.

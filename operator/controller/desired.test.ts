@@ -313,7 +313,7 @@ describe("desiredObjects", () => {
     expect(config.tracing.enabled).toBe(false);
   });
 
-  it("passes several token issuers, each with its JWKS URL, as auth.issuers", () => {
+  it("passes several token issuers, each with its JWKS URL, as auth.issuers, and the clock leeway", () => {
     const multi: ChatCluster = {
       ...cluster,
       spec: {
@@ -324,13 +324,14 @@ describe("desiredObjects", () => {
             { issuer: "b", jwksUrl: "https://b.example/keys" },
           ],
           audience: "chat",
+          clockSkewSeconds: 30,
         },
       },
     };
     const config = loadConfig(
       find<V1ConfigMap>(desiredObjects(multi, inputs), "ConfigMap", "chat-config")?.data ?? {},
     );
-    expect(config.auth).toMatchObject({ jwksUrl: "", issuer: "", audience: "chat" });
+    expect(config.auth).toMatchObject({ jwksUrl: "", issuer: "", audience: "chat", clockSkewSeconds: 30 });
     expect([...parseIssuers(config.auth.issuers)].map(([iss, url]) => [iss, url.href])).toEqual([
       ["https://a.example", "https://a.example/jwks?tenant=a"],
       ["b", "https://b.example/keys"],

@@ -331,6 +331,7 @@ describe("ChatCluster CRD", () => {
         ],
         issuer: "https://iss",
         audience: "aud",
+        clockSkewSeconds: 30,
       },
       observability: {
         metrics: {
@@ -374,11 +375,11 @@ describe("ChatCluster CRD", () => {
         },
       ],
     };
-    const { issuer, audience } = full.auth;
+    const { issuer, audience, clockSkewSeconds } = full.auth;
     for (const [name, auth] of [
-      ["full-secret", { secretRef: full.auth.secretRef, issuer, audience }],
-      ["full-jwks", { jwksUrl: full.auth.jwksUrl, issuer, audience }],
-      ["full-issuers", { issuers: full.auth.issuers, audience }],
+      ["full-secret", { secretRef: full.auth.secretRef, issuer, audience, clockSkewSeconds }],
+      ["full-jwks", { jwksUrl: full.auth.jwksUrl, issuer, audience, clockSkewSeconds }],
+      ["full-issuers", { issuers: full.auth.issuers, audience, clockSkewSeconds }],
     ] as const) {
       const spec: ChatClusterSpec = { ...full, auth, api };
       const created = await dryRunCreate({ ...minimal(name), spec });
