@@ -62,7 +62,7 @@ import { SendGaps } from "./send-gaps.js";
 import { verifyInTime } from "./verify-in-time.js";
 
 /** The optional protocol features this gateway understands (`welcome.features`). */
-const PROTOCOL_FEATURES = ["first_attempt"];
+const PROTOCOL_FEATURES = ["first_attempt", "member_pages"];
 
 /** Conversations one user may have muted at once. */
 export const MUTES_PER_USER_MAX = 1_000;

@@ -483,6 +483,22 @@ test("a send is marked a first attempt only for a server that lists the feature"
   expect(srv.framesOf("send").map((s) => s.value.firstAttempt)).toEqual([false]);
 });
 
+test("listMembers sends after and limit only to a server that lists member_pages", async () => {
+  for (const features of [["first_attempt", "member_pages"], ["first_attempt"]]) {
+    const srv = await startServer({ features });
+    const t = newClient(srv);
+    await t.client.connect();
+    await t.client.listMembers("g:1", { after: "bob", limit: 10 });
+    const [frame] = srv.framesOf("listMembers");
+    // A server without the feature refuses the fields in JSON, and answers every member anyway.
+    expect({ after: frame?.value.after, limit: frame?.value.limit }).toEqual(
+      features.includes("member_pages") ? { after: "bob", limit: 10 } : { after: "", limit: 0 },
+    );
+    t.client.close();
+    await srv.close();
+  }
+});
+
 test("a retryable error pauses every queued send, not just the failed one", async () => {
   const srv = await startServer();
   let refusedAt = 0;

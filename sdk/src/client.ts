@@ -57,6 +57,9 @@ import {
 
 /** The push services a device token can belong to. */
 export type PushProviderName = "webpush" | "apns" | "fcm" | "webhook";
+/** `welcome.features` entry of a server whose listMembers answers pages (`after`, `limit`, `hasMore`). */
+const MEMBER_PAGES_FEATURE = "member_pages";
+
 const PUSH_PROVIDERS: Record<PushProviderName, Provider> = {
   webpush: Provider.WEBPUSH,
   apns: Provider.APNS,
@@ -545,16 +548,21 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
   /**
    * A page of a conversation's members, sorted by user id: after `options.after` (the last member of
    * the page before; from the first when absent), at most `options.limit` (the server's default
-   * 1,000, at most 5,000). `hasMore`: ask again with `after` set to the last member.
+   * 1,000, at most 5,000). `hasMore`: ask again with `after` set to the last member. A server that
+   * does not list the `member_pages` feature answers every member, with `hasMore` false; it is not
+   * sent `after` or `limit` (in JSON it would refuse them).
    */
   async listMembers(
     conversationId: string,
     options: { after?: string; limit?: number } = {},
   ): Promise<MemberList> {
+    const pages = this.welcome?.features.includes(MEMBER_PAGES_FEATURE) === true;
     const res = await this.request(
       {
         case: "listMembers",
-        value: { conversationId, after: options.after ?? "", limit: options.limit ?? 0 },
+        value: pages
+          ? { conversationId, after: options.after ?? "", limit: options.limit ?? 0 }
+          : { conversationId },
       },
       "members",
     );

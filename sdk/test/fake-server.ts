@@ -113,7 +113,7 @@ export class FakeServer {
       bodyCharsMax: options.bodyCharsMax ?? 100_000,
       frameBytesMax: options.frameBytesMax ?? 0,
       welcomeEncoding: options.welcomeEncoding,
-      features: options.features ?? ["first_attempt"],
+      features: options.features ?? ["first_attempt", "member_pages"],
     };
     wss.on("connection", (ws, req) => this.onConnection(ws, req));
   }

@@ -89,7 +89,7 @@ describe("1:1 messaging", () => {
       await alice.request({ case: "auth", value: { token: await devToken(server.dataDir, a) } }),
       "welcome",
     );
-    expect(welcome.features).toContain("first_attempt");
+    expect(welcome.features).toEqual(["first_attempt", "member_pages"]);
     const target = { case: "toUser" as const, value: b };
     const first = expectCase(
       await alice.request({

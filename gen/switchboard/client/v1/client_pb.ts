@@ -491,6 +491,7 @@ export type Welcome = Message<"switchboard.client.v1.Welcome"> & {
    * Optional protocol features this server understands, by name. A client uses one only when it is
    * listed here (a server of an earlier version refuses fields it does not know in JSON frames).
    * "first_attempt": Send.first_attempt.
+   * "member_pages": ListMembers.after and limit, MemberList.has_more.
    *
    * @generated from field: repeated string features = 7;
    */
