@@ -55,8 +55,9 @@ export function createIdService(
         if (minted.workerId !== workerId) continue;
         // Not taken when it lies further ahead than this worker could run on its own clock (a
         // caller's bad id must not stop the worker for good); this call is refused instead.
-        if (minted.ms - clock() > MAX_BACKWARDS_MS)
-          throw behind(new Error(`a caller holds an id of ${minted.ms - clock()} ms ahead of this clock`));
+        const aheadMs = minted.ms - clock();
+        if (aheadMs > MAX_BACKWARDS_MS)
+          throw behind(new Error(`a caller holds an id of ${aheadMs} ms ahead of this clock`));
         generator.mintAbove(id);
       }
       let ids: string[];

@@ -9,7 +9,7 @@ import { isIPv4 } from "node:net";
 import { join } from "node:path";
 import { createRemoteJWKSet, decodeJwt, type JWTPayload, jwtVerify, SignJWT } from "jose";
 import { errors, SwitchboardError } from "./errors.js";
-import { TOKEN_CHARS_MAX, verifyHs256 } from "./hs256.js";
+import { type Hs256Checks, TOKEN_CHARS_MAX, verifyHs256 } from "./hs256.js";
 import { createLogger, type Logger } from "./log.js";
 import { reloadingFile } from "./reloading-file.js";
 
@@ -101,11 +101,6 @@ export function parseIssuers(entries: readonly string[]): Map<string, URL> {
   return issuers;
 }
 
-/** Whether client tokens are checked with asymmetric keys from JWKS URLs (auth.jwksUrl or auth.issuers). */
-export function usesKeySets(auth: { jwksUrl: string; issuers?: readonly string[] }): boolean {
-  return auth.jwksUrl !== "" || (auth.issuers?.length ?? 0) > 0;
-}
-
 /** Whether `host` (http.host) is a loopback address: only this machine reaches a port bound there. */
 export function isLoopbackHost(host: string): boolean {
   return host === "localhost" || host === "::1" || (isIPv4(host) && host.startsWith("127."));
@@ -134,9 +129,7 @@ export function checkClientKeys(config: ClientKeySettings): string | undefined {
         "auth.issuers names every trusted issuer and its JWKS: set it without auth.jwksUrl, auth.secretFile and auth.issuer",
       );
     parseIssuers(issuers);
-    if (config.auth.audience === "")
-      return "auth.issuers is set without auth.audience: any token these issuers signed, also one issued to another application, is accepted here for its subject. Set auth.audience (SWITCHBOARD_AUTH_AUDIENCE) to the audience your issuers put in this app's tokens";
-    return undefined;
+    return config.auth.audience === "" ? noAudienceWarning("auth.issuers") : undefined;
   }
   if (jwksUrl !== "" && secretFile !== "")
     throw new Error(
@@ -144,9 +137,7 @@ export function checkClientKeys(config: ClientKeySettings): string | undefined {
     );
   if (jwksUrl !== "") {
     if (!URL.canParse(jwksUrl)) throw new Error(`auth.jwksUrl ${JSON.stringify(jwksUrl)} is not a URL`);
-    if (config.auth.audience === "")
-      return "auth.jwksUrl is set without auth.audience: any token the key set's issuer signed, also one it issued to another application, is accepted here for its subject. Set auth.audience (SWITCHBOARD_AUTH_AUDIENCE) to the audience your issuer puts in this app's tokens, and auth.issuer";
-    return undefined;
+    return config.auth.audience === "" ? noAudienceWarning("auth.jwksUrl") : undefined;
   }
   if (secretFile !== "") {
     secretsFromFile(secretFile);
@@ -160,6 +151,11 @@ export function checkClientKeys(config: ClientKeySettings): string | undefined {
       `refusing to serve clients on ${host} with a newly created dev secret (${path}): no auth.jwksUrl and no auth.secretFile is set, so client tokens would be checked against a random key no issuer holds. Set auth.jwksUrl (SWITCHBOARD_AUTH_JWKS_URL: check its spelling), or auth.secretFile (SWITCHBOARD_AUTH_SECRET_FILE) to the HS256 key your token issuer shares, or listen on loopback (http.host 127.0.0.1) for development`,
     );
   return `client tokens are verified with the dev secret ${path} (HS256) while serving on ${host}, which is not loopback: no auth.jwksUrl is set. If that key is intended, set auth.secretFile (SWITCHBOARD_AUTH_SECRET_FILE=${path}) to say so; otherwise set auth.jwksUrl (SWITCHBOARD_AUTH_JWKS_URL: check its spelling)`;
+}
+
+/** The start-up warning for key sets (`setting`) trusted without an audience to check. */
+function noAudienceWarning(setting: "auth.jwksUrl" | "auth.issuers"): string {
+  return `${setting} is set without auth.audience: any token its issuer signed, also one issued to another application, is accepted here for its subject. Set auth.audience (SWITCHBOARD_AUTH_AUDIENCE) to the audience your issuer puts in this app's tokens${setting === "auth.jwksUrl" ? ", and auth.issuer" : ""}`;
 }
 
 /** User ids the platform uses itself; no token may claim them. */
@@ -230,7 +226,7 @@ function keySet(url: URL): ReturnType<typeof createRemoteJWKSet> {
 async function verifyWithKeySet(
   token: string,
   keys: ReturnType<typeof createRemoteJWKSet>,
-  checks: { issuer?: string; audience?: string },
+  checks: ClaimChecks,
   clockToleranceS: number,
 ): Promise<JWTPayload> {
   try {
@@ -251,6 +247,55 @@ async function verifyWithKeySet(
   }
 }
 
+type ClaimsVerifier = (token: string) => Promise<JWTPayload>;
+type ClaimChecks = { issuer?: string; audience?: string };
+
+/** Tokens of auth.jwksUrl's keys. */
+function keySetVerifier(url: URL, checks: ClaimChecks, skewS: number): ClaimsVerifier {
+  const keys = keySet(url);
+  return (token) => verifyWithKeySet(token, keys, checks, skewS);
+}
+
+/**
+ * Tokens of auth.issuers: each issuer's keys check only tokens that claim that issuer, with `iss`
+ * required to be it, so a key of one issuer never validates a token claiming another.
+ */
+function issuersVerifier(issuers: Map<string, URL>, checks: ClaimChecks, skewS: number): ClaimsVerifier {
+  const sets = new Map([...issuers].map(([iss, url]) => [iss, keySet(url)]));
+  return async (token) => {
+    const iss = decodeJwt(token).iss;
+    const keys = iss === undefined ? undefined : sets.get(iss);
+    if (iss === undefined || keys === undefined)
+      throw Object.assign(new Error("the token's issuer is not in auth.issuers"), {
+        code: "ERR_JWT_CLAIM_VALIDATION_FAILED",
+      });
+    return verifyWithKeySet(token, keys, { ...checks, issuer: iss }, skewS);
+  };
+}
+
+/**
+ * HS256 tokens of auth.secretFile's keys (read again when the file changes), or of the dev secret.
+ * Synchronous on node:crypto: jose's WebCrypto HMAC cost a connect more than the rest of its
+ * authentication (hs256.ts).
+ */
+function hs256Verifier(options: VerifierOptions, checks: Hs256Checks): ClaimsVerifier {
+  const toKeys = (keys: Uint8Array[]) => keys.map((k) => createSecretKey(Buffer.from(k)));
+  const file = options.secretFile;
+  let keys: () => KeyObject[];
+  if (file) {
+    const log = options.log ?? createLogger();
+    keys = reloadingFile(file, "auth.secretFile", SECRET_FILE_RECHECK_MS, log, (text) => {
+      const parsed = parseSecrets(text, file);
+      if (parsed.note) log.warn(`auth.secretFile: ${parsed.note}`, { file });
+      return toKeys(parsed.keys);
+    });
+  } else {
+    const dev = toKeys([devSecret(options.dataDir)]);
+    keys = () => dev;
+  }
+  return async (token) => verifyHs256(token, keys(), checks) as JWTPayload;
+}
+
 /** Builds the verifier once; it pins the algorithms so `alg: none` and HS/RS confusion fail. */
 export function createVerifier(options: VerifierOptions): TokenVerifier {
   const skewS = options.clockSkewSeconds ?? 0;
@@ -259,48 +304,12 @@ export function createVerifier(options: VerifierOptions): TokenVerifier {
     ...(options.audience ? { audience: options.audience } : {}),
   };
   const issuers = parseIssuers(options.issuers ?? []);
-  const verify: (token: string) => Promise<JWTPayload> =
+  const verify =
     issuers.size > 0
-      ? (() => {
-          // Each issuer's keys check only tokens that claim that issuer, with `iss` required to be it:
-          // a key of one issuer never validates a token claiming another.
-          const sets = new Map([...issuers].map(([iss, url]) => [iss, keySet(url)]));
-          return async (token) => {
-            const iss = decodeJwt(token).iss;
-            const keys = iss === undefined ? undefined : sets.get(iss);
-            if (iss === undefined || keys === undefined)
-              throw Object.assign(new Error("the token's issuer is not in auth.issuers"), {
-                code: "ERR_JWT_CLAIM_VALIDATION_FAILED",
-              });
-            return verifyWithKeySet(token, keys, { ...checks, issuer: iss }, skewS);
-          };
-        })()
+      ? issuersVerifier(issuers, checks, skewS)
       : options.jwksUrl
-        ? (() => {
-            const keys = keySet(new URL(options.jwksUrl));
-            return (token) => verifyWithKeySet(token, keys, checks, skewS);
-          })()
-        : (() => {
-            // Synchronous on node:crypto: jose's WebCrypto HMAC cost a connect more than the rest of
-            // its authentication (hs256.ts).
-            const toKeys = (keys: Uint8Array[]) => keys.map((k) => createSecretKey(Buffer.from(k)));
-            const secretFile = options.secretFile;
-            const log = options.log ?? createLogger();
-            const fromFile = (file: string) =>
-              reloadingFile(file, "auth.secretFile", SECRET_FILE_RECHECK_MS, log, (text) => {
-                const parsed = parseSecrets(text, file);
-                if (parsed.note) log.warn(`auth.secretFile: ${parsed.note}`, { file });
-                return toKeys(parsed.keys);
-              });
-            let keys: () => KeyObject[];
-            if (secretFile) keys = fromFile(secretFile);
-            else {
-              const dev = toKeys([devSecret(options.dataDir)]);
-              keys = () => dev;
-            }
-            const hs256Checks = { ...checks, clockToleranceS: skewS };
-            return async (token) => verifyHs256(token, keys(), hs256Checks) as JWTPayload;
-          })();
+        ? keySetVerifier(new URL(options.jwksUrl), checks, skewS)
+        : hs256Verifier(options, { ...checks, clockToleranceS: skewS });
   return async (token) => {
     // Before either verifier decodes anything: jose parses and hashes whatever it is given.
     if (token.length > TOKEN_CHARS_MAX)
