@@ -10,6 +10,7 @@ import type { PresenceService } from "../../gen/switchboard/presence/v1/presence
 import type { PushService } from "../../gen/switchboard/push/v1/push_pb.js";
 import { historyWithinBytes } from "../backends/message-pages.js";
 import {
+  type ConversationRecord,
   type MembershipStore,
   type MessageLog,
   type MessageStore,
@@ -17,6 +18,7 @@ import {
 } from "../backends/types.js";
 import {
   type Conversations,
+  keyedGroupId,
   policiesFromWire,
   requireConversationId,
   roleFromWire,
@@ -180,21 +182,37 @@ export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatS
     async createGroup(req, ctx) {
       requireUserId(req.owner, "owner");
       const policies = policiesFromWire(req);
-      let created: Awaited<ReturnType<typeof conversations.createGroup>> | undefined;
-      const { value: id, duplicate } = await groupsCreated.run(
-        ctx.principal ?? "anonymous",
+      if (req.idempotencyKey === "") {
+        const group = await conversations.createGroup(req.owner, req.name, req.members, req.open, policies);
+        return { conversation: toWireConversation(group), duplicate: false };
+      }
+      // The key names the group (keyedGroupId): a retry that reaches another process, or this one
+      // after a restart, finds the first attempt's group in the store. This process also remembers
+      // what each key asked for, to refuse a key reused for another request.
+      const caller = ctx.principal ?? "anonymous";
+      let created: ConversationRecord | undefined;
+      const { value: id } = await groupsCreated.run(
+        caller,
         req.idempotencyKey,
         JSON.stringify([req.owner, req.name, req.members, req.open, req.postPolicy, req.addPolicy]),
         async () => {
-          created = await conversations.createGroup(req.owner, req.name, req.members, req.open, policies);
-          return created.id;
+          const stored = await conversations.createGroupWithId(
+            keyedGroupId(caller, req.idempotencyKey),
+            req.owner,
+            req.name,
+            req.members,
+            req.open,
+            policies,
+          );
+          if (stored.created) created = stored.record;
+          return stored.record.id;
         },
       );
       // A new group has no messages yet; a retry answers with the group as it is now.
-      if (created) return { conversation: toWireConversation(created), duplicate };
+      if (created) return { conversation: toWireConversation(created), duplicate: false };
       const record = await membership.getConversation(id);
       if (!record) throw errors.notFound("CONVERSATION_NOT_FOUND", `no conversation ${id}`);
-      return { conversation: toWireConversation(record, await messages.lastSeq(id)), duplicate };
+      return { conversation: toWireConversation(record, await messages.lastSeq(id)), duplicate: true };
     },
 
     async updateGroup(req, ctx) {

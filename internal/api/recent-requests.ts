@@ -1,8 +1,9 @@
 /**
  * Idempotency keys of requests that create something (CreateGroup), remembered by this process for a
  * bounded time and count: a retry with the same key by the same caller gets what the first attempt
- * made instead of a second one. In memory only: a retry that reaches another process, or this one
- * after a restart, is not recognised (docs/server-api.md says so).
+ * made instead of a second one, and the same key with another request is refused. In memory only:
+ * CreateGroup also derives the group's id from the key, so that a retry reaching another process, or
+ * this one after a restart, finds the group in the store (there, a reused key is not recognised).
  */
 import { errors } from "../lib/errors.js";
 

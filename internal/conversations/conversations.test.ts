@@ -12,6 +12,7 @@ import {
   directMembers,
   exceedsChars,
   isValidConversationId,
+  keyedGroupId,
 } from "./conversations.js";
 import type { IdPool } from "./id-pool.js";
 
@@ -36,6 +37,23 @@ describe("conversation ids", () => {
       expect(isValidConversationId(id)).toBe(false);
     }
     expect(isValidConversationId("g:382801613892354048")).toBe(true);
+  });
+
+  it("names a keyed group by caller and key alone, outside the range of minted ids", () => {
+    const id = keyedGroupId("client:billing", "grp-1");
+    expect(id).toBe(keyedGroupId("client:billing", "grp-1"));
+    expect(isValidConversationId(id)).toBe(true);
+    const keyed = ["a", "b", "c", "grp-1", "grp-2"].flatMap((key) =>
+      ["client:billing", "client:root", "client:billin"].map((caller) => keyedGroupId(caller, key)),
+    );
+    expect(new Set(keyed).size).toBe(keyed.length);
+    // A caller and key that join to the same text are still two ids.
+    expect(keyedGroupId("ab", "c")).not.toBe(keyedGroupId("a", "bc"));
+    for (const k of keyed) {
+      // Snowflakes are below 2^63, so never 20 digits; a keyed id always is, from 10^19.
+      expect(k).toMatch(/^g:1[0-9]{19}$/);
+      expect(BigInt(k.slice(2))).toBeGreaterThan(2n ** 63n);
+    }
   });
 });
 

@@ -7,6 +7,8 @@
  * remove others, change the group and see it through; only the owner names admins or hands over.
  * A caller of `undefined` is a trusted backend (the gRPC server API), which no rule restrains.
  */
+
+import { createHash } from "node:crypto";
 import type {
   AppendResult,
   ConversationRecord,
@@ -26,6 +28,22 @@ export const SYSTEM_SENDER = "system";
 export const CLIENT_MSG_ID_CHARS_MAX = 64;
 const CLIENT_MSG_ID_PATTERN = /^[\x21-\x7e]{1,64}$/;
 const GROUP_ID_PATTERN = /^g:[0-9]{1,20}$/;
+
+/** Who may post to a group and who may add members (unset: everyone). */
+type GroupPolicies = { postPolicy?: GroupPolicy; addPolicy?: GroupPolicy };
+
+/**
+ * The id of the group a caller creates with an idempotency key: the same for every retry, in every
+ * process, so that the store's create-if-absent makes a retry find the first attempt's group. Minted
+ * ids are snowflakes below 2^63 (19 digits at most); these have 20 digits and begin with 1
+ * (10^19 + 63 bits of SHA-256 of caller and key, reduced below 10^19), so the two never meet.
+ */
+export function keyedGroupId(caller: string, key: string): string {
+  const digest = createHash("sha256")
+    .update(JSON.stringify([caller, key]))
+    .digest();
+  return `g:1${(digest.readBigUInt64BE(0) % 10n ** 19n).toString().padStart(19, "0")}`;
+}
 const DIRECT_SEPARATOR = "~"; // not allowed in user ids, so "dm:a~b" is unambiguous
 
 export function directConversationId(a: string, b: string): string {
@@ -290,8 +308,31 @@ export class Conversations {
     name: string,
     members: string[],
     open: boolean,
-    policies: { postPolicy?: GroupPolicy; addPolicy?: GroupPolicy } = {},
+    policies: GroupPolicies = {},
   ): Promise<ConversationRecord> {
+    const group = this.groupToCreate(owner, name, members);
+    return (await this.storeGroup(`g:${await this.ids.next()}`, group, name, open, policies)).record;
+  }
+
+  /**
+   * createGroup under an id the caller chose (a keyed group, `keyedGroupId`): a second call with the
+   * same id, from this process or any other, stores nothing and answers the group as it is now, with
+   * `created` false. Only a created group is announced.
+   */
+  createGroupWithId(
+    id: string,
+    owner: string,
+    name: string,
+    members: string[],
+    open: boolean,
+    policies: GroupPolicies = {},
+  ): Promise<{ record: ConversationRecord; created: boolean }> {
+    if (!GROUP_ID_PATTERN.test(id)) throw new Error(`createGroupWithId: ${id} is not a group id`);
+    return this.storeGroup(id, this.groupToCreate(owner, name, members), name, open, policies);
+  }
+
+  /** The owner and members of a group about to be created, checked; throws what the caller must hear. */
+  private groupToCreate(owner: string, name: string, members: string[]): { owner: string; all: string[] } {
     this.checkGroupName(name);
     const all = [...new Set([owner, ...members])];
     const bad = all.find((u) => !isValidUserId(u));
@@ -300,8 +341,17 @@ export class Conversations {
     if (all.length > this.limits.membersMax) {
       throw errors.exhausted("GROUP_FULL", `a group may have at most ${this.limits.membersMax} members`);
     }
-    const id = `g:${await this.ids.next()}`;
-    const { record } = await this.membership.createConversation(
+    return { owner, all };
+  }
+
+  private async storeGroup(
+    id: string,
+    { owner, all }: { owner: string; all: string[] },
+    name: string,
+    open: boolean,
+    policies: GroupPolicies,
+  ): Promise<{ record: ConversationRecord; created: boolean }> {
+    const { record, created } = await this.membership.createConversation(
       {
         id,
         kind: "group",
@@ -314,7 +364,8 @@ export class Conversations {
       },
       all,
     );
-    return this.changed(record);
+    if (created) this.changed(record);
+    return { record, created };
   }
 
   /** Renames a group, opens or closes it, or changes its policies: admins and the owner only. */

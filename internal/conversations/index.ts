@@ -5,6 +5,7 @@ export {
   directMembers,
   exceedsChars,
   isValidConversationId,
+  keyedGroupId,
   requireConversationId,
   rosterPageLimit,
   SYSTEM_SENDER,

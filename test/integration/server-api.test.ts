@@ -942,3 +942,27 @@ describe("the typed client (@switchboard/server-client)", () => {
     expect([...handled].sort()).toEqual([...sent].sort());
   });
 });
+
+// Last in the file: it restarts the server.
+describe("CreateGroup's idempotency key across a restart", () => {
+  it("names the group, so a retry after the server restarted finds the first attempt's group", async () => {
+    const request = { owner: "api-rk", name: "kept", members: ["api-rk2"], idempotencyKey: "grp-restart" };
+    const first = await client(keys.moderation).createGroup(request);
+    expect(first.duplicate).toBe(false);
+    const id = first.conversation!.id;
+    // Keyed ids have 20 digits from 1: minted ids (snowflakes below 2^63) never do.
+    expect(id).toMatch(/^g:1[0-9]{19}$/);
+    await client(keys.moderation).publish({ conversationId: id, idempotencyKey: "rk-1", body: "hi" });
+    await server.kill();
+    server = await server.restart();
+    // This process never saw the key: the store answers.
+    const retried = await client(keys.moderation).createGroup(request);
+    expect(retried).toMatchObject({ duplicate: true, conversation: { id, memberCount: 2, lastSeq: 1n } });
+    const members = await client(keys.moderation).listMembers({ conversationId: id });
+    expect(members.userIds).toEqual(["api-rk", "api-rk2"]);
+    // The key is per client: another client's same key makes another group.
+    const root = await client(keys.root).createGroup(request);
+    expect(root.duplicate).toBe(false);
+    expect(root.conversation!.id).not.toBe(id);
+  });
+});
