@@ -93,6 +93,8 @@ export function distributedOptions(config: Config, log: Logger, use: BackendUse)
     sequencer: use.sequencer,
     appends: use.appends,
     provision: use.provision,
+    // Role all issues ids itself: keep its worker's mark (the split id role has no storage).
+    ...(use.role === "all" ? { idWorker: config.id.workerId } : {}),
   };
 }
 

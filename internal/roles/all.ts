@@ -54,7 +54,8 @@ export const startAll: RoleStarter = async (ctx) => {
   );
   if ("unreachable" in backends) ctx.readiness(() => (backends.unreachable as () => string | undefined)());
 
-  // Embedded: the time ids were issued up to is kept in the store, so a restart never reissues one.
+  // The time ids were issued up to is kept in the store (embedded: the data file; distributed: a
+  // Cassandra row per worker id), so a restart never reissues one.
   const idImpl = createIdService(
     config.id.workerId,
     undefined,

@@ -10,9 +10,11 @@ import { randomBytes } from "node:crypto";
 import cassandra from "cassandra-driver";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ensureServer } from "../../../test/infra/servers.js";
+import { createIdService } from "../../id/index.js";
 import { Code, SwitchboardError } from "../../lib/errors.js";
 import type { InboxEntry, NewConversation, StoredMessage } from "../types.js";
 import { type CassandraOptions, type CassandraStores, migrate, openCassandraStores } from "./index.js";
+import { tableId, withTableId } from "./schema.js";
 import { storageError } from "./session.js";
 import { routingKey } from "./turn-writes.js";
 
@@ -90,21 +92,43 @@ const perSecond = (count: number, ms: number) => Math.round((count * 1000) / Mat
 
 // ---------------------------------------------------------------------------------------------
 describe("schema migrations", () => {
+  it("name the id of each table they create, and only of what they create", () => {
+    expect(withTableId("CREATE TABLE IF NOT EXISTS ks.t (k int PRIMARY KEY)")).toBe(
+      `CREATE TABLE IF NOT EXISTS ks.t (k int PRIMARY KEY) WITH ID = '${tableId("ks", "t")}'`,
+    );
+    expect(
+      withTableId(
+        "CREATE TABLE IF NOT EXISTS ks.t (k int, c int, PRIMARY KEY (k, c)) WITH CLUSTERING ORDER BY (c DESC)",
+      ),
+    ).toMatch(/WITH CLUSTERING ORDER BY \(c DESC\) AND ID = '[0-9a-f-]{36}'$/);
+    for (const other of [
+      "ALTER TABLE ks.t ADD c int",
+      "CREATE KEYSPACE IF NOT EXISTS ks WITH replication = {}",
+    ])
+      expect(withTableId(other)).toBe(other);
+    // A version-3 UUID, the same every time, another for another keyspace or table.
+    expect(tableId("ks", "t")).toMatch(
+      /^[0-9a-f]{8}-[0-9a-f]{4}-3[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/,
+    );
+    expect(tableId("ks", "t")).toBe(tableId("ks", "t"));
+    expect(new Set([tableId("ks", "t"), tableId("ks2", "t"), tableId("ks", "t2")]).size).toBe(3);
+  });
+
   it(
     "are idempotent: a second run applies nothing; schema_migrations records each version once",
     async () => {
       const ks = `switchboard_test_${run}_m`;
       try {
         const first = await migrate(a.client, { keyspace: ks, replication });
-        expect(first.applied).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
+        expect(first.applied).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]);
         const second = await migrate(a.client, { keyspace: ks, replication });
-        expect(second).toEqual({ applied: [], version: 12 });
+        expect(second).toEqual({ applied: [], version: 13 });
 
         const rows = (
           await a.client.execute(`SELECT version, name, checksum, applied_at FROM ${ks}.schema_migrations`)
         ).rows;
         expect(rows.map((r) => r.get("version") as number).sort((x, y) => x - y)).toEqual([
-          1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
+          1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13,
         ]);
         for (const r of rows) {
           expect(r.get("name")).toEqual(expect.any(String));
@@ -128,6 +152,7 @@ describe("schema migrations", () => {
             "device_token_owners",
             "devices_by_user",
             "do_not_disturb",
+            "id_high_water",
             "inbox_by_user",
             "inbox_heads",
             "members_by_conversation",
@@ -140,6 +165,15 @@ describe("schema migrations", () => {
             "schema_migrations",
           ].sort(),
         );
+
+        // Every table has the id its keyspace and name give it, whoever created it.
+        const ids = await a.client.execute(
+          "SELECT table_name, id FROM system_schema.tables WHERE keyspace_name = ?",
+          [ks],
+          { prepare: true },
+        );
+        for (const r of ids.rows)
+          expect(String(r.get("id"))).toBe(tableId(ks, r.get("table_name") as string));
 
         // Expired dedupe and index rows are purged 3 hours after they expire, not 10 days.
         const graces = await a.client.execute(
@@ -159,6 +193,34 @@ describe("schema migrations", () => {
         expect(await rejection(migrate(a.client, { keyspace: ks, replication }))).toMatchObject({
           reason: "SCHEMA_MISMATCH",
         });
+      } finally {
+        await dropKeyspaces([ks]);
+      }
+    },
+    LONG,
+  );
+
+  it(
+    "run by two processes at once, both finish and every table has one id",
+    async () => {
+      const ks = `switchboard_test_${run}_c`;
+      try {
+        const [first, second] = await Promise.all([
+          migrate(a.client, { keyspace: ks, replication }),
+          migrate(b.client, { keyspace: ks, replication }),
+        ]);
+        expect(Math.max(first.version, second.version)).toBe(13);
+        // What one of them found done, the other applied: together, every version.
+        expect(new Set([...first.applied, ...second.applied]).size).toBe(13);
+        const tables = await b.client.execute(
+          "SELECT table_name, id FROM system_schema.tables WHERE keyspace_name = ?",
+          [ks],
+          { prepare: true },
+        );
+        expect(tables.rows).toHaveLength(17);
+        for (const r of tables.rows)
+          expect(String(r.get("id"))).toBe(tableId(ks, r.get("table_name") as string));
+        expect(await migrate(a.client, { keyspace: ks, replication })).toEqual({ applied: [], version: 13 });
       } finally {
         await dropKeyspaces([ks]);
       }
@@ -1010,6 +1072,56 @@ describe("membership store", () => {
 });
 
 // ---------------------------------------------------------------------------------------------
+describe("id high-water marks", () => {
+  it(
+    "outlive the process: another one with the same worker id mints above what the first issued",
+    async () => {
+      const worker = 7;
+      let clock = Date.now();
+      const before = createIdService(worker, () => clock, await a.idHighWater(worker));
+      const call = {
+        $typeName: "switchboard.id.v1.AllocateIdsRequest",
+        count: 1_000,
+        received: [] as string[],
+      } as const;
+      const ctx = { signal: new AbortController().signal, peer: "test" };
+      const issued = new Set<string>();
+      for (let i = 0; i < 10; i++) {
+        for (const id of (await before.allocateIds(call, ctx)).ids ?? []) issued.add(id);
+        clock += 100;
+      }
+      let largest = 0n;
+      for (const id of issued) if (BigInt(id) > largest) largest = BigInt(id);
+      clock -= 3_000; // the clock stepped back across the restart (to another machine: process b)
+      const mark = await b.idHighWater(worker);
+      expect(mark.load()).toBeGreaterThan(clock + 3_000);
+      const after = createIdService(worker, () => clock, mark);
+      for (let i = 0; i < 10; i++) {
+        for (const id of (await after.allocateIds(call, ctx)).ids ?? []) {
+          expect(issued.has(id)).toBe(false);
+          expect(BigInt(id) > largest).toBe(true);
+        }
+        clock += 100;
+      }
+      // Another worker's mark is its own.
+      expect((await a.idHighWater(worker + 1)).load()).toBeUndefined();
+    },
+    LONG,
+  );
+
+  it(
+    "only grow: an older mark written late does not replace a newer one",
+    async () => {
+      const store = await a.idHighWater(9);
+      const at = Date.now();
+      await store.store(at + 4_000);
+      await store.store(at + 2_000);
+      expect((await b.idHighWater(9)).load()).toBe(at + 4_000);
+    },
+    LONG,
+  );
+});
+
 describe("receipts, presence and devices", () => {
   it(
     "receipts: a watermark only rises; of equal concurrent raises exactly one wins",

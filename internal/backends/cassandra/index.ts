@@ -14,6 +14,7 @@ import type { Client } from "cassandra-driver";
 import cassandra from "cassandra-driver";
 import type { Closeable } from "../types.js";
 import { CassandraDeviceStore } from "./devices.js";
+import { type IdHighWaterStore, openIdHighWater } from "./id-high-water.js";
 import { CassandraInboxStore } from "./inbox.js";
 import { CassandraMembershipStore } from "./membership.js";
 import { CassandraMessageStore } from "./messages.js";
@@ -33,6 +34,7 @@ import {
 } from "./session.js";
 import { CassandraSettingsStore } from "./settings.js";
 
+export type { IdHighWaterStore } from "./id-high-water.js";
 export { INBOX_BUCKET_SIZE, migrate, type Replication, SEQ_BUCKET_SIZE } from "./schema.js";
 export type {
   ConsistencyName,
@@ -94,6 +96,8 @@ export interface CassandraStores extends Closeable {
   readonly pushDeadLetters: CassandraPushDeadLetters;
   readonly sequencer: CassandraSequencerStore;
   readonly ownership: CassandraOwnershipStore;
+  /** Id worker `workerId`'s high-water mark, read once (id-high-water.ts). */
+  idHighWater(workerId: number): Promise<IdHighWaterStore>;
   /** Requests sent so far, by kind (one live object). */
   readonly requests: RequestCounts;
   /** Calls `timer` when each request completes (metrics). */
@@ -162,6 +166,7 @@ export async function openCassandraStores(options: CassandraOptions): Promise<Ca
     pushDeadLetters: new CassandraPushDeadLetters(session),
     sequencer: new CassandraSequencerStore(session),
     ownership: new CassandraOwnershipStore(session),
+    idHighWater: (workerId) => openIdHighWater(session, workerId),
     requests: session.requests,
     timeRequests: (timer) => session.timeRequests(timer),
     close() {

@@ -6,9 +6,10 @@
  * so a migration that was cut off half-way (the process died after some tables) is simply applied again;
  * a version is recorded only after all its statements succeeded. A recorded migration whose statements
  * changed since (checksum mismatch) is refused: migrations are append-only, a change is a new version.
- * Run it from one process at a time (the operator, whose leader alone reconciles; or one role-all
- * process started before the others): concurrent CREATE TABLE of the same table on different
- * coordinators can disagree on the table id.
+ * Processes may migrate at once (several role-all processes started together): every table is
+ * created under an id derived from its keyspace and name (`tableId`), so coordinators that create it
+ * concurrently agree on it instead of each minting one (the nodes would keep one and lose the writes
+ * made to the other at a restart, CASSANDRA-10699). Tables created before ids were named keep theirs.
  *
  * The data model trusts Cassandra's last-write-wins with immutable values (messages, bucket markers,
  * inbox rows: re-writes carry the same values) and with values written by one fenced owner: the
@@ -291,7 +292,44 @@ export function migrations(ks: string): Migration[] {
         `ALTER TABLE ${ks}.inbox_heads WITH gc_grace_seconds = 10800`,
       ],
     },
+    {
+      version: 13,
+      name: "id high-water marks",
+      statements: [
+        // The time each id worker of a role-all process issued ids up to, reserved ahead (one write
+        // about every second while ids are issued): a restart starts above it (cassandra/id-high-water.ts).
+        `CREATE TABLE IF NOT EXISTS ${ks}.id_high_water (
+          worker_id int PRIMARY KEY,
+          until_ms bigint
+        )`,
+      ],
+    },
   ];
+}
+
+/**
+ * The id every process gives table `ks.table`: a name-based (version 3) UUID, as Cassandra names its
+ * own system tables, of a text that no system table's name is.
+ */
+export function tableId(ks: string, table: string): string {
+  const b = createHash("md5").update(`switchboard table ${ks}.${table}`).digest();
+  b[6] = (b[6]! & 0x0f) | 0x30;
+  b[8] = (b[8]! & 0x3f) | 0x80;
+  const hex = b.toString("hex");
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+}
+
+/**
+ * `statement` as run: a CREATE TABLE names its table id (`tableId`). Checksums stay over the
+ * statements as written, so keyspaces migrated before ids were named are not refused.
+ */
+export function withTableId(statement: string): string {
+  const created = /^\s*CREATE TABLE IF NOT EXISTS\s+([a-z][a-z0-9_]*)\.([a-z][a-z0-9_]*)\s*\(/i.exec(
+    statement,
+  );
+  if (!created) return statement;
+  const id = `ID = '${tableId(created[1]!, created[2]!)}'`;
+  return /\)\s*WITH\s/i.test(statement) ? `${statement} AND ${id}` : `${statement} WITH ${id}`;
 }
 
 function checksum(m: Migration): string {
@@ -354,12 +392,12 @@ export async function migrate(client: Client, options: MigrateOptions): Promise<
   );
   await ddl(
     `${ks}.schema_migrations`,
-    `CREATE TABLE IF NOT EXISTS ${ks}.schema_migrations (
+    withTableId(`CREATE TABLE IF NOT EXISTS ${ks}.schema_migrations (
       version int PRIMARY KEY,
       name text,
       checksum text,
       applied_at timestamp
-    )`,
+    )`),
   );
 
   const recorded = new Map<number, string>();
@@ -386,7 +424,7 @@ export async function migrate(client: Client, options: MigrateOptions): Promise<
       for (const statement of m.statements) {
         const table = /\b(?:EXISTS|ALTER TABLE)\s+(\S+)/.exec(statement)?.[1] ?? "statement";
         try {
-          await ddl(`migration ${m.version}: ${table}`, statement);
+          await ddl(`migration ${m.version}: ${table}`, withTableId(statement));
         } catch (err) {
           // ALTER TABLE ... ADD has no IF NOT EXISTS here: a column added by a cut-off run is done.
           if (

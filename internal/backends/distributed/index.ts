@@ -11,6 +11,7 @@ import { fixKafkajsRequestQueue } from "../../lib/kafkajs-request-queue.js";
 import type { Logger } from "../../lib/log.js";
 import {
   type CassandraOptions,
+  type IdHighWaterStore,
   openCassandraStores,
   type RequestCounts,
   type RequestTimer,
@@ -62,6 +63,11 @@ export interface DistributedOptions {
   memberFile?: string;
   /** Create missing topics and apply schema migrations (default true); off: only verify them. */
   provision?: boolean;
+  /**
+   * This process issues ids as this worker (role all): its high-water mark is read at open and kept
+   * in Cassandra (`idHighWater`), so that a restart never issues an id again.
+   */
+  idWorker?: number;
   ssl?: KafkaConfig["ssl"];
   sasl?: KafkaConfig["sasl"];
 }
@@ -71,6 +77,8 @@ export interface DistributedBackends extends Backends {
   readonly kafka: Kafka;
   /** Why storage is unreachable right now (for /readyz), or undefined when Kafka and Cassandra are. */
   unreachable(): string | undefined;
+  /** The id worker's high-water mark (options.idWorker), for createIdService. */
+  readonly idHighWater?: IdHighWaterStore;
   /** Requests this process sent to Cassandra and Kafka so far (live counters, for metrics). */
   readonly requests: {
     cassandra: RequestCounts;
@@ -231,6 +239,7 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
       log,
     });
     consuming.push(pushQueue);
+    const idHighWater = o.idWorker === undefined ? undefined : await stores.idHighWater(o.idWorker);
     log.info("distributed backend open (ms since the start of the open, per step)", timings);
     let closing: Promise<void> | undefined;
     return {
@@ -249,6 +258,7 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
       settings: stores.settings,
       pushQueue,
       pushDeadLetters: stores.pushDeadLetters,
+      ...(idHighWater ? { idHighWater } : {}),
       requests: {
         cassandra: stores.requests,
         timeCassandra: (timer) => stores.timeRequests(timer),
