@@ -57,6 +57,23 @@ const END_SESSION_RETRIES_WAITING_MAX = 10_000;
  */
 const PRESENCE_SUBSCRIBES_PER_SECOND = 10;
 const PRESENCE_SUBSCRIBES_BURST = 40;
+/** Fragments of one client message (close 1008 past it; docs/protocol.md §1.2). */
+export const WS_FRAGMENTS_MAX = 16_384;
+/** Chunks of one client message buffered before it is whole (close 1008 past it). */
+export const WS_BUFFERED_CHUNKS_MAX = 262_144;
+/** Pongs answering a client's pings not yet written (the connection ends past it, 1006). */
+export const WS_PENDING_PONGS_MAX = 60;
+/**
+ * ws's own bounds, named here because docs/protocol.md states them: a message in more than 16,384
+ * fragments, or more than 262,144 chunks of one message buffered, closes with 1008; more than 60 pongs
+ * still to be written (a burst of pings) ends the connection without a close frame. (A variable, not
+ * a literal: @types/ws 8.18 does not know maxPendingAutoPongs, which ws has since 8.19.)
+ */
+const WS_BOUNDS = {
+  maxFragments: WS_FRAGMENTS_MAX,
+  maxBufferedChunks: WS_BUFFERED_CHUNKS_MAX,
+  maxPendingAutoPongs: WS_PENDING_PONGS_MAX,
+};
 /** Group changes told to every member (createGroup, updateGroup, setMemberRole) per user: sustained, at once. */
 const GROUP_CHANGES_PER_SECOND = 5;
 const GROUP_CHANGES_BURST = 20;
@@ -129,6 +146,7 @@ export class Gateway {
     this.wss = new WebSocketServer({
       noServer: true,
       maxPayload: config.gateway.frameBytesMax,
+      ...WS_BOUNDS,
       perMessageDeflate: false, // compression oracles and zlib memory: off (docs/protocol.md)
       handleProtocols: (protocols) =>
         protocols.has(SUBPROTOCOL_BINARY)

@@ -16,13 +16,14 @@ afterEach(async () => {
   for (const c of cleanup.splice(0).reverse()) await c();
 });
 
-async function serve(overrides: Record<string, string>): Promise<RunningHttp> {
+async function serve(overrides: Record<string, string>, servesClients = false): Promise<RunningHttp> {
   const http = await serveHttp({
     config: loadConfig({}, { "http.port": "0", ...overrides }),
     log: discardingLogger(),
     metrics: createMetrics(),
-    notReady: () => undefined,
+    notReady: () => (servesClients ? "starting" : undefined),
     gateway: () => undefined,
+    servesClients,
   });
   // Closing twice is an error ("Server is not running"): a test that closed it itself already did.
   cleanup.push(() => http.close().catch(() => undefined));
@@ -132,10 +133,42 @@ describe("the internal server", () => {
         metrics: createMetrics(),
         notReady: () => undefined,
         gateway: () => undefined,
+        servesClients: false,
       }),
     ).rejects.toThrow(
       `the internal HTTP server (http.internalPort, SWITCHBOARD_HTTP_INTERNAL_PORT) could not listen on 127.0.0.1:${internalPort}: listen EADDRINUSE`,
     );
     expect(await accepts(port)).toBe(false);
+  });
+});
+
+describe("a gateway's port before its gateway exists", () => {
+  /** The status line a WebSocket upgrade to /ws gets. */
+  async function upgradeAnswer(port: number): Promise<string> {
+    const socket = await socketTo(port);
+    socket.write(
+      "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+        "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    );
+    let answer = "";
+    socket.on("data", (d: Buffer) => {
+      answer += d.toString();
+    });
+    await new Promise<void>((r) => socket.once("close", () => r()));
+    return answer.split("\r\n")[0] ?? "";
+  }
+
+  it("tells clients to come back (503) while starting, where a process without one says 404", async () => {
+    const starting = await serve({}, true);
+    expect(await upgradeAnswer(starting.port)).toBe("HTTP/1.1 503 Service Unavailable");
+    const connect = await fetch(`http://127.0.0.1:${starting.port}/v1/connect`);
+    expect(connect.status).toBe(503);
+    expect(connect.headers.get("retry-after")).toBe("1");
+    expect(((await connect.json()) as { error: string }).error).toMatch(/^starting/);
+    expect((await fetch(`http://127.0.0.1:${starting.port}/readyz`)).status).toBe(503);
+
+    const noGateway = await serve({});
+    expect(await upgradeAnswer(noGateway.port)).toBe("HTTP/1.1 404 Not Found");
+    expect((await fetch(`http://127.0.0.1:${noGateway.port}/v1/connect`)).status).toBe(404);
   });
 });

@@ -25,6 +25,12 @@ export interface HttpOptions {
   notReady: () => string | undefined;
   /** The gateway of this process, once it exists (gateway and all roles). */
   gateway: () => Gateway | undefined;
+  /**
+   * This process will have a gateway (roles gateway and all). The port listens before the gateway
+   * exists (/readyz says "starting"): meanwhile a client is told to come back (503), not that there is
+   * nothing here (404), which a client could take for a wrong URL.
+   */
+  servesClients: boolean;
 }
 
 export interface RunningHttp {
@@ -45,6 +51,7 @@ const HEADERS_BYTES_MAX = 16 * 1024;
 export const CLOSE_GRACE_MS = 1_000;
 
 const UPGRADE_NOT_FOUND = "HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+const UPGRADE_STARTING = "HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
 
 export async function serveHttp(o: HttpOptions): Promise<RunningHttp> {
   const webClient = loadWebClient(o.log);
@@ -58,8 +65,12 @@ export async function serveHttp(o: HttpOptions): Promise<RunningHttp> {
     (req, socket, head) => {
       const gateway = o.gateway();
       const path = (req.url ?? "").split("?")[0];
-      if (!gateway || path !== "/ws") {
+      if (path !== "/ws" || (!gateway && !o.servesClients)) {
         socket.end(UPGRADE_NOT_FOUND);
+        return;
+      }
+      if (!gateway) {
+        socket.end(UPGRADE_STARTING);
         return;
       }
       socket.on("error", () => socket.destroy());
@@ -274,7 +285,11 @@ function handleHttp(
   if (req.method !== "GET") return json(405, { error: "method not allowed" });
   if (serveInternal(path, res, o, metricsHere)) return;
   const gateway = o.gateway();
-  if (!gateway) return json(404, { error: "not found" });
+  if (!gateway) {
+    if (!o.servesClients) return json(404, { error: "not found" });
+    res.setHeader("retry-after", "1");
+    return json(503, { error: "starting: this gateway takes no connections yet; ask again" });
+  }
   switch (path) {
     case "/v1/dev/token": {
       const refusal = devTokensRefusal(o.config);
@@ -299,6 +314,12 @@ function handleHttp(
       }
       return json(200, connectAnswer(o.config, req.headers.host, gateway));
     }
+    case "/ws":
+      // A WebSocket upgrade never gets here (Node hands it to the gateway): this is a plain GET.
+      res.setHeader("upgrade", "websocket");
+      return json(426, {
+        error: "upgrade required: open a WebSocket here (Connection: Upgrade, Upgrade: websocket)",
+      });
     case "/": {
       const index = webClient.get("/");
       if (!index) return json(404, { error: "the web client is not built (npm run build)" });

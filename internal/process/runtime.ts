@@ -156,6 +156,7 @@ export async function runProcess(
     log,
     metrics,
     gateway: () => parts.gateway,
+    servesClients: role === "all" || role === "gateway",
     notReady,
   });
   let grpcServer: Awaited<ReturnType<typeof serveGrpc>> | undefined;

@@ -12,7 +12,7 @@ export interface CloseCodeInfo {
   readonly backoff: "normal" | "long";
   /** A new token is needed first (a fixed string token cannot recover from this). */
   readonly freshToken: boolean;
-  /** The server refused a frame of the connection (1007, 1009): the culprit must never be re-sent. */
+  /** The server refused a frame of the connection (1007, 1008, 1009): the culprit must never be re-sent. */
   readonly dropFrame: boolean;
   /** Delivery may have been cut short (we always resync on reconnect anyway). */
   readonly resync: boolean;
@@ -52,6 +52,11 @@ export const CLOSE_CODES = {
    * reconnect but never resend that frame.
    */
   1007: reconnect("INVALID_FRAME_PAYLOAD_DATA", { dropFrame: true }),
+  /**
+   * A message we sent broke a bound of the WebSocket layer (more than 16,384 fragments; this SDK
+   * never fragments): reconnect but never resend that frame.
+   */
+  1008: reconnect("POLICY_VIOLATION", { dropFrame: true }),
   /** A frame we sent was too big: reconnect but never resend that frame. */
   1009: reconnect("MESSAGE_TOO_BIG", { dropFrame: true }),
   /** Server error. */
@@ -88,6 +93,7 @@ export const CloseCode = {
   NO_STATUS: 1005,
   ABNORMAL: 1006,
   INVALID_FRAME_PAYLOAD_DATA: 1007,
+  POLICY_VIOLATION: 1008,
   MESSAGE_TOO_BIG: 1009,
   INTERNAL_ERROR: 1011,
   SHUTDOWN: 3001,

@@ -60,6 +60,18 @@ describe("unfinished requests", () => {
   });
 });
 
+describe("plain requests to the WebSocket path", () => {
+  it("are told to upgrade (426, GET) or refused (405), not taken for a missing page", async () => {
+    const get = await fetch(`${server.httpUrl}/ws`);
+    expect(get.status).toBe(426);
+    expect(get.headers.get("upgrade")).toBe("websocket");
+    expect(((await get.json()) as { error: string }).error).toMatch(/^upgrade required/);
+    const post = await fetch(`${server.httpUrl}/ws`, { method: "POST" });
+    expect(post.status).toBe(405);
+    expect(post.headers.get("content-type")).toMatch(/^application\/json/);
+  });
+});
+
 describe("dev tokens", () => {
   it("are off unless dev mode is asked for", async () => {
     const res = await fetch(`${server.httpUrl}/v1/dev/token?user=alice`);

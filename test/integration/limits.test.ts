@@ -135,6 +135,29 @@ describe("message and frame limits", () => {
     await bystanderSend();
   });
 
+  it("takes a message in 16,384 fragments, and closes one in more with 1008", async () => {
+    const c = await connect(user("fragments"));
+    // A heartbeat split into 16,384 fragments (spaces are JSON whitespace): answered.
+    c.ws.send('{"id":9001,"heartbeat":{}', { fin: false });
+    for (let i = 0; i < 16_382; i++) c.ws.send(" ", { fin: false });
+    c.ws.send("}", { fin: true });
+    expect((await c.nextEvent((f) => f.replyTo === 9001)).kind.case).toBe("heartbeat");
+    // One fragment more: the WebSocket layer closes before the message is whole.
+    c.ws.send('{"id":9002,"heartbeat":{}', { fin: false });
+    for (let i = 0; i < 16_383; i++) c.ws.send(" ", { fin: false });
+    c.ws.send("}", { fin: true });
+    expect(await c.closed).toBe(1008);
+    await bystanderSend();
+  });
+
+  it("ends a connection that bursts more pings than it lets the gateway answer, and only that one", async () => {
+    const c = await connect(user("pings"));
+    // Written in one go, they arrive together: past 60 pongs waiting, the gateway terminates.
+    for (let i = 0; i < 200; i++) c.ws.ping();
+    expect(await c.closed).toBe(1006);
+    await bystanderSend();
+  });
+
   it("takes a send with every field at its limit and every character \\u-escaped, in and outside the BMP", async () => {
     // The longest user ids, so the longest conversation id: dm:<128>~<128>.
     const me = user("escaped").padEnd(USER_ID_CHARS_MAX, "x");

@@ -15,8 +15,8 @@ const protocol = protocolDoc;
 describe("docs/protocol.md", () => {
   it("lists every close code the gateway sends, under its name (§7)", () => {
     const rows = tableAfter("## 7. Close codes");
-    // 1006 is never sent (the peer sees it), 1002 and 1007 come from the WebSocket layer itself.
-    const fromWs = new Set(["1002", "1006", "1007"]);
+    // 1006 is never sent (the peer sees it), 1002, 1007 and 1008 come from the WebSocket layer itself.
+    const fromWs = new Set(["1002", "1006", "1007", "1008"]);
     const documented = Object.fromEntries(
       rows.filter(([code]) => !fromWs.has(code!)).map(([code, name]) => [name, Number(code)]),
     );
