@@ -8,6 +8,7 @@ import cassandra from "cassandra-driver";
 import { Kafka, logLevel } from "kafkajs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { decodeMessage } from "../../internal/backends/kafka/codec.js";
+import { decodeSnowflake } from "../../internal/id/index.js";
 import { expectCase, RawClient } from "../helpers/raw-client.js";
 import { devToken, type ServerProcess, startServer } from "../helpers/server.js";
 import { ensureServer } from "../infra/servers.js";
@@ -86,6 +87,39 @@ describe("distributed storage", () => {
     await consumer.disconnect();
     expect(found).toMatchObject({ conversationId: ack.conversationId, clientMsgId, body: "where am I?" });
   }, 90_000);
+
+  it("keeps the id worker's high-water mark in switchboard.id_high_water, ahead of every id it gave", async () => {
+    const alice = await RawClient.connect(server.url, {
+      token: await devToken(server.dataDir, "mark-alice"),
+    });
+    const ack = expectCase(
+      await alice.request({
+        case: "send",
+        value: {
+          target: { case: "toUser", value: "mark-bob" },
+          clientMsgId: `mark-${Date.now()}`,
+          body: "id",
+        },
+      }),
+      "ack",
+    );
+    alice.close();
+    const client = new cassandra.Client({
+      contactPoints: infra.CASSANDRA_CONTACT_POINTS!.split(","),
+      localDataCenter: infra.CASSANDRA_DATACENTER ?? "datacenter1",
+    });
+    try {
+      // Worker 0: id.workerId's default. A restart starts above this mark whatever its clock says.
+      const row = (
+        await client.execute("SELECT until_ms FROM switchboard.id_high_water WHERE worker_id = 0", [], {
+          prepare: true,
+        })
+      ).first();
+      expect(Number(row?.get("until_ms"))).toBeGreaterThan(decodeSnowflake(ack.messageId).ms);
+    } finally {
+      await client.shutdown();
+    }
+  }, 60_000);
 
   it("ends a closed session's records in switchboard.routing with a tombstone, for compaction to remove", async () => {
     const client = await RawClient.connect(server.url, {
