@@ -12,7 +12,7 @@ export interface CloseCodeInfo {
   readonly backoff: "normal" | "long";
   /** A new token is needed first (a fixed string token cannot recover from this). */
   readonly freshToken: boolean;
-  /** The server refused a frame of the connection (1007, 1008, 1009): the culprit must never be re-sent. */
+  /** The server refused a frame of the connection (1007, 1009): the culprit must never be re-sent. */
   readonly dropFrame: boolean;
   /** Delivery may have been cut short (we always resync on reconnect anyway). */
   readonly resync: boolean;
@@ -53,10 +53,10 @@ export const CLOSE_CODES = {
    */
   1007: reconnect("INVALID_FRAME_PAYLOAD_DATA", { dropFrame: true }),
   /**
-   * A message we sent broke a bound of the WebSocket layer (more than 16,384 fragments; this SDK
-   * never fragments): reconnect but never resend that frame.
+   * A message broke a bound of the server's WebSocket layer (more than 16,384 fragments): this SDK
+   * never fragments, so no frame of ours is to blame; reconnect.
    */
-  1008: reconnect("POLICY_VIOLATION", { dropFrame: true }),
+  1008: reconnect("POLICY_VIOLATION"),
   /** A frame we sent was too big: reconnect but never resend that frame. */
   1009: reconnect("MESSAGE_TOO_BIG", { dropFrame: true }),
   /** Server error. */

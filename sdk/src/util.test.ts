@@ -42,6 +42,9 @@ describe("close codes", () => {
     expect(CLOSE_CODES[3005].freshToken).toBe(true);
     expect(CLOSE_CODES[3013].backoff).toBe("long");
     expect(CLOSE_CODES[1009].dropFrame).toBe(true);
+    // A message in more fragments than the gateway's WebSocket layer takes (docs/protocol.md §1.2):
+    // never one of the SDK's, which does not fragment.
+    expect(CLOSE_CODES[1008]).toMatchObject({ name: "POLICY_VIOLATION", reconnect: true, dropFrame: false });
     expect(CloseCode.INVALID_TOKEN).toBe(3500);
   });
   test("1007 (a text frame that was not UTF-8) reconnects but never resends that frame (docs/protocol.md §7)", () => {
