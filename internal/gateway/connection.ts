@@ -144,6 +144,12 @@ const PRESENCE_CHECK_DEADLINE_MS = 15_000;
  */
 const FLOOD_REPLIES_WAIT_MS = 15_000;
 /**
+ * How long a connection closed by a stop or a drain (1001, 3001) waits for the replies of the requests
+ * it had accepted: a send appended in that time is acknowledged rather than left for the client to
+ * resend. Shorter than a flood's wait, as it holds the process's stop (shutdownTimeoutMs, 30 s).
+ */
+export const STOP_REPLIES_WAIT_MS = 2_000;
+/**
  * A gap left by a refused send closes by itself after this long without its resend (a client that
  * gave up on it); it needs to outlast only the sends in flight when the client learned of it.
  */
@@ -162,8 +168,12 @@ export class Connection {
   private readonly sends: TokenBucket;
   private badFrames = 0;
   private closed = false;
-  /** Flooded: no more frames are read; the accepted requests are answered, then it closes. */
+  /**
+   * Flooded, or its gateway stops or drains: no more frames are read; the accepted requests are
+   * answered, then it closes (`stopped` resolves then).
+   */
   private stopping = false;
+  private stopped: Promise<void> | undefined;
   /**
    * Requests being handled (each settles once its reply is written). A count, not a Set of them: a
    * long-lived Set's add and delete per frame resize its table in the old generation (garbage for a
@@ -315,7 +325,7 @@ export class Connection {
     this.encoding = isBinary ? "binary" : "json";
     if (this.frames.take() > 0) {
       if (this.frames.flooded())
-        return this.closeAfterReplies(CloseCode.TOO_MANY_REQUESTS, "too many frames");
+        return void this.closeAfterReplies(CloseCode.TOO_MANY_REQUESTS, "too many frames");
       this.ctx.metrics.errorsTotal.inc({
         reason: "RATE_LIMITED",
         code: "RESOURCE_EXHAUSTED",
@@ -354,31 +364,37 @@ export class Connection {
   }
 
   /**
-   * Closes a flooding connection without losing what it was promised: frames are no longer read, the
+   * Closes the connection without losing what it was promised: frames are no longer read, the
    * requests already accepted get their replies (the acks of sends already appended among them), and
-   * then, or after FLOOD_REPLIES_WAIT_MS at most, the connection closes with `code`.
+   * then, or after `waitMs` at most, the connection closes with `code`. Resolves once it is closed; a
+   * second call (a stop during a flood's wait) gets the first's promise.
    */
-  private closeAfterReplies(code: number, reason: string): void {
-    if (this.stopping || this.closed) return;
+  closeAfterReplies(code: number, reason: string, waitMs = FLOOD_REPLIES_WAIT_MS): Promise<void> {
+    if (this.stopped) return this.stopped;
+    if (this.closed) return Promise.resolve();
     this.stopping = true;
-    // The request being dispatched now is registered once this call returns: look a turn later.
-    setImmediate(() => {
-      let timer: NodeJS.Timeout | undefined;
-      const waited = new Promise<void>((r) => {
-        timer = setTimeout(r, FLOOD_REPLIES_WAIT_MS);
-        timer.unref();
-      });
-      const idle =
-        this.inFlight === 0
-          ? Promise.resolve()
-          : new Promise<void>((resolve) => {
-              this.onIdle = resolve;
-            });
-      void Promise.race([idle, waited]).then(() => {
-        clearTimeout(timer);
-        this.close(code, reason);
+    this.stopped = new Promise<void>((stopped) => {
+      // The request being dispatched now is registered once this call returns: look a turn later.
+      setImmediate(() => {
+        let timer: NodeJS.Timeout | undefined;
+        const waited = new Promise<void>((r) => {
+          timer = setTimeout(r, waitMs);
+          timer.unref();
+        });
+        const idle =
+          this.inFlight === 0
+            ? Promise.resolve()
+            : new Promise<void>((resolve) => {
+                this.onIdle = resolve;
+              });
+        void Promise.race([idle, waited]).then(() => {
+          clearTimeout(timer);
+          this.close(code, reason);
+          stopped();
+        });
       });
     });
+    return this.stopped;
   }
 
   private rejectBadFrame(id: number, err: SwitchboardError): void {
@@ -433,7 +449,7 @@ export class Connection {
         const order = ++this.sendsArrived;
         const wait = this.sends.take() || c.takeUserSend(user);
         if (wait > 0) {
-          if (this.sends.flooded()) this.closeAfterReplies(CloseCode.TOO_MANY_REQUESTS, "send flood");
+          if (this.sends.flooded()) void this.closeAfterReplies(CloseCode.TOO_MANY_REQUESTS, "send flood");
           const err = errors.exhausted("RATE_LIMITED", "too many messages; slow down", wait);
           const conversation = this.sendGapKey(req.value.target);
           if (conversation !== undefined)

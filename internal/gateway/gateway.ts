@@ -23,7 +23,7 @@ import {
   SUBPROTOCOL_BINARY,
   SUBPROTOCOL_JSON,
 } from "./codec.js";
-import { Connection, type GatewayContext, type GatewayServices } from "./connection.js";
+import { Connection, type GatewayContext, type GatewayServices, STOP_REPLIES_WAIT_MS } from "./connection.js";
 import { ContactCheck } from "./contacts.js";
 import { TokenBucket, UserBuckets } from "./rate-limit.js";
 import { verifyInTime } from "./verify-in-time.js";
@@ -550,7 +550,7 @@ export class Gateway {
         value: { reason: "draining", delayMsMin: 0, delayMsMax: windowMs },
       });
       const t = setTimeout(
-        () => conn.close(CloseCode.SHUTDOWN, "draining"),
+        () => void conn.closeAfterReplies(CloseCode.SHUTDOWN, "draining", STOP_REPLIES_WAIT_MS),
         Math.floor(Math.random() * windowMs),
       );
       t.unref();
@@ -636,7 +636,12 @@ export class Gateway {
     this.draining = true;
     this.closed = true;
     for (const stop of this.deliverStreams) stop();
-    for (const conn of [...this.all]) conn.close(CloseCode.GOING_AWAY, "server shutting down");
+    // Sends already accepted are answered first (their storage closes after the gateway).
+    await Promise.all(
+      [...this.all].map((conn) =>
+        conn.closeAfterReplies(CloseCode.GOING_AWAY, "server shutting down", STOP_REPLIES_WAIT_MS),
+      ),
+    );
     this.wss.close();
   }
 }

@@ -101,6 +101,49 @@ describe("stopping a gateway", () => {
     expect(connected.every((c) => c.received.every((f) => f.kind.case !== "reconnect"))).toBe(true);
   });
 
+  it("answers the sends it had accepted before it closes with 1001: none stored goes unacknowledged", async () => {
+    const send = (client: RawClient, i: number) =>
+      client.request({
+        case: "send",
+        value: { target: { case: "toUser", value: "stop-peer" }, clientMsgId: `burst-${i}`, body: `${i}` },
+      });
+    const total = 80; // within the send burst: no RATE_LIMITED
+    // A stop that comes before the server read any of the burst proves nothing: up to three rounds,
+    // until one where sends were being handled when it came.
+    let ackedInAll = 0;
+    for (let round = 0; round < 3 && ackedInAll === 0; round++) {
+      await server?.dispose();
+      server = await startServer();
+      const [c] = await clients(server, 1);
+      const acked = new Set<number>();
+      const replies = Array.from({ length: total }, (_, i) =>
+        send(c!, i).then(
+          (f) => {
+            if (f.kind.case === "ack") acked.add(i);
+          },
+          () => undefined, // no reply before the close: not read, or not answered
+        ),
+      );
+      const exited = exitOf(server);
+      server.child.kill("SIGTERM");
+      expect(await c!.closed).toBe(1001);
+      await Promise.all(replies);
+      expect((await exited).code).toBe(0);
+      server = await server.restart();
+      const [again] = await clients(server, 1);
+      // Each send without an ack, resent with its clientMsgId: a stored one would come back duplicate.
+      const storedUnacked: number[] = [];
+      for (let i = 0; i < total; i++) {
+        if (acked.has(i)) continue;
+        const f = await send(again!, i);
+        if (f.kind.case === "ack" && f.kind.value.duplicate) storedUnacked.push(i);
+      }
+      expect(storedUnacked).toEqual([]);
+      ackedInAll += acked.size;
+    }
+    expect(ackedInAll).toBeGreaterThan(0);
+  });
+
   it("stops at once on SIGINT even with a drain window", async () => {
     server = await startServer({ env: { SWITCHBOARD_GATEWAY_SHUTDOWN_DRAIN_MS: "5000" } });
     const connected = await clients(server, 2);
