@@ -626,3 +626,47 @@ describe("Connection requests after bad input or a close", () => {
     expect(heads).toBe(2);
   });
 });
+
+describe("Connection: closing after the replies", () => {
+  /** A welcomed connection whose sync reads wait for `held` (after the welcome's own read). */
+  async function withHeldSync() {
+    let heads = 0;
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    const { conn, socket } = connection({
+      head: async () => {
+        if (++heads > 1) await held;
+        return 0;
+      },
+      inbox: { read: async () => [] },
+    });
+    socket.frame({ id: 1, auth: { token: "t" } });
+    await until(() => kinds(socket).includes("welcome"));
+    socket.frame({ id: 2, sync: { cursor: "0" } });
+    await until(() => heads === 2);
+    return { conn, socket, release };
+  }
+
+  it("answers the request it had read, reads no frame after, then closes", async () => {
+    const { conn, socket, release } = await withHeldSync();
+    const closed = conn.closeAfterReplies(CloseCode.GOING_AWAY, "server shutting down", 2_000);
+    socket.frame({ id: 3, heartbeat: {} }); // after the stop began: not read
+    await new Promise((r) => setTimeout(r, 20));
+    expect(socket.closedWith).toBeUndefined();
+    release();
+    await closed;
+    expect(socket.sent.some((f) => f.replyTo === 2 && f.kind.case === "sync")).toBe(true);
+    expect(socket.sent.some((f) => f.replyTo === 3)).toBe(false);
+    expect(socket.closedWith).toBe(CloseCode.GOING_AWAY);
+  });
+
+  it("a stop during a flood's wait closes within the stop's bound, not the flood's", async () => {
+    const { conn, socket } = await withHeldSync(); // the sync never answers
+    void conn.closeAfterReplies(CloseCode.TOO_MANY_REQUESTS, "too many frames", 60_000);
+    const started = Date.now();
+    await conn.closeAfterReplies(CloseCode.GOING_AWAY, "server shutting down", 50);
+    expect(Date.now() - started).toBeLessThan(1_000);
+    // Closed once, with the first call's code.
+    expect(socket.closedWith).toBe(CloseCode.TOO_MANY_REQUESTS);
+  });
+});

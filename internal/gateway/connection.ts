@@ -174,6 +174,8 @@ export class Connection {
    */
   private stopping = false;
   private stopped: Promise<void> | undefined;
+  /** Ends closeAfterReplies's wait for the replies now (its bound ran out). */
+  private endWait: (() => void) | undefined;
   /**
    * Requests being handled (each settles once its reply is written). A count, not a Set of them: a
    * long-lived Set's add and delete per frame resize its table in the old generation (garbage for a
@@ -266,8 +268,9 @@ export class Connection {
 
   /** Sets up the session of a verified connection and welcomes it (in `encoding`: its auth frame's). */
   async authenticate(identity: Identity, replyTo: number, encoding: Encoding = this.encoding): Promise<void> {
-    // Closed while its token was checked (client gone, auth deadline, drain): never registered.
-    if (this.closed) return;
+    // Closed, or closing, while its token was checked (client gone, auth deadline, a stop or a
+    // drain): never registered.
+    if (this.closed || this.stopping) return;
     clearTimeout(this.authTimer);
     // Checked in the same turn as the registration below, so that concurrent ones cannot all pass.
     if (!this.ctx.hasRoomFor(identity.userId)) {
@@ -366,21 +369,21 @@ export class Connection {
   /**
    * Closes the connection without losing what it was promised: frames are no longer read, the
    * requests already accepted get their replies (the acks of sends already appended among them), and
-   * then, or after `waitMs` at most, the connection closes with `code`. Resolves once it is closed; a
-   * second call (a stop during a flood's wait) gets the first's promise.
+   * then, or after `waitMs` at most, the connection closes with `code`. Resolves once it is closed. A
+   * second call (a stop during a flood's wait) gets the first's promise, and its own bound holds too:
+   * the connection closes (with the first call's code) when the earlier of the two runs out.
    */
   closeAfterReplies(code: number, reason: string, waitMs = FLOOD_REPLIES_WAIT_MS): Promise<void> {
+    if (this.closed) return this.stopped ?? Promise.resolve();
+    setTimeout(() => this.endWait?.(), waitMs).unref();
     if (this.stopped) return this.stopped;
-    if (this.closed) return Promise.resolve();
     this.stopping = true;
+    const waited = new Promise<void>((resolve) => {
+      this.endWait = resolve;
+    });
     this.stopped = new Promise<void>((stopped) => {
       // The request being dispatched now is registered once this call returns: look a turn later.
       setImmediate(() => {
-        let timer: NodeJS.Timeout | undefined;
-        const waited = new Promise<void>((r) => {
-          timer = setTimeout(r, waitMs);
-          timer.unref();
-        });
         const idle =
           this.inFlight === 0
             ? Promise.resolve()
@@ -388,7 +391,7 @@ export class Connection {
                 this.onIdle = resolve;
               });
         void Promise.race([idle, waited]).then(() => {
-          clearTimeout(timer);
+          this.endWait = undefined;
           this.close(code, reason);
           stopped();
         });
