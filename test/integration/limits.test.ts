@@ -3,6 +3,7 @@
  * frames, floods, bad tokens, disallowed origins and non-members, while a bystander conversation
  * keeps flowing on the same server.
  */
+import { connect as connectTcp } from "node:net";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { SignJWT } from "jose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -151,10 +152,44 @@ describe("message and frame limits", () => {
   });
 
   it("ends a connection that bursts more pings than it lets the gateway answer, and only that one", async () => {
-    const c = await connect(user("pings"));
-    // Written in one go, they arrive together: past 60 pongs waiting, the gateway terminates.
-    for (let i = 0; i < 200; i++) c.ws.ping();
-    expect(await c.closed).toBe(1006);
+    // A raw client, so that the pings go out in one TCP write and arrive together.
+    const socket = connectTcp(server.port, "127.0.0.1");
+    socket.on("error", () => {});
+    await new Promise<void>((r) => socket.once("connect", () => r()));
+    let received = Buffer.alloc(0);
+    socket.on("data", (d: Buffer) => {
+      received = Buffer.concat([received, d]);
+    });
+    const token = await devToken(server.dataDir, user("pings"));
+    socket.write(
+      "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+        `Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAuthorization: Bearer ${token}\r\n\r\n`,
+    );
+    for (let i = 0; i < 200 && !received.includes("\r\n\r\n"); i++)
+      await new Promise((r) => setTimeout(r, 10));
+    expect(received.toString("latin1")).toMatch(/^HTTP\/1\.1 101 /);
+    // 200 empty pings (FIN + opcode 9, masked, length 0): past 60 pongs waiting, the gateway terminates.
+    const ping = Buffer.from([0x89, 0x80, 1, 2, 3, 4]);
+    socket.write(Buffer.concat(Array.from({ length: 200 }, () => ping)));
+    await new Promise<void>((r) => socket.once("close", () => r()));
+    // What came after the handshake: the welcome, pongs, and no close frame (the peer sees 1006).
+    const opcodes: number[] = [];
+    let p = received.indexOf("\r\n\r\n") + 4;
+    while (p + 2 <= received.length) {
+      const len7 = received[p + 1]! & 0x7f;
+      const [header, len] =
+        len7 === 126
+          ? [4, received.readUInt16BE(p + 2)]
+          : len7 === 127
+            ? [10, Number(received.readBigUInt64BE(p + 2))]
+            : [2, len7];
+      opcodes.push(received[p]! & 0x0f);
+      p += header + len;
+    }
+    const pongs = opcodes.filter((o) => o === 0xa).length;
+    expect(pongs).toBeGreaterThan(0);
+    expect(pongs).toBeLessThan(200);
+    expect(opcodes).not.toContain(0x8);
     await bystanderSend();
   });
 
