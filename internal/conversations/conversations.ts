@@ -36,7 +36,8 @@ type GroupPolicies = { postPolicy?: GroupPolicy; addPolicy?: GroupPolicy };
  * The id of the group a caller creates with an idempotency key: the same for every retry, in every
  * process, so that the store's create-if-absent makes a retry find the first attempt's group. Minted
  * ids are snowflakes below 2^63 (19 digits at most); these have 20 digits and begin with 1
- * (10^19 + 63 bits of SHA-256 of caller and key, reduced below 10^19), so the two never meet.
+ * (10^19 plus the first 64 bits of SHA-256 of caller and key, reduced below 10^19), so the two
+ * never meet.
  */
 export function keyedGroupId(caller: string, key: string): string {
   const digest = createHash("sha256")
@@ -317,7 +318,8 @@ export class Conversations {
   /**
    * createGroup under an id the caller chose (a keyed group, `keyedGroupId`): a second call with the
    * same id, from this process or any other, stores nothing and answers the group as it is now, with
-   * `created` false. Only a created group is announced.
+   * `created` false. Either way the group is announced: as with a retried add, a retry whose first
+   * attempt stored the group but was cut off before telling the members is the one that tells them.
    */
   createGroupWithId(
     id: string,
@@ -364,7 +366,7 @@ export class Conversations {
       },
       all,
     );
-    if (created) this.changed(record);
+    this.changed(record);
     return { record, created };
   }
 

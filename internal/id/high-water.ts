@@ -11,7 +11,11 @@
  * at most leaseMs after a quick restart, which Snowflake absorbs (maxBackwardsMs, 5 s, > leaseMs).
  */
 
-/** Where the mark is kept (the embedded store: EmbeddedBackends.idHighWater). */
+/**
+ * Where the mark is kept: EmbeddedBackends.idHighWater (the data file), or on the distributed backend
+ * a row per worker id in Cassandra (cassandra/id-high-water.ts), which every process configured with
+ * that worker id shares: worker ids must be unique among the processes of a keyspace.
+ */
 export interface HighWaterStore {
   /** The stored mark (ms since the Unix epoch), if any. */
   load(): number | undefined;

@@ -12,14 +12,15 @@ const MAX_BACKWARDS_MS = 5_000;
 
 /**
  * The id service: hands out Snowflake ids in batches so no message costs an RPC. With `highWater`
- * (the embedded store's), the time ids were issued up to survives a restart (high-water.ts). Role id
+ * (role all's: the embedded data file, or Cassandra's id_high_water on the distributed backend), the
+ * time ids were issued up to survives a restart (high-water.ts). Role id
  * has no store: its callers (the gateways, which outlive an id Pod's restart) carry it, each naming
  * the highest id it received from each worker (`received`), and a worker mints only above its own.
  * So a worker restarted with its clock behind (another node, a clock stepped back) gives a caller
  * that names it no id at or below one that caller holds; a caller that names nothing (one started
  * since, or an older build) is served on the worker's clock, and could be given an id another
- * caller holds if that clock is behind. Distributed role all, whose only caller restarts with it,
- * has neither. A worker more than 5 s behind an id named to it refuses to mint (CLOCK_BEHIND).
+ * caller holds if that clock is behind. A worker more than 5 s behind an id named to it refuses to
+ * mint (CLOCK_BEHIND).
  */
 export function createIdService(
   workerId: number,

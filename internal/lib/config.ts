@@ -281,7 +281,7 @@ export const schema = {
     drainWindowMs: int(10_000, "Window over which draining spreads client reconnects.", 0),
     shutdownDrainMs: int(
       0,
-      "On SIGTERM, first tell clients to reconnect elsewhere, spread over this window, then stop (the operator sets it for rolling updates); 0: close connections at once (1001). From the start of a drain (SIGTERM, or the operator's Drain call) /readyz and the gRPC health service say not ready and /v1/connect answers 503, so that no new client is sent here. SIGINT always stops at once, and so does any second signal during a stop (shutdownTimeoutMs).",
+      "On SIGTERM, first tell clients to reconnect elsewhere, spread over this window, then stop (the operator sets it for rolling updates); 0: close connections at once (1001), each once the requests it had sent are answered (at most 2 s). From the start of a drain (SIGTERM, or the operator's Drain call) /readyz and the gRPC health service say not ready and /v1/connect answers 503, so that no new client is sent here. SIGINT always stops without a drain, and any second signal during a stop exits at once (shutdownTimeoutMs).",
       0,
     ),
   },
@@ -329,7 +329,7 @@ export const schema = {
   id: {
     workerId: int(
       0,
-      "Snowflake worker id (0-1023); in Kubernetes, the StatefulSet ordinal. Every process that mints ids must have its own: role id, and role all, which mints its own. Several all-in-one processes (role all) sharing the distributed backend's Kafka and Cassandra need a distinct value each, or their message and group ids may collide; one started on the distributed backend without this set is warned about.",
+      "Snowflake worker id (0-1023); in Kubernetes, the StatefulSet ordinal. Every process that mints ids must have its own: role id, and role all, which mints its own. Several all-in-one processes (role all) sharing the distributed backend's Kafka and Cassandra need a distinct value each, or their message and group ids may collide (they would also share one stored high-water mark, the time the worker issued ids up to, which a restart starts above); one started on the distributed backend without this set is warned about.",
       0,
       1023,
     ),

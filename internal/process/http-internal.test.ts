@@ -164,6 +164,7 @@ describe("a gateway's port before its gateway exists", () => {
     const connect = await fetch(`http://127.0.0.1:${starting.port}/v1/connect`);
     expect(connect.status).toBe(503);
     expect(connect.headers.get("retry-after")).toBe("1");
+    expect(connect.headers.get("access-control-allow-origin")).toBe("*");
     expect(((await connect.json()) as { error: string }).error).toMatch(/^starting/);
     expect((await fetch(`http://127.0.0.1:${starting.port}/readyz`)).status).toBe(503);
 

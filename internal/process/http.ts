@@ -287,6 +287,8 @@ function handleHttp(
   const gateway = o.gateway();
   if (!gateway) {
     if (!o.servesClients) return json(404, { error: "not found" });
+    // Readable from any origin, as /v1/connect's other answers are (its draining 503 too).
+    if (path === "/v1/connect") res.setHeader("access-control-allow-origin", "*");
     res.setHeader("retry-after", "1");
     return json(503, { error: "starting: this gateway takes no connections yet; ask again" });
   }

@@ -101,6 +101,14 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
     timings[`${step}Ms`] = Math.round(performance.now() - started);
   };
   const stores = await openCassandraStores({ ...o.cassandra, provision: o.provision !== false });
+  // Read before any consumer group is joined: a failure here leaves no group to rebalance.
+  let idHighWater: IdHighWaterStore | undefined;
+  try {
+    idHighWater = o.idWorker === undefined ? undefined : await stores.idHighWater(o.idWorker);
+  } catch (err) {
+    await stores.close().catch(() => undefined);
+    throw err;
+  }
   mark("cassandra");
   fixKafkajsRequestQueue();
   fixKafkajsProduceEncoding();
@@ -239,7 +247,6 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
       log,
     });
     consuming.push(pushQueue);
-    const idHighWater = o.idWorker === undefined ? undefined : await stores.idHighWater(o.idWorker);
     log.info("distributed backend open (ms since the start of the open, per step)", timings);
     let closing: Promise<void> | undefined;
     return {
