@@ -997,6 +997,27 @@ describe("membership store", () => {
   });
 
   it(
+    "two clients creating one conversation id at once (a keyed CreateGroup retried on two routers) make it once",
+    async () => {
+      const g = id("g");
+      const owner = id("owner");
+      const members = [owner, id("m1"), id("m2")];
+      // Each attempt as its process would make it: its own creation time.
+      const [first, second] = await Promise.all([
+        a.membership.createConversation(record(g, owner, 1000), members),
+        b.membership.createConversation(record(g, owner, 2000), members),
+      ]);
+      expect([first.created, second.created].filter(Boolean)).toHaveLength(1);
+      // Both answer the one stored, members and every member's list included.
+      expect(first.record.createdAtMs).toBe(second.record.createdAtMs);
+      expect(await a.membership.members(g)).toEqual(members.slice().sort());
+      for (const user of members)
+        expect((await b.membership.conversationsOf(user, 10)).map((c) => c.id)).toContain(g);
+    },
+    LONG,
+  );
+
+  it(
     "the member limit holds under 20 concurrent adds from two clients",
     async () => {
       const g = id("g");
