@@ -20,34 +20,20 @@ import type {
   Send as SendValue,
 } from "../../gen/switchboard/client/v1/client_pb.js";
 import type { Message, PresenceStatus } from "../../gen/switchboard/common/v1/common_pb.js";
-import { Code, ReceiptKind } from "../../gen/switchboard/common/v1/common_pb.js";
-import type { PresenceService } from "../../gen/switchboard/presence/v1/presence_pb.js";
-import type { PushService } from "../../gen/switchboard/push/v1/push_pb.js";
-import type { RouterService } from "../../gen/switchboard/router/v1/router_pb.js";
+import { Code } from "../../gen/switchboard/common/v1/common_pb.js";
 import { getManyWithinBytes, historyWithinBytes, type PageBytes } from "../backends/message-pages.js";
-import type { AppendResult, Backends } from "../backends/types.js";
+import type { AppendResult } from "../backends/types.js";
 import {
-  type Conversations,
   directConversationId,
   isValidConversationId,
-  policiesFromWire,
   requireConversationId,
-  roleFromWire,
-  rosterPageLimit,
-  toWireConversation,
-  toWireMember,
   toWireMessage,
 } from "../conversations/index.js";
 import { atTime, type TimerHandle } from "../lib/at-time.js";
 import { type Identity, isValidUserId } from "../lib/auth.js";
-import type { Config } from "../lib/config.js";
 import { errors, SwitchboardError } from "../lib/errors.js";
-import type { Logger } from "../lib/log.js";
-import type { Metrics } from "../lib/metrics.js";
-import type { ServiceClient } from "../lib/rpc.js";
 import { inSpan, type Span, SpanKind, tracing } from "../lib/tracing.js";
 import { WATCHES_PER_SESSION_MAX } from "../presence/index.js";
-import { doNotDisturbProblem } from "../push/do-not-disturb.js";
 import { CloseCode } from "./close-codes.js";
 import {
   decodeClientFrame,
@@ -58,14 +44,13 @@ import {
   wholeCharacters,
 } from "./codec.js";
 import { Throttle, TokenBucket } from "./rate-limit.js";
+import { answerRequest, pageLimit } from "./requests.js";
 import { SendGaps } from "./send-gaps.js";
+import type { GatewayServices } from "./services.js";
 import { verifyInTime } from "./verify-in-time.js";
 
 /** The optional protocol features this gateway understands (`welcome.features`). */
 const PROTOCOL_FEATURES = ["first_attempt", "member_pages"];
-
-/** Conversations one user may have muted at once. */
-export const MUTES_PER_USER_MAX = 1_000;
 
 /** Pull conversations a connection remembers the last sent seq (and typing time) of. */
 const PULL_CONVERSATIONS_TRACKED_MAX = 1_000;
@@ -74,29 +59,8 @@ const PULL_CONVERSATIONS_TRACKED_MAX = 1_000;
  * reach only those named, a push group is small): a user's are rate-limited together.
  */
 const GROUP_CHANGES = new Set<string | undefined>(["createGroup", "updateGroup", "setMemberRole"]);
-/** The longest timed mute (untilMs 0 mutes until unmuted). */
-const MUTE_FOR_MS_MAX = 10 * 365 * 24 * 3600 * 1000;
 /** A connection's typing indicators in one pull conversation go out at most this often. */
 const PULL_TYPING_INTERVAL_MS = 3_000;
-
-/** The stores a gateway reads and writes directly (ADR 0005: sync, history and membership reads stay local). */
-export type GatewayStores = Pick<
-  Backends,
-  "log" | "messages" | "membership" | "inbox" | "receipts" | "routing" | "settings"
->;
-
-/** The services, stores and limits a gateway and each of its connections work with. */
-export interface GatewayServices {
-  config: Config;
-  log: Logger;
-  metrics: Metrics;
-  backends: GatewayStores;
-  conversations: Conversations;
-  router: ServiceClient<typeof RouterService>;
-  presence: ServiceClient<typeof PresenceService>;
-  push: ServiceClient<typeof PushService>;
-  verify(token: string): Promise<Identity>;
-}
 
 /** What a connection needs from its gateway: its services, plus the registry and shared limits. */
 export interface GatewayContext extends GatewayServices {
@@ -499,96 +463,6 @@ export class Connection {
             )
           : read();
       }
-      case "createGroup": {
-        const { name, members, open } = req.value;
-        const record = await c.conversations.createGroup(
-          user,
-          name,
-          members,
-          open,
-          policiesFromWire(req.value),
-        );
-        return reply({ case: "conversation", value: { conversation: toWireConversation(record) } });
-      }
-      case "updateGroup": {
-        const { conversationId, name, open } = req.value;
-        const record = await c.conversations.updateGroup(user, conversationId, {
-          ...(name !== undefined ? { name } : {}),
-          ...(open !== undefined ? { open } : {}),
-          ...policiesFromWire(req.value),
-        });
-        return reply({ case: "conversation", value: { conversation: toWireConversation(record) } });
-      }
-      case "setMemberRole": {
-        const { conversationId, userId, role } = req.value;
-        const record = await c.conversations.setRole(user, conversationId, userId, roleFromWire(role));
-        return reply({ case: "conversation", value: { conversation: toWireConversation(record) } });
-      }
-      case "addMembers": {
-        const record = await c.conversations.addMembers(user, req.value.conversationId, req.value.members);
-        return reply({ case: "conversation", value: { conversation: toWireConversation(record) } });
-      }
-      case "removeMembers": {
-        const { conversationId, members } = req.value;
-        const record = await c.conversations.removeMembers(user, conversationId, members);
-        return reply({ case: "conversation", value: { conversation: toWireConversation(record) } });
-      }
-      case "joinGroup": {
-        const record = await c.conversations.join(user, req.value.conversationId);
-        return reply({ case: "conversation", value: { conversation: toWireConversation(record) } });
-      }
-      case "leaveGroup": {
-        await c.conversations.leave(user, req.value.conversationId);
-        return reply({ case: "ok", value: {} });
-      }
-      case "listConversations": {
-        const records = await c.backends.membership.conversationsOf(user, this.pageLimit(req.value.limit));
-        const conversations = await Promise.all(
-          records.map(async (r) =>
-            toWireConversation(
-              r,
-              await c.backends.messages.lastSeq(r.id),
-              await c.backends.receipts.get(r.id, user, "read"),
-            ),
-          ),
-        );
-        return reply({ case: "conversations", value: { conversations } });
-      }
-      case "listMembers": {
-        const { after, limit } = req.value;
-        const conversationId = requireConversationId(req.value.conversationId); // its form first (§2.1)
-        if (after !== "" && !isValidUserId(after))
-          throw errors.invalid("INVALID_USER_ID", "listMembers: after is not a user id");
-        const page = await c.conversations.roster(
-          user,
-          conversationId,
-          after === "" ? { limit: rosterPageLimit(limit) } : { after, limit: rosterPageLimit(limit) },
-        );
-        return reply({
-          case: "members",
-          value: {
-            conversationId,
-            members: page.members.map((m) => m.userId),
-            roles: page.members.map(toWireMember),
-            hasMore: page.more,
-          },
-        });
-      }
-      case "listReceipts": {
-        const { conversationId } = req.value;
-        // A pull conversation's members are too many to list: the caller gets its own watermarks.
-        const { record } = await c.conversations.memberAccess(user, conversationId);
-        const members =
-          record.delivery === "pull" ? [user] : (await c.backends.membership.members(conversationId)).sort();
-        const receipts = await Promise.all(
-          members.map(async (userId) => ({
-            userId,
-            deliveredSeq: BigInt(await c.backends.receipts.get(conversationId, userId, "delivered")),
-            readSeq: BigInt(await c.backends.receipts.get(conversationId, userId, "read")),
-          })),
-        );
-        return reply({ case: "receipts", value: { conversationId, receipts } });
-      }
       case "typing": {
         const { conversationId, typing } = req.value;
         const { record } = await c.conversations.memberAccess(user, conversationId);
@@ -650,16 +524,6 @@ export class Connection {
           this.presenceSubscribesUnanswered--;
         });
       }
-      case "registerDevice": {
-        const { deviceId, provider, token } = req.value;
-        await c.push.registerDevice({
-          device: { userId: user, deviceId, provider, token, registeredAtMs: BigInt(Date.now()) },
-        });
-        return reply({ case: "ok", value: {} });
-      }
-      case "unregisterDevice":
-        await c.push.unregisterDevice({ userId: user, deviceId: req.value.deviceId });
-        return reply({ case: "ok", value: {} });
       case "unsubscribePresence": {
         const { userIds } = req.value;
         return this.inPresenceOrder(async () => {
@@ -669,82 +533,13 @@ export class Connection {
           reply({ case: "ok", value: {} });
         });
       }
-      case "receipt": {
-        const { conversationId, seq, kind } = req.value;
-        if (kind !== ReceiptKind.DELIVERED && kind !== ReceiptKind.READ)
-          throw errors.invalid("INVALID_RECEIPT_KIND", "kind must be DELIVERED or READ");
-        const { record } = await c.conversations.memberAccess(user, conversationId);
-        const last = await c.backends.messages.lastSeq(conversationId);
-        if (seq < 1n || Number(seq) > last)
-          throw errors.invalid("SEQ_OUT_OF_RANGE", `seq must be in [1, ${last}]`);
-        const kindName = kind === ReceiptKind.READ ? "read" : "delivered";
-        if (await c.backends.receipts.raise(conversationId, user, kindName, Number(seq))) {
-          // In a pull conversation only the user's own devices hear of it (their read state).
-          const userIds =
-            record.delivery === "pull" ? [user] : await c.backends.membership.members(conversationId);
-          await c.router.relay({
-            userIds,
-            excludeSessionId: this.sessionId,
-            frame: { kind: { case: "receipt", value: { conversationId, userId: user, seq, kind } } },
-          });
-        }
-        return reply({ case: "ok", value: {} });
+      default: {
+        // Groups, receipts, devices, notification settings: answered from the request alone.
+        const answer = answerRequest(c, { userId: user, sessionId: this.sessionId }, req);
+        if (!answer) throw errors.invalid("UNKNOWN_FRAME", "unknown request");
+        return reply(await answer);
       }
-      case "muteConversation": {
-        const { conversationId, untilMs } = req.value;
-        await c.conversations.memberAccess(user, conversationId);
-        const until = Number(untilMs);
-        const now = Date.now();
-        // Past 10 years is "for good" in all but name, and past what a storage TTL can hold.
-        if (until < 0 || (until > 0 && (until <= now || until > now + MUTE_FOR_MS_MAX)))
-          throw errors.invalid(
-            "INVALID_MUTE",
-            "until_ms must be 0 (until unmuted) or a time in the next 10 years",
-          );
-        const muted = await c.backends.settings.muted(user, Date.now());
-        if (muted.length >= MUTES_PER_USER_MAX && !muted.some((m) => m.conversationId === conversationId))
-          throw errors.exhausted("TOO_MANY_MUTES", `at most ${MUTES_PER_USER_MAX} muted conversations`);
-        await c.backends.settings.mute(user, { conversationId, untilMs: until });
-        return reply({ case: "ok", value: {} });
-      }
-      case "unmuteConversation":
-        await c.backends.settings.unmute(user, requireConversationId(req.value.conversationId));
-        return reply({ case: "ok", value: {} });
-      case "setDoNotDisturb": {
-        const window = req.value.window;
-        const dnd = window && {
-          startMinute: window.startMinute,
-          endMinute: window.endMinute,
-          timeZone: window.timeZone,
-        };
-        const problem = dnd && doNotDisturbProblem(dnd);
-        if (problem) throw errors.invalid("INVALID_DO_NOT_DISTURB", problem);
-        await c.backends.settings.setDoNotDisturb(user, dnd);
-        return reply({ case: "ok", value: {} });
-      }
-      case "getNotificationSettings": {
-        const [muted, dnd] = await Promise.all([
-          c.backends.settings.muted(user, Date.now()),
-          c.backends.settings.doNotDisturb(user),
-        ]);
-        return reply({
-          case: "notificationSettings",
-          value: {
-            muted: muted
-              .sort((a, b) => (a.conversationId < b.conversationId ? -1 : 1))
-              .map((m) => ({ conversationId: m.conversationId, untilMs: BigInt(m.untilMs) })),
-            ...(dnd ? { doNotDisturb: dnd } : {}),
-          },
-        });
-      }
-      default:
-        throw errors.invalid("UNKNOWN_FRAME", "unknown request");
     }
-  }
-
-  private pageLimit(requested: number): number {
-    const max = this.ctx.config.sync.pageSizeMax;
-    return requested > 0 ? Math.min(requested, max) : Math.min(100, max);
   }
 
   private async requireMember(conversationId: string): Promise<void> {
@@ -824,7 +619,7 @@ export class Connection {
     const head = await this.ctx.backends.inbox.head(this.userId);
     if (cursor < 0 || cursor > head) throw errors.invalid("INVALID_CURSOR", `cursor must be in [0, ${head}]`);
     this.live = false;
-    const page = await this.pageUpTo(cursor, this.pageLimit(limit));
+    const page = await this.pageUpTo(cursor, pageLimit(this.ctx.config, limit));
     if (!page) {
       this.close(CloseCode.INTERNAL_ERROR, "sync could not read the newest inbox entries");
       return;
@@ -1074,7 +869,7 @@ export class Connection {
     const page = await historyWithinBytes(
       c.backends.messages,
       conversationId,
-      { beforeSeq: Number(beforeSeq), afterSeq: Number(afterSeq), limit: this.pageLimit(limit) },
+      { beforeSeq: Number(beforeSeq), afterSeq: Number(afterSeq), limit: pageLimit(this.ctx.config, limit) },
       this.pageBytes(),
     );
     reply({

@@ -23,9 +23,10 @@ import {
   SUBPROTOCOL_BINARY,
   SUBPROTOCOL_JSON,
 } from "./codec.js";
-import { Connection, type GatewayContext, type GatewayServices, STOP_REPLIES_WAIT_MS } from "./connection.js";
+import { Connection, type GatewayContext, STOP_REPLIES_WAIT_MS } from "./connection.js";
 import { ContactCheck } from "./contacts.js";
 import { TokenBucket, UserBuckets } from "./rate-limit.js";
+import type { GatewayServices } from "./services.js";
 import { verifyInTime } from "./verify-in-time.js";
 
 const CREDIT_EVERY_EVENTS = 256;
