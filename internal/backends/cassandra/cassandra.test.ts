@@ -9,8 +9,8 @@
 import { randomBytes } from "node:crypto";
 import cassandra from "cassandra-driver";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { expectNoIdReissuedAfterRestart } from "../../../test/helpers/id-high-water.js";
 import { ensureServer } from "../../../test/infra/servers.js";
-import { createIdService } from "../../id/index.js";
 import { Code, SwitchboardError } from "../../lib/errors.js";
 import type { InboxEntry, NewConversation, StoredMessage } from "../types.js";
 import { type CassandraOptions, type CassandraStores, migrate, openCassandraStores } from "./index.js";
@@ -1098,32 +1098,8 @@ describe("id high-water marks", () => {
     "outlive the process: another one with the same worker id mints above what the first issued",
     async () => {
       const worker = 7;
-      let clock = Date.now();
-      const before = createIdService(worker, () => clock, await a.idHighWater(worker));
-      const call = {
-        $typeName: "switchboard.id.v1.AllocateIdsRequest",
-        count: 1_000,
-        received: [] as string[],
-      } as const;
-      const ctx = { signal: new AbortController().signal, peer: "test" };
-      const issued = new Set<string>();
-      for (let i = 0; i < 10; i++) {
-        for (const id of (await before.allocateIds(call, ctx)).ids ?? []) issued.add(id);
-        clock += 100;
-      }
-      let largest = 0n;
-      for (const id of issued) if (BigInt(id) > largest) largest = BigInt(id);
-      clock -= 3_000; // the clock stepped back across the restart (to another machine: process b)
-      const mark = await b.idHighWater(worker);
-      expect(mark.load()).toBeGreaterThan(clock + 3_000);
-      const after = createIdService(worker, () => clock, mark);
-      for (let i = 0; i < 10; i++) {
-        for (const id of (await after.allocateIds(call, ctx)).ids ?? []) {
-          expect(issued.has(id)).toBe(false);
-          expect(BigInt(id) > largest).toBe(true);
-        }
-        clock += 100;
-      }
+      // Reopened by process b, as after a restart on another machine.
+      await expectNoIdReissuedAfterRestart(worker, await a.idHighWater(worker), () => b.idHighWater(worker));
       // Another worker's mark is its own.
       expect((await a.idHighWater(worker + 1)).load()).toBeUndefined();
     },

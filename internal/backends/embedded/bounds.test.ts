@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { open } from "lmdb";
 import { afterEach, describe, expect, it } from "vitest";
 import { inboxWriter, until } from "../../../test/helpers/embedded-router.js";
-import { createIdService } from "../../id/index.js";
+import { expectNoIdReissuedAfterRestart } from "../../../test/helpers/id-high-water.js";
 import type { LoggedMessage, MessageDraft } from "../types.js";
 import { EmbeddedBackends, type EmbeddedOptions } from "./index.js";
 import type { EmbeddedLog } from "./log.js";
@@ -252,33 +252,16 @@ describe("embedded consumers", () => {
 describe("embedded id high-water mark", () => {
   it("survives a close and reopen, so a restarted id service mints above what it issued", async () => {
     const dataDir = await scratch();
-    let clock = T0;
     let backends = openAt(dataDir);
-    const before = createIdService(0, () => clock, backends.idHighWater);
-    const call = {
-      $typeName: "switchboard.id.v1.AllocateIdsRequest",
-      count: 1_000,
-      received: [] as string[],
-    } as const;
-    const ctx = { signal: new AbortController().signal, peer: "test" };
-    const issued = new Set<string>();
-    for (let i = 0; i < 10; i++) {
-      for (const id of (await before.allocateIds(call, ctx)).ids ?? []) issued.add(id);
-      clock += 100;
-    }
-    await backends.close();
-    clock -= 3_000; // the clock stepped back across the restart
-    backends = openAt(dataDir);
-    expect(backends.idHighWater.load()).toBeGreaterThan(T0 + 900);
-    const after = createIdService(0, () => clock, backends.idHighWater);
-    let largest = 0n;
-    for (const id of issued) if (BigInt(id) > largest) largest = BigInt(id);
-    for (let i = 0; i < 10; i++) {
-      for (const id of (await after.allocateIds(call, ctx)).ids ?? []) {
-        expect(issued.has(id)).toBe(false);
-        expect(BigInt(id) > largest).toBe(true);
-      }
-      clock += 100;
-    }
+    await expectNoIdReissuedAfterRestart(
+      0,
+      backends.idHighWater,
+      async () => {
+        await backends.close();
+        backends = openAt(dataDir);
+        return backends.idHighWater;
+      },
+      T0,
+    );
   });
 });
