@@ -2,7 +2,10 @@
  * Role all (the default, `npm start`): every service in one process, wired through the same service
  * clients the split roles use across processes, here with the in-process transport; on the embedded
  * backend (one LMDB file) or the distributed one. With grpc.port set, the same service instances are
- * served over gRPC too (one id generator: a second one would need a worker id of its own).
+ * served over gRPC too (one id generator: a second one would need a worker id of its own). Several
+ * processes of role all on one distributed backend each need gRPC: the others' routers hand the
+ * messages of its clients to its gateway through it (a router that meets a gateway it cannot reach
+ * says so, router.ts).
  *
  * Presence is in memory: with several processes of role all on the distributed backend, each one's
  * presence knows only its own users' sessions and its own sessions' watches, unless

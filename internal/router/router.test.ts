@@ -137,3 +137,49 @@ describe("Router", () => {
     await router.close();
   });
 });
+
+describe("Router and another process's gateway without an address", () => {
+  it("says once that its sessions cannot be reached, and counts what it cannot deliver to them", async () => {
+    const errors: Array<{ msg: string; fields: unknown }> = [];
+    const logger = {
+      ...discardingLogger(),
+      error: (msg: string, fields?: unknown) => errors.push({ msg, fields }),
+    };
+    let onSession!: (e: SessionEvent) => void;
+    const closeable = { close: async () => {} };
+    const metrics = createMetrics();
+    const router = new Router({
+      log: { deliveries: async () => closeable } as unknown as MessageLog,
+      membership: { members: async () => [] } as unknown as MembershipStore,
+      inbox: {} as never,
+      routing: {
+        subscribe: async (h: (e: SessionEvent) => void) => {
+          onSession = h;
+          return closeable;
+        },
+      } as unknown as RoutingEvents,
+      push: { notify: async () => ({}) } as never,
+      dialGateway: () => {
+        throw new Error("nothing to dial: no address");
+      },
+      streamQueueBytesMax: 1 << 20,
+      logger: logger as never,
+      metrics,
+    });
+    await router.start();
+    // Two sessions of a gateway in another process of role all, started without gRPC.
+    for (const user of ["ann", "ben"])
+      onSession({ kind: "up", userId: user, sessionId: `s-${user}`, gatewayId: "other", gatewayEpoch: 1 });
+    expect(errors).toHaveLength(1);
+    expect(errors[0]!.msg).toMatch(/no gRPC address.*grpc\.port/);
+    expect(errors[0]!.fields).toEqual({ gatewayId: "other" });
+    router.relay(["ann"], [], "", {
+      kind: { case: "typing", value: { conversationId: "dm:ann~ben", userId: "ben", typing: true } },
+    });
+    const dropped = (await metrics.deliveriesDroppedTotal.get()).values.find(
+      (v) => v.labels.reason === "unreachable",
+    );
+    expect(dropped?.value).toBe(1);
+    await router.close();
+  });
+});

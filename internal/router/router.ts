@@ -125,6 +125,8 @@ export class Router {
   /** Gateways in this process: their links are never closed by routing events. */
   private readonly local = new Set<string>();
   private readonly addresses = new Map<string, GatewayAddress>();
+  /** Gateways of other processes whose sessions came with no address, each reported once (see onSessionEvent). */
+  private readonly unreachable = new Set<string>();
   private readonly closers: Closeable[] = [];
   private readonly audiences: PullAudiences;
   /** The membership store tells of changes (watch): member sets are kept across batches. */
@@ -188,6 +190,22 @@ export class Router {
     return link;
   }
 
+  /**
+   * A session of another process's gateway that gave no address to reach it by: two processes of
+   * role all on one distributed backend, the other without gRPC. What this router routes to such a
+   * session is in the user's inbox but is not delivered live (the client gets it at its next sync),
+   * which looks like a stalled client, not an error: say so, once per gateway.
+   */
+  private reportUnreachable(gatewayId: string): void {
+    if (this.unreachable.has(gatewayId)) return;
+    this.unreachable.add(gatewayId);
+    // Each delivery it misses counts in switchboard_router_deliveries_dropped_total{reason="unreachable"}.
+    this.options.logger.error(
+      "router: sessions of another process's gateway have no gRPC address; messages routed here to them are not delivered live (their clients get them only at their next sync). Give every process of role all sharing these topics a gRPC port (grpc.port), or run one",
+      { gatewayId },
+    );
+  }
+
   /** Closes the stream to a gateway of another process (gone, or back under a new address). */
   private forgetGateway(gatewayId: string): void {
     this.addresses.delete(gatewayId);
@@ -198,6 +216,8 @@ export class Router {
   }
 
   private onSessionEvent(e: SessionEvent): void {
+    if (e.kind === "up" && !e.gatewayAddress && !this.local.has(e.gatewayId))
+      this.reportUnreachable(e.gatewayId);
     if (e.kind !== "gateway-gone" && e.gatewayAddress && !this.local.has(e.gatewayId)) {
       const known = this.addresses.get(e.gatewayId);
       if (!known || (known.address !== e.gatewayAddress && e.gatewayEpoch >= known.epoch)) {
