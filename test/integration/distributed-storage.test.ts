@@ -28,6 +28,17 @@ afterAll(async () => {
   await server?.dispose();
 });
 
+/** Connects as `from`, sends `body` to `to`, and returns the ack (the connection closed after). */
+async function sendOnce(from: string, to: string, clientMsgId: string, body: string) {
+  const c = await RawClient.connect(server.url, { token: await devToken(server.dataDir, from) });
+  const ack = expectCase(
+    await c.request({ case: "send", value: { target: { case: "toUser", value: to }, clientMsgId, body } }),
+    "ack",
+  );
+  c.close();
+  return ack;
+}
+
 describe("distributed storage", () => {
   it("puts an acked message in switchboard.messages and in messages_by_conversation", async () => {
     const alice = await RawClient.connect(server.url, {
@@ -89,21 +100,7 @@ describe("distributed storage", () => {
   }, 90_000);
 
   it("keeps the id worker's high-water mark in switchboard.id_high_water, ahead of every id it gave", async () => {
-    const alice = await RawClient.connect(server.url, {
-      token: await devToken(server.dataDir, "mark-alice"),
-    });
-    const ack = expectCase(
-      await alice.request({
-        case: "send",
-        value: {
-          target: { case: "toUser", value: "mark-bob" },
-          clientMsgId: `mark-${Date.now()}`,
-          body: "id",
-        },
-      }),
-      "ack",
-    );
-    alice.close();
+    const ack = await sendOnce("mark-alice", "mark-bob", `mark-${Date.now()}`, "id");
     const client = new cassandra.Client({
       contactPoints: infra.CASSANDRA_CONTACT_POINTS!.split(","),
       localDataCenter: infra.CASSANDRA_DATACENTER ?? "datacenter1",
@@ -173,21 +170,7 @@ describe("distributed storage", () => {
 
     await server.kill();
     server = await server.restart();
-    const alice = await RawClient.connect(server.url, {
-      token: await devToken(server.dataDir, "store-alice"),
-    });
-    expectCase(
-      await alice.request({
-        case: "send",
-        value: {
-          target: { case: "toUser", value: "store-bob" },
-          clientMsgId: `again-${Date.now()}`,
-          body: "back",
-        },
-      }),
-      "ack",
-    );
-    alice.close();
+    await sendOnce("store-alice", "store-bob", `again-${Date.now()}`, "back");
     // The coordinator took the old ids: the restarted process did not join as a new member (which
     // would have held every rebalance until the dead member's session expired).
     const after = read();
