@@ -147,6 +147,19 @@ export function smallStoresContract({ setup, itUnless }: ContractKit): void {
       await h.eventually(() => expect(third.ids()).toEqual(after));
     });
 
+    it("a subscriber of the publishing process has the record by the time publish resolves", async (ctx) => {
+      const h = await setup(ctx);
+      const table = new Table(h.ns);
+      h.track(await h.b.routing.subscribe(table.handler));
+      // A router learns of its own gateway's new session at once (not after a round trip through
+      // the topic), so an event for a client that just connected reaches it.
+      const s1 = up(h.id("s1"), h.id("gw"));
+      await h.b.routing.publish(s1);
+      expect(table.ids()).toEqual([s1.sessionId]);
+      await h.b.routing.publish(down(s1));
+      expect(table.ids()).toEqual([]);
+    });
+
     it("a closed subscription receives nothing more", async (ctx) => {
       const h = await setup(ctx);
       const g = h.id("gw");

@@ -2,6 +2,12 @@
  * Session routing events on a compacted topic: the latest record per session (and per
  * "gateway gone" key) is the table. Every subscriber reads the whole topic from the beginning with
  * a group of its own, and `subscribe` resolves once it has caught up with what was there.
+ *
+ * A record this process publishes also reaches this process's live subscribers as soon as it is
+ * written, not only when the topic returns it: a router learns of its own gateway's new session at
+ * once, where the round trip through Kafka could take long enough under load for an event relayed to
+ * a just-connected client to miss it. The topic's copy follows; an event applied twice changes nothing
+ * (the table is the latest record per key).
  */
 import { randomUUID } from "node:crypto";
 import type { Admin, Consumer, Kafka } from "kafkajs";
@@ -15,6 +21,8 @@ export class KafkaRouting implements RoutingEvents {
   private readonly consumers = new Set<Consumer>();
   /** Subscriptions closed whose consumers are still leaving (each waits for its fetch in flight). */
   private readonly leaving = new Set<Promise<void>>();
+  /** Handlers of this process's subscriptions that have caught up: they hear its own records at once. */
+  private readonly live = new Set<(e: SessionEvent) => void>();
 
   constructor(
     private readonly kafka: Kafka,
@@ -30,15 +38,24 @@ export class KafkaRouting implements RoutingEvents {
     const value = encodeSessionEvent(event);
     // Unordered, as before tombstones: a failed "up" must not make its session's "down" fail too
     // (an ordered key is refused until the failed request's turn ends), or a written "up" would stay.
-    if (event.kind !== "down") return this.producer.send(this.topic, { key, value });
+    if (event.kind !== "down") await this.producer.send(this.topic, { key, value });
     // Then a tombstone, so that compaction removes the session's records: session ids are never
     // reused, so a "down" record kept as the key's latest would stay for good, and every router
     // replays the topic at start. (The "down" record itself is for routers of a version before
     // tombstones, which skip records without a value.) Ordered: the tombstone comes after it.
-    await Promise.all([
-      this.producer.send(this.topic, { key, value }, { ordered: true }),
-      this.producer.send(this.topic, { key, value: null }, { ordered: true }),
-    ]);
+    else
+      await Promise.all([
+        this.producer.send(this.topic, { key, value }, { ordered: true }),
+        this.producer.send(this.topic, { key, value: null }, { ordered: true }),
+      ]);
+    for (const handler of this.live) {
+      // The record is written: a subscriber that fails on it must not fail the publish.
+      try {
+        handler({ ...event, lateByMs: 0 });
+      } catch (err) {
+        this.log.warn("routing: a subscriber failed on this process's own record", { err, kind: event.kind });
+      }
+    }
   }
 
   async subscribe(handler: (e: SessionEvent) => void): Promise<Closeable> {
@@ -63,6 +80,7 @@ export class KafkaRouting implements RoutingEvents {
         live = true;
         for (const e of table.values()) handler(e);
         table.clear();
+        this.live.add(handler);
         r();
       };
     });
@@ -106,6 +124,7 @@ export class KafkaRouting implements RoutingEvents {
       close: async () => {
         if (closed) return;
         closed = true;
+        this.live.delete(handler);
         this.consumers.delete(consumer);
         const left = this.leave(consumer, groupId).finally(() => this.leaving.delete(left));
         this.leaving.add(left);
@@ -137,6 +156,7 @@ export class KafkaRouting implements RoutingEvents {
   }
 
   async close(): Promise<void> {
+    this.live.clear();
     await Promise.all([...this.consumers].map((c) => c.disconnect()));
     this.consumers.clear();
     await Promise.all(this.leaving);
