@@ -18,6 +18,7 @@ import {
 } from "../backends/types.js";
 import {
   type Conversations,
+  groupChangeFromWire,
   keyedGroupId,
   policiesFromWire,
   requireConversationId,
@@ -217,11 +218,7 @@ export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatS
 
     async updateGroup(req, ctx) {
       const id = await conversationOf(access(ctx.principal), req.conversationId);
-      const group = await conversations.updateGroup(undefined, id, {
-        ...(req.name !== undefined ? { name: req.name } : {}),
-        ...(req.open !== undefined ? { open: req.open } : {}),
-        ...policiesFromWire(req),
-      });
+      const group = await conversations.updateGroup(undefined, id, groupChangeFromWire(req));
       return { conversation: toWireConversation(group, await messages.lastSeq(id)) };
     },
 

@@ -311,8 +311,7 @@ export class Conversations {
     open: boolean,
     policies: GroupPolicies = {},
   ): Promise<ConversationRecord> {
-    const group = this.groupToCreate(owner, name, members);
-    return (await this.storeGroup(`g:${await this.ids.next()}`, group, name, open, policies)).record;
+    return (await this.storeGroup(undefined, owner, name, members, open, policies)).record;
   }
 
   /**
@@ -330,11 +329,18 @@ export class Conversations {
     policies: GroupPolicies = {},
   ): Promise<{ record: ConversationRecord; created: boolean }> {
     if (!GROUP_ID_PATTERN.test(id)) throw new Error(`createGroupWithId: ${id} is not a group id`);
-    return this.storeGroup(id, this.groupToCreate(owner, name, members), name, open, policies);
+    return this.storeGroup(id, owner, name, members, open, policies);
   }
 
-  /** The owner and members of a group about to be created, checked; throws what the caller must hear. */
-  private groupToCreate(owner: string, name: string, members: string[]): { owner: string; all: string[] } {
+  /** Checks a new group, then stores it under `id` (a new snowflake when none) and announces it. */
+  private async storeGroup(
+    id: string | undefined,
+    owner: string,
+    name: string,
+    members: string[],
+    open: boolean,
+    policies: GroupPolicies,
+  ): Promise<{ record: ConversationRecord; created: boolean }> {
     this.checkGroupName(name);
     const all = [...new Set([owner, ...members])];
     const bad = all.find((u) => !isValidUserId(u));
@@ -343,19 +349,9 @@ export class Conversations {
     if (all.length > this.limits.membersMax) {
       throw errors.exhausted("GROUP_FULL", `a group may have at most ${this.limits.membersMax} members`);
     }
-    return { owner, all };
-  }
-
-  private async storeGroup(
-    id: string,
-    { owner, all }: { owner: string; all: string[] },
-    name: string,
-    open: boolean,
-    policies: GroupPolicies,
-  ): Promise<{ record: ConversationRecord; created: boolean }> {
     const { record, created } = await this.membership.createConversation(
       {
-        id,
+        id: id ?? `g:${await this.ids.next()}`,
         kind: "group",
         name,
         owner,

@@ -12,6 +12,7 @@ export {
 } from "./conversations.js";
 export { IdPool } from "./id-pool.js";
 export {
+  groupChangeFromWire,
   policiesFromWire,
   roleFromWire,
   toWireConversation,

@@ -7,6 +7,7 @@ import {
 } from "../../gen/switchboard/common/v1/common_pb.js";
 import type {
   ConversationRecord,
+  GroupChange,
   GroupPolicy as GroupPolicyName,
   MemberEntry,
   MemberRole as MemberRoleName,
@@ -75,6 +76,20 @@ export function policiesFromWire(req: { postPolicy: GroupPolicy; addPolicy: Grou
   const postPolicy = policyFromWire(req.postPolicy);
   const addPolicy = policyFromWire(req.addPolicy);
   return { ...(postPolicy ? { postPolicy } : {}), ...(addPolicy ? { addPolicy } : {}) };
+}
+
+/** An updateGroup request (client or server API) as a change: only what it sets. */
+export function groupChangeFromWire(req: {
+  name?: string | undefined;
+  open?: boolean | undefined;
+  postPolicy: GroupPolicy;
+  addPolicy: GroupPolicy;
+}): GroupChange {
+  return {
+    ...(req.name !== undefined ? { name: req.name } : {}),
+    ...(req.open !== undefined ? { open: req.open } : {}),
+    ...policiesFromWire(req),
+  };
 }
 
 export function roleFromWire(r: MemberRole): MemberRoleName {

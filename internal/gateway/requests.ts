@@ -9,6 +9,7 @@ import type { ClientFrame } from "../../gen/switchboard/client/v1/client_pb.js";
 import { ReceiptKind } from "../../gen/switchboard/common/v1/common_pb.js";
 import type { ConversationRecord } from "../backends/types.js";
 import {
+  groupChangeFromWire,
   policiesFromWire,
   requireConversationId,
   roleFromWire,
@@ -57,13 +58,7 @@ const handlers: { [K in Case]?: Handler<K> } = {
     conversation(await s.conversations.createGroup(userId, v.name, v.members, v.open, policiesFromWire(v))),
 
   updateGroup: async (s, { userId }, v) =>
-    conversation(
-      await s.conversations.updateGroup(userId, v.conversationId, {
-        ...(v.name !== undefined ? { name: v.name } : {}),
-        ...(v.open !== undefined ? { open: v.open } : {}),
-        ...policiesFromWire(v),
-      }),
-    ),
+    conversation(await s.conversations.updateGroup(userId, v.conversationId, groupChangeFromWire(v))),
 
   setMemberRole: async (s, { userId }, v) =>
     conversation(await s.conversations.setRole(userId, v.conversationId, v.userId, roleFromWire(v.role))),
