@@ -6,8 +6,11 @@
  * A record this process publishes also reaches this process's live subscribers as soon as it is
  * written, not only when the topic returns it: a router learns of its own gateway's new session at
  * once, where the round trip through Kafka could take long enough under load for an event relayed to
- * a just-connected client to miss it. The topic's copy follows; an event applied twice changes nothing
- * (the table is the latest record per key).
+ * a just-connected client to miss it. The topic's copy of such a record is then not handed out again:
+ * otherwise a session's "up" and "down", both already applied, could come back as "up" then "down",
+ * showing a closed session as up in between. Each subscription remembers what it heard early, per key,
+ * until the topic returns it (at most ECHOES_PENDING_MAX records; past that, the oldest is forgotten
+ * and its copy is handed out twice, which the table absorbs).
  */
 import { randomUUID } from "node:crypto";
 import type { Admin, Consumer, Kafka } from "kafkajs";
@@ -17,12 +20,23 @@ import type { BatchProducer } from "./batch-producer.js";
 import { decodeSessionEvent, encodeSessionEvent } from "./codec.js";
 import { FETCH_WAIT_MS } from "./consumers.js";
 
+/** Records one subscription may hold as heard early, awaiting the topic's copy. */
+export const ECHOES_PENDING_MAX = 100_000;
+
+/** One caught-up subscription of this process, with the records it heard before the topic returned them. */
+interface LiveSubscription {
+  readonly handler: (e: SessionEvent) => void;
+  /** Per record key, the values heard early, oldest first; the topic's copies are matched off. */
+  readonly early: Map<string, Buffer[]>;
+  earlyCount: number;
+}
+
 export class KafkaRouting implements RoutingEvents {
   private readonly consumers = new Set<Consumer>();
   /** Subscriptions closed whose consumers are still leaving (each waits for its fetch in flight). */
   private readonly leaving = new Set<Promise<void>>();
   /** Handlers of this process's subscriptions that have caught up: they hear its own records at once. */
-  private readonly live = new Set<(e: SessionEvent) => void>();
+  private readonly live = new Set<LiveSubscription>();
 
   constructor(
     private readonly kafka: Kafka,
@@ -48,10 +62,11 @@ export class KafkaRouting implements RoutingEvents {
         this.producer.send(this.topic, { key, value }, { ordered: true }),
         this.producer.send(this.topic, { key, value: null }, { ordered: true }),
       ]);
-    for (const handler of this.live) {
+    for (const sub of this.live) {
+      rememberEarly(sub, key, value);
       // The record is written: a subscriber that fails on it must not fail the publish.
       try {
-        handler({ ...event, lateByMs: 0 });
+        sub.handler({ ...event, lateByMs: 0 });
       } catch (err) {
         this.log.warn("routing: a subscriber failed on this process's own record", { err, kind: event.kind });
       }
@@ -73,6 +88,7 @@ export class KafkaRouting implements RoutingEvents {
     // follow live changes (the contract: a replay is the current table, not its history).
     const table = new Map<string, SessionEvent>();
     let live = false;
+    const sub: LiveSubscription = { handler, early: new Map(), earlyCount: 0 };
     let caughtUp!: () => void;
     const ready = new Promise<void>((r) => {
       caughtUp = () => {
@@ -80,7 +96,7 @@ export class KafkaRouting implements RoutingEvents {
         live = true;
         for (const e of table.values()) handler(e);
         table.clear();
-        this.live.add(handler);
+        this.live.add(sub);
         r();
       };
     });
@@ -95,7 +111,9 @@ export class KafkaRouting implements RoutingEvents {
     await consumer.subscribe({ topic: this.topic, fromBeginning: true });
     await consumer.run({
       eachMessage: async ({ partition, message }) => {
-        if (message.value) {
+        if (message.value && message.key && takeEarly(sub, message.key.toString(), message.value)) {
+          // Heard at once when this process published it: already handed out.
+        } else if (message.value) {
           try {
             deliver(decodeSessionEvent(message.value), Number(message.timestamp));
           } catch (err) {
@@ -124,7 +142,7 @@ export class KafkaRouting implements RoutingEvents {
       close: async () => {
         if (closed) return;
         closed = true;
-        this.live.delete(handler);
+        this.live.delete(sub);
         this.consumers.delete(consumer);
         const left = this.leave(consumer, groupId).finally(() => this.leaving.delete(left));
         this.leaving.add(left);
@@ -170,4 +188,30 @@ function applyToTable(table: Map<string, SessionEvent>, e: SessionEvent): void {
     for (const [id, s] of table)
       if (s.gatewayId === e.gatewayId && s.gatewayEpoch <= e.gatewayEpoch) table.delete(id);
   }
+}
+
+/** Notes a record a live subscription heard from its own process before the topic returned it. */
+function rememberEarly(sub: LiveSubscription, key: string, value: Buffer): void {
+  if (sub.earlyCount >= ECHOES_PENDING_MAX) {
+    // The topic has not returned this many of our own records (a stalled consumer): forget the
+    // oldest key's entries; its copy is handed out again, which the table absorbs.
+    const [oldestKey, values] = sub.early.entries().next().value as [string, Buffer[]];
+    sub.early.delete(oldestKey);
+    sub.earlyCount -= values.length;
+  }
+  const values = sub.early.get(key);
+  if (values) values.push(value);
+  else sub.early.set(key, [value]);
+  sub.earlyCount++;
+}
+
+/** True, and forgotten, when the topic's record is one the subscription already heard early. */
+function takeEarly(sub: LiveSubscription, key: string, value: Buffer): boolean {
+  const values = sub.early.get(key);
+  const i = values?.findIndex((v) => v.equals(value)) ?? -1;
+  if (!values || i < 0) return false;
+  values.splice(i, 1);
+  if (values.length === 0) sub.early.delete(key);
+  sub.earlyCount--;
+  return true;
 }
