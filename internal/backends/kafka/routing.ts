@@ -6,11 +6,11 @@
  * A record this process publishes also reaches this process's live subscribers as soon as it is
  * written, not only when the topic returns it: a router learns of its own gateway's new session at
  * once, where the round trip through Kafka could take long enough under load for an event relayed to
- * a just-connected client to miss it. The topic's copy of such a record is then not handed out again:
- * otherwise a session's "up" and "down", both already applied, could come back as "up" then "down",
- * showing a closed session as up in between. Each subscription remembers what it heard early, per key,
- * until the topic returns it (at most ECHOES_PENDING_MAX records; past that, the oldest is forgotten
- * and its copy is handed out twice, which the table absorbs).
+ * a just-connected client to miss it. Each subscription still hears every record once: otherwise a
+ * session's "up" and "down", both heard early, could come back from the topic as "up" then "down",
+ * showing a closed session as up in between. So a publish first tells each live subscription what it
+ * is about to write; the topic's copy of such a record is then skipped if the subscription already
+ * heard it, or handed out (and the early copy not) if it overtook the produce's answer.
  */
 import { randomUUID } from "node:crypto";
 import type { Admin, Consumer, Kafka } from "kafkajs";
@@ -20,15 +20,22 @@ import type { BatchProducer } from "./batch-producer.js";
 import { decodeSessionEvent, encodeSessionEvent } from "./codec.js";
 import { FETCH_WAIT_MS } from "./consumers.js";
 
-/** Records one subscription may hold as heard early, awaiting the topic's copy. */
-export const ECHOES_PENDING_MAX = 100_000;
+/** Records this process is publishing or has published that one subscription awaits from the topic. */
+export const EXPECTED_MAX = 100_000;
 
-/** One caught-up subscription of this process, with the records it heard before the topic returned them. */
+/** A record of this process's, as one live subscription knows it. */
+interface Expected {
+  readonly value: Buffer;
+  /** "writing": not yet written; "heard": handed out early; "arrived": the topic's copy came first. */
+  state: "writing" | "heard" | "arrived";
+}
+
+/** One caught-up subscription of this process. */
 interface LiveSubscription {
   readonly handler: (e: SessionEvent) => void;
-  /** Per record key, the values heard early, oldest first; the topic's copies are matched off. */
-  readonly early: Map<string, Buffer[]>;
-  earlyCount: number;
+  /** Per record key, this process's records the topic has not yet returned, oldest first. */
+  readonly expected: Map<string, Expected[]>;
+  expectedCount: number;
 }
 
 export class KafkaRouting implements RoutingEvents {
@@ -50,20 +57,31 @@ export class KafkaRouting implements RoutingEvents {
   async publish(event: SessionEvent): Promise<void> {
     const key = event.kind === "gateway-gone" ? `gone:${event.gatewayId}` : event.sessionId;
     const value = encodeSessionEvent(event);
-    // Unordered, as before tombstones: a failed "up" must not make its session's "down" fail too
-    // (an ordered key is refused until the failed request's turn ends), or a written "up" would stay.
-    if (event.kind !== "down") await this.producer.send(this.topic, { key, value });
-    // Then a tombstone, so that compaction removes the session's records: session ids are never
-    // reused, so a "down" record kept as the key's latest would stay for good, and every router
-    // replays the topic at start. (The "down" record itself is for routers of a version before
-    // tombstones, which skip records without a value.) Ordered: the tombstone comes after it.
-    else
-      await Promise.all([
-        this.producer.send(this.topic, { key, value }, { ordered: true }),
-        this.producer.send(this.topic, { key, value: null }, { ordered: true }),
-      ]);
-    for (const sub of this.live) {
-      rememberEarly(sub, key, value);
+    const expecting = [...this.live].map((sub) => ({ sub, record: expect(sub, key, value) }));
+    try {
+      // Unordered, as before tombstones: a failed "up" must not make its session's "down" fail too
+      // (an ordered key is refused until the failed request's turn ends), or a written "up" would stay.
+      if (event.kind !== "down") await this.producer.send(this.topic, { key, value });
+      // Then a tombstone, so that compaction removes the session's records: session ids are never
+      // reused, so a "down" record kept as the key's latest would stay for good, and every router
+      // replays the topic at start. (The "down" record itself is for routers of a version before
+      // tombstones, which skip records without a value.) Ordered: the tombstone comes after it.
+      else
+        await Promise.all([
+          this.producer.send(this.topic, { key, value }, { ordered: true }),
+          this.producer.send(this.topic, { key, value: null }, { ordered: true }),
+        ]);
+    } catch (err) {
+      // Maybe written after all: then the topic's copy is handed out like another process's.
+      for (const { sub, record } of expecting) forget(sub, key, record);
+      throw err;
+    }
+    for (const { sub, record } of expecting) {
+      if (record.state === "arrived") {
+        forget(sub, key, record);
+        continue;
+      }
+      record.state = "heard";
       // The record is written: a subscriber that fails on it must not fail the publish.
       try {
         sub.handler({ ...event, lateByMs: 0 });
@@ -88,7 +106,7 @@ export class KafkaRouting implements RoutingEvents {
     // follow live changes (the contract: a replay is the current table, not its history).
     const table = new Map<string, SessionEvent>();
     let live = false;
-    const sub: LiveSubscription = { handler, early: new Map(), earlyCount: 0 };
+    const sub: LiveSubscription = { handler, expected: new Map(), expectedCount: 0 };
     let caughtUp!: () => void;
     const ready = new Promise<void>((r) => {
       caughtUp = () => {
@@ -111,8 +129,8 @@ export class KafkaRouting implements RoutingEvents {
     await consumer.subscribe({ topic: this.topic, fromBeginning: true });
     await consumer.run({
       eachMessage: async ({ partition, message }) => {
-        if (message.value && message.key && takeEarly(sub, message.key.toString(), message.value)) {
-          // Heard at once when this process published it: already handed out.
+        if (message.value && message.key && heardEarly(sub, message.key.toString(), message.value)) {
+          // This process's own record, handed out when its publish was written.
         } else if (message.value) {
           try {
             deliver(decodeSessionEvent(message.value), Number(message.timestamp));
@@ -190,28 +208,43 @@ function applyToTable(table: Map<string, SessionEvent>, e: SessionEvent): void {
   }
 }
 
-/** Notes a record a live subscription heard from its own process before the topic returned it. */
-function rememberEarly(sub: LiveSubscription, key: string, value: Buffer): void {
-  if (sub.earlyCount >= ECHOES_PENDING_MAX) {
+/** Tells a live subscription that this process is writing a record. */
+function expect(sub: LiveSubscription, key: string, value: Buffer): Expected {
+  if (sub.expectedCount >= EXPECTED_MAX) {
     // The topic has not returned this many of our own records (a stalled consumer): forget the
-    // oldest key's entries; its copy is handed out again, which the table absorbs.
-    const [oldestKey, values] = sub.early.entries().next().value as [string, Buffer[]];
-    sub.early.delete(oldestKey);
-    sub.earlyCount -= values.length;
+    // oldest key's; its copy is then handed out a second time, which the table absorbs.
+    const [oldestKey, records] = sub.expected.entries().next().value as [string, Expected[]];
+    sub.expected.delete(oldestKey);
+    sub.expectedCount -= records.length;
   }
-  const values = sub.early.get(key);
-  if (values) values.push(value);
-  else sub.early.set(key, [value]);
-  sub.earlyCount++;
+  const record: Expected = { value, state: "writing" };
+  const records = sub.expected.get(key);
+  if (records) records.push(record);
+  else sub.expected.set(key, [record]);
+  sub.expectedCount++;
+  return record;
 }
 
-/** True, and forgotten, when the topic's record is one the subscription already heard early. */
-function takeEarly(sub: LiveSubscription, key: string, value: Buffer): boolean {
-  const values = sub.early.get(key);
-  const i = values?.findIndex((v) => v.equals(value)) ?? -1;
-  if (!values || i < 0) return false;
-  values.splice(i, 1);
-  if (values.length === 0) sub.early.delete(key);
-  sub.earlyCount--;
+function forget(sub: LiveSubscription, key: string, record: Expected): void {
+  const records = sub.expected.get(key);
+  const i = records?.indexOf(record) ?? -1;
+  if (!records || i < 0) return;
+  records.splice(i, 1);
+  if (records.length === 0) sub.expected.delete(key);
+  sub.expectedCount--;
+}
+
+/**
+ * For a record the topic returned: true if the subscription already heard it early (skip it). A record
+ * of ours still being written is marked arrived, so its publish does not hand it out again.
+ */
+function heardEarly(sub: LiveSubscription, key: string, value: Buffer): boolean {
+  const record = sub.expected.get(key)?.find((r) => r.state !== "arrived" && r.value.equals(value));
+  if (!record) return false;
+  if (record.state === "writing") {
+    record.state = "arrived";
+    return false;
+  }
+  forget(sub, key, record);
   return true;
 }
