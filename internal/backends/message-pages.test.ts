@@ -1,23 +1,23 @@
 import { describe, expect, it } from "vitest";
-import { bodyBytesBound, getManyWithinBytes, historyWithinBytes } from "./message-pages.js";
+import { bodyBytes, getManyWithinBytes, historyWithinBytes } from "./message-pages.js";
 import type { HistoryQuery, StoredMessage } from "./types.js";
 
-/** A conversation of `sizes.length` messages (seq 1…), body i of sizes[i] characters; counts what it read. */
-function conversation(sizes: number[]) {
+/** A conversation of `sizes.length` messages (seq 1…), body i of sizes[i] `char`s; counts what it read. */
+function conversation(sizes: number[], char = "x") {
   const all: StoredMessage[] = sizes.map((chars, i) => ({
     conversationId: "g:1",
     seq: i + 1,
     messageId: `m${i + 1}`,
     sender: "alice",
     clientMsgId: `c${i + 1}`,
-    body: "x".repeat(chars),
+    body: char.repeat(chars),
     createdAtMs: i,
   }));
   const read = { messages: 0, bytes: 0, calls: 0 };
   const count = (ms: StoredMessage[]) => {
     read.calls++;
     read.messages += ms.length;
-    for (const m of ms) read.bytes += bodyBytesBound(m.body);
+    for (const m of ms) read.bytes += bodyBytes(m.body);
     return ms;
   };
   const store = {
@@ -42,20 +42,37 @@ describe("message pages bounded in bytes", () => {
   it("reads a page of large bodies no further than the budget plus one chunk", async () => {
     const { store, read } = conversation(Array.from({ length: 1_000 }, () => 100_000));
     const page = await historyWithinBytes(store, "g:1", { limit: 1_000 }, MIB);
-    // 300 KB each at most on the wire: three fit in 1 MiB; the newest three, oldest first.
-    expect(seqs(page.messages)).toEqual([998, 999, 1_000]);
+    // 100,000 bytes each: ten fit in 1 MiB; the newest ten, oldest first.
+    expect(seqs(page.messages)).toEqual(Array.from({ length: 10 }, (_, i) => 991 + i));
     expect(page.hasMore).toBe(true);
-    expect(read.messages).toBeLessThanOrEqual(8);
+    expect(read.messages).toBeLessThanOrEqual(11); // 8, then the 3 the rest of the budget holds
     const fromStart = await historyWithinBytes(store, "g:1", { afterSeq: 10, limit: 1_000 }, MIB);
-    expect(seqs(fromStart.messages)).toEqual([11, 12, 13]);
+    expect(seqs(fromStart.messages)).toEqual(Array.from({ length: 10 }, (_, i) => 11 + i));
   });
 
-  it("pages small bodies in a few reads (8, then what 17 MiB holds of the longest bodies), up to the limit, and says when more remain", async () => {
+  it("counts a body's UTF-8 bytes: 100,000 emoji are 400,000 bytes, two to a page of 1 MiB", async () => {
+    const { store } = conversation(
+      Array.from({ length: 10 }, () => 100_000),
+      "😀",
+    );
+    const page = await historyWithinBytes(store, "g:1", { limit: 100 }, MIB);
+    expect(seqs(page.messages)).toEqual([9, 10]);
+    const mixed = conversation([300_000, 300_000, 300_000, 300_000], "é"); // 600,000 bytes each
+    const got = await getManyWithinBytes(
+      mixed.store,
+      [1, 2, 3, 4].map((seq) => ({ conversationId: "g:1", seq })),
+      { bytesMax: MIB.bytesMax, bodyCharsMax: 300_000 },
+    );
+    expect(seqs(got.messages)).toEqual([1]);
+    expect(got.complete).toBe(false);
+  });
+
+  it("pages small bodies in a few reads (8, then what 17 MiB holds of the longest bodies, 44), up to the limit, and says when more remain", async () => {
     const { store, read } = conversation(Array.from({ length: 300 }, () => 100));
     const newest = await historyWithinBytes(store, "g:1", { limit: 100 }, MIB);
     expect(seqs(newest.messages)).toEqual(Array.from({ length: 100 }, (_, i) => 201 + i));
     expect(newest.hasMore).toBe(true);
-    expect(read.calls).toBe(5); // 8 + 29 + 29 + 29 + 5
+    expect(read.calls).toBe(4); // 8 + 44 + 44 + 4
     const below = await historyWithinBytes(store, "g:1", { beforeSeq: 201, limit: 100 }, MIB);
     expect(seqs(below.messages)).toEqual(Array.from({ length: 100 }, (_, i) => 101 + i));
     const last = await historyWithinBytes(store, "g:1", { afterSeq: 250, limit: 100 }, MIB);
@@ -89,14 +106,14 @@ describe("message pages bounded in bytes", () => {
     const { store, read } = conversation(Array.from({ length: 1_000 }, () => 100_000));
     const keys = Array.from({ length: 1_000 }, (_, i) => ({ conversationId: "g:1", seq: i + 1 }));
     const got = await getManyWithinBytes(store, keys, MIB);
-    expect(seqs(got.messages)).toEqual([1, 2, 3]);
+    expect(seqs(got.messages)).toEqual(Array.from({ length: 10 }, (_, i) => i + 1));
     expect(got.complete).toBe(false);
-    expect(read.messages).toBeLessThanOrEqual(8);
+    expect(read.messages).toBeLessThanOrEqual(11);
     const small = conversation(Array.from({ length: 200 }, () => 50));
     const all = await getManyWithinBytes(small.store, keys.slice(0, 200), MIB);
     expect(all.messages).toHaveLength(200);
     expect(all.complete).toBe(true);
-    expect(small.read.calls).toBe(8); // 8 + 6 × 29 + 18
+    expect(small.read.calls).toBe(6); // 8 + 4 × 44 + 16
   });
 
   it("keeps small messages followed by large ones from loading hundreds of megabytes in one chunk", async () => {
@@ -104,15 +121,15 @@ describe("message pages bounded in bytes", () => {
     const sizes = [...Array.from({ length: 992 }, () => 100_000), ...Array.from({ length: 8 }, () => 1)];
     const { store, read } = conversation(sizes);
     const page = await historyWithinBytes(store, "g:1", { limit: 1_000 }, MIB);
-    // The 8 small ones and the 3 large ones that fit in 1 MiB with them.
-    expect(seqs(page.messages)).toEqual(Array.from({ length: 11 }, (_, i) => 990 + i));
+    // The 8 small ones and the 10 large ones that fit in 1 MiB with them.
+    expect(seqs(page.messages)).toEqual(Array.from({ length: 18 }, (_, i) => 983 + i));
     expect(page.hasMore).toBe(true);
     // At most the budget and the overshoot allowed (16 MiB), not ~300 MB.
-    expect(read.bytes).toBeLessThanOrEqual(MIB.bytesMax + 16 * 1024 * 1024 + 8 * 600_000);
+    expect(read.bytes).toBeLessThanOrEqual(MIB.bytesMax + 16 * 1024 * 1024 + 8 * 400_000);
     const keys = sizes.map((_, i) => ({ conversationId: "g:1", seq: sizes.length - i }));
     const inbox = conversation([...sizes]);
     const got = await getManyWithinBytes(inbox.store, keys, MIB);
     expect(got.complete).toBe(false);
-    expect(inbox.read.bytes).toBeLessThanOrEqual(MIB.bytesMax + 16 * 1024 * 1024 + 8 * 600_000);
+    expect(inbox.read.bytes).toBeLessThanOrEqual(MIB.bytesMax + 16 * 1024 * 1024 + 8 * 400_000);
   });
 });

@@ -17,9 +17,9 @@ export interface PageBytes {
   bodyCharsMax: number;
 }
 
-/** What a body can cost on the wire: each UTF-16 unit is at most 3 UTF-8 bytes. */
-export function bodyBytesBound(body: string): number {
-  return body.length * 3;
+/** What a body costs on the wire: its UTF-8 bytes (the budget a client was told is in those). */
+export function bodyBytes(body: string): number {
+  return Buffer.byteLength(body, "utf8");
 }
 
 /**
@@ -29,8 +29,8 @@ export function bodyBytesBound(body: string): number {
 function nextChunk(bytes: number, count: number, bounds: PageBytes, left: number): number {
   const average = Math.max(1, bytes / count);
   const fits = Math.floor((bounds.bytesMax - bytes) / average) + 1;
-  // bodyBytesBound of the longest body: a code point is at most 2 UTF-16 units.
-  const worst = Math.max(1, bounds.bodyCharsMax * 2 * 3);
+  // The longest body's bytes: `bodyCharsMax` code points of at most 4 UTF-8 bytes each.
+  const worst = Math.max(1, bounds.bodyCharsMax * 4);
   const safe = Math.floor((bounds.bytesMax - bytes + OVERSHOOT_BYTES_MAX) / worst);
   return Math.max(1, Math.min(left, fits, safe));
 }
@@ -60,7 +60,7 @@ export async function historyWithinBytes(
     const page = await store.history(conversationId, { beforeSeq, afterSeq, limit: chunk });
     const nearestFirst = forward ? page.messages : [...page.messages].reverse();
     for (const m of nearestFirst) {
-      const cost = bodyBytesBound(m.body);
+      const cost = bodyBytes(m.body);
       if (taken.length > 0 && bytes + cost > bytesMax) return done(true);
       taken.push(m);
       bytes += cost;
@@ -92,7 +92,7 @@ export async function getManyWithinBytes(
     const found = await store.getMany(keys.slice(read, read + chunk));
     read += chunk;
     for (const m of found) {
-      const cost = bodyBytesBound(m.body);
+      const cost = bodyBytes(m.body);
       if (messages.length > 0 && bytes + cost > bytesMax) return { messages, complete: false };
       messages.push(m);
       bytes += cost;

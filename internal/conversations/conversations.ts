@@ -452,12 +452,16 @@ export class Conversations {
       return this.changed(group, Conversations.comings(group, [caller]));
     }
     if (!group.open) throw errors.denied("GROUP_CLOSED", `group ${id} is not open; a member must add you`);
-    const joined = await this.membership.addMembers(
+    let joined = await this.membership.addMembers(
       id,
       [caller],
       this.limits.membersMax,
       this.limits.pullThreshold,
     );
+    // A group its last member left has nobody to run it: whoever joins it first owns it (otherwise
+    // nobody could ever change it again). Two joining at once: the later is owner, the earlier admin.
+    if (group.memberCount === 0 && joined.owner === "")
+      joined = await this.membership.setRole(id, caller, "owner");
     return this.changed(joined, Conversations.comings(joined, [caller], group.delivery));
   }
 

@@ -97,8 +97,13 @@ export class Gateway {
   private readonly byUser = new Map<string, Set<Connection>>();
   private readonly bySession = new Map<string, Connection>();
   private readonly userSends: UserBuckets;
-  /** Group changes told to every member, per user (createGroup, updateGroup, setMemberRole). */
-  private readonly userGroupChanges = new UserBuckets(GROUP_CHANGES_PER_SECOND, GROUP_CHANGES_BURST);
+  /**
+   * Group changes told to every member, per user (createGroup, updateGroup, setMemberRole). A refusal
+   * takes nothing: it costs the gateway nothing, and the user's connections may retry side by side.
+   */
+  private readonly userGroupChanges = new UserBuckets(GROUP_CHANGES_PER_SECOND, GROUP_CHANGES_BURST, {
+    debt: false,
+  });
   /** Presence subscribes, per user (each may read hundreds of memberships); refusals take nothing. */
   private readonly userPresenceSubscribes = new UserBuckets(
     PRESENCE_SUBSCRIBES_PER_SECOND,

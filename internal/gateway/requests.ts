@@ -20,13 +20,13 @@ import {
 import { isValidUserId } from "../lib/auth.js";
 import type { Config } from "../lib/config.js";
 import { errors } from "../lib/errors.js";
-import { doNotDisturbProblem } from "../push/do-not-disturb.js";
+import { canonicalTimeZone, doNotDisturbProblem } from "../push/do-not-disturb.js";
 import type { ServerFrameInit } from "./codec.js";
 import type { GatewayServices } from "./services.js";
 
 /** Conversations a user may mute, muted at once. */
 export const MUTES_PER_USER_MAX = 1_000;
-/** A mute may last this long at most (past it is "for good" in all but name, and past a storage TTL). */
+/** A mute may last 3,650 days at most (past it is "for good" in all but name, and past a storage TTL). */
 const MUTE_FOR_MS_MAX = 10 * 365 * 24 * 3600 * 1000;
 
 type Request = NonNullable<ClientFrame["kind"]>;
@@ -163,7 +163,7 @@ const handlers: { [K in Case]?: Handler<K> } = {
     if (until < 0 || (until > 0 && (until <= now || until > now + MUTE_FOR_MS_MAX)))
       throw errors.invalid(
         "INVALID_MUTE",
-        "until_ms must be 0 (until unmuted) or a time in the next 10 years",
+        "until_ms must be 0 (until unmuted) or a time in the next 3,650 days",
       );
     const muted = await s.backends.settings.muted(userId, now);
     if (muted.length >= MUTES_PER_USER_MAX && !muted.some((m) => m.conversationId === conversationId))
@@ -185,7 +185,10 @@ const handlers: { [K in Case]?: Handler<K> } = {
     };
     const problem = dnd && doNotDisturbProblem(dnd);
     if (problem) throw errors.invalid("INVALID_DO_NOT_DISTURB", problem);
-    await s.backends.settings.setDoNotDisturb(userId, dnd);
+    await s.backends.settings.setDoNotDisturb(
+      userId,
+      dnd && { ...dnd, timeZone: canonicalTimeZone(dnd.timeZone) },
+    );
     return OK;
   },
 

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { doNotDisturbProblem, inDoNotDisturb, minuteOfDay } from "./do-not-disturb.js";
+import { canonicalTimeZone, doNotDisturbProblem, inDoNotDisturb, minuteOfDay } from "./do-not-disturb.js";
 
 const at = (iso: string) => Date.parse(iso);
 
@@ -40,5 +40,13 @@ describe("do-not-disturb windows", () => {
       /not a time zone/,
     );
     expect(doNotDisturbProblem({ startMinute: 0, endMinute: 30, timeZone: "" })).toMatch(/IANA/);
+  });
+
+  it("spells an accepted zone as the zone does: any case, links resolved", () => {
+    expect(doNotDisturbProblem({ startMinute: 0, endMinute: 30, timeZone: "europe/berlin" })).toBeUndefined();
+    expect(canonicalTimeZone("europe/berlin")).toBe("Europe/Berlin");
+    expect(canonicalTimeZone("AMERICA/NEW_YORK")).toBe("America/New_York");
+    expect(canonicalTimeZone("Etc/UTC")).toBe("UTC");
+    expect(canonicalTimeZone("Europe/Berlin")).toBe("Europe/Berlin");
   });
 });

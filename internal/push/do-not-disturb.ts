@@ -21,6 +21,15 @@ function formatter(timeZone: string): Intl.DateTimeFormat {
   return f;
 }
 
+/**
+ * The zone's own spelling of a name `doNotDisturbProblem` accepted: IANA names are matched without
+ * regard to case and some are links (`europe/berlin` is `Europe/Berlin`, `Etc/UTC` is `UTC`), so the
+ * window is stored, and shown back, as the zone calls itself.
+ */
+export function canonicalTimeZone(timeZone: string): string {
+  return formatter(timeZone).resolvedOptions().timeZone;
+}
+
 /** Minutes after local midnight in `timeZone` at `nowMs`. */
 export function minuteOfDay(nowMs: number, timeZone: string): number {
   let hour = 0;

@@ -261,12 +261,14 @@ describe("groups", () => {
       client.request({ case: "removeMembers", value: { conversationId, members } });
     const setRole = (client: typeof ca, userId: string, role: MemberRole) =>
       client.request({ case: "setMemberRole", value: { conversationId, userId, role } });
-    const roles = async () =>
+    const rolesAs = async (client: typeof ca) =>
       Object.fromEntries(
-        expectCase(await ca.request({ case: "listMembers", value: { conversationId } }), "members").roles.map(
-          (m) => [m.userId, m.role],
-        ),
+        expectCase(
+          await client.request({ case: "listMembers", value: { conversationId } }),
+          "members",
+        ).roles.map((m) => [m.userId, m.role]),
       );
+    const roles = () => rolesAs(ca);
     expect(await roles()).toEqual({ [a]: MemberRole.OWNER, [b]: MemberRole.MEMBER, [c]: MemberRole.MEMBER });
     // A non-member of the group may not remove anyone; a member may not remove others.
     expect(expectCase(await remove(cd, [c]), "error").reason).toBe("NOT_MEMBER");
@@ -314,8 +316,25 @@ describe("groups", () => {
     expect(expectCase(await remove(ca, [c]), "error").reason).toBe("NOT_ADMIN");
     // Naming yourself is leaving, which anyone but an owner with company may.
     expectCase(await remove(ca, [a]), "conversation");
+    expectCase(
+      await cb.request({ case: "updateGroup", value: { conversationId, open: true } }),
+      "conversation",
+    );
     expectCase(await cc.request({ case: "leaveGroup", value: { conversationId } }), "ok");
+    // The last member, its owner, leaves: the group has nobody to run it ...
     expectCase(await cb.request({ case: "leaveGroup", value: { conversationId } }), "ok");
+    // ... until someone joins it: the first to join owns it, the next is a member.
+    const revived = expectCase(
+      await cd.request({ case: "joinGroup", value: { conversationId } }),
+      "conversation",
+    );
+    expect(revived.conversation).toMatchObject({ owner: d, memberCount: 1 });
+    expectCase(await cc.request({ case: "joinGroup", value: { conversationId } }), "conversation");
+    expect(await rolesAs(cd)).toEqual({ [c]: MemberRole.MEMBER, [d]: MemberRole.OWNER });
+    expectCase(
+      await cd.request({ case: "updateGroup", value: { conversationId, name: "revived" } }),
+      "conversation",
+    );
     for (const x of [ca, cb, cc, cd]) x.close();
   });
 

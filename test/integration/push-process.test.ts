@@ -245,11 +245,22 @@ describe("push in the server process", () => {
       await viaOther.request({
         case: "setDoNotDisturb",
         value: {
-          window: { startMinute: (minute + 1439) % 1440, endMinute: (minute + 2) % 1440, timeZone: "UTC" },
+          // A link, in the wrong case: kept as the zone spells itself.
+          window: {
+            startMinute: (minute + 1439) % 1440,
+            endMinute: (minute + 2) % 1440,
+            timeZone: "etc/utc",
+          },
         },
       }),
       "ok",
     );
+    expect(
+      expectCase(
+        await viaOther.request({ case: "getNotificationSettings", value: {} }),
+        "notificationSettings",
+      ).doNotDisturb?.timeZone,
+    ).toBe("UTC");
     await disconnect(viaOther);
     const nightBefore = await quieted("do_not_disturb");
     await send(sender, erin, "night, so silent");
