@@ -175,6 +175,34 @@ describe("streamEvents", () => {
     }
   });
 
+  it("fills a response with up to 1 MiB of bodies counted in UTF-8 bytes", async () => {
+    const acks = new AsyncQueue<StreamEventsRequest>(10);
+    const access = { caller: "client:audit", sees: async () => true } as unknown as Access;
+    const ctx = { signal: new AbortController().signal, peer: "in-process" } as CallContext;
+    const { responses, handler } = await openStream(() => access, ctx, acks);
+    // 100,000 ASCII characters are 100,000 bytes: ten to a response, then the other two.
+    const batch = Array.from({ length: 12 }, (_, i) => ({
+      conversationId: "g:1",
+      seq: i + 1,
+      messageId: String(1000 + i),
+      sender: "a",
+      clientMsgId: `c${i}`,
+      body: "x".repeat(100_000),
+      createdAtMs: 1,
+    })) as LoggedMessage[];
+    const handled = handler(batch);
+    const sizes: number[] = [];
+    for (let i = 0; i < 2; i++) {
+      const r = await responses.next();
+      sizes.push(r.value.events.length);
+      acks.push({
+        kind: { case: "ack", value: { cursor: r.value.cursor } },
+      } as unknown as StreamEventsRequest);
+    }
+    await handled;
+    expect(sizes).toEqual([10, 2]);
+  });
+
   /** A log whose consumers the test drives: each consume() is recorded with its handler. */
   function fakeLog() {
     const consumers: Array<{ group: string; handler: BatchHandler; closed: boolean }> = [];

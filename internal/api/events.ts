@@ -32,7 +32,7 @@ import type { Access } from "./access.js";
 type Response = MessageInitShape<typeof StreamEventsResponseSchema>;
 
 const SUBSCRIPTION_PATTERN = /^[a-z0-9._-]{1,64}$/;
-/** Events per response, and their bodies' bytes: far below gRPC's 4 MiB default message limit. */
+/** Events per response, and their bodies' UTF-8 bytes: far below gRPC's 4 MiB default message limit. */
 export const EVENTS_PER_RESPONSE_MAX = 256;
 const RESPONSE_BODY_BYTES_MAX = 1 << 20;
 /**
@@ -395,7 +395,7 @@ function chunk(messages: LoggedMessage[]): LoggedMessage[][] {
   let current: LoggedMessage[] = [];
   let bytes = 0;
   for (const m of messages) {
-    const size = m.body.length * 3 + 256;
+    const size = Buffer.byteLength(m.body, "utf8") + 256; // the body's bytes, and room for the rest
     if (
       current.length > 0 &&
       (current.length >= EVENTS_PER_RESPONSE_MAX || bytes + size > RESPONSE_BODY_BYTES_MAX)
