@@ -10,7 +10,6 @@ import type { PresenceService } from "../../gen/switchboard/presence/v1/presence
 import type { PushService } from "../../gen/switchboard/push/v1/push_pb.js";
 import { historyWithinBytes } from "../backends/message-pages.js";
 import {
-  type ConversationRecord,
   type MembershipStore,
   type MessageLog,
   type MessageStore,
@@ -36,7 +35,7 @@ import type { ServiceClient, ServiceImpl } from "../lib/rpc.js";
 import type { Router } from "../router/index.js";
 import { type Access, accessOf } from "./access.js";
 import { streamEvents } from "./events.js";
-import { RecentRequests } from "./recent-requests.js";
+import { RecentRequests, requireIdempotencyKey } from "./recent-requests.js";
 
 /** Recipients of one Broadcast, and users of one GetPresence. */
 export const USERS_PER_CALL_MAX = 1_000;
@@ -105,7 +104,7 @@ export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatS
       const input = {
         sender,
         conversationId: requireConversationId(req.conversationId),
-        clientMsgId: req.idempotencyKey,
+        clientMsgId: requireIdempotencyKey(req.idempotencyKey),
         body: req.body,
       };
       try {
@@ -132,7 +131,7 @@ export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatS
       const { message, duplicate } = await send({
         sender,
         toUser: requireUserId(req.userId),
-        clientMsgId: req.idempotencyKey,
+        clientMsgId: requireIdempotencyKey(req.idempotencyKey),
         body: req.body,
       });
       return { message: toWireMessage(message), duplicate };
@@ -140,6 +139,7 @@ export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatS
 
     async broadcast(req, ctx) {
       const sender = access(ctx.principal).sender(req.sender);
+      requireIdempotencyKey(req.idempotencyKey);
       const users = usersOf(req.userIds);
       if (new Set(users).size !== users.length)
         throw errors.invalid("DUPLICATE_USER_IDS", "user_ids must not repeat a user");
@@ -191,29 +191,28 @@ export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatS
       // after a restart, finds the first attempt's group in the store. This process also remembers
       // what each key asked for, to refuse a key reused for another request.
       const caller = ctx.principal ?? "anonymous";
-      let created: ConversationRecord | undefined;
       const { value: id } = await groupsCreated.run(
         caller,
         req.idempotencyKey,
         JSON.stringify([req.owner, req.name, req.members, req.open, req.postPolicy, req.addPolicy]),
-        async () => {
-          const stored = await conversations.createGroupWithId(
-            keyedGroupId(caller, req.idempotencyKey),
-            req.owner,
-            req.name,
-            req.members,
-            req.open,
-            policies,
-          );
-          if (stored.created) created = stored.record;
-          return stored.record.id;
-        },
+        async () => keyedGroupId(caller, req.idempotencyKey),
+      );
+      // Every attempt stores if absent and announces: a retry is what tells the members when the
+      // first attempt was cut off after storing the group (docs/server-api.md, CreateGroup).
+      const stored = await conversations.createGroupWithId(
+        id,
+        req.owner,
+        req.name,
+        req.members,
+        req.open,
+        policies,
       );
       // A new group has no messages yet; a retry answers with the group as it is now.
-      if (created) return { conversation: toWireConversation(created), duplicate: false };
-      const record = await membership.getConversation(id);
-      if (!record) throw errors.notFound("CONVERSATION_NOT_FOUND", `no conversation ${id}`);
-      return { conversation: toWireConversation(record, await messages.lastSeq(id)), duplicate: true };
+      if (stored.created) return { conversation: toWireConversation(stored.record), duplicate: false };
+      return {
+        conversation: toWireConversation(stored.record, await messages.lastSeq(id)),
+        duplicate: true,
+      };
     },
 
     async updateGroup(req, ctx) {
@@ -331,9 +330,10 @@ export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatS
     },
 
     async listPushDeadLetters(req, ctx) {
-      // The stores take a malformed id for one past every dead letter: an empty page, not an error.
+      // The stores take a malformed id for one past every dead letter: an empty page, not an error. A
+      // well-formed one pages by its place, whether or not it is still there (replayed since).
       if (req.beforeId !== "" && !parseDeadLetterId(req.beforeId))
-        throw errors.invalid("INVALID_BEFORE_ID", "before_id is not the id of a dead letter");
+        throw errors.invalid("INVALID_BEFORE_ID", "before_id is not of a dead letter's form");
       const page = await deps.push.listDeadLetters(
         { limit: req.limit, beforeId: req.beforeId },
         { deadline: ctx.deadline },

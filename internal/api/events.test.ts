@@ -110,7 +110,19 @@ describe("streamEvents", () => {
   it("applies a grant revoked while the stream is open to its next batch: the stream ends, PERMISSION_DENIED", async () => {
     const access = { caller: "client:billing", sees: async () => true } as unknown as Access;
     let granted = true;
-    const ctx = { signal: new AbortController().signal, peer: "in-process" } as CallContext;
+    const ctx = {
+      signal: new AbortController().signal,
+      peer: "127.0.0.1:1",
+      // As the server's guard does: checking the credential again checks the method's permission too.
+      reauthenticate: async () => {
+        if (!granted)
+          throw new SwitchboardError(
+            Code.PERMISSION_DENIED,
+            "METHOD_NOT_ALLOWED",
+            "it needs the events permission",
+          );
+      },
+    } as CallContext;
     const { responses, deliver } = await openStream(() => (granted ? access : undefined), ctx);
     granted = false; // the policy file no longer grants `events` to billing
     await expect(deliver()).rejects.toMatchObject({ reason: "EVENTS_NOT_ALLOWED" });

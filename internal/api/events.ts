@@ -254,8 +254,16 @@ export async function* streamEvents(
   /** Hands one log batch out; resolves once the consumer acknowledged all of it. */
   const handle = async (batch: LoggedMessage[]): Promise<void> => {
     if (failure) throw failure;
-    // The credential too, not only the grant: a key removed, a certificate expired or its CA rotated
-    // out, a ServiceAccount deleted ends the stream at its next batch.
+    // The grant first: checking the credential again also checks the method's permission, and a
+    // client whose `events` permission was removed is told that (EVENTS_NOT_ALLOWED), not that it may
+    // not call StreamEvents (METHOD_NOT_ALLOWED).
+    const access = deps.accessNow ? deps.accessNow() : deps.access;
+    if (!access) {
+      fail(errors.denied("EVENTS_NOT_ALLOWED", `${deps.access.caller} may no longer stream events`));
+      throw failure;
+    }
+    // Then the credential: a key removed, a certificate expired or its CA rotated out, a
+    // ServiceAccount deleted ends the stream at its next batch.
     if (ctx.reauthenticate) {
       try {
         await ctx.reauthenticate();
@@ -263,11 +271,6 @@ export async function* streamEvents(
         fail(SwitchboardError.from(err));
         throw failure;
       }
-    }
-    const access = deps.accessNow ? deps.accessNow() : deps.access;
-    if (!access) {
-      fail(errors.denied("EVENTS_NOT_ALLOWED", `${deps.access.caller} may no longer stream events`));
-      throw failure;
     }
     const visible = await visibleOf(batch, access);
     // Failed during the membership reads (a cancel, a stream ended): the waiters below would never be

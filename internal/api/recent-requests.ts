@@ -20,6 +20,16 @@ interface Entry<T> {
   result: Promise<T>;
 }
 
+/** The key, if it is one (1-64 printable ASCII characters); INVALID_IDEMPOTENCY_KEY otherwise. */
+export function requireIdempotencyKey(key: string): string {
+  if (!KEY_PATTERN.test(key))
+    throw errors.invalid(
+      "INVALID_IDEMPOTENCY_KEY",
+      "idempotency_key must be 1-64 printable ASCII characters",
+    );
+  return key;
+}
+
 export class RecentRequests<T> {
   /** By caller and key, oldest first (an entry is never moved: insertion order is age order). */
   private readonly entries = new Map<string, Entry<T>>();
@@ -46,11 +56,7 @@ export class RecentRequests<T> {
     create: () => Promise<T>,
   ): Promise<{ value: T; duplicate: boolean }> {
     if (key === "") return { value: await create(), duplicate: false };
-    if (!KEY_PATTERN.test(key))
-      throw errors.invalid(
-        "INVALID_IDEMPOTENCY_KEY",
-        "idempotency_key must be 1-64 printable ASCII characters",
-      );
+    requireIdempotencyKey(key);
     this.sweep();
     const id = JSON.stringify([caller, key]);
     const seen = this.entries.get(id);

@@ -287,6 +287,8 @@ export function smallStoresContract({ setup, itUnless }: ContractKit): void {
       // Concurrent takes of one id: one caller gets it. Unknown and malformed ids are skipped.
       const contested = await Promise.all(range(1, 5).map(() => h.b.pushDeadLetters.take([added[1]!.id])));
       expect(contested.flat()).toEqual([added[1]]);
+      // A page's last id, replayed since, still says where the next page starts.
+      expect(mine(await h.b.pushDeadLetters.list(1_000, added[1]!.id))).toEqual([added[0]]);
       expect(await h.b.pushDeadLetters.take([added[0]!.id, deadLetterId(1, h.id("none")), "junk"])).toEqual([
         added[0],
       ]);

@@ -119,6 +119,11 @@ describe("docs/server-api.md", () => {
     expect(out).toContain('"sender": "bot:billing"');
     expect(out).toContain('"body": "your receipt"');
     expect(out).toMatch(/"userId": "alice"[\s\S]*"userId": "bob"/);
+    // As the guide says: a method outside the key's grant is PermissionDenied, its reason readable.
+    const refused = await bash(`${guideCommands()}\napi ListSessions '{"userId":"alice"}'`);
+    expect(refused.code).not.toBe(0);
+    expect(refused.out).toContain("PermissionDenied");
+    expect(refused.out).toContain("METHOD_NOT_ALLOWED");
   });
 
   it("its event stream command stays open, shows the batches and sends the acks typed into it", async () => {

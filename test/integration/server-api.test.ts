@@ -160,9 +160,18 @@ describe("ChatService: messages", () => {
       body: "welcome",
     });
     expect(system.message).toMatchObject({ sender: "system", seq: 1n });
-    expect(
-      await failure(moderation.publish({ conversationId: groupId, idempotencyKey: "", body: "b" })),
-    ).toBe("INVALID_ARGUMENT INVALID_CLIENT_MSG_ID");
+    // The key is required, and refused under the server API's own reason.
+    for (const idempotencyKey of ["", "a b", "k".repeat(65)]) {
+      expect(await failure(moderation.publish({ conversationId: groupId, idempotencyKey, body: "b" }))).toBe(
+        "INVALID_ARGUMENT INVALID_IDEMPOTENCY_KEY",
+      );
+      expect(
+        await failure(client(keys.billing).sendToUser({ userId: "api-nokey", idempotencyKey, body: "b" })),
+      ).toBe("INVALID_ARGUMENT INVALID_IDEMPOTENCY_KEY");
+      expect(
+        await failure(client(keys.billing).broadcast({ userIds: ["api-nokey"], idempotencyKey, body: "b" })),
+      ).toBe("INVALID_ARGUMENT INVALID_IDEMPOTENCY_KEY");
+    }
     expect(
       await failure(moderation.publish({ conversationId: "nope", idempotencyKey: "k", body: "b" })),
     ).toBe("INVALID_ARGUMENT INVALID_CONVERSATION_ID");
@@ -384,12 +393,18 @@ describe("ChatService: groups, presence, sessions, devices", () => {
   it("creates a group once per idempotency key: a retry returns the same group", async () => {
     const moderation = client(keys.moderation);
     const request = { owner: "api-idem", name: "once", members: ["api-idem2"], idempotencyKey: "grp-1" };
+    const member = await user("api-idem2");
+    const heard = (id: string) =>
+      member.nextEvent((f) => f.kind.case === "conversation" && f.kind.value.conversation?.id === id);
     const first = await moderation.createGroup(request);
     expect(first.duplicate).toBe(false);
     const id = first.conversation!.id;
+    await heard(id);
     await moderation.publish({ conversationId: id, idempotencyKey: "once-1", body: "hi" });
     const retried = await moderation.createGroup(request);
     expect(retried).toMatchObject({ duplicate: true, conversation: { id, memberCount: 2, lastSeq: 1n } });
+    // The retry tells the members again: it is what tells them when the first attempt was cut off.
+    await heard(id);
     // Another key, or no key, is another group; so is the same key of another client.
     const other = await moderation.createGroup({ ...request, idempotencyKey: "grp-2" });
     expect(other.conversation!.id).not.toBe(id);

@@ -1084,8 +1084,9 @@ export type ListPushDeadLettersRequest = Message<"switchboard.api.v1.ListPushDea
   limit: number;
 
   /**
-   * Only those listed after this one (the last id of the previous page); empty: from the newest. An
-   * id that is not a dead letter's is refused (INVALID_ARGUMENT, INVALID_BEFORE_ID).
+   * Only those older than this one (the last id of the previous page, which need not still be there:
+   * it may have been replayed); empty: from the newest. A malformed id is refused (INVALID_ARGUMENT,
+   * INVALID_BEFORE_ID).
    *
    * @generated from field: string before_id = 2;
    */
