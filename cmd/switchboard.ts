@@ -2,6 +2,7 @@
 /** The `switchboard` command: a thin dispatcher; each command lives in internal/cli. */
 import {
   closeRunning,
+  runBackup,
   runConfig,
   runGrpcKey,
   runProvision,
@@ -18,6 +19,8 @@ const USAGE = `usage: switchboard <command> [options]
                                                       anyone on a loopback port (npm start uses it)
   provision                                           create the Kafka topics and Cassandra schema
   token --user ID [--data-dir DIR] [--ttl 1h]        print a dev JWT
+  backup --out FILE [--data-dir DIR]                  copy the embedded database while the server runs
+                                                      (restore: stop, put FILE in as DIR/switchboard.mdb)
   grpc-key --principal P                              print a new gRPC key for P (role:<role>, operator,
                                                       client:<name>) and its grpc.keyFile line
   send --token JWT (--to USER | --group ID) TEXT     send a message, print the ack; --client-msg-id ID
@@ -40,6 +43,8 @@ async function main(argv: string[]): Promise<number> {
       return runSequencer(rest);
     case "provision":
       return runProvision(rest);
+    case "backup":
+      return runBackup(rest);
     case "config":
       return runConfig(rest);
     case "version":

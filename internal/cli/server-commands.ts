@@ -273,6 +273,28 @@ export async function runToken(argv: string[]): Promise<number> {
 }
 
 /**
+ * `switchboard backup --out FILE [--data-dir DIR]`: an online copy of the embedded database, taken
+ * while the server runs (internal/backends/embedded/backup.ts); restore by stopping the server and
+ * putting the file in place as DATA_DIR/switchboard.mdb.
+ */
+export async function runBackup(argv: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args: argv,
+    options: { "data-dir": { type: "string" }, out: { type: "string" } },
+    strict: true,
+  });
+  if (!values.out) throw new Error("--out is required: the file to write the copy to");
+  const dataDir = values["data-dir"] ?? loadConfig().dataDir;
+  const { backupDataDir } = await import("../backends/embedded/backup.js");
+  const started = Date.now();
+  const { bytes } = await backupDataDir(dataDir, values.out);
+  process.stdout.write(
+    `${JSON.stringify({ status: "backed up", data_dir: dataDir, out: values.out, bytes, ms: Date.now() - started })}\n`,
+  );
+  return 0;
+}
+
+/**
  * `switchboard grpc-key --principal P`: a new random gRPC key for P and the line of grpc.keyFile that
  * admits it (the file holds only the hash; the key goes to the caller's grpc.credentialFile).
  */

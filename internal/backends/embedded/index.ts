@@ -41,6 +41,7 @@ import type {
   ReceiptStore,
   RoutingEvents,
 } from "../types.js";
+import { DATABASE_FILE } from "./backup.js";
 import { DataDirLock } from "./data-dir-lock.js";
 import { EmbeddedDevices } from "./devices.js";
 import { EmbeddedInbox } from "./inbox.js";
@@ -129,7 +130,7 @@ export class EmbeddedBackends implements Backends {
     mkdirSync(options.dataDir, { recursive: true });
     this.onFatal = options.onFatal ?? (() => undefined);
     this.root = open({
-      path: join(options.dataDir, "switchboard.mdb"),
+      path: join(options.dataDir, DATABASE_FILE),
       noSubdir: true,
       overlappingSync: false, // a write resolves after fsync: acks mean durable
       maxDbs: 24,

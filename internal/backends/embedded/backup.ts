@@ -1,0 +1,44 @@
+/**
+ * An online backup of the embedded database, taken by another process while the server runs. LMDB
+ * lets any number of processes read a file while one writes, and its copy (`mdb_env_copy2`) reads
+ * from one read transaction: the copy is the database as of one commit, so it holds every message
+ * acknowledged before the backup began (an ack follows its commit) and no half of any turn. The
+ * server is not paused; while the copy runs, the pages it reads are not reused, so a long backup of
+ * a busy server lets the file grow by what was written meanwhile.
+ *
+ * The copy is written to `<out>.partial`, synced, then renamed to `<out>`: a backup cut short leaves
+ * no file that looks complete. An existing `<out>` is never overwritten.
+ */
+import { closeSync, existsSync, fsyncSync, openSync, renameSync, rmSync, statSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { open } from "lmdb";
+
+/** The database file of a data dir (the embedded backend's). */
+export const DATABASE_FILE = "switchboard.mdb";
+
+export async function backupDataDir(dataDir: string, out: string): Promise<{ bytes: number }> {
+  const source = join(dataDir, DATABASE_FILE);
+  if (!existsSync(source)) throw new Error(`backup: ${source} does not exist (is ${dataDir} a data dir?)`);
+  if (existsSync(out)) throw new Error(`backup: ${out} exists; name a file that does not`);
+  const partial = `${out}.partial`;
+  rmSync(partial, { force: true }); // what an earlier backup cut short left
+  const root = open({ path: source, noSubdir: true, readOnly: true, maxDbs: 24 });
+  try {
+    await root.backup(partial, false);
+  } finally {
+    await root.close();
+  }
+  syncFile(partial);
+  renameSync(partial, out);
+  syncFile(dirname(out));
+  return { bytes: statSync(out).size };
+}
+
+function syncFile(path: string): void {
+  const fd = openSync(path, "r");
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
