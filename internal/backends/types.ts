@@ -36,6 +36,13 @@ export interface AppendResult {
  */
 export interface LoggedMessage extends StoredMessage {
   recipients?: readonly string[];
+  /**
+   * Set, for a consumer that asked (ConsumeOptions.markMayRepeat), when it may have handled the
+   * message before this process started (it was in the log then; embedded log only): its effects may
+   * already be stored, and must be repeated as they were, not made again from today's state (the
+   * router keeps the recipients it first gave it).
+   */
+  mayRepeat?: true;
   /** The message's trace context, when it was sent in a recorded trace (tracing.ts). */
   trace?: TraceCarrier;
   /**
@@ -59,6 +66,8 @@ export interface ConsumeOptions {
    * await `committed` before anything outside the store sees the message.
    */
   beforeCommit?: boolean;
+  /** Mark the messages a consumer may have handled before this process started (`mayRepeat`; embedded log only). */
+  markMayRepeat?: boolean;
 }
 
 /** Hands out ordered batches to one consumer; resolves when the batch's effects are durable. */
@@ -308,6 +317,12 @@ export interface InboxStore extends Closeable {
   /** Entries with cursor > after, oldest first, at most `limit`. */
   read(userId: string, after: number, limit: number): Promise<InboxEntry[]>;
   head(userId: string): Promise<number>;
+  /**
+   * The users whose entries for this message are stored (none: it was never routed). A message handled
+   * again after a restart (LoggedMessage.mayRepeat) goes to these users, not to the members of today,
+   * who may include a user added after it was sent. Stores whose log addresses each message omit it.
+   */
+  appendedFor?(conversationId: string, seq: number): Promise<string[]>;
 }
 
 export type ReceiptKindName = "delivered" | "read";

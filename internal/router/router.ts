@@ -161,7 +161,10 @@ export class Router {
             membershipChanged: (conversationId) => this.audiences.forget(conversationId),
             partitionsChanged: () => this.audiences.forgetAll(),
           })
-        : await log.consume(CONSUMER_GROUP, (batch) => this.route(batch), { beforeCommit: true }),
+        : await log.consume(CONSUMER_GROUP, (batch) => this.route(batch), {
+            beforeCommit: true,
+            markMayRepeat: true,
+          }),
     );
   }
 
@@ -286,9 +289,17 @@ export class Router {
     // always push); otherwise the member lists of the batch's conversations are read concurrently.
     // Pull conversations get no inbox entries; their member sets are read for the live delivery.
     const membersOf = new Map<string, readonly string[]>();
+    // A message this router may have routed before a restart keeps the recipients it was given then:
+    // today's members may include a user added since, who must not get what was sent before.
+    const routedBefore = new Map<LoggedMessage, readonly string[]>();
+    for (const m of batch) {
+      if (!m.mayRepeat || m.recipients || directMembers(m.conversationId) || !inbox.appendedFor) continue;
+      const users = await inbox.appendedFor(m.conversationId, m.seq);
+      if (users.length > 0) routedBefore.set(m, users);
+    }
     const read = new Set<string>();
     for (const m of batch) {
-      if (m.recipients || membersOf.has(m.conversationId)) continue;
+      if (m.recipients || routedBefore.has(m) || membersOf.has(m.conversationId)) continue;
       const pair = directMembers(m.conversationId);
       if (pair) membersOf.set(m.conversationId, pair[0] === pair[1] ? [pair[0]] : pair);
       else read.add(m.conversationId);
@@ -313,7 +324,9 @@ export class Router {
           ? await this.audiences.load(pull)
           : await this.audiences.refresh(pull);
     const recipientsOf = (m: LoggedMessage) =>
-      pull.has(m.conversationId) ? [] : (m.recipients ?? membersOf.get(m.conversationId) ?? []);
+      pull.has(m.conversationId)
+        ? []
+        : (m.recipients ?? routedBefore.get(m) ?? membersOf.get(m.conversationId) ?? []);
     const entries = batch.flatMap((m) =>
       recipientsOf(m).map((userId) => ({
         userId,

@@ -133,6 +133,13 @@ export class EmbeddedInbox implements InboxStore {
     return out;
   }
 
+  async appendedFor(conversationId: string, seq: number): Promise<string[]> {
+    const users: string[] = [];
+    for (const key of this.index.getKeys({ start: [conversationId, seq], end: [conversationId, seq + 1] }))
+      users.push((key as [string, number, string])[2]);
+    return users;
+  }
+
   async read(userId: string, after: number, limit: number): Promise<InboxEntry[]> {
     const out: InboxEntry[] = [];
     for (const { key, value } of this.entries.getRange({

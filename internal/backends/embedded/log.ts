@@ -47,6 +47,8 @@ export class EmbeddedLog implements MessageLog {
   /** Trace contexts of appended messages, by message id, until the router reads them (keepTrace). */
   private readonly traces = new Map<string, TraceCarrier>();
   private head: number;
+  /** The last position when this process opened the log: a consumer may have handled up to it before. */
+  private readonly headAtOpen: number;
   private readonly wakers = new Set<() => void>();
   /** Consumers idle at the end of the log that take a message before its commit (beforeCommit). */
   private readonly takers = new Set<(position: number, message: LoggedMessage) => void>();
@@ -66,6 +68,7 @@ export class EmbeddedLog implements MessageLog {
     options: EmbeddedLogOptions = {},
   ) {
     this.head = this.lastCommitted();
+    this.headAtOpen = this.head;
     this.lastSeq = new SettledCounters(options.lastSeqsKeptMax ?? LAST_SEQS_KEPT_MAX, () => turns.settled());
   }
 
@@ -231,7 +234,7 @@ export class EmbeddedLog implements MessageLog {
           last = offset + batch.length;
         } else {
           try {
-            last = this.read(offset, batch);
+            last = this.read(offset, batch, options.markMayRepeat);
           } catch (err) {
             // A read of the log or of a message failed (an invariant, a damaged row): like a failed
             // handler, report it and read the same batch again after a pause. Never stop silently.
@@ -294,13 +297,15 @@ export class EmbeddedLog implements MessageLog {
   }
 
   /** Reads the batch after `offset` into `batch`; returns its last position (`offset` if none). */
-  private read(offset: number, batch: LoggedMessage[]): number {
+  private read(offset: number, batch: LoggedMessage[], markMayRepeat = false): number {
     let last = offset;
     for (const { key, value } of this.entries.getRange({ start: offset + 1, limit: CONSUME_BATCH_MAX })) {
       const message = this.messages.get(value);
       assert(message, `log entry ${String(key)} points at a missing message`);
       const trace = this.traces.get(message.messageId);
-      batch.push(trace ? logged(message, trace) : message);
+      const out = trace ? logged(message, trace) : message;
+      if (markMayRepeat && (key as number) <= this.headAtOpen) batch.push({ ...out, mayRepeat: true });
+      else batch.push(out);
       last = key as number;
     }
     return last;
