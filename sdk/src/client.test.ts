@@ -450,6 +450,41 @@ test("a retryable send error (rate limited) is retried with the same clientMsgId
   expect(srv.conns).toHaveLength(1);
 });
 
+test("a backlog drains at the server's rate: after a RATE_LIMITED, sends go out at welcome's sendsPerSecond", async () => {
+  const srv = await startServer();
+  // The server's send bucket, as welcome says (100 a second), 10 at once; a refusal is charged (debt)
+  // and says when the next send gets through.
+  const rate = 100;
+  let tokens = 10;
+  let at = Date.now();
+  let refused = 0;
+  srv.hook = (conn, frame, s) => {
+    if (frame.kind.case !== "send") return undefined;
+    const now = Date.now();
+    tokens = Math.min(10, tokens + ((now - at) * rate) / 1000);
+    at = now;
+    if (tokens >= 1) {
+      tokens -= 1;
+      return undefined;
+    }
+    // As the gateway's bucket does: the refusal is debt, and the wait is until a whole token.
+    tokens = Math.max(tokens - 1, -10);
+    refused++;
+    s.error(conn, frame, Code.RESOURCE_EXHAUSTED, "RATE_LIMITED", Math.ceil(((1 - tokens) * 1000) / rate));
+    return true;
+  };
+  const t = newClient(srv);
+  const SENDS = 150;
+  const acks = Array.from({ length: SENDS }, (_, i) => t.client.send({ toUser: "bob" }, `m${i}`));
+  await t.client.connect();
+  // (Order across a refusal is the real server's to keep, PREVIOUS_SEND_FAILED: not this fake's.)
+  expect(await Promise.all(acks)).toHaveLength(SENDS);
+  // Refused: what was in flight when the first refusal came back (the window of 64, and a few sent
+  // as the first acks freed slots), then nothing: paced below the rate. (Unpaced, each refused send
+  // went out again at its own time, and every refusal deepened the debt: over 6,000 refusals here.)
+  expect(refused).toBeLessThan(2 * 64);
+});
+
 test("a send refused with INTERNAL or a code-named CANCELLED is resent, as docs/protocol.md §6 says", async () => {
   const srv = await startServer();
   const refusals: Array<[Code, string]> = [

@@ -167,7 +167,11 @@ export interface SwitchboardClientEvents {
   conversation: Conversation;
   /** The server's welcome on each (re)connect. */
   connected: WelcomeInfo;
-  /** The connection ended; `willReconnect` false means the client stays down. */
+  /**
+   * The connection ended, or an attempt to connect failed (once per attempt: a server down for a
+   * while gives one per retry; show "offline" from the first and "online" at the next "connected").
+   * `willReconnect` false means the client stays down.
+   */
   disconnected: DisconnectInfo;
   /** A sync after (re)connect finished; live messages follow. */
   synced: SyncedInfo;

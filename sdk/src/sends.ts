@@ -135,6 +135,13 @@ export class SendQueue {
    */
   private pausedUntil = 0;
   private pauseTimer: Timer | undefined;
+  /**
+   * After a RATE_LIMITED refusal, sends go out one every `paceMs` (a tenth under the welcome's
+   * sendsPerSecond) until the queue is empty: a backlog sent as fast as the window allows is mostly refused, each
+   * refusal adding to the server's wait, and drained at a fraction of the rate the server allows.
+   */
+  private paceMs = 0;
+  private nextSendAt = 0;
 
   constructor(private readonly o: SendQueueOptions) {}
 
@@ -226,7 +233,7 @@ export class SendQueue {
   pump(): void {
     const conn = this.o.openConnection();
     if (!conn) return;
-    const pausedMs = this.pausedUntil - Date.now();
+    const pausedMs = Math.max(this.pausedUntil, this.paceMs > 0 ? this.nextSendAt : 0) - Date.now();
     if (pausedMs > 0) {
       this.pauseTimer ??= setTimeout(() => {
         this.pauseTimer = undefined;
@@ -250,6 +257,15 @@ export class SendQueue {
         continue;
       }
       this.transmit(conn, entry);
+      if (this.paceMs > 0) {
+        // One at a time while paced: the next goes out when its turn comes.
+        this.nextSendAt = Date.now() + this.paceMs;
+        this.pauseTimer ??= setTimeout(() => {
+          this.pauseTimer = undefined;
+          this.pump();
+        }, this.paceMs);
+        return;
+      }
     }
   }
 
@@ -360,10 +376,15 @@ export class SendQueue {
         } else if (kind.case === "error") {
           const err = fromWireError(kind.value);
           if (isRetryableSendError(err)) {
-            const delay = Math.max(
-              err.retryAfterMs,
-              backoffDelay(entry.failures++, this.o.backoff, this.o.random),
-            );
+            const perSecond = this.o.welcome()?.limits.sendsPerSecond ?? 0;
+            // A tenth under the rate: timers fire late and early, and a send a moment early is refused.
+            if (err.reason === "RATE_LIMITED" && perSecond > 0) this.paceMs = 1100 / perSecond;
+            // The server's hint when it gives one (a rate limit knows when it lets the next send
+            // through); otherwise further off with each refusal in a row.
+            const delay =
+              err.retryAfterMs > 0
+                ? err.retryAfterMs
+                : backoffDelay(entry.failures++, this.o.backoff, this.o.random);
             this.pausedUntil = Math.max(this.pausedUntil, Date.now() + delay);
             entry.retryTimer = setTimeout(() => {
               entry.retryTimer = undefined;
@@ -396,6 +417,7 @@ export class SendQueue {
     if (entry.settled) return;
     entry.settled = true;
     this.sends.delete(entry);
+    if (this.sends.size === 0) this.paceMs = 0; // the backlog is gone: back to the full window
     const same = this.byClientMsgId.get(entry.clientMsgId)?.filter((e) => e !== entry);
     if (same?.length) this.byClientMsgId.set(entry.clientMsgId, same);
     else this.byClientMsgId.delete(entry.clientMsgId);
