@@ -68,7 +68,11 @@ export interface IncomingMessage {
 export interface Checkpoint {
   /** The inbox position processed (`client.cursor`). */
   cursor: number;
-  /** The newest seq processed per pull conversation (`client.pullPositions`). */
+  /**
+   * The newest seq processed per conversation (`client.pullPositions`): of the pull conversations,
+   * and of others the device saw messages of (direct ones included), so that a group switching to pull
+   * while the device is away loses and repeats nothing. Opaque: persist it whole.
+   */
   pullPositions: Record<string, number>;
 }
 
