@@ -137,8 +137,8 @@ export class SendQueue {
   private pauseTimer: Timer | undefined;
   /**
    * After a RATE_LIMITED refusal, sends go out one every `paceMs` (a tenth under the welcome's
-   * sendsPerSecond) until the queue is empty: a backlog sent as fast as the window allows is mostly refused, each
-   * refusal adding to the server's wait, and drained at a fraction of the rate the server allows.
+   * sendsPerSecond) until the queue is empty: a backlog sent as fast as the window allows is mostly
+   * refused, each refusal adding to the server's wait, and drains at a fraction of the allowed rate.
    */
   private paceMs = 0;
   private nextSendAt = 0;
@@ -235,10 +235,7 @@ export class SendQueue {
     if (!conn) return;
     const pausedMs = Math.max(this.pausedUntil, this.paceMs > 0 ? this.nextSendAt : 0) - Date.now();
     if (pausedMs > 0) {
-      this.pauseTimer ??= setTimeout(() => {
-        this.pauseTimer = undefined;
-        this.pump();
-      }, pausedMs);
+      this.pumpIn(pausedMs);
       return;
     }
     const me = this.o.welcome()?.userId ?? "";
@@ -260,13 +257,18 @@ export class SendQueue {
       if (this.paceMs > 0) {
         // One at a time while paced: the next goes out when its turn comes.
         this.nextSendAt = Date.now() + this.paceMs;
-        this.pauseTimer ??= setTimeout(() => {
-          this.pauseTimer = undefined;
-          this.pump();
-        }, this.paceMs);
+        this.pumpIn(this.paceMs);
         return;
       }
     }
+  }
+
+  /** Pumps again in `ms` (once: a wake-up already set stands). */
+  private pumpIn(ms: number): void {
+    this.pauseTimer ??= setTimeout(() => {
+      this.pauseTimer = undefined;
+      this.pump();
+    }, ms);
   }
 
   /**

@@ -68,6 +68,14 @@ function harness() {
   return { routing, written, fromTopic };
 }
 
+/** The harness with one caught-up subscription, and what it heard. */
+async function subscribed() {
+  const h = harness();
+  const events: SessionEvent[] = [];
+  await h.routing.subscribe((e) => events.push(e));
+  return { ...h, events };
+}
+
 const up: SessionEvent = { kind: "up", userId: "u1", sessionId: "s1", gatewayId: "gw1", gatewayEpoch: 1 };
 const down: SessionEvent = { ...up, kind: "down" };
 const heard = (events: SessionEvent[]) => events.map(({ lateByMs: _, ...e }) => e);
@@ -75,9 +83,7 @@ const nextTurn = () => new Promise((r) => setImmediate(r));
 
 describe("KafkaRouting: this process's own records", () => {
   it("heard when written, and the topic's copy is not handed out again", async () => {
-    const { routing, written, fromTopic } = harness();
-    const events: SessionEvent[] = [];
-    await routing.subscribe((e) => events.push(e));
+    const { routing, written, fromTopic, events } = await subscribed();
     const publishing = routing.publish(up);
     await nextTurn();
     expect(events).toEqual([]);
@@ -89,9 +95,7 @@ describe("KafkaRouting: this process's own records", () => {
   });
 
   it("an 'up' and 'down' heard early do not come back from the topic (no closed session shown up)", async () => {
-    const { routing, written, fromTopic } = harness();
-    const events: SessionEvent[] = [];
-    await routing.subscribe((e) => events.push(e));
+    const { routing, written, fromTopic, events } = await subscribed();
     const publishingUp = routing.publish(up);
     await nextTurn();
     written[0]!.resolve();
@@ -110,9 +114,7 @@ describe("KafkaRouting: this process's own records", () => {
   });
 
   it("a topic copy that overtakes the produce's answer is handed out, and the answer then hands out nothing", async () => {
-    const { routing, written, fromTopic } = harness();
-    const events: SessionEvent[] = [];
-    await routing.subscribe((e) => events.push(e));
+    const { routing, written, fromTopic, events } = await subscribed();
     const publishing = routing.publish(up);
     await nextTurn();
     await fromTopic(written[0]!);
@@ -129,9 +131,7 @@ describe("KafkaRouting: this process's own records", () => {
   });
 
   it("a publish that failed hands out nothing itself; a copy the topic returns anyway is handed out", async () => {
-    const { routing, written, fromTopic } = harness();
-    const events: SessionEvent[] = [];
-    await routing.subscribe((e) => events.push(e));
+    const { routing, written, fromTopic, events } = await subscribed();
     const publishing = routing.publish(up);
     await nextTurn();
     written[0]!.reject(new Error("request timed out"));
