@@ -250,13 +250,13 @@ export interface MembershipStore extends Closeable {
     membersMax: number,
     pullAbove?: number,
   ): Promise<ConversationRecord>;
-  /** Removes a member with its role; removing the owner leaves the group without one (owner ""). */
   /**
    * Tells whoever caches member lists to read this conversation's again, without changing it: for a
    * retried removal whose first attempt stored the change but failed to announce it (distributed
    * backend). Absent where nothing needs telling.
    */
   reannounce?(id: string): Promise<void>;
+  /** Removes a member with its role; removing the owner leaves the group without one (owner ""). */
   removeMember(id: string, user: string): Promise<ConversationRecord>;
   /**
    * Sets a member's role. "owner" transfers ownership: `user` becomes the owner and the former owner,
@@ -291,6 +291,35 @@ export interface MembershipStore extends Closeable {
    * from the log instead). Returns the function that stops it.
    */
   watch?(listener: (conversationId: string) => void): () => void;
+}
+
+/**
+ * Where a membership change stands in its conversation's seqs (ADR 0012): `seq` is the head when the
+ * sequencer met the change's announcement (a member counts for the seqs after it, a removed member for
+ * those up to it), undefined while it has not (a member: not yet; a removed member: still).
+ * `changedAtMs`: when the change was stored.
+ */
+export interface MembershipBound {
+  user: string;
+  seq: number | undefined;
+  changedAtMs: number;
+}
+
+/** A conversation's members and recently removed members, each with its bound (ADR 0012). */
+export interface MembershipAsOfSeqs {
+  members: MembershipBound[];
+  departed: MembershipBound[];
+}
+
+/** What the distributed sequencer needs to address each message to the members as of its seq. */
+export interface MembershipSeqStore {
+  membershipSeqs(id: string): Promise<MembershipAsOfSeqs>;
+  /**
+   * Gives every change of conversation `id` stored at or before `atMs` that has no bound yet the bound
+   * `head` (what the sequencer does when it meets their announcement, made at `atMs`); a change with a
+   * bound keeps it. Returns the conversation's bounds after that.
+   */
+  boundChanges(id: string, atMs: number, head: number): Promise<MembershipAsOfSeqs>;
 }
 
 /** One entry of a user's inbox: the user's personal, ordered stream of messages addressed to them. */

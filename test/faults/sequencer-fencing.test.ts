@@ -295,7 +295,11 @@ describe("zombie sequencer writing after its successor claimed", () => {
         store: stores.sequencer,
         ownership: recording(who),
         messages: stores.messages,
-        membership: { members: async () => [], getConversation: async () => undefined },
+        membership: {
+          membershipSeqs: async () => ({ members: [], departed: [] }),
+          boundChanges: async () => ({ members: [], departed: [] }),
+          getConversation: async () => undefined,
+        },
         pending: new Map(),
         dedupeWindowSeconds: 3600,
         firstAttemptMarginMs: 60_000,
@@ -454,7 +458,11 @@ describe("a first attempt whose batch failed after its writes", () => {
       store: stores.sequencer,
       ownership,
       messages: stores.messages,
-      membership: { members: async () => [], getConversation: async () => undefined },
+      membership: {
+        membershipSeqs: async () => ({ members: [], departed: [] }),
+        boundChanges: async () => ({ members: [], departed: [] }),
+        getConversation: async () => undefined,
+      },
       pending: new Map(),
       dedupeWindowSeconds: 3600,
       // First attempts are trusted as soon as they come after the claim.

@@ -137,63 +137,60 @@ describe("kill -9", () => {
     bob.close();
   }, 180_000);
 
-  // Embedded only: on the distributed backend a restarted sequencer addresses the drafts it reads
-  // again to the members of the restart (docs/protocol.md §3, "Members": a known limit).
-  if (testBackend === "embedded")
-    it("a member added just before a kill -9 gets none of what was sent before the add", async () => {
-      const token = (user: string) => devToken(server.dataDir, user);
-      const [dana, erin, fay] = ["dana", "erin", "fay"];
-      const sender = await RawClient.connect(server.url, { token: await token(dana) });
-      const group = expectCase(
-        await sender.request({ case: "createGroup", value: { name: "late joiner", members: [erin] } }),
-        "conversation",
-      ).conversation!.id;
-      const SENT = 80;
-      const acks = await Promise.all(
-        Array.from({ length: SENT }, (_, i) =>
-          sender.request({
-            case: "send",
-            value: {
-              target: { case: "conversationId", value: group },
-              clientMsgId: `early-${i}`,
-              body: `${i}`,
-            },
-          }),
-        ),
-      );
-      for (const f of acks) expectCase(f, "ack");
-      expectCase(
-        await sender.request({ case: "addMembers", value: { conversationId: group, members: [fay] } }),
-        "conversation",
-      );
-      // At once, while the router's position may still be behind what it routed (re-routed after the
-      // restart, the messages must keep the recipients they had: not fay, added after them).
-      await server.kill();
-      sender.close();
-      server = await server.restart();
-      const senderAgain = await RawClient.connect(server.url, { token: await token(dana) });
-      const after = expectCase(
-        await senderAgain.request({
+  // ADR 0012: messages handled again after the crash (the embedded router's, the distributed
+  // sequencer's) keep the recipients they had when sequenced.
+  it("a member added just before a kill -9 gets none of what was sent before the add", async () => {
+    const token = (user: string) => devToken(server.dataDir, user);
+    const [dana, erin, fay] = ["dana", "erin", "fay"];
+    const sender = await RawClient.connect(server.url, { token: await token(dana) });
+    const group = expectCase(
+      await sender.request({ case: "createGroup", value: { name: "late joiner", members: [erin] } }),
+      "conversation",
+    ).conversation!.id;
+    const SENT = 80;
+    const acks = await Promise.all(
+      Array.from({ length: SENT }, (_, i) =>
+        sender.request({
           case: "send",
           value: {
             target: { case: "conversationId", value: group },
-            clientMsgId: "after-add",
-            body: "after",
+            clientMsgId: `early-${i}`,
+            body: `${i}`,
           },
         }),
-        "ack",
-      );
-      expect(Number(after.seq)).toBe(SENT + 1);
-      const member = await RawClient.connect(server.url, { token: await token(erin) });
-      const erinSees = (await member.syncAtLeast(SENT + 1)).messages.filter(
-        (m) => m.conversationId === group,
-      );
-      expect(erinSees.map((m) => Number(m.seq))).toEqual(Array.from({ length: SENT + 1 }, (_, i) => i + 1));
-      const newcomer = await RawClient.connect(server.url, { token: await token(fay) });
-      const faySees = (await newcomer.syncAtLeast(1)).messages.filter((m) => m.conversationId === group);
-      expect(faySees.map((m) => Number(m.seq))).toEqual([SENT + 1]);
-      for (const c of [senderAgain, member, newcomer]) c.close();
-    }, 120_000);
+      ),
+    );
+    for (const f of acks) expectCase(f, "ack");
+    expectCase(
+      await sender.request({ case: "addMembers", value: { conversationId: group, members: [fay] } }),
+      "conversation",
+    );
+    // At once, while the router's position may still be behind what it routed (re-routed after the
+    // restart, the messages must keep the recipients they had: not fay, added after them).
+    await server.kill();
+    sender.close();
+    server = await server.restart();
+    const senderAgain = await RawClient.connect(server.url, { token: await token(dana) });
+    const after = expectCase(
+      await senderAgain.request({
+        case: "send",
+        value: {
+          target: { case: "conversationId", value: group },
+          clientMsgId: "after-add",
+          body: "after",
+        },
+      }),
+      "ack",
+    );
+    expect(Number(after.seq)).toBe(SENT + 1);
+    const member = await RawClient.connect(server.url, { token: await token(erin) });
+    const erinSees = (await member.syncAtLeast(SENT + 1)).messages.filter((m) => m.conversationId === group);
+    expect(erinSees.map((m) => Number(m.seq))).toEqual(Array.from({ length: SENT + 1 }, (_, i) => i + 1));
+    const newcomer = await RawClient.connect(server.url, { token: await token(fay) });
+    const faySees = (await newcomer.syncAtLeast(1)).messages.filter((m) => m.conversationId === group);
+    expect(faySees.map((m) => Number(m.seq))).toEqual([SENT + 1]);
+    for (const c of [senderAgain, member, newcomer]) c.close();
+  }, 120_000);
 
   // Embedded: the process assigns seqs from memory, so a second one on the same data dir would
   // overwrite acknowledged messages (it did, before the data dir was locked). After the kill -9

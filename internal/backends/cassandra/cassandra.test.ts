@@ -7,14 +7,15 @@
  * not in-process queues or mutexes, decide them.
  */
 import { randomBytes } from "node:crypto";
+import { setTimeout as sleep } from "node:timers/promises";
 import cassandra from "cassandra-driver";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { expectNoIdReissuedAfterRestart } from "../../../test/helpers/id-high-water.js";
 import { ensureServer } from "../../../test/infra/servers.js";
 import { Code, SwitchboardError } from "../../lib/errors.js";
-import type { InboxEntry, NewConversation, StoredMessage } from "../types.js";
+import type { InboxEntry, MembershipBound, NewConversation, StoredMessage } from "../types.js";
 import { type CassandraOptions, type CassandraStores, migrate, openCassandraStores } from "./index.js";
-import { tableId, withTableId } from "./schema.js";
+import { SCHEMA_VERSION, tableId, withTableId } from "./schema.js";
 import { storageError } from "./session.js";
 import { routingKey } from "./turn-writes.js";
 
@@ -120,15 +121,15 @@ describe("schema migrations", () => {
       const ks = `switchboard_test_${run}_m`;
       try {
         const first = await migrate(a.client, { keyspace: ks, replication });
-        expect(first.applied).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]);
+        expect(first.applied).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]);
         const second = await migrate(a.client, { keyspace: ks, replication });
-        expect(second).toEqual({ applied: [], version: 13 });
+        expect(second).toEqual({ applied: [], version: 14 });
 
         const rows = (
           await a.client.execute(`SELECT version, name, checksum, applied_at FROM ${ks}.schema_migrations`)
         ).rows;
         expect(rows.map((r) => r.get("version") as number).sort((x, y) => x - y)).toEqual([
-          1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13,
+          1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14,
         ]);
         for (const r of rows) {
           expect(r.get("name")).toEqual(expect.any(String));
@@ -149,6 +150,7 @@ describe("schema migrations", () => {
             "buckets_by_conversation",
             "conversation_sequencer",
             "conversations_by_user",
+            "departures_by_conversation",
             "device_token_owners",
             "devices_by_user",
             "do_not_disturb",
@@ -209,18 +211,21 @@ describe("schema migrations", () => {
           migrate(a.client, { keyspace: ks, replication }),
           migrate(b.client, { keyspace: ks, replication }),
         ]);
-        expect(Math.max(first.version, second.version)).toBe(13);
+        expect(Math.max(first.version, second.version)).toBe(SCHEMA_VERSION);
         // What one of them found done, the other applied: together, every version.
-        expect(new Set([...first.applied, ...second.applied]).size).toBe(13);
+        expect(new Set([...first.applied, ...second.applied]).size).toBe(SCHEMA_VERSION);
         const tables = await b.client.execute(
           "SELECT table_name, id FROM system_schema.tables WHERE keyspace_name = ?",
           [ks],
           { prepare: true },
         );
-        expect(tables.rows).toHaveLength(17);
+        expect(tables.rows).toHaveLength(18);
         for (const r of tables.rows)
           expect(String(r.get("id"))).toBe(tableId(ks, r.get("table_name") as string));
-        expect(await migrate(a.client, { keyspace: ks, replication })).toEqual({ applied: [], version: 13 });
+        expect(await migrate(a.client, { keyspace: ks, replication })).toEqual({
+          applied: [],
+          version: SCHEMA_VERSION,
+        });
       } finally {
         await dropKeyspaces([ks]);
       }
@@ -1087,6 +1092,60 @@ describe("membership store", () => {
       });
       expect((await a.membership.addMembers(g, [other], 10)).memberCount).toBe(2);
       expect((await a.membership.conversationsOf(other, 10)).map((c) => c.id)).toEqual([g2, g]);
+    },
+    LONG,
+  );
+
+  it(
+    "changes get the seq bound of the announcement that follows them, once; later ones stay unbound",
+    async () => {
+      const [g, owner, first, added, later] = [id("g"), id("owner"), id("first"), id("added"), id("later")];
+      await a.membership.createConversation(record(g, owner), [owner, first]);
+      const seqsOf = async () => {
+        const now = await b.membership.membershipSeqs(g);
+        const by = (list: MembershipBound[]) => Object.fromEntries(list.map((x) => [x.user, x.seq]));
+        return { members: by(now.members), departed: by(now.departed) };
+      };
+      // The first members count from the start, without waiting for an announcement.
+      expect(await seqsOf()).toEqual({ members: { [owner]: 0, [first]: 0 }, departed: {} });
+
+      await a.membership.addMembers(g, [added], 10);
+      await a.membership.removeMember(g, first);
+      const announcedAtMs = Date.now();
+      await sleep(5);
+      await a.membership.addMembers(g, [later], 10);
+      expect(await seqsOf()).toEqual({
+        members: { [owner]: 0, [added]: undefined, [later]: undefined },
+        departed: { [first]: undefined },
+      });
+
+      // The sequencer meets the announcement at head 7 (both stores at once: one applies each row).
+      const bound = await Promise.all([
+        a.membership.boundChanges(g, announcedAtMs, 7),
+        b.membership.boundChanges(g, announcedAtMs, 7),
+      ]);
+      const expected = {
+        members: { [owner]: 0, [added]: 7, [later]: undefined },
+        departed: { [first]: 7 },
+      };
+      expect(await seqsOf()).toEqual(expected);
+      for (const result of bound) {
+        expect(Object.fromEntries(result.members.map((x) => [x.user, x.seq]))).toEqual(expected.members);
+      }
+      // Met again (a batch handled again after a crash, its head read past it): the bounds stay.
+      await a.membership.boundChanges(g, announcedAtMs, 12);
+      expect(await seqsOf()).toEqual(expected);
+      // The next announcement bounds the later add only.
+      await a.membership.boundChanges(g, Date.now(), 9);
+      expect(await seqsOf()).toEqual({ ...expected, members: { ...expected.members, [later]: 9 } });
+
+      // Removed and added again: a new unbound change on each side, the old bounds replaced.
+      await a.membership.removeMember(g, added);
+      await a.membership.addMembers(g, [added], 10);
+      const again = await seqsOf();
+      expect(again.members[added]).toBeUndefined();
+      expect(again.departed[added]).toBeUndefined();
+      expect(Object.keys(again.departed).sort()).toEqual([added, first].sort());
     },
     LONG,
   );

@@ -13,6 +13,12 @@
  * the number of member rows. Within a process a per-conversation mutex keeps our own calls from racing
  * each other (Paxos contention costs round trips and timeouts); across processes the CAS decides.
  *
+ * Membership as of a seq (ADR 0012): an added member's row is written with `since_seq` -1 (a
+ * conversation's first members with 0: from the start) and a removal also
+ * writes a `departures_by_conversation` row with `until_seq` -1; the sequencer gives both their seq
+ * when it meets the change's announcement (`boundChanges`, one conditional batch per table and 100
+ * users), and reads them with `membershipSeqs` to address each message to the members as of its seq.
+ *
  * `conversations_by_user` rows are written after the batch applied. If a process dies in between, a row
  * is missing until the next create/add naming that user re-writes it (both re-write the index for every
  * user they report as a member), and a removed member's row may linger: conversationsOf() checks each
@@ -26,6 +32,9 @@ import type {
   GroupPolicy,
   MemberEntry,
   MemberRole,
+  MembershipAsOfSeqs,
+  MembershipBound,
+  MembershipSeqStore,
   MembershipStore,
   NewConversation,
   RosterPage,
@@ -48,7 +57,10 @@ import {
 const CAS_ATTEMPTS_MAX = 24;
 const IN_MAX = 100;
 
-export class CassandraMembershipStore implements MembershipStore {
+/** A change the sequencer has not met yet (its seq column). */
+const UNBOUND = -1;
+
+export class CassandraMembershipStore implements MembershipStore, MembershipSeqStore {
   private readonly q: ReturnType<typeof statements>;
   private readonly mutex = new KeyedMutex();
   private readonly limiter = new Limiter(32);
@@ -96,7 +108,11 @@ export class CassandraMembershipStore implements MembershipStore {
                   stored.delivery,
                 ],
               },
-              ...unique.map((user) => ({ query: this.q.insertMember, params: [record.id, user, createdAt] })),
+              // Members from the start (seq 0): no message of a conversation comes before it exists.
+              ...unique.map((user) => ({
+                query: this.q.insertFirstMember,
+                params: [record.id, user, createdAt],
+              })),
             ],
             { idempotent: false, logged: true },
           );
@@ -217,6 +233,14 @@ export class CassandraMembershipStore implements MembershipStore {
           }
           throw errors.notFound("NOT_MEMBER", `${user} is not a member of ${id}`);
         }
+        // Before the removal: the moment it applies, the user counts only up to the seq the sequencer
+        // gives this row (for a message handled again after a crash), never up to the end.
+        await this.s.execute(
+          "departures_by_conversation: record a departure",
+          this.q.insertDeparture,
+          [id, user, new Date()],
+          { idempotent: true },
+        );
         try {
           const owned = record.owner !== "" && record.owner === user;
           const result = await this.s.batch(
@@ -356,6 +380,86 @@ export class CassandraMembershipStore implements MembershipStore {
       if (typeof user === "string") out.push(user); // a static-only row (no members) has a null user
     }
     return out;
+  }
+
+  async membershipSeqs(id: string): Promise<MembershipAsOfSeqs> {
+    const [memberRows, departedRows] = await Promise.all([
+      this.s.all("members_by_conversation: members with their seqs", this.q.memberSeqs, [id]),
+      // A direct conversation's members never change: it has no departures.
+      id.startsWith("dm:")
+        ? Promise.resolve([])
+        : this.s.all("departures_by_conversation: departures with their seqs", this.q.departures, [id]),
+    ]);
+    const bounds = (rows: Row[], changedAt: string, seqColumn: string): MembershipBound[] => {
+      const out: MembershipBound[] = [];
+      for (const row of rows) {
+        const user = row.get("user_id");
+        if (typeof user !== "string") continue; // a static-only row (no members) has a null user
+        const seq = optionalNumber(row.get(seqColumn), seqColumn);
+        out.push({
+          user,
+          // null: a member row written before seqs were kept, a member from the start.
+          seq: seq === UNBOUND ? undefined : (seq ?? 0),
+          changedAtMs: optionalNumber(row.get(changedAt), changedAt) ?? 0,
+        });
+      }
+      return out;
+    };
+    return {
+      members: bounds(memberRows, "joined_at", "since_seq"),
+      departed: bounds(departedRows, "departed_at", "until_seq"),
+    };
+  }
+
+  /**
+   * Conditional on the row being the one read (still unbound, same change time): a plain update could
+   * re-create a row deleted meanwhile, or bind a change made after the announcement. Retried with a
+   * fresh read until nothing unbound at or before `atMs` is left.
+   */
+  async boundChanges(id: string, atMs: number, head: number): Promise<MembershipAsOfSeqs> {
+    for (let attempt = 1; attempt <= CAS_ATTEMPTS_MAX; attempt++) {
+      const now = await this.membershipSeqs(id);
+      const due = (b: MembershipBound) => b.seq === undefined && b.changedAtMs <= atMs;
+      const members = now.members.filter(due);
+      const departed = now.departed.filter(due);
+      if (members.length === 0 && departed.length === 0) return now;
+      const batches = [
+        ...chunks(members, IN_MAX).map((part) =>
+          part.map((b) => ({
+            query: this.q.boundMember,
+            params: [head, id, b.user, new Date(b.changedAtMs)],
+          })),
+        ),
+        ...chunks(departed, IN_MAX).map((part) =>
+          part.map((b) => ({
+            query: this.q.boundDeparture,
+            params: [head, new Date(b.changedAtMs), id, b.user, new Date(b.changedAtMs)],
+          })),
+        ),
+      ];
+      let applied = 0;
+      try {
+        for (const statements of batches) {
+          const result = await this.s.batch(
+            "membership: bound changes to a seq (conditional batch)",
+            statements,
+            { idempotent: false, logged: true },
+          );
+          if (result.wasApplied()) applied++;
+          else this.stats.casConflicts++;
+        }
+      } catch (err) {
+        // Outcome unknown: the next read shows what is bound.
+        if (!isUnavailable(err)) throw err;
+        this.stats.casUnknown++;
+      }
+      if (applied === batches.length) {
+        const bind = (b: MembershipBound) => (due(b) ? { ...b, seq: head } : b);
+        return { members: now.members.map(bind), departed: now.departed.map(bind) };
+      }
+      await backoff(attempt);
+    }
+    throw contended("membership: bound changes to a seq", CAS_ATTEMPTS_MAX, undefined);
   }
 
   async conversationsOf(user: string, limit: number): Promise<ConversationRecord[]> {
@@ -504,6 +608,7 @@ function decodeConversation(id: string, row: Row): ConversationRecord {
 function statements(s: Session) {
   const members = s.table("members_by_conversation");
   const byUser = s.table("conversations_by_user");
+  const departures = s.table("departures_by_conversation");
   return {
     conversation: `SELECT ${CONVERSATION_COLUMNS} FROM ${members} WHERE conversation_id = ? LIMIT 1`,
     conversationOfMember:
@@ -516,7 +621,22 @@ function statements(s: Session) {
     insertConversation:
       `INSERT INTO ${members} (conversation_id, kind, name, owner, open, created_at, member_count, ` +
       "post_policy, add_policy, delivery) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS",
-    insertMember: `INSERT INTO ${members} (conversation_id, user_id, joined_at) VALUES (?, ?, ?) IF NOT EXISTS`,
+    insertFirstMember: `INSERT INTO ${members} (conversation_id, user_id, joined_at, since_seq) VALUES (?, ?, ?, 0) IF NOT EXISTS`,
+    insertMember:
+      `INSERT INTO ${members} (conversation_id, user_id, joined_at, since_seq) ` +
+      `VALUES (?, ?, ?, ${UNBOUND}) IF NOT EXISTS`,
+    memberSeqs: `SELECT user_id, joined_at, since_seq FROM ${members} WHERE conversation_id = ?`,
+    boundMember:
+      `UPDATE ${members} SET since_seq = ? WHERE conversation_id = ? AND user_id = ? ` +
+      `IF since_seq = ${UNBOUND} AND joined_at = ?`,
+    insertDeparture:
+      `INSERT INTO ${departures} (conversation_id, user_id, departed_at, until_seq) ` +
+      `VALUES (?, ?, ?, ${UNBOUND})`,
+    departures: `SELECT user_id, departed_at, until_seq FROM ${departures} WHERE conversation_id = ?`,
+    // Both columns again: each cell of the row then expires at once, a week after this write.
+    boundDeparture:
+      `UPDATE ${departures} SET until_seq = ?, departed_at = ? WHERE conversation_id = ? AND user_id = ? ` +
+      `IF until_seq = ${UNBOUND} AND departed_at = ?`,
     casCount: `UPDATE ${members} SET member_count = ? WHERE conversation_id = ? IF member_count = ?`,
     updateGroup:
       `UPDATE ${members} SET name = ?, open = ?, post_policy = ?, add_policy = ? ` +

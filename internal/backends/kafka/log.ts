@@ -180,6 +180,8 @@ export class KafkaMessageLog implements MessageLog {
         key: conversationId,
         value: Buffer.alloc(0),
         headers: { [RECORD_KIND_HEADER]: MEMBERSHIP_KIND },
+        // After the change was stored: the sequencer bounds the changes stored up to this time (ADR 0012).
+        timestamp: String(Date.now()),
       });
     } catch (err) {
       throw errors.unavailable(

@@ -1,25 +1,29 @@
 /**
- * The sequencer's cache of member lists, so that a message costs no membership read.
+ * The sequencer's cache of member lists (with their seq bounds, seq-audience.ts), so that a message
+ * costs no membership read.
  *
  * It is kept true by the log itself: every membership change is announced as a record in the drafts
  * topic, keyed by conversation, after the change is stored and before the change is acknowledged
  * (`KafkaMessageLog.announceMembershipChange`). The owner of the conversation's partition reads it in
  * order with the messages, so a message sent after a leave was acknowledged is addressed without the
  * member who left. The cache is cleared whenever the owner's partitions change (another owner may
- * have read announcements meanwhile), and an entry older than `ttlMs` is read again, which bounds the
- * damage of an announcement that was never made (a process that died between the change and it).
+ * have read announcements meanwhile), and an entry older than `ttlMs` is read again: so a change whose
+ * announcement was never made (its process died between the change and it) is seen, and counts for
+ * the messages created `UNANNOUNCED_AFTER_MS` after it (seq-audience.ts).
  * Bounded: the least recently used conversation goes first.
  *
  * A pull conversation (ADR 0010) is cached as "pull": its messages name no recipients.
  */
+import type { SeqAudience } from "./seq-audience.js";
+
 export interface MemberCacheOptions {
   entriesMax: number;
   ttlMs: number;
   now?: () => number;
 }
 
-/** Whom a conversation's messages are addressed to: its members, or nobody by name ("pull"). */
-export type Audience = readonly string[] | "pull";
+/** Whom a conversation's messages are addressed to: its members as of each seq, or nobody by name ("pull"). */
+export type Audience = SeqAudience | "pull";
 
 export class MemberCache {
   private readonly entries = new Map<string, { members: Audience; loadedAtMs: number }>();

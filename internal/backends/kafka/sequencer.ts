@@ -7,12 +7,15 @@
  * assigns seqs from memory and writes plain rows whose write timestamp is its epoch, so a paused former
  * owner's late writes always lose to its successor's. Per polled batch:
  *
- *   1. member lists from the cache (membership announcements in the same partition keep it true);
- *   2. the heads of conversations not cached yet (one read for many), the dedupe rows of the batch's
+ *   1. the heads of conversations not cached yet (one read for many), the dedupe rows of the batch's
  *      keys that this owner neither remembers nor may trust to be new (recent-sends.ts; one read for
  *      several conversations), and the stored rows of the refs found (rare: resends and re-processing
- *      after a crash);
- *   3. new seqs from memory; the heads and dedupe rows (one unlogged batch), then the message rows;
+ *      after a crash); then new seqs from memory;
+ *   2. member lists from the cache (membership announcements in the same partition keep it true),
+ *      with the seq bounds of their changes (ADR 0012): each announcement met gives the changes it
+ *      announces the head at its place, so each message goes to the members as of its seq, also when
+ *      it is handled again after a crash;
+ *   3. the heads and dedupe rows (one unlogged batch), then the message rows;
  *   4. the check: the partition's epoch is still ours (one plain read). If a successor claimed in the
  *      meantime, nothing of this batch is acknowledged, emitted or committed;
  *   5. the inbox records (one per inbox partition of the recipients; a pull conversation's message,
@@ -31,6 +34,8 @@ import type { MessageSpans, TraceCarrier } from "../../lib/tracing.js";
 import type {
   AppendResult,
   Closeable,
+  MembershipAsOfSeqs,
+  MembershipSeqStore,
   MembershipStore,
   MessageStore,
   OwnershipStore,
@@ -67,6 +72,7 @@ import type { GroupMembers } from "./member-resume.js";
 import { OwnedPartitions } from "./owned-partitions.js";
 import { RecentSends } from "./recent-sends.js";
 import { replyPartitionOf } from "./reply-partition.js";
+import { SeqAudience } from "./seq-audience.js";
 
 export const SEQUENCER_GROUP = "sequencer";
 
@@ -107,6 +113,12 @@ const RECENT_SENDS_PER_PARTITION_MAX = 30_000;
 export const dedupeKeyOf = (m: { sender: string; clientMsgId: string }) =>
   `${m.sender}\u0000${m.clientMsgId}`;
 
+/** When an announcement was made: its record's time (the producer's, set after the change was stored). */
+const announcedAt = (m: Pick<KafkaMessage, "timestamp">): number => {
+  const atMs = Number(m.timestamp);
+  return Number.isSafeInteger(atMs) && atMs > 0 ? atMs : Date.now();
+};
+
 export const isMembershipRecord = (m: Pick<KafkaMessage, "headers">) =>
   m.headers?.[RECORD_KIND_HEADER]?.toString() === MEMBERSHIP_KIND;
 
@@ -132,7 +144,7 @@ export interface SequencerOptions {
   store: SequencerStore;
   ownership: OwnershipStore;
   messages: MessageStore;
-  membership: Pick<MembershipStore, "members" | "getConversation">;
+  membership: Pick<MembershipStore, "getConversation"> & MembershipSeqStore;
   pending: PendingAppends;
   /** Dedupe rows expire after this long: a resend after it is a new message. */
   dedupeWindowSeconds: number;
@@ -180,7 +192,8 @@ class PartitionState {
 
 type DraftRecord =
   | { kind: "draft"; draft: StoredMessage; resendsAfterMs: number | undefined }
-  | { kind: "membership"; conversationId: string };
+  /** `atMs`: when the announcement was made (after the change was stored). */
+  | { kind: "membership"; conversationId: string; atMs: number };
 
 /** A draft and, if it was a first attempt, the time before which no resend of it was received. */
 interface Draft {
@@ -193,6 +206,8 @@ interface Sequenced {
   records: SequencerRecord[];
   /** Every conversation's head after the batch (to cache once the writes succeeded). */
   heads: Map<string, number>;
+  /** Every conversation's head before the batch (those of its drafts and announcements). */
+  headsBefore: Map<string, number>;
   /** Messages to (re-)write and (re-)emit: new ones and re-found originals, in seq order per conversation. */
   originals: StoredMessage[];
   /** Ids of the re-found originals: sequenced before, so perhaps emitted before. */
@@ -275,7 +290,8 @@ export class Sequencer implements Closeable {
     /** Where each draft's sender reads its reply, when its process named a partition. */
     const replyTo = new Map<string, number>();
     const records: DraftRecord[] = batch.messages.map((m, i) => {
-      if (isMembershipRecord(m)) return { kind: "membership", conversationId: m.key!.toString() };
+      if (isMembershipRecord(m))
+        return { kind: "membership", conversationId: m.key!.toString(), atMs: announcedAt(m) };
       const draft = decodeMessage(m.value!);
       const first = m.headers?.[FIRST_ATTEMPT_HEADER]?.toString();
       const resendsAfterMs = first === undefined ? undefined : Number(first);
@@ -291,14 +307,18 @@ export class Sequencer implements Closeable {
         resendsAfterMs: Number.isSafeInteger(resendsAfterMs) ? resendsAfterMs : undefined,
       };
     });
-    const recipients = await this.recipients(state, records);
     const drafts = records.flatMap((r) =>
       r.kind === "draft" ? [{ draft: r.draft, resendsAfterMs: r.resendsAfterMs }] : [],
     );
+    const announced = records.flatMap((r) => (r.kind === "membership" ? [r.conversationId] : []));
     let done: Sequenced;
+    let audiences: Map<string, Audience>;
     try {
-      done = await this.sequence(state, drafts);
+      done = await this.sequence(state, drafts, announced);
       await this.o.beforeWrite?.(batch.partition);
+      // Before the heads: once a head past an announcement is stored, its changes have their bounds
+      // (a batch handled again finds them bound and keeps them).
+      audiences = await this.audiences(state, records, done);
       // Both at once: a successor reads the head from the record, never from the rows, so a row that
       // landed without its record is re-assigned the same seq (same drafts, same order) and re-written.
       await Promise.all([
@@ -330,10 +350,11 @@ export class Sequencer implements Closeable {
       const m = toEmit.get(r.draft.messageId);
       if (!m) continue; // a resend: its original was emitted when it was sequenced
       toEmit.delete(m.messageId);
+      const audience = audiences.get(m.conversationId);
       sends.push(
         ...this.emit(
           m,
-          recipients.get(m.conversationId)?.get(m.messageId) ?? [],
+          audience === undefined ? [] : audience === "pull" ? "pull" : audience.at(m.seq, m.createdAtMs),
           done.redelivered.has(m.messageId),
           spans?.carrier(m.messageId),
           state.epochHeader,
@@ -354,7 +375,7 @@ export class Sequencer implements Closeable {
    */
   private emit(
     m: StoredMessage,
-    audience: Audience,
+    audience: readonly string[] | "pull",
     redelivery: boolean,
     trace: TraceCarrier | undefined,
     epochHeader: string,
@@ -443,39 +464,40 @@ export class Sequencer implements Closeable {
   }
 
   /**
-   * Each draft's recipients: the member list as of its position in the partition, or "pull" for a
-   * pull conversation (its delivery model is read with the list, and announced changes re-read it). A membership
-   * announcement drops the cached list, so drafts after it get a list read after the change.
+   * The audience of every conversation of the batch, after giving the changes each announcement in it
+   * announces their bound (the head at the announcement's place: the last seq before it). A pull
+   * conversation is "pull": its delivery model is read with the list, and announced changes re-read
+   * it; its members are never addressed, so their changes get no bound.
    */
-  private async recipients(
+  private async audiences(
     state: PartitionState,
     records: DraftRecord[],
-  ): Promise<Map<string, Map<string, Audience>>> {
-    const out = new Map<string, Map<string, Audience>>();
-    const put = (conversationId: string, messageId: string, members: Audience) => {
-      let byId = out.get(conversationId);
-      if (!byId) {
-        byId = new Map();
-        out.set(conversationId, byId);
-      }
-      byId.set(messageId, members);
-    };
-    const changed = new Set<string>();
-    const waiting: StoredMessage[] = [];
+    done: Sequenced,
+  ): Promise<Map<string, Audience>> {
+    const seqOf = new Map(done.results.map((r) => [r.draftId, r.result.message.seq]));
+    /** Per conversation, its announcements with the head at each one's place, in partition order. */
+    const changes = new Map<string, Array<{ atMs: number; head: number }>>();
+    /** Per conversation, the last seq met so far in the batch. */
+    const last = new Map<string, number>();
     for (const r of records) {
-      if (r.kind === "membership") {
-        state.members.forget(r.conversationId);
-        changed.add(r.conversationId);
+      const c = r.kind === "draft" ? r.draft.conversationId : r.conversationId;
+      const head = last.get(c) ?? done.headsBefore.get(c) ?? 0;
+      if (r.kind === "draft") {
+        last.set(c, Math.max(head, seqOf.get(r.draft.messageId) ?? 0));
         continue;
       }
-      const cached = changed.has(r.draft.conversationId)
-        ? undefined
-        : state.members.get(r.draft.conversationId);
-      if (cached) put(r.draft.conversationId, r.draft.messageId, cached);
-      else waiting.push(r.draft);
+      const list = changes.get(c) ?? [];
+      list.push({ atMs: r.atMs, head });
+      changes.set(c, list);
+      state.members.forget(c);
     }
-    const toRead = [...new Set(waiting.map((d) => d.conversationId))];
-    const read = new Map<string, Audience>();
+    const out = new Map<string, Audience>();
+    const toRead: string[] = [];
+    for (const c of new Set([...last.keys(), ...changes.keys()])) {
+      const cached = changes.has(c) ? undefined : state.members.get(c);
+      if (cached) out.set(c, cached);
+      else toRead.push(c);
+    }
     for (let i = 0; i < toRead.length; i += MEMBER_READS_CONCURRENT) {
       await Promise.all(
         toRead.slice(i, i + MEMBER_READS_CONCURRENT).map(async (conversationId) => {
@@ -484,14 +506,19 @@ export class Sequencer implements Closeable {
           const record = conversationId.startsWith("dm:")
             ? undefined
             : await this.o.membership.getConversation(conversationId);
-          const members: Audience =
-            record?.delivery === "pull" ? "pull" : await this.o.membership.members(conversationId);
-          read.set(conversationId, members);
-          state.members.set(conversationId, members, startedAtMs);
+          let audience: Audience;
+          if (record?.delivery === "pull") audience = "pull";
+          else {
+            let bounds: MembershipAsOfSeqs | undefined;
+            for (const { atMs, head } of changes.get(conversationId) ?? [])
+              bounds = await this.o.membership.boundChanges(conversationId, atMs, head);
+            audience = new SeqAudience(bounds ?? (await this.o.membership.membershipSeqs(conversationId)));
+          }
+          out.set(conversationId, audience);
+          state.members.set(conversationId, audience, startedAtMs);
         }),
       );
     }
-    for (const d of waiting) put(d.conversationId, d.messageId, read.get(d.conversationId) ?? []);
     return out;
   }
 
@@ -530,15 +557,18 @@ export class Sequencer implements Closeable {
     return found;
   }
 
-  /** Assigns seqs in memory (nothing is written here). */
-  private async sequence(state: PartitionState, drafts: Draft[]): Promise<Sequenced> {
+  /**
+   * Assigns seqs in memory (nothing is written here). `announced`: conversations with announcements in
+   * the batch, whose heads before it are wanted too.
+   */
+  private async sequence(state: PartitionState, drafts: Draft[], announced: string[]): Promise<Sequenced> {
     const byConversation = new Map<string, Draft[]>();
     for (const d of drafts) {
       const list = byConversation.get(d.draft.conversationId);
       if (list) list.push(d);
       else byConversation.set(d.draft.conversationId, [d]);
     }
-    const conversations = [...byConversation.keys()];
+    const conversations = [...new Set([...byConversation.keys(), ...announced])];
     const unknown = conversations.filter((c) => !state.heads.has(c));
     const [loaded, found] = await Promise.all([
       unknown.length > 0 ? this.o.store.heads(unknown) : new Map<string, number>(),
@@ -563,6 +593,7 @@ export class Sequencer implements Closeable {
     const out: Sequenced = {
       records: [],
       heads: new Map(),
+      headsBefore: new Map(conversations.map((c) => [c, headOf(c)])),
       originals: [],
       redelivered: new Set(),
       results: [],
