@@ -9,7 +9,9 @@
 #   CASSANDRA_PORT            CQL (native transport) port (default 19042)
 #   CASSANDRA_STORAGE_PORT    inter-node port (default 17000; bound even for one node)
 #   CASSANDRA_JMX_PORT        JMX port on 127.0.0.1, for nodetool (default 17199)
-#   CASSANDRA_HEAP            -Xms/-Xmx (default 768m)
+#   CASSANDRA_HEAP            -Xms/-Xmx (default 1g: every test server makes a keyspace of 18
+#                             tables, about 0.6 MB of heap each before any write; a full test
+#                             run's keyspaces overflowed 768m)
 #   CASSANDRA_KEEP_DATA=1     keep the keyspaces/data of the last run on a cold start
 #                             (default: every cold start begins with an empty node)
 #   CASSANDRA_START_TIMEOUT   seconds to wait for readiness (default 180)
@@ -29,7 +31,7 @@ CASSANDRA_VERSION=5.0.9
 port="${CASSANDRA_PORT:-19042}"
 storage_port="${CASSANDRA_STORAGE_PORT:-17000}"
 jmx_port="${CASSANDRA_JMX_PORT:-17199}"
-heap="${CASSANDRA_HEAP:-768m}"
+heap="${CASSANDRA_HEAP:-1g}"
 lib="$SB_CACHE/cassandra-$CASSANDRA_VERSION/lib"
 data="$SB_RUN/data"
 
