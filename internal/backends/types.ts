@@ -68,6 +68,12 @@ export interface ConsumeOptions {
   beforeCommit?: boolean;
   /** Mark the messages a consumer may have handled before this process started (`mayRepeat`; embedded log only). */
   markMayRepeat?: boolean;
+  /**
+   * This consumer addresses each message to the conversation's members when it handles it (the
+   * router): a membership change waits until it has handled what was appended before the change
+   * (embedded log only; ADR 0012).
+   */
+  addressesMembers?: boolean;
 }
 
 /** Hands out ordered batches to one consumer; resolves when the batch's effects are durable. */

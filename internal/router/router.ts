@@ -164,6 +164,7 @@ export class Router {
         : await log.consume(CONSUMER_GROUP, (batch) => this.route(batch), {
             beforeCommit: true,
             markMayRepeat: true,
+            addressesMembers: true,
           }),
     );
   }

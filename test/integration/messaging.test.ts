@@ -560,6 +560,49 @@ describe("groups", () => {
     expect(cc.received.some(messageEvent("after-leave-0"))).toBe(false);
     for (const x of [ca, cb, cc, cd]) x.close();
   });
+
+  it("a change made the moment a burst is acknowledged: the one added gets none of it, the one removed all", async () => {
+    const [a, c, d] = [user("a"), user("c"), user("d")];
+    const ROUNDS = 3;
+    const SENDERS = 3;
+    const EACH = 90;
+    // Pipelined by three members at once (a connection may send a burst of 100, a user 200), fresh
+    // ones each round, so that whoever addresses the messages is still at it when the last ack comes.
+    const senderIds = Array.from({ length: ROUNDS * SENDERS }, (_, i) => user(`s${i}`));
+    const [ca, cc, cd] = [await connect(a), await connect(c), await connect(d)];
+    const group = expectCase(
+      await ca.request({ case: "createGroup", value: { name: "burst", members: [c, ...senderIds] } }),
+      "conversation",
+    ).conversation!;
+    const round = (r: number) =>
+      Array.from({ length: SENDERS * EACH }, (_, i) => `r${r}-${Math.floor(i / EACH)}-${i % EACH}`);
+    for (let r = 0; r < ROUNDS; r++) {
+      const senders = await Promise.all(
+        senderIds.slice(r * SENDERS, (r + 1) * SENDERS).map((id) => connect(id)),
+      );
+      const acks = await Promise.all(
+        round(r).map((body, i) => send(senders[Math.floor(i / EACH)]!, { conversationId: group.id }, body)),
+      );
+      for (const f of acks) expectCase(f, "ack");
+      const [added, removed] = r % 2 === 0 ? [d, c] : [c, d];
+      const changes = await Promise.all([
+        ca.request({ case: "addMembers", value: { conversationId: group.id, members: [added] } }),
+        ca.request({ case: "removeMembers", value: { conversationId: group.id, members: [removed] } }),
+      ]);
+      for (const f of changes) expectCase(f, "conversation");
+      for (const x of senders) x.close();
+    }
+    expectCase(await send(ca, { conversationId: group.id }, "last"), "ack");
+    // c: in for round 0, out for 1, in for 2; d the other way round. Each gets exactly its rounds.
+    const bodies = async (x: RawClient) =>
+      (await x.syncAll()).messages
+        .filter((m) => m.conversationId === group.id)
+        .map((m) => m.body)
+        .sort();
+    expect(await bodies(cc)).toEqual([...round(0), ...round(2)].sort());
+    expect(await bodies(cd)).toEqual([...round(1), "last"].sort());
+    for (const x of [ca, cc, cd]) x.close();
+  }, 120_000);
 });
 
 describe("multi-device and sync", () => {

@@ -11,6 +11,7 @@ import { afterEach, describe, expect, it, vi } from "vitest";
 import { inboxWriter, until } from "../../../test/helpers/embedded-router.js";
 import type { Closeable, MessageDraft, PushJob } from "../types.js";
 import { EmbeddedBackends, type EmbeddedOptions } from "./index.js";
+import type { EmbeddedLog } from "./log.js";
 import { PUSH_JOB_KEYS_KEPT_MS } from "./push.js";
 
 const opened: Array<{ backends: EmbeddedBackends; dir: string }> = [];
@@ -131,6 +132,70 @@ describe("embedded log: messages handed over before their commit", () => {
     await new Promise((r) => setTimeout(r, 50));
     expect(second.delivered.map((m) => m.seq)).toEqual([6]);
     await b.close();
+  });
+});
+
+describe("embedded log: a membership change waits for the router (ADR 0012)", () => {
+  it("an addition is stored only once the consumer that addresses messages has handled what came before", async () => {
+    const backends = await openBackends();
+    const group = (
+      await backends.membership.createConversation(
+        { id: "g:1", kind: "group", name: "g", owner: "ann", open: true, createdAtMs: 1 },
+        ["ann", "bob"],
+      )
+    ).record;
+    let release: () => void = () => undefined;
+    const gate = new Promise<void>((r) => {
+      release = r;
+    });
+    const addressed: string[][] = [];
+    const consumer = await backends.log.consume(
+      "router",
+      async (batch) => {
+        await gate;
+        for (const _ of batch) addressed.push(await backends.membership.members(group.id));
+      },
+      { addressesMembers: true },
+    );
+    await backends.log.append(draft(group.id));
+    let added = false;
+    const adding = backends.membership.addMembers(group.id, ["cat"], 10).then(() => {
+      added = true;
+    });
+    await new Promise((r) => setTimeout(r, 50));
+    const addedWhileHeld = added;
+    release();
+    await adding;
+    expect(addedWhileHeld).toBe(false); // the router was still at the message
+    expect(addressed).toEqual([["ann", "bob"]]); // addressed as before the addition
+    expect((await backends.membership.members(group.id)).sort()).toEqual(["ann", "bob", "cat"]);
+    await consumer.close();
+  });
+
+  it("waits for no other consumer, and not past its bound for one that keeps failing", async () => {
+    const backends = await openBackends();
+    const log = backends.log as EmbeddedLog;
+    let release: () => void = () => undefined;
+    const gate = new Promise<void>((r) => {
+      release = r;
+    });
+    const other = await backends.log.consume("events", () => gate);
+    await backends.log.append(draft("g:2"));
+    expect(await log.untilAddressed(1_000)).toBe(true);
+    const failing = await backends.log.consume(
+      "router",
+      async () => {
+        throw new Error("down");
+      },
+      { addressesMembers: true },
+    );
+    const startedAt = Date.now();
+    expect(await log.untilAddressed(100)).toBe(false);
+    expect(Date.now() - startedAt).toBeLessThan(1_000);
+    await failing.close();
+    expect(await log.untilAddressed(100)).toBe(true); // no consumer left to wait for
+    release();
+    await other.close();
   });
 });
 

@@ -96,6 +96,11 @@ export interface EmbeddedOptions {
 
 /** Where the id service's high-water mark is kept (internal/id/high-water.ts). */
 const ID_HIGH_WATER_KEY = "snowflake-high-water";
+/**
+ * How long a membership change waits at most for the router to route what was sent before it
+ * (EmbeddedMembership): past that (a router that keeps failing) the change is made all the same.
+ */
+const ROUTER_WAIT_BEFORE_MEMBERSHIP_CHANGE_MS = 2_000;
 
 export class EmbeddedBackends implements Backends {
   readonly name = "embedded" as const;
@@ -191,6 +196,7 @@ export class EmbeddedBackends implements Backends {
         db("member_roles"),
         db("user_conversations"),
         guard,
+        () => log.untilAddressed(ROUTER_WAIT_BEFORE_MEMBERSHIP_CHANGE_MS),
       );
       const inbox = new EmbeddedInbox(
         db("inbox"),

@@ -55,6 +55,10 @@ export class EmbeddedLog implements MessageLog {
   private readonly consumers = new Set<Closeable>();
   /** The stored position of each open consumer (or where it started, before it stored one). */
   private readonly positions = new Map<Closeable, () => number>();
+  /** The handled position of each open consumer that addresses messages to members (addressesMembers). */
+  private readonly addressing = new Map<Closeable, () => number>();
+  /** Callers of `untilAddressed`, each waiting for the addressing consumers to handle up to `position`. */
+  private addressWaiters: Array<{ position: number; done: () => void }> = [];
 
   constructor(
     private readonly messages: Database<StoredMessage, Key>,
@@ -91,6 +95,46 @@ export class EmbeddedLog implements MessageLog {
       if (low === undefined || at < low) low = at;
     }
     return low;
+  }
+
+  /**
+   * Resolves once every consumer that addresses messages to members (ConsumeOptions.addressesMembers:
+   * the router) has handled every message appended before the call, so a membership change stored
+   * next counts for no message sent before it (ADR 0012). At most `timeoutMs` (false then): a
+   * consumer that keeps failing must not stop membership changes.
+   */
+  untilAddressed(timeoutMs: number): Promise<boolean> {
+    const position = this.head;
+    if (this.addressedUpTo() >= position) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.addressWaiters = this.addressWaiters.filter((w) => w !== waiter);
+        resolve(false);
+      }, timeoutMs);
+      const waiter = {
+        position,
+        done: () => {
+          clearTimeout(timer);
+          resolve(true);
+        },
+      };
+      this.addressWaiters.push(waiter);
+    });
+  }
+
+  private addressedUpTo(): number {
+    let low = Number.POSITIVE_INFINITY;
+    for (const handled of this.addressing.values()) low = Math.min(low, handled());
+    return low;
+  }
+
+  private wakeAddressWaiters(): void {
+    if (this.addressWaiters.length === 0) return;
+    const upTo = this.addressedUpTo();
+    const due = this.addressWaiters.filter((w) => w.position <= upTo);
+    if (due.length === 0) return;
+    this.addressWaiters = this.addressWaiters.filter((w) => w.position > upTo);
+    for (const w of due) w.done();
   }
 
   /** Conversations whose last seq is in memory now (for tests). */
@@ -269,6 +313,7 @@ export class EmbeddedLog implements MessageLog {
           continue;
         }
         offset = last;
+        if (options.addressesMembers) this.wakeAddressWaiters();
         storeTimer ??= setTimeout(storeOffset, OFFSET_STORE_DELAY_MS);
       }
     })();
@@ -280,6 +325,8 @@ export class EmbeddedLog implements MessageLog {
         this.takers.delete(take);
         this.consumers.delete(consumer);
         this.positions.delete(consumer);
+        this.addressing.delete(consumer);
+        this.wakeAddressWaiters();
         await loop;
         // A failed write has already poisoned the backend (guard, onFatal): closing still completes.
         await storeOffset()?.catch(() => undefined);
@@ -287,10 +334,13 @@ export class EmbeddedLog implements MessageLog {
     };
     this.consumers.add(consumer);
     this.positions.set(consumer, () => committedAt);
+    if (options.addressesMembers) this.addressing.set(consumer, () => offset);
     // The loop catches what it runs into; anything else is a bug, reported rather than swallowed.
     loop.catch((err: unknown) => {
       this.consumers.delete(consumer);
       this.positions.delete(consumer);
+      this.addressing.delete(consumer);
+      this.wakeAddressWaiters();
       this.onConsumerError(group, err);
     });
     return consumer;

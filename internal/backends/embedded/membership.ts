@@ -1,6 +1,12 @@
 /**
  * The embedded membership store: conversations, their members and roles, and each user's
  * conversations.
+ *
+ * A message goes to the members as of its seq (ADR 0012), and the router reads the members when it
+ * routes, which may be a moment after the message was acknowledged: so an addition or a removal
+ * first waits (`beforeChange`: the log's `untilAddressed`) until the router has routed every message
+ * appended before it, and a message sent before the change is never given to a member added by it,
+ * nor withheld from one removed by it.
  */
 import type { Database } from "lmdb";
 import { errors } from "../../lib/errors.js";
@@ -47,6 +53,7 @@ export class EmbeddedMembership implements MembershipStore {
     private readonly roles: Database<"admin", Key>,
     private readonly byUser: Database<number, Key>,
     private readonly guard: Guard,
+    private readonly beforeChange: () => Promise<unknown> = async () => undefined,
   ) {}
 
   createConversation(record: NewConversation, members: string[]) {
@@ -84,6 +91,7 @@ export class EmbeddedMembership implements MembershipStore {
         );
       }
       if (fresh.length === 0) return record;
+      await this.beforeChange();
       const memberCount = record.memberCount + fresh.length;
       const delivery = memberCount > pullAbove ? "pull" : record.delivery;
       const updated = { ...record, memberCount, delivery };
@@ -107,6 +115,7 @@ export class EmbeddedMembership implements MembershipStore {
       const record = this.existing(id);
       if (!this.membersDb.doesExist([id, user]))
         throw errors.denied("NOT_MEMBER", `${user} is not a member of ${id}`);
+      await this.beforeChange();
       const updated = {
         ...record,
         memberCount: record.memberCount - 1,
