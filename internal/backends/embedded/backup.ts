@@ -15,6 +15,8 @@ import { open } from "lmdb";
 
 /** The database file of a data dir (the embedded backend's). */
 export const DATABASE_FILE = "switchboard.mdb";
+/** The named databases its file may hold at most (LMDB's maxDbs: every opener must allow as many). */
+export const DATABASES_MAX = 24;
 
 export async function backupDataDir(dataDir: string, out: string): Promise<{ bytes: number }> {
   const source = join(dataDir, DATABASE_FILE);
@@ -22,7 +24,7 @@ export async function backupDataDir(dataDir: string, out: string): Promise<{ byt
   if (existsSync(out)) throw new Error(`backup: ${out} exists; name a file that does not`);
   const partial = `${out}.partial`;
   rmSync(partial, { force: true }); // what an earlier backup cut short left
-  const root = open({ path: source, noSubdir: true, readOnly: true, maxDbs: 24 });
+  const root = open({ path: source, noSubdir: true, readOnly: true, maxDbs: DATABASES_MAX });
   try {
     await root.backup(partial, false);
   } finally {

@@ -11,6 +11,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import { inboxWriter, until } from "../../../test/helpers/embedded-router.js";
 import { expectNoIdReissuedAfterRestart } from "../../../test/helpers/id-high-water.js";
 import type { LoggedMessage, MessageDraft } from "../types.js";
+import { DATABASE_FILE, DATABASES_MAX } from "./backup.js";
 import { EmbeddedBackends, type EmbeddedOptions } from "./index.js";
 import type { EmbeddedLog } from "./log.js";
 
@@ -159,7 +160,7 @@ describe("embedded retention", () => {
   it("reads the inbox index of earlier versions until every consumer passed what the log held, then drops it", async () => {
     const dataDir = await scratch();
     // As a version before 2026-12-05 left it: bob's entry for c1/1 indexed by user.
-    const raw = open({ path: join(dataDir, "switchboard.mdb"), noSubdir: true, maxDbs: 24 });
+    const raw = open({ path: join(dataDir, DATABASE_FILE), noSubdir: true, maxDbs: DATABASES_MAX });
     await raw.openDB({ name: "messages" }).put(["c1", 1], { ...draft("c1"), seq: 1 });
     await raw.openDB({ name: "log" }).put(1, ["c1", 1]);
     await raw.openDB({ name: "inbox" }).put(["bob", 1], { conversationId: "c1", seq: 1, messageId: "m" });

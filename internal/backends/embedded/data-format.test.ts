@@ -7,6 +7,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { open } from "lmdb";
 import { afterEach, describe, expect, it } from "vitest";
+import { DATABASE_FILE, DATABASES_MAX } from "./backup.js";
 import { DATA_FORMAT, EmbeddedBackends } from "./index.js";
 
 const dirs: string[] = [];
@@ -16,7 +17,7 @@ afterEach(async () => {
 
 /** The format stored in a closed data dir, or sets it (as a newer build would). */
 async function storedFormat(dataDir: string, set?: number): Promise<unknown> {
-  const root = open({ path: join(dataDir, "switchboard.mdb"), noSubdir: true, maxDbs: 24 });
+  const root = open({ path: join(dataDir, DATABASE_FILE), noSubdir: true, maxDbs: DATABASES_MAX });
   const meta = root.openDB({ name: "meta", sharedStructuresKey: Symbol.for("structures") });
   if (set !== undefined) await meta.put("data-format", set);
   const value = meta.get("data-format");

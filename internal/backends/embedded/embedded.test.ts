@@ -10,6 +10,7 @@ import { open } from "lmdb";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { inboxWriter, until } from "../../../test/helpers/embedded-router.js";
 import type { Closeable, MessageDraft, PushJob } from "../types.js";
+import { DATABASES_MAX } from "./backup.js";
 import { EmbeddedBackends, type EmbeddedOptions } from "./index.js";
 import type { EmbeddedLog } from "./log.js";
 import { PUSH_JOB_KEYS_KEPT_MS } from "./push.js";
@@ -205,7 +206,7 @@ describe("embedded values: shared structures", () => {
     const path = join(dir, "switchboard.mdb");
     const old: MessageDraft & { seq: number } = { ...draft("c9"), seq: 1 };
     // As an embedded store before shared structures wrote them: plain msgpack records.
-    const raw = open({ path, noSubdir: true, maxDbs: 24 });
+    const raw = open({ path, noSubdir: true, maxDbs: DATABASES_MAX });
     await raw.openDB({ name: "messages" }).put(["c9", 1], old);
     await raw.openDB({ name: "log" }).put(1, ["c9", 1]);
     await raw
@@ -227,7 +228,7 @@ describe("embedded values: shared structures", () => {
     ]);
     await backends.close();
 
-    const after = open({ path, noSubdir: true, maxDbs: 24 });
+    const after = open({ path, noSubdir: true, maxDbs: DATABASES_MAX });
     const messages = after.openDB({ name: "messages" });
     const [before, now] = [messages.getBinary(["c9", 1])!.length, messages.getBinary(["c9", 2])!.length];
     await after.close();

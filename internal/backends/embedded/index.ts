@@ -41,7 +41,7 @@ import type {
   ReceiptStore,
   RoutingEvents,
 } from "../types.js";
-import { DATABASE_FILE } from "./backup.js";
+import { DATABASE_FILE, DATABASES_MAX } from "./backup.js";
 import { DataDirLock } from "./data-dir-lock.js";
 import { EmbeddedDevices } from "./devices.js";
 import { EmbeddedInbox } from "./inbox.js";
@@ -138,7 +138,7 @@ export class EmbeddedBackends implements Backends {
       path: join(options.dataDir, DATABASE_FILE),
       noSubdir: true,
       overlappingSync: false, // a write resolves after fsync: acks mean durable
-      maxDbs: 24,
+      maxDbs: DATABASES_MAX,
       mapSize: 2 * 1024 ** 3,
     });
     // Before anything is read or written: the seqs and positions assigned from memory are this
