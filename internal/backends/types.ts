@@ -300,21 +300,31 @@ export interface MembershipStore extends Closeable {
 }
 
 /**
- * Where a membership change stands in its conversation's seqs (ADR 0012): `seq` is the head when the
- * sequencer met the change's announcement (a member counts for the seqs after it, a removed member for
- * those up to it), undefined while it has not (a member: not yet; a removed member: still).
- * `changedAtMs`: when the change was stored.
+ * Where a membership change stands in its conversation's seqs (ADR 0012): the head when the sequencer
+ * met the change's announcement, undefined while it has not. `changedAtMs`: when the change was stored.
  */
-export interface MembershipBound {
-  user: string;
+export interface ChangeBound {
   seq: number | undefined;
   changedAtMs: number;
 }
 
-/** A conversation's members and recently removed members, each with its bound (ADR 0012). */
+/** A member: counts for the seqs after `joined`. */
+export interface MemberBound {
+  user: string;
+  joined: ChangeBound;
+}
+
+/** A membership that ended (kept a week): counted for the seqs after `joined` up to `left`. */
+export interface DepartureBound {
+  user: string;
+  joined: ChangeBound;
+  left: ChangeBound;
+}
+
+/** A conversation's members and recently ended memberships, with their bounds (ADR 0012). */
 export interface MembershipAsOfSeqs {
-  members: MembershipBound[];
-  departed: MembershipBound[];
+  members: MemberBound[];
+  departed: DepartureBound[];
 }
 
 /** What the distributed sequencer needs to address each message to the members as of its seq. */

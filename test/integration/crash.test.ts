@@ -192,6 +192,53 @@ describe("kill -9", () => {
     for (const c of [senderAgain, member, newcomer]) c.close();
   }, 120_000);
 
+  it("a member who was out, came back and left again just before a kill -9 gets nothing sent while out", async () => {
+    const token = (user: string) => devToken(server.dataDir, user);
+    const [dana, erin, gus] = ["dana", "erin", "gus"];
+    const sender = await RawClient.connect(server.url, { token: await token(dana) });
+    const group = expectCase(
+      await sender.request({ case: "createGroup", value: { name: "in and out", members: [erin, gus] } }),
+      "conversation",
+    ).conversation!.id;
+    const change = async (c: "addMembers" | "removeMembers") =>
+      expectCase(
+        await sender.request({ case: c, value: { conversationId: group, members: [gus] } }),
+        "conversation",
+      );
+    await change("removeMembers");
+    const SENT = 80;
+    const acks = await Promise.all(
+      Array.from({ length: SENT }, (_, i) =>
+        sender.request({
+          case: "send",
+          value: { target: { case: "conversationId", value: group }, clientMsgId: `out-${i}`, body: `${i}` },
+        }),
+      ),
+    );
+    for (const f of acks) expectCase(f, "ack");
+    await change("addMembers");
+    await change("removeMembers");
+    // At once: what is handled again after the restart must not go to gus, out when it was sent.
+    await server.kill();
+    sender.close();
+    server = await server.restart();
+    const senderAgain = await RawClient.connect(server.url, { token: await token(dana) });
+    expectCase(
+      await senderAgain.request({
+        case: "send",
+        value: { target: { case: "conversationId", value: group }, clientMsgId: "after", body: "after" },
+      }),
+      "ack",
+    );
+    const member = await RawClient.connect(server.url, { token: await token(erin) });
+    const erinSees = (await member.syncAtLeast(SENT + 1)).messages.filter((m) => m.conversationId === group);
+    expect(erinSees.map((m) => Number(m.seq))).toEqual(Array.from({ length: SENT + 1 }, (_, i) => i + 1));
+    const former = await RawClient.connect(server.url, { token: await token(gus) });
+    const gusSees = (await former.syncAll()).messages.filter((m) => m.conversationId === group);
+    expect(gusSees).toEqual([]);
+    for (const c of [senderAgain, member, former]) c.close();
+  }, 120_000);
+
   // Embedded: the process assigns seqs from memory, so a second one on the same data dir would
   // overwrite acknowledged messages (it did, before the data dir was locked). After the kill -9
   // above, the restarted server took the dir over from its dead holder.

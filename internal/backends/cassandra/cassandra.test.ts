@@ -13,7 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { expectNoIdReissuedAfterRestart } from "../../../test/helpers/id-high-water.js";
 import { ensureServer } from "../../../test/infra/servers.js";
 import { Code, SwitchboardError } from "../../lib/errors.js";
-import type { InboxEntry, MembershipBound, NewConversation, StoredMessage } from "../types.js";
+import type { InboxEntry, NewConversation, StoredMessage } from "../types.js";
 import { type CassandraOptions, type CassandraStores, migrate, openCassandraStores } from "./index.js";
 import { SCHEMA_VERSION, tableId, withTableId } from "./schema.js";
 import { storageError } from "./session.js";
@@ -1103,11 +1103,13 @@ describe("membership store", () => {
       await a.membership.createConversation(record(g, owner), [owner, first]);
       const seqsOf = async () => {
         const now = await b.membership.membershipSeqs(g);
-        const by = (list: MembershipBound[]) => Object.fromEntries(list.map((x) => [x.user, x.seq]));
-        return { members: by(now.members), departed: by(now.departed) };
+        return {
+          members: Object.fromEntries(now.members.map((m) => [m.user, m.joined.seq])),
+          departed: now.departed.map((d) => `${d.user} ${d.joined.seq} ${d.left.seq}`).sort(),
+        };
       };
       // The first members count from the start, without waiting for an announcement.
-      expect(await seqsOf()).toEqual({ members: { [owner]: 0, [first]: 0 }, departed: {} });
+      expect(await seqsOf()).toEqual({ members: { [owner]: 0, [first]: 0 }, departed: [] });
 
       await a.membership.addMembers(g, [added], 10);
       await a.membership.removeMember(g, first);
@@ -1116,7 +1118,7 @@ describe("membership store", () => {
       await a.membership.addMembers(g, [later], 10);
       expect(await seqsOf()).toEqual({
         members: { [owner]: 0, [added]: undefined, [later]: undefined },
-        departed: { [first]: undefined },
+        departed: [`${first} 0 undefined`],
       });
 
       // The sequencer meets the announcement at head 7 (both stores at once: one applies each row).
@@ -1126,12 +1128,13 @@ describe("membership store", () => {
       ]);
       const expected = {
         members: { [owner]: 0, [added]: 7, [later]: undefined },
-        departed: { [first]: 7 },
+        departed: [`${first} 0 7`],
       };
       expect(await seqsOf()).toEqual(expected);
-      for (const result of bound) {
-        expect(Object.fromEntries(result.members.map((x) => [x.user, x.seq]))).toEqual(expected.members);
-      }
+      for (const result of bound)
+        expect(Object.fromEntries(result.members.map((m) => [m.user, m.joined.seq]))).toEqual(
+          expected.members,
+        );
       // Met again (a batch handled again after a crash, its head read past it): the bounds stay.
       await a.membership.boundChanges(g, announcedAtMs, 12);
       expect(await seqsOf()).toEqual(expected);
@@ -1139,13 +1142,16 @@ describe("membership store", () => {
       await a.membership.boundChanges(g, Date.now(), 9);
       expect(await seqsOf()).toEqual({ ...expected, members: { ...expected.members, [later]: 9 } });
 
-      // Removed and added again: a new unbound change on each side, the old bounds replaced.
+      // Removed, added again and removed again before the next announcement: each ended membership
+      // has its own row; the one that never met an announcement is bound at both ends by the next.
       await a.membership.removeMember(g, added);
       await a.membership.addMembers(g, [added], 10);
-      const again = await seqsOf();
-      expect(again.members[added]).toBeUndefined();
-      expect(again.departed[added]).toBeUndefined();
-      expect(Object.keys(again.departed).sort()).toEqual([added, first].sort());
+      await a.membership.removeMember(g, added);
+      expect((await seqsOf()).departed).toEqual(
+        [`${first} 0 7`, `${added} 7 undefined`, `${added} undefined undefined`].sort(),
+      );
+      await a.membership.boundChanges(g, Date.now(), 15);
+      expect((await seqsOf()).departed).toEqual([`${first} 0 7`, `${added} 7 15`, `${added} 15 15`].sort());
     },
     LONG,
   );

@@ -14,10 +14,11 @@
  * each other (Paxos contention costs round trips and timeouts); across processes the CAS decides.
  *
  * Membership as of a seq (ADR 0012): an added member's row is written with `since_seq` -1 (a
- * conversation's first members with 0: from the start) and a removal also
- * writes a `departures_by_conversation` row with `until_seq` -1; the sequencer gives both their seq
- * when it meets the change's announcement (`boundChanges`, one conditional batch per table and 100
- * users), and reads them with `membershipSeqs` to address each message to the members as of its seq.
+ * conversation's first members with 0: from the start); a removal first writes a
+ * `departures_by_conversation` row for the membership it ends (its `since_seq` copied, `until_seq`
+ * -1). The sequencer gives each -1 its seq when it meets the change's announcement (`boundChanges`,
+ * conditional batches of 100 rows per table) and reads them with `membershipSeqs`, to address each
+ * message to the members as of its seq.
  *
  * `conversations_by_user` rows are written after the batch applied. If a process dies in between, a row
  * is missing until the next create/add naming that user re-writes it (both re-write the index for every
@@ -26,14 +27,16 @@
  */
 import { errors, invariantViolated } from "../../lib/errors.js";
 import type {
+  ChangeBound,
   ConversationKindName,
   ConversationRecord,
+  DepartureBound,
   GroupChange,
   GroupPolicy,
+  MemberBound,
   MemberEntry,
   MemberRole,
   MembershipAsOfSeqs,
-  MembershipBound,
   MembershipSeqStore,
   MembershipStore,
   NewConversation,
@@ -225,7 +228,12 @@ export class CassandraMembershipStore implements MembershipStore, MembershipSeqS
       for (let attempt = 1; attempt <= CAS_ATTEMPTS_MAX; attempt++) {
         const record = await this.readConversation(id);
         if (!record) throw errors.notFound("CONVERSATION_NOT_FOUND", `conversation ${id} does not exist`);
-        if (!(await this.isMember(id, user))) {
+        const member = (
+          await this.s.execute("members_by_conversation: a member's seq", this.q.memberSeq, [id, user], {
+            idempotent: true,
+          })
+        ).first();
+        if (!member) {
           // A timed-out attempt of ours may have removed the member after all.
           if (removedByUs) {
             await this.unindex(id, record.createdAtMs, user);
@@ -233,12 +241,20 @@ export class CassandraMembershipStore implements MembershipStore, MembershipSeqS
           }
           throw errors.notFound("NOT_MEMBER", `${user} is not a member of ${id}`);
         }
-        // Before the removal: the moment it applies, the user counts only up to the seq the sequencer
-        // gives this row (for a message handled again after a crash), never up to the end.
+        // Before the removal: from the moment it applies, the membership it ends counts only from its
+        // start's bound up to the bound the sequencer gives its end (for a message handled again after
+        // a crash), never past it.
         await this.s.execute(
           "departures_by_conversation: record a departure",
           this.q.insertDeparture,
-          [id, user, new Date()],
+          [
+            id,
+            new Date(),
+            user,
+            member.get("joined_at"),
+            // null: a member row written before seqs were kept, a member from the start.
+            optionalNumber(member.get("since_seq"), "members_by_conversation.since_seq") ?? 0,
+          ],
           { idempotent: true },
         );
         try {
@@ -390,51 +406,61 @@ export class CassandraMembershipStore implements MembershipStore, MembershipSeqS
         ? Promise.resolve([])
         : this.s.all("departures_by_conversation: departures with their seqs", this.q.departures, [id]),
     ]);
-    const bounds = (rows: Row[], changedAt: string, seqColumn: string): MembershipBound[] => {
-      const out: MembershipBound[] = [];
-      for (const row of rows) {
-        const user = row.get("user_id");
-        if (typeof user !== "string") continue; // a static-only row (no members) has a null user
-        const seq = optionalNumber(row.get(seqColumn), seqColumn);
-        out.push({
-          user,
-          // null: a member row written before seqs were kept, a member from the start.
-          seq: seq === UNBOUND ? undefined : (seq ?? 0),
-          changedAtMs: optionalNumber(row.get(changedAt), changedAt) ?? 0,
-        });
-      }
-      return out;
+    const change = (row: Row, seqColumn: string, atColumn: string): ChangeBound | undefined => {
+      const seq = optionalNumber(row.get(seqColumn), seqColumn);
+      const atMs = optionalNumber(row.get(atColumn), atColumn);
+      if (seq === undefined || atMs === undefined) return undefined;
+      return { seq: seq === UNBOUND ? undefined : seq, changedAtMs: atMs };
     };
-    return {
-      members: bounds(memberRows, "joined_at", "since_seq"),
-      departed: bounds(departedRows, "departed_at", "until_seq"),
-    };
+    const members: MemberBound[] = [];
+    for (const row of memberRows) {
+      const user = row.get("user_id");
+      if (typeof user !== "string") continue; // a static-only row (no members) has a null user
+      const joinedAtMs = optionalNumber(row.get("joined_at"), "joined_at") ?? 0;
+      // A null seq: a member row written before seqs were kept, a member from the start.
+      members.push({
+        user,
+        joined: change(row, "since_seq", "joined_at") ?? { seq: 0, changedAtMs: joinedAtMs },
+      });
+    }
+    const departed: DepartureBound[] = [];
+    for (const row of departedRows) {
+      const joined = change(row, "since_seq", "joined_at");
+      const left = change(row, "until_seq", "departed_at");
+      // A cell missing: what a row's expiry left over (its cells were written at different times).
+      if (joined && left)
+        departed.push({ user: toText(row.get("user_id"), "departures.user_id"), joined, left });
+    }
+    return { members, departed };
   }
 
   /**
-   * Conditional on the row being the one read (still unbound, same change time): a plain update could
-   * re-create a row deleted meanwhile, or bind a change made after the announcement. Retried with a
-   * fresh read until nothing unbound at or before `atMs` is left.
+   * Conditional on each change being still unbound: a plain update could re-create a row deleted
+   * meanwhile. Retried with a fresh read until nothing unbound at or before `atMs` is left.
    */
   async boundChanges(id: string, atMs: number, head: number): Promise<MembershipAsOfSeqs> {
+    const due = (c: ChangeBound) => c.seq === undefined && c.changedAtMs <= atMs;
+    const bind = (c: ChangeBound): ChangeBound => (due(c) ? { ...c, seq: head } : c);
     for (let attempt = 1; attempt <= CAS_ATTEMPTS_MAX; attempt++) {
       const now = await this.membershipSeqs(id);
-      const due = (b: MembershipBound) => b.seq === undefined && b.changedAtMs <= atMs;
-      const members = now.members.filter(due);
-      const departed = now.departed.filter(due);
+      const members = now.members.filter((m) => due(m.joined));
+      const departed = now.departed.filter((d) => due(d.joined) || due(d.left));
       if (members.length === 0 && departed.length === 0) return now;
       const batches = [
         ...chunks(members, IN_MAX).map((part) =>
-          part.map((b) => ({
+          part.map((m) => ({
             query: this.q.boundMember,
-            params: [head, id, b.user, new Date(b.changedAtMs)],
+            params: [head, id, m.user, new Date(m.joined.changedAtMs)],
           })),
         ),
         ...chunks(departed, IN_MAX).map((part) =>
-          part.map((b) => ({
-            query: this.q.boundDeparture,
-            params: [head, new Date(b.changedAtMs), id, b.user, new Date(b.changedAtMs)],
-          })),
+          part.map((d) => {
+            const key = [id, new Date(d.left.changedAtMs), d.user];
+            if (due(d.joined) && due(d.left))
+              return { query: this.q.boundDeparture, params: [head, head, ...key] };
+            if (due(d.joined)) return { query: this.q.boundDepartureStart, params: [head, ...key] };
+            return { query: this.q.boundDepartureEnd, params: [head, ...key] };
+          }),
         ),
       ];
       let applied = 0;
@@ -454,8 +480,10 @@ export class CassandraMembershipStore implements MembershipStore, MembershipSeqS
         this.stats.casUnknown++;
       }
       if (applied === batches.length) {
-        const bind = (b: MembershipBound) => (due(b) ? { ...b, seq: head } : b);
-        return { members: now.members.map(bind), departed: now.departed.map(bind) };
+        return {
+          members: now.members.map((m) => ({ ...m, joined: bind(m.joined) })),
+          departed: now.departed.map((d) => ({ ...d, joined: bind(d.joined), left: bind(d.left) })),
+        };
       }
       await backoff(attempt);
     }
@@ -629,14 +657,23 @@ function statements(s: Session) {
     boundMember:
       `UPDATE ${members} SET since_seq = ? WHERE conversation_id = ? AND user_id = ? ` +
       `IF since_seq = ${UNBOUND} AND joined_at = ?`,
+    memberSeq: `SELECT joined_at, since_seq FROM ${members} WHERE conversation_id = ? AND user_id = ?`,
     insertDeparture:
-      `INSERT INTO ${departures} (conversation_id, user_id, departed_at, until_seq) ` +
-      `VALUES (?, ?, ?, ${UNBOUND})`,
-    departures: `SELECT user_id, departed_at, until_seq FROM ${departures} WHERE conversation_id = ?`,
-    // Both columns again: each cell of the row then expires at once, a week after this write.
+      `INSERT INTO ${departures} (conversation_id, departed_at, user_id, joined_at, since_seq, until_seq) ` +
+      `VALUES (?, ?, ?, ?, ?, ${UNBOUND})`,
+    departures:
+      `SELECT user_id, departed_at, joined_at, since_seq, until_seq FROM ${departures} ` +
+      "WHERE conversation_id = ?",
     boundDeparture:
-      `UPDATE ${departures} SET until_seq = ?, departed_at = ? WHERE conversation_id = ? AND user_id = ? ` +
-      `IF until_seq = ${UNBOUND} AND departed_at = ?`,
+      `UPDATE ${departures} SET since_seq = ?, until_seq = ? ` +
+      "WHERE conversation_id = ? AND departed_at = ? AND user_id = ? " +
+      `IF since_seq = ${UNBOUND} AND until_seq = ${UNBOUND}`,
+    boundDepartureStart:
+      `UPDATE ${departures} SET since_seq = ? WHERE conversation_id = ? AND departed_at = ? AND user_id = ? ` +
+      `IF since_seq = ${UNBOUND}`,
+    boundDepartureEnd:
+      `UPDATE ${departures} SET until_seq = ? WHERE conversation_id = ? AND departed_at = ? AND user_id = ? ` +
+      `IF until_seq = ${UNBOUND}`,
     casCount: `UPDATE ${members} SET member_count = ? WHERE conversation_id = ? IF member_count = ?`,
     updateGroup:
       `UPDATE ${members} SET name = ?, open = ?, post_policy = ?, add_policy = ? ` +

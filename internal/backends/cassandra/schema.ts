@@ -312,16 +312,20 @@ export function migrations(ks: string): Migration[] {
         // change's announcement in the drafts partition: -1 until then (not yet a recipient); null on
         // rows written before this version (a member from the start).
         `ALTER TABLE ${ks}.members_by_conversation ADD since_seq bigint`,
-        // Removed members, with the seq up to which each still counts (-1 until the sequencer met the
-        // removal's announcement): a message sequenced before a removal and handled again after a
-        // crash still goes to the one removed. Only needed while such a message may be handled again
-        // (seconds; the sequencer's uncommitted drafts), kept a week; purged like the dedupe rows.
+        // Memberships that ended, one row per removal (a user may leave and come back many times),
+        // with the seqs after which and up to which each counted (-1 until the sequencer met the
+        // announcement): a message sequenced before a removal and handled again after a crash still
+        // goes to the one removed, and one sent while a user was out does not. Only needed while such
+        // a message may be handled again (seconds: the sequencer's uncommitted drafts); kept a week,
+        // purged like the dedupe rows.
         `CREATE TABLE IF NOT EXISTS ${ks}.departures_by_conversation (
           conversation_id text,
-          user_id text,
           departed_at timestamp,
+          user_id text,
+          joined_at timestamp,
+          since_seq bigint,
           until_seq bigint,
-          PRIMARY KEY (conversation_id, user_id)
+          PRIMARY KEY (conversation_id, departed_at, user_id)
         ) WITH default_time_to_live = 604800 AND gc_grace_seconds = 10800`,
       ],
     },

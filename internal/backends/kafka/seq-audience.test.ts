@@ -1,11 +1,13 @@
 import { describe, expect, it } from "vitest";
-import type { MembershipBound } from "../types.js";
+import type { ChangeBound, DepartureBound, MemberBound } from "../types.js";
 import { SeqAudience, UNANNOUNCED_AFTER_MS } from "./seq-audience.js";
 
-const bound = (user: string, seq: number | undefined, changedAtMs = 1_000): MembershipBound => ({
+const at = (seq: number | undefined, changedAtMs = 1_000): ChangeBound => ({ seq, changedAtMs });
+const member = (user: string, joined: ChangeBound): MemberBound => ({ user, joined });
+const departed = (user: string, joined: ChangeBound, left: ChangeBound): DepartureBound => ({
   user,
-  seq,
-  changedAtMs,
+  joined,
+  left,
 });
 const sorted = (users: readonly string[]) => [...users].sort();
 
@@ -13,8 +15,13 @@ describe("the members as of a seq", () => {
   // ann and bob from the start; cat added at head 10; dan removed at head 10; eve added, not yet met;
   // fay removed, not yet met.
   const audience = new SeqAudience({
-    members: [bound("ann", 0), bound("bob", 0), bound("cat", 10), bound("eve", undefined, 5_000)],
-    departed: [bound("dan", 10), bound("fay", undefined, 5_000)],
+    members: [
+      member("ann", at(0)),
+      member("bob", at(0)),
+      member("cat", at(10)),
+      member("eve", at(undefined, 5_000)),
+    ],
+    departed: [departed("dan", at(0), at(10)), departed("fay", at(0), at(undefined, 5_000))],
   });
 
   it("a message up to a bound goes to the removed member, one after it to the added one", () => {
@@ -38,21 +45,34 @@ describe("the members as of a seq", () => {
 
   it("with every change met, a message past every bound goes to the bound members", () => {
     const settled = new SeqAudience({
-      members: [bound("ann", 0), bound("cat", 10)],
-      departed: [bound("dan", 10)],
+      members: [member("ann", at(0)), member("cat", at(10))],
+      departed: [departed("dan", at(0), at(10))],
     });
     expect(settled.at(11, 0)).toEqual(["ann", "cat"]);
     expect(settled.at(11, 0)).toBe(settled.at(12, 0)); // one list for every such message
     expect(sorted(settled.at(3, 0))).toEqual(["ann", "dan"]);
   });
 
-  it("a user removed and added again counts for neither stretch in between", () => {
+  it("a user who left and came back, more than once, counts for their stretches only", () => {
+    // dan: member to 10, out 11–20, back 21–30, out 31–40, member again from 41.
     const back = new SeqAudience({
-      members: [bound("ann", 0), bound("dan", 20)],
-      departed: [bound("dan", 10)],
+      members: [member("ann", at(0)), member("dan", at(40))],
+      departed: [departed("dan", at(0), at(10)), departed("dan", at(20), at(30))],
     });
-    expect(back.at(10, 0)).toContain("dan");
-    expect(back.at(15, 0)).not.toContain("dan");
-    expect(back.at(21, 0)).toContain("dan");
+    const dans = Array.from({ length: 45 }, (_, i) => i + 1).filter((seq) => back.at(seq, 0).includes("dan"));
+    expect(dans).toEqual([
+      ...Array.from({ length: 10 }, (_, i) => i + 1),
+      ...Array.from({ length: 10 }, (_, i) => i + 21),
+      ...Array.from({ length: 5 }, (_, i) => i + 41),
+    ]);
+  });
+
+  it("a membership added and ended before the sequencer met either counts for neither side of it", () => {
+    // gus added and removed again; neither announcement met yet: a message before both is not his.
+    const brief = new SeqAudience({
+      members: [member("ann", at(0))],
+      departed: [departed("gus", at(undefined, 5_000), at(undefined, 5_100))],
+    });
+    expect(brief.at(7, 5_050)).toEqual(["ann"]);
   });
 });
