@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { createLogger } from "../../lib/log.js";
-import { GroupMembers } from "./member-resume.js";
+import { GroupMembers, isAlive } from "./member-resume.js";
 
 const log = createLogger({ service: "test" });
 const dirs: string[] = [];
@@ -34,6 +34,20 @@ describe("GroupMembers", () => {
     expect(members.previousMember("p.sequencer")).toBe("m-1");
     expect(members.previousMember("p.inbox")).toBe("m-2");
     expect(members.previousMember("p.other")).toBeUndefined();
+  });
+
+  it("offers the ids of a process killed but not reaped yet (a supervisor that restarts at once)", async () => {
+    const child = spawn(process.execPath, ["-e", "setTimeout(() => {}, 60_000)"]);
+    await new Promise((r) => child.once("spawn", r));
+    child.kill("SIGKILL");
+    // Synchronously, so that this process (its parent) cannot reap it meanwhile: a zombie.
+    const until = Date.now() + 300;
+    while (Date.now() < until && !readFileSync(`/proc/${child.pid}/stat`, "utf8").includes(") Z ")) {}
+    expect(readFileSync(`/proc/${child.pid}/stat`, "utf8")).toContain(") Z ");
+    expect(isAlive(child.pid!)).toBe(false);
+    const path = file({ pid: child.pid, members: { "p.sequencer": "m-1" } });
+    expect(GroupMembers.open(path, log).previousMember("p.sequencer")).toBe("m-1");
+    await new Promise((r) => child.once("exit", r));
   });
 
   it("never offers the ids of a process that is still alive: two live consumers must not share one", () => {

@@ -63,13 +63,26 @@ interface MemberFileContent {
   members: Record<string, string>;
 }
 
-function isAlive(pid: number): boolean {
+/**
+ * Whether process `pid` still runs. A process killed but not yet reaped by its parent (a zombie: a
+ * supervisor that restarts it before it handled SIGCHLD) still answers signal 0, but holds no group
+ * membership any more: on Linux its state in /proc says so.
+ */
+export function isAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
-    return true;
   } catch (err) {
     return (err as NodeJS.ErrnoException).code === "EPERM";
   }
+  let stat: string;
+  try {
+    stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  } catch {
+    return true; // no /proc (not Linux), or it is gone right now: signal 0 said it was there
+  }
+  // "pid (comm) state ...": comm may hold spaces and parentheses, the state follows the last ")".
+  const state = stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3);
+  return state !== "Z" && state !== "X";
 }
 
 /**
