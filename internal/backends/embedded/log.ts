@@ -323,10 +323,7 @@ export class EmbeddedLog implements MessageLog {
         wake?.();
         this.wakers.delete(waker);
         this.takers.delete(take);
-        this.consumers.delete(consumer);
-        this.positions.delete(consumer);
-        this.addressing.delete(consumer);
-        this.wakeAddressWaiters();
+        this.forgetConsumer(consumer);
         await loop;
         // A failed write has already poisoned the backend (guard, onFatal): closing still completes.
         await storeOffset()?.catch(() => undefined);
@@ -337,13 +334,18 @@ export class EmbeddedLog implements MessageLog {
     if (options.addressesMembers) this.addressing.set(consumer, () => offset);
     // The loop catches what it runs into; anything else is a bug, reported rather than swallowed.
     loop.catch((err: unknown) => {
-      this.consumers.delete(consumer);
-      this.positions.delete(consumer);
-      this.addressing.delete(consumer);
-      this.wakeAddressWaiters();
+      this.forgetConsumer(consumer);
       this.onConsumerError(group, err);
     });
     return consumer;
+  }
+
+  /** A consumer closed or stopped: retention and membership changes no longer wait for it. */
+  private forgetConsumer(consumer: Closeable): void {
+    this.consumers.delete(consumer);
+    this.positions.delete(consumer);
+    this.addressing.delete(consumer);
+    this.wakeAddressWaiters();
   }
 
   /** Reads the batch after `offset` into `batch`; returns its last position (`offset` if none). */

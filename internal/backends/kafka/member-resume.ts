@@ -81,7 +81,7 @@ export function isAlive(pid: number): boolean {
     return true; // no /proc (not Linux), or it is gone right now: signal 0 said it was there
   }
   // "pid (comm) state ...": comm may hold spaces and parentheses, the state follows the last ")".
-  const state = stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3);
+  const state = stat.charAt(stat.lastIndexOf(")") + 2);
   return state !== "Z" && state !== "X";
 }
 
