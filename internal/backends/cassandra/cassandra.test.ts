@@ -16,7 +16,7 @@ import { Code, SwitchboardError } from "../../lib/errors.js";
 import type { InboxEntry, NewConversation, StoredMessage } from "../types.js";
 import { type CassandraOptions, type CassandraStores, migrate, openCassandraStores } from "./index.js";
 import { SCHEMA_VERSION, tableId, withTableId } from "./schema.js";
-import { storageError } from "./session.js";
+import { REQUESTS_IN_FLIGHT_MAX, storageError } from "./session.js";
 import { routingKey } from "./turn-writes.js";
 
 const run = randomBytes(4).toString("hex");
@@ -1251,6 +1251,30 @@ describe("receipts, presence and devices", () => {
 });
 
 // ---------------------------------------------------------------------------------------------
+describe("requests in flight", () => {
+  it(
+    "5,000 reads from as many callers at once all succeed: past REQUESTS_IN_FLIGHT_MAX they wait, none is refused as busy",
+    async () => {
+      const host = () => a.client.getState().getConnectedHosts()[0]!;
+      let peak = 0;
+      const sampler = setInterval(() => {
+        peak = Math.max(peak, a.client.getState().getInFlightQueries(host()));
+      }, 1);
+      const users = range(1, 5_000).map((i) => id(`busy-${i}`));
+      try {
+        const muted = await Promise.all(users.map((u) => a.settings.isMuted(u, "g:busy", Date.now())));
+        expect(muted.every((m) => m === false)).toBe(true);
+      } finally {
+        clearInterval(sampler);
+      }
+      expect(peak).toBeGreaterThan(0);
+      expect(peak).toBeLessThanOrEqual(REQUESTS_IN_FLIGHT_MAX);
+      figures.push(`5,000 reads at once: peak ${peak} in flight on the node's connection`);
+    },
+    LONG,
+  );
+});
+
 describe("errors", () => {
   it(
     "an unreachable node is UNAVAILABLE / STORAGE_UNAVAILABLE and says what failed",

@@ -127,9 +127,9 @@ export async function openCassandraStores(options: CassandraOptions): Promise<Ca
       ),
     },
     // Pooling stays at the driver's defaults, which suit this client: one connection per local node (up
-    // to 2,048 requests in flight on it, far above the stores' own bounds), and a heartbeat (an OPTIONS
-    // request) on a connection idle for 30 s, which keeps idle connections from being dropped by
-    // middleboxes. A killed node is noticed at once (the socket closes); a hung one by the request
+    // to 2,048 requests in flight on it; the session sends at most REQUESTS_IN_FLIGHT_MAX at once), and
+    // a heartbeat (an OPTIONS request) on a connection idle for 30 s, which keeps idle connections from
+    // being dropped by middleboxes. A killed node is noticed at once (the socket closes); a hung one by the request
     // timeout above.
   });
   try {

@@ -7,6 +7,7 @@
 import type { Client, QueryOptions, types } from "cassandra-driver";
 import cassandra from "cassandra-driver";
 import { Code, errors, invariantViolated, SwitchboardError } from "../../lib/errors.js";
+import { Limiter } from "../../lib/limiter.js";
 import { context, inSpan, SpanKind, trace, tracing } from "../../lib/tracing.js";
 import { ReplicaCache } from "./replica-cache.js";
 import { TurnWrites } from "./turn-writes.js";
@@ -120,6 +121,14 @@ export function checkKeyspaceName(keyspace: string): void {
     );
 }
 
+/**
+ * Requests of one client in flight at once; beyond it they queue here. The driver refuses a request
+ * outright (BusyConnectionError) once a connection has 2,048 in flight, and with one connection per
+ * node a burst from many callers together (each bounded on its own) could reach that: a group's
+ * message to many offline members once made push read their settings with 3,800 requests at once,
+ * and a member being added in that second failed with STORAGE_UNAVAILABLE.
+ */
+export const REQUESTS_IN_FLIGHT_MAX = 1_024;
 /** Requests of merged turn writes in flight at once (beyond it they queue). */
 const TURN_WRITES_IN_FLIGHT_MAX = 32;
 /** Partitions whose replicas are remembered, and for how long (a few MB at most). */
@@ -135,6 +144,8 @@ export class Session {
   readonly requests: RequestCounts = { reads: 0, writes: 0, batches: 0, lwts: 0 };
   private readonly timers: RequestTimer[] = [];
   private readonly turnWriteLimiter = new Limiter(TURN_WRITES_IN_FLIGHT_MAX);
+  /** Every request takes a place here before it is sent (REQUESTS_IN_FLIGHT_MAX). */
+  private readonly requestSlots: Limiter;
   /** Where the partitions of merged turn writes live, hashed once per partition (replica-cache.ts). */
   private readonly replicas = new ReplicaCache(REPLICA_CACHE_LIMITS);
   /**
@@ -156,8 +167,10 @@ export class Session {
     readonly client: Client,
     readonly keyspace: string,
     consistency: ConsistencyOptions = {},
+    requestsInFlightMax = REQUESTS_IN_FLIGHT_MAX,
   ) {
     checkKeyspaceName(keyspace);
+    this.requestSlots = new Limiter(requestsInFlightMax);
     this.replicas.attach(client);
     this.consistency = CONSISTENCY[consistency.level ?? "LOCAL_QUORUM"];
     this.serialConsistency = SERIAL_CONSISTENCY[consistency.serial ?? "LOCAL_SERIAL"];
@@ -228,7 +241,17 @@ export class Session {
     return this.measured(kind, what, send);
   }
 
-  private async measured<T>(kind: RequestKind, what: string, send: () => Promise<T>): Promise<T> {
+  /** Requests waiting for a place to be sent (REQUESTS_IN_FLIGHT_MAX in flight). */
+  get requestsWaiting(): number {
+    return this.requestSlots.waiting;
+  }
+
+  /** Sends once a place is free; the time measured is the request's own, not its wait. */
+  private measured<T>(kind: RequestKind, what: string, send: () => Promise<T>): Promise<T> {
+    return this.requestSlots.run(() => this.sent(kind, what, send));
+  }
+
+  private async sent<T>(kind: RequestKind, what: string, send: () => Promise<T>): Promise<T> {
     if (this.timers.length === 0) {
       try {
         return await send();
@@ -337,32 +360,7 @@ export function toText(value: unknown, what: string): string {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Bounded concurrency.
-
-/** A counting semaphore: at most `max` calls of `run` in flight; the rest wait in FIFO order. */
-export class Limiter {
-  private active = 0;
-  private readonly waiting: Array<() => void> = [];
-
-  constructor(readonly max: number) {}
-
-  async run<T>(fn: () => Promise<T>): Promise<T> {
-    if (this.active >= this.max) await new Promise<void>((resolve) => this.waiting.push(resolve));
-    else this.active++;
-    try {
-      return await fn();
-    } finally {
-      const next = this.waiting.shift();
-      if (next) next();
-      else this.active--;
-    }
-  }
-
-  /** fn over every item through this limiter; results in item order; rejects with the first error. */
-  map<T, R>(items: readonly T[], fn: (item: T, index: number) => Promise<R>): Promise<R[]> {
-    return Promise.all(items.map((item, index) => this.run(() => fn(item, index))));
-  }
-}
+// Helpers of the stores.
 
 /** Groups items by key, keeping first-seen key order and item order within a group. */
 export function groupBy<T>(items: Iterable<T>, key: (item: T) => string): Map<string, T[]> {
@@ -383,6 +381,7 @@ export function chunks<T>(items: readonly T[], size: number): T[][] {
 }
 
 export { KeyedMutex } from "../../lib/keyed-mutex.js";
+export { Limiter } from "../../lib/limiter.js";
 
 /** Jittered pause between attempts of a CAS loop that lost a race (contention management, not sync). */
 export function backoff(attempt: number): Promise<void> {
