@@ -21,7 +21,13 @@ import { Code, errors, type SwitchboardError } from "../lib/errors.js";
 import { discardingLogger } from "../lib/log.js";
 import { createMetrics, type Metrics } from "../lib/metrics.js";
 import type { PushNotification, PushProvider } from "./providers/types.js";
-import { PENDING_PER_USER_MAX, type ProviderSet, Push } from "./service.js";
+import {
+  NOTIFY_CHECKS_IN_FLIGHT_MAX,
+  NOTIFY_CHECKS_WAITING_MAX,
+  PENDING_PER_USER_MAX,
+  type ProviderSet,
+  Push,
+} from "./service.js";
 
 const WINDOW_MS = 10_000;
 const device: DeviceRecord = {
@@ -110,6 +116,81 @@ describe("a burst's summary", () => {
       expect(await counted(s.metrics, result)).toBe(1);
     });
   }
+});
+
+describe("deciding notifications", () => {
+  /** Settings whose reads are counted, held until `release()`, and measured for concurrency. */
+  function countedSettings() {
+    const gate = { open: true, waiters: [] as Array<() => void> };
+    const reads = { total: 0, inFlight: 0, peak: 0 };
+    const read = async <T>(value: T) => {
+      reads.total++;
+      reads.inFlight++;
+      reads.peak = Math.max(reads.peak, reads.inFlight);
+      if (gate.open) await new Promise((r) => setTimeout(r, 1));
+      else await new Promise<void>((r) => gate.waiters.push(r));
+      reads.inFlight--;
+      return value;
+    };
+    const settings = {
+      isMuted: () => read(false),
+      doNotDisturb: () => read(undefined),
+    } as Partial<NotificationSettingsStore> as NotificationSettingsStore;
+    const release = () => {
+      gate.open = true;
+      for (const w of gate.waiters.splice(0)) w();
+    };
+    return { settings, reads, gate, release };
+  }
+  const pushWith = (settings: NotificationSettingsStore, collapseWindowMs: number) =>
+    new Push({
+      devices: { list: async () => [] } as Partial<DeviceStore> as DeviceStore,
+      settings,
+      providers: {},
+      webhookUrl: "",
+      collapseWindowMs,
+      log: discardingLogger(),
+      metrics: createMetrics(),
+    });
+  const to = (userId: string) => ({ userId, conversationId: "g:big", title: "bob", body: "hi" });
+
+  it("a burst of 1,000 messages to one offline user reads the user's settings for its first only", async () => {
+    const { settings, reads } = countedSettings();
+    const push = pushWith(settings, WINDOW_MS);
+    await Promise.all(Array.from({ length: 1_000 }, () => push.notify(to("alice"))));
+    // isMuted and doNotDisturb, once.
+    expect(reads.total).toBe(2);
+    await push.close();
+  });
+
+  it(`decides at most ${NOTIFY_CHECKS_IN_FLIGHT_MAX} at once, and every one of 2,000 asked together`, async () => {
+    const { settings, reads } = countedSettings();
+    const push = pushWith(settings, 0);
+    const users = Array.from({ length: 2_000 }, (_, i) => `u${i}`);
+    expect(await Promise.all(users.map((u) => push.notify(to(u))))).toEqual(users.map(() => 0));
+    expect(reads.total).toBe(2 * users.length);
+    // Each decision reads two settings at once.
+    expect(reads.peak).toBe(2 * NOTIFY_CHECKS_IN_FLIGHT_MAX);
+    await push.close();
+  });
+
+  it("refuses with RESOURCE_EXHAUSTED (PUSH_BUSY) past NOTIFY_CHECKS_WAITING_MAX waiting, and takes more once they drain", async () => {
+    const { settings, gate, release } = countedSettings();
+    gate.open = false;
+    const push = pushWith(settings, 0);
+    const held = Array.from({ length: NOTIFY_CHECKS_IN_FLIGHT_MAX + NOTIFY_CHECKS_WAITING_MAX }, (_, i) =>
+      push.notify(to(`u${i}`)),
+    );
+    const refused = await push.notify(to("one-too-many")).then(
+      () => undefined,
+      (err: SwitchboardError) => err,
+    );
+    expect(refused).toMatchObject({ code: Code.RESOURCE_EXHAUSTED, reason: "PUSH_BUSY" });
+    release();
+    await Promise.all(held);
+    expect(await push.notify(to("one-too-many"))).toBe(0);
+    await push.close();
+  });
 });
 
 describe("send slots", () => {

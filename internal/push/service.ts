@@ -31,6 +31,7 @@ import { parseDeadLetterId } from "../backends/types.js";
 import { requireConversationId } from "../conversations/index.js";
 import { isValidUserId, requireUserId } from "../lib/auth.js";
 import { Code, errors, SwitchboardError } from "../lib/errors.js";
+import { Limiter } from "../lib/limiter.js";
 import type { Logger } from "../lib/log.js";
 import type { Metrics } from "../lib/metrics.js";
 import type { ServiceImpl } from "../lib/rpc.js";
@@ -54,6 +55,13 @@ export const SENDS_IN_FLIGHT_PER_USER_MAX = 4;
  * theirs are dropped, so endpoints that answer 429 with a long Retry-After cannot fill pendingMax.
  */
 export const PENDING_PER_USER_MAX = 200;
+/**
+ * Notifications being decided at once (each reads the user's mute, do-not-disturb, devices and unread
+ * count); the rest wait. A group's burst to many offline members asks for thousands at once.
+ */
+export const NOTIFY_CHECKS_IN_FLIGHT_MAX = 32;
+/** Notifications waiting to be decided, at most; past it notify is refused (RESOURCE_EXHAUSTED, retryable). */
+export const NOTIFY_CHECKS_WAITING_MAX = 10_000;
 const DEAD_LETTERS_PAGE_DEFAULT = 100;
 const DEAD_LETTERS_PAGE_MAX = 1_000;
 const TOKEN_CHARS_MAX = 4_096;
@@ -154,6 +162,8 @@ export class Push {
   private readonly inFlight = new Set<Promise<void>>();
   private readonly slots = new Map<string, SendSlots>();
   private readonly userSlots = new KeyedSendSlots(SENDS_IN_FLIGHT_PER_USER_MAX);
+  /** Notifications (and summaries) being decided: NOTIFY_CHECKS_IN_FLIGHT_MAX at once. */
+  private readonly checks = new Limiter(NOTIFY_CHECKS_IN_FLIGHT_MAX);
   /** Deliveries in flight or waiting to retry, per user (bounded by PENDING_PER_USER_MAX). */
   private readonly pendingByUser = new Map<string, number>();
   /**
@@ -188,28 +198,47 @@ export class Push {
 
   /** Queues a notification; returns how many devices it targets (0 when held for a burst's summary). */
   async notify(n: Notification): Promise<number> {
-    const quiet = await this.quiet(n);
-    if (quiet) {
-      this.count("none", quiet);
-      return 0;
-    }
+    // The window first: a burst's later messages are held without a read; its summary is checked
+    // for mute and do-not-disturb when it is due, as the first message is now.
     if (!this.windows.admit(`${n.userId}\u0000${n.conversationId}`, n)) {
       this.count("none", "collapsed");
       return 0;
     }
-    return this.fanOut(n, 1);
+    return this.checked(async () => {
+      const quiet = await this.quiet(n);
+      if (quiet) {
+        this.count("none", quiet);
+        return 0;
+      }
+      return this.fanOut(n, 1);
+    });
+  }
+
+  /** Decides (and queues) a notification once one of NOTIFY_CHECKS_IN_FLIGHT_MAX places is free. */
+  private checked<T>(decide: () => Promise<T>): Promise<T> {
+    if (this.checks.waiting >= NOTIFY_CHECKS_WAITING_MAX)
+      return Promise.reject(
+        errors.exhausted(
+          "PUSH_BUSY",
+          `push: ${this.checks.waiting} notifications are waiting to be checked; ask again later`,
+          1_000,
+        ),
+      );
+    return this.checks.run(decide);
   }
 
   /**
    * A burst's summary, a window after its messages: the user may have muted the conversation, begun
    * do-not-disturb or come online since, so it gets the checks a single notification gets.
    */
-  private async summarize(latest: Notification, messageCount: number): Promise<void> {
-    let quiet: string | undefined = await this.quiet(latest);
-    if (!quiet && (await this.options.online?.(latest.userId))) quiet = "online";
-    if (quiet) return this.count("none", quiet);
-    this.count("none", "summarized");
-    await this.fanOut(latest, messageCount);
+  private summarize(latest: Notification, messageCount: number): Promise<void> {
+    return this.checked(async () => {
+      let quiet: string | undefined = await this.quiet(latest);
+      if (!quiet && (await this.options.online?.(latest.userId))) quiet = "online";
+      if (quiet) return this.count("none", quiet);
+      this.count("none", "summarized");
+      await this.fanOut(latest, messageCount);
+    });
   }
 
   /** Why the user wants no notification for this now ("muted", "do_not_disturb"), or undefined. */
