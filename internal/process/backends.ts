@@ -138,5 +138,8 @@ export async function openBackends(
     dedupeWindowMs: config.kafka.dedupeWindowHours * 3_600_000, // the same window on both backends
     onFatal,
     onConsumerError: (group, err) => log.error("consumer failed; retrying the batch", { group, err }),
+    // A router failing for 2 s: the change counts for what it had not routed yet (docs/protocol.md §3).
+    onRouterLagged: (conversationId, waitedMs) =>
+      log.warn("membership changed while the router lagged", { conversationId, waitedMs }),
   });
 }

@@ -198,6 +198,27 @@ describe("embedded log: a membership change waits for the router (ADR 0012)", ()
     release();
     await other.close();
   });
+
+  it("a change that stopped waiting for a failing router is made, and said so", async () => {
+    const lagged: Array<[string, number]> = [];
+    const backends = await openBackends({ onRouterLagged: (c, ms) => lagged.push([c, ms]) });
+    await backends.membership.createConversation(
+      { id: "g:3", kind: "group", name: "g", owner: "ann", open: true, createdAtMs: 1 },
+      ["ann"],
+    );
+    const failing = await backends.log.consume(
+      "router",
+      async () => {
+        throw new Error("down");
+      },
+      { addressesMembers: true },
+    );
+    await backends.log.append(draft("g:3"));
+    await backends.membership.addMembers("g:3", ["bob"], 10);
+    expect((await backends.membership.members("g:3")).sort()).toEqual(["ann", "bob"]);
+    expect(lagged).toEqual([["g:3", 2_000]]);
+    await failing.close();
+  });
 });
 
 describe("embedded values: shared structures", () => {

@@ -80,6 +80,11 @@ export interface EmbeddedOptions {
   onFatal?: (err: unknown) => void;
   /** Called when a consumer's handler fails; the batch is retried. */
   onConsumerError?: (group: string, err: unknown) => void;
+  /**
+   * Called when a membership change stopped waiting for the router (ROUTER_WAIT_BEFORE_MEMBERSHIP_
+   * CHANGE_MS) and was made before the router had routed every message sent before it.
+   */
+  onRouterLagged?: (conversationId: string, waitedMs: number) => void;
   /** Keys of added push jobs kept at most (PushJobStore.add); PUSH_JOB_KEYS_MAX unless given. */
   pushJobKeysMax?: number;
   /**
@@ -196,7 +201,10 @@ export class EmbeddedBackends implements Backends {
         db("member_roles"),
         db("user_conversations"),
         guard,
-        () => log.untilAddressed(ROUTER_WAIT_BEFORE_MEMBERSHIP_CHANGE_MS),
+        async (conversationId) => {
+          if (!(await log.untilAddressed(ROUTER_WAIT_BEFORE_MEMBERSHIP_CHANGE_MS)))
+            options.onRouterLagged?.(conversationId, ROUTER_WAIT_BEFORE_MEMBERSHIP_CHANGE_MS);
+        },
       );
       const inbox = new EmbeddedInbox(
         db("inbox"),

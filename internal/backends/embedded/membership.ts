@@ -53,7 +53,7 @@ export class EmbeddedMembership implements MembershipStore {
     private readonly roles: Database<"admin", Key>,
     private readonly byUser: Database<number, Key>,
     private readonly guard: Guard,
-    private readonly beforeChange: () => Promise<unknown> = async () => undefined,
+    private readonly beforeChange: (conversationId: string) => Promise<unknown> = async () => undefined,
   ) {}
 
   createConversation(record: NewConversation, members: string[]) {
@@ -91,7 +91,7 @@ export class EmbeddedMembership implements MembershipStore {
         );
       }
       if (fresh.length === 0) return record;
-      await this.beforeChange();
+      await this.beforeChange(id);
       const memberCount = record.memberCount + fresh.length;
       const delivery = memberCount > pullAbove ? "pull" : record.delivery;
       const updated = { ...record, memberCount, delivery };
@@ -115,7 +115,7 @@ export class EmbeddedMembership implements MembershipStore {
       const record = this.existing(id);
       if (!this.membersDb.doesExist([id, user]))
         throw errors.denied("NOT_MEMBER", `${user} is not a member of ${id}`);
-      await this.beforeChange();
+      await this.beforeChange(id);
       const updated = {
         ...record,
         memberCount: record.memberCount - 1,
