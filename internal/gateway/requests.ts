@@ -20,6 +20,7 @@ import {
 import { isValidUserId } from "../lib/auth.js";
 import type { Config } from "../lib/config.js";
 import { errors } from "../lib/errors.js";
+import { mapLimited } from "../lib/map-limited.js";
 import { canonicalTimeZone, doNotDisturbProblem } from "../push/do-not-disturb.js";
 import type { ServerFrameInit } from "./codec.js";
 import type { GatewayServices } from "./services.js";
@@ -28,6 +29,12 @@ import type { GatewayServices } from "./services.js";
 export const MUTES_PER_USER_MAX = 1_000;
 /** A mute may last 3,650 days at most (past it is "for good" in all but name, and past a storage TTL). */
 const MUTE_FOR_MS_MAX = 10 * 365 * 24 * 3600 * 1000;
+
+/**
+ * Storage reads one request makes at once (a group's receipts read two per member): a client's one
+ * request should not take the process's storage requests from everyone else's messages.
+ */
+const READS_PER_REQUEST_MAX = 16;
 
 type Request = NonNullable<ClientFrame["kind"]>;
 type Case = NonNullable<Request["case"]>;
@@ -79,10 +86,8 @@ const handlers: { [K in Case]?: Handler<K> } = {
   listConversations: async (s, { userId }, v) => {
     const { membership, messages, receipts } = s.backends;
     const records = await membership.conversationsOf(userId, pageLimit(s.config, v.limit));
-    const conversations = await Promise.all(
-      records.map(async (r) =>
-        toWireConversation(r, await messages.lastSeq(r.id), await receipts.get(r.id, userId, "read")),
-      ),
+    const conversations = await mapLimited(records, READS_PER_REQUEST_MAX, async (r) =>
+      toWireConversation(r, await messages.lastSeq(r.id), await receipts.get(r.id, userId, "read")),
     );
     return { case: "conversations", value: { conversations } };
   },
@@ -113,13 +118,11 @@ const handlers: { [K in Case]?: Handler<K> } = {
     const { record } = await s.conversations.memberAccess(userId, conversationId);
     const { membership, receipts } = s.backends;
     const members = record.delivery === "pull" ? [userId] : (await membership.members(conversationId)).sort();
-    const watermarks = await Promise.all(
-      members.map(async (member) => ({
-        userId: member,
-        deliveredSeq: BigInt(await receipts.get(conversationId, member, "delivered")),
-        readSeq: BigInt(await receipts.get(conversationId, member, "read")),
-      })),
-    );
+    const watermarks = await mapLimited(members, READS_PER_REQUEST_MAX, async (member) => ({
+      userId: member,
+      deliveredSeq: BigInt(await receipts.get(conversationId, member, "delivered")),
+      readSeq: BigInt(await receipts.get(conversationId, member, "read")),
+    }));
     return { case: "receipts", value: { conversationId, receipts: watermarks } };
   },
 
