@@ -55,10 +55,19 @@ const PROTOCOL_FEATURES = ["first_attempt", "member_pages"];
 /** Pull conversations a connection remembers the last sent seq (and typing time) of. */
 const PULL_CONVERSATIONS_TRACKED_MAX = 1_000;
 /**
- * Group changes told to every member, however large the group (a pull group's comings and goings
- * reach only those named, a push group is small): a user's are rate-limited together.
+ * Group changes, rate-limited together per user: the ones told to every member however large the
+ * group, and the membership changes, each of which the sequencer of the group's partition re-reads
+ * the member list for (distributed backend) and a removal of which is kept a week (ADR 0012).
  */
-const GROUP_CHANGES = new Set<string | undefined>(["createGroup", "updateGroup", "setMemberRole"]);
+const GROUP_CHANGES = new Set<string | undefined>([
+  "createGroup",
+  "updateGroup",
+  "setMemberRole",
+  "addMembers",
+  "removeMembers",
+  "joinGroup",
+  "leaveGroup",
+]);
 /** A connection's typing indicators in one pull conversation go out at most this often. */
 const PULL_TYPING_INTERVAL_MS = 3_000;
 

@@ -75,7 +75,7 @@ const WS_BOUNDS = {
   maxBufferedChunks: WS_BUFFERED_CHUNKS_MAX,
   maxPendingAutoPongs: WS_PENDING_PONGS_MAX,
 };
-/** Group changes told to every member (createGroup, updateGroup, setMemberRole) per user: sustained, at once. */
+/** Group changes (connection.ts GROUP_CHANGES: the group's and its members') per user: sustained, at once. */
 const GROUP_CHANGES_PER_SECOND = 5;
 const GROUP_CHANGES_BURST = 20;
 
@@ -98,7 +98,7 @@ export class Gateway {
   private readonly bySession = new Map<string, Connection>();
   private readonly userSends: UserBuckets;
   /**
-   * Group changes told to every member, per user (createGroup, updateGroup, setMemberRole). A refusal
+   * Group changes per user (connection.ts GROUP_CHANGES). A refusal
    * takes nothing: it costs the gateway nothing, and the user's connections may retry side by side.
    */
   private readonly userGroupChanges = new UserBuckets(GROUP_CHANGES_PER_SECOND, GROUP_CHANGES_BURST, {

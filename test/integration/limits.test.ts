@@ -437,6 +437,28 @@ describe("message and frame limits", () => {
     c.close();
   });
 
+  it("counts membership changes with them: a user flipping join and leave in an open group is refused past 20", async () => {
+    const owner = await connect(user("host"));
+    const group = expectCase(
+      await owner.request({ case: "createGroup", value: { name: "open", members: [], open: true } }),
+      "conversation",
+    ).conversation!;
+    const flipper = await connect(user("flipper"));
+    const replies = [];
+    for (let i = 0; i < 15; i++) {
+      replies.push(await flipper.request({ case: "joinGroup", value: { conversationId: group.id } }));
+      replies.push(await flipper.request({ case: "leaveGroup", value: { conversationId: group.id } }));
+    }
+    const reasons = replies.map((f) => (f.kind.case === "error" ? f.kind.value.reason : f.kind.case));
+    // 20 at once (a few more trickle back at 5 a second while they are asked), then refused.
+    const done = reasons.filter((r) => r !== "RATE_LIMITED").length;
+    expect(done).toBeGreaterThanOrEqual(20);
+    expect(done).toBeLessThan(25);
+    expect(reasons.slice(0, 20)).toEqual(Array.from({ length: 10 }, () => ["conversation", "ok"]).flat());
+    expect(reasons.at(-1)).toBe("RATE_LIMITED");
+    for (const c of [owner, flipper]) c.close();
+  });
+
   it("keeps slots for authenticated clients: unauthenticated sockets past their cap get 503", async () => {
     const limited = await startServer({ env: { SWITCHBOARD_GATEWAY_UNAUTHENTICATED_MAX: "2" } });
     try {
