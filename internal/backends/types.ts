@@ -327,15 +327,20 @@ export interface MembershipAsOfSeqs {
   departed: DepartureBound[];
 }
 
-/** What the distributed sequencer needs to address each message to the members as of its seq. */
+/**
+ * What the distributed sequencer needs to address each message to the members as of its seq.
+ * `departedSinceMs`: only memberships that ended at or after it are read and bound (default: every
+ * one kept). A departure matters only to messages before its announcement in the partition, and the
+ * sequencer knows how old the oldest draft it handles is; older departures would be read for nothing.
+ */
 export interface MembershipSeqStore {
-  membershipSeqs(id: string): Promise<MembershipAsOfSeqs>;
+  membershipSeqs(id: string, departedSinceMs?: number): Promise<MembershipAsOfSeqs>;
   /**
    * Gives every change of conversation `id` stored at or before `atMs` that has no bound yet the bound
    * `head` (what the sequencer does when it meets their announcement, made at `atMs`); a change with a
    * bound keeps it. Returns the conversation's bounds after that.
    */
-  boundChanges(id: string, atMs: number, head: number): Promise<MembershipAsOfSeqs>;
+  boundChanges(id: string, atMs: number, head: number, departedSinceMs?: number): Promise<MembershipAsOfSeqs>;
 }
 
 /** One entry of a user's inbox: the user's personal, ordered stream of messages addressed to them. */

@@ -13,7 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { expectNoIdReissuedAfterRestart } from "../../../test/helpers/id-high-water.js";
 import { ensureServer } from "../../../test/infra/servers.js";
 import { Code, SwitchboardError } from "../../lib/errors.js";
-import type { InboxEntry, NewConversation, StoredMessage } from "../types.js";
+import type { InboxEntry, MembershipAsOfSeqs, NewConversation, StoredMessage } from "../types.js";
 import { type CassandraOptions, type CassandraStores, migrate, openCassandraStores } from "./index.js";
 import { SCHEMA_VERSION, tableId, withTableId } from "./schema.js";
 import { REQUESTS_IN_FLIGHT_MAX, storageError } from "./session.js";
@@ -1152,6 +1152,28 @@ describe("membership store", () => {
       );
       await a.membership.boundChanges(g, Date.now(), 15);
       expect((await seqsOf()).departed).toEqual([`${first} 0 7`, `${added} 7 15`, `${added} 15 15`].sort());
+    },
+    LONG,
+  );
+
+  it(
+    "reads and binds only the departures at or after departedSinceMs",
+    async () => {
+      const [g, owner, early, late] = [id("g"), id("owner"), id("early"), id("late")];
+      await a.membership.createConversation(record(g, owner), [owner, early, late]);
+      await a.membership.removeMember(g, early);
+      await sleep(20);
+      const sinceMs = Date.now();
+      await sleep(5);
+      await a.membership.removeMember(g, late);
+      const departed = (seqs: MembershipAsOfSeqs) =>
+        seqs.departed.map((d) => `${d.user} ${d.left.seq}`).sort();
+      expect(departed(await b.membership.membershipSeqs(g, sinceMs))).toEqual([`${late} undefined`]);
+      expect(departed(await b.membership.boundChanges(g, Date.now(), 3, sinceMs))).toEqual([`${late} 3`]);
+      // The older one was neither read nor bound.
+      expect(departed(await b.membership.membershipSeqs(g))).toEqual(
+        [`${early} undefined`, `${late} 3`].sort(),
+      );
     },
     LONG,
   );

@@ -398,13 +398,16 @@ export class CassandraMembershipStore implements MembershipStore, MembershipSeqS
     return out;
   }
 
-  async membershipSeqs(id: string): Promise<MembershipAsOfSeqs> {
+  async membershipSeqs(id: string, departedSinceMs = 0): Promise<MembershipAsOfSeqs> {
     const [memberRows, departedRows] = await Promise.all([
       this.s.all("members_by_conversation: members with their seqs", this.q.memberSeqs, [id]),
       // A direct conversation's members never change: it has no departures.
       id.startsWith("dm:")
         ? Promise.resolve([])
-        : this.s.all("departures_by_conversation: departures with their seqs", this.q.departures, [id]),
+        : this.s.all("departures_by_conversation: departures with their seqs", this.q.departures, [
+            id,
+            new Date(departedSinceMs),
+          ]),
     ]);
     const change = (row: Row, seqColumn: string, atColumn: string): ChangeBound | undefined => {
       const seq = optionalNumber(row.get(seqColumn), seqColumn);
@@ -438,11 +441,16 @@ export class CassandraMembershipStore implements MembershipStore, MembershipSeqS
    * Conditional on each change being still unbound: a plain update could re-create a row deleted
    * meanwhile. Retried with a fresh read until nothing unbound at or before `atMs` is left.
    */
-  async boundChanges(id: string, atMs: number, head: number): Promise<MembershipAsOfSeqs> {
+  async boundChanges(
+    id: string,
+    atMs: number,
+    head: number,
+    departedSinceMs = 0,
+  ): Promise<MembershipAsOfSeqs> {
     const due = (c: ChangeBound) => c.seq === undefined && c.changedAtMs <= atMs;
     const bind = (c: ChangeBound): ChangeBound => (due(c) ? { ...c, seq: head } : c);
     for (let attempt = 1; attempt <= CAS_ATTEMPTS_MAX; attempt++) {
-      const now = await this.membershipSeqs(id);
+      const now = await this.membershipSeqs(id, departedSinceMs);
       const members = now.members.filter((m) => due(m.joined));
       const departed = now.departed.filter((d) => due(d.joined) || due(d.left));
       if (members.length === 0 && departed.length === 0) return now;
@@ -663,7 +671,7 @@ function statements(s: Session) {
       `VALUES (?, ?, ?, ?, ?, ${UNBOUND})`,
     departures:
       `SELECT user_id, departed_at, joined_at, since_seq, until_seq FROM ${departures} ` +
-      "WHERE conversation_id = ?",
+      "WHERE conversation_id = ? AND departed_at >= ?",
     boundDeparture:
       `UPDATE ${departures} SET since_seq = ?, until_seq = ? ` +
       "WHERE conversation_id = ? AND departed_at = ? AND user_id = ? " +

@@ -16,6 +16,17 @@ import type { ChangeBound, MembershipAsOfSeqs } from "../types.js";
 
 export const UNANNOUNCED_AFTER_MS = 5 * 60_000;
 
+/**
+ * How long before the oldest record of a batch the memberships that ended still matter to it and to
+ * every later one. A departure counts for a message only if the message comes before the departure's
+ * announcement in the partition (its seq is at most the departure's bound), and an announcement
+ * follows its change by milliseconds; a draft's record time may lag its place by its producer's
+ * retries and the clocks' skew, and a change never announced counts from UNANNOUNCED_AFTER_MS after
+ * it. So a departure stored more than that long before the batch's oldest record concerns none of
+ * the messages the owner will address with the lists it reads now: they are not read.
+ */
+export const DEPARTURES_LOOKBACK_MS = UNANNOUNCED_AFTER_MS + 5 * 60_000;
+
 /** Whether the change has happened for the message with `seq`, created at `createdAtMs`. */
 function happened(change: ChangeBound, seq: number, createdAtMs: number): boolean {
   return change.seq === undefined

@@ -72,7 +72,7 @@ import type { GroupMembers } from "./member-resume.js";
 import { OwnedPartitions } from "./owned-partitions.js";
 import { RecentSends } from "./recent-sends.js";
 import { replyPartitionOf } from "./reply-partition.js";
-import { SeqAudience } from "./seq-audience.js";
+import { DEPARTURES_LOOKBACK_MS, SeqAudience } from "./seq-audience.js";
 
 export const SEQUENCER_GROUP = "sequencer";
 
@@ -113,8 +113,11 @@ const RECENT_SENDS_PER_PARTITION_MAX = 30_000;
 export const dedupeKeyOf = (m: { sender: string; clientMsgId: string }) =>
   `${m.sender}\u0000${m.clientMsgId}`;
 
-/** When an announcement was made: its record's time (the producer's, set after the change was stored). */
-const announcedAt = (m: Pick<KafkaMessage, "timestamp">): number => {
+/**
+ * A record's time (its producer's clock); now if it has none. An announcement's: when it was made,
+ * after the change was stored.
+ */
+const recordTime = (m: Pick<KafkaMessage, "timestamp">): number => {
   const atMs = Number(m.timestamp);
   return Number.isSafeInteger(atMs) && atMs > 0 ? atMs : Date.now();
 };
@@ -191,7 +194,7 @@ class PartitionState {
 }
 
 type DraftRecord =
-  | { kind: "draft"; draft: StoredMessage; resendsAfterMs: number | undefined }
+  | { kind: "draft"; draft: StoredMessage; resendsAfterMs: number | undefined; atMs: number }
   /** `atMs`: when the announcement was made (after the change was stored). */
   | { kind: "membership"; conversationId: string; atMs: number };
 
@@ -291,7 +294,7 @@ export class Sequencer implements Closeable {
     const replyTo = new Map<string, number>();
     const records: DraftRecord[] = batch.messages.map((m, i) => {
       if (isMembershipRecord(m))
-        return { kind: "membership", conversationId: m.key!.toString(), atMs: announcedAt(m) };
+        return { kind: "membership", conversationId: m.key!.toString(), atMs: recordTime(m) };
       const draft = decodeMessage(m.value!);
       const first = m.headers?.[FIRST_ATTEMPT_HEADER]?.toString();
       const resendsAfterMs = first === undefined ? undefined : Number(first);
@@ -305,6 +308,7 @@ export class Sequencer implements Closeable {
         kind: "draft",
         draft,
         resendsAfterMs: Number.isSafeInteger(resendsAfterMs) ? resendsAfterMs : undefined,
+        atMs: recordTime(m),
       };
     });
     const drafts = records.flatMap((r) =>
@@ -487,10 +491,17 @@ export class Sequencer implements Closeable {
         continue;
       }
       const list = changes.get(c) ?? [];
-      list.push({ atMs: r.atMs, head });
+      // Announcements with no message between them bind at the same head: one binding does for all.
+      const previous = list.at(-1);
+      if (previous?.head === head) previous.atMs = Math.max(previous.atMs, r.atMs);
+      else list.push({ atMs: r.atMs, head });
       changes.set(c, list);
       state.members.forget(c);
     }
+    // Memberships that ended before this are of no concern to this batch or any later one.
+    let oldestMs = Number.POSITIVE_INFINITY;
+    for (const r of records) oldestMs = Math.min(oldestMs, r.atMs);
+    const departedSinceMs = Math.max(0, oldestMs - DEPARTURES_LOOKBACK_MS);
     const out = new Map<string, Audience>();
     const toRead: string[] = [];
     for (const c of new Set([...last.keys(), ...changes.keys()])) {
@@ -511,8 +522,10 @@ export class Sequencer implements Closeable {
           else {
             let bounds: MembershipAsOfSeqs | undefined;
             for (const { atMs, head } of changes.get(conversationId) ?? [])
-              bounds = await this.o.membership.boundChanges(conversationId, atMs, head);
-            audience = new SeqAudience(bounds ?? (await this.o.membership.membershipSeqs(conversationId)));
+              bounds = await this.o.membership.boundChanges(conversationId, atMs, head, departedSinceMs);
+            audience = new SeqAudience(
+              bounds ?? (await this.o.membership.membershipSeqs(conversationId, departedSinceMs)),
+            );
           }
           out.set(conversationId, audience);
           state.members.set(conversationId, audience, startedAtMs);
