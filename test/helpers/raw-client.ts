@@ -116,6 +116,19 @@ export class RawClient {
     return reply;
   }
 
+  /**
+   * A request asked again after each RATE_LIMITED refusal's retryAfterMs (what a client does), at
+   * most `attempts` times; the last reply either way.
+   */
+  async requestPaced(kind: Kind, attempts = 20): Promise<ServerFrame> {
+    for (let attempt = 1; ; attempt++) {
+      const reply = await this.request(kind);
+      const refusal = reply.kind.case === "error" ? reply.kind.value : undefined;
+      if (refusal?.reason !== "RATE_LIMITED" || attempt >= attempts) return reply;
+      await new Promise((r) => setTimeout(r, refusal.retryAfterMs));
+    }
+  }
+
   sendFrame(init: MessageInitShape<typeof ClientFrameSchema>): void {
     const frame = create(ClientFrameSchema, init);
     this.ws.send(
