@@ -22,6 +22,78 @@ afterAll(async () => {
   await server.dispose();
 });
 
+const SENT_BEFORE_KILL = 80;
+type MembershipChange = "addMembers" | "removeMembers";
+
+/**
+ * dana creates a group with erin and `members`, makes the `beforeSends` changes of `watched`, sends
+ * SENT_BEFORE_KILL messages at once, makes the `afterSends` changes, and the server is killed at once
+ * (while the router, or the sequencer, may still be behind what it handled) and restarted; dana sends
+ * one more. Returns the seqs of the group that erin (a member throughout) and `watched` then have.
+ * Only this group's messages count: erin and the watched user are in other tests' groups too.
+ */
+async function membershipChangedAroundKill(scenario: {
+  name: string;
+  watched: string;
+  members: string[];
+  beforeSends?: MembershipChange[];
+  afterSends: MembershipChange[];
+  /** How many of the group's messages `watched` is to have in the end. */
+  watchedGets: number;
+}): Promise<{ erin: number[]; watched: number[] }> {
+  const token = (user: string) => devToken(server.dataDir, user);
+  const sendTo = (client: RawClient, group: string, clientMsgId: string) =>
+    client.request({
+      case: "send",
+      value: { target: { case: "conversationId", value: group }, clientMsgId, body: clientMsgId },
+    });
+  const sender = await RawClient.connect(server.url, { token: await token("dana") });
+  const group = expectCase(
+    await sender.request({
+      case: "createGroup",
+      value: { name: scenario.name, members: ["erin", ...scenario.members] },
+    }),
+    "conversation",
+  ).conversation!.id;
+  const change = async (c: MembershipChange) =>
+    expectCase(
+      await sender.request({ case: c, value: { conversationId: group, members: [scenario.watched] } }),
+      "conversation",
+    );
+  for (const c of scenario.beforeSends ?? []) await change(c);
+  const acks = await Promise.all(
+    Array.from({ length: SENT_BEFORE_KILL }, (_, i) => sendTo(sender, group, `early-${i}`)),
+  );
+  for (const f of acks) expectCase(f, "ack");
+  for (const c of scenario.afterSends) await change(c);
+  await server.kill();
+  sender.close();
+  server = await server.restart();
+  const senderAgain = await RawClient.connect(server.url, { token: await token("dana") });
+  const after = expectCase(await sendTo(senderAgain, group, "after"), "ack");
+  expect(Number(after.seq)).toBe(SENT_BEFORE_KILL + 1);
+  /** The group's seqs in the user's inbox, once it has `expected` of them (or 30 s passed). */
+  const seqsSeenBy = async (user: string, expected: number) => {
+    const client = await RawClient.connect(server.url, { token: await token(user) });
+    const deadline = Date.now() + 30_000;
+    let seqs: number[];
+    for (;;) {
+      const synced = await client.syncAll();
+      seqs = synced.messages.filter((m) => m.conversationId === group).map((m) => Number(m.seq));
+      if (seqs.length >= expected || Date.now() > deadline) break;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    client.close();
+    return seqs;
+  };
+  const seen = {
+    erin: await seqsSeenBy("erin", SENT_BEFORE_KILL + 1),
+    watched: await seqsSeenBy(scenario.watched, scenario.watchedGets),
+  };
+  senderAgain.close();
+  return seen;
+}
+
 describe("kill -9", () => {
   it("loses no acknowledged message and invents none", async () => {
     const alice = await RawClient.connect(server.url, { token: await devToken(server.dataDir, "alice") });
@@ -140,103 +212,28 @@ describe("kill -9", () => {
   // ADR 0012: messages handled again after the crash (the embedded router's, the distributed
   // sequencer's) keep the recipients they had when sequenced.
   it("a member added just before a kill -9 gets none of what was sent before the add", async () => {
-    const token = (user: string) => devToken(server.dataDir, user);
-    const [dana, erin, fay] = ["dana", "erin", "fay"];
-    const sender = await RawClient.connect(server.url, { token: await token(dana) });
-    const group = expectCase(
-      await sender.request({ case: "createGroup", value: { name: "late joiner", members: [erin] } }),
-      "conversation",
-    ).conversation!.id;
-    const SENT = 80;
-    const acks = await Promise.all(
-      Array.from({ length: SENT }, (_, i) =>
-        sender.request({
-          case: "send",
-          value: {
-            target: { case: "conversationId", value: group },
-            clientMsgId: `early-${i}`,
-            body: `${i}`,
-          },
-        }),
-      ),
-    );
-    for (const f of acks) expectCase(f, "ack");
-    expectCase(
-      await sender.request({ case: "addMembers", value: { conversationId: group, members: [fay] } }),
-      "conversation",
-    );
-    // At once, while the router's position may still be behind what it routed (re-routed after the
-    // restart, the messages must keep the recipients they had: not fay, added after them).
-    await server.kill();
-    sender.close();
-    server = await server.restart();
-    const senderAgain = await RawClient.connect(server.url, { token: await token(dana) });
-    const after = expectCase(
-      await senderAgain.request({
-        case: "send",
-        value: {
-          target: { case: "conversationId", value: group },
-          clientMsgId: "after-add",
-          body: "after",
-        },
-      }),
-      "ack",
-    );
-    expect(Number(after.seq)).toBe(SENT + 1);
-    const member = await RawClient.connect(server.url, { token: await token(erin) });
-    const erinSees = (await member.syncAtLeast(SENT + 1)).messages.filter((m) => m.conversationId === group);
-    expect(erinSees.map((m) => Number(m.seq))).toEqual(Array.from({ length: SENT + 1 }, (_, i) => i + 1));
-    const newcomer = await RawClient.connect(server.url, { token: await token(fay) });
-    const faySees = (await newcomer.syncAtLeast(1)).messages.filter((m) => m.conversationId === group);
-    expect(faySees.map((m) => Number(m.seq))).toEqual([SENT + 1]);
-    for (const c of [senderAgain, member, newcomer]) c.close();
+    const seen = await membershipChangedAroundKill({
+      name: "late joiner",
+      watched: "fay",
+      members: [],
+      afterSends: ["addMembers"],
+      watchedGets: 1,
+    });
+    expect(seen.erin).toEqual(Array.from({ length: SENT_BEFORE_KILL + 1 }, (_, i) => i + 1));
+    expect(seen.watched).toEqual([SENT_BEFORE_KILL + 1]);
   }, 120_000);
 
   it("a member who was out, came back and left again just before a kill -9 gets nothing sent while out", async () => {
-    const token = (user: string) => devToken(server.dataDir, user);
-    const [dana, erin, gus] = ["dana", "erin", "gus"];
-    const sender = await RawClient.connect(server.url, { token: await token(dana) });
-    const group = expectCase(
-      await sender.request({ case: "createGroup", value: { name: "in and out", members: [erin, gus] } }),
-      "conversation",
-    ).conversation!.id;
-    const change = async (c: "addMembers" | "removeMembers") =>
-      expectCase(
-        await sender.request({ case: c, value: { conversationId: group, members: [gus] } }),
-        "conversation",
-      );
-    await change("removeMembers");
-    const SENT = 80;
-    const acks = await Promise.all(
-      Array.from({ length: SENT }, (_, i) =>
-        sender.request({
-          case: "send",
-          value: { target: { case: "conversationId", value: group }, clientMsgId: `out-${i}`, body: `${i}` },
-        }),
-      ),
-    );
-    for (const f of acks) expectCase(f, "ack");
-    await change("addMembers");
-    await change("removeMembers");
-    // At once: what is handled again after the restart must not go to gus, out when it was sent.
-    await server.kill();
-    sender.close();
-    server = await server.restart();
-    const senderAgain = await RawClient.connect(server.url, { token: await token(dana) });
-    expectCase(
-      await senderAgain.request({
-        case: "send",
-        value: { target: { case: "conversationId", value: group }, clientMsgId: "after", body: "after" },
-      }),
-      "ack",
-    );
-    const member = await RawClient.connect(server.url, { token: await token(erin) });
-    const erinSees = (await member.syncAtLeast(SENT + 1)).messages.filter((m) => m.conversationId === group);
-    expect(erinSees.map((m) => Number(m.seq))).toEqual(Array.from({ length: SENT + 1 }, (_, i) => i + 1));
-    const former = await RawClient.connect(server.url, { token: await token(gus) });
-    const gusSees = (await former.syncAll()).messages.filter((m) => m.conversationId === group);
-    expect(gusSees).toEqual([]);
-    for (const c of [senderAgain, member, former]) c.close();
+    const seen = await membershipChangedAroundKill({
+      name: "in and out",
+      watched: "gus",
+      members: ["gus"],
+      beforeSends: ["removeMembers"],
+      afterSends: ["addMembers", "removeMembers"],
+      watchedGets: 0,
+    });
+    expect(seen.erin).toEqual(Array.from({ length: SENT_BEFORE_KILL + 1 }, (_, i) => i + 1));
+    expect(seen.watched).toEqual([]);
   }, 120_000);
 
   // Embedded: the process assigns seqs from memory, so a second one on the same data dir would
