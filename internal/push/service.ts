@@ -40,7 +40,7 @@ import { CollapseWindows } from "./collapse-windows.js";
 import { inDoNotDisturb } from "./do-not-disturb.js";
 import type { DeliveryOutcome, PushNotification, PushProvider } from "./providers/types.js";
 import { DEFAULT_RETRY_POLICY, nextRetry, type RetryPolicy } from "./retry-policy.js";
-import { KeyedSendSlots, SendSlots } from "./send-slots.js";
+import { KeyedSendSlots } from "./send-slots.js";
 import { tokenProblem } from "./token-format.js";
 
 export const DEVICES_PER_USER_MAX = 20;
@@ -160,7 +160,12 @@ export class Push {
   private readonly retry: RetryPolicy;
   private readonly pendingMax: number;
   private readonly inFlight = new Set<Promise<void>>();
-  private readonly slots = new Map<string, SendSlots>();
+  /**
+   * At most sendsInFlightMax requests in flight to one provider: a burst of thousands of notifications
+   * must not open thousands of sockets (or HTTP/2 streams past the server's limit), nor trip a
+   * provider's per-sender quota at once. Waiters are bounded by pendingMax.
+   */
+  private readonly slots = new Map<string, Limiter>();
   private readonly userSlots = new KeyedSendSlots(SENDS_IN_FLIGHT_PER_USER_MAX);
   /** Notifications (and summaries) being decided: NOTIFY_CHECKS_IN_FLIGHT_MAX at once. */
   private readonly checks = new Limiter(NOTIFY_CHECKS_IN_FLIGHT_MAX);
@@ -606,7 +611,7 @@ export class Push {
   ): Promise<DeliveryOutcome> {
     let slots = this.slots.get(provider.name);
     if (!slots) {
-      slots = new SendSlots(this.options.sendsInFlightMax ?? 64);
+      slots = new Limiter(this.options.sendsInFlightMax ?? 64);
       this.slots.set(provider.name, slots);
     }
     try {
