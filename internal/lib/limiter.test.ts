@@ -1,9 +1,9 @@
 import { describe, expect, it } from "vitest";
-import { SendSlots } from "./send-slots.js";
+import { Limiter } from "./limiter.js";
 
-describe("send slots", () => {
-  it("keeps at most slotsMax sends in flight, serves waiters in order, and frees a slot on failure", async () => {
-    const slots = new SendSlots(2);
+describe("limiter", () => {
+  it("keeps at most max calls in flight, serves waiters in order, and frees a place on failure", async () => {
+    const slots = new Limiter(2);
     let inFlight = 0;
     let peak = 0;
     const order: number[] = [];
@@ -17,8 +17,11 @@ describe("send slots", () => {
         if (fail) throw new Error(`send ${i} failed`);
         return i;
       });
-    const results = await Promise.allSettled([send(1), send(2, true), send(3), send(4), send(5)]);
+    const settled = Promise.allSettled([send(1), send(2, true), send(3), send(4), send(5)]);
+    expect(slots.waiting).toBe(3);
+    const results = await settled;
     expect(peak).toBe(2);
+    expect(slots.waiting).toBe(0);
     expect(order).toEqual([1, 2, 3, 4, 5]);
     expect(results.map((r) => r.status)).toEqual([
       "fulfilled",
