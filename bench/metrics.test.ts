@@ -22,7 +22,7 @@ const SERIES = [
 type Timer = Parameters<StorageRequestSource["timeCassandra"]>[0];
 
 function source(): Omit<StorageRequestSource, "cassandra"> & {
-  cassandra: { reads: number; writes: number; batches: number; lwts: number };
+  cassandra: { reads: number; writes: number; batches: number; lwts: number; waiting: number };
   produces: number;
   records: number;
   lag: Array<{ group: string; partition: number; records: number }>;
@@ -30,7 +30,7 @@ function source(): Omit<StorageRequestSource, "cassandra"> & {
   dedupe: { store: number; memory: number; trusted: number };
 } {
   const s = {
-    cassandra: { reads: 0, writes: 0, batches: 0, lwts: 0 },
+    cassandra: { reads: 0, writes: 0, batches: 0, lwts: 0, waiting: 0 },
     produces: 0,
     records: 0,
     lag: [] as Array<{ group: string; partition: number; records: number }>,
@@ -88,6 +88,21 @@ describe("storage request counters on /metrics", () => {
     const again = sumMetrics(text, SERIES);
     expect(await page()).toEqual(again);
     expect(again.switchboard_cassandra_requests_total).toBe(15);
+  });
+
+  it("export the Cassandra requests waiting for a place, summed over the clients, as a gauge", async () => {
+    const metrics = createMetrics();
+    const [a, b] = [source(), source()];
+    metrics.countStorageRequests(a);
+    metrics.countStorageRequests(b);
+    const waiting = async () =>
+      Number(/^switchboard_cassandra_requests_waiting (\d+)$/m.exec(await metrics.registry.metrics())?.[1]);
+    expect(await waiting()).toBe(0);
+    a.cassandra.waiting = 30;
+    b.cassandra.waiting = 4;
+    expect(await waiting()).toBe(34);
+    a.cassandra.waiting = 0;
+    expect(await waiting()).toBe(4);
   });
 
   it("export the sequencers' drafts by how their dedupe key was checked", async () => {

@@ -15,6 +15,8 @@ export interface StorageRequestSource {
     readonly writes: number;
     readonly batches: number;
     readonly lwts: number;
+    /** Requests waiting now for a place to be sent. */
+    readonly waiting: number;
   };
   /** Calls `timer` when each Cassandra request completes. */
   timeCassandra(
@@ -127,6 +129,14 @@ function storageRequestCounters(r: Registry[]) {
       for (const source of sources)
         for (const { group, partition, records } of source.kafka.consumerLag())
           this.set({ group, partition: String(partition) }, records);
+    },
+  });
+  new Gauge({
+    name: "switchboard_cassandra_requests_waiting",
+    help: "Cassandra requests of this process waiting for a place to be sent (at most 1,024 are in flight at once; the rest queue in the process). Above 0 for long: the process asks Cassandra for more than it answers.",
+    registers: r,
+    collect() {
+      this.set(sum((s) => s.cassandra.waiting));
     },
   });
   const cassandraSeconds = new Histogram({
@@ -338,7 +348,7 @@ export function createMetrics() {
     }),
     pushNotifications: new Counter({
       name: "switchboard_push_notifications_total",
-      help: "Push deliveries (notification × device) by provider (apns, fcm, webpush, webhook; none for a collapsed notification) and result: sent, retried (one per retry), pruned (dead token removed), failed (permanent, or retries exhausted), unconfigured (no credentials for the provider), dropped (pendingMax reached), abandoned (process closed while waiting to retry; a stored job resumes in the next process), recovered (resumed from the job store at start), collapsed (held for a burst's summary), summarized (a burst's summary sent), muted (the user muted the conversation), do_not_disturb (the user's do-not-disturb window was on), online (a burst's summary not sent: the user came online since), replayed (a dead letter sent again through the server API), duplicate (a notification the job store already took for that device: a message handled again after a crash).",
+      help: "Push deliveries (notification × device) by provider (apns, fcm, webpush, webhook; none for a collapsed notification) and result: sent, retried (one per retry), pruned (dead token removed), failed (permanent, or retries exhausted), unconfigured (no credentials for the provider), dropped (pendingMax reached), abandoned (process closed while waiting to retry; a stored job resumes in the next process), recovered (resumed from the job store at start), collapsed (held for a burst's summary), summarized (a burst's summary sent), muted (the user muted the conversation), do_not_disturb (the user's do-not-disturb window was on), online (a burst's summary not sent: the user came online since), replayed (a dead letter sent again through the server API), duplicate (a notification the job store already took for that device: a message handled again after a crash), busy (refused: too many notifications waiting to be decided; the router asks again).",
       labelNames: ["provider", "result"],
       registers: r,
     }),

@@ -142,6 +142,7 @@ describe("deciding notifications", () => {
     };
     return { settings, reads, gate, release };
   }
+  const metrics = createMetrics();
   const pushWith = (settings: NotificationSettingsStore, collapseWindowMs: number) =>
     new Push({
       devices: { list: async () => [] } as Partial<DeviceStore> as DeviceStore,
@@ -150,7 +151,7 @@ describe("deciding notifications", () => {
       webhookUrl: "",
       collapseWindowMs,
       log: discardingLogger(),
-      metrics: createMetrics(),
+      metrics,
     });
   const to = (userId: string) => ({ userId, conversationId: "g:big", title: "bob", body: "hi" });
 
@@ -186,6 +187,7 @@ describe("deciding notifications", () => {
       (err: SwitchboardError) => err,
     );
     expect(refused).toMatchObject({ code: Code.RESOURCE_EXHAUSTED, reason: "PUSH_BUSY" });
+    expect(await counted(metrics, "busy")).toBe(1);
     release();
     await Promise.all(held);
     expect(await push.notify(to("one-too-many"))).toBe(0);

@@ -221,7 +221,8 @@ export class Push {
 
   /** Decides (and queues) a notification once one of NOTIFY_CHECKS_IN_FLIGHT_MAX places is free. */
   private checked<T>(decide: () => Promise<T>): Promise<T> {
-    if (this.checks.waiting >= NOTIFY_CHECKS_WAITING_MAX)
+    if (this.checks.waiting >= NOTIFY_CHECKS_WAITING_MAX) {
+      this.count("none", "busy");
       return Promise.reject(
         errors.exhausted(
           "PUSH_BUSY",
@@ -229,6 +230,7 @@ export class Push {
           1_000,
         ),
       );
+    }
     return this.checks.run(decide);
   }
 

@@ -1284,8 +1284,11 @@ describe("requests in flight", () => {
       }, 1);
       const users = range(1, 5_000).map((i) => id(`busy-${i}`));
       try {
-        const muted = await Promise.all(users.map((u) => a.settings.isMuted(u, "g:busy", Date.now())));
+        const reads = users.map((u) => a.settings.isMuted(u, "g:busy", Date.now()));
+        expect(a.requests.waiting).toBeGreaterThanOrEqual(users.length - REQUESTS_IN_FLIGHT_MAX);
+        const muted = await Promise.all(reads);
         expect(muted.every((m) => m === false)).toBe(true);
+        expect(a.requests.waiting).toBe(0);
       } finally {
         clearInterval(sampler);
       }

@@ -59,6 +59,8 @@ export interface RequestCounts {
   batches: number;
   /** Requests with a condition (IF ...): each is a Paxos round. */
   lwts: number;
+  /** Requests waiting now for a place to be sent (REQUESTS_IN_FLIGHT_MAX in flight). */
+  readonly waiting: number;
 }
 
 export type RequestKind = "read" | "write" | "batch" | "lwt";
@@ -140,8 +142,8 @@ export class Session {
   private readonly consistency: number;
   private readonly serialConsistency: number;
   private closed = false;
-  /** Requests sent, by kind (counted when sent, whether they succeed or not). */
-  readonly requests: RequestCounts = { reads: 0, writes: 0, batches: 0, lwts: 0 };
+  /** Requests sent, by kind (counted when sent, whether they succeed or not), and those waiting. */
+  readonly requests: RequestCounts;
   private readonly timers: RequestTimer[] = [];
   private readonly turnWriteLimiter = new Limiter(TURN_WRITES_IN_FLIGHT_MAX);
   /** Every request takes a place here before it is sent (REQUESTS_IN_FLIGHT_MAX). */
@@ -170,7 +172,17 @@ export class Session {
     requestsInFlightMax = REQUESTS_IN_FLIGHT_MAX,
   ) {
     checkKeyspaceName(keyspace);
-    this.requestSlots = new Limiter(requestsInFlightMax);
+    const slots = new Limiter(requestsInFlightMax);
+    this.requestSlots = slots;
+    this.requests = {
+      reads: 0,
+      writes: 0,
+      batches: 0,
+      lwts: 0,
+      get waiting() {
+        return slots.waiting;
+      },
+    };
     this.replicas.attach(client);
     this.consistency = CONSISTENCY[consistency.level ?? "LOCAL_QUORUM"];
     this.serialConsistency = SERIAL_CONSISTENCY[consistency.serial ?? "LOCAL_SERIAL"];
@@ -239,11 +251,6 @@ export class Session {
         () => this.measured(kind, what, send),
       );
     return this.measured(kind, what, send);
-  }
-
-  /** Requests waiting for a place to be sent (REQUESTS_IN_FLIGHT_MAX in flight). */
-  get requestsWaiting(): number {
-    return this.requestSlots.waiting;
   }
 
   /** Sends once a place is free; the time measured is the request's own, not its wait. */
