@@ -12,6 +12,7 @@ import type { StoredMessage } from "../backends/types.js";
 import type { Identity } from "../lib/auth.js";
 import { loadConfig } from "../lib/config.js";
 import { Code, errors } from "../lib/errors.js";
+import { Limiter } from "../lib/limiter.js";
 import { discardingLogger } from "../lib/log.js";
 import { createMetrics } from "../lib/metrics.js";
 import { inProcessClient, type ServiceClient } from "../lib/rpc.js";
@@ -668,5 +669,65 @@ describe("Connection: closing after the replies", () => {
     expect(Date.now() - started).toBeLessThan(1_000);
     // Closed once, with the first call's code.
     expect(socket.closedWith).toBe(CloseCode.TOO_MANY_REQUESTS);
+  });
+});
+
+describe("Connection listings", () => {
+  /** conversationsOf held until released, each call counted. */
+  function heldListings() {
+    const held: Array<() => void> = [];
+    let calls = 0;
+    const membership = {
+      conversationsOf: () => {
+        calls++;
+        return new Promise<never[]>((resolve) => held.push(() => resolve([])));
+      },
+    };
+    return { membership, held, calls: () => calls };
+  }
+  const authed = async (socket: FakeSocket) => {
+    socket.frame({ id: 1, auth: { token: "t" } });
+    await until(() => socket.sent.length === 1);
+  };
+
+  it("answers a connection's listings one at a time, in order, and refuses those past 10 unanswered", async () => {
+    const l = heldListings();
+    const { socket } = connection({ membership: l.membership, ctx: { listings: new Limiter(16) } });
+    await authed(socket);
+    for (let id = 2; id <= 13; id++) socket.frame({ id, listConversations: {} });
+    // Two refused at once; of the ten taken, one is being answered.
+    await until(() => socket.sent.length === 3);
+    expect(socket.sent.slice(1).map((f) => [f.replyTo, kinds({ sent: [f] } as FakeSocket)[0]])).toEqual([
+      [12, "RATE_LIMITED"],
+      [13, "RATE_LIMITED"],
+    ]);
+    expect(l.calls()).toBe(1);
+    for (let answered = 1; answered <= 10; answered++) {
+      await until(() => l.held.length === answered);
+      l.held[answered - 1]!();
+    }
+    await until(() => socket.sent.length === 13);
+    expect(socket.sent.slice(3).map((f) => f.replyTo)).toEqual([2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
+    expect(kinds(socket).slice(3)).toEqual(Array(10).fill("conversations"));
+  });
+
+  it("answers at most the gateway's bound of listings at once, whichever connections ask", async () => {
+    const l = heldListings();
+    const listings = new Limiter(1);
+    const [a, b] = [
+      connection({ membership: l.membership, ctx: { listings } }),
+      connection({ membership: l.membership, ctx: { listings } }),
+    ];
+    await authed(a.socket);
+    await authed(b.socket);
+    a.socket.frame({ id: 2, listConversations: {} });
+    b.socket.frame({ id: 2, listConversations: {} });
+    await until(() => l.held.length === 1);
+    await new Promise((r) => setTimeout(r, 20));
+    expect(l.calls()).toBe(1); // the other connection's waits for the place
+    l.held[0]!();
+    await until(() => l.held.length === 2);
+    l.held[1]!();
+    await until(() => a.socket.sent.length === 2 && b.socket.sent.length === 2);
   });
 });

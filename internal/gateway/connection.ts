@@ -32,6 +32,7 @@ import {
 import { atTime, type TimerHandle } from "../lib/at-time.js";
 import { type Identity, isValidUserId } from "../lib/auth.js";
 import { errors, SwitchboardError } from "../lib/errors.js";
+import type { Limiter } from "../lib/limiter.js";
 import { inSpan, type Span, SpanKind, tracing } from "../lib/tracing.js";
 import { WATCHES_PER_SESSION_MAX } from "../presence/index.js";
 import { CloseCode } from "./close-codes.js";
@@ -68,6 +69,13 @@ const GROUP_CHANGES = new Set<string | undefined>([
   "joinGroup",
   "leaveGroup",
 ]);
+/** Requests that list what may be hundreds of rows, each read from storage. */
+const LISTINGS = new Set<string | undefined>(["listConversations", "listMembers", "listReceipts"]);
+/**
+ * Listings of one connection unanswered at once: the one being answered and those waiting for their
+ * turn (they run one at a time, in order); past it one is refused RATE_LIMITED.
+ */
+const LISTINGS_UNANSWERED_MAX = 10;
 /** A connection's typing indicators in one pull conversation go out at most this often. */
 const PULL_TYPING_INTERVAL_MS = 3_000;
 
@@ -81,6 +89,8 @@ export interface GatewayContext extends GatewayServices {
   takePullTyping(conversationId: string): boolean;
   /** Per-user limit on presence subscribes across the user's connections; 0 or ms to wait. */
   takePresenceSubscribe(userId: string): number;
+  /** Listings being answered in this gateway process (LISTINGS_IN_FLIGHT_MAX at once). */
+  listings: Limiter;
   /**
    * The first of `others` who shares no conversation with `user` (docs/protocol.md §4), if any; once
    * `signal` aborts, it reads no more (and fails).
@@ -206,6 +216,9 @@ export class Connection {
    */
   private presenceOrder: Promise<unknown> = Promise.resolve();
   private presenceSubscribesUnanswered = 0;
+  /** Listings of this connection run one at a time, in the order they came (LISTINGS_UNANSWERED_MAX). */
+  private listingOrder: Promise<unknown> = Promise.resolve();
+  private listingsUnanswered = 0;
   /** Typing indicators this connection sent to pull conversations, one per conversation per 3 s. */
   private readonly pullTyping = new Throttle(PULL_TYPING_INTERVAL_MS, PULL_CONVERSATIONS_TRACKED_MAX);
   /** Pull conversations whose members were last told this connection's user is typing. */
@@ -544,7 +557,10 @@ export class Connection {
       }
       default: {
         // Groups, receipts, devices, notification settings: answered from the request alone.
-        const answer = answerRequest(c, { userId: user, sessionId: this.sessionId }, req);
+        const caller = { userId: user, sessionId: this.sessionId };
+        if (LISTINGS.has(req.case))
+          return reply(await this.inListingOrder(() => answerRequest(c, caller, req)!));
+        const answer = answerRequest(c, caller, req);
         if (!answer) throw errors.invalid("UNKNOWN_FRAME", "unknown request");
         return reply(await answer);
       }
@@ -744,6 +760,21 @@ export class Connection {
     const turn = this.presenceOrder.then(run);
     this.presenceOrder = turn.catch(() => undefined);
     return turn;
+  }
+
+  /**
+   * A listing at its turn: after this connection's earlier ones, and once one of the gateway's
+   * LISTINGS_IN_FLIGHT_MAX places is free. Refused at once past LISTINGS_UNANSWERED_MAX waiting.
+   */
+  private inListingOrder<T>(answer: () => Promise<T>): Promise<T> {
+    if (this.listingsUnanswered >= LISTINGS_UNANSWERED_MAX)
+      throw errors.exhausted("RATE_LIMITED", "too many listings unanswered; wait for their replies", 1_000);
+    this.listingsUnanswered++;
+    const turn = this.listingOrder.then(() => this.ctx.listings.run(answer));
+    this.listingOrder = turn.catch(() => undefined);
+    return turn.finally(() => {
+      this.listingsUnanswered--;
+    });
   }
 
   /** A subscribePresence at its turn: checks and subscribes the users not watched yet. */

@@ -11,6 +11,7 @@ import type { MessageEvent } from "../../gen/switchboard/client/v1/client_pb.js"
 import type { DeliverRequest, GatewayService } from "../../gen/switchboard/gateway/v1/gateway_pb.js";
 import type { Identity } from "../lib/auth.js";
 import { Code, SwitchboardError } from "../lib/errors.js";
+import { Limiter } from "../lib/limiter.js";
 import { mapLimited } from "../lib/map-limited.js";
 import type { ServiceImpl } from "../lib/rpc.js";
 import { SpanKind, startSpan, tracing } from "../lib/tracing.js";
@@ -78,6 +79,14 @@ const WS_BOUNDS = {
 /** Group changes (connection.ts GROUP_CHANGES: the group's and its members') per user: sustained, at once. */
 const GROUP_CHANGES_PER_SECOND = 5;
 const GROUP_CHANGES_BURST = 20;
+
+/**
+ * Listings (listConversations, listMembers, listReceipts) being answered at once in a gateway process;
+ * the rest wait (each connection's one at a time). A listing may read hundreds of rows: unbounded, a
+ * few connections asking for them as fast as their frame rate allows queued hundreds of thousands of
+ * storage reads ahead of every message's, and sends timed out for minutes.
+ */
+const LISTINGS_IN_FLIGHT_MAX = 16;
 
 /** Typing indicators a gateway relays per pull conversation per second, and the conversations tracked. */
 const PULL_TYPING_PER_SECOND = 5;
@@ -182,6 +191,7 @@ export class Gateway {
       takeGroupChange: (userId) => this.userGroupChanges.take(userId),
       takePullTyping: (conversationId) => this.takePullTyping(conversationId),
       takePresenceSubscribe: (userId) => this.userPresenceSubscribes.take(userId),
+      listings: new Limiter(LISTINGS_IN_FLIGHT_MAX),
       firstStranger: (user, others, signal) => this.contacts.firstStranger(user, others, signal),
       hasRoomFor: (userId) => (this.byUser.get(userId)?.size ?? 0) < config.gateway.userConnectionsMax,
       register: (conn) => this.register(conn),
