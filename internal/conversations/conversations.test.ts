@@ -6,6 +6,7 @@ import {
   type MessageLog,
   newConversationRecord,
 } from "../backends/types.js";
+import { errors } from "../lib/errors.js";
 import {
   Conversations,
   directConversationId,
@@ -218,6 +219,41 @@ describe("removeMembers, join and leave", () => {
     expect((await conversations.join("dave", id)).memberCount).toBe(4);
     expect(announced).toEqual([id]);
     expect(heard).toEqual(["members"]);
+  });
+
+  it("a join into an empty group that its joiner left again meanwhile is answered as joined, the group left without owner", async () => {
+    const id = "g:382801613892354051";
+    let group: ConversationRecord = {
+      ...newConversationRecord(
+        { id, kind: "group", name: "empty", owner: "", open: true, createdAtMs: 1 },
+        0,
+      ),
+    };
+    const members = new Set<string>();
+    const store = {
+      getConversation: async () => group,
+      isMember: async (_: string, user: string) => members.has(user),
+      addMembers: async (_: string, users: string[]) => {
+        for (const u of users) members.add(u);
+        group = { ...group, memberCount: members.size };
+        // The leave sent with the join lands before the join makes its user owner.
+        const joined = group;
+        members.clear();
+        group = { ...group, memberCount: 0 };
+        return joined;
+      },
+      setRole: async (_: string, user: string) => {
+        throw errors.notFound("USER_NOT_MEMBER", `${user} is not a member of ${id}`);
+      },
+    } as unknown as MembershipStore;
+    const conversations = new Conversations(store, {} as MessageLog, {} as IdPool, {
+      bodyCharsMax: 100,
+      membersMax: 10,
+      pullThreshold: 5,
+      nameCharsMax: 64,
+    });
+    const joined = await conversations.join("erin", id);
+    expect(joined).toMatchObject({ memberCount: 1, owner: "" });
   });
 
   it("a retried leave announces again, and still answers NOT_MEMBER", async () => {

@@ -447,9 +447,11 @@ export class Conversations {
     const group = await this.group(id);
     if (await this.membership.isMember(id, caller)) {
       // A retried join whose first attempt stored it but failed to announce it (see removeMembers):
-      // the sequencers learn of the new member, and the members of it, only now.
+      // the sequencers learn of the new member, and the members of it, only now. The group as it is
+      // now (the record read above may be from before that attempt).
       await this.membership.reannounce?.(id);
-      return this.changed(group, Conversations.comings(group, [caller]));
+      const current = await this.group(id);
+      return this.changed(current, Conversations.comings(current, [caller]));
     }
     if (!group.open) throw errors.denied("GROUP_CLOSED", `group ${id} is not open; a member must add you`);
     let joined = await this.membership.addMembers(
@@ -460,8 +462,15 @@ export class Conversations {
     );
     // A group its last member left has nobody to run it: whoever joins it first owns it (otherwise
     // nobody could ever change it again). Two joining at once: the later is owner, the earlier admin.
-    if (group.memberCount === 0 && joined.owner === "")
-      joined = await this.membership.setRole(id, caller, "owner");
+    if (group.memberCount === 0 && joined.owner === "") {
+      try {
+        joined = await this.membership.setRole(id, caller, "owner");
+      } catch (err) {
+        // Left again meanwhile (a leave sent with the join): the join happened; the group stays
+        // without an owner until the next one joins it.
+        if (!(err instanceof SwitchboardError && err.reason === "USER_NOT_MEMBER")) throw err;
+      }
+    }
     return this.changed(joined, Conversations.comings(joined, [caller], group.delivery));
   }
 
