@@ -169,10 +169,9 @@ export class Session {
     readonly client: Client,
     readonly keyspace: string,
     consistency: ConsistencyOptions = {},
-    requestsInFlightMax = REQUESTS_IN_FLIGHT_MAX,
   ) {
     checkKeyspaceName(keyspace);
-    const slots = new Limiter(requestsInFlightMax);
+    const slots = new Limiter(REQUESTS_IN_FLIGHT_MAX);
     this.requestSlots = slots;
     this.requests = {
       reads: 0,
