@@ -66,4 +66,45 @@ describe("IdPool", () => {
     await expect(pool.next()).rejects.toThrow(/id service down/); // out of stock: asked, and refused
     expect(calls).toBe(3);
   });
+
+  it("keeps what the last ten seconds took in stock, so an id service down for seconds stalls no send", async () => {
+    let clock = EPOCH_MS + 200_000_000;
+    let down = false;
+    const counts: number[] = [];
+    const worker = createIdService(4, () => clock);
+    const client = {
+      allocateIds: async (req: { count: number; received: string[] }) => {
+        if (down) throw new Error("id service down");
+        counts.push(req.count);
+        return worker.allocateIds(
+          { $typeName: "switchboard.id.v1.AllocateIdsRequest", ...req },
+          { signal: new AbortController().signal, peer: "test" },
+        );
+      },
+    } as unknown as ServiceClient<typeof IdService>;
+    const pool = new IdPool(client, 8, () => clock);
+    const seen = new Set<string>();
+    /** `perSecond` ids a second for `seconds`, letting background refills land between them. */
+    const take = async (perSecond: number, seconds: number) => {
+      for (let i = 0; i < perSecond * seconds; i++) {
+        seen.add(await pool.next());
+        clock += 1000 / perSecond;
+        await new Promise((r) => setImmediate(r));
+      }
+    };
+    await take(0.5, 40);
+    // At two seconds apart (five ids in ten seconds), a refill brings batchSize.
+    expect(Math.max(...counts)).toBe(8);
+    await take(200, 12);
+    // Ten seconds at 200 a second: refills of what the last ten seconds took, about 2,000.
+    expect(Math.max(...counts)).toBeGreaterThanOrEqual(1_700);
+    expect(Math.max(...counts)).toBeLessThanOrEqual(2_010);
+    const calls = counts.length;
+    down = true;
+    await take(200, 8); // 1,600 ids, none asked for: the stock held them
+    expect(counts.length).toBe(calls);
+    down = false;
+    await take(200, 2);
+    expect(seen.size).toBe(20 + 200 * 22);
+  });
 });

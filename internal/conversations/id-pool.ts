@@ -1,23 +1,39 @@
 import type { IdService } from "../../gen/switchboard/id/v1/id_pb.js";
+import { ALLOCATE_COUNT_MAX } from "../id/service.js";
 import type { ServiceClient } from "../lib/rpc.js";
 
 /** How long after a failed refill no refill is started ahead of need. */
 const REFILL_BACKOFF_MS = 1_000;
+/**
+ * How long the stock should last at the rate ids were taken lately: an id service restarting (a
+ * process killed and started again takes seconds) then stalls no send. Ids are opaque: one minted
+ * some seconds before its message was sent orders nothing (seq does).
+ */
+export const ID_RESERVE_MS = 10_000;
+/** The rate is counted in slots of a second over the reserve's span. */
+const SLOT_MS = 1_000;
+const SLOTS = ID_RESERVE_MS / SLOT_MS;
 
 /**
- * Keeps a local stock of Snowflake ids, refilled in batches: no RPC per message. Each refill names the
- * highest id received from each worker so far, so a worker restarted with its clock behind mints above
- * it (internal/id/service.ts).
+ * Keeps a local stock of Snowflake ids, refilled in batches: no RPC per message. The stock is kept at
+ * what the last ID_RESERVE_MS took (at least a quarter of `batchSize`), each refill bringing at least
+ * `batchSize` and at most what the id service hands out per call. Each refill names the highest id
+ * received from each worker so far, so a worker restarted with its clock behind mints above it
+ * (internal/id/service.ts).
  */
 export class IdPool {
   private stock: string[] = [];
   private refill: Promise<void> | undefined;
   /** The highest id received from each worker, by worker id. */
   private readonly received = new Map<number, bigint>();
+  /** Ids taken per slot of SLOT_MS, the slot of `slotStartMs` last. */
+  private readonly taken: number[] = new Array<number>(SLOTS).fill(0);
+  private slotStartMs = Number.NEGATIVE_INFINITY;
 
   constructor(
     private readonly ids: ServiceClient<typeof IdService>,
     private readonly batchSize: number,
+    private readonly now: () => number = Date.now,
   ) {}
 
   /** When a refill last failed: background refills wait REFILL_BACKOFF_MS after it. */
@@ -27,24 +43,41 @@ export class IdPool {
     for (;;) {
       const id = this.stock.pop();
       if (id !== undefined) {
+        const wanted = this.count();
         // Ahead of need, but not again at every id while the id service refuses (a foreground fill,
         // below, still asks when the stock runs out, and its caller gets the refusal).
         if (
-          this.stock.length < this.batchSize / 4 &&
+          this.stock.length < Math.max(this.batchSize / 4, wanted) &&
           !this.refill &&
-          Date.now() - this.failedAt >= REFILL_BACKOFF_MS
+          this.now() - this.failedAt >= REFILL_BACKOFF_MS
         )
-          void this.fill().catch(() => undefined);
+          void this.fill(wanted).catch(() => undefined);
         return id;
       }
-      await this.fill();
+      await this.fill(this.count(0));
     }
   }
 
-  private fill(): Promise<void> {
+  /** Counts `n` ids taken now; returns how many the last ID_RESERVE_MS took (this slot's so far included). */
+  private count(n = 1): number {
+    const now = this.now();
+    const elapsed = Math.floor((now - this.slotStartMs) / SLOT_MS);
+    if (elapsed > 0) {
+      for (let i = 0; i < Math.min(elapsed, SLOTS); i++) this.taken.copyWithin(1, 0).fill(0, 0, 1);
+      this.slotStartMs = elapsed >= SLOTS ? now - (now % SLOT_MS) : this.slotStartMs + elapsed * SLOT_MS;
+    }
+    this.taken[0]! += n;
+    let sum = 0;
+    for (const t of this.taken) sum += t;
+    return sum;
+  }
+
+  /** Brings `wanted` ids (as the reserve asks), at least batchSize, at most one call's worth. */
+  private fill(wanted: number): Promise<void> {
+    const count = Math.min(ALLOCATE_COUNT_MAX, Math.max(this.batchSize, wanted));
     // Shared by every caller waiting for ids: not bounded by the deadline of the one that started it.
     this.refill ??= this.ids
-      .allocateIds({ count: this.batchSize, received: [...this.received.values()].map(String) })
+      .allocateIds({ count, received: [...this.received.values()].map(String) })
       .then((res) => {
         const last = res.ids.at(-1);
         if (last !== undefined) {
@@ -55,7 +88,7 @@ export class IdPool {
         this.stock = [...res.ids.slice().reverse(), ...this.stock];
       })
       .catch((err: unknown) => {
-        this.failedAt = Date.now();
+        this.failedAt = this.now();
         throw err;
       })
       .finally(() => {
