@@ -333,7 +333,12 @@ export const schema = {
       0,
       1023,
     ),
-    batchSize: int(256, "Ids the gateway fetches from the id service per call.", 1, 10_000),
+    batchSize: int(
+      256,
+      "Ids the gateway fetches from the id service per call, at least: it keeps in stock what the last 10 s of sends took (up to 10,000 a call), so an id service restarting for seconds stalls no send.",
+      1,
+      10_000,
+    ),
   },
   push: {
     webhookUrl: str(
