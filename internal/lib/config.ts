@@ -458,7 +458,7 @@ export const schema = {
     ),
     memberFile: str(
       "",
-      "File where the process keeps its consumer-group member ids, so that a restart after a crash rejoins its groups at once instead of waiting out the dead member's 10 s session. Empty: kafka-members-<role>.json in dataDir. Put it where a restarted container finds it (an emptyDir).",
+      "File where the process keeps its consumer-group member ids, so that a restart after a crash rejoins its groups at once instead of waiting out the dead member's 10 s session. Empty: kafka-members-<role>-<port>.json in dataDir, <port> the HTTP port the process listens on (so processes sharing a data dir keep apart files). Put it where a restarted container finds it (an emptyDir).",
     ),
     appendTimeoutMs: int(
       10_000,

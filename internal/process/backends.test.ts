@@ -62,6 +62,23 @@ describe("storage credentials from the configuration", () => {
   });
 });
 
+describe("the consumer-group member file", () => {
+  it("is one per process when processes of a role share a data dir: named by the port each listens on", () => {
+    const config = loadConfig({ SWITCHBOARD_DATA_DIR: "/var/lib/sb" });
+    const router = { ...use, role: "router" };
+    const first = distributedOptions(config, log, { ...router, httpPort: 17104 }).memberFile;
+    const second = distributedOptions(config, log, { ...router, httpPort: 17106 }).memberFile;
+    expect(first).toBe("/var/lib/sb/kafka-members-router-17104.json");
+    expect(second).toBe("/var/lib/sb/kafka-members-router-17106.json");
+    // The same process started again (same port) finds its file; a set kafka.memberFile is kept.
+    expect(distributedOptions(config, log, { ...router, httpPort: 17104 }).memberFile).toBe(first);
+    const set = loadConfig({ SWITCHBOARD_KAFKA_MEMBER_FILE: "/tmp/kafka-members.json" });
+    expect(distributedOptions(set, log, { ...router, httpPort: 17104 }).memberFile).toBe(
+      "/tmp/kafka-members.json",
+    );
+  });
+});
+
 describe("the distributed backend's configuration, checked before a role's storage retry loop", () => {
   it("names the setting of what no retry can heal: no brokers, no contact points, SASL without a user, a file that is no PEM", () => {
     expect(() => checkDistributedConfig(loadConfig({ SWITCHBOARD_KAFKA_BROKERS: "" }), log)).toThrow(

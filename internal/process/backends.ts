@@ -24,8 +24,10 @@ export interface BackendUse {
   appends: boolean;
   /** Create topics and migrate the schema (all-in-one); otherwise verify that they exist. */
   provision: boolean;
-  /** The process's role: names its consumer-group member file (kafka.memberFile). */
+  /** The process's role: with `httpPort`, names its consumer-group member file (kafka.memberFile). */
   role: string;
+  /** The HTTP port this process listens on (bound, not as configured: 0 would name every process alike). */
+  httpPort?: number;
 }
 
 function readPem(path: string, setting: string): string {
@@ -59,6 +61,17 @@ function kafkaSasl(k: Config["kafka"]): KafkaConfig["sasl"] | undefined {
       : { mechanism: "scram-sha-512", ...creds };
 }
 
+/**
+ * The member file's name in the data dir when kafka.memberFile is empty. Processes of one role on one
+ * host may share a data dir (test/infra/cluster runs two routers on one): each must keep its own file,
+ * or the last to join overwrites the other's ids and a restarted process, finding ids of a live one
+ * it must not reuse, joins as a new member and waits out its dead self's 10 s session. The HTTP port
+ * tells them apart (no two processes listen on one) and stays the same when the process restarts.
+ */
+export function defaultMemberFile(role: string, httpPort: number | undefined): string {
+  return httpPort === undefined ? `kafka-members-${role}.json` : `kafka-members-${role}-${httpPort}.json`;
+}
+
 /** The distributed backend's options from the configuration tree; throws naming a setting that cannot work. */
 export function distributedOptions(config: Config, log: Logger, use: BackendUse): DistributedOptions {
   const k = config.kafka;
@@ -77,7 +90,7 @@ export function distributedOptions(config: Config, log: Logger, use: BackendUse)
     appendTimeoutMs: k.appendTimeoutMs,
     dedupeWindowSeconds: k.dedupeWindowHours * 3600,
     publishSequenced: k.publishSequenced,
-    memberFile: k.memberFile || join(config.dataDir, `kafka-members-${use.role}.json`),
+    memberFile: k.memberFile || join(config.dataDir, defaultMemberFile(use.role, use.httpPort)),
     ...(k.tls ? { ssl: tlsOptions(k.tlsCaFile, k.tlsCertFile, k.tlsKeyFile, "kafka") } : {}),
     ...(sasl ? { sasl } : {}),
     cassandra: {

@@ -29,6 +29,8 @@ export interface RoleContext {
   /** This process's gRPC server (undefined for role sequencer, and for role all unless asked: servesGrpc). */
   readonly grpc: grpc.Server | undefined;
   readonly grpcPort: number;
+  /** The port this process's HTTP server listens on (bound before the role starts). */
+  readonly httpPort: number;
   /** This process's credential for its gRPC calls to other roles (grpc.credentialFile), if any. */
   readonly credential: (() => string | undefined) | undefined;
   /** What backend clients may do (grpc.clients and grpc.policyFile), as in force now. */
@@ -208,6 +210,7 @@ export async function runProcess(
     metrics,
     grpc: grpcServer?.server,
     grpcPort: grpcServer?.port ?? 0,
+    httpPort: http.port,
     credential,
     policy: () => policies().policy,
     tls: tls && ((peer) => tls.channelTo(peer)),

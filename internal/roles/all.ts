@@ -51,7 +51,13 @@ export const startAll: RoleStarter = async (ctx) => {
       config,
       log,
       metrics,
-      { sequencer: config.kafka.sequencer, appends: true, provision: true, role: "all" },
+      {
+        sequencer: config.kafka.sequencer,
+        appends: true,
+        provision: true,
+        role: "all",
+        httpPort: ctx.httpPort,
+      },
       (err) => ctx.fatal(err),
     ),
   );

@@ -42,6 +42,7 @@ export const startGateway: RoleStarter = async (ctx) => {
         appends: true,
         provision: false,
         role: "gateway",
+        httpPort: ctx.httpPort,
       }),
     ),
   );

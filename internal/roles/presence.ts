@@ -43,6 +43,7 @@ export const startPresence: RoleStarter = async (ctx) => {
         appends: false,
         provision: false,
         role: "presence",
+        httpPort: ctx.httpPort,
       }),
     ),
   );

@@ -19,6 +19,7 @@ export const startPush: RoleStarter = async (ctx) => {
         appends: false,
         provision: false,
         role: "push",
+        httpPort: ctx.httpPort,
       }),
     ),
   );

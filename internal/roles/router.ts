@@ -31,6 +31,7 @@ export const startRouter: RoleStarter = async (ctx) => {
         appends: true,
         provision: false,
         role: "router",
+        httpPort: ctx.httpPort,
       }),
     ),
   );

@@ -16,6 +16,7 @@ export const startSequencer: RoleStarter = async (ctx) => {
         appends: false,
         provision: false,
         role: "sequencer",
+        httpPort: ctx.httpPort,
       }),
     ),
   );

@@ -6,7 +6,8 @@
  * clients of the killed gateway resume on the other one; the same with the router and the gateway
  * frozen (SIGSTOP) past the session timeout and continued; the same when the network silently
  * drops the routers' open streams to a gateway, and when the sequencer, the id service and presence
- * (one process each) are killed with -9 and restarted; a push process killed with -9 while it
+ * (one process each) and a router are killed with -9 and restarted (the router rejoining its group as
+ * the member it was); a push process killed with -9 while it
  * retries a notification leaves it to its restart, which sends it once; a pull-model channel's
  * messages cross gateways live. Prints the recovery times.
  */
@@ -21,6 +22,7 @@ import { Provider, PushService } from "../../gen/switchboard/push/v1/push_pb.js"
 import { AsyncQueue } from "../../internal/lib/async-queue.js";
 import { signDevToken } from "../../internal/lib/auth.js";
 import { grpcClient } from "../../internal/lib/rpc.js";
+import { defaultMemberFile } from "../../internal/process/backends.js";
 import {
   type Conversation,
   type IncomingMessage,
@@ -44,6 +46,13 @@ const WEBHOOK_SECRET = "whsec-cluster-test";
 let receiver: OtlpReceiver;
 /** Carries the routers' Deliver streams to gateway-1 (its advertised address), so a test can cut them. */
 let gateway1Link: TcpProxy;
+
+/** What a cluster process keeps in its consumer-group member file (kafka.memberFile's default). */
+function memberFileOf(name: string): { pid: number; members: Record<string, string> } {
+  const p = cluster.process(name);
+  const path = join(cluster.state.tokenDataDir, defaultMemberFile(p.role, p.httpPort));
+  return JSON.parse(readFileSync(path, "utf8")) as { pid: number; members: Record<string, string> };
+}
 
 beforeAll(async () => {
   const kafka = await ensureServer("kafka");
@@ -518,8 +527,8 @@ describe("a multi-process cluster", () => {
     await cluster.restart("gateway-1");
   }, 240_000);
 
-  it("loses, repeats and reorders nothing when the sequencer, the id service and presence are killed with -9 and restarted", async () => {
-    // Each of these runs once in the cluster: while it is down, sends wait (the SDK resends with the
+  it("loses, repeats and reorders nothing when the sequencer, the id service, presence and a router are killed with -9 and restarted", async () => {
+    // The first three run once in the cluster: while one is down, sends wait (the SDK resends with the
     // same clientMsgId), and once it is back every acknowledged message arrives once, in order.
     const alice = await device("s-alice", 0);
     const bob = await device("s-bob", 1);
@@ -536,12 +545,27 @@ describe("a multi-process cluster", () => {
       const resubscribed = () =>
         readFileSync(cluster.logPath("gateway-0"), "utf8").split("presence had lost watches").length - 1;
       const resubscribedBefore = resubscribed();
-      for (const name of ["sequencer-0", "id-0", "presence-0"]) {
+      // Both routers keep their consumer-group member ids in the one data dir they share, each in a
+      // file of its own: a restarted router rejoins the inbox group as the member it was instead of
+      // waiting out its dead self's session (it did, ~10 s, when the two wrote one file).
+      const inboxGroup = `${cluster.state.topicPrefix}inbox`;
+      const routerMembers = ["router-0", "router-1"].map((name) => memberFileOf(name));
+      for (const [i, name] of ["router-0", "router-1"].entries()) {
+        expect(routerMembers[i]!.pid).toBe(cluster.process(name).pid);
+        expect(routerMembers[i]!.members[inboxGroup]).toBeDefined();
+      }
+      expect(routerMembers[0]!.members[inboxGroup]).not.toBe(routerMembers[1]!.members[inboxGroup]);
+      for (const name of ["sequencer-0", "id-0", "presence-0", "router-1"]) {
         const killedAt = bodies.length;
         const started = performance.now();
         await cluster.kill(name);
         await cluster.restart(name);
         const readyMs = performance.now() - started;
+        if (name === "router-1") {
+          const after = memberFileOf(name);
+          expect(after.pid).toBe(cluster.process(name).pid);
+          expect(after.members[inboxGroup]).toBe(routerMembers[1]!.members[inboxGroup]);
+        }
         const resumedMs = await until(
           `messages sent after ${name} died are delivered`,
           () => bob.received.length >= killedAt + 20,

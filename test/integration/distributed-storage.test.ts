@@ -9,6 +9,7 @@ import { Kafka, logLevel } from "kafkajs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { decodeMessage } from "../../internal/backends/kafka/codec.js";
 import { decodeSnowflake } from "../../internal/id/index.js";
+import { defaultMemberFile } from "../../internal/process/backends.js";
 import { expectCase, RawClient } from "../helpers/raw-client.js";
 import { devToken, type ServerProcess, startServer } from "../helpers/server.js";
 import { ensureServer } from "../infra/servers.js";
@@ -157,7 +158,7 @@ describe("distributed storage", () => {
   }, 60_000);
 
   it("after kill -9, rejoins the sequencer, inbox and push groups as the members it was, and sequences again", async () => {
-    const memberFile = join(server.dataDir, "kafka-members-all.json");
+    const memberFile = join(server.dataDir, defaultMemberFile("all", server.port));
     const read = () =>
       JSON.parse(readFileSync(memberFile, "utf8")) as { pid: number; members: Record<string, string> };
     const before = read();
