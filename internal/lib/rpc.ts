@@ -272,23 +272,31 @@ function toStatus(e: SwitchboardError): Partial<grpc.StatusObject> {
   return { code: e.code as number as grpc.status, details: e.message, metadata };
 }
 
+/** Codes of statuses grpc-js makes itself that a caller may retry: a second, as UNAVAILABLE's. */
+const TRANSIENT_CODES = new Set<number>([grpc.status.UNAVAILABLE, grpc.status.DEADLINE_EXCEEDED]);
+
 /**
  * The SwitchboardError a failed call's status stands for: reason, retry delay and metadata from its
  * ErrorInfo and RetryInfo; without them (statuses grpc-js makes itself: the caller's own deadline,
- * an unreachable peer) the code's name is the reason, as docs/protocol.md §6 says.
+ * an unreachable peer) the code's name is the reason, as docs/protocol.md §6 says, the message names
+ * the call and not the peer (grpc-js's own text holds internal addresses, and the error may travel on
+ * to a client; it stays in `cause`, for logs), and an UNAVAILABLE or DEADLINE_EXCEEDED is worth a
+ * retry after a second.
  */
-function fromStatus(err: grpc.ServiceError): SwitchboardError {
+function fromStatus(err: grpc.ServiceError, call: string): SwitchboardError {
   const bytes = err.metadata?.get(STATUS_DETAILS_KEY)[0];
   const details = bytes instanceof Uint8Array ? decodeStatusDetails(bytes) : undefined;
   const legacy = err.metadata?.get(LEGACY_REASON_KEY)[0];
-  const reason =
-    details?.reason ||
-    (typeof legacy === "string" ? legacy : undefined) ||
-    Code[err.code as number] ||
-    "UNKNOWN";
-  return new SwitchboardError(err.code as number as Code, reason, err.details || err.message, {
+  const reason = details?.reason || (typeof legacy === "string" ? legacy : undefined);
+  if (reason !== undefined)
+    return new SwitchboardError(err.code as number as Code, reason, err.details || err.message, {
+      cause: err,
+      ...(details ? { retryAfterMs: details.retryAfterMs, metadata: details.metadata } : {}),
+    });
+  const name = Code[err.code as number] || "UNKNOWN";
+  return new SwitchboardError(err.code as number as Code, name, `internal call ${call} failed: ${name}`, {
     cause: err,
-    ...(details ? { retryAfterMs: details.retryAfterMs, metadata: details.metadata } : {}),
+    retryAfterMs: TRANSIENT_CODES.has(err.code) ? 1_000 : 0,
   });
 }
 
@@ -584,6 +592,7 @@ export interface Keepalive {
 /** Reads a response stream; an abandoned one (the caller stopped iterating) is cancelled. */
 async function* responses(
   stream: grpc.ClientReadableStream<unknown> | grpc.ClientDuplexStream<unknown, unknown>,
+  call: string,
 ): AsyncIterable<MessageShape<DescMessage>> {
   let over = false;
   try {
@@ -591,7 +600,7 @@ async function* responses(
     over = true;
   } catch (err) {
     over = true;
-    throw fromStatus(err as grpc.ServiceError);
+    throw fromStatus(err as grpc.ServiceError, call);
   } finally {
     if (!over) stream.cancel();
   }
@@ -630,6 +639,7 @@ export function grpcClient<S extends DescService>(
   for (const method of service.methods) {
     if (!isSupported(method)) continue;
     const call = raw[method.localName]!.bind(raw);
+    const callName = `${service.typeName}/${method.name}`;
     const meter = options.metrics && methodMeter(options.metrics, "client", method);
     if (method.methodKind === "unary") {
       const unary = (
@@ -646,7 +656,7 @@ export function grpcClient<S extends DescService>(
           const record = meter?.start();
           const c = call(create(method.input, req), metadata, { deadline }, (err: unknown, res: unknown) => {
             record?.(err ? ((err as grpc.ServiceError).code ?? grpc.status.UNKNOWN) : grpc.status.OK);
-            if (err) reject(fromStatus(err as grpc.ServiceError));
+            if (err) reject(fromStatus(err as grpc.ServiceError, callName));
             else resolve(res);
           }) as grpc.ClientUnaryCall;
           opts?.signal?.addEventListener("abort", () => c.cancel(), { once: true });
@@ -690,7 +700,7 @@ export function grpcClient<S extends DescService>(
         }
         stream.on("status", (s: grpc.StatusObject) => record?.(s.code));
         opts?.signal?.addEventListener("abort", () => stream.cancel(), { once: true });
-        return responses(stream);
+        return responses(stream, callName);
       };
     }
   }

@@ -4,6 +4,8 @@
  * propagated, rich error details on the wire and back, per-method metrics, the health service,
  * server reflection, and keepalive pings that find a connection the network dropped silently. test/integration/grpc-process.test.ts checks the same on `switchboard start`.
  */
+
+import * as net from "node:net";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { anyUnpack, durationMs, FileDescriptorProtoSchema } from "@bufbuild/protobuf/wkt";
 import * as grpc from "@grpc/grpc-js";
@@ -101,6 +103,27 @@ function rawAllocate(address: string, deadlineMs = 5_000): Promise<grpc.ServiceE
     );
   });
 }
+
+describe("statuses grpc-js makes itself", () => {
+  it("an unreachable peer: the code's name as reason, retry in a second, and a message that names the call, not the address", async () => {
+    const closed = net.createServer();
+    await new Promise<void>((resolve) => closed.listen(0, "127.0.0.1", resolve));
+    const port = (closed.address() as net.AddressInfo).port;
+    await new Promise((resolve) => closed.close(resolve));
+    const err = await client(IdService, `127.0.0.1:${port}`)
+      .allocateIds({ count: 1 }, { timeoutMs: 2_000 })
+      .then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+    expect(err).toBeInstanceOf(SwitchboardError);
+    expect(err).toMatchObject({ code: Code.UNAVAILABLE, reason: "UNAVAILABLE", retryAfterMs: 1_000 });
+    const { message, cause } = err as SwitchboardError;
+    expect(message).toBe("internal call switchboard.id.v1.IdService/AllocateIds failed: UNAVAILABLE");
+    // grpc-js's own text, with the peer's address, stays in the cause (for logs only).
+    expect(String((cause as Error).message)).toContain(String(port));
+  });
+});
 
 describe("deadlines", () => {
   it("abort the handler's signal at the caller's deadline, which gets DEADLINE_EXCEEDED", async () => {
