@@ -82,7 +82,7 @@ describe("IdPool", () => {
         );
       },
     } as unknown as ServiceClient<typeof IdService>;
-    const pool = new IdPool(client, 8, () => clock);
+    const pool = new IdPool(client, 8, { now: () => clock });
     const seen = new Set<string>();
     /** `perSecond` ids a second for `seconds`, letting background refills land between them. */
     const take = async (perSecond: number, seconds: number) => {
@@ -106,5 +106,16 @@ describe("IdPool", () => {
     down = false;
     await take(200, 2);
     expect(seen.size).toBe(20 + 200 * 22);
+
+    // An id service in the same process (reserve 0) restarts with it: batchSize per call at any rate.
+    counts.length = 0;
+    const inProcess = new IdPool(client, 8, { reserveMs: 0, now: () => clock });
+    for (let i = 0; i < 400; i++) {
+      seen.add(await inProcess.next());
+      clock += 5;
+      await new Promise((r) => setImmediate(r));
+    }
+    expect(new Set(counts)).toEqual(new Set([8]));
+    expect(seen.size).toBe(20 + 200 * 22 + 400);
   });
 });

@@ -5,19 +5,18 @@ import type { ServiceClient } from "../lib/rpc.js";
 /** How long after a failed refill no refill is started ahead of need. */
 const REFILL_BACKOFF_MS = 1_000;
 /**
- * How long the stock should last at the rate ids were taken lately: an id service restarting (a
- * process killed and started again takes seconds) then stalls no send. Ids are opaque: one minted
- * some seconds before its message was sent orders nothing (seq does).
+ * How long the stock of a pool fed by another process should last at the rate ids were taken lately:
+ * an id service restarting (a process killed and started again takes seconds) then stalls no send.
+ * Ids are opaque: one minted some seconds before its message was sent orders nothing (seq does).
  */
 export const ID_RESERVE_MS = 10_000;
 /** The rate is counted in slots of a second over the reserve's span. */
 const SLOT_MS = 1_000;
-const SLOTS = ID_RESERVE_MS / SLOT_MS;
 
 /**
  * Keeps a local stock of Snowflake ids, refilled in batches: no RPC per message. The stock is kept at
- * what the last ID_RESERVE_MS took (at least a quarter of `batchSize`), each refill bringing at least
- * `batchSize` and at most what the id service hands out per call. Each refill names the highest id
+ * what the last `reserveMs` took (at least a quarter of `batchSize`, at most what the id service
+ * hands out per call), each refill bringing at least `batchSize` and at most one call's worth. Each refill names the highest id
  * received from each worker so far, so a worker restarted with its clock behind mints above it
  * (internal/id/service.ts).
  */
@@ -26,15 +25,23 @@ export class IdPool {
   private refill: Promise<void> | undefined;
   /** The highest id received from each worker, by worker id. */
   private readonly received = new Map<number, bigint>();
-  /** Ids taken per slot of SLOT_MS, the slot of `slotStartMs` last. */
-  private readonly taken: number[] = new Array<number>(SLOTS).fill(0);
+  /** Ids taken per slot of SLOT_MS over the reserve's span, the slot of `slotStartMs` first. */
+  private readonly taken: number[];
   private slotStartMs = Number.NEGATIVE_INFINITY;
+  private readonly now: () => number;
 
+  /**
+   * `reserveMs`: ID_RESERVE_MS for an id service in another process; 0 for one in this process (it
+   * restarts with it), which keeps a quarter of `batchSize` at least, as much as it fetches per call.
+   */
   constructor(
     private readonly ids: ServiceClient<typeof IdService>,
     private readonly batchSize: number,
-    private readonly now: () => number = Date.now,
-  ) {}
+    options: { reserveMs?: number; now?: () => number } = {},
+  ) {
+    this.taken = new Array<number>(Math.ceil((options.reserveMs ?? ID_RESERVE_MS) / SLOT_MS)).fill(0);
+    this.now = options.now ?? Date.now;
+  }
 
   /** When a refill last failed: background refills wait REFILL_BACKOFF_MS after it. */
   private failedAt = Number.NEGATIVE_INFINITY;
@@ -58,18 +65,23 @@ export class IdPool {
     }
   }
 
-  /** Counts `n` ids taken now; returns how many the last ID_RESERVE_MS took (this slot's so far included). */
+  /**
+   * Counts `n` ids taken now; returns how many the reserve's span took (this slot's so far included),
+   * at most one call's worth.
+   */
   private count(n = 1): number {
+    const slots = this.taken.length;
+    if (slots === 0) return 0;
     const now = this.now();
     const elapsed = Math.floor((now - this.slotStartMs) / SLOT_MS);
     if (elapsed > 0) {
-      for (let i = 0; i < Math.min(elapsed, SLOTS); i++) this.taken.copyWithin(1, 0).fill(0, 0, 1);
-      this.slotStartMs = elapsed >= SLOTS ? now - (now % SLOT_MS) : this.slotStartMs + elapsed * SLOT_MS;
+      for (let i = 0; i < Math.min(elapsed, slots); i++) this.taken.copyWithin(1, 0).fill(0, 0, 1);
+      this.slotStartMs = elapsed >= slots ? now - (now % SLOT_MS) : this.slotStartMs + elapsed * SLOT_MS;
     }
     this.taken[0]! += n;
     let sum = 0;
     for (const t of this.taken) sum += t;
-    return sum;
+    return Math.min(sum, ALLOCATE_COUNT_MAX);
   }
 
   /** Brings `wanted` ids (as the reserve asks), at least batchSize, at most one call's worth. */

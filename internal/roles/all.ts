@@ -126,7 +126,7 @@ export const startAll: RoleStarter = async (ctx) => {
     logger: log,
     metrics,
   });
-  const convs = conversations(config, backends, ids);
+  const convs = conversations(config, backends, ids, true);
   announceGroupChanges(
     convs,
     backends.membership,

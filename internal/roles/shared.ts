@@ -11,12 +11,18 @@ import type { Logger } from "../lib/log.js";
 import type { ServiceClient } from "../lib/rpc.js";
 import { checkDistributedConfig } from "../process/backends.js";
 
+/**
+ * The conversations service of a role. `ids`: the id service's client; `idsInProcess` when it runs in
+ * this process (role all), whose pool needs no reserve for the id service's restarts.
+ */
 export function conversations(
   config: Config,
   stores: { membership: MembershipStore; log: MessageLog },
   ids: ServiceClient<typeof IdService>,
+  idsInProcess = false,
 ): Conversations {
-  return new Conversations(stores.membership, stores.log, new IdPool(ids, config.id.batchSize), {
+  const pool = new IdPool(ids, config.id.batchSize, idsInProcess ? { reserveMs: 0 } : {});
+  return new Conversations(stores.membership, stores.log, pool, {
     bodyCharsMax: config.gateway.bodyCharsMax,
     membersMax: config.groups.membersMax,
     pullThreshold: config.groups.pullThreshold,
