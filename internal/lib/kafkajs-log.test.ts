@@ -46,6 +46,24 @@ describe("kafkajs log levels", () => {
     expect(kafkajsLevel(entry(logLevel.INFO, { message: "Starting" }))).toBe("info");
   });
 
+  it("puts an expelled member's rejoin at warn, and the response that told it at debug", () => {
+    expect(
+      kafkajsLevel(
+        entry(logLevel.ERROR, {
+          message: "Response Heartbeat(key: 12, version: 3)",
+          error: "The coordinator is not aware of this member",
+        }),
+      ),
+    ).toBe("debug");
+    expect(
+      kafkajsLevel(
+        entry(logLevel.ERROR, {
+          message: "The coordinator is not aware of this member, re-joining the group",
+        }),
+      ),
+    ).toBe("warn");
+  });
+
   it("writes each line as 'kafka: <message>' with kafkajs's fields", () => {
     const lines: Array<[string, string, Record<string, unknown> | undefined]> = [];
     const at =

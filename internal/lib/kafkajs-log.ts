@@ -7,9 +7,10 @@
  * nothing was wrong, and an SRE who alerts on error lines learns to ignore them. Those responses go
  * to DEBUG here: kafkajs retries them, and if they persist its retries end in a thrown error
  * (KafkaJSNumberOfRetriesExceeded, a connection error) that the code which made the call logs. Which
- * errors are retriable is kafkajs's own table (src/protocol/error.js), not a list kept here; one more
- * is expected at every rebalance (REBALANCE_IN_PROGRESS on a heartbeat or commit: the consumer rejoins
- * and says so at WARN, "The group is rebalancing, re-joining").
+ * errors are retriable is kafkajs's own table (src/protocol/error.js), not a list kept here; two more
+ * are expected: REBALANCE_IN_PROGRESS on a heartbeat or commit at every rebalance (the consumer rejoins
+ * and says so at WARN, "The group is rebalancing, re-joining"), and UNKNOWN_MEMBER_ID once a member
+ * was expelled (it rejoins, and kafkajs's line saying so goes to WARN here).
  *
  * One warning goes to DEBUG as well: "Limiting retries for the idempotent producer may invalidate
  * EoS guarantees", printed by every producer we make. Bounded retries are deliberate: a produce that
@@ -20,8 +21,15 @@ import { createRequire } from "node:module";
 import { type LogEntry, logLevel } from "kafkajs";
 import type { Logger } from "./log.js";
 
-/** Protocol errors kafkajs does not call retriable but handles itself, and logs again when it does. */
-const HANDLED_BY_KAFKAJS = new Set(["REBALANCE_IN_PROGRESS"]);
+/**
+ * Protocol errors kafkajs does not call retriable but handles itself, and logs again when it does:
+ * a rebalance, and a member the coordinator expelled (its session ran out: a process frozen, starved
+ * or killed and restarted with its old member id, kafka/member-resume.ts), which joins again.
+ */
+const HANDLED_BY_KAFKAJS = new Set(["REBALANCE_IN_PROGRESS", "UNKNOWN_MEMBER_ID"]);
+
+/** kafkajs's own ERROR lines about what it handles by itself: an operator should see them, as warnings. */
+const HANDLED_LINES = new Set(["The coordinator is not aware of this member, re-joining the group"]);
 
 /** The messages of the protocol errors kafkajs retries or handles (see above). */
 function retriableMessages(): ReadonlySet<string> {
@@ -54,6 +62,7 @@ export function kafkajsLevel(entry: LogEntry): "error" | "warn" | "info" | "debu
     if (retriable.has(error)) return "debug";
   }
   if (message === IDEMPOTENT_RETRIES_WARNING) return "debug";
+  if (entry.level === logLevel.ERROR && HANDLED_LINES.has(message)) return "warn";
   return LEVELS[entry.level] ?? "info";
 }
 
