@@ -39,10 +39,11 @@ describe("IdPool", () => {
     expect(third.map(BigInt).sort()).toEqual([highest(1, before), highest(2, before)].sort());
   });
 
-  it("does not ask ahead of need again right after a refill failed, and fails a send only when the stock is out", async () => {
+  it("does not ask again within a second of a failed refill, and fails a send only when the stock is out", async () => {
+    let clock = EPOCH_MS + 100_000_000;
     let calls = 0;
     let failing = false;
-    const worker = createIdService(3, () => EPOCH_MS + 100_000_000);
+    const worker = createIdService(3, () => clock);
     const client = {
       allocateIds: async (req: { count: number; received: string[] }) => {
         calls++;
@@ -53,7 +54,7 @@ describe("IdPool", () => {
         );
       },
     } as unknown as ServiceClient<typeof IdService>;
-    const pool = new IdPool(client, 8);
+    const pool = new IdPool(client, 8, { reserveMs: 0, now: () => clock });
     await pool.next(); // the first fill: 8 ids, one taken
     expect(calls).toBe(1);
     failing = true;
@@ -63,8 +64,17 @@ describe("IdPool", () => {
     await pool.next(); // the last id: no second refill ahead of need within a second
     await new Promise((r) => setTimeout(r, 10));
     expect(calls).toBe(2);
-    await expect(pool.next()).rejects.toThrow(/id service down/); // out of stock: asked, and refused
+    // Out of stock within a second of the failure: refused with it at once, without asking again.
+    await expect(pool.next()).rejects.toThrow(/id service down/);
+    expect(calls).toBe(2);
+    clock += 1_000;
+    await expect(pool.next()).rejects.toThrow(/id service down/); // a second on: asked, and refused
     expect(calls).toBe(3);
+    failing = false;
+    await expect(pool.next()).rejects.toThrow(/id service down/); // within a second of that failure
+    clock += 1_000;
+    await pool.next(); // back: asked, and served
+    expect(calls).toBe(4);
   });
 
   it("keeps what the last ten seconds took in stock, so an id service down for seconds stalls no send", async () => {

@@ -43,16 +43,16 @@ export class IdPool {
     this.now = options.now ?? Date.now;
   }
 
-  /** When a refill last failed: background refills wait REFILL_BACKOFF_MS after it. */
+  /** When a refill last failed, and why: no refill is asked for within REFILL_BACKOFF_MS after it. */
   private failedAt = Number.NEGATIVE_INFINITY;
+  private failure: unknown;
 
   async next(): Promise<string> {
     for (;;) {
       const id = this.stock.pop();
       if (id !== undefined) {
         const wanted = this.count();
-        // Ahead of need, but not again at every id while the id service refuses (a foreground fill,
-        // below, still asks when the stock runs out, and its caller gets the refusal).
+        // Ahead of need, but not again at every id while the id service refuses.
         if (
           this.stock.length < Math.max(this.batchSize / 4, wanted) &&
           !this.refill &&
@@ -61,6 +61,10 @@ export class IdPool {
           void this.fill(wanted).catch(() => undefined);
         return id;
       }
+      // Out of stock right after a refill failed: refused at once with that failure (its caller is
+      // told to retry), not asked again by every send while the id service is down, each waiting
+      // for the call's own retries; the first send after REFILL_BACKOFF_MS asks again.
+      if (!this.refill && this.now() - this.failedAt < REFILL_BACKOFF_MS) throw this.failure;
       await this.fill(this.count(0));
     }
   }
@@ -101,6 +105,7 @@ export class IdPool {
       })
       .catch((err: unknown) => {
         this.failedAt = this.now();
+        this.failure = err;
         throw err;
       })
       .finally(() => {
