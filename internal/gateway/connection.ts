@@ -1034,7 +1034,7 @@ export class Connection {
         value: {
           code: err.code,
           reason: err.reason,
-          message: wholeCharacters(err.message),
+          message: wholeCharacters(err.publicMessage),
           retryAfterMs: err.retryAfterMs,
         },
       },

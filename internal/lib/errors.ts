@@ -21,18 +21,30 @@ export class SwitchboardError extends Error {
    * error's google.rpc.ErrorInfo metadata, never to WebSocket clients. Keys are lowerCamelCase.
    */
   readonly metadata: Readonly<Record<string, string>>;
+  /**
+   * What a client is told (a WebSocket error frame, a gRPC status this process answers with): the
+   * message, unless it holds what only the platform's operators should read (an internal call's
+   * transport error names internal addresses).
+   */
+  readonly publicMessage: string;
 
   constructor(
     code: Code,
     reason: string,
     message: string,
-    options?: { cause?: unknown; retryAfterMs?: number; metadata?: Record<string, string> },
+    options?: {
+      cause?: unknown;
+      retryAfterMs?: number;
+      metadata?: Record<string, string>;
+      publicMessage?: string;
+    },
   ) {
     super(message, options?.cause === undefined ? undefined : { cause: options.cause });
     this.code = code;
     this.reason = reason;
     this.retryAfterMs = options?.retryAfterMs ?? 0;
     this.metadata = options?.metadata ?? {};
+    this.publicMessage = options?.publicMessage ?? message;
   }
 
   /** Normalises anything thrown into a SwitchboardError; unknown errors become INTERNAL. */

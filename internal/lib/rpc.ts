@@ -269,7 +269,7 @@ function toStatus(e: SwitchboardError): Partial<grpc.StatusObject> {
   const metadata = new grpc.Metadata();
   metadata.set(STATUS_DETAILS_KEY, encodeStatusDetails(e));
   metadata.set(LEGACY_REASON_KEY, e.reason);
-  return { code: e.code as number as grpc.status, details: e.message, metadata };
+  return { code: e.code as number as grpc.status, details: e.publicMessage, metadata };
 }
 
 /** Codes of statuses grpc-js makes itself that a caller may retry: a second, as UNAVAILABLE's. */
@@ -278,10 +278,10 @@ const TRANSIENT_CODES = new Set<number>([grpc.status.UNAVAILABLE, grpc.status.DE
 /**
  * The SwitchboardError a failed call's status stands for: reason, retry delay and metadata from its
  * ErrorInfo and RetryInfo; without them (statuses grpc-js makes itself: the caller's own deadline,
- * an unreachable peer) the code's name is the reason, as docs/protocol.md §6 says, the message names
- * the call and not the peer (grpc-js's own text holds internal addresses, and the error may travel on
- * to a client; it stays in `cause`, for logs), and an UNAVAILABLE or DEADLINE_EXCEEDED is worth a
- * retry after a second.
+ * an unreachable peer) the code's name is the reason, as docs/protocol.md §6 says, the message a
+ * client is told names the call and not the peer (grpc-js's own text, with internal addresses, stays
+ * in `message` for this process's logs and callers), and an UNAVAILABLE or DEADLINE_EXCEEDED is worth
+ * a retry after a second.
  */
 function fromStatus(err: grpc.ServiceError, call: string): SwitchboardError {
   const bytes = err.metadata?.get(STATUS_DETAILS_KEY)[0];
@@ -294,10 +294,17 @@ function fromStatus(err: grpc.ServiceError, call: string): SwitchboardError {
       ...(details ? { retryAfterMs: details.retryAfterMs, metadata: details.metadata } : {}),
     });
   const name = Code[err.code as number] || "UNKNOWN";
-  return new SwitchboardError(err.code as number as Code, name, `internal call ${call} failed: ${name}`, {
-    cause: err,
-    retryAfterMs: TRANSIENT_CODES.has(err.code) ? 1_000 : 0,
-  });
+  const publicMessage = `internal call ${call} failed: ${name}`;
+  return new SwitchboardError(
+    err.code as number as Code,
+    name,
+    `${publicMessage}: ${err.details || err.message}`,
+    {
+      cause: err,
+      retryAfterMs: TRANSIENT_CODES.has(err.code) ? 1_000 : 0,
+      publicMessage,
+    },
+  );
 }
 
 // ---- servers -----------------------------------------------------------------------------------

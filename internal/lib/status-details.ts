@@ -38,7 +38,7 @@ export function encodeStatusDetails(err: SwitchboardError): Buffer {
       anyPack(RetryInfoSchema, create(RetryInfoSchema, { retryDelay: durationFromMs(err.retryAfterMs) })),
     );
   return Buffer.from(
-    toBinary(StatusSchema, create(StatusSchema, { code: err.code, message: err.message, details })),
+    toBinary(StatusSchema, create(StatusSchema, { code: err.code, message: err.publicMessage, details })),
   );
 }
 

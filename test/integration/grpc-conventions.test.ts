@@ -105,7 +105,7 @@ function rawAllocate(address: string, deadlineMs = 5_000): Promise<grpc.ServiceE
 }
 
 describe("statuses grpc-js makes itself", () => {
-  it("an unreachable peer: the code's name as reason, retry in a second, and a message that names the call, not the address", async () => {
+  it("an unreachable peer: the code's name as reason, retry in a second, and a client is told the call, not the address", async () => {
     const closed = net.createServer();
     await new Promise<void>((resolve) => closed.listen(0, "127.0.0.1", resolve));
     const port = (closed.address() as net.AddressInfo).port;
@@ -118,10 +118,12 @@ describe("statuses grpc-js makes itself", () => {
       );
     expect(err).toBeInstanceOf(SwitchboardError);
     expect(err).toMatchObject({ code: Code.UNAVAILABLE, reason: "UNAVAILABLE", retryAfterMs: 1_000 });
-    const { message, cause } = err as SwitchboardError;
-    expect(message).toBe("internal call switchboard.id.v1.IdService/AllocateIds failed: UNAVAILABLE");
-    // grpc-js's own text, with the peer's address, stays in the cause (for logs only).
-    expect(String((cause as Error).message)).toContain(String(port));
+    const { publicMessage, message } = err as SwitchboardError;
+    // What a client would be told; grpc-js's own text, with the peer's address, stays for this
+    // process's logs.
+    expect(publicMessage).toBe("internal call switchboard.id.v1.IdService/AllocateIds failed: UNAVAILABLE");
+    expect(message).toContain(publicMessage);
+    expect(message).toContain(String(port));
   });
 });
 
