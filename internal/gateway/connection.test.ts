@@ -11,7 +11,7 @@ import type { RouterService } from "../../gen/switchboard/router/v1/router_pb.js
 import type { StoredMessage } from "../backends/types.js";
 import type { Identity } from "../lib/auth.js";
 import { loadConfig } from "../lib/config.js";
-import { Code, errors } from "../lib/errors.js";
+import { Code, errors, SwitchboardError } from "../lib/errors.js";
 import { Limiter } from "../lib/limiter.js";
 import { discardingLogger } from "../lib/log.js";
 import { createMetrics } from "../lib/metrics.js";
@@ -118,6 +118,26 @@ describe("Connection authentication", () => {
     expect(kinds(socket)).toEqual(["STORAGE_UNAVAILABLE"]);
     expect(socket.sent[0]!.replyTo).toBe(1);
     expect(socket.closedWith).toBe(CloseCode.INTERNAL_ERROR);
+  });
+
+  it("tells the client an error's public message, not the internal call's detail", async () => {
+    const { socket } = connection({
+      head: async () => {
+        throw new SwitchboardError(
+          Code.UNAVAILABLE,
+          "UNAVAILABLE",
+          "internal call switchboard.router.v1.RouterService/Relay failed: UNAVAILABLE: connect ECONNREFUSED 10.0.0.7:9090",
+          { publicMessage: "internal call switchboard.router.v1.RouterService/Relay failed: UNAVAILABLE" },
+        );
+      },
+    });
+    socket.frame({ id: 1, auth: { token: "t" } });
+    await until(() => socket.closedWith !== undefined);
+    const error = socket.sent[0]!.kind;
+    expect(error.case).toBe("error");
+    expect(error.case === "error" && error.value.message).toBe(
+      "internal call switchboard.router.v1.RouterService/Relay failed: UNAVAILABLE",
+    );
   });
 
   it("closes with the reconnect-class 1011, not 3500, when the token cannot be checked now", async () => {
