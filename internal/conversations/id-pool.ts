@@ -9,16 +9,16 @@ const REFILL_BACKOFF_MS = 1_000;
  * an id service restarting (a process killed and started again takes seconds) then stalls no send.
  * Ids are opaque: one minted some seconds before its message was sent orders nothing (seq does).
  */
-export const ID_RESERVE_MS = 10_000;
+const ID_RESERVE_MS = 10_000;
 /** The rate is counted in slots of a second over the reserve's span. */
 const SLOT_MS = 1_000;
 
 /**
  * Keeps a local stock of Snowflake ids, refilled in batches: no RPC per message. The stock is kept at
  * what the last `reserveMs` took (at least a quarter of `batchSize`, at most what the id service
- * hands out per call), each refill bringing at least `batchSize` and at most one call's worth. Each refill names the highest id
- * received from each worker so far, so a worker restarted with its clock behind mints above it
- * (internal/id/service.ts).
+ * hands out per call), each refill bringing at least `batchSize` and at most one call's worth. Each
+ * refill names the highest id received from each worker so far, so a worker restarted with its clock
+ * behind mints above it (internal/id/service.ts).
  */
 export class IdPool {
   private stock: string[] = [];

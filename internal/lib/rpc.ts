@@ -614,7 +614,7 @@ async function* responses(
 }
 
 /** How soon a client tries a peer again after its connection failed (grpc-js: 1 s, up to 120 s). */
-export const RECONNECT_BACKOFF_MS = { initial: 250, max: 2_000 } as const;
+const RECONNECT_BACKOFF_MS = { initial: 250, max: 2_000 } as const;
 
 /**
  * A client for a service behind gRPC at `target`: `host:port`, `dns:///name:port` or
