@@ -148,7 +148,25 @@ function writeGrpcKeys(runDir: string): void {
   writeFileSync(join(dir, "keys"), `${lines.join("\n")}\n`, { mode: 0o600 });
 }
 
-/** A base port with the next `count` ports free on 127.0.0.1 (the cluster takes fixed ports). */
+/** The first port of the kernel's ephemeral range (the source ports of outgoing connections). */
+function ephemeralPortsFrom(): number {
+  try {
+    const first = Number(
+      readFileSync("/proc/sys/net/ipv4/ip_local_port_range", "utf8").trim().split(/\s+/)[0],
+    );
+    if (Number.isInteger(first) && first > 0) return first;
+  } catch {
+    // Not Linux: the IANA dynamic range starts at 49152; Linux's default at 32768.
+  }
+  return 32_768;
+}
+
+/**
+ * A base port with the next `count` ports free on 127.0.0.1 (the cluster takes fixed ports).
+ * The range lies below the kernel's ephemeral ports: a killed process is restarted on its ports, and
+ * one of them taken meanwhile as the source port of some outgoing connection (a router re-dialling
+ * a gateway) would fail the restart with EADDRINUSE.
+ */
 export async function freePortRange(count: number): Promise<number> {
   const free = (port: number) =>
     new Promise<boolean>((resolve) => {
@@ -156,8 +174,11 @@ export async function freePortRange(count: number): Promise<number> {
       s.once("error", () => resolve(false));
       s.listen(port, "127.0.0.1", () => s.close(() => resolve(true)));
     });
+  const low = 20_000;
+  const high = Math.min(ephemeralPortsFrom(), 65_536) - count;
+  if (high <= low) throw new Error(`no room for ${count} ports between ${low} and the ephemeral range`);
   for (let attempt = 0; attempt < 50; attempt++) {
-    const base = 20_000 + Math.floor(Math.random() * 20_000);
+    const base = low + Math.floor(Math.random() * (high - low));
     let ok = true;
     for (let p = base; p < base + count && ok; p++) ok = await free(p);
     if (ok) return base;
