@@ -311,6 +311,8 @@ function fromStatus(err: grpc.ServiceError, call: string): SwitchboardError {
 
 interface ServerState {
   readonly services: DescService[];
+  /** Services answered "starting" until addService adds them (see addStartingService). */
+  readonly starting: Set<string>;
   metrics: GrpcMetrics | undefined;
   guard: CallGuard | undefined;
 }
@@ -332,7 +334,7 @@ const servers = new WeakMap<grpc.Server, ServerState>();
 function stateOf(server: grpc.Server): ServerState {
   let state = servers.get(server);
   if (!state) {
-    state = { services: [], metrics: undefined, guard: undefined };
+    state = { services: [], starting: new Set(), metrics: undefined, guard: undefined };
     servers.set(server, state);
   }
   return state;
@@ -346,6 +348,33 @@ export function instrumentServer(server: grpc.Server, metrics: GrpcMetrics): voi
 /** Runs every call of every service added to `server` from now on past `guard` first. */
 export function guardServer(server: grpc.Server, guard: CallGuard): void {
   stateOf(server).guard = guard;
+}
+
+/**
+ * Answers every method of `service` UNAVAILABLE until addService adds the service. A process binds
+ * its port before its role has started (a gateway advertises the port it got), and a call arriving
+ * meanwhile should be retried, on another replica by the clients' retry policy (SPREAD_SERVICE_CONFIG)
+ * or later by its caller, not answered UNIMPLEMENTED, which no caller retries.
+ */
+export function addStartingService(server: grpc.Server, service: DescService): void {
+  const status = toStatus(
+    errors.unavailable("UNAVAILABLE", `${service.typeName} is starting: not serving yet`),
+  );
+  const handlers: grpc.UntypedServiceImplementation = {};
+  for (const method of service.methods) {
+    if (!isSupported(method)) continue;
+    handlers[method.localName] =
+      method.methodKind === "unary"
+        ? (_call: grpc.ServerUnaryCall<unknown, unknown>, cb: grpc.sendUnaryData<unknown>) => cb(status, null)
+        : (call: grpc.ServerWritableStream<unknown, unknown>) => call.emit("error", status);
+  }
+  server.addService(definitionOf(service), handlers);
+  stateOf(server).starting.add(service.typeName);
+}
+
+/** Services added with addStartingService that addService has not added since. */
+export function startingServicesOf(server: grpc.Server): readonly string[] {
+  return [...stateOf(server).starting];
 }
 
 /** The services added to `server` so far, in order (what reflection lists and health knows). */
@@ -542,6 +571,7 @@ export function addService<S extends DescService>(
       handlers[method.localName] = streamed;
     }
   }
+  if (state.starting.delete(service.typeName)) server.removeService(definitionOf(service));
   server.addService(definitionOf(service, meters), handlers);
   state.services.push(service);
 }

@@ -1,12 +1,15 @@
 /**
  * Every process's gRPC server: bound first (so a gateway knows the port it advertises before it
- * exists), services added by the role afterwards (grpc-js looks handlers up per call), shut down
+ * exists), services added by the role afterwards (grpc-js looks handlers up per call; until then
+ * they answer UNAVAILABLE), shut down
  * gracefully. It always serves the standard health service (in step with /readyz) and, when
  * grpc.reflection is on, server reflection; every call is counted in the grpc_server_* metrics.
  */
+
+import type { DescService } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
 import type { GrpcMetrics } from "../lib/metrics.js";
-import { addService, instrumentServer, type Keepalive, servicesOf } from "../lib/rpc.js";
+import { addService, addStartingService, instrumentServer, type Keepalive, servicesOf } from "../lib/rpc.js";
 import { Health, HealthService } from "./health.js";
 import { reflectionImpl, ServerReflectionV1, ServerReflectionV1alpha } from "./reflection.js";
 
@@ -24,6 +27,11 @@ export interface GrpcServerOptions {
   reflection: boolean;
   /** The process is ready: what the health service reports for the server and each service. */
   serving: () => boolean;
+  /**
+   * The services the role will add once started: until then their calls are answered UNAVAILABLE
+   * ("starting"), which callers retry, instead of UNIMPLEMENTED.
+   */
+  serves?: readonly DescService[] | undefined;
   /** What the port binds with (mTLS: grpc-auth/tls.ts); plaintext without. */
   credentials?: grpc.ServerCredentials | undefined;
   /**
@@ -60,6 +68,7 @@ export async function serveGrpc(
     addService(server, ServerReflectionV1, reflection);
     addService(server, ServerReflectionV1alpha, reflection);
   }
+  for (const service of options.serves ?? []) addStartingService(server, service);
   const bound = await new Promise<number>((resolve, reject) =>
     server.bindAsync(
       `${host}:${port}`,

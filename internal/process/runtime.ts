@@ -4,6 +4,7 @@
  * with http.internalPort, a second one for them, closed with it),
  * a gRPC server, resources closed in reverse order of opening, and one fatal path.
  */
+import type { DescService } from "@bufbuild/protobuf";
 import type * as grpc from "@grpc/grpc-js";
 import type { Gateway } from "../gateway/index.js";
 import type { RoleName as AuthRole, Policy } from "../grpc-auth/policy.js";
@@ -14,7 +15,7 @@ import type { Config } from "../lib/config.js";
 import { onInvariantViolation } from "../lib/errors.js";
 import type { Logger } from "../lib/log.js";
 import { createMetrics, type Metrics } from "../lib/metrics.js";
-import { type CallGuard, guardServer } from "../lib/rpc.js";
+import { type CallGuard, guardServer, startingServicesOf } from "../lib/rpc.js";
 import { startTracing } from "../lib/tracing.js";
 import { serveGrpc } from "./grpc.js";
 import { devTokensRefusal, serveHttp } from "./http.js";
@@ -109,6 +110,7 @@ export async function runProcess(
   config: Config,
   log: Logger,
   start: RoleStarter,
+  serves: readonly DescService[],
 ): Promise<RunningProcess> {
   // What clients' tokens are checked with, then the gRPC credentials: a process that may not or
   // cannot authenticate its clients, its port (or its calls) stops before it opens anything.
@@ -190,6 +192,7 @@ export async function runProcess(
       ? await serveGrpc(config.http.host, config.grpc.port, {
           metrics: metrics.grpc,
           reflection: config.grpc.reflection,
+          serves,
           serving: () => notReady() === undefined,
           credentials: tls?.serverCredentials,
           keepalive: { timeMs: config.grpc.keepaliveMs, timeoutMs: config.grpc.keepaliveTimeoutMs },
@@ -246,6 +249,9 @@ export async function runProcess(
 
   try {
     parts = await start(ctx);
+    const neverAdded = grpcServer ? startingServicesOf(grpcServer.server) : [];
+    if (neverAdded.length > 0)
+      throw new Error(`role ${role} started without the services it declares: ${neverAdded.join(", ")}`);
   } catch (err) {
     await closeQuietly();
     throw err;

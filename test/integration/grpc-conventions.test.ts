@@ -46,7 +46,12 @@ afterEach(async () => {
 });
 
 async function serve(
-  options: { reflection?: boolean; serving?: () => boolean; keepalive?: Keepalive } = {},
+  options: {
+    reflection?: boolean;
+    serving?: () => boolean;
+    keepalive?: Keepalive;
+    serves?: Array<typeof IdService>;
+  } = {},
   ...services: Array<[typeof IdService, ServiceImpl<typeof IdService>]>
 ): Promise<TestServer> {
   const metrics = createMetrics();
@@ -55,6 +60,7 @@ async function serve(
     reflection: options.reflection ?? false,
     serving: options.serving ?? (() => true),
     keepalive: options.keepalive,
+    serves: options.serves,
   });
   for (const [service, impl] of services) addService(running.server, service, impl);
   opened.push(running);
@@ -300,6 +306,26 @@ describe("error details", () => {
     await expect(
       client(RouterService, a.address).sendMessage({ conversationId: "g:1" }),
     ).rejects.toMatchObject({ code: Code.UNIMPLEMENTED, reason: "UNIMPLEMENTED" });
+  });
+
+  it("answer a service the process will serve UNAVAILABLE until its role adds it, which a spread client retries on another replica", async () => {
+    const starting = await serve({ serves: [IdService] });
+    const ready = await serve(
+      {},
+      ids(async () => ({ ids: ["7"] })),
+    );
+    await expect(client(IdService, starting.address).allocateIds({ count: 1 })).rejects.toMatchObject({
+      code: Code.UNAVAILABLE,
+      reason: "UNAVAILABLE",
+      retryAfterMs: 1_000,
+      message: "switchboard.id.v1.IdService is starting: not serving yet",
+    });
+    // Round robin over both: every call that reaches the starting one is retried on the other.
+    const spread = grpcClient(IdService, `ipv4:${starting.address},${ready.address}`, { spread: true });
+    opened.push(spread);
+    for (let i = 0; i < 10; i++) expect((await spread.allocateIds({ count: 1 })).ids).toEqual(["7"]);
+    addService(starting.server, IdService, { allocateIds: async () => ({ ids: ["8"] }) });
+    expect((await client(IdService, starting.address).allocateIds({ count: 1 })).ids).toEqual(["8"]);
   });
 });
 
