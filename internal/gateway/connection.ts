@@ -47,7 +47,7 @@ import {
 import { Throttle, TokenBucket } from "./rate-limit.js";
 import { answerRequest, pageLimit } from "./requests.js";
 import { SendGaps } from "./send-gaps.js";
-import type { GatewayServices } from "./services.js";
+import type { EventRelays, GatewayServices } from "./services.js";
 import { verifyInTime } from "./verify-in-time.js";
 
 /** The optional protocol features this gateway understands (`welcome.features`). */
@@ -80,7 +80,7 @@ const LISTINGS_UNANSWERED_MAX = 10;
 const PULL_TYPING_INTERVAL_MS = 3_000;
 
 /** What a connection needs from its gateway: its services, plus the registry and shared limits. */
-export interface GatewayContext extends GatewayServices {
+export interface GatewayContext extends GatewayServices, EventRelays {
   /** Per-user send limit across all the user's connections; 0 or ms to wait. */
   takeUserSend(userId: string): number;
   /** Per-user limit on group changes across the user's connections; 0 or ms to wait. */
@@ -120,6 +120,11 @@ const PRESENCE_SUBSCRIBES_UNANSWERED_MAX = 10;
  * connection's next presence request has its turn; the check stops at its next read.
  */
 const PRESENCE_CHECK_DEADLINE_MS = 15_000;
+/**
+ * How long a typing indicator may take to reach the router: past it the request is answered
+ * DEADLINE_EXCEEDED and the router relays it no more (RelayRequest.expires_at_ms).
+ */
+const TYPING_RELAY_TIMEOUT_MS = 5_000;
 /**
  * How long a flooded connection waits for the replies of the requests it had accepted before it
  * closes (3013): longer than a send's own bound (kafka.appendTimeoutMs and the call deadline across
@@ -503,12 +508,19 @@ export class Connection {
               this.pullTypingShown.delete(this.pullTypingShown.values().next().value as string);
           }
         }
-        // Membership was checked above, with the record.
-        await c.router.relay({
-          userIds: await c.backends.membership.members(conversationId),
-          excludeSessionId: this.sessionId,
-          frame: { kind: { case: "typing", value: { conversationId, userId: user, typing } } },
-        });
+        // Membership was checked above, with the record. A router that gets the relay after the
+        // reply said it failed (it was paused, or the network held the call) drops it: a typing
+        // indicator shown late could outlive the typing: false sent after it.
+        const userIds = await c.backends.membership.members(conversationId);
+        await c.router.relay(
+          {
+            userIds,
+            excludeSessionId: this.sessionId,
+            frame: { kind: { case: "typing", value: { conversationId, userId: user, typing } } },
+            expiresAtMs: BigInt(Date.now() + TYPING_RELAY_TIMEOUT_MS),
+          },
+          { timeoutMs: TYPING_RELAY_TIMEOUT_MS },
+        );
         return reply({ case: "ok", value: {} });
       }
       case "heartbeat":
@@ -549,9 +561,18 @@ export class Connection {
       case "unsubscribePresence": {
         const { userIds } = req.value;
         return this.inPresenceOrder(async () => {
+          // Unwatched here at once: no event for these users reaches the client from now on.
           for (const t of userIds) this.watched.delete(t);
-          // Closed: the session's end takes all its watches.
-          if (!this.closed) await c.presence.unsubscribe({ sessionId: this.sessionId, userIds });
+          // Closed: the session's end takes all its watches. A presence process that cannot be told
+          // keeps relaying their changes to this gateway, which drops them, until the session ends
+          // or the process restarts (and loses them): the client is answered ok either way.
+          if (!this.closed)
+            await c.presence.unsubscribe({ sessionId: this.sessionId, userIds }).catch((err: unknown) => {
+              c.log.warn("gateway: presence unsubscribe failed; the watches end with the session", {
+                sessionId: this.sessionId,
+                err,
+              });
+            });
           reply({ case: "ok", value: {} });
         });
       }

@@ -451,4 +451,20 @@ describe("gateway presence watches", () => {
     });
     expect(alice.socket.presence()).toEqual([]);
   });
+
+  it("answers unsubscribePresence ok when the presence shard cannot be told, and passes on no change of that user", async () => {
+    const { gw, shards, alice } = await aliceWatchingBob();
+    const carol = await gw.connect("carol");
+    await subscribe(carol.socket, ["bob"]);
+    shards.down[0] = true;
+    alice.socket.frame({ id: 8, unsubscribePresence: { userIds: ["bob"] } });
+    await until(() => alice.socket.sent.some((f) => f.replyTo === 8));
+    expect(alice.socket.sent.find((f) => f.replyTo === 8)!.kind.case).toBe("ok");
+    shards.down[0] = false;
+    // The shard still holds alice's watch and relays bob's change to her too: the gateway drops it.
+    expect(shards.procs[0]!.watchCounts().sessions).toBe(2);
+    await shards.client.heartbeat({ userId: "bob", sessionId: "bob-1" });
+    await until(() => carol.socket.presence().includes("bob:online"));
+    expect(alice.socket.presence()).toEqual([]);
+  });
 });

@@ -13,6 +13,7 @@ import type { Identity } from "../lib/auth.js";
 import { Code, SwitchboardError } from "../lib/errors.js";
 import { Limiter } from "../lib/limiter.js";
 import { mapLimited } from "../lib/map-limited.js";
+import { RetryLater } from "../lib/retry-later.js";
 import type { ServiceImpl } from "../lib/rpc.js";
 import { SpanKind, startSpan, tracing } from "../lib/tracing.js";
 import { presenceShardOf, presenceShards } from "../presence/shards.js";
@@ -51,6 +52,12 @@ const WATCHES_RENEWED_CONCURRENT = 16;
  */
 const END_SESSION_RETRY_DELAYS_MS = [1_000, 5_000];
 const END_SESSION_RETRIES_WAITING_MAX = 10_000;
+/**
+ * A receipt event the routers could not take is relayed again after these waits: about 30 s, past a
+ * router's restart (ready in seconds) and a consumer group's session timeout. At most this many wait.
+ */
+const EVENT_RELAY_RETRY_DELAYS_MS = [1_000, 2_000, 4_000, 8_000, 16_000];
+const EVENT_RELAY_RETRIES_WAITING_MAX = 10_000;
 /**
  * subscribePresence requests per user on one gateway: sustained, at once (a client renewing 1,000
  * watches after a reconnect sends 10). A refusal takes no token: the user's connections renewing
@@ -148,6 +155,11 @@ export class Gateway {
   private leaseTaken = false;
   /** EndSession calls waiting to be asked again (see END_SESSION_RETRY_DELAYS_MS). */
   private readonly endSessionRetries = new Set<NodeJS.Timeout>();
+  /** Events relayed eventually (GatewayServices.relayEventually). */
+  private readonly eventRelays = new RetryLater({
+    delaysMs: EVENT_RELAY_RETRY_DELAYS_MS,
+    waitingMax: EVENT_RELAY_RETRIES_WAITING_MAX,
+  });
   /** Who shares a conversation with whom, for presence subscribes. */
   private readonly contacts: ContactCheck;
   private readonly alive = new WeakSet<object>();
@@ -187,6 +199,15 @@ export class Gateway {
       presence: options.presence,
       push: options.push,
       verify: options.verify,
+      relayEventually: (event, key, relay) =>
+        this.eventRelays.run(
+          relay,
+          (reason, err, attempts) => {
+            options.metrics.eventRelaysDroppedTotal.inc({ event, reason });
+            if (reason === "failed") options.log.warn("gateway: event not relayed", { event, attempts, err });
+          },
+          key,
+        ),
       takeUserSend: (userId) => this.userSends.take(userId),
       takeGroupChange: (userId) => this.userGroupChanges.take(userId),
       takePullTyping: (conversationId) => this.takePullTyping(conversationId),
@@ -645,6 +666,7 @@ export class Gateway {
   }
 
   async close(): Promise<void> {
+    this.eventRelays.close();
     clearInterval(this.pingTimer);
     clearInterval(this.watchLeaseTimer);
     for (const timer of this.endSessionRetries) clearTimeout(timer);

@@ -23,7 +23,7 @@ import { errors } from "../lib/errors.js";
 import { mapLimited } from "../lib/map-limited.js";
 import { canonicalTimeZone, doNotDisturbProblem } from "../push/do-not-disturb.js";
 import type { ServerFrameInit } from "./codec.js";
-import type { GatewayServices } from "./services.js";
+import type { EventRelays, GatewayServices } from "./services.js";
 
 /** Conversations a user may mute, muted at once. */
 export const MUTES_PER_USER_MAX = 1_000;
@@ -40,7 +40,8 @@ type Request = NonNullable<ClientFrame["kind"]>;
 type Case = NonNullable<Request["case"]>;
 type Reply = NonNullable<ServerFrameInit["kind"]>;
 type ValueOf<K extends Case> = Extract<Request, { case: K }>["value"];
-type Services = Pick<GatewayServices, "config" | "backends" | "conversations" | "router" | "push">;
+type Services = Pick<GatewayServices, "config" | "backends" | "conversations" | "router" | "push"> &
+  EventRelays;
 /** Who asks: the connection's user, and its session (kept out of the relays it causes). */
 export interface Caller {
   userId: string;
@@ -135,13 +136,17 @@ const handlers: { [K in Case]?: Handler<K> } = {
       throw errors.invalid("SEQ_OUT_OF_RANGE", `seq must be in [1, ${last}]`);
     const kindName = kind === ReceiptKind.READ ? "read" : "delivered";
     if (await s.backends.receipts.raise(conversationId, userId, kindName, Number(seq))) {
-      // In a pull conversation only the user's own devices hear of it (their read state).
-      const userIds =
-        record.delivery === "pull" ? [userId] : await s.backends.membership.members(conversationId);
-      await s.router.relay({
-        userIds,
-        excludeSessionId: sessionId,
-        frame: { kind: { case: "receipt", value: { conversationId, userId, seq, kind } } },
+      // Stored: the reply is ok, whether or not the event gets out at once (a retry of this request
+      // would not relay it again: the watermark no longer moves).
+      s.relayEventually("receipt", `${conversationId}\u0000${userId}\u0000${kindName}`, async () => {
+        // In a pull conversation only the user's own devices hear of it (their read state).
+        const userIds =
+          record.delivery === "pull" ? [userId] : await s.backends.membership.members(conversationId);
+        await s.router.relay({
+          userIds,
+          excludeSessionId: sessionId,
+          frame: { kind: { case: "receipt", value: { conversationId, userId, seq, kind } } },
+        });
       });
     }
     return OK;

@@ -27,3 +27,14 @@ export interface GatewayServices {
   push: ServiceClient<typeof PushService>;
   verify(token: string): Promise<Identity>;
 }
+
+/** What the gateway does for its connections' requests beyond their reply (gateway.ts implements it). */
+export interface EventRelays {
+  /**
+   * Relays an event to members' devices without waiting: `relay` (which reads whom to tell and asks
+   * the router) is tried again for about 30 s while it fails (every router restarting); a newer
+   * event with the same `key` replaces the retries of an older one. For events whose change is
+   * stored (a receipt), so that a late event says nothing the stores do not.
+   */
+  relayEventually(event: "receipt", key: string, relay: () => Promise<unknown>): void;
+}

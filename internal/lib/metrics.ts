@@ -341,6 +341,17 @@ export function createMetrics() {
       labelNames: ["reason"],
       registers: r,
     }),
+    relaysExpiredTotal: new Counter({
+      name: "switchboard_router_relays_expired_total",
+      help: "Relayed events (typing) that reached the router after their expiry, which the caller had already answered with an error: not relayed.",
+      registers: r,
+    }),
+    eventRelaysDroppedTotal: new Counter({
+      name: "switchboard_event_relays_dropped_total",
+      help: "Receipt and group-change events that could not be relayed to members' devices, by event (receipt, conversation) and reason: failed (refused, or failed at every retry for about 30 s: every router down), retries_full (too many were waiting to be retried), closed (the process closed while it waited). The change itself is stored: clients see it in listReceipts and listConversations.",
+      labelNames: ["event", "reason"],
+      registers: r,
+    }),
     gatewayStreamFailuresTotal: new Counter({
       name: "switchboard_router_gateway_stream_failures_total",
       help: "Deliver streams to gateways that ended with an error (gateway gone, restarting or unreachable).",

@@ -127,11 +127,14 @@ export const startAll: RoleStarter = async (ctx) => {
     metrics,
   });
   const convs = conversations(config, backends, ids, true);
-  announceGroupChanges(
-    convs,
-    backends.membership,
-    async (userIds, frame) => router.relay(userIds, [], "", frame),
-    log,
+  ctx.own(
+    announceGroupChanges(
+      convs,
+      backends.membership,
+      async (userIds, frame) => router.relay(userIds, [], "", frame),
+      log,
+      metrics,
+    ),
   );
   const routerImpl = routerServiceImpl(router, convs, backends.messages, config.sync.pageSizeMax);
   presenceRouter = inProcessClient(RouterService, routerImpl, inProcessCaller("role:presence"));

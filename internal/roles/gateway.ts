@@ -48,7 +48,15 @@ export const startGateway: RoleStarter = async (ctx) => {
   );
   ctx.readiness(() => backends.unreachable());
   const convs = conversations(config, backends, ids);
-  announceGroupChanges(convs, backends.membership, (userIds, frame) => router.relay({ userIds, frame }), log);
+  ctx.own(
+    announceGroupChanges(
+      convs,
+      backends.membership,
+      (userIds, frame) => router.relay({ userIds, frame }),
+      log,
+      metrics,
+    ),
+  );
   const gateway = new Gateway({
     config,
     log,

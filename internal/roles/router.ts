@@ -50,11 +50,14 @@ export const startRouter: RoleStarter = async (ctx) => {
   await router.start();
   ctx.own(router);
   const convs = conversations(config, backends, ids);
-  announceGroupChanges(
-    convs,
-    backends.membership,
-    async (userIds, frame) => router.relay(userIds, [], "", frame),
-    log,
+  ctx.own(
+    announceGroupChanges(
+      convs,
+      backends.membership,
+      async (userIds, frame) => router.relay(userIds, [], "", frame),
+      log,
+      metrics,
+    ),
   );
   addService(
     ctx.grpc!,

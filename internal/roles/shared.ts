@@ -8,6 +8,8 @@ import { Conversations, IdPool } from "../conversations/index.js";
 import { toWireConversation } from "../conversations/wire.js";
 import type { Config } from "../lib/config.js";
 import type { Logger } from "../lib/log.js";
+import type { Metrics } from "../lib/metrics.js";
+import { RetryLater } from "../lib/retry-later.js";
 import type { ServiceClient } from "../lib/rpc.js";
 import { checkDistributedConfig } from "../process/backends.js";
 
@@ -31,25 +33,45 @@ export function conversations(
 }
 
 /**
+ * A group change the routers could not take is relayed again after these waits (about 30 s: past a
+ * router's restart), at most this many at once.
+ */
+const GROUP_CHANGE_RETRY_DELAYS_MS = [1_000, 2_000, 4_000, 8_000, 16_000];
+const GROUP_CHANGE_RETRIES_WAITING_MAX = 10_000;
+
+/**
  * Relays each change of a group to its members' devices (the client protocol's `conversation` event,
  * best effort like typing: a client that misses it sees the change in its next listConversations).
+ * A relay that fails (every router restarting) is tried again for about 30 s, unless a newer change
+ * of the same group was relayed since: a late event never shows a group as it was before another.
+ * Close it with the role: waiting retries are given up.
  */
 export function announceGroupChanges(
   convs: Conversations,
   membership: Pick<MembershipStore, "members">,
   relay: (userIds: string[], frame: MessageInitShape<typeof ServerFrameSchema>) => Promise<unknown>,
   log: Logger,
-): void {
+  metrics: Pick<Metrics, "eventRelaysDroppedTotal">,
+): { close(): Promise<void> } {
+  const retries = new RetryLater({
+    delaysMs: GROUP_CHANGE_RETRY_DELAYS_MS,
+    waitingMax: GROUP_CHANGE_RETRIES_WAITING_MAX,
+  });
   convs.onGroupChange((group, audience) => {
     const frame: MessageInitShape<typeof ServerFrameSchema> = {
       kind: { case: "conversation", value: { conversation: toWireConversation(group) } },
     };
-    (audience === "members" ? membership.members(group.id) : Promise.resolve([...audience]))
-      .then((userIds) => relay(userIds, frame))
-      .catch((err: unknown) =>
-        log.warn("group change not relayed to its members", { conversationId: group.id, error: String(err) }),
-      );
+    retries.run(
+      async () => relay(audience === "members" ? await membership.members(group.id) : [...audience], frame),
+      (reason, err, attempts) => {
+        metrics.eventRelaysDroppedTotal.inc({ event: "conversation", reason });
+        if (reason === "failed")
+          log.warn("group change not relayed to its members", { conversationId: group.id, attempts, err });
+      },
+      group.id,
+    );
   });
+  return { close: async () => retries.close() };
 }
 
 /**

@@ -3,7 +3,9 @@
  * when the routing table learns of a session late or just after its user was handed a message, and
  * when a pull conversation's members cannot be read.
  */
+import { create } from "@bufbuild/protobuf";
 import { describe, expect, it } from "vitest";
+import { RelayRequestSchema } from "../../gen/switchboard/router/v1/router_pb.js";
 import type {
   DeliveryHandler,
   InboxDelivery,
@@ -13,10 +15,12 @@ import type {
   SessionEvent,
   StoredMessage,
 } from "../backends/types.js";
+import { Code } from "../lib/errors.js";
 import { discardingLogger } from "../lib/log.js";
 import { createMetrics } from "../lib/metrics.js";
 import type { DeliverInit, GatewayClient } from "./gateway-link.js";
 import { Router } from "./router.js";
+import { routerServiceImpl } from "./service.js";
 
 function setup(members: MembershipStore["members"]) {
   const received: DeliverInit[] = [];
@@ -134,6 +138,37 @@ describe("Router", () => {
       received[0]?.frame?.kind?.case === "message" && received[0].frame.kind.value.message?.conversationId,
     ).toBe("g:2");
     expect(received[1]).toMatchObject({ userIds: ["bob"], cursors: [42n] });
+    await router.close();
+  });
+});
+
+describe("RouterService.Relay", () => {
+  it("relays nothing that reaches it after its expiry (its caller was already told it failed)", async () => {
+    const { router, received, session } = setup(async () => []);
+    await router.start();
+    session(up("bob"));
+    const metrics = (router as unknown as { options: { metrics: ReturnType<typeof createMetrics> } }).options
+      .metrics;
+    const service = routerServiceImpl(router, {} as never, {} as never, 100);
+    const typing = (expiresAtMs: bigint) =>
+      create(RelayRequestSchema, {
+        userIds: ["bob"],
+        frame: {
+          kind: { case: "typing", value: { conversationId: "dm:alice~bob", userId: "alice", typing: true } },
+        },
+        expiresAtMs,
+      });
+    await expect(service.relay(typing(BigInt(Date.now() - 1)), {} as never)).rejects.toMatchObject({
+      code: Code.DEADLINE_EXCEEDED,
+    });
+    expect(
+      await metrics.registry.getSingleMetricAsString("switchboard_router_relays_expired_total"),
+    ).toContain("switchboard_router_relays_expired_total 1");
+    await service.relay(typing(BigInt(Date.now() + 5_000)), {} as never);
+    await service.relay(typing(0n), {} as never); // no expiry
+    await until(() => received.length === 2);
+    await new Promise((r) => setTimeout(r, 20));
+    expect(received).toHaveLength(2);
     await router.close();
   });
 });

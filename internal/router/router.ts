@@ -31,9 +31,9 @@ import type {
   StoredMessage,
 } from "../backends/types.js";
 import { directMembers, toWireMessage } from "../conversations/index.js";
-import { Code, SwitchboardError } from "../lib/errors.js";
 import type { Logger } from "../lib/log.js";
 import type { Metrics } from "../lib/metrics.js";
+import { RetryLater } from "../lib/retry-later.js";
 import type { ServiceClient } from "../lib/rpc.js";
 import { carrierOf, context, startSpan, trace, tracing } from "../lib/tracing.js";
 import { type DeliverInit, type GatewayClient, GatewayLink } from "./gateway-link.js";
@@ -71,15 +71,6 @@ const NOTIFY_RETRY_DELAYS_MS = [200, 1_000, 5_000];
  * one per offline recipient of every message. Past it a failed notification is dropped (counted).
  */
 const NOTIFY_RETRIES_WAITING_MAX = 10_000;
-/** Failures a repeated notify may get past; the others (INVALID_ARGUMENT, PERMISSION_DENIED, ...) would fail again. */
-const NOTIFY_RETRYABLE = new Set([
-  Code.UNAVAILABLE,
-  Code.DEADLINE_EXCEEDED,
-  Code.RESOURCE_EXHAUSTED,
-  Code.ABORTED,
-  Code.INTERNAL, // also what a store's own error is (push's queue write) before it is named
-  Code.UNKNOWN,
-]);
 type NotifyInit = Parameters<ServiceClient<typeof PushService>["notify"]>[0];
 
 interface SessionRoute {
@@ -133,11 +124,14 @@ export class Router {
   private watchingMembers = false;
   private readonly recentRecipients = new RecentRecipients(RECENT_RECIPIENTS_WINDOW_MS);
   /** Notifications waiting to be asked of push again. */
-  private readonly notifyRetries = new Set<NodeJS.Timeout>();
-  private closed = false;
+  private readonly notifyRetries: RetryLater;
 
   constructor(private readonly options: RouterOptions) {
     this.audiences = new PullAudiences((c) => options.membership.members(c));
+    this.notifyRetries = new RetryLater({
+      delaysMs: NOTIFY_RETRY_DELAYS_MS,
+      waitingMax: NOTIFY_RETRIES_WAITING_MAX,
+    });
   }
 
   async start(): Promise<void> {
@@ -480,40 +474,28 @@ export class Router {
   }
 
   private notifyOffline(userId: string, m: StoredMessage): void {
-    this.notify(
-      {
-        userId,
-        conversationId: m.conversationId,
-        title: m.sender,
-        body: m.body.slice(0, 120),
-        seq: BigInt(m.seq),
-      },
-      0,
-    );
+    this.notify({
+      userId,
+      conversationId: m.conversationId,
+      title: m.sender,
+      body: m.body.slice(0, 120),
+      seq: BigInt(m.seq),
+    });
   }
 
   /**
    * Asks push to notify without waiting for it (delivery never does); a failure it may get past is
    * asked again later. A repeat is the same notification: push knows it by the message's seq.
    */
-  private notify(req: NotifyInit, retries: number): void {
-    this.options.push.notify(req).catch((err: unknown) => {
-      const delayMs = NOTIFY_RETRY_DELAYS_MS[retries];
-      if (delayMs === undefined || this.closed || !NOTIFY_RETRYABLE.has(SwitchboardError.from(err).code)) {
-        this.options.metrics.notificationsDroppedTotal.inc({ reason: "failed" });
-        this.options.logger.warn("router: push failed", { userId: req.userId, attempts: retries + 1, err });
-        return;
-      }
-      if (this.notifyRetries.size >= NOTIFY_RETRIES_WAITING_MAX) {
-        this.options.metrics.notificationsDroppedTotal.inc({ reason: "retries_full" });
-        return;
-      }
-      const timer = setTimeout(() => {
-        this.notifyRetries.delete(timer);
-        this.notify(req, retries + 1);
-      }, delayMs);
-      this.notifyRetries.add(timer);
-    });
+  private notify(req: NotifyInit): void {
+    this.notifyRetries.run(
+      () => this.options.push.notify(req),
+      (reason, err, attempts) => {
+        this.options.metrics.notificationsDroppedTotal.inc({ reason });
+        if (reason === "failed")
+          this.options.logger.warn("router: push failed", { userId: req.userId, attempts, err });
+      },
+    );
   }
 
   private enqueue(gatewayId: string, req: DeliverInit): boolean {
@@ -526,6 +508,11 @@ export class Router {
   }
 
   /** Relays an ephemeral frame to users' and/or specific sessions' devices. Returns sessions reached. */
+  /** Counts a relay refused because it came after its expiry (service.ts). */
+  relayExpired(): void {
+    this.options.metrics.relaysExpiredTotal.inc();
+  }
+
   relay(
     userIds: string[],
     sessionIds: string[],
@@ -593,11 +580,7 @@ export class Router {
   }
 
   async close(): Promise<void> {
-    this.closed = true;
-    for (const timer of this.notifyRetries) clearTimeout(timer);
-    if (this.notifyRetries.size > 0)
-      this.options.metrics.notificationsDroppedTotal.inc({ reason: "closed" }, this.notifyRetries.size);
-    this.notifyRetries.clear();
+    this.notifyRetries.close();
     for (const c of this.closers.splice(0)) await c.close();
     const links = [...this.links.values()];
     this.links.clear();

@@ -7,7 +7,7 @@ import {
   toWireConversation,
   toWireMessage,
 } from "../conversations/index.js";
-import { errors } from "../lib/errors.js";
+import { Code, errors, SwitchboardError } from "../lib/errors.js";
 import type { ServiceImpl } from "../lib/rpc.js";
 import type { Router } from "./router.js";
 
@@ -68,6 +68,16 @@ export function routerServiceImpl(
     },
     async relay(req) {
       if (!req.frame) throw errors.invalid("MISSING_FRAME", "frame is required");
+      // Reached after its caller gave up (this router was paused, or the network held the call):
+      // the client was told the request failed, so nobody may see the event now.
+      if (req.expiresAtMs > 0n && Date.now() > Number(req.expiresAtMs)) {
+        router.relayExpired();
+        throw new SwitchboardError(
+          Code.DEADLINE_EXCEEDED,
+          "DEADLINE_EXCEEDED",
+          "the event expired before it was relayed",
+        );
+      }
       return { sessions: router.relay(req.userIds, req.sessionIds, req.excludeSessionId, req.frame) };
     },
   };

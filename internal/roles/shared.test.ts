@@ -1,0 +1,78 @@
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
+import type { ConversationRecord } from "../backends/types.js";
+import type { Conversations } from "../conversations/index.js";
+import { errors } from "../lib/errors.js";
+import { discardingLogger } from "../lib/log.js";
+import { createMetrics } from "../lib/metrics.js";
+import { announceGroupChanges } from "./shared.js";
+
+type Change = (group: ConversationRecord, audience: "members" | readonly string[]) => void;
+
+describe("announceGroupChanges", () => {
+  beforeEach(() => {
+    vi.useFakeTimers();
+  });
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
+  function announcing() {
+    const listeners: Change[] = [];
+    const convs = {
+      onGroupChange: (listener: Change) => listeners.push(listener),
+    } as unknown as Conversations;
+    const routers = { down: false, relayed: [] as string[] };
+    const metrics = createMetrics();
+    const announcer = announceGroupChanges(
+      convs,
+      { members: async () => ["alice", "bob"] },
+      async (userIds, frame) => {
+        if (routers.down) throw errors.unavailable("UNAVAILABLE", "every router is restarting");
+        const c = frame.kind?.case === "conversation" ? frame.kind.value.conversation : undefined;
+        routers.relayed.push(`${c?.name} to ${userIds.join(",")}`);
+      },
+      discardingLogger(),
+      metrics,
+    );
+    const group = (name: string): ConversationRecord => ({
+      id: "g:1",
+      kind: "group",
+      name,
+      owner: "alice",
+      open: false,
+      createdAtMs: 1,
+      memberCount: 2,
+      postPolicy: "everyone",
+      addPolicy: "everyone",
+      delivery: "push",
+    });
+    const change = (name: string) => {
+      for (const listener of listeners) listener(group(name), "members");
+    };
+    return { change, routers, announcer, metrics };
+  }
+
+  it("relays a change again once a router takes it, and only the newest change of a group", async () => {
+    const { change, routers, announcer } = announcing();
+    routers.down = true;
+    change("Team");
+    change("Team B");
+    await vi.advanceTimersByTimeAsync(0);
+    routers.down = false;
+    await vi.advanceTimersByTimeAsync(60_000);
+    expect(routers.relayed).toEqual(["Team B to alice,bob"]);
+    await announcer.close();
+  });
+
+  it("gives a change up after about 30 s without a router, and counts it", async () => {
+    const { change, routers, announcer, metrics } = announcing();
+    routers.down = true;
+    change("Team");
+    await vi.advanceTimersByTimeAsync(60_000);
+    expect(routers.relayed).toEqual([]);
+    expect(
+      await metrics.registry.getSingleMetricAsString("switchboard_event_relays_dropped_total"),
+    ).toContain('switchboard_event_relays_dropped_total{event="conversation",reason="failed"} 1');
+    await announcer.close();
+  });
+});
