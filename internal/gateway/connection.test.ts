@@ -2,12 +2,10 @@
  * A connection's authentication against stand-ins for its socket and services, where the timing
  * between registration and the welcome, and the services' failures, are the test's to choose.
  */
-import { EventEmitter } from "node:events";
-import { fromBinary, fromJsonString } from "@bufbuild/protobuf";
 import { describe, expect, it, vi } from "vitest";
-import { type ServerFrame, ServerFrameSchema } from "../../gen/switchboard/client/v1/client_pb.js";
 import { PresenceService } from "../../gen/switchboard/presence/v1/presence_pb.js";
 import type { RouterService } from "../../gen/switchboard/router/v1/router_pb.js";
+import { FakeSocket } from "../../test/helpers/fake-socket.js";
 import type { StoredMessage } from "../backends/types.js";
 import type { Identity } from "../lib/auth.js";
 import { loadConfig } from "../lib/config.js";
@@ -20,26 +18,6 @@ import { Presence, presenceServiceImpl } from "../presence/index.js";
 import { shardedPresenceClient } from "../presence/shards.js";
 import { CloseCode } from "./close-codes.js";
 import { Connection, type GatewayContext } from "./connection.js";
-
-/** A ws socket as the connection uses it: frames in by "message", frames out recorded. */
-class FakeSocket extends EventEmitter {
-  readonly sent: ServerFrame[] = [];
-  /** The encoding of each sent frame. */
-  readonly encodings: Array<"json" | "binary"> = [];
-  closedWith: number | undefined;
-  bufferedAmount = 0;
-  send(data: string | Uint8Array): void {
-    const binary = typeof data !== "string";
-    this.sent.push(binary ? fromBinary(ServerFrameSchema, data) : fromJsonString(ServerFrameSchema, data));
-    this.encodings.push(binary ? "binary" : "json");
-  }
-  close(code: number): void {
-    this.closedWith = code;
-  }
-  frame(json: unknown): void {
-    this.emit("message", Buffer.from(JSON.stringify(json)), false);
-  }
-}
 
 interface Setup {
   env?: Record<string, string>;

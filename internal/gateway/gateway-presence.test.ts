@@ -3,12 +3,12 @@
  * sockets, real presence services behind in-process clients whose shards the test restarts or takes
  * down, and a router that hands each relay straight to the gateway.
  */
-import { EventEmitter } from "node:events";
-import { create, fromJsonString } from "@bufbuild/protobuf";
+import { create } from "@bufbuild/protobuf";
 import { afterEach, describe, expect, it } from "vitest";
 import { type ServerFrame, ServerFrameSchema } from "../../gen/switchboard/client/v1/client_pb.js";
 import { PresenceService } from "../../gen/switchboard/presence/v1/presence_pb.js";
 import type { RouterService } from "../../gen/switchboard/router/v1/router_pb.js";
+import { FakeSocket } from "../../test/helpers/fake-socket.js";
 import type { PresenceStore } from "../backends/types.js";
 import { loadConfig } from "../lib/config.js";
 import { errors } from "../lib/errors.js";
@@ -21,26 +21,6 @@ import { Connection, type GatewayContext } from "./connection.js";
 import { Gateway, type GatewayOptions } from "./gateway.js";
 
 type PresenceClient = ServiceClient<typeof PresenceService>;
-
-class FakeSocket extends EventEmitter {
-  readonly sent: ServerFrame[] = [];
-  bufferedAmount = 0;
-  send(data: string): void {
-    this.sent.push(fromJsonString(ServerFrameSchema, data));
-  }
-  close(): void {}
-  frame(json: unknown): void {
-    this.emit("message", Buffer.from(JSON.stringify(json)), false);
-  }
-  /** The presence events received, as "user:online|offline". */
-  presence(): string[] {
-    return this.sent.flatMap((f) =>
-      f.kind.case === "presence" && f.kind.value.status
-        ? [`${f.kind.value.status.userId}:${f.kind.value.status.online ? "online" : "offline"}`]
-        : [],
-    );
-  }
-}
 
 const until = async (pred: () => boolean, ms = 2_000) => {
   for (const end = Date.now() + ms; !pred() && Date.now() < end; ) await new Promise((r) => setTimeout(r, 5));

@@ -3,32 +3,15 @@
  * stored receipt is answered ok and its event relayed once a router is back; a typing indicator
  * carries an expiry, past which a router that gets it late relays nothing.
  */
-import { EventEmitter } from "node:events";
-import { fromJsonString } from "@bufbuild/protobuf";
 import { afterEach, describe, expect, it } from "vitest";
-import { type ServerFrame, ServerFrameSchema } from "../../gen/switchboard/client/v1/client_pb.js";
 import type { RelayRequest } from "../../gen/switchboard/router/v1/router_pb.js";
+import { FakeSocket } from "../../test/helpers/fake-socket.js";
 import { loadConfig } from "../lib/config.js";
 import { errors } from "../lib/errors.js";
 import { discardingLogger } from "../lib/log.js";
 import { createMetrics } from "../lib/metrics.js";
 import { Connection, type GatewayContext } from "./connection.js";
 import { Gateway, type GatewayOptions } from "./gateway.js";
-
-class FakeSocket extends EventEmitter {
-  readonly sent: ServerFrame[] = [];
-  bufferedAmount = 0;
-  send(data: string): void {
-    this.sent.push(fromJsonString(ServerFrameSchema, data));
-  }
-  close(): void {}
-  frame(json: unknown): void {
-    this.emit("message", Buffer.from(JSON.stringify(json)), false);
-  }
-  reply(id: number): ServerFrame | undefined {
-    return this.sent.find((f) => f.replyTo === id);
-  }
-}
 
 const until = async (pred: () => boolean, ms = 5_000) => {
   for (const end = Date.now() + ms; !pred() && Date.now() < end; ) await new Promise((r) => setTimeout(r, 5));
