@@ -870,10 +870,14 @@ export class Connection {
 
   /**
    * Whether a presence event goes to this client: only while it watches that user (a relay of a
-   * change made before its unsubscribe may come after it). Remembers what the client was told.
+   * change made before its unsubscribe may come after it), and only when it changes what the client
+   * was last told. Remembers what the client was told.
    */
   presenceEvent(status: PresenceStatus): boolean {
     if (!this.watched.has(status.userId)) return false;
+    // Not a transition: the status it was last told, sent again (a router re-sends what a failed
+    // stream to this gateway may have lost).
+    if (this.watched.get(status.userId) === status.online) return false;
     this.watched.set(status.userId, status.online);
     return true;
   }

@@ -432,6 +432,17 @@ describe("gateway presence watches", () => {
     expect(alice.socket.presence()).toEqual([]);
   });
 
+  it("passes on a status the session was last told only once (a router may send it again)", async () => {
+    const { gw, alice } = await aliceWatchingBob();
+    const online = {
+      sessionIds: [alice.conn.sessionId],
+      frame: { kind: { case: "presence", value: { status: { userId: "bob", online: true } } } },
+    };
+    gw.deliver(online);
+    gw.deliver(online);
+    expect(alice.socket.presence()).toEqual(["bob:online"]);
+  });
+
   it("answers unsubscribePresence ok when the presence shard cannot be told, and passes on no change of that user", async () => {
     const { gw, shards, alice } = await aliceWatchingBob();
     const carol = await gw.connect("carol");

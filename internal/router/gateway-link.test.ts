@@ -249,4 +249,54 @@ describe("GatewayLink", () => {
     expect(dead).toHaveLength(1);
     await link.close();
   });
+
+  it("sends events of stored state again on the next stream when one fails unconfirmed, keeps those pushed while down, and drops typing", async () => {
+    let dials = 0;
+    const dead: DeliverInit[] = [];
+    const live: DeliverInit[] = [];
+    let fail!: () => void;
+    const pump = (requests: AsyncIterable<DeliverInit>, into: DeliverInit[]) =>
+      (async () => {
+        for await (const req of requests) into.push(req);
+      })();
+    const client = clientOf((requests) => {
+      dials++;
+      if (dials === 1) {
+        void pump(requests as AsyncIterable<DeliverInit>, dead);
+        return (async function* () {
+          await new Promise<void>((r) => (fail = r));
+          throw new Error("connection dropped");
+        })();
+      }
+      const pumped = pump(requests as AsyncIterable<DeliverInit>, live);
+      return (async function* () {
+        await pumped;
+        yield* [];
+      })();
+    });
+    const receipt = (seq: bigint): DeliverInit => ({
+      userIds: ["bob"],
+      frame: { kind: { case: "receipt", value: { conversationId: "dm:a~b", userId: "alice", seq } } },
+    });
+    const typing: DeliverInit = {
+      userIds: ["bob"],
+      frame: { kind: { case: "typing", value: { conversationId: "dm:a~b", userId: "alice", typing: true } } },
+    };
+    const link = linkTo(client, 100);
+    for (const req of [receipt(1n), typing, message("bob", "a")]) expect(link.push(req)).toBe(true);
+    await until(() => dead.length === 3);
+    fail(); // none of the three confirmed: each may be lost
+    await new Promise((r) => setTimeout(r, 20)); // the failure is seen; the link is down for 100 ms
+    expect(link.push(typing)).toBe(false); // down: dropped
+    expect(link.push(receipt(2n))).toBe(true); // down: kept for the next stream
+    await until(() => live.length === 3);
+    const name = (r: DeliverInit) =>
+      r.recheckInboxes
+        ? `recheck ${r.userIds?.join(",")}`
+        : r.frame?.kind?.case === "receipt"
+          ? `receipt ${r.frame.kind.value.seq}`
+          : r.frame?.kind?.case;
+    expect(live.map(name)).toEqual(["receipt 1", "receipt 2", "recheck bob"]);
+    await link.close();
+  });
 });

@@ -8,7 +8,11 @@
  * inboxes (`recheck_inboxes`), so even a dropped tail arrives without waiting for the next message.
  * Events handed to a stream that then failed count as dropped unless the gateway had confirmed them
  * (its credit), and after a failure the link opens again by itself at the end of the down time, for
- * the re-check it owes, rather than at the gateway's next event. The gateway also re-checks every
+ * the re-check it owes, rather than at the gateway's next event. Events that stand for stored state
+ * and that a client shows the same when told twice (receipts, group changes, presence statuses,
+ * closes) are not dropped by a failure: those not confirmed or still queued, and those pushed while
+ * the stream is down, go out first on the next stream, in order (within the byte bound); a client
+ * may get one of them twice. The gateway also re-checks every
  * connection when a Deliver stream ends abnormally, and a client resyncs from its cursor when it
  * reconnects.
  */
@@ -68,6 +72,16 @@ function recheckUsersOf(req: DeliverInit): readonly string[] | undefined {
 }
 
 /**
+ * Whether `req` is sent again on the next stream when a stream fails before the gateway confirmed it:
+ * an event standing for stored state that a client shows the same when told twice. Not message events
+ * (their users' inboxes are re-checked instead) nor typing (a late indicator is a wrong one).
+ */
+function keptAcrossFailures(req: DeliverInit): boolean {
+  const kind = req.frame?.kind?.case;
+  return kind === "receipt" || kind === "conversation" || kind === "presence" || req.close !== undefined;
+}
+
+/**
  * One opened Deliver stream's feeder. A stream that failed is ended here too, so its feeder (still
  * awaited by the gRPC call's request pump) takes nothing more from the queue: an event it took would
  * go into a dead stream, lost unnoticed, while its successor's stream waits for it.
@@ -76,10 +90,10 @@ interface Feed {
   ended: boolean;
   wake: (() => void) | undefined;
   /**
-   * Recipients of the message events (and re-checks) handed to gRPC and not yet confirmed by the
-   * gateway's credit, oldest first ("all" past UNCONFIRMED_MAX): what a failure may have lost.
+   * The events handed to gRPC and not yet confirmed by the gateway's credit, oldest first ("all" past
+   * UNCONFIRMED_MAX): what a failure may have lost.
    */
-  unconfirmed: Array<readonly string[] | undefined> | "all";
+  unconfirmed: Array<{ req: DeliverInit; bytes: number }> | "all";
 }
 
 /** Events tracked for confirmation per stream at most (the gateway confirms every 256). */
@@ -110,8 +124,14 @@ export class GatewayLink {
   /** Queues an event for the gateway; false (and counted) when it was dropped. */
   push(req: DeliverInit): boolean {
     if (this.closed) return false;
-    if (Date.now() < this.downUntil) return this.drop("unreachable", req);
     const bytes = deliverBytes(req);
+    if (Date.now() < this.downUntil) {
+      // Kept for the next stream (the redial timer opens it), within the bound; the rest dropped.
+      if (!keptAcrossFailures(req) || this.queuedBytes + bytes > this.o.queueBytesMax)
+        return this.drop("unreachable", req);
+      this.enqueue(req, bytes);
+      return true;
+    }
     if (this.queuedBytes + bytes > this.o.queueBytesMax) return this.drop("queue_full", req);
     if (this.dropped && this.queuedBytes < this.o.queueBytesMax / 2) this.enqueueRecheck();
     this.enqueue(req, bytes);
@@ -130,7 +150,7 @@ export class GatewayLink {
     this.queue.push({ req, bytes });
     this.queuedBytes += bytes;
     this.o.metrics.gatewayStreamQueueBytes.inc(bytes);
-    this.running ??= this.run();
+    if (Date.now() >= this.downUntil) this.running ??= this.run();
     this.feed?.wake?.();
   }
 
@@ -179,7 +199,10 @@ export class GatewayLink {
         // Events handed to gRPC and not confirmed may never have reached the gateway, which may not
         // have seen the stream end either (a half-open connection): their users re-check.
         if (feed.unconfirmed === "all") this.remember([]);
-        else for (const users of feed.unconfirmed) if (users) this.remember(users);
+        else {
+          for (const { req } of feed.unconfirmed) this.rememberFor(req);
+          this.requeue(feed.unconfirmed.filter(({ req }) => keptAcrossFailures(req)));
+        }
         // A gateway that is gone for good (no gateway-gone record says so) is not dialled forever:
         // after a few failures in a row, only its next event dials it again.
         clearTimeout(this.redialTimer);
@@ -209,7 +232,7 @@ export class GatewayLink {
   /** The end of a failure's down time: the stream opens again for the re-check it owes. */
   private redial(): void {
     this.redialTimer = undefined;
-    if (this.closed || this.running || !this.dropped) return;
+    if (this.closed || this.running || (!this.dropped && this.head === this.queue.length)) return;
     const early = this.downUntil - Date.now();
     if (early > 0) {
       // A timer may fire a little before the wall clock says it is due: the down time holds.
@@ -217,7 +240,8 @@ export class GatewayLink {
       this.redialTimer.unref();
       return;
     }
-    this.enqueueRecheck();
+    if (this.dropped) this.enqueueRecheck();
+    else this.running ??= this.run();
   }
 
   /** The stream's request side: the queue, until the link closes or the stream ends. */
@@ -234,7 +258,7 @@ export class GatewayLink {
         this.queuedBytes -= item.bytes;
         this.o.metrics.gatewayStreamQueueBytes.dec(item.bytes);
         if (feed.unconfirmed !== "all") {
-          feed.unconfirmed.push(recheckUsersOf(item.req));
+          feed.unconfirmed.push(item);
           if (feed.unconfirmed.length > UNCONFIRMED_MAX) feed.unconfirmed = "all";
         }
         yield item.req;
@@ -254,14 +278,43 @@ export class GatewayLink {
     }
   }
 
+  /**
+   * What a stream leaves queued when it ends: events kept across failures stay for the next stream
+   * (not once the link closes); the others are dropped, their users re-checked.
+   */
   private clear(): void {
-    const dropped = this.queue.length - this.head;
+    const kept = this.closed ? [] : this.queue.slice(this.head).filter(({ req }) => keptAcrossFailures(req));
+    const dropped = this.queue.length - this.head - kept.length;
     if (dropped > 0) this.o.metrics.deliveriesDroppedTotal.inc({ reason: "unreachable" }, dropped);
     for (let i = this.head; i < this.queue.length; i++) this.rememberFor(this.queue[i]!.req);
     this.o.metrics.gatewayStreamQueueBytes.dec(this.queuedBytes);
     this.queue.length = 0;
     this.head = 0;
     this.queuedBytes = 0;
+    for (const item of kept) this.enqueueKept(item);
+  }
+
+  /**
+   * Puts events a failed stream may have lost before everything queued (they came first), within
+   * the byte bound (the newest of them dropped past it).
+   */
+  private requeue(items: ReadonlyArray<{ req: DeliverInit; bytes: number }>): void {
+    const waiting = this.queue.slice(this.head);
+    this.o.metrics.gatewayStreamQueueBytes.dec(this.queuedBytes);
+    this.queue.length = 0;
+    this.head = 0;
+    this.queuedBytes = 0;
+    for (const item of [...items, ...waiting]) this.enqueueKept(item);
+  }
+
+  private enqueueKept(item: { req: DeliverInit; bytes: number }): void {
+    if (this.queuedBytes + item.bytes > this.o.queueBytesMax) {
+      this.drop("queue_full", item.req);
+      return;
+    }
+    this.queue.push(item);
+    this.queuedBytes += item.bytes;
+    this.o.metrics.gatewayStreamQueueBytes.inc(item.bytes);
   }
 
   /** Ends the stream after what is queued has been handed to gRPC (or dropped if it fails). */
