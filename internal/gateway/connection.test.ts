@@ -564,12 +564,12 @@ describe("Connection typing in a pull conversation", () => {
         conversations: {
           memberAccess: async () => ({ record: { id: "g:1", delivery: "pull" }, role: "member" }),
         },
-        router: {
+        relays: () => ({
           relay: async (req: { frame: { kind: { value: { typing: boolean } } } }) => {
             relayed.push(req.frame.kind.value.typing);
             return {};
           },
-        },
+        }),
         takePullTyping: () => true,
       },
     });

@@ -512,7 +512,7 @@ export class Connection {
         // reply said it failed (it was paused, or the network held the call) drops it: a typing
         // indicator shown late could outlive the typing: false sent after it.
         const userIds = await c.backends.membership.members(conversationId);
-        await c.router.relay(
+        await c.relays(conversationId).relay(
           {
             userIds,
             excludeSessionId: this.sessionId,

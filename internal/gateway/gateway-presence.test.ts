@@ -129,7 +129,7 @@ async function gatewayOn(presence: PresenceClient) {
       inbox: { head: async () => 0 },
     },
     conversations: {},
-    router: {},
+    relays: () => ({}),
     push: {},
     presence,
     verify: async (token: string) => ({ userId: token, expiresAtMs: Number.POSITIVE_INFINITY }),

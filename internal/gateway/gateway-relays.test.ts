@@ -1,7 +1,8 @@
 /**
  * What a gateway tells the routers to relay, and what becomes of it when they cannot take it: a
  * stored receipt is answered ok and its event relayed once a router is back; a typing indicator
- * carries an expiry, past which a router that gets it late relays nothing.
+ * carries an expiry, past which a router that gets it late relays nothing. Both go to the router of
+ * their conversation.
  */
 import { afterEach, describe, expect, it } from "vitest";
 import type { RelayRequest } from "../../gen/switchboard/router/v1/router_pb.js";
@@ -25,7 +26,7 @@ afterEach(async () => {
 
 /** A gateway whose router fails every relay while `routers.down`, and records those it takes. */
 async function gatewayWithRouters() {
-  const routers = { down: false, relayed: [] as RelayRequest[], refused: 0 };
+  const routers = { down: false, relayed: [] as RelayRequest[], refused: 0, keys: [] as string[] };
   const metrics = createMetrics();
   const gateway = new Gateway({
     config: loadConfig({}),
@@ -44,8 +45,9 @@ async function gatewayWithRouters() {
         role: "member",
       }),
     },
-    router: {
+    relays: (conversationId: string) => ({
       relay: async (req: RelayRequest) => {
+        routers.keys.push(conversationId);
         if (routers.down) {
           routers.refused++;
           throw errors.unavailable("UNAVAILABLE", "every router is restarting");
@@ -53,7 +55,7 @@ async function gatewayWithRouters() {
         routers.relayed.push(req);
         return { sessions: 1 };
       },
-    },
+    }),
     push: {},
     presence: { heartbeat: async () => ({}), keepWatches: async () => ({ lost: false }) },
     verify: async (token: string) => ({ userId: token, expiresAtMs: Number.POSITIVE_INFINITY }),
@@ -116,6 +118,7 @@ describe("gateway relays", () => {
     socket.frame({ id: 2, typing: { conversationId: "dm:alice~bob", typing: true } });
     await until(() => socket.reply(2) !== undefined);
     expect(socket.reply(2)!.kind.case).toBe("ok");
+    expect(routers.keys).toEqual(["dm:alice~bob"]); // the conversation's router
     const expires = Number(routers.relayed[0]!.expiresAtMs);
     expect(expires).toBeGreaterThanOrEqual(before + 5_000);
     expect(expires).toBeLessThanOrEqual(Date.now() + 5_000);

@@ -195,7 +195,7 @@ export class Gateway {
       metrics: options.metrics,
       backends: options.backends,
       conversations: options.conversations,
-      router: options.router,
+      relays: options.relays,
       presence: options.presence,
       push: options.push,
       verify: options.verify,

@@ -40,7 +40,7 @@ type Request = NonNullable<ClientFrame["kind"]>;
 type Case = NonNullable<Request["case"]>;
 type Reply = NonNullable<ServerFrameInit["kind"]>;
 type ValueOf<K extends Case> = Extract<Request, { case: K }>["value"];
-type Services = Pick<GatewayServices, "config" | "backends" | "conversations" | "router" | "push"> &
+type Services = Pick<GatewayServices, "config" | "backends" | "conversations" | "relays" | "push"> &
   EventRelays;
 /** Who asks: the connection's user, and its session (kept out of the relays it causes). */
 export interface Caller {
@@ -142,7 +142,7 @@ const handlers: { [K in Case]?: Handler<K> } = {
         // In a pull conversation only the user's own devices hear of it (their read state).
         const userIds =
           record.delivery === "pull" ? [userId] : await s.backends.membership.members(conversationId);
-        await s.router.relay({
+        await s.relays(conversationId).relay({
           userIds,
           excludeSessionId: sessionId,
           frame: { kind: { case: "receipt", value: { conversationId, userId, seq, kind } } },

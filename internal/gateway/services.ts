@@ -10,6 +10,9 @@ import type { Logger } from "../lib/log.js";
 import type { Metrics } from "../lib/metrics.js";
 import type { ServiceClient } from "../lib/rpc.js";
 
+/** A router's Relay, as the gateway uses it. */
+export type Relayer = Pick<ServiceClient<typeof RouterService>, "relay">;
+
 export type GatewayStores = Pick<
   Backends,
   "log" | "messages" | "membership" | "inbox" | "receipts" | "routing" | "settings"
@@ -22,7 +25,11 @@ export interface GatewayServices {
   metrics: Metrics;
   backends: GatewayStores;
   conversations: Conversations;
-  router: ServiceClient<typeof RouterService>;
+  /**
+   * The router that relays a conversation's events (typing, receipts): one per conversation while
+   * it is reachable, so that they reach each gateway in order (process/relay-routes.ts).
+   */
+  relays(conversationId: string): Relayer;
   presence: ServiceClient<typeof PresenceService>;
   push: ServiceClient<typeof PushService>;
   verify(token: string): Promise<Identity>;

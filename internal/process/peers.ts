@@ -2,13 +2,16 @@
 import type { DescService } from "@bufbuild/protobuf";
 import { GatewayService } from "../../gen/switchboard/gateway/v1/gateway_pb.js";
 import { PresenceService } from "../../gen/switchboard/presence/v1/presence_pb.js";
+import { RouterService } from "../../gen/switchboard/router/v1/router_pb.js";
 import { type RoleName as AuthRole, ROLE_NAMES } from "../grpc-auth/policy.js";
 import type { RoleChannel } from "../grpc-auth/tls.js";
 import type { Config } from "../lib/config.js";
+import type { Logger } from "../lib/log.js";
 import type { GrpcMetrics } from "../lib/metrics.js";
 import { type GrpcClientOptions, grpcClient, type Keepalive, type ServiceClient } from "../lib/rpc.js";
 import { shardedPresenceClient } from "../presence/shards.js";
 import type { GatewayClient } from "../router/gateway-link.js";
+import { RelayRoutes } from "./relay-routes.js";
 
 export type PeerClient<S extends DescService> = ServiceClient<S> & { close(): void };
 
@@ -72,6 +75,26 @@ export function presencePeers(config: Config, options: PeerOptions): PeerClient<
     for (const shard of shards) shard.close();
   };
   return { ...shardedPresenceClient(shards), close };
+}
+
+/**
+ * The routers behind `cluster.routerTarget`, each event key (a user, a conversation) pinned to one
+ * of them so that its events arrive in order (relay-routes.ts); `spread` (the client of the whole
+ * target) while no router address is known.
+ */
+export function routerRelays(
+  config: Config,
+  options: PeerOptions,
+  spread: ServiceClient<typeof RouterService>,
+  log: Logger,
+): RelayRoutes {
+  return new RelayRoutes({
+    target: config.cluster.routerTarget,
+    fallback: spread,
+    log,
+    // One router by address, like the peer client but pinned to that router (no spreading).
+    dial: (address) => grpcClient(RouterService, address, clientOptions(options, false, RouterService)),
+  });
 }
 
 /**

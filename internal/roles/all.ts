@@ -131,7 +131,7 @@ export const startAll: RoleStarter = async (ctx) => {
     announceGroupChanges(
       convs,
       backends.membership,
-      async (userIds, frame) => router.relay(userIds, [], "", frame),
+      async (_conversationId, userIds, frame) => router.relay(userIds, [], "", frame),
       log,
       metrics,
     ),
@@ -142,13 +142,15 @@ export const startAll: RoleStarter = async (ctx) => {
   // (announce) calls every shard, this one among them over gRPC (it relays through the router above).
   if (ctx.grpc && presenceShards) addService(ctx.grpc, PresenceService, presenceImpl);
 
+  // One router in this process: its relays are in order whatever the conversation.
+  const gatewayRouter = inProcessClient(RouterService, routerImpl, asGateway);
   const gateway = new Gateway({
     config,
     log,
     metrics,
     backends,
     conversations: convs,
-    router: inProcessClient(RouterService, routerImpl, asGateway),
+    relays: () => gatewayRouter,
     presence: presenceShards ?? inProcessClient(PresenceService, presenceImpl, asGateway),
     push: inProcessClient(PushService, pushImpl, asGateway),
     verify: createVerifier({ dataDir: config.dataDir, ...config.auth, log }),

@@ -13,7 +13,7 @@ import { Gateway } from "../gateway/index.js";
 import { createVerifier } from "../lib/auth.js";
 import { addService } from "../lib/rpc.js";
 import { openDistributed } from "../process/backends.js";
-import { peerClient, peerOptions, presencePeers } from "../process/peers.js";
+import { peerClient, peerOptions, presencePeers, routerRelays } from "../process/peers.js";
 import type { RoleStarter } from "../process/runtime.js";
 import {
   advertiseAddress,
@@ -31,6 +31,8 @@ export const startGateway: RoleStarter = async (ctx) => {
   const router = ctx.own(
     peerClient(RouterService, config.cluster.routerTarget, "cluster.routerTarget", peerOptions(ctx)),
   );
+  // A conversation's typing, receipt and group events all go through one router: in order.
+  const relays = ctx.own(routerRelays(config, peerOptions(ctx), router, log));
   const presence = ctx.own(presencePeers(config, peerOptions(ctx)));
   const push = ctx.own(
     peerClient(PushService, config.cluster.pushTarget, "cluster.pushTarget", peerOptions(ctx)),
@@ -52,7 +54,7 @@ export const startGateway: RoleStarter = async (ctx) => {
     announceGroupChanges(
       convs,
       backends.membership,
-      (userIds, frame) => router.relay({ userIds, frame }),
+      (conversationId, userIds, frame) => relays.forKey(conversationId).relay({ userIds, frame }),
       log,
       metrics,
     ),
@@ -63,7 +65,7 @@ export const startGateway: RoleStarter = async (ctx) => {
     metrics,
     backends,
     conversations: convs,
-    router,
+    relays: (conversationId) => relays.forKey(conversationId),
     presence,
     push,
     verify: createVerifier({ dataDir: config.dataDir, ...config.auth, log }),

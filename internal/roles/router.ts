@@ -54,7 +54,7 @@ export const startRouter: RoleStarter = async (ctx) => {
     announceGroupChanges(
       convs,
       backends.membership,
-      async (userIds, frame) => router.relay(userIds, [], "", frame),
+      async (_conversationId, userIds, frame) => router.relay(userIds, [], "", frame),
       log,
       metrics,
     ),

@@ -26,7 +26,7 @@ describe("announceGroupChanges", () => {
     const announcer = announceGroupChanges(
       convs,
       { members: async () => ["alice", "bob"] },
-      async (userIds, frame) => {
+      async (_conversationId, userIds, frame) => {
         if (routers.down) throw errors.unavailable("UNAVAILABLE", "every router is restarting");
         const c = frame.kind?.case === "conversation" ? frame.kind.value.conversation : undefined;
         routers.relayed.push(`${c?.name} to ${userIds.join(",")}`);

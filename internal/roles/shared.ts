@@ -49,7 +49,11 @@ const GROUP_CHANGE_RETRIES_WAITING_MAX = 10_000;
 export function announceGroupChanges(
   convs: Conversations,
   membership: Pick<MembershipStore, "members">,
-  relay: (userIds: string[], frame: MessageInitShape<typeof ServerFrameSchema>) => Promise<unknown>,
+  relay: (
+    conversationId: string,
+    userIds: string[],
+    frame: MessageInitShape<typeof ServerFrameSchema>,
+  ) => Promise<unknown>,
   log: Logger,
   metrics: Pick<Metrics, "eventRelaysDroppedTotal">,
 ): { close(): Promise<void> } {
@@ -62,7 +66,8 @@ export function announceGroupChanges(
       kind: { case: "conversation", value: { conversation: toWireConversation(group) } },
     };
     retries.run(
-      async () => relay(audience === "members" ? await membership.members(group.id) : [...audience], frame),
+      async () =>
+        relay(group.id, audience === "members" ? await membership.members(group.id) : [...audience], frame),
       (reason, err, attempts) => {
         metrics.eventRelaysDroppedTotal.inc({ event: "conversation", reason });
         if (reason === "failed")

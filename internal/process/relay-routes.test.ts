@@ -1,8 +1,8 @@
 import { describe, expect, it } from "vitest";
 import { Code, errors, SwitchboardError } from "../lib/errors.js";
 import { discardingLogger } from "../lib/log.js";
+import { Presence } from "../presence/service.js";
 import { type Relayer, RelayRoutes, routerTargetAddresses } from "./relay-routes.js";
-import { Presence } from "./service.js";
 
 const RESPONSE = { $typeName: "switchboard.router.v1.RelayResponse" as const, sessions: 0 };
 
@@ -69,7 +69,7 @@ describe("RelayRoutes", () => {
       log: discardingLogger(),
     });
     for (let round = 0; round < 5; round++)
-      for (let i = 0; i < 60; i++) await routes.forUser(`u${i}`).relay({ userIds: [`u${i}`] });
+      for (let i = 0; i < 60; i++) await routes.forKey(`u${i}`).relay({ userIds: [`u${i}`] });
     const where = placement(r.relayed);
     expect(where.size).toBe(60);
     for (const users of r.relayed.values()) expect(users.length).toBeGreaterThan(5 * 10);
@@ -88,12 +88,12 @@ describe("RelayRoutes", () => {
       now: () => now,
     });
     const users = Array.from({ length: 30 }, (_, i) => `u${i}`);
-    for (const u of users) await routes.forUser(u).relay({ userIds: [u] });
+    for (const u of users) await routes.forKey(u).relay({ userIds: [u] });
     const first = placement(r.relayed);
     r.relayed.clear();
     r.failing.add("a:1");
     for (let round = 0; round < 3; round++)
-      for (const u of users) await routes.forUser(u).relay({ userIds: [u] });
+      for (const u of users) await routes.forKey(u).relay({ userIds: [u] });
     const second = placement(r.relayed);
     for (const u of users) {
       if (first.get(u) !== "a:1")
@@ -103,7 +103,7 @@ describe("RelayRoutes", () => {
     r.failing.delete("a:1");
     r.relayed.clear();
     now += 10_000;
-    for (const u of users) await routes.forUser(u).relay({ userIds: [u] });
+    for (const u of users) await routes.forKey(u).relay({ userIds: [u] });
     expect(placement(r.relayed)).toEqual(first);
     // A refusal that is not about reaching the router is the caller's.
     const refusing = new RelayRoutes({
@@ -117,7 +117,7 @@ describe("RelayRoutes", () => {
       fallback: r.fallback,
       log: discardingLogger(),
     });
-    await expect(refusing.forUser("u").relay({})).rejects.toMatchObject({ reason: "MISSING_FRAME" });
+    await expect(refusing.forKey("u").relay({})).rejects.toMatchObject({ reason: "MISSING_FRAME" });
     routes.close();
     refusing.close();
   });
@@ -133,12 +133,12 @@ describe("RelayRoutes", () => {
       resolve: async (host) => (host === "router.local" ? answer : []),
       refreshMs: 20,
     });
-    await routes.forUser("u1").relay({ userIds: ["u1"] });
+    await routes.forKey("u1").relay({ userIds: ["u1"] });
     expect(r.fallbackUsed).toEqual(["u1"]);
     answer = ["10.0.0.1", "fd00::2"];
     for (let i = 0; i < 50 && routes.known.length < 2; i++) await new Promise((res) => setTimeout(res, 10));
     expect(routes.known).toEqual(["10.0.0.1:9090", "[fd00::2]:9090"]);
-    for (let i = 0; i < 20; i++) await routes.forUser(`u${i}`).relay({ userIds: [`u${i}`] });
+    for (let i = 0; i < 20; i++) await routes.forKey(`u${i}`).relay({ userIds: [`u${i}`] });
     expect([...r.relayed.keys()].sort()).toEqual(["10.0.0.1:9090", "[fd00::2]:9090"]);
     answer = ["10.0.0.1"];
     for (let i = 0; i < 50 && routes.known.length > 1; i++) await new Promise((res) => setTimeout(res, 10));
@@ -173,21 +173,21 @@ describe("RelayRoutes", () => {
     let user = "";
     for (let i = 0; !user; i++) {
       asked.clear();
-      await routes.forUser(`u${i}`).relay({ userIds: [`u${i}`] });
+      await routes.forKey(`u${i}`).relay({ userIds: [`u${i}`] });
       if (asked.get("a:1") === 1) user = `u${i}`;
     }
     silent = "a:1";
     asked.clear();
-    await expect(routes.forUser(user).relay({ userIds: [user] })).resolves.toEqual(RESPONSE);
+    await expect(routes.forKey(user).relay({ userIds: [user] })).resolves.toEqual(RESPONSE);
     expect(asked.get("a:1")).toBe(1);
     // Marked down: the next relays do not wait out another deadline on it.
-    await routes.forUser(user).relay({ userIds: [user] });
-    await routes.forUser(user).relay({ userIds: [user] });
+    await routes.forKey(user).relay({ userIds: [user] });
+    await routes.forKey(user).relay({ userIds: [user] });
     expect(asked.get("a:1")).toBe(1);
     silent = "";
     now += 10_000;
     asked.clear();
-    await routes.forUser(user).relay({ userIds: [user] });
+    await routes.forKey(user).relay({ userIds: [user] });
     expect(asked.get("a:1")).toBe(1);
     routes.close();
   });
@@ -242,7 +242,7 @@ describe("RelayRoutes", () => {
         lastActive: async () => new Map(),
         close: async () => undefined,
       },
-      router: (userId) => routes.forUser(userId),
+      router: (userId) => routes.forKey(userId),
       log: discardingLogger(),
     });
     const users = Array.from({ length: 10 }, (_, i) => `u${i}`);

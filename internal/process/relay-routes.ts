@@ -1,10 +1,12 @@
 /**
- * Which router relays a user's presence changes. Each router has its own Deliver stream to each
- * gateway, in order; two changes of one user relayed through two routers could reach the gateway in
- * the other order (a watcher left showing online a user who went offline). So every change of one
- * user goes through the same router: the one its id ranks first among the routers' addresses
- * (rendezvous hashing: a router added or gone moves only its own share of users), and while that one
- * is unreachable, the next in the user's ranking.
+ * Which router relays the events of one key: a user's presence changes (the presence role), a
+ * conversation's typing, receipt and group events (the gateway role). Each router has its own Deliver
+ * stream to each gateway, in order; two events of one key relayed through two routers could reach
+ * the gateway in the other order (a watcher left showing online a user who went offline, a group
+ * shown with the name it had before its last rename). So every event of one key goes through the same
+ * router: the one the key ranks first among the routers' addresses (rendezvous hashing: a router
+ * added or gone moves only its own share of keys), and while that one is unreachable, the next in
+ * the key's ranking.
  *
  * The addresses are those `cluster.routerTarget` names: an `ipv4:`/`ipv6:` list as it stands, or a
  * DNS name (`dns:///name:port`, `name:port`: a headless Service) resolved again every few seconds.
@@ -107,12 +109,9 @@ export class RelayRoutes {
     this.now = options.now ?? Date.now;
     const parsed = routerTargetAddresses(options.target);
     if (parsed === undefined) {
-      options.log.warn(
-        "presence: router target is neither an address list nor a DNS name; relays are spread",
-        {
-          target: options.target,
-        },
-      );
+      options.log.warn("relays: router target is neither an address list nor a DNS name; relays are spread", {
+        target: options.target,
+      });
     } else if ("addresses" in parsed) {
       this.addresses = [...new Set(parsed.addresses)].sort();
     } else {
@@ -127,7 +126,7 @@ export class RelayRoutes {
           this.resolutionTaken = begun;
           this.setAddresses(found.map((a) => (a.includes(":") ? `[${a}]:${port}` : `${a}:${port}`)));
         } catch (err) {
-          options.log.warn("presence: resolving the routers failed; keeping the last addresses", {
+          options.log.warn("relays: resolving the routers failed; keeping the last addresses", {
             host,
             err,
           });
@@ -144,9 +143,9 @@ export class RelayRoutes {
     return this.addresses;
   }
 
-  /** The relayer of `userId`'s changes. */
-  forUser(userId: string): Relayer {
-    return { relay: (req, options) => this.relay(userId, req, options) };
+  /** The relayer of the events of `key` (a user id, a conversation id). */
+  forKey(key: string): Relayer {
+    return { relay: (req, options) => this.relay(key, req, options) };
   }
 
   private async relay(
