@@ -71,6 +71,38 @@ const until = async (pred: () => boolean) => {
   expect(pred()).toBe(true);
 };
 
+/**
+ * A gateway whose first stream fails when the test calls `fail()`, and whose later streams serve:
+ * `dead` and `live` are what each took. Each stream's requests are read by a pump of its own, as in
+ * a real call, which goes on reading after the response side failed (nothing tells gRPC's request
+ * pump).
+ */
+function failingOnce() {
+  const stream = { dials: 0, dead: [] as DeliverInit[], live: [] as DeliverInit[], fail: () => {} };
+  const pump = (requests: AsyncIterable<DeliverInit>, into: DeliverInit[]) =>
+    (async () => {
+      for await (const req of requests) into.push(req);
+    })();
+  const client = clientOf((requests) => {
+    stream.dials++;
+    if (stream.dials === 1) {
+      void pump(requests as AsyncIterable<DeliverInit>, stream.dead);
+      return (async function* () {
+        await new Promise<void>((r) => {
+          stream.fail = r;
+        });
+        throw new Error("connection reset");
+      })();
+    }
+    const pumped = pump(requests as AsyncIterable<DeliverInit>, stream.live);
+    return (async function* () {
+      await pumped;
+      yield* [];
+    })();
+  });
+  return { client, stream };
+}
+
 describe("GatewayLink", () => {
   it("bounds its queue in bytes, drops past it without blocking, and re-checks the dropped users once drained", async () => {
     const metrics = createMetrics();
@@ -206,38 +238,15 @@ describe("GatewayLink", () => {
   });
 
   it("a failed stream's feeder takes nothing more: every later event reaches the new stream", async () => {
-    let dials = 0;
-    const dead: DeliverInit[] = [];
-    const live: DeliverInit[] = [];
-    let fail!: () => void;
-    // Each stream's requests are read by a pump of its own, as in a real call, which goes on reading
-    // after the response side failed (nothing tells gRPC's request pump).
-    const pump = (requests: AsyncIterable<DeliverInit>, into: DeliverInit[]) =>
-      (async () => {
-        for await (const req of requests) into.push(req);
-      })();
-    const client = clientOf((requests) => {
-      dials++;
-      if (dials === 1) {
-        void pump(requests as AsyncIterable<DeliverInit>, dead);
-        return (async function* () {
-          await new Promise<void>((r) => (fail = r));
-          throw new Error("connection reset");
-        })();
-      }
-      const pumped = pump(requests as AsyncIterable<DeliverInit>, live);
-      return (async function* () {
-        await pumped;
-        yield* [];
-      })();
-    });
+    const { client, stream } = failingOnce();
+    const { dead, live } = stream;
     const link = linkTo(client, 50);
     expect(link.push(message("before", "a"))).toBe(true);
     await until(() => dead.length === 1);
-    fail();
+    stream.fail();
     // The re-dial at the end of the down time re-checks "before" (never confirmed); then three
     // events in one turn, as a router batch queues them.
-    await until(() => dials === 2 && live.length === 1);
+    await until(() => stream.dials === 2 && live.length === 1);
     for (const user of ["x", "y", "z"]) expect(link.push(message(user, "b"))).toBe(true);
     await until(() => live.length === 4);
     expect(live.map((r) => (r.recheckInboxes ? "recheck" : r.userIds?.[0]))).toEqual([
@@ -251,29 +260,8 @@ describe("GatewayLink", () => {
   });
 
   it("sends events of stored state again on the next stream when one fails unconfirmed, keeps those pushed while down, and drops typing", async () => {
-    let dials = 0;
-    const dead: DeliverInit[] = [];
-    const live: DeliverInit[] = [];
-    let fail!: () => void;
-    const pump = (requests: AsyncIterable<DeliverInit>, into: DeliverInit[]) =>
-      (async () => {
-        for await (const req of requests) into.push(req);
-      })();
-    const client = clientOf((requests) => {
-      dials++;
-      if (dials === 1) {
-        void pump(requests as AsyncIterable<DeliverInit>, dead);
-        return (async function* () {
-          await new Promise<void>((r) => (fail = r));
-          throw new Error("connection dropped");
-        })();
-      }
-      const pumped = pump(requests as AsyncIterable<DeliverInit>, live);
-      return (async function* () {
-        await pumped;
-        yield* [];
-      })();
-    });
+    const { client, stream } = failingOnce();
+    const { dead, live } = stream;
     const receipt = (seq: bigint): DeliverInit => ({
       userIds: ["bob"],
       frame: { kind: { case: "receipt", value: { conversationId: "dm:a~b", userId: "alice", seq } } },
@@ -285,7 +273,7 @@ describe("GatewayLink", () => {
     const link = linkTo(client, 100);
     for (const req of [receipt(1n), typing, message("bob", "a")]) expect(link.push(req)).toBe(true);
     await until(() => dead.length === 3);
-    fail(); // none of the three confirmed: each may be lost
+    stream.fail(); // none of the three confirmed: each may be lost
     await new Promise((r) => setTimeout(r, 20)); // the failure is seen; the link is down for 100 ms
     expect(link.push(typing)).toBe(false); // down: dropped
     expect(link.push(receipt(2n))).toBe(true); // down: kept for the next stream
