@@ -60,9 +60,11 @@ function clientAccess(
   const sees = async (id: string): Promise<boolean> => {
     const c = grant.conversations;
     if (c === "all") return true;
-    if (c !== "member") return c.has(id);
+    // A direct conversation of one of its senders is its own, whatever else the grant names.
     const pair = directMembers(id);
-    if (pair) return pair.some((u) => grant.sendAs.has(u));
+    if (pair?.some((u) => grant.sendAs.has(u))) return true;
+    if (c !== "member") return c.has(id);
+    if (pair) return false;
     for (const sender of grant.sendAs) if (await membership.isMember(id, sender)) return true;
     return false;
   };
