@@ -1549,7 +1549,8 @@ export const ChatService: GenService<{
     output: typeof ListPushDeadLettersResponseSchema;
   },
   /**
-   * Send dead letters again, each at most once, to their device's current token.
+   * Send dead letters again to their device's current token, at least once (a replay cut short, or
+   * two at once, may send a letter twice under one notification id).
    *
    * @generated from rpc switchboard.api.v1.ChatService.ReplayPushDeadLetters
    */

@@ -539,7 +539,8 @@ export const PushService: GenService<{
     output: typeof ListDeadLettersResponseSchema;
   },
   /**
-   * Send dead letters again, each at most once, to their device's current token.
+   * Send dead letters again to their device's current token, at least once (a replay cut short, or
+   * two at once, may send a letter twice under one notification id).
    *
    * @generated from rpc switchboard.push.v1.PushService.ReplayDeadLetters
    */
