@@ -511,15 +511,17 @@ export class Connection {
         // Membership was checked above, with the record. A router that gets the relay after the
         // reply said it failed (it was paused, or the network held the call) drops it: a typing
         // indicator shown late could outlive the typing: false sent after it.
+        // One deadline for every router tried (the conversation's, then the next).
         const userIds = await c.backends.membership.members(conversationId);
+        const expiresAt = Date.now() + TYPING_RELAY_TIMEOUT_MS;
         await c.relays(conversationId).relay(
           {
             userIds,
             excludeSessionId: this.sessionId,
             frame: { kind: { case: "typing", value: { conversationId, userId: user, typing } } },
-            expiresAtMs: BigInt(Date.now() + TYPING_RELAY_TIMEOUT_MS),
+            expiresAtMs: BigInt(expiresAt),
           },
-          { timeoutMs: TYPING_RELAY_TIMEOUT_MS },
+          { deadline: expiresAt },
         );
         return reply({ case: "ok", value: {} });
       }
