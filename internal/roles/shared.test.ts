@@ -21,15 +21,16 @@ describe("announceGroupChanges", () => {
     const convs = {
       onGroupChange: (listener: Change) => listeners.push(listener),
     } as unknown as Conversations;
-    const routers = { down: false, relayed: [] as string[] };
+    const routers = { down: false, relayed: [] as string[], changedAt: [] as number[] };
     const metrics = createMetrics();
     const announcer = announceGroupChanges(
       convs,
       { members: async () => ["alice", "bob"] },
       async (_conversationId, userIds, frame) => {
         if (routers.down) throw errors.unavailable("UNAVAILABLE", "every router is restarting");
-        const c = frame.kind?.case === "conversation" ? frame.kind.value.conversation : undefined;
-        routers.relayed.push(`${c?.name} to ${userIds.join(",")}`);
+        const value = frame.kind?.case === "conversation" ? frame.kind.value : undefined;
+        routers.relayed.push(`${value?.conversation?.name} to ${userIds.join(",")}`);
+        routers.changedAt.push(Number(value?.changedAtMs));
       },
       discardingLogger(),
       metrics,
@@ -56,11 +57,14 @@ describe("announceGroupChanges", () => {
     const { change, routers, announcer } = announcing();
     routers.down = true;
     change("Team");
+    const changedAt = Date.now();
     change("Team B");
     await vi.advanceTimersByTimeAsync(0);
     routers.down = false;
     await vi.advanceTimersByTimeAsync(60_000);
     expect(routers.relayed).toEqual(["Team B to alice,bob"]);
+    // The time of the change, not of the retry that got it out: clients keep the newest by it.
+    expect(routers.changedAt).toEqual([changedAt]);
     await announcer.close();
   });
 

@@ -63,7 +63,11 @@ export function announceGroupChanges(
   });
   convs.onGroupChange((group, audience) => {
     const frame: MessageInitShape<typeof ServerFrameSchema> = {
-      kind: { case: "conversation", value: { conversation: toWireConversation(group) } },
+      kind: {
+        case: "conversation",
+        // Taken now, not at a retry: a client keeps the newest change by it (client.proto).
+        value: { conversation: toWireConversation(group), changedAtMs: BigInt(Date.now()) },
+      },
     };
     retries.run(
       async () =>

@@ -1320,3 +1320,25 @@ test("close 1007 drops the culprit frame with INVALID_FRAME (never re-sent) and 
     [1, "small"],
   ]);
 });
+
+test("does not show the app a group's older change that arrives after a newer one", async () => {
+  const srv = await startServer();
+  const t = newClient(srv);
+  const names: string[] = [];
+  t.client.on("conversation", (c) => names.push(c.name));
+  await t.client.connect();
+  const [conn] = srv.openConns();
+  const change = (name: string, changedAtMs: bigint) =>
+    srv.push(conn!, {
+      kind: {
+        case: "conversation",
+        value: { conversation: { id: "g:1", kind: ConversationKind.GROUP, name }, changedAtMs },
+      },
+    });
+  change("renamed", 2_000n);
+  change("created", 1_000n); // re-sent late by a router that failed
+  change("renamed", 2_000n); // the same change again
+  change("renamed again", 3_000n);
+  await srv.waitFor(() => names.length === 3, "the changes");
+  expect(names).toEqual(["renamed", "renamed", "renamed again"]);
+});

@@ -20,6 +20,7 @@ import { ReceiptKind } from "../../gen/switchboard/common/v1/common_pb.js";
 import { Provider } from "../../gen/switchboard/push/v1/push_pb.js";
 import { type BackoffOptions, DEFAULT_BACKOFF } from "./backoff.js";
 import { type Conn, Connection } from "./connection.js";
+import { ConversationChanges } from "./conversation-changes.js";
 import { TypedEmitter } from "./emitter.js";
 import { Code, fromWireError, LocalReason, localError, SwitchboardClientError } from "./errors.js";
 import { type FrameKind, type ReplyCase, type ReplyOf, RequestTracker } from "./requests.js";
@@ -282,6 +283,8 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
   private readonly sends: SendQueue;
   private readonly inbox: InboxSync;
   private readonly presenceWatch = new Set<string>();
+  /** Group changes seen, to keep a late event of an older one from the app. */
+  private readonly conversationChanges = new ConversationChanges();
   /**
    * The users of each subscribePresence still waiting for its reply; an unsubscribe meanwhile takes
    * its users out, so that the reply does not watch them again.
@@ -717,6 +720,7 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
       case "conversation":
         if (frame.replyTo === 0) {
           if (kind.value.conversation) {
+            if (this.conversationChanges.isStale(kind.value.conversation.id, kind.value.changedAtMs)) return;
             const conversation = toConversation(kind.value.conversation);
             // A group that went to pull is followed by seq from now on (its messages leave the inbox).
             if (conversation.delivery === "pull") this.inbox.follow(conversation.id);
