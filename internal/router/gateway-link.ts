@@ -180,6 +180,8 @@ export class GatewayLink {
     const openedAt = Date.now();
     this.o.metrics.gatewayStreams.inc();
     let failed = false;
+    /** Events a failure may have lost that go out again on the next stream (keptAcrossFailures). */
+    let lost: Array<{ req: DeliverInit; bytes: number }> = [];
     try {
       for await (const credit of client.deliver(this.drain(feed))) {
         // Responses are flow-control credit; a gateway that stops reading fills the byte bound.
@@ -201,7 +203,7 @@ export class GatewayLink {
         if (feed.unconfirmed === "all") this.remember([]);
         else {
           for (const { req } of feed.unconfirmed) this.rememberFor(req);
-          this.requeue(feed.unconfirmed.filter(({ req }) => keptAcrossFailures(req)));
+          lost = feed.unconfirmed.filter(({ req }) => keptAcrossFailures(req));
         }
         // A gateway that is gone for good (no gateway-gone record says so) is not dialled forever:
         // after a few failures in a row, only its next event dials it again.
@@ -222,7 +224,7 @@ export class GatewayLink {
       if (this.feed === feed) this.feed = undefined;
       this.o.metrics.gatewayStreams.dec();
       client.close?.();
-      this.clear();
+      this.clear(lost);
       this.running = undefined;
     }
     if (!failed && !this.closed)
@@ -279,32 +281,23 @@ export class GatewayLink {
   }
 
   /**
-   * What a stream leaves queued when it ends: events kept across failures stay for the next stream
-   * (not once the link closes); the others are dropped, their users re-checked.
+   * What a stream leaves queued when it ends: events kept across failures stay for the next stream,
+   * after those of `lost` (handed to the failed stream, so they came first), within the byte bound
+   * (the newest dropped past it); not once the link closes. The others are dropped, their users
+   * re-checked.
    */
-  private clear(): void {
-    const kept = this.closed ? [] : this.queue.slice(this.head).filter(({ req }) => keptAcrossFailures(req));
-    const dropped = this.queue.length - this.head - kept.length;
+  private clear(lost: ReadonlyArray<{ req: DeliverInit; bytes: number }>): void {
+    const queued = this.queue.slice(this.head);
+    const keptQueued = this.closed ? [] : queued.filter(({ req }) => keptAcrossFailures(req));
+    const kept = this.closed ? [] : [...lost, ...keptQueued];
+    const dropped = queued.length - keptQueued.length;
     if (dropped > 0) this.o.metrics.deliveriesDroppedTotal.inc({ reason: "unreachable" }, dropped);
-    for (let i = this.head; i < this.queue.length; i++) this.rememberFor(this.queue[i]!.req);
+    for (const { req } of queued) this.rememberFor(req);
     this.o.metrics.gatewayStreamQueueBytes.dec(this.queuedBytes);
     this.queue.length = 0;
     this.head = 0;
     this.queuedBytes = 0;
     for (const item of kept) this.enqueueKept(item);
-  }
-
-  /**
-   * Puts events a failed stream may have lost before everything queued (they came first), within
-   * the byte bound (the newest of them dropped past it).
-   */
-  private requeue(items: ReadonlyArray<{ req: DeliverInit; bytes: number }>): void {
-    const waiting = this.queue.slice(this.head);
-    this.o.metrics.gatewayStreamQueueBytes.dec(this.queuedBytes);
-    this.queue.length = 0;
-    this.head = 0;
-    this.queuedBytes = 0;
-    for (const item of [...items, ...waiting]) this.enqueueKept(item);
   }
 
   private enqueueKept(item: { req: DeliverInit; bytes: number }): void {
