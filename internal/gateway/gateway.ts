@@ -13,7 +13,7 @@ import type { Identity } from "../lib/auth.js";
 import { Code, SwitchboardError } from "../lib/errors.js";
 import { Limiter } from "../lib/limiter.js";
 import { mapLimited } from "../lib/map-limited.js";
-import { RetryLater } from "../lib/retry-later.js";
+import { EVENT_RELAY_RETRIES, RetryLater } from "../lib/retry-later.js";
 import type { ServiceImpl } from "../lib/rpc.js";
 import { SpanKind, startSpan, tracing } from "../lib/tracing.js";
 import { presenceShardOf, presenceShards } from "../presence/shards.js";
@@ -52,12 +52,6 @@ const WATCHES_RENEWED_CONCURRENT = 16;
  */
 const END_SESSION_RETRY_DELAYS_MS = [1_000, 5_000];
 const END_SESSION_RETRIES_WAITING_MAX = 10_000;
-/**
- * A receipt event the routers could not take is relayed again after these waits: about 30 s, past a
- * router's restart (ready in seconds) and a consumer group's session timeout. At most this many wait.
- */
-const EVENT_RELAY_RETRY_DELAYS_MS = [1_000, 2_000, 4_000, 8_000, 16_000];
-const EVENT_RELAY_RETRIES_WAITING_MAX = 10_000;
 /**
  * subscribePresence requests per user on one gateway: sustained, at once (a client renewing 1,000
  * watches after a reconnect sends 10). A refusal takes no token: the user's connections renewing
@@ -156,10 +150,7 @@ export class Gateway {
   /** EndSession calls waiting to be asked again (see END_SESSION_RETRY_DELAYS_MS). */
   private readonly endSessionRetries = new Set<NodeJS.Timeout>();
   /** Events relayed eventually (GatewayServices.relayEventually). */
-  private readonly eventRelays = new RetryLater({
-    delaysMs: EVENT_RELAY_RETRY_DELAYS_MS,
-    waitingMax: EVENT_RELAY_RETRIES_WAITING_MAX,
-  });
+  private readonly eventRelays = new RetryLater(EVENT_RELAY_RETRIES);
   /** Who shares a conversation with whom, for presence subscribes. */
   private readonly contacts: ContactCheck;
   private readonly alive = new WeakSet<object>();

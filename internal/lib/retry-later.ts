@@ -35,6 +35,16 @@ export const RETRYABLE_CODES: ReadonlySet<Code> = new Set([
   Code.UNKNOWN,
 ]);
 
+/**
+ * An event relayed to members' devices (a receipt, a group change) that no router took: again after
+ * these waits, about 30 s, past a router's restart (ready in seconds) and its consumer group's
+ * session timeout; at most 10,000 waiting.
+ */
+export const EVENT_RELAY_RETRIES: RetryLaterOptions = {
+  delaysMs: [1_000, 2_000, 4_000, 8_000, 16_000],
+  waitingMax: 10_000,
+};
+
 const retryableCode = (err: unknown) => RETRYABLE_CODES.has(SwitchboardError.from(err).code);
 
 interface Call {

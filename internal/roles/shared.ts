@@ -9,7 +9,7 @@ import { toWireConversation } from "../conversations/wire.js";
 import type { Config } from "../lib/config.js";
 import type { Logger } from "../lib/log.js";
 import type { Metrics } from "../lib/metrics.js";
-import { RetryLater } from "../lib/retry-later.js";
+import { EVENT_RELAY_RETRIES, RetryLater } from "../lib/retry-later.js";
 import type { ServiceClient } from "../lib/rpc.js";
 import { checkDistributedConfig } from "../process/backends.js";
 
@@ -33,13 +33,6 @@ export function conversations(
 }
 
 /**
- * A group change the routers could not take is relayed again after these waits (about 30 s: past a
- * router's restart), at most this many at once.
- */
-const GROUP_CHANGE_RETRY_DELAYS_MS = [1_000, 2_000, 4_000, 8_000, 16_000];
-const GROUP_CHANGE_RETRIES_WAITING_MAX = 10_000;
-
-/**
  * Relays each change of a group to its members' devices (the client protocol's `conversation` event,
  * best effort like typing: a client that misses it sees the change in its next listConversations).
  * A relay that fails (every router restarting) is tried again for about 30 s, unless a newer change
@@ -57,10 +50,7 @@ export function announceGroupChanges(
   log: Logger,
   metrics: Pick<Metrics, "eventRelaysDroppedTotal">,
 ): { close(): Promise<void> } {
-  const retries = new RetryLater({
-    delaysMs: GROUP_CHANGE_RETRY_DELAYS_MS,
-    waitingMax: GROUP_CHANGE_RETRIES_WAITING_MAX,
-  });
+  const retries = new RetryLater(EVENT_RELAY_RETRIES);
   convs.onGroupChange((group, audience) => {
     const frame: MessageInitShape<typeof ServerFrameSchema> = {
       kind: {
