@@ -121,8 +121,8 @@ const PRESENCE_SUBSCRIBES_UNANSWERED_MAX = 10;
  */
 const PRESENCE_CHECK_DEADLINE_MS = 15_000;
 /**
- * How long a typing indicator may take to reach the router: past it the request is answered
- * DEADLINE_EXCEEDED and the router relays it no more (RelayRequest.expires_at_ms).
+ * How long a typing indicator may take to reach a router, every router tried included: past it the
+ * request is answered with an error and no router relays it any more (RelayRequest.expires_at_ms).
  */
 const TYPING_RELAY_TIMEOUT_MS = 5_000;
 /**
@@ -508,10 +508,9 @@ export class Connection {
               this.pullTypingShown.delete(this.pullTypingShown.values().next().value as string);
           }
         }
-        // Membership was checked above, with the record. A router that gets the relay after the
-        // reply said it failed (it was paused, or the network held the call) drops it: a typing
-        // indicator shown late could outlive the typing: false sent after it.
-        // One deadline for every router tried (the conversation's, then the next).
+        // Membership was checked above, with the record. One deadline for every router tried, and
+        // a router that gets the relay after it (it was paused, or the network held the call) drops
+        // it: a typing indicator shown late could outlive the typing: false sent after it.
         const userIds = await c.backends.membership.members(conversationId);
         const expiresAt = Date.now() + TYPING_RELAY_TIMEOUT_MS;
         await c.relays(conversationId).relay(

@@ -1,11 +1,10 @@
 /**
  * Every process's gRPC server: bound first (so a gateway knows the port it advertises before it
  * exists), services added by the role afterwards (grpc-js looks handlers up per call; until then
- * they answer UNAVAILABLE), shut down
- * gracefully. It always serves the standard health service (in step with /readyz) and, when
- * grpc.reflection is on, server reflection; every call is counted in the grpc_server_* metrics.
+ * they answer UNAVAILABLE), shut down gracefully. It always serves the standard health service (in
+ * step with /readyz) and, when grpc.reflection is on, server reflection; every call is counted in
+ * the grpc_server_* metrics.
  */
-
 import type { DescService } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
 import type { GrpcMetrics } from "../lib/metrics.js";
