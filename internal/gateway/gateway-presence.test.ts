@@ -365,6 +365,8 @@ describe("gateway presence watches", () => {
     // Asked again after a second, on that shard alone.
     await until(() => shards.procs[1]!.watchCounts().sessions === 0, 3_000);
     expect(shards.calls.map((c) => c.get("endSession"))).toEqual([1, 2]);
+    const outcomes = (await gw.metrics.presence.endSessionFailures.get()).values;
+    expect(outcomes.map((v) => [v.labels.outcome, v.value])).toEqual([["retried", 1]]);
   });
 
   it("rate-limits a user's presence subscribes across their connections", async () => {

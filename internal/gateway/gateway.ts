@@ -46,8 +46,8 @@ const GROUP_LIST_IDS_MAX = 500_000;
 /** Sessions subscribed again at once on a presence shard that lost this gateway's watches. */
 const WATCHES_RENEWED_CONCURRENT = 16;
 /**
- * A session's EndSession that a presence shard failed is asked again after these waits (the last one
- * past the lease, offlineAfterMs: by then the shard has dropped the watches itself unless this
+ * A session's EndSession that a presence shard failed is asked again after these waits (and once
+ * more past the lease, offlineAfterMs: by then the shard has dropped the watches itself unless this
  * gateway's renewals reach it), and at most this many wait at once.
  */
 const END_SESSION_RETRY_DELAYS_MS = [1_000, 5_000];
@@ -147,8 +147,8 @@ export class Gateway {
   private readonly resubscribing = new Set<number>();
   /** The lease is taken (announce): a "lost" from now on means lost. */
   private leaseTaken = false;
-  /** EndSession calls waiting to be asked again (see END_SESSION_RETRY_DELAYS_MS). */
-  private readonly endSessionRetries = new Set<NodeJS.Timeout>();
+  /** EndSession calls a presence shard failed, asked again (see END_SESSION_RETRY_DELAYS_MS). */
+  private readonly endSessionRetries: RetryLater;
   /** Events relayed eventually (GatewayServices.relayEventually). */
   private readonly eventRelays = new RetryLater(EVENT_RELAY_RETRIES);
   /** Who shares a conversation with whom, for presence subscribes. */
@@ -161,6 +161,11 @@ export class Gateway {
     this.userSends = new UserBuckets(g.userSendsPerSecond, g.userSendsPerSecond * 2);
     this.epoch = options.gatewayEpoch;
     const { config } = options;
+    this.endSessionRetries = new RetryLater({
+      delaysMs: [...END_SESSION_RETRY_DELAYS_MS, config.presence.offlineAfterMs],
+      waitingMax: END_SESSION_RETRIES_WAITING_MAX,
+      retrying: () => options.metrics.presence.endSessionFailures.inc({ outcome: "retried" }),
+    });
     this.wss = new WebSocketServer({
       noServer: true,
       maxPayload: config.gateway.frameBytesMax,
@@ -398,36 +403,16 @@ export class Gateway {
       .catch((err: unknown) => log.warn("gateway: session-down event failed", { err }));
     // Shard by shard: one that fails is asked again, alone (else its watches of the session stay
     // for as long as this gateway renews its lease there).
-    for (const shard of presenceShards(this.options.presence)) this.endSession(shard, userId, sessionId, 0);
-  }
-
-  private endSession(
-    shard: GatewayServices["presence"],
-    userId: string,
-    sessionId: string,
-    attempt: number,
-  ): void {
-    const { log, metrics, config } = this.options;
-    shard.endSession({ userId, sessionId }).catch((err: unknown) => {
-      const delays = [...END_SESSION_RETRY_DELAYS_MS, config.presence.offlineAfterMs];
-      const delay = delays[attempt];
-      if (
-        delay === undefined ||
-        this.closed ||
-        this.endSessionRetries.size >= END_SESSION_RETRIES_WAITING_MAX
-      ) {
-        metrics.presence.endSessionFailures.inc({ outcome: "dropped" });
-        log.warn("gateway: endSession failed", { sessionId, attempts: attempt + 1, err });
-        return;
-      }
-      metrics.presence.endSessionFailures.inc({ outcome: "retried" });
-      const timer = setTimeout(() => {
-        this.endSessionRetries.delete(timer);
-        this.endSession(shard, userId, sessionId, attempt + 1);
-      }, delay);
-      timer.unref();
-      this.endSessionRetries.add(timer);
-    });
+    for (const shard of presenceShards(this.options.presence)) {
+      this.endSessionRetries.run(
+        () => shard.endSession({ userId, sessionId }),
+        (reason, err, attempts) => {
+          if (reason === "closed") return;
+          this.options.metrics.presence.endSessionFailures.inc({ outcome: "dropped" });
+          log.warn("gateway: endSession failed", { sessionId, attempts, reason, err });
+        },
+      );
+    }
   }
 
   /** The GatewayService implementation (Deliver, Drain, Stats). */
@@ -660,8 +645,7 @@ export class Gateway {
     this.eventRelays.close();
     clearInterval(this.pingTimer);
     clearInterval(this.watchLeaseTimer);
-    for (const timer of this.endSessionRetries) clearTimeout(timer);
-    this.endSessionRetries.clear();
+    this.endSessionRetries.close();
     this.draining = true;
     this.closed = true;
     for (const stop of this.deliverStreams) stop();

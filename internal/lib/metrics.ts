@@ -214,7 +214,7 @@ function presenceMetrics(r: Registry[]) {
     }),
     endSessionFailures: new Counter({
       name: "switchboard_presence_end_session_failures_total",
-      help: "EndSession calls of this gateway to a presence shard that failed, by outcome: retried (asked again later), dropped (retries exhausted or too many waiting; the shard drops the session's watches when this gateway's lease lapses or the shard restarts).",
+      help: "EndSession calls of this gateway to a presence shard that failed, by outcome: retried (asked again later), dropped (a failure not worth retrying, retries exhausted or too many waiting; the shard drops the session's watches when this gateway's lease lapses or the shard restarts).",
       labelNames: ["outcome"],
       registers: r,
     }),

@@ -30,11 +30,13 @@ describe("RetryLater", () => {
     void drops.push([reason, attempts]);
 
   it("calls again after each wait while the call fails retryably, then stops", async () => {
-    const retries = new RetryLater({ delaysMs: [100, 200], waitingMax: 10 });
+    let retrying = 0;
+    const retries = new RetryLater({ delaysMs: [100, 200], waitingMax: 10, retrying: () => retrying++ });
     const call = flaky(2);
     retries.run(call.run, dropped);
     await vi.advanceTimersByTimeAsync(0);
     expect(call.attempts()).toBe(1);
+    expect(retrying).toBe(1);
     await vi.advanceTimersByTimeAsync(99);
     expect(call.attempts()).toBe(1);
     await vi.advanceTimersByTimeAsync(1);
@@ -43,6 +45,7 @@ describe("RetryLater", () => {
     expect(call.attempts()).toBe(3);
     await vi.advanceTimersByTimeAsync(10_000);
     expect(call.attempts()).toBe(3);
+    expect(retrying).toBe(2);
     expect(drops).toEqual([]);
     expect(retries.size).toBe(0);
   });

@@ -20,6 +20,8 @@ export interface RetryLaterOptions {
   waitingMax: number;
   /** Failures worth another attempt (default: RETRYABLE_CODES). */
   retryable?: (err: unknown) => boolean;
+  /** Told each time a failed call is put to wait for another attempt (for a metric). */
+  retrying?: (err: unknown) => void;
 }
 
 /** Told once when a call is given up (not when a newer call of its key replaced it). */
@@ -102,6 +104,7 @@ export class RetryLater {
         }, delayMs);
         this.waiting.set(timer, call);
         if (key !== undefined) this.waitingByKey.set(key, timer);
+        this.options.retrying?.(err);
       },
     );
   }
