@@ -189,24 +189,27 @@ export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatS
       }
       // The key names the group (keyedGroupId): a retry that reaches another process, or this one
       // after a restart, finds the first attempt's group in the store. This process also remembers
-      // what each key asked for, to refuse a key reused for another request.
+      // what each key asked for, to refuse a key reused for another request; a refused or failed
+      // attempt is not remembered, so that the request corrected can be sent with the same key.
       const caller = ctx.principal ?? "anonymous";
-      const { value: id } = await groupsCreated.run(
+      const id = keyedGroupId(caller, req.idempotencyKey);
+      // Stores if absent and announces: a retry is what tells the members when the first attempt
+      // was cut off after storing the group (docs/server-api.md, CreateGroup).
+      const store = () =>
+        conversations.createGroupWithId(id, req.owner, req.name, req.members, req.open, policies);
+      let stored: Awaited<ReturnType<typeof store>> | undefined;
+      await groupsCreated.run(
         caller,
         req.idempotencyKey,
         JSON.stringify([req.owner, req.name, req.members, req.open, req.postPolicy, req.addPolicy]),
-        async () => keyedGroupId(caller, req.idempotencyKey),
+        async () => {
+          stored = await store();
+          return id;
+        },
       );
-      // Every attempt stores if absent and announces: a retry is what tells the members when the
-      // first attempt was cut off after storing the group (docs/server-api.md, CreateGroup).
-      const stored = await conversations.createGroupWithId(
-        id,
-        req.owner,
-        req.name,
-        req.members,
-        req.open,
-        policies,
-      );
+      // A retry this process remembers is stored again too (finding the group), and so answered and
+      // announced like one reaching another process.
+      stored ??= await store();
       // A new group has no messages yet; a retry answers with the group as it is now.
       if (stored.created) return { conversation: toWireConversation(stored.record), duplicate: false };
       return {

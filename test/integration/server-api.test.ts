@@ -419,6 +419,11 @@ describe("ChatService: groups, presence, sessions, devices", () => {
     expect(await failure(moderation.createGroup({ ...request, idempotencyKey: "a b" }))).toBe(
       "INVALID_ARGUMENT INVALID_IDEMPOTENCY_KEY",
     );
+    // A refused request is not remembered: corrected, it creates the group with the same key.
+    const refused = { ...request, name: "n".repeat(1_000), idempotencyKey: "grp-3" };
+    expect(await failure(moderation.createGroup(refused))).toBe("INVALID_ARGUMENT INVALID_GROUP_NAME");
+    const corrected = await moderation.createGroup({ ...refused, name: "fixed" });
+    expect(corrected).toMatchObject({ duplicate: false, conversation: { name: "fixed", memberCount: 2 } });
   });
 
   it("lists members a page at a time, each member once per field", async () => {
