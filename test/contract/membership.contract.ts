@@ -1,6 +1,7 @@
 /** Backend contract, part: Conversations and their members. */
 import { describe, expect, it } from "vitest";
 import type { NewConversation } from "../../internal/backends/types.js";
+import { Code } from "../../internal/lib/errors.js";
 import { type ContractKit, nextMessageId, range, rejection } from "./harness.js";
 
 export function membershipContract({ setup }: ContractKit): void {
@@ -254,8 +255,12 @@ export function membershipContract({ setup }: ContractKit): void {
       expect(await h.b.membership.conversationsOf(users[1]!, 10)).toEqual([]);
       expect(await h.b.membership.getConversation(id)).toEqual(after);
 
-      // Removing someone who is not a member may throw, but never corrupts the count.
-      await h.b.membership.removeMember(id, users[1]!).catch(() => undefined);
+      // Removing someone who is not a member is refused as the protocol documents (NOT_MEMBER is
+      // PERMISSION_DENIED, docs/protocol.md §6) and never corrupts the count.
+      expect(await rejection(h.b.membership.removeMember(id, users[1]!))).toMatchObject({
+        code: Code.PERMISSION_DENIED,
+        reason: "NOT_MEMBER",
+      });
       expect((await h.b.membership.getConversation(id))?.memberCount).toBe(3);
       expect(await h.b.membership.isMember(h.id("nothing"), users[0]!)).toBe(false);
       // Re-adding after removal counts again, and a list read before the change is not served after it.

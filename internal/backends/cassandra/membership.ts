@@ -239,7 +239,7 @@ export class CassandraMembershipStore implements MembershipStore, MembershipSeqS
             await this.unindex(id, record.createdAtMs, user);
             return record;
           }
-          throw errors.notFound("NOT_MEMBER", `${user} is not a member of ${id}`);
+          throw errors.denied("NOT_MEMBER", `${user} is not a member of ${id}`);
         }
         // Before the removal: from the moment it applies, the membership it ends counts only from its
         // start's bound up to the bound the sequencer gives its end (for a message handled again after
