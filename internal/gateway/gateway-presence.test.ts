@@ -11,7 +11,7 @@ import type { RouterService } from "../../gen/switchboard/router/v1/router_pb.js
 import { FakeSocket } from "../../test/helpers/fake-socket.js";
 import type { PresenceStore } from "../backends/types.js";
 import { loadConfig } from "../lib/config.js";
-import { errors } from "../lib/errors.js";
+import { Code, errors, SwitchboardError } from "../lib/errors.js";
 import { discardingLogger } from "../lib/log.js";
 import { createMetrics } from "../lib/metrics.js";
 import { inProcessClient, type ServiceClient } from "../lib/rpc.js";
@@ -459,5 +459,23 @@ describe("gateway presence watches", () => {
     await shards.client.heartbeat({ userId: "bob", sessionId: "bob-1" });
     await until(() => carol.socket.presence().includes("bob:online"));
     expect(alice.socket.presence()).toEqual([]);
+  });
+
+  it("tells a client UNAVAILABLE, not the peer's reason, when a presence shard refuses the gateway's own credential", async () => {
+    const shards = presenceShards(1, 60_000, () => undefined);
+    const gw = await gatewayOn(shards.client);
+    const alice = await gw.connect("alice");
+    shards.hold[0] = (method) =>
+      method === "subscribe"
+        ? Promise.reject(new SwitchboardError(Code.UNAUTHENTICATED, "INVALID_CREDENTIALS", "unknown key id"))
+        : undefined;
+    alice.socket.frame({ id: 9, subscribePresence: { userIds: ["bob"] } });
+    await until(() => alice.socket.sent.some((f) => f.replyTo === 9));
+    const reply = alice.socket.sent.find((f) => f.replyTo === 9)!.kind;
+    expect(reply.case === "error" && reply.value).toMatchObject({
+      code: Code.UNAVAILABLE,
+      reason: "UNAVAILABLE",
+      retryAfterMs: 1_000,
+    });
   });
 });

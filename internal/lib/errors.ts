@@ -54,6 +54,27 @@ export class SwitchboardError extends Error {
   }
 }
 
+/**
+ * Reasons a gRPC server gives a caller whose own credential or identity it refuses (ADR 0007). A
+ * process that gets one from a peer was refused for what it is, not for what its client asked:
+ * the deployment's fault (a key rotated out, a policy, TokenReview overloaded during a rollout).
+ */
+export const CREDENTIAL_REFUSALS: ReadonlySet<string> = new Set([
+  "UNAUTHENTICATED",
+  "MALFORMED_CREDENTIALS",
+  "INVALID_CREDENTIALS",
+  "CONFLICTING_CREDENTIALS",
+  "CREDENTIALS_CHANGED",
+  "TOKEN_REVIEW_FAILED",
+  "TOKEN_REVIEWS_BUSY",
+  "CERTIFICATE_NOT_TRUSTED",
+  "CERTIFICATE_EXPIRED",
+  "CERTIFICATE_NOT_YET_VALID",
+  "CERTIFICATE_NO_PRINCIPAL",
+  "CERTIFICATE_NOT_FOR_CLIENTS",
+  "METHOD_NOT_ALLOWED",
+]);
+
 /** Shorthands for the errors the services raise most. */
 export const errors = {
   invalid: (reason: string, message: string) => new SwitchboardError(Code.INVALID_ARGUMENT, reason, message),
