@@ -27,7 +27,7 @@ import type {
   PushJobStore,
   ReceiptStore,
 } from "../backends/types.js";
-import { parseDeadLetterId } from "../backends/types.js";
+import { parseDeadLetterId, tokenNamesOneDevice } from "../backends/types.js";
 import { requireConversationId } from "../conversations/index.js";
 import { isValidUserId, requireUserId } from "../lib/auth.js";
 import { Code, errors, SwitchboardError } from "../lib/errors.js";
@@ -741,7 +741,12 @@ export function pushServiceImpl(push: Push, devices: DeviceStore): ServiceImpl<t
       const problem = tokenProblem(provider, d.token, push.allowsPrivateEndpoints);
       if (problem) throw errors.invalid("INVALID_DEVICE_TOKEN", problem);
       const existing = await devices.list(d.userId);
-      if (existing.length >= DEVICES_PER_USER_MAX && !existing.some((e) => e.deviceId === d.deviceId)) {
+      // A registration this one replaces does not count: the same device id, or one of the user's
+      // devices that held the token (an app reinstalled), which the registration takes over.
+      const replaces = (e: (typeof existing)[number]) =>
+        e.deviceId === d.deviceId ||
+        (tokenNamesOneDevice(provider) && e.provider === provider && e.token === d.token);
+      if (existing.length >= DEVICES_PER_USER_MAX && !existing.some(replaces)) {
         throw errors.exhausted(
           "TOO_MANY_DEVICES",
           `a user may register at most ${DEVICES_PER_USER_MAX} devices`,

@@ -106,6 +106,22 @@ describe("gRPC APIs", () => {
     await expect(push.registerDevice({ device: { userId: "u1", deviceId: "x" } })).rejects.toMatchObject({
       code: Code.INVALID_ARGUMENT,
     });
+    // At most 20 devices a user; a registration that replaces one does not count: the same device
+    // id, or the token one of the user's devices held (an app reinstalled takes it over).
+    const device = (deviceId: string, token = `tok-${deviceId}`) => ({
+      device: { userId: "u2", deviceId, provider: Provider.FCM, token },
+    });
+    for (let i = 0; i < 20; i++) await push.registerDevice(device(`d${i}`));
+    await expect(push.registerDevice(device("d20"))).rejects.toMatchObject({
+      code: Code.RESOURCE_EXHAUSTED,
+      reason: "TOO_MANY_DEVICES",
+    });
+    await push.registerDevice(device("d3", "tok-new"));
+    await push.registerDevice(device("reinstalled", "tok-d7"));
+    const held = (await push.listDevices({ userId: "u2" })).devices;
+    expect(held).toHaveLength(20);
+    expect(held.map((d) => d.deviceId)).toContain("reinstalled");
+    expect(held.map((d) => d.deviceId)).not.toContain("d7");
     for (const c of [ids, presence, push]) c.close();
   });
 
