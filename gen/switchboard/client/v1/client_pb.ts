@@ -584,7 +584,7 @@ export type Send = Message<"switchboard.client.v1.Send"> & {
   clientMsgId: string;
 
   /**
-   * Message text, 1-100,000 characters.
+   * Message text, 1 to gateway.bodyCharsMax code points (default 100,000).
    *
    * @generated from field: string body = 4;
    */
@@ -857,7 +857,7 @@ export const HistoryResultSchema: GenMessage<HistoryResult> = /*@__PURE__*/
  */
 export type CreateGroup = Message<"switchboard.client.v1.CreateGroup"> & {
   /**
-   * Display name, 1-200 characters.
+   * Display name, 1 to groups.nameCharsMax code points (default 200).
    *
    * @generated from field: string name = 1;
    */

@@ -54,7 +54,7 @@ export type Message = Message$1<"switchboard.common.v1.Message"> & {
   clientMsgId: string;
 
   /**
-   * UTF-8 text, at most 100,000 characters.
+   * UTF-8 text, at most gateway.bodyCharsMax code points (default 100,000).
    *
    * @generated from field: string body = 6;
    */
@@ -103,7 +103,8 @@ export type Conversation = Message$1<"switchboard.common.v1.Conversation"> & {
   name: string;
 
   /**
-   * User who created the group; empty for direct conversations.
+   * The group's owner (its creator until it is handed over); empty for direct conversations and
+   * for a group whose owner left or was removed.
    *
    * @generated from field: string owner = 4;
    */

@@ -469,7 +469,8 @@ export enum Provider {
   FCM = 3,
 
   /**
-   * A generic HTTPS webhook.
+   * A generic webhook: the token is its http(s) URL (private addresses refused unless
+   * push.allowPrivateEndpoints).
    *
    * @generated from enum value: PROVIDER_WEBHOOK = 4;
    */
