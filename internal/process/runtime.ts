@@ -231,7 +231,8 @@ export async function runProcess(
         } catch (err) {
           if (phase === "stopping") throw err;
           const delay = Math.min(RETRY_DELAY_MAX_MS, RETRY_DELAY_MIN_MS * 2 ** Math.min(attempt - 1, 5));
-          waitingFor = `${what}: ${(err as Error).message ?? String(err)}`;
+          // Still "starting" to a reader of /readyz, with what it waits for.
+          waitingFor = `starting: ${what}: ${(err as Error).message ?? String(err)}`;
           log.warn(`${what} failed; retrying`, { attempt, retryInMs: delay, err });
           await new Promise((r) => setTimeout(r, delay));
         }
