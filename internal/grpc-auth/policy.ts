@@ -80,7 +80,7 @@ export const METHOD_RULES: ReadonlyMap<string, MethodRule> = new Map([
   ["/switchboard.push.v1.PushService/Notify", rule(["role:router"])],
   ["/switchboard.push.v1.PushService/ListDeadLetters", rule(["role:router"])],
   ["/switchboard.push.v1.PushService/ReplayDeadLetters", rule(["role:router"])],
-  ["/switchboard.router.v1.RouterService/Relay", rule(["role:gateway", "role:presence"])],
+  ["/switchboard.router.v1.RouterService/Relay", rule(["role:gateway", "role:presence", "role:router"])],
   // The first backend API, deprecated by ChatService: it let a client send as anyone, so since the
   // server API's sender grants it is closed to every caller of a guarded port.
   ["/switchboard.router.v1.RouterService/SendMessage", rule([])],

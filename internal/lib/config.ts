@@ -168,7 +168,7 @@ export const schema = {
     ),
     routerTarget: str(
       "",
-      "gRPC target of the routers (Relay of typing, receipts and presence), for gateways and presence of split roles; same forms as cluster.idTarget. Empty: in this process. Presence relays each user's changes through one router of this target (an ipv4: list, or a DNS name resolved every 10 s), so they arrive in order.",
+      "gRPC target of the routers (Relay of typing, receipts, group changes and presence), for gateways, routers and presence of split roles, and for role all when several of its processes share the distributed storage (every process's gRPC address); same forms as cluster.idTarget. Empty: in this process. Each user's presence changes and each conversation's events go through one router of this target (an ipv4: list, or a DNS name resolved every 10 s), so they arrive in order.",
     ),
     pushTarget: str(
       "",

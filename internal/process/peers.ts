@@ -11,7 +11,7 @@ import type { GrpcMetrics } from "../lib/metrics.js";
 import { type GrpcClientOptions, grpcClient, type Keepalive, type ServiceClient } from "../lib/rpc.js";
 import { shardedPresenceClient } from "../presence/shards.js";
 import type { GatewayClient } from "../router/gateway-link.js";
-import { RelayRoutes } from "./relay-routes.js";
+import { type Relayer, RelayRoutes } from "./relay-routes.js";
 
 export type PeerClient<S extends DescService> = ServiceClient<S> & { close(): void };
 
@@ -79,18 +79,18 @@ export function presencePeers(config: Config, options: PeerOptions): PeerClient<
 
 /**
  * The routers behind `cluster.routerTarget`, each event key (a user, a conversation) pinned to one
- * of them so that its events arrive in order (relay-routes.ts); `spread` (the client of the whole
- * target) while no router address is known.
+ * of them so that its events arrive in order (relay-routes.ts); `fallback` (the client of the whole
+ * target, or a router's own) while no router address is known.
  */
 export function routerRelays(
   config: Config,
   options: PeerOptions,
-  spread: ServiceClient<typeof RouterService>,
+  fallback: Relayer,
   log: Logger,
 ): RelayRoutes {
   return new RelayRoutes({
     target: config.cluster.routerTarget,
-    fallback: spread,
+    fallback,
     log,
     // One router by address, like the peer client but pinned to that router (no spreading).
     dial: (address) => grpcClient(RouterService, address, clientOptions(options, false, RouterService)),

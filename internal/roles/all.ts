@@ -32,7 +32,13 @@ import type { RoleStarter } from "../process/runtime.js";
 import { providersFromConfig } from "../push/from-config.js";
 import { pushFromConfig, pushServiceImpl } from "../push/index.js";
 import { Router, routerServiceImpl } from "../router/index.js";
-import { advertiseAddress, announceGroupChanges, conversations, gatewayId } from "./shared.js";
+import {
+  advertiseAddress,
+  announceGroupChanges,
+  conversationRelays,
+  conversations,
+  gatewayId,
+} from "./shared.js";
 
 export const startAll: RoleStarter = async (ctx) => {
   const { config, log, metrics } = ctx;
@@ -127,30 +133,31 @@ export const startAll: RoleStarter = async (ctx) => {
     metrics,
   });
   const convs = conversations(config, backends, ids, true);
+  const routerImpl = routerServiceImpl(router, convs, backends.messages, config.sync.pageSizeMax);
+  // Several processes sharing distributed storage pin each conversation's events to one of their
+  // routers (cluster.routerTarget); one process relays them all through its own, in order.
+  const relays = conversationRelays(ctx, inProcessClient(RouterService, routerImpl, asGateway));
   ctx.own(
     announceGroupChanges(
       convs,
       backends.membership,
-      async (_conversationId, userIds, frame) => router.relay(userIds, [], "", frame),
+      (conversationId, userIds, frame) => relays.forKey(conversationId).relay({ userIds, frame }),
       log,
       metrics,
     ),
   );
-  const routerImpl = routerServiceImpl(router, convs, backends.messages, config.sync.pageSizeMax);
   presenceRouter = inProcessClient(RouterService, routerImpl, inProcessCaller("role:presence"));
   // Shared presence: this process's shard is served before the gateway's first lease renewal
   // (announce) calls every shard, this one among them over gRPC (it relays through the router above).
   if (ctx.grpc && presenceShards) addService(ctx.grpc, PresenceService, presenceImpl);
 
-  // One router in this process: its relays are in order whatever the conversation.
-  const gatewayRouter = inProcessClient(RouterService, routerImpl, asGateway);
   const gateway = new Gateway({
     config,
     log,
     metrics,
     backends,
     conversations: convs,
-    relays: () => gatewayRouter,
+    relays: (conversationId) => relays.forKey(conversationId),
     presence: presenceShards ?? inProcessClient(PresenceService, presenceImpl, asGateway),
     push: inProcessClient(PushService, pushImpl, asGateway),
     verify: createVerifier({ dataDir: config.dataDir, ...config.auth, log }),

@@ -9,12 +9,13 @@ import { IdService } from "../../gen/switchboard/id/v1/id_pb.js";
 import { PushService } from "../../gen/switchboard/push/v1/push_pb.js";
 import { RouterService } from "../../gen/switchboard/router/v1/router_pb.js";
 import { chatServiceImpl } from "../api/index.js";
-import { addService } from "../lib/rpc.js";
+import { inProcessCaller } from "../grpc-auth/policy.js";
+import { addService, inProcessClient } from "../lib/rpc.js";
 import { openDistributed } from "../process/backends.js";
 import { gatewayDialer, peerClient, peerOptions, presencePeers } from "../process/peers.js";
 import type { RoleStarter } from "../process/runtime.js";
 import { Router, routerServiceImpl } from "../router/index.js";
-import { announceGroupChanges, conversations, requireDistributed } from "./shared.js";
+import { announceGroupChanges, conversationRelays, conversations, requireDistributed } from "./shared.js";
 
 export const startRouter: RoleStarter = async (ctx) => {
   const { config, log, metrics } = ctx;
@@ -50,20 +51,22 @@ export const startRouter: RoleStarter = async (ctx) => {
   await router.start();
   ctx.own(router);
   const convs = conversations(config, backends, ids);
+  const routerImpl = routerServiceImpl(router, convs, backends.messages, config.sync.pageSizeMax);
+  // A backend's group change is relayed like a member's, by the router its conversation is pinned to.
+  const relays = conversationRelays(
+    ctx,
+    inProcessClient(RouterService, routerImpl, inProcessCaller("role:router")),
+  );
   ctx.own(
     announceGroupChanges(
       convs,
       backends.membership,
-      async (_conversationId, userIds, frame) => router.relay(userIds, [], "", frame),
+      (conversationId, userIds, frame) => relays.forKey(conversationId).relay({ userIds, frame }),
       log,
       metrics,
     ),
   );
-  addService(
-    ctx.grpc!,
-    RouterService,
-    routerServiceImpl(router, convs, backends.messages, config.sync.pageSizeMax),
-  );
+  addService(ctx.grpc!, RouterService, routerImpl);
   addService(
     ctx.grpc!,
     ChatService,

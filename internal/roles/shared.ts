@@ -12,6 +12,9 @@ import type { Metrics } from "../lib/metrics.js";
 import { EVENT_RELAY_RETRIES, RetryLater } from "../lib/retry-later.js";
 import type { ServiceClient } from "../lib/rpc.js";
 import { checkDistributedConfig } from "../process/backends.js";
+import { peerOptions, routerRelays } from "../process/peers.js";
+import type { Relayer } from "../process/relay-routes.js";
+import type { RoleContext } from "../process/runtime.js";
 
 /**
  * The conversations service of a role. `ids`: the id service's client; `idsInProcess` when it runs in
@@ -30,6 +33,18 @@ export function conversations(
     pullThreshold: config.groups.pullThreshold,
     nameCharsMax: config.groups.nameCharsMax,
   });
+}
+
+/**
+ * Where a process relays a conversation's events (typing, receipts, group changes: ADR 0005): through
+ * the router that cluster.routerTarget's routes pin the conversation to, so that they arrive in
+ * order whichever process made them (a member's change through a gateway, a backend's through the
+ * server API of any router); with no target set, through `local`, this process's own router and
+ * the only one it knows.
+ */
+export function conversationRelays(ctx: RoleContext, local: Relayer): { forKey(key: string): Relayer } {
+  if (ctx.config.cluster.routerTarget === "") return { forKey: () => local };
+  return ctx.own(routerRelays(ctx.config, peerOptions(ctx), local, ctx.log));
 }
 
 /**
