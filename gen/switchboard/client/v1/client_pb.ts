@@ -1273,8 +1273,9 @@ export type ConversationResult = Message<"switchboard.client.v1.ConversationResu
 
   /**
    * In a `conversation` event: when the change was made (ms since the epoch, the clock of the process
-   * that made it). Of two events of one conversation, the one with the smaller value shows the older
-   * state, whichever came last: ignore it. 0 in replies.
+   * that made it); 0 in replies. Order two events of one conversation by `conversation.version`;
+   * only where both versions are 0 (a server from before versions) does the smaller value show the
+   * older state.
    *
    * @generated from field: uint64 changed_at_ms = 2;
    */
