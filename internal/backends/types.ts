@@ -208,6 +208,13 @@ export interface ConversationRecord {
    * stores the message once and members follow the conversation by seq. Never goes back to push.
    */
   delivery: DeliveryModel;
+  /**
+   * Changes stored so far: 1 at creation, one more with every stored change of the record, its
+   * members or their roles, each made only on the state it read (so two changes never share one).
+   * Of two states of one conversation, the one with the larger version is the newer, whichever
+   * process made or relayed it. 0: a record stored before versions were kept, not changed since.
+   */
+  version: number;
 }
 
 export type DeliveryModel = "push" | "pull";
@@ -215,13 +222,20 @@ export type DeliveryModel = "push" | "pull";
 /** A conversation to create: its policies default to "everyone", its delivery to "push". */
 export type NewConversation = Omit<
   ConversationRecord,
-  "memberCount" | "postPolicy" | "addPolicy" | "delivery"
+  "memberCount" | "postPolicy" | "addPolicy" | "delivery" | "version"
 > &
   Partial<Pick<ConversationRecord, "postPolicy" | "addPolicy" | "delivery">>;
 
 /** A new conversation as stored: what the creator left unsaid is "everyone may" and push delivery. */
 export function newConversationRecord(record: NewConversation, memberCount: number): ConversationRecord {
-  return { postPolicy: "everyone", addPolicy: "everyone", delivery: "push", ...record, memberCount };
+  return {
+    postPolicy: "everyone",
+    addPolicy: "everyone",
+    delivery: "push",
+    ...record,
+    memberCount,
+    version: 1,
+  };
 }
 
 /** What updateGroup changes. */

@@ -43,6 +43,7 @@ export function toWireConversation(c: ConversationRecord, lastSeq = 0, readSeq =
     postPolicy: policyToWire(c.postPolicy),
     addPolicy: policyToWire(c.addPolicy),
     delivery: c.delivery === "pull" ? DeliveryModel.PULL : DeliveryModel.PUSH,
+    version: BigInt(c.version),
   };
 }
 

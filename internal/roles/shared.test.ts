@@ -46,6 +46,7 @@ describe("announceGroupChanges", () => {
       postPolicy: "everyone",
       addPolicy: "everyone",
       delivery: "push",
+      version: 1,
     });
     const change = (name: string) => {
       for (const listener of listeners) listener(group(name), "members");

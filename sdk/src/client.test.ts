@@ -1328,17 +1328,24 @@ test("does not show the app a group's older change that arrives after a newer on
   t.client.on("conversation", (c) => names.push(c.name));
   await t.client.connect();
   const [conn] = srv.openConns();
-  const change = (name: string, changedAtMs: bigint) =>
+  const change = (name: string, version: bigint, changedAtMs: bigint) =>
     srv.push(conn!, {
       kind: {
         case: "conversation",
-        value: { conversation: { id: "g:1", kind: ConversationKind.GROUP, name }, changedAtMs },
+        value: { conversation: { id: "g:1", kind: ConversationKind.GROUP, name, version }, changedAtMs },
       },
     });
-  change("renamed", 2_000n);
-  change("created", 1_000n); // re-sent late by a router that failed
-  change("renamed", 2_000n); // the same change again
-  change("renamed again", 3_000n);
+  change("renamed", 2n, 2_000n);
+  change("created", 1n, 1_000n); // re-sent late by a router that failed
+  change("renamed", 2n, 2_000n); // the same change again
+  // Made on a host whose clock is behind, but the newer change: versions order, not clocks.
+  change("renamed again", 3n, 1_500n);
+  change("renamed", 2n, 2_000n);
   await srv.waitFor(() => names.length === 3, "the changes");
-  expect(names).toEqual(["renamed", "renamed", "renamed again"]);
+  // A server that keeps no versions: its events are ordered by changedAtMs.
+  change("old server", 0n, 5_000n);
+  change("older", 0n, 4_000n);
+  change("newer", 0n, 6_000n);
+  await srv.waitFor(() => names.length === 5, "the unversioned changes");
+  expect(names).toEqual(["renamed", "renamed", "renamed again", "old server", "newer"]);
 });

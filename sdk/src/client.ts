@@ -720,7 +720,9 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
       case "conversation":
         if (frame.replyTo === 0) {
           if (kind.value.conversation) {
-            if (this.conversationChanges.isStale(kind.value.conversation.id, kind.value.changedAtMs)) return;
+            const { id, version } = kind.value.conversation;
+            if (this.conversationChanges.isStale(id, { version, changedAtMs: kind.value.changedAtMs }))
+              return;
             const conversation = toConversation(kind.value.conversation);
             // A group that went to pull is followed by seq from now on (its messages leave the inbox).
             if (conversation.delivery === "pull") this.inbox.follow(conversation.id);

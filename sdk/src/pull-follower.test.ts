@@ -25,6 +25,7 @@ const pullConversation = (id: string, lastSeq: number): Conversation => ({
   postPolicy: "everyone",
   addPolicy: "everyone",
   delivery: "pull",
+  version: 1,
 });
 
 /** A follower over an in-memory log of conversations, fetching pages of `pageSize`. */

@@ -154,6 +154,12 @@ export interface Conversation {
    * with cursor 0 and are otherwise fetched by seq (docs/protocol.md, "Delivery models").
    */
   delivery: "push" | "pull";
+  /**
+   * Changes stored so far (1 at creation, one more per change of the conversation, its members or
+   * their roles): of two states of one conversation, the larger version is the newer. 0 from a
+   * server that keeps none.
+   */
+  version: number;
 }
 
 export interface HistoryPage {
@@ -287,6 +293,7 @@ export function toConversation(c: PbConversation): Conversation {
     postPolicy: c.postPolicy === GroupPolicy.ADMINS ? "admins" : "everyone",
     addPolicy: c.addPolicy === GroupPolicy.ADMINS ? "admins" : "everyone",
     delivery: c.delivery === DeliveryModel.PULL ? "pull" : "push",
+    version: num(c.version),
   };
 }
 

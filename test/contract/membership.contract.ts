@@ -28,7 +28,7 @@ export function membershipContract({ setup }: ContractKit): void {
       const [id, a, b, c] = [h.id("g"), h.id("a"), h.id("b"), h.id("c")];
       expect(await h.b.membership.getConversation(id)).toBeUndefined();
       const first = await h.b.membership.createConversation(record(id, a), [a, b, a]);
-      expect(first).toEqual({ created: true, record: { ...record(id, a), memberCount: 2 } });
+      expect(first).toEqual({ created: true, record: { ...record(id, a), memberCount: 2, version: 1 } });
 
       const second = await h.b.membership.createConversation(
         { ...record(id, c, 2000), kind: "direct", name: "other", open: false },
@@ -46,9 +46,9 @@ export function membershipContract({ setup }: ContractKit): void {
       const [id, a, b] = [h.id("g"), h.id("a"), h.id("b")];
       const { record: created } = await h.b.membership.createConversation(record(id, a), [a, b]);
       const renamed = await h.b.membership.updateGroup(id, { name: "renamed" });
-      expect(renamed).toEqual({ ...created, name: "renamed" });
+      expect(renamed).toEqual({ ...created, name: "renamed", version: 2 });
       const closed = await h.b.membership.updateGroup(id, { open: false });
-      expect(closed).toEqual({ ...created, name: "renamed", open: false });
+      expect(closed).toEqual({ ...created, name: "renamed", open: false, version: 3 });
       expect(await h.b.membership.getConversation(id)).toEqual(closed);
       expect((await h.b.membership.members(id)).sort()).toEqual([a, b].sort());
       await expect(h.b.membership.updateGroup(h.id("nope"), { name: "x" })).rejects.toMatchObject({
@@ -71,16 +71,21 @@ export function membershipContract({ setup }: ContractKit): void {
         { ...record(announce, a), postPolicy: "admins" },
         [a],
       );
-      expect(channel.record).toEqual({ ...record(announce, a), postPolicy: "admins", memberCount: 1 });
+      expect(channel.record).toEqual({
+        ...record(announce, a),
+        postPolicy: "admins",
+        memberCount: 1,
+        version: 1,
+      });
       expect(await h.b.membership.getConversation(announce)).toEqual(channel.record);
 
       const changed = await h.b.membership.updateGroup(plain, { addPolicy: "admins" });
-      expect(changed).toEqual({ ...created.record, addPolicy: "admins" });
+      expect(changed).toEqual({ ...created.record, addPolicy: "admins", version: 2 });
       const reopened = await h.b.membership.updateGroup(plain, {
         postPolicy: "admins",
         addPolicy: "everyone",
       });
-      expect(reopened).toEqual({ ...created.record, postPolicy: "admins" });
+      expect(reopened).toEqual({ ...created.record, postPolicy: "admins", version: 3 });
       expect(await h.b.membership.getConversation(plain)).toEqual(reopened);
       expect((await h.b.membership.memberOf(plain, b))?.record).toEqual(reopened);
 
@@ -140,13 +145,17 @@ export function membershipContract({ setup }: ContractKit): void {
         ].sort((x, y) => (x.userId < y.userId ? -1 : 1)),
       );
       expect(await h.b.membership.memberOf(id, a)).toEqual({
-        record: { ...record(id, a), memberCount: 3 },
+        record: { ...record(id, a), memberCount: 3, version: 1 },
         role: "owner",
       });
       expect(await h.b.membership.memberOf(id, d)).toBeUndefined();
       expect(await h.b.membership.memberOf(h.id("nothing"), a)).toBeUndefined();
 
-      expect(await h.b.membership.setRole(id, b, "admin")).toMatchObject({ owner: a, memberCount: 3 });
+      expect(await h.b.membership.setRole(id, b, "admin")).toMatchObject({
+        owner: a,
+        memberCount: 3,
+        version: 2,
+      });
       expect((await h.b.membership.memberOf(id, b))?.role).toBe("admin");
       expect(await rejection(h.b.membership.setRole(id, d, "admin"))).toMatchObject({
         reason: "USER_NOT_MEMBER",
@@ -157,7 +166,7 @@ export function membershipContract({ setup }: ContractKit): void {
       });
 
       // Handing over: c becomes the owner, the former owner an admin, in one change.
-      expect(await h.b.membership.setRole(id, c, "owner")).toMatchObject({ owner: c });
+      expect(await h.b.membership.setRole(id, c, "owner")).toMatchObject({ owner: c, version: 3 });
       const roles = new Map(
         (await h.b.membership.roster(id, { limit: 10 })).members.map((m) => [m.userId, m.role]),
       );
@@ -184,6 +193,48 @@ export function membershipContract({ setup }: ContractKit): void {
       expect(await h.b.membership.members(id)).toHaveLength(3);
     });
 
+    it("version: 1 at creation, one more with every stored change, and what a change returns is what is stored", async (ctx) => {
+      const h = await setup(ctx);
+      const [id, a, b, c] = [h.id("g"), h.id("a"), h.id("b"), h.id("c")];
+      const m = h.b.membership;
+      const { record: created } = await m.createConversation(record(id, a), [a, b]);
+      const changes = [
+        () => m.updateGroup(id, { name: "renamed" }),
+        () => m.addMembers(id, [c], 10),
+        () => m.setRole(id, b, "admin"),
+        () => m.setRole(id, c, "owner"),
+        () => m.removeMember(id, b),
+        () => m.updateGroup(id, { postPolicy: "admins" }),
+      ];
+      const versions = [created.version];
+      for (const change of changes) {
+        const after = await change();
+        expect(await m.getConversation(id)).toEqual(after);
+        versions.push(after.version);
+      }
+      expect(versions).toEqual([1, 2, 3, 4, 5, 6, 7]);
+      // What stores nothing adds nothing: present users added, a refused change.
+      expect((await m.addMembers(id, [a, c], 10)).version).toBe(7);
+      await rejection(m.removeMember(id, b));
+      expect((await m.getConversation(id))?.version).toBe(7);
+      // Concurrent changes of one group each get a version of their own, and none undoes another.
+      const concurrent = await Promise.all([
+        m.updateGroup(id, { name: "again" }),
+        m.updateGroup(id, { open: false }),
+        m.updateGroup(id, { addPolicy: "admins" }),
+        m.addMembers(id, [h.id("d")], 10),
+      ]);
+      expect(concurrent.map((r) => r.version).sort((x, y) => x - y)).toEqual([8, 9, 10, 11]);
+      expect(await m.getConversation(id)).toMatchObject({
+        name: "again",
+        open: false,
+        addPolicy: "admins",
+        postPolicy: "admins",
+        memberCount: 3,
+        version: 11,
+      });
+    });
+
     it("concurrent creates of one id: exactly one is created, all return the same record", async (ctx) => {
       const h = await setup(ctx);
       const id = h.id("g");
@@ -203,7 +254,7 @@ export function membershipContract({ setup }: ContractKit): void {
       await h.b.membership.createConversation(record(id, u("a")), [u("a"), u("b"), u("c")]);
 
       const added = await h.b.membership.addMembers(id, [u("d"), u("b"), u("d")], 5);
-      expect(added).toEqual({ ...record(id, u("a")), memberCount: 4 });
+      expect(added).toEqual({ ...record(id, u("a")), memberCount: 4, version: 2 });
       // Two fresh users, one slot: refused as a whole.
       const full = await rejection(h.b.membership.addMembers(id, [u("e"), u("f")], 5));
       expect(full).toMatchObject({ reason: "GROUP_FULL" });
@@ -336,6 +387,7 @@ export function membershipContract({ setup }: ContractKit): void {
       const newestFirst = [6, 5, 4, 3, 2, 1].map((i) => ({
         ...record(ids[i - 1]!, other, 1000 * i),
         memberCount: 2,
+        version: 2,
       }));
       expect(await h.b.membership.conversationsOf(me, 3)).toEqual(newestFirst.slice(0, 3));
       expect(await h.b.membership.conversationsOf(me, 100)).toEqual(newestFirst);

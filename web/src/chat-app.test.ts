@@ -39,6 +39,7 @@ function conversation(id: string, createdAtMs: number, lastSeq = 0): Conversatio
     postPolicy: "everyone",
     addPolicy: "everyone",
     delivery: "push",
+    version: 1,
   };
 }
 

@@ -118,6 +118,7 @@ describe("conversation state", () => {
       postPolicy: "admins",
       addPolicy: "everyone",
       delivery: "push",
+      version: 2,
       // A reply to a group change has no seqs: those known stay.
       lastSeq: 0,
       readSeq: 0,
@@ -140,7 +141,7 @@ describe("conversation state", () => {
   it("takes a listing's settings only if nothing newer changed them since it was asked for", () => {
     const c = newConversationState({ id: "g:1", name: "Crew", lastSeq: 2 });
     const listed = (name: string, lastSeq: number) =>
-      ({ ...c, id: "g:1", kind: "group", name, lastSeq, readSeq: 1, memberCount: 3 }) as const;
+      ({ ...c, id: "g:1", kind: "group", name, lastSeq, readSeq: 1, memberCount: 3, version: 1 }) as const;
     // A listing asked for at change 4; the rename (change 5) was answered and announced meanwhile.
     applyServerInfo(c, listed("Ship crew", 0));
     c.learnedAt = 5;
@@ -162,6 +163,7 @@ describe("conversation state", () => {
         memberCount: 2,
         createdAtMs: 1,
         delivery: "push",
+        version: 2,
         lastSeq: 0,
         readSeq: 0,
         ...settings,

@@ -121,15 +121,15 @@ describe("schema migrations", () => {
       const ks = `switchboard_test_${run}_m`;
       try {
         const first = await migrate(a.client, { keyspace: ks, replication });
-        expect(first.applied).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]);
+        expect(first.applied).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]);
         const second = await migrate(a.client, { keyspace: ks, replication });
-        expect(second).toEqual({ applied: [], version: 14 });
+        expect(second).toEqual({ applied: [], version: 15 });
 
         const rows = (
           await a.client.execute(`SELECT version, name, checksum, applied_at FROM ${ks}.schema_migrations`)
         ).rows;
         expect(rows.map((r) => r.get("version") as number).sort((x, y) => x - y)).toEqual([
-          1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14,
+          1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,
         ]);
         for (const r of rows) {
           expect(r.get("name")).toEqual(expect.any(String));
@@ -1023,6 +1023,39 @@ describe("membership store", () => {
   );
 
   it(
+    "changes of one group from two clients at once: none undoes another, each gets a version of its own",
+    async () => {
+      const g = id("g");
+      const [owner, x, y] = [id("owner"), id("x"), id("y")];
+      await a.membership.createConversation(record(g, owner), [owner, x]);
+      // Each client changes fields the other does not: an update writing back what it read would
+      // undo the other's change (both answered ok).
+      const results = await Promise.all([
+        a.membership.updateGroup(g, { name: "renamed" }),
+        b.membership.updateGroup(g, { open: false }),
+        a.membership.updateGroup(g, { postPolicy: "admins" }),
+        b.membership.updateGroup(g, { addPolicy: "admins" }),
+        a.membership.setRole(g, x, "admin"),
+        b.membership.addMembers(g, [y], 10),
+      ]);
+      expect(results.map((r) => r.version).sort((p, q) => p - q)).toEqual([2, 3, 4, 5, 6, 7]);
+      const stored = await b.membership.getConversation(g);
+      expect(stored).toMatchObject({
+        name: "renamed",
+        open: false,
+        postPolicy: "admins",
+        addPolicy: "admins",
+        memberCount: 3,
+        version: 7,
+      });
+      // The change with the newest version returned the state as stored.
+      expect(results.find((r) => r.version === 7)).toEqual(stored);
+      expect((await a.membership.memberOf(g, x))?.role).toBe("admin");
+    },
+    LONG,
+  );
+
+  it(
     "the member limit holds under 20 concurrent adds from two clients",
     async () => {
       const g = id("g");
@@ -1069,7 +1102,7 @@ describe("membership store", () => {
     async () => {
       const [g, g2, me, other] = [id("g"), id("g"), id("me"), id("other")];
       const first = await a.membership.createConversation(record(g, me, 2000), [me, other, me]);
-      expect(first).toEqual({ created: true, record: { ...record(g, me, 2000), memberCount: 2 } });
+      expect(first).toEqual({ created: true, record: { ...record(g, me, 2000), memberCount: 2, version: 1 } });
       const results = await Promise.all(
         [a, b, a, b].map((s) => s.membership.createConversation(record(g, other, 5000), [other])),
       );
@@ -1078,7 +1111,7 @@ describe("membership store", () => {
       await b.membership.createConversation({ ...record(g2, other, 3000), kind: "direct" }, [me, other]);
       expect((await a.membership.conversationsOf(me, 10)).map((c) => c.id)).toEqual([g2, g]);
       expect(await a.membership.conversationsOf(me, 1)).toEqual([
-        { ...record(g2, other, 3000), kind: "direct", memberCount: 2 },
+        { ...record(g2, other, 3000), kind: "direct", memberCount: 2, version: 1 },
       ]);
 
       const after = await a.membership.removeMember(g, other);

@@ -7,7 +7,12 @@
  * - add:    UPDATE member_count = n + k IF member_count = n + INSERT each new member IF NOT EXISTS;
  * - remove: UPDATE member_count = n - 1 IF member_count = n + DELETE the member IF EXISTS (+ clear the
  *           owner when it is the owner who goes);
- * - role:   UPDATE the member's role IF EXISTS (+ UPDATE owner IF owner = previous, for a transfer).
+ * - role:   UPDATE the member's role IF EXISTS (+ UPDATE owner IF owner = previous, for a transfer);
+ * - group:  UPDATE name, open and policies IF kind = 'group';
+ * and each change but the create also sets `version` = v + 1 IF version = v (the version it read), so
+ * every change is made on the state it read: two changes never share a version, a change made in
+ * another process meanwhile makes this one read again and re-apply (an update of some fields never
+ * writes back others' old values), and the record a change returns is exactly the state it stored.
  * So the member limit holds under concurrent adds from any number of processes: of two adds that read the
  * same count only one applies, the other re-reads and re-checks the limit; and the count always equals
  * the number of member rows. Within a process a per-conversation mutex keeps our own calls from racing
@@ -148,20 +153,27 @@ export class CassandraMembershipStore implements MembershipStore, MembershipSeqS
       for (let attempt = 1; attempt <= CAS_ATTEMPTS_MAX; attempt++) {
         const record = await this.readConversation(id);
         if (record?.kind !== "group") throw errors.notFound("GROUP_NOT_FOUND", `group ${id} does not exist`);
-        const updated = { ...record, ...change };
+        const updated = { ...record, ...change, version: record.version + 1 };
         try {
-          const result = await this.s.execute(
-            "members_by_conversation: update group (conditional)",
-            this.q.updateGroup,
-            [updated.name, updated.open, updated.postPolicy, updated.addPolicy, id],
-            { idempotent: false },
+          const result = await this.s.batch(
+            "members_by_conversation: update group (conditional batch)",
+            [
+              {
+                query: this.q.updateGroup,
+                params: [updated.name, updated.open, updated.postPolicy, updated.addPolicy, id],
+              },
+              this.nextVersion(record),
+            ],
+            { idempotent: false, logged: true },
           );
           if (result.wasApplied()) return updated;
+          this.stats.casConflicts++;
         } catch (err) {
           if (!isUnavailable(err)) throw err;
+          this.stats.casUnknown++;
           lastError = err;
-          await backoff(attempt);
         }
+        await backoff(attempt);
       }
       throw contended("members_by_conversation: update group", CAS_ATTEMPTS_MAX, lastError);
     });
@@ -201,12 +213,14 @@ export class CassandraMembershipStore implements MembershipStore, MembershipSeqS
               { query: this.q.casCount, params: [memberCount, id, record.memberCount] },
               ...fresh.map((user) => ({ query: this.q.insertMember, params: [id, user, now] })),
               ...(switches ? [{ query: this.q.setDelivery, params: ["pull", id] }] : []),
+              this.nextVersion(record),
             ],
             { idempotent: false, logged: true },
           );
           if (result.wasApplied()) {
             await this.index(id, record.createdAtMs, unique);
-            return { ...record, memberCount, delivery: switches ? "pull" : record.delivery };
+            const delivery = switches ? "pull" : record.delivery;
+            return { ...record, memberCount, delivery, version: record.version + 1 };
           }
           this.stats.casConflicts++;
         } catch (err) {
@@ -265,12 +279,14 @@ export class CassandraMembershipStore implements MembershipStore, MembershipSeqS
               { query: this.q.casCount, params: [record.memberCount - 1, id, record.memberCount] },
               { query: this.q.deleteMember, params: [id, user] },
               ...(owned ? [{ query: this.q.setOwner, params: ["", id] }] : []),
+              this.nextVersion(record),
             ],
             { idempotent: false, logged: true },
           );
           if (result.wasApplied()) {
             await this.unindex(id, record.createdAtMs, user);
-            return { ...record, memberCount: record.memberCount - 1, owner: owned ? "" : record.owner };
+            const owner = owned ? "" : record.owner;
+            return { ...record, memberCount: record.memberCount - 1, owner, version: record.version + 1 };
           }
           this.stats.casConflicts++;
         } catch (err) {
@@ -297,30 +313,23 @@ export class CassandraMembershipStore implements MembershipStore, MembershipSeqS
         const owner = role === "owner" ? user : former === user ? "" : former;
         // Each member row is updated only if it still exists (a plain update would re-create a row
         // removed meanwhile); the owner only if nobody changed it since it was read.
-        const statements = [
+        const statements: Array<{ query: string; params: unknown[] }> = [
           { query: this.q.setRoleIfMember, params: [role === "admin" ? "admin" : null, id, user] },
         ];
         if (owner !== former) statements.push({ query: this.q.setOwnerIf, params: [owner, id, former] });
         if (role === "owner" && former !== "" && former !== user && (await this.isMember(id, former)))
           statements.push({ query: this.q.setRoleIfMember, params: ["admin", id, former] });
+        statements.push(this.nextVersion(record));
         try {
-          const result =
-            statements.length === 1
-              ? await this.s.execute(
-                  "members_by_conversation: set role (conditional)",
-                  statements[0]!.query,
-                  statements[0]!.params,
-                  { idempotent: false },
-                )
-              : await this.s.batch(
-                  "members_by_conversation: transfer ownership (conditional batch)",
-                  statements,
-                  {
-                    idempotent: false,
-                    logged: true,
-                  },
-                );
-          if (result.wasApplied()) return { ...record, owner };
+          const result = await this.s.batch(
+            "members_by_conversation: set role (conditional batch)",
+            statements,
+            {
+              idempotent: false,
+              logged: true,
+            },
+          );
+          if (result.wasApplied()) return { ...record, owner, version: record.version + 1 };
           this.stats.casConflicts++;
         } catch (err) {
           // Setting the same role again is harmless: the next attempt re-reads and re-applies.
@@ -332,6 +341,13 @@ export class CassandraMembershipStore implements MembershipStore, MembershipSeqS
       }
       throw contended("members_by_conversation: set role", CAS_ATTEMPTS_MAX, lastError);
     });
+  }
+
+  /** The statement of a change's batch that makes it one on the state it read (`record`). */
+  private nextVersion(record: ConversationRecord): { query: string; params: unknown[] } {
+    return record.version === 0
+      ? { query: this.q.firstVersion, params: [record.id] }
+      : { query: this.q.nextVersion, params: [record.version + 1, record.id, record.version] };
   }
 
   async memberOf(
@@ -610,7 +626,7 @@ function sameConversation(a: ConversationRecord, b: ConversationRecord): boolean
 }
 
 const CONVERSATION_COLUMNS =
-  "kind, name, owner, open, created_at, member_count, post_policy, add_policy, delivery";
+  "kind, name, owner, open, created_at, member_count, post_policy, add_policy, delivery, version";
 
 function roleOf(record: ConversationRecord, user: string, stored: unknown): MemberRole {
   if (record.owner !== "" && record.owner === user) return "owner";
@@ -638,6 +654,8 @@ function decodeConversation(id: string, row: Row): ConversationRecord {
     postPolicy: policy(row.get("post_policy"), "post_policy"),
     addPolicy: policy(row.get("add_policy"), "add_policy"),
     delivery: row.get("delivery") === "pull" ? "pull" : "push",
+    // null: stored before versions were kept, and not changed since.
+    version: optionalNumber(row.get("version"), "members_by_conversation.version") ?? 0,
   };
 }
 
@@ -656,7 +674,7 @@ function statements(s: Session) {
     membersIn: `SELECT user_id FROM ${members} WHERE conversation_id = ? AND user_id IN ?`,
     insertConversation:
       `INSERT INTO ${members} (conversation_id, kind, name, owner, open, created_at, member_count, ` +
-      "post_policy, add_policy, delivery) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS",
+      "post_policy, add_policy, delivery, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1) IF NOT EXISTS",
     insertFirstMember: `INSERT INTO ${members} (conversation_id, user_id, joined_at, since_seq) VALUES (?, ?, ?, 0) IF NOT EXISTS`,
     insertMember:
       `INSERT INTO ${members} (conversation_id, user_id, joined_at, since_seq) ` +
@@ -683,6 +701,8 @@ function statements(s: Session) {
       `UPDATE ${departures} SET until_seq = ? WHERE conversation_id = ? AND departed_at = ? AND user_id = ? ` +
       `IF until_seq = ${UNBOUND}`,
     casCount: `UPDATE ${members} SET member_count = ? WHERE conversation_id = ? IF member_count = ?`,
+    nextVersion: `UPDATE ${members} SET version = ? WHERE conversation_id = ? IF version = ?`,
+    firstVersion: `UPDATE ${members} SET version = 1 WHERE conversation_id = ? IF version = null`,
     updateGroup:
       `UPDATE ${members} SET name = ?, open = ?, post_policy = ?, add_policy = ? ` +
       "WHERE conversation_id = ? IF kind = 'group'",

@@ -329,6 +329,16 @@ export function migrations(ks: string): Migration[] {
         ) WITH default_time_to_live = 604800 AND gc_grace_seconds = 10800`,
       ],
     },
+    {
+      version: 15,
+      name: "conversation versions",
+      statements: [
+        // One more with every change of the conversation, set in the change's conditional batch IF
+        // it is still the version the change read (membership.ts); null on conversations stored
+        // before this version and not changed since.
+        `ALTER TABLE ${ks}.members_by_conversation ADD version bigint static`,
+      ],
+    },
   ];
 }
 

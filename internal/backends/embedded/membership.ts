@@ -27,14 +27,19 @@ import { type Guard, KEY_END, type Key } from "./store.js";
 /** Members the member-list cache holds in all (a few MB of user ids). */
 const MEMBER_LISTS_MEMBERS_MAX = 100_000;
 
-/** A record stored before group policies and delivery models existed reads as "everyone may", push. */
+/**
+ * A record stored before group policies, delivery models and versions existed reads as "everyone
+ * may", push, version 0.
+ */
 function withDefaults(record: ConversationRecord | undefined): ConversationRecord | undefined {
-  if (!record || (record.postPolicy && record.addPolicy && record.delivery)) return record;
+  if (!record || (record.postPolicy && record.addPolicy && record.delivery && record.version !== undefined))
+    return record;
   return {
     ...record,
     postPolicy: record.postPolicy ?? "everyone",
     addPolicy: record.addPolicy ?? "everyone",
     delivery: record.delivery ?? "push",
+    version: record.version ?? 0,
   };
 }
 
@@ -94,7 +99,7 @@ export class EmbeddedMembership implements MembershipStore {
       await this.beforeChange(id);
       const memberCount = record.memberCount + fresh.length;
       const delivery = memberCount > pullAbove ? "pull" : record.delivery;
-      const updated = { ...record, memberCount, delivery };
+      const updated = { ...record, memberCount, delivery, version: record.version + 1 };
       const now = Date.now();
       await this.guard(
         this.conversations.batch(() => {
@@ -120,6 +125,7 @@ export class EmbeddedMembership implements MembershipStore {
         ...record,
         memberCount: record.memberCount - 1,
         owner: record.owner === user ? "" : record.owner,
+        version: record.version + 1,
       };
       await this.guard(
         this.conversations.batch(() => {
@@ -141,10 +147,10 @@ export class EmbeddedMembership implements MembershipStore {
         throw errors.notFound("USER_NOT_MEMBER", `${user} is not a member of ${id}`);
       const former = record.owner;
       const owner = role === "owner" ? user : former === user ? "" : former;
-      const updated = owner === former ? record : { ...record, owner };
+      const updated = { ...record, owner, version: record.version + 1 };
       await this.guard(
         this.conversations.batch(() => {
-          if (updated !== record) this.conversations.put(id, updated);
+          this.conversations.put(id, updated);
           if (role === "admin") this.roles.put([id, user], "admin");
           else this.roles.remove([id, user]);
           // The owner handing over stays on as an admin.
@@ -166,7 +172,7 @@ export class EmbeddedMembership implements MembershipStore {
     return this.mutex.run(id, async () => {
       const record = this.record(id);
       if (record?.kind !== "group") throw errors.notFound("GROUP_NOT_FOUND", `group ${id} does not exist`);
-      const updated = { ...record, ...change };
+      const updated = { ...record, ...change, version: record.version + 1 };
       await this.guard(this.conversations.put(id, updated));
       return updated;
     });
