@@ -152,6 +152,21 @@ describe("conversation state", () => {
     expect(c.name).toBe("Renamed elsewhere");
   });
 
+  it("keeps the settings of the newest version the server told, whatever arrives after", () => {
+    const c = newConversationState({ id: "g:1", kind: "group", name: "Crew", lastSeq: 2 });
+    const told = (name: string, version: number, lastSeq = 0) =>
+      ({ ...c, id: "g:1", kind: "group", name, lastSeq, readSeq: 0, memberCount: 3, version }) as const;
+    applyServerInfo(c, told("Renamed twice", 3));
+    // The reply to the first rename, answered after the second's event: its seqs only.
+    applyServerInfo(c, told("Renamed once", 2, 5));
+    expect(c).toMatchObject({ name: "Renamed twice", version: 3, lastSeq: 5 });
+    applyServerInfo(c, told("Renamed thrice", 4));
+    expect(c).toMatchObject({ name: "Renamed thrice", version: 4 });
+    // A server that keeps no versions (0) is taken as it comes.
+    applyServerInfo(c, told("Unversioned", 0));
+    expect(c.name).toBe("Unversioned");
+  });
+
   it("shows the user's unanswered setting changes over what the server says meanwhile", () => {
     const c = newConversationState({ id: "g:1", kind: "group", name: "Crew" });
     const server = (settings: Partial<GroupSettings>) =>

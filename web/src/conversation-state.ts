@@ -60,6 +60,11 @@ export interface ConversationState {
    * asked for before then is older for its settings and for whether the user is a member.
    */
   learnedAt: number;
+  /**
+   * The version of the server's record these settings came from (Conversation.version; 0: none
+   * known): a reply or event of an older version, arriving late, changes no setting.
+   */
+  version: number;
   /** The group's settings as the server last said them (a refused change of the user's goes back to these). */
   serverSettings: GroupSettings;
   /**
@@ -110,6 +115,7 @@ export function newConversationState(
     membersHasMore: false,
     isMember: true,
     learnedAt: 0,
+    version: conversation.version ?? 0,
     serverSettings: {
       name: conversation.name ?? "",
       open: conversation.open ?? false,
@@ -136,6 +142,12 @@ export function applyListed(c: ConversationState, info: Conversation, askedAt: n
 }
 
 export function applyServerInfo(c: ConversationState, info: Conversation): void {
+  c.lastSeq = Math.max(c.lastSeq, info.lastSeq);
+  c.readSeq = Math.max(c.readSeq, info.readSeq);
+  // An older state of the group than one already shown (the reply to a change answered after the
+  // event of a later one, a listing read before it): its seqs count, nothing else.
+  if (info.version !== 0 && info.version < c.version) return;
+  c.version = info.version;
   c.serverSettings = {
     name: info.name,
     open: info.open,
@@ -146,8 +158,6 @@ export function applyServerInfo(c: ConversationState, info: Conversation): void 
   c.memberCount = info.memberCount;
   c.owner = info.owner;
   c.delivery = info.delivery;
-  c.lastSeq = Math.max(c.lastSeq, info.lastSeq);
-  c.readSeq = Math.max(c.readSeq, info.readSeq);
 }
 
 /** The user changes settings (change number `change`): shown at once, until the server answers. */
