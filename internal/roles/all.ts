@@ -52,6 +52,11 @@ export const startAll: RoleStarter = async (ctx) => {
     throw new Error(
       "cluster.presenceTargets is set but gRPC is off: role all shares presence only over gRPC (set grpc.port, SWITCHBOARD_GRPC_PORT or --grpc-port, to this process's address in cluster.presenceTargets), or leave cluster.presenceTargets empty",
     );
+  // Likewise the routers: the others pin conversations to this process's router at its address.
+  if (config.cluster.routerTarget !== "" && !ctx.grpc)
+    throw new Error(
+      "cluster.routerTarget is set but gRPC is off: role all shares its router only over gRPC (set grpc.port, SWITCHBOARD_GRPC_PORT or --grpc-port, to this process's address in cluster.routerTarget), or leave cluster.routerTarget empty",
+    );
   const backends = ctx.own(
     await openBackends(
       config,

@@ -712,7 +712,8 @@ describe("desiredObjects", () => {
     expect(from("id")).toEqual(["gateway", "router"]);
     // Routers read presence for the server API's GetPresence.
     expect(from("presence")).toEqual(["gateway", "router"]);
-    expect(from("router")).toEqual(["gateway", "presence"]);
+    // Routers relay the server API's group changes through the router a conversation is pinned to.
+    expect(from("router")).toEqual(["gateway", "presence", "router"]);
     expect(from("push")).toEqual(["gateway", "router"]);
     expect(from("sequencer")).toEqual([]);
   });

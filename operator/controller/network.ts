@@ -84,13 +84,14 @@ export const GRPC_CALLERS: Readonly<Record<ComponentName, readonly ComponentName
   // Routers open each gateway's Deliver stream (the operator's Stats and Drain are added below).
   gateway: ["router"],
   // Gateways allocate ids (and routers, for the sends of the server API), send heartbeats to
-  // presence and relay typing and receipts to routers; presence relays presence events to routers;
-  // routers read presence for the server API's GetPresence; routers notify offline members through
-  // push, and gateways register devices' push tokens with it (ADR 0005). Keep in step with the
-  // callers of each method in internal/grpc-auth/policy.ts (METHOD_RULES).
+  // presence and relay typing and receipts to routers; presence relays presence events to routers,
+  // and routers relay the server API's group changes through the router their conversation is
+  // pinned to; routers read presence for the server API's GetPresence; routers notify offline
+  // members through push, and gateways register devices' push tokens with it (ADR 0005). Keep in
+  // step with the callers of each method in internal/grpc-auth/policy.ts (METHOD_RULES).
   id: ["gateway", "router"],
   presence: ["gateway", "router"],
-  router: ["gateway", "presence"],
+  router: ["gateway", "presence", "router"],
   push: ["gateway", "router"],
   sequencer: [],
 };

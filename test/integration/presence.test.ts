@@ -158,6 +158,22 @@ describe("role all with cluster.presenceTargets", () => {
     expect(outcome).toMatch(/cluster\.presenceTargets is set but gRPC is off/);
   });
 
+  it("refuses to start with gRPC off and cluster.routerTarget set: the others could not relay through its router", async () => {
+    const dir = tempDir("switchboard-router-nogrpc-");
+    const outcome = await startServer({
+      dataDir: dir.path,
+      env: { SWITCHBOARD_CLUSTER_ROUTER_TARGET: "ipv4:127.0.0.1:50051" },
+    }).then(
+      async (started) => {
+        await started.stop();
+        return "started";
+      },
+      (err: Error) => err.message,
+    );
+    dir.remove();
+    expect(outcome).toMatch(/cluster\.routerTarget is set but gRPC is off/);
+  });
+
   it("serves its presence shard before its gateway first renews its lease there", async () => {
     const grpcPort = await freePort();
     const single = await startServer({
