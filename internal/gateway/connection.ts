@@ -31,7 +31,7 @@ import {
 } from "../conversations/index.js";
 import { atTime, type TimerHandle } from "../lib/at-time.js";
 import { type Identity, isValidUserId } from "../lib/auth.js";
-import { CREDENTIAL_REFUSALS, errors, SwitchboardError } from "../lib/errors.js";
+import { errors, forClients, SwitchboardError } from "../lib/errors.js";
 import type { Limiter } from "../lib/limiter.js";
 import { inSpan, type Span, SpanKind, tracing } from "../lib/tracing.js";
 import { WATCHES_PER_SESSION_MAX } from "../presence/index.js";
@@ -1046,7 +1046,12 @@ export class Connection {
 
   /** Answers request `replyTo` with `err`; `request` is its kind (the frame's oneof case), for metrics. */
   fail(replyTo: number, error: SwitchboardError, encoding: Encoding = this.encoding, request = "none"): void {
-    const err = CREDENTIAL_REFUSALS.has(error.reason) ? this.refusedByPeer(error) : error;
+    const err = forClients(error);
+    if (err !== error)
+      this.ctx.log.warn("gateway: a peer refused this gateway's credential", {
+        sessionId: this.sessionId,
+        err: error,
+      });
     if (err.code === Code.INTERNAL)
       this.ctx.log.error("gateway: request failed", { sessionId: this.sessionId, err });
     this.ctx.metrics.errorsTotal.inc({
@@ -1067,22 +1072,6 @@ export class Connection {
       },
       encoding,
     );
-  }
-
-  /**
-   * What the client is told when a peer refused this gateway's own credential: nothing it did or can
-   * fix, and the peer's reason would read as its token being bad. The operators are told instead
-   * (docs/protocol.md §6).
-   */
-  private refusedByPeer(err: SwitchboardError): SwitchboardError {
-    this.ctx.log.warn("gateway: a peer refused this gateway's credential", {
-      sessionId: this.sessionId,
-      err,
-    });
-    return new SwitchboardError(Code.UNAVAILABLE, "UNAVAILABLE", "an internal call failed: UNAVAILABLE", {
-      cause: err,
-      retryAfterMs: 1_000,
-    });
   }
 
   /** Writes (or holds until the welcome) a frame; false if it was not, the connection closed instead. */

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { errors } from "../lib/errors.js";
+import { Code, errors, SwitchboardError } from "../lib/errors.js";
 import { leavesGap, SendGaps } from "./send-gaps.js";
 
 const unavailable = errors.unavailable("LOG_UNAVAILABLE", "kafka did not take it");
@@ -76,6 +76,9 @@ describe("SendGaps", () => {
     expect(leavesGap(unavailable)).toBe(true);
     expect(leavesGap(errors.exhausted("RATE_LIMITED", "", 200))).toBe(true);
     expect(leavesGap(new Error("unexpected"))).toBe(true); // INTERNAL to the client
+    // A peer refusing the gateway's own credential: the client is told UNAVAILABLE and resends.
+    expect(leavesGap(new SwitchboardError(Code.UNAUTHENTICATED, "INVALID_CREDENTIALS", "key"))).toBe(true);
+    expect(leavesGap(errors.denied("METHOD_NOT_ALLOWED", ""))).toBe(true);
     // Already in the log in its place: its resend gets the original ack.
     expect(leavesGap(errors.unavailable("SEQUENCE_TIMEOUT", ""))).toBe(false);
     expect(leavesGap(errors.denied("NOT_MEMBER", ""))).toBe(false);

@@ -20,7 +20,7 @@
  * `SEQUENCE_TIMEOUT` comes after the message reached the log in its place (its resend is answered
  * with the original ack).
  */
-import { Code, errors, SwitchboardError } from "../lib/errors.js";
+import { Code, errors, forClients, SwitchboardError } from "../lib/errors.js";
 
 interface Refused {
   clientMsgId: string;
@@ -47,8 +47,9 @@ const REFUSED_PER_GAP_MAX = 256;
  * Whether refusing a send with `err` leaves a gap: the client is told to send it again later
  * (docs/protocol.md §6; the SDK's isRetryableSendError retries exactly these).
  */
-export function leavesGap(err: unknown): boolean {
-  if (!(err instanceof SwitchboardError)) return true; // INTERNAL to the client: resend
+export function leavesGap(error: unknown): boolean {
+  if (!(error instanceof SwitchboardError)) return true; // INTERNAL to the client: resend
+  const err = forClients(error); // what the client is told decides what it does
   if (err.reason === "SEQUENCE_TIMEOUT") return false;
   switch (err.code) {
     case Code.UNAVAILABLE:

@@ -75,6 +75,19 @@ export const CREDENTIAL_REFUSALS: ReadonlySet<string> = new Set([
   "METHOD_NOT_ALLOWED",
 ]);
 
+/**
+ * What a client is told of `err`: a peer's refusal of this process's own credential (above) is
+ * UNAVAILABLE, retry in a second, for nothing the client did or can fix, and the peer's reason
+ * would read as the client's own token being bad (docs/protocol.md §6). Anything else as it is.
+ */
+export function forClients(err: SwitchboardError): SwitchboardError {
+  if (!CREDENTIAL_REFUSALS.has(err.reason)) return err;
+  return new SwitchboardError(Code.UNAVAILABLE, "UNAVAILABLE", "an internal call failed: UNAVAILABLE", {
+    cause: err,
+    retryAfterMs: 1_000,
+  });
+}
+
 /** Shorthands for the errors the services raise most. */
 export const errors = {
   invalid: (reason: string, message: string) => new SwitchboardError(Code.INVALID_ARGUMENT, reason, message),
