@@ -170,6 +170,7 @@ describe("removeMembers, join and leave", () => {
         return role ? { record: group, role } : undefined;
       },
       removeMember: async (_: string, user: string) => {
+        if (members.get(user) === undefined) throw errors.denied("NOT_MEMBER", `${user} is not a member`);
         members.delete(user);
         group = { ...group, memberCount: members.size };
         return group;
@@ -209,6 +210,21 @@ describe("removeMembers, join and leave", () => {
     await conversations.removeMembers("alice", id, ["bob"]); // the retry: bob is gone already
     expect(announced).toEqual([id]);
     expect(heard).toEqual(["members"]); // and the members hear of it (docs/protocol.md §2.3)
+  });
+
+  it("skips a member another request removed between the check and the removal, like one not in", async () => {
+    const { id, conversations, announced, members, heard } = setUp(false);
+    const isMember = members.has.bind(members);
+    // Bob is a member when checked; a concurrent removal takes him out right after.
+    members.has = (user: string) => {
+      const was = isMember(user);
+      if (user === "bob") members.delete("bob");
+      return was;
+    };
+    await conversations.removeMembers("alice", id, ["bob"]);
+    expect(isMember("bob")).toBe(false);
+    expect(announced).toEqual([id]); // nobody was removed by this request: announced again
+    expect(heard).toEqual(["members"]);
   });
 
   it("a retried join announces again, to the sequencers and the members", async () => {

@@ -430,9 +430,14 @@ export class Conversations {
     }
     let removed = false;
     for (const user of targets) {
-      if (await this.membership.isMember(id, user)) {
+      if (!(await this.membership.isMember(id, user))) continue;
+      try {
         record = await this.membership.removeMember(id, user);
         removed = true;
+      } catch (err) {
+        // Removed meanwhile by another request (two admins, a retry beside its first attempt): not a
+        // member any more, like those skipped above.
+        if (!(err instanceof SwitchboardError && err.reason === "NOT_MEMBER")) throw err;
       }
     }
     // Announced again when nobody named was a member any more: a retry of a removal whose first

@@ -21,7 +21,11 @@ export class ConversationChanges {
     const seen = this.newest.get(conversationId);
     if (seen !== undefined && older(change, seen)) return true;
     this.newest.delete(conversationId); // re-inserted: the most lately seen is the last to go
-    this.newest.set(conversationId, change);
+    // What an event does not say (0) keeps what was seen: an older version stays older.
+    this.newest.set(conversationId, {
+      version: change.version || seen?.version || 0n,
+      changedAtMs: change.changedAtMs || seen?.changedAtMs || 0n,
+    });
     if (this.newest.size > CONVERSATIONS_TRACKED_MAX)
       this.newest.delete(this.newest.keys().next().value as string);
     return false;

@@ -162,8 +162,10 @@ describe("conversation state", () => {
     expect(c).toMatchObject({ name: "Renamed twice", version: 3, lastSeq: 5 });
     applyServerInfo(c, told("Renamed thrice", 4));
     expect(c).toMatchObject({ name: "Renamed thrice", version: 4 });
-    // A server that keeps no versions (0) is taken as it comes.
+    // A server that keeps no versions (0) is taken as it comes, and an older version is still older.
     applyServerInfo(c, told("Unversioned", 0));
+    expect(c.name).toBe("Unversioned");
+    applyServerInfo(c, told("Renamed once", 2));
     expect(c.name).toBe("Unversioned");
   });
 

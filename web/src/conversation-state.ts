@@ -147,7 +147,7 @@ export function applyServerInfo(c: ConversationState, info: Conversation): void 
   // An older state of the group than one already shown (the reply to a change answered after the
   // event of a later one, a listing read before it): its seqs count, nothing else.
   if (info.version !== 0 && info.version < c.version) return;
-  c.version = info.version;
+  c.version = Math.max(c.version, info.version); // one without a version (0) forgets none seen
   c.serverSettings = {
     name: info.name,
     open: info.open,

@@ -251,7 +251,8 @@ export class CassandraMembershipStore implements MembershipStore, MembershipSeqS
           // A timed-out attempt of ours may have removed the member after all.
           if (removedByUs) {
             await this.unindex(id, record.createdAtMs, user);
-            return record;
+            // It may have applied after this attempt read the record: the state after it is read again.
+            return (await this.readConversation(id)) ?? record;
           }
           throw errors.denied("NOT_MEMBER", `${user} is not a member of ${id}`);
         }
