@@ -2,7 +2,7 @@ import { describe, expect, it } from "vitest";
 import { Code, errors, SwitchboardError } from "../lib/errors.js";
 import { discardingLogger } from "../lib/log.js";
 import { Presence } from "../presence/service.js";
-import { type Relayer, RelayRoutes, routerTargetAddresses } from "./relay-routes.js";
+import { pinnedRouter, type Relayer, RelayRoutes, routerTargetAddresses } from "./relay-routes.js";
 
 const RESPONSE = { $typeName: "switchboard.router.v1.RelayResponse" as const, sessions: 0 };
 
@@ -73,6 +73,9 @@ describe("RelayRoutes", () => {
     const where = placement(r.relayed);
     expect(where.size).toBe(60);
     for (const users of r.relayed.values()) expect(users.length).toBeGreaterThan(5 * 10);
+    // pinnedRouter names, from the addresses alone, where a key's relays go (any process agrees).
+    const addresses = ["10.0.0.3:9090", "10.0.0.1:9090", "10.0.0.2:9090"];
+    for (const [user, address] of where) expect(pinnedRouter(user, addresses)).toBe(address);
     routes.close();
     expect(r.closed.sort()).toEqual(["10.0.0.1:9090", "10.0.0.2:9090", "10.0.0.3:9090"]);
   });

@@ -86,6 +86,16 @@ function score(address: string, userId: string): number {
   return h >>> 0;
 }
 
+/** The router `key` is pinned to among `addresses` while all are up (its first in the ranking). */
+export function pinnedRouter(key: string, addresses: readonly string[]): string | undefined {
+  let best: { address: string; score: number } | undefined;
+  for (const address of addresses) {
+    const s = score(address, key);
+    if (!best || s > best.score || (s === best.score && address < best.address)) best = { address, score: s };
+  }
+  return best?.address;
+}
+
 async function resolveAll(host: string): Promise<string[]> {
   const found = await lookup(host, { all: true });
   return found.map((a) => a.address);

@@ -19,10 +19,12 @@ import type { MessageInitShape } from "@bufbuild/protobuf";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ChatService, type StreamEventsRequestSchema } from "../../gen/switchboard/api/v1/chat_pb.js";
 import { Provider, PushService } from "../../gen/switchboard/push/v1/push_pb.js";
+import { keyedGroupId } from "../../internal/conversations/conversations.js";
 import { AsyncQueue } from "../../internal/lib/async-queue.js";
 import { signDevToken } from "../../internal/lib/auth.js";
 import { grpcClient } from "../../internal/lib/rpc.js";
 import { defaultMemberFile } from "../../internal/process/backends.js";
+import { pinnedRouter } from "../../internal/process/relay-routes.js";
 import {
   type Conversation,
   type IncomingMessage,
@@ -355,6 +357,22 @@ describe("a multi-process cluster", () => {
     );
     await until("the bot's message reaches dana on a gateway process", () =>
       dana.received.some((m) => m.message.body === "disk full"),
+    );
+    // A backend's group change goes through the router its conversation is pinned to, as a
+    // member's does (ADR 0005): here the other router, which router-0 relays it to.
+    const routers = ["router-0", "router-1"].map((n) => `127.0.0.1:${cluster.process(n).grpcPort}`);
+    let key = 0;
+    while (pinnedRouter(keyedGroupId("client:probe", `pin-${key}`), routers) !== routers[1]) key++;
+    const { conversation: pinned } = await api.createGroup({
+      owner: "x-dana",
+      name: "pinned",
+      members: [],
+      idempotencyKey: `pin-${key}`,
+    });
+    expect(pinned!.id).toBe(keyedGroupId("client:probe", `pin-${key}`));
+    await api.updateGroup({ conversationId: pinned!.id, name: "pinned elsewhere" });
+    await until("a group change relayed from router-0 through router-1 reaches dana", () =>
+      dana.groups.some((g) => g.id === pinned!.id && g.name === "pinned elsewhere"),
     );
 
     // The event stream, from the other router, sees the message.
