@@ -1102,7 +1102,10 @@ describe("membership store", () => {
     async () => {
       const [g, g2, me, other] = [id("g"), id("g"), id("me"), id("other")];
       const first = await a.membership.createConversation(record(g, me, 2000), [me, other, me]);
-      expect(first).toEqual({ created: true, record: { ...record(g, me, 2000), memberCount: 2, version: 1 } });
+      expect(first).toEqual({
+        created: true,
+        record: { ...record(g, me, 2000), memberCount: 2, version: 1 },
+      });
       const results = await Promise.all(
         [a, b, a, b].map((s) => s.membership.createConversation(record(g, other, 5000), [other])),
       );
@@ -1352,10 +1355,14 @@ describe("errors", () => {
     async () => {
       const { ResponseError, OperationTimedOutError } = cassandra.errors;
       const codes = cassandra.types.responseErrorCodes;
+      // The driver's text is kept for the logs, never told to a client (it names hosts, and a
+      // NoHostAvailableError's includes its inner errors' stacks).
       expect(storageError("t: op", new ResponseError(codes.writeTimeout, "timed out"))).toMatchObject({
         code: Code.UNAVAILABLE,
         reason: "STORAGE_UNAVAILABLE",
         message: "t: op: timed out",
+        publicMessage: "t: op: Cassandra did not answer; retry",
+        retryAfterMs: 1_000,
       });
       expect(storageError("t: op", new OperationTimedOutError("no answer"))).toMatchObject({
         code: Code.UNAVAILABLE,
@@ -1363,6 +1370,7 @@ describe("errors", () => {
       expect(storageError("t: op", new ResponseError(codes.invalid, "bad"))).toMatchObject({
         code: Code.INTERNAL,
         reason: "STORAGE_ERROR",
+        publicMessage: "t: op: the store failed",
       });
       const closed = await openCassandraStores(options);
       await closed.close();

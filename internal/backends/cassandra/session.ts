@@ -96,6 +96,8 @@ function driverMessage(err: unknown): string {
 export function storageError(what: string, err: unknown): SwitchboardError {
   if (err instanceof SwitchboardError) return err;
   const e = cassandra.errors;
+  // The driver's text (hosts, addresses, inner errors with their stacks) is for this process's
+  // logs; a client is told what failed and how.
   const message = `${what}: ${driverMessage(err)}`;
   if (
     err instanceof e.NoHostAvailableError ||
@@ -103,9 +105,16 @@ export function storageError(what: string, err: unknown): SwitchboardError {
     err instanceof e.BusyConnectionError ||
     (err instanceof e.ResponseError && UNAVAILABLE_CODES.has(err.code))
   ) {
-    return errors.unavailable("STORAGE_UNAVAILABLE", message, err);
+    return new SwitchboardError(Code.UNAVAILABLE, "STORAGE_UNAVAILABLE", message, {
+      cause: err,
+      retryAfterMs: 1_000,
+      publicMessage: `${what}: Cassandra did not answer; retry`,
+    });
   }
-  return new SwitchboardError(Code.INTERNAL, "STORAGE_ERROR", message, { cause: err });
+  return new SwitchboardError(Code.INTERNAL, "STORAGE_ERROR", message, {
+    cause: err,
+    publicMessage: `${what}: the store failed`,
+  });
 }
 
 /** True for errors after which a conditional write may or may not have been applied. */
