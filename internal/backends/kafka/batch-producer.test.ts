@@ -91,19 +91,51 @@ describe("BatchProducer: a bounded queue", () => {
     inFlight.withdraw(); // too late: it is in a request
     expect(await settled(withdrawn)).toBe("RecordWithdrawn");
     expect(producer.waiting.records).toBe(2);
-    // The resend, after the sender learned of the withdrawal: it goes.
-    const resend = producer.send("t", record("resend", "a"), { ordered: true });
+    // The resend, after the sender learned of the withdrawal, queued behind "behind".
+    const resend = settled(producer.send("t", record("resend", "a"), { ordered: true }));
     kafka.requests[0]!.answer();
     await first;
     await tick();
     // The record queued behind the withdrawn one of its key fails with it (it must not overtake the
-    // resend); the other key's record and the resend go, and the withdrawn one never does.
+    // resend), and so does everything of its key queued behind it: the resend too, which the
+    // producer cannot tell from a later message; the other key's record goes, the withdrawn one never.
     expect(await behind).toBe("RecordWithdrawn");
-    expect(kafka.requests[1]!.values).toEqual(["other", "resend"]);
+    expect(await resend).toBe("RecordWithdrawn");
+    expect(kafka.requests[1]!.values).toEqual(["other"]);
     kafka.requests[1]!.answer();
-    expect(await Promise.all([other, resend].map(settled))).toEqual(["sent", "sent"]);
+    expect(await settled(other)).toBe("sent");
     expect(kafka.requests.flatMap((r) => r.values)).not.toContain("stale");
     expect(producer.stats.withdrawn).toBe(1);
+    // Sent after those failures were told: it goes.
+    const after = producer.send("t", record("after", "a"), { ordered: true });
+    await tick();
+    kafka.requests[2]!.answer();
+    await after;
+  });
+
+  it("a later message's resend queued after a withdrawal never goes out ahead of earlier messages failing behind it", async () => {
+    // Kafka frozen: m44..m48 wait; m48's deadline withdraws it after m44..m47 were resent (queued
+    // behind it); m48 is resent; Kafka comes back. m44..m47's resends fail behind the withdrawn m48,
+    // so m48's resend must fail too, or it would be produced before them (found from outside).
+    const kafka = heldKafka();
+    const producer = new BatchProducer(kafka.newProducer, { log });
+    const ordered = { ordered: true };
+    const blocker = producer.send("t", record("in-flight", "c"), ordered);
+    await tick();
+    const w48 = new Withdrawal();
+    const first48 = settled(producer.send("t", record("m48", "c"), { ordered: true, withdrawal: w48 }));
+    const resends = ["m44", "m45", "m46", "m47"].map((m) =>
+      settled(producer.send("t", record(m, "c"), ordered)),
+    );
+    w48.withdraw();
+    expect(await first48).toBe("RecordWithdrawn");
+    const resend48 = settled(producer.send("t", record("m48", "c"), ordered));
+    kafka.requests[0]!.answer();
+    await blocker;
+    await tick();
+    expect(await Promise.all(resends)).toEqual(Array(4).fill("RecordWithdrawn"));
+    expect(await resend48).toBe("RecordWithdrawn");
+    expect(kafka.requests.flatMap((r) => r.values)).toEqual(["in-flight"]);
   });
 
   it("withdrawing a record already sent, or sending one already withdrawn, changes nothing else", async () => {

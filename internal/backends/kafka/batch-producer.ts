@@ -32,7 +32,8 @@
  * when it times out, so a stalled Kafka neither keeps every timed-out draft's body in memory nor
  * receives a burst of stale drafts once it is back. A withdrawn ordered record fails the ordered
  * records of its key queued behind it (when they reach the front), as a failed request does: they
- * must not overtake its resend.
+ * must not overtake its resend; and each of those fails the ones queued behind it in turn, up to the
+ * newest (a resend queued after the withdrawal must not overtake theirs either).
  */
 import type { Message, Producer } from "kafkajs";
 import type { Logger } from "../../lib/log.js";
@@ -105,7 +106,10 @@ export class ProducerQueueFull extends Error {
 
 /** A queued record withdrawn by its sender, or failed behind one of its key that was. */
 export class RecordWithdrawn extends Error {
-  constructor(behind: boolean) {
+  constructor(
+    /** Failed for an earlier record of its key that was withdrawn (or failed so), not withdrawn itself. */
+    readonly behind: boolean,
+  ) {
     super(
       behind
         ? "an earlier record of this key was withdrawn before it was sent; this one was not sent either"
@@ -287,10 +291,18 @@ export class BatchProducer {
     }
   }
 
-  /** Whether an ordered record was queued behind a withdrawn one of its key (it fails). */
+  /**
+   * Whether an ordered record was queued behind a withdrawn one of its key (it fails). Then so do
+   * the records of its key queued behind it since: its range reaches to the newest record. Without
+   * that, a record sent after the withdrawal (a later message's resend) could go out ahead of the
+   * resends of those failing here, which were queued before it but are told only now.
+   */
   private behindWithdrawn(p: Pending): boolean {
     if (p.key === undefined) return false;
-    return this.withdrawnBehind.get(p.key)?.some((r) => p.n > r.from && p.n <= r.to) ?? false;
+    const range = this.withdrawnBehind.get(p.key)?.find((r) => p.n > r.from && p.n <= r.to);
+    if (range === undefined) return false;
+    range.to = this.sent;
+    return true;
   }
 
   /** Drops the ranges no record waiting can be in (all of them below the oldest one waiting). */

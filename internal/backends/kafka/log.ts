@@ -137,9 +137,11 @@ export class KafkaMessageLog implements MessageLog {
       this.o.pending.delete(draft.messageId);
       throw errors.unavailable(
         "LOG_UNAVAILABLE",
-        err instanceof RecordWithdrawn
-          ? `the message log did not take the message within ${this.o.appendTimeoutMs} ms; retry`
-          : "the message log did not acknowledge the message; retry",
+        !(err instanceof RecordWithdrawn)
+          ? "the message log did not acknowledge the message; retry"
+          : err.behind
+            ? "an earlier message to this conversation did not reach the message log, so neither did this one; retry"
+            : `the message log did not take the message within ${this.o.appendTimeoutMs} ms; retry`,
         err,
       );
     }
