@@ -1010,6 +1010,7 @@ export class Connection {
       if (conversation !== undefined) gaps.refused(conversation, clientMsgId, err, order);
       throw err;
     }
+    if (conversation !== undefined) gaps.settled(conversation, clientMsgId);
     const { message, duplicate } = appended;
     if (!duplicate) {
       c.metrics.messagesTotal.inc();

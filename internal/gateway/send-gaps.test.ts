@@ -64,6 +64,29 @@ describe("SendGaps", () => {
     gaps.pass("dm:a~b", "B", 8, 8);
   });
 
+  it("a send refused again in a later gap keeps its first place, ahead of sends that arrived after it", () => {
+    // Kafka away for long, the client resending each refused send as soon as it is told (found from
+    // outside: the gap asked for B before A, and B was stored first).
+    const gaps = new SendGaps(10_000);
+    gaps.refused("dm:a~b", "A", unavailable, 1, 1); // A (1st) refused
+    gaps.pass("dm:a~b", "A", 3, 3); // its resend passes: the gap closes
+    gaps.refused("dm:a~b", "B", unavailable, 2, 4); // B (2nd) refused later
+    gaps.pass("dm:a~b", "B", 4, 4); // its resend passes: closed again
+    gaps.refused("dm:a~b", "A", unavailable, 3, 5); // A's resend refused
+    gaps.pass("dm:a~b", "A", 5, 5); // A's second resend passes
+    gaps.refused("dm:a~b", "B", unavailable, 4, 6); // B's resend refused
+    gaps.refused("dm:a~b", "A", unavailable, 5, 7); // A's second resend refused after it
+    heldBackBy(gaps, "A", "B", 8); // A first: it was sent first
+    gaps.pass("dm:a~b", "A", 9, 9);
+    gaps.pass("dm:a~b", "B", 10, 10);
+    // Once stored, a send's place is forgotten: a send of that id again (none should come) has its own.
+    gaps.settled("dm:a~b", "A");
+    gaps.settled("dm:a~b", "B");
+    gaps.refused("dm:a~b", "D", unavailable, 11, 11);
+    gaps.refused("dm:a~b", "A", unavailable, 12, 12);
+    heldBackBy(gaps, "D", "A", 13);
+  });
+
   it("forgets a gap whose send did not come again within its lifetime", () => {
     const gaps = new SendGaps(10_000);
     gaps.refused("dm:a~b", "k1", unavailable, 1, 0);

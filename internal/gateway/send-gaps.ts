@@ -14,7 +14,10 @@
  * already refused (a rate limit, the id service). So each send carries its place in the connection's
  * sends, and the gap keeps every refused send by that place, the earliest first: that is the one the
  * client must send first. The sends refused because of the gap (`PREVIOUS_SEND_FAILED`) join it, so
- * that a send made after the first one came again cannot overtake them.
+ * that a send made after the first one came again cannot overtake them. A refused send keeps its
+ * place until it is stored, past the gap that held it: its resend, refused again in a later gap
+ * (Kafka away for longer than one resend), goes back to where it first arrived, not behind sends
+ * that arrived after it and were resent before it was.
  *
  * Not every refusal opens one: a final one (a client error, NOT_MEMBER) is never resent, and
  * `SEQUENCE_TIMEOUT` comes after the message reached the log in its place (its resend is answered
@@ -31,17 +34,16 @@ interface Refused {
 interface Gap {
   /** The sends refused while the gap is open, by `order`: they must come again in this order. */
   refused: Refused[];
-  /**
-   * Refused sends that came again and passed, with their first arrival's place: a resend keeps the
-   * place of the send it repeats (it is checked again before its append, and may be refused again).
-   */
-  resent: Map<string, number>;
   /** When the gap opened or its first send last came again: it closes `lifetimeMs` after. */
   sinceMs: number;
 }
 
 /** Refused sends a gap remembers at most (past it, a refused send is only refused again when it comes back). */
 const REFUSED_PER_GAP_MAX = 256;
+/** Places of refused sends not yet stored a connection keeps at most (the oldest are forgotten). */
+const PLACES_MAX = 4_096;
+
+const placeKey = (conversation: string, clientMsgId: string) => `${conversation}\n${clientMsgId}`;
 
 /**
  * Whether refusing a send with `err` leaves a gap: the client is told to send it again later
@@ -69,6 +71,11 @@ export function leavesGap(error: unknown): boolean {
 export class SendGaps {
   /** Open gaps by conversation, oldest first. */
   private readonly gaps = new Map<string, Gap>();
+  /**
+   * Where each refused send first arrived (its `order`), by conversation and clientMsgId, until it
+   * is stored (settled): a resend keeps the place of the send it repeats, in any gap.
+   */
+  private readonly places = new Map<string, number>();
 
   constructor(
     private readonly lifetimeMs: number,
@@ -90,10 +97,9 @@ export class SendGaps {
       return;
     }
     const first = gap.refused[0]!;
-    if ((gap.resent.get(clientMsgId) ?? order) < first.order) return;
+    if ((this.places.get(placeKey(conversation, clientMsgId)) ?? order) < first.order) return;
     if (first.clientMsgId === clientMsgId) {
       gap.refused.shift();
-      gap.resent.set(clientMsgId, first.order);
       gap.sinceMs = now;
       if (gap.refused.length === 0) this.gaps.delete(conversation);
       return;
@@ -112,6 +118,13 @@ export class SendGaps {
    */
   refused(conversation: string, clientMsgId: string, err: unknown, order: number, now = Date.now()): void {
     if (!leavesGap(err)) return;
+    // A resend refused again goes back to the place of the send it repeats.
+    const key = placeKey(conversation, clientMsgId);
+    order = this.places.get(key) ?? order;
+    if (!this.places.has(key)) {
+      if (this.places.size >= PLACES_MAX) this.places.delete(this.places.keys().next().value!);
+      this.places.set(key, order);
+    }
     let gap = this.gaps.get(conversation);
     if (gap && now - gap.sinceMs >= this.lifetimeMs) {
       this.gaps.delete(conversation);
@@ -119,17 +132,19 @@ export class SendGaps {
     }
     if (!gap) {
       if (this.gaps.size >= this.max) this.gaps.delete(this.gaps.keys().next().value!);
-      this.gaps.set(conversation, { refused: [{ clientMsgId, order }], resent: new Map(), sinceMs: now });
+      this.gaps.set(conversation, { refused: [{ clientMsgId, order }], sinceMs: now });
       return;
     }
     const { refused } = gap;
     if (refused.length >= REFUSED_PER_GAP_MAX || refused.some((r) => r.clientMsgId === clientMsgId)) return;
-    // A resend refused again goes back to the place of the send it repeats.
-    order = gap.resent.get(clientMsgId) ?? order;
-    gap.resent.delete(clientMsgId);
     // Refusals do not come in send order (above): keep them in the order the sends arrived.
     let at = refused.length;
     while (at > 0 && refused[at - 1]!.order > order) at--;
     refused.splice(at, 0, { clientMsgId, order });
+  }
+
+  /** The send is stored (acknowledged): its place is no longer needed. */
+  settled(conversation: string, clientMsgId: string): void {
+    if (this.places.size > 0) this.places.delete(placeKey(conversation, clientMsgId));
   }
 }
