@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 /** The `switchboard` command: a thin dispatcher; each command lives in internal/cli. */
+import { isControlConnectionRace } from "../internal/backends/cassandra/driver-races.js";
 import {
   closeRunning,
   runBackup,
@@ -102,7 +103,12 @@ function fatal(what: string, err: unknown): void {
     .finally(() => process.exit(FATAL_EXIT_CODE));
 }
 process.on("uncaughtException", (err) => fatal("uncaught exception; stopping", err));
-process.on("unhandledRejection", (reason) => fatal("unhandled promise rejection; stopping", reason));
+process.on("unhandledRejection", (reason) => {
+  if (!isControlConnectionRace(reason)) return fatal("unhandled promise rejection; stopping", reason);
+  process.stderr.write(
+    `${JSON.stringify({ time: new Date().toISOString(), level: "error", msg: "cassandra-driver: a refresh of its control connection failed beside another (a race of the driver's); it reconnects by itself", pid: process.pid, err: errorFields(reason) })}\n`,
+  );
+});
 
 main(process.argv.slice(2)).then(
   (code) => {
