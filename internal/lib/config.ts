@@ -462,7 +462,7 @@ export const schema = {
     ),
     appendTimeoutMs: int(
       10_000,
-      "A send not sequenced within this time fails with UNAVAILABLE (the client retries with the same client_msg_id).",
+      "A send not sequenced within this time fails with UNAVAILABLE (the client retries with the same client_msg_id): LOG_UNAVAILABLE if its draft still waited for a produce request (it was never sent), SEQUENCE_TIMEOUT if Kafka took it. A draft already in a produce request Kafka has not answered waits for that answer instead (up to kafkajs's request timeout, 30 s, and its retries): it may be written, and failing it sooner could let a later send overtake its resend.",
       100,
     ),
     tls: bool(false, "Connect to the Kafka brokers over TLS."),
