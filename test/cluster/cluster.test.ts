@@ -366,7 +366,7 @@ describe("a multi-process cluster", () => {
     const { conversation: pinned } = await api.createGroup({
       owner: "x-dana",
       name: "pinned",
-      members: [],
+      members: ["bot:probe"], // the probe's grant covers the groups its bot is in
       idempotencyKey: `pin-${key}`,
     });
     expect(pinned!.id).toBe(keyedGroupId("client:probe", `pin-${key}`));
