@@ -142,36 +142,30 @@ describe("presence", () => {
 });
 
 describe("role all with cluster.presenceTargets", () => {
+  /** How a role-all process with gRPC off starts under `env`: "started", or the error it stopped with. */
+  async function startWithoutGrpc(env: Record<string, string>): Promise<string> {
+    const dir = tempDir("switchboard-nogrpc-");
+    try {
+      const started = await startServer({ dataDir: dir.path, env });
+      await started.stop();
+      return "started";
+    } catch (err) {
+      return (err as Error).message;
+    } finally {
+      dir.remove();
+    }
+  }
+
   it("refuses to start with gRPC off: no other process could reach its presence shard", async () => {
-    const dir = tempDir("switchboard-presence-nogrpc-");
-    const outcome = await startServer({
-      dataDir: dir.path,
-      env: { SWITCHBOARD_CLUSTER_PRESENCE_TARGETS: "127.0.0.1:50051" },
-    }).then(
-      async (started) => {
-        await started.stop();
-        return "started";
-      },
-      (err: Error) => err.message,
+    expect(await startWithoutGrpc({ SWITCHBOARD_CLUSTER_PRESENCE_TARGETS: "127.0.0.1:50051" })).toMatch(
+      /cluster\.presenceTargets is set but gRPC is off/,
     );
-    dir.remove();
-    expect(outcome).toMatch(/cluster\.presenceTargets is set but gRPC is off/);
   });
 
   it("refuses to start with gRPC off and cluster.routerTarget set: the others could not relay through its router", async () => {
-    const dir = tempDir("switchboard-router-nogrpc-");
-    const outcome = await startServer({
-      dataDir: dir.path,
-      env: { SWITCHBOARD_CLUSTER_ROUTER_TARGET: "ipv4:127.0.0.1:50051" },
-    }).then(
-      async (started) => {
-        await started.stop();
-        return "started";
-      },
-      (err: Error) => err.message,
+    expect(await startWithoutGrpc({ SWITCHBOARD_CLUSTER_ROUTER_TARGET: "ipv4:127.0.0.1:50051" })).toMatch(
+      /cluster\.routerTarget is set but gRPC is off/,
     );
-    dir.remove();
-    expect(outcome).toMatch(/cluster\.routerTarget is set but gRPC is off/);
   });
 
   it("serves its presence shard before its gateway first renews its lease there", async () => {
