@@ -7,16 +7,20 @@
 /**
  * cassandra-driver 4.10 (the newest release) runs two refreshes of its control connection at once
  * when a node restarts: one started by the closed socket, one by its reconnection timer. The second
- * resets the connection the first is about to watch, and the first, called from a timer, rejects
- * with nothing to handle it (`TypeError` in `ControlConnection._setHealthListeners`). The second goes
- * on and connects, so the client keeps working; seen from outside in 2 of 6 restarts of the node,
- * where it had stopped routers, gateways and presence at once.
+ * resets the connection (to null) that the first goes on using, and the first, called from a timer,
+ * rejects with nothing to handle it: a `TypeError` thrown in `ControlConnection` itself (seen in
+ * `_setHealthListeners`, reading `once`, and in `_refresh`, reading `endpoint`). The second goes on
+ * and connects, so the client keeps working; seen from outside in 2 of 6 restarts of the node, where
+ * it had stopped routers, gateways and presence at once.
  */
 export function isControlConnectionRace(err: unknown): boolean {
+  if (!(err instanceof TypeError) || !/^Cannot read properties of null/.test(err.message)) return false;
+  // Thrown by the driver's control connection itself: its first frame.
+  const thrownAt = (err.stack ?? "").split("\n").find((line) => line.trimStart().startsWith("at "));
   return (
-    err instanceof TypeError &&
-    /at ControlConnection\._setHealthListeners \(.*cassandra-driver[\\/]lib[\\/]control-connection\.js:/.test(
-      err.stack ?? "",
+    thrownAt !== undefined &&
+    /at ControlConnection\.\w+ \(.*cassandra-driver[\\/]lib[\\/]control-connection\.js:\d+:\d+\)$/.test(
+      thrownAt,
     )
   );
 }
