@@ -88,12 +88,16 @@ function score(address: string, userId: string): number {
 
 /** The router `key` is pinned to among `addresses` while all are up (its first in the ranking). */
 export function pinnedRouter(key: string, addresses: readonly string[]): string | undefined {
-  let best: { address: string; score: number } | undefined;
-  for (const address of addresses) {
-    const s = score(address, key);
-    if (!best || s > best.score || (s === best.score && address < best.address)) best = { address, score: s };
-  }
-  return best?.address;
+  return preference(key, addresses, () => false)[0];
+}
+
+/** `addresses` in `key`'s order of preference: those `down` last, then by score, then by address. */
+function preference(key: string, addresses: readonly string[], down: (address: string) => boolean): string[] {
+  const scored = addresses.map((address) => ({ address, down: down(address), score: score(address, key) }));
+  scored.sort(
+    (a, b) => Number(a.down) - Number(b.down) || b.score - a.score || (a.address < b.address ? -1 : 1),
+  );
+  return scored.map((s) => s.address);
 }
 
 async function resolveAll(host: string): Promise<string[]> {
@@ -181,15 +185,7 @@ export class RelayRoutes {
   /** The addresses in `userId`'s order of preference; those down lately last. */
   private ranked(userId: string): string[] {
     const now = this.now();
-    const scored = this.addresses.map((address) => ({
-      address,
-      down: (this.down.get(address) ?? 0) > now,
-      score: score(address, userId),
-    }));
-    scored.sort(
-      (a, b) => Number(a.down) - Number(b.down) || b.score - a.score || (a.address < b.address ? -1 : 1),
-    );
-    return scored.map((s) => s.address);
+    return preference(userId, this.addresses, (address) => (this.down.get(address) ?? 0) > now);
   }
 
   private client(address: string): Relayer {

@@ -13,11 +13,12 @@ import { Gateway } from "../gateway/index.js";
 import { createVerifier } from "../lib/auth.js";
 import { addService } from "../lib/rpc.js";
 import { openDistributed } from "../process/backends.js";
-import { peerClient, peerOptions, presencePeers, routerRelays } from "../process/peers.js";
+import { peerClient, peerOptions, presencePeers } from "../process/peers.js";
 import type { RoleStarter } from "../process/runtime.js";
 import {
   advertiseAddress,
   announceGroupChanges,
+  conversationRelays,
   conversations,
   gatewayId,
   requireDistributed,
@@ -32,7 +33,7 @@ export const startGateway: RoleStarter = async (ctx) => {
     peerClient(RouterService, config.cluster.routerTarget, "cluster.routerTarget", peerOptions(ctx)),
   );
   // A conversation's typing, receipt and group events all go through one router: in order.
-  const relays = ctx.own(routerRelays(config, peerOptions(ctx), router, log));
+  const relays = conversationRelays(ctx, router);
   const presence = ctx.own(presencePeers(config, peerOptions(ctx)));
   const push = ctx.own(
     peerClient(PushService, config.cluster.pushTarget, "cluster.pushTarget", peerOptions(ctx)),

@@ -39,12 +39,13 @@ export function conversations(
  * Where a process relays a conversation's events (typing, receipts, group changes: ADR 0005): through
  * the router that cluster.routerTarget's routes pin the conversation to, so that they arrive in
  * order whichever process made them (a member's change through a gateway, a backend's through the
- * server API of any router); with no target set, through `local`, this process's own router and
- * the only one it knows.
+ * server API of any router). `fallback` takes them while no router address is known (a gateway's
+ * client of the whole target, a router's own), and all of them with no target set (role all: this
+ * process's own router, the only one it knows).
  */
-export function conversationRelays(ctx: RoleContext, local: Relayer): { forKey(key: string): Relayer } {
-  if (ctx.config.cluster.routerTarget === "") return { forKey: () => local };
-  return ctx.own(routerRelays(ctx.config, peerOptions(ctx), local, ctx.log));
+export function conversationRelays(ctx: RoleContext, fallback: Relayer): { forKey(key: string): Relayer } {
+  if (ctx.config.cluster.routerTarget === "") return { forKey: () => fallback };
+  return ctx.own(routerRelays(ctx.config, peerOptions(ctx), fallback, ctx.log));
 }
 
 /**
