@@ -43,7 +43,7 @@ afterAll(async () => {
   await browser?.close();
   await server?.dispose();
 });
-afterEach(() => checkPagesAndClose(clients, contexts));
+afterEach(({ task }) => checkPagesAndClose(clients, contexts, { task, serverLog: () => server.stderr() }));
 
 /** A user id of its own per test (the server is shared by the whole file). */
 function userId(name: string): string {

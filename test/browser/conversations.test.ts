@@ -48,7 +48,7 @@ afterAll(async () => {
   await browser?.close();
   await server?.dispose();
 });
-afterEach(() => checkPagesAndClose(clients, contexts));
+afterEach(({ task }) => checkPagesAndClose(clients, contexts, { task, serverLog: () => server.stderr() }));
 
 /**
  * A user id no earlier test used (the server is shared by the whole file): the plain name the first

@@ -40,18 +40,39 @@ export interface ClientPage {
   page: Page;
   user: string;
   consoleErrors: string[];
+  /**
+   * What the page did that a failed test should show: its console (any level) and its WebSockets
+   * opening and closing, each with the time since the page opened. Bounded (the newest kept).
+   */
+  timeline: string[];
 }
+
+const TIMELINE_MAX = 200;
 
 /** Opens the client at `path` (e.g. with a fragment) of the server at `httpUrl`. */
 export async function openClient(context: BrowserContext, httpUrl: string, path = "/"): Promise<ClientPage> {
   const page = await context.newPage();
   const consoleErrors: string[] = [];
+  const timeline: string[] = [];
+  const opened = Date.now();
+  const note = (what: string) => {
+    timeline.push(`+${Date.now() - opened} ms ${what}`);
+    if (timeline.length > TIMELINE_MAX) timeline.shift();
+  };
   page.on("console", (m) => {
     if (m.type() === "error") consoleErrors.push(m.text());
+    note(`console.${m.type()}: ${m.text()}`);
   });
-  page.on("pageerror", (e) => consoleErrors.push(`uncaught: ${e.message}`));
+  page.on("pageerror", (e) => {
+    consoleErrors.push(`uncaught: ${e.message}`);
+    note(`uncaught: ${e.message}`);
+  });
+  page.on("websocket", (ws) => {
+    note(`websocket open ${ws.url()}`);
+    ws.on("close", () => note(`websocket closed ${ws.url()}`));
+  });
   await page.goto(`${httpUrl}${path}`);
-  return { page, user: "", consoleErrors };
+  return { page, user: "", consoleErrors, timeline };
 }
 
 /** Signs in with a dev token and waits until the client is live (synced). */
@@ -73,7 +94,12 @@ export async function noticeOf(page: Page): Promise<string> {
  * (checked after each test, so the test that caused one is the one that fails), then its browser
  * contexts closed. Empties both lists for the next test.
  */
-export async function checkPagesAndClose(clients: ClientPage[], contexts: BrowserContext[]): Promise<void> {
+export async function checkPagesAndClose(
+  clients: ClientPage[],
+  contexts: BrowserContext[],
+  failed?: FailedRun,
+): Promise<void> {
+  if (failed?.task.result?.state === "fail") await describeFailure(clients, failed);
   for (const c of clients) {
     expect(c.consoleErrors, `console errors of ${c.user}`).toEqual([]);
     if (!c.page.isClosed()) expect(await noticeOf(c.page), `error shown to ${c.user}`).toBe("");
@@ -81,6 +107,41 @@ export async function checkPagesAndClose(clients: ClientPage[], contexts: Browse
   for (const context of contexts) await context.close();
   contexts.length = 0;
   clients.length = 0;
+}
+
+/** What a failed test's pages and server are asked for: the test, and the server's log. */
+export interface FailedRun {
+  task: { name: string; result?: { state?: string } };
+  serverLog?: () => string;
+}
+
+/**
+ * Prints what each page showed and did, and the server's warnings and errors, for a test that
+ * failed: a run on a loaded CI machine is not repeated at will, so it must explain itself.
+ */
+async function describeFailure(clients: ClientPage[], { task, serverLog }: FailedRun): Promise<void> {
+  const parts = [`"${task.name}" failed; what its pages and server did:`];
+  for (const c of clients) {
+    const shown = c.page.isClosed()
+      ? "closed"
+      : await c.page
+          .evaluate(() => ({
+            connection: document.getElementById("connection")?.textContent,
+            notice: document.getElementById("notice")?.textContent,
+            title: document.getElementById("conversation-title")?.textContent,
+          }))
+          .then((s) => JSON.stringify(s))
+          .catch((err: unknown) => `unreadable (${String(err)})`);
+    parts.push(`page of ${c.user || "(not signed in)"}: ${shown}`, ...c.timeline.map((line) => `  ${line}`));
+  }
+  const warnings = (serverLog?.() ?? "")
+    .split("\n")
+    .filter((line) => /"level":"(warn|error|fatal)"/.test(line));
+  parts.push(
+    `server warnings and errors (${warnings.length}):`,
+    ...warnings.slice(-50).map((line) => `  ${line}`),
+  );
+  console.log(parts.join("\n"));
 }
 
 /** Waits for a connection status; a reconnect may take the SDK's longest backoff (10 s) and a sync. */

@@ -151,6 +151,20 @@ class FakeClient extends TypedEmitter<SwitchboardClientEvents> {
     return { muted: [], doNotDisturb: null };
   }
 
+  /** How each updateGroup ends, in turn (then: taken, the group's settings changed accordingly). */
+  groupChangeResults: Array<() => Promise<void>> = [];
+  groupChanges: Array<Partial<Conversation>> = [];
+
+  async updateGroup(conversationId: string, change: Partial<Conversation>): Promise<Conversation> {
+    this.groupChanges.push(change);
+    await this.groupChangeResults.shift()?.();
+    const i = this.conversations.findIndex((c) => c.id === conversationId);
+    const updated = { ...this.conversations[i]!, ...change };
+    updated.version = this.conversations[i]!.version + 1;
+    this.conversations[i] = updated;
+    return updated;
+  }
+
   typing(): void {}
   async markRead(): Promise<void> {}
   async markDelivered(): Promise<void> {}
@@ -412,6 +426,75 @@ describe("a large group's members", () => {
     await more;
     expect(c.members).toEqual([ME, "u1", "u2"]);
     expect(c.membersHasMore).toBe(true);
+  });
+});
+
+describe("a group change", () => {
+  const lost = () => Promise.reject(refusal("CONNECTION_LOST", Code.UNAVAILABLE));
+  const unanswered = () => Promise.reject(refusal("TIMEOUT", Code.DEADLINE_EXCEEDED));
+
+  async function openGroup(): Promise<ChatApp> {
+    client.conversations.push({ ...conversation("g:crew", 1), name: "Crew", owner: ME });
+    client.messages.set("g:crew", []);
+    client.rosters.set("g:crew", [ME, "bob"]);
+    const app = newApp();
+    await app.refreshConversations();
+    app.select("g:crew");
+    return app;
+  }
+
+  it("cut off with the connection is asked again, and shown as asked meanwhile", async () => {
+    const app = await openGroup();
+    client.groupChangeResults = [lost, unanswered];
+    const renamed = app.renameGroup("Ship crew");
+    expect(app.open!.name).toBe("Ship crew");
+    await renamed;
+    expect(client.groupChanges).toEqual([
+      { name: "Ship crew" },
+      { name: "Ship crew" },
+      { name: "Ship crew" },
+    ]);
+    expect(app.open).toMatchObject({ name: "Ship crew", version: 2 });
+    expect(app.notice).toBe("");
+  });
+
+  it("is put back, and says why, when its outcome stays unknown, or when the server refuses it", async () => {
+    const app = await openGroup();
+    client.groupChangeResults = [lost, lost, unanswered];
+    await app.renameGroup("Ship crew");
+    expect(client.groupChanges).toHaveLength(3);
+    expect(app.open!.name).toBe("Crew");
+    expect(app.notice).toBe("TIMEOUT: timeout");
+
+    client.groupChanges = [];
+    client.groupChangeResults = [() => Promise.reject(refusal("NOT_ADMIN"))];
+    await app.changeGroup({ open: true });
+    expect(client.groupChanges).toEqual([{ open: true }]); // refused: asked once
+    expect(app.open!.open).toBe(false);
+    expect(app.notice).toBe("NOT_ADMIN: not_admin");
+  });
+
+  it("is not asked again for a setting the user changed again meanwhile", async () => {
+    const app = await openGroup();
+    let cutOff!: () => void;
+    client.groupChangeResults = [
+      () =>
+        new Promise<void>((_, reject) => {
+          cutOff = () => reject(refusal("CONNECTION_LOST", Code.UNAVAILABLE));
+        }),
+    ];
+    const first = app.changeGroup({ name: "Ship crew", open: true });
+    const second = app.renameGroup("Deck crew");
+    cutOff();
+    await Promise.all([first, second]);
+    // The first change asked again for what is still its own (open), not for the name.
+    expect(client.groupChanges).toEqual([
+      { name: "Ship crew", open: true },
+      { name: "Deck crew" },
+      { open: true },
+    ]);
+    expect(app.open).toMatchObject({ name: "Deck crew", open: true });
+    expect(app.notice).toBe("");
   });
 });
 

@@ -25,6 +25,7 @@ import {
   proposeSettings,
   raiseWatermark,
   settleSettings,
+  stillProposed,
 } from "./conversation-state.js";
 import type { Outbox, OutboxEntry } from "./local-store.js";
 import { ReceiptSender } from "./receipts.js";
@@ -374,15 +375,26 @@ export class ChatApp {
     proposeSettings(c, change, changeNumber);
     this.learnedNow(c);
     this.onChange();
-    try {
-      const info = await this.client.updateGroup(c.id, change);
-      settleSettings(c, change, changeNumber, true);
-      this.applyNewSettings(c, info);
-      this.notice = "";
-    } catch (err) {
-      const alreadySo = err instanceof SwitchboardClientError && err.reason === "NOTHING_TO_CHANGE";
-      settleSettings(c, change, changeNumber, alreadySo);
-      if (!alreadySo) this.report(err);
+    for (let attempt = 1; ; attempt++) {
+      // A setting the user changed again meanwhile is left to that later change: asking for this
+      // value again now could put it back over theirs.
+      const asked = stillProposed(c, change, changeNumber);
+      if (Object.keys(asked).length === 0) break;
+      try {
+        const info = await this.client.updateGroup(c.id, asked);
+        settleSettings(c, asked, changeNumber, true);
+        this.applyNewSettings(c, info);
+        this.notice = "";
+        break;
+      } catch (err) {
+        // Cut off with the connection, or unanswered: it may or may not have run. A setting is set
+        // to a value, so asking again is safe; the SDK holds the request until it is connected.
+        if (outcomeUnknown(err) && attempt < GROUP_CHANGE_ATTEMPTS) continue;
+        const alreadySo = err instanceof SwitchboardClientError && err.reason === "NOTHING_TO_CHANGE";
+        settleSettings(c, asked, changeNumber, alreadySo);
+        if (!alreadySo) this.report(err);
+        break;
+      }
     }
     this.onChange();
   }
@@ -793,6 +805,20 @@ export class ChatApp {
           : String(err);
     this.onChange();
   }
+}
+
+/**
+ * How often a group change is asked for while its outcome stays unknown (connection lost, no reply):
+ * each attempt waits up to the SDK's request timeout for a connection and a reply.
+ */
+const GROUP_CHANGE_ATTEMPTS = 3;
+
+/** Whether a request may or may not have run, and asking again later may succeed. */
+function outcomeUnknown(err: unknown): boolean {
+  return (
+    err instanceof SwitchboardClientError &&
+    (err.reason === LocalReason.CONNECTION_LOST || err.reason === LocalReason.TIMEOUT)
+  );
 }
 
 /**

@@ -188,6 +188,18 @@ export function settleSettings(
   showSettings(c);
 }
 
+/** The settings of `settings` whose newest unanswered change is still change `change`. */
+export function stillProposed(
+  c: ConversationState,
+  settings: Partial<GroupSettings>,
+  change: number,
+): Partial<GroupSettings> {
+  const proposed: Partial<GroupSettings> = {};
+  for (const [key, value] of settingEntries(settings))
+    if (c.unsettled.get(key)?.change === change) Object.assign(proposed, { [key]: value });
+  return proposed;
+}
+
 function showSettings(c: ConversationState): void {
   const shown: GroupSettings = { ...c.serverSettings };
   for (const [key, { value }] of c.unsettled) Object.assign(shown, { [key]: value });

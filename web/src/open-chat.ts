@@ -59,6 +59,12 @@ export async function openChat(
     wired.signal,
   );
   client.on("connected", remember); // a renewed dev token is remembered too
+  // For whoever looks into a connection that came and went (the console is all a page has).
+  client.on("disconnected", ({ code, reason, willReconnect }) =>
+    console.info(
+      `switchboard: connection closed (${code}${reason ? `, ${reason}` : ""})${willReconnect ? "; reconnecting" : ""}`,
+    ),
+  );
   let drawScheduled = false;
   app.onChange = () => {
     if (drawScheduled || wired.signal.aborted) return;
