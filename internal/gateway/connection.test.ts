@@ -18,6 +18,7 @@ import { Presence, presenceServiceImpl } from "../presence/index.js";
 import { shardedPresenceClient } from "../presence/shards.js";
 import { CloseCode } from "./close-codes.js";
 import { Connection, type GatewayContext } from "./connection.js";
+import { REGISTRATION_WAIT_MS } from "./session-registration.js";
 
 interface Setup {
   env?: Record<string, string>;
@@ -83,6 +84,37 @@ describe("Connection authentication", () => {
     await until(() => socket.sent.length === 2);
     expect(kinds(socket)).toEqual(["welcome", "typing"]);
     expect(socket.sent[0]!.replyTo).toBe(1);
+  });
+
+  it("welcomes a session whose routing record is not written in time, and looks at its inbox once it is", async () => {
+    vi.useFakeTimers();
+    try {
+      let written!: () => void;
+      const { conn, socket } = connection({ register: () => new Promise<void>((r) => (written = r)) });
+      const recheck = vi.spyOn(conn, "recheckInbox");
+      socket.frame({ id: 1, auth: { token: "t" } });
+      await vi.advanceTimersByTimeAsync(REGISTRATION_WAIT_MS - 1);
+      expect(socket.sent).toHaveLength(0); // waited for the registration
+      await vi.advanceTimersByTimeAsync(1);
+      expect(kinds(socket)).toEqual(["welcome"]);
+      expect(socket.closedWith).toBeUndefined();
+      expect(recheck).not.toHaveBeenCalled();
+      written();
+      await vi.advanceTimersByTimeAsync(0);
+      expect(recheck).toHaveBeenCalledTimes(1);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
+  it("welcomes a session registered in time without looking at its inbox again", async () => {
+    const { conn, socket } = connection();
+    const recheck = vi.spyOn(conn, "recheckInbox");
+    socket.frame({ id: 1, auth: { token: "t" } });
+    await until(() => socket.sent.length === 1);
+    expect(kinds(socket)).toEqual(["welcome"]);
+    await new Promise((r) => setTimeout(r, 10));
+    expect(recheck).not.toHaveBeenCalled();
   });
 
   it("answers an auth frame whose session cannot be set up with its error, then closes with 1011", async () => {

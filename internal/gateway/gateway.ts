@@ -29,6 +29,7 @@ import { Connection, type GatewayContext, STOP_REPLIES_WAIT_MS } from "./connect
 import { ContactCheck } from "./contacts.js";
 import { TokenBucket, UserBuckets } from "./rate-limit.js";
 import type { GatewayServices } from "./services.js";
+import { SessionRegistrations } from "./session-registration.js";
 import { verifyInTime } from "./verify-in-time.js";
 
 const CREDIT_EVERY_EVENTS = 256;
@@ -149,6 +150,8 @@ export class Gateway {
   private leaseTaken = false;
   /** EndSession calls a presence shard failed, asked again (see END_SESSION_RETRY_DELAYS_MS). */
   private readonly endSessionRetries: RetryLater;
+  /** The sessions' routing records ("up" until written, then "down"). */
+  private readonly registrations: SessionRegistrations;
   /** Events relayed eventually (GatewayServices.relayEventually). */
   private readonly eventRelays = new RetryLater(EVENT_RELAY_RETRIES);
   /** Who shares a conversation with whom, for presence subscribes. */
@@ -166,6 +169,11 @@ export class Gateway {
       waitingMax: END_SESSION_RETRIES_WAITING_MAX,
       retrying: () => options.metrics.presence.endSessionFailures.inc({ outcome: "retried" }),
     });
+    this.registrations = new SessionRegistrations({
+      publish: (event) => options.backends.routing.publish(event),
+      log: options.log,
+    });
+    options.metrics.countUnroutedSessions(() => this.registrations.overdue());
     this.wss = new WebSocketServer({
       noServer: true,
       maxPayload: config.gateway.frameBytesMax,
@@ -364,7 +372,8 @@ export class Gateway {
     return bucket.take() === 0;
   }
 
-  private async register(conn: Connection): Promise<void> {
+  /** Resolves once the session's "up" is written, or the session ended first (session-registration.ts). */
+  private register(conn: Connection): Promise<void> {
     this.awaitingAuth.delete(conn);
     let set = this.byUser.get(conn.userId);
     if (!set) {
@@ -374,7 +383,7 @@ export class Gateway {
     set.add(conn);
     this.bySession.set(conn.sessionId, conn);
     this.options.metrics.connections.set(this.bySession.size);
-    await this.options.backends.routing.publish({
+    return this.registrations.register({
       kind: "up",
       userId: conn.userId,
       sessionId: conn.sessionId,
@@ -398,8 +407,8 @@ export class Gateway {
     this.options.metrics.connections.set(this.bySession.size);
     const { userId, sessionId } = conn;
     const log = this.options.log;
-    this.options.backends.routing
-      .publish({ kind: "down", userId, sessionId, gatewayId: this.id, gatewayEpoch: this.epoch })
+    this.registrations
+      .unregister({ kind: "down", userId, sessionId, gatewayId: this.id, gatewayEpoch: this.epoch })
       .catch((err: unknown) => log.warn("gateway: session-down event failed", { err }));
     // Shard by shard: one that fails is asked again, alone (else its watches of the session stay
     // for as long as this gateway renews its lease there).
@@ -655,6 +664,7 @@ export class Gateway {
         conn.closeAfterReplies(CloseCode.GOING_AWAY, "server shutting down", STOP_REPLIES_WAIT_MS),
       ),
     );
+    this.registrations.close(); // after the connections: each one's "down" waited for its "up"
     this.wss.close();
   }
 }

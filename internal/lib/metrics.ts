@@ -226,6 +226,7 @@ export type PresenceMetrics = ReturnType<typeof presenceMetrics>;
 export function createMetrics() {
   const registry = new Registry();
   let ready: () => boolean = () => false;
+  let unrouted: () => number = () => 0;
   // The standard names (process_cpu_seconds_total, nodejs_heap_size_used_bytes, ...), which
   // dashboards and alerts for any Node.js service already know.
   collectDefaultMetrics({ register: registry });
@@ -261,6 +262,18 @@ export function createMetrics() {
       name: "switchboard_gateway_connections_max",
       help: "The most connections this gateway accepts (gateway.connectionsMax); past it new ones get 503.",
       registers: r,
+    }),
+    /** Sets what switchboard_gateway_unrouted_sessions reports (the gateway's count at scrape time). */
+    countUnroutedSessions(count: () => number): void {
+      unrouted = count;
+    },
+    unroutedSessions: new Gauge({
+      name: "switchboard_gateway_unrouted_sessions",
+      help: "Sessions welcomed without being in the routing table: their record there not written 2 s after they connected (the table unreachable: Kafka on the distributed backend). They can sync and read, but get no live messages until it is written (retried with backoff); then they catch up from the inbox.",
+      registers: r,
+      collect() {
+        this.set(unrouted());
+      },
     }),
     connectsTotal: new Counter({
       name: "switchboard_gateway_connects_total",

@@ -282,7 +282,7 @@ describe("one user, two tabs", () => {
     const alice = await person("alice");
     const tab1 = alice;
     const tab2page = await contexts[0]!.newPage();
-    const tab2: ClientPage = { page: tab2page, user: alice.user, consoleErrors: [] };
+    const tab2: ClientPage = { page: tab2page, user: alice.user, consoleErrors: [], timeline: [] };
     tab2page.on("console", (m) => {
       if (m.type() === "error") tab2.consoleErrors.push(m.text());
     });

@@ -7,13 +7,15 @@
  *   (`pauseServer`): its sockets stay open and nothing answers, as in a network partition or a
  *   hung host, so the platform sees only timeouts; the freeze outlasts the consumer groups'
  *   session timeout (10 s), so the groups rebalance when it ends. The sender keeps sending through the outage; the SDK re-sends unacknowledged sends
- * with the same clientMsgId until they are acknowledged.
+ * with the same clientMsgId until they are acknowledged. A second device of the receiver connects a
+ * second into each Kafka outage: it must be welcomed within seconds (its session enters the routing
+ * table only once Kafka is back).
  *
  * Afterwards (ADR 0001, 0002):
  * - every send was acknowledged, and every acknowledged message is stored exactly once: per
  *   conversation the history is seq 1..n without a gap, each clientMsgId once, and each ack's
  *   (seq, messageId) is the stored row;
- * - every connected device (the receiver's two devices, a group member and the sender's own device)
+ * - every connected device (the receiver's two or three devices, a group member and the sender's own device)
  *   emitted every message of its conversations exactly once, in seq order, with no gap.
  * It reports the outage, the time to the first ack after it ended, the time until every pending
  * send was acknowledged, and how many sends had to be re-sent.
@@ -25,6 +27,7 @@ import { randomBytes } from "node:crypto";
 import { describe, expect, it, onTestFailed } from "vitest";
 import WebSocket from "ws";
 import { directConversationId } from "../../internal/conversations/conversations.js";
+import { REGISTRATION_WAIT_MS } from "../../internal/gateway/session-registration.js";
 import {
   type IncomingMessage,
   type SendAck,
@@ -290,6 +293,11 @@ async function scenario(target: ServerName, fault: Fault): Promise<void> {
     await until("every device to see the warm-up", () => devices.every(gotAll), 60_000);
 
     // The stream, with the crash after a third of it; sending goes on through the outage.
+    // A second laptop of bob's connects a second into a Kafka outage: it must be welcomed (and sync
+    // and read) at once, though its session cannot enter the routing table until Kafka is back, and
+    // then get every message like the others (the gateway looks at its inbox when it enters).
+    let lateConnect: Promise<void> | undefined;
+    let lateConnectMs = -1;
     let restarting: Promise<void> | undefined;
     let killAt = 0;
     let upAt = 0;
@@ -305,12 +313,20 @@ async function scenario(target: ServerName, fault: Fault): Promise<void> {
           upAt = now();
           await notePids(`${target} ${fault === "restart" ? "restarted" : "continued"}`);
         });
+        if (target === "kafka")
+          lateConnect = sleep(1_000).then(async () => {
+            const late = device("bob laptop 2 (connects during the outage)", bob, "binary");
+            const start = now();
+            await late.client.connect({ timeoutMs: 60_000 });
+            lateConnectMs = now() - start;
+          });
       }
       void send(i % 2 === 0 ? dm : group, `m${i} ${i % 2 === 0 ? "dm" : "group"}`);
       await sleep(INTERVAL_MS); // pacing of the stream, not synchronisation
     }
     const streamEnd = now();
     await restarting;
+    await lateConnect;
     const pendingAtUp = sends.filter((s) => s.settledAt === undefined || s.settledAt > upAt).length;
     await until(
       `every send to be acknowledged (${ACK_DEADLINE_MS} ms after ${target} was back)`,
@@ -363,12 +379,22 @@ async function scenario(target: ServerName, fault: Fault): Promise<void> {
         `  ack latency: max ${Math.max(...latencies)} ms, median ${latencies.sort((a, b) => a - b)[Math.floor(latencies.length / 2)]} ms`,
         `  retried sends: ${retried} (re-transmissions ${retransmissions}); acks with duplicate=true: ${duplicates}`,
         `  error replies to the sender: ${JSON.stringify(Object.fromEntries(sendErrors))}`,
+        ...(lateConnect
+          ? [`  a device connecting 1 s into the outage was welcomed in ${lateConnectMs} ms`]
+          : []),
         ...devices.map(
           (d) =>
             `  ${d.name}: ${d.disconnects.length} disconnects${d.disconnects.length ? ` (${d.disconnects.slice(0, 3).join("; ")})` : ""}, ${d.errors.length} errors${d.errors.length ? ` (${d.errors.slice(0, 3).join("; ")})` : ""}`,
         ),
       ].join("\n"),
     );
+
+    // Connecting does not wait for Kafka: the welcome waits REGISTRATION_WAIT_MS for the session's
+    // routing record at most (and the store's answers).
+    if (lateConnect)
+      expect(lateConnectMs, "welcome of a device connecting during the outage").toBeLessThan(
+        REGISTRATION_WAIT_MS + 5_000,
+      );
 
     // Every send was acknowledged (outages must surface as retryable errors, never as a rejection).
     expect(

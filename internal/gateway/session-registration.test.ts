@@ -1,0 +1,137 @@
+/**
+ * The sessions' routing records: an "up" published until written, with backoff, and a "down" that
+ * never overtakes an "up" still in flight.
+ */
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
+import type { SessionEvent } from "../backends/types.js";
+import { discardingLogger } from "../lib/log.js";
+import {
+  REGISTRATION_RETRY_FIRST_MS,
+  REGISTRATION_RETRY_MAX_MS,
+  REGISTRATION_WAIT_MS,
+  SessionRegistrations,
+  settlesWithin,
+} from "./session-registration.js";
+
+const up: SessionEvent = { kind: "up", userId: "alice", sessionId: "s1", gatewayId: "gw", gatewayEpoch: 1 };
+const down: SessionEvent = { ...up, kind: "down" };
+
+/** A routing table whose publishes the test answers one by one. */
+function table() {
+  const published: Array<{ event: SessionEvent; ok: () => void; fail: (err: Error) => void }> = [];
+  const registrations = new SessionRegistrations({
+    publish: (event) =>
+      new Promise<void>((ok, fail) => {
+        published.push({ event, ok, fail });
+      }),
+    log: discardingLogger(),
+    random: () => 1, // the longest wait of each spread
+  });
+  const kinds = () => published.map((p) => p.event.kind);
+  return { registrations, published, kinds };
+}
+
+beforeEach(() => {
+  vi.useFakeTimers();
+});
+afterEach(() => {
+  vi.useRealTimers();
+});
+
+describe("SessionRegistrations", () => {
+  it("publishes an 'up' that failed again, waiting longer each time up to the cap, until it is written", async () => {
+    const { registrations, published, kinds } = table();
+    let written = false;
+    void registrations.register(up).then(() => {
+      written = true;
+    });
+    // Counted as unrouted only past the wait a welcome gives it: before that it is an ordinary connect.
+    expect(registrations.overdue()).toBe(0);
+    await vi.advanceTimersByTimeAsync(REGISTRATION_WAIT_MS - 1);
+    expect(registrations.overdue()).toBe(0);
+    await vi.advanceTimersByTimeAsync(1);
+    expect(registrations.overdue()).toBe(1);
+    const waits: number[] = [];
+    for (let attempt = 1; attempt <= 6; attempt++) {
+      published.at(-1)!.fail(new Error("broker unreachable"));
+      await vi.advanceTimersByTimeAsync(0);
+      const before = published.length;
+      let waited = 0;
+      while (published.length === before) {
+        await vi.advanceTimersByTimeAsync(100);
+        waited += 100;
+      }
+      waits.push(waited);
+    }
+    expect(waits).toEqual(
+      [1, 2, 4, 8, 10, 10].map((s) => Math.min(s * REGISTRATION_RETRY_FIRST_MS, REGISTRATION_RETRY_MAX_MS)),
+    );
+    expect(written).toBe(false);
+    published.at(-1)!.ok();
+    await vi.advanceTimersByTimeAsync(0);
+    expect(written).toBe(true);
+    expect(registrations.overdue()).toBe(0);
+    // Written: no more attempts.
+    await vi.advanceTimersByTimeAsync(60_000);
+    expect(kinds()).toEqual(Array(7).fill("up"));
+  });
+
+  it("publishes a session's 'down' only after its 'up' in flight settled, and then tries the 'up' no more", async () => {
+    const { registrations, published, kinds } = table();
+    let settled = false;
+    void registrations.register(up).then(() => {
+      settled = true;
+    });
+    const downPublished = registrations.unregister(down);
+    await vi.advanceTimersByTimeAsync(0);
+    expect(kinds()).toEqual(["up"]); // the "down" waits
+    expect(settled).toBe(true); // the connection waiting for its registration is let go
+    published[0]!.fail(new Error("request timed out")); // maybe written after all
+    await vi.advanceTimersByTimeAsync(0);
+    expect(kinds()).toEqual(["up", "down"]);
+    published[1]!.ok();
+    await downPublished;
+    await vi.advanceTimersByTimeAsync(60_000);
+    expect(kinds()).toEqual(["up", "down"]);
+    expect(registrations.overdue()).toBe(0);
+  });
+
+  it("stops retrying an 'up' when the session ends between attempts, and publishes its 'down' at once", async () => {
+    const { registrations, published, kinds } = table();
+    void registrations.register(up);
+    published[0]!.fail(new Error("broker unreachable"));
+    await vi.advanceTimersByTimeAsync(0);
+    const downPublished = registrations.unregister(down);
+    await vi.advanceTimersByTimeAsync(0);
+    expect(kinds()).toEqual(["up", "down"]);
+    published[1]!.ok();
+    await downPublished;
+    await vi.advanceTimersByTimeAsync(60_000);
+    expect(kinds()).toEqual(["up", "down"]);
+  });
+
+  it("on close, lets every session waiting for its registration go and retries nothing", async () => {
+    const { registrations, published, kinds } = table();
+    const waiting = [registrations.register(up), registrations.register({ ...up, sessionId: "s2" })];
+    for (const p of published) p.fail(new Error("broker unreachable"));
+    await vi.advanceTimersByTimeAsync(0);
+    registrations.close();
+    await Promise.all(waiting);
+    await vi.advanceTimersByTimeAsync(60_000);
+    expect(kinds()).toEqual(["up", "up"]);
+    expect(registrations.overdue()).toBe(0);
+  });
+});
+
+describe("settlesWithin", () => {
+  it("says whether a promise settled in time", async () => {
+    let resolve!: () => void;
+    const late = settlesWithin(new Promise<void>((r) => (resolve = r)), 1_000);
+    await vi.advanceTimersByTimeAsync(1_000);
+    resolve();
+    expect(await late).toBe(false);
+    const early = settlesWithin(Promise.resolve(), 1_000);
+    expect(await early).toBe(true);
+    expect(vi.getTimerCount()).toBe(0);
+  });
+});
