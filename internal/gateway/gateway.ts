@@ -407,9 +407,13 @@ export class Gateway {
     this.options.metrics.connections.set(this.bySession.size);
     const { userId, sessionId } = conn;
     const log = this.options.log;
-    this.registrations
-      .unregister({ kind: "down", userId, sessionId, gatewayId: this.id, gatewayEpoch: this.epoch })
-      .catch((err: unknown) => log.warn("gateway: session-down event failed", { err }));
+    this.registrations.unregister({
+      kind: "down",
+      userId,
+      sessionId,
+      gatewayId: this.id,
+      gatewayEpoch: this.epoch,
+    });
     // Shard by shard: one that fails is asked again, alone (else its watches of the session stay
     // for as long as this gateway renews its lease there).
     for (const shard of presenceShards(this.options.presence)) {
@@ -664,7 +668,8 @@ export class Gateway {
         conn.closeAfterReplies(CloseCode.GOING_AWAY, "server shutting down", STOP_REPLIES_WAIT_MS),
       ),
     );
-    this.registrations.close(); // after the connections: each one's "down" waited for its "up"
+    // After the connections, whose "down"s are then on their way (the backends close after this).
+    await this.registrations.close(STOP_REPLIES_WAIT_MS);
     this.wss.close();
   }
 }

@@ -6,6 +6,7 @@ import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import type { SessionEvent } from "../backends/types.js";
 import { discardingLogger } from "../lib/log.js";
 import {
+  DOWN_RETRY_DELAYS_MS,
   REGISTRATION_RETRY_FIRST_MS,
   REGISTRATION_RETRY_MAX_MS,
   REGISTRATION_WAIT_MS,
@@ -82,7 +83,7 @@ describe("SessionRegistrations", () => {
     void registrations.register(up).then(() => {
       settled = true;
     });
-    const downPublished = registrations.unregister(down);
+    registrations.unregister(down);
     await vi.advanceTimersByTimeAsync(0);
     expect(kinds()).toEqual(["up"]); // the "down" waits
     expect(settled).toBe(true); // the connection waiting for its registration is let go
@@ -90,7 +91,6 @@ describe("SessionRegistrations", () => {
     await vi.advanceTimersByTimeAsync(0);
     expect(kinds()).toEqual(["up", "down"]);
     published[1]!.ok();
-    await downPublished;
     await vi.advanceTimersByTimeAsync(60_000);
     expect(kinds()).toEqual(["up", "down"]);
     expect(registrations.overdue()).toBe(0);
@@ -101,13 +101,56 @@ describe("SessionRegistrations", () => {
     void registrations.register(up);
     published[0]!.fail(new Error("broker unreachable"));
     await vi.advanceTimersByTimeAsync(0);
-    const downPublished = registrations.unregister(down);
+    registrations.unregister(down);
     await vi.advanceTimersByTimeAsync(0);
     expect(kinds()).toEqual(["up", "down"]);
     published[1]!.ok();
-    await downPublished;
     await vi.advanceTimersByTimeAsync(60_000);
     expect(kinds()).toEqual(["up", "down"]);
+  });
+
+  it("publishes a 'down' that failed again until it is written", async () => {
+    const { registrations, published, kinds } = table();
+    void registrations.register(up);
+    published[0]!.ok();
+    await vi.advanceTimersByTimeAsync(0);
+    registrations.unregister(down);
+    await vi.advanceTimersByTimeAsync(0);
+    published[1]!.fail(new Error("broker unreachable"));
+    await vi.advanceTimersByTimeAsync(DOWN_RETRY_DELAYS_MS[0]!);
+    expect(kinds()).toEqual(["up", "down", "down"]);
+    published[2]!.fail(new Error("broker unreachable"));
+    await vi.advanceTimersByTimeAsync(DOWN_RETRY_DELAYS_MS[1]!);
+    expect(kinds()).toEqual(["up", "down", "down", "down"]);
+    published[3]!.ok();
+    await vi.advanceTimersByTimeAsync(600_000);
+    expect(kinds()).toEqual(["up", "down", "down", "down"]);
+  });
+
+  it("on close, waits for the 'down's on their way, up to the time it is given, then retries none", async () => {
+    const { registrations, published, kinds } = table();
+    for (const sessionId of ["s1", "s2"]) {
+      void registrations.register({ ...up, sessionId });
+      published.at(-1)!.ok();
+      await vi.advanceTimersByTimeAsync(0);
+      registrations.unregister({ ...down, sessionId });
+    }
+    await vi.advanceTimersByTimeAsync(0);
+    expect(kinds()).toEqual(["up", "up", "down", "down"]);
+    published[2]!.ok();
+    let closed = false;
+    void registrations.close(2_000).then(() => {
+      closed = true;
+    });
+    published[3]!.fail(new Error("broker unreachable")); // its retry would come after 1 s
+    await vi.advanceTimersByTimeAsync(1_000);
+    expect(kinds()).toEqual(["up", "up", "down", "down", "down"]); // still trying within the wait
+    expect(closed).toBe(false);
+    await vi.advanceTimersByTimeAsync(1_000);
+    expect(closed).toBe(true);
+    published[4]!.fail(new Error("broker unreachable"));
+    await vi.advanceTimersByTimeAsync(600_000);
+    expect(kinds()).toHaveLength(5);
   });
 
   it("on close, lets every session waiting for its registration go and retries nothing", async () => {
@@ -115,7 +158,7 @@ describe("SessionRegistrations", () => {
     const waiting = [registrations.register(up), registrations.register({ ...up, sessionId: "s2" })];
     for (const p of published) p.fail(new Error("broker unreachable"));
     await vi.advanceTimersByTimeAsync(0);
-    registrations.close();
+    await registrations.close(0);
     await Promise.all(waiting);
     await vi.advanceTimersByTimeAsync(60_000);
     expect(kinds()).toEqual(["up", "up"]);

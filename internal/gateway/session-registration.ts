@@ -9,17 +9,25 @@
  * once (a message routed while no router knew of the session went only there).
  *
  * A "down" waits for the session's "up" in flight: written after the "down", it would show a closed
- * session as connected for good, and routers would keep its user from push notifications.
+ * session as connected until this gateway restarts, and routers would keep its user from push
+ * notifications. For the same reason a "down" that fails is published again (DOWN_RETRY_DELAYS_MS),
+ * and a closing gateway waits a little for the "down"s still on their way.
  */
 
 import type { SessionEvent } from "../backends/types.js";
 import type { Logger } from "../lib/log.js";
+import { RetryLater } from "../lib/retry-later.js";
 
 /** How long a new connection's welcome waits for its session's "up" to be written. */
 export const REGISTRATION_WAIT_MS = 2_000;
 /** Waits between attempts at an "up" that failed: doubling from the first to the last, with jitter. */
 export const REGISTRATION_RETRY_FIRST_MS = 1_000;
 export const REGISTRATION_RETRY_MAX_MS = 10_000;
+
+/** Waits before each new attempt at a "down" that failed (about two minutes in all). */
+export const DOWN_RETRY_DELAYS_MS = [1_000, 2_000, 4_000, 8_000, 16_000, 30_000, 60_000];
+/** "down"s waiting to be tried again at most (past it one that fails is given up, and logged). */
+const DOWN_RETRIES_WAITING_MAX = 100_000;
 
 export interface SessionRegistrationsOptions {
   publish(event: SessionEvent): Promise<void>;
@@ -44,6 +52,14 @@ export class SessionRegistrations {
   private readonly pending = new Map<string, Registration>();
   /** Sessions whose "up" failed at least once and is not written yet: warned of as a whole. */
   private readonly failing = new Set<string>();
+  /** "down"s published again until written (or given up). */
+  private readonly downRetries = new RetryLater({
+    delaysMs: DOWN_RETRY_DELAYS_MS,
+    waitingMax: DOWN_RETRIES_WAITING_MAX,
+    retryable: () => true,
+  });
+  /** Each "down" not yet written or given up: what `close` waits for. */
+  private readonly downs = new Set<Promise<void>>();
 
   constructor(private readonly o: SessionRegistrationsOptions) {}
 
@@ -67,20 +83,46 @@ export class SessionRegistrations {
 
   /**
    * The session ended: its "up" is no longer published, and its "down" is, once an attempt in flight
-   * settled (even an "up" that failed may have been written: a timed-out request).
+   * settled (even an "up" that failed may have been written: a timed-out request), until written.
    */
-  async unregister(down: SessionEvent): Promise<void> {
+  unregister(down: SessionEvent): void {
     const r = this.pending.get(down.sessionId);
-    if (r) {
-      this.end(down.sessionId, r);
-      await r.attempt;
-    }
-    await this.o.publish(down);
+    if (r) this.end(down.sessionId, r);
+    const published = (async () => {
+      await r?.attempt;
+      await new Promise<void>((done) =>
+        this.downRetries.run(
+          () => this.o.publish(down).then(done),
+          (reason, err, attempts) => {
+            if (reason !== "closed")
+              this.o.log.warn(
+                "gateway: a session's 'down' routing record could not be written; routers count it connected until this gateway restarts",
+                { sessionId: down.sessionId, attempts, reason, err },
+              );
+            done();
+          },
+        ),
+      );
+    })();
+    this.downs.add(published);
+    void published.finally(() => this.downs.delete(published));
   }
 
-  /** Stops every retry (the gateway closes); the sessions' promises resolve. */
-  close(): void {
+  /**
+   * The gateway closes: no more "up"s (the sessions' promises resolve), and the "down"s still on their
+   * way get up to `waitMs` before their retries are given up.
+   */
+  async close(waitMs: number): Promise<void> {
     for (const [sessionId, r] of this.pending) this.end(sessionId, r);
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([
+      Promise.all(this.downs),
+      new Promise<void>((r) => {
+        timer = setTimeout(r, waitMs);
+      }),
+    ]);
+    clearTimeout(timer);
+    this.downRetries.close();
   }
 
   /**

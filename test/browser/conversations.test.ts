@@ -22,6 +22,7 @@ import {
   startChat,
   unreadBadge,
   waitForStatus,
+  watchPage,
 } from "./harness.js";
 
 /** A short grace period, so "offline" shows within seconds of the last tab closing. */
@@ -282,10 +283,7 @@ describe("one user, two tabs", () => {
     const alice = await person("alice");
     const tab1 = alice;
     const tab2page = await contexts[0]!.newPage();
-    const tab2: ClientPage = { page: tab2page, user: alice.user, consoleErrors: [], timeline: [] };
-    tab2page.on("console", (m) => {
-      if (m.type() === "error") tab2.consoleErrors.push(m.text());
-    });
+    const tab2 = watchPage(tab2page, alice.user);
     clients.push(tab2);
     // The second tab opens signed in, as the same user.
     await tab2page.goto(`${server.httpUrl}/`);

@@ -52,6 +52,13 @@ const TIMELINE_MAX = 200;
 /** Opens the client at `path` (e.g. with a fragment) of the server at `httpUrl`. */
 export async function openClient(context: BrowserContext, httpUrl: string, path = "/"): Promise<ClientPage> {
   const page = await context.newPage();
+  const client = watchPage(page, "");
+  await page.goto(`${httpUrl}${path}`);
+  return client;
+}
+
+/** Records what `page` does from now on (its console errors and timeline) as `user`'s page. */
+export function watchPage(page: Page, user: string): ClientPage {
   const consoleErrors: string[] = [];
   const timeline: string[] = [];
   const opened = Date.now();
@@ -71,8 +78,7 @@ export async function openClient(context: BrowserContext, httpUrl: string, path 
     note(`websocket open ${ws.url()}`);
     ws.on("close", () => note(`websocket closed ${ws.url()}`));
   });
-  await page.goto(`${httpUrl}${path}`);
-  return { page, user: "", consoleErrors, timeline };
+  return { page, user, consoleErrors, timeline };
 }
 
 /** Signs in with a dev token and waits until the client is live (synced). */

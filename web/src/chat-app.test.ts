@@ -474,6 +474,47 @@ describe("a group change", () => {
     expect(app.notice).toBe("NOT_ADMIN: not_admin");
   });
 
+  it("is not asked again for a setting the server shows changed since: as asked (it ran), or by another admin", async () => {
+    const app = await openGroup();
+    const heldUntilCutOff = () => {
+      let cutOff!: () => void;
+      client.groupChangeResults = [
+        () =>
+          new Promise<void>((_, reject) => {
+            cutOff = () => reject(refusal("CONNECTION_LOST", Code.UNAVAILABLE));
+          }),
+      ];
+      return () => cutOff();
+    };
+    const told = (change: Partial<Conversation>, version: number) =>
+      client.fire("conversation", { ...client.conversations[0]!, ...change, version });
+
+    // Another admin renames it meanwhile (their event arrives): asking again would undo theirs.
+    let cutOff = heldUntilCutOff();
+    let renamed = app.renameGroup("Ship crew");
+    await settle();
+    told({ name: "Deck crew" }, 2);
+    await settle();
+    cutOff();
+    await renamed;
+    expect(client.groupChanges).toEqual([{ name: "Ship crew" }]);
+    expect(app.open!.name).toBe("Deck crew");
+    expect(app.notice).toBe("CONNECTION_LOST: connection_lost");
+
+    // This change's own event arrived before the connection went: it ran, nothing to ask again.
+    client.groupChanges = [];
+    cutOff = heldUntilCutOff();
+    renamed = app.renameGroup("Galley crew");
+    await settle();
+    told({ name: "Galley crew" }, 3);
+    await settle();
+    cutOff();
+    await renamed;
+    expect(client.groupChanges).toEqual([{ name: "Galley crew" }]);
+    expect(app.open).toMatchObject({ name: "Galley crew", version: 3 });
+    expect(app.notice).toBe("");
+  });
+
   it("is not asked again for a setting the user changed again meanwhile", async () => {
     const app = await openGroup();
     let cutOff!: () => void;

@@ -372,6 +372,7 @@ export class ChatApp {
     const c = this.open;
     if (c?.kind !== "group") return;
     const changeNumber = ++this.settingsChanges;
+    const before = { ...c.serverSettings };
     proposeSettings(c, change, changeNumber);
     this.learnedNow(c);
     this.onChange();
@@ -387,12 +388,23 @@ export class ChatApp {
         this.notice = "";
         break;
       } catch (err) {
-        // Cut off with the connection, or unanswered: it may or may not have run. A setting is set
-        // to a value, so asking again is safe; the SDK holds the request until it is connected.
-        if (outcomeUnknown(err) && attempt < GROUP_CHANGE_ATTEMPTS) continue;
-        const alreadySo = err instanceof SwitchboardClientError && err.reason === "NOTHING_TO_CHANGE";
-        settleSettings(c, asked, changeNumber, alreadySo);
-        if (!alreadySo) this.report(err);
+        if (!outcomeUnknown(err)) {
+          const alreadySo = err instanceof SwitchboardClientError && err.reason === "NOTHING_TO_CHANGE";
+          settleSettings(c, asked, changeNumber, alreadySo);
+          if (!alreadySo) this.report(err);
+          break;
+        }
+        // Cut off with the connection, or unanswered: it may or may not have run. What the server
+        // has shown since decides, setting by setting: one it shows as asked ran; one it shows
+        // changed otherwise was changed by another admin since, which asking again would undo; the
+        // others are asked again (the SDK holds the request until it is connected).
+        const { ran, overtaken, unseen } = sortOut(asked, before, c.serverSettings);
+        settleSettings(c, ran, changeNumber, true);
+        settleSettings(c, overtaken, changeNumber, false);
+        const left = Object.keys(unseen).length > 0;
+        if (left && attempt < GROUP_CHANGE_ATTEMPTS) continue;
+        settleSettings(c, unseen, changeNumber, false);
+        if (left || Object.keys(overtaken).length > 0) this.report(err);
         break;
       }
     }
@@ -812,6 +824,25 @@ export class ChatApp {
  * each attempt waits up to the SDK's request timeout for a connection and a reply.
  */
 const GROUP_CHANGE_ATTEMPTS = 3;
+
+/**
+ * The settings of a change whose outcome is unknown, by what the server shows now (`now`) against
+ * what it showed when the change was made (`before`): as asked (`ran`), changed to something else
+ * (`overtaken`), or as before (`unseen`).
+ */
+function sortOut(
+  asked: Partial<GroupSettings>,
+  before: GroupSettings,
+  now: GroupSettings,
+): Record<"ran" | "overtaken" | "unseen", Partial<GroupSettings>> {
+  const sorted = { ran: {}, overtaken: {}, unseen: {} };
+  for (const [key, value] of Object.entries(asked) as [keyof GroupSettings, unknown][]) {
+    const into =
+      now[key] === value ? sorted.ran : now[key] !== before[key] ? sorted.overtaken : sorted.unseen;
+    Object.assign(into, { [key]: value });
+  }
+  return sorted;
+}
 
 /** Whether a request may or may not have run, and asking again later may succeed. */
 function outcomeUnknown(err: unknown): boolean {
