@@ -173,7 +173,7 @@ export class Gateway {
       publish: (event) => options.backends.routing.publish(event),
       log: options.log,
     });
-    options.metrics.countUnroutedSessions(() => this.registrations.overdue());
+    options.metrics.countRoutingRecordsBehind(() => this.registrations.overdue());
     this.wss = new WebSocketServer({
       noServer: true,
       maxPayload: config.gateway.frameBytesMax,

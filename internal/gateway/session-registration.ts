@@ -1,6 +1,6 @@
 /**
  * Each session's records in the routing table: its "up", published until it is written, and its
- * "down", published only once no "up" of it can still be written.
+ * "down", published once no "up" of it can still be written, and then until it is written too.
  *
  * A connection is not made to wait for its "up" for long (REGISTRATION_WAIT_MS): while the routing
  * table cannot be written (the distributed backend keeps it on Kafka, which may be down) a client
@@ -10,24 +10,24 @@
  *
  * A "down" waits for the session's "up" in flight: written after the "down", it would show a closed
  * session as connected until this gateway restarts, and routers would keep its user from push
- * notifications. For the same reason a "down" that fails is published again (DOWN_RETRY_DELAYS_MS),
- * and a closing gateway waits a little for the "down"s still on their way.
+ * notifications. For the same reason a "down" is published again, with backoff, for as long as the
+ * gateway runs, and a closing gateway waits a little for the "down"s still on their way.
+ *
+ * Records more than REGISTRATION_WAIT_MS behind (an "up" or a "down" not written) are counted for
+ * switchboard_gateway_routing_records_behind; the first one behind is logged (not each), and so is
+ * the moment none is any more.
  */
 
 import type { SessionEvent } from "../backends/types.js";
 import type { Logger } from "../lib/log.js";
-import { RetryLater } from "../lib/retry-later.js";
 
 /** How long a new connection's welcome waits for its session's "up" to be written. */
 export const REGISTRATION_WAIT_MS = 2_000;
-/** Waits between attempts at an "up" that failed: doubling from the first to the last, with jitter. */
+/** Waits between attempts at a record that failed: doubling from the first to the last, with jitter. */
 export const REGISTRATION_RETRY_FIRST_MS = 1_000;
 export const REGISTRATION_RETRY_MAX_MS = 10_000;
-
-/** Waits before each new attempt at a "down" that failed (about two minutes in all). */
-export const DOWN_RETRY_DELAYS_MS = [1_000, 2_000, 4_000, 8_000, 16_000, 30_000, 60_000];
-/** "down"s waiting to be tried again at most (past it one that fails is given up, and logged). */
-const DOWN_RETRIES_WAITING_MAX = 100_000;
+/** Records being published at most; past it a new "down" is given up at once (and logged). */
+const RECORDS_PENDING_MAX = 200_000;
 
 export interface SessionRegistrationsOptions {
   publish(event: SessionEvent): Promise<void>;
@@ -36,30 +36,27 @@ export interface SessionRegistrationsOptions {
   now?: () => number;
 }
 
-interface Registration {
-  /** When the session was registered (ms). */
+/** One record being published until it is written. */
+interface Publication {
+  readonly event: SessionEvent;
+  /** When it was asked for (ms). */
   readonly since: number;
   /** The attempt in flight, if any: it never rejects. */
   attempt: Promise<void> | undefined;
   timer: ReturnType<typeof setTimeout> | undefined;
   ended: boolean;
-  /** Resolves the promise `register` returned. */
+  /** Resolves once it is written, or given up. */
   settle: () => void;
 }
 
 export class SessionRegistrations {
   /** Sessions whose "up" is not written yet, by session id. */
-  private readonly pending = new Map<string, Registration>();
-  /** Sessions whose "up" failed at least once and is not written yet: warned of as a whole. */
-  private readonly failing = new Set<string>();
-  /** "down"s published again until written (or given up). */
-  private readonly downRetries = new RetryLater({
-    delaysMs: DOWN_RETRY_DELAYS_MS,
-    waitingMax: DOWN_RETRIES_WAITING_MAX,
-    retryable: () => true,
-  });
-  /** Each "down" not yet written or given up: what `close` waits for. */
-  private readonly downs = new Set<Promise<void>>();
+  private readonly ups = new Map<string, Publication>();
+  /** Sessions whose "down" is not written yet, by session id. */
+  private readonly downs = new Map<string, Publication>();
+  /** Records known to be behind (failed, or past REGISTRATION_WAIT_MS): logged as a whole. */
+  private readonly behind = new Set<Publication>();
+  private closed = false;
 
   constructor(private readonly o: SessionRegistrationsOptions) {}
 
@@ -68,17 +65,12 @@ export class SessionRegistrations {
    * session ended first (`unregister`, `close`); it never rejects.
    */
   register(up: SessionEvent): Promise<void> {
-    return new Promise<void>((resolve) => {
-      const r: Registration = {
-        since: this.now(),
-        attempt: undefined,
-        timer: undefined,
-        ended: false,
-        settle: resolve,
-      };
-      this.pending.set(up.sessionId, r);
-      this.attempt(up, r, 1);
+    const { publication, written } = this.publish(up);
+    this.ups.set(up.sessionId, publication);
+    void settlesWithin(written, REGISTRATION_WAIT_MS).then((inTime) => {
+      if (!inTime && !publication.ended) this.fellBehind(publication);
     });
+    return written;
   }
 
   /**
@@ -86,88 +78,110 @@ export class SessionRegistrations {
    * settled (even an "up" that failed may have been written: a timed-out request), until written.
    */
   unregister(down: SessionEvent): void {
-    const r = this.pending.get(down.sessionId);
-    if (r) this.end(down.sessionId, r);
-    const published = (async () => {
-      await r?.attempt;
-      await new Promise<void>((done) =>
-        this.downRetries.run(
-          () => this.o.publish(down).then(done),
-          (reason, err, attempts) => {
-            if (reason !== "closed")
-              this.o.log.warn(
-                "gateway: a session's 'down' routing record could not be written; routers count it connected until this gateway restarts",
-                { sessionId: down.sessionId, attempts, reason, err },
-              );
-            done();
-          },
-        ),
+    const up = this.ups.get(down.sessionId);
+    if (up) this.end(up);
+    if (this.closed || this.ups.size + this.downs.size >= RECORDS_PENDING_MAX) {
+      this.o.log.warn(
+        "gateway: a session's 'down' routing record was not published; routers count the session connected until this gateway restarts",
+        { sessionId: down.sessionId, reason: this.closed ? "closed" : "too many records pending" },
       );
-    })();
-    this.downs.add(published);
-    void published.finally(() => this.downs.delete(published));
+      return;
+    }
+    const { publication } = this.publish(down, up?.attempt);
+    this.downs.set(down.sessionId, publication);
   }
 
   /**
-   * The gateway closes: no more "up"s (the sessions' promises resolve), and the "down"s still on their
-   * way get up to `waitMs` before their retries are given up.
+   * The gateway closes: no more "up"s (the sessions' promises resolve), and the "down"s on their way
+   * get up to `waitMs` to be written before they are given up.
    */
   async close(waitMs: number): Promise<void> {
-    for (const [sessionId, r] of this.pending) this.end(sessionId, r);
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    await Promise.race([
-      Promise.all(this.downs),
-      new Promise<void>((r) => {
-        timer = setTimeout(r, waitMs);
-      }),
-    ]);
-    clearTimeout(timer);
-    this.downRetries.close();
+    this.closed = true;
+    for (const up of this.ups.values()) this.end(up);
+    const deadline = this.now() + waitMs;
+    while (this.downs.size > 0 && this.now() < deadline)
+      await new Promise((r) => setTimeout(r, Math.min(50, deadline - this.now())));
+    for (const down of this.downs.values()) this.end(down);
   }
 
   /**
-   * Sessions welcomed without being in the routing table: their "up" not written after
-   * REGISTRATION_WAIT_MS (switchboard_gateway_unrouted_sessions). Those still within it are the
-   * ordinary moment of every connect, not a fault.
+   * Records more than REGISTRATION_WAIT_MS behind: sessions welcomed without being in the routing
+   * table, or closed and still in it (switchboard_gateway_routing_records_behind). Those within it
+   * are the ordinary moment of every connect and disconnect, not a fault.
    */
   overdue(): number {
     const before = this.now() - REGISTRATION_WAIT_MS;
     let n = 0;
-    for (const r of this.pending.values()) if (r.since <= before) n++;
+    for (const records of [this.ups, this.downs])
+      for (const p of records.values()) if (p.since <= before) n++;
     return n;
   }
 
-  private attempt(up: SessionEvent, r: Registration, n: number): void {
-    r.timer = undefined;
-    r.attempt = this.o.publish(up).then(
+  /**
+   * Publishes `event` until it is written or ended (after `after` settled, if given); `written`
+   * resolves then.
+   */
+  private publish(
+    event: SessionEvent,
+    after?: Promise<void>,
+  ): { publication: Publication; written: Promise<void> } {
+    let settle!: () => void;
+    const written = new Promise<void>((r) => {
+      settle = r;
+    });
+    const publication: Publication = {
+      event,
+      since: this.now(),
+      attempt: undefined,
+      timer: undefined,
+      ended: false,
+      settle,
+    };
+    if (after)
+      void after.then(() => {
+        if (!publication.ended) this.attempt(publication, 1);
+      });
+    else this.attempt(publication, 1);
+    return { publication, written };
+  }
+
+  private attempt(p: Publication, n: number): void {
+    p.timer = undefined;
+    p.attempt = this.o.publish(p.event).then(
       () => {
-        r.attempt = undefined;
-        if (r.ended) return;
-        this.end(up.sessionId, r);
-        if (this.failing.size === 0 && n > 1)
-          this.o.log.info("gateway: sessions' routing records are written again");
+        p.attempt = undefined;
+        if (!p.ended) this.end(p);
       },
       (err: unknown) => {
-        r.attempt = undefined;
-        if (r.ended) return;
-        if (this.failing.size === 0)
-          this.o.log.warn(
-            "gateway: a session's routing record could not be written; its connection gets no live messages until it is (retried)",
-            { sessionId: up.sessionId, err },
-          );
-        this.failing.add(up.sessionId);
-        r.timer = setTimeout(() => this.attempt(up, r, n + 1), this.delay(n));
+        p.attempt = undefined;
+        if (p.ended) return;
+        this.fellBehind(p, err);
+        p.timer = setTimeout(() => this.attempt(p, n + 1), this.delay(n));
       },
     );
   }
 
-  private end(sessionId: string, r: Registration): void {
-    r.ended = true;
-    clearTimeout(r.timer);
-    r.timer = undefined;
-    this.pending.delete(sessionId);
-    this.failing.delete(sessionId);
-    r.settle();
+  private fellBehind(p: Publication, err?: unknown): void {
+    if (this.behind.has(p)) return;
+    if (this.behind.size === 0)
+      this.o.log.warn(
+        p.event.kind === "up"
+          ? "gateway: a session's routing record is not written yet; its connection gets no live events until it is (still trying)"
+          : "gateway: a closed session's routing record is not removed yet; routers count it connected until it is (still trying)",
+        { sessionId: p.event.sessionId, ...(err === undefined ? {} : { err }) },
+      );
+    this.behind.add(p);
+  }
+
+  private end(p: Publication): void {
+    p.ended = true;
+    clearTimeout(p.timer);
+    p.timer = undefined;
+    const records = p.event.kind === "up" ? this.ups : this.downs;
+    if (records.get(p.event.sessionId) === p) records.delete(p.event.sessionId);
+    if (this.behind.delete(p) && this.behind.size === 0 && !this.closed)
+      this.o.log.info("gateway: no session's routing record is behind any more");
+    p.settle();
   }
 
   /** The wait after attempt `n` failed: doubling, capped, and spread (sessions failed together). */

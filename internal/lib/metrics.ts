@@ -226,7 +226,7 @@ export type PresenceMetrics = ReturnType<typeof presenceMetrics>;
 export function createMetrics() {
   const registry = new Registry();
   let ready: () => boolean = () => false;
-  let unrouted: () => number = () => 0;
+  let recordsBehind: () => number = () => 0;
   // The standard names (process_cpu_seconds_total, nodejs_heap_size_used_bytes, ...), which
   // dashboards and alerts for any Node.js service already know.
   collectDefaultMetrics({ register: registry });
@@ -263,16 +263,16 @@ export function createMetrics() {
       help: "The most connections this gateway accepts (gateway.connectionsMax); past it new ones get 503.",
       registers: r,
     }),
-    /** Sets what switchboard_gateway_unrouted_sessions reports (the gateway's count at scrape time). */
-    countUnroutedSessions(count: () => number): void {
-      unrouted = count;
+    /** Sets what switchboard_gateway_routing_records_behind reports (the gateway's count at scrape time). */
+    countRoutingRecordsBehind(count: () => number): void {
+      recordsBehind = count;
     },
-    unroutedSessions: new Gauge({
-      name: "switchboard_gateway_unrouted_sessions",
-      help: "Sessions welcomed without being in the routing table: their record there not written 2 s after they connected (the table unreachable: Kafka on the distributed backend). They can sync and read, but get no live messages until it is written (retried with backoff); then they catch up from the inbox.",
+    routingRecordsBehind: new Gauge({
+      name: "switchboard_gateway_routing_records_behind",
+      help: "Sessions whose record in the routing table is more than 2 s behind (the table unreachable: Kafka on the distributed backend): welcomed without being in it (they sync and read, but get no live events until it is written; then they catch up from the inbox), or closed and not yet removed from it (routers count them connected). Both are retried with backoff until written.",
       registers: r,
       collect() {
-        this.set(unrouted());
+        this.set(recordsBehind());
       },
     }),
     connectsTotal: new Counter({

@@ -72,7 +72,11 @@ export const startAll: RoleStarter = async (ctx) => {
       (err) => ctx.fatal(err),
     ),
   );
-  if ("unreachable" in backends) ctx.readiness(() => (backends.unreachable as () => string | undefined)());
+  // As a gateway's (gateway.ts): ready while only Kafka is down, so clients still connect.
+  if ("unreachable" in backends)
+    ctx.readiness(() =>
+      (backends.unreachable as (o: { kafka: boolean }) => string | undefined)({ kafka: false }),
+    );
 
   // The time ids were issued up to is kept in the store (embedded: the data file; distributed: a
   // Cassandra row per worker id), so a restart never reissues one.

@@ -49,7 +49,9 @@ export const startGateway: RoleStarter = async (ctx) => {
       }),
     ),
   );
-  ctx.readiness(() => backends.unreachable());
+  // Not Kafka: every gateway unready at once would leave clients nowhere to connect, though without
+  // the message log they still sync and read (sends fail retryably; protocol.md §1).
+  ctx.readiness(() => backends.unreachable({ kafka: false }));
   const convs = conversations(config, backends, ids);
   ctx.own(
     announceGroupChanges(

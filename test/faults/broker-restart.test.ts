@@ -298,6 +298,10 @@ async function scenario(target: ServerName, fault: Fault): Promise<void> {
     // then get every message like the others (the gateway looks at its inbox when it enters).
     let lateConnect: Promise<void> | undefined;
     let lateConnectMs = -1;
+    // And the process stays ready meanwhile (its /readyz does not follow Kafka), or a load balancer
+    // would send those clients nowhere: /readyz's answers during the outage, by status.
+    let readiness: Promise<void> | undefined;
+    const readyAnswers = new Map<string, number>();
     let restarting: Promise<void> | undefined;
     let killAt = 0;
     let upAt = 0;
@@ -314,6 +318,19 @@ async function scenario(target: ServerName, fault: Fault): Promise<void> {
           await notePids(`${target} ${fault === "restart" ? "restarted" : "continued"}`);
         });
         if (target === "kafka")
+          readiness = (async () => {
+            while (upAt === 0) {
+              const status = await fetch(`${srv.httpUrl}/readyz`, {
+                signal: AbortSignal.timeout(2_000),
+              }).then(
+                async (r) => `${r.status}${r.ok ? "" : ` ${await r.text()}`}`,
+                (err: unknown) => `no answer (${String(err)})`,
+              );
+              readyAnswers.set(status, (readyAnswers.get(status) ?? 0) + 1);
+              await sleep(250);
+            }
+          })();
+        if (target === "kafka")
           lateConnect = sleep(1_000).then(async () => {
             const late = device("bob laptop 2 (connects during the outage)", bob, "binary");
             const start = now();
@@ -327,6 +344,7 @@ async function scenario(target: ServerName, fault: Fault): Promise<void> {
     const streamEnd = now();
     await restarting;
     await lateConnect;
+    await readiness;
     const pendingAtUp = sends.filter((s) => s.settledAt === undefined || s.settledAt > upAt).length;
     await until(
       `every send to be acknowledged (${ACK_DEADLINE_MS} ms after ${target} was back)`,
@@ -382,6 +400,9 @@ async function scenario(target: ServerName, fault: Fault): Promise<void> {
         ...(lateConnect
           ? [`  a device connecting 1 s into the outage was welcomed in ${lateConnectMs} ms`]
           : []),
+        ...(readiness
+          ? [`  /readyz during the outage: ${JSON.stringify(Object.fromEntries(readyAnswers))}`]
+          : []),
         ...devices.map(
           (d) =>
             `  ${d.name}: ${d.disconnects.length} disconnects${d.disconnects.length ? ` (${d.disconnects.slice(0, 3).join("; ")})` : ""}, ${d.errors.length} errors${d.errors.length ? ` (${d.errors.slice(0, 3).join("; ")})` : ""}`,
@@ -395,6 +416,7 @@ async function scenario(target: ServerName, fault: Fault): Promise<void> {
       expect(lateConnectMs, "welcome of a device connecting during the outage").toBeLessThan(
         REGISTRATION_WAIT_MS + 5_000,
       );
+    if (readiness) expect([...readyAnswers.keys()], "/readyz during the outage").toEqual(["200"]);
 
     // Every send was acknowledged (outages must surface as retryable errors, never as a rejection).
     expect(

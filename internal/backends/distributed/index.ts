@@ -75,8 +75,12 @@ export interface DistributedOptions {
 export interface DistributedBackends extends Backends {
   readonly name: "distributed";
   readonly kafka: Kafka;
-  /** Why storage is unreachable right now (for /readyz), or undefined when Kafka and Cassandra are. */
-  unreachable(): string | undefined;
+  /**
+   * Why storage is unreachable right now (for /readyz), or undefined when Kafka and Cassandra are.
+   * `kafka: false` leaves Kafka out, for processes that serve clients: they stay ready while only
+   * the message log is down (a client still connects, syncs and reads; docs/protocol.md §1).
+   */
+  unreachable(options?: { kafka?: boolean }): string | undefined;
   /** The id worker's high-water mark (options.idWorker), for createIdService. */
   readonly idHighWater?: IdHighWaterStore;
   /** Requests this process sent to Cassandra and Kafka so far (live counters, for metrics). */
@@ -279,10 +283,11 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
           dedupeChecks: () => ({ ...(sequencer?.dedupeChecks ?? { store: 0, memory: 0, trusted: 0 }) }),
         },
       },
-      unreachable: () => {
+      unreachable: (options = {}) => {
         if (stores.client.getState().getConnectedHosts().length === 0)
           return `Cassandra: no connected node among ${o.cassandra.contactPoints.join(",")}`;
-        if (!batchProducer.connected) return `Kafka: producer disconnected from ${o.brokers.join(",")}`;
+        if (options.kafka !== false && !batchProducer.connected)
+          return `Kafka: producer disconnected from ${o.brokers.join(",")}`;
         return undefined;
       },
       close: () => (closing ??= closeAll((err: unknown) => log.warn("close failed", { err }))),
