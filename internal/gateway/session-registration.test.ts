@@ -168,6 +168,34 @@ describe("SessionRegistrations", () => {
   });
 });
 
+describe("SessionRegistrations' log", () => {
+  it("tells when the first record falls behind (not each), and when none is behind any more", async () => {
+    const lines: string[] = [];
+    const log = discardingLogger();
+    log.warn = (msg) => void lines.push(`warn ${msg}`);
+    log.info = (msg) => void lines.push(`info ${msg}`);
+    const published: Array<() => void> = [];
+    const registrations = new SessionRegistrations({
+      publish: () => new Promise<void>((ok) => void published.push(ok)), // hangs, as to a frozen broker
+      log,
+    });
+    void registrations.register(up);
+    void registrations.register({ ...up, sessionId: "s2" });
+    await vi.advanceTimersByTimeAsync(REGISTRATION_WAIT_MS - 1);
+    expect(lines).toEqual([]);
+    await vi.advanceTimersByTimeAsync(1);
+    expect(lines).toEqual([
+      "warn gateway: a session's routing record is not written yet; its connection gets no live events until it is (still trying)",
+    ]);
+    published[0]!();
+    await vi.advanceTimersByTimeAsync(0);
+    expect(lines).toHaveLength(1);
+    published[1]!();
+    await vi.advanceTimersByTimeAsync(0);
+    expect(lines.at(-1)).toBe("info gateway: no session's routing record is behind any more");
+  });
+});
+
 describe("settlesWithin", () => {
   it("says whether a promise settled in time", async () => {
     let resolve!: () => void;
