@@ -193,6 +193,17 @@ describe("SessionRegistrations' log", () => {
     published[1]!();
     await vi.advanceTimersByTimeAsync(0);
     expect(lines.at(-1)).toBe("info gateway: no session's routing record is behind any more");
+
+    // A closed session's "down" that hangs the same way.
+    lines.length = 0;
+    registrations.unregister(down);
+    await vi.advanceTimersByTimeAsync(REGISTRATION_WAIT_MS);
+    expect(lines).toEqual([
+      "warn gateway: a closed session's routing record is not removed yet; routers count it connected until it is (still trying)",
+    ]);
+    published[2]!();
+    await vi.advanceTimersByTimeAsync(0);
+    expect(lines.at(-1)).toBe("info gateway: no session's routing record is behind any more");
   });
 });
 

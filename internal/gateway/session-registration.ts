@@ -67,9 +67,6 @@ export class SessionRegistrations {
   register(up: SessionEvent): Promise<void> {
     const { publication, written } = this.publish(up);
     this.ups.set(up.sessionId, publication);
-    void settlesWithin(written, REGISTRATION_WAIT_MS).then((inTime) => {
-      if (!inTime && !publication.ended) this.fellBehind(publication);
-    });
     return written;
   }
 
@@ -142,6 +139,11 @@ export class SessionRegistrations {
         if (!publication.ended) this.attempt(publication, 1);
       });
     else this.attempt(publication, 1);
+    // Behind once not written in time, failed or not: against a frozen broker an attempt can hang
+    // for minutes (the producer's own retries) before it fails.
+    void settlesWithin(written, REGISTRATION_WAIT_MS).then((inTime) => {
+      if (!inTime && !publication.ended) this.fellBehind(publication);
+    });
     return { publication, written };
   }
 
