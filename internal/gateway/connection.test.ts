@@ -18,7 +18,7 @@ import { Presence, presenceServiceImpl } from "../presence/index.js";
 import { shardedPresenceClient } from "../presence/shards.js";
 import { CloseCode } from "./close-codes.js";
 import { Connection, type GatewayContext } from "./connection.js";
-import { REGISTRATION_WAIT_MS } from "./session-registration.js";
+import type { Registration } from "./session-registration.js";
 
 interface Setup {
   env?: Record<string, string>;
@@ -30,7 +30,7 @@ interface Setup {
     signal?: AbortSignal,
   ) => Promise<string | undefined>;
   head?: (userId: string) => Promise<number>;
-  register?: () => Promise<void>;
+  register?: () => Registration;
   inbox?: Record<string, unknown>;
   messages?: Record<string, unknown>;
   membership?: Record<string, unknown>;
@@ -55,7 +55,7 @@ function connection(setup: Setup = {}) {
     watcherId: "gateway-1/1/test",
     verify: setup.verify ?? (async () => ({ userId: "alice", expiresAtMs: Number.POSITIVE_INFINITY })),
     hasRoomFor: () => true,
-    register: setup.register ?? (async () => {}),
+    register: setup.register ?? (() => ({ inTime: Promise.resolve(true), written: Promise.resolve() })),
     unregister: () => {},
     ...setup.ctx,
   } as unknown as GatewayContext;
@@ -87,24 +87,26 @@ describe("Connection authentication", () => {
   });
 
   it("welcomes a session whose routing record is not written in time, and looks at its inbox once it is", async () => {
-    vi.useFakeTimers();
-    try {
-      let written!: () => void;
-      const { conn, socket } = connection({ register: () => new Promise<void>((r) => (written = r)) });
-      const recheck = vi.spyOn(conn, "recheckInbox");
-      socket.frame({ id: 1, auth: { token: "t" } });
-      await vi.advanceTimersByTimeAsync(REGISTRATION_WAIT_MS - 1);
-      expect(socket.sent).toHaveLength(0); // waited for the registration
-      await vi.advanceTimersByTimeAsync(1);
-      expect(kinds(socket)).toEqual(["welcome"]);
-      expect(socket.closedWith).toBeUndefined();
-      expect(recheck).not.toHaveBeenCalled();
-      written();
-      await vi.advanceTimersByTimeAsync(0);
-      expect(recheck).toHaveBeenCalledTimes(1);
-    } finally {
-      vi.useRealTimers();
-    }
+    let late!: () => void;
+    let written!: () => void;
+    const { conn, socket } = connection({
+      register: () => ({
+        inTime: new Promise<boolean>((r) => (late = () => r(false))),
+        written: new Promise<void>((r) => (written = r)),
+      }),
+    });
+    const recheck = vi.spyOn(conn, "recheckInbox");
+    socket.frame({ id: 1, auth: { token: "t" } });
+    await until(() => late !== undefined);
+    await new Promise((r) => setTimeout(r, 10));
+    expect(socket.sent).toHaveLength(0); // waits for the registration
+    late();
+    await until(() => socket.sent.length === 1);
+    expect(kinds(socket)).toEqual(["welcome"]);
+    expect(socket.closedWith).toBeUndefined();
+    expect(recheck).not.toHaveBeenCalled();
+    written();
+    await until(() => recheck.mock.calls.length === 1);
   });
 
   it("welcomes a session registered in time without looking at its inbox again", async () => {
@@ -167,8 +169,9 @@ describe("Connection authentication", () => {
     let registered = 0;
     const { socket } = connection({
       verify: () => new Promise((r) => (verified = r)),
-      register: async () => {
+      register: () => {
         registered++;
+        return { inTime: Promise.resolve(true), written: Promise.resolve() };
       },
     });
     socket.frame({ id: 1, auth: { token: "t" } });

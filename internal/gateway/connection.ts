@@ -48,7 +48,7 @@ import { Throttle, TokenBucket } from "./rate-limit.js";
 import { answerRequest, pageLimit } from "./requests.js";
 import { SendGaps } from "./send-gaps.js";
 import type { EventRelays, GatewayServices } from "./services.js";
-import { REGISTRATION_WAIT_MS, settlesWithin } from "./session-registration.js";
+import type { Registration } from "./session-registration.js";
 import { verifyInTime } from "./verify-in-time.js";
 
 /** The optional protocol features this gateway understands (`welcome.features`). */
@@ -99,8 +99,8 @@ export interface GatewayContext extends GatewayServices, EventRelays {
   firstStranger(user: string, others: readonly string[], signal?: AbortSignal): Promise<string | undefined>;
   /** Whether the user may open one more connection here (gateway.userConnectionsMax). */
   hasRoomFor(userId: string): boolean;
-  /** Resolves once the session is in the routing table, or ended first; never rejects. */
-  register(conn: Connection): Promise<void>;
+  /** Enters the session in the routing table (session-registration.ts). */
+  register(conn: Connection): Registration;
   unregister(conn: Connection): void;
   /** This gateway instance, as presence knows the holder of its sessions' watches. */
   watcherId: string;
@@ -286,10 +286,10 @@ export class Connection {
     // A registration not written in time (the routing table unreachable) does not keep the client
     // from syncing and reading: it is welcomed, and looks at its inbox once the registration lands.
     this.heldForWelcome = [];
-    const registered = this.ctx.register(this);
-    const inTime = await settlesWithin(registered, REGISTRATION_WAIT_MS);
+    const registration = this.ctx.register(this);
+    const inTime = await registration.inTime;
     if (this.closed) return;
-    if (!inTime) void registered.then(() => this.recheckInbox());
+    if (!inTime) void registration.written.then(() => this.recheckInbox());
     this.touchPresence(true);
     const head = await this.ctx.backends.inbox.head(identity.userId);
     const g = this.ctx.config.gateway;

@@ -29,7 +29,7 @@ import { Connection, type GatewayContext, STOP_REPLIES_WAIT_MS } from "./connect
 import { ContactCheck } from "./contacts.js";
 import { TokenBucket, UserBuckets } from "./rate-limit.js";
 import type { GatewayServices } from "./services.js";
-import { SessionRegistrations } from "./session-registration.js";
+import { type Registration, SessionRegistrations } from "./session-registration.js";
 import { verifyInTime } from "./verify-in-time.js";
 
 const CREDIT_EVERY_EVENTS = 256;
@@ -372,8 +372,8 @@ export class Gateway {
     return bucket.take() === 0;
   }
 
-  /** Resolves once the session's "up" is written, or the session ended first (session-registration.ts). */
-  private register(conn: Connection): Promise<void> {
+  /** Publishes the session's "up" (session-registration.ts). */
+  private register(conn: Connection): Registration {
     this.awaitingAuth.delete(conn);
     let set = this.byUser.get(conn.userId);
     if (!set) {

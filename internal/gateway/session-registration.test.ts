@@ -8,9 +8,9 @@ import { discardingLogger } from "../lib/log.js";
 import {
   REGISTRATION_RETRY_FIRST_MS,
   REGISTRATION_RETRY_MAX_MS,
+  REGISTRATION_SWEEP_MS,
   REGISTRATION_WAIT_MS,
   SessionRegistrations,
-  settlesWithin,
 } from "./session-registration.js";
 
 const up: SessionEvent = { kind: "up", userId: "alice", sessionId: "s1", gatewayId: "gw", gatewayEpoch: 1 };
@@ -42,7 +42,7 @@ describe("SessionRegistrations", () => {
   it("publishes an 'up' that failed again, waiting longer each time up to the cap, until it is written", async () => {
     const { registrations, published, kinds } = table();
     let written = false;
-    void registrations.register(up).then(() => {
+    void registrations.register(up).written.then(() => {
       written = true;
     });
     // Counted as unrouted only past the wait a welcome gives it: before that it is an ordinary connect.
@@ -76,10 +76,29 @@ describe("SessionRegistrations", () => {
     expect(kinds()).toEqual(Array(7).fill("up"));
   });
 
+  it("tells the connection whether its 'up' was written within the welcome's wait", async () => {
+    const { registrations, published } = table();
+    const quick = registrations.register(up);
+    const slow = registrations.register({ ...up, sessionId: "s2" });
+    published[0]!.ok();
+    expect(await quick.inTime).toBe(true);
+    let late: boolean | undefined;
+    void slow.inTime.then((t) => {
+      late = !t;
+    });
+    await vi.advanceTimersByTimeAsync(REGISTRATION_WAIT_MS - REGISTRATION_SWEEP_MS);
+    expect(late).toBeUndefined();
+    await vi.advanceTimersByTimeAsync(REGISTRATION_SWEEP_MS);
+    expect(late).toBe(true);
+    published[1]!.ok();
+    await slow.written;
+    expect(vi.getTimerCount()).toBe(0); // nothing pending: the sweep stopped
+  });
+
   it("publishes a session's 'down' only after its 'up' in flight settled, and then tries the 'up' no more", async () => {
     const { registrations, published, kinds } = table();
     let settled = false;
-    void registrations.register(up).then(() => {
+    void registrations.register(up).written.then(() => {
       settled = true;
     });
     registrations.unregister(down);
@@ -157,7 +176,9 @@ describe("SessionRegistrations", () => {
 
   it("on close, lets every session waiting for its registration go and retries nothing", async () => {
     const { registrations, published, kinds } = table();
-    const waiting = [registrations.register(up), registrations.register({ ...up, sessionId: "s2" })];
+    const waiting = [registrations.register(up), registrations.register({ ...up, sessionId: "s2" })].map(
+      (r) => r.written,
+    );
     for (const p of published) p.fail(new Error("broker unreachable"));
     await vi.advanceTimersByTimeAsync(0);
     await registrations.close(0);
@@ -204,18 +225,5 @@ describe("SessionRegistrations' log", () => {
     published[2]!();
     await vi.advanceTimersByTimeAsync(0);
     expect(lines.at(-1)).toBe("info gateway: no session's routing record is behind any more");
-  });
-});
-
-describe("settlesWithin", () => {
-  it("says whether a promise settled in time", async () => {
-    let resolve!: () => void;
-    const late = settlesWithin(new Promise<void>((r) => (resolve = r)), 1_000);
-    await vi.advanceTimersByTimeAsync(1_000);
-    resolve();
-    expect(await late).toBe(false);
-    const early = settlesWithin(Promise.resolve(), 1_000);
-    expect(await early).toBe(true);
-    expect(vi.getTimerCount()).toBe(0);
   });
 });

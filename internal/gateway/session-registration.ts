@@ -23,6 +23,11 @@ import type { Logger } from "../lib/log.js";
 
 /** How long a new connection's welcome waits for its session's "up" to be written. */
 export const REGISTRATION_WAIT_MS = 2_000;
+/**
+ * How often records are looked at for having fallen behind, while any is being published: one timer
+ * for all, not one per connect (two per connect cost ~8 % of the connect rate).
+ */
+export const REGISTRATION_SWEEP_MS = 100;
 /** Waits between attempts at a record that failed: doubling from the first to the last, with jitter. */
 export const REGISTRATION_RETRY_FIRST_MS = 1_000;
 export const REGISTRATION_RETRY_MAX_MS = 10_000;
@@ -47,6 +52,16 @@ interface Publication {
   ended: boolean;
   /** Resolves once it is written, or given up. */
   settle: () => void;
+  /** Told once whether it was written within REGISTRATION_WAIT_MS (an "up": the welcome waits). */
+  decided?: (inTime: boolean) => void;
+}
+
+/** A session's registration as its connection sees it. */
+export interface Registration {
+  /** True once the "up" is written, false once REGISTRATION_WAIT_MS passed first (or it ended). */
+  inTime: Promise<boolean>;
+  /** Resolves once the "up" is written, or the session ended first; never rejects. */
+  written: Promise<void>;
 }
 
 export class SessionRegistrations {
@@ -56,18 +71,22 @@ export class SessionRegistrations {
   private readonly downs = new Map<string, Publication>();
   /** Records known to be behind (failed, or past REGISTRATION_WAIT_MS): logged as a whole. */
   private readonly behind = new Set<Publication>();
+  /** Records neither written nor behind yet, oldest first: what the sweep looks at. */
+  private readonly young = new Set<Publication>();
+  private sweeper: ReturnType<typeof setInterval> | undefined;
   private closed = false;
 
   constructor(private readonly o: SessionRegistrationsOptions) {}
 
-  /**
-   * Publishes the session's "up" until it is written. The promise resolves once it is, or once the
-   * session ended first (`unregister`, `close`); it never rejects.
-   */
-  register(up: SessionEvent): Promise<void> {
-    const { publication, written } = this.publish(up);
+  /** Publishes the session's "up" until it is written, or the session ends (`unregister`, `close`). */
+  register(up: SessionEvent): Registration {
+    let decided!: (inTime: boolean) => void;
+    const inTime = new Promise<boolean>((r) => {
+      decided = r;
+    });
+    const { publication, written } = this.publish(up, undefined, decided);
     this.ups.set(up.sessionId, publication);
-    return written;
+    return { inTime, written };
   }
 
   /**
@@ -121,6 +140,7 @@ export class SessionRegistrations {
   private publish(
     event: SessionEvent,
     after?: Promise<void>,
+    decided?: (inTime: boolean) => void,
   ): { publication: Publication; written: Promise<void> } {
     let settle!: () => void;
     const written = new Promise<void>((r) => {
@@ -133,18 +153,37 @@ export class SessionRegistrations {
       timer: undefined,
       ended: false,
       settle,
+      ...(decided ? { decided } : {}),
     };
+    this.young.add(publication);
+    if (!this.sweeper) {
+      this.sweeper = setInterval(() => this.sweep(), REGISTRATION_SWEEP_MS);
+      this.sweeper.unref();
+    }
     if (after)
       void after.then(() => {
         if (!publication.ended) this.attempt(publication, 1);
       });
     else this.attempt(publication, 1);
-    // Behind once not written in time, failed or not: against a frozen broker an attempt can hang
-    // for minutes (the producer's own retries) before it fails.
-    void settlesWithin(written, REGISTRATION_WAIT_MS).then((inTime) => {
-      if (!inTime && !publication.ended) this.fellBehind(publication);
-    });
     return { publication, written };
+  }
+
+  /**
+   * Records not written REGISTRATION_WAIT_MS after they were asked for are behind, failed or not:
+   * against a frozen broker an attempt can hang for minutes (the producer's own retries) first.
+   */
+  private sweep(): void {
+    const before = this.now() - REGISTRATION_WAIT_MS;
+    for (const p of this.young) {
+      if (p.since > before) break; // the rest are younger still
+      this.fellBehind(p);
+    }
+    if (this.young.size === 0) this.stopSweeping();
+  }
+
+  private stopSweeping(): void {
+    clearInterval(this.sweeper);
+    this.sweeper = undefined;
   }
 
   private attempt(p: Publication, n: number): void {
@@ -152,7 +191,7 @@ export class SessionRegistrations {
     p.attempt = this.o.publish(p.event).then(
       () => {
         p.attempt = undefined;
-        if (!p.ended) this.end(p);
+        if (!p.ended) this.end(p, true);
       },
       (err: unknown) => {
         p.attempt = undefined;
@@ -164,6 +203,8 @@ export class SessionRegistrations {
   }
 
   private fellBehind(p: Publication, err?: unknown): void {
+    this.young.delete(p);
+    p.decided?.(false);
     if (this.behind.has(p)) return;
     if (this.behind.size === 0)
       this.o.log.warn(
@@ -175,14 +216,18 @@ export class SessionRegistrations {
     this.behind.add(p);
   }
 
-  private end(p: Publication): void {
+  /** `p` is done: `written`, or ended before (the session closed, the gateway closes). */
+  private end(p: Publication, written = false): void {
     p.ended = true;
     clearTimeout(p.timer);
     p.timer = undefined;
     const records = p.event.kind === "up" ? this.ups : this.downs;
     if (records.get(p.event.sessionId) === p) records.delete(p.event.sessionId);
+    this.young.delete(p);
+    if (this.young.size === 0) this.stopSweeping();
     if (this.behind.delete(p) && this.behind.size === 0 && !this.closed)
       this.o.log.info("gateway: no session's routing record is behind any more");
+    p.decided?.(written); // once told late, it stays late (a promise settles once)
     p.settle();
   }
 
@@ -195,15 +240,4 @@ export class SessionRegistrations {
   private now(): number {
     return (this.o.now ?? Date.now)();
   }
-}
-
-/** Whether `promise` (one that never rejects) settles within `ms`; no timer is left behind. */
-export function settlesWithin(promise: Promise<void>, ms: number): Promise<boolean> {
-  return new Promise<boolean>((resolve) => {
-    const timer = setTimeout(() => resolve(false), ms);
-    void promise.then(() => {
-      clearTimeout(timer);
-      resolve(true);
-    });
-  });
 }
