@@ -98,6 +98,7 @@ describe("SendGaps", () => {
   it("opens gaps only for refusals the client is told to retry", () => {
     expect(leavesGap(unavailable)).toBe(true);
     expect(leavesGap(errors.exhausted("RATE_LIMITED", "", 200))).toBe(true);
+    expect(leavesGap(errors.exhausted("STORAGE_FULL", "", 5_000))).toBe(true);
     expect(leavesGap(new Error("unexpected"))).toBe(true); // INTERNAL to the client
     // A peer refusing the gateway's own credential: the client is told UNAVAILABLE and resends.
     expect(leavesGap(new SwitchboardError(Code.UNAUTHENTICATED, "INVALID_CREDENTIALS", "key"))).toBe(true);

@@ -62,7 +62,8 @@ export function leavesGap(error: unknown): boolean {
     case Code.ABORTED:
       return true;
     case Code.RESOURCE_EXHAUSTED:
-      return err.reason === "RATE_LIMITED";
+      // A limit that waiting lifts (a rate limit, the embedded disk's STORAGE_FULL) carries its wait.
+      return err.reason === "RATE_LIMITED" || err.retryAfterMs > 0;
     default:
       return false;
   }

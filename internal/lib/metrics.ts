@@ -223,10 +223,17 @@ function presenceMetrics(r: Registry[]) {
 
 export type PresenceMetrics = ReturnType<typeof presenceMetrics>;
 
+/** What the metrics read of a watched disk (the embedded backend's DiskSpace). */
+export interface DiskSpaceState {
+  readonly full: boolean;
+  readonly availableBytes: number | undefined;
+}
+
 export function createMetrics() {
   const registry = new Registry();
   let ready: () => boolean = () => false;
   let recordsBehind: () => number = () => 0;
+  let disk: { dataDir: string; space: DiskSpaceState } | undefined;
   // The standard names (process_cpu_seconds_total, nodejs_heap_size_used_bytes, ...), which
   // dashboards and alerts for any Node.js service already know.
   collectDefaultMetrics({ register: registry });
@@ -262,6 +269,31 @@ export function createMetrics() {
       name: "switchboard_gateway_connections_max",
       help: "The most connections this gateway accepts (gateway.connectionsMax); past it new ones get 503.",
       registers: r,
+    }),
+    /** Reports the embedded backend's disk space (switchboard_storage_*) for `dataDir`. */
+    watchDiskSpace(dataDir: string, space: DiskSpaceState): void {
+      disk = { dataDir, space };
+    },
+    storageAvailableBytes: new Gauge({
+      name: "switchboard_storage_available_bytes",
+      help: "Embedded backend: bytes free on the file system that holds the data dir, at the last check (every second; not reported when dataDirFreeBytesMin is 0).",
+      labelNames: ["data_dir"],
+      registers: r,
+      collect() {
+        this.reset();
+        const available = disk?.space.availableBytes;
+        if (disk && available !== undefined) this.set({ data_dir: disk.dataDir }, available);
+      },
+    }),
+    storageFull: new Gauge({
+      name: "switchboard_storage_full",
+      help: "Embedded backend: 1 while new messages are refused (STORAGE_FULL) because the data dir's file system has fewer bytes free than dataDirFreeBytesMin, else 0.",
+      labelNames: ["data_dir"],
+      registers: r,
+      collect() {
+        this.reset();
+        if (disk) this.set({ data_dir: disk.dataDir }, disk.space.full ? 1 : 0);
+      },
     }),
     /** Sets what switchboard_gateway_routing_records_behind reports (the gateway's count at scrape time). */
     countRoutingRecordsBehind(count: () => number): void {

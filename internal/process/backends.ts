@@ -146,7 +146,7 @@ export async function openBackends(
 ): Promise<Backends> {
   if (config.backend === "distributed") return openDistributed(config, log, metrics, use);
   const { EmbeddedBackends } = await import("../backends/embedded/index.js");
-  return new EmbeddedBackends({
+  const backends = new EmbeddedBackends({
     dataDir: config.dataDir,
     dedupeWindowMs: config.kafka.dedupeWindowHours * 3_600_000, // the same window on both backends
     onFatal,
@@ -154,5 +154,23 @@ export async function openBackends(
     // A router failing for 2 s: the change counts for what it had not routed yet (docs/protocol.md §3).
     onRouterLagged: (conversationId, waitedMs) =>
       log.warn("membership changed while the router lagged", { conversationId, waitedMs }),
+    diskReserveBytes: config.dataDirFreeBytesMin,
+    onDiskFull: (full, availableBytes, reserveBytes) =>
+      full
+        ? log.error(
+            "the data dir's disk is nearly full: new messages are refused (STORAGE_FULL) until space is freed",
+            { dataDir: config.dataDir, availableBytes, dataDirFreeBytesMin: reserveBytes },
+          )
+        : log.info("the data dir's disk has room again: new messages are taken", {
+            dataDir: config.dataDir,
+            availableBytes,
+          }),
+    onDiskSpaceError: (err) =>
+      log.warn("could not measure the data dir's free space; the last state holds", {
+        dataDir: config.dataDir,
+        err,
+      }),
   });
+  if (config.dataDirFreeBytesMin > 0) metrics.watchDiskSpace(config.dataDir, backends.diskSpace);
+  return backends;
 }

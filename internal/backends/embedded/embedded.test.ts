@@ -9,6 +9,7 @@ import { join } from "node:path";
 import { open } from "lmdb";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { inboxWriter, until } from "../../../test/helpers/embedded-router.js";
+import { Code } from "../../lib/errors.js";
 import type { Closeable, MessageDraft, PushJob } from "../types.js";
 import { DATABASES_MAX } from "./backup.js";
 import { EmbeddedBackends, type EmbeddedOptions } from "./index.js";
@@ -311,5 +312,52 @@ describe("embedded push jobs: a job added twice is stored once", () => {
     for (const key of ["k3", "k4", "k1"])
       expect(await backends.pushJobs.add(job(`${key}-x`, key))).toBe(false);
     expect(await backends.pushJobs.add(job("k2-again", "k2"))).toBe(true);
+  });
+});
+
+describe("embedded disk space: new messages refused while the disk is nearly full", () => {
+  it("refuses new messages with STORAGE_FULL, answers resends and reads, and takes messages again once space is back", async () => {
+    const free = { bytes: 1_000_000_000 };
+    const fatal = vi.fn();
+    const changes: boolean[] = [];
+    const backends = await openBackends({
+      diskReserveBytes: 100_000_000,
+      availableBytes: () => free.bytes,
+      onFatal: fatal,
+      onDiskFull: (full) => changes.push(full),
+    });
+    const first = draft("dm:alice~bob");
+    expect((await backends.log.append(first)).message.seq).toBe(1);
+
+    free.bytes = 99_999_999;
+    backends.diskSpace.check();
+    const refused = draft("dm:alice~bob");
+    await expect(backends.log.append(refused)).rejects.toMatchObject({
+      reason: "STORAGE_FULL",
+      code: Code.RESOURCE_EXHAUSTED,
+      retryAfterMs: 5_000,
+    });
+    // A resend of a stored message is answered: it writes nothing.
+    expect(await backends.log.append({ ...first, messageId: "another id" })).toMatchObject({
+      duplicate: true,
+      message: { seq: 1, messageId: first.messageId },
+    });
+    // Everything else goes on, on the reserve.
+    expect(await backends.receipts.raise("dm:alice~bob", "bob", "read", 1)).toBe(true);
+    expect((await backends.messages.history("dm:alice~bob", { limit: 10 })).messages).toHaveLength(1);
+
+    free.bytes = 105_000_000; // above the reserve, within its margin: still refused
+    backends.diskSpace.check();
+    await expect(backends.log.append(refused)).rejects.toMatchObject({ reason: "STORAGE_FULL" });
+    free.bytes = 110_000_000;
+    backends.diskSpace.check();
+    // The refusal took no seq: the message sent again gets the next one, with no gap.
+    expect((await backends.log.append(refused)).message).toMatchObject({
+      seq: 2,
+      messageId: refused.messageId,
+    });
+    expect(await backends.messages.lastSeq("dm:alice~bob")).toBe(2);
+    expect(changes).toEqual([true, false]);
+    expect(fatal).not.toHaveBeenCalled();
   });
 });

@@ -21,7 +21,9 @@
  * inbox entries (about one message row, one log entry, one dedupe key and two keys per recipient
  * while in the window; afterwards the row and one inbox entry per recipient): size the disk for the
  * history kept, and copy all of it when backing up (stop, copy the data dir, start). LMDB reuses freed
- * pages but never shrinks the file; the map is `mapSize` (2 GiB) at most.
+ * pages but never shrinks the file (the map starts at `mapSize` and lmdb-js grows it as needed). Below
+ * `diskReserveBytes` free on its file system, new messages are refused (disk-space.ts) instead of
+ * failing a commit, which would stop the process.
  */
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
@@ -44,6 +46,7 @@ import type {
 import { DATABASE_FILE, DATABASES_MAX } from "./backup.js";
 import { DataDirLock } from "./data-dir-lock.js";
 import { EmbeddedDevices } from "./devices.js";
+import { type AvailableBytes, DiskSpace } from "./disk-space.js";
 import { EmbeddedInbox } from "./inbox.js";
 import { EmbeddedLog } from "./log.js";
 import { EmbeddedMembership } from "./membership.js";
@@ -97,7 +100,21 @@ export interface EmbeddedOptions {
   retention?: Omit<RetentionOptions, "dedupeWindowMs">;
   /** Conversations' last seqs and users' inbox heads kept in memory at most (tests). */
   countersKeptMax?: number;
+  /**
+   * Below this many bytes free on the data dir's file system, new messages are refused
+   * (`STORAGE_FULL`) and everything else goes on (disk-space.ts); 0 (the default) turns it off.
+   */
+  diskReserveBytes?: number;
+  /** How free bytes are measured (statfs unless given: tests). */
+  availableBytes?: AvailableBytes;
+  /** Called when new messages start being refused for lack of disk space (full) and when that ends. */
+  onDiskFull?: (full: boolean, availableBytes: number, reserveBytes: number) => void;
+  /** Called when the free space of the data dir's file system could not be measured. */
+  onDiskSpaceError?: (err: unknown) => void;
 }
+
+/** How long a client waits before sending again a message refused for lack of disk space. */
+const STORAGE_FULL_RETRY_AFTER_MS = 5_000;
 
 /** Where the id service's high-water mark is kept (internal/id/high-water.ts). */
 const ID_HIGH_WATER_KEY = "snowflake-high-water";
@@ -130,6 +147,8 @@ export class EmbeddedBackends implements Backends {
   private readonly root: RootDatabase;
   private readonly lock: DataDirLock;
   private readonly retention: Retention;
+  /** The data dir's free space: new messages are refused below the reserve. */
+  readonly diskSpace: DiskSpace;
   /** The message path's writes, one transaction per event-loop turn (turn-commits.ts). */
   private readonly turns: TurnCommits;
   private closed = false;
@@ -159,6 +178,7 @@ export class EmbeddedBackends implements Backends {
       throw err;
     }
     // From here on, a failure must give back what was taken: the data dir and the environment.
+    let diskSpace: DiskSpace | undefined;
     try {
       // One handle per database, each with msgpackr's shared structures: an object value then carries a
       // one-byte id of its shape instead of its key names (a stored message: 97 -> 33 bytes), and packing
@@ -181,6 +201,19 @@ export class EmbeddedBackends implements Backends {
         );
       if (format !== DATA_FORMAT) meta.putSync(DATA_FORMAT_KEY, DATA_FORMAT);
       const guard = <T>(p: Promise<T>) => this.guard(p);
+      const reserveBytes = options.diskReserveBytes ?? 0;
+      this.diskSpace = diskSpace = new DiskSpace({
+        path: options.dataDir,
+        reserveBytes,
+        ...(options.availableBytes ? { availableBytes: options.availableBytes } : {}),
+        onChange: (full, available) => options.onDiskFull?.(full, available, reserveBytes),
+        onError: (err) => options.onDiskSpaceError?.(err),
+      });
+      const diskFull = errors.exhausted(
+        "STORAGE_FULL",
+        "the server's disk is nearly full: new messages are refused until space is freed",
+        STORAGE_FULL_RETRY_AFTER_MS,
+      );
       this.turns = new TurnCommits(this.root);
       const log = new EmbeddedLog(
         db("messages"),
@@ -191,7 +224,10 @@ export class EmbeddedBackends implements Backends {
         guard,
         () => this.closed,
         (group, err) => (options.onConsumerError ?? (() => undefined))(group, err),
-        options.countersKeptMax === undefined ? {} : { lastSeqsKeptMax: options.countersKeptMax },
+        {
+          ...(options.countersKeptMax === undefined ? {} : { lastSeqsKeptMax: options.countersKeptMax }),
+          refusal: () => (this.diskSpace.full ? diskFull : undefined),
+        },
       );
       this.log = log;
       this.messages = new EmbeddedMessageStore(db("messages"), guard);
@@ -262,6 +298,7 @@ export class EmbeddedBackends implements Backends {
       );
       this.retention.start();
     } catch (err) {
+      diskSpace?.close();
       this.lock.release();
       this.root.close().catch(() => undefined); // the constructor's error is what the caller needs
       throw err;
@@ -303,6 +340,7 @@ export class EmbeddedBackends implements Backends {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    this.diskSpace.close();
     await this.retention.stop();
     await this.log.close();
     await this.routing.close();

@@ -3,7 +3,7 @@
  * consumers (positions stored lazily, messages handed over before their commit).
  */
 import type { Database } from "lmdb";
-import { assert } from "../../lib/errors.js";
+import { assert, type SwitchboardError } from "../../lib/errors.js";
 import { activeCarrier, type TraceCarrier, tracing } from "../../lib/tracing.js";
 import type {
   AppendResult,
@@ -38,6 +38,12 @@ const RETRY_PAUSE_MS = 500;
 export interface EmbeddedLogOptions {
   /** Conversations whose last seq is kept in memory (LAST_SEQS_KEPT_MAX unless given). */
   lastSeqsKeptMax?: number;
+  /**
+   * Why a new message cannot be taken now, if it cannot (the disk nearly full: disk-space.ts). Asked
+   * after the dedupe lookups, so a resend of a stored message is still answered, and before a seq is
+   * assigned, so a refusal leaves no counter ahead of the disk.
+   */
+  refusal?: () => SwitchboardError | undefined;
 }
 
 /** Log entries point at (conversation, seq); the messages table holds the rows. */
@@ -53,6 +59,7 @@ export class EmbeddedLog implements MessageLog {
   /** Consumers idle at the end of the log that take a message before its commit (beforeCommit). */
   private readonly takers = new Set<(position: number, message: LoggedMessage) => void>();
   private readonly consumers = new Set<Closeable>();
+  private readonly refusal: () => SwitchboardError | undefined;
   /** The stored position of each open consumer (or where it started, before it stored one). */
   private readonly positions = new Map<Closeable, () => number>();
   /** The handled position of each open consumer that addresses messages to members (addressesMembers). */
@@ -74,6 +81,7 @@ export class EmbeddedLog implements MessageLog {
     this.head = this.lastCommitted();
     this.headAtOpen = this.head;
     this.lastSeq = new SettledCounters(options.lastSeqsKeptMax ?? LAST_SEQS_KEPT_MAX, () => turns.settled());
+    this.refusal = options.refusal ?? (() => undefined);
   }
 
   /** The last position committed (the in-memory head may be ahead while appends are in flight). */
@@ -171,6 +179,8 @@ export class EmbeddedLog implements MessageLog {
       assert(original, `dedupe entry without message ${draft.conversationId}/${existingSeq}`);
       return Promise.resolve({ message: original, duplicate: true });
     }
+    const refusal = this.refusal();
+    if (refusal) return Promise.reject(refusal);
     if (tracing.on) this.keepTrace(draft.messageId);
     const seq = this.seqOf(draft.conversationId) + 1;
     this.lastSeq.set(draft.conversationId, seq);
