@@ -115,6 +115,12 @@ export interface EmbeddedOptions {
 
 /** How long a client waits before sending again a message refused for lack of disk space. */
 const STORAGE_FULL_RETRY_AFTER_MS = 5_000;
+const storageFull = () =>
+  errors.exhausted(
+    "STORAGE_FULL",
+    "the server's disk is nearly full: new messages are refused until space is freed",
+    STORAGE_FULL_RETRY_AFTER_MS,
+  );
 
 /** Where the id service's high-water mark is kept (internal/id/high-water.ts). */
 const ID_HIGH_WATER_KEY = "snowflake-high-water";
@@ -209,11 +215,6 @@ export class EmbeddedBackends implements Backends {
         onChange: (full, available) => options.onDiskFull?.(full, available, reserveBytes),
         onError: (err) => options.onDiskSpaceError?.(err),
       });
-      const diskFull = errors.exhausted(
-        "STORAGE_FULL",
-        "the server's disk is nearly full: new messages are refused until space is freed",
-        STORAGE_FULL_RETRY_AFTER_MS,
-      );
       this.turns = new TurnCommits(this.root);
       const log = new EmbeddedLog(
         db("messages"),
@@ -226,7 +227,7 @@ export class EmbeddedBackends implements Backends {
         (group, err) => (options.onConsumerError ?? (() => undefined))(group, err),
         {
           ...(options.countersKeptMax === undefined ? {} : { lastSeqsKeptMax: options.countersKeptMax }),
-          refusal: () => (this.diskSpace.full ? diskFull : undefined),
+          refusal: () => (this.diskSpace.full ? storageFull() : undefined),
         },
       );
       this.log = log;
