@@ -122,6 +122,31 @@ describe("switchboard backup", () => {
     }
   });
 
+  it("a copy whose writes fail exits non-zero, says why, and removes its partial copy", async () => {
+    // A real write failure without a small disk: a file size limit of 8 KiB (EFBIG past it; SIGXFSZ,
+    // which would kill the process instead, ignored as a shell passes it on).
+    const out = join(scratch, "limited.mdb");
+    const limited = await new Promise<{ code: number; stderr: string }>((resolve) => {
+      execFile(
+        "bash",
+        ["-c", 'trap "" XFSZ; ulimit -f 8; exec "$0" "$@"', process.execPath, cliPath, "backup"].concat([
+          "--data-dir",
+          server.dataDir,
+          "--out",
+          out,
+        ]),
+        (err, _stdout, stderr) =>
+          resolve({ code: typeof err?.code === "number" ? err.code : err ? 1 : 0, stderr }),
+      );
+    });
+    expect(limited.code).not.toBe(0);
+    expect(limited.stderr).toContain(
+      `writing ${out}.partial failed (File too large); the partial copy was removed`,
+    );
+    expect(existsSync(`${out}.partial`)).toBe(false);
+    expect(existsSync(out)).toBe(false);
+  });
+
   it("refuses a data dir without a database, naming it", async () => {
     const missing = await backup(join(scratch, "nothing-here"), join(scratch, "x.mdb"));
     expect(missing.code).not.toBe(0);

@@ -7,7 +7,8 @@
  * a busy server lets the file grow by what was written meanwhile.
  *
  * The copy is written to `<out>.partial`, synced, then renamed to `<out>`: a backup cut short leaves
- * no file that looks complete. An existing `<out>` is never overwritten.
+ * no file that looks complete, and one that fails removes its partial copy. An existing `<out>` is
+ * never overwritten.
  */
 import { closeSync, existsSync, fsyncSync, openSync, renameSync, rmSync, statSync } from "node:fs";
 import { dirname, join } from "node:path";
@@ -27,10 +28,18 @@ export async function backupDataDir(dataDir: string, out: string): Promise<{ byt
   const root = open({ path: source, noSubdir: true, readOnly: true, maxDbs: DATABASES_MAX });
   try {
     await root.backup(partial, false);
+    syncFile(partial);
+  } catch (err) {
+    // A copy cut short (the disk full, a file size limit) would hold the space it took, often on the
+    // disk the server writes to: it goes, and the error says where the copy failed.
+    rmSync(partial, { force: true });
+    const why = err instanceof Error ? err.message : String(err);
+    throw new Error(`backup: writing ${partial} failed (${why}); the partial copy was removed`, {
+      cause: err,
+    });
   } finally {
     await root.close();
   }
-  syncFile(partial);
   renameSync(partial, out);
   syncFile(dirname(out));
   return { bytes: statSync(out).size };
