@@ -57,8 +57,8 @@ export const startAll: RoleStarter = async (ctx) => {
     throw new Error(
       "cluster.routerTarget is set but gRPC is off: role all shares its router only over gRPC (set grpc.port, SWITCHBOARD_GRPC_PORT or --grpc-port, to this process's address in cluster.routerTarget), or leave cluster.routerTarget empty",
     );
-  const backends = ctx.own(
-    await openBackends(
+  const open = () =>
+    openBackends(
       config,
       log,
       metrics,
@@ -70,7 +70,13 @@ export const startAll: RoleStarter = async (ctx) => {
         httpPort: ctx.httpPort,
       },
       (err) => ctx.fatal(err),
-    ),
+    );
+  // Kafka and Cassandra may come up after this process (a cluster's first start, a restart during
+  // their outage): it waits for them, live and not ready, as the split roles do, instead of exiting
+  // into a restart backoff that can outlast the outage. The embedded store's refusals (its data dir
+  // in use, of a newer format) are final.
+  const backends = ctx.own(
+    config.backend === "distributed" ? await ctx.retry("open storage", open) : await open(),
   );
   // As a gateway's (gateway.ts): ready while only Kafka is down, so clients still connect.
   if ("unreachable" in backends)

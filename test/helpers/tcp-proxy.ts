@@ -23,11 +23,12 @@ export class TcpProxy {
     readonly port: number,
   ) {}
 
-  static async start(targetPort?: number): Promise<TcpProxy> {
+  /** Listens on `port` (any free one unless given: a port chosen before anything listened on it). */
+  static async start(targetPort?: number, port = 0): Promise<TcpProxy> {
     const server = createServer();
     await new Promise<void>((resolve, reject) => {
       server.once("error", reject);
-      server.listen(0, "127.0.0.1", resolve);
+      server.listen(port, "127.0.0.1", resolve);
     });
     const address = server.address();
     if (address === null || typeof address === "string") throw new Error("tcp proxy: no port");

@@ -3,6 +3,7 @@
  * and in Cassandra's `switchboard.messages_by_conversation` table (default names), with its seq.
  */
 import { readFileSync } from "node:fs";
+import { createServer } from "node:net";
 import { join } from "node:path";
 import cassandra from "cassandra-driver";
 import { Kafka, logLevel } from "kafkajs";
@@ -12,6 +13,7 @@ import { decodeSnowflake } from "../../internal/id/index.js";
 import { defaultMemberFile } from "../../internal/process/backends.js";
 import { expectCase, RawClient } from "../helpers/raw-client.js";
 import { devToken, type ServerProcess, startServer } from "../helpers/server.js";
+import { TcpProxy } from "../helpers/tcp-proxy.js";
 import { ensureServer } from "../infra/servers.js";
 
 let server: ServerProcess;
@@ -178,4 +180,72 @@ describe("distributed storage", () => {
     expect(after.pid).toBe(server.child.pid);
     expect(after.members).toEqual(before.members);
   }, 90_000);
+
+  it("waits for Cassandra at start, live and not ready, and serves once it answers", async () => {
+    // Cassandra's address refuses connections (nothing listens there yet), as a node still starting does.
+    const cassandraPort = await freePort();
+    const port = await freePort();
+    const id = `wait${Date.now().toString(36)}`;
+    const starting = startServer({
+      port,
+      args: ["--backend", "distributed"],
+      env: {
+        ...infra,
+        SWITCHBOARD_CASSANDRA_CONTACT_POINTS: `127.0.0.1:${cassandraPort}`,
+        SWITCHBOARD_KAFKA_TOPIC_PREFIX: `${id}.`,
+        SWITCHBOARD_CASSANDRA_KEYSPACE: id,
+        SWITCHBOARD_KAFKA_PARTITIONS: "3",
+      },
+    });
+    starting.catch(() => undefined); // awaited below; a start that failed is reported there
+    const cassandraTarget = Number(infra.CASSANDRA_CONTACT_POINTS!.split(",")[0]!.split(":")[1]);
+    let proxy: TcpProxy | undefined;
+    try {
+      const http = `http://127.0.0.1:${port}`;
+      const readyz = () =>
+        fetch(`${http}/readyz`).then(
+          async (r) => `${r.status} ${await r.text()}`,
+          () => "",
+        );
+      let seen = "";
+      for (const deadline = Date.now() + 30_000; !seen.includes("open storage"); seen = await readyz()) {
+        if (Date.now() > deadline) throw new Error(`never said it waits for storage: ${seen}`);
+        await new Promise((r) => setTimeout(r, 200));
+      }
+      expect(seen).toMatch(/^503 .*starting: open storage: connect to 127\.0\.0\.1:\d+/);
+      expect((await fetch(`${http}/healthz`)).status).toBe(200);
+
+      // Cassandra comes up: the next attempt opens the storage (backoff of at most a few seconds).
+      proxy = await TcpProxy.start(cassandraTarget, cassandraPort);
+      const waiting = await starting;
+      expect((await fetch(`${http}/readyz`)).status).toBe(200);
+      const c = await RawClient.connect(waiting.url, {
+        token: await devToken(waiting.dataDir, "late-alice"),
+      });
+      const ack = expectCase(
+        await c.request({
+          case: "send",
+          value: { target: { case: "toUser", value: "late-bob" }, clientMsgId: "w1", body: "at last" },
+        }),
+        "ack",
+      );
+      expect(ack.seq).toBe(1n);
+      c.close();
+      expect(waiting.stderr()).toContain("open storage failed; retrying");
+    } finally {
+      // A start still waiting for storage is let through, to be stopped like any other.
+      proxy ??= await TcpProxy.start(cassandraTarget, cassandraPort);
+      await (await starting.catch(() => undefined))?.dispose();
+      await proxy.close();
+    }
+  }, 90_000);
 });
+
+/** A loopback port nothing listens on now. */
+async function freePort(): Promise<number> {
+  const probe = createServer();
+  await new Promise<void>((resolve) => probe.listen(0, "127.0.0.1", resolve));
+  const { port } = probe.address() as { port: number };
+  await new Promise<void>((resolve) => probe.close(() => resolve()));
+  return port;
+}
