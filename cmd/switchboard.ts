@@ -85,6 +85,15 @@ function errorFields(err: unknown): unknown {
   };
 }
 
+/**
+ * The log streams can go away under a running process: whatever reads them exits (a pipe to a tool
+ * that quit, a test harness that died) or restarts (journald). Each write then fails with EPIPE, and
+ * that error, unhandled, is an uncaught exception whose report is written to the same dead stream,
+ * failing again: a loop that held a core at 100 % and kept a stopping process from ever exiting.
+ * A broken log stream is not the process's failure: what is written to it from then on is dropped.
+ */
+for (const stream of [process.stdout, process.stderr]) stream.on("error", () => undefined);
+
 let failing = false;
 /**
  * An exception nothing caught, or a rejection nothing handled: the process's state is unknown, so it

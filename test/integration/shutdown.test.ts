@@ -101,6 +101,20 @@ describe("stopping a gateway", () => {
     expect(connected.every((c) => c.received.every((f) => f.kind.case !== "reconnect"))).toBe(true);
   });
 
+  it("stops on SIGTERM when its log streams are gone (a reader that exited): no EPIPE loop", async () => {
+    // Before, the first log line written to a closed pipe failed with EPIPE, reported as an uncaught
+    // exception to the same pipe, failing again: the process spun at 100 % of a core and never exited.
+    server = await startServer({ env: { SWITCHBOARD_LOG_LEVEL: "info" } }); // a stop logs at info
+    const connected = await clients(server, 1);
+    server.child.stdout!.destroy();
+    server.child.stderr!.destroy();
+    const exited = exitOf(server);
+    server.child.kill("SIGTERM"); // stopping logs, to the closed pipes
+    expect(await connected[0]!.closed).toBe(1001);
+    const exit = await Promise.race([exited, new Promise<undefined>((r) => setTimeout(r, 10_000))]);
+    expect(exit).toMatchObject({ code: 0, signal: null });
+  });
+
   it("answers the sends it had accepted before it closes with 1001: none stored goes unacknowledged", async () => {
     const send = (client: RawClient, i: number) =>
       client.request({
