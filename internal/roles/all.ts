@@ -78,11 +78,7 @@ export const startAll: RoleStarter = async (ctx) => {
   const backends = ctx.own(
     config.backend === "distributed" ? await ctx.retry("open storage", open) : await open(),
   );
-  // As a gateway's (gateway.ts): ready while only Kafka is down, so clients still connect.
-  if ("unreachable" in backends)
-    ctx.readiness(() =>
-      (backends.unreachable as (o: { kafka: boolean }) => string | undefined)({ kafka: false }),
-    );
+  if ("unreachable" in backends) ctx.readiness(() => (backends.unreachable as () => string | undefined)());
 
   // The time ids were issued up to is kept in the store (embedded: the data file; distributed: a
   // Cassandra row per worker id), so a restart never reissues one.

@@ -49,9 +49,7 @@ export const startGateway: RoleStarter = async (ctx) => {
       }),
     ),
   );
-  // Not Kafka: every gateway unready at once would leave clients nowhere to connect, though without
-  // the message log they still sync and read (sends fail retryably; protocol.md §1).
-  ctx.readiness(() => backends.unreachable({ kafka: false }));
+  ctx.readiness(() => backends.unreachable());
   const convs = conversations(config, backends, ids);
   ctx.own(
     announceGroupChanges(

@@ -76,11 +76,14 @@ export interface DistributedBackends extends Backends {
   readonly name: "distributed";
   readonly kafka: Kafka;
   /**
-   * Why storage is unreachable right now (for /readyz), or undefined when Kafka and Cassandra are.
-   * `kafka: false` leaves Kafka out, for processes that serve clients: they stay ready while only
-   * the message log is down (a client still connects, syncs and reads; docs/protocol.md §1).
+   * Why Cassandra is unreachable right now (for /readyz), or undefined. Kafka is left out: every
+   * process would be unready at once in a Kafka outage (a shared dependency), though each still
+   * serves what does not need the message log — a client connects, syncs and reads (docs/protocol.md
+   * §1), routers relay typing and receipts, presence and push answer — and kafkajs gives no signal
+   * of a lost broker short of a failed request anyway. A Kafka outage shows in the send errors
+   * (LOG_UNAVAILABLE) and in the consumer lag.
    */
-  unreachable(options?: { kafka?: boolean }): string | undefined;
+  unreachable(): string | undefined;
   /** The id worker's high-water mark (options.idWorker), for createIdService. */
   readonly idHighWater?: IdHighWaterStore;
   /** Requests this process sent to Cassandra and Kafka so far (live counters, for metrics). */
@@ -283,13 +286,10 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
           dedupeChecks: () => ({ ...(sequencer?.dedupeChecks ?? { store: 0, memory: 0, trusted: 0 }) }),
         },
       },
-      unreachable: (options = {}) => {
-        if (stores.client.getState().getConnectedHosts().length === 0)
-          return `Cassandra: no connected node among ${o.cassandra.contactPoints.join(",")}`;
-        if (options.kafka !== false && !batchProducer.connected)
-          return `Kafka: producer disconnected from ${o.brokers.join(",")}`;
-        return undefined;
-      },
+      unreachable: () =>
+        stores.client.getState().getConnectedHosts().length === 0
+          ? `Cassandra: no connected node among ${o.cassandra.contactPoints.join(",")}`
+          : undefined,
       close: () => (closing ??= closeAll((err: unknown) => log.warn("close failed", { err }))),
     };
   } catch (err) {

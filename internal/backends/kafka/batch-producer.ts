@@ -147,7 +147,6 @@ export class BatchProducer {
   private producer: Producer;
   /** The producer failed a request: replace it before the next one. */
   private retired = false;
-  private isConnected = false;
   private closed = false;
   private readonly recordsMax: number;
   private readonly requestBytesMax: number;
@@ -167,7 +166,7 @@ export class BatchProducer {
     this.requestBytesMax = o.requestBytesMax ?? PRODUCE_REQUEST_BYTES_MAX;
     this.queueRecordsMax = o.queueRecordsMax ?? PRODUCE_QUEUE_RECORDS_MAX;
     this.queueBytesMax = o.queueBytesMax ?? PRODUCE_QUEUE_BYTES_MAX;
-    this.producer = this.watched(newProducer());
+    this.producer = newProducer();
   }
 
   /** Records waiting for a request (not withdrawn), and their bytes. */
@@ -175,14 +174,8 @@ export class BatchProducer {
     return { records: this.queued.records, bytes: this.queued.bytes };
   }
 
-  /** Whether the current producer is connected to the cluster. */
-  get connected(): boolean {
-    return this.isConnected;
-  }
-
   async connect(): Promise<void> {
     await this.producer.connect();
-    this.isConnected = true;
   }
 
   /**
@@ -248,16 +241,6 @@ export class BatchProducer {
   async close(): Promise<void> {
     this.closed = true;
     await this.producer.disconnect();
-  }
-
-  private watched(producer: Producer): Producer {
-    producer.on(producer.events.CONNECT, () => {
-      if (producer === this.producer) this.isConnected = true;
-    });
-    producer.on(producer.events.DISCONNECT, () => {
-      if (producer === this.producer) this.isConnected = false;
-    });
-    return producer;
   }
 
   /** Takes a record out of the waiting ones (it is sent, failed or withdrawn). */
@@ -345,8 +328,7 @@ export class BatchProducer {
   /** A new producer in place of one that failed a request (see the header). */
   private async replace(): Promise<void> {
     const old = this.producer;
-    this.producer = this.watched(this.newProducer());
-    this.isConnected = false;
+    this.producer = this.newProducer();
     this.stats.producersReplaced++;
     await old.disconnect().catch((err: unknown) =>
       this.o.log.debug("kafka: disconnecting a retired producer failed", {
