@@ -406,9 +406,15 @@ export function backoff(attempt: number): Promise<void> {
 
 /** What a CAS loop throws when it kept losing races: retryable, like any unavailability. */
 export function contended(what: string, attempts: number, last: unknown): SwitchboardError {
+  // An attempt whose outcome was unknown (Cassandra unavailable or timing out) also ends in another
+  // attempt: when any did, the log names its error, not only a conflict (an outage read as contention).
+  const why =
+    last === undefined
+      ? "still conflicting"
+      : `not applied (Cassandra unavailable or conflicting; last error: ${last instanceof Error ? last.message : String(last)})`;
   return errors.unavailable(
     "STORAGE_UNAVAILABLE",
-    `${what}: conditional write still conflicting after ${attempts} attempts`,
+    `${what}: conditional write ${why} after ${attempts} attempts`,
     last,
   );
 }
