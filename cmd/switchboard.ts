@@ -86,13 +86,20 @@ function errorFields(err: unknown): unknown {
 }
 
 /**
- * The log streams can go away under a running process: whatever reads them exits (a pipe to a tool
- * that quit, a test harness that died) or restarts (journald). Each write then fails with EPIPE, and
- * that error, unhandled, is an uncaught exception whose report is written to the same dead stream,
- * failing again: a loop that held a core at 100 % and kept a stopping process from ever exiting.
- * A broken log stream is not the process's failure: what is written to it from then on is dropped.
+ * The output streams can go away under a running process: whatever reads them exits (a pipe to a
+ * tool that quit, a test harness that died) or restarts (journald). Each write then fails with EPIPE,
+ * and that error, unhandled, is an uncaught exception whose report is written to the same dead
+ * stream, failing again: a loop that held a core at 100 % and kept a stopping process from ever
+ * exiting. For a server (start, sequencer, operator) a broken log stream is not its failure: what is
+ * written to it from then on is dropped and it goes on. Any other command's output is its purpose,
+ * so it ends there, as a command whose reader quit does (`switchboard listen | head -1`).
  */
-for (const stream of [process.stdout, process.stderr]) stream.on("error", () => undefined);
+const SERVER_COMMANDS = new Set(["start", "sequencer", "operator"]);
+const serving = SERVER_COMMANDS.has(process.argv[2] ?? "");
+for (const stream of [process.stdout, process.stderr])
+  stream.on("error", () => {
+    if (!serving) process.exit(process.exitCode ?? 0);
+  });
 
 let failing = false;
 /**

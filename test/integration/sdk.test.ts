@@ -3,9 +3,10 @@
  * server crash (kill -9) with sends pending, multi-device resume from a stored cursor, and the CLI's
  * token/send/listen/group commands.
  */
+import { spawn } from "node:child_process";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Conversation, type IncomingMessage, SwitchboardClient } from "../../sdk/src/index.js";
-import { devToken, runCli, type ServerProcess, startServer } from "../helpers/server.js";
+import { cliPath, devToken, runCli, type ServerProcess, startServer } from "../helpers/server.js";
 
 let server: ServerProcess;
 
@@ -162,5 +163,40 @@ describe("CLI", () => {
     for (const line of listened.lines) expect(line).toHaveProperty("message_id");
     const bad = await runCli(["send", "--token", "not-a-token", "--to", "x", "y"], env);
     expect(bad.code).not.toBe(0);
+  });
+
+  it("listen ends quietly (exit 0) once what reads its output has quit", async () => {
+    const env = { ...process.env, SWITCHBOARD_URL: server.url };
+    const token = async (u: string) =>
+      ((await runCli(["token", "--user", u, "--data-dir", server.dataDir])).lines[0] as { token: string })
+        .token;
+    const [erin, frank] = [await token("pipe-erin"), await token("pipe-frank")];
+    expect((await runCli(["send", "--token", frank, "--to", "pipe-erin", "first"], env)).code).toBe(0);
+    // `listen | head -n 1`: head quits after the first line; the next line listen writes meets a closed pipe.
+    const pipeline = spawn(
+      "bash",
+      [
+        "-c",
+        // biome-ignore lint/suspicious/noTemplateCurlyInString: a bash expansion, not a template
+        '"$0" "$@" | head -n 1; echo "listen exited ${PIPESTATUS[0]}" >&2',
+        process.execPath,
+        cliPath,
+      ].concat(["listen", "--token", erin, "--since", "0"]),
+      { env, stdio: ["ignore", "pipe", "pipe"] },
+    );
+    let out = "";
+    let err = "";
+    pipeline.stdout.on("data", (d: Buffer) => (out += d.toString()));
+    pipeline.stderr.on("data", (d: Buffer) => (err += d.toString()));
+    const ended = new Promise<void>((r) => pipeline.once("exit", () => r()));
+    for (const deadline = Date.now() + 10_000; !out.includes("first"); ) {
+      if (Date.now() > deadline) throw new Error(`listen printed nothing: ${err}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    expect((await runCli(["send", "--token", frank, "--to", "pipe-erin", "second"], env)).code).toBe(0);
+    await Promise.race([ended, new Promise((r) => setTimeout(r, 10_000))]);
+    pipeline.kill();
+    expect(err).toContain("listen exited 0");
+    expect(err).not.toContain("fatal");
   });
 });
