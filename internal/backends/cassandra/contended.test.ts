@@ -20,5 +20,10 @@ describe("a CAS loop that ran out of attempts", () => {
     expect(err.message).toBe(
       "partition_owners: claim drafts/7: conditional write not applied (Cassandra unavailable or conflicting; last error: All host(s) tried for query failed) after 16 attempts",
     );
+    // What a client is told leaves the driver's text (node addresses) out.
+    expect(err.publicMessage).toBe(
+      "partition_owners: claim drafts/7: conditional write not applied after 16 attempts; retry",
+    );
+    expect(err.retryAfterMs).toBe(1_000);
   });
 });

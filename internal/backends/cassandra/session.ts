@@ -412,9 +412,15 @@ export function contended(what: string, attempts: number, last: unknown): Switch
     last === undefined
       ? "still conflicting"
       : `not applied (Cassandra unavailable or conflicting; last error: ${last instanceof Error ? last.message : String(last)})`;
-  return errors.unavailable(
+  // The driver's text (node addresses) stays in the logs; a client is told what failed and to retry.
+  return new SwitchboardError(
+    Code.UNAVAILABLE,
     "STORAGE_UNAVAILABLE",
     `${what}: conditional write ${why} after ${attempts} attempts`,
-    last,
+    {
+      cause: last,
+      retryAfterMs: 1_000,
+      publicMessage: `${what}: conditional write not applied after ${attempts} attempts; retry`,
+    },
   );
 }
