@@ -284,10 +284,11 @@ export async function runBackup(argv: string[]): Promise<number> {
     strict: true,
   });
   if (!values.out) throw new Error("--out is required: the file to write the copy to");
-  const dataDir = values["data-dir"] ?? loadConfig().dataDir;
+  const config = loadConfig();
+  const dataDir = values["data-dir"] ?? config.dataDir;
   const { backupDataDir } = await import("../backends/embedded/backup.js");
   const started = Date.now();
-  const { bytes } = await backupDataDir(dataDir, values.out);
+  const { bytes } = await backupDataDir(dataDir, values.out, config.dataDirFreeBytesMin);
   process.stdout.write(
     `${JSON.stringify({ status: "backed up", data_dir: dataDir, out: values.out, bytes, ms: Date.now() - started })}\n`,
   );

@@ -29,11 +29,16 @@ afterAll(async () => {
   rmSync(scratch, { recursive: true, force: true });
 });
 
-function backup(dataDir: string, out: string): Promise<{ code: number; stdout: string; stderr: string }> {
+function backup(
+  dataDir: string,
+  out: string,
+  env: Record<string, string> = {},
+): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
     execFile(
       process.execPath,
       [cliPath, "backup", "--data-dir", dataDir, "--out", out],
+      { env: { ...process.env, ...env } },
       (err, stdout, stderr) =>
         resolve({ code: typeof err?.code === "number" ? err.code : err ? 1 : 0, stdout, stderr }),
     );
@@ -142,6 +147,19 @@ describe("switchboard backup", () => {
     expect(limited.code).not.toBe(0);
     expect(limited.stderr).toContain(
       `writing ${out}.partial failed (File too large); the partial copy was removed`,
+    );
+    expect(existsSync(`${out}.partial`)).toBe(false);
+    expect(existsSync(out)).toBe(false);
+  });
+
+  it("refuses a copy that would leave the server's disk under its reserve, before writing any of it", async () => {
+    const out = join(scratch, "reserve.mdb"); // the data dir's disk (both in the temp dir)
+    const r = await backup(server.dataDir, out, {
+      SWITCHBOARD_DATA_DIR_FREE_BYTES_MIN: String(Number.MAX_SAFE_INTEGER),
+    });
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(
+      /the copy needs about \d+ bytes and .* has \d+ free, of which the server keeps \d+/,
     );
     expect(existsSync(`${out}.partial`)).toBe(false);
     expect(existsSync(out)).toBe(false);

@@ -12,14 +12,24 @@
  */
 import { closeSync, existsSync, fsyncSync, openSync, renameSync, rmSync, statSync } from "node:fs";
 import { dirname, join } from "node:path";
-import { open } from "lmdb";
+import { open, type RootDatabase } from "lmdb";
+import { statfsAvailableBytes } from "./disk-space.js";
 
 /** The database file of a data dir (the embedded backend's). */
 export const DATABASE_FILE = "switchboard.mdb";
 /** The named databases its file may hold at most (LMDB's maxDbs: every opener must allow as many). */
 export const DATABASES_MAX = 24;
 
-export async function backupDataDir(dataDir: string, out: string): Promise<{ bytes: number }> {
+/**
+ * `reserveBytes`: the free space the server keeps on the data dir's disk (dataDirFreeBytesMin); a copy
+ * written to that disk must leave it, or the server would refuse messages (or, with no reserve, fail
+ * a commit) because of the backup.
+ */
+export async function backupDataDir(
+  dataDir: string,
+  out: string,
+  reserveBytes = 0,
+): Promise<{ bytes: number }> {
   const source = join(dataDir, DATABASE_FILE);
   if (!existsSync(source)) throw new Error(`backup: ${source} does not exist (is ${dataDir} a data dir?)`);
   if (existsSync(out)) throw new Error(`backup: ${out} exists; name a file that does not`);
@@ -27,22 +37,41 @@ export async function backupDataDir(dataDir: string, out: string): Promise<{ byt
   rmSync(partial, { force: true }); // what an earlier backup cut short left
   const root = open({ path: source, noSubdir: true, readOnly: true, maxDbs: DATABASES_MAX });
   try {
-    await root.backup(partial, false);
-    syncFile(partial);
-  } catch (err) {
-    // A copy cut short (the disk full, a file size limit) would hold the space it took, often on the
-    // disk the server writes to: it goes, and the error says where the copy failed.
-    rmSync(partial, { force: true });
-    const why = err instanceof Error ? err.message : String(err);
-    throw new Error(`backup: writing ${partial} failed (${why}); the partial copy was removed`, {
-      cause: err,
-    });
+    checkRoom(root, dataDir, dirname(out), reserveBytes);
+    try {
+      await root.backup(partial, false);
+      syncFile(partial);
+    } catch (err) {
+      // A copy cut short (the disk full, a file size limit) would hold the space it took, often on
+      // the disk the server writes to: it goes, and the error says where the copy failed.
+      rmSync(partial, { force: true });
+      const why = err instanceof Error ? err.message : String(err);
+      throw new Error(`backup: writing ${partial} failed (${why}); the partial copy was removed`, {
+        cause: err,
+      });
+    }
   } finally {
     await root.close();
   }
   renameSync(partial, out);
   syncFile(dirname(out));
   return { bytes: statSync(out).size };
+}
+
+/** Refuses a copy that would not fit, before writing any of it. */
+function checkRoom(root: RootDatabase, dataDir: string, outDir: string, reserveBytes: number): void {
+  // The copy holds the pages in use (up to the last one), not the space the file was grown by ahead.
+  const { lastPageNumber, pageSize } = root.getStats() as { lastPageNumber: number; pageSize: number };
+  const needed = (lastPageNumber + 1) * pageSize;
+  const sameDisk = statSync(dataDir).dev === statSync(outDir).dev;
+  const keep = sameDisk ? reserveBytes : 0;
+  const free = statfsAvailableBytes(outDir);
+  if (free - keep < needed)
+    throw new Error(
+      `backup: the copy needs about ${needed} bytes and ${outDir} has ${free} free` +
+        (sameDisk ? `, of which the server keeps ${keep} (dataDirFreeBytesMin)` : "") +
+        ": free space, or write the copy to another disk",
+    );
 }
 
 function syncFile(path: string): void {
