@@ -287,7 +287,7 @@ export function createMetrics() {
     }),
     storageFull: new Gauge({
       name: "switchboard_storage_full",
-      help: "Embedded backend: 1 while new messages are refused (STORAGE_FULL) because the data dir's file system has fewer bytes free than dataDirFreeBytesMin, else 0.",
+      help: "Embedded backend: 1 while new messages are refused (STORAGE_FULL) because the data dir's file system has fewer bytes free than dataDirFreeBytesMin, else 0 (not reported when dataDirFreeBytesMin is 0).",
       labelNames: ["data_dir"],
       registers: r,
       collect() {

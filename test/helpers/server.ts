@@ -91,12 +91,17 @@ export async function startServer(options: StartOptions = {}): Promise<ServerPro
       const line = out.split("\n").find((l) => l.includes('"started"'));
       if (line) {
         child.stdout!.off("data", onData);
+        clearTimeout(slow);
         resolvePort(JSON.parse(line) as StartLine);
       }
     };
     child.stdout!.on("data", onData);
     child.once("exit", (code) => reject(new Error(`server exited with ${code} before starting:\n${err}`)));
-    setTimeout(() => reject(new Error(`server did not start within 120 s:\n${err}`)), 120_000).unref();
+    const slow = setTimeout(() => {
+      child.kill("SIGKILL"); // a start that never finished must not outlive the test
+      reject(new Error(`server did not start within 120 s:\n${err}`));
+    }, 120_000);
+    slow.unref();
   });
   const { port, grpc_port: grpcPort } = started;
   const exited = new Promise<void>((r) => child.once("exit", () => r()));
