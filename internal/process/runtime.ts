@@ -42,8 +42,11 @@ export interface RoleContext {
   own<T extends { close(): unknown }>(resource: T): T;
   /** A readiness condition: returns why the process is not ready, or undefined. */
   readiness(check: () => string | undefined): void;
-  /** Retries `open` with capped backoff until it succeeds (logging each failure; /readyz says why). */
-  retry<T>(what: string, open: () => Promise<T>): Promise<T>;
+  /**
+   * Retries `open` with capped backoff until it succeeds (logging each failure; /readyz says why),
+   * or until it fails with an error `final` says no wait can cure, which it throws.
+   */
+  retry<T>(what: string, open: () => Promise<T>, final?: (err: unknown) => boolean): Promise<T>;
   /** Stops the process with exit code 70: used when acknowledging would no longer mean durable. */
   fatal(err: unknown): void;
 }
@@ -222,14 +225,14 @@ export async function runProcess(
       return resource;
     },
     readiness: (check) => checks.push(check),
-    retry: async (what, open) => {
+    retry: async (what, open, final) => {
       for (let attempt = 1; ; attempt++) {
         try {
           const value = await open();
           waitingFor = undefined;
           return value;
         } catch (err) {
-          if (phase === "stopping") throw err;
+          if (phase === "stopping" || final?.(err)) throw err;
           const delay = Math.min(RETRY_DELAY_MAX_MS, RETRY_DELAY_MIN_MS * 2 ** Math.min(attempt - 1, 5));
           // Still "starting" to a reader of /readyz, with what it waits for.
           waitingFor = `starting: ${what}: ${(err as Error).message ?? String(err)}`;

@@ -24,6 +24,7 @@ import { Gateway } from "../gateway/index.js";
 import { inProcessCaller } from "../grpc-auth/policy.js";
 import { createIdService, type HighWaterStore } from "../id/index.js";
 import { createVerifier } from "../lib/auth.js";
+import { Code, SwitchboardError } from "../lib/errors.js";
 import { addService, inProcessClient, type ServiceClient } from "../lib/rpc.js";
 import { Presence, presenceServiceImpl } from "../presence/index.js";
 import { checkDistributedConfig, openBackends } from "../process/backends.js";
@@ -73,10 +74,14 @@ export const startAll: RoleStarter = async (ctx) => {
     );
   // Kafka and Cassandra may come up after this process (a cluster's first start, a restart during
   // their outage): it waits for them, live and not ready, as the split roles do, instead of exiting
-  // into a restart backoff that can outlast the outage. The embedded store's refusals (its data dir
-  // in use, of a newer format) are final.
+  // into a restart backoff that can outlast the outage. What no wait cures ends the start as before:
+  // the embedded store's refusals (its data dir in use, of a newer format), and storage that answers
+  // but does not fit the configuration (a changed partition count, a changed migration, credentials
+  // refused).
   const backends = ctx.own(
-    config.backend === "distributed" ? await ctx.retry("open storage", open) : await open(),
+    config.backend === "distributed"
+      ? await ctx.retry("open storage", open, isConfigurationError)
+      : await open(),
   );
   if ("unreachable" in backends) ctx.readiness(() => (backends.unreachable as () => string | undefined)());
 
@@ -217,3 +222,10 @@ export const startAll: RoleStarter = async (ctx) => {
   });
   return { gateway };
 };
+
+/** A refusal of the configuration itself: starting again unchanged cannot succeed. */
+function isConfigurationError(err: unknown): boolean {
+  if (err instanceof SwitchboardError)
+    return err.code === Code.INVALID_ARGUMENT || err.code === Code.FAILED_PRECONDITION;
+  return err instanceof Error && err.name === "KafkaJSSASLAuthenticationError";
+}

@@ -12,7 +12,7 @@ import { decodeMessage } from "../../internal/backends/kafka/codec.js";
 import { decodeSnowflake } from "../../internal/id/index.js";
 import { defaultMemberFile } from "../../internal/process/backends.js";
 import { expectCase, RawClient } from "../helpers/raw-client.js";
-import { devToken, type ServerProcess, startServer } from "../helpers/server.js";
+import { devToken, refusedStart, type ServerProcess, startServer } from "../helpers/server.js";
 import { TcpProxy } from "../helpers/tcp-proxy.js";
 import { ensureServer } from "../infra/servers.js";
 
@@ -239,6 +239,19 @@ describe("distributed storage", () => {
       await proxy.close();
     }
   }, 90_000);
+});
+
+describe("distributed storage that does not fit the configuration", () => {
+  it("ends role all's start instead of waiting: a partition count other than the topics'", async () => {
+    // The topics of the default prefix exist with 3 partitions (the server of beforeAll).
+    const r = await refusedStart(["--backend", "distributed"], {
+      ...infra,
+      SWITCHBOARD_KAFKA_PARTITIONS: "4",
+    });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain("has 3 partitions but kafka.partitions is 4");
+    expect(r.stderr).not.toContain("retrying");
+  });
 });
 
 /** A loopback port nothing listens on now. */
