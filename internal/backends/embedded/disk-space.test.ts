@@ -1,6 +1,7 @@
 import { tmpdir } from "node:os";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { DiskSpace, statfsAvailableBytes } from "./disk-space.js";
+import { commitFailure } from "./index.js";
 
 const MiB = 1024 * 1024;
 const watched: DiskSpace[] = [];
@@ -97,6 +98,46 @@ describe("the data dir's free space", () => {
     } finally {
       vi.useRealTimers();
     }
+  });
+
+  it("near the reserve, measures again as messages come (at most every 10 ms); far from it, only on its timer", () => {
+    let clock = 0;
+    const free = { bytes: 1_000 * MiB };
+    const measure = vi.fn(() => free.bytes);
+    const space = new DiskSpace({
+      path: "/data",
+      reserveBytes: 100 * MiB,
+      availableBytes: measure,
+      intervalMs: 60_000,
+      now: () => clock,
+    });
+    watched.push(space);
+    clock += 1_000;
+    expect(space.full).toBe(false);
+    expect(measure).toHaveBeenCalledTimes(1); // far: the start's measure only
+
+    free.bytes = 150 * MiB; // near, but not yet measured so
+    space.check();
+    free.bytes = 99 * MiB; // a burst of writes since
+    clock += 5;
+    expect(space.full).toBe(false); // measured 5 ms ago
+    clock += 5;
+    expect(space.full).toBe(true); // 10 ms on: measured again, without waiting for the timer
+    expect(measure).toHaveBeenCalledTimes(3);
+  });
+
+  it("a commit that failed on a full disk says so; elsewhere its error is left as it is", () => {
+    const io = new Error("Input/output error");
+    expect(String(commitFailure(io, "/data", () => 4096))).toBe(
+      "Error: Input/output error (the data dir's disk is full: 4096 bytes free)",
+    );
+    expect((commitFailure(io, "/data", () => 0) as Error).cause).toBe(io);
+    expect(commitFailure(io, "/data", () => 500 * MiB)).toBe(io);
+    expect(
+      commitFailure(io, "/data", () => {
+        throw new Error("EIO");
+      }),
+    ).toBe(io);
   });
 
   it("measures a real file system with statfs", () => {

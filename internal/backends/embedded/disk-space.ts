@@ -7,12 +7,17 @@
  * Below the reserve, appends of new messages are refused (`STORAGE_FULL`, retryable) while everything
  * else goes on — sync, history, listings, receipts, presence, group changes, retention — on the
  * reserve; once the space is back (the reserve plus a tenth, so the state does not flap), messages
- * are taken again, with no restart. Checked every second: at any rate this process can write, a
- * second's messages are a small part of the reserve.
+ * are taken again, with no restart. Checked every second, and near the reserve (less than twice it
+ * free) also as new messages come, at most every 10 ms: checked outside found writes of 6.6 MB/s
+ * filling a 2 MB reserve between two checks a second apart, the commit then failing for lack of space.
  */
 import { statfsSync } from "node:fs";
 
 export const DISK_CHECK_INTERVAL_MS = 1_000;
+/** Near the reserve, how often a new message may measure the free space again. */
+export const DISK_CHECK_NEAR_MS = 10;
+/** Near the reserve: fewer than this many reserves free. */
+const NEAR_RESERVES = 2;
 
 /** Messages are taken again once the reserve and this part of it more are free (1/10). */
 const RESUME_MARGIN_DIVISOR = 10;
@@ -37,23 +42,30 @@ export interface DiskSpaceOptions {
   onChange?: (full: boolean, availableBytes: number) => void;
   /** Called when the free space could not be measured (the last state is kept). */
   onError?: (err: unknown) => void;
+  /** The clock the checks near the reserve are paced by (tests). */
+  now?: () => number;
 }
 
 export class DiskSpace {
   private isFull = false;
   private available: number | undefined;
   private failed = false;
+  private checkedAt = Number.NEGATIVE_INFINITY;
   private readonly timer: NodeJS.Timeout | undefined;
+  private readonly now: () => number;
 
   constructor(private readonly o: DiskSpaceOptions) {
+    this.now = o.now ?? Date.now;
     if (o.reserveBytes <= 0) return;
     this.check(); // before the first write: a process started on a full disk refuses from the start
     this.timer = setInterval(() => this.check(), o.intervalMs ?? DISK_CHECK_INTERVAL_MS);
     this.timer.unref();
   }
 
-  /** Whether new messages are refused now. */
+  /** Whether new messages are refused now (near the reserve, measured again if not within 10 ms). */
   get full(): boolean {
+    const near = this.available !== undefined && this.available < NEAR_RESERVES * this.o.reserveBytes;
+    if (near && this.now() - this.checkedAt >= DISK_CHECK_NEAR_MS) this.check();
     return this.isFull;
   }
 
@@ -69,6 +81,7 @@ export class DiskSpace {
   /** Measures the free space now and updates the state (also run every interval). */
   check(): void {
     if (this.o.reserveBytes <= 0) return;
+    this.checkedAt = this.now();
     let available: number;
     try {
       available = (this.o.availableBytes ?? statfsAvailableBytes)(this.o.path);

@@ -46,7 +46,7 @@ import type {
 import { DATABASE_FILE, DATABASES_MAX } from "./backup.js";
 import { DataDirLock } from "./data-dir-lock.js";
 import { EmbeddedDevices } from "./devices.js";
-import { type AvailableBytes, DiskSpace } from "./disk-space.js";
+import { type AvailableBytes, DiskSpace, statfsAvailableBytes } from "./disk-space.js";
 import { EmbeddedInbox } from "./inbox.js";
 import { EmbeddedLog } from "./log.js";
 import { EmbeddedMembership } from "./membership.js";
@@ -113,6 +113,24 @@ export interface EmbeddedOptions {
   onDiskSpaceError?: (err: unknown) => void;
 }
 
+/** Free bytes under which a failed commit is put down to a full disk (disk-space.ts keeps far more). */
+const NEARLY_FULL_BYTES = 16 * 1024 * 1024;
+
+/**
+ * A failed commit's error, saying so when the data dir's disk is (nearly) full: LMDB reports a write
+ * that found no space as an I/O error, which alone sends an operator looking for a broken disk.
+ */
+export function commitFailure(err: unknown, dataDir: string, availableBytes: AvailableBytes): unknown {
+  let free: number;
+  try {
+    free = availableBytes(dataDir);
+  } catch {
+    return err;
+  }
+  if (free >= NEARLY_FULL_BYTES) return err;
+  const message = err instanceof Error ? err.message : String(err);
+  return new Error(`${message} (the data dir's disk is full: ${free} bytes free)`, { cause: err });
+}
 /** How long a client waits before sending again a message refused for lack of disk space. */
 const STORAGE_FULL_RETRY_AFTER_MS = 5_000;
 const storageFull = () =>
@@ -160,10 +178,14 @@ export class EmbeddedBackends implements Backends {
   private closed = false;
   private fatal: unknown;
   private readonly onFatal: (err: unknown) => void;
+  private readonly dataDir: string;
+  private readonly availableBytes: AvailableBytes;
 
   constructor(options: EmbeddedOptions) {
     mkdirSync(options.dataDir, { recursive: true });
     this.onFatal = options.onFatal ?? (() => undefined);
+    this.dataDir = options.dataDir;
+    this.availableBytes = options.availableBytes ?? statfsAvailableBytes;
     this.root = open({
       path: join(options.dataDir, DATABASE_FILE),
       noSubdir: true,
@@ -327,7 +349,7 @@ export class EmbeddedBackends implements Backends {
     } catch (err) {
       if (this.fatal === undefined) {
         this.fatal = err;
-        this.onFatal(err);
+        this.onFatal(commitFailure(err, this.dataDir, this.availableBytes));
       }
       throw errors.unavailable("STORAGE_FAILED", "storage write failed", err);
     }
