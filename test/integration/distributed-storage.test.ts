@@ -3,7 +3,6 @@
  * and in Cassandra's `switchboard.messages_by_conversation` table (default names), with its seq.
  */
 import { readFileSync } from "node:fs";
-import { createServer } from "node:net";
 import { join } from "node:path";
 import cassandra from "cassandra-driver";
 import { Kafka, logLevel } from "kafkajs";
@@ -11,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { decodeMessage } from "../../internal/backends/kafka/codec.js";
 import { decodeSnowflake } from "../../internal/id/index.js";
 import { defaultMemberFile } from "../../internal/process/backends.js";
+import { freePort } from "../helpers/grpc.js";
 import { expectCase, RawClient } from "../helpers/raw-client.js";
 import { devToken, refusedStart, type ServerProcess, startServer } from "../helpers/server.js";
 import { TcpProxy } from "../helpers/tcp-proxy.js";
@@ -253,12 +253,3 @@ describe("distributed storage that does not fit the configuration", () => {
     expect(r.stderr).not.toContain("retrying");
   });
 });
-
-/** A loopback port nothing listens on now. */
-async function freePort(): Promise<number> {
-  const probe = createServer();
-  await new Promise<void>((resolve) => probe.listen(0, "127.0.0.1", resolve));
-  const { port } = probe.address() as { port: number };
-  await new Promise<void>((resolve) => probe.close(() => resolve()));
-  return port;
-}

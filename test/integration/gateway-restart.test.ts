@@ -6,27 +6,18 @@
  * starts empty with each process, so the test could not fail there).
  */
 import { writeFileSync } from "node:fs";
-import type { AddressInfo } from "node:net";
-import { createServer } from "node:net";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ChatService } from "../../gen/switchboard/api/v1/chat_pb.js";
 import { newKey } from "../../internal/grpc-auth/key-file.js";
 import { grpcClient } from "../../internal/lib/rpc.js";
+import { freePort } from "../helpers/grpc.js";
 import { RawClient } from "../helpers/raw-client.js";
 import { devToken, type ServerProcess, startServer, tempDir } from "../helpers/server.js";
 
 let server: ServerProcess;
 const dir = tempDir("switchboard-restart-");
 const ops = newKey("client:ops");
-
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, "127.0.0.1", r));
-  const { port } = s.address() as AddressInfo;
-  await new Promise((r) => s.close(r));
-  return port;
-}
 
 async function sessionsOf(userId: string): Promise<string[]> {
   const api = grpcClient(ChatService, `127.0.0.1:${server.grpcPort}`, { bearer: () => ops.key });
