@@ -233,7 +233,7 @@ export class EmbeddedBackends implements Backends {
       this.diskSpace = diskSpace = new DiskSpace({
         path: options.dataDir,
         reserveBytes,
-        ...(options.availableBytes ? { availableBytes: options.availableBytes } : {}),
+        availableBytes: this.availableBytes,
         onChange: (full, available) => options.onDiskFull?.(full, available, reserveBytes),
         onError: (err) => options.onDiskSpaceError?.(err),
       });
