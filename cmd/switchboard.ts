@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 /** The `switchboard` command: a thin dispatcher; each command lives in internal/cli. */
 import { isControlConnectionRace } from "../internal/backends/cassandra/driver-races.js";
+import { isLmdbCommitRejection } from "../internal/backends/embedded/lmdb-orphans.js";
 import {
   closeRunning,
   runBackup,
@@ -119,11 +120,22 @@ function fatal(what: string, err: unknown): void {
     .finally(() => process.exit(FATAL_EXIT_CODE));
 }
 process.on("uncaughtException", (err) => fatal("uncaught exception; stopping", err));
-process.on("unhandledRejection", (reason) => {
-  if (!isControlConnectionRace(reason)) return fatal("unhandled promise rejection; stopping", reason);
+function logError(msg: string, err: unknown): void {
   process.stderr.write(
-    `${JSON.stringify({ time: new Date().toISOString(), level: "error", msg: "cassandra-driver: a refresh of its control connection failed beside another (a race of the driver's); it reconnects by itself", pid: process.pid, err: errorFields(reason) })}\n`,
+    `${JSON.stringify({ time: new Date().toISOString(), level: "error", msg, pid: process.pid, err: errorFields(err) })}\n`,
   );
+}
+process.on("unhandledRejection", (reason) => {
+  if (isControlConnectionRace(reason))
+    return logError(
+      "cassandra-driver: a refresh of its control connection failed beside another (a race of the driver's); it reconnects by itself",
+      reason,
+    );
+  // A failed commit stops the process through the writes' own promises first (exit 70 set); lmdb-js's
+  // own promises of that commit are then no news. Before that, they stop it like any other.
+  if (isLmdbCommitRejection(reason) && process.exitCode === FATAL_EXIT_CODE)
+    return logError("lmdb: the failed commit's own promise (the process is already stopping for it)", reason);
+  fatal("unhandled promise rejection; stopping", reason);
 });
 
 main(process.argv.slice(2)).then(

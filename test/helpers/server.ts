@@ -40,6 +40,11 @@ export interface StartOptions {
   port?: number;
   env?: Record<string, string>;
   args?: string[];
+  /**
+   * Runs the process under `ulimit -f` (KiB): a write past that file size fails (EFBIG) as a write to
+   * a full disk does, without a file system of that size. SIGXFSZ is ignored, as for a shell.
+   */
+  fileSizeLimitKiB?: number;
 }
 
 /** Which backend the server runs on: `SWITCHBOARD_TEST_BACKEND=distributed` runs the same tests on Kafka + Cassandra. */
@@ -72,9 +77,22 @@ export async function startServer(options: StartOptions = {}): Promise<ServerPro
     };
   }
   const dataDir = options.dataDir ?? mkdtempSync(join(tmpdir(), "switchboard-test-"));
-  const child = spawn(
+  const command = [
     process.execPath,
-    [cliPath, "start", "--port", String(options.port ?? 0), "--data-dir", dataDir, ...(options.args ?? [])],
+    cliPath,
+    "start",
+    "--port",
+    String(options.port ?? 0),
+    "--data-dir",
+    dataDir,
+    ...(options.args ?? []),
+  ];
+  const limit = options.fileSizeLimitKiB;
+  const child = spawn(
+    limit === undefined ? command[0]! : "bash",
+    limit === undefined
+      ? command.slice(1)
+      : ["-c", `trap "" XFSZ; ulimit -f ${limit}; exec "$0" "$@"`, ...command],
     {
       env: { ...process.env, SWITCHBOARD_LOG_LEVEL: "warn", ...options.env },
       stdio: ["ignore", "pipe", "pipe"],

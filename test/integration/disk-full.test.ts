@@ -58,3 +58,45 @@ describe("a nearly full disk (embedded)", () => {
     alice.close();
   });
 });
+
+describe("a write the disk refuses (embedded)", () => {
+  // The database file may grow a little past its size at start (36 KiB): the first page it needs
+  // beyond that fails to be written, as on a full disk (where the reserve above was used up by other
+  // writes). At 40 KiB the first group's new record shape, stored synchronously inside its write, is
+  // what fails; at 64 KiB a later group's commit, on LMDB's writer thread.
+  it.each([40, 64])(
+    "answers STORAGE_FAILED and stops cleanly (exit 70), with no rejection left unhandled (%i KiB)",
+    async (limitKiB) => {
+      const limited = await startServer({ fileSizeLimitKiB: limitKiB });
+      const exited = new Promise<number | null>((resolve) =>
+        limited.child.once("exit", (code) => resolve(code)),
+      );
+      try {
+        const alice = await RawClient.connect(limited.url, {
+          token: await devToken(limited.dataDir, "alice"),
+        });
+        const replies = [];
+        for (let i = 0; i < 50 && limited.child.exitCode === null; i++) {
+          const reply = await alice
+            .request({ case: "createGroup", value: { name: `crew ${i}`, members: [`bob${i}`, `carol${i}`] } })
+            .catch(() => undefined); // the process is stopping: the connection goes
+          if (reply === undefined) break;
+          replies.push(reply);
+          if (reply.kind.case === "error") break;
+        }
+        // Whatever the first write to fail was (the first group's new record shape is saved
+        // synchronously, inside the write), its caller hears of a storage failure, not an internal error.
+        expect(expectCase(replies.at(-1)!, "error")).toMatchObject({
+          reason: "STORAGE_FAILED",
+          code: Code.UNAVAILABLE,
+        });
+        expect(await exited).toBe(70);
+        expect(limited.stderr()).toContain("storage failed; shutting down");
+        expect(limited.stderr()).not.toContain("unhandled promise rejection");
+        alice.close();
+      } finally {
+        await limited.dispose();
+      }
+    },
+  );
+});

@@ -15,7 +15,7 @@ export class EmbeddedDevices implements DeviceStore {
     private readonly guard: Guard,
   ) {}
   async put(device: DeviceRecord) {
-    await this.guard(
+    await this.guard(() =>
       this.root.transaction(() => {
         this.forget([device.userId, device.deviceId]);
         if (tokenNamesOneDevice(device.provider)) {
@@ -29,10 +29,10 @@ export class EmbeddedDevices implements DeviceStore {
     );
   }
   async remove(userId: string, deviceId: string) {
-    await this.guard(this.root.transaction(() => this.forget([userId, deviceId])));
+    await this.guard(() => this.root.transaction(() => this.forget([userId, deviceId])));
   }
   async removeIfToken(userId: string, deviceId: string, token: string) {
-    return this.guard(
+    return this.guard(() =>
       this.root.transaction(() => {
         if (this.db.get([userId, deviceId])?.token !== token) return false;
         this.forget([userId, deviceId]);

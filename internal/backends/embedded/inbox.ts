@@ -47,7 +47,7 @@ export class EmbeddedInbox implements InboxStore {
     const legacy = this.legacy;
     if (!legacy) return;
     this.legacy = undefined;
-    await this.guard(legacy.drop());
+    await this.guard(() => legacy.drop());
   }
 
   get readsLegacyIndex(): boolean {
@@ -123,7 +123,7 @@ export class EmbeddedInbox implements InboxStore {
           w.put(this.index, [e.conversationId, e.seq, e.userId], e.cursor);
         }
       });
-      const written = this.guard(commit);
+      const written = this.guard(() => commit);
       for (let i = 0; i < fresh.length; i++) {
         this.pending.set(commit, freshKeys[i]!, { cursor: fresh[i]!.cursor, written });
       }

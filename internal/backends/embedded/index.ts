@@ -62,7 +62,7 @@ import { EmbeddedReceipts } from "./receipts.js";
 import { Retention, type RetentionOptions } from "./retention.js";
 import { InMemoryRouting } from "./routing.js";
 import { EmbeddedSettings } from "./settings.js";
-import type { Key } from "./store.js";
+import type { Guard, Key } from "./store.js";
 import { TurnCommits } from "./turn-commits.js";
 
 /** Where each database keeps the shapes of its values (msgpackr records); never in a key range. */
@@ -228,7 +228,7 @@ export class EmbeddedBackends implements Backends {
           `data dir ${options.dataDir} was written by a newer Switchboard (data format ${format}; this build reads up to ${DATA_FORMAT}): run that version or a later one, or restore the backup taken before the upgrade`,
         );
       if (format !== DATA_FORMAT) meta.putSync(DATA_FORMAT_KEY, DATA_FORMAT);
-      const guard = <T>(p: Promise<T>) => this.guard(p);
+      const guard: Guard = (write) => this.guard(write);
       const reserveBytes = options.diskReserveBytes ?? 0;
       this.diskSpace = diskSpace = new DiskSpace({
         path: options.dataDir,
@@ -299,7 +299,7 @@ export class EmbeddedBackends implements Backends {
       this.pushDeadLetters = new EmbeddedPushDeadLetters(this.root, deadLetters, guard);
       this.idHighWater = {
         load: () => meta.get(ID_HIGH_WATER_KEY),
-        store: (untilMs) => guard(meta.put(ID_HIGH_WATER_KEY, untilMs)).then(() => undefined),
+        store: (untilMs) => guard(() => meta.put(ID_HIGH_WATER_KEY, untilMs)).then(() => undefined),
       };
       this.retention = new Retention(
         this.root,
@@ -340,12 +340,12 @@ export class EmbeddedBackends implements Backends {
     this.onFatal(err);
   }
 
-  /** Every write goes through here: the first failed commit poisons the backend. */
-  private async guard<T>(write: Promise<T>): Promise<T> {
+  /** Every write goes through here: the first failed commit poisons the backend (store.ts, Guard). */
+  private async guard<T>(write: () => Promise<T>): Promise<T> {
     if (this.fatal !== undefined)
       throw errors.unavailable("STORAGE_FAILED", "storage failed earlier", this.fatal);
     try {
-      return await write;
+      return await write();
     } catch (err) {
       if (this.fatal === undefined) {
         this.fatal = err;

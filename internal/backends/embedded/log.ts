@@ -191,7 +191,7 @@ export class EmbeddedLog implements MessageLog {
       w.put(this.dedupe, dedupeKey, seq);
       w.put(this.entries, position, [draft.conversationId, seq]);
     });
-    const write = this.guard(commit).then((): AppendResult => {
+    const write = this.guard(() => commit).then((): AppendResult => {
       for (const wake of this.wakers) wake();
       return { message, duplicate: false };
     });
@@ -238,7 +238,7 @@ export class EmbeddedLog implements MessageLog {
       // Fixed now, durably: a reopened consumer of the new group starts here too, not at a later end.
       let end = 0;
       for (const key of this.entries.getKeys({ reverse: true, limit: 1 })) end = key as number;
-      await this.guard(this.offsets.put(group, end));
+      await this.guard(() => this.offsets.put(group, end));
     }
     let stopped = false;
     let wake: (() => void) | undefined;
@@ -257,7 +257,7 @@ export class EmbeddedLog implements MessageLog {
       stored = at;
       // In the transaction of the messages it covers or a later one; a crash before this lands only
       // means re-handling (idempotent).
-      const write = this.guard(this.turns.write((w) => w.put(this.offsets, group, at)));
+      const write = this.guard(() => this.turns.write((w) => w.put(this.offsets, group, at)));
       write.then(
         () => {
           if (at > committedAt) committedAt = at;

@@ -67,7 +67,7 @@ export class EmbeddedMembership implements MembershipStore {
       if (existing) return { record: existing, created: false };
       const unique = [...new Set(members)];
       const stored = newConversationRecord(record, unique.length);
-      await this.guard(
+      await this.guard(() =>
         this.conversations.batch(() => {
           this.conversations.put(record.id, stored);
           for (const user of unique) {
@@ -101,7 +101,7 @@ export class EmbeddedMembership implements MembershipStore {
       const delivery = memberCount > pullAbove ? "pull" : record.delivery;
       const updated = { ...record, memberCount, delivery, version: record.version + 1 };
       const now = Date.now();
-      await this.guard(
+      await this.guard(() =>
         this.conversations.batch(() => {
           this.conversations.put(id, updated);
           for (const user of fresh) {
@@ -127,7 +127,7 @@ export class EmbeddedMembership implements MembershipStore {
         owner: record.owner === user ? "" : record.owner,
         version: record.version + 1,
       };
-      await this.guard(
+      await this.guard(() =>
         this.conversations.batch(() => {
           this.conversations.put(id, updated);
           this.membersDb.remove([id, user]);
@@ -148,7 +148,7 @@ export class EmbeddedMembership implements MembershipStore {
       const former = record.owner;
       const owner = role === "owner" ? user : former === user ? "" : former;
       const updated = { ...record, owner, version: record.version + 1 };
-      await this.guard(
+      await this.guard(() =>
         this.conversations.batch(() => {
           this.conversations.put(id, updated);
           if (role === "admin") this.roles.put([id, user], "admin");
@@ -173,7 +173,7 @@ export class EmbeddedMembership implements MembershipStore {
       const record = this.record(id);
       if (record?.kind !== "group") throw errors.notFound("GROUP_NOT_FOUND", `group ${id} does not exist`);
       const updated = { ...record, ...change, version: record.version + 1 };
-      await this.guard(this.conversations.put(id, updated));
+      await this.guard(() => this.conversations.put(id, updated));
       return updated;
     });
   }

@@ -13,7 +13,7 @@ export class EmbeddedMessageStore implements MessageStore {
   ) {}
 
   async write(messages: StoredMessage[]): Promise<void> {
-    await this.guard(
+    await this.guard(() =>
       this.messages.batch(() => {
         for (const m of messages) {
           const existing = this.messages.get([m.conversationId, m.seq]);

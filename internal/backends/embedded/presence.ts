@@ -11,7 +11,7 @@ export class EmbeddedPresence implements PresenceStore {
     private readonly guard: Guard,
   ) {}
   async setLastActive(userId: string, atMs: number) {
-    await this.guard(this.db.put(userId, atMs));
+    await this.guard(() => this.db.put(userId, atMs));
   }
   async lastActive(userIds: string[]) {
     const out = new Map<string, number>();

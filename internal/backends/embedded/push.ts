@@ -50,7 +50,7 @@ export class EmbeddedPushJobs implements PushJobStore {
       return true;
     }
     const now = Date.now();
-    return this.guard(
+    return this.guard(() =>
       this.root.transaction(() => {
         const added = this.keys.get(key);
         if (added !== undefined && added > now - PUSH_JOB_KEYS_KEPT_MS) return false;
@@ -78,10 +78,10 @@ export class EmbeddedPushJobs implements PushJobStore {
     );
   }
   async put(job: PushJob) {
-    await this.guard(this.jobs.put(job.id, job));
+    await this.guard(() => this.jobs.put(job.id, job));
   }
   async remove(id: string) {
-    await this.guard(this.jobs.remove(id));
+    await this.guard(() => this.jobs.remove(id));
   }
   async list(limit: number) {
     const out: PushJob[] = [];
@@ -89,7 +89,7 @@ export class EmbeddedPushJobs implements PushJobStore {
     return out;
   }
   async deadLetter(job: PushJob, error: string) {
-    await this.guard(
+    await this.guard(() =>
       this.root.transaction(() => {
         this.jobs.remove(job.id);
         recordDeadLetter(this.dead, job, error, Date.now());
@@ -106,7 +106,7 @@ export class EmbeddedPushDeadLetters implements PushDeadLetterStore {
     private readonly guard: Guard,
   ) {}
   async add(job: PushJob, error: string) {
-    return this.guard(this.root.transaction(() => recordDeadLetter(this.dead, job, error, Date.now())));
+    return this.guard(() => this.root.transaction(() => recordDeadLetter(this.dead, job, error, Date.now())));
   }
   async list(limit: number, beforeId?: string) {
     const before = beforeId === undefined ? undefined : parseDeadLetterId(beforeId);
@@ -123,7 +123,7 @@ export class EmbeddedPushDeadLetters implements PushDeadLetterStore {
   async take(ids: string[]) {
     const keys = ids.map(parseDeadLetterId).filter((k) => k !== undefined);
     // One transaction reads and removes: a dead letter goes to exactly one of two concurrent takers.
-    return this.guard(
+    return this.guard(() =>
       this.root.transaction(() => {
         const taken: PushDeadLetter[] = [];
         for (const k of keys) {

@@ -17,7 +17,7 @@ export class EmbeddedReceipts implements ReceiptStore {
     const key: Key = [conversationId, userId, kind];
     return this.mutex.run(JSON.stringify(key), async () => {
       if ((this.db.get(key) ?? 0) >= seq) return false;
-      await this.guard(this.db.put(key, seq));
+      await this.guard(() => this.db.put(key, seq));
       return true;
     });
   }

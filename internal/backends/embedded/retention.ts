@@ -191,7 +191,7 @@ export class Retention {
     }
 
     if (removals.length > 0)
-      await this.guard(
+      await this.guard(() =>
         this.root.batch(() => {
           for (const [db, key] of removals) void db.remove(key);
         }),

@@ -13,10 +13,10 @@ export class EmbeddedSettings implements NotificationSettingsStore {
     private readonly guard: Guard,
   ) {}
   async mute(userId: string, mute: MutedConversation) {
-    await this.guard(this.mutes.put([userId, mute.conversationId], mute.untilMs));
+    await this.guard(() => this.mutes.put([userId, mute.conversationId], mute.untilMs));
   }
   async unmute(userId: string, conversationId: string) {
-    await this.guard(this.mutes.remove([userId, conversationId]));
+    await this.guard(() => this.mutes.remove([userId, conversationId]));
   }
   async muted(userId: string, nowMs: number) {
     const out: MutedConversation[] = [];
@@ -30,7 +30,7 @@ export class EmbeddedSettings implements NotificationSettingsStore {
     return until !== undefined && (until === 0 || until > nowMs);
   }
   async setDoNotDisturb(userId: string, dnd: DoNotDisturb | undefined) {
-    await this.guard(dnd ? this.windows.put(userId, dnd) : this.windows.remove(userId));
+    await this.guard(() => (dnd ? this.windows.put(userId, dnd) : this.windows.remove(userId)));
   }
   async doNotDisturb(userId: string) {
     return this.windows.get(userId);

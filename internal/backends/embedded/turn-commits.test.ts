@@ -125,7 +125,7 @@ describe("TurnCommits", () => {
       db,
       db,
       turns,
-      (p) => p,
+      (write) => write(),
       () => false,
       () => undefined,
     );
