@@ -188,7 +188,7 @@ export const schema = {
   dataDir: str(".data", "Directory of the embedded database and the dev JWT secret."),
   dataDirFreeBytesMin: int(
     256 * 1024 * 1024,
-    "Embedded backend: while the file system that holds dataDir has fewer bytes free than this, new messages are refused with STORAGE_FULL (retryable: clients send them again later) and everything else goes on (sync, history, receipts, group changes), on this reserve; messages are taken again once a tenth more than it is free, with no restart. Checked every second, and while less than twice it is free also as messages come (at most every 10 ms); logged, and switchboard_storage_full is 1 meanwhile. 0: no check (a write that fails for lack of space stops the process).",
+    "Embedded backend: while the file system that holds dataDir has fewer bytes free than this, new messages are refused with STORAGE_FULL (retryable: clients send them again later) and everything else goes on (sync, history, receipts, group changes), on this reserve; messages are taken again once a tenth more than it is free, with no restart. Checked every second, and while less than twice it is free also as messages come (at most every 10 ms); logged, and switchboard_storage_full is 1 meanwhile. Below 1 MiB free (or this, if smaller) the server does not start. 0: no check (a write that fails for lack of space stops the process).",
   ),
   backend: oneOf(["embedded", "distributed"] as const, "embedded", "Storage backend."),
   shutdownTimeoutMs: int(

@@ -3,7 +3,7 @@
  * the first runs, and takes the dir once the first was killed with -9.
  */
 import { type ChildProcess, spawn } from "node:child_process";
-import { cpSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -150,6 +150,15 @@ describe("data dir lock", () => {
     expect(existsSync(join(dataDir, LOCK_FILE))).toBe(false);
     const next = new EmbeddedBackends({ dataDir }); // not "in use": nobody holds it
     await next.close();
+  });
+
+  it("names the lock file when it cannot be written, and leaves no temporary file behind", async () => {
+    const dataDir = await scratch();
+    mkdirSync(join(dataDir, LOCK_FILE)); // the lock file cannot be renamed into place
+    expect(() => new EmbeddedBackends({ dataDir })).toThrow(
+      new RegExp(`cannot write the lock file ${join(dataDir, LOCK_FILE)}: `),
+    );
+    expect(readdirSync(dataDir).filter((f) => f.startsWith(LOCK_FILE))).toEqual([LOCK_FILE]);
   });
 
   it("stops a holder whose lock was taken over (it stalled past the heartbeat's staleness)", async () => {

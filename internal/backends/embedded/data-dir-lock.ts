@@ -195,14 +195,27 @@ export class DataDirLock {
           );
       }
       const temporary = `${path}.${me.token}`;
-      const fd = openSync(temporary, "w", 0o644);
       try {
-        writeSync(fd, `${JSON.stringify(me)}\n`);
-        fsyncSync(fd);
-      } finally {
-        closeSync(fd);
+        const fd = openSync(temporary, "w", 0o644);
+        try {
+          writeSync(fd, `${JSON.stringify(me)}\n`);
+          fsyncSync(fd);
+        } finally {
+          closeSync(fd);
+        }
+        renameSync(temporary, path);
+      } catch (err) {
+        // Nothing left behind: a process restarted again and again on a full disk would leave one
+        // file per start.
+        readOr(() => unlinkSync(temporary));
+        const code = (err as NodeJS.ErrnoException).code;
+        throw errors.unavailable(
+          "DATA_DIR_UNWRITABLE",
+          `cannot write the lock file ${path}: ${(err as Error).message}` +
+            (code === "ENOSPC" ? " (the data dir's disk is full: free space on it, then start again)" : ""),
+          err,
+        );
       }
-      renameSync(temporary, path);
     });
     return new DataDirLock(path, me, onLost);
   }

@@ -3,7 +3,7 @@
  * embedded log's hand-over before commit (ConsumeOptions.beforeCommit), its value encoding, and its
  * push job store's refusal of a job added twice.
  */
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, readdir, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { open } from "lmdb";
@@ -359,5 +359,24 @@ describe("embedded disk space: new messages refused while the disk is nearly ful
     expect(await backends.messages.lastSeq("dm:alice~bob")).toBe(2);
     expect(changes).toEqual([true, false]);
     expect(fatal).not.toHaveBeenCalled();
+  });
+  it("refuses to open on a disk with no room for the database, and creates nothing there", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "switchboard-embedded-full-"));
+    try {
+      expect(
+        () =>
+          new EmbeddedBackends({ dataDir: dir, diskReserveBytes: 100_000_000, availableBytes: () => 4096 }),
+      ).toThrow(/the disk of data dir .* is full \(4096 bytes free; opening the database needs 1048576\)/);
+      expect(await readdir(dir)).toEqual([]);
+      // Room for it: it opens (and with the check off, whatever the disk says).
+      await new EmbeddedBackends({
+        dataDir: dir,
+        diskReserveBytes: 100_000_000,
+        availableBytes: () => 2_000_000,
+      }).close();
+      await new EmbeddedBackends({ dataDir: dir, diskReserveBytes: 0, availableBytes: () => 0 }).close();
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });

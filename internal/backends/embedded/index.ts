@@ -115,6 +115,13 @@ export interface EmbeddedOptions {
 
 /** Free bytes under which a failed commit is put down to a full disk (disk-space.ts keeps far more). */
 const NEARLY_FULL_BYTES = 16 * 1024 * 1024;
+/**
+ * Free bytes the data dir's disk must have for the backend to open (or the reserve, when smaller; a
+ * reserve of 0 turns the check off). LMDB maps its lock file and writes through that map: on a disk
+ * with no room for the pages it touches, a fresh data dir stops the process with SIGBUS, and an
+ * existing one fails at its first write. A clear refusal instead, until space is freed.
+ */
+const FREE_BYTES_TO_OPEN = 1024 * 1024;
 
 /**
  * A failed commit's error, saying so when the data dir's disk is (nearly) full: LMDB reports a write
@@ -186,6 +193,13 @@ export class EmbeddedBackends implements Backends {
     this.onFatal = options.onFatal ?? (() => undefined);
     this.dataDir = options.dataDir;
     this.availableBytes = options.availableBytes ?? statfsAvailableBytes;
+    const needed = Math.min(FREE_BYTES_TO_OPEN, options.diskReserveBytes ?? 0);
+    const free = needed > 0 ? this.availableBytes(options.dataDir) : Number.POSITIVE_INFINITY;
+    if (free < needed)
+      throw errors.unavailable(
+        "DATA_DIR_FULL",
+        `the disk of data dir ${options.dataDir} is full (${free} bytes free; opening the database needs ${needed}): free space on it, then start again`,
+      );
     this.root = open({
       path: join(options.dataDir, DATABASE_FILE),
       noSubdir: true,
