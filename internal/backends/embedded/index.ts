@@ -351,6 +351,7 @@ export class EmbeddedBackends implements Backends {
   private poison(err: unknown): void {
     if (this.fatal !== undefined) return;
     this.fatal = err;
+    this.turns?.fail(err);
     this.onFatal(err);
   }
 
@@ -363,6 +364,7 @@ export class EmbeddedBackends implements Backends {
     } catch (err) {
       if (this.fatal === undefined) {
         this.fatal = err;
+        this.turns.fail(err);
         this.onFatal(commitFailure(err, this.dataDir, this.availableBytes));
       }
       throw errors.unavailable("STORAGE_FAILED", "storage write failed", err);

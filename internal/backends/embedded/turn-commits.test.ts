@@ -87,6 +87,26 @@ describe("TurnCommits", () => {
     expect(db.get("a")).toBeUndefined();
   });
 
+  it("after a failure elsewhere (fail()), refuses the turn queued and every later one, and no refusal goes unhandled", async () => {
+    const { db, turns } = await fresh();
+    const unhandled: unknown[] = [];
+    const onUnhandled = (reason: unknown) => unhandled.push(reason);
+    process.on("unhandledRejection", onUnhandled);
+    try {
+      const queued = turns.write((w) => w.put(db, "b", 1));
+      turns.fail(new Error("a commit of another store failed"));
+      await expect(queued).rejects.toThrow(expect.objectContaining({ reason: "STORAGE_FAILED" }));
+      // Refused at once, and left alone (as the guard does once the backend failed): nothing unhandled.
+      void turns.write((w) => w.put(db, "b", 2));
+      await nextTurn();
+      await nextTurn();
+      expect(db.get("b")).toBeUndefined();
+      expect(unhandled).toEqual([]);
+    } finally {
+      process.off("unhandledRejection", onUnhandled);
+    }
+  });
+
   it("close commits what is queued and refuses more", async () => {
     const { db, turns } = await fresh();
     const queued = turns.write((w) => w.put(db, "q", 7));
