@@ -1,14 +1,17 @@
+import { createECDH } from "node:crypto";
 import { describe, expect, it } from "vitest";
 import { tokenProblem } from "./token-format.js";
 
-const subscription = (endpoint: string, p256dhBytes = 65) =>
-  JSON.stringify({
-    endpoint,
-    keys: {
-      p256dh: Buffer.concat([Buffer.from([4]), Buffer.alloc(p256dhBytes - 1, 1)]).toString("base64url"),
-      auth: Buffer.alloc(16, 2).toString("base64url"),
-    },
-  });
+const ecdh = createECDH("prime256v1");
+ecdh.setPrivateKey(Buffer.alloc(32, 1)); // its public key in standard base64 has "/" and "+"
+/** A browser's public key: an uncompressed point on P-256. */
+const point = ecdh.getPublicKey();
+
+const subscription = (
+  endpoint: string,
+  p256dh = point.toString("base64url"),
+  auth = Buffer.alloc(16, 2).toString("base64url"),
+) => JSON.stringify({ endpoint, keys: { p256dh, auth } });
 
 describe("device token forms", () => {
   it("accepts each provider's form", () => {
@@ -24,7 +27,22 @@ describe("device token forms", () => {
       "a Web Push token is the PushSubscription JSON: the token is not subscription JSON",
     );
     expect(tokenProblem("webpush", subscription("http://push.example/x"))).toMatch(/not https/);
-    expect(tokenProblem("webpush", subscription("https://push.example/x", 33))).toMatch(/not a P-256 point/);
+    const x = "https://push.example/x";
+    expect(tokenProblem("webpush", subscription(x, point.subarray(0, 33).toString("base64url")))).toMatch(
+      /not a P-256 point/,
+    );
+    // 65 bytes that begin as a point does, off the curve: its first notification could not be encrypted.
+    const offCurve = Buffer.from(point);
+    offCurve[64] = offCurve[64]! ^ 1;
+    expect(tokenProblem("webpush", subscription(x, offCurve.toString("base64url")))).toMatch(
+      /not a P-256 point/,
+    );
+    // base64url only (padding may be there or not): standard base64's "+" and "/" are not.
+    expect(tokenProblem("webpush", subscription(x, point.toString("base64")))).toMatch(/not base64url/);
+    expect(
+      tokenProblem("webpush", subscription(x, undefined, Buffer.alloc(16, 0xfb).toString("base64"))),
+    ).toMatch(/not base64url/);
+    expect(tokenProblem("webpush", subscription(x, `${point.toString("base64url")}=`))).toBeUndefined();
     expect(tokenProblem("webhook", "ftp://x")).toBe("a webhook token is an http(s) URL");
   });
 

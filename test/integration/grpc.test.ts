@@ -10,6 +10,7 @@ import { Provider, PushService } from "../../gen/switchboard/push/v1/push_pb.js"
 import { RouterService } from "../../gen/switchboard/router/v1/router_pb.js";
 import { Code } from "../../internal/lib/errors.js";
 import { grpcClient } from "../../internal/lib/rpc.js";
+import { vapidKeys } from "../helpers/push-stand-ins/web-push.js";
 import { expectCase, RawClient } from "../helpers/raw-client.js";
 import { devToken, type ServerProcess, startServer } from "../helpers/server.js";
 
@@ -129,7 +130,7 @@ describe("gRPC APIs", () => {
     const subscription = JSON.stringify({
       endpoint: "https://push.example/x",
       keys: {
-        p256dh: Buffer.concat([Buffer.from([4]), Buffer.alloc(64, 1)]).toString("base64url"),
+        p256dh: vapidKeys().publicKey, // a point on P-256, as a browser's key is
         auth: Buffer.alloc(16, 2).toString("base64url"),
       },
     });

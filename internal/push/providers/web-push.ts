@@ -3,7 +3,7 @@
  * browser's PushSubscription JSON ({endpoint, keys: {p256dh, auth}}). The VAPID JWT (ES256, aud = the
  * push service's origin, sub = a contact) is cached per origin for 12 hours of its 24-hour maximum.
  */
-import { createHash } from "node:crypto";
+import { createHash, ECDH } from "node:crypto";
 import { importJWK, SignJWT } from "jose";
 import { webPushTopic } from "./collapse.js";
 import {
@@ -58,10 +58,29 @@ export function parseSubscription(token: string, allowHttp: boolean): Subscripti
   }
   const { p256dh, auth } = parsed.keys ?? {};
   if (typeof p256dh !== "string" || typeof auth !== "string") return "no keys.p256dh / keys.auth";
+  // Buffer.from(…, "base64url") would take standard base64 too, and skip what is neither.
+  if (!BASE64URL.test(p256dh) || !BASE64URL.test(auth)) return "keys.p256dh / keys.auth are not base64url";
   const keys = { p256dh: Buffer.from(p256dh, "base64url"), auth: Buffer.from(auth, "base64url") };
-  if (keys.p256dh.length !== 65 || keys.p256dh[0] !== 0x04) return "keys.p256dh is not a P-256 point";
+  if (keys.p256dh.length !== 65 || keys.p256dh[0] !== 0x04 || !onP256(keys.p256dh))
+    return "keys.p256dh is not a P-256 point";
   if (keys.auth.length !== 16) return "keys.auth is not 16 bytes";
   return { endpoint, keys };
+}
+
+/** base64url's alphabet, its padding optional (PushSubscription.toJSON() writes none). */
+const BASE64URL = /^[A-Za-z0-9_-]*={0,2}$/;
+
+/**
+ * Whether an uncompressed point lies on P-256: one that does not would be accepted at registration
+ * and fail only at its first notification's encryption (RFC 8291's ECDH).
+ */
+function onP256(point: Buffer): boolean {
+  try {
+    ECDH.convertKey(point, "prime256v1", undefined, undefined, "uncompressed");
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 export class WebPushProvider implements PushProvider {
