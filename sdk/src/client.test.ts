@@ -595,6 +595,21 @@ test("close() rejects pending work and stops reconnecting", async () => {
   });
 });
 
+test("a send refused again and again until its timeout names the last refusal in its TIMEOUT", async () => {
+  const srv = await startServer();
+  srv.hook = (conn, frame, s) => {
+    if (frame.kind.case !== "send") return undefined;
+    s.error(conn, frame, Code.RESOURCE_EXHAUSTED, "STORAGE_FULL", 50);
+    return true;
+  };
+  const t = newClient(srv);
+  await t.client.connect();
+  const sent = t.client.send({ toUser: "bob" }, "hi", { timeoutMs: 300 });
+  await expect(sent).rejects.toMatchObject({ reason: "TIMEOUT", code: Code.DEADLINE_EXCEEDED });
+  await expect(sent).rejects.toThrow(/last refused with STORAGE_FULL: .*it may still be stored/);
+  expect(srv.framesOf("send").length).toBeGreaterThan(1); // retried meanwhile
+});
+
 test("a request without an answer times out with reason TIMEOUT", async () => {
   const srv = await startServer();
   srv.hook = (_conn, frame) => frame.kind.case === "listMembers" || undefined; // never answered

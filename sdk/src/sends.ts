@@ -61,6 +61,8 @@ interface PendingSend {
   deadline: Timer | undefined;
   /** Server-side retryable errors in a row (drives the retry backoff). */
   failures: number;
+  /** The last retryable refusal, named if the send then times out (so a caller learns why). */
+  lastRefusal: SwitchboardClientError | undefined;
   settled: boolean;
   /**
    * Not transmitted yet under a clientMsgId this client made up itself: the next transmission is
@@ -199,18 +201,20 @@ export class SendQueue {
       retryTimer: undefined,
       deadline: undefined,
       failures: 0,
+      lastRefusal: undefined,
       settled: false,
       firstAttempt: options.clientMsgId === undefined,
     };
     const timeoutMs = options.timeoutMs ?? this.o.sendTimeoutMs;
     if (timeoutMs > 0 && timeoutMs <= expiresInMs) {
       entry.deadline = setTimeout(() => {
+        const refused = entry.lastRefusal;
         this.settle(
           entry,
           localError(
             Code.DEADLINE_EXCEEDED,
             LocalReason.TIMEOUT,
-            `send not acknowledged within ${timeoutMs} ms (it may still be stored; retry with the same clientMsgId)`,
+            `send not acknowledged within ${timeoutMs} ms (${refused ? `last refused with ${refused.reason}: ${refused.message}; ` : ""}it may still be stored; retry with the same clientMsgId)`,
           ),
         );
       }, timeoutMs);
@@ -378,6 +382,7 @@ export class SendQueue {
         } else if (kind.case === "error") {
           const err = fromWireError(kind.value);
           if (isRetryableSendError(err)) {
+            entry.lastRefusal = err;
             const perSecond = this.o.welcome()?.limits.sendsPerSecond ?? 0;
             // A tenth under the rate: timers fire late and early, and a send a moment early is refused.
             if (err.reason === "RATE_LIMITED" && perSecond > 0) this.paceMs = 1100 / perSecond;
