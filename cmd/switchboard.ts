@@ -143,7 +143,11 @@ main(process.argv.slice(2)).then(
     process.exitCode = code;
   },
   (err: unknown) => {
-    process.stderr.write(`${JSON.stringify({ error: err instanceof Error ? err.message : String(err) })}\n`);
+    // A refusal of the platform's own (DATA_DIR_IN_USE, DATA_DIR_FULL, …) also gives its reason.
+    const reason = (err as { reason?: unknown } | null)?.reason;
+    process.stderr.write(
+      `${JSON.stringify({ error: err instanceof Error ? err.message : String(err), ...(typeof reason === "string" ? { reason } : {}) })}\n`,
+    );
     process.exitCode = 1;
   },
 );

@@ -251,6 +251,7 @@ describe("kill -9", () => {
       );
       expect(outcome).toContain(`data dir ${server.dataDir} is in use`);
       expect(outcome).toContain(`pid ${server.child.pid} on host`);
+      expect(outcome).toContain('"reason":"DATA_DIR_IN_USE"'); // the reason README's operations guide names
       // The first one is unharmed.
       const alice = await RawClient.connect(server.url, { token: await devToken(server.dataDir, "alice") });
       const ack = expectCase(
