@@ -102,6 +102,20 @@ for (const stream of [process.stdout, process.stderr])
     if (!serving) process.exit(process.exitCode ?? 0);
   });
 
+/**
+ * Node prints its process warnings (a deprecation in a dependency, a listener leak such as
+ * cassandra-driver's on reconnects) as plain text on stderr; a server's log is one JSON object per
+ * line, so its warnings are written as log lines instead (level warn), and nothing else.
+ */
+if (serving) {
+  process.removeAllListeners("warning");
+  process.on("warning", (warning) => {
+    process.stderr.write(
+      `${JSON.stringify({ time: new Date().toISOString(), level: "warn", msg: `node: ${warning.name}`, pid: process.pid, err: errorFields(warning) })}\n`,
+    );
+  });
+}
+
 let failing = false;
 /**
  * An exception nothing caught, or a rejection nothing handled: the process's state is unknown, so it

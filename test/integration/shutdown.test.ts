@@ -313,6 +313,25 @@ describe("an uncaught error", () => {
     expect(c!.ws.readyState).toBe(c!.ws.OPEN);
   });
 
+  it("writes Node's own warnings as JSON log lines, like every other line of a server's log", async () => {
+    const env = preload(
+      `process.on("SIGUSR2", () => process.emitWarning("11 down listeners added to [Host]", "MaxListenersExceededWarning"));\n`,
+    );
+    const s = await startServer({ env: { ...env, SWITCHBOARD_LOG_LEVEL: "info" } });
+    server = s;
+    s.child.kill("SIGUSR2");
+    await vi.waitFor(() => expect(s.stderr()).toContain("MaxListenersExceededWarning"));
+    const lines = s
+      .stderr()
+      .split("\n")
+      .filter((l) => l !== "");
+    for (const line of lines) expect(() => JSON.parse(line), line).not.toThrow();
+    const warning = lines
+      .map((l) => JSON.parse(l) as Record<string, unknown>)
+      .find((l) => l.msg === "node: MaxListenersExceededWarning");
+    expect(warning).toMatchObject({ level: "warn", err: { message: "11 down listeners added to [Host]" } });
+  });
+
   it("logs one fatal line, closes the process (clients get 1001) and exits 70", async () => {
     // SIGUSR2 makes the process reject a promise nothing handles.
     const env = preload(
