@@ -249,7 +249,7 @@ export const schema = {
     ),
     bodyCharsMax: int(
       100_000,
-      "Longest message body in characters. On the distributed backend a message is one Kafka record, which must fit the topics' max.message.bytes (the broker's 1 MiB by default): keep this at most 250,000 (4 bytes per character at worst) or raise that limit.",
+      "Longest message body in characters. On the distributed backend a message is one Kafka record, which must fit the topics' max.message.bytes (the broker's 1 MiB by default): keep this at most 250,000 (4 bytes per character at worst) or raise that limit. A message whose encoding is larger than the topics' limit less 128 KiB (room for what the sequencer adds) is refused with BODY_TOO_LARGE, and a start warns when this setting allows such bodies.",
       1,
     ),
     sendsPerSecond: int(50, "Sustained sends per second per connection (token bucket rate).", 1),

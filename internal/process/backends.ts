@@ -88,6 +88,7 @@ export function distributedOptions(config: Config, log: Logger, use: BackendUse)
     replicationFactor: k.replicationFactor,
     retentionHours: k.retentionHours,
     appendTimeoutMs: k.appendTimeoutMs,
+    bodyCharsMax: config.gateway.bodyCharsMax,
     dedupeWindowSeconds: k.dedupeWindowHours * 3600,
     publishSequenced: k.publishSequenced,
     memberFile: k.memberFile || join(config.dataDir, defaultMemberFile(use.role, use.httpPort)),

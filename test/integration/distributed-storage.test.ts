@@ -9,6 +9,7 @@ import { Kafka, logLevel } from "kafkajs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { decodeMessage } from "../../internal/backends/kafka/codec.js";
 import { decodeSnowflake } from "../../internal/id/index.js";
+import { Code } from "../../internal/lib/errors.js";
 import { defaultMemberFile } from "../../internal/process/backends.js";
 import { freePort } from "../helpers/grpc.js";
 import { expectCase, RawClient } from "../helpers/raw-client.js";
@@ -239,6 +240,36 @@ describe("distributed storage", () => {
       await proxy.close();
     }
   }, 90_000);
+});
+
+describe("a body larger than the message topics take", () => {
+  it("is refused at once with BODY_TOO_LARGE (not a LOG_UNAVAILABLE to retry forever), and holds nothing back", async () => {
+    // A deployment that raised bodyCharsMax past what 1 MiB records hold at 4 bytes a character.
+    const big = await startServer({
+      env: {
+        SWITCHBOARD_GATEWAY_BODY_CHARS_MAX: "300000",
+        SWITCHBOARD_GATEWAY_FRAME_BYTES_MAX: "3700000",
+        SWITCHBOARD_LOG_LEVEL: "info",
+      },
+    });
+    try {
+      expect(big.stderr()).toContain("gateway.bodyCharsMax is more than the message topics take");
+      const alice = await RawClient.connect(big.url, { token: await devToken(big.dataDir, "big-alice") });
+      const send = (clientMsgId: string, body: string) =>
+        alice.request({
+          case: "send",
+          value: { target: { case: "toUser", value: "big-bob" }, clientMsgId, body },
+        });
+      const refused = expectCase(await send("big-1", "😀".repeat(300_000)), "error"); // 1.2 MB of UTF-8
+      expect(refused).toMatchObject({ reason: "BODY_TOO_LARGE", code: Code.INVALID_ARGUMENT });
+      expect(refused.message).toMatch(/more than the message log takes/);
+      // Not a refusal to retry: the conversation's next send is not held behind it.
+      expect(expectCase(await send("big-2", "a shorter one"), "ack").seq).toBe(1n);
+      alice.close();
+    } finally {
+      await big.dispose();
+    }
+  });
 });
 
 describe("distributed storage that does not fit the configuration", () => {

@@ -23,7 +23,13 @@ import { KafkaPushQueue } from "../kafka/push-queue.js";
 import { FIRST_ATTEMPT_MARGIN_MS } from "../kafka/recent-sends.js";
 import { KafkaRouting } from "../kafka/routing.js";
 import { type PendingAppends, SEQUENCER_GROUP, Sequencer } from "../kafka/sequencer.js";
-import { checkPartitionCounts, ensureTopics, topicNames, verifyTopics } from "../kafka/topics.js";
+import {
+  checkPartitionCounts,
+  ensureTopics,
+  topicNames,
+  draftBytesMax as topicsDraftBytesMax,
+  verifyTopics,
+} from "../kafka/topics.js";
 import type { Backends, Closeable } from "../types.js";
 import { AnnouncingMembershipStore } from "./membership.js";
 
@@ -39,6 +45,11 @@ export interface DistributedOptions {
   replicationFactor: number;
   retentionHours: number;
   appendTimeoutMs: number;
+  /**
+   * The longest body a gateway takes (gateway.bodyCharsMax): warned about at start when, at 4 bytes a
+   * character, it would not fit the message topics' record limit (such a body is BODY_TOO_LARGE).
+   */
+  bodyCharsMax?: number;
   /** Prefix of every consumer group id (tests isolate runs with it). */
   groupPrefix?: string;
   cassandra: CassandraOptions;
@@ -166,6 +177,13 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
     mark("kafka");
     closers.unshift(() => batchProducer.close());
     const names = topicNames(o.topicPrefix);
+    const draftBytesMax = await topicsDraftBytesMax(admin, names, (msg, err) => log.warn(msg, { err }));
+    // A draft is the body and ~200 bytes of ids; 4 bytes a character at worst (UTF-8).
+    if (o.bodyCharsMax !== undefined && o.bodyCharsMax * 4 + 1024 > draftBytesMax)
+      log.warn(
+        "gateway.bodyCharsMax is more than the message topics take at 4 bytes a character: longer bodies of such characters are refused (BODY_TOO_LARGE); lower it, or raise the topics' max.message.bytes",
+        { bodyCharsMax: o.bodyCharsMax, draftBytesMax },
+      );
     const groupPrefix = o.groupPrefix ?? o.topicPrefix;
     const pending: PendingAppends = new Map();
     const dedupeWindowSeconds = o.dedupeWindowSeconds ?? DEDUPE_WINDOW_SECONDS_DEFAULT;
@@ -195,6 +213,7 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
       groupPrefix,
       pending,
       appendTimeoutMs: o.appendTimeoutMs,
+      draftBytesMax,
       sequenced: { store: stores.sequencer, messages: stores.messages },
       log,
     });

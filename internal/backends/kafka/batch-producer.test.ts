@@ -169,6 +169,7 @@ describe("BatchProducer: a bounded queue", () => {
       pending: new Map(),
       sequenced: { store: {} as never, messages: {} as never },
       appendTimeoutMs: 50,
+      draftBytesMax: 1_000_000,
       log,
     });
     const draft = (id: string): MessageDraft => ({
@@ -204,6 +205,7 @@ describe("BatchProducer: a bounded queue", () => {
       pending: new Map(),
       sequenced: { store: {} as never, messages: {} as never },
       appendTimeoutMs: 60_000,
+      draftBytesMax: 1_000_000,
       log,
     });
     void full.send("other", record("in-flight"));

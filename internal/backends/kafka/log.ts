@@ -59,12 +59,23 @@ export interface KafkaLogOptions {
   groupPrefix: string;
   pending: PendingAppends;
   appendTimeoutMs: number;
+  /** The largest draft record the log takes, in bytes (topics.ts, draftBytesMax); larger is refused. */
+  draftBytesMax: number;
   /** Where `appended` finds what the sequencers stored: their dedupe rows and the message rows. */
   sequenced: {
     store: Pick<SequencerStore, "heads" | "lookup">;
     messages: Pick<MessageStore, "getMany">;
   };
   log: Logger;
+}
+
+class DraftTooLarge extends Error {
+  constructor(
+    readonly bytes: number,
+    readonly max: number,
+  ) {
+    super(`draft of ${bytes} bytes over ${max}`);
+  }
 }
 
 /** Partitions whose batches a consumer handles at the same time. */
@@ -123,11 +134,15 @@ export class KafkaMessageLog implements MessageLog {
               ...(first === undefined ? {} : { [FIRST_ATTEMPT_HEADER]: String(first) }),
             }
           : this.replyHeaders;
+      const value = encodeMessage(draft);
+      // Kafka would refuse it at every attempt (a retryable LOG_UNAVAILABLE that never succeeds,
+      // holding back the conversation's later sends), or its emission would stop its sequencer.
+      if (value.length > this.o.draftBytesMax) throw new DraftTooLarge(value.length, this.o.draftBytesMax);
       // Ordered: a draft whose request failed fails the drafts of its conversation behind it, which
       // its sender resends after it (gateway/send-gaps.ts).
       await this.o.producer.send(
         this.o.draftsTopic,
-        { key: draft.conversationId, value: encodeMessage(draft), ...(headers ? { headers } : {}) },
+        { key: draft.conversationId, value, ...(headers ? { headers } : {}) },
         { ordered: true, withdrawal: deadline },
       );
     } catch (err) {
@@ -135,6 +150,11 @@ export class KafkaMessageLog implements MessageLog {
       // its timer goes too (it holds the draft, body and all, for appendTimeoutMs).
       clearTimeout(timer);
       this.o.pending.delete(draft.messageId);
+      if (err instanceof DraftTooLarge)
+        throw errors.invalid(
+          "BODY_TOO_LARGE",
+          `the message is ${err.bytes} bytes encoded, more than the message log takes (${err.max}): send a shorter body`,
+        );
       throw errors.unavailable(
         "LOG_UNAVAILABLE",
         !(err instanceof RecordWithdrawn)

@@ -9,7 +9,7 @@
  * `inbox` the messages per recipient partition, whose owners assign the users' inbox cursors.
  */
 
-import type { Admin, ITopicConfig } from "kafkajs";
+import kafkajs, { type Admin, type ITopicConfig } from "kafkajs";
 import { errors } from "../../lib/errors.js";
 
 export interface TopicSettings {
@@ -201,5 +201,53 @@ export function checkPartitionCounts(layout: TopicLayout, prefix: string, partit
         "PARTITIONS_CHANGED",
         `Kafka topic ${topic} has ${actual} partitions but kafka.partitions is ${partitions}: the partition count of the message topics is fixed once they exist (changing it would give one conversation or user two owners); set kafka.partitions to ${actual}, or provision a new topic prefix (a ChatCluster's spec.kafka.topics.partitions cannot change once set: recreate it with ${actual}, or give it a new spec.kafka.topicPrefix)`,
       );
+  }
+}
+
+// A CommonJS export Node's ESM loader does not find by name (kafkajs assigns its exports late).
+const { ConfigResourceTypes } = kafkajs;
+
+/** The broker's default `max.message.bytes` (1 MiB plus a record batch's overhead). */
+const BROKER_RECORD_BYTES_DEFAULT = 1_048_588;
+/**
+ * What the sequencer adds when it emits a draft to the inbox topic (the recipients placed in a
+ * partition, its ids and epoch) at most: a draft must leave that room under the inbox topic's limit.
+ */
+export const EMIT_HEADROOM_BYTES = 128 * 1024;
+
+/**
+ * The largest draft record the message log takes: the smallest `max.message.bytes` of the drafts and
+ * inbox topics, less the emission's headroom. A draft over it would be refused by Kafka at every
+ * attempt (the drafts topic), or stop its partition's sequencer at every attempt (the inbox topic), so
+ * the log refuses it at once (log.ts). Where the topics' configuration cannot be read (a principal
+ * without DescribeConfigs), the broker's default is assumed.
+ */
+export async function draftBytesMax(
+  admin: Admin,
+  names: TopicNames,
+  warn: (msg: string, err: unknown) => void,
+): Promise<number> {
+  const topics = [names.messages, names.inbox];
+  try {
+    const { resources } = await admin.describeConfigs({
+      includeSynonyms: false,
+      resources: topics.map((name) => ({
+        type: ConfigResourceTypes.TOPIC,
+        name,
+        configNames: ["max.message.bytes"],
+      })),
+    });
+    const limits = resources.map((r) =>
+      Number(r.configEntries.find((e) => e.configName === "max.message.bytes")?.configValue),
+    );
+    if (limits.length !== topics.length || !limits.every((l) => Number.isSafeInteger(l) && l > 0))
+      throw new Error(`unexpected answer: ${JSON.stringify(limits)}`);
+    return Math.min(...limits) - EMIT_HEADROOM_BYTES;
+  } catch (err) {
+    warn(
+      `the message topics' max.message.bytes could not be read: assuming the broker's default, ${BROKER_RECORD_BYTES_DEFAULT}`,
+      err,
+    );
+    return BROKER_RECORD_BYTES_DEFAULT - EMIT_HEADROOM_BYTES;
   }
 }
