@@ -223,9 +223,13 @@ export const startAll: RoleStarter = async (ctx) => {
   return { gateway };
 };
 
-/** A refusal of the configuration itself: starting again unchanged cannot succeed. */
-function isConfigurationError(err: unknown): boolean {
+/**
+ * A refusal of the configuration itself, or a build that cannot run (a module that does not load, a
+ * name that does not exist): starting again unchanged cannot succeed.
+ */
+export function isConfigurationError(err: unknown): boolean {
   if (err instanceof SwitchboardError)
     return err.code === Code.INVALID_ARGUMENT || err.code === Code.FAILED_PRECONDITION;
+  if (err instanceof SyntaxError || err instanceof ReferenceError) return true;
   return err instanceof Error && err.name === "KafkaJSSASLAuthenticationError";
 }
