@@ -73,10 +73,13 @@ export const METHOD_RULES: ReadonlyMap<string, MethodRule> = new Map([
   ["/switchboard.presence.v1.PresenceService/Subscribe", rule(["role:gateway"])],
   ["/switchboard.presence.v1.PresenceService/Unsubscribe", rule(["role:gateway"])],
   ["/switchboard.presence.v1.PresenceService/KeepWatches", rule(["role:gateway"])],
-  ["/switchboard.presence.v1.PresenceService/GetPresence", rule(["role:gateway", "role:router"], "presence")],
-  ["/switchboard.push.v1.PushService/RegisterDevice", rule(["role:gateway", "role:router"], "devices")],
-  ["/switchboard.push.v1.PushService/UnregisterDevice", rule(["role:gateway", "role:router"], "devices")],
-  ["/switchboard.push.v1.PushService/ListDevices", rule(["role:gateway", "role:router"], "devices")],
+  // Internal, like every method outside ChatService: a client reads presence and manages devices
+  // through ChatService's methods of the same names, whose checks (a device id is the user's own)
+  // are the server API's.
+  ["/switchboard.presence.v1.PresenceService/GetPresence", rule(["role:gateway", "role:router"])],
+  ["/switchboard.push.v1.PushService/RegisterDevice", rule(["role:gateway", "role:router"])],
+  ["/switchboard.push.v1.PushService/UnregisterDevice", rule(["role:gateway", "role:router"])],
+  ["/switchboard.push.v1.PushService/ListDevices", rule(["role:gateway", "role:router"])],
   ["/switchboard.push.v1.PushService/Notify", rule(["role:router"])],
   ["/switchboard.push.v1.PushService/ListDeadLetters", rule(["role:router"])],
   ["/switchboard.push.v1.PushService/ReplayDeadLetters", rule(["role:router"])],
