@@ -17,6 +17,7 @@ import {
 } from "../backends/types.js";
 import {
   type Conversations,
+  directMembers,
   groupChangeFromWire,
   keyedGroupId,
   policiesFromWire,
@@ -122,6 +123,13 @@ export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatS
         if (!original || original.body !== input.body) throw err;
         return { message: toWireMessage(original), duplicate: true };
       }
+      // Publish posts where its sender already is: a direct conversation it would start is
+      // SendToUser's, under its own permission (sendToUsers), not one every publisher has.
+      if (directMembers(input.conversationId) && !(await membership.getConversation(input.conversationId)))
+        throw errors.denied(
+          "NOT_MEMBER",
+          `${sender} is not a member of ${input.conversationId} (or it does not exist): SendToUser starts a direct conversation`,
+        );
       const { message, duplicate } = await send(input);
       return { message: toWireMessage(message), duplicate };
     },

@@ -41,6 +41,7 @@ const keys = {
   auditor: newKey("client:auditor"),
   watcher: newKey("client:watcher"),
   root: newKey("client:root"),
+  publisher: newKey("client:publisher"),
 };
 const dir = tempDir("switchboard-api-");
 const opened: Array<{ close(): void }> = [];
@@ -71,6 +72,8 @@ beforeAll(async () => {
         "auditor=events;conversations=all",
         // A bot's event consumer: only where bot:watcher is a member.
         "watcher=events",
+        // Posts where its bot is a member, and nothing else.
+        "publisher=publish",
         // Every permission there is: still no internal method.
         `root=${PERMISSIONS.join("+")};conversations=all`,
       ].join(","),
@@ -216,6 +219,22 @@ describe("ChatService: messages", () => {
     expect(await failure(billing.broadcast({ userIds: [], idempotencyKey: "k", body: "b" }))).toBe(
       "INVALID_ARGUMENT INVALID_USER_IDS",
     );
+  });
+
+  it("starts no direct conversation from Publish: that is SendToUser's, under its own permission", async () => {
+    const publisher = client(keys.publisher);
+    const billing = client(keys.billing);
+    const publish = (c: typeof publisher, conversationId: string, idempotencyKey: string) =>
+      c.publish({ conversationId, idempotencyKey, body: "hello" });
+    expect(await failure(publish(publisher, "dm:api-zed~bot:publisher", "p-1"))).toBe(
+      "PERMISSION_DENIED NOT_MEMBER",
+    );
+    expect(await failure(publish(billing, "dm:api-zed~bot:billing", "p-2"))).toBe(
+      "PERMISSION_DENIED NOT_MEMBER",
+    );
+    // Once SendToUser started it, the bot posts there with Publish too.
+    await billing.sendToUser({ userId: "api-zed", idempotencyKey: "p-3", body: "first" });
+    expect((await publish(billing, "dm:api-zed~bot:billing", "p-4")).message?.seq).toBe(2n);
   });
 
   it("answers a Broadcast to 1,000 users of a long body within a gRPC client's 4 MiB, retried too", async () => {
