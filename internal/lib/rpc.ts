@@ -562,8 +562,14 @@ export function addService<S extends DescService>(
           )
           .then(
             () => {
-              end(grpc.status.OK);
-              call.end();
+              // A client that cancels its stream also ends its requests, and a handler that returns
+              // when they end returns before grpc-js reports the cancel: the status waits for a turn
+              // of the loop, in which a cancel is counted as one ('cancelled', in beginCall).
+              setImmediate(() => {
+                if (call.cancelled) return;
+                end(grpc.status.OK);
+                call.end();
+              });
             },
             (err: unknown) => call.emit("error", fail(end, err)),
           );

@@ -9,12 +9,13 @@ import * as net from "node:net";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { anyUnpack, durationMs, FileDescriptorProtoSchema } from "@bufbuild/protobuf/wkt";
 import * as grpc from "@grpc/grpc-js";
-import { afterEach, describe, expect, it } from "vitest";
+import { afterEach, describe, expect, it, vi } from "vitest";
 import { ErrorInfoSchema, RetryInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
 import { StatusSchema } from "../../gen/google/rpc/status_pb.js";
 import { Health, HealthCheckResponse_ServingStatus as Serving } from "../../gen/grpc/health/v1/health_pb.js";
 import { ServerReflection as ReflectionV1 } from "../../gen/grpc/reflection/v1/reflection_pb.js";
 import { ServerReflection as ReflectionV1alpha } from "../../gen/grpc/reflection/v1alpha/reflection_pb.js";
+import { GatewayService } from "../../gen/switchboard/gateway/v1/gateway_pb.js";
 import {
   type AllocateIdsRequest,
   AllocateIdsRequestSchema,
@@ -22,6 +23,7 @@ import {
   IdService,
 } from "../../gen/switchboard/id/v1/id_pb.js";
 import { RouterService } from "../../gen/switchboard/router/v1/router_pb.js";
+import { AsyncQueue } from "../../internal/lib/async-queue.js";
 import { Code, SwitchboardError } from "../../internal/lib/errors.js";
 import { createMetrics, type Metrics } from "../../internal/lib/metrics.js";
 import {
@@ -360,6 +362,44 @@ describe("metrics", () => {
     expect(await sample(callerMetrics, `grpc_client_started_total{${ID_LABELS}}`)).toBe(4);
     expect(await sample(callerMetrics, `grpc_client_handled_total{${ID_LABELS},grpc_code="OK"}`)).toBe(2);
     expect(await sample(callerMetrics, `grpc_client_handling_seconds_count{${ID_LABELS}}`)).toBe(4);
+  });
+});
+
+describe("metrics of streams", () => {
+  it("count a stream its client cancelled as Canceled, and one it half-closed as OK", async () => {
+    // A handler that answers each request and ends when its requests end, as StreamEvents does.
+    const deliver: ServiceImpl<typeof GatewayService>["deliver"] = async function* (requests) {
+      for await (const _ of requests) yield { delivered: 1 };
+    };
+    const unused = async () => {
+      throw new Error("not called");
+    };
+    const server = await serve({}, [GatewayService, { deliver, drain: unused, stats: unused }] as unknown as [
+      typeof IdService,
+      ServiceImpl<typeof IdService>,
+    ]);
+    const c = client(GatewayService, server.address);
+    const handled = (code: string) =>
+      sample(
+        server.metrics,
+        `grpc_server_handled_total{grpc_type="bidi_stream",grpc_service="switchboard.gateway.v1.GatewayService",grpc_method="Deliver",grpc_code="${code}"}`,
+      );
+
+    const cancel = new AbortController();
+    const open = new AsyncQueue<{ userIds: string[] }>(8);
+    open.push({ userIds: ["u"] });
+    const responses = c.deliver(open, { signal: cancel.signal })[Symbol.asyncIterator]();
+    expect((await responses.next()).value).toMatchObject({ delivered: 1 });
+    cancel.abort();
+    await responses.next().catch(() => undefined);
+    await vi.waitFor(async () => expect(await handled("Canceled")).toBe(1));
+
+    const closed = new AsyncQueue<{ userIds: string[] }>(8);
+    closed.push({ userIds: ["u"] });
+    closed.end();
+    for await (const r of c.deliver(closed)) expect(r).toMatchObject({ delivered: 1 });
+    await vi.waitFor(async () => expect(await handled("OK")).toBe(1));
+    expect(await handled("Canceled")).toBe(1);
   });
 });
 
