@@ -6,6 +6,7 @@
 import { connect, createServer, type Socket } from "node:net";
 import { afterEach, describe, expect, it } from "vitest";
 import { freePort } from "../../test/helpers/grpc.js";
+import type { Gateway } from "../gateway/index.js";
 import { loadConfig } from "../lib/config.js";
 import { discardingLogger } from "../lib/log.js";
 import { createMetrics } from "../lib/metrics.js";
@@ -171,5 +172,40 @@ describe("a gateway's port before its gateway exists", () => {
     const noGateway = await serve({});
     expect(await upgradeAnswer(noGateway.port)).toBe("HTTP/1.1 404 Not Found");
     expect((await fetch(`http://127.0.0.1:${noGateway.port}/v1/connect`)).status).toBe(404);
+  });
+});
+
+describe("/v1/connect follows readiness", () => {
+  it("sends no one to a gateway that is not ready, without saying why (that is /readyz's)", async () => {
+    let why: string | undefined;
+    const gateway = { id: "gw-1", connections: 3, isDraining: false } as unknown as Gateway;
+    const http = await serveHttp({
+      config: loadConfig({}, { "http.port": "0" }),
+      log: discardingLogger(),
+      metrics: createMetrics(),
+      notReady: () => why,
+      gateway: () => gateway,
+      servesClients: true,
+    });
+    cleanup.push(() => http.close().catch(() => undefined));
+    const ask = (path: string) => fetch(`http://127.0.0.1:${http.port}${path}`);
+
+    expect((await (await ask("/v1/connect")).json()) as object).toMatchObject({
+      gateway_id: "gw-1",
+      connections: 3,
+    });
+    why = "Cassandra: no connected node among 10.1.2.3:9042";
+    const refused = await ask("/v1/connect");
+    expect(refused.status).toBe(503);
+    expect(refused.headers.get("retry-after")).toBe("1");
+    expect(refused.headers.get("access-control-allow-origin")).toBe("*");
+    expect(await refused.json()).toEqual({
+      error: "not ready: this gateway takes no new connections; ask again",
+    });
+    expect(await (await ask("/readyz")).json()).toEqual({ status: "not ready", reason: why });
+    why = "draining";
+    expect(await (await ask("/v1/connect")).json()).toEqual({
+      error: "draining: this gateway takes no new connections; ask again",
+    });
   });
 });

@@ -308,11 +308,15 @@ function handleHttp(
       // Public discovery, no credentials: readable from any origin, so a web client hosted
       // elsewhere (web/dist on a static host) can ask it too.
       res.setHeader("access-control-allow-origin", "*");
-      // A draining gateway refuses new connections: it sends no one here (ask again: the load
-      // balancer, which /readyz took this gateway out of, answers with another).
-      if (gateway.isDraining) {
+      // A gateway that is not ready (draining, stopping, its storage unreachable) sends no one here:
+      // a client would only be refused at its auth. Ask again: the load balancer, which /readyz took
+      // this gateway out of, answers with another. Why it is not ready (a storage address) is for
+      // /readyz, not for the public answer.
+      const why = o.notReady();
+      if (why !== undefined) {
         res.setHeader("retry-after", "1");
-        return json(503, { error: "draining: this gateway takes no new connections; ask again" });
+        const what = why === "draining" || why === "stopping" ? why : "not ready";
+        return json(503, { error: `${what}: this gateway takes no new connections; ask again` });
       }
       return json(200, connectAnswer(o.config, req.headers.host, gateway));
     }

@@ -227,6 +227,8 @@ export async function runProcess(
     readiness: (check) => checks.push(check),
     retry: async (what, open, final) => {
       for (let attempt = 1; ; attempt++) {
+        // A first attempt can take long (kafkajs retries a broker that refuses for ~20 s itself).
+        waitingFor ??= `starting: ${what}`;
         try {
           const value = await open();
           waitingFor = undefined;
@@ -234,8 +236,9 @@ export async function runProcess(
         } catch (err) {
           if (phase === "stopping" || final?.(err)) throw err;
           const delay = Math.min(RETRY_DELAY_MAX_MS, RETRY_DELAY_MIN_MS * 2 ** Math.min(attempt - 1, 5));
-          // Still "starting" to a reader of /readyz, with what it waits for.
-          waitingFor = `starting: ${what}: ${(err as Error).message ?? String(err)}`;
+          // Still "starting" to a reader of /readyz, with what it waits for: the error's first line
+          // (some drivers put their inner errors' stacks in the message; the log has it all).
+          waitingFor = `starting: ${what}: ${firstLine((err as Error).message ?? String(err))}`;
           log.warn(`${what} failed; retrying`, { attempt, retryInMs: delay, err });
           await new Promise((r) => setTimeout(r, delay));
         }
@@ -277,4 +280,10 @@ export async function runProcess(
     metrics,
     close,
   };
+}
+
+/** A message's first line, at most 300 characters: what /readyz says of a failure. */
+function firstLine(message: string): string {
+  const line = message.split("\n", 1)[0] ?? "";
+  return line.length > 300 ? `${line.slice(0, 300)}…` : line;
 }

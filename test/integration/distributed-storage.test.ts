@@ -209,11 +209,13 @@ describe("distributed storage", () => {
           () => "",
         );
       let seen = "";
-      for (const deadline = Date.now() + 30_000; !seen.includes("open storage"); seen = await readyz()) {
+      // First what it waits for, then, once an attempt failed, why (its first line: no stack).
+      for (const deadline = Date.now() + 30_000; !seen.includes("open storage: "); seen = await readyz()) {
         if (Date.now() > deadline) throw new Error(`never said it waits for storage: ${seen}`);
         await new Promise((r) => setTimeout(r, 200));
       }
       expect(seen).toMatch(/^503 .*starting: open storage: connect to 127\.0\.0\.1:\d+/);
+      expect(seen).not.toContain("\\n");
       expect((await fetch(`${http}/healthz`)).status).toBe(200);
 
       // Cassandra comes up: the next attempt opens the storage (backoff of at most a few seconds).
