@@ -41,6 +41,11 @@ const RESPONSE_BODY_BYTES_MAX = 1 << 20;
  * handles responses one after another, so a response queued behind others has not been read yet.
  */
 export const ACK_TIMEOUT_MS = 60_000;
+/**
+ * The RetryInfo of the stream's refusals a retry can get past (a slot freed when another stream
+ * ends; a batch that comes again on a new stream), which consumeEvents retries.
+ */
+const STREAM_RETRY_AFTER_MS = 1_000;
 /** Responses waiting to be written to one stream (one per concurrently consumed partition at most). */
 const QUEUED_RESPONSES_MAX = 1_024;
 /** Streams one client may have open on one process, all its subscriptions together. */
@@ -226,6 +231,8 @@ export async function* streamEvents(
             Code.DEADLINE_EXCEEDED,
             "ACK_TIMEOUT",
             `cursor ${cursor} was not acknowledged within ${ACK_TIMEOUT_MS} ms`,
+            // Open the stream again: the batch comes again.
+            { retryAfterMs: STREAM_RETRY_AFTER_MS },
           ),
         ),
       ACK_TIMEOUT_MS,
@@ -321,11 +328,13 @@ export async function* streamEvents(
       throw errors.exhausted(
         "TOO_MANY_STREAMS",
         `${caller} has ${STREAMS_PER_CLIENT_MAX} event streams open on this server already (at most ${STREAMS_PER_CLIENT_MAX})`,
+        STREAM_RETRY_AFTER_MS,
       );
     if (!existing && subscriptions >= SUBSCRIPTIONS_PER_CLIENT_MAX)
       throw errors.exhausted(
         "TOO_MANY_SUBSCRIPTIONS",
         `${caller} has ${SUBSCRIPTIONS_PER_CLIENT_MAX} subscriptions open on this server already (at most ${SUBSCRIPTIONS_PER_CLIENT_MAX}); end the streams of one first`,
+        STREAM_RETRY_AFTER_MS,
       );
     if (!existing) {
       subscription = new Subscription(caller, registry, group, member, deps.log, startAt);

@@ -827,7 +827,13 @@ describe("ChatService: the event stream", () => {
     const streams = Array.from({ length: 32 }, () => openStream(keys.root, "many"));
     for (const s of streams) await s.opened();
     const over = openStream(keys.root, "many");
+    const refusal = over.opened().then(
+      () => undefined,
+      (err: unknown) => err,
+    );
     expect(await failure(over.opened())).toBe("RESOURCE_EXHAUSTED TOO_MANY_STREAMS");
+    // With a RetryInfo: a slot frees when another stream ends (consumeEvents retries it).
+    expect(await refusal).toMatchObject({ retryAfterMs: 1_000 });
     streams.pop()!.cut();
     await vi.waitFor(
       async () => {
