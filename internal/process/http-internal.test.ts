@@ -31,6 +31,20 @@ async function serve(overrides: Record<string, string>, servesClients = false): 
   return http;
 }
 
+/**
+ * serve() with the internal server on a free port. freePort's port is free only when it answers, and
+ * the client server, bound to port 0 first, may be handed that very port: then another one.
+ */
+async function serveWithInternal(overrides: Record<string, string> = {}): Promise<RunningHttp> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await serve({ ...overrides, "http.internalPort": String(await freePort()) });
+    } catch (err) {
+      if (attempt >= 5 || !String((err as Error).message).includes("EADDRINUSE")) throw err;
+    }
+  }
+}
+
 async function socketTo(port: number): Promise<Socket> {
   const socket = connect(port, "127.0.0.1");
   socket.on("error", () => {});
@@ -76,12 +90,12 @@ describe("http.internalPort in the configuration", () => {
 
 describe("the internal server", () => {
   it("answers /metrics there only, and 404 with metrics.enabled off", async () => {
-    const internalPort = await freePort();
-    const http = await serve({ "http.internalPort": String(internalPort) });
-    expect(http.internalPort).toBe(internalPort);
+    const http = await serveWithInternal();
+    const internalPort = http.internalPort!;
+    expect(internalPort).not.toBe(http.port);
     expect((await fetch(`http://127.0.0.1:${internalPort}/metrics`)).status).toBe(200);
     expect((await fetch(`http://127.0.0.1:${http.port}/metrics`)).status).toBe(404);
-    const off = await serve({ "http.internalPort": String(await freePort()), "metrics.enabled": "false" });
+    const off = await serveWithInternal({ "metrics.enabled": "false" });
     const res = await fetch(`http://127.0.0.1:${off.internalPort}/metrics`);
     expect(res.status).toBe(404);
     expect(await res.json()).toEqual({ error: "metrics disabled" });
@@ -92,10 +106,7 @@ describe("the internal server", () => {
   });
 
   it("cuts a request whose headers never end at http.headersTimeoutMs", async () => {
-    const http = await serve({
-      "http.internalPort": String(await freePort()),
-      "http.headersTimeoutMs": "1000",
-    });
+    const http = await serveWithInternal({ "http.headersTimeoutMs": "1000" });
     const socket = await socketTo(http.internalPort!);
     const t0 = Date.now();
     socket.write("GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n");
@@ -109,7 +120,7 @@ describe("the internal server", () => {
   });
 
   it("closes with the client server, within the grace, whatever its connections do", async () => {
-    const http = await serve({ "http.internalPort": String(await freePort()) });
+    const http = await serveWithInternal();
     const internalPort = http.internalPort!;
     // A connection that never sends a byte, and one whose request never ends.
     await socketTo(internalPort);
