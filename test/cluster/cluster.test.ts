@@ -274,12 +274,21 @@ describe("a multi-process cluster", () => {
       reason: "UNAUTHENTICATED",
     });
     anonymous.close();
+    // A backend client, even one with every permission, is refused the push process's internal
+    // method; it reads the devices through the server API, whose router asks the push process.
     const push = grpcClient(PushService, pushAddress, { bearer: () => cluster.probeKey() });
-    const devices = (await push.listDevices({ userId: "x-bob" })).devices;
+    await expect(push.listDevices({ userId: "x-bob" })).rejects.toMatchObject({
+      reason: "METHOD_NOT_ALLOWED",
+    });
+    push.close();
+    const api = grpcClient(ChatService, `127.0.0.1:${cluster.process("router-1").grpcPort}`, {
+      bearer: () => cluster.probeKey(),
+    });
+    const devices = (await api.listDevices({ userId: "x-bob" })).devices;
     expect(devices.map((d) => [d.deviceId, d.provider, d.token])).toEqual([
       ["bob-phone", Provider.FCM, "fcm-token-1"],
     ]);
-    push.close();
+    api.close();
 
     process.stdout.write(
       `cluster: 30 pipelined 1:1 messages sent on gateway-0, all on gateway-1 in ${crossMs.toFixed(0)} ms\n`,
