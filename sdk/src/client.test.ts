@@ -610,6 +610,42 @@ test("a send refused again and again until its timeout names the last refusal in
   expect(srv.framesOf("send").length).toBeGreaterThan(1); // retried meanwhile
 });
 
+test("a send acknowledged late, once it went out again, frees its place in the window for the next", async () => {
+  // Seen under a Cassandra freeze: every send in the window timed out and went out again, their
+  // first attempts' acks came late, and the sends queued behind the window never went out.
+  const srv = await startServer();
+  let late: (() => void) | undefined;
+  srv.hook = (conn, frame, s) => {
+    if (frame.kind.case !== "send" || frame.kind.value.body !== "first") return undefined;
+    const server = s as unknown as { handle(c: typeof conn, f: typeof frame): void };
+    if (!late) {
+      late = () => server.handle(conn, frame); // answered only once it went out again
+      return true;
+    }
+    late(); // the first attempt's ack, after its request timed out; the second attempt: no answer
+    return true;
+  };
+  const t = newClient(srv, { maxInflightSends: 1, requestTimeoutMs: 200 });
+  await t.client.connect();
+  const first = t.client.send({ toUser: "bob" }, "first");
+  const second = t.client.send({ toUser: "bob" }, "second");
+  expect((await first).seq).toBe(1);
+  const stuck = new Promise((resolve) => setTimeout(() => resolve("still queued after 2 s"), 2_000));
+  expect(await Promise.race([second, stuck])).toMatchObject({ seq: 2 });
+});
+
+test("a send that times out in the window gives its place to the next", async () => {
+  const srv = await startServer();
+  srv.hook = (_conn, frame) => (frame.kind.case === "send" && frame.kind.value.body === "first") || undefined;
+  const t = newClient(srv, { maxInflightSends: 1 });
+  await t.client.connect();
+  const first = t.client.send({ toUser: "bob" }, "first", { timeoutMs: 200 });
+  const second = t.client.send({ toUser: "bob" }, "second");
+  await expect(first).rejects.toMatchObject({ reason: "TIMEOUT" });
+  const stuck = new Promise((resolve) => setTimeout(() => resolve("still queued after 2 s"), 2_000));
+  expect(await Promise.race([second, stuck])).toMatchObject({ seq: 1 });
+});
+
 test("a request without an answer times out with reason TIMEOUT", async () => {
   const srv = await startServer();
   srv.hook = (_conn, frame) => frame.kind.case === "listMembers" || undefined; // never answered

@@ -217,10 +217,14 @@ export class SendQueue {
             `send not acknowledged within ${timeoutMs} ms (${refused ? `last refused with ${refused.reason}: ${refused.message}; ` : ""}it may still be stored; retry with the same clientMsgId)`,
           ),
         );
+        this.pump(); // its place in the window, if it had one, is free
       }, timeoutMs);
     } else if (expiresInMs <= TIMER_MAX_MS) {
       // Checked before every attempt too: a timer may fire late after the device slept.
-      entry.deadline = setTimeout(() => this.settle(entry, this.expiredError()), expiresInMs);
+      entry.deadline = setTimeout(() => {
+        this.settle(entry, this.expiredError());
+        this.pump();
+      }, expiresInMs);
     }
     this.sends.add(entry);
     const same = this.byClientMsgId.get(clientMsgId);
@@ -283,7 +287,11 @@ export class SendQueue {
     const me = this.o.welcome()?.userId;
     const acked: SendWireTarget = { case: "conversationId", value: ack.conversationId };
     const entry = this.byClientMsgId.get(ack.clientMsgId)?.find((e) => sameConversation(e.target, acked, me));
-    if (entry) this.settle(entry, toSendAck(ack));
+    if (!entry) return;
+    this.settle(entry, toSendAck(ack));
+    // Its attempt in flight (it went out again) gave its place back: the sends queued behind the
+    // window go out now, not at a next event that may never come (its own reply no longer pumps).
+    this.pump();
   }
 
   /** The client stopped for good: every unacknowledged send fails with `err`. */
