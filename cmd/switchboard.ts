@@ -102,6 +102,13 @@ for (const stream of [process.stdout, process.stderr])
     if (!serving) process.exit(process.exitCode ?? 0);
   });
 
+/** One log line of this entry point's own, whatever log.level says (the loggers are not set up here). */
+function logLine(level: "warn" | "error" | "fatal", msg: string, err: unknown): void {
+  process.stderr.write(
+    `${JSON.stringify({ time: new Date().toISOString(), level, msg, pid: process.pid, err: errorFields(err) })}\n`,
+  );
+}
+
 /**
  * Node prints its process warnings (a deprecation in a dependency, a listener leak such as
  * cassandra-driver's on reconnects) as plain text on stderr; a server's log is one JSON object per
@@ -109,11 +116,7 @@ for (const stream of [process.stdout, process.stderr])
  */
 if (serving) {
   process.removeAllListeners("warning");
-  process.on("warning", (warning) => {
-    process.stderr.write(
-      `${JSON.stringify({ time: new Date().toISOString(), level: "warn", msg: `node: ${warning.name}`, pid: process.pid, err: errorFields(warning) })}\n`,
-    );
-  });
+  process.on("warning", (warning) => logLine("warn", `node: ${warning.name}`, warning));
 }
 
 let failing = false;
@@ -123,9 +126,7 @@ let failing = false;
  * shutdownTimeoutMs (clients told 1001, storage flushed), then exit 70, so a supervisor restarts it.
  */
 function fatal(what: string, err: unknown): void {
-  process.stderr.write(
-    `${JSON.stringify({ time: new Date().toISOString(), level: "fatal", msg: what, pid: process.pid, err: errorFields(err) })}\n`,
-  );
+  logLine("fatal", what, err);
   if (failing) return;
   failing = true;
   process.exitCode = FATAL_EXIT_CODE;
@@ -134,21 +135,21 @@ function fatal(what: string, err: unknown): void {
     .finally(() => process.exit(FATAL_EXIT_CODE));
 }
 process.on("uncaughtException", (err) => fatal("uncaught exception; stopping", err));
-function logError(msg: string, err: unknown): void {
-  process.stderr.write(
-    `${JSON.stringify({ time: new Date().toISOString(), level: "error", msg, pid: process.pid, err: errorFields(err) })}\n`,
-  );
-}
 process.on("unhandledRejection", (reason) => {
   if (isControlConnectionRace(reason))
-    return logError(
+    return logLine(
+      "error",
       "cassandra-driver: a refresh of its control connection failed beside another (a race of the driver's); it reconnects by itself",
       reason,
     );
   // A failed commit stops the process through the writes' own promises first (exit 70 set); lmdb-js's
   // own promises of that commit are then no news. Before that, they stop it like any other.
   if (isLmdbCommitRejection(reason) && process.exitCode === FATAL_EXIT_CODE)
-    return logError("lmdb: the failed commit's own promise (the process is already stopping for it)", reason);
+    return logLine(
+      "error",
+      "lmdb: the failed commit's own promise (the process is already stopping for it)",
+      reason,
+    );
   fatal("unhandled promise rejection; stopping", reason);
 });
 
