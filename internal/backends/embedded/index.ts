@@ -362,11 +362,7 @@ export class EmbeddedBackends implements Backends {
     try {
       return await write();
     } catch (err) {
-      if (this.fatal === undefined) {
-        this.fatal = err;
-        this.turns.fail(err);
-        this.onFatal(commitFailure(err, this.dataDir, this.availableBytes));
-      }
+      if (this.fatal === undefined) this.poison(commitFailure(err, this.dataDir, this.availableBytes));
       throw errors.unavailable("STORAGE_FAILED", "storage write failed", err);
     }
   }
