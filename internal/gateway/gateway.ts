@@ -482,7 +482,20 @@ export class Gateway {
 
   /** dispatch() in a `deliver` span of the message's trace (the router's `route` span's child). */
   private dispatchTraced(req: DeliverRequest): void {
-    const span = startSpan("deliver", { traceparent: req.traceparent }, { kind: SpanKind.CONSUMER });
+    // The consumer side of the router's delivery stream (a messaging hop of its own, which trace
+    // backends draw as an edge from the router to this gateway).
+    const span = startSpan(
+      "deliver",
+      { traceparent: req.traceparent },
+      {
+        kind: SpanKind.CONSUMER,
+        attributes: {
+          "messaging.system": "switchboard",
+          "messaging.operation.type": "process",
+          "messaging.operation.name": "deliver",
+        },
+      },
+    );
     const written = this.dispatch(req.userIds, req.cursors, req.sessionIds, req.excludeSessionId, req.frame);
     span.setAttributes({ "switchboard.gateway.id": this.id, "switchboard.connections": written });
     span.end();

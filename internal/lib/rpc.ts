@@ -27,7 +27,7 @@ import { Code, errors, SwitchboardError } from "./errors.js";
 import type { GrpcMetrics } from "./metrics.js";
 import { type MethodMeter, methodMeter } from "./rpc-metrics.js";
 import { decodeStatusDetails, encodeStatusDetails, STATUS_DETAILS_KEY } from "./status-details.js";
-import { activeCarrier, context, inSpan, SpanKind, trace, tracing } from "./tracing.js";
+import { activeCarrier, context, inSpan, ROOT_CONTEXT, SpanKind, trace, tracing } from "./tracing.js";
 
 /** Per-call context handed to service implementations. */
 export interface CallContext {
@@ -484,15 +484,32 @@ async function pump(
 }
 
 /** OpenTelemetry RPC attributes of a call's span. */
-function rpcAttributes(service: DescService, method: DescMethod) {
+function rpcAttributes(service: DescService, method: DescMethod): Record<string, string | number> {
   return { "rpc.system": "grpc", "rpc.service": service.typeName, "rpc.method": method.name };
 }
 
-/** Registers a protobuf-es service implementation on a grpc-js server. */
+/**
+ * `network.peer.address` and `network.peer.port` of a server call, from grpc-js's peer name: the
+ * socket's remote address and port joined by a colon (`10.0.0.7:51234`, `::1:51234`), or
+ * `unknown`.
+ */
+export function peerAttributes(peer: string): Record<string, string | number> {
+  const match = /^(.+):(\d{1,5})$/.exec(peer);
+  if (!match) return {};
+  return { "network.peer.address": match[1]!, "network.peer.port": Number(match[2]) };
+}
+
+/**
+ * Registers a protobuf-es service implementation on a grpc-js server. With `startsTraces` (the server
+ * API, where messages enter the platform like a WebSocket send), a unary call without a
+ * `traceparent` starts a trace of its own, sampled at tracing.sampleRatio; calls of the internal
+ * services join their caller's trace only.
+ */
 export function addService<S extends DescService>(
   server: grpc.Server,
   service: S,
   impl: ServiceImpl<S>,
+  options: { startsTraces?: boolean } = {},
 ): void {
   const state = stateOf(server);
   const meters = new Map<DescMethod, MethodMeter>();
@@ -517,15 +534,16 @@ export function addService<S extends DescService>(
         const run = () => fn(decoded(call.request), ctx) as Promise<MessageInitShape<DescMessage>>;
         // A call made in a trace (its traceparent in the metadata) is a server span of that trace.
         const traceparent = tracing.on ? call.metadata.get("traceparent")[0] : undefined;
+        const traced = typeof traceparent === "string" || (tracing.on && options.startsTraces === true);
         admit(state.guard, path)
           .then(() =>
-            typeof traceparent === "string"
+            traced
               ? inSpan(
                   `${service.typeName}/${method.name}`,
                   {
                     kind: SpanKind.SERVER,
-                    parent: { traceparent },
-                    attributes: rpcAttributes(service, method),
+                    parent: typeof traceparent === "string" ? { traceparent } : ROOT_CONTEXT,
+                    attributes: { ...rpcAttributes(service, method), ...peerAttributes(call.getPeer()) },
                   },
                   run,
                 )

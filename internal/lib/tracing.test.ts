@@ -78,7 +78,7 @@ describe("tracing helpers", () => {
     expect(span!.status).toMatchObject({ code: SpanStatusCode.ERROR, message: "boom" });
   });
 
-  it("on a server span, count only the server's faults as errors, with the gRPC status code", async () => {
+  it("on a server span, count only the server's faults as errors, each with its error.type", async () => {
     const fail = (code: Code, reason: string) =>
       inSpan(reason, { kind: SpanKind.SERVER }, async () => {
         throw new SwitchboardError(code, reason, reason);
@@ -86,10 +86,36 @@ describe("tracing helpers", () => {
     await fail(Code.PERMISSION_DENIED, "NOT_MEMBER");
     await fail(Code.UNAVAILABLE, "STORAGE_UNAVAILABLE");
     const byName = new Map(exporter.getFinishedSpans().map((s) => [s.name, s]));
-    expect(byName.get("NOT_MEMBER")!.status.code).toBe(SpanStatusCode.UNSET);
-    expect(byName.get("NOT_MEMBER")!.attributes["rpc.grpc.status_code"]).toBe(Code.PERMISSION_DENIED);
+    const notMember = byName.get("NOT_MEMBER")!;
+    expect(notMember.status.code).toBe(SpanStatusCode.UNSET);
+    expect(notMember.attributes["error.type"]).toBe("NOT_MEMBER");
+    // Not a gRPC span (no rpc.system): no gRPC status code on it.
+    expect(notMember.attributes["rpc.grpc.status_code"]).toBeUndefined();
+    // The exception's type is its class, not the numeric code the SDK would take from `code`.
+    expect(notMember.events[0]!.attributes!["exception.type"]).toBe("SwitchboardError");
     expect(byName.get("STORAGE_UNAVAILABLE")!.status.code).toBe(SpanStatusCode.ERROR);
-    expect(byName.get("STORAGE_UNAVAILABLE")!.attributes["rpc.grpc.status_code"]).toBe(Code.UNAVAILABLE);
+    expect(byName.get("STORAGE_UNAVAILABLE")!.attributes["error.type"]).toBe("STORAGE_UNAVAILABLE");
+  });
+
+  it("put rpc.grpc.status_code on every gRPC span, 0 when the call succeeds", async () => {
+    const rpc = { "rpc.system": "grpc", "rpc.service": "s.v1.S", "rpc.method": "M" };
+    await inSpan("ok", { kind: SpanKind.SERVER, attributes: rpc }, async () => 1);
+    await inSpan("denied", { kind: SpanKind.SERVER, attributes: rpc }, async () => {
+      throw new SwitchboardError(Code.PERMISSION_DENIED, "NOT_MEMBER", "no");
+    }).catch(() => undefined);
+    await inSpan("plain", { kind: SpanKind.CLIENT, attributes: rpc }, async () => {
+      throw new TypeError("bug");
+    }).catch(() => undefined);
+    const byName = new Map(exporter.getFinishedSpans().map((s) => [s.name, s]));
+    expect(byName.get("ok")!.attributes["rpc.grpc.status_code"]).toBe(0);
+    expect(byName.get("denied")!.attributes["rpc.grpc.status_code"]).toBe(Code.PERMISSION_DENIED);
+    expect(byName.get("denied")!.status.code).toBe(SpanStatusCode.UNSET);
+    // An error without a code fails the call with UNKNOWN; its error.type is its class.
+    expect(byName.get("plain")!.attributes).toMatchObject({
+      "rpc.grpc.status_code": 2,
+      "error.type": "TypeError",
+    });
+    expect(byName.get("plain")!.status.code).toBe(SpanStatusCode.ERROR);
   });
 
   it("put the active span's trace_id and span_id on log lines, and nothing outside a span", async () => {

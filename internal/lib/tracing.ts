@@ -19,6 +19,7 @@ import {
   SpanStatusCode,
   trace,
 } from "@opentelemetry/api";
+import { BUILD_VERSION } from "./build-info.js";
 import type { Config } from "./config.js";
 import type { Logger } from "./log.js";
 
@@ -49,7 +50,7 @@ export async function startTracing(
   const sdk = new NodeSDK({
     // One service per role, so that a trace backend's service graph shows the hops between them.
     serviceName: process.env.OTEL_SERVICE_NAME ?? (role === "all" ? "switchboard" : `switchboard-${role}`),
-    resource: resourceFromAttributes({ "switchboard.role": role }),
+    resource: resourceFromAttributes({ "service.version": BUILD_VERSION, "switchboard.role": role }),
     sampler: new ParentBasedSampler({ root: new TraceIdRatioBasedSampler(config.tracing.sampleRatio) }),
     // Spans are made by hand on the message path; automatic instrumentation of every library call
     // (HTTP, gRPC, the drivers) would cost more than it tells.
@@ -123,9 +124,24 @@ export function linksTo(carriers: Iterable<TraceCarrier | undefined>): Link[] {
 const SERVER_FAULT_CODES = new Set([2, 4, 12, 13, 14, 15]);
 
 /**
- * Runs `fn` in a span that ends with it, recording a thrown error. An error with a gRPC-style code
- * (SwitchboardError) sets `rpc.grpc.status_code`, and makes a server span an error only when the
- * code is the server's fault.
+ * Marks `span` as failed by `err` (OpenTelemetry's conventions): an `exception` event whose type is
+ * the error's class name (the SDK would take a numeric `code` instead), `error.type` a class of
+ * failure that a backend can group by (a SwitchboardError's reason, such as NOT_MEMBER; otherwise
+ * the error's class name), and, unless `status` is false, the ERROR status.
+ */
+export function recordFailure(span: Span, err: unknown, status = true): void {
+  const e = err instanceof Error ? err : new Error(String(err));
+  span.recordException({ name: e.name, message: e.message, ...(e.stack ? { stack: e.stack } : {}) });
+  const reason = (err as { reason?: unknown } | null)?.reason;
+  span.setAttribute("error.type", typeof reason === "string" && reason !== "" ? reason : e.name);
+  if (status) span.setStatus({ code: SpanStatusCode.ERROR, message: e.message });
+}
+
+/**
+ * Runs `fn` in a span that ends with it, recording a thrown error (recordFailure). A gRPC span (its
+ * `rpc.system` is grpc) carries `rpc.grpc.status_code`: 0 when `fn` returns, the error's code when
+ * it throws one (SwitchboardError). A server span is an error only when the code is the server's
+ * fault; a caller's fault (NOT_FOUND, INVALID_ARGUMENT...) keeps it unset, with `error.type`.
  */
 export async function inSpan<T>(
   name: string,
@@ -133,16 +149,18 @@ export async function inSpan<T>(
   fn: (span: Span) => Promise<T>,
 ): Promise<T> {
   const span = startSpan(name, options.parent, options);
+  const grpcSpan = options.attributes?.["rpc.system"] === "grpc";
   try {
-    return await context.with(trace.setSpan(context.active(), span), () => fn(span));
+    const out = await context.with(trace.setSpan(context.active(), span), () => fn(span));
+    if (grpcSpan) span.setAttribute("rpc.grpc.status_code", 0);
+    return out;
   } catch (err) {
-    span.recordException(err as Error);
     const code = (err as { code?: unknown } | null)?.code;
     const grpcCode = typeof code === "number" ? code : undefined;
-    if (grpcCode !== undefined) span.setAttribute("rpc.grpc.status_code", grpcCode);
+    if (grpcSpan) span.setAttribute("rpc.grpc.status_code", grpcCode ?? 2); // UNKNOWN, as grpc-js answers
     const callersFault =
       options.kind === SpanKind.SERVER && grpcCode !== undefined && !SERVER_FAULT_CODES.has(grpcCode);
-    if (!callersFault) span.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error).message });
+    recordFailure(span, err, !callersFault);
     throw err;
   } finally {
     span.end();
@@ -175,10 +193,7 @@ export class MessageSpans<K> {
   /** Ends every span, as failed when `err` is given. */
   end(err?: unknown): void {
     for (const span of this.spans.values()) {
-      if (err !== undefined) {
-        span.recordException(err as Error);
-        span.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error).message });
-      }
+      if (err !== undefined) recordFailure(span, err);
       span.end();
     }
     this.spans.clear();

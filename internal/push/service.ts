@@ -35,7 +35,7 @@ import { Limiter } from "../lib/limiter.js";
 import type { Logger } from "../lib/log.js";
 import type { Metrics } from "../lib/metrics.js";
 import type { ServiceImpl } from "../lib/rpc.js";
-import { context, inSpan, SpanKind, trace, tracing } from "../lib/tracing.js";
+import { context, inSpan, SpanKind, SpanStatusCode, trace, tracing } from "../lib/tracing.js";
 import { CollapseWindows } from "./collapse-windows.js";
 import { inDoNotDisturb } from "./do-not-disturb.js";
 import type { DeliveryOutcome, PushNotification, PushProvider } from "./providers/types.js";
@@ -44,6 +44,10 @@ import { KeyedSendSlots } from "./send-slots.js";
 import { tokenProblem } from "./token-format.js";
 
 export const DEVICES_PER_USER_MAX = 20;
+
+/** How a notification's delivery ended: delivered, given up, refused for a dead token, or left to a later process. */
+type DeliveryEnd = { ended: "sent" | "abandoned" } | { ended: "failed" | "gone"; reason: string };
+
 /** Dead letters per ListDeadLetters page by default, and at most (also ids per replay). */
 /**
  * One user's sends in flight at most, across providers: one user cannot hold more than this of a
@@ -549,32 +553,48 @@ export class Push {
     return this.inFlight.size;
   }
 
-  private deliver(provider: PushProvider, job: PushJob): Promise<void> {
+  private async deliver(provider: PushProvider, job: PushJob): Promise<void> {
     // A notification for a traced message is a client span of its trace (the router's fan-out).
-    if (!tracing.on || !trace.getSpan(context.active())) return this.attempts(provider, job);
-    return inSpan(
+    if (!tracing.on || !trace.getSpan(context.active())) {
+      await this.attempts(provider, job);
+      return;
+    }
+    await inSpan(
       `push ${provider.name}`,
       { kind: SpanKind.CLIENT, attributes: { "switchboard.push.provider": provider.name } },
-      () => this.attempts(provider, job),
+      async (span) => {
+        const end = await this.attempts(provider, job);
+        span.setAttribute("switchboard.push.result", end.ended);
+        // A notification that did not reach the device is a failed client operation (OpenTelemetry).
+        if (end.ended === "failed" || end.ended === "gone") {
+          span.setAttribute("error.type", end.ended);
+          span.setStatus({ code: SpanStatusCode.ERROR, message: end.reason });
+        }
+      },
     );
   }
 
-  private async attempts(provider: PushProvider, job: PushJob): Promise<void> {
+  /** Sends `job` until it is delivered, given up or abandoned (the service closing); says which. */
+  private async attempts(provider: PushProvider, job: PushJob): Promise<DeliveryEnd> {
     const n: PushNotification = job.notification;
     const where = { userId: n.userId, deviceId: job.device?.deviceId, provider: provider.name };
     const kept = this.options.jobs !== undefined || this.options.queue !== undefined;
     const resumedWait = job.notBeforeMs - Date.now();
-    if (resumedWait > 0 && !(await this.sleep(resumedWait))) return this.count(provider.name, "abandoned");
+    if (resumedWait > 0 && !(await this.sleep(resumedWait))) {
+      this.count(provider.name, "abandoned");
+      return { ended: "abandoned" };
+    }
     for (let attempt = job.attempts + 1; ; attempt++) {
       const outcome = await this.sendOnce(provider, job.token, n);
       if (outcome.kind === "delivered") {
         await this.ended(job);
-        return this.count(provider.name, "sent");
+        this.count(provider.name, "sent");
+        return { ended: "sent" };
       }
       if (outcome.kind === "prune") {
         await this.prune(job, outcome.reason);
         await this.ended(job);
-        return;
+        return { ended: "gone", reason: outcome.reason };
       }
       const decision =
         outcome.kind === "failed"
@@ -588,7 +608,7 @@ export class Push {
           reason: outcome.reason,
           why: decision.why,
         });
-        return;
+        return { ended: "failed", reason: outcome.reason };
       }
       this.count(provider.name, "retried");
       // The attempt count and the wait survive a crash: attemptsMax and Retry-After hold across restarts.
@@ -600,7 +620,7 @@ export class Push {
           reason: outcome.reason,
           kept,
         });
-        return;
+        return { ended: "abandoned" };
       }
     }
   }

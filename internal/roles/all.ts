@@ -213,6 +213,7 @@ export const startAll: RoleStarter = async (ctx) => {
         bodyCharsMax: config.gateway.bodyCharsMax,
         metrics,
       }),
+      { startsTraces: true },
     );
   }
   log.info("switchboard started", {

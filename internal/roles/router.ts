@@ -84,6 +84,7 @@ export const startRouter: RoleStarter = async (ctx) => {
       bodyCharsMax: config.gateway.bodyCharsMax,
       metrics,
     }),
+    { startsTraces: true },
   );
   return {};
 };

@@ -12,6 +12,8 @@ export interface OtlpSpan {
   name: string;
   kind?: number;
   links?: Array<{ traceId: string; spanId: string }>;
+  /** Absent or code 0: unset; 1: OK; 2: ERROR. */
+  status?: { code?: number; message?: string };
   attributes?: Array<{ key: string; value: { intValue?: string | number; stringValue?: string } }>;
   /** The attributes of the resource (process) that made the span (added by the receiver). */
   resource?: OtlpSpan["attributes"];
