@@ -329,10 +329,12 @@ export class Gateway {
       const encoding: Encoding = ws.protocol === SUBPROTOCOL_BINARY ? "binary" : "json";
       const conn = new Connection(this.ctx, ws, randomBytes(12).toString("base64url"), encoding);
       this.all.add(conn);
+      metrics.sockets.set(this.all.size);
       this.alive.add(ws);
       ws.on("pong", () => this.alive.add(ws));
       ws.on("close", () => {
         this.all.delete(conn);
+        metrics.sockets.set(this.all.size);
         this.awaitingAuth.delete(conn);
       });
       if (identity) {

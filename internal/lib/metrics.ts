@@ -265,9 +265,14 @@ export function createMetrics() {
       help: "Open authenticated WebSocket connections.",
       registers: r,
     }),
+    sockets: new Gauge({
+      name: "switchboard_gateway_sockets",
+      help: "Open WebSocket connections, authenticated or still authenticating: what gateway.connectionsMax limits.",
+      registers: r,
+    }),
     connectionsMax: new Gauge({
       name: "switchboard_gateway_connections_max",
-      help: "The most connections this gateway accepts (gateway.connectionsMax); past it new ones get 503.",
+      help: "The most WebSocket connections this gateway holds, authenticated or not (gateway.connectionsMax; compare switchboard_gateway_sockets); past it new ones get 503.",
       registers: r,
     }),
     /** Reports the embedded backend's disk space (switchboard_storage_*) for `dataDir`. */
@@ -321,7 +326,7 @@ export function createMetrics() {
     }),
     errorsTotal: new Counter({
       name: "switchboard_gateway_errors_total",
-      help: "Error replies by reason, code (gRPC-style: INTERNAL, UNAVAILABLE and DEADLINE_EXCEEDED are the platform's failures, the others the client's) and request (the frame's kind, e.g. send; none when the frame was not a request).",
+      help: "Error replies by reason, code (gRPC-style: INTERNAL, UNAVAILABLE, DEADLINE_EXCEEDED and UNKNOWN are the platform's failures, and so is reason STORAGE_FULL, a RESOURCE_EXHAUSTED; the others are the client's) and request (the frame's kind, e.g. send; none when the frame was not a request).",
       labelNames: ["reason", "code", "request"],
       registers: r,
     }),

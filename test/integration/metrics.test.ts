@@ -6,6 +6,7 @@
  */
 import { execFile } from "node:child_process";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import WebSocket from "ws";
 import { IdService } from "../../gen/switchboard/id/v1/id_pb.js";
 import { grpcClient } from "../../internal/lib/rpc.js";
 import { sampleOf as sample } from "../helpers/metrics.js";
@@ -92,6 +93,39 @@ describe("/metrics", () => {
       expect(text).toMatch(
         /^switchboard_kafka_consumer_lag_records\{group="[^"]+inbox",partition="\d+"\} \d+$/m,
       );
+    }
+  });
+  it("counts a socket that has not authenticated in switchboard_gateway_sockets, which the limit counts", async () => {
+    const scrape = async () => {
+      const text = await (await fetch(`${server.httpUrl}/metrics`)).text();
+      return {
+        sockets: sample(text, "switchboard_gateway_sockets"),
+        connections: sample(text, "switchboard_gateway_connections"),
+      };
+    };
+    const before = await scrape();
+    // Two sockets that never send their auth frame, and one that authenticates.
+    const bare = await Promise.all(
+      [1, 2].map(
+        () =>
+          new Promise<WebSocket>((resolve, reject) => {
+            const ws = new WebSocket(server.url, "switchboard.v1.json");
+            ws.once("open", () => resolve(ws));
+            ws.once("error", reject);
+          }),
+      ),
+    );
+    const carol = await RawClient.connect(server.url, {
+      token: await devToken(server.dataDir, "metrics-carol"),
+    });
+    const during = await scrape();
+    expect(during.sockets! - before.sockets!).toBe(3);
+    expect(during.connections! - before.connections!).toBe(1);
+    for (const ws of bare) ws.close();
+    carol.close();
+    for (const deadline = Date.now() + 5_000; (await scrape()).sockets !== before.sockets; ) {
+      if (Date.now() > deadline) throw new Error("closed sockets still counted");
+      await new Promise((r) => setTimeout(r, 50));
     }
   });
 });
