@@ -209,18 +209,27 @@ describe("Informer", () => {
     ).toBeGreaterThanOrEqual(1);
     // A periodic relist is routine: the watch it closed does not count as a restart.
     expect(await value(metrics, "watchRestartsTotal", { informer: "periodic" })).toBe(0);
-    // The relists hide nothing: seconds since the watch last delivered keeps growing.
+    // The relists hide nothing: the watch's last event stays where it was, so its silence grows.
+    const lastEvent = async () => {
+      const text = await metrics.registry.metrics();
+      const m =
+        /^switchboard_operator_watch_last_event_timestamp_seconds\{informer="periodic"\} ([\d.e+]+)$/m.exec(
+          text,
+        );
+      return Number(m?.[1]);
+    };
+    const heard = await lastEvent();
+    expect(heard).toBeGreaterThan(Date.now() / 1000 - 60);
     await sleep(1_200);
-    const text = await metrics.registry.metrics();
-    const m = /^switchboard_operator_watch_seconds_since_last_event\{informer="periodic"\} ([\d.]+)$/m.exec(
-      text,
-    );
-    expect(Number(m?.[1])).toBeGreaterThanOrEqual(1);
+    expect(await lastEvent()).toBe(heard);
+    expect(Date.now() / 1000 - heard).toBeGreaterThanOrEqual(1);
     await informer.stop();
     expect(dead.opened).toBeGreaterThanOrEqual(2);
     expect(dead.closed).toBe(dead.opened);
     // A stopped informer's series is dropped, so it cannot look stalled.
-    expect(await metrics.registry.metrics()).not.toMatch(/seconds_since_last_event\{informer="periodic"\}/);
+    expect(await metrics.registry.metrics()).not.toMatch(
+      /last_event_timestamp_seconds\{informer="periodic"\}/,
+    );
   });
 
   it("relists on 410 Gone and resumes watching", async () => {

@@ -18,7 +18,7 @@ export interface OperatorRuntimeMetrics {
   /** Label controller. */
   reconcileErrorsTotal: Counter;
   /** Label informer; computed on collect() from the time of each informer's last watch event. */
-  watchSecondsSinceLastEvent: Gauge;
+  watchLastEventTimestampSeconds: Gauge;
   /** Labels informer and reason (ended, error, gone, silent). */
   watchRestartsTotal: Counter;
   /** Labels informer and reason (start, periodic, silent, gone). */
@@ -32,15 +32,8 @@ export interface OperatorRuntimeMetrics {
   chatclusterReady: Gauge;
 }
 
-/**
- * When each informer last heard from its watch, per metrics object. Kept beside the interface, not in
- * it, so the interface stays what callers construct and read; informers write it via recordWatchEvent.
- */
-const lastEventAt = new WeakMap<OperatorRuntimeMetrics, Map<string, number>>();
-
 export function createOperatorRuntimeMetrics(registry = new Registry()): OperatorRuntimeMetrics {
   const registers = [registry];
-  const seen = new Map<string, number>();
   const metrics: OperatorRuntimeMetrics = {
     registry,
     queueDepth: new Gauge({
@@ -74,16 +67,11 @@ export function createOperatorRuntimeMetrics(registry = new Registry()): Operato
       labelNames: ["controller"],
       registers,
     }),
-    watchSecondsSinceLastEvent: new Gauge({
-      name: "switchboard_operator_watch_seconds_since_last_event",
-      help: "Seconds since the informer's watch last delivered an event (bookmarks included).",
+    watchLastEventTimestampSeconds: new Gauge({
+      name: "switchboard_operator_watch_last_event_timestamp_seconds",
+      help: "When the informer's watch last delivered an event (bookmarks included), in Unix seconds; time() minus it is how long the watch has been silent.",
       labelNames: ["informer"],
       registers,
-      // Computed at scrape time: a stalled watch is exactly the case where nothing would update it.
-      collect() {
-        const now = Date.now();
-        for (const [informer, at] of seen) this.set({ informer }, Math.max(0, (now - at) / 1000));
-      },
     }),
     watchRestartsTotal: new Counter({
       name: "switchboard_operator_watch_restarts_total",
@@ -115,22 +103,17 @@ export function createOperatorRuntimeMetrics(registry = new Registry()): Operato
     "switchboard_operator_build_info",
     "Always 1: the version of Switchboard this operator runs and its Node.js version, as labels.",
   );
-  lastEventAt.set(metrics, seen);
   return metrics;
 }
 
 /** Records that `informer` heard from its watch at `atMs` (epoch ms). */
 export function recordWatchEvent(metrics: OperatorRuntimeMetrics, informer: string, atMs: number): void {
-  const seen = lastEventAt.get(metrics);
-  if (seen) seen.set(informer, atMs);
-  // Metrics built by hand (not by createOperatorRuntimeMetrics) get a plain, scrape-time-stale value.
-  else metrics.watchSecondsSinceLastEvent.set({ informer }, 0);
+  metrics.watchLastEventTimestampSeconds.set({ informer }, atMs / 1000);
 }
 
 /** Drops a stopped informer's series, so a deliberately stopped watch does not look stalled. */
 export function forgetWatch(metrics: OperatorRuntimeMetrics, informer: string): void {
-  lastEventAt.get(metrics)?.delete(informer);
-  metrics.watchSecondsSinceLastEvent.remove({ informer });
+  metrics.watchLastEventTimestampSeconds.remove({ informer });
 }
 
 /** Sets (or, with undefined: the ChatCluster is gone, removes) a ChatCluster's readiness series. */

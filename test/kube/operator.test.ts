@@ -471,7 +471,7 @@ describe("operator against a real API server", () => {
       );
       expect(metrics).toMatch(/^switchboard_operator_workqueue_depth\{queue="chatcluster"\} \d+/m);
       expect(metrics).toMatch(
-        /^switchboard_operator_watch_seconds_since_last_event\{informer="chatclusters"\} /m,
+        /^switchboard_operator_watch_last_event_timestamp_seconds\{informer="chatclusters"\} /m,
       );
       expect(metrics).toMatch(/^switchboard_operator_leader 1$/m);
       expect(metrics).toContain(
