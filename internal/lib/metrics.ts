@@ -229,7 +229,48 @@ export interface DiskSpaceState {
   readonly availableBytes: number | undefined;
 }
 
-export function createMetrics() {
+/**
+ * The split roles that export each metric of one part of the platform (role all exports every
+ * metric; a metric not listed, every role): a process exports what it can measure, so a dashboard's
+ * "connections per gateway" lists gateways only, not every id or push Pod at 0.
+ */
+export const EXPORTED_BY: Readonly<Record<string, readonly string[]>> = {
+  switchboard_gateway_connections: ["gateway"],
+  switchboard_gateway_sockets: ["gateway"],
+  switchboard_gateway_connections_max: ["gateway"],
+  switchboard_gateway_routing_records_behind: ["gateway"],
+  switchboard_gateway_connects_total: ["gateway"],
+  switchboard_gateway_frames_total: ["gateway"],
+  switchboard_gateway_errors_total: ["gateway"],
+  switchboard_gateway_closes_total: ["gateway"],
+  // Sends through the WebSocket (gateways) and through the server API (ChatService on routers).
+  switchboard_messages_appended_total: ["gateway", "router"],
+  switchboard_message_append_seconds: ["gateway", "router"],
+  switchboard_message_delivery_seconds: ["gateway"],
+  switchboard_router_deliveries_total: ["router"],
+  switchboard_router_inbox_entries_total: ["router"],
+  switchboard_router_batch_seconds: ["router"],
+  switchboard_router_gateway_streams: ["router"],
+  switchboard_router_gateway_stream_queue_bytes: ["router"],
+  switchboard_router_deliveries_dropped_total: ["router"],
+  switchboard_router_notifications_dropped_total: ["router"],
+  switchboard_router_relays_expired_total: ["router"],
+  switchboard_router_gateway_stream_failures_total: ["router"],
+  switchboard_event_relays_dropped_total: ["gateway", "router"],
+  switchboard_push_notifications_total: ["push"],
+  switchboard_presence_users_online: ["presence"],
+  switchboard_presence_sessions: ["presence"],
+  switchboard_presence_watches: ["presence"],
+  switchboard_presence_relays_failed_total: ["presence"],
+  // What a gateway does about the presence shards' watches.
+  switchboard_presence_watches_lost_total: ["gateway"],
+  switchboard_presence_watches_resubscribed_total: ["gateway"],
+  switchboard_presence_end_session_failures_total: ["gateway"],
+  switchboard_sequencer_dedupe_checks_total: ["sequencer"],
+};
+
+/** This process's metrics; `role` (its --role) decides which it exports (EXPORTED_BY). */
+export function createMetrics(role = "all") {
   const registry = new Registry();
   let ready: () => boolean = () => false;
   let recordsBehind: () => number = () => 0;
@@ -244,7 +285,7 @@ export function createMetrics() {
     "Always 1: the version of Switchboard this process runs and its Node.js version, as labels.",
   );
   const r = [registry];
-  return {
+  const metrics = {
     registry,
     /** Sets what switchboard_ready reports: the same answer as /readyz. */
     setReadiness(check: () => boolean): void {
@@ -421,6 +462,12 @@ export function createMetrics() {
     presence: presenceMetrics(r),
     grpc: grpcMetrics(r),
   };
+  // Built for every role (the code that updates them is shared), exported only where they mean
+  // something.
+  if (role !== "all")
+    for (const [name, roles] of Object.entries(EXPORTED_BY))
+      if (!roles.includes(role)) registry.removeSingleMetric(name);
+  return metrics;
 }
 
 /** gRPC's method labels, in the grpc-ecosystem order (grpc_type: unary, server_stream, bidi_stream). */

@@ -131,7 +131,7 @@ export async function runProcess(
     tls?.close();
     throw err;
   }
-  const metrics = createMetrics();
+  const metrics = createMetrics(role);
   const tracer = await startTracing(config, role, log);
   const owned: Array<{ close(): unknown }> = tls ? [tls] : [];
   // Every invariant violated in this process is counted (an alert fires on any) and logged.
