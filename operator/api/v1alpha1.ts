@@ -215,7 +215,8 @@ export interface ComponentStatus {
 
 export interface GatewayStatus {
   pod: string;
-  connections: number;
+  /** Absent when the gateway's count could not be read. */
+  connections?: number;
   draining: boolean;
 }
 

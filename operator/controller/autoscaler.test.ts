@@ -65,9 +65,23 @@ describe("decideGatewayReplicas", () => {
 
   it("does not scale down when a gateway's count is unknown, but still scales up", () => {
     const gateways = [gw("a", 10), gw("b", undefined), gw("c", 10)];
-    expect(decideGatewayReplicas({ spec, current: 3, gateways, history: [], nowMs: 0 }).target).toBe(3);
+    const held = decideGatewayReplicas({ spec, current: 3, gateways, history: [], nowMs: 0 });
+    expect(held.target).toBe(3);
+    // It says which counts held it (for the ScaleDownHeld event).
+    expect(held.heldBy).toEqual(["b"]);
     const busy = [gw("a", 4000), gw("b", undefined), gw("c", 10)];
-    expect(decideGatewayReplicas({ spec, current: 3, gateways: busy, history: [], nowMs: 0 }).target).toBe(5);
+    const up = decideGatewayReplicas({ spec, current: 3, gateways: busy, history: [], nowMs: 0 });
+    expect(up.target).toBe(5);
+    expect(up.heldBy).toBeUndefined();
+    // Nothing held when no scale-down was due anyway (within the window's recommendations).
+    const steady = decideGatewayReplicas({
+      spec,
+      current: 3,
+      gateways,
+      history: [{ atMs: 0, replicas: 3 }],
+      nowMs: 1000,
+    });
+    expect(steady.heldBy).toBeUndefined();
   });
 
   it("brings replicas outside min..max back inside", () => {

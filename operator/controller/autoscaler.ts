@@ -37,6 +37,8 @@ export interface AutoscaleDecision {
   /** History to keep for the next call (within the window, this recommendation included). */
   history: Recommendation[];
   reason: string;
+  /** Gateways whose count could not be read, when they alone kept a scale-down from happening. */
+  heldBy?: string[];
 }
 
 const clamp = (n: number, lo: number, hi: number) => Math.min(hi, Math.max(lo, n));
@@ -74,6 +76,9 @@ export function decideGatewayReplicas(input: AutoscaleInput): AutoscaleDecision 
       target: current,
       history,
       reason: `${describe}; not scaling down without every count`,
+      ...(Math.max(...history.map((r) => r.replicas)) < current
+        ? { heldBy: gateways.filter((g) => g.connections === undefined).map((g) => g.pod) }
+        : {}),
     };
   const stabilized = Math.max(...history.map((r) => r.replicas));
   if (stabilized < current) return { recommended, target: stabilized, history, reason: describe };

@@ -27,6 +27,9 @@ describe("computeConditions", () => {
     expect(c.Ready).toMatchObject({ status: "False", reason: "ApplyFailed" });
     expect(c.Ready?.message).toContain("422 Invalid");
     expect(c.Degraded).toMatchObject({ status: "True", reason: "ApplyFailed" });
+    // Neither moving towards the spec nor matching it.
+    expect(c.Progressing).toMatchObject({ status: "False", reason: "ApplyFailed" });
+    expect(c.Progressing?.message).toContain("422 Invalid");
   });
 
   it("reports a rollout with the lagging components", () => {

@@ -105,6 +105,10 @@ export function computeConditions(
   let progressing: [Status, string, string];
   if (!o.provisioned)
     progressing = ["True", "Provisioning", "creating the Kafka topics and the Cassandra schema"];
+  // Nothing of this spec reached the workloads (and they are not read): the cluster cannot be moving
+  // towards it, nor said to match it.
+  else if (o.applyError)
+    progressing = ["False", "ApplyFailed", `the spec could not be applied: ${o.applyError}`];
   else if (o.drainingGateways > 0)
     progressing = ["True", "DrainingGateways", `${o.drainingGateways} gateway(s) draining before scale-down`];
   // As a Deployment says it: a rollout past its deadline is no longer progressing.

@@ -60,7 +60,8 @@ export interface GatewayMemory {
 export interface GatewayStep {
   replicas: number;
   gateways: GatewayStatus[];
-  connections: number;
+  /** Over all gateways; undefined when a running gateway's count could not be read. */
+  connections: number | undefined;
   draining: number;
   /** Gateway-gone records that could not be written (retried on the next reconcile). */
   errors: string[];
@@ -155,8 +156,14 @@ export async function reconcileGateways(
     else unpublished.push({ pod: previous.pod, connections: 0, draining: true });
   }
 
+  // A count that could not be read is left out (unknown), not shown as 0: an idle gateway and one the
+  // operator cannot reach must not look alike.
   const gateways: GatewayStatus[] = [
-    ...samples.map((s) => ({ pod: s.pod, connections: s.connections ?? 0, draining: s.draining })),
+    ...samples.map((s) => ({
+      pod: s.pod,
+      ...(s.connections === undefined ? {} : { connections: s.connections }),
+      draining: s.draining,
+    })),
     // Pods not Running yet (or terminating) are still tracked, so their disappearance is noticed.
     ...pods
       .filter((p) => !isFinished(p) && !alive.includes(p))
@@ -167,7 +174,10 @@ export async function reconcileGateways(
       })),
     ...unpublished,
   ].sort((a, b) => (a.pod < b.pod ? -1 : a.pod > b.pod ? 1 : 0));
-  const connections = samples.reduce((sum, s) => sum + (s.connections ?? 0), 0);
+  // The total only when every running gateway's count was read.
+  const connections = samples.every((s) => s.connections !== undefined)
+    ? samples.reduce((sum, s) => sum + (s.connections ?? 0), 0)
+    : undefined;
   const base = { gateways, connections, errors };
 
   // --- replicas -----------------------------------------------------------------------------
@@ -227,6 +237,14 @@ export async function reconcileGateways(
     nowMs: deps.now(),
   });
   memory.history = decision.history;
+  if (decision.heldBy)
+    deps.events.record(
+      cluster,
+      "Warning",
+      "ScaleDownHeld",
+      "ScaleGateways",
+      `not scaling gateways down to ${Math.max(...decision.history.map((r) => r.replicas))}: the live counts of ${decision.heldBy.join(", ")} could not be read`,
+    );
   if (decision.target > current) {
     deps.events.record(
       cluster,

@@ -328,7 +328,9 @@ export class ChatClusterReconciler {
     else if (cluster.status?.components) newStatus.components = cluster.status.components;
     // Without a fresh gateway step, keep the list: it is how a gateway's disappearance is noticed.
     newStatus.gateways = step?.gateways ?? cluster.status?.gateways ?? [];
-    newStatus.connections = step?.connections ?? cluster.status?.connections ?? 0;
+    // Left out (shown as none) while a gateway's count is unknown; server-side apply then removes it.
+    const connections = step ? step.connections : (cluster.status?.connections ?? 0);
+    if (connections !== undefined) newStatus.connections = connections;
     if (cluster.spec.gateway.autoscaling.enabled && step) newStatus.gatewayDesiredReplicas = step.replicas;
     await kube.apply(
       { apiVersion: API_VERSION, kind: KIND, metadata: { name, namespace }, status: newStatus },
