@@ -125,21 +125,35 @@ export class KubeClient {
   }
 
   async jsonPatch<T>(ref: ObjectRef, ops: unknown[]): Promise<T> {
-    return (await this.request("PATCH", resourcePath(ref), ops, "application/json-patch+json")) as T;
+    return (await this.request(
+      "PATCH",
+      `${resourcePath(ref)}?fieldManager=${FIELD_MANAGER}`,
+      ops,
+      "application/json-patch+json",
+    )) as T;
   }
 
   async mergePatch<T>(ref: ObjectRef, patch: unknown): Promise<T> {
-    return (await this.request("PATCH", resourcePath(ref), patch, "application/merge-patch+json")) as T;
+    return (await this.request(
+      "PATCH",
+      `${resourcePath(ref)}?fieldManager=${FIELD_MANAGER}`,
+      patch,
+      "application/merge-patch+json",
+    )) as T;
   }
 
   async create<T extends KubernetesObject>(obj: T): Promise<T> {
     const { name: _name, ...collection } = refOf(obj);
-    return (await this.request("POST", resourcePath(collection), obj)) as T;
+    return (await this.request(
+      "POST",
+      `${resourcePath(collection)}?fieldManager=${FIELD_MANAGER}`,
+      obj,
+    )) as T;
   }
 
   /** PUT: replaces the object; its metadata.resourceVersion makes it conditional (409 when stale). */
   async replace<T extends KubernetesObject>(obj: T): Promise<T> {
-    return (await this.request("PUT", resourcePath(refOf(obj)), obj)) as T;
+    return (await this.request("PUT", `${resourcePath(refOf(obj))}?fieldManager=${FIELD_MANAGER}`, obj)) as T;
   }
 
   /** Deletes with background propagation; a missing object is not an error. */

@@ -103,6 +103,19 @@ describe("charts/switchboard-operator", () => {
     const policy = await helm(tools, ["template", "t", CHART_DIR, "--set", "image.pullPolicy=Sometimes"]);
     expect(policy.code).not.toBe(0);
     expect(policy.stderr).toContain("/image/pullPolicy");
+    // A Pod label that would replace the selector's own: the API server would refuse the Deployment.
+    const selector = await helm(tools, [
+      "template",
+      "t",
+      CHART_DIR,
+      "--set",
+      "podLabels.app\\.kubernetes\\.io/name=x",
+    ]);
+    expect(selector.code).not.toBe(0);
+    expect(selector.stderr).toContain("invalid propertyName 'app.kubernetes.io/name'");
+    const extra = await helm(tools, ["template", "t", CHART_DIR, "--set", "podLabels.team=chat"]);
+    expect(extra.stderr).toBe("");
+    expect(extra.code).toBe(0);
   });
 
   it("refuses a poll interval under 100ms (a tight reconcile loop) and resource quantities Kubernetes would not take", async () => {
@@ -410,7 +423,13 @@ describe("charts/switchboard-operator", () => {
     // Leader election: Leases in the release namespace only, bound to the operator's ServiceAccount.
     const role = byName("Role", `${FULLNAME}-leader-election`);
     expect(role.metadata.namespace).toBe(NS);
-    expect(grants(role.rules)).toEqual(["coordination.k8s.io/leases: get,create,update"]);
+    expect(grants(role.rules)).toEqual([
+      "coordination.k8s.io/leases: create",
+      "coordination.k8s.io/leases: get,update",
+    ]);
+    // Reading and renewing only its own Lease, the one --lease-name names.
+    expect(role.rules.find((r) => r.verbs.includes("update"))?.resourceNames).toEqual([FULLNAME]);
+    expect(role.rules.find((r) => r.verbs.includes("create"))?.resourceNames).toBeUndefined();
     for (const kind of ["ClusterRoleBinding", "RoleBinding"])
       for (const binding of objs.filter((o) => o.kind === kind) as Array<K8sObject & { subjects: unknown[] }>)
         expect(binding.subjects).toEqual([{ kind: "ServiceAccount", name: FULLNAME, namespace: NS }]);

@@ -159,7 +159,8 @@ export async function installChartOperator(
       `${chart.release}-switchboard-operator`,
     ),
     leaseNamespace: chart.systemNamespace,
-    leaseName: `switchboard-operator-${chart.release}`,
+    // The chart's own --lease-name (its full name): its Role lets it read and renew that Lease only.
+    leaseName: `${chart.release}-switchboard-operator`,
     serviceAccount: `${chart.systemNamespace}/${chart.release}-switchboard-operator`,
     tokenReviewClusterRole: `${chart.release}-switchboard-operator-tokenreview`,
     ...(env ? { env } : {}),

@@ -463,6 +463,11 @@ describe("operator against a real API server", () => {
       expect(cluster.status?.components?.sequencer).toEqual({ replicas: 2, readyReplicas: 2 });
       expect(cluster.status?.components?.presence).toEqual({ replicas: 1, readyReplicas: 1 });
       expect(cluster.metadata.finalizers).toContain("switchboard.dev/cleanup");
+      // Every write of the operator names it as the field manager, its patches included.
+      const finalizerOwners = (cluster.metadata.managedFields ?? [])
+        .filter((f) => JSON.stringify(f.fieldsV1 ?? {}).includes("f:finalizers"))
+        .map((f) => f.manager);
+      expect(finalizerOwners).toEqual(["switchboard-operator"]);
 
       // Its metrics: reconciles timed, queue depth, watch silence, leadership.
       const metrics = await (await fetch(`http://127.0.0.1:${operator.port}/metrics`)).text();
@@ -836,6 +841,11 @@ describe("operator against a real API server", () => {
         "victim in status",
         async () => (await getCluster("alpha")).status?.gateways?.some((g) => g.pod === victim) || undefined,
       );
+      // Nothing serves these Pods' gateway port (kwok runs no container): their live counts cannot
+      // be read, and the status leaves them out instead of showing an idle 0.
+      const unread = await getCluster("alpha");
+      expect(unread.status?.gateways?.some((g) => g.connections === undefined)).toBe(true);
+      expect(unread.status?.connections).toBeUndefined();
       const kafka = new Kafka({ brokers: kafkaBrokers, logLevel: logLevel.NOTHING });
       const consumer = kafka.consumer({ groupId: `test-gone-${suffix}` });
       const records: Array<{ key: string; kind: number; gatewayId: string; epoch: bigint }> = [];
@@ -1223,6 +1233,32 @@ describe("operator against a real API server", () => {
         );
         expect(patched.code).not.toBe(0);
         expect(patched.stderr).toContain("ValidatingAdmissionPolicy");
+        // Nor a binding of its own name that binds another role (a delete as well).
+        const foreign = `switchboard:tokenreview:${NS}:foreign-${suffix}`;
+        await kubectl(
+          ["apply", "-f", "-"],
+          JSON.stringify({
+            apiVersion: "rbac.authorization.k8s.io/v1",
+            kind: "ClusterRoleBinding",
+            metadata: { name: foreign },
+            roleRef: { apiGroup: "rbac.authorization.k8s.io", kind: "ClusterRole", name: "view" },
+            subjects: [{ kind: "ServiceAccount", name: "someone", namespace: NS }],
+          }),
+        );
+        try {
+          const foreignDeleted = await run(tools.KUBECTL, [
+            `--kubeconfig=${tools.KUBECONFIG}`,
+            "delete",
+            "clusterrolebinding",
+            foreign,
+            "--dry-run=server",
+            ...asOperator,
+          ]);
+          expect(foreignDeleted.code).not.toBe(0);
+          expect(foreignDeleted.stderr).toContain(`binds only the ClusterRole ${tokenReviewRole}`);
+        } finally {
+          await kubectl(["delete", "clusterrolebinding", foreign, "--ignore-not-found"]);
+        }
         // Its own kind of binding it may still create and delete (the finalizer's delete is tested above).
         const own = JSON.stringify({
           apiVersion: "rbac.authorization.k8s.io/v1",
