@@ -93,6 +93,12 @@ function infraFacts(s: Settings, infra: SharedInfra, names?: RunNames): Record<s
   };
 }
 
+/**
+ * The node flags the image runs its processes with (the Dockerfile's NODE_OPTIONS): the distributed
+ * server is measured as it ships.
+ */
+export const SHIPPED_NODE_ARGS = ["--max-semi-space-size=64"];
+
 /** One `switchboard start --backend distributed`, on a topic prefix and keyspace named by the bench. */
 function distributed(s: Settings, infra: SharedInfra): Backend {
   const names = runNames();
@@ -100,7 +106,7 @@ function distributed(s: Settings, infra: SharedInfra): Backend {
     name: "distributed",
     infra,
     names,
-    describe: () => infraFacts(s, infra, names),
+    describe: () => ({ ...infraFacts(s, infra, names), server_node_args: SHIPPED_NODE_ARGS.join(" ") }),
     start: (nodeArgs) =>
       ProcessSystem.start("switchboard", s.server, {
         args: ["--backend", "distributed"],
@@ -110,7 +116,8 @@ function distributed(s: Settings, infra: SharedInfra): Backend {
           SWITCHBOARD_KAFKA_PARTITIONS: String(s.kafkaPartitions),
           SWITCHBOARD_CASSANDRA_KEYSPACE: names.keyspace,
         },
-        nodeArgs,
+        // Later flags win: --server-node-args may set another size.
+        nodeArgs: [...SHIPPED_NODE_ARGS, ...nodeArgs],
         infra: infra.cpu,
       }),
     cleanup: (log) => dropNames(s, infra, names, log),
