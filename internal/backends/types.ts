@@ -521,6 +521,11 @@ export interface PushJob {
   /** The next attempt is not due before (a backoff or Retry-After a restart must still honour). */
   notBeforeMs: number;
   createdAtMs: number;
+  /**
+   * The W3C trace context of the message it notifies of, when traced: the process that delivers it
+   * (another one, through a durable queue) makes its send a span of that trace.
+   */
+  trace?: Record<string, string>;
 }
 
 export interface PushDeadLetter {

@@ -1,4 +1,4 @@
-import { context, propagation, SpanKind, SpanStatusCode, trace } from "@opentelemetry/api";
+import { context, propagation, SpanKind, SpanStatusCode, TraceFlags, trace } from "@opentelemetry/api";
 import { AsyncLocalStorageContextManager } from "@opentelemetry/context-async-hooks";
 import { W3CTraceContextPropagator } from "@opentelemetry/core";
 import {
@@ -42,6 +42,14 @@ describe("tracing helpers", () => {
     const orphan = startSpan("send", extractTrace({ traceparent: "not-a-traceparent" }));
     orphan.end();
     expect(orphan.spanContext().traceId).not.toBe(send!.spanContext().traceId);
+  });
+
+  it("carry a sampled context that is not recorded here (a caller's), and no unsampled one", () => {
+    const context = { traceId: "a".repeat(32), spanId: "b".repeat(16), isRemote: true };
+    const sampled = trace.wrapSpanContext({ ...context, traceFlags: TraceFlags.SAMPLED });
+    expect(sampled.isRecording()).toBe(false);
+    expect(carrierOf(sampled)?.traceparent).toBe(`00-${"a".repeat(32)}-${"b".repeat(16)}-01`);
+    expect(carrierOf(trace.wrapSpanContext({ ...context, traceFlags: TraceFlags.NONE }))).toBeUndefined();
   });
 
   it("give each message of a batch a span in its own trace, and the batch's span links to them", async () => {

@@ -17,6 +17,7 @@ import {
   type Span,
   SpanKind,
   SpanStatusCode,
+  TraceFlags,
   trace,
 } from "@opentelemetry/api";
 import { BUILD_VERSION } from "./build-info.js";
@@ -76,9 +77,14 @@ export function extractTrace(carrier: TraceCarrier | undefined): Context {
   return propagation.extract(ROOT_CONTEXT, carrier);
 }
 
-/** The carrier of `span` (undefined when it is not recorded: nothing to join). */
+/**
+ * The carrier of `span`: undefined when its trace is not sampled (nothing to join). A span that is
+ * not recorded here but stands for a sampled one elsewhere (a caller's context, as an in-process gRPC
+ * call passes it on) has one.
+ */
 export function carrierOf(span: Span): TraceCarrier | undefined {
-  if (!span.isRecording()) return undefined;
+  const sc = span.spanContext();
+  if (!trace.isSpanContextValid(sc) || (sc.traceFlags & TraceFlags.SAMPLED) === 0) return undefined;
   const carrier: TraceCarrier = {};
   propagation.inject(trace.setSpan(ROOT_CONTEXT, span), carrier);
   return carrier;

@@ -35,7 +35,7 @@ import { Limiter } from "../lib/limiter.js";
 import type { Logger } from "../lib/log.js";
 import type { Metrics } from "../lib/metrics.js";
 import type { ServiceImpl } from "../lib/rpc.js";
-import { context, inSpan, SpanKind, SpanStatusCode, trace, tracing } from "../lib/tracing.js";
+import { activeCarrier, context, inSpan, SpanKind, SpanStatusCode, trace, tracing } from "../lib/tracing.js";
 import { CollapseWindows } from "./collapse-windows.js";
 import { inDoNotDisturb } from "./do-not-disturb.js";
 import type { DeliveryOutcome, PushNotification, PushProvider } from "./providers/types.js";
@@ -44,6 +44,12 @@ import { KeyedSendSlots } from "./send-slots.js";
 import { tokenProblem } from "./token-format.js";
 
 export const DEVICES_PER_USER_MAX = 20;
+
+/** The active trace's context as a job's `trace` field, when there is one. */
+function traceField(): Pick<PushJob, "trace"> {
+  const carrier = activeCarrier();
+  return carrier ? { trace: carrier } : {};
+}
 
 /** How a notification's delivery ended: delivered, given up, refused for a dead token, or left to a later process. */
 type DeliveryEnd = { ended: "sent" | "abandoned" } | { ended: "failed" | "gone"; reason: string };
@@ -352,6 +358,7 @@ export class Push {
       attempts: 0,
       notBeforeMs: 0,
       createdAtMs,
+      ...(tracing.on && !replay ? traceField() : {}),
     };
   }
 
@@ -554,14 +561,21 @@ export class Push {
   }
 
   private async deliver(provider: PushProvider, job: PushJob): Promise<void> {
-    // A notification for a traced message is a client span of its trace (the router's fan-out).
-    if (!tracing.on || !trace.getSpan(context.active())) {
+    // A notification for a traced message is a client span of its trace: the one its job carries (set
+    // where it was decided, also when another process delivers it from the distributed push queue,
+    // whose consumer runs in no message's context), else the active one (a job stored without it).
+    const inTrace = job.trace === undefined && trace.getSpan(context.active()) !== undefined;
+    if (!tracing.on || (!inTrace && job.trace === undefined)) {
       await this.attempts(provider, job);
       return;
     }
     await inSpan(
       `push ${provider.name}`,
-      { kind: SpanKind.CLIENT, attributes: { "switchboard.push.provider": provider.name } },
+      {
+        kind: SpanKind.CLIENT,
+        attributes: { "switchboard.push.provider": provider.name },
+        ...(job.trace ? { parent: job.trace } : {}),
+      },
       async (span) => {
         const end = await this.attempts(provider, job);
         span.setAttribute("switchboard.push.result", end.ended);
