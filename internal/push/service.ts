@@ -564,8 +564,7 @@ export class Push {
     // A notification for a traced message is a client span of its trace: the one its job carries (set
     // where it was decided, also when another process delivers it from the distributed push queue,
     // whose consumer runs in no message's context), else the active one (a job stored without it).
-    const inTrace = job.trace === undefined && trace.getSpan(context.active()) !== undefined;
-    if (!tracing.on || (!inTrace && job.trace === undefined)) {
+    if (!tracing.on || (job.trace === undefined && trace.getSpan(context.active()) === undefined)) {
       await this.attempts(provider, job);
       return;
     }

@@ -68,11 +68,11 @@ describe("decideGatewayReplicas", () => {
     const held = decideGatewayReplicas({ spec, current: 3, gateways, history: [], nowMs: 0 });
     expect(held.target).toBe(3);
     // It says which counts held it (for the ScaleDownHeld event).
-    expect(held.heldBy).toEqual(["b"]);
+    expect(held.held).toEqual({ replicas: 2, by: ["b"] });
     const busy = [gw("a", 4000), gw("b", undefined), gw("c", 10)];
     const up = decideGatewayReplicas({ spec, current: 3, gateways: busy, history: [], nowMs: 0 });
     expect(up.target).toBe(5);
-    expect(up.heldBy).toBeUndefined();
+    expect(up.held).toBeUndefined();
     // Nothing held when no scale-down was due anyway (within the window's recommendations).
     const steady = decideGatewayReplicas({
       spec,
@@ -81,7 +81,7 @@ describe("decideGatewayReplicas", () => {
       history: [{ atMs: 0, replicas: 3 }],
       nowMs: 1000,
     });
-    expect(steady.heldBy).toBeUndefined();
+    expect(steady.held).toBeUndefined();
   });
 
   it("brings replicas outside min..max back inside", () => {

@@ -37,8 +37,11 @@ export interface AutoscaleDecision {
   /** History to keep for the next call (within the window, this recommendation included). */
   history: Recommendation[];
   reason: string;
-  /** Gateways whose count could not be read, when they alone kept a scale-down from happening. */
-  heldBy?: string[];
+  /**
+   * A scale-down to `replicas` that the gateways `by`, whose counts could not be read, alone kept
+   * from happening.
+   */
+  held?: { replicas: number; by: string[] };
 }
 
 const clamp = (n: number, lo: number, hi: number) => Math.min(hi, Math.max(lo, n));
@@ -69,6 +72,7 @@ export function decideGatewayReplicas(input: AutoscaleInput): AutoscaleDecision 
     };
   }
   if (recommended > current) return { recommended, target: recommended, history, reason: describe };
+  const stabilized = Math.max(...history.map((r) => r.replicas));
   // Missing counts could hide load: never scale down on partial information.
   if (known.length < gateways.length)
     return {
@@ -76,11 +80,15 @@ export function decideGatewayReplicas(input: AutoscaleInput): AutoscaleDecision 
       target: current,
       history,
       reason: `${describe}; not scaling down without every count`,
-      ...(Math.max(...history.map((r) => r.replicas)) < current
-        ? { heldBy: gateways.filter((g) => g.connections === undefined).map((g) => g.pod) }
+      ...(stabilized < current
+        ? {
+            held: {
+              replicas: stabilized,
+              by: gateways.filter((g) => g.connections === undefined).map((g) => g.pod),
+            },
+          }
         : {}),
     };
-  const stabilized = Math.max(...history.map((r) => r.replicas));
   if (stabilized < current) return { recommended, target: stabilized, history, reason: describe };
   return { recommended, target: current, history, reason: describe };
 }

@@ -237,13 +237,13 @@ export async function reconcileGateways(
     nowMs: deps.now(),
   });
   memory.history = decision.history;
-  if (decision.heldBy)
+  if (decision.held)
     deps.events.record(
       cluster,
       "Warning",
       "ScaleDownHeld",
       "ScaleGateways",
-      `not scaling gateways down to ${Math.max(...decision.history.map((r) => r.replicas))}: the live counts of ${decision.heldBy.join(", ")} could not be read`,
+      `not scaling gateways down to ${decision.held.replicas}: the live counts of ${decision.held.by.join(", ")} could not be read`,
     );
   if (decision.target > current) {
     deps.events.record(

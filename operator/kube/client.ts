@@ -13,6 +13,9 @@ import { context, inSpan, SpanKind, trace, tracing } from "../../internal/lib/tr
 /** The one field manager for every server-side apply: the operator owns what it applies, nothing else. */
 export const FIELD_MANAGER = "switchboard-operator";
 
+/** `path` of a write that names the operator as its field manager (every write does). */
+const managed = (path: string) => `${path}?fieldManager=${FIELD_MANAGER}`;
+
 const REQUEST_TIMEOUT_MS = 30_000;
 
 export class KubeApiError extends Error {
@@ -104,7 +107,8 @@ export class KubeClient {
    */
   async apply<T extends KubernetesObject>(obj: T, subresource?: "status"): Promise<T> {
     const ref = refOf(obj);
-    const path = `${resourcePath(ref)}${subresource ? `/${subresource}` : ""}?fieldManager=${FIELD_MANAGER}&force=true`;
+    const target = subresource ? `${resourcePath(ref)}/${subresource}` : resourcePath(ref);
+    const path = `${managed(target)}&force=true`;
     return (await this.request("PATCH", path, obj, "application/apply-patch+yaml")) as T;
   }
 
@@ -125,18 +129,13 @@ export class KubeClient {
   }
 
   async jsonPatch<T>(ref: ObjectRef, ops: unknown[]): Promise<T> {
-    return (await this.request(
-      "PATCH",
-      `${resourcePath(ref)}?fieldManager=${FIELD_MANAGER}`,
-      ops,
-      "application/json-patch+json",
-    )) as T;
+    return (await this.request("PATCH", managed(resourcePath(ref)), ops, "application/json-patch+json")) as T;
   }
 
   async mergePatch<T>(ref: ObjectRef, patch: unknown): Promise<T> {
     return (await this.request(
       "PATCH",
-      `${resourcePath(ref)}?fieldManager=${FIELD_MANAGER}`,
+      managed(resourcePath(ref)),
       patch,
       "application/merge-patch+json",
     )) as T;
@@ -144,16 +143,12 @@ export class KubeClient {
 
   async create<T extends KubernetesObject>(obj: T): Promise<T> {
     const { name: _name, ...collection } = refOf(obj);
-    return (await this.request(
-      "POST",
-      `${resourcePath(collection)}?fieldManager=${FIELD_MANAGER}`,
-      obj,
-    )) as T;
+    return (await this.request("POST", managed(resourcePath(collection)), obj)) as T;
   }
 
   /** PUT: replaces the object; its metadata.resourceVersion makes it conditional (409 when stale). */
   async replace<T extends KubernetesObject>(obj: T): Promise<T> {
-    return (await this.request("PUT", `${resourcePath(refOf(obj))}?fieldManager=${FIELD_MANAGER}`, obj)) as T;
+    return (await this.request("PUT", managed(resourcePath(refOf(obj))), obj)) as T;
   }
 
   /** Deletes with background propagation; a missing object is not an error. */

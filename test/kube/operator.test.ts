@@ -1177,33 +1177,37 @@ describe("operator against a real API server", () => {
     onFailure(async () => {
       const asOperator = ["--as", `system:serviceaccount:${SYSTEM_NS}:${RELEASE}-switchboard-operator`];
       const tokenReviewRole = `${RELEASE}-switchboard-operator-tokenreview`;
-      // Someone else's binding, to the very role the operator may bind (so RBAC's escalation check
-      // alone would let it through).
-      const victim = `sb-op-victim-${suffix}`;
-      await kubectl(
-        ["apply", "-f", "-"],
+      const someone = [{ kind: "ServiceAccount", name: "someone", namespace: NS }];
+      /** A ClusterRoleBinding named `name` of `role` to `subjects`, as kubectl reads it. */
+      const binding = (name: string, role: string, subjects: unknown[]) =>
         JSON.stringify({
           apiVersion: "rbac.authorization.k8s.io/v1",
           kind: "ClusterRoleBinding",
-          metadata: { name: victim },
-          roleRef: { apiGroup: "rbac.authorization.k8s.io", kind: "ClusterRole", name: tokenReviewRole },
-          subjects: [{ kind: "ServiceAccount", name: "someone", namespace: NS }],
-        }),
-      );
+          metadata: { name },
+          roleRef: { apiGroup: "rbac.authorization.k8s.io", kind: "ClusterRole", name: role },
+          subjects,
+        });
+      /** The operator's delete of binding `name`, dry run (the admission policy still decides). */
+      const deleteAsOperator = (name: string) =>
+        run(tools.KUBECTL, [
+          `--kubeconfig=${tools.KUBECONFIG}`,
+          "delete",
+          "clusterrolebinding",
+          name,
+          "--dry-run=server",
+          ...asOperator,
+        ]);
+      // Someone else's binding, to the very role the operator may bind (so RBAC's escalation check
+      // alone would let it through).
+      const victim = `sb-op-victim-${suffix}`;
+      await kubectl(["apply", "-f", "-"], binding(victim, tokenReviewRole, someone));
       try {
         // RBAC allows the verbs...
         expect(
           (await kubectl(["auth", "can-i", "delete", "clusterrolebindings", ...asOperator])).trim(),
         ).toBe("yes");
         // ...the admission policy refuses them on any binding but switchboard:tokenreview:*.
-        const deleted = await run(tools.KUBECTL, [
-          `--kubeconfig=${tools.KUBECONFIG}`,
-          "delete",
-          "clusterrolebinding",
-          victim,
-          "--dry-run=server",
-          ...asOperator,
-        ]);
+        const deleted = await deleteAsOperator(victim);
         expect(deleted.code).not.toBe(0);
         expect(deleted.stderr).toContain(
           `manages only the ClusterRoleBindings named switchboard:tokenreview:*, not ${victim}`,
@@ -1222,51 +1226,23 @@ describe("operator against a real API server", () => {
             ...asOperator,
           ],
           {
-            input: JSON.stringify({
-              apiVersion: "rbac.authorization.k8s.io/v1",
-              kind: "ClusterRoleBinding",
-              metadata: { name: victim },
-              roleRef: { apiGroup: "rbac.authorization.k8s.io", kind: "ClusterRole", name: tokenReviewRole },
-              subjects: [],
-            }),
+            input: binding(victim, tokenReviewRole, []),
           },
         );
         expect(patched.code).not.toBe(0);
         expect(patched.stderr).toContain("ValidatingAdmissionPolicy");
         // Nor a binding of its own name that binds another role (a delete as well).
         const foreign = `switchboard:tokenreview:${NS}:foreign-${suffix}`;
-        await kubectl(
-          ["apply", "-f", "-"],
-          JSON.stringify({
-            apiVersion: "rbac.authorization.k8s.io/v1",
-            kind: "ClusterRoleBinding",
-            metadata: { name: foreign },
-            roleRef: { apiGroup: "rbac.authorization.k8s.io", kind: "ClusterRole", name: "view" },
-            subjects: [{ kind: "ServiceAccount", name: "someone", namespace: NS }],
-          }),
-        );
+        await kubectl(["apply", "-f", "-"], binding(foreign, "view", someone));
         try {
-          const foreignDeleted = await run(tools.KUBECTL, [
-            `--kubeconfig=${tools.KUBECONFIG}`,
-            "delete",
-            "clusterrolebinding",
-            foreign,
-            "--dry-run=server",
-            ...asOperator,
-          ]);
+          const foreignDeleted = await deleteAsOperator(foreign);
           expect(foreignDeleted.code).not.toBe(0);
           expect(foreignDeleted.stderr).toContain(`binds only the ClusterRole ${tokenReviewRole}`);
         } finally {
           await kubectl(["delete", "clusterrolebinding", foreign, "--ignore-not-found"]);
         }
         // Its own kind of binding it may still create and delete (the finalizer's delete is tested above).
-        const own = JSON.stringify({
-          apiVersion: "rbac.authorization.k8s.io/v1",
-          kind: "ClusterRoleBinding",
-          metadata: { name: `switchboard:tokenreview:${NS}:nothing` },
-          roleRef: { apiGroup: "rbac.authorization.k8s.io", kind: "ClusterRole", name: tokenReviewRole },
-          subjects: [],
-        });
+        const own = binding(`switchboard:tokenreview:${NS}:nothing`, tokenReviewRole, []);
         const created = await run(
           tools.KUBECTL,
           [`--kubeconfig=${tools.KUBECONFIG}`, "create", "-f", "-", "--dry-run=server", ...asOperator],
