@@ -489,6 +489,20 @@ function rpcAttributes(service: DescService, method: DescMethod): Record<string,
 }
 
 /**
+ * `server.address` and `server.port` of a client's calls, from its target as grpcClient takes it
+ * (`host:port`, `[v6]:port`, `dns:///name:port`, `dns:name:port`, `ipv4:host:port`): the name the
+ * caller asked for. A target of several addresses (`ipv4:a:1,b:2`) or a socket path names no one
+ * server, and gets neither.
+ */
+export function targetAttributes(target: string): Record<string, string | number> {
+  const named = /^(?:dns:(?:\/\/[^/]*\/)?|ipv4:|ipv6:)?(.+)$/.exec(target)![1]!;
+  if (named.includes(",") || target.startsWith("unix:")) return {};
+  const match = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(named);
+  if (!match) return named === "" || named.includes(":") ? {} : { "server.address": named };
+  return { "server.address": match[1] ?? match[2]!, "server.port": Number(match[3]) };
+}
+
+/**
  * `network.peer.address` and `network.peer.port` of a server call, from grpc-js's peer name: the
  * socket's remote address and port joined by a colon (`10.0.0.7:51234`, `::1:51234`), or
  * `unknown`.
@@ -699,6 +713,7 @@ export function grpcClient<S extends DescService>(
       : {}),
   }) as unknown as Record<string, AnyFn> & grpc.Client;
   const client: Record<string, unknown> = { close: () => raw.close() };
+  const server = targetAttributes(target);
   /** A call's metadata: this process's credential, if it has one. */
   const metadataOf = () => {
     const metadata = new grpc.Metadata();
@@ -736,7 +751,7 @@ export function grpcClient<S extends DescService>(
         if (!tracing.on || !trace.getSpan(context.active())) return unary(req, opts, metadataOf());
         return inSpan(
           `${service.typeName}/${method.name}`,
-          { kind: SpanKind.CLIENT, attributes: rpcAttributes(service, method) },
+          { kind: SpanKind.CLIENT, attributes: { ...rpcAttributes(service, method), ...server } },
           () => {
             const metadata = metadataOf();
             for (const [k, v] of Object.entries(activeCarrier() ?? {})) metadata.set(k, v);

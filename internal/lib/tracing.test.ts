@@ -7,8 +7,10 @@ import {
   SimpleSpanProcessor,
 } from "@opentelemetry/sdk-trace-base";
 import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from "vitest";
+import { IdService } from "../../gen/switchboard/id/v1/id_pb.js";
 import { Code, SwitchboardError } from "./errors.js";
 import { createLogger } from "./log.js";
+import { grpcClient, targetAttributes } from "./rpc.js";
 import { carrierOf, extractTrace, inSpan, linksTo, MessageSpans, startSpan, tracing } from "./tracing.js";
 
 const exporter = new InMemorySpanExporter();
@@ -124,6 +126,40 @@ describe("tracing helpers", () => {
       "error.type": "TypeError",
     });
     expect(byName.get("plain")!.status.code).toBe(SpanStatusCode.ERROR);
+  });
+
+  it("name the server a gRPC client span calls, as its target names it", async () => {
+    expect(targetAttributes("id.sb.svc:7001")).toEqual({
+      "server.address": "id.sb.svc",
+      "server.port": 7001,
+    });
+    expect(targetAttributes("dns:///switchboard-id.prod.svc.cluster.local:7001")).toEqual({
+      "server.address": "switchboard-id.prod.svc.cluster.local",
+      "server.port": 7001,
+    });
+    expect(targetAttributes("dns:id:7001")).toEqual({ "server.address": "id", "server.port": 7001 });
+    expect(targetAttributes("ipv4:10.0.0.7:7001")).toEqual({
+      "server.address": "10.0.0.7",
+      "server.port": 7001,
+    });
+    expect(targetAttributes("[::1]:7001")).toEqual({ "server.address": "::1", "server.port": 7001 });
+    expect(targetAttributes("ipv4:10.0.0.7:7001,10.0.0.8:7001")).toEqual({});
+    expect(targetAttributes("unix:/run/sb.sock")).toEqual({});
+    // The span a call within a trace makes carries them (here a call that finds nobody listening).
+    const client = grpcClient(IdService, "127.0.0.1:9");
+    try {
+      await inSpan("caller", {}, () => client.allocateIds({ count: 1 }, { timeoutMs: 200 })).catch(
+        () => undefined,
+      );
+    } finally {
+      client.close();
+    }
+    const call = exporter.getFinishedSpans().find((s) => s.kind === SpanKind.CLIENT)!;
+    expect(call.attributes).toMatchObject({
+      "rpc.system": "grpc",
+      "server.address": "127.0.0.1",
+      "server.port": 9,
+    });
   });
 
   it("put the active span's trace_id and span_id on log lines, and nothing outside a span", async () => {
