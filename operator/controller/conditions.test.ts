@@ -1,6 +1,12 @@
-import type { V1Deployment, V1StatefulSet } from "@kubernetes/client-node";
+import type { V1Deployment, V1Pod, V1StatefulSet } from "@kubernetes/client-node";
 import { describe, expect, it } from "vitest";
-import { computeConditions, type Observation, observeWorkload } from "./conditions.js";
+import {
+  computeConditions,
+  type Observation,
+  observeWorkload,
+  rollingOut,
+  STATEFULSET_PROGRESS_DEADLINE_MS,
+} from "./conditions.js";
 
 const ready = { desired: 2, replicas: 2, readyReplicas: 2, updatedReplicas: 2, observed: true };
 const base: Observation = {
@@ -207,6 +213,101 @@ describe("observeWorkload", () => {
       readyReplicas: 0,
       updatedReplicas: 0,
       observed: true,
+    });
+  });
+
+  describe("a StatefulSet's rollout, from its Pods", () => {
+    const now = new Date("2026-12-06T12:00:00Z");
+    const ago = (ms: number) => new Date(now.getTime() - ms).toISOString();
+    const presence = (generation = 2, observedGeneration = 2): V1StatefulSet => ({
+      metadata: { name: "chat-presence", generation },
+      spec: { replicas: 2, selector: {}, serviceName: "chat-presence", template: {} },
+      status: {
+        observedGeneration,
+        replicas: 2,
+        readyReplicas: 1,
+        updatedReplicas: 1,
+        currentRevision: "chat-presence-old",
+        updateRevision: "chat-presence-new",
+      },
+    });
+    const pod = (
+      name: string,
+      revision: string,
+      ready: { status: string; since: string } | undefined,
+      waiting?: string,
+    ): V1Pod => ({
+      metadata: {
+        name,
+        creationTimestamp: ago(STATEFULSET_PROGRESS_DEADLINE_MS + 60_000) as unknown as Date,
+        labels: { "controller-revision-hash": revision },
+      },
+      status: {
+        ...(ready
+          ? {
+              conditions: [
+                { type: "Ready", status: ready.status, lastTransitionTime: ready.since as unknown as Date },
+              ],
+            }
+          : {}),
+        ...(waiting ? { containerStatuses: [waitingContainer(waiting)] } : {}),
+      },
+    });
+    const waitingContainer = (reason: string) => ({
+      name: "presence",
+      image: "x",
+      imageID: "",
+      ready: false,
+      restartCount: 7,
+      state: { waiting: { reason } },
+    });
+    const deadline = STATEFULSET_PROGRESS_DEADLINE_MS;
+
+    it("is stuck when a Pod of the update revision stays unready past the deadline, and says which and why", () => {
+      const pods = [
+        pod("chat-presence-0", "chat-presence-old", { status: "True", since: ago(3_600_000) }),
+        pod(
+          "chat-presence-1",
+          "chat-presence-new",
+          { status: "False", since: ago(deadline + 1_000) },
+          "CrashLoopBackOff",
+        ),
+      ];
+      expect(rollingOut(presence())).toBe(true);
+      expect(observeWorkload(presence(), { pods, now }).progressDeadlineExceeded).toBe(
+        `Pod chat-presence-1 of revision chat-presence-new not ready for ${(deadline + 1_000) / 1000} s (CrashLoopBackOff)`,
+      );
+      // Never started (no room on the nodes: no Ready condition yet): counted from its creation.
+      const pending = [pod("chat-presence-1", "chat-presence-new", undefined)];
+      expect(observeWorkload(presence(), { pods: pending, now }).progressDeadlineExceeded).toMatch(
+        /^Pod chat-presence-1 of revision chat-presence-new not ready for 660 s$/,
+      );
+    });
+
+    it("is not stuck before the deadline, for an old revision's Pod, a ready or a deleted Pod, or an unobserved spec", () => {
+      const young = [
+        pod("chat-presence-1", "chat-presence-new", { status: "False", since: ago(deadline - 1_000) }),
+      ];
+      expect(observeWorkload(presence(), { pods: young, now }).progressDeadlineExceeded).toBeUndefined();
+      const old = [
+        pod("chat-presence-0", "chat-presence-old", { status: "False", since: ago(deadline * 3) }),
+      ];
+      expect(observeWorkload(presence(), { pods: old, now }).progressDeadlineExceeded).toBeUndefined();
+      const ready = [
+        pod("chat-presence-1", "chat-presence-new", { status: "True", since: ago(deadline * 3) }),
+      ];
+      expect(observeWorkload(presence(), { pods: ready, now }).progressDeadlineExceeded).toBeUndefined();
+      const deleted = pod("chat-presence-1", "chat-presence-new", {
+        status: "False",
+        since: ago(deadline * 3),
+      });
+      deleted.metadata!.deletionTimestamp = now;
+      expect(observeWorkload(presence(), { pods: [deleted], now }).progressDeadlineExceeded).toBeUndefined();
+      // A spec the StatefulSet controller has not seen yet: its Pods say nothing about it.
+      const stuck = [
+        pod("chat-presence-1", "chat-presence-new", { status: "False", since: ago(deadline * 3) }),
+      ];
+      expect(observeWorkload(presence(3, 2), { pods: stuck, now }).progressDeadlineExceeded).toBeUndefined();
     });
   });
 });

@@ -3,7 +3,7 @@
  * what the reconciler observed, as a pure function. Each condition carries the generation it describes; lastTransitionTime moves only when
  * the status flips, as the Kubernetes API conventions ask.
  */
-import type { V1Condition, V1Deployment, V1StatefulSet } from "@kubernetes/client-node";
+import type { V1Condition, V1Deployment, V1Pod, V1StatefulSet } from "@kubernetes/client-node";
 import type { ComponentName } from "../api/v1alpha1.js";
 import type { GrpcTlsState } from "./grpc-tls.js";
 
@@ -16,30 +16,82 @@ export interface ComponentObservation {
   /** The workload controller has seen the latest spec (its observedGeneration). */
   observed: boolean;
   /**
-   * The rollout is stuck: the workload reports `Progressing=False` with reason
-   * `ProgressDeadlineExceeded` (a Deployment past its progressDeadlineSeconds, 10 minutes by
-   * default) for the spec it has observed; this is its message. StatefulSets report no such condition.
+   * The rollout is stuck, and why: a Deployment reports `Progressing=False` with reason
+   * `ProgressDeadlineExceeded` (past its progressDeadlineSeconds, 10 minutes by default) for the spec
+   * it has observed; a StatefulSet reports no such condition, so one of its Pods of the revision being
+   * rolled out unready for as long (STATEFULSET_PROGRESS_DEADLINE_MS) counts the same.
    */
   progressDeadlineExceeded?: string;
 }
 
-/** What the status needs of a component's Deployment or StatefulSet, as the API server returned it. */
-export function observeWorkload(w: V1Deployment | V1StatefulSet | undefined): ComponentObservation {
+/**
+ * How long a Pod of a StatefulSet's update revision may stay unready before its rollout counts as
+ * stuck: the default progressDeadlineSeconds of a Deployment, which StatefulSets lack. A StatefulSet
+ * replaces one Pod at a time, so a rollout waits on each; none of id's or presence's takes minutes.
+ */
+export const STATEFULSET_PROGRESS_DEADLINE_MS = 600_000;
+
+/**
+ * What the status needs of a component's Deployment or StatefulSet, as the API server returned it;
+ * of a StatefulSet, also its Pods (those its selector matches) as of `now`.
+ */
+export function observeWorkload(
+  w: V1Deployment | V1StatefulSet | undefined,
+  statefulSetPods?: { pods: readonly V1Pod[]; now: Date },
+): ComponentObservation {
   const observed = (w?.status?.observedGeneration ?? 0) >= (w?.metadata?.generation ?? 0);
   const progressing = w?.status?.conditions?.find((c) => c.type === "Progressing");
   // An older generation's verdict says nothing about the spec just applied.
-  const stuck =
-    observed && progressing?.status === "False" && progressing.reason === "ProgressDeadlineExceeded";
+  const stuck = !observed
+    ? undefined
+    : progressing?.status === "False" && progressing.reason === "ProgressDeadlineExceeded"
+      ? progressing.message || `${w?.metadata?.name} has not progressed`
+      : statefulSetPods && w
+        ? stuckStatefulSetPod(w as V1StatefulSet, statefulSetPods.pods, statefulSetPods.now)
+        : undefined;
   return {
     desired: w?.spec?.replicas ?? 0,
     replicas: w?.status?.replicas ?? 0,
     readyReplicas: w?.status?.readyReplicas ?? 0,
     updatedReplicas: w?.status?.updatedReplicas ?? 0,
     observed,
-    ...(stuck
-      ? { progressDeadlineExceeded: progressing.message || `${w?.metadata?.name} has not progressed` }
-      : {}),
+    ...(stuck === undefined ? {} : { progressDeadlineExceeded: stuck }),
   };
+}
+
+/** The workload is short of updated or ready replicas for the spec it has observed. */
+export function rollingOut(w: V1Deployment | V1StatefulSet): boolean {
+  const desired = w.spec?.replicas ?? 0;
+  return (w.status?.updatedReplicas ?? 0) < desired || (w.status?.readyReplicas ?? 0) < desired;
+}
+
+/**
+ * The first Pod of the StatefulSet's update revision that has been unready (or not yet started) for
+ * STATEFULSET_PROGRESS_DEADLINE_MS, described; undefined when there is none. A bad image, a crash
+ * loop or no room on the nodes keeps the rollout's current Pod unready, and the StatefulSet controller
+ * waits for it without end.
+ */
+function stuckStatefulSetPod(sts: V1StatefulSet, pods: readonly V1Pod[], now: Date): string | undefined {
+  const revision = sts.status?.updateRevision;
+  if (!revision) return undefined;
+  for (const pod of pods) {
+    if (pod.metadata?.labels?.["controller-revision-hash"] !== revision || pod.metadata.deletionTimestamp)
+      continue;
+    const ready = pod.status?.conditions?.find((c) => c.type === "Ready");
+    if (ready?.status === "True") continue;
+    // The API server's timestamps, as strings or as the client library's Dates.
+    const since = ready?.lastTransitionTime ?? pod.metadata.creationTimestamp;
+    if (since === undefined) continue;
+    const unreadyMs = now.getTime() - new Date(since).getTime();
+    if (!(unreadyMs >= STATEFULSET_PROGRESS_DEADLINE_MS)) continue;
+    const waiting = pod.status?.containerStatuses?.find((c) => c.state?.waiting?.reason)?.state?.waiting
+      ?.reason;
+    return (
+      `Pod ${pod.metadata.name} of revision ${revision} not ready for ${Math.floor(unreadyMs / 1000)} s` +
+      (waiting ? ` (${waiting})` : "")
+    );
+  }
+  return undefined;
 }
 
 export interface Observation {

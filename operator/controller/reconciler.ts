@@ -23,6 +23,7 @@
 import type {
   KubernetesObject,
   V1Deployment,
+  V1Pod,
   V1Secret,
   V1Service,
   V1StatefulSet,
@@ -44,6 +45,7 @@ import {
   computeConditions,
   type Observation,
   observeWorkload,
+  rollingOut,
 } from "./conditions.js";
 import { desiredObjects, OWNED_KINDS } from "./desired.js";
 import type { EventRecorder } from "./events.js";
@@ -70,8 +72,16 @@ import {
   podMonitorName,
   wantsPodMonitor,
 } from "./monitoring.js";
-import { componentName, FINALIZER, grpcTlsSecretName, MANAGED_BY, selectorString } from "./names.js";
+import {
+  componentName,
+  FINALIZER,
+  grpcTlsSecretName,
+  MANAGED_BY,
+  selectorLabels,
+  selectorString,
+} from "./names.js";
 import { type CassandraTarget, cassandraTarget, kafkaTarget, kafkaTlsKeys } from "./storage.js";
+import { isStateful } from "./workloads.js";
 
 export interface ReconcilerDeps {
   kube: KubeClient;
@@ -290,10 +300,18 @@ export class ChatClusterReconciler {
     // --- status ------------------------------------------------------------------------------
     const components: Partial<Record<ComponentName, ComponentObservation>> = {};
     if (deployable && !applyError)
-      for (const component of COMPONENTS)
+      for (const component of COMPONENTS) {
+        const workload = workloads.get(componentName(cluster, component)) as
+          | V1Deployment
+          | V1StatefulSet
+          | undefined;
         components[component] = observeWorkload(
-          workloads.get(componentName(cluster, component)) as V1Deployment | V1StatefulSet | undefined,
+          workload,
+          isStateful(component) && workload && rollingOut(workload)
+            ? { pods: await this.podsOf(cluster, component), now: new Date(this.now()) }
+            : undefined,
         );
+      }
     const newStatus: ChatClusterStatus = {
       observedGeneration: generation,
       conditions: computeConditions(
@@ -349,6 +367,15 @@ export class ChatClusterReconciler {
       newStatus.gateways.length > 0 ? STATUS_REFRESH_MS : Infinity,
     );
     return Number.isFinite(requeue) ? { requeueAfterMs: requeue } : undefined;
+  }
+
+  /** A component's Pods (its selector's), to tell a StatefulSet's stuck rollout (observeWorkload). */
+  private async podsOf(cluster: ChatCluster, component: ComponentName): Promise<V1Pod[]> {
+    const list = await this.deps.kube.list<V1Pod>(
+      { apiVersion: "v1", kind: "Pod", namespace: cluster.metadata.namespace ?? "default" },
+      selectorString(selectorLabels(cluster, component)),
+    );
+    return list.items;
   }
 
   /**

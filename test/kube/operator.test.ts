@@ -575,6 +575,58 @@ describe("operator against a real API server", () => {
   );
 
   it(
+    "reports a StatefulSet's Pod unready past the progress deadline as a stuck rollout, and recovers with it",
+    onFailure(async () => {
+      // kwok moves only Pending Pods: a status written to a Running one stays. The Pod has been
+      // crash-looping for eleven minutes, as far as the API server says.
+      const pod = "alpha-presence-0";
+      const setStatus = (status: Record<string, unknown>) =>
+        kubectl([
+          "patch",
+          "pod",
+          pod,
+          "-n",
+          NS,
+          "--subresource=status",
+          "--type=merge",
+          "-p",
+          JSON.stringify({ status }),
+        ]);
+      const container = (state: Record<string, unknown>, ready: boolean) => [
+        { name: "presence", image: "switchboard", imageID: "", ready, restartCount: ready ? 0 : 7, state },
+      ];
+      const elevenMinutesAgo = new Date(Date.now() - 11 * 60_000).toISOString();
+      await setStatus({
+        conditions: [{ type: "Ready", status: "False", lastTransitionTime: elevenMinutesAgo }],
+        containerStatuses: container({ waiting: { reason: "CrashLoopBackOff" } }, false),
+      });
+      const stuck = await waitFor("alpha Degraded by a stuck presence rollout", async () => {
+        const c = await getCluster("alpha");
+        return condition(c, "Degraded")?.status === "True" ? c : undefined;
+      });
+      expect(condition(stuck, "Degraded")).toMatchObject({ reason: "ProgressDeadlineExceeded" });
+      expect(condition(stuck, "Degraded")?.message).toMatch(
+        new RegExp(
+          `^rollout stuck: presence: Pod ${pod} of revision alpha-presence-\\w+ not ready for 6\\d\\d s \\(CrashLoopBackOff\\)$`,
+        ),
+      );
+      expect(condition(stuck, "Progressing")).toMatchObject({
+        status: "False",
+        reason: "ProgressDeadlineExceeded",
+      });
+      expect(condition(stuck, "Ready")).toMatchObject({ status: "False", reason: "ComponentsNotReady" });
+      // The Pod recovers: so does the cluster.
+      const now = new Date().toISOString();
+      await setStatus({
+        conditions: [{ type: "Ready", status: "True", lastTransitionTime: now }],
+        containerStatuses: container({ running: { startedAt: now } }, true),
+      });
+      const recovered = await waitReady("alpha");
+      expect(condition(recovered, "Degraded")).toMatchObject({ status: "False", reason: "AsExpected" });
+    }),
+  );
+
+  it(
     "converges after being killed mid-reconcile, repairs drift, and replaces an older operator's objects",
     onFailure(async () => {
       const created = await kube.create(clusterManifest("beta"));
