@@ -10,6 +10,7 @@ import type { PresenceService } from "../../gen/switchboard/presence/v1/presence
 import type { PushService } from "../../gen/switchboard/push/v1/push_pb.js";
 import { historyWithinBytes } from "../backends/message-pages.js";
 import {
+  type ConversationRecord,
   type MembershipStore,
   type MessageLog,
   type MessageStore,
@@ -71,7 +72,7 @@ export interface ChatServiceDeps {
 export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatService> {
   const { conversations, membership, messages } = deps;
   /** CreateGroup's idempotency keys: the id of the group each created. */
-  const groupsCreated = new RecentRequests<string>();
+  const groupsCreated = new RecentRequests<{ record: ConversationRecord; created: boolean }>();
   const access = (principal: string | undefined): Access => accessOf(principal, deps.policy(), membership);
   const conversationOf = async (a: Access, id: string): Promise<string> => {
     requireConversationId(id);
@@ -205,19 +206,18 @@ export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatS
       // was cut off after storing the group (docs/server-api.md, CreateGroup).
       const store = () =>
         conversations.createGroupWithId(id, req.owner, req.name, req.members, req.open, policies);
-      let stored: Awaited<ReturnType<typeof store>> | undefined;
-      await groupsCreated.run(
+      const first = await groupsCreated.run(
         caller,
         req.idempotencyKey,
         JSON.stringify([req.owner, req.name, req.members, req.open, req.postPolicy, req.addPolicy]),
-        async () => {
-          stored = await store();
-          return id;
-        },
+        store,
+        // Found in the store: made by an attempt before a restart, or on another process, whose
+        // request this process does not know (docs/server-api.md: another request gets the group).
+        (found) => found.created,
       );
       // A retry this process remembers is stored again too (finding the group), and so answered and
       // announced like one reaching another process.
-      stored ??= await store();
+      const stored = first.duplicate ? await store() : first.value;
       // A new group has no messages yet; a retry answers with the group as it is now.
       if (stored.created) return { conversation: toWireConversation(stored.record), duplicate: false };
       return {

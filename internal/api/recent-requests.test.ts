@@ -42,6 +42,25 @@ describe("RecentRequests", () => {
     });
   });
 
+  it("forgets an attempt whose result it did not make, so that no request is refused as another one", async () => {
+    // After a restart the store finds the group an unknown earlier request made: neither this request
+    // nor a later one with the same key is the key's reference.
+    const recent = new RecentRequests<{ id: string; created: boolean }>();
+    const found = async () => ({ id: "g1", created: false });
+    const made = (r: { created: boolean }) => r.created;
+    expect(await recent.run("client:a", "k1", "name=b", found, made)).toEqual({
+      value: { id: "g1", created: false },
+      duplicate: false,
+    });
+    expect(recent.size).toBe(0);
+    expect((await recent.run("client:a", "k1", "name=a", found, made)).value.id).toBe("g1");
+    // What this process made is remembered as before.
+    await recent.run("client:a", "k2", "name=a", async () => ({ id: "g2", created: true }), made);
+    await expect(recent.run("client:a", "k2", "name=b", found, made)).rejects.toMatchObject({
+      reason: "IDEMPOTENCY_KEY_REUSED",
+    });
+  });
+
   it("forgets a failed attempt, so that its retry tries again", async () => {
     const recent = new RecentRequests<string>();
     await expect(

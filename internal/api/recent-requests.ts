@@ -47,13 +47,17 @@ export class RecentRequests<T> {
   /**
    * `create()`'s result, or, when `caller` sent `key` before (within the window) with the same
    * `fingerprint`, the first attempt's (`duplicate`; a concurrent retry waits for it). A failed
-   * attempt is forgotten, so that a retry tries again. An empty key remembers nothing.
+   * attempt is forgotten, so that a retry tries again, and so is one whose result `made` says this
+   * attempt did not make (the store found what an attempt this process never saw made: that attempt's
+   * request is unknown here, so no request may be refused as another one). An empty key remembers
+   * nothing.
    */
   async run(
     caller: string,
     key: string,
     fingerprint: string,
     create: () => Promise<T>,
+    made: (value: T) => boolean = () => true,
   ): Promise<{ value: T; duplicate: boolean }> {
     if (key === "") return { value: await create(), duplicate: false };
     requireIdempotencyKey(key);
@@ -72,7 +76,9 @@ export class RecentRequests<T> {
     this.entries.set(id, entry);
     while (this.entries.size > this.max) this.entries.delete(this.entries.keys().next().value as string);
     try {
-      return { value: await entry.result, duplicate: false };
+      const value = await entry.result;
+      if (!made(value) && this.entries.get(id) === entry) this.entries.delete(id);
+      return { value, duplicate: false };
     } catch (err) {
       if (this.entries.get(id) === entry) this.entries.delete(id);
       throw err;

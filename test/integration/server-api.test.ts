@@ -999,7 +999,14 @@ describe("CreateGroup's idempotency key across a restart", () => {
     await client(keys.moderation).publish({ conversationId: id, idempotencyKey: "rk-1", body: "hi" });
     await server.kill();
     server = await server.restart();
-    // This process never saw the key: the store answers.
+    // This process never saw the key: the store answers, also to another request with that key,
+    // which does not make the first request (unknown here) count as another one afterwards.
+    const other = await client(keys.moderation).createGroup({
+      ...request,
+      name: "other",
+      members: ["api-rk3"],
+    });
+    expect(other).toMatchObject({ duplicate: true, conversation: { id, name: "kept" } });
     const retried = await client(keys.moderation).createGroup(request);
     expect(retried).toMatchObject({ duplicate: true, conversation: { id, memberCount: 2, lastSeq: 1n } });
     const members = await client(keys.moderation).listMembers({ conversationId: id });
