@@ -36,7 +36,7 @@ import type { Metrics } from "../lib/metrics.js";
 import type { ServiceClient, ServiceImpl } from "../lib/rpc.js";
 import type { Router } from "../router/index.js";
 import { type Access, accessOf } from "./access.js";
-import { streamEvents } from "./events.js";
+import { StreamStops, streamEvents } from "./events.js";
 import { RecentRequests, requireIdempotencyKey } from "./recent-requests.js";
 
 /** Recipients of one Broadcast, and users of one GetPresence. */
@@ -67,10 +67,13 @@ export interface ChatServiceDeps {
   bodyCharsMax: number;
   /** Where the API's sends are counted with the WebSocket's (messages appended, send→ack time). */
   metrics?: Pick<Metrics, "messagesTotal" | "appendSeconds">;
+  /** Aborted when the process begins to stop: its event streams end then (StreamStops). */
+  stopping?: AbortSignal;
 }
 
 export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatService> {
   const { conversations, membership, messages } = deps;
+  const stops = new StreamStops(deps.stopping);
   /** CreateGroup's idempotency keys: the id of the group each created. */
   const groupsCreated = new RecentRequests<{ record: ConversationRecord; created: boolean }>();
   const access = (principal: string | undefined): Access => accessOf(principal, deps.policy(), membership);
@@ -361,6 +364,7 @@ export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatS
       const { principal } = ctx;
       return streamEvents(
         {
+          stops,
           log: deps.log,
           access: access(principal),
           accessNow: () => (mayStreamEvents(principal, deps.policy()) ? access(principal) : undefined),

@@ -182,7 +182,50 @@ function registryOf(log: MessageLog): Map<string, Subscription> {
   return registry;
 }
 
+/**
+ * Ends this process's event streams when it begins to stop: each ends UNAVAILABLE with STREAM_ENDED
+ * (its caller opens it again, elsewhere or after the restart, and what it had not acknowledged comes
+ * again) instead of hanging until the gRPC server's grace period cancels it. One listener on the
+ * process's signal for all of them.
+ */
+export class StreamStops {
+  private readonly ends = new Set<(err: SwitchboardError) => void>();
+  private stopped = false;
+
+  constructor(stopping: AbortSignal | undefined) {
+    stopping?.addEventListener("abort", () => this.stopAll(), { once: true });
+    if (stopping?.aborted) this.stopped = true;
+  }
+
+  /** Calls `end` when the process stops (at once if it is stopping); returns the unregistration. */
+  register(end: (err: SwitchboardError) => void): () => void {
+    if (this.stopped) {
+      end(serverStopping());
+      return () => undefined;
+    }
+    this.ends.add(end);
+    return () => this.ends.delete(end);
+  }
+
+  private stopAll(): void {
+    this.stopped = true;
+    for (const end of this.ends) end(serverStopping());
+    this.ends.clear();
+  }
+}
+
+function serverStopping(): SwitchboardError {
+  return new SwitchboardError(
+    Code.UNAVAILABLE,
+    "STREAM_ENDED",
+    "the server is stopping: open the stream again and resume; batches not acknowledged come again",
+    { retryAfterMs: STREAM_RETRY_AFTER_MS },
+  );
+}
+
 export interface EventStreamDeps {
+  /** Ends the stream when the process begins to stop. */
+  stops?: StreamStops;
   log: MessageLog;
   /** The caller's access when the stream opened (it names the subscription's consumer group). */
   access: Access;
@@ -256,6 +299,12 @@ export async function* streamEvents(
   };
   ctx.signal.addEventListener("abort", () => fail(errors.unavailable("STREAM_ENDED", "the stream ended")), {
     once: true,
+  });
+  /** Ended by the server (it is stopping): the caller hears why, and reconnects. */
+  let stoppedByServer = false;
+  const unregister = deps.stops?.register((err) => {
+    stoppedByServer = true;
+    fail(err);
   });
 
   /** Hands one log batch out; resolves once the consumer acknowledged all of it. */
@@ -378,8 +427,9 @@ export async function* streamEvents(
       timeOldest();
       yield response;
     }
-    if (failure && failure.reason !== "STREAM_ENDED") throw failure;
+    if (failure && (failure.reason !== "STREAM_ENDED" || stoppedByServer)) throw failure;
   } finally {
+    unregister?.();
     fail(errors.unavailable("STREAM_ENDED", "the stream ended"));
     // The last stream waits for the consumer to close (the next stream then finds it gone).
     if (subscription.members.size === 0) await subscription.closed;

@@ -40,6 +40,8 @@ export interface RoleContext {
   readonly tls: ((role: AuthRole) => RoleChannel) | undefined;
   /** Closes `resource` when the process stops (in reverse order of registration); returns it. */
   own<T extends { close(): unknown }>(resource: T): T;
+  /** Aborted as the process begins to stop, before anything closes: what should end first listens. */
+  readonly stopping: AbortSignal;
   /** A readiness condition: returns why the process is not ready, or undefined. */
   readiness(check: () => string | undefined): void;
   /**
@@ -167,9 +169,11 @@ export async function runProcess(
     notReady,
   });
   let grpcServer: Awaited<ReturnType<typeof serveGrpc>> | undefined;
+  const stopping = new AbortController();
   const close = () =>
     (closing ??= (async () => {
       phase = "stopping";
+      stopping.abort();
       grpcServer?.health.changed();
       // Clients first (they reconnect elsewhere), then the servers (no new calls), then what the role
       // opened, newest first (the router before the storage it writes to). Tracing last: it flushes
@@ -220,6 +224,7 @@ export async function runProcess(
     credential,
     policy: () => policies().policy,
     tls: tls && ((peer) => tls.channelTo(peer)),
+    stopping: stopping.signal,
     own: (resource) => {
       owned.push(resource);
       return resource;

@@ -212,6 +212,7 @@ export const startAll: RoleStarter = async (ctx) => {
         pageBytesMax: config.sync.pageBytesMax,
         bodyCharsMax: config.gateway.bodyCharsMax,
         metrics,
+        stopping: ctx.stopping,
       }),
       { startsTraces: true },
     );

@@ -83,6 +83,7 @@ export const startRouter: RoleStarter = async (ctx) => {
       pageBytesMax: config.sync.pageBytesMax,
       bodyCharsMax: config.gateway.bodyCharsMax,
       metrics,
+      stopping: ctx.stopping,
     }),
     { startsTraces: true },
   );

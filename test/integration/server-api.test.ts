@@ -987,8 +987,44 @@ describe("the typed client (@switchboard/server-client)", () => {
   });
 });
 
-// Last in the file: it restarts the server.
-describe("CreateGroup's idempotency key across a restart", () => {
+// Last in the file: they restart the server.
+describe("ChatService across a restart", () => {
+  it("ends an event stream UNAVAILABLE STREAM_ENDED when the server stops, and the resumed stream gets what was not acknowledged", async () => {
+    const moderation = client(keys.moderation);
+    const { conversation } = await moderation.createGroup({ owner: "api-stop", name: "stop", members: [] });
+    // From the end of the log: the one message published next is the batch in hand.
+    const stream = openStream(keys.auditor, "stopping", StartPosition.LATEST);
+    await stream.opened();
+    const sent = await moderation.publish({
+      conversationId: conversation!.id,
+      idempotencyKey: "stop-1",
+      body: "x",
+    });
+    const wanted = `${conversation!.id}#${sent.message!.seq}`;
+    expect(keyOf(await stream.next())).toEqual([wanted]);
+    // A batch in hand, not acknowledged: the server stops (SIGTERM).
+    const ended = stream.next().then(
+      () => "a response",
+      (err: unknown) => err,
+    );
+    await server.stop();
+    const err = await ended;
+    expect(err).toBeInstanceOf(SwitchboardError);
+    expect(`${Code[(err as SwitchboardError).code]} ${(err as SwitchboardError).reason}`).toBe(
+      "UNAVAILABLE STREAM_ENDED",
+    );
+    expect(err).toMatchObject({ retryAfterMs: 1_000 });
+    server = await server.restart();
+    const resumed = openStream(keys.auditor, "stopping");
+    const again = new Set<string>();
+    while (!again.has(wanted)) {
+      const r = await resumed.next();
+      for (const k of keyOf(r)) again.add(k);
+      resumed.ack(r.cursor);
+    }
+    resumed.cut();
+  });
+
   it("names the group, so a retry after the server restarted finds the first attempt's group", async () => {
     const request = { owner: "api-rk", name: "kept", members: ["api-rk2"], idempotencyKey: "grp-restart" };
     const first = await client(keys.moderation).createGroup(request);
