@@ -1409,7 +1409,7 @@ export const ChatService: GenService<{
     output: typeof CreateGroupResponseSchema;
   },
   /**
-   * Rename a group, or open or close it.
+   * Change a group: its name, whether it is open, who may post, who may add members.
    *
    * @generated from rpc switchboard.api.v1.ChatService.UpdateGroup
    */

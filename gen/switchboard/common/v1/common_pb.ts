@@ -40,7 +40,8 @@ export type Message = Message$1<"switchboard.common.v1.Message"> & {
   messageId: string;
 
   /**
-   * User id (JWT `sub`) of the sender; "system" for messages sent over gRPC by backends.
+   * User id (JWT `sub`) of the sender; for messages sent through the server API, the sender the
+   * backend client named (a user id, a `bot:` identity, or "system").
    *
    * @generated from field: string sender = 4;
    */
