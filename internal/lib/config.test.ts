@@ -42,6 +42,26 @@ describe("config", () => {
     expect(loadConfig({ SWITCHBOARD_TRACING_SAMPLE_RATIO: "0.05" }).tracing.sampleRatio).toBe(0.05);
   });
 
+  it("refuses a duration no timer can hold, and an auth timeout too short to authenticate in", () => {
+    // setTimeout takes at most 2^31 - 1 ms; node runs a longer one after 1 ms.
+    for (const env of [
+      "SWITCHBOARD_AUTH_AUTH_TIMEOUT_MS",
+      "SWITCHBOARD_GATEWAY_PING_INTERVAL_MS",
+      "SWITCHBOARD_PRESENCE_HEARTBEAT_INTERVAL_MS",
+      "SWITCHBOARD_SHUTDOWN_TIMEOUT_MS",
+    ])
+      expect(() => loadConfig({ [env]: String(2 ** 31) }), env).toThrow(
+        new RegExp(`${env}="2147483648".*\\[\\d+, 2147483647\\]`),
+      );
+    expect(
+      loadConfig({ SWITCHBOARD_GATEWAY_PING_INTERVAL_MS: String(2 ** 31 - 1) }).gateway.pingIntervalMs,
+    ).toBe(2 ** 31 - 1);
+    expect(() => loadConfig({ SWITCHBOARD_AUTH_AUTH_TIMEOUT_MS: "0" })).toThrow(/AUTH_AUTH_TIMEOUT_MS/);
+    expect(() => loadConfig({ SWITCHBOARD_KAFKA_DEDUPE_WINDOW_HOURS: "175201" })).toThrow(
+      /DEDUPE_WINDOW_HOURS/,
+    );
+  });
+
   it("keeps the slow-header bound on: http.headersTimeoutMs is at least 1000", () => {
     for (const raw of ["", "0", "999"])
       expect(() => loadConfig({ SWITCHBOARD_HTTP_HEADERS_TIMEOUT_MS: raw }), raw).toThrow(

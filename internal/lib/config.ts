@@ -3,6 +3,7 @@
  * its default and documentation; environment variable names and the configuration reference in the
  * README are derived from the same tree (`switchboard config docs`).
  */
+import { TIMER_MS_MAX } from "./at-time.js";
 
 interface Setting<T> {
   readonly default: T;
@@ -28,6 +29,13 @@ const int = (def: number, doc: string, min = 0, max = Number.MAX_SAFE_INTEGER): 
     return n;
   },
 });
+/**
+ * A duration in milliseconds, which setTimeout or setInterval will take: at most 2^31 − 1 (about 24.8
+ * days). Node takes a longer one as 1 ms, and a gateway given such a ping interval or auth timeout
+ * would end every connection at once.
+ */
+const ms = (def: number, doc: string, min = 0, max = TIMER_MS_MAX): Setting<number> =>
+  int(def, doc, min, max);
 const str = (def: string, doc: string): Setting<string> => ({ default: def, doc, parse: (raw) => raw });
 const bool = (def: boolean, doc: string): Setting<boolean> => ({
   default: def,
@@ -85,7 +93,7 @@ export const schema = {
       "",
       "WebSocket URL handed out by /v1/connect; derived from the request's Host when empty.",
     ),
-    headersTimeoutMs: int(
+    headersTimeoutMs: ms(
       10_000,
       "Time a client may take to send the request headers, an upgrade's included (slowloris bound): a connection still sending them is answered 408 and closed at most a second later (a tenth of the timeout when that is shorter); a whole request may take three times as long. At least 1000: there is no way to turn the bound off.",
       1_000,
@@ -102,12 +110,12 @@ export const schema = {
       false,
       "Role all: also serve every service over gRPC (`--grpc-port` or a non-zero grpc.port turns it on too); off, role all opens no gRPC port. The split roles always serve gRPC.",
     ),
-    keepaliveMs: int(
+    keepaliveMs: ms(
       10_000,
       "Both ends of every gRPC connection between processes (and this server toward its callers) send an HTTP/2 PING after this long, idle or not, and close the connection when one goes unanswered for grpc.keepaliveTimeoutMs: a peer that is gone without a FIN or RST (a host down, a flow the network forgot) is found within keepaliveMs + keepaliveTimeoutMs instead of the kernel's hours, and calls move to a live connection. See router.deliverKeepaliveMs for the routers' Deliver streams. PINGs cover one HTTP/2 hop: behind a service mesh's sidecars or an L7 proxy they reach only the local proxy. A peer built on gRPC C-core or grpc-go enforces a minimum ping interval (5 min by default) and answers faster pings with GOAWAY too_many_pings; Switchboard's own servers do not, but raise this past any such hop's minimum.",
       1_000,
     ),
-    keepaliveTimeoutMs: int(
+    keepaliveTimeoutMs: ms(
       5_000,
       "How long a keepalive PING may go unanswered before the connection is closed (grpc.keepaliveMs). A process whose event loop is blocked this long loses its connections (a gateway's Deliver streams are dialled again and its users' inboxes re-checked): keep it well above the longest pause you expect.",
       1_000,
@@ -149,7 +157,7 @@ export const schema = {
         "",
         "mTLS (docs/adr/0007): a directory in cert-manager's Secret layout, `tls.crt`, `tls.key`, `ca.crt` (a mounted Secret). The gRPC server then serves only TLS with tls.crt and requires a client certificate signed by a CA of ca.crt; the caller's principal is the certificate's URI SAN `switchboard://<principal>` (else its CN), authorized like a bearer credential (a bearer sent too must name the same principal). This process's own calls present the same key pair and accept only a server whose certificate ca.crt signs and whose URI SAN names the role called (`switchboard://role:<role>`). Re-read every grpc.tls.refreshMs: rotation needs no restart, and a client of a CA no longer in ca.crt, or whose certificate expired, is refused on open connections too. Empty: plaintext.",
       ),
-      refreshMs: int(
+      refreshMs: ms(
         10_000,
         "How often grpc.tls.dir is read again for a new version (a version whose key does not match its certificate is ignored until it does).",
         100,
@@ -191,7 +199,7 @@ export const schema = {
     "Embedded backend: while the file system that holds dataDir has fewer bytes free than this, new messages are refused with STORAGE_FULL (retryable: clients send them again later) and everything else goes on (sync, history, receipts, group changes), on this reserve; messages are taken again once a tenth more than it is free, with no restart. Checked every second, and while less than twice it is free also as messages come (at most every 10 ms); logged, and switchboard_storage_full is 1 meanwhile. Below 1 MiB free (or this, if smaller) the server does not start. 0: no check (a write that fails for lack of space stops the process).",
   ),
   backend: oneOf(["embedded", "distributed"] as const, "embedded", "Storage backend."),
-  shutdownTimeoutMs: int(
+  shutdownTimeoutMs: ms(
     30_000,
     "How long a stop (SIGTERM, SIGINT, or a fatal error) may take to close everything, after a gateway's drain (gateway.shutdownDrainMs); past it the process exits with code 1 (70 after a fatal error) without waiting further. A second signal while stopping exits at once (130 for SIGINT, 143 for SIGTERM), and a stop where something failed to close exits with code 1.",
     1_000,
@@ -224,9 +232,10 @@ export const schema = {
       false,
       "Dev mode (`switchboard start --dev`, which `npm start` uses): serve GET /v1/dev/token?user=ID, a dev-secret token for any user to anyone who reaches the HTTP port (the web client at / signs in with it). Honoured only without a JWKS URL or auth.secretFile and on a loopback address; never turn it on where others reach the port, e.g. behind a reverse proxy. Where it is honoured (and only there) it also lets a gRPC port open without authentication (no grpc.keyFile, grpc.tokenAudience or grpc.tls.dir), which otherwise stops the process at start.",
     ),
-    authTimeoutMs: int(
+    authTimeoutMs: ms(
       5_000,
       "A connection that has sent no auth frame within this time is closed (3502); checking an auth frame's token longer than this is AUTH_UNAVAILABLE, and checking an upgrade's Authorization header longer than this is HTTP 503.",
+      100,
     ),
     allowedOrigins: list(
       [],
@@ -277,13 +286,13 @@ export const schema = {
       "Most connections per gateway process still to authenticate with an auth frame (each may wait auth.authTimeoutMs); past it, an upgrade without an Authorization header gets 503, so unauthenticated sockets cannot take every slot. Upgrades whose Authorization header is being checked (each for up to auth.authTimeoutMs) are limited to as many, counted apart.",
       1,
     ),
-    pingIntervalMs: int(
+    pingIntervalMs: ms(
       25_000,
       "WebSocket ping interval; a connection that has not answered the previous ping by the next one is closed.",
       1000,
     ),
-    drainWindowMs: int(10_000, "Window over which draining spreads client reconnects.", 0),
-    shutdownDrainMs: int(
+    drainWindowMs: ms(10_000, "Window over which draining spreads client reconnects.", 0),
+    shutdownDrainMs: ms(
       0,
       "On SIGTERM, first tell clients to reconnect elsewhere, spread over this window, then stop (the operator sets it for rolling updates); 0: close connections at once (1001), each once the requests it had sent are answered (at most 2 s). From the start of a drain (SIGTERM, or the operator's Drain call) /readyz and the gRPC health service say not ready and /v1/connect answers 503, so that no new client is sent here. SIGINT always stops without a drain, and any second signal during a stop exits at once (shutdownTimeoutMs).",
       0,
@@ -295,7 +304,7 @@ export const schema = {
       "Bytes a router queues on one gateway's Deliver stream when that gateway reads slower than the router routes; past it, that gateway's events are dropped (counted; clients recover them from their inbox) and the other gateways are unaffected.",
       64 * 1024,
     ),
-    deliverKeepaliveMs: int(
+    deliverKeepaliveMs: ms(
       2_000,
       "A router's Deliver stream to a gateway sends an HTTP/2 PING after this long (instead of grpc.keepaliveMs): live delivery to that gateway's clients rides on it, so a stream the network cut silently is closed within deliverKeepaliveMs + grpc.keepaliveTimeoutMs, dialled again and its users' inboxes re-checked.",
       500,
@@ -315,8 +324,8 @@ export const schema = {
     nameCharsMax: int(200, "Longest group name in characters.", 1),
   },
   presence: {
-    heartbeatIntervalMs: int(5_000, "How often clients heartbeat.", 100),
-    offlineAfterMs: int(
+    heartbeatIntervalMs: ms(5_000, "How often clients heartbeat.", 100),
+    offlineAfterMs: ms(
       30_000,
       "A user is shown offline this long after their last device stopped heartbeating. It must be at least twice presence.heartbeatIntervalMs (else the process does not start): a user would flicker offline whenever a heartbeat is late.",
       100,
@@ -361,7 +370,7 @@ export const schema = {
       false,
       'Leave message text out of every notification: providers (Apple, Google, browser vendors, webhooks) see "New message" as the body.',
     ),
-    collapseWindowMs: int(
+    collapseWindowMs: ms(
       10_000,
       "Messages to the same user in the same conversation within this window after one that notified are held, then summarised in one notification (the latest message and their count) when it closes (0: every message notifies).",
       0,
@@ -378,7 +387,7 @@ export const schema = {
       1,
       100,
     ),
-    retryAfterMaxMs: int(
+    retryAfterMaxMs: ms(
       300_000,
       "Longest Retry-After a delivery waits for; a provider asking for more gives the delivery up.",
       0,
@@ -453,8 +462,9 @@ export const schema = {
     ),
     dedupeWindowHours: int(
       168,
-      "A resend with the same client_msg_id within this window returns the original; after it, it is a new message (dedupe rows expire).",
+      "A resend with the same client_msg_id within this window returns the original; after it, it is a new message (dedupe rows expire). At most 175,200 (20 years: the longest TTL Cassandra takes).",
       1,
+      175_200,
     ),
     publishSequenced: bool(
       false,
@@ -464,7 +474,7 @@ export const schema = {
       "",
       "File where the process keeps its consumer-group member ids, so that a restart after a crash rejoins its groups at once instead of waiting out the dead member's 10 s session. Empty: kafka-members-<role>-<port>.json in dataDir, <port> the HTTP port the process listens on (so processes sharing a data dir keep apart files). Put it where a restarted container finds it (an emptyDir).",
     ),
-    appendTimeoutMs: int(
+    appendTimeoutMs: ms(
       10_000,
       "A send not sequenced within this time fails with UNAVAILABLE (the client retries with the same client_msg_id): LOG_UNAVAILABLE if its draft still waited for a produce request (it was never sent), SEQUENCE_TIMEOUT if Kafka took it. A draft already in a produce request Kafka has not answered waits for that answer instead (up to kafkajs's request timeout, 30 s, and its retries): it may be written, and failing it sooner could let a later send overtake its resend.",
       100,
