@@ -84,8 +84,11 @@ const PULL_TYPING_INTERVAL_MS = 3_000;
 export interface GatewayContext extends GatewayServices, EventRelays {
   /** Per-user send limit across all the user's connections; 0 or ms to wait. */
   takeUserSend(userId: string): number;
-  /** Per-user limit on group changes across the user's connections; 0 or ms to wait. */
-  takeGroupChange(userId: string): number;
+  /**
+   * Per-user limit on group changes across the user's connections, and on the members they add or
+   * remove (`members`: the request's member list); 0 or ms to wait.
+   */
+  takeGroupChange(userId: string, members: number): number;
   /** Whether this gateway relays one more typing indicator to a pull conversation now. */
   takePullTyping(conversationId: string): boolean;
   /** Per-user limit on presence subscribes across the user's connections; 0 or ms to wait. */
@@ -409,8 +412,13 @@ export class Connection {
     // Replies use the encoding of their request (pushed events use the connection's latest).
     const reply = (kind: NonNullable<ServerFrameInit["kind"]>) => this.reply(id, kind, encoding);
     if (GROUP_CHANGES.has(req.case)) {
-      // Each reads the group's members and tells every one of them: bounded per user.
-      const wait = c.takeGroupChange(user);
+      // Each reads the group's members and tells every one of them, and writes a row or two per
+      // member it adds or removes: bounded per user, by count and by members.
+      const members =
+        req.case === "createGroup" || req.case === "addMembers" || req.case === "removeMembers"
+          ? req.value.members.length
+          : 0;
+      const wait = c.takeGroupChange(user, members);
       if (wait > 0) throw errors.exhausted("RATE_LIMITED", "too many group changes; slow down", wait);
     }
     switch (req.case) {

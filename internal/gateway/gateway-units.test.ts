@@ -65,6 +65,25 @@ describe("UserBuckets without debt", () => {
     indebted.take("u");
     expect([indebted.take("u"), indebted.take("u")]).toEqual([200, 300]);
   });
+
+  it("takes many at once only when there are as many, waits for what is missing, and refunds", () => {
+    let now = 0;
+    const members = new UserBuckets(10_000, 100_000, { debt: false, now: () => now });
+    expect(members.takeMany("u", 60_000).waitMs).toBe(0);
+    // 40,000 left: 60,000 more wait for the 20,000 missing, two seconds at 10,000 a second.
+    expect(members.takeMany("u", 60_000).waitMs).toBe(2_000);
+    // What a refused request took is given back when another limit refuses it.
+    const few = members.takeMany("u", 40_000);
+    expect(few.waitMs).toBe(0);
+    expect(members.takeMany("u", 1).waitMs).toBe(1);
+    few.refund();
+    expect(members.takeMany("u", 40_000).waitMs).toBe(0);
+    now += 6_000;
+    expect(members.takeMany("u", 60_000).waitMs).toBe(0);
+    // A list longer than the burst costs a full bucket, not a wait for ever.
+    now += 10_000;
+    expect(members.takeMany("u", 250_000).waitMs).toBe(0);
+  });
 });
 
 describe("codec", () => {

@@ -81,6 +81,13 @@ const WS_BOUNDS = {
 /** Group changes (connection.ts GROUP_CHANGES: the group's and its members') per user: sustained, at once. */
 const GROUP_CHANGES_PER_SECOND = 5;
 const GROUP_CHANGES_BURST = 20;
+/**
+ * Members the group changes of one user may add or remove (each a row or two written, the list read
+ * and encoded): sustained; at once, groups.membersMax, so that one request may create the largest
+ * group. Storing 100,000 members holds the embedded store's thread for about 300 ms: unbounded, one
+ * user's five largest creates a second (the count limit alone) kept every other client waiting.
+ */
+const GROUP_MEMBER_CHANGES_PER_SECOND = 10_000;
 
 /**
  * Listings (listConversations, listMembers, listReceipts) being answered at once in a gateway process;
@@ -115,6 +122,8 @@ export class Gateway {
   private readonly userGroupChanges = new UserBuckets(GROUP_CHANGES_PER_SECOND, GROUP_CHANGES_BURST, {
     debt: false,
   });
+  /** Members added or removed per user (GROUP_MEMBER_CHANGES_PER_SECOND); set up with the config. */
+  private readonly userGroupMembers: UserBuckets;
   /** Presence subscribes, per user (each may read hundreds of memberships); refusals take nothing. */
   private readonly userPresenceSubscribes = new UserBuckets(
     PRESENCE_SUBSCRIBES_PER_SECOND,
@@ -162,6 +171,13 @@ export class Gateway {
     this.id = options.gatewayId;
     const g = options.config.gateway;
     this.userSends = new UserBuckets(g.userSendsPerSecond, g.userSendsPerSecond * 2);
+    this.userGroupMembers = new UserBuckets(
+      GROUP_MEMBER_CHANGES_PER_SECOND,
+      options.config.groups.membersMax,
+      {
+        debt: false,
+      },
+    );
     this.epoch = options.gatewayEpoch;
     const { config } = options;
     this.endSessionRetries = new RetryLater({
@@ -213,7 +229,7 @@ export class Gateway {
           key,
         ),
       takeUserSend: (userId) => this.userSends.take(userId),
-      takeGroupChange: (userId) => this.userGroupChanges.take(userId),
+      takeGroupChange: (userId, members) => this.takeGroupChange(userId, members),
       takePullTyping: (conversationId) => this.takePullTyping(conversationId),
       takePresenceSubscribe: (userId) => this.userPresenceSubscribes.take(userId),
       listings: new Limiter(LISTINGS_IN_FLIGHT_MAX),
@@ -353,6 +369,7 @@ export class Gateway {
     const gone = (userId: string) => !this.byUser.has(userId);
     this.userSends.forgetRefilled(gone);
     this.userGroupChanges.forgetRefilled(gone);
+    this.userGroupMembers.forgetRefilled(gone);
     this.userPresenceSubscribes.forgetRefilled(gone);
     for (const ws of this.wss.clients) {
       if (!this.alive.has(ws)) {
@@ -362,6 +379,15 @@ export class Gateway {
       this.alive.delete(ws);
       ws.ping();
     }
+  }
+
+  /** A group change of `userId` that adds or removes `members` members: 0, or ms to wait. */
+  private takeGroupChange(userId: string, members: number): number {
+    const byMembers = this.userGroupMembers.takeMany(userId, members);
+    if (byMembers.waitMs > 0) return byMembers.waitMs;
+    const byCount = this.userGroupChanges.take(userId);
+    if (byCount > 0) byMembers.refund();
+    return byCount;
   }
 
   private takePullTyping(conversationId: string): boolean {
@@ -403,6 +429,7 @@ export class Gateway {
       // Kept until they have refilled (swept with the pings): reconnecting is no way to a fresh burst.
       this.userSends.forgetIfRefilled(conn.userId);
       this.userGroupChanges.forgetIfRefilled(conn.userId);
+      this.userGroupMembers.forgetIfRefilled(conn.userId);
       this.userPresenceSubscribes.forgetIfRefilled(conn.userId);
     }
     if (!this.bySession.delete(conn.sessionId)) return;

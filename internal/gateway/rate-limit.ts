@@ -35,18 +35,23 @@ export class TokenBucket {
    * that wait as told: with debt, one's refusals would eat the tokens another waits for, and clients
    * retrying together could be refused for ever. Returns 0, else the milliseconds until a token.
    */
-  takeIfAny(): number {
+  takeIfAny(n = 1): number {
     this.refill();
-    if (this.tokens >= 1) {
-      this.tokens -= 1;
+    if (this.tokens >= n) {
+      this.tokens -= n;
       return 0;
     }
-    return this.untilToken();
+    return this.untilToken(n);
   }
 
-  /** Milliseconds until the bucket holds a whole token again. */
-  private untilToken(): number {
-    return Math.ceil(((1 - this.tokens) * 1000) / this.ratePerSecond);
+  /** Gives back what takeIfAny took (for a request another limit then refused). */
+  refund(n: number): void {
+    this.tokens = Math.min(this.burst, this.tokens + n);
+  }
+
+  /** Milliseconds until the bucket holds `n` whole tokens again. */
+  private untilToken(n = 1): number {
+    return Math.ceil(((n - this.tokens) * 1000) / this.ratePerSecond);
   }
 
   /** True when the bucket has refilled to its burst: forgetting it now changes nothing. */
@@ -80,12 +85,28 @@ export class UserBuckets {
 
   /** Takes one token of `userId`'s bucket: 0, or the milliseconds until one is available. */
   take(userId: string): number {
+    const bucket = this.of(userId);
+    return this.options.debt === false ? bucket.takeIfAny() : bucket.take();
+  }
+
+  /**
+   * Takes `n` tokens (at most the burst: a larger request costs a full bucket) if there are as many,
+   * without debt: 0, or the milliseconds until there are. Returns the refund of what it took.
+   */
+  takeMany(userId: string, n: number): { waitMs: number; refund: () => void } {
+    const bucket = this.of(userId);
+    const cost = Math.min(n, this.burst);
+    const waitMs = bucket.takeIfAny(cost);
+    return { waitMs, refund: () => (waitMs === 0 ? bucket.refund(cost) : undefined) };
+  }
+
+  private of(userId: string): TokenBucket {
     let bucket = this.buckets.get(userId);
     if (!bucket) {
       bucket = new TokenBucket(this.ratePerSecond, this.burst, this.options.now);
       this.buckets.set(userId, bucket);
     }
-    return this.options.debt === false ? bucket.takeIfAny() : bucket.take();
+    return bucket;
   }
 
   /** Forgets the buckets of users `gone` says left, those that have refilled. */

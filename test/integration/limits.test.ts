@@ -437,6 +437,30 @@ describe("message and frame limits", () => {
     c.close();
   });
 
+  it("weighs group changes by the members they list: 10,000 a second per user, groups.membersMax at once", async () => {
+    const c = await connect(user("bulk-organiser"));
+    // Ids that are no user's: each request is refused by its own check, after the limit charged it.
+    const ids = (n: number, tag: string) => Array.from({ length: n }, (_, i) => `not a user ${tag}${i}`);
+    const reasonOf = (f: Awaited<ReturnType<typeof c.request>>) => expectCase(f, "error").reason;
+    const bulk = (tag: string) =>
+      c.request({ case: "removeMembers", value: { conversationId: "g:1", members: ids(60_000, tag) } });
+    expect(reasonOf(await bulk("a"))).not.toBe("RATE_LIMITED");
+    // 60,000 of the 100,000 taken: another 60,000 must wait for what is missing, at 10,000 a second.
+    const refused = expectCase(await bulk("b"), "error");
+    expect(refused.reason).toBe("RATE_LIMITED");
+    expect(refused.retryAfterMs).toBeGreaterThan(500);
+    expect(refused.retryAfterMs).toBeLessThanOrEqual(2_000);
+    // A change of a few members still fits, and a refusal took nothing.
+    expect(
+      reasonOf(
+        await c.request({ case: "addMembers", value: { conversationId: "g:1", members: ids(3, "c") } }),
+      ),
+    ).not.toBe("RATE_LIMITED");
+    await new Promise((r) => setTimeout(r, refused.retryAfterMs + 20));
+    expect(reasonOf(await bulk("d"))).not.toBe("RATE_LIMITED");
+    c.close();
+  });
+
   it("counts membership changes with them: a user flipping join and leave in an open group is refused past 20", async () => {
     const owner = await connect(user("host"));
     const group = expectCase(
