@@ -385,9 +385,10 @@ describe("ChatService: groups, presence, sessions, devices", () => {
     expect(await failure(moderation.getConversation({ conversationId: "g:1" }))).toBe(
       "NOT_FOUND CONVERSATION_NOT_FOUND",
     );
-    expect(await failure(moderation.addMembers({ conversationId: id, userIds: ["bad id"] }))).toBe(
-      "INVALID_ARGUMENT INVALID_USER_ID",
-    );
+    const badId = moderation.addMembers({ conversationId: id, userIds: ["api-ok", "bad id"] });
+    expect(await failure(badId)).toBe("INVALID_ARGUMENT INVALID_USER_ID");
+    // The message names which one.
+    await expect(badId).rejects.toThrow('user_ids[1] "bad id" is not a valid user id');
   });
 
   it("answers group changes with the group's last_seq", async () => {
