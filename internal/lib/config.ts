@@ -294,7 +294,7 @@ export const schema = {
     drainWindowMs: ms(10_000, "Window over which draining spreads client reconnects.", 0),
     shutdownDrainMs: ms(
       0,
-      "On SIGTERM, first tell clients to reconnect elsewhere, spread over this window, then stop (the operator sets it for rolling updates); 0: close connections at once (1001), each once the requests it had sent are answered (at most 2 s). From the start of a drain (SIGTERM, or the operator's Drain call) /readyz and the gRPC health service say not ready and /v1/connect answers 503, so that no new client is sent here. SIGINT always stops without a drain, and any second signal during a stop exits at once (shutdownTimeoutMs).",
+      "On SIGTERM, first tell clients to reconnect elsewhere, spread over this window, then stop, as soon as the last of them has gone (with few clients, well before the window ends; the operator sets it for rolling updates); 0: close connections at once (1001), each once the requests it had sent are answered (at most 2 s). From the start of a drain (SIGTERM, or the operator's Drain call) /readyz and the gRPC health service say not ready and /v1/connect answers 503, so that no new client is sent here. SIGINT always stops without a drain, and any second signal during a stop exits at once (shutdownTimeoutMs).",
       0,
     ),
   },
