@@ -604,6 +604,12 @@ export interface PushJobQueue extends Closeable {
 /** Everything a platform needs, from one backend. */
 export interface Backends extends Closeable {
   readonly name: "embedded" | "distributed";
+  /**
+   * Names the data these stores hold (`welcome.data_set`): it changes when they are replaced, by a
+   * restored backup (embedded: `backup` names its copy anew) or a new keyspace or topic prefix
+   * (distributed), after which seqs and inbox positions a device knows may be handed out again.
+   */
+  readonly dataSet: string;
   log: MessageLog;
   messages: MessageStore;
   membership: MembershipStore;

@@ -315,6 +315,7 @@ export class Connection {
           serverTimeMs: BigInt(Date.now()),
           headCursor: BigInt(head),
           features: PROTOCOL_FEATURES,
+          dataSet: this.ctx.backends.dataSet,
         },
       },
       encoding,

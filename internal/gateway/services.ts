@@ -15,7 +15,7 @@ export type Relayer = Pick<ServiceClient<typeof RouterService>, "relay">;
 
 export type GatewayStores = Pick<
   Backends,
-  "log" | "messages" | "membership" | "inbox" | "receipts" | "routing" | "settings"
+  "log" | "messages" | "membership" | "inbox" | "receipts" | "routing" | "settings" | "dataSet"
 >;
 
 /** The services, stores and limits a gateway and each of its connections work with. */

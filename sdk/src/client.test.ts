@@ -175,6 +175,46 @@ describe.each(["json", "binary"] as const)("with %s encoding", (encoding) => {
     expect([t.errors, t.disconnects]).toEqual([[], []]);
   });
 
+  test("starts over from 0 when the server names another data set than the checkpoint's (a restored backup)", async () => {
+    const srv = await startServer({ syncPageSize: 10 });
+    for (let i = 1; i <= 3; i++) srv.addMessage("dm:alice~bob", "bob", `m${i}`, ["alice", "bob"]);
+    // The device had synced to 5 on the data before the restore; the restored server has 3, and
+    // would hand 4 and 5 out again: the cursor must not be trusted.
+    const t = newClient(srv, {
+      encoding,
+      checkpoint: { cursor: 5, pullPositions: { "g:9": 40 }, dataSet: "before-restore" },
+    });
+    const changes: Array<{ previous: string; current: string }> = [];
+    t.client.on("dataSetChanged", (c) => changes.push(c));
+    await t.client.connect();
+    await srv.waitFor(() => t.synced.length === 1, "sync");
+    expect(changes).toEqual([{ previous: "before-restore", current: "data-set-1" }]);
+    expect(srv.framesOf("sync").map((f) => Number(f.value.cursor))).toEqual([0]);
+    expect(t.messages.map((m) => m.message.body)).toEqual(["m1", "m2", "m3"]);
+    expect(t.client.checkpoint).toMatchObject({ cursor: 3, dataSet: "data-set-1" });
+    expect(t.client.checkpoint.pullPositions["g:9"]).toBeUndefined();
+  });
+
+  test("keeps its positions with the same data set, and takes the server's when the checkpoint names none", async () => {
+    const srv = await startServer({ syncPageSize: 10 });
+    for (let i = 1; i <= 3; i++) srv.addMessage("dm:alice~bob", "bob", `m${i}`, ["alice", "bob"]);
+    const same = newClient(srv, {
+      encoding,
+      checkpoint: { cursor: 2, pullPositions: {}, dataSet: "data-set-1" },
+    });
+    const older = newClient(srv, { encoding, checkpoint: { cursor: 2, pullPositions: {} } });
+    const changes: unknown[] = [];
+    for (const t of [same, older]) {
+      t.client.on("dataSetChanged", (c) => changes.push(c));
+      await t.client.connect();
+      await srv.waitFor(() => t.synced.length === 1, "sync");
+      expect(t.messages.map((m) => m.message.body)).toEqual(["m3"]);
+      expect(t.client.checkpoint).toMatchObject({ cursor: 3, dataSet: "data-set-1" });
+    }
+    expect(changes).toEqual([]);
+    expect(srv.framesOf("sync").map((f) => Number(f.value.cursor))).toEqual([2, 2]);
+  });
+
   test("resumes from the stored cursor and pages the sync while hasMore", async () => {
     const srv = await startServer({ syncPageSize: 2 });
     for (let i = 1; i <= 6; i++) srv.addMessage("g:1", "bob", `m${i}`, ["alice", "bob"]);
@@ -1078,7 +1118,11 @@ describe("a checkpoint to persist: the cursor and the pull positions, never move
       ["p1", 1, "pull"],
     ]);
     expect(t.client.cursor).toBe(1);
-    expect(t.client.checkpoint).toEqual({ cursor: 1, pullPositions: { "dm:alice~bob": 1, "g:big": 1 } });
+    expect(t.client.checkpoint).toEqual({
+      cursor: 1,
+      pullPositions: { "dm:alice~bob": 1, "g:big": 1 },
+      dataSet: "data-set-1",
+    });
   });
 
   test("the checkpoint event follows the message listeners; a client started from it misses nothing and repeats nothing", async () => {
@@ -1115,6 +1159,7 @@ describe("a checkpoint to persist: the cursor and the pull positions, never move
     expect(second.client.checkpoint).toEqual({
       cursor: 2,
       pullPositions: { "dm:alice~bob": 2, "g:big": 3 },
+      dataSet: "data-set-1",
     });
     expect(second.errors).toEqual([]);
   });

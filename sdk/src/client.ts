@@ -169,6 +169,14 @@ export interface SwitchboardClientEvents {
   /** The server's welcome on each (re)connect. */
   connected: WelcomeInfo;
   /**
+   * The server's data was replaced since the checkpoint's positions were taken (restored from a
+   * backup: `welcome.dataSet` is another): what the app stored of the old data may not exist on the
+   * server, and seqs and cursors past the restored copy's are handed out again to new messages. The
+   * client starts over from 0 (messages already emitted this session are dropped by id); drop what
+   * you stored of messages (keyed by conversation and seq) before the "message" events that follow.
+   */
+  dataSetChanged: { previous: string; current: string };
+  /**
    * The connection ended, or an attempt to connect failed (once per attempt: a server down for a
    * while gives one per retry; show "offline" from the first and "online" at the next "connected").
    * `willReconnect` false means the client stays down.
@@ -345,6 +353,8 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
       cursor: options.cursor ?? options.checkpoint?.cursor ?? 0,
       dedupeCapacity: options.dedupeCapacity ?? 10_000,
       pullPositions: options.pullPositions ?? options.checkpoint?.pullPositions,
+      dataSet: options.checkpoint?.dataSet,
+      emitDataSetChanged: (change) => this.emit("dataSetChanged", change),
       syncLimit: options.syncLimit ?? 0,
       requestTimeoutMs: this.requestTimeoutMs,
       backoff,
@@ -748,6 +758,8 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
 
   /** A connection was welcomed: queued sends go out, presence is renewed, the inbox catches up. */
   private onOpened(conn: Conn, welcome: WelcomeInfo): void {
+    // Before anything is sent or synced on it: positions of another data set are dropped first.
+    this.inbox.welcomed(welcome.dataSet);
     this.emit("connected", welcome);
     if (!this.connection.isCurrent(conn)) return; // a listener closed us
     this.sends.pump();

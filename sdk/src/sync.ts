@@ -60,6 +60,10 @@ export interface InboxSyncOptions {
   dedupeCapacity: number;
   /** The newest seq processed per pull conversation in an earlier session. */
   pullPositions: Record<string, number> | undefined;
+  /** The server's data set the positions belong to (Checkpoint.dataSet), if known. */
+  dataSet: string | undefined;
+  /** The server's data set is another than the positions': they were dropped. */
+  emitDataSetChanged(change: { previous: string; current: string }): void;
   /** Page size asked for when syncing (0 = the server's default). */
   syncLimit: number;
   requestTimeoutMs: number;
@@ -79,8 +83,9 @@ export interface InboxSyncOptions {
 
 export class InboxSync {
   private _cursor: number;
+  private dataSet: string | undefined;
   private readonly seen: LruSet<string>;
-  private readonly pull: PullFollower;
+  private pull: PullFollower;
   /** The connection whose sync is running, and the live messages held back until its last page. */
   private running: { conn: Conn; held: PbMessageEvent[] } | undefined;
   /** The sync page size after pages timed out (halved each time); undefined: `syncLimit`. */
@@ -96,12 +101,18 @@ export class InboxSync {
     this._cursor = o.cursor;
     if (!Number.isSafeInteger(this._cursor) || this._cursor < 0)
       throw new RangeError("cursor must be a non-negative integer");
+    this.dataSet = o.dataSet;
     this.seen = new LruSet(o.dedupeCapacity);
-    this.pull = new PullFollower({
+    this.pull = this.newPullFollower(o.pullPositions);
+  }
+
+  private newPullFollower(initial: Record<string, number> | undefined): PullFollower {
+    const o = this.o;
+    return new PullFollower({
       fetch: (conversationId, afterSeq) => o.history({ conversationId, afterSeq, limit: PULL_PAGE }),
       emit: (message, source) => this.emitMessage(message, this._cursor, source, "pull"),
       capacity: o.dedupeCapacity,
-      ...(o.pullPositions ? { initial: o.pullPositions } : {}),
+      ...(initial ? { initial } : {}),
       active: () => o.connection.state !== "closed",
       retryable: retryableFetchError,
       failed: (cause, conversationId) =>
@@ -122,7 +133,31 @@ export class InboxSync {
 
   /** Where the device is: what to persist, and pass back as the `checkpoint` option. */
   get checkpoint(): Checkpoint {
-    return { cursor: this._cursor, pullPositions: this.pull.positions() };
+    return {
+      cursor: this._cursor,
+      pullPositions: this.pull.positions(),
+      ...(this.dataSet ? { dataSet: this.dataSet } : {}),
+    };
+  }
+
+  /**
+   * A welcome named the server's data set (before the sync it starts). Another than the one the
+   * positions belong to: the server's data was replaced (restored from a backup), and its cursors and
+   * seqs past the copy's may be handed out again, so the positions would skip messages. They are
+   * dropped: the inbox syncs from 0 (messages already seen are dropped by id) and the pull
+   * conversations are followed anew from the next listing.
+   */
+  welcomed(dataSet: string): void {
+    if (dataSet === "" || dataSet === this.dataSet) return;
+    const previous = this.dataSet;
+    this.dataSet = dataSet;
+    // First named (a checkpoint of an older client or server): the next checkpoint carries it.
+    if (previous === undefined) return;
+    this._cursor = 0;
+    this.pull.stop();
+    this.pull = this.newPullFollower(undefined);
+    this.o.emitDataSetChanged({ previous, current: dataSet });
+    this.changed();
   }
 
   /** The sync page size asked for now (0: the server's default). */

@@ -74,6 +74,12 @@ export interface Checkpoint {
    * while the device is away loses and repeats nothing. Opaque: persist it whole.
    */
   pullPositions: Record<string, number>;
+  /**
+   * The server's data set these positions belong to (`welcome.dataSet`); absent from an older
+   * checkpoint or server. Another one at a connect means the server's data was replaced (a restored
+   * backup): the client then starts over from 0 (the "dataSetChanged" event).
+   */
+  dataSet?: string;
 }
 
 export interface SendAck {
@@ -106,6 +112,8 @@ export interface WelcomeInfo {
   headCursor: number;
   /** Optional protocol features the server understands (e.g. "first_attempt"). */
   features: readonly string[];
+  /** Names the data the server holds ("" from a server that does not): see Checkpoint.dataSet. */
+  dataSet: string;
 }
 
 export type ConversationKindName = "direct" | "group" | "unspecified";
@@ -271,6 +279,7 @@ export function toWelcome(w: PbWelcome): WelcomeInfo {
     serverTimeMs: num(w.serverTimeMs),
     headCursor: num(w.headCursor),
     features: [...w.features],
+    dataSet: w.dataSet,
   };
 }
 

@@ -94,6 +94,8 @@ export class FakeServer {
   /** Groups on the pull model: their messages go live with cursor 0 and into no inbox. */
   readonly pull = new Set<string>();
   hook: FrameHook | undefined;
+  /** `welcome.data_set`: change it to act as a server restored from a backup. */
+  dataSet = "data-set-1";
   /** Called for each new connection before anything is sent; return true to skip the welcome. */
   onConnect: ((conn: FakeConn, server: FakeServer) => boolean | undefined) | undefined;
   private nextMessageId = 1_000_000n;
@@ -317,6 +319,7 @@ export class FakeServer {
           serverTimeMs: BigInt(Date.now()),
           headCursor: BigInt(box.length),
           features: this.opts.features,
+          dataSet: this.dataSet,
         },
       },
     });

@@ -15,6 +15,7 @@ import {
   ClientFrameSchema,
   type ServerFrame,
   ServerFrameSchema,
+  type Welcome,
 } from "../../gen/switchboard/client/v1/client_pb.js";
 
 type Kind = NonNullable<MessageInitShape<typeof ClientFrameSchema>["kind"]>;
@@ -34,6 +35,8 @@ export class RawClient {
   readonly received: ServerFrame[] = [];
   closeCode: number | undefined;
   closeReason = "";
+  /** The welcome of a connection authenticated in its upgrade request (`token`). */
+  welcome: Welcome | undefined;
   private nextId = 1;
   private readonly waiters = new Map<number, (f: ServerFrame) => void>();
   private readonly failers = new Map<number, (err: Error) => void>();
@@ -94,7 +97,10 @@ export class RawClient {
       ws.once("unexpected-response", (_req, res) => reject(new Error(`HTTP ${res.statusCode}`)));
       ws.once("error", reject);
     });
-    if (options.token) await client.nextEvent((f) => f.kind.case === "welcome");
+    if (options.token) {
+      const welcome = await client.nextEvent((f) => f.kind.case === "welcome");
+      if (welcome.kind.case === "welcome") client.welcome = welcome.kind.value;
+    }
     return client;
   }
 

@@ -101,6 +101,16 @@ describe("switchboard backup", () => {
     const restored = await startServer({ dataDir: restoredDir, env: FAST_SENDS });
     try {
       const reader = await RawClient.connect(restored.url, { token: await devToken(restoredDir, "alice") });
+      // The copy names another data set than the server it was taken from, which names the same on
+      // every connection: a client that synced with that one learns its cursor may be handed out again.
+      const original = await RawClient.connect(server.url, {
+        token: await devToken(server.dataDir, "alice"),
+      });
+      expect(original.welcome?.dataSet).toMatch(/^[A-Za-z0-9_-]{22}$/);
+      expect(alice.welcome?.dataSet).toBe(original.welcome?.dataSet);
+      expect(reader.welcome?.dataSet).toMatch(/^[A-Za-z0-9_-]{22}$/);
+      expect(reader.welcome?.dataSet).not.toBe(original.welcome?.dataSet);
+      original.close();
       const page = expectCase(
         await reader.request({ case: "history", value: { conversationId: "dm:alice~bob", limit: 1000 } }),
         "history",

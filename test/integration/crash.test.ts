@@ -70,6 +70,9 @@ async function membershipChangedAroundKill(scenario: {
   sender.close();
   server = await server.restart();
   const senderAgain = await RawClient.connect(server.url, { token: await token("dana") });
+  // The same data after a crash: the same data set, so no client drops what it synced.
+  expect(senderAgain.welcome?.dataSet).toBe(sender.welcome?.dataSet);
+  expect(senderAgain.welcome?.dataSet).not.toBe("");
   const after = expectCase(await sendTo(senderAgain, group, "after"), "ack");
   expect(Number(after.seq)).toBe(SENT_BEFORE_KILL + 1);
   /** The group's seqs in the user's inbox, once it has `expected` of them (or 30 s passed). */

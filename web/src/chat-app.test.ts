@@ -553,4 +553,24 @@ describe("the checkpoint", () => {
     client.fire("checkpoint", checkpoint);
     expect(checkpoints).toEqual([checkpoint]);
   });
+
+  it("lets go of the messages it holds when the server's data set changed, so reused seqs are shown", () => {
+    const app = newApp();
+    client.fire("message", {
+      message: message("g:big", 7, "bob"),
+      cursor: 3,
+      source: "live",
+      delivery: "pull",
+    });
+    client.fire("dataSetChanged", { previous: "a", current: "b" });
+    expect(app.conversations.get("g:big")?.messages).toEqual([]);
+    // After a restore, seq 7 is another message: it is taken in, not dropped as a repeat.
+    client.fire("message", {
+      message: message("g:big", 7, "carol"),
+      cursor: 1,
+      source: "sync",
+      delivery: "pull",
+    });
+    expect(app.conversations.get("g:big")?.messages.map((m) => m.sender)).toEqual(["carol"]);
+  });
 });

@@ -169,6 +169,15 @@ export class ChatApp {
       this.setStatus(willReconnect ? "reconnecting" : "signed-out");
     });
     client.on("message", ({ message }) => this.receive(message));
+    // The server's data was replaced (restored from a backup): its seqs may be handed out again, so
+    // what this tab holds by seq goes, and comes again from the sync and the listing that follow.
+    client.on("dataSetChanged", () => {
+      for (const c of this.conversations.values()) {
+        c.messages = [];
+        c.lastSeq = 0;
+      }
+      this.onChange();
+    });
     // After the message listeners (this.receive) of the messages it covers have run.
     client.on("checkpoint", (checkpoint) => this.saveCheckpoint(checkpoint));
     client.on("typing", ({ conversationId, userId, typing }) => {

@@ -3,6 +3,7 @@
  * for everything stored. See ADR 0002 for how seq is assigned and fenced, and why membership changes
  * are announced in the message log.
  */
+import { createHash } from "node:crypto";
 import { Kafka, type KafkaConfig, logLevel, Partitioners } from "kafkajs";
 import { invariantViolated } from "../../lib/errors.js";
 import { kafkajsLogCreator } from "../../lib/kafkajs-log.js";
@@ -277,6 +278,12 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
     let closing: Promise<void> | undefined;
     return {
       name: "distributed",
+      // Every process of a platform names the same; a restore into a fresh topic prefix (README,
+      // "Back up") names another.
+      dataSet: createHash("sha256")
+        .update(`${o.cassandra.keyspace}\u0000${o.topicPrefix}`)
+        .digest("base64url")
+        .slice(0, 22),
       kafka,
       log: messageLog,
       messages: stores.messages,

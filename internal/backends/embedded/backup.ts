@@ -13,6 +13,7 @@
 import { closeSync, existsSync, fsyncSync, openSync, renameSync, rmSync, statSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { open, type RootDatabase } from "lmdb";
+import { DATA_SET_KEY, newDataSetName } from "./data-set.js";
 import { statfsAvailableBytes } from "./disk-space.js";
 
 /** The database file of a data dir (the embedded backend's). */
@@ -40,6 +41,7 @@ export async function backupDataDir(
     checkRoom(root, dataDir, dirname(out), reserveBytes);
     try {
       await root.backup(partial, false);
+      await nameDataSetAnew(partial);
       syncFile(partial);
     } catch (err) {
       // A copy cut short (the disk full, a file size limit) would hold the space it took, often on
@@ -80,5 +82,24 @@ function syncFile(path: string): void {
     fsyncSync(fd);
   } finally {
     closeSync(fd);
+  }
+}
+
+/**
+ * Names the data in the copy anew (data-set.ts): a server started on it after a restore tells its
+ * clients that what they synced may not be there, and their cursors may be handed out again.
+ */
+async function nameDataSetAnew(copy: string): Promise<void> {
+  const root = open({ path: copy, noSubdir: true, maxDbs: DATABASES_MAX });
+  try {
+    // Opened as the server opens it (embedded/index.ts): the same shared-structures key.
+    const meta = root.openDB<string | number, string>({
+      name: "meta",
+      sharedStructuresKey: Symbol.for("structures"),
+    });
+    await meta.put(DATA_SET_KEY, newDataSetName());
+  } finally {
+    await root.close();
+    rmSync(`${copy}-lock`, { force: true });
   }
 }

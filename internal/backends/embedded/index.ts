@@ -45,6 +45,7 @@ import type {
 } from "../types.js";
 import { DATABASE_FILE, DATABASES_MAX } from "./backup.js";
 import { DataDirLock } from "./data-dir-lock.js";
+import { DATA_SET_KEY, newDataSetName } from "./data-set.js";
 import { EmbeddedDevices } from "./devices.js";
 import { type AvailableBytes, DiskSpace, statfsAvailableBytes } from "./disk-space.js";
 import { EmbeddedInbox } from "./inbox.js";
@@ -157,6 +158,7 @@ const ROUTER_WAIT_BEFORE_MEMBERSHIP_CHANGE_MS = 2_000;
 
 export class EmbeddedBackends implements Backends {
   readonly name = "embedded" as const;
+  readonly dataSet: string;
   readonly log: MessageLog;
   readonly messages: MessageStore;
   readonly membership: MembershipStore;
@@ -234,7 +236,7 @@ export class EmbeddedBackends implements Backends {
         }
         return handle as Database<V, Key>;
       };
-      const meta = db<number>("meta");
+      const meta = db<number | string>("meta");
       const format = meta.get(DATA_FORMAT_KEY);
       if (typeof format === "number" && format > DATA_FORMAT)
         throw errors.precondition(
@@ -242,6 +244,9 @@ export class EmbeddedBackends implements Backends {
           `data dir ${options.dataDir} was written by a newer Switchboard (data format ${format}; this build reads up to ${DATA_FORMAT}): run that version or a later one, or restore the backup taken before the upgrade`,
         );
       if (format !== DATA_FORMAT) meta.putSync(DATA_FORMAT_KEY, DATA_FORMAT);
+      const named = meta.get(DATA_SET_KEY);
+      this.dataSet = typeof named === "string" ? named : newDataSetName();
+      if (named !== this.dataSet) meta.putSync(DATA_SET_KEY, this.dataSet);
       const guard: Guard = (write) => this.guard(write);
       const reserveBytes = options.diskReserveBytes ?? 0;
       this.diskSpace = diskSpace = new DiskSpace({
@@ -312,7 +317,10 @@ export class EmbeddedBackends implements Backends {
       );
       this.pushDeadLetters = new EmbeddedPushDeadLetters(this.root, deadLetters, guard);
       this.idHighWater = {
-        load: () => meta.get(ID_HIGH_WATER_KEY),
+        load: () => {
+          const untilMs = meta.get(ID_HIGH_WATER_KEY);
+          return typeof untilMs === "number" ? untilMs : undefined;
+        },
         store: (untilMs) => guard(() => meta.put(ID_HIGH_WATER_KEY, untilMs)).then(() => undefined),
       };
       this.retention = new Retention(
