@@ -367,6 +367,22 @@ test("a token function may recover from one 401 (stale token), but two in a row 
   expect(srv.headerTokens).toEqual(["stale", "good", "bad", "bad"]);
 });
 
+test("a token function whose tokens had expired is asked again as long as it takes, as after 3005", async () => {
+  const srv = await startServer({ authenticate: (tok) => (tok.startsWith("good.") ? "alice" : undefined) });
+  /** A JWT-shaped token (the server checks nothing of it here) with an `exp` of its own. */
+  const jwt = (prefix: string, expSeconds: number) =>
+    `${prefix}.${Buffer.from(JSON.stringify({ sub: "alice", exp: expSeconds })).toString("base64url")}.sig`;
+  const past = Math.floor(Date.now() / 1000) - 60;
+  const tokens = [jwt("old", past), jwt("old", past), jwt("old", past), jwt("good", past + 3_600)];
+  const t = newClient(srv, { token: () => tokens.shift()! });
+  await t.client.connect();
+  expect(srv.headerTokens).toHaveLength(4);
+  expect(t.errors.map((e) => e.reason)).toEqual(["TOKEN_EXPIRED", "TOKEN_EXPIRED", "TOKEN_EXPIRED"]);
+  // A token refused while still valid by its claims is not taken for a stale one: terminal, as before.
+  const bad = newClient(srv, { token: () => jwt("bad", past + 3_600) });
+  await expect(bad.client.connect()).rejects.toMatchObject({ reason: "INVALID_TOKEN" });
+});
+
 test("3005 with a fixed string token is terminal (it cannot be renewed)", async () => {
   const srv = await startServer();
   const t = newClient(srv);

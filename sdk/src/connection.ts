@@ -32,6 +32,8 @@ export interface Conn {
   welcome: WelcomeInfo | undefined;
   /** Upgrade refused with this HTTP status (ws reports it in the error event). */
   httpStatus: number | undefined;
+  /** The token this connection was opened with. */
+  token: string;
   /** Last transport error (e.g. "connect ECONNREFUSED"), to explain a close without a reason. */
   lastError: string | undefined;
   /** Server asked us to reconnect (drain) at this time. */
@@ -299,6 +301,7 @@ export class Connection {
     const frameAuth = (this.o.auth ?? this.resolved.auth) === "frame";
     const conn: Conn = {
       socket,
+      token,
       welcome: undefined,
       httpStatus: undefined,
       lastError: undefined,
@@ -342,6 +345,19 @@ export class Connection {
     const refusal = conn.authError ?? (conn.welcome ? undefined : refusalOfClose(code, reason));
 
     const status = conn.httpStatus;
+    // A header-authenticated upgrade refused with 401 says nothing more; a token already expired by
+    // its own `exp` is why, and that is what close 3005 says to an auth frame: with a token function,
+    // ask it again after the backoff, as often as it takes (it may catch up with its issuer).
+    if (status === 401 && typeof this.o.token === "function" && expiredByItsClaims(conn.token)) {
+      const expired = localError(
+        Code.UNAUTHENTICATED,
+        "TOKEN_EXPIRED",
+        "the server refused the token (HTTP 401), which had expired: asking the token function again",
+      );
+      this.scheduleReconnect(code, "token expired", this.nextBackoff(false));
+      this.hooks.error(expired);
+      return;
+    }
     if (status === 401 || status === 403) {
       // A token function may just have handed us a stale token: one fresh try, then give up.
       if (typeof this.o.token === "function" && this.unauthorizedStreak === 0) {
@@ -575,4 +591,24 @@ function refusalOfClose(code: number, reason: string): SwitchboardClientError | 
     `the user holds too many connections on this gateway (${code}${reason ? ` ${reason}` : ""}); reconnecting after a longer backoff`,
     { closeCode: code },
   );
+}
+
+/** Clock skew allowed before a token counts as expired by its own claims (the server allows 5 s). */
+const EXPIRY_SKEW_MS = 5_000;
+
+/**
+ * Whether a JWT's own `exp` claim (read, not verified: the server verified it) is past. A token that
+ * is not a JWT, or has no `exp`, is not known to be expired.
+ */
+export function expiredByItsClaims(token: string, nowMs = Date.now()): boolean {
+  const payload = token.split(".")[1];
+  if (payload === undefined) return false;
+  try {
+    const base64 = payload.replace(/-/g, "+").replace(/_/g, "/");
+    const claims: unknown = JSON.parse(atob(base64.padEnd(Math.ceil(base64.length / 4) * 4, "=")));
+    const exp = (claims as { exp?: unknown } | null)?.exp;
+    return typeof exp === "number" && exp * 1000 + EXPIRY_SKEW_MS < nowMs;
+  } catch {
+    return false;
+  }
 }
