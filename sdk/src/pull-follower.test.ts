@@ -55,6 +55,19 @@ function follower(stored: Record<string, number>, pageSize = 2, initial?: Record
 }
 
 describe("PullFollower", () => {
+  it("keeps a quiet pull conversation's position when busy push conversations pass its capacity", () => {
+    const f = new PullFollower({
+      fetch: async (conversationId) => ({ conversationId, messages: [], hasMore: false }),
+      emit: () => undefined,
+      capacity: 3,
+    });
+    f.learn([pullConversation("g:big", 7)]);
+    for (const c of ["dm:a~me", "dm:b~me", "dm:c~me", "g:small"]) f.note(message(c, 1));
+    const kept = f.positions();
+    expect(kept["g:big"]).toBe(7);
+    expect(Object.keys(kept)).toHaveLength(3);
+  });
+
   it("emits live messages in seq order, once, fetching a gap before the message that reveals it", async () => {
     const { f, emitted, fetches } = follower({ g: 6 });
     f.note(message("g", 1)); // the last inbox message before the group switched to pull

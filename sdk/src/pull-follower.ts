@@ -256,6 +256,17 @@ export class PullFollower {
   private put(conversationId: string, seq: number): void {
     this.seqs.delete(conversationId);
     this.seqs.set(conversationId, seq);
-    if (this.seqs.size > this.o.capacity) this.seqs.delete(this.seqs.keys().next().value as string);
+    if (this.seqs.size > this.o.capacity) this.seqs.delete(this.evictable());
+  }
+
+  /**
+   * The position to forget when over capacity: the oldest of a conversation not on pull (a direct
+   * one, or a group seen in the inbox), so that busy push conversations never push out a quiet pull
+   * one, whose lost position would skip what it got while the app was closed; only when every
+   * position is a pull conversation's, the oldest of those.
+   */
+  private evictable(): string {
+    for (const c of this.seqs.keys()) if (!this.pull.has(c)) return c;
+    return this.seqs.keys().next().value as string;
   }
 }
