@@ -127,7 +127,11 @@ export interface SwitchboardClientOptions {
   maxPendingSends?: number;
   /** Most sends in flight on a connection at once (the rest wait their turn); default 64. */
   maxInflightSends?: number;
-  /** How many message ids the receive-side dedupe remembers; default 10,000. */
+  /**
+   * How many message ids the receive-side dedupe remembers; default 10,000. Also the most
+   * conversations whose positions the checkpoint keeps: past it, the oldest push conversation's goes
+   * first, a pull conversation's only when there is no other.
+   */
   dedupeCapacity?: number;
   /**
    * The newest seq this device processed per pull conversation; default the checkpoint's. Messages
