@@ -383,6 +383,29 @@ test("a token function whose tokens had expired is asked again as long as it tak
   await expect(bad.client.connect()).rejects.toMatchObject({ reason: "INVALID_TOKEN" });
 });
 
+test("refuses a number argument that is not a whole number in range before sending anything", async () => {
+  const srv = await startServer();
+  const t = newClient(srv);
+  await t.client.connect();
+  const before = srv.frames.length;
+  const calls: Array<Promise<unknown>> = [
+    t.client.markRead("dm:alice~bob", 1.5),
+    t.client.markDelivered("dm:alice~bob", Number.NaN),
+    t.client.markRead("dm:alice~bob", -1),
+    t.client.history({ conversationId: "dm:alice~bob", beforeSeq: 2.5 }),
+    t.client.history({ conversationId: "dm:alice~bob", limit: -5 }),
+    t.client.listConversations({ limit: 1.5 }),
+    t.client.listMembers("g:1", { limit: -1 }),
+    t.client.muteConversation("dm:alice~bob", Date.now() + 0.25),
+    t.client.setDoNotDisturb({ startMinute: -1, endMinute: 60, timeZone: "UTC" }),
+  ];
+  for (const call of calls)
+    await expect(call).rejects.toMatchObject({ reason: "INVALID_NUMBER", code: Code.INVALID_ARGUMENT });
+  expect(srv.frames.length).toBe(before);
+  // The connection is untouched: a good call goes through.
+  await expect(t.client.listConversations({ limit: 10 })).resolves.toEqual([]);
+});
+
 test("3005 with a fixed string token is terminal (it cannot be renewed)", async () => {
   const srv = await startServer();
   const t = newClient(srv);

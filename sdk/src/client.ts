@@ -166,7 +166,8 @@ export interface SwitchboardClientEvents {
   receipt: ReceiptInfo;
   /**
    * A group of mine was created, changed (name, open, policies, owner, roles) or gained or lost
-   * members, by me on another device or by someone else: the group as it is now. Best effort, like
+   * members, by me (on this device too: the reply to the call comes as well) or by someone else: the
+   * group as it is now. Best effort, like
    * typing; listConversations and listMembers tell the rest.
    */
   conversation: Conversation;
@@ -464,9 +465,9 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
         case: "history",
         value: {
           conversationId: query.conversationId,
-          beforeSeq: BigInt(query.beforeSeq ?? 0),
-          afterSeq: BigInt(query.afterSeq ?? 0),
-          limit: query.limit ?? 0,
+          beforeSeq: BigInt(wholeNumber(query.beforeSeq ?? 0, "beforeSeq")),
+          afterSeq: BigInt(wholeNumber(query.afterSeq ?? 0, "afterSeq")),
+          limit: wholeNumber(query.limit ?? 0, "limit", UINT32_MAX),
         },
       },
       "history",
@@ -558,7 +559,7 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
 
   async listConversations(options: { limit?: number } = {}): Promise<Conversation[]> {
     const res = await this.request(
-      { case: "listConversations", value: { limit: options.limit ?? 0 } },
+      { case: "listConversations", value: { limit: wholeNumber(options.limit ?? 0, "limit", UINT32_MAX) } },
       "conversations",
     );
     const conversations = res.conversations.map(toConversation);
@@ -582,7 +583,11 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
       {
         case: "listMembers",
         value: pages
-          ? { conversationId, after: options.after ?? "", limit: options.limit ?? 0 }
+          ? {
+              conversationId,
+              after: options.after ?? "",
+              limit: wholeNumber(options.limit ?? 0, "limit", UINT32_MAX),
+            }
           : { conversationId },
       },
       "members",
@@ -613,7 +618,10 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
   /** Moves my read watermark in a conversation up to `seq`. */
   async markRead(conversationId: string, seq: number): Promise<void> {
     await this.request(
-      { case: "receipt", value: { conversationId, seq: BigInt(seq), kind: ReceiptKind.READ } },
+      {
+        case: "receipt",
+        value: { conversationId, seq: BigInt(wholeNumber(seq, "seq")), kind: ReceiptKind.READ },
+      },
       "ok",
     );
   }
@@ -621,7 +629,10 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
   /** Moves my delivered watermark in a conversation up to `seq`. */
   async markDelivered(conversationId: string, seq: number): Promise<void> {
     await this.request(
-      { case: "receipt", value: { conversationId, seq: BigInt(seq), kind: ReceiptKind.DELIVERED } },
+      {
+        case: "receipt",
+        value: { conversationId, seq: BigInt(wholeNumber(seq, "seq")), kind: ReceiptKind.DELIVERED },
+      },
       "ok",
     );
   }
@@ -681,7 +692,10 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
   /** Stops push notifications for a conversation until `untilMs` (Unix ms), or until unmuted (0). */
   async muteConversation(conversationId: string, untilMs = 0): Promise<void> {
     await this.request(
-      { case: "muteConversation", value: { conversationId, untilMs: BigInt(untilMs) } },
+      {
+        case: "muteConversation",
+        value: { conversationId, untilMs: BigInt(wholeNumber(untilMs, "untilMs")) },
+      },
       "ok",
     );
   }
@@ -692,6 +706,10 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
 
   /** Sets my daily do-not-disturb window (minutes after local midnight in an IANA zone), or clears it. */
   async setDoNotDisturb(window: DoNotDisturbWindow | null): Promise<void> {
+    if (window) {
+      wholeNumber(window.startMinute, "startMinute", UINT32_MAX);
+      wholeNumber(window.endMinute, "endMinute", UINT32_MAX);
+    }
     await this.request({ case: "setDoNotDisturb", value: window ? { window } : {} }, "ok");
   }
 
@@ -898,4 +916,21 @@ export class SwitchboardClient extends TypedEmitter<SwitchboardClientEvents> {
       localError(Code.UNKNOWN, "LISTENER_FAILED", `a "${String(event)}" listener threw: ${String(err)}`, err),
     );
   }
+}
+
+const UINT32_MAX = 2 ** 32 - 1;
+
+/**
+ * `value` if it is a whole number from 0 to `max` (a safe integer by default); INVALID_NUMBER
+ * otherwise, before anything is sent: the server takes a negative or fractional number for a
+ * malformed frame (answered with replyTo 0, so the call would wait for its timeout), and closes the
+ * connection after ten (3501).
+ */
+function wholeNumber(value: number, name: string, max = Number.MAX_SAFE_INTEGER): number {
+  if (Number.isSafeInteger(value) && value >= 0 && value <= max) return value;
+  throw localError(
+    Code.INVALID_ARGUMENT,
+    LocalReason.INVALID_NUMBER,
+    `${name} must be a whole number from 0 to ${max}, not ${String(value)}`,
+  );
 }

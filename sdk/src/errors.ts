@@ -63,8 +63,18 @@ export const LocalReason = {
   NOT_CONNECTED: "NOT_CONNECTED",
   /** close() was called while the request was pending. */
   CLOSED: "CLOSED",
-  /** The token function threw. */
+  /**
+   * A number argument (a seq, a limit, a minute, `untilMs`) that is not a whole number in its
+   * field's range: refused before anything is sent (the server would take the frame for a malformed
+   * one, and close the connection after ten).
+   */
+  INVALID_NUMBER: "INVALID_NUMBER",
+  /** The token or URL function threw, or returned nothing usable, or no WebSocket could be loaded. */
   TOKEN_UNAVAILABLE: "TOKEN_UNAVAILABLE",
+  /** The WebSocket could not be opened with this URL (terminal). */
+  OPEN_FAILED: "OPEN_FAILED",
+  /** An event listener threw (reported as an "error" event; the client goes on). */
+  LISTENER_FAILED: "LISTENER_FAILED",
   /** The server replied with something the SDK did not expect for this request. */
   UNEXPECTED_REPLY: "UNEXPECTED_REPLY",
 } as const;
