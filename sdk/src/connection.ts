@@ -11,6 +11,7 @@ import type { ClientState, TokenSource, UrlSource } from "./client.js";
 import { CloseCode, classifyCloseCode } from "./close-codes.js";
 import { Code, fromWireError, LocalReason, localError, SwitchboardClientError } from "./errors.js";
 import { droppedFrameError, type RequestConn, type RequestTracker } from "./requests.js";
+import { unverifiedClaims } from "./token-claims.js";
 import {
   type AuthMode,
   decodeFrame,
@@ -601,12 +602,8 @@ const EXPIRY_SKEW_MS = 5_000;
  * is not a JWT, or has no `exp`, is not known to be expired.
  */
 export function expiredByItsClaims(token: string, nowMs = Date.now()): boolean {
-  const payload = token.split(".")[1];
-  if (payload === undefined) return false;
   try {
-    const base64 = payload.replace(/-/g, "+").replace(/_/g, "/");
-    const claims: unknown = JSON.parse(atob(base64.padEnd(Math.ceil(base64.length / 4) * 4, "=")));
-    const exp = (claims as { exp?: unknown } | null)?.exp;
+    const exp = unverifiedClaims(token).exp;
     return typeof exp === "number" && exp * 1000 + EXPIRY_SKEW_MS < nowMs;
   } catch {
     return false;

@@ -33,6 +33,7 @@ export { type Listener, TypedEmitter } from "./emitter.js";
 export { Code, LocalReason, SwitchboardClientError } from "./errors.js";
 export { randomId } from "./ids.js";
 export { DEFAULT_SEND_MAX_AGE_MS } from "./sends.js";
+export { unverifiedClaims } from "./token-claims.js";
 export { type AuthMode, type Encoding, SUBPROTOCOLS, type WebSocketConstructor } from "./transport.js";
 export type {
   ChatMessage,

@@ -2,7 +2,7 @@
  * Where tokens come from: a dev token from the gateway's /v1/dev/token (dev mode only), or one the
  * user pasted (in production an app's backend mints them). The user id is the token's `sub`.
  */
-import type { TokenSource } from "../../sdk/src/index.js";
+import { type TokenSource, unverifiedClaims } from "../../sdk/src/index.js";
 
 export interface Credentials {
   userId: string;
@@ -46,22 +46,15 @@ export async function discover(server: string): Promise<Discovery> {
   return { url: `${server.replace(/^http/, "ws")}/ws`, webPushPublicKey: undefined };
 }
 
-function claims(token: string): { sub?: unknown; exp?: unknown } {
-  const payload = token.split(".")[1];
-  if (!payload) throw new Error("that is not a JWT (three dot-separated parts)");
-  const json = atob(payload.replace(/-/g, "+").replace(/_/g, "/"));
-  return JSON.parse(json) as { sub?: unknown; exp?: unknown };
-}
-
 /** When the token expires, Unix ms (never, without `exp`). */
 export function expiresAtMs(token: string): number {
-  const { exp } = claims(token);
+  const { exp } = unverifiedClaims(token);
   return typeof exp === "number" ? exp * 1000 : Number.POSITIVE_INFINITY;
 }
 
 export function pastedToken(token: string): Credentials {
   const trimmed = token.trim();
-  const { sub } = claims(trimmed);
+  const { sub } = unverifiedClaims(trimmed);
   if (typeof sub !== "string" || sub === "") throw new Error("the token has no user id (sub claim)");
   if (expiresAtMs(trimmed) <= Date.now()) throw new Error("the token has expired");
   return { userId: sub, token: trimmed, source: "pasted", current: () => trimmed };
