@@ -20,6 +20,10 @@ import { statfsAvailableBytes } from "./disk-space.js";
 export const DATABASE_FILE = "switchboard.mdb";
 /** The named databases its file may hold at most (LMDB's maxDbs: every opener must allow as many). */
 export const DATABASES_MAX = 24;
+/** Where each database keeps the shapes of its values (msgpackr records); never in a key range. */
+export const SHARED_STRUCTURES_KEY = Symbol.for("structures");
+/** The database of the file's own facts: its data format, its data set, the id high-water mark. */
+export const META_DATABASE = "meta";
 
 /**
  * `reserveBytes`: the free space the server keeps on the data dir's disk (dataDirFreeBytesMin); a copy
@@ -94,8 +98,8 @@ async function nameDataSetAnew(copy: string): Promise<void> {
   try {
     // Opened as the server opens it (embedded/index.ts): the same shared-structures key.
     const meta = root.openDB<string | number, string>({
-      name: "meta",
-      sharedStructuresKey: Symbol.for("structures"),
+      name: META_DATABASE,
+      sharedStructuresKey: SHARED_STRUCTURES_KEY,
     });
     await meta.put(DATA_SET_KEY, newDataSetName());
   } finally {

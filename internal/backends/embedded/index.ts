@@ -43,7 +43,7 @@ import type {
   ReceiptStore,
   RoutingEvents,
 } from "../types.js";
-import { DATABASE_FILE, DATABASES_MAX } from "./backup.js";
+import { DATABASE_FILE, DATABASES_MAX, META_DATABASE, SHARED_STRUCTURES_KEY } from "./backup.js";
 import { DataDirLock } from "./data-dir-lock.js";
 import { DATA_SET_KEY, newDataSetName } from "./data-set.js";
 import { EmbeddedDevices } from "./devices.js";
@@ -65,9 +65,6 @@ import { InMemoryRouting } from "./routing.js";
 import { EmbeddedSettings } from "./settings.js";
 import type { Guard, Key } from "./store.js";
 import { TurnCommits } from "./turn-commits.js";
-
-/** Where each database keeps the shapes of its values (msgpackr records); never in a key range. */
-const SHARED_STRUCTURES_KEY = Symbol.for("structures");
 
 /**
  * The layout of what this build writes in a data dir, recorded in it: a build refuses a data dir of a
@@ -236,7 +233,7 @@ export class EmbeddedBackends implements Backends {
         }
         return handle as Database<V, Key>;
       };
-      const meta = db<number | string>("meta");
+      const meta = db<number | string>(META_DATABASE);
       const format = meta.get(DATA_FORMAT_KEY);
       if (typeof format === "number" && format > DATA_FORMAT)
         throw errors.precondition(
