@@ -74,7 +74,7 @@ export interface ChatServiceDeps {
 export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatService> {
   const { conversations, membership, messages } = deps;
   const stops = new StreamStops(deps.stopping);
-  /** CreateGroup's idempotency keys: the id of the group each created. */
+  /** CreateGroup's idempotency keys: what the store answered the attempt that made each group. */
   const groupsCreated = new RecentRequests<{ record: ConversationRecord; created: boolean }>();
   const access = (principal: string | undefined): Access => accessOf(principal, deps.policy(), membership);
   const conversationOf = async (a: Access, id: string): Promise<string> => {

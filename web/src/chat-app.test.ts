@@ -540,14 +540,18 @@ describe("a group change", () => {
 });
 
 describe("the checkpoint", () => {
-  it("is saved as the SDK reports it, after the message it covers was taken in", () => {
-    const app = newApp();
+  /** Bob's message 7 in the large group "g:big", live, at inbox cursor 3. */
+  const bobsPullMessage = () =>
     client.fire("message", {
       message: message("g:big", 7, "bob"),
       cursor: 3,
       source: "live",
       delivery: "pull",
     });
+
+  it("is saved as the SDK reports it, after the message it covers was taken in", () => {
+    const app = newApp();
+    bobsPullMessage();
     expect(app.conversations.get("g:big")?.messages.map((m) => m.seq)).toEqual([7]);
     const checkpoint = { cursor: 3, pullPositions: { "g:big": 7 } };
     client.fire("checkpoint", checkpoint);
@@ -556,12 +560,7 @@ describe("the checkpoint", () => {
 
   it("lets go of the messages it holds when the server's data set changed, so reused seqs are shown", () => {
     const app = newApp();
-    client.fire("message", {
-      message: message("g:big", 7, "bob"),
-      cursor: 3,
-      source: "live",
-      delivery: "pull",
-    });
+    bobsPullMessage();
     client.fire("dataSetChanged", { previous: "a", current: "b" });
     expect(app.conversations.get("g:big")?.messages).toEqual([]);
     // After a restore, seq 7 is another message: it is taken in, not dropped as a repeat.
