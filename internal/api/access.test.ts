@@ -35,4 +35,17 @@ describe("server-API conversation access", () => {
     expect(await accessWith(new Set(["dm:alice~bob"])).sees("dm:alice~bob")).toBe(true);
     expect(await accessWith("all").sees("dm:alice~bob")).toBe(true);
   });
+
+  it("lets a client create only groups it may touch afterwards", async () => {
+    const refused = { reason: "CONVERSATION_NOT_ALLOWED" };
+    const member = accessWith("member");
+    expect(() => member.creates(undefined, "alice", ["bob"])).toThrow(expect.objectContaining(refused));
+    expect(() => member.creates(undefined, "bot:narrow", ["bob"])).not.toThrow();
+    expect(() => member.creates("g:7", "alice", ["bob", "bot:narrow"])).not.toThrow();
+    const listed = accessWith(new Set(["g:7"]));
+    expect(() => listed.creates("g:7", "alice", [])).not.toThrow();
+    expect(() => listed.creates("g:8", "bot:narrow", [])).toThrow(expect.objectContaining(refused));
+    expect(() => listed.creates(undefined, "bot:narrow", [])).toThrow(expect.objectContaining(refused));
+    expect(() => accessWith("all").creates(undefined, "alice", [])).not.toThrow();
+  });
 });

@@ -17,6 +17,12 @@ export interface Access {
   conversation(conversationId: string): Promise<void>;
   /** Whether the caller may see `conversationId` (the event stream filters by it). */
   sees(conversationId: string): Promise<boolean>;
+  /**
+   * Throws CONVERSATION_NOT_ALLOWED unless the group CreateGroup would make (`groupId`, when a key
+   * names it beforehand) is one the caller may touch afterwards: a group its grant does not cover
+   * could be neither managed nor retried by it.
+   */
+  creates(groupId: string | undefined, owner: string, members: readonly string[]): void;
 }
 
 /**
@@ -28,6 +34,7 @@ const UNRESTRICTED: Access = {
   sender: (requested) => requested || "system",
   conversation: async () => undefined,
   sees: async () => true,
+  creates: () => undefined,
 };
 
 /** The access of `principal` under `policy`; `membership` answers `member` grants. */
@@ -47,6 +54,9 @@ export function accessOf(principal: string | undefined, policy: Policy, membersh
         throw errors.denied("CONVERSATION_NOT_ALLOWED", `${principal} may not touch ${id}`);
       },
       sees: async () => false,
+      creates: () => {
+        throw errors.denied("CONVERSATION_NOT_ALLOWED", `${principal} has no server-API grant`);
+      },
     };
   return clientAccess(principal, name, grant, membership);
 }
@@ -92,5 +102,23 @@ function clientAccess(
         );
     },
     sees,
+    creates(groupId, owner, members) {
+      const c = grant.conversations;
+      if (c === "all") return;
+      if (c === "member") {
+        if (grant.sendAs.has(owner) || members.some((m) => grant.sendAs.has(m))) return;
+        throw errors.denied(
+          "CONVERSATION_NOT_ALLOWED",
+          `${principal} may only touch conversations one of its senders (${[...grant.sendAs].join(", ")}) belongs to: make one of them the owner or a member of the group, else it could not manage the group it creates`,
+        );
+      }
+      if (groupId !== undefined && c.has(groupId)) return;
+      throw errors.denied(
+        "CONVERSATION_NOT_ALLOWED",
+        groupId === undefined
+          ? `${principal} was granted a list of conversations, which a group created without an idempotency_key (a new id) is not in`
+          : `${principal} was not granted ${groupId}, the group this idempotency_key names`,
+      );
+    },
   };
 }

@@ -197,7 +197,10 @@ export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatS
     async createGroup(req, ctx) {
       requireUserId(req.owner, "owner");
       const policies = policiesFromWire(req);
-      if (req.idempotencyKey === "") {
+      const caller = ctx.principal ?? "anonymous";
+      const keyed = req.idempotencyKey === "" ? undefined : keyedGroupId(caller, req.idempotencyKey);
+      access(ctx.principal).creates(keyed, req.owner, req.members);
+      if (keyed === undefined) {
         const group = await conversations.createGroup(req.owner, req.name, req.members, req.open, policies);
         return { conversation: toWireConversation(group), duplicate: false };
       }
@@ -205,12 +208,10 @@ export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatS
       // after a restart, finds the first attempt's group in the store. This process also remembers
       // what each key asked for, to refuse a key reused for another request; a refused or failed
       // attempt is not remembered, so that the request corrected can be sent with the same key.
-      const caller = ctx.principal ?? "anonymous";
-      const id = keyedGroupId(caller, req.idempotencyKey);
       // Stores if absent and announces: a retry is what tells the members when the first attempt
       // was cut off after storing the group (docs/server-api.md, CreateGroup).
       const store = () =>
-        conversations.createGroupWithId(id, req.owner, req.name, req.members, req.open, policies);
+        conversations.createGroupWithId(keyed, req.owner, req.name, req.members, req.open, policies);
       const first = await groupsCreated.run(
         caller,
         req.idempotencyKey,
@@ -226,7 +227,7 @@ export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatS
       // A new group has no messages yet; a retry answers with the group as it is now.
       if (stored.created) return { conversation: toWireConversation(stored.record), duplicate: false };
       return {
-        conversation: toWireConversation(stored.record, await messages.lastSeq(id)),
+        conversation: toWireConversation(stored.record, await messages.lastSeq(keyed)),
         duplicate: true,
       };
     },

@@ -22,6 +22,7 @@ import { IdService } from "../../gen/switchboard/id/v1/id_pb.js";
 import { PresenceService } from "../../gen/switchboard/presence/v1/presence_pb.js";
 import { Provider, PushService } from "../../gen/switchboard/push/v1/push_pb.js";
 import { RouterService } from "../../gen/switchboard/router/v1/router_pb.js";
+import { keyedGroupId } from "../../internal/conversations/index.js";
 import { newKey } from "../../internal/grpc-auth/key-file.js";
 import { PERMISSIONS } from "../../internal/grpc-auth/policy.js";
 import { AsyncQueue } from "../../internal/lib/async-queue.js";
@@ -42,6 +43,7 @@ const keys = {
   watcher: newKey("client:watcher"),
   root: newKey("client:root"),
   publisher: newKey("client:publisher"),
+  organizer: newKey("client:organizer"),
 };
 const dir = tempDir("switchboard-api-");
 const opened: Array<{ close(): void }> = [];
@@ -74,6 +76,8 @@ beforeAll(async () => {
         "watcher=events",
         // Posts where its bot is a member, and nothing else.
         "publisher=publish",
+        // Manages the groups bot:organizer is in; and one listed group, by the id its key names.
+        "organizer=manageGroups",
         // Every permission there is: still no internal method.
         `root=${PERMISSIONS.join("+")};conversations=all`,
       ].join(","),
@@ -444,6 +448,27 @@ describe("ChatService: groups, presence, sessions, devices", () => {
     expect(await failure(moderation.createGroup(refused))).toBe("INVALID_ARGUMENT INVALID_GROUP_NAME");
     const corrected = await moderation.createGroup({ ...refused, name: "fixed" });
     expect(corrected).toMatchObject({ duplicate: false, conversation: { name: "fixed", memberCount: 2 } });
+  });
+
+  it("creates no group the client could not manage afterwards", async () => {
+    const organizer = client(keys.organizer); // conversations=member, as bot:organizer
+    const request = { owner: "api-org", name: "org", members: ["api-org2"], idempotencyKey: "org-1" };
+    expect(await failure(organizer.createGroup(request))).toBe("PERMISSION_DENIED CONVERSATION_NOT_ALLOWED");
+    expect(await failure(organizer.createGroup({ ...request, idempotencyKey: "" }))).toBe(
+      "PERMISSION_DENIED CONVERSATION_NOT_ALLOWED",
+    );
+    // A refused call did no work: the group the key names does not exist.
+    const keyed = keyedGroupId("client:organizer", "org-1");
+    expect(await failure(client(keys.root).getConversation({ conversationId: keyed }))).toBe(
+      "NOT_FOUND CONVERSATION_NOT_FOUND",
+    );
+    // With its bot among the members it creates the group, and manages it.
+    const made = await organizer.createGroup({ ...request, members: ["api-org2", "bot:organizer"] });
+    const id = made.conversation!.id;
+    expect(made).toMatchObject({ duplicate: false, conversation: { memberCount: 3 } });
+    expect((await organizer.updateGroup({ conversationId: id, name: "renamed" })).conversation?.name).toBe(
+      "renamed",
+    );
   });
 
   it("lists members a page at a time, each member once per field", async () => {
