@@ -195,6 +195,25 @@ describe.each(["json", "binary"] as const)("with %s encoding", (encoding) => {
     expect(t.client.checkpoint.pullPositions["g:9"]).toBeUndefined();
   });
 
+  test("emits every message again after the server it is connected to was restored, those emitted before included", async () => {
+    const srv = await startServer({ syncPageSize: 10 });
+    for (let i = 1; i <= 3; i++) srv.addMessage("dm:alice~bob", "bob", `m${i}`, ["alice", "bob"]);
+    const t = newClient(srv, { encoding });
+    await t.client.connect();
+    await srv.waitFor(() => t.synced.length === 1, "first sync");
+    const changes: unknown[] = [];
+    t.client.on("dataSetChanged", (c) => {
+      changes.push(c);
+      t.messages.length = 0; // the app drops what it held, as the event asks
+    });
+    // Restored from a backup holding the same three messages: the app dropped them and needs them again.
+    srv.dataSet = "data-set-2";
+    srv.conns[0]!.ws.terminate();
+    await srv.waitFor(() => t.synced.length === 2, "sync after the restore");
+    expect(changes).toEqual([{ previous: "data-set-1", current: "data-set-2" }]);
+    expect(t.messages.map((m) => m.message.body)).toEqual(["m1", "m2", "m3"]);
+  });
+
   test("keeps its positions with the same data set, and takes the server's when the checkpoint names none", async () => {
     const srv = await startServer({ syncPageSize: 10 });
     for (let i = 1; i <= 3; i++) srv.addMessage("dm:alice~bob", "bob", `m${i}`, ["alice", "bob"]);

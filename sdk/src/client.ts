@@ -177,8 +177,9 @@ export interface SwitchboardClientEvents {
    * The server's data was replaced since the checkpoint's positions were taken (restored from a
    * backup: `welcome.dataSet` is another): what the app stored of the old data may not exist on the
    * server, and seqs and cursors past the restored copy's are handed out again to new messages. The
-   * client starts over from 0 (messages already emitted this session are dropped by id); drop what
-   * you stored of messages (keyed by conversation and seq) before the "message" events that follow.
+   * client starts over from 0 and emits every message again, those emitted before included; drop
+   * what you stored of messages (keyed by conversation and seq) before the "message" events that
+   * follow.
    */
   dataSetChanged: { previous: string; current: string };
   /**

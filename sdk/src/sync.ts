@@ -144,8 +144,9 @@ export class InboxSync {
    * A welcome named the server's data set (before the sync it starts). Another than the one the
    * positions belong to: the server's data was replaced (restored from a backup), and its cursors and
    * seqs past the copy's may be handed out again, so the positions would skip messages. They are
-   * dropped: the inbox syncs from 0 (messages already seen are dropped by id) and the pull
-   * conversations are followed anew from the next listing.
+   * dropped: the inbox syncs from 0 and the pull conversations are followed anew from the next
+   * listing. The app drops what it stored of messages on the event, so every message comes again,
+   * those emitted before included: the ids seen are forgotten.
    */
   welcomed(dataSet: string): void {
     if (dataSet === "" || dataSet === this.dataSet) return;
@@ -154,6 +155,7 @@ export class InboxSync {
     // First named (a checkpoint of an older client or server): the next checkpoint carries it.
     if (previous === undefined) return;
     this._cursor = 0;
+    this.seen.clear();
     this.pull.stop();
     this.pull = this.newPullFollower(undefined);
     this.o.emitDataSetChanged({ previous, current: dataSet });

@@ -304,6 +304,13 @@ describe("one user, two tabs", () => {
     await expect.poll(() => shownMessages(tab1.page)).toEqual(["one", "two", "from tab 2"]);
     await expect.poll(() => shownMessages(tab2.page)).toEqual(["one", "two", "from tab 2"]);
     await expect.poll(() => shownMessages(bob.page)).toEqual(["one", "two", "from tab 2"]);
+
+    // Signing out in one tab signs the other out too: it does not stay signed in, nor store its
+    // session again when it reconnects.
+    await tab2.page.getByRole("button", { name: "Sign out" }).click();
+    for (const tab of [tab1, tab2])
+      await expect.poll(() => tab.page.locator("#sign-in").isVisible(), { timeout: 10_000 }).toBe(true);
+    expect(await tab1.page.evaluate(() => localStorage.getItem("switchboard:session"))).toBeNull();
   });
 });
 

@@ -166,8 +166,14 @@ class FakeClient extends TypedEmitter<SwitchboardClientEvents> {
   }
 
   typing(): void {}
-  async markRead(): Promise<void> {}
-  async markDelivered(): Promise<void> {}
+  /** Receipts sent, as "kind conversation seq". */
+  receipts: string[] = [];
+  async markRead(conversationId: string, seq: number): Promise<void> {
+    this.receipts.push(`read ${conversationId} ${seq}`);
+  }
+  async markDelivered(conversationId: string, seq: number): Promise<void> {
+    this.receipts.push(`delivered ${conversationId} ${seq}`);
+  }
 }
 
 /** localStorage, for the outbox. */
@@ -571,5 +577,47 @@ describe("the checkpoint", () => {
       delivery: "pull",
     });
     expect(app.conversations.get("g:big")?.messages.map((m) => m.sender)).toEqual(["carol"]);
+  });
+
+  it("forgets the watermarks, receipts sent and history of the data before a restore, and loads the history again", async () => {
+    client.conversations = [conversation("dm:alice~bob", 1, 6)];
+    client.messages.set(
+      "dm:alice~bob",
+      [1, 2, 3, 4, 5, 6].map((seq) => message("dm:alice~bob", seq, seq <= 3 ? "bob" : ME)),
+    );
+    const app = newApp();
+    await app.refreshConversations();
+    client.fire("receipt", { conversationId: "dm:alice~bob", userId: "bob", seq: 6, kind: "read" });
+    client.fire("message", {
+      message: message("dm:alice~bob", 3, "bob"),
+      cursor: 3,
+      source: "live",
+      delivery: "push",
+    });
+    await new Promise((r) => setTimeout(r, 200)); // receipts go out coalesced, after 150 ms
+    expect(client.receipts).toContain("delivered dm:alice~bob 3");
+    const dm = app.conversations.get("dm:alice~bob")!;
+    expect([dm.peerRead.get("bob"), dm.historyLoaded]).toEqual([6, true]);
+
+    // Restored from a copy of seqs 1-3: 4 and 5 are new messages of bob's, delivered here again.
+    client.messages.set(
+      "dm:alice~bob",
+      [1, 2, 3, 4, 5].map((seq) => message("dm:alice~bob", seq, "bob")),
+    );
+    client.conversations = [conversation("dm:alice~bob", 1, 5)];
+    client.fire("dataSetChanged", { previous: "a", current: "b" });
+    expect([dm.peerRead.size, dm.readSeq, dm.historyLoaded, dm.messages]).toEqual([0, 0, false, []]);
+    client.receipts = [];
+    client.fire("message", {
+      message: message("dm:alice~bob", 3, "bob"),
+      cursor: 3,
+      source: "sync",
+      delivery: "push",
+    });
+    client.fire("synced", { cursor: 3, delivered: 1 });
+    await settle();
+    await new Promise((r) => setTimeout(r, 200));
+    expect(client.receipts).toContain("delivered dm:alice~bob 3");
+    expect(dm.messages.map((m) => m.seq)).toEqual([1, 2, 3, 4, 5]);
   });
 });

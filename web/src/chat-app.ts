@@ -18,6 +18,7 @@ import {
   applyServerInfo,
   type ConversationState,
   directConversationId,
+  forgetServerData,
   type GroupSettings,
   newConversationState,
   peerOf,
@@ -170,12 +171,11 @@ export class ChatApp {
     });
     client.on("message", ({ message }) => this.receive(message));
     // The server's data was replaced (restored from a backup): its seqs may be handed out again, so
-    // what this tab holds by seq goes, and comes again from the sync and the listing that follow.
+    // what this tab holds by seq goes (messages, watermarks, receipts sent, group versions), and
+    // comes again from the sync, the listing and the histories that follow.
     client.on("dataSetChanged", () => {
-      for (const c of this.conversations.values()) {
-        c.messages = [];
-        c.lastSeq = 0;
-      }
+      for (const c of this.conversations.values()) forgetServerData(c);
+      this.receipts.forget();
       this.onChange();
     });
     // After the message listeners (this.receive) of the messages it covers have run.
@@ -440,6 +440,16 @@ export class ChatApp {
     }
     await this.changeGroup({ name: trimmed });
     return true;
+  }
+
+  /** Messages the user wrote that the server has not acknowledged (kept in the outbox). */
+  unsentCount(): number {
+    return this.outbox.entries().length;
+  }
+
+  /** Forgets the messages not sent yet, on this device (the user signs out). */
+  discardOutbox(): void {
+    this.outbox.clear();
   }
 
   /**

@@ -130,6 +130,17 @@ export function wireChat(app: ChatApp, push: WebPush, signal: AbortSignal): void
     if (scroller.scrollTop < 40) void app.loadOlder();
   });
   on(byId("sign-out"), "click", () => {
+    // Messages not sent yet are discarded with the session (their bodies do not stay on a device
+    // the user signed out of): only if the user says so.
+    const unsent = app.unsentCount();
+    if (
+      unsent > 0 &&
+      !confirm(
+        `${unsent === 1 ? "1 message is" : `${unsent} messages are`} not sent yet, and will be lost. Sign out anyway?`,
+      )
+    )
+      return;
+    app.discardOutbox();
     sessionStore.clear();
     void push
       .signOut()

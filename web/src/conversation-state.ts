@@ -252,6 +252,22 @@ export function titleOf(c: ConversationState, me: string): string {
 }
 
 /** Adds a message unless it is known already (sync, history and live may all bring it); true if new. */
+/**
+ * Drops what the conversation holds of the server's data, keyed by seqs and versions the server may
+ * hand out again (its data was restored from a backup): the history is loaded again on the next
+ * listing. What the user wrote and the server never acknowledged (`outgoing`) stays, to be sent.
+ */
+export function forgetServerData(c: ConversationState): void {
+  c.messages = [];
+  c.lastSeq = 0;
+  c.readSeq = 0;
+  c.peerRead.clear();
+  c.peerDelivered.clear();
+  c.hasOlder = false;
+  c.historyLoaded = false;
+  c.version = 0;
+}
+
 export function addMessage(c: ConversationState, m: ChatMessage): boolean {
   const list = c.messages;
   let i = list.length;

@@ -28,12 +28,13 @@ describe("CheckpointStore", () => {
   it("keeps the inbox cursor and the large groups' positions, for the next start", () => {
     const store = new CheckpointStore("https://chat", "alice");
     expect(store.load()).toBeUndefined(); // a device new to the user
-    store.start(40); // the inbox head
-    expect(store.load()).toEqual({ cursor: 40, pullPositions: {} });
+    store.start(40, "ds-1"); // the inbox head, of the server's data set
+    expect(store.load()).toEqual({ cursor: 40, pullPositions: {}, dataSet: "ds-1" });
     store.save({ cursor: 42, pullPositions: { "g:big": 7, "dm:alice~bob": 3 } });
     expect(new CheckpointStore("https://chat", "alice").load()).toEqual({
       cursor: 42,
       pullPositions: { "g:big": 7, "dm:alice~bob": 3 },
+      dataSet: "ds-1",
     });
     // Another user's, or another server's, is another store.
     expect(new CheckpointStore("https://chat", "bob").load()).toBeUndefined();
@@ -43,12 +44,25 @@ describe("CheckpointStore", () => {
   it("never moves a value back: a tab behind another keeps what the other saved", () => {
     const ahead = new CheckpointStore("https://chat", "alice");
     const behind = new CheckpointStore("https://chat", "alice");
-    ahead.start(0);
+    ahead.start(0, "");
     ahead.save({ cursor: 9, pullPositions: { "g:a": 5, "g:b": 2 } });
     behind.save({ cursor: 4, pullPositions: { "g:a": 3, "g:b": 6, "g:c": 1 } });
     // A pull message leaves the cursor where it was: never 0 because of it.
     behind.save({ cursor: 0, pullPositions: { "g:c": 2 } });
     expect(ahead.load()).toEqual({ cursor: 9, pullPositions: { "g:a": 5, "g:b": 6, "g:c": 2 } });
+  });
+
+  it("takes the positions of another data set (a restored server) in place of the stored ones", () => {
+    const tab = new CheckpointStore("https://chat", "alice");
+    tab.start(0, "");
+    tab.save({ cursor: 30, pullPositions: { "g:a": 20 } }); // from a server naming no data set
+    tab.save({ cursor: 31, pullPositions: {}, dataSet: "ds-1" }); // first named: the same data
+    expect(tab.load()).toEqual({ cursor: 31, pullPositions: { "g:a": 20 }, dataSet: "ds-1" });
+    // Restored: the SDK started over from 0 on ds-2; its lower positions are the ones to keep.
+    tab.save({ cursor: 4, pullPositions: { "g:b": 2 }, dataSet: "ds-2" });
+    expect(tab.load()).toEqual({ cursor: 4, pullPositions: { "g:b": 2 }, dataSet: "ds-2" });
+    tab.save({ cursor: 3, pullPositions: { "g:b": 1 }, dataSet: "ds-2" }); // a tab behind, same data
+    expect(tab.load()).toEqual({ cursor: 4, pullPositions: { "g:b": 2 }, dataSet: "ds-2" });
   });
 
   it("reads the cursor an earlier version stored, and ignores what is not a position", () => {

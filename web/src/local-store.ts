@@ -45,6 +45,8 @@ export const sessionStore = {
   load: (): StoredSession | undefined => readJson<StoredSession>(SESSION_KEY),
   save: (session: StoredSession): void => localStorage.setItem(SESSION_KEY, JSON.stringify(session)),
   clear: (): void => localStorage.removeItem(SESSION_KEY),
+  /** Whether a `storage` event's key (null: the whole storage cleared) may have changed the session. */
+  changedBy: (key: string | null): boolean => key === null || key === SESSION_KEY,
 };
 
 /** The unacknowledged messages of one user on one server. */
@@ -67,6 +69,11 @@ export class Outbox {
     this.write(this.entries().filter((e) => e.clientMsgId !== clientMsgId));
   }
 
+  /** Forgets every message (the user signed out: their bodies do not stay on the device). */
+  clear(): void {
+    localStorage.removeItem(this.key);
+  }
+
   private write(entries: OutboxEntry[]): void {
     if (entries.length === 0) localStorage.removeItem(this.key);
     else localStorage.setItem(this.key, JSON.stringify(entries));
@@ -75,33 +82,52 @@ export class Outbox {
 
 /**
  * The SDK's checkpoint of one user on one server: the inbox cursor (under the key earlier versions
- * kept it in) and the newest seq seen per pull-model group. Every tab of the origin saves here, so
- * each value only moves up: a tab behind another never takes the stored one back.
+ * kept it in), the newest seq seen per pull-model group, and the server's data set they belong to.
+ * Every tab of the origin saves here, so each value only moves up: a tab behind another never takes
+ * the stored one back. Within one data set, that is: positions of another data set (the server was
+ * restored from a backup, and its positions start again lower) replace the stored ones.
  */
 export class CheckpointStore {
   private readonly cursorKey: string;
   private readonly pullKey: string;
+  private readonly dataSetKey: string;
 
   constructor(server: string, userId: string) {
     this.cursorKey = `switchboard:cursor:${server}:${userId}`;
     this.pullKey = `switchboard:pull:${server}:${userId}`;
+    this.dataSetKey = `switchboard:data-set:${server}:${userId}`;
   }
 
   /** The stored checkpoint; undefined on a device new to this user (or a cursor that is not one). */
   load(): Checkpoint | undefined {
     const cursor = Number(localStorage.getItem(this.cursorKey) ?? Number.NaN);
     if (!Number.isSafeInteger(cursor) || cursor < 0) return undefined;
-    return { cursor, pullPositions: this.pullPositions() };
+    const dataSet = localStorage.getItem(this.dataSetKey);
+    return { cursor, pullPositions: this.pullPositions(), ...(dataSet ? { dataSet } : {}) };
   }
 
-  /** A device new to this user starts at `cursor` (the inbox head), unless another tab started it. */
-  start(cursor: number): void {
-    if (this.load() === undefined) localStorage.setItem(this.cursorKey, String(cursor));
+  /**
+   * A device new to this user starts at `cursor` (the inbox head of data set `dataSet`, "" if the
+   * server names none), unless another tab started it.
+   */
+  start(cursor: number, dataSet: string): void {
+    if (this.load() !== undefined) return;
+    localStorage.setItem(this.cursorKey, String(cursor));
+    if (dataSet !== "") localStorage.setItem(this.dataSetKey, dataSet);
   }
 
   /** Saves what a tab processed, keeping what another tab saved further on (the highest of each). */
   save(checkpoint: Checkpoint): void {
-    const stored = this.load();
+    let stored = this.load();
+    if (checkpoint.dataSet !== undefined && checkpoint.dataSet !== stored?.dataSet) {
+      // Positions of another data set say nothing of these; a first data set named (by an older
+      // server or version before) keeps them, as the SDK did.
+      if (stored?.dataSet !== undefined) {
+        localStorage.removeItem(this.pullKey);
+        stored = undefined;
+      }
+      localStorage.setItem(this.dataSetKey, checkpoint.dataSet);
+    }
     if (stored === undefined || checkpoint.cursor > stored.cursor)
       localStorage.setItem(this.cursorKey, String(checkpoint.cursor));
     const positions = stored?.pullPositions ?? {};

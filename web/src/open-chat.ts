@@ -2,7 +2,7 @@
  * Opens the chat for signed-in credentials: remembers the session, picks the inbox position to
  * start from, makes the SDK client and the ChatApp, and shows them.
  */
-import { SwitchboardClient } from "../../sdk/src/index.js";
+import { SwitchboardClient, type WelcomeInfo } from "../../sdk/src/index.js";
 import { ChatApp } from "./chat-app.js";
 import { wireChat } from "./chat-controls.js";
 import { byId } from "./dom.js";
@@ -33,7 +33,10 @@ export async function openChat(
     url = discovered.url;
   }
   const checkpoints = new CheckpointStore(server, credentials.userId);
-  if (checkpoints.load() === undefined) checkpoints.start(await inboxHead(url, credentials));
+  if (checkpoints.load() === undefined) {
+    const { headCursor, dataSet } = await inboxHead(url, credentials);
+    checkpoints.start(headCursor, dataSet);
+  }
   const remember = () =>
     sessionStore.save({
       server,
@@ -58,7 +61,25 @@ export async function openChat(
     undefined,
     wired.signal,
   );
-  client.on("connected", remember); // a renewed dev token is remembered too
+  // A renewed dev token is remembered too; but not over a sign-out, or another user's sign-in, in
+  // another tab (this tab is then on its way to follow it, below).
+  client.on("connected", () => {
+    const stored = sessionStore.load();
+    if (stored?.userId === credentials.userId && stored.server === server) remember();
+  });
+  // Signed out, or signed in as someone else, in another tab of this browser: this one follows, by
+  // reloading into what is stored now (the sign-in form, or the other session).
+  window.addEventListener(
+    "storage",
+    (event) => {
+      if (!sessionStore.changedBy(event.key)) return;
+      const stored = sessionStore.load();
+      if (stored?.userId === credentials.userId && stored.server === server) return; // a renewed token
+      wired.abort();
+      void client.close().finally(() => location.reload());
+    },
+    { signal: wired.signal },
+  );
   // For whoever looks into a connection that came and went (the console is all a page has).
   client.on("disconnected", ({ code, reason, willReconnect }) =>
     console.info(
@@ -111,12 +132,13 @@ export async function openChat(
  * Where a device new to this user starts its inbox: at the head. Syncing a whole inbox from 0 would
  * load every message ever sent to the user; the conversation list and each conversation's newest
  * page of history show what matters, and older pages load as the user scrolls. One short
- * connection without sync asks the server for the head (the welcome carries it).
+ * connection without sync asks the server for the head (the welcome carries it, and the data set
+ * it belongs to).
  */
-async function inboxHead(url: string, credentials: Credentials): Promise<number> {
+async function inboxHead(url: string, credentials: Credentials): Promise<WelcomeInfo> {
   const probe = new SwitchboardClient({ url, token: credentials.token, autoSync: false });
   try {
-    return (await probe.connect({ timeoutMs: 10_000 })).headCursor;
+    return await probe.connect({ timeoutMs: 10_000 });
   } finally {
     await probe.close();
   }

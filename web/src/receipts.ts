@@ -29,6 +29,18 @@ export class ReceiptSender {
     this.flushTimer ??= setTimeout(() => this.flush(), this.delayMs);
   }
 
+  /**
+   * Forgets every receipt sent, due or failed: the server's data was restored from a backup, so its
+   * watermarks may be lower than what was sent, and seqs at or below them are new messages.
+   */
+  forget(): void {
+    clearTimeout(this.flushTimer);
+    this.flushTimer = undefined;
+    this.due.clear();
+    this.failed.clear();
+    this.sent.clear();
+  }
+
   /** Sends again what failed, e.g. after a reconnect. */
   resendFailed(): void {
     const failed = [...this.failed.values()];
