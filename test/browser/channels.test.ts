@@ -204,6 +204,12 @@ describe("channels", () => {
     missGroupEvents = false;
     await owner.page.getByRole("button", { name: `Make admin ${member.user}` }).click();
     await expect.poll(() => composer(member.page).isEnabled(), { timeout: 2_000 }).toBe(true);
+    // What came after the refused message shows after it: it stays where it was written.
+    await sendMessage(owner.page, "Welcome back");
+    await sendMessage(member.page, "Thanks");
+    await expect
+      .poll(() => shownMessages(member.page))
+      .toEqual(["Welcome to the channel", "Glad to help", "one more thing", "Welcome back", "Thanks"]);
   });
 
   it("an owner renames the group, lets only admins add members, and hands it over to a member", async () => {

@@ -16,6 +16,7 @@ import {
   signIn,
   startChat,
   waitForStatus,
+  watchPage,
 } from "./harness.js";
 
 let server: ServerProcess;
@@ -70,6 +71,41 @@ describe("signing in again after a refused sign-in", () => {
     await expect.poll(() => bobReceived).toEqual(["alice: after signing in again"]);
     await expect.poll(() => shownMessages(alice.page)).toEqual(["after signing in again"]);
     await bob.close();
+    await checkPagesAndClose(clients, contexts);
+  });
+
+  it("forgets a remembered session whose pasted token expired, saying so once", async () => {
+    const context = await browser.newContext({ viewport: { width: 1100, height: 720 } });
+    contexts.push(context);
+    const page = await context.newPage();
+    const client = watchPage(page, "alice");
+    clients.push(client);
+    await page.goto(`${server.httpUrl}/`);
+    const part = (o: object) => Buffer.from(JSON.stringify(o)).toString("base64url");
+    const expired = `${part({ alg: "HS256" })}.${part({ sub: "alice", exp: 1 })}.AAAA`;
+    await page.evaluate(
+      ([server, token]) =>
+        localStorage.setItem(
+          "switchboard:session",
+          JSON.stringify({
+            server,
+            gatewayUrl: `${server.replace(/^http/, "ws")}/ws`,
+            userId: "alice",
+            token,
+            source: "pasted",
+          }),
+        ),
+      [server.httpUrl, expired] as const,
+    );
+    await page.reload();
+    await expect
+      .poll(() => page.locator("#sign-in-error").textContent())
+      .toBe("Your session ended (the token has expired): sign in again.");
+    expect(await page.evaluate(() => localStorage.getItem("switchboard:session"))).toBeNull();
+    // The next load shows the form, with nothing to say.
+    await page.reload();
+    await expect.poll(() => page.locator("#sign-in").isVisible()).toBe(true);
+    expect(await page.locator("#sign-in-error").textContent()).toBe("");
     await checkPagesAndClose(clients, contexts);
   });
 });

@@ -20,7 +20,7 @@ import {
   type SwitchboardClientEvents,
   TypedEmitter,
 } from "../../sdk/src/index.js";
-import { ChatApp, CONVERSATIONS_LISTED, EXPIRED_TEXT, KEPT_TEXT } from "./chat-app.js";
+import { ChatApp, CONVERSATIONS_LISTED, EXPIRED_TEXT, KEPT_TEXT, noticeOf } from "./chat-app.js";
 import { Outbox } from "./local-store.js";
 
 const ME = "alice";
@@ -165,7 +165,11 @@ class FakeClient extends TypedEmitter<SwitchboardClientEvents> {
     return updated;
   }
 
-  typing(): void {}
+  /** Typing notices sent, as "conversation typing". */
+  typed: string[] = [];
+  typing(conversationId: string, typing: boolean): void {
+    this.typed.push(`${conversationId} ${typing}`);
+  }
   /** Receipts sent, as "kind conversation seq". */
   receipts: string[] = [];
   async markRead(conversationId: string, seq: number): Promise<void> {
@@ -470,14 +474,14 @@ describe("a group change", () => {
     await app.renameGroup("Ship crew");
     expect(client.groupChanges).toHaveLength(3);
     expect(app.open!.name).toBe("Crew");
-    expect(app.notice).toBe("TIMEOUT: timeout");
+    expect(app.notice).toBe("The server did not answer in time: try again.");
 
     client.groupChanges = [];
     client.groupChangeResults = [() => Promise.reject(refusal("NOT_ADMIN"))];
     await app.changeGroup({ open: true });
     expect(client.groupChanges).toEqual([{ open: true }]); // refused: asked once
     expect(app.open!.open).toBe(false);
-    expect(app.notice).toBe("NOT_ADMIN: not_admin");
+    expect(app.notice).toBe("Only the group's admins can do that.");
   });
 
   it("is not asked again for a setting the server shows changed since: as asked (it ran), or by another admin", async () => {
@@ -505,7 +509,7 @@ describe("a group change", () => {
     await renamed;
     expect(client.groupChanges).toEqual([{ name: "Ship crew" }]);
     expect(app.open!.name).toBe("Deck crew");
-    expect(app.notice).toBe("CONNECTION_LOST: connection_lost");
+    expect(app.notice).toBe("The connection was lost before the server answered: try again.");
 
     // This change's own event arrived before the connection went: it ran, nothing to ask again.
     client.groupChanges = [];
@@ -542,6 +546,29 @@ describe("a group change", () => {
     ]);
     expect(app.open).toMatchObject({ name: "Deck crew", open: true });
     expect(app.notice).toBe("");
+  });
+});
+
+describe("notices", () => {
+  it("say what a refusal means in the user's words, and name the reason of one they do not know", () => {
+    expect(noticeOf(refusal("OWNER_MUST_TRANSFER"))).toMatch(/^You own this group/);
+    expect(noticeOf(refusal("SOMETHING_NEW"))).toBe("SOMETHING_NEW: something_new");
+    expect(noticeOf(new Error("plain"))).toBe("plain");
+  });
+});
+
+describe("typing", () => {
+  it("tells the others the user stopped as soon as the composer is emptied", async () => {
+    client.conversations = [conversation("g:1", 1, 4)];
+    client.rosters.set("g:1", [ME, "bob"]);
+    client.messages.set("g:1", []);
+    const app = newApp();
+    await app.refreshConversations();
+    app.select("g:1");
+    app.composing("h");
+    app.composing("hi");
+    app.composing("");
+    expect(client.typed).toEqual(["g:1 true", "g:1 false"]);
   });
 });
 

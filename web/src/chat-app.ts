@@ -105,6 +105,36 @@ const JOIN_ERRORS: Record<string, string> = {
   GROUP_FULL: "This group is full.",
 };
 
+/**
+ * What the user should hear of a refusal a notice shows, in their words (docs/protocol.md §6); a
+ * reason not listed shows the server's message after its reason, for whoever reports it.
+ */
+const NOTICES: Record<string, string> = {
+  OWNER_MUST_TRANSFER: "You own this group: make another member its owner (Members) before you leave it.",
+  NOT_ADMIN: "Only the group's admins can do that.",
+  NOT_OWNER: "Only the group's owner can do that.",
+  OWNER_PROTECTED: "The group's owner cannot be removed.",
+  NOT_MEMBER: "You are not a member of this conversation.",
+  USER_NOT_MEMBER: "That user is not a member of this group.",
+  GROUP_FULL: "This group is full.",
+  INVALID_USER_ID: "That is not a valid user id.",
+  INVALID_GROUP_NAME: "That group name is not allowed (empty, or too long).",
+  RATE_LIMITED: "Too many requests: wait a moment and try again.",
+  TOKEN_EXPIRED: "Your session has expired: sign out and sign in again.",
+  INVALID_TOKEN: "Your session is no longer valid: sign out and sign in again.",
+  KICKED: "You were signed out by the service: sign out and sign in again.",
+  STORAGE_FULL: "The server is out of storage: messages cannot be sent for now.",
+  // The SDK's own, for a request whose answer never came.
+  TIMEOUT: "The server did not answer in time: try again.",
+  CONNECTION_LOST: "The connection was lost before the server answered: try again.",
+};
+
+/** A notice's text for `err`. */
+export function noticeOf(err: unknown): string {
+  if (err instanceof SwitchboardClientError) return NOTICES[err.reason] ?? `${err.reason}: ${err.message}`;
+  return err instanceof Error ? err.message : String(err);
+}
+
 export class ChatApp {
   readonly conversations = new Map<string, ConversationState>();
   readonly presence = new Map<string, boolean>();
@@ -213,8 +243,7 @@ export class ChatApp {
       // A fire-and-forget request (typing) refused for membership: our list is stale, not the user
       // wrong; the refresh marks the group as left.
       if (err.reason === "NOT_MEMBER") return void this.refreshConversations();
-      this.notice = `${err.reason}: ${err.message}`;
-      this.onChange();
+      this.report(err);
     });
     document.addEventListener("visibilitychange", () => this.markOpenRead(), signal ? { signal } : {});
   }
@@ -624,7 +653,9 @@ export class ChatApp {
       );
   }
 
-  composing(): void {
+  /** The user typed in the composer, leaving `text` in it: typing, or (emptied) stopped. */
+  composing(text: string): void {
+    if (text === "") return this.typingSender.stop();
     const c = this.open;
     // A direct conversation exists on the server only from its first message: until then there is
     // no one to tell (the server would refuse with NOT_MEMBER).
@@ -828,12 +859,7 @@ export class ChatApp {
   }
 
   private report(err: unknown): void {
-    this.notice =
-      err instanceof SwitchboardClientError
-        ? `${err.reason}: ${err.message}`
-        : err instanceof Error
-          ? err.message
-          : String(err);
+    this.notice = noticeOf(err);
     this.onChange();
   }
 }

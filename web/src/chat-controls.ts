@@ -31,9 +31,7 @@ export function wireChat(app: ChatApp, push: WebPush, signal: AbortSignal): void
     app.send(composer.value);
     composer.value = "";
   });
-  on(composer, "input", () => {
-    if (composer.value !== "") app.composing();
-  });
+  on(composer, "input", () => app.composing(composer.value));
   on(byId("new-chat"), "submit", (e) => {
     e.preventDefault();
     const peer = inputValue("new-chat-user");

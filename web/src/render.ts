@@ -340,7 +340,11 @@ function renderMessages(app: ChatApp, c: ConversationState): void {
     };
   });
   for (const o of c.outgoing) {
-    views.push({
+    // One that failed stays where it was written, among the messages of its time; one being sent
+    // is the newest until its ack places it by seq.
+    let at = views.length;
+    if (o.failure) while (at > 0 && views[at - 1]!.atMs > o.createdAtMs) at--;
+    views.splice(at, 0, {
       key: messageKey(app.me, o.clientMsgId, 0),
       mine: true,
       sender: app.me,

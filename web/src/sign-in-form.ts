@@ -60,7 +60,19 @@ export function wireSignIn(): void {
     busy = true;
     showSignInError("");
     try {
-      await openChat(await credentials(), server, options.resumed, options.confirmed === true);
+      let signedIn: Credentials;
+      try {
+        signedIn = await credentials();
+      } catch (err) {
+        // A remembered session whose token is no good any more (a pasted one expired): it is not
+        // one to open again on the next load either.
+        if (options.resumed === undefined) throw err;
+        sessionStore.clear();
+        throw new Error(
+          `Your session ended (${err instanceof Error ? err.message : String(err)}): sign in again.`,
+        );
+      }
+      await openChat(signedIn, server, options.resumed, options.confirmed === true);
     } catch (err) {
       byId("sign-in").hidden = false;
       byId("app").hidden = true;

@@ -18,6 +18,9 @@ describe("sign-in tokens", () => {
     expect(() => pastedToken(jwt({ sub: "alice", exp: 1 }))).toThrow("expired");
     expect(() => pastedToken(jwt({ exp: inAnHour }))).toThrow("no user id");
     expect(() => pastedToken("not a token")).toThrow("not a JWT");
+    // Three parts, but not a payload of claims: said in the user's words, not atob's or JSON's.
+    for (const token of ["a.b.c", `x.${btoa("[1]")}.y`, `x.${btoa("{oops")}.y`, "a.b.c.d"])
+      expect(() => pastedToken(token)).toThrow(/^that is not a JWT/);
   });
 
   it("asks the gateway for a dev token of an escaped user id", () => {
