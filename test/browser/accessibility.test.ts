@@ -117,6 +117,12 @@ describe("accessibility", () => {
 
     expect(await unnamedControls(page)).toEqual([]);
     expect(await lowContrastText(page)).toEqual([]);
+    // Landmarks and roles: one main region shown at a time; the log of messages holds a list, whose
+    // entries are list items of it (a role on the list itself would orphan them).
+    expect(await page.locator("main:visible").count()).toBe(1);
+    expect(await page.locator("[role=log] > ol:not([role]) > li").count()).toBe(2);
+    // A body laid out by its own direction, so right-to-left text cannot reorder what is around it.
+    expect(await page.locator("#message-list .body[dir=auto]").count()).toBe(2);
     for (const c of [alice, bob]) expect(c.consoleErrors).toEqual([]);
   });
 

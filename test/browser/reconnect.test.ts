@@ -9,6 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type ServerProcess, startServer } from "../helpers/server.js";
 import {
   type ClientPage,
+  conversationEntry,
   deliveryOf,
   launchBrowser,
   noticeOf,
@@ -93,8 +94,11 @@ describe("a server crash mid-conversation", () => {
     await waitForStatus(bob.page, "Reconnecting…");
     await openConversation(bob.page, alice.user);
     await expect.poll(() => deliveryOf(bob.page, "bob while down")).toBe("Queued (offline)");
-    // Cut off, the page cannot know who is online, so it shows no one as online.
-    expect(await alice.page.locator("#conversation-presence").textContent()).toBe("offline");
+    // Cut off, the page cannot know who is online, so it claims nothing of anyone.
+    expect(await alice.page.locator("#conversation-presence").textContent()).toBe("");
+    expect(
+      await conversationEntry(alice.page, bob.user).locator(".presence").getAttribute("aria-label"),
+    ).toBe(`${bob.user}: not known whether online`);
     await screenshot(alice.page, "reconnecting");
 
     server = await server.restart();

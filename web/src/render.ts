@@ -50,12 +50,28 @@ export function render(app: ChatApp): void {
   document.body.classList.toggle("conversation-open", app.open !== undefined);
 }
 
-function presenceDot(app: ChatApp, user: string): HTMLElement {
+/**
+ * Whether `user` is online: unknown until the server said (a peer with no message yet may not be
+ * watched, NOT_A_CONTACT; nobody's is known while this page is disconnected).
+ */
+function presenceOf(app: ChatApp, user: string): "online" | "offline" | "unknown" {
   // The user is online exactly while this page is connected (nobody watches themselves).
-  const online = user === app.me ? app.status === "online" : app.presence.get(user) === true;
+  if (user === app.me) return app.status === "online" ? "online" : "offline";
+  const online = app.presence.get(user);
+  return online === undefined ? "unknown" : online ? "online" : "offline";
+}
+
+const PRESENCE_LABELS = {
+  online: (user: string) => `${user} is online`,
+  offline: (user: string) => `${user} is offline`,
+  unknown: (user: string) => `${user}: not known whether online`,
+};
+
+function presenceDot(app: ChatApp, user: string): HTMLElement {
+  const presence = presenceOf(app, user);
   return h("span", {
-    class: `presence ${online ? "online" : "offline"}`,
-    attrs: { role: "img", "aria-label": online ? `${user} is online` : `${user} is offline` },
+    class: `presence ${presence}`,
+    attrs: { role: "img", "aria-label": PRESENCE_LABELS[presence](user) },
   });
 }
 
@@ -160,10 +176,10 @@ function renderOpenConversation(app: ChatApp): void {
   const headerPresence = byId("conversation-presence");
   if (c.kind === "direct") {
     const peer = peerOf(c.id, app.me);
-    const online = app.presence.get(peer) === true;
+    const presence = presenceOf(app, peer);
     headerPresence.replaceChildren(
       presenceDot(app, peer),
-      h("span", { text: online ? "online" : "offline" }),
+      h("span", { text: presence === "unknown" ? "" : presence }),
     );
   } else {
     headerPresence.textContent = c.memberCount === 1 ? "1 member" : `${c.memberCount} members`;
@@ -391,7 +407,8 @@ function messageItem(view: MessageView): HTMLLIElement {
     "li",
     { class: messageClass(view), attrs: { ...view.attrs, "data-key": view.key } },
     h("span", { class: "sender", text: view.mine ? "You" : view.sender }),
-    h("p", { class: "body", text: view.body }),
+    // dir=auto: a right-to-left body (or one with direction overrides) is laid out on its own.
+    h("p", { class: "body", text: view.body, attrs: { dir: "auto" } }),
     h("span", { class: "meta" }, timeOf(view.atMs)),
   );
   return updateMessageItem(li, view);
