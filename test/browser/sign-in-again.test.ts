@@ -108,4 +108,21 @@ describe("signing in again after a refused sign-in", () => {
     expect(await page.locator("#sign-in-error").textContent()).toBe("");
     await checkPagesAndClose(clients, contexts);
   });
+
+  it("says which server it could not reach for a dev token, not only the browser's 'Failed to fetch'", async () => {
+    const context = await browser.newContext({ viewport: { width: 1100, height: 720 } });
+    contexts.push(context);
+    // Not watched for console errors: the browser logs the refused request, as it should.
+    const page = await context.newPage();
+    const nowhere = "http://127.0.0.1:9"; // nothing listens there
+    await page.goto(`${server.httpUrl}/?server=${encodeURIComponent(nowhere)}`);
+    await page.getByLabel("User id", { exact: true }).fill("alice");
+    await page.getByRole("button", { name: "Sign in with a dev token" }).click();
+    await page.getByRole("button", { name: `Sign in to ${nowhere}` }).click();
+    await expect
+      .poll(() => page.locator("#sign-in-error").textContent(), { timeout: 20_000 })
+      .toMatch(/^could not reach http:\/\/127\.0\.0\.1:9 for a token \(.+\): is the server running/);
+    await context.close();
+    contexts.splice(contexts.indexOf(context), 1);
+  });
 });

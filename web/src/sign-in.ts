@@ -76,7 +76,15 @@ export async function fetchedToken(
 ): Promise<Credentials> {
   const fresh = (t: string) => expiresAtMs(t) - Date.now() > 60_000;
   const fetchToken = async () => {
-    const res = await fetch(tokenUrl, { credentials: source === "backend" ? "include" : "same-origin" });
+    const res = await fetch(tokenUrl, {
+      credentials: source === "backend" ? "include" : "same-origin",
+    }).catch((err: unknown) => {
+      // The browser says only "Failed to fetch": the server is down, the address wrong, or the
+      // page's policy (or the server's CORS) keeps the request from going out.
+      throw new Error(
+        `could not reach ${new URL(tokenUrl, location.href).origin} for a token (${err instanceof Error ? err.message : String(err)}): is the server running, and its address right?`,
+      );
+    });
     const body = (await res.json().catch(() => ({}))) as { token?: string; error?: string };
     if (!res.ok || !body.token)
       throw new Error(body.error ?? `no token from ${tokenUrl} (HTTP ${res.status})`);
