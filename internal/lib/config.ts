@@ -476,7 +476,7 @@ export const schema = {
     ),
     appendTimeoutMs: ms(
       10_000,
-      "A send not sequenced within this time fails with UNAVAILABLE (the client retries with the same client_msg_id): LOG_UNAVAILABLE if its draft still waited for a produce request (it was never sent), SEQUENCE_TIMEOUT if Kafka took it. A draft already in a produce request Kafka has not answered waits for that answer instead (up to kafkajs's request timeout, 30 s, and its retries): it may be written, and failing it sooner could let a later send overtake its resend.",
+      "A send not sequenced within this time fails with UNAVAILABLE (the client retries with the same client_msg_id): LOG_UNAVAILABLE if Kafka has not acknowledged its draft (still waiting for a produce request: never sent; or in a request the broker has not answered: it may still be written, and the resend is then answered as a duplicate; either way the connection's later sends to the conversation wait for that resend, PREVIOUS_SEND_FAILED), SEQUENCE_TIMEOUT if Kafka took it. A membership change's announcement (a group change, a first send to a new direct conversation) is bounded the same way.",
       100,
     ),
     tls: bool(false, "Connect to the Kafka brokers over TLS."),

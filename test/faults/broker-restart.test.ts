@@ -298,6 +298,8 @@ async function scenario(target: ServerName, fault: Fault): Promise<void> {
     // then get every message like the others (the gateway looks at its inbox when it enters).
     let lateConnect: Promise<void> | undefined;
     let lateConnectMs = -1;
+    let newDirect: Promise<void> | undefined;
+    let newDirectAnswer: { ms: number; reply: string } | undefined;
     // And the process stays ready meanwhile (its /readyz does not follow Kafka), or a load balancer
     // would send those clients nowhere: /readyz's answers during the outage, by status.
     let readiness: Promise<void> | undefined;
@@ -330,6 +332,42 @@ async function scenario(target: ServerName, fault: Fault): Promise<void> {
               await sleep(250);
             }
           })();
+        // During a freeze the broker answers nothing, and kafkajs retries a request for minutes: a
+        // first send to a new direct conversation (its membership announcement, then its draft) is
+        // answered within appendTimeoutMs all the same, LOG_UNAVAILABLE, and its resend with the
+        // same client_msg_id after the freeze is stored once.
+        if (target === "kafka" && fault === "freeze")
+          newDirect = sleep(1_000).then(async () => {
+            const raw = await RawClient.connect(srv.url, { token: await devToken(srv.dataDir, alice) });
+            try {
+              const sentAt = now();
+              const toNewPeer = {
+                case: "send" as const,
+                value: {
+                  target: { case: "toUser" as const, value: `rs-dave-${tag}` },
+                  clientMsgId: `${tag}-new-dm`,
+                  body: "first words",
+                },
+              };
+              const reply = await raw.request(toNewPeer, 60_000);
+              newDirectAnswer = {
+                ms: now() - sentAt,
+                reply: reply.kind.case === "error" ? reply.kind.value.reason : String(reply.kind.case),
+              };
+              await restarting;
+              for (let attempt = 0; ; attempt++) {
+                const again = await raw.request(toNewPeer, 60_000);
+                if (again.kind.case === "ack") break;
+                if (attempt >= 30)
+                  throw new Error(
+                    `the resend after the freeze was refused: ${JSON.stringify(again.kind.value, (_, v) => (typeof v === "bigint" ? String(v) : v))}; first answer ${JSON.stringify(newDirectAnswer)}`,
+                  );
+                await sleep(1_000);
+              }
+            } finally {
+              raw.close();
+            }
+          });
         if (target === "kafka")
           lateConnect = sleep(1_000).then(async () => {
             const late = device("bob laptop 2 (connects during the outage)", bob, "binary");
@@ -345,6 +383,7 @@ async function scenario(target: ServerName, fault: Fault): Promise<void> {
     await restarting;
     await lateConnect;
     await readiness;
+    await newDirect;
     const pendingAtUp = sends.filter((s) => s.settledAt === undefined || s.settledAt > upAt).length;
     await until(
       `every send to be acknowledged (${ACK_DEADLINE_MS} ms after ${target} was back)`,
@@ -400,6 +439,11 @@ async function scenario(target: ServerName, fault: Fault): Promise<void> {
         ...(lateConnect
           ? [`  a device connecting 1 s into the outage was welcomed in ${lateConnectMs} ms`]
           : []),
+        ...(newDirectAnswer
+          ? [
+              `  a first send to a new direct conversation 1 s into it: ${newDirectAnswer.reply} in ${newDirectAnswer.ms} ms`,
+            ]
+          : []),
         ...(readiness
           ? [`  /readyz during the outage: ${JSON.stringify(Object.fromEntries(readyAnswers))}`]
           : []),
@@ -417,6 +461,12 @@ async function scenario(target: ServerName, fault: Fault): Promise<void> {
         REGISTRATION_WAIT_MS + 5_000,
       );
     if (readiness) expect([...readyAnswers.keys()], "/readyz during the outage").toEqual(["200"]);
+    // The server's appendTimeoutMs is 10 s (its default), the freeze 15 s.
+    if (newDirect) {
+      const what = "first send to a new direct conversation during the freeze";
+      expect(newDirectAnswer?.reply, what).toBe("LOG_UNAVAILABLE");
+      expect(newDirectAnswer?.ms, what).toBeLessThan(10_000 + 2_500);
+    }
 
     // Every send was acknowledged (outages must surface as retryable errors, never as a rejection).
     expect(

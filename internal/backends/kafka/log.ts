@@ -8,7 +8,7 @@
  */
 import { randomInt, randomUUID } from "node:crypto";
 import type { Admin, Consumer, Kafka } from "kafkajs";
-import { errors, invariantViolated } from "../../lib/errors.js";
+import { errors, invariantViolated, SwitchboardError } from "../../lib/errors.js";
 import type { Logger } from "../../lib/log.js";
 import { activeCarrier, tracing } from "../../lib/tracing.js";
 import type {
@@ -121,7 +121,7 @@ export class KafkaMessageLog implements MessageLog {
       });
     });
     // The deadline may pass while kafkajs still retries the produce (broker away): the rejection is
-    // then delivered by the await below or, if the produce failed first, deliberately dropped.
+    // then delivered by the race below or, if the produce failed first, deliberately dropped.
     sequenced.catch(() => undefined);
     try {
       const trace = tracing.on ? activeCarrier() : undefined;
@@ -140,11 +140,17 @@ export class KafkaMessageLog implements MessageLog {
       if (value.length > this.o.draftBytesMax) throw new DraftTooLarge(value.length, this.o.draftBytesMax);
       // Ordered: a draft whose request failed fails the drafts of its conversation behind it, which
       // its sender resends after it (gateway/send-gaps.ts).
-      await this.o.producer.send(
+      const produced = this.o.producer.send(
         this.o.draftsTopic,
         { key: draft.conversationId, value, ...(headers ? { headers } : {}) },
         { ordered: true, withdrawal: deadline },
       );
+      // Not past the deadline, either: a draft already in a request to a broker that stopped
+      // answering waits for kafkajs's retries (minutes), while its sender must hear within
+      // appendTimeoutMs. Its outcome is then unknown (LOG_UNAVAILABLE: a resend with the same
+      // client_msg_id is answered as a duplicate if it was stored after all).
+      produced.catch(() => undefined);
+      await Promise.race([produced, sequenced.then(() => undefined)]);
     } catch (err) {
       // Refused at the producer's bound (ProducerQueueFull), withdrawn at the deadline, or failed;
       // its timer goes too (it holds the draft, body and all, for appendTimeoutMs).
@@ -157,11 +163,13 @@ export class KafkaMessageLog implements MessageLog {
         );
       throw errors.unavailable(
         "LOG_UNAVAILABLE",
-        !(err instanceof RecordWithdrawn)
-          ? "the message log did not acknowledge the message; retry"
-          : err.behind
-            ? "an earlier message to this conversation did not reach the message log, so neither did this one; retry"
-            : `the message log did not take the message within ${this.o.appendTimeoutMs} ms; retry`,
+        err instanceof SwitchboardError && err.reason === "SEQUENCE_TIMEOUT"
+          ? `the message log did not acknowledge the message within ${this.o.appendTimeoutMs} ms (it may still take it); resend with the same client_msg_id`
+          : !(err instanceof RecordWithdrawn)
+            ? "the message log did not acknowledge the message; retry"
+            : err.behind
+              ? "an earlier message to this conversation did not reach the message log, so neither did this one; retry"
+              : `the message log did not take the message within ${this.o.appendTimeoutMs} ms; retry`,
         err,
       );
     }
@@ -197,20 +205,40 @@ export class KafkaMessageLog implements MessageLog {
    * addresses every later message to the new member list. Resolves when Kafka has it (acks=all).
    */
   async announceMembershipChange(conversationId: string): Promise<void> {
-    try {
-      await this.o.producer.send(this.o.draftsTopic, {
+    // Within appendTimeoutMs like an append: a stalled Kafka must not hold the change's caller (a
+    // first send to a new direct conversation, and every send of its connection behind it) for as
+    // long as kafkajs retries. An announcement given up on may still be written: a retried change
+    // announces again, and a second announcement changes nothing.
+    const withdrawal = new Withdrawal();
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        withdrawal.withdraw();
+        reject(new Error(`not acknowledged within ${this.o.appendTimeoutMs} ms`));
+      }, this.o.appendTimeoutMs);
+    });
+    const produced = this.o.producer.send(
+      this.o.draftsTopic,
+      {
         key: conversationId,
         value: Buffer.alloc(0),
         headers: { [RECORD_KIND_HEADER]: MEMBERSHIP_KIND },
         // After the change was stored: the sequencer bounds the changes stored up to this time (ADR 0012).
         timestamp: String(Date.now()),
-      });
+      },
+      { withdrawal },
+    );
+    produced.catch(() => undefined); // past the deadline, nobody waits for it
+    try {
+      await Promise.race([produced, late]);
     } catch (err) {
       throw errors.unavailable(
         "LOG_UNAVAILABLE",
         `the message log did not take the membership change of ${conversationId}; retry`,
         err,
       );
+    } finally {
+      clearTimeout(timer);
     }
   }
 
