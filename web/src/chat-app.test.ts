@@ -192,6 +192,12 @@ class MemoryStorage {
   removeItem(key: string): void {
     this.items.delete(key);
   }
+  get length(): number {
+    return this.items.size;
+  }
+  key(index: number): string | null {
+    return [...this.items.keys()][index] ?? null;
+  }
 }
 
 let client: FakeClient;

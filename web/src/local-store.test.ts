@@ -1,5 +1,5 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
-import { CheckpointStore } from "./local-store.js";
+import { CheckpointStore, Outbox } from "./local-store.js";
 
 /** localStorage, shared by the "tabs" of a test as by those of an origin. */
 class MemoryStorage {
@@ -12,6 +12,12 @@ class MemoryStorage {
   }
   removeItem(key: string): void {
     this.items.delete(key);
+  }
+  get length(): number {
+    return this.items.size;
+  }
+  key(index: number): string | null {
+    return [...this.items.keys()][index] ?? null;
   }
 }
 
@@ -74,5 +80,45 @@ describe("CheckpointStore", () => {
     });
     storage.setItem("switchboard:cursor:https://chat:alice", "NaN");
     expect(new CheckpointStore("https://chat", "alice").load()).toBeUndefined(); // started again at the head
+  });
+});
+
+describe("Outbox", () => {
+  const entry = (clientMsgId: string, createdAtMs: number) => ({
+    conversationId: "dm:alice~bob",
+    clientMsgId,
+    body: `body of ${clientMsgId}`,
+    createdAtMs,
+  });
+
+  it("keeps each message in an item of its own, so one tab's write cannot drop another's", () => {
+    const tab1 = new Outbox("https://chat", "alice");
+    const tab2 = new Outbox("https://chat", "alice");
+    tab1.add(entry("b", 2));
+    tab2.add(entry("a", 1));
+    tab1.remove("b");
+    tab2.add(entry("c", 3));
+    expect(tab1.entries().map((e) => e.clientMsgId)).toEqual(["a", "c"]);
+    expect([...storage.items.keys()].sort()).toEqual([
+      "switchboard:outbox:https://chat:alice:a",
+      "switchboard:outbox:https://chat:alice:c",
+    ]);
+    // Another user's is apart, and clearing one user's leaves it.
+    const bob = new Outbox("https://chat", "bob");
+    bob.add(entry("x", 1));
+    tab2.clear();
+    expect([tab1.entries(), bob.entries().map((e) => e.clientMsgId)]).toEqual([[], ["x"]]);
+  });
+
+  it("takes in the list an earlier version stored, and ignores what is not a message", () => {
+    storage.setItem(
+      "switchboard:outbox:https://chat:alice",
+      JSON.stringify([entry("old2", 20), { clientMsgId: "broken" }, entry("old1", 10)]),
+    );
+    const outbox = new Outbox("https://chat", "alice");
+    expect(outbox.entries().map((e) => e.clientMsgId)).toEqual(["old1", "old2"]);
+    expect(storage.getItem("switchboard:outbox:https://chat:alice")).toBeNull();
+    outbox.remove("old1");
+    expect(outbox.entries().map((e) => e.clientMsgId)).toEqual(["old2"]);
   });
 });

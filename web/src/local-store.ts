@@ -49,35 +49,71 @@ export const sessionStore = {
   changedBy: (key: string | null): boolean => key === null || key === SESSION_KEY,
 };
 
-/** The unacknowledged messages of one user on one server. */
+/**
+ * The unacknowledged messages of one user on one server, one localStorage item each: tabs write
+ * their own items, never a list another tab may be rewriting at the same moment (a read-modify-write
+ * of one list could drop a message another tab just added).
+ */
 export class Outbox {
-  private readonly key: string;
+  /** Where earlier versions kept the whole list, under one key. */
+  private readonly listKey: string;
+  private readonly prefix: string;
 
   constructor(server: string, userId: string) {
-    this.key = `switchboard:outbox:${server}:${userId}`;
+    this.listKey = `switchboard:outbox:${server}:${userId}`;
+    this.prefix = `${this.listKey}:`;
   }
 
+  /** Every message, oldest written first. */
   entries(): OutboxEntry[] {
-    return readJson<OutboxEntry[]>(this.key) ?? [];
+    this.takeInList();
+    return this.keys()
+      .map((key) => readJson<OutboxEntry>(key))
+      .filter((e): e is OutboxEntry => isEntry(e))
+      .sort((a, b) => a.createdAtMs - b.createdAtMs);
   }
 
   add(entry: OutboxEntry): void {
-    this.write([...this.entries().filter((e) => e.clientMsgId !== entry.clientMsgId), entry]);
+    localStorage.setItem(this.prefix + entry.clientMsgId, JSON.stringify(entry));
   }
 
   remove(clientMsgId: string): void {
-    this.write(this.entries().filter((e) => e.clientMsgId !== clientMsgId));
+    localStorage.removeItem(this.prefix + clientMsgId);
   }
 
   /** Forgets every message (the user signed out: their bodies do not stay on the device). */
   clear(): void {
-    localStorage.removeItem(this.key);
+    localStorage.removeItem(this.listKey);
+    for (const key of this.keys()) localStorage.removeItem(key);
   }
 
-  private write(entries: OutboxEntry[]): void {
-    if (entries.length === 0) localStorage.removeItem(this.key);
-    else localStorage.setItem(this.key, JSON.stringify(entries));
+  private keys(): string[] {
+    const keys: string[] = [];
+    for (let i = 0; i < localStorage.length; i++) {
+      const key = localStorage.key(i);
+      if (key?.startsWith(this.prefix)) keys.push(key);
+    }
+    return keys;
   }
+
+  /** Moves a list an earlier version stored into items of their own. */
+  private takeInList(): void {
+    const list = readJson<unknown>(this.listKey);
+    if (list === undefined) return;
+    if (Array.isArray(list)) for (const e of list) if (isEntry(e)) this.add(e);
+    localStorage.removeItem(this.listKey);
+  }
+}
+
+function isEntry(e: unknown): e is OutboxEntry {
+  if (typeof e !== "object" || e === null) return false;
+  const { conversationId, clientMsgId, body, createdAtMs } = e as Partial<OutboxEntry>;
+  return (
+    typeof conversationId === "string" &&
+    typeof clientMsgId === "string" &&
+    typeof body === "string" &&
+    typeof createdAtMs === "number"
+  );
 }
 
 /**
