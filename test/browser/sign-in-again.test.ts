@@ -35,9 +35,9 @@ afterAll(async () => {
 });
 
 /** A token with alice's claims that the server did not sign: the page takes it, the server refuses it. */
-function forgedToken(user: string): string {
+function forgedToken(user: string, exp = Math.floor(Date.now() / 1000) + 3600): string {
   const part = (o: object) => Buffer.from(JSON.stringify(o)).toString("base64url");
-  return `${part({ alg: "HS256", typ: "JWT" })}.${part({ sub: user, exp: Math.floor(Date.now() / 1000) + 3600 })}.AAAA`;
+  return `${part({ alg: "HS256", typ: "JWT" })}.${part({ sub: user, exp })}.AAAA`;
 }
 
 describe("signing in again after a refused sign-in", () => {
@@ -81,8 +81,7 @@ describe("signing in again after a refused sign-in", () => {
     const client = watchPage(page, "alice");
     clients.push(client);
     await page.goto(`${server.httpUrl}/`);
-    const part = (o: object) => Buffer.from(JSON.stringify(o)).toString("base64url");
-    const expired = `${part({ alg: "HS256" })}.${part({ sub: "alice", exp: 1 })}.AAAA`;
+    const expired = forgedToken("alice", 1);
     await page.evaluate(
       ([server, token]) =>
         localStorage.setItem(
