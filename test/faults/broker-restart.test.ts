@@ -300,6 +300,7 @@ async function scenario(target: ServerName, fault: Fault): Promise<void> {
     let lateConnectMs = -1;
     let newDirect: Promise<void> | undefined;
     let newDirectAnswer: { ms: number; reply: string } | undefined;
+    let newDirectStored = 0;
     // And the process stays ready meanwhile (its /readyz does not follow Kafka), or a load balancer
     // would send those clients nowhere: /readyz's answers during the outage, by status.
     let readiness: Promise<void> | undefined;
@@ -364,6 +365,8 @@ async function scenario(target: ServerName, fault: Fault): Promise<void> {
                   );
                 await sleep(1_000);
               }
+              const rows = await fullHistory(raw, directConversationId(alice, `rs-dave-${tag}`));
+              newDirectStored = rows.filter((r) => r.clientMsgId === `${tag}-new-dm`).length;
             } finally {
               raw.close();
             }
@@ -466,6 +469,7 @@ async function scenario(target: ServerName, fault: Fault): Promise<void> {
       const what = "first send to a new direct conversation during the freeze";
       expect(newDirectAnswer?.reply, what).toBe("LOG_UNAVAILABLE");
       expect(newDirectAnswer?.ms, what).toBeLessThan(10_000 + 2_500);
+      expect(newDirectStored, `${what}: stored once, resent after the freeze`).toBe(1);
     }
 
     // Every send was acknowledged (outages must surface as retryable errors, never as a rejection).

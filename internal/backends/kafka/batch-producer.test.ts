@@ -213,4 +213,47 @@ describe("BatchProducer: a bounded queue", () => {
     void full.send("other", record("waiting"));
     await expect(fullLog.append(draft("2"))).rejects.toMatchObject({ reason: "LOG_UNAVAILABLE" });
   });
+
+  it("an append, and a membership announcement, whose record is in a request Kafka never answers: LOG_UNAVAILABLE at the deadline, not when kafkajs gives up", async () => {
+    const kafka = heldKafka();
+    const producer = new BatchProducer(kafka.newProducer, { log });
+    const messageLog = new KafkaMessageLog({
+      kafka: {} as never,
+      producer,
+      draftsTopic: "drafts",
+      sequencedTopic: undefined,
+      repliesTopic: "replies",
+      groupPrefix: "",
+      pending: new Map(),
+      sequenced: { store: {} as never, messages: {} as never },
+      appendTimeoutMs: 50,
+      draftBytesMax: 1_000_000,
+      log,
+    });
+    const startedAt = Date.now();
+    const appended = messageLog
+      .append({
+        conversationId: "g:1",
+        messageId: "1",
+        sender: "ann",
+        clientMsgId: "c1",
+        body: "in a request",
+        createdAtMs: Date.now(),
+      })
+      .catch((err: unknown) => err);
+    await tick();
+    expect(kafka.requests.length).toBe(1); // the draft is in the request, which is never answered
+    expect(await appended).toMatchObject({ reason: "LOG_UNAVAILABLE" });
+    expect(String(((await appended) as Error).message)).toContain("it may still take it");
+    expect(Date.now() - startedAt).toBeLessThan(1_000);
+
+    // An announcement queued behind that request: answered at the deadline too, and still sent
+    // once Kafka answers (withdrawn, the stored change would be left unannounced).
+    const announced = messageLog.announceMembershipChange("g:2").catch((err: unknown) => err);
+    expect(await announced).toMatchObject({ reason: "LOG_UNAVAILABLE" });
+    kafka.requests[0]!.answer();
+    await tick();
+    await tick();
+    expect(kafka.requests.length).toBe(2);
+  });
 });

@@ -205,29 +205,26 @@ export class KafkaMessageLog implements MessageLog {
    * addresses every later message to the new member list. Resolves when Kafka has it (acks=all).
    */
   async announceMembershipChange(conversationId: string): Promise<void> {
-    // Within appendTimeoutMs like an append: a stalled Kafka must not hold the change's caller (a
-    // first send to a new direct conversation, and every send of its connection behind it) for as
-    // long as kafkajs retries. An announcement given up on may still be written: a retried change
-    // announces again, and a second announcement changes nothing.
-    const withdrawal = new Withdrawal();
+    // Its caller waits appendTimeoutMs at most, like an append's: a stalled Kafka must not hold the
+    // change's caller (a first send to a new direct conversation, and every send of its connection
+    // behind it) for as long as kafkajs retries. The record itself is not withdrawn: sent late, it
+    // still binds the change at its place in the partition, where an announcement never sent
+    // would leave the stored change unannounced (the sequencer's member lists wrong for minutes,
+    // seq-audience.ts) unless the caller retried; and a second announcement changes nothing.
     let timer: NodeJS.Timeout | undefined;
     const late = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => {
-        withdrawal.withdraw();
-        reject(new Error(`not acknowledged within ${this.o.appendTimeoutMs} ms`));
-      }, this.o.appendTimeoutMs);
+      timer = setTimeout(
+        () => reject(new Error(`not acknowledged within ${this.o.appendTimeoutMs} ms`)),
+        this.o.appendTimeoutMs,
+      );
     });
-    const produced = this.o.producer.send(
-      this.o.draftsTopic,
-      {
-        key: conversationId,
-        value: Buffer.alloc(0),
-        headers: { [RECORD_KIND_HEADER]: MEMBERSHIP_KIND },
-        // After the change was stored: the sequencer bounds the changes stored up to this time (ADR 0012).
-        timestamp: String(Date.now()),
-      },
-      { withdrawal },
-    );
+    const produced = this.o.producer.send(this.o.draftsTopic, {
+      key: conversationId,
+      value: Buffer.alloc(0),
+      headers: { [RECORD_KIND_HEADER]: MEMBERSHIP_KIND },
+      // After the change was stored: the sequencer bounds the changes stored up to this time (ADR 0012).
+      timestamp: String(Date.now()),
+    });
     produced.catch(() => undefined); // past the deadline, nobody waits for it
     try {
       await Promise.race([produced, late]);
