@@ -182,8 +182,15 @@ export class ChatApp {
   ) {
     this.typing = new TypingWatcher(() => this.onChange());
     this.typingSender = new TypingSender((id, typing) => client.typing(id, typing));
+    // Only on a connection that is open: one waiting for the next connection could go out on a
+    // server restored meanwhile (another data set), where its seq names another message. Refused
+    // here, it is sent again after the next sync, unless the data set changed (receipts.forget).
     this.receipts = new ReceiptSender((kind, id, seq) =>
-      kind === "read" ? client.markRead(id, seq) : client.markDelivered(id, seq),
+      client.state !== "open"
+        ? Promise.reject(new Error("not connected"))
+        : kind === "read"
+          ? client.markRead(id, seq)
+          : client.markDelivered(id, seq),
     );
     client.on("connected", () => this.setStatus("catching-up"));
     client.on("synced", () => {
@@ -647,7 +654,14 @@ export class ChatApp {
                 : err instanceof Error
                   ? err.message
                   : String(err);
-          Object.assign(outgoing, { failure });
+          // Given up unanswered a day after it was written (SEND_EXPIRED), it stays at the bottom,
+          // where it is seen; refused by the server, where it was written.
+          Object.assign(
+            outgoing,
+            reason === LocalReason.SEND_EXPIRED
+              ? { failure }
+              : { failure, refusedAfterSeq: conversation.lastSeq },
+          );
           this.onChange();
         },
       );

@@ -134,16 +134,20 @@ export function wireChat(app: ChatApp, push: WebPush, signal: AbortSignal): void
     if (
       unsent > 0 &&
       !confirm(
-        `${unsent === 1 ? "1 message is" : `${unsent} messages are`} not sent yet, and will be lost. Sign out anyway?`,
+        `${unsent === 1 ? "1 message is" : `${unsent} messages are`} not sent yet: signing out stops sending them, and those not out by then are lost. Sign out anyway?`,
       )
     )
       return;
     app.discardOutbox();
     sessionStore.clear();
-    void push
+    // Web Push is turned off through the server first (it needs the connection), then the client
+    // closes; the page reloads into the sign-in form whatever failed on the way.
+    push
       .signOut()
+      .catch(() => undefined)
       .then(() => app.client.close())
-      .then(() => location.reload());
+      .catch(() => undefined)
+      .finally(() => location.reload());
   });
   // Nothing tells a user they were added to a group until its first message, nor that their role or
   // a group's settings changed: look again (the list, the open group's roster) whenever they come

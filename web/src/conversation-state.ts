@@ -11,6 +11,11 @@ export interface OutgoingMessage {
   createdAtMs: number;
   /** Why the send was given up (a non-retryable refusal); undefined while it is still being tried. */
   failure?: string;
+  /**
+   * A send the server refused: the conversation's newest seq when the refusal came, so that it
+   * shows where it was written, among the messages of its time (not under newer ones).
+   */
+  refusedAfterSeq?: number;
 }
 
 export type DeliveryState = "queued" | "sending" | "failed" | "sent" | "delivered" | "read";
@@ -251,7 +256,6 @@ export function titleOf(c: ConversationState, me: string): string {
   return peerOf(c.id, me);
 }
 
-/** Adds a message unless it is known already (sync, history and live may all bring it); true if new. */
 /**
  * Drops what the conversation holds of the server's data, keyed by seqs and versions the server may
  * hand out again (its data was restored from a backup): the history is loaded again on the next
@@ -268,6 +272,7 @@ export function forgetServerData(c: ConversationState): void {
   c.version = 0;
 }
 
+/** Adds a message unless it is known already (sync, history and live may all bring it); true if new. */
 export function addMessage(c: ConversationState, m: ChatMessage): boolean {
   const list = c.messages;
   let i = list.length;

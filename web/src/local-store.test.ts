@@ -100,14 +100,20 @@ describe("Outbox", () => {
     tab2.add(entry("c", 3));
     expect(tab1.entries().map((e) => e.clientMsgId)).toEqual(["a", "c"]);
     expect([...storage.items.keys()].sort()).toEqual([
-      "switchboard:outbox:https://chat:alice:a",
-      "switchboard:outbox:https://chat:alice:c",
+      "switchboard:outbox:https://chat:alice|a",
+      "switchboard:outbox:https://chat:alice|c",
     ]);
-    // Another user's is apart, and clearing one user's leaves it.
-    const bob = new Outbox("https://chat", "bob");
-    bob.add(entry("x", 1));
+    // Another user's is apart, also one whose id begins with this one's, and clearing one user's
+    // leaves theirs.
+    const others = [new Outbox("https://chat", "bob"), new Outbox("https://chat", "alice:work")];
+    for (const other of others) other.add(entry("x", 1));
+    expect(tab1.entries().map((e) => e.clientMsgId)).toEqual(["a", "c"]);
     tab2.clear();
-    expect([tab1.entries(), bob.entries().map((e) => e.clientMsgId)]).toEqual([[], ["x"]]);
+    expect([tab1.entries(), ...others.map((o) => o.entries().map((e) => e.clientMsgId))]).toEqual([
+      [],
+      ["x"],
+      ["x"],
+    ]);
   });
 
   it("takes in the list an earlier version stored, and ignores what is not a message", () => {

@@ -61,7 +61,8 @@ export class Outbox {
 
   constructor(server: string, userId: string) {
     this.listKey = `switchboard:outbox:${server}:${userId}`;
-    this.prefix = `${this.listKey}:`;
+    // "|" is in neither a user id nor an origin: user alice's prefix is not the start of alice:x's.
+    this.prefix = `${this.listKey}|`;
   }
 
   /** Every message, oldest written first. */

@@ -47,6 +47,14 @@ export async function openChat(
       ...(credentials.tokenUrl === undefined ? {} : { tokenUrl: credentials.tokenUrl }),
       ...(confirmed ? { confirmed: true as const } : {}),
     });
+  // A remembered session reopened here: unless it was signed out of (or another user signed in) in
+  // another tab while this one was getting ready; this tab then follows that, as below.
+  const ours = (stored: StoredSession | undefined) =>
+    stored?.userId === credentials.userId && stored.server === server;
+  if (resumed && !ours(sessionStore.load())) {
+    location.reload();
+    return;
+  }
   remember();
   // Where this device left off: the inbox cursor and the large groups' positions (tabs of one
   // browser share them; each value keeps the highest any tab processed).
@@ -64,19 +72,19 @@ export async function openChat(
   // A renewed dev token is remembered too; but not over a sign-out, or another user's sign-in, in
   // another tab (this tab is then on its way to follow it, below).
   client.on("connected", () => {
-    const stored = sessionStore.load();
-    if (stored?.userId === credentials.userId && stored.server === server) remember();
+    if (ours(sessionStore.load())) remember();
   });
   // Signed out, or signed in as someone else, in another tab of this browser: this one follows, by
   // reloading into what is stored now (the sign-in form, or the other session).
   window.addEventListener(
     "storage",
     (event) => {
-      if (!sessionStore.changedBy(event.key)) return;
-      const stored = sessionStore.load();
-      if (stored?.userId === credentials.userId && stored.server === server) return; // a renewed token
+      if (!sessionStore.changedBy(event.key) || ours(sessionStore.load())) return; // a renewed token
       wired.abort();
-      void client.close().finally(() => location.reload());
+      client
+        .close()
+        .catch(() => undefined) // going away all the same
+        .finally(() => location.reload());
     },
     { signal: wired.signal },
   );

@@ -16,6 +16,8 @@ export class ReceiptSender {
   private readonly failed = new Map<string, Receipt>();
   private readonly sent = new Map<string, number>();
   private flushTimer: ReturnType<typeof setTimeout> | undefined;
+  /** Counts forget()s: the outcome of a receipt sent before the last one concerns data gone. */
+  private generation = 0;
 
   constructor(
     private readonly send: (kind: Kind, conversationId: string, seq: number) => Promise<void>,
@@ -34,6 +36,7 @@ export class ReceiptSender {
    * watermarks may be lower than what was sent, and seqs at or below them are new messages.
    */
   forget(): void {
+    this.generation++;
     clearTimeout(this.flushTimer);
     this.flushTimer = undefined;
     this.due.clear();
@@ -50,10 +53,12 @@ export class ReceiptSender {
 
   private flush(): void {
     this.flushTimer = undefined;
+    const generation = this.generation;
     for (const [key, r] of this.due) {
       const before = this.sent.get(key) ?? 0;
       this.sent.set(key, Math.max(before, r.seq));
       this.send(r.kind, r.conversationId, r.seq).catch(() => {
+        if (generation !== this.generation) return; // of data forgotten since: not to send again
         if (this.sent.get(key) === r.seq) this.sent.set(key, before);
         if (r.seq > (this.failed.get(key)?.seq ?? 0)) this.failed.set(key, r);
       });

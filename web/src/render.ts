@@ -325,6 +325,8 @@ interface MessageView {
   sender: string;
   body: string;
   atMs: number;
+  /** The acknowledged message's seq; undefined for one not acknowledged. */
+  seq: number | undefined;
   state: DeliveryState | undefined;
   failure: string | undefined;
   attrs: Record<string, string>;
@@ -350,22 +352,26 @@ function renderMessages(app: ChatApp, c: ConversationState): void {
       sender: m.sender,
       body: m.body,
       atMs: m.createdAtMs,
+      seq: m.seq,
       state: mine ? deliveryStateOf(c, m, app.me) : undefined,
       failure: undefined,
       attrs: { "data-seq": String(m.seq), "data-client-msg-id": m.clientMsgId },
     };
   });
   for (const o of c.outgoing) {
-    // One that failed stays where it was written, among the messages of its time; one being sent
-    // is the newest until its ack places it by seq.
+    // One the server refused stays where it was written, after the messages it came after (by
+    // seq: the server's order, not a comparison of two clocks); one being sent, or kept for later
+    // or given up unanswered, is the newest until an ack places it by seq.
     let at = views.length;
-    if (o.failure) while (at > 0 && views[at - 1]!.atMs > o.createdAtMs) at--;
+    const after = o.refusedAfterSeq;
+    if (after !== undefined) while (at > 0 && (views[at - 1]!.seq ?? Number.POSITIVE_INFINITY) > after) at--;
     views.splice(at, 0, {
       key: messageKey(app.me, o.clientMsgId, 0),
       mine: true,
       sender: app.me,
       body: o.body,
       atMs: o.createdAtMs,
+      seq: undefined,
       state: o.failure ? "failed" : offline ? "queued" : "sending",
       // Why it was not sent, under the message it concerns.
       failure: o.failure,

@@ -12,7 +12,14 @@ import { byId } from "./dom.js";
 import { inputValue, USER_ID } from "./form-input.js";
 import { type StoredSession, sessionStore } from "./local-store.js";
 import { openChat } from "./open-chat.js";
-import { type Credentials, devTokenUrl, fetchedToken, normalizeServer, pastedToken } from "./sign-in.js";
+import {
+  type Credentials,
+  devTokenUrl,
+  fetchedToken,
+  normalizeServer,
+  pastedToken,
+  TokenNotUsable,
+} from "./sign-in.js";
 
 function showSignInError(message: string): void {
   byId("sign-in-error").textContent = message;
@@ -64,13 +71,12 @@ export function wireSignIn(): void {
       try {
         signedIn = await credentials();
       } catch (err) {
-        // A remembered session whose token is no good any more (a pasted one expired): it is not
-        // one to open again on the next load either.
-        if (options.resumed === undefined) throw err;
+        // A remembered session whose token will never do (a pasted one expired, the token URL
+        // refused the user) is not one to open again on the next load either. One whose token
+        // could not be fetched now (the server down) stays: the next load tries again.
+        if (options.resumed === undefined || !(err instanceof TokenNotUsable)) throw err;
         sessionStore.clear();
-        throw new Error(
-          `Your session ended (${err instanceof Error ? err.message : String(err)}): sign in again.`,
-        );
+        throw new Error(`Your session ended (${err.message}): sign in again.`);
       }
       await openChat(signedIn, server, options.resumed, options.confirmed === true);
     } catch (err) {

@@ -1,5 +1,5 @@
-import { describe, expect, it } from "vitest";
-import { devTokenUrl, expiresAtMs, pastedToken } from "./sign-in.js";
+import { afterEach, describe, expect, it, vi } from "vitest";
+import { devTokenUrl, expiresAtMs, fetchedToken, pastedToken, TokenNotUsable } from "./sign-in.js";
 
 /** An unsigned JWT with these claims: the client only reads claims, the server verifies. */
 function jwt(claims: Record<string, unknown>): string {
@@ -21,6 +21,31 @@ describe("sign-in tokens", () => {
     // Three parts, but not a payload of claims: said in the user's words, not atob's or JSON's.
     for (const token of ["a.b.c", `x.${btoa("[1]")}.y`, `x.${btoa("{oops")}.y`, "a.b.c.d"])
       expect(() => pastedToken(token)).toThrow(/^that is not a JWT/);
+    // Each of these will never do: a remembered session holding one is forgotten.
+    for (const token of ["a.b.c", jwt({ sub: "alice", exp: 1 }), jwt({ exp: inAnHour })])
+      expect(() => pastedToken(token)).toThrow(TokenNotUsable);
+  });
+
+  afterEach(() => {
+    vi.unstubAllGlobals();
+  });
+
+  it("tells a token URL's refusal of the user (for good) from a failure that may pass", async () => {
+    vi.stubGlobal("location", { href: "https://chat.example/" });
+    const answer = (status: number) =>
+      vi.stubGlobal("fetch", async () => new Response(JSON.stringify({}), { status }));
+    answer(401);
+    await expect(fetchedToken("backend", "https://chat.example/token")).rejects.toThrow(TokenNotUsable);
+    answer(503);
+    const passing = await fetchedToken("backend", "https://chat.example/token").catch((e: unknown) => e);
+    expect(passing).toBeInstanceOf(Error);
+    expect(passing).not.toBeInstanceOf(TokenNotUsable);
+    vi.stubGlobal("fetch", async () => {
+      throw new TypeError("Failed to fetch");
+    });
+    const unreachable = await fetchedToken("dev", "https://chat.example/token").catch((e: unknown) => e);
+    expect(unreachable).not.toBeInstanceOf(TokenNotUsable);
+    expect(String(unreachable)).toContain("could not reach https://chat.example for a token");
   });
 
   it("asks the gateway for a dev token of an escaped user id", () => {

@@ -52,11 +52,25 @@ export function expiresAtMs(token: string): number {
   return typeof exp === "number" ? exp * 1000 : Number.POSITIVE_INFINITY;
 }
 
+/**
+ * A token that will never do (malformed, without a user, expired), or a token URL that refused the
+ * user (401, 403): unlike a server out of reach, a reason to forget a remembered session.
+ */
+export class TokenNotUsable extends Error {
+  override name = "TokenNotUsable";
+}
+
 export function pastedToken(token: string): Credentials {
   const trimmed = token.trim();
-  const { sub } = unverifiedClaims(trimmed);
-  if (typeof sub !== "string" || sub === "") throw new Error("the token has no user id (sub claim)");
-  if (expiresAtMs(trimmed) <= Date.now()) throw new Error("the token has expired");
+  let claims: ReturnType<typeof unverifiedClaims>;
+  try {
+    claims = unverifiedClaims(trimmed);
+  } catch (err) {
+    throw new TokenNotUsable(err instanceof Error ? err.message : String(err));
+  }
+  const { sub } = claims;
+  if (typeof sub !== "string" || sub === "") throw new TokenNotUsable("the token has no user id (sub claim)");
+  if (expiresAtMs(trimmed) <= Date.now()) throw new TokenNotUsable("the token has expired");
   return { userId: sub, token: trimmed, source: "pasted", current: () => trimmed };
 }
 
@@ -86,8 +100,11 @@ export async function fetchedToken(
       );
     });
     const body = (await res.json().catch(() => ({}))) as { token?: string; error?: string };
-    if (!res.ok || !body.token)
-      throw new Error(body.error ?? `no token from ${tokenUrl} (HTTP ${res.status})`);
+    if (!res.ok || !body.token) {
+      const why = body.error ?? `no token from ${tokenUrl} (HTTP ${res.status})`;
+      // Refused (not signed in there, or not allowed): for good. Any other failure may pass.
+      throw res.status === 401 || res.status === 403 ? new TokenNotUsable(why) : new Error(why);
+    }
     onRenewed(body.token);
     return body.token;
   };
