@@ -153,6 +153,22 @@ const authRequired = () =>
 /** Re-reads of an inbox page that is empty though a live event past it arrived (see pageUpTo). */
 const EMPTY_READS_RETRIED = 3;
 
+/**
+ * The close code `ws` closes a connection with after a frame it refused (its errors' `code`), or
+ * undefined for another error: 1009 a frame over gateway.frameBytesMax, 1007 text that is not UTF-8,
+ * 1002 a frame that breaks RFC 6455.
+ */
+function wsCloseCode(err: Error): number | undefined {
+  const code = (err as { code?: unknown }).code;
+  if (typeof code !== "string" || !code.startsWith("WS_ERR_")) return undefined;
+  if (code === "WS_ERR_UNSUPPORTED_MESSAGE_LENGTH") return 1009;
+  if (code === "WS_ERR_INVALID_UTF8") return 1007;
+  return 1002;
+}
+
+/** Ends a request chain's link without its value (see presenceOrder, listingOrder). */
+const settled = (): undefined => undefined;
+
 export class Connection {
   readonly sessionId: string;
   identity: Identity | undefined;
@@ -247,7 +263,12 @@ export class Connection {
     this.sends = new TokenBucket(g.sendsPerSecond, g.sendBurst);
     socket.on("message", (data, isBinary) => this.onMessage(data as Buffer, isBinary));
     socket.on("close", () => this.onClosed());
-    socket.on("error", (err) => ctx.log.debug("gateway: socket error", { sessionId, err }));
+    socket.on("error", (err) => {
+      // A frame the WebSocket layer refused: it closes the connection itself, with this code.
+      const refused = wsCloseCode(err);
+      if (refused !== undefined) ctx.metrics.closesTotal.inc({ code: String(refused) });
+      ctx.log.debug("gateway: socket error", { sessionId, err });
+    });
   }
 
   get userId(): string {
@@ -795,7 +816,7 @@ export class Connection {
   /** Runs `run` after the connection's earlier presence requests (see presenceOrder). */
   private inPresenceOrder<T>(run: () => Promise<T>): Promise<T> {
     const turn = this.presenceOrder.then(run);
-    this.presenceOrder = turn.catch(() => undefined);
+    this.presenceOrder = turn.then(settled, settled); // holds no reply: the chain outlives it
     return turn;
   }
 
@@ -808,7 +829,8 @@ export class Connection {
       throw errors.exhausted("RATE_LIMITED", "too many listings unanswered; wait for their replies", 1_000);
     this.listingsUnanswered++;
     const turn = this.listingOrder.then(() => this.ctx.listings.run(answer));
-    this.listingOrder = turn.catch(() => undefined);
+    // Not the reply itself: a connection would keep its last listing (up to 5,000 members) alive.
+    this.listingOrder = turn.then(settled, settled);
     return turn.finally(() => {
       this.listingsUnanswered--;
     });

@@ -373,6 +373,8 @@ export class Gateway {
     this.userPresenceSubscribes.forgetRefilled(gone);
     for (const ws of this.wss.clients) {
       if (!this.alive.has(ws)) {
+        // No pong since the last ping: dropped without a close frame (the client sees 1006).
+        this.options.metrics.closesTotal.inc({ code: "1006" });
         ws.terminate();
         continue;
       }

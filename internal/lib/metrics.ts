@@ -373,7 +373,7 @@ export function createMetrics(role = "all") {
     }),
     closesTotal: new Counter({
       name: "switchboard_gateway_closes_total",
-      help: "Connections closed by the server, by close code.",
+      help: "Connections closed by the server, by close code: the codes of docs/protocol.md §7, 1009/1007/1002 for a frame the WebSocket layer refused (too large, not UTF-8, not RFC 6455), and 1006 for a connection dropped without a close frame after it answered no ping (a dead peer, or a client that stopped reading).",
       labelNames: ["code"],
       registers: r,
     }),

@@ -61,4 +61,26 @@ describe("collapse windows", () => {
     expect(summaries).toEqual(["a:a2", "c:c2"]);
     expect(small.holding).toBe(0);
   });
+
+  it("forgets windows that ended with nothing held, with or without later notifications", () => {
+    vi.useFakeTimers({ now: 0 });
+    try {
+      const windows = new CollapseWindows<string>(10_000, () => undefined);
+      for (let i = 0; i < 1_000; i++) windows.admit(`quiet ${i}`, "m", 0); // each notified once
+      windows.admit("busy", "m1", 0);
+      windows.admit("busy", "m2", 1_000); // held: its summary is due at 10 s
+      expect(windows.size).toBe(1_001);
+      // No notification at all after them: the sweep forgets the quiet ones once their window ends.
+      vi.advanceTimersByTime(10_000);
+      expect(windows.size).toBe(1); // busy's summary opened its next window
+      vi.advanceTimersByTime(20_000);
+      expect(windows.size).toBe(0);
+      // A notification after a quiet spell also sweeps what ended before it.
+      windows.admit("x", "m", 30_000);
+      windows.admit("y", "m", 45_000);
+      expect(windows.size).toBe(1);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
 });

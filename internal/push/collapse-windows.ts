@@ -17,7 +17,13 @@ interface Window<N> {
 }
 
 export class CollapseWindows<N> {
+  /**
+   * In the order the windows opened (a window that opens again is deleted and set anew), so the
+   * first ones are the oldest: the sweep stops at the first still open.
+   */
   private readonly windows = new Map<string, Window<N>>();
+  /** Sweeps the windows that ended, while there are any: one timer, not one per window. */
+  private sweeper: NodeJS.Timeout | undefined;
 
   constructor(
     private readonly windowMs: number,
@@ -29,6 +35,7 @@ export class CollapseWindows<N> {
   /** True: notify now. False: held for the window's summary. */
   admit(key: string, notification: N, nowMs = Date.now()): boolean {
     if (this.windowMs <= 0) return true;
+    this.sweep(nowMs);
     let open = this.windows.get(key);
     // Past its end but its timer has not run yet (a busy event loop): it closes now, its burst's
     // summary goes out first and opens the next window, as the timer would have done.
@@ -50,7 +57,29 @@ export class CollapseWindows<N> {
     }
     if (this.windows.size >= this.keysMax) this.evictOldest();
     this.windows.set(key, { openedAtMs: nowMs, held: undefined, timer: undefined });
+    this.sweeper ??= setInterval(() => this.sweep(Date.now()), this.windowMs).unref();
     return true;
+  }
+
+  /** Windows tracked (open or holding a burst). */
+  get size(): number {
+    return this.windows.size;
+  }
+
+  /**
+   * Forgets the windows that ended with nothing held: a conversation notified once and quiet since
+   * would otherwise stay until the cap (100,000 keys, ~20 MB) evicted it. One holding a burst has
+   * its timer, which sends the summary.
+   */
+  private sweep(nowMs: number): void {
+    for (const [key, window] of this.windows) {
+      if (nowMs - window.openedAtMs < this.windowMs) break;
+      if (!window.held) this.windows.delete(key);
+    }
+    if (this.windows.size === 0) {
+      clearInterval(this.sweeper);
+      this.sweeper = undefined;
+    }
   }
 
   /** Windows with held messages (their summaries are due). */
@@ -64,6 +93,8 @@ export class CollapseWindows<N> {
   flushAll(): void {
     for (const key of [...this.windows.keys()]) this.close(key, Date.now(), false);
     this.windows.clear();
+    clearInterval(this.sweeper);
+    this.sweeper = undefined;
   }
 
   /** Ends the window: a held burst is summarised, and (`reopen`) the summary opens the next window at `nowMs`. */

@@ -11,6 +11,7 @@ import WebSocket from "ws";
 import { ClientFrameSchema, type ServerFrame } from "../../gen/switchboard/client/v1/client_pb.js";
 import { USER_ID_CHARS_MAX } from "../../internal/lib/auth.js";
 import { Code } from "../../internal/lib/errors.js";
+import { firstSampleOf, scrape } from "../helpers/metrics.js";
 import { expectCase, RawClient } from "../helpers/raw-client.js";
 import { devToken, type ServerProcess, startServer } from "../helpers/server.js";
 
@@ -136,11 +137,15 @@ describe("message and frame limits", () => {
     c.close();
   });
 
-  it("closes a connection that sends a frame over the configured size with 1009", async () => {
+  it("closes a connection that sends a frame over the configured size with 1009, and counts it", async () => {
+    const counted = async () =>
+      firstSampleOf(await scrape(server.httpUrl), "switchboard_gateway_closes_total", 'code="1009"') ?? 0;
+    const before = await counted();
     const c = await connect(user("huge"));
     c.ws.send(Buffer.alloc(welcomeOf(c).limits!.frameBytesMax + 1, 0x61));
     expect(await c.closed).toBe(1009);
     await bystanderSend();
+    expect(await counted()).toBe(before + 1);
   });
 
   it("takes a message in 16,384 fragments, and closes one in more with 1008", async () => {
