@@ -148,6 +148,27 @@ describe("message and frame limits", () => {
     expect(await counted()).toBe(before + 1);
   });
 
+  it("drops a connection that answers no ping (1006 to the client), and counts it", async () => {
+    // A server of its own: a 1 s ping interval would be unkind to this file's other clients.
+    const pinging = await startServer({ env: { SWITCHBOARD_GATEWAY_PING_INTERVAL_MS: "1000" } });
+    try {
+      const counted = async () =>
+        firstSampleOf(await scrape(pinging.httpUrl), "switchboard_gateway_closes_total", 'code="1006"') ?? 0;
+      const before = await counted();
+      const token = await devToken(pinging.dataDir, user("deaf"));
+      const deaf = new WebSocket(pinging.url, {
+        headers: { authorization: `Bearer ${token}` },
+        autoPong: false,
+      });
+      const closed = new Promise<number>((resolve) => deaf.on("close", (code) => resolve(code)));
+      // Dropped after the ping it did not answer, at the next one: within about two intervals.
+      expect(await closed).toBe(1006);
+      expect(await counted()).toBe(before + 1);
+    } finally {
+      await pinging.dispose();
+    }
+  });
+
   it("takes a message in 16,384 fragments, and closes one in more with 1008", async () => {
     const c = await connect(user("fragments"));
     // A heartbeat split into 16,384 fragments (spaces are JSON whitespace): answered.
