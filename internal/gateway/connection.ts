@@ -32,6 +32,7 @@ import {
 import { atTime, type TimerHandle } from "../lib/at-time.js";
 import { type Identity, isValidUserId } from "../lib/auth.js";
 import { errors, forClients, SwitchboardError } from "../lib/errors.js";
+import { inTime } from "../lib/in-time.js";
 import type { Limiter } from "../lib/limiter.js";
 import { inSpan, type Span, SpanKind, tracing } from "../lib/tracing.js";
 import { WATCHES_PER_SESSION_MAX } from "../presence/index.js";
@@ -883,27 +884,21 @@ export class Connection {
    * is refused DEADLINE_EXCEEDED (nothing subscribed) and the check told to stop, so that one slow
    * check holds the connection's later presence requests back no longer.
    */
-  private async firstStrangerInTime(others: string[]): Promise<string | undefined> {
+  private firstStrangerInTime(others: string[]): Promise<string | undefined> {
     const abort = new AbortController();
-    let timer: NodeJS.Timeout | undefined;
-    const late = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => {
+    return inTime(
+      this.ctx.firstStranger(this.userId, others, abort.signal),
+      PRESENCE_CHECK_DEADLINE_MS,
+      () => {
         abort.abort();
-        reject(
-          new SwitchboardError(
-            Code.DEADLINE_EXCEEDED,
-            "DEADLINE_EXCEEDED",
-            `the contact check took longer than ${PRESENCE_CHECK_DEADLINE_MS / 1000} s; nothing was subscribed`,
-            { retryAfterMs: 1_000 },
-          ),
+        return new SwitchboardError(
+          Code.DEADLINE_EXCEEDED,
+          "DEADLINE_EXCEEDED",
+          `the contact check took longer than ${PRESENCE_CHECK_DEADLINE_MS / 1000} s; nothing was subscribed`,
+          { retryAfterMs: 1_000 },
         );
-      }, PRESENCE_CHECK_DEADLINE_MS);
-    });
-    try {
-      return await Promise.race([this.ctx.firstStranger(this.userId, others, abort.signal), late]);
-    } finally {
-      clearTimeout(timer);
-    }
+      },
+    );
   }
 
   /**

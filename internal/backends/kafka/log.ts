@@ -9,6 +9,7 @@
 import { randomInt, randomUUID } from "node:crypto";
 import type { Admin, Consumer, Kafka } from "kafkajs";
 import { errors, invariantViolated, SwitchboardError } from "../../lib/errors.js";
+import { inTime } from "../../lib/in-time.js";
 import type { Logger } from "../../lib/log.js";
 import { activeCarrier, tracing } from "../../lib/tracing.js";
 import type {
@@ -148,8 +149,8 @@ export class KafkaMessageLog implements MessageLog {
       // Not past the deadline, either: a draft already in a request to a broker that stopped
       // answering waits for kafkajs's retries (minutes), while its sender must hear within
       // appendTimeoutMs. Its outcome is then unknown (LOG_UNAVAILABLE: a resend with the same
-      // client_msg_id is answered as a duplicate if it was stored after all).
-      produced.catch(() => undefined);
+      // client_msg_id is answered as a duplicate if it was stored after all). The race listens to
+      // the produce: its failure after the deadline is handled, and dropped.
       await Promise.race([produced, sequenced.then(() => undefined)]);
     } catch (err) {
       // Refused at the producer's bound (ProducerQueueFull), withdrawn at the deadline, or failed;
@@ -211,13 +212,6 @@ export class KafkaMessageLog implements MessageLog {
     // still binds the change at its place in the partition, where an announcement never sent
     // would leave the stored change unannounced (the sequencer's member lists wrong for minutes,
     // seq-audience.ts) unless the caller retried; and a second announcement changes nothing.
-    let timer: NodeJS.Timeout | undefined;
-    const late = new Promise<never>((_, reject) => {
-      timer = setTimeout(
-        () => reject(new Error(`not acknowledged within ${this.o.appendTimeoutMs} ms`)),
-        this.o.appendTimeoutMs,
-      );
-    });
     const produced = this.o.producer.send(this.o.draftsTopic, {
       key: conversationId,
       value: Buffer.alloc(0),
@@ -225,17 +219,18 @@ export class KafkaMessageLog implements MessageLog {
       // After the change was stored: the sequencer bounds the changes stored up to this time (ADR 0012).
       timestamp: String(Date.now()),
     });
-    produced.catch(() => undefined); // past the deadline, nobody waits for it
     try {
-      await Promise.race([produced, late]);
+      await inTime(
+        produced,
+        this.o.appendTimeoutMs,
+        () => new Error(`not acknowledged within ${this.o.appendTimeoutMs} ms`),
+      );
     } catch (err) {
       throw errors.unavailable(
         "LOG_UNAVAILABLE",
         `the message log did not take the membership change of ${conversationId}; retry`,
         err,
       );
-    } finally {
-      clearTimeout(timer);
     }
   }
 
