@@ -31,6 +31,21 @@ function heldKafka() {
   return { newProducer: () => producer, requests };
 }
 
+/** A message log over `producer` alone: appends and announcements, no consumers. */
+const logOver = (producer: BatchProducer, appendTimeoutMs: number) =>
+  new KafkaMessageLog({
+    kafka: {} as never,
+    producer,
+    draftsTopic: "drafts",
+    sequencedTopic: undefined,
+    repliesTopic: "replies",
+    groupPrefix: "",
+    pending: new Map(),
+    sequenced: { store: {} as never, messages: {} as never },
+    appendTimeoutMs,
+    draftBytesMax: 1_000_000,
+    log,
+  });
 const tick = () => new Promise((r) => setTimeout(r, 10));
 const record = (value: string, key = "c1"): Message => ({ key, value });
 const settled = (p: Promise<unknown>) =>
@@ -159,19 +174,7 @@ describe("BatchProducer: a bounded queue", () => {
   it("an append that times out while Kafka holds its draft in the queue: LOG_UNAVAILABLE, and the draft is never sent", async () => {
     const kafka = heldKafka();
     const producer = new BatchProducer(kafka.newProducer, { log });
-    const messageLog = new KafkaMessageLog({
-      kafka: {} as never,
-      producer,
-      draftsTopic: "drafts",
-      sequencedTopic: undefined,
-      repliesTopic: "replies",
-      groupPrefix: "",
-      pending: new Map(),
-      sequenced: { store: {} as never, messages: {} as never },
-      appendTimeoutMs: 50,
-      draftBytesMax: 1_000_000,
-      log,
-    });
+    const messageLog = logOver(producer, 50);
     const draft = (id: string): MessageDraft => ({
       conversationId: "g:1",
       messageId: id,
@@ -195,19 +198,7 @@ describe("BatchProducer: a bounded queue", () => {
 
     // Past the queue's bound an append is refused at once, as LOG_UNAVAILABLE too.
     const full = new BatchProducer(heldKafka().newProducer, { log, queueRecordsMax: 1 });
-    const fullLog = new KafkaMessageLog({
-      kafka: {} as never,
-      producer: full,
-      draftsTopic: "drafts",
-      sequencedTopic: undefined,
-      repliesTopic: "replies",
-      groupPrefix: "",
-      pending: new Map(),
-      sequenced: { store: {} as never, messages: {} as never },
-      appendTimeoutMs: 60_000,
-      draftBytesMax: 1_000_000,
-      log,
-    });
+    const fullLog = logOver(full, 60_000);
     void full.send("other", record("in-flight"));
     await tick();
     void full.send("other", record("waiting"));
@@ -217,19 +208,7 @@ describe("BatchProducer: a bounded queue", () => {
   it("an append, and a membership announcement, whose record is in a request Kafka never answers: LOG_UNAVAILABLE at the deadline, not when kafkajs gives up", async () => {
     const kafka = heldKafka();
     const producer = new BatchProducer(kafka.newProducer, { log });
-    const messageLog = new KafkaMessageLog({
-      kafka: {} as never,
-      producer,
-      draftsTopic: "drafts",
-      sequencedTopic: undefined,
-      repliesTopic: "replies",
-      groupPrefix: "",
-      pending: new Map(),
-      sequenced: { store: {} as never, messages: {} as never },
-      appendTimeoutMs: 50,
-      draftBytesMax: 1_000_000,
-      log,
-    });
+    const messageLog = logOver(producer, 50);
     const startedAt = Date.now();
     const appended = messageLog
       .append({
