@@ -70,7 +70,7 @@ export class Outbox {
     this.takeInList();
     return this.keys()
       .map((key) => readJson<OutboxEntry>(key))
-      .filter((e): e is OutboxEntry => isEntry(e))
+      .filter(isEntry)
       .sort((a, b) => a.createdAtMs - b.createdAtMs);
   }
 

@@ -46,10 +46,12 @@ export async function discover(server: string): Promise<Discovery> {
   return { url: `${server.replace(/^http/, "ws")}/ws`, webPushPublicKey: undefined };
 }
 
+/** When a token with this `exp` claim expires, Unix ms (never, without one). */
+const expiryOf = (exp: unknown): number => (typeof exp === "number" ? exp * 1000 : Number.POSITIVE_INFINITY);
+
 /** When the token expires, Unix ms (never, without `exp`). */
 export function expiresAtMs(token: string): number {
-  const { exp } = unverifiedClaims(token);
-  return typeof exp === "number" ? exp * 1000 : Number.POSITIVE_INFINITY;
+  return expiryOf(unverifiedClaims(token).exp);
 }
 
 /**
@@ -68,9 +70,9 @@ export function pastedToken(token: string): Credentials {
   } catch (err) {
     throw new TokenNotUsable(err instanceof Error ? err.message : String(err));
   }
-  const { sub } = claims;
+  const { sub, exp } = claims;
   if (typeof sub !== "string" || sub === "") throw new TokenNotUsable("the token has no user id (sub claim)");
-  if (expiresAtMs(trimmed) <= Date.now()) throw new TokenNotUsable("the token has expired");
+  if (expiryOf(exp) <= Date.now()) throw new TokenNotUsable("the token has expired");
   return { userId: sub, token: trimmed, source: "pasted", current: () => trimmed };
 }
 
