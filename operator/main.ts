@@ -18,6 +18,7 @@ import { loadConfig } from "../internal/lib/config.js";
 import { createLogger, type Logger } from "../internal/lib/log.js";
 import { inSpan, ROOT_CONTEXT, startTracing, tracing } from "../internal/lib/tracing.js";
 import { API_VERSION, type ChatCluster, KIND } from "./api/v1alpha1.js";
+import { OWNED_KINDS } from "./controller/desired.js";
 import { EventRecorder } from "./controller/events.js";
 import { createGatewayClients } from "./controller/gateway-client.js";
 import { GoneRecordPublisher } from "./controller/gone-records.js";
@@ -130,12 +131,12 @@ export async function startOperator(o: OperatorOptions): Promise<RunningOperator
       metrics,
     });
   const clusters = informer<ChatCluster>("chatclusters", { apiVersion: API_VERSION, kind: KIND });
+  // Every kind it owns (by its label): one deleted or changed by hand is repaired at once, not at
+  // the next periodic reconcile. Its own applies that change nothing bump no resourceVersion, so
+  // they wake nothing.
   const owned = [
-    informer<KubernetesObject>("deployments", { apiVersion: "apps/v1", kind: "Deployment" }, OWNED_SELECTOR),
-    informer<KubernetesObject>(
-      "statefulsets",
-      { apiVersion: "apps/v1", kind: "StatefulSet" },
-      OWNED_SELECTOR,
+    ...OWNED_KINDS.map((ref) =>
+      informer<KubernetesObject>(resourcePath(ref).split("/").at(-1) ?? ref.kind, ref, OWNED_SELECTOR),
     ),
     informer<KubernetesObject>(
       "gateway-pods",

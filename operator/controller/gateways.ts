@@ -66,6 +66,13 @@ export interface GatewayStep {
   /** Gateway-gone records that could not be written (retried on the next reconcile). */
   errors: string[];
   requeueAfterMs?: number;
+  /**
+   * What says the replica change was made (the drained gateways' done marks, the ScaledUp/ScaledDown
+   * Event): run by the reconciler only once the gateway Deployment carrying `replicas` was applied.
+   * Made before, a Deployment the API server refuses would leave drained gateways marked as
+   * outliving their scale-down, deleted on every reconcile and started again by their ReplicaSet.
+   */
+  committed?: () => Promise<void>;
 }
 
 /**
@@ -181,7 +188,14 @@ export async function reconcileGateways(
   const base = { gateways, connections, errors };
 
   // --- replicas -----------------------------------------------------------------------------
-  const drainingPods = alive.filter((p) => p.metadata?.annotations?.[DRAIN_STARTED_ANNOTATION] !== undefined);
+  // Draining: marked by a drain of ours, or saying so itself (a drain by hand, or marks removed): a
+  // gateway that refuses every new client is never counted as serving, and is marked as ours would be.
+  const drainingPods = alive.filter(
+    (p) =>
+      p.metadata?.annotations?.[DRAIN_STARTED_ANNOTATION] !== undefined ||
+      samples.find((s) => s.pod === p.metadata?.name)?.draining === true,
+  );
+  for (const pod of drainingPods) await markDraining(deps, ns, pod);
   // A drained gateway refuses every new client for good: one that nothing else will remove (autoscaling
   // turned off mid-drain) is deleted, and its Deployment starts a fresh one.
   if (!spec.autoscaling.enabled) {
@@ -214,19 +228,21 @@ export async function reconcileGateways(
     });
     if (!done) return { ...base, replicas: current, draining: drainingPods.length, requeueAfterMs: poll / 5 };
     const replicas = Math.max(auto.minReplicas, current - drainingPods.length);
-    for (const p of drainingPods)
-      await deps.kube.mergePatch(
-        { apiVersion: "v1", kind: "Pod", namespace: ns, name: p.metadata?.name ?? "" },
-        { metadata: { annotations: { [DRAIN_DONE_ANNOTATION]: new Date(now).toISOString() } } },
+    const committed = async () => {
+      for (const p of drainingPods)
+        await deps.kube.mergePatch(
+          { apiVersion: "v1", kind: "Pod", namespace: ns, name: p.metadata?.name ?? "" },
+          { metadata: { annotations: { [DRAIN_DONE_ANNOTATION]: new Date(now).toISOString() } } },
+        );
+      deps.events.record(
+        cluster,
+        "Normal",
+        "ScaledDown",
+        "ScaleGateways",
+        `gateways ${current} → ${replicas} after draining ${drainingPods.map((p) => p.metadata?.name).join(", ")}`,
       );
-    deps.events.record(
-      cluster,
-      "Normal",
-      "ScaledDown",
-      "ScaleGateways",
-      `gateways ${current} → ${replicas} after draining ${drainingPods.map((p) => p.metadata?.name).join(", ")}`,
-    );
-    return { ...base, replicas, draining: drainingPods.length, requeueAfterMs: poll };
+    };
+    return { ...base, replicas, draining: drainingPods.length, requeueAfterMs: poll, committed };
   }
 
   const decision = decideGatewayReplicas({
@@ -246,14 +262,15 @@ export async function reconcileGateways(
       `not scaling gateways down to ${decision.held.replicas}: the live counts of ${decision.held.by.join(", ")} could not be read`,
     );
   if (decision.target > current) {
-    deps.events.record(
-      cluster,
-      "Normal",
-      "ScaledUp",
-      "ScaleGateways",
-      `gateways ${current} → ${decision.target}: ${decision.reason}`,
-    );
-    return { ...base, replicas: decision.target, draining: 0, requeueAfterMs: poll };
+    const committed = async () =>
+      deps.events.record(
+        cluster,
+        "Normal",
+        "ScaledUp",
+        "ScaleGateways",
+        `gateways ${current} → ${decision.target}: ${decision.reason}`,
+      );
+    return { ...base, replicas: decision.target, draining: 0, requeueAfterMs: poll, committed };
   }
   if (decision.target < current) {
     const victims = chooseGatewaysToDrain(samples, current - decision.target);
@@ -290,6 +307,27 @@ export async function reconcileGateways(
     return { ...base, replicas: current, draining: victims.length, requeueAfterMs: poll / 5 };
   }
   return { ...base, replicas: current, draining: 0, requeueAfterMs: poll };
+}
+
+/**
+ * Gives a draining gateway the marks of a drain of ours where it lacks them: the deletion cost (so
+ * the ReplicaSet removes it, not a serving one) and the drain's start (its timeout counts from now).
+ */
+async function markDraining(deps: GatewayDeps, ns: string, pod: V1Pod): Promise<void> {
+  const annotations = pod.metadata?.annotations ?? {};
+  const missing: Record<string, string> = {};
+  if (annotations[DELETION_COST_ANNOTATION] !== DRAINED_POD_DELETION_COST)
+    missing[DELETION_COST_ANNOTATION] = DRAINED_POD_DELETION_COST;
+  if (annotations[DRAIN_STARTED_ANNOTATION] === undefined)
+    missing[DRAIN_STARTED_ANNOTATION] = new Date(deps.now()).toISOString();
+  if (Object.keys(missing).length === 0) return;
+  const name = pod.metadata?.name ?? "";
+  await deps.kube.mergePatch(
+    { apiVersion: "v1", kind: "Pod", namespace: ns, name },
+    { metadata: { annotations: missing } },
+  );
+  pod.metadata = { ...pod.metadata, annotations: { ...annotations, ...missing } };
+  deps.log.info("a draining gateway without a drain's marks is marked as drained", { pod: name });
 }
 
 /** Deletes drained gateway Pods that nothing else will remove (each refuses every new client). */

@@ -117,9 +117,12 @@ export interface ReconcilerDeps {
 /** The chart's token-review ClusterRole when the operator is not told another. */
 export const DEFAULT_TOKEN_REVIEW_CLUSTER_ROLE = "switchboard-tokenreview";
 
-/** Requeue while anything is still converging, so status catches up without waiting for an event. */
-/** How often a cluster's live counts (status.connections, status.gateways) are read again without autoscaling. */
+/**
+ * How often every cluster is reconciled without an event: its live counts (status.connections,
+ * status.gateways) read again without autoscaling, and what no watch reports repaired.
+ */
 const STATUS_REFRESH_MS = 60_000;
+/** Requeue while anything is still converging, so status catches up without waiting for an event. */
 const CONVERGING_REQUEUE_MS = 5_000;
 /**
  * A cluster that asks for a PodMonitor where the API server serves none is looked at again this often:
@@ -257,8 +260,19 @@ export class ChatClusterReconciler {
           certificatesServed,
         });
         const certificatesNotReady: string[] = [];
+        // Each object on its own: one the API server refuses (a bad value in one component's spec)
+        // holds back none of the others, the gateways' replicas above all.
+        const refused: string[] = [];
         for (const obj of desired) {
-          const applied = await this.applyOwned(obj);
+          let applied: KubernetesObject;
+          try {
+            applied = await this.applyOwned(obj);
+            if (obj.kind === "Deployment" && obj.metadata?.name === componentName(cluster, "gateway"))
+              await step.committed?.();
+          } catch (err) {
+            refused.push(`${obj.kind} ${obj.metadata?.name}: ${refusal(err)}`);
+            continue;
+          }
           if (obj.kind === "Deployment" || obj.kind === "StatefulSet")
             workloads.set(obj.metadata?.name ?? "", applied);
           if (obj.kind === CERTIFICATE_KIND) {
@@ -289,7 +303,12 @@ export class ChatClusterReconciler {
             `spec.observability.metrics.podMonitor is enabled, but the cluster serves no ${POD_MONITOR_GROUP_VERSION} PodMonitor (install the Prometheus Operator's CRDs): ${podMonitorName(cluster)} not created`,
           );
         } else if (podMonitor) podMonitor = "Created";
-        if (step.errors.length) applyError = step.errors.join("; ");
+        if (refused.length) {
+          applyError = refused.join("; ");
+          this.deps.events.record(cluster, "Warning", "ApplyFailed", "Apply", applyError);
+          log.warn("objects refused", { refused });
+        }
+        if (step.errors.length) applyError = [...refused, ...step.errors].join("; ");
       } catch (err) {
         applyError = message(err);
         this.deps.events.record(cluster, "Warning", "ApplyFailed", "Apply", applyError);
@@ -363,8 +382,9 @@ export class ChatClusterReconciler {
       converging ? CONVERGING_REQUEUE_MS : Infinity,
       podMonitor === "CRDNotInstalled" ? POD_MONITOR_RECHECK_MS : Infinity,
       grpcTls && grpcTls.kind !== "Ready" ? GRPC_TLS_RECHECK_MS : Infinity,
-      // The status's live counts: its own writes trigger no reconcile, so they are refreshed here.
-      newStatus.gateways.length > 0 ? STATUS_REFRESH_MS : Infinity,
+      // The status's live counts (its own writes trigger no reconcile), and what no watch reports
+      // (the token-review ClusterRoleBinding, PodMonitors, Certificates): refreshed here.
+      STATUS_REFRESH_MS,
     );
     return Number.isFinite(requeue) ? { requeueAfterMs: requeue } : undefined;
   }
@@ -587,4 +607,9 @@ function splitKey(key: string): [string, string] {
 
 function message(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
+}
+
+/** Why the API server refused an object, without the request (its path and the field manager). */
+function refusal(err: unknown): string {
+  return err instanceof KubeApiError ? `${err.status} ${err.reason}: ${err.detail}` : message(err);
 }

@@ -24,7 +24,7 @@ export class KubeApiError extends Error {
     readonly path: string,
     readonly status: number,
     readonly reason: string,
-    detail: string,
+    readonly detail: string,
   ) {
     super(`${method} ${path}: ${status} ${reason}: ${detail}`);
     this.name = "KubeApiError";

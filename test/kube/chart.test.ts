@@ -364,6 +364,7 @@ describe("charts/switchboard-operator", () => {
     const clusterRole = byName("ClusterRole", FULLNAME);
     // The owned kinds the operator applies (patch; create when new) and prunes (list, delete).
     const applied = "list,create,patch,delete";
+    const watched = "list,watch,create,patch,delete";
     const grants = (rules: PolicyRule[]) =>
       rules
         .flatMap((r) =>
@@ -383,12 +384,13 @@ describe("charts/switchboard-operator", () => {
         // Informers on the workloads; the gateway Deployment is read by name (its replicas).
         "apps/deployments: get,list,watch,create,patch,delete",
         "apps/statefulsets: list,watch,create,patch,delete",
-        // A Service whose clusterIP must change is read, deleted and created again.
-        "core/services: get,list,create,patch,delete",
-        `core/configmaps: ${applied}`,
-        `core/serviceaccounts: ${applied}`,
-        `policy/poddisruptionbudgets: ${applied}`,
-        `networking.k8s.io/networkpolicies: ${applied}`,
+        // Every owned kind is watched (an object deleted by hand is restored at once); a Service
+        // whose clusterIP must change is read, deleted and created again.
+        "core/services: get,list,watch,create,patch,delete",
+        `core/configmaps: ${watched}`,
+        `core/serviceaccounts: ${watched}`,
+        `policy/poddisruptionbudgets: ${watched}`,
+        `networking.k8s.io/networkpolicies: ${watched}`,
         // Gateway Pods: listed and watched, drain annotations by merge patch, a drained one that
         // outlived its scale-down deleted.
         "core/pods: list,watch,patch,delete",

@@ -56,6 +56,14 @@ export class GatewayFarm {
     g.connections = connections;
   }
 
+  /** The gateway drains as if told by someone else than the operator: no Drain call recorded. */
+  drainByHand(pod: string): void {
+    const g = this.gateways.get(pod);
+    if (!g) throw new Error(`no fake gateway for ${pod}`);
+    g.draining = true;
+    g.connections = 0;
+  }
+
   setAll(connections: number): void {
     for (const g of this.gateways.values()) g.connections = connections;
   }

@@ -878,6 +878,188 @@ describe("operator against a real API server", () => {
   );
 
   it(
+    "applies every object the API server takes when it refuses one, and scales down only once the gateway Deployment says so",
+    onFailure(async () => {
+      const selector = "app.kubernetes.io/instance=theta,app.kubernetes.io/component=gateway";
+      const farm = new GatewayFarm(kube, NS, selector);
+      const gatewayReplicas = async () =>
+        (
+          await kube.get<V1Deployment>({
+            apiVersion: "apps/v1",
+            kind: "Deployment",
+            namespace: NS,
+            name: "theta-gateway",
+          })
+        ).spec?.replicas;
+      const livePods = async () =>
+        (await kube.list<V1Pod>({ apiVersion: "v1", kind: "Pod", namespace: NS }, selector)).items.filter(
+          (p) => !p.metadata?.deletionTimestamp,
+        );
+      const patch = (spec: Record<string, unknown>) =>
+        kube.mergePatch(
+          { apiVersion: "switchboard.dev/v1alpha1", kind: "ChatCluster", namespace: NS, name: "theta" },
+          { spec },
+        );
+      const badMemory = { resources: { requests: { memory: "-1Gi" } } };
+      farm.start();
+      try {
+        await kube.create(
+          clusterManifest("theta", {
+            gateway: {
+              autoscaling: {
+                enabled: true,
+                minReplicas: 1,
+                maxReplicas: 4,
+                targetConnectionsPerPod: 100,
+                stabilizationWindowSeconds: 2,
+                drainTimeoutSeconds: 30,
+              },
+            },
+          }),
+        );
+        await waitReady("theta");
+        await waitFor("one fake gateway", async () => farm.pods().length === 1 || undefined);
+
+        // A router the API server refuses (negative memory passes the CRD's schema) holds back
+        // neither the gateways' scale-up nor the rest.
+        await patch({ router: badMemory });
+        farm.setAll(250);
+        await waitFor("gateway Deployment at 3 with the router refused", async () =>
+          (await gatewayReplicas()) === 3 ? true : undefined,
+        );
+        const degraded = await waitFor("Degraded: the router refused", async () => {
+          const c = await getCluster("theta");
+          const d = condition(c, "Degraded");
+          return d?.status === "True" && d.reason === "ApplyFailed" ? d : undefined;
+        });
+        expect(degraded.message).toContain("Deployment theta-router: 422");
+        // Why it was refused, not the request that was (its path, the field manager).
+        expect(degraded.message).not.toContain("fieldManager");
+        expect((await eventsAbout("theta")).some((e) => e.reason === "ScaledUp")).toBe(true);
+        await waitFor("3 fake gateways", async () => farm.pods().length === 3 || undefined);
+
+        // Now the gateway Deployment itself is refused while load falls to one gateway's worth: two
+        // gateways drain, but the Deployment cannot be lowered, so nothing says it was: they are not
+        // marked done, not deleted (their ReplicaSet would start them again, and the next ones would
+        // drain: a loop that pushed clients off again and again), and no ScaledDown is recorded.
+        await patch({ gateway: badMemory });
+        const [busy, ...rest] = farm.pods() as [string, ...string[]];
+        farm.setConnections(busy, 50);
+        for (const p of rest) farm.setConnections(p, 0);
+        await waitFor(
+          "both others drained",
+          async () => (farm.drained.length >= 2 ? true : undefined),
+          30_000,
+        );
+        const before = (await livePods()).map((p) => p.metadata?.uid).sort();
+        await new Promise((r) => setTimeout(r, 8_000)); // eight 1 s polls
+        const held = await livePods();
+        expect(held.map((p) => p.metadata?.uid).sort()).toEqual(before);
+        for (const p of held)
+          expect(p.metadata?.annotations?.["switchboard.dev/drain-done-at"]).toBeUndefined();
+        expect(await gatewayReplicas()).toBe(3);
+        const events = await eventsAbout("theta");
+        expect(
+          events.filter((e) => e.reason === "ScaledDown" || e.reason === "DrainedGatewayRemoved"),
+        ).toEqual([]);
+        expect(farm.drained).toHaveLength(2);
+
+        // Fixed: the Deployment goes to 1, and the ReplicaSet removes the drained two.
+        await patch({ gateway: { resources: null }, router: { resources: null } });
+        await waitFor("gateway Deployment at 1", async () =>
+          (await gatewayReplicas()) === 1 ? true : undefined,
+        );
+        const left = await waitFor("only the busy gateway left", async () => {
+          const pods = await livePods();
+          return pods.length === 1 ? pods : undefined;
+        });
+        expect(left[0]?.metadata?.name).toBe(busy);
+        expect((await eventsAbout("theta")).some((e) => e.reason === "ScaledDown")).toBe(true);
+        await waitReady("theta");
+      } finally {
+        await farm.stop();
+      }
+    }),
+  );
+
+  it(
+    "takes a gateway that drains without the operator's marks as drained: marked, replaced, the others untouched",
+    onFailure(async () => {
+      const selector = "app.kubernetes.io/instance=iota,app.kubernetes.io/component=gateway";
+      const farm = new GatewayFarm(kube, NS, selector);
+      farm.start();
+      try {
+        await kube.create(
+          clusterManifest("iota", {
+            gateway: {
+              autoscaling: {
+                enabled: true,
+                minReplicas: 2,
+                maxReplicas: 2,
+                targetConnectionsPerPod: 100,
+                stabilizationWindowSeconds: 2,
+                drainTimeoutSeconds: 30,
+              },
+            },
+          }),
+        );
+        await waitReady("iota");
+        await waitFor("two fake gateways", async () => farm.pods().length === 2 || undefined);
+        const [kept, drained] = farm.pods() as [string, string];
+        farm.setConnections(kept, 40);
+        // Drained by hand (an SRE's call, or an operator's drain whose marks were removed): it refuses
+        // every new client for good, and minReplicas keeps the count, so it is deleted and replaced.
+        farm.drainByHand(drained);
+        await waitFor(
+          "a fresh gateway in the drained one's place",
+          async () => {
+            const pods = (
+              await kube.list<V1Pod>({ apiVersion: "v1", kind: "Pod", namespace: NS }, selector)
+            ).items.filter((p) => !p.metadata?.deletionTimestamp);
+            const names = pods.map((p) => p.metadata?.name);
+            return pods.length === 2 && names.includes(kept) && !names.includes(drained) ? true : undefined;
+          },
+          60_000,
+        );
+        // The serving one was never drained, and the operator drained nothing itself.
+        expect(farm.drained).toEqual([]);
+        expect((await eventsAbout("iota")).find((e) => e.reason === "DrainedGatewayRemoved")?.note).toContain(
+          drained,
+        );
+      } finally {
+        await farm.stop();
+      }
+    }),
+  );
+
+  it(
+    "restores an owned Service, ConfigMap or ServiceAccount deleted by hand at once, gateways or none",
+    onFailure(async () => {
+      await kube.create(clusterManifest("kappa", { gateway: { replicas: 0 } }));
+      await waitReady("kappa");
+      const objects = [
+        { apiVersion: "v1", kind: "Service", namespace: NS, name: "kappa-router" },
+        { apiVersion: "v1", kind: "ConfigMap", namespace: NS, name: "kappa-config" },
+        { apiVersion: "v1", kind: "ServiceAccount", namespace: NS, name: "kappa-push" },
+      ];
+      for (const ref of objects) {
+        const before = await kube.get<V1Service>(ref);
+        await kube.delete(ref);
+        // Well within the 60 s periodic reconcile: the owned kinds are watched.
+        const restored = await waitFor(
+          `${ref.kind} ${ref.name} restored`,
+          async () => {
+            const now = await kube.find<V1Service>(ref);
+            return now && now.metadata?.uid !== before.metadata?.uid ? now : undefined;
+          },
+          15_000,
+        );
+        expect(restored.metadata?.ownerReferences?.[0]?.name).toBe("kappa");
+      }
+    }),
+  );
+
+  it(
     "writes a gateway-gone record when a gateway Pod goes away",
     onFailure(async () => {
       const pods = (
