@@ -411,10 +411,10 @@ describe("ChatCluster CRD", () => {
     }
   });
 
-  it("keeps the message topics' partition count as created: an update that changes it is refused", async () => {
+  it("keeps where the data lives as created: partitions, topic prefix and keyspace cannot change", async () => {
     try {
       await kubectl(tools, ["create", "-f", "-"], JSON.stringify(minimal("fixed-partitions")));
-      const patch = (partitions: number) =>
+      const patch = (spec: Record<string, unknown>) =>
         run(
           tools.KUBECTL,
           [
@@ -427,21 +427,38 @@ describe("ChatCluster CRD", () => {
             "--type=merge",
             "--dry-run=server",
             "-p",
-            JSON.stringify({ spec: { kafka: { topics: { partitions } } } }),
+            JSON.stringify({ spec }),
           ],
           {},
         );
-      const changed = await patch(24);
+      const changed = await patch({ kafka: { topics: { partitions: 24 } } });
       expect(changed.code).not.toBe(0);
       expect(changed.stderr).toContain("kafka.topics.partitions is fixed once the topics exist");
-      // The same count again (the default, 12) is no change.
-      expect((await patch(12)).code).toBe(0);
+      // The same values again (the defaults) are no change.
+      expect((await patch({ kafka: { topics: { partitions: 12 } } })).code).toBe(0);
+      expect((await patch({ kafka: { topicPrefix: "switchboard." } })).code).toBe(0);
+      expect((await patch({ cassandra: { keyspace: "switchboard" } })).code).toBe(0);
+      // Another prefix or keyspace would point the running cluster at empty storage.
+      const prefix = await patch({ kafka: { topicPrefix: "other." } });
+      expect(prefix.code).not.toBe(0);
+      expect(prefix.stderr).toContain("kafka.topicPrefix is fixed once the cluster exists");
+      const keyspace = await patch({ cassandra: { keyspace: "other" } });
+      expect(keyspace.code).not.toBe(0);
+      expect(keyspace.stderr).toContain("cassandra.keyspace is fixed once the cluster exists");
+      // Still free to change: the replicas, say.
+      expect((await patch({ router: { replicas: 3 } })).code).toBe(0);
     } finally {
       await removeClusters();
     }
   });
 
   it("rejects invalid specs with messages that say what is wrong", async () => {
+    // The name makes the Services' and StatefulSets' names (DNS labels, with room for their suffix).
+    expect((await dryRunCreate(minimal(`a${"b".repeat(41)}9`))).metadata.name).toHaveLength(43);
+    for (const name of [`a${"b".repeat(42)}9`, "chat.eu", "1chat"])
+      expect(await createError(minimal(name)), name).toContain(
+        "the name must be at most 43 lowercase letters",
+      );
     expect(
       await createError(
         minimal("bad-scale", { gateway: { autoscaling: { minReplicas: 5, maxReplicas: 3 } } }),
