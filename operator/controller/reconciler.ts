@@ -141,7 +141,7 @@ const GONE_ATTEMPT_TIMEOUT_MS = 10_000;
 
 export class ChatClusterReconciler {
   private readonly memory = new Map<string, GatewayMemory>();
-  /** Per ChatCluster, the uid/generation/schema version this process provisioned last. */
+  /** Per ChatCluster, the uid, schema version and storage inputs this process provisioned last. */
   private readonly provisionedHere = new Map<string, string>();
   private readonly now: () => number;
 
@@ -176,11 +176,15 @@ export class ChatClusterReconciler {
     // in place (a Provisioned Event says so) before anyone changes spec.version.
     // (Also remembered here: under a CRD older than the operator the API server drops
     // provisionedSchemaVersion, which must not make every reconcile provision again.)
-    const provisioning = `${cluster.metadata.uid}/${generation}/${this.deps.schemaVersion}`;
+    // A generation that changes nothing provisioning reads (replicas, resources, configuration) is not
+    // provisioned again: a slow Cassandra would hold every such change for its DDL timeout, and
+    // report the cluster not Ready meanwhile.
+    const provisioning = `${cluster.metadata.uid}/${this.deps.schemaVersion}/${storageInputs(cluster)}`;
+    const provisionedAlready = this.provisionedHere.get(key) === provisioning;
     if (
       (status.provisionedGeneration !== generation ||
         status.provisionedSchemaVersion !== this.deps.schemaVersion) &&
-      this.provisionedHere.get(key) !== provisioning
+      !provisionedAlready
     ) {
       try {
         const result = await this.deps.provision(
@@ -210,8 +214,8 @@ export class ChatClusterReconciler {
     // that was: its image is not rolled out onto a schema it may not find (Degraded and Ready=False,
     // ProvisioningFailed, until provisioning succeeds), while everything else goes on (replicas, the
     // gateways' drains, gone records and autoscaling, configuration).
-    const provisioned =
-      status.provisionedGeneration === generation || this.provisionedHere.get(key) === provisioning;
+    if (provisionedAlready) status.provisionedGeneration = generation;
+    const provisioned = status.provisionedGeneration === generation || provisionedAlready;
     const deployable = status.provisionedGeneration !== undefined;
     const rendered: ChatCluster =
       provisioned || status.provisionedVersion === undefined
@@ -607,6 +611,12 @@ function splitKey(key: string): [string, string] {
 
 function message(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
+}
+
+/** What provisioning reads from a spec: the storage it creates, and the version whose schema it needs. */
+function storageInputs(cluster: ChatCluster): string {
+  const { kafka, cassandra, version } = cluster.spec;
+  return JSON.stringify({ kafka, cassandra, version });
 }
 
 /** Why the API server refused an object, without the request (its path and the field manager). */

@@ -540,6 +540,7 @@ describe("operator against a real API server", () => {
         name: "alpha-router",
       });
       const hashBefore = before.spec?.template.metadata?.annotations?.["switchboard.dev/config-hash"];
+      const patchedAt = Date.now();
       await kubectl([
         "patch",
         "chatcluster",
@@ -571,6 +572,20 @@ describe("operator against a real API server", () => {
         hashBefore,
       );
       expect(cluster.status?.components?.router).toEqual({ replicas: 3, readyReplicas: 3 });
+      // Nothing provisioning reads changed: the storage was not provisioned again (a slow Cassandra
+      // would have held the change for its DDL timeout), yet the generation counts as provisioned.
+      expect(cluster.status?.provisionedGeneration).toBe(2);
+      const reconciles = receiver.spans.filter(
+        (s) =>
+          s.name === "reconcile ChatCluster" &&
+          spanAttribute(s, "switchboard.chatcluster") === "alpha" &&
+          spanStartMs(s) >= patchedAt,
+      );
+      expect(reconciles.length).toBeGreaterThan(0);
+      const traces = new Set(reconciles.map((r) => r.traceId));
+      expect(receiver.spans.filter((s) => traces.has(s.traceId) && s.name === "provision storage")).toEqual(
+        [],
+      );
     }),
   );
 
