@@ -716,6 +716,17 @@ describe("desiredObjects", () => {
     expect(from("router")).toEqual(["gateway", "presence", "router"]);
     expect(from("push")).toEqual(["gateway", "router"]);
     expect(from("sequencer")).toEqual([]);
+    // Knowing its own namespace (its ServiceAccount's), the operator lets only that one in: the Pod
+    // label alone is anyone's to set.
+    const withAccount = desiredObjects(cluster, {
+      ...inputs,
+      operatorAccount: { namespace: "switchboard-system", name: "switchboard-operator" },
+    });
+    const gateway = find<NetworkPolicyJson>(withAccount, "NetworkPolicy", "chat-gateway");
+    expect(gateway?.spec?.ingress?.[1]?.from?.find((p) => p.namespaceSelector)).toEqual({
+      namespaceSelector: { matchLabels: { "kubernetes.io/metadata.name": "switchboard-system" } },
+      podSelector: { matchLabels: { "app.kubernetes.io/name": "switchboard-operator" } },
+    });
   });
 
   it("lets the server API's clients reach the routers' gRPC: from their ServiceAccounts' namespaces, or anywhere for a certificate", () => {

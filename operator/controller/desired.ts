@@ -63,7 +63,7 @@ export function desiredObjects(cluster: ChatCluster, inputs: DesiredInputs): Kub
     );
     const service = desiredService(cluster, component);
     if (service) objects.push(service);
-    objects.push(desiredNetworkPolicy(cluster, component));
+    objects.push(desiredNetworkPolicy(cluster, component, inputs.operatorAccount?.namespace));
     const pdb = desiredPodDisruptionBudget(cluster, component, replicas);
     if (pdb) objects.push(pdb);
   }

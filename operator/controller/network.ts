@@ -100,16 +100,23 @@ export const GRPC_CALLERS: Readonly<Record<ComponentName, readonly ComponentName
  * Ingress, least privilege: HTTP (WebSocket on the gateways; probes everywhere) and the internal port
  * (/metrics, /healthz, /readyz) from anywhere, as the scraper may run in any namespace, with any
  * labels, or outside the Pod network; gRPC only from the components that call it (GRPC_CALLERS), and
- * on the gateways from the operator too (Stats, Drain). The sequencer serves no gRPC: HTTP only. The
- * internal port is kept from the internet by no Service exposing it, not by this policy.
+ * on the gateways from the operator too (Stats, Drain): from its own namespace when it knows it (its
+ * ServiceAccount's), as a Pod label alone is anyone's to set. The sequencer serves no gRPC: HTTP
+ * only. The internal port is kept from the internet by no Service exposing it, not by this policy.
  */
-export function desiredNetworkPolicy(cluster: ChatCluster, component: ComponentName): V1NetworkPolicy {
+export function desiredNetworkPolicy(
+  cluster: ChatCluster,
+  component: ComponentName,
+  operatorNamespace?: string,
+): V1NetworkPolicy {
   const peers: Array<Record<string, unknown>> = GRPC_CALLERS[component].map((caller) => ({
     podSelector: { matchLabels: selectorLabels(cluster, caller) },
   }));
   if (component === "gateway")
     peers.push({
-      namespaceSelector: {},
+      namespaceSelector: operatorNamespace
+        ? { matchLabels: { "kubernetes.io/metadata.name": operatorNamespace } }
+        : {},
       podSelector: { matchLabels: { "app.kubernetes.io/name": "switchboard-operator" } },
     });
   // The server API's backend clients (spec.api.clients) call the routers: a ServiceAccount's from its
