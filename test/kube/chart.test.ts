@@ -113,6 +113,17 @@ describe("charts/switchboard-operator", () => {
     ]);
     expect(selector.code).not.toBe(0);
     expect(selector.stderr).toContain("invalid propertyName 'app.kubernetes.io/name'");
+    // Names and references the API server or the runtime would refuse, and a count past any use.
+    for (const set of [
+      "serviceAccount.name=Bad_Name",
+      "image.tag=bad tag",
+      "image.repository=Bad/Repo",
+      "replicaCount=1000000",
+    ]) {
+      const refused = await helm(tools, ["template", "t", CHART_DIR, "--set", set]);
+      expect(refused.code, set).not.toBe(0);
+      expect(refused.stderr, set).toContain(`/${set.split("=")[0]!.replaceAll(".", "/")}`);
+    }
     const extra = await helm(tools, ["template", "t", CHART_DIR, "--set", "podLabels.team=chat"]);
     expect(extra.stderr).toBe("");
     expect(extra.code).toBe(0);

@@ -459,6 +459,16 @@ describe("ChatCluster CRD", () => {
       expect(await createError(minimal(name)), name).toContain(
         "the name must be at most 43 lowercase letters",
       );
+    // A limit on every count, and an image the runtime could pull.
+    expect(await createError(minimal("many-routers", { router: { replicas: 10_001 } }))).toContain(
+      "spec.router.replicas in body should be less than or equal to 10000",
+    );
+    for (const image of ["switchboard", "localhost:5000/sb/switchboard", "ghcr.io/a-b/c_d.e"])
+      expect((await dryRunCreate(minimal("good-image", { image }))).spec.image, image).toBe(image);
+    for (const image of ["UPPER CASE!!", "ghcr.io/Switchboard", "a//b", "ghcr.io/sb:1.0"])
+      expect(await createError(minimal("bad-image", { image })), image).toContain(
+        "spec.image in body should match",
+      );
     expect(
       await createError(
         minimal("bad-scale", { gateway: { autoscaling: { minReplicas: 5, maxReplicas: 3 } } }),
