@@ -166,6 +166,31 @@ function kafkaWithMissingSecret(name: string) {
   };
 }
 
+/** A cluster whose gateways autoscale on 100 connections each (draining for at most 30 s). */
+function autoscaledCluster(
+  name: string,
+  scale: { minReplicas: number; maxReplicas: number; stabilizationWindowSeconds: number },
+): ChatCluster {
+  return clusterManifest(name, {
+    gateway: {
+      autoscaling: { enabled: true, targetConnectionsPerPod: 100, drainTimeoutSeconds: 30, ...scale },
+    },
+  });
+}
+
+/** The replicas of a cluster's gateway Deployment. */
+async function gatewayReplicas(name: string): Promise<number | undefined> {
+  const ref = { apiVersion: "apps/v1", kind: "Deployment", namespace: NS, name: `${name}-gateway` };
+  return (await kube.get<V1Deployment>(ref)).spec?.replicas;
+}
+
+/** A cluster's gateway Pods not being deleted. */
+async function liveGatewayPods(name: string): Promise<V1Pod[]> {
+  const selector = `app.kubernetes.io/instance=${name},app.kubernetes.io/component=gateway`;
+  const { items } = await kube.list<V1Pod>({ apiVersion: "v1", kind: "Pod", namespace: NS }, selector);
+  return items.filter((p) => !p.metadata?.deletionTimestamp);
+}
+
 /** The Events about a ChatCluster (they outlive it). */
 async function eventsAbout(name: string): Promise<Array<{ type: string; reason: string; note: string }>> {
   const { items } = JSON.parse(await kubectl(["get", "events.events.k8s.io", "-n", NS, "-o", "json"])) as {
@@ -751,18 +776,7 @@ describe("operator against a real API server", () => {
       farm.start();
       try {
         await kube.create(
-          clusterManifest("gamma", {
-            gateway: {
-              autoscaling: {
-                enabled: true,
-                minReplicas: 1,
-                maxReplicas: 4,
-                targetConnectionsPerPod: 100,
-                stabilizationWindowSeconds: 3,
-                drainTimeoutSeconds: 30,
-              },
-            },
-          }),
+          autoscaledCluster("gamma", { minReplicas: 1, maxReplicas: 4, stabilizationWindowSeconds: 3 }),
         );
         await waitReady("gamma");
         await waitFor("one fake gateway", async () => farm.pods().length === 1 || undefined);
@@ -897,19 +911,6 @@ describe("operator against a real API server", () => {
     onFailure(async () => {
       const selector = "app.kubernetes.io/instance=theta,app.kubernetes.io/component=gateway";
       const farm = new GatewayFarm(kube, NS, selector);
-      const gatewayReplicas = async () =>
-        (
-          await kube.get<V1Deployment>({
-            apiVersion: "apps/v1",
-            kind: "Deployment",
-            namespace: NS,
-            name: "theta-gateway",
-          })
-        ).spec?.replicas;
-      const livePods = async () =>
-        (await kube.list<V1Pod>({ apiVersion: "v1", kind: "Pod", namespace: NS }, selector)).items.filter(
-          (p) => !p.metadata?.deletionTimestamp,
-        );
       const patch = (spec: Record<string, unknown>) =>
         kube.mergePatch(
           { apiVersion: "switchboard.dev/v1alpha1", kind: "ChatCluster", namespace: NS, name: "theta" },
@@ -919,18 +920,7 @@ describe("operator against a real API server", () => {
       farm.start();
       try {
         await kube.create(
-          clusterManifest("theta", {
-            gateway: {
-              autoscaling: {
-                enabled: true,
-                minReplicas: 1,
-                maxReplicas: 4,
-                targetConnectionsPerPod: 100,
-                stabilizationWindowSeconds: 2,
-                drainTimeoutSeconds: 30,
-              },
-            },
-          }),
+          autoscaledCluster("theta", { minReplicas: 1, maxReplicas: 4, stabilizationWindowSeconds: 2 }),
         );
         await waitReady("theta");
         await waitFor("one fake gateway", async () => farm.pods().length === 1 || undefined);
@@ -940,7 +930,7 @@ describe("operator against a real API server", () => {
         await patch({ router: badMemory });
         farm.setAll(250);
         await waitFor("gateway Deployment at 3 with the router refused", async () =>
-          (await gatewayReplicas()) === 3 ? true : undefined,
+          (await gatewayReplicas("theta")) === 3 ? true : undefined,
         );
         const degraded = await waitFor("Degraded: the router refused", async () => {
           const c = await getCluster("theta");
@@ -950,7 +940,11 @@ describe("operator against a real API server", () => {
         expect(degraded.message).toContain("Deployment theta-router: 422");
         // Why it was refused, not the request that was (its path, the field manager).
         expect(degraded.message).not.toContain("fieldManager");
-        expect((await eventsAbout("theta")).some((e) => e.reason === "ScaledUp")).toBe(true);
+        // Events are written in the background.
+        await waitFor(
+          "a ScaledUp Event",
+          async () => (await eventsAbout("theta")).some((e) => e.reason === "ScaledUp") || undefined,
+        );
         await waitFor("3 fake gateways", async () => farm.pods().length === 3 || undefined);
 
         // Now the gateway Deployment itself is refused while load falls to one gateway's worth: two
@@ -966,13 +960,13 @@ describe("operator against a real API server", () => {
           async () => (farm.drained.length >= 2 ? true : undefined),
           30_000,
         );
-        const before = (await livePods()).map((p) => p.metadata?.uid).sort();
+        const before = (await liveGatewayPods("theta")).map((p) => p.metadata?.uid).sort();
         await new Promise((r) => setTimeout(r, 8_000)); // eight 1 s polls
-        const held = await livePods();
+        const held = await liveGatewayPods("theta");
         expect(held.map((p) => p.metadata?.uid).sort()).toEqual(before);
         for (const p of held)
           expect(p.metadata?.annotations?.["switchboard.dev/drain-done-at"]).toBeUndefined();
-        expect(await gatewayReplicas()).toBe(3);
+        expect(await gatewayReplicas("theta")).toBe(3);
         const events = await eventsAbout("theta");
         expect(
           events.filter((e) => e.reason === "ScaledDown" || e.reason === "DrainedGatewayRemoved"),
@@ -982,14 +976,17 @@ describe("operator against a real API server", () => {
         // Fixed: the Deployment goes to 1, and the ReplicaSet removes the drained two.
         await patch({ gateway: { resources: null }, router: { resources: null } });
         await waitFor("gateway Deployment at 1", async () =>
-          (await gatewayReplicas()) === 1 ? true : undefined,
+          (await gatewayReplicas("theta")) === 1 ? true : undefined,
         );
         const left = await waitFor("only the busy gateway left", async () => {
-          const pods = await livePods();
+          const pods = await liveGatewayPods("theta");
           return pods.length === 1 ? pods : undefined;
         });
         expect(left[0]?.metadata?.name).toBe(busy);
-        expect((await eventsAbout("theta")).some((e) => e.reason === "ScaledDown")).toBe(true);
+        await waitFor(
+          "a ScaledDown Event",
+          async () => (await eventsAbout("theta")).some((e) => e.reason === "ScaledDown") || undefined,
+        );
         await waitReady("theta");
       } finally {
         await farm.stop();
@@ -1005,18 +1002,7 @@ describe("operator against a real API server", () => {
       farm.start();
       try {
         await kube.create(
-          clusterManifest("iota", {
-            gateway: {
-              autoscaling: {
-                enabled: true,
-                minReplicas: 2,
-                maxReplicas: 2,
-                targetConnectionsPerPod: 100,
-                stabilizationWindowSeconds: 2,
-                drainTimeoutSeconds: 30,
-              },
-            },
-          }),
+          autoscaledCluster("iota", { minReplicas: 2, maxReplicas: 2, stabilizationWindowSeconds: 2 }),
         );
         await waitReady("iota");
         await waitFor("two fake gateways", async () => farm.pods().length === 2 || undefined);
@@ -1028,9 +1014,7 @@ describe("operator against a real API server", () => {
         await waitFor(
           "a fresh gateway in the drained one's place",
           async () => {
-            const pods = (
-              await kube.list<V1Pod>({ apiVersion: "v1", kind: "Pod", namespace: NS }, selector)
-            ).items.filter((p) => !p.metadata?.deletionTimestamp);
+            const pods = await liveGatewayPods("iota");
             const names = pods.map((p) => p.metadata?.name);
             return pods.length === 2 && names.includes(kept) && !names.includes(drained) ? true : undefined;
           },
@@ -1038,9 +1022,10 @@ describe("operator against a real API server", () => {
         );
         // The serving one was never drained, and the operator drained nothing itself.
         expect(farm.drained).toEqual([]);
-        expect((await eventsAbout("iota")).find((e) => e.reason === "DrainedGatewayRemoved")?.note).toContain(
-          drained,
+        const removed = await waitFor("a DrainedGatewayRemoved Event", async () =>
+          (await eventsAbout("iota")).find((e) => e.reason === "DrainedGatewayRemoved"),
         );
+        expect(removed.note).toContain(drained);
       } finally {
         await farm.stop();
       }
