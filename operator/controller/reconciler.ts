@@ -186,6 +186,25 @@ export class ChatClusterReconciler {
         status.provisionedSchemaVersion !== this.deps.schemaVersion) &&
       !provisionedAlready
     ) {
+      // A new cluster says what it is doing before the topics and the schema are made (a slow
+      // Cassandra can take its DDL timeout, 30 s, per attempt): Ready=False, Progressing, Provisioning.
+      if (cluster.status?.observedGeneration === undefined)
+        await kube.apply(
+          {
+            apiVersion: API_VERSION,
+            kind: KIND,
+            metadata: { name, namespace },
+            status: {
+              observedGeneration: generation,
+              conditions: computeConditions(
+                undefined,
+                { generation, provisioned: false, components: {}, drainingGateways: 0 },
+                new Date(this.now()),
+              ),
+            },
+          },
+          "status",
+        );
       try {
         const result = await this.deps.provision(
           await kafkaTarget(kube, cluster),

@@ -5,6 +5,7 @@
  * server, Kafka or Cassandra; none trusts the operator's own account.
  */
 import { randomBytes } from "node:crypto";
+import { createServer as createNetServer, type Socket } from "node:net";
 import { fromBinary } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
 import {
@@ -1617,6 +1618,55 @@ describe("operator against a real API server", () => {
       expect(events.some((e) => e.note.includes("nosecret-kafka-credentials"))).toBe(true);
       await kubectl(["delete", "chatcluster", "nosecret", "-n", NS, "--wait=false"]);
       await waitFor("nosecret deleted", () => gone("nosecret"), 60_000);
+    }),
+  );
+
+  it(
+    "says Provisioning before a new cluster's first provisioning, however long Cassandra takes to answer",
+    onFailure(async () => {
+      // A Cassandra that accepts connections and never answers: each provisioning attempt waits for
+      // the driver's timeout.
+      const sockets = new Set<Socket>();
+      const silent = createNetServer((socket) => {
+        sockets.add(socket);
+        socket.on("close", () => sockets.delete(socket));
+      });
+      await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve));
+      const port = (silent.address() as { port: number }).port;
+      try {
+        await kube.create(
+          clusterManifest("lambda", {
+            cassandra: {
+              contactPoints: [`127.0.0.1:${port}`],
+              keyspace: `op_${suffix}_lambda`,
+              replication: { class: "SimpleStrategy", factor: 1 },
+            },
+          }),
+        );
+        const created = Date.now();
+        const first = await waitFor(
+          "a first status",
+          async () => {
+            const c = await getCluster("lambda");
+            return c.status?.observedGeneration === 1 ? c : undefined;
+          },
+          4_000,
+        );
+        expect(Date.now() - created).toBeLessThan(4_000);
+        expect(sockets.size).toBeGreaterThan(0); // provisioning is under way, waiting
+        expect(condition(first, "Ready")).toMatchObject({ status: "False", reason: "Provisioning" });
+        expect(condition(first, "Progressing")?.status).toBe("True");
+      } finally {
+        await kube.delete({
+          apiVersion: "switchboard.dev/v1alpha1",
+          kind: "ChatCluster",
+          namespace: NS,
+          name: "lambda",
+        });
+        await waitFor("lambda deleted", () => gone("lambda"), 60_000);
+        for (const socket of sockets) socket.destroy();
+        silent.close();
+      }
     }),
   );
 
