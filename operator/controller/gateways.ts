@@ -14,7 +14,7 @@
 import type { V1Deployment, V1Pod, V1Secret } from "@kubernetes/client-node";
 import type { Logger } from "../../internal/lib/log.js";
 import type { ChatCluster, GatewayStatus } from "../api/v1alpha1.js";
-import type { KubeClient } from "../kube/client.js";
+import { isNotFound, type KubeClient } from "../kube/client.js";
 import {
   chooseGatewaysToDrain,
   decideGatewayReplicas,
@@ -230,10 +230,15 @@ export async function reconcileGateways(
     const replicas = Math.max(auto.minReplicas, current - drainingPods.length);
     const committed = async () => {
       for (const p of drainingPods)
-        await deps.kube.mergePatch(
-          { apiVersion: "v1", kind: "Pod", namespace: ns, name: p.metadata?.name ?? "" },
-          { metadata: { annotations: { [DRAIN_DONE_ANNOTATION]: new Date(now).toISOString() } } },
-        );
+        await deps.kube
+          .mergePatch(
+            { apiVersion: "v1", kind: "Pod", namespace: ns, name: p.metadata?.name ?? "" },
+            { metadata: { annotations: { [DRAIN_DONE_ANNOTATION]: new Date(now).toISOString() } } },
+          )
+          .catch((err: unknown) => {
+            // The ReplicaSet may have removed it already (the Deployment was just lowered): done.
+            if (!isNotFound(err)) throw err;
+          });
       deps.events.record(
         cluster,
         "Normal",

@@ -290,12 +290,18 @@ export class ChatClusterReconciler {
           let applied: KubernetesObject;
           try {
             applied = await this.applyOwned(obj);
-            if (obj.kind === "Deployment" && obj.metadata?.name === componentName(cluster, "gateway"))
-              await step.committed?.();
           } catch (err) {
             refused.push(`${obj.kind} ${obj.metadata?.name}: ${refusal(err)}`);
             continue;
           }
+          if (
+            step.committed &&
+            obj.kind === "Deployment" &&
+            obj.metadata?.name === componentName(cluster, "gateway")
+          )
+            await step.committed().catch((err: unknown) => {
+              refused.push(`the gateways' new replica count, applied, not yet marked: ${refusal(err)}`);
+            });
           if (obj.kind === "Deployment" || obj.kind === "StatefulSet")
             workloads.set(obj.metadata?.name ?? "", applied);
           if (obj.kind === CERTIFICATE_KIND) {
