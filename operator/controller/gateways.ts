@@ -195,7 +195,12 @@ export async function reconcileGateways(
       p.metadata?.annotations?.[DRAIN_STARTED_ANNOTATION] !== undefined ||
       samples.find((s) => s.pod === p.metadata?.name)?.draining === true,
   );
-  for (const pod of drainingPods) await markDraining(deps, ns, pod);
+  const markedAt = new Date(deps.now()).toISOString();
+  for (const pod of drainingPods)
+    if (await markDraining(deps, ns, pod, markedAt))
+      deps.log.info("a draining gateway without a drain's marks is marked as drained", {
+        pod: pod.metadata?.name,
+      });
   // A drained gateway refuses every new client for good: one that nothing else will remove (autoscaling
   // turned off mid-drain) is deleted, and its Deployment starts a fresh one.
   if (!spec.autoscaling.enabled) {
@@ -281,21 +286,10 @@ export async function reconcileGateways(
     const victims = chooseGatewaysToDrain(samples, current - decision.target);
     if (victims.length === 0) return { ...base, replicas: current, draining: 0, requeueAfterMs: poll };
     const windowMs = Math.min(10_000, (auto.drainTimeoutSeconds * 1000) / 2);
-    const startedAt = new Date(deps.now()).toISOString();
     for (const name of victims) {
-      const pod = alive.find((p) => p.metadata?.name === name);
+      const pod = alive.find((p) => p.metadata?.name === name) ?? { metadata: { name } };
       // Mark first: if Drain fails the mark still makes this Pod the one removed.
-      await deps.kube.mergePatch(
-        { apiVersion: "v1", kind: "Pod", namespace: ns, name },
-        {
-          metadata: {
-            annotations: {
-              [DELETION_COST_ANNOTATION]: DRAINED_POD_DELETION_COST,
-              [DRAIN_STARTED_ANNOTATION]: startedAt,
-            },
-          },
-        },
-      );
+      await markDraining(deps, ns, pod, markedAt);
       try {
         await deps.gateways.drain(`${pod?.status?.podIP}:${GRPC_PORT}`, windowMs, access);
       } catch (err) {
@@ -315,24 +309,23 @@ export async function reconcileGateways(
 }
 
 /**
- * Gives a draining gateway the marks of a drain of ours where it lacks them: the deletion cost (so
- * the ReplicaSet removes it, not a serving one) and the drain's start (its timeout counts from now).
+ * Gives a gateway the marks of a drain where it lacks them: the deletion cost (so the ReplicaSet
+ * removes it, not a serving one) and the drain's start (its timeout counts from `startedAt`, so a
+ * restarted operator resumes the wait). Whether it lacked any.
  */
-async function markDraining(deps: GatewayDeps, ns: string, pod: V1Pod): Promise<void> {
+async function markDraining(deps: GatewayDeps, ns: string, pod: V1Pod, startedAt: string): Promise<boolean> {
   const annotations = pod.metadata?.annotations ?? {};
   const missing: Record<string, string> = {};
   if (annotations[DELETION_COST_ANNOTATION] !== DRAINED_POD_DELETION_COST)
     missing[DELETION_COST_ANNOTATION] = DRAINED_POD_DELETION_COST;
-  if (annotations[DRAIN_STARTED_ANNOTATION] === undefined)
-    missing[DRAIN_STARTED_ANNOTATION] = new Date(deps.now()).toISOString();
-  if (Object.keys(missing).length === 0) return;
-  const name = pod.metadata?.name ?? "";
+  if (annotations[DRAIN_STARTED_ANNOTATION] === undefined) missing[DRAIN_STARTED_ANNOTATION] = startedAt;
+  if (Object.keys(missing).length === 0) return false;
   await deps.kube.mergePatch(
-    { apiVersion: "v1", kind: "Pod", namespace: ns, name },
+    { apiVersion: "v1", kind: "Pod", namespace: ns, name: pod.metadata?.name ?? "" },
     { metadata: { annotations: missing } },
   );
   pod.metadata = { ...pod.metadata, annotations: { ...annotations, ...missing } };
-  deps.log.info("a draining gateway without a drain's marks is marked as drained", { pod: name });
+  return true;
 }
 
 /** Deletes drained gateway Pods that nothing else will remove (each refuses every new client). */

@@ -189,22 +189,14 @@ export class ChatClusterReconciler {
       // A new cluster says what it is doing before the topics and the schema are made (a slow
       // Cassandra can take its DDL timeout, 30 s, per attempt): Ready=False, Progressing, Provisioning.
       if (cluster.status?.observedGeneration === undefined)
-        await kube.apply(
-          {
-            apiVersion: API_VERSION,
-            kind: KIND,
-            metadata: { name, namespace },
-            status: {
-              observedGeneration: generation,
-              conditions: computeConditions(
-                undefined,
-                { generation, provisioned: false, components: {}, drainingGateways: 0 },
-                new Date(this.now()),
-              ),
-            },
-          },
-          "status",
-        );
+        await this.applyStatus(namespace, name, {
+          observedGeneration: generation,
+          conditions: computeConditions(
+            undefined,
+            { generation, provisioned: false, components: {}, drainingGateways: 0 },
+            new Date(this.now()),
+          ),
+        });
       try {
         const result = await this.deps.provision(
           await kafkaTarget(kube, cluster),
@@ -234,7 +226,7 @@ export class ChatClusterReconciler {
     // ProvisioningFailed, until provisioning succeeds), while everything else goes on (replicas, the
     // gateways' drains, gone records and autoscaling, configuration).
     if (provisionedAlready) status.provisionedGeneration = generation;
-    const provisioned = status.provisionedGeneration === generation || provisionedAlready;
+    const provisioned = status.provisionedGeneration === generation;
     const deployable = status.provisionedGeneration !== undefined;
     const rendered: ChatCluster =
       provisioned || status.provisionedVersion === undefined
@@ -333,11 +325,11 @@ export class ChatClusterReconciler {
           );
         } else if (podMonitor) podMonitor = "Created";
         if (refused.length) {
-          applyError = refused.join("; ");
-          this.deps.events.record(cluster, "Warning", "ApplyFailed", "Apply", applyError);
+          this.deps.events.record(cluster, "Warning", "ApplyFailed", "Apply", refused.join("; "));
           log.warn("objects refused", { refused });
         }
-        if (step.errors.length) applyError = [...refused, ...step.errors].join("; ");
+        const problems = [...refused, ...step.errors];
+        if (problems.length) applyError = problems.join("; ");
       } catch (err) {
         applyError = message(err);
         this.deps.events.record(cluster, "Warning", "ApplyFailed", "Apply", applyError);
@@ -398,10 +390,7 @@ export class ChatClusterReconciler {
     const connections = step ? step.connections : (cluster.status?.connections ?? 0);
     if (connections !== undefined) newStatus.connections = connections;
     if (cluster.spec.gateway.autoscaling.enabled && step) newStatus.gatewayDesiredReplicas = step.replicas;
-    await kube.apply(
-      { apiVersion: API_VERSION, kind: KIND, metadata: { name, namespace }, status: newStatus },
-      "status",
-    );
+    await this.applyStatus(namespace, name, newStatus);
 
     const converging = newStatus.conditions?.some((c) => c.type === "Ready" && c.status !== "True");
     this.deps.onReady?.(namespace, name, !converging);
@@ -416,6 +405,14 @@ export class ChatClusterReconciler {
       STATUS_REFRESH_MS,
     );
     return Number.isFinite(requeue) ? { requeueAfterMs: requeue } : undefined;
+  }
+
+  /** The cluster's status, by server-side apply on the status subresource. */
+  private async applyStatus(namespace: string, name: string, status: ChatClusterStatus): Promise<void> {
+    await this.deps.kube.apply(
+      { apiVersion: API_VERSION, kind: KIND, metadata: { name, namespace }, status },
+      "status",
+    );
   }
 
   /** A component's Pods (its selector's), to tell a StatefulSet's stuck rollout (observeWorkload). */
