@@ -593,6 +593,9 @@ describe("groups", () => {
       for (const x of senders) x.close();
     }
     expectCase(await send(ca, { conversationId: group.id }, "last"), "ack");
+    // Acknowledged is in the log; routed (and so every message before it in the conversation) once
+    // d has it live.
+    await cd.nextEvent(messageEvent("last"));
     // c: in for round 0, out for 1, in for 2; d the other way round. Each gets exactly its rounds.
     const bodies = async (x: RawClient) =>
       (await x.syncAll()).messages

@@ -214,8 +214,9 @@ describe("ChatService: messages", () => {
     expect(retried.results.map((r) => r.message?.messageId)).toEqual(
       first.results.map((r) => r.message?.messageId),
     );
+    // Acknowledged means in the log: the inbox entries follow (on the distributed backend, a moment later).
     const c1 = await user("api-c1");
-    const synced = await c1.syncAll();
+    const synced = await c1.syncAtLeast(1);
     expect(synced.messages.filter((m) => m.body === "sale")).toHaveLength(1);
     expect(await failure(billing.broadcast({ userIds: ["a", "a"], idempotencyKey: "k", body: "b" }))).toBe(
       "INVALID_ARGUMENT DUPLICATE_USER_IDS",
