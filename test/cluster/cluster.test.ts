@@ -247,8 +247,8 @@ describe("a multi-process cluster", () => {
     );
     const groupBodies = Array.from({ length: 10 }, (_, i) => `group ${i}`);
     for (const b of groupBodies) await carol.c.send({ conversationId: group.id }, b);
-    await until("group messages on both gateways", () =>
-      [alice, bobPhone, bobLaptop].every(
+    await until("group messages on both gateways, and the sender's own", () =>
+      [alice, bobPhone, bobLaptop, carol].every(
         (d) => d.received.filter((m) => m.message.conversationId === group.id).length >= 10,
       ),
     );
@@ -495,8 +495,20 @@ describe("a multi-process cluster", () => {
     // The provider is down: the push process retries, honouring Retry-After.
     webhook.script.byToken.set("/p-sleeper", { status: 503, headers: { "retry-after": "1" } });
     const arrivals = () => webhook.script.arrivals.filter((a) => a.token === "/p-sleeper").length;
-    // The routers learn of the closed connection through the routing topic: give them a moment.
-    await new Promise((r) => setTimeout(r, 1_000));
+    // The routers learn of the closed connection through the routing topic: until both know, one
+    // would hand the message to a gateway instead of notifying.
+    const routers = ["router-0", "router-1"].map((n) =>
+      grpcClient(ChatService, `127.0.0.1:${cluster.process(n).grpcPort}`, {
+        bearer: () => cluster.probeKey(),
+      }),
+    );
+    const offlineBy = Date.now() + 30_000;
+    for (;;) {
+      const known = await Promise.all(routers.map((r) => r.listSessions({ userId: "p-sleeper" })));
+      if (known.every((k) => k.sessions.length === 0)) break;
+      if (Date.now() > offlineBy) throw new Error("the routers still list p-sleeper's closed session");
+      await new Promise((r) => setTimeout(r, 50));
+    }
     await sender.c.send({ toUser: "p-sleeper" }, "are you there?");
     await until("the push process's first attempt", () => arrivals() >= 1);
     await cluster.kill("push-0");

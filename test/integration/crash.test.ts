@@ -75,15 +75,32 @@ async function membershipChangedAroundKill(scenario: {
   expect(senderAgain.welcome?.dataSet).not.toBe("");
   const after = expectCase(await sendTo(senderAgain, group, "after"), "ack");
   expect(Number(after.seq)).toBe(SENT_BEFORE_KILL + 1);
-  /** The group's seqs in the user's inbox, once it has `expected` of them (or 30 s passed). */
-  const seqsSeenBy = async (user: string, expected: number) => {
+  // Then a direct message to the watched user: its inbox record comes after every record of the
+  // group's for that user (sequenced before it), so once the DM is in the inbox, everything of the
+  // group's that was to reach it has (what makes "nothing" an answer, not a read made too early).
+  const sentinel = expectCase(
+    await senderAgain.request({
+      case: "send",
+      value: {
+        target: { case: "toUser", value: scenario.watched },
+        clientMsgId: "sentinel",
+        body: "sentinel",
+      },
+    }),
+    "ack",
+  );
+  /** The group's seqs in the user's inbox, once it has `expected` of them and the sentinel (or 30 s passed). */
+  const seqsSeenBy = async (user: string, expected: number, sentinelConversation?: string) => {
     const client = await RawClient.connect(server.url, { token: await token(user) });
     const deadline = Date.now() + 30_000;
     let seqs: number[];
     for (;;) {
       const synced = await client.syncAll();
       seqs = synced.messages.filter((m) => m.conversationId === group).map((m) => Number(m.seq));
-      if (seqs.length >= expected || Date.now() > deadline) break;
+      const sentinelSeen =
+        sentinelConversation === undefined ||
+        synced.messages.some((m) => m.conversationId === sentinelConversation);
+      if ((seqs.length >= expected && sentinelSeen) || Date.now() > deadline) break;
       await new Promise((r) => setTimeout(r, 200));
     }
     client.close();
@@ -91,7 +108,7 @@ async function membershipChangedAroundKill(scenario: {
   };
   const seen = {
     erin: await seqsSeenBy("erin", SENT_BEFORE_KILL + 1),
-    watched: await seqsSeenBy(scenario.watched, scenario.watchedGets),
+    watched: await seqsSeenBy(scenario.watched, scenario.watchedGets, sentinel.conversationId),
   };
   senderAgain.close();
   return seen;

@@ -457,10 +457,12 @@ describe("mutated frames by the thousand", () => {
     const [a, b, m] = [client(alice), client(bob), client(mallory)];
     await Promise.all([a.connect(), b.connect(), m.connect()]);
     const group = (await m.createGroup({ name: `fuzz ${tag}`, members: [bob] })).id;
-    const dm = (await a.send({ toUser: bob }, "before")).conversationId;
+    // Listening before the send: bob's event may come before alice's ack.
+    const dm = `dm:${[alice, bob].sort().join("~")}`;
     b.on("message", (msg) => {
       if (msg.message.conversationId === dm) received.push(msg);
     });
+    expect((await a.send({ toUser: bob }, "before")).conversationId).toBe(dm);
     const frames = validFrames(mallory, bob, group, dm);
     const token = await devToken(server.dataDir, mallory);
 
