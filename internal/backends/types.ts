@@ -114,6 +114,12 @@ export interface DeliveryHandler {
    * not seen here, so cached member lists may be stale (called before the next batch is delivered).
    */
   partitionsChanged?(): void;
+  /**
+   * Users whose entries in a batch were found applied by a former owner (a head read from storage
+   * said so): it may have stopped before handing them on. Their live sessions look at their inboxes
+   * once, and get what they are missing.
+   */
+  recheckInboxes?(userIds: readonly string[]): void;
 }
 
 /** What the sender's side knows about a draft that lets the log do less. */

@@ -154,6 +154,7 @@ export class Router {
             },
             membershipChanged: (conversationId) => this.audiences.forget(conversationId),
             partitionsChanged: () => this.audiences.forgetAll(),
+            recheckInboxes: (userIds) => this.recheckInboxes(userIds),
           })
         : await log.consume(CONSUMER_GROUP, (batch) => this.route(batch), {
             beforeCommit: true,
@@ -263,6 +264,19 @@ export class Router {
     const set = this.byUser.get(s.userId);
     set?.delete(sessionId);
     if (set?.size === 0) this.byUser.delete(s.userId);
+  }
+
+  /** Has the gateways of these users' sessions look at their inboxes once (what a session missed). */
+  private recheckInboxes(userIds: readonly string[]): void {
+    const byGateway = new Map<string, string[]>();
+    for (const userId of userIds)
+      for (const s of this.lookup(userId)) {
+        const users = byGateway.get(s.gatewayId) ?? [];
+        if (!users.includes(userId)) users.push(userId);
+        byGateway.set(s.gatewayId, users);
+      }
+    for (const [gatewayId, users] of byGateway)
+      this.linkTo(gatewayId)?.push({ userIds: users, recheckInboxes: true });
   }
 
   /** Sessions of a user: [sessionId, gatewayId, epoch]. */

@@ -1,7 +1,7 @@
 /**
  * The zombie inbox owner (ADR 0002): an owner of inbox partitions is held until its successor has
  * claimed the partitions and moved on — between assigning cursors and writing them (its check then
- * fails: it must deliver nothing), or after its stream rows and a passing check, before its heads.
+ * fails: it must deliver nothing), or after its writes and a passing check, before it delivers.
  * Either way its late writes (a stale head among them) must not win, whatever it delivers must agree
  * with the inbox, and every user's inbox must hold each message exactly once, in order. A record the
  * sequencer marks as a re-delivery adds nothing, and neither does a fenced-out sequencer's late,
@@ -56,33 +56,33 @@ describe("zombie inbox owner writing after its successor claimed", () => {
     await zombieOwner("write", "w");
   });
 
-  it("held after its rows and a passing check, before its heads: its heads lose, what it delivers agrees with the inbox", async () => {
-    await zombieOwner("heads", "h");
+  it("held after its writes and a passing check, before it delivers: its heads lose, what it delivers agrees with the inbox", async () => {
+    await zombieOwner("handOver", "h");
   });
 });
 
-describe("a heads write that fails after storing some of its heads", () => {
+describe("an owner's write that fails after storing some users' rows and heads", () => {
   it("hands every recipient's delivery to the router once the batch is retried", async () => {
     const { scenario, names, kafka, producer, users } = await openScenario("p");
     const conversationId = `g:p${id}`;
-    // The first heads write stores one user's head, then fails (a timeout after a partial write).
+    // The first write stores one user's rows and head, then fails (a timeout after a partial write).
     let failures = 0;
     const inbox = stores.inbox;
     const store = new Proxy(inbox, {
       get(target, prop) {
-        if (prop === "writeOwnedHeads")
-          return async (...args: Parameters<typeof inbox.writeOwnedHeads>) => {
+        if (prop === "writeOwned")
+          return async (...args: Parameters<typeof inbox.writeOwned>) => {
             const [entries, heads, epoch, ttl] = args;
-            if (failures > 0 || entries.length === 0) return target.writeOwnedHeads(...args);
+            if (failures > 0 || entries.length === 0) return target.writeOwned(...args);
             failures++;
             const first = entries[0]!.userId;
-            await target.writeOwnedHeads(
+            await target.writeOwned(
               entries.filter((e) => e.userId === first),
               new Map([[first, heads.get(first)!]]),
               epoch,
               ttl,
             );
-            throw new Error("heads write timed out after storing some of them");
+            throw new Error("write timed out after storing some of it");
           };
         const value = Reflect.get(target, prop, target) as unknown;
         return typeof value === "function" ? value.bind(target) : value;
@@ -266,7 +266,7 @@ async function openScenario(tag: string) {
   return { scenario, names: topicNames(scenario), kafka, producer, users };
 }
 
-async function zombieOwner(holdAt: "write" | "heads", tag: string): Promise<void> {
+async function zombieOwner(holdAt: "write" | "handOver", tag: string): Promise<void> {
   const { scenario, names, kafka, producer, users } = await openScenario(tag);
   const conversationId = `g:${tag}${id}`;
   let seq = 0;
@@ -355,7 +355,7 @@ async function zombieOwner(holdAt: "write" | "heads", tag: string): Promise<void
       },
       log: createLogger({ test: `ifence-${who}` }),
       ...(hook && holdAt === "write" ? { beforeWrite: hook } : {}),
-      ...(hook && holdAt === "heads" ? { beforeHeads: hook } : {}),
+      ...(hook && holdAt === "handOver" ? { beforeHandOver: hook } : {}),
     });
   const a = owner("A", hold.hook);
   await a.start();
@@ -398,7 +398,7 @@ async function zombieOwner(holdAt: "write" | "heads", tag: string): Promise<void
         .filter((d) => d.message.seq > 5),
     ).toEqual([]);
   } else {
-    // A's check had passed: it writes its (stale) heads and delivers what it held, late; below, its
+    // A's check had passed and its writes were stored: it delivers what it held, late; below, its
     // heads lose to B's and its deliveries carry the cursors the inbox holds.
     expect(
       delivered

@@ -74,7 +74,7 @@ export class Hold {
     this.open = resolve;
   });
 
-  /** The hook to pass as the owner's `beforeWrite` (or `beforeHeads`). */
+  /** The hook to pass as the owner's `beforeWrite` (or `beforeHandOver`). */
   readonly hook = async (): Promise<void> => {
     if (!this.armed) return;
     this.held++;

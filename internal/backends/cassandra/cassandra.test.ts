@@ -416,10 +416,10 @@ describe("sequencer store and partition ownership", () => {
           3600,
         ),
       ]);
-      // Two requests: in the first turn both heads with their dedupe rows, the new bucket's marker and
-      // the stream rows; in the second the message rows (after their marker) and the inbox heads
-      // (after their stream rows).
-      expect(a.requests.writes + a.requests.batches - before).toBe(2);
+      // Three requests: in the first turn both heads with their dedupe rows and the new bucket's
+      // marker (unlogged), and the inbox's rows with their head (logged: stored together); in the
+      // second the message rows (after their marker).
+      expect(a.requests.writes + a.requests.batches - before).toBe(3);
       const writeTimes: Array<[string, string, bigint]> = [
         [
           `WRITETIME(last_seq) AS t FROM ${keyspace}.conversation_sequencer WHERE conversation_id = ? LIMIT 1`,
@@ -782,7 +782,7 @@ describe("inbox store", () => {
   });
 
   it(
-    "owner path: rows then heads at the owner's epoch; a fenced-out owner's late writes lose; reads stop at the head",
+    "owner path: rows with their heads at the owner's epoch, in one request; a fenced-out owner's late writes lose; reads stop at the head",
     async () => {
       const [u, v, c] = [id("u"), id("v"), id("c")];
       const owned = (userId: string, cursor: number, seq: number, tag: string): InboxEntry => ({
@@ -810,7 +810,7 @@ describe("inbox store", () => {
         3600,
       );
       expect(a.requests.lwts - before.lwts).toBe(0);
-      expect(a.requests.batches + a.requests.writes - before.batches - before.writes).toBe(2);
+      expect(a.requests.batches + a.requests.writes - before.batches - before.writes).toBe(1);
       await b.inbox.writeOwned(
         range(1, 5).map((n) => owned(u, n, n + 10, "old")),
         new Map([[u, { head: 5, appliedOffset: 8 }]]),
@@ -828,6 +828,49 @@ describe("inbox store", () => {
         { userId: v, conversationId: c, seq: 1 },
       ]);
       expect([...recorded].sort()).toEqual([`${u}\u0000${c}\u00002`, `${v}\u0000${c}\u00001`].sort());
+    },
+    LONG,
+  );
+
+  it(
+    "owner path: a user's burst too large for one batch is written rows first, then its head; the others' together",
+    async () => {
+      const [u, v, c] = [id("burst"), id("calm"), id("c")];
+      const owned = (userId: string, cursor: number): InboxEntry => ({
+        userId,
+        cursor,
+        conversationId: c,
+        seq: cursor,
+        messageId: `m${cursor}`,
+      });
+      const burst = range(1, 60).map((n) => owned(u, n));
+      const heads = new Map([
+        [u, { head: 60, appliedOffset: 59 }],
+        [v, { head: 1, appliedOffset: 59 }],
+      ]);
+      const sent: string[] = [];
+      const session = a.inbox as unknown as { s: { batch: (...args: unknown[]) => Promise<unknown> } };
+      const batch = session.s.batch.bind(session.s);
+      session.s.batch = async (...args: unknown[]) => {
+        const [, statements, call] = args as [string, Array<{ query: string }>, { logged: boolean }];
+        const tables = new Set(statements.map((x) => /INTO \S+\.(\w+)/.exec(x.query)?.[1]));
+        sent.push(`${call.logged ? "logged" : "unlogged"} ${[...tables].sort().join("+")}`);
+        return batch(...args);
+      };
+      try {
+        await a.inbox.writeOwned([...burst, owned(v, 1)], heads, epochAt(3), 3600);
+      } finally {
+        session.s.batch = batch;
+      }
+      // v's rows and head in one logged batch; u's rows first (a single-partition batch), then its head.
+      expect(sent).toEqual([
+        "logged inbox_by_user+inbox_heads",
+        "unlogged inbox_by_user",
+        "unlogged inbox_heads",
+      ]);
+      expect((await a.inbox.read(u, 0, 100)).map((e) => e.cursor)).toEqual(range(1, 60));
+      expect(await a.inbox.ownedHeads([u, v])).toEqual(heads);
+      expect((await a.inbox.recorded([{ userId: u, conversationId: c, seq: 60 }])).size).toBe(1);
     },
     LONG,
   );

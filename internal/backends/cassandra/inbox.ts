@@ -45,7 +45,7 @@ import {
   toNumber,
   toText,
 } from "./session.js";
-import { routingKey, type Unit } from "./turn-writes.js";
+import { routingKey, type Unit, unitBytes } from "./turn-writes.js";
 
 type Draft = Omit<InboxEntry, "cursor">;
 
@@ -55,6 +55,12 @@ const CAS_ENTRIES_MAX = 250;
 const ROUND_ENTRIES_MAX = 1000;
 const CAS_ATTEMPTS_MAX = 32;
 const IN_MAX = 100;
+/**
+ * A user's rows, head and index rows as one unit of a logged batch, at most (bytes, as turn-writes.ts
+ * weighs them): Cassandra warns about a batch of several partitions above 5 KiB and refuses one above
+ * 50 KiB. About 20 entries; a larger one is written in two steps.
+ */
+const LOGGED_UNIT_BYTES_MAX = 4 * 1024;
 
 const entryKey = (conversationId: string, seq: number) => `${conversationId}\u0000${seq}`;
 
@@ -268,9 +274,10 @@ export class CassandraInboxStore implements InboxStore {
 
   // -------------------------------------------------------------------------------------------
   // The owner path (ADR 0002): the owner of a user's inbox partition assigns the cursors in memory and
-  // writes plainly, with its epoch as the write timestamp. The stream rows first, then the user's
-  // head, the Kafka offset of the last record applied, and one index row per entry (which expires
-  // after `ttlSeconds`; it answers re-deliveries of a message, which are rare and recent).
+  // writes plainly, with its epoch as the write timestamp: the stream rows, the user's head with the
+  // Kafka offset of the last record applied, and one index row per entry (which expires after
+  // `ttlSeconds`; it answers re-deliveries of a message, which are rare and recent). A head is never
+  // stored without the rows below it: a successor that reads it skips the records it says are applied.
 
   /** Head and last applied record offset per user (0 and -1 when none); one request per 100 users. */
   async ownedHeads(users: string[]): Promise<Map<string, { head: number; appliedOffset: number }>> {
@@ -317,36 +324,15 @@ export class CassandraInboxStore implements InboxStore {
     return found;
   }
 
-  /** The owner's writes of a batch in their order: stream rows, then the heads that make them readable. */
+  /**
+   * The owner's writes of a batch, in one round trip: each user's rows, head and index rows are one
+   * unit of a logged batch (Cassandra's batch log applies all of a unit or none of it, also across a
+   * coordinator's crash), and the units of many users share requests (turn-writes.ts). A user whose
+   * records were all applied before writes its head alone, unlogged (one partition). A user's unit too
+   * large for a batch (a burst of entries to one user in one fetch) is written in two steps instead:
+   * its rows, then its head and index rows.
+   */
   async writeOwned(
-    entries: InboxEntry[],
-    heads: Map<string, { head: number; appliedOffset: number }>,
-    epoch: bigint,
-    ttlSeconds: number,
-  ): Promise<void> {
-    await this.writeOwnedRows(entries, epoch);
-    await this.writeOwnedHeads(entries, heads, epoch, ttlSeconds);
-  }
-
-  /** Stream rows, readable only once a head at or above their cursor is written. */
-  async writeOwnedRows(entries: InboxEntry[], epoch: bigint): Promise<void> {
-    const at = toLong(epoch);
-    // One unit per partition; the turn's writes of every inbox partition share requests
-    // (turn-writes.ts).
-    const rows = [...groupBy(entries, (e) => `${e.userId}\u0000${inboxBucket(e.cursor)}`).values()].map(
-      (group): Unit => ({
-        key: routingKey(group[0]!.userId, inboxBucket(group[0]!.cursor)),
-        statements: group.map((e) => ({
-          query: this.q.insertOwnedStream,
-          params: [e.userId, inboxBucket(e.cursor), e.cursor, e.conversationId, e.seq, e.messageId, at],
-        })),
-      }),
-    );
-    await this.s.turnWrites.write("inbox_by_user: write owned entries", rows);
-  }
-
-  /** Each user's head and applied offset, and an index row per entry; after the entries' rows. */
-  async writeOwnedHeads(
     entries: InboxEntry[],
     heads: Map<string, { head: number; appliedOffset: number }>,
     epoch: bigint,
@@ -355,19 +341,62 @@ export class CassandraInboxStore implements InboxStore {
     const at = toLong(epoch);
     const ttl = Math.max(1, Math.floor(ttlSeconds));
     const byUser = groupBy(entries, (e) => e.userId);
-    const state = [...heads].map(
-      ([user, h]): Unit => ({
-        key: routingKey(user),
-        statements: [
-          { query: this.q.setOwnedHead, params: [user, h.head, h.appliedOffset, at] },
-          ...(byUser.get(user) ?? []).map((e) => ({
-            query: this.q.insertOwnedIndex,
-            params: [user, e.conversationId, e.seq, e.cursor, e.messageId, ttl, at],
-          })),
-        ],
+    const together: Unit[] = [];
+    const headsAlone: Unit[] = [];
+    const stepwise: Array<{ rows: Unit[]; head: Unit }> = [];
+    for (const [user, h] of heads) {
+      const own = byUser.get(user) ?? [];
+      const rows = this.rowUnits(own, at);
+      const head = this.headUnit(user, h, own, at, ttl);
+      if (rows.length === 0) {
+        headsAlone.push(head);
+        continue;
+      }
+      const statements = [...rows.flatMap((u) => u.statements), ...head.statements];
+      if (unitBytes(statements) <= LOGGED_UNIT_BYTES_MAX) together.push({ key: head.key, statements });
+      else stepwise.push({ rows, head });
+    }
+    await Promise.all([
+      this.s.loggedTurnWrites.write("inbox: write owned entries with their heads", together),
+      this.s.turnWrites.write("inbox_heads: write owned heads", headsAlone),
+      ...stepwise.map(async ({ rows, head }) => {
+        await this.s.turnWrites.write("inbox_by_user: write owned entries", rows);
+        await this.s.turnWrites.write("inbox_heads: write owned heads", [head]);
+      }),
+    ]);
+  }
+
+  /** A user's stream rows, one unit per bucket partition. */
+  private rowUnits(entries: InboxEntry[], at: ReturnType<typeof toLong>): Unit[] {
+    return [...groupBy(entries, (e) => String(inboxBucket(e.cursor))).values()].map(
+      (group): Unit => ({
+        key: routingKey(group[0]!.userId, inboxBucket(group[0]!.cursor)),
+        statements: group.map((e) => ({
+          query: this.q.insertOwnedStream,
+          params: [e.userId, inboxBucket(e.cursor), e.cursor, e.conversationId, e.seq, e.messageId, at],
+        })),
       }),
     );
-    await this.s.turnWrites.write("inbox_heads: write owned heads", state);
+  }
+
+  /** A user's head and applied offset, and an index row per entry: one `inbox_heads` partition. */
+  private headUnit(
+    user: string,
+    h: { head: number; appliedOffset: number },
+    entries: InboxEntry[],
+    at: ReturnType<typeof toLong>,
+    ttl: number,
+  ): Unit {
+    return {
+      key: routingKey(user),
+      statements: [
+        { query: this.q.setOwnedHead, params: [user, h.head, h.appliedOffset, at] },
+        ...entries.map((e) => ({
+          query: this.q.insertOwnedIndex,
+          params: [user, e.conversationId, e.seq, e.cursor, e.messageId, ttl, at],
+        })),
+      ],
+    };
   }
 
   async read(userId: string, after: number, limit: number): Promise<InboxEntry[]> {

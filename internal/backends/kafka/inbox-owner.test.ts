@@ -59,6 +59,7 @@ function owner(draftsEpoch: bigint | undefined) {
   const heads = new Map<string, { head: number; appliedOffset: number }>();
   const rows: InboxEntry[] = [];
   const delivered: InboxDelivery[] = [];
+  const rechecked: string[][] = [];
   const counts = { lookups: 0, epochReads: 0 };
   const key = (e: { userId: string; conversationId: string; seq: number }) =>
     `${e.userId}\u0000${e.conversationId}\u0000${e.seq}`;
@@ -70,10 +71,8 @@ function owner(draftsEpoch: bigint | undefined) {
       counts.lookups++;
       return new Set(keys.map(key).filter((k) => index.has(k)));
     },
-    async writeOwnedRows(entries: InboxEntry[]) {
+    async writeOwned(entries: InboxEntry[], h: Map<string, { head: number; appliedOffset: number }>) {
       rows.push(...entries);
-    },
-    async writeOwnedHeads(entries: InboxEntry[], h: Map<string, { head: number; appliedOffset: number }>) {
       for (const e of entries) index.set(key(e), e.cursor);
       for (const [u, v] of h) heads.set(u, { ...v });
     },
@@ -100,6 +99,9 @@ function owner(draftsEpoch: bigint | undefined) {
           delivered.push(...d);
         },
         membershipChanged: () => undefined,
+        recheckInboxes: (userIds) => {
+          rechecked.push([...userIds]);
+        },
       },
       log: createLogger({ test: "inbox-owner" }),
     });
@@ -107,7 +109,7 @@ function owner(draftsEpoch: bigint | undefined) {
     (o as unknown as { applyBatch(p: EachBatchPayload): Promise<void> }).applyBatch(payload);
   /** Each user's (seq, cursor) pairs in the order their rows were written. */
   const inboxOf = (user: string) => rows.filter((r) => r.userId === user).map((r) => [r.seq, r.cursor]);
-  return { make, apply, inboxOf, delivered, counts };
+  return { make, apply, inboxOf, delivered, rechecked, counts };
 }
 
 describe("inbox owner: a fenced-out sequencer's late copy", () => {
@@ -188,5 +190,37 @@ describe("inbox owner: a fenced-out sequencer's late copy", () => {
     await t.apply(o, batchOf(0, [{ seq: 1 }, { seq: 2 }, { seq: 2, redelivery: true }]));
     expect(t.inboxOf("ann").map(([seq]) => seq)).toEqual([1, 2]);
     expect(t.counts).toEqual({ lookups: 1, epochReads: 0 });
+  });
+});
+
+describe("inbox owner: records a former owner applied", () => {
+  it("skips them and has their users' sessions look at their inboxes, once per batch; not for its own", async () => {
+    const t = owner(B);
+    const former = t.make();
+    await t.apply(
+      former,
+      batchOf(0, [
+        { seq: 1, epoch: B },
+        { seq: 2, epoch: B },
+      ]),
+    );
+    // Its offsets were not committed (or it stopped before handing them on): a successor starts
+    // over from offset 0, its heads read from storage say both records are applied.
+    const successor = t.make();
+    await t.apply(
+      successor,
+      batchOf(0, [
+        { seq: 1, epoch: B },
+        { seq: 2, epoch: B },
+        { seq: 3, epoch: B },
+      ]),
+    );
+    for (const u of ["ann", "ben"]) expect(t.inboxOf(u).map(([seq]) => seq)).toEqual([1, 2, 3]);
+    expect(t.delivered.map((d) => d.message.seq)).toEqual([1, 2, 3]);
+    expect(t.rechecked).toEqual([["ann", "ben"]]);
+    // Its own records it knows it handed on: a batch read again (a retried fetch) asks for nothing.
+    await t.apply(successor, batchOf(2, [{ seq: 3, epoch: B }]));
+    expect(t.rechecked).toHaveLength(1);
+    expect(t.inboxOf("ann").map(([seq]) => seq)).toEqual([1, 2, 3]);
   });
 });

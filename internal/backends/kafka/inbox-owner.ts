@@ -4,9 +4,9 @@
  * and hands the messages with their cursors to the router for delivery.
  *
  * The same fence as the sequencer's: one claim per partition per group generation (OwnershipStore),
- * cursors from memory, plain writes with the owner's epoch as write timestamp: the stream rows and,
- * at the same time, a check that the epoch is still ours; only if it is, the users' heads (with the
- * offset of the last record applied), then delivery and the offset commit.
+ * cursors from memory, plain writes with the owner's epoch as write timestamp: each user's stream rows
+ * and head (with the offset of the last record applied) stored together, and at the same time a check
+ * that the epoch is still ours; only if it is, delivery and the offset commit.
  *
  * A pull conversation's message (ADR 0010) comes as one record without recipients (header kind=pull),
  * in the partition of its conversation, and is handed on as it is; a membership change of a
@@ -88,8 +88,8 @@ interface UserHead {
 export interface OwnedInboxStore {
   ownedHeads(users: string[]): Promise<Map<string, UserHead>>;
   recorded(keys: Array<Omit<InboxEntry, "cursor" | "messageId">>): Promise<Set<string>>;
-  writeOwnedRows(entries: InboxEntry[], epoch: bigint): Promise<void>;
-  writeOwnedHeads(
+  /** Each user's rows and head, stored together (a head never without the rows it makes readable). */
+  writeOwned(
     entries: InboxEntry[],
     heads: Map<string, UserHead>,
     epoch: bigint,
@@ -111,8 +111,8 @@ export interface InboxOwnerOptions {
   log: Logger;
   /** Test hook: called after cursors are assigned in memory, before anything is written. */
   beforeWrite?: (partition: number) => Promise<void>;
-  /** Test hook: called after the stream rows and the epoch check, before the heads are written. */
-  beforeHeads?: (partition: number) => Promise<void>;
+  /** Test hook: called after the writes and a passing epoch check, before the deliveries are handed on. */
+  beforeHandOver?: (partition: number) => Promise<void>;
 }
 
 /** Deliveries kept for a retried batch at most (past it, their users read them by sync). */
@@ -121,9 +121,9 @@ const UNHANDED_MAX = 10_000;
 class PartitionState {
   readonly users = new Map<string, UserHead>();
   /**
-   * Push deliveries of a batch whose stream rows were written but whose heads write failed: some of
-   * its heads may be stored, and the retry skips their users as applied, so it would not hand their
-   * deliveries over. They go to the router once the retry succeeds (gateways drop repeated cursors).
+   * Push deliveries of a batch whose writes failed: some users' heads may be stored all the same, and
+   * the retry skips their users as applied, so it would not hand their deliveries over. They go to the
+   * router once the retry succeeds (gateways drop repeated cursors).
    */
   unhanded: InboxDelivery[] = [];
   constructor(readonly epoch: bigint) {}
@@ -262,6 +262,8 @@ export class InboxOwner implements Closeable {
     // What this batch assigns: a re-delivery may follow its original in the same batch, before the
     // original's index row exists for `recorded` to find.
     const assigned = new Set<string>();
+    // Users whose records here a former owner applied (their heads, read from storage, say so).
+    const appliedBefore = new Set<string>();
     for (const r of records) {
       while (nextChange < changeOffsets.length && changeOffsets[nextChange]! < r.offset)
         steps.push(changes.get(changeOffsets[nextChange++]!)!, []);
@@ -274,7 +276,10 @@ export class InboxOwner implements Closeable {
       const recipients: InboxDelivery["recipients"] = [];
       for (const userId of r.users) {
         const h = heads.get(userId)!;
-        if (r.offset <= h.appliedOffset) continue; // applied before
+        if (r.offset <= h.appliedOffset) {
+          if (loaded.has(userId)) appliedBefore.add(userId);
+          continue;
+        }
         h.appliedOffset = r.offset;
         const key = `${userId}\u0000${r.message.conversationId}\u0000${r.message.seq}`;
         if (recorded.has(key) || assigned.has(key)) continue;
@@ -297,32 +302,27 @@ export class InboxOwner implements Closeable {
       }
     }
 
-    let rowsWritten = false;
     try {
       await this.o.beforeWrite?.(batch.partition);
-      // The epoch check goes with the stream rows, not after the heads (one round trip fewer): the
-      // heads are written only by an owner whose check passed. A successor that claims after the
-      // check re-reads from the last committed offset (this batch is not committed before it is
-      // delivered) and, cursors being a function of the stored heads and the records in partition
-      // order, assigns these same cursors to these same records whether or not it saw these heads;
-      // the rows and heads it writes carry its newer epoch and win over these (ADR 0002).
+      // The epoch check goes with the writes, not before them (one round trip): a fenced-out owner's
+      // rows and heads carry its older epoch and lose to its successor's, and it delivers nothing. A
+      // successor that claims meanwhile re-reads from the last committed offset (this batch is not
+      // committed before it is delivered) and, cursors being a function of the stored heads and the
+      // records in partition order, assigns these same cursors to these same records whether or not
+      // it saw these heads (ADR 0002).
       await Promise.all([
-        this.o.store.writeOwnedRows(entries, state.epoch),
+        this.o.store.writeOwned(entries, heads, state.epoch, this.o.indexTtlSeconds),
         this.partitions.check(batch.partition, state),
       ]);
-      rowsWritten = true;
-      await this.o.beforeHeads?.(batch.partition);
-      await this.o.store.writeOwnedHeads(entries, heads, state.epoch, this.o.indexTtlSeconds);
     } catch (err) {
       for (const u of users) state.users.delete(u); // the outcome is unknown: read them again
-      if (rowsWritten) {
-        for (const step of steps)
-          if (typeof step !== "string") for (const d of step) if (!d.pull) state.unhanded.push(d);
-        if (state.unhanded.length > UNHANDED_MAX)
-          state.unhanded.splice(0, state.unhanded.length - UNHANDED_MAX);
-      }
+      for (const step of steps)
+        if (typeof step !== "string") for (const d of step) if (!d.pull) state.unhanded.push(d);
+      if (state.unhanded.length > UNHANDED_MAX)
+        state.unhanded.splice(0, state.unhanded.length - UNHANDED_MAX);
       throw err;
     }
+    await this.o.beforeHandOver?.(batch.partition);
     for (const [u, h] of heads) state.set(u, h);
     if (state.unhanded.length > 0) {
       const earlier = state.unhanded;
@@ -335,6 +335,10 @@ export class InboxOwner implements Closeable {
       if (typeof step === "string") this.o.handler.membershipChanged(step);
       else if (step.length > 0) await this.handOver(step);
     }
+    // A former owner stored these entries and may have stopped before handing them on (a crash, or
+    // a pause past its session): the users' sessions look at their inboxes (after a rebalance, the
+    // records since the last commit; their gateways find nothing new if it had handed them on).
+    if (appliedBefore.size > 0) this.o.handler.recheckInboxes?.([...appliedBefore]);
     await commitBatch(payload, this.lag, this.commits);
   }
 
