@@ -72,13 +72,14 @@ describe("an owner's write that fails after storing some users' rows and heads",
       get(target, prop) {
         if (prop === "writeOwned")
           return async (...args: Parameters<typeof inbox.writeOwned>) => {
-            const [entries, heads, epoch, ttl] = args;
+            const [entries, heads, before, epoch, ttl] = args;
             if (failures > 0 || entries.length === 0) return target.writeOwned(...args);
             failures++;
             const first = entries[0]!.userId;
             await target.writeOwned(
               entries.filter((e) => e.userId === first),
               new Map([[first, heads.get(first)!]]),
+              before,
               epoch,
               ttl,
             );

@@ -17,7 +17,7 @@ import type { InboxEntry, MembershipAsOfSeqs, NewConversation, StoredMessage } f
 import { type CassandraOptions, type CassandraStores, migrate, openCassandraStores } from "./index.js";
 import { SCHEMA_VERSION, tableId, withTableId } from "./schema.js";
 import { REQUESTS_IN_FLIGHT_MAX, storageError } from "./session.js";
-import { routingKey } from "./turn-writes.js";
+import { routingKey, type Unit } from "./turn-writes.js";
 
 const run = randomBytes(4).toString("hex");
 const keyspace = `switchboard_test_${run}`;
@@ -121,15 +121,15 @@ describe("schema migrations", () => {
       const ks = `switchboard_test_${run}_m`;
       try {
         const first = await migrate(a.client, { keyspace: ks, replication });
-        expect(first.applied).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]);
+        expect(first.applied).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]);
         const second = await migrate(a.client, { keyspace: ks, replication });
-        expect(second).toEqual({ applied: [], version: 15 });
+        expect(second).toEqual({ applied: [], version: 16 });
 
         const rows = (
           await a.client.execute(`SELECT version, name, checksum, applied_at FROM ${ks}.schema_migrations`)
         ).rows;
         expect(rows.map((r) => r.get("version") as number).sort((x, y) => x - y)).toEqual([
-          1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,
+          1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16,
         ]);
         for (const r of rows) {
           expect(r.get("name")).toEqual(expect.any(String));
@@ -412,14 +412,14 @@ describe("sequencer store and partition ownership", () => {
         a.inbox.writeOwned(
           [{ userId: user, cursor: 1, conversationId: c1, seq: 1, messageId: "m-t1" }],
           new Map([[user, { head: 1, appliedOffset: 7 }]]),
+          new Map(),
           epochAt(7),
           3600,
         ),
       ]);
-      // Three requests: in the first turn both heads with their dedupe rows and the new bucket's
-      // marker (unlogged), and the inbox's rows with their head (logged: stored together); in the
-      // second the message rows (after their marker).
-      expect(a.requests.writes + a.requests.batches - before).toBe(3);
+      // Two requests: in the first turn both heads with their dedupe rows, the new bucket's marker,
+      // the inbox's stream rows and its head; in the second the message rows (after their marker).
+      expect(a.requests.writes + a.requests.batches - before).toBe(2);
       const writeTimes: Array<[string, string, bigint]> = [
         [
           `WRITETIME(last_seq) AS t FROM ${keyspace}.conversation_sequencer WHERE conversation_id = ? LIMIT 1`,
@@ -457,6 +457,7 @@ describe("sequencer store and partition ownership", () => {
       await a.inbox.writeOwned(
         [{ userId: user, cursor: 1, conversationId: c, seq: 2_001, messageId: "m-route" }],
         new Map([[user, { head: 1, appliedOffset: 1 }]]),
+        new Map(),
         epochAt(1),
         3600,
       );
@@ -745,18 +746,21 @@ describe("head reads next to expired rows", () => {
         await a.inbox.writeOwned(
           entries,
           new Map([[u, { head: i + 100, appliedOffset: i + 99 }]]),
+          new Map(),
           epochAt(1),
           1,
         );
       }
       await new Promise((r) => setTimeout(r, 2_500));
-      expect(await a.inbox.recorded([{ userId: u, conversationId: c, seq: 1 }])).toEqual(new Set());
+      expect(await a.inbox.recorded([{ userId: u, conversationId: c, seq: 1 }])).toEqual(new Map());
       const summaries = await traced(async () => {
         expect(await a.inbox.ownedHeads([u])).toEqual(
           new Map([[u, { head: EXPIRED, appliedOffset: EXPIRED - 1 }]]),
         );
       });
-      expect(tombstonesIn(summaries)).toEqual([0]);
+      // The heads' read, then the rows at the head's ends (its batch's rows are there).
+      expect(tombstonesIn(summaries).length).toBeGreaterThan(1);
+      expect(tombstonesIn(summaries).every((n) => n === 0)).toBe(true);
       // The stream rows (no TTL) are all there; the head read of a page passes nothing either.
       const page = await traced(async () => {
         expect((await a.inbox.read(u, EXPIRED - 2, 10)).map((e) => e.cursor)).toEqual([EXPIRED - 1, EXPIRED]);
@@ -806,6 +810,7 @@ describe("inbox store", () => {
           [u, { head: 3, appliedOffset: 10 }],
           [v, { head: 1, appliedOffset: 10 }],
         ]),
+        new Map(),
         epochAt(2),
         3600,
       );
@@ -814,6 +819,7 @@ describe("inbox store", () => {
       await b.inbox.writeOwned(
         range(1, 5).map((n) => owned(u, n, n + 10, "old")),
         new Map([[u, { head: 5, appliedOffset: 8 }]]),
+        new Map(),
         epochAt(1),
         3600,
       );
@@ -827,13 +833,69 @@ describe("inbox store", () => {
         { userId: u, conversationId: c, seq: 4 },
         { userId: v, conversationId: c, seq: 1 },
       ]);
-      expect([...recorded].sort()).toEqual([`${u}\u0000${c}\u00002`, `${v}\u0000${c}\u00001`].sort());
+      expect(recorded).toEqual(
+        new Map([
+          [`${u}\u0000${c}\u00002`, 2],
+          [`${v}\u0000${c}\u00001`, 1],
+        ]),
+      );
     },
     LONG,
   );
 
   it(
-    "owner path: a user's burst too large for one batch is written rows first, then its head; the others' together",
+    "owner path: a head stored without its batch's rows gives way to the one before it; its index rows count only up to the head",
+    async () => {
+      const c = id("c");
+      const store = a.inbox as unknown as {
+        s: { turnWrites: { write(what: string, units: Unit[]): Promise<void> } };
+        rowUnits(entries: InboxEntry[], at: unknown): Unit[];
+        headUnit(
+          user: string,
+          h: unknown,
+          before: unknown,
+          entries: InboxEntry[],
+          at: unknown,
+          ttl: number,
+        ): Unit;
+      };
+      const at = cassandra.types.Long.fromString(String(epochAt(2)));
+      // The batch's rows in the bucket of its head land, or those in the bucket before; never both.
+      for (const landing of ["upper", "lower"] as const) {
+        const u = id(`partial-${landing}`);
+        const owned = (cursor: number): InboxEntry => ({
+          userId: u,
+          cursor,
+          conversationId: c,
+          seq: cursor,
+          messageId: `m${cursor}`,
+        });
+        // A first batch, all stored: cursors 1..998.
+        const h1 = { head: 998, appliedOffset: 997 };
+        await a.inbox.writeOwned(range(1, 998).map(owned), new Map([[u, h1]]), new Map(), epochAt(1), 3600);
+        expect((await a.inbox.ownedHeads([u])).get(u)).toEqual(h1);
+        // The next batch (999..1003, across the bucket's end) fails part-way: its head unit lands
+        // with one bucket's rows; its owner is gone, or retries.
+        const second = range(999, 1003).map(owned);
+        const h2 = { head: 1003, appliedOffset: 1002 };
+        const [lower, upper] = store.rowUnits(second, at);
+        const head = store.headUnit(u, h2, h1, second, at, 3600);
+        await store.s.turnWrites.write("a partial write", [head, landing === "upper" ? upper! : lower!]);
+        expect((await a.inbox.ownedHeads([u])).get(u)).toEqual(h1);
+        // Its index rows are there, above the head the owner works from.
+        const found = await a.inbox.recorded([{ userId: u, conversationId: c, seq: 1001 }]);
+        expect(found.get(`${u}\u0000${c}\u00001001`)).toBe(1001);
+        // The owner writes the batch again: now it stands.
+        await a.inbox.writeOwned(second, new Map([[u, h2]]), new Map([[u, h1]]), epochAt(2), 3600);
+        expect((await a.inbox.ownedHeads([u])).get(u)).toEqual(h2);
+        expect((await a.inbox.read(u, 990, 100)).map((e) => e.cursor)).toEqual(range(991, 1003));
+      }
+    },
+    LONG,
+  );
+
+  it(
+    "owner path: a user's burst over more than two buckets is written rows first, then its head; the others' in one request",
     async () => {
       const [u, v, c] = [id("burst"), id("calm"), id("c")];
       const owned = (userId: string, cursor: number): InboxEntry => ({
@@ -843,34 +905,37 @@ describe("inbox store", () => {
         seq: cursor,
         messageId: `m${cursor}`,
       });
-      const burst = range(1, 60).map((n) => owned(u, n));
+      const burst = range(1, 2_002).map((n) => owned(u, n));
       const heads = new Map([
-        [u, { head: 60, appliedOffset: 59 }],
-        [v, { head: 1, appliedOffset: 59 }],
+        [u, { head: 2_002, appliedOffset: 2_001 }],
+        [v, { head: 1, appliedOffset: 2_001 }],
       ]);
       const sent: string[] = [];
       const session = a.inbox as unknown as { s: { batch: (...args: unknown[]) => Promise<unknown> } };
       const batch = session.s.batch.bind(session.s);
       session.s.batch = async (...args: unknown[]) => {
-        const [, statements, call] = args as [string, Array<{ query: string }>, { logged: boolean }];
+        const [, statements] = args as [string, Array<{ query: string; params: unknown[] }>];
         const tables = new Set(statements.map((x) => /INTO \S+\.(\w+)/.exec(x.query)?.[1]));
-        sent.push(`${call.logged ? "logged" : "unlogged"} ${[...tables].sort().join("+")}`);
+        const users = new Set(statements.map((x) => (x.params[0] === u ? "burst" : "calm")));
+        sent.push(`${[...users].sort().join("+")}: ${[...tables].sort().join("+")}`);
         return batch(...args);
       };
       try {
-        await a.inbox.writeOwned([...burst, owned(v, 1)], heads, epochAt(3), 3600);
+        await a.inbox.writeOwned([...burst, owned(v, 1)], heads, new Map(), epochAt(3), 3600);
       } finally {
         session.s.batch = batch;
       }
-      // v's rows and head in one logged batch; u's rows first (a single-partition batch), then its head.
+      // v's row and head in one request; u's three buckets (each alone: above the batch limits),
+      // and only then its head with its index rows.
       expect(sent).toEqual([
-        "logged inbox_by_user+inbox_heads",
-        "unlogged inbox_by_user",
-        "unlogged inbox_heads",
+        "calm: inbox_by_user+inbox_heads",
+        "burst: inbox_by_user",
+        "burst: inbox_by_user",
+        "burst: inbox_by_user",
+        "burst: inbox_heads",
       ]);
-      expect((await a.inbox.read(u, 0, 100)).map((e) => e.cursor)).toEqual(range(1, 60));
+      expect((await a.inbox.read(u, 0, 3_000)).map((e) => e.cursor)).toEqual(range(1, 2_002));
       expect(await a.inbox.ownedHeads([u, v])).toEqual(heads);
-      expect((await a.inbox.recorded([{ userId: u, conversationId: c, seq: 60 }])).size).toBe(1);
     },
     LONG,
   );
@@ -882,6 +947,7 @@ describe("inbox store", () => {
       await a.inbox.writeOwned(
         [{ userId: u, cursor: 1, conversationId: c, seq: 1, messageId: "m1" }],
         new Map([[u, { head: 1, appliedOffset: 0 }]]),
+        new Map(),
         epochAt(1),
         TTL_SECONDS,
       );

@@ -45,9 +45,14 @@ import {
   toNumber,
   toText,
 } from "./session.js";
-import { routingKey, type Unit, unitBytes } from "./turn-writes.js";
+import { routingKey, type Unit } from "./turn-writes.js";
 
 type Draft = Omit<InboxEntry, "cursor">;
+/** A user's inbox head as its owner keeps it: the last cursor, and the offset of the last record applied. */
+export interface OwnedHead {
+  head: number;
+  appliedOffset: number;
+}
 
 /** Entries one conditional batch records at most (a round with more takes several, in order). */
 const CAS_ENTRIES_MAX = 250;
@@ -55,12 +60,6 @@ const CAS_ENTRIES_MAX = 250;
 const ROUND_ENTRIES_MAX = 1000;
 const CAS_ATTEMPTS_MAX = 32;
 const IN_MAX = 100;
-/**
- * A user's rows, head and index rows as one unit of a logged batch, at most (bytes, as turn-writes.ts
- * weighs them): Cassandra warns about a batch of several partitions above 5 KiB and refuses one above
- * 50 KiB. About 20 entries; a larger one is written in two steps.
- */
-const LOGGED_UNIT_BYTES_MAX = 4 * 1024;
 
 const entryKey = (conversationId: string, seq: number) => `${conversationId}\u0000${seq}`;
 
@@ -274,32 +273,84 @@ export class CassandraInboxStore implements InboxStore {
 
   // -------------------------------------------------------------------------------------------
   // The owner path (ADR 0002): the owner of a user's inbox partition assigns the cursors in memory and
-  // writes plainly, with its epoch as the write timestamp: the stream rows, the user's head with the
-  // Kafka offset of the last record applied, and one index row per entry (which expires after
-  // `ttlSeconds`; it answers re-deliveries of a message, which are rare and recent). A head is never
-  // stored without the rows below it: a successor that reads it skips the records it says are applied.
+  // writes plainly, with its epoch as the write timestamp: the stream rows, and the user's head with
+  // the Kafka offset of the last record applied, the head and offset before the batch, and one index
+  // row per entry (which expires after `ttlSeconds`; it answers re-deliveries of a message, which are
+  // rare and recent). They go out together, in no order: a head may be stored without some of its
+  // batch's rows when a write fails part-way, so a head read back is believed only once the rows at
+  // its ends are found (`ownedHeads`); otherwise the owner starts from the head before that batch and
+  // writes the batch again (the same cursors for the same records: they follow from the head and the
+  // records, in partition order).
 
-  /** Head and last applied record offset per user (0 and -1 when none); one request per 100 users. */
-  async ownedHeads(users: string[]): Promise<Map<string, { head: number; appliedOffset: number }>> {
+  /**
+   * Head and last applied record offset per user (0 and -1 when none), as far as its stream rows are
+   * stored: one request per 100 users, then one per user with entries.
+   */
+  async ownedHeads(users: string[]): Promise<Map<string, OwnedHead>> {
     const ids = [...new Set(users)];
-    const out = new Map(ids.map((u) => [u, { head: 0, appliedOffset: -1 }]));
+    const out = new Map<string, OwnedHead>(ids.map((u) => [u, { head: 0, appliedOffset: -1 }]));
+    const before = new Map<string, OwnedHead>();
     await this.ownerLimiter.map(chunks(ids, IN_MAX), async (part) => {
       const result = await this.s.execute("inbox_heads: read owned heads", this.q.ownedHeads, [part], {
         idempotent: true,
         fetchSize: IN_MAX + 1,
       });
-      for (const row of result.rows)
-        out.set(toText(row.get("user_id"), "inbox_heads.user_id"), {
+      for (const row of result.rows) {
+        const user = toText(row.get("user_id"), "inbox_heads.user_id");
+        out.set(user, {
           head: optionalNumber(row.get("head"), "inbox_heads.head") ?? 0,
           appliedOffset: optionalNumber(row.get("applied_offset"), "inbox_heads.applied_offset") ?? -1,
         });
+        const prevHead = optionalNumber(row.get("prev_head"), "inbox_heads.prev_head");
+        // Written with this head (a version before wrote heads alone, after their rows, and leaves
+        // an older one standing here): the one this head's batch began from.
+        const sameWrite = String(row.get("head_written")) === String(row.get("prev_written"));
+        if (prevHead !== undefined && sameWrite)
+          before.set(user, {
+            head: prevHead,
+            appliedOffset:
+              optionalNumber(row.get("prev_applied_offset"), "inbox_heads.prev_applied_offset") ?? -1,
+          });
+      }
+    });
+    // A head without its batch's rows (a write that failed part-way, its owner gone or retrying): the
+    // head before that batch, whose rows were all stored before the batch began. (A head written
+    // before heads named the one before them was only ever written after its rows.)
+    const withEntries = [...out].filter(([user, h]) => h.head > 0 && before.has(user));
+    await this.ownerLimiter.map(withEntries, async ([user, h]) => {
+      if (!(await this.rowsEndAt(user, h.head))) out.set(user, before.get(user)!);
     });
     return out;
   }
 
-  /** Which of these (user, conversation, seq) already have a cursor (keys `${user}\0${conv}\0${seq}`). */
-  async recorded(keys: Array<Omit<InboxEntry, "cursor" | "messageId">>): Promise<Set<string>> {
-    const found = new Set<string>();
+  /**
+   * Whether the rows of the last batch up to `head` are stored: the row at the head, and the last row
+   * of the bucket before (a batch's rows of a user span two buckets at most, each one mutation).
+   */
+  private async rowsEndAt(user: string, head: number): Promise<boolean> {
+    const bucket = inboxBucket(head);
+    const ends =
+      bucket > 0
+        ? [[bucket, head] as const, [bucket - 1, bucket * INBOX_BUCKET_SIZE] as const]
+        : [[bucket, head] as const];
+    const found = await Promise.all(
+      ends.map(async ([b, cursor]) => {
+        const result = await this.s.execute("inbox_by_user: check a row", this.q.row, [user, b, cursor], {
+          idempotent: true,
+        });
+        return result.rowLength > 0;
+      }),
+    );
+    return found.every(Boolean);
+  }
+
+  /**
+   * The cursors of these (user, conversation, seq) that have one (keys `${user}\0${conv}\0${seq}`). An
+   * index row is written with its head, which may stand without its batch's rows: the owner believes
+   * one only at or below the head it works from.
+   */
+  async recorded(keys: Array<Omit<InboxEntry, "cursor" | "messageId">>): Promise<Map<string, number>> {
+    const found = new Map<string, number>();
     const reads = [...groupBy(keys, (k) => `${k.userId}\u0000${k.conversationId}`).values()].flatMap(
       (group) =>
         chunks([...new Set(group.map((k) => k.seq))], IN_MAX).map((seqs) => ({
@@ -319,22 +370,25 @@ export class CassandraInboxStore implements InboxStore {
         },
       );
       for (const row of result.rows)
-        found.add(`${r.userId}\u0000${r.conversationId}\u0000${toNumber(row.get("seq"), "inbox_heads.seq")}`);
+        found.set(
+          `${r.userId}\u0000${r.conversationId}\u0000${toNumber(row.get("seq"), "inbox_heads.seq")}`,
+          toNumber(row.get("cursor"), "inbox_heads.cursor"),
+        );
     });
     return found;
   }
 
   /**
-   * The owner's writes of a batch, in one round trip: each user's rows, head and index rows are one
-   * unit of a logged batch (Cassandra's batch log applies all of a unit or none of it, also across a
-   * coordinator's crash), and the units of many users share requests (turn-writes.ts). A user whose
-   * records were all applied before writes its head alone, unlogged (one partition). A user's unit too
-   * large for a batch (a burst of entries to one user in one fetch) is written in two steps instead:
-   * its rows, then its head and index rows.
+   * The owner's writes of a batch, in one round trip: every user's stream rows and its head unit (head,
+   * applied offset, the two before the batch, index rows) share unlogged requests (turn-writes.ts), in
+   * no order between them (see above). A user whose entries span more than two buckets (a burst of over
+   * a thousand entries in one fetch) has its rows written first and its head after them, as
+   * `ownedHeads` checks only two buckets' ends.
    */
   async writeOwned(
     entries: InboxEntry[],
-    heads: Map<string, { head: number; appliedOffset: number }>,
+    heads: Map<string, OwnedHead>,
+    before: Map<string, OwnedHead>,
     epoch: bigint,
     ttlSeconds: number,
   ): Promise<void> {
@@ -342,23 +396,16 @@ export class CassandraInboxStore implements InboxStore {
     const ttl = Math.max(1, Math.floor(ttlSeconds));
     const byUser = groupBy(entries, (e) => e.userId);
     const together: Unit[] = [];
-    const headsAlone: Unit[] = [];
     const stepwise: Array<{ rows: Unit[]; head: Unit }> = [];
     for (const [user, h] of heads) {
       const own = byUser.get(user) ?? [];
       const rows = this.rowUnits(own, at);
-      const head = this.headUnit(user, h, own, at, ttl);
-      if (rows.length === 0) {
-        headsAlone.push(head);
-        continue;
-      }
-      const statements = [...rows.flatMap((u) => u.statements), ...head.statements];
-      if (unitBytes(statements) <= LOGGED_UNIT_BYTES_MAX) together.push({ key: head.key, statements });
+      const head = this.headUnit(user, h, before.get(user) ?? h, own, at, ttl);
+      if (rows.length <= 2) together.push(...rows, head);
       else stepwise.push({ rows, head });
     }
     await Promise.all([
-      this.s.loggedTurnWrites.write("inbox: write owned entries with their heads", together),
-      this.s.turnWrites.write("inbox_heads: write owned heads", headsAlone),
+      this.s.turnWrites.write("inbox: write owned entries and heads", together),
       ...stepwise.map(async ({ rows, head }) => {
         await this.s.turnWrites.write("inbox_by_user: write owned entries", rows);
         await this.s.turnWrites.write("inbox_heads: write owned heads", [head]);
@@ -379,10 +426,11 @@ export class CassandraInboxStore implements InboxStore {
     );
   }
 
-  /** A user's head and applied offset, and an index row per entry: one `inbox_heads` partition. */
+  /** A user's head, applied offset and the two before the batch, and its index rows: one partition. */
   private headUnit(
     user: string,
-    h: { head: number; appliedOffset: number },
+    h: OwnedHead,
+    before: OwnedHead,
     entries: InboxEntry[],
     at: ReturnType<typeof toLong>,
     ttl: number,
@@ -390,7 +438,10 @@ export class CassandraInboxStore implements InboxStore {
     return {
       key: routingKey(user),
       statements: [
-        { query: this.q.setOwnedHead, params: [user, h.head, h.appliedOffset, at] },
+        {
+          query: this.q.setOwnedHead,
+          params: [user, h.head, h.appliedOffset, before.head, before.appliedOffset, at],
+        },
         ...entries.map((e) => ({
           query: this.q.insertOwnedIndex,
           params: [user, e.conversationId, e.seq, e.cursor, e.messageId, ttl, at],
@@ -470,14 +521,18 @@ function statements(s: Session) {
       `SELECT cursor, conversation_id, seq, message_id FROM ${stream} ` +
       "WHERE user_id = ? AND bucket = ? AND cursor > ? LIMIT ?",
     last: `SELECT cursor FROM ${stream} WHERE user_id = ? AND bucket = ? AND cursor <= ? ORDER BY cursor DESC LIMIT 1`,
-    ownedHeads: `SELECT user_id, head, applied_offset FROM ${heads} WHERE user_id IN ? PER PARTITION LIMIT 1`,
+    ownedHeads:
+      "SELECT user_id, head, applied_offset, prev_head, prev_applied_offset, " +
+      `WRITETIME(head) AS head_written, WRITETIME(prev_head) AS prev_written FROM ${heads} ` +
+      "WHERE user_id IN ? PER PARTITION LIMIT 1",
+    row: `SELECT cursor FROM ${stream} WHERE user_id = ? AND bucket = ? AND cursor = ?`,
     insertOwnedStream:
       `INSERT INTO ${stream} (user_id, bucket, cursor, conversation_id, seq, message_id) ` +
       "VALUES (?, ?, ?, ?, ?, ?) USING TIMESTAMP ?",
     // The head, and the row every head read stops at (sorts before every index row).
     setOwnedHead:
-      `INSERT INTO ${heads} (user_id, conversation_id, seq, head, applied_offset) VALUES (?, '', 0, ?, ?) ` +
-      "USING TIMESTAMP ?",
+      `INSERT INTO ${heads} (user_id, conversation_id, seq, head, applied_offset, prev_head, prev_applied_offset) ` +
+      "VALUES (?, '', 0, ?, ?, ?, ?) USING TIMESTAMP ?",
     insertOwnedIndex:
       `INSERT INTO ${heads} (user_id, conversation_id, seq, cursor, message_id) VALUES (?, ?, ?, ?, ?) ` +
       "USING TTL ? AND TIMESTAMP ?",

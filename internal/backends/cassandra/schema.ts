@@ -339,6 +339,16 @@ export function migrations(ks: string): Migration[] {
         `ALTER TABLE ${ks}.members_by_conversation ADD version bigint static`,
       ],
     },
+    {
+      version: 16,
+      name: "inbox heads name the head before their batch",
+      statements: [
+        // The inbox owner writes a batch's stream rows and its users' heads in one round trip, in no
+        // order (ADR 0002): a head found without its batch's rows gives way to the one before it.
+        `ALTER TABLE ${ks}.inbox_heads ADD prev_head bigint static`,
+        `ALTER TABLE ${ks}.inbox_heads ADD prev_applied_offset bigint static`,
+      ],
+    },
   ];
 }
 

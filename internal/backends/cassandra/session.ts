@@ -173,17 +173,6 @@ export class Session {
     TURN_WRITES_LIMITS,
     (key) => this.placementOf(key),
   );
-  /**
-   * Writes whose units span several partitions that must be stored together or not at all (the inbox
-   * owner's rows and the head that makes them readable): merged like `turnWrites`, sent as logged
-   * batches. A unit's key places it by one of its partitions.
-   */
-  readonly loggedTurnWrites = new TurnWrites(
-    (what, statements) =>
-      this.turnWriteLimiter.run(() => this.batch(what, statements, { idempotent: true, logged: true })),
-    TURN_WRITES_LIMITS,
-    (key) => this.placementOf(key),
-  );
 
   constructor(
     readonly client: Client,

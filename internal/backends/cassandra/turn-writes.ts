@@ -1,7 +1,5 @@
 /**
- * Writes asked for in the same turn of the event loop, sent as few requests as possible: unlogged
- * batches (`Session.turnWrites`), or logged ones for units of several partitions that must be stored
- * together (`Session.loggedTurnWrites`).
+ * Unlogged writes asked for in the same turn of the event loop, sent as few requests as possible.
  *
  * The owners of the distributed path (sequencer, inbox owner) handle every partition of a Kafka fetch
  * at once, and each partition's batch is small (1-2 messages at 1,000 msgs/s over 12 partitions), so
@@ -35,7 +33,7 @@ export interface TurnWritesLimits {
   bytesMax: number;
 }
 
-/** Sends one request: a single statement, or a batch (unlogged or logged, as the instance sends). */
+/** Sends one request: a single statement, or an unlogged batch. */
 export type SendWrite = (what: string, statements: Statement[]) => Promise<unknown>;
 /** The replicas of a partition (by its routing key) as one string: units with equal ones may share. */
 export type PlacementOf = (routingKey: Buffer) => string;

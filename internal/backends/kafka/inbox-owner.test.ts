@@ -69,7 +69,7 @@ function owner(draftsEpoch: bigint | undefined) {
     },
     async recorded(keys: Array<{ userId: string; conversationId: string; seq: number }>) {
       counts.lookups++;
-      return new Set(keys.map(key).filter((k) => index.has(k)));
+      return new Map(keys.map(key).flatMap((k) => (index.has(k) ? [[k, index.get(k)!] as const] : [])));
     },
     async writeOwned(entries: InboxEntry[], h: Map<string, { head: number; appliedOffset: number }>) {
       rows.push(...entries);
@@ -109,7 +109,7 @@ function owner(draftsEpoch: bigint | undefined) {
     (o as unknown as { applyBatch(p: EachBatchPayload): Promise<void> }).applyBatch(payload);
   /** Each user's (seq, cursor) pairs in the order their rows were written. */
   const inboxOf = (user: string) => rows.filter((r) => r.userId === user).map((r) => [r.seq, r.cursor]);
-  return { make, apply, inboxOf, delivered, rechecked, counts };
+  return { make, apply, inboxOf, delivered, rechecked, counts, index, heads };
 }
 
 describe("inbox owner: a fenced-out sequencer's late copy", () => {
@@ -222,5 +222,35 @@ describe("inbox owner: records a former owner applied", () => {
     await t.apply(successor, batchOf(2, [{ seq: 3, epoch: B }]));
     expect(t.rechecked).toHaveLength(1);
     expect(t.inboxOf("ann").map(([seq]) => seq)).toEqual([1, 2, 3]);
+  });
+});
+
+describe("inbox owner: index rows above the head it works from", () => {
+  it("are a failed write's: a re-delivered record whose first copy only that write applied gets its cursor again", async () => {
+    const t = owner(undefined);
+    const o = t.make();
+    await t.apply(o, batchOf(0, [{ seq: 1 }, { seq: 2 }]));
+    // A write of seq 3 failed part-way: its index rows (and heads) landed, its stream rows did not,
+    // and the heads read back gave way to the ones before (CassandraInboxStore.ownedHeads). Its
+    // first copy was in that batch; the sequencer's re-emission (marked) is what is read now.
+    for (const u of ["ann", "ben"]) {
+      t.index.set(`${u}\u0000g:1\u00003`, 3);
+      t.heads.set(u, { head: 2, appliedOffset: 1 });
+    }
+    const successor = t.make();
+    await t.apply(successor, batchOf(3, [{ seq: 3, redelivery: true }]));
+    for (const u of ["ann", "ben"])
+      expect(t.inboxOf(u)).toEqual([
+        [1, 1],
+        [2, 2],
+        [3, 3],
+      ]);
+    // At or below the head, an index row means applied: the same re-delivery again adds nothing.
+    await t.apply(successor, batchOf(4, [{ seq: 3, redelivery: true }]));
+    expect(t.inboxOf("ann")).toEqual([
+      [1, 1],
+      [2, 2],
+      [3, 3],
+    ]);
   });
 });

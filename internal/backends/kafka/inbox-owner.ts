@@ -4,9 +4,10 @@
  * and hands the messages with their cursors to the router for delivery.
  *
  * The same fence as the sequencer's: one claim per partition per group generation (OwnershipStore),
- * cursors from memory, plain writes with the owner's epoch as write timestamp: each user's stream rows
- * and head (with the offset of the last record applied) stored together, and at the same time a check
- * that the epoch is still ours; only if it is, delivery and the offset commit.
+ * cursors from memory, plain writes with the owner's epoch as write timestamp: the stream rows and
+ * each user's head (with the offset of the last record applied, and the head before the batch) in one
+ * round trip, and at the same time a check that the epoch is still ours; only if it is, delivery and
+ * the offset commit. A head read back is believed only with its batch's rows (CassandraInboxStore).
  *
  * A pull conversation's message (ADR 0010) comes as one record without recipients (header kind=pull),
  * in the partition of its conversation, and is handed on as it is; a membership change of a
@@ -87,11 +88,13 @@ interface UserHead {
 /** What the inbox owner needs from the store (CassandraInboxStore's owner path). */
 export interface OwnedInboxStore {
   ownedHeads(users: string[]): Promise<Map<string, UserHead>>;
-  recorded(keys: Array<Omit<InboxEntry, "cursor" | "messageId">>): Promise<Set<string>>;
-  /** Each user's rows and head, stored together (a head never without the rows it makes readable). */
+  /** The cursors of those of these that have one (their index rows). */
+  recorded(keys: Array<Omit<InboxEntry, "cursor" | "messageId">>): Promise<Map<string, number>>;
+  /** The batch's stream rows, and each user's head, applied offset and the two before the batch. */
   writeOwned(
     entries: InboxEntry[],
     heads: Map<string, UserHead>,
+    before: Map<string, UserHead>,
     epoch: bigint,
     ttlSeconds: number,
   ): Promise<void>;
@@ -250,10 +253,15 @@ export class InboxOwner implements Closeable {
         : [],
     );
     const recorded =
-      maybeRecorded.length > 0 ? await this.o.store.recorded(maybeRecorded) : new Set<string>();
+      maybeRecorded.length > 0 ? await this.o.store.recorded(maybeRecorded) : new Map<string, number>();
 
     const heads = new Map<string, UserHead>();
-    for (const u of users) heads.set(u, { ...(state.users.get(u) ?? loaded.get(u)!) });
+    const before = new Map<string, UserHead>();
+    for (const u of users) {
+      const h = state.users.get(u) ?? loaded.get(u)!;
+      heads.set(u, { ...h });
+      before.set(u, { ...h });
+    }
     const entries: InboxEntry[] = [];
     // The deliveries in log order, cut where a membership change lies between them.
     const steps: Array<InboxDelivery[] | string> = [[]];
@@ -282,7 +290,10 @@ export class InboxOwner implements Closeable {
         }
         h.appliedOffset = r.offset;
         const key = `${userId}\u0000${r.message.conversationId}\u0000${r.message.seq}`;
-        if (recorded.has(key) || assigned.has(key)) continue;
+        // An index row counts at or below the head worked from: above it, it is a failed write's
+        // (its head gave way to the one before, ownedHeads), and this record gets that cursor again.
+        const indexed = recorded.get(key);
+        if ((indexed !== undefined && indexed <= h.head) || assigned.has(key)) continue;
         assigned.add(key);
         h.head++;
         entries.push({
@@ -311,7 +322,7 @@ export class InboxOwner implements Closeable {
       // records in partition order, assigns these same cursors to these same records whether or not
       // it saw these heads (ADR 0002).
       await Promise.all([
-        this.o.store.writeOwned(entries, heads, state.epoch, this.o.indexTtlSeconds),
+        this.o.store.writeOwned(entries, heads, before, state.epoch, this.o.indexTtlSeconds),
         this.partitions.check(batch.partition, state),
       ]);
     } catch (err) {
