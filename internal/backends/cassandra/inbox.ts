@@ -277,14 +277,14 @@ export class CassandraInboxStore implements InboxStore {
   // the Kafka offset of the last record applied, the head and offset before the batch, and one index
   // row per entry (which expires after `ttlSeconds`; it answers re-deliveries of a message, which are
   // rare and recent). They go out together, in no order: a head may be stored without some of its
-  // batch's rows when a write fails part-way, so a head read back is believed only once the rows at
-  // its ends are found (`ownedHeads`); otherwise the owner starts from the head before that batch and
-  // writes the batch again (the same cursors for the same records: they follow from the head and the
-  // records, in partition order).
+  // batch's rows when a write fails part-way, so a head read back is believed only once every row of
+  // its batch is found (`ownedHeads`); otherwise the owner starts from the head before that batch and
+  // writes the batch again, under a newer epoch (the same cursors for the same records: they follow
+  // from the head and the records, in partition order).
 
   /**
    * Head and last applied record offset per user (0 and -1 when none), as far as its stream rows are
-   * stored: one request per 100 users, then one per user with entries.
+   * stored: one request per 100 users, then one per user whose last batch had entries.
    */
   async ownedHeads(users: string[]): Promise<Map<string, OwnedHead>> {
     const ids = [...new Set(users)];
@@ -316,32 +316,38 @@ export class CassandraInboxStore implements InboxStore {
     // A head without its batch's rows (a write that failed part-way, its owner gone or retrying): the
     // head before that batch, whose rows were all stored before the batch began. (A head written
     // before heads named the one before them was only ever written after its rows.)
-    const withEntries = [...out].filter(([user, h]) => h.head > 0 && before.has(user));
+    const withEntries = [...out].filter(([user, h]) => before.has(user) && h.head > before.get(user)!.head);
     await this.ownerLimiter.map(withEntries, async ([user, h]) => {
-      if (!(await this.rowsEndAt(user, h.head))) out.set(user, before.get(user)!);
+      const prev = before.get(user)!;
+      if (!(await this.rowsStored(user, prev.head, h.head))) out.set(user, prev);
     });
     return out;
   }
 
   /**
-   * Whether the rows of the last batch up to `head` are stored: the row at the head, and the last row
-   * of the bucket before (a batch's rows of a user span two buckets at most, each one mutation).
+   * Whether every stream row in (from, to] is stored, read at the session's consistency level: every
+   * row of the range, not only its ends, so that replicas that disagree on any of them are repaired
+   * by the read (a row found on one replica alone would otherwise be believed while its neighbours
+   * stay there alone).
    */
-  private async rowsEndAt(user: string, head: number): Promise<boolean> {
-    const bucket = inboxBucket(head);
-    const ends =
-      bucket > 0
-        ? [[bucket, head] as const, [bucket - 1, bucket * INBOX_BUCKET_SIZE] as const]
-        : [[bucket, head] as const];
-    const found = await Promise.all(
-      ends.map(async ([b, cursor]) => {
-        const result = await this.s.execute("inbox_by_user: check a row", this.q.row, [user, b, cursor], {
-          idempotent: true,
-        });
-        return result.rowLength > 0;
-      }),
-    );
-    return found.every(Boolean);
+  private async rowsStored(user: string, from: number, to: number): Promise<boolean> {
+    let at = from;
+    for (let bucket = inboxBucket(from + 1); at < to; bucket++) {
+      const result = await this.s.execute(
+        "inbox_by_user: check a batch's rows",
+        this.q.read,
+        [user, bucket, at, Math.min(to - at, INBOX_BUCKET_SIZE)],
+        { idempotent: true, fetchSize: INBOX_BUCKET_SIZE + 1 },
+      );
+      for (const row of result.rows) {
+        const cursor = toNumber(row.get("cursor"), "inbox_by_user.cursor");
+        if (cursor !== at + 1) return false;
+        at = cursor;
+        if (at === to) return true;
+      }
+      if (at !== (bucket + 1) * INBOX_BUCKET_SIZE) return false;
+    }
+    return at >= to;
   }
 
   /**
@@ -381,9 +387,7 @@ export class CassandraInboxStore implements InboxStore {
   /**
    * The owner's writes of a batch, in one round trip: every user's stream rows and its head unit (head,
    * applied offset, the two before the batch, index rows) share unlogged requests (turn-writes.ts), in
-   * no order between them (see above). A user whose entries span more than two buckets (a burst of over
-   * a thousand entries in one fetch) has its rows written first and its head after them, as
-   * `ownedHeads` checks only two buckets' ends.
+   * no order between them (see above).
    */
   async writeOwned(
     entries: InboxEntry[],
@@ -395,22 +399,12 @@ export class CassandraInboxStore implements InboxStore {
     const at = toLong(epoch);
     const ttl = Math.max(1, Math.floor(ttlSeconds));
     const byUser = groupBy(entries, (e) => e.userId);
-    const together: Unit[] = [];
-    const stepwise: Array<{ rows: Unit[]; head: Unit }> = [];
+    const units: Unit[] = [];
     for (const [user, h] of heads) {
       const own = byUser.get(user) ?? [];
-      const rows = this.rowUnits(own, at);
-      const head = this.headUnit(user, h, before.get(user) ?? h, own, at, ttl);
-      if (rows.length <= 2) together.push(...rows, head);
-      else stepwise.push({ rows, head });
+      units.push(...this.rowUnits(own, at), this.headUnit(user, h, before.get(user) ?? h, own, at, ttl));
     }
-    await Promise.all([
-      this.s.turnWrites.write("inbox: write owned entries and heads", together),
-      ...stepwise.map(async ({ rows, head }) => {
-        await this.s.turnWrites.write("inbox_by_user: write owned entries", rows);
-        await this.s.turnWrites.write("inbox_heads: write owned heads", [head]);
-      }),
-    ]);
+    await this.s.turnWrites.write("inbox: write owned entries and heads", units);
   }
 
   /** A user's stream rows, one unit per bucket partition. */
@@ -525,7 +519,6 @@ function statements(s: Session) {
       "SELECT user_id, head, applied_offset, prev_head, prev_applied_offset, " +
       `WRITETIME(head) AS head_written, WRITETIME(prev_head) AS prev_written FROM ${heads} ` +
       "WHERE user_id IN ? PER PARTITION LIMIT 1",
-    row: `SELECT cursor FROM ${stream} WHERE user_id = ? AND bucket = ? AND cursor = ?`,
     insertOwnedStream:
       `INSERT INTO ${stream} (user_id, bucket, cursor, conversation_id, seq, message_id) ` +
       "VALUES (?, ?, ?, ?, ?, ?) USING TIMESTAMP ?",

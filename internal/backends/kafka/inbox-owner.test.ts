@@ -54,7 +54,11 @@ function batchOf(firstOffset: number, sent: Sent[]): EachBatchPayload {
 }
 
 /** An inbox owner over an in-memory store; counts index look-ups and epoch reads. */
-function owner(draftsEpoch: bigint | undefined) {
+function owner(draftsEpoch: bigint | undefined, failWrites = 0) {
+  let failuresLeft = failWrites;
+  let nextEpoch = 5n;
+  /** The epoch of each write asked for, failed ones included. */
+  const writeEpochs: bigint[] = [];
   const index = new Map<string, number>();
   const heads = new Map<string, { head: number; appliedOffset: number }>();
   const rows: InboxEntry[] = [];
@@ -71,16 +75,23 @@ function owner(draftsEpoch: bigint | undefined) {
       counts.lookups++;
       return new Map(keys.map(key).flatMap((k) => (index.has(k) ? [[k, index.get(k)!] as const] : [])));
     },
-    async writeOwned(entries: InboxEntry[], h: Map<string, { head: number; appliedOffset: number }>) {
+    async writeOwned(
+      entries: InboxEntry[],
+      h: Map<string, { head: number; appliedOffset: number }>,
+      _before: unknown,
+      epoch: bigint,
+    ) {
+      writeEpochs.push(epoch);
+      if (failuresLeft-- > 0) throw new Error("write timed out");
       rows.push(...entries);
       for (const e of entries) index.set(key(e), e.cursor);
       for (const [u, v] of h) heads.set(u, { ...v });
     },
   };
   const ownership: OwnershipStore = {
-    claim: async () => 5n,
+    claim: async () => nextEpoch++,
     current: async (stream, partition) => {
-      if (stream !== DRAFTS_STREAM) return 5n;
+      if (stream !== DRAFTS_STREAM) return nextEpoch - 1n; // the newest claim
       counts.epochReads++;
       return partition === DRAFTS ? draftsEpoch : undefined;
     },
@@ -109,7 +120,7 @@ function owner(draftsEpoch: bigint | undefined) {
     (o as unknown as { applyBatch(p: EachBatchPayload): Promise<void> }).applyBatch(payload);
   /** Each user's (seq, cursor) pairs in the order their rows were written. */
   const inboxOf = (user: string) => rows.filter((r) => r.userId === user).map((r) => [r.seq, r.cursor]);
-  return { make, apply, inboxOf, delivered, rechecked, counts, index, heads };
+  return { make, apply, inboxOf, delivered, rechecked, counts, index, heads, writeEpochs };
 }
 
 describe("inbox owner: a fenced-out sequencer's late copy", () => {
@@ -252,5 +263,21 @@ describe("inbox owner: index rows above the head it works from", () => {
       [2, 2],
       [3, 3],
     ]);
+  });
+});
+
+describe("inbox owner: a write that failed", () => {
+  it("is retried under a newer epoch (its cells must lose to the retry's, which same-epoch writes would not)", async () => {
+    const t = owner(undefined, 1);
+    const o = t.make();
+    await expect(t.apply(o, batchOf(0, [{ seq: 1 }, { seq: 2 }]))).rejects.toThrow("write timed out");
+    await t.apply(o, batchOf(0, [{ seq: 1 }]));
+    await t.apply(o, batchOf(1, [{ seq: 2 }]));
+    expect(t.writeEpochs).toEqual([5n, 6n, 6n]);
+    for (const u of ["ann", "ben"])
+      expect(t.inboxOf(u)).toEqual([
+        [1, 1],
+        [2, 2],
+      ]);
   });
 });

@@ -118,17 +118,8 @@ export interface InboxOwnerOptions {
   beforeHandOver?: (partition: number) => Promise<void>;
 }
 
-/** Deliveries kept for a retried batch at most (past it, their users read them by sync). */
-const UNHANDED_MAX = 10_000;
-
 class PartitionState {
   readonly users = new Map<string, UserHead>();
-  /**
-   * Push deliveries of a batch whose writes failed: some users' heads may be stored all the same, and
-   * the retry skips their users as applied, so it would not hand their deliveries over. They go to the
-   * router once the retry succeeds (gateways drop repeated cursors).
-   */
-  unhanded: InboxDelivery[] = [];
   constructor(readonly epoch: bigint) {}
 
   set(userId: string, head: UserHead): void {
@@ -242,7 +233,11 @@ export class InboxOwner implements Closeable {
     });
     await this.readDraftsEpochs(records.flatMap((r) => (r.origin ? [r.origin.partition] : [])));
     // In partition order: a record is stale if an epoch above its own is known by the time it comes.
-    for (const r of records) if (r.origin && this.olderThanKnown(r.origin)) r.redelivery = true;
+    // What the batch's records teach is kept only once the batch succeeded: a retry of it decides
+    // each record as the failed attempt did (an epoch learned from a later record of the batch would
+    // make it check an earlier one's index where the attempt did not, and assign other cursors).
+    const learned = new Map<number, bigint>();
+    for (const r of records) if (r.origin && this.olderThanKnown(r.origin, learned)) r.redelivery = true;
 
     const users = [...new Set(records.flatMap((r) => r.users))];
     const unknown = users.filter((u) => !state.users.has(u));
@@ -326,20 +321,16 @@ export class InboxOwner implements Closeable {
         this.partitions.check(batch.partition, state),
       ]);
     } catch (err) {
-      for (const u of users) state.users.delete(u); // the outcome is unknown: read them again
-      for (const step of steps)
-        if (typeof step !== "string") for (const d of step) if (!d.pull) state.unhanded.push(d);
-      if (state.unhanded.length > UNHANDED_MAX)
-        state.unhanded.splice(0, state.unhanded.length - UNHANDED_MAX);
+      // The outcome is unknown: some users' rows and heads may be stored. The retry claims the
+      // partition again (a newer epoch, so that it wins over this attempt at every cell, also where
+      // it assigns fewer cursors) and reads the heads afresh (a head stored without its batch's rows
+      // gives way to the one before; a user found applied has its sessions recheck their inboxes).
+      this.partitions.renew(batch.partition);
       throw err;
     }
+    for (const [partition, epoch] of learned) this.learn(partition, epoch);
     await this.o.beforeHandOver?.(batch.partition);
     for (const [u, h] of heads) state.set(u, h);
-    if (state.unhanded.length > 0) {
-      const earlier = state.unhanded;
-      state.unhanded = [];
-      await this.handOver(earlier);
-    }
 
     while (nextChange < changeOffsets.length) steps.push(changes.get(changeOffsets[nextChange++]!)!);
     for (const step of steps) {
@@ -371,12 +362,26 @@ export class InboxOwner implements Closeable {
     }
   }
 
-  /** Whether a newer epoch than the record's is known for its drafts partition; learns the record's. */
-  private olderThanKnown(origin: { partition: number; epoch: bigint }): boolean {
-    const known = this.draftsEpochs.get(origin.partition);
+  /**
+   * Whether a newer epoch than the record's is known for its drafts partition (or learned from an
+   * earlier record of the batch); learns the record's into `learned`.
+   */
+  private olderThanKnown(
+    origin: { partition: number; epoch: bigint },
+    learned: Map<number, bigint>,
+  ): boolean {
+    const stored = this.draftsEpochs.get(origin.partition);
+    const inBatch = learned.get(origin.partition);
+    const known = stored === undefined || (inBatch !== undefined && inBatch > stored) ? inBatch : stored;
     if (known !== undefined && origin.epoch < known) return true;
-    if (known === undefined || origin.epoch > known) this.draftsEpochs.set(origin.partition, origin.epoch);
+    if (known === undefined || origin.epoch > known) learned.set(origin.partition, origin.epoch);
     return false;
+  }
+
+  /** Keeps an epoch seen in a record of a batch that succeeded (epochs only rise). */
+  private learn(partition: number, epoch: bigint): void {
+    const known = this.draftsEpochs.get(partition);
+    if (known === undefined || epoch > known) this.draftsEpochs.set(partition, epoch);
   }
 
   /**

@@ -25,6 +25,8 @@ export interface OwnedPartitionsOptions<S> {
 export class OwnedPartitions<S extends { readonly epoch: bigint }> {
   /** Claimed partitions of this generation (a rejected promise: fenced). */
   private claims = new Map<number, Promise<S>>();
+  /** Partitions of this generation found claimed by a successor. */
+  private fenced = new Set<number>();
   private readonly owner = `${hostname()}/${process.pid}`;
   /** Claims made and batches fenced (a successor claimed while this process worked). */
   readonly stats = { claims: 0, fenced: 0 };
@@ -34,6 +36,17 @@ export class OwnedPartitions<S extends { readonly epoch: bigint }> {
   /** A new group generation: every partition is claimed again before use, with a fresh state. */
   reset(): void {
     this.claims = new Map();
+    this.fenced = new Set();
+  }
+
+  /**
+   * The next batch of `partition` claims it again, under a newer epoch and with a fresh state (not a
+   * partition a successor holds): after a write that failed part-way, what the owner writes next
+   * must win over whatever of it landed, at every cell, which writes under the same epoch (the same
+   * write timestamp: Cassandra then keeps the larger value) would not.
+   */
+  renew(partition: number): void {
+    if (!this.fenced.has(partition)) this.claims.delete(partition);
   }
 
   claim(partition: number): Promise<S> {
@@ -56,6 +69,7 @@ export class OwnedPartitions<S extends { readonly epoch: bigint }> {
     const current = await this.o.ownership.current(this.o.stream, partition);
     if (current === state.epoch) return;
     this.stats.fenced++;
+    this.fenced.add(partition);
     const fenced = errors.unavailable(
       this.o.fencedReason,
       `${this.o.stream} partition ${partition} was claimed by another owner (epoch ${current} > ${state.epoch}); ` +
