@@ -39,7 +39,7 @@ let stores: CassandraStores;
 
 beforeAll(async () => {
   infra = { ...(await ensureServer("kafka")), ...(await ensureServer("cassandra")) };
-  for (const tag of ["w", "h", "p", "e"])
+  for (const tag of ["w", "h", "p", "e", "v"])
     await provisionForOwners(
       { env: infra, keyspace },
       { prefix: `${prefix}${tag}.`, partitions: PARTITIONS, test: `ifence-${tag}` },
@@ -261,6 +261,50 @@ describe("a fenced-out sequencer's produce that lands after its successor's re-e
       for (const [seq, cursor] of mine) expect(cursor).toBe(seq);
     }
     await Promise.all([second.close(), producer.disconnect()]);
+  }, 120_000);
+});
+
+describe("a group with an inbox owner of a version before (a rolling upgrade)", () => {
+  it("writes heads after their rows while such a member is in it, and in one round trip once it left", async () => {
+    const { scenario, names, kafka, producer } = await openScenario("v");
+    const groupId = `${scenario}${INBOX_GROUP}`;
+    // An owner of a version before: kafkajs's own round-robin assigner, announcing nothing. It reads
+    // nothing here (the topic stays empty) and commits nothing.
+    const older = kafka.consumer({ groupId, sessionTimeout: 10_000, heartbeatInterval: 1_000 });
+    let olderJoined = false;
+    older.on(older.events.GROUP_JOIN, () => {
+      olderJoined = true;
+    });
+    await older.connect();
+    await older.subscribe({ topic: names.inbox, fromBeginning: true });
+    await older.run({ autoCommit: false, eachBatchAutoResolve: false, eachBatch: async () => undefined });
+    const until = async (what: string, pred: () => boolean) => {
+      const deadline = Date.now() + 60_000;
+      while (!pred()) {
+        if (Date.now() > deadline) throw new Error(`${what}: not within 60 s`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    };
+    await until("the older member joins", () => olderJoined);
+    const owner = new InboxOwner({
+      kafka,
+      groupId,
+      inboxTopic: names.inbox,
+      store: stores.inbox,
+      ownership: stores.ownership,
+      indexTtlSeconds: 3600,
+      handler: { deliver: async () => undefined, membershipChanged: () => undefined },
+      log: createLogger({ test: "ifence-v" }),
+    });
+    await owner.start();
+    await until("the owner reads the members of a generation with both", () => owner.membersRead > 0);
+    expect(owner.writesInOneRoundTrip).toBe(false);
+    await older.disconnect();
+    await until(
+      "the owner writes in one round trip once the older member left",
+      () => owner.writesInOneRoundTrip,
+    );
+    await Promise.all([owner.close(), producer.disconnect()]);
   }, 120_000);
 });
 

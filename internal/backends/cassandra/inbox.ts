@@ -387,7 +387,9 @@ export class CassandraInboxStore implements InboxStore {
   /**
    * The owner's writes of a batch, in one round trip: every user's stream rows and its head unit (head,
    * applied offset, the two before the batch, index rows) share unlogged requests (turn-writes.ts), in
-   * no order between them (see above).
+   * no order between them (see above). `inOneRoundTrip` false (an owner of a version before, which
+   * trusts every stored head, may read them: InboxOwner.writesInOneRoundTrip): the rows first, then the
+   * heads.
    */
   async writeOwned(
     entries: InboxEntry[],
@@ -395,16 +397,24 @@ export class CassandraInboxStore implements InboxStore {
     before: Map<string, OwnedHead>,
     epoch: bigint,
     ttlSeconds: number,
+    inOneRoundTrip = true,
   ): Promise<void> {
     const at = toLong(epoch);
     const ttl = Math.max(1, Math.floor(ttlSeconds));
     const byUser = groupBy(entries, (e) => e.userId);
-    const units: Unit[] = [];
+    const rows: Unit[] = [];
+    const headUnits: Unit[] = [];
     for (const [user, h] of heads) {
       const own = byUser.get(user) ?? [];
-      units.push(...this.rowUnits(own, at), this.headUnit(user, h, before.get(user) ?? h, own, at, ttl));
+      rows.push(...this.rowUnits(own, at));
+      headUnits.push(this.headUnit(user, h, before.get(user) ?? h, own, at, ttl));
     }
-    await this.s.turnWrites.write("inbox: write owned entries and heads", units);
+    if (inOneRoundTrip) {
+      await this.s.turnWrites.write("inbox: write owned entries and heads", [...rows, ...headUnits]);
+      return;
+    }
+    await this.s.turnWrites.write("inbox_by_user: write owned entries", rows);
+    await this.s.turnWrites.write("inbox_heads: write owned heads", headUnits);
   }
 
   /** A user's stream rows, one unit per bucket partition. */

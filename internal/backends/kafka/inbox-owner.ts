@@ -41,9 +41,12 @@ import {
   PeriodicCommits,
 } from "./consumers.js";
 import type { GroupMembers } from "./member-resume.js";
+import { announcingRoundRobin, everyMemberAnnounces } from "./member-versions.js";
 import { OwnedPartitions } from "./owned-partitions.js";
 
 export const INBOX_GROUP = "inbox";
+/** What an inbox owner of this version announces to its group (member-versions.ts). */
+const ONE_ROUND_TRIP_CAPABILITY = "switchboard.inbox-owner/heads-checked-against-rows";
 export const INBOX_STREAM = "inbox";
 /** Header of an inbox record: the recipients placed in its partition, "\n"-joined. */
 export const INBOX_RECIPIENTS_HEADER = "recipients";
@@ -97,6 +100,7 @@ export interface OwnedInboxStore {
     before: Map<string, UserHead>,
     epoch: bigint,
     ttlSeconds: number,
+    inOneRoundTrip?: boolean,
   ): Promise<void>;
 }
 
@@ -146,6 +150,11 @@ export class InboxOwner implements Closeable {
    * after joining the generation is made after they landed, so it names their epochs or newer ones.
    */
   private draftsEpochsRead = new Set<number>();
+  /** See writesInOneRoundTrip; `generation` counts the group generations this member joined. */
+  private oneRoundTrip = false;
+  private generation = 0;
+  /** Generations whose members this owner read (for tests and diagnostics). */
+  membersRead = 0;
 
   constructor(private readonly o: InboxOwnerOptions) {
     this.lag = new ConsumerLag(o.groupId);
@@ -168,7 +177,9 @@ export class InboxOwner implements Closeable {
   }
 
   async start(): Promise<void> {
-    const consumer = groupConsumer(this.o.kafka, this.o.groupId, FETCH_WAIT_MS.sharedGroup);
+    const consumer = groupConsumer(this.o.kafka, this.o.groupId, FETCH_WAIT_MS.sharedGroup, [
+      announcingRoundRobin(ONE_ROUND_TRIP_CAPABILITY),
+    ]);
     this.consumer = consumer;
     this.commits = new PeriodicCommits(consumer, this.o.log);
     this.o.groupMembers?.track(consumer, this.o.groupId);
@@ -179,6 +190,9 @@ export class InboxOwner implements Closeable {
       this.draftsEpochsRead = new Set();
       // A partition that left and came back missed the membership records read elsewhere meanwhile.
       this.o.handler.partitionsChanged?.();
+      // Heads after their rows until every member is known to check heads against their rows.
+      this.oneRoundTrip = false;
+      void this.readMembers(consumer, ++this.generation);
     });
     await consumer.connect();
     await consumer.subscribe({ topic: this.o.inboxTopic, fromBeginning: true });
@@ -189,6 +203,29 @@ export class InboxOwner implements Closeable {
       eachBatch: (payload) => this.onBatch(payload),
     });
     this.commits.start();
+  }
+
+  /**
+   * Whether this generation's members all check a head they read back against its batch's rows, so
+   * that rows and heads may be written in one round trip, in no order. A member of a version before
+   * trusts every stored head (it would skip what a head stored without its rows says is applied):
+   * while one is in the group (a rolling upgrade, a rollback), heads are written after their rows.
+   */
+  get writesInOneRoundTrip(): boolean {
+    return this.oneRoundTrip;
+  }
+
+  private async readMembers(consumer: Consumer, generation: number): Promise<void> {
+    try {
+      const { members } = await consumer.describeGroup();
+      if (generation !== this.generation) return;
+      this.oneRoundTrip = everyMemberAnnounces(members, ONE_ROUND_TRIP_CAPABILITY);
+      this.membersRead++;
+    } catch (err) {
+      this.o.log.warn("inbox: the group's members could not be read; heads are written after their rows", {
+        err,
+      });
+    }
   }
 
   private onBatch(payload: EachBatchPayload): Promise<void> {
@@ -317,7 +354,14 @@ export class InboxOwner implements Closeable {
       // records in partition order, assigns these same cursors to these same records whether or not
       // it saw these heads (ADR 0002).
       await Promise.all([
-        this.o.store.writeOwned(entries, heads, before, state.epoch, this.o.indexTtlSeconds),
+        this.o.store.writeOwned(
+          entries,
+          heads,
+          before,
+          state.epoch,
+          this.o.indexTtlSeconds,
+          this.oneRoundTrip,
+        ),
         this.partitions.check(batch.partition, state),
       ]);
     } catch (err) {
