@@ -44,6 +44,7 @@ function source(): Omit<StorageRequestSource, "cassandra"> & {
       producedRecords: () => s.records,
       consumerLag: () => s.lag,
       dedupeChecks: () => s.dedupe,
+      inboxOwnersInOneRoundTrip: () => [],
     },
   };
   return s;

@@ -29,6 +29,8 @@ export interface StorageRequestSource {
     consumerLag(): Iterable<{ group: string; partition: number; records: number }>;
     /** The sequencer's drafts by how their dedupe key was checked (zeros without a sequencer). */
     dedupeChecks(): { store: number; memory: number; trusted: number };
+    /** Per inbox owner of this process: whether it writes rows and heads in one round trip. */
+    inboxOwnersInOneRoundTrip(): Iterable<{ group: string; oneRoundTrip: boolean }>;
   };
 }
 
@@ -129,6 +131,18 @@ function storageRequestCounters(r: Registry[]) {
       for (const source of sources)
         for (const { group, partition, records } of source.kafka.consumerLag())
           this.set({ group, partition: String(partition) }, records);
+    },
+  });
+  new Gauge({
+    name: "switchboard_inbox_owner_one_round_trip",
+    help: "Per inbox consumer group: 1 while this process's inbox owner writes a batch's inbox rows and heads in one round trip, 0 while it writes the rows first and the heads after them because a member of its consumer group runs a version that does not check heads against their rows (a rolling upgrade: 0 long after the rollout means an older router Pod still runs). Absent without an inbox owner (embedded backend, roles without one).",
+    labelNames: ["group"],
+    registers: r,
+    collect() {
+      this.reset();
+      for (const source of sources)
+        for (const { group, oneRoundTrip } of source.kafka.inboxOwnersInOneRoundTrip())
+          this.set({ group }, oneRoundTrip ? 1 : 0);
     },
   });
   new Gauge({

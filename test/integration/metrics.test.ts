@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import WebSocket from "ws";
 import { IdService } from "../../gen/switchboard/id/v1/id_pb.js";
 import { grpcClient } from "../../internal/lib/rpc.js";
-import { sampleOf as sample } from "../helpers/metrics.js";
+import { firstSampleOf, sampleOf as sample } from "../helpers/metrics.js";
 import { expectCase, RawClient } from "../helpers/raw-client.js";
 import { devToken, runCli, type ServerProcess, startServer, testBackend } from "../helpers/server.js";
 import { ensureServer } from "../infra/servers.js";
@@ -93,6 +93,20 @@ describe("/metrics", () => {
       expect(text).toMatch(
         /^switchboard_kafka_consumer_lag_records\{group="[^"]+inbox",partition="\d+"\} \d+$/m,
       );
+      // Its inbox owner is alone in its group, which announces that it checks heads: one round trip
+      // (once it has read the group's members, after joining).
+      const oneRoundTrip = async () =>
+        firstSampleOf(
+          await (await fetch(`${server.httpUrl}/metrics`)).text(),
+          "switchboard_inbox_owner_one_round_trip",
+          'group="',
+        );
+      const deadline = Date.now() + 15_000;
+      while ((await oneRoundTrip()) !== 1 && Date.now() < deadline)
+        await new Promise((r) => setTimeout(r, 200));
+      expect(await oneRoundTrip()).toBe(1);
+    } else {
+      expect(firstSampleOf(text, "switchboard_inbox_owner_one_round_trip")).toBeUndefined();
     }
   });
   it("counts a socket that has not authenticated in switchboard_gateway_sockets, which the limit counts", async () => {

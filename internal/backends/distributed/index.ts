@@ -107,6 +107,7 @@ export interface DistributedBackends extends Backends {
       producedRecords: () => number;
       consumerLag(): Iterable<{ group: string; partition: number; records: number }>;
       dedupeChecks(): { store: number; memory: number; trusted: number };
+      inboxOwnersInOneRoundTrip(): Iterable<{ group: string; oneRoundTrip: boolean }>;
     };
   };
 }
@@ -310,6 +311,7 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
             yield* messageLog.consumerLag();
           },
           dedupeChecks: () => ({ ...(sequencer?.dedupeChecks ?? { store: 0, memory: 0, trusted: 0 }) }),
+          inboxOwnersInOneRoundTrip: () => messageLog.inboxOwnersInOneRoundTrip(),
         },
       },
       unreachable: () =>

@@ -168,6 +168,11 @@ export class InboxOwner implements Closeable {
     });
   }
 
+  /** The consumer group this owner belongs to. */
+  get groupId(): string {
+    return this.o.groupId;
+  }
+
   /** Records behind the end of each owned partition, as of its last committed batch. */
   readonly lag: ConsumerLag;
 

@@ -308,6 +308,11 @@ export class KafkaMessageLog implements MessageLog {
     };
   }
 
+  /** Whether each inbox owner of this process writes rows and heads in one round trip (InboxOwner). */
+  *inboxOwnersInOneRoundTrip(): Iterable<{ group: string; oneRoundTrip: boolean }> {
+    for (const owner of this.owners) yield { group: owner.groupId, oneRoundTrip: owner.writesInOneRoundTrip };
+  }
+
   /** The lag of this process's inbox owners (deliveries()), per owned partition. */
   *consumerLag(): Iterable<{ group: string; partition: number; records: number }> {
     for (const owner of this.owners) yield* owner.lag.entries();
