@@ -717,14 +717,14 @@ describe("receipts and typing", () => {
     const alice = await connect(a);
     const bob = await connect(b);
     const ack = expectCase(await send(alice, { toUser: b }, "read me"), "ack");
-    await bob.nextEvent(messageEvent("read me"));
-    expectCase(
-      await bob.request({
+    /** Bob's read watermark in the conversation, as the reply frame. */
+    const markRead = (seq: bigint) =>
+      bob.request({
         case: "receipt",
-        value: { conversationId: ack.conversationId, seq: ack.seq, kind: ReceiptKind.READ },
-      }),
-      "ok",
-    );
+        value: { conversationId: ack.conversationId, seq, kind: ReceiptKind.READ },
+      });
+    await bob.nextEvent(messageEvent("read me"));
+    expectCase(await markRead(ack.seq), "ok");
     const receipt = expectCase(await alice.nextEvent((f) => f.kind.case === "receipt"), "receipt");
     expect(receipt).toMatchObject({
       conversationId: ack.conversationId,
@@ -733,32 +733,13 @@ describe("receipts and typing", () => {
       kind: ReceiptKind.READ,
     });
     // Same watermark again: accepted, not relayed.
-    expectCase(
-      await bob.request({
-        case: "receipt",
-        value: { conversationId: ack.conversationId, seq: ack.seq, kind: ReceiptKind.READ },
-      }),
-      "ok",
-    );
-    const out = expectCase(
-      await bob.request({
-        case: "receipt",
-        value: { conversationId: ack.conversationId, seq: 99n, kind: ReceiptKind.READ },
-      }),
-      "error",
-    );
-    expect(out.reason).toBe("SEQ_OUT_OF_RANGE");
+    expectCase(await markRead(ack.seq), "ok");
+    expect(expectCase(await markRead(99n), "error").reason).toBe("SEQ_OUT_OF_RANGE");
     // A watermark that moves again is relayed; relayed after the repeat would have been, so alice
     // having it means the repeat was not relayed (rather than not yet).
     const second = expectCase(await send(alice, { toUser: b }, "read me too"), "ack");
     await bob.nextEvent(messageEvent("read me too"));
-    expectCase(
-      await bob.request({
-        case: "receipt",
-        value: { conversationId: ack.conversationId, seq: second.seq, kind: ReceiptKind.READ },
-      }),
-      "ok",
-    );
+    expectCase(await markRead(second.seq), "ok");
     await alice.nextEvent((f) => f.kind.case === "receipt" && f.kind.value.seq === second.seq);
     expect(
       alice.received.flatMap((f) => (f.kind.case === "receipt" ? [Number(f.kind.value.seq)] : [])),

@@ -317,37 +317,15 @@ export class CassandraInboxStore implements InboxStore {
     // head before that batch, whose rows were all stored before the batch began. (A head written
     // before heads named the one before them was only ever written after its rows.)
     const withEntries = [...out].filter(([user, h]) => before.has(user) && h.head > before.get(user)!.head);
+    // Every row of the batch is read (a gap-free run, at the session's consistency level), not only
+    // its ends: replicas that disagree on any of them are repaired by the read, where a row found on
+    // one replica alone would otherwise be believed while its neighbours stay there alone.
     await this.ownerLimiter.map(withEntries, async ([user, h]) => {
       const prev = before.get(user)!;
-      if (!(await this.rowsStored(user, prev.head, h.head))) out.set(user, prev);
+      const stored = await this.read(user, prev.head, h.head - prev.head);
+      if (stored.length !== h.head - prev.head) out.set(user, prev);
     });
     return out;
-  }
-
-  /**
-   * Whether every stream row in (from, to] is stored, read at the session's consistency level: every
-   * row of the range, not only its ends, so that replicas that disagree on any of them are repaired
-   * by the read (a row found on one replica alone would otherwise be believed while its neighbours
-   * stay there alone).
-   */
-  private async rowsStored(user: string, from: number, to: number): Promise<boolean> {
-    let at = from;
-    for (let bucket = inboxBucket(from + 1); at < to; bucket++) {
-      const result = await this.s.execute(
-        "inbox_by_user: check a batch's rows",
-        this.q.read,
-        [user, bucket, at, Math.min(to - at, INBOX_BUCKET_SIZE)],
-        { idempotent: true, fetchSize: INBOX_BUCKET_SIZE + 1 },
-      );
-      for (const row of result.rows) {
-        const cursor = toNumber(row.get("cursor"), "inbox_by_user.cursor");
-        if (cursor !== at + 1) return false;
-        at = cursor;
-        if (at === to) return true;
-      }
-      if (at !== (bucket + 1) * INBOX_BUCKET_SIZE) return false;
-    }
-    return at >= to;
   }
 
   /**

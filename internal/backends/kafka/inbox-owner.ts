@@ -404,9 +404,7 @@ export class InboxOwner implements Closeable {
     const epochs = await Promise.all(toRead.map((p) => this.o.ownership.current(DRAFTS_STREAM, p)));
     for (const [i, partition] of toRead.entries()) {
       const epoch = epochs[i];
-      const known = this.draftsEpochs.get(partition);
-      if (epoch !== undefined && (known === undefined || epoch > known))
-        this.draftsEpochs.set(partition, epoch);
+      if (epoch !== undefined) this.learn(partition, epoch);
       read.add(partition);
     }
   }
@@ -419,15 +417,14 @@ export class InboxOwner implements Closeable {
     origin: { partition: number; epoch: bigint },
     learned: Map<number, bigint>,
   ): boolean {
-    const stored = this.draftsEpochs.get(origin.partition);
-    const inBatch = learned.get(origin.partition);
-    const known = stored === undefined || (inBatch !== undefined && inBatch > stored) ? inBatch : stored;
+    // `learned` holds only epochs above the known ones.
+    const known = learned.get(origin.partition) ?? this.draftsEpochs.get(origin.partition);
     if (known !== undefined && origin.epoch < known) return true;
     if (known === undefined || origin.epoch > known) learned.set(origin.partition, origin.epoch);
     return false;
   }
 
-  /** Keeps an epoch seen in a record of a batch that succeeded (epochs only rise). */
+  /** Keeps an epoch read from an owner row or seen in a batch that succeeded (epochs only rise). */
   private learn(partition: number, epoch: bigint): void {
     const known = this.draftsEpochs.get(partition);
     if (known === undefined || epoch > known) this.draftsEpochs.set(partition, epoch);
