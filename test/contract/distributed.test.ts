@@ -45,7 +45,7 @@ describeBackendContract(
   "distributed",
   async ({ namespace }) => {
     const s = await infra();
-    const open = () =>
+    const open = (o: Partial<DistributedOptions> = {}) =>
       openDistributedBackends({
         brokers: s.brokers,
         clientId: `contract-${namespace}`,
@@ -61,10 +61,15 @@ describeBackendContract(
         firstAttemptMarginMs: 0,
         cassandra: { contactPoints: s.contactPoints, localDataCenter: s.datacenter, keyspace },
         log: createLogger({ test: "contract" }),
+        ...o,
       });
     return {
       backends: await open(),
-      reopen: open,
+      reopen: () => open(),
+      // Another process's client of the same topics and keyspace: no sequencer (which would make the
+      // first instance's group rebalance), nothing it sends, nothing to provision.
+      peer: () =>
+        open({ clientId: `contract-${namespace}-peer`, sequencer: false, appends: false, provision: false }),
       // Delete this test's topics: a broker restart later in the run recovers every partition it has.
       dispose: () => deleteTopics(s.brokers, `${namespace}.`),
     };

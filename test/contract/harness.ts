@@ -29,6 +29,11 @@ export interface OpenedBackends {
    * durability tests are then skipped.
    */
   reopen?: () => Promise<Backends>;
+  /**
+   * Opens a second instance beside the first on the same data, as another process of the platform
+   * would. Leave it out for a backend whose instances share nothing across processes.
+   */
+  peer?: () => Promise<Backends>;
   /** Removes what `open` created; called once, after the last instance was closed. */
   dispose?: () => Promise<void>;
 }
@@ -188,6 +193,11 @@ export interface Harness {
   id(name: string): string;
   /** Closes the current instance (consumers and subscriptions first) and opens the same data again. */
   reopen(): Promise<Backends>;
+  /**
+   * A second instance beside `b` on the same data (another process), closed when the test ends, or
+   * undefined if the backend has none (OpenedBackends.peer).
+   */
+  peer(): Promise<Backends | undefined>;
   /** Starts a consumer in `group` (a name local to the test) that is closed when the test ends. */
   consume(group: string, collector?: Collector, options?: ConsumeOptions): Promise<Collector>;
   /** Closes `closeable` when the test ends (or at the next reopen); the returned handle closes it once. */
@@ -256,6 +266,12 @@ export function contractKit(name: string, open: OpenBackends, options: ContractO
         current = await reopen();
         currentClosed = false;
         return current;
+      },
+      async peer() {
+        if (!opened.peer) return undefined;
+        const peer = await opened.peer();
+        harness.track(peer);
+        return peer;
       },
       async consume(group, collector = new Collector(ns), options = {}) {
         collector.consumer = harness.track(
