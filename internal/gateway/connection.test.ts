@@ -183,6 +183,28 @@ describe("Connection authentication", () => {
     expect(socket.sent).toHaveLength(0);
   });
 
+  it("answers an auth frame whose token was being checked when a drain began with GATEWAY_STOPPING, then closes", async () => {
+    let verified!: (identity: Identity) => void;
+    let registered = 0;
+    const { conn, socket } = connection({
+      verify: () => new Promise((r) => (verified = r)),
+      register: () => {
+        registered++;
+        return { inTime: Promise.resolve(true), written: Promise.resolve() };
+      },
+    });
+    socket.frame({ id: 7, auth: { token: "t" } });
+    await until(() => verified !== undefined);
+    const closed = conn.closeAfterReplies(CloseCode.SHUTDOWN, "draining", 5_000);
+    verified({ userId: "alice", expiresAtMs: Number.POSITIVE_INFINITY });
+    await closed;
+    expect(kinds(socket)).toEqual(["GATEWAY_STOPPING"]);
+    expect(socket.sent[0]!.replyTo).toBe(7);
+    expect(socket.sent[0]!.kind.value).toMatchObject({ code: Code.UNAVAILABLE, retryAfterMs: 1000 });
+    expect(socket.closedWith).toBe(CloseCode.SHUTDOWN);
+    expect(registered).toBe(0);
+  });
+
   it("answers a token still being checked at the auth deadline with AUTH_UNAVAILABLE and 1011, not the terminal 3502", async () => {
     const { conn, socket } = connection({
       env: { SWITCHBOARD_AUTH_AUTH_TIMEOUT_MS: "100" },

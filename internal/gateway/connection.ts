@@ -287,8 +287,19 @@ export class Connection {
   /** Sets up the session of a verified connection and welcomes it (in `encoding`: its auth frame's). */
   async authenticate(identity: Identity, replyTo: number, encoding: Encoding = this.encoding): Promise<void> {
     // Closed, or closing, while its token was checked (client gone, auth deadline, a stop or a
-    // drain): never registered.
-    if (this.closed || this.stopping) return;
+    // drain): never registered. An auth frame read before a stop or drain began is answered, as every
+    // request read before it is (docs/protocol.md §2); the stop's close follows.
+    if (this.closed) return;
+    if (this.stopping) {
+      if (replyTo !== 0)
+        this.fail(
+          replyTo,
+          errors.unavailable("GATEWAY_STOPPING", "the gateway is stopping or draining; connect again"),
+          encoding,
+          "auth",
+        );
+      return;
+    }
     clearTimeout(this.authTimer);
     // Checked in the same turn as the registration below, so that concurrent ones cannot all pass.
     if (!this.ctx.hasRoomFor(identity.userId)) {
