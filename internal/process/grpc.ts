@@ -8,7 +8,14 @@
 import type { DescService } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
 import type { GrpcMetrics } from "../lib/metrics.js";
-import { addService, addStartingService, instrumentServer, type Keepalive, servicesOf } from "../lib/rpc.js";
+import {
+  addService,
+  addStartingService,
+  instrumentServer,
+  type Keepalive,
+  servicesOf,
+  startingServicesOf,
+} from "../lib/rpc.js";
 import { Health, HealthService } from "./health.js";
 import { reflectionImpl, ServerReflectionV1, ServerReflectionV1alpha } from "./reflection.js";
 
@@ -60,7 +67,11 @@ export async function serveGrpc(
       : {}),
   });
   instrumentServer(server, options.metrics);
-  const health = new HealthService({ serving: options.serving, services: () => servicesOf(server) });
+  const health = new HealthService({
+    serving: options.serving,
+    services: () => servicesOf(server),
+    starting: () => startingServicesOf(server),
+  });
   addService(server, Health, health.impl());
   if (options.reflection) {
     const reflection = reflectionImpl(() => servicesOf(server));

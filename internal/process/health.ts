@@ -2,8 +2,9 @@
  * The standard gRPC health service (grpc.health.v1.Health) of every process's gRPC server, in step
  * with /readyz: SERVING while the process is ready, NOT_SERVING while it starts, while its storage
  * is unreachable and while it stops. "" names the whole server; every service the server serves
- * (Health included) has the process's status, since readiness is the process's; any other name is
- * NOT_FOUND (Check) or SERVICE_UNKNOWN (Watch), as the protocol says.
+ * (Health included) has the process's status, since readiness is the process's; a service the
+ * server declared but has not added yet (its role is starting: its methods answer UNAVAILABLE) is
+ * NOT_SERVING; any other name is NOT_FOUND (Check) or SERVICE_UNKNOWN (Watch), as the protocol says.
  */
 import type { DescService } from "@bufbuild/protobuf";
 import {
@@ -33,12 +34,15 @@ export class HealthService {
       serving: () => boolean;
       /** The services the server serves now (they are added while the process starts). */
       services: () => readonly DescService[];
+      /** Names of the services declared but not added yet (rpc.ts, addStartingService). */
+      starting?: () => readonly string[];
     },
   ) {}
 
   /** The status of `service` ("" for the server), or undefined for a service the server lacks. */
   status(service: string): ServingStatus | undefined {
-    if (service !== "" && !this.o.services().some((s) => s.typeName === service)) return undefined;
+    if (service !== "" && !this.o.services().some((s) => s.typeName === service))
+      return this.o.starting?.().includes(service) ? ServingStatus.NOT_SERVING : undefined;
     return !this.closed && this.o.serving() ? ServingStatus.SERVING : ServingStatus.NOT_SERVING;
   }
 

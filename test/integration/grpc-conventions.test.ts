@@ -404,6 +404,17 @@ describe("metrics of streams", () => {
 });
 
 describe("health", () => {
+  it("answers NOT_SERVING for a service declared but not added yet (its role starting), SERVING once added", async () => {
+    const server = await serve({ serves: [IdService] });
+    const health = client(Health, server.address);
+    // The process reports ready here, yet the service is not there: its own status says so.
+    expect((await health.check({ service: "" })).status).toBe(Serving.SERVING);
+    expect((await health.check({ service: "switchboard.id.v1.IdService" })).status).toBe(Serving.NOT_SERVING);
+    const [service, impl] = ids(async () => ({ ids: [] }));
+    addService(server.server, service, impl);
+    expect((await health.check({ service: "switchboard.id.v1.IdService" })).status).toBe(Serving.SERVING);
+  });
+
   it("answers Check and Watch for the server and each service, in step with readiness", async () => {
     let ready = false;
     const server = await serve(
