@@ -39,19 +39,41 @@ describe("Broadcast", () => {
         await new Promise((resolve) => setTimeout(resolve, 1));
         if (input.toUser === "u20") {
           failedAt = sentTo.length;
-          throw new SwitchboardError(Code.INTERNAL, "INTERNAL", "storage failed");
+          throw new SwitchboardError(Code.INVALID_ARGUMENT, "INVALID_SENDER", "not a direct sender");
         }
         return { message: storedTo(input.toUser!, input.body), duplicate: false };
       },
     });
     await expect(
       impl.broadcast({ userIds: users, sender: "", idempotencyKey: "k", body: "b" } as never, ctx),
-    ).rejects.toMatchObject({ code: Code.INTERNAL });
+    ).rejects.toMatchObject({ code: Code.INVALID_ARGUMENT, reason: "INVALID_SENDER" });
     // Sends that had started when it failed may finish; none may start after.
     const atFailure = sentTo.length;
     await new Promise((resolve) => setTimeout(resolve, 100));
     expect(sentTo.length).toBe(atFailure);
     expect(sentTo.length).toBeLessThan(failedAt! + 16);
+  });
+
+  it("answers a storage error for one recipient in that recipient's result, and the others' messages", async () => {
+    const impl = service({
+      send: async (input) => {
+        if (input.toUser === "b") throw new SwitchboardError(Code.INTERNAL, "STORAGE_ERROR", "refused");
+        if (input.toUser === "c")
+          throw new SwitchboardError(Code.UNAVAILABLE, "STORAGE_UNAVAILABLE", "no replicas");
+        return { message: storedTo(input.toUser!, input.body), duplicate: false };
+      },
+    });
+    const { results } = await impl.broadcast(
+      { userIds: ["a", "b", "c", "d"], sender: "", idempotencyKey: "k", body: "x" } as never,
+      ctx,
+    );
+    expect(results?.map((r) => [r.userId, r.message?.conversationId ?? r.reason])).toEqual([
+      ["a", "dm:a~system"],
+      ["b", "STORAGE_ERROR"],
+      ["c", "STORAGE_UNAVAILABLE"],
+      ["d", "dm:d~system"],
+    ]);
+    expect(results?.[1]?.code).toBe(Code.INTERNAL);
   });
 
   it("answers each recipient with the stored message's ids, not another copy of the body", async () => {

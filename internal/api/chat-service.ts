@@ -177,11 +177,10 @@ export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatS
             results[i] = { userId, message: { ...toWireMessage(message), body: "" }, duplicate };
           } catch (err) {
             const e = SwitchboardError.from(err);
-            // A request-wide mistake (bad key or body) fails the call rather than every recipient.
-            if (
-              (e.code === Code.INVALID_ARGUMENT && e.reason !== "INVALID_USER_ID") ||
-              e.code === Code.INTERNAL
-            ) {
+            // A request-wide mistake (bad key or body, a sender that cannot send direct messages)
+            // fails the call rather than every recipient. Anything else, a storage error included,
+            // is that recipient's: the messages sent to the others are answered.
+            if (e.code === Code.INVALID_ARGUMENT && e.reason !== "INVALID_USER_ID") {
               failed = true;
               throw e;
             }
@@ -198,7 +197,12 @@ export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatS
       requireUserId(req.owner, "owner");
       const policies = policiesFromWire(req);
       const caller = ctx.principal ?? "anonymous";
-      const keyed = req.idempotencyKey === "" ? undefined : keyedGroupId(caller, req.idempotencyKey);
+      // The key's form first, as Publish's: a malformed key is that, whatever the grant says of the
+      // group it would name.
+      const keyed =
+        req.idempotencyKey === ""
+          ? undefined
+          : keyedGroupId(caller, requireIdempotencyKey(req.idempotencyKey));
       access(ctx.principal).creates(keyed, req.owner, req.members);
       if (keyed === undefined) {
         const group = await conversations.createGroup(req.owner, req.name, req.members, req.open, policies);

@@ -458,6 +458,10 @@ describe("ChatService: groups, presence, sessions, devices", () => {
     expect(await failure(organizer.createGroup({ ...request, idempotencyKey: "" }))).toBe(
       "PERMISSION_DENIED CONVERSATION_NOT_ALLOWED",
     );
+    // A malformed key is that, whatever the grant says of the group it would name.
+    expect(await failure(organizer.createGroup({ ...request, idempotencyKey: "a b" }))).toBe(
+      "INVALID_ARGUMENT INVALID_IDEMPOTENCY_KEY",
+    );
     // A refused call did no work: the group the key names does not exist.
     const keyed = keyedGroupId("client:organizer", "org-1");
     expect(await failure(client(keys.root).getConversation({ conversationId: keyed }))).toBe(
