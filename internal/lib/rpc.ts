@@ -23,7 +23,7 @@ import {
   toBinary,
 } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
-import { Code, errors, SwitchboardError } from "./errors.js";
+import { Code, errors, forClients, SwitchboardError } from "./errors.js";
 import type { GrpcMetrics } from "./metrics.js";
 import { type MethodMeter, methodMeter } from "./rpc-metrics.js";
 import { decodeStatusDetails, encodeStatusDetails, STATUS_DETAILS_KEY } from "./status-details.js";
@@ -284,6 +284,25 @@ const TRANSIENT_CODES = new Set<number>([grpc.status.UNAVAILABLE, grpc.status.DE
  * a retry after a second.
  */
 function fromStatus(err: grpc.ServiceError, call: string): SwitchboardError {
+  const e = statusError(err, call);
+  answeredByPeer.add(e);
+  return e;
+}
+
+/** Errors a peer answered this process's calls with (fromStatus), not refusals of this call's caller. */
+const answeredByPeer = new WeakSet<SwitchboardError>();
+
+/**
+ * What this server tells its caller of `e`: a peer's refusal of this process's own credential, met
+ * while serving the call, is UNAVAILABLE (forClients): the deployment's fault, for nothing the caller
+ * did, and the peer's reason would read as the caller's own credential refused. The caller's own
+ * refusals (this server's guard, a stream's credential checked again) go out as they are.
+ */
+function toCaller(e: SwitchboardError): SwitchboardError {
+  return answeredByPeer.has(e) ? forClients(e) : e;
+}
+
+function statusError(err: grpc.ServiceError, call: string): SwitchboardError {
   const bytes = err.metadata?.get(STATUS_DETAILS_KEY)[0];
   const details = bytes instanceof Uint8Array ? decodeStatusDetails(bytes) : undefined;
   const legacy = err.metadata?.get(LEGACY_REASON_KEY)[0];
@@ -535,7 +554,7 @@ export function addService<S extends DescService>(
     const meter = state.metrics && methodMeter(state.metrics, "server", method);
     if (meter) meters.set(method, meter);
     const fail = (end: (code: number) => void, err: unknown) => {
-      const e = SwitchboardError.from(err);
+      const e = toCaller(SwitchboardError.from(err));
       end(e.code);
       return toStatus(e);
     };

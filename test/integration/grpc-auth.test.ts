@@ -123,6 +123,25 @@ describe("guarded gRPC server", () => {
     expect(s.seen).toEqual([]);
   });
 
+  it("tells its caller UNAVAILABLE (retry in 1 s) when a peer refuses this server's own credential", async () => {
+    const peer = await guarded();
+    // A server whose handler calls the peer with a credential the peer refuses for the method.
+    const middle = await serveGrpc("127.0.0.1", 0, {
+      metrics: createMetrics().grpc,
+      reflection: false,
+      serving: () => true,
+    });
+    opened.push(middle);
+    const toPeer = client(IdService, peer.address, billing.key);
+    addService(middle.server, IdService, { allocateIds: (req) => toPeer.allocateIds(req) });
+    const err = await client(IdService, `127.0.0.1:${middle.port}`)
+      .allocateIds({ count: 1 })
+      .catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(SwitchboardError);
+    expect(err).toMatchObject({ code: Code.UNAVAILABLE, reason: "UNAVAILABLE", retryAfterMs: 1000 });
+    expect(peer.seen).toEqual([]);
+  });
+
   it("keeps the health service public", async () => {
     const s = await guarded();
     const res = await client(Health, s.address).check({ service: "" });
