@@ -140,6 +140,52 @@ describe("distributed: the sequencer and first attempts", () => {
   }, 120_000);
 });
 
+describe("distributed: a keyspace restored beside fresh topics", () => {
+  it("delivers into the inboxes of users whose heads hold the old topics' applied offsets", async () => {
+    const s = await infra();
+    const tag = Date.now().toString(36);
+    const [oldPrefix, newPrefix] = [`restore_${tag}_a.`, `restore_${tag}_b.`];
+    const [u, v, group] = [`u_${tag}`, `v_${tag}`, `g:restore_${tag}`];
+    const open = (prefix: string) => openOwnTopics(s, prefix, "restore", { partitions: 1 });
+    const delivered = (backends: Awaited<ReturnType<typeof open>>) =>
+      backends.log.deliveries!({ deliver: async () => {}, membershipChanged: () => {} });
+    try {
+      // The cluster before: five messages applied to u's and v's inboxes at offsets 0..4 and more.
+      const before = await open(oldPrefix);
+      try {
+        const deliveries = await delivered(before);
+        await before.membership.createConversation(
+          { id: group, kind: "group", name: "restore", owner: u, open: true, createdAtMs: 1000 },
+          [u, v],
+        );
+        for (const i of range(1, 5)) await before.log.append(draft(group, u, `before-${i}`));
+        await expect.poll(() => before.inbox.head(v), { timeout: 30_000 }).toBe(5);
+        await deliveries.close();
+      } finally {
+        await before.close();
+      }
+      // The same keyspace with fresh topics (another prefix), as the restore procedure has it: the
+      // inbox topic starts again at offset 0, below the offsets the heads hold.
+      const after = await open(newPrefix);
+      try {
+        const deliveries = await delivered(after);
+        const sent = await after.log.append(draft(group, u, "after-1"));
+        expect(sent.message.seq).toBe(6);
+        await expect.poll(() => after.inbox.head(v), { timeout: 30_000 }).toBe(6);
+        const last = await after.inbox.read(v, 5, 10);
+        expect(last.map((e) => [e.cursor, e.seq, e.messageId])).toEqual([[6, 6, sent.message.messageId]]);
+        expect(await after.inbox.head(u)).toBe(6);
+        await deliveries.close();
+      } finally {
+        await after.close();
+      }
+    } finally {
+      await deleteTopics(s.brokers, oldPrefix);
+      await deleteTopics(s.brokers, newPrefix);
+    }
+  }, 120_000);
+});
+
 describe("distributed: the topics' partition count", () => {
   it("refuses to open on message topics whose partition count is not kafka.partitions", async () => {
     const s = await infra();

@@ -121,15 +121,15 @@ describe("schema migrations", () => {
       const ks = `switchboard_test_${run}_m`;
       try {
         const first = await migrate(a.client, { keyspace: ks, replication });
-        expect(first.applied).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]);
+        expect(first.applied).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17]);
         const second = await migrate(a.client, { keyspace: ks, replication });
-        expect(second).toEqual({ applied: [], version: 16 });
+        expect(second).toEqual({ applied: [], version: 17 });
 
         const rows = (
           await a.client.execute(`SELECT version, name, checksum, applied_at FROM ${ks}.schema_migrations`)
         ).rows;
         expect(rows.map((r) => r.get("version") as number).sort((x, y) => x - y)).toEqual([
-          1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16,
+          1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17,
         ]);
         for (const r of rows) {
           expect(r.get("name")).toEqual(expect.any(String));
@@ -891,6 +891,52 @@ describe("inbox store", () => {
     },
     LONG,
   );
+
+  it("owner path: applied offsets are of the log they were written for; another log reads none, the head stays", async () => {
+    const [u, w, c] = [id("logs"), id("unnamed"), id("c")];
+    const owned = (userId: string, cursor: number): InboxEntry => ({
+      userId,
+      cursor,
+      conversationId: c,
+      seq: cursor,
+      messageId: `m${cursor}`,
+    });
+    const h1 = { head: 2, appliedOffset: 41 };
+    await a.inbox.writeOwned(
+      [owned(u, 1), owned(u, 2)],
+      new Map([[u, h1]]),
+      new Map(),
+      epochAt(1),
+      3600,
+      true,
+      "old.inbox",
+    );
+    expect((await a.inbox.ownedHeads([u], "old.inbox")).get(u)).toEqual(h1);
+    // The keyspace restored beside fresh topics: the old log's offsets are no positions in the new one.
+    expect((await a.inbox.ownedHeads([u], "new.inbox")).get(u)).toEqual({ head: 2, appliedOffset: -1 });
+    // The new log's owner goes on from the head, and its offsets are the new log's from then on.
+    const h2 = { head: 3, appliedOffset: 0 };
+    await a.inbox.writeOwned(
+      [owned(u, 3)],
+      new Map([[u, h2]]),
+      new Map([[u, h1]]),
+      epochAt(2),
+      3600,
+      true,
+      "new.inbox",
+    );
+    expect((await a.inbox.ownedHeads([u], "new.inbox")).get(u)).toEqual(h2);
+    expect((await a.inbox.ownedHeads([u], "old.inbox")).get(u)).toEqual({ head: 3, appliedOffset: -1 });
+    // A head written without a log's name (a version before) is taken as the reader's log's.
+    await a.inbox.writeOwned(
+      [owned(w, 1)],
+      new Map([[w, { head: 1, appliedOffset: 7 }]]),
+      new Map(),
+      epochAt(1),
+      3600,
+    );
+    expect((await a.inbox.ownedHeads([w], "new.inbox")).get(w)).toEqual({ head: 1, appliedOffset: 7 });
+  });
 
   it(
     "owner path: a user's burst over several buckets goes out with its head in one turn, believed once every row is there",

@@ -28,6 +28,7 @@
  * conversation and never see it.
  */
 
+import cassandra from "cassandra-driver";
 import { invariantViolated } from "../../lib/errors.js";
 import { type InboxEntry, type InboxStore, inboxEntry } from "../types.js";
 import { INBOX_BUCKET_SIZE, inboxBucket } from "./schema.js";
@@ -48,6 +49,7 @@ import {
 import { routingKey, type Unit } from "./turn-writes.js";
 
 type Draft = Omit<InboxEntry, "cursor">;
+const UNSET = cassandra.types.unset;
 /** A user's inbox head as its owner keeps it: the last cursor, and the offset of the last record applied. */
 export interface OwnedHead {
   head: number;
@@ -284,9 +286,11 @@ export class CassandraInboxStore implements InboxStore {
 
   /**
    * Head and last applied record offset per user (0 and -1 when none), as far as its stream rows are
-   * stored: one request per 100 users, then one per user whose last batch had entries.
+   * stored: one request per 100 users, then one per user whose last batch had entries. `log`: the
+   * log (inbox topic) the offsets are asked of; offsets stored for another one (a keyspace restored
+   * beside fresh topics) are no positions in it and read as none, the heads as they are.
    */
-  async ownedHeads(users: string[]): Promise<Map<string, OwnedHead>> {
+  async ownedHeads(users: string[], log?: string): Promise<Map<string, OwnedHead>> {
     const ids = [...new Set(users)];
     const out = new Map<string, OwnedHead>(ids.map((u) => [u, { head: 0, appliedOffset: -1 }]));
     const before = new Map<string, OwnedHead>();
@@ -297,9 +301,14 @@ export class CassandraInboxStore implements InboxStore {
       });
       for (const row of result.rows) {
         const user = toText(row.get("user_id"), "inbox_heads.user_id");
+        // Unnamed: written by a version before logs were named, in the log it still reads.
+        const storedLog = row.get("applied_log") as string | null | undefined;
+        const ofLog = log === undefined || storedLog == null || storedLog === log;
+        const offset = (column: string) =>
+          ofLog ? optionalNumber(row.get(column), `inbox_heads.${column}`) : -1;
         out.set(user, {
           head: optionalNumber(row.get("head"), "inbox_heads.head") ?? 0,
-          appliedOffset: optionalNumber(row.get("applied_offset"), "inbox_heads.applied_offset") ?? -1,
+          appliedOffset: offset("applied_offset") ?? -1,
         });
         const prevHead = optionalNumber(row.get("prev_head"), "inbox_heads.prev_head");
         // Written with this head (a version before wrote heads alone, after their rows, and leaves
@@ -308,8 +317,7 @@ export class CassandraInboxStore implements InboxStore {
         if (prevHead !== undefined && sameWrite)
           before.set(user, {
             head: prevHead,
-            appliedOffset:
-              optionalNumber(row.get("prev_applied_offset"), "inbox_heads.prev_applied_offset") ?? -1,
+            appliedOffset: offset("prev_applied_offset") ?? -1,
           });
       }
     });
@@ -367,7 +375,7 @@ export class CassandraInboxStore implements InboxStore {
    * applied offset, the two before the batch, index rows) share unlogged requests (turn-writes.ts), in
    * no order between them (see above). `inOneRoundTrip` false (an owner of a version before, which
    * trusts every stored head, may read them: InboxOwner.writesInOneRoundTrip): the rows first, then the
-   * heads.
+   * heads. `log`: the log (inbox topic) the applied offsets are positions in (ownedHeads).
    */
   async writeOwned(
     entries: InboxEntry[],
@@ -376,6 +384,7 @@ export class CassandraInboxStore implements InboxStore {
     epoch: bigint,
     ttlSeconds: number,
     inOneRoundTrip = true,
+    log?: string,
   ): Promise<void> {
     const at = toLong(epoch);
     const ttl = Math.max(1, Math.floor(ttlSeconds));
@@ -385,7 +394,7 @@ export class CassandraInboxStore implements InboxStore {
     for (const [user, h] of heads) {
       const own = byUser.get(user) ?? [];
       rows.push(...this.rowUnits(own, at));
-      headUnits.push(this.headUnit(user, h, before.get(user) ?? h, own, at, ttl));
+      headUnits.push(this.headUnit(user, h, before.get(user) ?? h, own, at, ttl, log));
     }
     if (inOneRoundTrip) {
       await this.s.turnWrites.write("inbox: write owned entries and heads", [...rows, ...headUnits]);
@@ -416,13 +425,15 @@ export class CassandraInboxStore implements InboxStore {
     entries: InboxEntry[],
     at: ReturnType<typeof toLong>,
     ttl: number,
+    log: string | undefined,
   ): Unit {
     return {
       key: routingKey(user),
       statements: [
         {
           query: this.q.setOwnedHead,
-          params: [user, h.head, h.appliedOffset, before.head, before.appliedOffset, at],
+          // Unset, not null, without a log: a null would write a tombstone into every head.
+          params: [user, h.head, h.appliedOffset, before.head, before.appliedOffset, log ?? UNSET, at],
         },
         ...entries.map((e) => ({
           query: this.q.insertOwnedIndex,
@@ -504,7 +515,7 @@ function statements(s: Session) {
       "WHERE user_id = ? AND bucket = ? AND cursor > ? LIMIT ?",
     last: `SELECT cursor FROM ${stream} WHERE user_id = ? AND bucket = ? AND cursor <= ? ORDER BY cursor DESC LIMIT 1`,
     ownedHeads:
-      "SELECT user_id, head, applied_offset, prev_head, prev_applied_offset, " +
+      "SELECT user_id, head, applied_offset, prev_head, prev_applied_offset, applied_log, " +
       `WRITETIME(head) AS head_written, WRITETIME(prev_head) AS prev_written FROM ${heads} ` +
       "WHERE user_id IN ? PER PARTITION LIMIT 1",
     insertOwnedStream:
@@ -512,8 +523,8 @@ function statements(s: Session) {
       "VALUES (?, ?, ?, ?, ?, ?) USING TIMESTAMP ?",
     // The head, and the row every head read stops at (sorts before every index row).
     setOwnedHead:
-      `INSERT INTO ${heads} (user_id, conversation_id, seq, head, applied_offset, prev_head, prev_applied_offset) ` +
-      "VALUES (?, '', 0, ?, ?, ?, ?) USING TIMESTAMP ?",
+      `INSERT INTO ${heads} (user_id, conversation_id, seq, head, applied_offset, prev_head, prev_applied_offset, applied_log) ` +
+      "VALUES (?, '', 0, ?, ?, ?, ?, ?) USING TIMESTAMP ?",
     insertOwnedIndex:
       `INSERT INTO ${heads} (user_id, conversation_id, seq, cursor, message_id) VALUES (?, ?, ?, ?, ?) ` +
       "USING TTL ? AND TIMESTAMP ?",

@@ -349,6 +349,15 @@ export function migrations(ks: string): Migration[] {
         `ALTER TABLE ${ks}.inbox_heads ADD prev_applied_offset bigint static`,
       ],
     },
+    {
+      version: 17,
+      name: "inbox heads name the log their applied offsets are positions in",
+      statements: [
+        // The inbox topic's name (ADR 0002): a keyspace restored beside fresh topics (another prefix)
+        // keeps the old topics' applied offsets, which are no positions in the new ones.
+        `ALTER TABLE ${ks}.inbox_heads ADD applied_log text static`,
+      ],
+    },
   ];
 }
 

@@ -90,7 +90,8 @@ interface UserHead {
 
 /** What the inbox owner needs from the store (CassandraInboxStore's owner path). */
 export interface OwnedInboxStore {
-  ownedHeads(users: string[]): Promise<Map<string, UserHead>>;
+  /** `log`: the inbox topic; offsets stored for another (a keyspace restored beside fresh topics) read as none. */
+  ownedHeads(users: string[], log: string): Promise<Map<string, UserHead>>;
   /** The cursors of those of these that have one (their index rows). */
   recorded(keys: Array<Omit<InboxEntry, "cursor" | "messageId">>): Promise<Map<string, number>>;
   /** The batch's stream rows, and each user's head, applied offset and the two before the batch. */
@@ -100,7 +101,8 @@ export interface OwnedInboxStore {
     before: Map<string, UserHead>,
     epoch: bigint,
     ttlSeconds: number,
-    inOneRoundTrip?: boolean,
+    inOneRoundTrip: boolean,
+    log: string,
   ): Promise<void>;
 }
 
@@ -283,7 +285,10 @@ export class InboxOwner implements Closeable {
 
     const users = [...new Set(records.flatMap((r) => r.users))];
     const unknown = users.filter((u) => !state.users.has(u));
-    const loaded = unknown.length > 0 ? await this.o.store.ownedHeads(unknown) : new Map<string, UserHead>();
+    const loaded =
+      unknown.length > 0
+        ? await this.o.store.ownedHeads(unknown, this.o.inboxTopic)
+        : new Map<string, UserHead>();
     const maybeRecorded = records.flatMap((r) =>
       r.redelivery
         ? r.users.map((userId) => ({ userId, conversationId: r.message.conversationId, seq: r.message.seq }))
@@ -366,6 +371,7 @@ export class InboxOwner implements Closeable {
           state.epoch,
           this.o.indexTtlSeconds,
           this.oneRoundTrip,
+          this.o.inboxTopic,
         ),
         this.partitions.check(batch.partition, state),
       ]);
