@@ -323,8 +323,9 @@ export type CreateGroupRequest = Message<"switchboard.api.v1.CreateGroupRequest"
    * Idempotency key (empty: none; else 1-64 printable ASCII): a retry with the same key by the same
    * client returns the group the first attempt created, as it is now, with duplicate = true, from
    * any server process and after restarts (the key names the group: its id is derived from client
-   * and key). The same key with a different request is refused (IDEMPOTENCY_KEY_REUSED) by the
-   * process that answered the first, for an hour; elsewhere it returns the first group.
+   * and key). The same key with a different request is refused (IDEMPOTENCY_KEY_REUSED) only by the
+   * process whose attempt created the group, for an hour from that attempt; elsewhere, or later, it
+   * returns the first group.
    *
    * @generated from field: string idempotency_key = 7;
    */
