@@ -63,6 +63,51 @@ describe("decideGatewayReplicas", () => {
     expect(later.history.map((r) => r.atMs)).toEqual([200_000, 301_000]);
   });
 
+  it("after a restart, scales down only once a whole window has passed since it began to follow", () => {
+    const gateways = [gw("a", 100), gw("b", 100), gw("c", 100), gw("d", 100)];
+    // An operator that started at 1,000 s knows nothing of the recommendations before it.
+    const early = decideGatewayReplicas({
+      spec,
+      current: 4,
+      gateways,
+      history: [],
+      nowMs: 1_010_000,
+      knownSinceMs: 1_000_000,
+    });
+    expect(early.recommended).toBe(2);
+    expect(early.target).toBe(4);
+    const stillEarly = decideGatewayReplicas({
+      spec,
+      current: 4,
+      gateways,
+      history: early.history,
+      nowMs: 1_299_000,
+      knownSinceMs: 1_000_000,
+    });
+    expect(stillEarly.target).toBe(4);
+    const later = decideGatewayReplicas({
+      spec,
+      current: 4,
+      gateways,
+      history: stillEarly.history,
+      nowMs: 1_301_000,
+      knownSinceMs: 1_000_000,
+    });
+    expect(later.target).toBe(2);
+    // Scaling up is never held back.
+    const busy = [gw("a", 1000), gw("b", 1000), gw("c", 1000), gw("d", 1000), gw("e", 1000)];
+    expect(
+      decideGatewayReplicas({
+        spec,
+        current: 4,
+        gateways: busy,
+        history: [],
+        nowMs: 1_010_000,
+        knownSinceMs: 1_000_000,
+      }).target,
+    ).toBe(5);
+  });
+
   it("does not scale down when a gateway's count is unknown, but still scales up", () => {
     const gateways = [gw("a", 10), gw("b", undefined), gw("c", 10)];
     const held = decideGatewayReplicas({ spec, current: 3, gateways, history: [], nowMs: 0 });

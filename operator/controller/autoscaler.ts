@@ -27,6 +27,13 @@ export interface AutoscaleInput {
   /** Earlier recommendations (any age: the function drops those outside the window). */
   history: Recommendation[];
   nowMs: number;
+  /**
+   * Since when this operator has followed the cluster (it started, or took the lead). What was
+   * recommended before is not known, so until a whole window has passed since then the replicas
+   * running now count as recommended then, as the HorizontalPodAutoscaler does: a restarted operator
+   * never scales down sooner than one that ran all along. Unset: known all along.
+   */
+  knownSinceMs?: number;
 }
 
 export interface AutoscaleDecision {
@@ -72,7 +79,8 @@ export function decideGatewayReplicas(input: AutoscaleInput): AutoscaleDecision 
     };
   }
   if (recommended > current) return { recommended, target: recommended, history, reason: describe };
-  const stabilized = Math.max(...history.map((r) => r.replicas));
+  const unknownBefore = input.knownSinceMs !== undefined && input.knownSinceMs > windowStart;
+  const stabilized = Math.max(...history.map((r) => r.replicas), unknownBefore ? current : 0);
   // Missing counts could hide load: never scale down on partial information.
   if (known.length < gateways.length)
     return {

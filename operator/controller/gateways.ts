@@ -9,7 +9,9 @@
  *   2. wait until their connections have moved or the drain timeout has passed;
  *   3. lower the Deployment's replicas.
  * Everything it needs to resume lives in the cluster (Pod annotations, the Deployment, the ChatCluster
- * status), except the recommendation history of the stabilisation window, which restarts empty.
+ * status), except the recommendation history of the stabilisation window, which restarts empty: a
+ * restarted operator then counts the replicas running as recommended at its start, so it scales down
+ * no sooner than one that ran all along.
  */
 import type { V1Deployment, V1Pod, V1Secret } from "@kubernetes/client-node";
 import type { Logger } from "../../internal/lib/log.js";
@@ -52,6 +54,8 @@ export interface GatewayDeps {
 
 /** Per-cluster memory between reconciles. */
 export interface GatewayMemory {
+  /** When this memory began (the operator started following the cluster): decideGatewayReplicas. */
+  sinceMs: number;
   history: Recommendation[];
   /** Last epoch seen per gateway Pod (from Stats). */
   epochs: Map<string, number>;
@@ -261,6 +265,7 @@ export async function reconcileGateways(
     gateways: samples,
     history: memory.history,
     nowMs: deps.now(),
+    knownSinceMs: memory.sinceMs,
   });
   memory.history = decision.history;
   if (decision.held)

@@ -458,7 +458,7 @@ export class ChatClusterReconciler {
   private memoryOf(key: string): GatewayMemory {
     let m = this.memory.get(key);
     if (!m) {
-      m = { history: [], epochs: new Map() };
+      m = { sinceMs: this.now(), history: [], epochs: new Map() };
       this.memory.set(key, m);
     }
     return m;
