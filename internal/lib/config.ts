@@ -91,7 +91,7 @@ export const schema = {
     ),
     publicUrl: str(
       "",
-      "WebSocket URL handed out by /v1/connect; derived from the request's Host when empty.",
+      "WebSocket URL handed out by /v1/connect; derived from the request's Host when empty (wss:// when X-Forwarded-Proto or Forwarded says the client came over https).",
     ),
     headersTimeoutMs: ms(
       10_000,

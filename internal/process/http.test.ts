@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { devModeWarning } from "../cli/server-commands.js";
 import { loadConfig } from "../lib/config.js";
-import { connectAnswer, connectionsCheckingIntervalMs, devTokensRefusal } from "./http.js";
+import { connectAnswer, connectionsCheckingIntervalMs, devTokensRefusal, forwardedProto } from "./http.js";
 
 describe("dev tokens", () => {
   it("are served only in dev mode, without a JWKS URL, on a loopback address", () => {
@@ -50,6 +50,24 @@ describe("/v1/connect", () => {
     });
     const pinned = loadConfig({ SWITCHBOARD_HTTP_PUBLIC_URL: "wss://chat.example.com/ws" });
     expect(connectAnswer(pinned, "10.0.0.5:8080", gateway).url).toBe("wss://chat.example.com/ws");
+  });
+
+  it("hands out wss behind a proxy that ended TLS (X-Forwarded-Proto or Forwarded), unless http.publicUrl says", () => {
+    expect(connectAnswer(loadConfig({}), "chat.example.com", gateway, "https").url).toBe(
+      "wss://chat.example.com/ws",
+    );
+    expect(connectAnswer(loadConfig({}), "chat.example.com", gateway, "http").url).toBe(
+      "ws://chat.example.com/ws",
+    );
+    const pinned = loadConfig({ SWITCHBOARD_HTTP_PUBLIC_URL: "ws://internal:8080/ws" });
+    expect(connectAnswer(pinned, "chat.example.com", gateway, "https").url).toBe("ws://internal:8080/ws");
+    expect(forwardedProto({ "x-forwarded-proto": "HTTPS, http" })).toBe("https");
+    expect(forwardedProto({ forwarded: 'for=192.0.2.60;proto="https";by=203.0.113.43, proto=http' })).toBe(
+      "https",
+    );
+    expect(forwardedProto({ forwarded: "for=192.0.2.60;proto=http" })).toBe("http");
+    expect(forwardedProto({ forwarded: "for=192.0.2.60" })).toBeUndefined();
+    expect(forwardedProto({})).toBeUndefined();
   });
 
   it("offers the VAPID public key only when Web Push is configured", () => {

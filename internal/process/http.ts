@@ -7,7 +7,13 @@
  * nothing else, and the client port no longer serves /metrics (it keeps /healthz and /readyz, which
  * load balancers' health checks use): the port behind a public load balancer shows no metrics.
  */
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import {
+  createServer,
+  type IncomingHttpHeaders,
+  type IncomingMessage,
+  type Server,
+  type ServerResponse,
+} from "node:http";
 import type { AddressInfo } from "node:net";
 import type { Duplex } from "node:stream";
 import type { Gateway } from "../gateway/index.js";
@@ -220,14 +226,33 @@ export function connectAnswer(
   config: Config,
   host: string | undefined,
   gateway: Pick<Gateway, "id" | "connections">,
+  forwardedProto?: string,
 ): ConnectAnswer {
-  const url = config.http.publicUrl || `ws://${host ?? `${config.http.host}:${config.http.port}`}/ws`;
+  // Behind a proxy that ended TLS (it says so in X-Forwarded-Proto or Forwarded), the page that asks
+  // is https, and a browser refuses a ws:// socket from it: the client connects back through the same
+  // proxy, so over wss. What a client claims here decides only the URL it is given itself.
+  const scheme = forwardedProto === "https" ? "wss" : "ws";
+  const url = config.http.publicUrl || `${scheme}://${host ?? `${config.http.host}:${config.http.port}`}/ws`;
   const answer: ConnectAnswer = { url, gateway_id: gateway.id, connections: gateway.connections };
   // The split roles share one configuration (the operator's ConfigMap), so a gateway knows the key
   // the push processes sign with even though only they hold its private half.
   const key = config.push.webpush.vapidPublicKey;
   if (key !== "") answer.web_push_public_key = key;
   return answer;
+}
+
+/**
+ * The scheme the client used to reach the first proxy in front of this server, lowercased: the first
+ * value of X-Forwarded-Proto, else the first `proto=` of Forwarded (RFC 7239); undefined if neither.
+ */
+export function forwardedProto(headers: IncomingHttpHeaders): string | undefined {
+  const xfp = headers["x-forwarded-proto"];
+  const first = (Array.isArray(xfp) ? xfp[0] : xfp)?.split(",")[0]?.trim();
+  if (first) return first.toLowerCase();
+  const forwarded = headers.forwarded?.split(",")[0];
+  const proto = forwarded && /(?:^|;)\s*proto=(?:"([^"]*)"|([^;,\s]*))/i.exec(forwarded);
+  const value = proto ? (proto[1] ?? proto[2]) : undefined;
+  return value ? value.toLowerCase() : undefined;
 }
 
 function sendJson(res: ServerResponse, status: number, body: unknown): void {
@@ -318,7 +343,7 @@ function handleHttp(
         const what = why === "draining" || why === "stopping" ? why : "not ready";
         return json(503, { error: `${what}: this gateway takes no new connections; ask again` });
       }
-      return json(200, connectAnswer(o.config, req.headers.host, gateway));
+      return json(200, connectAnswer(o.config, req.headers.host, gateway, forwardedProto(req.headers)));
     }
     case "/ws":
       // A WebSocket upgrade never gets here (Node hands it to the gateway): this is a plain GET.

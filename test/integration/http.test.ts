@@ -126,6 +126,12 @@ describe("the web client", () => {
       headers: { origin: "https://chat.example" },
     });
     expect(connect.headers.get("access-control-allow-origin")).toBe("*");
+    expect(((await connect.json()) as { url: string }).url).toMatch(/^ws:\/\/127\.0\.0\.1:\d+\/ws$/);
+    // Behind a proxy that ended TLS, the page is https: the socket it is given is wss, through the proxy.
+    const proxied = await fetch(`${server.httpUrl}/v1/connect`, {
+      headers: { "x-forwarded-proto": "https" },
+    });
+    expect(((await proxied.json()) as { url: string }).url).toMatch(/^wss:\/\/127\.0\.0\.1:\d+\/ws$/);
     // Only the files of the build are served: nothing else of the file system.
     for (const path of ["/index.ts", "/../package.json", "/web/index.html", "/src/main.ts"]) {
       expect((await fetch(`${server.httpUrl}${path}`)).status, path).toBe(404);
