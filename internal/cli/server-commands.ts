@@ -243,6 +243,7 @@ export async function runProvision(argv: string[]): Promise<number> {
       keyspace: o.cassandra.keyspace,
       replication: o.cassandra.replication ?? { class: "SimpleStrategy", replication_factor: 1 },
       ...(o.cassandra.credentials ? { credentials: o.cassandra.credentials } : {}),
+      ...(o.cassandra.ssl ? { ssl: o.cassandra.ssl } : {}),
     },
     clientId: o.clientId,
     log,

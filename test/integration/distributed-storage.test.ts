@@ -2,18 +2,20 @@
  * With `--backend distributed`, an acknowledged message is in Kafka's `switchboard.messages` topic
  * and in Cassandra's `switchboard.messages_by_conversation` table (default names), with its seq.
  */
+import { execFile } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import cassandra from "cassandra-driver";
 import { Kafka, logLevel } from "kafkajs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { SCHEMA_VERSION } from "../../internal/backends/cassandra/schema.js";
 import { decodeMessage } from "../../internal/backends/kafka/codec.js";
 import { decodeSnowflake } from "../../internal/id/index.js";
 import { Code } from "../../internal/lib/errors.js";
 import { defaultMemberFile } from "../../internal/process/backends.js";
 import { freePort } from "../helpers/grpc.js";
 import { expectCase, RawClient } from "../helpers/raw-client.js";
-import { devToken, refusedStart, type ServerProcess, startServer } from "../helpers/server.js";
+import { cliPath, devToken, refusedStart, type ServerProcess, startServer } from "../helpers/server.js";
 import { TcpProxy } from "../helpers/tcp-proxy.js";
 import { ensureServer } from "../infra/servers.js";
 
@@ -285,4 +287,59 @@ describe("distributed storage that does not fit the configuration", () => {
     expect(r.stderr).toContain("has 3 partitions but kafka.partitions is 4");
     expect(r.stderr).not.toContain("retrying");
   });
+});
+
+describe("switchboard provision", () => {
+  it("creates the topics and brings the keyspace to the schema version, and connects over TLS when told", async () => {
+    const tag = Date.now().toString(36);
+    const env = {
+      ...process.env,
+      ...infra,
+      SWITCHBOARD_BACKEND: "distributed",
+      SWITCHBOARD_KAFKA_TOPIC_PREFIX: `prov_${tag}.`,
+      SWITCHBOARD_CASSANDRA_KEYSPACE: `prov_${tag}`,
+    };
+    const provision = (extra: Record<string, string> = {}) =>
+      new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) =>
+        execFile(
+          process.execPath,
+          [cliPath, "provision"],
+          { env: { ...env, ...extra } },
+          (err, stdout, stderr) =>
+            resolve({ code: err ? (typeof err.code === "number" ? err.code : 1) : 0, stdout, stderr }),
+        ),
+      );
+    const kafka = new Kafka({
+      clientId: "provision-test",
+      brokers: infra.KAFKA_BROKERS!.split(","),
+      logLevel: logLevel.NOTHING,
+    });
+    const admin = kafka.admin();
+    const db = new cassandra.Client({
+      contactPoints: infra.CASSANDRA_CONTACT_POINTS!.split(","),
+      localDataCenter: infra.CASSANDRA_DATACENTER ?? "datacenter1",
+    });
+    try {
+      const done = await provision();
+      expect(done.code, done.stderr).toBe(0);
+      const printed = JSON.parse(done.stdout.trim().split("\n").at(-1)!) as Record<string, unknown>;
+      expect(printed).toMatchObject({ status: "provisioned", schemaVersion: SCHEMA_VERSION });
+      await admin.connect();
+      const topics = await admin.listTopics();
+      expect(topics.filter((t) => t.startsWith(`prov_${tag}.`)).sort()).toEqual(
+        (printed.topics as string[]).slice().sort(),
+      );
+      // The node takes no TLS: a provision told to use it fails to connect, and never falls back.
+      const tls = await provision({ SWITCHBOARD_CASSANDRA_TLS: "true" });
+      expect(tls.code).not.toBe(0);
+      expect(tls.stderr).toMatch(/connect to .*\(dc /);
+    } finally {
+      await admin
+        .deleteTopics({ topics: (await admin.listTopics()).filter((t) => t.startsWith(`prov_${tag}.`)) })
+        .catch(() => undefined);
+      await admin.disconnect();
+      await db.execute(`DROP KEYSPACE IF EXISTS prov_${tag}`).catch(() => undefined);
+      await db.shutdown();
+    }
+  }, 120_000);
 });

@@ -33,6 +33,8 @@ export interface ProvisionOptions {
     keyspace: string;
     replication: Replication;
     credentials?: { username: string; password: string };
+    /** TLS to the nodes (cassandra.tls), as the platform's own sessions connect. */
+    ssl?: import("node:tls").ConnectionOptions;
   };
   clientId: string;
   log: Logger;
@@ -109,6 +111,7 @@ async function provisionSchema(o: ProvisionOptions): Promise<{ version: number; 
     socketOptions: { connectTimeout: 5_000, readTimeout: 30_000 },
     protocolOptions: { maxSchemaAgreementWaitSeconds: 30 },
     ...(o.cassandra.credentials === undefined ? {} : { credentials: o.cassandra.credentials }),
+    ...(o.cassandra.ssl === undefined ? {} : { sslOptions: o.cassandra.ssl }),
   });
   try {
     await client.connect();
