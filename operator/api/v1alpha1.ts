@@ -206,6 +206,11 @@ export interface ChatClusterSpec {
    * older than the operator, read as no TLS.
    */
   grpc?: GrpcSpec;
+  /**
+   * Settings of the services the spec has no field for, by dotted name ("gateway.connectionsMax"), each
+   * a string as its environment variable would hold it (controller/settings.ts).
+   */
+  settings?: Record<string, string>;
 }
 
 export interface ComponentStatus {

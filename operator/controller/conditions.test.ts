@@ -38,6 +38,19 @@ describe("computeConditions", () => {
     expect(c.Progressing?.message).toContain("422 Invalid");
   });
 
+  it("is Degraded, still Ready, when some of spec.settings were refused, and names them", () => {
+    const refused = ["gateway.nope: unknown configuration key gateway.nope"];
+    const c = byType(computeConditions(undefined, { ...base, settingsRefused: refused }, new Date()));
+    expect(c.Ready).toMatchObject({ status: "True", reason: "AllComponentsReady" });
+    expect(c.Degraded).toMatchObject({ status: "True", reason: "SettingsRefused" });
+    expect(c.Degraded?.message).toContain("gateway.nope: unknown configuration key");
+    // An apply error says more than the settings: it is the reason.
+    const both = byType(
+      computeConditions(undefined, { ...base, settingsRefused: refused, applyError: "422" }, new Date()),
+    );
+    expect(both.Degraded).toMatchObject({ status: "True", reason: "ApplyFailed" });
+  });
+
   it("reports a rollout with the lagging components", () => {
     const o = { ...base, components: { ...base.components, router: { ...ready, readyReplicas: 1 } } };
     const c = byType(computeConditions(undefined, o, new Date()));

@@ -101,6 +101,8 @@ export interface Observation {
   provisionError?: string;
   /** Why applying the owned objects failed. */
   applyError?: string;
+  /** spec.settings left out of the configuration, each with why (config.ts, refusedSettings). */
+  settingsRefused?: string[];
   components: Partial<Record<ComponentName, ComponentObservation>>;
   drainingGateways: number;
   /**
@@ -174,6 +176,12 @@ export function computeConditions(
   if (error) degraded = ["True", o.provisionError ? "ProvisioningFailed" : "ApplyFailed", error];
   else if (stuck.length > 0)
     degraded = ["True", "ProgressDeadlineExceeded", `rollout stuck: ${stuck.join("; ")}`];
+  else if (o.settingsRefused?.length)
+    degraded = [
+      "True",
+      "SettingsRefused",
+      `spec.settings not applied (the others are): ${o.settingsRefused.join("; ")}`,
+    ];
   else degraded = ["False", "AsExpected", "no errors"];
 
   const conditions = [

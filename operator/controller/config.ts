@@ -19,12 +19,26 @@ import {
   presenceShardTargets,
   tokenAudience,
 } from "./names.js";
+import { clusterSettings } from "./settings.js";
 
 /**
  * SWITCHBOARD_* values for a cluster. Secrets stay out: credentials reach the containers as env
  * references to their Secrets and files mounted from them (workloads.ts).
  */
 export function clusterEnv(cluster: ChatCluster): Record<string, string> {
+  const env = operatorEnv(cluster);
+  // The spec's settings for what it has no field for, those the services accept (the others are
+  // reported: refusedSettings).
+  return { ...env, ...clusterSettings(cluster, env).env };
+}
+
+/** The spec's settings that clusterEnv leaves out, each with why (the Degraded condition and an Event). */
+export function refusedSettings(cluster: ChatCluster): string[] {
+  return clusterSettings(cluster, operatorEnv(cluster)).refused;
+}
+
+/** What the operator sets itself, from the spec's fields and how it runs the Pods. */
+function operatorEnv(cluster: ChatCluster): Record<string, string> {
   const s = cluster.spec;
   const env: Record<string, string> = {};
   const set = (path: string, value: string | number | boolean | undefined) => {

@@ -12,11 +12,13 @@ import type {
 import { describe, expect, it } from "vitest";
 import { METHOD_RULES } from "../../internal/grpc-auth/policy.js";
 import { parseIssuers } from "../../internal/lib/auth.js";
-import { type Config, loadConfig } from "../../internal/lib/config.js";
+import { type Config, envName, loadConfig, schema } from "../../internal/lib/config.js";
 import { type ChatCluster, type ChatClusterSpec, COMPONENTS, type ComponentName } from "../api/v1alpha1.js";
+import { refusedSettings } from "./config.js";
 import { type DesiredInputs, desiredObjects } from "./desired.js";
 import { isLabelValue } from "./names.js";
 import { GRPC_CALLERS } from "./network.js";
+import { ownedByOperator } from "./settings.js";
 import { defaultResources } from "./workloads.js";
 
 const component = { replicas: 2 };
@@ -311,6 +313,84 @@ describe("desiredObjects", () => {
     expect(none.kafka).toMatchObject({ tls: false, saslMechanism: "none" });
     // No OTLP endpoint in the spec: the services make no span.
     expect(config.tracing.enabled).toBe(false);
+  });
+
+  it("passes the spec's settings the services accept into every container, and reports the others", () => {
+    const tuned: ChatCluster = {
+      ...cluster,
+      spec: {
+        ...spec,
+        settings: {
+          "gateway.connectionsMax": "25000",
+          "auth.allowedOrigins": "https://app.example.com",
+          "tracing.sampleRatio": "0.05",
+          "kafka.partitions": "3",
+          "gateway.nope": "1",
+          "gateway.frameBytesMax": "a lot",
+        },
+      },
+    };
+    const objects = desiredObjects(tuned, inputs);
+    for (const c of COMPONENTS) {
+      const config = configOf(objects, c);
+      expect(config.gateway.connectionsMax, c).toBe(25_000);
+      expect(config.auth.allowedOrigins, c).toEqual(["https://app.example.com"]);
+      expect(config.tracing.sampleRatio, c).toBe(0.05);
+      // The operator's own settings stay its own.
+      expect(config.kafka.partitions, c).toBe(24);
+      expect(config.gateway.frameBytesMax, c).toBe(loadConfig({}).gateway.frameBytesMax);
+    }
+    const refused = refusedSettings(tuned);
+    expect(refused).toHaveLength(3);
+    expect(refused[0]).toMatch(/^gateway\.frameBytesMax: invalid configuration/);
+    expect(refused[1]).toMatch(/^gateway\.nope: unknown configuration key/);
+    expect(refused[2]).toMatch(/^kafka\.partitions: set by the operator/);
+    expect(refusedSettings(cluster)).toEqual([]);
+  });
+
+  it("takes none of the spec's settings when they do not fit together", () => {
+    const tuned: ChatCluster = {
+      ...cluster,
+      // Each fits the other's default, not the other: 12 × 108,000 + 3 KiB = 1,299,072 > 1,210,000.
+      spec: {
+        ...spec,
+        settings: {
+          "gateway.bodyCharsMax": "108000",
+          "gateway.frameBytesMax": "1210000",
+          "gateway.connectionsMax": "25000",
+        },
+      },
+    };
+    const config = configOf(desiredObjects(tuned, inputs), "gateway");
+    expect(config.gateway.bodyCharsMax).toBe(loadConfig({}).gateway.bodyCharsMax);
+    expect(config.gateway.connectionsMax).toBe(loadConfig({}).gateway.connectionsMax);
+    expect(refusedSettings(tuned)).toEqual([
+      expect.stringMatching(/^together: .*frameBytesMax.*; none taken$/),
+    ]);
+    // With a frame limit that fits, both are taken.
+    const fitting: ChatCluster = {
+      ...cluster,
+      spec: { ...spec, settings: { ...tuned.spec.settings, "gateway.frameBytesMax": "1400000" } },
+    };
+    expect(configOf(desiredObjects(fitting, inputs), "gateway").gateway.bodyCharsMax).toBe(108_000);
+    expect(refusedSettings(fitting)).toEqual([]);
+  });
+
+  it("lets the spec's settings name no setting the operator sets (every one it sets is among its own)", () => {
+    const dotted = new Map<string, string>();
+    const walk = (node: unknown, path: string[]): void => {
+      if (typeof node === "object" && node !== null && "parse" in node && "doc" in node) {
+        dotted.set(envName(path), path.join("."));
+        return;
+      }
+      for (const [k, v] of Object.entries(node as Record<string, unknown>)) walk(v, [...path, k]);
+    };
+    walk(schema, []);
+    for (const c of COMPONENTS) {
+      const set = Object.keys(containerEnv(objects, c)).filter((name) => dotted.has(name));
+      expect(set.length, c).toBeGreaterThan(20);
+      for (const name of set) expect(ownedByOperator(dotted.get(name)!), `${c}: ${name}`).toBe(true);
+    }
   });
 
   it("passes several token issuers, each with its JWKS URL, as auth.issuers, and the clock leeway", () => {

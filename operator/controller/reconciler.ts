@@ -47,6 +47,7 @@ import {
   observeWorkload,
   rollingOut,
 } from "./conditions.js";
+import { refusedSettings } from "./config.js";
 import { desiredObjects, OWNED_KINDS } from "./desired.js";
 import type { EventRecorder } from "./events.js";
 import type { GatewayClients } from "./gateway-client.js";
@@ -337,6 +338,10 @@ export class ChatClusterReconciler {
       }
     }
 
+    const settingsRefused = refusedSettings(cluster);
+    if (settingsRefused.length)
+      this.deps.events.record(cluster, "Warning", "SettingsRefused", "Apply", settingsRefused.join("; "));
+
     // --- status ------------------------------------------------------------------------------
     const components: Partial<Record<ComponentName, ComponentObservation>> = {};
     if (deployable && !applyError)
@@ -361,6 +366,7 @@ export class ChatClusterReconciler {
           provisioned,
           ...(provisionError === undefined ? {} : { provisionError }),
           ...(applyError === undefined ? {} : { applyError }),
+          ...(settingsRefused.length ? { settingsRefused } : {}),
           components,
           drainingGateways: step?.draining ?? 0,
           ...(podMonitor === undefined ? {} : { podMonitor }),

@@ -360,6 +360,7 @@ describe("ChatCluster CRD", () => {
           issuerRef: { name: "chat-ca", kind: "ClusterIssuer", group: "cert-manager.io" },
         },
       },
+      settings: { "gateway.connectionsMax": "25000", "auth.allowedOrigins": "https://app.example.com" },
     };
     const [both] = full.api.clients;
     const { certificate: _certificate, ...bySa } = both!;

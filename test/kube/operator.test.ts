@@ -575,7 +575,13 @@ describe("operator against a real API server", () => {
         NS,
         "--type=merge",
         "-p",
-        JSON.stringify({ spec: { router: { replicas: 3 }, presence: { offlineAfterSeconds: 45 } } }),
+        JSON.stringify({
+          spec: {
+            router: { replicas: 3 },
+            presence: { offlineAfterSeconds: 45 },
+            settings: { "gateway.connectionsMax": "25000", "kafka.partitions": "3" },
+          },
+        }),
       ]);
       const cluster = await waitReady("alpha");
       expect(cluster.metadata.generation).toBe(2);
@@ -594,6 +600,12 @@ describe("operator against a real API server", () => {
         name: "alpha-config",
       });
       expect(config.data?.SWITCHBOARD_PRESENCE_OFFLINE_AFTER_MS).toBe("45000");
+      // spec.settings: one the services take reaches the ConfigMap; one the operator sets itself is
+      // left out, and the status says so (still Ready: the cluster runs what it was given).
+      expect(config.data?.SWITCHBOARD_GATEWAY_CONNECTIONS_MAX).toBe("25000");
+      expect(config.data?.SWITCHBOARD_KAFKA_PARTITIONS).not.toBe("3");
+      expect(condition(cluster, "Degraded")).toMatchObject({ status: "True", reason: "SettingsRefused" });
+      expect(condition(cluster, "Degraded")?.message).toContain("kafka.partitions: set by the operator");
       expect(router.spec?.template.metadata?.annotations?.["switchboard.dev/config-hash"]).not.toBe(
         hashBefore,
       );
@@ -612,6 +624,24 @@ describe("operator against a real API server", () => {
       expect(receiver.spans.filter((s) => traces.has(s.traceId) && s.name === "provision storage")).toEqual(
         [],
       );
+      // Without the refused setting the cluster is not Degraded any more.
+      await kubectl([
+        "patch",
+        "chatcluster",
+        "alpha",
+        "-n",
+        NS,
+        "--type=merge",
+        "-p",
+        JSON.stringify({ spec: { settings: { "kafka.partitions": null } } }),
+      ]);
+      await waitFor("alpha not Degraded", async () => {
+        const c = await getCluster("alpha");
+        return c.metadata.generation === c.status?.observedGeneration &&
+          condition(c, "Degraded")?.status === "False"
+          ? c
+          : undefined;
+      });
     }),
   );
 
