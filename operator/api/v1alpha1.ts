@@ -239,6 +239,8 @@ export interface ChatClusterStatus {
   provisionedSchemaVersion?: number;
   /** spec.version when provisioning last succeeded: the image a generation not provisioned keeps. */
   provisionedVersion?: string;
+  /** Digest of what provisioning last read (storageInputs): kept so that a restart does not provision again. */
+  provisionedStorage?: string;
 }
 
 export interface ChatCluster {

@@ -20,6 +20,7 @@
  * A failure of one step, a Secret the spec names that is missing or incomplete included, is reported
  * in the Degraded condition (with observedGeneration) and an Event, and the key is retried with backoff.
  */
+import { createHash } from "node:crypto";
 import type {
   KubernetesObject,
   V1Deployment,
@@ -181,7 +182,13 @@ export class ChatClusterReconciler {
     // provisioned again: a slow Cassandra would hold every such change for its DDL timeout, and
     // report the cluster not Ready meanwhile.
     const provisioning = `${cluster.metadata.uid}/${this.deps.schemaVersion}/${storageInputs(cluster)}`;
-    const provisionedAlready = this.provisionedHere.get(key) === provisioning;
+    // The status keeps the digest of what was provisioned, so an operator that restarted (a `helm
+    // upgrade`, a failover) knows it too; the memory covers a CRD older than the operator, whose API
+    // server drops the field.
+    const storage = storageDigest(cluster);
+    const provisionedAlready =
+      this.provisionedHere.get(key) === provisioning ||
+      (status.provisionedStorage === storage && status.provisionedSchemaVersion === this.deps.schemaVersion);
     if (
       (status.provisionedGeneration !== generation ||
         status.provisionedSchemaVersion !== this.deps.schemaVersion) &&
@@ -207,6 +214,7 @@ export class ChatClusterReconciler {
         status.provisionedGeneration = generation;
         status.provisionedSchemaVersion = result.schemaVersion;
         status.provisionedVersion = cluster.spec.version;
+        status.provisionedStorage = storage;
         this.provisionedHere.set(key, provisioning);
         this.deps.events.record(
           cluster,
@@ -381,6 +389,7 @@ export class ChatClusterReconciler {
         ? {}
         : { provisionedSchemaVersion: status.provisionedSchemaVersion }),
       ...(status.provisionedVersion === undefined ? {} : { provisionedVersion: status.provisionedVersion }),
+      ...(status.provisionedStorage === undefined ? {} : { provisionedStorage: status.provisionedStorage }),
     };
     if (Object.keys(components).length > 0)
       newStatus.components = Object.fromEntries(
@@ -645,6 +654,13 @@ function message(err: unknown): string {
 function storageInputs(cluster: ChatCluster): string {
   const { kafka, cassandra, version } = cluster.spec;
   return JSON.stringify({ kafka, cassandra, version });
+}
+
+/** storageInputs as the status keeps it (a field of bounded length), with the cluster's uid. */
+function storageDigest(cluster: ChatCluster): string {
+  return createHash("sha256")
+    .update(`${cluster.metadata.uid}/${storageInputs(cluster)}`)
+    .digest("hex");
 }
 
 /** Why the API server refused an object, without the request (its path and the field manager). */

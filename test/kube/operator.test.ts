@@ -1826,6 +1826,22 @@ describe("operator against a real API server", () => {
       );
       await waitReady("upg");
 
+      // A restarted operator (a `helm upgrade`, a failover) knows what was provisioned from the status:
+      // a change of replicas alone is applied without provisioning again.
+      const provisioned = async () =>
+        (await eventsAbout("upg")).filter((e) => e.reason === "Provisioned").length;
+      const provisionedBefore = await provisioned();
+      expect((await getCluster("upg")).status?.provisionedStorage).toMatch(/^[0-9a-f]{64}$/);
+      await operator.kill("SIGTERM");
+      await operator.start();
+      await kube.mergePatch(ref, { spec: { router: { replicas: 2 } } });
+      await waitFor("the router at 2 replicas", async () =>
+        (await router()).spec?.replicas === 2 ? true : undefined,
+      );
+      const afterRestart = await waitReady("upg");
+      expect(afterRestart.status?.provisionedGeneration).toBe(afterRestart.metadata.generation);
+      expect(await provisioned()).toBe(provisionedBefore);
+
       // A keyspace last brought to an older version (what an older operator leaves): a restarted
       // operator provisions it again without any change of the spec.
       await kubectl([
