@@ -99,6 +99,8 @@ export interface CassandraSpec {
   replication: { class: "SimpleStrategy" | "NetworkTopologyStrategy"; factor: number };
   consistency: "LOCAL_QUORUM" | "QUORUM" | "LOCAL_ONE" | "ONE" | "EACH_QUORUM" | "ALL";
   credentialsSecretRef?: LocalObjectRef;
+  /** TLS to the nodes; the Secret's ca.crt holds the CAs of their certificates (unset: the system's). */
+  tls?: { enabled: boolean; secretRef?: LocalObjectRef };
 }
 
 export interface AuthSpec {

@@ -108,6 +108,8 @@ function operatorEnv(cluster: ChatCluster): Record<string, string> {
   set("cassandra.datacenter", s.cassandra.datacenter);
   set("cassandra.keyspace", s.cassandra.keyspace);
   set("cassandra.consistency", s.cassandra.consistency);
+  // The CA file, when the spec names a Secret, is mounted into the Pods (workloads.ts).
+  set("cassandra.tls", s.cassandra.tls?.enabled ?? false);
   set("metrics.enabled", s.observability.metrics.enabled);
   set("log.level", s.observability.logLevel ?? "info");
   if (s.observability.otlp) {

@@ -676,6 +676,45 @@ describe("desiredObjects", () => {
     }
   });
 
+  it("connects to Cassandra over TLS when the spec says, with the Secret's CAs mounted where storage is used", () => {
+    const secured: ChatCluster = {
+      ...cluster,
+      spec: {
+        ...spec,
+        cassandra: { ...spec.cassandra, tls: { enabled: true, secretRef: { name: "cass-ca" } } },
+      },
+    };
+    const objects = desiredObjects(secured, inputs);
+    for (const c of STORAGE) {
+      expect(configOf(objects, c).cassandra, c).toMatchObject({
+        tls: true,
+        tlsCaFile: "/etc/switchboard/cassandra-tls/ca.crt",
+      });
+      const pod = podSpec(objects, c);
+      expect(pod.volumes?.find((v) => v.name === "cassandra-tls")?.secret?.secretName, c).toBe("cass-ca");
+      expect(pod.containers[0]?.volumeMounts, c).toContainEqual({
+        name: "cassandra-tls",
+        mountPath: "/etc/switchboard/cassandra-tls",
+        readOnly: true,
+      });
+    }
+    expect(podSpec(objects, "id").volumes?.some((v) => v.name === "cassandra-tls")).toBe(false);
+    // TLS on without a Secret: the system's CAs, no mount; off by default.
+    const systemCas = desiredObjects(
+      { ...cluster, spec: { ...spec, cassandra: { ...spec.cassandra, tls: { enabled: true } } } },
+      inputs,
+    );
+    const plainObjects = desiredObjects(cluster, inputs);
+    for (const c of STORAGE) {
+      expect(configOf(systemCas, c).cassandra, c).toMatchObject({ tls: true, tlsCaFile: "" });
+      expect(
+        podSpec(systemCas, c).volumes?.some((v) => v.name === "cassandra-tls"),
+        c,
+      ).toBe(false);
+      expect(configOf(plainObjects, c).cassandra.tls, c).toBe(false);
+    }
+  });
+
   it("gives id no storage environment, mounts or Secrets", () => {
     const id = containerOf(objects, "id");
     expect(id.env?.filter((e) => e.valueFrom?.secretKeyRef)).toEqual([]);

@@ -63,6 +63,8 @@ const OWNED = [
   "cassandra.consistency",
   "cassandra.username",
   "cassandra.password",
+  "cassandra.tls",
+  "cassandra.tlsCaFile",
   "metrics.enabled",
   "log.level",
   "tracing.enabled",

@@ -5,6 +5,7 @@
  * or incomplete Secret is an error naming the Secret and the spec field: the reconciler reports it in
  * the Degraded condition.
  */
+import type { ConnectionOptions } from "node:tls";
 import type { V1Secret } from "@kubernetes/client-node";
 import type { ChatCluster } from "../api/v1alpha1.js";
 import type { KubeClient } from "../kube/client.js";
@@ -18,7 +19,12 @@ export interface CassandraTarget {
     | { class: "SimpleStrategy"; replication_factor: number }
     | { class: "NetworkTopologyStrategy"; datacenters: Record<string, number> };
   credentials?: { username: string; password: string };
+  /** TLS to the nodes (spec.cassandra.tls): their certificates checked against the Secret's CAs. */
+  ssl?: ConnectionOptions;
 }
+
+/** The key of the Cassandra TLS Secret (`spec.cassandra.tls.secretRef`): the nodes' CAs. */
+export const CASSANDRA_TLS_CA_KEY = "ca.crt";
 
 /**
  * The keys of a Kafka TLS Secret (`spec.kafka.tls.secretRef`, the kubernetes.io/tls layout plus the
@@ -104,6 +110,14 @@ export async function cassandraTarget(kube: KubeClient, cluster: ChatCluster): P
     keyspace: c.keyspace,
     replication,
   };
+  if (c.tls?.enabled) {
+    const ref = c.tls.secretRef;
+    if (ref) {
+      const field = "spec.cassandra.tls.secretRef";
+      const d = await secretData(kube, cluster.metadata.namespace ?? "default", ref.name, field);
+      target.ssl = { ca: [required(d, CASSANDRA_TLS_CA_KEY, ref.name, field)] };
+    } else target.ssl = {};
+  }
   if (c.credentialsSecretRef) {
     const ns = cluster.metadata.namespace ?? "default";
     const field = "spec.cassandra.credentialsSecretRef";

@@ -37,13 +37,15 @@ import {
   usesStorage,
 } from "./names.js";
 import { pushCredentialsPod } from "./push-credentials.js";
-import { KAFKA_TLS_FILES } from "./storage.js";
+import { CASSANDRA_TLS_CA_KEY, KAFKA_TLS_FILES } from "./storage.js";
 
 /** Where the HS256 secret of `spec.auth.secretRef` is mounted (the services read it from their data dir). */
 const AUTH_DIR = "/etc/switchboard/auth";
 const AUTH_SECRET_FILE = "dev-jwt-secret";
 /** Where the Kafka TLS Secret (`spec.kafka.tls.secretRef`) is mounted. */
 export const KAFKA_TLS_DIR = "/etc/switchboard/kafka-tls";
+/** Where the Cassandra TLS Secret (`spec.cassandra.tls.secretRef`) is mounted. */
+export const CASSANDRA_TLS_DIR = "/etc/switchboard/cassandra-tls";
 
 /** The components that run as StatefulSets: their Pods' ordinals are their identities. */
 export const STATEFUL_COMPONENTS = ["id", "presence"] as const;
@@ -90,8 +92,8 @@ const ORDINAL_FIELD = "metadata.labels['apps.kubernetes.io/pod-index']";
 
 /**
  * Kafka and Cassandra credentials of a component that uses them: user names and passwords as
- * references to their Secrets (never in the ConfigMap), and the Kafka TLS files of the keys the
- * Secret has, mounted from it.
+ * references to their Secrets (never in the ConfigMap), the Kafka TLS files of the keys the Secret
+ * has, and the Cassandra nodes' CAs, mounted from theirs.
  */
 function storageEnv(cluster: ChatCluster, inputs: WorkloadInputs): V1EnvVar[] {
   const { kafka, cassandra } = cluster.spec;
@@ -114,11 +116,18 @@ function storageEnv(cluster: ChatCluster, inputs: WorkloadInputs): V1EnvVar[] {
       secretEnv(["cassandra", "password"], secret, "password"),
     );
   }
+  if (cassandra.tls?.enabled && cassandra.tls.secretRef)
+    env.push({
+      name: envName(["cassandra", "tlsCaFile"]),
+      value: `${CASSANDRA_TLS_DIR}/${CASSANDRA_TLS_CA_KEY}`,
+    });
   return env;
 }
 
 const mountsKafkaTls = (cluster: ChatCluster, component: ComponentName): boolean =>
   usesStorage(component) && !!cluster.spec.kafka.tls?.enabled && !!cluster.spec.kafka.tls.secretRef;
+const mountsCassandraTls = (cluster: ChatCluster, component: ComponentName): boolean =>
+  usesStorage(component) && !!cluster.spec.cassandra.tls?.enabled && !!cluster.spec.cassandra.tls.secretRef;
 
 function container(
   cluster: ChatCluster,
@@ -155,6 +164,8 @@ function container(
   if (cluster.spec.auth.secretRef) mounts.push({ name: "auth", mountPath: AUTH_DIR, readOnly: true });
   if (mountsKafkaTls(cluster, component))
     mounts.push({ name: "kafka-tls", mountPath: KAFKA_TLS_DIR, readOnly: true });
+  if (mountsCassandraTls(cluster, component))
+    mounts.push({ name: "cassandra-tls", mountPath: CASSANDRA_TLS_DIR, readOnly: true });
   const identity = grpcIdentityPod(cluster, component);
   const tls = grpcTlsPod(cluster, component);
   const pushCredentials = pushCredentialsPod(cluster, component);
@@ -287,6 +298,9 @@ function podTemplate(
   const kafkaTls = cluster.spec.kafka.tls?.secretRef;
   if (kafkaTls && mountsKafkaTls(cluster, component))
     volumes.push({ name: "kafka-tls", secret: { secretName: kafkaTls.name } });
+  const cassandraTls = cluster.spec.cassandra.tls?.secretRef;
+  if (cassandraTls && mountsCassandraTls(cluster, component))
+    volumes.push({ name: "cassandra-tls", secret: { secretName: cassandraTls.name } });
   volumes.push(
     ...grpcIdentityPod(cluster, component).volumes,
     ...grpcTlsPod(cluster, component).volumes,

@@ -320,6 +320,7 @@ describe("ChatCluster CRD", () => {
         replication: { class: "NetworkTopologyStrategy", factor: 5 },
         consistency: "EACH_QUORUM",
         credentialsSecretRef: { name: "cassandra-user" },
+        tls: { enabled: true, secretRef: { name: "cassandra-tls" } },
       },
       // Every branch of auth, for Full<>: the CEL rule allows one at a time, so each is created below.
       auth: {

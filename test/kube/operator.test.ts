@@ -1782,6 +1782,27 @@ describe("operator against a real API server", () => {
     }),
   );
   it(
+    "provisions over TLS when spec.cassandra.tls says so, and never falls back to plaintext",
+    onFailure(async () => {
+      const base = clusterManifest("ctls");
+      const manifest = {
+        ...base,
+        spec: { ...base.spec, cassandra: { ...base.spec.cassandra, tls: { enabled: true } } },
+      };
+      await kube.create(manifest);
+      // The test node speaks no TLS: the operator's provisioning cannot connect, and says so.
+      const c = await waitFor("ctls ProvisioningFailed", async () => {
+        const c = await getCluster("ctls");
+        return condition(c, "Degraded")?.reason === "ProvisioningFailed" ? c : undefined;
+      });
+      expect(condition(c, "Degraded")?.message).toContain("connect to");
+      expect(condition(c, "Ready")?.status).toBe("False");
+      await kubectl(["delete", "chatcluster", "ctls", "-n", NS, "--wait=false"]);
+      await waitFor("ctls deleted", () => gone("ctls"), 60_000);
+    }),
+  );
+
+  it(
     "rolls out no generation whose storage could not be provisioned, and provisions again when the operator's migrations are newer",
     onFailure(async () => {
       const ref = { apiVersion: "switchboard.dev/v1alpha1", kind: "ChatCluster", namespace: NS, name: "upg" };
