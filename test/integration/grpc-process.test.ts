@@ -151,8 +151,12 @@ describe("health", () => {
       .toBe(503);
     const health = client(Health, grpcPort);
     expect((await health.check({ service: "" })).status).toBe(Serving.NOT_SERVING);
-    // PushService is added once storage is open: until then the server does not have it.
-    await expect(health.check({ service: "switchboard.push.v1.PushService" })).rejects.toMatchObject({
+    // PushService is added once storage is open: until then it is declared, not served.
+    expect((await health.check({ service: "switchboard.push.v1.PushService" })).status).toBe(
+      Serving.NOT_SERVING,
+    );
+    // A service the process does not serve at all is unknown.
+    await expect(health.check({ service: "switchboard.id.v1.IdService" })).rejects.toMatchObject({
       code: Code.NOT_FOUND,
     });
   });
