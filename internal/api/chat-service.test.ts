@@ -60,11 +60,14 @@ describe("Broadcast", () => {
         if (input.toUser === "b") throw new SwitchboardError(Code.INTERNAL, "STORAGE_ERROR", "refused");
         if (input.toUser === "c")
           throw new SwitchboardError(Code.UNAVAILABLE, "STORAGE_UNAVAILABLE", "no replicas");
+        // A peer (the id service) refusing the router's own credential: not the caller's doing.
+        if (input.toUser === "e")
+          throw new SwitchboardError(Code.PERMISSION_DENIED, "METHOD_NOT_ALLOWED", "role:router may not");
         return { message: storedTo(input.toUser!, input.body), duplicate: false };
       },
     });
     const { results } = await impl.broadcast(
-      { userIds: ["a", "b", "c", "d"], sender: "", idempotencyKey: "k", body: "x" } as never,
+      { userIds: ["a", "b", "c", "d", "e"], sender: "", idempotencyKey: "k", body: "x" } as never,
       ctx,
     );
     expect(results?.map((r) => [r.userId, r.message?.conversationId ?? r.reason])).toEqual([
@@ -72,7 +75,9 @@ describe("Broadcast", () => {
       ["b", "STORAGE_ERROR"],
       ["c", "STORAGE_UNAVAILABLE"],
       ["d", "dm:d~system"],
+      ["e", "UNAVAILABLE"],
     ]);
+    expect(results?.[4]?.code).toBe(Code.UNAVAILABLE);
     expect(results?.[1]?.code).toBe(Code.INTERNAL);
   });
 

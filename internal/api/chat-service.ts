@@ -31,7 +31,7 @@ import {
 } from "../conversations/index.js";
 import type { Policy } from "../grpc-auth/policy.js";
 import { isValidUserId, requireUserId } from "../lib/auth.js";
-import { Code, errors, SwitchboardError } from "../lib/errors.js";
+import { Code, errors, forClients, SwitchboardError } from "../lib/errors.js";
 import type { Metrics } from "../lib/metrics.js";
 import type { ServiceClient, ServiceImpl } from "../lib/rpc.js";
 import type { Router } from "../router/index.js";
@@ -184,7 +184,10 @@ export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatS
               failed = true;
               throw e;
             }
-            results[i] = { userId, code: e.code, reason: e.reason };
+            // The caller was admitted: a peer refusing this process's own credential on its way
+            // (the id service, say) is the deployment's fault, told as UNAVAILABLE (forClients).
+            const told = forClients(e);
+            results[i] = { userId, code: told.code, reason: told.reason };
           }
         }
       };

@@ -205,6 +205,18 @@ describe("Connection authentication", () => {
     expect(registered).toBe(0);
   });
 
+  it("answers an auth frame whose token was being checked when a flood's close began RATE_LIMITED, not GATEWAY_STOPPING", async () => {
+    let verified!: (identity: Identity) => void;
+    const { conn, socket } = connection({ verify: () => new Promise((r) => (verified = r)) });
+    socket.frame({ id: 3, auth: { token: "t" } });
+    await until(() => verified !== undefined);
+    const closed = conn.closeAfterReplies(CloseCode.TOO_MANY_REQUESTS, "too many frames", 5_000);
+    verified({ userId: "alice", expiresAtMs: Number.POSITIVE_INFINITY });
+    await closed;
+    expect(kinds(socket)).toEqual(["RATE_LIMITED"]);
+    expect(socket.closedWith).toBe(CloseCode.TOO_MANY_REQUESTS);
+  });
+
   it("answers a token still being checked at the auth deadline with AUTH_UNAVAILABLE and 1011, not the terminal 3502", async () => {
     const { conn, socket } = connection({
       env: { SWITCHBOARD_AUTH_AUTH_TIMEOUT_MS: "100" },

@@ -183,6 +183,8 @@ export class Connection {
    * answered, then it closes (`stopped` resolves then).
    */
   private stopping = false;
+  /** The close under way is a flood's (3013), not a stop's or a drain's. */
+  private closingFlooded = false;
   private stopped: Promise<void> | undefined;
   /** Ends closeAfterReplies's wait for the replies now (its bound ran out). */
   private endWait: (() => void) | undefined;
@@ -294,7 +296,9 @@ export class Connection {
       if (replyTo !== 0)
         this.fail(
           replyTo,
-          errors.unavailable("GATEWAY_STOPPING", "the gateway is stopping or draining; connect again"),
+          this.closingFlooded
+            ? errors.exhausted("RATE_LIMITED", "too many frames: the connection closes (3013)", 1000)
+            : errors.unavailable("GATEWAY_STOPPING", "the gateway is stopping or draining; connect again"),
           encoding,
           "auth",
         );
@@ -412,6 +416,7 @@ export class Connection {
     setTimeout(() => this.endWait?.(), waitMs).unref();
     if (this.stopped) return this.stopped;
     this.stopping = true;
+    this.closingFlooded = code === CloseCode.TOO_MANY_REQUESTS;
     const waited = new Promise<void>((resolve) => {
       this.endWait = resolve;
     });

@@ -37,7 +37,7 @@ describe("storage credentials from the configuration", () => {
       expect(o.ssl).toEqual({ ca: [CA_PEM], cert: CERT_PEM, key: KEY_PEM });
       expect(o.sasl).toEqual({ mechanism: "scram-sha-512", username: "chat", password: "s3cret" });
       expect(o.cassandra.credentials).toEqual({ username: "cass", password: "pw" });
-      expect(o.cassandra.ssl).toEqual({ ca: [CA_PEM] });
+      expect(o.cassandra.ssl).toMatchObject({ ca: [CA_PEM], rejectUnauthorized: true });
       expect(o).toMatchObject({ sequencer: use.sequencer, appends: use.appends, provision: use.provision });
     } finally {
       rmSync(dir, { recursive: true, force: true });

@@ -12,6 +12,7 @@ import type { KafkaConfig } from "kafkajs";
 // opens that backend, so a process loads only the drivers it uses (a faster start and restart).
 import type { DistributedBackends, DistributedOptions } from "../backends/distributed/index.js";
 import type { Backends } from "../backends/types.js";
+import { cassandraTls } from "../lib/cassandra-tls.js";
 import type { Config } from "../lib/config.js";
 import type { Logger } from "../lib/log.js";
 import type { Metrics } from "../lib/metrics.js";
@@ -101,7 +102,9 @@ export function distributedOptions(config: Config, log: Logger, use: BackendUse)
       replication: { class: "SimpleStrategy", replication_factor: c.replicationFactor },
       consistency: { level: c.consistency, serial: c.serialConsistency },
       ...(c.username ? { credentials: { username: c.username, password: c.password } } : {}),
-      ...(c.tls ? { ssl: tlsOptions(c.tlsCaFile, "", "", "cassandra") } : {}),
+      ...(c.tls
+        ? { ssl: cassandraTls(c.tlsCaFile ? [readPem(c.tlsCaFile, "cassandra.tlsCaFile")] : undefined) }
+        : {}),
     },
     log,
     sequencer: use.sequencer,

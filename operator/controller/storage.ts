@@ -7,6 +7,7 @@
  */
 import type { ConnectionOptions } from "node:tls";
 import type { V1Secret } from "@kubernetes/client-node";
+import { cassandraTls } from "../../internal/lib/cassandra-tls.js";
 import type { ChatCluster } from "../api/v1alpha1.js";
 import type { KubeClient } from "../kube/client.js";
 import type { KafkaTarget } from "./gone-records.js";
@@ -115,8 +116,8 @@ export async function cassandraTarget(kube: KubeClient, cluster: ChatCluster): P
     if (ref) {
       const field = "spec.cassandra.tls.secretRef";
       const d = await secretData(kube, cluster.metadata.namespace ?? "default", ref.name, field);
-      target.ssl = { ca: [required(d, CASSANDRA_TLS_CA_KEY, ref.name, field)] };
-    } else target.ssl = {};
+      target.ssl = cassandraTls([required(d, CASSANDRA_TLS_CA_KEY, ref.name, field)]);
+    } else target.ssl = cassandraTls();
   }
   if (c.credentialsSecretRef) {
     const ns = cluster.metadata.namespace ?? "default";
