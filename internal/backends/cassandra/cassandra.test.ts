@@ -121,15 +121,15 @@ describe("schema migrations", () => {
       const ks = `switchboard_test_${run}_m`;
       try {
         const first = await migrate(a.client, { keyspace: ks, replication });
-        expect(first.applied).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17]);
+        expect(first.applied).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18]);
         const second = await migrate(a.client, { keyspace: ks, replication });
-        expect(second).toEqual({ applied: [], version: 17 });
+        expect(second).toEqual({ applied: [], version: 18 });
 
         const rows = (
           await a.client.execute(`SELECT version, name, checksum, applied_at FROM ${ks}.schema_migrations`)
         ).rows;
         expect(rows.map((r) => r.get("version") as number).sort((x, y) => x - y)).toEqual([
-          1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17,
+          1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18,
         ]);
         for (const r of rows) {
           expect(r.get("name")).toEqual(expect.any(String));
@@ -157,6 +157,7 @@ describe("schema migrations", () => {
             "id_high_water",
             "inbox_by_user",
             "inbox_heads",
+            "inbox_logs",
             "members_by_conversation",
             "messages_by_conversation",
             "muted_conversations",
@@ -219,7 +220,7 @@ describe("schema migrations", () => {
           [ks],
           { prepare: true },
         );
-        expect(tables.rows).toHaveLength(18);
+        expect(tables.rows).toHaveLength(19);
         for (const r of tables.rows)
           expect(String(r.get("id"))).toBe(tableId(ks, r.get("table_name") as string));
         expect(await migrate(a.client, { keyspace: ks, replication })).toEqual({
@@ -927,7 +928,7 @@ describe("inbox store", () => {
     );
     expect((await a.inbox.ownedHeads([u], "new.inbox")).get(u)).toEqual(h2);
     expect((await a.inbox.ownedHeads([u], "old.inbox")).get(u)).toEqual({ head: 3, appliedOffset: -1 });
-    // A head written without a log's name (a version before) is taken as the reader's log's.
+    // A head written without a log's name (a version before) is of the log the keyspace served first.
     await a.inbox.writeOwned(
       [owned(w, 1)],
       new Map([[w, { head: 1, appliedOffset: 7 }]]),
@@ -936,6 +937,13 @@ describe("inbox store", () => {
       3600,
     );
     expect((await a.inbox.ownedHeads([w], "new.inbox")).get(w)).toEqual({ head: 1, appliedOffset: 7 });
+    expect((await a.inbox.ownedHeads([w], "new.inbox", "old.inbox")).get(w)).toEqual({
+      head: 1,
+      appliedOffset: -1,
+    });
+    // That log is recorded once, by the first to ask.
+    const served = await a.inbox.firstLog(`first-${id("log")}.inbox`);
+    expect(await b.inbox.firstLog("another.inbox")).toBe(served);
   });
 
   it(

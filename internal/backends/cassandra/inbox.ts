@@ -290,7 +290,7 @@ export class CassandraInboxStore implements InboxStore {
    * log (inbox topic) the offsets are asked of; offsets stored for another one (a keyspace restored
    * beside fresh topics) are no positions in it and read as none, the heads as they are.
    */
-  async ownedHeads(users: string[], log?: string): Promise<Map<string, OwnedHead>> {
+  async ownedHeads(users: string[], log?: string, unnamedLog = log): Promise<Map<string, OwnedHead>> {
     const ids = [...new Set(users)];
     const out = new Map<string, OwnedHead>(ids.map((u) => [u, { head: 0, appliedOffset: -1 }]));
     const before = new Map<string, OwnedHead>();
@@ -301,9 +301,10 @@ export class CassandraInboxStore implements InboxStore {
       });
       for (const row of result.rows) {
         const user = toText(row.get("user_id"), "inbox_heads.user_id");
-        // Unnamed: written by a version before logs were named, in the log it still reads.
-        const storedLog = row.get("applied_log") as string | null | undefined;
-        const ofLog = log === undefined || storedLog == null || storedLog === log;
+        // Unnamed: written by a version before logs were named, in the log the keyspace served
+        // first (firstLog).
+        const storedLog = (row.get("applied_log") as string | null | undefined) ?? unnamedLog;
+        const ofLog = log === undefined || storedLog === log;
         const offset = (column: string) =>
           ofLog ? optionalNumber(row.get(column), `inbox_heads.${column}`) : -1;
         out.set(user, {
@@ -368,6 +369,18 @@ export class CassandraInboxStore implements InboxStore {
         );
     });
     return found;
+  }
+
+  /**
+   * The inbox topic this keyspace served first: `log` if none is recorded yet (then recorded, once for
+   * good: a conditional insert). Heads written before they named their log are of that topic.
+   */
+  async firstLog(log: string): Promise<string> {
+    const result = await this.s.execute("inbox_logs: first inbox topic (LWT)", this.q.firstLog, [log], {
+      idempotent: false,
+    });
+    if (result.wasApplied()) return log;
+    return toText(result.first()?.get("topic"), "inbox_logs.topic");
   }
 
   /**
@@ -514,6 +527,7 @@ function statements(s: Session) {
       `SELECT cursor, conversation_id, seq, message_id FROM ${stream} ` +
       "WHERE user_id = ? AND bucket = ? AND cursor > ? LIMIT ?",
     last: `SELECT cursor FROM ${stream} WHERE user_id = ? AND bucket = ? AND cursor <= ? ORDER BY cursor DESC LIMIT 1`,
+    firstLog: `INSERT INTO ${s.table("inbox_logs")} (id, topic) VALUES ('inbox', ?) IF NOT EXISTS`,
     ownedHeads:
       "SELECT user_id, head, applied_offset, prev_head, prev_applied_offset, applied_log, " +
       `WRITETIME(head) AS head_written, WRITETIME(prev_head) AS prev_written FROM ${heads} ` +

@@ -358,6 +358,17 @@ export function migrations(ks: string): Migration[] {
         `ALTER TABLE ${ks}.inbox_heads ADD applied_log text static`,
       ],
     },
+    {
+      version: 18,
+      name: "the inbox topic a keyspace served first",
+      statements: [
+        // Heads written before migration 17 name no topic: they are this one's (ADR 0002).
+        `CREATE TABLE IF NOT EXISTS ${ks}.inbox_logs (
+          id text PRIMARY KEY,
+          topic text
+        )`,
+      ],
+    },
   ];
 }
 

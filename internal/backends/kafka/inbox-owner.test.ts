@@ -68,6 +68,9 @@ function owner(draftsEpoch: bigint | undefined, failWrites = 0) {
   const key = (e: { userId: string; conversationId: string; seq: number }) =>
     `${e.userId}\u0000${e.conversationId}\u0000${e.seq}`;
   const store = {
+    async firstLog(log: string) {
+      return log;
+    },
     async ownedHeads(users: string[]) {
       return new Map(users.map((u) => [u, { ...(heads.get(u) ?? { head: 0, appliedOffset: -1 }) }]));
     },

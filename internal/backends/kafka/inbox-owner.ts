@@ -90,8 +90,13 @@ interface UserHead {
 
 /** What the inbox owner needs from the store (CassandraInboxStore's owner path). */
 export interface OwnedInboxStore {
-  /** `log`: the inbox topic; offsets stored for another (a keyspace restored beside fresh topics) read as none. */
-  ownedHeads(users: string[], log: string): Promise<Map<string, UserHead>>;
+  /**
+   * `log`: the inbox topic; offsets stored for another (a keyspace restored beside fresh topics) read
+   * as none. `unnamedLog`: the topic of heads written before heads named theirs (firstLog).
+   */
+  ownedHeads(users: string[], log: string, unnamedLog: string): Promise<Map<string, UserHead>>;
+  /** The inbox topic the keyspace served first (recorded as `log` if none is). */
+  firstLog(log: string): Promise<string>;
   /** The cursors of those of these that have one (their index rows). */
   recorded(keys: Array<Omit<InboxEntry, "cursor" | "messageId">>): Promise<Map<string, number>>;
   /** The batch's stream rows, and each user's head, applied offset and the two before the batch. */
@@ -154,6 +159,8 @@ export class InboxOwner implements Closeable {
   private draftsEpochsRead = new Set<number>();
   /** See writesInOneRoundTrip; `generation` counts the group generations this member joined. */
   private oneRoundTrip = false;
+  /** The inbox topic the keyspace served first (start): that of heads that name none. */
+  private unnamedLog: string | undefined;
   private generation = 0;
   /** Generations whose members this owner read (for tests and diagnostics). */
   membersRead = 0;
@@ -201,6 +208,8 @@ export class InboxOwner implements Closeable {
       this.oneRoundTrip = false;
       void this.readMembers(consumer, ++this.generation);
     });
+    // Before any head is read: heads that name no topic are of the one the keyspace served first.
+    this.unnamedLog = await this.o.store.firstLog(this.o.inboxTopic);
     await consumer.connect();
     await consumer.subscribe({ topic: this.o.inboxTopic, fromBeginning: true });
     await consumer.run({
@@ -287,7 +296,7 @@ export class InboxOwner implements Closeable {
     const unknown = users.filter((u) => !state.users.has(u));
     const loaded =
       unknown.length > 0
-        ? await this.o.store.ownedHeads(unknown, this.o.inboxTopic)
+        ? await this.o.store.ownedHeads(unknown, this.o.inboxTopic, this.unnamedLog ?? this.o.inboxTopic)
         : new Map<string, UserHead>();
     const maybeRecorded = records.flatMap((r) =>
       r.redelivery
