@@ -569,6 +569,13 @@ function walk(node: unknown, path: string[], visit: (path: string[], s: Setting<
   for (const [k, v] of Object.entries(node as Record<string, unknown>)) walk(v, [...path, k], visit);
 }
 
+/** Every setting's dotted name ("gateway.frameBytesMax"), in the tree's order. */
+export function settingNames(): string[] {
+  const names: string[] = [];
+  walk(schema, [], (path) => names.push(path.join(".")));
+  return names;
+}
+
 /** Overrides are dotted paths ("http.port") with raw string values, e.g. from CLI flags. */
 export function loadConfig(
   env: NodeJS.ProcessEnv = process.env,

@@ -25,14 +25,17 @@ import { clusterSettings } from "./settings.js";
  * SWITCHBOARD_* values for a cluster. Secrets stay out: credentials reach the containers as env
  * references to their Secrets and files mounted from them (workloads.ts).
  */
-export function clusterEnv(cluster: ChatCluster): Record<string, string> {
+export function clusterEnv(
+  cluster: ChatCluster,
+  current?: Readonly<Record<string, string>>,
+): Record<string, string> {
   const env = operatorEnv(cluster);
-  // The spec's settings for what it has no field for, those the services accept (the others are
-  // reported: refusedSettings).
-  return { ...env, ...clusterSettings(cluster, env).env };
+  // The spec's settings for what it has no field for, if the services accept them all; else those
+  // the ConfigMap holds now (`current`, its data) stay, and refusedSettings says why.
+  return { ...env, ...clusterSettings(cluster, env, current).env };
 }
 
-/** The spec's settings that clusterEnv leaves out, each with why (the Degraded condition and an Event). */
+/** Why the spec's settings were not taken (the Degraded condition and an Event); empty when they were. */
 export function refusedSettings(cluster: ChatCluster): string[] {
   return clusterSettings(cluster, operatorEnv(cluster)).refused;
 }
@@ -108,8 +111,9 @@ function operatorEnv(cluster: ChatCluster): Record<string, string> {
   set("cassandra.datacenter", s.cassandra.datacenter);
   set("cassandra.keyspace", s.cassandra.keyspace);
   set("cassandra.consistency", s.cassandra.consistency);
-  // The CA file, when the spec names a Secret, is mounted into the Pods (workloads.ts).
-  set("cassandra.tls", s.cassandra.tls?.enabled ?? false);
+  // The CA file, when the spec names a Secret, is mounted into the Pods (workloads.ts). Set only when
+  // on: a key added to every ConfigMap would roll every cluster's Pods at the operator's upgrade.
+  if (s.cassandra.tls?.enabled) set("cassandra.tls", true);
   set("metrics.enabled", s.observability.metrics.enabled);
   set("log.level", s.observability.logLevel ?? "info");
   if (s.observability.otlp) {
@@ -119,12 +123,16 @@ function operatorEnv(cluster: ChatCluster): Record<string, string> {
   return env;
 }
 
-export function desiredConfigMap(cluster: ChatCluster): V1ConfigMap {
+/** `current`: the data of the ConfigMap as it is, whose settings stay if the spec's are refused. */
+export function desiredConfigMap(
+  cluster: ChatCluster,
+  current?: Readonly<Record<string, string>>,
+): V1ConfigMap {
   return {
     apiVersion: "v1",
     kind: "ConfigMap",
     metadata: ownedMeta(cluster, configMapName(cluster)),
-    data: clusterEnv(cluster),
+    data: clusterEnv(cluster, current),
   };
 }
 

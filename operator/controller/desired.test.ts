@@ -315,14 +315,34 @@ describe("desiredObjects", () => {
     expect(config.tracing.enabled).toBe(false);
   });
 
-  it("passes the spec's settings the services accept into every container, and reports the others", () => {
-    const tuned: ChatCluster = {
+  it("passes the spec's settings into every container when the services accept them all", () => {
+    const settings = {
+      "gateway.connectionsMax": "25000",
+      "auth.allowedOrigins": "https://app.example.com",
+      "tracing.sampleRatio": "0.05",
+    };
+    const tuned: ChatCluster = { ...cluster, spec: { ...spec, settings } };
+    const objects = desiredObjects(tuned, inputs);
+    for (const c of COMPONENTS) {
+      const config = configOf(objects, c);
+      expect(config.gateway.connectionsMax, c).toBe(25_000);
+      expect(config.auth.allowedOrigins, c).toEqual(["https://app.example.com"]);
+      expect(config.tracing.sampleRatio, c).toBe(0.05);
+    }
+    expect(refusedSettings(tuned)).toEqual([]);
+    expect(refusedSettings(cluster)).toEqual([]);
+  });
+
+  it("refuses a change of the settings whole when one is refused, keeping those the ConfigMap holds", () => {
+    const before = { "gateway.connectionsMax": "25000", "auth.allowedOrigins": "https://app.example.com" };
+    const running = desiredObjects({ ...cluster, spec: { ...spec, settings: before } }, inputs);
+    const current = find<V1ConfigMap>(running, "ConfigMap", "chat-config")?.data ?? {};
+    const mistaken: ChatCluster = {
       ...cluster,
       spec: {
         ...spec,
         settings: {
-          "gateway.connectionsMax": "25000",
-          "auth.allowedOrigins": "https://app.example.com",
+          "gateway.connectionsMax": "30000",
           "tracing.sampleRatio": "0.05",
           "kafka.partitions": "3",
           "gateway.nope": "1",
@@ -330,25 +350,29 @@ describe("desiredObjects", () => {
         },
       },
     };
-    const objects = desiredObjects(tuned, inputs);
+    const objects = desiredObjects(mistaken, { ...inputs, currentConfig: current });
     for (const c of COMPONENTS) {
       const config = configOf(objects, c);
+      // What ran before runs on: the origins kept (their default admits every origin).
       expect(config.gateway.connectionsMax, c).toBe(25_000);
       expect(config.auth.allowedOrigins, c).toEqual(["https://app.example.com"]);
-      expect(config.tracing.sampleRatio, c).toBe(0.05);
+      expect(config.tracing.sampleRatio, c).toBe(loadConfig({}).tracing.sampleRatio);
       // The operator's own settings stay its own.
       expect(config.kafka.partitions, c).toBe(24);
-      expect(config.gateway.frameBytesMax, c).toBe(loadConfig({}).gateway.frameBytesMax);
     }
-    const refused = refusedSettings(tuned);
+    // Nothing changed, so nothing rolls.
+    expect(find<V1ConfigMap>(objects, "ConfigMap", "chat-config")?.data).toEqual(current);
+    const refused = refusedSettings(mistaken);
     expect(refused).toHaveLength(3);
     expect(refused[0]).toMatch(/^gateway\.frameBytesMax: invalid configuration/);
     expect(refused[1]).toMatch(/^gateway\.nope: unknown configuration key/);
     expect(refused[2]).toMatch(/^kafka\.partitions: set by the operator/);
-    expect(refusedSettings(cluster)).toEqual([]);
+    // A first ConfigMap (none yet) takes none of them.
+    const fresh = configOf(desiredObjects(mistaken, inputs), "gateway");
+    expect(fresh.gateway.connectionsMax).toBe(loadConfig({}).gateway.connectionsMax);
   });
 
-  it("takes none of the spec's settings when they do not fit together", () => {
+  it("refuses settings that do not fit together, though each fits alone", () => {
     const tuned: ChatCluster = {
       ...cluster,
       // Each fits the other's default, not the other: 12 × 108,000 + 3 KiB = 1,299,072 > 1,210,000.
@@ -364,10 +388,8 @@ describe("desiredObjects", () => {
     const config = configOf(desiredObjects(tuned, inputs), "gateway");
     expect(config.gateway.bodyCharsMax).toBe(loadConfig({}).gateway.bodyCharsMax);
     expect(config.gateway.connectionsMax).toBe(loadConfig({}).gateway.connectionsMax);
-    expect(refusedSettings(tuned)).toEqual([
-      expect.stringMatching(/^together: .*frameBytesMax.*; none taken$/),
-    ]);
-    // With a frame limit that fits, both are taken.
+    expect(refusedSettings(tuned)).toEqual([expect.stringMatching(/^together: .*frameBytesMax/)]);
+    // With a frame limit that fits, all are taken.
     const fitting: ChatCluster = {
       ...cluster,
       spec: { ...spec, settings: { ...tuned.spec.settings, "gateway.frameBytesMax": "1400000" } },

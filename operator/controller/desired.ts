@@ -26,6 +26,8 @@ export interface DesiredInputs {
   operatorAccount?: AccountRef | undefined;
   /** The API server serves cert-manager.io/v1 Certificates (cert-manager's CRDs). */
   certificatesServed?: boolean;
+  /** The cluster's ConfigMap's data as it is (its spec settings stay while new ones are refused). */
+  currentConfig?: Readonly<Record<string, string>>;
 }
 
 /**
@@ -44,7 +46,7 @@ export const OWNED_KINDS = [
 ] as const;
 
 export function desiredObjects(cluster: ChatCluster, inputs: DesiredInputs): KubernetesObject[] {
-  const config = desiredConfigMap(cluster);
+  const config = desiredConfigMap(cluster, inputs.currentConfig);
   const workload = {
     configHash: configHash({ ...(config.data ?? {}), authSecret: cluster.spec.auth.secretRef?.name ?? "" }),
     kafkaTlsKeys: inputs.kafkaTlsKeys ?? [],

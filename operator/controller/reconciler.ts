@@ -23,6 +23,7 @@
 import { createHash } from "node:crypto";
 import type {
   KubernetesObject,
+  V1ConfigMap,
   V1Deployment,
   V1Pod,
   V1Secret,
@@ -76,6 +77,7 @@ import {
 } from "./monitoring.js";
 import {
   componentName,
+  configMapName,
   FINALIZER,
   grpcTlsSecretName,
   MANAGED_BY,
@@ -276,7 +278,15 @@ export class ChatClusterReconciler {
             this.deps.grpcIdentity?.tokenReviewClusterRole ?? DEFAULT_TOKEN_REVIEW_CLUSTER_ROLE,
           ),
         );
+        // Its spec settings stay while the spec's new ones are refused (settings.ts). Listed, not
+        // read by name: the operator's Role lists and watches ConfigMaps but does not get them.
+        const { items: configMaps } = await kube.list<V1ConfigMap>(
+          { apiVersion: "v1", kind: "ConfigMap", namespace },
+          selectorString({ "app.kubernetes.io/instance": name, "app.kubernetes.io/managed-by": MANAGED_BY }),
+        );
+        const currentConfig = configMaps.find((c) => c.metadata?.name === configMapName(cluster));
         const desired = desiredObjects(rendered, {
+          currentConfig: currentConfig?.data ?? {},
           gatewayReplicas: step.replicas,
           kafkaTlsKeys: kafkaTlsKeys(kafka),
           podMonitorServed,

@@ -6,7 +6,7 @@
  * value it refuses. A setting the operator sets itself, from a field of the spec or from how it runs
  * the Pods (ports, identities, mounted files, the other roles' addresses), is not the spec's to set.
  */
-import { envName, loadConfig } from "../../internal/lib/config.js";
+import { envName, loadConfig, settingNames } from "../../internal/lib/config.js";
 import type { ChatCluster } from "../api/v1alpha1.js";
 
 /** At most this many settings (the CRD says the same). */
@@ -23,6 +23,8 @@ const OWNED = [
   "http.host",
   "http.port",
   "http.internalPort",
+  // The Pods' termination grace periods are the operator's, made to fit its own stop timing.
+  "shutdownTimeoutMs",
   "grpc.",
   "cluster.",
   "auth.jwksUrl",
@@ -77,20 +79,43 @@ export function ownedByOperator(setting: string): boolean {
 export interface ClusterSettings {
   /** SWITCHBOARD_* values of the settings taken. */
   env: Record<string, string>;
-  /** Each setting not taken, and why (none taken when they do not fit together). */
+  /** Each setting not taken, and why. */
   refused: string[];
+}
+
+/** The setting each SWITCHBOARD_* variable stands for. */
+const SETTING_OF_ENV = new Map(settingNames().map((name) => [envName(name.split(".")), name]));
+
+/**
+ * The spec's settings in `data` (a ConfigMap's): the variables of settings the operator leaves to
+ * the spec.
+ */
+function specSettingsIn(data: Readonly<Record<string, string>>): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [name, value] of Object.entries(data)) {
+    const setting = SETTING_OF_ENV.get(name);
+    if (setting !== undefined && !ownedByOperator(setting)) out[name] = value;
+  }
+  return out;
 }
 
 /**
  * The spec's settings that the ConfigMap takes, on top of `operatorEnv` (what the operator sets): each
  * must name a setting the operator leaves to the spec and hold a value the services accept, alone
- * and all together.
+ * and all together. If any is refused, the change is refused whole: the ConfigMap keeps the settings
+ * it holds now (`current`, its data; none without one), so that a mistake in one setting never drops
+ * the others the cluster runs with (an `auth.allowedOrigins` among them, whose default admits every
+ * origin).
  */
-export function clusterSettings(cluster: ChatCluster, operatorEnv: Record<string, string>): ClusterSettings {
+export function clusterSettings(
+  cluster: ChatCluster,
+  operatorEnv: Record<string, string>,
+  current?: Readonly<Record<string, string>>,
+): ClusterSettings {
+  const kept = () => specSettingsIn(current ?? {});
   const entries = Object.entries(cluster.spec.settings ?? {}).sort(([a], [b]) => (a < b ? -1 : 1));
   const refused: string[] = [];
-  if (entries.length > SETTINGS_MAX)
-    return { env: {}, refused: [`more than ${SETTINGS_MAX} settings: none taken`] };
+  if (entries.length > SETTINGS_MAX) return { env: kept(), refused: [`more than ${SETTINGS_MAX} settings`] };
   const taken: Record<string, string> = {};
   for (const [setting, value] of entries) {
     if (ownedByOperator(setting)) {
@@ -109,10 +134,7 @@ export function clusterSettings(cluster: ChatCluster, operatorEnv: Record<string
     // Valid alone, and together (checkConfig: settings that contradict each other).
     loadConfig({ ...operatorEnv, ...taken });
   } catch (err) {
-    return {
-      env: {},
-      refused: [...refused, `together: ${(err as Error).message}; none taken`],
-    };
+    refused.push(`together: ${(err as Error).message}`);
   }
-  return { env: taken, refused };
+  return refused.length === 0 ? { env: taken, refused } : { env: kept(), refused };
 }
