@@ -73,7 +73,7 @@ describe("an owner's write that fails after storing some users' rows and heads",
       get(target, prop) {
         if (prop === "writeOwned")
           return async (...args: Parameters<typeof inbox.writeOwned>) => {
-            const [entries, heads, before, epoch, ttl] = args;
+            const [entries, heads, before, epoch, ttl, inOneRoundTrip, log] = args;
             if (failures > 0 || entries.length === 0) return target.writeOwned(...args);
             failures++;
             const first = entries[0]!.userId;
@@ -84,6 +84,8 @@ describe("an owner's write that fails after storing some users' rows and heads",
               before,
               epoch,
               ttl,
+              inOneRoundTrip,
+              log,
             );
             throw new Error("write timed out after storing some of it");
           };
