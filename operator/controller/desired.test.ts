@@ -12,7 +12,7 @@ import type {
 import { describe, expect, it } from "vitest";
 import { METHOD_RULES } from "../../internal/grpc-auth/policy.js";
 import { parseIssuers } from "../../internal/lib/auth.js";
-import { type Config, envName, loadConfig, schema } from "../../internal/lib/config.js";
+import { type Config, envName, loadConfig, settingNames } from "../../internal/lib/config.js";
 import { type ChatCluster, type ChatClusterSpec, COMPONENTS, type ComponentName } from "../api/v1alpha1.js";
 import { refusedSettings } from "./config.js";
 import { type DesiredInputs, desiredObjects } from "./desired.js";
@@ -399,15 +399,7 @@ describe("desiredObjects", () => {
   });
 
   it("lets the spec's settings name no setting the operator sets (every one it sets is among its own)", () => {
-    const dotted = new Map<string, string>();
-    const walk = (node: unknown, path: string[]): void => {
-      if (typeof node === "object" && node !== null && "parse" in node && "doc" in node) {
-        dotted.set(envName(path), path.join("."));
-        return;
-      }
-      for (const [k, v] of Object.entries(node as Record<string, unknown>)) walk(v, [...path, k]);
-    };
-    walk(schema, []);
+    const dotted = new Map(settingNames().map((name) => [envName(name.split(".")), name]));
     for (const c of COMPONENTS) {
       const set = Object.keys(containerEnv(objects, c)).filter((name) => dotted.has(name));
       expect(set.length, c).toBeGreaterThan(20);

@@ -125,6 +125,14 @@ export function selectorLabels(cluster: ChatCluster, component?: ComponentName):
   return base;
 }
 
+/** The label selector of every object this operator made for `cluster` (its list calls and its prune). */
+export function ownedObjectsSelector(cluster: ChatCluster): string {
+  return selectorString({
+    "app.kubernetes.io/instance": cluster.metadata.name ?? "",
+    "app.kubernetes.io/managed-by": MANAGED_BY,
+  });
+}
+
 /** `a=b,c=d` for list calls. */
 export function selectorString(selector: Record<string, string>): string {
   return Object.entries(selector)

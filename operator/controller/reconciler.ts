@@ -80,7 +80,7 @@ import {
   configMapName,
   FINALIZER,
   grpcTlsSecretName,
-  MANAGED_BY,
+  ownedObjectsSelector,
   selectorLabels,
   selectorString,
 } from "./names.js";
@@ -282,7 +282,7 @@ export class ChatClusterReconciler {
         // read by name: the operator's Role lists and watches ConfigMaps but does not get them.
         const { items: configMaps } = await kube.list<V1ConfigMap>(
           { apiVersion: "v1", kind: "ConfigMap", namespace },
-          selectorString({ "app.kubernetes.io/instance": name, "app.kubernetes.io/managed-by": MANAGED_BY }),
+          ownedObjectsSelector(cluster),
         );
         const currentConfig = configMaps.find((c) => c.metadata?.name === configMapName(cluster));
         const desired = desiredObjects(rendered, {
@@ -611,10 +611,7 @@ export class ChatClusterReconciler {
     servedOptionalKinds: { apiVersion: string; kind: string }[],
   ): Promise<void> {
     const keep = new Set(desired.map((o) => `${o.kind}/${o.metadata?.name}`));
-    const selector = selectorString({
-      "app.kubernetes.io/instance": cluster.metadata.name ?? "",
-      "app.kubernetes.io/managed-by": MANAGED_BY,
-    });
+    const selector = ownedObjectsSelector(cluster);
     for (const kind of [...OWNED_KINDS, ...servedOptionalKinds]) {
       const { items } = await this.deps.kube.list<KubernetesObject>(
         { ...kind, namespace: cluster.metadata.namespace },

@@ -48,6 +48,9 @@ let kafkaBrokers: string[];
 let cassandraPoints: string[];
 
 const kubectl = (args: string[], input?: string) => kubectlWith(tools, args, input);
+/** A user's edit of a ChatCluster's spec (a JSON merge patch: null removes a key), as `kubectl patch` does it. */
+const patchSpec = (name: string, spec: Record<string, unknown>) =>
+  kubectl(["patch", "chatcluster", name, "-n", NS, "--type=merge", "-p", JSON.stringify({ spec })]);
 
 let operator: OperatorProcess;
 let receiver: OtlpReceiver;
@@ -567,22 +570,11 @@ describe("operator against a real API server", () => {
       });
       const hashBefore = before.spec?.template.metadata?.annotations?.["switchboard.dev/config-hash"];
       const patchedAt = Date.now();
-      await kubectl([
-        "patch",
-        "chatcluster",
-        "alpha",
-        "-n",
-        NS,
-        "--type=merge",
-        "-p",
-        JSON.stringify({
-          spec: {
-            router: { replicas: 3 },
-            presence: { offlineAfterSeconds: 45 },
-            settings: { "gateway.connectionsMax": "25000" },
-          },
-        }),
-      ]);
+      await patchSpec("alpha", {
+        router: { replicas: 3 },
+        presence: { offlineAfterSeconds: 45 },
+        settings: { "gateway.connectionsMax": "25000" },
+      });
       const cluster = await waitReady("alpha");
       expect(cluster.metadata.generation).toBe(2);
       const router = await kube.get<V1Deployment>({
@@ -622,17 +614,6 @@ describe("operator against a real API server", () => {
       );
       // A change of the settings with one the operator sets itself is refused whole: the settings
       // in force stay, and the status says why (still Ready: the cluster runs what it ran).
-      const patchSettings = (settings: Record<string, string | null>) =>
-        kubectl([
-          "patch",
-          "chatcluster",
-          "alpha",
-          "-n",
-          NS,
-          "--type=merge",
-          "-p",
-          JSON.stringify({ spec: { settings } }),
-        ]);
       const configData = async () =>
         (
           await kube.get<V1ConfigMap>({
@@ -643,7 +624,7 @@ describe("operator against a real API server", () => {
           })
         ).data ?? {};
       const observed = (c: ChatCluster) => c.metadata.generation === c.status?.observedGeneration;
-      await patchSettings({ "gateway.connectionsMax": "30000", "kafka.partitions": "3" });
+      await patchSpec("alpha", { settings: { "gateway.connectionsMax": "30000", "kafka.partitions": "3" } });
       const refused = await waitFor("alpha Degraded: SettingsRefused", async () => {
         const c = await getCluster("alpha");
         return observed(c) && condition(c, "Degraded")?.reason === "SettingsRefused" ? c : undefined;
@@ -652,7 +633,7 @@ describe("operator against a real API server", () => {
       expect(condition(refused, "Ready")?.status).toBe("True");
       expect((await configData()).SWITCHBOARD_GATEWAY_CONNECTIONS_MAX).toBe("25000");
       // Without it, the change is taken, and the cluster is not Degraded any more.
-      await patchSettings({ "kafka.partitions": null });
+      await patchSpec("alpha", { settings: { "kafka.partitions": null } });
       await waitFor("alpha not Degraded", async () => {
         const c = await getCluster("alpha");
         return observed(c) && condition(c, "Degraded")?.status === "False" ? c : undefined;
@@ -1294,16 +1275,7 @@ describe("operator against a real API server", () => {
         expect(condition(withPm, "PodMonitor")?.reason).toBe("Created");
 
         // The toggle goes off: the PodMonitor is pruned and the condition goes with it.
-        await kubectl([
-          "patch",
-          "chatcluster",
-          "delta",
-          "-n",
-          NS,
-          "--type=merge",
-          "-p",
-          JSON.stringify({ spec: { observability: { metrics: { podMonitor: { enabled: false } } } } }),
-        ]);
+        await patchSpec("delta", { observability: { metrics: { podMonitor: { enabled: false } } } });
         await waitFor("delta's PodMonitor pruned", async () =>
           (await podMonitorNames("delta"))?.length === 0 ? true : undefined,
         );
@@ -1315,16 +1287,7 @@ describe("operator against a real API server", () => {
       }
       // And the reconcile keeps succeeding once the kind is gone again.
       await waitFor("no PodMonitor kind served", async () => !(await served()) || undefined);
-      await kubectl([
-        "patch",
-        "chatcluster",
-        "delta",
-        "-n",
-        NS,
-        "--type=merge",
-        "-p",
-        JSON.stringify({ spec: { push: { replicas: 2 } } }),
-      ]);
+      await patchSpec("delta", { push: { replicas: 2 } });
       const after = await waitReady("delta");
       expect(after.status?.components?.push).toEqual({ replicas: 2, readyReplicas: 2 });
       expect(condition(after, "Degraded")?.status).toBe("False");
@@ -2170,16 +2133,7 @@ describe("operator: spec.grpc.tls", () => {
   it(
     "with provided Secrets: the Certificates are pruned, GrpcTLS checks the Secrets, and Drain/Stats go over TLS with the operator's token",
     onFailure(async () => {
-      await kubectl([
-        "patch",
-        "chatcluster",
-        SECURE,
-        "-n",
-        NS,
-        "--type=merge",
-        "-p",
-        JSON.stringify({ spec: { grpc: { tls: { issuerRef: null } } } }),
-      ]);
+      await patchSpec(SECURE, { grpc: { tls: { issuerRef: null } } });
       const missing = await waitGrpcTls("SecretsMissing");
       expect(missing.message).toContain(`${SECURE}-gateway-grpc-tls (not found)`);
       await waitFor("Certificates pruned", async () => (await certificates()).length === 0 || undefined);
