@@ -52,6 +52,7 @@ function connection(setup: Setup = {}) {
     presence: setup.presence ?? { heartbeat: async () => ({}) },
     firstStranger: setup.firstStranger ?? (async () => undefined),
     takePresenceSubscribe: () => 0,
+    takeUserTyping: () => true,
     watcherId: "gateway-1/1/test",
     verify: setup.verify ?? (async () => ({ userId: "alice", expiresAtMs: Number.POSITIVE_INFINITY })),
     hasRoomFor: () => true,
@@ -624,14 +625,18 @@ describe("Connection presence watches", () => {
   });
 });
 
-describe("Connection typing in a pull conversation", () => {
-  it("relays a stop only after a start that was relayed", async () => {
+describe("Connection typing", () => {
+  /** A welcomed connection of alice in conversation `id` (`delivery` its model), and what it relayed. */
+  async function typist(delivery: "push" | "pull", ctx: Record<string, unknown> = {}) {
     const relayed: boolean[] = [];
     const { socket } = connection({
       membership: { members: async () => ["alice", "bob"] },
       ctx: {
         conversations: {
-          memberAccess: async () => ({ record: { id: "g:1", delivery: "pull" }, role: "member" }),
+          memberAccess: async (_user: string, id: string) => ({
+            record: { id, ...(delivery === "pull" ? { delivery } : {}) },
+            role: "member",
+          }),
         },
         relays: () => ({
           relay: async (req: { frame: { kind: { value: { typing: boolean } } } }) => {
@@ -640,20 +645,67 @@ describe("Connection typing in a pull conversation", () => {
           },
         }),
         takePullTyping: () => true,
+        ...ctx,
       },
     });
     socket.frame({ id: 1, auth: { token: "t" } });
     await until(() => kinds(socket).includes("welcome"));
-    const typing = async (id: number, on: boolean) => {
-      socket.frame({ id, typing: { conversationId: "g:1", typing: on } });
+    let nextId = 10;
+    const typing = async (on: boolean, conversationId = "g:1") => {
+      const id = nextId++;
+      socket.frame({ id, typing: { conversationId, typing: on } });
       await until(() => socket.sent.some((f) => f.replyTo === id));
+      expect(kinds(socket).at(-1)).toBe("ok"); // dropped or not, every one is answered ok
     };
-    for (let i = 0; i < 5; i++) await typing(10 + i, false); // no start went out: nothing to stop
-    expect(relayed).toEqual([]);
-    await typing(20, true);
-    await typing(21, false);
-    await typing(22, false);
-    expect(relayed).toEqual([true, false]);
+    return { relayed, typing };
+  }
+
+  it("relays a stop only after a start that was relayed, in either delivery model", async () => {
+    for (const delivery of ["push", "pull"] as const) {
+      const { relayed, typing } = await typist(delivery);
+      for (let i = 0; i < 5; i++) await typing(false); // no start went out: nothing to stop
+      expect(relayed).toEqual([]);
+      await typing(true);
+      await typing(false);
+      await typing(false);
+      expect(relayed, delivery).toEqual([true, false]);
+    }
+  });
+
+  it("relays a repeated start only every 2 s while it is shown, and a pull conversation's starts only every 2 s", async () => {
+    const push = await typist("push");
+    for (let i = 0; i < 5; i++) await push.typing(true);
+    await push.typing(false);
+    await push.typing(true); // shown again after a stop: goes out
+    expect(push.relayed).toEqual([true, false, true]);
+    const pull = await typist("pull");
+    await pull.typing(true);
+    await pull.typing(false);
+    await pull.typing(true); // within 2 s of the last start: dropped
+    await pull.typing(false);
+    expect(pull.relayed).toEqual([true, false]);
+  });
+
+  it("relays at most a burst of 20 starts at once per connection in all conversations, and none its user's budget refuses", async () => {
+    // Starts and stops as fast as the frame rate allows, spread over conversations: each start
+    // takes a token (their stops follow them), so the fan-out of one connection stays bounded.
+    const { relayed, typing } = await typist("push");
+    const started = performance.now();
+    for (let i = 0; i < 30; i++) {
+      await typing(true, `g:${i}`);
+      await typing(false, `g:${i}`);
+    }
+    // Ten tokens a second come back meanwhile.
+    const refilled = Math.floor(((performance.now() - started) * 10) / 1000) + 1;
+    const starts = relayed.filter((t) => t).length;
+    expect(starts).toBeGreaterThanOrEqual(20);
+    expect(starts).toBeLessThanOrEqual(20 + refilled);
+    expect(starts).toBeLessThan(30);
+    expect(relayed.filter((t) => !t)).toHaveLength(starts);
+    let userBudget = 3;
+    const shared = await typist("push", { takeUserTyping: () => userBudget-- > 0 });
+    for (let i = 0; i < 5; i++) await shared.typing(true, `g:${i}`);
+    expect(shared.relayed).toEqual([true, true, true]);
   });
 });
 

@@ -78,8 +78,17 @@ const LISTINGS = new Set<string | undefined>(["listConversations", "listMembers"
  * turn (they run one at a time, in order); past it one is refused RATE_LIMITED.
  */
 const LISTINGS_UNANSWERED_MAX = 10;
-/** A connection's typing indicators in one pull conversation go out at most this often. */
-const PULL_TYPING_INTERVAL_MS = 3_000;
+/**
+ * A connection's `typing: true` in one conversation goes out again while it is shown (a client's
+ * renewal) at most this often, and in a pull conversation at most this often whatever came between.
+ * Below the 3 s at which clients renew (web/src/typing.ts), so that a renewal the network brought
+ * early is not dropped and the watchers' 6 s expiry never runs out while the user types.
+ */
+const TYPING_REPEAT_INTERVAL_MS = 2_000;
+/** Typing indicators one connection has relayed per second in all its conversations (burst twice that). */
+export const CONNECTION_TYPING_PER_SECOND = 10;
+/** Conversations whose typing state a connection keeps (those it typed in most recently). */
+const TYPING_CONVERSATIONS_TRACKED_MAX = 1_000;
 
 /** What a connection needs from its gateway: its services, plus the registry and shared limits. */
 export interface GatewayContext extends GatewayServices, EventRelays {
@@ -92,6 +101,8 @@ export interface GatewayContext extends GatewayServices, EventRelays {
   takeGroupChange(userId: string, members: number): number;
   /** Whether this gateway relays one more typing indicator to a pull conversation now. */
   takePullTyping(conversationId: string): boolean;
+  /** Whether this gateway relays one more typing indicator of `userId` now (any conversation). */
+  takeUserTyping(userId: string): boolean;
   /** Per-user limit on presence subscribes across the user's connections; 0 or ms to wait. */
   takePresenceSubscribe(userId: string): number;
   /** Listings being answered in this gateway process (LISTINGS_IN_FLIGHT_MAX at once). */
@@ -248,10 +259,15 @@ export class Connection {
   /** Listings of this connection run one at a time, in the order they came (LISTINGS_UNANSWERED_MAX). */
   private listingOrder: Promise<unknown> = Promise.resolve();
   private listingsUnanswered = 0;
-  /** Typing indicators this connection sent to pull conversations, one per conversation per 3 s. */
-  private readonly pullTyping = new Throttle(PULL_TYPING_INTERVAL_MS, PULL_CONVERSATIONS_TRACKED_MAX);
-  /** Pull conversations whose members were last told this connection's user is typing. */
-  private readonly pullTypingShown = new Set<string>();
+  /** When this connection's `typing: true` last went out, per conversation (TYPING_REPEAT_INTERVAL_MS). */
+  private readonly typingRepeats = new Throttle(TYPING_REPEAT_INTERVAL_MS, TYPING_CONVERSATIONS_TRACKED_MAX);
+  /** Conversations whose members were last told by this connection that its user is typing. */
+  private readonly typingShown = new Set<string>();
+  /** Typing indicators this connection relays (CONNECTION_TYPING_PER_SECOND); a refusal takes nothing. */
+  private readonly typingTokens = new TokenBucket(
+    CONNECTION_TYPING_PER_SECOND,
+    CONNECTION_TYPING_PER_SECOND * 2,
+  );
 
   constructor(
     private readonly ctx: GatewayContext,
@@ -546,21 +562,12 @@ export class Connection {
       case "typing": {
         const { conversationId, typing } = req.value;
         const { record } = await c.conversations.memberAccess(user, conversationId);
-        // In a pull conversation (a large group) typing goes out at most every few seconds per
-        // connection and a few times a second per conversation and gateway: it reaches every online
-        // member, and a handful of typists says what a hundred would.
-        // A stop goes out only after a start that went out (or it would bypass the throttle).
-        if (record.delivery === "pull") {
-          const relayed = typing
-            ? this.pullTyping.take(conversationId) && c.takePullTyping(conversationId)
-            : this.pullTypingShown.delete(conversationId);
-          if (!relayed) return reply({ case: "ok", value: {} });
-          if (typing) {
-            this.pullTypingShown.add(conversationId);
-            if (this.pullTypingShown.size > PULL_CONVERSATIONS_TRACKED_MAX)
-              this.pullTypingShown.delete(this.pullTypingShown.values().next().value as string);
-          }
-        }
+        // Indicators past the limits are answered ok and dropped (docs/protocol.md §4). A stop goes
+        // out only after a start that went out: it would otherwise bypass them, and nobody shows it.
+        const relayed = typing
+          ? this.mayShowTyping(conversationId, record.delivery === "pull")
+          : this.typingShown.delete(conversationId);
+        if (!relayed) return reply({ case: "ok", value: {} });
         // Membership was checked above, with the record. One deadline for every router tried, and
         // a router that gets the relay after it (it was paused, or the network held the call) drops
         // it: a typing indicator shown late could outlive the typing: false sent after it.
@@ -962,6 +969,25 @@ export class Connection {
     return userIds.length;
   }
 
+  /**
+   * Whether this connection's `typing: true` in `conversationId` goes out now (and if so, it is
+   * shown): a repeat while it is shown at most every 2 s, and within the connection's and its user's
+   * budgets. A pull conversation (a large group, reaching every online member) takes a start at
+   * most every 2 s per connection and a few a second per conversation on this gateway: a handful of
+   * typists says what a hundred would.
+   */
+  private mayShowTyping(conversationId: string, pull: boolean): boolean {
+    const due = this.typingRepeats.take(conversationId);
+    if ((pull || this.typingShown.has(conversationId)) && !due) return false;
+    if (this.typingTokens.takeIfAny() > 0) return false;
+    if (!this.ctx.takeUserTyping(this.userId)) return false;
+    if (pull && !this.ctx.takePullTyping(conversationId)) return false;
+    this.typingShown.delete(conversationId);
+    this.typingShown.add(conversationId);
+    if (this.typingShown.size > TYPING_CONVERSATIONS_TRACKED_MAX)
+      this.typingShown.delete(this.typingShown.values().next().value as string);
+    return true;
+  }
   private touchPresence(force: boolean): void {
     const now = Date.now();
     if (!force && now - this.lastHeartbeatMs < this.ctx.config.presence.heartbeatIntervalMs / 2) return;

@@ -100,6 +100,13 @@ const LISTINGS_IN_FLIGHT_MAX = 16;
 /** Typing indicators a gateway relays per pull conversation per second, and the conversations tracked. */
 const PULL_TYPING_PER_SECOND = 5;
 const PULL_TYPING_CONVERSATIONS_MAX = 10_000;
+/**
+ * Typing indicators a gateway relays per user per second (burst twice that), in all their
+ * conversations: each reaches every member's sessions (up to groups.pullThreshold members), so a
+ * user's connections typing as fast as their frame rate allows made hundreds of thousands of
+ * deliveries a second and delayed everyone's messages by seconds.
+ */
+export const USER_TYPING_PER_SECOND = 20;
 
 export interface GatewayOptions extends GatewayServices {
   gatewayId: string;
@@ -132,6 +139,10 @@ export class Gateway {
   );
   /** Typing indicators this gateway relays per pull conversation (a large group): a few per second. */
   private readonly pullTyping = new Map<string, TokenBucket>();
+  /** Typing indicators relayed per user (USER_TYPING_PER_SECOND); a refusal takes nothing. */
+  private readonly userTyping = new UserBuckets(USER_TYPING_PER_SECOND, USER_TYPING_PER_SECOND * 2, {
+    debt: false,
+  });
   private readonly all = new Set<Connection>();
   /** Connections still to send their auth frame (counted against gateway.unauthenticatedMax). */
   private readonly awaitingAuth = new Set<Connection>();
@@ -231,6 +242,7 @@ export class Gateway {
       takeUserSend: (userId) => this.userSends.take(userId),
       takeGroupChange: (userId, members) => this.takeGroupChange(userId, members),
       takePullTyping: (conversationId) => this.takePullTyping(conversationId),
+      takeUserTyping: (userId) => this.userTyping.take(userId) === 0,
       takePresenceSubscribe: (userId) => this.userPresenceSubscribes.take(userId),
       listings: new Limiter(LISTINGS_IN_FLIGHT_MAX),
       firstStranger: (user, others, signal) => this.contacts.firstStranger(user, others, signal),
@@ -371,6 +383,7 @@ export class Gateway {
     this.userGroupChanges.forgetRefilled(gone);
     this.userGroupMembers.forgetRefilled(gone);
     this.userPresenceSubscribes.forgetRefilled(gone);
+    this.userTyping.forgetRefilled(gone);
     for (const ws of this.wss.clients) {
       if (!this.alive.has(ws)) {
         // No pong since the last ping: dropped without a close frame (the client sees 1006).
@@ -433,6 +446,7 @@ export class Gateway {
       this.userGroupChanges.forgetIfRefilled(conn.userId);
       this.userGroupMembers.forgetIfRefilled(conn.userId);
       this.userPresenceSubscribes.forgetIfRefilled(conn.userId);
+      this.userTyping.forgetIfRefilled(conn.userId);
     }
     if (!this.bySession.delete(conn.sessionId)) return;
     this.options.metrics.connections.set(this.bySession.size);

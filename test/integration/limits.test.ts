@@ -677,28 +677,35 @@ describe("authentication", () => {
     expect(await bad.closed).toBe(3500);
   });
 
-  it("sends the welcome first: events of a busy conversation during authentication follow it", async () => {
+  it("sends the welcome first: events of busy conversations during authentication follow it", async () => {
     const alice = user("welcome-a");
-    const bob = await connect(user("welcome-b"));
-    const dm = expectCase(
-      await bob.request({
-        case: "send",
-        value: { target: { case: "toUser", value: alice }, clientMsgId: "w-1", body: "hi" },
+    // Typists start and stop without pause (every 4 ms, within the frame rate), each in a DM with
+    // alice, while she connects again and again: their typing events reach her sessions from their
+    // registration on. A connection's indicators go out at most ten starts (and their stops) a
+    // second, so ten typists make about 200 events a second. On the distributed backend the welcome
+    // waits milliseconds for the inbox head after the registration, and without the hold this failed
+    // every time; on the embedded one the wait is microseconds, and internal/gateway/connection.test.ts
+    // pins the order with a head read that the test controls.
+    const typists = await Promise.all(
+      Array.from({ length: 10 }, async (_, i) => {
+        const typist = await connect(user(`welcome-b${i}`));
+        const dm = expectCase(
+          await typist.request({
+            case: "send",
+            value: { target: { case: "toUser", value: alice }, clientMsgId: "w-1", body: "hi" },
+          }),
+          "ack",
+        ).conversationId;
+        return { typist, dm };
       }),
-      "ack",
-    ).conversationId;
-    // Bob types without pause (every 4 ms, within the frame rate) while alice connects again and
-    // again: his typing events reach her sessions from their registration on. On the distributed
-    // backend the welcome waits milliseconds for the inbox head after the registration, and without
-    // the hold this failed every time; on the embedded one the wait is microseconds, and
-    // internal/gateway/connection.test.ts pins the order with a head read that the test controls.
+    );
     let typing = true;
-    const typist = (async () => {
-      while (typing) {
-        bob.sendFrame({ id: 0, kind: { case: "typing", value: { conversationId: dm, typing: true } } });
+    const typed = typists.map(async ({ typist, dm }) => {
+      for (let on = true; typing; on = !on) {
+        typist.sendFrame({ id: 0, kind: { case: "typing", value: { conversationId: dm, typing: on } } });
         await new Promise((r) => setTimeout(r, 4));
       }
-    })();
+    });
     try {
       const token = await devToken(server.dataDir, alice);
       let typingSeen = 0;
@@ -712,9 +719,9 @@ describe("authentication", () => {
       expect(typingSeen).toBeGreaterThanOrEqual(30);
     } finally {
       typing = false;
-      await typist;
+      await Promise.all(typed);
     }
-    bob.close();
+    for (const { typist } of typists) typist.close();
   });
 
   it("closes with the reconnect-class 3005 when an auth frame carries an expired token", async () => {
