@@ -1,7 +1,13 @@
 import { describe, expect, it } from "vitest";
 import { devModeWarning } from "../cli/server-commands.js";
 import { loadConfig } from "../lib/config.js";
-import { connectAnswer, connectionsCheckingIntervalMs, devTokensRefusal, forwardedProto } from "./http.js";
+import {
+  connectAnswer,
+  connectionsCheckingIntervalMs,
+  devTokensRefusal,
+  forwardedProto,
+  isHostHeader,
+} from "./http.js";
 
 describe("dev tokens", () => {
   it("are served only in dev mode, without a JWKS URL, on a loopback address", () => {
@@ -68,6 +74,33 @@ describe("/v1/connect", () => {
     expect(forwardedProto({ forwarded: "for=192.0.2.60;proto=http" })).toBe("http");
     expect(forwardedProto({ forwarded: "for=192.0.2.60" })).toBeUndefined();
     expect(forwardedProto({})).toBeUndefined();
+  });
+
+  it("takes a Host header for the URL only when it is a host and an optional port", () => {
+    for (const host of [
+      "chat.example.com",
+      "chat.example.com:8443",
+      "CHAT.example.com.",
+      "10.0.0.5:8080",
+      "[::1]:8080",
+      "[2001:db8::7]",
+      "my_host",
+    ])
+      expect(isHostHeader(host), host).toBe(true);
+    for (const host of [
+      "evil.com/path?x=",
+      "a b",
+      "user@host",
+      "host:port",
+      "host:123456",
+      "-x.com",
+      "a..b",
+      "[::1",
+      "é.example",
+      "h/",
+      "h#",
+    ])
+      expect(isHostHeader(host), host).toBe(false);
   });
 
   it("offers the VAPID public key only when Web Push is configured", () => {

@@ -241,9 +241,17 @@ export function connectAnswer(
   return answer;
 }
 
+/** `host[:port]` of a Host header: a DNS name, an IPv4 address or a bracketed IPv6 one (RFC 9110 7.2). */
+export function isHostHeader(value: string): boolean {
+  return /^(?:[A-Za-z0-9](?:[A-Za-z0-9_-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9_-]*[A-Za-z0-9])?)*\.?|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$/.test(
+    value,
+  );
+}
+
 /**
  * The scheme the client used to reach the first proxy in front of this server, lowercased: the first
- * value of X-Forwarded-Proto, else the first `proto=` of Forwarded (RFC 7239); undefined if neither.
+ * value of X-Forwarded-Proto, else the `proto=` of Forwarded's first element (RFC 7239: the first
+ * proxy's); undefined if neither.
  */
 export function forwardedProto(headers: IncomingHttpHeaders): string | undefined {
   const xfp = headers["x-forwarded-proto"];
@@ -343,7 +351,11 @@ function handleHttp(
         const what = why === "draining" || why === "stopping" ? why : "not ready";
         return json(503, { error: `${what}: this gateway takes no new connections; ask again` });
       }
-      return json(200, connectAnswer(o.config, req.headers.host, gateway, forwardedProto(req.headers)));
+      // The answer's URL is built from the Host header, so only a host and port go into it.
+      const host = req.headers.host || undefined;
+      if (host !== undefined && !isHostHeader(host))
+        return json(400, { error: "bad Host header: a host name or IP address, and an optional port" });
+      return json(200, connectAnswer(o.config, host, gateway, forwardedProto(req.headers)));
     }
     case "/ws":
       // A WebSocket upgrade never gets here (Node hands it to the gateway): this is a plain GET.

@@ -50,6 +50,8 @@ describe("device token forms", () => {
     for (const url of [
       "http://localhost:8080/hook",
       "https://api.localhost/hook",
+      "http://LOCALHOST./x", // the DNS root's dot changes nothing
+      "http://api.localhost../hook",
       "http://127.0.0.1/hook",
       "http://10.0.0.7:9090/",
       "http://169.254.169.254/latest/meta-data",

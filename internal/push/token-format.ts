@@ -13,7 +13,11 @@ import { parseSubscription } from "./providers/web-push.js";
  * resolve to one are refused when a notification is sent: outbound-guard.ts).
  */
 function privateHostProblem(url: URL): string | undefined {
-  const host = url.hostname.replace(/^\[|\]$/g, "").toLowerCase();
+  // "localhost." is localhost: a name's trailing dot (the DNS root) changes nothing it resolves to.
+  const host = url.hostname
+    .replace(/^\[|\]$/g, "")
+    .replace(/\.+$/, "")
+    .toLowerCase();
   if (host === "localhost" || host.endsWith(".localhost") || (isIP(host) && !isPublicAddress(host)))
     return `${host} is not a public address, and notifications are never sent inside the network`;
   return undefined;

@@ -18,6 +18,22 @@ afterAll(async () => {
   await server.dispose();
 });
 
+/** A raw HTTP/1.1 request of `head` (its request line and header lines) and the whole answer. */
+async function rawRequest(port: number, head: string): Promise<string> {
+  const socket = connect(port, "127.0.0.1");
+  let answer = "";
+  socket.on("data", (d: Buffer) => {
+    answer += d.toString();
+  });
+  const closed = new Promise<void>((resolve, reject) => {
+    socket.once("close", () => resolve());
+    socket.once("error", reject);
+  });
+  socket.write(`${head}\r\nConnection: close\r\n\r\n`);
+  await closed;
+  return answer;
+}
+
 /**
  * Opens a raw TCP connection, drips an upgrade request's header lines without ever ending them, and
  * resolves with how long the server let it live and what it answered.
@@ -132,6 +148,17 @@ describe("the web client", () => {
       headers: { "x-forwarded-proto": "https" },
     });
     expect(((await proxied.json()) as { url: string }).url).toMatch(/^wss:\/\/127\.0\.0\.1:\d+\/ws$/);
+    // The URL is built from the Host header only when it is a host and a port.
+    const port = Number(new URL(server.httpUrl).port);
+    const spoofed = await rawRequest(port, "GET /v1/connect HTTP/1.1\r\nHost: evil.com/path?x=");
+    expect(spoofed).toMatch(/^HTTP\/1\.1 400 /);
+    expect(spoofed).toContain('{"error":"bad Host header: ');
+    expect(spoofed).not.toContain("evil.com");
+    const named = await rawRequest(port, "GET /v1/connect HTTP/1.1\r\nHost: chat.example:443");
+    expect(named).toContain('"url":"ws://chat.example:443/ws"');
+    // Without a host, the gateway names its own listen address.
+    const hostless = await rawRequest(port, "GET /v1/connect HTTP/1.1\r\nHost:");
+    expect(hostless).toMatch(/"url":"ws:\/\/[^/"]+:\d+\/ws"/);
     // Only the files of the build are served: nothing else of the file system.
     for (const path of ["/index.ts", "/../package.json", "/web/index.html", "/src/main.ts"]) {
       expect((await fetch(`${server.httpUrl}${path}`)).status, path).toBe(404);
