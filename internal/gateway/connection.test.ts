@@ -53,6 +53,8 @@ function connection(setup: Setup = {}) {
     firstStranger: setup.firstStranger ?? (async () => undefined),
     takePresenceSubscribe: () => 0,
     takeUserTyping: () => true,
+    takeUserListing: () => 0,
+    chargeUserListing: () => {},
     watcherId: "gateway-1/1/test",
     verify: setup.verify ?? (async () => ({ userId: "alice", expiresAtMs: Number.POSITIVE_INFINITY })),
     hasRoomFor: () => true,
@@ -828,6 +830,51 @@ describe("Connection listings", () => {
     await until(() => socket.sent.length === 13);
     expect(socket.sent.slice(3).map((f) => f.replyTo)).toEqual([2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
     expect(kinds(socket).slice(3)).toEqual(Array(10).fill("conversations"));
+  });
+
+  it("counts a listing by the entries it returned, and refuses one while its user's listings are unpaid", async () => {
+    let waitMs = 0;
+    const charged: number[] = [];
+    let listed = 0;
+    const { socket } = connection({
+      ctx: {
+        backends: {
+          inbox: { head: async () => 0 },
+          membership: {
+            conversationsOf: async () => {
+              listed++;
+              return ["a", "b", "c"].map((id) => ({
+                id: `g:${id}`,
+                kind: "group",
+                name: id,
+                createdAtMs: 0,
+                version: 1,
+              }));
+            },
+          },
+          messages: { lastSeq: async () => 0 },
+          receipts: { get: async () => 0 },
+        },
+        listings: new Limiter(16),
+        takeUserListing: () => waitMs,
+        chargeUserListing: (_user: string, entries: number) => charged.push(entries),
+      },
+    });
+    await authed(socket);
+    socket.frame({ id: 2, listConversations: { limit: 50 } });
+    await until(() => socket.sent.some((f) => f.replyTo === 2));
+    expect(kinds(socket).at(-1)).toBe("conversations");
+    expect(charged).toEqual([2]); // three entries, one of them taken before
+    waitMs = 250;
+    socket.frame({ id: 3, listConversations: { limit: 50 } });
+    await until(() => socket.sent.some((f) => f.replyTo === 3));
+    expect(socket.sent.at(-1)!.kind.value).toMatchObject({
+      reason: "RATE_LIMITED",
+      code: Code.RESOURCE_EXHAUSTED,
+      retryAfterMs: 250,
+    });
+    expect(listed).toBe(1);
+    expect(charged).toEqual([2]);
   });
 
   it("answers at most the gateway's bound of listings at once, whichever connections ask", async () => {

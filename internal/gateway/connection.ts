@@ -90,6 +90,20 @@ export const CONNECTION_TYPING_PER_SECOND = 10;
 /** Conversations whose typing state a connection keeps (those it typed in most recently). */
 const TYPING_CONVERSATIONS_TRACKED_MAX = 1_000;
 
+/** The entries a listing's reply holds (what its storage reads were for). */
+function listedEntries(reply: NonNullable<ServerFrameInit["kind"]>): number {
+  switch (reply.case) {
+    case "conversations":
+      return reply.value.conversations?.length ?? 0;
+    case "members":
+      return reply.value.members?.length ?? 0;
+    case "receipts":
+      return reply.value.receipts?.length ?? 0;
+    default:
+      return 0;
+  }
+}
+
 /** What a connection needs from its gateway: its services, plus the registry and shared limits. */
 export interface GatewayContext extends GatewayServices, EventRelays {
   /** Per-user send limit across all the user's connections; 0 or ms to wait. */
@@ -103,6 +117,10 @@ export interface GatewayContext extends GatewayServices, EventRelays {
   takePullTyping(conversationId: string): boolean;
   /** Whether this gateway relays one more typing indicator of `userId` now (any conversation). */
   takeUserTyping(userId: string): boolean;
+  /** A listing of `userId` may start: 0, or ms until its listings have been paid for. */
+  takeUserListing(userId: string): number;
+  /** What a listing of `userId` returned beyond the one entry takeUserListing took. */
+  chargeUserListing(userId: string, entries: number): void;
   /** Per-user limit on presence subscribes across the user's connections; 0 or ms to wait. */
   takePresenceSubscribe(userId: string): number;
   /** Listings being answered in this gateway process (LISTINGS_IN_FLIGHT_MAX at once). */
@@ -641,7 +659,7 @@ export class Connection {
         // Groups, receipts, devices, notification settings: answered from the request alone.
         const caller = { userId: user, sessionId: this.sessionId };
         if (LISTINGS.has(req.case))
-          return reply(await this.inListingOrder(() => answerRequest(c, caller, req)!));
+          return reply(await this.inListingOrder(() => this.listing(() => answerRequest(c, caller, req)!)));
         const answer = answerRequest(c, caller, req);
         if (!answer) throw errors.invalid("UNKNOWN_FRAME", "unknown request");
         return reply(await answer);
@@ -858,6 +876,19 @@ export class Connection {
     return turn.finally(() => {
       this.listingsUnanswered--;
     });
+  }
+
+  /**
+   * A listing within its user's budget (USER_LISTED_PER_SECOND on this gateway): refused while the
+   * listings before it are unpaid, and counted by the entries it returned.
+   */
+  private async listing(answer: () => Promise<NonNullable<ServerFrameInit["kind"]>>) {
+    const waitMs = this.ctx.takeUserListing(this.userId);
+    if (waitMs > 0)
+      throw errors.exhausted("RATE_LIMITED", "too many entries listed; ask again after retryAfterMs", waitMs);
+    const reply = await answer();
+    this.ctx.chargeUserListing(this.userId, Math.max(0, listedEntries(reply) - 1));
+    return reply;
   }
 
   /** A subscribePresence at its turn: checks and subscribes the users not watched yet. */

@@ -84,6 +84,20 @@ describe("UserBuckets without debt", () => {
     now += 10_000;
     expect(members.takeMany("u", 250_000).waitMs).toBe(0);
   });
+
+  it("charges work after the fact into debt, down to a full burst, which the next take waits off", () => {
+    let now = 0;
+    const listed = new UserBuckets(10_000, 20_000, { debt: false, now: () => now });
+    expect(listed.take("u")).toBe(0);
+    listed.charge("u", 999);
+    expect(listed.take("u")).toBe(0); // 19,000 left
+    listed.charge("u", 50_000); // past the bucket: at most a burst of debt (-20,000)
+    expect(listed.take("u")).toBe(2_001); // 20,001 tokens missing at 10,000 a second
+    now += 2_000;
+    expect(listed.take("u")).toBe(1);
+    now += 1;
+    expect(listed.take("u")).toBe(0);
+  });
 });
 
 describe("codec", () => {

@@ -107,6 +107,13 @@ const PULL_TYPING_CONVERSATIONS_MAX = 10_000;
  * deliveries a second and delayed everyone's messages by seconds.
  */
 export const USER_TYPING_PER_SECOND = 20;
+/**
+ * Entries (conversations, members, watermarks) a user's listings may return per second on one
+ * gateway (burst twice that), each listing counted by what it returned: every entry costs storage
+ * reads, and one user's connections listing 1,000 conversations as fast as their listings were
+ * answered held every other user's messages for hundreds of milliseconds.
+ */
+export const USER_LISTED_PER_SECOND = 10_000;
 
 export interface GatewayOptions extends GatewayServices {
   gatewayId: string;
@@ -139,6 +146,10 @@ export class Gateway {
   );
   /** Typing indicators this gateway relays per pull conversation (a large group): a few per second. */
   private readonly pullTyping = new Map<string, TokenBucket>();
+  /** Entries listed per user (USER_LISTED_PER_SECOND), charged once each listing is answered. */
+  private readonly userListed = new UserBuckets(USER_LISTED_PER_SECOND, USER_LISTED_PER_SECOND * 2, {
+    debt: false,
+  });
   /** Typing indicators relayed per user (USER_TYPING_PER_SECOND); a refusal takes nothing. */
   private readonly userTyping = new UserBuckets(USER_TYPING_PER_SECOND, USER_TYPING_PER_SECOND * 2, {
     debt: false,
@@ -243,6 +254,8 @@ export class Gateway {
       takeGroupChange: (userId, members) => this.takeGroupChange(userId, members),
       takePullTyping: (conversationId) => this.takePullTyping(conversationId),
       takeUserTyping: (userId) => this.userTyping.take(userId) === 0,
+      takeUserListing: (userId) => this.userListed.take(userId),
+      chargeUserListing: (userId, entries) => this.userListed.charge(userId, entries),
       takePresenceSubscribe: (userId) => this.userPresenceSubscribes.take(userId),
       listings: new Limiter(LISTINGS_IN_FLIGHT_MAX),
       firstStranger: (user, others, signal) => this.contacts.firstStranger(user, others, signal),
@@ -384,6 +397,7 @@ export class Gateway {
     this.userGroupMembers.forgetRefilled(gone);
     this.userPresenceSubscribes.forgetRefilled(gone);
     this.userTyping.forgetRefilled(gone);
+    this.userListed.forgetRefilled(gone);
     for (const ws of this.wss.clients) {
       if (!this.alive.has(ws)) {
         // No pong since the last ping: dropped without a close frame (the client sees 1006).
@@ -447,6 +461,7 @@ export class Gateway {
       this.userGroupMembers.forgetIfRefilled(conn.userId);
       this.userPresenceSubscribes.forgetIfRefilled(conn.userId);
       this.userTyping.forgetIfRefilled(conn.userId);
+      this.userListed.forgetIfRefilled(conn.userId);
     }
     if (!this.bySession.delete(conn.sessionId)) return;
     this.options.metrics.connections.set(this.bySession.size);

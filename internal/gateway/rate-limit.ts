@@ -44,6 +44,15 @@ export class TokenBucket {
     return this.untilToken(n);
   }
 
+  /**
+   * Takes `n` tokens after the fact (for work whose cost is known once done), into debt down to
+   * -burst: the next take waits until it is paid off.
+   */
+  charge(n: number): void {
+    this.refill();
+    this.tokens = Math.max(this.tokens - n, -this.burst);
+  }
+
   /** Gives back what takeIfAny took (for a request another limit then refused). */
   refund(n: number): void {
     this.tokens = Math.min(this.burst, this.tokens + n);
@@ -98,6 +107,11 @@ export class UserBuckets {
     const cost = Math.min(n, this.burst);
     const waitMs = bucket.takeIfAny(cost);
     return { waitMs, refund: () => (waitMs === 0 ? bucket.refund(cost) : undefined) };
+  }
+
+  /** Takes `n` more tokens of `userId`'s bucket after the fact (TokenBucket.charge). */
+  charge(userId: string, n: number): void {
+    this.of(userId).charge(n);
   }
 
   private of(userId: string): TokenBucket {
