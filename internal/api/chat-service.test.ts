@@ -29,6 +29,31 @@ const storedTo = (userId: string, body: string): StoredMessage => ({
 });
 
 describe("Broadcast", () => {
+  it("keeps at most 16 sends in flight for every call together, and about a MiB of bodies per call", async () => {
+    let inFlight = 0;
+    let most = 0;
+    const impl = service({
+      send: async (input) => {
+        most = Math.max(most, ++inFlight);
+        await new Promise((resolve) => setTimeout(resolve, 2));
+        inFlight--;
+        return { message: storedTo(input.toUser!, input.body), duplicate: false };
+      },
+    });
+    const users = (call: string) => Array.from({ length: 100 }, (_, i) => `${call}${i}`);
+    const broadcast = (call: string, body: string) =>
+      impl.broadcast({ userIds: users(call), sender: "", idempotencyKey: call, body } as never, ctx);
+    // Three calls side by side take turns: the process's load is one call's.
+    const calls = await Promise.all(["a", "b", "c"].map((call) => broadcast(call, "hi")));
+    for (const { results } of calls) expect(results?.filter((r) => r.message)).toHaveLength(100);
+    expect(most).toBe(16);
+    // Bodies of 300,000 characters: three at a time (1 MiB), not sixteen.
+    most = 0;
+    const { results } = await broadcast("d", "x".repeat(300_000));
+    expect(results?.filter((r) => r.message)).toHaveLength(100);
+    expect(most).toBe(3);
+  });
+
   it("stops sending once the call has failed", async () => {
     const sentTo: string[] = [];
     let failedAt: number | undefined;

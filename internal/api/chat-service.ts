@@ -32,6 +32,7 @@ import {
 import type { Policy } from "../grpc-auth/policy.js";
 import { isValidUserId, requireUserId } from "../lib/auth.js";
 import { Code, errors, forClients, SwitchboardError } from "../lib/errors.js";
+import { Limiter } from "../lib/limiter.js";
 import type { Metrics } from "../lib/metrics.js";
 import type { ServiceClient, ServiceImpl } from "../lib/rpc.js";
 import type { Router } from "../router/index.js";
@@ -41,8 +42,13 @@ import { RecentRequests, requireIdempotencyKey } from "./recent-requests.js";
 
 /** Recipients of one Broadcast, and users of one GetPresence. */
 export const USERS_PER_CALL_MAX = 1_000;
-/** Broadcast sends this many direct messages at a time. */
-const BROADCAST_CONCURRENCY = 16;
+/** The process's Broadcasts send this many direct messages at a time, together. */
+const BROADCAST_SENDS_IN_FLIGHT_MAX = 16;
+/**
+ * Body characters one Broadcast has in flight at most (past its first send): a thousand sends of a
+ * 100,000-character body 16 at a time held other users' messages for tens of milliseconds.
+ */
+const BROADCAST_CHARS_IN_FLIGHT_MAX = 1024 * 1024;
 /** A WebSocket close reason holds at most 123 bytes; keep a margin. */
 export const CLOSE_REASON_BYTES_MAX = 120;
 /** WebSocket close codes of a Disconnect (docs/protocol.md §7). */
@@ -74,6 +80,8 @@ export interface ChatServiceDeps {
 export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatService> {
   const { conversations, membership, messages } = deps;
   const stops = new StreamStops(deps.stopping);
+  /** Shared by every Broadcast: calls side by side take turns rather than multiply the load. */
+  const broadcastSends = new Limiter(BROADCAST_SENDS_IN_FLIGHT_MAX);
   /** CreateGroup's idempotency keys: what the store answered the attempt that made each group. */
   const groupsCreated = new RecentRequests<{ record: ConversationRecord; created: boolean }>();
   const access = (principal: string | undefined): Access => accessOf(principal, deps.policy(), membership);
@@ -166,12 +174,14 @@ export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatS
           const i = next++;
           const userId = users[i]!;
           try {
-            const { message, duplicate } = await send({
-              sender,
-              toUser: userId,
-              clientMsgId: req.idempotencyKey,
-              body: req.body,
-            });
+            // Its turn may come after the call failed or its caller gave up: then nothing is sent.
+            const sent = await broadcastSends.run(async () =>
+              failed || ctx.signal.aborted
+                ? undefined
+                : send({ sender, toUser: userId, clientMsgId: req.idempotencyKey, body: req.body }),
+            );
+            if (!sent) break;
+            const { message, duplicate } = sent;
             // Without the body: it is the request's, and 1,000 copies of a long one would make the
             // answer larger than a gRPC client takes (4 MiB by default).
             results[i] = { userId, message: { ...toWireMessage(message), body: "" }, duplicate };
@@ -191,7 +201,15 @@ export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatS
           }
         }
       };
-      await Promise.all(Array.from({ length: Math.min(BROADCAST_CONCURRENCY, users.length) }, worker));
+      const workers = Math.max(
+        1,
+        Math.min(
+          BROADCAST_SENDS_IN_FLIGHT_MAX,
+          users.length,
+          Math.floor(BROADCAST_CHARS_IN_FLIGHT_MAX / Math.max(1, req.body.length)),
+        ),
+      );
+      await Promise.all(Array.from({ length: workers }, worker));
       if (ctx.signal.aborted) throw ctx.signal.reason;
       return { results };
     },

@@ -137,6 +137,26 @@ describe("embedded log: messages handed over before their commit", () => {
   });
 });
 
+describe("embedded log: batches read from the log", () => {
+  it("hold at most about a MiB of bodies, so a consumer catching up on large messages decodes few at a time", async () => {
+    const backends = await openBackends();
+    const large = "x".repeat(300_000);
+    for (let i = 0; i < 8; i++) await backends.log.append({ ...draft("c1"), body: large });
+    for (let i = 0; i < 3; i++) await backends.log.append(draft("c1"));
+    const sizes: number[] = [];
+    let seen = 0;
+    const consumer = await backends.log.consume("catching-up", async (batch) => {
+      sizes.push(batch.length);
+      seen += batch.length;
+    });
+    await until(() => seen === 11);
+    await consumer.close();
+    // Four bodies of 300,000 characters reach the bound; the small ones after the last large one
+    // share its batch.
+    expect(sizes).toEqual([4, 4, 3]);
+  });
+});
+
 describe("embedded log: a membership change waits for the router (ADR 0012)", () => {
   it("an addition is stored only once the consumer that addresses messages has handled what came before", async () => {
     const backends = await openBackends();

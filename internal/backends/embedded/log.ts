@@ -23,6 +23,12 @@ import type { TurnCommits } from "./turn-commits.js";
 
 const CONSUME_BATCH_MAX = 512;
 /**
+ * Body characters a batch read from the log holds at most (past the first message): a read decodes
+ * every message synchronously, and 512 of the largest bodies (about 200 MB) held the process for
+ * seconds when a server-API stream caught up.
+ */
+const CONSUME_BATCH_CHARS_MAX = 1024 * 1024;
+/**
  * A consumer stores its position at most this long after handling a batch, or sooner with the next
  * message handed to it before its commit (then in that message's transaction): a position need not
  * cost a commit of its own. A crash re-handles what was handled since (at-least-once, idempotent).
@@ -358,9 +364,13 @@ export class EmbeddedLog implements MessageLog {
     this.wakeAddressWaiters();
   }
 
-  /** Reads the batch after `offset` into `batch`; returns its last position (`offset` if none). */
+  /**
+   * Reads the batch after `offset` into `batch` (CONSUME_BATCH_MAX messages, CONSUME_BATCH_CHARS_MAX
+   * body characters); returns its last position (`offset` if none).
+   */
   private read(offset: number, batch: LoggedMessage[], markMayRepeat = false): number {
     let last = offset;
+    let chars = 0;
     for (const { key, value } of this.entries.getRange({ start: offset + 1, limit: CONSUME_BATCH_MAX })) {
       const message = this.messages.get(value);
       assert(message, `log entry ${String(key)} points at a missing message`);
@@ -369,6 +379,8 @@ export class EmbeddedLog implements MessageLog {
       if (markMayRepeat && (key as number) <= this.headAtOpen) batch.push({ ...out, mayRepeat: true });
       else batch.push(out);
       last = key as number;
+      chars += message.body.length;
+      if (chars >= CONSUME_BATCH_CHARS_MAX) break;
     }
     return last;
   }
