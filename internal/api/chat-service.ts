@@ -23,6 +23,7 @@ import {
   keyedGroupId,
   policiesFromWire,
   requireConversationId,
+  requireGroupId,
   roleFromWire,
   rosterPageLimit,
   toWireConversation,
@@ -87,6 +88,12 @@ export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatS
   const access = (principal: string | undefined): Access => accessOf(principal, deps.policy(), membership);
   const conversationOf = async (a: Access, id: string): Promise<string> => {
     requireConversationId(id);
+    await a.conversation(id);
+    return id;
+  };
+  /** As conversationOf, for the methods that change groups only: any other id is NOT_A_GROUP. */
+  const groupOf = async (a: Access, id: string): Promise<string> => {
+    requireGroupId(id);
     await a.conversation(id);
     return id;
   };
@@ -258,7 +265,7 @@ export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatS
     },
 
     async updateGroup(req, ctx) {
-      const id = await conversationOf(access(ctx.principal), req.conversationId);
+      const id = await groupOf(access(ctx.principal), req.conversationId);
       const group = await conversations.updateGroup(undefined, id, groupChangeFromWire(req));
       return { conversation: toWireConversation(group, await messages.lastSeq(id)) };
     },
@@ -271,13 +278,13 @@ export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatS
     },
 
     async addMembers(req, ctx) {
-      const id = await conversationOf(access(ctx.principal), req.conversationId);
+      const id = await groupOf(access(ctx.principal), req.conversationId);
       const group = await conversations.addMembers(undefined, id, usersOf(req.userIds));
       return { conversation: toWireConversation(group, await messages.lastSeq(id)) };
     },
 
     async removeMembers(req, ctx) {
-      const id = await conversationOf(access(ctx.principal), req.conversationId);
+      const id = await groupOf(access(ctx.principal), req.conversationId);
       // Users who are not members are skipped, so a retried call is harmless.
       const group = await conversations.removeMembers(undefined, id, usersOf(req.userIds));
       return { conversation: toWireConversation(group, await messages.lastSeq(id)) };
@@ -302,7 +309,7 @@ export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatS
     },
 
     async setMemberRole(req, ctx) {
-      const id = await conversationOf(access(ctx.principal), req.conversationId);
+      const id = await groupOf(access(ctx.principal), req.conversationId);
       const group = await conversations.setRole(undefined, id, req.userId, roleFromWire(req.role));
       return { conversation: toWireConversation(group, await messages.lastSeq(id)) };
     },

@@ -71,6 +71,13 @@ export function requireConversationId(id: string): string {
   return id;
 }
 
+/** `id` if it is a group's id (`g:<digits>`); NOT_A_GROUP otherwise, a malformed id too (docs/protocol.md §2.1). */
+export function requireGroupId(id: string): string {
+  if (!GROUP_ID_PATTERN.test(id))
+    throw errors.invalid("NOT_A_GROUP", `${JSON.stringify(id.slice(0, 130))} is not a group id`);
+  return id;
+}
+
 /** Counts Unicode code points, stopping early once past `max` (bodies can be megabytes). */
 export function exceedsChars(text: string, max: number): boolean {
   if (text.length <= max) return false;
@@ -567,8 +574,7 @@ export class Conversations {
   }
 
   private async group(id: string): Promise<ConversationRecord> {
-    if (!GROUP_ID_PATTERN.test(id))
-      throw errors.invalid("NOT_A_GROUP", `${JSON.stringify(id.slice(0, 130))} is not a group id`);
+    requireGroupId(id);
     const record = await this.membership.getConversation(id);
     if (!record) throw errors.notFound("GROUP_NOT_FOUND", `group ${id} does not exist`);
     return record;

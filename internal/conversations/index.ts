@@ -7,6 +7,7 @@ export {
   isValidConversationId,
   keyedGroupId,
   requireConversationId,
+  requireGroupId,
   rosterPageLimit,
   SYSTEM_SENDER,
 } from "./conversations.js";

@@ -384,6 +384,16 @@ describe("ChatService: groups, presence, sessions, devices", () => {
     expect(await failure(moderation.updateGroup({ conversationId: id, name: "" }))).toBe(
       "INVALID_ARGUMENT INVALID_GROUP_NAME",
     );
+    // The group methods take group ids only, as the client protocol's group requests: a direct
+    // conversation's id, or a malformed one, is no group.
+    for (const conversationId of ["dm:api-a~api-b", "zzz", `g:${"1".repeat(21)}`]) {
+      expect(await failure(moderation.updateGroup({ conversationId, name: "x" })), conversationId).toBe(
+        "INVALID_ARGUMENT NOT_A_GROUP",
+      );
+      expect(await failure(moderation.addMembers({ conversationId, userIds: ["api-ok"] }))).toBe(
+        "INVALID_ARGUMENT NOT_A_GROUP",
+      );
+    }
     await moderation.publish({ conversationId: id, idempotencyKey: "k1", body: "hello" });
     const got = await moderation.getConversation({ conversationId: id });
     expect(got.conversation).toMatchObject({ id, memberCount: 2, lastSeq: 1n });
