@@ -46,8 +46,9 @@ export const USERS_PER_CALL_MAX = 1_000;
 /** The process's Broadcasts send this many direct messages at a time, together. */
 const BROADCAST_SENDS_IN_FLIGHT_MAX = 16;
 /**
- * Body characters one Broadcast has in flight at most (past its first send): a thousand sends of a
- * 100,000-character body 16 at a time held other users' messages for tens of milliseconds.
+ * Body characters (UTF-16 code units) one Broadcast has in flight at most, though always one send: a
+ * thousand sends of a 100,000-character body 16 at a time held other users' messages for tens of
+ * milliseconds.
  */
 const BROADCAST_CHARS_IN_FLIGHT_MAX = 1024 * 1024;
 /** A WebSocket close reason holds at most 123 bytes; keep a margin. */

@@ -2,7 +2,7 @@
  * A connection's authentication against stand-ins for its socket and services, where the timing
  * between registration and the welcome, and the services' failures, are the test's to choose.
  */
-import { describe, expect, it, vi } from "vitest";
+import { afterEach, describe, expect, it, vi } from "vitest";
 import { PresenceService } from "../../gen/switchboard/presence/v1/presence_pb.js";
 import type { RouterService } from "../../gen/switchboard/router/v1/router_pb.js";
 import { FakeSocket } from "../../test/helpers/fake-socket.js";
@@ -52,7 +52,7 @@ function connection(setup: Setup = {}) {
     presence: setup.presence ?? { heartbeat: async () => ({}) },
     firstStranger: setup.firstStranger ?? (async () => undefined),
     takePresenceSubscribe: () => 0,
-    takeUserTyping: () => true,
+    takeUserTyping: () => () => {},
     takeUserListing: () => 0,
     chargeUserListing: () => {},
     watcherId: "gateway-1/1/test",
@@ -628,8 +628,13 @@ describe("Connection presence watches", () => {
 });
 
 describe("Connection typing", () => {
-  /** A welcomed connection of alice in conversation `id` (`delivery` its model), and what it relayed. */
+  /**
+   * A welcomed connection of alice in conversations of one delivery model, what it relayed, and a
+   * clock that stands still unless the test moves it (the limits are read from it).
+   */
   async function typist(delivery: "push" | "pull", ctx: Record<string, unknown> = {}) {
+    vi.useFakeTimers({ toFake: ["Date"] });
+    vi.setSystemTime(1_800_000_000_000);
     const relayed: boolean[] = [];
     const { socket } = connection({
       membership: { members: async () => ["alice", "bob"] },
@@ -659,8 +664,12 @@ describe("Connection typing", () => {
       await until(() => socket.sent.some((f) => f.replyTo === id));
       expect(kinds(socket).at(-1)).toBe("ok"); // dropped or not, every one is answered ok
     };
-    return { relayed, typing };
+    const later = (ms: number) => vi.setSystemTime(Date.now() + ms);
+    return { relayed, typing, later };
   }
+  afterEach(() => {
+    vi.useRealTimers();
+  });
 
   it("relays a stop only after a start that was relayed, in either delivery model", async () => {
     for (const delivery of ["push", "pull"] as const) {
@@ -674,40 +683,113 @@ describe("Connection typing", () => {
     }
   });
 
-  it("relays a repeated start only every 2 s while it is shown, and a pull conversation's starts only every 2 s", async () => {
+  it("relays a start renewed while shown every 2 s, and a pull conversation's starts every 2 s", async () => {
     const push = await typist("push");
-    for (let i = 0; i < 5; i++) await push.typing(true);
+    await push.typing(true);
+    await push.typing(true);
+    push.later(1_999);
+    await push.typing(true);
+    push.later(1);
+    await push.typing(true); // 2 s after the last that went out: the renewal goes out
+    expect(push.relayed).toEqual([true, true]);
     await push.typing(false);
-    await push.typing(true); // shown again after a stop: goes out
-    expect(push.relayed).toEqual([true, false, true]);
+    await push.typing(true); // not shown after the stop: goes out at once
+    await push.typing(true); // shown again, and the last start went out just now
+    expect(push.relayed).toEqual([true, true, false, true]);
     const pull = await typist("pull");
     await pull.typing(true);
     await pull.typing(false);
-    await pull.typing(true); // within 2 s of the last start: dropped
-    await pull.typing(false);
-    expect(pull.relayed).toEqual([true, false]);
+    pull.later(1_000);
+    await pull.typing(true); // within 2 s of the last start, whatever came between: dropped
+    pull.later(1_000);
+    await pull.typing(true);
+    expect(pull.relayed).toEqual([true, false, true]);
   });
 
-  it("relays at most a burst of 20 starts at once per connection in all conversations, and none its user's budget refuses", async () => {
+  it("relays at most a burst of 20 starts per connection in all conversations, and what another limit refused takes nothing", async () => {
     // Starts and stops as fast as the frame rate allows, spread over conversations: each start
     // takes a token (their stops follow them), so the fan-out of one connection stays bounded.
     const { relayed, typing } = await typist("push");
-    const started = performance.now();
     for (let i = 0; i < 30; i++) {
       await typing(true, `g:${i}`);
       await typing(false, `g:${i}`);
     }
-    // Ten tokens a second come back meanwhile.
-    const refilled = Math.floor(((performance.now() - started) * 10) / 1000) + 1;
-    const starts = relayed.filter((t) => t).length;
-    expect(starts).toBeGreaterThanOrEqual(20);
-    expect(starts).toBeLessThanOrEqual(20 + refilled);
-    expect(starts).toBeLessThan(30);
-    expect(relayed.filter((t) => !t)).toHaveLength(starts);
+    expect(relayed.filter((t) => t)).toHaveLength(20);
+    expect(relayed.filter((t) => !t)).toHaveLength(20);
+    // The user's budget refuses two starts: they take none of the connection's twenty.
     let userBudget = 3;
-    const shared = await typist("push", { takeUserTyping: () => userBudget-- > 0 });
+    const shared = await typist("push", {
+      takeUserTyping: () => (userBudget-- > 0 ? () => userBudget++ : undefined),
+    });
     for (let i = 0; i < 5; i++) await shared.typing(true, `g:${i}`);
-    expect(shared.relayed).toEqual([true, true, true]);
+    expect(shared.relayed).toHaveLength(3);
+    userBudget = 100;
+    for (let i = 5; i < 23; i++) await shared.typing(true, `g:${i}`);
+    expect(shared.relayed).toHaveLength(20);
+    // A pull conversation's limit on this gateway refusing gives both tokens back.
+    let pullBudget = 0;
+    let userTaken = 0;
+    const large = await typist("pull", {
+      takePullTyping: () => pullBudget-- > 0,
+      takeUserTyping: () => {
+        userTaken++;
+        return () => userTaken--;
+      },
+    });
+    for (let i = 0; i < 25; i++) await large.typing(true, `g:${i}`);
+    expect(large.relayed).toEqual([]);
+    expect(userTaken).toBe(0);
+    pullBudget = 100;
+    for (let i = 0; i < 25; i++) await large.typing(true, `g:${100 + i}`);
+    expect(large.relayed).toHaveLength(20);
+    expect(userTaken).toBe(20);
+  });
+
+  it("relays a stop again after its relay failed, and decides a start and a stop in the order they came", async () => {
+    let failNext = false;
+    const relayed: boolean[] = [];
+    // The first membership read (the start's) is the slowest.
+    const accessDelaysMs = [30];
+    const { socket } = connection({
+      membership: { members: async () => ["alice", "bob"] },
+      ctx: {
+        conversations: {
+          memberAccess: async (_user: string, id: string) => {
+            await new Promise((r) => setTimeout(r, accessDelaysMs.shift() ?? 0));
+            return { record: { id }, role: "member" };
+          },
+        },
+        relays: () => ({
+          relay: async (req: { frame: { kind: { value: { typing: boolean } } } }) => {
+            if (failNext) {
+              failNext = false;
+              throw new SwitchboardError(Code.UNAVAILABLE, "UNAVAILABLE", "no router took it");
+            }
+            relayed.push(req.frame.kind.value.typing);
+            return {};
+          },
+        }),
+      },
+    });
+    socket.frame({ id: 1, auth: { token: "t" } });
+    await until(() => kinds(socket).includes("welcome"));
+    const answered = (id: number) => until(() => socket.sent.some((f) => f.replyTo === id));
+    // A start and its stop at once: the stop's read ends first, yet the start is decided first.
+    socket.frame({ id: 2, typing: { conversationId: "g:1", typing: true } });
+    socket.frame({ id: 3, typing: { conversationId: "g:1", typing: false } });
+    await answered(2);
+    await answered(3);
+    expect(relayed).toEqual([true, false]);
+    socket.frame({ id: 4, typing: { conversationId: "g:1", typing: true } });
+    await answered(4);
+    failNext = true;
+    socket.frame({ id: 5, typing: { conversationId: "g:1", typing: false } });
+    await answered(5);
+    expect(kinds(socket).at(-1)).toBe("UNAVAILABLE");
+    socket.frame({ id: 6, typing: { conversationId: "g:1", typing: false } });
+    await answered(6);
+    expect(kinds(socket).at(-1)).toBe("ok");
+    expect(relayed).toEqual([true, false, true, false]); // the retry of the stop went out
   });
 });
 
@@ -832,8 +914,8 @@ describe("Connection listings", () => {
     expect(kinds(socket).slice(3)).toEqual(Array(10).fill("conversations"));
   });
 
-  it("counts a listing by the entries it returned, and refuses one while its user's listings are unpaid", async () => {
-    let waitMs = 0;
+  it("counts a listing by the entries it returned, waits up to 2 s for its user's budget, and refuses a longer wait", async () => {
+    const waits: number[] = [];
     const charged: number[] = [];
     let listed = 0;
     const { socket } = connection({
@@ -851,30 +933,48 @@ describe("Connection listings", () => {
                 version: 1,
               }));
             },
+            members: async () => ["alice", "bob", "carol", "dave"],
           },
           messages: { lastSeq: async () => 0 },
           receipts: { get: async () => 0 },
         },
+        conversations: {
+          memberAccess: async (_user: string, id: string) => ({ record: { id }, role: "member" }),
+          roster: async () => ({
+            members: ["alice", "bob"].map((userId) => ({ userId, role: "member" })),
+            more: false,
+          }),
+        },
         listings: new Limiter(16),
-        takeUserListing: () => waitMs,
+        takeUserListing: () => waits.shift() ?? 0,
         chargeUserListing: (_user: string, entries: number) => charged.push(entries),
       },
     });
     await authed(socket);
-    socket.frame({ id: 2, listConversations: { limit: 50 } });
-    await until(() => socket.sent.some((f) => f.replyTo === 2));
-    expect(kinds(socket).at(-1)).toBe("conversations");
-    expect(charged).toEqual([2]); // three entries, one of them taken before
-    waitMs = 250;
-    socket.frame({ id: 3, listConversations: { limit: 50 } });
-    await until(() => socket.sent.some((f) => f.replyTo === 3));
-    expect(socket.sent.at(-1)!.kind.value).toMatchObject({
+    const answered = async (id: number, frame: Record<string, unknown>) => {
+      socket.frame({ id, ...frame });
+      await until(() => socket.sent.some((f) => f.replyTo === id));
+      return socket.sent.find((f) => f.replyTo === id)!;
+    };
+    expect((await answered(2, { listConversations: { limit: 50 } })).kind.case).toBe("conversations");
+    expect((await answered(3, { listMembers: { conversationId: "g:1" } })).kind.case).toBe("members");
+    expect((await answered(4, { listReceipts: { conversationId: "g:1" } })).kind.case).toBe("receipts");
+    // Three conversations, two members, four watermarks: each less the one entry taken before.
+    expect(charged).toEqual([2, 1, 3]);
+    // Over the budget for 300 ms: the listing waits, then is answered.
+    waits.push(300, 0);
+    const started = Date.now();
+    expect((await answered(5, { listConversations: {} })).kind.case).toBe("conversations");
+    expect(Date.now() - started).toBeGreaterThanOrEqual(290);
+    // Over it for longer than 2 s: refused at once with the wait, and nothing is read.
+    waits.push(5_000);
+    expect((await answered(6, { listConversations: {} })).kind.value).toMatchObject({
       reason: "RATE_LIMITED",
       code: Code.RESOURCE_EXHAUSTED,
-      retryAfterMs: 250,
+      retryAfterMs: 5_000,
     });
-    expect(listed).toBe(1);
-    expect(charged).toEqual([2]);
+    expect(listed).toBe(2);
+    expect(charged).toEqual([2, 1, 3, 2]);
   });
 
   it("answers at most the gateway's bound of listings at once, whichever connections ask", async () => {

@@ -55,7 +55,7 @@ import { verifyInTime } from "./verify-in-time.js";
 /** The optional protocol features this gateway understands (`welcome.features`). */
 const PROTOCOL_FEATURES = ["first_attempt", "member_pages"];
 
-/** Pull conversations a connection remembers the last sent seq (and typing time) of. */
+/** Pull conversations a connection remembers the last sent seq of. */
 const PULL_CONVERSATIONS_TRACKED_MAX = 1_000;
 /**
  * Group changes, rate-limited together per user: the ones told to every member however large the
@@ -78,6 +78,8 @@ const LISTINGS = new Set<string | undefined>(["listConversations", "listMembers"
  * turn (they run one at a time, in order); past it one is refused RATE_LIMITED.
  */
 const LISTINGS_UNANSWERED_MAX = 10;
+/** How long a listing waits for its user's listing budget before it is refused RATE_LIMITED. */
+const LISTING_BUDGET_WAIT_MAX_MS = 2_000;
 /**
  * A connection's `typing: true` in one conversation goes out again while it is shown (a client's
  * renewal) at most this often, and in a pull conversation at most this often whatever came between.
@@ -86,7 +88,7 @@ const LISTINGS_UNANSWERED_MAX = 10;
  */
 const TYPING_REPEAT_INTERVAL_MS = 2_000;
 /** Typing indicators one connection has relayed per second in all its conversations (burst twice that). */
-export const CONNECTION_TYPING_PER_SECOND = 10;
+const CONNECTION_TYPING_PER_SECOND = 10;
 /** Conversations whose typing state a connection keeps (those it typed in most recently). */
 const TYPING_CONVERSATIONS_TRACKED_MAX = 1_000;
 
@@ -115,8 +117,11 @@ export interface GatewayContext extends GatewayServices, EventRelays {
   takeGroupChange(userId: string, members: number): number;
   /** Whether this gateway relays one more typing indicator to a pull conversation now. */
   takePullTyping(conversationId: string): boolean;
-  /** Whether this gateway relays one more typing indicator of `userId` now (any conversation). */
-  takeUserTyping(userId: string): boolean;
+  /**
+   * Takes one of the typing indicators this gateway relays of `userId` (any conversation): what gives
+   * it back (another limit refused the indicator), or undefined when there is none.
+   */
+  takeUserTyping(userId: string): (() => void) | undefined;
   /** A listing of `userId` may start: 0, or ms until its listings have been paid for. */
   takeUserListing(userId: string): number;
   /** What a listing of `userId` returned beyond the one entry takeUserListing took. */
@@ -281,6 +286,8 @@ export class Connection {
   private readonly typingRepeats = new Throttle(TYPING_REPEAT_INTERVAL_MS, TYPING_CONVERSATIONS_TRACKED_MAX);
   /** Conversations whose members were last told by this connection that its user is typing. */
   private readonly typingShown = new Set<string>();
+  /** Typing requests of this connection, decided one at a time in the order they came. */
+  private typingOrder: Promise<unknown> = Promise.resolve();
   /** Typing indicators this connection relays (CONNECTION_TYPING_PER_SECOND); a refusal takes nothing. */
   private readonly typingTokens = new TokenBucket(
     CONNECTION_TYPING_PER_SECOND,
@@ -579,27 +586,38 @@ export class Connection {
       }
       case "typing": {
         const { conversationId, typing } = req.value;
-        const { record } = await c.conversations.memberAccess(user, conversationId);
         // Indicators past the limits are answered ok and dropped (docs/protocol.md §4). A stop goes
         // out only after a start that went out: it would otherwise bypass them, and nobody shows it.
-        const relayed = typing
-          ? this.mayShowTyping(conversationId, record.delivery === "pull")
-          : this.typingShown.delete(conversationId);
-        if (!relayed) return reply({ case: "ok", value: {} });
+        // Decided one at a time, in the order they came: a start and a stop whose membership reads
+        // end in the other order must not leave the start shown and drop the stop.
+        const decided = this.typingOrder.then(async () => {
+          const { record } = await c.conversations.memberAccess(user, conversationId);
+          return typing
+            ? this.mayShowTyping(conversationId, record.delivery === "pull")
+            : this.typingShown.delete(conversationId);
+        });
+        this.typingOrder = decided.then(settled, settled);
+        if (!(await decided)) return reply({ case: "ok", value: {} });
         // Membership was checked above, with the record. One deadline for every router tried, and
         // a router that gets the relay after it (it was paused, or the network held the call) drops
         // it: a typing indicator shown late could outlive the typing: false sent after it.
-        const userIds = await c.backends.membership.members(conversationId);
-        const expiresAt = Date.now() + TYPING_RELAY_TIMEOUT_MS;
-        await c.relays(conversationId).relay(
-          {
-            userIds,
-            excludeSessionId: this.sessionId,
-            frame: { kind: { case: "typing", value: { conversationId, userId: user, typing } } },
-            expiresAtMs: BigInt(expiresAt),
-          },
-          { deadline: expiresAt },
-        );
+        try {
+          const userIds = await c.backends.membership.members(conversationId);
+          const expiresAt = Date.now() + TYPING_RELAY_TIMEOUT_MS;
+          await c.relays(conversationId).relay(
+            {
+              userIds,
+              excludeSessionId: this.sessionId,
+              frame: { kind: { case: "typing", value: { conversationId, userId: user, typing } } },
+              expiresAtMs: BigInt(expiresAt),
+            },
+            { deadline: expiresAt },
+          );
+        } catch (err) {
+          // A stop that did not go out leaves the start shown: the client's retry must go out.
+          if (!typing) this.markTypingShown(conversationId);
+          throw err;
+        }
         return reply({ case: "ok", value: {} });
       }
       case "heartbeat":
@@ -863,14 +881,19 @@ export class Connection {
   }
 
   /**
-   * A listing at its turn: after this connection's earlier ones, and once one of the gateway's
-   * LISTINGS_IN_FLIGHT_MAX places is free. Refused at once past LISTINGS_UNANSWERED_MAX waiting.
+   * A listing at its turn: after this connection's earlier ones, once its user's budget has room
+   * (waited for outside the gateway's places, which it holds nobody else's listing from), and once
+   * one of the gateway's LISTINGS_IN_FLIGHT_MAX places is free. Refused at once past
+   * LISTINGS_UNANSWERED_MAX waiting.
    */
   private inListingOrder<T>(answer: () => Promise<T>): Promise<T> {
     if (this.listingsUnanswered >= LISTINGS_UNANSWERED_MAX)
       throw errors.exhausted("RATE_LIMITED", "too many listings unanswered; wait for their replies", 1_000);
     this.listingsUnanswered++;
-    const turn = this.listingOrder.then(() => this.ctx.listings.run(answer));
+    const turn = this.listingOrder.then(async () => {
+      await this.listingBudget();
+      return this.ctx.listings.run(answer);
+    });
     // Not the reply itself: a connection would keep its last listing (up to 5,000 members) alive.
     this.listingOrder = turn.then(settled, settled);
     return turn.finally(() => {
@@ -879,13 +902,27 @@ export class Connection {
   }
 
   /**
-   * A listing within its user's budget (USER_LISTED_PER_SECOND on this gateway): refused while the
-   * listings before it are unpaid, and counted by the entries it returned.
+   * Takes one entry of the user's listing budget (USER_LISTED_PER_SECOND on this gateway), waiting
+   * for it up to LISTING_BUDGET_WAIT_MAX_MS: a client that lists a lot is slowed down, not failed.
+   * Past that, RATE_LIMITED with the wait.
    */
+  private async listingBudget(): Promise<void> {
+    const deadline = Date.now() + LISTING_BUDGET_WAIT_MAX_MS;
+    for (;;) {
+      const waitMs = this.ctx.takeUserListing(this.userId);
+      if (waitMs === 0) return;
+      if (Date.now() + waitMs > deadline)
+        throw errors.exhausted(
+          "RATE_LIMITED",
+          "too many entries listed; ask again after retryAfterMs",
+          waitMs,
+        );
+      await new Promise((resolve) => setTimeout(resolve, waitMs));
+    }
+  }
+
+  /** A listing, counted against its user's budget by the entries it returned (one was taken before). */
   private async listing(answer: () => Promise<NonNullable<ServerFrameInit["kind"]>>) {
-    const waitMs = this.ctx.takeUserListing(this.userId);
-    if (waitMs > 0)
-      throw errors.exhausted("RATE_LIMITED", "too many entries listed; ask again after retryAfterMs", waitMs);
     const reply = await answer();
     this.ctx.chargeUserListing(this.userId, Math.max(0, listedEntries(reply) - 1));
     return reply;
@@ -1008,17 +1045,32 @@ export class Connection {
    * typists says what a hundred would.
    */
   private mayShowTyping(conversationId: string, pull: boolean): boolean {
-    const due = this.typingRepeats.take(conversationId);
-    if ((pull || this.typingShown.has(conversationId)) && !due) return false;
+    const repeat = pull || this.typingShown.has(conversationId);
+    if (repeat && !this.typingRepeats.due(conversationId)) return false;
+    // Each limit gives back what it took when a later one refuses: a refusal takes nothing.
     if (this.typingTokens.takeIfAny() > 0) return false;
-    if (!this.ctx.takeUserTyping(this.userId)) return false;
-    if (pull && !this.ctx.takePullTyping(conversationId)) return false;
+    const giveBack = this.ctx.takeUserTyping(this.userId);
+    if (!giveBack) {
+      this.typingTokens.refund(1);
+      return false;
+    }
+    if (pull && !this.ctx.takePullTyping(conversationId)) {
+      giveBack();
+      this.typingTokens.refund(1);
+      return false;
+    }
+    this.typingRepeats.mark(conversationId);
+    this.markTypingShown(conversationId);
+    return true;
+  }
+
+  private markTypingShown(conversationId: string): void {
     this.typingShown.delete(conversationId);
     this.typingShown.add(conversationId);
     if (this.typingShown.size > TYPING_CONVERSATIONS_TRACKED_MAX)
       this.typingShown.delete(this.typingShown.values().next().value as string);
-    return true;
   }
+
   private touchPresence(force: boolean): void {
     const now = Date.now();
     if (!force && now - this.lastHeartbeatMs < this.ctx.config.presence.heartbeatIntervalMs / 2) return;

@@ -6,20 +6,26 @@ import { decodeClientFrame, encodeServerFrame, peekRequest } from "./codec.js";
 import { Throttle, TokenBucket, UserBuckets } from "./rate-limit.js";
 
 describe("Throttle", () => {
-  it("lets one event per key through per interval, and forgets the oldest keys past its bound", () => {
+  it("is due once per key per interval from the event it records, and forgets the oldest keys past its bound", () => {
     let now = 0;
     const throttle = new Throttle(3_000, 2, () => now);
-    expect(throttle.take("a")).toBe(true);
-    expect(throttle.take("a")).toBe(false);
-    expect(throttle.take("b")).toBe(true);
+    expect(throttle.due("a")).toBe(true);
+    throttle.mark("a");
+    expect(throttle.due("a")).toBe(false);
+    // Asking records nothing: an event refused elsewhere does not restart the interval.
+    now = 1_000;
+    expect(throttle.due("b")).toBe(true);
+    throttle.mark("b");
     now = 2_999;
-    expect(throttle.take("a")).toBe(false);
+    expect(throttle.due("a")).toBe(false);
     now = 3_000;
-    expect(throttle.take("a")).toBe(true);
-    // A third key pushes out the least recently taken one (b), which then passes again.
-    expect(throttle.take("c")).toBe(true);
-    expect(throttle.take("b")).toBe(true);
-    expect(throttle.take("c")).toBe(false);
+    expect(throttle.due("a")).toBe(true);
+    expect(throttle.due("b")).toBe(false);
+    // A third key pushes out the least recently marked one (a), which is due again.
+    throttle.mark("c");
+    expect(throttle.due("a")).toBe(true);
+    expect(throttle.due("b")).toBe(false);
+    expect(throttle.due("c")).toBe(false);
   });
 });
 
@@ -90,7 +96,7 @@ describe("UserBuckets without debt", () => {
     const listed = new UserBuckets(10_000, 20_000, { debt: false, now: () => now });
     expect(listed.take("u")).toBe(0);
     listed.charge("u", 999);
-    expect(listed.take("u")).toBe(0); // 19,000 left
+    expect(listed.take("u")).toBe(0); // 18,999 left
     listed.charge("u", 50_000); // past the bucket: at most a burst of debt (-20,000)
     expect(listed.take("u")).toBe(2_001); // 20,001 tokens missing at 10,000 a second
     now += 2_000;

@@ -106,14 +106,14 @@ const PULL_TYPING_CONVERSATIONS_MAX = 10_000;
  * user's connections typing as fast as their frame rate allows made hundreds of thousands of
  * deliveries a second and delayed everyone's messages by seconds.
  */
-export const USER_TYPING_PER_SECOND = 20;
+const USER_TYPING_PER_SECOND = 20;
 /**
  * Entries (conversations, members, watermarks) a user's listings may return per second on one
  * gateway (burst twice that), each listing counted by what it returned: every entry costs storage
  * reads, and one user's connections listing 1,000 conversations as fast as their listings were
  * answered held every other user's messages for hundreds of milliseconds.
  */
-export const USER_LISTED_PER_SECOND = 10_000;
+const USER_LISTED_PER_SECOND = 10_000;
 
 export interface GatewayOptions extends GatewayServices {
   gatewayId: string;
@@ -253,7 +253,10 @@ export class Gateway {
       takeUserSend: (userId) => this.userSends.take(userId),
       takeGroupChange: (userId, members) => this.takeGroupChange(userId, members),
       takePullTyping: (conversationId) => this.takePullTyping(conversationId),
-      takeUserTyping: (userId) => this.userTyping.take(userId) === 0,
+      takeUserTyping: (userId) => {
+        const taken = this.userTyping.takeMany(userId, 1);
+        return taken.waitMs === 0 ? taken.refund : undefined;
+      },
       takeUserListing: (userId) => this.userListed.take(userId),
       chargeUserListing: (userId, entries) => this.userListed.charge(userId, entries),
       takePresenceSubscribe: (userId) => this.userPresenceSubscribes.take(userId),
@@ -426,7 +429,9 @@ export class Gateway {
     this.pullTyping.set(conversationId, bucket);
     if (this.pullTyping.size > PULL_TYPING_CONVERSATIONS_MAX)
       this.pullTyping.delete(this.pullTyping.keys().next().value as string);
-    return bucket.take() === 0;
+    // Refusals take nothing: with debt, a group's typists renewing every few seconds would keep it
+    // below zero, and nobody's indicator would go out.
+    return bucket.takeIfAny() === 0;
   }
 
   /** Publishes the session's "up" (session-registration.ts). */

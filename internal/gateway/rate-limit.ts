@@ -135,7 +135,10 @@ export class UserBuckets {
   }
 }
 
-/** At most one event per key per `intervalMs`; remembers the newest `keysMax` keys. */
+/**
+ * At most one event per key per `intervalMs`: `due` asks, `mark` records an event that happened (so
+ * an event another limit then refused does not count). Remembers the newest `keysMax` keys.
+ */
 export class Throttle {
   private readonly last = new Map<string, number>();
 
@@ -145,14 +148,16 @@ export class Throttle {
     private readonly now: () => number = Date.now,
   ) {}
 
-  /** True (and the key's time is taken) when the key's last event is at least `intervalMs` old. */
-  take(key: string): boolean {
-    const now = this.now();
+  /** Whether the key's last event is at least `intervalMs` old (or unknown). */
+  due(key: string): boolean {
     const last = this.last.get(key);
-    if (last !== undefined && now - last < this.intervalMs) return false;
+    return last === undefined || this.now() - last >= this.intervalMs;
+  }
+
+  /** Records an event of `key` now. */
+  mark(key: string): void {
     this.last.delete(key);
-    this.last.set(key, now);
+    this.last.set(key, this.now());
     if (this.last.size > this.keysMax) this.last.delete(this.last.keys().next().value as string);
-    return true;
   }
 }

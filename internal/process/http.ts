@@ -14,7 +14,7 @@ import {
   type Server,
   type ServerResponse,
 } from "node:http";
-import type { AddressInfo } from "node:net";
+import { type AddressInfo, isIP } from "node:net";
 import type { Duplex } from "node:stream";
 import type { Gateway } from "../gateway/index.js";
 import { isLoopbackHost, isValidUserId, signDevToken } from "../lib/auth.js";
@@ -243,9 +243,13 @@ export function connectAnswer(
 
 /** `host[:port]` of a Host header: a DNS name, an IPv4 address or a bracketed IPv6 one (RFC 9110 7.2). */
 export function isHostHeader(value: string): boolean {
-  return /^(?:[A-Za-z0-9](?:[A-Za-z0-9_-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9_-]*[A-Za-z0-9])?)*\.?|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$/.test(
-    value,
-  );
+  const m =
+    /^(?:([A-Za-z0-9](?:[A-Za-z0-9_-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9_-]*[A-Za-z0-9])?)*\.?)|\[([0-9A-Fa-f:.]+)\])(?::([0-9]{1,5}))?$/.exec(
+      value,
+    );
+  if (!m) return false;
+  if (m[2] !== undefined && isIP(m[2]) !== 6) return false;
+  return m[3] === undefined || Number(m[3]) <= 65_535;
 }
 
 /**
@@ -353,7 +357,7 @@ function handleHttp(
       }
       // The answer's URL is built from the Host header, so only a host and port go into it.
       const host = req.headers.host || undefined;
-      if (host !== undefined && !isHostHeader(host))
+      if (host !== undefined && o.config.http.publicUrl === "" && !isHostHeader(host))
         return json(400, { error: "bad Host header: a host name or IP address, and an optional port" });
       return json(200, connectAnswer(o.config, host, gateway, forwardedProto(req.headers)));
     }

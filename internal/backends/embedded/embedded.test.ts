@@ -155,6 +155,25 @@ describe("embedded log: batches read from the log", () => {
     // share its batch.
     expect(sizes).toEqual([4, 4, 3]);
   });
+
+  it("let a consumer that takes messages before their commit catch up while appends go on: each once, in order", async () => {
+    const backends = await openBackends();
+    const large = "x".repeat(400_000);
+    for (let i = 0; i < 6; i++) await backends.log.append({ ...draft("c2"), body: large });
+    const router = inboxWriter(backends);
+    const consumer = await backends.log.consume("router", router.handler, { beforeCommit: true });
+    // Appends while it reads the backlog three large messages at a time: some are handed over
+    // before their commit, the rest read from the log after the backlog.
+    await Promise.all(
+      Array.from({ length: 24 }, (_, i) =>
+        backends.log.append({ ...draft("c2"), body: i % 3 === 0 ? large : "small" }),
+      ),
+    );
+    await until(() => router.delivered.length >= 30);
+    await new Promise((r) => setTimeout(r, 50));
+    await consumer.close();
+    expect(router.delivered.map((m) => m.seq)).toEqual(Array.from({ length: 30 }, (_, i) => i + 1));
+  });
 });
 
 describe("embedded log: a membership change waits for the router (ADR 0012)", () => {

@@ -23,9 +23,9 @@ import type { TurnCommits } from "./turn-commits.js";
 
 const CONSUME_BATCH_MAX = 512;
 /**
- * Body characters a batch read from the log holds at most (past the first message): a read decodes
- * every message synchronously, and 512 of the largest bodies (about 200 MB) held the process for
- * seconds when a server-API stream caught up.
+ * Body characters (UTF-16 code units) after which a batch read from the log ends, with the message
+ * that crossed it: a read decodes every message synchronously, and 512 of the largest bodies (about
+ * 200 MB) held the process for seconds when a server-API stream caught up.
  */
 const CONSUME_BATCH_CHARS_MAX = 1024 * 1024;
 /**
