@@ -93,11 +93,7 @@ export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatS
     return id;
   };
   /** As conversationOf, for the methods that change groups only: any other id is NOT_A_GROUP. */
-  const groupOf = async (a: Access, id: string): Promise<string> => {
-    requireGroupId(id);
-    await a.conversation(id);
-    return id;
-  };
+  const groupOf = (a: Access, id: string): Promise<string> => conversationOf(a, requireGroupId(id));
   const usersOf = (ids: string[]): string[] => {
     if (ids.length === 0 || ids.length > USERS_PER_CALL_MAX)
       throw errors.invalid("INVALID_USER_IDS", `user_ids must hold 1-${USERS_PER_CALL_MAX} user ids`);

@@ -677,7 +677,7 @@ export class Connection {
         // Groups, receipts, devices, notification settings: answered from the request alone.
         const caller = { userId: user, sessionId: this.sessionId };
         if (LISTINGS.has(req.case))
-          return reply(await this.inListingOrder(() => this.listing(() => answerRequest(c, caller, req)!)));
+          return reply(await this.inListingOrder(() => answerRequest(c, caller, req)!));
         const answer = answerRequest(c, caller, req);
         if (!answer) throw errors.invalid("UNKNOWN_FRAME", "unknown request");
         return reply(await answer);
@@ -883,16 +883,21 @@ export class Connection {
   /**
    * A listing at its turn: after this connection's earlier ones, once its user's budget has room
    * (waited for outside the gateway's places, which it holds nobody else's listing from), and once
-   * one of the gateway's LISTINGS_IN_FLIGHT_MAX places is free. Refused at once past
-   * LISTINGS_UNANSWERED_MAX waiting.
+   * one of the gateway's LISTINGS_IN_FLIGHT_MAX places is free; then counted against that budget by
+   * the entries it returned (one was taken before). Refused at once past LISTINGS_UNANSWERED_MAX
+   * waiting.
    */
-  private inListingOrder<T>(answer: () => Promise<T>): Promise<T> {
+  private inListingOrder(
+    answer: () => Promise<NonNullable<ServerFrameInit["kind"]>>,
+  ): Promise<NonNullable<ServerFrameInit["kind"]>> {
     if (this.listingsUnanswered >= LISTINGS_UNANSWERED_MAX)
       throw errors.exhausted("RATE_LIMITED", "too many listings unanswered; wait for their replies", 1_000);
     this.listingsUnanswered++;
     const turn = this.listingOrder.then(async () => {
       await this.listingBudget();
-      return this.ctx.listings.run(answer);
+      const reply = await this.ctx.listings.run(answer);
+      this.ctx.chargeUserListing(this.userId, Math.max(0, listedEntries(reply) - 1));
+      return reply;
     });
     // Not the reply itself: a connection would keep its last listing (up to 5,000 members) alive.
     this.listingOrder = turn.then(settled, settled);
@@ -919,13 +924,6 @@ export class Connection {
         );
       await new Promise((resolve) => setTimeout(resolve, waitMs));
     }
-  }
-
-  /** A listing, counted against its user's budget by the entries it returned (one was taken before). */
-  private async listing(answer: () => Promise<NonNullable<ServerFrameInit["kind"]>>) {
-    const reply = await answer();
-    this.ctx.chargeUserListing(this.userId, Math.max(0, listedEntries(reply) - 1));
-    return reply;
   }
 
   /** A subscribePresence at its turn: checks and subscribes the users not watched yet. */
