@@ -55,6 +55,8 @@ function connection(setup: Setup = {}) {
     takeUserTyping: () => () => {},
     takeUserListing: () => 0,
     chargeUserListing: () => {},
+    takeUserRead: () => 0,
+    chargeUserRead: () => {},
     watcherId: "gateway-1/1/test",
     verify: setup.verify ?? (async () => ({ userId: "alice", expiresAtMs: Number.POSITIVE_INFINITY })),
     hasRoomFor: () => true,
@@ -975,6 +977,67 @@ describe("Connection listings", () => {
     });
     expect(listed).toBe(2);
     expect(charged).toEqual([2, 1, 3, 2]);
+  });
+
+  it("counts a sync or history page by its bodies' bytes, waits up to 2 s for its user's budget, and refuses a longer wait", async () => {
+    const inbox = slowInbox();
+    for (let cursor = 1; cursor <= 3; cursor++) inbox.add(cursor); // bodies "hello 1".."hello 3": 7 bytes
+    const waits: number[] = [];
+    const charged: number[] = [];
+    let historyReads = 0;
+    const { socket } = connection({
+      ...inbox.setup,
+      messages: {
+        ...inbox.setup.messages,
+        history: async () => {
+          historyReads++;
+          const message: StoredMessage = {
+            conversationId: "dm:alice~bob",
+            seq: 1,
+            messageId: "1001",
+            sender: "bob",
+            clientMsgId: "c1",
+            body: "\u00e9t\u00e9",
+            createdAtMs: 1,
+          };
+          return { messages: [message], hasMore: false };
+        },
+      },
+      membership: { isMember: async () => true },
+      ctx: {
+        takeUserRead: () => waits.shift() ?? 0,
+        chargeUserRead: (_user: string, bytes: number) => charged.push(bytes),
+      },
+    });
+    await authed(socket);
+    const answered = async (id: number, frame: Record<string, unknown>) => {
+      socket.frame({ id, ...frame });
+      await until(() => socket.sent.some((f) => f.replyTo === id));
+      return socket.sent.find((f) => f.replyTo === id)!;
+    };
+    expect((await answered(2, { sync: { cursor: "0", limit: 2 } })).kind.case).toBe("sync");
+    expect((await answered(3, { history: { conversationId: "dm:alice~bob" } })).kind.case).toBe("history");
+    // Two bodies of 7 bytes, then one of 5 ("été" in UTF-8): each less the one byte taken before.
+    expect(charged).toEqual([13, 4]);
+    // Over the budget for 300 ms: the page waits, then is answered.
+    waits.push(300, 0);
+    const started = Date.now();
+    expect((await answered(4, { sync: { cursor: "2" } })).kind.case).toBe("sync");
+    expect(Date.now() - started).toBeGreaterThanOrEqual(290);
+    expect(charged).toEqual([13, 4, 6]);
+    // Over it for longer than 2 s: refused at once with the wait, and nothing is read or charged.
+    waits.push(5_000);
+    expect((await answered(5, { history: { conversationId: "dm:alice~bob" } })).kind.value).toMatchObject({
+      reason: "RATE_LIMITED",
+      code: Code.RESOURCE_EXHAUSTED,
+      retryAfterMs: 5_000,
+    });
+    waits.push(5_000);
+    expect((await answered(6, { sync: { cursor: "3" } })).kind.value).toMatchObject({
+      reason: "RATE_LIMITED",
+    });
+    expect(historyReads).toBe(1);
+    expect(charged).toEqual([13, 4, 6]);
   });
 
   it("answers at most the gateway's bound of listings at once, whichever connections ask", async () => {

@@ -21,7 +21,12 @@ import type {
 } from "../../gen/switchboard/client/v1/client_pb.js";
 import type { Message, PresenceStatus } from "../../gen/switchboard/common/v1/common_pb.js";
 import { Code } from "../../gen/switchboard/common/v1/common_pb.js";
-import { getManyWithinBytes, historyWithinBytes, type PageBytes } from "../backends/message-pages.js";
+import {
+  bodyBytes,
+  getManyWithinBytes,
+  historyWithinBytes,
+  type PageBytes,
+} from "../backends/message-pages.js";
 import type { AppendResult } from "../backends/types.js";
 import {
   directConversationId,
@@ -78,8 +83,11 @@ const LISTINGS = new Set<string | undefined>(["listConversations", "listMembers"
  * turn (they run one at a time, in order); past it one is refused RATE_LIMITED.
  */
 const LISTINGS_UNANSWERED_MAX = 10;
-/** How long a listing waits for its user's listing budget before it is refused RATE_LIMITED. */
-const LISTING_BUDGET_WAIT_MAX_MS = 2_000;
+/**
+ * How long a listing, sync or history page waits for its user's budget (listings: entries; pages:
+ * body bytes) before it is refused RATE_LIMITED.
+ */
+const BUDGET_WAIT_MAX_MS = 2_000;
 /**
  * A connection's `typing: true` in one conversation goes out again while it is shown (a client's
  * renewal) at most this often, and in a pull conversation at most this often whatever came between.
@@ -126,6 +134,10 @@ export interface GatewayContext extends GatewayServices, EventRelays {
   takeUserListing(userId: string): number;
   /** What a listing of `userId` returned beyond the one entry takeUserListing took. */
   chargeUserListing(userId: string, entries: number): void;
+  /** A sync or history page of `userId` may be read: 0, or ms until its pages have been paid for. */
+  takeUserRead(userId: string): number;
+  /** The body bytes a page of `userId` returned beyond the one takeUserRead took. */
+  chargeUserRead(userId: string, bytes: number): void;
   /** Per-user limit on presence subscribes across the user's connections; 0 or ms to wait. */
   takePresenceSubscribe(userId: string): number;
   /** Listings being answered in this gateway process (LISTINGS_IN_FLIGHT_MAX at once). */
@@ -710,6 +722,13 @@ export class Connection {
     }
   }
 
+  /** Charges a sync or history page to its user's read budget: its bodies' bytes (one was taken). */
+  private chargeRead(messages: ReadonlyArray<{ body: string }>): void {
+    let bytes = 0;
+    for (const m of messages) bytes += bodyBytes(m.body);
+    this.ctx.chargeUserRead(this.userId, Math.max(0, bytes - 1));
+  }
+
   /** A sync or history page's byte bounds (message-pages.ts). */
   private pageBytes(): PageBytes {
     return {
@@ -759,6 +778,7 @@ export class Connection {
   ): Promise<void> {
     // Syncs queue behind one another; one whose connection closed meanwhile reads nothing.
     if (this.closed) return;
+    await this.budget((u) => this.ctx.takeUserRead(u), "message bytes read");
     const head = await this.ctx.backends.inbox.head(this.userId);
     if (cursor < 0 || cursor > head) throw errors.invalid("INVALID_CURSOR", `cursor must be in [0, ${head}]`);
     this.live = false;
@@ -768,6 +788,7 @@ export class Connection {
       return;
     }
     const { events, more } = page;
+    this.chargeRead(events.map((e) => e.message));
     const last = events.length > 0 ? Number(events[events.length - 1]!.cursor) : cursor;
     // Not last while an event dropped during the sync lies beyond this page (see file comment).
     const hasMore = more || this.droppedCursorMax > last;
@@ -894,7 +915,7 @@ export class Connection {
       throw errors.exhausted("RATE_LIMITED", "too many listings unanswered; wait for their replies", 1_000);
     this.listingsUnanswered++;
     const turn = this.listingOrder.then(async () => {
-      await this.listingBudget();
+      await this.budget((u) => this.ctx.takeUserListing(u), "entries listed");
       const reply = await this.ctx.listings.run(answer);
       this.ctx.chargeUserListing(this.userId, Math.max(0, listedEntries(reply) - 1));
       return reply;
@@ -907,21 +928,17 @@ export class Connection {
   }
 
   /**
-   * Takes one entry of the user's listing budget (USER_LISTED_PER_SECOND on this gateway), waiting
-   * for it up to LISTING_BUDGET_WAIT_MAX_MS: a client that lists a lot is slowed down, not failed.
+   * Takes one unit of a budget of the user's on this gateway (`take`: listing entries or page bytes),
+   * waiting for it up to BUDGET_WAIT_MAX_MS: a client that reads a lot is slowed down, not failed.
    * Past that, RATE_LIMITED with the wait.
    */
-  private async listingBudget(): Promise<void> {
-    const deadline = Date.now() + LISTING_BUDGET_WAIT_MAX_MS;
+  private async budget(take: (userId: string) => number, what: string): Promise<void> {
+    const deadline = Date.now() + BUDGET_WAIT_MAX_MS;
     for (;;) {
-      const waitMs = this.ctx.takeUserListing(this.userId);
+      const waitMs = take(this.userId);
       if (waitMs === 0) return;
       if (Date.now() + waitMs > deadline)
-        throw errors.exhausted(
-          "RATE_LIMITED",
-          "too many entries listed; ask again after retryAfterMs",
-          waitMs,
-        );
+        throw errors.exhausted("RATE_LIMITED", `too many ${what}; ask again after retryAfterMs`, waitMs);
       await new Promise((resolve) => setTimeout(resolve, waitMs));
     }
   }
@@ -1086,6 +1103,7 @@ export class Connection {
     const c = this.ctx;
     const { conversationId, beforeSeq, afterSeq, limit } = value;
     await this.requireMember(conversationId);
+    await this.budget((u) => c.takeUserRead(u), "message bytes read");
     // Bounded in bytes too: the end nearest the cursor the client paged from.
     const page = await historyWithinBytes(
       c.backends.messages,
@@ -1093,6 +1111,7 @@ export class Connection {
       { beforeSeq: Number(beforeSeq), afterSeq: Number(afterSeq), limit: pageLimit(this.ctx.config, limit) },
       this.pageBytes(),
     );
+    this.chargeRead(page.messages);
     reply({
       case: "history",
       value: { conversationId, messages: page.messages.map(toWireMessage), hasMore: page.hasMore },

@@ -114,6 +114,13 @@ const USER_TYPING_PER_SECOND = 20;
  * answered held every other user's messages for hundreds of milliseconds.
  */
 const USER_LISTED_PER_SECOND = 10_000;
+/**
+ * Message-body bytes a user's sync and history pages may return per second on one gateway (burst twice
+ * that), each page counted by its bodies' UTF-8 bytes: five connections of one user asking for pages of
+ * 1,000 long messages as fast as they were answered (100 MB a second) delayed every other user's
+ * messages by 65 ms at the median and 200 ms at worst.
+ */
+const USER_READ_BYTES_PER_SECOND = 8 * 1024 * 1024;
 
 export interface GatewayOptions extends GatewayServices {
   gatewayId: string;
@@ -148,6 +155,10 @@ export class Gateway {
   private readonly pullTyping = new Map<string, TokenBucket>();
   /** Entries listed per user (USER_LISTED_PER_SECOND), charged once each listing is answered. */
   private readonly userListed = new UserBuckets(USER_LISTED_PER_SECOND, USER_LISTED_PER_SECOND * 2, {
+    debt: false,
+  });
+  /** Message-body bytes read per user (USER_READ_BYTES_PER_SECOND), charged once each page is answered. */
+  private readonly userRead = new UserBuckets(USER_READ_BYTES_PER_SECOND, USER_READ_BYTES_PER_SECOND * 2, {
     debt: false,
   });
   /** Typing indicators relayed per user (USER_TYPING_PER_SECOND); a refusal takes nothing. */
@@ -259,6 +270,8 @@ export class Gateway {
       },
       takeUserListing: (userId) => this.userListed.take(userId),
       chargeUserListing: (userId, entries) => this.userListed.charge(userId, entries),
+      takeUserRead: (userId) => this.userRead.take(userId),
+      chargeUserRead: (userId, bytes) => this.userRead.charge(userId, bytes),
       takePresenceSubscribe: (userId) => this.userPresenceSubscribes.take(userId),
       listings: new Limiter(LISTINGS_IN_FLIGHT_MAX),
       firstStranger: (user, others, signal) => this.contacts.firstStranger(user, others, signal),
@@ -401,6 +414,7 @@ export class Gateway {
     this.userPresenceSubscribes.forgetRefilled(gone);
     this.userTyping.forgetRefilled(gone);
     this.userListed.forgetRefilled(gone);
+    this.userRead.forgetRefilled(gone);
     for (const ws of this.wss.clients) {
       if (!this.alive.has(ws)) {
         // No pong since the last ping: dropped without a close frame (the client sees 1006).
@@ -467,6 +481,7 @@ export class Gateway {
       this.userPresenceSubscribes.forgetIfRefilled(conn.userId);
       this.userTyping.forgetIfRefilled(conn.userId);
       this.userListed.forgetIfRefilled(conn.userId);
+      this.userRead.forgetIfRefilled(conn.userId);
     }
     if (!this.bySession.delete(conn.sessionId)) return;
     this.options.metrics.connections.set(this.bySession.size);
