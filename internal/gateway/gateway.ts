@@ -88,6 +88,13 @@ const GROUP_CHANGES_BURST = 20;
  * user's five largest creates a second (the count limit alone) kept every other client waiting.
  */
 const GROUP_MEMBER_CHANGES_PER_SECOND = 10_000;
+/**
+ * Members the group changes of every user together may add or remove per second on one gateway (at
+ * once, groups.membersMax): the per-user allowance does not bound users acting together, and three
+ * of them creating 100,000-member groups as often as each was allowed held every other client's
+ * messages for up to 1.2 s.
+ */
+const GATEWAY_MEMBER_CHANGES_PER_SECOND = 20_000;
 
 /**
  * Listings (listConversations, listMembers, listReceipts) being answered at once in a gateway process;
@@ -145,6 +152,8 @@ export class Gateway {
   });
   /** Members added or removed per user (GROUP_MEMBER_CHANGES_PER_SECOND); set up with the config. */
   private readonly userGroupMembers: UserBuckets;
+  /** Members added or removed by everyone (GATEWAY_MEMBER_CHANGES_PER_SECOND); set up with the config. */
+  private readonly groupMembers: TokenBucket;
   /** Presence subscribes, per user (each may read hundreds of memberships); refusals take nothing. */
   private readonly userPresenceSubscribes = new UserBuckets(
     PRESENCE_SUBSCRIBES_PER_SECOND,
@@ -204,13 +213,9 @@ export class Gateway {
     this.id = options.gatewayId;
     const g = options.config.gateway;
     this.userSends = new UserBuckets(g.userSendsPerSecond, g.userSendsPerSecond * 2);
-    this.userGroupMembers = new UserBuckets(
-      GROUP_MEMBER_CHANGES_PER_SECOND,
-      options.config.groups.membersMax,
-      {
-        debt: false,
-      },
-    );
+    const { membersMax } = options.config.groups;
+    this.userGroupMembers = new UserBuckets(GROUP_MEMBER_CHANGES_PER_SECOND, membersMax, { debt: false });
+    this.groupMembers = new TokenBucket(GATEWAY_MEMBER_CHANGES_PER_SECOND, membersMax);
     this.epoch = options.gatewayEpoch;
     const { config } = options;
     this.endSessionRetries = new RetryLater({
@@ -431,8 +436,18 @@ export class Gateway {
   private takeGroupChange(userId: string, members: number): number {
     const byMembers = this.userGroupMembers.takeMany(userId, members);
     if (byMembers.waitMs > 0) return byMembers.waitMs;
+    // A list longer than a group may be costs what the largest group does (as per user).
+    const cost = Math.min(members, this.options.config.groups.membersMax);
+    const byEveryone = this.groupMembers.takeIfAny(cost);
+    if (byEveryone > 0) {
+      byMembers.refund();
+      return byEveryone;
+    }
     const byCount = this.userGroupChanges.take(userId);
-    if (byCount > 0) byMembers.refund();
+    if (byCount > 0) {
+      byMembers.refund();
+      this.groupMembers.refund(cost);
+    }
     return byCount;
   }
 

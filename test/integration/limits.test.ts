@@ -487,6 +487,31 @@ describe("message and frame limits", () => {
     c.close();
   });
 
+  it("weighs every user's group changes together too: 20,000 members a second on one gateway", async () => {
+    const [p, q] = [await connect(user("organiser-p")), await connect(user("organiser-q"))];
+    // Ids that are no user's (short, so that 100,000 of them fit in a frame): refused by their own
+    // check, after the limits charged them.
+    const ids = (n: number, tag: string) => Array.from({ length: n }, (_, i) => `${tag} ${i}`);
+    const bulk = (c: RawClient, n: number, tag: string) =>
+      c.request({ case: "removeMembers", value: { conversationId: "g:1", members: ids(n, tag) } });
+    // p takes the largest change there is, once the gateway has room for it (earlier tests used some).
+    for (let attempt = 0; ; attempt++) {
+      const reply = expectCase(await bulk(p, 100_000, "p"), "error");
+      if (reply.reason !== "RATE_LIMITED") break;
+      expect(attempt).toBeLessThan(3);
+      await new Promise((r) => setTimeout(r, reply.retryAfterMs + 20));
+    }
+    // q's own allowance is untouched, but the gateway's is spent: 60,000 must wait for it, at 20,000 a second.
+    const refused = expectCase(await bulk(q, 60_000, "q"), "error");
+    expect(refused.reason).toBe("RATE_LIMITED");
+    expect(refused.retryAfterMs).toBeGreaterThan(2_000);
+    expect(refused.retryAfterMs).toBeLessThanOrEqual(3_000);
+    await new Promise((r) => setTimeout(r, refused.retryAfterMs + 20));
+    expect(expectCase(await bulk(q, 60_000, "r"), "error").reason).not.toBe("RATE_LIMITED");
+    p.close();
+    q.close();
+  });
+
   it("counts membership changes with them: a user flipping join and leave in an open group is refused past 20", async () => {
     const owner = await connect(user("host"));
     const group = expectCase(
