@@ -5,6 +5,7 @@
  * CreateGroup also derives the group's id from the key, so that a retry reaching another process, or
  * this one after a restart, finds the group in the store (there, a reused key is not recognised).
  */
+import { dropOldest } from "../lib/drop-oldest.js";
 import { errors } from "../lib/errors.js";
 
 /** How long a key is remembered. */
@@ -74,7 +75,7 @@ export class RecentRequests<T> {
     }
     const entry: Entry<T> = { atMs: this.now(), fingerprint, result: create() };
     this.entries.set(id, entry);
-    while (this.entries.size > this.max) this.entries.delete(this.entries.keys().next().value as string);
+    while (this.entries.size > this.max) dropOldest(this.entries);
     try {
       const value = await entry.result;
       if (!made(value) && this.entries.get(id) === entry) this.entries.delete(id);

@@ -3,6 +3,8 @@
  * empty, and counts the refusal as debt (`flooded` tells a client slightly over the limit, answered
  * RATE_LIMITED, from a flood, whose connection closes); `takeIfAny` refuses without debt.
  */
+import { dropOldest } from "../lib/drop-oldest.js";
+
 export class TokenBucket {
   private tokens: number;
   private updatedMs: number;
@@ -158,6 +160,6 @@ export class Throttle {
   mark(key: string): void {
     this.last.delete(key);
     this.last.set(key, this.now());
-    if (this.last.size > this.keysMax) this.last.delete(this.last.keys().next().value as string);
+    if (this.last.size > this.keysMax) dropOldest(this.last);
   }
 }

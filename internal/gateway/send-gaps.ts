@@ -23,6 +23,7 @@
  * `SEQUENCE_TIMEOUT` comes after the message reached the log in its place (its resend is answered
  * with the original ack).
  */
+import { dropOldest } from "../lib/drop-oldest.js";
 import { Code, errors, forClients, SwitchboardError } from "../lib/errors.js";
 
 interface Refused {
@@ -123,7 +124,7 @@ export class SendGaps {
     const key = placeKey(conversation, clientMsgId);
     order = this.places.get(key) ?? order;
     if (!this.places.has(key)) {
-      if (this.places.size >= PLACES_MAX) this.places.delete(this.places.keys().next().value!);
+      if (this.places.size >= PLACES_MAX) dropOldest(this.places);
       this.places.set(key, order);
     }
     let gap = this.gaps.get(conversation);
@@ -132,7 +133,7 @@ export class SendGaps {
       gap = undefined;
     }
     if (!gap) {
-      if (this.gaps.size >= this.max) this.gaps.delete(this.gaps.keys().next().value!);
+      if (this.gaps.size >= this.max) dropOldest(this.gaps);
       this.gaps.set(conversation, { refused: [{ clientMsgId, order }], sinceMs: now });
       return;
     }

@@ -11,6 +11,7 @@
  * certificate and CA version (a busy connection costs one signature check, not one per call).
  */
 import { createHash, X509Certificate } from "node:crypto";
+import { dropOldest } from "../lib/drop-oldest.js";
 import { errors, type SwitchboardError } from "../lib/errors.js";
 import { isPrincipal, type Principal } from "./policy.js";
 
@@ -42,7 +43,7 @@ export class CertificateAuthenticator {
     if (!entry || entry.trusted !== trusted) {
       const leaf = new X509Certificate(der);
       entry = { trusted, verdict: verdictOf(leaf, trusted.cas), validToMs: Date.parse(leaf.validTo) };
-      if (this.cache.size >= CACHE_MAX) this.cache.delete(this.cache.keys().next().value as string);
+      if (this.cache.size >= CACHE_MAX) dropOldest(this.cache);
       this.cache.set(key, entry);
     }
     if (this.now() > entry.validToMs)

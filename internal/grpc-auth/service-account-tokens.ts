@@ -7,6 +7,7 @@
  * caller costs one review a minute, not one per call.
  */
 import { createHash } from "node:crypto";
+import { dropOldest } from "../lib/drop-oldest.js";
 import { errors } from "../lib/errors.js";
 import type { Principal } from "./policy.js";
 
@@ -118,13 +119,12 @@ export class ServiceAccountTokens {
     const now = this.now();
     if (principal === undefined) {
       this.accepted.delete(key);
-      if (this.refused.size >= this.refusedMax)
-        this.refused.delete(this.refused.keys().next().value as string);
+      if (this.refused.size >= this.refusedMax) dropOldest(this.refused);
       this.refused.set(key, now + this.refusedTtlMs);
       return undefined;
     }
     this.accepted.delete(key);
-    if (this.accepted.size >= this.max) this.accepted.delete(this.accepted.keys().next().value as string);
+    if (this.accepted.size >= this.max) dropOldest(this.accepted);
     this.accepted.set(key, { principal, untilMs: Math.min(now + this.ttlMs, expiryMs(token) ?? Infinity) });
     return principal;
   }

@@ -3,6 +3,7 @@
  * consumers (positions stored lazily, messages handed over before their commit).
  */
 import type { Database } from "lmdb";
+import { dropOldest } from "../../lib/drop-oldest.js";
 import { assert, type SwitchboardError } from "../../lib/errors.js";
 import { activeCarrier, type TraceCarrier, tracing } from "../../lib/tracing.js";
 import type {
@@ -236,7 +237,7 @@ export class EmbeddedLog implements MessageLog {
     const carrier = activeCarrier();
     if (!carrier) return;
     this.traces.set(messageId, carrier);
-    if (this.traces.size > TRACES_KEPT_MAX) this.traces.delete(this.traces.keys().next().value as string);
+    if (this.traces.size > TRACES_KEPT_MAX) dropOldest(this.traces);
   }
 
   async consume(group: string, handler: BatchHandler, options: ConsumeOptions = {}): Promise<Closeable> {

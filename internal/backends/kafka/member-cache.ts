@@ -14,6 +14,7 @@
  *
  * A pull conversation (ADR 0010) is cached as "pull": its messages name no recipients.
  */
+import { dropOldest } from "../../lib/drop-oldest.js";
 import type { SeqAudience } from "./seq-audience.js";
 
 export interface MemberCacheOptions {
@@ -50,10 +51,7 @@ export class MemberCache {
   set(conversationId: string, members: Audience, loadedAtMs: number): void {
     this.entries.delete(conversationId);
     this.entries.set(conversationId, { members, loadedAtMs });
-    while (this.entries.size > this.o.entriesMax) {
-      const oldest = this.entries.keys().next().value as string;
-      this.entries.delete(oldest);
-    }
+    while (this.entries.size > this.o.entriesMax) dropOldest(this.entries);
   }
 
   forget(conversationId: string): void {

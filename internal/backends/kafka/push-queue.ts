@@ -26,6 +26,7 @@
  * process owns its partition). A new job's put is not retried here: its caller (the router) retries.
  */
 import type { Admin, Consumer, EachBatchPayload, Kafka } from "kafkajs";
+import { dropOldest } from "../../lib/drop-oldest.js";
 import { invariantViolated } from "../../lib/errors.js";
 import type { Logger } from "../../lib/log.js";
 import { shardOf } from "../../lib/shard.js";
@@ -300,7 +301,7 @@ export class KafkaPushQueue implements PushJobQueue {
   private remember(key: string): void {
     this.ended.delete(key); // re-inserted as the newest
     this.ended.add(key);
-    if (this.ended.size > ENDED_REMEMBERED_MAX) this.ended.delete(this.ended.values().next().value as string);
+    if (this.ended.size > ENDED_REMEMBERED_MAX) dropOldest(this.ended);
   }
 
   async close(): Promise<void> {
