@@ -68,11 +68,27 @@ const IN_MAX = 100;
 /** A change the sequencer has not met yet (its seq column). */
 const UNBOUND = -1;
 
+type Statement = { query: string; params: unknown[] };
+
+/** One attempt of a conditional change (CassandraMembershipStore.conditionalChange). */
+interface ChangeAttempt {
+  /**
+   * Writes the attempt's conditional batch; once it applied, runs `then`, whose result is the change's.
+   * Undefined when the batch lost to another change or its outcome is unknown.
+   */
+  write(
+    statements: Statement[],
+    then: () => ConversationRecord | Promise<ConversationRecord>,
+  ): Promise<ConversationRecord | undefined>;
+  /** Whether an earlier attempt's outcome was unknown: it may have applied after all. */
+  earlierUnknown: boolean;
+}
+
 export class CassandraMembershipStore implements MembershipStore, MembershipSeqStore {
   private readonly q: ReturnType<typeof statements>;
   private readonly mutex = new KeyedMutex();
   private readonly limiter = new Limiter(32);
-  /** Conditional batches of addMembers/removeMember that lost a race or timed out (then retried). */
+  /** Conditional batches of changes (conditionalChange) that lost a race or timed out (then retried). */
   readonly stats = { casConflicts: 0, casUnknown: 0 };
 
   constructor(private readonly s: Session) {
@@ -148,34 +164,20 @@ export class CassandraMembershipStore implements MembershipStore, MembershipSeqS
    * values again is harmless, so a timed-out attempt is retried.
    */
   updateGroup(id: string, change: GroupChange): Promise<ConversationRecord> {
-    return this.mutex.run(id, async () => {
-      let lastError: unknown;
-      for (let attempt = 1; attempt <= CAS_ATTEMPTS_MAX; attempt++) {
-        const record = await this.readConversation(id);
-        if (record?.kind !== "group") throw errors.notFound("GROUP_NOT_FOUND", `group ${id} does not exist`);
-        const updated = { ...record, ...change, version: record.version + 1 };
-        try {
-          const result = await this.s.batch(
-            "members_by_conversation: update group (conditional batch)",
-            [
-              {
-                query: this.q.updateGroup,
-                params: [updated.name, updated.open, updated.postPolicy, updated.addPolicy, id],
-              },
-              this.nextVersion(record),
-            ],
-            { idempotent: false, logged: true },
-          );
-          if (result.wasApplied()) return updated;
-          this.stats.casConflicts++;
-        } catch (err) {
-          if (!isUnavailable(err)) throw err;
-          this.stats.casUnknown++;
-          lastError = err;
-        }
-        await backoff(attempt);
-      }
-      throw contended("members_by_conversation: update group", CAS_ATTEMPTS_MAX, lastError);
+    return this.conditionalChange(id, "members_by_conversation: update group", async ({ write }) => {
+      const record = await this.readConversation(id);
+      if (record?.kind !== "group") throw errors.notFound("GROUP_NOT_FOUND", `group ${id} does not exist`);
+      const updated = { ...record, ...change, version: record.version + 1 };
+      return write(
+        [
+          {
+            query: this.q.updateGroup,
+            params: [updated.name, updated.open, updated.postPolicy, updated.addPolicy, id],
+          },
+          this.nextVersion(record),
+        ],
+        () => updated,
+      );
     });
   }
 
@@ -185,61 +187,48 @@ export class CassandraMembershipStore implements MembershipStore, MembershipSeqS
     membersMax: number,
     pullAbove = Number.POSITIVE_INFINITY,
   ): Promise<ConversationRecord> {
-    return this.mutex.run(id, async () => {
-      const unique = [...new Set(users)];
-      let lastError: unknown;
-      for (let attempt = 1; attempt <= CAS_ATTEMPTS_MAX; attempt++) {
-        const record = await this.readConversation(id);
-        if (!record) throw errors.notFound("CONVERSATION_NOT_FOUND", `conversation ${id} does not exist`);
-        const present = await this.presentAmong(id, unique);
-        const fresh = unique.filter((u) => !present.has(u));
-        if (record.memberCount + fresh.length > membersMax) {
-          throw errors.exhausted(
-            "GROUP_FULL",
-            `group ${id} would have ${record.memberCount + fresh.length} members; the limit is ${membersMax}`,
-          );
-        }
-        if (fresh.length === 0) {
-          await this.index(id, record.createdAtMs, unique);
-          return record;
-        }
-        const now = new Date();
-        const memberCount = record.memberCount + fresh.length;
-        const switches = record.delivery === "push" && memberCount > pullAbove;
-        try {
-          const result = await this.s.batch(
-            "members_by_conversation: add members (conditional batch)",
-            [
-              { query: this.q.casCount, params: [memberCount, id, record.memberCount] },
-              ...fresh.map((user) => ({ query: this.q.insertMember, params: [id, user, now] })),
-              ...(switches ? [{ query: this.q.setDelivery, params: ["pull", id] }] : []),
-              this.nextVersion(record),
-            ],
-            { idempotent: false, logged: true },
-          );
-          if (result.wasApplied()) {
-            await this.index(id, record.createdAtMs, unique);
-            const delivery = switches ? "pull" : record.delivery;
-            return { ...record, memberCount, delivery, version: record.version + 1 };
-          }
-          this.stats.casConflicts++;
-        } catch (err) {
-          // Outcome unknown: the next attempt's fresh read shows whether the users are members now.
-          if (!isUnavailable(err)) throw err;
-          this.stats.casUnknown++;
-          lastError = err;
-        }
-        await backoff(attempt);
+    const unique = [...new Set(users)];
+    return this.conditionalChange(id, "members_by_conversation: add members", async ({ write }) => {
+      const record = await this.readConversation(id);
+      if (!record) throw errors.notFound("CONVERSATION_NOT_FOUND", `conversation ${id} does not exist`);
+      const present = await this.presentAmong(id, unique);
+      const fresh = unique.filter((u) => !present.has(u));
+      if (record.memberCount + fresh.length > membersMax) {
+        throw errors.exhausted(
+          "GROUP_FULL",
+          `group ${id} would have ${record.memberCount + fresh.length} members; the limit is ${membersMax}`,
+        );
       }
-      throw contended("members_by_conversation: add members", CAS_ATTEMPTS_MAX, lastError);
+      if (fresh.length === 0) {
+        await this.index(id, record.createdAtMs, unique);
+        return record;
+      }
+      const now = new Date();
+      const memberCount = record.memberCount + fresh.length;
+      const switches = record.delivery === "push" && memberCount > pullAbove;
+      // An outcome unknown does no harm: the next attempt's fresh read shows whether the users are
+      // members now.
+      return write(
+        [
+          { query: this.q.casCount, params: [memberCount, id, record.memberCount] },
+          ...fresh.map((user) => ({ query: this.q.insertMember, params: [id, user, now] })),
+          ...(switches ? [{ query: this.q.setDelivery, params: ["pull", id] }] : []),
+          this.nextVersion(record),
+        ],
+        async () => {
+          await this.index(id, record.createdAtMs, unique);
+          const delivery = switches ? "pull" : record.delivery;
+          return { ...record, memberCount, delivery, version: record.version + 1 };
+        },
+      );
     });
   }
 
   removeMember(id: string, user: string): Promise<ConversationRecord> {
-    return this.mutex.run(id, async () => {
-      let lastError: unknown;
-      let removedByUs = false;
-      for (let attempt = 1; attempt <= CAS_ATTEMPTS_MAX; attempt++) {
+    return this.conditionalChange(
+      id,
+      "members_by_conversation: remove member",
+      async ({ write, earlierUnknown }) => {
         const record = await this.readConversation(id);
         if (!record) throw errors.notFound("CONVERSATION_NOT_FOUND", `conversation ${id} does not exist`);
         const member = (
@@ -249,7 +238,7 @@ export class CassandraMembershipStore implements MembershipStore, MembershipSeqS
         ).first();
         if (!member) {
           // A timed-out attempt of ours may have removed the member after all.
-          if (removedByUs) {
+          if (earlierUnknown) {
             await this.unindex(id, record.createdAtMs, user);
             // It may have applied after this attempt read the record: the state after it is read again.
             return (await this.readConversation(id)) ?? record;
@@ -272,80 +261,87 @@ export class CassandraMembershipStore implements MembershipStore, MembershipSeqS
           ],
           { idempotent: true },
         );
-        try {
-          const owned = record.owner !== "" && record.owner === user;
-          const result = await this.s.batch(
-            "members_by_conversation: remove member (conditional batch)",
-            [
-              { query: this.q.casCount, params: [record.memberCount - 1, id, record.memberCount] },
-              { query: this.q.deleteMember, params: [id, user] },
-              ...(owned ? [{ query: this.q.setOwner, params: ["", id] }] : []),
-              this.nextVersion(record),
-            ],
-            { idempotent: false, logged: true },
-          );
-          if (result.wasApplied()) {
+        const owned = record.owner !== "" && record.owner === user;
+        return write(
+          [
+            { query: this.q.casCount, params: [record.memberCount - 1, id, record.memberCount] },
+            { query: this.q.deleteMember, params: [id, user] },
+            ...(owned ? [{ query: this.q.setOwner, params: ["", id] }] : []),
+            this.nextVersion(record),
+          ],
+          async () => {
             await this.unindex(id, record.createdAtMs, user);
             const owner = owned ? "" : record.owner;
             return { ...record, memberCount: record.memberCount - 1, owner, version: record.version + 1 };
-          }
-          this.stats.casConflicts++;
-        } catch (err) {
-          if (!isUnavailable(err)) throw err;
-          this.stats.casUnknown++;
-          lastError = err;
-          removedByUs = true;
-        }
-        await backoff(attempt);
-      }
-      throw contended("members_by_conversation: remove member", CAS_ATTEMPTS_MAX, lastError);
-    });
+          },
+        );
+      },
+    );
   }
 
   setRole(id: string, user: string, role: MemberRole): Promise<ConversationRecord> {
+    return this.conditionalChange(id, "members_by_conversation: set role", async ({ write }) => {
+      const record = await this.readConversation(id);
+      if (!record) throw errors.notFound("CONVERSATION_NOT_FOUND", `conversation ${id} does not exist`);
+      if (!(await this.isMember(id, user)))
+        throw errors.notFound("USER_NOT_MEMBER", `${user} is not a member of ${id}`);
+      const former = record.owner;
+      const owner = role === "owner" ? user : former === user ? "" : former;
+      // Each member row is updated only if it still exists (a plain update would re-create a row
+      // removed meanwhile); the owner only if nobody changed it since it was read.
+      const statements: Statement[] = [
+        { query: this.q.setRoleIfMember, params: [role === "admin" ? "admin" : null, id, user] },
+      ];
+      if (owner !== former) statements.push({ query: this.q.setOwnerIf, params: [owner, id, former] });
+      if (role === "owner" && former !== "" && former !== user && (await this.isMember(id, former)))
+        statements.push({ query: this.q.setRoleIfMember, params: ["admin", id, former] });
+      statements.push(this.nextVersion(record));
+      // After an outcome unknown, setting the same role again is harmless: the next attempt re-reads
+      // and re-applies.
+      return write(statements, () => ({ ...record, owner, version: record.version + 1 }));
+    });
+  }
+
+  /**
+   * A change of conversation `id` (`what`), made on the state it read, one at a time in this process:
+   * `attempt` reads the state, checks it and writes one conditional batch on it with `write`. Once the
+   * batch applied, `write`'s `then` runs and its result is the change's; when it did not (another change
+   * came first) or its outcome is unknown (Cassandra unavailable, in the batch or in `then`), the
+   * attempt returns undefined and the change is tried again after a backoff, on a fresh read.
+   */
+  private conditionalChange(
+    id: string,
+    what: string,
+    attempt: (a: ChangeAttempt) => Promise<ConversationRecord | undefined>,
+  ): Promise<ConversationRecord> {
     return this.mutex.run(id, async () => {
       let lastError: unknown;
-      for (let attempt = 1; attempt <= CAS_ATTEMPTS_MAX; attempt++) {
-        const record = await this.readConversation(id);
-        if (!record) throw errors.notFound("CONVERSATION_NOT_FOUND", `conversation ${id} does not exist`);
-        if (!(await this.isMember(id, user)))
-          throw errors.notFound("USER_NOT_MEMBER", `${user} is not a member of ${id}`);
-        const former = record.owner;
-        const owner = role === "owner" ? user : former === user ? "" : former;
-        // Each member row is updated only if it still exists (a plain update would re-create a row
-        // removed meanwhile); the owner only if nobody changed it since it was read.
-        const statements: Array<{ query: string; params: unknown[] }> = [
-          { query: this.q.setRoleIfMember, params: [role === "admin" ? "admin" : null, id, user] },
-        ];
-        if (owner !== former) statements.push({ query: this.q.setOwnerIf, params: [owner, id, former] });
-        if (role === "owner" && former !== "" && former !== user && (await this.isMember(id, former)))
-          statements.push({ query: this.q.setRoleIfMember, params: ["admin", id, former] });
-        statements.push(this.nextVersion(record));
+      const write: ChangeAttempt["write"] = async (statements, then) => {
         try {
-          const result = await this.s.batch(
-            "members_by_conversation: set role (conditional batch)",
-            statements,
-            {
-              idempotent: false,
-              logged: true,
-            },
-          );
-          if (result.wasApplied()) return { ...record, owner, version: record.version + 1 };
+          const result = await this.s.batch(`${what} (conditional batch)`, statements, {
+            idempotent: false,
+            logged: true,
+          });
+          if (result.wasApplied()) return await then();
           this.stats.casConflicts++;
         } catch (err) {
-          // Setting the same role again is harmless: the next attempt re-reads and re-applies.
           if (!isUnavailable(err)) throw err;
           this.stats.casUnknown++;
           lastError = err;
         }
-        await backoff(attempt);
+        return undefined;
+      };
+      for (let n = 1; n <= CAS_ATTEMPTS_MAX; n++) {
+        const changed = await attempt({ write, earlierUnknown: lastError !== undefined });
+        if (changed) return changed;
+        await backoff(n);
       }
-      throw contended("members_by_conversation: set role", CAS_ATTEMPTS_MAX, lastError);
+      throw contended(what, CAS_ATTEMPTS_MAX, lastError);
     });
   }
 
   /** The statement of a change's batch that makes it one on the state it read (`record`). */
-  private nextVersion(record: ConversationRecord): { query: string; params: unknown[] } {
+  private nextVersion(record: ConversationRecord): Statement {
     return record.version === 0
       ? { query: this.q.firstVersion, params: [record.id] }
       : { query: this.q.nextVersion, params: [record.version + 1, record.id, record.version] };
