@@ -12,7 +12,6 @@ import { RouterService } from "../../gen/switchboard/router/v1/router_pb.js";
 import { Gateway } from "../gateway/index.js";
 import { createVerifier } from "../lib/auth.js";
 import { addService } from "../lib/rpc.js";
-import { openDistributed } from "../process/backends.js";
 import { peerClient, peerOptions, presencePeers } from "../process/peers.js";
 import type { RoleStarter } from "../process/runtime.js";
 import {
@@ -21,6 +20,7 @@ import {
   conversationRelays,
   conversations,
   gatewayId,
+  openRoleStorage,
   requireDistributed,
 } from "./shared.js";
 
@@ -38,18 +38,7 @@ export const startGateway: RoleStarter = async (ctx) => {
   const push = ctx.own(
     peerClient(PushService, config.cluster.pushTarget, "cluster.pushTarget", peerOptions(ctx)),
   );
-  const backends = ctx.own(
-    await ctx.retry("open storage", () =>
-      openDistributed(config, log, ctx.metrics, {
-        sequencer: false,
-        appends: true,
-        provision: false,
-        role: "gateway",
-        httpPort: ctx.httpPort,
-      }),
-    ),
-  );
-  ctx.readiness(() => backends.unreachable());
+  const backends = await openRoleStorage(ctx, "gateway", { sequencer: false, appends: true });
   const convs = conversations(config, backends, ids);
   ctx.own(
     announceGroupChanges(

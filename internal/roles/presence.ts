@@ -7,10 +7,9 @@ import { PresenceService } from "../../gen/switchboard/presence/v1/presence_pb.j
 import { RouterService } from "../../gen/switchboard/router/v1/router_pb.js";
 import { addService } from "../lib/rpc.js";
 import { Presence, presenceServiceImpl } from "../presence/index.js";
-import { openDistributed } from "../process/backends.js";
 import { peerClient, peerOptions, routerRelays } from "../process/peers.js";
 import type { RoleStarter } from "../process/runtime.js";
-import { requireDistributed } from "./shared.js";
+import { openRoleStorage, requireDistributed } from "./shared.js";
 
 export const startPresence: RoleStarter = async (ctx) => {
   const { config, log } = ctx;
@@ -20,18 +19,7 @@ export const startPresence: RoleStarter = async (ctx) => {
     peerClient(RouterService, config.cluster.routerTarget, "cluster.routerTarget", peers),
   );
   const routes = ctx.own(routerRelays(config, peers, router, log));
-  const backends = ctx.own(
-    await ctx.retry("open storage", () =>
-      openDistributed(config, log, ctx.metrics, {
-        sequencer: false,
-        appends: false,
-        provision: false,
-        role: "presence",
-        httpPort: ctx.httpPort,
-      }),
-    ),
-  );
-  ctx.readiness(() => backends.unreachable());
+  const backends = await openRoleStorage(ctx, "presence", { sequencer: false, appends: false });
   const presence = ctx.own(
     new Presence({
       offlineAfterMs: config.presence.offlineAfterMs,

@@ -11,11 +11,16 @@ import { RouterService } from "../../gen/switchboard/router/v1/router_pb.js";
 import { chatServiceImpl } from "../api/index.js";
 import { inProcessCaller } from "../grpc-auth/policy.js";
 import { addService, inProcessClient } from "../lib/rpc.js";
-import { openDistributed } from "../process/backends.js";
 import { gatewayDialer, peerClient, peerOptions, presencePeers } from "../process/peers.js";
 import type { RoleStarter } from "../process/runtime.js";
 import { Router, routerServiceImpl } from "../router/index.js";
-import { announceGroupChanges, conversationRelays, conversations, requireDistributed } from "./shared.js";
+import {
+  announceGroupChanges,
+  conversationRelays,
+  conversations,
+  openRoleStorage,
+  requireDistributed,
+} from "./shared.js";
 
 export const startRouter: RoleStarter = async (ctx) => {
   const { config, log, metrics } = ctx;
@@ -25,18 +30,7 @@ export const startRouter: RoleStarter = async (ctx) => {
     peerClient(PushService, config.cluster.pushTarget, "cluster.pushTarget", peerOptions(ctx)),
   );
   const presence = ctx.own(presencePeers(config, peerOptions(ctx)));
-  const backends = ctx.own(
-    await ctx.retry("open storage", () =>
-      openDistributed(config, log, ctx.metrics, {
-        sequencer: false,
-        appends: true,
-        provision: false,
-        role: "router",
-        httpPort: ctx.httpPort,
-      }),
-    ),
-  );
-  ctx.readiness(() => backends.unreachable());
+  const backends = await openRoleStorage(ctx, "router", { sequencer: false, appends: true });
   const router = new Router({
     log: backends.log,
     membership: backends.membership,

@@ -3,23 +3,12 @@
  * ADR 0002, stores the messages and publishes them to their recipients' inbox partitions (and
  * answers senders on the replies topic). No gRPC service: only /healthz, /readyz and /metrics.
  */
-import { openDistributed } from "../process/backends.js";
 import type { RoleStarter } from "../process/runtime.js";
-import { requireDistributed } from "./shared.js";
+import { openRoleStorage, requireDistributed } from "./shared.js";
 
 export const startSequencer: RoleStarter = async (ctx) => {
   requireDistributed(ctx.config, "sequencer", ctx.log);
-  const backends = ctx.own(
-    await ctx.retry("open storage", () =>
-      openDistributed(ctx.config, ctx.log, ctx.metrics, {
-        sequencer: true,
-        appends: false,
-        provision: false,
-        role: "sequencer",
-        httpPort: ctx.httpPort,
-      }),
-    ),
-  );
-  ctx.readiness(() => backends.unreachable());
+  // The sequencer runs within the storage it opens (its drafts consumer: `sequencer: true`).
+  await openRoleStorage(ctx, "sequencer", { sequencer: true, appends: false });
   return {};
 };

@@ -3,6 +3,7 @@ import { hostname } from "node:os";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { ServerFrameSchema } from "../../gen/switchboard/client/v1/client_pb.js";
 import type { IdService } from "../../gen/switchboard/id/v1/id_pb.js";
+import type { DistributedBackends } from "../backends/distributed/index.js";
 import type { MembershipStore, MessageLog } from "../backends/types.js";
 import { Conversations, IdPool } from "../conversations/index.js";
 import { toWireConversation } from "../conversations/wire.js";
@@ -11,7 +12,7 @@ import type { Logger } from "../lib/log.js";
 import type { Metrics } from "../lib/metrics.js";
 import { EVENT_RELAY_RETRIES, RetryLater } from "../lib/retry-later.js";
 import type { ServiceClient } from "../lib/rpc.js";
-import { checkDistributedConfig } from "../process/backends.js";
+import { type BackendUse, checkDistributedConfig, openDistributed } from "../process/backends.js";
 import { peerOptions, routerRelays } from "../process/peers.js";
 import type { Relayer } from "../process/relay-routes.js";
 import type { RoleContext } from "../process/runtime.js";
@@ -125,4 +126,28 @@ export function requireDistributed(config: Config, role: string, log: Logger): v
       `--role ${role} needs backend distributed (Kafka + Cassandra): the embedded backend lives in one process; use --role all`,
     );
   checkDistributedConfig(config, log);
+}
+
+/**
+ * A split role's storage, whose topics and schema it only checks (`switchboard provision`, which the
+ * operator runs, makes them): opened once Kafka and Cassandra answer (the role waits for them, live and
+ * not ready), and the process is ready only while Cassandra is reachable. Closed with the role.
+ */
+export async function openRoleStorage(
+  ctx: RoleContext,
+  role: string,
+  use: Pick<BackendUse, "sequencer" | "appends">,
+): Promise<DistributedBackends> {
+  const backends = ctx.own(
+    await ctx.retry("open storage", () =>
+      openDistributed(ctx.config, ctx.log, ctx.metrics, {
+        ...use,
+        provision: false,
+        role,
+        httpPort: ctx.httpPort,
+      }),
+    ),
+  );
+  ctx.readiness(() => backends.unreachable());
+  return backends;
 }
