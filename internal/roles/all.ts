@@ -153,15 +153,7 @@ export const startAll: RoleStarter = async (ctx) => {
   // Several processes sharing distributed storage pin each conversation's events to one of their
   // routers (cluster.routerTarget); one process relays them all through its own, in order.
   const relays = conversationRelays(ctx, inProcessClient(RouterService, routerImpl, asGateway));
-  ctx.own(
-    announceGroupChanges(
-      convs,
-      backends.membership,
-      (conversationId, userIds, frame) => relays.forKey(conversationId).relay({ userIds, frame }),
-      log,
-      metrics,
-    ),
-  );
+  ctx.own(announceGroupChanges(convs, backends.membership, relays, log, metrics));
   presenceRouter = inProcessClient(RouterService, routerImpl, inProcessCaller("role:presence"));
   // Shared presence: this process's shard is served before the gateway's first lease renewal
   // (announce) calls every shard, this one among them over gRPC (it relays through the router above).

@@ -40,15 +40,7 @@ export const startGateway: RoleStarter = async (ctx) => {
   );
   const backends = await openRoleStorage(ctx, "gateway", { sequencer: false, appends: true });
   const convs = conversations(config, backends, ids);
-  ctx.own(
-    announceGroupChanges(
-      convs,
-      backends.membership,
-      (conversationId, userIds, frame) => relays.forKey(conversationId).relay({ userIds, frame }),
-      log,
-      metrics,
-    ),
-  );
+  ctx.own(announceGroupChanges(convs, backends.membership, relays, log, metrics));
   const gateway = new Gateway({
     config,
     log,

@@ -51,15 +51,7 @@ export const startRouter: RoleStarter = async (ctx) => {
     ctx,
     inProcessClient(RouterService, routerImpl, inProcessCaller("role:router")),
   );
-  ctx.own(
-    announceGroupChanges(
-      convs,
-      backends.membership,
-      (conversationId, userIds, frame) => relays.forKey(conversationId).relay({ userIds, frame }),
-      log,
-      metrics,
-    ),
-  );
+  ctx.own(announceGroupChanges(convs, backends.membership, relays, log, metrics));
   addService(ctx.grpc!, RouterService, routerImpl);
   addService(
     ctx.grpc!,

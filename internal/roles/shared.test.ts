@@ -1,4 +1,6 @@
+import { create } from "@bufbuild/protobuf";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
+import { RelayResponseSchema } from "../../gen/switchboard/router/v1/router_pb.js";
 import type { ConversationRecord } from "../backends/types.js";
 import type { Conversations } from "../conversations/index.js";
 import { errors } from "../lib/errors.js";
@@ -26,11 +28,16 @@ describe("announceGroupChanges", () => {
     const announcer = announceGroupChanges(
       convs,
       { members: async () => ["alice", "bob"] },
-      async (_conversationId, userIds, frame) => {
-        if (routers.down) throw errors.unavailable("UNAVAILABLE", "every router is restarting");
-        const value = frame.kind?.case === "conversation" ? frame.kind.value : undefined;
-        routers.relayed.push(`${value?.conversation?.name} to ${userIds.join(",")}`);
-        routers.changedAt.push(Number(value?.changedAtMs));
+      {
+        forKey: () => ({
+          relay: async ({ userIds, frame }) => {
+            if (routers.down) throw errors.unavailable("UNAVAILABLE", "every router is restarting");
+            const value = frame?.kind?.case === "conversation" ? frame.kind.value : undefined;
+            routers.relayed.push(`${value?.conversation?.name} to ${userIds?.join(",")}`);
+            routers.changedAt.push(Number(value?.changedAtMs));
+            return create(RelayResponseSchema);
+          },
+        }),
       },
       discardingLogger(),
       metrics,

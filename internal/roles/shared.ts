@@ -36,6 +36,9 @@ export function conversations(
   });
 }
 
+/** The router relay to use for each conversation (its id the key). */
+export type ConversationRelays = { forKey(key: string): Relayer };
+
 /**
  * Where a process relays a conversation's events (typing, receipts, group changes: ADR 0005): through
  * the router that cluster.routerTarget's routes pin the conversation to, so that they arrive in
@@ -44,7 +47,7 @@ export function conversations(
  * client of the whole target, a router's own), and all of them with no target set (role all: this
  * process's own router, the only one it knows).
  */
-export function conversationRelays(ctx: RoleContext, fallback: Relayer): { forKey(key: string): Relayer } {
+export function conversationRelays(ctx: RoleContext, fallback: Relayer): ConversationRelays {
   if (ctx.config.cluster.routerTarget === "") return { forKey: () => fallback };
   return ctx.own(routerRelays(ctx.config, peerOptions(ctx), fallback, ctx.log));
 }
@@ -59,11 +62,7 @@ export function conversationRelays(ctx: RoleContext, fallback: Relayer): { forKe
 export function announceGroupChanges(
   convs: Conversations,
   membership: Pick<MembershipStore, "members">,
-  relay: (
-    conversationId: string,
-    userIds: string[],
-    frame: MessageInitShape<typeof ServerFrameSchema>,
-  ) => Promise<unknown>,
+  relays: ConversationRelays,
   log: Logger,
   metrics: Pick<Metrics, "eventRelaysDroppedTotal">,
 ): { close(): Promise<void> } {
@@ -77,8 +76,10 @@ export function announceGroupChanges(
       },
     };
     retries.run(
-      async () =>
-        relay(group.id, audience === "members" ? await membership.members(group.id) : [...audience], frame),
+      async () => {
+        const userIds = audience === "members" ? await membership.members(group.id) : [...audience];
+        return relays.forKey(group.id).relay({ userIds, frame });
+      },
       (reason, err, attempts) => {
         metrics.eventRelaysDroppedTotal.inc({ event: "conversation", reason });
         if (reason === "failed")
