@@ -13,13 +13,11 @@
  * cluster.presenceShard): then this process's presence is one shard and its gateway and server API use
  * all of them, as split roles do.
  */
-import { ChatService } from "../../gen/switchboard/api/v1/chat_pb.js";
 import { GatewayService } from "../../gen/switchboard/gateway/v1/gateway_pb.js";
 import { IdService } from "../../gen/switchboard/id/v1/id_pb.js";
 import { PresenceService } from "../../gen/switchboard/presence/v1/presence_pb.js";
 import { PushService } from "../../gen/switchboard/push/v1/push_pb.js";
 import { RouterService } from "../../gen/switchboard/router/v1/router_pb.js";
-import { chatServiceImpl } from "../api/index.js";
 import { Gateway } from "../gateway/index.js";
 import { inProcessCaller } from "../grpc-auth/policy.js";
 import { createIdService, type HighWaterStore } from "../id/index.js";
@@ -39,6 +37,7 @@ import {
   conversationRelays,
   conversations,
   gatewayId,
+  serveChatService,
 } from "./shared.js";
 
 export const startAll: RoleStarter = async (ctx) => {
@@ -188,26 +187,15 @@ export const startAll: RoleStarter = async (ctx) => {
     if (!presenceShards) addService(ctx.grpc, PresenceService, presenceImpl);
     addService(ctx.grpc, PushService, pushImpl);
     addService(ctx.grpc, GatewayService, gatewayImpl);
-    addService(
-      ctx.grpc,
-      ChatService,
-      chatServiceImpl({
-        conversations: convs,
-        membership: backends.membership,
-        messages: backends.messages,
-        log: backends.log,
-        router,
-        presence: presenceShards ?? inProcessClient(PresenceService, presenceImpl, asRouter),
-        push: inProcessClient(PushService, pushImpl, asRouter),
-        policy: ctx.policy,
-        pageSizeMax: config.sync.pageSizeMax,
-        pageBytesMax: config.sync.pageBytesMax,
-        bodyCharsMax: config.gateway.bodyCharsMax,
-        metrics,
-        stopping: ctx.stopping,
-      }),
-      { startsTraces: true },
-    );
+    serveChatService(ctx, ctx.grpc, {
+      conversations: convs,
+      membership: backends.membership,
+      messages: backends.messages,
+      log: backends.log,
+      router,
+      presence: presenceShards ?? inProcessClient(PresenceService, presenceImpl, asRouter),
+      push: inProcessClient(PushService, pushImpl, asRouter),
+    });
   }
   log.info("switchboard started", {
     dataDir: config.dataDir,

@@ -4,11 +4,9 @@
  * session records carry. Serves RouterService (Relay from gateways and presence) and the server API
  * for backend services (ChatService).
  */
-import { ChatService } from "../../gen/switchboard/api/v1/chat_pb.js";
 import { IdService } from "../../gen/switchboard/id/v1/id_pb.js";
 import { PushService } from "../../gen/switchboard/push/v1/push_pb.js";
 import { RouterService } from "../../gen/switchboard/router/v1/router_pb.js";
-import { chatServiceImpl } from "../api/index.js";
 import { inProcessCaller } from "../grpc-auth/policy.js";
 import { addService, inProcessClient } from "../lib/rpc.js";
 import { gatewayDialer, peerClient, peerOptions, presencePeers } from "../process/peers.js";
@@ -20,6 +18,7 @@ import {
   conversations,
   openRoleStorage,
   requireDistributed,
+  serveChatService,
 } from "./shared.js";
 
 export const startRouter: RoleStarter = async (ctx) => {
@@ -53,25 +52,14 @@ export const startRouter: RoleStarter = async (ctx) => {
   );
   ctx.own(announceGroupChanges(convs, backends.membership, relays, log, metrics));
   addService(ctx.grpc!, RouterService, routerImpl);
-  addService(
-    ctx.grpc!,
-    ChatService,
-    chatServiceImpl({
-      conversations: convs,
-      membership: backends.membership,
-      messages: backends.messages,
-      log: backends.log,
-      router,
-      presence,
-      push,
-      policy: ctx.policy,
-      pageSizeMax: config.sync.pageSizeMax,
-      pageBytesMax: config.sync.pageBytesMax,
-      bodyCharsMax: config.gateway.bodyCharsMax,
-      metrics,
-      stopping: ctx.stopping,
-    }),
-    { startsTraces: true },
-  );
+  serveChatService(ctx, ctx.grpc!, {
+    conversations: convs,
+    membership: backends.membership,
+    messages: backends.messages,
+    log: backends.log,
+    router,
+    presence,
+    push,
+  });
   return {};
 };

@@ -1,8 +1,10 @@
 /** Pieces more than one role builds the same way. */
 import { hostname } from "node:os";
 import type { MessageInitShape } from "@bufbuild/protobuf";
+import { ChatService } from "../../gen/switchboard/api/v1/chat_pb.js";
 import type { ServerFrameSchema } from "../../gen/switchboard/client/v1/client_pb.js";
 import type { IdService } from "../../gen/switchboard/id/v1/id_pb.js";
+import { type ChatServiceDeps, chatServiceImpl } from "../api/index.js";
 import type { DistributedBackends } from "../backends/distributed/index.js";
 import type { MembershipStore, MessageLog } from "../backends/types.js";
 import { Conversations, IdPool } from "../conversations/index.js";
@@ -11,7 +13,7 @@ import type { Config } from "../lib/config.js";
 import type { Logger } from "../lib/log.js";
 import type { Metrics } from "../lib/metrics.js";
 import { EVENT_RELAY_RETRIES, RetryLater } from "../lib/retry-later.js";
-import type { ServiceClient } from "../lib/rpc.js";
+import { addService, type ServiceClient } from "../lib/rpc.js";
 import { type BackendUse, checkDistributedConfig, openDistributed } from "../process/backends.js";
 import { peerOptions, routerRelays } from "../process/peers.js";
 import type { Relayer } from "../process/relay-routes.js";
@@ -89,6 +91,35 @@ export function announceGroupChanges(
     );
   });
   return { close: async () => retries.close() };
+}
+
+/**
+ * Serves the server API for backend services (ChatService) on `grpc`: under the role's policy, with the
+ * configured page and body bounds, each call starting a trace of its own.
+ */
+export function serveChatService(
+  ctx: RoleContext,
+  grpc: NonNullable<RoleContext["grpc"]>,
+  parts: Pick<
+    ChatServiceDeps,
+    "conversations" | "membership" | "messages" | "log" | "router" | "presence" | "push"
+  >,
+): void {
+  const { config } = ctx;
+  addService(
+    grpc,
+    ChatService,
+    chatServiceImpl({
+      ...parts,
+      policy: ctx.policy,
+      pageSizeMax: config.sync.pageSizeMax,
+      pageBytesMax: config.sync.pageBytesMax,
+      bodyCharsMax: config.gateway.bodyCharsMax,
+      metrics: ctx.metrics,
+      stopping: ctx.stopping,
+    }),
+    { startsTraces: true },
+  );
 }
 
 /**
