@@ -26,17 +26,18 @@ import { Code, SwitchboardError } from "../lib/errors.js";
 import { addService, inProcessClient, type ServiceClient } from "../lib/rpc.js";
 import { Presence, presenceServiceImpl } from "../presence/index.js";
 import { checkDistributedConfig, openBackends } from "../process/backends.js";
-import { gatewayDialer, peerOptions, presencePeers } from "../process/peers.js";
+import { peerOptions, presencePeers } from "../process/peers.js";
 import type { RoleStarter } from "../process/runtime.js";
 import { providersFromConfig } from "../push/from-config.js";
 import { pushFromConfig, pushServiceImpl } from "../push/index.js";
-import { Router, routerServiceImpl } from "../router/index.js";
+import { routerServiceImpl } from "../router/index.js";
 import {
   advertiseAddress,
   announceGroupChanges,
   conversationRelays,
   conversations,
   gatewayId,
+  roleRouter,
   serveChatService,
 } from "./shared.js";
 
@@ -135,18 +136,7 @@ export const startAll: RoleStarter = async (ctx) => {
       "presence is this process's own: with more than one process of role all, set cluster.presenceTargets (every process's gRPC address, in shard order, and cluster.presenceShard in each), or users connected to different processes do not see each other's presence",
     );
 
-  const router = new Router({
-    log: backends.log,
-    membership: backends.membership,
-    inbox: backends.inbox,
-    routing: backends.routing,
-    push: inProcessClient(PushService, pushImpl, asRouter),
-    // Gateways of other all-in-one processes (distributed backend, gRPC on) are dialled like a split cluster's.
-    dialGateway: gatewayDialer(peerOptions(ctx), config.router.deliverKeepaliveMs),
-    streamQueueBytesMax: config.router.streamQueueBytesMax,
-    logger: log,
-    metrics,
-  });
+  const router = roleRouter(ctx, backends, inProcessClient(PushService, pushImpl, asRouter));
   const convs = conversations(config, backends, ids, true);
   const routerImpl = routerServiceImpl(router, convs, backends.messages, config.sync.pageSizeMax);
   // Several processes sharing distributed storage pin each conversation's events to one of their

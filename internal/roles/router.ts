@@ -9,15 +9,16 @@ import { PushService } from "../../gen/switchboard/push/v1/push_pb.js";
 import { RouterService } from "../../gen/switchboard/router/v1/router_pb.js";
 import { inProcessCaller } from "../grpc-auth/policy.js";
 import { addService, inProcessClient } from "../lib/rpc.js";
-import { gatewayDialer, peerClient, peerOptions, presencePeers } from "../process/peers.js";
+import { peerClient, peerOptions, presencePeers } from "../process/peers.js";
 import type { RoleStarter } from "../process/runtime.js";
-import { Router, routerServiceImpl } from "../router/index.js";
+import { routerServiceImpl } from "../router/index.js";
 import {
   announceGroupChanges,
   conversationRelays,
   conversations,
   openRoleStorage,
   requireDistributed,
+  roleRouter,
   serveChatService,
 } from "./shared.js";
 
@@ -30,17 +31,7 @@ export const startRouter: RoleStarter = async (ctx) => {
   );
   const presence = ctx.own(presencePeers(config, peerOptions(ctx)));
   const backends = await openRoleStorage(ctx, "router", { sequencer: false, appends: true });
-  const router = new Router({
-    log: backends.log,
-    membership: backends.membership,
-    inbox: backends.inbox,
-    routing: backends.routing,
-    push,
-    dialGateway: gatewayDialer(peerOptions(ctx), config.router.deliverKeepaliveMs),
-    streamQueueBytesMax: config.router.streamQueueBytesMax,
-    logger: log,
-    metrics,
-  });
+  const router = roleRouter(ctx, backends, push);
   await router.start();
   ctx.own(router);
   const convs = conversations(config, backends, ids);

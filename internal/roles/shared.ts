@@ -15,9 +15,11 @@ import type { Metrics } from "../lib/metrics.js";
 import { EVENT_RELAY_RETRIES, RetryLater } from "../lib/retry-later.js";
 import { addService, type ServiceClient } from "../lib/rpc.js";
 import { type BackendUse, checkDistributedConfig, openDistributed } from "../process/backends.js";
-import { peerOptions, routerRelays } from "../process/peers.js";
+import { gatewayDialer, peerOptions, routerRelays } from "../process/peers.js";
 import type { Relayer } from "../process/relay-routes.js";
 import type { RoleContext } from "../process/runtime.js";
+import { Router } from "../router/index.js";
+import type { RouterOptions } from "../router/router.js";
 
 /**
  * The conversations service of a role. `ids`: the id service's client; `idsInProcess` when it runs in
@@ -91,6 +93,30 @@ export function announceGroupChanges(
     );
   });
   return { close: async () => retries.close() };
+}
+
+/**
+ * The router of role router or all, which dials a gateway of another process at the address the
+ * gateway advertised, like a split cluster's (role all: another all-in-one process on the same
+ * distributed storage, gRPC on).
+ */
+export function roleRouter(
+  ctx: RoleContext,
+  stores: Pick<RouterOptions, "log" | "membership" | "inbox" | "routing">,
+  push: RouterOptions["push"],
+): Router {
+  const { config } = ctx;
+  return new Router({
+    log: stores.log,
+    membership: stores.membership,
+    inbox: stores.inbox,
+    routing: stores.routing,
+    push,
+    dialGateway: gatewayDialer(peerOptions(ctx), config.router.deliverKeepaliveMs),
+    streamQueueBytesMax: config.router.streamQueueBytesMax,
+    logger: ctx.log,
+    metrics: ctx.metrics,
+  });
 }
 
 /**
