@@ -18,10 +18,8 @@ import { IdService } from "../../gen/switchboard/id/v1/id_pb.js";
 import { PresenceService } from "../../gen/switchboard/presence/v1/presence_pb.js";
 import { PushService } from "../../gen/switchboard/push/v1/push_pb.js";
 import { RouterService } from "../../gen/switchboard/router/v1/router_pb.js";
-import { Gateway } from "../gateway/index.js";
 import { inProcessCaller } from "../grpc-auth/policy.js";
 import { createIdService, type HighWaterStore } from "../id/index.js";
-import { createVerifier } from "../lib/auth.js";
 import { Code, SwitchboardError } from "../lib/errors.js";
 import { addService, inProcessClient, type ServiceClient } from "../lib/rpc.js";
 import { Presence, presenceServiceImpl } from "../presence/index.js";
@@ -36,7 +34,7 @@ import {
   announceGroupChanges,
   conversationRelays,
   conversations,
-  gatewayId,
+  roleGateway,
   roleRouter,
   serveChatService,
 } from "./shared.js";
@@ -148,18 +146,12 @@ export const startAll: RoleStarter = async (ctx) => {
   // (announce) calls every shard, this one among them over gRPC (it relays through the router above).
   if (ctx.grpc && presenceShards) addService(ctx.grpc, PresenceService, presenceImpl);
 
-  const gateway = new Gateway({
-    config,
-    log,
-    metrics,
+  const gateway = roleGateway(ctx, {
     backends,
     conversations: convs,
-    relays: (conversationId) => relays.forKey(conversationId),
+    relays,
     presence: presenceShards ?? inProcessClient(PresenceService, presenceImpl, asGateway),
     push: inProcessClient(PushService, pushImpl, asGateway),
-    verify: createVerifier({ dataDir: config.dataDir, ...config.auth, log }),
-    gatewayId: gatewayId(config),
-    gatewayEpoch: Date.now(),
     advertiseAddress: ctx.grpc ? advertiseAddress(config, ctx.grpcPort) : "",
   });
   const gatewayImpl = gateway.service();

@@ -9,8 +9,6 @@ import { GatewayService } from "../../gen/switchboard/gateway/v1/gateway_pb.js";
 import { IdService } from "../../gen/switchboard/id/v1/id_pb.js";
 import { PushService } from "../../gen/switchboard/push/v1/push_pb.js";
 import { RouterService } from "../../gen/switchboard/router/v1/router_pb.js";
-import { Gateway } from "../gateway/index.js";
-import { createVerifier } from "../lib/auth.js";
 import { addService } from "../lib/rpc.js";
 import { peerClient, peerOptions, presencePeers } from "../process/peers.js";
 import type { RoleStarter } from "../process/runtime.js";
@@ -19,9 +17,9 @@ import {
   announceGroupChanges,
   conversationRelays,
   conversations,
-  gatewayId,
   openRoleStorage,
   requireDistributed,
+  roleGateway,
 } from "./shared.js";
 
 export const startGateway: RoleStarter = async (ctx) => {
@@ -41,18 +39,12 @@ export const startGateway: RoleStarter = async (ctx) => {
   const backends = await openRoleStorage(ctx, "gateway", { sequencer: false, appends: true });
   const convs = conversations(config, backends, ids);
   ctx.own(announceGroupChanges(convs, backends.membership, relays, log, metrics));
-  const gateway = new Gateway({
-    config,
-    log,
-    metrics,
+  const gateway = roleGateway(ctx, {
     backends,
     conversations: convs,
-    relays: (conversationId) => relays.forKey(conversationId),
+    relays,
     presence,
     push,
-    verify: createVerifier({ dataDir: config.dataDir, ...config.auth, log }),
-    gatewayId: gatewayId(config),
-    gatewayEpoch: Date.now(),
     advertiseAddress: address,
   });
   await gateway.announce();

@@ -9,6 +9,8 @@ import type { DistributedBackends } from "../backends/distributed/index.js";
 import type { MembershipStore, MessageLog } from "../backends/types.js";
 import { Conversations, IdPool } from "../conversations/index.js";
 import { toWireConversation } from "../conversations/wire.js";
+import { Gateway, type GatewayOptions } from "../gateway/index.js";
+import { createVerifier } from "../lib/auth.js";
 import type { Config } from "../lib/config.js";
 import type { Logger } from "../lib/log.js";
 import type { Metrics } from "../lib/metrics.js";
@@ -146,6 +148,30 @@ export function serveChatService(
     }),
     { startsTraces: true },
   );
+}
+
+/**
+ * The gateway of role gateway or all: named by gatewayId, of an epoch this start began, and verifying
+ * tokens as auth.* says; each conversation's events are relayed through `relays`.
+ */
+export function roleGateway(
+  ctx: RoleContext,
+  parts: Pick<GatewayOptions, "backends" | "conversations" | "presence" | "push" | "advertiseAddress"> & {
+    relays: ConversationRelays;
+  },
+): Gateway {
+  const { config, log } = ctx;
+  const { relays, ...services } = parts;
+  return new Gateway({
+    config,
+    log,
+    metrics: ctx.metrics,
+    ...services,
+    relays: (conversationId) => relays.forKey(conversationId),
+    verify: createVerifier({ dataDir: config.dataDir, ...config.auth, log }),
+    gatewayId: gatewayId(config),
+    gatewayEpoch: Date.now(),
+  });
 }
 
 /**
