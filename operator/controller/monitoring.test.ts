@@ -1,46 +1,9 @@
 import type { V1ConfigMap, V1Deployment, V1Service } from "@kubernetes/client-node";
 import { describe, expect, it } from "vitest";
-import type { ChatCluster, ChatClusterSpec, PodMonitorSpec } from "../api/v1alpha1.js";
+import { exampleSpec } from "../../test/kube/example-spec.js";
+import type { ChatCluster, PodMonitorSpec } from "../api/v1alpha1.js";
 import { desiredObjects } from "./desired.js";
 import { desiredPodMonitor, podLabelMeta, wantsPodMonitor } from "./monitoring.js";
-
-const component = { replicas: 1 };
-const spec: ChatClusterSpec = {
-  image: "ghcr.io/switchboard-chat/switchboard",
-  version: "0.1.0",
-  imagePullPolicy: "IfNotPresent",
-  gateway: {
-    ...component,
-    autoscaling: {
-      enabled: false,
-      minReplicas: 2,
-      maxReplicas: 10,
-      targetConnectionsPerPod: 10_000,
-      stabilizationWindowSeconds: 300,
-      drainTimeoutSeconds: 120,
-    },
-    service: { type: "ClusterIP" },
-  },
-  router: component,
-  presence: { replicas: 1, heartbeatIntervalSeconds: 5, offlineAfterSeconds: 30 },
-  push: component,
-  id: component,
-  sequencer: component,
-  kafka: {
-    bootstrapServers: ["kafka:9092"],
-    topicPrefix: "chat.",
-    topics: { partitions: 12, replicationFactor: 3, retentionHours: 168 },
-  },
-  cassandra: {
-    contactPoints: ["cassandra:9042"],
-    datacenter: "dc1",
-    keyspace: "chat",
-    replication: { class: "NetworkTopologyStrategy", factor: 3 },
-    consistency: "LOCAL_QUORUM",
-  },
-  auth: { jwksUrl: "https://auth.example.com/jwks.json" },
-  observability: { metrics: { enabled: true, podMonitor: { enabled: false } } },
-};
 
 function withMonitoring(metricsEnabled: boolean, podMonitor?: PodMonitorSpec): ChatCluster {
   return {
@@ -48,7 +11,7 @@ function withMonitoring(metricsEnabled: boolean, podMonitor?: PodMonitorSpec): C
     kind: "ChatCluster",
     metadata: { name: "chat", namespace: "prod", uid: "uid-1", generation: 1 },
     spec: {
-      ...spec,
+      ...exampleSpec,
       observability: {
         metrics: { enabled: metricsEnabled, ...(podMonitor === undefined ? {} : { podMonitor }) },
       },
