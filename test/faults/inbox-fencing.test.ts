@@ -63,7 +63,7 @@ describe("zombie inbox owner writing after its successor claimed", () => {
 
 describe("an owner's write that fails after storing some users' rows and heads", () => {
   it("gets every recipient its messages once the batch is retried: handed to the router, or its sessions recheck the inbox that holds them", async () => {
-    const { scenario, names, kafka, producer, users } = await openScenario("p");
+    const { scenario, names, kafka, producer, users, publish } = await openScenario("p");
     const conversationId = `g:p${id}`;
     // The first write stores one user's rows and head, then fails (a timeout after a partial write).
     let failures = 0;
@@ -114,25 +114,7 @@ describe("an owner's write that fails after storing some users' rows and heads",
       log: createLogger({ test: "ifence-p" }),
     });
     await owner.start();
-    for (let s = 1; s <= 3; s++) {
-      const value = encodeMessage({
-        conversationId,
-        seq: s,
-        messageId: String(8_000_000 + s),
-        sender: users[0]!,
-        clientMsgId: `m${s}`,
-        body: `m${s}`,
-        createdAtMs: Date.now(),
-      });
-      for (let partition = 0; partition < PARTITIONS; partition++) {
-        const here = users.filter((u) => shardOf(u, PARTITIONS) === partition);
-        await producer.send({
-          topic: names.inbox,
-          acks: -1,
-          messages: [{ partition, value, headers: { [INBOX_RECIPIENTS_HEADER]: here.join("\n") } }],
-        });
-      }
-    }
+    for (let s = 1; s <= 3; s++) await publish(messageValue(conversationId, s, 8_000_000, users[0]!));
     const deadline = Date.now() + 60_000;
     // What the failed write stored reaches its user by a recheck of its inbox (the retry finds it
     // applied); everything else is handed to the router.
@@ -163,7 +145,7 @@ describe("an owner's write that fails after storing some users' rows and heads",
 
 describe("a fenced-out sequencer's produce that lands after its successor's re-emission", () => {
   it("adds no second cursor: each (user, conversation, seq) once, in order, also for an owner that never saw the successor's records", async () => {
-    const { scenario, names, kafka, producer, users } = await openScenario("e");
+    const { scenario, names, kafka, producer, users, publish } = await openScenario("e");
     expect(new Set(users.map((u) => shardOf(u, PARTITIONS))).size).toBe(PARTITIONS);
     const conversationId = `g:e${id}`;
     // Sequencer A owned drafts partition 0; B claimed it since (a newer epoch).
@@ -172,35 +154,13 @@ describe("a fenced-out sequencer's produce that lands after its successor's re-e
     const epochB = await stores.ownership.claim(DRAFTS_STREAM, draftsPartition, "sequencer-B");
     expect(epochB > epochA).toBe(true);
     /** The inbox records of message `seq` as the sequencer under `epoch` emits them. */
-    const emit = async (seq: number, epoch: bigint, redelivery = false) => {
-      const value = encodeMessage({
-        conversationId,
-        seq,
-        messageId: String(9_000_000 + seq),
-        sender: users[0]!,
-        clientMsgId: `m${seq}`,
-        body: `m${seq}`,
-        createdAtMs: Date.now(),
-      });
-      for (let partition = 0; partition < PARTITIONS; partition++) {
-        const here = users.filter((u) => shardOf(u, PARTITIONS) === partition);
-        await producer.send({
-          topic: names.inbox,
-          acks: -1,
-          messages: [
-            {
-              partition,
-              value,
-              headers: {
-                [INBOX_RECIPIENTS_HEADER]: here.join("\n"),
-                [SEQUENCER_EPOCH_HEADER]: sequencerEpochHeader(draftsPartition, epoch),
-                ...(redelivery ? { [REDELIVERY_HEADER]: "1" } : {}),
-              },
-            },
-          ],
-        });
-      }
-    };
+    const emit = (seq: number, epoch: bigint, redelivery = false) =>
+      publish(messageValue(conversationId, seq, 9_000_000, users[0]!), [
+        {
+          [SEQUENCER_EPOCH_HEADER]: sequencerEpochHeader(draftsPartition, epoch),
+          ...(redelivery ? { [REDELIVERY_HEADER]: "1" } : {}),
+        },
+      ]);
     const delivered: InboxDelivery[] = [];
     const owner = (who: string) =>
       new InboxOwner({
@@ -310,9 +270,13 @@ describe("a group with an inbox owner of a version before (a rolling upgrade)", 
   }, 120_000);
 });
 
-/** A scenario's topics (provisioned in beforeAll), a connected producer, and six users of its own. */
+/**
+ * A scenario's topics (provisioned in beforeAll), a connected producer, and six users of its own;
+ * `publish` sends an inbox record to each partition, addressed to the scenario's users there.
+ */
 async function openScenario(tag: string) {
   const scenario = `${prefix}${tag}.`;
+  const names = topicNames(scenario);
   const kafka = new Kafka({
     clientId: `ifence-${tag}`,
     brokers: infra.KAFKA_BROKERS!.split(","),
@@ -321,65 +285,51 @@ async function openScenario(tag: string) {
   const producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
   await producer.connect();
   const users = ["ann", "ben", "cat", "dan", "eve", "fay"].map((u) => `${u}-${tag}${id}`);
-  return { scenario, names: topicNames(scenario), kafka, producer, users };
-}
-
-async function zombieOwner(holdAt: "write" | "handOver", tag: string): Promise<void> {
-  const { scenario, names, kafka, producer, users } = await openScenario(tag);
-  const conversationId = `g:${tag}${id}`;
-  let seq = 0;
-  /** The inbox record's value of the conversation's message `s`. */
-  const messageValue = (s: number) =>
-    encodeMessage({
-      conversationId,
-      seq: s,
-      messageId: String(7_000_000 + s),
-      sender: users[0]!,
-      clientMsgId: `m${s}`,
-      body: `m${s}`,
-      createdAtMs: Date.now(),
-    });
-  const produce = async (count: number, redeliverSeq?: number) => {
-    for (let k = 0; k < count; k++) {
-      const s = redeliverSeq ?? ++seq;
-      const value = messageValue(s);
-      for (let partition = 0; partition < PARTITIONS; partition++) {
-        const here = users.filter((u) => shardOf(u, PARTITIONS) === partition);
-        if (here.length === 0) continue;
-        await producer.send({
-          topic: names.inbox,
-          acks: -1,
-          messages: [
-            {
-              partition,
-              value,
-              headers: {
-                [INBOX_RECIPIENTS_HEADER]: here.join("\n"),
-                ...(redeliverSeq === undefined ? {} : { [REDELIVERY_HEADER]: "1" }),
-              },
-            },
-          ],
-        });
-      }
-    }
-  };
-  /** A new message and, in the same produce request, its re-delivery: one fetch batch. */
-  const produceWithRedelivery = async (s: number) => {
-    seq = Math.max(seq, s);
-    const value = messageValue(s);
+  /** One record of `value` per entry of `extraHeaders` (added to its headers), a partition's in one request. */
+  const publish = async (value: Buffer, extraHeaders: Array<Record<string, string>> = [{}]) => {
     for (let partition = 0; partition < PARTITIONS; partition++) {
       const here = users.filter((u) => shardOf(u, PARTITIONS) === partition);
       const headers = { [INBOX_RECIPIENTS_HEADER]: here.join("\n") };
       await producer.send({
         topic: names.inbox,
         acks: -1,
-        messages: [
-          { partition, value, headers },
-          { partition, value, headers: { ...headers, [REDELIVERY_HEADER]: "1" } },
-        ],
+        messages: extraHeaders.map((extra) => ({ partition, value, headers: { ...headers, ...extra } })),
       });
     }
   };
+  return { scenario, names, kafka, producer, users, publish };
+}
+
+/** The inbox record's value of a conversation's message `seq`: id `idBase + seq`, body `m<seq>`. */
+function messageValue(conversationId: string, seq: number, idBase: number, sender: string): Buffer {
+  return encodeMessage({
+    conversationId,
+    seq,
+    messageId: String(idBase + seq),
+    sender,
+    clientMsgId: `m${seq}`,
+    body: `m${seq}`,
+    createdAtMs: Date.now(),
+  });
+}
+
+async function zombieOwner(holdAt: "write" | "handOver", tag: string): Promise<void> {
+  const { scenario, names, kafka, producer, users, publish } = await openScenario(tag);
+  const conversationId = `g:${tag}${id}`;
+  let seq = 0;
+  const value = (s: number) => messageValue(conversationId, s, 7_000_000, users[0]!);
+  const produce = async (count: number, redeliverSeq?: number) => {
+    for (let k = 0; k < count; k++)
+      await publish(value(redeliverSeq ?? ++seq), [
+        redeliverSeq === undefined ? {} : { [REDELIVERY_HEADER]: "1" },
+      ]);
+  };
+  /** A new message and, in the same produce request, its re-delivery: one fetch batch. */
+  const produceWithRedelivery = async (s: number) => {
+    seq = Math.max(seq, s);
+    await publish(value(s), [{}, { [REDELIVERY_HEADER]: "1" }]);
+  };
+  // Each partition holds some of the users: each has records to apply.
   expect(new Set(users.map((u) => shardOf(u, PARTITIONS))).size).toBe(PARTITIONS);
   const headsAre = async (want: number, timeoutMs = 60_000) => {
     const deadline = Date.now() + timeoutMs;
