@@ -14,7 +14,12 @@ import { Kafka, logLevel, type Producer } from "kafkajs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BatchProducer } from "../../internal/backends/kafka/batch-producer.js";
 import { decodeMessage, encodeMessage } from "../../internal/backends/kafka/codec.js";
-import { FIRST_ATTEMPT_HEADER, SEQUENCER_GROUP, Sequencer } from "../../internal/backends/kafka/sequencer.js";
+import {
+  FIRST_ATTEMPT_HEADER,
+  SEQUENCER_GROUP,
+  Sequencer,
+  type SequencerOptions,
+} from "../../internal/backends/kafka/sequencer.js";
 import { topicNames } from "../../internal/backends/kafka/topics.js";
 import type { OwnershipStore } from "../../internal/backends/types.js";
 import { createLogger } from "../../internal/lib/log.js";
@@ -86,6 +91,55 @@ function produceDraft(
   });
 }
 
+/** A Kafka client of the test servers and its connected idempotent producer. */
+async function connectKafka(clientId: string): Promise<{ kafka: Kafka; producer: Producer }> {
+  const kafka = new Kafka({ clientId, brokers: infra.KAFKA_BROKERS!.split(","), logLevel: logLevel.NOTHING });
+  const producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
+  await producer.connect();
+  return { kafka, producer };
+}
+
+/** A scenario's own topics (under `${prefix}${tag}.`), the keyspace's stores, and Kafka with a producer. */
+async function openScenario(tag: string, partitions: number) {
+  const scenarioPrefix = `${prefix}${tag}.`;
+  await provisionForOwners(
+    { env: infra, keyspace },
+    { prefix: scenarioPrefix, partitions, test: `fence-${tag}` },
+  );
+  const stores = await openOwnersStores({ env: infra, keyspace });
+  return {
+    prefix: scenarioPrefix,
+    names: topicNames(scenarioPrefix),
+    stores,
+    ...(await connectKafka(`fence-${tag}`)),
+  };
+}
+
+/** A sequencer of the scenario's drafts over its stores; the drafts address no members. */
+function scenarioSequencer(
+  scenario: Awaited<ReturnType<typeof openScenario>>,
+  o: Pick<SequencerOptions, "producer" | "ownership" | "firstAttemptMarginMs" | "log" | "beforeWrite">,
+): Sequencer {
+  const { names, stores } = scenario;
+  return new Sequencer({
+    kafka: scenario.kafka,
+    groupId: `${scenario.prefix}${SEQUENCER_GROUP}`,
+    draftsTopic: names.messages,
+    sequencedTopic: names.sequenced,
+    repliesTopic: names.replies,
+    store: stores.sequencer,
+    messages: stores.messages,
+    membership: {
+      membershipSeqs: async () => ({ members: [], departed: [] }),
+      boundChanges: async () => ({ members: [], departed: [] }),
+      getConversation: async () => undefined,
+    },
+    pending: new Map(),
+    dedupeWindowSeconds: 3600,
+    ...o,
+  });
+}
+
 beforeAll(async () => {
   infra = { ...(await ensureServer("kafka")), ...(await ensureServer("cassandra")) };
   // Create the topics and the schema once, without a sequencer of our own.
@@ -103,13 +157,7 @@ afterAll(() => {
 
 describe("zombie sequencer", () => {
   it("never assigns a (conversation, seq) twice nor a message two seqs", async () => {
-    const kafka = new Kafka({
-      clientId: "fence-test",
-      brokers: infra.KAFKA_BROKERS!.split(","),
-      logLevel: logLevel.NOTHING,
-    });
-    const producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
-    await producer.connect();
+    const { kafka, producer } = await connectKafka("fence-test");
     const names = topicNames(prefix);
     const conversations = ["g:1", "g:2", "g:3", "g:4"];
     const sent: Array<{ conversationId: string; clientMsgId: string; messageId: string }> = [];
@@ -240,17 +288,8 @@ describe("zombie sequencer", () => {
 
 describe("zombie sequencer writing after its successor claimed", () => {
   it("its late rows and head lose to the successor's; it acknowledges and emits nothing", async () => {
-    const zprefix = `${prefix}z.`;
-    await provisionForOwners({ env: infra, keyspace }, { prefix: zprefix, partitions: 2, test: "fence-z" });
-    const names = topicNames(zprefix);
-    const stores = await openOwnersStores({ env: infra, keyspace });
-    const kafka = new Kafka({
-      clientId: "fence-z",
-      brokers: infra.KAFKA_BROKERS!.split(","),
-      logLevel: logLevel.NOTHING,
-    });
-    const producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
-    await producer.connect();
+    const scenario = await openScenario("z", 2);
+    const { names, stores, kafka, producer } = scenario;
     const conversations = ["z:1", "z:2", "z:3", "z:4"];
     let n = 0;
     const produce = async (perConversation: number) => {
@@ -285,23 +324,9 @@ describe("zombie sequencer writing after its successor claimed", () => {
       return p;
     };
     const sequencer = (who: string, beforeWrite?: () => Promise<void>) =>
-      new Sequencer({
-        kafka,
-        groupId: `${zprefix}${SEQUENCER_GROUP}`,
-        draftsTopic: names.messages,
-        sequencedTopic: names.sequenced,
-        repliesTopic: names.replies,
+      scenarioSequencer(scenario, {
         producer: sequencerProducer(who),
-        store: stores.sequencer,
         ownership: recording(who),
-        messages: stores.messages,
-        membership: {
-          membershipSeqs: async () => ({ members: [], departed: [] }),
-          boundChanges: async () => ({ members: [], departed: [] }),
-          getConversation: async () => undefined,
-        },
-        pending: new Map(),
-        dedupeWindowSeconds: 3600,
         firstAttemptMarginMs: 60_000,
         log: createLogger({ test: `fence-z-${who}` }),
         ...(beforeWrite ? { beforeWrite } : {}),
@@ -404,21 +429,13 @@ describe("zombie sequencer writing after its successor claimed", () => {
 
 describe("a first attempt whose batch failed after its writes", () => {
   it("is assigned one seq when the batch comes again", async () => {
-    const fprefix = `${prefix}f.`;
-    await provisionForOwners({ env: infra, keyspace }, { prefix: fprefix, partitions: 1, test: "fence-f" });
-    const names = topicNames(fprefix);
-    const stores = await openOwnersStores({ env: infra, keyspace });
-    const kafka = new Kafka({
-      clientId: "fence-f",
-      brokers: infra.KAFKA_BROKERS!.split(","),
-      logLevel: logLevel.NOTHING,
-    });
-    const producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
+    const scenario = await openScenario("f", 1);
+    const { names, stores, kafka, producer } = scenario;
     const sequencerProducer = new BatchProducer(
       () => kafka.producer({ idempotent: true, maxInFlightRequests: 1 }),
       { log: createLogger({ test: "fence-first-producer" }) },
     );
-    await Promise.all([producer.connect(), sequencerProducer.connect()]);
+    await sequencerProducer.connect();
     const conversationId = "f:1";
     let n = 0;
     const produce = async (firstAttempt: boolean) => {
@@ -448,23 +465,9 @@ describe("a first attempt whose batch failed after its writes", () => {
       },
       close: async () => {},
     };
-    const sequencer = new Sequencer({
-      kafka,
-      groupId: `${fprefix}${SEQUENCER_GROUP}`,
-      draftsTopic: names.messages,
-      sequencedTopic: names.sequenced,
-      repliesTopic: names.replies,
+    const sequencer = scenarioSequencer(scenario, {
       producer: sequencerProducer,
-      store: stores.sequencer,
       ownership,
-      messages: stores.messages,
-      membership: {
-        membershipSeqs: async () => ({ members: [], departed: [] }),
-        boundChanges: async () => ({ members: [], departed: [] }),
-        getConversation: async () => undefined,
-      },
-      pending: new Map(),
-      dedupeWindowSeconds: 3600,
       // First attempts are trusted as soon as they come after the claim.
       firstAttemptMarginMs: 0,
       log: createLogger({ test: "fence-f" }),
