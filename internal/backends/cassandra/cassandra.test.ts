@@ -741,9 +741,7 @@ describe("head reads next to expired rows", () => {
     async () => {
       const [u, c] = [id("expired-user"), id("expired-c")];
       for (let i = 0; i < EXPIRED; i += 100) {
-        const entries = range(i + 1, i + 100).map(
-          (n): InboxEntry => ({ userId: u, cursor: n, conversationId: c, seq: n, messageId: `m${n}` }),
-        );
+        const entries = range(i + 1, i + 100).map((n) => ownedEntry(u, c, n));
         await a.inbox.writeOwned(
           entries,
           new Map([[u, { head: i + 100, appliedOffset: i + 99 }]]),
@@ -769,6 +767,11 @@ describe("head reads next to expired rows", () => {
     LONG,
   );
 });
+
+/** An inbox entry as an owner writes it, for a user whose entries are all of one conversation: seq = cursor. */
+function ownedEntry(userId: string, conversationId: string, cursor: number): InboxEntry {
+  return { userId, cursor, conversationId, seq: cursor, messageId: `m${cursor}` };
+}
 
 /** A write timestamp `n` seconds after a fixed point, as an owner's epoch (µs). */
 function epochAt(n: number): bigint {
@@ -862,13 +865,7 @@ describe("inbox store", () => {
       // The batch's rows in the bucket of its head land, or those in the bucket before; never both.
       for (const landing of ["upper", "lower"] as const) {
         const u = id(`partial-${landing}`);
-        const owned = (cursor: number): InboxEntry => ({
-          userId: u,
-          cursor,
-          conversationId: c,
-          seq: cursor,
-          messageId: `m${cursor}`,
-        });
+        const owned = (cursor: number) => ownedEntry(u, c, cursor);
         // A first batch, all stored: cursors 1..998.
         const h1 = { head: 998, appliedOffset: 997 };
         await a.inbox.writeOwned(range(1, 998).map(owned), new Map([[u, h1]]), new Map(), epochAt(1), 3600);
@@ -895,13 +892,7 @@ describe("inbox store", () => {
 
   it("owner path: applied offsets are of the log they were written for; another log reads none, the head stays", async () => {
     const [u, w, c] = [id("logs"), id("unnamed"), id("c")];
-    const owned = (userId: string, cursor: number): InboxEntry => ({
-      userId,
-      cursor,
-      conversationId: c,
-      seq: cursor,
-      messageId: `m${cursor}`,
-    });
+    const owned = (userId: string, cursor: number) => ownedEntry(userId, c, cursor);
     const h1 = { head: 2, appliedOffset: 41 };
     await a.inbox.writeOwned(
       [owned(u, 1), owned(u, 2)],
@@ -950,13 +941,7 @@ describe("inbox store", () => {
     "owner path: a user's burst over several buckets goes out with its head in one turn, believed once every row is there",
     async () => {
       const [u, v, c] = [id("burst"), id("calm"), id("c")];
-      const owned = (userId: string, cursor: number): InboxEntry => ({
-        userId,
-        cursor,
-        conversationId: c,
-        seq: cursor,
-        messageId: `m${cursor}`,
-      });
+      const owned = (userId: string, cursor: number) => ownedEntry(userId, c, cursor);
       const burst = range(1, 2_002).map((n) => owned(u, n));
       const heads = new Map([
         [u, { head: 2_002, appliedOffset: 2_001 }],
