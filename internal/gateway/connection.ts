@@ -36,6 +36,7 @@ import {
 } from "../conversations/index.js";
 import { atTime, type TimerHandle } from "../lib/at-time.js";
 import { type Identity, isValidUserId } from "../lib/auth.js";
+import { dropOldest } from "../lib/drop-oldest.js";
 import { errors, forClients, SwitchboardError } from "../lib/errors.js";
 import { inTime } from "../lib/in-time.js";
 import type { Limiter } from "../lib/limiter.js";
@@ -836,8 +837,7 @@ export class Connection {
     if (seq <= (this.pullSeqs.get(conversationId) ?? 0)) return;
     this.pullSeqs.delete(conversationId);
     this.pullSeqs.set(conversationId, seq);
-    if (this.pullSeqs.size > PULL_CONVERSATIONS_TRACKED_MAX)
-      this.pullSeqs.delete(this.pullSeqs.keys().next().value as string);
+    if (this.pullSeqs.size > PULL_CONVERSATIONS_TRACKED_MAX) dropOldest(this.pullSeqs);
     // A delivery the connection closed on instead (a slow consumer) is no delivery to time.
     if (this.sendRaw(encoded()))
       this.ctx.metrics.deliverySeconds.observe((Date.now() - Number(message.createdAtMs)) / 1000);

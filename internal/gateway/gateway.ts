@@ -10,6 +10,7 @@ import { WebSocketServer } from "ws";
 import type { MessageEvent } from "../../gen/switchboard/client/v1/client_pb.js";
 import type { DeliverRequest, GatewayService } from "../../gen/switchboard/gateway/v1/gateway_pb.js";
 import type { Identity } from "../lib/auth.js";
+import { dropOldest } from "../lib/drop-oldest.js";
 import { Code, SwitchboardError } from "../lib/errors.js";
 import { Limiter } from "../lib/limiter.js";
 import { mapLimited } from "../lib/map-limited.js";
@@ -456,8 +457,7 @@ export class Gateway {
     if (bucket) this.pullTyping.delete(conversationId);
     else bucket = new TokenBucket(PULL_TYPING_PER_SECOND, PULL_TYPING_PER_SECOND);
     this.pullTyping.set(conversationId, bucket);
-    if (this.pullTyping.size > PULL_TYPING_CONVERSATIONS_MAX)
-      this.pullTyping.delete(this.pullTyping.keys().next().value as string);
+    if (this.pullTyping.size > PULL_TYPING_CONVERSATIONS_MAX) dropOldest(this.pullTyping);
     // Refusals take nothing: with debt, a group's typists renewing every few seconds would keep it
     // below zero, and nobody's indicator would go out.
     return bucket.takeIfAny() === 0;
