@@ -261,6 +261,46 @@ describe("embedded log: a membership change waits for the router (ADR 0012)", ()
   });
 });
 
+describe("embedded membership: a user in many conversations", () => {
+  it("lists the newest of 12,000 by their index, reading it a chunk a turn, created in any order and in the same millisecond", async () => {
+    const backends = await openBackends();
+    const count = 12_000;
+    // Created at times in no order of their ids, twenty at a time in the same millisecond.
+    const created = (i: number) => 1_800_000_000_000 + ((i * 7_919) % count) - (((i * 7_919) % count) % 20);
+    const ids = Array.from({ length: count }, (_, i) => `g:${String(i).padStart(6, "0")}`);
+    for (let i = 0; i < count; i += 500)
+      await Promise.all(
+        ids
+          .slice(i, i + 500)
+          .map((id, k) =>
+            backends.membership.createConversation(
+              { id, kind: "group", name: id, owner: "bot", open: false, createdAtMs: created(i + k) },
+              ["bot", "other"],
+            ),
+          ),
+      );
+    // Every record read and sorted: what the index must agree with.
+    const expected = ids
+      .map((id, i) => ({ id, createdAtMs: created(i) }))
+      .sort((a, b) => b.createdAtMs - a.createdAtMs || (a.id < b.id ? -1 : 1));
+    let turns = 0;
+    const counting = setInterval(() => turns++, 0);
+    const listed = await backends.membership.conversationsOf("bot", 50);
+    clearInterval(counting);
+    expect(listed.map((r) => [r.id, r.createdAtMs])).toEqual(
+      expected.slice(0, 50).map((e) => [e.id, e.createdAtMs]),
+    );
+    expect(turns).toBeGreaterThan(0); // the event loop had turns while the index was read
+    // One the user left is no longer listed, and the next takes its place.
+    const newest = expected[0]!.id;
+    await backends.membership.removeMember(newest, "bot");
+    expect((await backends.membership.conversationsOf("bot", 3)).map((r) => r.id)).toEqual(
+      expected.slice(1, 4).map((e) => e.id),
+    );
+    expect(await backends.membership.conversationsOf("bot", 0)).toEqual([]);
+  });
+});
+
 describe("embedded values: shared structures", () => {
   it("values written before (key names inline) still read, and values written now are smaller", async () => {
     const dir = await mkdtemp(join(tmpdir(), "switchboard-embedded-shapes-"));
