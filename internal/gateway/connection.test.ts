@@ -377,6 +377,46 @@ describe("Connection: the seam between the inbox and live events", () => {
     expect(messageCursors(socket)).toEqual([1, 2]);
   });
 
+  it("a sync refused before it took the seam over leaves it to the catch-up it stopped: the connection is live again", async () => {
+    const inbox = slowInbox();
+    const waits: number[] = [];
+    const { conn, socket } = connection({ ...inbox.setup, ctx: { takeUserRead: () => waits.shift() ?? 0 } });
+    socket.frame({ id: 1, auth: { token: "t" } });
+    await until(() => socket.sent.length === 1);
+    socket.frame({ id: 2, sync: { cursor: "0" } });
+    await until(() => socket.sent.some((f) => f.replyTo === 2));
+    const refused = (id: number) =>
+      socket.sent.find((f) => f.replyTo === id)?.kind.value as { reason?: string };
+
+    // Refused while the catch-up still reads: the catch-up goes on with what it read.
+    inbox.hold();
+    conn.recheckInbox(); // a router's stream broke
+    await until(inbox.holding);
+    live(conn, inbox.add(1), 1); // not live: held back for the catch-up
+    waits.push(5_000);
+    socket.frame({ id: 3, sync: { cursor: "0" } });
+    await until(() => refused(3)?.reason === "RATE_LIMITED");
+    inbox.release();
+    await until(() => messageCursors(socket).length === 1);
+    live(conn, inbox.add(2), 2);
+    expect(messageCursors(socket)).toEqual([1, 2]);
+
+    // Refused after the catch-up stopped for it (the sync waited for the budget meanwhile): the
+    // catch-up starts again.
+    inbox.hold();
+    conn.recheckInbox();
+    await until(inbox.holding);
+    live(conn, inbox.add(3), 3);
+    waits.push(300, 5_000); // waits 300 ms, then would wait too long
+    socket.frame({ id: 4, sync: { cursor: "0" } });
+    await new Promise((r) => setTimeout(r, 50));
+    inbox.release(); // the catch-up sees the sync and stops
+    await until(() => refused(4)?.reason === "RATE_LIMITED");
+    await until(() => messageCursors(socket).length === 3);
+    live(conn, inbox.add(4), 4);
+    expect(messageCursors(socket)).toEqual([1, 2, 3, 4]);
+  });
+
   it("a recheck asked for while a sync reads is done once the sync is over", async () => {
     const inbox = slowInbox();
     const { conn, socket } = await welcomed(inbox);

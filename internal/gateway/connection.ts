@@ -273,6 +273,15 @@ export class Connection {
   private deliveredCursor = 0;
   private droppedCursorMax = 0;
   private catchingUp = false;
+  /**
+   * A catch-up stopped for a client sync (which owns the seam from then on): owed again if that sync is
+   * refused before it takes the seam over, or the connection would stay not live.
+   */
+  private catchUpStopped = false;
+  /** The epoch of the last sync refused before it took the seam over (0: none). */
+  private refusedSyncEpoch = 0;
+  /** The epoch of the last sync that took the seam over (0: none). */
+  private seamSyncEpoch = 0;
   /** A recheck of the inbox asked for while the connection was not live: done once it is. */
   private recheckOwed = false;
   /** Pull conversations' messages flow (the first sync reached the seam). */
@@ -763,8 +772,8 @@ export class Connection {
     limit: number,
     reply: (kind: NonNullable<ServerFrameInit["kind"]>) => void,
   ): Promise<void> {
-    this.syncEpoch++;
-    const run = this.syncOrder.then(() => this.syncPage(cursor, limit, reply));
+    const epoch = ++this.syncEpoch;
+    const run = this.syncOrder.then(() => this.syncPage(cursor, limit, reply, epoch));
     this.syncOrder = run.then(
       () => undefined,
       () => undefined,
@@ -776,12 +785,28 @@ export class Connection {
     cursor: number,
     limit: number,
     reply: (kind: NonNullable<ServerFrameInit["kind"]>) => void,
+    epoch: number,
   ): Promise<void> {
     // Syncs queue behind one another; one whose connection closed meanwhile reads nothing.
     if (this.closed) return;
-    await this.budget((u) => this.ctx.takeUserRead(u), "message bytes read");
-    const head = await this.ctx.backends.inbox.head(this.userId);
-    if (cursor < 0 || cursor > head) throw errors.invalid("INVALID_CURSOR", `cursor must be in [0, ${head}]`);
+    try {
+      await this.budget((u) => this.ctx.takeUserRead(u), "message bytes read");
+      if (this.closed) return;
+      const head = await this.ctx.backends.inbox.head(this.userId);
+      if (cursor < 0 || cursor > head)
+        throw errors.invalid("INVALID_CURSOR", `cursor must be in [0, ${head}]`);
+    } catch (err) {
+      // Refused before it took the seam over: a catch-up it stopped (or is about to) goes on, unless
+      // a later sync, which stops it too, is on its way.
+      this.refusedSyncEpoch = epoch;
+      if (this.catchUpStopped && epoch === this.syncEpoch && !this.closed) {
+        this.catchUpStopped = false;
+        void this.catchUp();
+      }
+      throw err;
+    }
+    this.catchUpStopped = false;
+    this.seamSyncEpoch = epoch;
     this.live = false;
     const page = await this.pageUpTo(cursor, pageLimit(this.ctx.config, limit));
     if (!page) {
@@ -856,15 +881,17 @@ export class Connection {
     if (this.catchingUp) return;
     this.catchingUp = true;
     this.live = false;
-    const epoch = this.syncEpoch;
+    let epoch = this.syncEpoch;
     try {
       for (;;) {
         // A client sync took over the seam; it decides when the connection is live again.
-        if (this.closed || epoch !== this.syncEpoch) return;
+        if (this.closed || this.syncTookOver(epoch)) return this.stoppedForSync();
+        epoch = this.syncEpoch;
         this.recheckOwed = false; // this read covers it
         const page = await this.pageUpTo(this.deliveredCursor, this.ctx.config.sync.pageSizeMax);
         // Also after the read: a sync that began meanwhile owns the seam (its reply comes first).
-        if (this.closed || epoch !== this.syncEpoch) return;
+        if (this.closed || this.syncTookOver(epoch)) return this.stoppedForSync();
+        epoch = this.syncEpoch;
         if (!page) {
           this.close(CloseCode.INTERNAL_ERROR, "catch-up could not read the newest inbox entries");
           return;
@@ -892,6 +919,21 @@ export class Connection {
     } finally {
       this.catchingUp = false;
     }
+  }
+
+  /**
+   * Whether a client sync asked for since `epoch` owns the seam, or may: one took it over, or the last
+   * one was not refused before it could (a refused one leaves the seam to the catch-up).
+   */
+  private syncTookOver(epoch: number): boolean {
+    if (this.seamSyncEpoch > epoch) return true;
+    return epoch !== this.syncEpoch && this.refusedSyncEpoch !== this.syncEpoch;
+  }
+
+  /** A catch-up gives the seam to a client sync (catchUpStopped). */
+  private stoppedForSync(): void {
+    // Not when the sync has the seam already: it decides from here, and a later refusal leaves it so.
+    if (!this.closed && this.seamSyncEpoch !== this.syncEpoch) this.catchUpStopped = true;
   }
 
   /** Runs `run` after the connection's earlier presence requests (see presenceOrder). */
@@ -1102,8 +1144,10 @@ export class Connection {
   ): Promise<void> {
     const c = this.ctx;
     const { conversationId, beforeSeq, afterSeq, limit } = value;
-    await this.requireMember(conversationId);
+    // The budget first: a page that waited for it reads the membership as it is when it is read.
     await this.budget((u) => c.takeUserRead(u), "message bytes read");
+    if (this.closed) return;
+    await this.requireMember(conversationId);
     // Bounded in bytes too: the end nearest the cursor the client paged from.
     const page = await historyWithinBytes(
       c.backends.messages,
