@@ -73,6 +73,13 @@ const until = async (pred: () => boolean) => {
   expect(pred()).toBe(true);
 };
 
+/** Sends a request frame of id `id` and returns its reply. */
+const answerer = (socket: FakeSocket) => async (id: number, frame: Record<string, unknown>) => {
+  socket.frame({ id, ...frame });
+  await until(() => socket.sent.some((f) => f.replyTo === id));
+  return socket.sent.find((f) => f.replyTo === id)!;
+};
+
 const kinds = (socket: FakeSocket) =>
   socket.sent.map((f) => (f.kind.case === "error" ? f.kind.value.reason : f.kind.case));
 
@@ -993,11 +1000,7 @@ describe("Connection listings", () => {
       },
     });
     await authed(socket);
-    const answered = async (id: number, frame: Record<string, unknown>) => {
-      socket.frame({ id, ...frame });
-      await until(() => socket.sent.some((f) => f.replyTo === id));
-      return socket.sent.find((f) => f.replyTo === id)!;
-    };
+    const answered = answerer(socket);
     expect((await answered(2, { listConversations: { limit: 50 } })).kind.case).toBe("conversations");
     expect((await answered(3, { listMembers: { conversationId: "g:1" } })).kind.case).toBe("members");
     expect((await answered(4, { listReceipts: { conversationId: "g:1" } })).kind.case).toBe("receipts");
@@ -1050,11 +1053,7 @@ describe("Connection listings", () => {
       },
     });
     await authed(socket);
-    const answered = async (id: number, frame: Record<string, unknown>) => {
-      socket.frame({ id, ...frame });
-      await until(() => socket.sent.some((f) => f.replyTo === id));
-      return socket.sent.find((f) => f.replyTo === id)!;
-    };
+    const answered = answerer(socket);
     expect((await answered(2, { sync: { cursor: "0", limit: 2 } })).kind.case).toBe("sync");
     expect((await answered(3, { history: { conversationId: "dm:alice~bob" } })).kind.case).toBe("history");
     // Two bodies of 7 bytes, then one of 5 ("été" in UTF-8): each less the one byte taken before.
