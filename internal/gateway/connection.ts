@@ -1124,8 +1124,7 @@ export class Connection {
   private markTypingShown(conversationId: string): void {
     this.typingShown.delete(conversationId);
     this.typingShown.add(conversationId);
-    if (this.typingShown.size > TYPING_CONVERSATIONS_TRACKED_MAX)
-      this.typingShown.delete(this.typingShown.values().next().value as string);
+    if (this.typingShown.size > TYPING_CONVERSATIONS_TRACKED_MAX) dropOldest(this.typingShown);
   }
 
   private touchPresence(force: boolean): void {

@@ -33,10 +33,6 @@ function byNewest(a: { id: string; createdAtMs: number }, b: { id: string; creat
   return b.createdAtMs - a.createdAtMs || (a.id < b.id ? -1 : 1);
 }
 
-function newestFirst<T extends { id: string; createdAtMs: number }>(entries: T[]): T[] {
-  return entries.sort(byNewest);
-}
-
 /** Members the member-list cache holds in all (a few MB of user ids). */
 const MEMBER_LISTS_MEMBERS_MAX = 100_000;
 
@@ -252,8 +248,8 @@ export class EmbeddedMembership implements MembershipStore {
    */
   async conversationsOf(user: string, limit: number) {
     if (limit <= 0) return [];
-    // The newest found so far, at most 2 × limit (cut back to `limit` whenever it fills): a record
-    // may be missing (gone since), so a few more than `limit` are kept to read.
+    // The newest found so far: `keep`, a few more than `limit` since a record may be missing (gone
+    // since), each time the list reaches twice that.
     let newest: Array<{ id: string; createdAtMs: number }> = [];
     const keep = Math.max(2 * limit, limit + 16);
     let oldestKept: { id: string; createdAtMs: number } | undefined;
@@ -275,20 +271,21 @@ export class EmbeddedMembership implements MembershipStore {
         if (oldestKept && byNewest(entry, oldestKept) > 0) continue;
         newest.push(entry);
         if (newest.length >= 2 * keep) {
-          newest = newestFirst(newest).slice(0, keep);
+          newest = newest.sort(byNewest).slice(0, keep);
           oldestKept = newest[keep - 1];
         }
       }
       if (read < INDEX_CHUNK) break;
       await setImmediate();
     }
+    // In the index's order, which is the records' (an entry holds its record's creation time).
     const out: ConversationRecord[] = [];
-    for (const entry of newestFirst(newest)) {
+    for (const entry of newest.sort(byNewest)) {
       const record = this.record(entry.id);
       if (record) out.push(record);
       if (out.length === limit) break;
     }
-    return out.sort(byNewest);
+    return out;
   }
 
   watch(listener: (conversationId: string) => void): () => void {

@@ -26,6 +26,7 @@
  * writes late loses to its successor's.
  */
 import type { Consumer, EachBatchPayload, Kafka } from "kafkajs";
+import { dropOldest } from "../../lib/drop-oldest.js";
 import type { Logger } from "../../lib/log.js";
 import type { MessageSpans, TraceCarrier } from "../../lib/tracing.js";
 import type { Closeable, DeliveryHandler, InboxDelivery, InboxEntry, OwnershipStore } from "../types.js";
@@ -136,8 +137,7 @@ class PartitionState {
   set(userId: string, head: UserHead): void {
     this.users.delete(userId);
     this.users.set(userId, head);
-    if (this.users.size > USERS_PER_PARTITION_MAX)
-      this.users.delete(this.users.keys().next().value as string);
+    if (this.users.size > USERS_PER_PARTITION_MAX) dropOldest(this.users);
   }
 }
 

@@ -28,6 +28,7 @@
  * processes the same drafts in the same order from the same head) and re-emits them.
  */
 import type { Consumer, EachBatchPayload, Kafka, KafkaMessage } from "kafkajs";
+import { dropOldest } from "../../lib/drop-oldest.js";
 import type { Logger } from "../../lib/log.js";
 import { shardOf } from "../../lib/shard.js";
 import type { MessageSpans, TraceCarrier } from "../../lib/tracing.js";
@@ -188,8 +189,7 @@ class PartitionState {
   setHead(conversationId: string, head: number): void {
     this.heads.delete(conversationId);
     this.heads.set(conversationId, head);
-    if (this.heads.size > HEADS_PER_PARTITION_MAX)
-      this.heads.delete(this.heads.keys().next().value as string);
+    if (this.heads.size > HEADS_PER_PARTITION_MAX) dropOldest(this.heads);
   }
 }
 
