@@ -103,6 +103,9 @@ describe("gRPC authorization", () => {
     expect(() => policyOf(["billing=publish;sendAs=bad id"])).toThrow(/sendAs/);
     expect(() => policyOf(["billing=publish;colour=blue"])).toThrow(/colour/);
     expect(() => policyOf(["billing=fly"])).toThrow(/permissions/);
+    // An id no conversation can have, and one name granted twice, are mistakes said at start.
+    expect(() => policyOf(["support=readHistory;conversations=g:abc"])).toThrow(/conversations=g:abc/);
+    expect(() => policyOf(["x=publish", "x=events"])).toThrow(/client x is granted twice/);
   });
 });
 

@@ -2,7 +2,7 @@
  * A process's gRPC authentication from its configuration (ADR 0007): the guard its server runs every
  * call past, and the credential its own calls to other roles carry.
  */
-import { SYSTEM_SENDER } from "../conversations/conversations.js";
+import { isValidConversationId, SYSTEM_SENDER } from "../conversations/conversations.js";
 import { isValidUserId } from "../lib/auth.js";
 import type { Config } from "../lib/config.js";
 import type { PolicyFile, PolicyFileClient } from "../lib/grpc-policy-file.js";
@@ -197,12 +197,15 @@ export function policyOf(entries: readonly string[]): Policy {
       if (key === "sendAs" && items.length > 0 && items.every((u) => u === SYSTEM_SENDER || isValidUserId(u)))
         sendAs = new Set(items);
       else if (key === "conversations" && (value === "all" || value === "member")) conversations = value;
-      else if (key === "conversations" && items.length > 0) conversations = new Set(items);
+      else if (key === "conversations" && items.length > 0 && items.every(isValidConversationId))
+        conversations = new Set(items);
       else
         throw new Error(
-          `grpc.clients: "${entry}": "${option}" is not sendAs=user|… or conversations=all|member|id|…`,
+          `grpc.clients: "${entry}": "${option}" is not sendAs=user|… or conversations=all|member|id|… (ids as g:<digits> or dm:<user>~<user>)`,
         );
     }
+    // Two grants of one name: which one would hold is no one's guess to make.
+    if (clients.has(name)) throw new Error(`grpc.clients: client ${name} is granted twice ("${entry}")`);
     clients.set(name, { permissions: new Set(permissions as Permission[]), sendAs, conversations });
   }
   return { clients };

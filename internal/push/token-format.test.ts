@@ -22,7 +22,8 @@ describe("device token forms", () => {
   });
 
   it("names what is wrong", () => {
-    expect(tokenProblem("apns", "not-hex")).toBe("an APNs device token is hexadecimal");
+    expect(tokenProblem("apns", "not-hex")).toBe("an APNs device token is 32 to 200 hexadecimal digits");
+    expect(tokenProblem("apns", "abcdef0123")).toBe("an APNs device token is 32 to 200 hexadecimal digits");
     expect(tokenProblem("webpush", "https://push.example/x")).toBe(
       "a Web Push token is the PushSubscription JSON: the token is not subscription JSON",
     );

@@ -34,7 +34,9 @@ export function tokenProblem(
 ): string | undefined {
   switch (provider) {
     case "apns":
-      return /^[0-9a-fA-F]{32,200}$/.test(token) ? undefined : "an APNs device token is hexadecimal";
+      return /^[0-9a-fA-F]{32,200}$/.test(token)
+        ? undefined
+        : "an APNs device token is 32 to 200 hexadecimal digits";
     case "webpush": {
       const subscription = parseSubscription(token, false);
       if (typeof subscription === "string")
