@@ -50,7 +50,7 @@ import { EmbeddedDevices } from "./devices.js";
 import { type AvailableBytes, DiskSpace, statfsAvailableBytes } from "./disk-space.js";
 import { EmbeddedInbox } from "./inbox.js";
 import { EmbeddedLog } from "./log.js";
-import { EmbeddedMembership } from "./membership.js";
+import { buildNewestFirstIndex, EmbeddedMembership } from "./membership.js";
 import { EmbeddedMessageStore } from "./messages.js";
 import { EmbeddedPresence } from "./presence.js";
 import {
@@ -69,10 +69,12 @@ import { TurnCommits } from "./turn-commits.js";
 /**
  * The layout of what this build writes in a data dir, recorded in it: a build refuses a data dir of a
  * newer format (written by a newer build) instead of failing at its first read or misreading it.
- * Raise it with every change an older build cannot read. 1: msgpack shared structures and the inbox
- * index by message (2026-12-05).
+ * Raise it with every change an older build cannot read or would not keep true. 1: msgpack shared
+ * structures and the inbox index by message (2026-12-05). 2: each user's conversations indexed by
+ * creation time too (2026-12-07; built from the index by id when an older data dir is opened, and
+ * not kept by older builds, which would leave it stale).
  */
-export const DATA_FORMAT = 1;
+export const DATA_FORMAT = 2;
 const DATA_FORMAT_KEY = "data-format";
 
 export interface EmbeddedOptions {
@@ -240,7 +242,11 @@ export class EmbeddedBackends implements Backends {
           "DATA_FORMAT_NEWER",
           `data dir ${options.dataDir} was written by a newer Switchboard (data format ${format}; this build reads up to ${DATA_FORMAT}): run that version or a later one, or restore the backup taken before the upgrade`,
         );
-      if (format !== DATA_FORMAT) meta.putSync(DATA_FORMAT_KEY, DATA_FORMAT);
+      if (format !== DATA_FORMAT) {
+        // Before the format is marked: a build cut short is made again at the next open.
+        buildNewestFirstIndex(db("user_conversations"), db("user_conversations_by_time"));
+        meta.putSync(DATA_FORMAT_KEY, DATA_FORMAT);
+      }
       const named = meta.get(DATA_SET_KEY);
       this.dataSet = typeof named === "string" ? named : newDataSetName();
       if (named !== this.dataSet) meta.putSync(DATA_SET_KEY, this.dataSet);
@@ -275,6 +281,7 @@ export class EmbeddedBackends implements Backends {
         db("members"),
         db("member_roles"),
         db("user_conversations"),
+        db("user_conversations_by_time"),
         guard,
         async (conversationId) => {
           if (!(await log.untilAddressed(ROUTER_WAIT_BEFORE_MEMBERSHIP_CHANGE_MS)))
