@@ -20,6 +20,7 @@ import {
   tokenAudience,
 } from "./names.js";
 import { clusterSettings } from "./settings.js";
+import { gatewayShutdownDrainMs } from "./workloads.js";
 
 /**
  * SWITCHBOARD_* values for a cluster. Secrets stay out: credentials reach the containers as env
@@ -75,7 +76,7 @@ function operatorEnv(cluster: ChatCluster): Record<string, string> {
   set("grpc.policyFile", `${GRPC_POLICY_DIR}/${POLICY_FILE_NAME}`);
   // A gateway Pod being replaced (rolling update, node drain) moves its clients before it stops,
   // spread like a scale-down drain; its terminationGracePeriodSeconds leaves room for it.
-  set("gateway.shutdownDrainMs", Math.min(10_000, (s.gateway.autoscaling.drainTimeoutSeconds * 1000) / 2));
+  set("gateway.shutdownDrainMs", gatewayShutdownDrainMs(cluster));
   set("presence.heartbeatIntervalMs", s.presence.heartbeatIntervalSeconds * 1000);
   set("presence.offlineAfterMs", s.presence.offlineAfterSeconds * 1000);
   set("push.webhookUrl", s.push.webhook?.url);

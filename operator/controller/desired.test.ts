@@ -1027,9 +1027,16 @@ describe("desiredObjects", () => {
       },
       inputs,
     );
-    expect(podSpec(quick, "gateway").terminationGracePeriodSeconds).toBeGreaterThan(5);
+    // The sleep, the process's own stop bound (30 s) and a margin: 5 + 0 + 30 + 10.
+    expect(podSpec(quick, "gateway").terminationGracePeriodSeconds).toBe(45);
     for (const c of COMPONENTS)
       if (c !== "gateway") expect(containerOf(objects, c).lifecycle, c).toBeUndefined();
+  });
+
+  it("gives every role's Pods a grace period past their own stop bound, so the kubelet's kill never ends a stop", () => {
+    // Not Kubernetes' default 30 s, which is the processes' own shutdownTimeoutMs.
+    for (const c of COMPONENTS)
+      if (c !== "gateway") expect(podSpec(objects, c).terminationGracePeriodSeconds, c).toBe(40);
   });
 });
 

@@ -17,7 +17,7 @@ import type {
   V1Volume,
   V1VolumeMount,
 } from "@kubernetes/client-node";
-import { envName } from "../../internal/lib/config.js";
+import { envName, schema } from "../../internal/lib/config.js";
 import type { ChatCluster, ComponentName, ComponentSpec } from "../api/v1alpha1.js";
 import { grpcIdentityPod } from "./grpc-identity.js";
 import { grpcTlsPod } from "./grpc-tls.js";
@@ -231,6 +231,31 @@ export function defaultResources(component: ComponentName): V1ResourceRequiremen
  * The grace period (drainTimeoutSeconds + 30) counts the sleep too.
  */
 export const GATEWAY_PRE_STOP_SECONDS = 5;
+
+/**
+ * A process may take its shutdownTimeoutMs to stop (the default: the operator owns the setting and
+ * leaves it unset), a gateway its drain first; the kubelet's SIGKILL comes this long after either
+ * could end, not at the moment a slow stop would have finished (the default grace is 30 s, the
+ * default stop bound too).
+ */
+const STOP_MARGIN_SECONDS = 10;
+const STOP_SECONDS = schema.shutdownTimeoutMs.default / 1000;
+
+/** A Pod's grace period: a gateway's counts its sleep, its drain, and a scale-down drain's wait. */
+export function terminationGraceSeconds(cluster: ChatCluster, component: ComponentName): number {
+  if (component !== "gateway") return STOP_SECONDS + STOP_MARGIN_SECONDS;
+  const drainTimeout = cluster.spec.gateway.autoscaling.drainTimeoutSeconds;
+  const ownStop = GATEWAY_PRE_STOP_SECONDS + gatewayShutdownDrainMs(cluster) / 1000 + STOP_SECONDS;
+  return Math.max(drainTimeout + 30, Math.ceil(ownStop) + STOP_MARGIN_SECONDS);
+}
+
+/**
+ * How long a gateway told to stop spreads its clients' reconnects (gateway.shutdownDrainMs): like a
+ * scale-down drain, within half its timeout and at most 10 s.
+ */
+export function gatewayShutdownDrainMs(cluster: ChatCluster): number {
+  return Math.min(10_000, (cluster.spec.gateway.autoscaling.drainTimeoutSeconds * 1000) / 2);
+}
 const GATEWAY_LIFECYCLE: V1Lifecycle = { preStop: { sleep: { seconds: GATEWAY_PRE_STOP_SECONDS } } };
 
 /**
@@ -284,7 +309,6 @@ function podTemplate(
   component: ComponentName,
   spec: ComponentSpec,
   inputs: WorkloadInputs,
-  terminationGracePeriodSeconds?: number,
 ): V1PodTemplateSpec {
   const volumes: V1Volume[] = [{ name: "tmp", emptyDir: { sizeLimit: "256Mi" } }];
   const ref = cluster.spec.auth.secretRef;
@@ -329,7 +353,7 @@ function podTemplate(
         (sched.topologySpreadConstraints as V1PodSpec["topologySpreadConstraints"]) ??
         defaultTopologySpread(cluster, component),
       ...(sched.priorityClassName ? { priorityClassName: sched.priorityClassName } : {}),
-      ...(terminationGracePeriodSeconds === undefined ? {} : { terminationGracePeriodSeconds }),
+      terminationGracePeriodSeconds: terminationGraceSeconds(cluster, component),
     },
   };
 }
@@ -342,7 +366,6 @@ export function desiredDeployment(
   inputs: WorkloadInputs,
 ): V1Deployment {
   const spec = cluster.spec[component];
-  const gateway = component === "gateway";
   return {
     apiVersion: "apps/v1",
     kind: "Deployment",
@@ -354,14 +377,7 @@ export function desiredDeployment(
       // of one replica (push, by default) would otherwise have none ready while the new Pod starts
       // (the router gives a notification up after 0.2, 1 and 5 s).
       strategy: { type: "RollingUpdate", rollingUpdate: { maxSurge: 1, maxUnavailable: 0 } },
-      template: podTemplate(
-        cluster,
-        component,
-        spec,
-        inputs,
-        // Time for a gateway to close its connections and the kubelet to stop it after a drain.
-        gateway ? cluster.spec.gateway.autoscaling.drainTimeoutSeconds + 30 : undefined,
-      ),
+      template: podTemplate(cluster, component, spec, inputs),
     },
   };
 }
