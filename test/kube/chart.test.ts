@@ -103,6 +103,18 @@ describe("charts/switchboard-operator", () => {
     const policy = await helm(tools, ["template", "t", CHART_DIR, "--set", "image.pullPolicy=Sometimes"]);
     expect(policy.code).not.toBe(0);
     expect(policy.stderr).toContain("/image/pullPolicy");
+    // Pinned by digest: pulled by it; a digest of another form is refused.
+    const digest = `sha256:${"0123456789abcdef".repeat(4)}`;
+    const pinned = await render(
+      "--show-only",
+      "templates/deployment.yaml",
+      "--set",
+      `image.digest=${digest}`,
+    );
+    expect(pinned).toMatch(new RegExp(`image: "[^"]+:[^"@]+@${digest}"`));
+    const badDigest = await helm(tools, ["template", "t", CHART_DIR, "--set", "image.digest=sha256:xyz"]);
+    expect(badDigest.code).not.toBe(0);
+    expect(badDigest.stderr).toContain("/image/digest");
     // A Pod label that would replace the selector's own: the API server would refuse the Deployment.
     const selector = await helm(tools, [
       "template",
@@ -502,6 +514,28 @@ describe("charts/switchboard-operator", () => {
     );
     expect(secretBindings.map((o) => o.metadata.namespace)).toEqual(["chat", "chat-staging"]);
     expect(scoped.map((o) => o.kind)).not.toContain("ValidatingAdmissionPolicy");
+    // Against a cluster, a namespace that does not exist is refused before anything is applied (a
+    // release that failed there would have dropped the cluster-wide rule and bound nothing).
+    const against = (namespaces: string) =>
+      helm(tools, [
+        "template",
+        RELEASE,
+        CHART_DIR,
+        "--namespace",
+        NS,
+        "--dry-run=server",
+        "--show-only",
+        "templates/rbac.yaml",
+        "--set",
+        `rbac.secretNamespaces={${namespaces}}`,
+      ]);
+    const missing = `sb-no-such-${randomBytes(3).toString("hex")}`;
+    const refused = await against(`default,${missing}`);
+    expect(refused.code).not.toBe(0);
+    expect(refused.stderr).toContain(`rbac.secretNamespaces: namespace "${missing}" does not exist`);
+    const existing = await against("default,kube-public");
+    expect(existing.stderr).toBe("");
+    expect(existing.code).toBe(0);
     // The rendered RBAC is valid for the API server.
     const r = await kubectlRun(
       ["apply", "--dry-run=server", "-f", "-"],
