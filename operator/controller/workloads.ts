@@ -228,7 +228,7 @@ export function defaultResources(component: ComponentName): V1ResourceRequiremen
  * deletion: connections sent there in between would be refused. The kubelet's own sleep (no shell in
  * the distroless image, so no `exec` of sleep) delays the SIGTERM until they have caught up. The
  * `sleep` action is beta and on by default from Kubernetes 1.30, the chart's minimum (GA in 1.34).
- * The grace period (drainTimeoutSeconds + 30) counts the sleep too.
+ * The grace period (terminationGraceSeconds) counts the sleep too.
  */
 export const GATEWAY_PRE_STOP_SECONDS = 5;
 

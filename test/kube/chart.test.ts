@@ -533,7 +533,8 @@ describe("charts/switchboard-operator", () => {
     const refused = await against(`default,${missing}`);
     expect(refused.code).not.toBe(0);
     expect(refused.stderr).toContain(`rbac.secretNamespaces: namespace "${missing}" does not exist`);
-    const existing = await against("default,kube-public");
+    // The release's own namespace may not exist yet (`--create-namespace` makes it after rendering).
+    const existing = await against(`default,kube-public,${NS}`);
     expect(existing.stderr).toBe("");
     expect(existing.code).toBe(0);
     // The rendered RBAC is valid for the API server.

@@ -56,7 +56,7 @@ export function buildNewestFirstIndex(
     byUserNewest.transactionSync(() => {
       for (const { key, value } of byUser.getRange({
         ...(start ? { start } : {}),
-        limit: INDEX_BUILD_CHUNK,
+        limit: chunkEntries,
       })) {
         const [user, id] = key as [string, string];
         byUserNewest.put(newestFirstKey(user, value, id), 1);
