@@ -106,19 +106,25 @@ describe("gRPC authorization", () => {
     // An id no conversation can have, and one name granted twice, are mistakes said at start.
     expect(() => policyOf(["support=readHistory;conversations=g:abc"])).toThrow(/conversations=g:abc/);
     expect(() => policyOf(["x=publish", "x=events"])).toThrow(/client x is granted twice/);
-    // The policy file's ids are a ChatCluster's, as the operator copied them: one that names no
-    // conversation grants nothing, and the rest of the file (every role's identity) still reads.
+    // The policy file's ids are a ChatCluster's, as the operator copied them: one that names no user
+    // or conversation grants nothing, and the rest of the file (every role's identity) still reads.
     const file = parsePolicyFile(
       JSON.stringify({
         serviceAccounts: { "chat/router": "role:router" },
         clients: [
-          { name: "support", permissions: ["readHistory"], conversations: { ids: ["g:1", "dm:bob~alice"] } },
+          {
+            name: "support",
+            permissions: ["readHistory"],
+            sendAs: ["bot:support", "not a user"],
+            conversations: { ids: ["g:1", "dm:bob~alice"] },
+          },
         ],
       }),
       "policy.json",
     );
     expect(file.accounts.get("chat/router")).toBe("role:router");
     expect(file.policy.clients.get("support")?.conversations).toEqual(new Set(["g:1", "dm:bob~alice"]));
+    expect(file.policy.clients.get("support")?.sendAs).toEqual(new Set(["bot:support", "not a user"]));
   });
 });
 

@@ -174,10 +174,11 @@ export function parsePolicyFile(
 
 /**
  * The clients' grants from `name=permission+permission[;sendAs=user|user][;conversations=C]` entries,
- * C being `all`, `member` (the default) or conversation ids separated by `|`. `checkIds`: refuse an
- * id no conversation can have (grpc.clients, a typo said at start). Not for the policy file: the
- * operator copies a ChatCluster's ids into it as they are (its CRD takes any string), and one such
- * id must not fail the file every role reads its identity from; there it grants nothing.
+ * C being `all`, `member` (the default) or conversation ids separated by `|`. `checkIds`: refuse a
+ * sender or conversation id no user or conversation can have (grpc.clients, a typo said at start).
+ * Not for the policy file: the operator copies a ChatCluster's ids into it as they are (its CRD takes
+ * any string), and one such id must not fail the file every role reads its identity from; there it
+ * grants nothing (a request naming it is refused as malformed before any grant is looked at).
  */
 export function policyOf(entries: readonly string[], checkIds = true): Policy {
   const clients = new Map<string, ClientGrant>();
@@ -197,7 +198,11 @@ export function policyOf(entries: readonly string[], checkIds = true): Policy {
       const [key, value = ""] = option.split("=", 2) as [string, string?];
       // Not commas: a list setting's entries are separated by commas (SWITCHBOARD_GRPC_CLIENTS).
       const items = value.split("|").filter(Boolean);
-      if (key === "sendAs" && items.length > 0 && items.every((u) => u === SYSTEM_SENDER || isValidUserId(u)))
+      if (
+        key === "sendAs" &&
+        items.length > 0 &&
+        (!checkIds || items.every((u) => u === SYSTEM_SENDER || isValidUserId(u)))
+      )
         sendAs = new Set(items);
       else if (key === "conversations" && (value === "all" || value === "member")) conversations = value;
       else if (
