@@ -141,6 +141,45 @@ describe("distributed: the sequencer and first attempts", () => {
   }, 120_000);
 });
 
+describe("distributed: a resend that overtakes its first transmission", () => {
+  it("is answered through the process that appended the first one once that is sequenced, not as a new message", async () => {
+    const s = await infra();
+    const prefix = `overtake_${Date.now().toString(36)}.`;
+    // A process whose drafts wait in the log: no sequencer runs yet.
+    const appender = await openOwnTopics(s, prefix, "overtake-appender", {
+      partitions: 1,
+      sequencer: false,
+      appendTimeoutMs: 1_500,
+    });
+    let sequencer: Awaited<ReturnType<typeof openOwnTopics>> | undefined;
+    try {
+      const conversation = `g:${prefix}`;
+      const first = draft(conversation, "ov", "k1");
+      await expect(appender.log.append(first)).rejects.toMatchObject({ reason: "SEQUENCE_TIMEOUT" });
+      // Nothing stored, and nothing of this process waits for that key: not found, at once.
+      expect(await appender.log.appended(conversation, "ov", "k2")).toBeUndefined();
+      // The first transmission is in the log, not sequenced: its resend is told to retry (retryable),
+      // not that the message does not exist (which a sender refused for permission would hear).
+      await expect(appender.log.appended(conversation, "ov", "k1")).rejects.toMatchObject({
+        reason: "SEQUENCE_TIMEOUT",
+      });
+      sequencer = await openOwnTopics(s, prefix, "overtake-sequencer", { partitions: 1, appends: false });
+      let found: Awaited<ReturnType<typeof appender.log.appended>>;
+      for (;;) {
+        found = await appender.log.appended(conversation, "ov", "k1").catch(() => undefined);
+        if (found) break;
+      }
+      expect(found).toMatchObject({ conversationId: conversation, messageId: first.messageId, seq: 1 });
+      // From then on it is found stored.
+      expect(await appender.log.appended(conversation, "ov", "k1")).toMatchObject({ seq: 1 });
+    } finally {
+      await sequencer?.close();
+      await appender.close();
+      await deleteTopics(s.brokers, prefix);
+    }
+  }, 120_000);
+});
+
 describe("distributed: a keyspace restored beside fresh topics", () => {
   it("delivers into the inboxes of users whose heads hold the old topics' applied offsets", async () => {
     const s = await infra();

@@ -26,6 +26,7 @@ import type {
   SequencerStore,
   StoredMessage,
 } from "../types.js";
+import { AwaitedAnswers, resendKey } from "./awaited-answers.js";
 import { type BatchProducer, RecordWithdrawn, Withdrawal } from "./batch-producer.js";
 import { decodeMessage, encodeMessage, traceOf } from "./codec.js";
 import { commitBatch, FETCH_WAIT_MS, groupConsumer } from "./consumers.js";
@@ -95,6 +96,9 @@ export class KafkaMessageLog implements MessageLog {
    */
   private replyHeaders: Record<string, string> | undefined;
 
+  /** The answers this process's drafts wait for, by dedupe key, late ones too (`appended`). */
+  private readonly awaited = new AwaitedAnswers();
+
   constructor(private readonly o: KafkaLogOptions) {}
 
   async append(draft: MessageDraft, hints?: AppendHints): Promise<AppendResult> {
@@ -104,10 +108,23 @@ export class KafkaMessageLog implements MessageLog {
     // stalled Kafka gets no burst of stale drafts once it is back. One already in a request is not.
     const deadline = new Withdrawal();
     let timer: NodeJS.Timeout | undefined;
+    // Set once Kafka took the draft: past the deadline it will still be sequenced in its place, and a
+    // resend through this process waits for that answer (awaited-answers.ts).
+    let inLog = false;
+    // The closures below name the id alone, not the draft: a late answer's must not keep the body.
+    const draftId = draft.messageId;
+    const awaited = this.awaited.expect(
+      resendKey(draft.conversationId, draft.sender, draft.clientMsgId),
+      () => this.o.pending.delete(draftId),
+    );
     // Register before producing: the sequencer may answer before the produce call returns.
     const sequenced = new Promise<AppendResult>((resolve, reject) => {
       timer = setTimeout(() => {
-        this.o.pending.delete(draft.messageId);
+        if (inLog) awaited.late();
+        else {
+          this.o.pending.delete(draftId);
+          awaited.failed();
+        }
         deadline.withdraw();
         reject(
           errors.unavailable(
@@ -116,8 +133,9 @@ export class KafkaMessageLog implements MessageLog {
           ),
         );
       }, this.o.appendTimeoutMs);
-      this.o.pending.set(draft.messageId, (result) => {
+      this.o.pending.set(draftId, (result) => {
         clearTimeout(timer);
+        awaited.settle(result);
         resolve(result);
       });
     });
@@ -151,12 +169,16 @@ export class KafkaMessageLog implements MessageLog {
       // appendTimeoutMs. Its outcome is then unknown (LOG_UNAVAILABLE: a resend with the same
       // client_msg_id is answered as a duplicate if it was stored after all). The race listens to
       // the produce: its failure after the deadline is handled, and dropped.
-      await Promise.race([produced, sequenced.then(() => undefined)]);
+      const taken = produced.then(() => {
+        inLog = true;
+      });
+      await Promise.race([taken, sequenced.then(() => undefined)]);
     } catch (err) {
       // Refused at the producer's bound (ProducerQueueFull), withdrawn at the deadline, or failed;
       // its timer goes too (it holds the draft, body and all, for appendTimeoutMs).
       clearTimeout(timer);
       this.o.pending.delete(draft.messageId);
+      awaited.failed();
       if (err instanceof DraftTooLarge)
         throw errors.invalid(
           "BODY_TOO_LARGE",
@@ -181,13 +203,25 @@ export class KafkaMessageLog implements MessageLog {
    * The sequencer store's dedupe row of the key (written, with the head, before the send was
    * acknowledged; it expires with the dedupe window), then its message row. A row counts only as
    * the sequencer itself counts it: at or below the head, holding the message the row names (not a
-   * fenced-out owner's leftover). A draft not sequenced yet is not found.
+   * fenced-out owner's leftover). A draft not sequenced yet is not found, unless this process
+   * appended it: then its answer is waited for, up to appendTimeoutMs (SEQUENCE_TIMEOUT past it, a
+   * retryable refusal: it is in the log, and a later resend finds it).
    */
   async appended(
     conversationId: string,
     sender: string,
     clientMsgId: string,
   ): Promise<StoredMessage | undefined> {
+    const waiting = this.awaited.get(resendKey(conversationId, sender, clientMsgId));
+    if (waiting) {
+      const answer = await inTime(waiting, this.o.appendTimeoutMs, () =>
+        errors.unavailable(
+          "SEQUENCE_TIMEOUT",
+          `an earlier transmission of this message is in the log and was not sequenced within ${this.o.appendTimeoutMs} ms; retry with the same client_msg_id`,
+        ),
+      );
+      return answer.message;
+    }
     const { store, messages } = this.o.sequenced;
     const key = dedupeKeyOf({ sender, clientMsgId });
     const [found, heads] = await Promise.all([
