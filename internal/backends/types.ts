@@ -145,6 +145,14 @@ export interface MessageLog extends Closeable {
    */
   appended(conversationId: string, sender: string, clientMsgId: string): Promise<StoredMessage | undefined>;
   /**
+   * The answer that a draft with this key, appended through this process, still waits for, or
+   * undefined (nothing of this process waits for one; the embedded log answers every append in its
+   * own commit). Distributed: a draft can sit in the log unsequenced past its sender's deadline
+   * (SEQUENCE_TIMEOUT), and its resend, refused for want of permission, would find nothing stored
+   * though the draft is then stored: the resend's answer is the draft's (ADR 0001).
+   */
+  awaiting?(conversationId: string, sender: string, clientMsgId: string): Promise<AppendResult> | undefined;
+  /**
    * Consumes as member of `group`: batches arrive in per-conversation seq order, at least once;
    * the group's position advances only after `handler` resolved, so effects must be idempotent.
    * Distributed: only when the sequenced topic is published (kafka.publishSequenced).

@@ -1,6 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { AnnouncingMembershipStore } from "../backends/distributed/membership.js";
 import {
+  type AppendResult,
   type ConversationRecord,
   type MembershipStore,
   type MessageLog,
@@ -342,6 +343,59 @@ describe("send: a resend refused for want of permission", () => {
     await expect(restricted.send("k2")).rejects.toMatchObject({ reason: "POSTING_RESTRICTED" });
     expect(restricted.calls).toEqual({ appended: 2, append: 0 });
   });
+
+  it("whose first transmission through this process waits for its seq gets that one's answer, out of its caller's turn", async () => {
+    const { conversations, log, first } = waitingSetup();
+    const order: string[] = [];
+    const issued = await conversations.issue({
+      sender: "bob",
+      conversationId: id,
+      clientMsgId: "k3",
+      body: "again",
+      beforeAppend: () => order.push("turn"),
+    });
+    // The turn was passed before the answer came: the caller's later sends are not held by the wait.
+    expect(order).toEqual(["turn"]);
+    first.resolve({ message: { ...stored, clientMsgId: "k3", seq: 9 }, duplicate: false });
+    expect(await issued.appended).toEqual({
+      message: { ...stored, clientMsgId: "k3", seq: 9 },
+      duplicate: true,
+    });
+    // Nothing waits for another key: refused as before, after its lookup.
+    await expect(
+      conversations.send({ sender: "bob", conversationId: id, clientMsgId: "k4", body: "x" }),
+    ).rejects.toMatchObject({
+      reason: "NOT_MEMBER",
+    });
+    expect(log.calls).toEqual({ appended: 1, awaiting: 2 });
+  });
+
+  function waitingSetup() {
+    let resolve!: (r: AppendResult) => void;
+    const answer = new Promise<AppendResult>((r) => {
+      resolve = r;
+    });
+    const calls = { appended: 0, awaiting: 0 };
+    const log = {
+      calls,
+      appended: async () => {
+        calls.appended++;
+        return undefined;
+      },
+      awaiting: (conversationId: string, sender: string, clientMsgId: string) => {
+        calls.awaiting++;
+        return conversationId === id && sender === "bob" && clientMsgId === "k3" ? answer : undefined;
+      },
+    };
+    const store = { memberOf: async () => undefined } as unknown as MembershipStore;
+    const conversations = new Conversations(store, log as unknown as MessageLog, {} as IdPool, {
+      bodyCharsMax: 100,
+      membersMax: 10,
+      pullThreshold: 5,
+      nameCharsMax: 64,
+    });
+    return { conversations, log, first: { resolve } };
+  }
 
   it("costs an accepted send no lookup: its append deduplicates it", async () => {
     const member = setup("admin", "admins");

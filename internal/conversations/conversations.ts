@@ -199,8 +199,16 @@ export class Conversations {
       conversationId = await this.resolveTarget(input);
     } catch (err) {
       // Refused for want of permission: a resend of a message stored before (its answer lost, the
-      // sender removed or the group made admins-only since) still gets the original (§3).
-      const original = refusesPermission(err) ? await this.storedBefore(input) : undefined;
+      // sender removed or the group made admins-only since) still gets the original (§3), and one
+      // whose first transmission through this process still waits for its seq gets that one's
+      // answer, waited for after this send's turn, not in it (its caller's later sends go on).
+      if (!refusesPermission(err)) throw err;
+      const awaiting = this.awaitingFirst(input);
+      if (awaiting) {
+        input.beforeAppend?.();
+        return { appended: awaiting.then(({ message }) => ({ message, duplicate: true })) };
+      }
+      const original = await this.storedBefore(input);
       if (!original) throw err;
       input.beforeAppend?.();
       return { appended: Promise.resolve({ message: original, duplicate: true }) };
@@ -251,6 +259,12 @@ export class Conversations {
    * it stored under a key: a refusal of the sender itself (the server API's SENDER_NOT_ALLOWED)
    * must never come here.
    */
+  /** The answer a first transmission of this send's key, through this process, still waits for. */
+  private awaitingFirst(input: SendInput): Promise<AppendResult> | undefined {
+    if (input.toUser !== undefined || input.conversationId === undefined) return undefined;
+    return this.log.awaiting?.(input.conversationId, input.sender, input.clientMsgId);
+  }
+
   async storedBefore(input: SendInput): Promise<StoredMessage | undefined> {
     if (input.toUser !== undefined || input.conversationId === undefined) return undefined;
     try {

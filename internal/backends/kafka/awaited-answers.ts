@@ -21,16 +21,24 @@ const AWAITED_MAX = 20_000;
 export interface AwaitedAnswer {
   /** The sequencer answered. */
   settle(result: AppendResult): void;
-  /** Its sender was told SEQUENCE_TIMEOUT: the answer stays awaited for LATE_ANSWER_KEPT_MS more. */
-  late(): void;
+  /**
+   * Its sender was told SEQUENCE_TIMEOUT: the answer stays awaited for LATE_ANSWER_KEPT_MS more.
+   * False if it is no longer the one awaited for its key (a newer send took its place): then nobody
+   * waits for it, and its caller lets its answer go.
+   */
+  late(): boolean;
   /** It never reached the log (refused, withdrawn, failed): no answer will come. */
   failed(): void;
 }
 
 interface Entry {
   answer: Promise<AppendResult>;
-  /** Called when the entry goes without an answer: the draft's pending registration goes too. */
+  /**
+   * Called when a late entry goes without an answer: the draft's pending registration goes too (an
+   * entry still within its deadline leaves that to its append, whose timer is still running).
+   */
   abandon: () => void;
+  /** Set once late: when it stops being awaited. */
   expiry?: NodeJS.Timeout;
 }
 
@@ -42,7 +50,7 @@ export class AwaitedAnswers {
 
   /**
    * Registers a draft about to be appended. `abandon` is called if its answer stops being awaited
-   * before it came (pushed out by newer drafts, or kept late and expired).
+   * after its deadline, before it came (expired, or pushed out by newer drafts).
    */
   expect(key: string, abandon: () => void): AwaitedAnswer {
     let resolve!: (result: AppendResult) => void;
@@ -62,11 +70,12 @@ export class AwaitedAnswers {
         if (mine()) this.forget(key);
       },
       late: () => {
-        if (!mine()) return;
+        if (!mine()) return false;
         entry.expiry = setTimeout(() => {
           if (mine()) this.drop(key);
         }, LATE_ANSWER_KEPT_MS);
         entry.expiry.unref();
+        return true;
       },
       failed: () => {
         if (mine()) this.forget(key);
@@ -92,7 +101,8 @@ export class AwaitedAnswers {
   private drop(key: string): void {
     const entry = this.byKey.get(key);
     if (!entry) return;
+    const late = entry.expiry !== undefined;
     this.forget(key);
-    entry.abandon();
+    if (late) entry.abandon();
   }
 }

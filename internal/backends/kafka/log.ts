@@ -120,8 +120,7 @@ export class KafkaMessageLog implements MessageLog {
     // Register before producing: the sequencer may answer before the produce call returns.
     const sequenced = new Promise<AppendResult>((resolve, reject) => {
       timer = setTimeout(() => {
-        if (inLog) awaited.late();
-        else {
+        if (!inLog || !awaited.late()) {
           this.o.pending.delete(draftId);
           awaited.failed();
         }
@@ -203,25 +202,13 @@ export class KafkaMessageLog implements MessageLog {
    * The sequencer store's dedupe row of the key (written, with the head, before the send was
    * acknowledged; it expires with the dedupe window), then its message row. A row counts only as
    * the sequencer itself counts it: at or below the head, holding the message the row names (not a
-   * fenced-out owner's leftover). A draft not sequenced yet is not found, unless this process
-   * appended it: then its answer is waited for, up to appendTimeoutMs (SEQUENCE_TIMEOUT past it, a
-   * retryable refusal: it is in the log, and a later resend finds it).
+   * fenced-out owner's leftover). A draft not sequenced yet is not found (see `awaiting`).
    */
   async appended(
     conversationId: string,
     sender: string,
     clientMsgId: string,
   ): Promise<StoredMessage | undefined> {
-    const waiting = this.awaited.get(resendKey(conversationId, sender, clientMsgId));
-    if (waiting) {
-      const answer = await inTime(waiting, this.o.appendTimeoutMs, () =>
-        errors.unavailable(
-          "SEQUENCE_TIMEOUT",
-          `an earlier transmission of this message is in the log and was not sequenced within ${this.o.appendTimeoutMs} ms; retry with the same client_msg_id`,
-        ),
-      );
-      return answer.message;
-    }
     const { store, messages } = this.o.sequenced;
     const key = dedupeKeyOf({ sender, clientMsgId });
     const [found, heads] = await Promise.all([
@@ -232,6 +219,22 @@ export class KafkaMessageLog implements MessageLog {
     if (!ref || ref.seq > (heads.get(conversationId) ?? 0)) return undefined;
     const [row] = await messages.getMany([{ conversationId, seq: ref.seq }]);
     return row?.messageId === ref.messageId ? row : undefined;
+  }
+
+  /**
+   * The answer a draft with this key that this process appended still waits for (in the log, not
+   * sequenced; perhaps past its sender's deadline: awaited-answers.ts), up to appendTimeoutMs from
+   * now, then SEQUENCE_TIMEOUT (retryable: a later resend finds it); undefined if there is none.
+   */
+  awaiting(conversationId: string, sender: string, clientMsgId: string): Promise<AppendResult> | undefined {
+    const waiting = this.awaited.get(resendKey(conversationId, sender, clientMsgId));
+    if (!waiting) return undefined;
+    return inTime(waiting, this.o.appendTimeoutMs, () =>
+      errors.unavailable(
+        "SEQUENCE_TIMEOUT",
+        `an earlier transmission of this message is in the log and was not sequenced within ${this.o.appendTimeoutMs} ms; retry with the same client_msg_id`,
+      ),
+    );
   }
 
   /**
