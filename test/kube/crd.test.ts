@@ -351,7 +351,7 @@ describe("ChatCluster CRD", () => {
             certificate: { uri: "switchboard://client:billing" },
             permissions: ["publish", "readHistory"],
             sendAs: ["billing-bot"],
-            conversations: { all: true, ids: ["g-1"] },
+            conversations: { all: true, ids: ["g:1"] },
           },
         ],
       },
@@ -368,7 +368,7 @@ describe("ChatCluster CRD", () => {
     const { serviceAccount: _serviceAccount, ...byCert } = both!;
     const api = {
       clients: [
-        { ...bySa, conversations: { ids: ["g-1"] } },
+        { ...bySa, conversations: { ids: ["g:1"] } },
         {
           ...byCert,
           name: "moderation",
@@ -470,6 +470,36 @@ describe("ChatCluster CRD", () => {
     for (const image of ["UPPER CASE!!", "ghcr.io/Switchboard", "a//b", "ghcr.io/sb:1.0"])
       expect(await createError(minimal("bad-image", { image })), image).toContain(
         "spec.image in body should match",
+      );
+    // A client's senders and conversations as ids of their kinds: said at admission, where the
+    // platform would only let a malformed one grant nothing.
+    const withClient = (more: Record<string, unknown>) =>
+      minimal("api-ids", {
+        api: {
+          clients: [
+            {
+              name: "support",
+              serviceAccount: { namespace: "support", name: "support-api" },
+              permissions: ["readHistory"],
+              ...more,
+            },
+          ],
+        },
+      });
+    const good = {
+      sendAs: ["system", "bot:support", "ann.b@x"],
+      conversations: { ids: ["g:12", "dm:ann~bob"] },
+    };
+    expect((await dryRunCreate(withClient(good))).spec.api?.clients[0]?.conversations?.ids).toEqual([
+      "g:12",
+      "dm:ann~bob",
+    ]);
+    expect(await createError(withClient({ sendAs: ["not a user"] }))).toContain(
+      "spec.api.clients[0].sendAs[0] in body should match",
+    );
+    for (const id of ["g-1", "g:abc", "dm:ann", "general"])
+      expect(await createError(withClient({ conversations: { ids: [id] } })), id).toContain(
+        "spec.api.clients[0].conversations.ids[0] in body should match",
       );
     expect(
       await createError(
