@@ -259,12 +259,6 @@ export class Conversations {
    * it stored under a key: a refusal of the sender itself (the server API's SENDER_NOT_ALLOWED)
    * must never come here.
    */
-  /** The answer a first transmission of this send's key, through this process, still waits for. */
-  private awaitingFirst(input: SendInput): Promise<AppendResult> | undefined {
-    if (input.toUser !== undefined || input.conversationId === undefined) return undefined;
-    return this.log.awaiting?.(input.conversationId, input.sender, input.clientMsgId);
-  }
-
   async storedBefore(input: SendInput): Promise<StoredMessage | undefined> {
     if (input.toUser !== undefined || input.conversationId === undefined) return undefined;
     try {
@@ -274,6 +268,12 @@ export class Conversations {
       return undefined;
     }
     return this.log.appended(input.conversationId, input.sender, input.clientMsgId);
+  }
+
+  /** The answer a first transmission of this send's key, through this process, still waits for. */
+  private awaitingFirst(input: SendInput): Promise<AppendResult> | undefined {
+    if (input.toUser !== undefined || input.conversationId === undefined) return undefined;
+    return this.log.awaiting?.(input.conversationId, input.sender, input.clientMsgId);
   }
 
   private async resolveTarget(input: SendInput): Promise<string> {

@@ -232,6 +232,8 @@ export function defaultResources(component: ComponentName): V1ResourceRequiremen
  */
 export const GATEWAY_PRE_STOP_SECONDS = 5;
 
+const GATEWAY_LIFECYCLE: V1Lifecycle = { preStop: { sleep: { seconds: GATEWAY_PRE_STOP_SECONDS } } };
+
 /**
  * A process may take its shutdownTimeoutMs to stop (the default: the operator owns the setting and
  * leaves it unset), a gateway its drain first; the kubelet's SIGKILL comes this long after either
@@ -256,7 +258,6 @@ export function terminationGraceSeconds(cluster: ChatCluster, component: Compone
 export function gatewayShutdownDrainMs(cluster: ChatCluster): number {
   return Math.min(10_000, (cluster.spec.gateway.autoscaling.drainTimeoutSeconds * 1000) / 2);
 }
-const GATEWAY_LIFECYCLE: V1Lifecycle = { preStop: { sleep: { seconds: GATEWAY_PRE_STOP_SECONDS } } };
 
 /**
  * Spread every role's Pods over the nodes when the spec says nothing about spreading

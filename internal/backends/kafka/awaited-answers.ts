@@ -11,6 +11,7 @@
  * connection, or another to the same gateway), the resend waits for that answer instead.
  */
 import type { AppendResult } from "../types.js";
+import { dedupeKeyOf } from "./sequencer.js";
 
 /** How long a draft's answer is waited for after its sender was told SEQUENCE_TIMEOUT. */
 export const LATE_ANSWER_KEPT_MS = 5 * 60_000;
@@ -42,8 +43,9 @@ interface Entry {
   expiry?: NodeJS.Timeout;
 }
 
+/** The sequencer's dedupe key, within its conversation. */
 export const resendKey = (conversationId: string, sender: string, clientMsgId: string): string =>
-  `${conversationId}\u0000${sender}\u0000${clientMsgId}`;
+  `${conversationId}\u0000${dedupeKeyOf({ sender, clientMsgId })}`;
 
 export class AwaitedAnswers {
   private readonly byKey = new Map<string, Entry>();

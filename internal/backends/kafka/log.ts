@@ -176,7 +176,7 @@ export class KafkaMessageLog implements MessageLog {
       // Refused at the producer's bound (ProducerQueueFull), withdrawn at the deadline, or failed;
       // its timer goes too (it holds the draft, body and all, for appendTimeoutMs).
       clearTimeout(timer);
-      this.o.pending.delete(draft.messageId);
+      this.o.pending.delete(draftId);
       awaited.failed();
       if (err instanceof DraftTooLarge)
         throw errors.invalid(
