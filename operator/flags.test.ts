@@ -12,6 +12,7 @@ describe("parseOperatorFlags", () => {
       pollIntervalMs: 10_000,
       serviceAccount: undefined,
       tokenReviewClusterRole: "switchboard-tokenreview",
+      watchNamespaces: [],
     });
     expect(
       parseOperatorFlags([
@@ -27,6 +28,8 @@ describe("parseOperatorFlags", () => {
         "switchboard-system",
         "--service-account",
         "switchboard-system/sb-switchboard-operator",
+        "--watch-namespaces",
+        "chat,chat-staging",
       ]),
     ).toMatchObject({
       httpPort: 0,
@@ -35,6 +38,7 @@ describe("parseOperatorFlags", () => {
       leaseName: "sb-switchboard-operator",
       leaseNamespace: "switchboard-system",
       serviceAccount: { namespace: "switchboard-system", name: "sb-switchboard-operator" },
+      watchNamespaces: ["chat", "chat-staging"],
     });
     expect(parseOperatorFlags(["--poll-interval", "0.1s"]).pollIntervalMs).toBe(100);
     expect(parseOperatorFlags(["--poll-interval", "2"]).pollIntervalMs).toBe(2000);
@@ -58,6 +62,9 @@ describe("parseOperatorFlags", () => {
       [["--lease-namespace", "a/b"], /--lease-namespace/],
       [["--service-account", "nobody"], /--service-account nobody: expected namespace\/name/],
       [["--token-review-cluster-role", ""], /--token-review-cluster-role/],
+      [["--watch-namespaces", "chat,"], /--watch-namespaces "": not a valid namespace name/],
+      [["--watch-namespaces", "Chat"], /--watch-namespaces "Chat"/],
+      [["--watch-namespaces", "chat,chat"], /--watch-namespaces: chat is named twice/],
       [["--wokers", "2"], /Unknown option '--wokers'/],
       [["stray"], /positional argument/],
     ];

@@ -17,6 +17,8 @@ export interface OperatorFlags {
   /** `namespace/name` of the operator's ServiceAccount, when given. */
   serviceAccount: AccountRef | undefined;
   tokenReviewClusterRole: string;
+  /** The namespaces whose ChatClusters it manages; empty: every namespace. */
+  watchNamespaces: string[];
 }
 
 /** Most concurrent reconciles (the chart's values schema says the same). */
@@ -41,6 +43,8 @@ export function parseOperatorFlags(argv: string[]): OperatorFlags {
       // namespace/name; in a Pod, the chart passes its own (POD_NAMESPACE and its ServiceAccount).
       "service-account": { type: "string" },
       "token-review-cluster-role": { type: "string", default: DEFAULT_TOKEN_REVIEW_CLUSTER_ROLE },
+      // ns1,ns2: only these namespaces' ChatClusters (and it needs rights in those alone).
+      "watch-namespaces": { type: "string", default: "" },
     },
     strict: true,
     allowPositionals: false,
@@ -58,6 +62,7 @@ export function parseOperatorFlags(argv: string[]): OperatorFlags {
     throw new Error(`--lease-namespace ${JSON.stringify(leaseNamespace)}: not a valid namespace name`);
   const tokenReviewClusterRole = values["token-review-cluster-role"];
   if (tokenReviewClusterRole === "") throw new Error("--token-review-cluster-role: must not be empty");
+  const watchNamespaces = namespaceList("--watch-namespaces", values["watch-namespaces"]);
   return {
     // 0: any free port (tests).
     httpPort: integer("--http-port", values["http-port"], 0, 65_535),
@@ -68,6 +73,7 @@ export function parseOperatorFlags(argv: string[]): OperatorFlags {
     pollIntervalMs,
     serviceAccount: accountRef(values["service-account"]),
     tokenReviewClusterRole,
+    watchNamespaces,
   };
 }
 
@@ -87,6 +93,17 @@ function parseDuration(flag: string, text: string): number {
   const m = /^(\d+(?:\.\d+)?)(ms|s)?$/.exec(text);
   if (!m) throw new Error(`${flag} ${JSON.stringify(text)}: not a duration; use e.g. 10s or 500ms`);
   return m[2] === "ms" ? Number(m[1]) : Number(m[1]) * 1000;
+}
+
+/** `a,b`: distinct namespace names; "" is none (every namespace). */
+function namespaceList(flag: string, text: string): string[] {
+  if (text === "") return [];
+  const names = text.split(",");
+  for (const name of names)
+    if (!DNS_LABEL.test(name)) throw new Error(`${flag} ${JSON.stringify(name)}: not a valid namespace name`);
+  const repeated = names.find((name, i) => names.indexOf(name) !== i);
+  if (repeated !== undefined) throw new Error(`${flag}: ${repeated} is named twice`);
+  return names;
 }
 
 /** `namespace/name` of a ServiceAccount flag; undefined when absent. */

@@ -55,6 +55,12 @@ export interface OperatorOptions {
   serviceAccount?: AccountRef | undefined;
   /** The ClusterRole (`tokenreviews: create`) the serving components are bound to. */
   tokenReviewClusterRole?: string | undefined;
+  /**
+   * Only these namespaces' ChatClusters (`--watch-namespaces`): every informer lists and watches in
+   * each of them, never across the cluster, so Roles there are all the namespaced rights it needs.
+   * Empty or absent: every namespace.
+   */
+  watchNamespaces?: string[] | undefined;
 }
 
 export interface RunningOperator {
@@ -116,39 +122,47 @@ export async function startOperator(o: OperatorOptions): Promise<RunningOperator
     onReady: (namespace, name, ready) => recordChatClusterReady(metrics, namespace, name, ready),
   });
 
-  const informer = <T extends KubernetesObject>(
+  // Across the cluster, or one informer per watched namespace (named <kind>/<namespace>).
+  const scopes: Array<string | undefined> = o.watchNamespaces?.length ? o.watchNamespaces : [undefined];
+  const informers = <T extends KubernetesObject>(
     name: string,
-    ref: { apiVersion: string; kind: string },
+    kind: { apiVersion: string; kind: string },
     labelSelector?: string,
   ) =>
-    new Informer<T>({
-      kubeConfig: o.kubeConfig,
-      name,
-      path: resourcePath(ref),
-      list: () => kube.list<T>(ref, labelSelector) as Promise<ListResult<T>>,
-      ...(labelSelector ? { labelSelector } : {}),
-      log: log.child({ informer: name }),
-      metrics,
+    scopes.map((namespace) => {
+      const ref = { ...kind, namespace };
+      const scoped = namespace === undefined ? name : `${name}/${namespace}`;
+      return new Informer<T>({
+        kubeConfig: o.kubeConfig,
+        name: scoped,
+        path: resourcePath(ref),
+        list: () => kube.list<T>(ref, labelSelector) as Promise<ListResult<T>>,
+        ...(labelSelector ? { labelSelector } : {}),
+        log: log.child({ informer: scoped }),
+        metrics,
+      });
     });
-  const clusters = informer<ChatCluster>("chatclusters", { apiVersion: API_VERSION, kind: KIND });
+  const clusters = informers<ChatCluster>("chatclusters", { apiVersion: API_VERSION, kind: KIND });
   // Every kind it owns (by its label): one deleted or changed by hand is repaired at once, not at
   // the next periodic reconcile. Its own applies that change nothing bump no resourceVersion, so
   // they wake nothing.
   const owned = [
-    ...OWNED_KINDS.map((ref) =>
-      informer<KubernetesObject>(resourcePath(ref).split("/").at(-1) ?? ref.kind, ref, OWNED_SELECTOR),
+    ...OWNED_KINDS.flatMap((ref) =>
+      informers<KubernetesObject>(resourcePath(ref).split("/").at(-1) ?? ref.kind, ref, OWNED_SELECTOR),
     ),
-    informer<KubernetesObject>(
+    ...informers<KubernetesObject>(
       "gateway-pods",
       { apiVersion: "v1", kind: "Pod" },
       `${OWNED_SELECTOR},app.kubernetes.io/component=gateway`,
     ),
   ];
+  const all = [...clusters, ...owned];
   // Not on status-only updates: every reconcile writes the status (live counts), which would run the
   // next one at once and defeat the queue's backoff; requeues (the poll) refresh the status instead.
-  clusters.on((event, obj, old) => {
-    if (specOrMetadataChanged(event, obj, old)) queue.add(keyOf(obj));
-  });
+  for (const inf of clusters)
+    inf.on((event, obj, old) => {
+      if (specOrMetadataChanged(event, obj, old)) queue.add(keyOf(obj));
+    });
   for (const inf of owned)
     inf.on((_event, obj) => {
       const instance = obj.metadata?.labels?.["app.kubernetes.io/instance"];
@@ -187,15 +201,16 @@ export async function startOperator(o: OperatorOptions): Promise<RunningOperator
     identity: o.identity,
     port,
     lease: `${o.leaseNamespace}/${o.leaseName}`,
+    namespaces: o.watchNamespaces?.length ? o.watchNamespaces : "all",
   });
 
   const done = elector.run(async (signal) => {
     log.info("leading: starting informers and workers");
-    await Promise.all([clusters.start(), ...owned.map((i) => i.start())]);
+    await Promise.all(all.map((i) => i.start()));
     synced = true;
     const workers = queue.run(o.workers, (key) => reconcileTraced(reconciler, key), log);
     await new Promise<void>((resolve) => signal.addEventListener("abort", () => resolve(), { once: true }));
-    await Promise.all([clusters.stop(), ...owned.map((i) => i.stop())]);
+    await Promise.all(all.map((i) => i.stop()));
     await queue.shutDown();
     await workers;
     // Only the leader reports the ChatClusters' readiness: a replica that stopped leading knows nothing.
@@ -212,7 +227,7 @@ export async function startOperator(o: OperatorOptions): Promise<RunningOperator
       (stopping ??= (async () => {
         stopController.abort();
         await done.catch((err: unknown) => log.warn("operator stopped with an error", { err }));
-        await Promise.all([clusters.stop(), ...owned.map((i) => i.stop())]);
+        await Promise.all(all.map((i) => i.stop()));
         await queue.shutDown();
         gateways.close();
         await gone.close();
@@ -235,7 +250,7 @@ function listen(server: Server, port: number, host: string): Promise<number> {
   });
 }
 
-/** `switchboard operator [--http-port N] [--lease-namespace NS] [--workers N]` */
+/** `switchboard operator [--http-port N] [--lease-namespace NS] [--workers N] [--watch-namespaces a,b]` */
 export async function runOperator(argv: string[]): Promise<number> {
   // Every flag is checked before anything starts (operator/flags.ts).
   const flags = parseOperatorFlags(argv);
@@ -257,6 +272,7 @@ export async function runOperator(argv: string[]): Promise<number> {
     log,
     serviceAccount: flags.serviceAccount,
     tokenReviewClusterRole: flags.tokenReviewClusterRole,
+    watchNamespaces: flags.watchNamespaces,
   });
   process.stdout.write(
     `${JSON.stringify({ status: "started", service: "operator", version: BUILD_VERSION, identity, port: operator.port })}\n`,

@@ -31,6 +31,15 @@ interface PolicyRule {
   resourceNames?: string[];
 }
 
+/** Each rule as `group/resource: verbs`, sorted: what a role grants, to compare as a whole. */
+function grants(rules: PolicyRule[]): string[] {
+  return rules
+    .flatMap((r) =>
+      r.apiGroups.flatMap((g) => r.resources.map((res) => `${g || "core"}/${res}: ${r.verbs.join(",")}`)),
+    )
+    .sort();
+}
+
 /** kubectl against the test plane, returning the exit code and output (the caller asserts). */
 const kubectlRun = (args: string[], input: string) =>
   run(tools.KUBECTL, [`--kubeconfig=${tools.KUBECONFIG}`, ...args], { input });
@@ -388,12 +397,6 @@ describe("charts/switchboard-operator", () => {
     // The owned kinds the operator applies (patch; create when new) and prunes (list, delete).
     const applied = "list,create,patch,delete";
     const watched = "list,watch,create,patch,delete";
-    const grants = (rules: PolicyRule[]) =>
-      rules
-        .flatMap((r) =>
-          r.apiGroups.flatMap((g) => r.resources.map((res) => `${g || "core"}/${res}: ${r.verbs.join(",")}`)),
-        )
-        .sort();
     // Exactly the calls of operator/ (server-side apply and JSON/merge patches are PATCH; informers
     // list and watch; only the Lease is ever replaced, so no `update` here but the finalizers one).
     expect(grants(clusterRole.rules)).toEqual(
@@ -544,6 +547,97 @@ describe("charts/switchboard-operator", () => {
     );
     expect(r.stderr).toBe("");
     expect(r.code).toBe(0);
+  });
+
+  it("watchNamespaces: every namespaced right in a Role of each listed namespace, only cluster-scoped ones cluster-wide", async () => {
+    const roleOf = (objs: K8sObject[], kind: string, name: string, namespace?: string) =>
+      objs.filter(
+        (o) => o.kind === kind && o.metadata.name === name && o.metadata.namespace === namespace,
+      ) as Array<K8sObject & { rules: PolicyRule[] }>;
+    const everywhere = await objects(await render("--show-only", "templates/rbac.yaml"));
+    const allRules = grants(roleOf(everywhere, "ClusterRole", FULLNAME)[0]!.rules);
+    const confined = await objects(
+      await render("--show-only", "templates/rbac.yaml", "--set", "watchNamespaces={chat,chat-staging}"),
+    );
+    // Cluster-wide, only what no namespace holds: each ChatCluster's token-review binding.
+    const clusterScoped = [
+      "rbac.authorization.k8s.io/clusterrolebindings: create,patch,delete",
+      "rbac.authorization.k8s.io/clusterroles: bind",
+    ];
+    expect(grants(roleOf(confined, "ClusterRole", FULLNAME)[0]!.rules)).toEqual(clusterScoped);
+    // In each listed namespace, everything else the operator holds everywhere without the value.
+    for (const namespace of ["chat", "chat-staging"]) {
+      const [role] = roleOf(confined, "Role", FULLNAME, namespace);
+      expect(grants(role!.rules)).toEqual(allRules.filter((g) => !clusterScoped.includes(g)));
+      const [binding] = roleOf(confined, "RoleBinding", FULLNAME, namespace) as unknown as Array<{
+        roleRef: unknown;
+        subjects: unknown;
+      }>;
+      expect(binding!.roleRef).toEqual({
+        apiGroup: "rbac.authorization.k8s.io",
+        kind: "Role",
+        name: FULLNAME,
+      });
+      expect(binding!.subjects).toEqual([{ kind: "ServiceAccount", name: FULLNAME, namespace: NS }]);
+    }
+    expect(confined.filter((o) => o.kind === "Role" && o.metadata.name === FULLNAME)).toHaveLength(2);
+    // With rbac.secretNamespaces too, Secrets are read there alone, not in the watched namespaces.
+    const both = await objects(
+      await render(
+        "--show-only",
+        "templates/rbac.yaml",
+        "--set",
+        "watchNamespaces={chat}",
+        "--set",
+        "rbac.secretNamespaces={vault}",
+      ),
+    );
+    expect(grants(roleOf(both, "Role", FULLNAME, "chat")[0]!.rules)).not.toContain("core/secrets: get");
+    expect(grants(roleOf(both, "Role", `${FULLNAME}-secrets`, "vault")[0]!.rules)).toEqual([
+      "core/secrets: get",
+    ]);
+    // The operator is told which namespaces are its own.
+    const deployment = (await objects(
+      await render(
+        "--show-only",
+        "templates/deployment.yaml",
+        "--set",
+        "watchNamespaces={chat,chat-staging}",
+      ),
+    )) as unknown as Array<{ spec: { template: { spec: { containers: Container[] } } } }>;
+    const args = deployment[0]!.spec.template.spec.containers[0]!.args;
+    expect(args.slice(args.indexOf("--watch-namespaces"))).toEqual([
+      "--watch-namespaces",
+      "chat,chat-staging",
+    ]);
+    const unwatched = await objects(await render("--show-only", "templates/deployment.yaml"));
+    expect(JSON.stringify(unwatched)).not.toContain("--watch-namespaces");
+    // A name no namespace can have, and a namespace missing on the cluster, are refused.
+    const bad = await helm(tools, ["template", "t", CHART_DIR, "--set", "watchNamespaces={Chat}"]);
+    expect(bad.code).not.toBe(0);
+    expect(bad.stderr).toContain("/watchNamespaces/0");
+    const missing = `sb-no-such-${randomBytes(3).toString("hex")}`;
+    const refused = await helm(tools, [
+      "template",
+      RELEASE,
+      CHART_DIR,
+      "--namespace",
+      NS,
+      "--dry-run=server",
+      "--show-only",
+      "templates/rbac.yaml",
+      "--set",
+      `watchNamespaces={default,${missing}}`,
+    ]);
+    expect(refused.code).not.toBe(0);
+    expect(refused.stderr).toContain(`watchNamespaces: namespace "${missing}" does not exist`);
+    // Valid for the API server.
+    const applied = await kubectlRun(
+      ["apply", "--dry-run=server", "-f", "-"],
+      await render("--show-only", "templates/rbac.yaml", "--set", "watchNamespaces={default,kube-public}"),
+    );
+    expect(applied.stderr).toBe("");
+    expect(applied.code).toBe(0);
   });
 });
 

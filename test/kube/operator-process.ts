@@ -21,6 +21,8 @@ export interface OperatorOptions {
   /** `--service-account` (its gRPC identity) and `--token-review-cluster-role`, as the chart passes them. */
   serviceAccount?: string;
   tokenReviewClusterRole?: string;
+  /** `--watch-namespaces`, as the chart passes its `watchNamespaces`. */
+  watchNamespaces?: string[];
 }
 
 export class OperatorProcess {
@@ -55,6 +57,7 @@ export class OperatorProcess {
         ...(this.o.tokenReviewClusterRole
           ? ["--token-review-cluster-role", this.o.tokenReviewClusterRole]
           : []),
+        ...(this.o.watchNamespaces?.length ? ["--watch-namespaces", this.o.watchNamespaces.join(",")] : []),
       ],
       {
         env: { ...process.env, ...this.o.env, KUBECONFIG: this.o.kubeconfig },

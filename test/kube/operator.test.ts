@@ -31,7 +31,16 @@ import { TestPki } from "../helpers/certificates.js";
 import { OtlpReceiver, spanAttribute } from "../helpers/otlp-receiver.js";
 import { ensureServer } from "../infra/servers.js";
 import { GatewayFarm } from "./fake-gateways.js";
-import { installCrd, kubectl as kubectlWith, kubeTools, run, type Tools, waitFor } from "./helpers.js";
+import {
+  CHART_DIR,
+  helm,
+  installCrd,
+  kubectl as kubectlWith,
+  kubeTools,
+  run,
+  type Tools,
+  waitFor,
+} from "./helpers.js";
 import { installChartOperator, type OperatorProcess, removeChartAndClusters } from "./operator-process.js";
 
 const suffix = randomBytes(3).toString("hex");
@@ -55,11 +64,11 @@ const patchSpec = (name: string, spec: Record<string, unknown>) =>
 let operator: OperatorProcess;
 let receiver: OtlpReceiver;
 
-function clusterManifest(name: string, overrides: Record<string, unknown> = {}): ChatCluster {
+function clusterManifest(name: string, overrides: Record<string, unknown> = {}, namespace = NS): ChatCluster {
   return {
     apiVersion: "switchboard.dev/v1alpha1",
     kind: "ChatCluster",
-    metadata: { name, namespace: NS },
+    metadata: { name, namespace },
     spec: {
       version: "0.1.0",
       gateway: { replicas: 2 },
@@ -1954,8 +1963,9 @@ async function podSpecs(): Promise<Map<string, V1PodSpec>> {
   return specs;
 }
 
-async function canI(verb: string, resource: string): Promise<boolean> {
-  const out = await kubectl(["auth", "can-i", verb, resource, "-n", NS, `--as=${OPERATOR_USER}`]).catch(
+/** Whether the operator's ServiceAccount may, in NS (or where `scope` says: `-A`, `-n other`). */
+async function canI(verb: string, resource: string, scope = ["-n", NS]): Promise<boolean> {
+  const out = await kubectl(["auth", "can-i", verb, resource, ...scope, `--as=${OPERATOR_USER}`]).catch(
     (err: Error) => err.message,
   );
   return out.trim() === "yes";
@@ -2204,6 +2214,71 @@ describe("operator: spec.grpc.tls", () => {
       } finally {
         await farm.stop();
       }
+    }),
+    180_000,
+  );
+});
+
+describe("operator: confined to listed namespaces (watchNamespaces)", () => {
+  // Last in this file: the chart is upgraded to Roles in NS alone and the operator restarted with
+  // --watch-namespaces, as the chart runs it then.
+  const OTHER_NS = `sb-op-other-${suffix}`;
+  afterAll(async () => {
+    await kubectl(["delete", "namespace", OTHER_NS, "--wait=false"]).catch(() => "");
+  });
+
+  it(
+    "manages its namespaces' ChatClusters with Roles there alone, and leaves another namespace's untouched",
+    onFailure(async () => {
+      await operator.kill("SIGTERM");
+      await kubectl(["create", "namespace", OTHER_NS]);
+      const upgraded = await helm(tools, [
+        "upgrade",
+        RELEASE,
+        CHART_DIR,
+        "--namespace",
+        SYSTEM_NS,
+        "--reuse-values",
+        "--set",
+        `watchNamespaces={${NS}}`,
+        "--wait",
+        "--timeout",
+        "120s",
+      ]);
+      expect(upgraded.stderr).toBe("");
+      expect(upgraded.code).toBe(0);
+      // Its namespaced rights are NS's Role: nothing across the cluster, nothing in another namespace.
+      expect(await canI("list", "deployments", ["-n", NS])).toBe(true);
+      expect(await canI("get", "secrets", ["-n", NS])).toBe(true);
+      for (const scope of [["-A"], ["-n", OTHER_NS]]) {
+        expect(await canI("list", "deployments", scope)).toBe(false);
+        expect(await canI("watch", "chatclusters.switchboard.dev", scope)).toBe(false);
+        expect(await canI("get", "secrets", scope)).toBe(false);
+      }
+      expect(await canI("create", "clusterrolebindings", ["-A"])).toBe(true);
+
+      operator = operator.withOptions({ watchNamespaces: [NS] });
+      await operator.start();
+      await kube.create(clusterManifest("elsewhere", {}, OTHER_NS));
+      await kube.create(clusterManifest("confined"));
+      const confined = await waitReady("confined");
+      expect(confined.metadata.finalizers).toContain("switchboard.dev/cleanup");
+      expect((await ownedObjects("confined")).map((o) => o.kind)).toContain("Deployment");
+      // Reconciled within the second after its creation: had the operator meant to touch the other,
+      // it would have by now. It has no finalizer, no status, and nothing was created beside it.
+      const elsewhere = await kube.get<ChatCluster>({
+        apiVersion: "switchboard.dev/v1alpha1",
+        kind: "ChatCluster",
+        namespace: OTHER_NS,
+        name: "elsewhere",
+      });
+      expect(elsewhere.metadata.finalizers ?? []).toEqual([]);
+      expect(elsewhere.status).toBeUndefined();
+      expect(
+        await kubectl(["get", "deployments,configmaps,services", "-n", OTHER_NS, "-o", "name"]),
+      ).not.toContain("elsewhere");
+      // No call of its was refused: it lists and watches where its Roles are.
+      expect(operator.log).not.toMatch(/forbidden/i);
     }),
     180_000,
   );
