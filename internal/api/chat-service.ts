@@ -136,7 +136,7 @@ export function chatServiceImpl(deps: ChatServiceDeps): ServiceImpl<typeof ChatS
         // key, what another stored in a conversation outside their own grant.
         const original =
           err instanceof SwitchboardError && err.reason === "CONVERSATION_NOT_ALLOWED"
-            ? await conversations.storedBefore(input)
+            ? await conversations.storedOnceSequenced(input)
             : undefined;
         if (!original || original.body !== input.body) throw err;
         return { message: toWireMessage(original), duplicate: true };

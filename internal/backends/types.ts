@@ -153,6 +153,14 @@ export interface MessageLog extends Closeable {
    */
   awaiting?(conversationId: string, sender: string, clientMsgId: string): Promise<AppendResult> | undefined;
   /**
+   * Resolves once every draft of the conversation appended before the call, through any process, was
+   * sequenced (then `appended` finds the one stored under a key, if any); rejects with
+   * SEQUENCE_TIMEOUT (retryable) past the append timeout. Absent where an append is sequenced within
+   * its own call (embedded). Distributed: a resend refused for want of permission whose first
+   * transmission went through another process waits for this before it is looked up (ADR 0001).
+   */
+  sequencedUpToNow?(conversationId: string): Promise<void>;
+  /**
    * Consumes as member of `group`: batches arrive in per-conversation seq order, at least once;
    * the group's position advances only after `handler` resolved, so effects must be idempotent.
    * Distributed: only when the sequenced topic is published (kafka.publishSequenced).

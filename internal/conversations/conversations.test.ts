@@ -370,6 +370,68 @@ describe("send: a resend refused for want of permission", () => {
     expect(log.calls).toEqual({ appended: 1, awaiting: 2 });
   });
 
+  it("whose first transmission may be in the log through another process is looked up once the log is sequenced up to it, out of its caller's turn", async () => {
+    let caughtUp!: () => void;
+    const calls = { appended: 0, sequenced: 0 };
+    // Stored only once the drafts before the resend are sequenced (the first one among them).
+    let sequenced = false;
+    const log = {
+      appended: async (_c: string, _s: string, clientMsgId: string) => {
+        calls.appended++;
+        return sequenced && clientMsgId === "k5" ? { ...stored, clientMsgId: "k5", seq: 11 } : undefined;
+      },
+      awaiting: () => undefined,
+      sequencedUpToNow: (conversationId: string) => {
+        calls.sequenced++;
+        expect(conversationId).toBe(id);
+        return new Promise<void>((r) => {
+          caughtUp = () => {
+            sequenced = true;
+            r();
+          };
+        });
+      },
+    };
+    const store = { memberOf: async () => undefined } as unknown as MembershipStore;
+    const conversations = new Conversations(store, log as unknown as MessageLog, {} as IdPool, {
+      bodyCharsMax: 100,
+      membersMax: 10,
+      pullThreshold: 5,
+      nameCharsMax: 64,
+    });
+    const order: string[] = [];
+    const issued = await conversations.issue({
+      sender: "bob",
+      conversationId: id,
+      clientMsgId: "k5",
+      body: "again",
+      beforeAppend: () => order.push("turn"),
+    });
+    expect(order).toEqual(["turn"]);
+    expect(calls).toEqual({ appended: 0, sequenced: 1 });
+    caughtUp();
+    expect(await issued.appended).toEqual({
+      message: { ...stored, clientMsgId: "k5", seq: 11 },
+      duplicate: true,
+    });
+    // Nothing stored under the key once sequenced: the refusal.
+    const refused = conversations.send({ sender: "bob", conversationId: id, clientMsgId: "k6", body: "x" });
+    await expect.poll(() => calls.sequenced).toBe(2);
+    caughtUp();
+    await expect(refused).rejects.toMatchObject({ reason: "NOT_MEMBER" });
+    // A first attempt has no earlier transmission to wait for: looked up at once.
+    await expect(
+      conversations.send({
+        sender: "bob",
+        conversationId: id,
+        clientMsgId: "k7",
+        body: "x",
+        firstAttemptResendsAfterMs: Date.now(),
+      }),
+    ).rejects.toMatchObject({ reason: "NOT_MEMBER" });
+    expect(calls).toEqual({ appended: 3, sequenced: 2 });
+  });
+
   function waitingSetup() {
     let resolve!: (r: AppendResult) => void;
     const answer = new Promise<AppendResult>((r) => {

@@ -208,6 +208,18 @@ export class Conversations {
         input.beforeAppend?.();
         return { appended: awaiting.then(({ message }) => ({ message, duplicate: true })) };
       }
+      // A resend whose first transmission went through another process may still be in the log,
+      // unsequenced, and be stored at its place there: looked up once the log is sequenced up to
+      // now, which is waited for out of this send's turn too.
+      if (this.waitsForSequencing(input)) {
+        input.beforeAppend?.();
+        return {
+          appended: this.storedOnceSequenced(input).then((original) => {
+            if (!original) throw err;
+            return { message: original, duplicate: true };
+          }),
+        };
+      }
       const original = await this.storedBefore(input);
       if (!original) throw err;
       input.beforeAppend?.();
@@ -260,14 +272,38 @@ export class Conversations {
    * must never come here.
    */
   async storedBefore(input: SendInput): Promise<StoredMessage | undefined> {
+    const conversationId = this.lookupTarget(input);
+    return conversationId === undefined
+      ? undefined
+      : this.log.appended(conversationId, input.sender, input.clientMsgId);
+  }
+
+  /**
+   * `storedBefore`, asked once every draft appended before the call is sequenced where the log may
+   * hold one unsequenced (distributed: a first transmission through another process may be stored
+   * after all, at its place in the log, ahead of the change that refused its resend); throws
+   * SEQUENCE_TIMEOUT (retryable) if that takes longer than the log's append timeout. A send marked
+   * as a first attempt has no earlier transmission: looked up at once.
+   */
+  async storedOnceSequenced(input: SendInput): Promise<StoredMessage | undefined> {
+    const conversationId = this.waitsForSequencing(input) ? this.lookupTarget(input) : undefined;
+    if (conversationId !== undefined) await this.log.sequencedUpToNow?.(conversationId);
+    return this.storedBefore(input);
+  }
+
+  private waitsForSequencing(input: SendInput): boolean {
+    return this.log.sequencedUpToNow !== undefined && input.firstAttemptResendsAfterMs === undefined;
+  }
+
+  /** The conversation a refused send's key is looked up in: none for a send that fails its own checks. */
+  private lookupTarget(input: SendInput): string | undefined {
     if (input.toUser !== undefined || input.conversationId === undefined) return undefined;
     try {
       this.checkFields(input);
-      requireConversationId(input.conversationId);
+      return requireConversationId(input.conversationId);
     } catch {
       return undefined;
     }
-    return this.log.appended(input.conversationId, input.sender, input.clientMsgId);
   }
 
   /** The answer a first transmission of this send's key, through this process, still waits for. */

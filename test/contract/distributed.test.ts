@@ -189,6 +189,52 @@ describe("distributed: a resend that overtakes its first transmission", () => {
   }, 120_000);
 });
 
+describe("distributed: a resend through another process than its first transmission", () => {
+  it("is looked up only once the log is sequenced up to it: the first one's message once stored, a timeout while none sequences", async () => {
+    const s = await infra();
+    const prefix = `overtake2_${Date.now().toString(36)}.`;
+    const options = { partitions: 2, sequencer: false, appendTimeoutMs: 1_500 } as const;
+    // Two processes that append (gateways); no sequencer runs yet, so drafts wait in the log.
+    const first = await openOwnTopics(s, prefix, "overtake2-first", options);
+    const other = await openOwnTopics(s, prefix, "overtake2-other", options);
+    let sequencer: Awaited<ReturnType<typeof openOwnTopics>> | undefined;
+    try {
+      const conversation = `g:${prefix}`;
+      const sent = draft(conversation, "ov", "k1");
+      await expect(first.log.append(sent)).rejects.toMatchObject({ reason: "SEQUENCE_TIMEOUT" });
+      // The other process knows nothing of it: nothing awaited there, nothing stored yet, and the log
+      // is not sequenced up to now, so it cannot yet say the key was never sent (retryable).
+      expect(other.log.awaiting?.(conversation, "ov", "k1")).toBeUndefined();
+      expect(await other.log.appended(conversation, "ov", "k1")).toBeUndefined();
+      await expect(other.log.sequencedUpToNow?.(conversation)).rejects.toMatchObject({
+        reason: "SEQUENCE_TIMEOUT",
+      });
+      sequencer = await openOwnTopics(s, prefix, "overtake2-sequencer", { partitions: 2, appends: false });
+      // Once the sequencers took the partition up to the call, the first transmission is found stored.
+      for (;;) {
+        const caughtUp = await other.log.sequencedUpToNow?.(conversation).then(
+          () => true,
+          () => false,
+        );
+        if (caughtUp) break;
+      }
+      expect(await other.log.appended(conversation, "ov", "k1")).toMatchObject({
+        conversationId: conversation,
+        messageId: sent.messageId,
+        seq: 1,
+      });
+      // Caught up at once when nothing new was appended; a key never sent is then known not stored.
+      await other.log.sequencedUpToNow?.(conversation);
+      expect(await other.log.appended(conversation, "ov", "k2")).toBeUndefined();
+    } finally {
+      await sequencer?.close();
+      await other.close();
+      await first.close();
+      await deleteTopics(s.brokers, prefix);
+    }
+  }, 120_000);
+});
+
 describe("distributed: a keyspace restored beside fresh topics", () => {
   it("delivers into the inboxes of users whose heads hold the old topics' applied offsets", async () => {
     const s = await infra();

@@ -23,6 +23,7 @@ import { GroupMembers } from "../kafka/member-resume.js";
 import { KafkaPushQueue } from "../kafka/push-queue.js";
 import { FIRST_ATTEMPT_MARGIN_MS } from "../kafka/recent-sends.js";
 import { KafkaRouting } from "../kafka/routing.js";
+import { SequencedProgress } from "../kafka/sequenced-progress.js";
 import { type PendingAppends, SEQUENCER_GROUP, Sequencer } from "../kafka/sequencer.js";
 import {
   checkPartitionCounts,
@@ -37,6 +38,8 @@ import { AnnouncingMembershipStore } from "./membership.js";
 const DEDUPE_WINDOW_SECONDS_DEFAULT = 168 * 3600;
 /** The consumer group of the push processes (push-queue.ts). */
 const PUSH_GROUP = "push";
+/** How often a refused resend's wait asks how far the sequencers are (sequenced-progress.ts). */
+const SEQUENCED_PROGRESS_POLL_MS = 250;
 
 export interface DistributedOptions {
   brokers: string[];
@@ -198,6 +201,15 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
         ? undefined
         : { topic: names.repliesByProcess, partitions: repliesByProcessPartitions };
     const groupMembers = o.memberFile === undefined ? undefined : GroupMembers.open(o.memberFile, log);
+    // Refused resends wait on it (ADR 0001); closed before the admin it polls with.
+    const progress = new SequencedProgress({
+      admin,
+      draftsTopic: names.messages,
+      groupId: `${groupPrefix}${SEQUENCER_GROUP}`,
+      pollMs: SEQUENCED_PROGRESS_POLL_MS,
+      log,
+    });
+    closers.unshift(async () => progress.close());
     const messageLog = new KafkaMessageLog({
       inbox: {
         inboxTopic: names.inbox,
@@ -216,7 +228,11 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
       pending,
       appendTimeoutMs: o.appendTimeoutMs,
       draftBytesMax,
-      sequenced: { store: stores.sequencer, messages: stores.messages },
+      sequenced: {
+        store: stores.sequencer,
+        messages: stores.messages,
+        progress,
+      },
       log,
     });
     consuming.push(messageLog);

@@ -41,7 +41,7 @@ const logOver = (producer: BatchProducer, appendTimeoutMs: number) =>
     repliesTopic: "replies",
     groupPrefix: "",
     pending: new Map(),
-    sequenced: { store: {} as never, messages: {} as never },
+    sequenced: { store: {} as never, messages: {} as never, progress: {} as never },
     appendTimeoutMs,
     draftBytesMax: 1_000_000,
     log,

@@ -32,6 +32,7 @@ import { decodeMessage, encodeMessage, traceOf } from "./codec.js";
 import { commitBatch, FETCH_WAIT_MS, groupConsumer } from "./consumers.js";
 import { INBOX_GROUP, InboxOwner, type InboxOwnerOptions } from "./inbox-owner.js";
 import { onePartitionAssigner, REPLY_PARTITION_HEADER } from "./reply-partition.js";
+import type { SequencedProgress } from "./sequenced-progress.js";
 import {
   dedupeKeyOf,
   FIRST_ATTEMPT_HEADER,
@@ -67,6 +68,8 @@ export interface KafkaLogOptions {
   sequenced: {
     store: Pick<SequencerStore, "heads" | "lookup">;
     messages: Pick<MessageStore, "getMany">;
+    /** How far the sequencers took the drafts partitions (`sequencedUpToNow`). */
+    progress: Pick<SequencedProgress, "caughtUp">;
   };
   log: Logger;
 }
@@ -219,6 +222,19 @@ export class KafkaMessageLog implements MessageLog {
     if (!ref || ref.seq > (heads.get(conversationId) ?? 0)) return undefined;
     const [row] = await messages.getMany([{ conversationId, seq: ref.seq }]);
     return row?.messageId === ref.messageId ? row : undefined;
+  }
+
+  /**
+   * Resolves once every draft of this conversation appended before the call, through any process,
+   * has been sequenced (stored or refused: `appended` then finds it if stored), or rejects with
+   * SEQUENCE_TIMEOUT (retryable) if that takes over appendTimeoutMs (sequenced-progress.ts).
+   */
+  async sequencedUpToNow(conversationId: string): Promise<void> {
+    if (await this.o.sequenced.progress.caughtUp(conversationId, this.o.appendTimeoutMs)) return;
+    throw errors.unavailable(
+      "SEQUENCE_TIMEOUT",
+      `an earlier transmission of this message may still be in the log, not sequenced within ${this.o.appendTimeoutMs} ms; retry with the same client_msg_id`,
+    );
   }
 
   /**
