@@ -209,7 +209,7 @@ export async function openDistributedBackends(o: DistributedOptions): Promise<Di
       pollMs: SEQUENCED_PROGRESS_POLL_MS,
       log,
     });
-    closers.unshift(async () => progress.close());
+    closers.unshift(() => progress.close());
     const messageLog = new KafkaMessageLog({
       inbox: {
         inboxTopic: names.inbox,

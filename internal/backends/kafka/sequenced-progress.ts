@@ -10,7 +10,8 @@
  * resolves a batch's offsets only once its rows (the dedupe rows among them) are durable and its epoch
  * checked, and commits only what it resolved (ADR 0002). One poll of the partitions' ends and of the
  * group's offsets at a time serves every waiter of the process, so that refused resends, however
- * many, cost the broker two requests per poll interval.
+ * many, cost the broker the same few requests per poll interval (kafkajs asks both ends of each
+ * partition, the metadata, the group's coordinator and its offsets).
  */
 import { type Admin, Partitioners, type PartitionMetadata } from "kafkajs";
 import type { Logger } from "../../lib/log.js";
@@ -27,10 +28,10 @@ export interface SequencedProgressOptions {
 
 interface Waiter {
   key: string;
-  /** The partition's end, read after the waiter came: drafts before it are what it waits for. */
-  end: number | undefined;
-  deadlineMs: number;
+  /** The key's partition and that partition's end, read after the waiter came: what it waits for. */
+  target: { partition: number; end: number } | undefined;
   settle: (caughtUp: boolean) => void;
+  timer: NodeJS.Timeout;
 }
 
 /** At most this many waiters at once; more are answered "not caught up" at once (then retried). */
@@ -46,56 +47,75 @@ export class SequencedProgress {
 
   /**
    * True once every draft keyed `key` (a conversation id) written before the call has been taken by
-   * its partition's owner; false if that has not happened within `timeoutMs` (or the process stops).
+   * its partition's owner; false if that has not happened within `timeoutMs` (whatever the broker
+   * does meanwhile), or the process stops.
    */
   caughtUp(key: string, timeoutMs: number): Promise<boolean> {
     if (this.closed || this.waiters.size >= WAITERS_MAX) return Promise.resolve(false);
     return new Promise<boolean>((resolve) => {
-      this.waiters.add({ key, end: undefined, deadlineMs: Date.now() + timeoutMs, settle: resolve });
-      this.polling ??= this.poll().finally(() => {
-        this.polling = undefined;
-      });
+      const waiter: Waiter = {
+        key,
+        target: undefined,
+        settle: resolve,
+        timer: setTimeout(() => this.settle(waiter, false), timeoutMs),
+      };
+      this.waiters.add(waiter);
+      this.polling ??= this.poll();
     });
   }
 
-  close(): void {
+  async close(): Promise<void> {
     this.closed = true;
-    for (const w of this.waiters) w.settle(false);
-    this.waiters.clear();
+    for (const w of this.waiters) this.settle(w, false);
+    await this.polling;
   }
 
+  /** Polls while anyone waits; `polling` is cleared in the same turn as the loop's last check. */
   private async poll(): Promise<void> {
-    while (this.waiters.size > 0 && !this.closed) {
-      // Waiters that came before this read get their ends from it: the drafts written before them
-      // are below it (and those written meanwhile are waited for too, which costs only a poll).
-      const fresh = [...this.waiters].filter((w) => w.end === undefined);
-      try {
-        const ends = await this.o.admin.fetchTopicOffsets(this.o.draftsTopic);
-        const endOf = new Map(ends.map((e) => [e.partition, Number(e.high)]));
-        for (const w of fresh) w.end = endOf.get(this.partitionOf(w.key, ends.length)) ?? 0;
-        const [committed] = await this.o.admin.fetchOffsets({
-          groupId: this.o.groupId,
-          topics: [this.o.draftsTopic],
-        });
-        const taken = new Map((committed?.partitions ?? []).map((p) => [p.partition, Number(p.offset)]));
-        for (const w of this.waiters) {
-          if (w.end === undefined) continue;
-          // -1: the group never committed here; then only an empty partition is taken.
-          const at = taken.get(this.partitionOf(w.key, ends.length)) ?? -1;
-          if (at >= w.end) this.settle(w, true);
-        }
-      } catch (err) {
-        // The waiters' deadlines bound what a poll the broker did not answer costs them.
-        this.o.log.warn("sequenced progress: poll failed", { err, waiters: this.waiters.size });
+    try {
+      for (;;) {
+        await this.pollOnce();
+        if (this.waiters.size === 0 || this.closed) return;
+        await new Promise((r) => setTimeout(r, this.o.pollMs));
+        if (this.waiters.size === 0 || this.closed) return;
       }
-      const now = Date.now();
-      for (const w of this.waiters) if (now >= w.deadlineMs) this.settle(w, false);
-      if (this.waiters.size > 0) await new Promise((r) => setTimeout(r, this.o.pollMs));
+    } finally {
+      this.polling = undefined;
+    }
+  }
+
+  private async pollOnce(): Promise<void> {
+    // Waiters that came before this read get their targets from it: the drafts written before them
+    // are below it (and those written meanwhile are waited for too, which costs only a poll).
+    const fresh = [...this.waiters].filter((w) => w.target === undefined);
+    try {
+      const ends = await this.o.admin.fetchTopicOffsets(this.o.draftsTopic);
+      const byPartition = new Map(ends.map((e) => [e.partition, e]));
+      for (const w of fresh) {
+        const partition = this.partitionOf(w.key, ends.length);
+        const end = byPartition.get(partition);
+        // Nothing left in it (never written, or all of it past retention): nothing to wait for.
+        if (!end || Number(end.high) <= Number(end.low)) this.settle(w, true);
+        else w.target = { partition, end: Number(end.high) };
+      }
+      if (![...this.waiters].some((w) => w.target !== undefined)) return;
+      const [committed] = await this.o.admin.fetchOffsets({
+        groupId: this.o.groupId,
+        topics: [this.o.draftsTopic],
+      });
+      // -1 where the group never committed: nothing of that partition taken yet.
+      const taken = new Map((committed?.partitions ?? []).map((p) => [p.partition, Number(p.offset)]));
+      for (const w of this.waiters)
+        if (w.target && (taken.get(w.target.partition) ?? -1) >= w.target.end) this.settle(w, true);
+    } catch (err) {
+      // Each waiter's own timer bounds what a poll the broker did not answer costs it.
+      this.o.log.warn("sequenced progress: poll failed", { err, waiters: this.waiters.size });
     }
   }
 
   private settle(w: Waiter, caughtUp: boolean): void {
-    this.waiters.delete(w);
+    if (!this.waiters.delete(w)) return;
+    clearTimeout(w.timer);
     w.settle(caughtUp);
   }
 
