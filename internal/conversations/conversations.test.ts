@@ -392,13 +392,7 @@ describe("send: a resend refused for want of permission", () => {
         });
       },
     };
-    const store = { memberOf: async () => undefined } as unknown as MembershipStore;
-    const conversations = new Conversations(store, log as unknown as MessageLog, {} as IdPool, {
-      bodyCharsMax: 100,
-      membersMax: 10,
-      pullThreshold: 5,
-      nameCharsMax: 64,
-    });
+    const conversations = refusingEveryone(log);
     const order: string[] = [];
     const issued = await conversations.issue({
       sender: "bob",
@@ -432,6 +426,17 @@ describe("send: a resend refused for want of permission", () => {
     expect(calls).toEqual({ appended: 3, sequenced: 2 });
   });
 
+  /** Conversations over `log` whose membership store knows no member anywhere: every send is refused. */
+  function refusingEveryone(log: object) {
+    const store = { memberOf: async () => undefined } as unknown as MembershipStore;
+    return new Conversations(store, log as unknown as MessageLog, {} as IdPool, {
+      bodyCharsMax: 100,
+      membersMax: 10,
+      pullThreshold: 5,
+      nameCharsMax: 64,
+    });
+  }
+
   function waitingSetup() {
     let resolve!: (r: AppendResult) => void;
     const answer = new Promise<AppendResult>((r) => {
@@ -449,14 +454,7 @@ describe("send: a resend refused for want of permission", () => {
         return conversationId === id && sender === "bob" && clientMsgId === "k3" ? answer : undefined;
       },
     };
-    const store = { memberOf: async () => undefined } as unknown as MembershipStore;
-    const conversations = new Conversations(store, log as unknown as MessageLog, {} as IdPool, {
-      bodyCharsMax: 100,
-      membersMax: 10,
-      pullThreshold: 5,
-      nameCharsMax: 64,
-    });
-    return { conversations, log, first: { resolve } };
+    return { conversations: refusingEveryone(log), log, first: { resolve } };
   }
 
   it("costs an accepted send no lookup: its append deduplicates it", async () => {

@@ -40,6 +40,21 @@ function grants(rules: PolicyRule[]): string[] {
     .sort();
 }
 
+/** The chart's RBAC rendered with one `--set`, against the test plane (its lookups see the cluster). */
+const rbacAgainstCluster = (set: string) =>
+  helm(tools, [
+    "template",
+    RELEASE,
+    CHART_DIR,
+    "--namespace",
+    NS,
+    "--dry-run=server",
+    "--show-only",
+    "templates/rbac.yaml",
+    "--set",
+    set,
+  ]);
+
 /** kubectl against the test plane, returning the exit code and output (the caller asserts). */
 const kubectlRun = (args: string[], input: string) =>
   run(tools.KUBECTL, [`--kubeconfig=${tools.KUBECONFIG}`, ...args], { input });
@@ -519,19 +534,7 @@ describe("charts/switchboard-operator", () => {
     expect(scoped.map((o) => o.kind)).not.toContain("ValidatingAdmissionPolicy");
     // Against a cluster, a namespace that does not exist is refused before anything is applied (a
     // release that failed there would have dropped the cluster-wide rule and bound nothing).
-    const against = (namespaces: string) =>
-      helm(tools, [
-        "template",
-        RELEASE,
-        CHART_DIR,
-        "--namespace",
-        NS,
-        "--dry-run=server",
-        "--show-only",
-        "templates/rbac.yaml",
-        "--set",
-        `rbac.secretNamespaces={${namespaces}}`,
-      ]);
+    const against = (namespaces: string) => rbacAgainstCluster(`rbac.secretNamespaces={${namespaces}}`);
     const missing = `sb-no-such-${randomBytes(3).toString("hex")}`;
     const refused = await against(`default,${missing}`);
     expect(refused.code).not.toBe(0);
@@ -617,18 +620,7 @@ describe("charts/switchboard-operator", () => {
     expect(bad.code).not.toBe(0);
     expect(bad.stderr).toContain("/watchNamespaces/0");
     const missing = `sb-no-such-${randomBytes(3).toString("hex")}`;
-    const refused = await helm(tools, [
-      "template",
-      RELEASE,
-      CHART_DIR,
-      "--namespace",
-      NS,
-      "--dry-run=server",
-      "--show-only",
-      "templates/rbac.yaml",
-      "--set",
-      `watchNamespaces={default,${missing}}`,
-    ]);
+    const refused = await rbacAgainstCluster(`watchNamespaces={default,${missing}}`);
     expect(refused.code).not.toBe(0);
     expect(refused.stderr).toContain(`watchNamespaces: namespace "${missing}" does not exist`);
     // Valid for the API server.
