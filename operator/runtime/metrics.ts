@@ -69,7 +69,7 @@ export function createOperatorRuntimeMetrics(registry = new Registry()): Operato
     }),
     watchLastEventTimestampSeconds: new Gauge({
       name: "switchboard_operator_watch_last_event_timestamp_seconds",
-      help: "When the informer's watch last delivered an event (bookmarks included), in Unix seconds; time() minus it is how long the watch has been silent.",
+      help: "When the informer's watch last delivered an event (bookmarks included), in Unix seconds; time() minus it is how long the watch has been silent. informer: the resource (chatclusters, deployments, gateway-pods, ...), with --watch-namespaces one per namespace (deployments/<namespace>).",
       labelNames: ["informer"],
       registers,
     }),
