@@ -378,6 +378,7 @@ describe("send: a resend refused for want of permission", () => {
     const log = {
       appended: async (_c: string, _s: string, clientMsgId: string) => {
         calls.appended++;
+        if (clientMsgId === "k8") return { ...stored, clientMsgId: "k8", seq: 4 }; // acked long ago
         return sequenced && clientMsgId === "k5" ? { ...stored, clientMsgId: "k5", seq: 11 } : undefined;
       },
       awaiting: () => undefined,
@@ -402,7 +403,9 @@ describe("send: a resend refused for want of permission", () => {
       beforeAppend: () => order.push("turn"),
     });
     expect(order).toEqual(["turn"]);
-    expect(calls).toEqual({ appended: 0, sequenced: 1 });
+    // Looked up first (not stored yet), then waited for.
+    await expect.poll(() => calls.sequenced).toBe(1);
+    expect(calls.appended).toBe(1);
     caughtUp();
     expect(await issued.appended).toEqual({
       message: { ...stored, clientMsgId: "k5", seq: 11 },
@@ -423,7 +426,11 @@ describe("send: a resend refused for want of permission", () => {
         firstAttemptResendsAfterMs: Date.now(),
       }),
     ).rejects.toMatchObject({ reason: "NOT_MEMBER" });
-    expect(calls).toEqual({ appended: 3, sequenced: 2 });
+    // A key stored before is answered at once, with no wait for the log.
+    expect(
+      await conversations.send({ sender: "bob", conversationId: id, clientMsgId: "k8", body: "x" }),
+    ).toEqual({ message: { ...stored, clientMsgId: "k8", seq: 4 }, duplicate: true });
+    expect(calls).toEqual({ appended: 6, sequenced: 2 });
   });
 
   /** Conversations over `log` whose membership store knows no member anywhere: every send is refused. */

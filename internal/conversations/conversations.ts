@@ -279,15 +279,17 @@ export class Conversations {
   }
 
   /**
-   * `storedBefore`, asked once every draft appended before the call is sequenced where the log may
-   * hold one unsequenced (distributed: a first transmission through another process may be stored
-   * after all, at its place in the log, ahead of the change that refused its resend); throws
-   * SEQUENCE_TIMEOUT (retryable) if that takes longer than the log's append timeout. A send marked
-   * as a first attempt has no earlier transmission: looked up at once.
+   * `storedBefore`, and where the log may hold a draft with the key unsequenced (distributed: a
+   * first transmission through another process, stored after all at its place in the log, ahead of
+   * the change that refused its resend) and none is stored yet, asked again once every draft
+   * appended before the call is sequenced; throws SEQUENCE_TIMEOUT (retryable) if that takes longer
+   * than the log's append timeout. A send marked as a first attempt has no earlier transmission.
    */
   async storedOnceSequenced(input: SendInput): Promise<StoredMessage | undefined> {
+    const stored = await this.storedBefore(input);
     const conversationId = this.waitsForSequencing(input) ? this.lookupTarget(input) : undefined;
-    if (conversationId !== undefined) await this.log.sequencedUpToNow?.(conversationId);
+    if (stored || conversationId === undefined) return stored;
+    await this.log.sequencedUpToNow?.(conversationId);
     return this.storedBefore(input);
   }
 
