@@ -346,14 +346,7 @@ describe("send: a resend refused for want of permission", () => {
 
   it("whose first transmission through this process waits for its seq gets that one's answer, out of its caller's turn", async () => {
     const { conversations, log, first } = waitingSetup();
-    const order: string[] = [];
-    const issued = await conversations.issue({
-      sender: "bob",
-      conversationId: id,
-      clientMsgId: "k3",
-      body: "again",
-      beforeAppend: () => order.push("turn"),
-    });
+    const { issued, order } = await resendInTurn(conversations, "k3");
     // The turn was passed before the answer came: the caller's later sends are not held by the wait.
     expect(order).toEqual(["turn"]);
     first.resolve({ message: { ...stored, clientMsgId: "k3", seq: 9 }, duplicate: false });
@@ -394,14 +387,7 @@ describe("send: a resend refused for want of permission", () => {
       },
     };
     const conversations = refusingEveryone(log);
-    const order: string[] = [];
-    const issued = await conversations.issue({
-      sender: "bob",
-      conversationId: id,
-      clientMsgId: "k5",
-      body: "again",
-      beforeAppend: () => order.push("turn"),
-    });
+    const { issued, order } = await resendInTurn(conversations, "k5");
     expect(order).toEqual(["turn"]);
     // Looked up first (not stored yet), then waited for.
     await expect.poll(() => calls.sequenced).toBe(1);
@@ -432,6 +418,19 @@ describe("send: a resend refused for want of permission", () => {
     ).toEqual({ message: { ...stored, clientMsgId: "k8", seq: 4 }, duplicate: true });
     expect(calls).toEqual({ appended: 6, sequenced: 2 });
   });
+
+  /** bob's resend of `clientMsgId`, issued; `order` records when it passed its turn. */
+  async function resendInTurn(conversations: Conversations, clientMsgId: string) {
+    const order: string[] = [];
+    const issued = await conversations.issue({
+      sender: "bob",
+      conversationId: id,
+      clientMsgId,
+      body: "again",
+      beforeAppend: () => order.push("turn"),
+    });
+    return { issued, order };
+  }
 
   /** Conversations over `log` whose membership store knows no member anywhere: every send is refused. */
   function refusingEveryone(log: object) {

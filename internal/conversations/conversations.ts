@@ -310,8 +310,10 @@ export class Conversations {
 
   /** The answer a first transmission of this send's key, through this process, still waits for. */
   private awaitingFirst(input: SendInput): Promise<AppendResult> | undefined {
-    if (input.toUser !== undefined || input.conversationId === undefined) return undefined;
-    return this.log.awaiting?.(input.conversationId, input.sender, input.clientMsgId);
+    const conversationId = this.lookupTarget(input);
+    return conversationId === undefined
+      ? undefined
+      : this.log.awaiting?.(conversationId, input.sender, input.clientMsgId);
   }
 
   private async resolveTarget(input: SendInput): Promise<string> {
